@@ -1,0 +1,26 @@
+"""local_reg: instrumented adaptive ODE solvers and local regularization of neural differential
+equations (Pal, Edelman, Rackauckas, ICML 2023)."""
+
+from ._errors import SolverError
+from .controller import PIController
+from .odeint import odeint
+from .solution import Solution, Stats, Steps
+from .step import StepResult, initial_step_size, rms_norm, step
+from .tableaus import TABLEAUS, ButcherTableau, get_tableau
+
+__all__ = [
+    "TABLEAUS",
+    "ButcherTableau",
+    "PIController",
+    "Solution",
+    "SolverError",
+    "Stats",
+    "StepResult",
+    "Steps",
+    "get_tableau",
+    "initial_step_size",
+    "odeint",
+    "rms_norm",
+    "step",
+]
+__version__ = "0.1.0"

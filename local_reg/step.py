@@ -1,0 +1,154 @@
+"""One explicit Runge--Kutta step, instrumented.
+
+This is the only implementation of a step in ``local_reg``: the adaptive solver, the regularizers
+and the adjoints all call :func:`step`, so the error estimate the regularizer penalizes is, by
+construction, the one the solver uses to accept or reject steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .tableaus import ButcherTableau
+
+VectorField = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class StepResult:
+    """What one step computed.
+
+    Attributes:
+        y1: the propagated solution at ``t + dt``.
+        error_estimate: ``EEst = rms(err / (atol + rtol * max(|y0|, |y1|)))`` with
+            ``err = dt * sum_i error_weights[i] * k_i``, a 0-dim tensor (``None`` for a fixed-step
+            method). The step is acceptable iff ``EEst <= 1``.
+        stiffness_estimate: Shampine's estimate ``rho = ||k_j - k_i|| / ||Y_j - Y_i||`` of the
+            magnitude of the dominant eigenvalue of the Jacobian, from two stages at ``c == 1``; a
+            0-dim tensor, or ``None`` for tableaus without such stages.
+        stages: the stage derivatives ``k_1 ... k_s``.
+        nfe: the number of evaluations of ``func`` this step made.
+    """
+
+    y1: Tensor
+    error_estimate: Tensor | None
+    stiffness_estimate: Tensor | None
+    stages: tuple[Tensor, ...]
+    nfe: int
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    """Root mean square over all elements, ``sqrt(mean(x**2))``, with a zero (not NaN) gradient at 0."""
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+
+
+def error_scale(y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:
+    """Elementwise tolerance scale ``atol + rtol * max(|y0|, |y1|)``."""
+    return atol + rtol * torch.maximum(y0.abs(), y1.abs())
+
+
+def combine(
+    base: Tensor | None, dt: float, coefficients: Sequence[float], stages: Sequence[Tensor]
+) -> Tensor:
+    """``base + dt * sum_j coefficients[j] * stages[j]``, skipping zero coefficients.
+
+    ``base=None`` means zero. Kept out-of-place so autograd can differentiate through it.
+    """
+    out = base
+    for coefficient, stage in zip(coefficients, stages, strict=True):
+        if coefficient == 0.0:
+            continue
+        out = stage * (dt * coefficient) if out is None else torch.add(out, stage, alpha=dt * coefficient)
+    if out is None:
+        return torch.zeros_like(stages[0])
+    return out
+
+
+def time_tensor(t: float, like: Tensor) -> Tensor:
+    return torch.tensor(t, dtype=like.dtype, device=like.device)
+
+
+def step(
+    func: VectorField,
+    t: float,
+    y: Tensor,
+    dt: float,
+    tableau: ButcherTableau,
+    *,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    k1: Tensor | None = None,
+) -> StepResult:
+    """Take one step of ``tableau`` from ``(t, y)`` with step size ``dt`` (negative to go backwards).
+
+    ``k1``, if given, is ``func(t, y)`` already evaluated (FSAL reuse or a regularizer that treats it
+    as a constant) and is not evaluated again. Gradients flow through every stage that is evaluated.
+    """
+    t = float(t)
+    dt = float(dt)
+    nfe = 0
+    if k1 is None:
+        k1 = func(time_tensor(t, y), y)
+        nfe += 1
+    stages = [k1]
+    stage_states = [y]
+    for c_i, a_i in zip(tableau.c[1:], tableau.a[1:], strict=True):
+        y_i = combine(y, dt, a_i, stages)
+        stages.append(func(time_tensor(t + c_i * dt, y), y_i))
+        stage_states.append(y_i)
+        nfe += 1
+
+    y1 = stage_states[-1] if tableau.fsal else combine(y, dt, tableau.b, stages)
+
+    error_estimate = None
+    if tableau.error_weights is not None:
+        local_error = combine(None, dt, tableau.error_weights, stages)
+        error_estimate = rms_norm(local_error / error_scale(y, y1, rtol, atol))
+
+    stiffness_estimate = None
+    if tableau.stiffness_stages is not None:
+        i, j = tableau.stiffness_stages
+        numerator = rms_norm(stages[j] - stages[i])
+        denominator = rms_norm(stage_states[j] - stage_states[i])
+        stiffness_estimate = numerator / denominator.clamp_min(torch.finfo(y.dtype).tiny)
+
+    return StepResult(y1, error_estimate, stiffness_estimate, tuple(stages), nfe)
+
+
+def initial_step_size(
+    func: VectorField,
+    t0: float,
+    y0: Tensor,
+    f0: Tensor,
+    order: int,
+    rtol: float,
+    atol: float,
+    direction: float = 1.0,
+) -> tuple[float, int]:
+    """Hairer--Norsett--Wanner's starting step size (Solving ODEs I, II.4), as torchdiffeq and
+    OrdinaryDiffEq use it. Returns ``(|dt|, nfe)``; it costs one evaluation of ``func`` besides
+    ``f0``.
+
+    With scaled RMS norms ``d0 = ||y0||``, ``d1 = ||f0||``: ``h0 = 0.01 d0 / d1`` (``1e-6`` if either
+    is tiny); one explicit Euler step gives ``d2 = ||f(t0 + h0, y0 + h0 f0) - f0|| / h0``;
+    ``h1 = (0.01 / max(d1, d2)) ** (1 / order)``; the result is ``min(100 h0, h1)``. ``direction`` is
+    ``+1`` or ``-1`` (backward integration), the sign of the trial Euler step.
+    """
+    with torch.no_grad():
+        scale = atol + rtol * y0.abs()
+        d0 = float(rms_norm(y0 / scale))
+        d1 = float(rms_norm(f0 / scale))
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        y_euler = y0 + (direction * h0) * f0
+        f_euler = func(time_tensor(t0 + direction * h0, y0), y_euler)
+        d2 = float(rms_norm((f_euler - f0) / scale)) / h0
+        if max(d1, d2) <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / order)
+    return min(100 * h0, h1), 1

@@ -1,0 +1,193 @@
+"""Butcher tableaus as data.
+
+Every explicit Runge--Kutta method in ``local_reg`` is one :class:`ButcherTableau`; a single generic
+engine (:func:`local_reg.step`) runs them all. An embedded pair carries ``error_weights``
+(``b - b_hat``), so the local error estimate of a step is ``dt * sum_i error_weights[i] * k_i``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ButcherTableau:
+    """An explicit Runge--Kutta method.
+
+    Attributes:
+        name: the method's name, as accepted by ``odeint(method=...)``.
+        c: stage times as fractions of the step, ``c[0] == 0``.
+        a: strictly lower-triangular stage coefficients; ``a[i]`` has ``i`` entries.
+        b: weights of the propagated solution.
+        order: order of the propagated solution.
+        error_weights: ``b - b_hat`` of the embedded pair, or ``None`` for a fixed-step method.
+        stiffness_stages: indices ``(i, j)`` of two stages evaluated at ``c == 1`` whose difference
+            gives Shampine's stiffness estimate (Hairer--Wanner II, IV.2), or ``None``.
+        stability_size: the extent of the stability region along the negative real axis; ``dt * rho``
+            beyond it means the step is limited by stability rather than accuracy.
+    """
+
+    name: str
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    order: int
+    error_weights: tuple[float, ...] | None = None
+    stiffness_stages: tuple[int, int] | None = None
+    stability_size: float | None = None
+    fsal: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        n_stages = len(self.c)
+        if len(self.b) != n_stages or len(self.a) != n_stages:
+            raise ValueError(f"tableau {self.name!r}: c, a and b must have one entry per stage")
+        for i, row in enumerate(self.a):
+            if len(row) != i:
+                raise ValueError(f"tableau {self.name!r}: a[{i}] must have {i} entries")
+        if self.error_weights is not None and len(self.error_weights) != n_stages:
+            raise ValueError(f"tableau {self.name!r}: error_weights needs one entry per stage")
+        # First Same As Last: the last stage is evaluated at (t + dt, y1), so it is the next step's k1.
+        last_row = self.a[-1]
+        fsal = (
+            n_stages > 1 and self.c[-1] == 1.0 and self.b[-1] == 0.0 and tuple(last_row) == tuple(self.b[:-1])
+        )
+        object.__setattr__(self, "fsal", fsal)
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.c)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.error_weights is not None
+
+
+def _rk_pair(b: tuple[float, ...], b_hat: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(bi - bhi for bi, bhi in zip(b, b_hat, strict=True))
+
+
+# Tsitouras, "Runge--Kutta pairs of order 5(4) satisfying only the first column simplifying
+# assumption", Comput. Math. Appl. 62 (2011). The first column of a is c_i - sum of the others.
+_TSIT5_A_REST = (
+    (),
+    (),
+    (0.335480655492357,),
+    (-6.359448489975075, 4.3622954328695815),
+    (-11.748883564062828, 7.4955393428898365, -0.09249506636175525),
+    (-12.92096931784711, 8.159367898576159, -0.071584973281401, -0.028269050394068383),
+)
+_TSIT5_C = (0.0, 0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0)
+_TSIT5_B = (
+    0.09646076681806523,
+    0.01,
+    0.4798896504144996,
+    1.379008574103742,
+    -3.290069515436081,
+    2.324710524099774,
+    0.0,
+)
+TSIT5 = ButcherTableau(
+    name="tsit5",
+    c=_TSIT5_C,
+    a=(
+        (),
+        *((ci - sum(rest),) + rest for ci, rest in zip(_TSIT5_C[1:6], _TSIT5_A_REST[1:], strict=True)),
+        _TSIT5_B[:6],
+    ),
+    b=_TSIT5_B,
+    order=5,
+    error_weights=(
+        -0.00178001105222577714,
+        -0.0008164344596567469,
+        0.007880878010261995,
+        -0.1447110071732629,
+        0.5823571654525552,
+        -0.45808210592918697,
+        1.0 / 66.0,
+    ),
+    stiffness_stages=(5, 6),
+    stability_size=3.5068,
+)
+
+# Dormand & Prince, "A family of embedded Runge--Kutta formulae", J. Comput. Appl. Math. 6 (1980).
+_DOPRI5_B = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+DOPRI5 = ButcherTableau(
+    name="dopri5",
+    c=(0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0),
+    a=(
+        (),
+        (1 / 5,),
+        (3 / 40, 9 / 40),
+        (44 / 45, -56 / 15, 32 / 9),
+        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+        _DOPRI5_B[:6],
+    ),
+    b=_DOPRI5_B,
+    order=5,
+    error_weights=_rk_pair(
+        _DOPRI5_B,
+        (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40),
+    ),
+    stiffness_stages=(5, 6),
+    stability_size=3.3,
+)
+
+# Bogacki & Shampine, "A 3(2) pair of Runge--Kutta formulas", Appl. Math. Lett. 2 (1989).
+_BOSH3_B = (2 / 9, 1 / 3, 4 / 9, 0.0)
+BOSH3 = ButcherTableau(
+    name="bosh3",
+    c=(0.0, 1 / 2, 3 / 4, 1.0),
+    a=((), (1 / 2,), (0.0, 3 / 4), _BOSH3_B[:3]),
+    b=_BOSH3_B,
+    order=3,
+    error_weights=_rk_pair(_BOSH3_B, (7 / 24, 1 / 4, 1 / 3, 1 / 8)),
+)
+
+# Fehlberg's RK1(2) pair, propagating the second-order solution (as torchdiffeq's "fehlberg2").
+_FEHLBERG2_B = (1 / 512, 255 / 256, 1 / 512)
+FEHLBERG2 = ButcherTableau(
+    name="fehlberg2",
+    c=(0.0, 1 / 2, 1.0),
+    a=((), (1 / 2,), (1 / 256, 255 / 256)),
+    b=_FEHLBERG2_B,
+    order=2,
+    error_weights=_rk_pair(_FEHLBERG2_B, (1 / 256, 255 / 256, 0.0)),
+)
+
+# Heun's method with Euler as the embedded first-order solution.
+_HEUN_B = (1 / 2, 1 / 2)
+HEUN_EULER = ButcherTableau(
+    name="heun_euler",
+    c=(0.0, 1.0),
+    a=((), (1.0,)),
+    b=_HEUN_B,
+    order=2,
+    error_weights=_rk_pair(_HEUN_B, (1.0, 0.0)),
+)
+
+EULER = ButcherTableau(name="euler", c=(0.0,), a=((),), b=(1.0,), order=1)
+MIDPOINT = ButcherTableau(name="midpoint", c=(0.0, 1 / 2), a=((), (1 / 2,)), b=(0.0, 1.0), order=2)
+RK4 = ButcherTableau(
+    name="rk4",
+    c=(0.0, 1 / 2, 1 / 2, 1.0),
+    a=((), (1 / 2,), (0.0, 1 / 2), (0.0, 0.0, 1.0)),
+    b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
+    order=4,
+)
+
+TABLEAUS: dict[str, ButcherTableau] = {
+    tableau.name: tableau for tableau in (TSIT5, DOPRI5, BOSH3, FEHLBERG2, HEUN_EULER, EULER, MIDPOINT, RK4)
+}
+
+
+def get_tableau(method: str | ButcherTableau) -> ButcherTableau:
+    """Look a method up by name (or pass a :class:`ButcherTableau` through)."""
+    if isinstance(method, ButcherTableau):
+        return method
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str or ButcherTableau, got {type(method).__name__}")
+    try:
+        return TABLEAUS[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(TABLEAUS)}") from None

@@ -1,0 +1,54 @@
+"""Test problems with known or reference solutions, shared by the test modules."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+
+class CountingField(torch.nn.Module):
+    """Wraps a vector field and counts its calls independently of the solver."""
+
+    def __init__(self, func):
+        super().__init__()
+        self.func = func
+        self.calls = 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        return self.func(t, y)
+
+
+def lotka_volterra(t, y):
+    x, z = y[..., 0], y[..., 1]
+    return torch.stack([1.5 * x - x * z, -3.0 * z + x * z], dim=-1)
+
+
+def van_der_pol(t, y, mu=1.0):
+    x, v = y[..., 0], y[..., 1]
+    return torch.stack([v, mu * (1 - x**2) * v - x], dim=-1)
+
+
+def to_numpy_field(func):
+    def field(t, y):
+        out = func(torch.tensor(t, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64))
+        return out.numpy()
+
+    return field
+
+
+def scipy_reference(func, y0, times):
+    """DOP853 at rtol=atol=1e-13: the independent reference solution."""
+    times = np.asarray(times, dtype=np.float64)
+    solution = solve_ivp(
+        to_numpy_field(func),
+        (times[0], times[-1]),
+        np.asarray(y0, dtype=np.float64),
+        method="DOP853",
+        t_eval=times,
+        rtol=1e-13,
+        atol=1e-13,
+    )
+    assert solution.success
+    return torch.from_numpy(solution.y.T.copy())

@@ -1,0 +1,322 @@
+import math
+from itertools import pairwise
+
+import pytest
+import torch
+import torchdiffeq
+
+from local_reg import TABLEAUS, SolverError, get_tableau, odeint, step
+from tests.problems import CountingField, lotka_volterra, scipy_reference, van_der_pol
+
+ADAPTIVE = [name for name, tableau in TABLEAUS.items() if tableau.adaptive]
+
+
+def rotation_decay(t, y):
+    # y' = A y with A = [[-0.1, 1], [-1, -0.1]]: y(t) = exp(-0.1 t) R(t) y0.
+    return torch.stack([-0.1 * y[..., 0] + y[..., 1], -y[..., 0] - 0.1 * y[..., 1]], dim=-1)
+
+
+def rotation_decay_exact(ts, y0):
+    decay = torch.exp(-0.1 * ts)
+    cos, sin = torch.cos(ts), torch.sin(ts)
+    return torch.stack([decay * (cos * y0[0] + sin * y0[1]), decay * (-sin * y0[0] + cos * y0[1])], dim=-1)
+
+
+@pytest.mark.parametrize("name", sorted(TABLEAUS))
+def test_tableau_is_consistent(name):
+    tableau = TABLEAUS[name]
+    for c_i, a_i in zip(tableau.c, tableau.a, strict=True):
+        assert math.isclose(sum(a_i), c_i, abs_tol=1e-12)
+    assert math.isclose(sum(tableau.b), 1.0, abs_tol=1e-12)
+    if tableau.adaptive:
+        # b and b_hat are both consistent, so their difference sums to zero.
+        assert abs(sum(tableau.error_weights)) < 1e-12
+
+
+@pytest.mark.parametrize("name", sorted(TABLEAUS))
+def test_convergence_order(name):
+    """Global error of fixed steps on y' = cos(t) y, y = exp(sin t), shrinks like dt**order."""
+    tableau = TABLEAUS[name]
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    exact = math.exp(math.sin(2.0))
+    n_steps = {5: [32, 64, 128], 4: [16, 32, 64]}.get(tableau.order, [64, 128, 256])
+    errors = []
+    for n in n_steps:
+        solution = odeint(lambda s, y: torch.cos(s) * y, y0, t, method=name, step_size=2.0 / n)
+        assert solution.stats.n_accepted == n
+        errors.append(abs(float(solution.ys[-1, 0]) - exact))
+    orders = [math.log2(e0 / e1) for e0, e1 in pairwise(errors)]
+    assert orders[-1] == pytest.approx(tableau.order, abs=0.25)
+
+
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_error_estimate_order(name):
+    """The embedded local error estimate of one step shrinks like dt**order (the embedded order + 1)."""
+    tableau = TABLEAUS[name]
+    y0 = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    estimates = []
+    for dt in [0.04, 0.02]:
+        result = step(van_der_pol, 0.0, y0, dt, tableau, rtol=0.0 + 1e-30, atol=1.0)
+        estimates.append(float(result.error_estimate))
+    assert math.log2(estimates[0] / estimates[1]) == pytest.approx(tableau.order, abs=0.3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_linear_system_against_analytic_solution(name, dtype):
+    y0 = torch.tensor([1.0, 0.5], dtype=dtype)
+    ts = torch.linspace(0.0, 6.0, 7, dtype=dtype)
+    rtol = 1e-5 if dtype == torch.float32 else 1e-8
+    if TABLEAUS[name].order <= 2:
+        rtol *= 10  # keeps second-order methods within a few thousand steps
+    solution = odeint(rotation_decay, y0, ts, method=name, rtol=rtol, atol=rtol)
+    exact = rotation_decay_exact(ts.double(), y0.double())
+    assert solution.ys.dtype == dtype
+    assert solution.ys.shape == (7, 2)
+    error = (solution.ys.double() - exact).abs().max().item()
+    if name == "fehlberg2":
+        # Fehlberg's first-order formula has a tiny error constant, so its estimate understates the
+        # error of the propagated second-order solution by orders of magnitude; torchdiffeq's
+        # fehlberg2 shares the property. Compare with it instead of with the tolerance.
+        reference = torchdiffeq.odeint(rotation_decay, y0, ts, method="fehlberg2", rtol=rtol, atol=rtol)
+        assert error < 2 * (reference.double() - exact).abs().max().item()
+    else:
+        assert error < 200 * rtol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["tsit5", "dopri5", "bosh3"])
+@pytest.mark.parametrize(
+    "problem,y0,span",
+    [(lotka_volterra, [1.0, 1.0], (0.0, 8.0)), (van_der_pol, [2.0, 0.0], (0.0, 10.0))],
+    ids=["lotka_volterra", "van_der_pol"],
+)
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+def test_against_scipy(problem, y0, span, name, dtype, backward):
+    times = torch.linspace(span[0], span[1], 9, dtype=torch.float64)
+    y_start = torch.tensor(y0, dtype=torch.float64)
+    if backward:
+        # Start from the end state of a forward reference solve and integrate back. Van der Pol's
+        # limit cycle repels backward in time, so keep that span short enough to stay well-conditioned.
+        if problem is van_der_pol:
+            times = times[:3]
+        y_start = scipy_reference(problem, y_start, times)[-1]
+        times = times.flip(0)
+    reference = scipy_reference(problem, y_start, times)
+    tol = 1e-5 if dtype == torch.float32 else 1e-9
+    solution = odeint(problem, y_start.to(dtype), times.to(dtype), method=name, rtol=tol, atol=tol)
+    error = (solution.ys.double() - reference).abs().max().item()
+    bound = 1e-3 if dtype == torch.float32 else 2e-6
+    assert error < bound
+
+
+@pytest.mark.parametrize(
+    "problem,y0,span",
+    [(lotka_volterra, [1.0, 1.0], 10.0), (van_der_pol, [2.0, 0.0], 20.0)],
+    ids=["lotka_volterra", "van_der_pol"],
+)
+@pytest.mark.parametrize("tol", [1e-6, 1e-8])
+def test_parity_with_torchdiffeq_dopri5(problem, y0, span, tol):
+    y0 = torch.tensor(y0, dtype=torch.float64)
+    t = torch.tensor([0.0, span], dtype=torch.float64)
+    ours = CountingField(problem)
+    theirs = CountingField(problem)
+    solution = odeint(ours, y0, t, method="dopri5", rtol=tol, atol=tol)
+    reference = torchdiffeq.odeint(theirs, y0, t, method="dopri5", rtol=tol, atol=tol)
+    assert solution.stats.nfe == ours.calls
+    assert abs(ours.calls / theirs.calls - 1.0) <= 0.10
+    exact = scipy_reference(problem, y0, t)
+    # Both solutions carry global error of the same size; they agree to within it.
+    scale = (reference - exact).abs().max().item()
+    assert (solution.ys - reference).abs().max().item() < 3 * scale + tol
+
+
+def test_stiffness_estimate_on_an_eigenvector_is_exact():
+    """Started on an eigenvector of A, every stage stays on it: rho equals |lambda| exactly."""
+    torch.manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))
+    eigenvalues = torch.tensor([-1.0, -5.0, -20.0, -80.0], dtype=torch.float64)
+    a = q @ torch.diag(eigenvalues) @ q.T
+    for name in ["tsit5", "dopri5"]:
+        result = step(lambda t, y: y @ a.T, 0.0, q[:, 3].clone(), 0.01, get_tableau(name))
+        assert float(result.stiffness_estimate) == pytest.approx(80.0, rel=1e-8)
+
+
+@pytest.mark.parametrize("name", ["tsit5", "dopri5"])
+def test_stiffness_estimate_tracks_spectral_radius_in_a_solve(name):
+    """Once the solver is stability-limited, dt * rho ~ dt * spectral radius (within 20%)."""
+    torch.manual_seed(2)
+    q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
+    spectral_radius = 200.0
+    a = q @ torch.diag(torch.tensor([-0.5, -1.0, -2.0, -10.0, -spectral_radius], dtype=torch.float64)) @ q.T
+    y0 = torch.ones(5, dtype=torch.float64)
+    solution = odeint(
+        lambda t, y: y @ a.T, y0, torch.tensor([0.0, 5.0]).double(), method=name, rtol=1e-4, atol=1e-7
+    )
+    late = solution.steps.t > 1.0
+    dt = solution.steps.dt[late]
+    rho = solution.steps.stiffness_estimate[late]
+    ratio = torch.median(rho * dt / (spectral_radius * dt)).item()
+    assert ratio == pytest.approx(1.0, rel=0.2)
+
+
+def test_no_stiffness_estimate_without_two_final_stages():
+    solution = odeint(rotation_decay, torch.ones(2), [0.0, 1.0], method="bosh3")
+    assert solution.steps.stiffness_estimate is None
+    assert step(rotation_decay, 0.0, torch.ones(2), 0.1, get_tableau("bosh3")).stiffness_estimate is None
+
+
+@pytest.mark.parametrize("name", sorted(TABLEAUS))
+def test_nfe_equals_a_counter_inside_func(name):
+    field = CountingField(lotka_volterra)
+    step_size = None if TABLEAUS[name].adaptive else 0.05
+    solution = odeint(
+        field,
+        torch.tensor([1.0, 1.0]),
+        torch.linspace(0, 3, 4),
+        method=name,
+        step_size=step_size,
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    assert solution.stats.nfe == field.calls
+    assert solution.stats.n_steps == solution.stats.n_accepted + solution.stats.n_rejected
+    assert len(solution.steps.t) == solution.stats.n_accepted
+
+
+def test_rejections_are_counted_and_not_recorded():
+    # A loose first step on a fast oscillation forces rejections.
+    field = CountingField(van_der_pol)
+    solution = odeint(field, torch.tensor([2.0, 0.0]), [0.0, 5.0], first_step=2.0, rtol=1e-6, atol=1e-8)
+    assert solution.stats.n_rejected > 0
+    assert solution.stats.nfe == field.calls
+    assert len(solution.steps.dt) == solution.stats.n_accepted
+    assert (solution.steps.error_estimate <= 1.0).all()
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_every_output_time_is_a_step_end(backward):
+    ts = torch.tensor([0.0, 0.1, 0.37, 1.0, 2.5, 2.51], dtype=torch.float64)
+    if backward:
+        ts = ts.flip(0)
+    solution = odeint(lotka_volterra, torch.tensor([1.0, 1.0]).double(), ts, record_states=True)
+    ends = (solution.steps.t + solution.steps.dt).tolist()
+    starts = solution.steps.t.tolist()
+    for t_out in ts[1:].tolist():
+        assert t_out in ends
+    # Step records chain: each step starts where the previous one ended.
+    assert starts[1:] == pytest.approx(ends[:-1], abs=0, rel=1e-15)
+    # The recorded state at a step start equals the output where that start is an output time.
+    for index, t_out in enumerate(ts[:-1].tolist()):
+        position = starts.index(t_out)
+        torch.testing.assert_close(solution.steps.states[position], solution.ys[index], rtol=0, atol=0)
+
+
+def test_restarting_from_a_recorded_state_reproduces_the_step():
+    solution = odeint(lotka_volterra, torch.tensor([1.0, 1.0]).double(), [0.0, 4.0], record_states=True)
+    for i in [0, 3, len(solution.steps.t) - 1]:
+        result = step(
+            lotka_volterra,
+            float(solution.steps.t[i]),
+            solution.steps.states[i],
+            float(solution.steps.dt[i]),
+            get_tableau("tsit5"),
+        )
+        assert float(result.error_estimate) == pytest.approx(
+            float(solution.steps.error_estimate[i]), rel=1e-12
+        )
+
+
+def test_batched_state():
+    y0 = torch.rand(3, 4, 2, dtype=torch.float64) + 0.5
+    ts = torch.linspace(0.0, 2.0, 3, dtype=torch.float64)
+    solution = odeint(rotation_decay, y0, ts, rtol=1e-9, atol=1e-9)
+    assert solution.ys.shape == (3, 3, 4, 2)
+    exact = torch.stack([rotation_decay_exact(ts, row) for row in y0.reshape(-1, 2)], dim=1).reshape(
+        3, 3, 4, 2
+    )
+    assert (solution.ys - exact).abs().max() < 1e-7
+
+
+def test_single_output_time_returns_y0():
+    y0 = torch.tensor([1.0, 2.0])
+    solution = odeint(lotka_volterra, y0, [0.5])
+    torch.testing.assert_close(solution.ys, y0[None])
+    assert solution.stats.n_steps == 0
+
+
+def test_gradients_flow_through_direct_solve():
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda y: odeint(rotation_decay, y, t, method="rk4", step_size=0.1).ys, (y0,)
+    )
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="unknown method 'rk45'"):
+        odeint(lotka_volterra, torch.ones(2), [0.0, 1.0], method="rk45")
+
+
+@pytest.mark.parametrize("argument", ["rtol", "atol"])
+@pytest.mark.parametrize("value", [0.0, -1e-6, float("nan")])
+def test_non_positive_tolerance(argument, value):
+    with pytest.raises(ValueError, match=argument):
+        odeint(lotka_volterra, torch.ones(2), [0.0, 1.0], **{argument: value})
+
+
+@pytest.mark.parametrize("t", [[0.0, 1.0, 0.5], [0.0, 0.0], [[0.0, 1.0]], []])
+def test_bad_times(t):
+    with pytest.raises(ValueError, match="t must"):
+        odeint(lotka_volterra, torch.ones(2), torch.tensor(t))
+
+
+def test_bad_y0():
+    with pytest.raises(TypeError, match="y0 must be a torch.Tensor"):
+        odeint(lotka_volterra, [1.0, 1.0], [0.0, 1.0])
+    with pytest.raises(TypeError, match="y0 must have a floating dtype"):
+        odeint(lotka_volterra, torch.ones(2, dtype=torch.int64), [0.0, 1.0])
+
+
+def test_func_returns_wrong_shape_or_dtype():
+    with pytest.raises(ValueError, match="func returned shape"):
+        odeint(lambda t, y: y[:1], torch.ones(2), [0.0, 1.0])
+    with pytest.raises(TypeError, match="func returned dtype"):
+        odeint(lambda t, y: y.double(), torch.ones(2), [0.0, 1.0])
+    with pytest.raises(TypeError, match="func must return a torch.Tensor"):
+        odeint(lambda t, y: 1.0, torch.ones(2), [0.0, 1.0])
+
+
+def test_fixed_step_method_needs_step_size():
+    with pytest.raises(ValueError, match="step_size"):
+        odeint(lotka_volterra, torch.ones(2), [0.0, 1.0], method="rk4")
+
+
+def test_non_finite_derivative_raises_solver_error():
+    def blows_up(t, y):
+        return torch.where(t > 0.5, torch.full_like(y, float("nan")), -y)
+
+    with pytest.raises(SolverError, match="non-finite") as info:
+        odeint(blows_up, torch.ones(2), [0.0, 1.0])
+    assert 0.0 < info.value.t <= 0.5
+    assert info.value.n_steps >= 1
+
+    with pytest.raises(SolverError, match="non-finite derivative at t=0.0 after 0 steps"):
+        odeint(lambda t, y: y / 0.0, torch.ones(2), [0.0, 1.0])
+
+
+def test_finite_time_blow_up_raises_solver_error():
+    # y' = y^2, y(0) = 1 blows up at t = 1: the step size underflows (or the state overflows).
+    with pytest.raises(SolverError) as info:
+        odeint(lambda t, y: y**2, torch.ones(1, dtype=torch.float64), [0.0, 2.0])
+    assert info.value.t == pytest.approx(1.0, abs=1e-2)
+
+
+def test_max_steps_exceeded():
+    with pytest.raises(SolverError, match="max_steps=5 exceeded") as info:
+        odeint(van_der_pol, torch.tensor([2.0, 0.0]), [0.0, 10.0], max_steps=5)
+    assert info.value.n_steps == 5
