@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -11,8 +12,11 @@ from torch import Tensor
 from ._errors import SolverError
 from .controller import PIController
 from .solution import Stats, Steps
-from .step import VectorField, initial_step_size, step, time_tensor
+from .step import StepResult, VectorField, initial_step_size, step, time_tensor
 from .tableaus import ButcherTableau
+
+StepPenalty = Callable[[StepResult, float], Tensor]
+"""``penalty(result, dt) -> 0-dim tensor`` evaluated on every accepted step (global regularization)."""
 
 # Steps that would end within this fraction of the next output time land on it instead, so that no
 # sliver of a step is left over.
@@ -67,11 +71,13 @@ def integrate(
     *,
     record_states: bool = False,
     f0: Tensor | None = None,
-) -> tuple[list[Tensor], Stats, Steps]:
+    step_penalty: StepPenalty | None = None,
+) -> tuple[list[Tensor], Stats, Steps, list[Tensor]]:
     """Integrate from ``times[0]`` through every later time, landing exactly on each.
 
     Runs under whatever autograd mode the caller set. Returns the states at ``times``, the
-    statistics and the accepted-step record. ``f0 = func(times[0], y0)`` may be passed if already
+    statistics, the accepted-step record and ``step_penalty(result, dt)`` of every accepted step
+    (an empty list without ``step_penalty``). ``f0 = func(times[0], y0)`` may be passed if already
     evaluated (it is then not counted here).
     """
     tableau = options.tableau
@@ -99,6 +105,7 @@ def integrate(
     previous_error = 1.0
     after_rejection = False
     outputs = [y0]
+    penalties: list[Tensor] = []
 
     for t_target in times[1:]:
         if not adaptive:
@@ -129,6 +136,8 @@ def integrate(
                     log.stiffness_estimate.append(float(result.stiffness_estimate))
                 if log.states is not None:
                     log.states.append(y.detach())
+                if step_penalty is not None:
+                    penalties.append(step_penalty(result, dt))
                 t = t_target if lands else t + dt
                 y = result.y1
                 k1 = result.stages[-1] if tableau.fsal else None
@@ -146,4 +155,4 @@ def integrate(
                 dt_abs = dt_used * options.controller.reject_factor(error_estimate, tableau.order)
                 after_rejection = True
         outputs.append(y)
-    return outputs, stats, log.to_steps(tableau.stiffness_stages is not None)
+    return outputs, stats, log.to_steps(tableau.stiffness_stages is not None), penalties

@@ -9,7 +9,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
-from ._integrate import SolveOptions, integrate
+from ._integrate import SolveOptions, StepPenalty, integrate
 from .controller import PIController
 from .solution import Solution
 from .step import VectorField, time_tensor
@@ -110,6 +110,7 @@ def odeint(
     step_size: float | None = None,
     controller: PIController | None = None,
     record_states: bool = False,
+    step_penalty: StepPenalty | None = None,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return the solution at every ``t``.
 
@@ -129,6 +130,8 @@ def odeint(
             equal steps no longer than ``step_size``.
         controller: step-size controller (default :class:`PIController`).
         record_states: keep the state at the start of every accepted step in ``solution.steps``.
+        step_penalty: ``penalty(step_result, dt) -> 0-dim tensor`` evaluated on every accepted
+            step and returned, differentiable, as ``solution.penalties`` (global regularization).
 
     Every output time is the end of an accepted step: the adaptive step that would pass an output
     time is shortened to land on it, and the controller's proposal is resumed afterwards.
@@ -141,7 +144,15 @@ def odeint(
     times = validate_times(t)
     options = make_options(method, rtol, atol, first_step, max_steps, step_size, controller)
     f0 = evaluate_first(func, times[0], y0)
-    outputs, stats, steps = integrate(func, y0, times, options, record_states=record_states, f0=f0)
+    outputs, stats, steps, penalties = integrate(
+        func, y0, times, options, record_states=record_states, f0=f0, step_penalty=step_penalty
+    )
     stats.nfe += 1
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
-    return Solution(ts=ts, ys=torch.stack(outputs), stats=stats, steps=steps)
+    return Solution(
+        ts=ts,
+        ys=torch.stack(outputs),
+        stats=stats,
+        steps=steps,
+        penalties=torch.stack(penalties) if step_penalty is not None and penalties else None,
+    )

@@ -60,9 +60,12 @@ class Solution:
             of an accepted step (no interpolation).
         stats: see :class:`Stats`.
         steps: see :class:`Steps`.
+        penalties: with ``odeint(step_penalty=...)``, the penalty of every accepted step, shape
+            ``(n_accepted,)``, differentiable; else ``None``.
     """
 
     ts: Tensor
     ys: Tensor
     stats: Stats
     steps: Steps
+    penalties: Tensor | None = None

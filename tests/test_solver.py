@@ -320,3 +320,19 @@ def test_max_steps_exceeded():
     with pytest.raises(SolverError, match="max_steps=5 exceeded") as info:
         odeint(van_der_pol, torch.tensor([2.0, 0.0]), [0.0, 10.0], max_steps=5)
     assert info.value.n_steps == 5
+
+
+def test_step_penalty_is_evaluated_on_accepted_steps_and_differentiable():
+    y0 = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    solution = odeint(
+        lotka_volterra,
+        y0,
+        [0.0, 2.0],
+        first_step=1.0,
+        step_penalty=lambda result, dt: result.error_estimate * abs(dt),
+    )
+    assert solution.stats.n_rejected > 0
+    expected = solution.steps.error_estimate * solution.steps.dt.abs()
+    torch.testing.assert_close(solution.penalties.detach(), expected, rtol=1e-12, atol=0)
+    (gradient,) = torch.autograd.grad(solution.penalties.sum(), y0)
+    assert torch.isfinite(gradient).all() and gradient.abs().sum() > 0
