@@ -124,7 +124,7 @@ def integrate(
             result = step(func, t, y, dt, tableau, rtol=options.rtol, atol=options.atol, k1=k1)
             stats.nfe += result.nfe
             stats.n_steps += 1
-            error_estimate = None if result.error_estimate is None else float(result.error_estimate)
+            error_estimate = None if result.error_estimate is None else float(result.error_estimate.detach())
             _check_finite(result.y1, error_estimate, t, stats.n_steps)
 
             if not adaptive or error_estimate <= 1.0:
@@ -133,7 +133,7 @@ def integrate(
                 log.dt.append((t_target - t) if lands else dt)
                 log.error_estimate.append(math.nan if error_estimate is None else error_estimate)
                 if result.stiffness_estimate is not None:
-                    log.stiffness_estimate.append(float(result.stiffness_estimate))
+                    log.stiffness_estimate.append(float(result.stiffness_estimate.detach()))
                 if log.states is not None:
                     log.states.append(y.detach())
                 if step_penalty is not None:
