@@ -1,0 +1,48 @@
+"""The training methods compared in the experiments, and how each wraps an ODE into a model.
+
+A *method* names how a neural ODE is trained: ``vanilla`` (plain adaptive solve), ``local-random`` /
+``local-biased`` (local regularization [LR23], unbiased or biased sampling of ``t_reg``), and
+``global-error`` / ``global-stiffness`` (the ICML 2021 baselines ERNODE / SRNODE). The weight of a
+regularizer is a *weight spec* taken from the task's settings (reference §2, §3):
+
+- a number: a constant weight;
+- ``{"start": w0, "end": w1}``: exponential decay ``w0 -> w1`` over the run's training iterations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WeightSpec = float | dict[str, float]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way of training a neural ODE.
+
+    Attributes:
+        name: the CLI name.
+        family: ``"vanilla"``, ``"local"`` or ``"global"``.
+        sampling: how local regularization samples ``t_reg`` (``"random"`` or ``"biased"``).
+        regularizer: ``"error"`` or ``"stiffness"`` for the regularized families.
+    """
+
+    name: str
+    family: str
+    sampling: str | None = None
+    regularizer: str | None = None
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("vanilla", "vanilla"),
+        Method("local-random", "local", sampling="random", regularizer="error"),
+        Method("local-biased", "local", sampling="biased", regularizer="error"),
+        Method("global-error", "global", regularizer="error"),
+        Method("global-stiffness", "global", regularizer="stiffness"),
+    ]
+}
+"""Every ODE method, in the order tables list them."""
+
+ODE_METHODS: tuple[str, ...] = tuple(METHODS)

@@ -1,0 +1,55 @@
+"""Image classification by a neural ODE: ``logits = W y(1)``, ``dy/dt = f(t, y)``, ``y(0)`` the pixels.
+
+The paper's MNIST experiment [LR23]: time-concatenated tanh MLP dynamics on the flattened image and a
+linear classifier on the state at ``t = 1``. :mod:`.digits` and :mod:`.mnist` differ only in the data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..models import ConcatMLP
+from .base import Batch, Task
+
+
+class ODEClassifier(nn.Module):
+    """``logits = classifier(block(x, [0, 1])[-1])``."""
+
+    def __init__(self, block: nn.Module, dim: int, n_classes: int):
+        super().__init__()
+        self.block = block
+        self.classifier = nn.Linear(dim, n_classes)
+        self.register_buffer("span", torch.tensor([0.0, 1.0]), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.block(x, self.span)[-1])
+
+
+class ClassificationTask(Task):
+    """Shared model, loss and metric of the image-classification tasks."""
+
+    metric = "accuracy"
+    higher_is_better = True
+
+    def build_dynamics(self, settings: dict[str, Any]) -> nn.Module:
+        return ConcatMLP(settings["dim"], settings["hidden"])
+
+    def build_network(self, block: nn.Module, settings: dict[str, Any]) -> nn.Module:
+        return ODEClassifier(block, settings["dim"], settings["n_classes"])
+
+    def training_loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        x, labels = batch
+        logits = model(x)
+        accuracy = (logits.argmax(-1) == labels).float().mean().item()
+        return nn.functional.cross_entropy(logits, labels), {"accuracy": accuracy}
+
+    def evaluate(self, model: nn.Module, batch: Batch) -> dict[str, float]:
+        x, labels = batch
+        logits = model(x)
+        return {
+            "loss": nn.functional.cross_entropy(logits, labels).item(),
+            "accuracy": (logits.argmax(-1) == labels).float().mean().item(),
+        }
