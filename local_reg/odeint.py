@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import pairwise
 
 import torch
 from torch import Tensor
 
-from ._integrate import SolveOptions, StepPenalty, integrate
+from ._integrate import SolveOptions, StepPenalty
 from .controller import PIController
+from .gradients import (
+    GRADIENT_METHODS,
+    BacksolveAdjoint,
+    CheckpointGradient,
+    GradientMethod,
+    SymplecticGradient,
+    resolve_adjoint_params,
+    solve_direct,
+    solve_without_graph,
+)
+from .gradients._function import check_step_penalty_support
 from .solution import Solution
 from .step import VectorField, time_tensor
 from .tableaus import ButcherTableau, get_tableau
@@ -97,6 +108,64 @@ def make_options(
     )
 
 
+ADJOINT_OPTION_KEYS = ("norm", "step_size", "first_step", "max_steps")
+
+
+def validate_gradient(gradient: object) -> str:
+    if not isinstance(gradient, str):
+        raise TypeError(f"gradient must be a str, one of {GRADIENT_METHODS}, got {type(gradient).__name__}")
+    if gradient not in GRADIENT_METHODS:
+        raise ValueError(f"unknown gradient {gradient!r}; expected one of {GRADIENT_METHODS}")
+    return gradient
+
+
+def make_adjoint(
+    options: SolveOptions,
+    adjoint_method: str | ButcherTableau | None,
+    adjoint_rtol: float | None,
+    adjoint_atol: float | None,
+    adjoint_options: dict | None,
+) -> BacksolveAdjoint:
+    """The backsolve adjoint's solver: the forward's method, tolerances and step options unless
+    overridden (``adjoint_options`` keys: ``norm``, ``step_size``, ``first_step``, ``max_steps``)."""
+    if adjoint_options is None:
+        adjoint_options = {}
+    if not isinstance(adjoint_options, dict):
+        raise TypeError(f"adjoint_options must be a dict, got {type(adjoint_options).__name__}")
+    unknown = sorted(set(adjoint_options) - set(ADJOINT_OPTION_KEYS))
+    if unknown:
+        raise ValueError(f"adjoint_options: unknown keys {unknown}; expected some of {ADJOINT_OPTION_KEYS}")
+    try:
+        tableau = options.tableau if adjoint_method is None else get_tableau(adjoint_method)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"adjoint_method: {error}") from None
+    rtol = options.rtol if adjoint_rtol is None else _positive_float("adjoint_rtol", adjoint_rtol)
+    atol = options.atol if adjoint_atol is None else _positive_float("adjoint_atol", adjoint_atol)
+    step_size = adjoint_options.get("step_size", options.step_size)
+    if step_size is not None:
+        step_size = _positive_float("adjoint_options['step_size']", step_size)
+    elif not tableau.adaptive:
+        raise ValueError(
+            f"adjoint_method {tableau.name!r} is fixed-step: pass adjoint_options={{'step_size': ...}}"
+        )
+    first_step = adjoint_options.get("first_step")
+    if first_step is not None:
+        first_step = _positive_float("adjoint_options['first_step']", first_step)
+    max_steps = adjoint_options.get("max_steps", options.max_steps)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"adjoint_options['max_steps'] must be a positive int, got {max_steps!r}")
+    adjoint_solve_options = SolveOptions(
+        tableau=tableau,
+        rtol=rtol,
+        atol=atol,
+        first_step=first_step,
+        max_steps=max_steps,
+        step_size=step_size,
+        controller=options.controller,
+    )
+    return BacksolveAdjoint(adjoint_solve_options, norm=adjoint_options.get("norm", "default"))
+
+
 def odeint(
     func: VectorField,
     y0: Tensor,
@@ -109,6 +178,12 @@ def odeint(
     max_steps: int = DEFAULT_MAX_STEPS,
     step_size: float | None = None,
     controller: PIController | None = None,
+    gradient: str = "direct",
+    adjoint_params: Iterable[Tensor] | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | ButcherTableau | None = None,
+    adjoint_options: dict | None = None,
     record_states: bool = False,
     step_penalty: StepPenalty | None = None,
 ) -> Solution:
@@ -129,12 +204,31 @@ def odeint(
             ``euler``, ``midpoint`` and ``rk4``. Each interval between output times is divided into
             equal steps no longer than ``step_size``.
         controller: step-size controller (default :class:`PIController`).
+        gradient: how ``ys`` are differentiated (see docs/gradients.md), one of
+            ``"direct"`` (backpropagation through every step; exact, most memory),
+            ``"checkpoint"`` (re-run each accepted step with a graph in the backward pass; exact),
+            ``"symplectic"`` (the symplectic adjoint of Matsubara et al. 2021; exact, least memory
+            of the exact methods) and ``"adjoint"`` (the continuous backsolve adjoint of Chen et al.
+            2018; approximate, constant memory). All four differentiate w.r.t. ``y0`` and
+            ``adjoint_params``; none w.r.t. ``t``.
+        adjoint_params: the tensors the non-direct methods return gradients for, besides ``y0``;
+            default ``func.parameters()`` when ``func`` is a ``torch.nn.Module``. A plain function
+            needs it (``()`` if it has no parameters). Ignored by ``"direct"``, where autograd finds
+            every tensor ``func`` uses.
+        adjoint_rtol, adjoint_atol, adjoint_method: the backward solve of ``"adjoint"``; default
+            the forward's.
+        adjoint_options: ``"adjoint"`` only: ``{"norm": "seminorm"}`` leaves the parameter
+            gradient out of the backward solve's error norm (Kidger et al. 2021); ``step_size``
+            (default the forward's), ``first_step`` and ``max_steps`` of the backward solve.
         record_states: keep the state at the start of every accepted step in ``solution.steps``.
         step_penalty: ``penalty(step_result, dt) -> 0-dim tensor`` evaluated on every accepted
             step and returned, differentiable, as ``solution.penalties`` (global regularization).
+            Needs a per-step graph: only with ``gradient="direct"`` or ``"checkpoint"``.
 
     Every output time is the end of an accepted step: the adaptive step that would pass an output
     time is shortened to land on it, and the controller's proposal is resumed afterwards.
+    ``solution.stats.nfe_backward`` counts the calls of ``func`` made by the backward pass once it
+    has run.
 
     Raises:
         ValueError, TypeError: bad arguments, naming the argument.
@@ -143,16 +237,48 @@ def odeint(
     y0 = validate_state(y0)
     times = validate_times(t)
     options = make_options(method, rtol, atol, first_step, max_steps, step_size, controller)
-    f0 = evaluate_first(func, times[0], y0)
-    outputs, stats, steps, penalties = integrate(
-        func, y0, times, options, record_states=record_states, f0=f0, step_penalty=step_penalty
-    )
+    gradient = validate_gradient(gradient)
+    adjoint_only = {
+        "adjoint_rtol": adjoint_rtol,
+        "adjoint_atol": adjoint_atol,
+        "adjoint_method": adjoint_method,
+        "adjoint_options": adjoint_options,
+    }
+    if gradient != "adjoint":
+        given = [name for name, value in adjoint_only.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to gradient='adjoint', not {gradient!r}")
+
+    if gradient == "direct":
+        f0 = evaluate_first(func, times[0], y0)
+        ys, stats, steps, penalties = solve_direct(
+            func, y0, times, options, f0, record_states=record_states, step_penalty=step_penalty
+        )
+    else:
+        gradient_method: GradientMethod
+        if gradient == "adjoint":
+            gradient_method = make_adjoint(
+                options, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options
+            )
+        elif gradient == "checkpoint":
+            gradient_method = CheckpointGradient()
+        else:
+            gradient_method = SymplecticGradient()
+        check_step_penalty_support(gradient_method, step_penalty)
+        params = resolve_adjoint_params(func, adjoint_params, gradient)
+        with torch.no_grad():
+            f0 = evaluate_first(func, times[0], y0)
+        ys, stats, steps, penalties = solve_without_graph(
+            gradient_method,
+            func,
+            y0,
+            times,
+            options,
+            params,
+            f0,
+            record_states=record_states,
+            step_penalty=step_penalty,
+        )
     stats.nfe += 1
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
-    return Solution(
-        ts=ts,
-        ys=torch.stack(outputs),
-        stats=stats,
-        steps=steps,
-        penalties=torch.stack(penalties) if step_penalty is not None and penalties else None,
-    )
+    return Solution(ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties)

@@ -1,0 +1,245 @@
+"""Shared plumbing of the gradient methods that solve forward without a graph.
+
+"checkpoint", "symplectic" and "adjoint" all run the forward solve under ``torch.no_grad()`` inside
+one :class:`torch.autograd.Function` and differ only in how their ``backward`` turns the cotangents
+of the outputs into gradients for ``y0`` and the parameters. This module holds that Function, the
+description of the forward solve a backward pass gets (:class:`ForwardSolve`), the interface of a
+method (:class:`GradientMethod`) and the reverse sweep over accepted steps that "checkpoint" and
+"symplectic" share (:class:`StepwiseGradient`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .._integrate import SolveOptions, StepPenalty, integrate
+from ..solution import Stats, Steps
+from ..step import VectorField
+
+
+@dataclass
+class ForwardSolve:
+    """One forward solve as its backward pass sees it.
+
+    Attributes:
+        func: the vector field.
+        times: output times.
+        options: the forward solver's options.
+        params: the tensors gradients are returned for besides ``y0`` (``adjoint_params``), each
+            requiring grad, no duplicates.
+        f0: ``func(times[0], y0)``, already evaluated (without a graph).
+        keep_states: record the state at every accepted step (the method needs it, or the user
+            asked for it).
+        step_penalty: the per-accepted-step penalty, or ``None``.
+        stats, steps: filled in by the forward pass; ``stats.nfe_backward`` by the backward pass.
+    """
+
+    func: VectorField
+    times: list[float]
+    options: SolveOptions
+    params: tuple[Tensor, ...]
+    f0: Tensor
+    keep_states: bool
+    step_penalty: StepPenalty | None
+    stats: Stats | None = None
+    steps: Steps | None = None
+
+
+class GradientMethod(ABC):
+    """How a backward pass turns output cotangents into gradients, given the forward solve."""
+
+    name: ClassVar[str]
+    needs_step_states: ClassVar[bool]
+    """The backward pass restarts from the state at every accepted step."""
+    supports_step_penalty: ClassVar[bool]
+    """The backward pass has a graph of every step, so per-step penalties can be differentiated."""
+
+    @abstractmethod
+    def backward(
+        self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
+    ) -> tuple[Tensor, list[Tensor | None], int]:
+        """Return ``(dL/dy0, [dL/dparam for solve.params], calls of func made)``.
+
+        ``ys`` are the forward outputs (stacked over output times), ``grad_ys`` their cotangents
+        and ``grad_penalties`` those of the per-step penalties (``None`` without ``step_penalty``).
+        """
+
+
+class CountingField:
+    """Calls ``func`` and counts the calls, so that a backward pass can report its NFE."""
+
+    def __init__(self, func: VectorField) -> None:
+        self.func = func
+        self.calls = 0
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        self.calls += 1
+        return self.func(t, y)
+
+
+def steps_before_outputs(times: list[float], step_starts: list[float]) -> list[int]:
+    """For every output time, how many accepted steps end at or before it.
+
+    Every output time is the end of an accepted step and the next step starts exactly there, so
+    this is the number of steps that start strictly before the output time.
+    """
+    direction = 1.0 if len(times) < 2 or times[-1] > times[0] else -1.0
+    # Step starts are monotone in the direction of integration; search them as increasing keys.
+    keys = [direction * t for t in step_starts]
+    return [bisect.bisect_left(keys, direction * t) for t in times]
+
+
+def add_gradients(
+    totals: list[Tensor | None], increments: Iterable[Tensor | None], scale: float = 1.0
+) -> None:
+    """``totals[i] += scale * increments[i]`` in place, where an increment of ``None`` means zero."""
+    for index, increment in enumerate(increments):
+        if increment is None:
+            continue
+        if totals[index] is None:
+            totals[index] = increment * scale if scale != 1.0 else increment.clone()
+        else:
+            totals[index].add_(increment, alpha=scale)
+
+
+class StepwiseGradient(GradientMethod):
+    """A backward pass that walks the accepted steps in reverse, one step at a time.
+
+    Starting from ``lambda_N = dL/dy_N``, each step maps ``lambda_{n+1}`` to ``lambda_n`` (and adds
+    its parameter gradient) by :meth:`step_backward`; at every output time ``t_i = t_n`` the
+    output's cotangent ``dL/dy(t_i)`` is added to ``lambda_n``.
+    """
+
+    needs_step_states = True
+
+    @abstractmethod
+    def step_backward(
+        self,
+        func: CountingField,
+        solve: ForwardSolve,
+        t: float,
+        dt: float,
+        y: Tensor,
+        adjoint: Tensor,
+        grad_penalty: Tensor | None,
+        grad_params: list[Tensor | None],
+    ) -> Tensor:
+        """Map ``lambda_{n+1}`` (``adjoint``) to ``lambda_n`` across the step ``(t, y) -> t + dt``,
+        adding the step's parameter gradient to ``grad_params`` in place."""
+
+    def backward(
+        self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
+    ) -> tuple[Tensor, list[Tensor | None], int]:
+        steps = solve.steps
+        step_starts = steps.t.tolist()
+        step_sizes = steps.dt.tolist()
+        boundaries = steps_before_outputs(solve.times, step_starts)
+        func = CountingField(solve.func)
+        grad_params: list[Tensor | None] = [None] * len(solve.params)
+        adjoint = torch.zeros_like(ys[0])
+        output = len(solve.times) - 1
+        for n in range(len(step_starts), -1, -1):
+            while output >= 0 and boundaries[output] == n:
+                adjoint = adjoint + grad_ys[output]
+                output -= 1
+            if n == 0:
+                break
+            adjoint = self.step_backward(
+                func,
+                solve,
+                step_starts[n - 1],
+                step_sizes[n - 1],
+                steps.states[n - 1],
+                adjoint,
+                None if grad_penalties is None else grad_penalties[n - 1],
+                grad_params,
+            )
+        return adjoint, grad_params, func.calls
+
+
+class _SolveWithoutGraph(torch.autograd.Function):
+    """Forward: the instrumented solve under ``no_grad``. Backward: the gradient method's."""
+
+    @staticmethod
+    def forward(ctx, method: GradientMethod, solve: ForwardSolve, y0: Tensor, *params: Tensor):
+        outputs, stats, steps, penalties = integrate(
+            solve.func,
+            y0,
+            solve.times,
+            solve.options,
+            record_states=solve.keep_states,
+            f0=solve.f0,
+            step_penalty=solve.step_penalty,
+        )
+        solve.stats, solve.steps = stats, steps
+        ys = torch.stack(outputs)
+        penalty_values = torch.stack(penalties) if penalties else ys.new_zeros(0)
+        if solve.step_penalty is None:
+            ctx.mark_non_differentiable(penalty_values)
+        ctx.method = method
+        ctx.solve = solve
+        ctx.save_for_backward(ys)
+        return ys, penalty_values
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_ys: Tensor, grad_penalties: Tensor):
+        (ys,) = ctx.saved_tensors
+        solve: ForwardSolve = ctx.solve
+        grad_y0, grad_params, nfe = ctx.method.backward(
+            solve, ys, grad_ys, grad_penalties if solve.step_penalty is not None else None
+        )
+        # Accumulate: a graph kept with retain_graph=True may be differentiated more than once.
+        solve.stats.nfe_backward = (solve.stats.nfe_backward or 0) + nfe
+        return (None, None, grad_y0, *grad_params)
+
+
+def check_step_penalty_support(method: GradientMethod, step_penalty: StepPenalty | None) -> None:
+    if step_penalty is not None and not method.supports_step_penalty:
+        raise ValueError(
+            f"step_penalty is not supported with gradient={method.name!r}: global regularization "
+            "differentiates every step's penalty, which needs a per-step graph; use "
+            "gradient='direct' or gradient='checkpoint'"
+        )
+
+
+def solve_without_graph(
+    method: GradientMethod,
+    func: VectorField,
+    y0: Tensor,
+    times: list[float],
+    options: SolveOptions,
+    params: tuple[Tensor, ...],
+    f0: Tensor,
+    *,
+    record_states: bool,
+    step_penalty: StepPenalty | None,
+) -> tuple[Tensor, Stats, Steps, Tensor | None]:
+    """Solve forward without a graph; ``ys`` (and the penalties) are differentiated by ``method``.
+
+    Returns ``(ys, stats, steps, penalties)``. ``steps.states`` is present only with
+    ``record_states=True`` (the method may keep states internally regardless).
+    """
+    check_step_penalty_support(method, step_penalty)
+    solve = ForwardSolve(
+        func=func,
+        times=times,
+        options=options,
+        params=params,
+        f0=f0,
+        keep_states=record_states or method.needs_step_states,
+        step_penalty=step_penalty,
+    )
+    ys, penalties = _SolveWithoutGraph.apply(method, solve, y0, *params)
+    steps = solve.steps if record_states else dataclasses.replace(solve.steps, states=None)
+    has_penalties = step_penalty is not None and penalties.numel() > 0
+    return ys, solve.stats, steps, penalties if has_penalties else None

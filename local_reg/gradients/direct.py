@@ -1,0 +1,42 @@
+"""Direct backpropagation through every step of the solve: the reference gradient.
+
+The forward solve runs under autograd, so ``ys`` carry the graph of every stage of every accepted
+step (rejected steps are dropped with their graphs; the step sizes are constants). The gradient is
+that of the discrete forward solve, exact to rounding error. Memory grows like ``N s L`` (steps,
+stages, layers of ``func``): the most of all methods. The backward pass calls ``func`` zero times;
+its cost is one vector--Jacobian product per stage that enters ``y_{n+1}``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._integrate import SolveOptions, StepPenalty, integrate
+from ..solution import Stats, Steps
+from ..step import VectorField
+
+
+def solve_direct(
+    func: VectorField,
+    y0: Tensor,
+    times: list[float],
+    options: SolveOptions,
+    f0: Tensor,
+    *,
+    record_states: bool,
+    step_penalty: StepPenalty | None,
+) -> tuple[Tensor, Stats, Steps, Tensor | None]:
+    """Solve under the caller's autograd mode; returns ``(ys, stats, steps, penalties)``."""
+    outputs, stats, steps, penalties = integrate(
+        func, y0, times, options, record_states=record_states, f0=f0, step_penalty=step_penalty
+    )
+    ys = torch.stack(outputs)
+    if ys.requires_grad:
+
+        def record_backward(grad: Tensor) -> None:
+            # Backpropagation re-uses the forward graph: it makes no new calls of func.
+            stats.nfe_backward = stats.nfe_backward or 0
+
+        ys.register_hook(record_backward)
+    return ys, stats, steps, torch.stack(penalties) if step_penalty is not None and penalties else None
