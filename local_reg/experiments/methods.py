@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..regularization import ConstantWeight, ExponentialDecay, WeightSchedule
+
 WeightSpec = float | dict[str, float]
 
 
@@ -46,3 +48,10 @@ METHODS: dict[str, Method] = {
 """Every ODE method, in the order tables list them."""
 
 ODE_METHODS: tuple[str, ...] = tuple(METHODS)
+
+
+def weight_schedule(spec: WeightSpec, total_iterations: int) -> WeightSchedule:
+    """The schedule of a weight spec; a decay runs over the run's ``total_iterations``."""
+    if isinstance(spec, dict):
+        return ExponentialDecay(spec["start"], spec["end"], max(1, total_iterations))
+    return ConstantWeight(spec)

@@ -5,34 +5,54 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..odeint import odeint
-from ..solution import Stats
+from ..regularization import RegularizationStats
+from ..regularization.local import solve_plain
 
 
 class ODEBlock(nn.Module):
-    """``ys = block(y0, t)``: solve ``dy/dt = func(t, y)`` with :func:`local_reg.odeint`, no regularization.
+    """``ys = block(y0, t)``: solve ``dy/dt = func(t, y)``, no regularization.
 
     The *vanilla* method. It has the call signature and the ``stats`` / ``reg_loss`` attributes of the
     regularized wrappers so the runner treats every method alike.
 
     Attributes:
-        stats: the :class:`local_reg.Stats` of the last forward solve.
+        stats: the :class:`RegularizationStats` of the last forward solve (``nfe_reg`` is 0).
         reg_loss: always ``None`` (nothing to add to the loss).
     """
 
-    def __init__(self, func: nn.Module, *, method: str = "tsit5", rtol: float = 1e-6, atol: float = 1e-8):
+    def __init__(
+        self,
+        func: nn.Module,
+        *,
+        method: str = "tsit5",
+        rtol: float = 1e-6,
+        atol: float = 1e-8,
+        gradient: str = "direct",
+    ):
         super().__init__()
         self.func = func
         self.method = method
         self.rtol = rtol
         self.atol = atol
-        self.stats = Stats()
+        self.gradient = gradient
+        self.stats = RegularizationStats()
         self.reg_loss: Tensor | None = None
 
     def forward(self, y0: Tensor, t: Tensor) -> Tensor:
-        solution = odeint(self.func, y0, t, method=self.method, rtol=self.rtol, atol=self.atol)
-        self.stats = solution.stats
-        return solution.ys
+        # The regularized wrappers' own eval-mode solve: vanilla is exactly their unregularized path.
+        ys, self.stats = solve_plain(
+            self.func,
+            y0,
+            t,
+            backend="local_reg",
+            method=self.method,
+            rtol=self.rtol,
+            atol=self.atol,
+            gradient=self.gradient,
+            adjoint_params=None,
+            options=None,
+        )
+        return ys
 
 
 class ConcatMLP(nn.Module):

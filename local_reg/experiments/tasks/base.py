@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..methods import ODE_METHODS, Method
+from ...regularization import GloballyRegularized, LocallyRegularized
+from ..methods import ODE_METHODS, Method, weight_schedule
 from ..models import ODEBlock
 
 Batch = Sequence[Tensor]
@@ -105,14 +106,17 @@ class Task(ABC):
 def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContext) -> nn.Module:
     """Wrap dynamics ``func(t, y)`` in the solver block of ``context.method``: ``ys = block(y0, t)``.
 
-    ``vanilla`` is a plain :class:`..models.ODEBlock`; ``local-*`` and ``global-*`` are the
-    regularized wrappers of :mod:`local_reg.regularization`, with the weight of
-    ``settings["weights"][method]``.
+    ``vanilla`` is a plain :class:`..models.ODEBlock`; ``local-*`` and ``global-*`` are
+    :class:`local_reg.regularization.LocallyRegularized` / ``GloballyRegularized`` with the weight
+    ``settings["weights"][method]`` (see :func:`..methods.weight_schedule`).
     """
     method = context.method
-    solver = settings["solver"]
+    solver = {**settings["solver"], "gradient": context.gradient}
     if method.family == "vanilla":
-        if context.gradient != "direct":
-            raise ValueError(f"vanilla supports gradient 'direct' only here, got {context.gradient!r}")
-        return ODEBlock(func, method=solver["method"], rtol=solver["rtol"], atol=solver["atol"])
-    raise NotImplementedError(f"method {method.name!r} needs local_reg.regularization")
+        return ODEBlock(func, **solver)
+    weight = weight_schedule(settings["weights"][method.name], context.total_iterations)
+    if method.family == "local":
+        return LocallyRegularized(
+            func, sampling=method.sampling, regularizer=method.regularizer, weight=weight, **solver
+        )
+    return GloballyRegularized(func, regularizer=method.regularizer, weight=weight, **solver)

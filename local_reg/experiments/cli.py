@@ -1,0 +1,169 @@
+"""``local-reg``: run the experiments and report them.
+
+    local-reg experiment TASK [--methods M ...] [--seeds N] [--out DIR] [--quick | --size SIZE]
+                              [--gradient G] [--set KEY=VALUE ...] [--threads N] [--no-progress]
+    local-reg report [--out DIR] [--task TASK]
+
+Exit codes: 0 success, 2 bad input (unknown task, method or setting, an output folder that cannot be
+written, a corrupt results file), with the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import distributed
+from .report import group_records, markdown_table, write_report
+from .results import ResultsError, ResultsFile
+from .runner import GRADIENTS, SIZES, RunSpec, sweep
+from .tasks import REGISTRY
+
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(Exception):
+    """A user error: reported in one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="local-reg", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("experiment", help="train and test TASK with each method and seed, then report")
+    run.add_argument("task", choices=sorted(REGISTRY), help="the task")
+    run.add_argument(
+        "--methods", nargs="+", metavar="M", help="methods to compare (default: all of the task's)"
+    )
+    run.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    run.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
+    sizes = run.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", dest="size", action="store_const", const="quick", help="CPU-sized run")
+    sizes.add_argument(
+        "--size", choices=SIZES, help="tiny (tests), quick (CPU) or full (paper); default full"
+    )
+    run.add_argument("--gradient", choices=GRADIENTS, default="direct", help="gradient of the main solve")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set epochs=5 --set solver.rtol=1e-5 (VALUE is JSON)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads per process (default 1: these small models gain little from more, "
+        "and oversubscribed cores slow them down many times)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    report = commands.add_parser("report", help="write report.md and the plots of a results folder")
+    report.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
+    report.add_argument("--task", choices=sorted(REGISTRY), help="only this task")
+    return parser
+
+
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text  # a bare word is a string: --set solver.method=dopri5
+    return overrides
+
+
+def _writable_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise BadInput(f"cannot write to output folder {str(path)!r}: {error.strerror or error}") from None
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    task = REGISTRY[args.task]
+    methods = args.methods or list(task.methods)
+    unknown = [m for m in methods if m not in task.methods]
+    if unknown:
+        raise BadInput(
+            f"unknown method(s) {unknown} for task {args.task!r}; choose from {list(task.methods)}"
+        )
+    if args.seeds < 1:
+        raise BadInput(f"--seeds must be at least 1, got {args.seeds}")
+    if args.threads < 1:
+        raise BadInput(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    size = args.size or "full"
+    overrides = _parse_overrides(args.overrides)
+    spec = RunSpec(args.task, methods[0], 0, size, args.gradient, overrides)
+    try:
+        spec.settings()
+    except (KeyError, TypeError) as error:
+        raise BadInput(f"bad --set: {error}") from None
+    _writable_folder(args.out)
+    results = ResultsFile(args.out)
+    results.load()  # a corrupt file is reported before hours of training, not after
+
+    distributed.init_from_env()
+    try:
+        sweep(
+            args.task,
+            methods,
+            range(args.seeds),
+            args.out,
+            size=size,
+            gradient=args.gradient,
+            overrides=overrides,
+            progress=not args.no_progress,
+        )
+        if distributed.is_main():
+            records = results.load()
+            write_report(args.out, records)
+            for group in group_records(records, args.task):
+                if group.config_id == spec.config_id:
+                    print(markdown_table(group))
+            print(f"\nreport: {args.out / 'report.md'}")
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    results = ResultsFile(args.out)
+    if not results.path.exists():
+        raise BadInput(f"no results file {str(results.path)!r}")
+    _writable_folder(args.out)
+    print(write_report(args.out, results.load(), args.task))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for bad input)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse has already printed the reason
+        return int(exit_.code or 0)
+    try:
+        return _experiment(args) if args.command == "experiment" else _report(args)
+    except (BadInput, ResultsError) as error:
+        print(f"local-reg: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

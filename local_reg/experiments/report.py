@@ -1,0 +1,189 @@
+"""The report of a results file: a Markdown table per (task, settings) in the paper's columns, and plots.
+
+Columns: train and test metric, training wall time, prediction time per test batch, test NFE, each the
+mean ± sd over seeds, and the NFE, training time and prediction time of each method as a ratio to
+vanilla's (ratios of the means). Plots: the main solve's NFE over training, and the test metric
+against test NFE, for every method.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .methods import METHODS  # noqa: E402
+from .results import atomic_write_bytes  # noqa: E402
+
+REPORT_NAME = "report.md"
+_PERCENT_METRICS = {"accuracy"}
+
+
+@dataclass
+class Group:
+    """The runs of one table: same task and settings (``config_id``), any method and seed."""
+
+    task: str
+    config_id: str
+    records: list[dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.config_id}"
+
+    @property
+    def metric(self) -> str:
+        return self.records[0]["metric"]
+
+    def methods(self) -> list[str]:
+        present = {r["method"] for r in self.records}
+        known = [m for m in METHODS if m in present]
+        return known + sorted(present - set(known))
+
+    def runs(self, method: str) -> list[dict[str, Any]]:
+        return sorted((r for r in self.records if r["method"] == method), key=lambda r: r["seed"])
+
+
+def group_records(records: Sequence[dict[str, Any]], task: str | None = None) -> list[Group]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        if task is None or record["task"] == task:
+            groups.setdefault((record["task"], record["config_id"]), []).append(record)
+    return [Group(t, c, rs) for (t, c), rs in sorted(groups.items())]
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _fmt(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> str:
+    mean, sd = _mean_sd([v * scale for v in values])
+    return f"{mean:.{digits}g} ± {sd:.2g}" if len(values) > 1 else f"{mean:.{digits}g}"
+
+
+def _columns(group: Group) -> list[tuple[str, str, float]]:
+    """(header, record path, scale) of the per-seed columns."""
+    metric = group.metric
+    scale, unit = (100.0, " (%)") if metric in _PERCENT_METRICS else (1.0, "")
+    return [
+        (f"train {metric}{unit}", f"train.{metric}", scale),
+        (f"test {metric}{unit}", f"test.{metric}", scale),
+        ("train time (s)", "train_time", 1.0),
+        ("predict (ms/batch)", "predict_time", 1000.0),
+        ("test NFE", "test_nfe", 1.0),
+    ]
+
+
+def _get(record: dict[str, Any], path: str) -> float:
+    value: Any = record
+    for key in path.split("."):
+        value = value[key]
+    return float(value)
+
+
+def _ratio(group: Group, method: str, path: str) -> str:
+    baseline = group.runs("vanilla")
+    if not baseline:
+        return "–"
+    mine = statistics.fmean(_get(r, path) for r in group.runs(method))
+    return f"{mine / statistics.fmean(_get(r, path) for r in baseline):.3f}"
+
+
+def markdown_table(group: Group) -> str:
+    columns = _columns(group)
+    header = ["method", "seeds"] + [c[0] for c in columns] + ["NFE / vanilla", "train time / vanilla"]
+    header.append("predict / vanilla")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in group.methods():
+        runs = group.runs(method)
+        cells = [method, str(len(runs))]
+        cells += [_fmt([_get(r, path) for r in runs], scale) for _, path, scale in columns]
+        cells += [_ratio(group, method, p) for p in ("test_nfe", "train_time", "predict_time")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def describe(group: Group) -> str:
+    first = group.records[0]
+    s = first["settings"]
+    solver = s.get("solver", {})
+    parts = [f"size `{first['size']}`", f"gradient `{first['gradient']}`"]
+    if solver:
+        parts.append(f"{solver['method']} rtol={solver['rtol']:g} atol={solver['atol']:g}")
+    parts += [f"{s['epochs']} epochs", f"batch {s['batch_size']}", f"world size {first['world_size']}"]
+    return ", ".join(parts)
+
+
+def _smooth(values: Sequence[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_nfe(group: Group, path: Path) -> None:
+    """Mean (over seeds) forward NFE of the main solve per training iteration, smoothed."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for method in group.methods():
+        curves = [r["history"]["nfe"] for r in group.runs(method)]
+        length = min(len(c) for c in curves)
+        mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
+        ax.plot(_smooth(mean, max(1, length // 40)), label=method)
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel("NFE (forward, training)")
+    ax.set_title(f"{group.task}: NFE over training")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_metric_vs_nfe(group: Group, path: Path) -> None:
+    """Test metric against test NFE: one dot per seed, a cross at each method's mean."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    metric = group.metric
+    scale = 100.0 if metric in _PERCENT_METRICS else 1.0
+    for method in group.methods():
+        runs = group.runs(method)
+        nfe = [r["test_nfe"] for r in runs]
+        values = [r["test"][metric] * scale for r in runs]
+        dots = ax.scatter(nfe, values, alpha=0.5, label=method)
+        ax.scatter(
+            [statistics.fmean(nfe)], [statistics.fmean(values)], marker="X", s=80, color=dots.get_facecolor()
+        )
+    ax.set_xlabel("test NFE")
+    ax.set_ylabel(f"test {metric}" + (" (%)" if metric in _PERCENT_METRICS else ""))
+    ax.set_title(f"{group.task}: test {metric} vs NFE")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(out_dir: str | Path, records: Sequence[dict[str, Any]], task: str | None = None) -> str:
+    """Write ``report.md`` and the PNGs of every group into ``out_dir``; return the Markdown."""
+    out_dir = Path(out_dir)
+    sections = ["# Results\n", f"Generated from `{out_dir / 'results.jsonl'}`; mean ± sd over seeds.\n"]
+    for group in group_records(records, task):
+        nfe_png, metric_png = f"{group.name}_nfe.png", f"{group.name}_{group.metric}_vs_nfe.png"
+        plot_nfe(group, out_dir / nfe_png)
+        plot_metric_vs_nfe(group, out_dir / metric_png)
+        sections += [
+            f"## {group.task} (`{group.config_id}`)\n",
+            describe(group) + "\n",
+            markdown_table(group) + "\n",
+            f"![NFE over training]({nfe_png}) ![test {group.metric} vs NFE]({metric_png})\n",
+        ]
+    text = "\n".join(sections)
+    atomic_write_bytes(out_dir / REPORT_NAME, text.encode("utf-8"))
+    return text
