@@ -3,12 +3,14 @@ equations (Pal, Edelman, Rackauckas, ICML 2023)."""
 
 from ._errors import SolverError
 from .controller import PIController
+from .gradients import GRADIENT_METHODS
 from .odeint import odeint
 from .solution import Solution, Stats, Steps
 from .step import StepResult, initial_step_size, rms_norm, step
 from .tableaus import TABLEAUS, ButcherTableau, get_tableau
 
 __all__ = [
+    "GRADIENT_METHODS",
     "TABLEAUS",
     "ButcherTableau",
     "PIController",

@@ -236,7 +236,8 @@ def solve_without_graph(
         options=options,
         params=params,
         f0=f0,
-        keep_states=record_states or method.needs_step_states,
+        # (No steps to keep with a single output time; the step log cannot stack an empty list.)
+        keep_states=record_states or (method.needs_step_states and len(times) > 1),
         step_penalty=step_penalty,
     )
     ys, penalties = _SolveWithoutGraph.apply(method, solve, y0, *params)

@@ -1,0 +1,322 @@
+"""The gradient methods of ``odeint(gradient=...)``: exactness, convergence, bookkeeping, errors."""
+
+import pytest
+import torch
+
+from local_reg import TABLEAUS, odeint
+from local_reg.gradients import GRADIENT_METHODS
+from tests.problems import CountingField, lotka_volterra
+
+EXACT = ["checkpoint", "symplectic"]
+DTYPE = torch.float64
+TIMES = [0.0, 1.0, 1.3, 2.0]
+
+
+class TinyField(torch.nn.Module):
+    """A small time-dependent MLP vector field (float64)."""
+
+    def __init__(self, dim: int = 3, width: int = 8, scale: float = 2.0) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim, width), torch.nn.Tanh(), torch.nn.Linear(width, dim)
+        ).to(DTYPE)
+        self.scale = scale
+
+    def forward(self, t, y):
+        return self.scale * self.net(y) * torch.cos(3 * t)
+
+
+def solver_options(name: str) -> dict:
+    """Adaptive tableaus: a first step too large, so that steps get rejected. Fixed: step_size."""
+    tableau = TABLEAUS[name]
+    if not tableau.adaptive:
+        return {"step_size": 0.05}
+    rtol = {2: 1e-3, 3: 1e-5}.get(tableau.order, 1e-6)
+    return {"rtol": rtol, "atol": rtol * 1e-2, "first_step": 1.0}
+
+
+def loss_of(ys):
+    # Several output times enter the loss, each differently.
+    weights = torch.arange(1, ys.shape[0] + 1, dtype=ys.dtype).reshape(-1, *([1] * (ys.dim() - 1)))
+    return (weights * ys**2).sum() + ys[1].sin().sum()
+
+
+def gradients(field, y0, gradient, times=TIMES, **kwargs):
+    y0 = y0.clone().requires_grad_(True)
+    solution = odeint(field, y0, times, gradient=gradient, **kwargs)
+    grads = torch.autograd.grad(loss_of(solution.ys), (y0, *field.parameters()))
+    return torch.cat([g.reshape(-1) for g in grads]), solution
+
+
+def relative_error(x, reference):
+    return float((x - reference).norm() / reference.norm())
+
+
+@pytest.mark.parametrize("gradient", EXACT)
+@pytest.mark.parametrize("name", sorted(TABLEAUS))
+def test_exact_methods_equal_direct(name, gradient):
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    options = solver_options(name)
+    reference, direct_solution = gradients(field, y0, "direct", method=name, **options)
+    result, solution = gradients(field, y0, gradient, method=name, **options)
+    if TABLEAUS[name].adaptive:
+        assert direct_solution.stats.n_rejected > 0
+    assert solution.stats.n_accepted == direct_solution.stats.n_accepted
+    assert solution.stats.nfe == direct_solution.stats.nfe
+    torch.testing.assert_close(solution.ys, direct_solution.ys, rtol=0, atol=0)
+    assert relative_error(result, reference) <= 1e-10
+
+
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_gradcheck(gradient):
+    torch.manual_seed(1)
+    weight = (0.5 * torch.randn(2, 2, dtype=DTYPE)).requires_grad_(True)
+    bias = (0.1 * torch.randn(2, dtype=DTYPE)).requires_grad_(True)
+    y0 = torch.tensor([0.7, -0.4], dtype=DTYPE, requires_grad=True)
+    times = [0.0, 0.25, 0.5]
+    extra = {}
+    if gradient == "adjoint":
+        # The continuous adjoint matches the discrete solve's finite differences up to both errors.
+        extra = {
+            "adjoint_method": "dopri5",
+            "adjoint_rtol": 1e-11,
+            "adjoint_atol": 1e-12,
+            "adjoint_options": {"step_size": None},
+        }
+
+    def solve(y0, weight, bias):
+        def field(t, y):
+            return torch.tanh(y @ weight.T + bias) - 0.1 * y
+
+        params = None if gradient == "direct" else (weight, bias)
+        step_size = 0.02 if gradient == "adjoint" else 0.1
+        solution = odeint(
+            field,
+            y0,
+            times,
+            method="rk4",
+            step_size=step_size,
+            gradient=gradient,
+            adjoint_params=params,
+            **extra,
+        )
+        return solution.ys
+
+    assert torch.autograd.gradcheck(solve, (y0, weight, bias))
+
+
+@pytest.mark.parametrize("name", ["dopri5", "midpoint", "bosh3"])
+def test_symplectic_against_central_differences(name):
+    """An independent check: central differences of the discrete solve, float64."""
+    field = TinyField(dim=2, width=4)
+    y0 = torch.tensor([[0.5, -0.3]], dtype=DTYPE)
+    options = {"method": name, "step_size": 0.1}
+    result, _ = gradients(field, y0, "symplectic", **options)
+    inputs = [y0, *field.parameters()]
+    epsilon = 1e-6
+    estimate = []
+    with torch.no_grad():
+        for tensor in inputs:
+            flat = tensor.view(-1)
+            for index in range(flat.numel()):
+                original = float(flat[index])
+                values = []
+                for sign in (1.0, -1.0):
+                    flat[index] = original + sign * epsilon
+                    values.append(float(loss_of(odeint(field, y0, TIMES, **options).ys)))
+                flat[index] = original
+                estimate.append((values[0] - values[1]) / (2 * epsilon))
+    estimate = torch.tensor(estimate, dtype=DTYPE)
+    assert relative_error(result, estimate) <= 1e-7
+
+
+def test_adjoint_converges_to_direct_as_tolerance_tightens():
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    options = {"method": "tsit5", "rtol": 1e-10, "atol": 1e-12}
+    reference, _ = gradients(field, y0, "direct", **options)
+    errors = {}
+    for tolerance in (1e-6, 1e-10):
+        result, solution = gradients(
+            field, y0, "adjoint", adjoint_rtol=tolerance, adjoint_atol=tolerance * 1e-2, **options
+        )
+        errors[tolerance] = relative_error(result, reference)
+    assert errors[1e-10] < errors[1e-6]
+    assert errors[1e-10] < 1e-7
+
+
+def test_seminorm_is_accurate_and_not_more_expensive():
+    field = TinyField(width=32)
+    y0 = torch.randn(4, 3, dtype=DTYPE)
+    options = {"method": "dopri5", "rtol": 1e-8, "atol": 1e-10}
+    reference, _ = gradients(field, y0, "direct", **options)
+    result = {}
+    nfe = {}
+    for norm in ("default", "seminorm"):
+        grads, solution = gradients(field, y0, "adjoint", adjoint_options={"norm": norm}, **options)
+        result[norm], nfe[norm] = relative_error(grads, reference), solution.stats.nfe_backward
+    assert result["seminorm"] < 1e-5
+    assert nfe["seminorm"] <= nfe["default"]
+
+
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_stats_count_forward_and_backward_calls(gradient):
+    field = CountingField(TinyField())
+    y0 = torch.randn(2, 3, dtype=DTYPE, requires_grad=True)
+    solution = odeint(field, y0, TIMES, method="dopri5", rtol=1e-6, atol=1e-8, gradient=gradient)
+    assert solution.stats.nfe == field.calls
+    assert solution.stats.nfe_backward is None
+    forward_calls = field.calls
+    loss_of(solution.ys).backward()
+    assert solution.stats.nfe_backward == field.calls - forward_calls
+    if gradient == "symplectic":
+        # dopri5: 6 stages enter y_{n+1}; 5 plain evaluations + 6 with a VJP per step.
+        assert solution.stats.nfe_backward == 11 * solution.stats.n_accepted
+    if gradient == "checkpoint":
+        assert solution.stats.nfe_backward == 7 * solution.stats.n_accepted
+
+
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_steps_are_the_accepted_steps_for_every_method(gradient):
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE, requires_grad=True)
+    reference = odeint(field, y0, TIMES, record_states=True, first_step=1.0)
+    solution = odeint(field, y0, TIMES, record_states=True, first_step=1.0, gradient=gradient)
+    for name in ("t", "dt", "error_estimate", "stiffness_estimate", "states"):
+        torch.testing.assert_close(getattr(solution.steps, name), getattr(reference.steps, name))
+    assert not solution.steps.states.requires_grad
+    # Without record_states, no states are returned even if the method keeps them internally.
+    assert odeint(field, y0, TIMES, gradient=gradient).steps.states is None
+
+
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_every_output_is_differentiable(gradient):
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE, requires_grad=True)
+    solution = odeint(field, y0, TIMES, gradient=gradient)
+    for i in range(1, len(TIMES)):
+        grads = torch.autograd.grad(solution.ys[i].sum(), (y0, *field.parameters()), retain_graph=True)
+        assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+def test_backward_in_time_and_plain_function_with_adjoint_params(gradient):
+    weight = torch.tensor([[-0.2, 1.0], [-1.0, -0.1]], dtype=DTYPE, requires_grad=True)
+
+    def field(t, y):
+        return y @ weight.T
+
+    y0 = torch.tensor([1.0, 0.5], dtype=DTYPE, requires_grad=True)
+    times = [2.0, 1.0, 0.0]
+    extra = {"adjoint_rtol": 1e-11, "adjoint_atol": 1e-12} if gradient == "adjoint" else {}
+    reference = torch.autograd.grad(loss_of(odeint(field, y0, times).ys), (y0, weight))
+    solution = odeint(field, y0, times, gradient=gradient, adjoint_params=(weight,), **extra)
+    result = torch.autograd.grad(loss_of(solution.ys), (y0, weight))
+    tolerance = 1e-6 if gradient == "adjoint" else 1e-10
+    for r, g in zip(result, reference, strict=True):
+        assert relative_error(r, g) <= tolerance
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+def test_parameter_free_function_with_empty_adjoint_params(gradient):
+    y0 = torch.tensor([1.0, 1.0], dtype=DTYPE, requires_grad=True)
+    times = [0.0, 0.5, 1.0]
+    extra = {"adjoint_rtol": 1e-10, "adjoint_atol": 1e-12} if gradient == "adjoint" else {}
+    (reference,) = torch.autograd.grad(loss_of(odeint(lotka_volterra, y0, times).ys), y0)
+    solution = odeint(lotka_volterra, y0, times, gradient=gradient, adjoint_params=(), **extra)
+    (result,) = torch.autograd.grad(loss_of(solution.ys), y0)
+    assert relative_error(result, reference) <= (1e-6 if gradient == "adjoint" else 1e-10)
+
+
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_single_output_time(gradient):
+    field = TinyField()
+    y0 = torch.randn(3, dtype=DTYPE, requires_grad=True)
+    solution = odeint(field, y0, [0.5], gradient=gradient)
+    (grad,) = torch.autograd.grad(solution.ys.sum(), y0)
+    torch.testing.assert_close(grad, torch.ones_like(y0))
+
+
+# ---- step_penalty (global regularization) --------------------------------------------------------
+
+
+def error_penalty(result, dt):
+    return result.error_estimate * abs(dt)
+
+
+def test_step_penalty_with_checkpoint_equals_direct():
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    results = {}
+    for gradient in ("direct", "checkpoint"):
+        y = y0.clone().requires_grad_(True)
+        solution = odeint(field, y, TIMES, first_step=1.0, gradient=gradient, step_penalty=error_penalty)
+        assert solution.penalties.shape == (solution.stats.n_accepted,)
+        loss = loss_of(solution.ys) + 10.0 * solution.penalties.sum()
+        grads = torch.autograd.grad(loss, (y, *field.parameters()))
+        results[gradient] = (solution.penalties.detach(), torch.cat([g.reshape(-1) for g in grads]))
+    torch.testing.assert_close(results["checkpoint"][0], results["direct"][0])
+    assert relative_error(results["checkpoint"][1], results["direct"][1]) <= 1e-10
+
+
+def test_step_penalty_alone_is_differentiated_by_checkpoint():
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    grads = {}
+    for gradient in ("direct", "checkpoint"):
+        solution = odeint(field, y0, TIMES, gradient=gradient, step_penalty=error_penalty)
+        grads[gradient] = torch.autograd.grad(solution.penalties.sum(), tuple(field.parameters()))
+    for a, b in zip(grads["checkpoint"], grads["direct"], strict=True):
+        assert relative_error(a, b) <= 1e-10
+
+
+@pytest.mark.parametrize("gradient", ["adjoint", "symplectic"])
+def test_step_penalty_needs_a_per_step_graph(gradient):
+    with pytest.raises(ValueError, match="step_penalty.*per-step graph"):
+        odeint(TinyField(), torch.ones(3, dtype=DTYPE), TIMES, gradient=gradient, step_penalty=error_penalty)
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+
+
+def test_unknown_gradient():
+    with pytest.raises(ValueError, match="gradient"):
+        odeint(TinyField(), torch.ones(3, dtype=DTYPE), TIMES, gradient="backprop")
+    with pytest.raises(TypeError, match="gradient"):
+        odeint(TinyField(), torch.ones(3, dtype=DTYPE), TIMES, gradient=None)
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+def test_plain_function_without_adjoint_params_is_an_error(gradient):
+    field = TinyField()
+    with pytest.raises(ValueError, match="adjoint_params"):
+        odeint(lambda t, y: field(t, y), torch.ones(3, dtype=DTYPE), TIMES, gradient=gradient)
+
+
+def test_bound_method_of_a_module_uses_its_parameters():
+    field = TinyField()
+    y0 = torch.randn(3, dtype=DTYPE)
+    solution = odeint(field.forward, y0, TIMES, gradient="symplectic")
+    grads = torch.autograd.grad(solution.ys.sum(), tuple(field.parameters()))
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_bad_adjoint_arguments():
+    field, y0 = TinyField(), torch.ones(3, dtype=DTYPE)
+    with pytest.raises(ValueError, match="adjoint_rtol"):
+        odeint(field, y0, TIMES, gradient="checkpoint", adjoint_rtol=1e-6)
+    with pytest.raises(ValueError, match="adjoint_rtol"):
+        odeint(field, y0, TIMES, gradient="adjoint", adjoint_rtol=-1.0)
+    with pytest.raises(ValueError, match="adjoint_options"):
+        odeint(field, y0, TIMES, gradient="adjoint", adjoint_options={"nrom": "seminorm"})
+    with pytest.raises(ValueError, match="norm"):
+        odeint(field, y0, TIMES, gradient="adjoint", adjoint_options={"norm": "max"})
+    with pytest.raises(ValueError, match="adjoint_method"):
+        odeint(field, y0, TIMES, gradient="adjoint", adjoint_method="rk45")
+    with pytest.raises(ValueError, match="adjoint_method 'rk4' is fixed-step"):
+        odeint(field, y0, TIMES, gradient="adjoint", adjoint_method="rk4")
+    with pytest.raises(TypeError, match="adjoint_params"):
+        odeint(field, y0, TIMES, gradient="symplectic", adjoint_params=next(field.parameters()))
+    with pytest.raises(TypeError, match="adjoint_params"):
+        odeint(field, y0, TIMES, gradient="symplectic", adjoint_params=[1.0])
