@@ -33,9 +33,15 @@ from __future__ import annotations
 
 from .base import Batch, ModelContext, Task, TaskData
 from .digits import DigitsTask
+from .latent_ode import LatentODETask
+from .mnist import MnistTask
+from .spiral import SpiralTask
 
 REGISTRY: dict[str, Task] = {
     "digits": DigitsTask(),
+    "mnist": MnistTask(),
+    "latent_ode": LatentODETask(),
+    "spiral": SpiralTask(),
 }
 
 __all__ = ["REGISTRY", "Batch", "ModelContext", "Task", "TaskData"]

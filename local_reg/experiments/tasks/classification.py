@@ -10,9 +10,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
 from ..models import ConcatMLP
-from .base import Batch, Task
+from .base import Batch, Task, TaskData
 
 
 class ODEClassifier(nn.Module):
@@ -53,3 +54,21 @@ class ClassificationTask(Task):
             "loss": nn.functional.cross_entropy(logits, labels).item(),
             "accuracy": (logits.argmax(-1) == labels).float().mean().item(),
         }
+
+
+def split_datasets(images: Any, labels: Any, test_size: int | float, settings: dict[str, Any]) -> TaskData:
+    """A stratified train/test split, fixed for every seed (the seed varies training, not the data),
+    each part cut to ``settings["train_size"]`` / ``settings["test_size"]`` when those are not ``None``."""
+    from sklearn.model_selection import train_test_split
+
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, labels, test_size=test_size, stratify=labels, random_state=0
+    )
+
+    def dataset(x: Any, y: Any, n: int | None) -> TensorDataset:
+        return TensorDataset(torch.tensor(x[:n], dtype=torch.float32), torch.tensor(y[:n], dtype=torch.long))
+
+    return TaskData(
+        train=dataset(x_train, y_train, settings["train_size"]),
+        test=dataset(x_test, y_test, settings["test_size"]),
+    )

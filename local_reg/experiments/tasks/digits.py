@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-from torch.utils.data import TensorDataset
-
 from .base import TaskData
-from .classification import ClassificationTask
+from .classification import ClassificationTask, split_datasets
 
 _SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"train_size": 64, "test_size": 64, "epochs": 1, "batch_size": 32},
@@ -46,15 +43,6 @@ class DigitsTask(ClassificationTask):
 
     def load_data(self, settings: dict[str, Any], seed: int) -> TaskData:
         from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
 
         images, labels = load_digits(return_X_y=True)
-        x_train, x_test, y_train, y_test = train_test_split(
-            images / 16.0, labels, test_size=0.2, stratify=labels, random_state=0
-        )
-        n_train, n_test = settings["train_size"], settings["test_size"]
-
-        def dataset(x, y, n):
-            return TensorDataset(torch.tensor(x[:n], dtype=torch.float32), torch.tensor(y[:n]))
-
-        return TaskData(train=dataset(x_train, y_train, n_train), test=dataset(x_test, y_test, n_test))
+        return split_datasets(images / 16.0, labels, 0.2, settings)

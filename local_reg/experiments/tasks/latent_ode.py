@@ -1,0 +1,243 @@
+"""``latent_ode``: a latent ODE on irregularly sampled, partially observed time series.
+
+The stand-in for the paper's PhysioNet 2012 experiment [LR23] (PhysioNet is not shipped by any
+package): periodic multichannel series generated on a shared time grid, each series observing a
+random subset of the grid times and, at those times, a random subset of the channels. With
+``--set physionet_dir=DIR`` the real PhysioNet 2012 files (``*.txt`` under ``DIR``, e.g. ``set-a``)
+are read instead, binned into hours (:func:`load_physionet`).
+
+Model (Rubanova et al. 2019, with a GRU encoder): a GRU reads the series backwards, its last state
+gives a Gaussian posterior over the latent state ``z0``; the latent ODE is solved through every grid
+time and a linear map decodes the observations. Training loss: masked MSE plus a small KL term
+(``z0`` sampled); test metric: masked MSE with ``z0`` the posterior mean.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+from ..models import ConcatMLP
+from .base import Batch, Task, TaskData
+
+PHYSIONET_VARIABLES = [
+    "Albumin",
+    "ALP",
+    "ALT",
+    "AST",
+    "Bilirubin",
+    "BUN",
+    "Cholesterol",
+    "Creatinine",
+    "DiasABP",
+    "FiO2",
+    "GCS",
+    "Glucose",
+    "HCO3",
+    "HCT",
+    "HR",
+    "K",
+    "Lactate",
+    "Mg",
+    "MAP",
+    "MechVent",
+    "Na",
+    "NIDiasABP",
+    "NIMAP",
+    "NISysABP",
+    "PaCO2",
+    "PaO2",
+    "pH",
+    "Platelets",
+    "RespRate",
+    "SaO2",
+    "SysABP",
+    "Temp",
+    "TroponinI",
+    "TroponinT",
+    "Urine",
+    "WBC",
+    "Weight",
+]
+"""The 37 time-series variables of PhysioNet 2012 (the static descriptors are not modelled)."""
+
+_PHYSIONET_HOURS = 48
+
+_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"n_train": 32, "n_test": 32, "epochs": 1, "batch_size": 16},
+    "quick": {"n_train": 1000, "n_test": 250, "epochs": 25, "batch_size": 50},
+    "full": {"n_train": 4000, "n_test": 1000, "epochs": 100, "batch_size": 50},
+}
+
+
+def periodic_series(
+    n: int, times: Tensor, n_channels: int, obs_prob: float, time_obs_prob: float, noise: float, seed: int
+) -> tuple[Tensor, Tensor]:
+    """``n`` series ``x_c(t) = a s_c sin(w t + phi + 2 pi c / C)`` with random amplitude, frequency and
+    phase; a grid time is observed with probability ``time_obs_prob`` and, if so, each channel with
+    ``obs_prob``. Returns ``values`` (zero where unobserved) and ``mask``, both ``(n, T, C)``."""
+    g = torch.Generator().manual_seed(seed)
+    amplitude = 0.5 + torch.rand(n, 1, 1, generator=g)
+    frequency = 1.0 + 2.0 * torch.rand(n, 1, 1, generator=g)
+    phase = 2 * math.pi * torch.rand(n, 1, 1, generator=g)
+    channel = torch.arange(n_channels).view(1, 1, -1)
+    scale = 1.0 - 0.5 * channel / max(n_channels - 1, 1)
+    t = times.view(1, -1, 1)
+    clean = amplitude * scale * torch.sin(frequency * t + phase + 2 * math.pi * channel / n_channels)
+    values = clean + noise * torch.randn(clean.shape, generator=g)
+    time_mask = torch.rand(n, len(times), 1, generator=g) < time_obs_prob
+    mask = ((torch.rand(values.shape, generator=g) < obs_prob) & time_mask).float()
+    return values * mask, mask
+
+
+def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
+    """Read PhysioNet 2012 records (``RecordID.txt``: ``Time,Parameter,Value`` lines, ``Time`` as
+    ``HH:MM``) from every ``*.txt`` under ``directory``.
+
+    Observations are averaged into 48 hourly bins and each variable is scaled to [0, 1] by its min
+    and max over all records. Returns ``values`` and ``mask``, ``(n_records, 48, 37)``.
+    """
+    files = sorted(Path(directory).rglob("*.txt"))
+    if not files:
+        raise FileNotFoundError(f"no PhysioNet *.txt records under {str(directory)!r}")
+    index = {name: i for i, name in enumerate(PHYSIONET_VARIABLES)}
+    sums = torch.zeros(len(files), _PHYSIONET_HOURS, len(index), dtype=torch.float64)
+    counts = torch.zeros_like(sums)
+    for r, path in enumerate(files):
+        for line in path.read_text().splitlines()[1:]:
+            stamp, name, value = line.split(",")
+            if name not in index or float(value) < 0:  # -1 marks a missing value in the records
+                continue
+            hours, minutes = stamp.split(":")
+            hour = min(int(hours) + int(minutes) // 60, _PHYSIONET_HOURS - 1)
+            sums[r, hour, index[name]] += float(value)
+            counts[r, hour, index[name]] += 1
+    mask = counts > 0
+    values = torch.where(mask, sums / counts.clamp(min=1), 0.0)
+    low = torch.where(mask, values, math.inf).amin(dim=(0, 1))
+    high = torch.where(mask, values, -math.inf).amax(dim=(0, 1))
+    span = torch.where(high > low, high - low, 1.0)
+    values = torch.where(mask, (values - low) / span, 0.0)
+    return values.float(), mask.float()
+
+
+class LatentODE(nn.Module):
+    """``(prediction, kl) = model(values, mask)``: GRU encoder, ODE decoder on the grid ``times``;
+    ``kl`` is the KL divergence of the posterior from N(0, I), times ``kl_weight``."""
+
+    def __init__(
+        self, block: nn.Module, n_channels: int, latent: int, rec_hidden: int, times: Tensor, kl_weight: float
+    ):
+        super().__init__()
+        self.kl_weight = kl_weight
+        self.encoder = nn.GRU(2 * n_channels + 1, rec_hidden, batch_first=True)
+        self.posterior = nn.Linear(rec_hidden, 2 * latent)
+        self.block = block
+        self.decoder = nn.Linear(latent, n_channels)
+        self.register_buffer("times", times, persistent=False)
+
+    def forward(self, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        gaps = torch.diff(self.times, prepend=self.times[:1]).expand(*values.shape[:2]).unsqueeze(-1)
+        # Read backwards in time so that the last hidden state summarizes the series as seen from t0.
+        _, hidden = self.encoder(torch.cat([values, mask, gaps], dim=-1).flip(1))
+        mean, log_var = self.posterior(hidden[-1]).chunk(2, dim=-1)
+        z0 = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean) if self.training else mean
+        latent_path = self.block(z0, self.times)  # (T, batch, latent)
+        kl = self.kl_weight * 0.5 * (mean**2 + log_var.exp() - log_var - 1).sum(-1).mean()
+        return self.decoder(latent_path).transpose(0, 1), kl
+
+
+def masked_mse(prediction: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+    return ((prediction - values) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+
+
+class LatentODETask(Task):
+    """Latent ODE interpolation of irregular, partially observed series; metric: masked MSE."""
+
+    name = "latent_ode"
+    metric = "mse"
+    higher_is_better = False
+
+    def settings(self, size: str) -> dict[str, Any]:
+        return {
+            **_SIZES[size],
+            "physionet_dir": None,
+            "n_times": 25,
+            "t_max": 5.0,
+            "n_channels": 3,
+            "obs_prob": 0.6,
+            "time_obs_prob": 0.6,
+            "noise": 0.01,
+            "latent": 8,
+            "hidden": 40,
+            "rec_hidden": 32,
+            "kl_weight": 1e-3,
+            "eval_batch_size": 250,
+            "lr": 1e-2,
+            "solver": {"method": "tsit5", "rtol": 1e-6, "atol": 1e-6},
+            # Reference §2/§3: the PhysioNet coefficients.
+            "weights": {
+                "local-random": {"start": 100.0, "end": 10.0},
+                "local-biased": {"start": 100.0, "end": 10.0},
+                "global-error": {"start": 1000.0, "end": 100.0},
+                "global-stiffness": 0.285,
+            },
+        }
+
+    def _times(self, settings: dict[str, Any]) -> Tensor:
+        n_times = _PHYSIONET_HOURS if settings["physionet_dir"] else settings["n_times"]
+        return torch.linspace(0.0, settings["t_max"], n_times)
+
+    def load_data(self, settings: dict[str, Any], seed: int) -> TaskData:
+        n_train, n_test = settings["n_train"], settings["n_test"]
+        if settings["physionet_dir"]:
+            values, mask = load_physionet(settings["physionet_dir"])
+            # A fixed shuffle, the same for every seed, before the train/test cut.
+            order = torch.randperm(len(values), generator=torch.Generator().manual_seed(0))
+            values, mask = values[order], mask[order]
+            n_test = min(n_test, len(values) // 5)
+            n_train = min(n_train, len(values) - n_test)
+        else:
+            values, mask = periodic_series(
+                n_train + n_test,
+                self._times(settings),
+                settings["n_channels"],
+                settings["obs_prob"],
+                settings["time_obs_prob"],
+                settings["noise"],
+                seed=0,  # the data stay fixed; the seed varies training
+            )
+        return TaskData(
+            train=TensorDataset(values[:n_train], mask[:n_train]),
+            test=TensorDataset(values[n_train : n_train + n_test], mask[n_train : n_train + n_test]),
+        )
+
+    def build_dynamics(self, settings: dict[str, Any]) -> nn.Module:
+        return ConcatMLP(settings["latent"], settings["hidden"])
+
+    def build_network(self, block: nn.Module, settings: dict[str, Any]) -> nn.Module:
+        n_channels = len(PHYSIONET_VARIABLES) if settings["physionet_dir"] else settings["n_channels"]
+        return LatentODE(
+            block,
+            n_channels,
+            settings["latent"],
+            settings["rec_hidden"],
+            self._times(settings),
+            settings["kl_weight"],
+        )
+
+    def training_loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+        values, mask = batch
+        prediction, kl = model(values, mask)
+        mse = masked_mse(prediction, values, mask)
+        return mse + kl, {"mse": mse.item()}
+
+    def evaluate(self, model: nn.Module, batch: Batch) -> dict[str, float]:
+        values, mask = batch
+        prediction, _ = model(values, mask)
+        return {"mse": masked_mse(prediction, values, mask).item()}
