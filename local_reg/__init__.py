@@ -5,12 +5,30 @@ from ._errors import SolverError
 from .controller import PIController
 from .gradients import GRADIENT_METHODS
 from .odeint import odeint
+from .regularization import (
+    ConstantWeight,
+    ExponentialDecay,
+    GloballyRegularized,
+    LocallyRegularized,
+    RegularizationStats,
+    WeightSchedule,
+    global_regularization,
+    local_regularization,
+)
 from .solution import Solution, Stats, Steps
 from .step import StepResult, initial_step_size, rms_norm, step
 from .tableaus import TABLEAUS, ButcherTableau, get_tableau
 
 __all__ = [
     "GRADIENT_METHODS",
+    "ConstantWeight",
+    "ExponentialDecay",
+    "GloballyRegularized",
+    "LocallyRegularized",
+    "RegularizationStats",
+    "WeightSchedule",
+    "global_regularization",
+    "local_regularization",
     "TABLEAUS",
     "ButcherTableau",
     "PIController",

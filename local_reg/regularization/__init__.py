@@ -1,0 +1,24 @@
+"""Regularizing the solver's own heuristics so learned dynamics are cheap to solve.
+
+- :class:`LocallyRegularized` / :func:`local_regularization`: one sampled step per training
+  iteration [LR23] (Pal, Edelman, Rackauckas, ICML 2023).
+- :class:`GloballyRegularized` / :func:`global_regularization`: every accepted step, differentiated
+  through the solver [GR21] (Pal, Ma, Shah, Rackauckas, ICML 2021).
+- Weight schedules: :class:`ConstantWeight`, :class:`ExponentialDecay`.
+"""
+
+from .globalreg import GloballyRegularized, global_regularization
+from .local import LocallyRegularized, local_regularization
+from .schedules import ConstantWeight, ExponentialDecay, WeightSchedule
+from .stats import RegularizationStats
+
+__all__ = [
+    "ConstantWeight",
+    "ExponentialDecay",
+    "GloballyRegularized",
+    "LocallyRegularized",
+    "RegularizationStats",
+    "WeightSchedule",
+    "global_regularization",
+    "local_regularization",
+]

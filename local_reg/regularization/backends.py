@@ -1,0 +1,187 @@
+"""The main (unregularized) solve, through ``local_reg.odeint`` or torchdiffeq.
+
+Both backends return the same record: the states at the output times, the forward NFE, and, when
+asked for, the accepted steps (start time, signed step size, start state) that biased sampling and
+``step_size="solver"`` need.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..odeint import odeint
+from ..solution import Stats
+
+BACKENDS = ("local_reg", "torchdiffeq")
+GRADIENTS = ("direct", "adjoint", "checkpoint", "symplectic")
+TORCHDIFFEQ_GRADIENTS = ("direct", "adjoint")
+DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
+
+
+@dataclass
+class MainSolve:
+    ys: Tensor
+    nfe: int
+    n_accepted: int | None
+    step_t: list[float] | None
+    step_dt: list[float] | None
+    step_states: Tensor | None
+    solver_stats: Stats | None
+    backward_counter: Callable[[], int | None] | None
+
+
+@functools.cache
+def _odeint_accepts(name: str) -> bool:
+    return name in inspect.signature(odeint).parameters
+
+
+def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {list(choices)}")
+    return value
+
+
+def check_backend_gradient(backend: str, gradient: object) -> None:
+    check_choice("backend", backend, BACKENDS)
+    if not isinstance(gradient, str):
+        raise ValueError(f"gradient must be a str, got {type(gradient).__name__}")
+    if backend == "torchdiffeq" and gradient not in TORCHDIFFEQ_GRADIENTS:
+        raise ValueError(
+            f"gradient={gradient!r} is not available with backend='torchdiffeq': it offers "
+            "'direct' (torchdiffeq.odeint) and 'adjoint' (torchdiffeq.odeint_adjoint); use "
+            "backend='local_reg' for 'checkpoint' and 'symplectic'"
+        )
+    if backend == "local_reg" and not _odeint_accepts("gradient") and gradient != "direct":
+        # local_reg.odeint validates the names itself once it takes a gradient argument.
+        check_choice("gradient", gradient, GRADIENTS)
+        raise NotImplementedError(
+            f"gradient={gradient!r} needs local_reg.odeint(gradient=...), which this build of "
+            "local_reg does not have yet; use gradient='direct'"
+        )
+
+
+def _odeint_kwargs(gradient: str, adjoint_params: Iterable[Tensor] | None) -> dict[str, Any]:
+    """Pass ``gradient`` and ``adjoint_params`` straight through to ``local_reg.odeint``."""
+    kwargs: dict[str, Any] = {}
+    if gradient != "direct" or _odeint_accepts("gradient"):
+        kwargs["gradient"] = gradient
+    if adjoint_params is not None:
+        if not _odeint_accepts("adjoint_params"):
+            raise NotImplementedError("adjoint_params needs local_reg.odeint(adjoint_params=...)")
+        kwargs["adjoint_params"] = tuple(adjoint_params)
+    return kwargs
+
+
+class _TorchdiffeqField(nn.Module):
+    """Counts the calls of ``func`` by torchdiffeq and, if asked, records its accepted steps through
+    torchdiffeq's ``callback_accept_step`` hook. ``func`` is a submodule when it is a module, so
+    ``odeint_adjoint``'s default ``adjoint_params`` are its parameters."""
+
+    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], record: bool) -> None:
+        super().__init__()
+        self.func = func
+        self.calls = 0
+        self.step_t: list[float] = []
+        self.step_dt: list[float] = []
+        self.step_states: list[Tensor] = []
+        if record:
+            # An instance attribute, so solvers without callbacks see none and do not warn.
+            self.callback_accept_step = self._record
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        self.calls += 1
+        return self.func(t, y)
+
+    def _record(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.step_t.append(float(t0.detach()))
+        self.step_dt.append(float(dt.detach()))
+        self.step_states.append(y0.detach())
+        user_callback = getattr(self.func, "callback_accept_step", None)
+        if user_callback is not None:
+            user_callback(t0, y0, dt)
+
+
+def solve_main(
+    func: Callable[[Tensor, Tensor], Tensor],
+    y0: Tensor,
+    times: list[float],
+    *,
+    backend: str,
+    method: str | None,
+    rtol: float,
+    atol: float,
+    gradient: str,
+    adjoint_params: Iterable[Tensor] | None,
+    record_steps: bool,
+    record_states: bool,
+    t_dtype: torch.dtype,
+    options: dict[str, Any] | None,
+    step_penalty: Callable | None = None,
+) -> tuple[MainSolve, Tensor | None]:
+    """Solve at ``times`` and return the record (and ``solution.penalties`` for ``step_penalty``)."""
+    method = DEFAULT_METHOD[backend] if method is None else method
+    options = dict(options or {})
+    if backend == "local_reg":
+        solution = odeint(
+            func,
+            y0,
+            times,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            record_states=record_states,
+            step_penalty=step_penalty,
+            **_odeint_kwargs(gradient, adjoint_params),
+            **options,
+        )
+        steps = solution.steps
+        record = MainSolve(
+            ys=solution.ys,
+            nfe=solution.stats.nfe,
+            n_accepted=solution.stats.n_accepted,
+            step_t=steps.t.tolist() if record_steps else None,
+            step_dt=steps.dt.tolist() if record_steps else None,
+            step_states=steps.states,
+            solver_stats=solution.stats,
+            backward_counter=None,
+        )
+        return record, solution.penalties
+
+    import torchdiffeq
+
+    field = _TorchdiffeqField(func, record=record_steps)
+    t_tensor = torch.tensor(times, dtype=t_dtype, device=y0.device)
+    if gradient == "adjoint":
+        kwargs: dict[str, Any] = {}
+        if adjoint_params is not None:
+            kwargs["adjoint_params"] = tuple(adjoint_params)
+        ys = torchdiffeq.odeint_adjoint(
+            field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options, **kwargs
+        )
+    else:
+        ys = torchdiffeq.odeint(field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options)
+    nfe = field.calls
+
+    def backward_counter() -> int | None:
+        # Calls after the forward solve are the adjoint's backward solve; plain backprop makes none.
+        return field.calls - nfe if gradient == "adjoint" and field.calls > nfe else None
+
+    record = MainSolve(
+        ys=ys,
+        nfe=nfe,
+        n_accepted=len(field.step_t) if record_steps else None,
+        step_t=field.step_t if record_steps else None,
+        step_dt=field.step_dt if record_steps else None,
+        step_states=torch.stack(field.step_states) if record_states and field.step_states else None,
+        solver_stats=None,
+        backward_counter=backward_counter,
+    )
+    return record, None

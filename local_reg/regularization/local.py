@@ -1,0 +1,404 @@
+"""Local regularization of neural ODEs [LR23].
+
+[LR23] Pal, Edelman, Rackauckas. *Locally Regularized Neural Differential Equations: Some Black Boxes
+Were Meant to Remain Closed!* ICML 2023.
+
+At each training forward pass, one time ``t_reg`` in ``[t0, t1)`` is sampled, one step of an
+embedded Runge--Kutta pair (Tsit5 by default) is taken from the solution ``u(t_reg)`` and its error
+estimate is penalized::
+
+    R_E = EEst * |dt|,   EEst = rms(dt * sum_i btilde_i k_i / (atol + rtol * max(|u|, |u_1|)))
+    R_S = S_Est = rho / stability_size          (stiffness variant; Shampine's rho)
+
+``u(t_reg)``, ``dt`` and ``k1 = f(t_reg, u(t_reg))`` are constants: only the step's remaining stages
+are differentiated, by plain reverse mode through one step, so the main solve may use any gradient
+method. The step is :func:`local_reg.step`, the same function the solver uses to accept or reject
+steps, so ``EEst`` here is the solver's own error estimate.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..odeint import validate_state, validate_times
+from ..step import StepResult, initial_step_size, time_tensor
+from ..step import step as rk_step
+from ..tableaus import ButcherTableau, get_tableau
+from .backends import MainSolve, check_backend_gradient, check_choice, solve_main
+from .schedules import WeightSchedule, as_schedule
+from .stats import RegularizationStats
+
+VectorField = Callable[[Tensor, Tensor], Tensor]
+
+SAMPLINGS = ("random", "biased")
+REGULARIZERS = ("error", "stiffness")
+STEP_SIZES = ("initial", "solver")
+
+
+def check_regularizer_tableau(regularizer: str, tableau: ButcherTableau, argument: str) -> None:
+    """The tableau must carry what the penalty reads: an embedded pair, and for ``"stiffness"`` two
+    stages at ``c == 1`` and a stability size."""
+    if not tableau.adaptive:
+        raise ValueError(f"{argument}={tableau.name!r} has no embedded error estimate; use an adaptive pair")
+    if regularizer == "stiffness" and (tableau.stiffness_stages is None or tableau.stability_size is None):
+        raise ValueError(
+            f"regularizer='stiffness' needs a {argument} with a stiffness estimate (two stages at c == 1 "
+            f"and a stability size, e.g. 'tsit5' or 'dopri5'); {tableau.name!r} has none"
+        )
+
+
+def step_penalty_value(result: StepResult, dt: float, regularizer: str, tableau: ButcherTableau) -> Tensor:
+    """``EEst * |dt|`` (error) or ``rho / stability_size`` (stiffness) of one step."""
+    if regularizer == "error":
+        return result.error_estimate * abs(dt)
+    return result.stiffness_estimate / tableau.stability_size
+
+
+def _time_tolerance(times: Sequence[float], t_dtype: torch.dtype) -> float:
+    span = abs(times[-1] - times[0])
+    scale = max(abs(times[0]), abs(times[-1]), span)
+    return max(1e-9 * span, 64 * torch.finfo(t_dtype).eps * scale)
+
+
+def insert_time(times: Sequence[float], t_new: float, tolerance: float) -> tuple[list[float], int, bool]:
+    """Insert ``t_new`` into the monotone ``times`` (not after the last).
+
+    Returns ``(new_times, index, inserted)``. A ``t_new`` within ``tolerance`` of an existing time
+    (other than the last) is that time: it is not inserted again (the solver needs strictly monotone
+    times, and a sliver of a step would underflow).
+    """
+    sign = 1.0 if times[-1] > times[0] else -1.0
+    keys = [sign * v for v in times]
+    position = bisect.bisect_left(keys, sign * t_new)
+    for index in (position - 1, position):
+        if 0 <= index < len(times) - 1 and abs(times[index] - t_new) <= tolerance:
+            return list(times), index, False
+    new_times = list(times)
+    new_times.insert(position, t_new)
+    return new_times, position, True
+
+
+def _sample_random_time(
+    times: Sequence[float], t_dtype: torch.dtype, generator: torch.Generator | None
+) -> float:
+    t0, t1 = times[0], times[-1]
+    tolerance = _time_tolerance(times, t_dtype)
+    while True:
+        u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        # Round to the dtype the backend will see the times in.
+        t_reg = float(torch.tensor(t0 + u * (t1 - t0), dtype=t_dtype))
+        # [t0, t1): a draw that rounds onto (or within a sliver of) the end is drawn again.
+        if abs(t1 - t_reg) > tolerance:
+            return t_reg
+
+
+def _solver_step_at(main: MainSolve, t_reg: float, direction: float) -> float:
+    """|dt| of the main solve's accepted step that contains ``t_reg`` (starts at it, if one does)."""
+    starts = [direction * v for v in main.step_t]
+    index = max(bisect.bisect_right(starts, direction * t_reg) - 1, 0)
+    return abs(main.step_dt[index])
+
+
+def local_regularization(
+    func: VectorField,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    *,
+    sampling: str = "random",
+    regularizer: str = "error",
+    method: str | None = None,
+    reg_method: str | ButcherTableau = "tsit5",
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    gradient: str = "direct",
+    adjoint_params: Iterable[Tensor] | None = None,
+    backend: str = "local_reg",
+    step_size: str = "initial",
+    detach_state: bool = True,
+    generator: torch.Generator | None = None,
+    options: dict[str, Any] | None = None,
+) -> tuple[Tensor, Tensor, RegularizationStats]:
+    """Solve ``dy/dt = func(t, y)`` at ``t`` and compute the local regularization penalty [LR23].
+
+    Returns ``(ys, reg, stats)``: ``ys`` the solution at ``t`` (as :func:`local_reg.odeint`; never
+    at ``t_reg``), ``reg`` the *unweighted* penalty (0-dim tensor) and a
+    :class:`RegularizationStats`. Add ``weight * reg`` to the training loss.
+
+    Args:
+        sampling: ``"random"`` (unbiased, the paper's default): ``t_reg ~ U[t0, t1)``; the main solve
+            also stops at ``t_reg`` to obtain ``u(t_reg)``. ``"biased"``: ``t_reg`` is drawn
+            uniformly from the start times of the main solve's accepted steps (which cluster where
+            the dynamics are hard) and the step restarts from the recorded state.
+        regularizer: ``"error"``: ``R = EEst * |dt|``; ``"stiffness"``: ``R = rho / stability_size``
+            (not multiplied by ``dt``; [LR23] reports it "did not yield positive results").
+        method: the main solver (default ``"tsit5"``; ``"dopri5"`` with torchdiffeq, which has no
+            Tsit5).
+        reg_method: the embedded pair of the regularization step (the public code hard-codes Tsit5).
+        rtol, atol: tolerances of the main solve and of the regularization step's ``EEst``.
+        gradient: the main solve's gradient method, passed to ``local_reg.odeint(gradient=...)``
+            (``"direct"``, ``"adjoint"``, ``"checkpoint"``, ``"symplectic"``); with torchdiffeq
+            ``"direct"`` is ``torchdiffeq.odeint`` and ``"adjoint"`` is ``torchdiffeq.odeint_adjoint``.
+        adjoint_params: parameters for the adjoint-type gradient methods (default: the backend's).
+        backend: ``"local_reg"`` or ``"torchdiffeq"``. With torchdiffeq, ``u(t_reg)`` is its dense
+            output at ``t_reg`` (adding an output time does not change its steps) and biased sampling
+            records steps with torchdiffeq's ``callback_accept_step``.
+        step_size: ``"initial"`` (the paper): the initial-step heuristic at ``u(t_reg)``;
+            ``"solver"``: the accepted step of the main solve that starts at (or contains)
+            ``t_reg``. Either is capped at ``|t1 - t_reg|``.
+        detach_state: ``True`` (the paper): ``u(t_reg)`` and ``k1`` are constants. ``False``: the
+            penalty's gradient also flows into ``u(t_reg)`` (and from there, through the main
+            gradient method, into ``y0`` and the parameters); only with ``sampling="random"``.
+        generator: the ``torch.Generator`` (CPU) that draws ``t_reg``; the global one by default.
+        options: extra keyword arguments of the main solve (``local_reg.odeint`` keywords, or
+            torchdiffeq's ``options`` dict).
+
+    A penalty that is not finite (a diverging regularization step) is replaced by a zero that
+    carries no gradient, and ``stats.penalty_finite`` is ``False``; a zero ``EEst`` has a zero
+    gradient, never NaN.
+    """
+    sampling = check_choice("sampling", sampling, SAMPLINGS)
+    regularizer = check_choice("regularizer", regularizer, REGULARIZERS)
+    step_size = check_choice("step_size", step_size, STEP_SIZES)
+    check_backend_gradient(backend, gradient)
+    tableau = get_tableau(reg_method)
+    check_regularizer_tableau(regularizer, tableau, "reg_method")
+    if not isinstance(detach_state, bool):
+        raise TypeError(f"detach_state must be a bool, got {type(detach_state).__name__}")
+    if sampling == "biased" and not detach_state:
+        raise ValueError(
+            "detach_state=False needs sampling='random': biased sampling restarts from the recorded "
+            "(detached) state of an accepted step, which has no graph to the parameters"
+        )
+    y0 = validate_state(y0)
+    times = validate_times(t)
+    if len(times) < 2:
+        raise ValueError(f"t must hold at least 2 times (t0 and t1) to sample t_reg, got {len(times)}")
+    t_dtype = t.dtype if isinstance(t, Tensor) else torch.float64
+    direction = 1.0 if times[-1] > times[0] else -1.0
+    t1 = times[-1]
+    common = dict(
+        backend=backend,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        gradient=gradient,
+        adjoint_params=adjoint_params,
+        t_dtype=t_dtype,
+        options=options,
+    )
+
+    if sampling == "random":
+        t_reg = _sample_random_time(times, t_dtype, generator)
+        solve_times, index, inserted = insert_time(times, t_reg, _time_tolerance(times, t_dtype))
+        t_reg = solve_times[index]
+        main, _ = solve_main(
+            func, y0, solve_times, record_steps=step_size == "solver", record_states=False, **common
+        )
+        state = main.ys[index]
+        ys = torch.cat([main.ys[:index], main.ys[index + 1 :]]) if inserted else main.ys
+        solver_dt = _solver_step_at(main, t_reg, direction) if step_size == "solver" else None
+    else:
+        main, _ = solve_main(func, y0, times, record_steps=True, record_states=True, **common)
+        ys = main.ys
+        n_steps = len(main.step_t)
+        index = int(torch.randint(n_steps, (), generator=generator))
+        t_reg = main.step_t[index]
+        state = main.step_states[index]
+        solver_dt = abs(main.step_dt[index])
+
+    if detach_state:
+        state = state.detach()
+        with torch.no_grad():
+            k1 = func(time_tensor(t_reg, state), state)
+    else:
+        k1 = func(time_tensor(t_reg, state), state)
+    nfe_reg = 1
+    if step_size == "initial":
+        dt_abs, extra = initial_step_size(
+            func, t_reg, state.detach(), k1.detach(), tableau.order, rtol, atol, direction
+        )
+        nfe_reg += extra
+    else:
+        dt_abs = solver_dt
+    dt = direction * min(dt_abs, abs(t1 - t_reg))
+    result = rk_step(func, t_reg, state, dt, tableau, rtol=rtol, atol=atol, k1=k1)
+    nfe_reg += result.nfe
+
+    penalty = step_penalty_value(result, dt, regularizer, tableau)
+    value = float(penalty.detach())
+    finite = math.isfinite(value)
+    if not finite:
+        penalty = torch.zeros((), dtype=y0.dtype, device=y0.device)
+
+    stats = RegularizationStats(
+        nfe_main=main.nfe,
+        nfe_reg=nfe_reg,
+        t_reg=t_reg,
+        dt_reg=dt,
+        state=state.detach(),
+        error_estimate=float(result.error_estimate.detach()),
+        stiffness_estimate=(
+            None if result.stiffness_estimate is None else float(result.stiffness_estimate.detach())
+        ),
+        penalty=value if finite else 0.0,
+        penalty_finite=finite,
+        n_accepted=main.n_accepted,
+        solver_stats=main.solver_stats,
+        backward_counter=main.backward_counter,
+    )
+    return ys, penalty, stats
+
+
+def solve_plain(
+    func: VectorField,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    *,
+    backend: str,
+    method: str | None,
+    rtol: float,
+    atol: float,
+    gradient: str,
+    adjoint_params: Iterable[Tensor] | None,
+    options: dict[str, Any] | None,
+) -> tuple[Tensor, RegularizationStats]:
+    """The unregularized solve (eval mode): no extra output time, no extra evaluation."""
+    check_backend_gradient(backend, gradient)
+    y0 = validate_state(y0)
+    times = validate_times(t)
+    t_dtype = t.dtype if isinstance(t, Tensor) else torch.float64
+    main, _ = solve_main(
+        func,
+        y0,
+        times,
+        backend=backend,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        gradient=gradient,
+        adjoint_params=adjoint_params,
+        record_steps=False,
+        record_states=False,
+        t_dtype=t_dtype,
+        options=options,
+    )
+    stats = RegularizationStats(
+        nfe_main=main.nfe,
+        n_accepted=main.n_accepted,
+        solver_stats=main.solver_stats,
+        backward_counter=main.backward_counter,
+    )
+    return main.ys, stats
+
+
+class LocallyRegularized(nn.Module):
+    """A neural ODE ``dy/dt = func(t, y)`` trained with local regularization [LR23].
+
+    ``ys = model(y0, t)`` returns the solution at ``t``. In training mode it also sets
+    ``model.reg_loss = w * R``, ``R`` the penalty of one regularization step at a sampled ``t_reg``
+    (see :func:`local_regularization` for the procedure and every argument); add it to the task
+    loss. In eval mode there is no regularization and no extra cost: ``ys`` is exactly the
+    unregularized solution and ``reg_loss`` is 0. ``model.stats`` describes the last call.
+
+    Args:
+        weight: a non-negative float or a :class:`WeightSchedule` (e.g. ``ExponentialDecay(2.5, 1.0,
+            N)`` as for MNIST in [LR23]); advance it with ``model.weight.step()`` once per iteration.
+            Its state is part of ``model.state_dict()``.
+        (the others: as :func:`local_regularization`.)
+    """
+
+    reg_loss: Tensor
+    stats: RegularizationStats | None
+
+    def __init__(
+        self,
+        func: VectorField,
+        *,
+        sampling: str = "random",
+        regularizer: str = "error",
+        weight: float | WeightSchedule = 1.0,
+        method: str | None = None,
+        reg_method: str | ButcherTableau = "tsit5",
+        rtol: float = 1e-6,
+        atol: float = 1e-8,
+        gradient: str = "direct",
+        adjoint_params: Iterable[Tensor] | None = None,
+        backend: str = "local_reg",
+        step_size: str = "initial",
+        detach_state: bool = True,
+        generator: torch.Generator | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        # Validate everything now so a typo fails at construction, not at the first batch.
+        check_choice("sampling", sampling, SAMPLINGS)
+        check_choice("regularizer", regularizer, REGULARIZERS)
+        check_choice("step_size", step_size, STEP_SIZES)
+        check_backend_gradient(backend, gradient)
+        check_regularizer_tableau(regularizer, get_tableau(reg_method), "reg_method")
+        if sampling == "biased" and not detach_state:
+            raise ValueError("detach_state=False needs sampling='random'")
+        self.func = func
+        self.weight = as_schedule(weight)
+        self.sampling = sampling
+        self.regularizer = regularizer
+        self.method = method
+        self.reg_method = reg_method
+        self.rtol = rtol
+        self.atol = atol
+        self.gradient = gradient
+        self.adjoint_params = None if adjoint_params is None else tuple(adjoint_params)
+        self.backend = backend
+        self.step_size = step_size
+        self.detach_state = detach_state
+        self.generator = generator
+        self.options = options
+        self.reg_loss = torch.zeros(())
+        self.stats = None
+
+    def forward(self, y0: Tensor, t: Tensor | Sequence[float]) -> Tensor:
+        solver = dict(
+            method=self.method,
+            rtol=self.rtol,
+            atol=self.atol,
+            gradient=self.gradient,
+            adjoint_params=self.adjoint_params,
+            backend=self.backend,
+            options=self.options,
+        )
+        if not self.training:
+            ys, self.stats = solve_plain(self.func, y0, t, **solver)
+            self.reg_loss = torch.zeros((), dtype=y0.dtype, device=y0.device)
+            return ys
+        ys, reg, self.stats = local_regularization(
+            self.func,
+            y0,
+            t,
+            sampling=self.sampling,
+            regularizer=self.regularizer,
+            reg_method=self.reg_method,
+            step_size=self.step_size,
+            detach_state=self.detach_state,
+            generator=self.generator,
+            **solver,
+        )
+        self.reg_loss = reg * self.weight()
+        return ys
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"weight": self.weight.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.weight.load_state_dict(state["weight"])
+
+    def extra_repr(self) -> str:
+        return (
+            f"sampling={self.sampling!r}, regularizer={self.regularizer!r}, weight={self.weight!r}, "
+            f"gradient={self.gradient!r}, backend={self.backend!r}, step_size={self.step_size!r}"
+        )
