@@ -3,7 +3,6 @@ eval mode, sampling, schedules and bad input."""
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
@@ -31,13 +30,9 @@ DTYPE = torch.float64
 RTOL, ATOL = 1e-4, 1e-6  # loose: few steps, a penalty well above rounding, fast tests
 TSIT5 = get_tableau("tsit5")
 
-_GRADIENTS_LANDED = "gradient" in inspect.signature(odeint).parameters
-
 
 def _case(backend: str, gradient: str):
-    available = backend == "torchdiffeq" or gradient == "direct" or _GRADIENTS_LANDED
-    marks = () if available else pytest.mark.xfail(reason="gradient methods not yet landed", strict=False)
-    return pytest.param(backend, gradient, marks=marks, id=f"{backend}-{gradient}")
+    return pytest.param(backend, gradient, id=f"{backend}-{gradient}")
 
 
 GRADIENT_CASES = [
@@ -471,6 +466,7 @@ def test_schedule_validation():
         ({"backend": "torchdiffeq", "gradient": "checkpoint"}, "gradient='checkpoint'"),
         ({"backend": "torchdiffeq", "gradient": "symplectic"}, "gradient='symplectic'"),
         ({"sampling": "biased", "detach_state": False}, "detach_state"),
+        ({"gradient": "backsolve"}, "gradient"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, match):
@@ -507,12 +503,7 @@ def test_global_rejects_gradient_methods_without_a_per_step_graph():
     "gradient",
     [
         "direct",
-        pytest.param(
-            "checkpoint",
-            marks=()
-            if _GRADIENTS_LANDED
-            else pytest.mark.xfail(reason="gradient methods not yet landed", strict=False),
-        ),
+        "checkpoint",
     ],
 )
 @pytest.mark.parametrize(

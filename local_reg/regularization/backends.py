@@ -7,8 +7,6 @@ asked for, the accepted steps (start time, signed step size, start state) that b
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -16,11 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..gradients import GRADIENT_METHODS
 from ..odeint import odeint
 from ..solution import Stats
 
 BACKENDS = ("local_reg", "torchdiffeq")
-GRADIENTS = ("direct", "adjoint", "checkpoint", "symplectic")
 TORCHDIFFEQ_GRADIENTS = ("direct", "adjoint")
 DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
 
@@ -35,11 +33,6 @@ class MainSolve:
     step_states: Tensor | None
     solver_stats: Stats | None
     backward_counter: Callable[[], int | None] | None
-
-
-@functools.cache
-def _odeint_accepts(name: str) -> bool:
-    return name in inspect.signature(odeint).parameters
 
 
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
@@ -59,25 +52,7 @@ def check_backend_gradient(backend: str, gradient: object) -> None:
             "'direct' (torchdiffeq.odeint) and 'adjoint' (torchdiffeq.odeint_adjoint); use "
             "backend='local_reg' for 'checkpoint' and 'symplectic'"
         )
-    if backend == "local_reg" and not _odeint_accepts("gradient") and gradient != "direct":
-        # local_reg.odeint validates the names itself once it takes a gradient argument.
-        check_choice("gradient", gradient, GRADIENTS)
-        raise NotImplementedError(
-            f"gradient={gradient!r} needs local_reg.odeint(gradient=...), which this build of "
-            "local_reg does not have yet; use gradient='direct'"
-        )
-
-
-def _odeint_kwargs(gradient: str, adjoint_params: Iterable[Tensor] | None) -> dict[str, Any]:
-    """Pass ``gradient`` and ``adjoint_params`` straight through to ``local_reg.odeint``."""
-    kwargs: dict[str, Any] = {}
-    if gradient != "direct" or _odeint_accepts("gradient"):
-        kwargs["gradient"] = gradient
-    if adjoint_params is not None:
-        if not _odeint_accepts("adjoint_params"):
-            raise NotImplementedError("adjoint_params needs local_reg.odeint(adjoint_params=...)")
-        kwargs["adjoint_params"] = tuple(adjoint_params)
-    return kwargs
+    check_choice("gradient", gradient, GRADIENT_METHODS)
 
 
 class _TorchdiffeqField(nn.Module):
@@ -139,7 +114,8 @@ def solve_main(
             atol=atol,
             record_states=record_states,
             step_penalty=step_penalty,
-            **_odeint_kwargs(gradient, adjoint_params),
+            gradient=gradient,
+            adjoint_params=adjoint_params,
             **options,
         )
         steps = solution.steps
