@@ -1,0 +1,175 @@
+"""Cost of one training iteration (forward + backward): vanilla vs local regularization [LR23]
+(random and biased sampling) vs global regularization [GR21], for every gradient method.
+
+The same MLP vector field, batch and loss for every variant; no optimizer step, so every iteration
+sees the same model. Repetitions are interleaved (every variant once per round) so all variants see
+the same machine load; the table reports medians, and each ratio is the median over rounds of the
+variant's time divided by the vanilla time of the same gradient method in the same round.
+
+    python benchmarks/regularization.py [--repeats 9] [--batch 512] [--width 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import local_reg
+from local_reg import GloballyRegularized, LocallyRegularized
+
+
+class MLPField(torch.nn.Module):
+    def __init__(self, dim: int, width: int) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim, width),
+            torch.nn.Tanh(),
+            torch.nn.Linear(width, width),
+            torch.nn.Tanh(),
+            torch.nn.Linear(width, dim),
+        )
+        self.calls = 0
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(y)
+
+
+Iteration = Callable[[], dict[str, int | None]]
+
+
+def make_iterations(
+    field: MLPField, y0: torch.Tensor, t: torch.Tensor, target: torch.Tensor, args: argparse.Namespace
+) -> dict[tuple[str, str], Iteration]:
+    """(gradient label, variant) -> one training iteration returning its NFE counts."""
+    tol = dict(rtol=args.rtol, atol=args.atol)
+    iterations: dict[tuple[str, str], Iteration] = {}
+
+    def finish(ys: torch.Tensor, reg: torch.Tensor | None) -> None:
+        loss = (ys - target).pow(2).mean()
+        if reg is not None:
+            loss = loss + reg
+        field.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def vanilla(gradient: str, backend: str) -> Iteration:
+        def run() -> dict[str, int | None]:
+            if backend == "torchdiffeq":
+                import torchdiffeq
+
+                solve = torchdiffeq.odeint_adjoint if gradient == "adjoint" else torchdiffeq.odeint
+                field.calls = 0
+                ys = solve(field, y0, t, method="dopri5", **tol)
+                forward = field.calls
+                finish(ys, None)
+                return {"nfe": forward, "reg": 0, "backward": field.calls - forward or None}
+            solution = local_reg.odeint(field, y0, t, method=args.method, gradient=gradient, **tol)
+            finish(solution.ys, None)
+            return {"nfe": solution.stats.nfe, "reg": 0, "backward": solution.stats.nfe_backward}
+
+        return run
+
+    def regularized(model: torch.nn.Module) -> Iteration:
+        model.train()
+
+        def run() -> dict[str, int | None]:
+            ys = model(y0, t)
+            finish(ys, model.reg_loss)
+            stats = model.stats
+            return {"nfe": stats.nfe_main, "reg": stats.nfe_reg, "backward": stats.nfe_backward}
+
+        return run
+
+    for backend, gradients in (
+        ("local_reg", ("direct", "checkpoint", "symplectic", "adjoint")),
+        ("torchdiffeq", ("direct", "adjoint")),
+    ):
+        for gradient in gradients:
+            label = gradient if backend == "local_reg" else f"torchdiffeq {gradient}"
+            method = args.method if backend == "local_reg" else "dopri5"
+            iterations[label, "vanilla"] = vanilla(gradient, backend)
+            for sampling in ("random", "biased"):
+                iterations[label, f"local {sampling}"] = regularized(
+                    LocallyRegularized(
+                        field,
+                        sampling=sampling,
+                        method=method,
+                        gradient=gradient,
+                        backend=backend,
+                        generator=torch.Generator().manual_seed(0),
+                        **tol,
+                    )
+                )
+            if backend == "local_reg" and gradient in ("direct", "checkpoint"):
+                iterations[label, "global"] = regularized(
+                    GloballyRegularized(field, method=method, gradient=gradient, **tol)
+                )
+    return iterations
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--t1", type=float, default=5.0)
+    parser.add_argument("--n-times", type=int, default=5, help="output times in [0, t1]")
+    parser.add_argument("--method", default="tsit5")
+    parser.add_argument("--rtol", type=float, default=1e-6)
+    parser.add_argument("--atol", type=float, default=1e-8)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    field = MLPField(args.dim, args.width)
+    # Larger weights make the dynamics less trivial to integrate (as benchmarks/solver.py).
+    with torch.no_grad():
+        for layer in field.net:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.mul_(2.0)
+    y0 = torch.randn(args.batch, args.dim)
+    t = torch.linspace(0.0, args.t1, args.n_times)
+    target = torch.randn(args.n_times, args.batch, args.dim)
+    iterations = make_iterations(field, y0, t, target, args)
+
+    for run in iterations.values():  # warm-up
+        run()
+    seconds: dict[tuple[str, str], list[float]] = {key: [] for key in iterations}
+    counts: dict[tuple[str, str], list[dict[str, int | None]]] = {key: [] for key in iterations}
+    for _ in range(args.repeats):
+        for key, run in iterations.items():
+            start = time.perf_counter()
+            count = run()
+            seconds[key].append(time.perf_counter() - start)
+            counts[key].append(count)
+
+    print(
+        f"MLP {args.dim}->{args.width}->{args.width}->{args.dim}, batch {args.batch}, {args.n_times} output "
+        f"times in [0, {args.t1}], {args.method} (torchdiffeq rows: dopri5), rtol={args.rtol}, "
+        f"atol={args.atol}, {args.threads} thread(s), float32, median of {args.repeats} interleaved rounds"
+    )
+    header = (
+        "| gradient | variant | s / iteration | ratio to vanilla | forward NFE (main + reg) | backward NFE |"
+    )
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
+    for (label, variant), samples in seconds.items():
+        vanilla = seconds[label, "vanilla"]
+        ratio = statistics.median(s / v for s, v in zip(samples, vanilla, strict=True))
+        nfe = statistics.median(c["nfe"] for c in counts[label, variant])
+        reg = statistics.median(c["reg"] for c in counts[label, variant])
+        backward = [c["backward"] for c in counts[label, variant] if c["backward"] is not None]
+        backward_text = f"{statistics.median(backward):.0f}" if backward else "n/a"
+        print(
+            f"| {label} | {variant} | {statistics.median(samples):.3f} | {ratio:.3f} "
+            f"| {nfe:.0f} + {reg:.0f} | {backward_text} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
