@@ -178,7 +178,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
-        epoch, iteration, train_time, history = (
+        start_epoch, iteration, train_time, history = (
             state["epoch"],
             state["iteration"],
             state["time"],

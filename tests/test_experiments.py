@@ -1,0 +1,170 @@
+"""The experiments end to end at a tiny size: results lines, table and plots; resume; bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from local_reg.experiments import runner
+from local_reg.experiments.cli import main
+from local_reg.experiments.results import ResultsError, ResultsFile
+from local_reg.experiments.tasks import REGISTRY
+from local_reg.experiments.tasks.latent_ode import PHYSIONET_VARIABLES, load_physionet
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(out, *args: str) -> int:
+    return main(["experiment", *args, "--size", "tiny", "--seeds", "1", "--out", str(out), "--no-progress"])
+
+
+def check_outputs(out, task: str, methods: list[str]) -> list[dict]:
+    records = ResultsFile(out).load()
+    assert [r["method"] for r in records] == methods
+    metric = REGISTRY[task].metric
+    for record in records:
+        assert record["task"] == task and record["world_size"] == 1
+        assert record["test_nfe"] > 0 and record["predict_time"] > 0 and record["train_time"] > 0
+        assert math.isfinite(record["test"][metric]) and math.isfinite(record["train"][metric])
+        assert len(record["history"]["nfe"]) == record["iterations"] > 0
+    report = (out / "report.md").read_text()
+    for method in methods:
+        assert f"| {method} |" in report
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 2
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
+    return records
+
+
+@pytest.mark.parametrize("task", ["digits", "mnist", "latent_ode", "spiral"])
+def test_task_writes_results_table_and_plots(task, tmp_path, capsys):
+    assert run(tmp_path, task, "--methods", "vanilla", "local-random") == 0
+    records = check_outputs(tmp_path, task, ["vanilla", "local-random"])
+    # Regularization is a training-time cost only: the regularizer evaluated the field in training.
+    assert sum(records[1]["history"]["reg_nfe"]) > 0 and sum(records[0]["history"]["reg_nfe"]) == 0
+    table = capsys.readouterr().out
+    assert "| method |" in table and "NFE / vanilla" in table
+
+
+def test_biased_and_global_methods_run(tmp_path):
+    methods = ["local-biased", "global-error", "global-stiffness"]
+    assert run(tmp_path, "digits", "--methods", *methods) == 0
+    records = check_outputs(tmp_path, "digits", methods)
+    assert all(max(r["history"]["reg_loss"]) > 0 for r in records)
+
+
+def test_resume_skips_finished_runs(tmp_path, monkeypatch, capsys):
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 0
+    before = (tmp_path / "results.jsonl").read_bytes()
+    monkeypatch.setattr(runner, "train_run", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 0
+    assert (tmp_path / "results.jsonl").read_bytes() == before
+    assert "skip digits-vanilla-seed0-" in capsys.readouterr().err
+
+
+def test_interrupted_run_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    task_type = type(REGISTRY["digits"])
+    original = task_type.training_loss
+    calls = []
+
+    def interrupted_in_second_epoch(self, model, batch):
+        calls.append(1)
+        if len(calls) > 2:  # tiny digits: 64 samples in batches of 32, two iterations per epoch
+            raise KeyboardInterrupt
+        return original(self, model, batch)
+
+    monkeypatch.setattr(task_type, "training_loss", interrupted_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "digits", "--methods", "local-random", "--set", "epochs=2")
+    checkpoints = list((tmp_path / "checkpoints").glob("*.pt"))
+    assert len(checkpoints) == 1 and not (tmp_path / "results.jsonl").exists()
+
+    calls.clear()
+    monkeypatch.setattr(
+        task_type, "training_loss", lambda self, m, b: (calls.append(1), original(self, m, b))[1]
+    )
+    assert run(tmp_path, "digits", "--methods", "local-random", "--set", "epochs=2") == 0
+    assert len(calls) == 2  # only the second epoch was trained
+    (record,) = ResultsFile(tmp_path).load()
+    assert record["iterations"] == 4 and len(record["history"]["loss"]) == 4
+    assert not checkpoints[0].exists()  # removed once the result is recorded
+
+
+def test_results_are_never_overwritten(tmp_path):
+    results = ResultsFile(tmp_path)
+    record = {
+        "run_id": "r",
+        "task": "t",
+        "method": "m",
+        "seed": 0,
+        "config_id": "c",
+        "test": {},
+        "test_nfe": 1,
+    }
+    results.append(record)
+    before = results.path.read_bytes()
+    with pytest.raises(ResultsError, match="already recorded"):
+        results.append({**record, "test_nfe": 2})
+    assert results.path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["experiment", "nope"], "invalid choice: 'nope'"),
+        (["experiment", "digits", "--methods", "vanilla", "sparkly"], "unknown method(s) ['sparkly']"),
+        (["experiment", "digits", "--set", "no_such_setting=1"], "bad --set"),
+        (["experiment", "digits", "--set", "epochs"], "--set expects KEY=VALUE"),
+        (["experiment", "digits", "--seeds", "0"], "--seeds must be at least 1"),
+    ],
+)
+def test_bad_arguments_exit_2_with_a_message(argv, message, tmp_path, capsys):
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unwritable_output_folder_exits_2(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert run(blocker / "results", "digits", "--methods", "vanilla") == 2
+    assert "cannot write to output folder" in capsys.readouterr().err
+
+
+def test_corrupt_results_file_exits_2_and_is_left_alone(tmp_path, capsys):
+    path = tmp_path / "results.jsonl"
+    good = json.dumps(
+        {
+            "run_id": "r",
+            "task": "digits",
+            "method": "vanilla",
+            "seed": 0,
+            "config_id": "c",
+            "test": {},
+            "test_nfe": 1,
+        }
+    )
+    path.write_text(good + "\n{truncated\n")
+    before = path.read_bytes()
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 2
+    assert "results.jsonl:2: not valid JSON" in capsys.readouterr().err
+    assert main(["report", "--out", str(tmp_path)]) == 2
+    assert path.read_bytes() == before
+
+
+def test_physionet_loader_bins_hours_and_scales_each_variable(tmp_path):
+    records = {
+        "132539.txt": "Time,Parameter,Value\n00:00,RecordID,132539\n00:00,Age,54\n00:07,HR,80\n"
+        "00:37,HR,100\n01:10,Temp,36.5\n47:59,HR,60\n",
+        "132540.txt": "Time,Parameter,Value\n00:00,Weight,-1\n02:00,HR,120\n02:00,Temp,38.5\n",
+    }
+    for name, text in records.items():
+        (tmp_path / name).write_text(text)
+    values, mask = load_physionet(tmp_path)
+    assert values.shape == mask.shape == (2, 48, len(PHYSIONET_VARIABLES))
+    hr, temp = PHYSIONET_VARIABLES.index("HR"), PHYSIONET_VARIABLES.index("Temp")
+    assert mask.sum() == 5  # Age and RecordID are not series; -1 marks a missing value
+    assert values[0, 0, hr] == pytest.approx(0.5)  # mean of 80 and 100 on the 60..120 range
+    assert values[0, 47, hr] == 0.0 and values[1, 2, hr] == 1.0
+    assert values[0, 1, temp] == 0.0 and values[1, 2, temp] == 1.0
