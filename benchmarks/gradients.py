@@ -1,0 +1,275 @@
+"""Gradient methods side by side: peak memory, time, backward NFE and gradient error.
+
+A neural ODE ``dy/dt = S y + MLP(y)`` (``S`` a fixed skew-symmetric matrix that makes the state
+rotate, so the adaptive solver keeps stepping; MLP ``dim -> width -> width -> dim`` with tanh; batch
+``batch``) is solved with adaptive dopri5 on ``[0, T]`` with outputs at ``T/2`` and ``T``; ``T`` is set
+from ``--steps`` (about 25 accepted steps per unit time at the default tolerance). Loss: the mean
+square of both outputs. Methods: ``local_reg.odeint`` with every ``gradient=``, and
+``torchdiffeq.odeint`` (backprop) and ``torchdiffeq.odeint_adjoint`` on the same problem.
+
+Columns:
+- peak MB: the peak resident set size (VmHWM, reset through /proc/self/clear_refs) of a fresh process
+  during one forward+backward in float32, above the resident size before it (after a 2-step
+  warm-up of the same method). It covers forward and backward; every method peaks in its backward.
+- s/iter: median seconds per forward+backward in float32, methods interleaved in one process.
+- bwd NFE: calls of the vector field made by the backward pass (backprop re-uses the forward graph
+  and makes none; each adjoint call also takes a vector--Jacobian product).
+- grad err: relative error of (dL/dy0, dL/dtheta) in float64 against ``gradient="direct"`` in
+  float64 on the same problem (torchdiffeq rows: against torchdiffeq backprop, its own discretization).
+
+The second table compares, in float64 (where tolerances below float32 round-off mean something),
+the symplectic adjoint with the backsolve adjoint at tightening adjoint tolerances on a tighter
+forward solve: the backsolve adjoint's error against the discrete gradient cannot fall below the
+forward solve's own discretization error, the symplectic adjoint's is round-off.
+
+Run: ``.venv/bin/python benchmarks/gradients.py`` (all tables; ``--help`` for options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchdiffeq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from local_reg import odeint  # noqa: E402
+
+STEPS_PER_UNIT_TIME = 25.0  # dopri5 at rtol = atol = 1e-5 on this field (measured)
+
+
+class NeuralField(torch.nn.Module):
+    def __init__(self, dim: int, width: int, omega: float = 10.0) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim, width),
+            torch.nn.Tanh(),
+            torch.nn.Linear(width, width),
+            torch.nn.Tanh(),
+            torch.nn.Linear(width, dim),
+        )
+        a = torch.randn(dim, dim)
+        self.register_buffer("skew", omega * (a - a.T) / (2 * dim**0.5))
+
+    def forward(self, t, y):
+        return y @ self.skew.T + self.net(y)
+
+
+class CallCounter(torch.nn.Module):
+    def __init__(self, field: torch.nn.Module) -> None:
+        super().__init__()
+        self.field = field
+        self.calls = 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        return self.field(t, y)
+
+
+METHODS = {
+    "direct": {"gradient": "direct"},
+    "checkpoint": {"gradient": "checkpoint"},
+    "symplectic": {"gradient": "symplectic"},
+    "adjoint": {"gradient": "adjoint"},
+    "adjoint seminorm": {"gradient": "adjoint", "adjoint_options": {"norm": "seminorm"}},
+    "torchdiffeq backprop": {"torchdiffeq": "odeint"},
+    "torchdiffeq adjoint": {"torchdiffeq": "odeint_adjoint"},
+}
+
+
+def make_problem(args, dtype: torch.dtype):
+    torch.manual_seed(0)
+    field = NeuralField(args.dim, args.width).to(dtype)
+    y0 = torch.randn(args.batch, args.dim, dtype=dtype)
+    return field, y0
+
+
+def forward_backward(
+    field, y0, n_steps: float, args, spec: dict, tolerance: float | None = None, rtol: float | None = None
+):
+    """One forward+backward; returns (gradients, n_accepted forward, backward NFE)."""
+    counter = CallCounter(field)
+    end = n_steps / STEPS_PER_UNIT_TIME
+    y0 = y0.clone().requires_grad_(True)
+    params = tuple(field.parameters())
+    rtol = args.rtol if rtol is None else rtol
+    if "torchdiffeq" in spec:
+        ts = torch.tensor([0.0, end / 2, end], dtype=y0.dtype)
+        solve = getattr(torchdiffeq, spec["torchdiffeq"])
+        extra = {"adjoint_params": params} if spec["torchdiffeq"] == "odeint_adjoint" else {}
+        ys = solve(counter, y0, ts, method="dopri5", rtol=rtol, atol=rtol, **extra)
+        n_accepted = None
+    else:
+        kwargs = {k: v for k, v in spec.items()}
+        if tolerance is not None:
+            kwargs.update(adjoint_rtol=tolerance, adjoint_atol=tolerance)
+        solution = odeint(counter, y0, [0.0, end / 2, end], method="dopri5", rtol=rtol, atol=rtol, **kwargs)
+        ys = solution.ys
+        n_accepted = solution.stats.n_accepted
+    forward_calls = counter.calls
+    loss = (ys[1:] ** 2).mean()
+    grads = torch.autograd.grad(loss, (y0, *params))
+    flat = torch.cat([g.reshape(-1) for g in grads]).detach()
+    return flat, n_accepted, counter.calls - forward_calls
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def measure_memory(args) -> None:
+    """Child process: print the peak RSS growth (MB) of one forward+backward.
+
+    A 2-step warm-up of the same method first (lazy initialization), then the peak resident set size
+    (VmHWM) is reset through /proc/self/clear_refs, and the peak of the measured run is reported
+    above the resident size it started from.
+    """
+    torch.set_num_threads(1)
+    field, y0 = make_problem(args, torch.float32)
+    spec = METHODS[args.memory_of]
+    forward_backward(field, y0, 2, args, spec)
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    base = _status_kb("VmRSS")
+    forward_backward(field, y0, args.memory_steps, args, spec)
+    peak = _status_kb("VmHWM")
+    print(json.dumps({"peak_mb": (peak - base) / 1024}))
+
+
+def memory_in_fresh_process(name: str, n_steps: int, args) -> float:
+    command = [
+        sys.executable,
+        __file__,
+        "--memory-of",
+        name,
+        "--memory-steps",
+        str(n_steps),
+        "--dim",
+        str(args.dim),
+        "--width",
+        str(args.width),
+        "--batch",
+        str(args.batch),
+        "--rtol",
+        str(args.rtol),
+    ]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])["peak_mb"]
+
+
+def relative_error(x, reference) -> float:
+    return float((x - reference).norm() / reference.norm())
+
+
+def main_table(args) -> None:
+    print(
+        f"neural ODE: dim {args.dim}, MLP width {args.width} (2 hidden layers), batch {args.batch}; "
+        f"dopri5 rtol = atol = {args.rtol}; torch {torch.__version__}, 1 thread\n"
+    )
+    for n_steps in args.steps:
+        field32, y32 = make_problem(args, torch.float32)
+        field64, y64 = make_problem(args, torch.float64)
+        reference, n_accepted, _ = forward_backward(field64, y64, n_steps, args, METHODS["direct"])
+        reference_tdq, _, _ = forward_backward(field64, y64, n_steps, args, METHODS["torchdiffeq backprop"])
+        rows = {}
+        for name, spec in METHODS.items():
+            grads, _, _ = forward_backward(field64, y64, n_steps, args, spec)
+            ref = reference_tdq if "torchdiffeq" in spec else reference
+            rows[name] = {"error": relative_error(grads, ref)}
+        times = {name: [] for name in METHODS}
+        for _ in range(args.repeats):
+            for name, spec in METHODS.items():
+                start = time.perf_counter()
+                _, _, nfe_backward = forward_backward(field32, y32, n_steps, args, spec)
+                times[name].append(time.perf_counter() - start)
+                rows[name]["nfe_backward"] = nfe_backward
+        for name in METHODS:
+            rows[name]["seconds"] = statistics.median(times[name])
+            rows[name]["peak_mb"] = memory_in_fresh_process(name, n_steps, args)
+        end = n_steps / STEPS_PER_UNIT_TIME
+        print(f"### about {n_steps} steps (T = {end:g}; {n_accepted} accepted in float64)\n")
+        print("| method | peak MB | vs adjoint | vs direct | s/iter | bwd NFE | grad err |")
+        print("|---|---|---|---|---|---|---|")
+        for name, row in rows.items():
+            print(
+                f"| {name} | {row['peak_mb']:.1f} | {row['peak_mb'] / rows['adjoint']['peak_mb']:.2f} | "
+                f"{row['peak_mb'] / rows['direct']['peak_mb']:.3f} | {row['seconds']:.2f} | "
+                f"{row['nfe_backward']} | {row['error']:.1e} |"
+            )
+        print(flush=True)
+
+
+def tuned_table(args) -> None:
+    n_steps = args.tuned_time * STEPS_PER_UNIT_TIME  # forward_backward's unit: T * 25
+    rtol = args.tuned_rtol
+    field, y0 = make_problem(args, torch.float64)
+    reference, n_accepted, _ = forward_backward(field, y0, n_steps, args, METHODS["direct"], rtol=rtol)
+    configurations = [("symplectic", METHODS["symplectic"], None)]
+    for tolerance in args.adjoint_tolerances:
+        configurations.append((f"adjoint, tol {tolerance:g}", METHODS["adjoint"], tolerance))
+        configurations.append(
+            (f"adjoint seminorm, tol {tolerance:g}", METHODS["adjoint seminorm"], tolerance)
+        )
+    times = {label: [] for label, _, _ in configurations}
+    rows = {}
+    for _ in range(args.repeats):
+        for label, spec, tolerance in configurations:
+            start = time.perf_counter()
+            grads, _, nfe_backward = forward_backward(field, y0, n_steps, args, spec, tolerance, rtol=rtol)
+            times[label].append(time.perf_counter() - start)
+            rows[label] = (relative_error(grads, reference), nfe_backward)
+    print(
+        f"### accuracy against speed, float64: T = {args.tuned_time:g}, forward dopri5 rtol = atol = "
+        f"{rtol:g} ({n_accepted} accepted steps)\n"
+    )
+    print("| method | s/iter | vs symplectic | bwd NFE | grad err |")
+    print("|---|---|---|---|---|")
+    symplectic_seconds = statistics.median(times["symplectic"])
+    for label, _, _ in configurations:
+        seconds = statistics.median(times[label])
+        error, nfe_backward = rows[label]
+        print(
+            f"| {label} | {seconds:.2f} | {seconds / symplectic_seconds:.2f} | {nfe_backward} | {error:.1e} |"
+        )
+    print(flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, nargs="+", default=[50, 200, 1000])
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--rtol", type=float, default=1e-5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tuned-time", type=float, default=2.0)
+    parser.add_argument("--tuned-rtol", type=float, default=1e-8)
+    parser.add_argument("--adjoint-tolerances", type=float, nargs="+", default=[1e-6, 1e-8, 1e-10, 1e-12])
+    parser.add_argument("--skip-main", action="store_true")
+    parser.add_argument("--skip-tuned", action="store_true")
+    parser.add_argument("--memory-of", choices=sorted(METHODS), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-steps", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_of is not None:
+        measure_memory(args)
+        return
+    torch.set_num_threads(1)
+    if not args.skip_main:
+        main_table(args)
+    if not args.skip_tuned:
+        tuned_table(args)
+
+
+if __name__ == "__main__":
+    main()
