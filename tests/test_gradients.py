@@ -321,3 +321,18 @@ def test_bad_adjoint_arguments():
         odeint(field, y0, TIMES, gradient="symplectic", adjoint_params=next(field.parameters()))
     with pytest.raises(TypeError, match="adjoint_params"):
         odeint(field, y0, TIMES, gradient="symplectic", adjoint_params=[1.0])
+
+
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_field_that_ignores_the_state(gradient):
+    # dy/dt = theta cos(t): y(1) = y0 + theta sin(1), so dL/dy0 = 1 and dL/dtheta = sin(1) per element.
+    theta = torch.tensor([0.5, -1.0], dtype=DTYPE, requires_grad=True)
+    y0 = torch.zeros(2, dtype=DTYPE, requires_grad=True)
+    params = None if gradient == "direct" else (theta,)
+    extra = {"adjoint_rtol": 1e-10, "adjoint_atol": 1e-12} if gradient == "adjoint" else {}
+    solution = odeint(
+        lambda t, y: theta * torch.cos(t), y0, [0.0, 1.0], gradient=gradient, adjoint_params=params, **extra
+    )
+    grad_y0, grad_theta = torch.autograd.grad(solution.ys[-1].sum(), (y0, theta))
+    torch.testing.assert_close(grad_y0, torch.ones(2, dtype=DTYPE))
+    torch.testing.assert_close(grad_theta, torch.full((2,), torch.sin(torch.tensor(1.0)).item(), dtype=DTYPE))

@@ -86,6 +86,24 @@ class CountingField:
         return self.func(t, y)
 
 
+def vector_jacobian_product(
+    func: VectorField, t: Tensor, y: Tensor, params: tuple[Tensor, ...], cotangent: Tensor
+) -> tuple[Tensor, Tensor, list[Tensor | None]]:
+    """Evaluate ``f = func(t, y)`` with a fresh graph and return ``(f, v^T df/dy, [v^T df/dp])``.
+
+    The graph lives only inside this call. A ``y`` that ``f`` does not depend on gets a zero
+    gradient; parameters it does not depend on get ``None``.
+    """
+    with torch.enable_grad():
+        y = y.detach().requires_grad_(True)
+        derivative = func(t, y)
+        if not derivative.requires_grad:
+            return derivative, torch.zeros_like(y), [None] * len(params)
+        grads = torch.autograd.grad(derivative, (y, *params), cotangent, allow_unused=True)
+    grad_y = torch.zeros_like(y) if grads[0] is None else grads[0]
+    return derivative.detach(), grad_y, list(grads[1:])
+
+
 def steps_before_outputs(times: list[float], step_starts: list[float]) -> list[int]:
     """For every output time, how many accepted steps end at or before it.
 

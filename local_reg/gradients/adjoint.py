@@ -29,7 +29,7 @@ from torch import Tensor
 from .._integrate import SolveOptions, integrate
 from ..step import StepResult, combine
 from ..tableaus import ButcherTableau
-from ._function import ForwardSolve, GradientMethod
+from ._function import ForwardSolve, GradientMethod, vector_jacobian_product
 
 NORMS = ("default", "seminorm")
 
@@ -57,21 +57,21 @@ class AugmentedDynamics:
     def __call__(self, t: Tensor, z: Tensor) -> Tensor:
         n = self.state_size
         adjoint = z[n : 2 * n].reshape(self.state_shape)
-        with torch.enable_grad():
-            y = z[:n].reshape(self.state_shape).detach().requires_grad_(True)
-            derivative = self.func(t, y)
-            vjps = torch.autograd.grad(derivative, (y, *self.params), -adjoint, allow_unused=True)
+        y = z[:n].reshape(self.state_shape)
+        derivative, state_rate, parameter_vjps = vector_jacobian_product(
+            self.func, t, y, self.params, -adjoint
+        )
         rates = (
             torch.cat(
                 [
                     (torch.zeros_like(p) if g is None else g).reshape(-1)
-                    for p, g in zip(self.params, vjps[1:], strict=True)
+                    for p, g in zip(self.params, parameter_vjps, strict=True)
                 ]
             )
             if self.params
             else z.new_zeros(0)
         )
-        parts = [derivative.detach().reshape(-1), vjps[0].reshape(-1)]
+        parts = [derivative.reshape(-1), state_rate.reshape(-1)]
         if not self.seminorm:
             parts.append(rates)
         out = torch.cat(parts)

@@ -35,7 +35,13 @@ from torch import Tensor
 
 from ..step import combine, time_tensor
 from ..tableaus import ButcherTableau
-from ._function import CountingField, ForwardSolve, StepwiseGradient, add_gradients
+from ._function import (
+    CountingField,
+    ForwardSolve,
+    StepwiseGradient,
+    add_gradients,
+    vector_jacobian_product,
+)
 
 
 def stages_entering_solution(tableau: ButcherTableau) -> int:
@@ -92,14 +98,11 @@ class SymplecticGradient(StepwiseGradient):
                 continue
             else:
                 stage_adjoint = combine(None, -1.0, couplings, later_stages)
-            with torch.enable_grad():
-                stage_state = stage_states[i].detach().requires_grad_(True)
-                derivative = func(time_tensor(stage_times[i], y), stage_state)
-                vjps = torch.autograd.grad(
-                    derivative, (stage_state, *solve.params), stage_adjoint, allow_unused=True
-                )
-            partner_stages[i] = -vjps[0]
-            add_gradients(grad_params, vjps[1:], scale=h * b_tilde[i])
+            _, state_vjp, parameter_vjps = vector_jacobian_product(
+                func, time_tensor(stage_times[i], y), stage_states[i], solve.params, stage_adjoint
+            )
+            partner_stages[i] = -state_vjp
+            add_gradients(grad_params, parameter_vjps, scale=h * b_tilde[i])
 
         # 3. Back across the step.
         return combine(adjoint, -h, b_tilde, partner_stages)
