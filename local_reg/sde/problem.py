@@ -1,0 +1,110 @@
+"""What counts as an SDE here, and how its diffusion meets the Brownian increment.
+
+We follow the torchsde convention (Li et al. 2020; Kidger et al. 2021): an SDE is an object with
+a drift ``f(t, y)``, a diffusion ``g(t, y)``, a ``noise_type`` and optionally an ``sde_type``
+(default ``"ito"``). The state ``y`` has shape ``(batch, d)`` and the Brownian motion ``W`` has
+shape ``(batch, m)``. By noise type, ``g`` returns
+
+- ``"diagonal"``: shape ``(batch, d)``, ``m = d``, and ``dy_i = f_i dt + g_i dW_i``;
+- ``"scalar"``: shape ``(batch, d, 1)``, ``m = 1``, one Brownian motion drives every component;
+- ``"additive"``: shape ``(batch, d, m)``, ``g`` must not depend on ``y``; ``dy = f dt + g dW``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SUPPORTED_NOISE_TYPES = ("diagonal", "scalar", "additive")
+SUPPORTED_SDE_TYPES = ("ito",)
+
+
+def is_sde(module: object) -> bool:
+    """True iff ``module`` looks like a torchsde SDE: callable ``f`` and ``g`` and a ``noise_type``."""
+    return (
+        callable(getattr(module, "f", None))
+        and callable(getattr(module, "g", None))
+        and isinstance(getattr(module, "noise_type", None), str)
+    )
+
+
+def validate_sde(sde: Any) -> tuple[str, str]:
+    """Check ``sde`` is an SDE this package solves; return ``(noise_type, sde_type)``."""
+    if not is_sde(sde):
+        raise TypeError(
+            "sde must have methods f(t, y) (drift) and g(t, y) (diffusion) and a string attribute "
+            f"noise_type, as torchsde SDEs do; got {type(sde).__name__}"
+        )
+    noise_type = sde.noise_type
+    if noise_type not in SUPPORTED_NOISE_TYPES:
+        raise ValueError(
+            f"sde.noise_type={noise_type!r} is not supported: use one of {SUPPORTED_NOISE_TYPES} "
+            "(general noise needs Levy areas for a strong error estimate; solve it with "
+            "backend='torchsde')"
+        )
+    sde_type = getattr(sde, "sde_type", "ito")
+    if sde_type not in SUPPORTED_SDE_TYPES:
+        raise ValueError(
+            f"sde.sde_type={sde_type!r} is not supported: the Euler--Maruyama scheme of sdeint is "
+            "an Ito scheme (declare sde_type='ito', or use backend='torchsde' for Stratonovich SDEs)"
+        )
+    return noise_type, sde_type
+
+
+def brownian_size(noise_type: str, y0: Tensor, g0: Tensor) -> tuple[int, int]:
+    """Shape ``(batch, m)`` of the Brownian motion that drives the SDE."""
+    if noise_type == "diagonal":
+        return (y0.shape[0], y0.shape[1])
+    if noise_type == "scalar":
+        return (y0.shape[0], 1)
+    return (y0.shape[0], g0.shape[-1])
+
+
+def check_shapes(noise_type: str, y0: Tensor, f0: object, g0: object) -> None:
+    """Check the drift and diffusion at the initial point have the shapes ``noise_type`` implies."""
+    for name, value in (("sde.f", f0), ("sde.g", g0)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must return a torch.Tensor, got {type(value).__name__}")
+        if value.dtype != y0.dtype:
+            raise TypeError(f"{name} returned dtype {value.dtype}, expected the dtype of y0 {y0.dtype}")
+    assert isinstance(f0, Tensor) and isinstance(g0, Tensor)
+    if f0.shape != y0.shape:
+        raise ValueError(
+            f"sde.f (drift) returned shape {tuple(f0.shape)}, expected the shape of y0 {tuple(y0.shape)}"
+        )
+    batch, d = y0.shape
+    if noise_type == "diagonal":
+        ok, expected = g0.shape == y0.shape, f"{(batch, d)}"
+    elif noise_type == "scalar":
+        ok, expected = g0.shape == (batch, d, 1), f"{(batch, d, 1)}"
+    else:
+        ok, expected = g0.dim() == 3 and g0.shape[:2] == (batch, d), f"({batch}, {d}, m)"
+    if not ok:
+        raise ValueError(
+            f"sde.g (diffusion) returned shape {tuple(g0.shape)}, but noise_type={noise_type!r} "
+            f"with y0 of shape {tuple(y0.shape)} needs {expected}; drift and diffusion shapes must match"
+        )
+
+
+def diffusion_times_increment(noise_type: str, g: Tensor, dw: Tensor) -> Tensor:
+    """``g dW`` for the noise type: elementwise (diagonal), broadcast (scalar) or matrix-vector."""
+    if noise_type == "diagonal":
+        return g * dw
+    if noise_type == "scalar":
+        return g[..., 0] * dw
+    return torch.bmm(g, dw.unsqueeze(-1)).squeeze(-1)
+
+
+def noise_vector(noise_type: str, g: Tensor) -> Tensor:
+    """The diffusion as a ``(batch, d)`` amplitude: the column that moves each component.
+
+    Diagonal: ``g`` itself; scalar: its only column; additive: the row norms ``|g_i.|`` (the
+    standard deviation per unit sqrt-time of component ``i``).
+    """
+    if noise_type == "diagonal":
+        return g
+    if noise_type == "scalar":
+        return g[..., 0]
+    return torch.linalg.vector_norm(g, dim=-1)

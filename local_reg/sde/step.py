@@ -1,0 +1,170 @@
+r"""One Euler--Maruyama step with a Lamba-style embedded error estimate, instrumented.
+
+This is the only SDE step in ``local_reg``: :func:`local_reg.sdeint` and the SDE regularizers
+both call :func:`sde_step`, so the error estimate the regularizer penalizes is the one the solver
+accepts and rejects steps with (as :func:`local_reg.step` is for ODEs).
+
+Scheme (Ito calculus). From ``(t, y)`` with step ``h`` and Brownian increment
+``dW = W(t + h) - W(t)``::
+
+    f0 = f(t, y),  g0 = g(t, y)
+    K  = y + h f0                                   (drift predictor)
+    y1 = K + g0 dW                                  (Euler--Maruyama: propagated solution)
+
+Euler--Maruyama has strong order 1/2 for multiplicative noise and strong order 1 for additive
+noise (Kloeden & Platen 1992, Thms. 10.2.2 and 10.3.5 / 10.6.3).
+
+Error estimate. The embedded partner differs from Euler--Maruyama by the two leading local error
+terms, estimated without derivatives (Lamba 2003, "An adaptive timestepping algorithm for
+stochastic differential equations", J. Comput. Appl. Math. 161; Rackauckas & Nie 2017, "Adaptive
+methods for stochastic differential equations via natural embeddings and rejection sampling with
+memory", DCDS-B 22(7), whose LambaEM in StochasticDiffEq.jl is of this form)::
+
+    E_D = h/2 (f(t + h, K) - f0)                                   (Heun drift correction, O(h^2))
+    E_N = (g(t, y + g0 sqrt(h)) - g0)/sqrt(h) * (dW^2 - h)/2       (Milstein correction, O(h))
+
+``E_N`` is the derivative-free Milstein term ``(g . grad) g (dW^2 - h)/2`` (Kloeden & Platen
+Sec. 11.1), i.e. the difference between Euler--Maruyama and the strong order-1 Milstein scheme on
+*this* Brownian increment. For diagonal noise ``g0`` is used elementwise, for scalar noise its one
+column; for additive noise ``E_N = 0`` exactly (no extra diffusion evaluation). Following
+Rackauckas & Nie the two parts are weighted, ``delta = 1/6`` on the drift, and scaled like the
+ODE solver's estimate (``local_reg.step``)::
+
+    EEst = rms( (delta |E_D| + |E_N|) / (atol + rtol max(|y|, |y1|)) )
+
+and a step is accepted iff ``EEst <= 1``. For multiplicative noise ``EEst = O(h)``, for additive
+noise ``O(h^2)``: that is the ``order`` the step-size controller is given (:func:`error_order`).
+
+Cost: an adaptive step evaluates the drift twice and the diffusion twice (once for additive
+noise); ``f0``/``g0`` may be passed in to reuse them after a rejected step, which starts from the
+same point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..step import error_scale, rms_norm, time_tensor
+from .problem import diffusion_times_increment, noise_vector
+
+DRIFT_ERROR_WEIGHT = 1.0 / 6.0
+"""``delta`` of Rackauckas & Nie (2017): weight of the drift part of the error estimate."""
+
+
+@dataclass
+class SDEStepResult:
+    """What one SDE step computed.
+
+    Attributes:
+        y1: Euler--Maruyama solution at ``t + h``.
+        error_estimate: ``EEst`` (0-dim tensor), or ``None`` when not requested (fixed steps).
+        f0, g0: drift and diffusion at ``(t, y)`` (reusable after a rejection).
+        nfe_drift, nfe_diffusion: evaluations of ``f`` and ``g`` this step made.
+    """
+
+    y1: Tensor
+    error_estimate: Tensor | None
+    f0: Tensor
+    g0: Tensor
+    nfe_drift: int
+    nfe_diffusion: int
+
+
+def error_order(noise_type: str) -> int:
+    """Power of ``h`` in the local error estimate, the controller's ``order``: 2 for additive noise
+    (only ``E_D`` remains), else 1 (``E_N`` dominates for small ``h``)."""
+    return 2 if noise_type == "additive" else 1
+
+
+def sde_step(
+    sde: Any,
+    noise_type: str,
+    t: float,
+    y: Tensor,
+    dt: float,
+    dw: Tensor,
+    *,
+    rtol: float,
+    atol: float,
+    f0: Tensor | None = None,
+    g0: Tensor | None = None,
+    estimate_error: bool = True,
+) -> SDEStepResult:
+    """Take one Euler--Maruyama step of size ``dt > 0`` from ``(t, y)`` with increment ``dw``.
+
+    ``f0``/``g0``, if given, are ``sde.f(t, y)``/``sde.g(t, y)`` already evaluated (after a
+    rejection, or treated as constants by the regularizer) and are not evaluated again. Gradients
+    flow through every evaluation made here.
+    """
+    t = float(t)
+    dt = float(dt)
+    nfe_drift = nfe_diffusion = 0
+    t_now = time_tensor(t, y)
+    if f0 is None:
+        f0 = sde.f(t_now, y)
+        nfe_drift += 1
+    if g0 is None:
+        g0 = sde.g(t_now, y)
+        nfe_diffusion += 1
+    drift_predictor = y + dt * f0
+    y1 = drift_predictor + diffusion_times_increment(noise_type, g0, dw)
+
+    error_estimate = None
+    if estimate_error:
+        f1 = sde.f(time_tensor(t + dt, y), drift_predictor)
+        nfe_drift += 1
+        error = (DRIFT_ERROR_WEIGHT * 0.5 * dt) * (f1 - f0).abs()
+        if noise_type != "additive":
+            sqrt_dt = math.sqrt(dt)
+            # Derivative-free (g . grad) g: a finite difference along the noise direction, with
+            # the step sqrt(h) that makes it O(h^{1/2})-accurate at the scale of the increment.
+            g_shifted = sde.g(t_now, y + sqrt_dt * noise_vector(noise_type, g0))
+            nfe_diffusion += 1
+            g_dg = noise_vector(noise_type, g_shifted - g0) / sqrt_dt
+            error = error + (0.5 * g_dg * (dw * dw - dt)).abs()
+        error_estimate = rms_norm(error / error_scale(y, y1, rtol, atol))
+    return SDEStepResult(y1, error_estimate, f0, g0, nfe_drift, nfe_diffusion)
+
+
+def sde_initial_step_size(
+    sde: Any,
+    noise_type: str,
+    t0: float,
+    y0: Tensor,
+    f0: Tensor,
+    g0: Tensor,
+    rtol: float,
+    atol: float,
+) -> tuple[float, int, int]:
+    """Starting step size for an SDE; returns ``(h, nfe_drift, nfe_diffusion)``.
+
+    Hairer--Norsett--Wanner's heuristic (Solving ODEs I, II.4), with the diffusion folded into the
+    rates as in StochasticDiffEq.jl's ``sde_determine_initdt`` (three standard deviations of the
+    noise amplitude ``|g|``). With scaled RMS norms: ``d0 = ||y0||``, ``d1 = ||(|f0| + 3|g0|)||``,
+    ``h0 = 0.01 d0/d1`` (``1e-6`` if either is tiny); one drift step to ``y0 + h0 f0`` gives
+    ``d2 = ||(|f1 - f0| + 3 |g1 - g0|)|| / h0``; ``h1 = (0.01 / max(d1, d2)) ** (1 / order)`` with
+    the error order of :func:`error_order`; the result is ``min(100 h0, h1)``. It costs one drift
+    and one diffusion evaluation besides ``f0`` and ``g0``.
+    """
+
+    with torch.no_grad():
+        scale = atol + rtol * y0.abs()
+        amplitude0 = noise_vector(noise_type, g0).abs()
+        d0 = float(rms_norm(y0 / scale))
+        d1 = float(rms_norm((f0.abs() + 3.0 * amplitude0) / scale))
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        y_probe = y0 + h0 * f0
+        t_probe = time_tensor(t0 + h0, y0)
+        f1 = sde.f(t_probe, y_probe)
+        amplitude1 = noise_vector(noise_type, sde.g(t_probe, y_probe)).abs()
+        d2 = float(rms_norm(((f1 - f0).abs() + 3.0 * (amplitude1 - amplitude0).abs()) / scale)) / h0
+        if max(d1, d2) <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / error_order(noise_type))
+    return min(100 * h0, h1), 1, 1

@@ -1,0 +1,231 @@
+"""sdeint: strong order against exact solutions on the same Brownian path, path consistency under
+rejections, output-time landing, statistics, and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchsde
+
+from local_reg import SolverError
+from local_reg.sde import SDEStats, is_sde, sdeint
+
+DT = torch.float64
+
+
+class GBM(torch.nn.Module):
+    """dy = mu y dt + sigma y dW, exact y(t) = y0 exp((mu - sigma^2/2) t + sigma W(t))."""
+
+    sde_type = "ito"
+
+    def __init__(self, mu: float = 0.5, sigma: float = 0.6, noise_type: str = "diagonal") -> None:
+        super().__init__()
+        self.mu, self.sigma, self.noise_type = mu, sigma, noise_type
+
+    def f(self, t, y):
+        return self.mu * y
+
+    def g(self, t, y):
+        out = self.sigma * y
+        return out.unsqueeze(-1) if self.noise_type == "scalar" else out
+
+    def exact(self, y0, w):
+        return y0 * torch.exp((self.mu - 0.5 * self.sigma**2) + self.sigma * w)
+
+
+class OU(torch.nn.Module):
+    """dy = -theta y dt + sigma dW (additive noise)."""
+
+    sde_type = "ito"
+
+    def __init__(self, theta: float = 1.5, sigma: float = 0.8, noise_type: str = "diagonal") -> None:
+        super().__init__()
+        self.theta, self.sigma, self.noise_type = theta, sigma, noise_type
+
+    def f(self, t, y):
+        return -self.theta * y
+
+    def g(self, t, y):
+        if self.noise_type == "additive":
+            return torch.full((*y.shape, 1), self.sigma, dtype=y.dtype)
+        return torch.full_like(y, self.sigma)
+
+
+class GridBrownian:
+    """A Brownian path given by its increments on a uniform grid of [0, 1]: queries at grid
+    points return sums of those increments, so coarse solvers and the fine reference see the same
+    path (and it is far cheaper to query than a BrownianInterval)."""
+
+    def __init__(self, size: tuple[int, int], n: int, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.n = n
+        self.shape = size
+        self.increments = torch.randn(n, *size, dtype=DT, generator=gen) / math.sqrt(n)
+        self.w = torch.cat([torch.zeros(1, *size, dtype=DT), self.increments.cumsum(0)])
+
+    def _index(self, t: float) -> int:
+        k = round(t * self.n)
+        assert abs(k - t * self.n) < 1e-6, "query off the grid"
+        return k
+
+    def __call__(self, ta: float, tb: float) -> torch.Tensor:
+        return self.w[self._index(tb)] - self.w[self._index(ta)]
+
+
+def ou_reference(sde: OU, y0, bm: GridBrownian):
+    """OU on [0, 1] by the exponential integrator with midpoint weights on the fine grid of the
+    same path: y_{k+1} = e^{-theta h} y_k + sigma e^{-theta h / 2} dW_k (strong error O(h))."""
+    h = 1.0 / bm.n
+    decay, half = math.exp(-sde.theta * h), math.exp(-sde.theta * h / 2)
+    y = y0
+    for dw in bm.increments:
+        y = decay * y + sde.sigma * half * dw
+    return y
+
+
+def fitted_order(errors: list[float], steps: list[float]) -> float:
+    x = torch.log(torch.tensor(steps, dtype=DT))
+    y = torch.log(torch.tensor(errors, dtype=DT))
+    x = x - x.mean()
+    return float((x * (y - y.mean())).sum() / (x * x).sum())
+
+
+def strong_errors(sde, y0, bm, exact, steps):
+    return [
+        float((sdeint(sde, y0, [0.0, 1.0], step_size=h, bm=bm).ys[-1] - exact).abs().mean()) for h in steps
+    ]
+
+
+STEPS = [2.0**-k for k in range(3, 8)]
+
+
+@pytest.mark.parametrize("noise_type", ["diagonal", "scalar"])
+def test_strong_order_gbm(noise_type):
+    batch, d = 2000, 1 if noise_type == "diagonal" else 2
+    sde = GBM(noise_type=noise_type)
+    y0 = torch.ones(batch, d, dtype=DT)
+    m = d if noise_type == "diagonal" else 1
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(batch, m), dtype=DT, entropy=11)
+    exact = sde.exact(y0, bm(0.0, 1.0))
+    order = fitted_order(strong_errors(sde, y0, bm, exact, STEPS), STEPS)
+    assert abs(order - 0.5) < 0.15, order
+
+
+@pytest.mark.parametrize("noise_type", ["diagonal", "additive"])
+def test_strong_order_ou(noise_type):
+    batch = 1000
+    sde = OU(noise_type=noise_type)
+    y0 = torch.full((batch, 1), 1.0, dtype=DT)
+    bm = GridBrownian((batch, 1), 2**12, seed=5)
+    exact = ou_reference(sde, y0, bm)
+    order = fitted_order(strong_errors(sde, y0, bm, exact, STEPS), STEPS)
+    assert abs(order - 1.0) < 0.2, order
+
+
+def test_adaptive_error_falls_with_tolerance():
+    sde = GBM()
+    y0 = torch.ones(500, 1, dtype=DT)
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(500, 1), dtype=DT, entropy=2)
+    exact = sde.exact(y0, bm(0.0, 1.0))
+    errors, nfes = [], []
+    for tol in (1e-1, 1e-2, 1e-3):
+        sol = sdeint(sde, y0, [0.0, 1.0], rtol=tol, atol=tol, bm=bm)
+        errors.append(float((sol.ys[-1] - exact).abs().mean()))
+        nfes.append(sol.stats.nfe)
+    assert errors[0] > errors[1] > errors[2]
+    assert nfes[0] < nfes[1] < nfes[2]
+
+
+def test_rejected_steps_do_not_change_the_path():
+    """Replay the accepted grid with fixed steps on the same Brownian path: identical solution."""
+    sde = GBM(mu=1.0, sigma=1.0)
+    y0 = torch.ones(64, 1, dtype=DT)
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(64, 1), dtype=DT, entropy=7)
+    times = [0.0, 0.3, 1.0]
+    sol = sdeint(sde, y0, times, rtol=1e-2, atol=1e-2, bm=bm)
+    assert sol.stats.n_rejected > 0
+    grid = sol.steps.t.tolist() + [1.0]
+    replay = sdeint(sde, y0, grid, step_size=10.0, bm=bm)
+    assert replay.stats.n_steps == sol.stats.n_accepted
+    index = [grid.index(t) for t in times]
+    torch.testing.assert_close(sol.ys, replay.ys[index], rtol=1e-12, atol=1e-12)
+
+
+def test_outputs_are_step_ends_and_stats_add_up():
+    sde = GBM()
+    y0 = torch.ones(8, 1, dtype=DT)
+    times = [0.0, 0.1, 0.55, 1.0]
+    sol = sdeint(sde, y0, torch.tensor(times, dtype=DT), generator=torch.Generator().manual_seed(0))
+    ends = (sol.steps.t + sol.steps.dt).tolist()
+    for t in times[1:]:
+        assert t in ends
+    assert isinstance(sol.stats, SDEStats)
+    assert sol.stats.nfe == sol.stats.nfe_drift + sol.stats.nfe_diffusion
+    assert sol.stats.n_steps == sol.stats.n_accepted + sol.stats.n_rejected
+    assert sol.ys.shape == (4, 8, 1)
+    assert sol.steps.stiffness_estimate is None
+
+
+def test_generator_makes_solves_reproducible():
+    sde = GBM()
+    y0 = torch.ones(4, 1, dtype=DT)
+    a = sdeint(sde, y0, [0.0, 1.0], generator=torch.Generator().manual_seed(3)).ys
+    b = sdeint(sde, y0, [0.0, 1.0], generator=torch.Generator().manual_seed(3)).ys
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class Bad(torch.nn.Module):
+    sde_type = "ito"
+
+    def __init__(self, noise_type="diagonal", g_shape=None, f=None):
+        super().__init__()
+        self.noise_type, self.g_shape, self._f = noise_type, g_shape, f
+
+    def f(self, t, y):
+        return self._f(y) if self._f is not None else -y
+
+    def g(self, t, y):
+        return torch.ones(self.g_shape, dtype=y.dtype) if self.g_shape else 0.1 * torch.ones_like(y)
+
+
+def test_bad_input_names_the_argument():
+    y0 = torch.ones(3, 2)
+    with pytest.raises(ValueError, match="sde.g"):
+        sdeint(Bad(g_shape=(3, 3)), y0, [0.0, 1.0])
+    with pytest.raises(ValueError, match="sde.f"):
+        sdeint(Bad(f=lambda y: y[:, :1]), y0, [0.0, 1.0])
+    with pytest.raises(ValueError, match="noise_type"):
+        sdeint(Bad(noise_type="general"), y0, [0.0, 1.0])
+    strat = Bad()
+    strat.sde_type = "stratonovich"
+    with pytest.raises(ValueError, match="sde_type"):
+        sdeint(strat, y0, [0.0, 1.0])
+    with pytest.raises(TypeError, match="sde"):
+        sdeint(lambda t, y: y, y0, [0.0, 1.0])
+    with pytest.raises(ValueError, match="bm"):
+        sdeint(Bad(), y0, [0.0, 2.0], bm=torchsde.BrownianInterval(0.0, 1.0, size=(3, 2)))
+    with pytest.raises(ValueError, match="bm"):
+        sdeint(Bad(), y0, [0.0, 1.0], bm=torchsde.BrownianInterval(0.0, 1.0, size=(3, 1)))
+    with pytest.raises(ValueError, match="y0"):
+        sdeint(Bad(), torch.ones(3), [0.0, 1.0])
+    with pytest.raises(ValueError, match="t must"):
+        sdeint(Bad(), y0, [1.0, 0.0])
+    with pytest.raises(ValueError, match="rtol"):
+        sdeint(Bad(), y0, [0.0, 1.0], rtol=-1.0)
+    with pytest.raises(ValueError, match="method"):
+        sdeint(Bad(), y0, [0.0, 1.0], method="srk")
+    assert is_sde(Bad()) and not is_sde(torch.nn.Linear(2, 2))
+
+
+def test_solver_failures_raise_solver_error():
+    y0 = torch.ones(2, 1, dtype=DT)
+    blow_up = Bad(f=lambda y: y**3)  # finite-time blow-up at t = 0.5
+    with pytest.raises(SolverError) as info:
+        sdeint(blow_up, y0, [0.0, 1.0], max_steps=100_000)
+    assert info.value.t < 1.0 and info.value.n_steps > 0
+    with pytest.raises(SolverError, match="max_steps"):
+        sdeint(GBM(), y0, [0.0, 1.0], rtol=1e-6, atol=1e-6, max_steps=5)
+    with pytest.raises(SolverError, match="non-finite"):
+        sdeint(Bad(f=lambda y: y * float("nan")), y0, [0.0, 1.0])
