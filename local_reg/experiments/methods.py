@@ -55,3 +55,10 @@ def weight_schedule(spec: WeightSpec, total_iterations: int) -> WeightSchedule:
     if isinstance(spec, dict):
         return ExponentialDecay(spec["start"], spec["end"], max(1, total_iterations))
     return ConstantWeight(spec)
+
+
+def weight_text(weight: WeightSpec | None) -> str:
+    """``2.5->1`` for an exponential decay, ``0.0285`` for a constant, ``–`` for none."""
+    if weight is None:
+        return "–"
+    return f"{weight['start']:g}->{weight['end']:g}" if isinstance(weight, dict) else f"{weight:g}"

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .methods import METHODS  # noqa: E402
+from .methods import METHODS, weight_text  # noqa: E402
 from .results import atomic_write_bytes  # noqa: E402
 
 REPORT_NAME = "report.md"
@@ -28,7 +28,9 @@ _PERCENT_METRICS = {"accuracy"}
 
 @dataclass
 class Group:
-    """The runs of one table: same task and settings (``config_id``), any method and seed."""
+    """The runs of one table: same task and settings (``config_id``), any method, weight and seed.
+
+    A row is a ``label``: the method, with its weight when that is not the task's default."""
 
     task: str
     config_id: str
@@ -42,13 +44,14 @@ class Group:
     def metric(self) -> str:
         return self.records[0]["metric"]
 
-    def methods(self) -> list[str]:
-        present = {r["method"] for r in self.records}
-        known = [m for m in METHODS if m in present]
-        return known + sorted(present - set(known))
+    def labels(self) -> list[str]:
+        """Rows in the order of :data:`METHODS`, then by label."""
+        order = {m: i for i, m in enumerate(METHODS)}
+        rows = {(order.get(r["method"], len(order)), r["method"], r["label"]) for r in self.records}
+        return [label for *_, label in sorted(rows)]
 
-    def runs(self, method: str) -> list[dict[str, Any]]:
-        return sorted((r for r in self.records if r["method"] == method), key=lambda r: r["seed"])
+    def runs(self, label: str) -> list[dict[str, Any]]:
+        return sorted((r for r in self.records if r["label"] == label), key=lambda r: r["seed"])
 
 
 def group_records(records: Sequence[dict[str, Any]], task: str | None = None) -> list[Group]:
@@ -88,24 +91,24 @@ def _get(record: dict[str, Any], path: str) -> float:
     return float(value)
 
 
-def _ratio(group: Group, method: str, path: str) -> str:
+def _ratio(group: Group, label: str, path: str) -> str:
     baseline = group.runs("vanilla")
     if not baseline:
         return "–"
-    mine = statistics.fmean(_get(r, path) for r in group.runs(method))
+    mine = statistics.fmean(_get(r, path) for r in group.runs(label))
     return f"{mine / statistics.fmean(_get(r, path) for r in baseline):.3f}"
 
 
 def markdown_table(group: Group) -> str:
     columns = _columns(group)
-    header = ["method", "seeds"] + [c[0] for c in columns] + ["NFE / vanilla", "train time / vanilla"]
-    header.append("predict / vanilla")
+    header = ["method", "weight", "seeds"] + [c[0] for c in columns]
+    header += ["NFE / vanilla", "train time / vanilla", "predict / vanilla"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method in group.methods():
-        runs = group.runs(method)
-        cells = [method, str(len(runs))]
+    for label in group.labels():
+        runs = group.runs(label)
+        cells = [label, weight_text(runs[0].get("weight")), str(len(runs))]
         cells += [_fmt([_get(r, path) for r in runs], scale) for _, path, scale in columns]
-        cells += [_ratio(group, method, p) for p in ("test_nfe", "train_time", "predict_time")]
+        cells += [_ratio(group, label, p) for p in ("test_nfe", "train_time", "predict_time")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -134,11 +137,11 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
 def plot_nfe(group: Group, path: Path) -> None:
     """Mean (over seeds) forward NFE of the main solve per training iteration, smoothed."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for method in group.methods():
-        curves = [r["history"]["nfe"] for r in group.runs(method)]
+    for label in group.labels():
+        curves = [r["history"]["nfe"] for r in group.runs(label)]
         length = min(len(c) for c in curves)
         mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
-        ax.plot(_smooth(mean, max(1, length // 40)), label=method)
+        ax.plot(_smooth(mean, max(1, length // 40)), label=label)
     ax.set_xlabel("training iteration")
     ax.set_ylabel("NFE (forward, training)")
     ax.set_title(f"{group.task}: NFE over training")
@@ -153,11 +156,11 @@ def plot_metric_vs_nfe(group: Group, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     metric = group.metric
     scale = 100.0 if metric in _PERCENT_METRICS else 1.0
-    for method in group.methods():
-        runs = group.runs(method)
+    for label in group.labels():
+        runs = group.runs(label)
         nfe = [r["test_nfe"] for r in runs]
         values = [r["test"][metric] * scale for r in runs]
-        dots = ax.scatter(nfe, values, alpha=0.5, label=method)
+        dots = ax.scatter(nfe, values, alpha=0.5, label=label)
         ax.scatter(
             [statistics.fmean(nfe)], [statistics.fmean(values)], marker="X", s=80, color=dots.get_facecolor()
         )

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from . import distributed
-from .methods import METHODS
+from .methods import METHODS, weight_text
 from .results import ResultsFile, atomic_write_bytes
 from .tasks import REGISTRY, ModelContext, Task
 
@@ -62,13 +62,29 @@ class RunSpec:
 
     @property
     def config_id(self) -> str:
-        """Hash of everything but method and seed: the runs of one table share it."""
-        config = {"size": self.size, "gradient": self.gradient, "settings": self.settings()}
-        return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+        """Hash of everything but method, seed and regularization weights: the runs of one table."""
+        settings = {k: v for k, v in self.settings().items() if k != "weights"}
+        return _digest({"size": self.size, "gradient": self.gradient, "settings": settings})
+
+    @property
+    def weight(self) -> Any:
+        """The method's regularization weight spec (``None`` for vanilla)."""
+        return self.settings().get("weights", {}).get(self.method)
+
+    @property
+    def label(self) -> str:
+        """The method's name, with its weight when that is not the task's default."""
+        default = REGISTRY[self.task].settings(self.size).get("weights", {}).get(self.method)
+        return self.method if self.weight == default else f"{self.method} (w={weight_text(self.weight)})"
 
     @property
     def run_id(self) -> str:
-        return f"{self.task}-{self.method}-seed{self.seed}-{self.config_id}"
+        weight = "" if self.weight is None else f"-w{_digest(self.weight)[:6]}"
+        return f"{self.task}-{self.method}-seed{self.seed}-{self.config_id}{weight}"
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def solver_blocks(model: nn.Module) -> list[nn.Module]:
@@ -254,6 +270,8 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
             "size": spec.size,
             "gradient": spec.gradient,
             "config_id": spec.config_id,
+            "weight": spec.weight,
+            "label": spec.label,
             "settings": settings,
             "world_size": world,
             "metric": task.metric,
