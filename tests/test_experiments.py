@@ -118,6 +118,10 @@ def test_results_are_never_overwritten(tmp_path):
         (["experiment", "digits", "--set", "no_such_setting=1"], "bad --set"),
         (["experiment", "digits", "--set", "epochs"], "--set expects KEY=VALUE"),
         (["experiment", "digits", "--seeds", "0"], "--seeds must be at least 1"),
+        (
+            ["experiment", "digits", "--methods", "global-error", "--gradient", "symplectic"],
+            "global-error with",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(argv, message, tmp_path, capsys):

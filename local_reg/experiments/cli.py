@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from . import distributed
+from .methods import METHODS
 from .report import group_records, markdown_table, write_report
 from .results import ResultsError, ResultsFile
 from .runner import GRADIENTS, SIZES, RunSpec, sweep
-from .tasks import REGISTRY
+from .tasks import REGISTRY, ModelContext
 
 EXIT_BAD_INPUT = 2
 
@@ -112,9 +113,16 @@ def _experiment(args: argparse.Namespace) -> int:
     overrides = _parse_overrides(args.overrides)
     spec = RunSpec(args.task, methods[0], 0, size, args.gradient, overrides)
     try:
-        spec.settings()
+        settings = spec.settings()
     except (KeyError, TypeError) as error:
         raise BadInput(f"bad --set: {error}") from None
+    for method in methods:
+        # Building each model once up front lets the library reject a combination it does not
+        # support (e.g. a global method with --gradient symplectic) before any training.
+        try:
+            task.build_model(settings, ModelContext(METHODS[method], args.gradient, 1))
+        except (ValueError, TypeError, KeyError) as error:
+            raise BadInput(f"{method} with --gradient {args.gradient}: {error}") from None
     _writable_folder(args.out)
     results = ResultsFile(args.out)
     results.load()  # a corrupt file is reported before hours of training, not after
