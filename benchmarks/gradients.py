@@ -10,7 +10,8 @@ square of both outputs. Methods: ``local_reg.odeint`` with every ``gradient=``, 
 Columns:
 - peak MB: the peak resident set size (VmHWM, reset through /proc/self/clear_refs) of a fresh process
   during one forward+backward in float32, above the resident size before it (after a 2-step
-  warm-up of the same method). It covers forward and backward; every method peaks in its backward.
+  warm-up of the same method, whose freed heap is returned with malloc_trim; fixed glibc mmap
+  threshold). It covers forward and backward; every method peaks in its backward.
 - s/iter: median seconds per forward+backward in float32, methods interleaved in one process.
 - bwd NFE: calls of the vector field made by the backward pass (backprop re-uses the forward graph
   and makes none; each adjoint call also takes a vector--Jacobian product).
@@ -28,7 +29,9 @@ Run: ``.venv/bin/python benchmarks/gradients.py`` (all tables; ``--help`` for op
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -139,6 +142,9 @@ def measure_memory(args) -> None:
     field, y0 = make_problem(args, torch.float32)
     spec = METHODS[args.memory_of]
     forward_backward(field, y0, 2, args, spec)
+    # Hand the warm-up's freed heap back to the OS: memory that stays resident after being freed
+    # would be reused without showing in the peak.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
     base = _status_kb("VmRSS")
@@ -164,7 +170,9 @@ def memory_in_fresh_process(name: str, n_steps: int, args) -> float:
         "--rtol",
         str(args.rtol),
     ]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    # A fixed mmap threshold: glibc's dynamic one would move large freed blocks into the heap.
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
     return json.loads(output.strip().splitlines()[-1])["peak_mb"]
 
 

@@ -11,7 +11,6 @@ method (:class:`GradientMethod`) and the reverse sweep over accepted steps that 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from torch.autograd.function import once_differentiable
 
 from .._integrate import SolveOptions, StepPenalty, integrate
 from ..solution import Stats, Steps
-from ..step import VectorField
+from ..step import StepResult, VectorField
 
 
 @dataclass
@@ -37,10 +36,12 @@ class ForwardSolve:
         params: the tensors gradients are returned for besides ``y0`` (``adjoint_params``), each
             requiring grad, no duplicates.
         f0: ``func(times[0], y0)``, already evaluated (without a graph).
-        keep_states: record the state at every accepted step (the method needs it, or the user
-            asked for it).
+        record_states: the user asked for ``steps.states``.
+        needs_step_states: the gradient method restarts from the state at every accepted step.
         step_penalty: the per-accepted-step penalty, or ``None``.
         stats, steps: filled in by the forward pass; ``stats.nfe_backward`` by the backward pass.
+        step_states: the state at the start of every accepted step, for the backward pass (when
+            ``needs_step_states``).
     """
 
     func: VectorField
@@ -48,10 +49,12 @@ class ForwardSolve:
     options: SolveOptions
     params: tuple[Tensor, ...]
     f0: Tensor
-    keep_states: bool
+    record_states: bool
+    needs_step_states: bool
     step_penalty: StepPenalty | None
     stats: Stats | None = None
     steps: Steps | None = None
+    step_states: Tensor | list[Tensor] | None = None
 
 
 class GradientMethod(ABC):
@@ -176,7 +179,7 @@ class StepwiseGradient(GradientMethod):
                 solve,
                 step_starts[n - 1],
                 step_sizes[n - 1],
-                steps.states[n - 1],
+                solve.step_states[n - 1],
                 adjoint,
                 None if grad_penalties is None else grad_penalties[n - 1],
                 grad_params,
@@ -184,23 +187,51 @@ class StepwiseGradient(GradientMethod):
         return adjoint, grad_params, func.calls
 
 
+class AcceptedStepEnds:
+    """An accepted-step hook that keeps each accepted step's end state, then defers to the user's
+    ``step_penalty`` (if any).
+
+    Recording the states through this hook keeps them as a list: ``integrate(record_states=True)``
+    stacks its list into one tensor, which briefly holds every state twice.
+    """
+
+    def __init__(self, step_penalty: StepPenalty | None) -> None:
+        self.step_penalty = step_penalty
+        self.ends: list[Tensor] = []
+
+    def __call__(self, result: StepResult, dt: float) -> Tensor:
+        self.ends.append(result.y1.detach())
+        if self.step_penalty is not None:
+            return self.step_penalty(result, dt)
+        return result.y1.new_zeros(())
+
+
 class _SolveWithoutGraph(torch.autograd.Function):
     """Forward: the instrumented solve under ``no_grad``. Backward: the gradient method's."""
 
     @staticmethod
     def forward(ctx, method: GradientMethod, solve: ForwardSolve, y0: Tensor, *params: Tensor):
+        # The backward pass's states: the user's record if asked for, else the ends of the steps.
+        recorder = None
+        if solve.needs_step_states and not solve.record_states:
+            recorder = AcceptedStepEnds(solve.step_penalty)
         outputs, stats, steps, penalties = integrate(
             solve.func,
             y0,
             solve.times,
             solve.options,
-            record_states=solve.keep_states,
+            record_states=solve.record_states,
             f0=solve.f0,
-            step_penalty=solve.step_penalty,
+            step_penalty=solve.step_penalty if recorder is None else recorder,
         )
         solve.stats, solve.steps = stats, steps
+        if recorder is not None:
+            solve.step_states = [y0.detach(), *recorder.ends[:-1]]
+        elif solve.needs_step_states:
+            solve.step_states = steps.states
         ys = torch.stack(outputs)
-        penalty_values = torch.stack(penalties) if penalties else ys.new_zeros(0)
+        has_penalties = solve.step_penalty is not None and penalties
+        penalty_values = torch.stack(penalties) if has_penalties else ys.new_zeros(0)
         if solve.step_penalty is None:
             ctx.mark_non_differentiable(penalty_values)
         ctx.method = method
@@ -254,11 +285,11 @@ def solve_without_graph(
         options=options,
         params=params,
         f0=f0,
-        # (No steps to keep with a single output time; the step log cannot stack an empty list.)
-        keep_states=record_states or (method.needs_step_states and len(times) > 1),
+        record_states=record_states,
+        needs_step_states=method.needs_step_states,
         step_penalty=step_penalty,
     )
     ys, penalties = _SolveWithoutGraph.apply(method, solve, y0, *params)
-    steps = solve.steps if record_states else dataclasses.replace(solve.steps, states=None)
+    steps = solve.steps
     has_penalties = step_penalty is not None and penalties.numel() > 0
     return ys, solve.stats, steps, penalties if has_penalties else None
