@@ -1,8 +1,25 @@
-"""Neural SDEs: adaptive Euler--Maruyama with an embedded error estimate, and its regularization."""
+"""Neural SDEs: adaptive Euler--Maruyama with an embedded error estimate, and its regularization.
+
+- :func:`sdeint`: the solver (:mod:`local_reg.sde.step` has the scheme and the error estimate).
+- :func:`sde_local_regularization`, :func:`sde_global_regularization`: the penalties [LR23, GR21].
+- :func:`is_sde`: does a module look like a torchsde SDE (``f``, ``g``, ``noise_type``)?
+"""
 
 from .problem import is_sde
+from .regularization import sde_global_regularization, sde_local_regularization
 from .sdeint import sdeint
 from .solution import SDEStats
+from .stats import SDERegularizationStats
 from .step import SDEStepResult, sde_initial_step_size, sde_step
 
-__all__ = ["SDEStats", "SDEStepResult", "is_sde", "sde_initial_step_size", "sde_step", "sdeint"]
+__all__ = [
+    "SDERegularizationStats",
+    "SDEStats",
+    "SDEStepResult",
+    "is_sde",
+    "sde_global_regularization",
+    "sde_initial_step_size",
+    "sde_local_regularization",
+    "sde_step",
+    "sdeint",
+]

@@ -181,7 +181,7 @@ def sdeint(
             )
             stats.add(result.nfe_drift, result.nfe_diffusion)
             stats.n_steps += 1
-            error_estimate = None if result.error_estimate is None else float(result.error_estimate)
+            error_estimate = None if result.error_estimate is None else float(result.error_estimate.detach())
             _check_finite(result.y1, error_estimate, t_now, stats.n_steps)
 
             if not adaptive or error_estimate <= 1.0:

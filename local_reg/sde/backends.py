@@ -1,0 +1,148 @@
+"""The main SDE solve of the regularizers: ``local_reg.sdeint`` or torchsde.
+
+torchsde (Li et al. 2020, "Scalable gradients for stochastic differential equations"; Kidger et
+al. 2021) offers ``sdeint`` and the stochastic adjoint ``sdeint_adjoint``. It is driven by the
+same Brownian motion as the regularization step, so the penalty is measured on the path the model
+was trained on. Its outputs between steps are linear interpolations, so ``u(t_reg)`` is
+approximate there, and it does not report its steps: biased sampling and ``step_size="solver"``
+need the ``local_reg`` backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .sdeint import SDEStepPenalty, sdeint
+from .solution import SDEStats
+
+BACKENDS = ("local_reg", "torchsde")
+GRADIENTS = {"local_reg": ("direct",), "torchsde": ("direct", "adjoint")}
+DEFAULT_METHOD = {"local_reg": "euler_maruyama", "torchsde": "euler"}
+
+
+@dataclass
+class SDEMainSolve:
+    ys: Tensor
+    nfe_drift: int
+    nfe_diffusion: int
+    n_accepted: int | None
+    step_t: list[float] | None
+    step_dt: list[float] | None
+    step_states: Tensor | None
+    solver_stats: SDEStats | None
+    penalties: Tensor | None
+    backward_counter: Callable[[], int | None] | None
+
+
+def check_backend_gradient(backend: object, gradient: object) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")
+    if gradient not in GRADIENTS[backend]:
+        raise ValueError(
+            f"gradient={gradient!r} is not available for SDEs with backend={backend!r}: expected one "
+            f"of {list(GRADIENTS[backend])} ('adjoint' is torchsde.sdeint_adjoint, backend='torchsde')"
+        )
+
+
+class CountingSDE(nn.Module):
+    """Wraps an SDE for torchsde and counts drift and diffusion calls.
+
+    The SDE is a submodule, so ``sdeint_adjoint``'s default ``adjoint_params`` are its parameters.
+    """
+
+    def __init__(self, sde: Any) -> None:
+        super().__init__()
+        self.sde = sde
+        self.noise_type = sde.noise_type
+        self.sde_type = getattr(sde, "sde_type", "ito")
+        self.drift_calls = 0
+        self.diffusion_calls = 0
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        self.drift_calls += 1
+        return self.sde.f(t, y)
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        self.diffusion_calls += 1
+        return self.sde.g(t, y)
+
+
+def solve_main(
+    sde: Any,
+    y0: Tensor,
+    times: list[float],
+    *,
+    backend: str,
+    method: str | None,
+    rtol: float,
+    atol: float,
+    gradient: str,
+    bm: Any,
+    record_states: bool = False,
+    step_penalty: SDEStepPenalty | None = None,
+    options: dict[str, Any] | None = None,
+) -> SDEMainSolve:
+    """Solve at ``times`` on the Brownian motion ``bm``; ``options`` are extra keywords of the
+    backend's solver (``local_reg.sdeint``, or ``torchsde.sdeint``: e.g. ``dt``, ``adaptive``)."""
+    method = DEFAULT_METHOD[backend] if method is None else method
+    options = dict(options or {})
+    if backend == "local_reg":
+        solution = sdeint(
+            sde,
+            y0,
+            times,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            bm=bm,
+            record_states=record_states,
+            step_penalty=step_penalty,
+            **options,
+        )
+        stats = solution.stats
+        assert isinstance(stats, SDEStats)
+        return SDEMainSolve(
+            ys=solution.ys,
+            nfe_drift=stats.nfe_drift,
+            nfe_diffusion=stats.nfe_diffusion,
+            n_accepted=stats.n_accepted,
+            step_t=solution.steps.t.tolist(),
+            step_dt=solution.steps.dt.tolist(),
+            step_states=solution.steps.states,
+            solver_stats=stats,
+            penalties=solution.penalties,
+            backward_counter=None,
+        )
+
+    import torchsde
+
+    counting = CountingSDE(sde)
+    ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
+    # torchsde's adaptive mode estimates the error by step doubling; its dt is the first step.
+    options.setdefault("adaptive", True)
+    options.setdefault("dt", (times[-1] - times[0]) / 20)
+    solve = torchsde.sdeint_adjoint if gradient == "adjoint" else torchsde.sdeint
+    ys = solve(counting, y0, ts, bm=bm, method=method, rtol=rtol, atol=atol, **options)
+    drift, diffusion = counting.drift_calls, counting.diffusion_calls
+
+    def backward_counter() -> int | None:
+        extra = counting.drift_calls + counting.diffusion_calls - drift - diffusion
+        return extra if gradient == "adjoint" and extra > 0 else None
+
+    return SDEMainSolve(
+        ys=ys,
+        nfe_drift=drift,
+        nfe_diffusion=diffusion,
+        n_accepted=None,
+        step_t=None,
+        step_dt=None,
+        step_states=None,
+        solver_stats=None,
+        penalties=None,
+        backward_counter=backward_counter,
+    )

@@ -1,0 +1,309 @@
+r"""Local and global regularization of neural SDEs [LR23, Sec. 5; GR21].
+
+Local (the paper's SDE variant, with its sampling): at each training forward pass sample
+``t_reg`` in ``[t0, t1)``, get ``u(t_reg)`` on the Brownian path of the main solve, take ONE
+instrumented step of the solver's own scheme (:func:`local_reg.sde.sde_step`: Euler--Maruyama with
+the Lamba / Rackauckas--Nie estimate) from there *on the same Brownian path* and penalize::
+
+    R = EEst * |dt|
+
+``u(t_reg)``, ``dt`` and ``f(t_reg, u), g(t_reg, u)`` are constants (as ``k1`` for ODEs), so the
+gradient flows through the step's remaining drift evaluation ``f(t_reg + dt, u + dt f)`` (to the
+drift parameters, via ``E_D``) and diffusion evaluation ``g(t_reg, u + sqrt(dt) g)`` (to the
+diffusion parameters, via ``E_N``): plain reverse mode through one step, whatever the main
+solve's gradient method. [LR23] uses SOSRI for this step in Julia; here it is the main solver's
+scheme, so the penalty is the quantity the solver steps by.
+
+Global (baseline, [GR21]): ``EEst_j * |dt_j|`` over every accepted step ``j`` of the main solve,
+reduced by mean (the public code) or sum (the paper), differentiated through the whole solve.
+
+[LR23] Pal, Edelman, Rackauckas, ICML 2023. [GR21] Pal, Ma, Shah, Rackauckas, ICML 2021.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..step import time_tensor
+from .backends import check_backend_gradient, solve_main
+from .brownian import make_brownian
+from .problem import brownian_size
+from .sdeint import DEFAULT_ATOL, DEFAULT_RTOL, METHODS, validate_sde_problem
+from .stats import SDERegularizationStats
+from .step import SDEStepResult, sde_initial_step_size, sde_step
+
+SAMPLINGS = ("random", "biased")
+STEP_SIZES = ("initial", "solver")
+REDUCTIONS = ("mean", "sum")
+
+
+def _choice(name: str, value: object, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {list(choices)}")
+    return value
+
+
+def _check_error_regularizer(regularizer: object) -> None:
+    if regularizer != "error":
+        raise ValueError(
+            f"regularizer={regularizer!r} is not available for SDEs: only 'error' (EEst * |dt|); the "
+            "stiffness estimate is an ODE Runge--Kutta quantity"
+        )
+
+
+def _check_reg_method(reg_method: object) -> None:
+    # Accepted for keyword compatibility with the ODE regularizers; the SDE step is the solver's.
+    if reg_method is not None and reg_method not in METHODS:
+        raise ValueError(f"reg_method must be None or one of {METHODS} for SDEs, got {reg_method!r}")
+
+
+def _brownian(
+    sde: Any, noise_type: str, y0: Tensor, times: list[float], bm: Any, generator
+) -> tuple[Any, int]:
+    """The Brownian motion the main solve and the regularization step share; returns it and the
+    diffusion evaluations spent finding its size (additive noise: ``m`` is ``g``'s last dim)."""
+    g0, nfe = y0, 0
+    if noise_type == "additive":
+        with torch.no_grad():
+            g0 = sde.g(time_tensor(times[0], y0), y0)
+        nfe = 1
+    size = brownian_size(noise_type, y0, g0)
+    return make_brownian(bm, times[0], times[-1], size, y0, generator), nfe
+
+
+def _sample_time(times: list[float], generator: torch.Generator | None) -> float:
+    """``t_reg ~ U[t0, t1)``, kept off a sliver before an output time (that step would underflow)."""
+    t0, t1 = times[0], times[-1]
+    tolerance = 1e-9 * (t1 - t0)
+    while True:
+        u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        t_reg = t0 + u * (t1 - t0)
+        if t1 - t_reg > tolerance:
+            # Snap onto an output time within the tolerance instead of inserting a second copy.
+            for v in times[:-1]:
+                if abs(v - t_reg) <= tolerance:
+                    return v
+            return t_reg
+
+
+def sde_local_regularization(
+    sde: Any,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    *,
+    sampling: str = "random",
+    regularizer: str = "error",
+    method: str | None = None,
+    reg_method: str | None = None,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    gradient: str = "direct",
+    adjoint_params: Iterable[Tensor] | None = None,
+    backend: str = "local_reg",
+    step_size: str = "initial",
+    detach_state: bool = True,
+    generator: torch.Generator | None = None,
+    bm: Any | None = None,
+    options: dict[str, Any] | None = None,
+) -> tuple[Tensor, Tensor, SDERegularizationStats]:
+    """Solve the SDE at ``t`` and compute the local regularization penalty [LR23].
+
+    Returns ``(ys, reg, stats)``: ``ys`` the solution at ``t`` (never at ``t_reg``), shape
+    ``(len(t), batch, d)``; ``reg`` the *unweighted* 0-dim penalty ``EEst * |dt|``; ``stats`` an
+    :class:`SDERegularizationStats`. Add ``weight * reg`` to the training loss (the paper uses a
+    constant weight 1000 for its MNIST neural SDE).
+
+    Args:
+        sde: torchsde-style SDE (``f``, ``g``, ``noise_type``; Ito). See :func:`local_reg.sdeint`.
+        sampling: ``"random"``: ``t_reg ~ U[t0, t1)``, added to the main solve's output times so
+            the solver lands on it and ``u(t_reg)`` is on the path; ``"biased"``: uniform over the
+            start times of the main solve's accepted steps (``local_reg`` backend only).
+        regularizer: ``"error"`` only (keyword kept for the ODE interface).
+        method: the main solver: ``"euler_maruyama"`` (``local_reg``) or a torchsde method name
+            (default ``"euler"``).
+        reg_method: ``None`` (the regularization step is the ``local_reg`` solver's step).
+        rtol, atol: tolerances of the main solve and of the step's ``EEst``.
+        gradient: ``"direct"`` (backpropagation through the main solve); with
+            ``backend="torchsde"`` also ``"adjoint"`` (``torchsde.sdeint_adjoint``).
+        adjoint_params: parameters for ``sdeint_adjoint`` (default: the SDE's).
+        backend: ``"local_reg"`` (:func:`local_reg.sdeint`) or ``"torchsde"``.
+        step_size: ``"initial"`` (the paper): the SDE initial-step heuristic at ``u(t_reg)``;
+            ``"solver"``: the main solve's accepted step that starts at ``t_reg`` (``local_reg``
+            backend). Either is capped at ``t1 - t_reg``.
+        detach_state: ``True`` (the paper): ``u(t_reg)``, ``f`` and ``g`` there are constants.
+            ``False``: the gradient also flows into ``u(t_reg)`` (random sampling only).
+        generator: draws ``t_reg`` and, if ``bm`` is ``None``, the Brownian seed.
+        bm: the Brownian motion over ``[t[0], t[-1]]`` shared by the main solve and the step;
+            by default a new ``torchsde.BrownianInterval``.
+        options: extra keywords of the main solver.
+
+    Raises:
+        ValueError, TypeError: bad arguments, naming the argument.
+        SolverError: from the main solve.
+    """
+    sampling = _choice("sampling", sampling, SAMPLINGS)
+    step_size = _choice("step_size", step_size, STEP_SIZES)
+    _check_error_regularizer(regularizer)
+    _check_reg_method(reg_method)
+    check_backend_gradient(backend, gradient)
+    if not isinstance(detach_state, bool):
+        raise TypeError(f"detach_state must be a bool, got {type(detach_state).__name__}")
+    if sampling == "biased" and not detach_state:
+        raise ValueError("detach_state=False needs sampling='random' (biased restarts from a detached state)")
+    if backend == "torchsde" and (sampling == "biased" or step_size == "solver"):
+        raise ValueError(
+            "sampling='biased' and step_size='solver' need the accepted steps, which torchsde does "
+            "not report: use backend='local_reg'"
+        )
+    noise_type, times = validate_sde_problem(sde, y0, t, "euler_maruyama")
+    rtol = float(rtol)
+    atol = float(atol)
+    t1 = times[-1]
+    bm, nfe_reg_diffusion = _brownian(sde, noise_type, y0, times, bm, generator)
+    options = dict(options or {})
+    if backend == "torchsde" and adjoint_params is not None:
+        options["adjoint_params"] = tuple(adjoint_params)
+    common = dict(
+        backend=backend, method=method, rtol=rtol, atol=atol, gradient=gradient, bm=bm, options=options
+    )
+
+    if sampling == "random":
+        t_reg = _sample_time(times, generator)
+        inserted = t_reg not in times
+        solve_times = sorted([*times, t_reg]) if inserted else times
+        index = solve_times.index(t_reg)
+        main = solve_main(sde, y0, solve_times, **common)
+        state = main.ys[index]
+        ys = torch.cat([main.ys[:index], main.ys[index + 1 :]]) if inserted else main.ys
+        solver_dt = None
+        if step_size == "solver":
+            position = bisect.bisect_right(main.step_t, t_reg) - 1
+            solver_dt = main.step_dt[max(position, 0)]
+    else:
+        main = solve_main(sde, y0, times, record_states=True, **common)
+        ys = main.ys
+        index = int(torch.randint(len(main.step_t), (), generator=generator))
+        t_reg = main.step_t[index]
+        state = main.step_states[index]
+        solver_dt = main.step_dt[index]
+
+    t_now = time_tensor(t_reg, state)
+    if detach_state:
+        state = state.detach()
+        with torch.no_grad():
+            f0, g0 = sde.f(t_now, state), sde.g(t_now, state)
+    else:
+        f0, g0 = sde.f(t_now, state), sde.g(t_now, state)
+    nfe_reg_drift = 1
+    nfe_reg_diffusion += 1
+    if step_size == "initial":
+        dt, extra_f, extra_g = sde_initial_step_size(
+            sde, noise_type, t_reg, state.detach(), f0.detach(), g0.detach(), rtol, atol
+        )
+        nfe_reg_drift += extra_f
+        nfe_reg_diffusion += extra_g
+    else:
+        dt = solver_dt
+    dt = min(dt, t1 - t_reg)
+    # The same Brownian path as the main solve: the penalty is measured where the model was trained.
+    dw = bm(t_reg, t_reg + dt)
+    result = sde_step(sde, noise_type, t_reg, state, dt, dw, rtol=rtol, atol=atol, f0=f0, g0=g0)
+    nfe_reg_drift += result.nfe_drift
+    nfe_reg_diffusion += result.nfe_diffusion
+
+    penalty = result.error_estimate * dt
+    value = float(penalty.detach())
+    finite = math.isfinite(value)
+    if not finite:
+        penalty = torch.zeros((), dtype=y0.dtype, device=y0.device)
+    stats = SDERegularizationStats(
+        nfe_main=main.nfe_drift + main.nfe_diffusion,
+        nfe_reg=nfe_reg_drift + nfe_reg_diffusion,
+        nfe_main_drift=main.nfe_drift,
+        nfe_main_diffusion=main.nfe_diffusion,
+        nfe_reg_drift=nfe_reg_drift,
+        nfe_reg_diffusion=nfe_reg_diffusion,
+        t_reg=t_reg,
+        dt_reg=dt,
+        state=state.detach(),
+        error_estimate=float(result.error_estimate.detach()),
+        penalty=value if finite else 0.0,
+        penalty_finite=finite,
+        n_accepted=main.n_accepted,
+        solver_stats=main.solver_stats,
+        backward_counter=main.backward_counter,
+    )
+    return ys, penalty, stats
+
+
+def sde_global_regularization(
+    sde: Any,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    *,
+    regularizer: str = "error",
+    reduction: str | None = None,
+    method: str | None = None,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    gradient: str = "direct",
+    generator: torch.Generator | None = None,
+    bm: Any | None = None,
+    options: dict[str, Any] | None = None,
+) -> tuple[Tensor, Tensor, SDERegularizationStats]:
+    """Solve at ``t`` and return ``(ys, reg, stats)`` with the unweighted global penalty [GR21]:
+    ``EEst_j * |dt_j|`` over the accepted steps, ``reduction="mean"`` (default, the public code)
+    or ``"sum"`` (the paper), differentiated through the whole ``local_reg.sdeint`` solve
+    (``gradient="direct"`` only). ``nfe_reg`` is 0: the penalty reuses the main solve's steps.
+    """
+    _check_error_regularizer(regularizer)
+    reduction = _choice("reduction", "mean" if reduction is None else reduction, REDUCTIONS)
+    if gradient != "direct":
+        raise ValueError(
+            f"global regularization differentiates through every accepted step, so gradient must be "
+            f"'direct', got {gradient!r} (sde_local_regularization works with the adjoint)"
+        )
+    noise_type, times = validate_sde_problem(sde, y0, t, "euler_maruyama")
+    bm, nfe_extra = _brownian(sde, noise_type, y0, times, bm, generator)
+
+    def per_step(result: SDEStepResult, dt: float) -> Tensor:
+        return result.error_estimate * abs(dt)
+
+    main = solve_main(
+        sde,
+        y0,
+        times,
+        backend="local_reg",
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        gradient=gradient,
+        bm=bm,
+        step_penalty=per_step,
+        options=options,
+    )
+    penalties = main.penalties
+    reg = penalties.mean() if reduction == "mean" else penalties.sum()
+    value = float(reg.detach())
+    finite = math.isfinite(value)
+    if not finite:
+        reg = torch.zeros((), dtype=y0.dtype, device=y0.device)
+    stats = SDERegularizationStats(
+        nfe_main=main.nfe_drift + main.nfe_diffusion,
+        nfe_main_drift=main.nfe_drift,
+        nfe_main_diffusion=main.nfe_diffusion,
+        nfe_reg=nfe_extra,
+        nfe_reg_diffusion=nfe_extra,
+        penalty=value if finite else 0.0,
+        penalty_finite=finite,
+        n_accepted=main.n_accepted,
+        solver_stats=main.solver_stats,
+    )
+    return main.ys, reg, stats
