@@ -15,6 +15,14 @@ from .regularization import (
     global_regularization,
     local_regularization,
 )
+from .sde import (
+    SDERegularizationStats,
+    SDEStats,
+    is_sde,
+    sde_global_regularization,
+    sde_local_regularization,
+    sdeint,
+)
 from .solution import Solution, Stats, Steps
 from .step import StepResult, initial_step_size, rms_norm, step
 from .tableaus import TABLEAUS, ButcherTableau, get_tableau
@@ -42,5 +50,11 @@ __all__ = [
     "odeint",
     "rms_norm",
     "step",
+    "SDERegularizationStats",
+    "SDEStats",
+    "is_sde",
+    "sde_global_regularization",
+    "sde_local_regularization",
+    "sdeint",
 ]
 __version__ = "0.1.0"
