@@ -5,6 +5,7 @@
 - :func:`is_sde`: does a module look like a torchsde SDE (``f``, ``g``, ``noise_type``)?
 """
 
+from .module import SDEBlock
 from .problem import is_sde
 from .regularization import sde_global_regularization, sde_local_regularization
 from .sdeint import sdeint
@@ -13,6 +14,7 @@ from .stats import SDERegularizationStats
 from .step import SDEStepResult, sde_initial_step_size, sde_step
 
 __all__ = [
+    "SDEBlock",
     "SDERegularizationStats",
     "SDEStats",
     "SDEStepResult",

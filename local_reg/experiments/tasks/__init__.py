@@ -35,6 +35,7 @@ from .base import Batch, ModelContext, Task, TaskData
 from .digits import DigitsTask
 from .latent_ode import LatentODETask
 from .mnist import MnistTask
+from .nsde_digits import NSDEDigitsTask
 from .spiral import SpiralTask
 
 REGISTRY: dict[str, Task] = {
@@ -42,6 +43,7 @@ REGISTRY: dict[str, Task] = {
     "mnist": MnistTask(),
     "latent_ode": LatentODETask(),
     "spiral": SpiralTask(),
+    "nsde_digits": NSDEDigitsTask(),
 }
 
 __all__ = ["REGISTRY", "Batch", "ModelContext", "Task", "TaskData"]

@@ -1,0 +1,49 @@
+"""How the SDE tasks wrap a neural SDE for each training method.
+
+``vanilla`` is a plain :class:`local_reg.sde.SDEBlock`; ``local-random`` / ``local-biased`` use
+local regularization [LR23] and ``global-error`` the global baseline [GR21]. With ``--gradient
+adjoint`` the main solve is ``torchsde.sdeint_adjoint`` (local and vanilla only: the global penalty
+is differentiated through the ``local_reg`` solver, and biased sampling needs its step record).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ...sde import SDEBlock
+from ..methods import weight_schedule
+from .base import ModelContext
+
+SDE_METHODS: tuple[str, ...] = ("vanilla", "local-random", "local-biased", "global-error")
+
+
+def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -> SDEBlock:
+    """The solver block of ``context.method`` around ``sde``; ``settings["solver"]`` holds
+    ``rtol`` and ``atol``, ``settings["weights"][method]`` the weight spec."""
+    method = context.method
+    if method.name not in SDE_METHODS:
+        raise ValueError(
+            f"method {method.name!r} is not available for neural SDEs: use one of {list(SDE_METHODS)}"
+        )
+    if context.gradient not in ("direct", "adjoint"):
+        raise ValueError(
+            f"neural SDEs support --gradient direct or adjoint (torchsde), got {context.gradient!r}"
+        )
+    backend = "torchsde" if context.gradient == "adjoint" else "local_reg"
+    solver = dict(rtol=settings["solver"]["rtol"], atol=settings["solver"]["atol"])
+    if backend == "torchsde":
+        solver["options"] = {"dt": settings["solver"].get("dt0", 0.05)}
+    if method.family == "vanilla":
+        return SDEBlock(sde, backend=backend, gradient=context.gradient, **solver)
+    weight = weight_schedule(settings["weights"][method.name], context.total_iterations)
+    return SDEBlock(
+        sde,
+        regularization=method.family,
+        sampling=method.sampling or "random",
+        weight=weight,
+        backend=backend,
+        gradient=context.gradient,
+        **solver,
+    )
