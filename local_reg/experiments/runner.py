@@ -34,7 +34,7 @@ SIZES = ("tiny", "quick", "full")
 GRADIENTS = ("direct", "adjoint", "checkpoint", "symplectic")
 # Prediction time is the fastest of this many passes over the test set: a single pass is at the
 # mercy of whatever else the machine is doing.
-TIMING_REPEATS = 3
+TIMING_REPEATS = 10
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ _PHYSIONET_HOURS = 48
 
 _SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"n_train": 32, "n_test": 32, "epochs": 1, "batch_size": 16},
-    "quick": {"n_train": 1000, "n_test": 250, "epochs": 25, "batch_size": 50},
+    "quick": {"n_train": 1000, "n_test": 250, "epochs": 20, "batch_size": 50},
     "full": {"n_train": 4000, "n_test": 1000, "epochs": 100, "batch_size": 50},
 }
 

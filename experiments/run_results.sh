@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The runs behind docs/results.md, as two chains that can share a 2-core machine (one torch thread
+# each). Rerunning skips every finished run; an interrupted run continues from its checkpoint.
+#   experiments/run_results.sh digits       # digits chain
+#   experiments/run_results.sh latent_ode   # latent ODE chain
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+case "${1:-}" in
+digits)
+    $PY -m local_reg.experiments experiment digits --seeds 3 --quick --out results/digits --no-progress
+    $PY -m local_reg.experiments experiment digits --methods local-random --seeds 3 --quick \
+        --set weights.local-random=10 --out results/digits --no-progress
+    ;;
+latent_ode)
+    $PY -m local_reg.experiments experiment latent_ode --seeds 3 --quick --out results/latent_ode --no-progress
+    $PY -m local_reg.experiments experiment latent_ode --methods local-random --seeds 3 --quick \
+        --set weights.local-random=1 --out results/latent_ode --no-progress
+    ;;
+*)
+    echo "usage: $0 digits|latent_ode" >&2
+    exit 2
+    ;;
+esac
