@@ -37,6 +37,7 @@ from .latent_ode import LatentODETask
 from .mnist import MnistTask
 from .nsde_digits import NSDEDigitsTask
 from .spiral import SpiralTask
+from .spiral_sde import SpiralSDETask
 
 REGISTRY: dict[str, Task] = {
     "digits": DigitsTask(),
@@ -44,6 +45,7 @@ REGISTRY: dict[str, Task] = {
     "latent_ode": LatentODETask(),
     "spiral": SpiralTask(),
     "nsde_digits": NSDEDigitsTask(),
+    "spiral_sde": SpiralSDETask(),
 }
 
 __all__ = ["REGISTRY", "Batch", "ModelContext", "Task", "TaskData"]
