@@ -22,11 +22,14 @@ The interface (see :class:`Task` for the details):
 - ``evaluate(model, batch) -> metrics``: batch means in eval mode, under ``torch.no_grad()``.
 
 What the runner reads from a model: every submodule with a ``stats`` attribute is a *solver
-block*. After each forward pass the runner sums, over the solver blocks, ``stats.nfe`` (the main
-solve's function evaluations, what test NFE reports), ``reg_nfe`` and ``nfe_backward`` when
-present, and adds every block's ``reg_loss`` (a 0-dim tensor, already weighted, or ``None``) to the
-task loss. In eval mode blocks must not regularize. A block whose weight follows a schedule is
-advanced once per optimizer step through its ``schedule_step()`` method, when it has one.
+block* (``ys = block(y0, t)``). After each forward pass the runner sums, over the solver blocks,
+``stats.nfe_main`` (the main solve's function evaluations: what test NFE reports), ``stats.nfe_reg``
+and ``stats.nfe_backward`` (the fields of :class:`local_reg.regularization.RegularizationStats`;
+``stats`` may be ``None`` before the first call), and adds every block's ``reg_loss`` (a 0-dim
+tensor, already weighted, or ``None``) to the task loss. In eval mode blocks must not regularize. A
+block whose ``weight`` attribute has a ``step()`` method (a
+:class:`local_reg.regularization.WeightSchedule`) is advanced once per optimizer step; its state
+must be part of the module's ``state_dict`` so that checkpoints restore it.
 """
 
 from __future__ import annotations
