@@ -1,6 +1,6 @@
 """``local-reg``: run the experiments and report them.
 
-    local-reg experiment TASK [--methods M ...] [--seeds N] [--out DIR] [--quick | --size SIZE]
+    local-reg experiment TASK [--methods M ...] [--seeds N] [--out DIR] [--quick | --paper | --size S]
                               [--gradient G] [--set KEY=VALUE ...] [--threads N] [--no-progress]
     local-reg report [--out DIR] [--task TASK]
 
@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
     sizes = run.add_mutually_exclusive_group()
     sizes.add_argument("--quick", dest="size", action="store_const", const="quick", help="CPU-sized run")
+    sizes.add_argument(
+        "--paper", dest="size", action="store_const", const="full", help="the paper's settings"
+    )
     sizes.add_argument(
         "--size", choices=SIZES, help="tiny (tests), quick (CPU) or full (paper); default full"
     )
