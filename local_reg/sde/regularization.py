@@ -58,10 +58,19 @@ def _check_error_regularizer(regularizer: object) -> None:
         )
 
 
+# The ODE wrappers' default reg_method, accepted (and ignored) so they can hand an SDE through.
+_ODE_DEFAULT_REG_METHOD = "tsit5"
+
+
 def _check_reg_method(reg_method: object) -> None:
-    # Accepted for keyword compatibility with the ODE regularizers; the SDE step is the solver's.
-    if reg_method is not None and reg_method not in METHODS:
-        raise ValueError(f"reg_method must be None or one of {METHODS} for SDEs, got {reg_method!r}")
+    # The regularization step of an SDE is always the solver's own scheme (that is the point: the
+    # penalty is the estimate the solver steps by), so the keyword only exists for the ODE interface.
+    allowed = (None, _ODE_DEFAULT_REG_METHOD, *METHODS)
+    if reg_method not in allowed:
+        raise ValueError(
+            f"reg_method must be None or {METHODS[0]!r} for SDEs (the step is the solver's own), "
+            f"got {reg_method!r}"
+        )
 
 
 def _brownian(
@@ -128,11 +137,13 @@ def sde_local_regularization(
         regularizer: ``"error"`` only (keyword kept for the ODE interface).
         method: the main solver: ``"euler_maruyama"`` (``local_reg``) or a torchsde method name
             (default ``"euler"``).
-        reg_method: ``None`` (the regularization step is the ``local_reg`` solver's step).
+        reg_method: ``None`` or ``"euler_maruyama"``: the regularization step is always the
+            ``local_reg`` solver's step (``"tsit5"``, the ODE wrappers' default, is accepted and
+            ignored so they can pass their keywords through).
+        adjoint_params: parameters for ``sdeint_adjoint`` (default: the SDE's); ignored otherwise.
         rtol, atol: tolerances of the main solve and of the step's ``EEst``.
         gradient: ``"direct"`` (backpropagation through the main solve); with
             ``backend="torchsde"`` also ``"adjoint"`` (``torchsde.sdeint_adjoint``).
-        adjoint_params: parameters for ``sdeint_adjoint`` (default: the SDE's).
         backend: ``"local_reg"`` (:func:`local_reg.sdeint`) or ``"torchsde"``.
         step_size: ``"initial"`` (the paper): the SDE initial-step heuristic at ``u(t_reg)``;
             ``"solver"``: the main solve's accepted step that starts at ``t_reg`` (``local_reg``
@@ -168,7 +179,7 @@ def sde_local_regularization(
     t1 = times[-1]
     bm, nfe_reg_diffusion = _brownian(sde, noise_type, y0, times, bm, generator)
     options = dict(options or {})
-    if backend == "torchsde" and adjoint_params is not None:
+    if backend == "torchsde" and gradient == "adjoint" and adjoint_params is not None:
         options["adjoint_params"] = tuple(adjoint_params)
     common = dict(
         backend=backend, method=method, rtol=rtol, atol=atol, gradient=gradient, bm=bm, options=options
