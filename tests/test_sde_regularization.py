@@ -110,7 +110,8 @@ def test_biased_solver_step_is_the_main_solve_step():
         bm=bm,
         generator=torch.Generator().manual_seed(2),
     )
-    steps = stats.solver_stats and sdeint(sde, y0, [0.0, 1.0], bm=bm).steps
+    # The same solve again on the same (already sampled) path: the same accepted steps.
+    steps = sdeint(sde, y0, [0.0, 1.0], bm=bm).steps
     index = steps.t.tolist().index(stats.t_reg)
     assert stats.dt_reg == pytest.approx(float(steps.dt[index]), rel=1e-12)
     assert stats.error_estimate == pytest.approx(float(steps.error_estimate[index]), rel=1e-10)
