@@ -187,6 +187,19 @@ class StepwiseGradient(GradientMethod):
         return adjoint, grad_params, func.calls
 
 
+def placeholder_penalty(like: Tensor) -> Tensor:
+    """The value an accepted-step hook returns when it only records: one shared 0-dim tensor, so
+    that ``integrate``'s list of penalties allocates nothing per step (many small long-lived
+    allocations fragment the heap between the large temporary ones)."""
+    key = (like.dtype, like.device)
+    if key not in _PLACEHOLDERS:
+        _PLACEHOLDERS[key] = torch.zeros((), dtype=like.dtype, device=like.device)
+    return _PLACEHOLDERS[key]
+
+
+_PLACEHOLDERS: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
 class AcceptedStepEnds:
     """An accepted-step hook that keeps each accepted step's end state, then defers to the user's
     ``step_penalty`` (if any).
@@ -203,7 +216,7 @@ class AcceptedStepEnds:
         self.ends.append(result.y1.detach())
         if self.step_penalty is not None:
             return self.step_penalty(result, dt)
-        return result.y1.new_zeros(())
+        return placeholder_penalty(result.y1)
 
 
 class _SolveWithoutGraph(torch.autograd.Function):

@@ -29,7 +29,7 @@ from torch import Tensor
 from .._integrate import SolveOptions, integrate
 from ..step import StepResult, combine
 from ..tableaus import ButcherTableau
-from ._function import ForwardSolve, GradientMethod, vector_jacobian_product
+from ._function import ForwardSolve, GradientMethod, placeholder_penalty, vector_jacobian_product
 
 NORMS = ("default", "seminorm")
 
@@ -80,13 +80,13 @@ class AugmentedDynamics:
         return out
 
     def accumulate_parameter_gradient(self, result: StepResult, dt: float) -> Tensor:
-        """Accepted-step hook (seminorm): ``g += dt * sum_i b_i rate_i``; returns a dummy 0."""
+        """Accepted-step hook (seminorm): ``g += dt * sum_i b_i rate_i``; returns a placeholder 0."""
         rates = [self.parameter_rates[id(stage)] for stage in result.stages]
         self.parameter_gradient = combine(self.parameter_gradient, dt, self.tableau.b, rates)
         # Only the last stage can be reused (FSAL) by the next step.
         last = id(result.stages[-1])
         self.parameter_rates = {last: self.parameter_rates[last]}
-        return rates[0].new_zeros(())
+        return placeholder_penalty(result.y1)
 
 
 class BacksolveAdjoint(GradientMethod):
