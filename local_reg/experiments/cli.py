@@ -22,7 +22,7 @@ import torch
 
 from . import distributed
 from .methods import METHODS
-from .report import group_records, markdown_table, write_report
+from .report import TIMINGS, group_records, markdown_table, write_report
 from .results import ResultsError, ResultsFile
 from .runner import GRADIENTS, SIZES, RunSpec, sweep
 from .tasks import REGISTRY, ModelContext
@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write report.md and the plots of a results folder")
     report.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
     report.add_argument("--task", choices=sorted(REGISTRY), help="only this task")
+    report.add_argument(
+        "--timing", choices=TIMINGS, default="cpu", help="times as process CPU time (default) or wall time"
+    )
     return parser
 
 
@@ -159,7 +162,7 @@ def _report(args: argparse.Namespace) -> int:
     if not results.path.exists():
         raise BadInput(f"no results file {str(results.path)!r}")
     _writable_folder(args.out)
-    print(write_report(args.out, results.load(), args.task))
+    print(write_report(args.out, results.load(), args.task, args.timing))
     return 0
 
 

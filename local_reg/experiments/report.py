@@ -24,6 +24,8 @@ from .results import atomic_write_bytes  # noqa: E402
 
 REPORT_NAME = "report.md"
 _PERCENT_METRICS = {"accuracy"}
+_TIME_FIELDS = {"cpu": ("train_cpu_time", "predict_cpu_time"), "wall": ("train_time", "predict_time")}
+TIMINGS = tuple(_TIME_FIELDS)
 
 
 @dataclass
@@ -71,15 +73,15 @@ def _fmt(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{mean:.{digits}g} ± {sd:.2g}" if len(values) > 1 else f"{mean:.{digits}g}"
 
 
-def _columns(group: Group) -> list[tuple[str, str, float]]:
+def _columns(group: Group, timing: str) -> list[tuple[str, str, float]]:
     """(header, record path, scale) of the per-seed columns."""
     metric = group.metric
     scale, unit = (100.0, " (%)") if metric in _PERCENT_METRICS else (1.0, "")
     return [
         (f"train {metric}{unit}", f"train.{metric}", scale),
         (f"test {metric}{unit}", f"test.{metric}", scale),
-        ("train time (s)", "train_time", 1.0),
-        ("predict (ms/batch)", "predict_time", 1000.0),
+        (f"train {timing} (s)", _TIME_FIELDS[timing][0], 1.0),
+        (f"predict {timing} (ms/batch)", _TIME_FIELDS[timing][1], 1000.0),
         ("test NFE", "test_nfe", 1.0),
     ]
 
@@ -99,8 +101,9 @@ def _ratio(group: Group, label: str, path: str) -> str:
     return f"{mine / statistics.fmean(_get(r, path) for r in baseline):.3f}"
 
 
-def markdown_table(group: Group) -> str:
-    columns = _columns(group)
+def markdown_table(group: Group, timing: str = "cpu") -> str:
+    """The group's table; times are this process's CPU time (``timing="cpu"``) or wall time."""
+    columns = _columns(group, timing)
     header = ["method", "weight", "seeds"] + [c[0] for c in columns]
     header += ["NFE / vanilla", "train time / vanilla", "predict / vanilla"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -108,7 +111,7 @@ def markdown_table(group: Group) -> str:
         runs = group.runs(label)
         cells = [label, weight_text(runs[0].get("weight")), str(len(runs))]
         cells += [_fmt([_get(r, path) for r in runs], scale) for _, path, scale in columns]
-        cells += [_ratio(group, label, p) for p in ("test_nfe", "train_time", "predict_time")]
+        cells += [_ratio(group, label, p) for p in ("test_nfe", *_TIME_FIELDS[timing])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -173,10 +176,17 @@ def plot_metric_vs_nfe(group: Group, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(out_dir: str | Path, records: Sequence[dict[str, Any]], task: str | None = None) -> str:
+def write_report(
+    out_dir: str | Path, records: Sequence[dict[str, Any]], task: str | None = None, timing: str = "cpu"
+) -> str:
     """Write ``report.md`` and the PNGs of every group into ``out_dir``; return the Markdown."""
     out_dir = Path(out_dir)
-    sections = ["# Results\n", f"Generated from `{out_dir / 'results.jsonl'}`; mean ± sd over seeds.\n"]
+    sections = [
+        "# Results\n",
+        f"Generated from `{out_dir / 'results.jsonl'}`; mean ± sd over seeds; times are "
+        + ("the process's CPU time (robust to other jobs on the cores)." if timing == "cpu" else "wall time.")
+        + "\n",
+    ]
     for group in group_records(records, task):
         nfe_png, metric_png = f"{group.name}_nfe.png", f"{group.name}_{group.metric}_vs_nfe.png"
         plot_nfe(group, out_dir / nfe_png)
@@ -184,7 +194,7 @@ def write_report(out_dir: str | Path, records: Sequence[dict[str, Any]], task: s
         sections += [
             f"## {group.task} (`{group.config_id}`)\n",
             describe(group) + "\n",
-            markdown_table(group) + "\n",
+            markdown_table(group, timing) + "\n",
             f"![NFE over training]({nfe_png}) ![test {group.metric} vs NFE]({metric_png})\n",
         ]
     text = "\n".join(sections)
