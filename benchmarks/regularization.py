@@ -4,7 +4,9 @@
 The same MLP vector field, batch and loss for every variant; no optimizer step, so every iteration
 sees the same model. Repetitions are interleaved (every variant once per round) so all variants see
 the same machine load; the table reports medians, and each ratio is the median over rounds of the
-variant's time divided by the vanilla time of the same gradient method in the same round.
+variant's time divided by the vanilla time of the same gradient method in the same round. Both wall
+time and the process's CPU time are measured (one intra-op thread, so CPU time is the work done and
+is less disturbed by other processes on a shared machine).
 
     python benchmarks/regularization.py [--repeats 9] [--batch 512] [--width 64]
 """
@@ -140,12 +142,14 @@ def main() -> None:
     for run in iterations.values():  # warm-up
         run()
     seconds: dict[tuple[str, str], list[float]] = {key: [] for key in iterations}
+    cpu_seconds: dict[tuple[str, str], list[float]] = {key: [] for key in iterations}
     counts: dict[tuple[str, str], list[dict[str, int | None]]] = {key: [] for key in iterations}
     for _ in range(args.repeats):
         for key, run in iterations.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             count = run()
             seconds[key].append(time.perf_counter() - start)
+            cpu_seconds[key].append(time.process_time() - cpu_start)
             counts[key].append(count)
 
     print(
@@ -154,20 +158,26 @@ def main() -> None:
         f"atol={args.atol}, {args.threads} thread(s), float32, median of {args.repeats} interleaved rounds"
     )
     header = (
-        "| gradient | variant | s / iteration | ratio to vanilla | forward NFE (main + reg) | backward NFE |"
+        "| gradient | variant | wall s / iteration | wall ratio to vanilla | CPU s / iteration "
+        "| CPU ratio to vanilla | forward NFE (main + reg) | backward NFE |"
     )
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
+
+    def ratio(samples: list[float], vanilla: list[float]) -> float:
+        return statistics.median(s / v for s, v in zip(samples, vanilla, strict=True))
+
     for (label, variant), samples in seconds.items():
-        vanilla = seconds[label, "vanilla"]
-        ratio = statistics.median(s / v for s, v in zip(samples, vanilla, strict=True))
+        cpu = cpu_seconds[label, variant]
+        wall_ratio = ratio(samples, seconds[label, "vanilla"])
+        cpu_ratio = ratio(cpu, cpu_seconds[label, "vanilla"])
         nfe = statistics.median(c["nfe"] for c in counts[label, variant])
         reg = statistics.median(c["reg"] for c in counts[label, variant])
         backward = [c["backward"] for c in counts[label, variant] if c["backward"] is not None]
         backward_text = f"{statistics.median(backward):.0f}" if backward else "n/a"
         print(
-            f"| {label} | {variant} | {statistics.median(samples):.3f} | {ratio:.3f} "
-            f"| {nfe:.0f} + {reg:.0f} | {backward_text} |"
+            f"| {label} | {variant} | {statistics.median(samples):.3f} | {wall_ratio:.3f} "
+            f"| {statistics.median(cpu):.3f} | {cpu_ratio:.3f} | {nfe:.0f} + {reg:.0f} | {backward_text} |"
         )
 
 
