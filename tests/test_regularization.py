@@ -439,6 +439,22 @@ def test_exponential_decay_schedule_and_resume():
     assert resumed.weight.iteration == 7 and resumed.weight() == model.weight()
 
 
+def test_state_dict_resumes_the_t_reg_sequence():
+    def make() -> LocallyRegularized:
+        return LocallyRegularized(
+            MLPField(), rtol=RTOL, atol=ATOL, generator=torch.Generator().manual_seed(9)
+        )
+
+    model = make()
+    model(_y0(), T)
+    state = model.state_dict()
+    model(_y0(), T)
+    resumed = make()
+    resumed.load_state_dict(state)
+    resumed(_y0(), T)
+    assert resumed.stats.t_reg == model.stats.t_reg
+
+
 def test_schedule_validation():
     with pytest.raises(ValueError, match="weight"):
         ConstantWeight(-1.0)

@@ -309,7 +309,7 @@ class LocallyRegularized(nn.Module):
     Args:
         weight: a non-negative float or a :class:`WeightSchedule` (e.g. ``ExponentialDecay(2.5, 1.0,
             N)`` as for MNIST in [LR23]); advance it with ``model.weight.step()`` once per iteration.
-            Its state is part of ``model.state_dict()``.
+            Its state (and ``generator``'s) is part of ``model.state_dict()``.
         (the others: as :func:`local_regularization`.)
     """
 
@@ -392,10 +392,14 @@ class LocallyRegularized(nn.Module):
         return ys
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"weight": self.weight.state_dict()}
+        # The schedule's iteration and the sampler's RNG state, so a resumed run continues both.
+        generator = None if self.generator is None else self.generator.get_state()
+        return {"weight": self.weight.state_dict(), "generator": generator}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.weight.load_state_dict(state["weight"])
+        if self.generator is not None and state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
 
     def extra_repr(self) -> str:
         return (
