@@ -189,3 +189,24 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="bm"):
         sde_local_regularization(sde, y0, [0.0, 2.0], bm=torchsde.BrownianInterval(0.0, 1.0, size=(16, 2)))
     assert is_sde(sde)
+
+
+def test_sde_block_modes_and_state():
+    from local_reg.regularization import ExponentialDecay
+    from local_reg.sde import SDEBlock
+
+    sde, y0 = setup()
+    block = SDEBlock(sde, regularization="local", weight=ExponentialDecay(2.0, 1.0, 10))
+    block.train()
+    block(y0, [0.0, 1.0])
+    assert block.reg_loss is not None and block.stats.nfe_reg > 0
+    block.weight.step()
+    state = block.state_dict()
+    other = SDEBlock(TinySDE().to(DT), regularization="local", weight=ExponentialDecay(2.0, 1.0, 10))
+    other.load_state_dict(state)
+    assert other.weight() == pytest.approx(block.weight())
+    block.eval()
+    block(y0, [0.0, 1.0])
+    assert block.reg_loss is None and block.stats.nfe_reg == 0
+    with pytest.raises(ValueError, match="global"):
+        SDEBlock(sde, regularization="global", backend="torchsde")

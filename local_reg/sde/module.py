@@ -123,6 +123,13 @@ class SDEBlock(nn.Module):
         )
         return main.ys, stats
 
+    def get_extra_state(self) -> dict[str, Any]:
+        # The weight schedule's position, so a checkpoint resumes a decaying weight where it was.
+        return {"weight": self.weight.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.weight.load_state_dict(state["weight"])
+
     def extra_repr(self) -> str:
         return (
             f"regularization={self.regularization!r}, sampling={self.sampling!r}, weight={self.weight!r}, "
