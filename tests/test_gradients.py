@@ -336,3 +336,18 @@ def test_field_that_ignores_the_state(gradient):
     grad_y0, grad_theta = torch.autograd.grad(solution.ys[-1].sum(), (y0, theta))
     torch.testing.assert_close(grad_y0, torch.ones(2, dtype=DTYPE))
     torch.testing.assert_close(grad_theta, torch.full((2,), torch.sin(torch.tensor(1.0)).item(), dtype=DTYPE))
+
+
+@pytest.mark.parametrize("name", sorted(TABLEAUS))
+def test_adjoint_with_every_tableau(name):
+    field = TinyField(scale=1.0)
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    tableau = TABLEAUS[name]
+    rtol = {2: 1e-4, 3: 1e-5}.get(tableau.order, 1e-6)
+    step_size = 0.01 if tableau.order == 1 else 0.05
+    options = {"step_size": step_size} if not tableau.adaptive else {"rtol": rtol, "atol": rtol * 1e-2}
+    reference, _ = gradients(field, y0, "direct", method=name, **options)
+    result, solution = gradients(field, y0, "adjoint", method=name, **options)
+    assert solution.stats.nfe_backward > 0
+    # The continuous adjoint differs from the discrete gradient by the discretization error.
+    assert relative_error(result, reference) <= (0.1 if tableau.order == 1 else 1e-2)
