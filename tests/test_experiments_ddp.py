@@ -28,19 +28,22 @@ out = Path(sys.argv[1])
 rank = int(os.environ["RANK"])
 task = REGISTRY["digits"]
 built = []
+initial = []
 build = task.build_model
 
 
 def keep(settings, context):
     built.append(build(settings, context))
-    torch.save(copy.deepcopy(built[-1].state_dict()), out / f"initial_rank{rank}.pt")
+    initial.append(copy.deepcopy(built[-1].state_dict()))
     return built[-1]
 
 
 task.build_model = keep
 code = main(["experiment", "digits", "--methods", "local-random", "--seeds", "1", "--size", "tiny",
              "--set", "epochs=2", "--out", str(out), "--no-progress"])
-torch.save(built[0].state_dict(), out / f"params_rank{rank}.pt")
+# The last model built is the one trained (the CLI builds one first to validate the arguments).
+torch.save(initial[-1], out / f"initial_rank{rank}.pt")
+torch.save(built[-1].state_dict(), out / f"params_rank{rank}.pt")
 sys.exit(code)
 """
 
