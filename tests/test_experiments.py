@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -62,6 +63,18 @@ def test_resume_skips_finished_runs(tmp_path, monkeypatch, capsys):
     assert run(tmp_path, "digits", "--methods", "vanilla") == 0
     assert (tmp_path / "results.jsonl").read_bytes() == before
     assert "skip digits-vanilla-seed0-" in capsys.readouterr().err
+
+
+def test_a_run_claimed_by_a_live_process_is_skipped(tmp_path, capsys):
+    spec = runner.RunSpec("digits", "vanilla", 0, "tiny")
+    lock = tmp_path / "checkpoints" / f"{spec.run_id}.lock"
+    lock.parent.mkdir()
+    lock.write_text(str(os.getppid()))  # alive: pytest's parent
+    assert runner.sweep("digits", ["vanilla"], [0], tmp_path, size="tiny", progress=False) == []
+    assert "being trained by another process" in capsys.readouterr().err
+    lock.write_text("999999999")  # no such process: a stale lock is taken over
+    assert len(runner.sweep("digits", ["vanilla"], [0], tmp_path, size="tiny", progress=False)) == 1
+    assert not lock.exists()
 
 
 def test_interrupted_run_continues_from_its_checkpoint(tmp_path, monkeypatch):

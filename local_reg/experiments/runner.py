@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import io
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -314,6 +315,32 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
     return record
 
 
+def _claim(lock: Path) -> bool:
+    """Take the run's lock file for this process; ``False`` if a live process on this host holds it.
+
+    Lets several sweeps share one output folder (e.g. two processes on a 2-core machine): each run
+    is trained by whichever sweep claims it first. A lock left by a dead process is taken over.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text() or "0")
+                os.kill(owner, 0)
+                return False
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except PermissionError:  # alive, owned by another user
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
 def sweep(
     task: str,
     methods: Iterable[str],
@@ -328,6 +355,7 @@ def sweep(
     """Run every (seed, method) not yet recorded in ``out_dir/results.jsonl``; return the new records.
 
     Seeds are the outer loop, so an interrupted sweep has whole comparisons for the seeds it finished.
+    Runs that another sweep into the same folder is training are skipped too.
     """
     out_dir = Path(out_dir)
     results = ResultsFile(out_dir)
@@ -335,15 +363,26 @@ def sweep(
     for seed in seeds:
         for method in methods:
             spec = RunSpec(task, method, seed, size, gradient, dict(overrides or {}))
-            done = distributed.broadcast(spec.run_id in results.finished() if distributed.is_main() else None)
-            if done:
-                if distributed.is_main():
-                    print(f"skip {spec.run_id}: already in {results.path}", file=sys.stderr)
-                continue
-            record = train_run(spec, out_dir, progress=progress)
+            lock = out_dir / "checkpoints" / f"{spec.run_id}.lock"
+            status = None
             if distributed.is_main():
-                results.append(record)
-                (out_dir / "checkpoints" / f"{spec.run_id}.pt").unlink(missing_ok=True)
-                new.append(record)
+                if spec.run_id in results.finished():
+                    status = f"already in {results.path}"
+                elif not _claim(lock):
+                    status = "being trained by another process"
+            status = distributed.broadcast(status)
+            if status is not None:
+                if distributed.is_main():
+                    print(f"skip {spec.run_id}: {status}", file=sys.stderr)
+                continue
+            try:
+                record = train_run(spec, out_dir, progress=progress)
+                if distributed.is_main():
+                    results.append(record)
+                    (out_dir / "checkpoints" / f"{spec.run_id}.pt").unlink(missing_ok=True)
+                    new.append(record)
+            finally:
+                if distributed.is_main():
+                    lock.unlink(missing_ok=True)
             distributed.barrier()
     return new
