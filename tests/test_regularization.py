@@ -494,6 +494,20 @@ def test_bad_arguments_name_the_argument(kwargs, match):
             local_regularization(MLPField(), _y0(), T, **kwargs)
 
 
+@pytest.mark.filterwarnings("ignore:Solver 'rk4' does not support callbacks")
+def test_biased_with_a_torchdiffeq_fixed_grid_method_says_why():
+    with pytest.raises(ValueError, match="adaptive method"):
+        local_regularization(
+            MLPField(),
+            _y0(),
+            T,
+            sampling="biased",
+            backend="torchdiffeq",
+            method="rk4",
+            options={"step_size": 0.1},
+        )
+
+
 def test_t_with_fewer_than_two_points():
     with pytest.raises(ValueError, match="t must hold at least 2"):
         LocallyRegularized(MLPField())(_y0(), T[:1])

@@ -207,6 +207,12 @@ def local_regularization(
         main, _ = solve_main(func, y0, times, record_steps=True, record_states=True, **common)
         ys = main.ys
         n_steps = len(main.step_t)
+        if n_steps == 0:
+            # torchdiffeq's fixed-grid solvers never call callback_accept_step.
+            raise ValueError(
+                "sampling='biased' found no recorded accepted steps: with backend='torchdiffeq' it needs "
+                "an adaptive method (e.g. method='dopri5'), whose accepted steps torchdiffeq reports"
+            )
         index = int(torch.randint(n_steps, (), generator=generator))
         t_reg = main.step_t[index]
         state = main.step_states[index]
