@@ -87,15 +87,17 @@ def _brownian(
     return make_brownian(bm, times[0], times[-1], size, y0, generator), nfe
 
 
-def _sample_time(times: list[float], generator: torch.Generator | None) -> float:
-    """``t_reg ~ U[t0, t1)``, kept off a sliver before an output time (that step would underflow)."""
+def _sample_time(times: list[float], dtype: torch.dtype, generator: torch.Generator | None) -> float:
+    """``t_reg ~ U[t0, t1)``, rounded to ``dtype`` (the backend may see times in it) and kept off a
+    sliver next to an output time: within the tolerance it *is* that time (no tiny step, and
+    torchsde's times stay strictly increasing)."""
     t0, t1 = times[0], times[-1]
-    tolerance = 1e-9 * (t1 - t0)
+    scale = max(abs(t0), abs(t1), t1 - t0)
+    tolerance = max(1e-9 * (t1 - t0), 64 * torch.finfo(dtype).eps * scale)
     while True:
         u = float(torch.rand((), generator=generator, dtype=torch.float64))
-        t_reg = t0 + u * (t1 - t0)
+        t_reg = float(torch.tensor(t0 + u * (t1 - t0), dtype=dtype))
         if t1 - t_reg > tolerance:
-            # Snap onto an output time within the tolerance instead of inserting a second copy.
             for v in times[:-1]:
                 if abs(v - t_reg) <= tolerance:
                     return v
@@ -186,7 +188,7 @@ def sde_local_regularization(
     )
 
     if sampling == "random":
-        t_reg = _sample_time(times, generator)
+        t_reg = _sample_time(times, y0.dtype, generator)
         inserted = t_reg not in times
         solve_times = sorted([*times, t_reg]) if inserted else times
         index = solve_times.index(t_reg)
