@@ -8,8 +8,10 @@ PY=${PY:-.venv/bin/python}
 case "${1:-}" in
 digits)
     $PY -m local_reg.experiments experiment digits --seeds 3 --quick --out results/digits --no-progress
-    $PY -m local_reg.experiments experiment digits --methods local-random --seeds 3 --quick \
-        --set weights.local-random=10 --out results/digits --no-progress
+    for weight in 10 100; do
+        $PY -m local_reg.experiments experiment digits --methods local-random --seeds 3 --quick \
+            --set weights.local-random=$weight --out results/digits --no-progress
+    done
     ;;
 latent_ode)
     $PY -m local_reg.experiments experiment latent_ode --seeds 3 --quick --out results/latent_ode --no-progress
