@@ -191,25 +191,41 @@ def test_bad_arguments_name_the_argument():
     assert is_sde(sde)
 
 
-def test_sde_block_modes_and_state():
+def test_front_door_accepts_an_sde_and_keeps_schedule_state():
+    """LocallyRegularized(sde) solves with sdeint, regularizes in training only, and saves its state."""
+    from local_reg import GloballyRegularized, LocallyRegularized
     from local_reg.regularization import ExponentialDecay
-    from local_reg.sde import SDEBlock
 
     sde, y0 = setup()
-    block = SDEBlock(sde, regularization="local", weight=ExponentialDecay(2.0, 1.0, 10))
-    block.train()
-    block(y0, [0.0, 1.0])
-    assert block.reg_loss is not None and block.stats.nfe_reg > 0
-    block.weight.step()
-    state = block.state_dict()
-    other = SDEBlock(TinySDE().to(DT), regularization="local", weight=ExponentialDecay(2.0, 1.0, 10))
-    other.load_state_dict(state)
-    assert other.weight() == pytest.approx(block.weight())
-    block.eval()
-    block(y0, [0.0, 1.0])
-    assert block.reg_loss is None and block.stats.nfe_reg == 0
-    with pytest.raises(ValueError, match="global"):
-        SDEBlock(sde, regularization="global", backend="torchsde")
+    model = LocallyRegularized(
+        sde, weight=ExponentialDecay(2.0, 1.0, 10), generator=torch.Generator().manual_seed(3)
+    )
+    assert (model.rtol, model.atol) == (1e-2, 1e-2)  # the SDE solver's defaults, not the ODE ones
+    model.train()
+    ys = model(y0, [0.0, 0.5, 1.0])
+    assert ys.shape == (3, *y0.shape)
+    assert model.stats.nfe_reg > 0 and model.stats.nfe_main_diffusion > 0
+    assert float(model.reg_loss) == pytest.approx(2.0 * model.stats.penalty)
+    model.reg_loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in sde.parameters())
+    model.weight.step()
+    other = LocallyRegularized(TinySDE().to(DT), weight=ExponentialDecay(2.0, 1.0, 10))
+    other.load_state_dict(model.state_dict())
+    assert other.weight() == pytest.approx(model.weight())
+    model.eval()
+    model(y0, [0.0, 1.0])
+    assert float(model.reg_loss) == 0.0 and model.stats.nfe_reg == 0
+
+    global_model = GloballyRegularized(sde)
+    global_model.train()
+    global_model(y0, [0.0, 1.0])
+    assert global_model.stats.n_accepted > 0 and float(global_model.reg_loss) > 0
+    with pytest.raises(ValueError, match="regularizer"):
+        LocallyRegularized(sde, regularizer="stiffness")
+    with pytest.raises(ValueError, match="gradient"):
+        GloballyRegularized(sde, gradient="checkpoint")
+    with pytest.raises(ValueError, match="backend"):
+        LocallyRegularized(sde, backend="torchdiffeq")
 
 
 class AdditiveSDE(torch.nn.Module):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from local_reg import GloballyRegularized, LocallyRegularized
 from local_reg.experiments.methods import METHODS
 from local_reg.experiments.tasks import REGISTRY, ModelContext
 from local_reg.sde import SDEBlock
@@ -31,20 +32,22 @@ def test_task_trains_and_evaluates(task_name, method, gradient):
     batch = next(iter(DataLoader(data.train, batch_size=8, shuffle=False)))
     model.train()
     loss, metrics = task.training_loss(model, batch)
-    (block,) = [m for m in model.modules() if isinstance(m, SDEBlock)]
+    blocks = (SDEBlock, LocallyRegularized, GloballyRegularized)
+    (block,) = [m for m in model.modules() if isinstance(m, blocks)]
     assert block.stats.nfe_main > 0
     if method == "vanilla":
+        assert isinstance(block, SDEBlock)
         assert block.reg_loss is None and block.stats.nfe_reg == 0
     else:
         assert block.reg_loss.dim() == 0 and torch.isfinite(block.reg_loss)
         loss = loss + block.reg_loss
     loss.backward()
-    assert all(p.grad is not None for p in block.sde.parameters())
+    assert all(p.grad is not None for p in block.parameters())
     model.eval()
     with torch.no_grad():
         result = task.evaluate(model, next(iter(DataLoader(data.test, batch_size=8))))
     assert task.metric in result
-    assert block.reg_loss is None and block.stats.nfe_reg == 0
+    assert not block.reg_loss and block.stats.nfe_reg == 0
 
 
 def test_unsupported_combinations_are_rejected():

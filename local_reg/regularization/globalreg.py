@@ -16,6 +16,7 @@ paper's formulas.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,10 +25,17 @@ import torch
 from torch import Tensor, nn
 
 from ..odeint import validate_state, validate_times
+from ..sde import is_sde, sde_global_regularization, sde_solve_plain
 from ..step import StepResult
 from ..tableaus import ButcherTableau, get_tableau
 from .backends import check_choice, solve_main
-from .local import REGULARIZERS, check_regularizer_tableau, solve_plain
+from .local import (
+    REGULARIZERS,
+    check_regularizer_tableau,
+    check_sde_regularizer,
+    default_tolerances,
+    solve_plain,
+)
 from .schedules import WeightSchedule, as_schedule
 from .stats import RegularizationStats
 
@@ -137,6 +145,10 @@ class GloballyRegularized(nn.Module):
 
     Coefficients used in [GR21]: MNIST ER 100 -> 10 (exponential decay), SR 0.0285; PhysioNet ER
     1000 -> 100, SR 0.285. Only ``gradient="direct"`` or ``"checkpoint"``.
+
+    ``func`` may also be a torchsde-style SDE module (see :func:`local_reg.sde.is_sde`): the solve
+    is then :func:`local_reg.sdeint` and the penalty :func:`local_reg.sde.sde_global_regularization`
+    (``regularizer="error"``, ``gradient="direct"``; ``method`` defaults to the SDE solver's).
     """
 
     reg_loss: Tensor
@@ -149,19 +161,32 @@ class GloballyRegularized(nn.Module):
         regularizer: str = "error",
         reduction: str | None = None,
         weight: float | WeightSchedule = 1.0,
-        method: str | ButcherTableau = "tsit5",
-        rtol: float = 1e-6,
-        atol: float = 1e-8,
+        method: str | ButcherTableau | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
         gradient: str = "direct",
+        generator: torch.Generator | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_choice("regularizer", regularizer, REGULARIZERS)
         if reduction is not None:
             check_choice("reduction", reduction, REDUCTIONS)
-        _check_global_gradient(gradient)
-        check_regularizer_tableau(regularizer, get_tableau(method), "method")
+        self.is_sde = is_sde(func)
+        if self.is_sde:
+            check_sde_regularizer(regularizer)
+            if gradient != "direct":
+                raise ValueError(
+                    f"global regularization of an SDE differentiates through every step of "
+                    f"local_reg.sdeint: gradient must be 'direct', got {gradient!r}"
+                )
+        else:
+            _check_global_gradient(gradient)
+            method = "tsit5" if method is None else method
+            check_regularizer_tableau(regularizer, get_tableau(method), "method")
+        rtol, atol = default_tolerances(self.is_sde, rtol, atol)
         self.func = func
+        self.generator = generator
         self.weight = as_schedule(weight)
         self.regularizer = regularizer
         self.reduction = reduction
@@ -174,32 +199,22 @@ class GloballyRegularized(nn.Module):
         self.stats = None
 
     def forward(self, y0: Tensor, t: Tensor | Sequence[float]) -> Tensor:
+        solver = dict(
+            method=self.method, rtol=self.rtol, atol=self.atol, gradient=self.gradient, options=self.options
+        )
+        if self.is_sde:
+            # An SDE's solves draw their Brownian paths from the generator.
+            solver["generator"] = self.generator
+            plain, regularized = sde_solve_plain, sde_global_regularization
+        else:
+            plain = functools.partial(solve_plain, backend="local_reg", adjoint_params=None)
+            regularized = global_regularization
         if not self.training:
-            ys, self.stats = solve_plain(
-                self.func,
-                y0,
-                t,
-                backend="local_reg",
-                method=self.method,
-                rtol=self.rtol,
-                atol=self.atol,
-                gradient=self.gradient,
-                adjoint_params=None,
-                options=self.options,
-            )
+            ys, self.stats = plain(self.func, y0, t, **solver)
             self.reg_loss = torch.zeros((), dtype=y0.dtype, device=y0.device)
             return ys
-        ys, reg, self.stats = global_regularization(
-            self.func,
-            y0,
-            t,
-            regularizer=self.regularizer,
-            reduction=self.reduction,
-            method=self.method,
-            rtol=self.rtol,
-            atol=self.atol,
-            gradient=self.gradient,
-            options=self.options,
+        ys, reg, self.stats = regularized(
+            self.func, y0, t, regularizer=self.regularizer, reduction=self.reduction, **solver
         )
         self.reg_loss = reg * self.weight()
         return ys

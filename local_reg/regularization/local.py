@@ -19,6 +19,7 @@ steps, so ``EEst`` here is the solver's own error estimate.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -27,6 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from ..odeint import validate_state, validate_times
+from ..sde import is_sde, sde_local_regularization, sde_solve_plain
+from ..sde.backends import check_backend_gradient as check_sde_backend_gradient
+from ..sde.sdeint import DEFAULT_ATOL as SDE_DEFAULT_ATOL
+from ..sde.sdeint import DEFAULT_RTOL as SDE_DEFAULT_RTOL
 from ..step import StepResult, initial_step_size, time_tensor
 from ..step import step as rk_step
 from ..tableaus import ButcherTableau, get_tableau
@@ -303,14 +308,34 @@ def solve_plain(
     return main.ys, stats
 
 
+def check_sde_regularizer(regularizer: str) -> None:
+    if regularizer != "error":
+        raise ValueError(
+            f"regularizer={regularizer!r} is not available for SDEs: only 'error' (EEst * |dt|); the "
+            "stiffness estimate is an ODE Runge--Kutta quantity"
+        )
+
+
+def default_tolerances(sde: bool, rtol: float | None, atol: float | None) -> tuple[float, float]:
+    """``None`` means the solver's default: 1e-6 / 1e-8 for ODEs, looser for Euler--Maruyama
+    (see :func:`local_reg.sdeint`), where ODE tolerances would cost orders of magnitude more steps."""
+    default_rtol, default_atol = (SDE_DEFAULT_RTOL, SDE_DEFAULT_ATOL) if sde else (1e-6, 1e-8)
+    return (default_rtol if rtol is None else rtol, default_atol if atol is None else atol)
+
+
 class LocallyRegularized(nn.Module):
-    """A neural ODE ``dy/dt = func(t, y)`` trained with local regularization [LR23].
+    """A neural ODE ``dy/dt = func(t, y)`` (or SDE) trained with local regularization [LR23].
 
     ``ys = model(y0, t)`` returns the solution at ``t``. In training mode it also sets
     ``model.reg_loss = w * R``, ``R`` the penalty of one regularization step at a sampled ``t_reg``
     (see :func:`local_regularization` for the procedure and every argument); add it to the task
     loss. In eval mode there is no regularization and no extra cost: ``ys`` is exactly the
     unregularized solution and ``reg_loss`` is 0. ``model.stats`` describes the last call.
+
+    ``func`` may also be a torchsde-style SDE module (``f``, ``g``, ``noise_type``; see
+    :func:`local_reg.sde.is_sde`): the solves are then :func:`local_reg.sdeint` (or torchsde with
+    ``backend="torchsde"``) and the penalty is one instrumented SDE step on the same Brownian path
+    (:func:`local_reg.sde.sde_local_regularization`); ``regularizer`` must be ``"error"``.
 
     Args:
         weight: a non-negative float or a :class:`WeightSchedule` (e.g. ``ExponentialDecay(2.5, 1.0,
@@ -331,8 +356,8 @@ class LocallyRegularized(nn.Module):
         weight: float | WeightSchedule = 1.0,
         method: str | None = None,
         reg_method: str | ButcherTableau = "tsit5",
-        rtol: float = 1e-6,
-        atol: float = 1e-8,
+        rtol: float | None = None,
+        atol: float | None = None,
         gradient: str = "direct",
         adjoint_params: Iterable[Tensor] | None = None,
         backend: str = "local_reg",
@@ -346,10 +371,16 @@ class LocallyRegularized(nn.Module):
         check_choice("sampling", sampling, SAMPLINGS)
         check_choice("regularizer", regularizer, REGULARIZERS)
         check_choice("step_size", step_size, STEP_SIZES)
-        check_backend_gradient(backend, gradient)
-        check_regularizer_tableau(regularizer, get_tableau(reg_method), "reg_method")
+        self.is_sde = is_sde(func)
+        if self.is_sde:
+            check_sde_backend_gradient(backend, gradient)
+            check_sde_regularizer(regularizer)
+        else:
+            check_backend_gradient(backend, gradient)
+            check_regularizer_tableau(regularizer, get_tableau(reg_method), "reg_method")
         if sampling == "biased" and not detach_state:
             raise ValueError("detach_state=False needs sampling='random'")
+        rtol, atol = default_tolerances(self.is_sde, rtol, atol)
         self.func = func
         self.weight = as_schedule(weight)
         self.sampling = sampling
@@ -378,11 +409,17 @@ class LocallyRegularized(nn.Module):
             backend=self.backend,
             options=self.options,
         )
+        if self.is_sde:
+            # An SDE's plain solve draws its Brownian path from the generator too.
+            plain = functools.partial(sde_solve_plain, generator=self.generator)
+            regularized = sde_local_regularization
+        else:
+            plain, regularized = solve_plain, local_regularization
         if not self.training:
-            ys, self.stats = solve_plain(self.func, y0, t, **solver)
+            ys, self.stats = plain(self.func, y0, t, **solver)
             self.reg_loss = torch.zeros((), dtype=y0.dtype, device=y0.device)
             return ys
-        ys, reg, self.stats = local_regularization(
+        ys, reg, self.stats = regularized(
             self.func,
             y0,
             t,

@@ -87,6 +87,16 @@ def _brownian(
     return make_brownian(bm, times[0], times[-1], size, y0, generator), nfe
 
 
+def _adjoint_options(
+    backend: str, gradient: str, adjoint_params: Iterable[Tensor] | None, options: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The main solver's extra keywords; ``adjoint_params`` only reach ``torchsde.sdeint_adjoint``."""
+    options = dict(options or {})
+    if backend == "torchsde" and gradient == "adjoint" and adjoint_params is not None:
+        options["adjoint_params"] = tuple(adjoint_params)
+    return options
+
+
 def _sample_time(times: list[float], dtype: torch.dtype, generator: torch.Generator | None) -> float:
     """``t_reg ~ U[t0, t1)``, rounded to ``dtype`` (the backend may see times in it) and kept off a
     sliver next to an output time: within the tolerance it *is* that time (no tiny step, and
@@ -180,9 +190,7 @@ def sde_local_regularization(
     atol = float(atol)
     t1 = times[-1]
     bm, nfe_reg_diffusion = _brownian(sde, noise_type, y0, times, bm, generator)
-    options = dict(options or {})
-    if backend == "torchsde" and gradient == "adjoint" and adjoint_params is not None:
-        options["adjoint_params"] = tuple(adjoint_params)
+    options = _adjoint_options(backend, gradient, adjoint_params, options)
     common = dict(
         backend=backend, method=method, rtol=rtol, atol=atol, gradient=gradient, bm=bm, options=options
     )
@@ -320,3 +328,47 @@ def sde_global_regularization(
         solver_stats=main.solver_stats,
     )
     return main.ys, reg, stats
+
+
+def sde_solve_plain(
+    sde: Any,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    *,
+    method: str | None = None,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    gradient: str = "direct",
+    adjoint_params: Iterable[Tensor] | None = None,
+    backend: str = "local_reg",
+    generator: torch.Generator | None = None,
+    bm: Any | None = None,
+    options: dict[str, Any] | None = None,
+) -> tuple[Tensor, SDERegularizationStats]:
+    """The unregularized solve (vanilla training, and every solve in eval mode): no extra output
+    time, no extra evaluation. Returns ``(ys, stats)`` with ``stats.nfe_reg == 0``. The arguments
+    are those of :func:`sde_local_regularization`."""
+    check_backend_gradient(backend, gradient)
+    noise_type, times = validate_sde_problem(sde, y0, t, "euler_maruyama")
+    bm, nfe_size = _brownian(sde, noise_type, y0, times, bm, generator)
+    main = solve_main(
+        sde,
+        y0,
+        times,
+        backend=backend,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        gradient=gradient,
+        bm=bm,
+        options=_adjoint_options(backend, gradient, adjoint_params, options),
+    )
+    stats = SDERegularizationStats(
+        nfe_main=main.nfe_drift + main.nfe_diffusion + nfe_size,
+        nfe_main_drift=main.nfe_drift,
+        nfe_main_diffusion=main.nfe_diffusion + nfe_size,
+        n_accepted=main.n_accepted,
+        solver_stats=main.solver_stats,
+        backward_counter=main.backward_counter,
+    )
+    return main.ys, stats

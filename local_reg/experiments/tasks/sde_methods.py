@@ -1,7 +1,8 @@
 """How the SDE tasks wrap a neural SDE for each training method.
 
-``vanilla`` is a plain :class:`local_reg.sde.SDEBlock`; ``local-random`` / ``local-biased`` use
-local regularization [LR23] and ``global-error`` the global baseline [GR21]. With ``--gradient
+``vanilla`` is a plain :class:`local_reg.sde.SDEBlock`; ``local-random`` / ``local-biased`` wrap the
+SDE in :class:`local_reg.LocallyRegularized` [LR23] and ``global-error`` in
+:class:`local_reg.GloballyRegularized` [GR21]. With ``--gradient
 adjoint`` the main solve is ``torchsde.sdeint_adjoint`` (local and vanilla only: the global penalty
 is differentiated through the ``local_reg`` solver, and biased sampling needs its step record).
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from ...regularization import GloballyRegularized, LocallyRegularized
 from ...sde import SDEBlock
 from ..methods import weight_schedule
 from .base import ModelContext
@@ -19,7 +21,9 @@ from .base import ModelContext
 SDE_METHODS: tuple[str, ...] = ("vanilla", "local-random", "local-biased", "global-error")
 
 
-def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -> SDEBlock:
+def sde_block(
+    sde: nn.Module, settings: dict[str, Any], context: ModelContext
+) -> SDEBlock | LocallyRegularized | GloballyRegularized:
     """The solver block of ``context.method`` around ``sde``; ``settings["solver"]`` holds
     ``rtol`` and ``atol``, ``settings["weights"][method]`` the weight spec."""
     method = context.method
@@ -38,9 +42,14 @@ def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -
     if method.family == "vanilla":
         return SDEBlock(sde, backend=backend, gradient=context.gradient, **solver)
     weight = weight_schedule(settings["weights"][method.name], context.total_iterations)
-    return SDEBlock(
+    if method.family == "global":
+        if backend != "local_reg":
+            raise ValueError(
+                "global regularization differentiates through the local_reg solver: use --gradient direct"
+            )
+        return GloballyRegularized(sde, weight=weight, **solver)
+    return LocallyRegularized(
         sde,
-        regularization=method.family,
         sampling=method.sampling or "random",
         weight=weight,
         backend=backend,
