@@ -16,14 +16,15 @@ from local_reg import (
     ExponentialDecay,
     GloballyRegularized,
     LocallyRegularized,
+    _sampling,
     get_tableau,
     global_regularization,
     local_regularization,
     odeint,
     step,
 )
+from local_reg._sampling import insert_time
 from local_reg.regularization import local as local_module
-from local_reg.regularization.local import insert_time
 from local_reg.step import StepResult
 
 DTYPE = torch.float64
@@ -299,7 +300,7 @@ def test_eval_mode_is_the_unregularized_solve_with_its_nfe(backend, sampling):
 def test_t_reg_on_an_existing_output_time_is_not_inserted_twice(monkeypatch):
     func = MLPField()
     y0 = _y0()
-    monkeypatch.setattr(local_module, "_sample_random_time", lambda times, dtype, gen: float(T[2]))
+    monkeypatch.setattr(_sampling, "sample_uniform_time", lambda times, dtype, gen: float(T[2]))
     model = LocallyRegularized(func, rtol=RTOL, atol=ATOL)
     ys = model(y0, T)
     assert model.stats.t_reg == float(T[2])
@@ -346,7 +347,7 @@ def test_seeded_generator_is_reproducible_and_calls_draw_different_points(sampli
 def test_random_sampling_is_uniform_on_the_interval():
     generator = torch.Generator().manual_seed(0)
     t = [0.0, 2.0]
-    draws = [local_module._sample_random_time(t, DTYPE, generator) for _ in range(4000)]
+    draws = [_sampling.sample_uniform_time(t, DTYPE, generator) for _ in range(4000)]
     assert min(draws) >= 0.0 and max(draws) < 2.0
     mean = sum(draws) / len(draws)
     assert mean == pytest.approx(1.0, abs=0.05)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._sampling import sample_output_time
 from ..odeint import validate_state, validate_times
 from ..sde import is_sde, sde_local_regularization, sde_solve_plain
 from ..sde.backends import check_backend_gradient as check_sde_backend_gradient
@@ -63,44 +64,6 @@ def step_penalty_value(result: StepResult, dt: float, regularizer: str, tableau:
     if regularizer == "error":
         return result.error_estimate * abs(dt)
     return result.stiffness_estimate / tableau.stability_size
-
-
-def _time_tolerance(times: Sequence[float], t_dtype: torch.dtype) -> float:
-    span = abs(times[-1] - times[0])
-    scale = max(abs(times[0]), abs(times[-1]), span)
-    return max(1e-9 * span, 64 * torch.finfo(t_dtype).eps * scale)
-
-
-def insert_time(times: Sequence[float], t_new: float, tolerance: float) -> tuple[list[float], int, bool]:
-    """Insert ``t_new`` into the monotone ``times`` (not after the last).
-
-    Returns ``(new_times, index, inserted)``. A ``t_new`` within ``tolerance`` of an existing time
-    (other than the last) is that time: it is not inserted again (the solver needs strictly monotone
-    times, and a sliver of a step would underflow).
-    """
-    sign = 1.0 if times[-1] > times[0] else -1.0
-    keys = [sign * v for v in times]
-    position = bisect.bisect_left(keys, sign * t_new)
-    for index in (position - 1, position):
-        if 0 <= index < len(times) - 1 and abs(times[index] - t_new) <= tolerance:
-            return list(times), index, False
-    new_times = list(times)
-    new_times.insert(position, t_new)
-    return new_times, position, True
-
-
-def _sample_random_time(
-    times: Sequence[float], t_dtype: torch.dtype, generator: torch.Generator | None
-) -> float:
-    t0, t1 = times[0], times[-1]
-    tolerance = _time_tolerance(times, t_dtype)
-    while True:
-        u = float(torch.rand((), generator=generator, dtype=torch.float64))
-        # Round to the dtype the backend will see the times in.
-        t_reg = float(torch.tensor(t0 + u * (t1 - t0), dtype=t_dtype))
-        # [t0, t1): a draw that rounds onto (or within a sliver of) the end is drawn again.
-        if abs(t1 - t_reg) > tolerance:
-            return t_reg
 
 
 def _solver_step_at(main: MainSolve, t_reg: float, direction: float) -> float:
@@ -199,8 +162,7 @@ def local_regularization(
     )
 
     if sampling == "random":
-        t_reg = _sample_random_time(times, t_dtype, generator)
-        solve_times, index, inserted = insert_time(times, t_reg, _time_tolerance(times, t_dtype))
+        solve_times, index, inserted = sample_output_time(times, t_dtype, generator)
         t_reg = solve_times[index]
         main, _ = solve_main(
             func, y0, solve_times, record_steps=step_size == "solver", record_states=False, **common

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._sampling import sample_output_time
 from ..step import time_tensor
 from .backends import check_backend_gradient, solve_main
 from .brownian import make_brownian
@@ -95,23 +96,6 @@ def _adjoint_options(
     if backend == "torchsde" and gradient == "adjoint" and adjoint_params is not None:
         options["adjoint_params"] = tuple(adjoint_params)
     return options
-
-
-def _sample_time(times: list[float], dtype: torch.dtype, generator: torch.Generator | None) -> float:
-    """``t_reg ~ U[t0, t1)``, rounded to ``dtype`` (the backend may see times in it) and kept off a
-    sliver next to an output time: within the tolerance it *is* that time (no tiny step, and
-    torchsde's times stay strictly increasing)."""
-    t0, t1 = times[0], times[-1]
-    scale = max(abs(t0), abs(t1), t1 - t0)
-    tolerance = max(1e-9 * (t1 - t0), 64 * torch.finfo(dtype).eps * scale)
-    while True:
-        u = float(torch.rand((), generator=generator, dtype=torch.float64))
-        t_reg = float(torch.tensor(t0 + u * (t1 - t0), dtype=dtype))
-        if t1 - t_reg > tolerance:
-            for v in times[:-1]:
-                if abs(v - t_reg) <= tolerance:
-                    return v
-            return t_reg
 
 
 def sde_local_regularization(
@@ -196,10 +180,8 @@ def sde_local_regularization(
     )
 
     if sampling == "random":
-        t_reg = _sample_time(times, y0.dtype, generator)
-        inserted = t_reg not in times
-        solve_times = sorted([*times, t_reg]) if inserted else times
-        index = solve_times.index(t_reg)
+        solve_times, index, inserted = sample_output_time(times, y0.dtype, generator)
+        t_reg = solve_times[index]
         main = solve_main(sde, y0, solve_times, **common)
         state = main.ys[index]
         ys = torch.cat([main.ys[:index], main.ys[index + 1 :]]) if inserted else main.ys

@@ -1,0 +1,62 @@
+"""Where local regularization looks: the unbiased draw of ``t_reg`` and its place among the
+output times. Shared by the ODE and SDE regularizers."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+import torch
+
+
+def time_tolerance(times: Sequence[float], t_dtype: torch.dtype) -> float:
+    """Two times closer than this are one: a sliver of a step between them would underflow, and
+    the backend may see the times rounded to ``t_dtype``."""
+    span = abs(times[-1] - times[0])
+    scale = max(abs(times[0]), abs(times[-1]), span)
+    return max(1e-9 * span, 64 * torch.finfo(t_dtype).eps * scale)
+
+
+def insert_time(times: Sequence[float], t_new: float, tolerance: float) -> tuple[list[float], int, bool]:
+    """Insert ``t_new`` into the monotone ``times`` (not after the last).
+
+    Returns ``(new_times, index, inserted)``. A ``t_new`` within ``tolerance`` of an existing time
+    (other than the last) is that time: it is not inserted again (the solver needs strictly monotone
+    times, and a sliver of a step would underflow).
+    """
+    sign = 1.0 if times[-1] > times[0] else -1.0
+    keys = [sign * v for v in times]
+    position = bisect.bisect_left(keys, sign * t_new)
+    for index in (position - 1, position):
+        if 0 <= index < len(times) - 1 and abs(times[index] - t_new) <= tolerance:
+            return list(times), index, False
+    new_times = list(times)
+    new_times.insert(position, t_new)
+    return new_times, position, True
+
+
+def sample_uniform_time(
+    times: Sequence[float], t_dtype: torch.dtype, generator: torch.Generator | None
+) -> float:
+    """``t_reg ~ U[t0, t1)`` [LR23, unbiased sampling], rounded to ``t_dtype``."""
+    t0, t1 = times[0], times[-1]
+    tolerance = time_tolerance(times, t_dtype)
+    while True:
+        u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        # Round to the dtype the backend will see the times in.
+        t_reg = float(torch.tensor(t0 + u * (t1 - t0), dtype=t_dtype))
+        # [t0, t1): a draw that rounds onto (or within a sliver of) the end is drawn again.
+        if abs(t1 - t_reg) > tolerance:
+            return t_reg
+
+
+def sample_output_time(
+    times: Sequence[float], t_dtype: torch.dtype, generator: torch.Generator | None
+) -> tuple[list[float], int, bool]:
+    """Draw ``t_reg ~ U[t0, t1)`` and add it to the output times so the main solve lands on it.
+
+    Returns ``(solve_times, index, inserted)``: ``t_reg = solve_times[index]`` (an existing output
+    time if the draw fell within :func:`time_tolerance` of one, then ``inserted`` is ``False``).
+    """
+    t_reg = sample_uniform_time(times, t_dtype, generator)
+    return insert_time(times, t_reg, time_tolerance(times, t_dtype))
