@@ -7,10 +7,10 @@
 - Weight schedules: :class:`ConstantWeight`, :class:`ExponentialDecay`.
 """
 
+from ..solution import RegularizationStats
 from .globalreg import GloballyRegularized, global_regularization
 from .local import LocallyRegularized, local_regularization
 from .schedules import ConstantWeight, ExponentialDecay, WeightSchedule
-from .stats import RegularizationStats
 
 __all__ = [
     "ConstantWeight",

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..odeint import validate_state, validate_times
 from ..sde import is_sde, sde_global_regularization, sde_solve_plain
+from ..solution import RegularizationStats
 from ..step import StepResult
 from ..tableaus import ButcherTableau, get_tableau
 from .backends import check_choice, solve_main
@@ -37,7 +38,6 @@ from .local import (
     solve_plain,
 )
 from .schedules import WeightSchedule, as_schedule
-from .stats import RegularizationStats
 
 VectorField = Callable[[Tensor, Tensor], Tensor]
 

@@ -33,12 +33,12 @@ from ..sde import is_sde, sde_local_regularization, sde_solve_plain
 from ..sde.backends import check_backend_gradient as check_sde_backend_gradient
 from ..sde.sdeint import DEFAULT_ATOL as SDE_DEFAULT_ATOL
 from ..sde.sdeint import DEFAULT_RTOL as SDE_DEFAULT_RTOL
+from ..solution import RegularizationStats
 from ..step import StepResult, initial_step_size, time_tensor
 from ..step import step as rk_step
 from ..tableaus import ButcherTableau, get_tableau
 from .backends import MainSolve, check_backend_gradient, check_choice, solve_main
 from .schedules import WeightSchedule, as_schedule
-from .stats import RegularizationStats
 
 VectorField = Callable[[Tensor, Tensor], Tensor]
 
