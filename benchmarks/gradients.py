@@ -263,7 +263,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--rtol", type=float, default=1e-5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--tuned-time", type=float, default=2.0)
+    parser.add_argument("--tuned-time", type=float, default=1.0)
     parser.add_argument("--tuned-rtol", type=float, default=1e-8)
     parser.add_argument("--adjoint-tolerances", type=float, nargs="+", default=[1e-6, 1e-8, 1e-10, 1e-12])
     parser.add_argument("--skip-main", action="store_true")
