@@ -351,3 +351,14 @@ def test_adjoint_with_every_tableau(name):
     assert solution.stats.nfe_backward > 0
     # The continuous adjoint differs from the discrete gradient by the discretization error.
     assert relative_error(result, reference) <= (0.1 if tableau.order == 1 else 1e-2)
+
+
+@pytest.mark.parametrize("gradient", EXACT)
+def test_exact_methods_with_recorded_states(gradient):
+    # With record_states=True the backward pass restarts from the user's record instead of its own.
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    reference, _ = gradients(field, y0, "direct", first_step=1.0)
+    result, solution = gradients(field, y0, gradient, first_step=1.0, record_states=True)
+    assert solution.steps.states.shape == (solution.stats.n_accepted, 2, 3)
+    assert relative_error(result, reference) <= 1e-10
