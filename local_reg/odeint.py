@@ -17,11 +17,11 @@ from .gradients import (
     CheckpointGradient,
     GradientMethod,
     SymplecticGradient,
+    check_step_penalty_support,
     resolve_adjoint_params,
     solve_direct,
     solve_without_graph,
 )
-from .gradients._function import check_step_penalty_support
 from .solution import Solution
 from .step import VectorField, time_tensor
 from .tableaus import ButcherTableau, get_tableau

@@ -17,7 +17,13 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from ._function import ForwardSolve, GradientMethod, StepwiseGradient, solve_without_graph
+from ._function import (
+    ForwardSolve,
+    GradientMethod,
+    StepwiseGradient,
+    check_step_penalty_support,
+    solve_without_graph,
+)
 from .adjoint import BacksolveAdjoint
 from .checkpoint import CheckpointGradient
 from .direct import solve_direct
@@ -70,6 +76,7 @@ __all__ = [
     "GradientMethod",
     "StepwiseGradient",
     "SymplecticGradient",
+    "check_step_penalty_support",
     "resolve_adjoint_params",
     "solve_direct",
     "solve_without_graph",
