@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The runs behind docs/results.md, as two chains that can share a 2-core machine (one torch thread
-# each). Rerunning skips every finished run; an interrupted run continues from its checkpoint.
+# each). Rerunning skips every finished run; an interrupted run continues from its checkpoint; a
+# chain may be started twice to use two processes on one folder (each run is claimed by one).
 #   experiments/run_results.sh digits       # digits chain
 #   experiments/run_results.sh latent_ode   # latent ODE chain
 set -euo pipefail
@@ -8,15 +9,17 @@ PY=${PY:-.venv/bin/python}
 case "${1:-}" in
 digits)
     $PY -m local_reg.experiments experiment digits --seeds 3 --quick --out results/digits --no-progress
-    for weight in 10 100; do
+    for weight in 10 30 100; do
         $PY -m local_reg.experiments experiment digits --methods local-random --seeds 3 --quick \
             --set weights.local-random=$weight --out results/digits --no-progress
     done
     ;;
 latent_ode)
     $PY -m local_reg.experiments experiment latent_ode --seeds 3 --quick --out results/latent_ode --no-progress
-    $PY -m local_reg.experiments experiment latent_ode --methods local-random --seeds 3 --quick \
-        --set weights.local-random=1 --out results/latent_ode --no-progress
+    for weight in 1 5; do
+        $PY -m local_reg.experiments experiment latent_ode --methods local-random --seeds 3 --quick \
+            --set weights.local-random=$weight --out results/latent_ode --no-progress
+    done
     ;;
 *)
     echo "usage: $0 digits|latent_ode" >&2
