@@ -12,7 +12,7 @@ from torch import Tensor
 from ._errors import SolverError
 from .controller import PIController
 from .solution import Stats, Steps
-from .step import StepResult, VectorField, initial_step_size, step, time_tensor
+from .step import StepResult, VectorField, initial_step_size, rms_norm, step, time_tensor
 from .tableaus import ButcherTableau
 
 StepPenalty = Callable[[StepResult, float], Tensor]
@@ -34,6 +34,9 @@ class SolveOptions:
     max_steps: int
     step_size: float | None
     controller: PIController = field(default_factory=PIController)
+    norm: Callable[[Tensor], Tensor] = rms_norm
+    """Norm of the scaled error (and of the initial-step heuristic): RMS over the whole state by
+    default; the backsolve adjoint's seminorm leaves out the parameter-gradient components."""
 
 
 @dataclass
@@ -53,7 +56,7 @@ class StepLog:
             dt=as_tensor(self.dt),
             error_estimate=as_tensor(self.error_estimate),
             stiffness_estimate=as_tensor(self.stiffness_estimate) if has_stiffness else None,
-            states=None if self.states is None else torch.stack(self.states),
+            state_list=self.states,
         )
 
 
@@ -99,7 +102,7 @@ def integrate(
             dt_abs = abs(options.first_step)
         else:
             dt_abs, extra_nfe = initial_step_size(
-                func, t, y0, f0, tableau.order, options.rtol, options.atol, direction
+                func, t, y0, f0, tableau.order, options.rtol, options.atol, direction, norm=options.norm
             )
             stats.nfe += extra_nfe
     previous_error = 1.0
@@ -121,7 +124,9 @@ def integrate(
                 raise SolverError(f"step size underflow (dt={dt_used:.3e})", t=t, n_steps=stats.n_steps)
             dt = direction * dt_used
 
-            result = step(func, t, y, dt, tableau, rtol=options.rtol, atol=options.atol, k1=k1)
+            result = step(
+                func, t, y, dt, tableau, rtol=options.rtol, atol=options.atol, k1=k1, norm=options.norm
+            )
             stats.nfe += result.nfe
             stats.n_steps += 1
             error_estimate = None if result.error_estimate is None else float(result.error_estimate.detach())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 
@@ -18,9 +20,9 @@ class Stats:
         n_steps: attempted steps, accepted plus rejected.
         n_accepted: accepted steps.
         n_rejected: rejected steps.
-        nfe_backward: evaluations (function calls and vector--Jacobian products) spent by the
-            backward pass of the gradient method, filled in once ``backward`` has run; ``None``
-            before that or when it is not known.
+        nfe_backward: evaluations of the vector field made by the backward pass of the gradient
+            method (a vector--Jacobian product evaluates it once with a graph; plain
+            backpropagation makes none), filled in once ``backward`` has run; ``None`` before.
     """
 
     nfe: int = 0
@@ -40,15 +42,21 @@ class Steps:
         error_estimate: the step's ``EEst`` (NaN for a fixed-step method without an embedded pair).
         stiffness_estimate: Shampine's ``rho`` per step, or ``None`` when the tableau has no two
             stages at ``c == 1`` (see :class:`local_reg.ButcherTableau`).
-        states: the state at each step start, shape ``(n_accepted, *y0.shape)``, kept only with
-            ``record_states=True``, else ``None``.
+        state_list: the state at each step start, kept only with ``record_states=True``, else
+            ``None``. :attr:`states` stacks it on first access (one copy, only if asked for).
     """
 
     t: Tensor
     dt: Tensor
     error_estimate: Tensor
     stiffness_estimate: Tensor | None
-    states: Tensor | None
+    state_list: list[Tensor] | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def states(self) -> Tensor | None:
+        """The state at each step start, shape ``(n_accepted, *y0.shape)``; ``None`` unless the
+        solve was asked to ``record_states`` and took at least one step."""
+        return torch.stack(self.state_list) if self.state_list else None
 
 
 @dataclass

@@ -83,11 +83,13 @@ def step(
     rtol: float = 1e-6,
     atol: float = 1e-8,
     k1: Tensor | None = None,
+    norm: Callable[[Tensor], Tensor] = rms_norm,
 ) -> StepResult:
     """Take one step of ``tableau`` from ``(t, y)`` with step size ``dt`` (negative to go backwards).
 
     ``k1``, if given, is ``func(t, y)`` already evaluated (FSAL reuse or a regularizer that treats it
     as a constant) and is not evaluated again. Gradients flow through every stage that is evaluated.
+    ``norm`` replaces the RMS of the scaled error (e.g. a seminorm over part of the state).
     """
     t = float(t)
     dt = float(dt)
@@ -108,7 +110,7 @@ def step(
     error_estimate = None
     if tableau.error_weights is not None:
         local_error = combine(None, dt, tableau.error_weights, stages)
-        error_estimate = rms_norm(local_error / error_scale(y, y1, rtol, atol))
+        error_estimate = norm(local_error / error_scale(y, y1, rtol, atol))
 
     stiffness_estimate = None
     if tableau.stiffness_stages is not None:
@@ -129,6 +131,7 @@ def initial_step_size(
     rtol: float,
     atol: float,
     direction: float = 1.0,
+    norm: Callable[[Tensor], Tensor] = rms_norm,
 ) -> tuple[float, int]:
     """Hairer--Norsett--Wanner's starting step size (Solving ODEs I, II.4), as torchdiffeq and
     OrdinaryDiffEq use it. Returns ``(|dt|, nfe)``; it costs one evaluation of ``func`` besides
@@ -137,16 +140,17 @@ def initial_step_size(
     With scaled RMS norms ``d0 = ||y0||``, ``d1 = ||f0||``: ``h0 = 0.01 d0 / d1`` (``1e-6`` if either
     is tiny); one explicit Euler step gives ``d2 = ||f(t0 + h0, y0 + h0 f0) - f0|| / h0``;
     ``h1 = (0.01 / max(d1, d2)) ** (1 / order)``; the result is ``min(100 h0, h1)``. ``direction`` is
-    ``+1`` or ``-1`` (backward integration), the sign of the trial Euler step.
+    ``+1`` or ``-1`` (backward integration), the sign of the trial Euler step; ``norm`` is the
+    solver's error norm.
     """
     with torch.no_grad():
         scale = atol + rtol * y0.abs()
-        d0 = float(rms_norm(y0 / scale))
-        d1 = float(rms_norm(f0 / scale))
+        d0 = float(norm(y0 / scale))
+        d1 = float(norm(f0 / scale))
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         y_euler = y0 + (direction * h0) * f0
         f_euler = func(time_tensor(t0 + direction * h0, y0), y_euler)
-        d2 = float(rms_norm((f_euler - f0) / scale)) / h0
+        d2 = float(norm((f_euler - f0) / scale)) / h0
         if max(d1, d2) <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
         else:

@@ -362,3 +362,39 @@ def test_exact_methods_with_recorded_states(gradient):
     result, solution = gradients(field, y0, gradient, first_step=1.0, record_states=True)
     assert solution.steps.states.shape == (solution.stats.n_accepted, 2, 3)
     assert relative_error(result, reference) <= 1e-10
+
+
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_record_states_with_a_single_output_time(gradient):
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE, requires_grad=True)
+    solution = odeint(field, y0, [0.5], gradient=gradient, record_states=True)
+    assert solution.stats.n_steps == 0 and solution.steps.states is None
+    (grad,) = torch.autograd.grad(solution.ys.sum(), y0)
+    torch.testing.assert_close(grad, torch.ones_like(y0))
+
+
+def test_adjoint_carries_on_across_output_times_without_cotangent():
+    """A save point whose cotangent is zero (e.g. a regularizer's t_reg) costs the adjoint no restart."""
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    times = [0.0, 0.7, 2.0]
+    options = {"rtol": 1e-8, "atol": 1e-10}
+
+    def backward_nfe_and_gradient(loss_of_ys, gradient):
+        y = y0.clone().requires_grad_(True)
+        solution = odeint(field, y, times, gradient=gradient, **options)
+        grads = torch.autograd.grad(loss_of_ys(solution.ys), (y, *field.parameters()))
+        return solution.stats.nfe_backward, torch.cat([g.reshape(-1) for g in grads])
+
+    def last_only(ys):
+        return (ys[-1] ** 2).sum()
+
+    def middle_too(ys):
+        return (ys[-1] ** 2).sum() + ys[1].sum()
+
+    carried, carried_grad = backward_nfe_and_gradient(last_only, "adjoint")
+    restarted, _ = backward_nfe_and_gradient(middle_too, "adjoint")
+    _, reference = backward_nfe_and_gradient(last_only, "direct")
+    assert carried < restarted
+    assert relative_error(carried_grad, reference) < 1e-5

@@ -11,6 +11,7 @@ method (:class:`GradientMethod`) and the reverse sweep over accepted steps that 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from torch.autograd.function import once_differentiable
 
 from .._integrate import SolveOptions, StepPenalty, integrate
 from ..solution import Stats, Steps
-from ..step import StepResult, VectorField
+from ..step import VectorField
 
 
 @dataclass
@@ -54,7 +55,7 @@ class ForwardSolve:
     step_penalty: StepPenalty | None
     stats: Stats | None = None
     steps: Steps | None = None
-    step_states: Tensor | list[Tensor] | None = None
+    step_states: list[Tensor] | None = None
 
 
 class GradientMethod(ABC):
@@ -187,61 +188,25 @@ class StepwiseGradient(GradientMethod):
         return adjoint, grad_params, func.calls
 
 
-def placeholder_penalty(like: Tensor) -> Tensor:
-    """The value an accepted-step hook returns when it only records: one shared 0-dim tensor, so
-    that ``integrate``'s list of penalties allocates nothing per step (many small long-lived
-    allocations fragment the heap between the large temporary ones)."""
-    key = (like.dtype, like.device)
-    if key not in _PLACEHOLDERS:
-        _PLACEHOLDERS[key] = torch.zeros((), dtype=like.dtype, device=like.device)
-    return _PLACEHOLDERS[key]
-
-
-_PLACEHOLDERS: dict[tuple[torch.dtype, torch.device], Tensor] = {}
-
-
-class AcceptedStepEnds:
-    """An accepted-step hook that keeps each accepted step's end state, then defers to the user's
-    ``step_penalty`` (if any).
-
-    Recording the states through this hook keeps them as a list: ``integrate(record_states=True)``
-    stacks its list into one tensor, which briefly holds every state twice.
-    """
-
-    def __init__(self, step_penalty: StepPenalty | None) -> None:
-        self.step_penalty = step_penalty
-        self.ends: list[Tensor] = []
-
-    def __call__(self, result: StepResult, dt: float) -> Tensor:
-        self.ends.append(result.y1.detach())
-        if self.step_penalty is not None:
-            return self.step_penalty(result, dt)
-        return placeholder_penalty(result.y1)
-
-
 class _SolveWithoutGraph(torch.autograd.Function):
     """Forward: the instrumented solve under ``no_grad``. Backward: the gradient method's."""
 
     @staticmethod
     def forward(ctx, method: GradientMethod, solve: ForwardSolve, y0: Tensor, *params: Tensor):
-        # The backward pass's states: the user's record if asked for, else the ends of the steps.
-        recorder = None
-        if solve.needs_step_states and not solve.record_states:
-            recorder = AcceptedStepEnds(solve.step_penalty)
         outputs, stats, steps, penalties = integrate(
             solve.func,
             y0,
             solve.times,
             solve.options,
-            record_states=solve.record_states,
+            record_states=solve.record_states or solve.needs_step_states,
             f0=solve.f0,
-            step_penalty=solve.step_penalty if recorder is None else recorder,
+            step_penalty=solve.step_penalty,
         )
-        solve.stats, solve.steps = stats, steps
-        if recorder is not None:
-            solve.step_states = [y0.detach(), *recorder.ends[:-1]]
-        elif solve.needs_step_states:
-            solve.step_states = steps.states
+        solve.stats = stats
+        if solve.needs_step_states:
+            solve.step_states = steps.state_list
+        # States the user did not ask for stay private to the backward pass.
+        solve.steps = steps if solve.record_states else dataclasses.replace(steps, state_list=None)
         ys = torch.stack(outputs)
         has_penalties = solve.step_penalty is not None and penalties
         penalty_values = torch.stack(penalties) if has_penalties else ys.new_zeros(0)
