@@ -44,6 +44,8 @@ import torchdiffeq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fields import mlp  # noqa: E402
+
 from local_reg import odeint  # noqa: E402
 
 STEPS_PER_UNIT_TIME = 25.0  # dopri5 at rtol = atol = 1e-5 on this field (measured)
@@ -52,13 +54,7 @@ STEPS_PER_UNIT_TIME = 25.0  # dopri5 at rtol = atol = 1e-5 on this field (measur
 class NeuralField(torch.nn.Module):
     def __init__(self, dim: int, width: int, omega: float = 10.0) -> None:
         super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim, width),
-            torch.nn.Tanh(),
-            torch.nn.Linear(width, width),
-            torch.nn.Tanh(),
-            torch.nn.Linear(width, dim),
-        )
+        self.net = mlp(dim, width)
         a = torch.randn(dim, dim)
         self.register_buffer("skew", omega * (a - a.T) / (2 * dim**0.5))
 

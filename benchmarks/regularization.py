@@ -19,33 +19,16 @@ import time
 from collections.abc import Callable
 
 import torch
+from fields import CountingMLP
 
 import local_reg
 from local_reg import GloballyRegularized, LocallyRegularized
-
-
-class MLPField(torch.nn.Module):
-    def __init__(self, dim: int, width: int) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim, width),
-            torch.nn.Tanh(),
-            torch.nn.Linear(width, width),
-            torch.nn.Tanh(),
-            torch.nn.Linear(width, dim),
-        )
-        self.calls = 0
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.net(y)
-
 
 Iteration = Callable[[], dict[str, int | None]]
 
 
 def make_iterations(
-    field: MLPField, y0: torch.Tensor, t: torch.Tensor, target: torch.Tensor, args: argparse.Namespace
+    field: CountingMLP, y0: torch.Tensor, t: torch.Tensor, target: torch.Tensor, args: argparse.Namespace
 ) -> dict[tuple[str, str], Iteration]:
     """(gradient label, variant) -> one training iteration returning its NFE counts."""
     tol = dict(rtol=args.rtol, atol=args.atol)
@@ -128,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    field = MLPField(args.dim, args.width)
+    field = CountingMLP(args.dim, args.width)
     # Larger weights make the dynamics less trivial to integrate (as benchmarks/solver.py).
     with torch.no_grad():
         for layer in field.net:

@@ -14,25 +14,9 @@ import time
 
 import torch
 import torchdiffeq
+from fields import CountingMLP
 
 import local_reg
-
-
-class CountingMLP(torch.nn.Module):
-    def __init__(self, dim: int, width: int) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(dim, width),
-            torch.nn.Tanh(),
-            torch.nn.Linear(width, width),
-            torch.nn.Tanh(),
-            torch.nn.Linear(width, dim),
-        )
-        self.calls = 0
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.net(y)
 
 
 def time_solve(solve, field: CountingMLP) -> tuple[float, int]:
