@@ -47,10 +47,22 @@ class Group:
         return self.records[0]["metric"]
 
     def labels(self) -> list[str]:
-        """Rows in the order of :data:`METHODS`, then by label."""
+        """Rows in the order of :data:`METHODS`; within a method the default weight first, then by
+        increasing weight."""
         order = {m: i for i, m in enumerate(METHODS)}
-        rows = {(order.get(r["method"], len(order)), r["method"], r["label"]) for r in self.records}
-        return [label for *_, label in sorted(rows)]
+
+        def key(record: dict[str, Any]) -> tuple:
+            weight = record.get("weight")
+            size = weight["start"] if isinstance(weight, dict) else (weight or 0.0)
+            return (
+                order.get(record["method"], len(order)),
+                record["method"],
+                record["label"] != record["method"],
+                size,
+            )
+
+        rows = {key(r): r["label"] for r in self.records}
+        return [rows[k] for k in sorted(rows)]
 
     def runs(self, label: str) -> list[dict[str, Any]]:
         return sorted((r for r in self.records if r["label"] == label), key=lambda r: r["seed"])
