@@ -80,9 +80,14 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _number(x: float, digits: int) -> str:
+    """``digits`` significant digits, but whole numbers past them rather than exponent notation."""
+    return f"{x:.0f}" if abs(x) >= 10**digits else f"{x:.{digits}g}"
+
+
 def _fmt(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> str:
     mean, sd = _mean_sd([v * scale for v in values])
-    return f"{mean:.{digits}g} ± {sd:.2g}" if len(values) > 1 else f"{mean:.{digits}g}"
+    return f"{_number(mean, digits)} ± {_number(sd, 2)}" if len(values) > 1 else _number(mean, digits)
 
 
 def _columns(group: Group, timing: str) -> list[tuple[str, str, float]]:
