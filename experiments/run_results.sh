@@ -4,6 +4,7 @@
 # chain may be started twice to use two processes on one folder (each run is claimed by one).
 #   experiments/run_results.sh digits       # digits chain
 #   experiments/run_results.sh latent_ode   # latent ODE chain
+#   experiments/run_results.sh others       # spiral and mnist
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 case "${1:-}" in
@@ -21,8 +22,13 @@ latent_ode)
             --set weights.local-random=$weight --out results/latent_ode --no-progress
     done
     ;;
+others)
+    $PY -m local_reg.experiments experiment spiral --seeds 3 --quick --out results/spiral --no-progress
+    $PY -m local_reg.experiments experiment mnist --methods vanilla local-random global-error --seeds 3 \
+        --quick --out results/mnist --no-progress
+    ;;
 *)
-    echo "usage: $0 digits|latent_ode" >&2
+    echo "usage: $0 digits|latent_ode|others" >&2
     exit 2
     ;;
 esac
