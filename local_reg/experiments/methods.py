@@ -50,6 +50,22 @@ METHODS: dict[str, Method] = {
 ODE_METHODS: tuple[str, ...] = tuple(METHODS)
 
 
+# The reference's regularization coefficients ([LR23] §2, [GR21] §3 of the method notes); a task
+# copies them into its settings so each run records the weights it used.
+MNIST_WEIGHTS: dict[str, WeightSpec] = {
+    "local-random": {"start": 2.5, "end": 1.0},
+    "local-biased": {"start": 2.5, "end": 1.0},
+    "global-error": {"start": 100.0, "end": 10.0},
+    "global-stiffness": 0.0285,
+}
+PHYSIONET_WEIGHTS: dict[str, WeightSpec] = {
+    "local-random": {"start": 100.0, "end": 10.0},
+    "local-biased": {"start": 100.0, "end": 10.0},
+    "global-error": {"start": 1000.0, "end": 100.0},
+    "global-stiffness": 0.285,
+}
+
+
 def weight_schedule(spec: WeightSpec, total_iterations: int) -> WeightSchedule:
     """The schedule of a weight spec; a decay runs over the run's ``total_iterations``."""
     if isinstance(spec, dict):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+from ..methods import MNIST_WEIGHTS
 from .base import TaskData
 from .classification import ClassificationTask, split_datasets
 
@@ -33,12 +35,7 @@ class DigitsTask(ClassificationTask):
             "lr": 3e-3,
             "solver": {"method": "tsit5", "rtol": 1e-6, "atol": 1e-6},
             # Reference §2/§3, the MNIST coefficients.
-            "weights": {
-                "local-random": {"start": 2.5, "end": 1.0},
-                "local-biased": {"start": 2.5, "end": 1.0},
-                "global-error": {"start": 100.0, "end": 10.0},
-                "global-stiffness": 0.0285,
-            },
+            "weights": copy.deepcopy(MNIST_WEIGHTS),
         }
 
     def load_data(self, settings: dict[str, Any], seed: int) -> TaskData:

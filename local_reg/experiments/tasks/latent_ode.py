@@ -14,6 +14,7 @@ time and a linear map decodes the observations. Training loss: masked MSE plus a
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from ..methods import PHYSIONET_WEIGHTS
 from ..models import ConcatMLP
 from .base import Batch, Task, TaskData
 
@@ -181,12 +183,7 @@ class LatentODETask(Task):
             "lr": 1e-2,
             "solver": {"method": "tsit5", "rtol": 1e-6, "atol": 1e-6},
             # Reference §2/§3: the PhysioNet coefficients.
-            "weights": {
-                "local-random": {"start": 100.0, "end": 10.0},
-                "local-biased": {"start": 100.0, "end": 10.0},
-                "global-error": {"start": 1000.0, "end": 100.0},
-                "global-stiffness": 0.285,
-            },
+            "weights": copy.deepcopy(PHYSIONET_WEIGHTS),
         }
 
     def _times(self, settings: dict[str, Any]) -> Tensor:

@@ -7,8 +7,10 @@ size 512 and tolerance 1.4e-8 [LR23] (slow on a CPU).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+from ..methods import MNIST_WEIGHTS
 from .base import TaskData
 from .classification import ClassificationTask, split_datasets
 
@@ -39,12 +41,7 @@ class MnistTask(ClassificationTask):
             "lr": 1e-3,
             "solver": {"method": "tsit5", "rtol": tol, "atol": tol},
             # Reference §2/§3: the MNIST coefficients.
-            "weights": {
-                "local-random": {"start": 2.5, "end": 1.0},
-                "local-biased": {"start": 2.5, "end": 1.0},
-                "global-error": {"start": 100.0, "end": 10.0},
-                "global-stiffness": 0.0285,
-            },
+            "weights": copy.deepcopy(MNIST_WEIGHTS),
         }
 
     def load_data(self, settings: dict[str, Any], seed: int) -> TaskData:

@@ -8,6 +8,7 @@ integrated from its own first point; the test is the whole trajectory (every ten
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from ...odeint import odeint
+from ..methods import MNIST_WEIGHTS
 from .base import Batch, Task, TaskData
 
 _TRUE_A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64)
@@ -74,12 +76,7 @@ class SpiralTask(Task):
             "lr": 1e-3,
             "solver": {"method": "tsit5", "rtol": 1e-6, "atol": 1e-8},
             # No published coefficients for this demo: the MNIST ones of reference §2/§3.
-            "weights": {
-                "local-random": {"start": 2.5, "end": 1.0},
-                "local-biased": {"start": 2.5, "end": 1.0},
-                "global-error": {"start": 100.0, "end": 10.0},
-                "global-stiffness": 0.0285,
-            },
+            "weights": copy.deepcopy(MNIST_WEIGHTS),
         }
 
     def load_data(self, settings: dict[str, Any], seed: int) -> TaskData:
