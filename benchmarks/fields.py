@@ -17,11 +17,19 @@ def mlp(dim: int, width: int) -> torch.nn.Sequential:
 
 
 class CountingMLP(torch.nn.Module):
-    """``f(t, y) = mlp(y)``, counting its calls independently of any solver."""
+    """``f(t, y) = mlp(y)``, counting its calls independently of any solver.
 
-    def __init__(self, dim: int, width: int) -> None:
+    ``weight_scale`` multiplies the default-initialized weights: larger weights make the dynamics
+    less trivial to integrate.
+    """
+
+    def __init__(self, dim: int, width: int, weight_scale: float = 1.0) -> None:
         super().__init__()
         self.net = mlp(dim, width)
+        with torch.no_grad():
+            for layer in self.net:
+                if isinstance(layer, torch.nn.Linear):
+                    layer.weight.mul_(weight_scale)
         self.calls = 0
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -111,12 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    field = CountingMLP(args.dim, args.width)
-    # Larger weights make the dynamics less trivial to integrate (as benchmarks/solver.py).
-    with torch.no_grad():
-        for layer in field.net:
-            if isinstance(layer, torch.nn.Linear):
-                layer.weight.mul_(2.0)
+    field = CountingMLP(args.dim, args.width, weight_scale=2.0)
     y0 = torch.randn(args.batch, args.dim)
     t = torch.linspace(0.0, args.t1, args.n_times)
     target = torch.randn(args.n_times, args.batch, args.dim)

@@ -40,12 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    field = CountingMLP(args.dim, args.width)
-    # Larger weights make the dynamics less trivial to integrate.
-    with torch.no_grad():
-        for layer in field.net:
-            if isinstance(layer, torch.nn.Linear):
-                layer.weight.mul_(2.0)
+    field = CountingMLP(args.dim, args.width, weight_scale=2.0)
     y0 = torch.randn(args.batch, args.dim)
     t = torch.tensor([0.0, args.t1])
     tol = dict(rtol=args.rtol, atol=args.atol)
