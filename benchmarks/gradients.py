@@ -4,8 +4,9 @@ A neural ODE ``dy/dt = S y + MLP(y)`` (``S`` a fixed skew-symmetric matrix that 
 rotate, so the adaptive solver keeps stepping; MLP ``dim -> width -> width -> dim`` with tanh; batch
 ``batch``) is solved with adaptive dopri5 on ``[0, T]`` with outputs at ``T/2`` and ``T``; ``T`` is set
 from ``--steps`` (about 25 accepted steps per unit time at the default tolerance). Loss: the mean
-square of both outputs. Methods: ``local_reg.odeint`` with every ``gradient=``, and
-``torchdiffeq.odeint`` (backprop) and ``torchdiffeq.odeint_adjoint`` on the same problem.
+square of both outputs. Methods: ``local_reg.odeint`` with every ``gradient=`` (the two exact
+low-memory ones also with a budget of ``checkpoints`` kept step states), and ``torchdiffeq.odeint``
+(backprop) and ``torchdiffeq.odeint_adjoint`` on the same problem.
 
 Columns:
 - peak MB: the peak resident set size (VmHWM, reset through /proc/self/clear_refs) of a fresh process
@@ -73,10 +74,14 @@ class CallCounter(torch.nn.Module):
         return self.field(t, y)
 
 
+CHECKPOINTS = 32  # the budget of kept step states of the budgeted rows: ~sqrt(2 N) at N = 500
+
 METHODS = {
     "direct": {"gradient": "direct"},
     "checkpoint": {"gradient": "checkpoint"},
+    f"checkpoint, checkpoints={CHECKPOINTS}": {"gradient": "checkpoint", "checkpoints": CHECKPOINTS},
     "symplectic": {"gradient": "symplectic"},
+    f"symplectic, checkpoints={CHECKPOINTS}": {"gradient": "symplectic", "checkpoints": CHECKPOINTS},
     "adjoint": {"gradient": "adjoint"},
     "adjoint seminorm": {"gradient": "adjoint", "adjoint_options": {"norm": "seminorm"}},
     "torchdiffeq backprop": {"torchdiffeq": "odeint"},
@@ -221,7 +226,8 @@ def tuned_table(args) -> None:
     rtol = args.tuned_rtol
     field, y0 = make_problem(args, torch.float64)
     reference, n_accepted, _ = forward_backward(field, y0, n_steps, args, METHODS["direct"], rtol=rtol)
-    configurations = [("symplectic", METHODS["symplectic"], None)]
+    budgeted = f"symplectic, checkpoints={CHECKPOINTS}"
+    configurations = [("symplectic", METHODS["symplectic"], None), (budgeted, METHODS[budgeted], None)]
     for tolerance in args.adjoint_tolerances:
         configurations.append((f"adjoint, tol {tolerance:g}", METHODS["adjoint"], tolerance))
         configurations.append(

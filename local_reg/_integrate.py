@@ -75,13 +75,15 @@ def integrate(
     record_states: bool = False,
     f0: Tensor | None = None,
     step_penalty: StepPenalty | None = None,
+    keep_state: Callable[[Tensor], None] | None = None,
 ) -> tuple[list[Tensor], Stats, Steps, list[Tensor]]:
     """Integrate from ``times[0]`` through every later time, landing exactly on each.
 
     Runs under whatever autograd mode the caller set. Returns the states at ``times``, the
     statistics, the accepted-step record and ``step_penalty(result, dt)`` of every accepted step
     (an empty list without ``step_penalty``). ``f0 = func(times[0], y0)`` may be passed if already
-    evaluated (it is then not counted here).
+    evaluated (it is then not counted here). ``keep_state``, if given, is called with the state at
+    the start of every accepted step (a gradient method's own record, apart from ``record_states``).
     """
     tableau = options.tableau
     stats = Stats()
@@ -141,6 +143,8 @@ def integrate(
                     log.stiffness_estimate.append(float(result.stiffness_estimate.detach()))
                 if log.states is not None:
                     log.states.append(y.detach())
+                if keep_state is not None:
+                    keep_state(y.detach())
                 if step_penalty is not None:
                     penalties.append(step_penalty(result, dt))
                 t = t_target if lands else t + dt

@@ -184,6 +184,7 @@ def odeint(
     adjoint_atol: float | None = None,
     adjoint_method: str | ButcherTableau | None = None,
     adjoint_options: dict | None = None,
+    checkpoints: int | None = None,
     record_states: bool = False,
     step_penalty: StepPenalty | None = None,
 ) -> Solution:
@@ -220,6 +221,11 @@ def odeint(
         adjoint_options: ``"adjoint"`` only: ``{"norm": "seminorm"}`` leaves the parameter
             gradient out of the backward solve's error norm (Kidger et al. 2021); ``step_size``
             (default the forward's), ``first_step`` and ``max_steps`` of the backward solve.
+        checkpoints: ``"checkpoint"`` and ``"symplectic"`` only: keep at most this many step
+            states in the forward pass (evenly spaced) instead of all ``N``; the backward pass
+            re-computes the others, segment by segment, for one extra forward solve's evaluations.
+            The gradient is unchanged. About ``checkpoints + 2 N / checkpoints`` states are alive at
+            once, least near ``checkpoints = sqrt(2 N)``. Default: keep every state.
         record_states: keep the state at the start of every accepted step in ``solution.steps``.
         step_penalty: ``penalty(step_result, dt) -> 0-dim tensor`` evaluated on every accepted
             step and returned, differentiable, as ``solution.penalties`` (global regularization).
@@ -248,6 +254,15 @@ def odeint(
         given = [name for name, value in adjoint_only.items() if value is not None]
         if given:
             raise ValueError(f"{', '.join(given)} only apply to gradient='adjoint', not {gradient!r}")
+    if checkpoints is not None:
+        if gradient not in ("checkpoint", "symplectic"):
+            raise ValueError(
+                f"checkpoints only applies to gradient='checkpoint' or 'symplectic', not {gradient!r}"
+            )
+        if isinstance(checkpoints, bool) or not isinstance(checkpoints, int):
+            raise TypeError(f"checkpoints must be an int or None, got {type(checkpoints).__name__}")
+        if checkpoints < 1:
+            raise ValueError(f"checkpoints must be at least 1, got {checkpoints}")
 
     if gradient == "direct":
         f0 = evaluate_first(func, times[0], y0)
@@ -261,9 +276,9 @@ def odeint(
                 options, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options
             )
         elif gradient == "checkpoint":
-            gradient_method = CheckpointGradient()
+            gradient_method = CheckpointGradient(checkpoints)
         else:
-            gradient_method = SymplecticGradient()
+            gradient_method = SymplecticGradient(checkpoints)
         check_step_penalty_support(gradient_method, step_penalty)
         params = resolve_adjoint_params(func, adjoint_params, gradient)
         with torch.no_grad():

@@ -1,10 +1,15 @@
 """The gradient methods of ``odeint(gradient=...)``: exactness, convergence, bookkeeping, errors."""
 
+import math
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from local_reg import TABLEAUS, odeint
 from local_reg.gradients import GRADIENT_METHODS
+from local_reg.gradients._checkpoints import StepStates
 from tests.problems import CountingField, lotka_volterra
 
 EXACT = ["checkpoint", "symplectic"]
@@ -398,3 +403,83 @@ def test_adjoint_carries_on_across_output_times_without_cotangent():
     _, reference = backward_nfe_and_gradient(last_only, "direct")
     assert carried < restarted
     assert relative_error(carried_grad, reference) < 1e-5
+
+
+# ---- a budget of step states (checkpoints=) -------------------------------------------------------
+
+
+@given(n_states=st.integers(0, 300), capacity=st.integers(1, 40))
+@settings(max_examples=200, deadline=None)
+def test_step_states_keep_evenly_spaced_states_within_the_budget(n_states, capacity):
+    store = StepStates(capacity)
+    for index in range(n_states):
+        store.append(torch.tensor(float(index)))
+    assert len(store) == n_states
+    assert len(store.states) <= capacity
+    # Every stride-th state, the stride the smallest power of two that fits the budget.
+    assert store.indices == list(range(0, n_states, store.stride))
+    assert [int(s) for s in store.states] == store.indices
+    assert store.stride & (store.stride - 1) == 0
+    if store.stride > 1:
+        assert math.ceil(n_states / (store.stride // 2)) > capacity
+
+
+def _backward_replay_calls(store: StepStates, fsal: bool, n_stages: int) -> int:
+    """Evaluations the re-computation of the states between kept ones takes."""
+    ends = [*store.indices[1:], len(store)]
+    calls = 0
+    for start, end in zip(store.indices, ends, strict=True):
+        replayed = end - 1 - start
+        if replayed:
+            calls += 1 + replayed * (n_stages - 1) if fsal else replayed * n_stages
+    return calls
+
+
+@pytest.mark.parametrize("gradient", EXACT)
+@pytest.mark.parametrize("name", ["tsit5", "bosh3", "fehlberg2", "rk4"])
+@pytest.mark.parametrize("checkpoints", [1, 2, 4])
+def test_checkpoints_leave_the_gradient_unchanged(name, gradient, checkpoints):
+    field = CountingField(TinyField())
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    options = solver_options(name)
+    reference, all_states = gradients(field, y0, gradient, method=name, **options)
+    result, budgeted = gradients(field, y0, gradient, method=name, checkpoints=checkpoints, **options)
+    if TABLEAUS[name].adaptive:
+        assert budgeted.stats.n_rejected > 0
+    # The re-computed states are the forward's to the bit, so is the gradient.
+    assert torch.equal(result, reference)
+    n_accepted = budgeted.stats.n_accepted
+    assert n_accepted > checkpoints  # some states were not kept
+    store = StepStates(checkpoints)
+    for _ in range(n_accepted):
+        store.append(y0)
+    tableau = TABLEAUS[name]
+    extra = _backward_replay_calls(store, tableau.fsal, len(tableau.b))
+    assert budgeted.stats.nfe_backward == all_states.stats.nfe_backward + extra
+
+
+def test_checkpoints_with_step_penalty_and_a_retained_graph():
+    field = TinyField()
+    y = torch.randn(2, 3, dtype=DTYPE, requires_grad=True)
+    reference = odeint(field, y, TIMES, first_step=1.0, step_penalty=error_penalty)
+    solution = odeint(
+        field, y, TIMES, first_step=1.0, gradient="checkpoint", checkpoints=3, step_penalty=error_penalty
+    )
+    expected = torch.autograd.grad(loss_of(reference.ys) + 10.0 * reference.penalties.sum(), y)[0]
+    loss = loss_of(solution.ys) + 10.0 * solution.penalties.sum()
+    # Differentiated twice: the kept states must survive the first backward pass.
+    for _ in range(2):
+        (grad,) = torch.autograd.grad(loss, y, retain_graph=True)
+        assert relative_error(grad, expected) <= 1e-10
+
+
+def test_bad_checkpoints():
+    field, y0 = TinyField(), torch.ones(3, dtype=DTYPE)
+    for gradient in ("direct", "adjoint"):
+        with pytest.raises(ValueError, match="checkpoints only applies"):
+            odeint(field, y0, TIMES, gradient=gradient, checkpoints=4)
+    with pytest.raises(ValueError, match="checkpoints must be at least 1"):
+        odeint(field, y0, TIMES, gradient="symplectic", checkpoints=0)
+    for bad in (2.5, True, "4"):
+        with pytest.raises(TypeError, match="checkpoints must be an int"):
+            odeint(field, y0, TIMES, gradient="symplectic", checkpoints=bad)

@@ -626,3 +626,31 @@ def test_reg_loss_under_distributed_data_parallel(tmp_path):
         assert all(torch.isfinite(p.grad).all() for p in func.parameters())
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic"])
+def test_a_budget_of_step_states_passes_through_to_the_main_solve(gradient):
+    """``options={"checkpoints": ...}`` reaches ``odeint``: the main solve keeps fewer states and the
+    gradient of loss + penalty is unchanged."""
+    func = MLPField()
+    y0 = _y0(batch=2)
+    results = []
+    for options in (None, {"checkpoints": 2}):
+        y = y0.clone().requires_grad_(True)
+        ys, reg, stats = local_regularization(
+            func,
+            y,
+            T,
+            rtol=RTOL,
+            atol=ATOL,
+            gradient=gradient,
+            options=options,
+            detach_state=False,
+            generator=torch.Generator().manual_seed(5),
+        )
+        loss = (ys[-1] ** 2).sum() + reg
+        grads = torch.autograd.grad(loss, (y, *func.parameters()))
+        results.append((torch.cat([g.reshape(-1) for g in grads]), stats.nfe_backward))
+    (reference, nfe_all), (budgeted, nfe_budgeted) = results
+    assert torch.equal(budgeted, reference)
+    assert nfe_budgeted > nfe_all  # the states that were not kept were re-computed

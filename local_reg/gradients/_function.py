@@ -5,13 +5,13 @@ one :class:`torch.autograd.Function` and differ only in how their ``backward`` t
 of the outputs into gradients for ``y0`` and the parameters. This module holds that Function, the
 description of the forward solve a backward pass gets (:class:`ForwardSolve`), the interface of a
 method (:class:`GradientMethod`) and the reverse sweep over accepted steps that "checkpoint" and
-"symplectic" share (:class:`StepwiseGradient`).
+"symplectic" share (:class:`StepwiseGradient`; the states it restarts from are kept by
+:class:`~._checkpoints.StepStates`).
 """
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +24,7 @@ from torch.autograd.function import once_differentiable
 from .._integrate import SolveOptions, StepPenalty, integrate
 from ..solution import Stats, Steps
 from ..step import VectorField
+from ._checkpoints import StepStates
 
 
 @dataclass
@@ -38,11 +39,10 @@ class ForwardSolve:
             requiring grad, no duplicates.
         f0: ``func(times[0], y0)``, already evaluated (without a graph).
         record_states: the user asked for ``steps.states``.
-        needs_step_states: the gradient method restarts from the state at every accepted step.
         step_penalty: the per-accepted-step penalty, or ``None``.
         stats, steps: filled in by the forward pass; ``stats.nfe_backward`` by the backward pass.
-        step_states: the state at the start of every accepted step, for the backward pass (when
-            ``needs_step_states``).
+        step_states: the states at the start of accepted steps (all, or within the method's
+            ``checkpoints`` budget) for the backward pass, when the method restarts from them.
     """
 
     func: VectorField
@@ -51,11 +51,10 @@ class ForwardSolve:
     params: tuple[Tensor, ...]
     f0: Tensor
     record_states: bool
-    needs_step_states: bool
     step_penalty: StepPenalty | None
     stats: Stats | None = None
     steps: Steps | None = None
-    step_states: list[Tensor] | None = None
+    step_states: StepStates | None = None
 
 
 class GradientMethod(ABC):
@@ -143,6 +142,11 @@ class StepwiseGradient(GradientMethod):
 
     needs_step_states = True
 
+    def __init__(self, checkpoints: int | None = None) -> None:
+        """``checkpoints``: keep at most this many step states in the forward pass and re-compute
+        the others in the backward pass (see :mod:`._checkpoints`); ``None`` keeps every one."""
+        self.checkpoints = checkpoints
+
     @abstractmethod
     def step_backward(
         self,
@@ -169,6 +173,7 @@ class StepwiseGradient(GradientMethod):
         grad_params: list[Tensor | None] = [None] * len(solve.params)
         adjoint = torch.zeros_like(ys[0])
         output = len(solve.times) - 1
+        states = solve.step_states.reversed_states(func, solve.options, step_starts, step_sizes)
         for n in range(len(step_starts), -1, -1):
             while output >= 0 and boundaries[output] == n:
                 adjoint = adjoint + grad_ys[output]
@@ -180,7 +185,7 @@ class StepwiseGradient(GradientMethod):
                 solve,
                 step_starts[n - 1],
                 step_sizes[n - 1],
-                solve.step_states[n - 1],
+                next(states),
                 adjoint,
                 None if grad_penalties is None else grad_penalties[n - 1],
                 grad_params,
@@ -198,15 +203,13 @@ class _SolveWithoutGraph(torch.autograd.Function):
             y0,
             solve.times,
             solve.options,
-            record_states=solve.record_states or solve.needs_step_states,
+            record_states=solve.record_states,
             f0=solve.f0,
             step_penalty=solve.step_penalty,
+            keep_state=None if solve.step_states is None else solve.step_states.append,
         )
         solve.stats = stats
-        if solve.needs_step_states:
-            solve.step_states = steps.state_list
-        # States the user did not ask for stay private to the backward pass.
-        solve.steps = steps if solve.record_states else dataclasses.replace(steps, state_list=None)
+        solve.steps = steps
         ys = torch.stack(outputs)
         has_penalties = solve.step_penalty is not None and penalties
         penalty_values = torch.stack(penalties) if has_penalties else ys.new_zeros(0)
@@ -257,6 +260,10 @@ def solve_without_graph(
     ``record_states=True`` (the method may keep states internally regardless).
     """
     check_step_penalty_support(method, step_penalty)
+    step_states = None
+    if method.needs_step_states:
+        # The user's record keeps every state anyway: a budget would only add re-computation.
+        step_states = StepStates(None if record_states else method.checkpoints)
     solve = ForwardSolve(
         func=func,
         times=times,
@@ -264,8 +271,8 @@ def solve_without_graph(
         params=params,
         f0=f0,
         record_states=record_states,
-        needs_step_states=method.needs_step_states,
         step_penalty=step_penalty,
+        step_states=step_states,
     )
     ys, penalties = _SolveWithoutGraph.apply(method, solve, y0, *params)
     steps = solve.steps
