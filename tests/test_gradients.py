@@ -473,6 +473,18 @@ def test_checkpoints_with_step_penalty_and_a_retained_graph():
         assert relative_error(grad, expected) <= 1e-10
 
 
+@pytest.mark.parametrize("gradient", EXACT)
+def test_recorded_states_make_the_budget_moot(gradient):
+    # record_states=True keeps every state for the user; the backward pass re-computes none.
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    reference, all_states = gradients(field, y0, gradient, first_step=1.0)
+    result, solution = gradients(field, y0, gradient, first_step=1.0, checkpoints=2, record_states=True)
+    assert solution.steps.states.shape[0] == solution.stats.n_accepted > 2
+    assert solution.stats.nfe_backward == all_states.stats.nfe_backward
+    assert torch.equal(result, reference)
+
+
 def test_bad_checkpoints():
     field, y0 = TinyField(), torch.ones(3, dtype=DTYPE)
     for gradient in ("direct", "adjoint"):

@@ -7,7 +7,8 @@
 | ``"symplectic"`` | :mod:`.symplectic` | exact (Matsubara et al. 2021) | step states + one ``func`` graph |
 | ``"adjoint"`` | :mod:`.adjoint` | approximate (Chen et al. 2018) | one graph of ``func`` |
 
-See docs/gradients.md for how to choose.
+``checkpoints=C`` bounds the step states of "checkpoint" and "symplectic" to about ``C + 2N/C``
+(:mod:`._checkpoints`). See docs/gradients.md for how to choose.
 """
 
 from __future__ import annotations

@@ -61,10 +61,13 @@ class GradientMethod(ABC):
     """How a backward pass turns output cotangents into gradients, given the forward solve."""
 
     name: ClassVar[str]
-    needs_step_states: ClassVar[bool]
-    """The backward pass restarts from the state at every accepted step."""
     supports_step_penalty: ClassVar[bool]
     """The backward pass has a graph of every step, so per-step penalties can be differentiated."""
+
+    def new_step_states(self, record_states: bool) -> StepStates | None:
+        """The record of step states the forward pass fills for this backward pass, or ``None`` if
+        it restarts from none. ``record_states``: the user keeps every state anyway."""
+        return None
 
     @abstractmethod
     def backward(
@@ -140,12 +143,14 @@ class StepwiseGradient(GradientMethod):
     output's cotangent ``dL/dy(t_i)`` is added to ``lambda_n``.
     """
 
-    needs_step_states = True
-
     def __init__(self, checkpoints: int | None = None) -> None:
         """``checkpoints``: keep at most this many step states in the forward pass and re-compute
         the others in the backward pass (see :mod:`._checkpoints`); ``None`` keeps every one."""
         self.checkpoints = checkpoints
+
+    def new_step_states(self, record_states: bool) -> StepStates:
+        # The user's record keeps every state anyway: a budget would only add re-computation.
+        return StepStates(None if record_states else self.checkpoints)
 
     @abstractmethod
     def step_backward(
@@ -260,10 +265,6 @@ def solve_without_graph(
     ``record_states=True`` (the method may keep states internally regardless).
     """
     check_step_penalty_support(method, step_penalty)
-    step_states = None
-    if method.needs_step_states:
-        # The user's record keeps every state anyway: a budget would only add re-computation.
-        step_states = StepStates(None if record_states else method.checkpoints)
     solve = ForwardSolve(
         func=func,
         times=times,
@@ -272,7 +273,7 @@ def solve_without_graph(
         f0=f0,
         record_states=record_states,
         step_penalty=step_penalty,
-        step_states=step_states,
+        step_states=method.new_step_states(record_states),
     )
     ys, penalties = _SolveWithoutGraph.apply(method, solve, y0, *params)
     steps = solve.steps

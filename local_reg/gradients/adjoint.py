@@ -70,7 +70,6 @@ class BacksolveAdjoint(GradientMethod):
     """``gradient="adjoint"``: solve the augmented system backwards between output times."""
 
     name = "adjoint"
-    needs_step_states = False
     supports_step_penalty = False
 
     def __init__(self, options: SolveOptions, norm: str = "default") -> None:
