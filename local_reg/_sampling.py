@@ -1,5 +1,5 @@
-"""Where local regularization looks: the unbiased draw of ``t_reg`` and its place among the
-output times. Shared by the ODE and SDE regularizers."""
+"""Where local regularization looks: its sampling options, the unbiased draw of ``t_reg`` and its
+place among the output times. Shared by the ODE and SDE regularizers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,26 @@ import bisect
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
+
+from ._choices import check_choice
+
+SAMPLINGS = ("random", "biased")
+STEP_SIZES = ("initial", "solver")
+
+
+def check_sampling(sampling: object, step_size: object, detach_state: object) -> tuple[str, str]:
+    """Check the sampling options of local regularization; returns ``(sampling, step_size)``."""
+    sampling = check_choice("sampling", sampling, SAMPLINGS)
+    step_size = check_choice("step_size", step_size, STEP_SIZES)
+    if not isinstance(detach_state, bool):
+        raise TypeError(f"detach_state must be a bool, got {type(detach_state).__name__}")
+    if sampling == "biased" and not detach_state:
+        raise ValueError(
+            "detach_state=False needs sampling='random': biased sampling restarts from the recorded "
+            "(detached) state of an accepted step, which has no graph to the parameters"
+        )
+    return sampling, step_size
 
 
 def time_tolerance(times: Sequence[float], t_dtype: torch.dtype) -> float:
@@ -60,3 +80,10 @@ def sample_output_time(
     """
     t_reg = sample_uniform_time(times, t_dtype, generator)
     return insert_time(times, t_reg, time_tolerance(times, t_dtype))
+
+
+def split_output(ys: Tensor, index: int, inserted: bool) -> tuple[Tensor, Tensor]:
+    """Undo :func:`sample_output_time` on the solution at ``solve_times``: returns ``(ys, state)``,
+    the solution at the requested times and ``u(t_reg)``."""
+    state = ys[index]
+    return (torch.cat([ys[:index], ys[index + 1 :]]) if inserted else ys), state

@@ -14,32 +14,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._choices import check_choice
+from .._main_solve import MainSolve
 from ..gradients import GRADIENT_METHODS
 from ..odeint import odeint
-from ..solution import Stats
 
 BACKENDS = ("local_reg", "torchdiffeq")
 TORCHDIFFEQ_GRADIENTS = ("direct", "adjoint")
 DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
 
 
-@dataclass
-class MainSolve:
-    ys: Tensor
+@dataclass(kw_only=True)
+class ODEMainSolve(MainSolve):
+    """:class:`MainSolve` of an ODE; ``nfe`` counts the forward solve's evaluations of ``func``."""
+
     nfe: int
-    n_accepted: int | None
-    step_t: list[float] | None
-    step_dt: list[float] | None
-    step_states: Tensor | None
-    solver_stats: Stats | None
-    backward_counter: Callable[[], int | None] | None
-
-
-def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
-    choices = tuple(choices)
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {list(choices)}")
-    return value
 
 
 def check_backend_gradient(backend: str, gradient: object) -> None:
@@ -100,8 +89,8 @@ def solve_main(
     t_dtype: torch.dtype,
     options: dict[str, Any] | None,
     step_penalty: Callable | None = None,
-) -> tuple[MainSolve, Tensor | None]:
-    """Solve at ``times`` and return the record (and ``solution.penalties`` for ``step_penalty``)."""
+) -> ODEMainSolve:
+    """Solve at ``times`` and return the record (with ``penalties`` for ``step_penalty``)."""
     method = DEFAULT_METHOD[backend] if method is None else method
     options = dict(options or {})
     if backend == "local_reg":
@@ -118,18 +107,7 @@ def solve_main(
             adjoint_params=adjoint_params,
             **options,
         )
-        steps = solution.steps
-        record = MainSolve(
-            ys=solution.ys,
-            nfe=solution.stats.nfe,
-            n_accepted=solution.stats.n_accepted,
-            step_t=steps.t.tolist() if record_steps else None,
-            step_dt=steps.dt.tolist() if record_steps else None,
-            step_states=steps.states,
-            solver_stats=solution.stats,
-            backward_counter=None,
-        )
-        return record, solution.penalties
+        return ODEMainSolve.from_solution(solution, record_steps=record_steps, nfe=solution.stats.nfe)
 
     import torchdiffeq
 
@@ -150,14 +128,12 @@ def solve_main(
         # Calls after the forward solve are the adjoint's backward solve; plain backprop makes none.
         return field.calls - nfe if gradient == "adjoint" and field.calls > nfe else None
 
-    record = MainSolve(
+    return ODEMainSolve(
         ys=ys,
         nfe=nfe,
         n_accepted=len(field.step_t) if record_steps else None,
         step_t=field.step_t if record_steps else None,
         step_dt=field.step_dt if record_steps else None,
         step_states=torch.stack(field.step_states) if record_states and field.step_states else None,
-        solver_stats=None,
         backward_counter=backward_counter,
     )
-    return record, None

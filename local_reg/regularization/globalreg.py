@@ -17,26 +17,22 @@ paper's formulas.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._choices import check_choice
+from .._penalty import finite_penalty
 from ..odeint import validate_state, validate_times
 from ..sde import is_sde, sde_global_regularization, sde_solve_plain
+from ..sde.regularization import check_sde_global_gradient, check_sde_regularizer
 from ..solution import RegularizationStats
 from ..step import StepResult
 from ..tableaus import ButcherTableau, get_tableau
-from .backends import check_choice, solve_main
-from .local import (
-    REGULARIZERS,
-    check_regularizer_tableau,
-    check_sde_regularizer,
-    default_tolerances,
-    solve_plain,
-)
+from .backends import solve_main
+from .local import REGULARIZERS, check_regularizer_tableau, default_tolerances, solve_plain
 from .schedules import WeightSchedule, as_schedule
 
 VectorField = Callable[[Tensor, Tensor], Tensor]
@@ -100,7 +96,7 @@ def global_regularization(
         s_est = result.stiffness_estimate / tableau.stability_size
         return s_est if reduction == "max" else s_est * abs(dt)
 
-    main, penalties = solve_main(
+    main = solve_main(
         func,
         y0,
         times,
@@ -116,22 +112,19 @@ def global_regularization(
         options=options,
         step_penalty=per_step,
     )
+    penalties = main.penalties
     if reduction == "mean":
         reg = penalties.mean()
     elif reduction == "sum":
         reg = penalties.sum()
     else:
         reg = penalties.max()
-    value = float(reg.detach())
-    finite = math.isfinite(value)
-    if not finite:
-        reg = torch.zeros((), dtype=y0.dtype, device=y0.device)
-    stats = RegularizationStats(
+    reg, value, finite = finite_penalty(reg, y0)
+    stats = main.regularization_stats(
+        RegularizationStats,
         nfe_main=main.nfe,
-        penalty=value if finite else 0.0,
+        penalty=value,
         penalty_finite=finite,
-        n_accepted=main.n_accepted,
-        solver_stats=main.solver_stats,
     )
     return main.ys, reg, stats
 
@@ -175,11 +168,7 @@ class GloballyRegularized(nn.Module):
         self.is_sde = is_sde(func)
         if self.is_sde:
             check_sde_regularizer(regularizer)
-            if gradient != "direct":
-                raise ValueError(
-                    f"global regularization of an SDE differentiates through every step of "
-                    f"local_reg.sdeint: gradient must be 'direct', got {gradient!r}"
-                )
+            check_sde_global_gradient(gradient)
         else:
             _check_global_gradient(gradient)
             method = "tsit5" if method is None else method

@@ -18,33 +18,32 @@ steps, so ``EEst`` here is the solver's own error estimate.
 
 from __future__ import annotations
 
-import bisect
 import functools
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._sampling import sample_output_time
+from .._choices import check_choice
+from .._penalty import finite_penalty
+from .._sampling import check_sampling, sample_output_time, split_output
 from ..odeint import validate_state, validate_times
 from ..sde import is_sde, sde_local_regularization, sde_solve_plain
 from ..sde.backends import check_backend_gradient as check_sde_backend_gradient
+from ..sde.regularization import check_sde_regularizer
 from ..sde.sdeint import DEFAULT_ATOL as SDE_DEFAULT_ATOL
 from ..sde.sdeint import DEFAULT_RTOL as SDE_DEFAULT_RTOL
 from ..solution import RegularizationStats
 from ..step import StepResult, initial_step_size, time_tensor
 from ..step import step as rk_step
 from ..tableaus import ButcherTableau, get_tableau
-from .backends import MainSolve, check_backend_gradient, check_choice, solve_main
+from .backends import check_backend_gradient, solve_main
 from .schedules import WeightSchedule, as_schedule
 
 VectorField = Callable[[Tensor, Tensor], Tensor]
 
-SAMPLINGS = ("random", "biased")
 REGULARIZERS = ("error", "stiffness")
-STEP_SIZES = ("initial", "solver")
 
 
 def check_regularizer_tableau(regularizer: str, tableau: ButcherTableau, argument: str) -> None:
@@ -64,13 +63,6 @@ def step_penalty_value(result: StepResult, dt: float, regularizer: str, tableau:
     if regularizer == "error":
         return result.error_estimate * abs(dt)
     return result.stiffness_estimate / tableau.stability_size
-
-
-def _solver_step_at(main: MainSolve, t_reg: float, direction: float) -> float:
-    """|dt| of the main solve's accepted step that contains ``t_reg`` (starts at it, if one does)."""
-    starts = [direction * v for v in main.step_t]
-    index = max(bisect.bisect_right(starts, direction * t_reg) - 1, 0)
-    return abs(main.step_dt[index])
 
 
 def local_regularization(
@@ -130,19 +122,11 @@ def local_regularization(
     carries no gradient, and ``stats.penalty_finite`` is ``False``; a zero ``EEst`` has a zero
     gradient, never NaN.
     """
-    sampling = check_choice("sampling", sampling, SAMPLINGS)
+    sampling, step_size = check_sampling(sampling, step_size, detach_state)
     regularizer = check_choice("regularizer", regularizer, REGULARIZERS)
-    step_size = check_choice("step_size", step_size, STEP_SIZES)
     check_backend_gradient(backend, gradient)
     tableau = get_tableau(reg_method)
     check_regularizer_tableau(regularizer, tableau, "reg_method")
-    if not isinstance(detach_state, bool):
-        raise TypeError(f"detach_state must be a bool, got {type(detach_state).__name__}")
-    if sampling == "biased" and not detach_state:
-        raise ValueError(
-            "detach_state=False needs sampling='random': biased sampling restarts from the recorded "
-            "(detached) state of an accepted step, which has no graph to the parameters"
-        )
     y0 = validate_state(y0)
     times = validate_times(t)
     if len(times) < 2:
@@ -164,26 +148,21 @@ def local_regularization(
     if sampling == "random":
         solve_times, index, inserted = sample_output_time(times, t_dtype, generator)
         t_reg = solve_times[index]
-        main, _ = solve_main(
+        main = solve_main(
             func, y0, solve_times, record_steps=step_size == "solver", record_states=False, **common
         )
-        state = main.ys[index]
-        ys = torch.cat([main.ys[:index], main.ys[index + 1 :]]) if inserted else main.ys
-        solver_dt = _solver_step_at(main, t_reg, direction) if step_size == "solver" else None
+        ys, state = split_output(main.ys, index, inserted)
+        solver_dt = main.step_containing(t_reg, direction) if step_size == "solver" else None
     else:
-        main, _ = solve_main(func, y0, times, record_steps=True, record_states=True, **common)
+        main = solve_main(func, y0, times, record_steps=True, record_states=True, **common)
         ys = main.ys
-        n_steps = len(main.step_t)
-        if n_steps == 0:
+        if not main.step_t:
             # torchdiffeq's fixed-grid solvers never call callback_accept_step.
             raise ValueError(
                 "sampling='biased' found no recorded accepted steps: with backend='torchdiffeq' it needs "
                 "an adaptive method (e.g. method='dopri5'), whose accepted steps torchdiffeq reports"
             )
-        index = int(torch.randint(n_steps, (), generator=generator))
-        t_reg = main.step_t[index]
-        state = main.step_states[index]
-        solver_dt = abs(main.step_dt[index])
+        t_reg, state, solver_dt = main.sample_step(generator)
 
     if detach_state:
         state = state.detach()
@@ -203,13 +182,9 @@ def local_regularization(
     result = rk_step(func, t_reg, state, dt, tableau, rtol=rtol, atol=atol, k1=k1)
     nfe_reg += result.nfe
 
-    penalty = step_penalty_value(result, dt, regularizer, tableau)
-    value = float(penalty.detach())
-    finite = math.isfinite(value)
-    if not finite:
-        penalty = torch.zeros((), dtype=y0.dtype, device=y0.device)
-
-    stats = RegularizationStats(
+    penalty, value, finite = finite_penalty(step_penalty_value(result, dt, regularizer, tableau), y0)
+    stats = main.regularization_stats(
+        RegularizationStats,
         nfe_main=main.nfe,
         nfe_reg=nfe_reg,
         t_reg=t_reg,
@@ -219,11 +194,8 @@ def local_regularization(
         stiffness_estimate=(
             None if result.stiffness_estimate is None else float(result.stiffness_estimate.detach())
         ),
-        penalty=value if finite else 0.0,
+        penalty=value,
         penalty_finite=finite,
-        n_accepted=main.n_accepted,
-        solver_stats=main.solver_stats,
-        backward_counter=main.backward_counter,
     )
     return ys, penalty, stats
 
@@ -246,7 +218,7 @@ def solve_plain(
     y0 = validate_state(y0)
     times = validate_times(t)
     t_dtype = t.dtype if isinstance(t, Tensor) else torch.float64
-    main, _ = solve_main(
+    main = solve_main(
         func,
         y0,
         times,
@@ -261,21 +233,8 @@ def solve_plain(
         t_dtype=t_dtype,
         options=options,
     )
-    stats = RegularizationStats(
-        nfe_main=main.nfe,
-        n_accepted=main.n_accepted,
-        solver_stats=main.solver_stats,
-        backward_counter=main.backward_counter,
-    )
+    stats = main.regularization_stats(RegularizationStats, nfe_main=main.nfe)
     return main.ys, stats
-
-
-def check_sde_regularizer(regularizer: str) -> None:
-    if regularizer != "error":
-        raise ValueError(
-            f"regularizer={regularizer!r} is not available for SDEs: only 'error' (EEst * |dt|); the "
-            "stiffness estimate is an ODE Runge--Kutta quantity"
-        )
 
 
 def default_tolerances(sde: bool, rtol: float | None, atol: float | None) -> tuple[float, float]:
@@ -330,9 +289,8 @@ class LocallyRegularized(nn.Module):
     ) -> None:
         super().__init__()
         # Validate everything now so a typo fails at construction, not at the first batch.
-        check_choice("sampling", sampling, SAMPLINGS)
+        check_sampling(sampling, step_size, detach_state)
         check_choice("regularizer", regularizer, REGULARIZERS)
-        check_choice("step_size", step_size, STEP_SIZES)
         self.is_sde = is_sde(func)
         if self.is_sde:
             check_sde_backend_gradient(backend, gradient)
@@ -340,8 +298,6 @@ class LocallyRegularized(nn.Module):
         else:
             check_backend_gradient(backend, gradient)
             check_regularizer_tableau(regularizer, get_tableau(reg_method), "reg_method")
-        if sampling == "biased" and not detach_state:
-            raise ValueError("detach_state=False needs sampling='random'")
         rtol, atol = default_tolerances(self.is_sde, rtol, atol)
         self.func = func
         self.weight = as_schedule(weight)

@@ -10,13 +10,14 @@ need the ``local_reg`` backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._choices import check_choice
+from .._main_solve import MainSolve
 from .sdeint import SDEStepPenalty, sdeint
 from .solution import SDEStats
 
@@ -25,23 +26,17 @@ GRADIENTS = {"local_reg": ("direct",), "torchsde": ("direct", "adjoint")}
 DEFAULT_METHOD = {"local_reg": "euler_maruyama", "torchsde": "euler"}
 
 
-@dataclass
-class SDEMainSolve:
-    ys: Tensor
+@dataclass(kw_only=True)
+class SDEMainSolve(MainSolve):
+    """:class:`MainSolve` of an SDE; ``nfe_drift`` and ``nfe_diffusion`` count the forward solve's
+    evaluations of ``f`` and ``g``."""
+
     nfe_drift: int
     nfe_diffusion: int
-    n_accepted: int | None
-    step_t: list[float] | None
-    step_dt: list[float] | None
-    step_states: Tensor | None
-    solver_stats: SDEStats | None
-    penalties: Tensor | None
-    backward_counter: Callable[[], int | None] | None
 
 
 def check_backend_gradient(backend: object, gradient: object) -> None:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; expected one of {list(BACKENDS)}")
+    check_choice("backend", backend, BACKENDS)
     if gradient not in GRADIENTS[backend]:
         raise ValueError(
             f"gradient={gradient!r} is not available for SDEs with backend={backend!r}: expected one "
@@ -106,17 +101,8 @@ def solve_main(
         )
         stats = solution.stats
         assert isinstance(stats, SDEStats)
-        return SDEMainSolve(
-            ys=solution.ys,
-            nfe_drift=stats.nfe_drift,
-            nfe_diffusion=stats.nfe_diffusion,
-            n_accepted=stats.n_accepted,
-            step_t=solution.steps.t.tolist(),
-            step_dt=solution.steps.dt.tolist(),
-            step_states=solution.steps.states,
-            solver_stats=stats,
-            penalties=solution.penalties,
-            backward_counter=None,
+        return SDEMainSolve.from_solution(
+            solution, nfe_drift=stats.nfe_drift, nfe_diffusion=stats.nfe_diffusion
         )
 
     import torchsde
@@ -134,15 +120,4 @@ def solve_main(
         extra = counting.drift_calls + counting.diffusion_calls - drift - diffusion
         return extra if gradient == "adjoint" and extra > 0 else None
 
-    return SDEMainSolve(
-        ys=ys,
-        nfe_drift=drift,
-        nfe_diffusion=diffusion,
-        n_accepted=None,
-        step_t=None,
-        step_dt=None,
-        step_states=None,
-        solver_stats=None,
-        penalties=None,
-        backward_counter=backward_counter,
-    )
+    return SDEMainSolve(ys=ys, nfe_drift=drift, nfe_diffusion=diffusion, backward_counter=backward_counter)

@@ -22,15 +22,15 @@ reduced by mean (the public code) or sum (the paper), differentiated through the
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._sampling import sample_output_time
+from .._choices import check_choice
+from .._penalty import finite_penalty
+from .._sampling import check_sampling, sample_output_time, split_output
 from ..step import time_tensor
 from .backends import check_backend_gradient, solve_main
 from .brownian import make_brownian
@@ -39,23 +39,25 @@ from .sdeint import DEFAULT_ATOL, DEFAULT_RTOL, METHODS, validate_sde_problem
 from .stats import SDERegularizationStats
 from .step import SDEStepResult, sde_initial_step_size, sde_step
 
-SAMPLINGS = ("random", "biased")
-STEP_SIZES = ("initial", "solver")
 REDUCTIONS = ("mean", "sum")
 
 
-def _choice(name: str, value: object, choices: Iterable[str]) -> str:
-    choices = tuple(choices)
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {list(choices)}")
-    return value
-
-
-def _check_error_regularizer(regularizer: object) -> None:
+def check_sde_regularizer(regularizer: object) -> None:
+    """The SDE penalty is ``EEst * |dt|``: ``regularizer`` must be ``"error"``."""
     if regularizer != "error":
         raise ValueError(
             f"regularizer={regularizer!r} is not available for SDEs: only 'error' (EEst * |dt|); the "
             "stiffness estimate is an ODE Runge--Kutta quantity"
+        )
+
+
+def check_sde_global_gradient(gradient: object) -> None:
+    """Global regularization differentiates through every step: ``gradient`` must be ``"direct"``."""
+    if gradient != "direct":
+        raise ValueError(
+            f"global regularization of an SDE differentiates through every accepted step of "
+            f"local_reg.sdeint, so gradient must be 'direct', got {gradient!r} (local regularization "
+            "works with the adjoint, backend='torchsde')"
         )
 
 
@@ -155,15 +157,10 @@ def sde_local_regularization(
         ValueError, TypeError: bad arguments, naming the argument.
         SolverError: from the main solve.
     """
-    sampling = _choice("sampling", sampling, SAMPLINGS)
-    step_size = _choice("step_size", step_size, STEP_SIZES)
-    _check_error_regularizer(regularizer)
+    sampling, step_size = check_sampling(sampling, step_size, detach_state)
+    check_sde_regularizer(regularizer)
     _check_reg_method(reg_method)
     check_backend_gradient(backend, gradient)
-    if not isinstance(detach_state, bool):
-        raise TypeError(f"detach_state must be a bool, got {type(detach_state).__name__}")
-    if sampling == "biased" and not detach_state:
-        raise ValueError("detach_state=False needs sampling='random' (biased restarts from a detached state)")
     if backend == "torchsde" and (sampling == "biased" or step_size == "solver"):
         raise ValueError(
             "sampling='biased' and step_size='solver' need the accepted steps, which torchsde does "
@@ -183,19 +180,12 @@ def sde_local_regularization(
         solve_times, index, inserted = sample_output_time(times, y0.dtype, generator)
         t_reg = solve_times[index]
         main = solve_main(sde, y0, solve_times, **common)
-        state = main.ys[index]
-        ys = torch.cat([main.ys[:index], main.ys[index + 1 :]]) if inserted else main.ys
-        solver_dt = None
-        if step_size == "solver":
-            position = bisect.bisect_right(main.step_t, t_reg) - 1
-            solver_dt = main.step_dt[max(position, 0)]
+        ys, state = split_output(main.ys, index, inserted)
+        solver_dt = main.step_containing(t_reg, direction=1.0) if step_size == "solver" else None
     else:
         main = solve_main(sde, y0, times, record_states=True, **common)
         ys = main.ys
-        index = int(torch.randint(len(main.step_t), (), generator=generator))
-        t_reg = main.step_t[index]
-        state = main.step_states[index]
-        solver_dt = main.step_dt[index]
+        t_reg, state, solver_dt = main.sample_step(generator)
 
     t_now = time_tensor(t_reg, state)
     if detach_state:
@@ -221,12 +211,9 @@ def sde_local_regularization(
     nfe_reg_drift += result.nfe_drift
     nfe_reg_diffusion += result.nfe_diffusion
 
-    penalty = result.error_estimate * dt
-    value = float(penalty.detach())
-    finite = math.isfinite(value)
-    if not finite:
-        penalty = torch.zeros((), dtype=y0.dtype, device=y0.device)
-    stats = SDERegularizationStats(
+    penalty, value, finite = finite_penalty(result.error_estimate * dt, y0)
+    stats = main.regularization_stats(
+        SDERegularizationStats,
         nfe_main=main.nfe_drift + main.nfe_diffusion,
         nfe_reg=nfe_reg_drift + nfe_reg_diffusion,
         nfe_main_drift=main.nfe_drift,
@@ -237,11 +224,8 @@ def sde_local_regularization(
         dt_reg=dt,
         state=state.detach(),
         error_estimate=float(result.error_estimate.detach()),
-        penalty=value if finite else 0.0,
+        penalty=value,
         penalty_finite=finite,
-        n_accepted=main.n_accepted,
-        solver_stats=main.solver_stats,
-        backward_counter=main.backward_counter,
     )
     return ys, penalty, stats
 
@@ -266,13 +250,9 @@ def sde_global_regularization(
     or ``"sum"`` (the paper), differentiated through the whole ``local_reg.sdeint`` solve
     (``gradient="direct"`` only). ``nfe_reg`` is 0: the penalty reuses the main solve's steps.
     """
-    _check_error_regularizer(regularizer)
-    reduction = _choice("reduction", "mean" if reduction is None else reduction, REDUCTIONS)
-    if gradient != "direct":
-        raise ValueError(
-            f"global regularization differentiates through every accepted step, so gradient must be "
-            f"'direct', got {gradient!r} (sde_local_regularization works with the adjoint)"
-        )
+    check_sde_regularizer(regularizer)
+    reduction = check_choice("reduction", "mean" if reduction is None else reduction, REDUCTIONS)
+    check_sde_global_gradient(gradient)
     noise_type, times = validate_sde_problem(sde, y0, t, "euler_maruyama")
     bm, nfe_extra = _brownian(sde, noise_type, y0, times, bm, generator)
 
@@ -293,21 +273,16 @@ def sde_global_regularization(
         options=options,
     )
     penalties = main.penalties
-    reg = penalties.mean() if reduction == "mean" else penalties.sum()
-    value = float(reg.detach())
-    finite = math.isfinite(value)
-    if not finite:
-        reg = torch.zeros((), dtype=y0.dtype, device=y0.device)
-    stats = SDERegularizationStats(
+    reg, value, finite = finite_penalty(penalties.mean() if reduction == "mean" else penalties.sum(), y0)
+    stats = main.regularization_stats(
+        SDERegularizationStats,
         nfe_main=main.nfe_drift + main.nfe_diffusion,
         nfe_main_drift=main.nfe_drift,
         nfe_main_diffusion=main.nfe_diffusion,
         nfe_reg=nfe_extra,
         nfe_reg_diffusion=nfe_extra,
-        penalty=value if finite else 0.0,
+        penalty=value,
         penalty_finite=finite,
-        n_accepted=main.n_accepted,
-        solver_stats=main.solver_stats,
     )
     return main.ys, reg, stats
 
@@ -345,12 +320,10 @@ def sde_solve_plain(
         bm=bm,
         options=_adjoint_options(backend, gradient, adjoint_params, options),
     )
-    stats = SDERegularizationStats(
+    stats = main.regularization_stats(
+        SDERegularizationStats,
         nfe_main=main.nfe_drift + main.nfe_diffusion + nfe_size,
         nfe_main_drift=main.nfe_drift,
         nfe_main_diffusion=main.nfe_diffusion + nfe_size,
-        n_accepted=main.n_accepted,
-        solver_stats=main.solver_stats,
-        backward_counter=main.backward_counter,
     )
     return main.ys, stats
