@@ -23,6 +23,30 @@ StepPenalty = Callable[[StepResult, float], Tensor]
 _LANDING_SLACK = 0.01
 
 
+def fixed_step_size(t: float, t_target: float, step_size: float) -> float:
+    """The size of the equal steps, none longer than ``step_size``, that cover ``[t, t_target]``."""
+    n_substeps = max(1, math.ceil(abs(t_target - t) / step_size - 1e-9))
+    return abs(t_target - t) / n_substeps
+
+
+def next_step_size(
+    t: float, t_target: float, dt_abs: float, n_steps: int, max_steps: int
+) -> tuple[float, bool]:
+    """``(size, lands)`` of the next attempted step from ``t`` towards the output time ``t_target``:
+    the proposed ``dt_abs``, or exactly what remains (``lands``) if that is within the landing slack.
+
+    Raises :class:`SolverError` if ``max_steps`` attempts were made or the step underflows.
+    """
+    if n_steps >= max_steps:
+        raise SolverError(f"max_steps={max_steps} exceeded", t=t, n_steps=n_steps)
+    remaining = abs(t_target - t)
+    lands = dt_abs * (1.0 + _LANDING_SLACK) >= remaining
+    dt_used = remaining if lands else dt_abs
+    if dt_used <= 4 * math.ulp(max(abs(t), 1.0)):
+        raise SolverError(f"step size underflow (dt={dt_used:.3e})", t=t, n_steps=n_steps)
+    return dt_used, lands
+
+
 @dataclass
 class SolveOptions:
     """Validated options of one solve (see :func:`local_reg.odeint`)."""
@@ -114,16 +138,9 @@ def integrate(
 
     for t_target in times[1:]:
         if not adaptive:
-            n_substeps = max(1, math.ceil(abs(t_target - t) / options.step_size - 1e-9))
-            dt_abs = abs(t_target - t) / n_substeps
+            dt_abs = fixed_step_size(t, t_target, options.step_size)
         while direction * (t_target - t) > 0:
-            if stats.n_steps >= options.max_steps:
-                raise SolverError(f"max_steps={options.max_steps} exceeded", t=t, n_steps=stats.n_steps)
-            remaining = abs(t_target - t)
-            lands = dt_abs * (1.0 + _LANDING_SLACK) >= remaining
-            dt_used = remaining if lands else dt_abs
-            if dt_used <= 4 * math.ulp(max(abs(t), 1.0)):
-                raise SolverError(f"step size underflow (dt={dt_used:.3e})", t=t, n_steps=stats.n_steps)
+            dt_used, lands = next_step_size(t, t_target, dt_abs, stats.n_steps, options.max_steps)
             dt = direction * dt_used
 
             result = step(

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .._errors import SolverError
-from .._integrate import _LANDING_SLACK, StepLog
+from .._integrate import StepLog, fixed_step_size, next_step_size
 from ..controller import PIController
 from ..odeint import _positive_float, validate_state, validate_times
 from ..solution import Solution
@@ -152,16 +152,9 @@ def sdeint(
 
     for t_target in times[1:]:
         if not adaptive:
-            n_substeps = max(1, math.ceil((t_target - t_now) / step_size - 1e-9))
-            dt_abs = (t_target - t_now) / n_substeps
+            dt_abs = fixed_step_size(t_now, t_target, step_size)
         while t_target > t_now:
-            if stats.n_steps >= max_steps:
-                raise SolverError(f"max_steps={max_steps} exceeded", t=t_now, n_steps=stats.n_steps)
-            remaining = t_target - t_now
-            lands = dt_abs * (1.0 + _LANDING_SLACK) >= remaining
-            dt = remaining if lands else dt_abs
-            if dt <= 4 * math.ulp(max(abs(t_now), 1.0)):
-                raise SolverError(f"step size underflow (dt={dt:.3e})", t=t_now, n_steps=stats.n_steps)
+            dt, lands = next_step_size(t_now, t_target, dt_abs, stats.n_steps, max_steps)
             t_next = t_target if lands else t_now + dt
             # The same (t_now, t_next) query after a rejection returns the same increment; a
             # shorter retry is drawn from the Brownian bridge of what was already sampled.
