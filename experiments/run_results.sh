@@ -5,6 +5,7 @@
 #   experiments/run_results.sh digits       # digits chain
 #   experiments/run_results.sh latent_ode   # latent ODE chain
 #   experiments/run_results.sh others       # spiral and mnist
+#   experiments/run_results.sh digits_tight # digits at the paper's MNIST tolerance, 1.4e-8
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 case "${1:-}" in
@@ -14,6 +15,10 @@ digits)
         $PY -m local_reg.experiments experiment digits --methods local-random --seeds 3 --quick \
             --set weights.local-random=$weight --out results/digits --no-progress
     done
+    ;;
+digits_tight)
+    $PY -m local_reg.experiments experiment digits --seeds 3 --quick --set solver.rtol=1.4e-8 \
+        --set solver.atol=1.4e-8 --out results/digits_tight --no-progress
     ;;
 latent_ode)
     $PY -m local_reg.experiments experiment latent_ode --seeds 3 --quick --out results/latent_ode --no-progress
@@ -28,7 +33,7 @@ others)
         --quick --out results/mnist --no-progress
     ;;
 *)
-    echo "usage: $0 digits|latent_ode|others" >&2
+    echo "usage: $0 digits|digits_tight|latent_ode|others" >&2
     exit 2
     ;;
 esac
