@@ -135,7 +135,7 @@ def test_global_regularization():
     bm = torchsde.BrownianInterval(0.0, 1.0, size=(16, 2), dtype=DT, entropy=5)
     ys, reg_mean, stats = sde_global_regularization(sde, y0, [0.0, 1.0], bm=bm)
     _, reg_sum, _ = sde_global_regularization(sde, y0, [0.0, 1.0], bm=bm, reduction="sum")
-    assert float(reg_sum) == pytest.approx(float(reg_mean) * stats.n_accepted)
+    assert reg_sum.item() == pytest.approx(reg_mean.item() * stats.n_accepted)
     assert stats.nfe_reg == 0 and stats.nfe_main == stats.solver_stats.nfe
     reg_mean.backward()
     drift, diffusion = grads(sde)
