@@ -24,6 +24,9 @@ digits_tight)
 mnist_tight)
     $PY -m local_reg.experiments experiment mnist --methods vanilla local-random local-biased --seeds 3 \
         --quick --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 --out results/mnist_tight --no-progress
+    $PY -m local_reg.experiments experiment mnist --methods vanilla local-random local-biased --seeds 3 \
+        --quick --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 --set epochs=20 \
+        --out results/mnist_tight --no-progress
     ;;
 latent_ode)
     $PY -m local_reg.experiments experiment latent_ode --seeds 3 --quick --out results/latent_ode --no-progress
