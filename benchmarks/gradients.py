@@ -25,7 +25,10 @@ the symplectic adjoint with the backsolve adjoint at tightening adjoint toleranc
 forward solve: the backsolve adjoint's error against the discrete gradient cannot fall below the
 forward solve's own discretization error, the symplectic adjoint's is round-off.
 
-Run: ``.venv/bin/python benchmarks/gradients.py`` (all tables; ``--help`` for options).
+A third table (``--budget-sweep``) runs the symplectic adjoint at one step count with several
+``checkpoints=`` budgets of kept step states, with the backsolve adjoint's peak memory for scale.
+
+Run: ``.venv/bin/python benchmarks/gradients.py`` (the first two tables; ``--help`` for options).
 """
 
 from __future__ import annotations
@@ -142,7 +145,7 @@ def measure_memory(args) -> None:
     """
     torch.set_num_threads(1)
     field, y0 = make_problem(args, torch.float32)
-    spec = METHODS[args.memory_of]
+    spec = json.loads(args.memory_of)
     forward_backward(field, y0, 2, args, spec)
     # Hand the warm-up's freed heap back to the OS: memory that stays resident after being freed
     # would be reused without showing in the peak.
@@ -155,12 +158,12 @@ def measure_memory(args) -> None:
     print(json.dumps({"peak_mb": (peak - base) / 1024}))
 
 
-def memory_in_fresh_process(name: str, n_steps: int, args) -> float:
+def memory_in_fresh_process(spec: dict, n_steps: int, args) -> float:
     command = [
         sys.executable,
         __file__,
         "--memory-of",
-        name,
+        json.dumps(spec),
         "--memory-steps",
         str(n_steps),
         "--dim",
@@ -207,7 +210,7 @@ def main_table(args) -> None:
                 rows[name]["nfe_backward"] = nfe_backward
         for name in METHODS:
             rows[name]["seconds"] = statistics.median(times[name])
-            rows[name]["peak_mb"] = memory_in_fresh_process(name, n_steps, args)
+            rows[name]["peak_mb"] = memory_in_fresh_process(METHODS[name], n_steps, args)
         end = n_steps / STEPS_PER_UNIT_TIME
         print(f"### about {n_steps} steps (T = {end:g}; {n_accepted} accepted in float64)\n")
         print("| method | peak MB | vs adjoint | vs direct | s/iter | bwd NFE | grad err |")
@@ -257,6 +260,36 @@ def tuned_table(args) -> None:
     print(flush=True)
 
 
+def budget_table(args) -> None:
+    """The symplectic adjoint at one step count with budgets of kept step states, side by side."""
+    n_steps = args.budget_steps
+    field, y0 = make_problem(args, torch.float32)
+    budgets = [None, *args.budgets]
+    specs = {budget: {"gradient": "symplectic", "checkpoints": budget} for budget in budgets}
+    times = {budget: [] for budget in budgets}
+    nfe = {}
+    forward_backward(field, y0, 2, args, specs[None])  # warm-up: lazy initialization out of the timings
+    for _ in range(args.repeats):
+        for budget, spec in specs.items():
+            start = time.perf_counter()
+            _, n_accepted, nfe[budget] = forward_backward(field, y0, n_steps, args, spec)
+            times[budget].append(time.perf_counter() - start)
+    adjoint_mb = memory_in_fresh_process(METHODS["adjoint"], n_steps, args)
+    print(f"### symplectic adjoint, budgets of kept states: about {n_steps} steps ({n_accepted} accepted)\n")
+    print("| checkpoints | peak MB | vs adjoint | s/iter | vs all states | bwd NFE |")
+    print("|---|---|---|---|---|---|")
+    all_seconds = statistics.median(times[None])
+    for budget in budgets:
+        peak = memory_in_fresh_process(specs[budget], n_steps, args)
+        seconds = statistics.median(times[budget])
+        label = "all (None)" if budget is None else str(budget)
+        print(
+            f"| {label} | {peak:.1f} | {peak / adjoint_mb:.2f} | {seconds:.2f} | "
+            f"{seconds / all_seconds:.2f} | {nfe[budget]} |"
+        )
+    print(f"\n(backsolve adjoint in the same conditions: {adjoint_mb:.1f} MB)\n", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[50, 200, 1000])
@@ -268,15 +301,21 @@ def main() -> None:
     parser.add_argument("--tuned-time", type=float, default=1.0)
     parser.add_argument("--tuned-rtol", type=float, default=1e-8)
     parser.add_argument("--adjoint-tolerances", type=float, nargs="+", default=[1e-6, 1e-8, 1e-10, 1e-12])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[8, 16, 32, 64, 128])
+    parser.add_argument("--budget-steps", type=int, default=1000)
+    parser.add_argument("--budget-sweep", action="store_true", help="only the table of checkpoints= budgets")
     parser.add_argument("--skip-main", action="store_true")
     parser.add_argument("--skip-tuned", action="store_true")
-    parser.add_argument("--memory-of", choices=sorted(METHODS), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # a method's spec, as JSON
     parser.add_argument("--memory-steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of is not None:
         measure_memory(args)
         return
     torch.set_num_threads(1)
+    if args.budget_sweep:
+        budget_table(args)
+        return
     if not args.skip_main:
         main_table(args)
     if not args.skip_tuned:
