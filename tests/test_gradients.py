@@ -8,8 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from local_reg import TABLEAUS, odeint
+from local_reg._integrate import integrate
 from local_reg.gradients import GRADIENT_METHODS
 from local_reg.gradients._checkpoints import StepStates
+from local_reg.odeint import make_options
 from tests.problems import CountingField, lotka_volterra
 
 EXACT = ["checkpoint", "symplectic"]
@@ -471,6 +473,31 @@ def test_checkpoints_with_step_penalty_and_a_retained_graph():
     for _ in range(2):
         (grad,) = torch.autograd.grad(loss, y, retain_graph=True)
         assert relative_error(grad, expected) <= 1e-10
+
+
+def test_re_solved_states_are_the_forwards_to_the_bit():
+    """A segment that starts right after a step landing on an output time, where ``t + dt`` is not the
+    recorded start ``t_target`` to the bit: the re-solve evaluates its first stage where the
+    forward's FSAL stage was, so even a field that sees the last bit of ``t`` gives the same states."""
+
+    def field(t, y):
+        return torch.cos(y) + 1e-9 * torch.sin(1e12 * t)
+
+    y0 = torch.tensor([0.3, -0.5, 1.1], dtype=DTYPE)
+    times = [0.0, 0.11, 0.3, 0.4, 0.539, 0.6, 0.9, 1.21, 1.42, 1.693, 2.1, 2.19, 2.2, 2.759]
+    options = make_options("tsit5", 1e-6, 1e-8, None, 10_000, None)
+    store, every_state = StepStates(12), []
+
+    def keep(state):
+        store.append(state)
+        every_state.append(state)
+
+    _, _, steps, _ = integrate(field, y0, times, options, keep_state=keep)
+    starts, sizes = steps.t.tolist(), steps.dt.tolist()
+    segment_starts = store.indices[1:]
+    assert any(starts[n - 1] + sizes[n - 1] != starts[n] for n in segment_starts)
+    replayed = list(store.reversed_states(field, options, starts, sizes))[::-1]
+    assert all(torch.equal(a, b) for a, b in zip(replayed, every_state, strict=True))
 
 
 @pytest.mark.parametrize("gradient", EXACT)

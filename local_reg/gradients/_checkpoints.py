@@ -9,8 +9,9 @@ runs out; ``N`` is not known in advance). The backward pass takes the segments b
 from last to first, re-solves each segment forward from its kept state without a graph, with the
 recorded step sizes, and hands the re-computed states to the method in reverse.
 
-Re-solving repeats the forward's own arithmetic (same steps, same FSAL reuse inside a segment), so
-the gradient is unchanged. This is the two-level checkpointing of Griewank and Walther,
+Re-solving repeats the forward's own arithmetic (same steps, same stages, the first one of a
+segment evaluated where the forward's FSAL stage was), so the states and the gradient are unchanged
+to the bit. This is the two-level checkpointing of Griewank and Walther,
 "Evaluating Derivatives" (2008), Ch. 12, with uniform spacing: at most ``C`` plus one segment
 (``stride <= 2N/C``) states are alive at a time, for one extra graph-free forward solve
 (``s - 1`` evaluations per step for FSAL tableaus, ``s`` otherwise, plus one per segment).
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .._integrate import SolveOptions
-from ..step import VectorField, step
+from ..step import VectorField, step, time_tensor
 
 
 class StepStates:
@@ -76,6 +77,12 @@ class StepStates:
             segment = [kept]
             with torch.no_grad():
                 k1 = None
+                if tableau.fsal and start > 0 and end - 1 > start:
+                    # The forward reused the previous step's last stage, evaluated at that step's
+                    # t + c_s dt, which after a step landing on an output time may differ from the
+                    # recorded start time by rounding: evaluate it there to repeat the forward's bits.
+                    fsal_time = step_starts[start - 1] + tableau.c[-1] * step_sizes[start - 1]
+                    k1 = func(time_tensor(fsal_time, kept), kept)
                 for n in range(start, end - 1):
                     result = step(
                         func,
