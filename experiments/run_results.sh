@@ -20,6 +20,9 @@ digits)
 digits_tight)
     $PY -m local_reg.experiments experiment digits --seeds 3 --quick --set solver.rtol=1.4e-8 \
         --set solver.atol=1.4e-8 --out results/digits_tight --no-progress
+    $PY -m local_reg.experiments experiment digits --methods vanilla local-random local-biased --seeds 3 \
+        --quick --gradient symplectic --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 \
+        --out results/digits_tight --no-progress
     ;;
 mnist_tight)
     $PY -m local_reg.experiments experiment mnist --methods vanilla local-random local-biased --seeds 3 \
