@@ -39,26 +39,29 @@ class StepStates:
     def __init__(self, capacity: int | None = None) -> None:
         self.capacity = capacity
         self.stride = 1
-        self.indices: list[int] = []
         self.states: list[Tensor] = []
+        """The kept states: those of steps ``0, stride, 2 stride, ...``."""
         self._count = 0
 
     def __len__(self) -> int:
         """The number of states appended (one per accepted step), kept or not."""
         return self._count
 
+    @property
+    def indices(self) -> list[int]:
+        """The steps whose states are kept."""
+        return list(range(0, self._count, self.stride))
+
     def append(self, state: Tensor) -> None:
         index = self._count
         self._count += 1
         if index % self.stride:
             return
-        self.indices.append(index)
         self.states.append(state)
         if self.capacity is not None and len(self.states) > self.capacity:
+            # Kept steps are the multiples of the stride: those of twice the stride are every other one.
             self.stride *= 2
-            kept = [(i, s) for i, s in zip(self.indices, self.states, strict=True) if i % self.stride == 0]
-            self.indices = [i for i, _ in kept]
-            self.states = [s for _, s in kept]
+            self.states = self.states[::2]
 
     def reversed_states(
         self, func: VectorField, options: SolveOptions, step_starts: list[float], step_sizes: list[float]
@@ -72,8 +75,9 @@ class StepStates:
         if self._count != len(step_starts):
             raise RuntimeError(f"{self._count} step states recorded for {len(step_starts)} accepted steps")
         tableau = options.tableau
-        segment_ends = [*self.indices[1:], self._count]
-        for start, end, kept in reversed(list(zip(self.indices, segment_ends, self.states, strict=True))):
+        starts = self.indices
+        segment_ends = [*starts[1:], self._count]
+        for start, end, kept in reversed(list(zip(starts, segment_ends, self.states, strict=True))):
             segment = [kept]
             with torch.no_grad():
                 k1 = None
