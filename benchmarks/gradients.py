@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import statistics
@@ -182,6 +183,20 @@ def memory_in_fresh_process(spec: dict, n_steps: int, args) -> float:
     return json.loads(output.strip().splitlines()[-1])["peak_mb"]
 
 
+def interleaved(runs: dict, repeats: int) -> tuple[dict, dict]:
+    """Call every ``runs[key]()`` ``repeats`` times, the keys interleaved in each round, so that a
+    change in the machine's load hits every run alike. Returns the median seconds and the last
+    result of each key."""
+    times = {key: [] for key in runs}
+    results = {}
+    for _ in range(repeats):
+        for key, run in runs.items():
+            start = time.perf_counter()
+            results[key] = run()
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in times.items()}, results
+
+
 def relative_error(x, reference) -> float:
     return float((x - reference).norm() / reference.norm())
 
@@ -201,15 +216,14 @@ def main_table(args) -> None:
             grads, _, _ = forward_backward(field64, y64, n_steps, args, spec)
             ref = reference_tdq if "torchdiffeq" in spec else reference
             rows[name] = {"error": relative_error(grads, ref)}
-        times = {name: [] for name in METHODS}
-        for _ in range(args.repeats):
-            for name, spec in METHODS.items():
-                start = time.perf_counter()
-                _, _, nfe_backward = forward_backward(field32, y32, n_steps, args, spec)
-                times[name].append(time.perf_counter() - start)
-                rows[name]["nfe_backward"] = nfe_backward
+        runs = {
+            name: functools.partial(forward_backward, field32, y32, n_steps, args, spec)
+            for name, spec in METHODS.items()
+        }
+        seconds, results = interleaved(runs, args.repeats)
         for name in METHODS:
-            rows[name]["seconds"] = statistics.median(times[name])
+            rows[name]["nfe_backward"] = results[name][2]
+            rows[name]["seconds"] = seconds[name]
             rows[name]["peak_mb"] = memory_in_fresh_process(METHODS[name], n_steps, args)
         end = n_steps / STEPS_PER_UNIT_TIME
         print(f"### about {n_steps} steps (T = {end:g}; {n_accepted} accepted in float64)\n")
@@ -236,26 +250,22 @@ def tuned_table(args) -> None:
         configurations.append(
             (f"adjoint seminorm, tol {tolerance:g}", METHODS["adjoint seminorm"], tolerance)
         )
-    times = {label: [] for label, _, _ in configurations}
-    rows = {}
-    for _ in range(args.repeats):
-        for label, spec, tolerance in configurations:
-            start = time.perf_counter()
-            grads, _, nfe_backward = forward_backward(field, y0, n_steps, args, spec, tolerance, rtol=rtol)
-            times[label].append(time.perf_counter() - start)
-            rows[label] = (relative_error(grads, reference), nfe_backward)
+    runs = {
+        label: functools.partial(forward_backward, field, y0, n_steps, args, spec, tolerance, rtol=rtol)
+        for label, spec, tolerance in configurations
+    }
+    seconds, results = interleaved(runs, args.repeats)
     print(
         f"### accuracy against speed, float64: T = {args.tuned_time:g}, forward dopri5 rtol = atol = "
         f"{rtol:g} ({n_accepted} accepted steps)\n"
     )
     print("| method | s/iter | vs symplectic | bwd NFE | grad err |")
     print("|---|---|---|---|---|")
-    symplectic_seconds = statistics.median(times["symplectic"])
     for label, _, _ in configurations:
-        seconds = statistics.median(times[label])
-        error, nfe_backward = rows[label]
+        grads, _, nfe_backward = results[label]
         print(
-            f"| {label} | {seconds:.2f} | {seconds / symplectic_seconds:.2f} | {nfe_backward} | {error:.1e} |"
+            f"| {label} | {seconds[label]:.2f} | {seconds[label] / seconds['symplectic']:.2f} | "
+            f"{nfe_backward} | {relative_error(grads, reference):.1e} |"
         )
     print(flush=True)
 
@@ -266,26 +276,23 @@ def budget_table(args) -> None:
     field, y0 = make_problem(args, torch.float32)
     budgets = [None, *args.budgets]
     specs = {budget: {"gradient": "symplectic", "checkpoints": budget} for budget in budgets}
-    times = {budget: [] for budget in budgets}
-    nfe = {}
     forward_backward(field, y0, 2, args, specs[None])  # warm-up: lazy initialization out of the timings
-    for _ in range(args.repeats):
-        for budget, spec in specs.items():
-            start = time.perf_counter()
-            _, n_accepted, nfe[budget] = forward_backward(field, y0, n_steps, args, spec)
-            times[budget].append(time.perf_counter() - start)
+    runs = {
+        budget: functools.partial(forward_backward, field, y0, n_steps, args, spec)
+        for budget, spec in specs.items()
+    }
+    seconds, results = interleaved(runs, args.repeats)
+    n_accepted = results[None][1]
     adjoint_mb = memory_in_fresh_process(METHODS["adjoint"], n_steps, args)
     print(f"### symplectic adjoint, budgets of kept states: about {n_steps} steps ({n_accepted} accepted)\n")
     print("| checkpoints | peak MB | vs adjoint | s/iter | vs all states | bwd NFE |")
     print("|---|---|---|---|---|---|")
-    all_seconds = statistics.median(times[None])
     for budget in budgets:
         peak = memory_in_fresh_process(specs[budget], n_steps, args)
-        seconds = statistics.median(times[budget])
         label = "all (None)" if budget is None else str(budget)
         print(
-            f"| {label} | {peak:.1f} | {peak / adjoint_mb:.2f} | {seconds:.2f} | "
-            f"{seconds / all_seconds:.2f} | {nfe[budget]} |"
+            f"| {label} | {peak:.1f} | {peak / adjoint_mb:.2f} | {seconds[budget]:.2f} | "
+            f"{seconds[budget] / seconds[None]:.2f} | {results[budget][2]} |"
         )
     print(f"\n(backsolve adjoint in the same conditions: {adjoint_mb:.1f} MB)\n", flush=True)
 
