@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fields import mlp  # noqa: E402
 
-from local_reg import odeint  # noqa: E402
+from local_reg import BacksolveAdjoint, Checkpoint, Direct, GradientMethod, Symplectic, odeint  # noqa: E402
 
 STEPS_PER_UNIT_TIME = 25.0  # dopri5 at rtol = atol = 1e-5 on this field (measured)
 
@@ -87,7 +87,7 @@ METHODS = {
     "symplectic": {"gradient": "symplectic"},
     f"symplectic, checkpoints={CHECKPOINTS}": {"gradient": "symplectic", "checkpoints": CHECKPOINTS},
     "adjoint": {"gradient": "adjoint"},
-    "adjoint seminorm": {"gradient": "adjoint", "adjoint_options": {"norm": "seminorm"}},
+    "adjoint seminorm": {"gradient": "adjoint", "norm": "seminorm"},
     "torchdiffeq backprop": {"torchdiffeq": "odeint"},
     "torchdiffeq adjoint": {"torchdiffeq": "odeint_adjoint"},
 }
@@ -98,6 +98,17 @@ def make_problem(args, dtype: torch.dtype):
     field = NeuralField(args.dim, args.width).to(dtype)
     y0 = torch.randn(args.batch, args.dim, dtype=dtype)
     return field, y0
+
+
+def gradient_method(spec: dict, tolerance: float | None) -> GradientMethod:
+    """The gradient object a (JSON) spec names: ``{"gradient": name, "checkpoints": C, "norm": ...}``;
+    ``tolerance`` is the backsolve adjoint's (default the forward's)."""
+    name = spec["gradient"]
+    if name == "adjoint":
+        return BacksolveAdjoint(rtol=tolerance, atol=tolerance, norm=spec.get("norm", "default"))
+    if name in ("checkpoint", "symplectic"):
+        return {"checkpoint": Checkpoint, "symplectic": Symplectic}[name](spec.get("checkpoints"))
+    return Direct()
 
 
 def forward_backward(
@@ -116,10 +127,10 @@ def forward_backward(
         ys = solve(counter, y0, ts, method="dopri5", rtol=rtol, atol=rtol, **extra)
         n_accepted = None
     else:
-        kwargs = {k: v for k, v in spec.items()}
-        if tolerance is not None:
-            kwargs.update(adjoint_rtol=tolerance, adjoint_atol=tolerance)
-        solution = odeint(counter, y0, [0.0, end / 2, end], method="dopri5", rtol=rtol, atol=rtol, **kwargs)
+        gradient = gradient_method(spec, tolerance)
+        solution = odeint(
+            counter, y0, [0.0, end / 2, end], method="dopri5", rtol=rtol, atol=rtol, gradient=gradient
+        )
         ys = solution.ys
         n_accepted = solution.stats.n_accepted
     forward_calls = counter.calls

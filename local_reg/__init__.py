@@ -2,9 +2,10 @@
 equations (Pal, Edelman, Rackauckas, ICML 2023)."""
 
 from ._errors import SolverError
+from ._odeint import odeint
+from ._step import StepResult, initial_step_size, rms_norm, step
 from .controller import PIController
-from .gradients import GRADIENT_METHODS
-from .odeint import odeint
+from .gradients import GRADIENT_METHODS, BacksolveAdjoint, Checkpoint, Direct, GradientMethod, Symplectic
 from .regularization import (
     ConstantWeight,
     ExponentialDecay,
@@ -24,11 +25,15 @@ from .sde import (
     sdeint,
 )
 from .solution import Solution, Stats, Steps
-from .step import StepResult, initial_step_size, rms_norm, step
 from .tableaus import TABLEAUS, ButcherTableau, get_tableau
 
 __all__ = [
     "GRADIENT_METHODS",
+    "BacksolveAdjoint",
+    "Checkpoint",
+    "Direct",
+    "GradientMethod",
+    "Symplectic",
     "ConstantWeight",
     "ExponentialDecay",
     "GloballyRegularized",

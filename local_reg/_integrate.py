@@ -1,26 +1,56 @@
-"""The adaptive (and fixed-step) time-stepping loop shared by every gradient method."""
+"""The one time-stepping loop: every ODE and SDE solve, whatever the gradient method.
+
+:func:`integrate` owns everything that is not the method itself: the step-size controller, landing
+on output times, the accept/reject decision, the finiteness check, the statistics and the record
+of accepted steps. A method enters only through a :class:`Stepper` (as in torchsde and diffrax,
+where each solver implements ``step()`` and one loop drives them all): the explicit Runge--Kutta
+pairs through :class:`local_reg._step.RKStepper`, Euler--Maruyama through
+:class:`local_reg.sde._step.EulerMaruyamaStepper`.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._errors import SolverError
+from ._step import RKStepper, StepResult, VectorField, rms_norm
+from ._stepper import Stepper
 from .controller import PIController
 from .solution import Stats, Steps
-from .step import StepResult, VectorField, initial_step_size, rms_norm, step, time_tensor
 from .tableaus import ButcherTableau
 
-StepPenalty = Callable[[StepResult, float], Tensor]
-"""``penalty(result, dt) -> 0-dim tensor`` evaluated on every accepted step (global regularization)."""
+StepPenalty = Callable[[Any, float], Tensor]
+"""``penalty(result, dt) -> 0-dim tensor`` evaluated on every accepted step (global regularization);
+``result`` is the stepper's step result, ``dt`` the signed step size."""
 
 # Steps that would end within this fraction of the next output time land on it instead, so that no
 # sliver of a step is left over.
 _LANDING_SLACK = 0.01
+
+
+@dataclass
+class SolveOptions:
+    """Validated options of one solve (see :func:`local_reg.odeint` and :func:`local_reg.sdeint`).
+
+    ``tableau`` and ``norm`` are the Runge--Kutta stepper's; an SDE solve leaves ``tableau`` unset.
+    """
+
+    rtol: float
+    atol: float
+    first_step: float | None
+    max_steps: int
+    step_size: float | None
+    controller: PIController = field(default_factory=PIController)
+    tableau: ButcherTableau | None = None
+    norm: Callable[[Tensor], Tensor] = rms_norm
+    """Norm of the scaled error (and of the initial-step heuristic): RMS over the whole state by
+    default; the backsolve adjoint's seminorm leaves out the parameter-gradient components."""
 
 
 def fixed_step_size(t: float, t_target: float, step_size: float) -> float:
@@ -48,22 +78,6 @@ def next_step_size(
 
 
 @dataclass
-class SolveOptions:
-    """Validated options of one solve (see :func:`local_reg.odeint`)."""
-
-    tableau: ButcherTableau
-    rtol: float
-    atol: float
-    first_step: float | None
-    max_steps: int
-    step_size: float | None
-    controller: PIController = field(default_factory=PIController)
-    norm: Callable[[Tensor], Tensor] = rms_norm
-    """Norm of the scaled error (and of the initial-step heuristic): RMS over the whole state by
-    default; the backsolve adjoint's seminorm leaves out the parameter-gradient components."""
-
-
-@dataclass
 class StepLog:
     t: list[float] = field(default_factory=list)
     dt: list[float] = field(default_factory=list)
@@ -84,20 +98,13 @@ class StepLog:
         )
 
 
-def _check_finite(y1: Tensor, error_estimate: float | None, t: float, n_steps: int) -> None:
-    finite = error_estimate is None or math.isfinite(error_estimate)
-    if not (finite and bool(torch.isfinite(y1).all())):
-        raise SolverError("non-finite state or derivative", t=t, n_steps=n_steps)
-
-
 def integrate(
-    func: VectorField,
+    stepper: Stepper,
     y0: Tensor,
     times: list[float],
     options: SolveOptions,
     *,
     record_states: bool = False,
-    f0: Tensor | None = None,
     step_penalty: StepPenalty | None = None,
     keep_state: Callable[[Tensor], None] | None = None,
 ) -> tuple[list[Tensor], Stats, Steps, list[Tensor]]:
@@ -105,32 +112,23 @@ def integrate(
 
     Runs under whatever autograd mode the caller set. Returns the states at ``times``, the
     statistics, the accepted-step record and ``step_penalty(result, dt)`` of every accepted step
-    (an empty list without ``step_penalty``). ``f0 = func(times[0], y0)`` may be passed if already
-    evaluated (it is then not counted here). ``keep_state``, if given, is called with the state at
+    (an empty list without ``step_penalty``). ``keep_state``, if given, is called with the state at
     the start of every accepted step (a gradient method's own record, apart from ``record_states``).
     """
-    tableau = options.tableau
     stats = Stats()
     log = StepLog(states=[] if record_states else None)
     direction = 1.0 if len(times) < 2 or times[-1] > times[0] else -1.0
     t = times[0]
     y = y0
-    if f0 is None:
-        f0 = func(time_tensor(t, y0), y0)
-        stats.nfe += 1
-    if not bool(torch.isfinite(f0).all()):
-        raise SolverError("non-finite derivative", t=t, n_steps=0)
-    k1: Tensor | None = f0
+    carry = stepper.begin(t, y0, stats)
 
     adaptive = options.step_size is None
+    controller = options.controller
     if adaptive:
         if options.first_step is not None:
             dt_abs = abs(options.first_step)
         else:
-            dt_abs, extra_nfe = initial_step_size(
-                func, t, y0, f0, tableau.order, options.rtol, options.atol, direction, norm=options.norm
-            )
-            stats.nfe += extra_nfe
+            dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats)
     previous_error = 1.0
     after_rejection = False
     outputs = [y0]
@@ -142,21 +140,24 @@ def integrate(
         while direction * (t_target - t) > 0:
             dt_used, lands = next_step_size(t, t_target, dt_abs, stats.n_steps, options.max_steps)
             dt = direction * dt_used
+            t_next = t_target if lands else t + dt
 
-            result = step(
-                func, t, y, dt, tableau, rtol=options.rtol, atol=options.atol, k1=k1, norm=options.norm
-            )
-            stats.nfe += result.nfe
+            result = stepper.step(t, t_next, y, dt, carry, adaptive)
+            stats.add(result.nfe, diffusion=result.nfe_diffusion)
             stats.n_steps += 1
             error_estimate = None if result.error_estimate is None else float(result.error_estimate.detach())
-            _check_finite(result.y1, error_estimate, t, stats.n_steps)
+            finite = error_estimate is None or math.isfinite(error_estimate)
+            if not (finite and bool(torch.isfinite(result.y1).all())):
+                raise SolverError(stepper.failure, t=t, n_steps=stats.n_steps)
 
-            if not adaptive or error_estimate <= 1.0:
+            accepted = not adaptive or error_estimate <= 1.0
+            carry = stepper.next_carry(result, accepted, carry)
+            if accepted:
                 stats.n_accepted += 1
                 log.t.append(t)
                 log.dt.append((t_target - t) if lands else dt)
                 log.error_estimate.append(math.nan if error_estimate is None else error_estimate)
-                if result.stiffness_estimate is not None:
+                if stepper.has_stiffness:
                     log.stiffness_estimate.append(float(result.stiffness_estimate.detach()))
                 if log.states is not None:
                     log.states.append(y.detach())
@@ -164,12 +165,11 @@ def integrate(
                     keep_state(y.detach())
                 if step_penalty is not None:
                     penalties.append(step_penalty(result, dt))
-                t = t_target if lands else t + dt
+                t = t_next
                 y = result.y1
-                k1 = result.stages[-1] if tableau.fsal else None
                 if adaptive:
-                    factor = options.controller.accept_factor(
-                        error_estimate, previous_error, tableau.order, after_rejection
+                    factor = controller.accept_factor(
+                        error_estimate, previous_error, stepper.order, after_rejection
                     )
                     # Landing on an output time shortens a step for reasons other than accuracy:
                     # keep the step the controller wanted before that.
@@ -178,7 +178,32 @@ def integrate(
                     after_rejection = False
             else:
                 stats.n_rejected += 1
-                dt_abs = dt_used * options.controller.reject_factor(error_estimate, tableau.order)
+                dt_abs = dt_used * controller.reject_factor(error_estimate, stepper.order)
                 after_rejection = True
         outputs.append(y)
-    return outputs, stats, log.to_steps(tableau.stiffness_stages is not None), penalties
+    return outputs, stats, log.to_steps(stepper.has_stiffness), penalties
+
+
+def integrate_ode(
+    func: VectorField,
+    y0: Tensor,
+    times: list[float],
+    options: SolveOptions,
+    *,
+    f0: Tensor | None = None,
+    record_states: bool = False,
+    step_penalty: Callable[[StepResult, float], Tensor] | None = None,
+    keep_state: Callable[[Tensor], None] | None = None,
+) -> tuple[list[Tensor], Stats, Steps, list[Tensor]]:
+    """:func:`integrate` with the Runge--Kutta stepper of ``options.tableau``. ``f0 = func(times[0],
+    y0)`` may be passed if already evaluated (it is then not counted here)."""
+    stepper = RKStepper(func, options.tableau, options.rtol, options.atol, options.norm, f0=f0)
+    return integrate(
+        stepper,
+        y0,
+        times,
+        options,
+        record_states=record_states,
+        step_penalty=step_penalty,
+        keep_state=keep_state,
+    )

@@ -12,11 +12,13 @@ from torch import Tensor
 
 @dataclass
 class Stats:
-    """Solver statistics (torchode's ``n_f_evals`` etc. under the names of the issue tracker).
+    """Solver statistics, returned with every solution (as torchode's ``n_f_evals`` etc.).
 
     Attributes:
-        nfe: every evaluation of the vector field in the forward solve, the initial-step heuristic
-            included.
+        nfe: every evaluation in the forward solve, the initial-step heuristic included: of the
+            vector field for an ODE; of the drift and the diffusion together for an SDE.
+        nfe_diffusion: of those, the evaluations of an SDE's diffusion ``g`` (0 for an ODE); a
+            diffusion network may cost differently from the drift network. See :attr:`nfe_drift`.
         n_steps: attempted steps, accepted plus rejected.
         n_accepted: accepted steps.
         n_rejected: rejected steps.
@@ -30,6 +32,17 @@ class Stats:
     n_accepted: int = 0
     n_rejected: int = 0
     nfe_backward: int | None = None
+    nfe_diffusion: int = 0
+
+    @property
+    def nfe_drift(self) -> int:
+        """Evaluations of the drift (an ODE's vector field): ``nfe - nfe_diffusion``."""
+        return self.nfe - self.nfe_diffusion
+
+    def add(self, nfe: int, *, diffusion: int = 0) -> None:
+        """Count ``nfe`` evaluations, ``diffusion`` of them of an SDE's diffusion."""
+        self.nfe += nfe
+        self.nfe_diffusion += diffusion
 
 
 @dataclass

@@ -7,11 +7,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from local_reg import TABLEAUS, odeint
-from local_reg._integrate import integrate
+from local_reg import TABLEAUS, BacksolveAdjoint, Checkpoint, Symplectic, odeint
+from local_reg._integrate import integrate_ode
+from local_reg._validate import solve_options
 from local_reg.gradients import GRADIENT_METHODS
 from local_reg.gradients._checkpoints import StepStates
-from local_reg.odeint import make_options
 from tests.problems import CountingField, lotka_volterra
 
 EXACT = ["checkpoint", "symplectic"]
@@ -82,15 +82,10 @@ def test_gradcheck(gradient):
     bias = (0.1 * torch.randn(2, dtype=DTYPE)).requires_grad_(True)
     y0 = torch.tensor([0.7, -0.4], dtype=DTYPE, requires_grad=True)
     times = [0.0, 0.25, 0.5]
-    extra = {}
+    method = gradient
     if gradient == "adjoint":
         # The continuous adjoint matches the discrete solve's finite differences up to both errors.
-        extra = {
-            "adjoint_method": "dopri5",
-            "adjoint_rtol": 1e-11,
-            "adjoint_atol": 1e-12,
-            "adjoint_options": {"step_size": None},
-        }
+        method = BacksolveAdjoint(method="dopri5", rtol=1e-11, atol=1e-12)
 
     def solve(y0, weight, bias):
         def field(t, y):
@@ -104,9 +99,8 @@ def test_gradcheck(gradient):
             times,
             method="rk4",
             step_size=step_size,
-            gradient=gradient,
+            gradient=method,
             adjoint_params=params,
-            **extra,
         )
         return solution.ys
 
@@ -146,7 +140,7 @@ def test_adjoint_converges_to_direct_as_tolerance_tightens():
     errors = {}
     for tolerance in (1e-6, 1e-10):
         result, solution = gradients(
-            field, y0, "adjoint", adjoint_rtol=tolerance, adjoint_atol=tolerance * 1e-2, **options
+            field, y0, BacksolveAdjoint(rtol=tolerance, atol=tolerance * 1e-2), **options
         )
         errors[tolerance] = relative_error(result, reference)
     assert errors[1e-10] < errors[1e-6]
@@ -161,7 +155,7 @@ def test_seminorm_is_accurate():
     result = {}
     nfe = {}
     for norm in ("default", "seminorm"):
-        grads, solution = gradients(field, y0, "adjoint", adjoint_options={"norm": norm}, **options)
+        grads, solution = gradients(field, y0, BacksolveAdjoint(norm=norm), **options)
         result[norm], nfe[norm] = relative_error(grads, reference), solution.stats.nfe_backward
     assert result["seminorm"] < 1e-5
     # Different error norms, so (in general) different backward steps.
@@ -217,9 +211,9 @@ def test_backward_in_time_and_plain_function_with_adjoint_params(gradient):
 
     y0 = torch.tensor([1.0, 0.5], dtype=DTYPE, requires_grad=True)
     times = [2.0, 1.0, 0.0]
-    extra = {"adjoint_rtol": 1e-11, "adjoint_atol": 1e-12} if gradient == "adjoint" else {}
+    method = BacksolveAdjoint(rtol=1e-11, atol=1e-12) if gradient == "adjoint" else gradient
     reference = torch.autograd.grad(loss_of(odeint(field, y0, times).ys), (y0, weight))
-    solution = odeint(field, y0, times, gradient=gradient, adjoint_params=(weight,), **extra)
+    solution = odeint(field, y0, times, gradient=method, adjoint_params=(weight,))
     result = torch.autograd.grad(loss_of(solution.ys), (y0, weight))
     tolerance = 1e-6 if gradient == "adjoint" else 1e-10
     for r, g in zip(result, reference, strict=True):
@@ -230,9 +224,9 @@ def test_backward_in_time_and_plain_function_with_adjoint_params(gradient):
 def test_parameter_free_function_with_empty_adjoint_params(gradient):
     y0 = torch.tensor([1.0, 1.0], dtype=DTYPE, requires_grad=True)
     times = [0.0, 0.5, 1.0]
-    extra = {"adjoint_rtol": 1e-10, "adjoint_atol": 1e-12} if gradient == "adjoint" else {}
+    method = BacksolveAdjoint(rtol=1e-10, atol=1e-12) if gradient == "adjoint" else gradient
     (reference,) = torch.autograd.grad(loss_of(odeint(lotka_volterra, y0, times).ys), y0)
-    solution = odeint(lotka_volterra, y0, times, gradient=gradient, adjoint_params=(), **extra)
+    solution = odeint(lotka_volterra, y0, times, gradient=method, adjoint_params=())
     (result,) = torch.autograd.grad(loss_of(solution.ys), y0)
     assert relative_error(result, reference) <= (1e-6 if gradient == "adjoint" else 1e-10)
 
@@ -312,18 +306,20 @@ def test_bound_method_of_a_module_uses_its_parameters():
 
 def test_bad_adjoint_arguments():
     field, y0 = TinyField(), torch.ones(3, dtype=DTYPE)
-    with pytest.raises(ValueError, match="adjoint_rtol"):
-        odeint(field, y0, TIMES, gradient="checkpoint", adjoint_rtol=1e-6)
-    with pytest.raises(ValueError, match="adjoint_rtol"):
-        odeint(field, y0, TIMES, gradient="adjoint", adjoint_rtol=-1.0)
-    with pytest.raises(ValueError, match="adjoint_options"):
-        odeint(field, y0, TIMES, gradient="adjoint", adjoint_options={"nrom": "seminorm"})
+    with pytest.raises(ValueError, match="BacksolveAdjoint rtol"):
+        BacksolveAdjoint(rtol=-1.0)
+    with pytest.raises(TypeError, match="BacksolveAdjoint rtol"):
+        BacksolveAdjoint(rtol="tight")
     with pytest.raises(ValueError, match="norm"):
-        odeint(field, y0, TIMES, gradient="adjoint", adjoint_options={"norm": "max"})
-    with pytest.raises(ValueError, match="adjoint_method"):
-        odeint(field, y0, TIMES, gradient="adjoint", adjoint_method="rk45")
-    with pytest.raises(ValueError, match="adjoint_method 'rk4' is fixed-step"):
-        odeint(field, y0, TIMES, gradient="adjoint", adjoint_method="rk4")
+        BacksolveAdjoint(norm="max")
+    with pytest.raises(ValueError, match="BacksolveAdjoint method"):
+        BacksolveAdjoint(method="rk45")
+    with pytest.raises(ValueError, match="BacksolveAdjoint method 'rk4' is fixed-step"):
+        odeint(field, y0, TIMES, gradient=BacksolveAdjoint(method="rk4"))
+    with pytest.raises(TypeError, match="gradient must be a str"):
+        odeint(field, y0, TIMES, gradient=3)
+    with pytest.raises(ValueError, match="unknown gradient"):
+        odeint(field, y0, TIMES, gradient="adjiont")
     with pytest.raises(TypeError, match="adjoint_params"):
         odeint(field, y0, TIMES, gradient="symplectic", adjoint_params=next(field.parameters()))
     with pytest.raises(TypeError, match="adjoint_params"):
@@ -336,9 +332,9 @@ def test_field_that_ignores_the_state(gradient):
     theta = torch.tensor([0.5, -1.0], dtype=DTYPE, requires_grad=True)
     y0 = torch.zeros(2, dtype=DTYPE, requires_grad=True)
     params = None if gradient == "direct" else (theta,)
-    extra = {"adjoint_rtol": 1e-10, "adjoint_atol": 1e-12} if gradient == "adjoint" else {}
+    method = BacksolveAdjoint(rtol=1e-10, atol=1e-12) if gradient == "adjoint" else gradient
     solution = odeint(
-        lambda t, y: theta * torch.cos(t), y0, [0.0, 1.0], gradient=gradient, adjoint_params=params, **extra
+        lambda t, y: theta * torch.cos(t), y0, [0.0, 1.0], gradient=method, adjoint_params=params
     )
     grad_y0, grad_theta = torch.autograd.grad(solution.ys[-1].sum(), (y0, theta))
     torch.testing.assert_close(grad_y0, torch.ones(2, dtype=DTYPE))
@@ -445,7 +441,8 @@ def test_checkpoints_leave_the_gradient_unchanged(name, gradient, checkpoints):
     y0 = torch.randn(2, 3, dtype=DTYPE)
     options = solver_options(name)
     reference, all_states = gradients(field, y0, gradient, method=name, **options)
-    result, budgeted = gradients(field, y0, gradient, method=name, checkpoints=checkpoints, **options)
+    budget = {"checkpoint": Checkpoint, "symplectic": Symplectic}[gradient](checkpoints)
+    result, budgeted = gradients(field, y0, budget, method=name, **options)
     if TABLEAUS[name].adaptive:
         assert budgeted.stats.n_rejected > 0
     # The re-computed states are the forward's to the bit, so is the gradient.
@@ -465,7 +462,7 @@ def test_checkpoints_with_step_penalty_and_a_retained_graph():
     y = torch.randn(2, 3, dtype=DTYPE, requires_grad=True)
     reference = odeint(field, y, TIMES, first_step=1.0, step_penalty=error_penalty)
     solution = odeint(
-        field, y, TIMES, first_step=1.0, gradient="checkpoint", checkpoints=3, step_penalty=error_penalty
+        field, y, TIMES, first_step=1.0, gradient=Checkpoint(checkpoints=3), step_penalty=error_penalty
     )
     expected = torch.autograd.grad(loss_of(reference.ys) + 10.0 * reference.penalties.sum(), y)[0]
     loss = loss_of(solution.ys) + 10.0 * solution.penalties.sum()
@@ -485,14 +482,14 @@ def test_re_solved_states_are_the_forwards_to_the_bit():
 
     y0 = torch.tensor([0.3, -0.5, 1.1], dtype=DTYPE)
     times = [0.0, 0.11, 0.3, 0.4, 0.539, 0.6, 0.9, 1.21, 1.42, 1.693, 2.1, 2.19, 2.2, 2.759]
-    options = make_options("tsit5", 1e-6, 1e-8, None, 10_000, None)
+    options = solve_options(1e-6, 1e-8, None, 10_000, None, None, TABLEAUS["tsit5"])
     store, every_state = StepStates(12), []
 
     def keep(state):
         store.append(state)
         every_state.append(state)
 
-    _, _, steps, _ = integrate(field, y0, times, options, keep_state=keep)
+    _, _, steps, _ = integrate_ode(field, y0, times, options, keep_state=keep)
     starts, sizes = steps.t.tolist(), steps.dt.tolist()
     segment_starts = store.indices[1:]
     assert any(starts[n - 1] + sizes[n - 1] != starts[n] for n in segment_starts)
@@ -506,19 +503,43 @@ def test_recorded_states_make_the_budget_moot(gradient):
     field = TinyField()
     y0 = torch.randn(2, 3, dtype=DTYPE)
     reference, all_states = gradients(field, y0, gradient, first_step=1.0)
-    result, solution = gradients(field, y0, gradient, first_step=1.0, checkpoints=2, record_states=True)
+    budget = {"checkpoint": Checkpoint, "symplectic": Symplectic}[gradient](checkpoints=2)
+    result, solution = gradients(field, y0, budget, first_step=1.0, record_states=True)
     assert solution.steps.states.shape[0] == solution.stats.n_accepted > 2
     assert solution.stats.nfe_backward == all_states.stats.nfe_backward
     assert torch.equal(result, reference)
 
 
 def test_bad_checkpoints():
-    field, y0 = TinyField(), torch.ones(3, dtype=DTYPE)
-    for gradient in ("direct", "adjoint"):
-        with pytest.raises(ValueError, match="checkpoints only applies"):
-            odeint(field, y0, TIMES, gradient=gradient, checkpoints=4)
     with pytest.raises(ValueError, match="checkpoints must be at least 1"):
-        odeint(field, y0, TIMES, gradient="symplectic", checkpoints=0)
+        Symplectic(checkpoints=0)
     for bad in (2.5, True, "4"):
         with pytest.raises(TypeError, match="checkpoints must be an int"):
-            odeint(field, y0, TIMES, gradient="symplectic", checkpoints=bad)
+            Checkpoint(checkpoints=bad)
+
+
+def test_deprecated_keywords_still_build_the_gradient_method():
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        old, _ = gradients(field, y0, "symplectic", first_step=1.0, checkpoints=2)
+    new, _ = gradients(field, y0, Symplectic(checkpoints=2), first_step=1.0)
+    assert torch.equal(old, new)
+    with pytest.warns(DeprecationWarning):
+        old, _ = gradients(field, y0, "adjoint", adjoint_rtol=1e-9, adjoint_options={"norm": "seminorm"})
+    new, _ = gradients(field, y0, BacksolveAdjoint(rtol=1e-9, norm="seminorm"))
+    assert torch.equal(old, new)
+    for gradient in ("direct", "adjoint"):
+        with pytest.raises(ValueError, match="checkpoints only applies"), pytest.warns(DeprecationWarning):
+            odeint(field, y0, TIMES, gradient=gradient, checkpoints=4)
+    with pytest.raises(ValueError, match="adjoint_rtol"), pytest.warns(DeprecationWarning):
+        odeint(field, y0, TIMES, gradient="checkpoint", adjoint_rtol=1e-6)
+    with pytest.raises(ValueError, match="adjoint_options"), pytest.warns(DeprecationWarning):
+        odeint(field, y0, TIMES, gradient="adjoint", adjoint_options={"nrom": "seminorm"})
+
+
+def test_gradient_objects_check_themselves_and_compare_by_settings():
+    assert Symplectic(checkpoints=8) == Symplectic(checkpoints=8) != Symplectic()
+    assert (
+        repr(BacksolveAdjoint(rtol=1e-7, norm="seminorm")) == "BacksolveAdjoint(rtol=1e-07, norm='seminorm')"
+    )

@@ -16,6 +16,7 @@ from local_reg import (
     ExponentialDecay,
     GloballyRegularized,
     LocallyRegularized,
+    StepResult,
     _sampling,
     get_tableau,
     global_regularization,
@@ -25,7 +26,6 @@ from local_reg import (
 )
 from local_reg._sampling import insert_time
 from local_reg.regularization import local as local_module
-from local_reg.step import StepResult
 
 DTYPE = torch.float64
 RTOL, ATOL = 1e-4, 1e-6  # loose: few steps, a penalty well above rounding, fast tests

@@ -1,14 +1,15 @@
-"""Exchangeable gradient methods for :func:`local_reg.odeint` (``gradient=...``).
+"""Exchangeable gradient methods for :func:`local_reg.odeint` (``gradient=...``): objects that
+check their own settings once; the strings are shorthands for the defaults.
 
-| name | module | gradient | memory |
+| object | string | gradient | memory |
 |---|---|---|---|
-| ``"direct"`` | :mod:`.direct` | exact (backprop through every step) | graph of every step |
-| ``"checkpoint"`` | :mod:`.checkpoint` | exact (ACA, Zhuang et al. 2020) | step states + one step's graph |
-| ``"symplectic"`` | :mod:`.symplectic` | exact (Matsubara et al. 2021) | step states + one ``func`` graph |
-| ``"adjoint"`` | :mod:`.adjoint` | approximate (Chen et al. 2018) | one graph of ``func`` |
+| :class:`Direct` | ``"direct"`` | exact (backprop through every step) | graph of every step |
+| :class:`Checkpoint` | ``"checkpoint"`` | exact (ACA, Zhuang et al. 2020) | step states + one step's graph |
+| :class:`Symplectic` | ``"symplectic"`` | exact (Matsubara et al. 2021) | step states + one ``func`` graph |
+| :class:`BacksolveAdjoint` | ``"adjoint"`` | approximate (Chen et al. 2018) | one graph of ``func`` |
 
-``checkpoints=C`` bounds the step states of "checkpoint" and "symplectic" to about ``C + 2N/C``
-(:mod:`._checkpoints`). See docs/gradients.md for how to choose.
+``Checkpoint(checkpoints=C)`` and ``Symplectic(checkpoints=C)`` bound the step states to about
+``C + 2N/C`` (:mod:`._checkpoints`). See docs/gradients.md for how to choose.
 """
 
 from __future__ import annotations
@@ -21,20 +22,43 @@ from torch import Tensor
 from ._function import (
     ForwardSolve,
     GradientMethod,
+    GraphFreeGradient,
     StepwiseGradient,
     check_step_penalty_support,
     solve_without_graph,
 )
 from .adjoint import BacksolveAdjoint
-from .checkpoint import CheckpointGradient
-from .direct import solve_direct
-from .symplectic import SymplecticGradient
+from .checkpoint import Checkpoint
+from .direct import Direct
+from .symplectic import Symplectic
 
-GRADIENT_METHODS: tuple[str, ...] = ("direct", "adjoint", "checkpoint", "symplectic")
+_SHORTHANDS: dict[str, type[GradientMethod]] = {
+    "direct": Direct,
+    "adjoint": BacksolveAdjoint,
+    "checkpoint": Checkpoint,
+    "symplectic": Symplectic,
+}
+GRADIENT_METHODS: tuple[str, ...] = tuple(_SHORTHANDS)
+"""The string shorthands of ``gradient=``."""
+
+
+def as_gradient_method(gradient: object) -> GradientMethod:
+    """``gradient`` itself if it is a :class:`GradientMethod`, else the default object its string
+    names. ``TypeError`` for anything else, ``ValueError`` for an unknown string."""
+    if isinstance(gradient, GradientMethod):
+        return gradient
+    if not isinstance(gradient, str):
+        raise TypeError(
+            f"gradient must be a str (one of {GRADIENT_METHODS}) or a GradientMethod such as "
+            f"Symplectic(checkpoints=32), got {type(gradient).__name__}"
+        )
+    if gradient not in _SHORTHANDS:
+        raise ValueError(f"unknown gradient {gradient!r}; expected one of {GRADIENT_METHODS}")
+    return _SHORTHANDS[gradient]()
 
 
 def resolve_adjoint_params(
-    func: object, adjoint_params: Iterable[Tensor] | None, gradient: str
+    func: object, adjoint_params: Iterable[Tensor] | None, gradient: GradientMethod
 ) -> tuple[Tensor, ...]:
     """The tensors a graph-free gradient method returns gradients for, besides ``y0``.
 
@@ -47,7 +71,7 @@ def resolve_adjoint_params(
         owner = func if isinstance(func, torch.nn.Module) else getattr(func, "__self__", None)
         if not isinstance(owner, torch.nn.Module):
             raise ValueError(
-                f"gradient={gradient!r} needs the parameters of func, but func is a plain function "
+                f"gradient={gradient.name!r} needs the parameters of func, but func is a plain function "
                 f"({type(func).__name__}) and adjoint_params was not given: pass "
                 "adjoint_params=(tensors func depends on), or adjoint_params=() if it has none"
             )
@@ -72,13 +96,15 @@ def resolve_adjoint_params(
 __all__ = [
     "GRADIENT_METHODS",
     "BacksolveAdjoint",
-    "CheckpointGradient",
+    "Checkpoint",
+    "Direct",
     "ForwardSolve",
     "GradientMethod",
+    "GraphFreeGradient",
     "StepwiseGradient",
-    "SymplecticGradient",
+    "Symplectic",
+    "as_gradient_method",
     "check_step_penalty_support",
     "resolve_adjoint_params",
-    "solve_direct",
     "solve_without_graph",
 ]

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .._integrate import SolveOptions
-from ..step import VectorField, step, time_tensor
+from .._step import VectorField, step, time_tensor
 
 
 class StepStates:

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._integrate import SolveOptions, StepPenalty, integrate
+from .._integrate import SolveOptions, StepPenalty, integrate_ode
+from .._step import VectorField
 from ..solution import Stats, Steps
-from ..step import VectorField
 from ._checkpoints import StepStates
 
 
@@ -58,16 +58,71 @@ class ForwardSolve:
 
 
 class GradientMethod(ABC):
-    """How a backward pass turns output cotangents into gradients, given the forward solve."""
+    """How a solve's outputs are differentiated (``odeint(gradient=...)``).
+
+    An object that checks its own settings once, when it is made; the strings ``"direct"``,
+    ``"checkpoint"``, ``"symplectic"`` and ``"adjoint"`` are shorthands for the default objects.
+    """
 
     name: ClassVar[str]
     supports_step_penalty: ClassVar[bool]
     """The backward pass has a graph of every step, so per-step penalties can be differentiated."""
+    graph_free: ClassVar[bool] = True
+    """The forward solve runs without a graph; gradients go to ``y0`` and ``adjoint_params``."""
+
+    def check(self, options: SolveOptions) -> None:
+        """Raise ``ValueError`` if this method cannot differentiate a solve with ``options``."""
+        return None
+
+    @abstractmethod
+    def solve(
+        self,
+        func: VectorField,
+        y0: Tensor,
+        times: list[float],
+        options: SolveOptions,
+        params: tuple[Tensor, ...],
+        f0: Tensor,
+        *,
+        record_states: bool,
+        step_penalty: StepPenalty | None,
+    ) -> tuple[Tensor, Stats, Steps, Tensor | None]:
+        """Solve; returns ``(ys, stats, steps, penalties)`` with ``ys`` differentiable by this method."""
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if value is not None)
+        return f"{type(self).__name__}({settings})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted((k, repr(v)) for k, v in vars(self).items()))))
+
+
+class GraphFreeGradient(GradientMethod):
+    """A method that solves forward without a graph and differentiates in its own backward pass."""
 
     def new_step_states(self, record_states: bool) -> StepStates | None:
         """The record of step states the forward pass fills for this backward pass, or ``None`` if
         it restarts from none. ``record_states``: the user keeps every state anyway."""
         return None
+
+    def solve(
+        self,
+        func: VectorField,
+        y0: Tensor,
+        times: list[float],
+        options: SolveOptions,
+        params: tuple[Tensor, ...],
+        f0: Tensor,
+        *,
+        record_states: bool,
+        step_penalty: StepPenalty | None,
+    ) -> tuple[Tensor, Stats, Steps, Tensor | None]:
+        return solve_without_graph(
+            self, func, y0, times, options, params, f0, record_states=record_states, step_penalty=step_penalty
+        )
 
     @abstractmethod
     def backward(
@@ -135,7 +190,7 @@ def add_gradients(
             totals[index].add_(increment, alpha=scale)
 
 
-class StepwiseGradient(GradientMethod):
+class StepwiseGradient(GraphFreeGradient):
     """A backward pass that walks the accepted steps in reverse, one step at a time.
 
     Starting from ``lambda_N = dL/dy_N``, each step maps ``lambda_{n+1}`` to ``lambda_n`` (and adds
@@ -145,7 +200,13 @@ class StepwiseGradient(GradientMethod):
 
     def __init__(self, checkpoints: int | None = None) -> None:
         """``checkpoints``: keep at most this many step states in the forward pass and re-compute
-        the others in the backward pass (see :mod:`._checkpoints`); ``None`` keeps every one."""
+        the others in the backward pass (see :mod:`._checkpoints`); ``None`` keeps every one. The
+        gradient is the same either way."""
+        if checkpoints is not None:
+            if isinstance(checkpoints, bool) or not isinstance(checkpoints, int):
+                raise TypeError(f"checkpoints must be an int or None, got {type(checkpoints).__name__}")
+            if checkpoints < 1:
+                raise ValueError(f"checkpoints must be at least 1, got {checkpoints}")
         self.checkpoints = checkpoints
 
     def new_step_states(self, record_states: bool) -> StepStates:
@@ -202,8 +263,8 @@ class _SolveWithoutGraph(torch.autograd.Function):
     """Forward: the instrumented solve under ``no_grad``. Backward: the gradient method's."""
 
     @staticmethod
-    def forward(ctx, method: GradientMethod, solve: ForwardSolve, y0: Tensor, *params: Tensor):
-        outputs, stats, steps, penalties = integrate(
+    def forward(ctx, method: GraphFreeGradient, solve: ForwardSolve, y0: Tensor, *params: Tensor):
+        outputs, stats, steps, penalties = integrate_ode(
             solve.func,
             y0,
             solve.times,
@@ -248,7 +309,7 @@ def check_step_penalty_support(method: GradientMethod, step_penalty: StepPenalty
 
 
 def solve_without_graph(
-    method: GradientMethod,
+    method: GraphFreeGradient,
     func: VectorField,
     y0: Tensor,
     times: list[float],

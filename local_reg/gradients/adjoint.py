@@ -10,12 +10,12 @@ is solved backwards from each output time ``t_i`` to the previous one ``t_{i-1}`
 ``t_{i-1}`` the output's cotangent ``dL/dy(t_{i-1})`` is added to ``a``. Then ``dL/dy0 = a(t_0)`` and
 ``dL/dtheta = g(t_0)``. Each evaluation of the augmented field is one evaluation of ``f`` with a
 graph and one vector--Jacobian product. The backward solve is the instrumented solver itself, with
-its own ``adjoint_method``, tolerances and step options; the gradient is that of the continuous
-problem, so it differs from the discrete forward solve's by the two solves' errors.
+its own method, tolerances and step options (:class:`BacksolveAdjoint`'s settings); the gradient is
+that of the continuous problem, so it differs from the discrete forward solve's by the two solves' errors.
 
 Seminorm (Kidger, Chen, Lyons, "'Hey, that's not an ODE': Faster ODE Adjoints via Seminorms",
 ICML 2021): ``g`` never feeds back into the dynamics, so its local error need not limit the step.
-With ``adjoint_options={"norm": "seminorm"}`` the error norm of the backward solve covers ``(y, a)``
+With ``BacksolveAdjoint(norm="seminorm")`` the error norm of the backward solve covers ``(y, a)``
 only; ``g`` is still integrated by the same Runge--Kutta steps, but its error does not limit them.
 
 Output times whose cotangent is exactly zero (for example the ``t_reg`` a local regularizer adds to
@@ -31,9 +31,11 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
-from .._integrate import SolveOptions, integrate
-from ..step import rms_norm
-from ._function import ForwardSolve, GradientMethod, vector_jacobian_product
+from .._integrate import SolveOptions, integrate_ode
+from .._step import rms_norm
+from .._validate import positive_float, positive_int
+from ..tableaus import ButcherTableau, get_tableau
+from ._function import ForwardSolve, GraphFreeGradient, vector_jacobian_product
 
 NORMS = ("default", "seminorm")
 
@@ -66,17 +68,76 @@ class AugmentedDynamics:
         return torch.cat([derivative.reshape(-1), state_rate.reshape(-1), *rates])
 
 
-class BacksolveAdjoint(GradientMethod):
-    """``gradient="adjoint"``: solve the augmented system backwards between output times."""
+class BacksolveAdjoint(GraphFreeGradient):
+    """``gradient="adjoint"``: solve the augmented system backwards between output times.
+
+    Args:
+        method: the backward solve's method (a name or a :class:`ButcherTableau`); default the
+            forward's.
+        rtol, atol: the backward solve's tolerances; default the forward's.
+        norm: ``"default"`` (RMS over ``(y, a, g)``) or ``"seminorm"`` (over ``(y, a)`` only; Kidger,
+            Chen, Lyons, ICML 2021).
+        step_size: fixed steps of the backward solve. Default: the forward's (if it had one) when
+            the backward method is the forward's or fixed-step; an adaptive ``method`` given here
+            steps adaptively.
+        first_step, max_steps: of the backward solve (default: the heuristic; the forward's).
+    """
 
     name = "adjoint"
     supports_step_penalty = False
 
-    def __init__(self, options: SolveOptions, norm: str = "default") -> None:
+    def __init__(
+        self,
+        method: str | ButcherTableau | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        norm: str = "default",
+        step_size: float | None = None,
+        first_step: float | None = None,
+        max_steps: int | None = None,
+    ) -> None:
         if norm not in NORMS:
-            raise ValueError(f"adjoint_options['norm'] must be one of {NORMS}, got {norm!r}")
-        self.options = options
-        self.seminorm = norm == "seminorm"
+            raise ValueError(f"BacksolveAdjoint: norm must be one of {NORMS}, got {norm!r}")
+        try:
+            self.tableau = None if method is None else get_tableau(method)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"BacksolveAdjoint method: {error}") from None
+        self.rtol = None if rtol is None else positive_float("BacksolveAdjoint rtol", rtol)
+        self.atol = None if atol is None else positive_float("BacksolveAdjoint atol", atol)
+        self.norm = norm
+        self.step_size = (
+            None if step_size is None else positive_float("BacksolveAdjoint step_size", step_size)
+        )
+        self.first_step = (
+            None if first_step is None else positive_float("BacksolveAdjoint first_step", first_step)
+        )
+        self.max_steps = None if max_steps is None else positive_int("BacksolveAdjoint max_steps", max_steps)
+
+    def backward_options(self, forward: SolveOptions) -> SolveOptions:
+        """The backward solve's options: this object's settings, the forward's where unset."""
+        return SolveOptions(
+            rtol=forward.rtol if self.rtol is None else self.rtol,
+            atol=forward.atol if self.atol is None else self.atol,
+            first_step=self.first_step,
+            max_steps=forward.max_steps if self.max_steps is None else self.max_steps,
+            step_size=self._backward_step_size(forward),
+            controller=forward.controller,
+            tableau=forward.tableau if self.tableau is None else self.tableau,
+        )
+
+    def _backward_step_size(self, forward: SolveOptions) -> float | None:
+        if self.step_size is not None:
+            return self.step_size
+        own_adaptive_method = self.tableau is not None and self.tableau.adaptive
+        return None if own_adaptive_method else forward.step_size
+
+    def check(self, options: SolveOptions) -> None:
+        backward = self.backward_options(options)
+        if backward.step_size is None and not backward.tableau.adaptive:
+            raise ValueError(
+                f"BacksolveAdjoint method {backward.tableau.name!r} is fixed-step: pass "
+                "BacksolveAdjoint(step_size=...)"
+            )
 
     def backward(
         self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
@@ -85,8 +146,8 @@ class BacksolveAdjoint(GradientMethod):
         n = state_shape.numel()
         if len(solve.times) == 1:
             return grad_ys[0], [None] * len(solve.params), 0
-        options = self.options
-        if self.seminorm:
+        options = self.backward_options(solve.options)
+        if self.norm == "seminorm":
             options = dataclasses.replace(options, norm=functools.partial(seminorm, n_included=2 * n))
         dynamics = AugmentedDynamics(solve, state_shape)
         adjoint = grad_ys[-1].reshape(-1)
@@ -98,7 +159,7 @@ class BacksolveAdjoint(GradientMethod):
         for end, start in reversed(list(pairwise(restarts))):
             # Restart from the forward output rather than the backsolved y: it is more accurate.
             z_start = torch.cat([ys[start].reshape(-1), adjoint, parameter_gradient])
-            outputs, stats, _, _ = integrate(
+            outputs, stats, _, _ = integrate_ode(
                 dynamics, z_start, [solve.times[start], solve.times[end]], options
             )
             calls += stats.nfe

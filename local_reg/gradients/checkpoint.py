@@ -23,12 +23,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..step import step
+from .._step import step
 from ._function import CountingField, ForwardSolve, StepwiseGradient, add_gradients
 
 
-class CheckpointGradient(StepwiseGradient):
-    """``gradient="checkpoint"``: re-run each accepted step with a graph and backpropagate it."""
+class Checkpoint(StepwiseGradient):
+    """``gradient="checkpoint"``: re-run each accepted step with a graph and backpropagate it.
+
+    ``Checkpoint(checkpoints=C)`` keeps at most ``C`` step states (see docs/gradients.md)."""
 
     name = "checkpoint"
     supports_step_penalty = True

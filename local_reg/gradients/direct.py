@@ -12,31 +12,43 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._integrate import SolveOptions, StepPenalty, integrate
+from .._integrate import SolveOptions, StepPenalty, integrate_ode
+from .._step import VectorField
 from ..solution import Stats, Steps
-from ..step import VectorField
+from ._function import GradientMethod
 
 
-def solve_direct(
-    func: VectorField,
-    y0: Tensor,
-    times: list[float],
-    options: SolveOptions,
-    f0: Tensor,
-    *,
-    record_states: bool,
-    step_penalty: StepPenalty | None,
-) -> tuple[Tensor, Stats, Steps, Tensor | None]:
-    """Solve under the caller's autograd mode; returns ``(ys, stats, steps, penalties)``."""
-    outputs, stats, steps, penalties = integrate(
-        func, y0, times, options, record_states=record_states, f0=f0, step_penalty=step_penalty
-    )
-    ys = torch.stack(outputs)
-    if ys.requires_grad:
+class Direct(GradientMethod):
+    """``gradient="direct"``: backpropagation through every step of the forward solve."""
 
-        def record_backward(grad: Tensor) -> None:
-            # Backpropagation re-uses the forward graph: it makes no new calls of func.
-            stats.nfe_backward = stats.nfe_backward or 0
+    name = "direct"
+    supports_step_penalty = True
+    graph_free = False
 
-        ys.register_hook(record_backward)
-    return ys, stats, steps, torch.stack(penalties) if step_penalty is not None and penalties else None
+    def solve(
+        self,
+        func: VectorField,
+        y0: Tensor,
+        times: list[float],
+        options: SolveOptions,
+        params: tuple[Tensor, ...],
+        f0: Tensor,
+        *,
+        record_states: bool,
+        step_penalty: StepPenalty | None,
+    ) -> tuple[Tensor, Stats, Steps, Tensor | None]:
+        """Solve under the caller's autograd mode; ``params`` are not needed (autograd finds every
+        tensor ``func`` uses)."""
+        outputs, stats, steps, penalties = integrate_ode(
+            func, y0, times, options, record_states=record_states, f0=f0, step_penalty=step_penalty
+        )
+        ys = torch.stack(outputs)
+        if ys.requires_grad:
+
+            def record_backward(grad: Tensor) -> None:
+                # Backpropagation re-uses the forward graph: it makes no new calls of func.
+                stats.nfe_backward = stats.nfe_backward or 0
+
+            ys.register_hook(record_backward)
+        has_penalties = step_penalty is not None and penalties
+        return ys, stats, steps, torch.stack(penalties) if has_penalties else None

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..step import combine, time_tensor
+from .._step import combine, time_tensor
 from ..tableaus import ButcherTableau
 from ._function import (
     CountingField,
@@ -49,8 +49,10 @@ def stages_entering_solution(tableau: ButcherTableau) -> int:
     return 1 + max(i for i, b_i in enumerate(tableau.b) if b_i != 0.0)
 
 
-class SymplecticGradient(StepwiseGradient):
-    """``gradient="symplectic"``: the partner scheme of the forward RK method, step by step."""
+class Symplectic(StepwiseGradient):
+    """``gradient="symplectic"``: the partner scheme of the forward RK method, step by step.
+
+    ``Symplectic(checkpoints=C)`` keeps at most ``C`` step states (see docs/gradients.md)."""
 
     name = "symplectic"
     supports_step_penalty = False

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._choices import check_choice
 from .._main_solve import MainSolve
+from .._odeint import odeint
+from .._validate import check_choice
 from ..gradients import GRADIENT_METHODS
-from ..odeint import odeint
 
 BACKENDS = ("local_reg", "torchdiffeq")
 TORCHDIFFEQ_GRADIENTS = ("direct", "adjoint")

@@ -23,13 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._choices import check_choice
 from .._penalty import finite_penalty
-from ..odeint import validate_state, validate_times
+from .._step import StepResult
+from .._validate import check_choice, validate_state, validate_times
 from ..sde import is_sde, sde_global_regularization, sde_solve_plain
 from ..sde.regularization import check_sde_global_gradient, check_sde_regularizer
 from ..solution import RegularizationStats
-from ..step import StepResult
 from ..tableaus import ButcherTableau, get_tableau
 from .backends import solve_main
 from .local import REGULARIZERS, check_regularizer_tableau, default_tolerances, solve_plain

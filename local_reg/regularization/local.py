@@ -25,18 +25,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._choices import check_choice
 from .._penalty import finite_penalty
 from .._sampling import check_sampling, sample_output_time, split_output
-from ..odeint import validate_state, validate_times
+from .._step import StepResult, initial_step_size, time_tensor
+from .._step import step as rk_step
+from .._validate import check_choice, validate_state, validate_times
 from ..sde import is_sde, sde_local_regularization, sde_solve_plain
+from ..sde._sdeint import DEFAULT_ATOL as SDE_DEFAULT_ATOL
+from ..sde._sdeint import DEFAULT_RTOL as SDE_DEFAULT_RTOL
 from ..sde.backends import check_backend_gradient as check_sde_backend_gradient
 from ..sde.regularization import check_sde_regularizer
-from ..sde.sdeint import DEFAULT_ATOL as SDE_DEFAULT_ATOL
-from ..sde.sdeint import DEFAULT_RTOL as SDE_DEFAULT_RTOL
 from ..solution import RegularizationStats
-from ..step import StepResult, initial_step_size, time_tensor
-from ..step import step as rk_step
 from ..tableaus import ButcherTableau, get_tableau
 from .backends import check_backend_gradient, solve_main
 from .schedules import WeightSchedule, as_schedule

@@ -7,13 +7,13 @@
   module and then solve with :func:`sdeint`; :class:`SDEBlock` is the unregularized module.
 """
 
+from ..solution import Stats as SDEStats
+from ._sdeint import sdeint
+from ._step import SDEStepResult, sde_initial_step_size, sde_step
 from .module import SDEBlock
 from .problem import is_sde
 from .regularization import sde_global_regularization, sde_local_regularization, sde_solve_plain
-from .sdeint import sdeint
-from .solution import SDEStats
 from .stats import SDERegularizationStats
-from .step import SDEStepResult, sde_initial_step_size, sde_step
 
 __all__ = [
     "SDEBlock",

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._choices import check_choice
 from .._main_solve import MainSolve
-from .sdeint import SDEStepPenalty, sdeint
-from .solution import SDEStats
+from .._validate import check_choice
+from ..solution import Stats as SDEStats
+from ._sdeint import SDEStepPenalty, sdeint
 
 BACKENDS = ("local_reg", "torchsde")
 GRADIENTS = {"local_reg": ("direct",), "torchsde": ("direct", "adjoint")}

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._sdeint import DEFAULT_ATOL, DEFAULT_RTOL
 from .backends import check_backend_gradient
 from .regularization import sde_solve_plain
-from .sdeint import DEFAULT_ATOL, DEFAULT_RTOL
 from .stats import SDERegularizationStats
 
 

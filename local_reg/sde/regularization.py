@@ -28,16 +28,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._choices import check_choice
 from .._penalty import finite_penalty
 from .._sampling import check_sampling, sample_output_time, split_output
-from ..step import time_tensor
+from .._step import time_tensor
+from .._validate import check_choice
+from ._sdeint import DEFAULT_ATOL, DEFAULT_RTOL, METHODS, validate_sde_problem
+from ._step import SDEStepResult, sde_initial_step_size, sde_step
 from .backends import check_backend_gradient, solve_main
 from .brownian import make_brownian
 from .problem import brownian_size
-from .sdeint import DEFAULT_ATOL, DEFAULT_RTOL, METHODS, validate_sde_problem
 from .stats import SDERegularizationStats
-from .step import SDEStepResult, sde_initial_step_size, sde_step
 
 REDUCTIONS = ("mean", "sum")
 

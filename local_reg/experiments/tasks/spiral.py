@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from ...odeint import odeint
+from ... import odeint
 from ..methods import MNIST_WEIGHTS
 from .base import Batch, Task, TaskData
 

@@ -49,7 +49,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..step import error_scale, rms_norm, time_tensor
+from .._errors import SolverError
+from .._step import error_scale, rms_norm, time_tensor
+from .._stepper import Stepper
+from ..solution import Stats
 from .problem import diffusion_times_increment, noise_vector
 
 DRIFT_ERROR_WEIGHT = 1.0 / 6.0
@@ -73,6 +76,11 @@ class SDEStepResult:
     g0: Tensor
     nfe_drift: int
     nfe_diffusion: int
+
+    @property
+    def nfe(self) -> int:
+        """Evaluations of drift and diffusion together."""
+        return self.nfe_drift + self.nfe_diffusion
 
 
 def error_order(noise_type: str) -> int:
@@ -173,3 +181,70 @@ def sde_initial_step_size(
         else:
             factor = max_growth
     return h0 * factor, trial.nfe_drift, trial.nfe_diffusion
+
+
+class EulerMaruyamaStepper(Stepper[tuple[Tensor | None, Tensor | None]]):
+    """Euler--Maruyama with its embedded estimate (:func:`sde_step`) as a stepper of the one loop
+    (:func:`local_reg._integrate.integrate`), on the Brownian motion ``bm``. The carry is the drift
+    and diffusion at the step's start when already known: at ``t0``, and after a rejection (the
+    retry starts from the same point); the same ``(t, t_next)`` query after a rejection returns the
+    same increment, and a shorter retry is drawn from the Brownian bridge of what was sampled."""
+
+    failure = "non-finite state, drift or diffusion"
+
+    def __init__(
+        self, sde: Any, noise_type: str, bm: Any, rtol: float, atol: float, f0: Tensor, g0: Tensor
+    ) -> None:
+        self.sde = sde
+        self.noise_type = noise_type
+        self.bm = bm
+        self.rtol = rtol
+        self.atol = atol
+        self.order = error_order(noise_type)
+        self.f0 = f0
+        self.g0 = g0
+
+    def begin(self, t0: float, y0: Tensor, stats: Stats) -> tuple[Tensor | None, Tensor | None]:
+        if not (bool(torch.isfinite(self.f0).all()) and bool(torch.isfinite(self.g0).all())):
+            raise SolverError("non-finite drift or diffusion", t=t0, n_steps=0)
+        return self.f0, self.g0
+
+    def initial_step_size(
+        self, t0: float, y0: Tensor, carry: tuple[Tensor, Tensor], direction: float, stats: Stats
+    ) -> float:
+        f0, g0 = carry
+        dt, nfe_drift, nfe_diffusion = sde_initial_step_size(
+            self.sde, self.noise_type, t0, y0, f0, g0, self.rtol, self.atol
+        )
+        stats.add(nfe_drift + nfe_diffusion, diffusion=nfe_diffusion)
+        return dt
+
+    def step(
+        self,
+        t: float,
+        t_next: float,
+        y: Tensor,
+        dt: float,
+        carry: tuple[Tensor | None, Tensor | None],
+        estimate_error: bool,
+    ) -> SDEStepResult:
+        f0, g0 = carry
+        dw = self.bm(t, t_next)
+        return sde_step(
+            self.sde,
+            self.noise_type,
+            t,
+            y,
+            dt,
+            dw,
+            rtol=self.rtol,
+            atol=self.atol,
+            f0=f0,
+            g0=g0,
+            estimate_error=estimate_error,
+        )
+
+    def next_carry(
+        self, result: SDEStepResult, accepted: bool, carry: tuple[Tensor | None, Tensor | None]
+    ) -> tuple[Tensor | None, Tensor | None]:
+        return (None, None) if accepted else (result.f0, result.g0)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from ._errors import SolverError
+from ._stepper import Stepper
+from .solution import Stats
 from .tableaus import ButcherTableau
 
 VectorField = Callable[[Tensor, Tensor], Tensor]
@@ -40,6 +44,7 @@ class StepResult:
     stiffness_estimate: Tensor | None
     stages: tuple[Tensor, ...]
     nfe: int
+    nfe_diffusion: ClassVar[int] = 0
 
 
 def rms_norm(x: Tensor) -> Tensor:
@@ -156,3 +161,59 @@ def initial_step_size(
         else:
             h1 = (0.01 / max(d1, d2)) ** (1.0 / order)
     return min(100 * h0, h1), 1
+
+
+class RKStepper(Stepper[Tensor | None]):
+    """The explicit Runge--Kutta pair ``tableau`` as a stepper of the one loop
+    (:func:`local_reg._integrate.integrate`): each attempt is :func:`step`; the carry is ``k1``, the
+    FSAL stage of the last accepted step (or ``f(t0, y0)``), kept across a rejection."""
+
+    failure = "non-finite state or derivative"
+
+    def __init__(
+        self,
+        func: VectorField,
+        tableau: ButcherTableau,
+        rtol: float,
+        atol: float,
+        norm: Callable[[Tensor], Tensor] = rms_norm,
+        f0: Tensor | None = None,
+    ) -> None:
+        self.func = func
+        self.tableau = tableau
+        self.rtol = rtol
+        self.atol = atol
+        self.norm = norm
+        self.order = tableau.order
+        self.has_stiffness = tableau.stiffness_stages is not None
+        self.f0 = f0
+
+    def begin(self, t0: float, y0: Tensor, stats: Stats) -> Tensor:
+        f0 = self.f0
+        if f0 is None:
+            f0 = self.func(time_tensor(t0, y0), y0)
+            stats.add(1)
+        if not bool(torch.isfinite(f0).all()):
+            raise SolverError("non-finite derivative", t=t0, n_steps=0)
+        return f0
+
+    def initial_step_size(
+        self, t0: float, y0: Tensor, carry: Tensor, direction: float, stats: Stats
+    ) -> float:
+        dt_abs, nfe = initial_step_size(
+            self.func, t0, y0, carry, self.order, self.rtol, self.atol, direction, norm=self.norm
+        )
+        stats.add(nfe)
+        return dt_abs
+
+    def step(
+        self, t: float, t_next: float, y: Tensor, dt: float, carry: Tensor | None, estimate_error: bool
+    ) -> StepResult:
+        return step(
+            self.func, t, y, dt, self.tableau, rtol=self.rtol, atol=self.atol, k1=carry, norm=self.norm
+        )
+
+    def next_carry(self, result: StepResult, accepted: bool, carry: Tensor | None) -> Tensor | None:
+        if not accepted:
+            return carry
+        return result.stages[-1] if self.tableau.fsal else None

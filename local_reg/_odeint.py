@@ -1,0 +1,179 @@
+"""The entry point: ``odeint(func, y0, t)``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
+
+import torch
+from torch import Tensor
+
+from ._integrate import StepPenalty
+from ._step import VectorField, time_tensor
+from ._validate import solve_options, validate_state, validate_times
+from .controller import PIController
+from .gradients import (
+    BacksolveAdjoint,
+    Checkpoint,
+    GradientMethod,
+    Symplectic,
+    as_gradient_method,
+    check_step_penalty_support,
+    resolve_adjoint_params,
+)
+from .solution import Solution
+from .tableaus import ButcherTableau, get_tableau
+
+DEFAULT_MAX_STEPS = 10_000
+
+
+def evaluate_first(func: VectorField, t0: float, y0: Tensor) -> Tensor:
+    """Evaluate ``func(t0, y0)`` once and check it returns a tensor shaped and typed like ``y0``."""
+    f0 = func(time_tensor(t0, y0), y0)
+    if not isinstance(f0, Tensor):
+        raise TypeError(f"func must return a torch.Tensor, got {type(f0).__name__}")
+    if f0.shape != y0.shape:
+        raise ValueError(f"func returned shape {tuple(f0.shape)}, expected the shape of y0 {tuple(y0.shape)}")
+    if f0.dtype != y0.dtype:
+        raise TypeError(f"func returned dtype {f0.dtype}, expected the dtype of y0 {y0.dtype}")
+    return f0
+
+
+def _legacy_gradient(
+    gradient: GradientMethod,
+    checkpoints: int | None,
+    adjoint_method: str | ButcherTableau | None,
+    adjoint_rtol: float | None,
+    adjoint_atol: float | None,
+    adjoint_options: dict | None,
+) -> GradientMethod:
+    """The gradient method the deprecated ``checkpoints=`` / ``adjoint_*=`` keywords describe."""
+    adjoint_keywords = {
+        "adjoint_method": adjoint_method,
+        "adjoint_rtol": adjoint_rtol,
+        "adjoint_atol": adjoint_atol,
+        "adjoint_options": adjoint_options,
+    }
+    given = [name for name, value in adjoint_keywords.items() if value is not None]
+    if checkpoints is None and not given:
+        return gradient
+    warnings.warn(
+        "odeint's checkpoints= and adjoint_*= keywords are deprecated: pass the gradient method as an "
+        "object, e.g. gradient=Symplectic(checkpoints=32) or gradient=BacksolveAdjoint(rtol=..., "
+        "norm='seminorm')",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if checkpoints is not None:
+        if not isinstance(gradient, (Checkpoint, Symplectic)):
+            raise ValueError(
+                f"checkpoints only applies to gradient='checkpoint' or 'symplectic', not {gradient.name!r}"
+            )
+        gradient = type(gradient)(checkpoints)
+    if given:
+        if not isinstance(gradient, BacksolveAdjoint):
+            raise ValueError(f"{', '.join(given)} only apply to gradient='adjoint', not {gradient.name!r}")
+        options = dict(adjoint_options or {})
+        if not isinstance(adjoint_options, (dict, type(None))):
+            raise TypeError(f"adjoint_options must be a dict, got {type(adjoint_options).__name__}")
+        keys = ("norm", "step_size", "first_step", "max_steps")
+        unknown = sorted(set(options) - set(keys))
+        if unknown:
+            raise ValueError(f"adjoint_options: unknown keys {unknown}; expected some of {keys}")
+        gradient = BacksolveAdjoint(adjoint_method, adjoint_rtol, adjoint_atol, **options)
+    return gradient
+
+
+def odeint(
+    func: VectorField,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    *,
+    method: str | ButcherTableau = "tsit5",
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    first_step: float | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    step_size: float | None = None,
+    controller: PIController | None = None,
+    gradient: str | GradientMethod = "direct",
+    adjoint_params: Iterable[Tensor] | None = None,
+    record_states: bool = False,
+    step_penalty: StepPenalty | None = None,
+    checkpoints: int | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | ButcherTableau | None = None,
+    adjoint_options: dict | None = None,
+) -> Solution:
+    """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return the solution at every ``t``.
+
+    Args:
+        func: the vector field, called as ``func(t, y)`` with ``t`` a 0-dim tensor; it must return
+            a tensor of the shape and dtype of ``y``.
+        y0: initial state, any shape (a batch is one state: one step size and one error norm for
+            all of it, as in torchdiffeq), float32 or float64.
+        t: output times, 1-D, strictly increasing or decreasing (backward integration).
+        method: a name from :data:`local_reg.TABLEAUS` or a :class:`ButcherTableau`.
+        rtol, atol: tolerances of the error estimate
+            ``EEst = rms(err / (atol + rtol * max(|y0|, |y1|)))``; a step is accepted iff ``EEst <= 1``.
+        first_step: initial step size; by default Hairer's heuristic picks it.
+        max_steps: attempted steps (accepted + rejected) before a :class:`SolverError`.
+        step_size: take fixed steps of (at most) this size instead of adaptive ones; required for
+            ``euler``, ``midpoint`` and ``rk4``. Each interval between output times is divided into
+            equal steps no longer than ``step_size``.
+        controller: step-size controller (default :class:`PIController`).
+        gradient: how ``ys`` are differentiated (see docs/gradients.md): a
+            :class:`~local_reg.gradients.GradientMethod` or its string shorthand:
+            ``Direct()`` / ``"direct"`` (backpropagation through every step; exact, most memory),
+            ``Checkpoint(checkpoints=None)`` / ``"checkpoint"`` (re-run each accepted step with a
+            graph in the backward pass; exact), ``Symplectic(checkpoints=None)`` / ``"symplectic"``
+            (the symplectic adjoint of Matsubara et al. 2021; exact, least memory of the exact
+            methods) and ``BacksolveAdjoint(method, rtol, atol, norm, ...)`` / ``"adjoint"`` (the
+            continuous backsolve adjoint of Chen et al. 2018; approximate, constant memory).
+            ``checkpoints=C`` keeps at most ``C`` step states (evenly spaced) instead of all ``N``;
+            the backward pass re-computes the others, for one extra forward solve's evaluations,
+            with the same gradient. All four differentiate w.r.t. ``y0`` and ``adjoint_params``;
+            none w.r.t. ``t``.
+        adjoint_params: the tensors the non-direct methods return gradients for, besides ``y0``;
+            default ``func.parameters()`` when ``func`` is a ``torch.nn.Module``. A plain function
+            needs it (``()`` if it has no parameters). Ignored by ``"direct"``, where autograd finds
+            every tensor ``func`` uses.
+        record_states: keep the state at the start of every accepted step in ``solution.steps``.
+        step_penalty: ``penalty(step_result, dt) -> 0-dim tensor`` evaluated on every accepted
+            step and returned, differentiable, as ``solution.penalties`` (global regularization).
+            Needs a per-step graph: only with ``gradient="direct"`` or ``"checkpoint"``.
+        checkpoints, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: deprecated
+            spellings of ``Checkpoint(checkpoints)``, ``Symplectic(checkpoints)`` and
+            ``BacksolveAdjoint(method, rtol, atol, **options)``.
+
+    Every output time is the end of an accepted step: the adaptive step that would pass an output
+    time is shortened to land on it, and the controller's proposal is resumed afterwards.
+    ``solution.stats.nfe_backward`` counts the calls of ``func`` made by the backward pass once it
+    has run.
+
+    Raises:
+        ValueError, TypeError: bad arguments, naming the argument.
+        SolverError: non-finite state or derivative, step size underflow or ``max_steps`` exceeded.
+    """
+    y0 = validate_state(y0)
+    times = validate_times(t)
+    options = solve_options(rtol, atol, first_step, max_steps, step_size, controller, get_tableau(method))
+    gradient_method = as_gradient_method(gradient)
+    gradient_method = _legacy_gradient(
+        gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options
+    )
+    gradient_method.check(options)
+    check_step_penalty_support(gradient_method, step_penalty)
+    params: tuple[Tensor, ...] = ()
+    if gradient_method.graph_free:
+        params = resolve_adjoint_params(func, adjoint_params, gradient_method)
+    with torch.no_grad() if gradient_method.graph_free else nullcontext():
+        f0 = evaluate_first(func, times[0], y0)
+    ys, stats, steps, penalties = gradient_method.solve(
+        func, y0, times, options, params, f0, record_states=record_states, step_penalty=step_penalty
+    )
+    stats.nfe += 1
+    ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
+    return Solution(ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties)

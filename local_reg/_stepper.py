@@ -1,0 +1,49 @@
+"""The interface between a method and the one time-stepping loop (:func:`local_reg._integrate.integrate`).
+
+Each method implements only its step (as in torchsde and diffrax): the explicit Runge--Kutta pairs
+(:class:`local_reg._step.RKStepper`) and Euler--Maruyama (:class:`local_reg.sde._step.EulerMaruyamaStepper`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Generic, TypeVar
+
+from torch import Tensor
+
+from .solution import Stats
+
+Carry = TypeVar("Carry")
+
+
+class Stepper(ABC, Generic[Carry]):
+    """One method's step, as :func:`integrate` drives it.
+
+    A stepper may carry evaluations from one attempted step to the next (``Carry``): the FSAL stage
+    of a Runge--Kutta pair, or the drift and diffusion at the start of a rejected SDE step.
+    """
+
+    order: int
+    """The power of ``dt`` in the local error estimate, the step-size controller's ``order``."""
+    has_stiffness: bool = False
+    """Whether step results carry a ``stiffness_estimate``."""
+    failure: str = "non-finite state"
+    """What a non-finite step result means, for the :class:`SolverError` message."""
+
+    @abstractmethod
+    def begin(self, t0: float, y0: Tensor, stats: Stats) -> Carry:
+        """The carry of the first step (evaluations counted in ``stats``); raises
+        :class:`SolverError` if what it evaluated is not finite."""
+
+    @abstractmethod
+    def initial_step_size(self, t0: float, y0: Tensor, carry: Carry, direction: float, stats: Stats) -> float:
+        """The first step size ``|dt|`` when none is given (evaluations counted in ``stats``)."""
+
+    @abstractmethod
+    def step(self, t: float, t_next: float, y: Tensor, dt: float, carry: Carry, estimate_error: bool) -> Any:
+        """Attempt one step from ``(t, y)`` to ``t_next = t + dt`` (``dt`` signed). The result has
+        ``y1``, ``error_estimate`` (0-dim tensor, or ``None``), ``nfe`` and ``nfe_diffusion``."""
+
+    @abstractmethod
+    def next_carry(self, result: Any, accepted: bool, carry: Carry) -> Carry:
+        """The carry of the step after ``result``, accepted or rejected."""
