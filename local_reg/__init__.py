@@ -10,20 +10,17 @@ from .regularization import (
     ConstantWeight,
     ExponentialDecay,
     GloballyRegularized,
+    GlobalPenalty,
     LocallyRegularized,
+    LocalPenalty,
     RegularizationStats,
+    Regularized,
+    SDERegularizationStats,
     WeightSchedule,
     global_regularization,
     local_regularization,
 )
-from .sde import (
-    SDERegularizationStats,
-    SDEStats,
-    is_sde,
-    sde_global_regularization,
-    sde_local_regularization,
-    sdeint,
-)
+from .sde import SDEStats, is_sde, sdeint
 from .solution import Solution, Stats, Steps
 from .tableaus import TABLEAUS, ButcherTableau, get_tableau
 
@@ -36,8 +33,11 @@ __all__ = [
     "Symplectic",
     "ConstantWeight",
     "ExponentialDecay",
+    "GlobalPenalty",
     "GloballyRegularized",
+    "LocalPenalty",
     "LocallyRegularized",
+    "Regularized",
     "RegularizationStats",
     "WeightSchedule",
     "global_regularization",
@@ -58,8 +58,15 @@ __all__ = [
     "SDERegularizationStats",
     "SDEStats",
     "is_sde",
-    "sde_global_regularization",
-    "sde_local_regularization",
     "sdeint",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Deprecated SDE spellings: the regularizers take SDEs themselves.
+    if name in ("sde_local_regularization", "sde_global_regularization"):
+        from . import sde
+
+        return getattr(sde, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,15 +17,14 @@ from local_reg import (
     GloballyRegularized,
     LocallyRegularized,
     StepResult,
-    _sampling,
     get_tableau,
     global_regularization,
     local_regularization,
     odeint,
     step,
 )
-from local_reg._sampling import insert_time
-from local_reg.regularization import local as local_module
+from local_reg.regularization import _problems, _sampling
+from local_reg.regularization._sampling import insert_time
 
 DTYPE = torch.float64
 RTOL, ATOL = 1e-4, 1e-6  # loose: few steps, a penalty well above rounding, fast tests
@@ -243,7 +242,7 @@ def test_regularization_step_calls_local_reg_step(monkeypatch):
         calls.append(args[4])
         return step(*args, **kwargs)
 
-    monkeypatch.setattr(local_module, "rk_step", spy)
+    monkeypatch.setattr(_problems, "step", spy)
     local_regularization(MLPField(), _y0(), T, rtol=RTOL, atol=ATOL)
     assert calls == [TSIT5]
 
@@ -397,7 +396,7 @@ def test_non_finite_penalty_is_replaced_by_zero(monkeypatch):
             7,
         )
 
-    monkeypatch.setattr(local_module, "rk_step", diverging)
+    monkeypatch.setattr(_problems, "step", diverging)
     for regularizer in ("error", "stiffness"):
         model = LocallyRegularized(func, regularizer=regularizer, rtol=RTOL, atol=ATOL)
         ys = model(_y0(), T)

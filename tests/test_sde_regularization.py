@@ -8,13 +8,9 @@ import pytest
 import torch
 import torchsde
 
-from local_reg.sde import (
-    SDERegularizationStats,
-    is_sde,
-    sde_global_regularization,
-    sde_local_regularization,
-    sdeint,
-)
+import local_reg
+from local_reg import RegularizationStats, global_regularization, local_regularization
+from local_reg.sde import is_sde, sdeint
 
 DT = torch.float64
 
@@ -71,12 +67,10 @@ def setup(batch: int = 16, noise_type: str = "diagonal"):
 def test_local_gradients_reach_drift_and_diffusion(kwargs):
     sde, y0 = setup()
     t = torch.tensor([0.0, 0.5, 1.0], dtype=DT)
-    ys, reg, stats = sde_local_regularization(
-        sde, y0, t, generator=torch.Generator().manual_seed(1), **kwargs
-    )
+    ys, reg, stats = local_regularization(sde, y0, t, generator=torch.Generator().manual_seed(1), **kwargs)
     assert ys.shape == (3, 16, 2)
     assert reg.dim() == 0 and float(reg.detach()) > 0
-    assert isinstance(stats, SDERegularizationStats)
+    assert isinstance(stats, RegularizationStats)
     assert stats.penalty == pytest.approx(stats.error_estimate * stats.dt_reg)
     assert 0.0 <= stats.t_reg < 1.0 and 0 < stats.dt_reg <= 1.0 - stats.t_reg + 1e-12
     assert stats.nfe_main == stats.nfe_main_drift + stats.nfe_main_diffusion > 0
@@ -90,7 +84,7 @@ def test_local_gradients_reach_drift_and_diffusion(kwargs):
 
 def test_scalar_noise_gradients():
     sde, y0 = setup(noise_type="scalar")
-    _, reg, _ = sde_local_regularization(sde, y0, [0.0, 1.0], generator=torch.Generator().manual_seed(0))
+    _, reg, _ = local_regularization(sde, y0, [0.0, 1.0], generator=torch.Generator().manual_seed(0))
     reg.backward()
     drift, diffusion = grads(sde)
     assert drift > 0 and diffusion > 0
@@ -101,7 +95,7 @@ def test_biased_solver_step_is_the_main_solve_step():
     the same Brownian path: its EEst is the one the solver accepted the step with."""
     sde, y0 = setup()
     bm = torchsde.BrownianInterval(0.0, 1.0, size=(16, 2), dtype=DT, entropy=4)
-    _, _, stats = sde_local_regularization(
+    _, _, stats = local_regularization(
         sde,
         y0,
         [0.0, 1.0],
@@ -121,7 +115,7 @@ def test_outputs_exclude_t_reg_and_follow_the_path():
     """ys at the requested times only, on the given Brownian path (close to the solve without t_reg)."""
     sde, y0 = setup()
     bm = torchsde.BrownianInterval(0.0, 1.0, size=(16, 2), dtype=DT, entropy=9)
-    ys, _, stats = sde_local_regularization(
+    ys, _, stats = local_regularization(
         sde, y0, [0.0, 0.5, 1.0], bm=bm, rtol=1e-3, atol=1e-3, generator=torch.Generator().manual_seed(3)
     )
     plain = sdeint(sde, y0, [0.0, 0.5, 1.0], bm=bm, rtol=1e-3, atol=1e-3).ys
@@ -133,8 +127,8 @@ def test_outputs_exclude_t_reg_and_follow_the_path():
 def test_global_regularization():
     sde, y0 = setup()
     bm = torchsde.BrownianInterval(0.0, 1.0, size=(16, 2), dtype=DT, entropy=5)
-    ys, reg_mean, stats = sde_global_regularization(sde, y0, [0.0, 1.0], bm=bm)
-    _, reg_sum, _ = sde_global_regularization(sde, y0, [0.0, 1.0], bm=bm, reduction="sum")
+    ys, reg_mean, stats = global_regularization(sde, y0, [0.0, 1.0], bm=bm)
+    _, reg_sum, _ = global_regularization(sde, y0, [0.0, 1.0], bm=bm, reduction="sum")
     assert reg_sum.item() == pytest.approx(reg_mean.item() * stats.n_accepted)
     assert stats.nfe_reg == 0 and stats.nfe_main == stats.solver_stats.nfe
     reg_mean.backward()
@@ -160,13 +154,9 @@ def test_minimizing_the_penalty_makes_the_sde_cheaper(which):
     for _ in range(20):
         optimizer.zero_grad()
         if which == "local":
-            _, reg, _ = sde_local_regularization(
-                sde, y0, [0.0, 1.0], rtol=rtol, atol=atol, generator=generator
-            )
+            _, reg, _ = local_regularization(sde, y0, [0.0, 1.0], rtol=rtol, atol=atol, generator=generator)
         else:
-            _, reg, _ = sde_global_regularization(
-                sde, y0, [0.0, 1.0], rtol=rtol, atol=atol, generator=generator
-            )
+            _, reg, _ = global_regularization(sde, y0, [0.0, 1.0], rtol=rtol, atol=atol, generator=generator)
         reg.backward()
         optimizer.step()
     assert nfe() < 0.8 * before
@@ -175,19 +165,19 @@ def test_minimizing_the_penalty_makes_the_sde_cheaper(which):
 def test_bad_arguments_name_the_argument():
     sde, y0 = setup()
     with pytest.raises(ValueError, match="sampling"):
-        sde_local_regularization(sde, y0, [0.0, 1.0], sampling="uniform")
+        local_regularization(sde, y0, [0.0, 1.0], sampling="uniform")
     with pytest.raises(ValueError, match="regularizer"):
-        sde_local_regularization(sde, y0, [0.0, 1.0], regularizer="stiffness")
+        local_regularization(sde, y0, [0.0, 1.0], regularizer="stiffness")
     with pytest.raises(ValueError, match="gradient"):
-        sde_local_regularization(sde, y0, [0.0, 1.0], gradient="adjoint")
+        local_regularization(sde, y0, [0.0, 1.0], gradient="adjoint")
     with pytest.raises(ValueError, match="backend"):
-        sde_local_regularization(sde, y0, [0.0, 1.0], backend="torchdiffeq")
+        local_regularization(sde, y0, [0.0, 1.0], backend="torchdiffeq")
     with pytest.raises(ValueError, match="biased"):
-        sde_local_regularization(sde, y0, [0.0, 1.0], sampling="biased", backend="torchsde")
+        local_regularization(sde, y0, [0.0, 1.0], sampling="biased", backend="torchsde")
     with pytest.raises(ValueError, match="gradient"):
-        sde_global_regularization(sde, y0, [0.0, 1.0], gradient="adjoint")
+        global_regularization(sde, y0, [0.0, 1.0], gradient="adjoint")
     with pytest.raises(ValueError, match="bm"):
-        sde_local_regularization(sde, y0, [0.0, 2.0], bm=torchsde.BrownianInterval(0.0, 1.0, size=(16, 2)))
+        local_regularization(sde, y0, [0.0, 2.0], bm=torchsde.BrownianInterval(0.0, 1.0, size=(16, 2)))
     assert is_sde(sde)
 
 
@@ -200,7 +190,10 @@ def test_front_door_accepts_an_sde_and_keeps_schedule_state():
     model = LocallyRegularized(
         sde, weight=ExponentialDecay(2.0, 1.0, 10), generator=torch.Generator().manual_seed(3)
     )
-    assert (model.rtol, model.atol) == (1e-2, 1e-2)  # the SDE solver's defaults, not the ODE ones
+    assert (model.problem.rtol, model.problem.atol) == (
+        1e-2,
+        1e-2,
+    )  # the SDE solver's defaults, not the ODE ones
     model.train()
     ys = model(y0, [0.0, 0.5, 1.0])
     assert ys.shape == (3, *y0.shape)
@@ -249,9 +242,12 @@ class AdditiveSDE(torch.nn.Module):
 def test_additive_noise_regularization():
     sde = AdditiveSDE().to(DT)
     y0 = torch.randn(8, 2, dtype=DT)
-    ys, reg, stats = sde_local_regularization(sde, y0, [0.0, 1.0], generator=torch.Generator().manual_seed(0))
+    ys, reg, stats = local_regularization(sde, y0, [0.0, 1.0], generator=torch.Generator().manual_seed(0))
     assert ys.shape == (2, 8, 2) and float(reg.detach()) > 0
-    # One g evaluation sizes the Brownian motion (m = 3); the step needs no shifted g.
-    assert stats.nfe_reg_diffusion == 2
+    # g at u(t_reg); the step needs no shifted g. The g evaluation that sizes the Brownian motion
+    # (m = 3) belongs to the main solve.
+    assert stats.nfe_reg_diffusion == 1
+    plain_ys = local_reg.Regularized(sde).eval()(y0, [0.0, 1.0])
+    assert plain_ys.shape == ys.shape
     reg.backward()
     assert sum(float(p.grad.abs().sum()) for p in sde.drift.parameters()) > 0

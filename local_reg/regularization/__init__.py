@@ -5,9 +5,13 @@
 - :class:`GloballyRegularized` / :func:`global_regularization`: every accepted step, differentiated
   through the solver [GR21] (Pal, Ma, Shah, Rackauckas, ICML 2021).
 - Weight schedules: :class:`ConstantWeight`, :class:`ExponentialDecay`.
+
+Both are configurations of one module, :class:`Regularized` (penalty :class:`LocalPenalty`,
+:class:`GlobalPenalty`, or none for the plain model), which also takes neural SDEs.
 """
 
-from ..solution import RegularizationStats
+from ._module import GlobalPenalty, LocalPenalty, Regularized
+from ._stats import RegularizationStats, SDERegularizationStats
 from .globalreg import GloballyRegularized, global_regularization
 from .local import LocallyRegularized, local_regularization
 from .schedules import ConstantWeight, ExponentialDecay, WeightSchedule
@@ -15,9 +19,13 @@ from .schedules import ConstantWeight, ExponentialDecay, WeightSchedule
 __all__ = [
     "ConstantWeight",
     "ExponentialDecay",
+    "GlobalPenalty",
     "GloballyRegularized",
+    "LocalPenalty",
     "LocallyRegularized",
+    "Regularized",
     "RegularizationStats",
+    "SDERegularizationStats",
     "WeightSchedule",
     "global_regularization",
     "local_regularization",

@@ -18,70 +18,37 @@ steps, so ``EEst`` here is the solver's own error estimate.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._penalty import finite_penalty
-from .._sampling import check_sampling, sample_output_time, split_output
-from .._step import StepResult, initial_step_size, time_tensor
-from .._step import step as rk_step
-from .._validate import check_choice, validate_state, validate_times
-from ..sde import is_sde, sde_local_regularization, sde_solve_plain
-from ..sde._sdeint import DEFAULT_ATOL as SDE_DEFAULT_ATOL
-from ..sde._sdeint import DEFAULT_RTOL as SDE_DEFAULT_RTOL
-from ..sde.backends import check_backend_gradient as check_sde_backend_gradient
-from ..sde.regularization import check_sde_regularizer
-from ..solution import RegularizationStats
-from ..tableaus import ButcherTableau, get_tableau
-from .backends import check_backend_gradient, solve_main
-from .schedules import WeightSchedule, as_schedule
-
-VectorField = Callable[[Tensor, Tensor], Tensor]
-
-REGULARIZERS = ("error", "stiffness")
-
-
-def check_regularizer_tableau(regularizer: str, tableau: ButcherTableau, argument: str) -> None:
-    """The tableau must carry what the penalty reads: an embedded pair, and for ``"stiffness"`` two
-    stages at ``c == 1`` and a stability size."""
-    if not tableau.adaptive:
-        raise ValueError(f"{argument}={tableau.name!r} has no embedded error estimate; use an adaptive pair")
-    if regularizer == "stiffness" and (tableau.stiffness_stages is None or tableau.stability_size is None):
-        raise ValueError(
-            f"regularizer='stiffness' needs a {argument} with a stiffness estimate (two stages at c == 1 "
-            f"and a stability size, e.g. 'tsit5' or 'dopri5'); {tableau.name!r} has none"
-        )
-
-
-def step_penalty_value(result: StepResult, dt: float, regularizer: str, tableau: ButcherTableau) -> Tensor:
-    """``EEst * |dt|`` (error) or ``rho / stability_size`` (stiffness) of one step."""
-    if regularizer == "error":
-        return result.error_estimate * abs(dt)
-    return result.stiffness_estimate / tableau.stability_size
+from ..tableaus import ButcherTableau
+from ._module import LocalPenalty, Regularized, make_problem
+from ._stats import RegularizationStats
+from .schedules import WeightSchedule
 
 
 def local_regularization(
-    func: VectorField,
+    func: Any,
     y0: Tensor,
     t: Tensor | Sequence[float],
     *,
     sampling: str = "random",
     regularizer: str = "error",
-    method: str | None = None,
-    reg_method: str | ButcherTableau = "tsit5",
-    rtol: float = 1e-6,
-    atol: float = 1e-8,
-    gradient: str = "direct",
+    method: str | ButcherTableau | None = None,
+    reg_method: str | ButcherTableau | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    gradient: object = "direct",
     adjoint_params: Iterable[Tensor] | None = None,
-    backend: str = "local_reg",
+    backend: str | None = None,
     step_size: str = "initial",
     detach_state: bool = True,
     generator: torch.Generator | None = None,
     options: dict[str, Any] | None = None,
+    bm: Any | None = None,
 ) -> tuple[Tensor, Tensor, RegularizationStats]:
     """Solve ``dy/dt = func(t, y)`` at ``t`` and compute the local regularization penalty [LR23].
 
@@ -97,12 +64,15 @@ def local_regularization(
         regularizer: ``"error"``: ``R = EEst * |dt|``; ``"stiffness"``: ``R = rho / stability_size``
             (not multiplied by ``dt``; [LR23] reports it "did not yield positive results").
         method: the main solver (default ``"tsit5"``; ``"dopri5"`` with torchdiffeq, which has no
-            Tsit5).
-        reg_method: the embedded pair of the regularization step (the public code hard-codes Tsit5).
+            Tsit5; ``"euler_maruyama"`` for an SDE).
+        reg_method: the embedded pair of the regularization step (default Tsit5, which the public
+            code hard-codes).
         rtol, atol: tolerances of the main solve and of the regularization step's ``EEst``.
-        gradient: the main solve's gradient method, passed to ``local_reg.odeint(gradient=...)``
-            (``"direct"``, ``"adjoint"``, ``"checkpoint"``, ``"symplectic"``); with torchdiffeq
-            ``"direct"`` is ``torchdiffeq.odeint`` and ``"adjoint"`` is ``torchdiffeq.odeint_adjoint``.
+        gradient: the main solve's gradient method, passed to ``local_reg.odeint(gradient=...)`` (an
+            object such as ``Symplectic(checkpoints=32)``, or ``"direct"``, ``"adjoint"``,
+            ``"checkpoint"``, ``"symplectic"``); with torchdiffeq ``"direct"`` is
+            ``torchdiffeq.odeint`` and ``"adjoint"`` is ``torchdiffeq.odeint_adjoint`` (a
+            ``BacksolveAdjoint``'s settings become its ``adjoint_*`` arguments).
         adjoint_params: parameters for the adjoint-type gradient methods (default: the backend's).
         backend: ``"local_reg"`` or ``"torchdiffeq"``. With torchdiffeq, ``u(t_reg)`` is its dense
             output at ``t_reg`` (adding an output time does not change its steps) and biased sampling
@@ -113,137 +83,38 @@ def local_regularization(
         detach_state: ``True`` (the paper): ``u(t_reg)`` and ``k1`` are constants. ``False``: the
             penalty's gradient also flows into ``u(t_reg)`` (and from there, through the main
             gradient method, into ``y0`` and the parameters); only with ``sampling="random"``.
-        generator: the ``torch.Generator`` (CPU) that draws ``t_reg``; the global one by default.
+        generator: the ``torch.Generator`` (CPU) that draws ``t_reg`` (and an SDE's Brownian seed);
+            the global one by default.
         options: extra keyword arguments of the main solve (``local_reg.odeint`` keywords, or
             torchdiffeq's ``options`` dict).
+        bm: an SDE's Brownian motion over ``[t[0], t[-1]]``, shared by the main solve and the step;
+            by default a new ``torchsde.BrownianInterval``.
+
+    ``func`` may be a torchsde-style SDE (``f``, ``g``, ``noise_type``; see :func:`local_reg.sdeint`):
+    the probe is then one Euler--Maruyama step with its embedded estimate on the main solve's
+    Brownian path, ``R = EEst * dt`` (``regularizer="error"`` only, ``reg_method`` ``None``), and
+    ``backend`` is ``"local_reg"`` or ``"torchsde"``.
 
     A penalty that is not finite (a diverging regularization step) is replaced by a zero that
     carries no gradient, and ``stats.penalty_finite`` is ``False``; a zero ``EEst`` has a zero
     gradient, never NaN.
     """
-    sampling, step_size = check_sampling(sampling, step_size, detach_state)
-    regularizer = check_choice("regularizer", regularizer, REGULARIZERS)
-    check_backend_gradient(backend, gradient)
-    tableau = get_tableau(reg_method)
-    check_regularizer_tableau(regularizer, tableau, "reg_method")
-    y0 = validate_state(y0)
-    times = validate_times(t)
-    if len(times) < 2:
-        raise ValueError(f"t must hold at least 2 times (t0 and t1) to sample t_reg, got {len(times)}")
-    t_dtype = t.dtype if isinstance(t, Tensor) else torch.float64
-    direction = 1.0 if times[-1] > times[0] else -1.0
-    t1 = times[-1]
-    common = dict(
-        backend=backend,
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        gradient=gradient,
-        adjoint_params=adjoint_params,
-        t_dtype=t_dtype,
-        options=options,
-    )
-
-    if sampling == "random":
-        solve_times, index, inserted = sample_output_time(times, t_dtype, generator)
-        t_reg = solve_times[index]
-        main = solve_main(
-            func, y0, solve_times, record_steps=step_size == "solver", record_states=False, **common
-        )
-        ys, state = split_output(main.ys, index, inserted)
-        solver_dt = main.step_containing(t_reg, direction) if step_size == "solver" else None
-    else:
-        main = solve_main(func, y0, times, record_steps=True, record_states=True, **common)
-        ys = main.ys
-        if not main.step_t:
-            # torchdiffeq's fixed-grid solvers never call callback_accept_step.
-            raise ValueError(
-                "sampling='biased' found no recorded accepted steps: with backend='torchdiffeq' it needs "
-                "an adaptive method (e.g. method='dopri5'), whose accepted steps torchdiffeq reports"
-            )
-        t_reg, state, solver_dt = main.sample_step(generator)
-
-    if detach_state:
-        state = state.detach()
-        with torch.no_grad():
-            k1 = func(time_tensor(t_reg, state), state)
-    else:
-        k1 = func(time_tensor(t_reg, state), state)
-    nfe_reg = 1
-    if step_size == "initial":
-        dt_abs, extra = initial_step_size(
-            func, t_reg, state.detach(), k1.detach(), tableau.order, rtol, atol, direction
-        )
-        nfe_reg += extra
-    else:
-        dt_abs = solver_dt
-    dt = direction * min(dt_abs, abs(t1 - t_reg))
-    result = rk_step(func, t_reg, state, dt, tableau, rtol=rtol, atol=atol, k1=k1)
-    nfe_reg += result.nfe
-
-    penalty, value, finite = finite_penalty(step_penalty_value(result, dt, regularizer, tableau), y0)
-    stats = main.regularization_stats(
-        RegularizationStats,
-        nfe_main=main.nfe,
-        nfe_reg=nfe_reg,
-        t_reg=t_reg,
-        dt_reg=dt,
-        state=state.detach(),
-        error_estimate=float(result.error_estimate.detach()),
-        stiffness_estimate=(
-            None if result.stiffness_estimate is None else float(result.stiffness_estimate.detach())
-        ),
-        penalty=value,
-        penalty_finite=finite,
-    )
-    return ys, penalty, stats
-
-
-def solve_plain(
-    func: VectorField,
-    y0: Tensor,
-    t: Tensor | Sequence[float],
-    *,
-    backend: str,
-    method: str | None,
-    rtol: float,
-    atol: float,
-    gradient: str,
-    adjoint_params: Iterable[Tensor] | None,
-    options: dict[str, Any] | None,
-) -> tuple[Tensor, RegularizationStats]:
-    """The unregularized solve (eval mode): no extra output time, no extra evaluation."""
-    check_backend_gradient(backend, gradient)
-    y0 = validate_state(y0)
-    times = validate_times(t)
-    t_dtype = t.dtype if isinstance(t, Tensor) else torch.float64
-    main = solve_main(
+    penalty = LocalPenalty(sampling, regularizer, reg_method, step_size, detach_state)
+    problem = make_problem(
         func,
-        y0,
-        times,
         backend=backend,
         method=method,
         rtol=rtol,
         atol=atol,
         gradient=gradient,
         adjoint_params=adjoint_params,
-        record_steps=False,
-        record_states=False,
-        t_dtype=t_dtype,
         options=options,
     )
-    stats = main.regularization_stats(RegularizationStats, nfe_main=main.nfe)
-    return main.ys, stats
+    penalty.check(problem)
+    return penalty(problem, y0, t, generator, bm)
 
 
-def default_tolerances(sde: bool, rtol: float | None, atol: float | None) -> tuple[float, float]:
-    """``None`` means the solver's default: 1e-6 / 1e-8 for ODEs, looser for Euler--Maruyama
-    (see :func:`local_reg.sdeint`), where ODE tolerances would cost orders of magnitude more steps."""
-    default_rtol, default_atol = (SDE_DEFAULT_RTOL, SDE_DEFAULT_ATOL) if sde else (1e-6, 1e-8)
-    return (default_rtol if rtol is None else rtol, default_atol if atol is None else atol)
-
-
-class LocallyRegularized(nn.Module):
+class LocallyRegularized(Regularized):
     """A neural ODE ``dy/dt = func(t, y)`` (or SDE) trained with local regularization [LR23].
 
     ``ys = model(y0, t)`` returns the solution at ``t``. In training mode it also sets
@@ -254,115 +125,45 @@ class LocallyRegularized(nn.Module):
 
     ``func`` may also be a torchsde-style SDE module (``f``, ``g``, ``noise_type``; see
     :func:`local_reg.sde.is_sde`): the solves are then :func:`local_reg.sdeint` (or torchsde with
-    ``backend="torchsde"``) and the penalty is one instrumented SDE step on the same Brownian path
-    (:func:`local_reg.sde.sde_local_regularization`); ``regularizer`` must be ``"error"``.
+    ``backend="torchsde"``) and the penalty is one instrumented SDE step on the same Brownian path;
+    ``regularizer`` must be ``"error"``.
 
     Args:
         weight: a non-negative float or a :class:`WeightSchedule` (e.g. ``ExponentialDecay(2.5, 1.0,
             N)`` as for MNIST in [LR23]); advance it with ``model.weight.step()`` once per iteration.
             Its state (and ``generator``'s) is part of ``model.state_dict()``.
-        (the others: as :func:`local_regularization`.)
+        (the others: as :func:`local_regularization`; everything is checked at construction.)
     """
-
-    reg_loss: Tensor
-    stats: RegularizationStats | None
 
     def __init__(
         self,
-        func: VectorField,
+        func: Any,
         *,
         sampling: str = "random",
         regularizer: str = "error",
         weight: float | WeightSchedule = 1.0,
-        method: str | None = None,
-        reg_method: str | ButcherTableau = "tsit5",
+        method: str | ButcherTableau | None = None,
+        reg_method: str | ButcherTableau | None = None,
         rtol: float | None = None,
         atol: float | None = None,
-        gradient: str = "direct",
+        gradient: object = "direct",
         adjoint_params: Iterable[Tensor] | None = None,
-        backend: str = "local_reg",
+        backend: str | None = None,
         step_size: str = "initial",
         detach_state: bool = True,
         generator: torch.Generator | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
-        # Validate everything now so a typo fails at construction, not at the first batch.
-        check_sampling(sampling, step_size, detach_state)
-        check_choice("regularizer", regularizer, REGULARIZERS)
-        self.is_sde = is_sde(func)
-        if self.is_sde:
-            check_sde_backend_gradient(backend, gradient)
-            check_sde_regularizer(regularizer)
-        else:
-            check_backend_gradient(backend, gradient)
-            check_regularizer_tableau(regularizer, get_tableau(reg_method), "reg_method")
-        rtol, atol = default_tolerances(self.is_sde, rtol, atol)
-        self.func = func
-        self.weight = as_schedule(weight)
-        self.sampling = sampling
-        self.regularizer = regularizer
-        self.method = method
-        self.reg_method = reg_method
-        self.rtol = rtol
-        self.atol = atol
-        self.gradient = gradient
-        self.adjoint_params = None if adjoint_params is None else tuple(adjoint_params)
-        self.backend = backend
-        self.step_size = step_size
-        self.detach_state = detach_state
-        self.generator = generator
-        self.options = options
-        self.reg_loss = torch.zeros(())
-        self.stats = None
-
-    def forward(self, y0: Tensor, t: Tensor | Sequence[float]) -> Tensor:
-        solver = dict(
-            method=self.method,
-            rtol=self.rtol,
-            atol=self.atol,
-            gradient=self.gradient,
-            adjoint_params=self.adjoint_params,
-            backend=self.backend,
-            options=self.options,
-        )
-        if self.is_sde:
-            # An SDE's plain solve draws its Brownian path from the generator too.
-            plain = functools.partial(sde_solve_plain, generator=self.generator)
-            regularized = sde_local_regularization
-        else:
-            plain, regularized = solve_plain, local_regularization
-        if not self.training:
-            ys, self.stats = plain(self.func, y0, t, **solver)
-            self.reg_loss = torch.zeros((), dtype=y0.dtype, device=y0.device)
-            return ys
-        ys, reg, self.stats = regularized(
-            self.func,
-            y0,
-            t,
-            sampling=self.sampling,
-            regularizer=self.regularizer,
-            reg_method=self.reg_method,
-            step_size=self.step_size,
-            detach_state=self.detach_state,
-            generator=self.generator,
-            **solver,
-        )
-        self.reg_loss = reg * self.weight()
-        return ys
-
-    def get_extra_state(self) -> dict[str, Any]:
-        # The schedule's iteration and the sampler's RNG state, so a resumed run continues both.
-        generator = None if self.generator is None else self.generator.get_state()
-        return {"weight": self.weight.state_dict(), "generator": generator}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.weight.load_state_dict(state["weight"])
-        if self.generator is not None and state.get("generator") is not None:
-            self.generator.set_state(state["generator"])
-
-    def extra_repr(self) -> str:
-        return (
-            f"sampling={self.sampling!r}, regularizer={self.regularizer!r}, weight={self.weight!r}, "
-            f"gradient={self.gradient!r}, backend={self.backend!r}, step_size={self.step_size!r}"
+        super().__init__(
+            func,
+            LocalPenalty(sampling, regularizer, reg_method, step_size, detach_state),
+            weight=weight,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            gradient=gradient,
+            adjoint_params=adjoint_params,
+            backend=backend,
+            generator=generator,
+            options=options,
         )

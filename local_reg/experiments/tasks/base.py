@@ -10,9 +10,8 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ...regularization import GloballyRegularized, LocallyRegularized
+from ...regularization import GloballyRegularized, LocallyRegularized, Regularized
 from ..methods import ODE_METHODS, Method, weight_schedule
-from ..models import ODEBlock
 
 Batch = Sequence[Tensor]
 """One minibatch: the tuple of tensors a ``DataLoader`` yields from the task's dataset."""
@@ -106,14 +105,14 @@ class Task(ABC):
 def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContext) -> nn.Module:
     """Wrap dynamics ``func(t, y)`` in the solver block of ``context.method``: ``ys = block(y0, t)``.
 
-    ``vanilla`` is a plain :class:`..models.ODEBlock`; ``local-*`` and ``global-*`` are
+    ``vanilla`` is a plain :class:`local_reg.Regularized` (no penalty); ``local-*`` and ``global-*`` are
     :class:`local_reg.regularization.LocallyRegularized` / ``GloballyRegularized`` with the weight
     ``settings["weights"][method]`` (see :func:`..methods.weight_schedule`).
     """
     method = context.method
     solver = {**settings["solver"], "gradient": context.gradient}
     if method.family == "vanilla":
-        return ODEBlock(func, **solver)
+        return Regularized(func, **solver)
     weight = weight_schedule(settings["weights"][method.name], context.total_iterations)
     if method.family == "local":
         return LocallyRegularized(

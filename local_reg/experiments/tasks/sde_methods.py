@@ -1,7 +1,7 @@
 """How the SDE tasks wrap a neural SDE for each training method.
 
-``vanilla`` is a plain :class:`local_reg.sde.SDEBlock`; ``local-random`` / ``local-biased`` wrap the
-SDE in :class:`local_reg.LocallyRegularized` [LR23] and ``global-error`` in
+``vanilla`` is a plain :class:`local_reg.Regularized` (no penalty); ``local-random`` /
+``local-biased`` wrap the SDE in :class:`local_reg.LocallyRegularized` [LR23] and ``global-error`` in
 :class:`local_reg.GloballyRegularized` [GR21]. With ``--gradient
 adjoint`` the main solve is ``torchsde.sdeint_adjoint`` (local and vanilla only: the global penalty
 is differentiated through the ``local_reg`` solver, and biased sampling needs its step record).
@@ -13,17 +13,14 @@ from typing import Any
 
 from torch import nn
 
-from ...regularization import GloballyRegularized, LocallyRegularized
-from ...sde import SDEBlock
+from ...regularization import GloballyRegularized, LocallyRegularized, Regularized
 from ..methods import weight_schedule
 from .base import ModelContext
 
 SDE_METHODS: tuple[str, ...] = ("vanilla", "local-random", "local-biased", "global-error")
 
 
-def sde_block(
-    sde: nn.Module, settings: dict[str, Any], context: ModelContext
-) -> SDEBlock | LocallyRegularized | GloballyRegularized:
+def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -> Regularized:
     """The solver block of ``context.method`` around ``sde``; ``settings["solver"]`` holds
     ``rtol`` and ``atol``, ``settings["weights"][method]`` the weight spec."""
     method = context.method
@@ -40,7 +37,7 @@ def sde_block(
     if backend == "torchsde":
         solver["options"] = {"dt": settings["solver"].get("dt0", 0.05)}
     if method.family == "vanilla":
-        return SDEBlock(sde, backend=backend, gradient=context.gradient, **solver)
+        return Regularized(sde, backend=backend, gradient=context.gradient, **solver)
     weight = weight_schedule(settings["weights"][method.name], context.total_iterations)
     if method.family == "global":
         if backend != "local_reg":

@@ -1,21 +1,16 @@
 """The record of a regularizer's main (unregularized) solve, whatever its backend, and what local
-regularization reads from it. The ODE backends (:mod:`local_reg.regularization.backends`) and the
-SDE backends (:mod:`local_reg.sde.backends`) fill it, each adding its own evaluation counts."""
+regularization reads from it. Every backend (:mod:`._ode_backends`, :mod:`._sde_backends`) fills it."""
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from .solution import RegularizationStats, Solution, Stats
-
-_Record = TypeVar("_Record", bound="MainSolve")
-_Stats = TypeVar("_Stats", bound=RegularizationStats)
+from ..solution import Solution, Stats
 
 
 @dataclass(kw_only=True)
@@ -24,40 +19,36 @@ class MainSolve:
 
     Attributes:
         ys: the solution at the solve's output times.
+        stats: its statistics (evaluations always; steps where the backend reports them).
         n_accepted: accepted steps, when known.
         step_t, step_dt: start time and signed step size of each accepted step, when recorded.
         step_states: the state at each step start, when recorded.
-        solver_stats: the ``local_reg`` solver's statistics, else ``None``.
         penalties: the per-step penalties of ``step_penalty`` (``local_reg`` backend), else ``None``.
         backward_counter: reads the evaluations of the backend's backward pass (``None`` while
-            unknown); ``None`` when the backend reports them in ``solver_stats``.
+            unknown); ``None`` when the backend reports them in ``stats.nfe_backward``.
     """
 
     ys: Tensor
+    stats: Stats
     n_accepted: int | None = None
     step_t: list[float] | None = None
     step_dt: list[float] | None = None
     step_states: Tensor | None = None
-    solver_stats: Stats | None = None
     penalties: Tensor | None = None
     backward_counter: Callable[[], int | None] | None = None
 
     @classmethod
-    def from_solution(
-        cls: type[_Record], solution: Solution, *, record_steps: bool = True, **counts: int
-    ) -> _Record:
-        """The record of a ``local_reg`` solve (:func:`local_reg.odeint` or :func:`local_reg.sdeint`);
-        ``counts`` are the subclass's evaluation counts."""
+    def from_solution(cls, solution: Solution, *, record_steps: bool = True) -> MainSolve:
+        """The record of a ``local_reg`` solve (:func:`local_reg.odeint` or :func:`local_reg.sdeint`)."""
         steps = solution.steps
         return cls(
             ys=solution.ys,
+            stats=solution.stats,
             n_accepted=solution.stats.n_accepted,
             step_t=steps.t.tolist() if record_steps else None,
             step_dt=steps.dt.tolist() if record_steps else None,
             step_states=steps.states,
-            solver_stats=solution.stats,
             penalties=solution.penalties,
-            **counts,
         )
 
     def step_containing(self, t_reg: float, direction: float) -> float:
@@ -71,13 +62,3 @@ class MainSolve:
         its start time, recorded start state and step size."""
         index = int(torch.randint(len(self.step_t), (), generator=generator))
         return self.step_t[index], self.step_states[index], abs(self.step_dt[index])
-
-    def regularization_stats(self, cls: type[_Stats], **fields: Any) -> _Stats:
-        """The ``cls`` (:class:`local_reg.RegularizationStats` or a subclass) of a pass around this
-        solve: ``fields``, and the solve's ``n_accepted``, ``solver_stats`` and ``backward_counter``."""
-        return cls(
-            n_accepted=self.n_accepted,
-            solver_stats=self.solver_stats,
-            backward_counter=self.backward_counter,
-            **fields,
-        )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._validate import check_choice
+from .._validate import check_choice
 
 SAMPLINGS = ("random", "biased")
 STEP_SIZES = ("initial", "solver")

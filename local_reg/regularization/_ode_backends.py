@@ -1,47 +1,57 @@
-"""The main (unregularized) solve, through ``local_reg.odeint`` or torchdiffeq.
+"""The main (unregularized) ODE solve of a regularizer, through ``local_reg.odeint`` or torchdiffeq.
 
-Both backends return the same record: the states at the output times, the forward NFE, and, when
-asked for, the accepted steps (start time, signed step size, start state) that biased sampling and
-``step_size="solver"`` need.
+Both backends return the same record (:class:`MainSolve`): the states at the output times, the
+forward statistics, and, when asked for, the accepted steps (start time, signed step size, start
+state) that biased sampling and ``step_size="solver"`` need.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._main_solve import MainSolve
 from .._odeint import odeint
 from .._validate import check_choice
-from ..gradients import GRADIENT_METHODS
+from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
+from ..solution import Stats
+from ._main_solve import MainSolve
 
 BACKENDS = ("local_reg", "torchdiffeq")
-TORCHDIFFEQ_GRADIENTS = ("direct", "adjoint")
 DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
 
 
-@dataclass(kw_only=True)
-class ODEMainSolve(MainSolve):
-    """:class:`MainSolve` of an ODE; ``nfe`` counts the forward solve's evaluations of ``func``."""
-
-    nfe: int
-
-
-def check_backend_gradient(backend: str, gradient: object) -> None:
+def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
+    """The gradient method (checked) of the main solve on ``backend``."""
     check_choice("backend", backend, BACKENDS)
-    if not isinstance(gradient, str):
-        raise ValueError(f"gradient must be a str, got {type(gradient).__name__}")
-    if backend == "torchdiffeq" and gradient not in TORCHDIFFEQ_GRADIENTS:
+    method = as_gradient_method(gradient)
+    if backend == "torchdiffeq" and not isinstance(method, (Direct, BacksolveAdjoint)):
         raise ValueError(
-            f"gradient={gradient!r} is not available with backend='torchdiffeq': it offers "
+            f"gradient={method.name!r} is not available with backend='torchdiffeq': it offers "
             "'direct' (torchdiffeq.odeint) and 'adjoint' (torchdiffeq.odeint_adjoint); use "
             "backend='local_reg' for 'checkpoint' and 'symplectic'"
         )
-    check_choice("gradient", gradient, GRADIENT_METHODS)
+    return method
+
+
+def _torchdiffeq_adjoint_options(method: BacksolveAdjoint) -> dict[str, Any]:
+    """``odeint_adjoint``'s keywords for the settings of ``method``."""
+    kwargs: dict[str, Any] = {}
+    if method.rtol is not None:
+        kwargs["adjoint_rtol"] = method.rtol
+    if method.atol is not None:
+        kwargs["adjoint_atol"] = method.atol
+    if method.tableau is not None:
+        kwargs["adjoint_method"] = method.tableau.name
+    options = {"norm": "seminorm"} if method.norm == "seminorm" else {}
+    for key in ("step_size", "first_step", "max_steps"):
+        if getattr(method, key) is not None:
+            options[{"max_steps": "max_num_steps"}.get(key, key)] = getattr(method, key)
+    if options:
+        kwargs["adjoint_options"] = options
+    return kwargs
 
 
 class _TorchdiffeqField(nn.Module):
@@ -82,14 +92,14 @@ def solve_main(
     method: str | None,
     rtol: float,
     atol: float,
-    gradient: str,
+    gradient: GradientMethod,
     adjoint_params: Iterable[Tensor] | None,
     record_steps: bool,
     record_states: bool,
     t_dtype: torch.dtype,
     options: dict[str, Any] | None,
     step_penalty: Callable | None = None,
-) -> ODEMainSolve:
+) -> MainSolve:
     """Solve at ``times`` and return the record (with ``penalties`` for ``step_penalty``)."""
     method = DEFAULT_METHOD[backend] if method is None else method
     options = dict(options or {})
@@ -107,14 +117,15 @@ def solve_main(
             adjoint_params=adjoint_params,
             **options,
         )
-        return ODEMainSolve.from_solution(solution, record_steps=record_steps, nfe=solution.stats.nfe)
+        return MainSolve.from_solution(solution, record_steps=record_steps)
 
     import torchdiffeq
 
     field = _TorchdiffeqField(func, record=record_steps)
     t_tensor = torch.tensor(times, dtype=t_dtype, device=y0.device)
-    if gradient == "adjoint":
-        kwargs: dict[str, Any] = {}
+    is_adjoint = isinstance(gradient, BacksolveAdjoint)
+    if is_adjoint:
+        kwargs = _torchdiffeq_adjoint_options(gradient)
         if adjoint_params is not None:
             kwargs["adjoint_params"] = tuple(adjoint_params)
         ys = torchdiffeq.odeint_adjoint(
@@ -126,11 +137,11 @@ def solve_main(
 
     def backward_counter() -> int | None:
         # Calls after the forward solve are the adjoint's backward solve; plain backprop makes none.
-        return field.calls - nfe if gradient == "adjoint" and field.calls > nfe else None
+        return field.calls - nfe if is_adjoint and field.calls > nfe else None
 
-    return ODEMainSolve(
+    return MainSolve(
         ys=ys,
-        nfe=nfe,
+        stats=Stats(nfe=nfe),
         n_accepted=len(field.step_t) if record_steps else None,
         step_t=field.step_t if record_steps else None,
         step_dt=field.step_dt if record_steps else None,

@@ -1,4 +1,4 @@
-"""The main SDE solve of the regularizers: ``local_reg.sdeint`` or torchsde.
+"""The main SDE solve of a regularizer: ``local_reg.sdeint`` or torchsde.
 
 torchsde (Li et al. 2020, "Scalable gradients for stochastic differential equations"; Kidger et
 al. 2021) offers ``sdeint`` and the stochastic adjoint ``sdeint_adjoint``. It is driven by the
@@ -10,38 +10,33 @@ need the ``local_reg`` backend.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._main_solve import MainSolve
 from .._validate import check_choice
-from ..solution import Stats as SDEStats
-from ._sdeint import SDEStepPenalty, sdeint
+from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
+from ..sde._sdeint import SDEStepPenalty, sdeint
+from ..solution import Stats
+from ._main_solve import MainSolve
 
 BACKENDS = ("local_reg", "torchsde")
 GRADIENTS = {"local_reg": ("direct",), "torchsde": ("direct", "adjoint")}
 DEFAULT_METHOD = {"local_reg": "euler_maruyama", "torchsde": "euler"}
 
 
-@dataclass(kw_only=True)
-class SDEMainSolve(MainSolve):
-    """:class:`MainSolve` of an SDE; ``nfe_drift`` and ``nfe_diffusion`` count the forward solve's
-    evaluations of ``f`` and ``g``."""
-
-    nfe_drift: int
-    nfe_diffusion: int
-
-
-def check_backend_gradient(backend: object, gradient: object) -> None:
+def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
+    """The gradient method (checked) of the main SDE solve on ``backend``."""
     check_choice("backend", backend, BACKENDS)
-    if gradient not in GRADIENTS[backend]:
+    method = as_gradient_method(gradient)
+    allowed = (Direct, BacksolveAdjoint) if backend == "torchsde" else (Direct,)
+    if not isinstance(method, allowed):
         raise ValueError(
-            f"gradient={gradient!r} is not available for SDEs with backend={backend!r}: expected one "
+            f"gradient={method.name!r} is not available for SDEs with backend={backend!r}: expected one "
             f"of {list(GRADIENTS[backend])} ('adjoint' is torchsde.sdeint_adjoint, backend='torchsde')"
         )
+    return method
 
 
 class CountingSDE(nn.Module):
@@ -76,12 +71,12 @@ def solve_main(
     method: str | None,
     rtol: float,
     atol: float,
-    gradient: str,
+    gradient: GradientMethod,
     bm: Any,
     record_states: bool = False,
     step_penalty: SDEStepPenalty | None = None,
     options: dict[str, Any] | None = None,
-) -> SDEMainSolve:
+) -> MainSolve:
     """Solve at ``times`` on the Brownian motion ``bm``; ``options`` are extra keywords of the
     backend's solver (``local_reg.sdeint``, or ``torchsde.sdeint``: e.g. ``dt``, ``adaptive``)."""
     method = DEFAULT_METHOD[backend] if method is None else method
@@ -99,11 +94,7 @@ def solve_main(
             step_penalty=step_penalty,
             **options,
         )
-        stats = solution.stats
-        assert isinstance(stats, SDEStats)
-        return SDEMainSolve.from_solution(
-            solution, nfe_drift=stats.nfe_drift, nfe_diffusion=stats.nfe_diffusion
-        )
+        return MainSolve.from_solution(solution)
 
     import torchsde
 
@@ -112,12 +103,14 @@ def solve_main(
     # torchsde's adaptive mode estimates the error by step doubling; its dt is the first step.
     options.setdefault("adaptive", True)
     options.setdefault("dt", (times[-1] - times[0]) / 20)
-    solve = torchsde.sdeint_adjoint if gradient == "adjoint" else torchsde.sdeint
+    is_adjoint = isinstance(gradient, BacksolveAdjoint)
+    solve = torchsde.sdeint_adjoint if is_adjoint else torchsde.sdeint
     ys = solve(counting, y0, ts, bm=bm, method=method, rtol=rtol, atol=atol, **options)
     drift, diffusion = counting.drift_calls, counting.diffusion_calls
 
     def backward_counter() -> int | None:
         extra = counting.drift_calls + counting.diffusion_calls - drift - diffusion
-        return extra if gradient == "adjoint" and extra > 0 else None
+        return extra if is_adjoint and extra > 0 else None
 
-    return SDEMainSolve(ys=ys, nfe_drift=drift, nfe_diffusion=diffusion, backward_counter=backward_counter)
+    stats = Stats(nfe=drift + diffusion, nfe_diffusion=diffusion)
+    return MainSolve(ys=ys, stats=stats, backward_counter=backward_counter)

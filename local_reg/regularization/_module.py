@@ -1,0 +1,328 @@
+"""One regularized module for every penalty and every kind of problem.
+
+:class:`Regularized` holds the body all regularized models share: it chooses the problem kind once
+(:class:`._problems.ODEProblem` or :class:`._problems.SDEProblem`), solves, and in training mode
+adds ``weight * R`` as ``reg_loss``, ``R`` from its penalty strategy: :class:`LocalPenalty`
+[LR23] or :class:`GlobalPenalty` [GR21]. Without a penalty it is the plain (vanilla) model.
+:class:`local_reg.LocallyRegularized` and :class:`local_reg.GloballyRegularized` are thin
+configurations of it.
+
+[LR23] Pal, Edelman, Rackauckas, ICML 2023. [GR21] Pal, Ma, Shah, Rackauckas, ICML 2021.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._validate import check_choice
+from ..sde.problem import is_sde
+from ..tableaus import ButcherTableau, get_tableau
+from ._penalty import finite_penalty
+from ._problems import REGULARIZERS, ODEProblem, SDEProblem, check_regularizer_tableau, step_penalty_value
+from ._sampling import check_sampling, sample_output_time, split_output
+from ._stats import RegularizationStats
+from .schedules import WeightSchedule, as_schedule
+
+Problem = ODEProblem | SDEProblem
+
+
+def make_problem(
+    func: Any,
+    *,
+    backend: str | None = None,
+    method: str | ButcherTableau | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    gradient: object = "direct",
+    adjoint_params: Iterable[Tensor] | None = None,
+    options: dict[str, Any] | None = None,
+) -> Problem:
+    """The problem ``func`` poses: an SDE if it looks like a torchsde module (``f``, ``g``,
+    ``noise_type``), else an ODE. ``None`` tolerances are the solver's defaults: 1e-6 / 1e-8 for
+    ODEs, looser for Euler--Maruyama (see :func:`local_reg.sdeint`), where ODE tolerances would cost
+    orders of magnitude more steps. Every setting is checked here, once."""
+    kind = SDEProblem if is_sde(func) else ODEProblem
+    default_rtol, default_atol = kind.default_tolerances
+    return kind(
+        func,
+        backend="local_reg" if backend is None else backend,
+        method=method,
+        rtol=default_rtol if rtol is None else rtol,
+        atol=default_atol if atol is None else atol,
+        gradient=gradient,
+        adjoint_params=None if adjoint_params is None else tuple(adjoint_params),
+        options=options,
+    )
+
+
+def plain_solve(
+    problem: Problem, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
+) -> tuple[Tensor, RegularizationStats]:
+    """The unregularized solve (vanilla training, and every solve in eval mode): no extra output
+    time, no extra evaluation."""
+    times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
+    main = problem.solve(y0, times, t_dtype, context)
+    main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
+    return main.ys, RegularizationStats(
+        main=main.stats, n_accepted=main.n_accepted, backward_counter=main.backward_counter
+    )
+
+
+@dataclass(frozen=True)
+class LocalPenalty:
+    """Local regularization [LR23]: one probe step at a sampled ``t_reg``, its ``EEst * |dt|``
+    (``regularizer="error"``) or ``rho / stability_size`` (``"stiffness"``).
+
+    Attributes:
+        sampling: ``"random"``: ``t_reg ~ U[t0, t1)``, added to the main solve's output times;
+            ``"biased"``: uniform over the start times of the main solve's accepted steps.
+        regularizer: ``"error"`` or ``"stiffness"`` (ODEs only).
+        reg_method: the probe's embedded pair (ODEs; default Tsit5, as the paper's code).
+        step_size: ``"initial"`` (the paper): the initial-step heuristic at ``u(t_reg)``;
+            ``"solver"``: the main solve's accepted step that contains ``t_reg``.
+        detach_state: ``True`` (the paper): ``u(t_reg)`` and ``f`` there are constants.
+    """
+
+    sampling: str = "random"
+    regularizer: str = "error"
+    reg_method: str | ButcherTableau | None = None
+    step_size: str = "initial"
+    detach_state: bool = True
+
+    def __post_init__(self) -> None:
+        check_sampling(self.sampling, self.step_size, self.detach_state)
+        check_choice("regularizer", self.regularizer, REGULARIZERS)
+
+    def check(self, problem: Problem) -> None:
+        problem.check_regularizer(self.regularizer, self.reg_method)
+        needs_steps = self.sampling == "biased" or self.step_size == "solver"
+        if needs_steps and getattr(problem, "backend", None) == "torchsde":
+            raise ValueError(
+                "sampling='biased' and step_size='solver' need the accepted steps, which torchsde does "
+                "not report: use backend='local_reg'"
+            )
+
+    def __call__(
+        self, problem: Problem, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
+    ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        tableau = problem.check_regularizer(self.regularizer, self.reg_method)
+        times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
+        if len(times) < 2:
+            raise ValueError(f"t must hold at least 2 times (t0 and t1) to sample t_reg, got {len(times)}")
+        direction = 1.0 if times[-1] > times[0] else -1.0
+        if self.sampling == "random":
+            solve_times, index, inserted = sample_output_time(times, t_dtype, generator)
+            t_reg = solve_times[index]
+            main = problem.solve(y0, solve_times, t_dtype, context, record_steps=self.step_size == "solver")
+            ys, state = split_output(main.ys, index, inserted)
+            solver_dt = main.step_containing(t_reg, direction) if self.step_size == "solver" else None
+        else:
+            main = problem.solve(y0, times, t_dtype, context, record_steps=True, record_states=True)
+            ys = main.ys
+            if not main.step_t:
+                # torchdiffeq's fixed-grid solvers never call callback_accept_step.
+                raise ValueError(
+                    "sampling='biased' found no recorded accepted steps: with backend='torchdiffeq' it "
+                    "needs an adaptive method (e.g. method='dopri5'), whose accepted steps torchdiffeq "
+                    "reports"
+                )
+            t_reg, state, solver_dt = main.sample_step(generator)
+        main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
+        if self.detach_state:
+            state = state.detach()
+        probe_dt = solver_dt if self.step_size == "solver" else None
+        result, dt, probe = problem.probe(
+            context, tableau, t_reg, state, probe_dt, times[-1], direction, self.detach_state
+        )
+        penalty = step_penalty_value(result, dt, self.regularizer, tableau)
+        penalty, value, finite = finite_penalty(penalty, y0)
+        stiffness = getattr(result, "stiffness_estimate", None)
+        stats = RegularizationStats(
+            main=main.stats,
+            probe=probe,
+            t_reg=t_reg,
+            dt_reg=dt,
+            state=state.detach(),
+            error_estimate=float(result.error_estimate.detach()),
+            stiffness_estimate=None if stiffness is None else float(stiffness.detach()),
+            penalty=value,
+            penalty_finite=finite,
+            n_accepted=main.n_accepted,
+            backward_counter=main.backward_counter,
+        )
+        return ys, penalty, stats
+
+
+REDUCTIONS = ("mean", "sum", "max")
+DEFAULT_REDUCTION = {"error": "mean", "stiffness": "max"}
+GLOBAL_GRADIENTS = {ODEProblem: ("direct", "checkpoint"), SDEProblem: ("direct",)}
+
+
+@dataclass(frozen=True)
+class GlobalPenalty:
+    """Global regularization [GR21]: per accepted step ``j`` of the main solve ``EEst_j * |dt_j|``
+    (error) or ``S_Est_j = rho_j / stability_size`` (stiffness), reduced by ``reduction``:
+    ``"mean"`` (default for error, the public code), ``"sum"`` (the paper's ``R_E``); ``"max"`` of
+    ``S_Est_j`` (default for stiffness, the public code), ``"sum"`` / ``"mean"`` of
+    ``S_Est_j * |dt_j|`` (the paper's ``R_S``). Differentiated through the whole solve, so the
+    gradient method must keep a per-step graph."""
+
+    regularizer: str = "error"
+    reduction: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("regularizer", self.regularizer, REGULARIZERS)
+        if self.reduction is not None:
+            check_choice("reduction", self.reduction, REDUCTIONS)
+
+    def check(self, problem: Problem) -> None:
+        allowed = GLOBAL_GRADIENTS[type(problem)]
+        if problem.gradient.name not in allowed:
+            raise ValueError(
+                f"global regularization differentiates through every accepted step of the solver, so "
+                f"it needs a gradient method that keeps a per-step graph: gradient must be one of "
+                f"{list(allowed)}, got {problem.gradient.name!r} (local regularization, "
+                "LocallyRegularized, works with every gradient method)"
+            )
+        if problem.backend != "local_reg":
+            raise ValueError(
+                f"global regularization needs the local_reg solver's per-step records, not "
+                f"backend={problem.backend!r}"
+            )
+        if isinstance(problem, SDEProblem):
+            problem.check_regularizer(self.regularizer, None)
+            if self.reduction == "max":
+                raise ValueError("reduction='max' is not available for SDEs; use 'mean' or 'sum'")
+        else:
+            tableau = get_tableau("tsit5" if problem.method is None else problem.method)
+            check_regularizer_tableau(self.regularizer, tableau, "method")
+
+    def __call__(
+        self, problem: Problem, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
+    ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
+        if len(times) < 2:
+            raise ValueError(f"t must hold at least 2 times, got {len(times)}")
+        reduction = DEFAULT_REDUCTION[self.regularizer] if self.reduction is None else self.reduction
+        tableau = None if isinstance(problem, SDEProblem) else get_tableau(problem.method or "tsit5")
+
+        def per_step(result: Any, dt: float) -> Tensor:
+            value = step_penalty_value(result, dt, self.regularizer, tableau)
+            return value if self.regularizer == "error" or reduction == "max" else value * abs(dt)
+
+        main = problem.solve(y0, times, t_dtype, context, step_penalty=per_step)
+        main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
+        penalties = main.penalties
+        reduced = {"mean": penalties.mean, "sum": penalties.sum, "max": penalties.max}[reduction]()
+        reg, value, finite = finite_penalty(reduced, y0)
+        stats = RegularizationStats(
+            main=main.stats,
+            penalty=value,
+            penalty_finite=finite,
+            n_accepted=main.n_accepted,
+            backward_counter=main.backward_counter,
+        )
+        return main.ys, reg, stats
+
+
+Penalty = Callable[..., tuple[Tensor, Tensor, RegularizationStats]]
+
+
+class Regularized(nn.Module):
+    """A neural ODE ``dy/dt = func(t, y)`` or SDE ``dy = f dt + g dW`` as a module, trained with a
+    penalty on the solver's own heuristics (or none).
+
+    ``ys = model(y0, t)`` returns the solution at ``t``. In training mode with a ``penalty`` it also
+    sets ``model.reg_loss = w * R`` (add it to the task loss); otherwise ``ys`` is exactly the
+    unregularized solution, with no extra cost, and ``reg_loss`` is a 0-dim zero. ``model.stats``
+    (:class:`RegularizationStats`) describes the last call.
+
+    Args:
+        func: the vector field ``func(t, y)`` (an ``nn.Module`` or a function), or a torchsde-style
+            SDE module (``f``, ``g``, ``noise_type``), solved by :func:`local_reg.sdeint` or torchsde.
+        penalty: :class:`LocalPenalty`, :class:`GlobalPenalty` or ``None`` (the plain model).
+        weight: a non-negative float or a :class:`WeightSchedule`; advance it with
+            ``model.weight.step()`` once per iteration. Its state (and ``generator``'s) is part of
+            ``model.state_dict()``.
+        method, rtol, atol, gradient, adjoint_params, backend, options: the main solve
+            (``local_reg.odeint``/``sdeint`` keywords; ``backend`` ``"local_reg"``, ``"torchdiffeq"``
+            or ``"torchsde"``; ``options`` extra keywords of the backend's solver). ``None``
+            tolerances are the solver's defaults.
+        generator: draws ``t_reg`` and an SDE's Brownian seeds (torch's global generator by default).
+    """
+
+    reg_loss: Tensor
+    stats: RegularizationStats | None
+
+    def __init__(
+        self,
+        func: Any,
+        penalty: LocalPenalty | GlobalPenalty | None = None,
+        *,
+        weight: float | WeightSchedule = 1.0,
+        method: str | ButcherTableau | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        gradient: object = "direct",
+        adjoint_params: Iterable[Tensor] | None = None,
+        backend: str | None = None,
+        generator: torch.Generator | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        # Everything is checked now, so a typo fails at construction, not at the first batch.
+        self.problem = make_problem(
+            func,
+            backend=backend,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            gradient=gradient,
+            adjoint_params=adjoint_params,
+            options=options,
+        )
+        if penalty is not None:
+            penalty.check(self.problem)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.func = func
+        self.penalty = penalty
+        self.weight = as_schedule(weight)
+        self.generator = generator
+        self.reg_loss = torch.zeros(())
+        self.stats = None
+
+    @property
+    def is_sde(self) -> bool:
+        return isinstance(self.problem, SDEProblem)
+
+    def forward(self, y0: Tensor, t: Tensor | Sequence[float]) -> Tensor:
+        if self.penalty is None or not self.training:
+            ys, self.stats = plain_solve(self.problem, y0, t, self.generator)
+            self.reg_loss = torch.zeros((), dtype=ys.dtype, device=ys.device)
+            return ys
+        ys, reg, self.stats = self.penalty(self.problem, y0, t, self.generator)
+        self.reg_loss = reg * self.weight()
+        return ys
+
+    def get_extra_state(self) -> dict[str, Any]:
+        # The schedule's iteration and the sampler's RNG state, so a resumed run continues both.
+        generator = None if self.generator is None else self.generator.get_state()
+        return {"weight": self.weight.state_dict(), "generator": generator}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.weight.load_state_dict(state["weight"])
+        if self.generator is not None and state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
+
+    def extra_repr(self) -> str:
+        problem = self.problem
+        return (
+            f"penalty={self.penalty!r}, weight={self.weight!r}, gradient={problem.gradient!r}, "
+            f"backend={problem.backend!r}"
+        )
