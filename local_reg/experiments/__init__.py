@@ -1,4 +1,4 @@
-"""Experiments of issue 5: train neural ODEs with and without (local or global) regularization, record
+"""Experiments: train neural ODEs with and without (local or global) regularization, record
 the results as JSON lines and report them side by side (``local-reg experiment``, ``local-reg report``).
 
 - :mod:`.tasks`: the task interface and registry (one module per task).

@@ -50,7 +50,7 @@ METHODS: dict[str, Method] = {
 ODE_METHODS: tuple[str, ...] = tuple(METHODS)
 
 
-# The reference's regularization coefficients ([LR23] §2, [GR21] §3 of the method notes); a task
+# The published regularization coefficients ([LR23] Sec. 5, [GR21] Sec. 5); a task
 # copies them into its settings so each run records the weights it used.
 MNIST_WEIGHTS: dict[str, WeightSpec] = {
     "local-random": {"start": 2.5, "end": 1.0},
