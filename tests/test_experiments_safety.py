@@ -296,12 +296,17 @@ def test_a_run_recorded_between_the_check_and_the_claim_is_not_trained_again(tmp
     results.append(fake_record("digits", "vanilla", 0, run_id=spec.run_id))
     before = results.path.read_bytes()
     real = ResultsFile.finished
-    answers = iter([set()])  # the first check misses it: another sweep recorded it just after
-    monkeypatch.setattr(ResultsFile, "finished", lambda self: next(answers, None) or real(self))
+    calls = []
+
+    def finished_just_after_the_first_check(self):
+        calls.append(1)
+        return set() if len(calls) == 1 else real(self)
+
+    monkeypatch.setattr(ResultsFile, "finished", finished_just_after_the_first_check)
     no_training(monkeypatch)
     assert runner.sweep("digits", ["vanilla"], [0], tmp_path, size="tiny", progress=False) == []
     assert results.path.read_bytes() == before
-    assert "already in" in capsys.readouterr().err
+    assert len(calls) == 2 and "already in" in capsys.readouterr().err
 
 
 def test_ctrl_c_exits_130_with_one_line_and_the_command_that_resumes(tmp_path, monkeypatch):
