@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import pytest
 
@@ -65,18 +64,6 @@ def test_resume_skips_finished_runs(tmp_path, monkeypatch, capsys):
     assert "skip digits-vanilla-seed0-" in capsys.readouterr().err
 
 
-def test_a_run_claimed_by_a_live_process_is_skipped(tmp_path, capsys):
-    spec = runner.RunSpec("digits", "vanilla", 0, "tiny")
-    lock = tmp_path / "checkpoints" / f"{spec.run_id}.lock"
-    lock.parent.mkdir()
-    lock.write_text(str(os.getppid()))  # alive: pytest's parent
-    assert runner.sweep("digits", ["vanilla"], [0], tmp_path, size="tiny", progress=False) == []
-    assert "being trained by another process" in capsys.readouterr().err
-    lock.write_text("999999999")  # no such process: a stale lock is taken over
-    assert len(runner.sweep("digits", ["vanilla"], [0], tmp_path, size="tiny", progress=False)) == 1
-    assert not lock.exists()
-
-
 def test_interrupted_run_continues_from_its_checkpoint(tmp_path, monkeypatch):
     task_type = type(REGISTRY["digits"])
     original = task_type.training_loss
@@ -89,8 +76,7 @@ def test_interrupted_run_continues_from_its_checkpoint(tmp_path, monkeypatch):
         return original(self, model, batch)
 
     monkeypatch.setattr(task_type, "training_loss", interrupted_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, "digits", "--methods", "local-random", "--set", "epochs=2")
+    assert run(tmp_path, "digits", "--methods", "local-random", "--set", "epochs=2") == 130
     checkpoints = list((tmp_path / "checkpoints").glob("*.pt"))
     assert len(checkpoints) == 1 and not (tmp_path / "results.jsonl").exists()
 

@@ -4,17 +4,20 @@
                               [--gradient G] [--set KEY=VALUE ...] [--threads N] [--no-progress]
     local-reg report [--out DIR] [--task TASK]
 
-Exit codes: 0 success, 2 bad input (unknown task, method or setting, an output folder that cannot be
-written, a corrupt results file), with the reason on stderr.
+Exit codes: 0 success; 2 bad input (unknown task, method or setting, a setting's value its task does
+not allow, an output folder that cannot be written, a corrupt results file, nothing to report), with
+the reason in one line on stderr; 130 interrupted (Ctrl-C), with the command that resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import tempfile
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +25,14 @@ import torch
 
 from . import distributed
 from .methods import METHODS
-from .report import TIMINGS, group_records, markdown_table, write_report
-from .results import ResultsError, ResultsFile
-from .runner import GRADIENTS, SIZES, RunSpec, sweep
+from .report import TIMINGS, group_records, markdown_table, report_name, write_report
+from .results import ResultsError, ResultsFile, ResultsWarning
+from .runner import GRADIENTS, SIZES, Interrupted, RunSpec, sweep
+from .settings import SettingsError
 from .tasks import REGISTRY, ModelContext
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 class BadInput(Exception):
@@ -73,7 +78,11 @@ def _parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="write report.md and the plots of a results folder")
     report.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
-    report.add_argument("--task", choices=sorted(REGISTRY), help="only this task")
+    report.add_argument(
+        "--task",
+        choices=sorted(REGISTRY),
+        help="only this task, into report-TASK.md (report.md is left as it is)",
+    )
     report.add_argument(
         "--timing", choices=TIMINGS, default="cpu", help="times as process CPU time (default) or wall time"
     )
@@ -120,7 +129,7 @@ def _experiment(args: argparse.Namespace) -> int:
     spec = RunSpec(args.task, methods[0], 0, size, args.gradient, overrides)
     try:
         settings = spec.settings()
-    except (KeyError, TypeError) as error:
+    except SettingsError as error:
         raise BadInput(f"bad --set: {error}") from None
     for method in methods:
         # Building each model once up front lets the library reject a combination it does not
@@ -146,7 +155,10 @@ def _experiment(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         if distributed.is_main():
-            records = results.load()
+            records = results.load(warn=False)  # repeats were reported before the sweep
+            if not records:  # every run is being trained elsewhere: nothing to report yet
+                print(f"no finished runs in {results.path} yet", file=sys.stderr)
+                return 0
             write_report(args.out, records)
             for group in group_records(records, args.task):
                 if group.config_id == spec.config_id:
@@ -161,22 +173,64 @@ def _report(args: argparse.Namespace) -> int:
     results = ResultsFile(args.out)
     if not results.path.exists():
         raise BadInput(f"no results file {str(results.path)!r}")
+    records = results.load()
+    if not group_records(records, args.task):
+        tasks = sorted({r["task"] for r in records})
+        raise BadInput(
+            f"no {args.task + ' ' if args.task else ''}runs in {str(results.path)!r} "
+            f"(tasks there: {', '.join(tasks) or 'none'}); {report_name(args.task)} left unchanged"
+        )
     _writable_folder(args.out)
-    print(write_report(args.out, results.load(), args.task, args.timing))
+    print(write_report(args.out, records, args.task, args.timing))
     return 0
 
 
+def _interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """One line: what was saved, and the command that carries on from there."""
+    command = shlex.join(["local-reg", *argv])
+    if args.command != "experiment":
+        return f"local-reg: interrupted; rerun with: {command}"
+    results = args.out / "results.jsonl"
+    if isinstance(interrupt, Interrupted):
+        if interrupt.checkpoint is not None:
+            saved = f"run {interrupt.run_id} is saved at epoch {interrupt.epoch} of {interrupt.epochs} "
+            saved += f"({interrupt.checkpoint})"
+        else:
+            saved = f"run {interrupt.run_id} had not finished an epoch and restarts"
+        return f"local-reg: interrupted: {saved}, finished runs are in {results}; resume with: {command}"
+    return f"local-reg: interrupted: finished runs are in {results}; resume with: {command}"
+
+
+def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` that prints a :class:`ResultsWarning` as one line, others as ``show`` does."""
+
+    def showwarning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, ResultsWarning):
+            print(f"local-reg: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for bad input)."""
+    """Run the command line; returns the exit code (2 for bad input, 130 when interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exit_:  # argparse has already printed the reason
         return int(exit_.code or 0)
-    try:
-        return _experiment(args) if args.command == "experiment" else _report(args)
-    except (BadInput, ResultsError) as error:
-        print(f"local-reg: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ResultsWarning)
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        try:
+            return _experiment(args) if args.command == "experiment" else _report(args)
+        except (BadInput, ResultsError) as error:
+            print(f"local-reg: error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt as interrupt:
+            print(_interrupted(interrupt, args, argv), file=sys.stderr)
+            return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -23,6 +23,13 @@ from .methods import METHODS, weight_text  # noqa: E402
 from .results import atomic_write_bytes  # noqa: E402
 
 REPORT_NAME = "report.md"
+
+
+def report_name(task: str | None = None) -> str:
+    """``report.md`` for every task; ``report-<task>.md`` for one, so that it never replaces the whole."""
+    return REPORT_NAME if task is None else f"report-{task}.md"
+
+
 _PERCENT_METRICS = {"accuracy"}
 _TIME_FIELDS = {"cpu": ("train_cpu_time", "predict_cpu_time"), "wall": ("train_time", "predict_time")}
 TIMINGS = tuple(_TIME_FIELDS)
@@ -114,8 +121,10 @@ def _ratio(group: Group, label: str, path: str) -> str:
     baseline = group.runs("vanilla")
     if not baseline:
         return "–"
-    mine = statistics.fmean(_get(r, path) for r in group.runs(label))
-    return f"{mine / statistics.fmean(_get(r, path) for r in baseline):.3f}"
+    reference = statistics.fmean(_get(r, path) for r in baseline)
+    if reference == 0:  # e.g. a run recorded without training: no ratio rather than a crash
+        return "–"
+    return f"{statistics.fmean(_get(r, path) for r in group.runs(label)) / reference:.3f}"
 
 
 def markdown_table(group: Group, timing: str = "cpu") -> str:
@@ -196,7 +205,8 @@ def plot_metric_vs_nfe(group: Group, path: Path) -> None:
 def write_report(
     out_dir: str | Path, records: Sequence[dict[str, Any]], task: str | None = None, timing: str = "cpu"
 ) -> str:
-    """Write ``report.md`` and the PNGs of every group into ``out_dir``; return the Markdown."""
+    """Write :func:`report_name` (``report.md``, or ``report-<task>.md`` for one task) and the PNGs of
+    every group into ``out_dir``; return the Markdown."""
     out_dir = Path(out_dir)
     sections = [
         "# Results\n",
@@ -215,5 +225,5 @@ def write_report(
             f"![NFE over training]({nfe_png}) ![test {group.metric} vs NFE]({metric_png})\n",
         ]
     text = "\n".join(sections)
-    atomic_write_bytes(out_dir / REPORT_NAME, text.encode("utf-8"))
+    atomic_write_bytes(out_dir / report_name(task), text.encode("utf-8"))
     return text

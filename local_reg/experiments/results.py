@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,12 @@ REQUIRED_FIELDS = ("run_id", "task", "method", "seed", "config_id", "test", "tes
 
 
 class ResultsError(Exception):
-    """The results file cannot be read (corrupt) or a record would overwrite a finished run."""
+    """The results file cannot be read (corrupt, not a file) or a record would overwrite a finished run."""
+
+
+class ResultsWarning(UserWarning):
+    """Something in the results folder was repaired on the fly: a run recorded twice (counted once), an
+    unreadable checkpoint (moved aside)."""
 
 
 class ResultsFile:
@@ -30,31 +36,58 @@ class ResultsFile:
         self.path = Path(out_dir) / RESULTS_NAME
         self._lock_path = Path(out_dir) / f".{RESULTS_NAME}.lock"
 
-    def load(self) -> list[dict[str, Any]]:
-        """Every record; raises :class:`ResultsError` naming the first bad line."""
+    def load(self, *, warn: bool = True) -> list[dict[str, Any]]:
+        """Every record, each ``run_id`` once; raises :class:`ResultsError` naming the first bad line.
+
+        A ``run_id`` on several lines (e.g. the file concatenated with itself) is one run: the first line
+        is kept, so that seeds are never counted twice, and a :class:`ResultsWarning` names the repeats
+        (when ``warn``). The file itself is left as it is.
+        """
         if not self.path.exists():
             return []
-        records = []
-        with self.path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ResultsError(f"{self.path}:{number}: not valid JSON ({error.msg})") from None
-                missing = (
-                    [k for k in REQUIRED_FIELDS if k not in record]
-                    if isinstance(record, dict)
-                    else list(REQUIRED_FIELDS)
-                )
-                if missing:
-                    raise ResultsError(f"{self.path}:{number}: not a run record (missing {missing})")
-                records.append(record)
-        return records
+        if not self.path.is_file():
+            raise ResultsError(f"{self.path} is not a file: move it away, or choose another --out")
+        records: dict[str, dict[str, Any]] = {}
+        repeats: list[int] = []
+        try:
+            with self.path.open(encoding="utf-8") as f:
+                for number, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    record = self._parse(line, number)
+                    if record["run_id"] in records:
+                        repeats.append(number)
+                    else:
+                        records[record["run_id"]] = record
+        except UnicodeDecodeError as error:
+            raise ResultsError(f"{self.path}: not UTF-8 text ({error.reason})") from None
+        except OSError as error:
+            raise ResultsError(f"{self.path}: cannot be read ({error.strerror or error})") from None
+        if repeats and warn:
+            shown = ", ".join(map(str, repeats[:10])) + (", ..." if len(repeats) > 10 else "")
+            warnings.warn(
+                f"{self.path}: {len(repeats)} line(s) repeat a run recorded earlier (lines {shown}); "
+                "each run is counted once, from its first line",
+                ResultsWarning,
+                stacklevel=2,
+            )
+        return list(records.values())
+
+    def _parse(self, line: str, number: int) -> dict[str, Any]:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ResultsError(f"{self.path}:{number}: not valid JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            record = {}
+        missing = [k for k in REQUIRED_FIELDS if k not in record]
+        if missing:
+            raise ResultsError(f"{self.path}:{number}: not a run record (missing {missing})")
+        return record
 
     def finished(self) -> set[str]:
-        return {record["run_id"] for record in self.load()}
+        """The ``run_id`` s recorded (no warning about repeats: the sweep asks before every run)."""
+        return {record["run_id"] for record in self.load(warn=False)}
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

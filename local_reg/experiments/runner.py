@@ -4,6 +4,9 @@ A *run* is one (task, method, seed, size, gradient, settings) combination; its `
 hash of the resolved settings, so a run with other settings is a new run and never replaces a
 recorded one. A sweep skips every run already in ``results.jsonl``; a run interrupted mid-way
 continues from its last checkpoint (``checkpoints/<run_id>.pt``, written at the end of each epoch).
+A checkpoint that cannot be read is moved aside (``<name>.corrupt-<n>``, never deleted) and its run
+restarts. While a process trains a run it holds an exclusive ``flock`` on
+``checkpoints/<run_id>.lock``, which the kernel releases when the process ends, however it ends.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import io
 import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +35,8 @@ from tqdm import tqdm
 
 from . import distributed
 from .methods import METHODS, weight_text
-from .results import ResultsFile, atomic_write_bytes
+from .results import ResultsFile, ResultsWarning, atomic_write_bytes
+from .settings import apply_overrides, check_settings
 from .tasks import REGISTRY, ModelContext, Task
 
 SIZES = ("tiny", "quick", "full")
@@ -72,15 +78,11 @@ class RunSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def settings(self) -> dict[str, Any]:
-        settings = copy.deepcopy(REGISTRY[self.task].settings(self.size))
-        for key, value in self.overrides.items():
-            *parents, leaf = key.split(".")
-            node = settings
-            for parent in parents:
-                node = node[parent]
-            if leaf not in node:
-                raise KeyError(f"task {self.task!r} has no setting {key!r}")
-            node[leaf] = value
+        """The size's settings with the overrides; raises :class:`.settings.SettingsError` naming a key
+        that does not exist or a value its task's schema does not allow."""
+        task = REGISTRY[self.task]
+        settings = apply_overrides(task.settings(self.size), self.overrides, self.task)
+        check_settings(task.schema, settings)
         return settings
 
     @property
@@ -172,6 +174,24 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, batch_size: int, re
     return {"metrics": result, "nfe": nfe / len(loader), "time_per_batch": fastest}
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C while a run was training: which run, and how much of it its checkpoint holds.
+
+    Attributes:
+        run_id: the run that was interrupted.
+        checkpoint: its checkpoint file (``None`` when it had not finished an epoch yet).
+        epoch: epochs in the checkpoint (0 when none).
+        epochs: epochs the run trains in all.
+    """
+
+    def __init__(self, run_id: str, checkpoint: Path | None, epoch: int, epochs: int):
+        super().__init__(run_id)
+        self.run_id, self.checkpoint, self.epoch, self.epochs = run_id, checkpoint, epoch, epochs
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "rng", "epoch", "iteration", "time", "history")
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -179,11 +199,43 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def set_aside(path: Path, reason: str) -> Path:
+    """Rename an unusable file to ``<name>.corrupt-<n>`` (the first free ``n``) with a warning; never
+    deletes it, so that it can still be inspected (or recovered by hand)."""
+    n = 1
+    while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
+        n += 1
+    os.replace(path, aside)
+    warnings.warn(
+        f"checkpoint {path} cannot be used ({reason}); moved to {aside.name}, its run restarts",
+        ResultsWarning,
+        stacklevel=2,
+    )
+    return aside
+
+
+def _error_text(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}"
+
+
 def _load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """Rank 0 reads the checkpoint (if any) and every rank gets it."""
+    """Rank 0 reads the checkpoint (if any) and every rank gets it; an unreadable one is set aside.
+
+    ``weights_only`` loading: a checkpoint holds tensors and plain containers only, and a file in the
+    results folder should not be able to run code when read.
+    """
     state = None
     if distributed.is_main() and path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+                raise ValueError(f"not a checkpoint: expected the keys {list(CHECKPOINT_KEYS)}")
+        # Truncated files, garbage and foreign pickles fail in many ways (RuntimeError from the zip
+        # reader, UnpicklingError, EOFError, ...): any of them makes the file unusable.
+        except Exception as error:
+            set_aside(path, _error_text(error))
+            state = None
     return distributed.broadcast(state)
 
 
@@ -215,15 +267,29 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
     checkpoint_path = out_dir / "checkpoints" / f"{spec.run_id}.pt"
     state = _load_checkpoint(checkpoint_path)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, iteration, train_time, history = (
-            state["epoch"],
-            state["iteration"],
-            Clock(**state["time"]),
-            state["history"],
+        fresh = (
+            copy.deepcopy(model.state_dict()),
+            copy.deepcopy(optimizer.state_dict()),
+            torch.get_rng_state(),
         )
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+            start_epoch, iteration, train_time, history = (
+                int(state["epoch"]),
+                int(state["iteration"]),
+                Clock(**state["time"]),
+                state["history"],
+            )
+        # A checkpoint of another model (e.g. written by an older version of a task) cannot resume
+        # this run: start it afresh, exactly as if there had been no checkpoint.
+        except (RuntimeError, KeyError, ValueError, TypeError) as error:
+            model.load_state_dict(fresh[0])
+            optimizer.load_state_dict(fresh[1])
+            torch.set_rng_state(fresh[2])
+            if distributed.is_main():
+                set_aside(checkpoint_path, _error_text(error))
 
     net: nn.Module = model
     if world > 1:
@@ -237,108 +303,136 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    for epoch in range(start_epoch, epochs):
-        sampler.set_epoch(epoch)
-        for batch in loader:
-            with train_time.running():
-                net.train()
-                loss, metrics = task.training_loss(net, batch)
-                # Read through the unwrapped model: DDP's wrapper does not forward attributes.
-                reg = regularization_loss(model)
-                optimizer.zero_grad(set_to_none=True)
-                (loss if reg is None else loss + reg).backward()
-                optimizer.step()
-                for schedule in schedules:
-                    schedule.step()
-            iteration += 1
-            costs = solver_costs(model)
-            history["loss"].append(loss.item())
-            history["reg_loss"].append(0.0 if reg is None else reg.item())
-            for key, value in costs.items():
-                history[key].append(value)
-            bar.set_postfix(
-                {
-                    "loss": f"{loss.item():.3g}",
-                    **{k: f"{v:.3g}" for k, v in metrics.items()},
-                    "nfe": costs["nfe"],
-                },
-                refresh=False,
-            )
-            bar.update()
-        if distributed.is_main():
-            _save_checkpoint(
-                checkpoint_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "epoch": epoch + 1,
-                    "iteration": iteration,
-                    "time": dataclasses.asdict(train_time),
-                    "history": history,
-                },
-            )
-    bar.close()
-
+    saved = start_epoch  # epochs in the checkpoint
     record: dict[str, Any] = {}
-    if distributed.is_main():
-        eval_batch = settings["eval_batch_size"]
-        train_eval = evaluate(task, model, data.train, eval_batch)
-        test_eval = evaluate(task, model, data.test, eval_batch, repeats=TIMING_REPEATS)
-        record = {
-            "run_id": spec.run_id,
-            "task": spec.task,
-            "method": spec.method,
-            "seed": spec.seed,
-            "size": spec.size,
-            "gradient": spec.gradient,
-            "config_id": spec.config_id,
-            "weight": spec.weight,
-            "label": spec.label,
-            "settings": settings,
-            "world_size": world,
-            "metric": task.metric,
-            "higher_is_better": task.higher_is_better,
-            "train": train_eval["metrics"],
-            "test": test_eval["metrics"],
-            "test_nfe": test_eval["nfe"],
-            "predict_time": test_eval["time_per_batch"].wall,
-            "predict_cpu_time": test_eval["time_per_batch"].cpu,
-            "train_time": train_time.wall,
-            "train_cpu_time": train_time.cpu,
-            "iterations": iteration,
-            "history": history,
-            "torch": torch.__version__,
-            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
+    try:
+        for epoch in range(start_epoch, epochs):
+            sampler.set_epoch(epoch)
+            for batch in loader:
+                with train_time.running():
+                    net.train()
+                    loss, metrics = task.training_loss(net, batch)
+                    # Read through the unwrapped model: DDP's wrapper does not forward attributes.
+                    reg = regularization_loss(model)
+                    optimizer.zero_grad(set_to_none=True)
+                    (loss if reg is None else loss + reg).backward()
+                    optimizer.step()
+                    for schedule in schedules:
+                        schedule.step()
+                iteration += 1
+                costs = solver_costs(model)
+                history["loss"].append(loss.item())
+                history["reg_loss"].append(0.0 if reg is None else reg.item())
+                for key, value in costs.items():
+                    history[key].append(value)
+                bar.set_postfix(
+                    {
+                        "loss": f"{loss.item():.3g}",
+                        **{k: f"{v:.3g}" for k, v in metrics.items()},
+                        "nfe": costs["nfe"],
+                    },
+                    refresh=False,
+                )
+                bar.update()
+            if distributed.is_main():
+                _save_checkpoint(
+                    checkpoint_path,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "epoch": epoch + 1,
+                        "iteration": iteration,
+                        "time": dataclasses.asdict(train_time),
+                        "history": history,
+                    },
+                )
+            saved = epoch + 1
+        bar.close()
+
+        if distributed.is_main():
+            eval_batch = settings["eval_batch_size"]
+            train_eval = evaluate(task, model, data.train, eval_batch)
+            test_eval = evaluate(task, model, data.test, eval_batch, repeats=TIMING_REPEATS)
+            record = {
+                "run_id": spec.run_id,
+                "task": spec.task,
+                "method": spec.method,
+                "seed": spec.seed,
+                "size": spec.size,
+                "gradient": spec.gradient,
+                "config_id": spec.config_id,
+                "weight": spec.weight,
+                "label": spec.label,
+                "settings": settings,
+                "world_size": world,
+                "metric": task.metric,
+                "higher_is_better": task.higher_is_better,
+                "train": train_eval["metrics"],
+                "test": test_eval["metrics"],
+                "test_nfe": test_eval["nfe"],
+                "predict_time": test_eval["time_per_batch"].wall,
+                "predict_cpu_time": test_eval["time_per_batch"].cpu,
+                "train_time": train_time.wall,
+                "train_cpu_time": train_time.cpu,
+                "iterations": iteration,
+                "history": history,
+                "torch": torch.__version__,
+                "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+    except KeyboardInterrupt:
+        raise Interrupted(spec.run_id, checkpoint_path if saved else None, saved, epochs) from None
+    finally:
+        bar.close()
     distributed.barrier()
     return record
 
 
-def _claim(lock: Path) -> bool:
-    """Take the run's lock file for this process; ``False`` if a live process on this host holds it.
+class RunLock:
+    """An exclusive claim on one run: an ``flock`` on ``checkpoints/<run_id>.lock``.
 
-    Lets several sweeps share one output folder (e.g. two processes on a 2-core machine): each run
-    is trained by whichever sweep claims it first. A lock left by a dead process is taken over.
+    Lets several sweeps share one output folder (e.g. two processes on a 2-core machine): each run is
+    trained by whichever sweep claims it first. The kernel drops the lock when its process ends, however
+    it ends (a crash, SIGKILL, a container restart), so a lock can never outlive its holder, and no
+    process ids are compared (a reused id cannot make a dead holder look alive). The file holds the
+    holder's pid for people only. ``flock`` needs a local file system (or an NFS that supports it).
     """
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock without waiting; ``False`` when another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                owner = int(lock.read_text() or "0")
-                os.kill(owner, 0)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
                 return False
-            except (ProcessLookupError, ValueError, FileNotFoundError):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            except PermissionError:  # alive, owned by another user
-                return False
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return True
-    return False
+            # The previous holder unlinks the file before releasing it: if that happened after our
+            # open, we hold a lock on a file no one else can see; lock the one at the path instead.
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self._fd = fd
+                return True
+            os.close(fd)
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (unlinked first, while still held: see :meth:`acquire`)."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
 
 
 def sweep(
@@ -363,13 +457,17 @@ def sweep(
     for seed in seeds:
         for method in methods:
             spec = RunSpec(task, method, seed, size, gradient, dict(overrides or {}))
-            lock = out_dir / "checkpoints" / f"{spec.run_id}.lock"
+            lock = RunLock(out_dir / "checkpoints" / f"{spec.run_id}.lock")
             status = None
             if distributed.is_main():
                 if spec.run_id in results.finished():
                     status = f"already in {results.path}"
-                elif not _claim(lock):
+                elif not lock.acquire():
                     status = "being trained by another process"
+                elif spec.run_id in results.finished():
+                    # Another sweep recorded it and let go between our check and our claim.
+                    lock.release()
+                    status = f"already in {results.path}"
             status = distributed.broadcast(status)
             if status is not None:
                 if distributed.is_main():
@@ -383,6 +481,6 @@ def sweep(
                     new.append(record)
             finally:
                 if distributed.is_main():
-                    lock.unlink(missing_ok=True)
+                    lock.release()
             distributed.barrier()
     return new

@@ -11,6 +11,10 @@ The interface (see :class:`Task` for the details):
 - ``settings(size) -> dict``: every hyperparameter, JSON-serializable, for ``size`` in
   ``"tiny"`` (tests), ``"quick"`` (CPU) and ``"full"`` (the paper's settings). The runner reads
   ``epochs``, ``batch_size``, ``eval_batch_size``, ``lr`` (and optional ``weight_decay``);
+- class attribute ``schema``, a :class:`..settings.Schema` next to the defaults: a rule for every
+  key of ``settings`` (:func:`.base.training_fields` gives the runner's and the solver's) and the
+  requirements across keys; every run's settings, ``--set`` overrides included, are checked against
+  it before anything is trained;
 - ``load_data(settings, seed) -> TaskData(train, test)``: map-style datasets of tuples of tensors
   (the runner batches them with a ``DataLoader``, sharded by a ``DistributedSampler``);
 - ``build_model(settings, ModelContext(method, gradient, total_iterations)) -> nn.Module``. The

@@ -11,7 +11,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ...regularization import GloballyRegularized, LocallyRegularized, Regularized
+from ...tableaus import TABLEAUS
 from ..methods import ODE_METHODS, Method, weight_schedule
+from ..settings import Integer, OneOf, Real, Schema, Weight
 
 Batch = Sequence[Tensor]
 """One minibatch: the tuple of tensors a ``DataLoader`` yields from the task's dataset."""
@@ -54,12 +56,15 @@ class Task(ABC):
         metric: the test metric's name, a key of what :meth:`evaluate` returns (``"accuracy"``, ``"mse"``).
         higher_is_better: whether a larger :attr:`metric` is better (accuracy) or worse (a loss).
         methods: the method names this task supports, in table order.
+        schema: what every key of :meth:`settings` may hold (:mod:`..settings`); every run's settings,
+            ``--set`` overrides included, are checked against it before training.
     """
 
     name: ClassVar[str]
     metric: ClassVar[str]
     higher_is_better: ClassVar[bool]
     methods: ClassVar[tuple[str, ...]] = ODE_METHODS
+    schema: ClassVar[Schema]
 
     @abstractmethod
     def settings(self, size: str) -> dict[str, Any]:
@@ -100,6 +105,24 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, batch: Batch) -> dict[str, float]:
         """Batch-mean metrics in eval mode under ``torch.no_grad()``; must include :attr:`metric`."""
+
+
+def training_fields(solvers: Sequence[str], methods: Sequence[str]) -> dict[str, Any]:
+    """The schema fields every task has: the runner's ``epochs``, ``batch_size``, ``eval_batch_size``
+    and ``lr``, the ``solver`` group (``method`` one of ``solvers``, ``rtol``, ``atol``) and a weight
+    spec per regularized method of ``methods``."""
+    return {
+        "epochs": Integer(1),
+        "batch_size": Integer(1),
+        "eval_batch_size": Integer(1),
+        "lr": Real(),
+        "solver": {"method": OneOf(tuple(solvers)), "rtol": Real(), "atol": Real()},
+        "weights": {m: Weight() for m in methods if m != "vanilla"},
+    }
+
+
+ODE_SOLVERS: tuple[str, ...] = tuple(name for name, tableau in TABLEAUS.items() if tableau.adaptive)
+"""The embedded Runge-Kutta pairs an ODE task's ``solver.method`` may name (the tasks solve adaptively)."""
 
 
 def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContext) -> nn.Module:

@@ -13,7 +13,11 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from ..models import ConcatMLP
+from ..settings import Integer
 from .base import Batch, Task, TaskData
+
+SPLIT_FIELDS = {"train_size": Integer(1, nullable=True), "test_size": Integer(1, nullable=True)}
+"""``train_size`` / ``test_size`` of :func:`split_datasets`: ``null`` keeps the whole part."""
 
 
 class ODEClassifier(nn.Module):

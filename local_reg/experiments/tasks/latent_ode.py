@@ -23,9 +23,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from ..methods import PHYSIONET_WEIGHTS
+from ..methods import ODE_METHODS, PHYSIONET_WEIGHTS
 from ..models import ConcatMLP
-from .base import Batch, Task, TaskData
+from ..settings import Directory, Integer, Real, Schema
+from .base import ODE_SOLVERS, Batch, Task, TaskData, training_fields
 
 PHYSIONET_VARIABLES = [
     "Albumin",
@@ -164,6 +165,24 @@ class LatentODETask(Task):
     name = "latent_ode"
     metric = "mse"
     higher_is_better = False
+    schema = Schema(
+        {
+            **training_fields(ODE_SOLVERS, ODE_METHODS),
+            "n_train": Integer(1),
+            "n_test": Integer(1),
+            "physionet_dir": Directory(),
+            "n_times": Integer(2),
+            "t_max": Real(),
+            "n_channels": Integer(1),
+            "obs_prob": Real(high=1.0),
+            "time_obs_prob": Real(high=1.0),
+            "noise": Real(closed=True),
+            "latent": Integer(1),
+            "hidden": Integer(1),
+            "rec_hidden": Integer(1),
+            "kl_weight": Real(closed=True),
+        }
+    )
 
     def settings(self, size: str) -> dict[str, Any]:
         return {

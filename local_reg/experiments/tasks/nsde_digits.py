@@ -15,9 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from ..models import ConcatMLP
-from .base import ModelContext, TaskData
-from .classification import ClassificationTask, split_datasets
-from .sde_methods import SDE_METHODS, sde_block
+from ..settings import Integer, OneOf, Real, Schema
+from .base import ModelContext, TaskData, training_fields
+from .classification import SPLIT_FIELDS, ClassificationTask, split_datasets
+from .sde_methods import SDE_METHODS, SDE_SOLVERS, sde_block
 
 _SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"train_size": 64, "test_size": 64, "epochs": 1, "batch_size": 32},
@@ -69,6 +70,18 @@ class NSDEDigitsTask(ClassificationTask):
 
     name = "nsde_digits"
     methods = SDE_METHODS
+    schema = Schema(
+        {
+            **training_fields(SDE_SOLVERS, SDE_METHODS),
+            **SPLIT_FIELDS,
+            "dim": Integer(1),
+            "hidden": Integer(1),
+            "sigma_max": Real(),
+            "n_classes": OneOf((10,)),
+            "train_trajectories": Integer(1),
+            "eval_trajectories": Integer(1),
+        }
+    )
 
     def settings(self, size: str) -> dict[str, Any]:
         return {

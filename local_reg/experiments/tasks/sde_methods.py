@@ -18,6 +18,8 @@ from ..methods import weight_schedule
 from .base import ModelContext
 
 SDE_METHODS: tuple[str, ...] = ("vanilla", "local-random", "local-biased", "global-error")
+SDE_SOLVERS: tuple[str, ...] = ("euler_maruyama",)
+"""What an SDE task's ``solver.method`` may name: the one adaptive scheme of :func:`local_reg.sdeint`."""
 
 
 def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -> Regularized:

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from ... import odeint
-from ..methods import MNIST_WEIGHTS
-from .base import Batch, Task, TaskData
+from ..methods import MNIST_WEIGHTS, ODE_METHODS
+from ..settings import Fields, Integer, Requirement, Schema
+from .base import ODE_SOLVERS, Batch, Task, TaskData, training_fields
 
 _TRUE_A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64)
 
@@ -26,6 +27,29 @@ _SIZES: dict[str, dict[str, Any]] = {
     "quick": {"data_size": 1000, "epochs": 10, "batch_size": 20, "segment_stride": 2},
     "full": {"data_size": 1000, "epochs": 50, "batch_size": 20, "segment_stride": 1},
 }
+
+
+SPIRAL_FIELDS: Fields = {
+    "data_size": Integer(2),
+    "segment_length": Integer(2),
+    "segment_stride": Integer(1),
+    "test_stride": Integer(1),
+    "hidden": Integer(1),
+}
+"""The data and network settings :mod:`.spiral_sde` shares."""
+
+SPIRAL_REQUIRES = (
+    Requirement(
+        ("data_size", "segment_length"),
+        lambda s: s["data_size"] > s["segment_length"],
+        "data_size must exceed segment_length, or there is no training segment",
+    ),
+    Requirement(
+        ("data_size", "test_stride"),
+        lambda s: s["data_size"] > s["test_stride"],
+        "data_size must exceed test_stride, or the test trajectory has a single point",
+    ),
+)
 
 
 def spiral_trajectory(data_size: int, t_max: float = 25.0) -> tuple[Tensor, Tensor]:
@@ -65,6 +89,7 @@ class SpiralTask(Task):
     name = "spiral"
     metric = "mae"
     higher_is_better = False
+    schema = Schema({**training_fields(ODE_SOLVERS, ODE_METHODS), **SPIRAL_FIELDS}, SPIRAL_REQUIRES)
 
     def settings(self, size: str) -> dict[str, Any]:
         return {

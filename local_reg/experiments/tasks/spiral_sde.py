@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import ModelContext
-from .sde_methods import SDE_METHODS, sde_block
-from .spiral import SpiralField, SpiralTask
+from ..settings import Integer, Real, Schema
+from .base import ModelContext, training_fields
+from .sde_methods import SDE_METHODS, SDE_SOLVERS, sde_block
+from .spiral import SPIRAL_FIELDS, SPIRAL_REQUIRES, SpiralField, SpiralTask
 
 
 class SpiralSDE(nn.Module):
@@ -60,6 +61,16 @@ class SpiralSDETask(SpiralTask):
 
     name = "spiral_sde"
     methods = SDE_METHODS
+    schema = Schema(
+        {
+            **training_fields(SDE_SOLVERS, SDE_METHODS),
+            **SPIRAL_FIELDS,
+            "sigma_max": Real(),
+            "train_trajectories": Integer(1),
+            "eval_trajectories": Integer(1),
+        },
+        SPIRAL_REQUIRES,
+    )
 
     def settings(self, size: str) -> dict[str, Any]:
         return {

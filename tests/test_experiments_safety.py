@@ -1,0 +1,421 @@
+"""Data safety of the experiment CLI: bad settings refused up front, run locks that die with their
+process, unreadable checkpoints set aside, runs recorded twice counted once, reports that never
+replace another, and Ctrl-C that exits 130 with the command that resumes. Tiny runs only."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from local_reg.experiments import runner
+from local_reg.experiments.cli import main
+from local_reg.experiments.results import ResultsFile, ResultsWarning
+from local_reg.experiments.settings import Rule, SettingsError
+from local_reg.experiments.tasks import REGISTRY
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--size", "tiny", "--seeds", "1", "--no-progress"]
+
+
+def run(out: Path, *args: str) -> int:
+    return main(["experiment", *args, *TINY, "--out", str(out)])
+
+
+def fake_record(task: str, method: str, seed: int, **fields) -> dict:
+    """A finished run's record with every field the report reads."""
+    metric = REGISTRY[task].metric
+    return {
+        "run_id": f"{task}-{method}-seed{seed}-cfg",
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "size": "tiny",
+        "gradient": "direct",
+        "config_id": "cfg",
+        "weight": None,
+        "label": method,
+        "settings": {
+            "epochs": 1,
+            "batch_size": 32,
+            "solver": {"method": "tsit5", "rtol": 1e-6, "atol": 1e-6},
+        },
+        "world_size": 1,
+        "metric": metric,
+        "higher_is_better": REGISTRY[task].higher_is_better,
+        "train": {metric: 0.5},
+        "test": {metric: 0.5 + seed / 10},
+        "test_nfe": 20.0,
+        "predict_time": 0.01,
+        "predict_cpu_time": 0.01,
+        "train_time": 1.0,
+        "train_cpu_time": 1.0,
+        "iterations": 2,
+        "history": {"nfe": [10, 12], "loss": [1.0, 0.9]},
+        **fields,
+    }
+
+
+def write_records(out: Path, records: list[dict]) -> Path:
+    path = out / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def count_training_calls(monkeypatch, task: str = "digits") -> list[int]:
+    task_type = type(REGISTRY[task])
+    original = task_type.training_loss
+    calls: list[int] = []
+    monkeypatch.setattr(
+        task_type, "training_loss", lambda self, m, b: (calls.append(1), original(self, m, b))[1]
+    )
+    return calls
+
+
+def no_training(monkeypatch) -> None:
+    monkeypatch.setattr(runner, "train_run", lambda *a, **k: pytest.fail("a run was trained"))
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("epochs=0", "epochs must be an integer >= 1, got 0"),
+        ("epochs=-1", "epochs must be an integer >= 1, got -1"),
+        ("epochs=abc", "epochs must be an integer >= 1, got the string 'abc'"),
+        ("epochs=1.5", "epochs must be an integer >= 1, got 1.5"),
+        ("epochs=true", "epochs must be an integer >= 1, got true"),
+        ("batch_size=abc", "batch_size must be an integer >= 1"),
+        ("batch_size=0", "batch_size must be an integer >= 1, got 0"),
+        ("eval_batch_size=0", "eval_batch_size must be an integer >= 1, got 0"),
+        ("hidden=-5", "hidden must be an integer >= 1, got -5"),
+        ("hidden=0", "hidden must be an integer >= 1, got 0"),
+        ("lr=-1", "lr must be a finite number > 0, got -1"),
+        ("lr=NaN", "lr must be a finite number > 0, got NaN"),
+        ("solver.method=tsit55", "solver.method must be one of 'tsit5', 'dopri5'"),
+        ("solver.method=euler", "solver.method must be one of"),  # fixed-step: the tasks solve adaptively
+        ("solver.rtol=0", "solver.rtol must be a finite number > 0, got 0"),
+        ("solver.rtol=abc", "solver.rtol must be a finite number > 0, got the string 'abc'"),
+        ("solver.atol=-1e-6", "solver.atol must be a finite number > 0"),
+        ("train_size=0", "train_size must be null or an integer >= 1, got 0"),
+        ("dim=10", "dim must be 64 (fixed by the task), got 10"),
+        ("epochs.x=1", "task 'digits' has no setting 'epochs.x': epochs is a single value"),
+        ("nosuch.x=1", "task 'digits' has no setting 'nosuch.x' (settings: "),
+        ("solver.order=5", "task 'digits' has no setting 'solver.order' (solver holds: method, rtol, atol)"),
+        ("solver=3", "solver must be an object with the keys method, rtol, atol, got 3"),
+        ('solver={"method": "tsit5"}', "solver: missing solver.rtol, solver.atol"),
+        ("weights.local-random={}", 'weights.local-random must be a number >= 0 or {"start": w0, "end": w1}'),
+        ('weights.local-random={"start": 1, "end": 0}', "weights.local-random must be"),
+        ('weights.local-random={"start": 1, "end": 2, "x": 3}', "weights.local-random must be"),
+        ("weights.local-random=-1", "weights.local-random must be"),
+        ("weights.vanilla=1", "no setting 'weights.vanilla'"),
+    ],
+)
+def test_a_bad_setting_exits_2_naming_the_key_before_any_training(
+    assignment, message, tmp_path, monkeypatch, capsys
+):
+    no_training(monkeypatch)
+    assert run(tmp_path, "digits", "--methods", "vanilla", "local-random", "--set", assignment) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("local-reg: error: bad --set: ") and err.count("\n") == 1
+    assert message in err
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("task", "assignment", "message"),
+    [
+        ("spiral", "data_size=5", "data_size must exceed segment_length, or there is no training segment"),
+        ("spiral", "data_size=10", "(got data_size=10, segment_length=10)"),
+        ("spiral_sde", "test_stride=200", "data_size must exceed test_stride"),
+        ("latent_ode", "n_test=0", "n_test must be an integer >= 1, got 0"),
+        ("latent_ode", "obs_prob=1.5", "obs_prob must be a finite number > 0 and <= 1, got 1.5"),
+        (
+            "latent_ode",
+            "physionet_dir=/no/such/folder",
+            "physionet_dir must be null or the path of an existing",
+        ),
+        ("nsde_digits", "solver.method=tsit5", "solver.method must be 'euler_maruyama'"),
+        ("nsde_digits", "weights.global-stiffness=1", "no setting 'weights.global-stiffness'"),
+    ],
+)
+def test_data_sizes_must_leave_non_empty_splits(task, assignment, message, tmp_path, monkeypatch, capsys):
+    no_training(monkeypatch)
+    assert run(tmp_path, task, "--methods", "vanilla", "--set", assignment) == 2
+    assert message in capsys.readouterr().err
+
+
+def _leaves(fields, prefix=""):
+    for key, rule in fields.items():
+        if isinstance(rule, Rule):
+            yield prefix + key
+        else:
+            yield from _leaves(rule, f"{prefix}{key}.")
+
+
+@pytest.mark.parametrize("task", sorted(REGISTRY))
+def test_every_setting_of_every_task_is_checked(task):
+    # The defaults of every size pass their schema: it names every setting and allows the defaults.
+    for size in ("tiny", "quick", "full"):
+        runner.RunSpec(task, "vanilla", 0, size).settings()
+    leaves = list(_leaves(REGISTRY[task].schema.fields))
+    assert {leaf.split(".")[0] for leaf in leaves} == set(REGISTRY[task].settings("tiny"))
+    for leaf in leaves:
+        with pytest.raises(SettingsError, match=f"^{leaf} must be "):
+            runner.RunSpec(task, "vanilla", 0, "tiny", overrides={leaf: "not a value"}).settings()
+
+
+def test_the_smallest_allowed_spiral_trains(tmp_path):
+    # One training segment, a two-point test trajectory: the boundary the schema allows.
+    assert run(tmp_path, "spiral", "--methods", "vanilla", "--set", "data_size=11") == 0
+    (record,) = ResultsFile(tmp_path).load()
+    assert record["iterations"] == 1
+
+
+def test_a_zero_baseline_from_an_old_folder_gives_no_ratio_rather_than_a_crash(tmp_path, capsys):
+    write_records(
+        tmp_path,
+        [
+            fake_record("digits", "vanilla", 0, train_cpu_time=0.0, iterations=0),
+            fake_record("digits", "local-random", 0),
+        ],
+    )
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| local-random |"))
+    assert row.split(" | ")[-2] == "–"  # train time / vanilla
+    assert row.split(" | ")[-3] == "1.000"  # NFE / vanilla still there
+
+
+# --- run locks and crashes ------------------------------------------------------------------------
+
+STALLED_EXPERIMENT = """
+import signal, sys, time
+from local_reg.experiments.cli import main
+from local_reg.experiments.tasks import REGISTRY
+
+# A shell starts background jobs with SIGINT ignored; Ctrl-C at a terminal is what is tested here.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+task_type = type(REGISTRY["digits"])
+original = task_type.training_loss
+calls = []
+
+def stall_in_the_second_epoch(self, model, batch):
+    calls.append(1)
+    if len(calls) == 3:  # tiny digits: two batches an epoch, so epoch 1 is in the checkpoint
+        print("stalled", flush=True)
+        time.sleep(600)
+    return original(self, model, batch)
+
+task_type.training_loss = stall_in_the_second_epoch
+sys.exit(main(sys.argv[1:]))
+"""
+
+EPOCHS_3 = ["digits", "--methods", "vanilla", "--set", "epochs=3"]
+
+
+def start_stalled_experiment(tmp_path: Path) -> subprocess.Popen:
+    """A tiny 3-epoch digits run in another process, stalled in its second epoch (checkpoint: epoch 1)."""
+    script = tmp_path / "stalled.py"
+    script.write_text(STALLED_EXPERIMENT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, str(script), "experiment", *EPOCHS_3, *TINY, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    line = process.stdout.readline()  # "" if the process died first
+    if line.strip() != "stalled":
+        process.kill()
+        pytest.fail(f"the experiment did not start: {process.communicate()[1][-2000:]}")
+    return process
+
+
+def the_run() -> runner.RunSpec:
+    return runner.RunSpec("digits", "vanilla", 0, "tiny", overrides={"epochs": 3})
+
+
+def test_a_killed_sweep_releases_its_lock_and_a_rerun_resumes_the_run(tmp_path, monkeypatch, capsys):
+    process = start_stalled_experiment(tmp_path)
+    out = tmp_path / "out"
+    try:
+        # While it lives, it holds the run: another sweep into the folder skips it.
+        monkeypatch.setattr(runner, "train_run", lambda *a, **k: pytest.fail("trained a claimed run"))
+        assert runner.sweep("digits", ["vanilla"], [0], out, size="tiny", overrides={"epochs": 3}) == []
+        assert "being trained by another process" in capsys.readouterr().err
+        monkeypatch.undo()
+    finally:
+        process.kill()  # SIGKILL: no handler runs, the lock file stays behind
+        process.communicate()
+    lock = out / "checkpoints" / f"{the_run().run_id}.lock"
+    assert lock.exists() and int(lock.read_text()) == process.pid
+    calls = count_training_calls(monkeypatch)
+    assert run(out, *EPOCHS_3) == 0
+    assert len(calls) == 4  # epochs 2 and 3 only: the run resumed from its checkpoint
+    (record,) = ResultsFile(out).load()
+    assert record["iterations"] == 6 and len(record["history"]["loss"]) == 6
+    assert not lock.exists() and not list((out / "checkpoints").glob("*.pt"))
+
+
+def test_a_lock_file_naming_a_live_pid_but_unlocked_does_not_block_the_run(tmp_path, monkeypatch):
+    # After a crash and a container restart the rerun may get the very pid the file names.
+    lock = tmp_path / "checkpoints" / f"{runner.RunSpec('digits', 'vanilla', 0, 'tiny').run_id}.lock"
+    lock.parent.mkdir()
+    lock.write_text(str(os.getpid()))
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 0
+    assert len(ResultsFile(tmp_path).load()) == 1 and not lock.exists()
+
+
+def test_a_lock_is_exclusive_until_released_and_released_locks_leave_no_file(tmp_path):
+    path = tmp_path / "checkpoints" / "r.lock"
+    first, second = runner.RunLock(path), runner.RunLock(path)
+    assert first.acquire()
+    assert not second.acquire()  # flock is per open file description: a second claim fails even here
+    first.release()
+    assert not path.exists()
+    assert second.acquire()
+    second.release()
+
+
+def test_a_run_recorded_between_the_check_and_the_claim_is_not_trained_again(tmp_path, monkeypatch, capsys):
+    spec = runner.RunSpec("digits", "vanilla", 0, "tiny")
+    results = ResultsFile(tmp_path)
+    results.append(fake_record("digits", "vanilla", 0, run_id=spec.run_id))
+    before = results.path.read_bytes()
+    real = ResultsFile.finished
+    calls = []
+
+    def finished_just_after_the_first_check(self):
+        calls.append(1)
+        return set() if len(calls) == 1 else real(self)
+
+    monkeypatch.setattr(ResultsFile, "finished", finished_just_after_the_first_check)
+    no_training(monkeypatch)
+    assert runner.sweep("digits", ["vanilla"], [0], tmp_path, size="tiny", progress=False) == []
+    assert results.path.read_bytes() == before
+    assert len(calls) == 2 and "already in" in capsys.readouterr().err
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_command_that_resumes(tmp_path, monkeypatch):
+    process = start_stalled_experiment(tmp_path)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("local-reg:")]
+    out = tmp_path / "out"
+    spec = the_run()
+    assert line.startswith(f"local-reg: interrupted: run {spec.run_id} is saved at epoch 1 of 3 (")
+    command = shlex.split(line.split("resume with: ", 1)[1])
+    assert command[:2] == ["local-reg", "experiment"]
+    assert not (out / "checkpoints" / f"{spec.run_id}.lock").exists()  # released on the way out
+
+    calls = count_training_calls(monkeypatch)
+    monkeypatch.chdir(tmp_path)  # the command is the one typed there
+    assert main(command[1:]) == 0
+    assert len(calls) == 4  # epochs 2 and 3
+    (record,) = ResultsFile(out).load()
+    assert record["iterations"] == 6
+
+
+def test_ctrl_c_in_the_first_epoch_says_the_run_restarts(tmp_path, monkeypatch, capsys):
+    def interrupt(self, model, batch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(REGISTRY["digits"]), "training_loss", interrupt)
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 130
+    err = capsys.readouterr().err
+    assert "had not finished an epoch and restarts" in err and err.count("\n") == 1
+    assert "resume with: local-reg experiment digits --methods vanilla --size tiny" in err
+
+
+# --- checkpoints and the results file -------------------------------------------------------------
+
+
+def _saved(value: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"garbage, not a checkpoint",
+        _saved({"model": {"w": torch.zeros(100)}, "epoch": 1})[:300],
+        _saved({"a": 1}),
+        _saved(
+            {"model": {}, "optimizer": {}, "rng": None, "epoch": 1, "iteration": 2, "time": {}, "history": {}}
+        ),
+    ],
+    ids=["garbage", "truncated", "foreign", "other-model"],
+)
+def test_an_unreadable_checkpoint_is_set_aside_named_and_its_run_restarts(
+    content, tmp_path, monkeypatch, capsys
+):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    name = f"{runner.RunSpec('digits', 'vanilla', 0, 'tiny').run_id}.pt"
+    (checkpoints / name).write_bytes(content)
+    (checkpoints / f"{name}.corrupt-1").write_bytes(b"an earlier one")  # never overwritten
+    calls = count_training_calls(monkeypatch)
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 0
+    err = capsys.readouterr().err
+    warning = f"local-reg: warning: checkpoint {checkpoints / name} cannot be used ("
+    assert warning in err and f"moved to {name}.corrupt-2, its run restarts" in err
+    assert (checkpoints / f"{name}.corrupt-2").read_bytes() == content
+    assert (checkpoints / f"{name}.corrupt-1").read_bytes() == b"an earlier one"
+    assert len(calls) == 2  # the whole run, from the start
+    (record,) = ResultsFile(tmp_path).load()
+    assert record["iterations"] == 2
+
+
+def test_a_results_path_that_is_a_folder_exits_2(tmp_path, monkeypatch, capsys):
+    (tmp_path / "results.jsonl").mkdir()
+    no_training(monkeypatch)
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 2
+    assert main(["report", "--out", str(tmp_path)]) == 2
+    path = tmp_path / "results.jsonl"
+    message = f"local-reg: error: {path} is not a file: move it away, or choose another --out"
+    assert capsys.readouterr().err.splitlines() == [message] * 2
+
+
+def test_a_results_file_concatenated_with_itself_counts_each_run_once(tmp_path, capsys):
+    records = [fake_record("digits", "vanilla", 0), fake_record("digits", "vanilla", 1)]
+    path = write_records(tmp_path, records)
+    path.write_bytes(path.read_bytes() * 2)
+    before = path.read_bytes()
+    with pytest.warns(ResultsWarning, match=r"2 line\(s\) repeat a run recorded earlier \(lines 3, 4\)"):
+        assert ResultsFile(tmp_path).load() == records
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("local-reg: warning:") == 1
+    row = next(line for line in captured.out.splitlines() if line.startswith("| vanilla |"))
+    assert row.split(" | ")[2] == "2"  # seeds: 2 runs, not 4
+    assert path.read_bytes() == before  # the file is left as it is
+
+
+def test_report_of_a_task_with_no_runs_exits_2_and_changes_nothing(tmp_path, capsys):
+    write_records(tmp_path, [fake_record("spiral", "vanilla", 0)])
+    (tmp_path / "report.md").write_text("the full report")
+    assert main(["report", "--out", str(tmp_path), "--task", "digits"]) == 2
+    assert "no digits runs in" in capsys.readouterr().err
+    assert (tmp_path / "report.md").read_text() == "the full report"
+    assert not (tmp_path / "report-digits.md").exists()
+    # One task's report goes into its own file, and never replaces the whole.
+    assert main(["report", "--out", str(tmp_path), "--task", "spiral"]) == 0
+    assert "| vanilla |" in (tmp_path / "report-spiral.md").read_text()
+    assert (tmp_path / "report.md").read_text() == "the full report"
