@@ -7,6 +7,7 @@ from ._step import StepResult, initial_step_size, rms_norm, step
 from .controller import PIController
 from .gradients import GRADIENT_METHODS, BacksolveAdjoint, Checkpoint, Direct, GradientMethod, Symplectic
 from .regularization import (
+    AdaptiveWeight,
     ConstantWeight,
     ExponentialDecay,
     GloballyRegularized,
@@ -26,6 +27,7 @@ from .tableaus import TABLEAUS, ButcherTableau, get_tableau
 
 __all__ = [
     "GRADIENT_METHODS",
+    "AdaptiveWeight",
     "BacksolveAdjoint",
     "Checkpoint",
     "Direct",

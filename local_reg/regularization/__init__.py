@@ -14,9 +14,10 @@ from ._module import GlobalPenalty, LocalPenalty, Regularized
 from ._stats import RegularizationStats, SDERegularizationStats
 from .globalreg import GloballyRegularized, global_regularization
 from .local import LocallyRegularized, local_regularization
-from .schedules import ConstantWeight, ExponentialDecay, WeightSchedule
+from .schedules import AdaptiveWeight, ConstantWeight, ExponentialDecay, WeightSchedule
 
 __all__ = [
+    "AdaptiveWeight",
     "ConstantWeight",
     "ExponentialDecay",
     "GlobalPenalty",

@@ -21,10 +21,12 @@ from torch import Tensor, nn
 
 from .._validate import check_choice
 from ..sde.problem import is_sde
+from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from ._penalty import finite_penalty
+from ._probe import check_probe_options, penalty_form, sample_output_times, split_outputs
 from ._problems import REGULARIZERS, ODEProblem, SDEProblem, check_regularizer_tableau, step_penalty_value
-from ._sampling import check_sampling, sample_output_time, split_output
+from ._sampling import check_sampling
 from ._stats import RegularizationStats
 from .schedules import WeightSchedule, as_schedule
 
@@ -86,6 +88,11 @@ class LocalPenalty:
         step_size: ``"initial"`` (the paper): the initial-step heuristic at ``u(t_reg)``;
             ``"solver"``: the main solve's accepted step that contains ``t_reg``.
         detach_state: ``True`` (the paper): ``u(t_reg)`` and ``f`` there are constants.
+        probe, probe_scale, penalty, n_draws: the probe's step size (``"initial"``, the heuristic
+            with exponent ``1/p``; ``"initial-hairer"``, ``1/(p+1)``; ``"solver"``), a factor on the
+            heuristic's step, the penalty's form (``"error-dt"``, the paper's; ``"growth"``;
+            ``"log"``) and the number of draws averaged; see :mod:`._probe`. Their defaults are the
+            paper's procedure.
     """
 
     sampling: str = "random"
@@ -93,13 +100,29 @@ class LocalPenalty:
     reg_method: str | ButcherTableau | None = None
     step_size: str = "initial"
     detach_state: bool = True
+    probe: str = "initial"
+    probe_scale: float = 1.0
+    penalty: str = "error-dt"
+    n_draws: int = 1
 
     def __post_init__(self) -> None:
         check_sampling(self.sampling, self.step_size, self.detach_state)
         check_choice("regularizer", self.regularizer, REGULARIZERS)
+        check_probe_options(
+            self.probe, self.probe_scale, self.penalty, self.n_draws, self.regularizer, self.step_size
+        )
+        if self.probe == "solver":
+            object.__setattr__(self, "step_size", "solver")
+        if isinstance(self.probe_scale, int):
+            object.__setattr__(self, "probe_scale", float(self.probe_scale))
 
     def check(self, problem: Problem) -> None:
         problem.check_regularizer(self.regularizer, self.reg_method)
+        if isinstance(problem, SDEProblem) and (self.probe == "initial-hairer" or self.penalty != "error-dt"):
+            raise ValueError(
+                "probe='initial-hairer' and penalty forms other than 'error-dt' are Runge--Kutta options; "
+                "an SDE's probe is an Euler--Maruyama step"
+            )
         needs_steps = self.sampling == "biased" or self.step_size == "solver"
         if needs_steps and getattr(problem, "backend", None) == "torchsde":
             raise ValueError(
@@ -115,12 +138,15 @@ class LocalPenalty:
         if len(times) < 2:
             raise ValueError(f"t must hold at least 2 times (t0 and t1) to sample t_reg, got {len(times)}")
         direction = 1.0 if times[-1] > times[0] else -1.0
+        solver_step = self.step_size == "solver"
         if self.sampling == "random":
-            solve_times, index, inserted = sample_output_time(times, t_dtype, generator)
-            t_reg = solve_times[index]
-            main = problem.solve(y0, solve_times, t_dtype, context, record_steps=self.step_size == "solver")
-            ys, state = split_output(main.ys, index, inserted)
-            solver_dt = main.step_containing(t_reg, direction) if self.step_size == "solver" else None
+            solve_times, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
+            main = problem.solve(y0, solve_times, t_dtype, context, record_steps=solver_step)
+            ys, states = split_outputs(main.ys, solve_times, times, t_regs)
+            draws = [
+                (t_reg, state, main.step_containing(t_reg, direction) if solver_step else None)
+                for t_reg, state in zip(t_regs, states, strict=True)
+            ]
         else:
             main = problem.solve(y0, times, t_dtype, context, record_steps=True, record_states=True)
             ys = main.ys
@@ -131,15 +157,31 @@ class LocalPenalty:
                     "needs an adaptive method (e.g. method='dopri5'), whose accepted steps torchdiffeq "
                     "reports"
                 )
-            t_reg, state, solver_dt = main.sample_step(generator)
+            draws = [main.sample_step(generator) for _ in range(self.n_draws)]
         main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
-        if self.detach_state:
-            state = state.detach()
-        probe_dt = solver_dt if self.step_size == "solver" else None
-        result, dt, probe = problem.probe(
-            context, tableau, t_reg, state, probe_dt, times[-1], direction, self.detach_state
-        )
-        penalty = step_penalty_value(result, dt, self.regularizer, tableau)
+        penalties = []
+        probe = Stats()
+        for t_reg, state, solver_dt in draws:
+            if self.detach_state:
+                state = state.detach()
+            result, dt, cost_of_draw = problem.probe(
+                context,
+                tableau,
+                t_reg,
+                state,
+                solver_dt if solver_step else None,
+                times[-1],
+                direction,
+                self.detach_state,
+                scale=self.probe_scale,
+                hairer=self.probe == "initial-hairer",
+            )
+            probe.add(cost_of_draw.nfe, diffusion=cost_of_draw.nfe_diffusion)
+            if self.penalty == "error-dt":
+                penalties.append(step_penalty_value(result, dt, self.regularizer, tableau))
+            else:
+                penalties.append(penalty_form(result.error_estimate, dt, tableau.order, self.penalty))
+        penalty = penalties[0] if len(penalties) == 1 else torch.stack(penalties).mean()
         penalty, value, finite = finite_penalty(penalty, y0)
         stiffness = getattr(result, "stiffness_estimate", None)
         stats = RegularizationStats(

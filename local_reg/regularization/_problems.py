@@ -28,6 +28,7 @@ from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from . import _ode_backends, _sde_backends
 from ._main_solve import MainSolve
+from ._probe import heuristic_order
 
 REGULARIZERS = ("error", "stiffness")
 
@@ -132,10 +133,14 @@ class ODEProblem:
         t1: float,
         direction: float,
         detach_state: bool,
+        *,
+        scale: float = 1.0,
+        hairer: bool = False,
     ) -> tuple[Any, float, Stats]:
         """One step of ``tableau`` from ``(t_reg, state)``: ``(result, dt, stats)``. ``dt_abs=None``
-        asks the initial-step heuristic for the step size; either is capped at ``|t1 - t_reg|``.
-        ``k1`` is a constant when ``detach_state``."""
+        asks the initial-step heuristic for the step size (times ``scale``; exponent ``1/(p+1)``
+        with ``hairer``, else ``1/p``); either is capped at ``|t1 - t_reg|``. ``k1`` is a constant
+        when ``detach_state``."""
         stats = Stats()
         if detach_state:
             with torch.no_grad():
@@ -144,9 +149,11 @@ class ODEProblem:
             k1 = self.func(time_tensor(t_reg, state), state)
         stats.add(1)
         if dt_abs is None:
+            order = heuristic_order(tableau.order, "initial-hairer" if hairer else "initial")
             dt_abs, extra = initial_step_size(
-                self.func, t_reg, state.detach(), k1.detach(), tableau.order, self.rtol, self.atol, direction
+                self.func, t_reg, state.detach(), k1.detach(), order, self.rtol, self.atol, direction
             )
+            dt_abs *= scale
             stats.add(extra)
         dt = direction * min(dt_abs, abs(t1 - t_reg))
         result = step(self.func, t_reg, state, dt, tableau, rtol=self.rtol, atol=self.atol, k1=k1)
@@ -248,8 +255,12 @@ class SDEProblem:
         t1: float,
         direction: float,
         detach_state: bool,
+        *,
+        scale: float = 1.0,
+        hairer: bool = False,
     ) -> tuple[Any, float, Stats]:
-        """One Euler--Maruyama step from ``(t_reg, state)`` on the main solve's Brownian path."""
+        """One Euler--Maruyama step from ``(t_reg, state)`` on the main solve's Brownian path
+        (``scale`` multiplies the heuristic's step; ``hairer`` does not apply)."""
         noise_type, bm = context
         stats = Stats()
         t_now = time_tensor(t_reg, state)
@@ -263,6 +274,7 @@ class SDEProblem:
             dt_abs, extra_f, extra_g = sde_initial_step_size(
                 self.sde, noise_type, t_reg, state.detach(), f0.detach(), g0.detach(), self.rtol, self.atol
             )
+            dt_abs *= scale
             stats.add(extra_f + extra_g, diffusion=extra_g)
         dt = min(dt_abs, t1 - t_reg)
         dw = bm(t_reg, t_reg + dt)

@@ -49,6 +49,10 @@ def local_regularization(
     generator: torch.Generator | None = None,
     options: dict[str, Any] | None = None,
     bm: Any | None = None,
+    probe: str = "initial",
+    probe_scale: float = 1.0,
+    penalty: str = "error-dt",
+    n_draws: int = 1,
 ) -> tuple[Tensor, Tensor, RegularizationStats]:
     """Solve ``dy/dt = func(t, y)`` at ``t`` and compute the local regularization penalty [LR23].
 
@@ -87,6 +91,9 @@ def local_regularization(
             the global one by default.
         options: extra keyword arguments of the main solve (``local_reg.odeint`` keywords, or
             torchdiffeq's ``options`` dict).
+        probe, probe_scale, penalty, n_draws: the probe's step size, a factor on the heuristic's
+            step, the penalty's form and the draws averaged (:class:`LocalPenalty`); the defaults
+            are the paper's procedure, and ``stats`` describe the last draw.
         bm: an SDE's Brownian motion over ``[t[0], t[-1]]``, shared by the main solve and the step;
             by default a new ``torchsde.BrownianInterval``.
 
@@ -99,7 +106,9 @@ def local_regularization(
     carries no gradient, and ``stats.penalty_finite`` is ``False``; a zero ``EEst`` has a zero
     gradient, never NaN.
     """
-    penalty = LocalPenalty(sampling, regularizer, reg_method, step_size, detach_state)
+    strategy = LocalPenalty(
+        sampling, regularizer, reg_method, step_size, detach_state, probe, probe_scale, penalty, n_draws
+    )
     problem = make_problem(
         func,
         backend=backend,
@@ -110,8 +119,8 @@ def local_regularization(
         adjoint_params=adjoint_params,
         options=options,
     )
-    penalty.check(problem)
-    return penalty(problem, y0, t, generator, bm)
+    strategy.check(problem)
+    return strategy(problem, y0, t, generator, bm)
 
 
 class LocallyRegularized(Regularized):
@@ -153,10 +162,24 @@ class LocallyRegularized(Regularized):
         detach_state: bool = True,
         generator: torch.Generator | None = None,
         options: dict[str, Any] | None = None,
+        probe: str = "initial",
+        probe_scale: float = 1.0,
+        penalty: str = "error-dt",
+        n_draws: int = 1,
     ) -> None:
         super().__init__(
             func,
-            LocalPenalty(sampling, regularizer, reg_method, step_size, detach_state),
+            LocalPenalty(
+                sampling,
+                regularizer,
+                reg_method,
+                step_size,
+                detach_state,
+                probe,
+                probe_scale,
+                penalty,
+                n_draws,
+            ),
             weight=weight,
             method=method,
             rtol=rtol,
