@@ -6,11 +6,22 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..solution import Solution, Stats
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a main solve records besides its outputs: the accepted steps, their start states, and a
+    penalty on every accepted step (global regularization)."""
+
+    steps: bool = False
+    states: bool = False
+    step_penalty: Callable[[Any, float], Tensor] | None = None
 
 
 @dataclass(kw_only=True)

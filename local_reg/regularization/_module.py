@@ -23,6 +23,7 @@ from .._validate import check_choice
 from ..sde.problem import is_sde
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
+from ._main_solve import Request
 from ._penalty import finite_penalty
 from ._probe import check_probe_options, penalty_form, sample_output_times, split_outputs
 from ._problems import REGULARIZERS, ODEProblem, SDEProblem, check_regularizer_tableau, step_penalty_value
@@ -68,7 +69,7 @@ def plain_solve(
     """The unregularized solve (vanilla training, and every solve in eval mode): no extra output
     time, no extra evaluation."""
     times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
-    main = problem.solve(y0, times, t_dtype, context)
+    main = problem.solve(y0, times, t_dtype, context, Request())
     main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
     return main.ys, RegularizationStats(
         main=main.stats, n_accepted=main.n_accepted, backward_counter=main.backward_counter
@@ -141,14 +142,14 @@ class LocalPenalty:
         solver_step = self.step_size == "solver"
         if self.sampling == "random":
             solve_times, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
-            main = problem.solve(y0, solve_times, t_dtype, context, record_steps=solver_step)
+            main = problem.solve(y0, solve_times, t_dtype, context, Request(steps=solver_step))
             ys, states = split_outputs(main.ys, solve_times, times, t_regs)
             draws = [
                 (t_reg, state, main.step_containing(t_reg, direction) if solver_step else None)
                 for t_reg, state in zip(t_regs, states, strict=True)
             ]
         else:
-            main = problem.solve(y0, times, t_dtype, context, record_steps=True, record_states=True)
+            main = problem.solve(y0, times, t_dtype, context, Request(steps=True, states=True))
             ys = main.ys
             if not main.step_t:
                 # torchdiffeq's fixed-grid solvers never call callback_accept_step.
@@ -257,7 +258,7 @@ class GlobalPenalty:
             value = step_penalty_value(result, dt, self.regularizer, tableau)
             return value if self.regularizer == "error" or reduction == "max" else value * abs(dt)
 
-        main = problem.solve(y0, times, t_dtype, context, step_penalty=per_step)
+        main = problem.solve(y0, times, t_dtype, context, Request(step_penalty=per_step))
         main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
         penalties = main.penalties
         reduced = {"mean": penalties.mean, "sum": penalties.sum, "max": penalties.max}[reduction]()

@@ -7,7 +7,7 @@ state) that biased sampling and ``step_size="solver"`` need.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from .._odeint import odeint
 from .._validate import check_choice
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
 from ..solution import Stats
-from ._main_solve import MainSolve
+from ._main_solve import MainSolve, Request
 
 BACKENDS = ("local_reg", "torchdiffeq")
 DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
@@ -84,25 +84,15 @@ class _TorchdiffeqField(nn.Module):
 
 
 def solve_main(
-    func: Callable[[Tensor, Tensor], Tensor],
-    y0: Tensor,
-    times: list[float],
-    *,
-    backend: str,
-    method: str | None,
-    rtol: float,
-    atol: float,
-    gradient: GradientMethod,
-    adjoint_params: Iterable[Tensor] | None,
-    record_steps: bool,
-    record_states: bool,
-    t_dtype: torch.dtype,
-    options: dict[str, Any] | None,
-    step_penalty: Callable | None = None,
+    problem: Any, y0: Tensor, times: list[float], t_dtype: torch.dtype, request: Request
 ) -> MainSolve:
-    """Solve at ``times`` and return the record (with ``penalties`` for ``step_penalty``)."""
+    """Solve ``problem`` (an :class:`~._problems.ODEProblem`) at ``times`` on its backend and return
+    the record; ``t_dtype`` is the dtype torchdiffeq sees the times in."""
+    func, backend, method, gradient = problem.func, problem.backend, problem.method, problem.gradient
+    rtol, atol, adjoint_params = problem.rtol, problem.atol, problem.adjoint_params
+    record_steps = request.steps
     method = DEFAULT_METHOD[backend] if method is None else method
-    options = dict(options or {})
+    options = dict(problem.options or {})
     if backend == "local_reg":
         solution = odeint(
             func,
@@ -111,8 +101,8 @@ def solve_main(
             method=method,
             rtol=rtol,
             atol=atol,
-            record_states=record_states,
-            step_penalty=step_penalty,
+            record_states=request.states,
+            step_penalty=request.step_penalty,
             gradient=gradient,
             adjoint_params=adjoint_params,
             **options,
@@ -145,6 +135,6 @@ def solve_main(
         n_accepted=len(field.step_t) if record_steps else None,
         step_t=field.step_t if record_steps else None,
         step_dt=field.step_dt if record_steps else None,
-        step_states=torch.stack(field.step_states) if record_states and field.step_states else None,
+        step_states=torch.stack(field.step_states) if request.states and field.step_states else None,
         backward_counter=backward_counter,
     )

@@ -10,6 +10,7 @@ their backends, and take the local regularizer's probe step from a point of the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -27,7 +28,7 @@ from ..sde.problem import brownian_size
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from . import _ode_backends, _sde_backends
-from ._main_solve import MainSolve
+from ._main_solve import Request
 from ._probe import heuristic_order
 
 REGULARIZERS = ("error", "stiffness")
@@ -52,7 +53,47 @@ def step_penalty_value(result: Any, dt: float, regularizer: str, tableau: Butche
     return result.stiffness_estimate / tableau.stability_size
 
 
-class ODEProblem:
+class _Problem:
+    """What the two problem kinds share: the main solve's entry and the probe step's skeleton.
+
+    A kind implements ``solve`` (the main solve at ``times`` on its backend, recording what a
+    :class:`~._main_solve.Request` asks), ``_start`` (the evaluations at ``u(t_reg)`` a step
+    reuses), ``_heuristic`` (its initial-step size) and ``_step`` (one instrumented step).
+    """
+
+    def probe(
+        self,
+        context: Any,
+        tableau: ButcherTableau | None,
+        t_reg: float,
+        state: Tensor,
+        dt_abs: float | None,
+        t1: float,
+        direction: float,
+        detach_state: bool,
+        *,
+        scale: float = 1.0,
+        hairer: bool = False,
+    ) -> tuple[Any, float, Stats]:
+        """One instrumented step from ``(t_reg, state)``: ``(result, dt, stats)``. ``dt_abs=None``
+        asks the initial-step heuristic for the step size (times ``scale``; for an ODE the exponent
+        is ``1/(p+1)`` with ``hairer``, else ``1/p``); either is capped at ``|t1 - t_reg|``. What
+        is evaluated at ``u(t_reg)`` is a constant when ``detach_state``."""
+        stats = Stats()
+        with torch.no_grad() if detach_state else nullcontext():
+            start = self._start(context, t_reg, state, stats)
+        if dt_abs is None:
+            detached = state.detach()
+            dt_abs = scale * self._heuristic(
+                context, tableau, t_reg, detached, start, direction, hairer, stats
+            )
+        dt = direction * min(dt_abs, abs(t1 - t_reg))
+        result = self._step(context, tableau, t_reg, state, dt, start)
+        stats.add(result.nfe, diffusion=result.nfe_diffusion)
+        return result, dt, stats
+
+
+class ODEProblem(_Problem):
     """``dy/dt = func(t, y)``, solved by ``local_reg.odeint`` or torchdiffeq (``backend``)."""
 
     default_tolerances = (1e-6, 1e-8)
@@ -95,73 +136,38 @@ class ODEProblem:
         t_dtype = t.dtype if isinstance(t, Tensor) else torch.float64
         return times, t_dtype, None, Stats()
 
-    def solve(
-        self,
-        y0: Tensor,
-        times: list[float],
-        t_dtype: torch.dtype,
-        context: None,
-        *,
-        record_steps: bool = False,
-        record_states: bool = False,
-        step_penalty: Callable | None = None,
-    ) -> MainSolve:
-        return _ode_backends.solve_main(
-            self.func,
-            y0,
-            times,
-            backend=self.backend,
-            method=self.method,
-            rtol=self.rtol,
-            atol=self.atol,
-            gradient=self.gradient,
-            adjoint_params=self.adjoint_params,
-            record_steps=record_steps,
-            record_states=record_states,
-            t_dtype=t_dtype,
-            options=self.options,
-            step_penalty=step_penalty,
-        )
+    def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: None, request: Request):
+        return _ode_backends.solve_main(self, y0, times, t_dtype, request)
 
-    def probe(
+    def _start(self, context: None, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
+        stats.add(1)
+        return self.func(time_tensor(t_reg, state), state)
+
+    def _heuristic(
         self,
         context: None,
         tableau: ButcherTableau,
         t_reg: float,
-        state: Tensor,
-        dt_abs: float | None,
-        t1: float,
+        y: Tensor,
+        k1: Tensor,
         direction: float,
-        detach_state: bool,
-        *,
-        scale: float = 1.0,
-        hairer: bool = False,
-    ) -> tuple[Any, float, Stats]:
-        """One step of ``tableau`` from ``(t_reg, state)``: ``(result, dt, stats)``. ``dt_abs=None``
-        asks the initial-step heuristic for the step size (times ``scale``; exponent ``1/(p+1)``
-        with ``hairer``, else ``1/p``); either is capped at ``|t1 - t_reg|``. ``k1`` is a constant
-        when ``detach_state``."""
-        stats = Stats()
-        if detach_state:
-            with torch.no_grad():
-                k1 = self.func(time_tensor(t_reg, state), state)
-        else:
-            k1 = self.func(time_tensor(t_reg, state), state)
-        stats.add(1)
-        if dt_abs is None:
-            order = heuristic_order(tableau.order, "initial-hairer" if hairer else "initial")
-            dt_abs, extra = initial_step_size(
-                self.func, t_reg, state.detach(), k1.detach(), order, self.rtol, self.atol, direction
-            )
-            dt_abs *= scale
-            stats.add(extra)
-        dt = direction * min(dt_abs, abs(t1 - t_reg))
-        result = step(self.func, t_reg, state, dt, tableau, rtol=self.rtol, atol=self.atol, k1=k1)
-        stats.add(result.nfe)
-        return result, dt, stats
+        hairer: bool,
+        stats: Stats,
+    ) -> float:
+        order = heuristic_order(tableau.order, "initial-hairer" if hairer else "initial")
+        dt_abs, extra = initial_step_size(
+            self.func, t_reg, y, k1.detach(), order, self.rtol, self.atol, direction
+        )
+        stats.add(extra)
+        return dt_abs
+
+    def _step(
+        self, context: None, tableau: ButcherTableau, t_reg: float, state: Tensor, dt: float, k1: Tensor
+    ):
+        return step(self.func, t_reg, state, dt, tableau, rtol=self.rtol, atol=self.atol, k1=k1)
 
 
-class SDEProblem:
+class SDEProblem(_Problem):
     """``dy = f dt + g dW`` (a torchsde-style module), solved by ``local_reg.sdeint`` or torchsde.
 
     The main solve and the probe share one Brownian motion, so the penalty is measured on the path
@@ -219,67 +225,37 @@ class SDEProblem:
         bm = make_brownian(bm, times[0], times[-1], size, y0, generator)
         return times, y0.dtype, (noise_type, bm), stats
 
-    def solve(
-        self,
-        y0: Tensor,
-        times: list[float],
-        t_dtype: torch.dtype,
-        context: tuple[str, Any],
-        *,
-        record_steps: bool = False,
-        record_states: bool = False,
-        step_penalty: Callable | None = None,
-    ) -> MainSolve:
-        return _sde_backends.solve_main(
-            self.sde,
-            y0,
-            times,
-            backend=self.backend,
-            method=self.method,
-            rtol=self.rtol,
-            atol=self.atol,
-            gradient=self.gradient,
-            bm=context[1],
-            record_states=record_states,
-            step_penalty=step_penalty,
-            options=self.options,
-        )
+    def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: tuple, request: Request):
+        return _sde_backends.solve_main(self, y0, times, context[1], request)
 
-    def probe(
+    def _start(self, context: tuple, t_reg: float, state: Tensor, stats: Stats) -> tuple[Tensor, Tensor]:
+        t_now = time_tensor(t_reg, state)
+        stats.add(2, diffusion=1)
+        return self.sde.f(t_now, state), self.sde.g(t_now, state)
+
+    def _heuristic(
         self,
-        context: tuple[str, Any],
+        context: tuple,
         tableau: None,
         t_reg: float,
         state: Tensor,
-        dt_abs: float | None,
-        t1: float,
+        start: tuple,
         direction: float,
-        detach_state: bool,
-        *,
-        scale: float = 1.0,
-        hairer: bool = False,
-    ) -> tuple[Any, float, Stats]:
-        """One Euler--Maruyama step from ``(t_reg, state)`` on the main solve's Brownian path
-        (``scale`` multiplies the heuristic's step; ``hairer`` does not apply)."""
+        hairer: bool,
+        stats: Stats,
+    ) -> float:
+        f0, g0 = start
+        dt_abs, extra_f, extra_g = sde_initial_step_size(
+            self.sde, context[0], t_reg, state, f0.detach(), g0.detach(), self.rtol, self.atol
+        )
+        stats.add(extra_f + extra_g, diffusion=extra_g)
+        return dt_abs
+
+    def _step(self, context: tuple, tableau: None, t_reg: float, state: Tensor, dt: float, start: tuple):
         noise_type, bm = context
-        stats = Stats()
-        t_now = time_tensor(t_reg, state)
-        if detach_state:
-            with torch.no_grad():
-                f0, g0 = self.sde.f(t_now, state), self.sde.g(t_now, state)
-        else:
-            f0, g0 = self.sde.f(t_now, state), self.sde.g(t_now, state)
-        stats.add(2, diffusion=1)
-        if dt_abs is None:
-            dt_abs, extra_f, extra_g = sde_initial_step_size(
-                self.sde, noise_type, t_reg, state.detach(), f0.detach(), g0.detach(), self.rtol, self.atol
-            )
-            dt_abs *= scale
-            stats.add(extra_f + extra_g, diffusion=extra_g)
-        dt = min(dt_abs, t1 - t_reg)
+        f0, g0 = start
+        # The same Brownian path as the main solve: the penalty is measured where the model was trained.
         dw = bm(t_reg, t_reg + dt)
-        result = sde_step(
+        return sde_step(
             self.sde, noise_type, t_reg, state, dt, dw, rtol=self.rtol, atol=self.atol, f0=f0, g0=g0
         )
-        stats.add(result.nfe, diffusion=result.nfe_diffusion)
-        return result, dt, stats

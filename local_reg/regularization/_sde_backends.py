@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 from .._validate import check_choice
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
-from ..sde._sdeint import SDEStepPenalty, sdeint
+from ..sde._sdeint import sdeint
 from ..solution import Stats
-from ._main_solve import MainSolve
+from ._main_solve import MainSolve, Request
 
 BACKENDS = ("local_reg", "torchsde")
 GRADIENTS = {"local_reg": ("direct",), "torchsde": ("direct", "adjoint")}
@@ -62,25 +62,14 @@ class CountingSDE(nn.Module):
         return self.sde.g(t, y)
 
 
-def solve_main(
-    sde: Any,
-    y0: Tensor,
-    times: list[float],
-    *,
-    backend: str,
-    method: str | None,
-    rtol: float,
-    atol: float,
-    gradient: GradientMethod,
-    bm: Any,
-    record_states: bool = False,
-    step_penalty: SDEStepPenalty | None = None,
-    options: dict[str, Any] | None = None,
-) -> MainSolve:
-    """Solve at ``times`` on the Brownian motion ``bm``; ``options`` are extra keywords of the
-    backend's solver (``local_reg.sdeint``, or ``torchsde.sdeint``: e.g. ``dt``, ``adaptive``)."""
+def solve_main(problem: Any, y0: Tensor, times: list[float], bm: Any, request: Request) -> MainSolve:
+    """Solve ``problem`` (an :class:`~._problems.SDEProblem`) at ``times`` on the Brownian motion
+    ``bm``; its ``options`` are extra keywords of the backend's solver (``local_reg.sdeint``, or
+    ``torchsde.sdeint``: e.g. ``dt``, ``adaptive``)."""
+    sde, backend, method, gradient = problem.sde, problem.backend, problem.method, problem.gradient
+    rtol, atol = problem.rtol, problem.atol
     method = DEFAULT_METHOD[backend] if method is None else method
-    options = dict(options or {})
+    options = dict(problem.options)
     if backend == "local_reg":
         solution = sdeint(
             sde,
@@ -90,8 +79,8 @@ def solve_main(
             rtol=rtol,
             atol=atol,
             bm=bm,
-            record_states=record_states,
-            step_penalty=step_penalty,
+            record_states=request.states,
+            step_penalty=request.step_penalty,
             **options,
         )
         return MainSolve.from_solution(solution)

@@ -22,10 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..tableaus import ButcherTableau
-from ._module import GlobalPenalty, Regularized, make_problem
+from ._module import GlobalPenalty, Regularized
 from ._stats import RegularizationStats
-from .schedules import WeightSchedule
 
 
 def global_regularization(
@@ -33,73 +31,45 @@ def global_regularization(
     y0: Tensor,
     t: Tensor | Sequence[float],
     *,
-    regularizer: str = "error",
-    reduction: str | None = None,
-    method: str | ButcherTableau | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    gradient: object = "direct",
     generator: torch.Generator | None = None,
-    options: dict[str, Any] | None = None,
     bm: Any | None = None,
+    **settings: Any,
 ) -> tuple[Tensor, Tensor, RegularizationStats]:
-    """Solve at ``t`` and return ``(ys, reg, stats)`` with the unweighted global penalty [GR21].
-
-    Per accepted step ``j``: ``EEst_j * |dt_j|`` (error) or ``S_Est_j = rho_j / stability_size``
-    (stiffness), reduced by ``reduction``:
-
-    - ``"mean"`` (default for error, the public code), ``"sum"`` (the paper's ``R_E``);
-    - ``"max"`` of ``S_Est_j`` (default for stiffness, the public code); ``"sum"`` / ``"mean"`` of
-      ``S_Est_j * |dt_j|`` (the paper's ``R_S``).
-
-    ``gradient`` is ``"direct"`` or ``"checkpoint"`` (an SDE: ``"direct"``): the penalty is
-    differentiated through the solver, so the method must keep a per-step graph. ``stats.probe`` is
-    empty: the penalty reuses the stages of the main solve. ``func`` may be a torchsde-style SDE
-    (``regularizer="error"``; ``generator`` / ``bm`` give its Brownian motion).
-    """
-    penalty = GlobalPenalty(regularizer, reduction)
-    problem = make_problem(func, method=method, rtol=rtol, atol=atol, gradient=gradient, options=options)
-    penalty.check(problem)
-    return penalty(problem, y0, t, generator, bm)
+    """Solve at ``t`` and return ``(ys, reg, stats)`` with the unweighted global penalty [GR21],
+    without a module. ``settings`` are :class:`GloballyRegularized`'s keywords (all but
+    ``weight``); ``bm`` is an SDE's Brownian motion. ``stats.probe`` is empty: the penalty reuses
+    the stages of the main solve."""
+    if "weight" in settings:
+        raise TypeError("global_regularization returns the unweighted penalty: it takes no weight")
+    model = GloballyRegularized(func, generator=generator, **settings)
+    return model.penalty(model.problem, y0, t, generator, bm)
 
 
 class GloballyRegularized(Regularized):
     """A neural ODE trained with global regularization [GR21] (the ERNODE / SRNODE baseline).
 
-    ``ys = model(y0, t)``; in training mode ``model.reg_loss = w * R`` with ``R`` from
-    :func:`global_regularization` (defaults follow the public code: mean of ``EEst_j |dt_j|``, max
-    of ``S_Est_j``); in eval mode the plain solve and ``reg_loss = 0``.
+    ``ys = model(y0, t)``; in training mode ``model.reg_loss = w * R``: per accepted step ``j``
+    ``EEst_j * |dt_j|`` (error) or ``S_Est_j = rho_j / stability_size`` (stiffness), reduced by
+    ``reduction``:
+
+    - ``"mean"`` (default for error, the public code), ``"sum"`` (the paper's ``R_E``);
+    - ``"max"`` of ``S_Est_j`` (default for stiffness, the public code); ``"sum"`` / ``"mean"`` of
+      ``S_Est_j * |dt_j|`` (the paper's ``R_S``).
+
+    In eval mode the plain solve and ``reg_loss = 0``. The penalty is differentiated through the
+    solver, so ``gradient`` must keep a per-step graph: ``"direct"`` or ``"checkpoint"`` (an SDE:
+    ``"direct"``). The other keywords (``weight``, ``method``, ``rtol``, ``atol``, ``gradient``,
+    ``generator``, ``options``) are :class:`Regularized`'s.
 
     Coefficients used in [GR21]: MNIST ER 100 -> 10 (exponential decay), SR 0.0285; PhysioNet ER
-    1000 -> 100, SR 0.285. Only ``gradient="direct"`` or ``"checkpoint"``.
+    1000 -> 100, SR 0.285.
 
     ``func`` may also be a torchsde-style SDE module (see :func:`local_reg.sde.is_sde`): the solve
-    is then :func:`local_reg.sdeint` (``regularizer="error"``, ``gradient="direct"``; ``method``
-    defaults to the SDE solver's; ``generator`` draws its Brownian seeds).
+    is then :func:`local_reg.sdeint` (``regularizer="error"``; ``method`` defaults to the SDE
+    solver's; ``generator`` draws its Brownian seeds).
     """
 
     def __init__(
-        self,
-        func: Any,
-        *,
-        regularizer: str = "error",
-        reduction: str | None = None,
-        weight: float | WeightSchedule = 1.0,
-        method: str | ButcherTableau | None = None,
-        rtol: float | None = None,
-        atol: float | None = None,
-        gradient: object = "direct",
-        generator: torch.Generator | None = None,
-        options: dict[str, Any] | None = None,
+        self, func: Any, *, regularizer: str = "error", reduction: str | None = None, **solve: Any
     ) -> None:
-        super().__init__(
-            func,
-            GlobalPenalty(regularizer, reduction),
-            weight=weight,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            gradient=gradient,
-            generator=generator,
-            options=options,
-        )
+        super().__init__(func, GlobalPenalty(regularizer, reduction), **solve)

@@ -18,16 +18,15 @@ steps, so ``EEst`` here is the solver's own error estimate.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..tableaus import ButcherTableau
-from ._module import LocalPenalty, Regularized, make_problem
+from ._module import LocalPenalty, Regularized
 from ._stats import RegularizationStats
-from .schedules import WeightSchedule
 
 
 def local_regularization(
@@ -35,30 +34,44 @@ def local_regularization(
     y0: Tensor,
     t: Tensor | Sequence[float],
     *,
-    sampling: str = "random",
-    regularizer: str = "error",
-    method: str | ButcherTableau | None = None,
-    reg_method: str | ButcherTableau | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    gradient: object = "direct",
-    adjoint_params: Iterable[Tensor] | None = None,
-    backend: str | None = None,
-    step_size: str = "initial",
-    detach_state: bool = True,
     generator: torch.Generator | None = None,
-    options: dict[str, Any] | None = None,
     bm: Any | None = None,
-    probe: str = "initial",
-    probe_scale: float = 1.0,
-    penalty: str = "error-dt",
-    n_draws: int = 1,
+    **settings: Any,
 ) -> tuple[Tensor, Tensor, RegularizationStats]:
-    """Solve ``dy/dt = func(t, y)`` at ``t`` and compute the local regularization penalty [LR23].
+    """Solve ``dy/dt = func(t, y)`` (or an SDE) at ``t`` and compute the local regularization
+    penalty [LR23] once, without a module.
 
     Returns ``(ys, reg, stats)``: ``ys`` the solution at ``t`` (as :func:`local_reg.odeint`; never
     at ``t_reg``), ``reg`` the *unweighted* penalty (0-dim tensor) and a
-    :class:`RegularizationStats`. Add ``weight * reg`` to the training loss.
+    :class:`RegularizationStats`. Add ``weight * reg`` to the training loss. ``settings`` are
+    :class:`LocallyRegularized`'s keywords (all but ``weight``); ``bm`` is an SDE's Brownian motion
+    over ``[t[0], t[-1]]``, shared by the main solve and the step (by default a new
+    ``torchsde.BrownianInterval`` seeded from ``generator``).
+    """
+    if "weight" in settings:
+        raise TypeError("local_regularization returns the unweighted penalty: it takes no weight")
+    model = LocallyRegularized(func, generator=generator, **settings)
+    return model.penalty(model.problem, y0, t, generator, bm)
+
+
+class LocallyRegularized(Regularized):
+    """A neural ODE ``dy/dt = func(t, y)`` (or SDE) trained with local regularization [LR23].
+
+    ``ys = model(y0, t)`` returns the solution at ``t``. In training mode it also sets
+    ``model.reg_loss = w * R``, ``R`` the penalty of one regularization step at a sampled ``t_reg``
+    from ``u(t_reg)``, ``u(t_reg)``, ``dt`` and ``k1 = f(t_reg, u(t_reg))`` constants, so the main
+    solve may use any gradient method; add it to the task loss. In eval mode there is no
+    regularization and no extra cost: ``ys`` is exactly the unregularized solution and ``reg_loss``
+    is 0. ``model.stats`` describes the last call. Everything is checked at construction.
+
+    ``func`` may be a torchsde-style SDE (``f``, ``g``, ``noise_type``; see :func:`local_reg.sdeint`):
+    the probe is then one Euler--Maruyama step with its embedded estimate on the main solve's
+    Brownian path, ``R = EEst * dt`` (``regularizer="error"`` only, ``reg_method`` ``None``), and
+    ``backend`` is ``"local_reg"`` or ``"torchsde"``.
+
+    A penalty that is not finite (a diverging regularization step) is replaced by a zero that
+    carries no gradient, and ``stats.penalty_finite`` is ``False``; a zero ``EEst`` has a zero
+    gradient, never NaN.
 
     Args:
         sampling: ``"random"`` (unbiased, the paper's default): ``t_reg ~ U[t0, t1)``; the main solve
@@ -67,6 +80,8 @@ def local_regularization(
             the dynamics are hard) and the step restarts from the recorded state.
         regularizer: ``"error"``: ``R = EEst * |dt|``; ``"stiffness"``: ``R = rho / stability_size``
             (not multiplied by ``dt``; [LR23] reports it "did not yield positive results").
+        method, rtol, atol, gradient, adjoint_params, backend, options, generator, weight: the
+            keywords of :class:`Regularized`, as follows.
         method: the main solver (default ``"tsit5"``; ``"dopri5"`` with torchdiffeq, which has no
             Tsit5; ``"euler_maruyama"`` for an SDE).
         reg_method: the embedded pair of the regularization step (default Tsit5, which the public
@@ -94,54 +109,9 @@ def local_regularization(
         probe, probe_scale, penalty, n_draws: the probe's step size, a factor on the heuristic's
             step, the penalty's form and the draws averaged (:class:`LocalPenalty`); the defaults
             are the paper's procedure, and ``stats`` describe the last draw.
-        bm: an SDE's Brownian motion over ``[t[0], t[-1]]``, shared by the main solve and the step;
-            by default a new ``torchsde.BrownianInterval``.
-
-    ``func`` may be a torchsde-style SDE (``f``, ``g``, ``noise_type``; see :func:`local_reg.sdeint`):
-    the probe is then one Euler--Maruyama step with its embedded estimate on the main solve's
-    Brownian path, ``R = EEst * dt`` (``regularizer="error"`` only, ``reg_method`` ``None``), and
-    ``backend`` is ``"local_reg"`` or ``"torchsde"``.
-
-    A penalty that is not finite (a diverging regularization step) is replaced by a zero that
-    carries no gradient, and ``stats.penalty_finite`` is ``False``; a zero ``EEst`` has a zero
-    gradient, never NaN.
-    """
-    strategy = LocalPenalty(
-        sampling, regularizer, reg_method, step_size, detach_state, probe, probe_scale, penalty, n_draws
-    )
-    problem = make_problem(
-        func,
-        backend=backend,
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        gradient=gradient,
-        adjoint_params=adjoint_params,
-        options=options,
-    )
-    strategy.check(problem)
-    return strategy(problem, y0, t, generator, bm)
-
-
-class LocallyRegularized(Regularized):
-    """A neural ODE ``dy/dt = func(t, y)`` (or SDE) trained with local regularization [LR23].
-
-    ``ys = model(y0, t)`` returns the solution at ``t``. In training mode it also sets
-    ``model.reg_loss = w * R``, ``R`` the penalty of one regularization step at a sampled ``t_reg``
-    (see :func:`local_regularization` for the procedure and every argument); add it to the task
-    loss. In eval mode there is no regularization and no extra cost: ``ys`` is exactly the
-    unregularized solution and ``reg_loss`` is 0. ``model.stats`` describes the last call.
-
-    ``func`` may also be a torchsde-style SDE module (``f``, ``g``, ``noise_type``; see
-    :func:`local_reg.sde.is_sde`): the solves are then :func:`local_reg.sdeint` (or torchsde with
-    ``backend="torchsde"``) and the penalty is one instrumented SDE step on the same Brownian path;
-    ``regularizer`` must be ``"error"``.
-
-    Args:
         weight: a non-negative float or a :class:`WeightSchedule` (e.g. ``ExponentialDecay(2.5, 1.0,
             N)`` as for MNIST in [LR23]); advance it with ``model.weight.step()`` once per iteration.
             Its state (and ``generator``'s) is part of ``model.state_dict()``.
-        (the others: as :func:`local_regularization`; everything is checked at construction.)
     """
 
     def __init__(
@@ -150,43 +120,16 @@ class LocallyRegularized(Regularized):
         *,
         sampling: str = "random",
         regularizer: str = "error",
-        weight: float | WeightSchedule = 1.0,
-        method: str | ButcherTableau | None = None,
         reg_method: str | ButcherTableau | None = None,
-        rtol: float | None = None,
-        atol: float | None = None,
-        gradient: object = "direct",
-        adjoint_params: Iterable[Tensor] | None = None,
-        backend: str | None = None,
         step_size: str = "initial",
         detach_state: bool = True,
-        generator: torch.Generator | None = None,
-        options: dict[str, Any] | None = None,
         probe: str = "initial",
         probe_scale: float = 1.0,
         penalty: str = "error-dt",
         n_draws: int = 1,
+        **solve: Any,
     ) -> None:
-        super().__init__(
-            func,
-            LocalPenalty(
-                sampling,
-                regularizer,
-                reg_method,
-                step_size,
-                detach_state,
-                probe,
-                probe_scale,
-                penalty,
-                n_draws,
-            ),
-            weight=weight,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            gradient=gradient,
-            adjoint_params=adjoint_params,
-            backend=backend,
-            generator=generator,
-            options=options,
+        strategy = LocalPenalty(
+            sampling, regularizer, reg_method, step_size, detach_state, probe, probe_scale, penalty, n_draws
         )
+        super().__init__(func, strategy, **solve)
