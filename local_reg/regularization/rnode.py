@@ -133,4 +133,7 @@ class RNODERegularized(BaselineRegularized):
         return ys, penalty, stats
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight!r}, kinetic={self.kinetic}, jacobian={self.jacobian}, gradient={self.gradient!r}"
+        return (
+            f"weight={self.weight!r}, kinetic={self.kinetic}, jacobian={self.jacobian}, "
+            f"gradient={self.gradient!r}"
+        )
