@@ -368,3 +368,34 @@ def test_plain_function_with_adjoint_params_gets_its_gradient(z0):
         grads[gradient] = matrix.grad
     assert torch.count_nonzero(grads["direct"]) > 0
     torch.testing.assert_close(grads["symplectic"], grads["direct"], rtol=1e-6, atol=1e-9)
+
+
+# ---------------------------------------------------------------- experiments CLI
+
+
+@pytest.mark.parametrize(
+    ("task", "method"), [("digits", "steer"), ("digits", "rnode"), ("latent_ode", "taynode")]
+)
+def test_cli_runs_each_baseline(task, method, tmp_path):
+    from local_reg.experiments.cli import main
+    from local_reg.experiments.results import ResultsFile
+
+    args = ["experiment", task, "--methods", method, "--size", "tiny", "--seeds", "1"]
+    assert main([*args, "--out", str(tmp_path), "--no-progress"]) == 0
+    (record,) = ResultsFile(tmp_path).load()
+    assert record["method"] == method and record["test_nfe"] > 0
+    assert f"| {method} |" in (tmp_path / "report.md").read_text()
+    history = record["history"]
+    if method == "steer":  # no penalty, no extra evaluations
+        assert max(history["reg_loss"]) == 0 and sum(history["reg_nfe"]) == 0
+    else:
+        assert min(history["reg_loss"]) > 0 and min(history["reg_nfe"]) > 0
+
+
+def test_cli_stops_at_the_first_batch_on_a_steer_half_width_beyond_the_grid(tmp_path):
+    from local_reg.experiments.cli import main
+
+    # The grid is known only when the model is called: the first training batch raises.
+    args = ["experiment", "latent_ode", "--methods", "steer", "--size", "tiny", "--set", "weights.steer=0.5"]
+    with pytest.raises(ValueError, match="b=0.5 must be smaller than the last interval"):
+        main([*args, "--out", str(tmp_path), "--no-progress"])
