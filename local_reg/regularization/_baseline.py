@@ -7,7 +7,6 @@ library applies to them unchanged.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ from ..sde import is_sde
 from ..solution import RegularizationStats, Solution
 from ..tableaus import ButcherTableau, get_tableau
 from .schedules import WeightSchedule, as_schedule
+from .schedules import _non_negative as non_negative
 
 VectorField = Callable[[Tensor, Tensor], Tensor]
 
@@ -41,14 +41,6 @@ class BaselineStats(RegularizationStats):
 
     terms: dict[str, float] = field(default_factory=dict)
     t_end: float | None = None
-
-
-def non_negative(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a non-negative float, got {type(value).__name__}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be non-negative and finite, got {value}")
-    return float(value)
 
 
 def positive(name: str, value: object) -> float:
