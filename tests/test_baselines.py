@@ -399,3 +399,20 @@ def test_cli_stops_at_the_first_batch_on_a_steer_half_width_beyond_the_grid(tmp_
     args = ["experiment", "latent_ode", "--methods", "steer", "--size", "tiny", "--set", "weights.steer=0.5"]
     with pytest.raises(ValueError, match="b=0.5 must be smaller than the last interval"):
         main([*args, "--out", str(tmp_path), "--no-progress"])
+
+
+def test_default_generator_follows_the_global_seed_without_consuming_it(z0):
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first = SteerRegularized(Linear(), b=0.4)
+    torch.testing.assert_close(torch.rand(3), expected)  # the global stream is untouched
+    torch.manual_seed(5)
+    second = SteerRegularized(Linear(), b=0.4)
+    torch.manual_seed(6)
+    other = SteerRegularized(Linear(), b=0.4)
+    ends = []
+    for model in (first, second, other):
+        model(z0, [0.0, 1.0])
+        ends.append(model.stats.t_end)
+    assert ends[0] == ends[1] != ends[2]

@@ -60,12 +60,16 @@ def float_times(t: Tensor | Sequence[float]) -> list[float]:
     raise TypeError(f"t must be a 1-D tensor or a sequence of floats, got {type(t).__name__}")
 
 
+# Offsets the wrapper's own stream from the global one it is seeded from.
+_SEED_OFFSET = 0x5EED_BA5E
+
+
 def own_generator(generator: torch.Generator | None) -> torch.Generator:
-    """``generator``, or a new CPU generator seeded by one draw from the global one, so that
-    ``torch.manual_seed`` still fixes a run while the wrapper's draws live in its ``state_dict``."""
+    """``generator``, or a new CPU generator seeded from ``torch.initial_seed()``: ``torch.manual_seed``
+    still fixes a run, the wrapper's draws live in its ``state_dict``, and building the wrapper
+    leaves the global stream alone (a model initializes exactly as the vanilla one of its seed)."""
     if generator is None:
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-        return torch.Generator().manual_seed(seed)
+        return torch.Generator().manual_seed((torch.initial_seed() + _SEED_OFFSET) % 2**63)
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     return generator
