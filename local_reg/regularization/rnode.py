@@ -80,7 +80,7 @@ class RNODERegularized(BaselineRegularized):
             solve (and the eval solve); every gradient method works. A plain-function ``func``
             needs ``adjoint_params`` with any gradient but ``"direct"``.
         generator: the CPU ``torch.Generator`` of the Rademacher noise (one draw per solve); by
-            default the wrapper's own, seeded from the global generator. In ``state_dict()``.
+            default the wrapper's own, seeded from ``torch.initial_seed()``. In ``state_dict()``.
         options: further :func:`local_reg.odeint` keywords.
 
     ``stats.nfe_main`` counts the augmented field's evaluations, each one evaluation of ``func``;

@@ -69,7 +69,7 @@ class SteerRegularized(BaselineRegularized):
         method, rtol, atol, gradient, adjoint_params: of :func:`local_reg.odeint`; every gradient
             method works (the perturbed solve is an ordinary solve).
         generator: the CPU ``torch.Generator`` of the end times; by default one of the wrapper's
-            own, seeded from the global generator. Its state is part of ``state_dict()``.
+            own, seeded from ``torch.initial_seed()``. Its state is part of ``state_dict()``.
         options: further :func:`local_reg.odeint` keywords (``step_size``, ``checkpoints``, ...).
     """
 
