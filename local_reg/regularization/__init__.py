@@ -4,20 +4,31 @@
   iteration [LR23] (Pal, Edelman, Rackauckas, ICML 2023).
 - :class:`GloballyRegularized` / :func:`global_regularization`: every accepted step, differentiated
   through the solver [GR21] (Pal, Ma, Shah, Rackauckas, ICML 2021).
+- Baselines of [LR23]'s comparison: :class:`SteerRegularized` (random end time, Ghosh et al.
+  2020), :class:`RNODERegularized` (kinetic energy and Jacobian norm, Finlay et al. 2020) and
+  :class:`TayNODERegularized` (K-th derivative of the solution, Kelly et al. 2020).
 - Weight schedules: :class:`ConstantWeight`, :class:`ExponentialDecay`.
 
 Both are configurations of one module, :class:`Regularized` (penalty :class:`LocalPenalty`,
 :class:`GlobalPenalty`, or none for the plain model), which also takes neural SDEs.
 """
 
+from ._baseline import BaselineStats
 from ._module import GlobalPenalty, LocalPenalty, Regularized
 from ._stats import RegularizationStats, SDERegularizationStats
 from .globalreg import GloballyRegularized, global_regularization
 from .local import LocallyRegularized, local_regularization
+from .rnode import RNODERegularized
 from .schedules import AdaptiveWeight, ConstantWeight, ExponentialDecay, WeightSchedule
+from .steer import SteerRegularized
+from .taynode import TayNODERegularized
 
 __all__ = [
     "AdaptiveWeight",
+    "BaselineStats",
+    "RNODERegularized",
+    "SteerRegularized",
+    "TayNODERegularized",
     "ConstantWeight",
     "ExponentialDecay",
     "GlobalPenalty",

@@ -7,7 +7,8 @@ The interface (see :class:`Task` for the details):
 
 - class attributes ``name``, ``metric`` (a key of :meth:`Task.evaluate`'s result, e.g.
   ``"accuracy"``), ``higher_is_better`` and ``methods`` (the method names it supports; ODE tasks
-  inherit ``vanilla``, ``local-random``, ``local-biased``, ``global-error``, ``global-stiffness``);
+  inherit ``vanilla``, ``local-random``, ``local-biased``, ``global-error``, ``global-stiffness``,
+  ``steer``, ``rnode``, ``taynode``);
 - ``settings(size) -> dict``: every hyperparameter, JSON-serializable, for ``size`` in
   ``"tiny"`` (tests), ``"quick"`` (CPU) and ``"full"`` (the paper's settings). The runner reads
   ``epochs``, ``batch_size``, ``eval_batch_size``, ``lr`` (and optional ``weight_decay``);

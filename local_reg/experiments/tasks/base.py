@@ -10,7 +10,14 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ...regularization import GloballyRegularized, LocallyRegularized, Regularized
+from ...regularization import (
+    GloballyRegularized,
+    LocallyRegularized,
+    Regularized,
+    RNODERegularized,
+    SteerRegularized,
+    TayNODERegularized,
+)
 from ...tableaus import TABLEAUS
 from ..methods import ODE_METHODS, Method, weight_schedule
 from ..settings import Integer, OneOf, Real, Schema, Weight
@@ -130,13 +137,24 @@ def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContex
 
     ``vanilla`` is a plain :class:`local_reg.Regularized` (no penalty); ``local-*`` and ``global-*`` are
     :class:`local_reg.regularization.LocallyRegularized` / ``GloballyRegularized`` with the weight
-    ``settings["weights"][method]`` (see :func:`..methods.weight_schedule`).
+    ``settings["weights"][method]`` (see :func:`..methods.weight_schedule`); ``rnode`` and
+    ``taynode`` are ``RNODERegularized`` / ``TayNODERegularized`` with that weight, ``steer`` is
+    ``SteerRegularized`` with ``b = settings["weights"]["steer"]``.
     """
     method = context.method
     solver = {**settings["solver"], "gradient": context.gradient}
     if method.family == "vanilla":
         return Regularized(func, **solver)
-    weight = weight_schedule(settings["weights"][method.name], context.total_iterations)
+    spec = settings["weights"][method.name]
+    if method.family == "steer":
+        if isinstance(spec, dict):
+            raise ValueError(f"steer's setting weights.steer is the half-width b, a number; got {spec!r}")
+        return SteerRegularized(func, b=spec, **solver)
+    weight = weight_schedule(spec, context.total_iterations)
+    if method.family == "rnode":
+        return RNODERegularized(func, weight=weight, **solver)
+    if method.family == "taynode":
+        return TayNODERegularized(func, weight=weight, **solver)
     if method.family == "local":
         return LocallyRegularized(
             func, sampling=method.sampling, regularizer=method.regularizer, weight=weight, **solver

@@ -1,0 +1,139 @@
+"""RNODE: kinetic energy and Jacobian Frobenius norm along the trajectory [RNODE20], a baseline
+of [LR23].
+
+[RNODE20] Finlay, Jacobsen, Nurbekyan, Oberman. *How to train your neural ODE: the world of
+Jacobian and kinetic regularization.* ICML 2020.
+
+Two running costs are integrated alongside the state ``z`` (shape ``(batch, ...)`` or any shape)::
+
+    R_K = int_{t0}^{t1} 0.5 * mean(f(t, z)^2) dt
+    R_J = int_{t0}^{t1} mean((eps^T df/dz)^2) dt,    E_eps[(eps^T J)^2 summed] = ||J||_F^2
+
+``mean`` over all elements of the state (per sample over its features, then over the batch, as in
+the public code), ``eps`` Rademacher noise of the state's shape drawn once per solve (Hutchinson's
+estimator of the Frobenius norm; ``eps^T J`` is one vector--Jacobian product, which for a batch of
+independent samples is each sample's own ``eps_b^T J_b``). The loss adds
+``lambda_K R_K + lambda_J R_J``; [RNODE20]'s scripts use ``lambda_K = lambda_J = 0.01``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import vjp
+
+from .._validate import validate_times
+from ..tableaus import ButcherTableau
+from ._augmented import Integrand, solve_augmented
+from ._baseline import (
+    BaselineRegularized,
+    BaselineStats,
+    VectorField,
+    non_negative,
+    solution_stats,
+)
+from .schedules import WeightSchedule
+
+TERMS = ("kinetic", "jacobian")
+
+
+def rademacher(shape: torch.Size, generator: torch.Generator, like: Tensor) -> Tensor:
+    """Independent ``+-1`` entries, drawn on the CPU from ``generator``, cast like ``like``."""
+    signs = torch.randint(0, 2, shape, generator=generator).mul_(2).sub_(1)
+    return signs.to(dtype=like.dtype, device=like.device)
+
+
+def rnode_integrand(func: VectorField, eps: Tensor) -> Integrand:
+    """``(t, z) -> (f, [0.5 mean(f^2), mean((eps^T df/dz)^2)])``.
+
+    ``torch.func.vjp`` evaluates ``f`` and the product under its own autograd level, so the rates
+    are differentiable by the outer pass (the gradient methods' vector--Jacobian products of the
+    augmented field) and computable inside a graph-free forward solve alike.
+    """
+
+    def integrand(t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        f, pullback = vjp(lambda state: func(t, state), z)
+        (eps_jacobian,) = pullback(eps)
+        return f, torch.stack([0.5 * f.pow(2).mean(), eps_jacobian.pow(2).mean()])
+
+    return integrand
+
+
+class RNODERegularized(BaselineRegularized):
+    """A neural ODE ``dy/dt = func(t, y)`` trained with RNODE's kinetic and Jacobian terms [RNODE20].
+
+    ``ys = model(y0, t)``. In training mode ``R_K`` and ``R_J`` are integrated as two extra states
+    of one augmented solve (see :mod:`local_reg.regularization.rnode`) and
+    ``model.reg_loss = w * (kinetic * R_K + jacobian * R_J)``; ``model.stats.terms`` holds the
+    unweighted ``R_K`` and ``R_J``. In eval mode the plain solve of ``func`` and ``reg_loss = 0``.
+
+    Args:
+        func: the vector field ``func(t, y)``; it must be differentiable in ``y`` twice (the
+            gradient of ``R_J`` differentiates a vector--Jacobian product).
+        weight: ``w``, a non-negative float or a :class:`WeightSchedule`; the default 0.01 with
+            ``kinetic = jacobian = 1`` is [RNODE20]'s ``lambda_K = lambda_J = 0.01``.
+        kinetic, jacobian: the relative weights of ``R_K`` and ``R_J``.
+        method, rtol, atol, gradient, adjoint_params: of :func:`local_reg.odeint` for the augmented
+            solve (and the eval solve); every gradient method works. A plain-function ``func``
+            needs ``adjoint_params`` with any gradient but ``"direct"``.
+        generator: the CPU ``torch.Generator`` of the Rademacher noise (one draw per solve); by
+            default the wrapper's own, seeded from ``torch.initial_seed()``. In ``state_dict()``.
+        options: further :func:`local_reg.odeint` keywords.
+
+    ``stats.nfe_main`` counts the augmented field's evaluations, each one evaluation of ``func``;
+    ``stats.nfe_reg`` the vector--Jacobian products on top (one per evaluation).
+    """
+
+    def __init__(
+        self,
+        func: VectorField,
+        *,
+        weight: float | WeightSchedule = 0.01,
+        kinetic: float = 1.0,
+        jacobian: float = 1.0,
+        method: str | ButcherTableau = "tsit5",
+        rtol: float = 1e-6,
+        atol: float = 1e-8,
+        gradient: str = "direct",
+        adjoint_params: Iterable[Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            func,
+            weight=weight,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            gradient=gradient,
+            adjoint_params=adjoint_params,
+            generator=generator,
+            options=options,
+        )
+        self.kinetic = non_negative("kinetic", kinetic)
+        self.jacobian = non_negative("jacobian", jacobian)
+
+    def regularized_forward(
+        self, y0: Tensor, t: Tensor | Sequence[float]
+    ) -> tuple[Tensor, Tensor, BaselineStats]:
+        times = validate_times(t)
+        eps = rademacher(y0.shape, self.generator, y0)
+        integrand = rnode_integrand(self.func, eps)
+        ys, integrals, solution = solve_augmented(self.solve, self.func, integrand, 2, y0, t, times)
+        penalty = self.kinetic * integrals[0] + self.jacobian * integrals[1]
+        stats = solution_stats(
+            solution,
+            nfe_reg=solution.stats.nfe,
+            penalty=float(penalty.detach()),
+            terms=dict(zip(TERMS, integrals.detach().tolist(), strict=True)),
+        )
+        return ys, penalty, stats
+
+    def extra_repr(self) -> str:
+        return (
+            f"weight={self.weight!r}, kinetic={self.kinetic}, jacobian={self.jacobian}, "
+            f"gradient={self.gradient!r}"
+        )
