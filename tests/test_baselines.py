@@ -96,7 +96,8 @@ def test_steer_outputs_the_solution_at_the_drawn_end_time_and_eval_is_unperturbe
     assert len(set(ends)) == 4
     model.eval()
     ys = model(z0, times)
-    assert model.stats.t_end == 1.0 and model.stats.nfe_reg == 0
+    # Eval mode is the plain solve: no perturbed end, no penalty.
+    assert model.stats.penalty is None and model.stats.nfe_reg == 0
     torch.testing.assert_close(ys, odeint(model.func, z0, times, **TIGHT).ys)
 
 
@@ -313,9 +314,10 @@ def test_eval_mode_is_the_plain_solve_with_a_zero_penalty(cls, z0):
     model = cls(Linear()).eval()
     ys = model(z0, [0.0, 0.5, 1.0])
     assert model.reg_loss.dim() == 0 and float(model.reg_loss) == 0.0
-    assert model.stats.nfe_reg == 0 and model.stats.terms == {}
+    assert model.stats.nfe_reg == 0 and model.stats.penalty is None
     solution = odeint(model.func, z0, [0.0, 0.5, 1.0])
     torch.testing.assert_close(ys, solution.ys)
+    assert model.stats.nfe_main == solution.stats.nfe
     assert model.stats.nfe_main == solution.stats.nfe
 
 

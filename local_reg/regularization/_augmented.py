@@ -19,13 +19,14 @@ rapidly varying integrand can shorten the training steps a little; eval-mode sol
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..solution import Solution
 from ._baseline import VectorField
+from ._problems import ODEProblem
 
 Integrand = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 """``(t, z) -> (f(t, z), rates)``: the state's derivative and the 1-D tensor of the accumulators'
@@ -57,20 +58,18 @@ class AugmentedField(nn.Module):
 
 
 def solve_augmented(
-    solve: Callable[[VectorField, Tensor, Tensor | Sequence[float]], Solution],
-    func: VectorField,
+    problem: ODEProblem,
     integrand: Integrand,
     n_terms: int,
     y0: Tensor,
-    t: Tensor | Sequence[float],
     times: list[float],
 ) -> tuple[Tensor, Tensor, Solution]:
     """``(ys, integrals, solution)``: the state at ``t``, shape ``(len(t), *y0.shape)``, and the
     ``n_terms`` integrals ``int r_i dt`` from ``t[0]`` to ``t[-1]`` (signed so that a backward
     solve gives the same non-negative cost as the forward one)."""
     augmented0 = torch.cat([y0.reshape(-1), y0.new_zeros(n_terms)])
-    field = AugmentedField(func, integrand, y0.shape, n_terms)
-    solution = solve(field, augmented0, t)
+    field = AugmentedField(problem.func, integrand, y0.shape, n_terms)
+    solution = problem.odeint(field, augmented0, times)
     ys = solution.ys[:, :-n_terms].reshape(len(times), *y0.shape)
     direction = 1.0 if times[-1] >= times[0] else -1.0
     return ys, direction * solution.ys[-1, -n_terms:], solution

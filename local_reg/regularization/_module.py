@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_choice
+from .._validate import check_choice, positive_float
 from ..sde.problem import is_sde
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
@@ -55,8 +55,8 @@ def make_problem(
         func,
         backend="local_reg" if backend is None else backend,
         method=method,
-        rtol=default_rtol if rtol is None else rtol,
-        atol=default_atol if atol is None else atol,
+        rtol=default_rtol if rtol is None else positive_float("rtol", rtol),
+        atol=default_atol if atol is None else positive_float("atol", atol),
         gradient=gradient,
         adjoint_params=None if adjoint_params is None else tuple(adjoint_params),
         options=options,

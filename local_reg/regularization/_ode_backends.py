@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._odeint import odeint
 from .._validate import check_choice
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
 from ..solution import Stats
@@ -94,18 +93,8 @@ def solve_main(
     method = DEFAULT_METHOD[backend] if method is None else method
     options = dict(problem.options or {})
     if backend == "local_reg":
-        solution = odeint(
-            func,
-            y0,
-            times,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            record_states=request.states,
-            step_penalty=request.step_penalty,
-            gradient=gradient,
-            adjoint_params=adjoint_params,
-            **options,
+        solution = problem.odeint(
+            func, y0, times, record_states=request.states, step_penalty=request.step_penalty
         )
         return MainSolve.from_solution(solution, record_steps=record_steps)
 

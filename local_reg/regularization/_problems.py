@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._odeint import odeint
 from .._step import initial_step_size, step, time_tensor
 from .._validate import validate_state, validate_times
 from ..sde._sdeint import DEFAULT_ATOL as SDE_DEFAULT_ATOL
@@ -115,6 +116,11 @@ class ODEProblem(_Problem):
         self.gradient = _ode_backends.check_backend_gradient(backend, gradient)
         if backend == "local_reg" and method is not None:
             get_tableau(method)
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"options must be a dict of the solver's keywords, got {type(options).__name__}")
+        clashes = sorted(set(options or {}) & {"method", "rtol", "atol", "gradient", "adjoint_params"})
+        if clashes:
+            raise ValueError(f"options must not repeat {clashes}: pass them as keyword arguments")
         self.func = func
         self.backend = backend
         self.method = method
@@ -138,6 +144,24 @@ class ODEProblem(_Problem):
 
     def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: None, request: Request):
         return _ode_backends.solve_main(self, y0, times, t_dtype, request)
+
+    def odeint(
+        self, field: Callable[[Tensor, Tensor], Tensor], y0: Tensor, times: list[float], **record: Any
+    ):
+        """:func:`local_reg.odeint` of ``field`` (``func`` or a field built on it) with this
+        problem's method, tolerances, gradient method and options."""
+        return odeint(
+            field,
+            y0,
+            times,
+            method="tsit5" if self.method is None else self.method,
+            rtol=self.rtol,
+            atol=self.atol,
+            gradient=self.gradient,
+            adjoint_params=self.adjoint_params,
+            **record,
+            **(self.options or {}),
+        )
 
     def _start(self, context: None, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
         stats.add(1)

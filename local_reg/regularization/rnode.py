@@ -18,7 +18,8 @@ independent samples is each sample's own ``eps_b^T J_b``). The loss adds
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,15 +27,16 @@ from torch import Tensor
 from torch.func import vjp
 
 from .._validate import validate_times
-from ..tableaus import ButcherTableau
 from ._augmented import Integrand, solve_augmented
 from ._baseline import (
-    BaselineRegularized,
+    BaselinePenalty,
     BaselineStats,
     VectorField,
     non_negative,
+    own_generator,
     solution_stats,
 )
+from ._module import Regularized
 from .schedules import WeightSchedule
 
 TERMS = ("kinetic", "jacobian")
@@ -62,7 +64,35 @@ def rnode_integrand(func: VectorField, eps: Tensor) -> Integrand:
     return integrand
 
 
-class RNODERegularized(BaselineRegularized):
+@dataclass(frozen=True)
+class RNODEPenalty(BaselinePenalty):
+    """RNODE's training pass: ``kinetic * R_K + jacobian * R_J`` from one augmented solve."""
+
+    kinetic: float = 1.0
+    jacobian: float = 1.0
+
+    def __post_init__(self) -> None:
+        non_negative("kinetic", self.kinetic)
+        non_negative("jacobian", self.jacobian)
+
+    def __call__(
+        self, problem: Any, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
+    ) -> tuple[Tensor, Tensor, BaselineStats]:
+        times = validate_times(t)
+        eps = rademacher(y0.shape, generator, y0)
+        integrand = rnode_integrand(problem.func, eps)
+        ys, integrals, solution = solve_augmented(problem, integrand, 2, y0, times)
+        penalty = self.kinetic * integrals[0] + self.jacobian * integrals[1]
+        stats = solution_stats(
+            solution,
+            nfe_reg=solution.stats.nfe,
+            penalty=float(penalty.detach()),
+            terms=dict(zip(TERMS, integrals.detach().tolist(), strict=True)),
+        )
+        return ys, penalty, stats
+
+
+class RNODERegularized(Regularized):
     """A neural ODE ``dy/dt = func(t, y)`` trained with RNODE's kinetic and Jacobian terms [RNODE20].
 
     ``ys = model(y0, t)``. In training mode ``R_K`` and ``R_J`` are integrated as two extra states
@@ -76,12 +106,11 @@ class RNODERegularized(BaselineRegularized):
         weight: ``w``, a non-negative float or a :class:`WeightSchedule`; the default 0.01 with
             ``kinetic = jacobian = 1`` is [RNODE20]'s ``lambda_K = lambda_J = 0.01``.
         kinetic, jacobian: the relative weights of ``R_K`` and ``R_J``.
-        method, rtol, atol, gradient, adjoint_params: of :func:`local_reg.odeint` for the augmented
-            solve (and the eval solve); every gradient method works. A plain-function ``func``
-            needs ``adjoint_params`` with any gradient but ``"direct"``.
+        method, rtol, atol, gradient, adjoint_params, options: of :class:`local_reg.Regularized`,
+            for the augmented solve (and the eval solve); every gradient method works. A
+            plain-function ``func`` needs ``adjoint_params`` with any gradient but ``"direct"``.
         generator: the CPU ``torch.Generator`` of the Rademacher noise (one draw per solve); by
             default the wrapper's own, seeded from ``torch.initial_seed()``. In ``state_dict()``.
-        options: further :func:`local_reg.odeint` keywords.
 
     ``stats.nfe_main`` counts the augmented field's evaluations, each one evaluation of ``func``;
     ``stats.nfe_reg`` the vector--Jacobian products on top (one per evaluation).
@@ -94,46 +123,8 @@ class RNODERegularized(BaselineRegularized):
         weight: float | WeightSchedule = 0.01,
         kinetic: float = 1.0,
         jacobian: float = 1.0,
-        method: str | ButcherTableau = "tsit5",
-        rtol: float = 1e-6,
-        atol: float = 1e-8,
-        gradient: str = "direct",
-        adjoint_params: Iterable[Tensor] | None = None,
         generator: torch.Generator | None = None,
-        options: dict[str, Any] | None = None,
+        **solve: Any,
     ) -> None:
-        super().__init__(
-            func,
-            weight=weight,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            gradient=gradient,
-            adjoint_params=adjoint_params,
-            generator=generator,
-            options=options,
-        )
-        self.kinetic = non_negative("kinetic", kinetic)
-        self.jacobian = non_negative("jacobian", jacobian)
-
-    def regularized_forward(
-        self, y0: Tensor, t: Tensor | Sequence[float]
-    ) -> tuple[Tensor, Tensor, BaselineStats]:
-        times = validate_times(t)
-        eps = rademacher(y0.shape, self.generator, y0)
-        integrand = rnode_integrand(self.func, eps)
-        ys, integrals, solution = solve_augmented(self.solve, self.func, integrand, 2, y0, t, times)
-        penalty = self.kinetic * integrals[0] + self.jacobian * integrals[1]
-        stats = solution_stats(
-            solution,
-            nfe_reg=solution.stats.nfe,
-            penalty=float(penalty.detach()),
-            terms=dict(zip(TERMS, integrals.detach().tolist(), strict=True)),
-        )
-        return ys, penalty, stats
-
-    def extra_repr(self) -> str:
-        return (
-            f"weight={self.weight!r}, kinetic={self.kinetic}, jacobian={self.jacobian}, "
-            f"gradient={self.gradient!r}"
-        )
+        penalty = RNODEPenalty(float(kinetic), float(jacobian))
+        super().__init__(func, penalty, weight=weight, generator=own_generator(generator), **solve)

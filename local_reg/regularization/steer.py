@@ -19,21 +19,17 @@ that the output times stay strictly ordered. A ``b`` that breaks this for a give
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._validate import validate_times
-from ..tableaus import ButcherTableau
-from ._baseline import (
-    BaselineRegularized,
-    BaselineStats,
-    VectorField,
-    non_negative,
-    solution_stats,
-)
+from ._baseline import BaselinePenalty, BaselineStats, VectorField, non_negative, own_generator
+from ._main_solve import Request
+from ._module import Regularized
 
 
 def check_half_width(b: float, times: list[float]) -> None:
@@ -54,7 +50,28 @@ def sample_end_time(t_end: float, b: float, generator: torch.Generator) -> float
     return t_end + b * (2.0 * u - 1.0)
 
 
-class SteerRegularized(BaselineRegularized):
+@dataclass(frozen=True)
+class SteerPenalty(BaselinePenalty):
+    """STEER's training pass: the end time drawn from ``U(t[-1] - b, t[-1] + b)``; no loss term."""
+
+    b: float = 0.5
+
+    def __post_init__(self) -> None:
+        non_negative("b", self.b)
+
+    def __call__(
+        self, problem: Any, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
+    ) -> tuple[Tensor, Tensor, BaselineStats]:
+        times = validate_times(t)
+        check_half_width(self.b, times)
+        t_end = sample_end_time(times[-1], self.b, generator)
+        main = problem.solve(y0, times[:-1] + [t_end], torch.float64, None, Request())
+        zero = torch.zeros((), dtype=y0.dtype, device=y0.device)
+        stats = BaselineStats(main=main.stats, n_accepted=main.n_accepted, t_end=t_end, penalty=0.0)
+        return main.ys, zero, stats
+
+
+class SteerRegularized(Regularized):
     """A neural ODE ``dy/dt = func(t, y)`` trained with STEER [STEER20].
 
     ``ys = model(y0, t)`` returns the solution at ``t``. In training mode the last output time
@@ -66,48 +83,13 @@ class SteerRegularized(BaselineRegularized):
         func: the vector field ``func(t, y)``.
         b: the half-width of the end-time distribution, absolute (in the units of ``t``); must be
             smaller than ``|t[-1] - t[-2]|`` at every call. [STEER20] uses ``b = 0.5`` on ``[0, 1]``.
-        method, rtol, atol, gradient, adjoint_params: of :func:`local_reg.odeint`; every gradient
-            method works (the perturbed solve is an ordinary solve).
+        method, rtol, atol, gradient, adjoint_params, options: of :class:`local_reg.Regularized`
+            (the solve); every gradient method works (the perturbed solve is an ordinary solve).
         generator: the CPU ``torch.Generator`` of the end times; by default one of the wrapper's
             own, seeded from ``torch.initial_seed()``. Its state is part of ``state_dict()``.
-        options: further :func:`local_reg.odeint` keywords (``step_size``, ``checkpoints``, ...).
     """
 
     def __init__(
-        self,
-        func: VectorField,
-        *,
-        b: float = 0.5,
-        method: str | ButcherTableau = "tsit5",
-        rtol: float = 1e-6,
-        atol: float = 1e-8,
-        gradient: str = "direct",
-        adjoint_params: Iterable[Tensor] | None = None,
-        generator: torch.Generator | None = None,
-        options: dict[str, Any] | None = None,
+        self, func: VectorField, *, b: float = 0.5, generator: torch.Generator | None = None, **solve: Any
     ) -> None:
-        super().__init__(
-            func,
-            weight=None,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            gradient=gradient,
-            adjoint_params=adjoint_params,
-            generator=generator,
-            options=options,
-        )
-        self.b = non_negative("b", b)
-
-    def regularized_forward(
-        self, y0: Tensor, t: Tensor | Sequence[float]
-    ) -> tuple[Tensor, Tensor, BaselineStats]:
-        times = validate_times(t)
-        check_half_width(self.b, times)
-        t_end = sample_end_time(times[-1], self.b, self.generator)
-        solution = self.solve(self.func, y0, times[:-1] + [t_end])
-        zero = torch.zeros((), dtype=y0.dtype, device=y0.device)
-        return solution.ys, zero, solution_stats(solution, t_end=t_end, penalty=0.0)
-
-    def extra_repr(self) -> str:
-        return f"b={self.b}, gradient={self.gradient!r}"
+        super().__init__(func, SteerPenalty(float(b)), generator=own_generator(generator), **solve)

@@ -23,7 +23,8 @@ the public code's coefficients are ``lambda = 6e-5`` (MNIST) and ``1e-2`` (Physi
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,9 +32,9 @@ from torch import Tensor
 from torch.func import jvp
 
 from .._validate import validate_times
-from ..tableaus import ButcherTableau
 from ._augmented import Integrand, solve_augmented
-from ._baseline import BaselineRegularized, BaselineStats, VectorField, solution_stats
+from ._baseline import BaselinePenalty, BaselineStats, VectorField, solution_stats
+from ._module import Regularized
 from .schedules import WeightSchedule
 
 MAX_ORDER = 4
@@ -76,7 +77,30 @@ def taylor_integrand(func: VectorField, order: int) -> Integrand:
     return integrand
 
 
-class TayNODERegularized(BaselineRegularized):
+@dataclass(frozen=True)
+class TayNODEPenalty(BaselinePenalty):
+    """TayNODE's training pass: ``R_K`` from one augmented solve."""
+
+    order: int = 3
+
+    def __post_init__(self) -> None:
+        check_order(self.order)
+
+    def __call__(
+        self, problem: Any, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
+    ) -> tuple[Tensor, Tensor, BaselineStats]:
+        times = validate_times(t)
+        integrand = taylor_integrand(problem.func, self.order)
+        ys, integrals, solution = solve_augmented(problem, integrand, 1, y0, times)
+        penalty = integrals[0]
+        value = float(penalty.detach())
+        stats = solution_stats(
+            solution, nfe_reg=(self.order - 1) * solution.stats.nfe, penalty=value, terms={"taylor": value}
+        )
+        return ys, penalty, stats
+
+
+class TayNODERegularized(Regularized):
     """A neural ODE ``dy/dt = func(t, y)`` trained with TayNODE's penalty [TAY20].
 
     ``ys = model(y0, t)``. In training mode ``R_K`` is integrated as an extra state of one augmented
@@ -89,54 +113,14 @@ class TayNODERegularized(BaselineRegularized):
         order: ``K``, 1 to 4; default 3 as [TAY20] for MNIST and the latent ODE.
         weight: ``w``, a non-negative float or a :class:`WeightSchedule`; default 6e-5, the public
             code's MNIST coefficient (1e-2 for its PhysioNet latent ODE).
-        method, rtol, atol, gradient, adjoint_params, options: of :func:`local_reg.odeint`; every
-            gradient method works.
+        method, rtol, atol, gradient, adjoint_params, options: of :class:`local_reg.Regularized`;
+            every gradient method works.
 
     ``stats.nfe_main`` counts the augmented field's evaluations; ``stats.nfe_reg`` the ``K - 1``
     forward-mode evaluations of ``func`` each of them adds.
     """
 
     def __init__(
-        self,
-        func: VectorField,
-        *,
-        order: int = 3,
-        weight: float | WeightSchedule = 6e-5,
-        method: str | ButcherTableau = "tsit5",
-        rtol: float = 1e-6,
-        atol: float = 1e-8,
-        gradient: str = "direct",
-        adjoint_params: Iterable[Tensor] | None = None,
-        options: dict[str, Any] | None = None,
+        self, func: VectorField, *, order: int = 3, weight: float | WeightSchedule = 6e-5, **solve: Any
     ) -> None:
-        super().__init__(
-            func,
-            weight=weight,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            gradient=gradient,
-            adjoint_params=adjoint_params,
-            generator=False,
-            options=options,
-        )
-        self.order = check_order(order)
-
-    def regularized_forward(
-        self, y0: Tensor, t: Tensor | Sequence[float]
-    ) -> tuple[Tensor, Tensor, BaselineStats]:
-        times = validate_times(t)
-        integrand = taylor_integrand(self.func, self.order)
-        ys, integrals, solution = solve_augmented(self.solve, self.func, integrand, 1, y0, t, times)
-        penalty = integrals[0]
-        value = float(penalty.detach())
-        stats = solution_stats(
-            solution,
-            nfe_reg=(self.order - 1) * solution.stats.nfe,
-            penalty=value,
-            terms={"taylor": value},
-        )
-        return ys, penalty, stats
-
-    def extra_repr(self) -> str:
-        return f"order={self.order}, weight={self.weight!r}, gradient={self.gradient!r}"
+        super().__init__(func, TayNODEPenalty(check_order(order)), weight=weight, **solve)
