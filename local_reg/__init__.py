@@ -1,72 +1,41 @@
 """local_reg: instrumented adaptive ODE solvers and local regularization of neural differential
 equations (Pal, Edelman, Rackauckas, ICML 2023)."""
 
+from . import regularization
 from ._errors import SolverError
 from ._odeint import odeint
 from ._step import StepResult, initial_step_size, rms_norm, step
 from .controller import PIController
 from .gradients import GRADIENT_METHODS, BacksolveAdjoint, Checkpoint, Direct, GradientMethod, Symplectic
-from .regularization import (
-    AdaptiveWeight,
-    ConstantWeight,
-    ExponentialDecay,
-    GloballyRegularized,
-    GlobalPenalty,
-    LocallyRegularized,
-    LocalPenalty,
-    RegularizationStats,
-    Regularized,
-    RNODERegularized,
-    SDERegularizationStats,
-    SteerRegularized,
-    TayNODERegularized,
-    WeightSchedule,
-    global_regularization,
-    local_regularization,
-)
+from .regularization import *  # noqa: F403 -- its __all__: the regularizers, schedules and stats
 from .sde import SDEStats, is_sde, sdeint
 from .solution import Solution, Stats, Steps
 from .tableaus import TABLEAUS, ButcherTableau, get_tableau
 
 __all__ = [
     "GRADIENT_METHODS",
-    "AdaptiveWeight",
     "BacksolveAdjoint",
+    "ButcherTableau",
     "Checkpoint",
     "Direct",
     "GradientMethod",
-    "Symplectic",
-    "ConstantWeight",
-    "ExponentialDecay",
-    "GlobalPenalty",
-    "GloballyRegularized",
-    "LocalPenalty",
-    "LocallyRegularized",
-    "Regularized",
-    "RegularizationStats",
-    "RNODERegularized",
-    "SteerRegularized",
-    "TayNODERegularized",
-    "WeightSchedule",
-    "global_regularization",
-    "local_regularization",
-    "TABLEAUS",
-    "ButcherTableau",
     "PIController",
+    "SDEStats",
     "Solution",
     "SolverError",
     "Stats",
     "StepResult",
     "Steps",
+    "Symplectic",
+    "TABLEAUS",
     "get_tableau",
     "initial_step_size",
+    "is_sde",
     "odeint",
     "rms_norm",
-    "step",
-    "SDERegularizationStats",
-    "SDEStats",
-    "is_sde",
     "sdeint",
+    "step",
+    *regularization.__all__,
 ]
 __version__ = "0.1.0"
 

@@ -19,14 +19,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_choice, positive_float
+from .._validate import check_choice
 from ..sde.problem import is_sde
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from ._main_solve import Request
 from ._penalty import finite_penalty
 from ._probe import check_probe_options, penalty_form, sample_output_times, split_outputs
-from ._problems import REGULARIZERS, ODEProblem, SDEProblem, check_regularizer_tableau, step_penalty_value
+from ._problems import (
+    REGULARIZERS,
+    ODEProblem,
+    SDEProblem,
+    SolveConfig,
+    check_regularizer_tableau,
+    step_penalty_value,
+)
 from ._sampling import check_sampling
 from ._stats import RegularizationStats
 from .schedules import WeightSchedule, as_schedule
@@ -34,33 +41,12 @@ from .schedules import WeightSchedule, as_schedule
 Problem = ODEProblem | SDEProblem
 
 
-def make_problem(
-    func: Any,
-    *,
-    backend: str | None = None,
-    method: str | ButcherTableau | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
-    gradient: object = "direct",
-    adjoint_params: Iterable[Tensor] | None = None,
-    options: dict[str, Any] | None = None,
-) -> Problem:
-    """The problem ``func`` poses: an SDE if it looks like a torchsde module (``f``, ``g``,
-    ``noise_type``), else an ODE. ``None`` tolerances are the solver's defaults: 1e-6 / 1e-8 for
-    ODEs, looser for Euler--Maruyama (see :func:`local_reg.sdeint`), where ODE tolerances would cost
-    orders of magnitude more steps. Every setting is checked here, once."""
-    kind = SDEProblem if is_sde(func) else ODEProblem
-    default_rtol, default_atol = kind.default_tolerances
-    return kind(
-        func,
-        backend="local_reg" if backend is None else backend,
-        method=method,
-        rtol=default_rtol if rtol is None else positive_float("rtol", rtol),
-        atol=default_atol if atol is None else positive_float("atol", atol),
-        gradient=gradient,
-        adjoint_params=None if adjoint_params is None else tuple(adjoint_params),
-        options=options,
-    )
+def make_problem(func: Any, config: SolveConfig) -> Problem:
+    """The problem ``func`` poses, with ``config`` checked once: an SDE if it looks like a torchsde
+    module (``f``, ``g``, ``noise_type``), else an ODE. ``None`` tolerances are the solver's
+    defaults: 1e-6 / 1e-8 for ODEs, looser for Euler--Maruyama (see :func:`local_reg.sdeint`),
+    where ODE tolerances would cost orders of magnitude more steps."""
+    return (SDEProblem if is_sde(func) else ODEProblem)(func, config)
 
 
 def plain_solve(
@@ -319,16 +305,8 @@ class Regularized(nn.Module):
     ) -> None:
         super().__init__()
         # Everything is checked now, so a typo fails at construction, not at the first batch.
-        self.problem = make_problem(
-            func,
-            backend=backend,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            gradient=gradient,
-            adjoint_params=adjoint_params,
-            options=options,
-        )
+        config = SolveConfig(backend, method, rtol, atol, gradient, adjoint_params, options)
+        self.problem = make_problem(func, config)
         if penalty is not None:
             penalty.check(self.problem)
         if generator is not None and not isinstance(generator, torch.Generator):
@@ -352,6 +330,15 @@ class Regularized(nn.Module):
         ys, reg, self.stats = self.penalty(self.problem, y0, t, self.generator)
         self.reg_loss = reg * self.weight()
         return ys
+
+    def penalize(
+        self, y0: Tensor, t: Tensor | Sequence[float], bm: Any | None = None
+    ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        """``(ys, R, stats)`` of one training pass, ``R`` unweighted, whatever the module's mode;
+        ``reg_loss`` and ``stats`` are left as they are. ``bm``: an SDE's Brownian motion."""
+        if self.penalty is None:
+            raise ValueError("this model has no penalty: it is the plain solve")
+        return self.penalty(self.problem, y0, t, self.generator, bm)
 
     def get_extra_state(self) -> dict[str, Any]:
         # The schedule's iteration and the sampler's RNG state, so a resumed run continues both.

@@ -9,8 +9,9 @@ their backends, and take the local regularizer's probe step from a point of the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from .._odeint import odeint
 from .._step import initial_step_size, step, time_tensor
-from .._validate import validate_state, validate_times
+from .._validate import positive_float, validate_state, validate_times
 from ..sde._sdeint import DEFAULT_ATOL as SDE_DEFAULT_ATOL
 from ..sde._sdeint import DEFAULT_RTOL as SDE_DEFAULT_RTOL
 from ..sde._sdeint import METHODS as SDE_METHODS
@@ -54,13 +55,47 @@ def step_penalty_value(result: Any, dt: float, regularizer: str, tableau: Butche
     return result.stiffness_estimate / tableau.stability_size
 
 
-class _Problem:
-    """What the two problem kinds share: the main solve's entry and the probe step's skeleton.
+@dataclass(frozen=True)
+class SolveConfig:
+    """The main solve of a regularized model, as the user gave it (``None``: the kind's default).
 
-    A kind implements ``solve`` (the main solve at ``times`` on its backend, recording what a
+    Checked once, when a problem is made from it (:func:`local_reg.regularization._module.make_problem`).
+    """
+
+    backend: str | None = None
+    method: str | ButcherTableau | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    gradient: object = "direct"
+    adjoint_params: tuple[Tensor, ...] | None = None
+    options: dict[str, Any] | None = None
+
+
+class _Problem:
+    """What the two problem kinds share: the checked solve settings, the main solve's entry and
+    the probe step's skeleton.
+
+    A kind sets ``default_tolerances`` and ``backends`` (its ``_ode_backends``-like module) and
+    implements ``solve`` (the main solve at ``times`` on its backend, recording what a
     :class:`~._main_solve.Request` asks), ``_start`` (the evaluations at ``u(t_reg)`` a step
     reuses), ``_heuristic`` (its initial-step size) and ``_step`` (one instrumented step).
     """
+
+    def __init__(self, config: SolveConfig) -> None:
+        self.backend = "local_reg" if config.backend is None else config.backend
+        self.gradient = self.backends.check_backend_gradient(self.backend, config.gradient)
+        default_rtol, default_atol = self.default_tolerances
+        self.rtol = default_rtol if config.rtol is None else positive_float("rtol", config.rtol)
+        self.atol = default_atol if config.atol is None else positive_float("atol", config.atol)
+        self.method = config.method
+        self.adjoint_params = None if config.adjoint_params is None else tuple(config.adjoint_params)
+        options = config.options
+        if options is not None and not isinstance(options, dict):
+            raise TypeError(f"options must be a dict of the solver's keywords, got {type(options).__name__}")
+        clashes = sorted(set(options or {}) & {"method", "rtol", "atol", "gradient", "adjoint_params"})
+        if clashes:
+            raise ValueError(f"options must not repeat {clashes}: pass them as keyword arguments")
+        self.options = dict(options or {})
 
     def probe(
         self,
@@ -98,35 +133,15 @@ class ODEProblem(_Problem):
     """``dy/dt = func(t, y)``, solved by ``local_reg.odeint`` or torchdiffeq (``backend``)."""
 
     default_tolerances = (1e-6, 1e-8)
+    backends = _ode_backends
 
-    def __init__(
-        self,
-        func: Callable[[Tensor, Tensor], Tensor],
-        *,
-        backend: str,
-        method: str | ButcherTableau | None,
-        rtol: float,
-        atol: float,
-        gradient: object,
-        adjoint_params: Iterable[Tensor] | None,
-        options: dict[str, Any] | None,
-    ) -> None:
+    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], config: SolveConfig) -> None:
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
-        self.gradient = _ode_backends.check_backend_gradient(backend, gradient)
-        if backend == "local_reg" and method is not None:
-            get_tableau(method)
-        if options is not None and not isinstance(options, dict):
-            raise TypeError(f"options must be a dict of the solver's keywords, got {type(options).__name__}")
-        clashes = sorted(set(options or {}) & {"method", "rtol", "atol", "gradient", "adjoint_params"})
-        if clashes:
-            raise ValueError(f"options must not repeat {clashes}: pass them as keyword arguments")
+        super().__init__(config)
+        if self.backend == "local_reg" and self.method is not None:
+            get_tableau(self.method)
         self.func = func
-        self.backend = backend
-        self.method = method
-        self.rtol, self.atol = rtol, atol
-        self.adjoint_params = adjoint_params
-        self.options = options
 
     def check_regularizer(self, regularizer: str, reg_method: str | ButcherTableau | None) -> ButcherTableau:
         """The tableau of the probe step, checked against the penalty."""
@@ -160,7 +175,7 @@ class ODEProblem(_Problem):
             gradient=self.gradient,
             adjoint_params=self.adjoint_params,
             **record,
-            **(self.options or {}),
+            **self.options,
         )
 
     def _start(self, context: None, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
@@ -200,29 +215,14 @@ class SDEProblem(_Problem):
     """
 
     default_tolerances = (SDE_DEFAULT_RTOL, SDE_DEFAULT_ATOL)
+    backends = _sde_backends
 
-    def __init__(
-        self,
-        sde: Any,
-        *,
-        backend: str,
-        method: str | None,
-        rtol: float,
-        atol: float,
-        gradient: object,
-        adjoint_params: Iterable[Tensor] | None,
-        options: dict[str, Any] | None,
-    ) -> None:
-        self.gradient = _sde_backends.check_backend_gradient(backend, gradient)
+    def __init__(self, sde: Any, config: SolveConfig) -> None:
+        super().__init__(config)
         self.sde = sde
-        self.backend = backend
-        self.method = method
-        self.rtol, self.atol = float(rtol), float(atol)
-        options = dict(options or {})
         # adjoint_params only reach torchsde.sdeint_adjoint.
-        if backend == "torchsde" and self.gradient.name == "adjoint" and adjoint_params is not None:
-            options["adjoint_params"] = tuple(adjoint_params)
-        self.options = options
+        if self.backend == "torchsde" and self.gradient.name == "adjoint" and self.adjoint_params is not None:
+            self.options["adjoint_params"] = self.adjoint_params
 
     def check_regularizer(self, regularizer: str, reg_method: str | None) -> None:
         if regularizer != "error":

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ._module import GlobalPenalty, Regularized
@@ -27,22 +26,12 @@ from ._stats import RegularizationStats
 
 
 def global_regularization(
-    func: Any,
-    y0: Tensor,
-    t: Tensor | Sequence[float],
-    *,
-    generator: torch.Generator | None = None,
-    bm: Any | None = None,
-    **settings: Any,
+    func: Any, y0: Tensor, t: Tensor | Sequence[float], *, bm: Any | None = None, **settings: Any
 ) -> tuple[Tensor, Tensor, RegularizationStats]:
     """Solve at ``t`` and return ``(ys, reg, stats)`` with the unweighted global penalty [GR21],
-    without a module. ``settings`` are :class:`GloballyRegularized`'s keywords (all but
-    ``weight``); ``bm`` is an SDE's Brownian motion. ``stats.probe`` is empty: the penalty reuses
-    the stages of the main solve."""
-    if "weight" in settings:
-        raise TypeError("global_regularization returns the unweighted penalty: it takes no weight")
-    model = GloballyRegularized(func, generator=generator, **settings)
-    return model.penalty(model.problem, y0, t, generator, bm)
+    without a module. ``settings`` are :class:`GloballyRegularized`'s keywords; ``bm`` is an SDE's
+    Brownian motion. ``stats.probe`` is empty: the penalty reuses the stages of the main solve."""
+    return GloballyRegularized(func, **settings).penalize(y0, t, bm)
 
 
 class GloballyRegularized(Regularized):

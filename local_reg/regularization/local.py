@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from ..tableaus import ButcherTableau
@@ -30,13 +29,7 @@ from ._stats import RegularizationStats
 
 
 def local_regularization(
-    func: Any,
-    y0: Tensor,
-    t: Tensor | Sequence[float],
-    *,
-    generator: torch.Generator | None = None,
-    bm: Any | None = None,
-    **settings: Any,
+    func: Any, y0: Tensor, t: Tensor | Sequence[float], *, bm: Any | None = None, **settings: Any
 ) -> tuple[Tensor, Tensor, RegularizationStats]:
     """Solve ``dy/dt = func(t, y)`` (or an SDE) at ``t`` and compute the local regularization
     penalty [LR23] once, without a module.
@@ -44,14 +37,11 @@ def local_regularization(
     Returns ``(ys, reg, stats)``: ``ys`` the solution at ``t`` (as :func:`local_reg.odeint`; never
     at ``t_reg``), ``reg`` the *unweighted* penalty (0-dim tensor) and a
     :class:`RegularizationStats`. Add ``weight * reg`` to the training loss. ``settings`` are
-    :class:`LocallyRegularized`'s keywords (all but ``weight``); ``bm`` is an SDE's Brownian motion
+    :class:`LocallyRegularized`'s keywords; ``bm`` is an SDE's Brownian motion
     over ``[t[0], t[-1]]``, shared by the main solve and the step (by default a new
     ``torchsde.BrownianInterval`` seeded from ``generator``).
     """
-    if "weight" in settings:
-        raise TypeError("local_regularization returns the unweighted penalty: it takes no weight")
-    model = LocallyRegularized(func, generator=generator, **settings)
-    return model.penalty(model.problem, y0, t, generator, bm)
+    return LocallyRegularized(func, **settings).penalize(y0, t, bm)
 
 
 class LocallyRegularized(Regularized):
