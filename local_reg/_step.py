@@ -179,12 +179,10 @@ class RKStepper(Stepper[Tensor | None]):
         norm: Callable[[Tensor], Tensor] = rms_norm,
         f0: Tensor | None = None,
     ) -> None:
+        super().__init__(tableau.order, rtol, atol)
         self.func = func
         self.tableau = tableau
-        self.rtol = rtol
-        self.atol = atol
         self.norm = norm
-        self.order = tableau.order
         self.has_stiffness = tableau.stiffness_stages is not None
         self.f0 = f0
 

@@ -30,6 +30,11 @@ class Stepper(ABC, Generic[Carry]):
     failure: str = "non-finite state"
     """What a non-finite step result means, for the :class:`SolverError` message."""
 
+    def __init__(self, order: int, rtol: float, atol: float) -> None:
+        self.order = order
+        self.rtol = rtol
+        self.atol = atol
+
     @abstractmethod
     def begin(self, t0: float, y0: Tensor, stats: Stats) -> Carry:
         """The carry of the first step (evaluations counted in ``stats``); raises

@@ -195,12 +195,10 @@ class EulerMaruyamaStepper(Stepper[tuple[Tensor | None, Tensor | None]]):
     def __init__(
         self, sde: Any, noise_type: str, bm: Any, rtol: float, atol: float, f0: Tensor, g0: Tensor
     ) -> None:
+        super().__init__(error_order(noise_type), rtol, atol)
         self.sde = sde
         self.noise_type = noise_type
         self.bm = bm
-        self.rtol = rtol
-        self.atol = atol
-        self.order = error_order(noise_type)
         self.f0 = f0
         self.g0 = g0
 
