@@ -20,13 +20,12 @@ from torch import Tensor
 from .._odeint import odeint
 from .._step import initial_step_size, step, time_tensor
 from .._validate import positive_float, validate_state, validate_times
-from ..sde._sdeint import DEFAULT_ATOL as SDE_DEFAULT_ATOL
-from ..sde._sdeint import DEFAULT_RTOL as SDE_DEFAULT_RTOL
-from ..sde._sdeint import METHODS as SDE_METHODS
-from ..sde._sdeint import validate_sde_problem
-from ..sde._step import sde_initial_step_size, sde_step
+from ..sde import sde_initial_step_size, sde_step
 from ..sde.brownian import make_brownian
-from ..sde.problem import brownian_size
+from ..sde.problem import DEFAULT_ATOL as SDE_DEFAULT_ATOL
+from ..sde.problem import DEFAULT_RTOL as SDE_DEFAULT_RTOL
+from ..sde.problem import METHODS as SDE_METHODS
+from ..sde.problem import brownian_size, validate_sde_problem
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from . import _ode_backends, _sde_backends

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .._validate import check_choice
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
-from ..sde._sdeint import sdeint
+from ..sde import sdeint
 from ..solution import Stats
 from ._main_solve import MainSolve, Request
 

@@ -11,38 +11,17 @@ from torch import Tensor
 
 from .._integrate import integrate
 from .._step import time_tensor
-from .._validate import solve_options, validate_state, validate_times
+from .._validate import solve_options
 from ..controller import PIController
 from ..solution import Solution
 from ._step import EulerMaruyamaStepper, SDEStepResult
 from .brownian import make_brownian
-from .problem import brownian_size, check_shapes, validate_sde
+from .problem import DEFAULT_ATOL, DEFAULT_RTOL, brownian_size, check_shapes, validate_sde_problem
 
-DEFAULT_RTOL = 1e-2
-DEFAULT_ATOL = 1e-2
 DEFAULT_MAX_STEPS = 10_000
-METHODS = ("euler_maruyama",)
 
 SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
 """``penalty(result, dt) -> 0-dim tensor`` evaluated on every accepted step (global regularization)."""
-
-
-def validate_sde_problem(
-    sde: Any, y0: Tensor, t: Tensor | Sequence[float], method: str
-) -> tuple[str, list[float]]:
-    """Shared argument checks of the SDE entry points; returns ``(noise_type, times)``."""
-    noise_type, _ = validate_sde(sde)
-    y0 = validate_state(y0)
-    if y0.dim() != 2:
-        raise ValueError(f"y0 must have shape (batch, state) as in torchsde, got shape {tuple(y0.shape)}")
-    times = validate_times(t)
-    if len(times) < 2:
-        raise ValueError("t must hold at least two times (start and end of the solve)")
-    if times[-1] < times[0]:
-        raise ValueError("t must be strictly increasing: sdeint does not integrate backwards")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    return noise_type, times
 
 
 def sdeint(

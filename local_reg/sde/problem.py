@@ -12,11 +12,19 @@ shape ``(batch, m)``. By noise type, ``g`` returns
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .._validate import validate_state, validate_times
+
+METHODS = ("euler_maruyama",)
+"""The SDE schemes of :func:`local_reg.sdeint`."""
+DEFAULT_RTOL = 1e-2
+DEFAULT_ATOL = 1e-2
+"""The default tolerances of :func:`local_reg.sdeint` (see its docstring for why they are loose)."""
 SUPPORTED_NOISE_TYPES = ("diagonal", "scalar", "additive")
 SUPPORTED_SDE_TYPES = ("ito",)
 
@@ -51,6 +59,24 @@ def validate_sde(sde: Any) -> tuple[str, str]:
             "an Ito scheme (declare sde_type='ito', or use backend='torchsde' for Stratonovich SDEs)"
         )
     return noise_type, sde_type
+
+
+def validate_sde_problem(
+    sde: Any, y0: Tensor, t: Tensor | Sequence[float], method: str
+) -> tuple[str, list[float]]:
+    """Shared argument checks of the SDE entry points; returns ``(noise_type, times)``."""
+    noise_type, _ = validate_sde(sde)
+    y0 = validate_state(y0)
+    if y0.dim() != 2:
+        raise ValueError(f"y0 must have shape (batch, state) as in torchsde, got shape {tuple(y0.shape)}")
+    times = validate_times(t)
+    if len(times) < 2:
+        raise ValueError("t must hold at least two times (start and end of the solve)")
+    if times[-1] < times[0]:
+        raise ValueError("t must be strictly increasing: sdeint does not integrate backwards")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return noise_type, times
 
 
 def brownian_size(noise_type: str, y0: Tensor, g0: Tensor) -> tuple[int, int]:
