@@ -6,7 +6,7 @@ A *method* names how a neural ODE is trained: ``vanilla`` (plain adaptive solve)
 baselines of [LR23]'s comparison: ``steer`` (random end time, Ghosh et al. 2020), ``rnode``
 (kinetic energy and Jacobian norm, Finlay et al. 2020) and ``taynode`` (third derivative of the
 solution, Kelly et al. 2020). The weight of a regularizer is a *weight spec* taken from the task's
-settings (reference §2, §3, §5):
+settings (the published coefficients, see ``MNIST_WEIGHTS``):
 
 - a number: a constant weight;
 - ``{"start": w0, "end": w1}``: exponential decay ``w0 -> w1`` over the run's training iterations.

@@ -44,7 +44,7 @@ class DigitsTask(ClassificationTask):
             "eval_batch_size": 512,
             "lr": 3e-3,
             "solver": {"method": "tsit5", "rtol": 1e-6, "atol": 1e-6},
-            # Reference §2/§3, the MNIST coefficients.
+            # The published MNIST coefficients ([LR23], [GR21]).
             "weights": copy.deepcopy(MNIST_WEIGHTS),
         }
 

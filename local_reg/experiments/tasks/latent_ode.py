@@ -201,7 +201,7 @@ class LatentODETask(Task):
             "eval_batch_size": 250,
             "lr": 1e-2,
             "solver": {"method": "tsit5", "rtol": 1e-6, "atol": 1e-6},
-            # Reference §2/§3: the PhysioNet coefficients.
+            # The published PhysioNet coefficients ([LR23], [GR21]).
             "weights": copy.deepcopy(PHYSIONET_WEIGHTS),
         }
 

@@ -50,7 +50,7 @@ class MnistTask(ClassificationTask):
             "eval_batch_size": 512,
             "lr": 1e-3,
             "solver": {"method": "tsit5", "rtol": tol, "atol": tol},
-            # Reference §2/§3: the MNIST coefficients.
+            # The published MNIST coefficients ([LR23], [GR21]).
             "weights": copy.deepcopy(MNIST_WEIGHTS),
         }
 

@@ -100,7 +100,7 @@ class SpiralTask(Task):
             "eval_batch_size": 1,
             "lr": 1e-3,
             "solver": {"method": "tsit5", "rtol": 1e-6, "atol": 1e-8},
-            # No published coefficients for this demo: the MNIST ones of reference §2/§3/§5, but
+            # No published coefficients for this demo: the MNIST ones ([LR23], [GR21], the baselines), but
             # STEER's b must stay below the grid's interval (25 / 999 at the quick and full sizes).
             "weights": {**copy.deepcopy(MNIST_WEIGHTS), "steer": 0.01},
         }
