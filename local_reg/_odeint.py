@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ._integrate import StepPenalty
 from ._step import VectorField, time_tensor
+from ._tuple import accepts_tuple_states
 from ._validate import solve_options, validate_state, validate_times
 from .controller import PIController
 from .gradients import (
@@ -85,6 +86,7 @@ def _legacy_gradient(
     return gradient
 
 
+@accepts_tuple_states
 def odeint(
     func: VectorField,
     y0: Tensor,
@@ -113,7 +115,9 @@ def odeint(
         func: the vector field, called as ``func(t, y)`` with ``t`` a 0-dim tensor; it must return
             a tensor of the shape and dtype of ``y``.
         y0: initial state, any shape (a batch is one state: one step size and one error norm for
-            all of it, as in torchdiffeq), float32 or float64.
+            all of it, as in torchdiffeq), float32 or float64; or a tuple of such tensors (one
+            dtype and device), solved as one flat state, with ``func`` taking and returning tuples
+            and ``solution.ys`` a tuple (see :mod:`local_reg._tuple`).
         t: output times, 1-D, strictly increasing or decreasing (backward integration).
         method: a name from :data:`local_reg.TABLEAUS` or a :class:`ButcherTableau`.
         rtol, atol: tolerances of the error estimate

@@ -72,8 +72,11 @@ def solve_options(
     controller: PIController | None,
     tableau: ButcherTableau | None = None,
 ) -> SolveOptions:
-    """The checked :class:`SolveOptions` of one solve. A fixed-step ``tableau`` needs ``step_size``."""
-    rtol = positive_float("rtol", rtol)
+    """The checked :class:`SolveOptions` of one solve. A fixed-step ``tableau`` needs ``step_size``.
+
+    ``rtol = 0`` is allowed (a pure absolute tolerance, as in torchdiffeq); ``atol`` must be positive
+    so that the error scale ``atol + rtol * |y|`` never vanishes."""
+    rtol = 0.0 if rtol == 0 and not isinstance(rtol, bool) else positive_float("rtol", rtol)
     atol = positive_float("atol", atol)
     if first_step is not None:
         first_step = positive_float("first_step", first_step)

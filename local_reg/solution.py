@@ -77,8 +77,8 @@ class Solution:
 
     Attributes:
         ts: the output times.
-        ys: the solution at ``ts``, shape ``(len(ts), *y0.shape)``; every output time is the end
-            of an accepted step (no interpolation).
+        ys: the solution at ``ts``, shape ``(len(ts), *y0.shape)`` (a tuple of such tensors for a
+            tuple ``y0``); every output time is the end of an accepted step (no interpolation).
         stats: see :class:`Stats`.
         steps: see :class:`Steps`.
         penalties: with ``odeint(step_penalty=...)``, the penalty of every accepted step, shape
@@ -86,7 +86,19 @@ class Solution:
     """
 
     ts: Tensor
-    ys: Tensor
+    ys: Tensor | tuple[Tensor, ...]
     stats: Stats
     steps: Steps
     penalties: Tensor | None = None
+
+    def _not_a_tensor(self, *args: object, **kwargs: object):
+        # torchdiffeq's odeint returns the states themselves; say where they are.
+        raise TypeError(
+            "local_reg.odeint returns a Solution, not a tensor: the states are solution.ys (the "
+            "statistics solution.stats); for torchdiffeq's return types use `import local_reg.compat "
+            "as torchdiffeq`"
+        )
+
+    __getitem__ = __iter__ = to = _not_a_tensor
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _not_a_tensor
+    __truediv__ = __rtruediv__ = __pow__ = __neg__ = __matmul__ = _not_a_tensor

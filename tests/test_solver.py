@@ -268,11 +268,25 @@ def test_unknown_method():
         odeint(lotka_volterra, torch.ones(2), [0.0, 1.0], method="rk45")
 
 
-@pytest.mark.parametrize("argument", ["rtol", "atol"])
-@pytest.mark.parametrize("value", [0.0, -1e-6, float("nan")])
-def test_non_positive_tolerance(argument, value):
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    # rtol = 0 is allowed: a pure absolute tolerance (test_pure_absolute_tolerance).
+    [("rtol", -1e-6), ("rtol", float("nan")), ("atol", 0.0), ("atol", -1e-6), ("atol", float("nan"))],
+)
+def test_bad_tolerance(argument, value):
     with pytest.raises(ValueError, match=argument):
         odeint(lotka_volterra, torch.ones(2), [0.0, 1.0], **{argument: value})
+
+
+def test_pure_absolute_tolerance():
+    # rtol = 0, as torchdiffeq allows: the error is scaled by atol alone, so a large state needs
+    # more steps than the same tolerance relative to it, and the answer still meets atol.
+    y0 = torch.tensor([100.0], dtype=torch.float64)
+    exact = 100.0 * torch.exp(torch.tensor(-1.0, dtype=torch.float64))
+    absolute = odeint(lambda t, y: -y, y0, [0.0, 1.0], rtol=0.0, atol=1e-6)
+    relative = odeint(lambda t, y: -y, y0, [0.0, 1.0], rtol=1e-6, atol=1e-6)
+    assert absolute.stats.nfe > relative.stats.nfe
+    assert abs(float(absolute.ys[-1, 0] - exact)) < 1e-5
 
 
 @pytest.mark.parametrize("t", [[0.0, 1.0, 0.5], [0.0, 0.0], [[0.0, 1.0]], []])

@@ -1,0 +1,87 @@
+"""Tuple states: a collection of tensors solved as one flat state.
+
+Continuous normalizing flows carry ``(z, logp)``, augmented models several tensors of different
+shapes. ``odeint`` accepts a tuple ``y0`` (as torchdiffeq does): the tensors are flattened into one
+state, the vector field sees and returns tuples, and the outputs come back as a tuple of tensors of
+shape ``(len(t), *y0[i].shape)``. Because the solver, the error norm (one RMS over every element)
+and every gradient method see one tensor, nothing else in the library needs to know.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+from torch import Tensor, nn
+
+
+class TupleState:
+    """The layout of a tuple of tensors in one flat state."""
+
+    def __init__(self, y0: tuple) -> None:
+        if not y0:
+            raise ValueError("y0 is an empty tuple: it must hold at least one tensor")
+        for index, part in enumerate(y0):
+            if not isinstance(part, Tensor):
+                raise TypeError(f"y0[{index}] must be a torch.Tensor, got {type(part).__name__}")
+        first = y0[0]
+        for index, part in enumerate(y0):
+            if part.dtype != first.dtype or part.device != first.device:
+                raise TypeError(
+                    f"the tensors of a tuple y0 must share one dtype and device: y0[0] is {first.dtype} on "
+                    f"{first.device}, y0[{index}] is {part.dtype} on {part.device}"
+                )
+        self.shapes = [part.shape for part in y0]
+        self.sizes = [math.prod(shape) for shape in self.shapes]
+
+    def flatten(self, parts: tuple, what: str = "y0") -> Tensor:
+        if not isinstance(parts, tuple) or len(parts) != len(self.shapes):
+            raise TypeError(f"{what} must be a tuple of {len(self.shapes)} tensors, like y0")
+        for index, (part, shape) in enumerate(zip(parts, self.shapes, strict=True)):
+            if not isinstance(part, Tensor) or part.shape != shape:
+                got = type(part).__name__ if not isinstance(part, Tensor) else tuple(part.shape)
+                raise ValueError(
+                    f"{what}[{index}] must have the shape of y0[{index}] {tuple(shape)}, got {got}"
+                )
+        return torch.cat([part.reshape(-1) for part in parts])
+
+    def unflatten(self, flat: Tensor) -> tuple[Tensor, ...]:
+        """The tuple of a flat state, or of a stack of them (leading dimensions kept)."""
+        lead = flat.shape[:-1]
+        pieces = torch.split(flat, self.sizes, dim=-1)
+        return tuple(piece.reshape(*lead, *shape) for piece, shape in zip(pieces, self.shapes, strict=True))
+
+
+class TupleField(nn.Module):
+    """``func(t, tuple) -> tuple`` as a field of the flat state. ``func`` (or the module that owns a
+    bound method) is a submodule, so the default ``adjoint_params`` are its parameters."""
+
+    def __init__(self, func: Callable, state: TupleState) -> None:
+        super().__init__()
+        self.func = func
+        owner = getattr(func, "__self__", None)
+        self.owner = owner if isinstance(owner, nn.Module) and not isinstance(func, nn.Module) else None
+        self.state = state
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.state.flatten(tuple(self.func(t, self.state.unflatten(y))), "func's output")
+
+
+def accepts_tuple_states(solve: Callable) -> Callable:
+    """Let ``solve(func, y0, t, **options)`` take a tuple ``y0``; its solution's ``ys`` is then a
+    tuple (the step record keeps the flat states)."""
+
+    @functools.wraps(solve)
+    def wrapper(func, y0, t, **options):
+        if not isinstance(y0, tuple):
+            return solve(func, y0, t, **options)
+        state = TupleState(y0)
+        if not callable(func):
+            raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+        solution = solve(TupleField(func, state), state.flatten(y0), t, **options)
+        return replace(solution, ys=state.unflatten(solution.ys))
+
+    return wrapper
