@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ._integrate import StepPenalty
 from ._step import VectorField, time_tensor
-from ._validate import solve_options, validate_state, validate_times
+from ._validate import checked_field, solve_options, validate_state, validate_times
 from .controller import PIController
 from .gradients import (
     BacksolveAdjoint,
@@ -30,14 +30,7 @@ DEFAULT_MAX_STEPS = 10_000
 
 def evaluate_first(func: VectorField, t0: float, y0: Tensor) -> Tensor:
     """Evaluate ``func(t0, y0)`` once and check it returns a tensor shaped and typed like ``y0``."""
-    f0 = func(time_tensor(t0, y0), y0)
-    if not isinstance(f0, Tensor):
-        raise TypeError(f"func must return a torch.Tensor, got {type(f0).__name__}")
-    if f0.shape != y0.shape:
-        raise ValueError(f"func returned shape {tuple(f0.shape)}, expected the shape of y0 {tuple(y0.shape)}")
-    if f0.dtype != y0.dtype:
-        raise TypeError(f"func returned dtype {f0.dtype}, expected the dtype of y0 {y0.dtype}")
-    return f0
+    return checked_field(func)(time_tensor(t0, y0), y0)
 
 
 def _legacy_gradient(
@@ -166,13 +159,18 @@ def odeint(
     )
     gradient_method.check(options)
     check_step_penalty_support(gradient_method, step_penalty)
+    # Every call, in the forward and in any backward pass, returns y's shape and dtype.
+    checked = checked_field(func)
     params: tuple[Tensor, ...] = ()
     if gradient_method.graph_free:
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
+    elif adjoint_params is not None or isinstance(func, torch.nn.Module):
+        # Direct differentiation needs no parameter list; with one it also checks their gradients.
+        params = resolve_adjoint_params(func, adjoint_params, gradient_method)
     with torch.no_grad() if gradient_method.graph_free else nullcontext():
-        f0 = evaluate_first(func, times[0], y0)
+        f0 = evaluate_first(checked, times[0], y0)
     ys, stats, steps, penalties = gradient_method.solve(
-        func, y0, times, options, params, f0, record_states=record_states, step_penalty=step_penalty
+        checked, y0, times, options, params, f0, record_states=record_states, step_penalty=step_penalty
     )
     stats.nfe += 1
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
