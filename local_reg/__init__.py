@@ -1,9 +1,10 @@
 """local_reg: instrumented adaptive ODE solvers and local regularization of neural differential
 equations (Pal, Edelman, Rackauckas, ICML 2023)."""
 
+from ._checked_step import step
 from ._errors import SolverError
 from ._odeint import odeint
-from ._step import StepResult, initial_step_size, rms_norm, step
+from ._step import StepResult, initial_step_size, rms_norm
 from .controller import PIController
 from .gradients import GRADIENT_METHODS, BacksolveAdjoint, Checkpoint, Direct, GradientMethod, Symplectic
 from .regularization import (

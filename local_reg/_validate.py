@@ -142,6 +142,13 @@ def checked_field(func: Callable[[Tensor, Tensor], Tensor]) -> CheckedField:
 
 
 def finite_float(name: str, value: object) -> float:
+    """``value`` (a real number or a 0-dim real tensor) as a finite float."""
+    if (
+        isinstance(value, Tensor)
+        and value.dim() == 0
+        and not (value.is_complex() or value.dtype == torch.bool)
+    ):
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
     if not math.isfinite(value):

@@ -16,18 +16,19 @@ import torch
 from torch import Tensor
 
 from .._step import initial_step_size, step, time_tensor
-from .._validate import validate_state, validate_times
+from .._validate import checked_field, validate_state, validate_times
 from ..sde._sdeint import DEFAULT_ATOL as SDE_DEFAULT_ATOL
 from ..sde._sdeint import DEFAULT_RTOL as SDE_DEFAULT_RTOL
 from ..sde._sdeint import METHODS as SDE_METHODS
 from ..sde._sdeint import validate_sde_problem
 from ..sde._step import sde_initial_step_size, sde_step
 from ..sde.brownian import make_brownian
-from ..sde.problem import brownian_size
+from ..sde.problem import CheckedSDE, brownian_size, check_brownian_increment, validate_sde
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from . import _ode_backends, _sde_backends
 from ._main_solve import MainSolve
+from ._options import check_ode_settings, check_sde_settings
 from ._probe import heuristic_order
 
 REGULARIZERS = ("error", "stiffness")
@@ -72,12 +73,11 @@ class ODEProblem:
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
         self.gradient = _ode_backends.check_backend_gradient(backend, gradient)
-        if backend == "local_reg" and method is not None:
-            get_tableau(method)
+        options = check_ode_settings(backend, method, rtol, atol, options)
         self.func = func
         self.backend = backend
         self.method = method
-        self.rtol, self.atol = rtol, atol
+        self.rtol, self.atol = float(rtol), float(atol)
         self.adjoint_params = adjoint_params
         self.options = options
 
@@ -142,21 +142,30 @@ class ODEProblem:
         with ``hairer``, else ``1/p``); either is capped at ``|t1 - t_reg|``. ``k1`` is a constant
         when ``detach_state``."""
         stats = Stats()
+        func = checked_field(self.func)
         if detach_state:
             with torch.no_grad():
-                k1 = self.func(time_tensor(t_reg, state), state)
+                k1 = func(time_tensor(t_reg, state), state)
         else:
-            k1 = self.func(time_tensor(t_reg, state), state)
+            k1 = func(time_tensor(t_reg, state), state)
         stats.add(1)
         if dt_abs is None:
             order = heuristic_order(tableau.order, "initial-hairer" if hairer else "initial")
             dt_abs, extra = initial_step_size(
-                self.func, t_reg, state.detach(), k1.detach(), order, self.rtol, self.atol, direction
+                func,
+                t_reg,
+                state.detach(),
+                k1.detach(),
+                order,
+                self.rtol,
+                self.atol,
+                direction,
+                t_end=t1,
             )
             dt_abs *= scale
             stats.add(extra)
         dt = direction * min(dt_abs, abs(t1 - t_reg))
-        result = step(self.func, t_reg, state, dt, tableau, rtol=self.rtol, atol=self.atol, k1=k1)
+        result = step(func, t_reg, state, dt, tableau, rtol=self.rtol, atol=self.atol, k1=k1)
         stats.add(result.nfe)
         return result, dt, stats
 
@@ -184,11 +193,12 @@ class SDEProblem:
         options: dict[str, Any] | None,
     ) -> None:
         self.gradient = _sde_backends.check_backend_gradient(backend, gradient)
+        validate_sde(sde)
+        options = check_sde_settings(backend, method, rtol, atol, options)
         self.sde = sde
         self.backend = backend
         self.method = method
         self.rtol, self.atol = float(rtol), float(atol)
-        options = dict(options or {})
         # adjoint_params only reach torchsde.sdeint_adjoint.
         if backend == "torchsde" and self.gradient.name == "adjoint" and adjoint_params is not None:
             options["adjoint_params"] = tuple(adjoint_params)
@@ -263,23 +273,31 @@ class SDEProblem:
         (``scale`` multiplies the heuristic's step; ``hairer`` does not apply)."""
         noise_type, bm = context
         stats = Stats()
+        sde = CheckedSDE(self.sde, noise_type)
         t_now = time_tensor(t_reg, state)
         if detach_state:
             with torch.no_grad():
-                f0, g0 = self.sde.f(t_now, state), self.sde.g(t_now, state)
+                f0, g0 = sde.f(t_now, state), sde.g(t_now, state)
         else:
-            f0, g0 = self.sde.f(t_now, state), self.sde.g(t_now, state)
+            f0, g0 = sde.f(t_now, state), sde.g(t_now, state)
+        size = brownian_size(noise_type, state, g0)
         stats.add(2, diffusion=1)
         if dt_abs is None:
             dt_abs, extra_f, extra_g = sde_initial_step_size(
-                self.sde, noise_type, t_reg, state.detach(), f0.detach(), g0.detach(), self.rtol, self.atol
+                sde,
+                noise_type,
+                t_reg,
+                state.detach(),
+                f0.detach(),
+                g0.detach(),
+                self.rtol,
+                self.atol,
+                t_end=t1,
             )
             dt_abs *= scale
             stats.add(extra_f + extra_g, diffusion=extra_g)
         dt = min(dt_abs, t1 - t_reg)
-        dw = bm(t_reg, t_reg + dt)
-        result = sde_step(
-            self.sde, noise_type, t_reg, state, dt, dw, rtol=self.rtol, atol=self.atol, f0=f0, g0=g0
-        )
+        dw = check_brownian_increment(bm(t_reg, t_reg + dt), size, state)
+        result = sde_step(sde, noise_type, t_reg, state, dt, dw, rtol=self.rtol, atol=self.atol, f0=f0, g0=g0)
         stats.add(result.nfe, diffusion=result.nfe_diffusion)
         return result, dt, stats

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..sde.problem import is_sde
 from ..tableaus import ButcherTableau
 from ._module import GlobalPenalty, Regularized, make_problem
 from ._stats import RegularizationStats
@@ -58,9 +59,20 @@ def global_regularization(
     (``regularizer="error"``; ``generator`` / ``bm`` give its Brownian motion).
     """
     penalty = GlobalPenalty(regularizer, reduction)
+    check_generator_use(func, generator)
     problem = make_problem(func, method=method, rtol=rtol, atol=atol, gradient=gradient, options=options)
     penalty.check(problem)
     return penalty(problem, y0, t, generator, bm)
+
+
+def check_generator_use(func: Any, generator: torch.Generator | None) -> None:
+    """Global regularization draws nothing for an ODE: a ``generator`` there is a mistake (the
+    caller may expect it to seed something), so it is refused rather than silently unused."""
+    if generator is not None and not is_sde(func):
+        raise ValueError(
+            "generator is only used for SDEs (it seeds the Brownian motion): global regularization of "
+            "an ODE is deterministic, so pass generator=None"
+        )
 
 
 class GloballyRegularized(Regularized):
@@ -75,7 +87,8 @@ class GloballyRegularized(Regularized):
 
     ``func`` may also be a torchsde-style SDE module (see :func:`local_reg.sde.is_sde`): the solve
     is then :func:`local_reg.sdeint` (``regularizer="error"``, ``gradient="direct"``; ``method``
-    defaults to the SDE solver's; ``generator`` draws its Brownian seeds).
+    defaults to the SDE solver's; ``generator`` draws its Brownian seeds). An ODE's global penalty
+    draws nothing, so ``generator`` must then be ``None`` (``ValueError`` otherwise).
     """
 
     def __init__(
@@ -92,6 +105,7 @@ class GloballyRegularized(Regularized):
         generator: torch.Generator | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
+        check_generator_use(func, generator)
         super().__init__(
             func,
             GlobalPenalty(regularizer, reduction),

@@ -16,7 +16,7 @@ from ..controller import PIController
 from ..solution import Solution
 from ._step import EulerMaruyamaStepper, SDEStepResult
 from .brownian import make_brownian
-from .problem import brownian_size, check_shapes, validate_sde
+from .problem import CheckedBrownian, CheckedSDE, brownian_size, check_shapes, validate_sde
 
 DEFAULT_RTOL = 1e-2
 DEFAULT_ATOL = 1e-2
@@ -117,7 +117,10 @@ def sdeint(
     f0 = sde.f(time_tensor(t0, y0), y0)
     g0 = sde.g(time_tensor(t0, y0), y0)
     check_shapes(noise_type, y0, f0, g0)
-    bm = make_brownian(bm, t0, times[-1], brownian_size(noise_type, y0, g0), y0, generator)
+    # Every later drift, diffusion and Brownian increment is checked too.
+    size = brownian_size(noise_type, y0, g0)
+    sde = CheckedSDE(sde, noise_type, size[1])
+    bm = CheckedBrownian(make_brownian(bm, t0, times[-1], size, y0, generator), size, y0)
     stepper = EulerMaruyamaStepper(sde, noise_type, bm, options.rtol, options.atol, f0, g0)
     outputs, stats, steps, penalties = integrate(
         stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty
