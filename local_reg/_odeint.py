@@ -104,10 +104,12 @@ def odeint(
 
     Args:
         func: the vector field, called as ``func(t, y)`` with ``t`` a 0-dim tensor; it must return
-            a tensor of the shape and dtype of ``y``.
+            a tensor of the shape, dtype and device of ``y``, which is checked on every call.
         y0: initial state, any shape (a batch is one state: one step size and one error norm for
-            all of it, as in torchdiffeq), float32 or float64.
-        t: output times, 1-D, strictly increasing or decreasing (backward integration).
+            all of it, as in torchdiffeq), float32 or float64 (half precision is refused: it
+            cannot resolve the tolerances; integrate in float32 and cast back).
+        t: output times: a 1-D tensor, numpy array or sequence of real numbers, strictly
+            increasing or decreasing (backward integration); a string is refused.
         method: a name from :data:`local_reg.TABLEAUS` or a :class:`ButcherTableau`.
         rtol, atol: tolerances of the error estimate
             ``EEst = rms(err / (atol + rtol * max(|y0|, |y1|)))``; a step is accepted iff ``EEst <= 1``.
@@ -148,7 +150,11 @@ def odeint(
 
     Raises:
         ValueError, TypeError: bad arguments, naming the argument.
-        SolverError: non-finite state or derivative, step size underflow or ``max_steps`` exceeded.
+        SolverError: a step size underflow (also when every shorter trial step stays non-finite:
+            a non-finite trial step is rejected and retried shorter), a non-finite derivative at
+            ``t[0]``, ``max_steps`` exceeded (with a hint when the problem looks stiff), or, in the
+            backward pass of any gradient method, a non-finite gradient from ``func``'s
+            vector-Jacobian product. See docs/solver.md.
     """
     y0 = validate_state(y0)
     times = validate_times(t)
