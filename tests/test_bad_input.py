@@ -180,6 +180,36 @@ def test_nan_in_a_parameter_vjp_raises_solver_error(gradient):
         solution.ys[-1].sum().backward()
 
 
+class SqrtRate(torch.nn.Module):
+    """``dy/dt = -sqrt(p) y`` at ``p = 0``: finite values, an infinite ``d/dp``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.tensor(0.0, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return -torch.sqrt(self.p) * y
+
+
+@pytest.mark.parametrize("sampling", ["random", "biased"])
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_a_regularized_model_raises_solver_error_for_a_nan_vjp(sampling, gradient):
+    """The model indexes and drops the main solve's output tensor; the check lives with its graph."""
+    model = LocallyRegularized(SqrtRate(), sampling=sampling, gradient=gradient)
+    ys = model(torch.ones(2, dtype=torch.float64), [0.0, 1.0])
+    with pytest.raises(SolverError, match="non-finite"):
+        (ys.sum() + model.reg_loss).backward()
+
+
+def test_direct_gradient_checks_do_not_pile_hooks_on_parameters():
+    func = Decay()
+    for _ in range(5):
+        odeint(func, torch.ones(2, dtype=torch.float64), [0.0, 1.0])  # never differentiated
+    for _ in range(5):
+        odeint(func, torch.ones(2, dtype=torch.float64), [0.0, 1.0]).ys.sum().backward()
+    assert not func.rate._backward_hooks
+
+
 @pytest.mark.parametrize("gradient", ["direct", "checkpoint", "symplectic"])
 def test_a_nan_cotangent_from_the_loss_is_not_blamed_on_the_solver(gradient):
     y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)

@@ -11,7 +11,6 @@ of the gradients costs one reduction per input, not one per evaluation of ``func
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -33,26 +32,38 @@ def raise_non_finite_gradient(t0: float, n_steps: int) -> None:
     )
 
 
+class _RemoveHooks:
+    """Removes the input hooks of one solve when the solve's graph is freed (it is held by a hook
+    stored in that graph), so repeated solves do not pile hooks on a module's parameters."""
+
+    def __init__(self, handles: list[torch.utils.hooks.RemovableHandle]) -> None:
+        self.handles = handles
+
+    def __del__(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_steps: int) -> None:
     """Make a backward pass through ``ys`` raise :class:`SolverError` if the gradient of one of
     ``inputs`` (``y0`` and the known parameters) is not finite while the cotangent of ``ys`` was.
 
     A hook on ``ys`` records whether its cotangent was finite (and that its backward pass began);
-    a hook on each input checks the gradient that reaches it. The input hooks are removed when
-    ``ys`` is freed, so repeated solves do not pile hooks on a module's parameters.
+    a hook on each input checks the gradient that reaches it. The input hooks live as long as the
+    graph of ``ys`` (not the Python tensor ``ys``, which a caller may drop after indexing it).
     """
     inputs = [x for x in inputs if x.requires_grad]
     if not inputs:
         return
     incoming = {"finite": False}
 
-    def record_cotangent(grad: Tensor) -> None:
-        incoming["finite"] = grad is not None and all_finite((grad,))
-
     def check(grad: Tensor) -> None:
         if incoming["finite"] and not all_finite((grad,)):
             raise_non_finite_gradient(t0, n_steps)
 
+    remover = _RemoveHooks([x.register_hook(check) for x in inputs])
+
+    def record_cotangent(grad: Tensor | None, _remover: _RemoveHooks = remover) -> None:
+        incoming["finite"] = grad is not None and all_finite((grad,))
+
     ys.register_hook(record_cotangent)
-    handles = [x.register_hook(check) for x in inputs]
-    weakref.finalize(ys, lambda: [handle.remove() for handle in handles])
