@@ -398,6 +398,8 @@ def test_sde_models_check_method_and_options_at_construction():
 def test_global_regularization_of_an_ode_refuses_an_unused_generator():
     with pytest.raises(ValueError, match="generator is only used for SDEs"):
         GloballyRegularized(Decay(), generator=torch.Generator())
+    with pytest.raises(ValueError, match="generator is only used for SDEs"):
+        local_reg.global_regularization(Decay(), torch.ones(2), [0.0, 1.0], generator=torch.Generator())
     GloballyRegularized(DiagonalSDE(), generator=torch.Generator())  # an SDE's Brownian seeds
 
 

@@ -87,7 +87,8 @@ def sdeint(
             equal steps no longer than ``step_size``; no error estimate is computed.
         bm: Brownian motion ``bm(ta, tb) -> W(tb) - W(ta)`` of shape ``(batch, m)`` covering
             ``[t[0], t[-1]]`` (e.g. ``torchsde.BrownianInterval``); by default a new
-            ``BrownianInterval`` seeded from ``generator`` (or torch's global generator).
+            ``BrownianInterval`` seeded from ``generator`` (or torch's global generator). Every
+            increment is checked: a tensor of ``y0``'s dtype and device and of shape ``(batch, m)``.
         max_steps: attempted steps (accepted + rejected) before a :class:`SolverError`.
         controller: step-size controller (default :class:`PIController`).
         record_states: keep the state at the start of every accepted step in ``solution.steps``.
@@ -100,8 +101,11 @@ def sdeint(
         (``stiffness_estimate=None``).
 
     Raises:
-        ValueError, TypeError: bad arguments, naming the argument.
-        SolverError: non-finite state, step size underflow or ``max_steps`` exceeded.
+        ValueError, TypeError: bad arguments, naming the argument; a drift, diffusion or Brownian
+            increment of the wrong shape, dtype or device (checked on every call).
+        SolverError: step size underflow (also when every shorter trial step stays non-finite: a
+            non-finite trial step is rejected), non-finite drift or diffusion at ``t[0]``, a
+            non-finite fixed step, or ``max_steps`` exceeded.
     """
     noise_type, times = validate_sde_problem(sde, y0, t, method)
     if dt0 is not None:
