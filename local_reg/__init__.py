@@ -2,9 +2,10 @@
 equations (Pal, Edelman, Rackauckas, ICML 2023)."""
 
 from . import regularization
+from ._checked_step import step
 from ._errors import SolverError
 from ._odeint import odeint
-from ._step import StepResult, initial_step_size, rms_norm, step
+from ._step import StepResult, initial_step_size, rms_norm
 from .controller import PIController
 from .gradients import GRADIENT_METHODS, BacksolveAdjoint, Checkpoint, Direct, GradientMethod, Symplectic
 from .regularization import *  # noqa: F403 -- its __all__: the regularizers, schedules and stats

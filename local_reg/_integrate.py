@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._diagnose import explain_failure
 from ._errors import SolverError
 from ._step import RKStepper, StepResult, VectorField, rms_norm
 from ._stepper import Stepper
@@ -128,9 +129,10 @@ def integrate(
         if options.first_step is not None:
             dt_abs = abs(options.first_step)
         else:
-            dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats)
+            dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats, t_end=times[-1])
     previous_error = 1.0
     after_rejection = False
+    trial_non_finite = False
     outputs = [y0]
     penalties: list[Tensor] = []
 
@@ -138,7 +140,11 @@ def integrate(
         if not adaptive:
             dt_abs = fixed_step_size(t, t_target, options.step_size)
         while direction * (t_target - t) > 0:
-            dt_used, lands = next_step_size(t, t_target, dt_abs, stats.n_steps, options.max_steps)
+            try:
+                dt_used, lands = next_step_size(t, t_target, dt_abs, stats.n_steps, options.max_steps)
+            except SolverError as error:
+                non_finite = stepper.failure if trial_non_finite else None
+                raise explain_failure(error, log, options, non_finite) from None
             dt = direction * dt_used
             t_next = t_target if lands else t + dt
 
@@ -147,8 +153,12 @@ def integrate(
             stats.n_steps += 1
             error_estimate = None if result.error_estimate is None else float(result.error_estimate.detach())
             finite = error_estimate is None or math.isfinite(error_estimate)
-            if not (finite and bool(torch.isfinite(result.y1).all())):
+            trial_non_finite = not (finite and bool(torch.isfinite(result.y1).all()))
+            if trial_non_finite and not adaptive:
                 raise SolverError(stepper.failure, t=t, n_steps=stats.n_steps)
+            if trial_non_finite:
+                # An overflowing trial step is too long, not fatal: reject it and shrink.
+                error_estimate = math.inf
 
             accepted = not adaptive or error_estimate <= 1.0
             carry = stepper.next_carry(result, accepted, carry)

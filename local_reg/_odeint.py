@@ -12,7 +12,7 @@ from torch import Tensor
 from ._integrate import StepPenalty
 from ._step import VectorField, time_tensor
 from ._tuple import accepts_tuple_states
-from ._validate import solve_options, validate_state, validate_times
+from ._validate import checked_field, solve_options, validate_state, validate_times
 from .controller import PIController
 from .gradients import (
     BacksolveAdjoint,
@@ -31,14 +31,7 @@ DEFAULT_MAX_STEPS = 10_000
 
 def evaluate_first(func: VectorField, t0: float, y0: Tensor) -> Tensor:
     """Evaluate ``func(t0, y0)`` once and check it returns a tensor shaped and typed like ``y0``."""
-    f0 = func(time_tensor(t0, y0), y0)
-    if not isinstance(f0, Tensor):
-        raise TypeError(f"func must return a torch.Tensor, got {type(f0).__name__}")
-    if f0.shape != y0.shape:
-        raise ValueError(f"func returned shape {tuple(f0.shape)}, expected the shape of y0 {tuple(y0.shape)}")
-    if f0.dtype != y0.dtype:
-        raise TypeError(f"func returned dtype {f0.dtype}, expected the dtype of y0 {y0.dtype}")
-    return f0
+    return checked_field(func)(time_tensor(t0, y0), y0)
 
 
 def _legacy_gradient(
@@ -113,12 +106,14 @@ def odeint(
 
     Args:
         func: the vector field, called as ``func(t, y)`` with ``t`` a 0-dim tensor; it must return
-            a tensor of the shape and dtype of ``y``.
+            a tensor of the shape, dtype and device of ``y``, which is checked on every call.
         y0: initial state, any shape (a batch is one state: one step size and one error norm for
-            all of it, as in torchdiffeq), float32 or float64; or a tuple of such tensors (one
-            dtype and device), solved as one flat state, with ``func`` taking and returning tuples
-            and ``solution.ys`` a tuple (see :mod:`local_reg._tuple`).
-        t: output times, 1-D, strictly increasing or decreasing (backward integration).
+            all of it, as in torchdiffeq), float32 or float64 (half precision is refused: it
+            cannot resolve the tolerances; integrate in float32 and cast back); or a tuple of such
+            tensors (one dtype and device), solved as one flat state, with ``func`` taking and
+            returning tuples and ``solution.ys`` a tuple (see :mod:`local_reg._tuple`).
+        t: output times: a 1-D tensor, numpy array or sequence of real numbers, strictly
+            increasing or decreasing (backward integration); a string is refused.
         method: a name from :data:`local_reg.TABLEAUS` or a :class:`ButcherTableau`.
         rtol, atol: tolerances of the error estimate
             ``EEst = rms(err / (atol + rtol * max(|y0|, |y1|)))``; a step is accepted iff ``EEst <= 1``.
@@ -159,7 +154,11 @@ def odeint(
 
     Raises:
         ValueError, TypeError: bad arguments, naming the argument.
-        SolverError: non-finite state or derivative, step size underflow or ``max_steps`` exceeded.
+        SolverError: a step size underflow (also when every shorter trial step stays non-finite:
+            a non-finite trial step is rejected and retried shorter), a non-finite derivative at
+            ``t[0]``, ``max_steps`` exceeded (with a hint when the problem looks stiff), or, in the
+            backward pass of any gradient method, a non-finite gradient from ``func``'s
+            vector-Jacobian product. See docs/solver.md.
     """
     y0 = validate_state(y0)
     times = validate_times(t)
@@ -170,13 +169,18 @@ def odeint(
     )
     gradient_method.check(options)
     check_step_penalty_support(gradient_method, step_penalty)
+    # Every call, in the forward and in any backward pass, returns y's shape and dtype.
+    checked = checked_field(func)
     params: tuple[Tensor, ...] = ()
     if gradient_method.graph_free:
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
+    elif adjoint_params is not None or isinstance(func, torch.nn.Module):
+        # Direct differentiation needs no parameter list; with one it also checks their gradients.
+        params = resolve_adjoint_params(func, adjoint_params, gradient_method)
     with torch.no_grad() if gradient_method.graph_free else nullcontext():
-        f0 = evaluate_first(func, times[0], y0)
+        f0 = evaluate_first(checked, times[0], y0)
     ys, stats, steps, penalties = gradient_method.solve(
-        func, y0, times, options, params, f0, record_states=record_states, step_penalty=step_penalty
+        checked, y0, times, options, params, f0, record_states=record_states, step_penalty=step_penalty
     )
     stats.nfe += 1
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)

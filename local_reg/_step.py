@@ -127,6 +127,11 @@ def step(
     return StepResult(y1, error_estimate, stiffness_estimate, tuple(stages), nfe)
 
 
+def min_step_size(t: float) -> float:
+    """A step size safely above the loop's underflow threshold ``4 ulp(max(|t|, 1))``."""
+    return 100 * math.ulp(max(abs(t), 1.0))
+
+
 def initial_step_size(
     func: VectorField,
     t0: float,
@@ -137,6 +142,7 @@ def initial_step_size(
     atol: float,
     direction: float = 1.0,
     norm: Callable[[Tensor], Tensor] = rms_norm,
+    t_end: float | None = None,
 ) -> tuple[float, int]:
     """Hairer--Norsett--Wanner's starting step size (Solving ODEs I, II.4), as torchdiffeq and
     OrdinaryDiffEq use it. Returns ``(|dt|, nfe)``; it costs one evaluation of ``func`` besides
@@ -146,16 +152,25 @@ def initial_step_size(
     is tiny); one explicit Euler step gives ``d2 = ||f(t0 + h0, y0 + h0 f0) - f0|| / h0``;
     ``h1 = (0.01 / max(d1, d2)) ** (1 / order)``; the result is ``min(100 h0, h1)``. ``direction`` is
     ``+1`` or ``-1`` (backward integration), the sign of the trial Euler step; ``norm`` is the
-    solver's error norm.
+    solver's error norm. ``t_end``, if given, bounds ``h0`` by the span, so ``f`` is not evaluated
+    outside ``[t0, t_end]``. The norms are taken in float64 (``f0 / scale`` overflows float32 for
+    large derivatives), and ``h0`` is kept at least ``min_step_size(t0)``, a step the loop can take.
     """
     with torch.no_grad():
-        scale = atol + rtol * y0.abs()
-        d0 = float(norm(y0 / scale))
-        d1 = float(norm(f0 / scale))
+        y0_wide, f0_wide = y0.double(), f0.double()
+        scale = atol + rtol * y0_wide.abs()
+        d0 = float(norm(y0_wide / scale))
+        d1 = float(norm(f0_wide / scale))
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        if t_end is not None and t_end != t0:
+            h0 = min(h0, abs(t_end - t0))
+        h0 = max(h0, min_step_size(t0))
         y_euler = y0 + (direction * h0) * f0
         f_euler = func(time_tensor(t0 + direction * h0, y0), y_euler)
-        d2 = float(norm((f_euler - f0) / scale)) / h0
+        d2 = float(norm((f_euler.double() - f0_wide) / scale)) / h0
+        if not math.isfinite(d2):
+            # The trial Euler step overflowed: start from h0 and let the loop reject what is too long.
+            return h0, 1
         if max(d1, d2) <= 1e-15:
             h1 = max(1e-6, h0 * 1e-3)
         else:
@@ -196,10 +211,10 @@ class RKStepper(Stepper[Tensor | None]):
         return f0
 
     def initial_step_size(
-        self, t0: float, y0: Tensor, carry: Tensor, direction: float, stats: Stats
+        self, t0: float, y0: Tensor, carry: Tensor, direction: float, stats: Stats, t_end: float | None = None
     ) -> float:
         dt_abs, nfe = initial_step_size(
-            self.func, t0, y0, carry, self.order, self.rtol, self.atol, direction, norm=self.norm
+            self.func, t0, y0, carry, self.order, self.rtol, self.atol, direction, norm=self.norm, t_end=t_end
         )
         stats.add(nfe)
         return dt_abs

@@ -41,8 +41,11 @@ class Stepper(ABC, Generic[Carry]):
         :class:`SolverError` if what it evaluated is not finite."""
 
     @abstractmethod
-    def initial_step_size(self, t0: float, y0: Tensor, carry: Carry, direction: float, stats: Stats) -> float:
-        """The first step size ``|dt|`` when none is given (evaluations counted in ``stats``)."""
+    def initial_step_size(
+        self, t0: float, y0: Tensor, carry: Carry, direction: float, stats: Stats, t_end: float | None = None
+    ) -> float:
+        """The first step size ``|dt|`` when none is given (evaluations counted in ``stats``); a trial
+        evaluation stays within ``[t0, t_end]``."""
 
     @abstractmethod
     def step(self, t: float, t_next: float, y: Tensor, dt: float, carry: Carry, estimate_error: bool) -> Any:

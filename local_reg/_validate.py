@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import numbers
+from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
 
+import numpy as np
+import torch
 from torch import Tensor
 
 from ._integrate import SolveOptions
@@ -35,16 +38,41 @@ def positive_int(name: str, value: object) -> int:
     return value
 
 
-def validate_times(t: Tensor | Sequence[float]) -> list[float]:
-    """Output times as Python floats; ``t`` must be 1-D and strictly increasing or decreasing."""
+def _time_value(value: object) -> float:
+    """One output time as a float; a string, a bool or a complex number is not a time."""
+    if isinstance(value, Tensor) and value.dim() == 0:
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"t must hold real numbers, got a tensor of dtype {value.dtype}")
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"t must hold real numbers, got an element of type {type(value).__name__}")
+    return float(value)
+
+
+def validate_times(t: Tensor | np.ndarray | Sequence[float]) -> list[float]:
+    """Output times as Python floats; ``t`` must be 1-D and strictly increasing or decreasing.
+
+    Accepted: a 1-D real tensor, a 1-D real numpy array (as torchdiffeq users pass), or a sequence
+    of real numbers. A string is refused although it is a sequence: ``"12"`` is not two times.
+    """
+    if isinstance(t, (str, bytes)):
+        raise TypeError(f"t must be a 1-D tensor, numpy array or sequence of floats, got {type(t).__name__}")
     if isinstance(t, Tensor):
         if t.dim() != 1:
             raise ValueError(f"t must be a 1-D tensor of times, got shape {tuple(t.shape)}")
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"t must be a real tensor, got dtype {t.dtype}")
         times = [float(v) for v in t.detach().cpu().tolist()]
+    elif isinstance(t, np.ndarray):
+        if t.ndim != 1:
+            raise ValueError(f"t must be a 1-D array of times, got shape {t.shape}")
+        if t.dtype.kind not in "fiu":
+            raise TypeError(f"t must be a real array, got dtype {t.dtype}")
+        times = [float(v) for v in t.tolist()]
     elif isinstance(t, Sequence):
-        times = [float(v) for v in t]
+        times = [_time_value(v) for v in t]
     else:
-        raise TypeError(f"t must be a 1-D tensor or a sequence of floats, got {type(t).__name__}")
+        raise TypeError(f"t must be a 1-D tensor, numpy array or sequence of floats, got {type(t).__name__}")
     if len(times) == 0:
         raise ValueError("t must hold at least one time")
     if not all(math.isfinite(v) for v in times):
@@ -55,12 +83,77 @@ def validate_times(t: Tensor | Sequence[float]) -> list[float]:
     return times
 
 
-def validate_state(y0: object) -> Tensor:
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+"""The state dtypes the solvers integrate in. Half precision (float16, bfloat16) is refused: its
+~3 significant digits cannot resolve the default tolerances, and its step increments round to zero
+(a solve then "accepts" thousands of steps that do not move the state)."""
+
+
+def validate_state(y0: object, name: str = "y0") -> Tensor:
     if not isinstance(y0, Tensor):
-        raise TypeError(f"y0 must be a torch.Tensor, got {type(y0).__name__}")
-    if not y0.is_floating_point():
-        raise TypeError(f"y0 must have a floating dtype (float32 or float64), got {y0.dtype}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(y0).__name__}")
+    if y0.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{name} must have a floating dtype (float32 or float64), got {y0.dtype}: half precision "
+            "cannot resolve the solver's tolerances; integrate in float32 (y0.float() and a float32 "
+            "func) and cast back"
+        )
     return y0
+
+
+def check_output(name: str, value: object, like: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
+    """``value`` if it is a tensor of ``like``'s dtype and device and of ``shape`` (default
+    ``like``'s): ``TypeError`` for another type or dtype, ``ValueError`` for another shape or device."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor, got {type(value).__name__}")
+    if value.dtype != like.dtype:
+        raise TypeError(f"{name} returned dtype {value.dtype}, expected the dtype of y0 {like.dtype}")
+    expected = tuple(like.shape) if shape is None else tuple(shape)
+    if tuple(value.shape) != expected:
+        raise ValueError(f"{name} returned shape {tuple(value.shape)}, expected {expected} (from y0's shape)")
+    if value.device != like.device:
+        raise ValueError(f"{name} returned a tensor on {value.device}, expected y0's device {like.device}")
+    return value
+
+
+class CheckedField:
+    """``func(t, y)`` with its output checked on every call (:func:`check_output`).
+
+    The solvers call ``func`` at states of ``y0``'s shape and dtype, so a later call that returns
+    another shape (even a broadcastable one) or dtype (which would silently promote the solution)
+    is an error, not a wrong number. The check reads metadata only (no copy, no device
+    synchronisation) and returns ``func``'s own tensor, so values, gradients and call counts are
+    unchanged. The gradient methods' backward passes call the same wrapper.
+    """
+
+    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], name: str = "func") -> None:
+        if not callable(func):
+            raise TypeError(f"{name} must be callable as {name}(t, y), got {type(func).__name__}")
+        self.func = func
+        self.name = name
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        return check_output(self.name, self.func(t, y), y)
+
+
+def checked_field(func: Callable[[Tensor, Tensor], Tensor]) -> CheckedField:
+    """``func`` wrapped in a :class:`CheckedField` (once)."""
+    return func if isinstance(func, CheckedField) else CheckedField(func)
+
+
+def finite_float(name: str, value: object) -> float:
+    """``value`` (a real number or a 0-dim real tensor) as a finite float."""
+    if (
+        isinstance(value, Tensor)
+        and value.dim() == 0
+        and not (value.is_complex() or value.dtype == torch.bool)
+    ):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
 
 
 def solve_options(

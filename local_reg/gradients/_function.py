@@ -25,6 +25,7 @@ from .._integrate import SolveOptions, StepPenalty, integrate_ode
 from .._step import VectorField
 from ..solution import Stats, Steps
 from ._checkpoints import StepStates
+from ._finite import all_finite, raise_non_finite_gradient
 
 
 @dataclass
@@ -294,6 +295,8 @@ class _SolveWithoutGraph(torch.autograd.Function):
         grad_y0, grad_params, nfe = ctx.method.backward(
             solve, ys, grad_ys, grad_penalties if solve.step_penalty is not None else None
         )
+        if all_finite((grad_ys, grad_penalties)) and not all_finite((grad_y0, *grad_params)):
+            raise_non_finite_gradient(solve.times[0], solve.stats.n_steps)
         # Accumulate: a graph kept with retain_graph=True may be differentiated more than once.
         solve.stats.nfe_backward = (solve.stats.nfe_backward or 0) + nfe
         return (None, None, grad_y0, *grad_params)

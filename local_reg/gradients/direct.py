@@ -15,6 +15,7 @@ from torch import Tensor
 from .._integrate import SolveOptions, StepPenalty, integrate_ode
 from .._step import VectorField
 from ..solution import Stats, Steps
+from ._finite import guard_direct_gradients
 from ._function import GradientMethod
 
 
@@ -37,8 +38,8 @@ class Direct(GradientMethod):
         record_states: bool,
         step_penalty: StepPenalty | None,
     ) -> tuple[Tensor, Stats, Steps, Tensor | None]:
-        """Solve under the caller's autograd mode; ``params`` are not needed (autograd finds every
-        tensor ``func`` uses)."""
+        """Solve under the caller's autograd mode. Autograd finds every tensor ``func`` uses;
+        ``params`` (when known) only have their gradients checked for finiteness, like ``y0``'s."""
         outputs, stats, steps, penalties = integrate_ode(
             func, y0, times, options, record_states=record_states, f0=f0, step_penalty=step_penalty
         )
@@ -50,5 +51,6 @@ class Direct(GradientMethod):
                 stats.nfe_backward = stats.nfe_backward or 0
 
             ys.register_hook(record_backward)
+            guard_direct_gradients(ys, (y0, *params), times[0], stats.n_steps)
         has_penalties = step_penalty is not None and penalties
         return ys, stats, steps, torch.stack(penalties) if has_penalties else None

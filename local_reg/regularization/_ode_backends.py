@@ -7,13 +7,15 @@ state) that biased sampling and ``step_size="solver"`` need.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_choice
+from .._errors import SolverError
+from .._validate import check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
 from ..solution import Stats
 from ._main_solve import MainSolve, Request
@@ -71,7 +73,7 @@ class _TorchdiffeqField(nn.Module):
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         self.calls += 1
-        return self.func(t, y)
+        return check_output("func", self.func(t, y), y)
 
     def _record(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.step_t.append(float(t0.detach()))
@@ -100,18 +102,26 @@ def solve_main(
 
     import torchdiffeq
 
+    if not bool(torch.isfinite(y0).all()):
+        raise SolverError("non-finite initial state y0", t=times[0], n_steps=0)
     field = _TorchdiffeqField(func, record=record_steps)
     t_tensor = torch.tensor(times, dtype=t_dtype, device=y0.device)
     is_adjoint = isinstance(gradient, BacksolveAdjoint)
-    if is_adjoint:
-        kwargs = _torchdiffeq_adjoint_options(gradient)
-        if adjoint_params is not None:
-            kwargs["adjoint_params"] = tuple(adjoint_params)
-        ys = torchdiffeq.odeint_adjoint(
-            field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options, **kwargs
-        )
-    else:
-        ys = torchdiffeq.odeint(field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options)
+    try:
+        if is_adjoint:
+            kwargs = _torchdiffeq_adjoint_options(gradient)
+            if adjoint_params is not None:
+                kwargs["adjoint_params"] = tuple(adjoint_params)
+            ys = torchdiffeq.odeint_adjoint(
+                field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options, **kwargs
+            )
+        else:
+            ys = torchdiffeq.odeint(field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options)
+    except AssertionError as error:
+        # torchdiffeq reports a failed solve (underflow in dt, max_num_steps exceeded, a non-finite
+        # state) with assert: the library's contract is SolverError.
+        reason = f"torchdiffeq: {error} (after {field.calls} evaluations of func)"
+        raise SolverError(reason, t=math.nan, n_steps=len(field.step_t)) from error
     nfe = field.calls
 
     def backward_counter() -> int | None:

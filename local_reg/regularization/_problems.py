@@ -19,17 +19,24 @@ from torch import Tensor
 
 from .._odeint import odeint
 from .._step import initial_step_size, step, time_tensor
-from .._validate import positive_float, validate_state, validate_times
+from .._validate import checked_field, positive_float, validate_state, validate_times
 from ..sde import sde_initial_step_size, sde_step
 from ..sde.brownian import make_brownian
 from ..sde.problem import DEFAULT_ATOL as SDE_DEFAULT_ATOL
 from ..sde.problem import DEFAULT_RTOL as SDE_DEFAULT_RTOL
 from ..sde.problem import METHODS as SDE_METHODS
-from ..sde.problem import brownian_size, validate_sde_problem
+from ..sde.problem import (
+    CheckedSDE,
+    brownian_size,
+    check_brownian_increment,
+    validate_sde,
+    validate_sde_problem,
+)
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from . import _ode_backends, _sde_backends
 from ._main_solve import Request
+from ._options import check_ode_settings, check_sde_settings
 from ._probe import heuristic_order
 
 REGULARIZERS = ("error", "stiffness")
@@ -74,7 +81,8 @@ class _Problem:
     """What the two problem kinds share: the checked solve settings, the main solve's entry and
     the probe step's skeleton.
 
-    A kind sets ``default_tolerances`` and ``backends`` (its ``_ode_backends``-like module) and
+    A kind sets ``default_tolerances``, ``backends`` (its ``_ode_backends``-like module) and
+    ``check_settings`` (method, tolerances and ``options`` keys for its backend, :mod:`._options`), and
     implements ``solve`` (the main solve at ``times`` on its backend, recording what a
     :class:`~._main_solve.Request` asks), ``_start`` (the evaluations at ``u(t_reg)`` a step
     reuses), ``_heuristic`` (its initial-step size) and ``_step`` (one instrumented step).
@@ -88,13 +96,7 @@ class _Problem:
         self.atol = default_atol if config.atol is None else positive_float("atol", config.atol)
         self.method = config.method
         self.adjoint_params = None if config.adjoint_params is None else tuple(config.adjoint_params)
-        options = config.options
-        if options is not None and not isinstance(options, dict):
-            raise TypeError(f"options must be a dict of the solver's keywords, got {type(options).__name__}")
-        clashes = sorted(set(options or {}) & {"method", "rtol", "atol", "gradient", "adjoint_params"})
-        if clashes:
-            raise ValueError(f"options must not repeat {clashes}: pass them as keyword arguments")
-        self.options = dict(options or {})
+        self.options = self.check_settings(self.backend, config.method, self.rtol, self.atol, config.options)
 
     def probe(
         self,
@@ -118,10 +120,8 @@ class _Problem:
         with torch.no_grad() if detach_state else nullcontext():
             start = self._start(context, t_reg, state, stats)
         if dt_abs is None:
-            detached = state.detach()
-            dt_abs = scale * self._heuristic(
-                context, tableau, t_reg, detached, start, direction, hairer, stats
-            )
+            y = state.detach()
+            dt_abs = scale * self._heuristic(context, tableau, t_reg, y, start, direction, hairer, stats, t1)
         dt = direction * min(dt_abs, abs(t1 - t_reg))
         result = self._step(context, tableau, t_reg, state, dt, start)
         stats.add(result.nfe, diffusion=result.nfe_diffusion)
@@ -133,13 +133,12 @@ class ODEProblem(_Problem):
 
     default_tolerances = (1e-6, 1e-8)
     backends = _ode_backends
+    check_settings = staticmethod(check_ode_settings)
 
     def __init__(self, func: Callable[[Tensor, Tensor], Tensor], config: SolveConfig) -> None:
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
         super().__init__(config)
-        if self.backend == "local_reg" and self.method is not None:
-            get_tableau(self.method)
         self.func = func
 
     def check_regularizer(self, regularizer: str, reg_method: str | ButcherTableau | None) -> ButcherTableau:
@@ -179,7 +178,7 @@ class ODEProblem(_Problem):
 
     def _start(self, context: None, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
         stats.add(1)
-        return self.func(time_tensor(t_reg, state), state)
+        return checked_field(self.func)(time_tensor(t_reg, state), state)
 
     def _heuristic(
         self,
@@ -191,10 +190,19 @@ class ODEProblem(_Problem):
         direction: float,
         hairer: bool,
         stats: Stats,
+        t_end: float,
     ) -> float:
         order = heuristic_order(tableau.order, "initial-hairer" if hairer else "initial")
         dt_abs, extra = initial_step_size(
-            self.func, t_reg, y, k1.detach(), order, self.rtol, self.atol, direction
+            checked_field(self.func),
+            t_reg,
+            y,
+            k1.detach(),
+            order,
+            self.rtol,
+            self.atol,
+            direction,
+            t_end=t_end,
         )
         stats.add(extra)
         return dt_abs
@@ -202,7 +210,8 @@ class ODEProblem(_Problem):
     def _step(
         self, context: None, tableau: ButcherTableau, t_reg: float, state: Tensor, dt: float, k1: Tensor
     ):
-        return step(self.func, t_reg, state, dt, tableau, rtol=self.rtol, atol=self.atol, k1=k1)
+        func = checked_field(self.func)
+        return step(func, t_reg, state, dt, tableau, rtol=self.rtol, atol=self.atol, k1=k1)
 
 
 class SDEProblem(_Problem):
@@ -215,8 +224,10 @@ class SDEProblem(_Problem):
 
     default_tolerances = (SDE_DEFAULT_RTOL, SDE_DEFAULT_ATOL)
     backends = _sde_backends
+    check_settings = staticmethod(check_sde_settings)
 
     def __init__(self, sde: Any, config: SolveConfig) -> None:
+        validate_sde(sde)
         super().__init__(config)
         self.sde = sde
         # adjoint_params only reach torchsde.sdeint_adjoint.
@@ -253,8 +264,9 @@ class SDEProblem(_Problem):
 
     def _start(self, context: tuple, t_reg: float, state: Tensor, stats: Stats) -> tuple[Tensor, Tensor]:
         t_now = time_tensor(t_reg, state)
+        sde = CheckedSDE(self.sde, context[0])
         stats.add(2, diffusion=1)
-        return self.sde.f(t_now, state), self.sde.g(t_now, state)
+        return sde.f(t_now, state), sde.g(t_now, state)
 
     def _heuristic(
         self,
@@ -266,10 +278,12 @@ class SDEProblem(_Problem):
         direction: float,
         hairer: bool,
         stats: Stats,
+        t_end: float,
     ) -> float:
         f0, g0 = start
+        sde = CheckedSDE(self.sde, context[0])
         dt_abs, extra_f, extra_g = sde_initial_step_size(
-            self.sde, context[0], t_reg, state, f0.detach(), g0.detach(), self.rtol, self.atol
+            sde, context[0], t_reg, state, f0.detach(), g0.detach(), self.rtol, self.atol, t_end=t_end
         )
         stats.add(extra_f + extra_g, diffusion=extra_g)
         return dt_abs
@@ -277,8 +291,8 @@ class SDEProblem(_Problem):
     def _step(self, context: tuple, tableau: None, t_reg: float, state: Tensor, dt: float, start: tuple):
         noise_type, bm = context
         f0, g0 = start
+        size = brownian_size(noise_type, state, g0)
         # The same Brownian path as the main solve: the penalty is measured where the model was trained.
-        dw = bm(t_reg, t_reg + dt)
-        return sde_step(
-            self.sde, noise_type, t_reg, state, dt, dw, rtol=self.rtol, atol=self.atol, f0=f0, g0=g0
-        )
+        dw = check_brownian_increment(bm(t_reg, t_reg + dt), size, state)
+        sde = CheckedSDE(self.sde, noise_type)
+        return sde_step(sde, noise_type, t_reg, state, dt, dw, rtol=self.rtol, atol=self.atol, f0=f0, g0=g0)

@@ -16,7 +16,15 @@ from ..controller import PIController
 from ..solution import Solution
 from ._step import EulerMaruyamaStepper, SDEStepResult
 from .brownian import make_brownian
-from .problem import DEFAULT_ATOL, DEFAULT_RTOL, brownian_size, check_shapes, validate_sde_problem
+from .problem import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    CheckedBrownian,
+    CheckedSDE,
+    brownian_size,
+    check_shapes,
+    validate_sde_problem,
+)
 
 DEFAULT_MAX_STEPS = 10_000
 
@@ -66,7 +74,8 @@ def sdeint(
             equal steps no longer than ``step_size``; no error estimate is computed.
         bm: Brownian motion ``bm(ta, tb) -> W(tb) - W(ta)`` of shape ``(batch, m)`` covering
             ``[t[0], t[-1]]`` (e.g. ``torchsde.BrownianInterval``); by default a new
-            ``BrownianInterval`` seeded from ``generator`` (or torch's global generator).
+            ``BrownianInterval`` seeded from ``generator`` (or torch's global generator). Every
+            increment is checked: a tensor of ``y0``'s dtype and device and of shape ``(batch, m)``.
         max_steps: attempted steps (accepted + rejected) before a :class:`SolverError`.
         controller: step-size controller (default :class:`PIController`).
         record_states: keep the state at the start of every accepted step in ``solution.steps``.
@@ -79,8 +88,11 @@ def sdeint(
         (``stiffness_estimate=None``).
 
     Raises:
-        ValueError, TypeError: bad arguments, naming the argument.
-        SolverError: non-finite state, step size underflow or ``max_steps`` exceeded.
+        ValueError, TypeError: bad arguments, naming the argument; a drift, diffusion or Brownian
+            increment of the wrong shape, dtype or device (checked on every call).
+        SolverError: step size underflow (also when every shorter trial step stays non-finite: a
+            non-finite trial step is rejected), non-finite drift or diffusion at ``t[0]``, a
+            non-finite fixed step, or ``max_steps`` exceeded.
     """
     noise_type, times = validate_sde_problem(sde, y0, t, method)
     if dt0 is not None:
@@ -96,7 +108,10 @@ def sdeint(
     f0 = sde.f(time_tensor(t0, y0), y0)
     g0 = sde.g(time_tensor(t0, y0), y0)
     check_shapes(noise_type, y0, f0, g0)
-    bm = make_brownian(bm, t0, times[-1], brownian_size(noise_type, y0, g0), y0, generator)
+    # Every later drift, diffusion and Brownian increment is checked too.
+    size = brownian_size(noise_type, y0, g0)
+    sde = CheckedSDE(sde, noise_type, size[1])
+    bm = CheckedBrownian(make_brownian(bm, t0, times[-1], size, y0, generator), size, y0)
     stepper = EulerMaruyamaStepper(sde, noise_type, bm, options.rtol, options.atol, f0, g0)
     outputs, stats, steps, penalties = integrate(
         stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty

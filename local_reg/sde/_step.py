@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from .._errors import SolverError
-from .._step import error_scale, rms_norm, time_tensor
+from .._step import error_scale, min_step_size, rms_norm, time_tensor
 from .._stepper import Stepper
 from ..solution import Stats
 from .problem import diffusion_times_increment, noise_vector
@@ -150,6 +150,7 @@ def sde_initial_step_size(
     atol: float,
     safety: float = 0.9,
     max_growth: float = 100.0,
+    t_end: float | None = None,
 ) -> tuple[float, int, int]:
     """Starting step size for an SDE; returns ``(h, nfe_drift, nfe_diffusion)``.
 
@@ -172,6 +173,10 @@ def sde_initial_step_size(
         d0 = float(rms_norm(y0 / scale))
         d1 = float(rms_norm((f0.abs() + 3.0 * noise_vector(noise_type, g0).abs()) / scale))
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        # The trial step stays within the span (``t_end``) and above the loop's underflow threshold.
+        if t_end is not None and t_end != t0:
+            h0 = min(h0, abs(t_end - t0))
+        h0 = max(h0, min_step_size(t0))
         m = 1 if noise_type == "scalar" else (y0.shape[-1] if noise_type == "diagonal" else g0.shape[-1])
         dw = torch.full((y0.shape[0], m), math.sqrt(2.0 * h0), dtype=y0.dtype, device=y0.device)
         trial = sde_step(sde, noise_type, t0, y0, h0, dw, rtol=rtol, atol=atol, f0=f0, g0=g0)
@@ -208,11 +213,17 @@ class EulerMaruyamaStepper(Stepper[tuple[Tensor | None, Tensor | None]]):
         return self.f0, self.g0
 
     def initial_step_size(
-        self, t0: float, y0: Tensor, carry: tuple[Tensor, Tensor], direction: float, stats: Stats
+        self,
+        t0: float,
+        y0: Tensor,
+        carry: tuple[Tensor, Tensor],
+        direction: float,
+        stats: Stats,
+        t_end: float | None = None,
     ) -> float:
         f0, g0 = carry
         dt, nfe_drift, nfe_diffusion = sde_initial_step_size(
-            self.sde, self.noise_type, t0, y0, f0, g0, self.rtol, self.atol
+            self.sde, self.noise_type, t0, y0, f0, g0, self.rtol, self.atol, t_end=t_end
         )
         stats.add(nfe_drift + nfe_diffusion, diffusion=nfe_diffusion)
         return dt

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import validate_state, validate_times
+from .._validate import check_output, validate_state, validate_times
 
 METHODS = ("euler_maruyama",)
 """The SDE schemes of :func:`local_reg.sdeint`."""
@@ -89,17 +89,23 @@ def brownian_size(noise_type: str, y0: Tensor, g0: Tensor) -> tuple[int, int]:
 
 
 def check_shapes(noise_type: str, y0: Tensor, f0: object, g0: object) -> None:
-    """Check the drift and diffusion at the initial point have the shapes ``noise_type`` implies."""
+    """Check the drift and diffusion at ``y0`` are tensors of ``y0``'s dtype and device with the
+    shapes ``noise_type`` implies (``TypeError`` / ``ValueError`` naming ``sde.f`` or ``sde.g``)."""
     for name, value in (("sde.f", f0), ("sde.g", g0)):
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} must return a torch.Tensor, got {type(value).__name__}")
         if value.dtype != y0.dtype:
             raise TypeError(f"{name} returned dtype {value.dtype}, expected the dtype of y0 {y0.dtype}")
-    assert isinstance(f0, Tensor) and isinstance(g0, Tensor)
+        if value.device != y0.device:
+            raise ValueError(f"{name} returned a tensor on {value.device}, expected y0's device {y0.device}")
     if f0.shape != y0.shape:
         raise ValueError(
             f"sde.f (drift) returned shape {tuple(f0.shape)}, expected the shape of y0 {tuple(y0.shape)}"
         )
+    check_diffusion_shape(noise_type, y0, g0)
+
+
+def check_diffusion_shape(noise_type: str, y0: Tensor, g0: Tensor) -> None:
     batch, d = y0.shape
     if noise_type == "diagonal":
         ok, expected = g0.shape == y0.shape, f"{(batch, d)}"
@@ -112,6 +118,53 @@ def check_shapes(noise_type: str, y0: Tensor, f0: object, g0: object) -> None:
             f"sde.g (diffusion) returned shape {tuple(g0.shape)}, but noise_type={noise_type!r} "
             f"with y0 of shape {tuple(y0.shape)} needs {expected}; drift and diffusion shapes must match"
         )
+
+
+class CheckedSDE:
+    """``sde`` with the output of every drift and diffusion call checked (:func:`check_shapes`),
+    as :class:`local_reg._validate.CheckedField` does for ODEs: a later call that returns another
+    shape or dtype is an error, not a silently promoted or broadcast solution. Metadata only."""
+
+    def __init__(self, sde: Any, noise_type: str, m: int | None = None) -> None:
+        """``m``: the number of Brownian motions, which fixes the last dimension of an additive
+        diffusion."""
+        self.sde = sde
+        self.noise_type = noise_type
+        self.m = m
+        self.sde_type = getattr(sde, "sde_type", "ito")
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        return check_output("sde.f (drift)", self.sde.f(t, y), y)
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        value = self.sde.g(t, y)
+        if not isinstance(value, Tensor):
+            raise TypeError(f"sde.g must return a torch.Tensor, got {type(value).__name__}")
+        check_output("sde.g (diffusion)", value, y, shape=value.shape)
+        check_diffusion_shape(self.noise_type, y, value)
+        if self.noise_type == "additive" and self.m is not None and value.shape[-1] != self.m:
+            raise ValueError(
+                f"sde.g (diffusion) returned shape {tuple(value.shape)}, but the first call had "
+                f"{self.m} Brownian motions (last dimension)"
+            )
+        return value
+
+
+class CheckedBrownian:
+    """``bm`` with every increment checked: a tensor of ``like``'s dtype and device and of the
+    Brownian motion's ``size`` (a float64 increment would silently promote a float32 solve)."""
+
+    def __init__(self, bm: Any, size: tuple[int, int], like: Tensor) -> None:
+        self.bm = bm
+        self.size = tuple(size)
+        self.like = like
+
+    def __call__(self, ta: float, tb: float) -> Tensor:
+        return check_brownian_increment(self.bm(ta, tb), self.size, self.like)
+
+
+def check_brownian_increment(dw: object, size: tuple[int, ...], like: Tensor) -> Tensor:
+    return check_output("bm", dw, like, shape=size)
 
 
 def diffusion_times_increment(noise_type: str, g: Tensor, dw: Tensor) -> Tensor:

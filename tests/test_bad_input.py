@@ -1,0 +1,489 @@
+"""Bad input and faults at the public entry points: each gets a specific ValueError/TypeError naming
+the argument, or the library's SolverError; never a silent wrong number. References are analytic
+solutions or a float64 solve."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import local_reg
+from local_reg import (
+    GloballyRegularized,
+    LocallyRegularized,
+    SolverError,
+    get_tableau,
+    odeint,
+    sdeint,
+)
+
+GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint"]
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
+]
+
+
+def decay(t, y):
+    return -y
+
+
+class Decay(torch.nn.Module):
+    """``dy/dt = -a y`` with a learnable rate: ``y(t) = y0 exp(-a t)``."""
+
+    def __init__(self, rate: float = 1.0, dtype=torch.float64) -> None:
+        super().__init__()
+        self.rate = torch.nn.Parameter(torch.tensor(rate, dtype=dtype))
+
+    def forward(self, t, y):
+        return -self.rate * y
+
+
+class DiagonalSDE(torch.nn.Module):
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, f=None, g=None) -> None:
+        super().__init__()
+        self._f = f or (lambda t, y: -y)
+        self._g = g or (lambda t, y: 0.1 * y)
+
+    def f(self, t, y):
+        return self._f(t, y)
+
+    def g(self, t, y):
+        return self._g(t, y)
+
+
+def fails_after(n_calls: int, good, bad):
+    """A field that behaves for ``n_calls`` calls and then returns ``bad(t, y)``."""
+    calls = {"n": 0}
+
+    def field(t, y):
+        calls["n"] += 1
+        return good(t, y) if calls["n"] <= n_calls else bad(t, y)
+
+    return field
+
+
+# Half precision -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_refused_naming_the_supported_dtypes(dtype):
+    y0 = torch.ones(3, dtype=dtype)
+    for call in (
+        lambda: odeint(decay, y0, torch.linspace(0, 1, 5)),
+        lambda: sdeint(DiagonalSDE(), y0.reshape(1, 3), [0.0, 1.0]),
+        lambda: LocallyRegularized(decay)(y0, [0.0, 1.0]),
+        lambda: local_reg.step(decay, 0.0, y0, 0.1, "tsit5"),
+    ):
+        with pytest.raises(TypeError, match="float32 or float64"):
+            call()
+
+
+def test_float32_as_the_docs_advise_agrees_with_float64_and_the_exact_solution():
+    """The advice for half-precision users (integrate in float32, cast back) is accurate: the
+    issue's bfloat16 solve returned 1.0 instead of exp(-1)."""
+    y0 = torch.ones(3, dtype=torch.bfloat16)
+    ys32 = odeint(decay, y0.float(), torch.linspace(0, 1, 5)).ys[-1].to(torch.bfloat16)
+    ys64 = odeint(decay, y0.double(), torch.linspace(0, 1, 5, dtype=torch.float64)).ys[-1]
+    assert torch.allclose(ys64, torch.full((3,), math.exp(-1.0), dtype=torch.float64), rtol=1e-5)
+    assert torch.allclose(ys32.double(), ys64, rtol=1e-2)  # bfloat16 resolution
+
+
+# func's output on every call -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        (lambda t, y: (-y)[:1], ValueError, "func returned shape"),  # broadcastable, later call
+        (lambda t, y: (-y).double(), TypeError, "func returned dtype"),  # would promote ys
+        (lambda t, y: (-y)[:2], ValueError, "func returned shape"),  # not broadcastable
+        (lambda t, y: 1.0, TypeError, "func must return a torch.Tensor"),
+    ],
+)
+def test_func_output_is_checked_on_every_call(bad, error, match):
+    with pytest.raises(error, match=match):
+        odeint(fails_after(5, decay, bad), torch.ones(3), [0.0, 1.0])
+
+
+def test_the_check_leaves_values_and_call_counts_unchanged():
+    calls = {"n": 0}
+
+    def counted(t, y):
+        calls["n"] += 1
+        return -y
+
+    solution = odeint(counted, torch.ones(2, dtype=torch.float64), [0.0, 1.0])
+    assert solution.stats.nfe == calls["n"]
+    assert torch.allclose(solution.ys[-1], torch.full((2,), math.exp(-1.0), dtype=torch.float64), rtol=1e-6)
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+def test_func_is_checked_in_the_backward_pass_too(gradient):
+    """The graph-free methods call func again with a graph in their backward pass."""
+
+    def field(t, y):
+        return (-y).double() if torch.is_grad_enabled() else -y
+
+    y0 = torch.ones(2, requires_grad=True)
+    solution = odeint(field, y0, [0.0, 1.0], gradient=gradient, adjoint_params=())
+    with pytest.raises(TypeError, match="func returned dtype"):
+        solution.ys[-1].sum().backward()
+
+
+def test_sdeint_checks_drift_diffusion_and_brownian_increments_on_every_call():
+    y0 = torch.ones(2, 3)
+    later_float64 = DiagonalSDE(f=fails_after(3, lambda t, y: -y, lambda t, y: (-y).double()))
+    with pytest.raises(TypeError, match="sde.f .*dtype"):
+        sdeint(later_float64, y0, [0.0, 1.0])
+    later_shape = DiagonalSDE(g=fails_after(3, lambda t, y: 0.1 * y, lambda t, y: 0.1 * y[:1]))
+    with pytest.raises(ValueError, match="sde.g"):
+        sdeint(later_shape, y0, [0.0, 1.0])
+
+    def float64_bm(ta, tb):
+        return torch.zeros(2, 3, dtype=torch.float64)
+
+    with pytest.raises(TypeError, match="bm returned dtype"):
+        sdeint(DiagonalSDE(), y0, [0.0, 1.0], bm=float64_bm)
+
+
+# Non-finite gradients ----------------------------------------------------------------------------
+
+
+def nan_vjp_field(t, y):
+    """Finite values (zero), NaN vector-Jacobian product: ``d/dy [y sqrt(y - y)] = 0 + y * inf * 0``."""
+    return y * torch.sqrt(y - y)
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_nan_in_the_vjp_raises_solver_error_with_every_gradient_method(gradient):
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    solution = odeint(nan_vjp_field, y0, [0.0, 1.0], gradient=gradient, adjoint_params=())
+    assert torch.isfinite(solution.ys).all()
+    with pytest.raises(SolverError, match="non-finite"):
+        solution.ys[-1].sum().backward()
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_nan_in_a_parameter_vjp_raises_solver_error(gradient):
+    """Only the parameter's gradient is not finite: d sqrt(p) / dp at p = 0."""
+    p = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    solution = odeint(lambda t, y: -y * torch.sqrt(p), y0, [0.0, 1.0], gradient=gradient, adjoint_params=(p,))
+    with pytest.raises(SolverError, match="non-finite"):
+        solution.ys[-1].sum().backward()
+
+
+class SqrtRate(torch.nn.Module):
+    """``dy/dt = -sqrt(p) y`` at ``p = 0``: finite values, an infinite ``d/dp``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.tensor(0.0, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return -torch.sqrt(self.p) * y
+
+
+@pytest.mark.parametrize("sampling", ["random", "biased"])
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_a_regularized_model_raises_solver_error_for_a_nan_vjp(sampling, gradient):
+    """The model indexes and drops the main solve's output tensor; the check lives with its graph."""
+    model = LocallyRegularized(SqrtRate(), sampling=sampling, gradient=gradient)
+    ys = model(torch.ones(2, dtype=torch.float64), [0.0, 1.0])
+    with pytest.raises(SolverError, match="non-finite"):
+        (ys.sum() + model.reg_loss).backward()
+
+
+def test_direct_gradient_checks_do_not_pile_hooks_on_parameters():
+    func = Decay()
+    for _ in range(5):
+        odeint(func, torch.ones(2, dtype=torch.float64), [0.0, 1.0])  # never differentiated
+    for _ in range(5):
+        odeint(func, torch.ones(2, dtype=torch.float64), [0.0, 1.0]).ys.sum().backward()
+    assert not func.rate._backward_hooks
+
+
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "symplectic"])
+def test_a_nan_cotangent_from_the_loss_is_not_blamed_on_the_solver(gradient):
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    solution = odeint(decay, y0, [0.0, 1.0], gradient=gradient, adjoint_params=())
+    (solution.ys[-1].sum() * float("nan")).backward()
+    assert torch.isnan(y0.grad).all()
+
+
+# Times -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t", ["12", b"12", ["0", "1"], [0.0, True], 3.0, {0.0, 1.0}])
+def test_a_string_or_non_numeric_t_is_refused(t):
+    sde_y0 = torch.ones(1, 2)
+    for call in (
+        lambda: odeint(decay, torch.ones(2), t),
+        lambda: sdeint(DiagonalSDE(), sde_y0, t),
+        lambda: LocallyRegularized(decay)(torch.ones(2), t),
+        lambda: GloballyRegularized(decay)(torch.ones(2), t),
+    ):
+        with pytest.raises(TypeError, match="t must"):
+            call()
+
+
+def test_numpy_times_are_accepted_like_a_tensor():
+    y0 = torch.ones(2, dtype=torch.float64)
+    times = np.linspace(0.0, 1.0, 4)
+    from_numpy = odeint(decay, y0, times)
+    from_tensor = odeint(decay, y0, torch.from_numpy(times))
+    assert torch.equal(from_numpy.ys, from_tensor.ys)
+    assert torch.equal(from_numpy.ts, from_tensor.ts)
+    with pytest.raises(ValueError, match="t must be a 1-D array"):
+        odeint(decay, y0, np.zeros((2, 2)))
+    with pytest.raises(TypeError, match="t must be a real array"):
+        odeint(decay, y0, np.array(["0", "1"]))
+
+
+# The public step ---------------------------------------------------------------------------------
+
+
+def test_public_step_validates_like_odeint():
+    y = torch.ones(2, dtype=torch.float64)
+    tableau = get_tableau("tsit5")
+    with pytest.raises(ValueError, match="dt must be finite"):
+        local_reg.step(decay, 0.0, y, float("nan"), tableau)
+    with pytest.raises(ValueError, match="t must be finite"):
+        local_reg.step(decay, float("inf"), y, 0.1, tableau)
+    with pytest.raises(ValueError, match="rtol must be positive"):
+        local_reg.step(decay, 0.0, y, 0.1, tableau, rtol=-1.0, atol=-1.0)
+    with pytest.raises(ValueError, match="atol must be positive"):
+        local_reg.step(decay, 0.0, y, 0.1, tableau, atol=0.0)
+    with pytest.raises(ValueError, match="unknown method 'tsit'"):
+        local_reg.step(decay, 0.0, y, 0.1, "tsit")
+    with pytest.raises(TypeError, match="func must be callable"):
+        local_reg.step(42, 0.0, y, 0.1, tableau)
+    with pytest.raises(ValueError, match="k1 returned shape"):
+        local_reg.step(decay, 0.0, y, 0.1, tableau, k1=torch.ones(3, dtype=torch.float64))
+    by_name = local_reg.step(decay, 0.0, y, 0.1, "tsit5")
+    by_object = local_reg.step(decay, 0.0, y, 0.1, tableau)
+    assert torch.equal(by_name.y1, by_object.y1)
+    assert torch.allclose(by_name.y1, torch.full((2,), math.exp(-0.1), dtype=torch.float64), rtol=1e-8)
+
+
+# The initial step ------------------------------------------------------------------------------
+
+
+def test_initial_step_survives_a_derivative_whose_scaled_norm_overflows():
+    """``f0 / scale`` overflows float32 (1e33 / 1e-6): the heuristic divided by zero."""
+    solution = odeint(lambda t, y: torch.full_like(y, 1e33), torch.ones(2), [0.0, 1.0])
+    assert torch.allclose(solution.ys[-1], torch.full((2,), 1e33), rtol=1e-5)
+
+
+def test_initial_step_evaluates_func_only_inside_the_span():
+    times = []
+
+    def growing(t, y):
+        times.append(float(t))
+        return 1e-3 * y * torch.exp(100 * t)
+
+    solution = odeint(growing, torch.ones(1), [0.0, 0.01])
+    exact = math.exp(1e-5 * (math.exp(1.0) - 1.0))  # y = exp(1e-3 (e^{100 t} - 1) / 100)
+    assert solution.ys[-1].item() == pytest.approx(exact, rel=1e-6)
+    assert max(times) <= 0.01 + 1e-8
+
+
+def test_initial_step_stays_in_a_backward_span():
+    times = []
+
+    def field(t, y):
+        times.append(float(t))
+        return -y
+
+    odeint(field, torch.ones(1, dtype=torch.float64), [1.0, 0.999])
+    assert min(times) >= 0.999 - 1e-12
+
+
+# Overflowing trial steps -----------------------------------------------------------------------
+
+
+def test_an_overflowing_trial_step_is_rejected_not_fatal():
+    """A first step of 1.0 on y' = -1e3 y from 1e30 overflows float32; float64 solves it with
+    rejections. Both now agree (the exact value, 1e30 e^{-1000}, is 0 at this atol)."""
+    results = {}
+    for dtype in (torch.float32, torch.float64):
+        y0 = torch.full((2,), 1e30, dtype=dtype)
+        solution = odeint(lambda t, y: -1e3 * y, y0, torch.tensor([0.0, 1.0]), first_step=1.0)
+        assert solution.stats.n_rejected > 0
+        results[dtype] = solution.ys[-1].double()
+    assert torch.allclose(results[torch.float32], results[torch.float64], atol=1e-8)
+    assert results[torch.float64].abs().max() < 1e-8
+
+
+def test_a_persistently_non_finite_field_still_raises_solver_error():
+    with pytest.raises(SolverError, match="non-finite") as info:
+        odeint(lambda t, y: torch.where(t > 0.5, torch.full_like(y, float("nan")), -y), torch.ones(2), [0, 1])
+    assert 0.4 < info.value.t <= 0.5 + 1e-6
+    with pytest.raises(SolverError, match="non-finite"):  # fixed steps cannot shrink
+        odeint(lambda t, y: y / (0.5 - t), torch.ones(1), [0.0, 1.0], method="rk4", step_size=0.25)
+
+
+# torchdiffeq backend ---------------------------------------------------------------------------
+
+
+def test_torchdiffeq_backend_follows_the_error_contract():
+    model = LocallyRegularized(decay, backend="torchdiffeq")
+    with pytest.raises(SolverError, match="non-finite initial state"):
+        model(torch.tensor([float("nan"), 1.0]), [0.0, 1.0])
+    stiff = LocallyRegularized(
+        lambda t, y: -1e4 * (y - torch.cos(t)), backend="torchdiffeq", options={"max_num_steps": 50}
+    )
+    with pytest.raises(SolverError, match="max_num_steps"):
+        stiff(torch.ones(2, dtype=torch.float64), [0.0, 1.0])
+    with pytest.raises(SolverError, match="torchdiffeq"):
+        LocallyRegularized(lambda t, y: y**2, backend="torchdiffeq")(
+            torch.ones(1, dtype=torch.float64), [0, 2]
+        )
+    with pytest.raises(ValueError, match=r"options: unknown keys \['bogus'\]"):
+        LocallyRegularized(decay, backend="torchdiffeq", options={"bogus": 1})
+    with pytest.raises(ValueError, match="unknown method 'tsit5'"):
+        LocallyRegularized(decay, backend="torchdiffeq", method="tsit5")
+    # Known options pass and act: a fixed grid of 0.25 takes 4 rk4 steps of 4 evaluations.
+    ys = LocallyRegularized(decay, backend="torchdiffeq", method="rk4", options={"step_size": 0.25}).eval()(
+        torch.ones(1, dtype=torch.float64), [0.0, 1.0]
+    )
+    assert ys[-1].item() == pytest.approx(math.exp(-1.0), rel=1e-4)
+
+
+# Regularized models validate at construction -----------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [LocallyRegularized, GloballyRegularized])
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"method": "tsit"}, ValueError, "unknown method 'tsit'"),
+        ({"rtol": 0}, ValueError, "rtol must be positive"),
+        ({"atol": -1e-3}, ValueError, "atol must be positive"),
+        ({"rtol": "1e-3"}, TypeError, "rtol must be a positive float"),
+        ({"options": {"bogus": 1}}, ValueError, r"unknown keys \['bogus'\]"),
+        ({"options": {"max_steps": 0}}, ValueError, "max_steps"),
+        ({"options": [1]}, TypeError, "options must be a dict"),
+        ({"method": "rk4"}, ValueError, "fixed-step"),
+    ],
+)
+def test_regularized_models_check_everything_at_construction(cls, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        cls(Decay(), **kwargs)
+
+
+@pytest.mark.parametrize("cls", [LocallyRegularized, GloballyRegularized])
+def test_a_non_callable_func_is_refused_at_construction(cls):
+    with pytest.raises(TypeError, match="func must be callable"):
+        cls(42)
+
+
+def test_sde_models_check_method_and_options_at_construction():
+    with pytest.raises(ValueError, match="unknown method"):
+        LocallyRegularized(DiagonalSDE(), method="milstein")
+    with pytest.raises(ValueError, match=r"unknown keys \['bogus'\]"):
+        LocallyRegularized(DiagonalSDE(), options={"bogus": 1})
+    with pytest.raises(ValueError, match=r"unknown keys \['bogus'\]"):
+        LocallyRegularized(DiagonalSDE(), backend="torchsde", options={"bogus": 1})
+    LocallyRegularized(DiagonalSDE(), backend="torchsde", options={"dt": 0.1})
+
+
+def test_global_regularization_of_an_ode_refuses_an_unused_generator():
+    with pytest.raises(ValueError, match="generator is only used for SDEs"):
+        GloballyRegularized(Decay(), generator=torch.Generator())
+    with pytest.raises(ValueError, match="generator is only used for SDEs"):
+        local_reg.global_regularization(Decay(), torch.ones(2), [0.0, 1.0], generator=torch.Generator())
+    GloballyRegularized(DiagonalSDE(), generator=torch.Generator())  # an SDE's Brownian seeds
+
+
+# Stiffness hint ----------------------------------------------------------------------------------
+
+
+def test_max_steps_on_a_stiff_problem_says_it_is_stiff():
+    def stiff(t, y):
+        return -1e4 * (y - torch.cos(t))
+
+    with pytest.raises(SolverError, match="max_steps=200 exceeded; the problem looks stiff") as info:
+        odeint(stiff, torch.zeros(2, dtype=torch.float64), [0.0, 10.0], max_steps=200)
+    assert "raise max_steps" in str(info.value)
+
+
+def test_max_steps_on_a_non_stiff_problem_gives_no_stiffness_hint():
+    def rotation(t, y):
+        return torch.stack([y[1], -y[0]])
+
+    with pytest.raises(SolverError, match="max_steps=10 exceeded") as info:
+        odeint(rotation, torch.tensor([1.0, 0.0], dtype=torch.float64), [0.0, 100.0], max_steps=10)
+    assert "stiff" not in str(info.value)
+
+
+# Devices -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_solve_and_gradients_stay_on_y0s_device_and_dtype(device, gradient):
+    func = Decay(0.7).to(device)
+    y0 = torch.ones(3, dtype=torch.float64, device=device, requires_grad=True)
+    solution = odeint(func, y0, torch.linspace(0, 1, 3), gradient=gradient, rtol=1e-8, atol=1e-10)
+    assert solution.ys.device == y0.device and solution.ys.dtype == y0.dtype
+    assert solution.ts.device == y0.device and solution.ts.dtype == y0.dtype
+    solution.ys[-1].sum().backward()
+    exact = math.exp(-0.7)
+    assert y0.grad.device == y0.device
+    assert torch.allclose(y0.grad.cpu(), torch.full((3,), exact, dtype=torch.float64), rtol=1e-5)
+    assert func.rate.grad.item() == pytest.approx(-3 * exact, rel=1e-5)  # d/da 3 e^{-a}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sde_and_regularized_models_stay_on_y0s_device(device):
+    y0 = torch.ones(2, 3, device=device)
+    solution = sdeint(DiagonalSDE().to(device), y0, [0.0, 1.0], generator=torch.Generator().manual_seed(0))
+    assert solution.ys.device == y0.device and solution.ys.dtype == y0.dtype
+    model = LocallyRegularized(Decay(dtype=torch.float32).to(device))
+    ys = model(y0, [0.0, 1.0])
+    assert ys.device == y0.device and model.reg_loss.device == y0.device
+    (ys.sum() + model.reg_loss).backward()
+
+
+# torch.compile -----------------------------------------------------------------------------------
+
+
+def test_a_compiled_vector_field_gives_the_same_values_and_gradients():
+    """What works with torch.compile: compiling the vector field the solver calls (the solver loop
+    itself is Python control flow and is not compiled). ``aot_eager`` traces forward and backward
+    graphs like the default backend but skips code generation, which keeps the test fast."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+
+    class Field(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    field = Field()
+    compiled = torch.compile(field, backend="aot_eager")
+    y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64, requires_grad=True)
+    for gradient in GRADIENTS:
+        results = []
+        for func in (field, compiled):
+            solution = odeint(func, y0, [0.0, 1.0], gradient=gradient)
+            grads = torch.autograd.grad(solution.ys[-1].sum(), (y0, *net.parameters()))
+            results.append((solution.ys, grads, solution.stats.nfe, solution.stats.nfe_backward))
+        (ys, grads, nfe, nfe_backward), (compiled_ys, compiled_grads, compiled_nfe, compiled_backward) = (
+            results
+        )
+        assert (nfe, nfe_backward) == (compiled_nfe, compiled_backward)
+        assert torch.allclose(ys, compiled_ys, rtol=1e-12, atol=1e-14)
+        for reference, value in zip(grads, compiled_grads, strict=True):
+            assert torch.allclose(reference, value, rtol=1e-10, atol=1e-14)
