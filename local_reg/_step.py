@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ._errors import SolverError
 from ._stepper import Stepper
+from .interpolants import get_interpolant
 from .solution import Stats
 from .tableaus import ButcherTableau
 
@@ -37,6 +38,8 @@ class StepResult:
             0-dim tensor, or ``None`` for tableaus without such stages.
         stages: the stage derivatives ``k_1 ... k_s``.
         nfe: the number of evaluations of ``func`` this step made.
+        end_derivative: ``f(t + dt, y1)`` once dense output of a pair that is not FSAL has
+            evaluated it (the next step's first stage), else ``None``.
     """
 
     y1: Tensor
@@ -44,6 +47,7 @@ class StepResult:
     stiffness_estimate: Tensor | None
     stages: tuple[Tensor, ...]
     nfe: int
+    end_derivative: Tensor | None = None
     nfe_diffusion: ClassVar[int] = 0
 
 
@@ -187,6 +191,7 @@ class RKStepper(Stepper[Tensor | None]):
         self.order = tableau.order
         self.has_stiffness = tableau.stiffness_stages is not None
         self.f0 = f0
+        self.interpolant = get_interpolant(tableau)
 
     def begin(self, t0: float, y0: Tensor, stats: Stats) -> Tensor:
         f0 = self.f0
@@ -213,7 +218,24 @@ class RKStepper(Stepper[Tensor | None]):
             self.func, t, y, dt, self.tableau, rtol=self.rtol, atol=self.atol, k1=carry, norm=self.norm
         )
 
+    def dense_stages(self, result: StepResult, t_next: float, stats: Stats) -> tuple[Tensor, ...]:
+        """The stages the interpolant combines: the step's, and ``f(t_next, y1)`` for a pair that is
+        not FSAL (evaluated once, counted in ``stats``, and reused as the next step's ``k1``)."""
+        if not self.interpolant.extra_stage:
+            return result.stages
+        if result.end_derivative is None:
+            result.end_derivative = self.func(time_tensor(t_next, result.y1), result.y1)
+            stats.add(1)
+        return (*result.stages, result.end_derivative)
+
+    def interpolate(self, t: float, dt: float, y: Tensor, stages: tuple[Tensor, ...], t_out: float) -> Tensor:
+        """The dense output at ``t_out`` inside the accepted step ``(t, y) -> t + dt`` with ``stages``."""
+        return combine(y, dt, self.interpolant.weights((t_out - t) / dt), stages)
+
     def next_carry(self, result: StepResult, accepted: bool, carry: Tensor | None) -> Tensor | None:
         if not accepted:
             return carry
-        return result.stages[-1] if self.tableau.fsal else None
+        if self.tableau.fsal:
+            return result.stages[-1]
+        # Dense output may already have evaluated f(t + dt, y1): the next step's first stage.
+        return result.end_derivative
