@@ -304,3 +304,28 @@ def test_evaluate_needs_dense_and_stays_in_the_span():
     assert float(backward.evaluate(0.5)) == pytest.approx(
         float(odeint(logistic, torch.tensor([0.6], dtype=DTYPE), [1.0, 0.5]).ys[-1]), abs=1e-6
     )
+
+
+@pytest.mark.parametrize("gradient", ["direct", "symplectic"])
+def test_local_regularization_reads_u_t_reg_from_the_interpolant_at_no_extra_step(gradient):
+    from local_reg import local_regularization
+
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
+    times = torch.linspace(0.0, 2.0, 5, dtype=DTYPE)
+    _, reg, stats = local_regularization(
+        field, y0, times, sampling="random", gradient=gradient, generator=torch.Generator().manual_seed(3)
+    )
+    assert float(stats.t_reg) not in times.tolist()
+    plain = odeint(field, y0, times, dense=True, gradient=gradient)
+    # The main solve took exactly the steps of the plain solve at the user's output times ...
+    assert stats.nfe_main == plain.stats.nfe
+    assert stats.n_accepted == plain.stats.n_accepted
+    # ... and u(t_reg) is the dense output there, inside a step.
+    ends = (plain.steps.t + plain.steps.dt).tolist()
+    assert stats.t_reg not in ends and stats.t_reg not in plain.steps.t.tolist()
+    torch.testing.assert_close(stats.state, plain.evaluate(stats.t_reg).detach(), rtol=0, atol=0)
+    # Landing on t_reg instead costs at least one more step.
+    landing = odeint(field, y0, sorted([*times.tolist(), stats.t_reg]), step_to_outputs=True)
+    assert landing.stats.n_accepted > plain.stats.n_accepted
+    assert torch.isfinite(reg) and float(reg.detach()) > 0

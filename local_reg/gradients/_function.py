@@ -266,6 +266,9 @@ class StepwiseGradient(GraphFreeGradient):
         step_starts = steps.t.tolist()
         step_sizes = steps.dt.tolist()
         at_boundary, inside = locate_outputs(solve.times, step_starts, step_sizes)
+        # An output whose cotangent is exactly zero (a regularizer's detached u(t_reg)) adds nothing:
+        # its step keeps the cheaper backward step of a step without outputs.
+        nonzero = [bool(g.any()) for g in grad_ys] if any(inside) else []
         func = CountingField(solve.func)
         grad_params: list[Tensor | None] = [None] * len(solve.params)
         adjoint = torch.zeros_like(ys[0])
@@ -284,7 +287,7 @@ class StepwiseGradient(GraphFreeGradient):
                 adjoint,
                 None if grad_penalties is None else grad_penalties[n - 1],
                 grad_params,
-                [(theta, grad_ys[output]) for output, theta in inside[n - 1]],
+                [(theta, grad_ys[output]) for output, theta in inside[n - 1] if nonzero[output]],
             )
         return adjoint, grad_params, func.calls
 
