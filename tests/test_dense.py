@@ -109,18 +109,23 @@ def test_number_of_steps_does_not_depend_on_the_output_times(method):
     y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
     nfe = {}
     starts = {}
+    rtol = {"heun_euler": 1e-3, "bosh3": 1e-5}.get(method, 1e-6)
     for n in (2, 11, 51, 101):
-        solution = odeint(field, y0, torch.linspace(0.0, 3.0, n, dtype=DTYPE), method=method, rtol=1e-6)
+        solution = odeint(field, y0, torch.linspace(0.0, 3.0, n, dtype=DTYPE), method=method, rtol=rtol)
         nfe[n] = solution.stats.nfe
         starts[n] = solution.steps.t.tolist()
-    # The same steps for every n; a pair that is not FSAL may evaluate f(t1, y1) once more at the end.
-    extra = 0 if TABLEAUS[method].fsal else 1
+    # The same steps for every n. A pair that is not FSAL evaluates f(t1, y1) for a step holding
+    # outputs and hands it to the next step as k1, kept across a rejection (so it may even save
+    # evaluations); at the last step it is one evaluation more.
     for n in (11, 51, 101):
         assert starts[n] == starts[2]
-        assert nfe[2] <= nfe[n] <= nfe[2] + extra
+        if TABLEAUS[method].fsal:
+            assert nfe[n] == nfe[2]
+        else:
+            assert nfe[n] <= nfe[2] + 1
     # Landing on every output time takes more steps.
     many = torch.linspace(0.0, 3.0, 101, dtype=DTYPE)
-    landing = odeint(field, y0, many, method=method, step_to_outputs=True)
+    landing = odeint(field, y0, many, method=method, rtol=rtol, step_to_outputs=True)
     assert landing.stats.n_accepted > len(starts[2])
 
 
