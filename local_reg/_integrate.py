@@ -187,14 +187,16 @@ def integrate(
                     stages = stepper.dense_stages(result, t_next, stats)
                     log.dense.add_step(t, step_dt, y, stages)
                 if interpolate:
-                    while next_output < len(times) - 1 and direction * (times[next_output] - t_next) <= 0:
-                        t_out = times[next_output]
-                        if t_out == t_next:
-                            outputs.append(result.y1)
-                        else:
-                            if stages is None:
-                                stages = stepper.dense_stages(result, t_next, stats)
-                            outputs.append(stepper.interpolate(t, step_dt, y, stages, t_out))
+                    inside = []
+                    while next_output < len(times) - 1 and direction * (times[next_output] - t_next) < 0:
+                        inside.append(times[next_output])
+                        next_output += 1
+                    if inside:
+                        if stages is None:
+                            stages = stepper.dense_stages(result, t_next, stats)
+                        outputs.extend(stepper.interpolate(t, step_dt, y, stages, inside).unbind(0))
+                    if next_output < len(times) - 1 and times[next_output] == t_next:
+                        outputs.append(result.y1)
                         next_output += 1
                 t = t_next
                 y = result.y1

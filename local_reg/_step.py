@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -76,6 +77,13 @@ def combine(
     if out is None:
         return torch.zeros_like(stages[0])
     return out
+
+
+def combine_rows(base: Tensor, dt: float, rows: np.ndarray, stages: Sequence[Tensor]) -> Tensor:
+    """``base + dt * sum_j rows[m, j] * stages[j]`` for every row ``m`` at once, stacked: shape
+    ``(len(rows), *base.shape)``. One matrix product, for many outputs inside one step."""
+    weights = torch.from_numpy(rows * dt).to(dtype=base.dtype, device=base.device)
+    return base + torch.tensordot(weights, torch.stack(tuple(stages)), dims=1)
 
 
 def time_tensor(t: float, like: Tensor) -> Tensor:
@@ -228,9 +236,13 @@ class RKStepper(Stepper[Tensor | None]):
             stats.add(1)
         return (*result.stages, result.end_derivative)
 
-    def interpolate(self, t: float, dt: float, y: Tensor, stages: tuple[Tensor, ...], t_out: float) -> Tensor:
-        """The dense output at ``t_out`` inside the accepted step ``(t, y) -> t + dt`` with ``stages``."""
-        return combine(y, dt, self.interpolant.weights((t_out - t) / dt), stages)
+    def interpolate(
+        self, t: float, dt: float, y: Tensor, stages: tuple[Tensor, ...], t_outs: Sequence[float]
+    ) -> Tensor:
+        """The dense output at each of ``t_outs`` inside the accepted step ``(t, y) -> t + dt`` with
+        ``stages``, stacked."""
+        thetas = [(t_out - t) / dt for t_out in t_outs]
+        return combine_rows(y, dt, self.interpolant.weight_matrix(thetas), stages)
 
     def next_carry(self, result: StepResult, accepted: bool, carry: Tensor | None) -> Tensor | None:
         if not accepted:

@@ -49,8 +49,8 @@ class Stepper(ABC, Generic[Carry]):
         ``stats``). Only steppers with dense output implement it."""
         raise NotImplementedError(f"{type(self).__name__} has no dense output")
 
-    def interpolate(self, t: float, dt: float, y: Tensor, stages: Any, t_out: float) -> Tensor:
-        """The state at ``t_out`` inside the accepted step ``(t, y) -> t + dt``."""
+    def interpolate(self, t: float, dt: float, y: Tensor, stages: Any, t_outs: list[float]) -> Tensor:
+        """The states at ``t_outs`` inside the accepted step ``(t, y) -> t + dt``, stacked."""
         raise NotImplementedError(f"{type(self).__name__} has no dense output")
 
     @abstractmethod

@@ -23,6 +23,7 @@ evaluation per solve (at the last step) at most.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,16 +55,23 @@ class Interpolant:
         """The number of stage derivatives the interpolant combines."""
         return len(self.coefficients)
 
+    def weight_matrix(self, thetas: Sequence[float]) -> np.ndarray:
+        """``W[m, i] = B_i(thetas[m])``, shape ``(len(thetas), n_stages)``, by Horner's rule (the
+        same arithmetic for each entry, however many ``thetas``)."""
+        theta = np.asarray(thetas, dtype=np.float64).reshape(-1, 1)
+        values = np.zeros((len(theta), self.n_stages))
+        for power in reversed(range(self._matrix.shape[1])):
+            values = (values + self._matrix[:, power]) * theta
+        return values
+
     def weights(self, theta: float) -> list[float]:
         """``[B_i(theta)]``, the weight of each stage at the fraction ``theta`` of the step."""
-        theta = float(theta)
-        out = []
-        for row in self.coefficients:
-            value = 0.0
-            for coefficient in reversed(row):
-                value = (value + coefficient) * theta
-            out.append(value)
-        return out
+        return self.weight_matrix([theta])[0].tolist()
+
+    @functools.cached_property
+    def _matrix(self) -> np.ndarray:
+        width = max(len(row) for row in self.coefficients)
+        return np.array([[*row, *([0.0] * (width - len(row)))] for row in self.coefficients])
 
 
 def _rows(polynomials: list[np.ndarray]) -> tuple[tuple[float, ...], ...]:
