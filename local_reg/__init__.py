@@ -6,6 +6,7 @@ from ._odeint import odeint
 from ._step import StepResult, initial_step_size, rms_norm, step
 from .controller import PIController
 from .gradients import GRADIENT_METHODS, BacksolveAdjoint, Checkpoint, Direct, GradientMethod, Symplectic
+from .interpolants import Interpolant, get_interpolant
 from .regularization import (
     AdaptiveWeight,
     ConstantWeight,
@@ -53,6 +54,8 @@ __all__ = [
     "StepResult",
     "Steps",
     "get_tableau",
+    "Interpolant",
+    "get_interpolant",
     "initial_step_size",
     "odeint",
     "rms_norm",
