@@ -33,11 +33,15 @@ mnist_tight)
         --out results/mnist_tight --no-progress
     ;;
 latent_ode)
-    $PY -m local_reg.experiments experiment latent_ode --seeds 3 --quick --out results/latent_ode --no-progress
+    # The shared grid of the recorded table; the task's default is now irregular times per series.
+    $PY -m local_reg.experiments experiment latent_ode --seeds 3 --quick --set observation_times=grid \
+        --out results/latent_ode --no-progress
     for weight in 1 5; do
         $PY -m local_reg.experiments experiment latent_ode --methods local-random --seeds 3 --quick \
-            --set weights.local-random=$weight --out results/latent_ode --no-progress
+            --set observation_times=grid --set weights.local-random=$weight --out results/latent_ode --no-progress
     done
+    $PY -m local_reg.experiments experiment latent_ode --seeds 1 --quick --out results/latent_ode_irregular \
+        --no-progress
     ;;
 baselines)
     $PY -m local_reg.experiments experiment digits --methods vanilla steer rnode taynode --seeds 3 --quick \

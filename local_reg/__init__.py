@@ -8,6 +8,7 @@ from ._odeint import odeint
 from ._step import StepResult, initial_step_size, rms_norm
 from .controller import PIController
 from .gradients import GRADIENT_METHODS, BacksolveAdjoint, Checkpoint, Direct, GradientMethod, Symplectic
+from .interpolants import Interpolant, get_interpolant
 from .regularization import *  # noqa: F403 -- its __all__: the regularizers, schedules and stats
 from .sde import SDEStats, is_sde, sdeint
 from .solution import Solution, Stats, Steps
@@ -30,6 +31,8 @@ __all__ = [
     "Symplectic",
     "TABLEAUS",
     "get_tableau",
+    "Interpolant",
+    "get_interpolant",
     "initial_step_size",
     "is_sde",
     "odeint",

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._dense import DenseOutput
 from ._diagnose import explain_failure
 from ._errors import SolverError
 from ._step import RKStepper, StepResult, VectorField, rms_norm
@@ -52,6 +53,11 @@ class SolveOptions:
     norm: Callable[[Tensor], Tensor] = rms_norm
     """Norm of the scaled error (and of the initial-step heuristic): RMS over the whole state by
     default; the backsolve adjoint's seminorm leaves out the parameter-gradient components."""
+    interpolate: bool = False
+    """Step towards the last output time only and read the others from the stepper's dense output
+    (adaptive Runge--Kutta solves); ``False`` lands a step on every output time."""
+    dense: bool = False
+    """Keep every accepted step's state and stages for :meth:`local_reg.Solution.evaluate`."""
 
 
 def fixed_step_size(t: float, t_target: float, step_size: float) -> float:
@@ -85,6 +91,7 @@ class StepLog:
     error_estimate: list[float] = field(default_factory=list)
     stiffness_estimate: list[float] = field(default_factory=list)
     states: list[Tensor] | None = None
+    dense: DenseOutput | None = None
 
     def to_steps(self, has_stiffness: bool) -> Steps:
         def as_tensor(values: list[float]) -> Tensor:
@@ -96,6 +103,7 @@ class StepLog:
             error_estimate=as_tensor(self.error_estimate),
             stiffness_estimate=as_tensor(self.stiffness_estimate) if has_stiffness else None,
             state_list=self.states,
+            dense_output=self.dense,
         )
 
 
@@ -109,21 +117,28 @@ def integrate(
     step_penalty: StepPenalty | None = None,
     keep_state: Callable[[Tensor], None] | None = None,
 ) -> tuple[list[Tensor], Stats, Steps, list[Tensor]]:
-    """Integrate from ``times[0]`` through every later time, landing exactly on each.
+    """Integrate from ``times[0]`` through every later time.
 
-    Runs under whatever autograd mode the caller set. Returns the states at ``times``, the
-    statistics, the accepted-step record and ``step_penalty(result, dt)`` of every accepted step
-    (an empty list without ``step_penalty``). ``keep_state``, if given, is called with the state at
-    the start of every accepted step (a gradient method's own record, apart from ``record_states``).
+    By default a step lands exactly on each output time. With ``options.interpolate`` the steps
+    head for the last time only and the states at the others come from the stepper's dense output
+    inside the accepted step that holds them (an output time that happens to end a step gets that
+    step's state). Runs under whatever autograd mode the caller set. Returns the states at
+    ``times``, the statistics, the accepted-step record (with the dense record if
+    ``options.dense``) and ``step_penalty(result, dt)`` of every accepted step (an empty list
+    without ``step_penalty``). ``keep_state``, if given, is called with the state at the start of
+    every accepted step (a gradient method's own record, apart from ``record_states``).
     """
     stats = Stats()
     log = StepLog(states=[] if record_states else None)
+    if options.dense:
+        log.dense = DenseOutput(stepper.interpolant)
     direction = 1.0 if len(times) < 2 or times[-1] > times[0] else -1.0
     t = times[0]
     y = y0
     carry = stepper.begin(t, y0, stats)
 
     adaptive = options.step_size is None
+    interpolate = options.interpolate and adaptive
     controller = options.controller
     if adaptive:
         if options.first_step is not None:
@@ -135,8 +150,10 @@ def integrate(
     trial_non_finite = False
     outputs = [y0]
     penalties: list[Tensor] = []
+    # With interpolation, the index of the next output time read from dense output.
+    next_output = 1
 
-    for t_target in times[1:]:
+    for t_target in times[-1:] if interpolate and len(times) > 1 else times[1:]:
         if not adaptive:
             dt_abs = fixed_step_size(t, t_target, options.step_size)
         while direction * (t_target - t) > 0:
@@ -161,11 +178,11 @@ def integrate(
                 error_estimate = math.inf
 
             accepted = not adaptive or error_estimate <= 1.0
-            carry = stepper.next_carry(result, accepted, carry)
             if accepted:
+                step_dt = (t_target - t) if lands else dt
                 stats.n_accepted += 1
                 log.t.append(t)
-                log.dt.append((t_target - t) if lands else dt)
+                log.dt.append(step_dt)
                 log.error_estimate.append(math.nan if error_estimate is None else error_estimate)
                 if stepper.has_stiffness:
                     log.stiffness_estimate.append(float(result.stiffness_estimate.detach()))
@@ -175,6 +192,22 @@ def integrate(
                     keep_state(y.detach())
                 if step_penalty is not None:
                     penalties.append(step_penalty(result, dt))
+                stages = None
+                if log.dense is not None:
+                    stages = stepper.dense_stages(result, t_next, stats)
+                    log.dense.add_step(t, step_dt, y, stages)
+                if interpolate:
+                    inside = []
+                    while next_output < len(times) - 1 and direction * (times[next_output] - t_next) < 0:
+                        inside.append(times[next_output])
+                        next_output += 1
+                    if inside:
+                        if stages is None:
+                            stages = stepper.dense_stages(result, t_next, stats)
+                        outputs.extend(stepper.interpolate(t, step_dt, y, stages, inside).unbind(0))
+                    if next_output < len(times) - 1 and times[next_output] == t_next:
+                        outputs.append(result.y1)
+                        next_output += 1
                 t = t_next
                 y = result.y1
                 if adaptive:
@@ -190,7 +223,11 @@ def integrate(
                 stats.n_rejected += 1
                 dt_abs = dt_used * controller.reject_factor(error_estimate, stepper.order)
                 after_rejection = True
+            # After dense output, which may have evaluated the next step's first stage.
+            carry = stepper.next_carry(result, accepted, carry)
         outputs.append(y)
+    if log.dense is not None:
+        log.dense.states.append(y)
     return outputs, stats, log.to_steps(stepper.has_stiffness), penalties
 
 

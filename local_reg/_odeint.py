@@ -96,6 +96,8 @@ def odeint(
     adjoint_params: Iterable[Tensor] | None = None,
     record_states: bool = False,
     step_penalty: StepPenalty | None = None,
+    step_to_outputs: bool = False,
+    dense: bool = False,
     checkpoints: int | None = None,
     adjoint_rtol: float | None = None,
     adjoint_atol: float | None = None,
@@ -143,12 +145,24 @@ def odeint(
         step_penalty: ``penalty(step_result, dt) -> 0-dim tensor`` evaluated on every accepted
             step and returned, differentiable, as ``solution.penalties`` (global regularization).
             Needs a per-step graph: only with ``gradient="direct"`` or ``"checkpoint"``.
+        step_to_outputs: end an accepted step on every output time instead of interpolating
+            (diffrax's ``PIDController(step_ts=ts)``, torchdiffeq's ``options=dict(step_t=t)``):
+            more steps, but each output is a step's own state. Available with every gradient method.
+        dense: keep every accepted step's state and stages so that ``solution.evaluate(t)`` gives
+            the solution at any ``t`` in the span (diffrax's ``SaveAt(dense=True)``, torchdiffeq's
+            ``odeint_dense``); memory ``O(steps * stages)``.
         checkpoints, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: deprecated
             spellings of ``Checkpoint(checkpoints)``, ``Symplectic(checkpoints)`` and
             ``BacksolveAdjoint(method, rtol, atol, **options)``.
 
-    Every output time is the end of an accepted step: the adaptive step that would pass an output
-    time is shortened to land on it, and the controller's proposal is resumed afterwards.
+    Dense output: the adaptive steps head for the last output time only, as in torchdiffeq,
+    torchode and diffrax, and the states at the other output times are read from the method's
+    interpolant inside the accepted step that holds them (:mod:`local_reg.interpolants`: Tsit5's and
+    Dopri5's own, cubic Hermite for the other pairs), so the number of steps does not depend on
+    the number of output times. Every gradient method differentiates the interpolated outputs
+    exactly as it differentiates the steps (docs/gradients.md). With ``step_to_outputs=True`` (or
+    a fixed ``step_size``) the step that would pass an output time is shortened to land on it, and
+    the controller's proposal is resumed afterwards.
     ``solution.stats.nfe_backward`` counts the calls of ``func`` made by the backward pass once it
     has run.
 
@@ -163,6 +177,11 @@ def odeint(
     y0 = validate_state(y0)
     times = validate_times(t)
     options = solve_options(rtol, atol, first_step, max_steps, step_size, controller, get_tableau(method))
+    for name, flag in (("step_to_outputs", step_to_outputs), ("dense", dense)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    options.interpolate = not step_to_outputs
+    options.dense = dense
     gradient_method = as_gradient_method(gradient)
     gradient_method = _legacy_gradient(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options

@@ -12,11 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ._errors import SolverError
 from ._stepper import Stepper
+from .interpolants import get_interpolant
 from .solution import Stats
 from .tableaus import ButcherTableau
 
@@ -37,6 +39,8 @@ class StepResult:
             0-dim tensor, or ``None`` for tableaus without such stages.
         stages: the stage derivatives ``k_1 ... k_s``.
         nfe: the number of evaluations of ``func`` this step made.
+        end_derivative: ``f(t + dt, y1)`` once dense output of a pair that is not FSAL has
+            evaluated it (the next step's first stage), else ``None``.
     """
 
     y1: Tensor
@@ -44,6 +48,7 @@ class StepResult:
     stiffness_estimate: Tensor | None
     stages: tuple[Tensor, ...]
     nfe: int
+    end_derivative: Tensor | None = None
     nfe_diffusion: ClassVar[int] = 0
 
 
@@ -72,6 +77,13 @@ def combine(
     if out is None:
         return torch.zeros_like(stages[0])
     return out
+
+
+def combine_rows(base: Tensor, dt: float, rows: np.ndarray, stages: Sequence[Tensor]) -> Tensor:
+    """``base + dt * sum_j rows[m, j] * stages[j]`` for every row ``m`` at once, stacked: shape
+    ``(len(rows), *base.shape)``. One matrix product, for many outputs inside one step."""
+    weights = torch.from_numpy(rows * dt).to(dtype=base.dtype, device=base.device)
+    return base + torch.tensordot(weights, torch.stack(tuple(stages)), dims=1)
 
 
 def time_tensor(t: float, like: Tensor) -> Tensor:
@@ -200,6 +212,7 @@ class RKStepper(Stepper[Tensor | None]):
         self.norm = norm
         self.has_stiffness = tableau.stiffness_stages is not None
         self.f0 = f0
+        self.interpolant = get_interpolant(tableau)
 
     def begin(self, t0: float, y0: Tensor, stats: Stats) -> Tensor:
         f0 = self.f0
@@ -226,7 +239,28 @@ class RKStepper(Stepper[Tensor | None]):
             self.func, t, y, dt, self.tableau, rtol=self.rtol, atol=self.atol, k1=carry, norm=self.norm
         )
 
+    def dense_stages(self, result: StepResult, t_next: float, stats: Stats) -> tuple[Tensor, ...]:
+        """The stages the interpolant combines: the step's, and ``f(t_next, y1)`` for a pair that is
+        not FSAL (evaluated once, counted in ``stats``, and reused as the next step's ``k1``)."""
+        if not self.interpolant.extra_stage:
+            return result.stages
+        if result.end_derivative is None:
+            result.end_derivative = self.func(time_tensor(t_next, result.y1), result.y1)
+            stats.add(1)
+        return (*result.stages, result.end_derivative)
+
+    def interpolate(
+        self, t: float, dt: float, y: Tensor, stages: tuple[Tensor, ...], t_outs: Sequence[float]
+    ) -> Tensor:
+        """The dense output at each of ``t_outs`` inside the accepted step ``(t, y) -> t + dt`` with
+        ``stages``, stacked."""
+        thetas = [(t_out - t) / dt for t_out in t_outs]
+        return combine_rows(y, dt, self.interpolant.weight_matrix(thetas), stages)
+
     def next_carry(self, result: StepResult, accepted: bool, carry: Tensor | None) -> Tensor | None:
         if not accepted:
             return carry
-        return result.stages[-1] if self.tableau.fsal else None
+        if self.tableau.fsal:
+            return result.stages[-1]
+        # Dense output may already have evaluated f(t + dt, y1): the next step's first stage.
+        return result.end_derivative

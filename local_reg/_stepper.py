@@ -52,6 +52,15 @@ class Stepper(ABC, Generic[Carry]):
         """Attempt one step from ``(t, y)`` to ``t_next = t + dt`` (``dt`` signed). The result has
         ``y1``, ``error_estimate`` (0-dim tensor, or ``None``), ``nfe`` and ``nfe_diffusion``."""
 
+    def dense_stages(self, result: Any, t_next: float, stats: Stats) -> Any:
+        """What :meth:`interpolate` needs of the accepted step ``result`` (evaluations counted in
+        ``stats``). Only steppers with dense output implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no dense output")
+
+    def interpolate(self, t: float, dt: float, y: Tensor, stages: Any, t_outs: list[float]) -> Tensor:
+        """The states at ``t_outs`` inside the accepted step ``(t, y) -> t + dt``, stacked."""
+        raise NotImplementedError(f"{type(self).__name__} has no dense output")
+
     @abstractmethod
     def next_carry(self, result: Any, accepted: bool, carry: Carry) -> Carry:
         """The carry of the step after ``result``, accepted or rejected."""

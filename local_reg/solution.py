@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from ._dense import DenseOutput
 
 
 @dataclass
@@ -56,6 +60,8 @@ class Steps:
             stages at ``c == 1`` (see :class:`local_reg.ButcherTableau`).
         state_list: the state at each step start, kept only with ``record_states=True``, else
             ``None``. :attr:`states` stacks it on first access (one copy, only if asked for).
+        dense_output: with ``odeint(dense=True)``, every accepted step's state and stages for
+            :meth:`Solution.evaluate`, else ``None``.
     """
 
     t: Tensor
@@ -63,6 +69,7 @@ class Steps:
     error_estimate: Tensor
     stiffness_estimate: Tensor | None
     state_list: list[Tensor] | None = field(default=None, repr=False)
+    dense_output: DenseOutput | None = field(default=None, repr=False)
 
     @functools.cached_property
     def states(self) -> Tensor | None:
@@ -78,7 +85,10 @@ class Solution:
     Attributes:
         ts: the output times.
         ys: the solution at ``ts``, shape ``(len(ts), *y0.shape)`` (a tuple of such tensors for a
-            tuple ``y0``); every output time is the end of an accepted step (no interpolation).
+            tuple ``y0``): by default the last output time ends the last step and the others are
+            read from the method's dense output (:mod:`local_reg.interpolants`); with
+            ``step_to_outputs=True`` or a fixed ``step_size`` every output time ends an accepted
+            step.
         stats: see :class:`Stats`.
         steps: see :class:`Steps`.
         penalties: with ``odeint(step_penalty=...)``, the penalty of every accepted step, shape
@@ -90,6 +100,16 @@ class Solution:
     stats: Stats
     steps: Steps
     penalties: Tensor | None = None
+
+    def evaluate(self, t: Tensor | float) -> Tensor:
+        """The solution at any ``t`` in the solved span (a float, a 0-dim or 1-D tensor of times),
+        through the method's interpolant (diffrax's ``Solution.evaluate``, torchdiffeq's
+        ``odeint_dense``). At a step's start or end it is that step's state exactly. Needs
+        ``odeint(dense=True)``; differentiable only under ``gradient="direct"``."""
+        dense = self.steps.dense_output
+        if dense is None:
+            raise ValueError("evaluate needs the step records: solve with odeint(..., dense=True)")
+        return dense.evaluate(t)
 
     def _not_a_tensor(self, *args: object, **kwargs: object):
         # torchdiffeq's odeint returns the states themselves; say where they are.

@@ -206,7 +206,9 @@ def test_every_output_time_is_a_step_end(backward):
     ts = torch.tensor([0.0, 0.1, 0.37, 1.0, 2.5, 2.51], dtype=torch.float64)
     if backward:
         ts = ts.flip(0)
-    solution = odeint(lotka_volterra, torch.tensor([1.0, 1.0]).double(), ts, record_states=True)
+    solution = odeint(
+        lotka_volterra, torch.tensor([1.0, 1.0]).double(), ts, record_states=True, step_to_outputs=True
+    )
     ends = (solution.steps.t + solution.steps.dt).tolist()
     starts = solution.steps.t.tolist()
     for t_out in ts[1:].tolist():
@@ -372,7 +374,7 @@ def test_any_time_grid_is_hit_and_accurate(gaps, start, backward):
         times.append(times[-1] + sign * gap)
     ts = torch.tensor(times, dtype=torch.float64)
     y0 = torch.tensor([1.0, -0.5], dtype=torch.float64)
-    solution = odeint(rotation_decay, y0, ts - start, rtol=1e-9, atol=1e-10)
+    solution = odeint(rotation_decay, y0, ts - start, rtol=1e-9, atol=1e-10, step_to_outputs=True)
     ends = set((solution.steps.t + solution.steps.dt).tolist())
     assert set((ts - start)[1:].tolist()) <= ends
     assert (solution.ys - rotation_decay_exact(ts - start, y0)).abs().max() < 1e-7

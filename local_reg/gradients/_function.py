@@ -167,15 +167,43 @@ def vector_jacobian_product(
 
 
 def steps_before_outputs(times: list[float], step_starts: list[float]) -> list[int]:
-    """For every output time, how many accepted steps end at or before it.
+    """For every output time, the number of accepted steps that start strictly before it.
 
-    Every output time is the end of an accepted step and the next step starts exactly there, so
-    this is the number of steps that start strictly before the output time.
+    When every output time is the end of an accepted step (and the next step starts exactly
+    there), this is the number of steps that end at or before it; with dense output, an output
+    time inside a step belongs to the last of these steps (:func:`locate_outputs`).
     """
     direction = 1.0 if len(times) < 2 or times[-1] > times[0] else -1.0
     # Step starts are monotone in the direction of integration; search them as increasing keys.
     keys = [direction * t for t in step_starts]
     return [bisect.bisect_left(keys, direction * t) for t in times]
+
+
+def locate_outputs(
+    times: list[float], step_starts: list[float], step_sizes: list[float]
+) -> tuple[list[list[int]], list[list[tuple[int, float]]]]:
+    """Where each output lies among the accepted steps, for a reverse sweep.
+
+    Returns ``(at_boundary, inside)``: ``at_boundary[n]`` lists the outputs equal to the state
+    before step ``n`` (``n = N``: after the last step), ``inside[n]`` the pairs
+    ``(output, theta)`` of the outputs read from step ``n``'s dense output at the fraction
+    ``theta = (t_i - t_n) / dt_n``, computed as the forward pass computed it.
+    """
+    n_steps = len(step_starts)
+    at_boundary: list[list[int]] = [[] for _ in range(n_steps + 1)]
+    inside: list[list[tuple[int, float]]] = [[] for _ in range(n_steps)]
+    for output, before in enumerate(steps_before_outputs(times, step_starts)):
+        t_out = times[output]
+        if before == 0 or before == n_steps and output == len(times) - 1:
+            at_boundary[before].append(output)
+            continue
+        n = before - 1
+        step_end = step_starts[n + 1] if n + 1 < n_steps else times[-1]
+        if t_out == step_end:
+            at_boundary[n + 1].append(output)
+        else:
+            inside[n].append((output, (t_out - step_starts[n]) / step_sizes[n]))
+    return at_boundary, inside
 
 
 def add_gradients(
@@ -196,7 +224,8 @@ class StepwiseGradient(GraphFreeGradient):
 
     Starting from ``lambda_N = dL/dy_N``, each step maps ``lambda_{n+1}`` to ``lambda_n`` (and adds
     its parameter gradient) by :meth:`step_backward`; at every output time ``t_i = t_n`` the
-    output's cotangent ``dL/dy(t_i)`` is added to ``lambda_n``.
+    output's cotangent ``dL/dy(t_i)`` is added to ``lambda_n``. An output read from a step's dense
+    output is handed to that step's :meth:`step_backward` with its ``theta`` and cotangent.
     """
 
     def __init__(self, checkpoints: int | None = None) -> None:
@@ -225,9 +254,11 @@ class StepwiseGradient(GraphFreeGradient):
         adjoint: Tensor,
         grad_penalty: Tensor | None,
         grad_params: list[Tensor | None],
+        inside: list[tuple[float, Tensor]],
     ) -> Tensor:
         """Map ``lambda_{n+1}`` (``adjoint``) to ``lambda_n`` across the step ``(t, y) -> t + dt``,
-        adding the step's parameter gradient to ``grad_params`` in place."""
+        adding the step's parameter gradient to ``grad_params`` in place. ``inside`` holds
+        ``(theta, dL/dy(t + theta dt))`` of the outputs read from the step's dense output."""
 
     def backward(
         self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
@@ -235,16 +266,17 @@ class StepwiseGradient(GraphFreeGradient):
         steps = solve.steps
         step_starts = steps.t.tolist()
         step_sizes = steps.dt.tolist()
-        boundaries = steps_before_outputs(solve.times, step_starts)
+        at_boundary, inside = locate_outputs(solve.times, step_starts, step_sizes)
+        # An output whose cotangent is exactly zero (a regularizer's detached u(t_reg)) adds nothing:
+        # its step keeps the cheaper backward step of a step without outputs.
+        nonzero = [bool(g.any()) for g in grad_ys] if any(inside) else []
         func = CountingField(solve.func)
         grad_params: list[Tensor | None] = [None] * len(solve.params)
         adjoint = torch.zeros_like(ys[0])
-        output = len(solve.times) - 1
         states = solve.step_states.reversed_states(func, solve.options, step_starts, step_sizes)
         for n in range(len(step_starts), -1, -1):
-            while output >= 0 and boundaries[output] == n:
+            for output in reversed(at_boundary[n]):
                 adjoint = adjoint + grad_ys[output]
-                output -= 1
             if n == 0:
                 break
             adjoint = self.step_backward(
@@ -256,6 +288,7 @@ class StepwiseGradient(GraphFreeGradient):
                 adjoint,
                 None if grad_penalties is None else grad_penalties[n - 1],
                 grad_params,
+                [(theta, grad_ys[output]) for output, theta in inside[n - 1] if nonzero[output]],
             )
         return adjoint, grad_params, func.calls
 

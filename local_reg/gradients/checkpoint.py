@@ -16,6 +16,11 @@ evaluations of ``func``); cost: each step is evaluated twice and differentiated 
 With ``step_penalty``, the re-run step also re-evaluates the step's penalty ``P_n`` and
 backpropagates its cotangent together with ``lambda_{n+1}``, so global regularization (Pal et al.,
 ICML 2021) is differentiated exactly without a graph of the whole solve.
+
+Outputs read from a step's dense output ``y(t_n + theta dt_n) = y_n + dt_n sum_i B_i(theta) k_i``
+(:mod:`local_reg.interpolants`) are re-evaluated on the re-run step's graph (with ``f(t_n + dt_n,
+y_{n+1})`` for a pair that is not FSAL) and their cotangents backpropagated together with
+``lambda_{n+1}``: still the discrete forward's exact gradient.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._step import step
+from .._step import combine, step, time_tensor
+from ..interpolants import get_interpolant
 from ._function import CountingField, ForwardSolve, StepwiseGradient, add_gradients
 
 
@@ -45,6 +51,7 @@ class Checkpoint(StepwiseGradient):
         adjoint: Tensor,
         grad_penalty: Tensor | None,
         grad_params: list[Tensor | None],
+        inside: list[tuple[float, Tensor]],
     ) -> Tensor:
         options = solve.options
         with torch.enable_grad():
@@ -55,6 +62,14 @@ class Checkpoint(StepwiseGradient):
             if grad_penalty is not None:
                 outputs.append(solve.step_penalty(result, dt))
                 cotangents.append(grad_penalty)
+            if inside:
+                interpolant = get_interpolant(options.tableau)
+                stages = result.stages
+                if interpolant.extra_stage:
+                    stages = (*stages, func(time_tensor(t + dt, y), result.y1))
+                for theta, cotangent in inside:
+                    outputs.append(combine(y, dt, interpolant.weights(theta), stages))
+                    cotangents.append(cotangent)
             grads = torch.autograd.grad(outputs, (y, *solve.params), cotangents, allow_unused=True)
         add_gradients(grad_params, grads[1:])
         return grads[0]

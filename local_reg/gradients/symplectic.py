@@ -26,6 +26,19 @@ discrete forward solve. For a step ``n`` of size ``h`` from ``t_n`` with ``s`` s
 
 Memory: ``N`` states, ``s`` stage states and one graph of ``f``; cost per step: ``s - 1`` plain
 evaluations and ``s`` evaluations with a vector--Jacobian product.
+
+Outputs inside a step (dense output, ``y(t_n + theta h) = y_n + h sum_i B_i(theta) k_i`` with
+cotangents ``g_o``) enter the same stage recursion: being linear in the stages, the interpolant adds
+``h sum_o B_i(theta_o) g_o`` to the cotangent of stage ``i``. With ``kappa_i = h b_i Lambda_i`` the
+recursion above reads, for ``i = s', ..., 1`` (``s'`` the last stage any weight uses, the extra stage
+``f(t_n + h, y_{n+1})`` of a pair that is not FSAL included, its row of ``a`` being ``b``)::
+
+    kappa_i = h (b_i lambda_{n+1} + sum_o B_i(theta_o) g_o) + h sum_{j>i} a_ji mu_j
+    mu_i = (df/dy (t_n + c_i h, Y_i))^T kappa_i,     dL/dtheta += (df/dtheta (t_n + c_i h, Y_i))^T kappa_i
+    lambda_n = lambda_{n+1} + sum_o g_o + sum_i mu_i
+
+which needs no division by ``b_i`` (stages with ``b_i = 0`` but ``B_i != 0``, such as Tsit5's
+seventh, are covered). Steps without outputs inside keep the scaled form.
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ import torch
 from torch import Tensor
 
 from .._step import combine, time_tensor
+from ..interpolants import get_interpolant
 from ..tableaus import ButcherTableau
 from ._function import (
     CountingField,
@@ -67,7 +81,10 @@ class Symplectic(StepwiseGradient):
         adjoint: Tensor,
         grad_penalty: Tensor | None,
         grad_params: list[Tensor | None],
+        inside: list[tuple[float, Tensor]],
     ) -> Tensor:
+        if inside:
+            return step_backward_with_outputs(func, solve, t, dt, y, adjoint, grad_params, inside)
         tableau = solve.options.tableau
         n_stages = stages_entering_solution(tableau)
         h = dt
@@ -108,3 +125,55 @@ class Symplectic(StepwiseGradient):
 
         # 3. Back across the step.
         return combine(adjoint, -h, b_tilde, partner_stages)
+
+
+def step_backward_with_outputs(
+    func: CountingField,
+    solve: ForwardSolve,
+    t: float,
+    h: float,
+    y: Tensor,
+    adjoint: Tensor,
+    grad_params: list[Tensor | None],
+    inside: list[tuple[float, Tensor]],
+) -> Tensor:
+    """The stage recursion of a step whose dense output holds outputs (the unscaled form in the
+    module docstring): ``lambda_n`` from ``lambda_{n+1}`` and the outputs' ``(theta, g_o)``."""
+    tableau = solve.options.tableau
+    interpolant = get_interpolant(tableau)
+    # The extra stage f(t + h, y_{n+1}) of a pair that is not FSAL is one more stage with a = b.
+    rows = [*tableau.a, tableau.b] if interpolant.extra_stage else list(tableau.a)
+    c = [*tableau.c, 1.0] if interpolant.extra_stage else list(tableau.c)
+    b = [*tableau.b, 0.0] if interpolant.extra_stage else list(tableau.b)
+    weights = [interpolant.weights(theta) for theta, _ in inside]
+    cotangents = [g for _, g in inside]
+    used = [b[i] != 0.0 or any(w[i] != 0.0 for w in weights) for i in range(len(rows))]
+    n_stages = 1 + max(i for i, u in enumerate(used) if u)
+    stage_times = [t + c_i * h for c_i in c[:n_stages]]
+
+    with torch.no_grad():
+        stage_states = [y]
+        stage_derivatives: list[Tensor] = []
+        for i in range(1, n_stages):
+            stage_derivatives.append(func(time_tensor(stage_times[i - 1], y), stage_states[i - 1]))
+            stage_states.append(combine(y, h, rows[i][:i], stage_derivatives))
+        del stage_derivatives
+
+    state_cotangents: list[Tensor | None] = [None] * n_stages  # mu_i
+    for i in reversed(range(n_stages)):
+        later = range(i + 1, n_stages)
+        coefficients = [b[i], *(w[i] for w in weights), *(rows[j][i] for j in later)]
+        terms = [adjoint, *cotangents, *(state_cotangents[j] for j in later)]
+        if all(coefficient == 0.0 for coefficient in coefficients):
+            state_cotangents[i] = torch.zeros_like(adjoint)
+            continue
+        stage_cotangent = combine(None, h, coefficients, terms)
+        _, state_vjp, parameter_vjps = vector_jacobian_product(
+            func, time_tensor(stage_times[i], y), stage_states[i], solve.params, stage_cotangent
+        )
+        state_cotangents[i] = state_vjp
+        add_gradients(grad_params, parameter_vjps)
+    previous = adjoint
+    for g in cotangents:
+        previous = previous + g
+    return combine(previous, 1.0, [1.0] * n_stages, state_cotangents)

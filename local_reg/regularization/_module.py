@@ -68,7 +68,8 @@ class LocalPenalty:
     (``regularizer="error"``) or ``rho / stability_size`` (``"stiffness"``).
 
     Attributes:
-        sampling: ``"random"``: ``t_reg ~ U[t0, t1)``, added to the main solve's output times;
+        sampling: ``"random"``: ``t_reg ~ U[t0, t1)``, added to the main solve's output times (an
+            ODE solve reads it from its dense output, at no extra step; an SDE solve lands on it);
             ``"biased"``: uniform over the start times of the main solve's accepted steps.
         regularizer: ``"error"`` or ``"stiffness"`` (ODEs only).
         reg_method: the probe's embedded pair (ODEs; default Tsit5, as the paper's code).

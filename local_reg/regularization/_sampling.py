@@ -73,7 +73,8 @@ def sample_uniform_time(
 def sample_output_time(
     times: Sequence[float], t_dtype: torch.dtype, generator: torch.Generator | None
 ) -> tuple[list[float], int, bool]:
-    """Draw ``t_reg ~ U[t0, t1)`` and add it to the output times so the main solve lands on it.
+    """Draw ``t_reg ~ U[t0, t1)`` and add it to the output times, where the main solve reads its
+    dense output (ODEs) or lands (SDEs, ``step_to_outputs``).
 
     Returns ``(solve_times, index, inserted)``: ``t_reg = solve_times[index]`` (an existing output
     time if the draw fell within :func:`time_tolerance` of one, then ``inserted`` is ``False``).

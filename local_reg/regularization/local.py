@@ -87,8 +87,8 @@ class LocallyRegularized(Regularized):
             output at ``t_reg`` (adding an output time does not change its steps) and biased sampling
             records steps with torchdiffeq's ``callback_accept_step``.
         step_size: ``"initial"`` (the paper): the initial-step heuristic at ``u(t_reg)``;
-            ``"solver"``: the accepted step of the main solve that starts at (or contains)
-            ``t_reg``. Either is capped at ``|t1 - t_reg|``.
+            ``"solver"``: the accepted step of the main solve that contains ``t_reg`` (starts at it
+            when the main solve lands on it). Either is capped at ``|t1 - t_reg|``.
         detach_state: ``True`` (the paper): ``u(t_reg)`` and ``k1`` are constants. ``False``: the
             penalty's gradient also flows into ``u(t_reg)`` (and from there, through the main
             gradient method, into ``y0`` and the parameters); only with ``sampling="random"``.

@@ -1,14 +1,17 @@
 """``latent_ode``: a latent ODE on irregularly sampled, partially observed time series.
 
 The stand-in for the paper's PhysioNet 2012 experiment [LR23] (PhysioNet is not shipped by any
-package): periodic multichannel series generated on a shared time grid, each series observing a
-random subset of the grid times and, at those times, a random subset of the channels. With
+package): periodic multichannel series, each observed at its own irregular times (uniform in
+``[0, t_max]``; ``observation_times="irregular"``, the default) or at a random subset of a shared
+grid (``"grid"``), and at each observed time a random subset of the channels. With
 ``--set physionet_dir=DIR`` the real PhysioNet 2012 files (``*.txt`` under ``DIR``, e.g. ``set-a``)
 are read instead, binned into hours (:func:`load_physionet`).
 
-Model (Rubanova et al. 2019, with a GRU encoder): a GRU reads the series backwards, its last state
-gives a Gaussian posterior over the latent state ``z0``; the latent ODE is solved through every grid
-time and a linear map decodes the observations. Training loss: masked MSE plus a small KL term
+Model (Rubanova et al. 2019, with a GRU encoder): a GRU reads the series backwards (each series
+its own observations), its last state gives a Gaussian posterior over the latent state ``z0``; the
+latent ODE is solved once for the batch, at the union of the batch's observation times (as Rubanova
+et al. do with PhysioNet; the solver interpolates there, so the union's size costs no steps), and a
+linear map decodes each series at its own times. Training loss: masked MSE plus a small KL term
 (``z0`` sampled); test metric: masked MSE with ``z0`` the posterior mean.
 """
 
@@ -25,7 +28,7 @@ from torch.utils.data import TensorDataset
 
 from ..methods import ODE_METHODS, PHYSIONET_WEIGHTS
 from ..models import ConcatMLP
-from ..settings import Directory, Integer, Real, Schema
+from ..settings import Directory, Integer, OneOf, Real, Schema
 from .base import ODE_SOLVERS, Batch, Task, TaskData, training_fields
 
 PHYSIONET_VARIABLES = [
@@ -82,20 +85,54 @@ def periodic_series(
     n: int, times: Tensor, n_channels: int, obs_prob: float, time_obs_prob: float, noise: float, seed: int
 ) -> tuple[Tensor, Tensor]:
     """``n`` series ``x_c(t) = a s_c sin(w t + phi + 2 pi c / C)`` with random amplitude, frequency and
-    phase; a grid time is observed with probability ``time_obs_prob`` and, if so, each channel with
-    ``obs_prob``. Returns ``values`` (zero where unobserved) and ``mask``, both ``(n, T, C)``."""
+    phase at ``times`` (``(T,)`` shared, or ``(n, T)`` per series); a time is observed with
+    probability ``time_obs_prob`` and, if so, each channel with ``obs_prob``. Returns ``values`` (zero
+    where unobserved) and ``mask``, both ``(n, T, C)``."""
     g = torch.Generator().manual_seed(seed)
     amplitude = 0.5 + torch.rand(n, 1, 1, generator=g)
     frequency = 1.0 + 2.0 * torch.rand(n, 1, 1, generator=g)
     phase = 2 * math.pi * torch.rand(n, 1, 1, generator=g)
     channel = torch.arange(n_channels).view(1, 1, -1)
     scale = 1.0 - 0.5 * channel / max(n_channels - 1, 1)
-    t = times.view(1, -1, 1)
+    t = times.reshape(-1, times.shape[-1], 1)
     clean = amplitude * scale * torch.sin(frequency * t + phase + 2 * math.pi * channel / n_channels)
     values = clean + noise * torch.randn(clean.shape, generator=g)
-    time_mask = torch.rand(n, len(times), 1, generator=g) < time_obs_prob
+    time_mask = torch.rand(n, times.shape[-1], 1, generator=g) < time_obs_prob
     mask = ((torch.rand(values.shape, generator=g) < obs_prob) & time_mask).float()
     return values * mask, mask
+
+
+def irregular_series(
+    n: int,
+    n_times: int,
+    t_max: float,
+    n_channels: int,
+    obs_prob: float,
+    time_obs_prob: float,
+    noise: float,
+    seed: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`periodic_series` at each series' own times: ``n_times`` candidates uniform in
+    ``[0, t_max]``, each observed with ``time_obs_prob`` (at least one per series, and at least one
+    channel at each observed time). The observed times come first, in increasing order; the rest of
+    the ``n_times`` slots are padding (time ``t_max``, mask zero). Returns ``values``, ``mask``
+    ``(n, n_times, C)`` and ``times`` ``(n, n_times)``."""
+    g = torch.Generator().manual_seed(seed + 1)
+    candidates = torch.rand(n, n_times, generator=g).mul(t_max).sort(dim=1).values
+    values, _ = periodic_series(n, candidates, n_channels, 1.0, 1.0, noise, seed)
+    mask = (torch.rand(values.shape, generator=g) < obs_prob).float()
+    observed = torch.rand(n, n_times, generator=g) < time_obs_prob
+    observed[torch.arange(n), torch.randint(n_times, (n,), generator=g)] = True
+    # An observed time with no channel observed would be no observation: observe one channel there.
+    empty = observed & (mask.sum(-1) == 0)
+    channel = torch.randint(n_channels, (n, n_times), generator=g)
+    mask[empty, channel[empty]] = 1.0
+    mask = mask * observed.unsqueeze(-1)
+    # Observed slots first (stable: times stay increasing), padding after.
+    order = torch.sort((~observed).to(torch.int8), dim=1, stable=True).indices
+    times = torch.where(observed, candidates, torch.full_like(candidates, t_max)).gather(1, order)
+    index = order.unsqueeze(-1).expand(-1, -1, n_channels)
+    return (values * mask).gather(1, index), mask.gather(1, index), times
 
 
 def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
@@ -130,8 +167,10 @@ def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
 
 
 class LatentODE(nn.Module):
-    """``(prediction, kl) = model(values, mask)``: GRU encoder, ODE decoder on the grid ``times``;
-    ``kl`` is the KL divergence of the posterior from N(0, I), times ``kl_weight``."""
+    """``(prediction, kl) = model(values, mask)`` on the grid ``times``, or
+    ``model(values, mask, series_times)`` with each series' own times ``(batch, T)`` (observed slots
+    first, then padding with mask zero): GRU encoder, ODE decoder; ``kl`` is the KL divergence of the
+    posterior from N(0, I), times ``kl_weight``."""
 
     def __init__(
         self, block: nn.Module, n_channels: int, latent: int, rec_hidden: int, times: Tensor, kl_weight: float
@@ -144,15 +183,43 @@ class LatentODE(nn.Module):
         self.decoder = nn.Linear(latent, n_channels)
         self.register_buffer("times", times, persistent=False)
 
-    def forward(self, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        gaps = torch.diff(self.times, prepend=self.times[:1]).expand(*values.shape[:2]).unsqueeze(-1)
-        # Read backwards in time so that the last hidden state summarizes the series as seen from t0.
-        _, hidden = self.encoder(torch.cat([values, mask, gaps], dim=-1).flip(1))
+    def forward(
+        self, values: Tensor, mask: Tensor, series_times: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        if series_times is None:
+            gaps = torch.diff(self.times, prepend=self.times[:1]).expand(*values.shape[:2]).unsqueeze(-1)
+            # Read backwards in time so that the last hidden state summarizes the series as seen from t0.
+            _, hidden = self.encoder(torch.cat([values, mask, gaps], dim=-1).flip(1))
+        else:
+            hidden = self._encode_own_times(values, mask, series_times)
         mean, log_var = self.posterior(hidden[-1]).chunk(2, dim=-1)
         z0 = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean) if self.training else mean
-        latent_path = self.block(z0, self.times)  # (T, batch, latent)
         kl = self.kl_weight * 0.5 * (mean**2 + log_var.exp() - log_var - 1).sum(-1).mean()
-        return self.decoder(latent_path).transpose(0, 1), kl
+        if series_times is None:
+            latent_path = self.block(z0, self.times)  # (T, batch, latent)
+            return self.decoder(latent_path).transpose(0, 1), kl
+        # One solve for the batch at the union of its observation times (and t0 = 0, where z0 is).
+        observed = mask.sum(-1) > 0
+        union = torch.unique(torch.cat([series_times.new_zeros(1), series_times[observed]]))
+        latent_path = self.block(z0, union)  # (U, batch, latent)
+        slots = torch.searchsorted(union, series_times.contiguous()).clamp(max=len(union) - 1)
+        per_series = latent_path[slots, torch.arange(len(z0)).unsqueeze(1)]  # (batch, T, latent)
+        return self.decoder(per_series), kl
+
+    def _encode_own_times(self, values: Tensor, mask: Tensor, series_times: Tensor) -> Tensor:
+        """The GRU's last state after reading each series' own observations, last one first."""
+        lengths = (mask.sum(-1) > 0).sum(1).clamp(min=1)
+        gaps = torch.diff(series_times, prepend=series_times[:, :1]).unsqueeze(-1)
+        inputs = torch.cat([values, mask, gaps], dim=-1)
+        # Reverse each series' observed prefix in place (padding stays behind it).
+        position = torch.arange(values.shape[1]).unsqueeze(0)
+        reverse = torch.where(position < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - position, position)
+        inputs = inputs.gather(1, reverse.unsqueeze(-1).expand_as(inputs))
+        packed = nn.utils.rnn.pack_padded_sequence(
+            inputs, lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, hidden = self.encoder(packed)
+        return hidden
 
 
 def masked_mse(prediction: Tensor, values: Tensor, mask: Tensor) -> Tensor:
@@ -172,6 +239,7 @@ class LatentODETask(Task):
             "n_test": Integer(1),
             "physionet_dir": Directory(),
             "n_times": Integer(2),
+            "observation_times": OneOf(("irregular", "grid")),
             "t_max": Real(),
             "n_channels": Integer(1),
             "obs_prob": Real(high=1.0),
@@ -189,6 +257,7 @@ class LatentODETask(Task):
             **_SIZES[size],
             "physionet_dir": None,
             "n_times": 25,
+            "observation_times": "irregular",
             "t_max": 5.0,
             "n_channels": 3,
             "obs_prob": 0.6,
@@ -218,6 +287,25 @@ class LatentODETask(Task):
             values, mask = values[order], mask[order]
             n_test = min(n_test, len(values) // 5)
             n_train = min(n_train, len(values) - n_test)
+        elif settings["observation_times"] == "irregular":
+            values, mask, times = irregular_series(
+                n_train + n_test,
+                settings["n_times"],
+                settings["t_max"],
+                settings["n_channels"],
+                settings["obs_prob"],
+                settings["time_obs_prob"],
+                settings["noise"],
+                seed=0,  # the data stay fixed; the seed varies training
+            )
+            return TaskData(
+                train=TensorDataset(values[:n_train], mask[:n_train], times[:n_train]),
+                test=TensorDataset(
+                    values[n_train : n_train + n_test],
+                    mask[n_train : n_train + n_test],
+                    times[n_train : n_train + n_test],
+                ),
+            )
         else:
             values, mask = periodic_series(
                 n_train + n_test,
@@ -248,12 +336,13 @@ class LatentODETask(Task):
         )
 
     def training_loss(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, float]]:
-        values, mask = batch
-        prediction, kl = model(values, mask)
+        # (values, mask) on the grid, or (values, mask, times) with each series' own times.
+        values, mask = batch[:2]
+        prediction, kl = model(*batch)
         mse = masked_mse(prediction, values, mask)
         return mse + kl, {"mse": mse.item()}
 
     def evaluate(self, model: nn.Module, batch: Batch) -> dict[str, float]:
-        values, mask = batch
-        prediction, _ = model(values, mask)
+        values, mask = batch[:2]
+        prediction, _ = model(*batch)
         return {"mse": masked_mse(prediction, values, mask).item()}

@@ -1,0 +1,125 @@
+"""The latent_ode task's vanilla model: forward NFE of local_reg beside torchdiffeq.
+
+Trains the task's vanilla latent ODE (``--quick`` data and settings: 25 output times, tanh MLP
+dynamics, rtol = atol = 1e-6, Adam 1e-2, batch 50) once per backend from the same seed, and reports
+the NFE of a forward solve on the test batch (250 series) at initialization and after training:
+``local_reg`` tsit5 interpolating at the output times (the default), ``local_reg`` tsit5 landing on
+each (``step_to_outputs=True``), ``local_reg`` dopri5, and torchdiffeq dopri5. The NFE of the
+trained models are also measured on one common model (the one ``local_reg`` tsit5 trained), so
+that the solvers are compared on identical dynamics.
+
+With ``--observation-times irregular`` each series has its own times and the batch is solved at
+their union (hundreds of output times), the task's default.
+
+    python benchmarks/latent_ode_nfe.py [--iterations 400] [--observation-times grid] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.utils.data import DataLoader
+
+from local_reg import Regularized
+from local_reg.experiments.tasks.latent_ode import LatentODETask, masked_mse
+
+SOLVERS = {
+    "local_reg tsit5": {"backend": "local_reg", "method": "tsit5"},
+    "local_reg tsit5, step_to_outputs": {
+        "backend": "local_reg",
+        "method": "tsit5",
+        "options": {"step_to_outputs": True},
+    },
+    "local_reg dopri5": {"backend": "local_reg", "method": "dopri5"},
+    "torchdiffeq dopri5": {"backend": "torchdiffeq", "method": "dopri5"},
+}
+
+
+class Counting(torch.nn.Module):
+    def __init__(self, func: torch.nn.Module) -> None:
+        super().__init__()
+        self.func = func
+        self.calls = 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        return self.func(t, y)
+
+
+def build(task: LatentODETask, settings: dict, solver: dict, seed: int):
+    torch.manual_seed(seed)
+    field = Counting(task.build_dynamics(settings))
+    block = Regularized(field, rtol=settings["solver"]["rtol"], atol=settings["solver"]["atol"], **solver)
+    return task.build_network(block, settings), field
+
+
+def test_nfe(model, field, test) -> tuple[int, float]:
+    values, mask = test[:2]
+    model.eval()
+    field.calls = 0
+    with torch.no_grad():
+        prediction, _ = model(*test)
+    model.train()
+    return field.calls, float(masked_mse(prediction, values, mask))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--observation-times", choices=("grid", "irregular"), default="grid")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    task = LatentODETask()
+    settings = {**task.settings("quick"), "observation_times": args.observation_times}
+    data = task.load_data(settings, args.seed)
+    test = data.test.tensors
+    trained = {}
+    print(f"latent_ode quick, {args.observation_times} times, {args.iterations} iterations, seed {args.seed}")
+    print("| solver (training and test) | NFE at init | NFE trained | test mse | train NFE / iteration |")
+    print("|---|---|---|---|---|")
+    for name, solver in SOLVERS.items():
+        model, field = build(task, settings, solver, args.seed)
+        initial, _ = test_nfe(model, field, test)
+        if args.observation_times == "irregular" and "step_to_outputs" in name:
+            # A step per union time: thousands of NFE per iteration. Measured on the common model only.
+            print(f"| {name} | {initial} | (not trained) | | |")
+            continue
+        optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
+        loader = DataLoader(
+            data.train,
+            batch_size=settings["batch_size"],
+            shuffle=True,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+        iteration, train_calls = 0, 0
+        while iteration < args.iterations:
+            for batch in loader:
+                field.calls = 0
+                loss, _ = task.training_loss(model, batch)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                train_calls += field.calls
+                iteration += 1
+                if iteration == args.iterations:
+                    break
+        final, mse = test_nfe(model, field, test)
+        trained[name] = model
+        print(f"| {name} | {initial} | {final} | {mse:.4f} | {train_calls / args.iterations:.0f} |")
+    # The same trained dynamics under every solver.
+    reference = trained["local_reg tsit5"]
+    print("\nOn the model local_reg tsit5 trained:")
+    print("| solver | test NFE | test mse |")
+    print("|---|---|---|")
+    for name, solver in SOLVERS.items():
+        model, field = build(task, settings, solver, args.seed)
+        model.load_state_dict(reference.state_dict())
+        nfe, mse = test_nfe(model, field, test)
+        print(f"| {name} | {nfe} | {mse:.4f} |")
+
+
+if __name__ == "__main__":
+    main()

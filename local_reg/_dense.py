@@ -1,0 +1,88 @@
+"""The dense solution: every accepted step's start, size, state and stages, evaluated anywhere in the
+span through the method's interpolant (:mod:`local_reg.interpolants`)."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ._step import combine_rows
+from .interpolants import Interpolant
+
+
+@dataclass
+class DenseOutput:
+    """The record behind :meth:`local_reg.Solution.evaluate` (``odeint(dense=True)``).
+
+    Attributes:
+        interpolant: the method's dense output.
+        t, dt: start time and signed size of each accepted step.
+        states: the state at each step start, and the final state last.
+        stages: the stages the interpolant combines, per step.
+    """
+
+    interpolant: Interpolant
+    t: list[float] = field(default_factory=list)
+    dt: list[float] = field(default_factory=list)
+    states: list[Tensor] = field(default_factory=list)
+    stages: list[tuple[Tensor, ...]] = field(default_factory=list)
+
+    def add_step(self, t: float, dt: float, y: Tensor, stages: tuple[Tensor, ...]) -> None:
+        self.t.append(t)
+        self.dt.append(dt)
+        self.states.append(y)
+        self.stages.append(stages)
+
+    def _locate(self, t: float) -> int | None:
+        """The step whose dense output gives ``t``, or ``None`` if ``t`` is a recorded state
+        (``-1 - index`` encodes ``states[index]``)."""
+        direction = 1.0 if self.dt[0] > 0 else -1.0
+        t_start = self.t[0]
+        t_end = self.t[-1] + self.dt[-1]
+        if direction * (t - t_start) < 0 or direction * (t - t_end) > 0:
+            lo, hi = sorted((t_start, t_end))
+            raise ValueError(f"t={t} is outside the solved span [{lo}, {hi}]")
+        keys = [direction * s for s in self.t]
+        # The step that starts at or last before t; a step start is returned exactly as recorded.
+        index = max(bisect.bisect_right(keys, direction * t) - 1, 0)
+        if t == self.t[index]:
+            return -1 - index
+        if index == len(self.t) - 1 and t == t_end:
+            return -len(self.states)
+        return index
+
+    def evaluate(self, t: Tensor | float) -> Tensor:
+        """The solution at ``t`` (a float, a 0-dim or a 1-D tensor of times). The times inside one
+        step are evaluated together, as the solve evaluated its output times."""
+        if isinstance(t, Tensor):
+            if t.dim() > 1:
+                raise ValueError(f"t must be a float, a 0-dim or a 1-D tensor, got shape {tuple(t.shape)}")
+            values = [float(v) for v in t.detach().reshape(-1).tolist()]
+        elif isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise TypeError(f"t must be a float or a tensor of times, got {type(t).__name__}")
+        else:
+            values = [float(t)]
+        if not self.t:
+            out = torch.stack([self.states[0] for _ in values])
+        else:
+            located = [self._locate(v) for v in values]
+            results: list[Tensor | None] = [None] * len(values)
+            groups: dict[int, list[int]] = {}
+            for position, index in enumerate(located):
+                if index < 0:
+                    results[position] = self.states[-1 - index]
+                else:
+                    groups.setdefault(index, []).append(position)
+            for index, positions in groups.items():
+                dt = self.dt[index]
+                rows = self.interpolant.weight_matrix([(values[p] - self.t[index]) / dt for p in positions])
+                states = combine_rows(self.states[index], dt, rows, self.stages[index])
+                for p, state in zip(positions, states, strict=True):
+                    results[p] = state
+            out = torch.stack(results)
+        if isinstance(t, Tensor) and t.dim() == 1:
+            return out
+        return out[0]

@@ -1,0 +1,349 @@
+"""Dense output: the interpolants, interpolated outputs, their gradients and ``Solution.evaluate``."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+from scipy.linalg import expm
+
+from local_reg import TABLEAUS, odeint, step
+from local_reg.interpolants import get_interpolant
+from tests.problems import CountingField, scipy_reference, to_numpy_field
+
+DTYPE = torch.float64
+ADAPTIVE = [name for name, tableau in TABLEAUS.items() if tableau.adaptive]
+
+
+def logistic(t, y):
+    return y * (1 - y) + 0.0 * t
+
+
+def logistic_exact(t, y0):
+    return y0 * math.exp(t) / (1 - y0 + y0 * math.exp(t))
+
+
+class TinyField(torch.nn.Module):
+    """A small time-dependent MLP vector field (float64)."""
+
+    def __init__(self, dim: int = 3, width: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(dim, width), torch.nn.Tanh(), torch.nn.Linear(width, dim)
+        ).to(DTYPE)
+
+    def forward(self, t, y):
+        return 2.0 * self.net(y) * torch.cos(3 * t)
+
+
+@pytest.mark.parametrize("name", list(TABLEAUS))
+def test_interpolant_weights_end_on_the_step_and_sum_to_theta(name):
+    interpolant = get_interpolant(name)
+    tableau = TABLEAUS[name]
+    b = [*tableau.b, 0.0] if interpolant.extra_stage else list(tableau.b)
+    assert interpolant.weights(0.0) == [0.0] * interpolant.n_stages
+    np.testing.assert_allclose(interpolant.weights(1.0), b, rtol=0, atol=1e-14)
+    # Consistency: y' = 1 is interpolated exactly.
+    for theta in (0.3, 0.7):
+        assert sum(interpolant.weights(theta)) == pytest.approx(theta, abs=1e-14)
+
+
+@pytest.mark.parametrize("name", list(TABLEAUS))
+def test_interpolant_has_its_empirical_order(name):
+    # One step from the exact state; the local error of the dense output at theta = 0.4 must shrink
+    # like dt^(order + 1).
+    interpolant = get_interpolant(name)
+    tableau = TABLEAUS[name]
+    y0 = torch.tensor([0.2], dtype=DTYPE)
+    errors = []
+    sizes = [0.1, 0.05, 0.025]
+    for dt in sizes:
+        result = step(logistic, 0.0, y0, dt, tableau)
+        stages = result.stages
+        if interpolant.extra_stage:
+            stages = (*stages, logistic(torch.tensor(dt, dtype=DTYPE), result.y1))
+        theta = 0.4
+        y = y0 + dt * sum(w * k for w, k in zip(interpolant.weights(theta), stages, strict=True))
+        errors.append(abs(float(y) - logistic_exact(theta * dt, 0.2)))
+    slopes = [math.log2(errors[i] / errors[i + 1]) for i in range(2)]
+    assert min(slopes) > interpolant.order + 1 - 0.3, (name, slopes)
+
+
+@pytest.mark.parametrize(("method", "rtol"), [("tsit5", 1e-8), ("dopri5", 1e-8), ("bosh3", 1e-6)])
+def test_interpolated_outputs_match_scipy_dense_output(method, rtol):
+    y0 = torch.tensor([1.0, 1.0], dtype=DTYPE)
+    times = np.linspace(0.0, 6.0, 241)
+
+    def lotka_volterra(t, y):
+        return torch.stack([1.5 * y[0] - y[0] * y[1], -3.0 * y[1] + y[0] * y[1]])
+
+    solution = odeint(lotka_volterra, y0, torch.from_numpy(times), method=method, rtol=rtol, atol=rtol * 1e-2)
+    # Most outputs come from the dense output.
+    ends = set((solution.steps.t + solution.steps.dt).tolist())
+    assert len(set(times[1:-1].tolist()) & ends) < len(times) // 10
+    scipy_dense = solve_ivp(
+        to_numpy_field(lotka_volterra),
+        (0.0, 6.0),
+        y0.numpy(),
+        method="RK45",
+        rtol=rtol,
+        atol=rtol * 1e-2,
+        dense_output=True,
+    )
+    exact = scipy_reference(lotka_volterra, y0, times).numpy()
+    ours = solution.ys.numpy()
+    theirs = scipy_dense.sol(times).T
+    error_ours = np.abs(ours - exact).max()
+    error_scipy = np.abs(theirs - exact).max()
+    # Within the tolerance's reach, and no worse than scipy's own dense output at this tolerance.
+    assert error_ours < 1e3 * rtol
+    assert error_ours < 10 * max(error_scipy, 1e-8)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e3 * rtol)
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "bosh3", "heun_euler"])
+def test_number_of_steps_does_not_depend_on_the_output_times(method):
+    field = CountingField(TinyField())
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
+    nfe = {}
+    starts = {}
+    rtol = {"heun_euler": 1e-3, "bosh3": 1e-5}.get(method, 1e-6)
+    for n in (2, 11, 51, 101):
+        solution = odeint(field, y0, torch.linspace(0.0, 3.0, n, dtype=DTYPE), method=method, rtol=rtol)
+        nfe[n] = solution.stats.nfe
+        starts[n] = solution.steps.t.tolist()
+    # The same steps for every n. A pair that is not FSAL evaluates f(t1, y1) for a step holding
+    # outputs and hands it to the next step as k1, kept across a rejection (so it may even save
+    # evaluations); at the last step it is one evaluation more.
+    for n in (11, 51, 101):
+        assert starts[n] == starts[2]
+        if TABLEAUS[method].fsal:
+            assert nfe[n] == nfe[2]
+        else:
+            assert nfe[n] <= nfe[2] + 1
+    # Landing on every output time takes more steps.
+    many = torch.linspace(0.0, 3.0, 101, dtype=DTYPE)
+    landing = odeint(field, y0, many, method=method, rtol=rtol, step_to_outputs=True)
+    assert landing.stats.n_accepted > len(starts[2])
+
+
+def _loss(ys):
+    weights = torch.arange(1, ys.shape[0] + 1, dtype=ys.dtype).reshape(-1, 1)
+    return (weights * ys**2).sum() + ys[1].sin().sum()
+
+
+def _gradient(field, y0, times, gradient, **kwargs):
+    y0 = y0.clone().requires_grad_(True)
+    solution = odeint(field, y0, times, gradient=gradient, **kwargs)
+    grads = torch.autograd.grad(_loss(solution.ys), (y0, *field.parameters()))
+    return torch.cat([g.reshape(-1) for g in grads]), solution
+
+
+def _relative_error(x, reference):
+    return float((x - reference).norm() / reference.norm())
+
+
+# Several outputs inside one step (0.4, 0.4004, 0.4008) and others in other steps.
+GRADIENT_TIMES = [0.0, 0.4, 0.4004, 0.4008, 1.1, 1.7, 2.0]
+
+
+@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic"])
+def test_exact_gradients_through_interpolated_outputs(method, gradient):
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
+    order = TABLEAUS[method].order
+    rtol = {2: 1e-3, 3: 1e-5}.get(order, 1e-6)
+    options = {"method": method, "rtol": rtol, "atol": rtol * 1e-2, "first_step": 1.0}
+    reference, solution = _gradient(field, y0, GRADIENT_TIMES, "direct", **options)
+    assert solution.stats.n_rejected > 0
+    # Some step holds more than one output strictly inside it.
+    ends = set((solution.steps.t + solution.steps.dt).tolist())
+    assert not set(GRADIENT_TIMES[1:-1]) & ends
+    starts = solution.steps.t.tolist()
+    holders = [sum(s < t for s in starts) for t in GRADIENT_TIMES[1:-1]]
+    assert len(set(holders)) < len(holders)
+    ours, _ = _gradient(field, y0, GRADIENT_TIMES, gradient, **options)
+    assert _relative_error(ours, reference) <= 1e-10
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic"])
+def test_exact_gradients_with_checkpoint_budget(gradient):
+    from local_reg import Checkpoint, Symplectic
+
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
+    reference, _ = _gradient(field, y0, GRADIENT_TIMES, "direct", rtol=1e-7)
+    method = {"checkpoint": Checkpoint, "symplectic": Symplectic}[gradient](checkpoints=3)
+    ours, _ = _gradient(field, y0, GRADIENT_TIMES, method, rtol=1e-7)
+    assert _relative_error(ours, reference) <= 1e-10
+
+
+def test_direct_gradient_through_interpolated_outputs_matches_the_analytic_one():
+    # y' = A y: y(t) = expm(A t) y0, so d/dy0 sum_i w_i . y(t_i) = sum_i expm(A t_i)^T w_i.
+    a = torch.tensor([[-0.5, 2.0], [-2.0, -0.3]], dtype=DTYPE)
+    times = [0.0, 0.13, 0.5, 0.77, 1.5]
+    weights = torch.randn(len(times), 2, dtype=DTYPE, generator=torch.Generator().manual_seed(0))
+    y0 = torch.tensor([1.0, 0.5], dtype=DTYPE, requires_grad=True)
+    solution = odeint(lambda t, y: a @ y, y0, times, rtol=1e-11, atol=1e-12)
+    ends = set((solution.steps.t + solution.steps.dt).tolist())
+    assert not set(times[1:-1]) & ends
+    (grad,) = torch.autograd.grad((weights * solution.ys).sum(), y0)
+    expected = sum(expm(a.numpy() * t).T @ w.numpy() for t, w in zip(times, weights, strict=True))
+    np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_gradcheck_through_an_interpolated_output_with_frozen_steps():
+    # With the step sequence frozen (first_step and a loose tolerance that accepts every step), the
+    # interpolated output is a smooth function of y0 and of a parameter: gradcheck each method.
+    scale = torch.tensor(0.7, dtype=DTYPE, requires_grad=True)
+
+    def field(t, y):
+        return -scale * y**3 + torch.sin(t)
+
+    for gradient in ("direct", "checkpoint", "symplectic"):
+
+        def output(y0, scale_, gradient=gradient):
+            solution = odeint(
+                field,
+                y0,
+                [0.0, 0.35, 0.9],
+                rtol=10.0,
+                atol=10.0,
+                first_step=0.5,
+                gradient=gradient,
+                adjoint_params=(scale,),
+            )
+            assert solution.stats.n_rejected == 0 and solution.stats.n_accepted == 2
+            return solution.ys[1:]
+
+        y0 = torch.tensor([0.4, -0.2], dtype=DTYPE, requires_grad=True)
+        assert torch.autograd.gradcheck(output, (y0, scale), eps=1e-6, atol=1e-8)
+
+
+def test_adjoint_converges_to_direct_through_interpolated_outputs():
+    from local_reg import BacksolveAdjoint
+
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
+    reference, _ = _gradient(field, y0, GRADIENT_TIMES, "direct", rtol=1e-10, atol=1e-12)
+    errors = [
+        _relative_error(
+            _gradient(
+                field, y0, GRADIENT_TIMES, BacksolveAdjoint(rtol=tol, atol=tol * 1e-2), rtol=1e-10, atol=1e-12
+            )[0],
+            reference,
+        )
+        for tol in (1e-4, 1e-7, 1e-10)
+    ]
+    assert errors[2] < errors[1] < errors[0]
+    assert errors[2] < 1e-7
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+def test_step_to_outputs_is_available_to_every_gradient_method(gradient):
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
+    reference, solution = _gradient(field, y0, GRADIENT_TIMES, "direct", step_to_outputs=True)
+    ends = set((solution.steps.t + solution.steps.dt).tolist())
+    assert set(GRADIENT_TIMES[1:]) <= ends
+    ours, landed = _gradient(field, y0, GRADIENT_TIMES, gradient, step_to_outputs=True)
+    assert landed.steps.t.tolist() == solution.steps.t.tolist()
+    assert _relative_error(ours, reference) <= (1e-10 if gradient != "adjoint" else 1e-3)
+
+
+def test_fixed_steps_land_on_output_times():
+    y0 = torch.tensor([0.2], dtype=DTYPE)
+    solution = odeint(logistic, y0, [0.0, 0.33, 1.0], method="rk4", step_size=0.1)
+    ends = (solution.steps.t + solution.steps.dt).tolist()
+    assert 0.33 in ends
+
+
+def test_symplectic_backward_cost_counts_the_stages_of_steps_holding_outputs():
+    field = CountingField(TinyField())
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE, requires_grad=True)
+    solution = odeint(field, y0, GRADIENT_TIMES, method="dopri5", gradient="symplectic")
+    before = field.calls
+    _loss(solution.ys).backward()
+    starts = solution.steps.t.tolist()
+    holding = len({sum(s < t for s in starts) for t in GRADIENT_TIMES[1:-1]})
+    # dopri5: 5 + 6 evaluations per step; a step holding outputs also needs k7 (its dense output
+    # uses it): 6 + 7.
+    assert field.calls - before == solution.stats.nfe_backward
+    assert solution.stats.nfe_backward == 11 * solution.stats.n_accepted + 2 * holding
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "bosh3", "fehlberg2"])
+@pytest.mark.parametrize("gradient", ["direct", "symplectic"])
+def test_evaluate_at_step_ends_is_the_step_state(method, gradient):
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
+    times = [0.0, 0.7, 2.0]
+    solution = odeint(
+        field, y0, times, method=method, dense=True, record_states=True, gradient=gradient, adjoint_params=()
+    )
+    for t, state in zip(solution.steps.t, solution.steps.states, strict=True):
+        assert torch.equal(solution.evaluate(float(t)), state)
+    assert torch.equal(solution.evaluate(2.0), solution.ys[-1])
+    # At output times the evaluation is the output itself; in between it is close to the exact flow.
+    assert torch.equal(solution.evaluate(torch.tensor(times, dtype=DTYPE)), solution.ys)
+    fine = torch.linspace(0.0, 2.0, 41, dtype=DTYPE)
+    reference = odeint(field, y0, fine, method="tsit5", rtol=1e-11, atol=1e-12).ys
+    tolerance = {2: 1e-2, 3: 1e-3}.get(TABLEAUS[method].order, 1e-4)
+    assert (solution.evaluate(fine) - reference).abs().max() < tolerance
+
+
+def test_evaluate_needs_dense_and_stays_in_the_span():
+    solution = odeint(logistic, torch.tensor([0.2], dtype=DTYPE), [0.0, 1.0])
+    with pytest.raises(ValueError, match="dense=True"):
+        solution.evaluate(0.5)
+    solution = odeint(logistic, torch.tensor([0.2], dtype=DTYPE), [0.0, 1.0], dense=True)
+    with pytest.raises(ValueError, match="outside"):
+        solution.evaluate(1.5)
+    with pytest.raises(TypeError, match="dense must be a bool"):
+        odeint(logistic, torch.tensor([0.2], dtype=DTYPE), [0.0, 1.0], dense="yes")
+    # Backward in time too.
+    backward = odeint(logistic, torch.tensor([0.6], dtype=DTYPE), [1.0, 0.0], dense=True)
+    assert float(backward.evaluate(0.5)) == pytest.approx(
+        float(odeint(logistic, torch.tensor([0.6], dtype=DTYPE), [1.0, 0.5]).ys[-1]), abs=1e-6
+    )
+
+
+@pytest.mark.parametrize("gradient", ["direct", "symplectic"])
+def test_local_regularization_reads_u_t_reg_from_the_interpolant_at_no_extra_step(gradient):
+    from local_reg import local_regularization
+
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
+    times = torch.linspace(0.0, 2.0, 5, dtype=DTYPE)
+    _, reg, stats = local_regularization(
+        field, y0, times, sampling="random", gradient=gradient, generator=torch.Generator().manual_seed(3)
+    )
+    assert float(stats.t_reg) not in times.tolist()
+    plain = odeint(field, y0, times, dense=True, gradient=gradient)
+    # The main solve took exactly the steps of the plain solve at the user's output times ...
+    assert stats.nfe_main == plain.stats.nfe
+    assert stats.n_accepted == plain.stats.n_accepted
+    # ... and u(t_reg) is the dense output there, inside a step.
+    ends = (plain.steps.t + plain.steps.dt).tolist()
+    assert stats.t_reg not in ends and stats.t_reg not in plain.steps.t.tolist()
+    torch.testing.assert_close(stats.state, plain.evaluate(stats.t_reg).detach(), rtol=0, atol=0)
+    # Landing on t_reg instead costs at least one more step.
+    landing = odeint(field, y0, sorted([*times.tolist(), stats.t_reg]), step_to_outputs=True)
+    assert landing.stats.n_accepted > plain.stats.n_accepted
+    assert torch.isfinite(reg) and float(reg.detach()) > 0
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic"])
+def test_exact_gradients_through_interpolated_outputs_backward_in_time(gradient):
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
+    times = [2.0, 1.6, 1.59, 0.9, 0.0]
+    options = {"method": "tsit5", "rtol": 1e-6, "first_step": 1.0}
+    reference, solution = _gradient(field, y0, times, "direct", **options)
+    ends = set((solution.steps.t + solution.steps.dt).tolist())
+    assert not set(times[1:-1]) & ends
+    ours, _ = _gradient(field, y0, times, gradient, **options)
+    assert _relative_error(ours, reference) <= 1e-10
