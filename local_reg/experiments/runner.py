@@ -34,6 +34,7 @@ from .results import ResultsFile, atomic_write_bytes
 from .tasks import REGISTRY, ModelContext, Task
 
 SIZES = ("tiny", "quick", "full")
+LOCAL_OPTIONS = ("probe", "probe_scale", "penalty", "n_draws", "step_size", "reg_method")
 GRADIENTS = ("direct", "adjoint", "checkpoint", "symplectic")
 # Prediction time is the fastest of this many passes over the test set: a single pass is at the
 # mercy of whatever else the machine is doing.
@@ -75,6 +76,12 @@ class RunSpec:
         settings = copy.deepcopy(REGISTRY[self.task].settings(self.size))
         for key, value in self.overrides.items():
             *parents, leaf = key.split(".")
+            if parents == ["local"]:
+                # Options of the local regularizer: no task lists them, so any of them may be set.
+                if leaf not in LOCAL_OPTIONS:
+                    raise KeyError(f"{key!r} is not a local regularization option {LOCAL_OPTIONS}")
+                settings.setdefault("local", {})[leaf] = value
+                continue
             node = settings
             for parent in parents:
                 node = node[parent]
@@ -85,8 +92,9 @@ class RunSpec:
 
     @property
     def config_id(self) -> str:
-        """Hash of everything but method, seed and regularization weights: the runs of one table."""
-        settings = {k: v for k, v in self.settings().items() if k != "weights"}
+        """Hash of everything but method, seed, regularization weights and local regularization
+        options: the runs of one table (whose rows are the methods with their weights and options)."""
+        settings = {k: v for k, v in self.settings().items() if k not in ("weights", "local")}
         return _digest({"size": self.size, "gradient": self.gradient, "settings": settings})
 
     @property
@@ -95,15 +103,26 @@ class RunSpec:
         return self.settings().get("weights", {}).get(self.method)
 
     @property
+    def local_options(self) -> dict[str, Any]:
+        """The ``local.*`` options of a local method (``{}`` for the others or when none is set)."""
+        if not self.method.startswith("local-"):
+            return {}
+        return dict(sorted(self.settings().get("local", {}).items()))
+
+    @property
     def label(self) -> str:
-        """The method's name, with its weight when that is not the task's default."""
+        """The method's name, with its weight when that is not the task's default, and its local
+        regularization options if any."""
         default = REGISTRY[self.task].settings(self.size).get("weights", {}).get(self.method)
-        return self.method if self.weight == default else f"{self.method} (w={weight_text(self.weight)})"
+        notes = [] if self.weight == default else [f"w={weight_text(self.weight)}"]
+        notes += [f"{k}={v}" for k, v in self.local_options.items()]
+        return f"{self.method} ({', '.join(notes)})" if notes else self.method
 
     @property
     def run_id(self) -> str:
         weight = "" if self.weight is None else f"-w{_digest(self.weight)[:6]}"
-        return f"{self.task}-{self.method}-seed{self.seed}-{self.config_id}{weight}"
+        local = f"-l{_digest(self.local_options)[:6]}" if self.local_options else ""
+        return f"{self.task}-{self.method}-seed{self.seed}-{self.config_id}{weight}{local}"
 
 
 def _digest(value: Any) -> str:
@@ -294,6 +313,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
             "gradient": spec.gradient,
             "config_id": spec.config_id,
             "weight": spec.weight,
+            "local": spec.local_options,
             "label": spec.label,
             "settings": settings,
             "world_size": world,

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .._choices import check_choice
 from .._penalty import finite_penalty
-from .._sampling import check_sampling, sample_output_time, split_output
+from .._sampling import check_sampling
 from ..odeint import validate_state, validate_times
 from ..sde import is_sde, sde_local_regularization, sde_solve_plain
 from ..sde.backends import check_backend_gradient as check_sde_backend_gradient
@@ -38,6 +38,14 @@ from ..solution import RegularizationStats
 from ..step import StepResult, initial_step_size, time_tensor
 from ..step import step as rk_step
 from ..tableaus import ButcherTableau, get_tableau
+from ._probe import (
+    check_probe_options,
+    heuristic_order,
+    penalty_form,
+    probe_step_size,
+    sample_output_times,
+    split_outputs,
+)
 from .backends import check_backend_gradient, solve_main
 from .schedules import WeightSchedule, as_schedule
 
@@ -83,6 +91,10 @@ def local_regularization(
     detach_state: bool = True,
     generator: torch.Generator | None = None,
     options: dict[str, Any] | None = None,
+    probe: str = "initial",
+    probe_scale: float = 1.0,
+    penalty: str = "error-dt",
+    n_draws: int = 1,
 ) -> tuple[Tensor, Tensor, RegularizationStats]:
     """Solve ``dy/dt = func(t, y)`` at ``t`` and compute the local regularization penalty [LR23].
 
@@ -117,6 +129,9 @@ def local_regularization(
         generator: the ``torch.Generator`` (CPU) that draws ``t_reg``; the global one by default.
         options: extra keyword arguments of the main solve (``local_reg.odeint`` keywords, or
             torchdiffeq's ``options`` dict).
+        probe, probe_scale, penalty, n_draws: the study options of :mod:`._probe` (the probe's step
+            size, the penalty's form, the number of draws averaged; ``stats`` then describe the
+            last draw). Their defaults are the paper's procedure.
 
     A penalty that is not finite (a diverging regularization step) is replaced by a zero that
     carries no gradient, and ``stats.penalty_finite`` is ``False``; a zero ``EEst`` has a zero
@@ -124,6 +139,10 @@ def local_regularization(
     """
     sampling, step_size = check_sampling(sampling, step_size, detach_state)
     regularizer = check_choice("regularizer", regularizer, REGULARIZERS)
+    probe, probe_scale, penalty, n_draws = check_probe_options(
+        probe, probe_scale, penalty, n_draws, regularizer, step_size
+    )
+    step_size = probe_step_size(step_size, probe)
     check_backend_gradient(backend, gradient)
     tableau = get_tableau(reg_method)
     check_regularizer_tableau(regularizer, tableau, "reg_method")
@@ -146,13 +165,15 @@ def local_regularization(
     )
 
     if sampling == "random":
-        solve_times, index, inserted = sample_output_time(times, t_dtype, generator)
-        t_reg = solve_times[index]
+        solve_times, t_regs = sample_output_times(times, n_draws, t_dtype, generator)
         main = solve_main(
             func, y0, solve_times, record_steps=step_size == "solver", record_states=False, **common
         )
-        ys, state = split_output(main.ys, index, inserted)
-        solver_dt = main.step_containing(t_reg, direction) if step_size == "solver" else None
+        ys, states = split_outputs(main.ys, solve_times, times, t_regs)
+        draws = [
+            (t_reg, state, main.step_containing(t_reg, direction) if step_size == "solver" else None)
+            for t_reg, state in zip(t_regs, states, strict=True)
+        ]
     else:
         main = solve_main(func, y0, times, record_steps=True, record_states=True, **common)
         ys = main.ys
@@ -162,27 +183,36 @@ def local_regularization(
                 "sampling='biased' found no recorded accepted steps: with backend='torchdiffeq' it needs "
                 "an adaptive method (e.g. method='dopri5'), whose accepted steps torchdiffeq reports"
             )
-        t_reg, state, solver_dt = main.sample_step(generator)
+        draws = [main.sample_step(generator) for _ in range(n_draws)]
 
-    if detach_state:
-        state = state.detach()
-        with torch.no_grad():
+    penalties, nfe_reg = [], 0
+    for t_reg, state, solver_dt in draws:
+        if detach_state:
+            state = state.detach()
+            with torch.no_grad():
+                k1 = func(time_tensor(t_reg, state), state)
+        else:
             k1 = func(time_tensor(t_reg, state), state)
-    else:
-        k1 = func(time_tensor(t_reg, state), state)
-    nfe_reg = 1
-    if step_size == "initial":
-        dt_abs, extra = initial_step_size(
-            func, t_reg, state.detach(), k1.detach(), tableau.order, rtol, atol, direction
-        )
-        nfe_reg += extra
-    else:
-        dt_abs = solver_dt
-    dt = direction * min(dt_abs, abs(t1 - t_reg))
-    result = rk_step(func, t_reg, state, dt, tableau, rtol=rtol, atol=atol, k1=k1)
-    nfe_reg += result.nfe
+        nfe_reg += 1
+        if step_size == "initial":
+            order = heuristic_order(tableau.order, probe)
+            dt_abs, extra = initial_step_size(
+                func, t_reg, state.detach(), k1.detach(), order, rtol, atol, direction
+            )
+            dt_abs *= probe_scale
+            nfe_reg += extra
+        else:
+            dt_abs = solver_dt
+        dt = direction * min(dt_abs, abs(t1 - t_reg))
+        result = rk_step(func, t_reg, state, dt, tableau, rtol=rtol, atol=atol, k1=k1)
+        nfe_reg += result.nfe
+        if penalty == "error-dt":
+            penalties.append(step_penalty_value(result, dt, regularizer, tableau))
+        else:
+            penalties.append(penalty_form(result.error_estimate, dt, tableau.order, penalty))
 
-    penalty, value, finite = finite_penalty(step_penalty_value(result, dt, regularizer, tableau), y0)
+    penalty_value = penalties[0] if n_draws == 1 else torch.stack(penalties).mean()
+    reg, value, finite = finite_penalty(penalty_value, y0)
     stats = main.regularization_stats(
         RegularizationStats,
         nfe_main=main.nfe,
@@ -197,7 +227,7 @@ def local_regularization(
         penalty=value,
         penalty_finite=finite,
     )
-    return ys, penalty, stats
+    return ys, reg, stats
 
 
 def solve_plain(
@@ -286,12 +316,22 @@ class LocallyRegularized(nn.Module):
         detach_state: bool = True,
         generator: torch.Generator | None = None,
         options: dict[str, Any] | None = None,
+        probe: str = "initial",
+        probe_scale: float = 1.0,
+        penalty: str = "error-dt",
+        n_draws: int = 1,
     ) -> None:
         super().__init__()
         # Validate everything now so a typo fails at construction, not at the first batch.
         check_sampling(sampling, step_size, detach_state)
         check_choice("regularizer", regularizer, REGULARIZERS)
+        self.probe_options = dict(probe=probe, probe_scale=probe_scale, penalty=penalty, n_draws=n_draws)
+        check_probe_options(**self.probe_options, regularizer=regularizer, step_size=step_size)
         self.is_sde = is_sde(func)
+        if self.is_sde and self.probe_options != dict(
+            probe="initial", probe_scale=1.0, penalty="error-dt", n_draws=1
+        ):
+            raise ValueError(f"probe options {self.probe_options} are for ODEs; an SDE takes the defaults")
         if self.is_sde:
             check_sde_backend_gradient(backend, gradient)
             check_sde_regularizer(regularizer)
@@ -348,6 +388,7 @@ class LocallyRegularized(nn.Module):
             detach_state=self.detach_state,
             generator=self.generator,
             **solver,
+            **({} if self.is_sde else self.probe_options),
         )
         self.reg_loss = reg * self.weight()
         return ys

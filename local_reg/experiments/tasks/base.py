@@ -108,7 +108,8 @@ def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContex
 
     ``vanilla`` is a plain :class:`..models.ODEBlock`; ``local-*`` and ``global-*`` are
     :class:`local_reg.regularization.LocallyRegularized` / ``GloballyRegularized`` with the weight
-    ``settings["weights"][method]`` (see :func:`..methods.weight_schedule`).
+    ``settings["weights"][method]`` (see :func:`..methods.weight_schedule`); ``local-*`` also take
+    the keyword arguments in ``settings["local"]`` if present (``probe``, ``penalty``, ...).
     """
     method = context.method
     solver = {**settings["solver"], "gradient": context.gradient}
@@ -117,6 +118,11 @@ def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContex
     weight = weight_schedule(settings["weights"][method.name], context.total_iterations)
     if method.family == "local":
         return LocallyRegularized(
-            func, sampling=method.sampling, regularizer=method.regularizer, weight=weight, **solver
+            func,
+            sampling=method.sampling,
+            regularizer=method.regularizer,
+            weight=weight,
+            **solver,
+            **settings.get("local", {}),
         )
     return GloballyRegularized(func, regularizer=method.regularizer, weight=weight, **solver)
