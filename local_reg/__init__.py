@@ -6,6 +6,7 @@ from .controller import PIController
 from .gradients import GRADIENT_METHODS
 from .odeint import odeint
 from .regularization import (
+    AdaptiveWeight,
     ConstantWeight,
     ExponentialDecay,
     GloballyRegularized,
@@ -29,6 +30,7 @@ from .tableaus import TABLEAUS, ButcherTableau, get_tableau
 
 __all__ = [
     "GRADIENT_METHODS",
+    "AdaptiveWeight",
     "ConstantWeight",
     "ExponentialDecay",
     "GloballyRegularized",

@@ -6,16 +6,19 @@ A *method* names how a neural ODE is trained: ``vanilla`` (plain adaptive solve)
 regularizer is a *weight spec* taken from the task's settings (reference §2, §3):
 
 - a number: a constant weight;
-- ``{"start": w0, "end": w1}``: exponential decay ``w0 -> w1`` over the run's training iterations.
+- ``{"start": w0, "end": w1}``: exponential decay ``w0 -> w1`` over the run's training iterations;
+- ``{"adaptive": w0, "loss_rise": 0.05, ...}``: a weight that tunes itself from ``w0``
+  (:class:`local_reg.regularization.AdaptiveWeight`; the other keys are its keyword arguments,
+  e.g. ``target_nfe``, ``rate``, ``w_min``, ``w_max``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..regularization import ConstantWeight, ExponentialDecay, WeightSchedule
+from ..regularization import AdaptiveWeight, ConstantWeight, ExponentialDecay, WeightSchedule
 
-WeightSpec = float | dict[str, float]
+WeightSpec = float | dict[str, float | None]
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ PHYSIONET_WEIGHTS: dict[str, WeightSpec] = {
 
 def weight_schedule(spec: WeightSpec, total_iterations: int) -> WeightSchedule:
     """The schedule of a weight spec; a decay runs over the run's ``total_iterations``."""
+    if isinstance(spec, dict) and "adaptive" in spec:
+        options = {k: v for k, v in spec.items() if k != "adaptive"}
+        return AdaptiveWeight(spec["adaptive"], **options)
     if isinstance(spec, dict):
         return ExponentialDecay(spec["start"], spec["end"], max(1, total_iterations))
     return ConstantWeight(spec)
@@ -77,4 +83,7 @@ def weight_text(weight: WeightSpec | None) -> str:
     """``2.5->1`` for an exponential decay, ``0.0285`` for a constant, ``–`` for none."""
     if weight is None:
         return "–"
+    if isinstance(weight, dict) and "adaptive" in weight:
+        rest = ", ".join(f"{k}={v:g}" for k, v in weight.items() if k != "adaptive" and v is not None)
+        return f"adaptive {weight['adaptive']:g}" + (f" ({rest})" if rest else "")
     return f"{weight['start']:g}->{weight['end']:g}" if isinstance(weight, dict) else f"{weight:g}"

@@ -267,10 +267,12 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                 optimizer.zero_grad(set_to_none=True)
                 (loss if reg is None else loss + reg).backward()
                 optimizer.step()
+                costs = solver_costs(model)
                 for schedule in schedules:
+                    # A self-tuning weight adapts to what it measures; a fixed schedule ignores it.
+                    schedule.observe(loss.item(), costs["nfe"])
                     schedule.step()
             iteration += 1
-            costs = solver_costs(model)
             history["loss"].append(loss.item())
             history["reg_loss"].append(0.0 if reg is None else reg.item())
             for key, value in costs.items():

@@ -44,6 +44,10 @@ class WeightSchedule:
         self.iteration += 1
         return self()
 
+    def observe(self, task_loss: float, nfe: float | None = None) -> None:
+        """Report the iteration's measured task loss and NFE before :meth:`step`; a schedule fixed in
+        advance ignores them (:class:`AdaptiveWeight` adapts to them)."""
+
     def state_dict(self) -> dict[str, Any]:
         return {"iteration": self.iteration}
 
@@ -91,6 +95,137 @@ class ExponentialDecay(WeightSchedule):
 
     def __repr__(self) -> str:
         return f"ExponentialDecay(w0={self.w0}, w1={self.w1}, n_steps={self.n_steps})"
+
+
+def _positive(name: str, value: object) -> float:
+    value = _non_negative(name, value)
+    if value == 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+class AdaptiveWeight(WeightSchedule):
+    """A weight that tunes itself: the user states the price, dual ascent finds the multiplier.
+
+    The constraint is "the task loss may rise by at most ``loss_rise`` (relative) above its
+    unregularized level", optionally with "and NFE should come down to ``target_nfe``". The weight
+    ``w`` is the multiplier of the cost term in ``task + w R`` and follows projected dual ascent on
+    ``log w`` with sign steps (bounded, scale-free), from quantities measured in training: after each
+    iteration ``k`` with task loss ``L_k`` and forward NFE ``N_k``,
+
+        Lbar = EMA(L), Nbar = EMA(N)  (factor ``beta``, bias-corrected)
+        B    = min over k of Lbar      (the best task loss seen: the unregularized baseline's stand-in)
+        g    = -1                         if Lbar > (1 + loss_rise) B   (over the loss allowance)
+             = clip(Nbar / target_nfe - 1, -1, 1)   else, if target_nfe is set
+             = +1                         else                         (within allowance: buy cost)
+        log w <- clip(log w + rate g, log w_min, log w_max)
+
+    so ``w`` rises while the cost is above its target and the loss is within its allowance, and falls
+    when the loss exceeds it. No update in the first ``warmup`` iterations (the EMAs settle). This
+    goes beyond [LR23], whose weights are fixed per task; the dual-ascent view of a penalty weight is
+    the method of multipliers (Bertsekas, *Constrained Optimization and Lagrange Multiplier Methods*).
+    Call :meth:`observe` then :meth:`step` once per iteration; ``state_dict()`` holds the multiplier
+    and both averages, so a resumed run continues where it stopped.
+    """
+
+    def __init__(
+        self,
+        initial: float = 1.0,
+        *,
+        loss_rise: float = 0.05,
+        target_nfe: float | None = None,
+        rate: float = 0.02,
+        beta: float = 0.9,
+        warmup: int = 10,
+        w_min: float = 1e-3,
+        w_max: float = 1e3,
+    ) -> None:
+        super().__init__()
+        self.initial = _positive("initial", initial)
+        self.loss_rise = _non_negative("loss_rise", loss_rise)
+        self.target_nfe = None if target_nfe is None else _positive("target_nfe", target_nfe)
+        self.rate = _positive("rate", rate)
+        self.beta = _non_negative("beta", beta)
+        if self.beta >= 1:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+        self.warmup = warmup
+        self.w_min, self.w_max = _positive("w_min", w_min), _positive("w_max", w_max)
+        if not self.w_min <= self.initial <= self.w_max:
+            raise ValueError(f"initial must lie in [w_min, w_max] = [{w_min}, {w_max}], got {initial}")
+        self._state = self._fresh()
+
+    def _fresh(self) -> dict[str, Any]:
+        return {
+            "log_weight": math.log(self.initial),
+            "ema_loss": 0.0,
+            "ema_nfe": 0.0,
+            "observed": 0,
+            "baseline": None,
+            "pending": None,
+        }
+
+    def value(self, iteration: int) -> float:
+        return math.exp(self._state["log_weight"])
+
+    @property
+    def baseline(self) -> float | None:
+        """The best (lowest) bias-corrected task-loss average seen so far."""
+        return self._state["baseline"]
+
+    def observe(self, task_loss: float, nfe: float | None = None) -> None:
+        task_loss = float(task_loss)
+        if not math.isfinite(task_loss):
+            raise ValueError(f"task_loss must be finite, got {task_loss}")
+        if self.target_nfe is not None and nfe is None:
+            raise ValueError("this AdaptiveWeight has a target_nfe: observe() needs the measured nfe")
+        self._state["pending"] = (task_loss, None if nfe is None else float(nfe))
+
+    def step(self) -> float:
+        """Fold in the last :meth:`observe` (if any), update the multiplier, advance one iteration."""
+        state = self._state
+        if state["pending"] is not None:
+            loss, nfe = state["pending"]
+            state["pending"] = None
+            state["observed"] += 1
+            state["ema_loss"] = self.beta * state["ema_loss"] + (1 - self.beta) * loss
+            state["ema_nfe"] = self.beta * state["ema_nfe"] + (1 - self.beta) * (nfe or 0.0)
+            correction = 1 - self.beta ** state["observed"]
+            mean_loss, mean_nfe = state["ema_loss"] / correction, state["ema_nfe"] / correction
+            if state["observed"] > self.warmup:
+                baseline = state["baseline"]
+                state["baseline"] = mean_loss if baseline is None else min(baseline, mean_loss)
+                if mean_loss > (1 + self.loss_rise) * state["baseline"]:
+                    direction = -1.0
+                elif self.target_nfe is not None:
+                    direction = max(-1.0, min(1.0, mean_nfe / self.target_nfe - 1))
+                else:
+                    direction = 1.0
+                state["log_weight"] = max(
+                    math.log(self.w_min),
+                    min(math.log(self.w_max), state["log_weight"] + self.rate * direction),
+                )
+        return super().step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self._state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        missing = [k for k in self._fresh() if k not in state]
+        if missing:
+            raise ValueError(f"AdaptiveWeight state is missing {missing}")
+        log_weight = float(state["log_weight"])
+        if not math.log(self.w_min) - 1e-12 <= log_weight <= math.log(self.w_max) + 1e-12:
+            raise ValueError(f"log_weight {log_weight} lies outside [log w_min, log w_max]")
+        self._state = {k: state[k] for k in self._fresh()}
+
+    def __repr__(self) -> str:
+        return (
+            f"AdaptiveWeight(w={self():.4g}, loss_rise={self.loss_rise}, target_nfe={self.target_nfe}, "
+            f"rate={self.rate}, bounds=[{self.w_min}, {self.w_max}])"
+        )
 
 
 def as_schedule(weight: float | WeightSchedule) -> WeightSchedule:

@@ -1,0 +1,215 @@
+"""The study options of local regularization (probe, penalty form, draws) and the self-tuning weight."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from local_reg import AdaptiveWeight, LocallyRegularized, local_regularization
+from local_reg.experiments.methods import weight_schedule, weight_text
+from local_reg.experiments.runner import RunSpec
+from local_reg.regularization._probe import heuristic_order, penalty_form
+from local_reg.step import initial_step_size
+from local_reg.step import step as rk_step
+from local_reg.tableaus import get_tableau
+
+DTYPE = torch.float64
+T = torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)
+
+
+def _field(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(DTYPE)
+
+
+class _Field(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _field()
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
+def _y0() -> torch.Tensor:
+    return torch.linspace(-1.0, 1.0, 12, dtype=DTYPE).reshape(4, 3)
+
+
+def _penalty_grad_norm(penalty: str, tol: float, dt: float) -> float:
+    field = _Field()
+    y = _y0()
+    tableau = get_tableau("tsit5")
+    k1 = field(0.0, y).detach()
+    result = rk_step(field, 0.0, y, dt, tableau, rtol=tol, atol=tol, k1=k1)
+    value = penalty_form(result.error_estimate, dt, tableau.order, penalty)
+    grads = torch.autograd.grad(value, list(field.parameters()))
+    return float(torch.cat([g.flatten() for g in grads]).norm())
+
+
+def test_penalty_gradient_across_tolerances_at_a_fixed_step():
+    # EEst = rms(err / (atol + rtol |y|)) with rtol = atol = tol is err-norm / tol: at a fixed field,
+    # state and step the paper's EEst * |dt| has a gradient proportional to 1/tol (10^4 over four
+    # decades), log EEst one independent of tol, and EEst^(1/p) one proportional to tol^(-1/p).
+    dt = 0.2
+    ratio = {
+        p: _penalty_grad_norm(p, 1e-8, dt) / _penalty_grad_norm(p, 1e-4, dt)
+        for p in ("error-dt", "log", "growth")
+    }
+    assert ratio["error-dt"] == pytest.approx(1e4, rel=0.05)
+    assert ratio["log"] == pytest.approx(1.0, abs=0.05)
+    assert ratio["growth"] == pytest.approx(10 ** (4 / 5), rel=0.05)
+    assert ratio["growth"] < 10
+
+
+def test_penalty_forms_against_their_formulas():
+    error = torch.tensor(0.04, dtype=DTYPE)
+    assert float(penalty_form(error, -0.5, 5, "error-dt")) == pytest.approx(0.02)
+    assert float(penalty_form(error, 0.5, 5, "growth")) == pytest.approx(0.04**0.2)
+    assert float(penalty_form(error, 0.5, 5, "log")) == pytest.approx(math.log(0.04))
+    zero = torch.zeros((), dtype=DTYPE, requires_grad=True)
+    for form in ("growth", "log"):
+        (grad,) = torch.autograd.grad(penalty_form(zero, 0.5, 5, form), zero)
+        assert torch.isfinite(penalty_form(zero, 0.5, 5, form).detach()) and float(grad) == 0.0
+
+
+def test_hairer_probe_exponent():
+    # h1 = (0.01 / max(d1, d2)) ** (1 / order): asking for order p + 1 gives the 1/(p + 1) exponent.
+    field = _Field()
+    y = _y0()
+    k1 = field(0.0, y).detach()
+    short, _ = initial_step_size(field, 0.0, y, k1, heuristic_order(5, "initial"), 1e-6, 1e-6)
+    long, _ = initial_step_size(field, 0.0, y, k1, heuristic_order(5, "initial-hairer"), 1e-6, 1e-6)
+    # Both are the h1 branch here (a smooth field): h_long = h_short ** (5 / 6).
+    assert long == pytest.approx(short ** (5 / 6), rel=1e-9)
+    assert long > short
+
+
+def test_defaults_are_the_papers_procedure_and_options_change_the_probe():
+    func, y0 = _Field(), _y0()
+    kwargs = dict(rtol=1e-6, atol=1e-6)
+    base = local_regularization(func, y0, T, generator=torch.Generator().manual_seed(3), **kwargs)
+    same = local_regularization(
+        func, y0, T, generator=torch.Generator().manual_seed(3), probe="initial", penalty="error-dt", **kwargs
+    )
+    assert torch.equal(base[1], same[1]) and base[2].dt_reg == same[2].dt_reg
+    scaled = local_regularization(
+        func, y0, T, generator=torch.Generator().manual_seed(3), probe_scale=2.0, **kwargs
+    )
+    assert scaled[2].t_reg == base[2].t_reg
+    assert abs(scaled[2].dt_reg) == pytest.approx(min(2 * abs(base[2].dt_reg), 1.0 - base[2].t_reg))
+    log = local_regularization(
+        func, y0, T, generator=torch.Generator().manual_seed(3), penalty="log", **kwargs
+    )
+    assert float(log[1].detach()) == pytest.approx(math.log(base[2].error_estimate), rel=1e-9)
+
+
+def test_n_draws_averages_independent_draws():
+    func, y0 = _Field(), _y0()
+    ys, reg, stats = local_regularization(func, y0, T, n_draws=4, generator=torch.Generator().manual_seed(0))
+    plain, _, _ = local_regularization(func, y0, T, generator=torch.Generator().manual_seed(0))
+    assert ys.shape == plain.shape and torch.allclose(ys, plain, rtol=1e-5, atol=1e-7)
+    # Four probes, each k1 + one heuristic evaluation + the step's stages.
+    one = local_regularization(func, y0, T, generator=torch.Generator().manual_seed(0))[2].nfe_reg
+    assert stats.nfe_reg == 4 * one
+    (grad,) = torch.autograd.grad(reg, [next(func.parameters())])
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(probe="nope"), "probe"),
+        (dict(penalty="nope"), "penalty"),
+        (dict(n_draws=0), "n_draws"),
+        (dict(probe_scale=-1.0), "probe_scale"),
+        (dict(probe="solver", probe_scale=2.0), "probe_scale"),
+        (dict(regularizer="stiffness", penalty="log"), "penalty"),
+    ],
+)
+def test_bad_options_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        LocallyRegularized(_Field(), **kwargs)
+
+
+def _run(weight: AdaptiveWeight, losses, nfes) -> list[float]:
+    values = []
+    for loss, nfe in zip(losses, nfes, strict=True):
+        weight.observe(loss, nfe)
+        values.append(weight.step())
+    return values
+
+
+def test_adaptive_weight_rises_while_cost_is_above_target_and_falls_over_the_loss_allowance():
+    weight = AdaptiveWeight(1.0, loss_rise=0.1, target_nfe=50, rate=0.1, beta=0.5, warmup=2)
+    # A steady task loss and NFE 100 > target: the multiplier rises by exp(rate) per iteration.
+    values = _run(weight, [1.0] * 12, [100] * 12)
+    assert values[:2] == pytest.approx([1.0, 1.0])  # warming up: two observations, no update
+    assert all(b > a for a, b in zip(values[1:], values[2:], strict=False))
+    assert values[-1] == pytest.approx(math.exp(0.1 * 10), rel=1e-9)
+    # The loss rises 50% above its best average (allowance 10%): the multiplier falls.
+    high = _run(weight, [1.5] * 6, [100] * 6)
+    assert high[-1] < high[0] < values[-1]
+    # Below the NFE target with the loss back within its allowance: it falls, slower the closer.
+    low = _run(AdaptiveWeight(1.0, target_nfe=50, rate=0.1, warmup=0), [1.0] * 5, [25] * 5)
+    assert low[-1] == pytest.approx(math.exp(-0.1 * 0.5 * 5), rel=1e-9)
+
+
+def test_adaptive_weight_without_a_target_buys_cost_until_the_loss_rises():
+    weight = AdaptiveWeight(1.0, loss_rise=0.05, rate=0.2, beta=0.0, warmup=0)
+    up = _run(weight, [1.0, 0.9, 0.8], [10, 10, 10])
+    assert up == pytest.approx([math.exp(0.2), math.exp(0.4), math.exp(0.6)])
+    down = _run(weight, [0.9], [10])  # 12.5% above the best (0.8): over the 5% allowance
+    assert down[0] == pytest.approx(math.exp(0.4))
+
+
+def test_adaptive_weight_is_bounded():
+    weight = AdaptiveWeight(1.0, rate=1.0, warmup=0, w_min=0.1, w_max=10.0, beta=0.0)
+    assert max(_run(weight, [1.0] * 20, [1] * 20)) == pytest.approx(10.0)
+    assert min(_run(weight, [100.0] * 20, [1] * 20)) == pytest.approx(0.1)
+
+
+def test_adaptive_weight_state_dict_resumes_exactly():
+    losses = [1.0, 0.8, 0.9, 1.3, 1.2, 0.7, 0.75, 1.1]
+    nfes = [80, 70, 60, 65, 50, 40, 45, 30]
+    whole = AdaptiveWeight(2.0, target_nfe=55, rate=0.3, warmup=1)
+    expected = _run(whole, losses, nfes)
+    first = AdaptiveWeight(2.0, target_nfe=55, rate=0.3, warmup=1)
+    _run(first, losses[:4], nfes[:4])
+    model = LocallyRegularized(_Field(), weight=first)
+    resumed_model = LocallyRegularized(
+        _Field(), weight=AdaptiveWeight(2.0, target_nfe=55, rate=0.3, warmup=1)
+    )
+    resumed_model.load_state_dict(model.state_dict())
+    assert _run(resumed_model.weight, losses[4:], nfes[4:]) == pytest.approx(expected[4:], rel=1e-12)
+    assert resumed_model.weight.iteration == len(losses)
+
+
+def test_adaptive_weight_bad_input():
+    with pytest.raises(ValueError, match="initial"):
+        AdaptiveWeight(1e4, w_max=10.0)
+    with pytest.raises(ValueError, match="beta"):
+        AdaptiveWeight(beta=1.0)
+    with pytest.raises(ValueError, match="nfe"):
+        AdaptiveWeight(target_nfe=10).observe(1.0)
+    with pytest.raises(ValueError, match="task_loss"):
+        AdaptiveWeight().observe(float("nan"), 3)
+
+
+def test_cli_settings_for_the_study():
+    spec = RunSpec(
+        "digits", "local-random", 0, "tiny", overrides={"local.probe": "solver", "local.n_draws": 2}
+    )
+    plain = RunSpec("digits", "local-random", 0, "tiny")
+    assert spec.settings()["local"] == {"probe": "solver", "n_draws": 2}
+    # Same table (config), another row and run.
+    assert spec.config_id == plain.config_id and spec.run_id != plain.run_id
+    assert "probe=solver" in spec.label
+    vanilla = RunSpec("digits", "vanilla", 0, "tiny", overrides={"local.probe": "solver"})
+    assert vanilla.run_id == RunSpec("digits", "vanilla", 0, "tiny").run_id
+    with pytest.raises(KeyError, match="local.nope"):
+        RunSpec("digits", "local-random", 0, "tiny", overrides={"local.nope": 1}).settings()
+    adaptive = weight_schedule({"adaptive": 2.0, "loss_rise": 0.1}, 10)
+    assert isinstance(adaptive, AdaptiveWeight) and adaptive() == 2.0 and adaptive.loss_rise == 0.1
+    assert weight_text({"adaptive": 2.0, "loss_rise": 0.1}) == "adaptive 2 (loss_rise=0.1)"
