@@ -2,34 +2,64 @@
 # The study of local regularization's probe, penalty form, draws and weight (docs/results.md,
 # "Study: probe, penalty form, draws, self-tuning weight"). Every run records its settings; the
 # runner skips runs already in a results folder, so rerunning a phase resumes it.
-#   experiments/study.sh PHASE      PHASE in: digits, digits_more, digits_tight, spiral, heldout
+#   experiments/study.sh PHASE      PHASE in: digits, digits_tight, spiral, tabular
+# LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LR="${LR:-python -m local_reg.experiments} experiment"
+LR="${LR:-local-reg}"
 COMMON=(--seeds 3 --quick --threads 1 --no-progress)
+PAPER='{"start": 2.5, "end": 1.0}'
 
-# local-random at one (probe, penalty, weight): run PROBE PENALTY WEIGHT TASK OUT [extra --set ...]
-variant() {
-    local probe=$1 penalty=$2 weight=$3 task=$4 out=$5
+vanilla() {  # vanilla TASK OUT [extra --set ...]
+    local task=$1 out=$2
+    shift 2
+    $LR experiment "$task" --methods vanilla "${COMMON[@]}" --out "$out" "$@"
+}
+
+variant() {  # local-random at one option set: variant TASK OUT PROBE PENALTY WEIGHT [extra --set ...]
+    local task=$1 out=$2 probe=$3 penalty=$4 weight=$5
     shift 5
-    $LR "$task" --methods local-random "${COMMON[@]}" --out "$out" \
+    $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "$out" \
         --set local.probe="$probe" --set local.penalty="$penalty" --set weights.local-random="$weight" "$@"
 }
 
-grid() {  # the probe x penalty grid on one task and folder: grid TASK OUT [extra --set ...]
-    local task=$1 out=$2
-    shift 2
-    $LR "$task" --methods vanilla "${COMMON[@]}" --out "$out" "$@"
-    for probe in initial initial-hairer solver; do
-        variant "$probe" error-dt '{"start": 2.5, "end": 1.0}' "$task" "$out" "$@"
-        for w in 0.1 0.3; do variant "$probe" log "$w" "$task" "$out" "$@"; done
-        for w in 2 6; do variant "$probe" growth "$w" "$task" "$out" "$@"; done
-    done
-}
-
 case "${1:-}" in
-    digits) grid digits results/study-digits ;;
-    digits_tight) grid digits results/study-digits-tight --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 ;;
-    spiral) grid spiral results/study-spiral ;;
-    *) echo "usage: $0 digits|digits_tight|spiral" >&2; exit 2 ;;
+    digits)
+        out=results/study-digits
+        vanilla digits $out
+        variant digits $out initial error-dt "$PAPER"  # the paper's procedure
+        variant digits $out solver error-dt "$PAPER"
+        for w in 0.1 0.3; do variant digits $out solver log $w; done
+        for w in 2 6; do variant digits $out solver growth $w; done
+        for penalty_weight in "error-dt:$PAPER" "log:0.1" "growth:2"; do
+            variant digits $out initial-hairer "${penalty_weight%%:*}" "${penalty_weight#*:}" --set local.probe_scale=4
+        done
+        variant digits $out initial log 0.1
+        variant digits $out initial-hairer error-dt "$PAPER"
+        ;;
+    digits_tight)
+        out=results/study-digits-tight
+        tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
+        vanilla digits $out "${tight[@]}"
+        variant digits $out initial error-dt "$PAPER" "${tight[@]}"
+        variant digits $out solver error-dt "$PAPER" "${tight[@]}"
+        variant digits $out solver log 0.3 "${tight[@]}"
+        variant digits $out solver growth 6 "${tight[@]}"
+        ;;
+    spiral)
+        out=results/study-spiral
+        vanilla spiral $out
+        variant spiral $out initial error-dt "$PAPER"
+        variant spiral $out solver error-dt "$PAPER"
+        variant spiral $out solver log 0.3
+        variant spiral $out solver growth 6
+        ;;
+    tabular)  # held out: never used to choose an option
+        out=results/study-tabular
+        vanilla tabular $out
+        variant tabular $out initial error-dt "$PAPER"
+        variant tabular $out solver log 0.3
+        variant tabular $out solver growth 6
+        ;;
+    *) echo "usage: $0 digits|digits_tight|spiral|tabular" >&2; exit 2 ;;
 esac

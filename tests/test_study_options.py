@@ -213,3 +213,23 @@ def test_cli_settings_for_the_study():
     adaptive = weight_schedule({"adaptive": 2.0, "loss_rise": 0.1}, 10)
     assert isinstance(adaptive, AdaptiveWeight) and adaptive() == 2.0 and adaptive.loss_rise == 0.1
     assert weight_text({"adaptive": 2.0, "loss_rise": 0.1}) == "adaptive 2 (loss_rise=0.1)"
+
+
+def test_cli_runs_the_held_out_task_with_study_options_and_an_adaptive_weight(tmp_path):
+    from local_reg.experiments.cli import main
+    from local_reg.experiments.results import ResultsFile
+
+    args = ["experiment", "tabular", "--size", "tiny", "--seeds", "1", "--no-progress"]
+    args += ["--out", str(tmp_path)]
+    assert main([*args, "--methods", "vanilla", "local-random"]) == 0
+    adaptive = '{"adaptive": 1.0, "loss_rise": 0.1, "warmup": 0, "rate": 0.5}'
+    options = ["--set", "local.probe=solver", "--set", "local.penalty=log", "--set", "local.n_draws=2"]
+    options += ["--set", f"weights.local-random={adaptive}"]
+    assert main([*args, "--methods", "local-random", *options]) == 0
+    records = ResultsFile(tmp_path).load()
+    assert [r["method"] for r in records] == ["vanilla", "local-random", "local-random"]
+    last = records[-1]
+    assert last["local"] == {"n_draws": 2, "penalty": "log", "probe": "solver"}
+    assert len({r["config_id"] for r in records}) == 1
+    assert last["iterations"] == 2 and all(math.isfinite(v) for v in last["history"]["reg_loss"])
+    assert "adaptive 1" in (tmp_path / "report.md").read_text()
