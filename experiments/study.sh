@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 LR="${LR:-local-reg}"
 COMMON=(--seeds 3 --quick --threads 1 --no-progress)
 PAPER='{"start": 2.5, "end": 1.0}'
+ADAPTIVE_LOG='{"adaptive": 0.01, "loss_rise": 0.1, "w_min": 0.0001, "w_max": 1.0}'
+ADAPTIVE_GROWTH='{"adaptive": 0.1, "loss_rise": 0.1, "w_min": 0.001, "w_max": 10.0}'
 
 vanilla() {  # vanilla TASK OUT [extra --set ...]
     local task=$1 out=$2
@@ -36,6 +38,16 @@ case "${1:-}" in
         done
         variant digits $out initial log 0.1
         variant digits $out initial-hairer error-dt "$PAPER"
+        # The probes that see the real error need far smaller weights: a scan.
+        for w in 0.003 0.01 0.03; do variant digits $out solver log $w; done
+        for w in 0.1 0.3 1; do variant digits $out solver growth $w; done
+        for w in 0.1 0.3; do variant digits $out solver error-dt $w; done
+        # The weight that tunes itself, from a small start.
+        variant digits $out solver log "$ADAPTIVE_LOG"
+        variant digits $out solver growth "$ADAPTIVE_GROWTH"
+        # log EEst amplifies rounding-level EEst: the hinged form ignores probes under EEst = 0.1.
+        for w in 0.01 0.03 0.1 0.3; do variant digits $out solver log-hinge $w; done
+        variant digits $out solver log-hinge "$ADAPTIVE_LOG"
         ;;
     digits_tight)
         out=results/study-digits-tight

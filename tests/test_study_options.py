@@ -68,6 +68,12 @@ def test_penalty_forms_against_their_formulas():
     assert float(penalty_form(error, -0.5, 5, "error-dt")) == pytest.approx(0.02)
     assert float(penalty_form(error, 0.5, 5, "growth")) == pytest.approx(0.04**0.2)
     assert float(penalty_form(error, 0.5, 5, "log")) == pytest.approx(math.log(0.04))
+    half = torch.tensor(0.5, dtype=DTYPE)
+    assert float(penalty_form(half, 0.5, 5, "log-hinge")) == pytest.approx(math.log(0.5))
+    small = torch.tensor(0.04, dtype=DTYPE, requires_grad=True)
+    hinged = penalty_form(small, 0.5, 5, "log-hinge")
+    (grad,) = torch.autograd.grad(hinged, small)
+    assert float(hinged.detach()) == pytest.approx(math.log(0.1)) and float(grad) == 0.0
     zero = torch.zeros((), dtype=DTYPE, requires_grad=True)
     for form in ("growth", "log"):
         (grad,) = torch.autograd.grad(penalty_form(zero, 0.5, 5, form), zero)
