@@ -53,25 +53,24 @@ case "${1:-}" in
         out=results/study-digits-tight
         tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
         vanilla digits $out "${tight[@]}"
-        variant digits $out initial error-dt "$PAPER" "${tight[@]}"
-        variant digits $out solver error-dt "$PAPER" "${tight[@]}"
-        variant digits $out solver log 0.3 "${tight[@]}"
-        variant digits $out solver growth 6 "${tight[@]}"
+        variant digits $out initial error-dt "$PAPER" "${tight[@]}"  # the paper's procedure
+        variant digits $out initial-hairer error-dt "$PAPER" "${tight[@]}"
+        variant digits $out solver log-hinge 0.01 "${tight[@]}"
+        variant digits $out solver error-dt 0.1 "${tight[@]}"
         ;;
     spiral)
         out=results/study-spiral
         vanilla spiral $out
         variant spiral $out initial error-dt "$PAPER"
-        variant spiral $out solver error-dt "$PAPER"
-        variant spiral $out solver log 0.3
-        variant spiral $out solver growth 6
+        variant spiral $out initial-hairer error-dt "$PAPER"
+        variant spiral $out solver log-hinge 0.01
         ;;
     tabular)  # held out: never used to choose an option
         out=results/study-tabular
         vanilla tabular $out
         variant tabular $out initial error-dt "$PAPER"
-        variant tabular $out solver log 0.3
-        variant tabular $out solver growth 6
+        variant tabular $out initial-hairer error-dt "$PAPER"
+        variant tabular $out solver log-hinge 0.01
         ;;
     *) echo "usage: $0 digits|digits_tight|spiral|tabular" >&2; exit 2 ;;
 esac
