@@ -2,7 +2,7 @@
 # The study of local regularization's probe, penalty form, draws and weight (docs/results.md,
 # "Study: probe, penalty form, draws, self-tuning weight"). Every run records its settings; the
 # runner skips runs already in a results folder, so rerunning a phase resumes it.
-#   experiments/study.sh PHASE      PHASE in: digits, digits_tight, spiral, tabular
+#   experiments/study.sh PHASE      PHASE in: digits, digits_tight, spiral, tabular, digits_draws
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,5 +72,12 @@ case "${1:-}" in
         variant tabular $out initial-hairer error-dt "$PAPER"
         variant tabular $out solver log-hinge 0.01
         ;;
-    *) echo "usage: $0 digits|digits_tight|spiral|tabular" >&2; exit 2 ;;
+    digits_draws)  # draws per iteration, at the best variant on both axes and the best hinge
+        out=results/study-digits
+        for n in 2 4; do
+            variant digits $out initial-hairer error-dt "$PAPER" --set local.n_draws=$n
+            variant digits $out solver log-hinge 0.01 --set local.n_draws=$n
+        done
+        ;;
+    *) echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws" >&2; exit 2 ;;
 esac

@@ -239,3 +239,19 @@ def test_cli_runs_the_held_out_task_with_study_options_and_an_adaptive_weight(tm
     assert len({r["config_id"] for r in records}) == 1
     assert last["iterations"] == 2 and all(math.isfinite(v) for v in last["history"]["reg_loss"])
     assert "adaptive 1" in (tmp_path / "report.md").read_text()
+
+
+def test_sde_refuses_the_ode_probe_options():
+    class SDE(torch.nn.Module):
+        noise_type = "diagonal"
+        sde_type = "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return 0.1 * torch.ones_like(y)
+
+    LocallyRegularized(SDE())  # the defaults are fine
+    with pytest.raises(ValueError, match="probe options"):
+        LocallyRegularized(SDE(), penalty="log")
