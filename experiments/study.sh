@@ -2,7 +2,8 @@
 # The study of local regularization's probe, penalty form, draws and weight (docs/results.md,
 # "Study: probe, penalty form, draws, self-tuning weight"). Every run records its settings; the
 # runner skips runs already in a results folder, so rerunning a phase resumes it.
-#   experiments/study.sh PHASE      PHASE in: digits, digits_tight, spiral, tabular, digits_draws
+#   experiments/study.sh PHASE      PHASE in: digits, digits_tight, spiral, tabular, digits_draws,
+#                                   digits_adaptive, spiral_weight
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,5 +80,15 @@ case "${1:-}" in
             variant digits $out solver log-hinge 0.01 --set local.n_draws=$n
         done
         ;;
-    *) echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws" >&2; exit 2 ;;
+    digits_adaptive)  # the self-tuning weight with a target training NFE (about 0.65x vanilla's)
+        out=results/study-digits
+        target='{"adaptive": 0.01, "target_nfe": 45, "loss_rise": 0.1, "w_min": 0.0001, "w_max": 10.0}'
+        variant digits $out solver error-dt "$target"
+        variant digits $out initial-hairer error-dt "$target"
+        ;;
+    spiral_weight)  # the paper's procedure at smaller constant weights
+        out=results/study-spiral
+        for w in 0.1 0.3; do variant spiral $out initial error-dt $w; done
+        ;;
+    *) echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight" >&2; exit 2 ;;
 esac
