@@ -9,6 +9,8 @@ import torch
 
 from local_reg import AdaptiveWeight, LocallyRegularized, initial_step_size, local_regularization
 from local_reg import step as rk_step
+from local_reg.experiments.methods import weight_schedule, weight_text
+from local_reg.experiments.runner import RunSpec
 from local_reg.regularization._probe import heuristic_order, penalty_form
 from local_reg.tableaus import get_tableau
 
@@ -65,6 +67,12 @@ def test_penalty_forms_against_their_formulas():
     assert float(penalty_form(error, -0.5, 5, "error-dt")) == pytest.approx(0.02)
     assert float(penalty_form(error, 0.5, 5, "growth")) == pytest.approx(0.04**0.2)
     assert float(penalty_form(error, 0.5, 5, "log")) == pytest.approx(math.log(0.04))
+    half = torch.tensor(0.5, dtype=DTYPE)
+    assert float(penalty_form(half, 0.5, 5, "log-hinge")) == pytest.approx(math.log(0.5))
+    small = torch.tensor(0.04, dtype=DTYPE, requires_grad=True)
+    hinged = penalty_form(small, 0.5, 5, "log-hinge")
+    (grad,) = torch.autograd.grad(hinged, small)
+    assert float(hinged.detach()) == pytest.approx(math.log(0.1)) and float(grad) == 0.0
     zero = torch.zeros((), dtype=DTYPE, requires_grad=True)
     for form in ("growth", "log"):
         (grad,) = torch.autograd.grad(penalty_form(zero, 0.5, 5, form), zero)
@@ -192,3 +200,57 @@ def test_adaptive_weight_bad_input():
         AdaptiveWeight(target_nfe=10).observe(1.0)
     with pytest.raises(ValueError, match="task_loss"):
         AdaptiveWeight().observe(float("nan"), 3)
+
+
+def test_cli_settings_for_the_study():
+    spec = RunSpec(
+        "digits", "local-random", 0, "tiny", overrides={"local.probe": "solver", "local.n_draws": 2}
+    )
+    plain = RunSpec("digits", "local-random", 0, "tiny")
+    assert spec.settings()["local"] == {"probe": "solver", "n_draws": 2}
+    # Same table (config), another row and run.
+    assert spec.config_id == plain.config_id and spec.run_id != plain.run_id
+    assert "probe=solver" in spec.label
+    vanilla = RunSpec("digits", "vanilla", 0, "tiny", overrides={"local.probe": "solver"})
+    assert vanilla.run_id == RunSpec("digits", "vanilla", 0, "tiny").run_id
+    with pytest.raises(ValueError, match="local.nope"):
+        RunSpec("digits", "local-random", 0, "tiny", overrides={"local.nope": 1}).settings()
+    adaptive = weight_schedule({"adaptive": 2.0, "loss_rise": 0.1}, 10)
+    assert isinstance(adaptive, AdaptiveWeight) and adaptive() == 2.0 and adaptive.loss_rise == 0.1
+    assert weight_text({"adaptive": 2.0, "loss_rise": 0.1}) == "adaptive 2 (loss_rise=0.1)"
+
+
+def test_cli_runs_the_held_out_task_with_study_options_and_an_adaptive_weight(tmp_path):
+    from local_reg.experiments.cli import main
+    from local_reg.experiments.results import ResultsFile
+
+    args = ["experiment", "tabular", "--size", "tiny", "--seeds", "1", "--no-progress"]
+    args += ["--out", str(tmp_path)]
+    assert main([*args, "--methods", "vanilla", "local-random"]) == 0
+    adaptive = '{"adaptive": 1.0, "loss_rise": 0.1, "warmup": 0, "rate": 0.5}'
+    options = ["--set", "local.probe=solver", "--set", "local.penalty=log", "--set", "local.n_draws=2"]
+    options += ["--set", f"weights.local-random={adaptive}"]
+    assert main([*args, "--methods", "local-random", *options]) == 0
+    records = ResultsFile(tmp_path).load()
+    assert [r["method"] for r in records] == ["vanilla", "local-random", "local-random"]
+    last = records[-1]
+    assert last["local"] == {"n_draws": 2, "penalty": "log", "probe": "solver"}
+    assert len({r["config_id"] for r in records}) == 1
+    assert last["iterations"] == 2 and all(math.isfinite(v) for v in last["history"]["reg_loss"])
+    assert "adaptive 1" in (tmp_path / "report.md").read_text()
+
+
+def test_sde_refuses_the_ode_probe_options():
+    class SDE(torch.nn.Module):
+        noise_type = "diagonal"
+        sde_type = "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return 0.1 * torch.ones_like(y)
+
+    LocallyRegularized(SDE())  # the defaults are fine
+    with pytest.raises(ValueError, match="probe options"):
+        LocallyRegularized(SDE(), penalty="log")

@@ -9,7 +9,10 @@ solution, Kelly et al. 2020). The weight of a regularizer is a *weight spec* tak
 settings (the published coefficients, see ``MNIST_WEIGHTS``):
 
 - a number: a constant weight;
-- ``{"start": w0, "end": w1}``: exponential decay ``w0 -> w1`` over the run's training iterations.
+- ``{"start": w0, "end": w1}``: exponential decay ``w0 -> w1`` over the run's training iterations;
+- ``{"adaptive": w0, "loss_rise": 0.05, ...}``: a weight that tunes itself from ``w0``
+  (:class:`local_reg.regularization.AdaptiveWeight`; the other keys are its keyword arguments,
+  e.g. ``target_nfe``, ``rate``, ``w_min``, ``w_max``).
 
 STEER has no penalty: its spec is the half-width ``b`` of the end-time distribution
 ``U(t1 - b, t1 + b)``, a number in the units of the task's time (so the tables' weight column shows
@@ -20,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..regularization import ConstantWeight, ExponentialDecay, WeightSchedule
+from ..regularization import AdaptiveWeight, ConstantWeight, ExponentialDecay, WeightSchedule
 
-WeightSpec = float | dict[str, float]
+WeightSpec = float | dict[str, float | None]
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ PHYSIONET_WEIGHTS: dict[str, WeightSpec] = {
 
 def weight_schedule(spec: WeightSpec, total_iterations: int) -> WeightSchedule:
     """The schedule of a weight spec; a decay runs over the run's ``total_iterations``."""
+    if isinstance(spec, dict) and "adaptive" in spec:
+        options = {k: v for k, v in spec.items() if k != "adaptive"}
+        return AdaptiveWeight(spec["adaptive"], **options)
     if isinstance(spec, dict):
         return ExponentialDecay(spec["start"], spec["end"], max(1, total_iterations))
     return ConstantWeight(spec)
@@ -97,4 +103,7 @@ def weight_text(weight: WeightSpec | None) -> str:
     """``2.5->1`` for an exponential decay, ``0.0285`` for a constant, ``–`` for none."""
     if weight is None:
         return "–"
+    if isinstance(weight, dict) and "adaptive" in weight:
+        rest = ", ".join(f"{k}={v:g}" for k, v in weight.items() if k != "adaptive" and v is not None)
+        return f"adaptive {weight['adaptive']:g}" + (f" ({rest})" if rest else "")
     return f"{weight['start']:g}->{weight['end']:g}" if isinstance(weight, dict) else f"{weight:g}"

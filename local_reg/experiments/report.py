@@ -60,12 +60,13 @@ class Group:
 
         def key(record: dict[str, Any]) -> tuple:
             weight = record.get("weight")
-            size = weight["start"] if isinstance(weight, dict) else (weight or 0.0)
+            size = weight.get("start", 0.0) if isinstance(weight, dict) else (weight or 0.0)
             return (
                 order.get(record["method"], len(order)),
                 record["method"],
                 record["label"] != record["method"],
                 size,
+                record["label"],
             )
 
         rows = {key(r): r["label"] for r in self.records}

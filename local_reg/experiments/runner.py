@@ -33,13 +33,25 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from ..regularization._probe import PENALTIES, PROBES
+from ..regularization._sampling import STEP_SIZES
 from . import distributed
 from .methods import METHODS, weight_text
 from .results import ResultsFile, ResultsWarning, atomic_write_bytes
-from .settings import apply_overrides, check_settings
+from .settings import Integer, OneOf, Real, Rule, Schema, SettingsError, apply_overrides, check_settings
 from .tasks import REGISTRY, ModelContext, Task
+from .tasks.base import ODE_SOLVERS
 
 SIZES = ("tiny", "quick", "full")
+LOCAL_RULES: dict[str, Rule] = {
+    "probe": OneOf(PROBES),
+    "probe_scale": Real(),
+    "penalty": OneOf(PENALTIES),
+    "n_draws": Integer(1),
+    "step_size": OneOf(STEP_SIZES),
+    "reg_method": OneOf(ODE_SOLVERS),
+}
+"""The ``local.*`` settings: options of the local regularizer (:class:`local_reg.LocalPenalty`)."""
 GRADIENTS = ("direct", "adjoint", "checkpoint", "symplectic")
 # Prediction time is the fastest of this many passes over the test set: a single pass is at the
 # mercy of whatever else the machine is doing.
@@ -79,16 +91,28 @@ class RunSpec:
 
     def settings(self) -> dict[str, Any]:
         """The size's settings with the overrides; raises :class:`.settings.SettingsError` naming a key
-        that does not exist or a value its task's schema does not allow."""
+        that does not exist or a value its task's schema (or :data:`LOCAL_RULES`) does not allow.
+
+        ``local.*`` keys set options of the local regularizer (:class:`local_reg.LocalPenalty`); no
+        task lists them, so they live in a ``local`` group only when given."""
         task = REGISTRY[self.task]
-        settings = apply_overrides(task.settings(self.size), self.overrides, self.task)
+        local = {k.split(".", 1)[1]: v for k, v in self.overrides.items() if k.startswith("local.")}
+        others = {k: v for k, v in self.overrides.items() if not k.startswith("local.")}
+        settings = apply_overrides(task.settings(self.size), others, self.task)
         check_settings(task.schema, settings)
+        if local:
+            unknown = sorted(set(local) - set(LOCAL_RULES))
+            if unknown:
+                raise SettingsError(f"unknown local.{unknown[0]}; local options: {', '.join(LOCAL_RULES)}")
+            check_settings(Schema({k: LOCAL_RULES[k] for k in local}), local)
+            settings["local"] = local
         return settings
 
     @property
     def config_id(self) -> str:
-        """Hash of everything but method, seed and regularization weights: the runs of one table."""
-        settings = {k: v for k, v in self.settings().items() if k != "weights"}
+        """Hash of everything but method, seed, regularization weights and local regularization
+        options: the runs of one table (whose rows are the methods with their weights and options)."""
+        settings = {k: v for k, v in self.settings().items() if k not in ("weights", "local")}
         return _digest({"size": self.size, "gradient": self.gradient, "settings": settings})
 
     @property
@@ -97,15 +121,26 @@ class RunSpec:
         return self.settings().get("weights", {}).get(self.method)
 
     @property
+    def local_options(self) -> dict[str, Any]:
+        """The ``local.*`` options of a local method (``{}`` for the others or when none is set)."""
+        if not self.method.startswith("local-"):
+            return {}
+        return dict(sorted(self.settings().get("local", {}).items()))
+
+    @property
     def label(self) -> str:
-        """The method's name, with its weight when that is not the task's default."""
+        """The method's name, with its weight when that is not the task's default, and its local
+        regularization options if any."""
         default = REGISTRY[self.task].settings(self.size).get("weights", {}).get(self.method)
-        return self.method if self.weight == default else f"{self.method} (w={weight_text(self.weight)})"
+        notes = [] if self.weight == default else [f"w={weight_text(self.weight)}"]
+        notes += [f"{k}={v}" for k, v in self.local_options.items()]
+        return f"{self.method} ({', '.join(notes)})" if notes else self.method
 
     @property
     def run_id(self) -> str:
         weight = "" if self.weight is None else f"-w{_digest(self.weight)[:6]}"
-        return f"{self.task}-{self.method}-seed{self.seed}-{self.config_id}{weight}"
+        local = f"-l{_digest(self.local_options)[:6]}" if self.local_options else ""
+        return f"{self.task}-{self.method}-seed{self.seed}-{self.config_id}{weight}{local}"
 
 
 def _digest(value: Any) -> str:
@@ -317,10 +352,12 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                     optimizer.zero_grad(set_to_none=True)
                     (loss if reg is None else loss + reg).backward()
                     optimizer.step()
+                    costs = solver_costs(model)
                     for schedule in schedules:
+                        # A self-tuning weight adapts to what it measures; a fixed schedule ignores it.
+                        schedule.observe(loss.item(), costs["nfe"])
                         schedule.step()
                 iteration += 1
-                costs = solver_costs(model)
                 history["loss"].append(loss.item())
                 history["reg_loss"].append(0.0 if reg is None else reg.item())
                 for key, value in costs.items():
@@ -363,6 +400,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                 "gradient": spec.gradient,
                 "config_id": spec.config_id,
                 "weight": spec.weight,
+                "local": spec.local_options,
                 "label": spec.label,
                 "settings": settings,
                 "world_size": world,

@@ -100,15 +100,30 @@ class Directory(Rule):
         return value is None or (isinstance(value, str) and os.path.isdir(value))
 
 
+ADAPTIVE_KEYS = ("loss_rise", "target_nfe", "rate", "beta", "warmup", "w_min", "w_max")
+"""The keywords of :class:`local_reg.AdaptiveWeight` a ``{"adaptive": w0, ...}`` spec may set."""
+
+
 @dataclass(frozen=True)
 class Weight(Rule):
-    """A regularization weight spec (:mod:`.methods`): a constant ``>= 0``, or ``{"start": w0, "end": w1}``
-    with ``w0, w1 > 0`` (an exponential decay, so neither may be 0)."""
+    """A regularization weight spec (:mod:`.methods`): a constant ``>= 0``, ``{"start": w0, "end": w1}``
+    with ``w0, w1 > 0`` (an exponential decay, so neither may be 0), or ``{"adaptive": w0, ...}``
+    with ``w0 > 0`` and :data:`ADAPTIVE_KEYS` (non-negative numbers, ``target_nfe`` may be null)."""
 
     def allowed(self) -> str:
-        return 'a number >= 0 or {"start": w0, "end": w1} with finite w0, w1 > 0'
+        return (
+            'a number >= 0, {"start": w0, "end": w1} with finite w0, w1 > 0, or {"adaptive": w0, ...} '
+            f"with w0 > 0 and keys among {', '.join(ADAPTIVE_KEYS)}"
+        )
 
     def accepts(self, value: Any) -> bool:
+        if isinstance(value, dict) and "adaptive" in value:
+            options = {k: v for k, v in value.items() if k != "adaptive"}
+            return (
+                Real().accepts(value["adaptive"])
+                and set(options) <= set(ADAPTIVE_KEYS)
+                and all(v is None or Real(closed=True).accepts(v) for v in options.values())
+            )
         if isinstance(value, dict):
             return set(value) == {"start", "end"} and all(Real().accepts(v) for v in value.values())
         return Real(closed=True).accepts(value)

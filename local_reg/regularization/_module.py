@@ -108,8 +108,8 @@ class LocalPenalty:
         problem.check_regularizer(self.regularizer, self.reg_method)
         if isinstance(problem, SDEProblem) and (self.probe == "initial-hairer" or self.penalty != "error-dt"):
             raise ValueError(
-                "probe='initial-hairer' and penalty forms other than 'error-dt' are Runge--Kutta options; "
-                "an SDE's probe is an Euler--Maruyama step"
+                "these probe options (probe='initial-hairer', a penalty form other than 'error-dt') are "
+                "Runge--Kutta options; an SDE's probe is an Euler--Maruyama step"
             )
         needs_steps = self.sampling == "biased" or self.step_size == "solver"
         if needs_steps and getattr(problem, "backend", None) == "torchsde":

@@ -46,6 +46,7 @@ from .mnist import MnistTask
 from .nsde_digits import NSDEDigitsTask
 from .spiral import SpiralTask
 from .spiral_sde import SpiralSDETask
+from .tabular import TabularTask
 
 REGISTRY: dict[str, Task] = {
     "digits": DigitsTask(),
@@ -54,6 +55,7 @@ REGISTRY: dict[str, Task] = {
     "spiral": SpiralTask(),
     "nsde_digits": NSDEDigitsTask(),
     "spiral_sde": SpiralSDETask(),
+    "tabular": TabularTask(),
 }
 
 __all__ = ["REGISTRY", "Batch", "ModelContext", "Task", "TaskData"]

@@ -139,7 +139,8 @@ def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContex
     :class:`local_reg.regularization.LocallyRegularized` / ``GloballyRegularized`` with the weight
     ``settings["weights"][method]`` (see :func:`..methods.weight_schedule`); ``rnode`` and
     ``taynode`` are ``RNODERegularized`` / ``TayNODERegularized`` with that weight, ``steer`` is
-    ``SteerRegularized`` with ``b = settings["weights"]["steer"]``.
+    ``SteerRegularized`` with ``b = settings["weights"]["steer"]``; ``local-*`` also take the keyword
+    arguments in ``settings["local"]`` if present (``probe``, ``penalty``, ...).
     """
     method = context.method
     solver = {**settings["solver"], "gradient": context.gradient}
@@ -157,6 +158,11 @@ def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContex
         return TayNODERegularized(func, weight=weight, **solver)
     if method.family == "local":
         return LocallyRegularized(
-            func, sampling=method.sampling, regularizer=method.regularizer, weight=weight, **solver
+            func,
+            sampling=method.sampling,
+            regularizer=method.regularizer,
+            weight=weight,
+            **solver,
+            **settings.get("local", {}),
         )
     return GloballyRegularized(func, regularizer=method.regularizer, weight=weight, **solver)

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The study of local regularization's probe, penalty form, draws and weight (docs/results.md,
+# "Study: probe, penalty form, draws, self-tuning weight"). Every run records its settings; the
+# runner skips runs already in a results folder, so rerunning a phase resumes it.
+#   experiments/study.sh PHASE      PHASE in: digits, digits_tight, spiral, tabular, digits_draws,
+#                                   digits_adaptive, spiral_weight
+# LR overrides the command (default: local-reg experiment).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LR="${LR:-local-reg}"
+COMMON=(--seeds 3 --quick --threads 1 --no-progress)
+PAPER='{"start": 2.5, "end": 1.0}'
+ADAPTIVE_LOG='{"adaptive": 0.01, "loss_rise": 0.1, "w_min": 0.0001, "w_max": 1.0}'
+ADAPTIVE_GROWTH='{"adaptive": 0.1, "loss_rise": 0.1, "w_min": 0.001, "w_max": 10.0}'
+
+vanilla() {  # vanilla TASK OUT [extra --set ...]
+    local task=$1 out=$2
+    shift 2
+    $LR experiment "$task" --methods vanilla "${COMMON[@]}" --out "$out" "$@"
+}
+
+variant() {  # local-random at one option set: variant TASK OUT PROBE PENALTY WEIGHT [extra --set ...]
+    local task=$1 out=$2 probe=$3 penalty=$4 weight=$5
+    shift 5
+    $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "$out" \
+        --set local.probe="$probe" --set local.penalty="$penalty" --set weights.local-random="$weight" "$@"
+}
+
+case "${1:-}" in
+    digits)
+        out=results/study-digits
+        vanilla digits $out
+        variant digits $out initial error-dt "$PAPER"  # the paper's procedure
+        variant digits $out solver error-dt "$PAPER"
+        for w in 0.1 0.3; do variant digits $out solver log $w; done
+        for w in 2 6; do variant digits $out solver growth $w; done
+        for penalty_weight in "error-dt:$PAPER" "log:0.1" "growth:2"; do
+            variant digits $out initial-hairer "${penalty_weight%%:*}" "${penalty_weight#*:}" --set local.probe_scale=4
+        done
+        variant digits $out initial log 0.1
+        variant digits $out initial-hairer error-dt "$PAPER"
+        # The probes that see the real error need far smaller weights: a scan.
+        for w in 0.003 0.01 0.03; do variant digits $out solver log $w; done
+        for w in 0.1 0.3 1; do variant digits $out solver growth $w; done
+        for w in 0.1 0.3; do variant digits $out solver error-dt $w; done
+        # The weight that tunes itself, from a small start.
+        variant digits $out solver log "$ADAPTIVE_LOG"
+        variant digits $out solver growth "$ADAPTIVE_GROWTH"
+        # log EEst amplifies rounding-level EEst: the hinged form ignores probes under EEst = 0.1.
+        for w in 0.01 0.03 0.1 0.3; do variant digits $out solver log-hinge $w; done
+        variant digits $out solver log-hinge "$ADAPTIVE_LOG"
+        ;;
+    digits_tight)
+        out=results/study-digits-tight
+        tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
+        vanilla digits $out "${tight[@]}"
+        variant digits $out initial error-dt "$PAPER" "${tight[@]}"  # the paper's procedure
+        variant digits $out initial-hairer error-dt "$PAPER" "${tight[@]}"
+        variant digits $out solver log-hinge 0.01 "${tight[@]}"
+        variant digits $out solver error-dt 0.1 "${tight[@]}"
+        ;;
+    spiral)
+        out=results/study-spiral
+        vanilla spiral $out
+        variant spiral $out initial error-dt "$PAPER"
+        variant spiral $out initial-hairer error-dt "$PAPER"
+        variant spiral $out solver log-hinge 0.01
+        ;;
+    tabular)  # held out: never used to choose an option
+        out=results/study-tabular
+        vanilla tabular $out
+        variant tabular $out initial error-dt "$PAPER"
+        variant tabular $out initial-hairer error-dt "$PAPER"
+        variant tabular $out solver log-hinge 0.01
+        ;;
+    digits_draws)  # draws per iteration, at the best variant on both axes and the best hinge
+        out=results/study-digits
+        for n in 2 4; do
+            variant digits $out initial-hairer error-dt "$PAPER" --set local.n_draws=$n
+            variant digits $out solver log-hinge 0.01 --set local.n_draws=$n
+        done
+        ;;
+    digits_adaptive)  # the self-tuning weight with a target training NFE (about 0.65x vanilla's)
+        out=results/study-digits
+        target='{"adaptive": 0.01, "target_nfe": 45, "loss_rise": 0.1, "w_min": 0.0001, "w_max": 10.0}'
+        variant digits $out solver error-dt "$target"
+        variant digits $out initial-hairer error-dt "$target"
+        ;;
+    spiral_weight)  # the paper's procedure at smaller constant weights
+        out=results/study-spiral
+        for w in 0.1 0.3; do variant spiral $out initial error-dt $w; done
+        ;;
+    *) echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight" >&2; exit 2 ;;
+esac
