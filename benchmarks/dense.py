@@ -9,11 +9,9 @@ for ``n`` in 2, 11, 51, 101: local_reg interpolating (the default) and landing o
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torchdiffeq
-from fields import CountingMLP
+from fields import CountingMLP, mlp_problem, mlp_problem_parser
 
 import local_reg
 
@@ -26,19 +24,9 @@ def count(solve, field: CountingMLP) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--t1", type=float, default=5.0)
-    parser.add_argument("--rtol", type=float, default=1e-6)
-    parser.add_argument("--atol", type=float, default=1e-6)
-    parser.add_argument("--threads", type=int, default=1)
+    parser = mlp_problem_parser(__doc__.splitlines()[0], batch=64, atol=1e-06)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    field = CountingMLP(args.dim, args.width, weight_scale=2.0)
-    y0 = torch.randn(args.batch, args.dim)
+    field, y0 = mlp_problem(args)
     tol = dict(rtol=args.rtol, atol=args.atol)
     columns = {
         "local_reg tsit5": lambda t: local_reg.odeint(field, y0, t, method="tsit5", **tol),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 
@@ -35,3 +37,25 @@ class CountingMLP(torch.nn.Module):
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         return self.net(y)
+
+
+def mlp_problem_parser(description: str, *, batch: int = 512, atol: float = 1e-8) -> argparse.ArgumentParser:
+    """The command line of the MLP benchmarks: the field's ``--dim`` and ``--width``, ``--batch``,
+    the span ``[0, --t1]``, ``--rtol``, ``--atol`` and torch's ``--threads``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--t1", type=float, default=5.0)
+    parser.add_argument("--rtol", type=float, default=1e-6)
+    parser.add_argument("--atol", type=float, default=atol)
+    parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def mlp_problem(args: argparse.Namespace) -> tuple[CountingMLP, torch.Tensor]:
+    """The benchmark MLP (weights scaled by 2) and a batch of initial states, seeded, with torch's
+    threads set from ``args``."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return CountingMLP(args.dim, args.width, weight_scale=2.0), torch.randn(args.batch, args.dim)

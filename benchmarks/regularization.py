@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from fields import CountingMLP
+from fields import CountingMLP, mlp_problem, mlp_problem_parser
 
 import local_reg
 from local_reg import GloballyRegularized, LocallyRegularized
@@ -97,22 +97,12 @@ def make_iterations(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--t1", type=float, default=5.0)
+    parser = mlp_problem_parser(__doc__.splitlines()[0])
     parser.add_argument("--n-times", type=int, default=5, help="output times in [0, t1]")
     parser.add_argument("--method", default="tsit5")
-    parser.add_argument("--rtol", type=float, default=1e-6)
-    parser.add_argument("--atol", type=float, default=1e-8)
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    field = CountingMLP(args.dim, args.width, weight_scale=2.0)
-    y0 = torch.randn(args.batch, args.dim)
+    field, y0 = mlp_problem(args)
     t = torch.linspace(0.0, args.t1, args.n_times)
     target = torch.randn(args.n_times, args.batch, args.dim)
     iterations = make_iterations(field, y0, t, target, args)

@@ -8,13 +8,12 @@ solvers see the same machine load; the table reports medians.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
 import torchdiffeq
-from fields import CountingMLP
+from fields import CountingMLP, mlp_problem, mlp_problem_parser
 
 import local_reg
 
@@ -28,20 +27,10 @@ def time_solve(solve, field: CountingMLP) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--t1", type=float, default=5.0)
-    parser.add_argument("--rtol", type=float, default=1e-6)
-    parser.add_argument("--atol", type=float, default=1e-8)
+    parser = mlp_problem_parser(__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    field = CountingMLP(args.dim, args.width, weight_scale=2.0)
-    y0 = torch.randn(args.batch, args.dim)
+    field, y0 = mlp_problem(args)
     t = torch.tensor([0.0, args.t1])
     tol = dict(rtol=args.rtol, atol=args.atol)
     # A bare evaluation loop measures the cost of the vector field alone.
