@@ -7,7 +7,13 @@ import math
 import pytest
 import torch
 
-from local_reg import AdaptiveWeight, LocallyRegularized, initial_step_size, local_regularization
+from local_reg import (
+    AdaptiveWeight,
+    GradientRatio,
+    LocallyRegularized,
+    initial_step_size,
+    local_regularization,
+)
 from local_reg import step as rk_step
 from local_reg.experiments.methods import weight_schedule, weight_text
 from local_reg.experiments.runner import RunSpec
@@ -254,3 +260,35 @@ def test_sde_refuses_the_ode_probe_options():
     LocallyRegularized(SDE())  # the defaults are fine
     with pytest.raises(ValueError, match="probe options"):
         LocallyRegularized(SDE(), penalty="log")
+
+
+def test_gradient_ratio_against_separate_gradients():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    task = net(x).pow(2).mean()
+    penalty = 0.3 * net.weight.abs().sum() + 0.1 * net(x).sum()
+    params = list(net.parameters())
+    task_grads = torch.autograd.grad(task, params, retain_graph=True)
+    penalty_grads = torch.autograd.grad(penalty, params, retain_graph=True)
+    expected = math.sqrt(sum(float(g.pow(2).sum()) for g in penalty_grads)) / math.sqrt(
+        sum(float(g.pow(2).sum()) for g in task_grads)
+    )
+    ratio = GradientRatio(params)
+    ratio.before_backward(penalty)
+    (task + penalty).backward()
+    assert ratio.after_backward() == pytest.approx(expected, rel=1e-10)
+    # A penalty without a graph (eval mode, vanilla) measures nothing.
+    ratio.before_backward(torch.zeros(()))
+    assert math.isnan(ratio.after_backward())
+
+
+def test_cli_records_the_gradient_ratio(tmp_path):
+    from local_reg.experiments.cli import main
+    from local_reg.experiments.results import ResultsFile
+
+    args = ["experiment", "digits", "--size", "tiny", "--seeds", "1", "--no-progress", "--out", str(tmp_path)]
+    assert main([*args, "--methods", "local-random"]) == 0
+    (record,) = ResultsFile(tmp_path).load()
+    ratios = record["history"]["grad_ratio"]
+    assert ratios and ratios[0][0] == 0 and all(math.isfinite(r) and r >= 0 for _, r in ratios)

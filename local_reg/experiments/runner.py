@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from ..regularization import GradientRatio
 from ..regularization._probe import PENALTIES, PROBES
 from ..regularization._sampling import STEP_SIZES
 from . import distributed
@@ -43,6 +44,10 @@ from .tasks import REGISTRY, ModelContext, Task
 from .tasks.base import ODE_SOLVERS
 
 SIZES = ("tiny", "quick", "full")
+RATIO_EVERY = 10
+"""Iterations between measurements of the penalty's gradient against the task's."""
+RATIO_WARNING = 10.0
+"""A measured ratio above this warns (once per run) that the regularizer dominates the training."""
 LOCAL_RULES: dict[str, Rule] = {
     "probe": OneOf(PROBES),
     "probe_scale": Real(),
@@ -296,7 +301,11 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
         model.parameters(), lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0)
     )
     schedules = weight_schedules(model)
-    history: dict[str, list[float]] = {k: [] for k in ("loss", "reg_loss", "nfe", "reg_nfe", "backward_nfe")}
+    history: dict[str, list] = {k: [] for k in ("loss", "reg_loss", "nfe", "reg_nfe", "backward_nfe")}
+    # [iteration, ||grad reg_loss|| / ||grad task loss||] every RATIO_EVERY iterations (.._diagnostics).
+    history["grad_ratio"] = []
+    gradient_ratio = GradientRatio(model.parameters())
+    warned_ratio = False
     start_epoch, iteration, train_time = 0, 0, Clock()
 
     checkpoint_path = out_dir / "checkpoints" / f"{spec.run_id}.pt"
@@ -317,6 +326,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                 Clock(**state["time"]),
                 state["history"],
             )
+            history.setdefault("grad_ratio", [])
         # A checkpoint of another model (e.g. written by an older version of a task) cannot resume
         # this run: start it afresh, exactly as if there had been no checkpoint.
         except (RuntimeError, KeyError, ValueError, TypeError) as error:
@@ -350,7 +360,23 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                     # Read through the unwrapped model: DDP's wrapper does not forward attributes.
                     reg = regularization_loss(model)
                     optimizer.zero_grad(set_to_none=True)
+                    # Not under DDP: the extra vector-Jacobian product would bypass its gradient sync.
+                    measure = reg is not None and world == 1 and iteration % RATIO_EVERY == 0
+                    if measure:
+                        gradient_ratio.before_backward(reg)
                     (loss if reg is None else loss + reg).backward()
+                    if measure:
+                        ratio = gradient_ratio.after_backward()
+                        history["grad_ratio"].append([iteration, ratio])
+                        if ratio > RATIO_WARNING and not warned_ratio:
+                            warned_ratio = True
+                            warnings.warn(
+                                f"run {spec.run_id}: the regularizer's gradient is {ratio:.3g}x the task's "
+                                f"at iteration {iteration}: it, not the task, steers the training; "
+                                "consider a smaller weight",
+                                ResultsWarning,
+                                stacklevel=1,
+                            )
                     optimizer.step()
                     costs = solver_costs(model)
                     for schedule in schedules:
@@ -367,6 +393,11 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                         "loss": f"{loss.item():.3g}",
                         **{k: f"{v:.3g}" for k, v in metrics.items()},
                         "nfe": costs["nfe"],
+                        **(
+                            {"grad_ratio": f"{history['grad_ratio'][-1][1]:.3g}"}
+                            if history["grad_ratio"]
+                            else {}
+                        ),
                     },
                     refresh=False,
                 )

@@ -14,6 +14,7 @@ Both are configurations of one module, :class:`Regularized` (penalty :class:`Loc
 """
 
 from ._baseline import BaselineStats
+from ._diagnostics import GradientRatio
 from ._module import GlobalPenalty, LocalPenalty, Regularized
 from ._stats import RegularizationStats, SDERegularizationStats
 from .globalreg import GloballyRegularized, global_regularization
@@ -32,6 +33,7 @@ __all__ = [
     "ConstantWeight",
     "ExponentialDecay",
     "GlobalPenalty",
+    "GradientRatio",
     "GloballyRegularized",
     "LocalPenalty",
     "LocallyRegularized",
