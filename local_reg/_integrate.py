@@ -31,6 +31,19 @@ StepPenalty = Callable[[Any, float], Tensor]
 """``penalty(result, dt) -> 0-dim tensor`` evaluated on every accepted step (global regularization);
 ``result`` is the stepper's step result, ``dt`` the signed step size."""
 
+
+@dataclass(frozen=True)
+class StepCallbacks:
+    """Functions the loop calls with ``(t0, y0, dt)`` (floats and the flat state, ``dt`` signed):
+    ``step`` before every attempted step, ``accept`` / ``reject`` after its decision, as torchdiffeq
+    calls a vector field's ``callback_step`` / ``callback_accept_step`` / ``callback_reject_step``.
+    Only the forward solve calls them (not a gradient method's backward pass)."""
+
+    step: Callable[[float, Tensor, float], None] | None = None
+    accept: Callable[[float, Tensor, float], None] | None = None
+    reject: Callable[[float, Tensor, float], None] | None = None
+
+
 # Steps that would end within this fraction of the next output time land on it instead, so that no
 # sliver of a step is left over.
 _LANDING_SLACK = 0.01
@@ -58,6 +71,8 @@ class SolveOptions:
     (adaptive Runge--Kutta solves); ``False`` lands a step on every output time."""
     dense: bool = False
     """Keep every accepted step's state and stages for :meth:`local_reg.Solution.evaluate`."""
+    callbacks: StepCallbacks = field(default_factory=StepCallbacks)
+    """Called on every attempted, accepted and rejected step of the forward solve."""
 
 
 def fixed_step_size(t: float, t_target: float, step_size: float) -> float:
@@ -140,6 +155,7 @@ def integrate(
     adaptive = options.step_size is None
     interpolate = options.interpolate and adaptive
     controller = options.controller
+    callbacks = options.callbacks
     if adaptive:
         if options.first_step is not None:
             dt_abs = abs(options.first_step)
@@ -165,6 +181,8 @@ def integrate(
             dt = direction * dt_used
             t_next = t_target if lands else t + dt
 
+            if callbacks.step is not None:
+                callbacks.step(t, y, dt)
             result = stepper.step(t, t_next, y, dt, carry, adaptive)
             stats.add(result.nfe, diffusion=result.nfe_diffusion)
             stats.n_steps += 1
@@ -180,6 +198,8 @@ def integrate(
             accepted = not adaptive or error_estimate <= 1.0
             if accepted:
                 step_dt = (t_target - t) if lands else dt
+                if callbacks.accept is not None:
+                    callbacks.accept(t, y, step_dt)
                 stats.n_accepted += 1
                 log.t.append(t)
                 log.dt.append(step_dt)
@@ -221,6 +241,8 @@ def integrate(
                     after_rejection = False
             else:
                 stats.n_rejected += 1
+                if callbacks.reject is not None:
+                    callbacks.reject(t, y, dt)
                 dt_abs = dt_used * controller.reject_factor(error_estimate, stepper.order)
                 after_rejection = True
             # After dense output, which may have evaluated the next step's first stage.

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 
 import torch
 from torch import Tensor
 
-from ._integrate import StepPenalty
+from ._integrate import StepCallbacks, StepPenalty
 from ._step import VectorField, time_tensor
 from ._tuple import accepts_tuple_states
 from ._validate import checked_field, solve_options, validate_state, validate_times
@@ -98,6 +98,8 @@ def odeint(
     step_penalty: StepPenalty | None = None,
     step_to_outputs: bool = False,
     dense: bool = False,
+    norm: Callable[[Tensor], Tensor] | None = None,
+    callbacks: StepCallbacks | None = None,
     checkpoints: int | None = None,
     adjoint_rtol: float | None = None,
     adjoint_atol: float | None = None,
@@ -151,6 +153,11 @@ def odeint(
         dense: keep every accepted step's state and stages so that ``solution.evaluate(t)`` gives
             the solution at any ``t`` in the span (diffrax's ``SaveAt(dense=True)``, torchdiffeq's
             ``odeint_dense``); memory ``O(steps * stages)``.
+        norm: ``norm(scaled_error) -> 0-dim tensor`` replacing the RMS in ``EEst`` (and in the
+            first-step heuristic), as torchdiffeq's ``options["norm"]``; ``scaled_error`` has the
+            shape of the (flat) state.
+        callbacks: a :class:`~local_reg._integrate.StepCallbacks` whose functions the forward loop
+            calls with ``(t0, y0, dt)`` on every attempted, accepted and rejected step.
         checkpoints, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: deprecated
             spellings of ``Checkpoint(checkpoints)``, ``Symplectic(checkpoints)`` and
             ``BacksolveAdjoint(method, rtol, atol, **options)``.
@@ -176,7 +183,9 @@ def odeint(
     """
     y0 = validate_state(y0)
     times = validate_times(t)
-    options = solve_options(rtol, atol, first_step, max_steps, step_size, controller, get_tableau(method))
+    options = solve_options(
+        rtol, atol, first_step, max_steps, step_size, controller, get_tableau(method), norm, callbacks
+    )
     for name, flag in (("step_to_outputs", step_to_outputs), ("dense", dense)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")

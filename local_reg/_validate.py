@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._integrate import SolveOptions
+from ._integrate import SolveOptions, StepCallbacks
+from ._step import rms_norm
 from .controller import PIController
 from .tableaus import ButcherTableau
 
@@ -164,11 +165,14 @@ def solve_options(
     step_size: float | None,
     controller: PIController | None,
     tableau: ButcherTableau | None = None,
+    norm: Callable[[Tensor], Tensor] | None = None,
+    callbacks: StepCallbacks | None = None,
 ) -> SolveOptions:
     """The checked :class:`SolveOptions` of one solve. A fixed-step ``tableau`` needs ``step_size``.
 
     ``rtol = 0`` is allowed (a pure absolute tolerance, as in torchdiffeq); ``atol`` must be positive
-    so that the error scale ``atol + rtol * |y|`` never vanishes."""
+    so that the error scale ``atol + rtol * |y|`` never vanishes. ``norm`` (default RMS) maps the
+    scaled error to the number compared with 1; ``callbacks`` is a :class:`StepCallbacks`."""
     rtol = 0.0 if rtol == 0 and not isinstance(rtol, bool) else positive_float("rtol", rtol)
     atol = positive_float("atol", atol)
     if first_step is not None:
@@ -180,7 +184,15 @@ def solve_options(
     positive_int("max_steps", max_steps)
     if controller is not None and not isinstance(controller, PIController):
         raise TypeError(f"controller must be a PIController, got {type(controller).__name__}")
+    if norm is not None and not callable(norm):
+        raise TypeError(
+            f"norm must be callable as norm(scaled_error) -> 0-dim tensor, got {type(norm).__name__}"
+        )
+    if callbacks is not None and not isinstance(callbacks, StepCallbacks):
+        raise TypeError(f"callbacks must be a StepCallbacks, got {type(callbacks).__name__}")
     return SolveOptions(
+        norm=rms_norm if norm is None else norm,
+        callbacks=callbacks or StepCallbacks(),
         rtol=rtol,
         atol=atol,
         first_step=first_step,

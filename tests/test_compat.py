@@ -1,0 +1,301 @@
+"""``local_reg.compat`` against torchdiffeq 0.2.5 itself, on small linear problems."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import local_reg.compat as compat
+
+torchdiffeq = pytest.importorskip("torchdiffeq")
+
+A = torch.tensor([[-0.5, 1.0], [-1.0, -0.3]], dtype=torch.float64)
+
+
+class Linear(nn.Module):
+    """``dy/dt = y W^T + sin(t) b``, with step callbacks that record their arguments."""
+
+    def __init__(self, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(A.to(dtype).clone())
+        self.bias = nn.Parameter(torch.tensor([0.3, -0.2], dtype=dtype))
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y @ self.weight.T + torch.sin(t).to(y.dtype) * self.bias
+
+
+class Pair(nn.Module):
+    """A tuple state ``(z, s)``: ``dz/dt = z W^T``, ``ds/dt = -|z|^2`` per row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(A.clone())
+
+    def forward(self, t, state):
+        z, _ = state
+        return z @ self.weight.T, -(z**2).sum(-1)
+
+
+def y0_and_t(dtype=torch.float64):
+    y0 = torch.tensor([[1.0, 0.5], [-0.3, 0.8]], dtype=dtype)
+    return y0, torch.linspace(0.0, 1.5, 4, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("method", "rtol"),
+    [
+        ("dopri5", 1e-8),
+        (None, 1e-8),
+        ("tsit5", 1e-8),
+        ("bosh3", 1e-6),
+        ("fehlberg2", 1e-5),
+        ("adaptive_heun", 1e-5),
+    ],
+)
+def test_adaptive_methods_match_torchdiffeq(method, rtol):
+    func = Linear()
+    y0, t = y0_and_t()
+    ours = compat.odeint(func, y0, t, method=method, rtol=rtol, atol=rtol / 100)
+    accurate = torchdiffeq.odeint(func, y0, t, rtol=1e-11, atol=1e-13)
+    assert isinstance(ours, torch.Tensor) and ours.shape == (4, 2, 2) and ours.dtype == torch.float64
+    torch.testing.assert_close(ours, accurate, rtol=100 * rtol, atol=100 * rtol)
+    if method != "tsit5":
+        same = torchdiffeq.odeint(func, y0, t, method=method, rtol=rtol, atol=rtol / 100)
+        torch.testing.assert_close(ours, same, rtol=100 * rtol, atol=100 * rtol)
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+@pytest.mark.parametrize("options", [None, {"step_size": 0.05}])
+def test_fixed_step_methods_match_torchdiffeq_on_its_grid(method, options):
+    # Without step_size both take one step per output interval; with a step that divides the
+    # intervals both take the same steps (rk4 is Kutta's 3/8 rule in both).
+    func = Linear()
+    y0, t = y0_and_t()
+    ours = compat.odeint(func, y0, t, method=method, options=options)
+    reference = torchdiffeq.odeint(func, y0, t, method=method, options=options)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_tuple_state_values_types_and_shapes():
+    func = Pair()
+    z0 = torch.tensor([[1.0, 0.5], [-0.3, 0.8], [0.2, 0.1]], dtype=torch.float64)
+    s0 = torch.zeros(3, dtype=torch.float64)
+    _, t = y0_and_t()
+    ours = compat.odeint(func, (z0, s0), t, rtol=1e-9, atol=1e-11)
+    reference = torchdiffeq.odeint(func, (z0, s0), t, rtol=1e-10, atol=1e-12)
+    assert isinstance(ours, tuple) and len(ours) == 2
+    assert ours[0].shape == (4, 3, 2) and ours[1].shape == (4, 3)
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7)
+
+
+def test_rtol_zero_and_float64_t_with_float32_y0():
+    func = Linear(torch.float32)
+    y0, t = y0_and_t(torch.float32)
+    ours = compat.odeint(func, y0, t, rtol=0.0, atol=1e-6)
+    reference = torchdiffeq.odeint(func, y0, t, rtol=0.0, atol=1e-6)
+    assert ours.dtype == torch.float32 and ours.shape == (4, 2, 2)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_options_first_step_max_num_steps_dtype_and_norm():
+    func = Linear()
+    y0, t = y0_and_t()
+    reference = torchdiffeq.odeint(func, y0, t, rtol=1e-10, atol=1e-12)
+    ours = compat.odeint(func, y0, t, options={"first_step": 1e-3, "dtype": torch.float64})
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+    with pytest.raises(Exception, match="max_steps=3 exceeded"):
+        compat.odeint(func, y0, t, options={"max_num_steps": 3})
+    calls = []
+
+    def max_norm(scaled_error):
+        calls.append(scaled_error.shape)
+        return scaled_error.abs().max()
+
+    ours = compat.odeint(func, y0, t, options={"norm": max_norm})
+    assert calls and all(shape == y0.shape for shape in calls)
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match="norm"):
+        compat.odeint(func, y0, t, options={"norm": "max"})
+
+
+def test_tuple_norm_sees_a_tuple():
+    seen = []
+
+    def norm(errors):
+        seen.append(type(errors))
+        return max(e.abs().max() for e in errors)
+
+    z0 = torch.ones(2, 2, dtype=torch.float64)
+    out = compat.odeint(
+        Pair(), (z0, torch.zeros(2, dtype=torch.float64)), torch.tensor([0.0, 1.0]), options={"norm": norm}
+    )
+    assert seen and all(kind is tuple for kind in seen)
+    assert out[0].shape == (2, 2, 2)
+
+
+@pytest.mark.parametrize("key", ["grid_points", "jump_t", "perturb"])
+def test_unsupported_options_are_errors(key):
+    y0, t = y0_and_t()
+    with pytest.raises(ValueError, match=f"{key}.*not supported"):
+        compat.odeint(Linear(), y0, t, options={key: torch.tensor([0.5])})
+
+
+def test_unknown_option_is_an_error_not_a_warning():
+    y0, t = y0_and_t()
+    with pytest.raises(ValueError, match="unknown keys \\['stepsize'\\]"):
+        compat.odeint(Linear(), y0, t, method="rk4", options={"stepsize": 0.1})
+    with pytest.raises(ValueError, match="unknown keys"):
+        compat.odeint_adjoint(Linear(), y0, t, adjoint_options={"foo": 1})
+
+
+@pytest.mark.parametrize(
+    "method", ["dopri8", "adams", "implicit_adams", "explicit_adams", "fixed_adams", "scipy_solver"]
+)
+def test_unsupported_methods_name_the_alternatives(method):
+    y0, t = y0_and_t()
+    with pytest.raises(ValueError, match=f"{method}.*dopri5.*tsit5"):
+        compat.odeint(Linear(), y0, t, method=method)
+
+
+def test_events_are_not_implemented():
+    y0, t = y0_and_t()
+    with pytest.raises(NotImplementedError, match="event"):
+        compat.odeint(Linear(), y0, t, event_fn=lambda t, y: y.sum())
+    with pytest.raises(NotImplementedError, match="event"):
+        compat.odeint_event(Linear(), y0, t[0], event_fn=lambda t, y: y.sum())
+
+
+class Recording(Linear):
+    def __init__(self) -> None:
+        super().__init__()
+        self.log = {"step": [], "accept": [], "reject": []}
+
+    def callback_step(self, t0, y0, dt):
+        self.log["step"].append((float(t0), float(dt), y0.clone()))
+
+    def callback_accept_step(self, t0, y0, dt):
+        self.log["accept"].append((float(t0), float(dt)))
+
+    def callback_reject_step(self, t0, y0, dt):
+        self.log["reject"].append((float(t0), float(dt)))
+
+
+def test_step_callbacks_as_torchdiffeq_calls_them():
+    func = Recording()
+    y0, t = y0_and_t()
+    out = compat.odeint(func, y0, t, options={"first_step": 1.0})
+    log = func.log
+    # A first step of 1.0 at rtol=1e-7 is rejected; every attempt is either accepted or rejected.
+    assert log["reject"] and len(log["step"]) == len(log["accept"]) + len(log["reject"])
+    assert log["step"][0][0] == 0.0 and log["step"][0][1] == 1.0
+    torch.testing.assert_close(log["step"][0][2], y0)
+    accepted = log["accept"]
+    assert accepted[0][0] == 0.0
+    for (t_a, dt_a), (t_b, _) in zip(accepted, accepted[1:], strict=False):
+        assert t_b == pytest.approx(t_a + dt_a)
+    assert accepted[-1][0] + accepted[-1][1] == pytest.approx(1.5)
+    assert out.shape == (4, 2, 2)
+    # Fixed steps: every step is accepted, dt = step_size.
+    func = Recording()
+    compat.odeint(func, y0, t, method="euler", options={"step_size": 0.25})
+    assert [dt for _, dt in func.log["accept"]] == [0.25] * 6 and not func.log["reject"]
+
+
+def loss_of(solution):
+    return (solution[1:] ** 2).sum() + solution[-1, 0, 1]
+
+
+def gradients(odeint, func, y0, t, **kwargs):
+    y0 = y0.clone().requires_grad_(True)
+    loss_of(odeint(func, y0, t, **kwargs)).backward()
+    return [y0.grad, func.weight.grad, func.bias.grad]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"adjoint_options": {"norm": "seminorm"}},
+        {"adjoint_method": "symplectic"},
+        {"adjoint_method": "tsit5", "adjoint_rtol": 1e-9, "adjoint_atol": 1e-11},
+    ],
+)
+def test_odeint_adjoint_gradients_match_torchdiffeq_and_direct(kwargs):
+    y0, t = y0_and_t()
+    tol = {"rtol": 1e-9, "atol": 1e-11}
+    direct = gradients(compat.odeint, Linear(), y0, t, **tol)
+    ours = gradients(compat.odeint_adjoint, Linear(), y0, t, **tol, **kwargs)
+    reference_kwargs = dict(kwargs)
+    if kwargs.get("adjoint_method") == "symplectic":
+        reference_kwargs = {}
+    elif kwargs.get("adjoint_method") == "tsit5":  # not in torchdiffeq
+        reference_kwargs["adjoint_method"] = "dopri5"
+    reference = gradients(torchdiffeq.odeint_adjoint, Linear(), y0, t, **tol, **reference_kwargs)
+    for a, b, c in zip(ours, direct, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)
+
+
+def test_symplectic_adjoint_is_exactly_the_discrete_gradient():
+    y0, t = y0_and_t()
+    direct = gradients(compat.odeint, Linear(), y0, t, rtol=1e-5, atol=1e-7)
+    ours = gradients(
+        compat.odeint_adjoint, Linear(), y0, t, rtol=1e-5, atol=1e-7, adjoint_method="symplectic"
+    )
+    for a, b in zip(ours, direct, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_odeint_adjoint_tuple_state_and_explicit_params():
+    func = Pair()
+    z0 = torch.tensor([[1.0, 0.5], [-0.3, 0.8]], dtype=torch.float64, requires_grad=True)
+    s0 = torch.zeros(2, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.7, 1.0], dtype=torch.float64)
+    z, s = compat.odeint_adjoint(
+        func, (z0, s0), t, adjoint_params=tuple(func.parameters()), rtol=1e-9, atol=1e-11
+    )
+    (z[-1].sum() + s[-1].sum()).backward()
+    grads = (z0.grad.clone(), func.weight.grad.clone())
+    z0.grad = None
+    func.weight.grad = None
+    z, s = torchdiffeq.odeint_adjoint(func, (z0, s0), t, rtol=1e-9, atol=1e-11)
+    (z[-1].sum() + s[-1].sum()).backward()
+    torch.testing.assert_close(grads[0], z0.grad, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grads[1], func.weight.grad, rtol=1e-6, atol=1e-7)
+
+
+def test_odeint_adjoint_needs_a_module_or_adjoint_params():
+    y0, t = y0_and_t()
+    with pytest.raises(ValueError, match="nn.Module.*adjoint_params"):
+        compat.odeint_adjoint(lambda t, y: -y, y0, t)
+    out = compat.odeint_adjoint(lambda t, y: -y, y0, t, adjoint_params=())
+    torch.testing.assert_close(out[-1], y0 * torch.exp(torch.tensor(-1.5, dtype=torch.float64)))
+    with pytest.raises(ValueError, match="symplectic"):
+        compat.odeint_adjoint(Linear(), y0, t, adjoint_method="symplectic", adjoint_rtol=1e-6)
+
+
+def test_time_gradients_are_refused_not_silently_none():
+    y0, t = y0_and_t()
+    with pytest.raises(NotImplementedError, match="with respect to t"):
+        compat.odeint(Linear(), y0, t.clone().requires_grad_(True))
+    with torch.no_grad():
+        out = compat.odeint(Linear(), y0, t.clone().requires_grad_(True))
+    assert out.shape == (4, 2, 2)
+
+
+def test_core_norm_and_callbacks_are_checked():
+    import local_reg
+    from local_reg._integrate import StepCallbacks
+
+    y0, t = y0_and_t()
+    with pytest.raises(TypeError, match="norm must be callable"):
+        local_reg.odeint(Linear(), y0, t, norm="max")
+    with pytest.raises(TypeError, match="callbacks must be a StepCallbacks"):
+        local_reg.odeint(Linear(), y0, t, callbacks=print)
+    accepted = []
+    solution = local_reg.odeint(
+        Linear(), y0, t, callbacks=StepCallbacks(accept=lambda t0, y, dt: accepted.append(dt))
+    )
+    assert len(accepted) == solution.stats.n_accepted and sum(accepted) == pytest.approx(1.5)
