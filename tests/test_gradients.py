@@ -547,3 +547,19 @@ def test_gradient_objects_check_themselves_and_compare_by_settings():
     assert (
         repr(BacksolveAdjoint(rtol=1e-7, norm="seminorm")) == "BacksolveAdjoint(rtol=1e-07, norm='seminorm')"
     )
+
+
+def test_checkpoint_differentiates_a_step_penalty_under_a_custom_norm():
+    # The re-run step must use the forward's error norm, or the penalty's gradient is another one's.
+    field = TinyField()
+    y = torch.randn(2, 3, dtype=DTYPE, requires_grad=True)
+
+    def max_norm(x):
+        return x.abs().max()
+
+    kwargs = {"first_step": 1.0, "step_penalty": error_penalty, "norm": max_norm}
+    reference = odeint(field, y, TIMES, **kwargs)
+    solution = odeint(field, y, TIMES, gradient="checkpoint", **kwargs)
+    expected = torch.autograd.grad(reference.penalties.sum(), y)[0]
+    (grad,) = torch.autograd.grad(solution.penalties.sum(), y)
+    assert relative_error(grad, expected) <= 1e-10

@@ -56,7 +56,9 @@ class Checkpoint(StepwiseGradient):
         options = solve.options
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            result = step(func, t, y, dt, options.tableau, rtol=options.rtol, atol=options.atol)
+            result = step(
+                func, t, y, dt, options.tableau, rtol=options.rtol, atol=options.atol, norm=options.norm
+            )
             outputs = [result.y1]
             cotangents = [adjoint]
             if grad_penalty is not None:
