@@ -129,13 +129,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
         z0, _ = model.encode(*(x[:n_plot] for x in test))
-        curves = model.decoder(block(z0, fine))  # (200, n_plot, channels)
+        curves = model.decoder(block(z0, fine)).numpy()  # (200, n_plot, channels)
     fig, axes = plt.subplots(1, n_plot, figsize=(4 * n_plot, 3.5), squeeze=False)
     for i, ax in enumerate(axes[0]):
         for c in range(N_CHANNELS):
             seen = test[1][i, :, c] > 0
             (line,) = ax.plot(fine, curves[:, i, c], label=f"channel {c}")
-            ax.plot(test[2][i, seen], test[0][i, seen, c], "o", color=line.get_color(), markersize=4)
+            ax.plot(
+                test[2][i, seen].numpy(),
+                test[0][i, seen, c].numpy(),
+                "o",
+                color=line.get_color(),
+                markersize=4,
+            )
         ax.set(xlabel="t", title=f"test series {i}")
     axes[0, 0].legend(fontsize="small")
     fig.suptitle(

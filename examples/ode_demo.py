@@ -130,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(f"NFE after training: {nfe_after}")
     print(f"test MAE (whole trajectory): {test_loss:.4f}")
 
+    t, true_y, pred_y = t.numpy(), true_y.numpy(), pred_y.numpy()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     axes[0].plot(t, true_y[:, 0], "g-", label="true x")
     axes[0].plot(t, pred_y[:, 0, 0], "b--", label="learned x")
