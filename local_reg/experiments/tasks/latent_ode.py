@@ -186,13 +186,7 @@ class LatentODE(nn.Module):
     def forward(
         self, values: Tensor, mask: Tensor, series_times: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        if series_times is None:
-            gaps = torch.diff(self.times, prepend=self.times[:1]).expand(*values.shape[:2]).unsqueeze(-1)
-            # Read backwards in time so that the last hidden state summarizes the series as seen from t0.
-            _, hidden = self.encoder(torch.cat([values, mask, gaps], dim=-1).flip(1))
-        else:
-            hidden = self._encode_own_times(values, mask, series_times)
-        mean, log_var = self.posterior(hidden[-1]).chunk(2, dim=-1)
+        mean, log_var = self.encode(values, mask, series_times)
         z0 = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean) if self.training else mean
         kl = self.kl_weight * 0.5 * (mean**2 + log_var.exp() - log_var - 1).sum(-1).mean()
         if series_times is None:
@@ -205,6 +199,19 @@ class LatentODE(nn.Module):
         slots = torch.searchsorted(union, series_times.contiguous()).clamp(max=len(union) - 1)
         per_series = latent_path[slots, torch.arange(len(z0)).unsqueeze(1)]  # (batch, T, latent)
         return self.decoder(per_series), kl
+
+    def encode(
+        self, values: Tensor, mask: Tensor, series_times: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance ``(batch, latent)`` of the Gaussian posterior over ``z0``."""
+        if series_times is None:
+            gaps = torch.diff(self.times, prepend=self.times[:1]).expand(*values.shape[:2]).unsqueeze(-1)
+            # Read backwards in time so that the last hidden state summarizes the series as seen from t0.
+            _, hidden = self.encoder(torch.cat([values, mask, gaps], dim=-1).flip(1))
+        else:
+            hidden = self._encode_own_times(values, mask, series_times)
+        mean, log_var = self.posterior(hidden[-1]).chunk(2, dim=-1)
+        return mean, log_var
 
     def _encode_own_times(self, values: Tensor, mask: Tensor, series_times: Tensor) -> Tensor:
         """The GRU's last state after reading each series' own observations, last one first."""

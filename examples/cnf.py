@@ -1,0 +1,196 @@
+"""A continuous normalizing flow (FFJORD-style) on two moons, with optional regularization.
+
+The flow maps a data point ``x = z(0)`` to ``z(1)`` by ``dz/dt = f(z, t)``; along the way
+``d logp/dt = -tr(df/dz)`` (the instantaneous change of variables, Chen et al. 2018), so
+``log p(x) = log N(z(1); 0, I) + int_0^1 tr(df/dz) dt``. The trace is estimated without forming the
+Jacobian by Hutchinson's estimator ``tr(J) ~ e^T J e`` with Rademacher noise ``e``, drawn once per
+solve (Grathwohl et al., FFJORD, ICLR 2019). Training maximizes the likelihood of the data.
+
+``--regularize local`` penalizes the solver's error estimate at one random step (Pal, Edelman and
+Rackauckas, ICML 2023), ``global`` at every step (Pal et al., ICML 2021), ``none`` nothing. The script
+prints the test-time NFE (eval mode) before and after training, and plots the data, samples from the
+flow (the ODE solved backwards from Gaussian noise) and the learned density.
+
+    python examples/cnf.py --regularize local --out cnf_local.png
+    python examples/cnf.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from sklearn.datasets import make_moons  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from local_reg import GloballyRegularized, LocallyRegularized, Regularized  # noqa: E402
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--regularize", choices=("none", "local", "global"), default="local")
+    parser.add_argument("--weight", type=float, default=None, help="penalty weight (default per regularizer)")
+    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--quick", action="store_true", help="a few iterations on small batches")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--rtol", type=float, default=1e-5)
+    parser.add_argument("--atol", type=float, default=1e-5)
+    parser.add_argument("--grid", type=int, default=60, help="points per side of the density plot")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="cnf.png", help="where to save the plot")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.iterations, args.batch_size, args.grid = min(args.iterations, 10), 64, 20
+    return args
+
+
+class CNFField(nn.Module):
+    """The augmented field ``d/dt [z, logp] = [f(z, t), -tr(df/dz)]`` on one flat state ``(N, 3)``.
+
+    The state is one tensor rather than the tuple ``(z, logp)``: ``local_reg.odeint`` accepts tuple
+    states, but ``LocallyRegularized`` and ``GloballyRegularized`` take a single tensor. The ``logp``
+    column then also enters the solver's error norm, as it does in torchdiffeq's tuple solve.
+
+    ``noise`` (``(N, 2)``, Rademacher) is fixed for a whole solve, as Hutchinson's estimator of the
+    integral requires; ``exact_trace=True`` computes ``tr(df/dz)`` exactly instead (two backward
+    passes in 2-D), for the density plot.
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(3, hidden),
+            nn.Softplus(),
+            nn.Linear(hidden, hidden),
+            nn.Softplus(),
+            nn.Linear(hidden, 2),
+        )
+        self.noise: Tensor | None = None
+        self.exact_trace = False
+
+    def forward(self, t: Tensor, state: Tensor) -> Tensor:
+        # The trace needs df/dz even under torch.no_grad (evaluation); keep the graph only when training.
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            z = state[:, :2]
+            if not z.requires_grad:
+                z = z.detach().requires_grad_(True)
+            dz = self.net(torch.cat([z, t.expand(len(z), 1)], dim=1))
+            if self.exact_trace:
+                rows = (
+                    torch.autograd.grad(dz[:, i].sum(), z, retain_graph=True, create_graph=keep_graph)[0]
+                    for i in range(2)
+                )
+                trace = sum(row[:, i] for i, row in enumerate(rows))
+            else:
+                noise_jacobian = torch.autograd.grad(dz, z, self.noise, create_graph=keep_graph)[0]
+                trace = (noise_jacobian * self.noise).sum(1)
+        derivative = torch.cat([dz, -trace.unsqueeze(1)], dim=1)
+        return derivative if keep_graph else derivative.detach()
+
+
+def make_model(func: nn.Module, regularize: str, weight: float | None, **solve: object) -> Regularized:
+    """The three variants share one interface: ``model(y0, t)`` and ``model.reg_loss``."""
+    if regularize == "local":
+        return LocallyRegularized(func, sampling="random", weight=1.0 if weight is None else weight, **solve)
+    if regularize == "global":
+        return GloballyRegularized(func, weight=1.0 if weight is None else weight, **solve)
+    return Regularized(func, **solve)  # no penalty: reg_loss stays 0
+
+
+def log_likelihood(model: Regularized, x: Tensor) -> Tensor:
+    """``log p(x)`` per point: solve ``[x, 0]`` from t=0 to 1, then add ``log N(z(1))``."""
+    model.func.noise = torch.randint(0, 2, x.shape).to(x.dtype) * 2 - 1
+    state = model(torch.cat([x, torch.zeros(len(x), 1)], dim=1), torch.tensor([0.0, 1.0]))[-1]
+    z1, delta_logp = state[:, :2], state[:, 2]
+    log_normal = -0.5 * (z1**2).sum(1) - math.log(2 * math.pi)
+    return log_normal - delta_logp
+
+
+def sample_moons(n: int, seed: int | None = None) -> Tensor:
+    x, _ = make_moons(n, noise=0.05, random_state=seed)
+    return torch.as_tensor((x - [0.5, 0.25]) * 2.0, dtype=torch.float32)  # centred, unit-ish scale
+
+
+def measure_nfe(model: Regularized, x: Tensor) -> tuple[int, float]:
+    """Test NFE of the plain solve in eval mode, and the mean log-likelihood of ``x``."""
+    model.eval()
+    with torch.no_grad():
+        loglik = log_likelihood(model, x).mean().item()
+    model.train()
+    return model.stats.nfe_main, loglik
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+
+    model = make_model(CNFField(args.hidden), args.regularize, args.weight, rtol=args.rtol, atol=args.atol)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    test_x = sample_moons(args.batch_size, seed=12345)
+
+    nfe_before, loglik_before = measure_nfe(model, test_x)
+    print(f"NFE before training: {nfe_before}")
+    start = time.perf_counter()
+    for iteration in range(1, args.iterations + 1):
+        x = sample_moons(args.batch_size, seed=args.seed * 100_000 + iteration)
+        nll = -log_likelihood(model, x).mean()
+        optimizer.zero_grad()
+        (nll + model.reg_loss).backward()
+        optimizer.step()
+        if iteration % max(args.iterations // 10, 1) == 0 or iteration == args.iterations:
+            print(
+                f"iter {iteration:5d}  nll {nll.item():.3f}  reg {model.reg_loss.item():.2e}  "
+                f"train NFE {model.stats.nfe_main}  ({time.perf_counter() - start:.0f} s)"
+            )
+
+    nfe_after, loglik_after = measure_nfe(model, test_x)
+    print(f"NFE after training: {nfe_after}")
+    print(f"test log-likelihood: {loglik_before:.3f} -> {loglik_after:.3f}")
+
+    model.eval()
+    with torch.no_grad():
+        # Samples: Gaussian noise carried from t=1 back to t=0 (the logp column is not needed).
+        noise = torch.randn(1000, 2)
+        model.func.noise = torch.ones_like(noise)
+        samples = model(torch.cat([noise, torch.zeros(1000, 1)], dim=1), torch.tensor([1.0, 0.0]))[-1, :, :2]
+        side = torch.linspace(-4.0, 4.0, args.grid)
+        grid = torch.cartesian_prod(side, side)
+        model.func.exact_trace = True
+        density = log_likelihood(model, grid).exp().reshape(args.grid, args.grid)
+        model.func.exact_trace = False
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    data, samples, density = sample_moons(1000, seed=0).numpy(), samples.numpy(), density.numpy()
+    axes[0].scatter(data[:, 0], data[:, 1], s=2)
+    axes[0].set_title("data")
+    axes[1].scatter(samples[:, 0], samples[:, 1], s=2, color="C1")
+    axes[1].set_title("samples from the flow")
+    axes[2].imshow(density.T, origin="lower", extent=(-4, 4, -4, 4), cmap="viridis")
+    axes[2].set_title("learned density")
+    for ax in axes[:2]:
+        ax.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal")
+    fig.suptitle(
+        f"regularize={args.regularize}: test NFE {nfe_before} -> {nfe_after}, "
+        f"log-likelihood {loglik_after:.3f}"
+    )
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=100)
+    plt.close(fig)
+    print(f"plot saved to {args.out}")
+    return {"nfe_before": nfe_before, "nfe_after": nfe_after, "test_loss": -loglik_after}
+
+
+if __name__ == "__main__":
+    main()

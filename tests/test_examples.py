@@ -1,0 +1,72 @@
+"""Smoke tests of the scripts in ``examples/``: each runs a few iterations at tiny sizes, prints the
+NFE before and after training and writes its plot."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+TINY = {
+    "ode_demo": ["--iterations", "2", "--data-size", "50", "--batch-size", "4", "--hidden", "8"],
+    "latent_ode": [
+        "--iterations",
+        "2",
+        "--n-train",
+        "8",
+        "--n-test",
+        "4",
+        "--batch-size",
+        "4",
+        "--n-times",
+        "6",
+        "--latent",
+        "2",
+        "--hidden",
+        "8",
+        "--rec-hidden",
+        "4",
+    ],  # fmt: skip
+    "cnf": ["--iterations", "2", "--batch-size", "16", "--hidden", "8", "--grid", "5"],
+}
+
+
+def load(name: str) -> ModuleType:
+    # By path: examples/ is a folder of scripts, not a package.
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("name", "regularize"),
+    [("ode_demo", "local"), ("latent_ode", "global"), ("cnf", "local"), ("cnf", "none")],
+)
+def test_example_runs(name: str, regularize: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if name == "cnf":
+        pytest.importorskip("sklearn")
+    out = tmp_path / "plot.png"
+    result = load(name).main([*TINY[name], "--regularize", regularize, "--out", str(out)])
+    printed = capsys.readouterr().out
+    before = re.search(r"NFE before training: (\d+)", printed)
+    after = re.search(r"NFE after training: (\d+)", printed)
+    assert before and after, printed
+    assert (int(before[1]), int(after[1])) == (result["nfe_before"], result["nfe_after"])
+    # An adaptive solve takes at least one step of at least two evaluations.
+    assert result["nfe_before"] >= 2 and result["nfe_after"] >= 2
+    assert out.stat().st_size > 1000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_regularize_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        load("ode_demo").main(["--regularize", "strong"])
+    assert "invalid choice" in capsys.readouterr().err
