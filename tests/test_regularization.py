@@ -655,3 +655,29 @@ def test_a_budget_of_step_states_passes_through_to_the_main_solve(gradient):
     (reference, nfe_all), (budgeted, nfe_budgeted) = results
     assert torch.equal(budgeted, reference)
     assert nfe_budgeted > nfe_all  # the states that were not kept were re-computed
+
+
+@pytest.mark.parametrize("gradient", ["direct", "symplectic"])
+def test_regularized_models_take_tuple_states(gradient):
+    # A CNF-like (z, logp) state: solved as one flat state, returned as a tuple.
+    torch.manual_seed(0)
+    net = MLPField()
+    z0 = _y0()
+    logp0 = torch.zeros(z0.shape[0], dtype=DTYPE)
+
+    def field(t, state):
+        z, _ = state
+        dz = net(t, z)
+        return dz, -(dz**2).sum(-1)
+
+    model = LocallyRegularized(field, gradient=gradient, adjoint_params=tuple(net.parameters()))
+    z, logp = model((z0, logp0), T)
+    assert z.shape == (len(T), *z0.shape) and logp.shape == (len(T), z0.shape[0])
+    assert model.reg_loss.dim() == 0 and model.reg_loss.requires_grad
+    (z[-1].sum() + logp[-1].sum() + model.reg_loss).backward()
+    assert all(p.grad is not None for p in net.parameters())
+    model.eval()
+    z_eval, logp_eval = model((z0, logp0), T)
+    reference = odeint(field, (z0, logp0), T)
+    torch.testing.assert_close(z_eval, reference.ys[0])
+    torch.testing.assert_close(logp_eval, reference.ys[1])

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._tuple import TupleField, TupleState
 from .._validate import check_choice
 from ..sde.problem import is_sde
 from ..solution import Stats
@@ -323,14 +324,30 @@ class Regularized(nn.Module):
     def is_sde(self) -> bool:
         return isinstance(self.problem, SDEProblem)
 
-    def forward(self, y0: Tensor, t: Tensor | Sequence[float]) -> Tensor:
+    def forward(self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]) -> Tensor:
+        problem, y0, unflatten = self._flat(y0)
         if self.penalty is None or not self.training:
-            ys, self.stats = plain_solve(self.problem, y0, t, self.generator)
+            ys, self.stats = plain_solve(problem, y0, t, self.generator)
             self.reg_loss = torch.zeros((), dtype=ys.dtype, device=ys.device)
-            return ys
-        ys, reg, self.stats = self.penalty(self.problem, y0, t, self.generator)
+            return unflatten(ys)
+        ys, reg, self.stats = self.penalty(problem, y0, t, self.generator)
         self.reg_loss = reg * self.weight()
-        return ys
+        return unflatten(ys)
+
+    def _flat(self, y0: Tensor | tuple[Tensor, ...]) -> tuple[Problem, Tensor, Callable]:
+        """A tuple ``y0`` (an ODE's, e.g. a CNF's ``(z, logp)``) is solved as one flat state, as
+        :func:`local_reg.odeint` does (:mod:`local_reg._tuple`): the problem's field is wrapped and
+        the outputs are split back into a tuple. The penalty sees the flat state."""
+        if not isinstance(y0, tuple):
+            return self.problem, y0, lambda ys: ys
+        if not isinstance(self.problem, ODEProblem):
+            raise TypeError("tuple states are for ODEs: an SDE's y0 is one (batch, d) tensor")
+        state = TupleState(y0)
+        return (
+            self.problem.with_func(TupleField(self.problem.func, state)),
+            state.flatten(y0),
+            state.unflatten,
+        )
 
     def penalize(
         self, y0: Tensor, t: Tensor | Sequence[float], bm: Any | None = None
@@ -339,7 +356,9 @@ class Regularized(nn.Module):
         ``reg_loss`` and ``stats`` are left as they are. ``bm``: an SDE's Brownian motion."""
         if self.penalty is None:
             raise ValueError("this model has no penalty: it is the plain solve")
-        return self.penalty(self.problem, y0, t, self.generator, bm)
+        problem, y0, unflatten = self._flat(y0)
+        ys, reg, stats = self.penalty(problem, y0, t, self.generator, bm)
+        return unflatten(ys), reg, stats
 
     def get_extra_state(self) -> dict[str, Any]:
         # The schedule's iteration and the sampler's RNG state, so a resumed run continues both.

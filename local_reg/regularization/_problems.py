@@ -9,6 +9,7 @@ their backends, and take the local regularizer's probe step from a point of the 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -140,6 +141,12 @@ class ODEProblem(_Problem):
             raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
         super().__init__(config)
         self.func = func
+
+    def with_func(self, func: Callable[[Tensor, Tensor], Tensor]) -> ODEProblem:
+        """This problem, checked settings and all, with another vector field (a wrapper of ``func``)."""
+        problem = copy.copy(self)
+        problem.func = func
+        return problem
 
     def check_regularizer(self, regularizer: str, reg_method: str | ButcherTableau | None) -> ButcherTableau:
         """The tableau of the probe step, checked against the penalty."""
