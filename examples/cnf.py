@@ -57,9 +57,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 class CNFField(nn.Module):
     """The augmented field ``d/dt [z, logp] = [f(z, t), -tr(df/dz)]`` on one flat state ``(N, 3)``.
 
-    The state is one tensor rather than the tuple ``(z, logp)``: ``local_reg.odeint`` accepts tuple
-    states, but ``LocallyRegularized`` and ``GloballyRegularized`` take a single tensor. The ``logp``
-    column then also enters the solver's error norm, as it does in torchdiffeq's tuple solve.
+    The state is one tensor rather than the tuple ``(z, logp)`` (which the regularized models also
+    take, solved as this same flat state). The ``logp`` column enters the solver's error norm, as
+    it does in torchdiffeq's tuple solve.
 
     ``noise`` (``(N, 2)``, Rademacher) is fixed for a whole solve, as Hutchinson's estimator of the
     integral requires; ``exact_trace=True`` computes ``tr(df/dz)`` exactly instead (two backward
