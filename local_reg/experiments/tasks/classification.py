@@ -12,12 +12,27 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from ..methods import ODE_METHODS
 from ..models import ConcatMLP
-from ..settings import Integer
-from .base import Batch, Task, TaskData
+from ..settings import Integer, OneOf, Schema
+from .base import ODE_SOLVERS, Batch, Task, TaskData, training_fields
 
 SPLIT_FIELDS = {"train_size": Integer(1, nullable=True), "test_size": Integer(1, nullable=True)}
 """``train_size`` / ``test_size`` of :func:`split_datasets`: ``null`` keeps the whole part."""
+
+
+def classifier_schema(dim: int, n_classes: int) -> Schema:
+    """The settings of an ODE classifier of ``dim`` features and ``n_classes`` classes (both fixed by
+    the data): the training fields, the split sizes and the hidden width."""
+    return Schema(
+        {
+            **training_fields(ODE_SOLVERS, ODE_METHODS),
+            **SPLIT_FIELDS,
+            "dim": OneOf((dim,)),
+            "hidden": Integer(1),
+            "n_classes": OneOf((n_classes,)),
+        }
+    )
 
 
 class ODEClassifier(nn.Module):

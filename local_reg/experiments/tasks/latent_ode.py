@@ -291,11 +291,12 @@ class LatentODETask(Task):
             values, mask = load_physionet(settings["physionet_dir"])
             # A fixed shuffle, the same for every seed, before the train/test cut.
             order = torch.randperm(len(values), generator=torch.Generator().manual_seed(0))
-            values, mask = values[order], mask[order]
+            series = (values[order], mask[order])
             n_test = min(n_test, len(values) // 5)
             n_train = min(n_train, len(values) - n_test)
         elif settings["observation_times"] == "irregular":
-            values, mask, times = irregular_series(
+            # Each series its own observation times (values, mask, times).
+            series = irregular_series(
                 n_train + n_test,
                 settings["n_times"],
                 settings["t_max"],
@@ -305,16 +306,8 @@ class LatentODETask(Task):
                 settings["noise"],
                 seed=0,  # the data stay fixed; the seed varies training
             )
-            return TaskData(
-                train=TensorDataset(values[:n_train], mask[:n_train], times[:n_train]),
-                test=TensorDataset(
-                    values[n_train : n_train + n_test],
-                    mask[n_train : n_train + n_test],
-                    times[n_train : n_train + n_test],
-                ),
-            )
         else:
-            values, mask = periodic_series(
+            series = periodic_series(
                 n_train + n_test,
                 self._times(settings),
                 settings["n_channels"],
@@ -324,8 +317,8 @@ class LatentODETask(Task):
                 seed=0,  # the data stay fixed; the seed varies training
             )
         return TaskData(
-            train=TensorDataset(values[:n_train], mask[:n_train]),
-            test=TensorDataset(values[n_train : n_train + n_test], mask[n_train : n_train + n_test]),
+            train=TensorDataset(*(x[:n_train] for x in series)),
+            test=TensorDataset(*(x[n_train : n_train + n_test] for x in series)),
         )
 
     def build_dynamics(self, settings: dict[str, Any]) -> nn.Module:

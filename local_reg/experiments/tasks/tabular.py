@@ -6,10 +6,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from ..methods import MNIST_WEIGHTS, ODE_METHODS
-from ..settings import Integer, OneOf, Schema
-from .base import ODE_SOLVERS, TaskData, training_fields
-from .classification import SPLIT_FIELDS, ClassificationTask, split_datasets
+from ..methods import MNIST_WEIGHTS
+from .base import TaskData
+from .classification import ClassificationTask, classifier_schema, split_datasets
 
 _SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"train_size": 64, "test_size": 64, "epochs": 1, "batch_size": 32},
@@ -26,15 +25,7 @@ class TabularTask(ClassificationTask):
     """
 
     name = "tabular"
-    schema = Schema(
-        {
-            **training_fields(ODE_SOLVERS, ODE_METHODS),
-            **SPLIT_FIELDS,
-            "dim": OneOf((30,)),
-            "hidden": Integer(1),
-            "n_classes": OneOf((2,)),
-        }
-    )
+    schema = classifier_schema(30, 2)
 
     def settings(self, size: str) -> dict[str, Any]:
         return {
