@@ -15,7 +15,7 @@ import bisect
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -56,6 +56,23 @@ class ForwardSolve:
     stats: Stats | None = None
     steps: Steps | None = None
     step_states: StepStates | None = None
+
+
+class BackwardStep(NamedTuple):
+    """One accepted step as a stepwise backward pass sees it."""
+
+    t: float
+    """The step's start time."""
+    dt: float
+    """Its signed size."""
+    y: Tensor
+    """The state at its start (re-computed when a checkpoint budget dropped it)."""
+    adjoint: Tensor
+    """``lambda_{n+1}``, the cotangent of the state at its end."""
+    grad_penalty: Tensor | None
+    """The cotangent of its step penalty, or ``None``."""
+    inside: list[tuple[float, Tensor]]
+    """``(theta, dL/dy(t + theta dt))`` of the outputs read from its dense output."""
 
 
 class GradientMethod(ABC):
@@ -248,17 +265,11 @@ class StepwiseGradient(GraphFreeGradient):
         self,
         func: CountingField,
         solve: ForwardSolve,
-        t: float,
-        dt: float,
-        y: Tensor,
-        adjoint: Tensor,
-        grad_penalty: Tensor | None,
+        current: BackwardStep,
         grad_params: list[Tensor | None],
-        inside: list[tuple[float, Tensor]],
     ) -> Tensor:
-        """Map ``lambda_{n+1}`` (``adjoint``) to ``lambda_n`` across the step ``(t, y) -> t + dt``,
-        adding the step's parameter gradient to ``grad_params`` in place. ``inside`` holds
-        ``(theta, dL/dy(t + theta dt))`` of the outputs read from the step's dense output."""
+        """Map ``lambda_{n+1}`` (``current.adjoint``) to ``lambda_n`` across the step ``current``,
+        adding its parameter gradient to ``grad_params`` in place."""
 
     def backward(
         self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
@@ -279,17 +290,15 @@ class StepwiseGradient(GraphFreeGradient):
                 adjoint = adjoint + grad_ys[output]
             if n == 0:
                 break
-            adjoint = self.step_backward(
-                func,
-                solve,
+            current = BackwardStep(
                 step_starts[n - 1],
                 step_sizes[n - 1],
                 next(states),
                 adjoint,
                 None if grad_penalties is None else grad_penalties[n - 1],
-                grad_params,
                 [(theta, grad_ys[output]) for output, theta in inside[n - 1] if nonzero[output]],
             )
+            adjoint = self.step_backward(func, solve, current, grad_params)
         return adjoint, grad_params, func.calls
 
 

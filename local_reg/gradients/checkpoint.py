@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .._step import combine, step, time_tensor
 from ..interpolants import get_interpolant
-from ._function import CountingField, ForwardSolve, StepwiseGradient, add_gradients
+from ._function import BackwardStep, CountingField, ForwardSolve, StepwiseGradient, add_gradients
 
 
 class Checkpoint(StepwiseGradient):
@@ -45,14 +45,10 @@ class Checkpoint(StepwiseGradient):
         self,
         func: CountingField,
         solve: ForwardSolve,
-        t: float,
-        dt: float,
-        y: Tensor,
-        adjoint: Tensor,
-        grad_penalty: Tensor | None,
+        current: BackwardStep,
         grad_params: list[Tensor | None],
-        inside: list[tuple[float, Tensor]],
     ) -> Tensor:
+        t, dt, y, adjoint, grad_penalty, inside = current
         options = solve.options
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)

@@ -50,6 +50,7 @@ from .._step import combine, time_tensor
 from ..interpolants import get_interpolant
 from ..tableaus import ButcherTableau
 from ._function import (
+    BackwardStep,
     CountingField,
     ForwardSolve,
     StepwiseGradient,
@@ -75,14 +76,10 @@ class Symplectic(StepwiseGradient):
         self,
         func: CountingField,
         solve: ForwardSolve,
-        t: float,
-        dt: float,
-        y: Tensor,
-        adjoint: Tensor,
-        grad_penalty: Tensor | None,
+        current: BackwardStep,
         grad_params: list[Tensor | None],
-        inside: list[tuple[float, Tensor]],
     ) -> Tensor:
+        t, dt, y, adjoint, grad_penalty, inside = current
         if inside:
             return step_backward_with_outputs(func, solve, t, dt, y, adjoint, grad_params, inside)
         tableau = solve.options.tableau
