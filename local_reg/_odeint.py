@@ -17,6 +17,7 @@ from .controller import PIController
 from .gradients import (
     BacksolveAdjoint,
     Checkpoint,
+    ForwardSolve,
     GradientMethod,
     Symplectic,
     as_gradient_method,
@@ -207,9 +208,8 @@ def odeint(
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
     with torch.no_grad() if gradient_method.graph_free else nullcontext():
         f0 = evaluate_first(checked, times[0], y0)
-    ys, stats, steps, penalties = gradient_method.solve(
-        checked, y0, times, options, params, f0, record_states=record_states, step_penalty=step_penalty
-    )
+    forward = ForwardSolve(checked, times, options, params, f0, record_states, step_penalty)
+    ys, stats, steps, penalties = gradient_method.solve(y0, forward)
     stats.nfe += 1
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
     return Solution(ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties)

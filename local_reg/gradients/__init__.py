@@ -25,7 +25,6 @@ from ._function import (
     GraphFreeGradient,
     StepwiseGradient,
     check_step_penalty_support,
-    solve_without_graph,
 )
 from .adjoint import BacksolveAdjoint
 from .checkpoint import Checkpoint
@@ -106,5 +105,4 @@ __all__ = [
     "as_gradient_method",
     "check_step_penalty_support",
     "resolve_adjoint_params",
-    "solve_without_graph",
 ]

@@ -93,19 +93,9 @@ class GradientMethod(ABC):
         return None
 
     @abstractmethod
-    def solve(
-        self,
-        func: VectorField,
-        y0: Tensor,
-        times: list[float],
-        options: SolveOptions,
-        params: tuple[Tensor, ...],
-        f0: Tensor,
-        *,
-        record_states: bool,
-        step_penalty: StepPenalty | None,
-    ) -> tuple[Tensor, Stats, Steps, Tensor | None]:
-        """Solve; returns ``(ys, stats, steps, penalties)`` with ``ys`` differentiable by this method."""
+    def solve(self, y0: Tensor, solve: ForwardSolve) -> tuple[Tensor, Stats, Steps, Tensor | None]:
+        """Solve ``solve`` from ``y0``; returns ``(ys, stats, steps, penalties)`` with ``ys``
+        differentiable by this method."""
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if value is not None)
@@ -126,21 +116,15 @@ class GraphFreeGradient(GradientMethod):
         it restarts from none. ``record_states``: the user keeps every state anyway."""
         return None
 
-    def solve(
-        self,
-        func: VectorField,
-        y0: Tensor,
-        times: list[float],
-        options: SolveOptions,
-        params: tuple[Tensor, ...],
-        f0: Tensor,
-        *,
-        record_states: bool,
-        step_penalty: StepPenalty | None,
-    ) -> tuple[Tensor, Stats, Steps, Tensor | None]:
-        return solve_without_graph(
-            self, func, y0, times, options, params, f0, record_states=record_states, step_penalty=step_penalty
-        )
+    def solve(self, y0: Tensor, solve: ForwardSolve) -> tuple[Tensor, Stats, Steps, Tensor | None]:
+        """Solve forward without a graph; ``ys`` (and the penalties) are differentiated by this
+        method's :meth:`backward`. ``steps.states`` is present only with ``record_states=True`` (the
+        method may keep states internally regardless)."""
+        check_step_penalty_support(self, solve.step_penalty)
+        solve.step_states = self.new_step_states(solve.record_states)
+        ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
+        has_penalties = solve.step_penalty is not None and penalties.numel() > 0
+        return ys, solve.stats, solve.steps, penalties if has_penalties else None
 
     @abstractmethod
     def backward(
@@ -351,37 +335,3 @@ def check_step_penalty_support(method: GradientMethod, step_penalty: StepPenalty
             "differentiates every step's penalty, which needs a per-step graph; use "
             "gradient='direct' or gradient='checkpoint'"
         )
-
-
-def solve_without_graph(
-    method: GraphFreeGradient,
-    func: VectorField,
-    y0: Tensor,
-    times: list[float],
-    options: SolveOptions,
-    params: tuple[Tensor, ...],
-    f0: Tensor,
-    *,
-    record_states: bool,
-    step_penalty: StepPenalty | None,
-) -> tuple[Tensor, Stats, Steps, Tensor | None]:
-    """Solve forward without a graph; ``ys`` (and the penalties) are differentiated by ``method``.
-
-    Returns ``(ys, stats, steps, penalties)``. ``steps.states`` is present only with
-    ``record_states=True`` (the method may keep states internally regardless).
-    """
-    check_step_penalty_support(method, step_penalty)
-    solve = ForwardSolve(
-        func=func,
-        times=times,
-        options=options,
-        params=params,
-        f0=f0,
-        record_states=record_states,
-        step_penalty=step_penalty,
-        step_states=method.new_step_states(record_states),
-    )
-    ys, penalties = _SolveWithoutGraph.apply(method, solve, y0, *params)
-    steps = solve.steps
-    has_penalties = step_penalty is not None and penalties.numel() > 0
-    return ys, solve.stats, steps, penalties if has_penalties else None

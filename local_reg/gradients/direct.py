@@ -12,11 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._integrate import SolveOptions, StepPenalty, integrate_ode
-from .._step import VectorField
+from .._integrate import integrate_ode
 from ..solution import Stats, Steps
 from ._finite import guard_direct_gradients
-from ._function import GradientMethod
+from ._function import ForwardSolve, GradientMethod
 
 
 class Direct(GradientMethod):
@@ -26,22 +25,19 @@ class Direct(GradientMethod):
     supports_step_penalty = True
     graph_free = False
 
-    def solve(
-        self,
-        func: VectorField,
-        y0: Tensor,
-        times: list[float],
-        options: SolveOptions,
-        params: tuple[Tensor, ...],
-        f0: Tensor,
-        *,
-        record_states: bool,
-        step_penalty: StepPenalty | None,
-    ) -> tuple[Tensor, Stats, Steps, Tensor | None]:
+    def solve(self, y0: Tensor, solve: ForwardSolve) -> tuple[Tensor, Stats, Steps, Tensor | None]:
         """Solve under the caller's autograd mode. Autograd finds every tensor ``func`` uses;
-        ``params`` (when known) only have their gradients checked for finiteness, like ``y0``'s."""
+        ``solve.params`` (when known) only have their gradients checked for finiteness, like
+        ``y0``'s."""
+        func, times, step_penalty = solve.func, solve.times, solve.step_penalty
         outputs, stats, steps, penalties = integrate_ode(
-            func, y0, times, options, record_states=record_states, f0=f0, step_penalty=step_penalty
+            func,
+            y0,
+            times,
+            solve.options,
+            record_states=solve.record_states,
+            f0=solve.f0,
+            step_penalty=step_penalty,
         )
         ys = torch.stack(outputs)
         if ys.requires_grad:
@@ -51,6 +47,6 @@ class Direct(GradientMethod):
                 stats.nfe_backward = stats.nfe_backward or 0
 
             ys.register_hook(record_backward)
-            guard_direct_gradients(ys, (y0, *params), times[0], stats.n_steps)
+            guard_direct_gradients(ys, (y0, *solve.params), times[0], stats.n_steps)
         has_penalties = step_penalty is not None and penalties
         return ys, stats, steps, torch.stack(penalties) if has_penalties else None
