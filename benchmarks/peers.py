@@ -19,7 +19,7 @@ where the ranges do not overlap or an error is not monotone in the tolerance.
 Peers that are not installed are skipped. torchode is an optional peer (``pip install torchode``),
 not a dependency of local_reg.
 
-    python benchmarks/peers.py [--quick] [--repeats 5] [--figures docs/figures]
+    python benchmarks/peers.py [--quick] [--repeats 7] [--figures docs/figures]
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def plot(rows: dict, title: str, path: Path) -> None:
 
 def main() -> None:
     parser = mlp_problem_parser(__doc__.splitlines()[0], batch=128)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="2 repeats, MLP batch 16")
     parser.add_argument("--figures", type=Path, default=Path(__file__).parent.parent / "docs" / "figures")
     args = parser.parse_args()
