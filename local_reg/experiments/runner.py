@@ -33,9 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from ..regularization import GradientRatio
-from ..regularization._probe import PENALTIES, PROBES
-from ..regularization._sampling import STEP_SIZES
+from ..regularization import GradientRatio, LocalPenalty
 from . import distributed
 from .methods import METHODS, weight_text
 from .results import ResultsFile, ResultsWarning, atomic_write_bytes
@@ -49,11 +47,11 @@ RATIO_EVERY = 10
 RATIO_WARNING = 10.0
 """A measured ratio above this warns (once per run) that the regularizer dominates the training."""
 LOCAL_RULES: dict[str, Rule] = {
-    "probe": OneOf(PROBES),
+    "probe": OneOf(LocalPenalty.PROBES),
     "probe_scale": Real(),
-    "penalty": OneOf(PENALTIES),
+    "penalty": OneOf(LocalPenalty.PENALTIES),
     "n_draws": Integer(1),
-    "step_size": OneOf(STEP_SIZES),
+    "step_size": OneOf(LocalPenalty.STEP_SIZES),
     "reg_method": OneOf(ODE_SOLVERS),
 }
 """The ``local.*`` settings: options of the local regularizer (:class:`local_reg.LocalPenalty`)."""

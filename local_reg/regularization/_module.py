@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +26,7 @@ from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from ._main_solve import Request
 from ._penalty import finite_penalty
-from ._probe import check_probe_options, penalty_form, sample_output_times, split_outputs
+from ._probe import PENALTIES, PROBES, check_probe_options, penalty_form, sample_output_times, split_outputs
 from ._problems import (
     REGULARIZERS,
     ODEProblem,
@@ -35,7 +35,7 @@ from ._problems import (
     check_regularizer_tableau,
     step_penalty_value,
 )
-from ._sampling import check_sampling
+from ._sampling import STEP_SIZES, check_sampling
 from ._stats import RegularizationStats
 from .schedules import WeightSchedule, as_schedule
 
@@ -83,6 +83,11 @@ class LocalPenalty:
             ``"log"``) and the number of draws averaged; see :mod:`._probe`. Their defaults are the
             paper's procedure.
     """
+
+    PROBES: ClassVar[tuple[str, ...]] = PROBES
+    PENALTIES: ClassVar[tuple[str, ...]] = PENALTIES
+    STEP_SIZES: ClassVar[tuple[str, ...]] = STEP_SIZES
+    """The allowed values of ``probe``, ``penalty`` and ``step_size``."""
 
     sampling: str = "random"
     regularizer: str = "error"
