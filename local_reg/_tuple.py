@@ -52,7 +52,7 @@ class TupleState:
         """The tuple of a flat state, or of a stack of them (leading dimensions kept)."""
         lead = flat.shape[:-1]
         pieces = torch.split(flat, self.sizes, dim=-1)
-        return tuple(piece.reshape(*lead, *shape) for piece, shape in zip(pieces, self.shapes, strict=True))
+        return tuple(piece.reshape((*lead, *shape)) for piece, shape in zip(pieces, self.shapes, strict=True))
 
 
 class TupleField(nn.Module):
@@ -71,8 +71,8 @@ class TupleField(nn.Module):
 
 
 def accepts_tuple_states(solve: Callable) -> Callable:
-    """Let ``solve(func, y0, t, **options)`` take a tuple ``y0``; its solution's ``ys`` is then a
-    tuple (the step record keeps the flat states)."""
+    """Let ``solve(func, y0, t, **options)`` take a tuple ``y0``; its solution's ``ys`` and
+    ``evaluate(t)`` are then tuples (the step record keeps the flat states)."""
 
     @functools.wraps(solve)
     def wrapper(func, y0, t, **options):
@@ -82,6 +82,6 @@ def accepts_tuple_states(solve: Callable) -> Callable:
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
         solution = solve(TupleField(func, state), state.flatten(y0), t, **options)
-        return replace(solution, ys=state.unflatten(solution.ys))
+        return replace(solution, ys=state.unflatten(solution.ys), layout=state.unflatten)
 
     return wrapper

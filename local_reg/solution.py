@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -100,8 +101,10 @@ class Solution:
     stats: Stats
     steps: Steps
     penalties: Tensor | None = None
+    layout: Callable[[Tensor], Any] | None = field(default=None, repr=False)
+    """How a flat state becomes the user's (a tuple ``y0``'s tensors), or ``None``."""
 
-    def evaluate(self, t: Tensor | float) -> Tensor:
+    def evaluate(self, t: Tensor | float) -> Tensor | tuple[Tensor, ...]:
         """The solution at any ``t`` in the solved span (a float, a 0-dim or 1-D tensor of times),
         through the method's interpolant (diffrax's ``Solution.evaluate``, torchdiffeq's
         ``odeint_dense``). At a step's start or end it is that step's state exactly. Needs
@@ -109,7 +112,8 @@ class Solution:
         dense = self.steps.dense_output
         if dense is None:
             raise ValueError("evaluate needs the step records: solve with odeint(..., dense=True)")
-        return dense.evaluate(t)
+        states = dense.evaluate(t)
+        return states if self.layout is None else self.layout(states)
 
     def _not_a_tensor(self, *args: object, **kwargs: object):
         # torchdiffeq's odeint returns the states themselves; say where they are.

@@ -347,3 +347,20 @@ def test_exact_gradients_through_interpolated_outputs_backward_in_time(gradient)
     assert not set(times[1:-1]) & ends
     ours, _ = _gradient(field, y0, times, gradient, **options)
     assert _relative_error(ours, reference) <= 1e-10
+
+
+def test_evaluate_of_a_tuple_state_is_a_tuple():
+    y0 = (torch.tensor([1.0, 2.0], dtype=torch.float64), torch.zeros((), dtype=torch.float64))
+
+    def field(t, state):
+        y, s = state
+        return -y, y.sum()
+
+    times = [0.0, 0.3, 1.0]
+    solution = odeint(field, y0, times, dense=True)
+    y, s = solution.evaluate(torch.tensor(times, dtype=torch.float64))
+    torch.testing.assert_close(y, solution.ys[0])
+    torch.testing.assert_close(s, solution.ys[1])
+    # s(t) = 3 (1 - exp(-t)) for y0 = (1, 2).
+    _, s_half = solution.evaluate(0.5)
+    assert abs(float(s_half) - 3.0 * (1.0 - math.exp(-0.5))) < 1e-5
