@@ -18,6 +18,20 @@ def mlp(dim: int, width: int) -> torch.nn.Sequential:
     )
 
 
+class CallCounter(torch.nn.Module):
+    """Wraps a vector field ``f(t, y)`` and counts its calls, independently of any solver (a module,
+    so a wrapped module's parameters stay the counter's)."""
+
+    def __init__(self, field) -> None:
+        super().__init__()
+        self.field = field
+        self.calls = 0
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.field(t, y)
+
+
 class CountingMLP(torch.nn.Module):
     """``f(t, y) = mlp(y)``, counting its calls independently of any solver.
 

@@ -49,7 +49,7 @@ import torchdiffeq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fields import mlp  # noqa: E402
+from fields import CallCounter, mlp  # noqa: E402
 
 from local_reg import BacksolveAdjoint, Checkpoint, Direct, GradientMethod, Symplectic, odeint  # noqa: E402
 
@@ -65,17 +65,6 @@ class NeuralField(torch.nn.Module):
 
     def forward(self, t, y):
         return y @ self.skew.T + self.net(y)
-
-
-class CallCounter(torch.nn.Module):
-    def __init__(self, field: torch.nn.Module) -> None:
-        super().__init__()
-        self.field = field
-        self.calls = 0
-
-    def forward(self, t, y):
-        self.calls += 1
-        return self.field(t, y)
 
 
 CHECKPOINTS = 32  # the budget of kept step states of the budgeted rows: ~sqrt(2 N) at N = 500

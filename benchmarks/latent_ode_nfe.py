@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from fields import CallCounter
 from torch.utils.data import DataLoader
 
 from local_reg import Regularized
@@ -36,20 +37,9 @@ SOLVERS = {
 }
 
 
-class Counting(torch.nn.Module):
-    def __init__(self, func: torch.nn.Module) -> None:
-        super().__init__()
-        self.func = func
-        self.calls = 0
-
-    def forward(self, t, y):
-        self.calls += 1
-        return self.func(t, y)
-
-
 def build(task: LatentODETask, settings: dict, solver: dict, seed: int):
     torch.manual_seed(seed)
-    field = Counting(task.build_dynamics(settings))
+    field = CallCounter(task.build_dynamics(settings))
     block = Regularized(field, rtol=settings["solver"]["rtol"], atol=settings["solver"]["atol"], **solver)
     return task.build_network(block, settings), field
 

@@ -33,26 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fields import mlp_problem, mlp_problem_parser
+from fields import CallCounter, mlp_problem, mlp_problem_parser
 from scipy.integrate import solve_ivp
 
 import local_reg
 
 TOLERANCES = (1e-3, 1e-5, 1e-7, 1e-9)
 REFERENCE_TOL = 1e-13
-
-
-class Counting(torch.nn.Module):
-    """Wraps ``f(t, y)`` and counts its calls; with ``batched=True`` ``t`` may be per-sample."""
-
-    def __init__(self, f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        super().__init__()
-        self.f = f
-        self.calls = 0
-
-    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.f(t, y)
 
 
 def lotka_volterra(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -82,11 +69,11 @@ def reference(f: Callable, y0: torch.Tensor, t1: float) -> torch.Tensor:
     return torch.from_numpy(sol.y[:, -1]).reshape(shape)
 
 
-def solvers(tol: float) -> dict[str, Callable[[Counting, torch.Tensor, float], torch.Tensor]]:
+def solvers(tol: float) -> dict[str, Callable[[CallCounter, torch.Tensor, float], torch.Tensor]]:
     """Each solver as ``solve(field, y0, t1) -> y(t1)``; ``y0`` is batched ``(batch, dim)``."""
 
     def ours(method: str) -> Callable:
-        def solve(field: Counting, y0: torch.Tensor, t1: float) -> torch.Tensor:
+        def solve(field: CallCounter, y0: torch.Tensor, t1: float) -> torch.Tensor:
             t = torch.tensor([0.0, t1], dtype=y0.dtype)
             return local_reg.odeint(field, y0, t, method=method, rtol=tol, atol=tol).ys[-1]
 
@@ -96,7 +83,7 @@ def solvers(tol: float) -> dict[str, Callable[[Counting, torch.Tensor, float], t
     if importlib.util.find_spec("torchdiffeq") is not None:
         import torchdiffeq
 
-        def tdiffeq(field: Counting, y0: torch.Tensor, t1: float) -> torch.Tensor:
+        def tdiffeq(field: CallCounter, y0: torch.Tensor, t1: float) -> torch.Tensor:
             t = torch.tensor([0.0, t1], dtype=y0.dtype)
             return torchdiffeq.odeint(field, y0, t, method="dopri5", rtol=tol, atol=tol)[-1]
 
@@ -104,7 +91,7 @@ def solvers(tol: float) -> dict[str, Callable[[Counting, torch.Tensor, float], t
     if importlib.util.find_spec("torchode") is not None:
         import torchode
 
-        def tode(field: Counting, y0: torch.Tensor, t1: float) -> torch.Tensor:
+        def tode(field: CallCounter, y0: torch.Tensor, t1: float) -> torch.Tensor:
             term = torchode.ODETerm(field)
             solver = torchode.AutoDiffAdjoint(
                 torchode.Tsit5(term=term), torchode.IntegralController(atol=tol, rtol=tol, term=term)
@@ -120,7 +107,7 @@ def measure(
     f: Callable, y0: torch.Tensor, t1: float, y_ref: torch.Tensor, repeats: int
 ) -> dict[tuple[str, float], tuple[float, int, float]]:
     """``(solver, tol) -> (error, NFE, median seconds)``, repeats interleaved across solvers."""
-    field = Counting(f)
+    field = CallCounter(f)
     runs = {(name, tol): solve for tol in TOLERANCES for name, solve in solvers(tol).items()}
     times: dict[tuple[str, float], list[float]] = {key: [] for key in runs}
     result: dict[tuple[str, float], tuple[float, int]] = {}
