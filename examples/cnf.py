@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -30,24 +32,21 @@ import torch  # noqa: E402
 from sklearn.datasets import make_moons  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from local_reg import GloballyRegularized, LocallyRegularized, Regularized  # noqa: E402
+from local_reg import Regularized  # noqa: E402
+
+# The examples' shared options and model choice, whatever the working directory.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_run_options, example_parser, make_model  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--regularize", choices=("none", "local", "global"), default="local")
-    parser.add_argument("--weight", type=float, default=None, help="penalty weight (default per regularizer)")
-    parser.add_argument("--iterations", type=int, default=500)
-    parser.add_argument("--quick", action="store_true", help="a few iterations on small batches")
+    parser = example_parser(
+        __doc__.split("\n\n")[0], iterations=500, quick="a few iterations on small batches"
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--rtol", type=float, default=1e-5)
-    parser.add_argument("--atol", type=float, default=1e-5)
     parser.add_argument("--grid", type=int, default=60, help="points per side of the density plot")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="cnf.png", help="where to save the plot")
+    add_run_options(parser, lr=5e-3, tol=1e-5, out="cnf.png")
     args = parser.parse_args(argv)
     if args.quick:
         args.iterations, args.batch_size, args.grid = min(args.iterations, 10), 64, 20
@@ -97,15 +96,6 @@ class CNFField(nn.Module):
                 trace = (noise_jacobian * self.noise).sum(1)
         derivative = torch.cat([dz, -trace.unsqueeze(1)], dim=1)
         return derivative if keep_graph else derivative.detach()
-
-
-def make_model(func: nn.Module, regularize: str, weight: float | None, **solve: object) -> Regularized:
-    """The three variants share one interface: ``model(y0, t)`` and ``model.reg_loss``."""
-    if regularize == "local":
-        return LocallyRegularized(func, sampling="random", weight=1.0 if weight is None else weight, **solve)
-    if regularize == "global":
-        return GloballyRegularized(func, weight=1.0 if weight is None else weight, **solve)
-    return Regularized(func, **solve)  # no penalty: reg_loss stays 0
 
 
 def log_likelihood(model: Regularized, x: Tensor) -> Tensor:

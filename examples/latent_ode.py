@@ -20,8 +20,10 @@ test series with the model's reconstruction on a fine grid.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -30,20 +32,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from local_reg import GloballyRegularized, LocallyRegularized, Regularized  # noqa: E402
 from local_reg.experiments.models import ConcatMLP  # noqa: E402
 from local_reg.experiments.tasks.latent_ode import LatentODE, irregular_series, masked_mse  # noqa: E402
+
+# The examples' shared options and model choice, whatever the working directory.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_run_options, example_parser, make_model  # noqa: E402
 
 T_MAX = 5.0
 N_CHANNELS = 3
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--regularize", choices=("none", "local", "global"), default="local")
-    parser.add_argument("--weight", type=float, default=None, help="penalty weight (default per regularizer)")
-    parser.add_argument("--iterations", type=int, default=300)
-    parser.add_argument("--quick", action="store_true", help="a few iterations on a few series")
+    parser = example_parser(
+        __doc__.split("\n\n")[0], iterations=300, quick="a few iterations on a few series"
+    )
     parser.add_argument("--n-train", type=int, default=1000)
     parser.add_argument("--n-test", type=int, default=100)
     parser.add_argument("--n-times", type=int, default=25, help="candidate observation times per series")
@@ -51,27 +54,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--latent", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=40)
     parser.add_argument("--rec-hidden", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--rtol", type=float, default=1e-6)
-    parser.add_argument("--atol", type=float, default=1e-6)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="latent_ode.png", help="where to save the plot")
+    add_run_options(parser, lr=1e-2, tol=1e-6, out="latent_ode.png")
     args = parser.parse_args(argv)
     if args.quick:
         args.iterations = min(args.iterations, 10)
         args.n_train, args.n_test = min(args.n_train, 100), min(args.n_test, 20)
     return args
-
-
-def make_block(func: torch.nn.Module, regularize: str, weight: float | None, **solve: object) -> Regularized:
-    """The latent ODE ``z0 -> z(t)``; weights default to the PhysioNet coefficients of [LR23]/[GR21]."""
-    if regularize == "local":
-        weight = 100.0 if weight is None else weight
-        return LocallyRegularized(func, sampling="random", weight=weight, **solve)
-    if regularize == "global":
-        return GloballyRegularized(func, weight=1000.0 if weight is None else weight, **solve)
-    return Regularized(func, **solve)  # no penalty: reg_loss stays 0
 
 
 def evaluate(model: LatentODE, values: Tensor, mask: Tensor, times: Tensor) -> tuple[int, float]:
@@ -95,8 +83,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     train = (values[: args.n_train], mask[: args.n_train], times[: args.n_train])
     test = (values[args.n_train :], mask[args.n_train :], times[args.n_train :])
 
-    block = make_block(
-        ConcatMLP(args.latent, args.hidden), args.regularize, args.weight, rtol=args.rtol, atol=args.atol
+    # Default weights: the PhysioNet coefficients of [LR23] (local) and [GR21] (global).
+    block = make_model(
+        ConcatMLP(args.latent, args.hidden),
+        args.regularize,
+        args.weight,
+        local_weight=100.0,
+        global_weight=1000.0,
+        rtol=args.rtol,
+        atol=args.atol,
     )
     grid = torch.linspace(0.0, T_MAX, args.n_times)  # only used by the model without per-series times
     model = LatentODE(block, N_CHANNELS, args.latent, args.rec_hidden, grid, kl_weight=1e-3)

@@ -17,8 +17,10 @@ a plot of the true and learned trajectories.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -27,27 +29,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from local_reg import GloballyRegularized, LocallyRegularized, Regularized, odeint  # noqa: E402
+from local_reg import Regularized, odeint  # noqa: E402
+
+# The examples' shared options and model choice, whatever the working directory.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_run_options, example_parser, make_model  # noqa: E402
 
 TRUE_A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--regularize", choices=("none", "local", "global"), default="local")
-    parser.add_argument("--weight", type=float, default=None, help="penalty weight (default per regularizer)")
-    parser.add_argument("--iterations", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="a few iterations on a short trajectory")
+    parser = example_parser(
+        __doc__.split("\n\n")[0], iterations=1000, quick="a few iterations on a short trajectory"
+    )
     parser.add_argument("--data-size", type=int, default=1000, help="points on the true trajectory")
     parser.add_argument("--batch-time", type=int, default=10, help="points per training segment")
     parser.add_argument("--batch-size", type=int, default=20, help="segments per batch")
     parser.add_argument("--hidden", type=int, default=50)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--rtol", type=float, default=1e-6)
-    parser.add_argument("--atol", type=float, default=1e-6)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default="ode_demo.png", help="where to save the plot")
+    add_run_options(parser, lr=1e-3, tol=1e-6, out="ode_demo.png")
     args = parser.parse_args(argv)
     if args.quick:
         args.iterations, args.data_size = min(args.iterations, 20), min(args.data_size, 200)
@@ -67,15 +66,6 @@ class ODEFunc(nn.Module):
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         return self.net(y**3)
-
-
-def make_model(func: nn.Module, regularize: str, weight: float | None, **solve: object) -> Regularized:
-    """The three variants share one interface: ``model(y0, t)`` and ``model.reg_loss``."""
-    if regularize == "local":
-        return LocallyRegularized(func, sampling="random", weight=1.0 if weight is None else weight, **solve)
-    if regularize == "global":
-        return GloballyRegularized(func, weight=1.0 if weight is None else weight, **solve)
-    return Regularized(func, **solve)  # no penalty: reg_loss stays 0
 
 
 def measure_nfe(model: Regularized, y0: Tensor, t: Tensor) -> tuple[int, Tensor]:
