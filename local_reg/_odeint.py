@@ -158,7 +158,10 @@ def odeint(
             first-step heuristic), as torchdiffeq's ``options["norm"]``; ``scaled_error`` has the
             shape of the (flat) state.
         callbacks: a :class:`~local_reg._integrate.StepCallbacks` whose functions the forward loop
-            calls with ``(t0, y0, dt)`` on every attempted, accepted and rejected step.
+            calls with ``(t0, y0, dt)`` on every attempted, accepted and rejected step; its
+            ``stop`` condition ends the solve early (then ``t = [t0, t1]``, ``t1`` giving only the
+            direction, and ``solution.ts[-1]`` is where it stopped): terminal events are
+            :func:`local_reg.odeint_event`.
         checkpoints, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: deprecated
             spellings of ``Checkpoint(checkpoints)``, ``Symplectic(checkpoints)`` and
             ``BacksolveAdjoint(method, rtol, atol, **options)``.
@@ -211,5 +214,7 @@ def odeint(
     forward = ForwardSolve(checked, times, options, params, f0, record_states, step_penalty)
     ys, stats, steps, penalties = gradient_method.solve(y0, forward)
     stats.nfe += 1
+    if steps.stop_time is not None:
+        times = [times[0], steps.stop_time]
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
     return Solution(ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties)

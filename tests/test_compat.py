@@ -159,14 +159,6 @@ def test_unsupported_methods_name_the_alternatives(method):
         compat.odeint(Linear(), y0, t, method=method)
 
 
-def test_events_are_not_implemented():
-    y0, t = y0_and_t()
-    with pytest.raises(NotImplementedError, match="event"):
-        compat.odeint(Linear(), y0, t, event_fn=lambda t, y: y.sum())
-    with pytest.raises(NotImplementedError, match="event"):
-        compat.odeint_event(Linear(), y0, t[0], event_fn=lambda t, y: y.sum())
-
-
 class Recording(Linear):
     def __init__(self) -> None:
         super().__init__()

@@ -144,7 +144,8 @@ class BacksolveAdjoint(GraphFreeGradient):
     ) -> tuple[Tensor, list[Tensor | None], int]:
         state_shape = ys.shape[1:]
         n = state_shape.numel()
-        if len(solve.times) == 1:
+        times = solve.solved_times
+        if len(times) == 1:
             return grad_ys[0], [None] * len(solve.params), 0
         options = self.backward_options(solve.options)
         if self.norm == "seminorm":
@@ -153,15 +154,13 @@ class BacksolveAdjoint(GraphFreeGradient):
         adjoint = grad_ys[-1].reshape(-1)
         parameter_gradient = ys.new_zeros(sum(p.numel() for p in solve.params))
         # Restart at every output time that carries a cotangent (and at t0).
-        last = len(solve.times) - 1
+        last = len(times) - 1
         restarts = [0, *(i for i in range(1, last) if bool(grad_ys[i].any())), last]
         calls = 0
         for end, start in reversed(list(pairwise(restarts))):
             # Restart from the forward output rather than the backsolved y: it is more accurate.
             z_start = torch.cat([ys[start].reshape(-1), adjoint, parameter_gradient])
-            outputs, stats, _, _ = integrate_ode(
-                dynamics, z_start, [solve.times[start], solve.times[end]], options
-            )
+            outputs, stats, _, _ = integrate_ode(dynamics, z_start, [times[start], times[end]], options)
             calls += stats.nfe
             z = outputs[-1]
             adjoint = z[n : 2 * n] + grad_ys[end].reshape(-1)
