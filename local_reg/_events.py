@@ -3,10 +3,11 @@
 The solve is one run of the one loop (:func:`local_reg._integrate.integrate`) with a stop condition
 (``StepCallbacks.stop``): after every accepted step the event function is evaluated at the step's
 end; on the first step where it has changed sign, the event time is located inside the step on the
-step's dense output (:mod:`local_reg.interpolants`) by the Illinois variant of regula falsi, to the
-time resolution, and the solve ends there. Several entries are combined as torchdiffeq combines them:
-``h = min_i s_i g_i(t, y)`` with ``s = sign(g(t0, y0))`` starts positive, and the event is the first
-time any entry changes sign.
+step's dense output (:mod:`local_reg.interpolants`) by the Illinois variant of regula falsi,
+safeguarded by bisection, to the time resolution of the state's dtype (five or six evaluations of
+``event_fn`` on smooth problems, ``benchmarks/events.py``), and the solve ends there. Several entries
+are combined as torchdiffeq combines them: ``h = min_i s_i g_i(t, y)`` with ``s = sign(g(t0, y0))``
+starts positive, and the event is the first time any entry changes sign.
 
 Gradients, by the implicit function theorem. The solve differentiates the state ``y(t_e)`` at the
 event time *held fixed* (any gradient method; the last output lies inside the last step, which the
@@ -49,9 +50,10 @@ EventFunction = Callable[[Tensor, Any], Tensor]
 a tuple ``y0``); the output is a floating-point tensor of any fixed shape (a 0-dim tensor for one
 event), each of whose entries is an event function."""
 
-_MAX_ROOT_ITERATIONS = 200
-"""A cap far above what the located bracket needs: bisection alone halves it at least every other
-iteration, and 2 * 53 halvings reach any float64 resolution from any step."""
+
+_MAX_ROOT_ITERATIONS = 400
+"""A cap the safeguarded iteration does not reach: three evaluations per halving take any bracket
+to the float64 resolution in fewer."""
 
 
 class CombinedEvent:
@@ -67,7 +69,7 @@ class CombinedEvent:
         self.layout = layout
         self.shape: torch.Size | None = None
         with torch.no_grad():
-            initial = self.values(t0, y0)
+            initial = self.values(t0, y0.detach())
         self.shape = initial.shape
         self.signs = torch.sign(initial)
         self.at_start = bool((self.signs == 0).any())
@@ -100,20 +102,26 @@ class CombinedEvent:
 
 def find_root(h: Callable[[float], float], ta: float, ha: float, tb: float, hb: float, xtol: float) -> float:
     """A time in ``(ta, tb]`` within ``xtol`` of a sign change of ``h``, given ``h(ta) = ha > 0 >=
-    hb = h(tb)``; the returned end of the bracket is the one where ``h <= 0`` (the event has
-    happened). Illinois regula falsi (Dowell and Jarratt, BIT 11, 1971), with a bisection whenever
-    the previous iteration did not halve the bracket, so it converges superlinearly on a simple root
-    and never slower than bisection at half speed."""
+    hb = h(tb)``; of the final bracket it returns the end where ``h <= 0`` (the event has happened).
+
+    Illinois regula falsi (Dowell and Jarratt, BIT 11, 1971), superlinear on a simple root, with
+    two safeguards as in Brent's method: a trial point stays ``xtol / 2`` inside the bracket, so
+    that once one end has converged the next point lands across the root and closes the bracket;
+    and a bracket that has not halved in three iterations is bisected, so that no ``h`` (a multiple
+    root, a jump) takes more than three evaluations per halving."""
     replaced = 0  # which end the last iteration replaced: +1 ta, -1 tb
-    previous_width = math.inf
+    widths = [math.inf] * 3
     for _ in range(_MAX_ROOT_ITERATIONS):
         width = abs(tb - ta)
         if hb == 0.0 or width <= xtol:
             break
-        tc = tb - hb * (tb - ta) / (hb - ha)
-        if width > 0.5 * previous_width or not min(ta, tb) < tc < max(ta, tb):
+        if width > 0.5 * widths[-3]:
             tc = 0.5 * (ta + tb)
-        previous_width = width
+        else:
+            margin = 0.5 * xtol
+            low, high = min(ta, tb) + margin, max(ta, tb) - margin
+            tc = min(max(tb - hb * (tb - ta) / (hb - ha), low), high)
+        widths.append(width)
         hc = h(tc)
         if hc > 0.0:
             ta, ha = tc, hc
@@ -140,15 +148,21 @@ class EventLocator:
     def __call__(
         self, t0: float, t1: float, y1: Tensor, dense: Callable[[list[float]], Tensor]
     ) -> float | None:
+        # Detached: a view of a tensor that requires grad still requires grad under no_grad.
         with torch.no_grad():
-            end_value = float(self.event(t1, y1))
+            end_value = float(self.event(t1, y1.detach()))
             if end_value > 0.0:
                 self.start_value = end_value
                 return None
             # The time resolution of the state's dtype at this time.
             xtol = 4 * torch.finfo(y1.dtype).eps * max(abs(t0), abs(t1))
             return find_root(
-                lambda t: float(self.event(t, dense([t])[0])), t0, self.start_value, t1, end_value, xtol
+                lambda t: float(self.event(t, dense([t])[0].detach())),
+                t0,
+                self.start_value,
+                t1,
+                end_value,
+                xtol,
             )
 
 

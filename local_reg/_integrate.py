@@ -137,7 +137,8 @@ class StepLog:
 
 class AcceptedStep:
     """The dense output of one accepted step ``(t, y) -> (t + dt, result.y1)``; the stages the
-    interpolant combines are evaluated once, when first needed (counted in ``stats``)."""
+    interpolant combines are evaluated once, when first needed (counted in ``stats``), under the
+    solve's autograd mode even when a stop condition asks first, under ``no_grad``."""
 
     def __init__(
         self, stepper: Stepper, result: Any, t: float, dt: float, y: Tensor, t_next: float, stats: Stats
@@ -149,12 +150,14 @@ class AcceptedStep:
         self.y = y
         self.t_next = t_next
         self.stats = stats
+        self.grad_mode = torch.is_grad_enabled()
         self._stages: Any = None
 
     @property
     def stages(self) -> Any:
         if self._stages is None:
-            self._stages = self.stepper.dense_stages(self.result, self.t_next, self.stats)
+            with torch.set_grad_enabled(self.grad_mode):
+                self._stages = self.stepper.dense_stages(self.result, self.t_next, self.stats)
         return self._stages
 
     def states(self, t_outs: list[float]) -> Tensor:

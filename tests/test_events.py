@@ -12,9 +12,10 @@ from torch import nn
 
 import local_reg
 import local_reg.compat as compat
-from local_reg import SolverError, odeint_event
+from local_reg import SolverError, _events, odeint_event
 
 GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint"]
+TIGHT = {"rtol": 1e-11, "atol": 1e-13}
 
 
 class Ball(nn.Module):
@@ -58,16 +59,8 @@ def falling_ball(gradient, h=10.0, v=2.0, g=9.81, t0=0.0, **kwargs):
     height = torch.tensor(h, dtype=torch.float64, requires_grad=True)
     velocity = torch.tensor(v, dtype=torch.float64, requires_grad=True)
     start = torch.tensor(t0, dtype=torch.float64, requires_grad=True)
-    event_t, solution = odeint_event(
-        func,
-        torch.stack([height, velocity]),
-        start,
-        event_fn=ground,
-        gradient=gradient,
-        rtol=1e-10,
-        atol=1e-12,
-        **kwargs,
-    )
+    y0 = torch.stack([height, velocity])
+    event_t, solution = odeint_event(func, y0, start, event_fn=ground, gradient=gradient, **TIGHT, **kwargs)
     return event_t, solution, (height, velocity, start, func.g, ground.level)
 
 
@@ -132,15 +125,9 @@ def pendulum_loss(x: list[float], gradient: str = "direct") -> tuple[torch.Tenso
     def event_fn(t, y):
         return y[0] - level
 
+    y0 = torch.stack([x0, v0])
     event_t, solution = odeint_event(
-        func,
-        torch.stack([x0, v0]),
-        t0,
-        event_fn=event_fn,
-        gradient=gradient,
-        adjoint_params=(w, c, a),
-        rtol=1e-11,
-        atol=1e-13,
+        func, y0, t0, event_fn=event_fn, gradient=gradient, adjoint_params=(w, c, a), **TIGHT
     )
     return event_t + 0.3 * solution.ys[-1, 1], inputs
 
@@ -158,6 +145,57 @@ def test_nonlinear_event_gradients_match_finite_differences(gradient):
         with torch.no_grad():
             numeric = (float(pendulum_loss(plus)[0]) - float(pendulum_loss(minus)[0])) / (2 * eps)
         assert want == pytest.approx(numeric, rel=1e-6, abs=1e-7), index
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "bosh3", "heun_euler"])
+def test_exact_graph_free_methods_equal_direct_with_the_event_inside_the_last_step(method):
+    # The event state is read from the last step's dense output (with the extra stage f(t + dt, y1)
+    # for heun_euler): checkpoint and symplectic differentiate it as backpropagation does.
+    base = [1.0, 0.5, 0.2, -0.3, 1.3, 0.2, 0.4]
+    grads = {}
+    for gradient in ("direct", "checkpoint", "symplectic"):
+        inputs = [torch.tensor(value, dtype=torch.float64, requires_grad=True) for value in base]
+        x0, v0, t0, level, w, c, a = inputs
+        event_t, solution = odeint_event(
+            pendulum(w, c, a),
+            torch.stack([x0, v0]),
+            t0,
+            event_fn=lambda t, y, level=level: y[0] - level,
+            gradient=gradient,
+            adjoint_params=(w, c, a),
+            method=method,
+            rtol=1e-5,
+            atol=1e-7,
+        )
+        theta = (solution.steps.stop_time - solution.steps.t[-1]) / solution.steps.dt[-1]
+        assert 0 < theta < 1
+        grads[gradient] = torch.stack(torch.autograd.grad(event_t + 0.3 * solution.ys[-1, 1], inputs))
+    torch.testing.assert_close(grads["checkpoint"], grads["direct"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads["symplectic"], grads["direct"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("h", "root", "most_calls"),
+    [
+        (math.cos, math.pi / 2, 10),  # a simple root: superlinear
+        # Regula falsi alone would crawl on a triple root and a jump: the safeguard bisects at least
+        # every third evaluation, and 48 halvings take the bracket from 2.9 to 1e-14.
+        (lambda t: (1.3 - t) ** 3, 1.3, 3 * 48),
+        (lambda t: 1.0 if t < 0.7 else -1.0, 0.7, 3 * 48),
+    ],
+)
+def test_find_root_brackets_the_sign_change_to_the_tolerance(h, root, most_calls):
+    calls = []
+
+    def counted(t):
+        calls.append(t)
+        return h(t)
+
+    xtol = 1e-14
+    found = _events.find_root(counted, 0.1, h(0.1), 3.0, h(3.0), xtol)
+    assert h(found) <= 0
+    assert abs(found - root) <= 2 * xtol
+    assert len(calls) <= most_calls
 
 
 def test_several_entries_stop_at_the_first_that_changes_sign():
