@@ -18,19 +18,10 @@ import math
 import numpy as np
 import torch
 import torchdiffeq
+from fields import CallCounter
 from scipy.integrate import solve_ivp
 
 import local_reg.compat as compat
-
-
-class Counted:
-    def __init__(self, function) -> None:
-        self.function = function
-        self.calls = 0
-
-    def __call__(self, t, y):
-        self.calls += 1
-        return self.function(t, y)
 
 
 def ball(t, y):
@@ -46,9 +37,9 @@ def pendulum(t, y):
 
 
 PROBLEMS = {
-    "ball": (ball, [10.0, 2.0], lambda t, y: y[0], None),
-    "spiral": (spiral, [1.0, 0.0], lambda t, y: y[0] - 0.2 * torch.cos(t), None),
-    "pendulum": (pendulum, [1.0, 0.5], lambda t, y: y[0] + 0.3, None),
+    "ball": (ball, [10.0, 2.0], lambda t, y: y[0]),
+    "spiral": (spiral, [1.0, 0.0], lambda t, y: y[0] - 0.2 * torch.cos(t)),
+    "pendulum": (pendulum, [1.0, 0.5], lambda t, y: y[0] + 0.3),
 }
 
 
@@ -69,11 +60,11 @@ def reference_time(func, y0, event_fn) -> float:
 def main() -> None:
     print("| problem | library | event time error | NFE forward | event_fn calls | NFE backward |")
     print("|---|---|---|---|---|---|")
-    for name, (func, state, event_fn, _) in PROBLEMS.items():
+    for name, (func, state, event_fn) in PROBLEMS.items():
         exact = math.sqrt(2.0**2 + 2 * 9.81 * 10.0) / 9.81 + 2.0 / 9.81 if name == "ball" else None
         reference = exact if exact is not None else reference_time(func, state, event_fn)
         for library, module in (("local_reg.compat", compat), ("torchdiffeq", torchdiffeq)):
-            counted_func, counted_event = Counted(func), Counted(event_fn)
+            counted_func, counted_event = CallCounter(func), CallCounter(event_fn)
             y0 = torch.tensor(state, dtype=torch.float64, requires_grad=True)
             event_t, _ = module.odeint_event(
                 counted_func, y0, torch.tensor(0.0, dtype=torch.float64), event_fn=counted_event
