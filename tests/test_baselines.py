@@ -15,6 +15,9 @@ from local_reg import (
     SteerRegularized,
     TayNODERegularized,
     odeint,
+    rnode_regularization,
+    steer_regularization,
+    taynode_regularization,
 )
 from local_reg.regularization.rnode import rademacher
 from local_reg.regularization.steer import sample_end_time
@@ -418,3 +421,39 @@ def test_default_generator_follows_the_global_seed_without_consuming_it(z0):
         model(z0, [0.0, 1.0])
         ends.append(model.stats.t_end)
     assert ends[0] == ends[1] != ends[2]
+
+
+@pytest.mark.parametrize(
+    "function, cls, settings",
+    [
+        (steer_regularization, SteerRegularized, dict(b=0.4)),
+        (rnode_regularization, RNODERegularized, {}),
+        (taynode_regularization, TayNODERegularized, dict(order=2)),
+    ],
+)
+def test_functional_form_is_one_training_pass_of_the_module(function, cls, settings, z0):
+    t = [0.0, 1.0]
+    field = Linear()
+    if cls is TayNODERegularized:
+        ys, reg, stats = function(field, z0, t, **settings)
+        expected_ys, expected_reg, _ = cls(field, **settings).penalize(z0, t)
+    else:
+        ys, reg, stats = function(field, z0, t, generator=torch.Generator().manual_seed(3), **settings)
+        model = cls(field, generator=torch.Generator().manual_seed(3), **settings)
+        expected_ys, expected_reg, _ = model.penalize(z0, t)
+    torch.testing.assert_close(ys, expected_ys)
+    torch.testing.assert_close(reg, expected_reg)
+    assert reg.requires_grad == (cls is not SteerRegularized)
+    assert stats.main.nfe > 0
+
+
+def test_functional_forms_draw_anew_each_call_and_follow_the_global_seed(z0):
+    def draws(seed):
+        torch.manual_seed(seed)
+        ends = [steer_regularization(Linear(), z0, [0.0, 1.0], b=0.4)[2].t_end for _ in range(2)]
+        noise = [rnode_regularization(Linear(), z0, [0.0, 1.0])[1].item() for _ in range(2)]
+        return ends, noise
+
+    (ends, noise), (ends_again, noise_again) = draws(1), draws(1)
+    assert ends == ends_again and noise == noise_again
+    assert ends[0] != ends[1] and noise[0] != noise[1]
