@@ -141,7 +141,8 @@ def rnode_regularization(
 ) -> tuple[Tensor, Tensor, BaselineStats]:
     """One RNODE [RNODE20] training pass without a module: ``(ys, reg, stats)``, ``reg`` the
     *unweighted* ``kinetic * R_K + jacobian * R_J`` of the solve (the module docstring's integrals).
-    ``settings`` are :class:`RNODERegularized`'s keywords; ``generator`` (default: one seeded from the global
-    stream, so that ``torch.manual_seed`` fixes the call and repeated calls draw anew) draws the Hutchinson noise.
+    ``settings`` are :class:`RNODERegularized`'s keywords; ``generator`` (default: one seeded from the
+    global stream, so that ``torch.manual_seed`` fixes the call and repeated calls draw anew) draws the
+    Hutchinson noise.
     """
     return RNODERegularized(func, generator=call_generator(generator), **settings).penalize(y0, t)
