@@ -402,6 +402,7 @@ def test_cli_stops_at_the_first_batch_on_a_steer_half_width_beyond_the_grid(tmp_
 
     # The grid is known only when the model is called: the first training batch raises.
     args = ["experiment", "latent_ode", "--methods", "steer", "--size", "tiny", "--set", "weights.steer=0.5"]
+    args += ["--set", "observation_times=grid"]
     with pytest.raises(ValueError, match="b=0.5 must be smaller than the last interval"):
         main([*args, "--out", str(tmp_path), "--no-progress"])
 
@@ -457,3 +458,18 @@ def test_functional_forms_draw_anew_each_call_and_follow_the_global_seed(z0):
     (ends, noise), (ends_again, noise_again) = draws(1), draws(1)
     assert ends == ends_again and noise == noise_again
     assert ends[0] != ends[1] and noise[0] != noise[1]
+
+
+def test_cli_refuses_steer_on_irregular_times_and_leaves_it_out_of_the_default_methods(tmp_path, capsys):
+    from local_reg.experiments.cli import main
+    from local_reg.experiments.tasks import REGISTRY
+
+    task = REGISTRY["latent_ode"]
+    irregular, grid = task.settings("tiny"), {**task.settings("tiny"), "observation_times": "grid"}
+    assert irregular["observation_times"] == "irregular"
+    assert "steer" not in task.default_methods(irregular) and "rnode" in task.default_methods(irregular)
+    assert task.default_methods(grid) == task.methods
+    args = ["experiment", "latent_ode", "--methods", "steer", "--size", "tiny", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path)]) != 0
+    assert "observation_times=grid" in capsys.readouterr().err
+    assert not (tmp_path / "results.jsonl").exists()
