@@ -20,8 +20,10 @@ from .gradients import (
     ForwardSolve,
     GradientMethod,
     Symplectic,
+    TimeGradient,
     as_gradient_method,
     check_step_penalty_support,
+    differentiable_times,
     resolve_adjoint_params,
 )
 from .solution import Solution
@@ -117,8 +119,9 @@ def odeint(
             cannot resolve the tolerances; integrate in float32 and cast back); or a tuple of such
             tensors (one dtype and device), solved as one flat state, with ``func`` taking and
             returning tuples and ``solution.ys`` a tuple (see :mod:`local_reg._tuple`).
-        t: output times: a 1-D tensor, numpy array or sequence of real numbers, strictly
-            increasing or decreasing (backward integration); a string is refused.
+        t: output times: a 1-D tensor, numpy array or sequence of real numbers (or 0-dim
+            tensors), strictly increasing or decreasing (backward integration); a string is
+            refused. ``ys`` is differentiable w.r.t. a ``t`` that requires grad (see ``gradient``).
         method: a name from :data:`local_reg.TABLEAUS` or a :class:`ButcherTableau`.
         rtol, atol: tolerances of the error estimate
             ``EEst = rms(err / (atol + rtol * max(|y0|, |y1|)))``; a step is accepted iff ``EEst <= 1``.
@@ -138,8 +141,13 @@ def odeint(
             continuous backsolve adjoint of Chen et al. 2018; approximate, constant memory).
             ``checkpoints=C`` keeps at most ``C`` step states (evenly spaced) instead of all ``N``;
             the backward pass re-computes the others, for one extra forward solve's evaluations,
-            with the same gradient. All four differentiate w.r.t. ``y0`` and ``adjoint_params``;
-            none w.r.t. ``t``.
+            with the same gradient. All four differentiate w.r.t. ``y0`` and ``adjoint_params``,
+            and w.r.t. ``t`` when it requires grad, by one formula for every method: that of the
+            exact solution, ``dL/dt_i = <dL/dy_i, f(t_i, y_i)>`` for ``i >= 1`` and
+            ``dL/dt_0 = -<dL/dy_0 - dL/dys[0], f(t_0, y_0)>`` (as torchdiffeq's adjoint), which
+            matches the discrete solve's to its tolerance; ``"direct"`` does not backpropagate
+            through the step sizes (docs/gradients.md). Its backward pass evaluates ``func`` once
+            per output after ``t[0]`` with a nonzero cotangent (counted in ``nfe_backward``).
         adjoint_params: the tensors the non-direct methods return gradients for, besides ``y0``;
             default ``func.parameters()`` when ``func`` is a ``torch.nn.Module``. A plain function
             needs it (``()`` if it has no parameters). Ignored by ``"direct"``, where autograd finds
@@ -184,6 +192,7 @@ def odeint(
     """
     y0 = validate_state(y0)
     times = validate_times(t)
+    t_grad = differentiable_times(t)
     options = solve_options(
         rtol, atol, first_step, max_steps, step_size, controller, get_tableau(method), norm, callbacks
     )
@@ -206,10 +215,15 @@ def odeint(
     elif adjoint_params is not None or isinstance(func, torch.nn.Module):
         # Direct differentiation needs no parameter list; with one it also checks their gradients.
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
+    timing = None if t_grad is None else TimeGradient(t_grad, checked, times)
+    if timing is not None:
+        y0 = timing.start(y0)
     with torch.no_grad() if gradient_method.graph_free else nullcontext():
         f0 = evaluate_first(checked, times[0], y0)
     forward = ForwardSolve(checked, times, options, params, f0, record_states, step_penalty)
     ys, stats, steps, penalties = gradient_method.solve(y0, forward)
     stats.nfe += 1
+    if timing is not None:
+        ys = timing.outputs(ys, f0, stats)
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
     return Solution(ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties)
