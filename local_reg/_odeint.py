@@ -20,11 +20,10 @@ from .gradients import (
     ForwardSolve,
     GradientMethod,
     Symplectic,
-    TimeGradient,
     as_gradient_method,
     check_step_penalty_support,
-    differentiable_times,
     resolve_adjoint_params,
+    time_gradient,
 )
 from .solution import Solution
 from .tableaus import ButcherTableau, get_tableau
@@ -142,12 +141,13 @@ def odeint(
             ``checkpoints=C`` keeps at most ``C`` step states (evenly spaced) instead of all ``N``;
             the backward pass re-computes the others, for one extra forward solve's evaluations,
             with the same gradient. All four differentiate w.r.t. ``y0`` and ``adjoint_params``,
-            and w.r.t. ``t`` when it requires grad, by one formula for every method: that of the
-            exact solution, ``dL/dt_i = <dL/dy_i, f(t_i, y_i)>`` for ``i >= 1`` and
-            ``dL/dt_0 = -<dL/dy_0 - dL/dys[0], f(t_0, y_0)>`` (as torchdiffeq's adjoint), which
-            matches the discrete solve's to its tolerance; ``"direct"`` does not backpropagate
-            through the step sizes (docs/gradients.md). Its backward pass evaluates ``func`` once
-            per output after ``t[0]`` with a nonzero cotangent (counted in ``nfe_backward``).
+            and w.r.t. ``t`` when it requires grad, by one formula for every method, the exact
+            solution's derivatives (as torchdiffeq's adjoint): with ``v_i`` the cotangent of
+            ``ys[i]``, ``dL/dt_i = <v_i, func(t_i, ys[i])>`` for ``i >= 1`` and
+            ``dL/dt_0 = -<dL/dy0 - v_0, func(t_0, y0)>``. It matches the discrete solve's
+            derivative to the tolerance (``"direct"`` too does not backpropagate through the step
+            sizes; docs/gradients.md) and costs one call of ``func`` per output after ``t[0]``
+            with a nonzero cotangent in the backward pass (counted in ``nfe_backward``).
         adjoint_params: the tensors the non-direct methods return gradients for, besides ``y0``;
             default ``func.parameters()`` when ``func`` is a ``torch.nn.Module``. A plain function
             needs it (``()`` if it has no parameters). Ignored by ``"direct"``, where autograd finds
@@ -192,7 +192,6 @@ def odeint(
     """
     y0 = validate_state(y0)
     times = validate_times(t)
-    t_grad = differentiable_times(t)
     options = solve_options(
         rtol, atol, first_step, max_steps, step_size, controller, get_tableau(method), norm, callbacks
     )
@@ -215,7 +214,7 @@ def odeint(
     elif adjoint_params is not None or isinstance(func, torch.nn.Module):
         # Direct differentiation needs no parameter list; with one it also checks their gradients.
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
-    timing = None if t_grad is None else TimeGradient(t_grad, checked, times)
+    timing = time_gradient(t, checked, times)
     if timing is not None:
         y0 = timing.start(y0)
     with torch.no_grad() if gradient_method.graph_free else nullcontext():

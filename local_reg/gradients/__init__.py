@@ -26,7 +26,7 @@ from ._function import (
     StepwiseGradient,
     check_step_penalty_support,
 )
-from ._times import TimeGradient, differentiable_times
+from ._times import time_gradient
 from .adjoint import BacksolveAdjoint
 from .checkpoint import Checkpoint
 from .direct import Direct
@@ -103,9 +103,8 @@ __all__ = [
     "GraphFreeGradient",
     "StepwiseGradient",
     "Symplectic",
-    "TimeGradient",
     "as_gradient_method",
     "check_step_penalty_support",
-    "differentiable_times",
     "resolve_adjoint_params",
+    "time_gradient",
 ]

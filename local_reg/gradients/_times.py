@@ -36,18 +36,6 @@ from .._step import VectorField, time_tensor
 from ..solution import Stats
 
 
-def differentiable_times(t: object) -> Tensor | None:
-    """``t`` as a 1-D tensor if ``ys`` should be differentiated w.r.t. it (grad mode on and ``t``, or
-    one of its elements, requires grad), else ``None``. Call after the times were validated."""
-    if not torch.is_grad_enabled():
-        return None
-    if isinstance(t, Tensor):
-        return t if t.requires_grad else None
-    if isinstance(t, Sequence) and any(isinstance(v, Tensor) and v.requires_grad for v in t):
-        return torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(()) for v in t])
-    return None
-
-
 class TimeGradient:
     """Differentiates one solve w.r.t. its output times ``t``: :meth:`start` wraps ``y0`` before the
     solve, :meth:`outputs` wraps ``ys`` after it."""
@@ -117,3 +105,18 @@ class _OutputTimes(torch.autograd.Function):
                 calls += 1
         timing.stats.nfe_backward = (timing.stats.nfe_backward or 0) + calls
         return None, timing.cotangent(entries), grad_ys
+
+
+def time_gradient(t: object, func: VectorField, times: list[float]) -> TimeGradient | None:
+    """A :class:`TimeGradient` if ``ys`` should be differentiated w.r.t. ``t`` (grad mode on and
+    ``t``, or one of its 0-dim tensors, requires grad), else ``None``. ``times``: ``t`` validated."""
+    if not torch.is_grad_enabled():
+        return None
+    if isinstance(t, Tensor):
+        return TimeGradient(t, func, times) if t.requires_grad else None
+    tracked = [v for v in t if isinstance(v, Tensor) and v.requires_grad] if isinstance(t, Sequence) else []
+    if not tracked:
+        return None
+    device = tracked[0].device
+    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in t])
+    return TimeGradient(stacked, func, times)
