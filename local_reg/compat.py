@@ -145,11 +145,6 @@ def _solve(
 ) -> Tensor | tuple[Tensor, ...]:
     if event_fn is not None:
         raise NotImplementedError(_NO_EVENTS)
-    if isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled():
-        raise NotImplementedError(
-            "gradients with respect to t are not implemented in local_reg.compat: pass t.detach() "
-            "(the solution is differentiated with respect to y0 and func's parameters only)"
-        )
     tableau = _tableau(method)
     opts = _check_keys("options", options, OPTIONS)
     dtype = opts.pop("dtype", None)
@@ -202,8 +197,10 @@ def odeint(
             no longer than it; default one step per interval), ``first_step``, ``max_num_steps``,
             ``norm`` (callable on the scaled error, a tuple for tuple states), ``dtype`` (accepted;
             times are always handled in float64).
-        event_fn: not implemented (``NotImplementedError``); so are gradients with respect to
-            ``t`` (a ``t`` that requires grad raises ``NotImplementedError``).
+        event_fn: not implemented (``NotImplementedError``).
+
+    A ``t`` that requires grad is differentiated as by torchdiffeq's ``odeint_adjoint``
+    (docs/gradients.md), by ``odeint`` and ``odeint_adjoint`` alike.
 
     Raises:
         ValueError: a method or option local_reg does not have (naming the alternatives), an
