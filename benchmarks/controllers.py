@@ -42,9 +42,12 @@ def main() -> None:
                 for tol in TOLERANCES:
                     field.calls = 0
                     with torch.no_grad():
-                        y1 = odeint(field, y0, t, method=method, rtol=tol, atol=tol, controller=controller).ys[-1]
+                        y1 = odeint(field, y0, t, method=method, rtol=tol, atol=tol, controller=controller).ys
+                    y1 = y1[-1]
                     rows[(label, tol)] = ((y1 - exact).abs().max().item(), field.calls)
-            nfe = {label: " / ".join(str(rows[(label, tol)][1]) for tol in TOLERANCES) for label in CONTROLLERS}
+            nfe = {
+                label: " / ".join(str(rows[(label, tol)][1]) for tol in TOLERANCES) for label in CONTROLLERS
+            }
             span = equal_error_ratio(rows, *CONTROLLERS, 1)
             ratio = "n/a" if span is None else f"{span[0]:.2f}-{span[1]:.2f}x"
             print(f"| {name} | {method} | {nfe['PI (default)']} | {nfe['integral']} | {ratio} |")
