@@ -145,14 +145,8 @@ def _solve(
     adjoint_params: Iterable[Tensor] | None,
 ) -> States | tuple[Tensor, States]:
     events = event_fn is not None
-    if events:
-        if len(t) != 2:
-            raise ValueError(f"event_fn needs len(t) == 2 (t[1] gives the direction), got len(t)={len(t)}")
-    elif isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled():
-        raise NotImplementedError(
-            "gradients with respect to t are not implemented in local_reg.compat: pass t.detach() "
-            "(the solution is differentiated with respect to y0 and func's parameters only)"
-        )
+    if events and len(t) != 2:
+        raise ValueError(f"event_fn needs len(t) == 2 (t[1] gives the direction), got len(t)={len(t)}")
     tableau = _tableau(method)
     opts = _check_keys("options", options, OPTIONS)
     dtype = opts.pop("dtype", None)
@@ -214,8 +208,10 @@ def odeint(
         event_fn: ``event_fn(t, y) -> tensor``: solve from ``t[0]`` in the direction of ``t[1]``
             (``len(t) == 2``) until it changes sign, and return ``(event_t, solution)``, the
             states at ``[t[0], event_t]`` (:func:`local_reg.odeint_event`, differentiable w.r.t.
-            ``t[0]``). Gradients with respect to ``t`` are not implemented otherwise (a ``t`` that
-            requires grad raises ``NotImplementedError``).
+            ``t[0]``; ``t[1]`` gets no gradient).
+
+    A ``t`` that requires grad is differentiated as by torchdiffeq's ``odeint_adjoint``
+    (docs/gradients.md), by ``odeint`` and ``odeint_adjoint`` alike.
 
     Raises:
         ValueError: a method or option local_reg does not have (naming the alternatives), an

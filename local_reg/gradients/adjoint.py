@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .._integrate import SolveOptions, integrate_ode
 from .._step import rms_norm
-from .._validate import positive_float, positive_int
+from .._validate import positive_float, positive_int, relative_tolerance
 from ..tableaus import ButcherTableau, get_tableau
 from ._function import ForwardSolve, GraphFreeGradient, vector_jacobian_product
 
@@ -74,7 +74,8 @@ class BacksolveAdjoint(GraphFreeGradient):
     Args:
         method: the backward solve's method (a name or a :class:`ButcherTableau`); default the
             forward's.
-        rtol, atol: the backward solve's tolerances; default the forward's.
+        rtol, atol: the backward solve's tolerances; default the forward's. ``rtol=0`` is a pure
+            absolute tolerance.
         norm: ``"default"`` (RMS over ``(y, a, g)``) or ``"seminorm"`` (over ``(y, a)`` only; Kidger,
             Chen, Lyons, ICML 2021).
         step_size: fixed steps of the backward solve. Default: the forward's (if it had one) when
@@ -102,7 +103,7 @@ class BacksolveAdjoint(GraphFreeGradient):
             self.tableau = None if method is None else get_tableau(method)
         except (TypeError, ValueError) as error:
             raise type(error)(f"BacksolveAdjoint method: {error}") from None
-        self.rtol = None if rtol is None else positive_float("BacksolveAdjoint rtol", rtol)
+        self.rtol = None if rtol is None else relative_tolerance("BacksolveAdjoint rtol", rtol)
         self.atol = None if atol is None else positive_float("BacksolveAdjoint atol", atol)
         self.norm = norm
         self.step_size = (
