@@ -176,7 +176,10 @@ def _solve(
         kwargs["max_steps"] = opts.pop("max_num_steps")
     if "norm" in opts:
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
-    return _odeint(func, y0, t, **kwargs).ys
+    # torchdiffeq 0.2.5 casts the time it hands func to y0's dtype (_PerturbFunc), whatever t's dtype:
+    # as a sequence of floats (the same values) t gives local_reg.odeint's func y0's dtype too.
+    times = t.tolist() if isinstance(t, Tensor) and t.dim() == 1 and t.is_floating_point() else t
+    return _odeint(func, y0, times, **kwargs).ys
 
 
 def odeint(
