@@ -10,6 +10,8 @@ relative), e.g. for commit ``REV``::
 A small MLP field on a small state (where the loop's own overhead matters most), no autograd, one
 thread; rounds alternate the two versions; times are the process's CPU time (less disturbed than
 wall time by other jobs on shared cores); the table gives medians and the median per-round ratio.
+Each round also times bare calls of the field, so the loop's own overhead per attempted step is
+the time per step less ``NFE / steps`` bare calls.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import time
 import torch
 
 import local_reg
+
+BARE_CALLS = 400
 
 
 def main() -> None:
@@ -46,24 +50,33 @@ def main() -> None:
     t = [0.0, args.t1]
     solvers = {"other (local_reg_old)": local_reg_old.odeint, "this checkout": local_reg.odeint}
     per_step: dict[str, list[float]] = {name: [] for name in solvers}
+    overhead: dict[str, list[float]] = {name: [] for name in solvers}
     counts = {}
     with torch.no_grad():
         for _ in range(args.rounds):
+            start = time.process_time()
+            for _ in range(BARE_CALLS):
+                net(y0)
+            bare = (time.process_time() - start) / BARE_CALLS
             for name, odeint in solvers.items():
                 start = time.process_time()
                 solution = odeint(lambda t, y: net(y), y0, t, rtol=1e-7, atol=1e-9)
-                per_step[name].append((time.process_time() - start) / solution.stats.n_steps)
-                counts[name] = (solution.stats.nfe, solution.stats.n_steps)
+                nfe, n_steps = solution.stats.nfe, solution.stats.n_steps
+                per_step[name].append((time.process_time() - start) / n_steps)
+                overhead[name].append(per_step[name][-1] - bare * nfe / n_steps)
+                counts[name] = (nfe, n_steps)
     setup = f"t in [0, {args.t1}], tsit5, rtol=1e-7, atol=1e-9, 1 thread, {args.rounds} rounds"
     print(f"MLP 2-64-64-2, batch 16, {setup}")
-    print("| version | NFE | attempted steps | us / attempted step (median) |")
-    print("|---|---|---|---|")
+    print("| version | NFE | attempted steps | us / attempted step (median) | overhead us / attempted step |")
+    print("|---|---|---|---|---|")
     for name in solvers:
         median_us = 1e6 * statistics.median(per_step[name])
-        print(f"| {name} | {counts[name][0]} | {counts[name][1]} | {median_us:.0f} |")
-    old, new = per_step.values()
-    ratio = statistics.median(n / o for n, o in zip(new, old, strict=True))
-    print(f"median per-round ratio this/other: {ratio:.3f}")
+        overhead_us = 1e6 * statistics.median(overhead[name])
+        print(f"| {name} | {counts[name][0]} | {counts[name][1]} | {median_us:.0f} | {overhead_us:.0f} |")
+    for what, samples in (("per step", per_step), ("overhead", overhead)):
+        old, new = samples.values()
+        ratio = statistics.median(n / o for n, o in zip(new, old, strict=True))
+        print(f"median per-round ratio this/other, {what}: {ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ def rms_norm(x: Tensor) -> Tensor:
 
 def error_scale(y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:
     """Elementwise tolerance scale ``atol + rtol * max(|y0|, |y1|)``."""
-    return atol + rtol * torch.maximum(y0.abs(), y1.abs())
+    # In place on the fresh maximum (whose gradient needs only y0 and y1): one allocation, not three.
+    return torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
 
 
 def combine(
@@ -75,15 +76,22 @@ def combine(
 ) -> Tensor:
     """``base + dt * sum_j coefficients[j] * stages[j]``, skipping zero coefficients.
 
-    ``base=None`` means zero. Kept out-of-place so autograd can differentiate through it.
+    ``base=None`` means zero. Differentiable: the first term makes a new tensor, the others are
+    added to it in place (the same sums, without an allocation each; autograd records in-place
+    additions to a tensor no other operation has saved).
     """
-    out = base
+    out = None
     for coefficient, stage in zip(coefficients, stages, strict=True):
         if coefficient == 0.0:
             continue
-        out = stage * (dt * coefficient) if out is None else torch.add(out, stage, alpha=dt * coefficient)
+        if out is not None:
+            out.add_(stage, alpha=dt * coefficient)
+        elif base is None:
+            out = stage * (dt * coefficient)
+        else:
+            out = torch.add(base, stage, alpha=dt * coefficient)
     if out is None:
-        return torch.zeros_like(stages[0])
+        return torch.zeros_like(stages[0]) if base is None else base
     return out
 
 
