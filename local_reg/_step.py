@@ -62,13 +62,22 @@ class StepResult:
 
 def rms_norm(x: Tensor) -> Tensor:
     """Root mean square over all elements, ``sqrt(mean(x**2))``, with a zero (not NaN) gradient at 0."""
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+    return torch.linalg.vector_norm(x) / cpu_scalar(math.sqrt(max(x.numel(), 1)), x.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def cpu_scalar(value: float, dtype: torch.dtype) -> Tensor:
+    """``value`` as a 0-dim CPU tensor of ``dtype``, made once. In arithmetic with a tensor of
+    ``dtype`` on any device it acts as the Python float would (rounded to ``dtype``, the same
+    kernel), without wrapping a new scalar tensor on every call of the per-step arithmetic."""
+    return torch.tensor(value, dtype=dtype)
 
 
 def error_scale(y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:
     """Elementwise tolerance scale ``atol + rtol * max(|y0|, |y1|)``."""
     # In place on the fresh maximum (whose gradient needs only y0 and y1): one allocation, not three.
-    return torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
+    scale = torch.maximum(y0.abs(), y1.abs())
+    return scale.mul_(cpu_scalar(rtol, scale.dtype)).add_(cpu_scalar(atol, scale.dtype))
 
 
 def combine(
