@@ -33,6 +33,9 @@ def main() -> None:
     parser.add_argument("--old", required=True, help="folder holding the package local_reg_old")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--t1", type=float, default=200.0)
+    parser.add_argument("--method", default="tsit5")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--dim", type=int, default=2, help="state dimension (the MLP's input and output)")
     args = parser.parse_args()
     sys.path.insert(0, args.old)
     import local_reg_old
@@ -40,13 +43,13 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Linear(2, 64),
+        torch.nn.Linear(args.dim, 64),
         torch.nn.Tanh(),
         torch.nn.Linear(64, 64),
         torch.nn.Tanh(),
-        torch.nn.Linear(64, 2),
+        torch.nn.Linear(64, args.dim),
     )
-    y0 = torch.randn(16, 2)
+    y0 = torch.randn(args.batch, args.dim)
     t = [0.0, args.t1]
     solvers = {"other (local_reg_old)": local_reg_old.odeint, "this checkout": local_reg.odeint}
     per_step: dict[str, list[float]] = {name: [] for name in solvers}
@@ -60,13 +63,13 @@ def main() -> None:
             bare = (time.process_time() - start) / BARE_CALLS
             for name, odeint in solvers.items():
                 start = time.process_time()
-                solution = odeint(lambda t, y: net(y), y0, t, rtol=1e-7, atol=1e-9)
+                solution = odeint(lambda t, y: net(y), y0, t, method=args.method, rtol=1e-7, atol=1e-9)
                 nfe, n_steps = solution.stats.nfe, solution.stats.n_steps
                 per_step[name].append((time.process_time() - start) / n_steps)
                 overhead[name].append(per_step[name][-1] - bare * nfe / n_steps)
                 counts[name] = (nfe, n_steps)
-    setup = f"t in [0, {args.t1}], tsit5, rtol=1e-7, atol=1e-9, 1 thread, {args.rounds} rounds"
-    print(f"MLP 2-64-64-2, batch 16, {setup}")
+    setup = f"t in [0, {args.t1}], {args.method}, rtol=1e-7, atol=1e-9, 1 thread, {args.rounds} rounds"
+    print(f"MLP {args.dim}-64-64-{args.dim}, batch {args.batch}, {setup}")
     print("| version | NFE | attempted steps | us / attempted step (median) | overhead us / attempted step |")
     print("|---|---|---|---|---|")
     for name in solvers:
