@@ -199,9 +199,12 @@ def integrate(
                 trial_non_finite = not bool(torch.isfinite(result.y1).all())
             else:
                 # One read of the device decides: EEst plus zero times the largest |y1|, which is
-                # EEst exactly when y1 is finite and NaN when it is not.
-                largest = torch.linalg.vector_norm(result.y1.detach(), ord=math.inf)
-                error_estimate = float(result.error_estimate.detach().add(largest, alpha=0.0))
+                # EEst exactly when y1 is finite and NaN when it is not (an empty y1 has no maximum).
+                check = result.error_estimate.detach()
+                if result.y1.numel():
+                    largest = torch.linalg.vector_norm(result.y1.detach(), ord=math.inf)
+                    check = check.add(largest, alpha=0.0)
+                error_estimate = float(check)
                 trial_non_finite = not math.isfinite(error_estimate)
             if trial_non_finite and not adaptive:
                 raise SolverError(stepper.failure, t=t, n_steps=stats.n_steps)
