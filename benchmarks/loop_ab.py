@@ -10,12 +10,23 @@ relative), e.g. for commit ``REV``::
 A small MLP field on a small state (where the loop's own overhead matters most), no autograd, one
 thread; rounds alternate the two versions; times are the process's CPU time (less disturbed than
 wall time by other jobs on shared cores); the table gives medians and the median per-round ratio.
+Each round also times bare calls of the field, so the loop's own overhead per attempted step is
+the time per step less ``NFE / steps`` bare calls.
+
+``--instructions`` counts executed instructions instead (valgrind's callgrind, about 20 minutes):
+deterministic, so unaffected by other jobs, though not a time. Each count runs in its own process,
+which imports both versions and solves once with each before counting: one process does nothing
+more (the baseline), one makes ``--repeats`` solves with each version, one as many bare calls of
+the field as those solves made.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import statistics
+import subprocess
 import sys
 import time
 
@@ -23,47 +34,140 @@ import torch
 
 import local_reg
 
+BARE_CALLS = 400
+VERSIONS = {"old": "other (local_reg_old)", "new": "this checkout"}
+
+
+def problem(args: argparse.Namespace):
+    """The MLP field, its initial state and the output times."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(args.dim, 64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(64, 64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(64, args.dim),
+    )
+    return net, torch.randn(args.batch, args.dim), [0.0, args.t1]
+
+
+def solvers(args: argparse.Namespace) -> dict:
+    sys.path.insert(0, args.old)
+    import local_reg_old
+
+    return {VERSIONS["old"]: local_reg_old.odeint, VERSIONS["new"]: local_reg.odeint}
+
+
+def solve(odeint, net, y0, t, args: argparse.Namespace):
+    return odeint(lambda t, y: net(y), y0, t, method=args.method, rtol=1e-7, atol=1e-9)
+
+
+def describe(args: argparse.Namespace, what: str) -> None:
+    setup = f"t in [0, {args.t1}], {args.method}, rtol=1e-7, atol=1e-9, 1 thread, {what}"
+    print(f"MLP {args.dim}-64-64-{args.dim}, batch {args.batch}, {setup}")
+
+
+def time_rounds(args: argparse.Namespace) -> None:
+    net, y0, t = problem(args)
+    odeints = solvers(args)
+    per_step: dict[str, list[float]] = {name: [] for name in odeints}
+    overhead: dict[str, list[float]] = {name: [] for name in odeints}
+    counts = {}
+    outputs = {}
+    with torch.no_grad():
+        for _ in range(args.rounds):
+            start = time.process_time()
+            for _ in range(BARE_CALLS):
+                net(y0)
+            bare = (time.process_time() - start) / BARE_CALLS
+            for name, odeint in odeints.items():
+                start = time.process_time()
+                solution = solve(odeint, net, y0, t, args)
+                nfe, n_steps = solution.stats.nfe, solution.stats.n_steps
+                per_step[name].append((time.process_time() - start) / n_steps)
+                overhead[name].append(per_step[name][-1] - bare * nfe / n_steps)
+                counts[name] = (nfe, n_steps)
+                outputs[name] = solution.ys
+    describe(args, f"{args.rounds} rounds")
+    print("| version | NFE | attempted steps | us / attempted step (median) | overhead us / attempted step |")
+    print("|---|---|---|---|---|")
+    for name in odeints:
+        median_us = 1e6 * statistics.median(per_step[name])
+        overhead_us = 1e6 * statistics.median(overhead[name])
+        print(f"| {name} | {counts[name][0]} | {counts[name][1]} | {median_us:.0f} | {overhead_us:.0f} |")
+    for what, samples in (("per step", per_step), ("overhead", overhead)):
+        old, new = samples.values()
+        ratio = statistics.median(n / o for n, o in zip(new, old, strict=True))
+        print(f"median per-round ratio this/other, {what}: {ratio:.3f}")
+    print(f"outputs identical to the bit: {torch.equal(*outputs.values())}")
+
+
+def child(args: argparse.Namespace) -> None:
+    """What one counted process runs (``--child``): warm-up solves, then its share of the work."""
+    net, y0, t = problem(args)
+    odeints = solvers(args)
+    with torch.no_grad():
+        solutions = {name: solve(odeint, net, y0, t, args) for name, odeint in odeints.items()}
+        if args.child == "bare":
+            for _ in range(args.repeats * solutions[VERSIONS["old"]].stats.nfe):
+                net(y0)
+        elif args.child != "baseline":
+            for _ in range(args.repeats):
+                solve(odeints[VERSIONS[args.child]], net, y0, t, args)
+    print("STATS", json.dumps({name: [s.stats.nfe, s.stats.n_steps] for name, s in solutions.items()}))
+
+
+def count_instructions(args: argparse.Namespace) -> None:
+    forwarded = [
+        *("--old", args.old, "--t1", str(args.t1), "--method", args.method),
+        *("--batch", str(args.batch), "--dim", str(args.dim), "--repeats", str(args.repeats)),
+    ]
+    counts = {}
+    for which in ("baseline", "bare", *VERSIONS):
+        command = [
+            *("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"),
+            *(sys.executable, __file__, "--child", which, *forwarded),
+        ]
+        run = subprocess.run(command, capture_output=True, text=True, check=True)
+        counts[which] = int(re.search(r"Collected : (\d+)", run.stderr).group(1))
+        stats = json.loads(re.search(r"STATS (.*)", run.stdout).group(1))
+    bare_per_call = (counts["bare"] - counts["baseline"]) / (args.repeats * stats[VERSIONS["old"]][0])
+    describe(args, f"{args.repeats} solves per version, executed instructions")
+    print("| version | NFE | attempted steps | instructions / attempted step | overhead / attempted step |")
+    print("|---|---|---|---|---|")
+    per_step = {}
+    overhead = {}
+    for which, name in VERSIONS.items():
+        nfe, n_steps = stats[name]
+        per_solve = (counts[which] - counts["baseline"]) / args.repeats
+        per_step[name] = per_solve / n_steps
+        overhead[name] = (per_solve - nfe * bare_per_call) / n_steps
+        print(f"| {name} | {nfe} | {n_steps} | {per_step[name]:,.0f} | {overhead[name]:,.0f} |")
+    print(f"bare call of the field: {bare_per_call:,.0f} instructions")
+    for what, values in (("per step", per_step), ("overhead", overhead)):
+        old, new = values.values()
+        print(f"ratio this/other, {what}: {new / old:.3f}")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--old", required=True, help="folder holding the package local_reg_old")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--t1", type=float, default=200.0)
+    parser.add_argument("--method", default="tsit5")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--dim", type=int, default=2, help="state dimension (the MLP's input and output)")
+    parser.add_argument("--instructions", action="store_true", help="count instructions (valgrind)")
+    parser.add_argument("--repeats", type=int, default=3, help="solves per version with --instructions")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sys.path.insert(0, args.old)
-    import local_reg_old
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(2, 64),
-        torch.nn.Tanh(),
-        torch.nn.Linear(64, 64),
-        torch.nn.Tanh(),
-        torch.nn.Linear(64, 2),
-    )
-    y0 = torch.randn(16, 2)
-    t = [0.0, args.t1]
-    solvers = {"other (local_reg_old)": local_reg_old.odeint, "this checkout": local_reg.odeint}
-    per_step: dict[str, list[float]] = {name: [] for name in solvers}
-    counts = {}
-    with torch.no_grad():
-        for _ in range(args.rounds):
-            for name, odeint in solvers.items():
-                start = time.process_time()
-                solution = odeint(lambda t, y: net(y), y0, t, rtol=1e-7, atol=1e-9)
-                per_step[name].append((time.process_time() - start) / solution.stats.n_steps)
-                counts[name] = (solution.stats.nfe, solution.stats.n_steps)
-    setup = f"t in [0, {args.t1}], tsit5, rtol=1e-7, atol=1e-9, 1 thread, {args.rounds} rounds"
-    print(f"MLP 2-64-64-2, batch 16, {setup}")
-    print("| version | NFE | attempted steps | us / attempted step (median) |")
-    print("|---|---|---|---|")
-    for name in solvers:
-        median_us = 1e6 * statistics.median(per_step[name])
-        print(f"| {name} | {counts[name][0]} | {counts[name][1]} | {median_us:.0f} |")
-    old, new = per_step.values()
-    ratio = statistics.median(n / o for n, o in zip(new, old, strict=True))
-    print(f"median per-round ratio this/other: {ratio:.3f}")
+    if args.child is not None:
+        child(args)
+    elif args.instructions:
+        count_instructions(args)
+    else:
+        time_rounds(args)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def stiffness_ratio(log: Any, stability_size: float | None) -> float | None:
     if stability_size is None or not log.stiffness_estimate:
         return None
     recent = list(zip(log.dt, log.stiffness_estimate, strict=True))[-RECENT_STEPS:]
-    return statistics.median(abs(dt) * rho / stability_size for dt, rho in recent)
+    return statistics.median(abs(dt) * float(rho) / stability_size for dt, rho in recent)
 
 
 def explain_failure(error: SolverError, log: Any, options: Any, non_finite: str | None) -> SolverError:

@@ -84,6 +84,8 @@ class SolveOptions:
     """Keep every accepted step's state and stages for :meth:`local_reg.Solution.evaluate`."""
     callbacks: StepCallbacks = field(default_factory=StepCallbacks)
     """Called on every attempted, accepted and rejected step of the forward solve."""
+    time_dtype: torch.dtype | None = None
+    """The dtype of the time argument the vector field gets; ``None``: the state's dtype."""
 
 
 def fixed_step_size(t: float, t_target: float, step_size: float) -> float:
@@ -115,7 +117,8 @@ class StepLog:
     t: list[float] = field(default_factory=list)
     dt: list[float] = field(default_factory=list)
     error_estimate: list[float] = field(default_factory=list)
-    stiffness_estimate: list[float] = field(default_factory=list)
+    stiffness_estimate: list[Tensor] = field(default_factory=list)
+    """0-dim tensors, read into floats once, by :meth:`to_steps` (no device synchronisation per step)."""
     states: list[Tensor] | None = None
     dense: DenseOutput | None = None
     stop_time: float | None = None
@@ -124,11 +127,16 @@ class StepLog:
         def as_tensor(values: list[float]) -> Tensor:
             return torch.tensor(values, dtype=torch.float64)
 
+        stiffness = None
+        if has_stiffness:
+            stiffness = as_tensor([])
+            if self.stiffness_estimate:
+                stiffness = torch.stack(self.stiffness_estimate).to(device="cpu", dtype=torch.float64)
         return Steps(
             t=as_tensor(self.t),
             dt=as_tensor(self.dt),
             error_estimate=as_tensor(self.error_estimate),
-            stiffness_estimate=as_tensor(self.stiffness_estimate) if has_stiffness else None,
+            stiffness_estimate=stiffness,
             state_list=self.states,
             dense_output=self.dense,
             stop_time=self.stop_time,
@@ -246,9 +254,18 @@ def integrate(
             result = stepper.step(t, t_next, y, dt, carry, adaptive)
             stats.add(result.nfe, diffusion=result.nfe_diffusion)
             stats.n_steps += 1
-            error_estimate = None if result.error_estimate is None else float(result.error_estimate.detach())
-            finite = error_estimate is None or math.isfinite(error_estimate)
-            trial_non_finite = not (finite and bool(torch.isfinite(result.y1).all()))
+            if result.error_estimate is None:
+                error_estimate = None
+                trial_non_finite = not bool(torch.isfinite(result.y1).all())
+            else:
+                # One read of the device decides: EEst plus zero times the largest |y1|, which is
+                # EEst exactly when y1 is finite and NaN when it is not (an empty y1 has no maximum).
+                check = result.error_estimate.detach()
+                if result.y1.numel():
+                    largest = torch.linalg.vector_norm(result.y1.detach(), ord=math.inf)
+                    check = check.add(largest, alpha=0.0)
+                error_estimate = float(check)
+                trial_non_finite = not math.isfinite(error_estimate)
             if trial_non_finite and not adaptive:
                 raise SolverError(stepper.failure, t=t, n_steps=stats.n_steps)
             if trial_non_finite:
@@ -265,7 +282,7 @@ def integrate(
                 log.dt.append(step_dt)
                 log.error_estimate.append(math.nan if error_estimate is None else error_estimate)
                 if stepper.has_stiffness:
-                    log.stiffness_estimate.append(float(result.stiffness_estimate.detach()))
+                    log.stiffness_estimate.append(result.stiffness_estimate.detach())
                 if log.states is not None:
                     log.states.append(y.detach())
                 if keep_state is not None:
@@ -336,7 +353,9 @@ def integrate_ode(
 ) -> tuple[list[Tensor], Stats, Steps, list[Tensor]]:
     """:func:`integrate` with the Runge--Kutta stepper of ``options.tableau``. ``f0 = func(times[0],
     y0)`` may be passed if already evaluated (it is then not counted here)."""
-    stepper = RKStepper(func, options.tableau, options.rtol, options.atol, options.norm, f0=f0)
+    stepper = RKStepper(
+        func, options.tableau, options.rtol, options.atol, options.norm, f0=f0, time_dtype=options.time_dtype
+    )
     return integrate(
         stepper,
         y0,

@@ -12,7 +12,7 @@ from torch import Tensor
 from ._integrate import StepCallbacks, StepPenalty
 from ._step import VectorField, time_tensor
 from ._tuple import accepts_tuple_states
-from ._validate import checked_field, solve_options, validate_state, validate_times
+from ._validate import checked_field, solve_options, time_dtype, validate_state, validate_times
 from .controller import PIController
 from .gradients import (
     BacksolveAdjoint,
@@ -31,9 +31,10 @@ from .tableaus import ButcherTableau, get_tableau
 DEFAULT_MAX_STEPS = 10_000
 
 
-def evaluate_first(func: VectorField, t0: float, y0: Tensor) -> Tensor:
-    """Evaluate ``func(t0, y0)`` once and check it returns a tensor shaped and typed like ``y0``."""
-    return checked_field(func)(time_tensor(t0, y0), y0)
+def evaluate_first(func: VectorField, t0: float, y0: Tensor, t_dtype: torch.dtype | None = None) -> Tensor:
+    """Evaluate ``func(t0, y0)`` once (``t0`` in ``t_dtype``, default ``y0``'s) and check it returns
+    a tensor shaped and typed like ``y0``."""
+    return checked_field(func)(time_tensor(t0, y0, t_dtype), y0)
 
 
 def _legacy_gradient(
@@ -111,8 +112,10 @@ def odeint(
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return the solution at every ``t``.
 
     Args:
-        func: the vector field, called as ``func(t, y)`` with ``t`` a 0-dim tensor; it must return
-            a tensor of the shape, dtype and device of ``y``, which is checked on every call.
+        func: the vector field, called as ``func(t, y)`` with ``t`` a 0-dim tensor (in the dtype of
+            a floating tensor ``t`` if wider than ``y0``'s, e.g. float64 for a float32 state, else in
+            ``y0``'s dtype); it must return a tensor of the shape, dtype and device of ``y``, which
+            is checked on every call.
         y0: initial state, any shape (a batch is one state: one step size and one error norm for
             all of it, as in torchdiffeq), float32 or float64 (half precision is refused: it
             cannot resolve the tolerances; integrate in float32 and cast back); or a tuple of such
@@ -121,6 +124,7 @@ def odeint(
         t: output times: a 1-D tensor, numpy array or sequence of real numbers (or 0-dim
             tensors), strictly increasing or decreasing (backward integration); a string is
             refused. ``ys`` is differentiable w.r.t. a ``t`` that requires grad (see ``gradient``).
+            ``solution.ts`` holds them in the dtype ``func`` sees times in.
         method: a name from :data:`local_reg.TABLEAUS` or a :class:`ButcherTableau`.
         rtol, atol: tolerances of the error estimate
             ``EEst = rms(err / (atol + rtol * max(|y0|, |y1|)))``; a step is accepted iff ``EEst <= 1``.
@@ -203,6 +207,7 @@ def odeint(
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     options.interpolate = not step_to_outputs
     options.dense = dense
+    options.time_dtype = time_dtype(t, y0)
     gradient_method = as_gradient_method(gradient)
     gradient_method = _legacy_gradient(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options
@@ -226,7 +231,7 @@ def odeint(
             )
         y0 = timing.start(y0)
     with torch.no_grad() if gradient_method.graph_free else nullcontext():
-        f0 = evaluate_first(checked, times[0], y0)
+        f0 = evaluate_first(checked, times[0], y0, options.time_dtype)
     forward = ForwardSolve(checked, times, options, params, f0, record_states, step_penalty)
     ys, stats, steps, penalties = gradient_method.solve(y0, forward)
     stats.nfe += 1
@@ -234,5 +239,5 @@ def odeint(
         ys = timing.outputs(ys, f0, stats)
     if steps.stop_time is not None:
         times = [times[0], steps.stop_time]
-    ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
+    ts = torch.tensor(times, dtype=options.time_dtype, device=y0.device)
     return Solution(ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties)

@@ -7,6 +7,7 @@ construction, the one the solver uses to accept or reject steps.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,9 +35,8 @@ class StepResult:
         error_estimate: ``EEst = rms(err / (atol + rtol * max(|y0|, |y1|)))`` with
             ``err = dt * sum_i error_weights[i] * k_i``, a 0-dim tensor (``None`` for a fixed-step
             method). The step is acceptable iff ``EEst <= 1``.
-        stiffness_estimate: Shampine's estimate ``rho = ||k_j - k_i|| / ||Y_j - Y_i||`` of the
-            magnitude of the dominant eigenvalue of the Jacobian, from two stages at ``c == 1``; a
-            0-dim tensor, or ``None`` for tableaus without such stages.
+        stiffness: :attr:`stiffness_estimate`, or a function that computes it when it is first read
+            (most steps are never asked for it).
         stages: the stage derivatives ``k_1 ... k_s``.
         nfe: the number of evaluations of ``func`` this step made.
         end_derivative: ``f(t + dt, y1)`` once dense output of a pair that is not FSAL has
@@ -45,21 +45,39 @@ class StepResult:
 
     y1: Tensor
     error_estimate: Tensor | None
-    stiffness_estimate: Tensor | None
+    stiffness: Tensor | Callable[[], Tensor] | None
     stages: tuple[Tensor, ...]
     nfe: int
     end_derivative: Tensor | None = None
     nfe_diffusion: ClassVar[int] = 0
 
+    @functools.cached_property
+    def stiffness_estimate(self) -> Tensor | None:
+        """Shampine's estimate ``rho = ||k_j - k_i|| / ||Y_j - Y_i||`` of the magnitude of the
+        dominant eigenvalue of the Jacobian, from two stages at ``c == 1``; a 0-dim tensor (with a
+        graph if the stages have one, under the autograd mode of its first read), or ``None`` for
+        tableaus without such stages."""
+        return self.stiffness() if callable(self.stiffness) else self.stiffness
+
 
 def rms_norm(x: Tensor) -> Tensor:
     """Root mean square over all elements, ``sqrt(mean(x**2))``, with a zero (not NaN) gradient at 0."""
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+    return torch.linalg.vector_norm(x) / cpu_scalar(math.sqrt(max(x.numel(), 1)), x.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def cpu_scalar(value: float, dtype: torch.dtype) -> Tensor:
+    """``value`` as a 0-dim CPU tensor of ``dtype``, made once. In arithmetic with a tensor of
+    ``dtype`` on any device it acts as the Python float would (rounded to ``dtype``, the same
+    kernel), without wrapping a new scalar tensor on every call of the per-step arithmetic."""
+    return torch.tensor(value, dtype=dtype)
 
 
 def error_scale(y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:
     """Elementwise tolerance scale ``atol + rtol * max(|y0|, |y1|)``."""
-    return atol + rtol * torch.maximum(y0.abs(), y1.abs())
+    # In place on the fresh maximum (whose gradient needs only y0 and y1): one allocation, not three.
+    scale = torch.maximum(y0.abs(), y1.abs())
+    return scale.mul_(cpu_scalar(rtol, scale.dtype)).add_(cpu_scalar(atol, scale.dtype))
 
 
 def combine(
@@ -67,15 +85,22 @@ def combine(
 ) -> Tensor:
     """``base + dt * sum_j coefficients[j] * stages[j]``, skipping zero coefficients.
 
-    ``base=None`` means zero. Kept out-of-place so autograd can differentiate through it.
+    ``base=None`` means zero. Differentiable: the first term makes a new tensor, the others are
+    added to it in place (the same sums, without an allocation each; autograd records in-place
+    additions to a tensor no other operation has saved).
     """
-    out = base
+    out = None
     for coefficient, stage in zip(coefficients, stages, strict=True):
         if coefficient == 0.0:
             continue
-        out = stage * (dt * coefficient) if out is None else torch.add(out, stage, alpha=dt * coefficient)
+        if out is not None:
+            out.add_(stage, alpha=dt * coefficient)
+        elif base is None:
+            out = stage * (dt * coefficient)
+        else:
+            out = torch.add(base, stage, alpha=dt * coefficient)
     if out is None:
-        return torch.zeros_like(stages[0])
+        return torch.zeros_like(stages[0]) if base is None else base
     return out
 
 
@@ -86,8 +111,25 @@ def combine_rows(base: Tensor, dt: float, rows: np.ndarray, stages: Sequence[Ten
     return base + torch.tensordot(weights, torch.stack(tuple(stages)), dims=1)
 
 
-def time_tensor(t: float, like: Tensor) -> Tensor:
-    return torch.tensor(t, dtype=like.dtype, device=like.device)
+def time_tensor(t: float, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``t`` as the 0-dim tensor ``func`` receives: in ``dtype`` (default ``like``'s) on ``like``'s device."""
+    return torch.tensor(t, dtype=like.dtype if dtype is None else dtype, device=like.device)
+
+
+def stage_times(times: Sequence[float], like: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
+    """:func:`time_tensor` of each of a step's stage ``times`` (the same values), made as one tensor:
+    one allocation, and one host-to-device copy, per step instead of one per stage."""
+    if not times:
+        return ()
+    return torch.tensor(times, dtype=like.dtype if dtype is None else dtype, device=like.device).unbind()
+
+
+def shampine_stiffness(k_i: Tensor, k_j: Tensor, y_i: Tensor, y_j: Tensor) -> Tensor:
+    """``rms(k_j - k_i) / rms(y_j - y_i)`` for two stages ``k = f(Y)`` at the same time
+    (Hairer--Wanner II, IV.2); a vanishing denominator is clamped to the dtype's smallest normal."""
+    numerator = rms_norm(k_j - k_i)
+    denominator = rms_norm(y_j - y_i)
+    return numerator / denominator.clamp_min(torch.finfo(y_i.dtype).tiny)
 
 
 def step(
@@ -101,24 +143,28 @@ def step(
     atol: float = 1e-8,
     k1: Tensor | None = None,
     norm: Callable[[Tensor], Tensor] = rms_norm,
+    time_dtype: torch.dtype | None = None,
 ) -> StepResult:
     """Take one step of ``tableau`` from ``(t, y)`` with step size ``dt`` (negative to go backwards).
 
     ``k1``, if given, is ``func(t, y)`` already evaluated (FSAL reuse or a regularizer that treats it
     as a constant) and is not evaluated again. Gradients flow through every stage that is evaluated.
     ``norm`` replaces the RMS of the scaled error (e.g. a seminorm over part of the state).
+    ``func`` gets its time argument in ``time_dtype`` (default ``y``'s dtype).
     """
     t = float(t)
     dt = float(dt)
     nfe = 0
+    first = 0 if k1 is None else 1
+    times = stage_times([t + c_i * dt for c_i in tableau.c[first:]], y, time_dtype)
     if k1 is None:
-        k1 = func(time_tensor(t, y), y)
+        k1 = func(times[0], y)
         nfe += 1
     stages = [k1]
     stage_states = [y]
-    for c_i, a_i in zip(tableau.c[1:], tableau.a[1:], strict=True):
+    for t_i, a_i in zip(times[1 - first :], tableau.a[1:], strict=True):
         y_i = combine(y, dt, a_i, stages)
-        stages.append(func(time_tensor(t + c_i * dt, y), y_i))
+        stages.append(func(t_i, y_i))
         stage_states.append(y_i)
         nfe += 1
 
@@ -129,14 +175,14 @@ def step(
         local_error = combine(None, dt, tableau.error_weights, stages)
         error_estimate = norm(local_error / error_scale(y, y1, rtol, atol))
 
-    stiffness_estimate = None
+    stiffness = None
     if tableau.stiffness_stages is not None:
         i, j = tableau.stiffness_stages
-        numerator = rms_norm(stages[j] - stages[i])
-        denominator = rms_norm(stage_states[j] - stage_states[i])
-        stiffness_estimate = numerator / denominator.clamp_min(torch.finfo(y.dtype).tiny)
+        stiffness = functools.partial(
+            shampine_stiffness, stages[i], stages[j], stage_states[i], stage_states[j]
+        )
 
-    return StepResult(y1, error_estimate, stiffness_estimate, tuple(stages), nfe)
+    return StepResult(y1, error_estimate, stiffness, tuple(stages), nfe)
 
 
 def min_step_size(t: float) -> float:
@@ -155,6 +201,7 @@ def initial_step_size(
     direction: float = 1.0,
     norm: Callable[[Tensor], Tensor] = rms_norm,
     t_end: float | None = None,
+    time_dtype: torch.dtype | None = None,
 ) -> tuple[float, int]:
     """Hairer--Norsett--Wanner's starting step size (Solving ODEs I, II.4), as torchdiffeq and
     OrdinaryDiffEq use it. Returns ``(|dt|, nfe)``; it costs one evaluation of ``func`` besides
@@ -165,8 +212,9 @@ def initial_step_size(
     ``h1 = (0.01 / max(d1, d2)) ** (1 / order)``; the result is ``min(100 h0, h1)``. ``direction`` is
     ``+1`` or ``-1`` (backward integration), the sign of the trial Euler step; ``norm`` is the
     solver's error norm. ``t_end``, if given, bounds ``h0`` by the span, so ``f`` is not evaluated
-    outside ``[t0, t_end]``. The norms are taken in float64 (``f0 / scale`` overflows float32 for
-    large derivatives), and ``h0`` is kept at least ``min_step_size(t0)``, a step the loop can take.
+    outside ``[t0, t_end]``; ``func`` gets its time in ``time_dtype`` (default ``y0``'s). The norms
+    are taken in float64 (``f0 / scale`` overflows float32 for large derivatives), and ``h0`` is
+    kept at least ``min_step_size(t0)``, a step the loop can take.
     """
     with torch.no_grad():
         y0_wide, f0_wide = y0.double(), f0.double()
@@ -178,7 +226,7 @@ def initial_step_size(
             h0 = min(h0, abs(t_end - t0))
         h0 = max(h0, min_step_size(t0))
         y_euler = y0 + (direction * h0) * f0
-        f_euler = func(time_tensor(t0 + direction * h0, y0), y_euler)
+        f_euler = func(time_tensor(t0 + direction * h0, y0, time_dtype), y_euler)
         d2 = float(norm((f_euler.double() - f0_wide) / scale)) / h0
         if not math.isfinite(d2):
             # The trial Euler step overflowed: start from h0 and let the loop reject what is too long.
@@ -193,7 +241,8 @@ def initial_step_size(
 class RKStepper(Stepper[Tensor | None]):
     """The explicit Runge--Kutta pair ``tableau`` as a stepper of the one loop
     (:func:`local_reg._integrate.integrate`): each attempt is :func:`step`; the carry is ``k1``, the
-    FSAL stage of the last accepted step (or ``f(t0, y0)``), kept across a rejection."""
+    FSAL stage of the last accepted step (or ``f(t0, y0)``), kept across a rejection. ``func`` gets
+    its time argument in ``time_dtype`` (default the state's dtype)."""
 
     failure = "non-finite state or derivative"
 
@@ -205,9 +254,11 @@ class RKStepper(Stepper[Tensor | None]):
         atol: float,
         norm: Callable[[Tensor], Tensor] = rms_norm,
         f0: Tensor | None = None,
+        time_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(tableau.order, rtol, atol)
         self.func = func
+        self.time_dtype = time_dtype
         self.tableau = tableau
         self.norm = norm
         self.has_stiffness = tableau.stiffness_stages is not None
@@ -217,7 +268,7 @@ class RKStepper(Stepper[Tensor | None]):
     def begin(self, t0: float, y0: Tensor, stats: Stats) -> Tensor:
         f0 = self.f0
         if f0 is None:
-            f0 = self.func(time_tensor(t0, y0), y0)
+            f0 = self.func(time_tensor(t0, y0, self.time_dtype), y0)
             stats.add(1)
         if not bool(torch.isfinite(f0).all()):
             raise SolverError("non-finite derivative", t=t0, n_steps=0)
@@ -227,7 +278,17 @@ class RKStepper(Stepper[Tensor | None]):
         self, t0: float, y0: Tensor, carry: Tensor, direction: float, stats: Stats, t_end: float | None = None
     ) -> float:
         dt_abs, nfe = initial_step_size(
-            self.func, t0, y0, carry, self.order, self.rtol, self.atol, direction, norm=self.norm, t_end=t_end
+            self.func,
+            t0,
+            y0,
+            carry,
+            self.order,
+            self.rtol,
+            self.atol,
+            direction,
+            norm=self.norm,
+            t_end=t_end,
+            time_dtype=self.time_dtype,
         )
         stats.add(nfe)
         return dt_abs
@@ -236,7 +297,16 @@ class RKStepper(Stepper[Tensor | None]):
         self, t: float, t_next: float, y: Tensor, dt: float, carry: Tensor | None, estimate_error: bool
     ) -> StepResult:
         return step(
-            self.func, t, y, dt, self.tableau, rtol=self.rtol, atol=self.atol, k1=carry, norm=self.norm
+            self.func,
+            t,
+            y,
+            dt,
+            self.tableau,
+            rtol=self.rtol,
+            atol=self.atol,
+            k1=carry,
+            norm=self.norm,
+            time_dtype=self.time_dtype,
         )
 
     def dense_stages(self, result: StepResult, t_next: float, stats: Stats) -> tuple[Tensor, ...]:
@@ -245,7 +315,7 @@ class RKStepper(Stepper[Tensor | None]):
         if not self.interpolant.extra_stage:
             return result.stages
         if result.end_derivative is None:
-            result.end_derivative = self.func(time_tensor(t_next, result.y1), result.y1)
+            result.end_derivative = self.func(time_tensor(t_next, result.y1, self.time_dtype), result.y1)
             stats.add(1)
         return (*result.stages, result.end_derivative)
 

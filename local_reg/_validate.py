@@ -90,6 +90,15 @@ def validate_times(t: Tensor | np.ndarray | Sequence[float]) -> list[float]:
     return times
 
 
+def time_dtype(t: object, state: Tensor) -> torch.dtype:
+    """The dtype the vector field gets its time argument in: that of a floating tensor ``t`` where
+    it is wider than the state's (a float64 ``t`` with a float32 state keeps its precision), else
+    the state's (times given as a sequence or a numpy array, or narrower than the state)."""
+    if isinstance(t, Tensor) and t.is_floating_point():
+        return torch.promote_types(t.dtype, state.dtype)
+    return state.dtype
+
+
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 """The state dtypes the solvers integrate in. Half precision (float16, bfloat16) is refused: its
 ~3 significant digits cannot resolve the default tolerances, and its step increments round to zero

@@ -176,7 +176,11 @@ def _solve(
     if "norm" in opts:
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
     if not events:
-        return _odeint(func, y0, t, **kwargs).ys
+        # torchdiffeq 0.2.5 casts the time it hands func to y0's dtype (_PerturbFunc), whatever t's
+        # dtype: as a sequence of floats (the same values) t gives local_reg.odeint's func y0's dtype
+        # too. A t that requires grad stays a tensor, so that ys is differentiable w.r.t. it.
+        plain = isinstance(t, Tensor) and t.dim() == 1 and t.is_floating_point() and not t.requires_grad
+        return _odeint(func, y0, t.tolist() if plain else t, **kwargs).ys
     reverse_time = bool(t[1] < t[0])
     event_t, solution = _odeint_event(func, y0, t[0], event_fn=event_fn, reverse_time=reverse_time, **kwargs)
     return event_t, solution.ys

@@ -322,6 +322,14 @@ def test_an_overflowing_trial_step_is_rejected_not_fatal():
     assert results[torch.float64].abs().max() < 1e-8
 
 
+def test_a_step_whose_state_overflows_is_rejected_though_its_error_estimate_is_finite():
+    """A constant field: every stage is finite and the error estimate (scaled by ``|y1| = inf``) is
+    0, but the first step of 3.0 overflows float32 on the way to ``y1``. It must be rejected."""
+    solution = odeint(lambda t, y: torch.full_like(y, 1e38), torch.zeros(2), [0.0, 3.0], first_step=3.0)
+    assert solution.stats.n_rejected > 0
+    torch.testing.assert_close(solution.ys[-1], torch.full((2,), 3e38), rtol=1e-6, atol=0.0)
+
+
 def test_a_persistently_non_finite_field_still_raises_solver_error():
     with pytest.raises(SolverError, match="non-finite") as info:
         odeint(lambda t, y: torch.where(t > 0.5, torch.full_like(y, float("nan")), -y), torch.ones(2), [0, 1])

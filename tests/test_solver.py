@@ -7,6 +7,7 @@ import torchdiffeq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import local_reg._step
 from local_reg import TABLEAUS, SolverError, get_tableau, odeint, step
 from tests.problems import CountingField, lotka_volterra, scipy_reference, van_der_pol
 
@@ -165,6 +166,31 @@ def test_stiffness_estimate_tracks_spectral_radius_in_a_solve(name):
     rho = solution.steps.stiffness_estimate[late]
     ratio = torch.median(rho * dt / (spectral_radius * dt)).item()
     assert ratio == pytest.approx(1.0, rel=0.2)
+
+
+def test_stiffness_estimate_is_computed_for_accepted_steps_only(monkeypatch):
+    """Rejected steps and the steps a gradient method re-runs never compute it; the record holds
+    one estimate per accepted step, equal to the step's own."""
+    calls = []
+    original = local_reg._step.shampine_stiffness
+
+    def counting(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(local_reg._step, "shampine_stiffness", counting)
+    field = CountingField(lambda t, y: torch.tanh(y @ torch.tensor([[0.0, 1.0], [-4.0, -0.1]]).T))
+    y0 = torch.tensor([1.0, 0.0], requires_grad=True)
+    solution = odeint(
+        field, y0, [0.0, 3.0], first_step=1.0, gradient="checkpoint", adjoint_params=(), rtol=1e-5
+    )
+    assert solution.stats.n_rejected > 0
+    assert len(calls) == solution.stats.n_accepted == len(solution.steps.stiffness_estimate)
+    solution.ys.sum().backward()
+    assert len(calls) == solution.stats.n_accepted
+    result = step(field, 0.0, y0.detach(), 0.1, get_tableau("tsit5"))
+    assert len(calls) == solution.stats.n_accepted
+    assert float(result.stiffness_estimate) > 0 and len(calls) == solution.stats.n_accepted + 1
 
 
 def test_no_stiffness_estimate_without_two_final_stages():

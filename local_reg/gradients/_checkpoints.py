@@ -86,7 +86,7 @@ class StepStates:
                     # t + c_s dt, which after a step landing on an output time may differ from the
                     # recorded start time by rounding: evaluate it there to repeat the forward's bits.
                     fsal_time = step_starts[start - 1] + tableau.c[-1] * step_sizes[start - 1]
-                    k1 = func(time_tensor(fsal_time, kept), kept)
+                    k1 = func(time_tensor(fsal_time, kept, options.time_dtype), kept)
                 for n in range(start, end - 1):
                     result = step(
                         func,
@@ -98,6 +98,7 @@ class StepStates:
                         atol=options.atol,
                         k1=k1,
                         norm=options.norm,
+                        time_dtype=options.time_dtype,
                     )
                     segment.append(result.y1)
                     k1 = result.stages[-1] if tableau.fsal else None

@@ -124,6 +124,7 @@ class BacksolveAdjoint(GraphFreeGradient):
             step_size=self._backward_step_size(forward),
             controller=forward.controller,
             tableau=forward.tableau if self.tableau is None else self.tableau,
+            time_dtype=forward.time_dtype,
         )
 
     def _backward_step_size(self, forward: SolveOptions) -> float | None:

@@ -53,7 +53,15 @@ class Checkpoint(StepwiseGradient):
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             result = step(
-                func, t, y, dt, options.tableau, rtol=options.rtol, atol=options.atol, norm=options.norm
+                func,
+                t,
+                y,
+                dt,
+                options.tableau,
+                rtol=options.rtol,
+                atol=options.atol,
+                norm=options.norm,
+                time_dtype=options.time_dtype,
             )
             outputs = [result.y1]
             cotangents = [adjoint]
@@ -64,7 +72,7 @@ class Checkpoint(StepwiseGradient):
                 interpolant = get_interpolant(options.tableau)
                 stages = result.stages
                 if interpolant.extra_stage:
-                    stages = (*stages, func(time_tensor(t + dt, y), result.y1))
+                    stages = (*stages, func(time_tensor(t + dt, y, options.time_dtype), result.y1))
                 for theta, cotangent in inside:
                     outputs.append(combine(y, dt, interpolant.weights(theta), stages))
                     cotangents.append(cotangent)

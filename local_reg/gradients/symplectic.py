@@ -83,6 +83,7 @@ class Symplectic(StepwiseGradient):
         if inside:
             return step_backward_with_outputs(func, solve, t, dt, y, adjoint, grad_params, inside)
         tableau = solve.options.tableau
+        time_dtype = solve.options.time_dtype
         n_stages = stages_entering_solution(tableau)
         h = dt
         b = tableau.b[:n_stages]
@@ -94,7 +95,9 @@ class Symplectic(StepwiseGradient):
             stage_states = [y]
             stage_derivatives: list[Tensor] = []
             for i in range(1, n_stages):
-                stage_derivatives.append(func(time_tensor(stage_times[i - 1], y), stage_states[i - 1]))
+                stage_derivatives.append(
+                    func(time_tensor(stage_times[i - 1], y, time_dtype), stage_states[i - 1])
+                )
                 stage_states.append(combine(y, h, tableau.a[i], stage_derivatives))
             del stage_derivatives
 
@@ -115,7 +118,7 @@ class Symplectic(StepwiseGradient):
             else:
                 stage_adjoint = combine(None, -1.0, couplings, later_stages)
             _, state_vjp, parameter_vjps = vector_jacobian_product(
-                func, time_tensor(stage_times[i], y), stage_states[i], solve.params, stage_adjoint
+                func, time_tensor(stage_times[i], y, time_dtype), stage_states[i], solve.params, stage_adjoint
             )
             partner_stages[i] = -state_vjp
             add_gradients(grad_params, parameter_vjps, scale=h * b_tilde[i])
@@ -137,6 +140,7 @@ def step_backward_with_outputs(
     """The stage recursion of a step whose dense output holds outputs (the unscaled form in the
     module docstring): ``lambda_n`` from ``lambda_{n+1}`` and the outputs' ``(theta, g_o)``."""
     tableau = solve.options.tableau
+    time_dtype = solve.options.time_dtype
     interpolant = get_interpolant(tableau)
     # The extra stage f(t + h, y_{n+1}) of a pair that is not FSAL is one more stage with a = b.
     rows = [*tableau.a, tableau.b] if interpolant.extra_stage else list(tableau.a)
@@ -152,7 +156,9 @@ def step_backward_with_outputs(
         stage_states = [y]
         stage_derivatives: list[Tensor] = []
         for i in range(1, n_stages):
-            stage_derivatives.append(func(time_tensor(stage_times[i - 1], y), stage_states[i - 1]))
+            stage_derivatives.append(
+                func(time_tensor(stage_times[i - 1], y, time_dtype), stage_states[i - 1])
+            )
             stage_states.append(combine(y, h, rows[i][:i], stage_derivatives))
         del stage_derivatives
 
@@ -166,7 +172,7 @@ def step_backward_with_outputs(
             continue
         stage_cotangent = combine(None, h, coefficients, terms)
         _, state_vjp, parameter_vjps = vector_jacobian_product(
-            func, time_tensor(stage_times[i], y), stage_states[i], solve.params, stage_cotangent
+            func, time_tensor(stage_times[i], y, time_dtype), stage_states[i], solve.params, stage_cotangent
         )
         state_cotangents[i] = state_vjp
         add_gradients(grad_params, parameter_vjps)
