@@ -3,7 +3,7 @@
 # "Study: probe, penalty form, draws, self-tuning weight"). Every run records its settings; the
 # runner skips runs already in a results folder, so rerunning a phase resumes it.
 #   experiments/study.sh PHASE      PHASE in: digits, digits_tight, spiral, tabular, digits_draws,
-#                                   digits_adaptive, spiral_weight
+#                                   digits_adaptive, spiral_weight, ratio_tune, ratio
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,5 +90,13 @@ case "${1:-}" in
         out=results/study-spiral
         for w in 0.1 0.3; do variant spiral $out initial error-dt $w; done
         ;;
-    *) echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight" >&2; exit 2 ;;
+    ratio_tune)  # the weight normalized by the gradient ratio: choose the target on digits at 1e-6 only
+        out=results/study-ratio-digits
+        vanilla digits $out
+        for rho in 0.1 0.3 1; do variant digits $out initial error-dt "{\"ratio\": $rho}"; done
+        ;;
+    *)
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio" >&2
+        exit 2
+        ;;
 esac

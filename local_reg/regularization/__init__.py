@@ -7,7 +7,8 @@
 - Baselines of [LR23]'s comparison: :class:`SteerRegularized` (random end time, Ghosh et al.
   2020), :class:`RNODERegularized` (kinetic energy and Jacobian norm, Finlay et al. 2020) and
   :class:`TayNODERegularized` (K-th derivative of the solution, Kelly et al. 2020).
-- Weight schedules: :class:`ConstantWeight`, :class:`ExponentialDecay`.
+- Weight schedules: :class:`ConstantWeight`, :class:`ExponentialDecay`; weights that tune themselves:
+  :class:`AdaptiveWeight`, :class:`RatioWeight` (a stated share of the gradient).
 
 Both are configurations of one module, :class:`Regularized` (penalty :class:`LocalPenalty`,
 :class:`GlobalPenalty`, or none for the plain model), which also takes neural SDEs.
@@ -20,7 +21,7 @@ from ._stats import RegularizationStats, SDERegularizationStats
 from .globalreg import GloballyRegularized, global_regularization
 from .local import LocallyRegularized, local_regularization
 from .rnode import RNODERegularized
-from .schedules import AdaptiveWeight, ConstantWeight, ExponentialDecay, WeightSchedule
+from .schedules import AdaptiveWeight, ConstantWeight, ExponentialDecay, RatioWeight, WeightSchedule
 from .steer import SteerRegularized
 from .taynode import TayNODERegularized
 
@@ -37,6 +38,7 @@ __all__ = [
     "GloballyRegularized",
     "LocalPenalty",
     "LocallyRegularized",
+    "RatioWeight",
     "Regularized",
     "RegularizationStats",
     "SDERegularizationStats",
