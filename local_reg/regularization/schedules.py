@@ -115,7 +115,45 @@ def _positive(name: str, value: object) -> float:
     return value
 
 
-class AdaptiveWeight(WeightSchedule):
+class _SelfTuningWeight(WeightSchedule):
+    """What the weights that tune themselves share: a start ``initial`` within ``[w_min, w_max]``, an
+    averaging factor ``beta`` and a state (``_fresh()``'s keys) saved whole by ``state_dict()``."""
+
+    def __init__(self, initial: float, beta: float, w_min: float, w_max: float) -> None:
+        super().__init__()
+        self.initial = _positive("initial", initial)
+        self.beta = _non_negative("beta", beta)
+        if self.beta >= 1:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        self.w_min, self.w_max = _positive("w_min", w_min), _positive("w_max", w_max)
+        if not self.w_min <= self.initial <= self.w_max:
+            raise ValueError(f"initial must lie in [w_min, w_max] = [{w_min}, {w_max}], got {initial}")
+        self._state = self._fresh()
+
+    def _fresh(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _weight_of(self, state: dict[str, Any]) -> float:
+        raise NotImplementedError
+
+    def value(self, iteration: int) -> float:
+        return self._weight_of(self._state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self._state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        missing = [k for k in self._fresh() if k not in state]
+        if missing:
+            raise ValueError(f"{type(self).__name__} state is missing {missing}")
+        weight = self._weight_of(state)
+        if not self.w_min * (1 - 1e-12) <= weight <= self.w_max * (1 + 1e-12):
+            raise ValueError(f"weight {weight} lies outside [w_min, w_max] = [{self.w_min}, {self.w_max}]")
+        self._state = {k: state[k] for k in self._fresh()}
+
+
+class AdaptiveWeight(_SelfTuningWeight):
     """A weight that tunes itself: the user states the price, dual ascent finds the multiplier.
 
     The constraint is "the task loss may rise by at most ``loss_rise`` (relative) above its
@@ -151,21 +189,13 @@ class AdaptiveWeight(WeightSchedule):
         w_min: float = 1e-3,
         w_max: float = 1e3,
     ) -> None:
-        super().__init__()
-        self.initial = _positive("initial", initial)
         self.loss_rise = _non_negative("loss_rise", loss_rise)
         self.target_nfe = None if target_nfe is None else _positive("target_nfe", target_nfe)
         self.rate = _positive("rate", rate)
-        self.beta = _non_negative("beta", beta)
-        if self.beta >= 1:
-            raise ValueError(f"beta must be in [0, 1), got {beta}")
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
         self.warmup = warmup
-        self.w_min, self.w_max = _positive("w_min", w_min), _positive("w_max", w_max)
-        if not self.w_min <= self.initial <= self.w_max:
-            raise ValueError(f"initial must lie in [w_min, w_max] = [{w_min}, {w_max}], got {initial}")
-        self._state = self._fresh()
+        super().__init__(initial, beta, w_min, w_max)
 
     def _fresh(self) -> dict[str, Any]:
         return {
@@ -177,8 +207,8 @@ class AdaptiveWeight(WeightSchedule):
             "pending": None,
         }
 
-    def value(self, iteration: int) -> float:
-        return math.exp(self._state["log_weight"])
+    def _weight_of(self, state: dict[str, Any]) -> float:
+        return math.exp(float(state["log_weight"]))
 
     @property
     def baseline(self) -> float | None:
@@ -219,19 +249,6 @@ class AdaptiveWeight(WeightSchedule):
                 )
         return super().step()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), **self._state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        missing = [k for k in self._fresh() if k not in state]
-        if missing:
-            raise ValueError(f"AdaptiveWeight state is missing {missing}")
-        log_weight = float(state["log_weight"])
-        if not math.log(self.w_min) - 1e-12 <= log_weight <= math.log(self.w_max) + 1e-12:
-            raise ValueError(f"log_weight {log_weight} lies outside [log w_min, log w_max]")
-        self._state = {k: state[k] for k in self._fresh()}
-
     def __repr__(self) -> str:
         return (
             f"AdaptiveWeight(w={self():.4g}, loss_rise={self.loss_rise}, target_nfe={self.target_nfe}, "
@@ -239,7 +256,7 @@ class AdaptiveWeight(WeightSchedule):
         )
 
 
-class RatioWeight(WeightSchedule):
+class RatioWeight(_SelfTuningWeight):
     """A weight normalized by the measured gradient ratio: the penalty gets a stated share of the pull.
 
     The penalty's gradient scales with the tolerance, the probe and the task (EEst is the error
@@ -286,19 +303,11 @@ class RatioWeight(WeightSchedule):
         w_min: float = 1e-6,
         w_max: float = 1e3,
     ) -> None:
-        super().__init__()
         self.target_ratio = _positive("target_ratio", target_ratio)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         self.every = every
-        self.beta = _non_negative("beta", beta)
-        if self.beta >= 1:
-            raise ValueError(f"beta must be in [0, 1), got {beta}")
-        self.initial = _positive("initial", initial)
-        self.w_min, self.w_max = _positive("w_min", w_min), _positive("w_max", w_max)
-        if not self.w_min <= self.initial <= self.w_max:
-            raise ValueError(f"initial must lie in [w_min, w_max] = [{w_min}, {w_max}], got {initial}")
-        self._state = self._fresh()
+        super().__init__(initial, beta, w_min, w_max)
 
     def _fresh(self) -> dict[str, Any]:
         return {
@@ -310,8 +319,8 @@ class RatioWeight(WeightSchedule):
             "pending": None,
         }
 
-    def value(self, iteration: int) -> float:
-        return self._state["weight"]
+    def _weight_of(self, state: dict[str, Any]) -> float:
+        return float(state["weight"])
 
     @property
     def due(self) -> bool:
@@ -363,19 +372,6 @@ class RatioWeight(WeightSchedule):
             wanted = self.target_ratio * state["ema_task"] / state["ema_penalty"]
             state["weight"] = max(self.w_min, min(self.w_max, wanted))
         return super().step()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), **self._state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        missing = [k for k in self._fresh() if k not in state]
-        if missing:
-            raise ValueError(f"RatioWeight state is missing {missing}")
-        weight = float(state["weight"])
-        if not self.w_min * (1 - 1e-12) <= weight <= self.w_max * (1 + 1e-12):
-            raise ValueError(f"weight {weight} lies outside [w_min, w_max] = [{self.w_min}, {self.w_max}]")
-        self._state = {k: state[k] for k in self._fresh()}
 
     def __repr__(self) -> str:
         return (
