@@ -93,7 +93,28 @@ case "${1:-}" in
     ratio_tune)  # the weight normalized by the gradient ratio: choose the target on digits at 1e-6 only
         out=results/study-ratio-digits
         vanilla digits $out
-        for rho in 0.1 0.3 1; do variant digits $out initial error-dt "{\"ratio\": $rho}"; done
+        for rho in 0.1 0.3 1 3; do variant digits $out initial error-dt "{\"ratio\": $rho}"; done
+        for rho in 0.3 1 3; do variant digits $out initial-hairer error-dt "{\"ratio\": $rho}"; done
+        for rho in 0.1 0.3 1; do variant digits $out solver error-dt "{\"ratio\": $rho}"; done
+        ;;
+    ratio)  # the targets chosen on digits at 1e-6 (1, and 0.3), on every task; tabular is held out
+        tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
+        vanilla tabular results/study-ratio-tabular
+        vanilla spiral results/study-ratio-spiral
+        for rho in 1 0.3; do
+            for probe in initial initial-hairer; do
+                variant tabular results/study-ratio-tabular $probe error-dt "{\"ratio\": $rho}"
+                variant spiral results/study-ratio-spiral $probe error-dt "{\"ratio\": $rho}"
+            done
+        done
+        vanilla digits results/study-ratio-digits-tight "${tight[@]}"
+        for rho in 1 0.3; do
+            for probe in initial initial-hairer; do
+                variant digits results/study-ratio-digits-tight $probe error-dt "{\"ratio\": $rho}" "${tight[@]}"
+            done
+        done
+        # The measurement's cost: the same weight measured every 10 iterations instead of every one.
+        variant digits results/study-ratio-digits initial-hairer error-dt '{"ratio": 1, "every": 10}'
         ;;
     *)
         echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio" >&2
