@@ -3,7 +3,8 @@
 # "Study: probe, penalty form, draws, self-tuning weight"). Every run records its settings; the
 # runner skips runs already in a results folder, so rerunning a phase resumes it.
 #   experiments/study.sh PHASE      PHASE in: digits, digits_tight, spiral, tabular, digits_draws,
-#                                   digits_adaptive, spiral_weight, ratio_tune, ratio
+#                                   digits_adaptive, spiral_weight, ratio_tune, ratio,
+#                                   ratio_every, ratio_reference
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -113,11 +114,22 @@ case "${1:-}" in
                 variant digits results/study-ratio-digits-tight $probe error-dt "{\"ratio\": $rho}" "${tight[@]}"
             done
         done
-        # The measurement's cost: the same weight measured every 10 iterations instead of every one.
-        variant digits results/study-ratio-digits initial-hairer error-dt '{"ratio": 1, "every": 10}'
+        ;;
+    ratio_every)  # the measurement's cost: the weight measured every 10 iterations instead of every one
+        every='{"ratio": 1, "every": 10}'
+        variant digits results/study-ratio-digits initial-hairer error-dt "$every"
+        variant tabular results/study-ratio-tabular initial-hairer error-dt "$every"
+        variant spiral results/study-ratio-spiral initial-hairer error-dt "$every"
+        variant digits results/study-ratio-digits-tight initial-hairer error-dt "$every" \
+            --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8
+        ;;
+    ratio_reference)  # the paper's procedure beside the ratio rows: the gradient ratio its weight implies
+        variant digits results/study-ratio-digits initial error-dt "$PAPER"
+        variant digits results/study-ratio-digits-tight initial error-dt "$PAPER" \
+            --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8
         ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference" >&2
         exit 2
         ;;
 esac
