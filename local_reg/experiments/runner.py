@@ -417,6 +417,8 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                             if history["grad_ratio"]
                             else {}
                         ),
+                        # The weight a ratio weight has chosen (at most one per run, checked above).
+                        **({"w": f"{ratio_weights[0]():.3g}"} if ratio_weights else {}),
                     },
                     refresh=False,
                 )
