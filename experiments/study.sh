@@ -3,7 +3,8 @@
 # "Study: probe, penalty form, draws, self-tuning weight"). Every run records its settings; the
 # runner skips runs already in a results folder, so rerunning a phase resumes it.
 #   experiments/study.sh PHASE      PHASE in: digits, digits_tight, spiral, tabular, digits_draws,
-#                                   digits_adaptive, spiral_weight
+#                                   digits_adaptive, spiral_weight, ratio_tune, ratio,
+#                                   ratio_every, ratio_reference
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,5 +91,45 @@ case "${1:-}" in
         out=results/study-spiral
         for w in 0.1 0.3; do variant spiral $out initial error-dt $w; done
         ;;
-    *) echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight" >&2; exit 2 ;;
+    ratio_tune)  # the weight normalized by the gradient ratio: choose the target on digits at 1e-6 only
+        out=results/study-ratio-digits
+        vanilla digits $out
+        for rho in 0.1 0.3 1 3; do variant digits $out initial error-dt "{\"ratio\": $rho}"; done
+        for rho in 0.3 1 3; do variant digits $out initial-hairer error-dt "{\"ratio\": $rho}"; done
+        for rho in 0.1 0.3 1; do variant digits $out solver error-dt "{\"ratio\": $rho}"; done
+        ;;
+    ratio)  # the targets chosen on digits at 1e-6 (1, and 0.3), on every task; tabular is held out
+        tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
+        vanilla tabular results/study-ratio-tabular
+        vanilla spiral results/study-ratio-spiral
+        for rho in 1 0.3; do
+            for probe in initial initial-hairer; do
+                variant tabular results/study-ratio-tabular $probe error-dt "{\"ratio\": $rho}"
+                variant spiral results/study-ratio-spiral $probe error-dt "{\"ratio\": $rho}"
+            done
+        done
+        vanilla digits results/study-ratio-digits-tight "${tight[@]}"
+        for rho in 1 0.3; do
+            for probe in initial initial-hairer; do
+                variant digits results/study-ratio-digits-tight $probe error-dt "{\"ratio\": $rho}" "${tight[@]}"
+            done
+        done
+        ;;
+    ratio_every)  # the measurement's cost: the weight measured every 10 iterations instead of every one
+        every='{"ratio": 1, "every": 10}'
+        variant digits results/study-ratio-digits initial-hairer error-dt "$every"
+        variant tabular results/study-ratio-tabular initial-hairer error-dt "$every"
+        variant spiral results/study-ratio-spiral initial-hairer error-dt "$every"
+        variant digits results/study-ratio-digits-tight initial-hairer error-dt "$every" \
+            --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8
+        ;;
+    ratio_reference)  # the paper's procedure beside the ratio rows: the gradient ratio its weight implies
+        variant digits results/study-ratio-digits initial error-dt "$PAPER"
+        variant digits results/study-ratio-digits-tight initial error-dt "$PAPER" \
+            --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8
+        ;;
+    *)
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference" >&2
+        exit 2
+        ;;
 esac

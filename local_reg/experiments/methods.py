@@ -12,7 +12,10 @@ settings (the published coefficients, see ``MNIST_WEIGHTS``):
 - ``{"start": w0, "end": w1}``: exponential decay ``w0 -> w1`` over the run's training iterations;
 - ``{"adaptive": w0, "loss_rise": 0.05, ...}``: a weight that tunes itself from ``w0``
   (:class:`local_reg.regularization.AdaptiveWeight`; the other keys are its keyword arguments,
-  e.g. ``target_nfe``, ``rate``, ``w_min``, ``w_max``).
+  e.g. ``target_nfe``, ``rate``, ``w_min``, ``w_max``);
+- ``{"ratio": rho, "every": 1, ...}``: a weight that holds the ratio of the penalty's gradient norm to
+  the task's at ``rho`` (:class:`local_reg.regularization.RatioWeight`; the other keys are its
+  keyword arguments: ``every``, ``beta``, ``initial``, ``w_min``, ``w_max``).
 
 STEER has no penalty: its spec is the half-width ``b`` of the end-time distribution
 ``U(t1 - b, t1 + b)``, a number in the units of the task's time (so the tables' weight column shows
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..regularization import AdaptiveWeight, ConstantWeight, ExponentialDecay, WeightSchedule
+from ..regularization import AdaptiveWeight, ConstantWeight, ExponentialDecay, RatioWeight, WeightSchedule
 
 WeightSpec = float | dict[str, float | None]
 
@@ -94,16 +97,21 @@ def weight_schedule(spec: WeightSpec, total_iterations: int) -> WeightSchedule:
     if isinstance(spec, dict) and "adaptive" in spec:
         options = {k: v for k, v in spec.items() if k != "adaptive"}
         return AdaptiveWeight(spec["adaptive"], **options)
+    if isinstance(spec, dict) and "ratio" in spec:
+        options = {k: v for k, v in spec.items() if k != "ratio"}
+        return RatioWeight(spec["ratio"], **options)
     if isinstance(spec, dict):
         return ExponentialDecay(spec["start"], spec["end"], max(1, total_iterations))
     return ConstantWeight(spec)
 
 
 def weight_text(weight: WeightSpec | None) -> str:
-    """``2.5->1`` for an exponential decay, ``0.0285`` for a constant, ``–`` for none."""
+    """``2.5->1`` for an exponential decay, ``0.0285`` for a constant, ``adaptive 0.01 (...)`` /
+    ``ratio 0.2 (...)`` for a self-tuning weight, ``–`` for none."""
     if weight is None:
         return "–"
-    if isinstance(weight, dict) and "adaptive" in weight:
-        rest = ", ".join(f"{k}={v:g}" for k, v in weight.items() if k != "adaptive" and v is not None)
-        return f"adaptive {weight['adaptive']:g}" + (f" ({rest})" if rest else "")
+    for kind in ("adaptive", "ratio"):
+        if isinstance(weight, dict) and kind in weight:
+            rest = ", ".join(f"{k}={v:g}" for k, v in weight.items() if k != kind and v is not None)
+            return f"{kind} {weight[kind]:g}" + (f" ({rest})" if rest else "")
     return f"{weight['start']:g}->{weight['end']:g}" if isinstance(weight, dict) else f"{weight:g}"

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from ..regularization import GradientRatio, LocalPenalty
+from ..regularization import GradientRatio, LocalPenalty, RatioWeight
 from . import distributed
 from .methods import METHODS, weight_text
 from .results import ResultsFile, ResultsWarning, atomic_write_bytes
@@ -299,9 +299,18 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
         model.parameters(), lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0)
     )
     schedules = weight_schedules(model)
+    # A RatioWeight is fed the gradient norms measured below, over the whole model: one process (the
+    # extra vector-Jacobian product would bypass DDP's gradient sync) and one regularized block.
+    ratio_weights = [s for s in schedules if isinstance(s, RatioWeight)]
+    if ratio_weights and (world > 1 or len(ratio_weights) > 1):
+        raise ValueError(
+            "a ratio weight measures the gradients of one regularized block on one process: "
+            f"got {len(ratio_weights)} ratio weights on {world} processes"
+        )
     history: dict[str, list] = {k: [] for k in ("loss", "reg_loss", "nfe", "reg_nfe", "backward_nfe")}
-    # [iteration, ||grad reg_loss|| / ||grad task loss||] every RATIO_EVERY iterations (.._diagnostics).
-    history["grad_ratio"] = []
+    # [iteration, ||grad reg_loss|| / ||grad task loss||] and [iteration, weight of each schedule]
+    # every RATIO_EVERY iterations (.._diagnostics).
+    history["grad_ratio"], history["weight"] = [], []
     gradient_ratio = GradientRatio(model.parameters())
     warned_ratio = False
     start_epoch, iteration, train_time = 0, 0, Clock()
@@ -325,6 +334,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                 state["history"],
             )
             history.setdefault("grad_ratio", [])
+            history.setdefault("weight", [])
         # A checkpoint of another model (e.g. written by an older version of a task) cannot resume
         # this run: start it afresh, exactly as if there had been no checkpoint.
         except (RuntimeError, KeyError, ValueError, TypeError) as error:
@@ -359,14 +369,23 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                     reg = regularization_loss(model)
                     optimizer.zero_grad(set_to_none=True)
                     # Not under DDP: the extra vector-Jacobian product would bypass its gradient sync.
-                    measure = reg is not None and world == 1 and iteration % RATIO_EVERY == 0
+                    record_ratio = iteration % RATIO_EVERY == 0
+                    measure = (
+                        reg is not None
+                        and world == 1
+                        and (record_ratio or any(weight.due for weight in ratio_weights))
+                    )
                     if measure:
                         gradient_ratio.before_backward(reg)
                     (loss if reg is None else loss + reg).backward()
                     if measure:
                         ratio = gradient_ratio.after_backward()
+                        for weight in ratio_weights:
+                            weight.observe_gradients(gradient_ratio.penalty_norm, gradient_ratio.task_norm)
+                    if measure and record_ratio:
                         history["grad_ratio"].append([iteration, ratio])
-                        if ratio > RATIO_WARNING and not warned_ratio:
+                        # A ratio weight sets its own strength: the warning is for fixed ones.
+                        if ratio > RATIO_WARNING and not warned_ratio and not ratio_weights:
                             warned_ratio = True
                             warnings.warn(
                                 f"run {spec.run_id}: the regularizer's gradient is {ratio:.3g}x the task's "
@@ -377,6 +396,8 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                             )
                     optimizer.step()
                     costs = solver_costs(model)
+                    if schedules and record_ratio:
+                        history["weight"].append([iteration, *(schedule() for schedule in schedules)])
                     for schedule in schedules:
                         # A self-tuning weight adapts to what it measures; a fixed schedule ignores it.
                         schedule.observe(loss.item(), costs["nfe"])
@@ -396,6 +417,8 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                             if history["grad_ratio"]
                             else {}
                         ),
+                        # The weight a ratio weight has chosen (at most one per run, checked above).
+                        **({"w": f"{ratio_weights[0]():.3g}"} if ratio_weights else {}),
                     },
                     refresh=False,
                 )

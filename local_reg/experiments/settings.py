@@ -102,18 +102,24 @@ class Directory(Rule):
 
 ADAPTIVE_KEYS = ("loss_rise", "target_nfe", "rate", "beta", "warmup", "w_min", "w_max")
 """The keywords of :class:`local_reg.AdaptiveWeight` a ``{"adaptive": w0, ...}`` spec may set."""
+RATIO_KEYS = ("every", "beta", "initial", "w_min", "w_max")
+"""The keywords of :class:`local_reg.RatioWeight` a ``{"ratio": rho, ...}`` spec may set."""
 
 
 @dataclass(frozen=True)
 class Weight(Rule):
     """A regularization weight spec (:mod:`.methods`): a constant ``>= 0``, ``{"start": w0, "end": w1}``
     with ``w0, w1 > 0`` (an exponential decay, so neither may be 0), or ``{"adaptive": w0, ...}``
-    with ``w0 > 0`` and :data:`ADAPTIVE_KEYS` (non-negative numbers, ``target_nfe`` may be null)."""
+    with ``w0 > 0`` and :data:`ADAPTIVE_KEYS` (non-negative numbers, ``target_nfe`` may be null), or
+    ``{"ratio": rho, ...}`` with ``rho > 0`` and :data:`RATIO_KEYS` (``every`` an integer >= 1, the
+    others non-negative numbers)."""
 
     def allowed(self) -> str:
         return (
-            'a number >= 0, {"start": w0, "end": w1} with finite w0, w1 > 0, or {"adaptive": w0, ...} '
-            f"with w0 > 0 and keys among {', '.join(ADAPTIVE_KEYS)}"
+            'a number >= 0, {"start": w0, "end": w1} with finite w0, w1 > 0, {"adaptive": w0, ...} '
+            f"with w0 > 0 and keys among {', '.join(ADAPTIVE_KEYS)}, or "
+            '{"ratio": rho, ...} '
+            f"with rho > 0 and keys among {', '.join(RATIO_KEYS)} (every an integer >= 1)"
         )
 
     def accepts(self, value: Any) -> bool:
@@ -123,6 +129,14 @@ class Weight(Rule):
                 Real().accepts(value["adaptive"])
                 and set(options) <= set(ADAPTIVE_KEYS)
                 and all(v is None or Real(closed=True).accepts(v) for v in options.values())
+            )
+        if isinstance(value, dict) and "ratio" in value:
+            options = {k: v for k, v in value.items() if k != "ratio"}
+            return (
+                Real().accepts(value["ratio"])
+                and set(options) <= set(RATIO_KEYS)
+                and Integer(1).accepts(options.get("every", 1))
+                and all(Real(closed=True).accepts(v) for k, v in options.items() if k != "every")
             )
         if isinstance(value, dict):
             return set(value) == {"start", "end"} and all(Real().accepts(v) for v in value.values())

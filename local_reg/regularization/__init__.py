@@ -9,7 +9,8 @@
   :class:`TayNODERegularized` (K-th derivative of the solution, Kelly et al. 2020), each with its
   functional form (:func:`steer_regularization`, :func:`rnode_regularization`,
   :func:`taynode_regularization`).
-- Weight schedules: :class:`ConstantWeight`, :class:`ExponentialDecay`.
+- Weight schedules: :class:`ConstantWeight`, :class:`ExponentialDecay`; weights that tune themselves:
+  :class:`AdaptiveWeight`, :class:`RatioWeight` (a stated share of the gradient).
 
 Both are configurations of one module, :class:`Regularized` (penalty :class:`LocalPenalty`,
 :class:`GlobalPenalty`, or none for the plain model), which also takes neural SDEs.
@@ -22,7 +23,7 @@ from ._stats import RegularizationStats, SDERegularizationStats
 from .globalreg import GloballyRegularized, global_regularization
 from .local import LocallyRegularized, local_regularization
 from .rnode import RNODERegularized, rnode_regularization
-from .schedules import AdaptiveWeight, ConstantWeight, ExponentialDecay, WeightSchedule
+from .schedules import AdaptiveWeight, ConstantWeight, ExponentialDecay, RatioWeight, WeightSchedule
 from .steer import SteerRegularized, steer_regularization
 from .taynode import TayNODERegularized, taynode_regularization
 
@@ -39,6 +40,7 @@ __all__ = [
     "GloballyRegularized",
     "LocalPenalty",
     "LocallyRegularized",
+    "RatioWeight",
     "Regularized",
     "RegularizationStats",
     "SDERegularizationStats",

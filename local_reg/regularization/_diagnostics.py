@@ -27,12 +27,15 @@ class GradientRatio:
 
     ``after_backward`` reads the parameters' ``.grad`` (so call it before ``optimizer.step()``
     and before the gradients are cleared); it returns ``nan`` if nothing was measured and ``inf``
-    when the task's gradient is zero.
+    when the task's gradient is zero. It also leaves the two norms it divided in ``penalty_norm``
+    and ``task_norm`` (``nan`` when nothing was measured), which
+    :class:`local_reg.regularization.RatioWeight` averages.
     """
 
     def __init__(self, parameters: Iterable[Tensor]) -> None:
         self.parameters = [p for p in parameters if p.requires_grad]
         self._penalty_grads: list[Tensor | None] | None = None
+        self.penalty_norm = self.task_norm = math.nan
 
     def before_backward(self, reg_loss: Tensor) -> None:
         if not isinstance(reg_loss, Tensor) or not reg_loss.requires_grad:
@@ -43,6 +46,7 @@ class GradientRatio:
         )
 
     def after_backward(self) -> float:
+        self.penalty_norm = self.task_norm = math.nan
         if self._penalty_grads is None:
             return math.nan
         penalty_sq = task_sq = 0.0
@@ -54,6 +58,7 @@ class GradientRatio:
                 task = total if penalty is None else total - penalty
                 task_sq += float(task.pow(2).sum())
         self._penalty_grads = None
+        self.penalty_norm, self.task_norm = math.sqrt(penalty_sq), math.sqrt(task_sq)
         if task_sq == 0.0:
             return math.inf if penalty_sq > 0 else math.nan
         return math.sqrt(penalty_sq / task_sq)

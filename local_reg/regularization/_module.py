@@ -336,6 +336,7 @@ class Regularized(nn.Module):
             self.reg_loss = torch.zeros((), dtype=ys.dtype, device=ys.device)
             return unflatten(ys)
         ys, reg, self.stats = self.penalty(problem, y0, t, self.generator)
+        self.stats.grad_ratio = self.weight.last_ratio
         self.reg_loss = reg * self.weight()
         return unflatten(ys)
 

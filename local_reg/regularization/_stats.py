@@ -32,6 +32,9 @@ class RegularizationStats:
         penalty: the unweighted penalty ``R`` as a float (``None`` without one).
         penalty_finite: ``False`` if the penalty was non-finite and replaced by 0.
         n_accepted: accepted steps of the main solve when known, else ``None``.
+        grad_ratio: the weight's last measured ``||grad reg_loss|| / ||grad task loss||``
+            (:class:`local_reg.regularization.RatioWeight` measures it, in an earlier iteration's
+            backward pass), else ``None``.
     """
 
     main: Stats = field(default_factory=Stats)
@@ -44,6 +47,7 @@ class RegularizationStats:
     penalty: float | None = None
     penalty_finite: bool = True
     n_accepted: int | None = None
+    grad_ratio: float | None = None
     backward_counter: Callable[[], int | None] | None = field(default=None, repr=False)
 
     @property

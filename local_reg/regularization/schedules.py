@@ -11,7 +11,12 @@ so ``w(0) = w0`` and ``w(N) = w1``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
+
+from torch import Tensor
+
+from ._diagnostics import GradientRatio
 
 
 def _non_negative(name: str, value: object) -> float:
@@ -43,6 +48,12 @@ class WeightSchedule:
         """Advance one iteration and return the new weight."""
         self.iteration += 1
         return self()
+
+    @property
+    def last_ratio(self) -> float | None:
+        """The last measured ratio of the penalty's gradient to the task's (:class:`RatioWeight`);
+        ``None`` for a schedule that measures none."""
+        return None
 
     def observe(self, task_loss: float, nfe: float | None = None) -> None:
         """Report the iteration's measured task loss and NFE before :meth:`step`; a schedule fixed in
@@ -104,7 +115,45 @@ def _positive(name: str, value: object) -> float:
     return value
 
 
-class AdaptiveWeight(WeightSchedule):
+class _SelfTuningWeight(WeightSchedule):
+    """What the weights that tune themselves share: a start ``initial`` within ``[w_min, w_max]``, an
+    averaging factor ``beta`` and a state (``_fresh()``'s keys) saved whole by ``state_dict()``."""
+
+    def __init__(self, initial: float, beta: float, w_min: float, w_max: float) -> None:
+        super().__init__()
+        self.initial = _positive("initial", initial)
+        self.beta = _non_negative("beta", beta)
+        if self.beta >= 1:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        self.w_min, self.w_max = _positive("w_min", w_min), _positive("w_max", w_max)
+        if not self.w_min <= self.initial <= self.w_max:
+            raise ValueError(f"initial must lie in [w_min, w_max] = [{w_min}, {w_max}], got {initial}")
+        self._state = self._fresh()
+
+    def _fresh(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _weight_of(self, state: dict[str, Any]) -> float:
+        raise NotImplementedError
+
+    def value(self, iteration: int) -> float:
+        return self._weight_of(self._state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self._state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        missing = [k for k in self._fresh() if k not in state]
+        if missing:
+            raise ValueError(f"{type(self).__name__} state is missing {missing}")
+        weight = self._weight_of(state)
+        if not self.w_min * (1 - 1e-12) <= weight <= self.w_max * (1 + 1e-12):
+            raise ValueError(f"weight {weight} lies outside [w_min, w_max] = [{self.w_min}, {self.w_max}]")
+        self._state = {k: state[k] for k in self._fresh()}
+
+
+class AdaptiveWeight(_SelfTuningWeight):
     """A weight that tunes itself: the user states the price, dual ascent finds the multiplier.
 
     The constraint is "the task loss may rise by at most ``loss_rise`` (relative) above its
@@ -140,21 +189,13 @@ class AdaptiveWeight(WeightSchedule):
         w_min: float = 1e-3,
         w_max: float = 1e3,
     ) -> None:
-        super().__init__()
-        self.initial = _positive("initial", initial)
         self.loss_rise = _non_negative("loss_rise", loss_rise)
         self.target_nfe = None if target_nfe is None else _positive("target_nfe", target_nfe)
         self.rate = _positive("rate", rate)
-        self.beta = _non_negative("beta", beta)
-        if self.beta >= 1:
-            raise ValueError(f"beta must be in [0, 1), got {beta}")
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
         self.warmup = warmup
-        self.w_min, self.w_max = _positive("w_min", w_min), _positive("w_max", w_max)
-        if not self.w_min <= self.initial <= self.w_max:
-            raise ValueError(f"initial must lie in [w_min, w_max] = [{w_min}, {w_max}], got {initial}")
-        self._state = self._fresh()
+        super().__init__(initial, beta, w_min, w_max)
 
     def _fresh(self) -> dict[str, Any]:
         return {
@@ -166,8 +207,8 @@ class AdaptiveWeight(WeightSchedule):
             "pending": None,
         }
 
-    def value(self, iteration: int) -> float:
-        return math.exp(self._state["log_weight"])
+    def _weight_of(self, state: dict[str, Any]) -> float:
+        return math.exp(float(state["log_weight"]))
 
     @property
     def baseline(self) -> float | None:
@@ -208,23 +249,136 @@ class AdaptiveWeight(WeightSchedule):
                 )
         return super().step()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), **self._state}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        missing = [k for k in self._fresh() if k not in state]
-        if missing:
-            raise ValueError(f"AdaptiveWeight state is missing {missing}")
-        log_weight = float(state["log_weight"])
-        if not math.log(self.w_min) - 1e-12 <= log_weight <= math.log(self.w_max) + 1e-12:
-            raise ValueError(f"log_weight {log_weight} lies outside [log w_min, log w_max]")
-        self._state = {k: state[k] for k in self._fresh()}
-
     def __repr__(self) -> str:
         return (
             f"AdaptiveWeight(w={self():.4g}, loss_rise={self.loss_rise}, target_nfe={self.target_nfe}, "
             f"rate={self.rate}, bounds=[{self.w_min}, {self.w_max}])"
+        )
+
+
+class RatioWeight(_SelfTuningWeight):
+    """A weight normalized by the measured gradient ratio: the penalty gets a stated share of the pull.
+
+    The penalty's gradient scales with the tolerance, the probe and the task (EEst is the error
+    divided by the tolerance), so no fixed weight transfers between them (docs/results.md, "Study:
+    probe, penalty form, draws, self-tuning weight"). This weight holds instead the ratio
+
+        ||d(w R)/dtheta|| / ||dL/dtheta|| = target_ratio
+
+    of the weighted penalty's gradient to the task loss's: every ``every`` iterations it measures
+    both gradient norms (:class:`local_reg.regularization.GradientRatio`: one extra vector--Jacobian
+    product of ``w R``), keeps bias-corrected moving averages (factor ``beta``) of the task's norm
+    ``G_L`` and of the *unweighted* penalty's ``G_R`` (the weighted one divided by the weight that
+    made it), and sets
+
+        w = clip(target_ratio * G_L / G_R, w_min, w_max)
+
+    from the first measurement on (``initial`` until then). The default target 1 is the one the
+    study in docs/results.md chose (on one task, then checked on three others). The two norms are
+    averaged, not their ratio, so that a minibatch with a near-zero task gradient (an unbounded
+    ratio) does not dominate the average. It goes beyond [LR23], whose weights are
+    fixed per task; normalizing a loss term by gradient norms is the idea of GradNorm (Chen et al.,
+    ICML 2018). The ratio is measured over the parameters given, so pass all the trained ones (a
+    classifier's head too): the task's gradient is the whole model's.
+
+    Use, once per iteration (``backward`` replaces ``(loss + model.reg_loss).backward()``)::
+
+        model = LocallyRegularized(func, weight=RatioWeight(1.0))
+        loss = task_loss(model(y0, t))
+        optimizer.zero_grad()
+        model.weight.backward(loss, model.reg_loss, params)   # measures when due
+        optimizer.step()
+        model.weight.step()                                    # folds the measurement in
+
+    or measure yourself with a :class:`GradientRatio` and report ``observe_gradients(penalty_norm,
+    task_norm)`` when :attr:`due`. ``state_dict()`` holds the weight, both averages and the last
+    ratio, so a resumed run continues where it stopped.
+    """
+
+    def __init__(
+        self,
+        target_ratio: float = 1.0,
+        *,
+        every: int = 1,
+        beta: float = 0.9,
+        initial: float = 1e-3,
+        w_min: float = 1e-6,
+        w_max: float = 1e3,
+    ) -> None:
+        self.target_ratio = _positive("target_ratio", target_ratio)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int, got {every!r}")
+        self.every = every
+        super().__init__(initial, beta, w_min, w_max)
+
+    def _fresh(self) -> dict[str, Any]:
+        return {
+            "weight": self.initial,
+            "ema_task": 0.0,
+            "ema_penalty": 0.0,
+            "measured": 0,
+            "last_ratio": None,
+            "pending": None,
+        }
+
+    def _weight_of(self, state: dict[str, Any]) -> float:
+        return float(state["weight"])
+
+    @property
+    def due(self) -> bool:
+        """Whether this iteration's gradients should be measured (every ``every`` iterations)."""
+        return self.iteration % self.every == 0
+
+    @property
+    def last_ratio(self) -> float | None:
+        """The last measured ``||grad (w R)|| / ||grad L||`` (``None`` before the first)."""
+        return self._state["last_ratio"]
+
+    def observe_gradients(self, penalty_norm: float, task_norm: float) -> None:
+        """Report this iteration's gradient norms before :meth:`step`: ``penalty_norm`` of the weighted
+        penalty ``model.reg_loss`` (made at the current weight), ``task_norm`` of the task loss.
+
+        A measurement without information is skipped: a non-finite norm, or a zero penalty gradient
+        (a penalty replaced by zero, or a probe with no error at all)."""
+        penalty_norm, task_norm = float(penalty_norm), float(task_norm)
+        if penalty_norm < 0 or task_norm < 0:
+            raise ValueError(f"gradient norms must be non-negative, got {penalty_norm}, {task_norm}")
+        if not (math.isfinite(penalty_norm) and math.isfinite(task_norm)) or penalty_norm == 0:
+            return
+        self._state["pending"] = (penalty_norm / self(), task_norm)
+
+    def backward(self, task_loss: Tensor, reg_loss: Tensor, parameters: Iterable[Tensor]) -> float:
+        """``(task_loss + reg_loss).backward()``, measuring both gradients over ``parameters`` when
+        :attr:`due`; returns the measured ratio (``nan`` when not measured)."""
+        if not self.due:
+            (task_loss + reg_loss).backward()
+            return math.nan
+        meter = GradientRatio(parameters)
+        meter.before_backward(reg_loss)
+        (task_loss + reg_loss).backward()
+        ratio = meter.after_backward()
+        self.observe_gradients(meter.penalty_norm, meter.task_norm)
+        return ratio
+
+    def step(self) -> float:
+        """Fold in the last measurement (if any), set the weight, advance one iteration."""
+        state = self._state
+        if state["pending"] is not None:
+            penalty, task = state["pending"]
+            state["pending"] = None
+            state["last_ratio"] = penalty * state["weight"] / task if task > 0 else math.inf
+            state["measured"] += 1
+            state["ema_penalty"] = self.beta * state["ema_penalty"] + (1 - self.beta) * penalty
+            state["ema_task"] = self.beta * state["ema_task"] + (1 - self.beta) * task
+            # The bias corrections of the two averages are equal and cancel in their ratio.
+            wanted = self.target_ratio * state["ema_task"] / state["ema_penalty"]
+            state["weight"] = max(self.w_min, min(self.w_max, wanted))
+        return super().step()
+
+    def __repr__(self) -> str:
+        return (
+            f"RatioWeight(w={self():.4g}, target_ratio={self.target_ratio}, every={self.every}, "
+            f"beta={self.beta}, bounds=[{self.w_min}, {self.w_max}])"
         )
 
 

@@ -1,0 +1,207 @@
+"""The weight normalized by the measured gradient ratio (``RatioWeight``)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from local_reg import LocallyRegularized, RatioWeight
+from local_reg.experiments.methods import weight_schedule, weight_text
+from local_reg.experiments.runner import RunSpec
+from local_reg.experiments.settings import SettingsError
+
+DTYPE = torch.float64
+T = torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)
+
+
+class _Field(torch.nn.Module):
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        layers = (torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+        self.net = torch.nn.Sequential(*layers).to(DTYPE)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
+def _model(weight: RatioWeight, seed: int = 0) -> LocallyRegularized:
+    # A fixed generator: every forward pass draws the same t_reg sequence, so runs can be compared.
+    return LocallyRegularized(
+        _Field(seed), weight=weight, rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(seed)
+    )
+
+
+def _y0() -> torch.Tensor:
+    return torch.linspace(-1.0, 1.0, 12, dtype=DTYPE).reshape(4, 3)
+
+
+def _task_loss(ys: torch.Tensor) -> torch.Tensor:
+    return (ys[-1] - 0.5).pow(2).mean()
+
+
+def _norm(grads) -> float:
+    return math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
+
+
+def _iteration(model: LocallyRegularized, optimizer: torch.optim.Optimizer | None = None) -> float:
+    """One training iteration with the documented call pattern; the measured ratio."""
+    loss = _task_loss(model(_y0(), T))
+    model.zero_grad(set_to_none=True)
+    ratio = model.weight.backward(loss, model.reg_loss, model.parameters())
+    if optimizer is not None:
+        optimizer.step()
+    model.weight.step()
+    return ratio
+
+
+def test_ratio_and_weight_against_separately_computed_gradients():
+    model = _model(RatioWeight(0.3, beta=0.0, initial=0.01))
+    ys = model(_y0(), T)
+    loss = _task_loss(ys)
+    params = list(model.parameters())
+    task_norm = _norm(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+    # The unweighted penalty's gradient: that of reg_loss / w.
+    unweighted = model.reg_loss / 0.01
+    penalty_norm = _norm(torch.autograd.grad(unweighted, params, retain_graph=True, allow_unused=True))
+    ratio = model.weight.backward(loss, model.reg_loss, params)
+    assert ratio == pytest.approx(0.01 * penalty_norm / task_norm, rel=1e-10)
+    model.weight.step()
+    assert model.weight.last_ratio == pytest.approx(ratio, rel=1e-12)
+    # beta = 0: the new weight is exactly the one that makes the measured ratio the target.
+    assert model.weight() == pytest.approx(0.3 * task_norm / penalty_norm, rel=1e-10)
+    # The same parameters and the same draw of t_reg, at the new weight: the ratio is the target.
+    model.generator.manual_seed(0)
+    model.zero_grad(set_to_none=True)
+    loss = _task_loss(model(_y0(), T))
+    model.weight.iteration = 0  # due again
+    assert model.weight.backward(loss, model.reg_loss, params) == pytest.approx(0.3, rel=1e-8)
+
+
+@pytest.mark.parametrize("initial, direction", [(1e-5, 1), (10.0, -1)])
+def test_weight_moves_the_ratio_toward_the_target_from_either_side(initial, direction):
+    target = 0.2
+    model = _model(RatioWeight(target, beta=0.5, initial=initial))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    ratios, weights = [], [model.weight()]
+    for _ in range(12):
+        ratios.append(_iteration(model, optimizer))
+        weights.append(model.weight())
+    # Below the target the weight rises, above it falls; then the ratio stays near the target.
+    assert (ratios[0] < target) == (direction > 0)
+    assert direction * (weights[1] - weights[0]) > 0
+    assert all(abs(math.log(r / target)) < 0.3 for r in ratios[1:])
+    assert abs(math.log(ratios[-1] / target)) < abs(math.log(ratios[0] / target))
+
+
+def test_weight_stays_within_its_bounds():
+    high = _model(RatioWeight(1e3, beta=0.0, initial=0.1, w_max=0.5))
+    low = _model(RatioWeight(1e-9, beta=0.0, initial=0.1, w_min=0.05))
+    for _ in range(3):
+        _iteration(high)
+        _iteration(low)
+        assert high.weight() == 0.5 and low.weight() == 0.05
+
+
+def test_measures_only_every_few_iterations():
+    model = _model(RatioWeight(0.2, every=3, beta=0.0))
+    ratios = [_iteration(model) for _ in range(7)]
+    assert [not math.isnan(r) for r in ratios] == [True, False, False, True, False, False, True]
+
+
+def test_state_dict_resumes_exactly():
+    def run(model: LocallyRegularized, n: int) -> list[float]:
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        out = []
+        for _ in range(n):
+            _iteration(model, optimizer)
+            out.append(model.weight())
+        return out
+
+    whole = run(_model(RatioWeight(0.2, every=2, beta=0.7)), 6)
+    first = _model(RatioWeight(0.2, every=2, beta=0.7))
+    run(first, 3)
+    resumed = _model(RatioWeight(0.2, every=2, beta=0.7), seed=1)  # other weights, other generator
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.weight.state_dict() == first.weight.state_dict()
+    assert run(resumed, 3) == pytest.approx(whole[3:], rel=1e-12)
+    assert resumed.weight.iteration == 6
+    bad = {**first.weight.state_dict(), "weight": 1e9}
+    with pytest.raises(ValueError, match="weight"):
+        RatioWeight(0.2).load_state_dict(bad)
+    with pytest.raises(ValueError, match="missing"):
+        RatioWeight(0.2).load_state_dict({"iteration": 0})
+
+
+def test_stats_show_the_last_measured_ratio():
+    model = _model(RatioWeight(0.2))
+    model(_y0(), T)
+    assert model.stats.grad_ratio is None  # nothing measured yet
+    ratio = _iteration(model)
+    model(_y0(), T)
+    assert model.stats.grad_ratio == pytest.approx(ratio, rel=1e-12)
+    # Other schedules measure nothing.
+    plain = LocallyRegularized(_Field(), weight=0.5)
+    plain(_y0(), T)
+    assert plain.stats.grad_ratio is None
+
+
+def test_uninformative_measurements_are_skipped():
+    weight = RatioWeight(0.2, beta=0.0, initial=0.01)
+    for penalty, task in [(0.0, 1.0), (math.nan, 1.0), (1.0, math.inf)]:
+        weight.observe_gradients(penalty, task)
+        weight.step()
+    assert weight() == 0.01 and weight.last_ratio is None
+    weight.observe_gradients(0.01, 0.5)  # the unweighted penalty's gradient: 1.0
+    weight.step()
+    assert weight() == pytest.approx(0.1) and weight.last_ratio == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"target_ratio": 0.0}, "target_ratio"),
+        ({"target_ratio": -1.0}, "target_ratio"),
+        ({"every": 0}, "every"),
+        ({"every": 1.5}, "every"),
+        ({"beta": 1.0}, "beta"),
+        ({"initial": 10.0, "w_max": 1.0}, "initial"),
+        ({"w_min": 0.0}, "w_min"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RatioWeight(**kwargs)
+
+
+def test_negative_norms_are_refused():
+    with pytest.raises(ValueError, match="non-negative"):
+        RatioWeight().observe_gradients(-1.0, 1.0)
+
+
+def test_cli_weight_spec():
+    schedule = weight_schedule({"ratio": 0.3, "every": 5, "w_max": 10.0}, 100)
+    assert isinstance(schedule, RatioWeight)
+    assert (schedule.target_ratio, schedule.every, schedule.w_max) == (0.3, 5, 10.0)
+    assert weight_text({"ratio": 0.3, "every": 5}) == "ratio 0.3 (every=5)"
+    for bad in ({"ratio": 0.3, "every": 1.5}, {"ratio": 0.3, "rate": 1.0}, {"ratio": 0.0}):
+        spec = RunSpec("digits", "local-random", 0, "tiny", overrides={"weights.local-random": bad})
+        with pytest.raises(SettingsError, match="ratio"):
+            spec.settings()
+
+
+def test_cli_trains_with_a_ratio_weight_and_records_it(tmp_path):
+    from local_reg.experiments.cli import main
+    from local_reg.experiments.results import ResultsFile
+
+    args = ["experiment", "tabular", "--size", "tiny", "--seeds", "1", "--no-progress"]
+    args += ["--out", str(tmp_path)]
+    spec = '{"ratio": 0.5, "initial": 0.001}'
+    assert main([*args, "--methods", "local-random", "--set", f"weights.local-random={spec}"]) == 0
+    (record,) = ResultsFile(tmp_path).load()
+    history = record["history"]
+    assert history["weight"][0] == [0, 0.001]
+    assert history["grad_ratio"][0][0] == 0 and math.isfinite(history["grad_ratio"][0][1])
+    assert "ratio 0.5" in (tmp_path / "report.md").read_text()
