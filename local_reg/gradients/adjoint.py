@@ -18,6 +18,15 @@ ICML 2021): ``g`` never feeds back into the dynamics, so its local error need no
 With ``BacksolveAdjoint(norm="seminorm")`` the error norm of the backward solve covers ``(y, a)``
 only; ``g`` is still integrated by the same Runge--Kutta steps, but its error does not limit them.
 
+Layout: the one loop integrates ``(y, a)`` only, stacked into one tensor of shape ``(2, *y.shape)``.
+``g`` has as many entries as the parameters, so it is kept as one tensor per parameter and advanced
+by :class:`AdjointStepper` with the Runge--Kutta weights of the ``(y, a)`` step (``g`` does not enter
+the field, so its stage values are never needed, only the stage rates ``-a^T df/dtheta``), in
+multi-tensor (``torch._foreach_*``) operations. The result is the augmented system's solve, step for
+step: with the default norm the error estimate still includes ``g``'s local error (one RMS over
+``(y, a, g)``), computed from the same stage rates. No parameter-sized tensor is concatenated per
+evaluation (the initial-step heuristic of the default norm flattens ``(y, a, g)`` once per restart).
+
 Output times whose cotangent is exactly zero (for example the ``t_reg`` a local regularizer adds to
 the save points) do not restart the backward solve: it carries on across them.
 """
@@ -25,47 +34,209 @@ the save points) do not restart the backward solve: it carries on across them.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import math
+from collections.abc import Sequence
 from itertools import pairwise
 
 import torch
 from torch import Tensor
 
-from .._integrate import SolveOptions, integrate_ode
-from .._step import rms_norm
+from .._integrate import SolveOptions, integrate
+from .._step import RKStepper, StepResult, initial_step_size, rms_norm, step
 from .._validate import positive_float, positive_int
+from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from ._function import ForwardSolve, GraphFreeGradient, vector_jacobian_product
 
 NORMS = ("default", "seminorm")
 
-
-def seminorm(scaled_error: Tensor, n_included: int) -> Tensor:
-    """RMS over the first ``n_included`` entries of the flat augmented state: ``(y, a)``."""
-    return rms_norm(scaled_error[:n_included])
+ParameterTensors = list[Tensor]
+"""One tensor per parameter: ``g`` or one stage's rate ``-a^T df/dtheta``."""
 
 
-class AugmentedDynamics:
-    """The augmented field ``(f, -a^T df/dy, -a^T df/dtheta)`` on the flat state ``[y, a, g]``."""
+def combine_parameters(
+    base: ParameterTensors | None,
+    dt: float,
+    coefficients: Sequence[float],
+    stages: Sequence[ParameterTensors],
+) -> ParameterTensors:
+    """:func:`local_reg._step.combine` on lists of per-parameter tensors: ``base + dt * sum_j
+    coefficients[j] * stages[j]`` (``base=None`` means zero), one multi-tensor operation per stage."""
+    out = base
+    fresh = False
+    for coefficient, stage in zip(coefficients, stages, strict=False):
+        if coefficient == 0.0 or not stage:
+            continue
+        if out is None:
+            out = torch._foreach_mul(stage, dt * coefficient)
+        elif fresh:
+            torch._foreach_add_(out, stage, alpha=dt * coefficient)
+        else:
+            out = torch._foreach_add(out, stage, alpha=dt * coefficient)
+        fresh = True
+    if out is None:
+        return [torch.zeros_like(rate) for rate in stages[0]]
+    return out
 
-    def __init__(self, solve: ForwardSolve, state_shape: torch.Size) -> None:
-        self.func = solve.func
+
+@dataclasses.dataclass
+class AdjointStepResult(StepResult):
+    """A step of ``(y, a)`` with what advances ``g`` across it."""
+
+    dt: float = 0.0
+    parameter_stages: list[ParameterTensors] = dataclasses.field(default_factory=list)
+    """The stage rates ``-a^T df/dtheta``, one list per stage."""
+    parameter_gradient: ParameterTensors | None = None
+    """``g`` at the step's end, when the error estimate already computed it."""
+
+
+class AdjointStepper(RKStepper):
+    """The backward solve's stepper: Runge--Kutta steps of ``(y, a)`` (stacked, shape ``(2, *y.shape)``)
+    with the field ``(f, -a^T df/dy)``, and ``g`` (:attr:`parameter_gradient`, one tensor per
+    parameter) advanced by the same steps from the stage rates ``-a^T df/dtheta`` that each
+    evaluation records.
+
+    One stepper serves every restart of a backward pass: ``g`` carries over from one to the next.
+    """
+
+    def __init__(self, solve: ForwardSolve, options: SolveOptions, seminorm: bool, ys: Tensor) -> None:
+        """``ys``: the forward outputs (their shape and dtype)."""
+        # The backward solve's step record is not returned: its stiffness estimate is not computed.
+        tableau = dataclasses.replace(options.tableau, stiffness_stages=None)
+        super().__init__(self.augmented_field, tableau, options.rtol, options.atol)
+        self.func_of_y = solve.func
         self.params = solve.params
-        self.state_shape = state_shape
-        self.state_size = state_shape.numel()
+        self.state_size = ys[0].numel()
+        self.seminorm = seminorm
+        self.parameter_gradient: ParameterTensors = [ys.new_zeros(p.shape) for p in solve.params]
+        self.no_rate = [torch.zeros_like(p) for p in solve.params]
+        # The RMS of the default norm is over every entry of (y, a, g).
+        self.n_entries = 2 * self.state_size + sum(p.numel() for p in solve.params)
+        self.recorded: list[ParameterTensors] = []
 
-    def __call__(self, t: Tensor, z: Tensor) -> Tensor:
-        n = self.state_size
-        y = z[:n].reshape(self.state_shape)
-        adjoint = z[n : 2 * n].reshape(self.state_shape)
+    def augmented_field(self, t: Tensor, z: Tensor) -> Tensor:
+        """``(f, -a^T df/dy)`` at ``z = (y, a)``; ``-a^T df/dtheta`` goes to :attr:`recorded`."""
+        y, adjoint = z.unbind(0)
         derivative, state_rate, parameter_vjps = vector_jacobian_product(
-            self.func, t, y, self.params, -adjoint
+            self.func_of_y, t, y, self.params, -adjoint
         )
-        rates = [
-            (torch.zeros_like(p) if g is None else g).reshape(-1)
-            for p, g in zip(self.params, parameter_vjps, strict=True)
-        ]
-        return torch.cat([derivative.reshape(-1), state_rate.reshape(-1), *rates])
+        self.recorded.append(
+            [zero if g is None else g for zero, g in zip(self.no_rate, parameter_vjps, strict=True)]
+        )
+        return torch.stack([derivative, state_rate])
+
+    def begin(self, t0: float, y0: Tensor, stats: Stats) -> tuple[Tensor, ParameterTensors]:
+        self.recorded = []
+        f0 = super().begin(t0, y0, stats)
+        return f0, self.recorded[-1]
+
+    def initial_step_size(
+        self,
+        t0: float,
+        y0: Tensor,
+        carry: tuple[Tensor, ParameterTensors],
+        direction: float,
+        stats: Stats,
+        t_end: float | None = None,
+    ) -> float:
+        f0, parameter_rate = carry
+        if self.seminorm:
+            return super().initial_step_size(t0, y0, f0, direction, stats, t_end)
+
+        # The heuristic's norms are over (y, a, g): flatten once per restart, not per evaluation.
+        def flat(state: Tensor, parameters: ParameterTensors) -> Tensor:
+            return torch.cat([state.reshape(-1), *(part.reshape(-1) for part in parameters)])
+
+        def field(t: Tensor, z: Tensor) -> Tensor:
+            derivative = self.augmented_field(t, z[: 2 * self.state_size].reshape(y0.shape))
+            return flat(derivative, self.recorded[-1])
+
+        dt_abs, nfe = initial_step_size(
+            field,
+            t0,
+            flat(y0, self.parameter_gradient),
+            flat(f0, parameter_rate),
+            self.order,
+            self.rtol,
+            self.atol,
+            direction,
+            t_end=t_end,
+        )
+        stats.add(nfe)
+        return dt_abs
+
+    def step(
+        self,
+        t: float,
+        t_next: float,
+        y: Tensor,
+        dt: float,
+        carry: tuple[Tensor | None, ParameterTensors | None],
+        estimate_error: bool,
+    ) -> AdjointStepResult:
+        k1, k1_parameter_rate = carry
+        self.recorded = [] if k1 is None else [k1_parameter_rate]
+        # Without parameters the default norm is the RMS over (y, a), as the seminorm is.
+        with_parameters = (
+            estimate_error
+            and not self.seminorm
+            and bool(self.params)
+            and self.tableau.error_weights is not None
+        )
+        end_gradient: list[ParameterTensors] = []
+
+        def norm(scaled_state_error: Tensor) -> Tensor:
+            # Every stage has been evaluated (and recorded) before the error estimate.
+            g0 = self.parameter_gradient
+            g1 = self.advance(g0, dt, self.recorded)
+            end_gradient.append(g1)
+            scaled = combine_parameters(None, dt, self.tableau.error_weights, self.recorded)
+            scale = torch._foreach_maximum(torch._foreach_abs(g0), torch._foreach_abs(g1))
+            torch._foreach_mul_(scale, self.rtol)
+            torch._foreach_add_(scale, self.atol)
+            torch._foreach_div_(scaled, scale)
+            norms = torch._foreach_norm([scaled_state_error, *scaled])
+            return torch.linalg.vector_norm(torch.stack(norms)) / math.sqrt(self.n_entries)
+
+        result = step(
+            self.func,
+            t,
+            y,
+            dt,
+            self.tableau,
+            rtol=self.rtol,
+            atol=self.atol,
+            k1=k1,
+            norm=norm if with_parameters else rms_norm,
+        )
+        return AdjointStepResult(
+            **{field.name: getattr(result, field.name) for field in dataclasses.fields(result)},
+            dt=dt,
+            parameter_stages=self.recorded,
+            parameter_gradient=end_gradient[0] if end_gradient else None,
+        )
+
+    def advance(self, g: ParameterTensors, dt: float, stages: list[ParameterTensors]) -> ParameterTensors:
+        """``g`` across a step with the stage rates ``stages``, weighted as the step's ``y1`` is."""
+        weights = self.tableau.a[-1] if self.tableau.fsal else self.tableau.b
+        return combine_parameters(g, dt, weights, stages)
+
+    def next_carry(
+        self,
+        result: AdjointStepResult,
+        accepted: bool,
+        carry: tuple[Tensor | None, ParameterTensors | None],
+    ) -> tuple[Tensor | None, ParameterTensors | None]:
+        if not accepted:
+            return carry
+        if result.parameter_gradient is not None:
+            self.parameter_gradient = result.parameter_gradient
+        else:
+            self.parameter_gradient = self.advance(
+                self.parameter_gradient, result.dt, result.parameter_stages
+            )
+        k1 = super().next_carry(result, accepted, carry[0])
+        return k1, result.parameter_stages[-1] if k1 is not None else None
 
 
 class BacksolveAdjoint(GraphFreeGradient):
@@ -142,33 +313,20 @@ class BacksolveAdjoint(GraphFreeGradient):
     def backward(
         self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
     ) -> tuple[Tensor, list[Tensor | None], int]:
-        state_shape = ys.shape[1:]
-        n = state_shape.numel()
         if len(solve.times) == 1:
             return grad_ys[0], [None] * len(solve.params), 0
         options = self.backward_options(solve.options)
-        if self.norm == "seminorm":
-            options = dataclasses.replace(options, norm=functools.partial(seminorm, n_included=2 * n))
-        dynamics = AugmentedDynamics(solve, state_shape)
-        adjoint = grad_ys[-1].reshape(-1)
-        parameter_gradient = ys.new_zeros(sum(p.numel() for p in solve.params))
+        stepper = AdjointStepper(solve, options, self.norm == "seminorm", ys)
+        adjoint = grad_ys[-1]
         # Restart at every output time that carries a cotangent (and at t0).
         last = len(solve.times) - 1
         restarts = [0, *(i for i in range(1, last) if bool(grad_ys[i].any())), last]
         calls = 0
         for end, start in reversed(list(pairwise(restarts))):
             # Restart from the forward output rather than the backsolved y: it is more accurate.
-            z_start = torch.cat([ys[start].reshape(-1), adjoint, parameter_gradient])
-            outputs, stats, _, _ = integrate_ode(
-                dynamics, z_start, [solve.times[start], solve.times[end]], options
-            )
+            state = torch.stack([ys[start], adjoint])
+            outputs, stats, _, _ = integrate(stepper, state, [solve.times[start], solve.times[end]], options)
             calls += stats.nfe
-            z = outputs[-1]
-            adjoint = z[n : 2 * n] + grad_ys[end].reshape(-1)
-            parameter_gradient = z[2 * n :]
-        grad_params: list[Tensor | None] = []
-        offset = 0
-        for p in solve.params:
-            grad_params.append(parameter_gradient[offset : offset + p.numel()].reshape(p.shape))
-            offset += p.numel()
-        return adjoint.reshape(state_shape), grad_params, calls
+            adjoint = outputs[-1][1] + grad_ys[end]
+        grad_params: list[Tensor | None] = list(stepper.parameter_gradient)
+        return adjoint, grad_params, calls
