@@ -1,10 +1,8 @@
 """Per-attempted-step time of this checkout's solver beside another version's, interleaved.
 
-The other version is a copy of its ``local_reg/`` package renamed ``local_reg_old`` (its imports are
-relative), e.g. for commit ``REV``::
+The other version is a copy of its ``local_reg/`` package renamed ``local_reg_old``
+(``fields.old_local_reg``), e.g.::
 
-    git worktree add /tmp/old REV && mkdir -p /tmp/oldpkg
-    cp -r /tmp/old/local_reg /tmp/oldpkg/local_reg_old
     .venv/bin/python benchmarks/loop_ab.py --old /tmp/oldpkg
 
 A small MLP field on a small state (where the loop's own overhead matters most), no autograd, one
@@ -16,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import torch
+from fields import old_local_reg
 
 import local_reg
 
@@ -30,9 +28,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--t1", type=float, default=200.0)
     args = parser.parse_args()
-    sys.path.insert(0, args.old)
-    import local_reg_old
-
+    local_reg_old = old_local_reg(args.old)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     net = torch.nn.Sequential(

@@ -19,13 +19,15 @@ With ``BacksolveAdjoint(norm="seminorm")`` the error norm of the backward solve 
 only; ``g`` is still integrated by the same Runge--Kutta steps, but its error does not limit them.
 
 Layout: the one loop integrates ``(y, a)`` only, stacked into one tensor of shape ``(2, *y.shape)``.
-``g`` has as many entries as the parameters, so it is kept as one tensor per parameter and advanced
-by :class:`AdjointStepper` with the Runge--Kutta weights of the ``(y, a)`` step (``g`` does not enter
-the field, so its stage values are never needed, only the stage rates ``-a^T df/dtheta``), in
-multi-tensor (``torch._foreach_*``) operations. The result is the augmented system's solve, step for
-step: with the default norm the error estimate still includes ``g``'s local error (one RMS over
-``(y, a, g)``), computed from the same stage rates. No parameter-sized tensor is concatenated per
-evaluation (the initial-step heuristic of the default norm flattens ``(y, a, g)`` once per restart).
+``g`` does not enter the field, so its stage values are never needed, only its stage rates
+``-a^T df/dtheta``: each evaluation writes them into a row of a preallocated matrix (one row per
+stage, the parameters flattened), and :class:`AdjointStepper` advances ``g`` (one flat tensor) across
+an accepted step with the step's Runge--Kutta weights in one matrix--vector product. With the default
+norm the error estimate still includes ``g``'s local error (one RMS over ``(y, a, g)``), from the same
+rows in the same product. The result is the augmented system's solve, step for step, without
+concatenating an augmented state per evaluation or running the Runge--Kutta stage combinations and the
+error scale over the parameters' entries (the initial-step heuristic of the default norm flattens
+``(y, a, g)`` once per restart).
 
 Output times whose cotangent is exactly zero (for example the ``t_reg`` a local regularizer adds to
 the save points) do not restart the backward solve: it carries on across them.
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from itertools import pairwise
 
 import torch
@@ -50,53 +51,31 @@ from ._function import ForwardSolve, GraphFreeGradient, vector_jacobian_product
 
 NORMS = ("default", "seminorm")
 
-ParameterTensors = list[Tensor]
-"""One tensor per parameter: ``g`` or one stage's rate ``-a^T df/dtheta``."""
 
-
-def combine_parameters(
-    base: ParameterTensors | None,
-    dt: float,
-    coefficients: Sequence[float],
-    stages: Sequence[ParameterTensors],
-) -> ParameterTensors:
-    """:func:`local_reg._step.combine` on lists of per-parameter tensors: ``base + dt * sum_j
-    coefficients[j] * stages[j]`` (``base=None`` means zero), one multi-tensor operation per stage."""
-    out = base
-    fresh = False
-    for coefficient, stage in zip(coefficients, stages, strict=False):
-        if coefficient == 0.0 or not stage:
-            continue
-        if out is None:
-            out = torch._foreach_mul(stage, dt * coefficient)
-        elif fresh:
-            torch._foreach_add_(out, stage, alpha=dt * coefficient)
-        else:
-            out = torch._foreach_add(out, stage, alpha=dt * coefficient)
-        fresh = True
-    if out is None:
-        return [torch.zeros_like(rate) for rate in stages[0]]
-    return out
+def parameter_views(flat: Tensor, params: tuple[Tensor, ...]) -> list[Tensor]:
+    """``flat`` (the parameters' entries, one after the other) as views shaped like ``params``."""
+    parts = flat.split([p.numel() for p in params])
+    return [part.view(p.shape) for part, p in zip(parts, params, strict=True)]
 
 
 @dataclasses.dataclass
 class AdjointStepResult(StepResult):
-    """A step of ``(y, a)`` with what advances ``g`` across it."""
+    """A step of ``(y, a)``, with its size and, when the error estimate computed it, ``g`` at its end
+    (the stage rates of ``g`` are the rows of :attr:`AdjointStepper.rates`)."""
 
     dt: float = 0.0
-    parameter_stages: list[ParameterTensors] = dataclasses.field(default_factory=list)
-    """The stage rates ``-a^T df/dtheta``, one list per stage."""
-    parameter_gradient: ParameterTensors | None = None
-    """``g`` at the step's end, when the error estimate already computed it."""
+    parameter_gradient: Tensor | None = None
 
 
 class AdjointStepper(RKStepper):
     """The backward solve's stepper: Runge--Kutta steps of ``(y, a)`` (stacked, shape ``(2, *y.shape)``)
-    with the field ``(f, -a^T df/dy)``, and ``g`` (:attr:`parameter_gradient`, one tensor per
-    parameter) advanced by the same steps from the stage rates ``-a^T df/dtheta`` that each
-    evaluation records.
+    with the field ``(f, -a^T df/dy)``, and ``g`` (:attr:`parameter_gradient`, the parameters
+    flattened) advanced by the same steps from the stage rates ``-a^T df/dtheta``.
 
-    One stepper serves every restart of a backward pass: ``g`` carries over from one to the next.
+    A step's stage ``i`` writes its rate into row ``i`` of :attr:`rates` (a first stage carried over
+    from the step before is moved to row 0), so that the step's weighted sums of the rates are one
+    product with ``rates[:n_stages]``. One stepper serves every restart of a backward pass: ``g``
+    carries over from one to the next.
     """
 
     def __init__(self, solve: ForwardSolve, options: SolveOptions, seminorm: bool, ys: Tensor) -> None:
@@ -106,56 +85,59 @@ class AdjointStepper(RKStepper):
         super().__init__(self.augmented_field, tableau, options.rtol, options.atol)
         self.func_of_y = solve.func
         self.params = solve.params
-        self.state_size = ys[0].numel()
         self.seminorm = seminorm
-        self.parameter_gradient: ParameterTensors = [ys.new_zeros(p.shape) for p in solve.params]
+        n_parameters = sum(p.numel() for p in solve.params)
+        self.parameter_gradient = ys.new_zeros(n_parameters)
+        # One row per stage, and one for the evaluation after a step (the initial-step heuristic's
+        # trial, or the first stage of the next step of a pair that is not FSAL).
+        self.rates = ys.new_zeros(tableau.n_stages + 1, n_parameters)
+        self.row_views = [parameter_views(row, solve.params) for row in self.rates]
         self.no_rate = [torch.zeros_like(p) for p in solve.params]
+        self.next_row = 0
+        weights = [tableau.b, tableau.error_weights or [0.0] * tableau.n_stages]
+        self.weights = torch.tensor(weights, dtype=ys.dtype, device=ys.device)
         # The RMS of the default norm is over every entry of (y, a, g).
-        self.n_entries = 2 * self.state_size + sum(p.numel() for p in solve.params)
-        self.recorded: list[ParameterTensors] = []
+        self.n_entries = 2 * ys[0].numel() + n_parameters
 
     def augmented_field(self, t: Tensor, z: Tensor) -> Tensor:
-        """``(f, -a^T df/dy)`` at ``z = (y, a)``; ``-a^T df/dtheta`` goes to :attr:`recorded`."""
+        """``(f, -a^T df/dy)`` at ``z = (y, a)``; ``-a^T df/dtheta`` goes to the next row of :attr:`rates`."""
         y, adjoint = z.unbind(0)
         derivative, state_rate, parameter_vjps = vector_jacobian_product(
             self.func_of_y, t, y, self.params, -adjoint
         )
-        self.recorded.append(
-            [zero if g is None else g for zero, g in zip(self.no_rate, parameter_vjps, strict=True)]
-        )
+        if parameter_vjps:
+            rates = [zero if g is None else g for zero, g in zip(self.no_rate, parameter_vjps, strict=True)]
+            torch._foreach_copy_(self.row_views[self.next_row], rates)
+        self.next_row += 1
         return torch.stack([derivative, state_rate])
 
-    def begin(self, t0: float, y0: Tensor, stats: Stats) -> tuple[Tensor, ParameterTensors]:
-        self.recorded = []
-        f0 = super().begin(t0, y0, stats)
-        return f0, self.recorded[-1]
+    def begin(self, t0: float, y0: Tensor, stats: Stats) -> tuple[Tensor, int]:
+        self.next_row = 0
+        return super().begin(t0, y0, stats), 0
 
     def initial_step_size(
         self,
         t0: float,
         y0: Tensor,
-        carry: tuple[Tensor, ParameterTensors],
+        carry: tuple[Tensor, int],
         direction: float,
         stats: Stats,
         t_end: float | None = None,
     ) -> float:
-        f0, parameter_rate = carry
+        f0, row = carry
         if self.seminorm:
             return super().initial_step_size(t0, y0, f0, direction, stats, t_end)
 
         # The heuristic's norms are over (y, a, g): flatten once per restart, not per evaluation.
-        def flat(state: Tensor, parameters: ParameterTensors) -> Tensor:
-            return torch.cat([state.reshape(-1), *(part.reshape(-1) for part in parameters)])
-
         def field(t: Tensor, z: Tensor) -> Tensor:
-            derivative = self.augmented_field(t, z[: 2 * self.state_size].reshape(y0.shape))
-            return flat(derivative, self.recorded[-1])
+            derivative = self.augmented_field(t, z[: y0.numel()].reshape(y0.shape))
+            return torch.cat([derivative.reshape(-1), self.rates[self.next_row - 1]])
 
         dt_abs, nfe = initial_step_size(
             field,
             t0,
-            flat(y0, self.parameter_gradient),
-            flat(f0, parameter_rate),
+            torch.cat([y0.reshape(-1), self.parameter_gradient]),
+            torch.cat([f0.reshape(-1), self.rates[row]]),
             self.order,
             self.rtol,
             self.atol,
@@ -171,11 +153,13 @@ class AdjointStepper(RKStepper):
         t_next: float,
         y: Tensor,
         dt: float,
-        carry: tuple[Tensor | None, ParameterTensors | None],
+        carry: tuple[Tensor | None, int | None],
         estimate_error: bool,
     ) -> AdjointStepResult:
-        k1, k1_parameter_rate = carry
-        self.recorded = [] if k1 is None else [k1_parameter_rate]
+        k1, row = carry
+        if k1 is not None and row != 0:
+            self.rates[0].copy_(self.rates[row])
+        self.next_row = 0 if k1 is None else 1
         # Without parameters the default norm is the RMS over (y, a), as the seminorm is.
         with_parameters = (
             estimate_error
@@ -183,20 +167,18 @@ class AdjointStepper(RKStepper):
             and bool(self.params)
             and self.tableau.error_weights is not None
         )
-        end_gradient: list[ParameterTensors] = []
+        end_gradient: list[Tensor] = []
 
         def norm(scaled_state_error: Tensor) -> Tensor:
-            # Every stage has been evaluated (and recorded) before the error estimate.
+            # Every stage has been evaluated (its rate written) before the error estimate.
+            sums = self.weights @ self.rates[: self.tableau.n_stages]
             g0 = self.parameter_gradient
-            g1 = self.advance(g0, dt, self.recorded)
+            g1 = torch.add(g0, sums[0], alpha=dt)
             end_gradient.append(g1)
-            scaled = combine_parameters(None, dt, self.tableau.error_weights, self.recorded)
-            scale = torch._foreach_maximum(torch._foreach_abs(g0), torch._foreach_abs(g1))
-            torch._foreach_mul_(scale, self.rtol)
-            torch._foreach_add_(scale, self.atol)
-            torch._foreach_div_(scaled, scale)
-            norms = torch._foreach_norm([scaled_state_error, *scaled])
-            return torch.linalg.vector_norm(torch.stack(norms)) / math.sqrt(self.n_entries)
+            scale = torch.maximum(g0.abs(), g1.abs()).mul_(self.rtol).add_(self.atol)
+            parameter_error = torch.linalg.vector_norm(sums[1].div_(scale)) * abs(dt)
+            total = torch.hypot(torch.linalg.vector_norm(scaled_state_error), parameter_error)
+            return total / math.sqrt(self.n_entries)
 
         result = step(
             self.func,
@@ -212,31 +194,25 @@ class AdjointStepper(RKStepper):
         return AdjointStepResult(
             **{field.name: getattr(result, field.name) for field in dataclasses.fields(result)},
             dt=dt,
-            parameter_stages=self.recorded,
             parameter_gradient=end_gradient[0] if end_gradient else None,
         )
 
-    def advance(self, g: ParameterTensors, dt: float, stages: list[ParameterTensors]) -> ParameterTensors:
-        """``g`` across a step with the stage rates ``stages``, weighted as the step's ``y1`` is."""
-        weights = self.tableau.a[-1] if self.tableau.fsal else self.tableau.b
-        return combine_parameters(g, dt, weights, stages)
-
     def next_carry(
-        self,
-        result: AdjointStepResult,
-        accepted: bool,
-        carry: tuple[Tensor | None, ParameterTensors | None],
-    ) -> tuple[Tensor | None, ParameterTensors | None]:
+        self, result: AdjointStepResult, accepted: bool, carry: tuple[Tensor | None, int | None]
+    ) -> tuple[Tensor | None, int | None]:
         if not accepted:
-            return carry
+            # The attempt moved a carried first stage's rate to row 0.
+            return carry[0], None if carry[0] is None else 0
         if result.parameter_gradient is not None:
             self.parameter_gradient = result.parameter_gradient
         else:
-            self.parameter_gradient = self.advance(
-                self.parameter_gradient, result.dt, result.parameter_stages
+            rows = self.rates[: self.tableau.n_stages]
+            self.parameter_gradient = torch.addmv(
+                self.parameter_gradient, rows.T, self.weights[0], alpha=result.dt
             )
         k1 = super().next_carry(result, accepted, carry[0])
-        return k1, result.parameter_stages[-1] if k1 is not None else None
+        # The first stage of the next step is the last evaluation (FSAL, or dense output's f(t1, y1)).
+        return k1, None if k1 is None else self.next_row - 1
 
 
 class BacksolveAdjoint(GraphFreeGradient):
@@ -328,5 +304,5 @@ class BacksolveAdjoint(GraphFreeGradient):
             outputs, stats, _, _ = integrate(stepper, state, [solve.times[start], solve.times[end]], options)
             calls += stats.nfe
             adjoint = outputs[-1][1] + grad_ys[end]
-        grad_params: list[Tensor | None] = list(stepper.parameter_gradient)
+        grad_params: list[Tensor | None] = list(parameter_views(stepper.parameter_gradient, solve.params))
         return adjoint, grad_params, calls
