@@ -74,23 +74,21 @@ class AdjointStepper(RKStepper):
 
     A step's stage ``i`` writes its rate into row ``i`` of :attr:`rates` (a first stage carried over
     from the step before is moved to row 0), so that the step's weighted sums of the rates are one
-    product with ``rates[:n_stages]``. One stepper serves every restart of a backward pass: ``g``
+    product with :attr:`rates`. One stepper serves every restart of a backward pass: ``g``
     carries over from one to the next.
     """
 
     def __init__(self, solve: ForwardSolve, options: SolveOptions, seminorm: bool, ys: Tensor) -> None:
         """``ys``: the forward outputs (their shape and dtype)."""
-        # The backward solve's step record is not returned: its stiffness estimate is not computed.
-        tableau = dataclasses.replace(options.tableau, stiffness_stages=None)
+        tableau = options.tableau
         super().__init__(self.augmented_field, tableau, options.rtol, options.atol)
         self.func_of_y = solve.func
         self.params = solve.params
         self.seminorm = seminorm
         n_parameters = sum(p.numel() for p in solve.params)
         self.parameter_gradient = ys.new_zeros(n_parameters)
-        # One row per stage, and one for the evaluation after a step (the initial-step heuristic's
-        # trial, or the first stage of the next step of a pair that is not FSAL).
-        self.rates = ys.new_zeros(tableau.n_stages + 1, n_parameters)
+        # One row per stage (the backward solve has no dense output, which would evaluate one more).
+        self.rates = ys.new_zeros(tableau.n_stages, n_parameters)
         self.row_views = [parameter_views(row, solve.params) for row in self.rates]
         self.no_rate = [torch.zeros_like(p) for p in solve.params]
         self.next_row = 0
@@ -171,7 +169,7 @@ class AdjointStepper(RKStepper):
 
         def norm(scaled_state_error: Tensor) -> Tensor:
             # Every stage has been evaluated (its rate written) before the error estimate.
-            sums = self.weights @ self.rates[: self.tableau.n_stages]
+            sums = self.weights @ self.rates
             g0 = self.parameter_gradient
             g1 = torch.add(g0, sums[0], alpha=dt)
             end_gradient.append(g1)
@@ -206,12 +204,11 @@ class AdjointStepper(RKStepper):
         if result.parameter_gradient is not None:
             self.parameter_gradient = result.parameter_gradient
         else:
-            rows = self.rates[: self.tableau.n_stages]
             self.parameter_gradient = torch.addmv(
-                self.parameter_gradient, rows.T, self.weights[0], alpha=result.dt
+                self.parameter_gradient, self.rates.T, self.weights[0], alpha=result.dt
             )
         k1 = super().next_carry(result, accepted, carry[0])
-        # The first stage of the next step is the last evaluation (FSAL, or dense output's f(t1, y1)).
+        # A pair that is FSAL carries its last stage, the last row written.
         return k1, None if k1 is None else self.next_row - 1
 
 
