@@ -58,15 +58,6 @@ def parameter_views(flat: Tensor, params: tuple[Tensor, ...]) -> list[Tensor]:
     return [part.view(p.shape) for part, p in zip(parts, params, strict=True)]
 
 
-@dataclasses.dataclass
-class AdjointStepResult(StepResult):
-    """A step of ``(y, a)``, with its size and, when the error estimate computed it, ``g`` at its end
-    (the stage rates of ``g`` are the rows of :attr:`AdjointStepper.rates`)."""
-
-    dt: float = 0.0
-    parameter_gradient: Tensor | None = None
-
-
 class AdjointStepper(RKStepper):
     """The backward solve's stepper: Runge--Kutta steps of ``(y, a)`` (stacked, shape ``(2, *y.shape)``)
     with the field ``(f, -a^T df/dy)``, and ``g`` (:attr:`parameter_gradient`, the parameters
@@ -74,13 +65,17 @@ class AdjointStepper(RKStepper):
 
     A step's stage ``i`` writes its rate into row ``i`` of :attr:`rates` (a first stage carried over
     from the step before is moved to row 0), so that the step's weighted sums of the rates are one
-    product with :attr:`rates`. One stepper serves every restart of a backward pass: ``g``
-    carries over from one to the next.
+    product with :attr:`rates`. The rows, the step size and ``g`` at the end of the step (when the
+    default norm computed it) are those of the attempt in progress, which :meth:`next_carry`
+    accepts or rejects. One stepper serves every restart of a backward pass: ``g`` carries over from
+    one to the next.
     """
 
     def __init__(self, solve: ForwardSolve, options: SolveOptions, seminorm: bool, ys: Tensor) -> None:
         """``ys``: the forward outputs (their shape and dtype)."""
-        tableau = options.tableau
+        # The backward solve's step record is not returned, and a stiffness hint on failure comes from
+        # the forward solve of the same dynamics: no stiffness estimate.
+        tableau = dataclasses.replace(options.tableau, stiffness_stages=None)
         super().__init__(self.augmented_field, tableau, options.rtol, options.atol)
         self.func_of_y = solve.func
         self.params = solve.params
@@ -94,8 +89,12 @@ class AdjointStepper(RKStepper):
         self.next_row = 0
         weights = [tableau.b, tableau.error_weights or [0.0] * tableau.n_stages]
         self.weights = torch.tensor(weights, dtype=ys.dtype, device=ys.device)
+        # Without parameters the default norm is the RMS over (y, a), as the seminorm is.
+        self.norm_includes_parameters = not seminorm and n_parameters > 0 and tableau.adaptive
         # The RMS of the default norm is over every entry of (y, a, g).
-        self.n_entries = 2 * ys[0].numel() + n_parameters
+        self.root_entries = math.sqrt(2 * ys[0].numel() + n_parameters)
+        self.dt = 0.0
+        self.end_gradient: Tensor | None = None
 
     def augmented_field(self, t: Tensor, z: Tensor) -> Tensor:
         """``(f, -a^T df/dy)`` at ``z = (y, a)``; ``-a^T df/dtheta`` goes to the next row of :attr:`rates`."""
@@ -153,59 +152,39 @@ class AdjointStepper(RKStepper):
         dt: float,
         carry: tuple[Tensor | None, int | None],
         estimate_error: bool,
-    ) -> AdjointStepResult:
+    ) -> StepResult:
         k1, row = carry
         if k1 is not None and row != 0:
             self.rates[0].copy_(self.rates[row])
         self.next_row = 0 if k1 is None else 1
-        # Without parameters the default norm is the RMS over (y, a), as the seminorm is.
-        with_parameters = (
-            estimate_error
-            and not self.seminorm
-            and bool(self.params)
-            and self.tableau.error_weights is not None
-        )
-        end_gradient: list[Tensor] = []
+        self.dt = dt
+        self.end_gradient = None
+        norm = self.parameter_norm if estimate_error and self.norm_includes_parameters else rms_norm
+        return step(self.func, t, y, dt, self.tableau, rtol=self.rtol, atol=self.atol, k1=k1, norm=norm)
 
-        def norm(scaled_state_error: Tensor) -> Tensor:
-            # Every stage has been evaluated (its rate written) before the error estimate.
-            sums = self.weights @ self.rates
-            g0 = self.parameter_gradient
-            g1 = torch.add(g0, sums[0], alpha=dt)
-            end_gradient.append(g1)
-            scale = torch.maximum(g0.abs(), g1.abs()).mul_(self.rtol).add_(self.atol)
-            parameter_error = torch.linalg.vector_norm(sums[1].div_(scale)) * abs(dt)
-            total = torch.hypot(torch.linalg.vector_norm(scaled_state_error), parameter_error)
-            return total / math.sqrt(self.n_entries)
-
-        result = step(
-            self.func,
-            t,
-            y,
-            dt,
-            self.tableau,
-            rtol=self.rtol,
-            atol=self.atol,
-            k1=k1,
-            norm=norm if with_parameters else rms_norm,
-        )
-        return AdjointStepResult(
-            **{field.name: getattr(result, field.name) for field in dataclasses.fields(result)},
-            dt=dt,
-            parameter_gradient=end_gradient[0] if end_gradient else None,
+    def parameter_norm(self, scaled_state_error: Tensor) -> Tensor:
+        """The RMS over ``(y, a, g)`` of the attempt's scaled error, given that of ``(y, a)``; every
+        stage has been evaluated (its rate written) before the error estimate."""
+        sums = self.weights @ self.rates
+        g0 = self.parameter_gradient
+        self.end_gradient = torch.add(g0, sums[0], alpha=self.dt)
+        scale = torch.maximum(g0.abs(), self.end_gradient.abs()).mul_(self.rtol).add_(self.atol)
+        parameter_error = torch.linalg.vector_norm(sums[1].div_(scale)).mul_(abs(self.dt))
+        return torch.hypot(torch.linalg.vector_norm(scaled_state_error), parameter_error).div_(
+            self.root_entries
         )
 
     def next_carry(
-        self, result: AdjointStepResult, accepted: bool, carry: tuple[Tensor | None, int | None]
+        self, result: StepResult, accepted: bool, carry: tuple[Tensor | None, int | None]
     ) -> tuple[Tensor | None, int | None]:
         if not accepted:
             # The attempt moved a carried first stage's rate to row 0.
             return carry[0], None if carry[0] is None else 0
-        if result.parameter_gradient is not None:
-            self.parameter_gradient = result.parameter_gradient
+        if self.end_gradient is not None:
+            self.parameter_gradient = self.end_gradient
         else:
             self.parameter_gradient = torch.addmv(
-                self.parameter_gradient, self.rates.T, self.weights[0], alpha=result.dt
+                self.parameter_gradient, self.rates.T, self.weights[0], alpha=self.dt
             )
         k1 = super().next_carry(result, accepted, carry[0])
         # A pair that is FSAL carries its last stage, the last row written.
