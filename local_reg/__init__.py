@@ -4,6 +4,7 @@ equations (Pal, Edelman, Rackauckas, ICML 2023)."""
 from . import regularization
 from ._checked_step import step
 from ._errors import SolverError
+from ._events import odeint_event
 from ._odeint import odeint
 from ._step import StepResult, initial_step_size, rms_norm
 from .controller import PIController
@@ -36,6 +37,7 @@ __all__ = [
     "initial_step_size",
     "is_sde",
     "odeint",
+    "odeint_event",
     "rms_norm",
     "sdeint",
     "step",

@@ -31,6 +31,12 @@ StepPenalty = Callable[[Any, float], Tensor]
 """``penalty(result, dt) -> 0-dim tensor`` evaluated on every accepted step (global regularization);
 ``result`` is the stepper's step result, ``dt`` the signed step size."""
 
+StopCondition = Callable[[float, float, Tensor, Callable[[list[float]], Tensor]], float | None]
+"""``stop(t0, t1, y1, dense) -> None | t_stop``, called after every accepted step from ``t0`` to ``t1``
+(state ``y1``): ``None`` goes on; a time ``t_stop`` in ``(t0, t1]`` ends the solve there (a terminal
+event, :func:`local_reg.odeint_event`). ``dense(times)`` is the step's dense output at ``times``,
+stacked; it evaluates the stages the interpolant needs only when called."""
+
 
 @dataclass(frozen=True)
 class StepCallbacks:
@@ -42,6 +48,11 @@ class StepCallbacks:
     step: Callable[[float, Tensor, float], None] | None = None
     accept: Callable[[float, Tensor, float], None] | None = None
     reject: Callable[[float, Tensor, float], None] | None = None
+    stop: StopCondition | None = None
+    """A terminal condition (:data:`StopCondition`). With it the solve takes two times ``[t0, t1]``
+    and runs from ``t0`` in the direction of ``t1``, whose value is otherwise ignored (torchdiffeq's
+    ``odeint(event_fn=...)``), until ``stop`` returns a time; the outputs are the states at ``t0``
+    and there, and ``steps.stop_time`` records it. Needs dense output (a Runge--Kutta stepper)."""
 
 
 # Steps that would end within this fraction of the next output time land on it instead, so that no
@@ -107,6 +118,7 @@ class StepLog:
     stiffness_estimate: list[float] = field(default_factory=list)
     states: list[Tensor] | None = None
     dense: DenseOutput | None = None
+    stop_time: float | None = None
 
     def to_steps(self, has_stiffness: bool) -> Steps:
         def as_tensor(values: list[float]) -> Tensor:
@@ -119,7 +131,38 @@ class StepLog:
             stiffness_estimate=as_tensor(self.stiffness_estimate) if has_stiffness else None,
             state_list=self.states,
             dense_output=self.dense,
+            stop_time=self.stop_time,
         )
+
+
+class AcceptedStep:
+    """The dense output of one accepted step ``(t, y) -> (t + dt, result.y1)``; the stages the
+    interpolant combines are evaluated once, when first needed (counted in ``stats``), under the
+    solve's autograd mode even when a stop condition asks first, under ``no_grad``."""
+
+    def __init__(
+        self, stepper: Stepper, result: Any, t: float, dt: float, y: Tensor, t_next: float, stats: Stats
+    ) -> None:
+        self.stepper = stepper
+        self.result = result
+        self.t = t
+        self.dt = dt
+        self.y = y
+        self.t_next = t_next
+        self.stats = stats
+        self.grad_mode = torch.is_grad_enabled()
+        self._stages: Any = None
+
+    @property
+    def stages(self) -> Any:
+        if self._stages is None:
+            with torch.set_grad_enabled(self.grad_mode):
+                self._stages = self.stepper.dense_stages(self.result, self.t_next, self.stats)
+        return self._stages
+
+    def states(self, t_outs: list[float]) -> Tensor:
+        """The states at ``t_outs`` inside the step, stacked."""
+        return self.stepper.interpolate(self.t, self.dt, self.y, self.stages, t_outs)
 
 
 def integrate(
@@ -142,12 +185,24 @@ def integrate(
     ``options.dense``) and ``step_penalty(result, dt)`` of every accepted step (an empty list
     without ``step_penalty``). ``keep_state``, if given, is called with the state at the start of
     every accepted step (a gradient method's own record, apart from ``record_states``).
+
+    With ``options.callbacks.stop`` the steps head for the end of time (of the state's dtype) in the
+    direction of ``times[1]`` until the first accepted step on which ``stop`` returns a time; the
+    last output is the state there (the step's own state if it is the step's end, else its dense
+    output). A stop that never holds ends in a :class:`SolverError` (``max_steps``, or the time
+    overflowing the state's dtype).
     """
     stats = Stats()
     log = StepLog(states=[] if record_states else None)
     if options.dense:
         log.dense = DenseOutput(stepper.interpolant)
     direction = 1.0 if len(times) < 2 or times[-1] > times[0] else -1.0
+    stop = options.callbacks.stop
+    if stop is not None and (len(times) != 2 or options.dense):
+        raise ValueError(
+            "callbacks.stop needs exactly two times [t0, t1] (t1 only gives the direction) and no "
+            f"dense record, got {len(times)} times and dense={options.dense}"
+        )
     t = times[0]
     y = y0
     carry = stepper.begin(t, y0, stats)
@@ -169,7 +224,12 @@ def integrate(
     # With interpolation, the index of the next output time read from dense output.
     next_output = 1
 
-    for t_target in times[-1:] if interpolate and len(times) > 1 else times[1:]:
+    targets = times[-1:] if interpolate and len(times) > 1 else times[1:]
+    if stop is not None:
+        # As far as a step of the state's dtype reaches: its largest number, less a margin for the
+        # tableau's coefficients that multiply the step size.
+        targets = [direction * torch.finfo(y0.dtype).max * 2.0**-10]
+    for t_target in targets:
         if not adaptive:
             dt_abs = fixed_step_size(t, t_target, options.step_size)
         while direction * (t_target - t) > 0:
@@ -212,22 +272,28 @@ def integrate(
                     keep_state(y.detach())
                 if step_penalty is not None:
                     penalties.append(step_penalty(result, dt))
-                stages = None
+                accepted_step = AcceptedStep(stepper, result, t, step_dt, y, t_next, stats)
                 if log.dense is not None:
-                    stages = stepper.dense_stages(result, t_next, stats)
-                    log.dense.add_step(t, step_dt, y, stages)
+                    log.dense.add_step(t, step_dt, y, accepted_step.stages)
                 if interpolate:
                     inside = []
                     while next_output < len(times) - 1 and direction * (times[next_output] - t_next) < 0:
                         inside.append(times[next_output])
                         next_output += 1
                     if inside:
-                        if stages is None:
-                            stages = stepper.dense_stages(result, t_next, stats)
-                        outputs.extend(stepper.interpolate(t, step_dt, y, stages, inside).unbind(0))
+                        outputs.extend(accepted_step.states(inside).unbind(0))
                     if next_output < len(times) - 1 and times[next_output] == t_next:
                         outputs.append(result.y1)
                         next_output += 1
+                t_stop = None if stop is None else stop(t, t_next, result.y1, accepted_step.states)
+                if t_stop is not None:
+                    if not (direction * (t_stop - t) > 0 and direction * (t_stop - t_next) <= 0):
+                        raise ValueError(
+                            f"callbacks.stop returned t={t_stop!r}, outside the step ({t}, {t_next}]"
+                        )
+                    log.stop_time = t_stop
+                    y = result.y1 if t_stop == t_next else accepted_step.states([t_stop])[0]
+                    break
                 t = t_next
                 y = result.y1
                 if adaptive:
@@ -248,6 +314,10 @@ def integrate(
             # After dense output, which may have evaluated the next step's first stage.
             carry = stepper.next_carry(result, accepted, carry)
         outputs.append(y)
+    if stop is not None and log.stop_time is None:
+        raise SolverError(
+            "the stop condition never held before the time overflowed", t=t, n_steps=stats.n_steps
+        )
     if log.dense is not None:
         log.dense.states.append(y)
     return outputs, stats, log.to_steps(stepper.has_stiffness), penalties

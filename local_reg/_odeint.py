@@ -23,6 +23,7 @@ from .gradients import (
     as_gradient_method,
     check_step_penalty_support,
     resolve_adjoint_params,
+    time_gradient,
 )
 from .solution import Solution
 from .tableaus import ButcherTableau, get_tableau
@@ -117,8 +118,9 @@ def odeint(
             cannot resolve the tolerances; integrate in float32 and cast back); or a tuple of such
             tensors (one dtype and device), solved as one flat state, with ``func`` taking and
             returning tuples and ``solution.ys`` a tuple (see :mod:`local_reg._tuple`).
-        t: output times: a 1-D tensor, numpy array or sequence of real numbers, strictly
-            increasing or decreasing (backward integration); a string is refused.
+        t: output times: a 1-D tensor, numpy array or sequence of real numbers (or 0-dim
+            tensors), strictly increasing or decreasing (backward integration); a string is
+            refused. ``ys`` is differentiable w.r.t. a ``t`` that requires grad (see ``gradient``).
         method: a name from :data:`local_reg.TABLEAUS` or a :class:`ButcherTableau`.
         rtol, atol: tolerances of the error estimate
             ``EEst = rms(err / (atol + rtol * max(|y0|, |y1|)))``; a step is accepted iff ``EEst <= 1``.
@@ -138,8 +140,14 @@ def odeint(
             continuous backsolve adjoint of Chen et al. 2018; approximate, constant memory).
             ``checkpoints=C`` keeps at most ``C`` step states (evenly spaced) instead of all ``N``;
             the backward pass re-computes the others, for one extra forward solve's evaluations,
-            with the same gradient. All four differentiate w.r.t. ``y0`` and ``adjoint_params``;
-            none w.r.t. ``t``.
+            with the same gradient. All four differentiate w.r.t. ``y0`` and ``adjoint_params``,
+            and w.r.t. ``t`` when it requires grad, by one formula for every method, the exact
+            solution's derivatives (as torchdiffeq's adjoint): with ``v_i`` the cotangent of
+            ``ys[i]``, ``dL/dt_i = <v_i, func(t_i, ys[i])>`` for ``i >= 1`` and
+            ``dL/dt_0 = -<dL/dy0 - v_0, func(t_0, y0)>``. It matches the discrete solve's
+            derivative to the tolerance (``"direct"`` too does not backpropagate through the step
+            sizes; docs/gradients.md) and costs one call of ``func`` per output after ``t[0]``
+            with a nonzero cotangent in the backward pass (counted in ``nfe_backward``).
         adjoint_params: the tensors the non-direct methods return gradients for, besides ``y0``;
             default ``func.parameters()`` when ``func`` is a ``torch.nn.Module``. A plain function
             needs it (``()`` if it has no parameters). Ignored by ``"direct"``, where autograd finds
@@ -158,7 +166,10 @@ def odeint(
             first-step heuristic), as torchdiffeq's ``options["norm"]``; ``scaled_error`` has the
             shape of the (flat) state.
         callbacks: a :class:`~local_reg._integrate.StepCallbacks` whose functions the forward loop
-            calls with ``(t0, y0, dt)`` on every attempted, accepted and rejected step.
+            calls with ``(t0, y0, dt)`` on every attempted, accepted and rejected step; its
+            ``stop`` condition ends the solve early (then ``t = [t0, t1]``, ``t1`` giving only the
+            direction, and ``solution.ts[-1]`` is where it stopped): terminal events are
+            :func:`local_reg.odeint_event`.
         checkpoints, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: deprecated
             spellings of ``Checkpoint(checkpoints)``, ``Symplectic(checkpoints)`` and
             ``BacksolveAdjoint(method, rtol, atol, **options)``.
@@ -206,10 +217,22 @@ def odeint(
     elif adjoint_params is not None or isinstance(func, torch.nn.Module):
         # Direct differentiation needs no parameter list; with one it also checks their gradients.
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
+    timing = time_gradient(t, checked, times)
+    if timing is not None:
+        if options.callbacks.stop is not None:
+            raise ValueError(
+                "t must not require grad with callbacks.stop, where t[1] only gives the direction: "
+                "local_reg.odeint_event differentiates the event time and state w.r.t. t0"
+            )
+        y0 = timing.start(y0)
     with torch.no_grad() if gradient_method.graph_free else nullcontext():
         f0 = evaluate_first(checked, times[0], y0)
     forward = ForwardSolve(checked, times, options, params, f0, record_states, step_penalty)
     ys, stats, steps, penalties = gradient_method.solve(y0, forward)
     stats.nfe += 1
+    if timing is not None:
+        ys = timing.outputs(ys, f0, stats)
+    if steps.stop_time is not None:
+        times = [times[0], steps.stop_time]
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
     return Solution(ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties)

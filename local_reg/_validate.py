@@ -33,6 +33,12 @@ def positive_float(name: str, value: object) -> float:
     return float(value)
 
 
+def relative_tolerance(name: str, value: object) -> float:
+    """``value`` as a relative tolerance: positive and finite, or 0 (a pure absolute tolerance, as
+    in torchdiffeq; the absolute tolerance beside it must then be positive)."""
+    return 0.0 if value == 0 and not isinstance(value, bool) else positive_float(name, value)
+
+
 def positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -44,7 +50,7 @@ def _time_value(value: object) -> float:
     if isinstance(value, Tensor) and value.dim() == 0:
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"t must hold real numbers, got a tensor of dtype {value.dtype}")
-        return float(value)
+        return float(value.detach())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"t must hold real numbers, got an element of type {type(value).__name__}")
     return float(value)
@@ -173,7 +179,7 @@ def solve_options(
     ``rtol = 0`` is allowed (a pure absolute tolerance, as in torchdiffeq); ``atol`` must be positive
     so that the error scale ``atol + rtol * |y|`` never vanishes. ``norm`` (default RMS) maps the
     scaled error to the number compared with 1; ``callbacks`` is a :class:`StepCallbacks`."""
-    rtol = 0.0 if rtol == 0 and not isinstance(rtol, bool) else positive_float("rtol", rtol)
+    rtol = relative_tolerance("rtol", rtol)
     atol = positive_float("atol", atol)
     if first_step is not None:
         first_step = positive_float("first_step", first_step)

@@ -4,10 +4,11 @@
 ``atol=1e-9``, ``method="dopri5"``), option names and method names, and return what it returns: the
 tensor of states at ``t`` (a tuple of tensors for a tuple ``y0``). The vector field's
 ``callback_step`` / ``callback_accept_step`` / ``callback_reject_step`` are called as torchdiffeq
-calls them. ``odeint_adjoint`` differentiates with the continuous backsolve adjoint (Chen et al.,
-NeurIPS 2018) by default, or, with ``adjoint_method="symplectic"``, with the exact low-memory
-symplectic adjoint (Matsubara et al., NeurIPS 2021). Every deliberate difference from torchdiffeq is
-listed in docs/compat.md.
+calls them. ``event_fn=`` and ``odeint_event`` solve until a terminal event, as torchdiffeq does,
+returning ``(event_t, solution)``. ``odeint_adjoint`` differentiates with the continuous backsolve
+adjoint (Chen et al., NeurIPS 2018) by default, or, with ``adjoint_method="symplectic"``, with the
+exact low-memory symplectic adjoint (Matsubara et al., NeurIPS 2021). Every deliberate difference
+from torchdiffeq is listed in docs/compat.md.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._events import odeint_event as _odeint_event
 from ._integrate import StepCallbacks
 from ._odeint import odeint as _odeint
 from ._tuple import TupleState
 from .gradients import BacksolveAdjoint, Direct, GradientMethod, Symplectic
 from .tableaus import TABLEAUS, ButcherTableau
+
+States = Tensor | tuple[Tensor, ...]
+"""The states at the output times: a tensor, or a tuple of tensors for a tuple ``y0``."""
 
 RK4_THREE_EIGHTHS = ButcherTableau(
     name="rk4_3_8",
@@ -64,10 +69,6 @@ _CALLBACKS = (
     ("step", "callback_step"),
     ("accept", "callback_accept_step"),
     ("reject", "callback_reject_step"),
-)
-_NO_EVENTS = (
-    "event handling (event_fn, odeint_event) is not implemented in local_reg.compat yet: solve to a "
-    "fixed end time, or locate the event on local_reg.odeint(..., dense=True)'s solution.evaluate"
 )
 
 
@@ -142,14 +143,10 @@ def _solve(
     event_fn: Callable | None,
     gradient: GradientMethod,
     adjoint_params: Iterable[Tensor] | None,
-) -> Tensor | tuple[Tensor, ...]:
-    if event_fn is not None:
-        raise NotImplementedError(_NO_EVENTS)
-    if isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled():
-        raise NotImplementedError(
-            "gradients with respect to t are not implemented in local_reg.compat: pass t.detach() "
-            "(the solution is differentiated with respect to y0 and func's parameters only)"
-        )
+) -> States | tuple[Tensor, States]:
+    events = event_fn is not None
+    if events and len(t) != 2:
+        raise ValueError(f"event_fn needs len(t) == 2 (t[1] gives the direction), got len(t)={len(t)}")
     tableau = _tableau(method)
     opts = _check_keys("options", options, OPTIONS)
     dtype = opts.pop("dtype", None)
@@ -159,6 +156,8 @@ def _solve(
     t_dtype = t.dtype if isinstance(t, Tensor) and t.is_floating_point() else torch.float64
     step_size = opts.pop("step_size", None)
     if step_size is None and not tableau.adaptive:
+        if events:
+            raise ValueError(f"event_fn with the fixed-step method {method!r} needs options['step_size']")
         # torchdiffeq's fixed-grid default: one step per output interval.
         times = torch.as_tensor(t, dtype=torch.float64)
         step_size = float(times.diff().abs().max()) if times.numel() > 1 else 1.0
@@ -176,7 +175,11 @@ def _solve(
         kwargs["max_steps"] = opts.pop("max_num_steps")
     if "norm" in opts:
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
-    return _odeint(func, y0, t, **kwargs).ys
+    if not events:
+        return _odeint(func, y0, t, **kwargs).ys
+    reverse_time = bool(t[1] < t[0])
+    event_t, solution = _odeint_event(func, y0, t[0], event_fn=event_fn, reverse_time=reverse_time, **kwargs)
+    return event_t, solution.ys
 
 
 def odeint(
@@ -189,7 +192,7 @@ def odeint(
     method: str | None = None,
     options: dict | None = None,
     event_fn: Callable | None = None,
-) -> Tensor | tuple[Tensor, ...]:
+) -> States | tuple[Tensor, States]:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and return the states at ``t``, shape
     ``(len(t), *y0.shape)`` (a tuple of such tensors for a tuple ``y0``), as torchdiffeq does.
 
@@ -202,8 +205,13 @@ def odeint(
             no longer than it; default one step per interval), ``first_step``, ``max_num_steps``,
             ``norm`` (callable on the scaled error, a tuple for tuple states), ``dtype`` (accepted;
             times are always handled in float64).
-        event_fn: not implemented (``NotImplementedError``); so are gradients with respect to
-            ``t`` (a ``t`` that requires grad raises ``NotImplementedError``).
+        event_fn: ``event_fn(t, y) -> tensor``: solve from ``t[0]`` in the direction of ``t[1]``
+            (``len(t) == 2``) until it changes sign, and return ``(event_t, solution)``, the
+            states at ``[t[0], event_t]`` (:func:`local_reg.odeint_event`, differentiable w.r.t.
+            ``t[0]``; ``t[1]`` gets no gradient).
+
+    A ``t`` that requires grad is differentiated as by torchdiffeq's ``odeint_adjoint``
+    (docs/gradients.md), by ``odeint`` and ``odeint_adjoint`` alike.
 
     Raises:
         ValueError: a method or option local_reg does not have (naming the alternatives), an
@@ -227,7 +235,7 @@ def odeint_adjoint(
     adjoint_method: str | None = None,
     adjoint_options: dict | None = None,
     adjoint_params: Iterable[Tensor] | None = None,
-) -> Tensor | tuple[Tensor, ...]:
+) -> States | tuple[Tensor, States]:
     """:func:`odeint` differentiated in constant memory by the backsolve adjoint (Chen et al. 2018),
     or, with ``adjoint_method="symplectic"``, exactly by the symplectic adjoint (Matsubara et al.
     2021), whose memory is the step states plus one graph of ``func``.
@@ -236,6 +244,8 @@ def odeint_adjoint(
     forward's) and ``adjoint_options``: ``step_size``, ``first_step``, ``max_num_steps`` and
     ``norm="seminorm"`` (Kidger, Chen, Lyons, ICML 2021); by default it takes ``options`` without
     ``norm``, as torchdiffeq does. ``func`` must be an ``nn.Module`` unless ``adjoint_params`` is given.
+    With ``event_fn`` it returns ``(event_t, solution)`` as :func:`odeint` does, differentiated by the
+    same method.
     """
     if adjoint_params is None and not isinstance(func, nn.Module):
         raise ValueError(
@@ -292,9 +302,33 @@ def odeint_adjoint(
     return _solve(func, y0, t, rtol, atol, method, options, event_fn, gradient, adjoint_params)
 
 
-def odeint_event(func: Callable, y0: Tensor, t0: Tensor, *, event_fn: Callable, **kwargs: Any) -> tuple:
-    """torchdiffeq's ``odeint_event``: not implemented (``NotImplementedError``)."""
-    raise NotImplementedError(_NO_EVENTS)
+def odeint_event(
+    func: Callable,
+    y0: Tensor | tuple[Tensor, ...],
+    t0: Tensor,
+    *,
+    event_fn: Callable,
+    reverse_time: bool = False,
+    odeint_interface: Callable = odeint,
+    **kwargs: Any,
+) -> tuple[Tensor, States]:
+    """Solve from ``t0`` until ``event_fn(t, y)`` changes sign, as torchdiffeq's ``odeint_event``:
+    ``odeint_interface(func, y0, [t0, t0 +- 1], event_fn=event_fn, **kwargs)``, which returns
+    ``(event_t, solution)``, ``solution`` the states at ``[t0, event_t]``.
+
+    ``odeint_interface`` is this module's :func:`odeint` or :func:`odeint_adjoint`. Both already
+    differentiate the event time and the final state by the implicit function theorem (see
+    :func:`local_reg.odeint_event`), w.r.t. ``y0``, the parameters and ``t0``.
+    """
+    if odeint_interface is not odeint and odeint_interface is not odeint_adjoint:
+        raise ValueError(
+            "odeint_interface must be local_reg.compat.odeint or local_reg.compat.odeint_adjoint, got "
+            f"{getattr(odeint_interface, '__qualname__', odeint_interface)!r}"
+        )
+    t0 = torch.as_tensor(t0, dtype=torch.float64) if not isinstance(t0, Tensor) else t0
+    t0 = t0.reshape(-1)
+    t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])
+    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
 
 
 __all__ = ["METHODS", "odeint", "odeint_adjoint", "odeint_event"]

@@ -63,6 +63,9 @@ class Steps:
             ``None``. :attr:`states` stacks it on first access (one copy, only if asked for).
         dense_output: with ``odeint(dense=True)``, every accepted step's state and stages for
             :meth:`Solution.evaluate`, else ``None``.
+        stop_time: where a stop condition (``StepCallbacks.stop``, e.g. the terminal event of
+            :func:`local_reg.odeint_event`) ended the solve: inside the last accepted step or at
+            its end; ``None`` for a solve that ran to its last output time.
     """
 
     t: Tensor
@@ -71,6 +74,7 @@ class Steps:
     stiffness_estimate: Tensor | None
     state_list: list[Tensor] | None = field(default=None, repr=False)
     dense_output: DenseOutput | None = field(default=None, repr=False)
+    stop_time: float | None = None
 
     @functools.cached_property
     def states(self) -> Tensor | None:

@@ -15,6 +15,9 @@ from local_reg import (
     SteerRegularized,
     TayNODERegularized,
     odeint,
+    rnode_regularization,
+    steer_regularization,
+    taynode_regularization,
 )
 from local_reg.regularization.rnode import rademacher
 from local_reg.regularization.steer import sample_end_time
@@ -399,6 +402,7 @@ def test_cli_stops_at_the_first_batch_on_a_steer_half_width_beyond_the_grid(tmp_
 
     # The grid is known only when the model is called: the first training batch raises.
     args = ["experiment", "latent_ode", "--methods", "steer", "--size", "tiny", "--set", "weights.steer=0.5"]
+    args += ["--set", "observation_times=grid"]
     with pytest.raises(ValueError, match="b=0.5 must be smaller than the last interval"):
         main([*args, "--out", str(tmp_path), "--no-progress"])
 
@@ -418,3 +422,54 @@ def test_default_generator_follows_the_global_seed_without_consuming_it(z0):
         model(z0, [0.0, 1.0])
         ends.append(model.stats.t_end)
     assert ends[0] == ends[1] != ends[2]
+
+
+@pytest.mark.parametrize(
+    "function, cls, settings",
+    [
+        (steer_regularization, SteerRegularized, dict(b=0.4)),
+        (rnode_regularization, RNODERegularized, {}),
+        (taynode_regularization, TayNODERegularized, dict(order=2)),
+    ],
+)
+def test_functional_form_is_one_training_pass_of_the_module(function, cls, settings, z0):
+    t = [0.0, 1.0]
+    field = Linear()
+    if cls is TayNODERegularized:
+        ys, reg, stats = function(field, z0, t, **settings)
+        expected_ys, expected_reg, _ = cls(field, **settings).penalize(z0, t)
+    else:
+        ys, reg, stats = function(field, z0, t, generator=torch.Generator().manual_seed(3), **settings)
+        model = cls(field, generator=torch.Generator().manual_seed(3), **settings)
+        expected_ys, expected_reg, _ = model.penalize(z0, t)
+    torch.testing.assert_close(ys, expected_ys)
+    torch.testing.assert_close(reg, expected_reg)
+    assert reg.requires_grad == (cls is not SteerRegularized)
+    assert stats.main.nfe > 0
+
+
+def test_functional_forms_draw_anew_each_call_and_follow_the_global_seed(z0):
+    def draws(seed):
+        torch.manual_seed(seed)
+        ends = [steer_regularization(Linear(), z0, [0.0, 1.0], b=0.4)[2].t_end for _ in range(2)]
+        noise = [rnode_regularization(Linear(), z0, [0.0, 1.0])[1].item() for _ in range(2)]
+        return ends, noise
+
+    (ends, noise), (ends_again, noise_again) = draws(1), draws(1)
+    assert ends == ends_again and noise == noise_again
+    assert ends[0] != ends[1] and noise[0] != noise[1]
+
+
+def test_cli_refuses_steer_on_irregular_times_and_leaves_it_out_of_the_default_methods(tmp_path, capsys):
+    from local_reg.experiments.cli import main
+    from local_reg.experiments.tasks import REGISTRY
+
+    task = REGISTRY["latent_ode"]
+    irregular, grid = task.settings("tiny"), {**task.settings("tiny"), "observation_times": "grid"}
+    assert irregular["observation_times"] == "irregular"
+    assert "steer" not in task.default_methods(irregular) and "rnode" in task.default_methods(irregular)
+    assert task.default_methods(grid) == task.methods
+    args = ["experiment", "latent_ode", "--methods", "steer", "--size", "tiny", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path)]) != 0
+    assert "observation_times=grid" in capsys.readouterr().err
+    assert not (tmp_path / "results.jsonl").exists()

@@ -159,14 +159,6 @@ def test_unsupported_methods_name_the_alternatives(method):
         compat.odeint(Linear(), y0, t, method=method)
 
 
-def test_events_are_not_implemented():
-    y0, t = y0_and_t()
-    with pytest.raises(NotImplementedError, match="event"):
-        compat.odeint(Linear(), y0, t, event_fn=lambda t, y: y.sum())
-    with pytest.raises(NotImplementedError, match="event"):
-        compat.odeint_event(Linear(), y0, t[0], event_fn=lambda t, y: y.sum())
-
-
 class Recording(Linear):
     def __init__(self) -> None:
         super().__init__()
@@ -274,15 +266,6 @@ def test_odeint_adjoint_needs_a_module_or_adjoint_params():
     torch.testing.assert_close(out[-1], y0 * torch.exp(torch.tensor(-1.5, dtype=torch.float64)))
     with pytest.raises(ValueError, match="symplectic"):
         compat.odeint_adjoint(Linear(), y0, t, adjoint_method="symplectic", adjoint_rtol=1e-6)
-
-
-def test_time_gradients_are_refused_not_silently_none():
-    y0, t = y0_and_t()
-    with pytest.raises(NotImplementedError, match="with respect to t"):
-        compat.odeint(Linear(), y0, t.clone().requires_grad_(True))
-    with torch.no_grad():
-        out = compat.odeint(Linear(), y0, t.clone().requires_grad_(True))
-    assert out.shape == (4, 2, 2)
 
 
 def test_core_norm_and_callbacks_are_checked():

@@ -113,8 +113,7 @@ def _writable_folder(path: Path) -> None:
 
 def _experiment(args: argparse.Namespace) -> int:
     task = REGISTRY[args.task]
-    methods = args.methods or list(task.methods)
-    unknown = [m for m in methods if m not in task.methods]
+    unknown = [m for m in args.methods or () if m not in task.methods]
     if unknown:
         raise BadInput(
             f"unknown method(s) {unknown} for task {args.task!r}; choose from {list(task.methods)}"
@@ -126,11 +125,12 @@ def _experiment(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     size = args.size or "full"
     overrides = _parse_overrides(args.overrides)
-    spec = RunSpec(args.task, methods[0], 0, size, args.gradient, overrides)
+    spec = RunSpec(args.task, (args.methods or task.methods)[0], 0, size, args.gradient, overrides)
     try:
         settings = spec.settings()
     except SettingsError as error:
         raise BadInput(f"bad --set: {error}") from None
+    methods = args.methods or list(task.default_methods(settings))
     for method in methods:
         # Building each model once up front lets the library reject a combination it does not
         # support (e.g. a global method with --gradient symplectic) before any training.

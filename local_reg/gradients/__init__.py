@@ -26,6 +26,7 @@ from ._function import (
     StepwiseGradient,
     check_step_penalty_support,
 )
+from ._times import time_gradient
 from .adjoint import BacksolveAdjoint
 from .checkpoint import Checkpoint
 from .direct import Direct
@@ -105,4 +106,5 @@ __all__ = [
     "as_gradient_method",
     "check_step_penalty_support",
     "resolve_adjoint_params",
+    "time_gradient",
 ]

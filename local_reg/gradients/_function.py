@@ -57,6 +57,14 @@ class ForwardSolve:
     steps: Steps | None = None
     step_states: StepStates | None = None
 
+    @property
+    def solved_times(self) -> list[float]:
+        """The times of the outputs once the forward has run: ``times``, with the last replaced
+        by ``steps.stop_time`` when a stop condition ended the solve there."""
+        if self.steps is None or self.steps.stop_time is None:
+            return self.times
+        return [*self.times[:-1], self.steps.stop_time]
+
 
 class BackwardStep(NamedTuple):
     """One accepted step as a stepwise backward pass sees it."""
@@ -181,25 +189,29 @@ def steps_before_outputs(times: list[float], step_starts: list[float]) -> list[i
 
 
 def locate_outputs(
-    times: list[float], step_starts: list[float], step_sizes: list[float]
+    times: list[float], step_starts: list[float], step_sizes: list[float], t_end: float | None = None
 ) -> tuple[list[list[int]], list[list[tuple[int, float]]]]:
     """Where each output lies among the accepted steps, for a reverse sweep.
 
     Returns ``(at_boundary, inside)``: ``at_boundary[n]`` lists the outputs equal to the state
     before step ``n`` (``n = N``: after the last step), ``inside[n]`` the pairs
     ``(output, theta)`` of the outputs read from step ``n``'s dense output at the fraction
-    ``theta = (t_i - t_n) / dt_n``, computed as the forward pass computed it.
+    ``theta = (t_i - t_n) / dt_n``, computed as the forward pass computed it. ``t_end`` is where
+    the last step ends: by default the last output time (a solve stopped inside its last step
+    passes the step's own end).
     """
     n_steps = len(step_starts)
     at_boundary: list[list[int]] = [[] for _ in range(n_steps + 1)]
     inside: list[list[tuple[int, float]]] = [[] for _ in range(n_steps)]
+    if t_end is None:
+        t_end = times[-1]
     for output, before in enumerate(steps_before_outputs(times, step_starts)):
         t_out = times[output]
-        if before == 0 or before == n_steps and output == len(times) - 1:
-            at_boundary[before].append(output)
+        if before == 0:
+            at_boundary[0].append(output)
             continue
         n = before - 1
-        step_end = step_starts[n + 1] if n + 1 < n_steps else times[-1]
+        step_end = step_starts[n + 1] if n + 1 < n_steps else t_end
         if t_out == step_end:
             at_boundary[n + 1].append(output)
         else:
@@ -261,7 +273,10 @@ class StepwiseGradient(GraphFreeGradient):
         steps = solve.steps
         step_starts = steps.t.tolist()
         step_sizes = steps.dt.tolist()
-        at_boundary, inside = locate_outputs(solve.times, step_starts, step_sizes)
+        # A stopped solve heads for the end of time and so lands on no target: its last step ends at
+        # t + dt exactly, as the forward computed it.
+        t_end = None if steps.stop_time is None else step_starts[-1] + step_sizes[-1]
+        at_boundary, inside = locate_outputs(solve.solved_times, step_starts, step_sizes, t_end)
         # An output whose cotangent is exactly zero (a regularizer's detached u(t_reg)) adds nothing:
         # its step keeps the cheaper backward step of a step without outputs.
         nonzero = [bool(g.any()) for g in grad_ys] if any(inside) else []

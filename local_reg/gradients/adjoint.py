@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .._integrate import SolveOptions, integrate
 from .._step import RKStepper, StepResult, initial_step_size, rms_norm, step
-from .._validate import positive_float, positive_int
+from .._validate import positive_float, positive_int, relative_tolerance
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from ._function import ForwardSolve, GraphFreeGradient, vector_jacobian_product
@@ -197,7 +197,8 @@ class BacksolveAdjoint(GraphFreeGradient):
     Args:
         method: the backward solve's method (a name or a :class:`ButcherTableau`); default the
             forward's.
-        rtol, atol: the backward solve's tolerances; default the forward's.
+        rtol, atol: the backward solve's tolerances; default the forward's. ``rtol=0`` is a pure
+            absolute tolerance.
         norm: ``"default"`` (RMS over ``(y, a, g)``) or ``"seminorm"`` (over ``(y, a)`` only; Kidger,
             Chen, Lyons, ICML 2021).
         step_size: fixed steps of the backward solve. Default: the forward's (if it had one) when
@@ -225,7 +226,7 @@ class BacksolveAdjoint(GraphFreeGradient):
             self.tableau = None if method is None else get_tableau(method)
         except (TypeError, ValueError) as error:
             raise type(error)(f"BacksolveAdjoint method: {error}") from None
-        self.rtol = None if rtol is None else positive_float("BacksolveAdjoint rtol", rtol)
+        self.rtol = None if rtol is None else relative_tolerance("BacksolveAdjoint rtol", rtol)
         self.atol = None if atol is None else positive_float("BacksolveAdjoint atol", atol)
         self.norm = norm
         self.step_size = (
@@ -265,19 +266,20 @@ class BacksolveAdjoint(GraphFreeGradient):
     def backward(
         self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
     ) -> tuple[Tensor, list[Tensor | None], int]:
-        if len(solve.times) == 1:
+        times = solve.solved_times
+        if len(times) == 1:
             return grad_ys[0], [None] * len(solve.params), 0
         options = self.backward_options(solve.options)
         stepper = AdjointStepper(solve, options, self.norm == "seminorm", ys)
         adjoint = grad_ys[-1]
         # Restart at every output time that carries a cotangent (and at t0).
-        last = len(solve.times) - 1
+        last = len(times) - 1
         restarts = [0, *(i for i in range(1, last) if bool(grad_ys[i].any())), last]
         calls = 0
         for end, start in reversed(list(pairwise(restarts))):
             # Restart from the forward output rather than the backsolved y: it is more accurate.
             state = torch.stack([ys[start], adjoint])
-            outputs, stats, _, _ = integrate(stepper, state, [solve.times[start], solve.times[end]], options)
+            outputs, stats, _, _ = integrate(stepper, state, [times[start], times[end]], options)
             calls += stats.nfe
             adjoint = outputs[-1][1] + grad_ys[end]
         grad_params: list[Tensor | None] = list(parameter_views(stepper.parameter_gradient, solve.params))

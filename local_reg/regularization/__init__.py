@@ -6,7 +6,9 @@
   through the solver [GR21] (Pal, Ma, Shah, Rackauckas, ICML 2021).
 - Baselines of [LR23]'s comparison: :class:`SteerRegularized` (random end time, Ghosh et al.
   2020), :class:`RNODERegularized` (kinetic energy and Jacobian norm, Finlay et al. 2020) and
-  :class:`TayNODERegularized` (K-th derivative of the solution, Kelly et al. 2020).
+  :class:`TayNODERegularized` (K-th derivative of the solution, Kelly et al. 2020), each with its
+  functional form (:func:`steer_regularization`, :func:`rnode_regularization`,
+  :func:`taynode_regularization`).
 - Weight schedules: :class:`ConstantWeight`, :class:`ExponentialDecay`.
 
 Both are configurations of one module, :class:`Regularized` (penalty :class:`LocalPenalty`,
@@ -19,10 +21,10 @@ from ._module import GlobalPenalty, LocalPenalty, Regularized
 from ._stats import RegularizationStats, SDERegularizationStats
 from .globalreg import GloballyRegularized, global_regularization
 from .local import LocallyRegularized, local_regularization
-from .rnode import RNODERegularized
+from .rnode import RNODERegularized, rnode_regularization
 from .schedules import AdaptiveWeight, ConstantWeight, ExponentialDecay, WeightSchedule
-from .steer import SteerRegularized
-from .taynode import TayNODERegularized
+from .steer import SteerRegularized, steer_regularization
+from .taynode import TayNODERegularized, taynode_regularization
 
 __all__ = [
     "AdaptiveWeight",
@@ -43,4 +45,7 @@ __all__ = [
     "WeightSchedule",
     "global_regularization",
     "local_regularization",
+    "rnode_regularization",
+    "steer_regularization",
+    "taynode_regularization",
 ]

@@ -57,6 +57,15 @@ def own_generator(generator: torch.Generator | None) -> torch.Generator:
     return generator
 
 
+def call_generator(generator: torch.Generator | None) -> torch.Generator:
+    """The generator of one functional call (``steer_regularization`` and kin): ``generator``, or a new
+    one seeded from the global stream, so that repeated calls draw anew and ``torch.manual_seed``
+    fixes them (a module's own generator, :func:`own_generator`, would repeat its first draw)."""
+    if generator is None:
+        return torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+    return own_generator(generator)
+
+
 class BaselinePenalty:
     """A penalty strategy for neural ODEs solved by ``local_reg.odeint`` (see :mod:`._module`)."""
 

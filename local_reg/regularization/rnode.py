@@ -32,6 +32,7 @@ from ._baseline import (
     BaselinePenalty,
     BaselineStats,
     VectorField,
+    call_generator,
     non_negative,
     own_generator,
     solution_stats,
@@ -128,3 +129,20 @@ class RNODERegularized(Regularized):
     ) -> None:
         penalty = RNODEPenalty(float(kinetic), float(jacobian))
         super().__init__(func, penalty, weight=weight, generator=own_generator(generator), **solve)
+
+
+def rnode_regularization(
+    func: VectorField,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    *,
+    generator: torch.Generator | None = None,
+    **settings: Any,
+) -> tuple[Tensor, Tensor, BaselineStats]:
+    """One RNODE [RNODE20] training pass without a module: ``(ys, reg, stats)``, ``reg`` the
+    *unweighted* ``kinetic * R_K + jacobian * R_J`` of the solve (the module docstring's integrals).
+    ``settings`` are :class:`RNODERegularized`'s keywords; ``generator`` (default: one seeded from the
+    global stream, so that ``torch.manual_seed`` fixes the call and repeated calls draw anew) draws the
+    Hutchinson noise.
+    """
+    return RNODERegularized(func, generator=call_generator(generator), **settings).penalize(y0, t)

@@ -27,7 +27,14 @@ import torch
 from torch import Tensor
 
 from .._validate import validate_times
-from ._baseline import BaselinePenalty, BaselineStats, VectorField, non_negative, own_generator
+from ._baseline import (
+    BaselinePenalty,
+    BaselineStats,
+    VectorField,
+    call_generator,
+    non_negative,
+    own_generator,
+)
 from ._main_solve import Request
 from ._module import Regularized
 
@@ -93,3 +100,20 @@ class SteerRegularized(Regularized):
         self, func: VectorField, *, b: float = 0.5, generator: torch.Generator | None = None, **solve: Any
     ) -> None:
         super().__init__(func, SteerPenalty(float(b)), generator=own_generator(generator), **solve)
+
+
+def steer_regularization(
+    func: VectorField,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    *,
+    generator: torch.Generator | None = None,
+    **settings: Any,
+) -> tuple[Tensor, Tensor, BaselineStats]:
+    """One STEER [STEER20] training pass without a module: ``(ys, reg, stats)``, ``ys`` the solution
+    at ``t`` with ``t[-1]`` replaced by ``T ~ U(t[-1] - b, t[-1] + b)`` (``stats.t_end``), ``reg`` a
+    zero (STEER adds no term to the loss).
+    ``settings`` are :class:`SteerRegularized`'s keywords; ``generator`` (default: one seeded from the global
+    stream, so that ``torch.manual_seed`` fixes the call and repeated calls draw anew) draws ``T``.
+    """
+    return SteerRegularized(func, generator=call_generator(generator), **settings).penalize(y0, t)

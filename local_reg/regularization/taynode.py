@@ -124,3 +124,13 @@ class TayNODERegularized(Regularized):
         self, func: VectorField, *, order: int = 3, weight: float | WeightSchedule = 6e-5, **solve: Any
     ) -> None:
         super().__init__(func, TayNODEPenalty(check_order(order)), weight=weight, **solve)
+
+
+def taynode_regularization(
+    func: VectorField, y0: Tensor, t: Tensor | Sequence[float], **settings: Any
+) -> tuple[Tensor, Tensor, BaselineStats]:
+    """One TayNODE [TAY20] training pass without a module: ``(ys, reg, stats)``, ``reg`` the
+    *unweighted* integral of the squared ``order``-th total time derivative along the solve.
+    ``settings`` are :class:`TayNODERegularized`'s keywords.
+    """
+    return TayNODERegularized(func, **settings).penalize(y0, t)

@@ -87,6 +87,10 @@ class Task(ABC):
     def load_data(self, settings: dict[str, Any], seed: int) -> TaskData:
         """The train and test datasets (deterministic given ``settings`` and ``seed``)."""
 
+    def default_methods(self, settings: dict[str, Any]) -> tuple[str, ...]:
+        """The methods ``experiment`` trains when ``--methods`` is not given: every one by default."""
+        return self.methods
+
     def build_model(self, settings: dict[str, Any], context: ModelContext) -> nn.Module:
         """The whole network for one run; by default ``build_network(solver_block(build_dynamics()))``."""
         block = solver_block(self.build_dynamics(settings), settings, context)

@@ -29,7 +29,7 @@ from torch.utils.data import TensorDataset
 from ..methods import ODE_METHODS, PHYSIONET_WEIGHTS
 from ..models import ConcatMLP
 from ..settings import Directory, Integer, OneOf, Real, Schema
-from .base import ODE_SOLVERS, Batch, Task, TaskData, training_fields
+from .base import ODE_SOLVERS, Batch, ModelContext, Task, TaskData, training_fields
 
 PHYSIONET_VARIABLES = [
     "Albumin",
@@ -320,6 +320,21 @@ class LatentODETask(Task):
             train=TensorDataset(*(x[:n_train] for x in series)),
             test=TensorDataset(*(x[n_train : n_train + n_test] for x in series)),
         )
+
+    def default_methods(self, settings: dict[str, Any]) -> tuple[str, ...]:
+        if settings["observation_times"] == "irregular":
+            return tuple(method for method in self.methods if method != "steer")
+        return self.methods
+
+    def build_model(self, settings: dict[str, Any], context: ModelContext) -> nn.Module:
+        # STEER perturbs only the last output time, by less than the last interval; the union of a
+        # batch's irregular times has intervals of any size, so no fixed b is valid there.
+        if context.method.family == "steer" and settings["observation_times"] == "irregular":
+            raise ValueError(
+                "steer perturbs the last output time and needs a fixed last interval: use "
+                "--set observation_times=grid (the union of irregular times has intervals of any size)"
+            )
+        return super().build_model(settings, context)
 
     def build_dynamics(self, settings: dict[str, Any]) -> nn.Module:
         return ConcatMLP(settings["latent"], settings["hidden"])

@@ -20,6 +20,8 @@ from .base import ModelContext
 SDE_METHODS: tuple[str, ...] = ("vanilla", "local-random", "local-biased", "global-error")
 SDE_SOLVERS: tuple[str, ...] = ("euler_maruyama",)
 """What an SDE task's ``solver.method`` may name: the one adaptive scheme of :func:`local_reg.sdeint`."""
+TORCHSDE_FIRST_STEP = 0.05
+"""The first step of torchsde's adaptive solve under ``--gradient adjoint`` (no task sets another)."""
 
 
 def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -> Regularized:
@@ -37,7 +39,7 @@ def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -
     backend = "torchsde" if context.gradient == "adjoint" else "local_reg"
     solver = dict(rtol=settings["solver"]["rtol"], atol=settings["solver"]["atol"])
     if backend == "torchsde":
-        solver["options"] = {"dt": settings["solver"].get("dt0", 0.05)}
+        solver["options"] = {"dt": TORCHSDE_FIRST_STEP}
     if method.family == "vanilla":
         return Regularized(sde, backend=backend, gradient=context.gradient, **solver)
     weight = weight_schedule(settings["weights"][method.name], context.total_iterations)

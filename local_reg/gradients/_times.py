@@ -1,0 +1,122 @@
+"""Gradients with respect to the output times ``t``, the same for every gradient method.
+
+The solve runs on the times as floats (step sizes and stage times are constants of every method),
+so the dependence of ``ys`` on ``t`` is added around it, from the derivatives of the exact solution
+``y(t; t0, y0)``: with ``y_i = y(t_i)``, ``f_i = f(t_i, y_i)`` and ``v_i = dL/dy_i``::
+
+    dy_i/dt_i = f_i,    dy_i/dt0 = -(dy_i/dy0) f_0   (i >= 1),    y_0 = y0 (independent of t0)
+
+    dL/dt_i = <v_i, f_i>   (i >= 1),    dL/dt0 = -<dL/dy0 - v_0, f_0>
+
+where ``dL/dy0`` is the gradient the method returns for ``y0`` through ``ys`` (``v_0`` included).
+This is what torchdiffeq's ``odeint_adjoint`` returns (Chen et al., NeurIPS 2018, appendix B; its
+integral of ``a^T df/dt`` equals ``-<a(t0), f_0>`` plus the ``<v_i, f_i>`` because
+``d<a, f>/dt = a^T df/dt`` along the solution). For the discrete solve it holds to the solver's
+tolerance: the derivative of an adaptive solve w.r.t. its end times differs from ``f`` by the local
+error. See docs/gradients.md.
+
+- ``dL/dt_i`` (and the ``+<v_0, f_0>`` of ``t0``): :class:`_OutputTimes`, an identity on ``ys``
+  whose backward evaluates ``f_i`` lazily, only for outputs with a nonzero cotangent, without a graph
+  (counted in ``stats.nfe_backward``); the forward costs no evaluation.
+- ``-<dL/dy0, f_0>``: :class:`_StartTime`, an identity on ``y0`` placed before the solve, whose
+  backward receives ``dL/dy0`` from the method's own backward pass. ``f_0`` is the solve's first
+  evaluation, taken at the output of :class:`_StartTime` so that ``"direct"``'s first stage is on
+  the same path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .._step import VectorField, time_tensor
+from ..solution import Stats
+
+
+class TimeGradient:
+    """Differentiates one solve w.r.t. its output times ``t``: :meth:`start` wraps ``y0`` before the
+    solve, :meth:`outputs` wraps ``ys`` after it."""
+
+    def __init__(self, t: Tensor, func: VectorField, times: list[float]) -> None:
+        self.t = t
+        self.func = func
+        self.times = times
+        self.f0: Tensor | None = None
+        self.stats: Stats | None = None
+
+    def start(self, y0: Tensor) -> Tensor:
+        """``y0`` (same value) to start the solve from; ``f0`` is set by :meth:`outputs`."""
+        return _StartTime.apply(self, self.t, y0)
+
+    def outputs(self, ys: Tensor, f0: Tensor, stats: Stats) -> Tensor:
+        """``ys`` (same values), differentiable w.r.t. ``t``; ``f0 = func(t[0], y0)``."""
+        self.f0 = f0.detach()
+        self.stats = stats
+        return _OutputTimes.apply(self, self.t, ys)
+
+    def cotangent(self, entries: dict[int, Tensor]) -> Tensor:
+        """The cotangent of ``t`` with the given entries, in ``t``'s dtype and device."""
+        grad = torch.zeros(len(self.times), dtype=self.t.dtype, device=self.t.device)
+        for index, value in entries.items():
+            grad[index] = value.to(grad)
+        return grad
+
+
+class _StartTime(torch.autograd.Function):
+    """Identity on ``y0``; backward: ``dL/dt0 = -<g, f0>`` (``g``: ``y0``'s cotangent)."""
+
+    @staticmethod
+    def forward(ctx, timing: TimeGradient, t: Tensor, y0: Tensor) -> Tensor:
+        ctx.timing = timing
+        return y0.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y0: Tensor):
+        timing: TimeGradient = ctx.timing
+        return None, timing.cotangent({0: -(grad_y0 * timing.f0).sum()}), grad_y0
+
+
+class _OutputTimes(torch.autograd.Function):
+    """Identity on ``ys``; backward: ``dL/dt_i = <v_i, f(t_i, y_i)>`` for ``i >= 1`` and
+    ``+<v_0, f0>`` for ``t0`` (``ys[0]`` is ``y0``, independent of ``t0``)."""
+
+    @staticmethod
+    def forward(ctx, timing: TimeGradient, t: Tensor, ys: Tensor) -> Tensor:
+        ctx.timing = timing
+        ctx.save_for_backward(ys)
+        # A copy: the caller may modify the outputs in place, which a returned view forbids.
+        return ys.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_ys: Tensor):
+        (ys,) = ctx.saved_tensors
+        timing: TimeGradient = ctx.timing
+        entries = {0: (grad_ys[0] * timing.f0).sum()}
+        calls = 0
+        for i in range(1, len(timing.times)):
+            # An output whose cotangent is exactly zero (a regularizer's t_reg) needs no evaluation.
+            if bool(grad_ys[i].any()):
+                entries[i] = (grad_ys[i] * timing.func(time_tensor(timing.times[i], ys[i]), ys[i])).sum()
+                calls += 1
+        timing.stats.nfe_backward = (timing.stats.nfe_backward or 0) + calls
+        return None, timing.cotangent(entries), grad_ys
+
+
+def time_gradient(t: object, func: VectorField, times: list[float]) -> TimeGradient | None:
+    """A :class:`TimeGradient` if ``ys`` should be differentiated w.r.t. ``t`` (grad mode on and
+    ``t``, or one of its 0-dim tensors, requires grad), else ``None``. ``times``: ``t`` validated."""
+    if not torch.is_grad_enabled():
+        return None
+    if isinstance(t, Tensor):
+        return TimeGradient(t, func, times) if t.requires_grad else None
+    tracked = [v for v in t if isinstance(v, Tensor) and v.requires_grad] if isinstance(t, Sequence) else []
+    if not tracked:
+        return None
+    device = tracked[0].device
+    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in t])
+    return TimeGradient(stacked, func, times)

@@ -1,0 +1,385 @@
+"""Terminal events (``local_reg.odeint_event``, ``local_reg.compat``'s ``event_fn`` and ``odeint_event``):
+event times and their implicit-function gradients against analytic values, finite differences and
+torchdiffeq 0.2.5 itself."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import local_reg
+import local_reg.compat as compat
+from local_reg import SolverError, _events, odeint_event
+
+GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint"]
+TIGHT = {"rtol": 1e-11, "atol": 1e-13}
+
+
+class Ball(nn.Module):
+    """Free fall: ``(height, velocity)' = (velocity, -g)``, ``g`` a parameter."""
+
+    def __init__(self, g: float = 9.81, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.g = nn.Parameter(torch.tensor(g, dtype=dtype))
+
+    def forward(self, t, y):
+        return torch.stack([y[1], -self.g * torch.ones_like(y[1])])
+
+
+class Ground(nn.Module):
+    """The event ``height - level``, ``level`` a parameter of the event function."""
+
+    def __init__(self, level: float = 0.0) -> None:
+        super().__init__()
+        self.level = nn.Parameter(torch.tensor(level, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return y[0] - self.level
+
+
+def impact(h: float, v: float, g: float, level: float = 0.0) -> dict[str, float]:
+    """The time ``(v + S) / g``, ``S = sqrt(v^2 + 2 g (h - level))``, at which ``h + v t - g t^2 / 2``
+    falls to ``level``, and its derivatives."""
+    s = math.sqrt(v * v + 2 * g * (h - level))
+    return {
+        "t": (v + s) / g,
+        "h": 1 / s,
+        "v": (1 + v / s) / g,
+        "g": (h - level) / (s * g) - (v + s) / g**2,
+        "level": -1 / s,
+    }
+
+
+def falling_ball(gradient, h=10.0, v=2.0, g=9.81, t0=0.0, **kwargs):
+    func = Ball(g)
+    ground = Ground()
+    height = torch.tensor(h, dtype=torch.float64, requires_grad=True)
+    velocity = torch.tensor(v, dtype=torch.float64, requires_grad=True)
+    start = torch.tensor(t0, dtype=torch.float64, requires_grad=True)
+    y0 = torch.stack([height, velocity])
+    event_t, solution = odeint_event(func, y0, start, event_fn=ground, gradient=gradient, **TIGHT, **kwargs)
+    return event_t, solution, (height, velocity, start, func.g, ground.level)
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_falling_ball_event_time_and_gradients_are_analytic(gradient):
+    event_t, solution, (height, velocity, start, g, level) = falling_ball(gradient)
+    exact = impact(10.0, 2.0, 9.81)
+    assert event_t.item() == pytest.approx(exact["t"], rel=1e-12)
+    assert solution.ts.tolist() == [0.0, event_t.item()]
+    assert solution.steps.stop_time == event_t.item()
+    assert abs(solution.ys[-1, 0].item()) < 1e-10
+    assert solution.ys[-1, 1].item() == pytest.approx(2.0 - 9.81 * exact["t"], rel=1e-12)
+
+    grads = torch.autograd.grad(event_t, (height, velocity, start, g, level))
+    expected = [exact["h"], exact["v"], 1.0, exact["g"], exact["level"]]
+    for got, want in zip(grads, expected, strict=True):
+        assert float(got) == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("gradient", ["direct", "symplectic", "adjoint"])
+def test_falling_ball_state_at_the_event_is_differentiated_through_the_event_time(gradient):
+    # The impact velocity v - g t_e moves with t_e: d/dh = -g dt_e/dh; the height stays at the
+    # ground, d/dh = 0 (the state at a fixed time would give 1).
+    _, solution, (height, velocity, _, g, _) = falling_ball(gradient)
+    exact = impact(10.0, 2.0, 9.81)
+    grad_h = torch.autograd.grad(solution.ys[-1, 1], (height, velocity, g), retain_graph=True)
+    assert float(grad_h[0]) == pytest.approx(-9.81 * exact["h"], rel=1e-9)
+    assert float(grad_h[1]) == pytest.approx(1 - 9.81 * exact["v"], rel=1e-9)
+    assert float(grad_h[2]) == pytest.approx(-exact["t"] - 9.81 * exact["g"], rel=1e-9)
+    (grad_height,) = torch.autograd.grad(solution.ys[-1, 0], height)
+    assert abs(float(grad_height)) < 1e-9
+
+
+def test_reverse_time_finds_the_earlier_root():
+    # Backwards from t0 = 1 the ball rises to h at t0 and was on the ground at the earlier root.
+    event_t, solution, (height, velocity, start, g, _) = falling_ball("direct", t0=1.0, reverse_time=True)
+    s = math.sqrt(2.0**2 + 2 * 9.81 * 10.0)
+    assert event_t.item() == pytest.approx(1.0 + (2.0 - s) / 9.81, rel=1e-12)
+    assert solution.steps.dt.max() < 0
+    grad_h, grad_t0 = torch.autograd.grad(event_t, (height, start))
+    assert float(grad_h) == pytest.approx(-1 / s, rel=1e-9)
+    assert float(grad_t0) == pytest.approx(1.0, rel=1e-9)
+
+
+def pendulum(w, c, a):
+    """A damped, driven pendulum: ``x'' = -w^2 sin x - c x' + a cos t``."""
+
+    def field(t, y):
+        x, v = y[0], y[1]
+        return torch.stack([v, -(w**2) * torch.sin(x) - c * v + a * torch.cos(t)])
+
+    return field
+
+
+def pendulum_loss(x: list[float], gradient: str = "direct") -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``t_e + 0.3 v(t_e)`` at the first time the angle falls to ``level``, and the inputs
+    ``x = (x0, v0, t0, level, w, c, a)`` as tensors that require grad."""
+    inputs = [torch.tensor(value, dtype=torch.float64, requires_grad=True) for value in x]
+    x0, v0, t0, level, w, c, a = inputs
+    func = pendulum(w, c, a)
+
+    def event_fn(t, y):
+        return y[0] - level
+
+    y0 = torch.stack([x0, v0])
+    event_t, solution = odeint_event(
+        func, y0, t0, event_fn=event_fn, gradient=gradient, adjoint_params=(w, c, a), **TIGHT
+    )
+    return event_t + 0.3 * solution.ys[-1, 1], inputs
+
+
+@pytest.mark.parametrize("gradient", ["direct", "symplectic", "adjoint"])
+def test_nonlinear_event_gradients_match_finite_differences(gradient):
+    base = [1.0, 0.5, 0.2, -0.3, 1.3, 0.2, 0.4]
+    loss, inputs = pendulum_loss(base, gradient)
+    analytic = [float(g) for g in torch.autograd.grad(loss, inputs)]
+    eps = 1e-6
+    for index, want in enumerate(analytic):
+        plus, minus = list(base), list(base)
+        plus[index] += eps
+        minus[index] -= eps
+        with torch.no_grad():
+            numeric = (float(pendulum_loss(plus)[0]) - float(pendulum_loss(minus)[0])) / (2 * eps)
+        assert want == pytest.approx(numeric, rel=1e-6, abs=1e-7), index
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "bosh3", "heun_euler"])
+def test_exact_graph_free_methods_equal_direct_with_the_event_inside_the_last_step(method):
+    # The event state is read from the last step's dense output (with the extra stage f(t + dt, y1)
+    # for heun_euler): checkpoint and symplectic differentiate it as backpropagation does.
+    base = [1.0, 0.5, 0.2, -0.3, 1.3, 0.2, 0.4]
+    grads = {}
+    for gradient in ("direct", "checkpoint", "symplectic"):
+        inputs = [torch.tensor(value, dtype=torch.float64, requires_grad=True) for value in base]
+        x0, v0, t0, level, w, c, a = inputs
+        event_t, solution = odeint_event(
+            pendulum(w, c, a),
+            torch.stack([x0, v0]),
+            t0,
+            event_fn=lambda t, y, level=level: y[0] - level,
+            gradient=gradient,
+            adjoint_params=(w, c, a),
+            method=method,
+            rtol=1e-5,
+            atol=1e-7,
+        )
+        theta = (solution.steps.stop_time - solution.steps.t[-1]) / solution.steps.dt[-1]
+        assert 0 < theta < 1
+        grads[gradient] = torch.stack(torch.autograd.grad(event_t + 0.3 * solution.ys[-1, 1], inputs))
+    torch.testing.assert_close(grads["checkpoint"], grads["direct"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads["symplectic"], grads["direct"], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("h", "root", "most_calls"),
+    [
+        (math.cos, math.pi / 2, 10),  # a simple root: superlinear
+        # Regula falsi alone would crawl on a triple root and a jump: the safeguard bisects at least
+        # every third evaluation, and 48 halvings take the bracket from 2.9 to 1e-14.
+        (lambda t: (1.3 - t) ** 3, 1.3, 3 * 48),
+        (lambda t: 1.0 if t < 0.7 else -1.0, 0.7, 3 * 48),
+    ],
+)
+def test_find_root_brackets_the_sign_change_to_the_tolerance(h, root, most_calls):
+    calls = []
+
+    def counted(t):
+        calls.append(t)
+        return h(t)
+
+    xtol = 1e-14
+    found = _events.find_root(counted, 0.1, h(0.1), 3.0, h(3.0), xtol)
+    assert h(found) <= 0
+    assert abs(found - root) <= 2 * xtol
+    assert len(calls) <= most_calls
+
+
+def test_several_entries_stop_at_the_first_that_changes_sign():
+    func = Ball()
+    y0 = torch.tensor([10.0, 2.0], dtype=torch.float64)
+    exact = impact(10.0, 2.0, 9.81)["t"]
+
+    def ground_or_deadline(deadline):
+        return lambda t, y: torch.stack([y[0], deadline - t])
+
+    event_t, _ = odeint_event(func, y0, 0.0, event_fn=ground_or_deadline(5.0), rtol=1e-10, atol=1e-12)
+    assert event_t.item() == pytest.approx(exact, rel=1e-12)
+    event_t, solution = odeint_event(func, y0, 0.0, event_fn=ground_or_deadline(1.0), rtol=1e-10, atol=1e-12)
+    assert event_t.item() == pytest.approx(1.0, rel=1e-14)
+    # A deadline does not move with the state: the event time has no gradient w.r.t. the ball.
+    assert solution.ys[-1, 0].item() == pytest.approx(10.0 + 2.0 - 9.81 / 2, rel=1e-10)
+
+
+def test_an_event_at_t0_ends_there_as_in_torchdiffeq():
+    y0 = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    event_t, solution = odeint_event(Ball(), y0, 0.5, event_fn=lambda t, y: y[0])
+    assert event_t.item() == 0.5
+    assert torch.equal(solution.ys, torch.stack([y0, y0]))
+    assert solution.stats.n_steps == 0
+
+
+def test_tuple_state_and_float32():
+    class TupleBall(nn.Module):
+        def forward(self, t, state):
+            height, velocity = state
+            return velocity.reshape(1), -9.81 * torch.ones_like(velocity)
+
+    y0 = (torch.tensor([10.0]), torch.tensor(2.0))
+    event_t, solution = odeint_event(TupleBall(), y0, 0.0, event_fn=lambda t, state: state[0][0])
+    assert isinstance(solution.ys, tuple)
+    assert solution.ys[0].shape == (2, 1) and solution.ys[1].shape == (2,)
+    assert event_t.dtype == torch.float32
+    assert event_t.item() == pytest.approx(impact(10.0, 2.0, 9.81)["t"], rel=1e-5)
+
+
+def test_fixed_step_method_locates_the_event_on_its_dense_output():
+    # rk4 is exact on a quadratic, and so is the cubic Hermite interpolant inside each step.
+    event_t, _ = odeint_event(
+        Ball(),
+        torch.tensor([10.0, 2.0], dtype=torch.float64),
+        0.0,
+        event_fn=Ground(),
+        method="rk4",
+        step_size=0.3,
+    )
+    assert event_t.item() == pytest.approx(impact(10.0, 2.0, 9.81)["t"], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("event_fn", "error", "match"),
+    [
+        (lambda t, y: 1.0, TypeError, "event_fn must return a torch.Tensor"),
+        (lambda t, y: (y[0] > 0).long(), TypeError, "floating-point"),
+        (lambda t, y: y[:0], ValueError, "empty"),
+        (lambda t, y: y[0] * torch.ones(1 + int(t > 0.1)), ValueError, "shape"),
+        (lambda t, y: torch.where(t > 0.2, torch.nan, 1.0).to(y), ValueError, "non-finite"),
+        ("y[0]", TypeError, "event_fn must be callable"),
+    ],
+)
+def test_bad_event_functions_are_named(event_fn, error, match):
+    y0 = torch.tensor([10.0, 2.0], dtype=torch.float64)
+    with pytest.raises(error, match=match):
+        odeint_event(Ball(), y0, 0.0, event_fn=event_fn)
+
+
+def test_bad_arguments_are_named():
+    y0 = torch.tensor([10.0, 2.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="dense"):
+        odeint_event(Ball(), y0, 0.0, event_fn=Ground(), dense=True)
+    with pytest.raises(ValueError, match="t0 must be one time"):
+        odeint_event(Ball(), y0, torch.zeros(2), event_fn=Ground())
+    with pytest.raises(TypeError, match="reverse_time"):
+        odeint_event(Ball(), y0, 0.0, event_fn=Ground(), reverse_time="yes")
+    with pytest.raises(ValueError, match="stop"):
+        stop = local_reg._integrate.StepCallbacks(stop=lambda *args: None)
+        odeint_event(Ball(), y0, 0.0, event_fn=Ground(), callbacks=stop)
+    with pytest.raises(ValueError, match="t must not require grad with callbacks.stop"):
+        t = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+        local_reg.odeint(Ball(), y0, t, callbacks=local_reg._integrate.StepCallbacks(stop=Ground()))
+    with pytest.raises(ValueError, match="exactly two times"):
+        local_reg.odeint(
+            Ball(), y0, [0.0, 1.0, 2.0], callbacks=local_reg._integrate.StepCallbacks(stop=Ground())
+        )
+
+
+def test_an_event_never_reached_raises_at_max_steps():
+    def decay(t, y):
+        return -y
+
+    y0 = torch.ones(1)
+    with pytest.raises(SolverError, match="max_steps=200"):
+        odeint_event(decay, y0, 0.0, event_fn=lambda t, y: y[0] + 1.0, max_steps=200)
+    # A constant solution has no error: its steps grow tenfold each until the time overflows.
+    with pytest.raises(SolverError, match="time overflowed"):
+        odeint_event(lambda t, y: torch.zeros_like(y), y0, 0.0, event_fn=lambda t, y: y[0] + 1.0)
+
+
+# --- local_reg.compat against torchdiffeq 0.2.5 -------------------------------------------------
+
+torchdiffeq = pytest.importorskip("torchdiffeq")
+
+
+class Spiral(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor([[-0.1, 1.0], [-1.0, -0.1]], dtype=torch.float64))
+
+    def forward(self, t, y):
+        return y @ self.weight.T
+
+
+def spiral_event(t, y):
+    return y[0] - 0.2 * torch.cos(t)
+
+
+@pytest.mark.parametrize("reverse_time", [False, True])
+@pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint"])
+def test_compat_odeint_event_matches_torchdiffeq(interface, reverse_time):
+    results = {}
+    for name, module in (("ours", compat), ("theirs", torchdiffeq)):
+        func = Spiral()
+        y0 = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+        t0 = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+        event_t, solution = module.odeint_event(
+            func,
+            y0,
+            t0,
+            event_fn=spiral_event,
+            reverse_time=reverse_time,
+            odeint_interface=getattr(module, interface),
+            rtol=1e-10,
+            atol=1e-12,
+        )
+        assert solution.shape == (2, 2)
+        loss = event_t + solution[-1].sum()
+        results[name] = (event_t.item(), solution.detach(), torch.autograd.grad(loss, (y0, t0, func.weight)))
+    ours, theirs = results["ours"], results["theirs"]
+    assert ours[0] == pytest.approx(theirs[0], abs=1e-9)
+    torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=1e-8)
+    for mine, reference in zip(ours[2], theirs[2], strict=True):
+        torch.testing.assert_close(mine, reference, rtol=1e-6, atol=1e-8)
+
+
+def test_compat_odeint_with_event_fn_returns_torchdiffeqs_types():
+    func = Spiral()
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    ours = compat.odeint(func, y0, t, event_fn=spiral_event)
+    theirs = torchdiffeq.odeint(func, y0, t, event_fn=spiral_event)
+    assert isinstance(ours, tuple) and len(ours) == 2
+    assert ours[0].shape == theirs[0].shape == ()
+    assert ours[0].dtype == theirs[0].dtype
+    assert ours[1].shape == theirs[1].shape == (2, 2)
+    assert ours[0].item() == pytest.approx(theirs[0].item(), abs=1e-8)
+
+    state = (y0, torch.zeros(3, dtype=torch.float64))
+
+    def pair(t, s):
+        return func(t, s[0]), torch.ones_like(s[1])
+
+    event_t, solution = compat.odeint_adjoint(
+        pair, state, t, event_fn=lambda t, s: spiral_event(t, s[0]), adjoint_params=tuple(func.parameters())
+    )
+    reference_t, reference = torchdiffeq.odeint_adjoint(
+        pair, state, t, event_fn=lambda t, s: spiral_event(t, s[0]), adjoint_params=tuple(func.parameters())
+    )
+    assert event_t.item() == pytest.approx(reference_t.item(), abs=1e-8)
+    for mine, theirs_part in zip(solution, reference, strict=True):
+        torch.testing.assert_close(mine, theirs_part, rtol=0, atol=1e-7)
+
+
+def test_compat_event_errors():
+    func = Spiral()
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="len\\(t\\) == 2"):
+        compat.odeint(func, y0, torch.linspace(0, 1, 3, dtype=torch.float64), event_fn=spiral_event)
+    with pytest.raises(ValueError, match="step_size"):
+        compat.odeint(func, y0, torch.tensor([0.0, 1.0]), event_fn=spiral_event, method="rk4")
+    with pytest.raises(ValueError, match="odeint_interface"):
+        compat.odeint_event(
+            func, y0, torch.tensor(0.0), event_fn=spiral_event, odeint_interface=torchdiffeq.odeint
+        )

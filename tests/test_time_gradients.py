@@ -1,0 +1,269 @@
+"""Gradients w.r.t. the output times ``t`` (``local_reg.gradients._times``), every gradient method:
+finite differences of the discrete solve (gradcheck in float64 at tight tolerances), an analytic
+case, torchdiffeq's adjoint, and the bookkeeping (lazy evaluations, dtypes, zero cotangents)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import local_reg.compat as compat
+from local_reg import BacksolveAdjoint, Checkpoint, Symplectic, odeint
+from tests.problems import CountingField
+
+DTYPE = torch.float64
+TOL = 1e-10
+METHODS = {
+    "direct": "direct",
+    "checkpoint": Checkpoint(),
+    "checkpoint, checkpoints=2": Checkpoint(checkpoints=2),
+    "symplectic": Symplectic(),
+    "adjoint": BacksolveAdjoint(rtol=TOL, atol=TOL),
+}
+INCREASING = [0.2, 0.7, 1.3]
+DECREASING = [1.1, 0.6, -0.2]
+# Finite differences of the discrete solve differ from the exact solution's derivatives by its
+# error over eps (measured: <= 5e-8 here), so gradcheck can be tight.
+GRADCHECK = {"eps": 1e-6, "atol": 1e-6, "rtol": 1e-5}
+
+
+def weights() -> torch.Tensor:
+    return torch.tensor([[-0.5, 1.0], [-1.0, -0.3]], dtype=DTYPE, requires_grad=True)
+
+
+def field(weight: torch.Tensor):
+    """A nonlinear, time-dependent field: ``f(t, y) = tanh(y W) + cos(t) y``."""
+    return lambda t, y: torch.tanh(y @ weight) + torch.cos(t) * y
+
+
+def inputs(times: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    t = torch.tensor(times, dtype=DTYPE, requires_grad=True)
+    y0 = torch.tensor([[0.4, -0.8]], dtype=DTYPE, requires_grad=True)
+    return t, y0, weights()
+
+
+@pytest.mark.parametrize("times", [INCREASING, DECREASING], ids=["increasing", "decreasing"])
+@pytest.mark.parametrize("name", list(METHODS))
+def test_gradcheck_times_state_and_parameters(name, times):
+    def solve(t, y0, weight):
+        return odeint(
+            field(weight), y0, t, rtol=TOL, atol=TOL, gradient=METHODS[name], adjoint_params=(weight,)
+        ).ys
+
+    assert torch.autograd.gradcheck(solve, inputs(times), **GRADCHECK)
+
+
+@pytest.mark.parametrize("option", ["dense", "step_to_outputs"])
+@pytest.mark.parametrize("name", ["direct", "symplectic", "adjoint"])
+def test_gradcheck_with_dense_output_and_steps_to_outputs(name, option):
+    def solve(t, y0, weight):
+        solution = odeint(
+            field(weight),
+            y0,
+            t,
+            rtol=TOL,
+            atol=TOL,
+            gradient=METHODS[name],
+            adjoint_params=(weight,),
+            **{option: True},
+        )
+        return solution.ys
+
+    assert torch.autograd.gradcheck(solve, inputs(INCREASING), **GRADCHECK)
+
+
+def test_dense_solution_evaluates_with_differentiable_times():
+    t, y0, weight = inputs(INCREASING)
+    solution = odeint(field(weight), y0, t, rtol=TOL, atol=TOL, dense=True)
+    torch.testing.assert_close(solution.evaluate(t.detach()[2]), solution.ys[2].detach())
+
+
+@pytest.mark.parametrize("name", ["direct", "adjoint"])
+def test_gradcheck_tuple_state(name):
+    def solve(t, z0, s0, weight):
+        def pair(t, state):
+            z, s = state
+            return torch.tanh(z @ weight) * torch.cos(t), -(z**2).sum(-1)
+
+        zs, ss = odeint(
+            pair, (z0, s0), t, rtol=TOL, atol=TOL, gradient=METHODS[name], adjoint_params=(weight,)
+        ).ys
+        return zs, ss
+
+    t, z0, weight = inputs(DECREASING)
+    s0 = torch.tensor([0.5], dtype=DTYPE, requires_grad=True)
+    assert torch.autograd.gradcheck(solve, (t, z0, s0, weight), **GRADCHECK)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_exponential_growth_has_the_analytic_time_gradients(name):
+    """``y' = a y``: ``dy(t_i)/dt_i = a y(t_i)``, ``dy(t_i)/dt0 = -a y(t_i)``, zero for the others."""
+    a = -0.7
+    t = torch.tensor([0.3, 0.9, 1.7], dtype=DTYPE, requires_grad=True)
+    y0 = torch.tensor([1.2, -0.4], dtype=DTYPE)
+    for i in (1, 2):
+        solution = odeint(
+            lambda t, y: a * y, y0, t, rtol=TOL, atol=TOL, gradient=METHODS[name], adjoint_params=()
+        )
+        (grad,) = torch.autograd.grad(solution.ys[i].sum(), t)
+        exact = a * y0.sum() * math.exp(a * (t[i].item() - t[0].item()))
+        expected = torch.zeros(3, dtype=DTYPE)
+        expected[0], expected[i] = -exact, exact
+        torch.testing.assert_close(grad, expected, rtol=1e-8, atol=1e-12)
+
+
+def test_exact_methods_agree_to_rounding():
+    """direct, checkpoint and symplectic apply the same discrete Jacobian to ``f(t0, y0)``."""
+    grads = {}
+    for name in ("direct", "checkpoint", "checkpoint, checkpoints=2", "symplectic"):
+        t, y0, weight = inputs(DECREASING)
+        ys = odeint(
+            field(weight), y0, t, rtol=1e-6, atol=1e-6, gradient=METHODS[name], adjoint_params=(weight,)
+        )
+        loss = (ys.ys[1] ** 2).sum() + ys.ys[-1].sum()
+        grads[name] = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, (t, y0, weight))])
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, grads["direct"], rtol=1e-12, atol=1e-14, msg=name)
+
+
+def losses(ys: torch.Tensor) -> torch.Tensor:
+    return 0.3 * ys[0].sum() + (ys[1] ** 2).sum() + 0.7 * ys[2].sum()
+
+
+class Field(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(weights().detach())
+
+    def forward(self, t, y):
+        return field(self.weight)(t, y)
+
+
+def gradients(solve, times: list[float]) -> torch.Tensor:
+    torch.manual_seed(0)
+    func = Field()
+    t, y0, _ = inputs(times)
+    loss = losses(solve(func, y0, t))
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, (t, y0, func.weight))])
+
+
+@pytest.mark.parametrize("times", [INCREASING, DECREASING], ids=["increasing", "decreasing"])
+def test_compat_matches_torchdiffeq_adjoint(times):
+    """torchdiffeq's adjoint integrates ``a^T df/dt`` for ``t0``; the formula needs none."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    tight = {"rtol": 1e-12, "atol": 1e-12}
+    adjoint_tight = {"adjoint_rtol": 1e-12, "adjoint_atol": 1e-12}
+    reference = gradients(
+        lambda f, y0, t: torchdiffeq.odeint_adjoint(f, y0, t, **tight, **adjoint_tight), times
+    )
+    ours = {
+        "odeint": lambda f, y0, t: compat.odeint(f, y0, t, **tight),
+        "backsolve": lambda f, y0, t: compat.odeint_adjoint(f, y0, t, **tight, **adjoint_tight),
+        "symplectic": lambda f, y0, t: compat.odeint_adjoint(f, y0, t, **tight, adjoint_method="symplectic"),
+        "rtol=0": lambda f, y0, t: compat.odeint_adjoint(
+            f, y0, t, **tight, adjoint_rtol=0, adjoint_atol=1e-12
+        ),
+    }
+    for name, solve in ours.items():
+        torch.testing.assert_close(gradients(solve, times), reference, rtol=1e-8, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("solver", "options"),
+    [
+        (compat.odeint, {}),
+        (compat.odeint_adjoint, {"adjoint_rtol": TOL, "adjoint_atol": TOL}),
+        (compat.odeint_adjoint, {"adjoint_rtol": 0.0, "adjoint_atol": TOL}),
+        (compat.odeint_adjoint, {"adjoint_method": "symplectic"}),
+    ],
+    ids=["odeint", "odeint_adjoint", "odeint_adjoint rtol=0", "symplectic"],
+)
+def test_compat_gradcheck(solver, options):
+    def solve(t, y0, weight):
+        if solver is compat.odeint_adjoint:
+            options["adjoint_params"] = (weight,)
+        return solver(field(weight), y0, t, rtol=TOL, atol=TOL, **options)
+
+    assert torch.autograd.gradcheck(solve, inputs(DECREASING), **GRADCHECK)
+
+
+@pytest.mark.parametrize("name", ["direct", "symplectic", "adjoint"])
+def test_lazy_evaluations_are_counted_and_skip_zero_cotangents(name):
+    t, y0, weight = inputs(INCREASING)
+    func = CountingField(field(weight))
+    solution = odeint(func, y0, t, rtol=1e-6, atol=1e-6, gradient=METHODS[name], adjoint_params=(weight,))
+    assert func.calls == solution.stats.nfe  # the forward makes no extra call
+    (grad_t,) = torch.autograd.grad(solution.ys[2].sum(), t)
+    assert func.calls == solution.stats.nfe + solution.stats.nfe_backward
+    plain = odeint(
+        field(weight), y0, t.detach(), rtol=1e-6, atol=1e-6, gradient=METHODS[name], adjoint_params=(weight,)
+    )
+    torch.autograd.grad(plain.ys[2].sum(), weight)
+    # One lazy f(t_2, y_2); output 1 has a zero cotangent and gets neither an evaluation nor a gradient.
+    assert solution.stats.nfe_backward == (plain.stats.nfe_backward or 0) + 1
+    assert grad_t[1] == 0.0 and grad_t[2] != 0.0
+
+
+def test_values_are_unchanged_and_outputs_can_be_modified_in_place():
+    t, y0, weight = inputs(INCREASING)
+    ys = odeint(field(weight), y0, t).ys
+    assert torch.equal(ys, odeint(field(weight), y0, t.detach()).ys)
+    ys[0] = 0.0
+    (grad_t,) = torch.autograd.grad(ys.sum(), t)
+    assert torch.isfinite(grad_t).all()
+
+
+def test_a_single_time_has_a_zero_gradient():
+    t, y0, weight = inputs([0.4])
+    (grad_t,) = torch.autograd.grad(odeint(field(weight), y0, t).ys.sum(), t)
+    assert torch.equal(grad_t, torch.zeros(1, dtype=DTYPE))
+
+
+@pytest.mark.parametrize(("t_dtype", "y_dtype"), [(torch.float32, DTYPE), (DTYPE, torch.float32)])
+def test_the_gradient_has_the_dtype_of_t(t_dtype, y_dtype):
+    t = torch.tensor([0.0, 1.0], dtype=t_dtype, requires_grad=True)
+    y0 = torch.tensor([1.5], dtype=y_dtype)
+    ys = odeint(lambda t, y: -y, y0, t, gradient="symplectic", adjoint_params=()).ys
+    assert ys.dtype == y_dtype
+    (grad_t,) = torch.autograd.grad(ys[1].sum(), t)
+    assert grad_t.dtype == t_dtype
+    expected = torch.tensor([1.5, -1.5], dtype=t_dtype) * math.exp(-1.0)
+    torch.testing.assert_close(grad_t, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_sequence_of_tensors_gets_gradients():
+    start = torch.tensor(0.2, dtype=DTYPE, requires_grad=True)
+    end = torch.tensor(1.0, dtype=DTYPE, requires_grad=True)
+    y0 = torch.tensor([2.0], dtype=DTYPE)
+    ys = odeint(lambda t, y: -y, y0, [start, 0.5, end], rtol=TOL, atol=TOL).ys
+    grads = torch.autograd.grad(ys[-1].sum(), (start, end))
+    exact = 2.0 * math.exp(-0.8)
+    torch.testing.assert_close(torch.stack(grads), torch.tensor([exact, -exact], dtype=DTYPE))
+
+
+def test_no_gradient_under_no_grad():
+    t, y0, weight = inputs(INCREASING)
+    with torch.no_grad():
+        ys = compat.odeint(field(weight), y0, t)
+    assert not ys.requires_grad
+
+
+def test_backsolve_adjoint_takes_a_pure_absolute_tolerance():
+    t, y0, weight = inputs(INCREASING)
+    reference = torch.autograd.grad(
+        odeint(
+            field(weight), y0, t, rtol=TOL, atol=TOL, gradient="symplectic", adjoint_params=(weight,)
+        ).ys.sum(),
+        (t, y0, weight),
+    )
+    gradient = BacksolveAdjoint(rtol=0, atol=1e-12)
+    assert gradient.rtol == 0.0
+    solution = odeint(field(weight), y0, t, rtol=TOL, atol=TOL, gradient=gradient, adjoint_params=(weight,))
+    for ours, exact in zip(torch.autograd.grad(solution.ys.sum(), (t, y0, weight)), reference, strict=True):
+        torch.testing.assert_close(ours, exact, rtol=1e-8, atol=1e-9)
+    with pytest.raises(ValueError, match="BacksolveAdjoint rtol"):
+        BacksolveAdjoint(rtol=-1e-6)
+    with pytest.raises(TypeError, match="BacksolveAdjoint rtol"):
+        BacksolveAdjoint(rtol=False)
