@@ -29,19 +29,27 @@ autograd, and a forward+backward of ``mean(y(t1)^2)`` for every gradient method 
 ``BacksolveAdjoint``. ``--old FOLDER`` adds the backsolve adjoint of another version of local_reg
 (``fields.old_local_reg``). Every configuration runs once per round, rounds interleaved; times are
 the process's CPU time (one thread), medians over rounds; a ratio is the median over rounds of the
-per-round ratio. The backward pass's overhead per evaluation subtracts from its CPU time the cost of
-its calls of the field as bare calls, timed in the same rounds: a call without autograd as one
-evaluation of the MLP, a call with autograd as one evaluation and one vector--Jacobian product for
-the state and the parameters (what an adjoint evaluation needs; a checkpointed step's calls are
-backpropagated together, about the same work).
+per-round ratio; glibc serves allocations below 64 MiB from its heap (``mallopt``), so that the bare
+calls below allocate as the solvers do. The backward pass's overhead per evaluation subtracts from
+its CPU time the cost of its calls of the field as bare calls, timed in the same rounds: a call
+without autograd as one evaluation of the MLP, a call with autograd as one evaluation and one
+vector--Jacobian product for the state and the parameters (what an adjoint evaluation needs; a
+checkpointed step's calls are backpropagated together, about the same work).
 
     python benchmarks/peers.py --throughput [--rounds 15] [--batch 128] [--old /tmp/oldpkg]
+
+``--instructions`` counts instead the instructions of each backward pass that calls the field
+(local_reg's and torchdiffeq's), and of bare calls, under valgrind's callgrind: deterministic, so
+independent of the machine's load, but blind to memory traffic (about 30 minutes on a 2-core machine).
+
+    python benchmarks/peers.py --instructions [--old /tmp/oldpkg]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import functools
 import importlib.util
 import json
@@ -415,7 +423,14 @@ def instructions(args) -> None:
         )
 
 
+M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter: allocations at least this large are served by ``mmap``."""
+
+
 def throughput(args) -> None:
+    # Serve activation-sized buffers (128 KiB at batch 512) from the heap: glibc's dynamic threshold
+    # otherwise maps and page-faults them afresh in some loops (the bare calls) and not in others.
+    ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 << 20)
     field, y0 = mlp_problem(args)
     counter = CallCounter(field)
     old = None if args.old is None else old_local_reg(args.old)
