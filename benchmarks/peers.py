@@ -29,7 +29,7 @@ autograd, and a forward+backward of ``mean(y(t1)^2)`` for every gradient method 
 ``BacksolveAdjoint``. ``--old FOLDER`` adds the backsolve adjoint of another version of local_reg
 (``fields.old_local_reg``). Every configuration runs once per round, rounds interleaved; times are
 the process's CPU time (one thread), medians over rounds; a ratio is the median over rounds of the
-per-round ratio; glibc serves allocations below 64 MiB from its heap (``mallopt``), so that the bare
+per-round ratio; glibc serves allocations below 4 MiB from its heap (``mallopt``), so that the bare
 calls below allocate as the solvers do. The backward pass's overhead per evaluation subtracts from
 its CPU time the cost of its calls of the field as bare calls, timed in the same rounds: a call
 without autograd as one evaluation of the MLP, a call with autograd as one evaluation and one
@@ -430,7 +430,8 @@ M_MMAP_THRESHOLD = -3
 def throughput(args) -> None:
     # Serve activation-sized buffers (128 KiB at batch 512) from the heap: glibc's dynamic threshold
     # otherwise maps and page-faults them afresh in some loops (the bare calls) and not in others.
-    ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 64 << 20)
+    if not ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 4 << 20):
+        raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed")
     field, y0 = mlp_problem(args)
     counter = CallCounter(field)
     old = None if args.old is None else old_local_reg(args.old)
