@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 
 import torch
 
@@ -20,15 +22,18 @@ def mlp(dim: int, width: int) -> torch.nn.Sequential:
 
 class CallCounter(torch.nn.Module):
     """Wraps a vector field ``f(t, y)`` and counts its calls, independently of any solver (a module,
-    so a wrapped module's parameters stay the counter's)."""
+    so a wrapped module's parameters stay the counter's). ``graph_calls`` counts those made with
+    autograd enabled (which build a graph to differentiate), ``calls`` all of them."""
 
     def __init__(self, field) -> None:
         super().__init__()
         self.field = field
         self.calls = 0
+        self.graph_calls = 0
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        self.graph_calls += torch.is_grad_enabled()
         return self.field(t, y)
 
 
@@ -73,3 +78,14 @@ def mlp_problem(args: argparse.Namespace) -> tuple[CountingMLP, torch.Tensor]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     return CountingMLP(args.dim, args.width, weight_scale=2.0), torch.randn(args.batch, args.dim)
+
+
+def old_local_reg(folder: str):
+    """Another version of the package, copied to ``folder/local_reg_old`` (its imports are relative),
+    e.g. for commit ``REV``::
+
+        git worktree add /tmp/old REV && mkdir -p /tmp/oldpkg
+        cp -r /tmp/old/local_reg /tmp/oldpkg/local_reg_old
+    """
+    sys.path.insert(0, folder)
+    return importlib.import_module("local_reg_old")

@@ -31,6 +31,7 @@ import sys
 import time
 
 import torch
+from fields import old_local_reg
 
 import local_reg
 
@@ -53,9 +54,7 @@ def problem(args: argparse.Namespace):
 
 
 def solvers(args: argparse.Namespace) -> dict:
-    sys.path.insert(0, args.old)
-    import local_reg_old
-
+    local_reg_old = old_local_reg(args.old)
     return {VERSIONS["old"]: local_reg_old.odeint, VERSIONS["new"]: local_reg.odeint}
 
 

@@ -12,9 +12,9 @@ output), dtype and gradient method, one solve and the gradient of a loss with ea
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
+from fields import old_local_reg
 
 import local_reg
 
@@ -41,8 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--old", required=True, help="folder holding the package local_reg_old")
     args = parser.parse_args()
-    sys.path.insert(0, args.old)
-    import local_reg_old
+    local_reg_old = old_local_reg(args.old)
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2))

@@ -20,20 +20,53 @@ Peers that are not installed are skipped. torchode is an optional peer (``pip in
 not a dependency of local_reg.
 
     python benchmarks/peers.py [--quick] [--repeats 7] [--figures docs/figures]
+
+Neural-ODE throughput (``--throughput``, instead of the work-precision tables): the batched MLP in
+float32 on ``[0, --t1]`` at ``--rtol``/``--atol``, dopri5 for every solver; a forward solve without
+autograd, and a forward+backward of ``mean(y(t1)^2)`` for every gradient method of local_reg
+(direct, checkpoint, symplectic, the backsolve adjoint with both norms), torchdiffeq's ``odeint``
+(backprop) and ``odeint_adjoint``, and torchode's ``AutoDiffAdjoint`` (backprop) and
+``BacksolveAdjoint``. ``--old FOLDER`` adds the backsolve adjoint of another version of local_reg
+(``fields.old_local_reg``). Every configuration runs once per round, rounds interleaved; times are
+the process's CPU time (one thread), medians over rounds; a ratio is the median over rounds of the
+per-round ratio; glibc serves allocations below 4 MiB from its heap (``mallopt``), so that the bare
+calls below allocate as the solvers do. The backward pass's overhead per evaluation subtracts from
+its CPU time the cost of its calls of the field as bare calls, timed in the same rounds: a call
+without autograd as one evaluation of the MLP, a call with autograd as one evaluation and one
+vector--Jacobian product for the state and the parameters (what an adjoint evaluation needs; a
+checkpointed step's calls are backpropagated together, about the same work).
+
+    python benchmarks/peers.py --throughput [--rounds 15] [--batch 128] [--old /tmp/oldpkg]
+
+``--instructions`` counts instead the instructions of each backward pass that calls the field
+(local_reg's and torchdiffeq's), and of bare calls, under valgrind's callgrind: deterministic, so
+independent of the machine's load, but blind to memory traffic (about 30 minutes on a 2-core machine).
+
+    python benchmarks/peers.py --instructions [--old /tmp/oldpkg]
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import ctypes
+import functools
 import importlib.util
+import json
 import math
+import re
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from fields import CallCounter, mlp_problem, mlp_problem_parser
+from fields import CallCounter, mlp_problem, mlp_problem_parser, old_local_reg
 from scipy.integrate import solve_ivp
 
 import local_reg
@@ -167,12 +200,314 @@ def plot(rows: dict, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+Timed = tuple[float, float, int, int, int]
+"""One forward(+backward): CPU seconds forward and backward, calls of the field forward, and calls
+in the backward pass without and with autograd."""
+
+
+def timed_solve(
+    counter: CallCounter,
+    solve: Callable[[], torch.Tensor],
+    inputs: tuple[torch.Tensor, ...] | None,
+    window: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> Timed:
+    """Run ``solve() -> y(t1)`` and, if ``inputs`` are given, the gradient of ``mean(y(t1)^2)`` with
+    respect to them (inside ``window()``); count and time both."""
+    counter.calls = counter.graph_calls = 0
+    start = time.process_time()
+    if inputs is None:
+        with torch.no_grad():
+            solve()
+        return time.process_time() - start, 0.0, counter.calls, 0, 0
+    loss = solve().square().mean()
+    middle = time.process_time()
+    forward_calls, forward_graph = counter.calls, counter.graph_calls
+    with window():
+        torch.autograd.grad(loss, inputs)
+    backward_graph = counter.graph_calls - forward_graph
+    backward_plain = counter.calls - forward_calls - backward_graph
+    return middle - start, time.process_time() - middle, forward_calls, backward_plain, backward_graph
+
+
+def throughput_configurations(
+    counter: CallCounter,
+    y0: torch.Tensor,
+    args,
+    old,
+    window: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict[str, tuple[str, Callable[[], Timed]]]:
+    """``label -> (kind, run)``; ``kind`` names the torchdiffeq row a ratio is taken against;
+    ``window`` encloses each backward pass."""
+    t1, rtol, atol = args.t1, args.rtol, args.atol
+    params = tuple(counter.parameters())
+    y_in = y0.clone().requires_grad_(True)
+    differentiated = (y_in, *params)
+    t_pair = torch.tensor([0.0, t1])
+
+    def local(lib, gradient, inputs):
+        def solve() -> torch.Tensor:
+            y = y0 if inputs is None else y_in
+            return lib.odeint(
+                counter, y, t_pair, method="dopri5", rtol=rtol, atol=atol, gradient=gradient
+            ).ys[-1]
+
+        return functools.partial(timed_solve, counter, solve, inputs, window)
+
+    configurations = {"local_reg forward": ("forward", local(local_reg, "direct", None))}
+    gradients = {
+        "direct": ("backprop", "direct"),
+        "checkpoint": ("backprop", "checkpoint"),
+        "symplectic": ("backprop", "symplectic"),
+        "adjoint": ("adjoint", "adjoint"),
+        "adjoint seminorm": ("adjoint", local_reg.BacksolveAdjoint(norm="seminorm")),
+    }
+    for name, (kind, gradient) in gradients.items():
+        configurations[f"local_reg {name}"] = (kind, local(local_reg, gradient, differentiated))
+    if old is not None:
+        configurations["local_reg adjoint (old)"] = ("adjoint", local(old, "adjoint", differentiated))
+        seminorm = old.BacksolveAdjoint(norm="seminorm")
+        configurations["local_reg adjoint seminorm (old)"] = ("adjoint", local(old, seminorm, differentiated))
+    if importlib.util.find_spec("torchdiffeq") is not None:
+        import torchdiffeq
+
+        def tdq(name: str, inputs, **options):
+            def solve() -> torch.Tensor:
+                y = y0 if inputs is None else y_in
+                return getattr(torchdiffeq, name)(counter, y, t_pair, rtol=rtol, atol=atol, **options)[-1]
+
+            return functools.partial(timed_solve, counter, solve, inputs, window)
+
+        configurations["torchdiffeq forward"] = ("forward", tdq("odeint", None))
+        configurations["torchdiffeq odeint"] = ("backprop", tdq("odeint", differentiated))
+        configurations["torchdiffeq odeint_adjoint"] = (
+            "adjoint",
+            tdq("odeint_adjoint", differentiated, adjoint_params=params),
+        )
+    if importlib.util.find_spec("torchode") is not None:
+        import torchode
+
+        term = torchode.ODETerm(counter)
+        controller = torchode.IntegralController(atol=atol, rtol=rtol, term=term)
+        autodiff = torchode.AutoDiffAdjoint(torchode.Dopri5(term=term), controller)
+        backsolve = torchode.BacksolveAdjoint(term, torchode.Dopri5(term=term), controller)
+        t_eval = t_pair.expand(y0.shape[0], 2)
+
+        def tode(solver, inputs):
+            def solve() -> torch.Tensor:
+                y = y0 if inputs is None else y_in
+                return solver.solve(torchode.InitialValueProblem(y0=y, t_eval=t_eval)).ys[:, -1]
+
+            return functools.partial(timed_solve, counter, solve, inputs, window)
+
+        configurations["torchode forward"] = ("forward", tode(autodiff, None))
+        configurations["torchode AutoDiffAdjoint"] = ("backprop", tode(autodiff, differentiated))
+        configurations["torchode BacksolveAdjoint"] = ("adjoint", tode(backsolve, differentiated))
+    return configurations
+
+
+def bare_evaluations(
+    counter: CallCounter,
+    y0: torch.Tensor,
+    n: int,
+    window: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> dict[str, Callable[[], float]]:
+    """CPU seconds of one call of the field without autograd, and of one with a vector--Jacobian
+    product for the state and the parameters, each the mean of ``n`` calls made inside ``window()``."""
+    t = torch.tensor(0.0)
+    params = tuple(counter.field.parameters())
+    cotangent = torch.ones_like(y0)
+
+    def plain() -> float:
+        start = time.process_time()
+        with window(), torch.no_grad():
+            for _ in range(n):
+                counter.field(t, y0)
+        return (time.process_time() - start) / n
+
+    def with_vjp() -> float:
+        start = time.process_time()
+        with window():
+            for _ in range(n):
+                y = y0.detach().requires_grad_(True)
+                torch.autograd.grad(counter.field(t, y), (y, *params), cotangent)
+        return (time.process_time() - start) / n
+
+    return {"plain": plain, "vjp": with_vjp}
+
+
+@contextlib.contextmanager
+def callgrind_window() -> Iterator[None]:
+    """Count instructions inside the block and dump them (a process run by valgrind's callgrind with
+    ``--collect-atstart=no``; one dump file per block, numbered in order)."""
+    torch._C._valgrind_toggle()
+    yield
+    torch._C._valgrind_toggle_and_dump_stats()
+
+
+BARE_CALLS = 10
+"""Calls of the field per bare measurement of ``--instructions``."""
+
+
+def instructions_child(args) -> None:
+    """Under callgrind: the backward pass of every configuration of local_reg and torchdiffeq whose
+    backward calls the field, then the bare calls; prints ``[label, plain calls, calls with
+    autograd]`` per dump, in order, as JSON."""
+    field, y0 = mlp_problem(args)
+    counter = CallCounter(field)
+    old = None if args.old is None else old_local_reg(args.old)
+    measured = []
+    warm = throughput_configurations(counter, y0, args, old)
+    counted = throughput_configurations(counter, y0, args, old, callgrind_window)
+    for label, (kind, run) in warm.items():
+        if kind == "forward" or not label.startswith(("local_reg", "torchdiffeq")):
+            continue
+        *_, plain, graph = run()  # also the warm-up
+        if plain + graph > 0:
+            *_, plain, graph = counted[label][1]()
+            measured.append([label, plain, graph])
+    bare = bare_evaluations(counter, y0, BARE_CALLS, callgrind_window)
+    bare["plain"]()
+    bare["vjp"]()
+    measured += [["bare call", BARE_CALLS, 0], ["bare call with VJP", 0, BARE_CALLS]]
+    print(json.dumps(measured))
+
+
+def instructions(args) -> None:
+    """Run :func:`instructions_child` under valgrind's callgrind and tabulate the instructions of each
+    backward pass beyond its calls of the field, counted as bare calls."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind")
+    forwarded = [arg for arg in sys.argv[1:] if arg != "--instructions"]
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "callgrind.out"
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--collect-atstart=no",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            "--instructions-child",
+            *forwarded,
+        ]
+        result = subprocess.run(command, check=True, capture_output=True, text=True)
+        measured = json.loads(result.stdout.strip().splitlines()[-1])
+        totals = []
+        for index in range(1, len(measured) + 1):
+            text = Path(f"{out}.{index}").read_text()
+            totals.append(int(re.search(r"^summary: (\d+)", text, re.MULTILINE).group(1)))
+    counts = {
+        label: (plain, graph, total) for (label, plain, graph), total in zip(measured, totals, strict=True)
+    }
+    plain_cost = counts.pop("bare call")[2] / BARE_CALLS
+    vjp_cost = counts.pop("bare call with VJP")[2] / BARE_CALLS
+    print(
+        f"MLP {args.dim}->{args.width}->{args.width}->{args.dim} (weights x2), batch {args.batch}, float32, "
+        f"t in [0, {args.t1}], dopri5, rtol={args.rtol:g}, atol={args.atol:g}, 1 thread; instructions "
+        f"counted by callgrind; bare call {plain_cost / 1e3:.0f} k, with VJP {vjp_cost / 1e3:.0f} k\n"
+    )
+    overhead = {
+        label: (total - plain * plain_cost - graph * vjp_cost) / (plain + graph)
+        for label, (plain, graph, total) in counts.items()
+    }
+    print(
+        "| configuration | backward instructions (M) | backward NFE (plain + with autograd) "
+        "| backward overhead / call (k instructions) | vs local_reg symplectic |"
+    )
+    print("|---" * 5 + "|")
+    for label, (plain, graph, total) in counts.items():
+        versus = overhead[label] / overhead["local_reg symplectic"]
+        print(
+            f"| {label} | {total / 1e6:.1f} | {plain} + {graph} | {overhead[label] / 1e3:.0f} "
+            f"| {versus:.2f} |"
+        )
+
+
+M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter: allocations at least this large are served by ``mmap``."""
+
+
+def throughput(args) -> None:
+    # Serve activation-sized buffers (128 KiB at batch 512) from the heap: glibc's dynamic threshold
+    # otherwise maps and page-faults them afresh in some loops (the bare calls) and not in others.
+    if not ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 4 << 20):
+        raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed")
+    field, y0 = mlp_problem(args)
+    counter = CallCounter(field)
+    old = None if args.old is None else old_local_reg(args.old)
+    configurations = throughput_configurations(counter, y0, args, old)
+    bare = bare_evaluations(counter, y0, 20)
+    for _, run in configurations.values():
+        run()  # warm-up: lazy initialization out of the timings
+    rounds: dict[str, list[Timed]] = {label: [] for label in configurations}
+    bare_rounds: dict[str, list[float]] = {key: [] for key in bare}
+    for _ in range(args.rounds):
+        for key, measure_bare in bare.items():
+            bare_rounds[key].append(measure_bare())
+        for label, (_, run) in configurations.items():
+            rounds[label].append(run())
+    plain_s, vjp_s = (statistics.median(bare_rounds[key]) for key in ("plain", "vjp"))
+    print(
+        f"MLP {args.dim}->{args.width}->{args.width}->{args.dim} (weights x2), batch {args.batch}, float32, "
+        f"t in [0, {args.t1}], dopri5, rtol={args.rtol:g}, atol={args.atol:g}, {torch.get_num_threads()} "
+        f"thread(s), CPU time, median of {args.rounds} interleaved rounds; bare call {plain_s * 1e6:.0f} us, "
+        f"with VJP {vjp_s * 1e6:.0f} us\n"
+    )
+    baseline = {
+        "forward": "torchdiffeq forward",
+        "backprop": "torchdiffeq odeint",
+        "adjoint": "torchdiffeq odeint_adjoint",
+    }
+
+    def ratio(label: str, other: str) -> str:
+        if other not in rounds:
+            return "n/a"
+        totals = [(a[0] + a[1]) / (b[0] + b[1]) for a, b in zip(rounds[label], rounds[other], strict=True)]
+        return f"{statistics.median(totals):.2f}"
+
+    print(
+        "| configuration | forward ms | backward ms | total ms | vs local_reg direct "
+        "| vs torchdiffeq (same kind) | forward NFE | backward NFE (plain + with autograd) "
+        "| backward overhead / call (us) |"
+    )
+    print("|---" * 9 + "|")
+    for label, (kind, _) in configurations.items():
+        forward_s, backward_s = (statistics.median(r[i] for r in rounds[label]) for i in (0, 1))
+        _, _, nfe, plain, graph = rounds[label][-1]
+        overhead = "n/a"
+        if plain + graph > 0:
+            overhead = f"{(backward_s - plain * plain_s - graph * vjp_s) / (plain + graph) * 1e6:.0f}"
+        versus_direct = "n/a" if kind == "forward" else ratio(label, "local_reg direct")
+        backward_nfe = "0" if plain + graph == 0 else f"{plain} + {graph}"
+        print(
+            f"| {label} | {forward_s * 1e3:.1f} | {backward_s * 1e3:.1f} "
+            f"| {(forward_s + backward_s) * 1e3:.1f} | {versus_direct} | {ratio(label, baseline[kind])} "
+            f"| {nfe} | {backward_nfe} | {overhead} |"
+        )
+
+
 def main() -> None:
     parser = mlp_problem_parser(__doc__.splitlines()[0], batch=128)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="2 repeats, MLP batch 16")
     parser.add_argument("--figures", type=Path, default=Path(__file__).parent.parent / "docs" / "figures")
+    parser.add_argument("--throughput", action="store_true", help="the neural-ODE throughput table only")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds of --throughput")
+    parser.add_argument("--old", help="--throughput: folder holding another version as local_reg_old")
+    parser.add_argument(
+        "--instructions", action="store_true", help="instructions of each backward pass (valgrind)"
+    )
+    parser.add_argument("--instructions-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.instructions_child:
+        instructions_child(args)
+        return
+    if args.instructions:
+        instructions(args)
+        return
+    if args.throughput:
+        throughput(args)
+        return
     if args.quick:
         args.repeats, args.batch = 2, 16
     field, y_mlp = mlp_problem(args)

@@ -18,6 +18,17 @@ ICML 2021): ``g`` never feeds back into the dynamics, so its local error need no
 With ``BacksolveAdjoint(norm="seminorm")`` the error norm of the backward solve covers ``(y, a)``
 only; ``g`` is still integrated by the same Runge--Kutta steps, but its error does not limit them.
 
+Layout: the one loop integrates ``(y, a)`` only, stacked into one tensor of shape ``(2, *y.shape)``.
+``g`` does not enter the field, so its stage values are never needed, only its stage rates
+``-a^T df/dtheta``: each evaluation writes them into a row of a preallocated matrix (one row per
+stage, the parameters flattened), and :class:`AdjointStepper` advances ``g`` (one flat tensor) across
+an accepted step with the step's Runge--Kutta weights in one matrix--vector product. With the default
+norm the error estimate still includes ``g``'s local error (one RMS over ``(y, a, g)``), from the same
+rows in the same product. The result is the augmented system's solve, step for step, without
+concatenating an augmented state per evaluation or running the Runge--Kutta stage combinations and the
+error scale over the parameters' entries (the initial-step heuristic of the default norm flattens
+``(y, a, g)`` once per restart).
+
 Output times whose cotangent is exactly zero (for example the ``t_reg`` a local regularizer adds to
 the save points) do not restart the backward solve: it carries on across them.
 """
@@ -25,47 +36,159 @@ the save points) do not restart the backward solve: it carries on across them.
 from __future__ import annotations
 
 import dataclasses
-import functools
+import math
 from itertools import pairwise
 
 import torch
 from torch import Tensor
 
-from .._integrate import SolveOptions, integrate_ode
-from .._step import rms_norm
+from .._integrate import SolveOptions, integrate
+from .._step import RKStepper, StepResult, initial_step_size, rms_norm, step
 from .._validate import positive_float, positive_int, relative_tolerance
+from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from ._function import ForwardSolve, GraphFreeGradient, vector_jacobian_product
 
 NORMS = ("default", "seminorm")
 
 
-def seminorm(scaled_error: Tensor, n_included: int) -> Tensor:
-    """RMS over the first ``n_included`` entries of the flat augmented state: ``(y, a)``."""
-    return rms_norm(scaled_error[:n_included])
+def parameter_views(flat: Tensor, params: tuple[Tensor, ...]) -> list[Tensor]:
+    """``flat`` (the parameters' entries, one after the other) as views shaped like ``params``."""
+    parts = flat.split([p.numel() for p in params])
+    return [part.view(p.shape) for part, p in zip(parts, params, strict=True)]
 
 
-class AugmentedDynamics:
-    """The augmented field ``(f, -a^T df/dy, -a^T df/dtheta)`` on the flat state ``[y, a, g]``."""
+class AdjointStepper(RKStepper):
+    """The backward solve's stepper: Runge--Kutta steps of ``(y, a)`` (stacked, shape ``(2, *y.shape)``)
+    with the field ``(f, -a^T df/dy)``, and ``g`` (:attr:`parameter_gradient`, the parameters
+    flattened) advanced by the same steps from the stage rates ``-a^T df/dtheta``.
 
-    def __init__(self, solve: ForwardSolve, state_shape: torch.Size) -> None:
-        self.func = solve.func
+    A step's stage ``i`` writes its rate into row ``i`` of :attr:`rates` (a first stage carried over
+    from the step before is moved to row 0), so that the step's weighted sums of the rates are one
+    product with :attr:`rates`. The rows, the step size and ``g`` at the end of the step (when the
+    default norm computed it) are those of the attempt in progress, which :meth:`next_carry`
+    accepts or rejects. One stepper serves every restart of a backward pass: ``g`` carries over from
+    one to the next.
+    """
+
+    def __init__(self, solve: ForwardSolve, options: SolveOptions, seminorm: bool, ys: Tensor) -> None:
+        """``ys``: the forward outputs (their shape and dtype)."""
+        # The backward solve's step record is not returned, and a stiffness hint on failure comes from
+        # the forward solve of the same dynamics: no stiffness estimate.
+        tableau = dataclasses.replace(options.tableau, stiffness_stages=None)
+        super().__init__(self.augmented_field, tableau, options.rtol, options.atol)
+        self.func_of_y = solve.func
         self.params = solve.params
-        self.state_shape = state_shape
-        self.state_size = state_shape.numel()
+        self.seminorm = seminorm
+        n_parameters = sum(p.numel() for p in solve.params)
+        self.parameter_gradient = ys.new_zeros(n_parameters)
+        # One row per stage (the backward solve has no dense output, which would evaluate one more).
+        self.rates = ys.new_zeros(tableau.n_stages, n_parameters)
+        self.row_views = [parameter_views(row, solve.params) for row in self.rates]
+        self.no_rate = [torch.zeros_like(p) for p in solve.params]
+        self.next_row = 0
+        weights = [tableau.b, tableau.error_weights or [0.0] * tableau.n_stages]
+        self.weights = torch.tensor(weights, dtype=ys.dtype, device=ys.device)
+        # Without parameters the default norm is the RMS over (y, a), as the seminorm is.
+        self.norm_includes_parameters = not seminorm and n_parameters > 0 and tableau.adaptive
+        # The RMS of the default norm is over every entry of (y, a, g).
+        self.root_entries = math.sqrt(2 * ys[0].numel() + n_parameters)
+        self.dt = 0.0
+        self.end_gradient: Tensor | None = None
 
-    def __call__(self, t: Tensor, z: Tensor) -> Tensor:
-        n = self.state_size
-        y = z[:n].reshape(self.state_shape)
-        adjoint = z[n : 2 * n].reshape(self.state_shape)
+    def augmented_field(self, t: Tensor, z: Tensor) -> Tensor:
+        """``(f, -a^T df/dy)`` at ``z = (y, a)``; ``-a^T df/dtheta`` goes to the next row of :attr:`rates`."""
+        y, adjoint = z.unbind(0)
         derivative, state_rate, parameter_vjps = vector_jacobian_product(
-            self.func, t, y, self.params, -adjoint
+            self.func_of_y, t, y, self.params, -adjoint
         )
-        rates = [
-            (torch.zeros_like(p) if g is None else g).reshape(-1)
-            for p, g in zip(self.params, parameter_vjps, strict=True)
-        ]
-        return torch.cat([derivative.reshape(-1), state_rate.reshape(-1), *rates])
+        if parameter_vjps:
+            rates = [zero if g is None else g for zero, g in zip(self.no_rate, parameter_vjps, strict=True)]
+            torch._foreach_copy_(self.row_views[self.next_row], rates)
+        self.next_row += 1
+        return torch.stack([derivative, state_rate])
+
+    def begin(self, t0: float, y0: Tensor, stats: Stats) -> tuple[Tensor, int]:
+        self.next_row = 0
+        return super().begin(t0, y0, stats), 0
+
+    def initial_step_size(
+        self,
+        t0: float,
+        y0: Tensor,
+        carry: tuple[Tensor, int],
+        direction: float,
+        stats: Stats,
+        t_end: float | None = None,
+    ) -> float:
+        f0, row = carry
+        if self.seminorm:
+            return super().initial_step_size(t0, y0, f0, direction, stats, t_end)
+
+        # The heuristic's norms are over (y, a, g): flatten once per restart, not per evaluation.
+        def field(t: Tensor, z: Tensor) -> Tensor:
+            derivative = self.augmented_field(t, z[: y0.numel()].reshape(y0.shape))
+            return torch.cat([derivative.reshape(-1), self.rates[self.next_row - 1]])
+
+        dt_abs, nfe = initial_step_size(
+            field,
+            t0,
+            torch.cat([y0.reshape(-1), self.parameter_gradient]),
+            torch.cat([f0.reshape(-1), self.rates[row]]),
+            self.order,
+            self.rtol,
+            self.atol,
+            direction,
+            t_end=t_end,
+        )
+        stats.add(nfe)
+        return dt_abs
+
+    def step(
+        self,
+        t: float,
+        t_next: float,
+        y: Tensor,
+        dt: float,
+        carry: tuple[Tensor | None, int | None],
+        estimate_error: bool,
+    ) -> StepResult:
+        k1, row = carry
+        if k1 is not None and row != 0:
+            self.rates[0].copy_(self.rates[row])
+        self.next_row = 0 if k1 is None else 1
+        self.dt = dt
+        self.end_gradient = None
+        norm = self.parameter_norm if estimate_error and self.norm_includes_parameters else rms_norm
+        return step(self.func, t, y, dt, self.tableau, rtol=self.rtol, atol=self.atol, k1=k1, norm=norm)
+
+    def parameter_norm(self, scaled_state_error: Tensor) -> Tensor:
+        """The RMS over ``(y, a, g)`` of the attempt's scaled error, given that of ``(y, a)``; every
+        stage has been evaluated (its rate written) before the error estimate."""
+        sums = self.weights @ self.rates
+        g0 = self.parameter_gradient
+        self.end_gradient = torch.add(g0, sums[0], alpha=self.dt)
+        scale = torch.maximum(g0.abs(), self.end_gradient.abs()).mul_(self.rtol).add_(self.atol)
+        parameter_error = torch.linalg.vector_norm(sums[1].div_(scale)).mul_(abs(self.dt))
+        return torch.hypot(torch.linalg.vector_norm(scaled_state_error), parameter_error).div_(
+            self.root_entries
+        )
+
+    def next_carry(
+        self, result: StepResult, accepted: bool, carry: tuple[Tensor | None, int | None]
+    ) -> tuple[Tensor | None, int | None]:
+        if not accepted:
+            # The attempt moved a carried first stage's rate to row 0.
+            return carry[0], None if carry[0] is None else 0
+        if self.end_gradient is not None:
+            self.parameter_gradient = self.end_gradient
+        else:
+            self.parameter_gradient = torch.addmv(
+                self.parameter_gradient, self.rates.T, self.weights[0], alpha=self.dt
+            )
+        k1 = super().next_carry(result, accepted, carry[0])
+        # A pair that is FSAL carries its last stage, the last row written.
+        return k1, None if k1 is None else self.next_row - 1
 
 
 class BacksolveAdjoint(GraphFreeGradient):
@@ -144,32 +267,21 @@ class BacksolveAdjoint(GraphFreeGradient):
     def backward(
         self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
     ) -> tuple[Tensor, list[Tensor | None], int]:
-        state_shape = ys.shape[1:]
-        n = state_shape.numel()
         times = solve.solved_times
         if len(times) == 1:
             return grad_ys[0], [None] * len(solve.params), 0
         options = self.backward_options(solve.options)
-        if self.norm == "seminorm":
-            options = dataclasses.replace(options, norm=functools.partial(seminorm, n_included=2 * n))
-        dynamics = AugmentedDynamics(solve, state_shape)
-        adjoint = grad_ys[-1].reshape(-1)
-        parameter_gradient = ys.new_zeros(sum(p.numel() for p in solve.params))
+        stepper = AdjointStepper(solve, options, self.norm == "seminorm", ys)
+        adjoint = grad_ys[-1]
         # Restart at every output time that carries a cotangent (and at t0).
         last = len(times) - 1
         restarts = [0, *(i for i in range(1, last) if bool(grad_ys[i].any())), last]
         calls = 0
         for end, start in reversed(list(pairwise(restarts))):
             # Restart from the forward output rather than the backsolved y: it is more accurate.
-            z_start = torch.cat([ys[start].reshape(-1), adjoint, parameter_gradient])
-            outputs, stats, _, _ = integrate_ode(dynamics, z_start, [times[start], times[end]], options)
+            state = torch.stack([ys[start], adjoint])
+            outputs, stats, _, _ = integrate(stepper, state, [times[start], times[end]], options)
             calls += stats.nfe
-            z = outputs[-1]
-            adjoint = z[n : 2 * n] + grad_ys[end].reshape(-1)
-            parameter_gradient = z[2 * n :]
-        grad_params: list[Tensor | None] = []
-        offset = 0
-        for p in solve.params:
-            grad_params.append(parameter_gradient[offset : offset + p.numel()].reshape(p.shape))
-            offset += p.numel()
-        return adjoint.reshape(state_shape), grad_params, calls
+            adjoint = outputs[-1][1] + grad_ys[end]
+        grad_params: list[Tensor | None] = list(parameter_views(stepper.parameter_gradient, solve.params))
+        return adjoint, grad_params, calls
