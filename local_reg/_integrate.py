@@ -76,7 +76,7 @@ class SolveOptions:
     tableau: ButcherTableau | None = None
     norm: Callable[[Tensor], Tensor] = rms_norm
     """Norm of the scaled error (and of the initial-step heuristic): RMS over the whole state by
-    default; the backsolve adjoint's seminorm leaves out the parameter-gradient components."""
+    default (the backsolve adjoint computes its own error norm over (y, a) and the parameter integral)."""
     interpolate: bool = False
     """Step towards the last output time only and read the others from the stepper's dense output
     (adaptive Runge--Kutta solves); ``False`` lands a step on every output time."""
