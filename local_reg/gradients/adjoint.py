@@ -76,7 +76,9 @@ class AdjointStepper(RKStepper):
         # The backward solve's step record is not returned, and a stiffness hint on failure comes from
         # the forward solve of the same dynamics: no stiffness estimate.
         tableau = dataclasses.replace(options.tableau, stiffness_stages=None)
-        super().__init__(self.augmented_field, tableau, options.rtol, options.atol)
+        super().__init__(
+            self.augmented_field, tableau, options.rtol, options.atol, time_dtype=options.time_dtype
+        )
         self.func_of_y = solve.func
         self.params = solve.params
         self.seminorm = seminorm
@@ -140,6 +142,7 @@ class AdjointStepper(RKStepper):
             self.atol,
             direction,
             t_end=t_end,
+            time_dtype=self.time_dtype,
         )
         stats.add(nfe)
         return dt_abs
@@ -160,7 +163,18 @@ class AdjointStepper(RKStepper):
         self.dt = dt
         self.end_gradient = None
         norm = self.parameter_norm if estimate_error and self.norm_includes_parameters else rms_norm
-        return step(self.func, t, y, dt, self.tableau, rtol=self.rtol, atol=self.atol, k1=k1, norm=norm)
+        return step(
+            self.func,
+            t,
+            y,
+            dt,
+            self.tableau,
+            rtol=self.rtol,
+            atol=self.atol,
+            k1=k1,
+            norm=norm,
+            time_dtype=self.time_dtype,
+        )
 
     def parameter_norm(self, scaled_state_error: Tensor) -> Tensor:
         """The RMS over ``(y, a, g)`` of the attempt's scaled error, given that of ``(y, a)``; every
