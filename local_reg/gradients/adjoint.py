@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from .._integrate import SolveOptions, integrate
-from .._step import RKStepper, StepResult, initial_step_size, rms_norm, step
+from .._step import RKStepper, StepResult, initial_step_size, rms_norm
 from .._validate import positive_float, positive_int, relative_tolerance
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
@@ -162,19 +162,9 @@ class AdjointStepper(RKStepper):
         self.next_row = 0 if k1 is None else 1
         self.dt = dt
         self.end_gradient = None
-        norm = self.parameter_norm if estimate_error and self.norm_includes_parameters else rms_norm
-        return step(
-            self.func,
-            t,
-            y,
-            dt,
-            self.tableau,
-            rtol=self.rtol,
-            atol=self.atol,
-            k1=k1,
-            norm=norm,
-            time_dtype=self.time_dtype,
-        )
+        # The attempt's error norm: over (y, a, g) when it is estimated and includes the parameters.
+        self.norm = self.parameter_norm if estimate_error and self.norm_includes_parameters else rms_norm
+        return super().step(t, t_next, y, dt, k1, estimate_error)
 
     def parameter_norm(self, scaled_state_error: Tensor) -> Tensor:
         """The RMS over ``(y, a, g)`` of the attempt's scaled error, given that of ``(y, a)``; every
