@@ -42,9 +42,8 @@ def main() -> None:
                 for tol in TOLERANCES:
                     field.calls = 0
                     with torch.no_grad():
-                        y1 = odeint(field, y0, t, method=method, rtol=tol, atol=tol, controller=controller).ys
-                    y1 = y1[-1]
-                    rows[(label, tol)] = ((y1 - exact).abs().max().item(), field.calls)
+                        ys = odeint(field, y0, t, method=method, rtol=tol, atol=tol, controller=controller).ys
+                    rows[(label, tol)] = ((ys[-1] - exact).abs().max().item(), field.calls)
             nfe = {
                 label: " / ".join(str(rows[(label, tol)][1]) for tol in TOLERANCES) for label in CONTROLLERS
             }

@@ -107,16 +107,16 @@ def main() -> None:
         trained[name] = model
         print(f"| {name} | {initial} | {final} | {mse:.4f} | {train_calls / args.iterations:.0f} |")
     # The same trained dynamics under every solver.
-    reference = trained["local_reg tsit5"]
+    common_model = trained["local_reg tsit5"]
     print("\nOn the model local_reg tsit5 trained:")
     print("| solver | test NFE | test mse |")
     print("|---|---|---|")
     for name, solver in SOLVERS.items():
         model, field = build(task, settings, solver, args.seed)
-        model.load_state_dict(reference.state_dict())
+        model.load_state_dict(common_model.state_dict())
         nfe, mse = test_nfe(model, field, test)
         print(f"| {name} | {nfe} | {mse:.4f} |")
-    equal_error_table(reference, test)
+    equal_error_table(common_model, test)
 
 
 def equal_error_table(model, test) -> None:
