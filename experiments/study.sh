@@ -4,7 +4,8 @@
 # runner skips runs already in a results folder, so rerunning a phase resumes it.
 #   experiments/study.sh PHASE      PHASE in: digits, digits_tight, spiral, tabular, digits_draws,
 #                                   digits_adaptive, spiral_weight, ratio_tune, ratio,
-#                                   ratio_every, ratio_reference
+#                                   ratio_every, ratio_reference, ratio_tasks, ratio_targets,
+#                                   ratio_mnist_tight
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -128,8 +129,40 @@ case "${1:-}" in
         variant digits results/study-ratio-digits-tight initial error-dt "$PAPER" \
             --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8
         ;;
+    ratio_tasks)  # ratio 1, measured every 10 iterations, on the tasks the ratio phases above left out
+        every='{"ratio": 1, "every": 10}'
+        vanilla nsde_digits results/study-ratio-nsde
+        # The SDE probe is one Euler-Maruyama step: only the weight applies.
+        $LR experiment nsde_digits --methods local-random "${COMMON[@]}" --out results/study-ratio-nsde \
+            --set weights.local-random="$every"
+        vanilla latent_ode results/study-ratio-latent
+        vanilla mnist results/study-ratio-mnist
+        for probe in initial-hairer initial; do
+            variant latent_ode results/study-ratio-latent $probe error-dt "$every"
+            variant mnist results/study-ratio-mnist $probe error-dt "$every"
+        done
+        ;;
+    ratio_targets)  # targets between 1 and 3 (every 10 iterations, initial-hairer) on the four study tasks
+        tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
+        vanilla digits results/study-ratio-digits
+        vanilla digits results/study-ratio-digits-tight "${tight[@]}"
+        vanilla tabular results/study-ratio-tabular
+        vanilla spiral results/study-ratio-spiral
+        for rho in 1.5 2; do
+            every="{\"ratio\": $rho, \"every\": 10}"
+            variant digits results/study-ratio-digits initial-hairer error-dt "$every"
+            variant digits results/study-ratio-digits-tight initial-hairer error-dt "$every" "${tight[@]}"
+            variant tabular results/study-ratio-tabular initial-hairer error-dt "$every"
+            variant spiral results/study-ratio-spiral initial-hairer error-dt "$every"
+        done
+        ;;
+    ratio_mnist_tight)  # mnist at the paper's tolerance, trained 20 epochs as in the mnist_tight table
+        long=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 --set epochs=20)
+        vanilla mnist results/study-ratio-mnist-tight "${long[@]}"
+        variant mnist results/study-ratio-mnist-tight initial-hairer error-dt '{"ratio": 1, "every": 10}' "${long[@]}"
+        ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight" >&2
         exit 2
         ;;
 esac

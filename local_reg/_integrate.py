@@ -86,6 +86,8 @@ class SolveOptions:
     """Called on every attempted, accepted and rejected step of the forward solve."""
     time_dtype: torch.dtype | None = None
     """The dtype of the time argument the vector field gets; ``None``: the state's dtype."""
+    compile: dict[str, Any] | None = None
+    """``torch.compile`` keywords of the forward solve's Runge--Kutta steps (``None``: eager)."""
 
 
 def fixed_step_size(t: float, t_target: float, step_size: float) -> float:
@@ -258,13 +260,7 @@ def integrate(
                 error_estimate = None
                 trial_non_finite = not bool(torch.isfinite(result.y1).all())
             else:
-                # One read of the device decides: EEst plus zero times the largest |y1|, which is
-                # EEst exactly when y1 is finite and NaN when it is not (an empty y1 has no maximum).
-                check = result.error_estimate.detach()
-                if result.y1.numel():
-                    largest = torch.linalg.vector_norm(result.y1.detach(), ord=math.inf)
-                    check = check.add(largest, alpha=0.0)
-                error_estimate = float(check)
+                error_estimate = float(stepper.error_check(result))
                 trial_non_finite = not math.isfinite(error_estimate)
             if trial_non_finite and not adaptive:
                 raise SolverError(stepper.failure, t=t, n_steps=stats.n_steps)
@@ -354,7 +350,14 @@ def integrate_ode(
     """:func:`integrate` with the Runge--Kutta stepper of ``options.tableau``. ``f0 = func(times[0],
     y0)`` may be passed if already evaluated (it is then not counted here)."""
     stepper = RKStepper(
-        func, options.tableau, options.rtol, options.atol, options.norm, f0=f0, time_dtype=options.time_dtype
+        func,
+        options.tableau,
+        options.rtol,
+        options.atol,
+        options.norm,
+        f0=f0,
+        time_dtype=options.time_dtype,
+        compile_options=options.compile,
     )
     return integrate(
         stepper,

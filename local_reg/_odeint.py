@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,7 +13,14 @@ from torch import Tensor
 from ._integrate import StepCallbacks, StepPenalty
 from ._step import VectorField, time_tensor
 from ._tuple import accepts_tuple_states
-from ._validate import checked_field, solve_options, time_dtype, validate_state, validate_times
+from ._validate import (
+    checked_field,
+    compile_options,
+    solve_options,
+    time_dtype,
+    validate_state,
+    validate_times,
+)
 from .controller import PIController
 from .gradients import (
     BacksolveAdjoint,
@@ -103,6 +111,7 @@ def odeint(
     dense: bool = False,
     norm: Callable[[Tensor], Tensor] | None = None,
     callbacks: StepCallbacks | None = None,
+    compile: bool | dict[str, Any] = False,
     checkpoints: int | None = None,
     adjoint_rtol: float | None = None,
     adjoint_atol: float | None = None,
@@ -174,6 +183,13 @@ def odeint(
             ``stop`` condition ends the solve early (then ``t = [t0, t1]``, ``t1`` giving only the
             direction, and ``solution.ts[-1]`` is where it stopped): terminal events are
             :func:`local_reg.odeint_event`.
+        compile: ``True`` or a dict of ``torch.compile`` keywords (e.g. ``{"mode":
+            "reduce-overhead"}`` for CUDA graphs) compiles each attempted step of the forward solve
+            (its stages, ``func`` inlined, and its error estimate) into one graph whose inputs are
+            the step's time and size as tensors, so one compilation serves every step of every
+            solve with the same ``func``, tableau and state shape. Same results within round-off;
+            the first solve pays the compilation (seconds). The step-size control, dense output
+            and the gradient methods' backward passes stay eager. See docs/solver.md.
         checkpoints, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: deprecated
             spellings of ``Checkpoint(checkpoints)``, ``Symplectic(checkpoints)`` and
             ``BacksolveAdjoint(method, rtol, atol, **options)``.
@@ -208,6 +224,7 @@ def odeint(
     options.interpolate = not step_to_outputs
     options.dense = dense
     options.time_dtype = time_dtype(t, y0)
+    options.compile = compile_options(compile)
     gradient_method = as_gradient_method(gradient)
     gradient_method = _legacy_gradient(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options

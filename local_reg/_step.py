@@ -11,14 +11,14 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ._errors import SolverError
-from ._stepper import Stepper
+from ._stepper import Stepper, checked_error
 from .interpolants import get_interpolant
 from .solution import Stats
 from .tableaus import ButcherTableau
@@ -49,6 +49,9 @@ class StepResult:
     stages: tuple[Tensor, ...]
     nfe: int
     end_derivative: Tensor | None = None
+    error_check: Tensor | None = None
+    """``EEst + 0 * max|y1|`` (:meth:`local_reg._stepper.Stepper.error_check`) when the compiled
+    step computed it in its graph, else ``None``."""
     nfe_diffusion: ClassVar[int] = 0
 
     @functools.cached_property
@@ -65,11 +68,18 @@ def rms_norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x) / cpu_scalar(math.sqrt(max(x.numel(), 1)), x.dtype)
 
 
-@functools.lru_cache(maxsize=256)
-def cpu_scalar(value: float, dtype: torch.dtype) -> Tensor:
+def cpu_scalar(value: float, dtype: torch.dtype) -> Tensor | float:
     """``value`` as a 0-dim CPU tensor of ``dtype``, made once. In arithmetic with a tensor of
     ``dtype`` on any device it acts as the Python float would (rounded to ``dtype``, the same
-    kernel), without wrapping a new scalar tensor on every call of the per-step arithmetic."""
+    kernel), without wrapping a new scalar tensor on every call of the per-step arithmetic. While
+    ``torch.compile`` traces, the float itself (a constant of the graph)."""
+    if torch.compiler.is_compiling():
+        return value
+    return _cached_scalar(value, dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_scalar(value: float, dtype: torch.dtype) -> Tensor:
     return torch.tensor(value, dtype=dtype)
 
 
@@ -81,19 +91,24 @@ def error_scale(y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:
 
 
 def combine(
-    base: Tensor | None, dt: float, coefficients: Sequence[float], stages: Sequence[Tensor]
+    base: Tensor | None, dt: float | Tensor, coefficients: Sequence[float], stages: Sequence[Tensor]
 ) -> Tensor:
     """``base + dt * sum_j coefficients[j] * stages[j]``, skipping zero coefficients.
 
-    ``base=None`` means zero. Differentiable: the first term makes a new tensor, the others are
-    added to it in place (the same sums, without an allocation each; autograd records in-place
-    additions to a tensor no other operation has saved).
+    ``base=None`` means zero. Differentiable: with a float ``dt`` the first term makes a new tensor
+    and the others are added to it in place (the same sums, without an allocation each; autograd
+    records in-place additions to a tensor no other operation has saved). A 0-dim tensor ``dt``
+    (the compiled step, whose graph must not depend on the step's value) sums out of place, which
+    the compiler fuses into one kernel.
     """
     out = None
     for coefficient, stage in zip(coefficients, stages, strict=True):
         if coefficient == 0.0:
             continue
-        if out is not None:
+        if isinstance(dt, Tensor):
+            term = stage * (dt * coefficient)
+            out = term if base is None and out is None else (base if out is None else out) + term
+        elif out is not None:
             out.add_(stage, alpha=dt * coefficient)
         elif base is None:
             out = stage * (dt * coefficient)
@@ -154,19 +169,33 @@ def step(
     """
     t = float(t)
     dt = float(dt)
-    nfe = 0
     first = 0 if k1 is None else 1
     times = stage_times([t + c_i * dt for c_i in tableau.c[first:]], y, time_dtype)
+    return _step_result(tableau, k1, *_stages(func, times, y, dt, tableau, rtol, atol, k1, norm))
+
+
+def _stages(
+    func: VectorField,
+    times: Sequence[Tensor],
+    y: Tensor,
+    dt: float | Tensor,
+    tableau: ButcherTableau,
+    rtol: float,
+    atol: float,
+    k1: Tensor | None,
+    norm: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """The arithmetic of :func:`step` at the stage ``times`` (those after ``t`` when ``k1`` is given):
+    ``(y1, EEst, stages, the two stage states of the stiffness estimate (or none))``."""
+    first = 0 if k1 is None else 1
     if k1 is None:
         k1 = func(times[0], y)
-        nfe += 1
     stages = [k1]
     stage_states = [y]
     for t_i, a_i in zip(times[1 - first :], tableau.a[1:], strict=True):
         y_i = combine(y, dt, a_i, stages)
         stages.append(func(t_i, y_i))
         stage_states.append(y_i)
-        nfe += 1
 
     y1 = stage_states[-1] if tableau.fsal else combine(y, dt, tableau.b, stages)
 
@@ -175,14 +204,61 @@ def step(
         local_error = combine(None, dt, tableau.error_weights, stages)
         error_estimate = norm(local_error / error_scale(y, y1, rtol, atol))
 
+    stiffness_states: tuple[Tensor, ...] = ()
+    if tableau.stiffness_stages is not None:
+        stiffness_states = tuple(stage_states[i] for i in tableau.stiffness_stages)
+    return y1, error_estimate, tuple(stages), stiffness_states
+
+
+def _step_result(
+    tableau: ButcherTableau,
+    k1: Tensor | None,
+    y1: Tensor,
+    error_estimate: Tensor | None,
+    stages: tuple[Tensor, ...],
+    stiffness_states: tuple[Tensor, ...],
+) -> StepResult:
     stiffness = None
     if tableau.stiffness_stages is not None:
         i, j = tableau.stiffness_stages
-        stiffness = functools.partial(
-            shampine_stiffness, stages[i], stages[j], stage_states[i], stage_states[j]
-        )
+        stiffness = functools.partial(shampine_stiffness, stages[i], stages[j], *stiffness_states)
+    return StepResult(y1, error_estimate, stiffness, stages, len(stages) - (k1 is not None))
 
-    return StepResult(y1, error_estimate, stiffness, tuple(stages), nfe)
+
+def _tensor_time_step(
+    func: VectorField,
+    t: Tensor,
+    dt: Tensor,
+    y: Tensor,
+    k1: Tensor | None,
+    tableau: ButcherTableau,
+    rtol: float,
+    atol: float,
+    norm: Callable[[Tensor], Tensor],
+    time_dtype: torch.dtype,
+) -> StepResult:
+    """:func:`step` with ``t`` and ``dt`` 0-dim float64 tensors, the function the compiled path
+    compiles: its graph depends on the tableau and the shapes, not on the step's time or size. The
+    loop's reads of the step (the error check, the stiffness estimate) are computed in the graph."""
+    first = 0 if k1 is None else 1
+    nodes = torch.tensor(tableau.c[first:], dtype=torch.float64, device=t.device)
+    times = (t + nodes * dt).to(time_dtype).unbind()
+    y1, error_estimate, stages, stiffness_states = _stages(func, times, y, dt, tableau, rtol, atol, k1, norm)
+    stiffness = None
+    if tableau.stiffness_stages is not None:
+        i, j = tableau.stiffness_stages
+        stiffness = shampine_stiffness(stages[i], stages[j], *stiffness_states)
+    result = StepResult(y1, error_estimate, stiffness, stages, len(stages) - first)
+    if error_estimate is not None:
+        result.error_check = checked_error(error_estimate, y1)
+    return result
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_step(options: tuple[tuple[str, Any], ...]) -> Callable[..., Any]:
+    """:func:`_tensor_time_step` compiled by ``torch.compile(**dict(options))``, made once per set of
+    options (torch caches the graphs per vector field, tableau and shapes)."""
+    return torch.compile(_tensor_time_step, **dict(options))
 
 
 def min_step_size(t: float) -> float:
@@ -242,7 +318,9 @@ class RKStepper(Stepper[Tensor | None]):
     """The explicit Runge--Kutta pair ``tableau`` as a stepper of the one loop
     (:func:`local_reg._integrate.integrate`): each attempt is :func:`step`; the carry is ``k1``, the
     FSAL stage of the last accepted step (or ``f(t0, y0)``), kept across a rejection. ``func`` gets
-    its time argument in ``time_dtype`` (default the state's dtype)."""
+    its time argument in ``time_dtype`` (default the state's dtype). With ``compile_options`` each
+    attempt runs :func:`compiled_step` instead: the same arithmetic, compiled with those
+    ``torch.compile`` keywords."""
 
     failure = "non-finite state or derivative"
 
@@ -255,8 +333,12 @@ class RKStepper(Stepper[Tensor | None]):
         norm: Callable[[Tensor], Tensor] = rms_norm,
         f0: Tensor | None = None,
         time_dtype: torch.dtype | None = None,
+        compile_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(tableau.order, rtol, atol)
+        self.compiled = (
+            None if compile_options is None else compiled_step(tuple(sorted(compile_options.items())))
+        )
         self.func = func
         self.time_dtype = time_dtype
         self.tableau = tableau
@@ -296,6 +378,21 @@ class RKStepper(Stepper[Tensor | None]):
     def step(
         self, t: float, t_next: float, y: Tensor, dt: float, carry: Tensor | None, estimate_error: bool
     ) -> StepResult:
+        if self.compiled is not None:
+            t_tensor, dt_tensor = torch.tensor([t, dt], dtype=torch.float64, device=y.device).unbind()
+            time_dtype = y.dtype if self.time_dtype is None else self.time_dtype
+            return self.compiled(
+                self.func,
+                t_tensor,
+                dt_tensor,
+                y,
+                carry,
+                self.tableau,
+                self.rtol,
+                self.atol,
+                self.norm,
+                time_dtype,
+            )
         return step(
             self.func,
             t,
@@ -308,6 +405,9 @@ class RKStepper(Stepper[Tensor | None]):
             norm=self.norm,
             time_dtype=self.time_dtype,
         )
+
+    def error_check(self, result: StepResult) -> Tensor:
+        return super().error_check(result) if result.error_check is None else result.error_check
 
     def dense_stages(self, result: StepResult, t_next: float, stats: Stats) -> tuple[Tensor, ...]:
         """The stages the interpolant combines: the step's, and ``f(t_next, y1)`` for a pair that is

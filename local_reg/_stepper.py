@@ -6,14 +6,25 @@ Each method implements only its step (as in torchsde and diffrax): the explicit 
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, Generic, TypeVar
 
+import torch
 from torch import Tensor
 
 from .solution import Stats
 
 Carry = TypeVar("Carry")
+
+
+def checked_error(error_estimate: Tensor, y1: Tensor) -> Tensor:
+    """``EEst + 0 * max|y1|``: ``EEst`` exactly when ``y1`` is finite and NaN when it is not (an empty
+    ``y1`` has no maximum), so that one read of the device decides a step."""
+    check = error_estimate.detach()
+    if y1.numel():
+        check = check.add(torch.linalg.vector_norm(y1.detach(), ord=math.inf), alpha=0.0)
+    return check
 
 
 class Stepper(ABC, Generic[Carry]):
@@ -51,6 +62,11 @@ class Stepper(ABC, Generic[Carry]):
     def step(self, t: float, t_next: float, y: Tensor, dt: float, carry: Carry, estimate_error: bool) -> Any:
         """Attempt one step from ``(t, y)`` to ``t_next = t + dt`` (``dt`` signed). The result has
         ``y1``, ``error_estimate`` (0-dim tensor, or ``None``), ``nfe`` and ``nfe_diffusion``."""
+
+    def error_check(self, result: Any) -> Tensor:
+        """The 0-dim tensor whose one read decides the attempted step ``result``:
+        :func:`checked_error` of its ``EEst`` and ``y1``."""
+        return checked_error(result.error_estimate, result.y1)
 
     def dense_stages(self, result: Any, t_next: float, stats: Stats) -> Any:
         """What :meth:`interpolate` needs of the accepted step ``result`` (evaluations counted in

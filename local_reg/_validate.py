@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import torch
@@ -155,6 +157,20 @@ class CheckedField:
 def checked_field(func: Callable[[Tensor, Tensor], Tensor]) -> CheckedField:
     """``func`` wrapped in a :class:`CheckedField` (once)."""
     return func if isinstance(func, CheckedField) else CheckedField(func)
+
+
+def compile_options(compile: object) -> dict[str, Any] | None:
+    """The ``torch.compile`` keywords of odeint's ``compile`` (``False``: none, ``True``: the defaults)."""
+    if isinstance(compile, bool):
+        return {} if compile else None
+    if not isinstance(compile, dict) or not all(isinstance(key, str) for key in compile):
+        raise TypeError(
+            f"compile must be a bool or a dict of torch.compile keywords, got {type(compile).__name__}"
+        )
+    unknown = sorted(set(compile) - (set(inspect.signature(torch.compile).parameters) - {"model"}))
+    if unknown:
+        raise ValueError(f"compile has keywords torch.compile does not take: {unknown}")
+    return dict(compile)
 
 
 def finite_float(name: str, value: object) -> float:

@@ -1,0 +1,225 @@
+"""The compiled path (``odeint(compile=...)``) beside the eager one, and beside jitted diffrax.
+
+The batched benchmark MLP of ``fields.py`` in float32, Tsit5 on ``[0, --t1]`` at ``--rtol`` /
+``--atol``, one thread. Configurations, one run of each per round, rounds interleaved, medians:
+
+- local_reg eager and compiled (``compile=True``: the inductor backend), a forward solve without
+  autograd, and a forward + backward of ``mean(y(t1)^2)`` with ``gradient="direct"``;
+- with ``--jax-python PYTHON`` (an interpreter that has ``jax`` and ``diffrax``; never a dependency
+  of local_reg), diffrax's ``Tsit5`` with ``PIDController(rtol, atol)`` under ``jax.jit``, forward
+  only, on the same weights and initial states (handed over in a ``.npz`` file), in a child process
+  that this script asks for one timed solve per round; XLA limited to one thread.
+
+Times are wall-clock (JAX's work is not all on the calling thread; every process is pinned to one
+thread). The table gives the median per solve, the median per step, and each configuration's
+median per-round ratio to eager local_reg and to diffrax. Compilation (the first call) is timed
+separately, as is the largest difference between the compiled and eager solutions.
+
+    python benchmarks/compiled.py [--rounds 15] [--batch 128] [--jax-python /path/to/python]
+    python benchmarks/compiled.py --dim 2 --width 64 --batch 16   # the tiny-state profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from fields import mlp_problem, mlp_problem_parser
+
+import local_reg
+
+DIFFRAX_CHILD = r"""
+import json, sys, time
+import numpy as np
+import jax, jax.numpy as jnp
+import diffrax
+
+jax.config.update("jax_enable_x64", False)
+data = np.load(sys.argv[1])
+rtol, atol, t1 = (float(value) for value in sys.argv[2:5])
+weights = [jnp.asarray(data[f"w{i}"]) for i in range(3)]
+biases = [jnp.asarray(data[f"b{i}"]) for i in range(3)]
+y0 = jnp.asarray(data["y0"])
+
+def field(t, y, args):
+    h = jnp.tanh(y @ weights[0].T + biases[0])
+    h = jnp.tanh(h @ weights[1].T + biases[1])
+    return h @ weights[2].T + biases[2]
+
+@jax.jit
+def solve(y0):
+    solution = diffrax.diffeqsolve(
+        diffrax.ODETerm(field), diffrax.Tsit5(), t0=0.0, t1=t1, dt0=None, y0=y0,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        saveat=diffrax.SaveAt(t1=True), max_steps=100_000,
+    )
+    return solution.ys[-1], solution.stats["num_steps"], solution.stats["num_accepted_steps"]
+
+start = time.perf_counter()
+y1, steps, accepted = jax.block_until_ready(solve(y0))
+compile_s = time.perf_counter() - start
+print(json.dumps({"compile": compile_s, "y1": np.asarray(y1).tolist(), "steps": int(steps),
+                  "accepted": int(accepted)}), flush=True)
+for line in sys.stdin:
+    start = time.perf_counter()
+    jax.block_until_ready(solve(y0))
+    print(json.dumps({"wall": time.perf_counter() - start}), flush=True)
+"""
+
+
+class Diffrax:
+    """The child process that times one jitted diffrax solve per request."""
+
+    def __init__(
+        self, python: str, field: torch.nn.Module, y0: torch.Tensor, args: argparse.Namespace
+    ) -> None:
+        self.folder = tempfile.TemporaryDirectory()
+        folder = Path(self.folder.name)
+        linears = [layer for layer in field.net if isinstance(layer, torch.nn.Linear)]
+        arrays = {f"w{i}": layer.weight.detach().numpy() for i, layer in enumerate(linears)}
+        arrays |= {f"b{i}": layer.bias.detach().numpy() for i, layer in enumerate(linears)}
+        np.savez(folder / "problem.npz", y0=y0.numpy(), **arrays)
+        (folder / "child.py").write_text(DIFFRAX_CHILD)
+        environment = dict(
+            os.environ, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        )
+        self.process = subprocess.Popen(
+            [
+                python,
+                str(folder / "child.py"),
+                str(folder / "problem.npz"),
+                str(args.rtol),
+                str(args.atol),
+                str(args.t1),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )
+        self.first = json.loads(self.process.stdout.readline())
+
+    def __call__(self) -> float:
+        self.process.stdin.write("time\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())["wall"]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+        self.folder.cleanup()
+
+
+class Field(torch.nn.Module):
+    """``f(t, y) = net(y)``."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
+def timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = mlp_problem_parser(__doc__.splitlines()[0], batch=128)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--jax-python", default=None, help="a Python with jax and diffrax")
+    args = parser.parse_args()
+    counting, y0 = mlp_problem(args)
+    # The counting field's ``calls += 1`` would be a constant of the graph that changes on every call
+    # (a recompilation each time): the compiled path solves the same MLP without it.
+    field = Field(counting.net)
+    times = [0.0, args.t1]
+    tolerances = {"rtol": args.rtol, "atol": args.atol}
+
+    def forward(compile: bool) -> Callable[[], local_reg.Solution]:
+        def run() -> local_reg.Solution:
+            with torch.no_grad():
+                return local_reg.odeint(field, y0, times, compile=compile, **tolerances)
+
+        return run
+
+    def forward_backward(compile: bool) -> Callable[[], None]:
+        def run() -> None:
+            solution = local_reg.odeint(field, y0, times, compile=compile, **tolerances)
+            solution.ys[-1].pow(2).mean().backward()
+
+        return run
+
+    configurations: dict[str, Callable[[], object]] = {
+        "local_reg eager, forward": forward(False),
+        "local_reg compiled, forward": forward(True),
+        "local_reg eager, forward+backward": forward_backward(False),
+        "local_reg compiled, forward+backward": forward_backward(True),
+    }
+    first_call = {label: timed(run) for label, run in configurations.items()}
+    eager, compiled = forward(False)(), forward(True)()
+    steps = {"local_reg": eager.stats.n_steps}
+    difference = float((eager.ys[-1] - compiled.ys[-1]).abs().max())
+    print(
+        f"MLP {args.dim}->{args.width}->{args.width}->{args.dim} (weights x2), batch {args.batch}, float32, "
+        f"Tsit5, t in [0, {args.t1}], rtol={args.rtol:g}, atol={args.atol:g}, one thread, wall time, median "
+        f"of {args.rounds} interleaved rounds"
+    )
+    print(
+        f"local_reg: {eager.stats.n_steps} steps ({eager.stats.nfe} NFE) eager, {compiled.stats.n_steps} "
+        f"compiled; max |compiled - eager| at t1: {difference:.2e}; first call (compilation) "
+        + ", ".join(f"{label} {seconds:.1f} s" for label, seconds in first_call.items())
+    )
+    diffrax = None
+    if args.jax_python is not None:
+        diffrax = Diffrax(args.jax_python, field, y0, args)
+        configurations["diffrax jitted, forward"] = diffrax
+        steps["diffrax"] = diffrax.first["steps"]
+        y1 = torch.tensor(diffrax.first["y1"])
+        print(
+            f"diffrax: {diffrax.first['steps']} steps ({diffrax.first['accepted']} accepted); jit "
+            f"{diffrax.first['compile']:.1f} s; max |diffrax - local_reg eager| at t1: "
+            f"{float((y1 - eager.ys[-1]).abs().max()):.2e}"
+        )
+    rounds: dict[str, list[float]] = {label: [] for label in configurations}
+    for _ in range(args.rounds):
+        for label, run in configurations.items():
+            rounds[label].append(run() if run is diffrax else timed(run))
+    if diffrax is not None:
+        diffrax.close()
+
+    def ratio(label: str, other: str) -> str:
+        if other not in rounds:
+            return "n/a"
+        return f"{statistics.median(a / b for a, b in zip(rounds[label], rounds[other], strict=True)):.2f}"
+
+    print(
+        "\n| configuration | ms / solve | us / step | vs local_reg eager (same kind) "
+        "| vs diffrax jitted forward |"
+    )
+    print("|---" * 5 + "|")
+    for label, values in rounds.items():
+        n_steps = steps["diffrax" if label.startswith("diffrax") else "local_reg"]
+        kind = "forward+backward" if "backward" in label else "forward"
+        median = statistics.median(values)
+        print(
+            f"| {label} | {median * 1e3:.2f} | {median / n_steps * 1e6:.0f} "
+            f"| {ratio(label, f'local_reg eager, {kind}')} | {ratio(label, 'diffrax jitted, forward')} |"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

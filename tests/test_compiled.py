@@ -1,0 +1,158 @@
+"""``odeint(compile=...)``: the forward solve's steps compiled by ``torch.compile`` give the eager
+results within round-off, with every gradient method, and compile once for many solves.
+
+Most cases use the ``aot_eager`` backend, which traces the same forward and backward graphs as the
+default one but skips code generation (fast); one case runs the default backend (inductor)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from local_reg import LocallyRegularized, odeint
+from tests.problems import van_der_pol
+
+GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint"]
+AOT_EAGER = {"backend": "aot_eager"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_compile_caches():
+    """Every test starts from empty compile caches: torch keeps at most ``recompile_limit`` (8)
+    graphs of one function, and these tests make many (fields, tableaus, backends, grad modes)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+class Field(torch.nn.Module):
+    """A time-dependent MLP field in float64: the stage times enter the graph as tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)
+        ).double()
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([y, torch.sin(t).expand(*y.shape[:-1], 1)], dim=-1))
+
+
+def assert_same_solutions_and_gradients(field, y0, compile, solve):
+    """``solve(compile)`` eager and compiled: the same statistics, and values and gradients of
+    ``sum(ys**2)`` within round-off."""
+    results = []
+    for option in (False, compile):
+        solution = solve(option)
+        grads = torch.autograd.grad((solution.ys**2).sum(), (y0, *field.parameters()))
+        results.append((solution.ys.detach(), grads, solution.stats))
+    (ys, grads, stats), (compiled_ys, compiled_grads, compiled_stats) = results
+    assert stats == compiled_stats
+    assert torch.allclose(ys, compiled_ys, rtol=1e-12, atol=1e-14)
+    for reference, value in zip(grads, compiled_grads, strict=True):
+        assert torch.allclose(reference, value, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "bosh3", "fehlberg2"])
+def test_compiled_steps_give_the_eager_solution_with_rejections_and_interpolated_outputs(method):
+    y0 = torch.tensor([[2.0, 0.0], [1.0, -1.0]], dtype=torch.float64)
+    times = torch.linspace(0.0, 6.0, 13, dtype=torch.float64)
+    # A first step far too long forces rejections; outputs inside steps come from dense output.
+    eager, compiled = (
+        odeint(van_der_pol, y0, times, method=method, rtol=1e-7, atol=1e-9, first_step=2.0, compile=compile)
+        for compile in (False, AOT_EAGER)
+    )
+    assert eager.stats.n_rejected > 0
+    assert eager.stats == compiled.stats
+    # EEst is a difference of nearly equal sums: one rounding apart in a stage moves it by about
+    # 1e-8 relative, and the next step sizes with it.
+    assert torch.allclose(eager.steps.t, compiled.steps.t, rtol=1e-8, atol=1e-12)
+    assert torch.allclose(eager.steps.error_estimate, compiled.steps.error_estimate, rtol=1e-6, atol=1e-9)
+    if eager.steps.stiffness_estimate is not None:
+        assert torch.allclose(eager.steps.stiffness_estimate, compiled.steps.stiffness_estimate, rtol=1e-6)
+    assert torch.allclose(eager.ys, compiled.ys, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_compiled_steps_give_the_eager_gradients(gradient):
+    field = Field()
+    y0 = torch.tensor([[0.5, -0.3], [0.1, 0.8]], dtype=torch.float64, requires_grad=True)
+    times = [0.0, 0.7, 1.5]
+    assert_same_solutions_and_gradients(
+        field,
+        y0,
+        AOT_EAGER,
+        lambda compile: odeint(field, y0, times, rtol=1e-8, atol=1e-10, gradient=gradient, compile=compile),
+    )
+
+
+@pytest.mark.parametrize(("grad", "n_graphs"), [(False, 1), (True, 2)])
+def test_one_compilation_serves_every_step_of_every_solve_with_the_same_field_and_shape(grad, n_graphs):
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    field = Field()
+    with torch.set_grad_enabled(grad):
+        for scale, t1 in ((1.0, 1.0), (0.5, 2.0), (2.0, 0.3)):
+            y0 = scale * torch.tensor([[0.5, -0.3]], dtype=torch.float64)
+            eager = odeint(field, y0, [0.0, t1])
+            compiled = odeint(field, y0, [0.0, t1], compile={"backend": counting_backend})
+            assert torch.allclose(eager.ys, compiled.ys, rtol=1e-12, atol=1e-14)
+            assert compiled.stats.n_steps >= 2
+    # Tsit5 is FSAL: every step gets its first stage, and the step's time and size are inputs, not
+    # constants: one graph for every step. With autograd the first step, whose state y0 needs no
+    # gradient, has its own.
+    assert len(graphs) == n_graphs
+
+
+@pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="inductor needs a C++ compiler"
+)
+def test_the_default_backend_gives_the_eager_solution_and_gradients():
+    field = Field()
+    y0 = torch.tensor([[0.5, -0.3], [0.1, 0.8]], dtype=torch.float64, requires_grad=True)
+    assert_same_solutions_and_gradients(
+        field, y0, True, lambda compile: odeint(field, y0, [0.0, 0.5, 2.0], compile=compile)
+    )
+
+
+@pytest.mark.parametrize(
+    ("compile", "error", "match"),
+    [
+        ("inductor", TypeError, "compile must be a bool or a dict"),
+        ({1: "x"}, TypeError, "compile must be a bool or a dict"),
+        (
+            {"mode": "max-autotune", "bakend": "eager"},
+            ValueError,
+            r"torch.compile does not take: \['bakend'\]",
+        ),
+    ],
+)
+def test_bad_compile_options_are_refused_by_name(compile, error, match):
+    with pytest.raises(error, match=match):
+        odeint(van_der_pol, torch.ones(2, dtype=torch.float64), [0.0, 1.0], compile=compile)
+
+
+def test_a_regularized_model_compiles_its_main_solve_through_options():
+    field = Field()
+    y0 = torch.tensor([[0.5, -0.3], [0.1, 0.8]], dtype=torch.float64)
+    results = []
+    for compile in (False, AOT_EAGER):
+        model = LocallyRegularized(
+            field, generator=torch.Generator().manual_seed(3), options={"compile": compile}
+        )
+        ys = model(y0, torch.tensor([0.0, 1.0], dtype=torch.float64))
+        grads = torch.autograd.grad(ys[-1].sum() + model.reg_loss, tuple(field.parameters()))
+        results.append((ys.detach(), model.reg_loss.detach(), grads, model.stats.t_reg))
+    (ys, reg_loss, grads, t_reg), (compiled_ys, compiled_reg_loss, compiled_grads, compiled_t_reg) = results
+    assert t_reg == compiled_t_reg
+    assert torch.allclose(ys, compiled_ys, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(reg_loss, compiled_reg_loss, rtol=1e-9)
+    for reference, value in zip(grads, compiled_grads, strict=True):
+        assert torch.allclose(reference, value, rtol=1e-9, atol=1e-12)
