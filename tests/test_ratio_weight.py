@@ -205,3 +205,56 @@ def test_cli_trains_with_a_ratio_weight_and_records_it(tmp_path):
     assert history["weight"][0] == [0, 0.001]
     assert history["grad_ratio"][0][0] == 0 and math.isfinite(history["grad_ratio"][0][1])
     assert "ratio 0.5" in (tmp_path / "report.md").read_text()
+
+
+def test_with_parameters_the_model_measures_in_the_usual_backward_pass():
+    """``RatioWeight(parameters=...)``: ``(loss + reg_loss).backward()`` alone feeds the weight the
+    same two norms as the explicit ``weight.backward``, measured from this backward pass's own
+    gradients (not ``.grad``, which here holds an earlier iteration's too)."""
+    explicit = _model(RatioWeight(0.5, beta=0.0, initial=0.01))
+    automatic = _model(RatioWeight(0.5, beta=0.0, initial=0.01))  # the same seeds: the same model
+    automatic.weight = RatioWeight(0.5, beta=0.0, initial=0.01, parameters=automatic.parameters())
+    explicit_ratio = _iteration(explicit)
+    for _ in range(2):  # .grad accumulates over both backward passes; the measurement must not
+        automatic.generator.manual_seed(0)  # the same draw of t_reg as the explicit model's
+        loss = _task_loss(automatic(_y0(), T))
+        (loss + automatic.reg_loss).backward()
+    automatic.weight.step()
+    assert automatic.weight.last_ratio == pytest.approx(explicit_ratio, rel=1e-10)
+    assert automatic.weight() == pytest.approx(explicit.weight(), rel=1e-10)
+
+
+def test_a_watched_penalty_is_measured_once_and_a_newer_one_replaces_it(monkeypatch):
+    model = _model(RatioWeight(1.0))
+    model.weight = RatioWeight(1.0, parameters=model.parameters())
+    observed = []
+    monkeypatch.setattr(model.weight, "observe_gradients", lambda *norms: observed.append(norms))
+    model(_y0(), T)  # a penalty never backpropagated: replaced by the next one
+    loss = _task_loss(model(_y0(), T))
+    (loss + model.reg_loss).backward()
+    assert len(observed) == 1
+    model.eval()  # no penalty in eval mode: nothing new is watched, and the old hook is gone
+    _task_loss(model(_y0(), T)).backward()
+    assert len(observed) == 1
+    penalty_norm, task_norm = observed[0]
+    assert math.isfinite(penalty_norm) and penalty_norm > 0 and math.isfinite(task_norm) and task_norm > 0
+
+
+def test_a_ratio_weight_that_never_measures_warns():
+    weight = RatioWeight(1.0, every=2)
+    with pytest.warns(UserWarning, match="measured no gradients in 20 iterations"):
+        for _ in range(20):
+            weight.step()
+
+
+@pytest.mark.parametrize(
+    ("parameters", "error", "match"),
+    [
+        (torch.ones(2, requires_grad=True), TypeError, "got a tensor"),
+        ([1.0], TypeError, "iterable of tensors"),
+        ([torch.ones(2)], ValueError, "no tensor that requires grad"),
+    ],
+)
+def test_bad_parameters_are_refused(parameters, error, match):
+    with pytest.raises(error, match=match):
+        RatioWeight(parameters=parameters)

@@ -338,6 +338,7 @@ class Regularized(nn.Module):
         ys, reg, self.stats = self.penalty(problem, y0, t, self.generator)
         self.stats.grad_ratio = self.weight.last_ratio
         self.reg_loss = reg * self.weight()
+        self.weight.watch(self.reg_loss)
         return unflatten(ys)
 
     def _flat(self, y0: Tensor | tuple[Tensor, ...]) -> tuple[Problem, Tensor, Callable]:

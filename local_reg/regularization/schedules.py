@@ -11,10 +11,13 @@ so ``w(0) = w0`` and ``w(N) = w1``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 
 from ._diagnostics import GradientRatio
 
@@ -58,6 +61,10 @@ class WeightSchedule:
     def observe(self, task_loss: float, nfe: float | None = None) -> None:
         """Report the iteration's measured task loss and NFE before :meth:`step`; a schedule fixed in
         advance ignores them (:class:`AdaptiveWeight` adapts to them)."""
+
+    def watch(self, reg_loss: Tensor) -> None:
+        """Called by a regularized model with each weighted penalty it makes in training; a weight
+        that measures the penalty's pull (:class:`RatioWeight` with ``parameters``) starts here."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"iteration": self.iteration}
@@ -281,18 +288,22 @@ class RatioWeight(_SelfTuningWeight):
     ICML 2018). The ratio is measured over the parameters given, so pass all the trained ones (a
     classifier's head too): the task's gradient is the whole model's.
 
-    Use, once per iteration (``backward`` replaces ``(loss + model.reg_loss).backward()``)::
+    Use, once per iteration, either with the trained parameters given (the model measures by
+    itself: when :attr:`due`, making ``reg_loss`` takes the penalty's gradient, and the next backward
+    pass that reaches every parameter gives the task's, as its gradient less the penalty's)::
 
-        model = LocallyRegularized(func, weight=RatioWeight(1.0))
+        model = LocallyRegularized(func, weight=RatioWeight(1.0, parameters=params))
         loss = task_loss(model(y0, t))
         optimizer.zero_grad()
-        model.weight.backward(loss, model.reg_loss, params)   # measures when due
+        (loss + model.reg_loss).backward()
         optimizer.step()
         model.weight.step()                                    # folds the measurement in
 
-    or measure yourself with a :class:`GradientRatio` and report ``observe_gradients(penalty_norm,
-    task_norm)`` when :attr:`due`. ``state_dict()`` holds the weight, both averages and the last
-    ratio, so a resumed run continues where it stopped.
+    or without them, calling ``model.weight.backward(loss, model.reg_loss, params)`` in place of
+    ``(loss + model.reg_loss).backward()``, or measuring yourself with a :class:`GradientRatio` and
+    reporting ``observe_gradients(penalty_norm, task_norm)`` when :attr:`due`. A weight that has
+    measured nothing after ``10 * every`` iterations warns. ``state_dict()`` holds the weight, both
+    averages and the last ratio, so a resumed run continues where it stopped.
     """
 
     def __init__(
@@ -304,11 +315,25 @@ class RatioWeight(_SelfTuningWeight):
         initial: float = 1e-3,
         w_min: float = 1e-6,
         w_max: float = 1e3,
+        parameters: Iterable[Tensor] | None = None,
     ) -> None:
         self.target_ratio = _positive("target_ratio", target_ratio)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         self.every = every
+        self.parameters = None
+        if parameters is not None:
+            if isinstance(parameters, Tensor):
+                raise TypeError(
+                    "parameters must be an iterable of tensors (e.g. model.parameters()), got a tensor"
+                )
+            self.parameters = list(parameters)
+            if not all(isinstance(p, Tensor) for p in self.parameters):
+                raise TypeError("parameters must be an iterable of tensors (e.g. model.parameters())")
+            self.parameters = [p for p in self.parameters if p.requires_grad]
+            if not self.parameters:
+                raise ValueError("parameters holds no tensor that requires grad")
+        self._watching: RemovableHandle | None = None
         super().__init__(initial, beta, w_min, w_max)
 
     def _fresh(self) -> dict[str, Any]:
@@ -347,6 +372,32 @@ class RatioWeight(_SelfTuningWeight):
             return
         self._state["pending"] = (penalty_norm / self(), task_norm)
 
+    def watch(self, reg_loss: Tensor) -> None:
+        """With ``parameters`` and when :attr:`due`: take the gradient of ``reg_loss`` (the weighted
+        penalty just made) and measure the task's in the next backward pass that reaches every
+        parameter (a multi-tensor gradient hook, removed once it has run, or when a newer penalty
+        is watched)."""
+        if self._watching is not None:
+            self._watching.remove()
+            self._watching = None
+        if self.parameters is None or not self.due or not reg_loss.requires_grad:
+            return
+        penalty = torch.autograd.grad(reg_loss, self.parameters, retain_graph=True, allow_unused=True)
+        penalty_norm = _norm(penalty)
+
+        def measure(grads: Sequence[Tensor | None]) -> None:
+            task = [
+                total if part is None else total - part
+                for total, part in zip(grads, penalty, strict=True)
+                if total is not None
+            ]
+            self.observe_gradients(penalty_norm, _norm(task))
+            handle.remove()
+            self._watching = None
+
+        handle = torch.autograd.graph.register_multi_grad_hook(self.parameters, measure, mode="all")
+        self._watching = handle
+
     def backward(self, task_loss: Tensor, reg_loss: Tensor, parameters: Iterable[Tensor]) -> float:
         """``(task_loss + reg_loss).backward()``, measuring both gradients over ``parameters`` when
         :attr:`due`; returns the measured ratio (``nan`` when not measured)."""
@@ -373,6 +424,12 @@ class RatioWeight(_SelfTuningWeight):
             # The bias corrections of the two averages are equal and cancel in their ratio.
             wanted = self.target_ratio * state["ema_task"] / state["ema_penalty"]
             state["weight"] = max(self.w_min, min(self.w_max, wanted))
+        elif state["measured"] == 0 and self.iteration + 1 == 10 * self.every:
+            warnings.warn(
+                f"RatioWeight has measured no gradients in {self.iteration + 1} iterations, so its weight "
+                f"stays at initial={self.initial}: give it parameters=... or call weight.backward(...)",
+                stacklevel=2,
+            )
         return super().step()
 
     def __repr__(self) -> str:
@@ -380,6 +437,11 @@ class RatioWeight(_SelfTuningWeight):
             f"RatioWeight(w={self():.4g}, target_ratio={self.target_ratio}, every={self.every}, "
             f"beta={self.beta}, bounds=[{self.w_min}, {self.w_max}])"
         )
+
+
+def _norm(grads: Iterable[Tensor | None]) -> float:
+    """The Euclidean norm of a list of gradients (``None``: zero)."""
+    return math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
 
 
 def as_schedule(weight: float | WeightSchedule) -> WeightSchedule:
