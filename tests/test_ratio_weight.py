@@ -258,3 +258,28 @@ def test_a_ratio_weight_that_never_measures_warns():
 def test_bad_parameters_are_refused(parameters, error, match):
     with pytest.raises(error, match=match):
         RatioWeight(parameters=parameters)
+
+
+def test_cli_scope_field_compares_the_gradients_on_the_vector_field_only(tmp_path):
+    """Measured once, at the first iteration of two identical runs: the penalty pulls on the vector
+    field's parameters only, so over the field the task's gradient is a part of the model's and
+    the weight that holds the same ratio is smaller."""
+    from local_reg.experiments.cli import main
+    from local_reg.experiments.results import ResultsFile
+
+    assert weight_text({"ratio": 1, "scope": "field"}) == "ratio 1 (scope=field)"
+    weights = {}
+    for scope in ("model", "field"):
+        args = ["experiment", "tabular", "--size", "tiny", "--seeds", "1", "--no-progress"]
+        args += ["--out", str(tmp_path / scope), "--methods", "local-random", "--set", "epochs=6"]
+        spec = f'{{"ratio": 1, "every": 100000, "scope": "{scope}"}}'
+        assert main([*args, "--set", f"weights.local-random={spec}"]) == 0
+        (record,) = ResultsFile(tmp_path / scope).load()
+        iteration, weights[scope] = record["history"]["weight"][1]
+        assert iteration == 10
+    assert 0 < weights["field"] < weights["model"]
+    bad = RunSpec(
+        "digits", "local-random", 0, "tiny", overrides={"weights.local-random": {"ratio": 1, "scope": "x"}}
+    )
+    with pytest.raises(SettingsError, match="scope"):
+        bad.settings()

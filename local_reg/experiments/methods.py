@@ -98,7 +98,8 @@ def weight_schedule(spec: WeightSpec, total_iterations: int) -> WeightSchedule:
         options = {k: v for k, v in spec.items() if k != "adaptive"}
         return AdaptiveWeight(spec["adaptive"], **options)
     if isinstance(spec, dict) and "ratio" in spec:
-        options = {k: v for k, v in spec.items() if k != "ratio"}
+        # The scope is the runner's: it measures the gradients and feeds them to the weight.
+        options = {k: v for k, v in spec.items() if k not in ("ratio", "scope")}
         return RatioWeight(spec["ratio"], **options)
     if isinstance(spec, dict):
         return ExponentialDecay(spec["start"], spec["end"], max(1, total_iterations))
@@ -112,6 +113,10 @@ def weight_text(weight: WeightSpec | None) -> str:
         return "–"
     for kind in ("adaptive", "ratio"):
         if isinstance(weight, dict) and kind in weight:
-            rest = ", ".join(f"{k}={v:g}" for k, v in weight.items() if k != kind and v is not None)
+            rest = ", ".join(
+                f"{k}={v}" if isinstance(v, str) else f"{k}={v:g}"
+                for k, v in weight.items()
+                if k != kind and v is not None
+            )
             return f"{kind} {weight[kind]:g}" + (f" ({rest})" if rest else "")
     return f"{weight['start']:g}->{weight['end']:g}" if isinstance(weight, dict) else f"{weight:g}"

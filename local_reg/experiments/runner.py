@@ -312,6 +312,11 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
     # every RATIO_EVERY iterations (.._diagnostics).
     history["grad_ratio"], history["weight"] = [], []
     gradient_ratio = GradientRatio(model.parameters())
+    # A ratio weight of scope "field" compares the gradients on its vector field's parameters only.
+    weight_ratio = gradient_ratio
+    if ratio_weights and isinstance(spec.weight, dict) and spec.weight.get("scope") == "field":
+        (block,) = [m for m in solver_blocks(model) if m.weight is ratio_weights[0]]
+        weight_ratio = GradientRatio(block.func.parameters())
     warned_ratio = False
     start_epoch, iteration, train_time = 0, 0, Clock()
 
@@ -375,13 +380,18 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                         and world == 1
                         and (record_ratio or any(weight.due for weight in ratio_weights))
                     )
+                    separate = weight_ratio is not gradient_ratio
                     if measure:
                         gradient_ratio.before_backward(reg)
+                        if separate:
+                            weight_ratio.before_backward(reg)
                     (loss if reg is None else loss + reg).backward()
                     if measure:
                         ratio = gradient_ratio.after_backward()
+                        if separate:
+                            weight_ratio.after_backward()
                         for weight in ratio_weights:
-                            weight.observe_gradients(gradient_ratio.penalty_norm, gradient_ratio.task_norm)
+                            weight.observe_gradients(weight_ratio.penalty_norm, weight_ratio.task_norm)
                     if measure and record_ratio:
                         history["grad_ratio"].append([iteration, ratio])
                         # A ratio weight sets its own strength: the warning is for fixed ones.

@@ -102,8 +102,11 @@ class Directory(Rule):
 
 ADAPTIVE_KEYS = ("loss_rise", "target_nfe", "rate", "beta", "warmup", "w_min", "w_max")
 """The keywords of :class:`local_reg.AdaptiveWeight` a ``{"adaptive": w0, ...}`` spec may set."""
-RATIO_KEYS = ("every", "beta", "initial", "w_min", "w_max")
-"""The keywords of :class:`local_reg.RatioWeight` a ``{"ratio": rho, ...}`` spec may set."""
+RATIO_KEYS = ("every", "beta", "initial", "w_min", "w_max", "scope")
+"""The keywords of :class:`local_reg.RatioWeight` a ``{"ratio": rho, ...}`` spec may set, and ``scope``:
+the parameters whose gradients it compares, ``"model"`` (every trained one, the default) or
+``"field"`` (the regularized vector field's only)."""
+RATIO_SCOPES = ("model", "field")
 
 
 @dataclass(frozen=True)
@@ -111,15 +114,16 @@ class Weight(Rule):
     """A regularization weight spec (:mod:`.methods`): a constant ``>= 0``, ``{"start": w0, "end": w1}``
     with ``w0, w1 > 0`` (an exponential decay, so neither may be 0), or ``{"adaptive": w0, ...}``
     with ``w0 > 0`` and :data:`ADAPTIVE_KEYS` (non-negative numbers, ``target_nfe`` may be null), or
-    ``{"ratio": rho, ...}`` with ``rho > 0`` and :data:`RATIO_KEYS` (``every`` an integer >= 1, the
-    others non-negative numbers)."""
+    ``{"ratio": rho, ...}`` with ``rho > 0`` and :data:`RATIO_KEYS` (``every`` an integer >= 1,
+    ``scope`` one of :data:`RATIO_SCOPES`, the others non-negative numbers)."""
 
     def allowed(self) -> str:
         return (
             'a number >= 0, {"start": w0, "end": w1} with finite w0, w1 > 0, {"adaptive": w0, ...} '
             f"with w0 > 0 and keys among {', '.join(ADAPTIVE_KEYS)}, or "
             '{"ratio": rho, ...} '
-            f"with rho > 0 and keys among {', '.join(RATIO_KEYS)} (every an integer >= 1)"
+            f"with rho > 0 and keys among {', '.join(RATIO_KEYS)} (every an integer >= 1, scope "
+            f"one of {', '.join(RATIO_SCOPES)})"
         )
 
     def accepts(self, value: Any) -> bool:
@@ -136,7 +140,10 @@ class Weight(Rule):
                 Real().accepts(value["ratio"])
                 and set(options) <= set(RATIO_KEYS)
                 and Integer(1).accepts(options.get("every", 1))
-                and all(Real(closed=True).accepts(v) for k, v in options.items() if k != "every")
+                and options.get("scope", "model") in RATIO_SCOPES
+                and all(
+                    Real(closed=True).accepts(v) for k, v in options.items() if k not in ("every", "scope")
+                )
             )
         if isinstance(value, dict):
             return set(value) == {"start", "end"} and all(Real().accepts(v) for v in value.values())
