@@ -7,8 +7,8 @@ The batched benchmark MLP of ``fields.py`` in float32, Tsit5 on ``[0, --t1]`` at
   autograd, and a forward + backward of ``mean(y(t1)^2)`` with ``gradient="direct"``;
 - with ``--jax-python PYTHON`` (an interpreter that has ``jax`` and ``diffrax``; never a dependency
   of local_reg), diffrax's ``Tsit5`` with ``PIDController(rtol, atol)`` under ``jax.jit``, forward
-  only, on the same weights and initial states (handed over in a ``.npz`` file), in a child process
-  that this script asks for one timed solve per round; XLA limited to one thread.
+  only, on the same weights and initial states, in a child process that times one solve per round
+  itself (``diffrax_peer.py``); XLA limited to one thread.
 
 Times are wall-clock (JAX's work is not all on the calling thread; every process is pinned to one
 thread). The table gives the median per solve, the median per step, and each configuration's
@@ -21,103 +21,16 @@ separately, as is the largest difference between the compiled and eager solution
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
 import torch
+from diffrax_peer import Diffrax
 from fields import mlp_problem, mlp_problem_parser
 
 import local_reg
-
-DIFFRAX_CHILD = r"""
-import json, sys, time
-import numpy as np
-import jax, jax.numpy as jnp
-import diffrax
-
-jax.config.update("jax_enable_x64", False)
-data = np.load(sys.argv[1])
-rtol, atol, t1 = (float(value) for value in sys.argv[2:5])
-weights = [jnp.asarray(data[f"w{i}"]) for i in range(3)]
-biases = [jnp.asarray(data[f"b{i}"]) for i in range(3)]
-y0 = jnp.asarray(data["y0"])
-
-def field(t, y, args):
-    h = jnp.tanh(y @ weights[0].T + biases[0])
-    h = jnp.tanh(h @ weights[1].T + biases[1])
-    return h @ weights[2].T + biases[2]
-
-@jax.jit
-def solve(y0):
-    solution = diffrax.diffeqsolve(
-        diffrax.ODETerm(field), diffrax.Tsit5(), t0=0.0, t1=t1, dt0=None, y0=y0,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        saveat=diffrax.SaveAt(t1=True), max_steps=100_000,
-    )
-    return solution.ys[-1], solution.stats["num_steps"], solution.stats["num_accepted_steps"]
-
-start = time.perf_counter()
-y1, steps, accepted = jax.block_until_ready(solve(y0))
-compile_s = time.perf_counter() - start
-print(json.dumps({"compile": compile_s, "y1": np.asarray(y1).tolist(), "steps": int(steps),
-                  "accepted": int(accepted)}), flush=True)
-for line in sys.stdin:
-    start = time.perf_counter()
-    jax.block_until_ready(solve(y0))
-    print(json.dumps({"wall": time.perf_counter() - start}), flush=True)
-"""
-
-
-class Diffrax:
-    """The child process that times one jitted diffrax solve per request."""
-
-    def __init__(
-        self, python: str, field: torch.nn.Module, y0: torch.Tensor, args: argparse.Namespace
-    ) -> None:
-        self.folder = tempfile.TemporaryDirectory()
-        folder = Path(self.folder.name)
-        linears = [layer for layer in field.net if isinstance(layer, torch.nn.Linear)]
-        arrays = {f"w{i}": layer.weight.detach().numpy() for i, layer in enumerate(linears)}
-        arrays |= {f"b{i}": layer.bias.detach().numpy() for i, layer in enumerate(linears)}
-        np.savez(folder / "problem.npz", y0=y0.numpy(), **arrays)
-        (folder / "child.py").write_text(DIFFRAX_CHILD)
-        environment = dict(
-            os.environ, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        )
-        self.process = subprocess.Popen(
-            [
-                python,
-                str(folder / "child.py"),
-                str(folder / "problem.npz"),
-                str(args.rtol),
-                str(args.atol),
-                str(args.t1),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=environment,
-        )
-        self.first = json.loads(self.process.stdout.readline())
-
-    def __call__(self) -> float:
-        self.process.stdin.write("time\n")
-        self.process.stdin.flush()
-        return json.loads(self.process.stdout.readline())["wall"]
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait()
-        self.folder.cleanup()
 
 
 class Field(torch.nn.Module):
@@ -185,19 +98,20 @@ def main() -> None:
     )
     diffrax = None
     if args.jax_python is not None:
-        diffrax = Diffrax(args.jax_python, field, y0, args)
-        configurations["diffrax jitted, forward"] = diffrax
-        steps["diffrax"] = diffrax.first["steps"]
-        y1 = torch.tensor(diffrax.first["y1"])
+        diffrax = Diffrax(args.jax_python, counting)
+        first = diffrax.solve("mlp", y0, args.t1, args.rtol, args.atol)
+        configurations["diffrax jitted, forward"] = lambda: diffrax.solve(
+            "mlp", y0, args.t1, args.rtol, args.atol
+        )["seconds"]
+        steps["diffrax"] = first["steps"]
         print(
-            f"diffrax: {diffrax.first['steps']} steps ({diffrax.first['accepted']} accepted); jit "
-            f"{diffrax.first['compile']:.1f} s; max |diffrax - local_reg eager| at t1: "
-            f"{float((y1 - eager.ys[-1]).abs().max()):.2e}"
+            f"diffrax: {first['steps']} steps ({first['nfe']} NFE); jit {first['compile_seconds']:.1f} s; "
+            f"max |diffrax - local_reg eager| at t1: {float((first['y1'] - eager.ys[-1]).abs().max()):.2e}"
         )
     rounds: dict[str, list[float]] = {label: [] for label in configurations}
     for _ in range(args.rounds):
         for label, run in configurations.items():
-            rounds[label].append(run() if run is diffrax else timed(run))
+            rounds[label].append(run() if label.startswith("diffrax") else timed(run))
     if diffrax is not None:
         diffrax.close()
 

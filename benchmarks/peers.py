@@ -17,9 +17,13 @@ reach (the overlap of their error ranges), as its minimum and maximum over that 
 where the ranges do not overlap or an error is not monotone in the tolerance.
 
 Peers that are not installed are skipped. torchode is an optional peer (``pip install torchode``),
-not a dependency of local_reg.
+not a dependency of local_reg. ``--jax-python PYTHON`` adds diffrax's Tsit5 (``PIDController``,
+``jax.jit``, float64) through that interpreter (one with ``jax`` and ``diffrax``, never a
+dependency of local_reg), in a child process on one thread: it times its own jitted solve (the
+compilation excluded) and counts its evaluations of the field in a separate run with a host
+callback in the field.
 
-    python benchmarks/peers.py [--quick] [--repeats 7] [--figures docs/figures]
+    python benchmarks/peers.py [--quick] [--repeats 7] [--figures docs/figures] [--jax-python PYTHON]
 
 Neural-ODE throughput (``--throughput``, instead of the work-precision tables): the batched MLP in
 float32 on ``[0, --t1]`` at ``--rtol``/``--atol``, dopri5 for every solver; a forward solve without
@@ -66,6 +70,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffrax_peer import Diffrax
 from fields import CallCounter, mlp_problem, mlp_problem_parser, old_local_reg
 from scipy.integrate import solve_ivp
 
@@ -136,22 +141,41 @@ def solvers(tol: float) -> dict[str, Callable[[CallCounter, torch.Tensor, float]
     return out
 
 
+def solve_at_tolerance(diffrax: Diffrax, problem: str, y0: torch.Tensor, t1: float, tol: float) -> dict:
+    """diffrax's solve at ``rtol = atol = tol``."""
+    return diffrax.solve(problem, y0, t1, tol, tol)
+
+
 def measure(
-    f: Callable, y0: torch.Tensor, t1: float, y_ref: torch.Tensor, repeats: int
+    f: Callable,
+    y0: torch.Tensor,
+    t1: float,
+    y_ref: torch.Tensor,
+    repeats: int,
+    external: Callable[[float], dict] | None = None,
 ) -> dict[tuple[str, float], tuple[float, int, float]]:
-    """``(solver, tol) -> (error, NFE, median seconds)``, repeats interleaved across solvers."""
+    """``(solver, tol) -> (error, NFE, median seconds)``, repeats interleaved across solvers;
+    ``external(tol)`` is diffrax's solve, timed and counted by itself (``diffrax_peer``)."""
     field = CallCounter(f)
     runs = {(name, tol): solve for tol in TOLERANCES for name, solve in solvers(tol).items()}
+    if external is not None:
+        runs |= {("diffrax tsit5", tol): functools.partial(external, tol) for tol in TOLERANCES}
     times: dict[tuple[str, float], list[float]] = {key: [] for key in runs}
     result: dict[tuple[str, float], tuple[float, int]] = {}
     for _ in range(repeats):
         for key, solve in runs.items():
-            field.calls = 0
-            with torch.no_grad():
-                start = time.perf_counter()
-                y1 = solve(field, y0, t1)
-                times[key].append(time.perf_counter() - start)
-            result[key] = ((y1.reshape(y_ref.shape) - y_ref).abs().max().item(), field.calls)
+            if key[0] == "diffrax tsit5":
+                answer = solve()
+                y1, nfe, seconds = answer["y1"], answer["nfe"], answer["seconds"]
+            else:
+                field.calls = 0
+                with torch.no_grad():
+                    start = time.perf_counter()
+                    y1 = solve(field, y0, t1)
+                    seconds = time.perf_counter() - start
+                nfe = field.calls
+            times[key].append(seconds)
+            result[key] = ((y1.reshape(y_ref.shape) - y_ref).abs().max().item(), nfe)
     return {key: (err, nfe, statistics.median(times[key])) for key, (err, nfe) in result.items()}
 
 
@@ -498,6 +522,7 @@ def main() -> None:
         "--instructions", action="store_true", help="instructions of each backward pass (valgrind)"
     )
     parser.add_argument("--instructions-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--jax-python", help="a Python with jax and diffrax: adds diffrax's Tsit5")
     args = parser.parse_args()
     if args.instructions_child:
         instructions_child(args)
@@ -524,10 +549,14 @@ def main() -> None:
         ),
     }
     print(f"float64, 1 thread ({torch.get_num_threads()} set), median of {args.repeats} interleaved repeats")
+    diffrax = None if args.jax_python is None else Diffrax(args.jax_python, field)
     for key, (title, f, y0, t1) in problems.items():
         y0 = torch.as_tensor(y0, dtype=torch.float64)
         y_ref = reference(f, y0, t1)
-        rows = measure(f, y0, t1, y_ref, args.repeats)
+        external = None
+        if diffrax is not None:
+            external = functools.partial(solve_at_tolerance, diffrax, key, y0, t1)
+        rows = measure(f, y0, t1, y_ref, args.repeats, external)
         names = list(dict.fromkeys(n for n, _ in rows))
         print(f"\n### {title}\n")
         print("| rtol = atol | " + " | ".join(f"{n}: error / NFE / ms" for n in names) + " |")
@@ -546,6 +575,8 @@ def main() -> None:
                     cells.append("n/a" if r is None else f"{r[0]:.2f}–{r[1]:.2f}")
                 print(f"| {ours} | {peer} | {cells[0]} | {cells[1]} |")
         plot(rows, title, args.figures / f"peers_{key}.png")
+    if diffrax is not None:
+        diffrax.close()
     skipped = [m for m in ("torchdiffeq", "torchode") if importlib.util.find_spec(m) is None]
     if skipped:
         print(f"\nnot installed, skipped: {', '.join(skipped)}")
