@@ -36,12 +36,13 @@ def make_model(
     regularize: str,
     weight: float | None,
     *,
-    local_weight: float = 1.0,
+    local_weight: float | None = None,
     global_weight: float = 1.0,
     **solve: object,
 ) -> Regularized:
     """The three variants share one interface, ``model(y0, t)`` and ``model.reg_loss``; ``weight``
-    (``None``: ``local_weight`` or ``global_weight``) weighs the penalty."""
+    (``None``: ``local_weight`` or ``global_weight``) weighs the penalty; a ``None`` local weight is
+    ``LocallyRegularized``'s default, which tunes itself."""
     if regularize == "local":
         return LocallyRegularized(
             func, sampling="random", weight=local_weight if weight is None else weight, **solve

@@ -83,12 +83,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     train = (values[: args.n_train], mask[: args.n_train], times[: args.n_train])
     test = (values[args.n_train :], mask[args.n_train :], times[args.n_train :])
 
-    # Default weights: the PhysioNet coefficients of [LR23] (local) and [GR21] (global).
+    # Default weights: local regularization's own (it tunes itself); global: [GR21]'s PhysioNet one.
     block = make_model(
         ConcatMLP(args.latent, args.hidden),
         args.regularize,
         args.weight,
-        local_weight=100.0,
         global_weight=1000.0,
         rtol=args.rtol,
         atol=args.atol,

@@ -172,6 +172,8 @@ case "${1:-}" in
         variant digits results/study-ratio-digits-tight initial-hairer error-dt "$field" "${tight[@]}"
         variant latent_ode results/study-ratio-latent initial-hairer error-dt "$field"
         variant mnist results/study-ratio-mnist initial-hairer error-dt "$field"
+        variant mnist results/study-ratio-mnist-tight initial-hairer error-dt "$field" \
+            --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 --set epochs=20
         ;;
     *)
         echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field" >&2

@@ -249,14 +249,18 @@ def test_regularization_step_calls_local_reg_step(monkeypatch):
     assert calls == [TSIT5]
 
 
-def test_initial_step_size_is_the_heuristic_at_u_treg_capped_at_t1():
+@pytest.mark.parametrize(("probe", "order"), [("initial", TSIT5.order), (None, TSIT5.order + 1)])
+def test_initial_step_size_is_the_heuristic_at_u_treg_capped_at_t1(probe, order):
+    """The paper's probe: the heuristic with exponent 1/p; the default (``initial-hairer``): 1/(p+1)."""
     func = MLPField()
     y0 = _y0()
-    _, _, stats = local_regularization(func, y0, T, rtol=RTOL, atol=ATOL, generator=torch.Generator())
+    _, _, stats = local_regularization(
+        func, y0, T, rtol=RTOL, atol=ATOL, generator=torch.Generator(), probe=probe
+    )
     t_reg = torch.tensor(stats.t_reg, dtype=DTYPE)
     with torch.no_grad():
         f0 = func(t_reg, stats.state)
-    expected, _ = local_reg.initial_step_size(func, stats.t_reg, stats.state, f0, TSIT5.order, RTOL, ATOL)
+    expected, _ = local_reg.initial_step_size(func, stats.t_reg, stats.state, f0, order, RTOL, ATOL)
     assert stats.dt_reg == pytest.approx(min(expected, 1.0 - stats.t_reg), rel=1e-14)
 
 

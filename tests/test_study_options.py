@@ -97,21 +97,25 @@ def test_hairer_probe_exponent():
     assert long > short
 
 
-def test_defaults_are_the_papers_procedure_and_options_change_the_probe():
+def test_the_default_probe_is_hairers_heuristic_and_options_change_the_probe():
     func, y0 = _Field(), _y0()
     kwargs = dict(rtol=1e-6, atol=1e-6)
-    base = local_regularization(func, y0, T, generator=torch.Generator().manual_seed(3), **kwargs)
-    same = local_regularization(
-        func, y0, T, generator=torch.Generator().manual_seed(3), probe="initial", penalty="error-dt", **kwargs
+    default = local_regularization(func, y0, T, generator=torch.Generator().manual_seed(3), **kwargs)
+    hairer = local_regularization(
+        func, y0, T, generator=torch.Generator().manual_seed(3), probe="initial-hairer", **kwargs
     )
-    assert torch.equal(base[1], same[1]) and base[2].dt_reg == same[2].dt_reg
+    assert torch.equal(default[1], hairer[1]) and default[2].dt_reg == hairer[2].dt_reg
+    base = local_regularization(
+        func, y0, T, generator=torch.Generator().manual_seed(3), probe="initial", **kwargs
+    )
+    assert base[2].t_reg == default[2].t_reg and abs(base[2].dt_reg) < abs(default[2].dt_reg)
     scaled = local_regularization(
-        func, y0, T, generator=torch.Generator().manual_seed(3), probe_scale=2.0, **kwargs
+        func, y0, T, generator=torch.Generator().manual_seed(3), probe="initial", probe_scale=2.0, **kwargs
     )
     assert scaled[2].t_reg == base[2].t_reg
     assert abs(scaled[2].dt_reg) == pytest.approx(min(2 * abs(base[2].dt_reg), 1.0 - base[2].t_reg))
     log = local_regularization(
-        func, y0, T, generator=torch.Generator().manual_seed(3), penalty="log", **kwargs
+        func, y0, T, generator=torch.Generator().manual_seed(3), probe="initial", penalty="log", **kwargs
     )
     assert float(log[1].detach()) == pytest.approx(math.log(base[2].error_estimate), rel=1e-9)
 

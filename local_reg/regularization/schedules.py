@@ -10,14 +10,14 @@ so ``w(0) = w0`` and ``w(N) = w1``.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.hooks import RemovableHandle
 
 from ._diagnostics import GradientRatio
 
@@ -288,22 +288,26 @@ class RatioWeight(_SelfTuningWeight):
     ICML 2018). The ratio is measured over the parameters given, so pass all the trained ones (a
     classifier's head too): the task's gradient is the whole model's.
 
-    Use, once per iteration, either with the trained parameters given (the model measures by
-    itself: when :attr:`due`, making ``reg_loss`` takes the penalty's gradient, and the next backward
-    pass that reaches every parameter gives the task's, as its gradient less the penalty's)::
+    Two ways to use it. **With the trained parameters given**, the model measures and updates the
+    weight by itself, in the usual training loop (this is :class:`LocallyRegularized`'s default
+    weight, over its vector field's parameters)::
 
         model = LocallyRegularized(func, weight=RatioWeight(1.0, parameters=params))
         loss = task_loss(model(y0, t))
         optimizer.zero_grad()
         (loss + model.reg_loss).backward()
         optimizer.step()
-        model.weight.step()                                    # folds the measurement in
 
-    or without them, calling ``model.weight.backward(loss, model.reg_loss, params)`` in place of
-    ``(loss + model.reg_loss).backward()``, or measuring yourself with a :class:`GradientRatio` and
-    reporting ``observe_gradients(penalty_norm, task_norm)`` when :attr:`due`. A weight that has
-    measured nothing after ``10 * every`` iterations warns. ``state_dict()`` holds the weight, both
-    averages and the last ratio, so a resumed run continues where it stopped.
+    Each training forward pass counts as one iteration: when :attr:`due`, making ``reg_loss`` takes
+    the penalty's gradient, and the next backward pass that reaches the parameters gives the
+    task's (its gradients less the penalty's) and sets the weight; :meth:`step` is then not needed
+    (calling it does no harm). **Without them**, call ``model.weight.backward(loss, model.reg_loss,
+    params)`` in place of ``(loss + model.reg_loss).backward()`` (or measure with a
+    :class:`GradientRatio` and report ``observe_gradients(penalty_norm, task_norm)`` when
+    :attr:`due`) and ``model.weight.step()`` once per iteration, which sets the weight. A weight
+    that has measured nothing after ``10 * every`` iterations warns. ``state_dict()`` holds the
+    weight, both averages, the last ratio and the count of iterations, so a resumed run continues
+    where it stopped.
     """
 
     def __init__(
@@ -333,7 +337,7 @@ class RatioWeight(_SelfTuningWeight):
             self.parameters = [p for p in self.parameters if p.requires_grad]
             if not self.parameters:
                 raise ValueError("parameters holds no tensor that requires grad")
-        self._watching: RemovableHandle | None = None
+        self._measurement: dict[str, Any] | None = None
         super().__init__(initial, beta, w_min, w_max)
 
     def _fresh(self) -> dict[str, Any]:
@@ -344,6 +348,7 @@ class RatioWeight(_SelfTuningWeight):
             "measured": 0,
             "last_ratio": None,
             "pending": None,
+            "watched": 0,
         }
 
     def _weight_of(self, state: dict[str, Any]) -> float:
@@ -351,8 +356,10 @@ class RatioWeight(_SelfTuningWeight):
 
     @property
     def due(self) -> bool:
-        """Whether this iteration's gradients should be measured (every ``every`` iterations)."""
-        return self.iteration % self.every == 0
+        """Whether this iteration's gradients should be measured (every ``every`` iterations; with
+        ``parameters`` an iteration is a training forward pass of the model, else a :meth:`step`)."""
+        clock = self.iteration if self.parameters is None else self._state["watched"]
+        return clock % self.every == 0
 
     @property
     def last_ratio(self) -> float | None:
@@ -373,30 +380,47 @@ class RatioWeight(_SelfTuningWeight):
         self._state["pending"] = (penalty_norm / self(), task_norm)
 
     def watch(self, reg_loss: Tensor) -> None:
-        """With ``parameters`` and when :attr:`due`: take the gradient of ``reg_loss`` (the weighted
-        penalty just made) and measure the task's in the next backward pass that reaches every
-        parameter (a multi-tensor gradient hook, removed once it has run, or when a newer penalty
-        is watched)."""
-        if self._watching is not None:
-            self._watching.remove()
-            self._watching = None
-        if self.parameters is None or not self.due or not reg_loss.requires_grad:
+        """With ``parameters``: count one iteration and, when :attr:`due`, take the gradient of
+        ``reg_loss`` (the weighted penalty just made) and measure the task's in the next backward
+        pass: a hook on each parameter reads its ``.grad`` right after that pass accumulates it
+        (so it should hold this pass's gradient alone, as in the usual loop that clears gradients
+        before the backward pass) less the penalty's part; nested ``torch.autograd.grad`` calls
+        (the gradient methods' own) accumulate nothing and are not seen. The measurement sets the
+        weight once every parameter has reported, or at the next penalty with those that did."""
+        self._finish_measurement()
+        if self.parameters is None:
+            return
+        due = self.due
+        self._state["watched"] += 1
+        self._warn_if_unmeasured(self._state["watched"])
+        if not due or not reg_loss.requires_grad:
             return
         penalty = torch.autograd.grad(reg_loss, self.parameters, retain_graph=True, allow_unused=True)
-        penalty_norm = _norm(penalty)
+        measurement = {"penalty_norm": _norm(penalty), "task_sq": 0.0, "reported": 0, "handles": []}
 
-        def measure(grads: Sequence[Tensor | None]) -> None:
-            task = [
-                total if part is None else total - part
-                for total, part in zip(grads, penalty, strict=True)
-                if total is not None
-            ]
-            self.observe_gradients(penalty_norm, _norm(task))
+        def report(parameter: Tensor, part: Tensor | None, handle_index: int) -> None:
+            task = parameter.grad if part is None else parameter.grad - part
+            measurement["task_sq"] += float(task.pow(2).sum())
+            measurement["reported"] += 1
+            measurement["handles"][handle_index].remove()
+            if measurement["reported"] == len(penalty):
+                self._finish_measurement()
+
+        for index, (parameter, part) in enumerate(zip(self.parameters, penalty, strict=True)):
+            hook = functools.partial(report, part=part, handle_index=index)
+            measurement["handles"].append(parameter.register_post_accumulate_grad_hook(hook))
+        self._measurement = measurement
+
+    def _finish_measurement(self) -> None:
+        """Report the open measurement (if any parameter reported), set the weight, remove its hooks."""
+        measurement, self._measurement = self._measurement, None
+        if measurement is None:
+            return
+        for handle in measurement["handles"]:
             handle.remove()
-            self._watching = None
-
-        handle = torch.autograd.graph.register_multi_grad_hook(self.parameters, measure, mode="all")
-        self._watching = handle
+        if measurement["reported"]:
+            self.observe_gradients(measurement["penalty_norm"], math.sqrt(measurement["task_sq"]))
+            self._fold()
 
     def backward(self, task_loss: Tensor, reg_loss: Tensor, parameters: Iterable[Tensor]) -> float:
         """``(task_loss + reg_loss).backward()``, measuring both gradients over ``parameters`` when
@@ -413,24 +437,42 @@ class RatioWeight(_SelfTuningWeight):
 
     def step(self) -> float:
         """Fold in the last measurement (if any), set the weight, advance one iteration."""
-        state = self._state
-        if state["pending"] is not None:
-            penalty, task = state["pending"]
-            state["pending"] = None
-            state["last_ratio"] = penalty * state["weight"] / task if task > 0 else math.inf
-            state["measured"] += 1
-            state["ema_penalty"] = self.beta * state["ema_penalty"] + (1 - self.beta) * penalty
-            state["ema_task"] = self.beta * state["ema_task"] + (1 - self.beta) * task
-            # The bias corrections of the two averages are equal and cancel in their ratio.
-            wanted = self.target_ratio * state["ema_task"] / state["ema_penalty"]
-            state["weight"] = max(self.w_min, min(self.w_max, wanted))
-        elif state["measured"] == 0 and self.iteration + 1 == 10 * self.every:
-            warnings.warn(
-                f"RatioWeight has measured no gradients in {self.iteration + 1} iterations, so its weight "
-                f"stays at initial={self.initial}: give it parameters=... or call weight.backward(...)",
-                stacklevel=2,
-            )
+        self._fold()
+        if self.parameters is None:
+            self._warn_if_unmeasured(self.iteration + 1)
         return super().step()
+
+    def _fold(self) -> None:
+        """Fold the pending measurement into the averages and set the weight from them."""
+        state = self._state
+        if state["pending"] is None:
+            return
+        penalty, task = state["pending"]
+        state["pending"] = None
+        state["last_ratio"] = penalty * state["weight"] / task if task > 0 else math.inf
+        state["measured"] += 1
+        state["ema_penalty"] = self.beta * state["ema_penalty"] + (1 - self.beta) * penalty
+        state["ema_task"] = self.beta * state["ema_task"] + (1 - self.beta) * task
+        # The bias corrections of the two averages are equal and cancel in their ratio.
+        wanted = self.target_ratio * state["ema_task"] / state["ema_penalty"]
+        state["weight"] = max(self.w_min, min(self.w_max, wanted))
+
+    def _warn_if_unmeasured(self, iterations: int) -> None:
+        if self._state["measured"] == 0 and self._state["pending"] is None and iterations == 10 * self.every:
+            how = (
+                "backpropagate model.reg_loss"
+                if self.parameters
+                else "give it parameters=... or call weight.backward(...)"
+            )
+            warnings.warn(
+                f"RatioWeight has measured no gradients in {iterations} iterations, so its weight stays at "
+                f"initial={self.initial}: {how}",
+                stacklevel=3,
+            )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An open measurement's hooks belong to this object's parameters, not to a copy's.
+        return {**self.__dict__, "_measurement": None}
 
     def __repr__(self) -> str:
         return (

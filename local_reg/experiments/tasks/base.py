@@ -167,6 +167,7 @@ def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContex
             regularizer=method.regularizer,
             weight=weight,
             **solver,
-            **settings.get("local", {}),
+            # The experiments reproduce the paper's procedure unless a study option says otherwise.
+            **{"probe": "initial", **settings.get("local", {})},
         )
     return GloballyRegularized(func, regularizer=method.regularizer, weight=weight, **solver)

@@ -1,0 +1,115 @@
+"""``LocallyRegularized``'s defaults: a weight that holds the penalty's gradient at the task's over the
+vector field's parameters, in the plain training loop, at every tolerance; the paper's procedure by
+name."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from local_reg import LocallyRegularized, RatioWeight
+from local_reg.regularization import ConstantWeight, ExponentialDecay
+from tests.test_ratio_weight import DTYPE, T
+from tests.test_ratio_weight import _Field as Field
+from tests.test_ratio_weight import _norm as norm
+from tests.test_ratio_weight import _task_loss as task_loss
+from tests.test_ratio_weight import _y0 as y0
+
+
+class DiagonalSDE(torch.nn.Module):
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.tensor(0.5, dtype=DTYPE))
+
+    def f(self, t, y):
+        return -self.theta * y
+
+    def g(self, t, y):
+        return 0.1 * torch.ones_like(y)
+
+
+def test_the_default_weight_and_probe():
+    field = Field()
+    model = LocallyRegularized(field)
+    assert isinstance(model.weight, RatioWeight)
+    assert (model.weight.target_ratio, model.weight.every) == (1.0, 10)
+    assert [id(p) for p in model.weight.parameters] == [id(p) for p in field.parameters()]
+    assert model.penalty.probe == "initial-hairer"
+    # The solver's own step (the older option) keeps its probe; an SDE's probe is Euler-Maruyama's.
+    assert LocallyRegularized(field, step_size="solver").penalty.probe == "initial"
+    sde = LocallyRegularized(DiagonalSDE())
+    assert sde.penalty.probe == "initial" and isinstance(sde.weight, RatioWeight)
+    # adjoint_params, when given, are the parameters measured (and still reach the solver).
+    head = torch.nn.Parameter(torch.ones(2, dtype=DTYPE))
+    with_params = LocallyRegularized(field, adjoint_params=iter([head]), gradient="adjoint")
+    assert [id(p) for p in with_params.weight.parameters] == [id(head)]
+    assert with_params.problem.adjoint_params == (head,)
+    # Nothing to train: nothing to normalize.
+    assert isinstance(LocallyRegularized(lambda t, y: -y).weight, ConstantWeight)
+
+
+def test_the_papers_procedure_by_name():
+    field = Field()
+    schedule = ExponentialDecay(2.5, 1.0, 100)
+    paper = LocallyRegularized.paper(field, weight=schedule, rtol=1e-6, atol=1e-6)
+    assert paper.weight is schedule
+    assert (paper.penalty.probe, paper.penalty.penalty, paper.penalty.n_draws) == ("initial", "error-dt", 1)
+    explicit = LocallyRegularized(field, probe="initial", weight=schedule, rtol=1e-6, atol=1e-6)
+    for model in (paper, explicit):
+        model.generator = torch.Generator().manual_seed(1)
+    paper(y0(), T)
+    explicit(y0(), T)
+    assert torch.equal(paper.reg_loss, explicit.reg_loss)
+
+
+def test_the_default_tunes_itself_in_the_plain_training_loop():
+    """``(loss + model.reg_loss).backward(); optimizer.step()`` and nothing else: the weight measures
+    every 10 forward passes and holds the measured ratio near 1."""
+    model = LocallyRegularized(Field(), rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ratios = []
+    for _ in range(40):
+        loss = task_loss(model(y0(), T))
+        optimizer.zero_grad()
+        (loss + model.reg_loss).backward()
+        optimizer.step()
+        ratios.append(model.weight.last_ratio)
+    state = model.weight.state_dict()
+    assert state["watched"] == 40 and state["measured"] == 4
+    assert model.weight() != model.weight.initial
+    # The first measurement sees the initial weight; those after it, the weight it set.
+    assert ratios[0] < 0.1
+    assert all(abs(math.log(ratios[k])) < math.log(3) for k in (10, 20, 30))
+
+
+def test_the_default_holds_the_gradient_ratio_at_every_tolerance_the_papers_weight_does_not():
+    """At one state and one draw of ``t_reg``: after one measurement the default weight makes the
+    weighted penalty's gradient (over the field's parameters) equal to the task's at rtol = atol =
+    1e-4 and 1e-8 alike; with the paper's fixed weight 1 the ratio grows by orders of magnitude
+    between them (the penalty's gradient scales like 1/tol)."""
+    field = Field()
+    params = list(field.parameters())
+
+    def ratio(model: LocallyRegularized) -> float:
+        model.generator.manual_seed(5)
+        loss = task_loss(model(y0(), T))
+        task = norm(torch.autograd.grad(loss, params, retain_graph=True))
+        return norm(torch.autograd.grad(model.reg_loss, params)) / task
+
+    papers = {}
+    for tolerance in (1e-4, 1e-8):
+        kwargs = dict(rtol=tolerance, atol=tolerance, generator=torch.Generator())
+        default = LocallyRegularized(field, **kwargs)
+        # The default but for averaging (beta = 0), so that one measurement sets the weight.
+        default.weight = RatioWeight(1.0, beta=0.0, every=10, parameters=params)
+        default.generator.manual_seed(5)
+        field.zero_grad(set_to_none=True)
+        (task_loss(default(y0(), T)) + default.reg_loss).backward()
+        assert ratio(default) == pytest.approx(1.0, rel=1e-8)
+        papers[tolerance] = ratio(LocallyRegularized.paper(field, weight=1.0, **kwargs))
+    assert papers[1e-8] / papers[1e-4] > 100
