@@ -98,7 +98,7 @@ def main() -> None:
     )
     diffrax = None
     if args.jax_python is not None:
-        diffrax = Diffrax(args.jax_python, counting)
+        diffrax = Diffrax(args.jax_python, counting, x64=False)
         first = diffrax.solve("mlp", y0, args.t1, args.rtol, args.atol)
         configurations["diffrax jitted, forward"] = lambda: diffrax.solve(
             "mlp", y0, args.t1, args.rtol, args.atol

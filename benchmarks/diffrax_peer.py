@@ -2,11 +2,12 @@
 
 diffrax and JAX are never dependencies of local_reg: give the benchmarks an interpreter that has
 them (``python -m venv /tmp/jax && /tmp/jax/bin/pip install jax diffrax``). The child solves with
-diffrax's ``Tsit5`` and ``PIDController(rtol, atol)`` under ``jax.jit`` (float64 enabled; each
-request's state dtype is kept), XLA limited to one thread. For each new problem, tolerance, span
-and dtype it first counts the field's evaluations in a run with a host callback inside the field,
-then compiles the plain solve (both untimed); every request then returns ``y(t1)`` and the time of
-one jitted solve measured in the child (``block_until_ready``), so no inter-process time is counted.
+diffrax's ``Tsit5`` and ``PIDController(rtol, atol)`` under ``jax.jit`` (float64 enabled unless
+asked otherwise; each request's state dtype is kept), XLA limited to one thread. For each new
+problem, tolerance, span and dtype it first counts the field's evaluations in a run with a host
+callback inside the field, then compiles the plain solve (both untimed); every request then
+returns ``y(t1)`` and the time of one jitted solve measured in the child (``block_until_ready``),
+so no inter-process time is counted.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 CHILD = r"""
 import json, sys, time
 import jax
-jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_enable_x64", sys.argv[2] == "x64")
 import jax.numpy as jnp
 import numpy as np
 import diffrax
@@ -96,9 +97,10 @@ for line in sys.stdin:
 class Diffrax:
     """The child process. ``mlp`` is the benchmark MLP (``fields.CountingMLP``) whose weights the
     child's ``"mlp"`` problem uses; the others are ``"lotka_volterra"`` and ``"van_der_pol"``
-    (mu = 1), as in ``peers.py``."""
+    (mu = 1), as in ``peers.py``. ``x64=False`` leaves JAX in its default 32-bit mode (times and
+    the controller's arithmetic in float32 too), for float32 problems only."""
 
-    def __init__(self, python: str, mlp: torch.nn.Module) -> None:
+    def __init__(self, python: str, mlp: torch.nn.Module, x64: bool = True) -> None:
         self.folder = tempfile.TemporaryDirectory()
         folder = Path(self.folder.name)
         linears = [layer for layer in mlp.net if isinstance(layer, torch.nn.Linear)]
@@ -108,7 +110,7 @@ class Diffrax:
         (folder / "child.py").write_text(CHILD)
         flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         self.process = subprocess.Popen(
-            [python, str(folder / "child.py"), str(folder / "mlp.npz")],
+            [python, str(folder / "child.py"), str(folder / "mlp.npz"), "x64" if x64 else "x32"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
