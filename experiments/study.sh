@@ -5,7 +5,7 @@
 #   experiments/study.sh PHASE      PHASE in: digits, digits_tight, spiral, tabular, digits_draws,
 #                                   digits_adaptive, spiral_weight, ratio_tune, ratio,
 #                                   ratio_every, ratio_reference, ratio_tasks, ratio_targets,
-#                                   ratio_mnist_tight, ratio_field
+#                                   ratio_mnist_tight, ratio_field, ratio_field2
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -161,8 +161,10 @@ case "${1:-}" in
         vanilla mnist results/study-ratio-mnist-tight "${long[@]}"
         variant mnist results/study-ratio-mnist-tight initial-hairer error-dt '{"ratio": 1, "every": 10}' "${long[@]}"
         ;;
-    ratio_field)  # ratio 1 over the vector field's parameters only (scope "field"), every task
-        field='{"ratio": 1, "every": 10, "scope": "field"}'
+    ratio_field | ratio_field2)  # ratio 1 (or 2) over the vector field's parameters only (scope "field")
+        rho=1
+        [ "$1" = ratio_field2 ] && rho=2
+        field="{\"ratio\": $rho, \"every\": 10, \"scope\": \"field\"}"
         tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
         $LR experiment nsde_digits --methods local-random "${COMMON[@]}" --out results/study-ratio-nsde \
             --set weights.local-random="$field"
@@ -176,7 +178,7 @@ case "${1:-}" in
             --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 --set epochs=20
         ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2" >&2
         exit 2
         ;;
 esac

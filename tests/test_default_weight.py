@@ -113,3 +113,35 @@ def test_the_default_holds_the_gradient_ratio_at_every_tolerance_the_papers_weig
         assert ratio(default) == pytest.approx(1.0, rel=1e-8)
         papers[tolerance] = ratio(LocallyRegularized.paper(field, weight=1.0, **kwargs))
     assert papers[1e-8] / papers[1e-4] > 100
+
+
+def test_the_default_resumes_from_its_state_dict():
+    """The default counts its own iterations: a run stopped and resumed from ``state_dict()``
+    measures at the same iterations and reaches the same weights as one that ran through."""
+
+    def run(model: LocallyRegularized, optimizer: torch.optim.Optimizer, n: int) -> list[float]:
+        weights = []
+        for _ in range(n):
+            loss = task_loss(model(y0(), T))
+            optimizer.zero_grad()
+            (loss + model.reg_loss).backward()
+            optimizer.step()
+            weights.append(model.weight())
+        return weights
+
+    def fresh() -> tuple[LocallyRegularized, torch.optim.Optimizer]:
+        model = LocallyRegularized(Field(), rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0))
+        return model, torch.optim.SGD(model.parameters(), lr=1e-2)
+
+    whole = run(*fresh(), 25)
+    first, first_optimizer = fresh()
+    run(first, first_optimizer, 12)
+    resumed, resumed_optimizer = fresh()
+    resumed.load_state_dict(first.state_dict())
+    resumed_optimizer.load_state_dict(first_optimizer.state_dict())
+    assert resumed.weight.state_dict()["watched"] == 12
+    assert run(resumed, resumed_optimizer, 13) == pytest.approx(whole[12:], rel=1e-10)
+    # A state saved before the weight counted its own iterations still loads.
+    old = {k: v for k, v in first.weight.state_dict().items() if k != "watched"}
+    resumed.weight.load_state_dict(old)
+    assert resumed.weight.state_dict()["watched"] == 0

@@ -470,6 +470,10 @@ class RatioWeight(_SelfTuningWeight):
                 stacklevel=3,
             )
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # A state saved before the weight counted its own iterations has none counted.
+        super().load_state_dict({"watched": 0, **state})
+
     def __getstate__(self) -> dict[str, Any]:
         # An open measurement's hooks belong to this object's parameters, not to a copy's.
         return {**self.__dict__, "_measurement": None}
