@@ -5,7 +5,8 @@
 #   experiments/study.sh PHASE      PHASE in: digits, digits_tight, spiral, tabular, digits_draws,
 #                                   digits_adaptive, spiral_weight, ratio_tune, ratio,
 #                                   ratio_every, ratio_reference, ratio_tasks, ratio_targets,
-#                                   ratio_mnist_tight, ratio_field, ratio_field2
+#                                   ratio_mnist_tight, ratio_field, ratio_field2, defaults,
+#                                   defaults_mnist_tight
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -177,8 +178,24 @@ case "${1:-}" in
         variant mnist results/study-ratio-mnist-tight initial-hairer error-dt "$field" \
             --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 --set epochs=20
         ;;
+    defaults | defaults_mnist_tight)  # LocallyRegularized's own default weight and probe (the weight spec "default")
+        default=(--set weights.local-random=default)
+        tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
+        if [ "$1" = defaults ]; then
+            $LR experiment nsde_digits --methods local-random "${COMMON[@]}" --out results/study-ratio-nsde "${default[@]}"
+            for task in tabular spiral digits latent_ode mnist; do
+                folder=results/study-ratio-${task%_ode}
+                $LR experiment $task --methods local-random "${COMMON[@]}" --out "$folder" "${default[@]}"
+            done
+            $LR experiment digits --methods local-random "${COMMON[@]}" --out results/study-ratio-digits-tight \
+                "${default[@]}" "${tight[@]}"
+        else
+            $LR experiment mnist --methods local-random "${COMMON[@]}" --out results/study-ratio-mnist-tight \
+                "${default[@]}" "${tight[@]}" --set epochs=20
+        fi
+        ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight" >&2
         exit 2
         ;;
 esac

@@ -145,3 +145,35 @@ def test_the_default_resumes_from_its_state_dict():
     old = {k: v for k, v in first.weight.state_dict().items() if k != "watched"}
     resumed.weight.load_state_dict(old)
     assert resumed.weight.state_dict()["watched"] == 0
+
+
+def test_the_cli_runs_the_library_default_by_name(tmp_path):
+    """``--set weights.local-random=default``: the block is built with no weight and no probe (the
+    library's defaults), the weight measures by itself, and the report names it beside a row whose
+    weight is a number."""
+    from local_reg.experiments.cli import main
+    from local_reg.experiments.methods import weight_schedule
+    from local_reg.experiments.results import ResultsFile
+
+    args = [
+        "experiment",
+        "tabular",
+        "--size",
+        "tiny",
+        "--seeds",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    ]
+    args += ["--methods", "local-random", "--set", "epochs=6", "--set"]
+    assert main([*args, "weights.local-random=default"]) == 0
+    (record,) = ResultsFile(tmp_path).load()
+    weights = [w for _, w in record["history"]["weight"]]
+    # Recorded after the iteration's backward pass: the first already holds the first measurement.
+    assert weights[0] != RatioWeight().initial and all(0 < w < 1e3 for w in weights)
+    assert main([*args, "weights.local-random=0.5"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "local-random (w=default)" in report and "local-random (w=0.5)" in report
+    with pytest.raises(ValueError, match="'default' is local regularization's; global-error"):
+        weight_schedule("default", 10, "global-error")

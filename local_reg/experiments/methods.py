@@ -92,8 +92,20 @@ PHYSIONET_WEIGHTS: dict[str, WeightSpec] = {
 }
 
 
-def weight_schedule(spec: WeightSpec, total_iterations: int) -> WeightSchedule:
-    """The schedule of a weight spec; a decay runs over the run's ``total_iterations``."""
+DEFAULT_WEIGHT = "default"
+"""The weight spec of local regularization's own default (``LocallyRegularized`` with no weight and
+no probe: the self-tuning ratio weight over the vector field's parameters, the default probe)."""
+
+
+def weight_schedule(
+    spec: WeightSpec, total_iterations: int, method: str = "local-random"
+) -> WeightSchedule | None:
+    """The schedule of ``method``'s weight spec; a decay runs over the run's ``total_iterations``;
+    ``None`` for :data:`DEFAULT_WEIGHT` (local regularization's own default; other methods have none)."""
+    if spec == DEFAULT_WEIGHT:
+        if not method.startswith("local-"):
+            raise ValueError(f"the weight spec 'default' is local regularization's; {method} needs a weight")
+        return None
     if isinstance(spec, dict) and "adaptive" in spec:
         options = {k: v for k, v in spec.items() if k != "adaptive"}
         return AdaptiveWeight(spec["adaptive"], **options)
@@ -111,6 +123,8 @@ def weight_text(weight: WeightSpec | None) -> str:
     ``ratio 0.2 (...)`` for a self-tuning weight, ``–`` for none."""
     if weight is None:
         return "–"
+    if weight == DEFAULT_WEIGHT:
+        return "default"
     for kind in ("adaptive", "ratio"):
         if isinstance(weight, dict) and kind in weight:
             rest = ", ".join(

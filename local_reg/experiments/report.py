@@ -60,7 +60,9 @@ class Group:
 
         def key(record: dict[str, Any]) -> tuple:
             weight = record.get("weight")
-            size = weight.get("start", 0.0) if isinstance(weight, dict) else (weight or 0.0)
+            # A spec without a size ("default", a ratio or adaptive weight) sorts as 0, then by label.
+            size = weight.get("start", 0.0) if isinstance(weight, dict) else weight
+            size = size if isinstance(size, (int, float)) else 0.0
             return (
                 order.get(record["method"], len(order)),
                 record["method"],

@@ -301,7 +301,8 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
     schedules = weight_schedules(model)
     # A RatioWeight is fed the gradient norms measured below, over the whole model: one process (the
     # extra vector-Jacobian product would bypass DDP's gradient sync) and one regularized block.
-    ratio_weights = [s for s in schedules if isinstance(s, RatioWeight)]
+    # (A ratio weight given its parameters, the library's default, measures by itself.)
+    ratio_weights = [s for s in schedules if isinstance(s, RatioWeight) and s.parameters is None]
     if ratio_weights and (world > 1 or len(ratio_weights) > 1):
         raise ValueError(
             "a ratio weight measures the gradients of one regularized block on one process: "

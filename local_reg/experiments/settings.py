@@ -115,7 +115,8 @@ class Weight(Rule):
     with ``w0, w1 > 0`` (an exponential decay, so neither may be 0), or ``{"adaptive": w0, ...}``
     with ``w0 > 0`` and :data:`ADAPTIVE_KEYS` (non-negative numbers, ``target_nfe`` may be null), or
     ``{"ratio": rho, ...}`` with ``rho > 0`` and :data:`RATIO_KEYS` (``every`` an integer >= 1,
-    ``scope`` one of :data:`RATIO_SCOPES`, the others non-negative numbers)."""
+    ``scope`` one of :data:`RATIO_SCOPES`, the others non-negative numbers), or ``"default"``
+    (local regularization's own default weight and probe; local methods only)."""
 
     def allowed(self) -> str:
         return (
@@ -123,10 +124,12 @@ class Weight(Rule):
             f"with w0 > 0 and keys among {', '.join(ADAPTIVE_KEYS)}, or "
             '{"ratio": rho, ...} '
             f"with rho > 0 and keys among {', '.join(RATIO_KEYS)} (every an integer >= 1, scope "
-            f"one of {', '.join(RATIO_SCOPES)})"
+            f'one of {", ".join(RATIO_SCOPES)}), or "default" (local regularization\'s own)'
         )
 
     def accepts(self, value: Any) -> bool:
+        if value == "default":
+            return True
         if isinstance(value, dict) and "adaptive" in value:
             options = {k: v for k, v in value.items() if k != "adaptive"}
             return (

@@ -155,7 +155,7 @@ def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContex
         if isinstance(spec, dict):
             raise ValueError(f"steer's setting weights.steer is the half-width b, a number; got {spec!r}")
         return SteerRegularized(func, b=spec, **solver)
-    weight = weight_schedule(spec, context.total_iterations)
+    weight = weight_schedule(spec, context.total_iterations, method.name)
     if method.family == "rnode":
         return RNODERegularized(func, weight=weight, **solver)
     if method.family == "taynode":
@@ -167,7 +167,8 @@ def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContex
             regularizer=method.regularizer,
             weight=weight,
             **solver,
-            # The experiments reproduce the paper's procedure unless a study option says otherwise.
-            **{"probe": "initial", **settings.get("local", {})},
+            # The experiments reproduce the paper's procedure unless a study option, or the library's
+            # default weight (which comes with its default probe), says otherwise.
+            **{**({} if weight is None else {"probe": "initial"}), **settings.get("local", {})},
         )
     return GloballyRegularized(func, regularizer=method.regularizer, weight=weight, **solver)

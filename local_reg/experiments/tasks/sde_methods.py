@@ -42,7 +42,7 @@ def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -
         solver["options"] = {"dt": TORCHSDE_FIRST_STEP}
     if method.family == "vanilla":
         return Regularized(sde, backend=backend, gradient=context.gradient, **solver)
-    weight = weight_schedule(settings["weights"][method.name], context.total_iterations)
+    weight = weight_schedule(settings["weights"][method.name], context.total_iterations, method.name)
     if method.family == "global":
         if backend != "local_reg":
             raise ValueError(
