@@ -302,7 +302,8 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
     # A RatioWeight is fed the gradient norms measured below, over the whole model: one process (the
     # extra vector-Jacobian product would bypass DDP's gradient sync) and one regularized block.
     # (A ratio weight given its parameters, the library's default, measures by itself.)
-    ratio_weights = [s for s in schedules if isinstance(s, RatioWeight) and s.parameters is None]
+    tuned = [s for s in schedules if isinstance(s, RatioWeight)]
+    ratio_weights = [s for s in tuned if s.parameters is None]
     if ratio_weights and (world > 1 or len(ratio_weights) > 1):
         raise ValueError(
             "a ratio weight measures the gradients of one regularized block on one process: "
@@ -396,7 +397,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                     if measure and record_ratio:
                         history["grad_ratio"].append([iteration, ratio])
                         # A ratio weight sets its own strength: the warning is for fixed ones.
-                        if ratio > RATIO_WARNING and not warned_ratio and not ratio_weights:
+                        if ratio > RATIO_WARNING and not warned_ratio and not tuned:
                             warned_ratio = True
                             warnings.warn(
                                 f"run {spec.run_id}: the regularizer's gradient is {ratio:.3g}x the task's "
@@ -428,8 +429,8 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                             if history["grad_ratio"]
                             else {}
                         ),
-                        # The weight a ratio weight has chosen (at most one per run, checked above).
-                        **({"w": f"{ratio_weights[0]():.3g}"} if ratio_weights else {}),
+                        # The weight a ratio weight has chosen (the first block's, if several).
+                        **({"w": f"{tuned[0]():.3g}"} if tuned else {}),
                     },
                     refresh=False,
                 )
