@@ -92,8 +92,9 @@ class LocallyRegularized(Regularized):
     (measured every 10 training forward passes, in the usual backward pass; no ``weight.step()``
     needed), and the ODE probe's step is the initial-step heuristic with Hairer's exponent
     ``1/(p+1)`` (``probe="initial-hairer"``). This is the setting of docs/results.md's study that
-    lost no more than 0.8 accuracy points (or 10% of the loss) on any of its tasks while cutting
-    the test NFE by 0-46%; it does not reach the paper's 0.56-0.73x on every task. A field without
+    kept the test accuracy within 0.8 points and the test loss within 10% of vanilla's on all its
+    tasks while cutting the test NFE by 0-46%; it does not reach the paper's 0.56-0.73x on every
+    task. A field without
     trainable parameters (nothing to normalize) gets the constant weight 1. The paper's exact
     procedure, with its fixed weights: :meth:`paper`.
 
