@@ -183,9 +183,10 @@ def odeint(
             ``stop`` condition ends the solve early (then ``t = [t0, t1]``, ``t1`` giving only the
             direction, and ``solution.ts[-1]`` is where it stopped): terminal events are
             :func:`local_reg.odeint_event`.
-        compile: ``True`` or a dict of ``torch.compile`` keywords (e.g. ``{"mode":
-            "reduce-overhead"}`` for CUDA graphs) compiles each attempted step of the forward solve
-            (its stages, ``func`` inlined, and its error estimate) into one graph whose inputs are
+        compile: ``True`` or a dict of ``torch.compile`` keywords (e.g. ``{"backend":
+            "aot_eager"}``; CUDA graphs, ``mode="reduce-overhead"``, are untested) compiles each
+            attempted step of the forward solve (its stages, ``func`` inlined, and its error
+            estimate) into one graph whose inputs are
             the step's time and size as tensors, so one compilation serves every step of every
             solve with the same ``func``, tableau and state shape. Same results within round-off;
             the first solve pays the compilation (seconds). The step-size control, dense output
