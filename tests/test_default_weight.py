@@ -177,3 +177,18 @@ def test_the_cli_runs_the_library_default_by_name(tmp_path):
     assert "local-random (w=default)" in report and "local-random (w=0.5)" in report
     with pytest.raises(ValueError, match="'default' is local regularization's; global-error"):
         weight_schedule("default", 10, "global-error")
+
+
+def test_a_copy_of_the_default_model_measures_its_own_parameters():
+    """``copy.deepcopy`` of a default model gives a weight that refers to the copy's parameters and
+    measures them; the two models' weights are independent."""
+    import copy
+
+    model = LocallyRegularized(Field(), rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0))
+    twin = copy.deepcopy(model)
+    assert {id(p) for p in twin.weight.parameters} == {id(p) for p in twin.parameters()}
+    assert not {id(p) for p in twin.weight.parameters} & {id(p) for p in model.parameters()}
+    (task_loss(twin(y0(), T)) + twin.reg_loss).backward()
+    assert twin.weight.state_dict()["measured"] == 1 and model.weight.state_dict()["measured"] == 0
+    (task_loss(model(y0(), T)) + model.reg_loss).backward()
+    assert model.weight() == pytest.approx(twin.weight(), rel=1e-12)  # the same model, the same draw
