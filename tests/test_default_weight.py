@@ -187,6 +187,10 @@ def test_a_copy_of_the_default_model_measures_its_own_parameters():
     model = LocallyRegularized(Field(), rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0))
     twin = copy.deepcopy(model)
     assert {id(p) for p in twin.weight.parameters} == {id(p) for p in twin.parameters()}
+    # After a training pass too (reg_loss then holds a graph, which the copy does not take).
+    trained = LocallyRegularized(Field())
+    (task_loss(trained(y0(), T)) + trained.reg_loss).backward()
+    assert not copy.deepcopy(trained).reg_loss.requires_grad and trained.reg_loss.requires_grad
     assert not {id(p) for p in twin.weight.parameters} & {id(p) for p in model.parameters()}
     (task_loss(twin(y0(), T)) + twin.reg_loss).backward()
     assert twin.weight.state_dict()["measured"] == 1 and model.weight.state_dict()["measured"] == 0

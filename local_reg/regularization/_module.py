@@ -329,6 +329,10 @@ class Regularized(nn.Module):
     def is_sde(self) -> bool:
         return isinstance(self.problem, SDEProblem)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # reg_loss holds the last training pass's graph, which copy.deepcopy and pickle refuse.
+        return {**super().__getstate__(), "reg_loss": self.reg_loss.detach()}
+
     def forward(self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]) -> Tensor:
         problem, y0, unflatten = self._flat(y0)
         if self.penalty is None or not self.training:
