@@ -6,7 +6,7 @@
 #                                   digits_adaptive, spiral_weight, ratio_tune, ratio,
 #                                   ratio_every, ratio_reference, ratio_tasks, ratio_targets,
 #                                   ratio_mnist_tight, ratio_field, ratio_field2, defaults,
-#                                   defaults_mnist_tight
+#                                   defaults_mnist_tight, field_probe, field_every
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -178,6 +178,18 @@ case "${1:-}" in
         variant mnist results/study-ratio-mnist-tight initial-hairer error-dt "$field" \
             --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 --set epochs=20
         ;;
+    field_probe | field_every)  # the default's two choices, varied: the paper's probe; measured every iteration
+        tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
+        if [ "$1" = field_probe ]; then
+            probe=initial field='{"ratio": 1, "every": 10, "scope": "field"}'
+        else
+            probe=initial-hairer field='{"ratio": 1, "every": 1, "scope": "field"}'
+        fi
+        for task in tabular spiral digits latent_ode mnist; do
+            variant $task "results/study-ratio-${task%_ode}" $probe error-dt "$field"
+        done
+        variant digits results/study-ratio-digits-tight $probe error-dt "$field" "${tight[@]}"
+        ;;
     defaults | defaults_mnist_tight)  # LocallyRegularized's own default weight and probe (the weight spec "default")
         default=(--set weights.local-random=default)
         tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
@@ -195,7 +207,7 @@ case "${1:-}" in
         fi
         ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every" >&2
         exit 2
         ;;
 esac
