@@ -254,11 +254,17 @@ def _tensor_time_step(
     return result
 
 
-@functools.lru_cache(maxsize=16)
-def compiled_step(options: tuple[tuple[str, Any], ...]) -> Callable[..., Any]:
-    """:func:`_tensor_time_step` compiled by ``torch.compile(**dict(options))``, made once per set of
-    options (torch caches the graphs per vector field, tableau and shapes)."""
-    return torch.compile(_tensor_time_step, **dict(options))
+_COMPILED_STEPS: dict[str, Callable[..., Any]] = {}
+
+
+def compiled_step(options: dict[str, Any]) -> Callable[..., Any]:
+    """:func:`_tensor_time_step` compiled by ``torch.compile(**options)``, made once per set of
+    options (torch caches the graphs per vector field, tableau and shapes). The options are told
+    apart by their ``repr``: some values (inductor's ``options`` dict) cannot be hashed."""
+    key = repr(sorted(options.items()))
+    if key not in _COMPILED_STEPS:
+        _COMPILED_STEPS[key] = torch.compile(_tensor_time_step, **options)
+    return _COMPILED_STEPS[key]
 
 
 def min_step_size(t: float) -> float:
@@ -336,9 +342,7 @@ class RKStepper(Stepper[Tensor | None]):
         compile_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(tableau.order, rtol, atol)
-        self.compiled = (
-            None if compile_options is None else compiled_step(tuple(sorted(compile_options.items())))
-        )
+        self.compiled = None if compile_options is None else compiled_step(compile_options)
         self.func = func
         self.time_dtype = time_dtype
         self.tableau = tableau

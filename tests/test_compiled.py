@@ -122,6 +122,19 @@ def test_the_default_backend_gives_the_eager_solution_and_gradients():
     )
 
 
+def test_options_that_cannot_be_hashed_are_taken_and_one_compilation_is_reused():
+    """inductor's ``options`` is a dict: accepted, and the same options reuse one compiled step."""
+    from local_reg._step import compiled_step
+
+    options = {"backend": "aot_eager", "options": {}}
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    first = odeint(van_der_pol, y0, [0.0, 1.0], compile=options)
+    again = odeint(van_der_pol, 2 * y0, [0.0, 1.0], compile=dict(options))
+    eager = odeint(van_der_pol, 2 * y0, [0.0, 1.0])
+    assert first.stats.n_steps > 0 and torch.allclose(again.ys, eager.ys, rtol=1e-12, atol=1e-13)
+    assert compiled_step(options) is compiled_step({"options": {}, "backend": "aot_eager"})
+
+
 @pytest.mark.parametrize(
     ("compile", "error", "match"),
     [
