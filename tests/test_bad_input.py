@@ -350,10 +350,12 @@ def test_torchdiffeq_backend_follows_the_error_contract():
     )
     with pytest.raises(SolverError, match="max_num_steps"):
         stiff(torch.ones(2, dtype=torch.float64), [0.0, 1.0])
-    with pytest.raises(SolverError, match="torchdiffeq"):
+    with pytest.raises(SolverError, match="torchdiffeq") as blowup:
         LocallyRegularized(lambda t, y: y**2, backend="torchdiffeq")(
             torch.ones(1, dtype=torch.float64), [0, 2]
         )
+    # y' = y^2 from y(0) = 1 blows up at t = 1: the error names where the solve stopped.
+    assert blowup.value.t == pytest.approx(1.0, abs=0.05)
     with pytest.raises(ValueError, match=r"options: unknown keys \['bogus'\]"):
         LocallyRegularized(decay, backend="torchdiffeq", options={"bogus": 1})
     with pytest.raises(ValueError, match="unknown method 'tsit5'"):

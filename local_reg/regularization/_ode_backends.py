@@ -64,6 +64,8 @@ class _TorchdiffeqField(nn.Module):
         super().__init__()
         self.func = func
         self.calls = 0
+        self.last_t: Tensor | None = None
+        """The time of the last call: where a failed torchdiffeq solve stopped."""
         self.step_t: list[float] = []
         self.step_dt: list[float] = []
         self.step_states: list[Tensor] = []
@@ -73,6 +75,7 @@ class _TorchdiffeqField(nn.Module):
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         self.calls += 1
+        self.last_t = t
         return check_output("func", self.func(t, y), y)
 
     def _record(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
@@ -121,7 +124,8 @@ def solve_main(
         # torchdiffeq reports a failed solve (underflow in dt, max_num_steps exceeded, a non-finite
         # state) with assert: the library's contract is SolverError.
         reason = f"torchdiffeq: {error} (after {field.calls} evaluations of func)"
-        raise SolverError(reason, t=math.nan, n_steps=len(field.step_t)) from error
+        t_failed = math.nan if field.last_t is None else float(field.last_t.detach())
+        raise SolverError(reason, t=t_failed, n_steps=len(field.step_t)) from error
     nfe = field.calls
 
     def backward_counter() -> int | None:
