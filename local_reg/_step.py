@@ -433,7 +433,8 @@ class RKStepper(Stepper[Tensor | None]):
 
     def next_carry(self, result: StepResult, accepted: bool, carry: Tensor | None) -> Tensor | None:
         if not accepted:
-            return carry
+            # The retry starts from the same (t, y): its first stage is this attempt's.
+            return result.stages[0]
         if self.tableau.fsal:
             return result.stages[-1]
         # Dense output may already have evaluated f(t + dt, y1): the next step's first stage.

@@ -406,3 +406,24 @@ def test_any_time_grid_is_hit_and_accurate(gaps, start, backward):
     distance = ((ts - start)[1:, None] - ends[None, :]).abs().min(dim=1).values
     assert (distance <= 4 * torch.finfo(torch.float64).eps * (ts - start).abs().max().clamp(min=1)).all()
     assert (solution.ys - rotation_decay_exact(ts - start, y0)).abs().max() < 1e-7
+
+
+@pytest.mark.parametrize("method", [m for m, t in TABLEAUS.items() if t.error_weights is not None])
+def test_a_rejected_step_is_retried_without_evaluating_its_first_stage_again(method):
+    """The retry of a rejected step starts from the same (t, y): f there is evaluated once."""
+    from local_reg._integrate import StepCallbacks
+
+    calls, rejected = [], []
+
+    def field(t, y):
+        calls.append((float(t), y.clone()))
+        return van_der_pol(t, y)
+
+    callbacks = StepCallbacks(reject=lambda t0, y0, dt: rejected.append((t0, y0.clone())))
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    solution = odeint(
+        field, y0, [0.0, 6.0], method=method, rtol=1e-6, atol=1e-8, first_step=2.0, callbacks=callbacks
+    )
+    assert rejected and solution.stats.nfe == len(calls)
+    for t0, y_start in rejected:
+        assert sum(t == t0 and torch.equal(y, y_start) for t, y in calls) == 1
