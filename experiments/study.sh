@@ -6,7 +6,7 @@
 #                                   digits_adaptive, spiral_weight, ratio_tune, ratio,
 #                                   ratio_every, ratio_reference, ratio_tasks, ratio_targets,
 #                                   ratio_mnist_tight, ratio_field, ratio_field2, defaults,
-#                                   defaults_mnist_tight, field_probe, field_every
+#                                   defaults_mnist_tight, field_probe, field_every, synthetic
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -190,6 +190,12 @@ case "${1:-}" in
         done
         variant digits results/study-ratio-digits-tight $probe error-dt "$field" "${tight[@]}"
         ;;
+    synthetic)  # a task added after the default was chosen: vanilla, the library's default, the paper's procedure
+        vanilla synthetic results/study-synthetic
+        $LR experiment synthetic --methods local-random "${COMMON[@]}" --out results/study-synthetic \
+            --set weights.local-random=default
+        $LR experiment synthetic --methods local-random "${COMMON[@]}" --out results/study-synthetic
+        ;;
     defaults | defaults_mnist_tight)  # LocallyRegularized's own default weight and probe (the weight spec "default")
         default=(--set weights.local-random=default)
         tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
@@ -207,7 +213,7 @@ case "${1:-}" in
         fi
         ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic" >&2
         exit 2
         ;;
 esac

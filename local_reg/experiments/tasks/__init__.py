@@ -46,7 +46,7 @@ from .mnist import MnistTask
 from .nsde_digits import NSDEDigitsTask
 from .spiral import SpiralTask
 from .spiral_sde import SpiralSDETask
-from .tabular import TabularTask
+from .tabular import SyntheticTask, TabularTask
 
 REGISTRY: dict[str, Task] = {
     "digits": DigitsTask(),
@@ -56,6 +56,7 @@ REGISTRY: dict[str, Task] = {
     "nsde_digits": NSDEDigitsTask(),
     "spiral_sde": SpiralSDETask(),
     "tabular": TabularTask(),
+    "synthetic": SyntheticTask(),
 }
 
 __all__ = ["REGISTRY", "Batch", "ModelContext", "Task", "TaskData"]
