@@ -107,7 +107,8 @@ def combine(
             continue
         if isinstance(dt, Tensor):
             term = stage * (dt * coefficient)
-            out = term if base is None and out is None else (base if out is None else out) + term
+            previous = base if out is None else out
+            out = term if previous is None else previous + term
         elif out is not None:
             out.add_(stage, alpha=dt * coefficient)
         elif base is None:
@@ -411,7 +412,9 @@ class RKStepper(Stepper[Tensor | None]):
         )
 
     def error_check(self, result: StepResult) -> Tensor:
-        return super().error_check(result) if result.error_check is None else result.error_check
+        if result.error_check is not None:  # computed in the compiled step's graph
+            return result.error_check
+        return checked_error(result.error_estimate, result.y1)
 
     def dense_stages(self, result: StepResult, t_next: float, stats: Stats) -> tuple[Tensor, ...]:
         """The stages the interpolant combines: the step's, and ``f(t_next, y1)`` for a pair that is
