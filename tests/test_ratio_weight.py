@@ -188,7 +188,7 @@ def test_negative_norms_are_refused():
 
 
 def test_cli_weight_spec():
-    schedule = weight_schedule({"ratio": 0.3, "every": 5, "w_max": 10.0}, 100)
+    schedule = weight_schedule({"ratio": 0.3, "every": 5, "w_max": 10.0}, 100, "local-random")
     assert isinstance(schedule, RatioWeight)
     assert (schedule.target_ratio, schedule.every, schedule.w_max) == (0.3, 5, 10.0)
     assert weight_text({"ratio": 0.3, "every": 5}) == "ratio 0.3 (every=5)"

@@ -225,7 +225,7 @@ def test_cli_settings_for_the_study():
     assert vanilla.run_id == RunSpec("digits", "vanilla", 0, "tiny").run_id
     with pytest.raises(ValueError, match="local.nope"):
         RunSpec("digits", "local-random", 0, "tiny", overrides={"local.nope": 1}).settings()
-    adaptive = weight_schedule({"adaptive": 2.0, "loss_rise": 0.1}, 10)
+    adaptive = weight_schedule({"adaptive": 2.0, "loss_rise": 0.1}, 10, "local-random")
     assert isinstance(adaptive, AdaptiveWeight) and adaptive() == 2.0 and adaptive.loss_rise == 0.1
     assert weight_text({"adaptive": 2.0, "loss_rise": 0.1}) == "adaptive 2 (loss_rise=0.1)"
 

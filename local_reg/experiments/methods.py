@@ -97,9 +97,7 @@ DEFAULT_WEIGHT = "default"
 no probe: the self-tuning ratio weight over the vector field's parameters, the default probe)."""
 
 
-def weight_schedule(
-    spec: WeightSpec, total_iterations: int, method: str = "local-random"
-) -> WeightSchedule | None:
+def weight_schedule(spec: WeightSpec, total_iterations: int, method: str) -> WeightSchedule | None:
     """The schedule of ``method``'s weight spec; a decay runs over the run's ``total_iterations``;
     ``None`` for :data:`DEFAULT_WEIGHT` (local regularization's own default; other methods have none)."""
     if spec == DEFAULT_WEIGHT:

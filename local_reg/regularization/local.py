@@ -94,9 +94,8 @@ class LocallyRegularized(Regularized):
     ``1/(p+1)`` (``probe="initial-hairer"``). This is the setting of docs/results.md's study that
     kept the test accuracy within 0.8 points and the test loss within 10% of vanilla's on all its
     tasks while cutting the test NFE by 0-46%; it does not reach the paper's 0.56-0.73x on every
-    task. A field without
-    trainable parameters (nothing to normalize) gets the constant weight 1. The paper's exact
-    procedure, with its fixed weights: :meth:`paper`.
+    task. A field without trainable parameters (nothing to normalize) gets the constant weight 1.
+    The paper's exact procedure, with its fixed weights: :meth:`paper`.
 
     Args:
         sampling: ``"random"`` (unbiased, the paper's default): ``t_reg ~ U[t0, t1)``; the main solve
