@@ -14,6 +14,8 @@ held at the edge of the explicit method's stability region (Hairer--Wanner II, I
 stability-limited step keeps ``|dt| * rho`` near the boundary, about 1 on this scale, while
 accuracy would allow much longer steps)."""
 RECENT_STEPS = 20
+SETTINGS_HINT = "(raise max_steps, or loosen rtol/atol)"
+"""What a ``max_steps`` failure suggests when the problem does not look stiff."""
 
 
 def stiffness_ratio(log: Any, stability_size: float | None) -> float | None:
@@ -42,7 +44,7 @@ def explain_failure(error: SolverError, log: Any, options: Any, non_finite: str 
                 "(raise max_steps, or reduce the stiffness, e.g. with regularizer='stiffness')"
             )
         else:
-            reason += " (raise max_steps, or loosen rtol/atol)"
+            reason += f" {SETTINGS_HINT}"
     elif non_finite is not None:
         reason = f"{non_finite}: every trial step was non-finite, down to a {reason}"
     return SolverError(reason, t=error.t, n_steps=error.n_steps)

@@ -12,6 +12,7 @@ import torch
 
 import local_reg
 from local_reg import (
+    BacksolveAdjoint,
     GloballyRegularized,
     LocallyRegularized,
     SolverError,
@@ -432,6 +433,19 @@ def test_max_steps_on_a_non_stiff_problem_gives_no_stiffness_hint():
     with pytest.raises(SolverError, match="max_steps=10 exceeded") as info:
         odeint(rotation, torch.tensor([1.0, 0.0], dtype=torch.float64), [0.0, 100.0], max_steps=10)
     assert "stiff" not in str(info.value)
+
+
+def test_a_failing_adjoint_backward_solve_names_that_solve_and_its_settings():
+    """The backsolve adjoint's backward solve has its own tolerances and ``max_steps``: a failure
+    there says so, rather than pointing at the forward solve's settings, which succeeded."""
+    func = Decay()
+    y0 = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    gradient = BacksolveAdjoint(rtol=1e-10, atol=1e-10, max_steps=5)
+    ys = odeint(func, y0, [0.0, 1.0, 2.0], method="heun_euler", gradient=gradient).ys
+    with pytest.raises(SolverError, match=r"backsolve adjoint, backward solve from t=2\.0 to t=1\.0") as info:
+        ys.sum().backward()
+    assert "max_steps=5 exceeded (raise BacksolveAdjoint(max_steps=...)" in str(info.value)
+    assert info.value.n_steps == 5 and 1.0 < info.value.t < 2.0
 
 
 # Devices -----------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
+from .._diagnose import SETTINGS_HINT
+from .._errors import SolverError
 from .._integrate import SolveOptions, integrate
 from .._step import RKStepper, StepResult, initial_step_size, rms_norm
 from .._validate import positive_float, positive_int, relative_tolerance
@@ -284,7 +286,21 @@ class BacksolveAdjoint(GraphFreeGradient):
         for end, start in reversed(list(pairwise(restarts))):
             # Restart from the forward output rather than the backsolved y: it is more accurate.
             state = torch.stack([ys[start], adjoint])
-            outputs, stats, _, _ = integrate(stepper, state, [times[start], times[end]], options)
+            try:
+                outputs, stats, _, _ = integrate(stepper, state, [times[start], times[end]], options)
+            except SolverError as error:
+                # The loop's hint names the forward solve's settings; this solve has its own.
+                reason = error.reason.replace(
+                    SETTINGS_HINT,
+                    "(raise BacksolveAdjoint(max_steps=...), "
+                    "or loosen its rtol/atol: adjoint_rtol/adjoint_atol)",
+                )
+                raise SolverError(
+                    f"backsolve adjoint, backward solve from t={times[start]!r} "
+                    f"to t={times[end]!r}: {reason}",
+                    t=error.t,
+                    n_steps=error.n_steps,
+                ) from None
             calls += stats.nfe
             adjoint = outputs[-1][1] + grad_ys[end]
         grad_params: list[Tensor | None] = list(parameter_views(stepper.parameter_gradient, solve.params))
