@@ -23,7 +23,8 @@ then carries the gradient to whatever ``g`` depends on, the event function's own
 included (torchdiffeq leaves those without a gradient). It costs, only when a gradient can flow, one
 evaluation of ``func`` and two of ``event_fn`` with a graph. The gradient w.r.t. ``t0`` uses
 ``dy(t)/dt0 = -(dy(t)/dy0) f(t0, y0)``: an identity on ``y0`` whose backward adds
-``-<dL/dy0, f(t0, y0)>`` to ``t0``.
+``-<dL/dy0, f(t0, y0)>`` to ``t0`` (:class:`local_reg.gradients._times.StartTime`, as for
+:func:`local_reg.odeint`'s times), ``f(t0, y0)`` evaluated then.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ._integrate import StepCallbacks
 from ._odeint import odeint
 from ._step import VectorField, time_tensor
 from ._tuple import TupleField, accepts_tuple_states
 from ._validate import checked_field, finite_float, validate_state
+from .gradients._times import StartTime
 from .solution import Solution, Stats
 
 EventFunction = Callable[[Tensor, Any], Tensor]
@@ -167,26 +168,20 @@ class EventLocator:
             )
 
 
-class _StartTime(torch.autograd.Function):
-    """``y0`` unchanged; its backward adds ``-<dL/dy0, f(t0, y0)>`` to ``t0`` (the solution at a
-    fixed later time moves by ``-(dy/dy0) f(t0, y0)`` when ``t0`` moves)."""
+class _InitialRate:
+    """``f(t0, y0)`` for the backward pass of :class:`StartTime`, counted in ``stats.nfe_backward``
+    of the event solve (set once the solve has run)."""
 
-    @staticmethod
-    def forward(ctx, func: VectorField, stats: list[Stats], t0: Tensor, y0: Tensor) -> Tensor:
-        ctx.func = func
-        ctx.stats = stats
-        ctx.save_for_backward(t0, y0)
-        return y0.view_as(y0)
+    def __init__(self, func: VectorField, t0: float, y0: Tensor) -> None:
+        self.func = func
+        self.t0 = t0
+        self.y0 = y0
+        self.stats: Stats | None = None
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y: Tensor):
-        t0, y0 = ctx.saved_tensors
-        f0 = ctx.func(time_tensor(float(t0), y0), y0)
-        for stats in ctx.stats:
-            stats.nfe_backward = (stats.nfe_backward or 0) + 1
-        grad_t0 = -(grad_y * f0).sum()
-        return None, None, grad_t0.to(dtype=t0.dtype, device=t0.device).reshape(t0.shape), grad_y
+    def __call__(self) -> Tensor:
+        f0 = self.func(time_tensor(self.t0, self.y0), self.y0)
+        self.stats.nfe_backward = (self.stats.nfe_backward or 0) + 1
+        return f0
 
 
 def _reroute(
@@ -316,14 +311,14 @@ def _solve_until_event(
         return replace(solution, ts=torch.stack([initial_t, initial_t]), ys=torch.stack([y0, y0]))
 
     start = y0
-    backward_stats: list[Stats] = []
+    initial_rate = _InitialRate(checked, t0_value, y0)
     if t0_tensor is not None and t0_tensor.requires_grad and torch.is_grad_enabled():
-        start = _StartTime.apply(checked, backward_stats, t0_tensor, y0)
+        start = StartTime.apply(initial_rate, t0_tensor, y0)
     # The second time only gives the direction; it must differ from t0 in floating point.
     t1 = t0_value + (-1.0 if reverse_time else 1.0) * max(1.0, abs(t0_value))
     stop = replace(callbacks, stop=EventLocator(event))
     solution = odeint(func, start, [t0_value, t1], callbacks=stop, **odeint_kwargs)
-    backward_stats.append(solution.stats)
+    initial_rate.stats = solution.stats
     event_t, y_event, nfe = _reroute(event, checked, solution.steps.stop_time, solution.ys[-1], t_dtype)
     solution.stats.nfe += nfe
     return replace(solution, ts=torch.stack([initial_t, event_t]), ys=torch.stack([y0, y_event]))

@@ -18,15 +18,15 @@ error. See docs/gradients.md.
 - ``dL/dt_i`` (and the ``+<v_0, f_0>`` of ``t0``): :class:`_OutputTimes`, an identity on ``ys``
   whose backward evaluates ``f_i`` lazily, only for outputs with a nonzero cotangent, without a graph
   (counted in ``stats.nfe_backward``); the forward costs no evaluation.
-- ``-<dL/dy0, f_0>``: :class:`_StartTime`, an identity on ``y0`` placed before the solve, whose
+- ``-<dL/dy0, f_0>``: :class:`StartTime`, an identity on ``y0`` placed before the solve, whose
   backward receives ``dL/dy0`` from the method's own backward pass. ``f_0`` is the solve's first
-  evaluation, taken at the output of :class:`_StartTime` so that ``"direct"``'s first stage is on
-  the same path.
+  evaluation, taken at the output of :class:`StartTime` so that ``"direct"``'s first stage is on
+  the same path. :func:`local_reg.odeint_event` differentiates its ``t0`` by the same identity.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -49,7 +49,11 @@ class TimeGradient:
 
     def start(self, y0: Tensor) -> Tensor:
         """``y0`` (same value) to start the solve from; ``f0`` is set by :meth:`outputs`."""
-        return _StartTime.apply(self, self.t, y0)
+        return StartTime.apply(self.initial_rate, self.t, y0)
+
+    def initial_rate(self) -> Tensor:
+        """``f0``, set by :meth:`outputs` before any backward pass asks for it."""
+        return self.f0
 
     def outputs(self, ys: Tensor, f0: Tensor, stats: Stats) -> Tensor:
         """``ys`` (same values), differentiable w.r.t. ``t``; ``f0 = func(t[0], y0)``."""
@@ -65,19 +69,24 @@ class TimeGradient:
         return grad
 
 
-class _StartTime(torch.autograd.Function):
-    """Identity on ``y0``; backward: ``dL/dt0 = -<g, f0>`` (``g``: ``y0``'s cotangent)."""
+class StartTime(torch.autograd.Function):
+    """Identity on ``y0``, the state at ``t0``, the first entry of the times ``t``; backward:
+    ``dL/dt0 = -<g, f0>`` (``g``: ``y0``'s cotangent) in ``t``'s cotangent, ``f0 = f(t0, y0)`` from
+    ``initial_rate()``, called only then."""
 
     @staticmethod
-    def forward(ctx, timing: TimeGradient, t: Tensor, y0: Tensor) -> Tensor:
-        ctx.timing = timing
+    def forward(ctx, initial_rate: Callable[[], Tensor], t: Tensor, y0: Tensor) -> Tensor:
+        ctx.initial_rate = initial_rate
+        ctx.t_layout = t.shape, t.dtype, t.device
         return y0.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y0: Tensor):
-        timing: TimeGradient = ctx.timing
-        return None, timing.cotangent({0: -(grad_y0 * timing.f0).sum()}), grad_y0
+        shape, dtype, device = ctx.t_layout
+        grad_t = torch.zeros(shape, dtype=dtype, device=device)
+        grad_t.view(-1)[0] = -(grad_y0 * ctx.initial_rate()).sum()
+        return None, grad_t, grad_y0
 
 
 class _OutputTimes(torch.autograd.Function):

@@ -43,6 +43,8 @@ seventh, are covered). Steps without outputs inside keep the scaled form.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -62,6 +64,28 @@ from ._function import (
 def stages_entering_solution(tableau: ButcherTableau) -> int:
     """The number of leading stages ``y_{n+1}`` depends on: up to the last one with ``b_i != 0``."""
     return 1 + max(i for i, b_i in enumerate(tableau.b) if b_i != 0.0)
+
+
+def stage_states_without_graph(
+    func: CountingField,
+    y: Tensor,
+    h: float,
+    rows: Sequence[Sequence[float]],
+    stage_times: list[float],
+    time_dtype: torch.dtype | None,
+) -> list[Tensor]:
+    """The stage states ``Y_i = y + h sum_{j<i} rows[i][j] k_j``, ``k_j = f(stage_times[j], Y_j)``, of
+    the step from ``y``, one per stage time, evaluated without a graph. The last stage's derivative
+    is only needed with a graph, so it is not evaluated here."""
+    with torch.no_grad():
+        stage_states = [y]
+        stage_derivatives: list[Tensor] = []
+        for i in range(1, len(stage_times)):
+            stage_derivatives.append(
+                func(time_tensor(stage_times[i - 1], y, time_dtype), stage_states[i - 1])
+            )
+            stage_states.append(combine(y, h, rows[i][:i], stage_derivatives))
+    return stage_states
 
 
 class Symplectic(StepwiseGradient):
@@ -90,16 +114,8 @@ class Symplectic(StepwiseGradient):
         b_tilde = [b_i if b_i != 0.0 else h for b_i in b]
         stage_times = [t + c_i * h for c_i in tableau.c[:n_stages]]
 
-        # 1. Stage states without a graph. The last stage's derivative is only needed with a graph.
-        with torch.no_grad():
-            stage_states = [y]
-            stage_derivatives: list[Tensor] = []
-            for i in range(1, n_stages):
-                stage_derivatives.append(
-                    func(time_tensor(stage_times[i - 1], y, time_dtype), stage_states[i - 1])
-                )
-                stage_states.append(combine(y, h, tableau.a[i], stage_derivatives))
-            del stage_derivatives
+        # 1. Stage states without a graph.
+        stage_states = stage_states_without_graph(func, y, h, tableau.a, stage_times, time_dtype)
 
         # 2. The partner scheme in reverse stage order, one vector--Jacobian product per stage.
         partner_stages: list[Tensor | None] = [None] * n_stages  # l_i
@@ -152,15 +168,7 @@ def step_backward_with_outputs(
     n_stages = 1 + max(i for i, u in enumerate(used) if u)
     stage_times = [t + c_i * h for c_i in c[:n_stages]]
 
-    with torch.no_grad():
-        stage_states = [y]
-        stage_derivatives: list[Tensor] = []
-        for i in range(1, n_stages):
-            stage_derivatives.append(
-                func(time_tensor(stage_times[i - 1], y, time_dtype), stage_states[i - 1])
-            )
-            stage_states.append(combine(y, h, rows[i][:i], stage_derivatives))
-        del stage_derivatives
+    stage_states = stage_states_without_graph(func, y, h, rows, stage_times, time_dtype)
 
     state_cotangents: list[Tensor | None] = [None] * n_stages  # mu_i
     for i in reversed(range(n_stages)):
