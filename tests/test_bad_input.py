@@ -112,6 +112,23 @@ def test_func_output_is_checked_on_every_call(bad, error, match):
         odeint(fails_after(5, decay, bad), torch.ones(3), [0.0, 1.0])
 
 
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        # torch.cat would cast these parts to the state's dtype: a silently wrong solution.
+        (lambda t, y: (-y[0].float(), -y[1]), TypeError, r"func's output\[0\] has dtype torch.float32"),
+        (lambda t, y: (-y[0], torch.zeros(3, dtype=torch.long)), TypeError, r"output\[1\] has dtype"),
+        (lambda t, y: (1.0, -y[1]), TypeError, r"func's output\[0\] must be a torch.Tensor, got float"),
+        (lambda t, y: None, TypeError, "func must return a tuple of 2 tensors for a tuple y0, got NoneType"),
+        (lambda t, y: (-y[0][:1], -y[1]), ValueError, r"output\[0\] must have the shape of y0\[0\] \(2,\)"),
+    ],
+)
+def test_a_tuple_states_func_output_is_checked_part_by_part(bad, error, match):
+    y0 = (torch.ones(2, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    with pytest.raises(error, match=match):
+        odeint(fails_after(5, lambda t, y: (-y[0], -y[1]), bad), y0, [0.0, 1.0])
+
+
 def test_the_check_leaves_values_and_call_counts_unchanged():
     calls = {"n": 0}
 
