@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import local_reg
+import local_reg.compat
 from local_reg import (
     GloballyRegularized,
     LocallyRegularized,
@@ -262,6 +263,38 @@ def test_numpy_times_are_accepted_like_a_tensor():
         odeint(decay, y0, np.zeros((2, 2)))
     with pytest.raises(TypeError, match="t must be a real array"):
         odeint(decay, y0, np.array(["0", "1"]))
+
+
+# Tolerances and counts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solve", [odeint, local_reg.compat.odeint])
+def test_per_element_tolerances_are_refused_naming_the_argument(solve):
+    y0 = torch.ones(2, dtype=torch.float64)
+    per_element = torch.tensor([1e-3, 1e-4], dtype=torch.float64)
+    for name in ("rtol", "atol"):
+        with pytest.raises(
+            TypeError, match=rf"{name} must be a positive float: one real number.*shape \(2,\)"
+        ):
+            solve(decay, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), **{name: per_element})
+
+
+@pytest.mark.parametrize("solve", [odeint, local_reg.compat.odeint])
+def test_numpy_scalars_and_0_dim_tensors_are_numbers(solve):
+    """torchdiffeq takes tolerances as tensors; numpy's scalars are real numbers too."""
+    y0 = torch.ones(2, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    reference = solve(decay, y0, t, rtol=1e-4, atol=1e-6)
+    reference = getattr(reference, "ys", reference)
+    for rtol, atol in (
+        (np.float32(1e-4), np.float64(1e-6)),
+        (torch.tensor(1e-4, dtype=torch.float64), torch.tensor(1e-6, dtype=torch.float64)),
+    ):
+        ys = solve(decay, y0, t, rtol=rtol, atol=atol)
+        # np.float32(1e-4) is not exactly 1e-4: equal within the tolerance, not bit for bit.
+        assert torch.allclose(getattr(ys, "ys", ys), reference, rtol=1e-6, atol=0)
+    with pytest.raises(local_reg.SolverError, match="max_steps=2 exceeded"):
+        odeint(decay, y0, t, max_steps=np.int64(2))
 
 
 # The public step ---------------------------------------------------------------------------------
