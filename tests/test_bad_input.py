@@ -445,6 +445,12 @@ def test_a_non_callable_func_is_refused_at_construction(cls):
         cls(42)
 
 
+@pytest.mark.parametrize("penalty", ["local", local_reg.LocalPenalty, 1.0])
+def test_a_penalty_that_is_not_a_penalty_object_is_refused_naming_it(penalty):
+    with pytest.raises(TypeError, match="penalty must be a penalty object such as LocalPenalty()"):
+        local_reg.Regularized(Decay(), penalty)
+
+
 def test_sde_models_check_method_and_options_at_construction():
     with pytest.raises(ValueError, match="unknown method"):
         LocallyRegularized(DiagonalSDE(), method="milstein")
