@@ -56,6 +56,12 @@ def relative_tolerance(name: str, value: object) -> float:
     return 0.0 if real_number(name, value, "a positive float") == 0 else positive_float(name, value)
 
 
+def check_generator(generator: object) -> None:
+    """``TypeError`` unless ``generator`` is a ``torch.Generator`` or ``None``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
 def positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")

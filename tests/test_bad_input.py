@@ -155,6 +155,11 @@ def test_func_is_checked_in_the_backward_pass_too(gradient):
         solution.ys[-1].sum().backward()
 
 
+def test_sdeint_refuses_a_generator_that_is_not_one():
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        sdeint(DiagonalSDE(), torch.ones(2, 3, dtype=torch.float64), [0.0, 1.0], generator=0)
+
+
 def test_sdeint_checks_drift_diffusion_and_brownian_increments_on_every_call():
     y0 = torch.ones(2, 3)
     later_float64 = DiagonalSDE(f=fails_after(3, lambda t, y: -y, lambda t, y: (-y).double()))

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .._tuple import TupleField, TupleState
-from .._validate import check_choice
+from .._validate import check_choice, check_generator
 from ..sde.problem import is_sde
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
@@ -322,8 +322,7 @@ class Regularized(nn.Module):
                     f"got {penalty!r}"
                 )
             penalty.check(self.problem)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        check_generator(generator)
         self.func = func
         self.penalty = penalty
         self.weight = as_schedule(weight)
