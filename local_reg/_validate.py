@@ -132,11 +132,16 @@ def validate_state(y0: object, name: str = "y0") -> Tensor:
     if not isinstance(y0, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(y0).__name__}")
     if y0.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"{name} must have a floating dtype (float32 or float64), got {y0.dtype}: half precision "
-            "cannot resolve the solver's tolerances; integrate in float32 (y0.float() and a float32 "
-            "func) and cast back"
-        )
+        if y0.dtype in (torch.float16, torch.bfloat16):
+            hint = (
+                "half precision cannot resolve the solver's tolerances; integrate in float32 (y0.float() "
+                "and a float32 func) and cast back"
+            )
+        elif y0.is_complex():
+            hint = "complex states are not supported; solve torch.view_as_real(y0) as a real state"
+        else:
+            hint = f"convert it, e.g. {name}.float()"
+        raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {y0.dtype}: {hint}")
     return y0
 
 

@@ -86,6 +86,16 @@ def test_half_precision_is_refused_naming_the_supported_dtypes(dtype):
             call()
 
 
+@pytest.mark.parametrize(
+    ("dtype", "hint"),
+    [(torch.int64, r"convert it, e.g. y0.float\(\)"), (torch.complex128, "complex states are not supported")],
+)
+def test_an_integer_or_complex_y0_is_refused_with_its_own_hint(dtype, hint):
+    match = rf"y0 must have a floating dtype \(float32 or float64\), got {dtype}: {hint}"
+    with pytest.raises(TypeError, match=match):
+        odeint(decay, torch.ones(2, dtype=dtype), [0.0, 1.0])
+
+
 def test_float32_as_the_docs_advise_agrees_with_float64_and_the_exact_solution():
     """The advice for half-precision users (integrate in float32, cast back) is accurate: the
     issue's bfloat16 solve returned 1.0 instead of exp(-1)."""
