@@ -180,6 +180,23 @@ class CheckedField:
         return check_output(self.name, self.func(t, y), y)
 
 
+class CheckedNorm:
+    """A caller's ``norm(scaled_error)`` with its output checked on every call, as
+    :class:`CheckedField` checks ``func``'s: a Python float or a tensor of several values would
+    otherwise fail deep in the step-size control. Metadata only; the value is ``norm``'s own."""
+
+    def __init__(self, norm: Callable[[Tensor], Tensor]) -> None:
+        self.norm = norm
+
+    def __call__(self, scaled_error: Tensor) -> Tensor:
+        value = self.norm(scaled_error)
+        if not isinstance(value, Tensor):
+            raise TypeError(f"norm must return a 0-dim tensor, got {type(value).__name__}")
+        if value.numel() != 1:
+            raise ValueError(f"norm must return a 0-dim tensor, got shape {tuple(value.shape)}")
+        return value
+
+
 def checked_field(func: Callable[[Tensor, Tensor], Tensor]) -> CheckedField:
     """``func`` wrapped in a :class:`CheckedField` (once)."""
     return func if isinstance(func, CheckedField) else CheckedField(func)
@@ -241,7 +258,7 @@ def solve_options(
     if callbacks is not None and not isinstance(callbacks, StepCallbacks):
         raise TypeError(f"callbacks must be a StepCallbacks, got {type(callbacks).__name__}")
     return SolveOptions(
-        norm=rms_norm if norm is None else norm,
+        norm=rms_norm if norm is None else CheckedNorm(norm),
         callbacks=callbacks or StepCallbacks(),
         rtol=rtol,
         atol=atol,
