@@ -4,6 +4,7 @@ span through the method's interpolant (:mod:`local_reg.interpolants`)."""
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -19,12 +20,14 @@ class DenseOutput:
 
     Attributes:
         interpolant: the method's dense output.
+        t0: where the solve starts (the whole span of a solve of one output time, which takes no step).
         t, dt: start time and signed size of each accepted step.
         states: the state at each step start, and the final state last.
         stages: the stages the interpolant combines, per step.
     """
 
     interpolant: Interpolant
+    t0: float
     t: list[float] = field(default_factory=list)
     dt: list[float] = field(default_factory=list)
     states: list[Tensor] = field(default_factory=list)
@@ -65,7 +68,14 @@ class DenseOutput:
             raise TypeError(f"t must be a float or a tensor of times, got {type(t).__name__}")
         else:
             values = [float(t)]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("t must be finite")
+        if not values:
+            return self.states[0].new_empty((0, *self.states[0].shape))
         if not self.t:
+            for v in values:
+                if v != self.t0:
+                    raise ValueError(f"t={v} is outside the solved span [{self.t0}, {self.t0}]")
             out = torch.stack([self.states[0] for _ in values])
         else:
             located = [self._locate(v) for v in values]

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._errors import SolverError
 from ._integrate import StepCallbacks
 from ._odeint import odeint
 from ._step import VectorField, time_tensor
@@ -317,7 +318,14 @@ def _solve_until_event(
     # The second time only gives the direction; it must differ from t0 in floating point.
     t1 = t0_value + (-1.0 if reverse_time else 1.0) * max(1.0, abs(t0_value))
     stop = replace(callbacks, stop=EventLocator(event))
-    solution = odeint(func, start, [t0_value, t1], callbacks=stop, **odeint_kwargs)
+    try:
+        solution = odeint(func, start, [t0_value, t1], callbacks=stop, **odeint_kwargs)
+    except SolverError as error:
+        if not error.reason.startswith("max_steps"):
+            raise
+        # The likeliest cause is an event that never happens, which the loop cannot tell apart.
+        reason = f"event_fn did not change sign within max_steps: {error.reason}"
+        raise SolverError(reason, t=error.t, n_steps=error.n_steps) from None
     initial_rate.stats = solution.stats
     event_t, y_event, nfe = _reroute(event, checked, solution.steps.stop_time, solution.ys[-1], t_dtype)
     solution.stats.nfe += nfe

@@ -205,7 +205,7 @@ def integrate(
     stats = Stats()
     log = StepLog(states=[] if record_states else None)
     if options.dense:
-        log.dense = DenseOutput(stepper.interpolant)
+        log.dense = DenseOutput(stepper.interpolant, times[0])
     direction = 1.0 if len(times) < 2 or times[-1] > times[0] else -1.0
     stop = options.callbacks.stop
     if stop is not None and (len(times) != 2 or options.dense):

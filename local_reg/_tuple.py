@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import torch
@@ -34,18 +34,30 @@ class TupleState:
                     f"the tensors of a tuple y0 must share one dtype and device: y0[0] is {first.dtype} on "
                     f"{first.device}, y0[{index}] is {part.dtype} on {part.device}"
                 )
+        self.dtype = first.dtype
+        self.device = first.device
         self.shapes = [part.shape for part in y0]
         self.sizes = [math.prod(shape) for shape in self.shapes]
 
     def flatten(self, parts: tuple, what: str = "y0") -> Tensor:
+        """One flat tensor of ``parts``, each checked against ``y0``'s: ``torch.cat`` would silently
+        promote a part of another dtype (or cast an integer one) to the state's."""
         if not isinstance(parts, tuple) or len(parts) != len(self.shapes):
             raise TypeError(f"{what} must be a tuple of {len(self.shapes)} tensors, like y0")
         for index, (part, shape) in enumerate(zip(parts, self.shapes, strict=True)):
-            if not isinstance(part, Tensor) or part.shape != shape:
-                got = type(part).__name__ if not isinstance(part, Tensor) else tuple(part.shape)
-                raise ValueError(
-                    f"{what}[{index}] must have the shape of y0[{index}] {tuple(shape)}, got {got}"
+            if not isinstance(part, Tensor):
+                raise TypeError(f"{what}[{index}] must be a torch.Tensor, got {type(part).__name__}")
+            if part.dtype != self.dtype:
+                raise TypeError(
+                    f"{what}[{index}] has dtype {part.dtype}, expected the dtype of y0 {self.dtype}"
                 )
+            if part.shape != shape:
+                expected = tuple(shape)
+                raise ValueError(
+                    f"{what}[{index}] must have the shape of y0[{index}] {expected}, got {tuple(part.shape)}"
+                )
+            if part.device != self.device:
+                raise ValueError(f"{what}[{index}] is on {part.device}, expected y0's device {self.device}")
         return torch.cat([part.reshape(-1) for part in parts])
 
     def unflatten(self, flat: Tensor) -> tuple[Tensor, ...]:
@@ -67,7 +79,13 @@ class TupleField(nn.Module):
         self.state = state
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.state.flatten(tuple(self.func(t, self.state.unflatten(y))), "func's output")
+        output = self.func(t, self.state.unflatten(y))
+        if not isinstance(output, Iterable):
+            raise TypeError(
+                f"func must return a tuple of {len(self.state.shapes)} tensors for a tuple y0, got "
+                f"{type(output).__name__}"
+            )
+        return self.state.flatten(tuple(output), "func's output")
 
 
 def accepts_tuple_states(solve: Callable) -> Callable:

@@ -27,24 +27,45 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     return value
 
 
+def real_number(name: str, value: object, expected: str) -> float:
+    """``value`` as a float: a real number (numpy's scalars included) or a 0-dim real tensor (as
+    torchdiffeq takes its tolerances); anything else, a tensor of several values (per-element
+    tolerances) too, is a ``TypeError`` naming ``name``."""
+    if isinstance(value, Tensor):
+        if value.dim() != 0 or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(
+                f"{name} must be {expected}: one real number (a float or a 0-dim tensor), got a "
+                f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+            )
+        return float(value.detach())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    return float(value)
+
+
 def positive_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive float, got {type(value).__name__}")
+    value = real_number(name, value, "a positive float")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be positive and finite, got {value}")
-    return float(value)
+    return value
 
 
 def relative_tolerance(name: str, value: object) -> float:
     """``value`` as a relative tolerance: positive and finite, or 0 (a pure absolute tolerance, as
     in torchdiffeq; the absolute tolerance beside it must then be positive)."""
-    return 0.0 if value == 0 and not isinstance(value, bool) else positive_float(name, value)
+    return 0.0 if real_number(name, value, "a positive float") == 0 else positive_float(name, value)
+
+
+def check_generator(generator: object) -> None:
+    """``TypeError`` unless ``generator`` is a ``torch.Generator`` or ``None``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
+    return int(value)
 
 
 def _time_value(value: object) -> float:
@@ -111,11 +132,16 @@ def validate_state(y0: object, name: str = "y0") -> Tensor:
     if not isinstance(y0, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(y0).__name__}")
     if y0.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"{name} must have a floating dtype (float32 or float64), got {y0.dtype}: half precision "
-            "cannot resolve the solver's tolerances; integrate in float32 (y0.float() and a float32 "
-            "func) and cast back"
-        )
+        if y0.dtype in (torch.float16, torch.bfloat16):
+            hint = (
+                "half precision cannot resolve the solver's tolerances; integrate in float32 (y0.float() "
+                "and a float32 func) and cast back"
+            )
+        elif y0.is_complex():
+            hint = "complex states are not supported; solve torch.view_as_real(y0) as a real state"
+        else:
+            hint = f"convert it, e.g. {name}.float()"
+        raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {y0.dtype}: {hint}")
     return y0
 
 
@@ -154,6 +180,23 @@ class CheckedField:
         return check_output(self.name, self.func(t, y), y)
 
 
+class CheckedNorm:
+    """A caller's ``norm(scaled_error)`` with its output checked on every call, as
+    :class:`CheckedField` checks ``func``'s: a Python float or a tensor of several values would
+    otherwise fail deep in the step-size control. Metadata only; the value is ``norm``'s own."""
+
+    def __init__(self, norm: Callable[[Tensor], Tensor]) -> None:
+        self.norm = norm
+
+    def __call__(self, scaled_error: Tensor) -> Tensor:
+        value = self.norm(scaled_error)
+        if not isinstance(value, Tensor):
+            raise TypeError(f"norm must return a 0-dim tensor, got {type(value).__name__}")
+        if value.numel() != 1:
+            raise ValueError(f"norm must return a 0-dim tensor, got shape {tuple(value.shape)}")
+        return value
+
+
 def checked_field(func: Callable[[Tensor, Tensor], Tensor]) -> CheckedField:
     """``func`` wrapped in a :class:`CheckedField` (once)."""
     return func if isinstance(func, CheckedField) else CheckedField(func)
@@ -175,17 +218,10 @@ def compile_options(compile: object) -> dict[str, Any] | None:
 
 def finite_float(name: str, value: object) -> float:
     """``value`` (a real number or a 0-dim real tensor) as a finite float."""
-    if (
-        isinstance(value, Tensor)
-        and value.dim() == 0
-        and not (value.is_complex() or value.dtype == torch.bool)
-    ):
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = real_number(name, value, "a float")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
+    return value
 
 
 def solve_options(
@@ -212,7 +248,7 @@ def solve_options(
         step_size = positive_float("step_size", step_size)
     elif tableau is not None and not tableau.adaptive:
         raise ValueError(f"method {tableau.name!r} is fixed-step: pass step_size")
-    positive_int("max_steps", max_steps)
+    max_steps = positive_int("max_steps", max_steps)
     if controller is not None and not isinstance(controller, PIController):
         raise TypeError(f"controller must be a PIController, got {type(controller).__name__}")
     if norm is not None and not callable(norm):
@@ -222,7 +258,7 @@ def solve_options(
     if callbacks is not None and not isinstance(callbacks, StepCallbacks):
         raise TypeError(f"callbacks must be a StepCallbacks, got {type(callbacks).__name__}")
     return SolveOptions(
-        norm=rms_norm if norm is None else norm,
+        norm=rms_norm if norm is None else CheckedNorm(norm),
         callbacks=callbacks or StepCallbacks(),
         rtol=rtol,
         atol=atol,

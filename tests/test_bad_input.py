@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import local_reg
+import local_reg.compat
 from local_reg import (
     BacksolveAdjoint,
     GloballyRegularized,
@@ -86,6 +87,16 @@ def test_half_precision_is_refused_naming_the_supported_dtypes(dtype):
             call()
 
 
+@pytest.mark.parametrize(
+    ("dtype", "hint"),
+    [(torch.int64, r"convert it, e.g. y0.float\(\)"), (torch.complex128, "complex states are not supported")],
+)
+def test_an_integer_or_complex_y0_is_refused_with_its_own_hint(dtype, hint):
+    match = rf"y0 must have a floating dtype \(float32 or float64\), got {dtype}: {hint}"
+    with pytest.raises(TypeError, match=match):
+        odeint(decay, torch.ones(2, dtype=dtype), [0.0, 1.0])
+
+
 def test_float32_as_the_docs_advise_agrees_with_float64_and_the_exact_solution():
     """The advice for half-precision users (integrate in float32, cast back) is accurate: the
     issue's bfloat16 solve returned 1.0 instead of exp(-1)."""
@@ -113,6 +124,23 @@ def test_func_output_is_checked_on_every_call(bad, error, match):
         odeint(fails_after(5, decay, bad), torch.ones(3), [0.0, 1.0])
 
 
+@pytest.mark.parametrize(
+    ("bad", "error", "match"),
+    [
+        # torch.cat would cast these parts to the state's dtype: a silently wrong solution.
+        (lambda t, y: (-y[0].float(), -y[1]), TypeError, r"func's output\[0\] has dtype torch.float32"),
+        (lambda t, y: (-y[0], torch.zeros(3, dtype=torch.long)), TypeError, r"output\[1\] has dtype"),
+        (lambda t, y: (1.0, -y[1]), TypeError, r"func's output\[0\] must be a torch.Tensor, got float"),
+        (lambda t, y: None, TypeError, "func must return a tuple of 2 tensors for a tuple y0, got NoneType"),
+        (lambda t, y: (-y[0][:1], -y[1]), ValueError, r"output\[0\] must have the shape of y0\[0\] \(2,\)"),
+    ],
+)
+def test_a_tuple_states_func_output_is_checked_part_by_part(bad, error, match):
+    y0 = (torch.ones(2, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    with pytest.raises(error, match=match):
+        odeint(fails_after(5, lambda t, y: (-y[0], -y[1]), bad), y0, [0.0, 1.0])
+
+
 def test_the_check_leaves_values_and_call_counts_unchanged():
     calls = {"n": 0}
 
@@ -136,6 +164,11 @@ def test_func_is_checked_in_the_backward_pass_too(gradient):
     solution = odeint(field, y0, [0.0, 1.0], gradient=gradient, adjoint_params=())
     with pytest.raises(TypeError, match="func returned dtype"):
         solution.ys[-1].sum().backward()
+
+
+def test_sdeint_refuses_a_generator_that_is_not_one():
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        sdeint(DiagonalSDE(), torch.ones(2, 3, dtype=torch.float64), [0.0, 1.0], generator=0)
 
 
 def test_sdeint_checks_drift_diffusion_and_brownian_increments_on_every_call():
@@ -246,6 +279,38 @@ def test_numpy_times_are_accepted_like_a_tensor():
         odeint(decay, y0, np.zeros((2, 2)))
     with pytest.raises(TypeError, match="t must be a real array"):
         odeint(decay, y0, np.array(["0", "1"]))
+
+
+# Tolerances and counts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solve", [odeint, local_reg.compat.odeint])
+def test_per_element_tolerances_are_refused_naming_the_argument(solve):
+    y0 = torch.ones(2, dtype=torch.float64)
+    per_element = torch.tensor([1e-3, 1e-4], dtype=torch.float64)
+    for name in ("rtol", "atol"):
+        with pytest.raises(
+            TypeError, match=rf"{name} must be a positive float: one real number.*shape \(2,\)"
+        ):
+            solve(decay, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), **{name: per_element})
+
+
+@pytest.mark.parametrize("solve", [odeint, local_reg.compat.odeint])
+def test_numpy_scalars_and_0_dim_tensors_are_numbers(solve):
+    """torchdiffeq takes tolerances as tensors; numpy's scalars are real numbers too."""
+    y0 = torch.ones(2, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    reference = solve(decay, y0, t, rtol=1e-4, atol=1e-6)
+    reference = getattr(reference, "ys", reference)
+    for rtol, atol in (
+        (np.float32(1e-4), np.float64(1e-6)),
+        (torch.tensor(1e-4, dtype=torch.float64), torch.tensor(1e-6, dtype=torch.float64)),
+    ):
+        ys = solve(decay, y0, t, rtol=rtol, atol=atol)
+        # np.float32(1e-4) is not exactly 1e-4: equal within the tolerance, not bit for bit.
+        assert torch.allclose(getattr(ys, "ys", ys), reference, rtol=1e-6, atol=0)
+    with pytest.raises(local_reg.SolverError, match="max_steps=2 exceeded"):
+        odeint(decay, y0, t, max_steps=np.int64(2))
 
 
 # The public step ---------------------------------------------------------------------------------
@@ -394,6 +459,12 @@ def test_regularized_models_check_everything_at_construction(cls, kwargs, error,
 def test_a_non_callable_func_is_refused_at_construction(cls):
     with pytest.raises(TypeError, match="func must be callable"):
         cls(42)
+
+
+@pytest.mark.parametrize("penalty", ["local", local_reg.LocalPenalty, 1.0])
+def test_a_penalty_that_is_not_a_penalty_object_is_refused_naming_it(penalty):
+    with pytest.raises(TypeError, match="penalty must be a penalty object such as LocalPenalty()"):
+        local_reg.Regularized(Decay(), penalty)
 
 
 def test_sde_models_check_method_and_options_at_construction():

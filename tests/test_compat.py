@@ -275,6 +275,11 @@ def test_core_norm_and_callbacks_are_checked():
     y0, t = y0_and_t()
     with pytest.raises(TypeError, match="norm must be callable"):
         local_reg.odeint(Linear(), y0, t, norm="max")
+    # Its output is checked: these failed deep in the step-size control.
+    with pytest.raises(TypeError, match="norm must return a 0-dim tensor, got float"):
+        local_reg.odeint(Linear(), y0, t, norm=lambda e: float(e.abs().max()))
+    with pytest.raises(ValueError, match=r"norm must return a 0-dim tensor, got shape \(2, 2\)"):
+        local_reg.odeint(Linear(), y0, t, norm=torch.abs)
     with pytest.raises(TypeError, match="callbacks must be a StepCallbacks"):
         local_reg.odeint(Linear(), y0, t, callbacks=print)
     accepted = []

@@ -311,6 +311,25 @@ def test_evaluate_needs_dense_and_stays_in_the_span():
     )
 
 
+def test_evaluate_refuses_non_finite_times_and_takes_an_empty_tensor():
+    y0 = torch.tensor([0.2, 0.4], dtype=DTYPE)
+    solution = odeint(logistic, y0, [0.0, 1.0], dense=True)
+    for bad in (math.nan, torch.tensor([0.5, math.nan], dtype=DTYPE), torch.tensor([math.inf], dtype=DTYPE)):
+        with pytest.raises(ValueError, match="t must be finite"):
+            solution.evaluate(bad)
+    empty = solution.evaluate(torch.tensor([], dtype=DTYPE))
+    assert empty.shape == (0, 2) and empty.dtype == DTYPE
+
+
+def test_evaluate_of_a_solve_of_one_time_is_y0_there_only():
+    y0 = torch.tensor([0.2, 0.4], dtype=DTYPE)
+    solution = odeint(logistic, y0, [0.5], dense=True)
+    assert torch.equal(solution.evaluate(0.5), y0)
+    assert torch.equal(solution.evaluate(torch.tensor([0.5, 0.5], dtype=DTYPE)), torch.stack([y0, y0]))
+    with pytest.raises(ValueError, match=r"t=1.0 is outside the solved span \[0.5, 0.5\]"):
+        solution.evaluate(1.0)
+
+
 @pytest.mark.parametrize("gradient", ["direct", "symplectic"])
 def test_local_regularization_reads_u_t_reg_from_the_interpolant_at_no_extra_step(gradient):
     from local_reg import local_regularization

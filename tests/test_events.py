@@ -291,7 +291,7 @@ def test_an_event_never_reached_raises_at_max_steps():
         return -y
 
     y0 = torch.ones(1)
-    with pytest.raises(SolverError, match="max_steps=200"):
+    with pytest.raises(SolverError, match="event_fn did not change sign within max_steps: max_steps=200"):
         odeint_event(decay, y0, 0.0, event_fn=lambda t, y: y[0] + 1.0, max_steps=200)
     # A constant solution has no error: its steps grow tenfold each until the time overflows.
     with pytest.raises(SolverError, match="time overflowed"):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .._validate import check_generator
 from ..solution import Solution, Stats
 from ._problems import ODEProblem
 from ._stats import RegularizationStats
@@ -52,8 +53,7 @@ def own_generator(generator: torch.Generator | None) -> torch.Generator:
     leaves the global stream alone (a model initializes exactly as the vanilla one of its seed)."""
     if generator is None:
         return torch.Generator().manual_seed((torch.initial_seed() + _SEED_OFFSET) % 2**63)
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    check_generator(generator)
     return generator
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .._tuple import TupleField, TupleState
-from .._validate import check_choice
+from .._validate import check_choice, check_generator
 from ..sde.problem import is_sde
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
@@ -315,9 +315,14 @@ class Regularized(nn.Module):
         config = SolveConfig(backend, method, rtol, atol, gradient, adjoint_params, options)
         self.problem = make_problem(func, config)
         if penalty is not None:
+            is_penalty = callable(penalty) and callable(getattr(penalty, "check", None))
+            if isinstance(penalty, type) or not is_penalty:
+                raise TypeError(
+                    "penalty must be a penalty object such as LocalPenalty() or GlobalPenalty(), or None, "
+                    f"got {penalty!r}"
+                )
             penalty.check(self.problem)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        check_generator(generator)
         self.func = func
         self.penalty = penalty
         self.weight = as_schedule(weight)

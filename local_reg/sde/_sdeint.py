@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .._integrate import integrate
 from .._step import time_tensor
-from .._validate import solve_options
+from .._validate import check_generator, solve_options
 from ..controller import PIController
 from ..solution import Solution
 from ._step import EulerMaruyamaStepper, SDEStepResult
@@ -95,6 +95,7 @@ def sdeint(
             non-finite fixed step, or ``max_steps`` exceeded.
     """
     noise_type, times = validate_sde_problem(sde, y0, t, method)
+    check_generator(generator)
     if dt0 is not None:
         warnings.warn("sdeint's dt0= is deprecated: use first_step=", DeprecationWarning, stacklevel=2)
         if first_step is not None:
