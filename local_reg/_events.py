@@ -173,14 +173,13 @@ class _InitialRate:
     """``f(t0, y0)`` for the backward pass of :class:`StartTime`, counted in ``stats.nfe_backward``
     of the event solve (set once the solve has run)."""
 
-    def __init__(self, func: VectorField, t0: float, y0: Tensor) -> None:
+    def __init__(self, func: VectorField, t0: float) -> None:
         self.func = func
         self.t0 = t0
-        self.y0 = y0
         self.stats: Stats | None = None
 
-    def __call__(self) -> Tensor:
-        f0 = self.func(time_tensor(self.t0, self.y0), self.y0)
+    def __call__(self, y0: Tensor) -> Tensor:
+        f0 = self.func(time_tensor(self.t0, y0), y0)
         self.stats.nfe_backward = (self.stats.nfe_backward or 0) + 1
         return f0
 
@@ -312,7 +311,7 @@ def _solve_until_event(
         return replace(solution, ts=torch.stack([initial_t, initial_t]), ys=torch.stack([y0, y0]))
 
     start = y0
-    initial_rate = _InitialRate(checked, t0_value, y0)
+    initial_rate = _InitialRate(checked, t0_value)
     if t0_tensor is not None and t0_tensor.requires_grad and torch.is_grad_enabled():
         start = StartTime.apply(initial_rate, t0_tensor, y0)
     # The second time only gives the direction; it must differ from t0 in floating point.

@@ -383,3 +383,18 @@ def test_compat_event_errors():
         compat.odeint_event(
             func, y0, torch.tensor(0.0), event_fn=spiral_event, odeint_interface=torchdiffeq.odeint
         )
+
+
+def test_y0_changed_in_place_before_the_backward_pass_is_refused():
+    """The t0 gradient evaluates ``f(t0, y0)`` in the backward pass: a ``y0`` changed in place
+    since the solve would give a wrong gradient silently, so autograd's version check refuses it."""
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    t0 = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    start = y0 * 1.0
+    event_t, _ = odeint_event(
+        lambda t, y: torch.stack([y[1], -y[0]]), start, t0, event_fn=lambda t, y: y[0] - 0.5
+    )
+    with torch.no_grad():
+        start.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        event_t.backward()

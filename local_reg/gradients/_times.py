@@ -51,8 +51,8 @@ class TimeGradient:
         """``y0`` (same value) to start the solve from; ``f0`` is set by :meth:`outputs`."""
         return StartTime.apply(self.initial_rate, self.t, y0)
 
-    def initial_rate(self) -> Tensor:
-        """``f0``, set by :meth:`outputs` before any backward pass asks for it."""
+    def initial_rate(self, y0: Tensor) -> Tensor:
+        """``f0 = f(t0, y0)``, set by :meth:`outputs` before any backward pass asks for it."""
         return self.f0
 
     def outputs(self, ys: Tensor, f0: Tensor, stats: Stats) -> Tensor:
@@ -72,20 +72,23 @@ class TimeGradient:
 class StartTime(torch.autograd.Function):
     """Identity on ``y0``, the state at ``t0``, the first entry of the times ``t``; backward:
     ``dL/dt0 = -<g, f0>`` (``g``: ``y0``'s cotangent) in ``t``'s cotangent, ``f0 = f(t0, y0)`` from
-    ``initial_rate()``, called only then."""
+    ``initial_rate(y0)``, called only then (with ``y0`` as saved: autograd refuses one changed in
+    place since)."""
 
     @staticmethod
-    def forward(ctx, initial_rate: Callable[[], Tensor], t: Tensor, y0: Tensor) -> Tensor:
+    def forward(ctx, initial_rate: Callable[[Tensor], Tensor], t: Tensor, y0: Tensor) -> Tensor:
         ctx.initial_rate = initial_rate
         ctx.t_layout = t.shape, t.dtype, t.device
+        ctx.save_for_backward(y0)
         return y0.clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y0: Tensor):
+        (y0,) = ctx.saved_tensors
         shape, dtype, device = ctx.t_layout
         grad_t = torch.zeros(shape, dtype=dtype, device=device)
-        grad_t.view(-1)[0] = -(grad_y0 * ctx.initial_rate()).sum()
+        grad_t.view(-1)[0] = -(grad_y0 * ctx.initial_rate(y0)).sum()
         return None, grad_t, grad_y0
 
 
