@@ -262,6 +262,10 @@ def integrate(
             else:
                 error_estimate = float(stepper.error_check(result))
                 trial_non_finite = not math.isfinite(error_estimate)
+                if error_estimate < 0.0:
+                    raise ValueError(
+                        f"norm must return a non-negative number, got {error_estimate} at t={t!r}"
+                    )
             if trial_non_finite and not adaptive:
                 raise SolverError(stepper.failure, t=t, n_steps=stats.n_steps)
             if trial_non_finite:
