@@ -154,7 +154,8 @@ def check_output(name: str, value: object, like: Tensor, shape: tuple[int, ...] 
         raise TypeError(f"{name} returned dtype {value.dtype}, expected the dtype of y0 {like.dtype}")
     expected = tuple(like.shape) if shape is None else tuple(shape)
     if tuple(value.shape) != expected:
-        raise ValueError(f"{name} returned shape {tuple(value.shape)}, expected {expected} (from y0's shape)")
+        source = "y0's shape" if shape is None else "y0's shape and the noise type"
+        raise ValueError(f"{name} returned shape {tuple(value.shape)}, expected {expected} (from {source})")
     if value.device != like.device:
         raise ValueError(f"{name} returned a tensor on {value.device}, expected y0's device {like.device}")
     return value
