@@ -206,9 +206,13 @@ def test_bad_input_names_the_argument():
         sdeint(lambda t, y: y, y0, [0.0, 1.0])
     with pytest.raises(ValueError, match="bm"):
         sdeint(Bad(), y0, [0.0, 2.0], bm=torchsde.BrownianInterval(0.0, 1.0, size=(3, 2)))
+    with pytest.raises(ValueError, match="bm"):
+        sdeint(Bad(), y0, [0.0, 1.0], bm=torchsde.BrownianInterval(0.0, 1.0, size=(3, 1)))
+    # A path without a shape attribute is checked at each increment.
+    path = torchsde.BrownianInterval(0.0, 1.0, size=(3, 1))
     shape_and_source = r"bm returned shape \(3, 1\), expected \(3, 2\) \(from y0's shape and the noise type"
     with pytest.raises(ValueError, match=shape_and_source):
-        sdeint(Bad(), y0, [0.0, 1.0], bm=torchsde.BrownianInterval(0.0, 1.0, size=(3, 1)))
+        sdeint(Bad(), y0, [0.0, 1.0], bm=lambda ta, tb: path(ta, tb))
     with pytest.raises(ValueError, match="y0"):
         sdeint(Bad(), torch.ones(3), [0.0, 1.0])
     with pytest.raises(ValueError, match="t must"):
