@@ -166,7 +166,8 @@ class CheckedField:
 
     The solvers call ``func`` at states of ``y0``'s shape and dtype, so a later call that returns
     another shape (even a broadcastable one) or dtype (which would silently promote the solution)
-    is an error, not a wrong number. The check reads metadata only (no copy, no device
+    is an error, not a wrong number, as is a ``func`` that changes its input in place. The check reads
+    metadata only (no copy, no device
     synchronisation) and returns ``func``'s own tensor, so values, gradients and call counts are
     unchanged. The gradient methods' backward passes call the same wrapper.
     """
@@ -178,7 +179,17 @@ class CheckedField:
         self.name = name
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
-        return check_output(self.name, self.func(t, y), y)
+        if torch.compiler.is_compiling():
+            return check_output(self.name, self.func(t, y), y)
+        # The solver reuses y (the step's start, a stage state) after the call: changed in place,
+        # it would silently give wrong states.
+        version = y._version
+        value = self.func(t, y)
+        if y._version != version:
+            raise ValueError(
+                f"{self.name} modified its input y in place; compute on a copy or out of place instead"
+            )
+        return check_output(self.name, value, y)
 
 
 class CheckedNorm:

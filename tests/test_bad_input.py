@@ -124,6 +124,20 @@ def test_func_output_is_checked_on_every_call(bad, error, match):
         odeint(fails_after(5, decay, bad), torch.ones(3), [0.0, 1.0])
 
 
+class ChangesItsInput(Decay):
+    def forward(self, t, y):
+        y.clamp_(min=0.0)  # a no-op on this solution, but y is the solver's state
+        return -self.rate * y
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_func_that_changes_its_input_in_place_is_refused(gradient):
+    """The solver reuses ``y`` after the call (the step's start, a stage state): a ``func`` that
+    changes it in place would silently corrupt the solution, so every call checks its version."""
+    with pytest.raises(ValueError, match="func modified its input y in place"):
+        odeint(ChangesItsInput(), torch.ones(3, dtype=torch.float64), [0.0, 1.0], gradient=gradient)
+
+
 @pytest.mark.parametrize(
     ("bad", "error", "match"),
     [
