@@ -57,3 +57,14 @@ def test_unsupported_combinations_are_rejected():
         task.build_model(settings, ModelContext(METHODS["vanilla"], "symplectic", 1))
     with pytest.raises(ValueError, match="not available"):
         task.build_model(settings, ModelContext(METHODS["global-stiffness"], "direct", 1))
+
+
+@pytest.mark.parametrize("task_name", ["nsde_digits", "spiral_sde", "digits"])
+def test_the_local_options_reach_the_regularizer_of_every_task_kind(task_name):
+    """``--set local.n_draws=2`` and the like: an SDE task ignored them once, so its rows were
+    labelled with options that never ran."""
+    task = REGISTRY[task_name]
+    settings = {**task.settings("tiny"), "local": {"n_draws": 2, "probe_scale": 2.0}}
+    model = task.build_model(settings, ModelContext(METHODS["local-random"], "direct", total_iterations=2))
+    (block,) = [m for m in model.modules() if isinstance(m, LocallyRegularized)]
+    assert block.penalty.n_draws == 2 and block.penalty.probe_scale == 2.0

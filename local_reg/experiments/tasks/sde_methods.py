@@ -26,7 +26,8 @@ TORCHSDE_FIRST_STEP = 0.05
 
 def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -> Regularized:
     """The solver block of ``context.method`` around ``sde``; ``settings["solver"]`` holds
-    ``rtol`` and ``atol``, ``settings["weights"][method]`` the weight spec."""
+    ``rtol`` and ``atol``, ``settings["weights"][method]`` the weight spec, and ``settings["local"]``
+    (if present) the local regularizer's options, as for ODE tasks."""
     method = context.method
     if method.name not in SDE_METHODS:
         raise ValueError(
@@ -56,4 +57,5 @@ def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -
         backend=backend,
         gradient=context.gradient,
         **solver,
+        **settings.get("local", {}),
     )
