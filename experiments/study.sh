@@ -6,7 +6,8 @@
 #                                   digits_adaptive, spiral_weight, ratio_tune, ratio,
 #                                   ratio_every, ratio_reference, ratio_tasks, ratio_targets,
 #                                   ratio_mnist_tight, ratio_field, ratio_field2, defaults,
-#                                   defaults_mnist_tight, field_probe, field_every, synthetic
+#                                   defaults_mnist_tight, field_probe, field_every, synthetic,
+#                                   default_variants
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -212,8 +213,23 @@ case "${1:-}" in
                 "${default[@]}" "${tight[@]}" --set epochs=20
         fi
         ;;
+    default_variants)  # the default with sampling "biased", probe_scale 2, n_draws 2, on every quick task but mnist
+        tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
+        for task_out in digits:study-ratio-digits tabular:study-ratio-tabular synthetic:study-synthetic \
+            digits:study-ratio-digits-tight nsde_digits:study-ratio-nsde spiral:study-ratio-spiral \
+            latent_ode:study-ratio-latent; do
+            task=${task_out%%:*} out=results/${task_out#*:} extra=()
+            [ "$out" = results/study-ratio-digits-tight ] && extra=("${tight[@]}")
+            $LR experiment "$task" --methods local-biased "${COMMON[@]}" --out "$out" \
+                --set weights.local-biased=default "${extra[@]}"
+            for option in local.probe_scale=2 local.n_draws=2; do
+                $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "$out" \
+                    --set weights.local-random=default --set "$option" "${extra[@]}"
+            done
+        done
+        ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants" >&2
         exit 2
         ;;
 esac
