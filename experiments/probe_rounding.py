@@ -1,23 +1,31 @@
-"""What the local regularizer's probe measures on the digits ODE: EEst of one Tsit5 step at each
-probe's step size, in float32 (the task's dtype) and in float64 with the same weights.
+"""What the local regularizer's probe measures: EEst of one Tsit5 step in float32 (the task's dtype)
+and in float64 with the same weights.
+
+Without arguments: on the digits ODE at initialization, at each probe's step size. With
+``--task spiral`` (any ODE task): during training at ``LocallyRegularized``'s default, every
+``--every`` iterations, the step the default's probe took (its ``t_reg``, ``u(t_reg)`` and ``dt``).
 
     PYTHONPATH=. python experiments/probe_rounding.py
+    PYTHONPATH=. python experiments/probe_rounding.py --task spiral --iterations 400 --every 100
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 
 import torch
+from torch.utils.data import DataLoader
 
-from local_reg import initial_step_size, odeint
+from local_reg import LocallyRegularized, initial_step_size, odeint
 from local_reg import step as rk_step
-from local_reg.experiments.tasks import REGISTRY
+from local_reg.experiments.methods import METHODS
+from local_reg.experiments.tasks import REGISTRY, ModelContext
 from local_reg.regularization._probe import heuristic_order
 from local_reg.tableaus import get_tableau
 
 
-def main() -> None:
+def at_initialization() -> None:
     torch.manual_seed(0)
     task = REGISTRY["digits"]
     settings = task.settings("quick")
@@ -42,5 +50,54 @@ def main() -> None:
             print(f"| {tol:g} | `{name}` | {row[0][0]:.3g} | {row[0][1]:.2g} | {row[1][1]:.2g} |")
 
 
+def during_training(task_name: str, iterations: int, every: int) -> None:
+    """Train ``task_name``'s quick model at the default weight and probe (seed 0) and, every ``every``
+    iterations, redo the probe's step in float32 and float64 from the same state and step size."""
+    torch.manual_seed(0)
+    task = REGISTRY[task_name]
+    settings = task.settings("quick")
+    settings["weights"] = {**settings["weights"], "local-random": "default"}
+    data = task.load_data(settings, seed=0)
+    model = task.build_model(settings, ModelContext(METHODS["local-random"], "direct", iterations))
+    (block,) = [m for m in model.modules() if isinstance(m, LocallyRegularized)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
+    rtol, atol = settings["solver"]["rtol"], settings["solver"]["atol"]
+    tableau = get_tableau("tsit5")
+    print(f"{task_name}, rtol = {rtol:g}, atol = {atol:g}, the default's probe, seed 0")
+    print("| iteration | dt | main solve's steps | EEst, float32 | EEst, float64 |\n|---|---|---|---|---|")
+    iteration = 0
+    while iteration <= iterations:
+        for batch in DataLoader(data.train, batch_size=settings["batch_size"], shuffle=True):
+            loss, _ = task.training_loss(model, batch)
+            stats = block.stats
+            if iteration % every == 0:
+                wide = copy.deepcopy(block.func).double()
+                with torch.no_grad():
+                    narrow_step = rk_step(
+                        block.func, stats.t_reg, stats.state, stats.dt_reg, tableau, rtol=rtol, atol=atol
+                    )
+                    wide_step = rk_step(
+                        wide, stats.t_reg, stats.state.double(), stats.dt_reg, tableau, rtol=rtol, atol=atol
+                    )
+                print(
+                    f"| {iteration} | {abs(stats.dt_reg):.3g} | {stats.n_accepted} | "
+                    f"{float(narrow_step.error_estimate):.2g} | {float(wide_step.error_estimate):.2g} |"
+                )
+            optimizer.zero_grad()
+            (loss + block.reg_loss).backward()
+            optimizer.step()
+            iteration += 1
+            if iteration > iterations:
+                return
+
+
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", help="an ODE task: trace the default's probe during training")
+    parser.add_argument("--iterations", type=int, default=400)
+    parser.add_argument("--every", type=int, default=100)
+    args = parser.parse_args()
+    if args.task is None:
+        at_initialization()
+    else:
+        during_training(args.task, args.iterations, args.every)
