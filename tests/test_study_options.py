@@ -132,6 +132,70 @@ def test_n_draws_averages_independent_draws():
     assert torch.isfinite(grad).all()
 
 
+def test_probe_dtype_steps_in_float64_and_differentiates_into_the_float32_parameters():
+    """A float32 model probed in float64: the penalty is the step of a float64 copy of the field at
+    the same state and step size, and its gradient is that copy's, in the parameters' own dtype."""
+    import copy
+
+    narrow = _Field().float()
+    wide = copy.deepcopy(narrow).double()
+    y0 = _y0().float()
+    t = T.float()
+    model = LocallyRegularized(
+        narrow, probe_dtype=torch.float64, weight=1.0, generator=torch.Generator().manual_seed(5)
+    )
+    assert model.penalty.probe_dtype == "float64"
+    ys = model(y0, t)
+    stats = model.stats
+    assert ys.dtype == torch.float32 and model.reg_loss.dtype == torch.float32
+    state = stats.state.double()
+    with torch.no_grad():  # f at u(t_reg) is a constant of the penalty, as the paper's
+        k1 = wide(torch.tensor(stats.t_reg, dtype=DTYPE), state)
+    tableau = get_tableau("tsit5")
+    reference = rk_step(wide, stats.t_reg, state, stats.dt_reg, tableau, rtol=1e-6, atol=1e-8, k1=k1)
+    assert stats.error_estimate == pytest.approx(float(reference.error_estimate.detach()), rel=1e-12)
+    penalty = reference.error_estimate * abs(stats.dt_reg)
+    assert float(model.reg_loss.detach()) == pytest.approx(float(penalty.detach()), rel=1e-6)
+    (grad,) = torch.autograd.grad(model.reg_loss, [narrow.net[0].weight])
+    (grad_wide,) = torch.autograd.grad(penalty, [wide.net[0].weight])
+    assert grad.dtype == torch.float32
+    torch.testing.assert_close(grad.double(), grad_wide, rtol=1e-6, atol=1e-7 * float(grad_wide.abs().max()))
+    # In the state's own dtype the same probe reports float32 rounding, not this estimate.
+    plain = LocallyRegularized(narrow, weight=1.0, generator=torch.Generator().manual_seed(5))
+    plain(y0, t)
+    assert plain.stats.t_reg == stats.t_reg and plain.stats.error_estimate != stats.error_estimate
+
+
+def test_probe_dtype_needs_an_ode_module_with_a_tensor_state():
+    class SDE(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return 0.1 * torch.ones_like(y)
+
+    with pytest.raises(ValueError, match="probe_dtype casts"):
+        LocallyRegularized(SDE(), probe_dtype="float64")
+    with pytest.raises(ValueError, match="probe_dtype casts"):
+        LocallyRegularized(lambda t, y: -y, probe_dtype="float64", weight=1.0)
+    with pytest.raises(ValueError, match="probe_dtype"):
+        LocallyRegularized(_Field(), probe_dtype="float16")
+
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rate = torch.nn.Parameter(torch.tensor(1.0, dtype=DTYPE))
+
+        def forward(self, t, y):
+            return tuple(-self.rate * part for part in y)
+
+    model = LocallyRegularized(Pair(), probe_dtype="float64", weight=1.0)
+    with pytest.raises(ValueError, match="tuple states"):
+        model((_y0(), _y0()), T)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -53,6 +53,7 @@ LOCAL_RULES: dict[str, Rule] = {
     "n_draws": Integer(1),
     "step_size": OneOf(LocalPenalty.STEP_SIZES),
     "reg_method": OneOf(ODE_SOLVERS),
+    "probe_dtype": OneOf(LocalPenalty.PROBE_DTYPES),
 }
 """The ``local.*`` settings: options of the local regularizer (:class:`local_reg.LocalPenalty`)."""
 GRADIENTS = ("direct", "adjoint", "checkpoint", "symplectic")

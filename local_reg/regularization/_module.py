@@ -26,9 +26,18 @@ from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from ._main_solve import Request
 from ._penalty import finite_penalty
-from ._probe import PENALTIES, PROBES, check_probe_options, penalty_form, sample_output_times, split_outputs
+from ._probe import (
+    PENALTIES,
+    PROBE_DTYPES,
+    PROBES,
+    check_probe_options,
+    penalty_form,
+    sample_output_times,
+    split_outputs,
+)
 from ._problems import (
     REGULARIZERS,
+    CastField,
     ODEProblem,
     SDEProblem,
     SolveConfig,
@@ -82,12 +91,16 @@ class LocalPenalty:
             heuristic's step, the penalty's form (``"error-dt"``, the paper's; ``"growth"``;
             ``"log"``) and the number of draws averaged; see :mod:`._probe`. Their defaults are the
             paper's procedure.
+        probe_dtype: ``None`` (the state's dtype, the paper's) or ``"float64"``/``"float32"``
+            (or the torch dtype): the probe step's dtype, for an ODE whose ``func`` is an
+            ``nn.Module``, with a tensor state (its parameters and buffers are cast differentiably).
     """
 
     PROBES: ClassVar[tuple[str, ...]] = PROBES
     PENALTIES: ClassVar[tuple[str, ...]] = PENALTIES
     STEP_SIZES: ClassVar[tuple[str, ...]] = STEP_SIZES
-    """The allowed values of ``probe``, ``penalty`` and ``step_size``."""
+    PROBE_DTYPES: ClassVar[tuple[str, ...]] = PROBE_DTYPES
+    """The allowed values of ``probe``, ``penalty``, ``step_size`` and ``probe_dtype``."""
 
     sampling: str = "random"
     regularizer: str = "error"
@@ -98,6 +111,7 @@ class LocalPenalty:
     probe_scale: float = 1.0
     penalty: str = "error-dt"
     n_draws: int = 1
+    probe_dtype: str | None = None
 
     def __post_init__(self) -> None:
         check_sampling(self.sampling, self.step_size, self.detach_state)
@@ -109,6 +123,10 @@ class LocalPenalty:
             object.__setattr__(self, "step_size", "solver")
         if isinstance(self.probe_scale, int):
             object.__setattr__(self, "probe_scale", float(self.probe_scale))
+        if isinstance(self.probe_dtype, torch.dtype):
+            object.__setattr__(self, "probe_dtype", str(self.probe_dtype).removeprefix("torch."))
+        if self.probe_dtype is not None:
+            check_choice("probe_dtype", self.probe_dtype, PROBE_DTYPES)
 
     def check(self, problem: Problem) -> None:
         problem.check_regularizer(self.regularizer, self.reg_method)
@@ -116,6 +134,11 @@ class LocalPenalty:
             raise ValueError(
                 "these probe options (probe='initial-hairer', a penalty form other than 'error-dt') are "
                 "Runge--Kutta options; an SDE's probe is an Euler--Maruyama step"
+            )
+        if self.probe_dtype is not None and not isinstance(getattr(problem, "func", None), nn.Module):
+            raise ValueError(
+                "probe_dtype casts the vector field's parameters: it needs an ODE whose func is an "
+                f"nn.Module, got {type(getattr(problem, 'func', problem)).__name__}"
             )
         needs_steps = self.sampling == "biased" or self.step_size == "solver"
         if needs_steps and getattr(problem, "backend", None) == "torchsde":
@@ -155,10 +178,17 @@ class LocalPenalty:
         main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
         penalties = []
         probe = Stats()
+        probe_problem = problem
+        if self.probe_dtype is not None:
+            if isinstance(problem.func, TupleField):
+                raise ValueError("probe_dtype does not take tuple states: pass a tensor state")
+            probe_problem = problem.with_func(CastField(problem.func, getattr(torch, self.probe_dtype)))
         for t_reg, state, solver_dt in draws:
             if self.detach_state:
                 state = state.detach()
-            result, dt, cost_of_draw = problem.probe(
+            if self.probe_dtype is not None:
+                state = state.to(getattr(torch, self.probe_dtype))
+            result, dt, cost_of_draw = probe_problem.probe(
                 context,
                 tableau,
                 t_reg,
@@ -176,7 +206,7 @@ class LocalPenalty:
             else:
                 penalties.append(penalty_form(result.error_estimate, dt, tableau.order, self.penalty))
         penalty = penalties[0] if len(penalties) == 1 else torch.stack(penalties).mean()
-        penalty, value, finite = finite_penalty(penalty, y0)
+        penalty, value, finite = finite_penalty(penalty.to(y0.dtype), y0)
         stiffness = getattr(result, "stiffness_estimate", None)
         stats = RegularizationStats(
             main=main.stats,

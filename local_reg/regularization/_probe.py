@@ -18,7 +18,10 @@ pure so that the regularizer's procedure is unchanged at the defaults
   the tolerance, so the paper's form has a gradient that scales like ``1/tol`` at a fixed ``dt``,
   while ``log EEst`` has a gradient that does not depend on the tolerance at all and ``EEst ** (1/p)``
   one that scales like ``tol ** (-1/p)``;
-- ``n_draws`` independent draws of ``t_reg`` per pass, penalties averaged.
+- ``n_draws`` independent draws of ``t_reg`` per pass, penalties averaged;
+- ``probe_dtype``: the probe step computed in another floating dtype (``"float64"`` for a float32
+  model: the vector field's parameters are cast differentiably), so that its ``EEst`` is the
+  truncation error rather than the float32 rounding of the step (docs/results.md).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ._sampling import insert_time, time_tolerance
 
 PROBES = ("initial", "initial-hairer", "solver")
 PENALTIES = ("error-dt", "growth", "log", "log-hinge")
+PROBE_DTYPES = ("float32", "float64")
 # ``log`` and ``growth`` are guarded below this EEst: a zero error estimate (a locally linear field)
 # would otherwise give ``-inf`` or an infinite gradient.
 EEST_FLOOR = 1e-12

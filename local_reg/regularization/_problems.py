@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call
 
 from .._odeint import odeint
 from .._step import initial_step_size, step, time_tensor
@@ -127,6 +128,26 @@ class _Problem:
         result = self._step(context, tableau, t_reg, state, dt, start)
         stats.add(result.nfe, diffusion=result.nfe_diffusion)
         return result, dt, stats
+
+
+class CastField(nn.Module):
+    """``func`` evaluated in ``dtype``: its floating parameters and buffers, ``t`` and ``y`` cast
+    (differentiably, so gradients reach the originals in their own dtype).
+
+    The parameters are cast once, when this is made, not at every call: the gradient of an error
+    estimate is a difference of nearly equal stage contributions, which must be summed in ``dtype``
+    before the one cast back (cast per call, float32 rounding of each part left a relative error of
+    about 3e-5 in the sum)."""
+
+    def __init__(self, func: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.func = func
+        self.dtype = dtype
+        tensors = {**dict(func.named_parameters()), **dict(func.named_buffers())}
+        self.cast = {name: v.to(dtype) if v.is_floating_point() else v for name, v in tensors.items()}
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return functional_call(self.func, self.cast, (t.to(self.dtype), y.to(self.dtype)))
 
 
 class ODEProblem(_Problem):

@@ -135,6 +135,7 @@ class LocallyRegularized(Regularized):
             defaults to ``"initial-hairer"`` for an ODE (``"initial"``, the paper's, for an SDE,
             whose probe is an Euler--Maruyama step); the others are the paper's. ``stats``
             describe the last draw.
+        probe_dtype: the probe step's dtype (:class:`LocalPenalty`; default the state's).
         weight: ``None`` (the default weight above), a non-negative float or a
             :class:`WeightSchedule` (e.g. ``ExponentialDecay(2.5, 1.0, N)`` as for MNIST in
             [LR23]); advance a schedule with ``model.weight.step()`` once per iteration. Its state
@@ -154,6 +155,7 @@ class LocallyRegularized(Regularized):
         probe_scale: float = 1.0,
         penalty: str = "error-dt",
         n_draws: int = 1,
+        probe_dtype: str | None = None,
         weight: float | WeightSchedule | None = None,
         **solve: Any,
     ) -> None:
@@ -161,7 +163,16 @@ class LocallyRegularized(Regularized):
             # An SDE's probe is an Euler--Maruyama step; step_size="solver" takes the solver's step.
             probe = "initial" if is_sde(func) or step_size == "solver" else "initial-hairer"
         strategy = LocalPenalty(
-            sampling, regularizer, reg_method, step_size, detach_state, probe, probe_scale, penalty, n_draws
+            sampling,
+            regularizer,
+            reg_method,
+            step_size,
+            detach_state,
+            probe,
+            probe_scale,
+            penalty,
+            n_draws,
+            probe_dtype,
         )
         if weight is None:
             if solve.get("adjoint_params") is not None:
