@@ -596,3 +596,61 @@ def test_a_compiled_vector_field_gives_the_same_values_and_gradients():
         assert torch.allclose(ys, compiled_ys, rtol=1e-12, atol=1e-14)
         for reference, value in zip(grads, compiled_grads, strict=True):
             assert torch.allclose(reference, value, rtol=1e-10, atol=1e-14)
+
+
+def heun_euler_fields(**changes):
+    """The keywords of Heun's method with Euler embedded, as a user would write it, with ``changes``."""
+    fields = dict(name="mine", c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2, error_weights=(-0.5, 0.5))
+    return {**fields, **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "match"),
+    [
+        (dict(c=(0.0, 0.5)), ValueError, r"c\[1\] = 0.5 must be the sum of a\[1\]"),
+        (dict(c=(0.1, 1.0), a=((), (0.9,))), ValueError, r"c\[0\]"),
+        (dict(a=((0.5,), (1.0,))), ValueError, "strictly lower-triangular"),
+        (dict(b=(0.5, 0.6)), ValueError, r"order-1 condition sum\(b\)"),
+        (dict(b=(1.0, 0.0), error_weights=(0.5, -0.5)), ValueError, r"order-2 condition b\.c"),
+        (dict(order=0), ValueError, "order must be a positive int"),
+        (dict(order=2.5), ValueError, "order must be a positive int"),
+        (dict(a=((), (math.nan,))), ValueError, r"a\[1\] must be finite"),
+        (dict(error_weights=(math.nan, 0.5)), ValueError, "error_weights must be finite"),
+        (dict(error_weights=(0.0, 0.0)), ValueError, "error_weights=None"),
+        (dict(error_weights=(-0.5, 0.6)), ValueError, "must sum to 0"),
+        (dict(b=("0.5", 0.5)), TypeError, "b must hold real numbers"),
+        (dict(stiffness_stages=(5, 6)), ValueError, "stiffness_stages"),
+        (dict(stiffness_stages=(0, 1)), ValueError, "stiffness_stages"),
+        (dict(stability_size=-1.0), ValueError, "stability_size"),
+        (dict(name=3), TypeError, "name must be a str"),
+        (dict(c=(), a=(), b=(), error_weights=None), ValueError, "at least one stage"),
+    ],
+)
+def test_bad_tableau_is_refused_by_field(changes, error, match):
+    # Each of these used to be accepted: an inconsistent c or a zero error estimate integrated to a
+    # silently wrong solution, NaN entries ran into a step-size underflow, order 0 divided by zero.
+    with pytest.raises(error, match=match):
+        local_reg.ButcherTableau(**heun_euler_fields(**changes))
+
+
+def test_tableau_from_lists_and_numpy_solves_like_the_builtin():
+    # Lists (as a user copies coefficients) used to be kept as lists, unhashable in the dense output.
+    mine = local_reg.ButcherTableau(
+        **heun_euler_fields(a=[[], [1.0]], b=np.array([0.5, 0.5]), c=[0, 1], error_weights=[-0.5, 0.5])
+    )
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    ours = odeint(decay, y0, t, method=mine)
+    builtin = odeint(decay, y0, t, method="heun_euler")
+    assert torch.equal(ours.ys, builtin.ys)
+    assert ours.stats.nfe == builtin.stats.nfe
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_custom_tableau_gradient_matches_analytic(gradient):
+    mine = local_reg.ButcherTableau(**heun_euler_fields())
+    func = Decay(0.7)
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    odeint(func, y0, t, method=mine, gradient=gradient, rtol=1e-8, atol=1e-10).ys[-1].sum().backward()
+    assert func.rate.grad.item() == pytest.approx(-math.exp(-0.7), rel=1e-5)
