@@ -654,3 +654,29 @@ def test_custom_tableau_gradient_matches_analytic(gradient):
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     odeint(func, y0, t, method=mine, gradient=gradient, rtol=1e-8, atol=1e-10).ys[-1].sum().backward()
     assert func.rate.grad.item() == pytest.approx(-math.exp(-0.7), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "error", "match"),
+    [
+        (dict(beta1=-1.0), ValueError, "beta1 must be positive"),
+        (dict(beta1=0.0), ValueError, "beta1 must be positive"),
+        (dict(beta1=math.nan), ValueError, "beta1 must be positive"),
+        (dict(beta2=math.nan), ValueError, "beta2 must be finite"),
+        (dict(beta1="0.1"), TypeError, "beta1 must be a real number"),
+        (dict(safety="0.9"), TypeError, "safety must be a real number"),
+    ],
+)
+def test_pi_controller_bad_values_are_refused(keywords, error, match):
+    # A negative or NaN beta1 used to run into a step-size underflow, a string into a TypeError
+    # from inside the controller's arithmetic.
+    with pytest.raises(error, match=match):
+        local_reg.PIController(**keywords)
+
+
+def test_pi_controller_large_beta1_does_not_overflow():
+    # EEst ** -beta1 overflowed Python's float power (an OverflowError) on a small error estimate.
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    solution = odeint(decay, y0, t, controller=local_reg.PIController(beta1=100.0), rtol=1e-8, atol=1e-10)
+    assert solution.ys[-1].item() == pytest.approx(math.exp(-1.0), rel=1e-6)
