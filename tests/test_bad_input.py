@@ -680,3 +680,51 @@ def test_pi_controller_large_beta1_does_not_overflow():
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     solution = odeint(decay, y0, t, controller=local_reg.PIController(beta1=100.0), rtol=1e-8, atol=1e-10)
     assert solution.ys[-1].item() == pytest.approx(math.exp(-1.0), rel=1e-6)
+
+
+def test_step_checks_norm_and_grad_times_and_takes_rtol_zero():
+    y = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(TypeError, match="norm must return a 0-dim tensor"):
+        local_reg.step(decay, 0.0, y, 0.1, "tsit5", norm=lambda error: 1.0)
+    with pytest.raises(ValueError, match="t requires grad"):
+        local_reg.step(decay, torch.tensor(0.0, requires_grad=True), y, 0.1, "tsit5")
+    with pytest.raises(ValueError, match="dt requires grad"):
+        local_reg.step(decay, 0.0, y, torch.tensor(0.1, requires_grad=True), "tsit5")
+    # rtol = 0 is a pure absolute tolerance, as in odeint: EEst = rms(err / atol).
+    result = local_reg.step(decay, 0.0, y, 0.1, "tsit5", rtol=0.0, atol=1e-8)
+    error = 0.1 * sum(w * k for w, k in zip(get_tableau("tsit5").error_weights, result.stages, strict=True))
+    assert result.error_estimate.item() == pytest.approx(local_reg.rms_norm(error / 1e-8).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "match"),
+    [
+        (dict(order=0), ValueError, "order must be a positive int"),
+        (dict(rtol=-1e-6), ValueError, "rtol must be positive"),
+        (dict(f0=torch.ones(3, dtype=torch.float64)), ValueError, r"f0 returned shape \(3,\)"),
+        (dict(f0=None), TypeError, "f0 must be a torch.Tensor"),
+        (dict(t0=math.nan), ValueError, "t0 must be finite"),
+        (dict(direction=0.0), ValueError, "direction must be"),
+        (dict(direction=2.0), ValueError, "direction must be"),
+        (dict(t_end=-1.0), ValueError, "t_end=-1.0 lies behind t0"),
+        (dict(func=lambda t, y: torch.ones(3, dtype=torch.float64)), ValueError, "func returned shape"),
+        (dict(norm=lambda error: 1.0), TypeError, "norm must return"),
+        (dict(time_dtype=torch.int64), TypeError, "time_dtype"),
+    ],
+)
+def test_initial_step_size_bad_arguments_are_refused(changes, error, match):
+    # It was unchecked: order 0 divided by zero, a wrong-shape f0 or func broadcast to a number,
+    # direction 2 or a t_end behind t0 gave a step size without complaint.
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    arguments = dict(func=decay, t0=0.0, y0=y0, f0=-y0, order=5, rtol=1e-6, atol=1e-8) | changes
+    with pytest.raises(error, match=match):
+        local_reg.initial_step_size(**arguments)
+
+
+def test_initial_step_size_is_the_solvers():
+    y0 = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    dt, nfe = local_reg.initial_step_size(decay, 0.0, y0, -y0, 5, 1e-6, 1e-8, t_end=1.0)
+    assert nfe == 1
+    assert odeint(decay, y0, t).steps.dt[0] <= dt
+    assert odeint(decay, y0, t, first_step=dt).ys.equal(odeint(decay, y0, t).ys)
