@@ -728,3 +728,23 @@ def test_initial_step_size_is_the_solvers():
     assert nfe == 1
     assert odeint(decay, y0, t).steps.dt[0] <= dt
     assert odeint(decay, y0, t, first_step=dt).ys.equal(odeint(decay, y0, t).ys)
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+def test_adjoint_params_behind_a_captured_non_leaf_is_named(gradient):
+    # func captures w = 2 * raw and adjoint_params lists raw: the backward pass's second
+    # differentiation of func met the freed outside graph (torch's "backward through the graph a
+    # second time"). Listing w itself gives raw the analytic gradient.
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    raw = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    w = 2 * raw
+    solution = odeint(lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=(raw,))
+    with pytest.raises(ValueError, match=r"list the captured tensor itself \(w\) in adjoint_params"):
+        solution.ys[-1].sum().backward()
+    w = 2 * raw  # the failed backward pass freed the first one's graph
+    solution = odeint(
+        lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=(w,), rtol=1e-9, atol=1e-11
+    )
+    solution.ys[-1].sum().backward()
+    assert raw.grad.item() == pytest.approx(-2 * math.exp(-1.0), rel=1e-6)
