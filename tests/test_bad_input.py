@@ -748,3 +748,59 @@ def test_adjoint_params_behind_a_captured_non_leaf_is_named(gradient):
     )
     solution.ys[-1].sum().backward()
     assert raw.grad.item() == pytest.approx(-2 * math.exp(-1.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("make", [local_reg.GradientRatio, lambda p: local_reg.RatioWeight(parameters=p)])
+@pytest.mark.parametrize(
+    ("parameters", "error", "match"),
+    [
+        (3, TypeError, "parameters must be an iterable of tensors"),
+        (torch.nn.Parameter(torch.ones(2)), TypeError, "got a tensor"),
+        ([1.0], TypeError, "parameters must be an iterable of tensors"),
+        ([], ValueError, "no tensor that requires grad"),
+        ([torch.ones(2)], ValueError, "no tensor that requires grad"),
+    ],
+)
+def test_gradient_ratio_parameters_are_checked(make, parameters, error, match):
+    # GradientRatio took a tensor's rows as parameters (a wrong ratio), failed with "'int' object is
+    # not iterable" or "'float' object has no attribute 'requires_grad'", and with nothing to measure
+    # failed at its first use with autograd's "inputs argument to grad() cannot be empty".
+    with pytest.raises(error, match=match):
+        make(parameters)
+
+
+def test_gradient_ratio_refuses_a_vector_reg_loss_and_measures_a_scalar_one():
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    ratio = local_reg.GradientRatio([p])
+    with pytest.raises(ValueError, match=r"reg_loss must be a 0-dim tensor, got shape \(2,\)"):
+        ratio.before_backward(3 * p)
+    assert math.isnan(ratio.after_backward())  # nothing measured, as documented
+    reg_loss, task_loss = 3 * p.sum(), (p**2).sum()
+    ratio.before_backward(reg_loss)
+    (task_loss + reg_loss).backward()
+    # d reg / dp = (3, 3), d task / dp = 2 p = (2, 4).
+    assert ratio.after_backward() == pytest.approx(math.sqrt(18 / 20), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        local_reg.ConstantWeight(1.0),
+        local_reg.ExponentialDecay(1.0, 0.1, 10),
+        local_reg.AdaptiveWeight(),
+        local_reg.RatioWeight(),
+    ],
+    ids=type,
+)
+@pytest.mark.parametrize("state", [{}, {"w": 1.0}, None])
+def test_weight_load_state_dict_without_an_iteration_is_named(schedule, state):
+    # It was a bare KeyError: 'iteration' (or a TypeError from indexing None).
+    with pytest.raises((ValueError, TypeError), match="state"):
+        schedule.load_state_dict(state)
+
+
+def test_weight_load_state_dict_of_another_schedule_is_refused():
+    with pytest.raises(ValueError, match="RatioWeight state is missing"):
+        local_reg.RatioWeight().load_state_dict(local_reg.AdaptiveWeight().state_dict())
+    with pytest.raises(ValueError, match="AdaptiveWeight state is missing"):
+        local_reg.AdaptiveWeight().load_state_dict(local_reg.RatioWeight().state_dict())
