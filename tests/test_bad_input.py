@@ -804,3 +804,20 @@ def test_weight_load_state_dict_of_another_schedule_is_refused():
         local_reg.RatioWeight().load_state_dict(local_reg.AdaptiveWeight().state_dict())
     with pytest.raises(ValueError, match="AdaptiveWeight state is missing"):
         local_reg.AdaptiveWeight().load_state_dict(local_reg.RatioWeight().state_dict())
+
+
+def test_evaluate_refuses_a_t_that_requires_grad_and_differentiates_the_parameters():
+    # t's gradient used to be silently None (the times are read as floats).
+    func = Decay(0.7)
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    solution = odeint(func, y0, t, dense=True, rtol=1e-10, atol=1e-12)
+    query = torch.tensor([0.3, 0.55], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="not differentiable w.r.t. t"):
+        solution.evaluate(query)
+    with torch.no_grad():
+        assert solution.evaluate(query).shape == (2, 1)
+    # Under gradient="direct" the parameters' gradient is d/da sum exp(-a s) = -sum s exp(-a s).
+    solution.evaluate(query.detach()).sum().backward()
+    exact = sum(-s * math.exp(-0.7 * s) for s in (0.3, 0.55))
+    assert func.rate.grad.item() == pytest.approx(exact, rel=1e-6)
