@@ -2,11 +2,11 @@
 equations (Pal, Edelman, Rackauckas, ICML 2023)."""
 
 from . import regularization
-from ._checked_step import step
+from ._checked_step import initial_step_size, step
 from ._errors import SolverError
 from ._events import odeint_event
 from ._odeint import odeint
-from ._step import StepResult, initial_step_size, rms_norm
+from ._step import StepResult, rms_norm
 from .controller import PIController
 from .gradients import GRADIENT_METHODS, BacksolveAdjoint, Checkpoint, Direct, GradientMethod, Symplectic
 from .interpolants import Interpolant, get_interpolant

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 
@@ -29,6 +30,18 @@ class PIController:
     beta2: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("safety", "min_factor", "max_factor", "beta1", "beta2"):
+            value = getattr(self, name)
+            if (value is not None or name in ("safety", "min_factor", "max_factor")) and (
+                isinstance(value, bool) or not isinstance(value, numbers.Real)
+            ):
+                raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        # A beta1 <= 0 would grow the step as the error grows (each step rejected until the step
+        # size underflows); a NaN one, the same through NaN comparisons.
+        if self.beta1 is not None and not (math.isfinite(self.beta1) and self.beta1 > 0):
+            raise ValueError(f"beta1 must be positive and finite, got {self.beta1}")
+        if self.beta2 is not None and not math.isfinite(self.beta2):
+            raise ValueError(f"beta2 must be finite, got {self.beta2}")
         if not 0.0 < self.safety <= 1.0:
             raise ValueError(f"safety must be in (0, 1], got {self.safety}")
         if not 0.0 < self.min_factor < 1.0 < self.max_factor:
@@ -45,7 +58,11 @@ class PIController:
         max_factor = 1.0 if after_rejection else self.max_factor
         if error_estimate == 0.0:
             return max_factor
-        factor = self.safety * error_estimate**-beta1 * previous_error_estimate**beta2
+        try:
+            factor = self.safety * error_estimate**-beta1 * previous_error_estimate**beta2
+        except OverflowError:
+            # A large beta1 on a tiny error: the factor is beyond any max_factor.
+            factor = math.inf
         return min(max_factor, max(self.min_factor, factor))
 
     def reject_factor(self, error_estimate: float, order: int) -> float:

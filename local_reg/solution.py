@@ -112,10 +112,17 @@ class Solution:
         """The solution at any ``t`` in the solved span (a float, a 0-dim or 1-D tensor of times),
         through the method's interpolant (diffrax's ``Solution.evaluate``, torchdiffeq's
         ``odeint_dense``). At a step's start or end it is that step's state exactly. Needs
-        ``odeint(dense=True)``; differentiable only under ``gradient="direct"``."""
+        ``odeint(dense=True)``; differentiable w.r.t. ``y0`` and the parameters only under
+        ``gradient="direct"``, and never w.r.t. ``t`` (a ``t`` that requires grad is refused: its
+        gradient would silently be none; odeint's own output times ``t`` do get gradients)."""
         dense = self.steps.dense_output
         if dense is None:
             raise ValueError("evaluate needs the step records: solve with odeint(..., dense=True)")
+        if isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "evaluate is not differentiable w.r.t. t, and t requires grad: pass t.detach(), or "
+                "solve with these times as odeint's t (its output times get gradients)"
+            )
         states = dense.evaluate(t)
         return states if self.layout is None else self.layout(states)
 

@@ -7,7 +7,11 @@ engine (:func:`local_reg.step`) runs them all. An embedded pair carries ``error_
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,11 @@ class ButcherTableau:
             gives Shampine's stiffness estimate (Hairer--Wanner II, IV.2), or ``None``.
         stability_size: the extent of the stability region along the negative real axis; ``dt * rho``
             beyond it means the step is limited by stability rather than accuracy.
+
+    The coefficients may be given as lists or arrays; they are kept as tuples of floats. A tableau
+    whose coefficients are not finite, whose ``c`` are not the row sums of ``a``, whose
+    ``error_weights`` do not sum to 0 (or are all 0), or whose ``b`` miss an order condition up to
+    ``min(order, 4)`` is refused with a ``ValueError`` naming the field.
     """
 
     name: str
@@ -38,20 +47,116 @@ class ButcherTableau:
     fsal: bool = field(init=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"tableau name must be a str, got {type(self.name).__name__}")
+        for attribute in ("c", "b", "error_weights"):
+            value = getattr(self, attribute)
+            if value is not None:
+                object.__setattr__(self, attribute, self._coefficients(attribute, value))
+        if isinstance(self.a, (str, bytes)) or not isinstance(self.a, (tuple, list)):
+            raise TypeError(
+                f"tableau {self.name!r}: a must be a sequence of rows, got {type(self.a).__name__}"
+            )
+        object.__setattr__(
+            self, "a", tuple(self._coefficients(f"a[{i}]", row) for i, row in enumerate(self.a))
+        )
         n_stages = len(self.c)
+        if n_stages == 0:
+            raise ValueError(f"tableau {self.name!r}: needs at least one stage")
         if len(self.b) != n_stages or len(self.a) != n_stages:
             raise ValueError(f"tableau {self.name!r}: c, a and b must have one entry per stage")
         for i, row in enumerate(self.a):
             if len(row) != i:
-                raise ValueError(f"tableau {self.name!r}: a[{i}] must have {i} entries")
+                raise ValueError(
+                    f"tableau {self.name!r}: a[{i}] must have {i} entries (a is strictly lower-triangular, "
+                    f"an explicit method: pass only the entries below the diagonal), got {len(row)}"
+                )
         if self.error_weights is not None and len(self.error_weights) != n_stages:
             raise ValueError(f"tableau {self.name!r}: error_weights needs one entry per stage")
+        if isinstance(self.order, bool) or not isinstance(self.order, numbers.Integral) or self.order < 1:
+            raise ValueError(f"tableau {self.name!r}: order must be a positive int, got {self.order!r}")
+        self._check_conditions()
+        pair = self.stiffness_stages
+        if pair is not None and not (
+            isinstance(pair, tuple)
+            and len(pair) == 2
+            and all(isinstance(i, int) and 0 <= i < n_stages for i in pair)
+            and pair[0] != pair[1]
+            and self.c[pair[0]] == self.c[pair[1]]
+        ):
+            raise ValueError(
+                f"tableau {self.name!r}: stiffness_stages must be two different stage indices with the "
+                f"same c, got {pair!r}"
+            )
+        if self.stability_size is not None and not (
+            isinstance(self.stability_size, numbers.Real)
+            and math.isfinite(self.stability_size)
+            and self.stability_size > 0
+        ):
+            raise ValueError(
+                f"tableau {self.name!r}: stability_size must be positive and finite, "
+                f"got {self.stability_size!r}"
+            )
         # First Same As Last: the last stage is evaluated at (t + dt, y1), so it is the next step's k1.
         last_row = self.a[-1]
         fsal = (
             n_stages > 1 and self.c[-1] == 1.0 and self.b[-1] == 0.0 and tuple(last_row) == tuple(self.b[:-1])
         )
         object.__setattr__(self, "fsal", fsal)
+
+    def _coefficients(self, name: str, values: object) -> tuple[float, ...]:
+        """``values`` as a tuple of finite floats (a list or numpy array is taken, and is then hashable)."""
+        if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list, np.ndarray)):
+            raise TypeError(
+                f"tableau {self.name!r}: {name} must be a sequence of floats, got {type(values).__name__}"
+            )
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"tableau {self.name!r}: {name} must hold real numbers, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"tableau {self.name!r}: {name} must be finite, got {value}")
+        return tuple(float(value) for value in values)
+
+    def _check_conditions(self) -> None:
+        """The row sums (``c_i = sum_j a_ij``, so a stage is evaluated at the time it approximates),
+        an error estimate that is one (weights summing to 0, not all 0), and the order conditions up
+        to ``min(order, 4)`` (Hairer, Norsett, Wanner I, II.1, Table 1.1): a tableau that breaks one
+        would integrate to a silently wrong or unestimated solution."""
+        n = self.n_stages
+        a = np.zeros((n, n))
+        for i, row in enumerate(self.a):
+            a[i, :i] = row
+        c, b = np.array(self.c), np.array(self.b)
+        tolerance = 1e-9 * (1.0 + np.abs(a).sum() + np.abs(b).sum())
+        for i in range(n):
+            if abs(a[i].sum() - c[i]) > tolerance:
+                raise ValueError(
+                    f"tableau {self.name!r}: c[{i}] = {c[i]} must be the sum of a[{i}] ({a[i].sum()})"
+                )
+        if self.error_weights is not None:
+            weights = np.array(self.error_weights)
+            if not weights.any() or abs(weights.sum()) > tolerance:
+                raise ValueError(
+                    f"tableau {self.name!r}: error_weights (b - b_hat) must sum to 0 and not all be 0, got "
+                    f"{self.error_weights}; a method without an error estimate takes error_weights=None"
+                )
+        ac = a @ c
+        conditions = [
+            (1, "sum(b)", b.sum(), 1.0),
+            (2, "b.c", b @ c, 1 / 2),
+            (3, "b.c^2", b @ c**2, 1 / 3),
+            (3, "b.(a c)", b @ ac, 1 / 6),
+            (4, "b.c^3", b @ c**3, 1 / 4),
+            (4, "b.(c a c)", b @ (c * ac), 1 / 8),
+            (4, "b.(a c^2)", b @ (a @ c**2), 1 / 12),
+            (4, "b.(a a c)", b @ (a @ ac), 1 / 24),
+        ]
+        for order, name, value, expected in conditions:
+            if order <= self.order and abs(value - expected) > tolerance:
+                raise ValueError(
+                    f"tableau {self.name!r}: order={self.order} needs the order-{order} condition "
+                    f"{name} = {expected:.6g}, got {value:.6g}; its coefficients reach order {order - 1}"
+                )
 
     @property
     def n_stages(self) -> int:

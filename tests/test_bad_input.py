@@ -596,3 +596,228 @@ def test_a_compiled_vector_field_gives_the_same_values_and_gradients():
         assert torch.allclose(ys, compiled_ys, rtol=1e-12, atol=1e-14)
         for reference, value in zip(grads, compiled_grads, strict=True):
             assert torch.allclose(reference, value, rtol=1e-10, atol=1e-14)
+
+
+def heun_euler_fields(**changes):
+    """The keywords of Heun's method with Euler embedded, as a user would write it, with ``changes``."""
+    fields = dict(name="mine", c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2, error_weights=(-0.5, 0.5))
+    return {**fields, **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "match"),
+    [
+        (dict(c=(0.0, 0.5)), ValueError, r"c\[1\] = 0.5 must be the sum of a\[1\]"),
+        (dict(c=(0.1, 1.0), a=((), (0.9,))), ValueError, r"c\[0\]"),
+        (dict(a=((0.5,), (1.0,))), ValueError, "strictly lower-triangular"),
+        (dict(b=(0.5, 0.6)), ValueError, r"order-1 condition sum\(b\)"),
+        (dict(b=(1.0, 0.0), error_weights=(0.5, -0.5)), ValueError, r"order-2 condition b\.c"),
+        (dict(order=0), ValueError, "order must be a positive int"),
+        (dict(order=2.5), ValueError, "order must be a positive int"),
+        (dict(a=((), (math.nan,))), ValueError, r"a\[1\] must be finite"),
+        (dict(error_weights=(math.nan, 0.5)), ValueError, "error_weights must be finite"),
+        (dict(error_weights=(0.0, 0.0)), ValueError, "error_weights=None"),
+        (dict(error_weights=(-0.5, 0.6)), ValueError, "must sum to 0"),
+        (dict(b=("0.5", 0.5)), TypeError, "b must hold real numbers"),
+        (dict(stiffness_stages=(5, 6)), ValueError, "stiffness_stages"),
+        (dict(stiffness_stages=(0, 1)), ValueError, "stiffness_stages"),
+        (dict(stability_size=-1.0), ValueError, "stability_size"),
+        (dict(name=3), TypeError, "name must be a str"),
+        (dict(c=(), a=(), b=(), error_weights=None), ValueError, "at least one stage"),
+    ],
+)
+def test_bad_tableau_is_refused_by_field(changes, error, match):
+    # Each of these used to be accepted: an inconsistent c or a zero error estimate integrated to a
+    # silently wrong solution, NaN entries ran into a step-size underflow, order 0 divided by zero.
+    with pytest.raises(error, match=match):
+        local_reg.ButcherTableau(**heun_euler_fields(**changes))
+
+
+def test_tableau_from_lists_and_numpy_solves_like_the_builtin():
+    # Lists (as a user copies coefficients) used to be kept as lists, unhashable in the dense output.
+    mine = local_reg.ButcherTableau(
+        **heun_euler_fields(a=[[], [1.0]], b=np.array([0.5, 0.5]), c=[0, 1], error_weights=[-0.5, 0.5])
+    )
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    ours = odeint(decay, y0, t, method=mine)
+    builtin = odeint(decay, y0, t, method="heun_euler")
+    assert torch.equal(ours.ys, builtin.ys)
+    assert ours.stats.nfe == builtin.stats.nfe
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_custom_tableau_gradient_matches_analytic(gradient):
+    mine = local_reg.ButcherTableau(**heun_euler_fields())
+    func = Decay(0.7)
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    odeint(func, y0, t, method=mine, gradient=gradient, rtol=1e-8, atol=1e-10).ys[-1].sum().backward()
+    assert func.rate.grad.item() == pytest.approx(-math.exp(-0.7), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("keywords", "error", "match"),
+    [
+        (dict(beta1=-1.0), ValueError, "beta1 must be positive"),
+        (dict(beta1=0.0), ValueError, "beta1 must be positive"),
+        (dict(beta1=math.nan), ValueError, "beta1 must be positive"),
+        (dict(beta2=math.nan), ValueError, "beta2 must be finite"),
+        (dict(beta1="0.1"), TypeError, "beta1 must be a real number"),
+        (dict(safety="0.9"), TypeError, "safety must be a real number"),
+    ],
+)
+def test_pi_controller_bad_values_are_refused(keywords, error, match):
+    # A negative or NaN beta1 used to run into a step-size underflow, a string into a TypeError
+    # from inside the controller's arithmetic.
+    with pytest.raises(error, match=match):
+        local_reg.PIController(**keywords)
+
+
+def test_pi_controller_large_beta1_does_not_overflow():
+    # EEst ** -beta1 overflowed Python's float power (an OverflowError) on a small error estimate.
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    solution = odeint(decay, y0, t, controller=local_reg.PIController(beta1=100.0), rtol=1e-8, atol=1e-10)
+    assert solution.ys[-1].item() == pytest.approx(math.exp(-1.0), rel=1e-6)
+
+
+def test_step_checks_norm_and_grad_times_and_takes_rtol_zero():
+    y = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    with pytest.raises(TypeError, match="norm must return a 0-dim tensor"):
+        local_reg.step(decay, 0.0, y, 0.1, "tsit5", norm=lambda error: 1.0)
+    with pytest.raises(ValueError, match="t requires grad"):
+        local_reg.step(decay, torch.tensor(0.0, requires_grad=True), y, 0.1, "tsit5")
+    with pytest.raises(ValueError, match="dt requires grad"):
+        local_reg.step(decay, 0.0, y, torch.tensor(0.1, requires_grad=True), "tsit5")
+    # rtol = 0 is a pure absolute tolerance, as in odeint: EEst = rms(err / atol).
+    result = local_reg.step(decay, 0.0, y, 0.1, "tsit5", rtol=0.0, atol=1e-8)
+    error = 0.1 * sum(w * k for w, k in zip(get_tableau("tsit5").error_weights, result.stages, strict=True))
+    assert result.error_estimate.item() == pytest.approx(local_reg.rms_norm(error / 1e-8).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "match"),
+    [
+        (dict(order=0), ValueError, "order must be a positive int"),
+        (dict(rtol=-1e-6), ValueError, "rtol must be positive"),
+        (dict(f0=torch.ones(3, dtype=torch.float64)), ValueError, r"f0 returned shape \(3,\)"),
+        (dict(f0=None), TypeError, "f0 must be a torch.Tensor"),
+        (dict(t0=math.nan), ValueError, "t0 must be finite"),
+        (dict(direction=0.0), ValueError, "direction must be"),
+        (dict(direction=2.0), ValueError, "direction must be"),
+        (dict(t_end=-1.0), ValueError, "t_end=-1.0 lies behind t0"),
+        (dict(func=lambda t, y: torch.ones(3, dtype=torch.float64)), ValueError, "func returned shape"),
+        (dict(norm=lambda error: 1.0), TypeError, "norm must return"),
+        (dict(time_dtype=torch.int64), TypeError, "time_dtype"),
+    ],
+)
+def test_initial_step_size_bad_arguments_are_refused(changes, error, match):
+    # It was unchecked: order 0 divided by zero, a wrong-shape f0 or func broadcast to a number,
+    # direction 2 or a t_end behind t0 gave a step size without complaint.
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    arguments = dict(func=decay, t0=0.0, y0=y0, f0=-y0, order=5, rtol=1e-6, atol=1e-8) | changes
+    with pytest.raises(error, match=match):
+        local_reg.initial_step_size(**arguments)
+
+
+def test_initial_step_size_is_the_solvers():
+    y0 = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    dt, nfe = local_reg.initial_step_size(decay, 0.0, y0, -y0, 5, 1e-6, 1e-8, t_end=1.0)
+    assert nfe == 1
+    assert odeint(decay, y0, t).steps.dt[0] <= dt
+    assert odeint(decay, y0, t, first_step=dt).ys.equal(odeint(decay, y0, t).ys)
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+def test_adjoint_params_behind_a_captured_non_leaf_is_named(gradient):
+    # func captures w = 2 * raw and adjoint_params lists raw: the backward pass's second
+    # differentiation of func met the freed outside graph (torch's "backward through the graph a
+    # second time"). Listing w itself gives raw the analytic gradient.
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    raw = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    w = 2 * raw
+    solution = odeint(lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=(raw,))
+    with pytest.raises(ValueError, match=r"list the captured tensor itself \(w\) in adjoint_params"):
+        solution.ys[-1].sum().backward()
+    w = 2 * raw  # the failed backward pass freed the first one's graph
+    solution = odeint(
+        lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=(w,), rtol=1e-9, atol=1e-11
+    )
+    solution.ys[-1].sum().backward()
+    assert raw.grad.item() == pytest.approx(-2 * math.exp(-1.0), rel=1e-6)
+
+
+@pytest.mark.parametrize("make", [local_reg.GradientRatio, lambda p: local_reg.RatioWeight(parameters=p)])
+@pytest.mark.parametrize(
+    ("parameters", "error", "match"),
+    [
+        (3, TypeError, "parameters must be an iterable of tensors"),
+        (torch.nn.Parameter(torch.ones(2)), TypeError, "got a tensor"),
+        ([1.0], TypeError, "parameters must be an iterable of tensors"),
+        ([], ValueError, "no tensor that requires grad"),
+        ([torch.ones(2)], ValueError, "no tensor that requires grad"),
+    ],
+)
+def test_gradient_ratio_parameters_are_checked(make, parameters, error, match):
+    # GradientRatio took a tensor's rows as parameters (a wrong ratio), failed with "'int' object is
+    # not iterable" or "'float' object has no attribute 'requires_grad'", and with nothing to measure
+    # failed at its first use with autograd's "inputs argument to grad() cannot be empty".
+    with pytest.raises(error, match=match):
+        make(parameters)
+
+
+def test_gradient_ratio_refuses_a_vector_reg_loss_and_measures_a_scalar_one():
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    ratio = local_reg.GradientRatio([p])
+    with pytest.raises(ValueError, match=r"reg_loss must be a 0-dim tensor, got shape \(2,\)"):
+        ratio.before_backward(3 * p)
+    assert math.isnan(ratio.after_backward())  # nothing measured, as documented
+    reg_loss, task_loss = 3 * p.sum(), (p**2).sum()
+    ratio.before_backward(reg_loss)
+    (task_loss + reg_loss).backward()
+    # d reg / dp = (3, 3), d task / dp = 2 p = (2, 4).
+    assert ratio.after_backward() == pytest.approx(math.sqrt(18 / 20), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        local_reg.ConstantWeight(1.0),
+        local_reg.ExponentialDecay(1.0, 0.1, 10),
+        local_reg.AdaptiveWeight(),
+        local_reg.RatioWeight(),
+    ],
+    ids=type,
+)
+@pytest.mark.parametrize("state", [{}, {"w": 1.0}, None])
+def test_weight_load_state_dict_without_an_iteration_is_named(schedule, state):
+    # It was a bare KeyError: 'iteration' (or a TypeError from indexing None).
+    with pytest.raises((ValueError, TypeError), match="state"):
+        schedule.load_state_dict(state)
+
+
+def test_weight_load_state_dict_of_another_schedule_is_refused():
+    with pytest.raises(ValueError, match="RatioWeight state is missing"):
+        local_reg.RatioWeight().load_state_dict(local_reg.AdaptiveWeight().state_dict())
+    with pytest.raises(ValueError, match="AdaptiveWeight state is missing"):
+        local_reg.AdaptiveWeight().load_state_dict(local_reg.RatioWeight().state_dict())
+
+
+def test_evaluate_refuses_a_t_that_requires_grad_and_differentiates_the_parameters():
+    # t's gradient used to be silently None (the times are read as floats).
+    func = Decay(0.7)
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    solution = odeint(func, y0, t, dense=True, rtol=1e-10, atol=1e-12)
+    query = torch.tensor([0.3, 0.55], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="not differentiable w.r.t. t"):
+        solution.evaluate(query)
+    with torch.no_grad():
+        assert solution.evaluate(query).shape == (2, 1)
+    # Under gradient="direct" the parameters' gradient is d/da sum exp(-a s) = -sum s exp(-a s).
+    solution.evaluate(query.detach()).sum().backward()
+    exact = sum(-s * math.exp(-0.7 * s) for s in (0.3, 0.55))
+    assert func.rate.grad.item() == pytest.approx(exact, rel=1e-6)

@@ -333,9 +333,21 @@ class _SolveWithoutGraph(torch.autograd.Function):
     def backward(ctx, grad_ys: Tensor, grad_penalties: Tensor):
         (ys,) = ctx.saved_tensors
         solve: ForwardSolve = ctx.solve
-        grad_y0, grad_params, nfe = ctx.method.backward(
-            solve, ys, grad_ys, grad_penalties if solve.step_penalty is not None else None
-        )
+        try:
+            grad_y0, grad_params, nfe = ctx.method.backward(
+                solve, ys, grad_ys, grad_penalties if solve.step_penalty is not None else None
+            )
+        except RuntimeError as error:
+            if "backward through the graph a second time" not in str(error):
+                raise
+            # The backward pass differentiates func once per stage: a graph built outside func, from
+            # a tensor in adjoint_params, is freed by the first of these.
+            raise ValueError(
+                f"gradient={ctx.method.name!r}: func depends on adjoint_params through a tensor computed "
+                "outside func (e.g. w = 2 * raw, captured by func, with raw in adjoint_params); list the "
+                "captured tensor itself (w) in adjoint_params, and its gradient flows on to raw, or "
+                "compute it inside func"
+            ) from error
         if all_finite((grad_ys, grad_penalties)) and not all_finite((grad_y0, *grad_params)):
             raise_non_finite_gradient(solve.times[0], solve.stats.n_steps)
         # Accumulate: a graph kept with retain_graph=True may be differentiated more than once.

@@ -18,6 +18,24 @@ import torch
 from torch import Tensor
 
 
+def trained_parameters(parameters: object) -> list[Tensor]:
+    """The tensors of ``parameters`` that require grad; a tensor itself (whose rows would be taken
+    as parameters), a non-iterable, an element that is not a tensor, or none that requires grad is
+    an error naming ``parameters``."""
+    if isinstance(parameters, Tensor) or not isinstance(parameters, Iterable):
+        raise TypeError(
+            "parameters must be an iterable of tensors (e.g. model.parameters()), got "
+            f"{'a tensor' if isinstance(parameters, Tensor) else type(parameters).__name__}"
+        )
+    parameters = list(parameters)
+    if not all(isinstance(p, Tensor) for p in parameters):
+        raise TypeError("parameters must be an iterable of tensors (e.g. model.parameters())")
+    trained = [p for p in parameters if p.requires_grad]
+    if not trained:
+        raise ValueError("parameters holds no tensor that requires grad")
+    return trained
+
+
 class GradientRatio:
     """``ratio = GradientRatio(model.parameters())``; around one training step::
 
@@ -33,11 +51,13 @@ class GradientRatio:
     """
 
     def __init__(self, parameters: Iterable[Tensor]) -> None:
-        self.parameters = [p for p in parameters if p.requires_grad]
+        self.parameters = trained_parameters(parameters)
         self._penalty_grads: list[Tensor | None] | None = None
         self.penalty_norm = self.task_norm = math.nan
 
     def before_backward(self, reg_loss: Tensor) -> None:
+        if isinstance(reg_loss, Tensor) and reg_loss.numel() != 1:
+            raise ValueError(f"reg_loss must be a 0-dim tensor, got shape {tuple(reg_loss.shape)}")
         if not isinstance(reg_loss, Tensor) or not reg_loss.requires_grad:
             self._penalty_grads = None
             return

@@ -13,13 +13,13 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ._diagnostics import GradientRatio
+from ._diagnostics import GradientRatio, trained_parameters
 
 
 def _non_negative(name: str, value: object) -> float:
@@ -70,6 +70,11 @@ class WeightSchedule:
         return {"iteration": self.iteration}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, Mapping) or "iteration" not in state:
+            got = f"keys {sorted(state)}" if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(
+                f"state must be a {type(self).__name__}.state_dict() (a dict with 'iteration'), got {got}"
+            )
         iteration = state["iteration"]
         if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
             raise ValueError(f"iteration must be a non-negative int, got {iteration!r}")
@@ -325,18 +330,7 @@ class RatioWeight(_SelfTuningWeight):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         self.every = every
-        self.parameters = None
-        if parameters is not None:
-            if isinstance(parameters, Tensor):
-                raise TypeError(
-                    "parameters must be an iterable of tensors (e.g. model.parameters()), got a tensor"
-                )
-            self.parameters = list(parameters)
-            if not all(isinstance(p, Tensor) for p in self.parameters):
-                raise TypeError("parameters must be an iterable of tensors (e.g. model.parameters())")
-            self.parameters = [p for p in self.parameters if p.requires_grad]
-            if not self.parameters:
-                raise ValueError("parameters holds no tensor that requires grad")
+        self.parameters = None if parameters is None else trained_parameters(parameters)
         self._measurement: dict[str, Any] | None = None
         super().__init__(initial, beta, w_min, w_max)
 
@@ -472,7 +466,7 @@ class RatioWeight(_SelfTuningWeight):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # A state saved before the weight counted its own iterations has none counted.
-        super().load_state_dict({"watched": 0, **state})
+        super().load_state_dict({"watched": 0, **state} if isinstance(state, Mapping) else state)
 
     def __getstate__(self) -> dict[str, Any]:
         # An open measurement's hooks belong to this object's parameters, not to a copy's.
