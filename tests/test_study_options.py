@@ -289,6 +289,10 @@ def test_cli_settings_for_the_study():
     assert vanilla.run_id == RunSpec("digits", "vanilla", 0, "tiny").run_id
     with pytest.raises(ValueError, match="local.nope"):
         RunSpec("digits", "local-random", 0, "tiny", overrides={"local.nope": 1}).settings()
+    wide = RunSpec("digits", "local-random", 0, "tiny", overrides={"local.probe_dtype": "float64"})
+    assert wide.settings()["local"] == {"probe_dtype": "float64"} and "probe_dtype=float64" in wide.label
+    with pytest.raises(ValueError, match="probe_dtype"):
+        RunSpec("digits", "local-random", 0, "tiny", overrides={"local.probe_dtype": "half"}).settings()
     adaptive = weight_schedule({"adaptive": 2.0, "loss_rise": 0.1}, 10, "local-random")
     assert isinstance(adaptive, AdaptiveWeight) and adaptive() == 2.0 and adaptive.loss_rise == 0.1
     assert weight_text({"adaptive": 2.0, "loss_rise": 0.1}) == "adaptive 2 (loss_rise=0.1)"
