@@ -230,7 +230,10 @@ case "${1:-}" in
             spiral:study-ratio-spiral latent_ode:study-ratio-latent digits:study-ratio-digits-tight; do
             task=${task_out%%:*} out=results/${task_out#*:} extra=()
             [ "$out" = results/study-ratio-digits-tight ] && extra=("${tight[@]}")
-            $LR experiment "$task" --methods rnode "${COMMON[@]}" --out "$out" --set "weights.rnode=$ratio" "${extra[@]}"
+            for target in 1 0.1; do
+                $LR experiment "$task" --methods rnode "${COMMON[@]}" --out "$out" \
+                    --set "weights.rnode=${ratio/\"ratio\": 1,/\"ratio\": $target,}" "${extra[@]}"
+            done
         done
         ;;
     default_variants)  # the default with sampling "biased", probe_scale 2, n_draws 2, on every quick task but mnist
