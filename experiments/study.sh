@@ -7,7 +7,7 @@
 #                                   ratio_every, ratio_reference, ratio_tasks, ratio_targets,
 #                                   ratio_mnist_tight, ratio_field, ratio_field2, defaults,
 #                                   defaults_mnist_tight, field_probe, field_every, synthetic,
-#                                   default_variants, probe_float64, rnode_ratio
+#                                   default_variants, probe_float64, rnode_ratio, kinetic
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -236,6 +236,18 @@ case "${1:-}" in
             done
         done
         ;;
+    kinetic)  # penalty "kinetic" (mean f(t_reg, u)^2, no probe step) with the default weight, and at targets 0.3, 0.1
+        tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
+        for weight in default '{"ratio": 0.3, "every": 10, "scope": "field"}' '{"ratio": 0.1, "every": 10, "scope": "field"}'; do
+            for task_out in tabular:study-ratio-tabular digits:study-ratio-digits synthetic:study-synthetic \
+                spiral:study-ratio-spiral latent_ode:study-ratio-latent digits:study-ratio-digits-tight; do
+                task=${task_out%%:*} out=results/${task_out#*:} extra=()
+                [ "$out" = results/study-ratio-digits-tight ] && extra=("${tight[@]}")
+                $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "$out" \
+                    --set "weights.local-random=$weight" --set local.penalty=kinetic "${extra[@]}"
+            done
+        done
+        ;;
     default_variants)  # the default with sampling "biased", probe_scale 2, n_draws 2, on every quick task but mnist
         tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
         for task_out in digits:study-ratio-digits tabular:study-ratio-tabular synthetic:study-synthetic \
@@ -252,7 +264,7 @@ case "${1:-}" in
         done
         ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic" >&2
         exit 2
         ;;
 esac

@@ -166,6 +166,36 @@ def test_probe_dtype_steps_in_float64_and_differentiates_into_the_float32_parame
     assert plain.stats.t_reg == stats.t_reg and plain.stats.error_estimate != stats.error_estimate
 
 
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "symplectic", "adjoint"])
+def test_kinetic_penalty_is_the_mean_square_rate_at_t_reg_without_a_probe_step(gradient):
+    func, y0 = _Field(), _y0().requires_grad_()
+    model = LocallyRegularized(
+        func, penalty="kinetic", weight=1.0, gradient=gradient, generator=torch.Generator().manual_seed(2)
+    )
+    ys = model(y0, T)
+    # u(t_reg) is a constant of the penalty, as the probe's state is.
+    (to_y0,) = torch.autograd.grad(model.reg_loss, [y0], retain_graph=True, allow_unused=True)
+    assert to_y0 is None or not to_y0.any()
+    stats = model.stats
+    assert stats.nfe_reg == 1 and stats.dt_reg is None and stats.error_estimate is None
+    expected = func(torch.tensor(stats.t_reg, dtype=DTYPE), stats.state).pow(2).mean()
+    assert float(model.reg_loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-12)
+    params = list(func.parameters())
+    grads = torch.autograd.grad(model.reg_loss, params, retain_graph=True)
+    for got, want in zip(grads, torch.autograd.grad(expected, params), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+    (ys.sum() + model.reg_loss).backward()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(probe_scale=2.0), dict(probe="solver"), dict(step_size="solver"), dict(regularizer="stiffness")],
+)
+def test_kinetic_penalty_refuses_probe_options(kwargs):
+    with pytest.raises(ValueError, match="kinetic|penalty"):
+        LocallyRegularized(_Field(), penalty="kinetic", **kwargs)
+
+
 def test_probe_dtype_needs_an_ode_module_with_a_tensor_state():
     class SDE(torch.nn.Module):
         noise_type, sde_type = "diagonal", "ito"

@@ -19,8 +19,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._step import time_tensor
 from .._tuple import TupleField, TupleState
-from .._validate import check_choice, check_generator
+from .._validate import check_choice, check_generator, checked_field
 from ..sde.problem import is_sde
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
@@ -188,6 +189,12 @@ class LocalPenalty:
                 state = state.detach()
             if self.probe_dtype is not None:
                 state = state.to(getattr(torch, self.probe_dtype))
+            if self.penalty == "kinetic":
+                rate = checked_field(probe_problem.func)(time_tensor(t_reg, state), state)
+                probe.add(1)
+                penalties.append(rate.pow(2).mean())
+                result, dt = None, None
+                continue
             result, dt, cost_of_draw = probe_problem.probe(
                 context,
                 tableau,
@@ -214,7 +221,7 @@ class LocalPenalty:
             t_reg=t_reg,
             dt_reg=dt,
             state=state.detach(),
-            error_estimate=float(result.error_estimate.detach()),
+            error_estimate=None if result is None else float(result.error_estimate.detach()),
             stiffness_estimate=None if stiffness is None else float(stiffness.detach()),
             penalty=value,
             penalty_finite=finite,

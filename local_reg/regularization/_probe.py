@@ -18,6 +18,10 @@ pure so that the regularizer's procedure is unchanged at the defaults
   the tolerance, so the paper's form has a gradient that scales like ``1/tol`` at a fixed ``dt``,
   while ``log EEst`` has a gradient that does not depend on the tolerance at all and ``EEst ** (1/p)``
   one that scales like ``tol ** (-1/p)``;
+- ``"kinetic"``: no probe step at all, ``mean(f(t_reg, u(t_reg))**2)`` with ``u(t_reg)`` a constant:
+  RNODE's kinetic energy (Finlay et al., ICML 2020) sampled at the one random time, which is what
+  the float32 ``EEst`` of a probe far inside the tolerance mostly measures (about
+  ``eps32 |dt| |f| / tol``; docs/results.md);
 - ``n_draws`` independent draws of ``t_reg`` per pass, penalties averaged;
 - ``probe_dtype``: the probe step computed in another floating dtype (``"float64"`` for a float32
   model: the vector field's parameters are cast differentiably), so that its ``EEst`` is the
@@ -37,7 +41,7 @@ from . import _sampling
 from ._sampling import insert_time, time_tolerance
 
 PROBES = ("initial", "initial-hairer", "solver")
-PENALTIES = ("error-dt", "growth", "log", "log-hinge")
+PENALTIES = ("error-dt", "growth", "log", "log-hinge", "kinetic")
 PROBE_DTYPES = ("float32", "float64")
 # ``log`` and ``growth`` are guarded below this EEst: a zero error estimate (a locally linear field)
 # would otherwise give ``-inf`` or an infinite gradient.
@@ -68,6 +72,11 @@ def check_probe_options(
         raise ValueError(f"probe={probe!r} contradicts step_size='solver'; use probe='solver' alone")
     if penalty != "error-dt" and regularizer != "error":
         raise ValueError(f"penalty={penalty!r} applies to regularizer='error', got {regularizer!r}")
+    if penalty == "kinetic" and (probe_scale != 1.0 or probe == "solver" or step_size == "solver"):
+        raise ValueError(
+            "penalty='kinetic' takes no probe step: probe_scale, probe='solver' and step_size='solver' "
+            "do not apply"
+        )
     if probe_scale != 1.0 and (probe == "solver" or step_size == "solver"):
         raise ValueError("probe_scale scales the initial-step heuristic; it does not apply to probe='solver'")
     return probe, float(probe_scale), penalty, n_draws
