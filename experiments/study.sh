@@ -246,6 +246,8 @@ case "${1:-}" in
                 $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "$out" \
                     --set "weights.local-random=$weight" --set local.penalty=kinetic "${extra[@]}"
             done
+            $LR experiment mnist --methods local-random "${COMMON[@]}" --out results/study-ratio-mnist \
+                --set "weights.local-random=$weight" --set local.penalty=kinetic
         done
         ;;
     default_variants)  # the default with sampling "biased", probe_scale 2, n_draws 2, on every quick task but mnist
