@@ -179,21 +179,22 @@ class LocalPenalty:
         main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
         penalties = []
         probe = Stats()
-        probe_problem = problem
+        probe_problem, probe_dtype = problem, None
         if self.probe_dtype is not None:
             if isinstance(problem.func, TupleField):
                 raise ValueError("probe_dtype does not take tuple states: pass a tensor state")
-            probe_problem = problem.with_func(CastField(problem.func, getattr(torch, self.probe_dtype)))
+            probe_dtype = getattr(torch, self.probe_dtype)
+            probe_problem = problem.with_func(CastField(problem.func, probe_dtype))
+        result = dt = None  # no probe step for the kinetic penalty
         for t_reg, state, solver_dt in draws:
             if self.detach_state:
                 state = state.detach()
-            if self.probe_dtype is not None:
-                state = state.to(getattr(torch, self.probe_dtype))
+            if probe_dtype is not None:
+                state = state.to(probe_dtype)
             if self.penalty == "kinetic":
                 rate = checked_field(probe_problem.func)(time_tensor(t_reg, state), state)
                 probe.add(1)
                 penalties.append(rate.pow(2).mean())
-                result, dt = None, None
                 continue
             result, dt, cost_of_draw = probe_problem.probe(
                 context,
