@@ -304,8 +304,9 @@ def initial_step_size(
         scale = atol + rtol * y0_wide.abs()
         d0 = float(norm(y0_wide / scale))
         d1 = float(norm(f0_wide / scale))
-        finite_input = torch.isfinite(y0_wide).all() & torch.isfinite(f0_wide).all()
-        if not (d0 >= 0.0 and d1 >= 0.0) and bool(finite_input):
+        if not (d0 >= 0.0 and d1 >= 0.0) and bool(
+            torch.isfinite(y0_wide).all() & torch.isfinite(f0_wide).all()
+        ):
             # A NaN here would make every step size NaN, which no step-size check catches.
             raise ValueError(f"norm must return a non-negative number for a finite input, got {d0} and {d1}")
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
