@@ -236,9 +236,11 @@ case "${1:-}" in
             done
         done
         ;;
-    kinetic)  # penalty "kinetic" (mean f(t_reg, u)^2, no probe step) with the default weight, and at targets 0.3, 0.1
+    kinetic)  # penalty "kinetic" (mean f(t_reg, u)^2, no probe step) with the default weight, and at targets 0.3, 0.1, 0.2
+        targets=()
         tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
-        for weight in default '{"ratio": 0.3, "every": 10, "scope": "field"}' '{"ratio": 0.1, "every": 10, "scope": "field"}'; do
+        for target in 0.3 0.1 0.2; do targets+=("{\"ratio\": $target, \"every\": 10, \"scope\": \"field\"}"); done
+        for weight in default "${targets[@]}"; do
             for task_out in tabular:study-ratio-tabular digits:study-ratio-digits synthetic:study-synthetic \
                 spiral:study-ratio-spiral latent_ode:study-ratio-latent digits:study-ratio-digits-tight; do
                 task=${task_out%%:*} out=results/${task_out#*:} extra=()
@@ -249,6 +251,9 @@ case "${1:-}" in
             $LR experiment mnist --methods local-random "${COMMON[@]}" --out results/study-ratio-mnist \
                 --set "weights.local-random=$weight" --set local.penalty=kinetic
         done
+        $LR experiment mnist --methods local-random "${COMMON[@]}" --out results/study-ratio-mnist-tight \
+            --set "weights.local-random=${targets[0]}" --set local.penalty=kinetic \
+            --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 --set epochs=20
         ;;
     default_variants)  # the default with sampling "biased", probe_scale 2, n_draws 2, on every quick task but mnist
         tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
