@@ -7,7 +7,8 @@
 #                                   ratio_every, ratio_reference, ratio_tasks, ratio_targets,
 #                                   ratio_mnist_tight, ratio_field, ratio_field2, defaults,
 #                                   defaults_mnist_tight, field_probe, field_every, synthetic,
-#                                   default_variants, probe_float64, rnode_ratio, kinetic
+#                                   default_variants, probe_float64, rnode_ratio, kinetic,
+#                                   kinetic_sde
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -251,9 +252,21 @@ case "${1:-}" in
             $LR experiment mnist --methods local-random "${COMMON[@]}" --out results/study-ratio-mnist \
                 --set "weights.local-random=$weight" --set local.penalty=kinetic
         done
-        $LR experiment mnist --methods local-random "${COMMON[@]}" --out results/study-ratio-mnist-tight \
-            --set "weights.local-random=${targets[0]}" --set local.penalty=kinetic \
-            --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 --set epochs=20
+        for weight in "${targets[0]}" "${targets[2]}"; do
+            $LR experiment mnist --methods local-random "${COMMON[@]}" --out results/study-ratio-mnist-tight \
+                --set "weights.local-random=$weight" --set local.penalty=kinetic \
+                --set solver.rtol=1.4e-8 --set solver.atol=1.4e-8 --set epochs=20
+        done
+        ;;
+    kinetic_sde)  # penalty "kinetic" for SDEs (mean drift(t_reg, u)^2) at the default's target 1 and at 0.3, 0.2, 0.1
+        vanilla spiral_sde results/study-spiral-sde
+        for target in 1 0.3 0.2 0.1; do
+            weight="{\"ratio\": $target, \"every\": 10, \"scope\": \"field\"}"
+            for task_out in nsde_digits:study-ratio-nsde spiral_sde:study-spiral-sde; do
+                $LR experiment "${task_out%%:*}" --methods local-random "${COMMON[@]}" \
+                    --out "results/${task_out#*:}" --set "weights.local-random=$weight" --set local.penalty=kinetic
+            done
+        done
         ;;
     default_variants)  # the default with sampling "biased", probe_scale 2, n_draws 2, on every quick task but mnist
         tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
@@ -271,7 +284,7 @@ case "${1:-}" in
         done
         ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde" >&2
         exit 2
         ;;
 esac

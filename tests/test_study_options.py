@@ -364,6 +364,39 @@ def test_sde_refuses_the_ode_probe_options():
         LocallyRegularized(SDE(), penalty="log")
 
 
+@pytest.mark.parametrize("backend", ["local_reg", "torchsde"])
+def test_sde_kinetic_penalty_is_the_mean_square_drift_at_t_reg(backend):
+    class SDE(torch.nn.Module):
+        noise_type = "diagonal"
+        sde_type = "ito"
+
+        def __init__(self):
+            super().__init__()
+            self.drift = _field(3)
+            self.scale = torch.nn.Parameter(torch.tensor(0.1, dtype=DTYPE))
+
+        def f(self, t, y):
+            return self.drift(y)
+
+        def g(self, t, y):
+            return self.scale * torch.ones_like(y)
+
+    sde = SDE()
+    y0 = torch.randn(4, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(1))
+    model = LocallyRegularized(
+        sde, penalty="kinetic", weight=1.0, backend=backend, generator=torch.Generator().manual_seed(2)
+    )
+    model(y0, T)
+    stats = model.stats
+    # One drift evaluation, no diffusion, no probe step.
+    assert stats.nfe_reg == 1 and stats.probe.nfe_diffusion == 0 and stats.dt_reg is None
+    expected = sde.drift(stats.state).pow(2).mean()
+    assert float(model.reg_loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-12)
+    grads = torch.autograd.grad(model.reg_loss, list(sde.drift.parameters()))
+    for got, want in zip(grads, torch.autograd.grad(expected, list(sde.drift.parameters())), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+
+
 def test_gradient_ratio_against_separate_gradients():
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 2).double()

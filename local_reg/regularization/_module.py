@@ -19,9 +19,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .._step import time_tensor
 from .._tuple import TupleField, TupleState
-from .._validate import check_choice, check_generator, checked_field
+from .._validate import check_choice, check_generator
 from ..sde.problem import is_sde
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
@@ -131,10 +130,12 @@ class LocalPenalty:
 
     def check(self, problem: Problem) -> None:
         problem.check_regularizer(self.regularizer, self.reg_method)
-        if isinstance(problem, SDEProblem) and (self.probe == "initial-hairer" or self.penalty != "error-dt"):
+        if isinstance(problem, SDEProblem) and (
+            self.probe == "initial-hairer" or self.penalty not in ("error-dt", "kinetic")
+        ):
             raise ValueError(
-                "these probe options (probe='initial-hairer', a penalty form other than 'error-dt') are "
-                "Runge--Kutta options; an SDE's probe is an Euler--Maruyama step"
+                "these probe options (probe='initial-hairer', a penalty form other than 'error-dt' or "
+                "'kinetic') are Runge--Kutta options; an SDE's probe is an Euler--Maruyama step"
             )
         if self.probe_dtype is not None and not isinstance(getattr(problem, "func", None), nn.Module):
             raise ValueError(
@@ -192,9 +193,7 @@ class LocalPenalty:
             if probe_dtype is not None:
                 state = state.to(probe_dtype)
             if self.penalty == "kinetic":
-                rate = checked_field(probe_problem.func)(time_tensor(t_reg, state), state)
-                probe.add(1)
-                penalties.append(rate.pow(2).mean())
+                penalties.append(probe_problem.drift(context, t_reg, state, probe).pow(2).mean())
                 continue
             result, dt, cost_of_draw = probe_problem.probe(
                 context,

@@ -204,9 +204,12 @@ class ODEProblem(_Problem):
             **self.options,
         )
 
-    def _start(self, context: None, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
+    def drift(self, context: None, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
+        """``func(t_reg, state)``, counted in ``stats``."""
         stats.add(1)
         return checked_field(self.func)(time_tensor(t_reg, state), state)
+
+    _start = drift
 
     def _heuristic(
         self,
@@ -289,6 +292,11 @@ class SDEProblem(_Problem):
 
     def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: tuple, request: Request):
         return _sde_backends.solve_main(self, y0, times, context[1], request)
+
+    def drift(self, context: tuple, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
+        """The drift ``f(t_reg, state)``, counted in ``stats``."""
+        stats.add(1)
+        return CheckedSDE(self.sde, context[0]).f(time_tensor(t_reg, state), state)
 
     def _start(self, context: tuple, t_reg: float, state: Tensor, stats: Stats) -> tuple[Tensor, Tensor]:
         t_now = time_tensor(t_reg, state)

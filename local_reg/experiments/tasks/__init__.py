@@ -42,6 +42,7 @@ from __future__ import annotations
 from .base import Batch, ModelContext, Task, TaskData
 from .digits import DigitsTask
 from .latent_ode import LatentODETask
+from .lotka import LotkaTask
 from .mnist import MnistTask
 from .nsde_digits import NSDEDigitsTask
 from .spiral import SpiralTask
@@ -57,6 +58,7 @@ REGISTRY: dict[str, Task] = {
     "spiral_sde": SpiralSDETask(),
     "tabular": TabularTask(),
     "synthetic": SyntheticTask(),
+    "lotka": LotkaTask(),
 }
 
 __all__ = ["REGISTRY", "Batch", "ModelContext", "Task", "TaskData"]
