@@ -8,7 +8,7 @@
 #                                   ratio_mnist_tight, ratio_field, ratio_field2, defaults,
 #                                   defaults_mnist_tight, field_probe, field_every, synthetic,
 #                                   default_variants, probe_float64, rnode_ratio, kinetic,
-#                                   kinetic_sde
+#                                   kinetic_sde, lotka
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -268,6 +268,16 @@ case "${1:-}" in
             done
         done
         ;;
+    lotka)  # the held-out trajectory fit: vanilla, the default, the kinetic penalty at 0.2 (the candidate) and 0.1, 0.3, 1
+        vanilla lotka results/study-lotka
+        $LR experiment lotka --methods local-random "${COMMON[@]}" --out results/study-lotka \
+            --set weights.local-random=default
+        for target in 0.2 0.1 0.3 1; do
+            $LR experiment lotka --methods local-random "${COMMON[@]}" --out results/study-lotka \
+                --set "weights.local-random={\"ratio\": $target, \"every\": 10, \"scope\": \"field\"}" \
+                --set local.penalty=kinetic
+        done
+        ;;
     default_variants)  # the default with sampling "biased", probe_scale 2, n_draws 2, on every quick task but mnist
         tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
         for task_out in digits:study-ratio-digits tabular:study-ratio-tabular synthetic:study-synthetic \
@@ -284,7 +294,7 @@ case "${1:-}" in
         done
         ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka" >&2
         exit 2
         ;;
 esac
