@@ -6,8 +6,9 @@ The flow maps a data point ``x = z(0)`` to ``z(1)`` by ``dz/dt = f(z, t)``; alon
 Jacobian by Hutchinson's estimator ``tr(J) ~ e^T J e`` with Rademacher noise ``e``, drawn once per
 solve (Grathwohl et al., FFJORD, ICLR 2019). Training maximizes the likelihood of the data.
 
-``--regularize local`` penalizes the solver's error estimate at one random step (Pal, Edelman and
-Rackauckas, ICML 2023), ``global`` at every step (Pal et al., ICML 2021), ``none`` nothing. The script
+``--regularize local`` is local regularization (Pal, Edelman and Rackauckas, ICML 2023) at the
+library's default: the field's mean square rate at one random time; ``global`` penalizes the
+solver's error estimate at every step (Pal et al., ICML 2021), ``none`` nothing. The script
 prints the test-time NFE (eval mode) before and after training, and plots the data, samples from the
 flow (the ODE solved backwards from Gaussian noise) and the learned density.
 

@@ -8,8 +8,9 @@ per batch at the union of the batch's observation times (the solver interpolates
 output times cost no extra steps) and a linear map decodes each series at its own times. Loss:
 masked MSE plus a small KL term.
 
-``--regularize local`` penalizes the solver's error estimate at one random step (Pal, Edelman and
-Rackauckas, ICML 2023), ``global`` at every step (Pal et al., ICML 2021), ``none`` nothing. The script
+``--regularize local`` is local regularization (Pal, Edelman and Rackauckas, ICML 2023) at the
+library's default: the field's mean square rate at one random time; ``global`` penalizes the
+solver's error estimate at every step (Pal et al., ICML 2021), ``none`` nothing. The script
 prints the test-time NFE of the latent solve (eval mode) before and after training, and plots a few
 test series with the model's reconstruction on a fine grid.
 

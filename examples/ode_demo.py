@@ -4,11 +4,12 @@ The true dynamics are ``dy/dt = (y**3) A`` with ``A = [[-0.1, 2], [-2, -0.1]]`` 
 on ``[0, 25]``. The model ``f(y) = MLP(y**3)`` is trained on random short segments of the trajectory,
 each integrated from its own first point, by mean absolute error (as in the torchdiffeq demo).
 
-``--regularize local`` adds the local regularizer of Pal, Edelman and Rackauckas (ICML 2023): the
-solver's error estimate ``EEst * |dt|`` at one randomly sampled step; ``global`` the global one of
-Pal et al. (ICML 2021), summed over every step; ``none`` trains the plain model. The script prints
-the test-time NFE (a solve of the whole trajectory in eval mode) before and after training, and saves
-a plot of the true and learned trajectories.
+``--regularize local`` adds the local regularizer of Pal, Edelman and Rackauckas (ICML 2023) at the
+library's default: the field's mean square rate at one randomly sampled time (the paper penalizes
+the solver's error estimate ``EEst * |dt|`` of one step there); ``global`` the global one of
+Pal et al. (ICML 2021), the error estimates summed over every step; ``none`` trains the plain model.
+The script prints the test-time NFE (a solve of the whole trajectory in eval mode) before and after
+training, and saves a plot of the true and learned trajectories.
 
     python examples/ode_demo.py --regularize local --out spiral_local.png
     python examples/ode_demo.py --quick

@@ -1,9 +1,9 @@
 """``make demo``: vanilla against local regularization, three small tables (about two minutes on 2 CPU
 cores; one seed each, so the numbers are single runs, not the 3-seed means of docs/results.md).
 
-1. **At the library's defaults** (``LocallyRegularized(func)``: the self-tuning weight, the spec
-   ``weights.local-random=default``) on two tasks it was not tuned on: the held-out tabular
-   classifier (breast cancer) and the neural SDE on sklearn digits::
+1. **At the library's defaults** (``LocallyRegularized(func)``: the kinetic penalty with the
+   self-tuning weight, the spec ``weights.local-random=default``) on a tabular classifier (breast
+   cancer) and the neural SDE on sklearn digits::
 
        local-reg experiment tabular --methods vanilla local-random --seeds 1 --quick \\
            --set weights.local-random=default --out results/demo-default-tabular

@@ -33,17 +33,32 @@ class DiagonalSDE(torch.nn.Module):
         return 0.1 * torch.ones_like(y)
 
 
-def test_the_default_weight_and_probe():
+def test_the_default_penalty_and_weight():
     field = Field()
     model = LocallyRegularized(field)
+    assert model.penalty.penalty == "kinetic"
     assert isinstance(model.weight, RatioWeight)
-    assert (model.weight.target_ratio, model.weight.every) == (1.0, 10)
+    assert (model.weight.target_ratio, model.weight.every) == (0.2, 10)
     assert [id(p) for p in model.weight.parameters] == [id(p) for p in field.parameters()]
-    assert model.penalty.probe == "initial-hairer"
-    # The solver's own step (the older option) keeps its probe; an SDE's probe is Euler-Maruyama's.
-    assert LocallyRegularized(field, step_size="solver").penalty.probe == "initial"
     sde = LocallyRegularized(DiagonalSDE())
-    assert sde.penalty.probe == "initial" and isinstance(sde.weight, RatioWeight)
+    assert sde.penalty.penalty == "kinetic" and sde.weight.target_ratio == 0.2
+    # An option that only a probe step reads asks for the probe step: the paper's penalty, with the
+    # probe-step default (Hairer's heuristic; the solver's own step keeps the paper's; an SDE's
+    # probe is Euler-Maruyama's) and its own default target.
+    for options in (
+        dict(probe="initial-hairer"),
+        dict(probe_scale=2.0),
+        dict(regularizer="stiffness"),
+        dict(step_size="solver"),
+        dict(probe_dtype="float64"),
+    ):
+        probed = LocallyRegularized(field, **options)
+        assert probed.penalty.penalty == "error-dt" and probed.weight.target_ratio == 1.0, options
+    assert LocallyRegularized(field, probe_scale=2.0).penalty.probe == "initial-hairer"
+    assert LocallyRegularized(field, step_size="solver").penalty.probe == "initial"
+    assert LocallyRegularized(DiagonalSDE(), probe_scale=2.0).penalty.probe == "initial"
+    # A form asked for by name keeps it, with its default target.
+    assert LocallyRegularized(field, penalty="error-dt").weight.target_ratio == 1.0
     # adjoint_params, when given, are the parameters measured (and still reach the solver).
     head = torch.nn.Parameter(torch.ones(2, dtype=DTYPE))
     with_params = LocallyRegularized(field, adjoint_params=iter([head]), gradient="adjoint")
@@ -69,9 +84,10 @@ def test_the_papers_procedure_by_name():
 
 def test_the_default_tunes_itself_in_the_plain_training_loop():
     """``(loss + model.reg_loss).backward(); optimizer.step()`` and nothing else: the weight measures
-    every 10 forward passes and holds the measured ratio near 1."""
+    every 10 forward passes and holds the measured ratio near its target (at a learning rate at which
+    the task's gradient changes little between two measurements)."""
     model = LocallyRegularized(Field(), rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     ratios = []
     for _ in range(40):
         loss = task_loss(model(y0(), T))
@@ -83,8 +99,9 @@ def test_the_default_tunes_itself_in_the_plain_training_loop():
     assert state["watched"] == 40 and state["measured"] == 4
     assert model.weight() != model.weight.initial
     # The first measurement sees the initial weight; those after it, the weight it set.
-    assert ratios[0] < 0.1
-    assert all(abs(math.log(ratios[k])) < math.log(3) for k in (10, 20, 30))
+    target = model.weight.target_ratio
+    assert ratios[0] < target / 2
+    assert all(abs(math.log(ratios[k] / target)) < math.log(3) for k in (10, 20, 30))
 
 
 def test_the_default_holds_the_gradient_ratio_at_every_tolerance_the_papers_weight_does_not():
@@ -113,6 +130,27 @@ def test_the_default_holds_the_gradient_ratio_at_every_tolerance_the_papers_weig
         assert ratio(default) == pytest.approx(1.0, rel=1e-8)
         papers[tolerance] = ratio(LocallyRegularized.paper(field, weight=1.0, **kwargs))
     assert papers[1e-8] / papers[1e-4] > 100
+
+
+def test_the_default_penalty_does_not_depend_on_the_tolerance_the_papers_does():
+    """The unweighted penalty's gradient over the field's parameters at one state and one ``t_reg``:
+    the default (``mean f(t_reg, u)^2``) is the same at rtol = atol = 1e-4 and 1e-8 but for the
+    main solve's ``u(t_reg)`` (within 1%); the paper's ``EEst * |dt|`` changes by orders of
+    magnitude (its ``EEst`` is divided by the tolerance)."""
+    field = Field()
+    params = list(field.parameters())
+    norms: dict[str, dict[float, float]] = {"default": {}, "paper": {}}
+    for tolerance in (1e-4, 1e-8):
+        kwargs = dict(rtol=tolerance, atol=tolerance, weight=1.0, generator=torch.Generator())
+        for name, model in (
+            ("default", LocallyRegularized(field, **kwargs)),
+            ("paper", LocallyRegularized.paper(field, **kwargs)),
+        ):
+            model.generator.manual_seed(5)
+            model(y0(), T)
+            norms[name][tolerance] = norm(torch.autograd.grad(model.reg_loss, params))
+    assert norms["default"][1e-8] == pytest.approx(norms["default"][1e-4], rel=1e-2)
+    assert norms["paper"][1e-8] / norms["paper"][1e-4] > 100
 
 
 def test_the_default_resumes_from_its_state_dict():

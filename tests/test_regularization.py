@@ -117,6 +117,7 @@ def test_matrix_reg_loss_is_finite_and_its_gradient_matches_finite_differences(
         func,
         sampling=sampling,
         regularizer=regularizer,
+        penalty="error-dt",
         weight=1.0,
         rtol=RTOL,
         atol=ATOL,
@@ -155,7 +156,44 @@ def test_matrix_reg_loss_is_finite_and_its_gradient_matches_finite_differences(
 
 
 @pytest.mark.parametrize("backend, gradient", GRADIENT_CASES)
-def test_detach_state_false_sends_the_penalty_gradient_into_the_solution(backend, gradient):
+@pytest.mark.parametrize("sampling", ["random", "biased"])
+def test_matrix_default_penalty_is_the_mean_square_rate_and_its_gradient_matches_finite_differences(
+    sampling, backend, gradient
+):
+    func = MLPField()
+    model = LocallyRegularized(
+        func,
+        sampling=sampling,
+        weight=1.0,
+        rtol=RTOL,
+        atol=ATOL,
+        gradient=gradient,
+        backend=backend,
+        generator=torch.Generator().manual_seed(3),
+    )
+    y0 = _y0()
+    ys = model(y0, T)
+    stats = model.stats
+    assert model.penalty.penalty == "kinetic" and stats.nfe_reg == 1 and stats.dt_reg is None
+
+    def penalty() -> torch.Tensor:
+        return func(torch.tensor(stats.t_reg, dtype=DTYPE), stats.state).pow(2).mean()
+
+    torch.testing.assert_close(penalty().detach(), model.reg_loss.detach(), rtol=1e-12, atol=0)
+    params = list(func.parameters())
+    analytic = torch.autograd.grad(model.reg_loss, params, retain_graph=True)
+    # The penalty composes with the task loss under the main gradient method.
+    (ys.pow(2).mean() + model.reg_loss).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+    numeric = _finite_difference(penalty, params)
+    scale = max(float(g.abs().max()) for g in numeric)
+    for a, n in zip(analytic, numeric, strict=True):
+        torch.testing.assert_close(a, n, rtol=1e-6, atol=1e-8 * scale)
+
+
+@pytest.mark.parametrize("penalty_form", ["error-dt", "kinetic"])
+@pytest.mark.parametrize("backend, gradient", GRADIENT_CASES)
+def test_detach_state_false_sends_the_penalty_gradient_into_the_solution(backend, gradient, penalty_form):
     """With ``detach_state=False`` the penalty's gradient w.r.t. ``y0`` (through ``u(t_reg)`` and the
     main gradient method) matches finite differences of the penalty at fixed ``t_reg`` and ``dt``.
 
@@ -174,6 +212,7 @@ def test_detach_state_false_sends_the_penalty_gradient_into_the_solution(backend
         gradient=gradient,
         backend=backend,
         detach_state=False,
+        penalty=penalty_form,
         generator=torch.Generator().manual_seed(5),
     )
     (analytic,) = torch.autograd.grad(reg, y0)
@@ -189,6 +228,8 @@ def test_detach_state_false_sends_the_penalty_gradient_into_the_solution(backend
                 func, y_init, torch.tensor(times, dtype=DTYPE), method="rk4", options={"step_size": 0.05}
             )[index]
         t_reg = torch.tensor(stats.t_reg, dtype=DTYPE)
+        if penalty_form == "kinetic":
+            return func(t_reg, u).pow(2).mean()
         result = step(func, stats.t_reg, u, stats.dt_reg, TSIT5, rtol=RTOL, atol=ATOL, k1=func(t_reg, u))
         return result.error_estimate * abs(stats.dt_reg)
 
@@ -245,17 +286,21 @@ def test_regularization_step_calls_local_reg_step(monkeypatch):
         return step(*args, **kwargs)
 
     monkeypatch.setattr(_problems, "step", spy)
+    local_regularization(MLPField(), _y0(), T, rtol=RTOL, atol=ATOL, penalty="error-dt")
+    assert calls == [TSIT5]
+    # The default penalty takes no step.
     local_regularization(MLPField(), _y0(), T, rtol=RTOL, atol=ATOL)
     assert calls == [TSIT5]
 
 
 @pytest.mark.parametrize(("probe", "order"), [("initial", TSIT5.order), (None, TSIT5.order + 1)])
 def test_initial_step_size_is_the_heuristic_at_u_treg_capped_at_t1(probe, order):
-    """The paper's probe: the heuristic with exponent 1/p; the default (``initial-hairer``): 1/(p+1)."""
+    """The paper's probe: the heuristic with exponent 1/p; the probe step's default
+    (``initial-hairer``): 1/(p+1)."""
     func = MLPField()
     y0 = _y0()
     _, _, stats = local_regularization(
-        func, y0, T, rtol=RTOL, atol=ATOL, generator=torch.Generator(), probe=probe
+        func, y0, T, rtol=RTOL, atol=ATOL, generator=torch.Generator(), probe=probe, penalty="error-dt"
     )
     t_reg = torch.tensor(stats.t_reg, dtype=DTYPE)
     with torch.no_grad():
@@ -326,9 +371,13 @@ def test_insert_time():
 def test_backward_in_time():
     t = torch.tensor([1.0, 0.4, 0.0], dtype=DTYPE)
     for sampling in ("random", "biased"):
-        ys, reg, stats = local_regularization(MLPField(), _y0(), t, sampling=sampling, rtol=RTOL, atol=ATOL)
+        ys, reg, stats = local_regularization(
+            MLPField(), _y0(), t, sampling=sampling, rtol=RTOL, atol=ATOL, penalty="error-dt"
+        )
         assert ys.shape[0] == 3 and torch.isfinite(reg)
         assert 0.0 < stats.t_reg <= 1.0 and stats.dt_reg < 0 and stats.t_reg + stats.dt_reg >= -1e-15
+        _, _, stats = local_regularization(MLPField(), _y0(), t, sampling=sampling, rtol=RTOL, atol=ATOL)
+        assert 0.0 < stats.t_reg <= 1.0
 
 
 @pytest.mark.parametrize("sampling", ["random", "biased"])
@@ -404,7 +453,7 @@ def test_non_finite_penalty_is_replaced_by_zero(monkeypatch):
 
     monkeypatch.setattr(_problems, "step", diverging)
     for regularizer in ("error", "stiffness"):
-        model = LocallyRegularized(func, regularizer=regularizer, rtol=RTOL, atol=ATOL)
+        model = LocallyRegularized(func, regularizer=regularizer, penalty="error-dt", rtol=RTOL, atol=ATOL)
         ys = model(_y0(), T)
         assert model.reg_loss.item() == 0.0 and not model.stats.penalty_finite
         (ys.sum() + model.reg_loss).backward()
@@ -600,10 +649,14 @@ def test_stats_count_every_evaluation():
         for backend in ("local_reg", "torchdiffeq"):
             before = func.calls
             _, _, stats = local_regularization(
-                func, _y0(), T, rtol=RTOL, atol=ATOL, step_size=step_size, backend=backend
+                func, _y0(), T, rtol=RTOL, atol=ATOL, step_size=step_size, backend=backend, penalty="error-dt"
             )
             assert func.calls - before == stats.nfe_main + stats.nfe_reg
             assert stats.nfe_reg == 1 + extra + (TSIT5.n_stages - 1)
+        # The default penalty: one evaluation of the field.
+        before = func.calls
+        _, _, stats = local_regularization(func, _y0(), T, rtol=RTOL, atol=ATOL, backend=backend)
+        assert func.calls - before == stats.nfe_main + 1 and stats.nfe_reg == 1
 
 
 def test_float32_and_module_wrapped_reg_loss():

@@ -67,7 +67,9 @@ def setup(batch: int = 16, noise_type: str = "diagonal"):
 def test_local_gradients_reach_drift_and_diffusion(kwargs):
     sde, y0 = setup()
     t = torch.tensor([0.0, 0.5, 1.0], dtype=DT)
-    ys, reg, stats = local_regularization(sde, y0, t, generator=torch.Generator().manual_seed(1), **kwargs)
+    ys, reg, stats = local_regularization(
+        sde, y0, t, generator=torch.Generator().manual_seed(1), penalty="error-dt", **kwargs
+    )
     assert ys.shape == (3, 16, 2)
     assert reg.dim() == 0 and float(reg.detach()) > 0
     assert isinstance(stats, RegularizationStats)
@@ -84,7 +86,9 @@ def test_local_gradients_reach_drift_and_diffusion(kwargs):
 
 def test_scalar_noise_gradients():
     sde, y0 = setup(noise_type="scalar")
-    _, reg, _ = local_regularization(sde, y0, [0.0, 1.0], generator=torch.Generator().manual_seed(0))
+    _, reg, _ = local_regularization(
+        sde, y0, [0.0, 1.0], generator=torch.Generator().manual_seed(0), penalty="error-dt"
+    )
     reg.backward()
     drift, diffusion = grads(sde)
     assert drift > 0 and diffusion > 0
@@ -188,7 +192,10 @@ def test_front_door_accepts_an_sde_and_keeps_schedule_state():
 
     sde, y0 = setup()
     model = LocallyRegularized(
-        sde, weight=ExponentialDecay(2.0, 1.0, 10), generator=torch.Generator().manual_seed(3)
+        sde,
+        weight=ExponentialDecay(2.0, 1.0, 10),
+        penalty="error-dt",
+        generator=torch.Generator().manual_seed(3),
     )
     assert (model.problem.rtol, model.problem.atol) == (
         1e-2,
@@ -242,7 +249,9 @@ class AdditiveSDE(torch.nn.Module):
 def test_additive_noise_regularization():
     sde = AdditiveSDE().to(DT)
     y0 = torch.randn(8, 2, dtype=DT)
-    ys, reg, stats = local_regularization(sde, y0, [0.0, 1.0], generator=torch.Generator().manual_seed(0))
+    ys, reg, stats = local_regularization(
+        sde, y0, [0.0, 1.0], generator=torch.Generator().manual_seed(0), penalty="error-dt"
+    )
     assert ys.shape == (2, 8, 2) and float(reg.detach()) > 0
     # g at u(t_reg); the step needs no shifted g. The g evaluation that sizes the Brownian motion
     # (m = 3) belongs to the main solve.

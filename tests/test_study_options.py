@@ -97,9 +97,9 @@ def test_hairer_probe_exponent():
     assert long > short
 
 
-def test_the_default_probe_is_hairers_heuristic_and_options_change_the_probe():
+def test_the_probe_steps_default_is_hairers_heuristic_and_options_change_the_probe():
     func, y0 = _Field(), _y0()
-    kwargs = dict(rtol=1e-6, atol=1e-6)
+    kwargs = dict(rtol=1e-6, atol=1e-6, penalty="error-dt")
     default = local_regularization(func, y0, T, generator=torch.Generator().manual_seed(3), **kwargs)
     hairer = local_regularization(
         func, y0, T, generator=torch.Generator().manual_seed(3), probe="initial-hairer", **kwargs
@@ -115,7 +115,12 @@ def test_the_default_probe_is_hairers_heuristic_and_options_change_the_probe():
     assert scaled[2].t_reg == base[2].t_reg
     assert abs(scaled[2].dt_reg) == pytest.approx(min(2 * abs(base[2].dt_reg), 1.0 - base[2].t_reg))
     log = local_regularization(
-        func, y0, T, generator=torch.Generator().manual_seed(3), probe="initial", penalty="log", **kwargs
+        func,
+        y0,
+        T,
+        generator=torch.Generator().manual_seed(3),
+        probe="initial",
+        **{**kwargs, "penalty": "log"},
     )
     assert float(log[1].detach()) == pytest.approx(math.log(base[2].error_estimate), rel=1e-9)
 

@@ -25,6 +25,7 @@ STEER has no penalty: its spec is the half-width ``b`` of the end-time distribut
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..regularization import AdaptiveWeight, ConstantWeight, ExponentialDecay, RatioWeight, WeightSchedule
 
@@ -90,6 +91,18 @@ PHYSIONET_WEIGHTS: dict[str, WeightSpec] = {
     "rnode": 0.01,
     "taynode": 1e-2,
 }
+
+
+PAPER_PROBE = {"probe": "initial", "penalty": "error-dt"}
+"""The local regularizer's options of [LR23]'s procedure."""
+
+
+def local_options(weight: object, settings: dict[str, Any]) -> dict[str, Any]:
+    """The keywords of a task's ``LocallyRegularized``: the experiments reproduce [LR23]'s procedure
+    (:data:`PAPER_PROBE`; the tasks carry the paper's weights) unless the weight is the library's
+    default (``None``, which comes with the default penalty) or ``settings["local"]`` sets study
+    options."""
+    return {**({} if weight is None else PAPER_PROBE), **settings.get("local", {})}
 
 
 DEFAULT_WEIGHT = "default"

@@ -19,7 +19,7 @@ from ...regularization import (
     TayNODERegularized,
 )
 from ...tableaus import TABLEAUS
-from ..methods import ODE_METHODS, Method, weight_schedule
+from ..methods import ODE_METHODS, Method, local_options, weight_schedule
 from ..settings import Integer, OneOf, Real, Schema, Weight
 
 Batch = Sequence[Tensor]
@@ -167,8 +167,6 @@ def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContex
             regularizer=method.regularizer,
             weight=weight,
             **solver,
-            # The experiments reproduce the paper's procedure unless a study option, or the library's
-            # default weight (which comes with its default probe), says otherwise.
-            **{**({} if weight is None else {"probe": "initial"}), **settings.get("local", {})},
+            **local_options(weight, settings),
         )
     return GloballyRegularized(func, regularizer=method.regularizer, weight=weight, **solver)

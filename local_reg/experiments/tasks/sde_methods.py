@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from ...regularization import GloballyRegularized, LocallyRegularized, Regularized
-from ..methods import weight_schedule
+from ..methods import local_options, weight_schedule
 from .base import ModelContext
 
 SDE_METHODS: tuple[str, ...] = ("vanilla", "local-random", "local-biased", "global-error")
@@ -57,5 +57,5 @@ def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -
         backend=backend,
         gradient=context.gradient,
         **solver,
-        **settings.get("local", {}),
+        **local_options(weight, settings),
     )
