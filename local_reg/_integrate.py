@@ -55,6 +55,8 @@ class StepCallbacks:
     and there, and ``steps.stop_time`` records it. Needs dense output (a Runge--Kutta stepper)."""
 
 
+DEFAULT_MAX_STEPS = 10_000
+"""The attempted steps a solve (``odeint``, ``sdeint``) may take before it raises :class:`SolverError`."""
 # Steps that would end within this fraction of the next output time land on it instead, so that no
 # sliver of a step is left over.
 _LANDING_SLACK = 0.01

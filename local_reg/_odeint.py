@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._integrate import StepCallbacks, StepPenalty
+from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, StepPenalty
 from ._step import VectorField, time_tensor
 from ._tuple import accepts_tuple_states
 from ._validate import (
@@ -35,8 +35,6 @@ from .gradients import (
 )
 from .solution import Solution
 from .tableaus import ButcherTableau, get_tableau
-
-DEFAULT_MAX_STEPS = 10_000
 
 
 def evaluate_first(func: VectorField, t0: float, y0: Tensor, t_dtype: torch.dtype | None = None) -> Tensor:

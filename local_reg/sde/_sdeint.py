@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._integrate import integrate
+from .._integrate import DEFAULT_MAX_STEPS, integrate
 from .._step import time_tensor
 from .._validate import check_generator, solve_options
 from ..controller import PIController
@@ -25,8 +25,6 @@ from .problem import (
     check_shapes,
     validate_sde_problem,
 )
-
-DEFAULT_MAX_STEPS = 10_000
 
 SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
 """``penalty(result, dt) -> 0-dim tensor`` evaluated on every accepted step (global regularization)."""
