@@ -8,7 +8,7 @@
 #                                   ratio_mnist_tight, ratio_field, ratio_field2, defaults,
 #                                   defaults_mnist_tight, field_probe, field_every, synthetic,
 #                                   default_variants, probe_float64, rnode_ratio, kinetic,
-#                                   kinetic_sde, lotka
+#                                   kinetic_sde, lotka, lotka_long, default_gradients
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -285,6 +285,19 @@ case "${1:-}" in
                 --set local.penalty=kinetic
         done
         ;;
+    lotka_long)  # lotka trained for 200 epochs: vanilla, the default, the kinetic penalty at ratio 0.1
+        vanilla lotka results/study-lotka-long --set epochs=200
+        $LR experiment lotka --methods local-random "${COMMON[@]}" --out results/study-lotka-long --set epochs=200 \
+            --set weights.local-random=default
+        $LR experiment lotka --methods local-random "${COMMON[@]}" --out results/study-lotka-long --set epochs=200 \
+            --set 'weights.local-random={"ratio": 0.1, "every": 10, "scope": "field"}' --set local.penalty=kinetic
+        ;;
+    default_gradients)  # the default under the symplectic adjoint and the backsolve adjoint (digits, 1e-6)
+        for gradient in symplectic adjoint; do
+            $LR experiment digits --methods vanilla local-random "${COMMON[@]}" --out results/study-default-gradients \
+                --gradient $gradient --set weights.local-random=default
+        done
+        ;;
     default_variants)  # the default with sampling "biased", probe_scale 2, n_draws 2, on every quick task but mnist
         tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
         for task_out in digits:study-ratio-digits tabular:study-ratio-tabular synthetic:study-synthetic \
@@ -301,7 +314,7 @@ case "${1:-}" in
         done
         ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients" >&2
         exit 2
         ;;
 esac
