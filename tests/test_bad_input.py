@@ -469,6 +469,23 @@ def test_regularized_models_check_everything_at_construction(cls, kwargs, error,
         cls(Decay(), **kwargs)
 
 
+@pytest.mark.parametrize("cls", [local_reg.Regularized, LocallyRegularized, GloballyRegularized])
+def test_times_that_require_grad_are_refused_by_the_modules(cls):
+    """The modules solve at fixed times: a ``t`` that requires grad would get a silent ``None``
+    gradient (``local_reg.odeint`` differentiates its times)."""
+    model = cls(Decay())
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    y0 = torch.ones(2, dtype=torch.float64)
+    for mode in (model.train, model.eval):
+        mode()
+        with pytest.raises(ValueError, match="t requires grad.*t.detach()"):
+            model(y0, t)
+    if cls is not local_reg.Regularized:
+        with pytest.raises(ValueError, match="t requires grad"):
+            model.penalize(y0, t)
+    assert torch.isfinite(model(y0, t.detach())).all()
+
+
 @pytest.mark.parametrize("cls", [LocallyRegularized, GloballyRegularized])
 def test_a_non_callable_func_is_refused_at_construction(cls):
     with pytest.raises(TypeError, match="func must be callable"):

@@ -376,7 +376,7 @@ class Regularized(nn.Module):
         return {**super().__getstate__(), "reg_loss": self.reg_loss.detach()}
 
     def forward(self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]) -> Tensor:
-        problem, y0, unflatten = self._flat(y0)
+        problem, y0, unflatten = self._flat(y0, t)
         if self.penalty is None or not self.training:
             ys, self.stats = plain_solve(problem, y0, t, self.generator)
             self.reg_loss = torch.zeros((), dtype=ys.dtype, device=ys.device)
@@ -387,10 +387,21 @@ class Regularized(nn.Module):
         self.weight.watch(self.reg_loss)
         return unflatten(ys)
 
-    def _flat(self, y0: Tensor | tuple[Tensor, ...]) -> tuple[Problem, Tensor, Callable]:
+    def _flat(
+        self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]
+    ) -> tuple[Problem, Tensor, Callable]:
         """A tuple ``y0`` (an ODE's, e.g. a CNF's ``(z, logp)``) is solved as one flat state, as
         :func:`local_reg.odeint` does (:mod:`local_reg._tuple`): the problem's field is wrapped and
-        the outputs are split back into a tuple. The penalty sees the flat state."""
+        the outputs are split back into a tuple. The penalty sees the flat state.
+
+        A ``t`` that requires grad is refused: the modules solve at fixed times (the penalties
+        sample among them), so its gradient would be silently ``None``."""
+        if isinstance(t, Tensor) and t.requires_grad:
+            raise ValueError(
+                "t requires grad, but the regularized modules solve at fixed times and no gradient "
+                "reaches t: pass t.detach(), or solve with local_reg.odeint, which differentiates "
+                "with respect to its times"
+            )
         if not isinstance(y0, tuple):
             return self.problem, y0, lambda ys: ys
         if not isinstance(self.problem, ODEProblem):
@@ -409,7 +420,7 @@ class Regularized(nn.Module):
         ``reg_loss`` and ``stats`` are left as they are. ``bm``: an SDE's Brownian motion."""
         if self.penalty is None:
             raise ValueError("this model has no penalty: it is the plain solve")
-        problem, y0, unflatten = self._flat(y0)
+        problem, y0, unflatten = self._flat(y0, t)
         ys, reg, stats = self.penalty(problem, y0, t, self.generator, bm)
         return unflatten(ys), reg, stats
 
