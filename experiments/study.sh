@@ -8,7 +8,7 @@
 #                                   ratio_mnist_tight, ratio_field, ratio_field2, defaults,
 #                                   defaults_mnist_tight, field_probe, field_every, synthetic,
 #                                   default_variants, probe_float64, rnode_ratio, kinetic,
-#                                   kinetic_sde, lotka, lotka_long, default_gradients
+#                                   kinetic_sde, lotka, lotka_long, default_gradients, mnist_long
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -292,6 +292,11 @@ case "${1:-}" in
         $LR experiment lotka --methods local-random "${COMMON[@]}" --out results/study-lotka-long --set epochs=200 \
             --set 'weights.local-random={"ratio": 0.1, "every": 10, "scope": "field"}' --set local.penalty=kinetic
         ;;
+    mnist_long)  # quick mnist (1e-6) trained for 20 epochs instead of 5: vanilla and the default
+        vanilla mnist results/study-mnist-long --set epochs=20
+        $LR experiment mnist --methods local-random "${COMMON[@]}" --out results/study-mnist-long --set epochs=20 \
+            --set weights.local-random=default
+        ;;
     default_gradients)  # the default under the symplectic adjoint and the backsolve adjoint (digits, 1e-6)
         for gradient in symplectic adjoint; do
             $LR experiment digits --methods vanilla local-random "${COMMON[@]}" --out results/study-default-gradients \
@@ -314,7 +319,7 @@ case "${1:-}" in
         done
         ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long" >&2
         exit 2
         ;;
 esac
