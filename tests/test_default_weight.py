@@ -207,6 +207,9 @@ def test_the_cli_runs_the_library_default_by_name(tmp_path):
     args += ["--methods", "local-random", "--set", "epochs=6", "--set"]
     assert main([*args, "weights.local-random=default"]) == 0
     (record,) = ResultsFile(tmp_path).load()
+    # The record says what the spec "default" resolved to.
+    (block,) = record["blocks"]
+    assert "penalty='kinetic'" in block["penalty"] and "target_ratio=0.2" in block["weight"]
     weights = [w for _, w in record["history"]["weight"]]
     # Recorded after the iteration's backward pass: the first already holds the first measurement.
     assert weights[0] != RatioWeight().initial and all(0 < w < 1e3 for w in weights)

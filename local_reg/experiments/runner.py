@@ -466,6 +466,13 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                 "config_id": spec.config_id,
                 "weight": spec.weight,
                 "local": spec.local_options,
+                # What the library resolved the settings to (a weight spec "default" means the
+                # library's default of the day): each regularized block's penalty and final weight.
+                "blocks": [
+                    {"penalty": repr(block.penalty), "weight": repr(block.weight)}
+                    for block in solver_blocks(model)
+                    if getattr(block, "penalty", None) is not None
+                ],
                 "label": spec.label,
                 "settings": settings,
                 "world_size": world,
