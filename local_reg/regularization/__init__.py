@@ -1,7 +1,8 @@
 """Regularizing the solver's own heuristics so learned dynamics are cheap to solve.
 
-- :class:`LocallyRegularized` / :func:`local_regularization`: one sampled step per training
-  iteration [LR23] (Pal, Edelman, Rackauckas, ICML 2023).
+- :class:`LocallyRegularized` / :func:`local_regularization`: one sampled time per training
+  iteration [LR23] (Pal, Edelman, Rackauckas, ICML 2023): by default the field's mean square rate
+  there, or the paper's error estimate of one probe step from there.
 - :class:`GloballyRegularized` / :func:`global_regularization`: every accepted step, differentiated
   through the solver [GR21] (Pal, Ma, Shah, Rackauckas, ICML 2021).
 - Baselines of [LR23]'s comparison: :class:`SteerRegularized` (random end time, Ghosh et al.

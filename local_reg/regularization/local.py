@@ -65,7 +65,8 @@ def local_regularization(
     func: Any, y0: Tensor, t: Tensor | Sequence[float], *, bm: Any | None = None, **settings: Any
 ) -> tuple[Tensor, Tensor, RegularizationStats]:
     """Solve ``dy/dt = func(t, y)`` (or an SDE) at ``t`` and compute the local regularization
-    penalty [LR23] once, without a module.
+    penalty [LR23] once, without a module (by default the field's mean square rate at the sampled
+    time; ``penalty="error-dt"`` for the paper's probe step).
 
     Returns ``(ys, reg, stats)``: ``ys`` the solution at ``t`` (as :func:`local_reg.odeint`; never
     at ``t_reg``), ``reg`` the *unweighted* penalty (0-dim tensor) and a
