@@ -161,8 +161,9 @@ class LocallyRegularized(Regularized):
         probe_dtype: the probe step's dtype (:class:`LocalPenalty`; default the state's).
         weight: ``None`` (the default weight above), a non-negative float or a
             :class:`WeightSchedule` (e.g. ``ExponentialDecay(2.5, 1.0, N)`` as for MNIST in
-            [LR23]); advance a schedule with ``model.weight.step()`` once per iteration. Its state
-            (and ``generator``'s) is part of ``model.state_dict()``.
+            [LR23], whose weights belong to its penalty: :meth:`paper`); advance a schedule with
+            ``model.weight.step()`` once per iteration. A given weight does not change the
+            penalty. Its state (and ``generator``'s) is part of ``model.state_dict()``.
     """
 
     def __init__(
