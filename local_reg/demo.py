@@ -1,4 +1,4 @@
-"""``make demo``: vanilla against local regularization, three small tables (about two minutes on 2 CPU
+"""``make demo``: vanilla against local regularization, three small tables (about one minute on 2 CPU
 cores; one seed each, so the numbers are single runs, not the 3-seed means of docs/results.md).
 
 1. **At the library's defaults** (``LocallyRegularized(func)``: the kinetic penalty with the
