@@ -8,7 +8,8 @@
 #                                   ratio_mnist_tight, ratio_field, ratio_field2, defaults,
 #                                   defaults_mnist_tight, field_probe, field_every, synthetic,
 #                                   default_variants, probe_float64, rnode_ratio, kinetic,
-#                                   kinetic_sde, lotka, lotka_long, default_gradients, mnist_long
+#                                   kinetic_sde, lotka, lotka_long, default_gradients, mnist_long,
+#                                   target_rule TASK (quantiles, pendulum)
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -297,6 +298,18 @@ case "${1:-}" in
         $LR experiment mnist --methods local-random "${COMMON[@]}" --out results/study-mnist-long --set epochs=20 \
             --set weights.local-random=default
         ;;
+    target_rule)  # the two held-out tasks of the target rule: vanilla, the default (0.2), and targets 0.1 and 0.3
+        for task in "$2"; do
+            vanilla "$task" "results/study-$task"
+            $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "results/study-$task" \
+                --set weights.local-random=default
+            for target in 0.1 0.3; do
+                $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "results/study-$task" \
+                    --set "weights.local-random={\"ratio\": $target, \"every\": 10, \"scope\": \"field\"}" \
+                    --set local.penalty=kinetic
+            done
+        done
+        ;;
     default_gradients)  # the default under the symplectic adjoint and the backsolve adjoint (digits, 1e-6)
         for gradient in symplectic adjoint; do
             $LR experiment digits --methods vanilla local-random "${COMMON[@]}" --out results/study-default-gradients \
@@ -319,7 +332,7 @@ case "${1:-}" in
         done
         ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long|target_rule" >&2
         exit 2
         ;;
 esac

@@ -38,7 +38,9 @@ def check_outputs(out, task: str, methods: list[str]) -> list[dict]:
     return records
 
 
-@pytest.mark.parametrize("task", ["digits", "mnist", "latent_ode", "spiral", "synthetic", "lotka"])
+@pytest.mark.parametrize(
+    "task", ["digits", "mnist", "latent_ode", "spiral", "synthetic", "lotka", "quantiles", "pendulum"]
+)
 def test_task_writes_results_table_and_plots(task, tmp_path, capsys):
     assert run(tmp_path, task, "--methods", "vanilla", "local-random") == 0
     records = check_outputs(tmp_path, task, ["vanilla", "local-random"])

@@ -42,12 +42,12 @@ from __future__ import annotations
 from .base import Batch, ModelContext, Task, TaskData
 from .digits import DigitsTask
 from .latent_ode import LatentODETask
-from .lotka import LotkaTask
+from .lotka import LotkaTask, PendulumTask
 from .mnist import MnistTask
 from .nsde_digits import NSDEDigitsTask
 from .spiral import SpiralTask
 from .spiral_sde import SpiralSDETask
-from .tabular import SyntheticTask, TabularTask
+from .tabular import QuantilesTask, SyntheticTask, TabularTask
 
 REGISTRY: dict[str, Task] = {
     "digits": DigitsTask(),
@@ -59,6 +59,8 @@ REGISTRY: dict[str, Task] = {
     "tabular": TabularTask(),
     "synthetic": SyntheticTask(),
     "lotka": LotkaTask(),
+    "quantiles": QuantilesTask(),
+    "pendulum": PendulumTask(),
 }
 
 __all__ = ["REGISTRY", "Batch", "ModelContext", "Task", "TaskData"]

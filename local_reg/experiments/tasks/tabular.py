@@ -5,7 +5,10 @@
 - ``synthetic``: scikit-learn's ``make_classification`` (2000 rows, 20 features of which 10
   informative, 4 classes of 2 clusters each, a fixed seed), added after ``LocallyRegularized``'s
   default was chosen and never used to choose anything: the check of the default on a task it has
-  not seen."""
+  not seen;
+- ``quantiles``: scikit-learn's ``make_gaussian_quantiles`` (2000 rows, 10 features, 3 classes by
+  distance from the centre, a fixed seed): a held-out check of the weight target's rule by kind
+  of task (docs/results.md)."""
 
 from __future__ import annotations
 
@@ -78,3 +81,18 @@ class SyntheticTask(TabularTask):
             n_clusters_per_class=2,
             random_state=0,
         )
+
+
+class QuantilesTask(TabularTask):
+    """10 standardized features -> ODE ``11 -> hidden -> 10`` -> linear -> 3, as ``tabular``."""
+
+    name = "quantiles"
+    schema = classifier_schema(10, 3)
+
+    def settings(self, size: str) -> dict[str, Any]:
+        return {**super().settings(size), "dim": 10, "n_classes": 3}
+
+    def table(self) -> tuple[Any, Any]:
+        from sklearn.datasets import make_gaussian_quantiles
+
+        return make_gaussian_quantiles(n_samples=2000, n_features=10, n_classes=3, random_state=0)
