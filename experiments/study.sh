@@ -273,7 +273,7 @@ case "${1:-}" in
         done
         ;;
     lotka)  # the held-out trajectory fit: vanilla, the previous default, the paper's
-        # procedure, the kinetic penalty at 0.2 (the candidate, now the default) and 0.1, 0.3, 1
+        # procedure, the kinetic penalty at 0.2 (the candidate) and 0.1, 0.3, 1; the default (now: 0.1)
         vanilla lotka results/study-lotka
         $LR experiment lotka --methods local-random "${COMMON[@]}" --out results/study-lotka \
             "${PREVIOUS_DEFAULT[@]}"
@@ -286,10 +286,10 @@ case "${1:-}" in
                 --set local.penalty=kinetic
         done
         ;;
-    lotka_long)  # lotka trained for 200 epochs: vanilla, the default, the kinetic penalty at ratio 0.1
+    lotka_long)  # lotka trained for 200 epochs: vanilla, the kinetic penalty at ratio 0.2 and 0.1
         vanilla lotka results/study-lotka-long --set epochs=200
         $LR experiment lotka --methods local-random "${COMMON[@]}" --out results/study-lotka-long --set epochs=200 \
-            --set weights.local-random=default
+            --set 'weights.local-random={"ratio": 0.2, "every": 10, "scope": "field"}' --set local.penalty=kinetic
         $LR experiment lotka --methods local-random "${COMMON[@]}" --out results/study-lotka-long --set epochs=200 \
             --set 'weights.local-random={"ratio": 0.1, "every": 10, "scope": "field"}' --set local.penalty=kinetic
         ;;
@@ -298,12 +298,12 @@ case "${1:-}" in
         $LR experiment mnist --methods local-random "${COMMON[@]}" --out results/study-mnist-long --set epochs=20 \
             --set weights.local-random=default
         ;;
-    target_rule)  # the two held-out tasks of the target rule: vanilla, the default (0.2), and targets 0.1 and 0.3
+    target_rule)  # the two held-out tasks of the target rule: vanilla, targets 0.1, 0.2, 0.3, and the default
         for task in "$2"; do
             vanilla "$task" "results/study-$task"
             $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "results/study-$task" \
                 --set weights.local-random=default
-            for target in 0.1 0.3; do
+            for target in 0.1 0.2 0.3; do
                 $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "results/study-$task" \
                     --set "weights.local-random={\"ratio\": $target, \"every\": 10, \"scope\": \"field\"}" \
                     --set local.penalty=kinetic

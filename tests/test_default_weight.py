@@ -59,6 +59,28 @@ def test_the_default_penalty_and_weight():
     assert LocallyRegularized(DiagonalSDE(), probe_scale=2.0).penalty.probe == "initial"
     # A form asked for by name keeps it, with its default target.
     assert LocallyRegularized(field, penalty="error-dt").weight.target_ratio == 1.0
+
+
+@pytest.mark.parametrize(
+    ("times", "target"), [([0.0, 1.0], 0.2), ([0.0, 0.5, 1.0], 0.1), (torch.linspace(0, 1, 5), 0.1)]
+)
+def test_the_default_target_follows_the_output_times(times, target):
+    """Read only at its two end times the solve gets the target 0.2; read along the flow (interior
+    output times: a fit to observations), 0.1. A weight given, or the probe step, is left alone."""
+    field = Field()
+    model = LocallyRegularized(field, rtol=1e-6, atol=1e-6)
+    t = torch.as_tensor(times, dtype=DTYPE)
+    model(y0(), t)
+    assert model.weight.target_ratio == target
+    model(y0(), t[[0, -1]])  # the same model, now read at its end only
+    assert model.weight.target_ratio == 0.2
+    given = LocallyRegularized(field, weight=RatioWeight(0.5, parameters=field.parameters()))
+    probed = LocallyRegularized(field, penalty="error-dt")
+    replaced = LocallyRegularized(field)
+    replaced.weight = RatioWeight(0.7, parameters=field.parameters())
+    for other, expected in ((given, 0.5), (probed, 1.0), (replaced, 0.7)):
+        other(y0(), t)
+        assert other.weight.target_ratio == expected
     # adjoint_params, when given, are the parameters measured (and still reach the solver).
     head = torch.nn.Parameter(torch.ones(2, dtype=DTYPE))
     with_params = LocallyRegularized(field, adjoint_params=iter([head]), gradient="adjoint")
