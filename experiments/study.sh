@@ -9,7 +9,7 @@
 #                                   defaults_mnist_tight, field_probe, field_every, synthetic,
 #                                   default_variants, probe_float64, rnode_ratio, kinetic,
 #                                   kinetic_sde, lotka, lotka_long, default_gradients, mnist_long,
-#                                   target_rule TASK (quantiles, pendulum)
+#                                   target_rule TASK (quantiles, pendulum), quantiles_long
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -310,6 +310,11 @@ case "${1:-}" in
             done
         done
         ;;
+    quantiles_long)  # quantiles trained for 100 epochs instead of 30: vanilla and the default
+        vanilla quantiles results/study-quantiles-long --set epochs=100
+        $LR experiment quantiles --methods local-random "${COMMON[@]}" --out results/study-quantiles-long \
+            --set epochs=100 --set weights.local-random=default
+        ;;
     default_gradients)  # the default under the symplectic adjoint and the backsolve adjoint (digits, 1e-6)
         for gradient in symplectic adjoint; do
             $LR experiment digits --methods vanilla local-random "${COMMON[@]}" --out results/study-default-gradients \
@@ -332,7 +337,7 @@ case "${1:-}" in
         done
         ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long|target_rule" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long|target_rule|quantiles_long" >&2
         exit 2
         ;;
 esac

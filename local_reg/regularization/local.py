@@ -118,11 +118,12 @@ class LocallyRegularized(Regularized):
       each training call. With the probe step, ``RatioWeight(1.0, ...)``. A field without
       trainable parameters gets the constant weight 1.
 
-    Measured (3 seeds, quick settings; docs/results.md): on ten of fifteen task settings the test
-    accuracy within 1 point of vanilla's or the test loss within 10% at 0.61-0.95x the test NFE;
-    it costs accuracy on a classifier whose classes are shells around the centre (-5.3 points),
-    on a Lotka--Volterra fit (1.4-2.5x the loss) and on mnist trained for 5 epochs (-1.2). The
-    paper's exact procedure, with its fixed weights: :meth:`paper`.
+    Measured (3 seeds, quick settings; docs/results.md): on eleven of sixteen task settings the
+    test accuracy within 1 point of vanilla's or the test loss within 10% at 0.47-0.95x the test
+    NFE; it costs accuracy when training is short (a classifier whose classes are shells around
+    the centre at 30 epochs, -5.3 points, +0.1 at 100; mnist at 5 epochs, -1.2) and on a
+    Lotka--Volterra fit (1.4-2.5x the loss). The paper's exact procedure, with its fixed
+    weights: :meth:`paper`.
 
     Args:
         sampling: ``"random"`` (unbiased, the paper's default): ``t_reg ~ U[t0, t1)``; the main solve
