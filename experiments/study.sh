@@ -9,7 +9,8 @@
 #                                   defaults_mnist_tight, field_probe, field_every, synthetic,
 #                                   default_variants, probe_float64, rnode_ratio, kinetic,
 #                                   kinetic_sde, lotka, lotka_long, default_gradients, mnist_long,
-#                                   target_rule TASK (quantiles, pendulum), quantiles_long
+#                                   target_rule TASK (quantiles, pendulum), quantiles_long,
+#                                   long_training [latent_ode]
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -315,6 +316,18 @@ case "${1:-}" in
         $LR experiment quantiles --methods local-random "${COMMON[@]}" --out results/study-quantiles-long \
             --set epochs=100 --set weights.local-random=default
         ;;
+    long_training)  # vanilla and the default trained 3x the quick epochs: digits (1e-6, 1.4e-8), nsde_digits; latent_ode
+        tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
+        if [ "${2:-}" = latent_ode ]; then runs=("latent_ode:60:"); else runs=("digits:60:" "digits:60:tight" "nsde_digits:45:"); fi
+        for run in "${runs[@]}"; do
+            IFS=: read -r task epochs tolerance <<< "$run"
+            out=results/study-long-$task${tolerance:+-$tolerance} extra=(--set epochs=$epochs)
+            [ -n "$tolerance" ] && extra+=("${tight[@]}")
+            vanilla "$task" "$out" "${extra[@]}"
+            $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "$out" "${extra[@]}" \
+                --set weights.local-random=default
+        done
+        ;;
     default_gradients)  # the default under the symplectic adjoint and the backsolve adjoint (digits, 1e-6)
         for gradient in symplectic adjoint; do
             $LR experiment digits --methods vanilla local-random "${COMMON[@]}" --out results/study-default-gradients \
@@ -337,7 +350,7 @@ case "${1:-}" in
         done
         ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long|target_rule|quantiles_long" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long|target_rule|quantiles_long|long_training" >&2
         exit 2
         ;;
 esac
