@@ -107,7 +107,8 @@ def local_options(weight: object, settings: dict[str, Any]) -> dict[str, Any]:
 
 DEFAULT_WEIGHT = "default"
 """The weight spec of local regularization's own default (``LocallyRegularized`` with no weight and
-no probe: the self-tuning ratio weight over the vector field's parameters, the default probe)."""
+no probe option: the default penalty with its self-tuning ratio weight over the vector field's
+parameters)."""
 
 
 def weight_schedule(spec: WeightSpec, total_iterations: int, method: str) -> WeightSchedule | None:

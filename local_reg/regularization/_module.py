@@ -390,12 +390,13 @@ class Regularized(nn.Module):
     def _flat(
         self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]
     ) -> tuple[Problem, Tensor, Callable]:
-        """A tuple ``y0`` (an ODE's, e.g. a CNF's ``(z, logp)``) is solved as one flat state, as
-        :func:`local_reg.odeint` does (:mod:`local_reg._tuple`): the problem's field is wrapped and
-        the outputs are split back into a tuple. The penalty sees the flat state.
+        """The problem and state a call solves, ``t`` checked.
 
-        A ``t`` that requires grad is refused: the modules solve at fixed times (the penalties
-        sample among them), so its gradient would be silently ``None``."""
+        A tuple ``y0`` (an ODE's, e.g. a CNF's ``(z, logp)``) is solved as one flat state, as
+        :func:`local_reg.odeint` does (:mod:`local_reg._tuple`): the problem's field is wrapped and
+        the outputs are split back into a tuple. The penalty sees the flat state. A ``t`` that
+        requires grad is refused: the modules solve at fixed times (the penalties sample among
+        them), so its gradient would be silently ``None``."""
         if isinstance(t, Tensor) and t.requires_grad:
             raise ValueError(
                 "t requires grad, but the regularized modules solve at fixed times and no gradient "
