@@ -294,10 +294,12 @@ case "${1:-}" in
         $LR experiment lotka --methods local-random "${COMMON[@]}" --out results/study-lotka-long --set epochs=200 \
             --set 'weights.local-random={"ratio": 0.1, "every": 10, "scope": "field"}' --set local.penalty=kinetic
         ;;
-    mnist_long)  # quick mnist (1e-6) trained for 20 epochs instead of 5: vanilla and the default
-        vanilla mnist results/study-mnist-long --set epochs=20
-        $LR experiment mnist --methods local-random "${COMMON[@]}" --out results/study-mnist-long --set epochs=20 \
-            --set weights.local-random=default
+    mnist_long)  # quick mnist (1e-6) trained for 20 and 40 epochs instead of 5: vanilla and the default
+        for epochs in 20 40; do
+            vanilla mnist results/study-mnist-long --set epochs=$epochs
+            $LR experiment mnist --methods local-random "${COMMON[@]}" --out results/study-mnist-long \
+                --set epochs=$epochs --set weights.local-random=default
+        done
         ;;
     target_rule)  # the two held-out tasks of the target rule: vanilla, targets 0.1, 0.2, 0.3, and the default
         for task in "$2"; do
