@@ -33,10 +33,11 @@ from ._module import LocalPenalty, Regularized
 from ._stats import RegularizationStats
 from .schedules import ConstantWeight, RatioWeight, WeightSchedule
 
-DEFAULT_RATIOS = {"kinetic": 0.2}
-"""The default weight's target ``||grad (w R)|| / ||grad L||`` over the vector field's parameters, by
-penalty form; :data:`DEFAULT_RATIO` for the probe-step forms."""
+KINETIC_RATIO = 0.2
+"""The default weight's target ``||grad (w R)|| / ||grad L||`` over the vector field's parameters for
+the default (kinetic) penalty."""
 DEFAULT_RATIO = 1.0
+"""The same target for the probe-step penalties."""
 FITTED_FLOW_RATIO = 0.1
 """The kinetic default's target when ``t`` has interior output times: the solution is read along
 the flow, which the data then fix, and a larger target costs fit (docs/results.md)."""
@@ -48,9 +49,9 @@ def default_weight(
     func: Any, adjoint_params: Iterable[Tensor] | None = None, penalty: str = "kinetic"
 ) -> WeightSchedule:
     """:class:`LocallyRegularized`'s default weight for ``penalty``: ``RatioWeight(target,
-    every=DEFAULT_EVERY)`` (``target`` from :data:`DEFAULT_RATIOS`) over ``func``'s trainable
-    parameters (``adjoint_params`` when given, else ``func.parameters()`` of a module); the constant
-    1 when there are none."""
+    every=DEFAULT_EVERY)`` (``target`` :data:`KINETIC_RATIO`, or :data:`DEFAULT_RATIO` for a probe
+    step) over ``func``'s trainable parameters (``adjoint_params`` when given, else
+    ``func.parameters()`` of a module); the constant 1 when there are none."""
     if adjoint_params is not None:
         parameters = list(adjoint_params)
     elif isinstance(func, nn.Module):
@@ -60,7 +61,7 @@ def default_weight(
     parameters = [p for p in parameters if isinstance(p, Tensor) and p.requires_grad]
     if not parameters:
         return ConstantWeight(1.0)
-    target = DEFAULT_RATIOS.get(penalty, DEFAULT_RATIO)
+    target = KINETIC_RATIO if penalty == "kinetic" else DEFAULT_RATIO
     return RatioWeight(target, every=DEFAULT_EVERY, parameters=parameters)
 
 
@@ -227,7 +228,7 @@ class LocallyRegularized(Regularized):
         if self._default_weight is not None and self.weight is self._default_weight:
             # The default target follows the kind of solve: read only at its end, or along the flow.
             n_times = t.numel() if isinstance(t, Tensor) else len(t)
-            self.weight.target_ratio = FITTED_FLOW_RATIO if n_times > 2 else DEFAULT_RATIOS["kinetic"]
+            self.weight.target_ratio = FITTED_FLOW_RATIO if n_times > 2 else KINETIC_RATIO
         return super().forward(y0, t)
 
     @classmethod
