@@ -10,7 +10,7 @@
 #                                   default_variants, probe_float64, rnode_ratio, kinetic,
 #                                   kinetic_sde, lotka, lotka_long, default_gradients, mnist_long,
 #                                   target_rule TASK (quantiles, pendulum), quantiles_long,
-#                                   long_training [latent_ode]
+#                                   long_training [latent_ode], sde_interp
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -351,8 +351,15 @@ case "${1:-}" in
             done
         done
         ;;
+    sde_interp)  # the SDE default reading u(t_reg) from the recorded steps: vanilla and the default
+        # (the landing rows: these commands run at commit 6aa00a4, --out results/sde-land-TASK)
+        for task in nsde_digits spiral_sde; do
+            $LR experiment "$task" --methods vanilla local-random "${COMMON[@]}" --out "results/sde-interp-$task" \
+                --set weights.local-random=default
+        done
+        ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long|target_rule|quantiles_long|long_training" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long|target_rule|quantiles_long|long_training|sde_interp" >&2
         exit 2
         ;;
 esac

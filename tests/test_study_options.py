@@ -17,7 +17,10 @@ from local_reg import (
 from local_reg import step as rk_step
 from local_reg.experiments.methods import weight_schedule, weight_text
 from local_reg.experiments.runner import RunSpec
+from local_reg.regularization._main_solve import MainSolve
 from local_reg.regularization._probe import heuristic_order, penalty_form
+from local_reg.sde import sdeint
+from local_reg.solution import Stats
 from local_reg.tableaus import get_tableau
 
 DTYPE = torch.float64
@@ -369,24 +372,25 @@ def test_sde_refuses_the_ode_probe_options():
         LocallyRegularized(SDE(), penalty="log")
 
 
+class _DriftSDE(torch.nn.Module):
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self):
+        super().__init__()
+        self.drift = _field(3)
+        self.scale = torch.nn.Parameter(torch.tensor(0.1, dtype=DTYPE))
+
+    def f(self, t, y):
+        return self.drift(y)
+
+    def g(self, t, y):
+        return self.scale * torch.ones_like(y)
+
+
 @pytest.mark.parametrize("backend", ["local_reg", "torchsde"])
 def test_sde_kinetic_penalty_is_the_mean_square_drift_at_t_reg(backend):
-    class SDE(torch.nn.Module):
-        noise_type = "diagonal"
-        sde_type = "ito"
-
-        def __init__(self):
-            super().__init__()
-            self.drift = _field(3)
-            self.scale = torch.nn.Parameter(torch.tensor(0.1, dtype=DTYPE))
-
-        def f(self, t, y):
-            return self.drift(y)
-
-        def g(self, t, y):
-            return self.scale * torch.ones_like(y)
-
-    sde = SDE()
+    sde = _DriftSDE()
     y0 = torch.randn(4, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(1))
     model = LocallyRegularized(
         sde, penalty="kinetic", weight=1.0, backend=backend, generator=torch.Generator().manual_seed(2)
@@ -400,6 +404,43 @@ def test_sde_kinetic_penalty_is_the_mean_square_drift_at_t_reg(backend):
     grads = torch.autograd.grad(model.reg_loss, list(sde.drift.parameters()))
     for got, want in zip(grads, torch.autograd.grad(expected, list(sde.drift.parameters())), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+
+
+def test_sde_kinetic_reads_u_t_reg_from_the_recorded_steps_at_no_extra_step():
+    # The kinetic penalty's u(t_reg) is a constant, so an SDE solve does not land on t_reg: the main
+    # solve is the plain sdeint solve (same steps, same outputs) and u(t_reg) is the linear
+    # interpolant of the recorded states of the step that contains t_reg.
+    torchsde = pytest.importorskip("torchsde")
+    sde = _DriftSDE()
+    y0 = torch.randn(4, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(1))
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(4, 3), dtype=DTYPE, entropy=5)
+    ys, _, stats = local_regularization(sde, y0, T, bm=bm, generator=torch.Generator().manual_seed(2))
+    plain = sdeint(sde, y0, T, bm=bm, record_states=True)
+    torch.testing.assert_close(ys, plain.ys, rtol=0, atol=0)
+    assert stats.main.nfe == plain.stats.nfe
+    starts = plain.steps.t.tolist()
+    index = max(i for i, start in enumerate(starts) if start <= stats.t_reg)
+    assert starts[index] < stats.t_reg  # a draw between steps, which a landing solve would split
+    ends = [*plain.steps.states[1:], plain.ys[-1]]
+    fraction = (stats.t_reg - starts[index]) / float(plain.steps.dt[index])
+    expected = plain.steps.states[index] + fraction * (ends[index] - plain.steps.states[index])
+    torch.testing.assert_close(stats.state, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_main_solve_state_at_interpolates_the_recorded_steps(direction):
+    first, second, last = (torch.full((2,), v, dtype=DTYPE) for v in (1.0, 3.0, 7.0))
+    t0 = 0.0 if direction > 0 else 1.0
+    main = MainSolve(
+        ys=torch.stack([first, last]),
+        stats=Stats(),
+        step_t=[t0, t0 + direction * 0.5],
+        step_dt=[direction * 0.5, direction * 0.5],
+        step_states=torch.stack([first, second]),
+    )
+    for t_reg, want in ((0.25, 2.0), (0.5, 3.0), (0.75, 5.0)):
+        t = t_reg if direction > 0 else 1.0 - t_reg
+        torch.testing.assert_close(main.state_at(t, direction), torch.full((2,), want, dtype=DTYPE))
 
 
 def test_gradient_ratio_against_separate_gradients():

@@ -62,11 +62,24 @@ class MainSolve:
             penalties=solution.penalties,
         )
 
+    def _step_index(self, t_reg: float, direction: float) -> int:
+        """The accepted step that contains ``t_reg`` (starts at it, if one does)."""
+        starts = [direction * v for v in self.step_t]
+        return max(bisect.bisect_right(starts, direction * t_reg) - 1, 0)
+
     def step_containing(self, t_reg: float, direction: float) -> float:
         """``|dt|`` of the accepted step that contains ``t_reg`` (starts at it, if one does)."""
-        starts = [direction * v for v in self.step_t]
-        index = max(bisect.bisect_right(starts, direction * t_reg) - 1, 0)
-        return abs(self.step_dt[index])
+        return abs(self.step_dt[self._step_index(t_reg, direction)])
+
+    def state_at(self, t_reg: float, direction: float) -> Tensor:
+        """``u(t_reg)`` (detached) by linear interpolation between the recorded states at the ends
+        of the accepted step that contains it, as torchsde interpolates its outputs between steps;
+        the last step ends at the final output. Needs the recorded steps and states."""
+        index = self._step_index(t_reg, direction)
+        start = self.step_states[index]
+        end = self.step_states[index + 1] if index + 1 < len(self.step_t) else self.ys[-1].detach()
+        fraction = (t_reg - self.step_t[index]) / self.step_dt[index]
+        return torch.lerp(start, end, fraction)
 
     def sample_step(self, generator: torch.Generator | None) -> tuple[float, Tensor, float]:
         """An accepted step drawn uniformly [LR23, biased sampling]: ``(t_reg, u(t_reg), |dt|)``,

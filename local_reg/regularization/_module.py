@@ -79,7 +79,8 @@ class LocalPenalty:
 
     Attributes:
         sampling: ``"random"``: ``t_reg ~ U[t0, t1)``, added to the main solve's output times (an
-            ODE solve reads it from its dense output, at no extra step; an SDE solve lands on it);
+            ODE solve reads it from its dense output, at no extra step; an SDE solve lands on it,
+            except for the kinetic penalty, which interpolates its recorded steps);
             ``"biased"``: uniform over the start times of the main solve's accepted steps.
         regularizer: ``"error"`` or ``"stiffness"`` (ODEs only).
         reg_method: the probe's embedded pair (ODEs; default Tsit5, as the paper's code).
@@ -149,6 +150,22 @@ class LocalPenalty:
                 "not report: use backend='local_reg'"
             )
 
+    def _reads_recorded_path(self, problem: Problem) -> bool:
+        """Whether ``u(t_reg)`` comes from the main solve's recorded steps instead of an output time.
+
+        ``local_reg.sdeint`` ends a step on every output time, so asking it for ``u(t_reg)`` costs
+        an extra step (a large share of a short SDE solve). The kinetic penalty only evaluates the
+        drift at a constant ``u(t_reg)``, so it reads the state linearly interpolated between the
+        recorded steps instead (as torchsde and ODE dense output do); a probe step, which restarts
+        on the Brownian path at ``t_reg``, and a state that carries a gradient still land there.
+        """
+        return (
+            isinstance(problem, SDEProblem)
+            and problem.backend == "local_reg"
+            and self.penalty == "kinetic"
+            and self.detach_state
+        )
+
     def __call__(
         self, problem: Problem, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
@@ -158,7 +175,12 @@ class LocalPenalty:
             raise ValueError(f"t must hold at least 2 times (t0 and t1) to sample t_reg, got {len(times)}")
         direction = 1.0 if times[-1] > times[0] else -1.0
         solver_step = self.step_size == "solver"
-        if self.sampling == "random":
+        if self.sampling == "random" and self._reads_recorded_path(problem):
+            _, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
+            main = problem.solve(y0, times, t_dtype, context, Request(steps=True, states=True))
+            ys = main.ys
+            draws = [(t_reg, main.state_at(t_reg, direction), None) for t_reg in t_regs]
+        elif self.sampling == "random":
             solve_times, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
             main = problem.solve(y0, solve_times, t_dtype, context, Request(steps=solver_step))
             ys, states = split_outputs(main.ys, solve_times, times, t_regs)

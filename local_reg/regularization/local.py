@@ -127,10 +127,12 @@ class LocallyRegularized(Regularized):
     weights: :meth:`paper`.
 
     Args:
-        sampling: ``"random"`` (unbiased, the paper's default): ``t_reg ~ U[t0, t1)``; the main solve
-            also stops at ``t_reg`` to obtain ``u(t_reg)``. ``"biased"``: ``t_reg`` is drawn
-            uniformly from the start times of the main solve's accepted steps (which cluster where
-            the dynamics are hard) and the step restarts from the recorded state.
+        sampling: ``"random"`` (unbiased, the paper's default): ``t_reg ~ U[t0, t1)``; ``u(t_reg)``
+            is the main solve's dense output there (an ODE), the linear interpolant of its recorded
+            steps (an SDE's kinetic penalty) or an output time it lands on (an SDE's probe step).
+            ``"biased"``: ``t_reg`` is drawn uniformly from the start times of the main solve's
+            accepted steps (which cluster where the dynamics are hard) and the step restarts from
+            the recorded state.
         regularizer: ``"error"``: ``R = EEst * |dt|``; ``"stiffness"``: ``R = rho / stability_size``
             (not multiplied by ``dt``; [LR23] reports it "did not yield positive results").
         method, rtol, atol, gradient, adjoint_params, backend, options, generator, weight: the
