@@ -5,7 +5,9 @@ The batched benchmark MLP of ``fields.py`` in float32, Tsit5 on ``[0, --t1]`` at
 
 - local_reg eager, compiled (``compile=True``: the inductor backend) and compiled with inductor's
   C++ wrapper (``compile={"options": {"cpp_wrapper": True}}``), a forward solve without autograd,
-  and a forward + backward of ``mean(y(t1)^2)`` with ``gradient="direct"``;
+  and a forward + backward of ``mean(y(t1)^2)`` with ``gradient="direct"``; and the two compiled
+  forward solves with diffrax's controller, ``PIController(beta1=1/6, beta2=0)`` (the integral
+  controller with diffrax's exponent ``1 / (order + 1)``), which takes the steps diffrax takes;
 - with ``--jax-python PYTHON`` (an interpreter that has ``jax`` and ``diffrax``; never a dependency
   of local_reg), diffrax's ``Tsit5`` with ``PIDController(rtol, atol)`` under ``jax.jit``, forward
   only, on the same weights and initial states, in a child process that times one solve per round
@@ -67,10 +69,18 @@ def main() -> None:
     # generated Python, a second or so more compilation for less overhead per step.
     cpp_wrapper = {"options": {"cpp_wrapper": True}}
 
-    def forward(compile: bool | dict) -> Callable[[], local_reg.Solution]:
+    # diffrax's PIDController(rtol, atol): integral (pcoeff 0, icoeff 1), exponent 1 / error_order,
+    # error_order = order + 1 = 6 for Tsit5; safety 0.9, factors in [0.2, 10] as ours.
+    integral = local_reg.PIController(beta1=1 / 6, beta2=0.0)
+
+    def forward(
+        compile: bool | dict, controller: local_reg.PIController | None = None
+    ) -> Callable[[], local_reg.Solution]:
         def run() -> local_reg.Solution:
             with torch.no_grad():
-                return local_reg.odeint(field, y0, times, compile=compile, **tolerances)
+                return local_reg.odeint(
+                    field, y0, times, compile=compile, controller=controller, **tolerances
+                )
 
         return run
 
@@ -85,13 +95,15 @@ def main() -> None:
         "local_reg eager, forward": forward(False),
         "local_reg compiled, forward": forward(True),
         "local_reg compiled (cpp_wrapper), forward": forward(cpp_wrapper),
+        "local_reg compiled, diffrax's controller, forward": forward(True, integral),
+        "local_reg compiled (cpp_wrapper), diffrax's controller, forward": forward(cpp_wrapper, integral),
         "local_reg eager, forward+backward": forward_backward(False),
         "local_reg compiled, forward+backward": forward_backward(True),
         "local_reg compiled (cpp_wrapper), forward+backward": forward_backward(cpp_wrapper),
     }
     first_call = {label: timed(run) for label, run in configurations.items()}
     eager, compiled, wrapped = forward(False)(), forward(True)(), forward(cpp_wrapper)()
-    steps = {"local_reg": eager.stats.n_steps}
+    steps = {"local_reg": eager.stats.n_steps, "controller": forward(True, integral)().stats.n_steps}
     difference = float((eager.ys[-1] - compiled.ys[-1]).abs().max())
     wrapped_difference = float((wrapped.ys[-1] - compiled.ys[-1]).abs().max())
     print(
@@ -101,8 +113,8 @@ def main() -> None:
     )
     print(
         f"local_reg: {eager.stats.n_steps} steps ({eager.stats.nfe} NFE) eager, {compiled.stats.n_steps} "
-        f"compiled; max |compiled - eager| at t1: {difference:.2e}; max |cpp_wrapper - compiled| "
-        f"{wrapped_difference:.2e}; first call (compilation) "
+        f"compiled, {steps['controller']} with diffrax's controller; max |compiled - eager| at t1: "
+        f"{difference:.2e}; max |cpp_wrapper - compiled| {wrapped_difference:.2e}; first call (compilation) "
         + ", ".join(f"{label} {seconds:.1f} s" for label, seconds in first_call.items())
     )
     diffrax = None
@@ -135,7 +147,13 @@ def main() -> None:
     )
     print("|---" * 5 + "|")
     for label, values in rounds.items():
-        n_steps = steps["diffrax" if label.startswith("diffrax") else "local_reg"]
+        n_steps = steps[
+            "diffrax"
+            if label.startswith("diffrax")
+            else "controller"
+            if "controller" in label
+            else "local_reg"
+        ]
         kind = "forward+backward" if "backward" in label else "forward"
         median = statistics.median(values)
         print(

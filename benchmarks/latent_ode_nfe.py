@@ -4,7 +4,9 @@ Trains the task's vanilla latent ODE (``--quick`` data and settings: 25 output t
 dynamics, rtol = atol = 1e-6, Adam 1e-2, batch 50) once per backend from the same seed, and reports
 the NFE of a forward solve on the test batch (250 series) at initialization and after training:
 ``local_reg`` tsit5 interpolating at the output times (the default), ``local_reg`` tsit5 landing on
-each (``step_to_outputs=True``), ``local_reg`` dopri5, and torchdiffeq dopri5. The NFE of the
+each (``step_to_outputs=True``), ``local_reg`` dopri5 (with its default PI controller, and with
+an integral controller like torchdiffeq's, ``PIController(beta1=0.2, beta2=0)``), and torchdiffeq
+dopri5. The NFE of the
 trained models are also measured on one common model (the one ``local_reg`` tsit5 trained), so
 that the solvers are compared on identical dynamics.
 
@@ -29,7 +31,7 @@ from fields import CallCounter
 from peers import equal_error_ratio, reference
 from torch.utils.data import DataLoader
 
-from local_reg import Regularized, odeint
+from local_reg import PIController, Regularized, odeint
 from local_reg.experiments.tasks.latent_ode import LatentODETask, masked_mse
 
 SOLVERS = {
@@ -40,6 +42,13 @@ SOLVERS = {
         "options": {"step_to_outputs": True},
     },
     "local_reg dopri5": {"backend": "local_reg", "method": "dopri5"},
+    # torchdiffeq's controller: integral, exponent 1 / order (order 5 for dopri5), safety 0.9, factors
+    # in [0.2, 10] (torchdiffeq also never shrinks an accepted step).
+    "local_reg dopri5, integral controller": {
+        "backend": "local_reg",
+        "method": "dopri5",
+        "options": {"controller": PIController(beta1=0.2, beta2=0.0)},
+    },
     "torchdiffeq dopri5": {"backend": "torchdiffeq", "method": "dopri5"},
 }
 
