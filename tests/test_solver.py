@@ -1,6 +1,7 @@
 import math
 from itertools import pairwise
 
+import numpy as np
 import pytest
 import torch
 import torchdiffeq
@@ -34,6 +35,72 @@ def test_tableau_is_consistent(name):
     if tableau.adaptive:
         # b and b_hat are both consistent, so their difference sums to zero.
         assert abs(sum(tableau.error_weights)) < 1e-12
+
+
+def _rooted_trees(max_order: int) -> dict[int, list[tuple]]:
+    """Butcher's rooted trees by number of vertices: a tree is the tuple of its root's subtrees,
+    each forest listed once (subtrees in a fixed order of all trees)."""
+    every, size, by_size = [()], {(): 1}, {1: [()]}
+
+    def forests(total: int, start: int):
+        if total == 0:
+            yield ()
+            return
+        for index in range(start, len(every)):
+            if size[every[index]] <= total:
+                for rest in forests(total - size[every[index]], index):
+                    yield (every[index], *rest)
+
+    for order in range(2, max_order + 1):
+        by_size[order] = list(forests(order - 1, 0))
+        size.update({tree: order for tree in by_size[order]})
+        every.extend(by_size[order])
+    return by_size
+
+
+def _order_residuals(weights, a, trees):
+    """``|b . Phi(t) - 1 / gamma(t)|`` for each tree (Hairer, Norsett, Wanner I, II.2, Thm. 2.13)."""
+
+    def stage_weights(tree):
+        phi = np.ones(a.shape[0])
+        for subtree in tree:
+            phi = phi * (a @ stage_weights(subtree))
+        return phi
+
+    def density(tree):
+        vertices, product = 1, 1
+        for subtree in tree:
+            subtree_vertices, subtree_density = density(subtree)
+            vertices += subtree_vertices
+            product *= subtree_density
+        return vertices, vertices * product
+
+    return [abs(weights @ stage_weights(tree) - 1 / density(tree)[1]) for tree in trees]
+
+
+def test_rooted_tree_counts():
+    assert [len(trees) for trees in _rooted_trees(6).values()] == [1, 1, 2, 4, 9, 20]
+
+
+@pytest.mark.parametrize("name", sorted(TABLEAUS))
+def test_tableau_meets_every_order_condition_of_its_order(name):
+    """Every order condition up to the stated order holds (17 at order 5), and some condition of
+    the next order fails (the stated order is the order); the embedded method (``b - error
+    weights``) has order one less. Independent of the constructor's own check, which stops at 4."""
+    tableau = TABLEAUS[name]
+    n = tableau.n_stages
+    a = np.zeros((n, n))
+    for i, row in enumerate(tableau.a):
+        a[i, :i] = row
+    trees = _rooted_trees(tableau.order + 1)
+    b = np.array(tableau.b)
+    methods = [(b, tableau.order)]
+    if tableau.adaptive:
+        methods.append((b - np.array(tableau.error_weights), tableau.order - 1))
+    for weights, order in methods:
+        for vertices in range(1, order + 1):
+            assert max(_order_residuals(weights, a, trees[vertices])) < 1e-13, (vertices, order)
+        assert max(_order_residuals(weights, a, trees[order + 1])) > 1e-6
 
 
 @pytest.mark.parametrize("name", sorted(TABLEAUS))
