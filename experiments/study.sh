@@ -352,11 +352,14 @@ case "${1:-}" in
         done
         ;;
     sde_interp)  # the SDE default reading u(t_reg) from the recorded steps: vanilla and the default
-        # (the landing rows: these commands run at commit 6aa00a4, --out results/sde-land-TASK)
+        # (the landing rows: these commands run at commit 6aa00a4, --out results/sde-land-TASK);
+        # then nsde_digits trained 45 epochs (the landing rows: long_training)
         for task in nsde_digits spiral_sde; do
             $LR experiment "$task" --methods vanilla local-random "${COMMON[@]}" --out "results/sde-interp-$task" \
                 --set weights.local-random=default
         done
+        $LR experiment nsde_digits --methods vanilla local-random "${COMMON[@]}" \
+            --out results/sde-interp-nsde_digits-long --set epochs=45 --set weights.local-random=default
         ;;
     *)
         echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long|target_rule|quantiles_long|long_training|sde_interp" >&2
