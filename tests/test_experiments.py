@@ -39,7 +39,19 @@ def check_outputs(out, task: str, methods: list[str]) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    "task", ["digits", "mnist", "latent_ode", "spiral", "synthetic", "lotka", "quantiles", "pendulum"]
+    "task",
+    [
+        "digits",
+        "mnist",
+        "latent_ode",
+        "spiral",
+        "synthetic",
+        "lotka",
+        "quantiles",
+        "pendulum",
+        "mnist1d",
+        "vanderpol",
+    ],
 )
 def test_task_writes_results_table_and_plots(task, tmp_path, capsys):
     assert run(tmp_path, task, "--methods", "vanilla", "local-random") == 0

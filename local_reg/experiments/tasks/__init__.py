@@ -42,12 +42,12 @@ from __future__ import annotations
 from .base import Batch, ModelContext, Task, TaskData
 from .digits import DigitsTask
 from .latent_ode import LatentODETask
-from .lotka import LotkaTask, PendulumTask
+from .lotka import LotkaTask, PendulumTask, VanDerPolTask
 from .mnist import MnistTask
 from .nsde_digits import NSDEDigitsTask
 from .spiral import SpiralTask
 from .spiral_sde import SpiralSDETask
-from .tabular import QuantilesTask, SyntheticTask, TabularTask
+from .tabular import Mnist1DTask, QuantilesTask, SyntheticTask, TabularTask
 
 REGISTRY: dict[str, Task] = {
     "digits": DigitsTask(),
@@ -61,6 +61,8 @@ REGISTRY: dict[str, Task] = {
     "lotka": LotkaTask(),
     "quantiles": QuantilesTask(),
     "pendulum": PendulumTask(),
+    "mnist1d": Mnist1DTask(),
+    "vanderpol": VanDerPolTask(),
 }
 
 __all__ = ["REGISTRY", "Batch", "ModelContext", "Task", "TaskData"]
