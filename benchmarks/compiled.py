@@ -14,12 +14,15 @@ The batched benchmark MLP of ``fields.py`` in float32, Tsit5 on ``[0, --t1]`` at
   itself (``diffrax_peer.py``); XLA limited to one thread.
 
 Times are wall-clock (JAX's work is not all on the calling thread; every process is pinned to one
-thread). The table gives the median per solve, the median per step, and each configuration's
-median per-round ratio to eager local_reg and to diffrax. Compilation (the first call) is timed
+thread). With ``--device cuda`` the GPU is synchronized around each run, a configuration with CUDA
+graphs (``compile={"mode": "reduce-overhead"}``) is added, and diffrax (JAX on the CPU) is not
+run. The table gives the median per solve, the median per step, and each configuration's median
+per-round ratio to eager local_reg and to diffrax. Compilation (the first call) is timed
 separately, as is the largest difference between the compiled and eager solutions.
 
     python benchmarks/compiled.py [--rounds 15] [--batch 128] [--jax-python /path/to/python]
     python benchmarks/compiled.py --dim 2 --width 64 --batch 16   # the tiny-state profile
+    python benchmarks/compiled.py --device cuda --rounds 5
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections.abc import Callable
 
 import torch
 from diffrax_peer import Diffrax
-from fields import mlp_problem, mlp_problem_parser
+from fields import clock, mlp_problem, mlp_problem_parser
 
 import local_reg
 
@@ -47,10 +50,10 @@ class Field(torch.nn.Module):
         return self.net(y)
 
 
-def timed(run: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def timed(run: Callable[[], object], now: Callable[[], float] = time.perf_counter) -> float:
+    start = now()
     run()
-    return time.perf_counter() - start
+    return now() - start
 
 
 def main() -> None:
@@ -101,15 +104,22 @@ def main() -> None:
         "local_reg compiled, forward+backward": forward_backward(True),
         "local_reg compiled (cpp_wrapper), forward+backward": forward_backward(cpp_wrapper),
     }
-    first_call = {label: timed(run) for label, run in configurations.items()}
+    on_gpu = torch.device(args.device).type == "cuda"
+    if on_gpu:
+        # CUDA graphs: each compiled step replayed as one graph launch.
+        graphs = {"mode": "reduce-overhead"}
+        configurations["local_reg compiled (CUDA graphs), forward"] = forward(graphs)
+        configurations["local_reg compiled (CUDA graphs), forward+backward"] = forward_backward(graphs)
+    now = clock(args.device, wall=True)
+    first_call = {label: timed(run, now) for label, run in configurations.items()}
     eager, compiled, wrapped = forward(False)(), forward(True)(), forward(cpp_wrapper)()
     steps = {"local_reg": eager.stats.n_steps, "controller": forward(True, integral)().stats.n_steps}
     difference = float((eager.ys[-1] - compiled.ys[-1]).abs().max())
     wrapped_difference = float((wrapped.ys[-1] - compiled.ys[-1]).abs().max())
     print(
         f"MLP {args.dim}->{args.width}->{args.width}->{args.dim} (weights x2), batch {args.batch}, float32, "
-        f"Tsit5, t in [0, {args.t1}], rtol={args.rtol:g}, atol={args.atol:g}, one thread, wall time, median "
-        f"of {args.rounds} interleaved rounds"
+        f"Tsit5, t in [0, {args.t1}], rtol={args.rtol:g}, atol={args.atol:g}, {args.device}, one thread, "
+        f"wall time, median of {args.rounds} interleaved rounds"
     )
     print(
         f"local_reg: {eager.stats.n_steps} steps ({eager.stats.nfe} NFE) eager, {compiled.stats.n_steps} "
@@ -118,7 +128,7 @@ def main() -> None:
         + ", ".join(f"{label} {seconds:.1f} s" for label, seconds in first_call.items())
     )
     diffrax = None
-    if args.jax_python is not None:
+    if args.jax_python is not None and not on_gpu:
         diffrax = Diffrax(args.jax_python, counting, x64=False)
         first = diffrax.solve("mlp", y0, args.t1, args.rtol, args.atol)
         configurations["diffrax jitted, forward"] = lambda: diffrax.solve(
@@ -132,7 +142,7 @@ def main() -> None:
     rounds: dict[str, list[float]] = {label: [] for label in configurations}
     for _ in range(args.rounds):
         for label, run in configurations.items():
-            rounds[label].append(run() if label.startswith("diffrax") else timed(run))
+            rounds[label].append(run() if label.startswith("diffrax") else timed(run, now))
     if diffrax is not None:
         diffrax.close()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -60,7 +62,7 @@ class CountingMLP(torch.nn.Module):
 
 def mlp_problem_parser(description: str, *, batch: int = 512, atol: float = 1e-8) -> argparse.ArgumentParser:
     """The command line of the MLP benchmarks: the field's ``--dim`` and ``--width``, ``--batch``,
-    the span ``[0, --t1]``, ``--rtol``, ``--atol`` and torch's ``--threads``."""
+    the span ``[0, --t1]``, ``--rtol``, ``--atol``, torch's ``--threads`` and the ``--device``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--width", type=int, default=64)
@@ -69,15 +71,32 @@ def mlp_problem_parser(description: str, *, batch: int = 512, atol: float = 1e-8
     parser.add_argument("--rtol", type=float, default=1e-6)
     parser.add_argument("--atol", type=float, default=atol)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="torch device of the field and states, e.g. cuda")
     return parser
 
 
 def mlp_problem(args: argparse.Namespace) -> tuple[CountingMLP, torch.Tensor]:
-    """The benchmark MLP (weights scaled by 2) and a batch of initial states, seeded, with torch's
-    threads set from ``args``."""
+    """The benchmark MLP (weights scaled by 2) and a batch of initial states, seeded (the same
+    values on every device), on ``args.device``, with torch's threads set from ``args``."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    return CountingMLP(args.dim, args.width, weight_scale=2.0), torch.randn(args.batch, args.dim)
+    field, y0 = CountingMLP(args.dim, args.width, weight_scale=2.0), torch.randn(args.batch, args.dim)
+    return field.to(args.device), y0.to(args.device)
+
+
+def clock(device: str | torch.device, *, wall: bool = False) -> Callable[[], float]:
+    """The benchmarks' clock on ``device``: the process's CPU time on a CPU (robust to other jobs on
+    a shared machine; wall time with ``wall``), wall time after a synchronization on a GPU (whose
+    kernels run outside the process's CPU time, asynchronously)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return time.perf_counter if wall else time.process_time
+
+    def now() -> float:
+        torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    return now
 
 
 def old_local_reg(folder: str):

@@ -32,7 +32,8 @@ autograd, and a forward+backward of ``mean(y(t1)^2)`` for every gradient method 
 (backprop) and ``odeint_adjoint``, and torchode's ``AutoDiffAdjoint`` (backprop) and
 ``BacksolveAdjoint``. ``--old FOLDER`` adds the backsolve adjoint of another version of local_reg
 (``fields.old_local_reg``). Every configuration runs once per round, rounds interleaved; times are
-the process's CPU time (one thread), medians over rounds; a ratio is the median over rounds of the
+the process's CPU time (one thread; with ``--device cuda``, wall time with the GPU synchronized),
+medians over rounds; a ratio is the median over rounds of the
 per-round ratio; glibc serves allocations below 4 MiB from its heap (``mallopt``), so that the bare
 calls below allocate as the solvers do. The backward pass's overhead per evaluation subtracts from
 its CPU time the cost of its calls of the field as bare calls, timed in the same rounds: a call
@@ -71,7 +72,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffrax_peer import Diffrax
-from fields import CallCounter, mlp_problem, mlp_problem_parser, old_local_reg
+from fields import CallCounter, clock, mlp_problem, mlp_problem_parser, old_local_reg
 from scipy.integrate import solve_ivp
 
 import local_reg
@@ -225,8 +226,8 @@ def plot(rows: dict, title: str, path: Path) -> None:
 
 
 Timed = tuple[float, float, int, int, int]
-"""One forward(+backward): CPU seconds forward and backward, calls of the field forward, and calls
-in the backward pass without and with autograd."""
+"""One forward(+backward): seconds forward and backward (:func:`fields.clock`), calls of the field
+forward, and calls in the backward pass without and with autograd."""
 
 
 def timed_solve(
@@ -234,23 +235,24 @@ def timed_solve(
     solve: Callable[[], torch.Tensor],
     inputs: tuple[torch.Tensor, ...] | None,
     window: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    now: Callable[[], float] = time.process_time,
 ) -> Timed:
     """Run ``solve() -> y(t1)`` and, if ``inputs`` are given, the gradient of ``mean(y(t1)^2)`` with
-    respect to them (inside ``window()``); count and time both."""
+    respect to them (inside ``window()``); count and time both (by ``now``)."""
     counter.calls = counter.graph_calls = 0
-    start = time.process_time()
+    start = now()
     if inputs is None:
         with torch.no_grad():
             solve()
-        return time.process_time() - start, 0.0, counter.calls, 0, 0
+        return now() - start, 0.0, counter.calls, 0, 0
     loss = solve().square().mean()
-    middle = time.process_time()
+    middle = now()
     forward_calls, forward_graph = counter.calls, counter.graph_calls
     with window():
         torch.autograd.grad(loss, inputs)
     backward_graph = counter.graph_calls - forward_graph
     backward_plain = counter.calls - forward_calls - backward_graph
-    return middle - start, time.process_time() - middle, forward_calls, backward_plain, backward_graph
+    return middle - start, now() - middle, forward_calls, backward_plain, backward_graph
 
 
 def throughput_configurations(
@@ -266,7 +268,8 @@ def throughput_configurations(
     params = tuple(counter.parameters())
     y_in = y0.clone().requires_grad_(True)
     differentiated = (y_in, *params)
-    t_pair = torch.tensor([0.0, t1])
+    t_pair = torch.tensor([0.0, t1], device=y0.device)
+    timed = functools.partial(timed_solve, window=window, now=clock(y0.device))
 
     def local(lib, gradient, inputs):
         def solve() -> torch.Tensor:
@@ -275,7 +278,7 @@ def throughput_configurations(
                 counter, y, t_pair, method="dopri5", rtol=rtol, atol=atol, gradient=gradient
             ).ys[-1]
 
-        return functools.partial(timed_solve, counter, solve, inputs, window)
+        return functools.partial(timed, counter, solve, inputs)
 
     configurations = {"local_reg forward": ("forward", local(local_reg, "direct", None))}
     gradients = {
@@ -299,7 +302,7 @@ def throughput_configurations(
                 y = y0 if inputs is None else y_in
                 return getattr(torchdiffeq, name)(counter, y, t_pair, rtol=rtol, atol=atol, **options)[-1]
 
-            return functools.partial(timed_solve, counter, solve, inputs, window)
+            return functools.partial(timed, counter, solve, inputs)
 
         configurations["torchdiffeq forward"] = ("forward", tdq("odeint", None))
         configurations["torchdiffeq odeint"] = ("backprop", tdq("odeint", differentiated))
@@ -321,7 +324,7 @@ def throughput_configurations(
                 y = y0 if inputs is None else y_in
                 return solver.solve(torchode.InitialValueProblem(y0=y, t_eval=t_eval)).ys[:, -1]
 
-            return functools.partial(timed_solve, counter, solve, inputs, window)
+            return functools.partial(timed, counter, solve, inputs)
 
         configurations["torchode forward"] = ("forward", tode(autodiff, None))
         configurations["torchode AutoDiffAdjoint"] = ("backprop", tode(autodiff, differentiated))
@@ -335,26 +338,28 @@ def bare_evaluations(
     n: int,
     window: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> dict[str, Callable[[], float]]:
-    """CPU seconds of one call of the field without autograd, and of one with a vector--Jacobian
-    product for the state and the parameters, each the mean of ``n`` calls made inside ``window()``."""
-    t = torch.tensor(0.0)
+    """Seconds (:func:`fields.clock`) of one call of the field without autograd, and of one with a
+    vector--Jacobian product for the state and the parameters, each the mean of ``n`` calls made
+    inside ``window()``."""
+    t = torch.tensor(0.0, device=y0.device)
+    now = clock(y0.device)
     params = tuple(counter.field.parameters())
     cotangent = torch.ones_like(y0)
 
     def plain() -> float:
-        start = time.process_time()
+        start = now()
         with window(), torch.no_grad():
             for _ in range(n):
                 counter.field(t, y0)
-        return (time.process_time() - start) / n
+        return (now() - start) / n
 
     def with_vjp() -> float:
-        start = time.process_time()
+        start = now()
         with window():
             for _ in range(n):
                 y = y0.detach().requires_grad_(True)
                 torch.autograd.grad(counter.field(t, y), (y, *params), cotangent)
-        return (time.process_time() - start) / n
+        return (now() - start) / n
 
     return {"plain": plain, "vjp": with_vjp}
 
@@ -447,6 +452,11 @@ def instructions(args) -> None:
         )
 
 
+def time_kind(device: str) -> str:
+    """What :func:`fields.clock` measures on ``device``, for a table's header."""
+    return f"CPU time on {device}" if torch.device(device).type != "cuda" else f"wall time on {device}"
+
+
 M_MMAP_THRESHOLD = -3
 """glibc's ``mallopt`` parameter: allocations at least this large are served by ``mmap``."""
 
@@ -474,7 +484,8 @@ def throughput(args) -> None:
     print(
         f"MLP {args.dim}->{args.width}->{args.width}->{args.dim} (weights x2), batch {args.batch}, float32, "
         f"t in [0, {args.t1}], dopri5, rtol={args.rtol:g}, atol={args.atol:g}, {torch.get_num_threads()} "
-        f"thread(s), CPU time, median of {args.rounds} interleaved rounds; bare call {plain_s * 1e6:.0f} us, "
+        f"thread(s), {time_kind(args.device)}, median of {args.rounds} interleaved rounds; bare call "
+        f"{plain_s * 1e6:.0f} us, "
         f"with VJP {vjp_s * 1e6:.0f} us\n"
     )
     baseline = {
@@ -533,6 +544,9 @@ def main() -> None:
     if args.throughput:
         throughput(args)
         return
+    if torch.device(args.device).type != "cpu":
+        # The work-precision tables compare against a scipy reference through numpy: CPU only.
+        parser.error("--device other than cpu needs --throughput")
     if args.quick:
         args.repeats, args.batch = 2, 16
     field, y_mlp = mlp_problem(args)
