@@ -1,0 +1,61 @@
+"""The NFE of the true dynamics behind each trajectory-fit task, solved as the task solves its model.
+
+A model that fits a trajectory faithfully follows the dynamics that generated it, so the NFE of
+those dynamics on the task's test solve (same initial states, output times, method and
+tolerances, float32 as the models) is what a faithful fit costs to solve. Compare it with the
+vanilla model's test NFE (docs/results.md): where the two are close, a cut far below vanilla's
+NFE needs a model smoother than the data's own dynamics.
+
+    python benchmarks/true_field_nfe.py [--size quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import local_reg
+from local_reg.experiments.tasks import REGISTRY
+from local_reg.experiments.tasks.lotka import damped_pendulum, lotka_volterra, van_der_pol
+from local_reg.experiments.tasks.spiral import _TRUE_A
+
+
+def spiral_field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (y**3) @ _TRUE_A.to(y.dtype)
+
+
+def test_problem(name: str, settings: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y0, times)`` of the task's test solve."""
+    data = REGISTRY[name].load_data(settings, 0)
+    if name == "spiral":
+        times, path = data.test.tensors
+        return path[0, 0], times[0]
+    observed, _ = data.test.tensors
+    return observed[:, 0], torch.linspace(0.0, settings["t_max"], settings["n_times"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="quick", choices=("tiny", "quick", "full"))
+    args = parser.parse_args()
+    fields = {"spiral": spiral_field, "lotka": lotka_volterra, "pendulum": damped_pendulum}
+    fields["vanderpol"] = van_der_pol
+    print(f"size {args.size}; the true field on each task's test solve, float32")
+    print("| task | method, rtol, atol | output times | true field's test NFE |")
+    print("|---|---|---|---|")
+    for name, field in fields.items():
+        settings = REGISTRY[name].settings(args.size)
+        solver = settings["solver"]
+        y0, times = test_problem(name, settings)
+        solution = local_reg.odeint(
+            field, y0, times, method=solver["method"], rtol=solver["rtol"], atol=solver["atol"]
+        )
+        print(
+            f"| {name} | {solver['method']}, {solver['rtol']:g}, {solver['atol']:g} | {len(times)} "
+            f"| {solution.stats.nfe} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
