@@ -51,6 +51,7 @@ def check_outputs(out, task: str, methods: list[str]) -> list[dict]:
         "pendulum",
         "mnist1d",
         "vanderpol",
+        "nsde_mnist1d",
     ],
 )
 def test_task_writes_results_table_and_plots(task, tmp_path, capsys):

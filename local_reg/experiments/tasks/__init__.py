@@ -44,7 +44,7 @@ from .digits import DigitsTask
 from .latent_ode import LatentODETask
 from .lotka import LotkaTask, PendulumTask, VanDerPolTask
 from .mnist import MnistTask
-from .nsde_digits import NSDEDigitsTask
+from .nsde_digits import NSDEDigitsTask, NSDEMnist1DTask
 from .spiral import SpiralTask
 from .spiral_sde import SpiralSDETask
 from .tabular import Mnist1DTask, QuantilesTask, SyntheticTask, TabularTask
@@ -63,6 +63,7 @@ REGISTRY: dict[str, Task] = {
     "pendulum": PendulumTask(),
     "mnist1d": Mnist1DTask(),
     "vanderpol": VanDerPolTask(),
+    "nsde_mnist1d": NSDEMnist1DTask(),
 }
 
 __all__ = ["REGISTRY", "Batch", "ModelContext", "Task", "TaskData"]
