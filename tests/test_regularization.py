@@ -686,14 +686,14 @@ def test_reg_loss_under_distributed_data_parallel(tmp_path):
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic"])
-def test_a_budget_of_step_states_passes_through_to_the_main_solve(gradient):
-    """``options={"checkpoints": ...}`` reaches ``odeint``: the main solve keeps fewer states and the
-    gradient of loss + penalty is unchanged."""
+@pytest.mark.parametrize("method", [local_reg.Checkpoint, local_reg.Symplectic])
+def test_a_budget_of_step_states_passes_through_to_the_main_solve(method):
+    """``gradient=Checkpoint(checkpoints=...)`` (or ``Symplectic``) reaches ``odeint``: the main
+    solve keeps fewer states and the gradient of loss + penalty is unchanged."""
     func = MLPField()
     y0 = _y0(batch=2)
     results = []
-    for options in (None, {"checkpoints": 2}):
+    for gradient in (method(), method(checkpoints=2)):
         y = y0.clone().requires_grad_(True)
         ys, reg, stats = local_regularization(
             func,
@@ -702,7 +702,6 @@ def test_a_budget_of_step_states_passes_through_to_the_main_solve(gradient):
             rtol=RTOL,
             atol=ATOL,
             gradient=gradient,
-            options=options,
             detach_state=False,
             generator=torch.Generator().manual_seed(5),
         )
