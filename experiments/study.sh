@@ -11,7 +11,7 @@
 #                                   kinetic_sde, lotka, lotka_long, default_gradients, mnist_long,
 #                                   target_rule TASK (quantiles, pendulum), quantiles_long,
 #                                   long_training [latent_ode], sde_interp, held_out_2,
-#                                   mnist_full, sde_candidate
+#                                   mnist_full, sde_candidate, longer_training
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -362,6 +362,15 @@ case "${1:-}" in
         $LR experiment nsde_digits --methods vanilla local-random "${COMMON[@]}" \
             --out results/sde-interp-nsde_digits-long --set epochs=45 --set weights.local-random=default
         ;;
+    longer_training)  # vanilla and the default trained longer still: digits (1e-6) 100 epochs, nsde_digits 90
+        for run in digits:100 nsde_digits:90; do
+            IFS=: read -r task epochs <<< "$run"
+            out=results/study-longer-$task
+            vanilla "$task" "$out" --set epochs=$epochs
+            $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "$out" --set epochs=$epochs \
+                --set weights.local-random=default
+        done
+        ;;
     sde_candidate)  # the held-out SDE classifier nsde_mnist1d: vanilla, the default (kinetic), the candidate
         # SDE default (the probe step's EEst * dt at ratio 1, as PREVIOUS_DEFAULT), the paper's procedure
         vanilla nsde_mnist1d results/study-nsde-mnist1d
@@ -388,7 +397,7 @@ case "${1:-}" in
         done
         ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long|target_rule|quantiles_long|long_training|sde_interp|held_out_2|mnist_full|sde_candidate" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long|target_rule|quantiles_long|long_training|sde_interp|held_out_2|mnist_full|sde_candidate|longer_training" >&2
         exit 2
         ;;
 esac
