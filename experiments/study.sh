@@ -295,8 +295,8 @@ case "${1:-}" in
         $LR experiment lotka --methods local-random "${COMMON[@]}" --out results/study-lotka-long --set epochs=200 \
             --set 'weights.local-random={"ratio": 0.1, "every": 10, "scope": "field"}' --set local.penalty=kinetic
         ;;
-    mnist_long)  # quick mnist (1e-6) trained for 20 and 40 epochs instead of 5: vanilla and the default
-        for epochs in 20 40; do
+    mnist_long)  # quick mnist (1e-6) trained for 20, 40 and 60 epochs instead of 5: vanilla and the default
+        for epochs in 20 40 60; do
             vanilla mnist results/study-mnist-long --set epochs=$epochs
             $LR experiment mnist --methods local-random "${COMMON[@]}" --out results/study-mnist-long \
                 --set epochs=$epochs --set weights.local-random=default
