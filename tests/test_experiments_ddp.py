@@ -69,7 +69,10 @@ def test_two_processes_keep_identical_parameters_and_record_once(tmp_path):
         str(out),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    # stdin: not the test process's, which under pytest-xdist is the worker's command channel.
+    done = subprocess.run(
+        command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     (record,) = ResultsFile(out).load()

@@ -232,6 +232,8 @@ def start_stalled_experiment(tmp_path: Path) -> subprocess.Popen:
     out = tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, str(script), "experiment", *EPOCHS_3, *TINY, "--out", str(out)],
+        # Not the test process's stdin: under pytest-xdist that is the worker's command channel.
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
