@@ -25,11 +25,7 @@ import torch
 import local_reg
 from local_reg.experiments.tasks import REGISTRY
 from local_reg.experiments.tasks.lotka import damped_pendulum, lotka_volterra, van_der_pol
-from local_reg.experiments.tasks.spiral import _TRUE_A
-
-
-def spiral_field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (y**3) @ _TRUE_A.to(y.dtype)
+from local_reg.experiments.tasks.spiral import spiral_field
 
 
 def test_problem(name: str, settings: dict) -> tuple[torch.Tensor, torch.Tensor]:

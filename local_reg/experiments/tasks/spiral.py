@@ -52,11 +52,16 @@ SPIRAL_REQUIRES = (
 )
 
 
+def spiral_field(t: Tensor, y: Tensor) -> Tensor:
+    """The true dynamics ``dy/dt = (y**3) A``, in ``y``'s dtype."""
+    return (y**3) @ _TRUE_A.to(y.dtype)
+
+
 def spiral_trajectory(data_size: int, t_max: float = 25.0) -> tuple[Tensor, Tensor]:
     """Times and states ``(data_size, 2)`` of the true spiral (float64 solve, rtol 1e-10)."""
     times = torch.linspace(0.0, t_max, data_size, dtype=torch.float64)
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
-    solution = odeint(lambda t, y: (y**3) @ _TRUE_A, y0, times, rtol=1e-10, atol=1e-10)
+    solution = odeint(spiral_field, y0, times, rtol=1e-10, atol=1e-10)
     return times, solution.ys
 
 
