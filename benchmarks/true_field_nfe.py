@@ -18,12 +18,12 @@ generator's amplitude, frequency and phase distributions (not the test series th
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
 import local_reg
 from local_reg.experiments.tasks import REGISTRY
+from local_reg.experiments.tasks.latent_ode import series_parameters
 from local_reg.experiments.tasks.lotka import damped_pendulum, lotka_volterra, van_der_pol
 from local_reg.experiments.tasks.spiral import spiral_field
 
@@ -44,13 +44,9 @@ def oscillator(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def latent_oscillator(settings: dict, n: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(z0, times)``: the oscillator behind ``latent_ode``'s series, from ``n`` draws of the
-    generator's distributions (``latent_ode.periodic_series``: amplitude in [0.5, 1.5], frequency in
-    [1, 3], phase in [0, 2 pi))."""
-    generator = torch.Generator().manual_seed(0)
-    amplitude = 0.5 + torch.rand(n, generator=generator)
-    frequency = 1.0 + 2.0 * torch.rand(n, generator=generator)
-    phase = 2 * math.pi * torch.rand(n, generator=generator)
+    """``(z0, times)``: the oscillator behind ``latent_ode``'s series, from ``n`` draws of their
+    amplitude, frequency and phase (``latent_ode.series_parameters``)."""
+    amplitude, frequency, phase = series_parameters(n, torch.Generator().manual_seed(0))
     z0 = torch.stack((amplitude * torch.sin(phase), amplitude * torch.cos(phase), frequency), dim=-1)
     return z0, torch.tensor([0.0, settings["t_max"]])
 

@@ -81,6 +81,15 @@ _SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+def series_parameters(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """The amplitude (in [0.5, 1.5]), frequency (in [1, 3]) and phase (in [0, 2 pi)) of ``n``
+    series, each ``(n,)``, drawn in that order from ``generator``."""
+    amplitude = 0.5 + torch.rand(n, generator=generator)
+    frequency = 1.0 + 2.0 * torch.rand(n, generator=generator)
+    phase = 2 * math.pi * torch.rand(n, generator=generator)
+    return amplitude, frequency, phase
+
+
 def periodic_series(
     n: int, times: Tensor, n_channels: int, obs_prob: float, time_obs_prob: float, noise: float, seed: int
 ) -> tuple[Tensor, Tensor]:
@@ -89,9 +98,7 @@ def periodic_series(
     probability ``time_obs_prob`` and, if so, each channel with ``obs_prob``. Returns ``values`` (zero
     where unobserved) and ``mask``, both ``(n, T, C)``."""
     g = torch.Generator().manual_seed(seed)
-    amplitude = 0.5 + torch.rand(n, 1, 1, generator=g)
-    frequency = 1.0 + 2.0 * torch.rand(n, 1, 1, generator=g)
-    phase = 2 * math.pi * torch.rand(n, 1, 1, generator=g)
+    amplitude, frequency, phase = (v.view(n, 1, 1) for v in series_parameters(n, g))
     channel = torch.arange(n_channels).view(1, 1, -1)
     scale = 1.0 - 0.5 * channel / max(n_channels - 1, 1)
     t = times.reshape(-1, times.shape[-1], 1)

@@ -73,6 +73,7 @@ class NSDEDigitsTask(ClassificationTask):
     """Digits classified by a neural SDE; metric: accuracy of the trajectory-averaged logits."""
 
     name = "nsde_digits"
+    n_features = 64
     methods = SDE_METHODS
     schema = Schema(
         {
@@ -115,19 +116,16 @@ class NSDEDigitsTask(ClassificationTask):
 
     def build_model(self, settings: dict[str, Any], context: ModelContext) -> nn.Module:
         sde = NeuralSDE(settings["dim"], settings["hidden"], settings["sigma_max"])
-        return SDEClassifier(sde_block(sde, settings, context), settings)
+        return SDEClassifier(sde_block(sde, settings, context), settings, self.n_features)
 
 
 class NSDEMnist1DTask(NSDEDigitsTask):
     """MNIST-1D classified by the same neural SDE (40 inputs)."""
 
     name = "nsde_mnist1d"
+    n_features = 40
 
     def load_data(self, settings: dict[str, Any], seed: int) -> TaskData:
         from .tabular import Mnist1DTask
 
         return Mnist1DTask().load_data(settings, seed)
-
-    def build_model(self, settings: dict[str, Any], context: ModelContext) -> nn.Module:
-        sde = NeuralSDE(settings["dim"], settings["hidden"], settings["sigma_max"])
-        return SDEClassifier(sde_block(sde, settings, context), settings, n_features=40)
