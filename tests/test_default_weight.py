@@ -175,9 +175,25 @@ def test_the_default_penalty_does_not_depend_on_the_tolerance_the_papers_does():
     assert norms["paper"][1e-8] / norms["paper"][1e-4] > 100
 
 
-def test_the_default_resumes_from_its_state_dict():
+class FieldWithAnUnusedLayer(Field):
+    """A field with a layer its forward pass never calls (as one used only in another mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Linear(2, 2, dtype=DTYPE)
+
+
+@pytest.mark.parametrize(
+    ("field_type", "stop"),
+    [(Field, 12), (Field, 11), (FieldWithAnUnusedLayer, 11)],
+    ids=["between-measurements", "right-after-one", "unused-layer-right-after-one"],
+)
+def test_the_default_resumes_from_its_state_dict(field_type, stop):
     """The default counts its own iterations: a run stopped and resumed from ``state_dict()``
-    measures at the same iterations and reaches the same weights as one that ran through."""
+    measures at the same iterations and reaches the same weights as one that ran through, also
+    when stopped right after a measured iteration (the 11th: it measures every 10 from the first)
+    and a parameter of the field gets no gradient (its measurement ends with the backward pass,
+    not when every parameter has reported)."""
 
     def run(model: LocallyRegularized, optimizer: torch.optim.Optimizer, n: int) -> list[float]:
         weights = []
@@ -190,17 +206,20 @@ def test_the_default_resumes_from_its_state_dict():
         return weights
 
     def fresh() -> tuple[LocallyRegularized, torch.optim.Optimizer]:
-        model = LocallyRegularized(Field(), rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0))
+        model = LocallyRegularized(
+            field_type(), rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0)
+        )
         return model, torch.optim.SGD(model.parameters(), lr=1e-2)
 
     whole = run(*fresh(), 25)
     first, first_optimizer = fresh()
-    run(first, first_optimizer, 12)
+    run(first, first_optimizer, stop)
     resumed, resumed_optimizer = fresh()
     resumed.load_state_dict(first.state_dict())
     resumed_optimizer.load_state_dict(first_optimizer.state_dict())
-    assert resumed.weight.state_dict()["watched"] == 12
-    assert run(resumed, resumed_optimizer, 13) == pytest.approx(whole[12:], rel=1e-10)
+    assert resumed.weight.state_dict()["watched"] == stop
+    assert resumed.weight() == whole[stop - 1]
+    assert run(resumed, resumed_optimizer, 25 - stop) == pytest.approx(whole[stop:], rel=1e-10)
     # A state saved before the weight counted its own iterations still loads.
     old = {k: v for k, v in first.weight.state_dict().items() if k != "watched"}
     resumed.weight.load_state_dict(old)

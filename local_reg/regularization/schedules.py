@@ -380,7 +380,8 @@ class RatioWeight(_SelfTuningWeight):
         (so it should hold this pass's gradient alone, as in the usual loop that clears gradients
         before the backward pass) less the penalty's part; nested ``torch.autograd.grad`` calls
         (the gradient methods' own) accumulate nothing and are not seen. The measurement sets the
-        weight once every parameter has reported, or at the next penalty with those that did."""
+        weight when that backward pass ends, from the parameters it reached (so a checkpoint taken
+        after it holds the new weight, and a parameter that gets no gradient is left out)."""
         self._finish_measurement()
         if self.parameters is None:
             return
@@ -392,13 +393,20 @@ class RatioWeight(_SelfTuningWeight):
         penalty = torch.autograd.grad(reg_loss, self.parameters, retain_graph=True, allow_unused=True)
         measurement = {"penalty_norm": _norm(penalty), "task_sq": 0.0, "reported": 0, "handles": []}
 
+        def finish_this_measurement() -> None:
+            if self._measurement is measurement:
+                self._finish_measurement()
+
         def report(parameter: Tensor, part: Tensor | None, handle_index: int) -> None:
             task = parameter.grad if part is None else parameter.grad - part
             measurement["task_sq"] += float(task.pow(2).sum())
             measurement["reported"] += 1
             measurement["handles"][handle_index].remove()
-            if measurement["reported"] == len(penalty):
-                self._finish_measurement()
+            if measurement["reported"] == 1:
+                # Finish when this backward pass ends, with the parameters it reached: one that
+                # gets no gradient (a layer the forward pass skipped) never reports, and waiting
+                # for it would leave the measurement open past a checkpoint.
+                torch.autograd.Variable._execution_engine.queue_callback(finish_this_measurement)
 
         for index, (parameter, part) in enumerate(zip(self.parameters, penalty, strict=True)):
             hook = functools.partial(report, part=part, handle_index=index)
