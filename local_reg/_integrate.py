@@ -320,9 +320,11 @@ def integrate(
                         error_estimate, previous_error, stepper.order, after_rejection
                     )
                     # Landing on an output time shortens a step for reasons other than accuracy:
-                    # keep the step the controller wanted before that.
+                    # keep the step the controller wanted before that, and the error it remembers
+                    # (a sliver's near-zero error would shrink the next step through the PI term).
+                    if not (lands and dt_used < dt_abs):
+                        previous_error = max(error_estimate, 1e-4)
                     dt_abs = max(dt_used * factor, dt_abs) if lands else dt_used * factor
-                    previous_error = max(error_estimate, 1e-4)
                     after_rejection = False
             else:
                 stats.n_rejected += 1

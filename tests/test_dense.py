@@ -16,6 +16,11 @@ DTYPE = torch.float64
 ADAPTIVE = [name for name, tableau in TABLEAUS.items() if tableau.adaptive]
 
 
+def rotation(t, y):
+    # y = (cos t, -sin t) from (1, 0).
+    return torch.stack([y[..., 1], -y[..., 0]], dim=-1)
+
+
 def logistic(t, y):
     return y * (1 - y) + 0.0 * t
 
@@ -259,6 +264,24 @@ def test_fixed_steps_land_on_output_times():
     solution = odeint(logistic, y0, [0.0, 0.33, 1.0], method="rk4", step_size=0.1)
     ends = (solution.steps.t + solution.steps.dt).tolist()
     assert 0.33 in ends
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5"])
+@pytest.mark.parametrize("direction", [1.0, -1.0], ids=["forward", "backward"])
+def test_step_to_outputs_takes_one_step_per_interval_when_steps_are_longer(method, direction):
+    """Output times 0.1 apart on the harmonic oscillator, where the controller's own steps are
+    longer: one step per interval. A step shortened to land keeps the controller's memory of the
+    last full step's error; the shortened step's (near zero on a sliver) would shrink the next step
+    through the PI term, and every interval would end in a sliver (two steps each)."""
+    y0 = torch.tensor([1.0, 0.0], dtype=DTYPE)
+    times = direction * torch.linspace(0.0, 10.0, 101, dtype=DTYPE)
+    kwargs = dict(method=method, rtol=1e-7, atol=1e-9)
+    interpolating = odeint(rotation, y0, times, **kwargs)
+    assert interpolating.stats.n_accepted < len(times) - 1
+    landing = odeint(rotation, y0, times, step_to_outputs=True, **kwargs)
+    assert landing.stats.n_accepted <= len(times) - 1 + 5
+    exact = torch.stack([torch.cos(times), -torch.sin(times)], dim=-1)
+    assert (landing.ys - exact).abs().max() < 1e-5
 
 
 def test_symplectic_backward_cost_counts_the_stages_of_steps_holding_outputs():
