@@ -108,6 +108,11 @@ def next_step_size(
     """
     if n_steps >= max_steps:
         raise SolverError(f"max_steps={max_steps} exceeded", t=t, n_steps=n_steps)
+    if math.isnan(dt_abs):
+        # No comparison below would catch it: every step would be attempted, and rejected, at NaN.
+        raise SolverError(
+            "the step size is NaN (first_step, or the controller's factor)", t=t, n_steps=n_steps
+        )
     remaining = abs(t_target - t)
     lands = dt_abs * (1.0 + _LANDING_SLACK) >= remaining
     dt_used = remaining if lands else dt_abs

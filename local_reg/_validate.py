@@ -142,6 +142,14 @@ def validate_state(y0: object, name: str = "y0") -> Tensor:
         else:
             hint = f"convert it, e.g. {name}.float()"
         raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {y0.dtype}: {hint}")
+    # A NaN state with a finite derivative makes every step size NaN: refuse it before the first.
+    non_finite = ~torch.isfinite(y0.detach())
+    if bool(non_finite.any()):
+        first = tuple(int(i) for i in non_finite.nonzero()[0])
+        raise ValueError(
+            f"{name} must be finite, got {int(non_finite.sum())} non-finite entries "
+            f"(the first at index {first}: {y0[first].item()})"
+        )
     return y0
 
 

@@ -97,6 +97,45 @@ def test_an_integer_or_complex_y0_is_refused_with_its_own_hint(dtype, hint):
         odeint(decay, torch.ones(2, dtype=dtype), [0.0, 1.0])
 
 
+class _ConstantDiagonalSDE(torch.nn.Module):
+    noise_type, sde_type = "diagonal", "ito"
+
+    def f(self, t, y):
+        return torch.ones_like(y)
+
+    def g(self, t, y):
+        return 0.1 * torch.ones_like(y)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_y0_is_refused_before_the_first_step(bad):
+    """A field finite at a NaN state (here constant) made the step-size heuristic's dt NaN; every
+    trial step was rejected at NaN until ``max_steps``, whose message blamed the tolerances."""
+    y0 = torch.tensor([[1.0, bad]], dtype=torch.float64)
+    constant = lambda t, y: torch.ones_like(y)  # noqa: E731
+    calls = {
+        "odeint": lambda: odeint(constant, y0, [0.0, 1.0], max_steps=10**9),
+        "tuple": lambda: odeint(
+            lambda t, y: (y[0], y[1]), (torch.ones(2, dtype=torch.float64), y0), [0.0, 1.0]
+        ),
+        "event": lambda: local_reg.odeint_event(constant, y0, 0.0, event_fn=lambda t, y: t - 0.5),
+        "sdeint": lambda: sdeint(_ConstantDiagonalSDE(), y0, [0.0, 1.0]),
+        "compat": lambda: local_reg.compat.odeint(
+            constant, y0, torch.tensor([0.0, 1.0], dtype=torch.float64)
+        ),
+    }
+    for call in calls.values():
+        with pytest.raises(ValueError, match=r"y0 must be finite, got 1 non-finite entries"):
+            call()
+
+
+def test_a_nan_step_size_is_a_solver_error_not_a_spin():
+    from local_reg._integrate import next_step_size
+
+    with pytest.raises(SolverError, match="step size is NaN"):
+        next_step_size(0.0, 1.0, math.nan, 0, 10)
+
+
 def test_float32_as_the_docs_advise_agrees_with_float64_and_the_exact_solution():
     """The advice for half-precision users (integrate in float32, cast back) is accurate: the
     issue's bfloat16 solve returned 1.0 instead of exp(-1)."""
@@ -423,7 +462,7 @@ def test_a_persistently_non_finite_field_still_raises_solver_error():
 
 def test_torchdiffeq_backend_follows_the_error_contract():
     model = LocallyRegularized(decay, backend="torchdiffeq")
-    with pytest.raises(SolverError, match="non-finite initial state"):
+    with pytest.raises(ValueError, match="y0 must be finite"):
         model(torch.tensor([float("nan"), 1.0]), [0.0, 1.0])
     stiff = LocallyRegularized(
         lambda t, y: -1e4 * (y - torch.cos(t)), backend="torchdiffeq", options={"max_num_steps": 50}

@@ -105,8 +105,6 @@ def solve_main(
 
     import torchdiffeq
 
-    if not bool(torch.isfinite(y0).all()):
-        raise SolverError("non-finite initial state y0", t=times[0], n_steps=0)
     field = _TorchdiffeqField(func, record=record_steps)
     t_tensor = torch.tensor(times, dtype=t_dtype, device=y0.device)
     is_adjoint = isinstance(gradient, BacksolveAdjoint)
