@@ -10,6 +10,7 @@ pairs through :class:`local_reg._step.RKStepper`, Euler--Maruyama through
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,10 +93,14 @@ class SolveOptions:
     """``torch.compile`` keywords of the forward solve's Runge--Kutta steps (``None``: eager)."""
 
 
+def fixed_step_count(t: float, t_target: float, step_size: float) -> int:
+    """How many equal steps, none longer than ``step_size``, cover ``[t, t_target]``."""
+    return max(1, math.ceil(abs(t_target - t) / step_size - 1e-9))
+
+
 def fixed_step_size(t: float, t_target: float, step_size: float) -> float:
     """The size of the equal steps, none longer than ``step_size``, that cover ``[t, t_target]``."""
-    n_substeps = max(1, math.ceil(abs(t_target - t) / step_size - 1e-9))
-    return abs(t_target - t) / n_substeps
+    return abs(t_target - t) / fixed_step_count(t, t_target, step_size)
 
 
 def next_step_size(
@@ -220,11 +225,20 @@ def integrate(
             "callbacks.stop needs exactly two times [t0, t1] (t1 only gives the direction) and no "
             f"dense record, got {len(times)} times and dense={options.dense}"
         )
+    adaptive = options.step_size is None
+    if not adaptive and stop is None:
+        # Fixed steps: the count is known, so a step_size too small for max_steps is refused
+        # before the first step, not after max_steps of them.
+        n_fixed = sum(fixed_step_count(a, b, options.step_size) for a, b in itertools.pairwise(times))
+        if n_fixed > options.max_steps:
+            raise ValueError(
+                f"step_size={options.step_size:g} needs {n_fixed} steps over the output times, more than "
+                f"max_steps={options.max_steps}: pass max_steps={n_fixed} or a longer step_size"
+            )
     t = times[0]
     y = y0
     carry = stepper.begin(t, y0, stats)
 
-    adaptive = options.step_size is None
     interpolate = options.interpolate and adaptive
     controller = options.controller
     callbacks = options.callbacks

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from itertools import pairwise
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ._events import odeint_event as _odeint_event
-from ._integrate import StepCallbacks
+from ._integrate import StepCallbacks, fixed_step_count
 from ._odeint import odeint as _odeint
 from ._tuple import TupleState
 from .gradients import BacksolveAdjoint, Direct, GradientMethod, Symplectic
@@ -132,6 +133,23 @@ def _callbacks(func: object, state: TupleState | None, t_dtype: torch.dtype) -> 
     return StepCallbacks(**found) if found else None
 
 
+def _fixed_step_size(
+    tableau: ButcherTableau, step_size: object, where: str, method: str | None, stacklevel: int = 4
+) -> object:
+    """``step_size`` for a fixed-step tableau; an adaptive one ignores it with a warning, as
+    torchdiffeq 0.2.5 does ("Unexpected arguments"), rather than taking fixed steps without error
+    control."""
+    if step_size is None or not tableau.adaptive:
+        return step_size
+    warnings.warn(
+        f"local_reg.compat: {where}['step_size'] is ignored by the adaptive method "
+        f"{method or tableau.name!r} (torchdiffeq ignores it too); for fixed steps use 'euler', "
+        "'midpoint' or 'rk4'",
+        stacklevel=stacklevel,
+    )
+    return None
+
+
 def _solve(
     func: Callable,
     y0: Tensor | tuple[Tensor, ...],
@@ -154,7 +172,7 @@ def _solve(
         raise TypeError(f"options['dtype'] must be a torch.dtype, got {type(dtype).__name__}")
     state = TupleState(y0) if isinstance(y0, tuple) else None
     t_dtype = t.dtype if isinstance(t, Tensor) and t.is_floating_point() else torch.float64
-    step_size = opts.pop("step_size", None)
+    step_size = _fixed_step_size(tableau, opts.pop("step_size", None), "options", method)
     if step_size is None and not tableau.adaptive:
         if events:
             raise ValueError(f"event_fn with the fixed-step method {method!r} needs options['step_size']")
@@ -173,6 +191,10 @@ def _solve(
     }
     if "max_num_steps" in opts:
         kwargs["max_steps"] = opts.pop("max_num_steps")
+    elif step_size is not None and not events:
+        # torchdiffeq's fixed grids have no step limit: allow exactly the steps the grid needs.
+        times = [float(value) for value in torch.as_tensor(t, dtype=torch.float64)]
+        kwargs["max_steps"] = max(1, sum(fixed_step_count(a, b, step_size) for a, b in pairwise(times)))
     if "norm" in opts:
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
     if not events:
@@ -299,7 +321,13 @@ def odeint_adjoint(
             adjoint_rtol,
             adjoint_atol,
             norm=norm,
-            step_size=adjoint.get("step_size"),
+            step_size=_fixed_step_size(
+                _tableau(method if adjoint_method is None else adjoint_method),
+                adjoint.get("step_size"),
+                "options" if adjoint_options is None else "adjoint_options",
+                method if adjoint_method is None else adjoint_method,
+                stacklevel=3,
+            ),
             first_step=adjoint.get("first_step"),
             max_steps=adjoint.get("max_num_steps"),
         )

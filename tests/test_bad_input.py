@@ -129,6 +129,23 @@ def test_a_non_finite_y0_is_refused_before_the_first_step(bad):
             call()
 
 
+def test_fixed_steps_beyond_max_steps_are_refused_before_the_first_step():
+    calls = []
+
+    def counted(t, y):
+        calls.append(t)
+        return -y
+
+    y0 = torch.ones(2, dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match=r"step_size=0\.001 needs 2000 steps .* max_steps=1000: pass max_steps=2000"
+    ):
+        odeint(counted, y0, [0.0, 1.0, 2.0], method="rk4", step_size=1e-3, max_steps=1000)
+    assert len(calls) <= 1  # f(t0, y0) at most, which odeint evaluates first
+    solution = odeint(counted, y0, [0.0, 1.0, 2.0], method="rk4", step_size=1e-3, max_steps=2000)
+    assert solution.stats.n_steps == 2000
+
+
 def test_a_nan_step_size_is_a_solver_error_not_a_spin():
     from local_reg._integrate import next_step_size
 

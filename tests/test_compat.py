@@ -77,6 +77,41 @@ def test_fixed_step_methods_match_torchdiffeq_on_its_grid(method, options):
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
 
+def test_step_size_with_an_adaptive_method_is_ignored_with_a_warning_as_torchdiffeq():
+    """torchdiffeq's adaptive solvers warn about ``step_size`` and ignore it; taking it as fixed
+    steps (no error control) gave 204 where the solution is 6e-7."""
+
+    def stiffish(t, y):
+        return -10.0 * y * torch.cos(t) ** 2
+
+    y0, t = torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.0, 3.0], dtype=torch.float64)
+    exact = torch.exp(-10.0 * (t[-1:] / 2 + torch.sin(2 * t[-1:]) / 4))
+    with pytest.warns(
+        UserWarning, match=r"options\['step_size'\] is ignored by the adaptive method 'dopri5'"
+    ):
+        ours = compat.odeint(stiffish, y0, t, method="dopri5", options={"step_size": 1.0})
+    with pytest.warns(UserWarning, match="Unexpected arguments"):
+        theirs = torchdiffeq.odeint(stiffish, y0, t, method="dopri5", options={"step_size": 1.0})
+    # Both within the default atol (1e-9) of the exact value; fixed steps of 1 were off by 204.
+    torch.testing.assert_close(ours[-1], exact, rtol=0, atol=1e-9)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-9)
+    func = Linear()
+    y0, t = y0_and_t()
+    with pytest.warns(UserWarning, match=r"adjoint_options\['step_size'\] is ignored"):
+        compat.odeint_adjoint(func, y0, t, adjoint_options={"step_size": 0.5})
+
+
+def test_a_fixed_grid_has_no_step_limit_as_in_torchdiffeq():
+    # 20000 rk4 steps: more than local_reg.odeint's default max_steps, which a fixed grid (whose
+    # count is known) does not need in torchdiffeq.
+    func = Linear()
+    y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    t = torch.tensor([0.0, 20.0], dtype=torch.float64)
+    ours = compat.odeint(func, y0, t, method="euler", options={"step_size": 1e-3})
+    theirs = torchdiffeq.odeint(func, y0, t, method="euler", options={"step_size": 1e-3})
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
 def test_tuple_state_values_types_and_shapes():
     func = Pair()
     z0 = torch.tensor([[1.0, 0.5], [-0.3, 0.8], [0.2, 0.1]], dtype=torch.float64)
