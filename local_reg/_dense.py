@@ -36,8 +36,14 @@ class DenseOutput:
     def add_step(self, t: float, dt: float, y: Tensor, stages: tuple[Tensor, ...]) -> None:
         self.t.append(t)
         self.dt.append(dt)
-        self.states.append(y)
+        self.add_state(y)
         self.stages.append(stages)
+
+    def add_state(self, y: Tensor) -> None:
+        # Outside autograd (the graph-free gradient methods' forward solves) the stages carry no
+        # graph, so neither may the states: the first is the caller's y0, and an evaluation through
+        # it alone would differentiate as the identity, a silently wrong gradient.
+        self.states.append(y if torch.is_grad_enabled() else y.detach())
 
     def _locate(self, t: float) -> int | None:
         """The step whose dense output gives ``t``, or ``None`` if ``t`` is a recorded state

@@ -359,7 +359,7 @@ def integrate(
             "the stop condition never held before the time overflowed", t=t, n_steps=stats.n_steps
         )
     if log.dense is not None:
-        log.dense.states.append(y)
+        log.dense.add_state(y)
     return outputs, stats, log.to_steps(stepper.has_stiffness), penalties
 
 

@@ -318,6 +318,23 @@ def test_evaluate_at_step_ends_is_the_step_state(method, gradient):
     assert (solution.evaluate(fine) - reference).abs().max() < tolerance
 
 
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+def test_evaluate_under_a_graph_free_method_is_detached_not_a_wrong_gradient(gradient):
+    """The graph-free methods record no graph for the dense output, so its values are detached
+    (as solver.md says); the first step's state used to be the caller's ``y0`` itself, through
+    which every evaluation differentiated as the identity: a silently wrong gradient."""
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE, requires_grad=True)
+    fine = torch.linspace(0.0, 2.0, 9, dtype=DTYPE)
+    direct = odeint(field, y0, [0.0, 2.0], dense=True).evaluate(fine)
+    assert direct.requires_grad
+    solution = odeint(field, y0, [0.0, 2.0], dense=True, gradient=gradient)
+    values = solution.evaluate(fine)
+    assert not values.requires_grad
+    torch.testing.assert_close(values, direct.detach(), rtol=0, atol=0)
+    assert solution.ys.requires_grad
+
+
 def test_evaluate_needs_dense_and_stays_in_the_span():
     solution = odeint(logistic, torch.tensor([0.2], dtype=DTYPE), [0.0, 1.0])
     with pytest.raises(ValueError, match="dense=True"):
