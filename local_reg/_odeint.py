@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, StepPenalty
 from ._step import VectorField, time_tensor
-from ._tuple import accepts_tuple_states
+from ._tuple import accepts_tuple_states, user_func
 from ._validate import (
     checked_field,
     compile_options,
@@ -235,7 +235,7 @@ def odeint(
     params: tuple[Tensor, ...] = ()
     if gradient_method.graph_free:
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
-    elif adjoint_params is not None or isinstance(func, torch.nn.Module):
+    elif adjoint_params is not None or isinstance(user_func(func), torch.nn.Module):
         # Direct differentiation needs no parameter list; with one it also checks their gradients.
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
     timing = time_gradient(t, checked, times)

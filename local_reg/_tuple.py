@@ -88,6 +88,12 @@ class TupleField(nn.Module):
         return self.state.flatten(tuple(output), "func's output")
 
 
+def user_func(func: Callable) -> Callable:
+    """The function the user gave: ``func`` itself, or what a :class:`TupleField` wraps. Whether
+    parameters can be found is a question about it (the wrapper is a module whatever it wraps)."""
+    return func.func if isinstance(func, TupleField) else func
+
+
 def accepts_tuple_states(solve: Callable) -> Callable:
     """Let ``solve(func, y0, t, **options)`` take a tuple ``y0``; its solution's ``ys`` and
     ``evaluate(t)`` are then tuples (the step record keeps the flat states)."""

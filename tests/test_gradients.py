@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from local_reg import TABLEAUS, BacksolveAdjoint, Checkpoint, Symplectic, odeint
+from local_reg import TABLEAUS, BacksolveAdjoint, Checkpoint, Symplectic, odeint, odeint_event
 from local_reg._integrate import integrate_ode
 from local_reg._validate import solve_options
 from local_reg.gradients import GRADIENT_METHODS
@@ -295,9 +295,35 @@ def test_unknown_gradient():
 
 @pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
 def test_plain_function_without_adjoint_params_is_an_error(gradient):
+    """Also for a tuple state, whose wrapper is a module with no parameters of its own: its field's
+    captured parameters silently got no gradient (a CNF's ``(z, logp)`` trained only ``y0``)."""
     field = TinyField()
     with pytest.raises(ValueError, match="adjoint_params"):
         odeint(lambda t, y: field(t, y), torch.ones(3, dtype=DTYPE), TIMES, gradient=gradient)
+    pair = (torch.ones(3, dtype=DTYPE), torch.zeros(1, dtype=DTYPE))
+    with pytest.raises(ValueError, match="func is a plain function"):
+        odeint(lambda t, y: (field(t, y[0]), y[0][:1]), pair, TIMES, gradient=gradient)
+    with pytest.raises(ValueError, match="func is a plain function"):
+        odeint_event(
+            lambda t, y: (field(t, y[0]), y[0][:1]),
+            pair,
+            0.0,
+            event_fn=lambda t, y: t - 0.5,
+            gradient=gradient,
+        )
+    # As a module, or with its parameters named, the tuple state's gradients are direct's.
+    parameters = tuple(field.parameters())
+    gradients = {}
+    for name, kwargs in (("direct", {}), (gradient, {"adjoint_params": parameters})):
+        ys = odeint(lambda t, y: (field(t, y[0]), y[0][:1]), pair, TIMES, gradient=name, **kwargs).ys
+        gradients[name] = torch.autograd.grad(ys[0][-1].sum() + ys[1][-1].sum(), parameters)
+    for ours, reference in zip(gradients[gradient], gradients["direct"], strict=True):
+        torch.testing.assert_close(
+            ours,
+            reference,
+            rtol=1e-3 if gradient == "adjoint" else 1e-10,
+            atol=1e-6 if gradient == "adjoint" else 1e-10,
+        )
 
 
 def test_bound_method_of_a_module_uses_its_parameters():

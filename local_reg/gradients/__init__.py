@@ -19,6 +19,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from .._tuple import user_func
 from ._function import (
     ForwardSolve,
     GradientMethod,
@@ -68,6 +69,7 @@ def resolve_adjoint_params(
     silently get no gradient. Tensors that do not require grad are dropped, duplicates kept once.
     """
     if adjoint_params is None:
+        func = user_func(func)
         owner = func if isinstance(func, torch.nn.Module) else getattr(func, "__self__", None)
         if not isinstance(owner, torch.nn.Module):
             raise ValueError(
