@@ -238,7 +238,7 @@ def odeint(
     elif adjoint_params is not None or isinstance(user_func(func), torch.nn.Module):
         # Direct differentiation needs no parameter list; with one it also checks their gradients.
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
-    timing = time_gradient(t, checked, times)
+    timing = time_gradient(t, checked, times, options.time_dtype)
     if timing is not None:
         if options.callbacks.stop is not None:
             raise ValueError(

@@ -49,6 +49,25 @@ def test_func_sees_float64_time_in_forward_and_backward(gradient, kwargs):
     torch.testing.assert_close(grads64, grads32, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_the_gradient_with_respect_to_t_evaluates_func_at_float64_time(gradient):
+    """``dL/dt_i = <v_i, f(t_i, y_i)>`` evaluates ``func`` again in the backward pass, at the time
+    the forward solve used: at t = 1e4 a float32 time is off by 5e-4, and the gradient was off by
+    1e-4 relative. The reference is the same gradient from a solve in float64 throughout."""
+    field = TimedField()
+    times = [1e4, 1e4 + 0.5001]
+    t64 = torch.tensor(times, dtype=torch.float64, requires_grad=True)
+    y0 = torch.tensor([[0.5, -0.3], [0.1, 0.8]])
+    ys = odeint(field, y0, t64, gradient=gradient, rtol=1e-6, atol=1e-8).ys
+    (grad_t,) = torch.autograd.grad(ys.square().sum(), t64)
+    assert field.seen == {torch.float64}
+    wide = TimedField().double()
+    t_wide = torch.tensor(times, dtype=torch.float64, requires_grad=True)
+    ys_wide = odeint(wide, y0.double(), t_wide, rtol=1e-10, atol=1e-12).ys
+    (reference,) = torch.autograd.grad(ys_wide.square().sum(), t_wide)
+    torch.testing.assert_close(grad_t, reference, rtol=2e-5, atol=1e-6)
+
+
 def test_fixed_step_dense_output_and_interpolation_get_float64_time():
     field = TimedField()
     t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)

@@ -40,10 +40,13 @@ class TimeGradient:
     """Differentiates one solve w.r.t. its output times ``t``: :meth:`start` wraps ``y0`` before the
     solve, :meth:`outputs` wraps ``ys`` after it."""
 
-    def __init__(self, t: Tensor, func: VectorField, times: list[float]) -> None:
+    def __init__(
+        self, t: Tensor, func: VectorField, times: list[float], time_dtype: torch.dtype | None = None
+    ) -> None:
         self.t = t
         self.func = func
         self.times = times
+        self.time_dtype = time_dtype
         self.f0: Tensor | None = None
         self.stats: Stats | None = None
 
@@ -113,22 +116,27 @@ class _OutputTimes(torch.autograd.Function):
         for i in range(1, len(timing.times)):
             # An output whose cotangent is exactly zero (a regularizer's t_reg) needs no evaluation.
             if bool(grad_ys[i].any()):
-                entries[i] = (grad_ys[i] * timing.func(time_tensor(timing.times[i], ys[i]), ys[i])).sum()
+                entries[i] = (
+                    grad_ys[i] * timing.func(time_tensor(timing.times[i], ys[i], timing.time_dtype), ys[i])
+                ).sum()
                 calls += 1
         timing.stats.nfe_backward = (timing.stats.nfe_backward or 0) + calls
         return None, timing.cotangent(entries), grad_ys
 
 
-def time_gradient(t: object, func: VectorField, times: list[float]) -> TimeGradient | None:
+def time_gradient(
+    t: object, func: VectorField, times: list[float], time_dtype: torch.dtype | None = None
+) -> TimeGradient | None:
     """A :class:`TimeGradient` if ``ys`` should be differentiated w.r.t. ``t`` (grad mode on and
-    ``t``, or one of its 0-dim tensors, requires grad), else ``None``. ``times``: ``t`` validated."""
+    ``t``, or one of its 0-dim tensors, requires grad), else ``None``. ``times``: ``t`` validated;
+    ``time_dtype``: the dtype of the times ``func`` gets, as in the solve (default the state's)."""
     if not torch.is_grad_enabled():
         return None
     if isinstance(t, Tensor):
-        return TimeGradient(t, func, times) if t.requires_grad else None
+        return TimeGradient(t, func, times, time_dtype) if t.requires_grad else None
     tracked = [v for v in t if isinstance(v, Tensor) and v.requires_grad] if isinstance(t, Sequence) else []
     if not tracked:
         return None
     device = tracked[0].device
     stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in t])
-    return TimeGradient(stacked, func, times)
+    return TimeGradient(stacked, func, times, time_dtype)
