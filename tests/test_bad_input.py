@@ -506,12 +506,29 @@ def test_torchdiffeq_backend_follows_the_error_contract():
 # Regularized models validate at construction -----------------------------------------------------
 
 
+def test_regularized_options_that_would_be_ignored_or_are_not_tensors_are_named():
+    with pytest.raises(
+        ValueError, match=r"penalty='kinetic' takes no probe step, so \['probe'\] would be ignored"
+    ):
+        LocallyRegularized(Decay(), penalty="kinetic", probe="initial")
+    with pytest.raises(ValueError, match=r"\['reg_method', 'probe_scale'\]"):
+        LocallyRegularized(Decay(), penalty="kinetic", reg_method="dopri5", probe_scale=2.0)
+    with pytest.raises(TypeError, match="adjoint_params must be an iterable of tensors"):
+        LocallyRegularized(Decay(), adjoint_params=5)
+    # rtol = 0 is a pure absolute tolerance, as for odeint and sdeint; atol = 0 beside it is not.
+    model = LocallyRegularized(Decay(), rtol=0.0, atol=1e-8)
+    model(torch.ones(2, dtype=torch.float64), [0.0, 1.0])
+    assert float(model.reg_loss) > 0
+    with pytest.raises(ValueError, match="atol must be positive"):
+        LocallyRegularized(Decay(), rtol=0.0, atol=0.0)
+
+
 @pytest.mark.parametrize("cls", [LocallyRegularized, GloballyRegularized])
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
         ({"method": "tsit"}, ValueError, "unknown method 'tsit'"),
-        ({"rtol": 0}, ValueError, "rtol must be positive"),
+        ({"rtol": -1e-6}, ValueError, "rtol must be positive"),
         ({"atol": -1e-3}, ValueError, "atol must be positive"),
         ({"rtol": "1e-3"}, TypeError, "rtol must be a positive float"),
         ({"options": {"bogus": 1}}, ValueError, r"unknown keys \['bogus'\]"),

@@ -47,6 +47,7 @@ def test_the_default_penalty_and_weight():
     # probe is Euler-Maruyama's) and its own default target.
     for options in (
         dict(probe="initial-hairer"),
+        dict(reg_method="dopri5"),
         dict(probe_scale=2.0),
         dict(regularizer="stiffness"),
         dict(step_size="solver"),

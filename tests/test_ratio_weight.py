@@ -234,6 +234,20 @@ def test_with_parameters_the_model_measures_in_the_usual_backward_pass(gradient)
     assert automatic.weight.iteration == 0  # never stepped
 
 
+def test_a_parameter_listed_twice_counts_once():
+    """Concatenated parameter lists that share a tensor (a model's and its head's, say) measure
+    the same ratio as the list of distinct tensors."""
+    ratios = []
+    for repeat in (1, 2):
+        model = _model(RatioWeight(0.5))
+        model.weight = RatioWeight(0.5, parameters=list(model.parameters()) * repeat)
+        assert len(model.weight.parameters) == len(list(model.parameters()))
+        loss = _task_loss(model(_y0(), T))
+        (loss + model.reg_loss).backward()
+        ratios.append(model.weight.last_ratio)
+    assert ratios[0] is not None and ratios[1] == pytest.approx(ratios[0], rel=1e-12)
+
+
 def test_a_watched_penalty_is_measured_once_and_a_newer_one_replaces_it(monkeypatch):
     model = _model(RatioWeight(1.0))
     model.weight = RatioWeight(1.0, parameters=model.parameters())

@@ -58,6 +58,21 @@ def as_gradient_method(gradient: object) -> GradientMethod:
     return _SHORTHANDS[gradient]()
 
 
+def adjoint_params_tuple(adjoint_params: object) -> tuple[Tensor, ...]:
+    """``adjoint_params`` as a tuple of tensors (read once: a generator such as
+    ``module.parameters()`` is consumed here); anything else is a ``TypeError`` naming it."""
+    if isinstance(adjoint_params, Tensor) or not isinstance(adjoint_params, Iterable):
+        raise TypeError(
+            "adjoint_params must be an iterable of tensors (e.g. a tuple or module.parameters()), "
+            f"got {type(adjoint_params).__name__}"
+        )
+    candidates = tuple(adjoint_params)
+    for p in candidates:
+        if not isinstance(p, Tensor):
+            raise TypeError(f"adjoint_params must hold tensors, got a {type(p).__name__}")
+    return candidates
+
+
 def resolve_adjoint_params(
     func: object, adjoint_params: Iterable[Tensor] | None, gradient: GradientMethod
 ) -> tuple[Tensor, ...]:
@@ -79,15 +94,7 @@ def resolve_adjoint_params(
             )
         candidates = tuple(owner.parameters())
     else:
-        if isinstance(adjoint_params, Tensor) or not isinstance(adjoint_params, Iterable):
-            raise TypeError(
-                "adjoint_params must be an iterable of tensors (e.g. a tuple or module.parameters()), "
-                f"got {type(adjoint_params).__name__}"
-            )
-        candidates = tuple(adjoint_params)
-        for p in candidates:
-            if not isinstance(p, Tensor):
-                raise TypeError(f"adjoint_params must hold tensors, got a {type(p).__name__}")
+        candidates = adjoint_params_tuple(adjoint_params)
     unique: dict[int, Tensor] = {}
     for p in candidates:
         if p.requires_grad:

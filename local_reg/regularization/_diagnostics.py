@@ -19,9 +19,10 @@ from torch import Tensor
 
 
 def trained_parameters(parameters: object) -> list[Tensor]:
-    """The tensors of ``parameters`` that require grad; a tensor itself (whose rows would be taken
-    as parameters), a non-iterable, an element that is not a tensor, or none that requires grad is
-    an error naming ``parameters``."""
+    """The tensors of ``parameters`` that require grad, each once (a parameter listed twice, as
+    one shared by two concatenated lists, would count twice in a gradient norm); a tensor itself
+    (whose rows would be taken as parameters), a non-iterable, an element that is not a tensor, or
+    none that requires grad is an error naming ``parameters``."""
     if isinstance(parameters, Tensor) or not isinstance(parameters, Iterable):
         raise TypeError(
             "parameters must be an iterable of tensors (e.g. model.parameters()), got "
@@ -30,7 +31,7 @@ def trained_parameters(parameters: object) -> list[Tensor]:
     parameters = list(parameters)
     if not all(isinstance(p, Tensor) for p in parameters):
         raise TypeError("parameters must be an iterable of tensors (e.g. model.parameters())")
-    trained = [p for p in parameters if p.requires_grad]
+    trained = list({id(p): p for p in parameters if p.requires_grad}.values())
     if not trained:
         raise ValueError("parameters holds no tensor that requires grad")
     return trained

@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .._validate import check_choice, positive_float, solve_options
+from .._validate import check_choice, positive_float, relative_tolerance, solve_options
 from ..tableaus import get_tableau
 
 # Keywords the problem itself passes to the backend solver: not for ``options``.
@@ -59,7 +59,7 @@ def check_ode_settings(
     backend: str, method: object, rtol: object, atol: object, options: object
 ) -> dict[str, Any]:
     """Check an ODE main solve's method, tolerances and ``options``; return the options."""
-    rtol = positive_float("rtol", rtol)
+    rtol = relative_tolerance("rtol", rtol)
     atol = positive_float("atol", atol)
     if backend == "local_reg":
         from .._odeint import DEFAULT_MAX_STEPS, odeint
@@ -87,7 +87,7 @@ def check_sde_settings(
     backend: str, method: object, rtol: object, atol: object, options: object
 ) -> dict[str, Any]:
     """Check an SDE main solve's method, tolerances and ``options``; return the options."""
-    positive_float("rtol", rtol)
+    relative_tolerance("rtol", rtol)
     positive_float("atol", atol)
     if backend == "local_reg":
         from ..sde import sdeint

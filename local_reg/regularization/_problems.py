@@ -21,7 +21,8 @@ from torch.func import functional_call
 
 from .._odeint import odeint
 from .._step import initial_step_size, step, time_tensor
-from .._validate import checked_field, positive_float, validate_state, validate_times
+from .._validate import checked_field, positive_float, relative_tolerance, validate_state, validate_times
+from ..gradients import adjoint_params_tuple
 from ..sde import sde_initial_step_size, sde_step
 from ..sde.brownian import make_brownian
 from ..sde.problem import DEFAULT_ATOL as SDE_DEFAULT_ATOL
@@ -94,10 +95,12 @@ class _Problem:
         self.backend = "local_reg" if config.backend is None else config.backend
         self.gradient = self.backends.check_backend_gradient(self.backend, config.gradient)
         default_rtol, default_atol = self.default_tolerances
-        self.rtol = default_rtol if config.rtol is None else positive_float("rtol", config.rtol)
+        self.rtol = default_rtol if config.rtol is None else relative_tolerance("rtol", config.rtol)
         self.atol = default_atol if config.atol is None else positive_float("atol", config.atol)
         self.method = config.method
-        self.adjoint_params = None if config.adjoint_params is None else tuple(config.adjoint_params)
+        self.adjoint_params = (
+            None if config.adjoint_params is None else adjoint_params_tuple(config.adjoint_params)
+        )
         self.options = self.check_settings(self.backend, config.method, self.rtol, self.atol, config.options)
 
     def probe(

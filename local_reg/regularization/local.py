@@ -27,6 +27,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..gradients import adjoint_params_tuple
 from ..sde.problem import is_sde
 from ..tableaus import ButcherTableau
 from ._module import LocalPenalty, Regularized
@@ -109,7 +110,7 @@ class LocallyRegularized(Regularized):
       paper's probe step lands so far inside the tolerance that its ``EEst`` is mostly rounding,
       about ``eps |dt| |f| / tol``; this is the deliberate form of what it measured, and it does not
       depend on the tolerance. Asking for anything only a probe step reads (``regularizer=
-      "stiffness"``, ``step_size="solver"``, ``probe``, ``probe_scale``, ``probe_dtype``) or
+      "stiffness"``, ``reg_method``, ``step_size="solver"``, ``probe``, ``probe_scale``, ``probe_dtype``) or
       ``penalty="error-dt"`` takes the paper's probe step and penalty ``EEst * |dt|`` instead.
     - The weight tunes itself: ``RatioWeight(0.2, every=10, parameters=<func's trainable
       parameters>)`` holds the penalty's gradient on the vector field's parameters at 0.2 times the
@@ -192,16 +193,26 @@ class LocallyRegularized(Regularized):
         weight: float | WeightSchedule | None = None,
         **solve: Any,
     ) -> None:
-        if penalty is None:
-            # An option only a probe step reads asks for the probe step (the paper's penalty).
-            probe_step = (
-                regularizer != "error"
-                or step_size != "initial"
-                or probe is not None
-                or probe_scale != 1.0
-                or probe_dtype is not None
+        # Options only a probe step reads: asking for one asks for the probe step.
+        probe_options = [
+            name
+            for name, given in (
+                ("regularizer", regularizer != "error"),
+                ("reg_method", reg_method is not None),
+                ("step_size", step_size != "initial"),
+                ("probe", probe is not None),
+                ("probe_scale", probe_scale != 1.0),
+                ("probe_dtype", probe_dtype is not None),
             )
-            penalty = "error-dt" if probe_step else "kinetic"
+            if given
+        ]
+        if penalty is None:
+            penalty = "error-dt" if probe_options else "kinetic"
+        elif penalty == "kinetic" and probe_options:
+            raise ValueError(
+                f"penalty='kinetic' takes no probe step, so {probe_options} would be ignored: drop "
+                "them, or choose a probe-step penalty (e.g. penalty='error-dt')"
+            )
         if probe is None:
             # An SDE's probe is an Euler--Maruyama step; step_size="solver" takes the solver's step.
             probe = "initial" if is_sde(func) or step_size == "solver" else "initial-hairer"
@@ -220,7 +231,7 @@ class LocallyRegularized(Regularized):
         default = weight is None
         if default:
             if solve.get("adjoint_params") is not None:
-                solve["adjoint_params"] = tuple(solve["adjoint_params"])  # read twice
+                solve["adjoint_params"] = adjoint_params_tuple(solve["adjoint_params"])  # read twice
             weight = default_weight(func, solve.get("adjoint_params"), penalty)
         super().__init__(func, strategy, weight=weight, **solve)
         # The weight whose target follows the output times (the kinetic default's own, while in use).
