@@ -8,8 +8,9 @@ pure so that the regularizer's procedure is unchanged at the defaults
 
 - the probe's step size: the heuristic of Hairer--Norsett--Wanner (Solving ODEs I, II.4) with
   ``h1 = (0.01 / max(d1, d2)) ** (1 / p)`` (``"initial"``: as OrdinaryDiffEq, so the Julia
-  reference) or ``** (1 / (p + 1))`` (``"initial-hairer"``: the book's and torchdiffeq's exponent,
-  a longer step since ``max(d1, d2) >> 1`` once the norms are divided by the tolerance), times
+  reference) or ``** (1 / (p + 1))`` (``"initial-hairer"``: the book's exponent, a longer step since
+  ``max(d1, d2) >> 1`` once the norms are divided by the tolerance; torchdiffeq calls the book's
+  formula with ``p - 1``, so its first step is ``"initial"``'s), times
   ``probe_scale``; or ``"solver"``: the main solve's accepted step at ``t_reg``;
 - the penalty's form: ``"error-dt"`` (the paper's ``EEst * |dt|``); ``"growth"``: ``EEst ** (1/p)``,
   the inverse of the controller's step-growth factor ``safety * EEst ** (-1/p)`` (so minimizing it
