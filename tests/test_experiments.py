@@ -112,8 +112,10 @@ def test_results_are_never_overwritten(tmp_path):
         "run_id": "r",
         "task": "t",
         "method": "m",
+        "label": "m",
         "seed": 0,
         "config_id": "c",
+        "metric": "accuracy",
         "test": {},
         "test_nfe": 1,
     }
@@ -157,8 +159,10 @@ def test_corrupt_results_file_exits_2_and_is_left_alone(tmp_path, capsys):
             "run_id": "r",
             "task": "digits",
             "method": "vanilla",
+            "label": "vanilla",
             "seed": 0,
             "config_id": "c",
+            "metric": "accuracy",
             "test": {},
             "test_nfe": 1,
         }

@@ -40,7 +40,8 @@ def keep(settings, context):
 
 task.build_model = keep
 code = main(["experiment", "digits", "--methods", "local-random", "--seeds", "1", "--size", "tiny",
-             "--set", "epochs=2", "--out", str(out), "--no-progress"])
+             "--set", "epochs=2", "--set", "weights.local-random=default", "--out", str(out),
+             "--no-progress"])
 # The last model built is the one trained (the CLI builds one first to validate the arguments).
 torch.save(initial[-1], out / f"initial_rank{rank}.pt")
 torch.save(built[-1].state_dict(), out / f"params_rank{rank}.pt")
@@ -54,7 +55,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_keep_identical_parameters_and_record_once(tmp_path):
+def test_two_processes_keep_identical_parameters_and_weights_and_record_once(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     out = tmp_path / "results"
@@ -77,6 +78,8 @@ def test_two_processes_keep_identical_parameters_and_record_once(tmp_path):
 
     (record,) = ResultsFile(out).load()
     assert record["world_size"] == 2 and record["iterations"] == 4
+    # Its own row and run: two processes train on other batches than one.
+    assert record["run_id"].endswith("-p2") and record["label"] == "local-random (w=default, 2 processes)"
     assert (out / "report.md").exists()
     rank0 = torch.load(out / "params_rank0.pt")
     rank1 = torch.load(out / "params_rank1.pt")
@@ -84,6 +87,10 @@ def test_two_processes_keep_identical_parameters_and_record_once(tmp_path):
     for name in rank0:
         if isinstance(rank0[name], torch.Tensor):
             assert torch.equal(rank0[name], rank1[name]), name
+    # The self-tuning weight (the library's default) measures on each process's batch; every
+    # process takes rank 0's, so the weights (in the model's extra state) agree too.
+    states = [name for name in rank0 if name.endswith("_extra_state")]
+    assert states and all(rank0[name] == rank1[name] for name in states)
     # ... and training moved them: the ranks agree because gradients were averaged, not by accident.
     initial = torch.load(out / "initial_rank0.pt")
     assert any(not torch.equal(initial[k], rank0[k]) for k in rank0 if isinstance(rank0[k], torch.Tensor))

@@ -18,7 +18,7 @@ import torch
 
 from local_reg.experiments import runner
 from local_reg.experiments.cli import main
-from local_reg.experiments.results import ResultsFile, ResultsWarning
+from local_reg.experiments.results import ResultsError, ResultsFile, ResultsWarning
 from local_reg.experiments.settings import Rule, SettingsError
 from local_reg.experiments.tasks import REGISTRY
 
@@ -298,14 +298,14 @@ def test_a_run_recorded_between_the_check_and_the_claim_is_not_trained_again(tmp
     results = ResultsFile(tmp_path)
     results.append(fake_record("digits", "vanilla", 0, run_id=spec.run_id))
     before = results.path.read_bytes()
-    real = ResultsFile.finished
+    real = runner.recorded_as
     calls = []
 
-    def finished_just_after_the_first_check(self):
+    def recorded_just_after_the_first_check(results, spec):
         calls.append(1)
-        return set() if len(calls) == 1 else real(self)
+        return None if len(calls) == 1 else real(results, spec)
 
-    monkeypatch.setattr(ResultsFile, "finished", finished_just_after_the_first_check)
+    monkeypatch.setattr(runner, "recorded_as", recorded_just_after_the_first_check)
     no_training(monkeypatch)
     assert runner.sweep("digits", ["vanilla"], [0], tmp_path, size="tiny", progress=False) == []
     assert results.path.read_bytes() == before
@@ -422,3 +422,96 @@ def test_report_of_a_task_with_no_runs_exits_2_and_changes_nothing(tmp_path, cap
     assert main(["report", "--out", str(tmp_path), "--task", "spiral"]) == 0
     assert "| vanilla |" in (tmp_path / "report-spiral.md").read_text()
     assert (tmp_path / "report.md").read_text() == "the full report"
+
+
+# --- one run, one row, one seed ---------------------------------------------------------------------
+
+
+def test_one_setting_spelled_two_ways_is_one_run(tmp_path, capsys):
+    """A weight 1 and 1.0 hash to two run ids but are one row: the second sweep skips the seed
+    instead of training it again."""
+    sweep = ["tabular", "--methods", "local-random", "--set", "epochs=1", "--set"]
+    assert run(tmp_path, *sweep, "weights.local-random=1") == 0
+    spellings = [
+        runner.RunSpec(
+            "tabular", "local-random", 0, "tiny", "direct", {"epochs": 1, "weights.local-random": w}
+        )
+        for w in (1, 1.0)
+    ]
+    assert spellings[0].run_id != spellings[1].run_id and spellings[0].label == spellings[1].label
+    assert runner.recorded_as(ResultsFile(tmp_path), spellings[1]) == spellings[0].run_id
+    capsys.readouterr()
+    assert run(tmp_path, *sweep, "weights.local-random=1.0") == 0
+    assert f"already in {tmp_path / 'results.jsonl'} as {spellings[0].run_id}" in capsys.readouterr().err
+    assert len(ResultsFile(tmp_path).load()) == 1
+
+
+def test_a_row_recorded_twice_for_one_seed_counts_once(tmp_path, capsys):
+    twice = dict(fake_record("digits", "vanilla", 0), run_id="digits-vanilla-seed0-other")
+    write_records(tmp_path, [fake_record("digits", "vanilla", 0), twice])
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "local-reg: warning:" in captured.err and "counted once, as the first" in captured.err
+    row = next(line for line in captured.out.splitlines() if line.startswith("| vanilla |"))
+    assert row.split(" | ")[2] == "1"
+
+
+def test_processes_are_part_of_a_runs_identity_and_row():
+    single = runner.RunSpec("digits", "vanilla", 0, "tiny")
+    ddp = runner.RunSpec("digits", "vanilla", 0, "tiny", processes=2)
+    assert "-p" not in single.run_id and ddp.run_id == f"{single.run_id}-p2"
+    assert single.label == "vanilla" and ddp.label == "vanilla (2 processes)"
+
+
+def test_a_ratio_weight_without_parameters_under_ddp_is_refused_before_any_training(
+    tmp_path, monkeypatch, capsys
+):
+    # torchrun sets WORLD_SIZE; the check runs before the process group is joined.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = run(
+        tmp_path,
+        "digits",
+        "--methods",
+        "vanilla",
+        "local-random",
+        "--set",
+        'weights.local-random={"ratio": 1}',
+    )
+    assert code == 2
+    assert "ratio weight without its parameters" in capsys.readouterr().err
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_record_without_its_metric_or_label_is_named():
+    record = fake_record("digits", "vanilla", 0)
+    for field in ("metric", "label"):
+        incomplete = {k: v for k, v in record.items() if k != field}
+        with pytest.raises(ResultsError, match=rf"missing \['{field}'\]"):
+            ResultsFile(Path("/nonexistent"))._parse(json.dumps(incomplete), 1)
+
+
+def test_report_numbers_never_switch_to_exponents():
+    from local_reg.experiments.report import _number
+
+    assert _number(999.6, 3) == "1000"
+    assert _number(99.8, 2) == "100"
+    assert _number(12.34, 3) == "12.3"
+    assert _number(123456.0, 3) == "123456"
+
+
+def test_time_excluded_inside_a_running_clock_is_not_counted(monkeypatch):
+    now = {"wall": 0.0, "cpu": 0.0}
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: now["wall"])
+    monkeypatch.setattr(runner.time, "process_time", lambda: now["cpu"])
+
+    def spend(seconds: float) -> None:
+        now["wall"] += seconds
+        now["cpu"] += seconds
+
+    clock = runner.Clock()
+    with clock.running():
+        spend(2.0)
+        with clock.excluded():
+            spend(5.0)
+        spend(1.0)
+    assert (clock.wall, clock.cpu) == (3.0, 3.0)

@@ -92,9 +92,10 @@ def fitted_order(errors: list[float], steps: list[float]) -> float:
     return float((x * (y - y.mean())).sum() / (x * x).sum())
 
 
-def strong_errors(sde, y0, bm, exact, steps):
+def strong_errors(sde, y0, bm, exact, steps, method="euler_maruyama"):
     return [
-        float((sdeint(sde, y0, [0.0, 1.0], step_size=h, bm=bm).ys[-1] - exact).abs().mean()) for h in steps
+        float((sdeint(sde, y0, [0.0, 1.0], step_size=h, bm=bm, method=method).ys[-1] - exact).abs().mean())
+        for h in steps
     ]
 
 
@@ -111,6 +112,51 @@ def test_strong_order_gbm(noise_type):
     exact = sde.exact(y0, bm(0.0, 1.0))
     order = fitted_order(strong_errors(sde, y0, bm, exact, STEPS), STEPS)
     assert abs(order - 0.5) < 0.15, order
+
+
+@pytest.mark.parametrize("noise_type", ["diagonal", "scalar"])
+def test_milstein_has_strong_order_one(noise_type):
+    batch, d = 2000, 1 if noise_type == "diagonal" else 2
+    sde = GBM(noise_type=noise_type)
+    y0 = torch.ones(batch, d, dtype=DT)
+    m = d if noise_type == "diagonal" else 1
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(batch, m), dtype=DT, entropy=11)
+    exact = sde.exact(y0, bm(0.0, 1.0))
+    order = fitted_order(strong_errors(sde, y0, bm, exact, STEPS, method="milstein"), STEPS)
+    assert abs(order - 1.0) < 0.2, order
+
+
+def test_adaptive_milstein_converges_where_adaptive_euler_maruyama_is_biased():
+    """One path per solve (so each has its own steps), GBM against its exact solution on the same
+    path. Euler--Maruyama's error stalls as the tolerance shrinks (the accepted steps are those
+    whose Milstein term, which it drops, is small: a biased limit); Milstein's falls with it."""
+    sde = GBM(sigma=0.3)
+    y0 = torch.ones(1, 1, dtype=DT)
+    errors: dict[str, list[float]] = {"euler_maruyama": [], "milstein": []}
+    for method, method_errors in errors.items():
+        for tol in (1e-3, 1e-4):
+            total = 0.0
+            for seed in range(12):
+                bm = torchsde.BrownianInterval(0.0, 1.0, size=(1, 1), dtype=DT, entropy=seed)
+                solution = sdeint(
+                    sde, y0, [0.0, 1.0], rtol=tol, atol=tol, bm=bm, method=method, max_steps=10**5
+                )
+                total += float((solution.ys[-1] - sde.exact(y0, bm(0.0, 1.0))).abs())
+            method_errors.append(total / 12)
+    assert errors["milstein"][1] < 0.3 * errors["milstein"][0], errors
+    assert errors["euler_maruyama"][1] > 0.5 * errors["euler_maruyama"][0], errors
+    assert errors["milstein"][1] < 0.2 * errors["euler_maruyama"][1], errors
+
+
+def test_milstein_is_euler_maruyama_for_additive_noise():
+    sde = OU(noise_type="additive")
+    y0 = torch.full((4, 1), 1.0, dtype=DT)
+    solves = [
+        sdeint(sde, y0, [0.0, 0.5, 1.0], generator=torch.Generator().manual_seed(3), method=method)
+        for method in ("euler_maruyama", "milstein")
+    ]
+    assert torch.equal(solves[0].ys, solves[1].ys)
+    assert solves[0].stats.nfe == solves[1].stats.nfe
 
 
 @pytest.mark.parametrize("noise_type", ["diagonal", "additive"])

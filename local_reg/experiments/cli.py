@@ -27,7 +27,7 @@ from . import distributed
 from .methods import METHODS
 from .report import TIMINGS, group_records, markdown_table, report_name, write_report
 from .results import ResultsError, ResultsFile, ResultsWarning
-from .runner import GRADIENTS, SIZES, Interrupted, RunSpec, sweep
+from .runner import GRADIENTS, SIZES, Interrupted, RunSpec, fed_ratio_weights, sweep
 from .settings import SettingsError
 from .tasks import REGISTRY, ModelContext
 
@@ -135,7 +135,8 @@ def _experiment(args: argparse.Namespace) -> int:
         # Building each model once up front lets the library reject a combination it does not
         # support (e.g. a global method with --gradient symplectic) before any training.
         try:
-            task.build_model(settings, ModelContext(METHODS[method], args.gradient, 1))
+            model = task.build_model(settings, ModelContext(METHODS[method], args.gradient, 1))
+            fed_ratio_weights(model, distributed.requested_world_size())
         except (ValueError, TypeError, KeyError) as error:
             raise BadInput(f"{method} with --gradient {args.gradient}: {error}") from None
     _writable_folder(args.out)

@@ -1,8 +1,9 @@
 """Data-parallel training under ``torchrun``: process-group setup and the few collectives the runner needs.
 
 Launched by ``torchrun --nproc_per_node=N`` the environment holds ``WORLD_SIZE``, ``RANK`` and
-``LOCAL_RANK``; the runner then wraps the model in DistributedDataParallel (gloo on CPU, nccl on GPU)
-and shards the training data. Rank 0 alone writes results, checkpoints and progress bars. Without
+``LOCAL_RANK``; the runner then wraps the model in DistributedDataParallel (gloo: the experiments
+train on the CPU, so there is nothing for nccl to carry) and shards the training data. Rank 0 alone
+writes results, checkpoints and progress bars. Without
 ``torchrun`` every function here is a no-op for a world of one process.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
 
@@ -27,14 +27,16 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def requested_world_size() -> int:
+    """The number of processes ``torchrun`` launched (1 without it), before the group is joined."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_from_env() -> bool:
     """Join the process group ``torchrun`` describes; ``False`` when not launched by it."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+    if requested_world_size() <= 1 or dist.is_initialized():
         return dist.is_initialized()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend="gloo")
     return True
 
 

@@ -9,6 +9,7 @@ against test NFE, for every method.
 from __future__ import annotations
 
 import statistics
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .methods import METHODS, weight_text  # noqa: E402
-from .results import atomic_write_bytes  # noqa: E402
+from .results import ResultsWarning, atomic_write_bytes  # noqa: E402
 
 REPORT_NAME = "report.md"
 
@@ -75,7 +76,24 @@ class Group:
         return [rows[k] for k in sorted(rows)]
 
     def runs(self, label: str) -> list[dict[str, Any]]:
-        return sorted((r for r in self.records if r["label"] == label), key=lambda r: r["seed"])
+        """The row's runs by seed, each seed once: two records of one row and seed (the same
+        settings spelled differently, e.g. a weight 1 and 1.0, in a folder written before the
+        sweep recognized them) count once, the first, with a :class:`ResultsWarning`."""
+        by_seed: dict[int, dict[str, Any]] = {}
+        for record in self.records:
+            if record["label"] != label:
+                continue
+            if record["seed"] in by_seed:
+                first = by_seed[record["seed"]]["run_id"]
+                warnings.warn(
+                    f"{self.task} {label!r} seed {record['seed']}: recorded as {first} and "
+                    f"{record['run_id']}; counted once, as the first",
+                    ResultsWarning,
+                    stacklevel=2,
+                )
+                continue
+            by_seed[record["seed"]] = record
+        return [by_seed[seed] for seed in sorted(by_seed)]
 
 
 def group_records(records: Sequence[dict[str, Any]], task: str | None = None) -> list[Group]:
@@ -91,8 +109,10 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _number(x: float, digits: int) -> str:
-    """``digits`` significant digits, but whole numbers past them rather than exponent notation."""
-    return f"{x:.0f}" if abs(x) >= 10**digits else f"{x:.{digits}g}"
+    """``digits`` significant digits, but whole numbers past them rather than exponent notation
+    (also where rounding reaches them: 999.6 at 3 digits is 1000, not 1e+03)."""
+    text = f"{x:.{digits}g}"
+    return f"{x:.0f}" if "e+" in text else text
 
 
 def _fmt(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> str:
@@ -152,7 +172,11 @@ def describe(group: Group) -> str:
     parts = [f"size `{first['size']}`", f"gradient `{first['gradient']}`"]
     if solver:
         parts.append(f"{solver['method']} rtol={solver['rtol']:g} atol={solver['atol']:g}")
-    parts += [f"{s['epochs']} epochs", f"batch {s['batch_size']}", f"world size {first['world_size']}"]
+    sizes = sorted({record.get("world_size", 1) for record in group.records})
+    world = (
+        f"world size {sizes[0]}" if len(sizes) == 1 else f"world sizes {', '.join(map(str, sizes))} (by row)"
+    )
+    parts += [f"{s['epochs']} epochs", f"batch {s['batch_size']}", world]
     return ", ".join(parts)
 
 

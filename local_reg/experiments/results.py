@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_NAME = "results.jsonl"
-REQUIRED_FIELDS = ("run_id", "task", "method", "seed", "config_id", "test", "test_nfe")
+REQUIRED_FIELDS = ("run_id", "task", "method", "label", "seed", "config_id", "metric", "test", "test_nfe")
 
 
 class ResultsError(Exception):

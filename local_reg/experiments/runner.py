@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from ..regularization import GradientRatio, LocalPenalty, RatioWeight
+from ..regularization import AdaptiveWeight, GradientRatio, LocalPenalty, RatioWeight
 from . import distributed
 from .methods import METHODS, weight_text
 from .results import ResultsFile, ResultsWarning, atomic_write_bytes
@@ -81,6 +81,15 @@ class Clock:
         self.wall += time.perf_counter() - wall
         self.cpu += time.process_time() - cpu
 
+    @contextlib.contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Inside :meth:`running`: time spent here is not counted (a measurement the method itself
+        does not need, so that its training time compares with vanilla's)."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.wall -= time.perf_counter() - wall
+        self.cpu -= time.process_time() - cpu
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -92,6 +101,9 @@ class RunSpec:
     size: str = "quick"
     gradient: str = "direct"
     overrides: dict[str, Any] = field(default_factory=dict)
+    processes: int = 1
+    """Data-parallel processes (``torchrun``): part of the run's identity and row, since a run on
+    several processes trains on other batches and times one process's share."""
 
     def settings(self) -> dict[str, Any]:
         """The size's settings with the overrides; raises :class:`.settings.SettingsError` naming a key
@@ -138,13 +150,43 @@ class RunSpec:
         default = REGISTRY[self.task].settings(self.size).get("weights", {}).get(self.method)
         notes = [] if self.weight == default else [f"w={weight_text(self.weight)}"]
         notes += [f"{k}={v}" for k, v in self.local_options.items()]
+        notes += [f"{self.processes} processes"] if self.processes > 1 else []
         return f"{self.method} ({', '.join(notes)})" if notes else self.method
 
     @property
     def run_id(self) -> str:
         weight = "" if self.weight is None else f"-w{_digest(self.weight)[:6]}"
         local = f"-l{_digest(self.local_options)[:6]}" if self.local_options else ""
-        return f"{self.task}-{self.method}-seed{self.seed}-{self.config_id}{weight}{local}"
+        processes = f"-p{self.processes}" if self.processes > 1 else ""
+        return f"{self.task}-{self.method}-seed{self.seed}-{self.config_id}{weight}{local}{processes}"
+
+
+def recorded_as(results: ResultsFile, spec: RunSpec) -> str | None:
+    """The ``run_id`` under which ``spec``'s run is recorded in ``results``, or ``None``: its own, or
+    that of a record of the same task, table, row and seed, whose settings were spelled otherwise
+    (a weight ``1`` and ``1.0`` hash differently but are one row; a seed must not count twice)."""
+    row = (spec.task, spec.config_id, spec.label, spec.seed)
+    for record in results.load(warn=False):
+        if record["run_id"] == spec.run_id or (
+            (record["task"], record["config_id"], record["label"], record["seed"]) == row
+        ):
+            return record["run_id"]
+    return None
+
+
+def fed_ratio_weights(model: nn.Module, world: int) -> list[RatioWeight]:
+    """The model's ratio weights that the runner feeds with the gradient norms it measures over the
+    whole model (those not given their parameters; one given them, the library's default, measures
+    by itself). That needs one regularized block on one process (the measurement's extra
+    vector--Jacobian product would bypass DDP's gradient sync): otherwise a ``ValueError``."""
+    fed = [s for s in weight_schedules(model) if isinstance(s, RatioWeight) and s.parameters is None]
+    if fed and (world > 1 or len(fed) > 1):
+        raise ValueError(
+            "a ratio weight without its parameters measures the gradients of one regularized block on "
+            f"one process: got {len(fed)} such weights on {world} processes (the library's default "
+            "weight, 'default', measures by itself and runs under DDP)"
+        )
+    return fed
 
 
 def _digest(value: Any) -> str:
@@ -300,16 +342,10 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
         model.parameters(), lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0)
     )
     schedules = weight_schedules(model)
-    # A RatioWeight is fed the gradient norms measured below, over the whole model: one process (the
-    # extra vector-Jacobian product would bypass DDP's gradient sync) and one regularized block.
-    # (A ratio weight given its parameters, the library's default, measures by itself.)
     tuned = [s for s in schedules if isinstance(s, RatioWeight)]
-    ratio_weights = [s for s in tuned if s.parameters is None]
-    if ratio_weights and (world > 1 or len(ratio_weights) > 1):
-        raise ValueError(
-            "a ratio weight measures the gradients of one regularized block on one process: "
-            f"got {len(ratio_weights)} ratio weights on {world} processes"
-        )
+    ratio_weights = fed_ratio_weights(model, world)
+    # Self-tuning weights measure on each process's batch: under DDP every process takes rank 0's.
+    synced = [s for s in schedules if isinstance(s, (RatioWeight, AdaptiveWeight))] if world > 1 else []
     history: dict[str, list] = {k: [] for k in ("loss", "reg_loss", "nfe", "reg_nfe", "backward_nfe")}
     # [iteration, ||grad reg_loss|| / ||grad task loss||] and [iteration, weight of each schedule]
     # every RATIO_EVERY iterations (.._diagnostics).
@@ -384,10 +420,18 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                         and (record_ratio or any(weight.due for weight in ratio_weights))
                     )
                     separate = weight_ratio is not gradient_ratio
+                    # Only a ratio weight fed from here needs the measurement; the recorded ratio
+                    # alone is a diagnostic, kept out of the training time.
+                    diagnostic = (
+                        train_time.excluded()
+                        if not any(weight.due for weight in ratio_weights)
+                        else contextlib.nullcontext()
+                    )
                     if measure:
-                        gradient_ratio.before_backward(reg)
-                        if separate:
-                            weight_ratio.before_backward(reg)
+                        with diagnostic:
+                            gradient_ratio.before_backward(reg)
+                            if separate:
+                                weight_ratio.before_backward(reg)
                     (loss if reg is None else loss + reg).backward()
                     if measure:
                         ratio = gradient_ratio.after_backward()
@@ -415,6 +459,8 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                         # A self-tuning weight adapts to what it measures; a fixed schedule ignores it.
                         schedule.observe(loss.item(), costs["nfe"])
                         schedule.step()
+                    for schedule in synced:
+                        schedule.load_state_dict(distributed.broadcast(schedule.state_dict()))
                 iteration += 1
                 history["loss"].append(loss.item())
                 history["reg_loss"].append(0.0 if reg is None else reg.item())
@@ -566,15 +612,19 @@ def sweep(
     new = []
     for seed in seeds:
         for method in methods:
-            spec = RunSpec(task, method, seed, size, gradient, dict(overrides or {}))
+            spec = RunSpec(
+                task, method, seed, size, gradient, dict(overrides or {}), distributed.world_size()
+            )
             lock = RunLock(out_dir / "checkpoints" / f"{spec.run_id}.lock")
             status = None
             if distributed.is_main():
-                if spec.run_id in results.finished():
-                    status = f"already in {results.path}"
+                if (recorded := recorded_as(results, spec)) is not None:
+                    status = f"already in {results.path}" + (
+                        f" as {recorded}" if recorded != spec.run_id else ""
+                    )
                 elif not lock.acquire():
                     status = "being trained by another process"
-                elif spec.run_id in results.finished():
+                elif (recorded := recorded_as(results, spec)) is not None:
                     # Another sweep recorded it and let go between our check and our claim.
                     lock.release()
                     status = f"already in {results.path}"

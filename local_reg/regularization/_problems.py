@@ -275,7 +275,7 @@ class SDEProblem(_Problem):
                 "stiffness estimate is an ODE Runge--Kutta quantity"
             )
         # The probe of an SDE is always the solver's own step: the penalty is the estimate it steps by.
-        if reg_method is not None and reg_method not in SDE_METHODS:
+        if reg_method is not None and reg_method != SDE_METHODS[0]:
             raise ValueError(
                 f"reg_method must be None or {SDE_METHODS[0]!r} for SDEs (the step is the solver's own), "
                 f"got {reg_method!r}"

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .._validate import check_output, validate_state, validate_times
 
-METHODS = ("euler_maruyama",)
+METHODS = ("euler_maruyama", "milstein")
 """The SDE schemes of :func:`local_reg.sdeint`."""
 DEFAULT_RTOL = 1e-2
 DEFAULT_ATOL = 1e-2
