@@ -5,6 +5,7 @@ from . import regularization
 from ._checked_step import initial_step_size, step
 from ._errors import SolverError
 from ._events import odeint_event
+from ._integrate import StepCallbacks
 from ._odeint import odeint
 from ._step import StepResult, rms_norm
 from .controller import PIController
@@ -27,6 +28,7 @@ __all__ = [
     "Solution",
     "SolverError",
     "Stats",
+    "StepCallbacks",
     "StepResult",
     "Steps",
     "Symplectic",

@@ -22,7 +22,7 @@ from torch import Tensor
 from ._dense import DenseOutput
 from ._diagnose import explain_failure
 from ._errors import SolverError
-from ._step import RKStepper, StepResult, VectorField, rms_norm
+from ._step import RKStepper, StepResult, VectorField, min_step_size, rms_norm
 from ._stepper import Stepper
 from .controller import PIController
 from .solution import Stats, Steps
@@ -244,7 +244,8 @@ def integrate(
     callbacks = options.callbacks
     if adaptive:
         if options.first_step is not None:
-            dt_abs = abs(options.first_step)
+            # A first step below the loop's underflow threshold starts at it (and grows from there).
+            dt_abs = max(abs(options.first_step), min_step_size(times[0]))
         else:
             dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats, t_end=times[-1])
     previous_error = 1.0

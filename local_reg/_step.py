@@ -304,11 +304,13 @@ def initial_step_size(
         scale = atol + rtol * y0_wide.abs()
         d0 = float(norm(y0_wide / scale))
         d1 = float(norm(f0_wide / scale))
-        if not (d0 >= 0.0 and d1 >= 0.0) and bool(
+        if not (0.0 <= d0 < math.inf and 0.0 <= d1 < math.inf) and bool(
             torch.isfinite(y0_wide).all() & torch.isfinite(f0_wide).all()
         ):
             # A NaN here would make every step size NaN, which no step-size check catches.
-            raise ValueError(f"norm must return a non-negative number for a finite input, got {d0} and {d1}")
+            raise ValueError(
+                f"norm must return a finite non-negative number for a finite input, got {d0} and {d1}"
+            )
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         if t_end is not None and t_end != t0:
             h0 = min(h0, abs(t_end - t0))

@@ -146,6 +146,25 @@ def test_fixed_steps_beyond_max_steps_are_refused_before_the_first_step():
     assert solution.stats.n_steps == 2000
 
 
+def test_a_first_step_below_the_underflow_threshold_starts_there_and_grows():
+    y0 = torch.ones(2, dtype=torch.float64)
+    for first_step in (1e-16, 1e-300):
+        solution = odeint(decay, y0, [0.0, 1.0], first_step=first_step)
+        assert float(solution.ys[-1, 0]) == pytest.approx(math.exp(-1.0), rel=1e-5)
+
+
+def test_a_norm_returning_inf_is_named_not_a_nan_step():
+    with pytest.raises(ValueError, match="norm must return a finite non-negative number"):
+        odeint(decay, torch.ones(2), [0.0, 1.0], norm=lambda x: x.sum() * 0 + math.inf)
+
+
+def test_step_callbacks_are_public():
+    accepted = []
+    callbacks = local_reg.StepCallbacks(accept=lambda t, y, dt: accepted.append(t))
+    solution = odeint(decay, torch.ones(2), [0.0, 1.0], callbacks=callbacks)
+    assert len(accepted) == solution.stats.n_accepted > 0
+
+
 def test_a_nan_step_size_is_a_solver_error_not_a_spin():
     from local_reg._integrate import next_step_size
 

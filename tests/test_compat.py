@@ -316,7 +316,7 @@ def test_core_norm_and_callbacks_are_checked():
     with pytest.raises(ValueError, match=r"norm must return a 0-dim tensor, got shape \(2, 2\)"):
         local_reg.odeint(Linear(), y0, t, norm=torch.abs)
     # Its value too, where it is read: a NaN first step size would never underflow (10000 steps).
-    with pytest.raises(ValueError, match="norm must return a non-negative number for a finite input"):
+    with pytest.raises(ValueError, match="norm must return a finite non-negative number for a finite input"):
         local_reg.odeint(Linear(), y0, t, norm=lambda e: e.abs().max() * float("nan"))
     with pytest.raises(ValueError, match="norm must return a non-negative number, got -"):
         local_reg.odeint(Linear(), y0, t, norm=lambda e: -e.abs().max(), first_step=0.1)
