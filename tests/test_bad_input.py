@@ -592,7 +592,15 @@ def test_a_penalty_that_is_not_a_penalty_object_is_refused_naming_it(penalty):
 
 def test_sde_models_check_method_and_options_at_construction():
     with pytest.raises(ValueError, match="unknown method"):
-        LocallyRegularized(DiagonalSDE(), method="milstein")
+        LocallyRegularized(DiagonalSDE(), method="srk")
+    # Milstein is one of local_reg's SDE methods, for the main solve (the probe stays Euler-Maruyama).
+    milstein = LocallyRegularized(
+        DiagonalSDE(), method="milstein", generator=torch.Generator().manual_seed(0)
+    )
+    milstein(torch.ones(3, 2, dtype=torch.float64), [0.0, 1.0])
+    assert float(milstein.reg_loss) > 0
+    with pytest.raises(ValueError, match="reg_method must be None or 'euler_maruyama'"):
+        LocallyRegularized(DiagonalSDE(), penalty="error-dt", reg_method="milstein")
     with pytest.raises(ValueError, match=r"unknown keys \['bogus'\]"):
         LocallyRegularized(DiagonalSDE(), options={"bogus": 1})
     with pytest.raises(ValueError, match=r"unknown keys \['bogus'\]"):
