@@ -187,7 +187,8 @@ class CheckedField:
         self.name = name
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or y.is_inference():
+            # Inference tensors keep no version counter (and cannot be changed in place unseen).
             return check_output(self.name, self.func(t, y), y)
         # The solver reuses y (the step's start, a stage state) after the call: changed in place,
         # it would silently give wrong states.

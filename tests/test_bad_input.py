@@ -165,6 +165,25 @@ def test_step_callbacks_are_public():
     assert len(accepted) == solution.stats.n_accepted > 0
 
 
+def test_inference_mode_solves_as_no_grad_does():
+    """Inference tensors keep no version counter: the in-place check of func's input read it."""
+    field = Decay(0.7)
+    y0, t = torch.ones(3, 2, dtype=torch.float64), [0.0, 0.5, 1.0]
+    calls = {
+        **{g: lambda g=g: odeint(field, y0, t, gradient=g).ys for g in GRADIENTS},
+        "event": lambda: local_reg.odeint_event(field, y0, 0.0, event_fn=lambda s, y: s - 0.5)[1].ys,
+        "compat": lambda: local_reg.compat.odeint(field, y0, torch.tensor(t, dtype=torch.float64)),
+        "local eval": lambda: LocallyRegularized(field).eval()(y0, t),
+        "global eval": lambda: GloballyRegularized(field).eval()(y0, t),
+    }
+    for name, call in calls.items():
+        with torch.no_grad():
+            expected = call()
+        with torch.inference_mode():
+            got = call()
+        assert torch.equal(got, expected), name
+
+
 def test_a_nan_step_size_is_a_solver_error_not_a_spin():
     from local_reg._integrate import next_step_size
 

@@ -227,6 +227,24 @@ def test_the_default_resumes_from_its_state_dict(field_type, stop):
     assert resumed.weight.state_dict()["watched"] == 0
 
 
+def test_the_default_keeps_measuring_when_part_of_the_field_is_frozen():
+    """``requires_grad_(False)`` on a layer mid-training (fine-tuning the rest): the weight measures
+    over the parameters still trained instead of asking autograd for a frozen one's gradient."""
+    model = LocallyRegularized(Field(), rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    ratios = []
+    for iteration in range(21):
+        if iteration == 5:
+            model.func.net[0].requires_grad_(False)
+        loss = task_loss(model(y0(), T))
+        optimizer.zero_grad()
+        (loss + model.reg_loss).backward()
+        optimizer.step()
+        ratios.append(model.weight.last_ratio)
+    # Measured at the 1st, 11th and 21st passes, the last two with the first layer frozen.
+    assert ratios[10] is not None and ratios[20] is not None and ratios[20] != ratios[10]
+
+
 def test_the_cli_runs_the_library_default_by_name(tmp_path):
     """``--set weights.local-random=default``: the block is built with no weight and no probe (the
     library's defaults), the weight measures by itself, and the report names it beside a row whose

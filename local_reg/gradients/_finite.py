@@ -40,7 +40,8 @@ class _RemoveHooks:
         self.handles = handles
 
     def __del__(self) -> None:
-        for handle in self.handles:
+        # getattr: torch.compile may copy the object without running __init__.
+        for handle in getattr(self, "handles", ()):
             handle.remove()
 
 

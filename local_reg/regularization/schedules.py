@@ -388,9 +388,12 @@ class RatioWeight(_SelfTuningWeight):
         due = self.due
         self._state["watched"] += 1
         self._warn_if_unmeasured(self._state["watched"])
-        if not due or not reg_loss.requires_grad:
+        # Those still trained: a parameter frozen since construction (requires_grad_(False)) has no
+        # gradient to compare.
+        parameters = [p for p in self.parameters if p.requires_grad]
+        if not due or not reg_loss.requires_grad or not parameters:
             return
-        penalty = torch.autograd.grad(reg_loss, self.parameters, retain_graph=True, allow_unused=True)
+        penalty = torch.autograd.grad(reg_loss, parameters, retain_graph=True, allow_unused=True)
         measurement = {"penalty_norm": _norm(penalty), "task_sq": 0.0, "reported": 0, "handles": []}
 
         def finish_this_measurement() -> None:
@@ -408,7 +411,7 @@ class RatioWeight(_SelfTuningWeight):
                 # for it would leave the measurement open past a checkpoint.
                 torch.autograd.Variable._execution_engine.queue_callback(finish_this_measurement)
 
-        for index, (parameter, part) in enumerate(zip(self.parameters, penalty, strict=True)):
+        for index, (parameter, part) in enumerate(zip(parameters, penalty, strict=True)):
             hook = functools.partial(report, part=part, handle_index=index)
             measurement["handles"].append(parameter.register_post_accumulate_grad_hook(hook))
         self._measurement = measurement
