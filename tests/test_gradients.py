@@ -326,6 +326,25 @@ def test_plain_function_without_adjoint_params_is_an_error(gradient):
         )
 
 
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+def test_second_derivatives_are_refused_by_the_graph_free_methods_not_zeros(gradient):
+    """Their backward pass builds no graph: a Hessian read zeros from it. ``direct`` gives it."""
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
+
+    def loss(y):
+        return odeint(field, y, TIMES, gradient=gradient).ys[-1].square().sum()
+
+    with pytest.raises(RuntimeError, match=rf"gradient='{gradient}' gives first derivatives only"):
+        torch.autograd.functional.hessian(loss, y0)
+    hessian = torch.autograd.functional.hessian(lambda y: odeint(field, y, TIMES).ys[-1].square().sum(), y0)
+    assert hessian.abs().max() > 0
+    # First derivatives as before.
+    y = y0.clone().requires_grad_()
+    loss(y).backward()
+    assert y.grad.abs().max() > 0
+
+
 def test_bound_method_of_a_module_uses_its_parameters():
     field = TinyField()
     y0 = torch.randn(3, dtype=DTYPE)

@@ -12,10 +12,11 @@ method (:class:`GradientMethod`) and the reverse sweep over accepted steps that 
 from __future__ import annotations
 
 import bisect
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor
@@ -301,6 +302,25 @@ class StepwiseGradient(GraphFreeGradient):
         return adjoint, grad_params, func.calls
 
 
+def _first_order_only(backward: Callable) -> Callable:
+    """``once_differentiable``, and a backward pass asked for a graph (``create_graph=True``: a
+    Hessian, a gradient penalty) is an error: ``once_differentiable`` alone returns gradients
+    detached from the inputs, which ``torch.autograd.functional.hessian`` reads as zeros."""
+    once = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def wrapper(ctx: Any, *grads: Tensor) -> Any:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f"gradient={ctx.method.name!r} gives first derivatives only (its backward pass is "
+                "not differentiable): for second derivatives (create_graph=True, a Hessian) use "
+                "gradient='direct'"
+            )
+        return once(ctx, *grads)
+
+    return wrapper
+
+
 class _SolveWithoutGraph(torch.autograd.Function):
     """Forward: the instrumented solve under ``no_grad``. Backward: the gradient method's."""
 
@@ -329,7 +349,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
         return ys, penalty_values
 
     @staticmethod
-    @once_differentiable
+    @_first_order_only
     def backward(ctx, grad_ys: Tensor, grad_penalties: Tensor):
         (ys,) = ctx.saved_tensors
         solve: ForwardSolve = ctx.solve
