@@ -37,6 +37,32 @@ from .solution import Solution
 from .tableaus import ButcherTableau, get_tableau
 
 
+def _warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod) -> None:
+    """A graph-free method evaluates ``func`` again in its backward pass: dropout draws new masks
+    there (the gradient is then not the forward solve's) and batch norm updates its running
+    statistics again. Warn when ``func`` has such a layer in training mode."""
+    owner = func if isinstance(func, torch.nn.Module) else getattr(func, "__self__", None)
+    if not isinstance(owner, torch.nn.Module) or torch.is_inference_mode_enabled():
+        return
+    kinds = {
+        "dropout": (torch.nn.modules.dropout._DropoutNd,),
+        "batch norm": (torch.nn.modules.batchnorm._BatchNorm,),
+    }
+    found = [
+        kind
+        for kind, types in kinds.items()
+        if any(isinstance(module, types) and module.training for module in owner.modules())
+    ]
+    if found and torch.is_grad_enabled():
+        warnings.warn(
+            f"func has {' and '.join(found)} in training mode: gradient={gradient_method.name!r} "
+            "evaluates func again in its backward pass, where dropout draws new masks (the gradient "
+            "is not the forward solve's) and batch norm updates its running statistics again; use "
+            "gradient='direct', or put those layers in eval mode",
+            stacklevel=3,
+        )
+
+
 def evaluate_first(func: VectorField, t0: float, y0: Tensor, t_dtype: torch.dtype | None = None) -> Tensor:
     """Evaluate ``func(t0, y0)`` once (``t0`` in ``t_dtype``, default ``y0``'s) and check it returns
     a tensor shaped and typed like ``y0``."""
@@ -235,6 +261,7 @@ def odeint(
     params: tuple[Tensor, ...] = ()
     if gradient_method.graph_free:
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
+        _warn_if_reevaluation_differs(user_func(func), gradient_method)
     elif adjoint_params is not None or isinstance(user_func(func), torch.nn.Module):
         # Direct differentiation needs no parameter list; with one it also checks their gradients.
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)

@@ -1,6 +1,7 @@
 """The gradient methods of ``odeint(gradient=...)``: exactness, convergence, bookkeeping, errors."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -343,6 +344,37 @@ def test_second_derivatives_are_refused_by_the_graph_free_methods_not_zeros(grad
     y = y0.clone().requires_grad_()
     loss(y).backward()
     assert y.grad.abs().max() > 0
+
+
+class _LayerField(torch.nn.Module):
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, 3, dtype=DTYPE), layer)
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+@pytest.mark.parametrize(
+    "layer", [torch.nn.Dropout(0.2), torch.nn.BatchNorm1d(3, dtype=DTYPE)], ids=["dropout", "bn"]
+)
+def test_graph_free_methods_warn_about_layers_that_differ_when_reevaluated(layer):
+    """Their backward pass evaluates func again: dropout draws new masks there (gradients ~10% off
+    on a fixed grid), batch norm updates its running statistics again. Eval mode and ``direct``
+    are quiet."""
+    field = _LayerField(layer)
+
+    def solve(gradient):
+        y0 = torch.ones(4, 3, dtype=DTYPE)
+        return odeint(field, y0, [0.0, 1.0], method="rk4", step_size=0.25, gradient=gradient)
+
+    with pytest.warns(UserWarning, match="in training mode: gradient='symplectic' evaluates func again"):
+        solve("symplectic")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        solve("direct")
+        field.eval()
+        solve("symplectic")
 
 
 def test_bound_method_of_a_module_uses_its_parameters():
