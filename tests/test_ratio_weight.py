@@ -234,6 +234,21 @@ def test_with_parameters_the_model_measures_in_the_usual_backward_pass(gradient)
     assert automatic.weight.iteration == 0  # never stepped
 
 
+def test_gradients_accumulated_before_the_measured_pass_do_not_count():
+    """Micro-batches: a backward pass before the measured one leaves gradients in ``.grad``; the
+    measurement reads the measured pass's own (the same ratio as with cleared gradients)."""
+    ratios = []
+    for accumulate in (False, True):
+        model = _model(RatioWeight(0.5))
+        model.weight = RatioWeight(0.5, parameters=model.parameters())
+        if accumulate:
+            sum(p.sum() for p in model.parameters()).backward()  # .grad = 1 everywhere
+        loss = _task_loss(model(_y0(), T))
+        (loss + model.reg_loss).backward()
+        ratios.append(model.weight.last_ratio)
+    assert ratios[0] is not None and ratios[1] == pytest.approx(ratios[0], rel=1e-12)
+
+
 def test_a_parameter_listed_twice_counts_once():
     """Concatenated parameter lists that share a tensor (a model's and its head's, say) measure
     the same ratio as the list of distinct tensors."""

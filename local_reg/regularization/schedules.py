@@ -376,10 +376,10 @@ class RatioWeight(_SelfTuningWeight):
     def watch(self, reg_loss: Tensor) -> None:
         """With ``parameters``: count one iteration and, when :attr:`due`, take the gradient of
         ``reg_loss`` (the weighted penalty just made) and measure the task's in the next backward
-        pass: a hook on each parameter reads its ``.grad`` right after that pass accumulates it
-        (so it should hold this pass's gradient alone, as in the usual loop that clears gradients
-        before the backward pass) less the penalty's part; nested ``torch.autograd.grad`` calls
-        (the gradient methods' own) accumulate nothing and are not seen. The measurement sets the
+        pass: a pre-hook on each parameter's gradient accumulator reads that pass's own gradient
+        (not ``.grad``: gradients accumulated before do not count) less the penalty's part; nested
+        ``torch.autograd.grad`` calls (the gradient methods' own) run no accumulator and are not
+        seen. The measurement sets the
         weight when that backward pass ends, from the parameters it reached (so a checkpoint taken
         after it holds the new weight, and a parameter that gets no gradient is left out)."""
         self._finish_measurement()
@@ -400,11 +400,14 @@ class RatioWeight(_SelfTuningWeight):
             if self._measurement is measurement:
                 self._finish_measurement()
 
-        def report(parameter: Tensor, part: Tensor | None, handle_index: int) -> None:
-            task = parameter.grad if part is None else parameter.grad - part
+        def report(incoming: tuple[Tensor | None, ...], part: Tensor | None, handle_index: int) -> None:
+            measurement["handles"][handle_index].remove()
+            (gradient,) = incoming
+            if gradient is None:
+                return
+            task = gradient if part is None else gradient - part
             measurement["task_sq"] += float(task.pow(2).sum())
             measurement["reported"] += 1
-            measurement["handles"][handle_index].remove()
             if measurement["reported"] == 1:
                 # Finish when this backward pass ends, with the parameters it reached: one that
                 # gets no gradient (a layer the forward pass skipped) never reports, and waiting
@@ -412,8 +415,12 @@ class RatioWeight(_SelfTuningWeight):
                 torch.autograd.Variable._execution_engine.queue_callback(finish_this_measurement)
 
         for index, (parameter, part) in enumerate(zip(parameters, penalty, strict=True)):
+            # A pre-hook of the parameter's AccumulateGrad node sees this backward pass's gradient
+            # before it is added to .grad (so accumulated gradients do not count), and runs only in
+            # a backward pass that accumulates: not in the gradient methods' own autograd.grad.
+            node = torch.autograd.graph.get_gradient_edge(parameter).node
             hook = functools.partial(report, part=part, handle_index=index)
-            measurement["handles"].append(parameter.register_post_accumulate_grad_hook(hook))
+            measurement["handles"].append(node.register_prehook(hook))
         self._measurement = measurement
 
     def _finish_measurement(self) -> None:
@@ -465,7 +472,8 @@ class RatioWeight(_SelfTuningWeight):
     def _warn_if_unmeasured(self, iterations: int) -> None:
         if self._state["measured"] == 0 and self._state["pending"] is None and iterations == 10 * self.every:
             how = (
-                "backpropagate model.reg_loss"
+                "backpropagate model.reg_loss, once per training call of the model (a second call "
+                "before the backward pass replaces the first's measurement)"
                 if self.parameters
                 else "give it parameters=... or call weight.backward(...)"
             )
