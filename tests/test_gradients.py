@@ -377,6 +377,18 @@ def test_graph_free_methods_warn_about_layers_that_differ_when_reevaluated(layer
         solve("symplectic")
 
 
+def test_torch_func_jacrev_through_direct_matches_the_jacobian():
+    """jacrev vmaps the backward pass over cotangents; the non-finite-gradient check cannot read a
+    batched tensor's value and steps aside there."""
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
+
+    def final(y):
+        return odeint(field, y, TIMES).ys[-1]
+
+    torch.testing.assert_close(torch.func.jacrev(final)(y0), torch.autograd.functional.jacobian(final, y0))
+
+
 def test_bound_method_of_a_module_uses_its_parameters():
     field = TinyField()
     y0 = torch.randn(3, dtype=DTYPE)

@@ -23,6 +23,12 @@ def all_finite(tensors: Iterable[Tensor | None]) -> bool:
     return all(bool(torch.isfinite(g).all()) for g in tensors if g is not None)
 
 
+def _transformed(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is wrapped by a ``torch.func`` transform (vmap, grad), whose values
+    cannot be read on the host."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+
+
 def raise_non_finite_gradient(t0: float, n_steps: int) -> None:
     raise SolverError(
         "non-finite gradient in the backward pass: the vector-Jacobian product of func is not finite "
@@ -59,12 +65,16 @@ def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_st
     incoming = {"finite": False}
 
     def check(grad: Tensor) -> None:
+        # Under torch.func transforms (jacrev's vmap over cotangents) a tensor's value cannot be
+        # read: the check is skipped there.
+        if _transformed(grad):
+            return
         if incoming["finite"] and not all_finite((grad,)):
             raise_non_finite_gradient(t0, n_steps)
 
     remover = _RemoveHooks([x.register_hook(check) for x in inputs])
 
     def record_cotangent(grad: Tensor | None, _remover: _RemoveHooks = remover) -> None:
-        incoming["finite"] = grad is not None and all_finite((grad,))
+        incoming["finite"] = grad is not None and not _transformed(grad) and all_finite((grad,))
 
     ys.register_hook(record_cotangent)
