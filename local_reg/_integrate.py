@@ -342,7 +342,7 @@ def integrate(
                     # Landing on an output time shortens a step for reasons other than accuracy:
                     # keep the step the controller wanted before that, and the error it remembers
                     # (a sliver's near-zero error would shrink the next step through the PI term).
-                    if not (lands and dt_used < dt_abs):
+                    if not (lands and dt_used < dt_abs and stepper.landing_keeps_error_memory):
                         previous_error = max(error_estimate, 1e-4)
                     dt_abs = max(dt_used * factor, dt_abs) if lands else dt_used * factor
                     after_rejection = False

@@ -44,18 +44,20 @@ def _warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod)
     owner = func if isinstance(func, torch.nn.Module) else getattr(func, "__self__", None)
     if not isinstance(owner, torch.nn.Module) or torch.is_inference_mode_enabled():
         return
-    kinds = {
-        "dropout": (torch.nn.modules.dropout._DropoutNd,),
-        "batch norm": (torch.nn.modules.batchnorm._BatchNorm,),
-    }
-    found = [
-        kind
-        for kind, types in kinds.items()
-        if any(isinstance(module, types) and module.training for module in owner.modules())
-    ]
+
+    def differs(module: torch.nn.Module) -> str | None:
+        if not module.training:
+            return None
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            return "dropout"
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            return "batch norm"
+        return None
+
+    found = sorted({kind for kind in map(differs, owner.modules()) if kind is not None})
     if found and torch.is_grad_enabled():
         warnings.warn(
-            f"func has {' and '.join(found)} in training mode: gradient={gradient_method.name!r} "
+            f"func's module has {' and '.join(found)} in training mode: gradient={gradient_method.name!r} "
             "evaluates func again in its backward pass, where dropout draws new masks (the gradient "
             "is not the forward solve's) and batch norm updates its running statistics again; use "
             "gradient='direct', or put those layers in eval mode",

@@ -40,6 +40,10 @@ class Stepper(ABC, Generic[Carry]):
     """Whether step results carry a ``stiffness_estimate``."""
     failure: str = "non-finite state"
     """What a non-finite step result means, for the :class:`SolverError` message."""
+    landing_keeps_error_memory: bool = True
+    """Whether a step shortened to land on an output time leaves the controller's memory of the
+    last error as it was (its own, near zero on a sliver, would shrink the next step through the
+    PI term)."""
 
     def __init__(self, order: int, rtol: float, atol: float) -> None:
         self.order = order

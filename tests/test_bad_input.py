@@ -184,6 +184,15 @@ def test_inference_mode_solves_as_no_grad_does():
         assert torch.equal(got, expected), name
 
 
+def test_the_backsolve_adjoints_fixed_steps_beyond_max_steps_name_its_own_settings():
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    solution = odeint(Decay(), y0, [0.0, 1.0], gradient=BacksolveAdjoint(step_size=1e-5))
+    with pytest.raises(
+        ValueError, match=r"backsolve adjoint, backward solve .* pass BacksolveAdjoint\(max_steps=100000\)"
+    ):
+        solution.ys[-1].sum().backward()
+
+
 def test_a_nan_step_size_is_a_solver_error_not_a_spin():
     from local_reg._integrate import next_step_size
 

@@ -515,3 +515,27 @@ def test_time_excluded_inside_a_running_clock_is_not_counted(monkeypatch):
             spend(5.0)
         spend(1.0)
     assert (clock.wall, clock.cpu) == (3.0, 3.0)
+
+
+def test_the_kinetic_study_setting_drops_the_papers_probe():
+    """``--set local.penalty=kinetic`` beside a weight: the paper's probe options go with the
+    paper's penalty, not with the kinetic one (which refuses probe options)."""
+    from local_reg.experiments.methods import local_options
+
+    assert local_options({"ratio": 1}, {"local": {"penalty": "kinetic"}}) == {"penalty": "kinetic"}
+    assert local_options({"ratio": 1}, {}) == {"probe": "initial", "penalty": "error-dt"}
+    assert local_options(None, {}) == {}
+    spec = runner.RunSpec(
+        "digits",
+        "local-random",
+        0,
+        "tiny",
+        "direct",
+        {"weights.local-random": {"ratio": 1}, "local.penalty": "kinetic"},
+    )
+    settings = spec.settings()
+    model = REGISTRY["digits"].build_model(
+        settings, runner.ModelContext(runner.METHODS["local-random"], "direct", 1)
+    )
+    (block,) = runner.solver_blocks(model)
+    assert block.penalty.penalty == "kinetic"

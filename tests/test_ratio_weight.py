@@ -249,6 +249,29 @@ def test_gradients_accumulated_before_the_measured_pass_do_not_count():
     assert ratios[0] is not None and ratios[1] == pytest.approx(ratios[0], rel=1e-12)
 
 
+def test_a_head_applied_after_the_model_is_measured_too():
+    """The documented pattern ``params = model's + head's``, the head applied to the model's output,
+    the training step inside a function: the head's parameters are in no graph when the penalty is
+    made, so their gradient accumulators are made later (a hook on one made earlier and dropped
+    never ran, and the head's share of the task gradient was missing)."""
+    model = _model(RatioWeight(0.5))
+    head = torch.nn.Linear(3, 3, dtype=DTYPE)
+    params = [*model.parameters(), *head.parameters()]
+    model.weight = RatioWeight(0.5, parameters=params, initial=0.01)
+
+    def train_step() -> float:
+        loss = _task_loss(head(model(_y0(), T)))
+        task_norm = _norm(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+        penalty_norm = _norm(
+            torch.autograd.grad(model.reg_loss, params, retain_graph=True, allow_unused=True)
+        )
+        (loss + model.reg_loss).backward()
+        return penalty_norm / task_norm
+
+    expected = train_step()
+    assert model.weight.last_ratio == pytest.approx(expected, rel=1e-10)
+
+
 def test_a_parameter_listed_twice_counts_once():
     """Concatenated parameter lists that share a tensor (a model's and its head's, say) measure
     the same ratio as the list of distinct tensors."""

@@ -102,7 +102,11 @@ def local_options(weight: object, settings: dict[str, Any]) -> dict[str, Any]:
     (:data:`PAPER_PROBE`; the tasks carry the paper's weights) unless the weight is the library's
     default (``None``, which comes with the default penalty) or ``settings["local"]`` sets study
     options."""
-    return {**({} if weight is None else PAPER_PROBE), **settings.get("local", {})}
+    study = settings.get("local", {})
+    paper = {} if weight is None else dict(PAPER_PROBE)
+    if study.get("penalty") == "kinetic":
+        paper.pop("probe")  # the kinetic penalty takes no probe step
+    return {**paper, **study}
 
 
 DEFAULT_WEIGHT = "default"

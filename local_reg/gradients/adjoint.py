@@ -288,6 +288,12 @@ class BacksolveAdjoint(GraphFreeGradient):
             state = torch.stack([ys[start], adjoint])
             try:
                 outputs, stats, _, _ = integrate(stepper, state, [times[start], times[end]], options)
+            except ValueError as error:
+                # Fixed steps beyond max_steps, refused before the first: this solve's settings.
+                message = str(error).replace("pass max_steps=", "pass BacksolveAdjoint(max_steps=")
+                message = message.replace(" or a longer step_size", ") or a longer step_size")
+                where = f"backsolve adjoint, backward solve from t={times[start]!r} to t={times[end]!r}"
+                raise ValueError(f"{where}: {message}") from None
             except SolverError as error:
                 # The loop's hint names the forward solve's settings; this solve has its own.
                 reason = error.reason.replace(

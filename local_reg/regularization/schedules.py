@@ -394,7 +394,13 @@ class RatioWeight(_SelfTuningWeight):
         if not due or not reg_loss.requires_grad or not parameters:
             return
         penalty = torch.autograd.grad(reg_loss, parameters, retain_graph=True, allow_unused=True)
-        measurement = {"penalty_norm": _norm(penalty), "task_sq": 0.0, "reported": 0, "handles": []}
+        measurement = {
+            "penalty_norm": _norm(penalty),
+            "task_sq": 0.0,
+            "reported": 0,
+            "handles": [],
+            "nodes": [],
+        }
 
         def finish_this_measurement() -> None:
             if self._measurement is measurement:
@@ -421,6 +427,9 @@ class RatioWeight(_SelfTuningWeight):
             node = torch.autograd.graph.get_gradient_edge(parameter).node
             hook = functools.partial(report, part=part, handle_index=index)
             measurement["handles"].append(node.register_prehook(hook))
+            # A parameter holds its accumulator weakly: one in no live graph yet (a head used after
+            # the model's call) would get a new one in the task's graph, without the hook.
+            measurement["nodes"].append(node)
         self._measurement = measurement
 
     def _finish_measurement(self) -> None:
