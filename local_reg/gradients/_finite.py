@@ -23,10 +23,10 @@ def all_finite(tensors: Iterable[Tensor | None]) -> bool:
     return all(bool(torch.isfinite(g).all()) for g in tensors if g is not None)
 
 
-def _transformed(tensor: Tensor) -> bool:
+def _transformed(tensor: Tensor | None) -> bool:
     """Whether ``tensor`` is wrapped by a ``torch.func`` transform (vmap, grad), whose values
-    cannot be read on the host."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+    cannot be read on the host (``None``, an undefined gradient, is not)."""
+    return isinstance(tensor, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(tensor)
 
 
 def raise_non_finite_gradient(t0: float, n_steps: int) -> None:
