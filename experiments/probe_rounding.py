@@ -2,8 +2,9 @@
 and in float64 with the same weights.
 
 Without arguments: on the digits ODE at initialization, at each probe's step size. With
-``--task spiral`` (any ODE task): during training at ``LocallyRegularized``'s default, every
-``--every`` iterations, the step the default's probe took (its ``t_reg``, ``u(t_reg)`` and ``dt``).
+``--task spiral`` (any ODE task): during training with the paper's penalty at the library's
+weight and probe (``penalty="error-dt"``: the default before the kinetic one, which takes no probe
+step), every ``--every`` iterations, the step its probe took (its ``t_reg``, ``u(t_reg)``, ``dt``).
 
     PYTHONPATH=. python experiments/probe_rounding.py
     PYTHONPATH=. python experiments/probe_rounding.py --task spiral --iterations 400 --every 100
@@ -57,6 +58,9 @@ def during_training(task_name: str, iterations: int, every: int) -> None:
     task = REGISTRY[task_name]
     settings = task.settings("quick")
     settings["weights"] = {**settings["weights"], "local-random": "default"}
+    # The probe step of the previous default (the paper's penalty with the library's weight and
+    # probe): the kinetic default takes no probe step.
+    settings["local"] = {"penalty": "error-dt"}
     data = task.load_data(settings, seed=0)
     model = task.build_model(settings, ModelContext(METHODS["local-random"], "direct", iterations))
     (block,) = [m for m in model.modules() if isinstance(m, LocallyRegularized)]

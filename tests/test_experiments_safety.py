@@ -539,3 +539,18 @@ def test_the_kinetic_study_setting_drops_the_papers_probe():
     )
     (block,) = runner.solver_blocks(model)
     assert block.penalty.penalty == "kinetic"
+
+
+@pytest.mark.parametrize("task", ["lotka", "pendulum", "vanderpol"])
+def test_steer_on_the_trajectory_fits_stays_inside_the_last_interval(task, tmp_path, capsys):
+    """STEER's half-width b must be smaller than the last output interval: the default (MNIST's
+    0.5 before) is, and a wider one is refused before any training."""
+    settings = REGISTRY[task].settings("tiny")
+    context = runner.ModelContext(runner.METHODS["steer"], "direct", 1)
+    model = REGISTRY[task].build_model(settings, context)
+    times = torch.linspace(0.0, settings["t_max"], settings["n_times"])
+    model(torch.zeros(2, settings["n_times"], 2))  # a training forward pass draws the end time
+    assert settings["weights"]["steer"] < float(times[-1] - times[-2])
+    assert run(tmp_path, task, "--methods", "vanilla", "steer", "--set", "weights.steer=0.5") == 2
+    assert "weights.steer=0.5 must be smaller than the output times' spacing" in capsys.readouterr().err
+    assert not (tmp_path / "results.jsonl").exists()

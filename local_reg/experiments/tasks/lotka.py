@@ -34,7 +34,7 @@ from torch.utils.data import TensorDataset
 from ... import odeint
 from ..methods import MNIST_WEIGHTS, ODE_METHODS
 from ..settings import Integer, Real, Schema
-from .base import ODE_SOLVERS, Batch, Task, TaskData, training_fields
+from .base import ODE_SOLVERS, Batch, ModelContext, Task, TaskData, training_fields
 
 _COEFFICIENTS = (1.5, 1.0, 3.0, 1.0)
 _DATA_SEED = 0
@@ -137,7 +137,9 @@ class LotkaTask(Task):
             "eval_batch_size": 256,
             "lr": 1e-2,
             "solver": {"method": "tsit5", "rtol": 1e-6, "atol": 1e-6},
-            "weights": copy.deepcopy(MNIST_WEIGHTS),
+            # STEER's half-width must stay inside the last output interval (0.1 at these times);
+            # MNIST's 0.5 does not.
+            "weights": {**copy.deepcopy(MNIST_WEIGHTS), "steer": 0.05},
         }
 
     def load_data(self, settings: dict[str, Any], seed: int) -> TaskData:
@@ -157,6 +159,16 @@ class LotkaTask(Task):
 
     def build_dynamics(self, settings: dict[str, Any]) -> nn.Module:
         return LotkaField(settings["hidden"])
+
+    def build_model(self, settings: dict[str, Any], context: ModelContext) -> nn.Module:
+        # Refused here, before any training, rather than by STEER's own check at the first batch.
+        spacing = settings["t_max"] / (settings["n_times"] - 1)
+        if context.method.family == "steer" and settings["weights"]["steer"] >= spacing:
+            raise ValueError(
+                f"weights.steer={settings['weights']['steer']} must be smaller than the output times' "
+                f"spacing t_max / (n_times - 1) = {spacing:g}"
+            )
+        return super().build_model(settings, context)
 
     def build_network(self, block: nn.Module, settings: dict[str, Any]) -> nn.Module:
         times = torch.linspace(0.0, settings["t_max"], settings["n_times"])
