@@ -30,6 +30,7 @@ from .gradients import (
     Symplectic,
     as_gradient_method,
     check_step_penalty_support,
+    owning_module,
     resolve_adjoint_params,
     time_gradient,
 )
@@ -41,8 +42,8 @@ def _warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod)
     """A graph-free method evaluates ``func`` again in its backward pass: dropout draws new masks
     there (the gradient is then not the forward solve's) and batch norm updates its running
     statistics again. Warn when ``func`` has such a layer in training mode."""
-    owner = func if isinstance(func, torch.nn.Module) else getattr(func, "__self__", None)
-    if not isinstance(owner, torch.nn.Module) or torch.is_inference_mode_enabled():
+    owner = owning_module(func)
+    if owner is None or torch.is_inference_mode_enabled():
         return
 
     def differs(module: torch.nn.Module) -> str | None:
@@ -263,7 +264,7 @@ def odeint(
     params: tuple[Tensor, ...] = ()
     if gradient_method.graph_free:
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
-        _warn_if_reevaluation_differs(user_func(func), gradient_method)
+        _warn_if_reevaluation_differs(func, gradient_method)
     elif adjoint_params is not None or isinstance(user_func(func), torch.nn.Module):
         # Direct differentiation needs no parameter list; with one it also checks their gradients.
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)

@@ -58,6 +58,14 @@ def as_gradient_method(gradient: object) -> GradientMethod:
     return _SHORTHANDS[gradient]()
 
 
+def owning_module(func: object) -> torch.nn.Module | None:
+    """The module whose parameters ``func`` uses: ``func`` itself, or the module of a bound method
+    (what a tuple state's wrapper wraps); ``None`` for a plain function."""
+    func = user_func(func)
+    owner = func if isinstance(func, torch.nn.Module) else getattr(func, "__self__", None)
+    return owner if isinstance(owner, torch.nn.Module) else None
+
+
 def adjoint_params_tuple(adjoint_params: object) -> tuple[Tensor, ...]:
     """``adjoint_params`` as a tuple of tensors (read once: a generator such as
     ``module.parameters()`` is consumed here); anything else is a ``TypeError`` naming it."""
@@ -84,9 +92,8 @@ def resolve_adjoint_params(
     silently get no gradient. Tensors that do not require grad are dropped, duplicates kept once.
     """
     if adjoint_params is None:
-        func = user_func(func)
-        owner = func if isinstance(func, torch.nn.Module) else getattr(func, "__self__", None)
-        if not isinstance(owner, torch.nn.Module):
+        owner = owning_module(func)
+        if owner is None:
             raise ValueError(
                 f"gradient={gradient.name!r} needs the parameters of func, but func is a plain function "
                 f"({type(func).__name__}) and adjoint_params was not given: pass "
