@@ -98,6 +98,11 @@ def fixed_step_count(t: float, t_target: float, step_size: float) -> int:
     return max(1, math.ceil(abs(t_target - t) / step_size - 1e-9))
 
 
+def fixed_steps_over(times: list[float], step_size: float) -> int:
+    """How many fixed steps a solve through ``times`` takes (each interval on its own)."""
+    return sum(fixed_step_count(a, b, step_size) for a, b in itertools.pairwise(times))
+
+
 def fixed_step_size(t: float, t_target: float, step_size: float) -> float:
     """The size of the equal steps, none longer than ``step_size``, that cover ``[t, t_target]``."""
     return abs(t_target - t) / fixed_step_count(t, t_target, step_size)
@@ -229,7 +234,7 @@ def integrate(
     if not adaptive and stop is None:
         # Fixed steps: the count is known, so a step_size too small for max_steps is refused
         # before the first step, not after max_steps of them.
-        n_fixed = sum(fixed_step_count(a, b, options.step_size) for a, b in itertools.pairwise(times))
+        n_fixed = fixed_steps_over(times, options.step_size)
         if n_fixed > options.max_steps:
             raise ValueError(
                 f"step_size={options.step_size:g} needs {n_fixed} steps over the output times, more than "

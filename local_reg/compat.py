@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from itertools import pairwise
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ._events import odeint_event as _odeint_event
-from ._integrate import StepCallbacks, fixed_step_count
+from ._integrate import StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
 from ._tuple import TupleState
 from .gradients import BacksolveAdjoint, Direct, GradientMethod, Symplectic
@@ -194,7 +193,7 @@ def _solve(
     elif step_size is not None and not events:
         # torchdiffeq's fixed grids have no step limit: allow exactly the steps the grid needs.
         times = [float(value) for value in torch.as_tensor(t, dtype=torch.float64)]
-        kwargs["max_steps"] = max(1, sum(fixed_step_count(a, b, step_size) for a, b in pairwise(times)))
+        kwargs["max_steps"] = max(1, fixed_steps_over(times, step_size))
     if "norm" in opts:
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
     if not events:
