@@ -393,6 +393,26 @@ def test_torch_func_jacrev_through_direct_matches_the_jacobian():
     torch.testing.assert_close(torch.func.jacrev(final)(y0), torch.autograd.functional.jacobian(final, y0))
 
 
+class _FieldWithAnUnusedParameter(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Linear(3, 3, dtype=DTYPE)
+        self.unused = torch.nn.Parameter(torch.ones(2, dtype=DTYPE))
+
+    def forward(self, t, y):
+        return torch.tanh(self.net(y))
+
+
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_a_parameter_func_never_uses_gets_no_gradient_with_every_method(gradient):
+    """``None``, as autograd leaves it (the adjoint returned zeros, on which an optimizer's momentum
+    or weight decay would act)."""
+    field = _FieldWithAnUnusedParameter()
+    odeint(field, torch.ones(3, dtype=DTYPE), TIMES, gradient=gradient).ys.square().sum().backward()
+    assert field.unused.grad is None
+    assert field.net.weight.grad is not None and field.net.weight.grad.abs().max() > 0
+
+
 def test_bound_method_of_a_module_uses_its_parameters():
     field = TinyField()
     y0 = torch.randn(3, dtype=DTYPE)

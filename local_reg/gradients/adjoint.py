@@ -90,6 +90,9 @@ class AdjointStepper(RKStepper):
         self.rates = ys.new_zeros(tableau.n_stages, n_parameters)
         self.row_views = [parameter_views(row, solve.params) for row in self.rates]
         self.no_rate = [torch.zeros_like(p) for p in solve.params]
+        # Which parameters func used: one it never touches gets no gradient (None), as with the
+        # other methods, not a zero (an optimizer's momentum or weight decay would act on a zero).
+        self.used = [False] * len(solve.params)
         self.next_row = 0
         weights = [tableau.b, tableau.error_weights or [0.0] * tableau.n_stages]
         self.weights = torch.tensor(weights, dtype=ys.dtype, device=ys.device)
@@ -107,6 +110,7 @@ class AdjointStepper(RKStepper):
             self.func_of_y, t, y, self.params, -adjoint
         )
         if parameter_vjps:
+            self.used = [used or g is not None for used, g in zip(self.used, parameter_vjps, strict=True)]
             rates = [zero if g is None else g for zero, g in zip(self.no_rate, parameter_vjps, strict=True)]
             torch._foreach_copy_(self.row_views[self.next_row], rates)
         self.next_row += 1
@@ -309,5 +313,10 @@ class BacksolveAdjoint(GraphFreeGradient):
                 ) from None
             calls += stats.nfe
             adjoint = outputs[-1][1] + grad_ys[end]
-        grad_params: list[Tensor | None] = list(parameter_views(stepper.parameter_gradient, solve.params))
+        grad_params: list[Tensor | None] = [
+            gradient if used else None
+            for gradient, used in zip(
+                parameter_views(stepper.parameter_gradient, solve.params), stepper.used, strict=True
+            )
+        ]
         return adjoint, grad_params, calls
