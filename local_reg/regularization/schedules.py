@@ -379,9 +379,9 @@ class RatioWeight(_SelfTuningWeight):
         pass: a pre-hook on each parameter's gradient accumulator reads that pass's own gradient
         (not ``.grad``: gradients accumulated before do not count) less the penalty's part; nested
         ``torch.autograd.grad`` calls (the gradient methods' own) run no accumulator and are not
-        seen. The measurement sets the
-        weight when that backward pass ends, from the parameters it reached (so a checkpoint taken
-        after it holds the new weight, and a parameter that gets no gradient is left out)."""
+        seen. The measurement sets the weight when that backward pass ends, from the parameters it
+        reached (so a checkpoint taken after it holds the new weight, and a parameter that gets no
+        gradient is left out)."""
         self._finish_measurement()
         if self.parameters is None:
             return
