@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, StepPenalty
 from ._step import VectorField, time_tensor
-from ._tuple import accepts_tuple_states, user_func
+from ._tuple import accepts_tuple_states
 from ._validate import (
     checked_field,
     compile_options,
@@ -106,9 +106,9 @@ def _legacy_gradient(
     if given:
         if not isinstance(gradient, BacksolveAdjoint):
             raise ValueError(f"{', '.join(given)} only apply to gradient='adjoint', not {gradient.name!r}")
-        options = dict(adjoint_options or {})
         if not isinstance(adjoint_options, (dict, type(None))):
             raise TypeError(f"adjoint_options must be a dict, got {type(adjoint_options).__name__}")
+        options = dict(adjoint_options or {})
         keys = ("norm", "step_size", "first_step", "max_steps")
         unknown = sorted(set(options) - set(keys))
         if unknown:
@@ -265,7 +265,7 @@ def odeint(
     if gradient_method.graph_free:
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
         _warn_if_reevaluation_differs(func, gradient_method)
-    elif adjoint_params is not None or isinstance(user_func(func), torch.nn.Module):
+    elif adjoint_params is not None or owning_module(func) is not None:
         # Direct differentiation needs no parameter list; with one it also checks their gradients.
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
     timing = time_gradient(t, checked, times, options.time_dtype)

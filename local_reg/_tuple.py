@@ -74,8 +74,8 @@ class TupleField(nn.Module):
     def __init__(self, func: Callable, state: TupleState) -> None:
         super().__init__()
         self.func = func
-        owner = getattr(func, "__self__", None)
-        self.owner = owner if isinstance(owner, nn.Module) and not isinstance(func, nn.Module) else None
+        # A module func is a submodule already; a bound method's module is registered here.
+        self.owner = None if isinstance(func, nn.Module) else owning_module(func)
         self.state = state
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
@@ -92,6 +92,14 @@ def user_func(func: Callable) -> Callable:
     """The function the user gave: ``func`` itself, or what a :class:`TupleField` wraps. Whether
     parameters can be found is a question about it (the wrapper is a module whatever it wraps)."""
     return func.func if isinstance(func, TupleField) else func
+
+
+def owning_module(func: object) -> nn.Module | None:
+    """The module whose parameters ``func`` uses: ``func`` itself, or the module of a bound method
+    (what a tuple state's wrapper wraps); ``None`` for a plain function."""
+    func = user_func(func)
+    owner = func if isinstance(func, nn.Module) else getattr(func, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
 
 
 def accepts_tuple_states(solve: Callable) -> Callable:

@@ -342,6 +342,16 @@ class SqrtRate(torch.nn.Module):
         return -torch.sqrt(self.p) * y
 
 
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_a_bound_methods_module_parameters_are_checked_like_the_modules(gradient):
+    """``odeint`` takes a bound method's module as the owner of its parameters, so its parameters'
+    gradients are checked with every method, ``direct`` included."""
+    field = SqrtRate()
+    solution = odeint(field.forward, torch.ones(2, dtype=torch.float64), [0.0, 1.0], gradient=gradient)
+    with pytest.raises(SolverError, match="non-finite"):
+        solution.ys[-1].sum().backward()
+
+
 @pytest.mark.parametrize("sampling", ["random", "biased"])
 @pytest.mark.parametrize("gradient", GRADIENTS)
 def test_a_regularized_model_raises_solver_error_for_a_nan_vjp(sampling, gradient):

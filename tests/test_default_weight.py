@@ -40,6 +40,10 @@ def test_the_default_penalty_and_weight():
     assert isinstance(model.weight, RatioWeight)
     assert (model.weight.target_ratio, model.weight.every) == (0.2, 10)
     assert [id(p) for p in model.weight.parameters] == [id(p) for p in field.parameters()]
+    # A bound method's module owns its parameters, as odeint reads them.
+    bound = LocallyRegularized(field.forward).weight
+    assert isinstance(bound, RatioWeight)
+    assert [id(p) for p in bound.parameters] == [id(p) for p in field.parameters()]
     sde = LocallyRegularized(DiagonalSDE())
     assert sde.penalty.penalty == "kinetic" and sde.weight.target_ratio == 0.2
     # An option that only a probe step reads asks for the probe step: the paper's penalty, with the

@@ -441,6 +441,9 @@ def test_bad_adjoint_arguments():
         odeint(field, y0, TIMES, gradient="symplectic", adjoint_params=next(field.parameters()))
     with pytest.raises(TypeError, match="adjoint_params"):
         odeint(field, y0, TIMES, gradient="symplectic", adjoint_params=[1.0])
+    for bad in ("seminorm", 5):
+        with pytest.raises(TypeError, match="adjoint_options must be a dict"):
+            odeint(field, y0, TIMES, gradient="adjoint", adjoint_options=bad)
 
 
 @pytest.mark.parametrize("gradient", GRADIENT_METHODS)

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import torch
 from torch import Tensor
 
-from .._tuple import user_func
+from .._tuple import owning_module
 from ._function import (
     ForwardSolve,
     GradientMethod,
@@ -56,14 +55,6 @@ def as_gradient_method(gradient: object) -> GradientMethod:
     if gradient not in _SHORTHANDS:
         raise ValueError(f"unknown gradient {gradient!r}; expected one of {GRADIENT_METHODS}")
     return _SHORTHANDS[gradient]()
-
-
-def owning_module(func: object) -> torch.nn.Module | None:
-    """The module whose parameters ``func`` uses: ``func`` itself, or the module of a bound method
-    (what a tuple state's wrapper wraps); ``None`` for a plain function."""
-    func = user_func(func)
-    owner = func if isinstance(func, torch.nn.Module) else getattr(func, "__self__", None)
-    return owner if isinstance(owner, torch.nn.Module) else None
 
 
 def adjoint_params_tuple(adjoint_params: object) -> tuple[Tensor, ...]:

@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..gradients import adjoint_params_tuple
+from ..gradients import adjoint_params_tuple, owning_module
 from ..sde.problem import is_sde
 from ..tableaus import ButcherTableau
 from ._module import LocalPenalty, Regularized
@@ -52,13 +52,12 @@ def default_weight(
     """:class:`LocallyRegularized`'s default weight for ``penalty``: ``RatioWeight(target,
     every=DEFAULT_EVERY)`` (``target`` :data:`KINETIC_RATIO`, or :data:`DEFAULT_RATIO` for a probe
     step) over ``func``'s trainable parameters (``adjoint_params`` when given, else
-    ``func.parameters()`` of a module); the constant 1 when there are none."""
+    the parameters of ``func``'s module, or of a bound method's); the constant 1 when there are none."""
     if adjoint_params is not None:
         parameters = list(adjoint_params)
-    elif isinstance(func, nn.Module):
-        parameters = list(func.parameters())
     else:
-        parameters = []
+        owner = owning_module(func)
+        parameters = [] if owner is None else list(owner.parameters())
     parameters = [p for p in parameters if isinstance(p, Tensor) and p.requires_grad]
     if not parameters:
         return ConstantWeight(1.0)
