@@ -249,6 +249,32 @@ def test_gradients_accumulated_before_the_measured_pass_do_not_count():
     assert ratios[0] is not None and ratios[1] == pytest.approx(ratios[0], rel=1e-12)
 
 
+@pytest.mark.parametrize("scale", [0.25, 65536.0])
+def test_a_scaled_backward_pass_measures_the_same_ratio(scale):
+    """A loss divided over micro-batches, or scaled by AMP's GradScaler: the task's gradient and the
+    penalty's are scaled alike, so the measured ratio (and the weight it sets) is the unscaled one."""
+    ratios, weights = [], []
+    for factor in (1.0, scale):
+        model = _model(RatioWeight(0.5))
+        model.weight = RatioWeight(0.5, parameters=model.parameters())
+        loss = _task_loss(model(_y0(), T))
+        (factor * (loss + model.reg_loss)).backward()
+        ratios.append(model.weight.last_ratio)
+        weights.append(model.weight())
+    assert ratios[0] is not None and ratios[1] == pytest.approx(ratios[0], rel=1e-9)
+    assert weights[1] == pytest.approx(weights[0], rel=1e-9)
+
+
+def test_a_backward_pass_without_the_penalty_measures_nothing():
+    """The task loss alone backpropagated: its gradient less the penalty's would be no gradient at
+    all, so nothing is measured (and the weight stays)."""
+    model = _model(RatioWeight(0.5))
+    model.weight = RatioWeight(0.5, parameters=model.parameters())
+    weight = model.weight()
+    _task_loss(model(_y0(), T)).backward()
+    assert model.weight.last_ratio is None and model.weight() == weight
+
+
 def test_a_head_applied_after_the_model_is_measured_too():
     """The documented pattern ``params = model's + head's``, the head applied to the model's output,
     the training step inside a function: the head's parameters are in no graph when the penalty is

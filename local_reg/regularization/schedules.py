@@ -377,7 +377,9 @@ class RatioWeight(_SelfTuningWeight):
         """With ``parameters``: count one iteration and, when :attr:`due`, take the gradient of
         ``reg_loss`` (the weighted penalty just made) and measure the task's in the next backward
         pass: a pre-hook on each parameter's gradient accumulator reads that pass's own gradient
-        (not ``.grad``: gradients accumulated before do not count) less the penalty's part; nested
+        (not ``.grad``: gradients accumulated before do not count) less the penalty's part times
+        the factor that pass puts on ``reg_loss`` (so ``(loss + reg_loss) / k`` or AMP's loss
+        scaling measure the unscaled ratio; a pass without ``reg_loss`` measures nothing); nested
         ``torch.autograd.grad`` calls (the gradient methods' own) run no accumulator and are not
         seen. The measurement sets the weight when that backward pass ends, from the parameters it
         reached (so a checkpoint taken after it holds the new weight, and a parameter that gets no
@@ -397,7 +399,9 @@ class RatioWeight(_SelfTuningWeight):
         measurement = {
             "penalty_norm": _norm(penalty),
             "task_sq": 0.0,
-            "reported": 0,
+            "scale": None,
+            "without_penalty": False,
+            "reached": 0,
             "handles": [],
             "nodes": [],
         }
@@ -406,21 +410,33 @@ class RatioWeight(_SelfTuningWeight):
             if self._measurement is measurement:
                 self._finish_measurement()
 
+        def read_scale(gradient: Tensor) -> None:
+            # The backward pass's factor on reg_loss: a loss divided over micro-batches or scaled
+            # by AMP's GradScaler scales the task's gradient and the penalty's alike.
+            measurement["scale"] = float(gradient.sum())
+
         def report(incoming: tuple[Tensor | None, ...], part: Tensor | None, handle_index: int) -> None:
             measurement["handles"][handle_index].remove()
             (gradient,) = incoming
             if gradient is None:
                 return
-            task = gradient if part is None else gradient - part
-            measurement["task_sq"] += float(task.pow(2).sum())
-            measurement["reported"] += 1
-            if measurement["reported"] == 1:
+            if not measurement["reached"]:
                 # Finish when this backward pass ends, with the parameters it reached: one that
                 # gets no gradient (a layer the forward pass skipped) never reports, and waiting
                 # for it would leave the measurement open past a checkpoint.
                 torch.autograd.Variable._execution_engine.queue_callback(finish_this_measurement)
+            measurement["reached"] += 1
+            if part is not None:
+                if measurement["scale"] is None:
+                    # reg_loss reaches this parameter, so a backward pass that carries it has read
+                    # its factor by now: this one does not carry the penalty, and measures nothing.
+                    measurement["without_penalty"] = True
+                    return
+                gradient = gradient - measurement["scale"] * part
+            measurement["task_sq"] += float(gradient.pow(2).sum())
 
-        for index, (parameter, part) in enumerate(zip(parameters, penalty, strict=True)):
+        measurement["handles"].append(reg_loss.register_hook(read_scale))
+        for index, (parameter, part) in enumerate(zip(parameters, penalty, strict=True), start=1):
             # A pre-hook of the parameter's AccumulateGrad node sees this backward pass's gradient
             # before it is added to .grad (so accumulated gradients do not count), and runs only in
             # a backward pass that accumulates: not in the gradient methods' own autograd.grad.
@@ -439,8 +455,11 @@ class RatioWeight(_SelfTuningWeight):
             return
         for handle in measurement["handles"]:
             handle.remove()
-        if measurement["reported"]:
-            self.observe_gradients(measurement["penalty_norm"], math.sqrt(measurement["task_sq"]))
+        scale = measurement["scale"]
+        if measurement["reached"] and scale is not None and not measurement["without_penalty"]:
+            # The task's gradient in that pass was scale times the task loss's.
+            task_norm = math.sqrt(measurement["task_sq"]) / (abs(scale) if scale != 0.0 else 1.0)
+            self.observe_gradients(measurement["penalty_norm"], task_norm)
             self._fold()
 
     def backward(self, task_loss: Tensor, reg_loss: Tensor, parameters: Iterable[Tensor]) -> float:
