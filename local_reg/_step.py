@@ -80,7 +80,10 @@ def cpu_scalar(value: float, dtype: torch.dtype) -> Tensor | float:
 
 @functools.lru_cache(maxsize=256)
 def _cached_scalar(value: float, dtype: torch.dtype) -> Tensor:
-    return torch.tensor(value, dtype=dtype)
+    # Made under inference_mode it would be an inference tensor, which every later differentiated
+    # step would fail to save for backward.
+    with torch.inference_mode(False):
+        return torch.tensor(value, dtype=dtype)
 
 
 def error_scale(y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:

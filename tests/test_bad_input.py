@@ -184,6 +184,31 @@ def test_inference_mode_solves_as_no_grad_does():
         assert torch.equal(got, expected), name
 
 
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_training_after_a_first_solve_under_inference_mode(gradient):
+    """The per-step scalar constants are made once: the first made under inference_mode must not
+    be an inference tensor, which every later differentiated step would fail to save."""
+    from local_reg._step import _cached_scalar
+
+    _cached_scalar.cache_clear()
+    field = Decay(0.7)
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    with torch.inference_mode():
+        odeint(field, y0, [0.0, 1.0])
+    odeint(field, y0, [0.0, 1.0], gradient=gradient).ys[-1].sum().backward()
+    assert field.rate.grad is not None and torch.isfinite(field.rate.grad).all()
+
+
+def test_solver_errors_survive_pickling_as_from_a_worker_process():
+    import pickle
+
+    with pytest.raises(SolverError) as info:
+        odeint(decay, torch.ones(2), [0.0, 1.0], max_steps=3)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert type(copy) is SolverError and str(copy) == str(info.value)
+    assert (copy.reason, copy.t, copy.n_steps) == (info.value.reason, info.value.t, info.value.n_steps)
+
+
 def test_the_backsolve_adjoints_fixed_steps_beyond_max_steps_name_its_own_settings():
     y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
     solution = odeint(Decay(), y0, [0.0, 1.0], gradient=BacksolveAdjoint(step_size=1e-5))
@@ -532,6 +557,41 @@ def test_a_persistently_non_finite_field_still_raises_solver_error():
 
 
 # torchdiffeq backend ---------------------------------------------------------------------------
+
+
+class LearnedDecaySDE(torch.nn.Module):
+    """``dy = -a y dt + 0.1 y dW`` with a learnable rate (picklable: no lambdas)."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rate = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+
+    def f(self, t, y):
+        return -self.rate * y
+
+    def g(self, t, y):
+        return 0.1 * y
+
+
+@pytest.mark.parametrize("backend", ["torchdiffeq", "torchsde"])
+def test_a_model_on_a_peer_backend_pickles_after_training(backend):
+    """Its statistics count the backward solve's calls with an object, not a closure."""
+    import pickle
+
+    field = Decay() if backend == "torchdiffeq" else LearnedDecaySDE()
+    model = LocallyRegularized(field, backend=backend, gradient="adjoint")
+    y0 = torch.ones(2, 2, dtype=torch.float64)
+    ys = model(y0, [0.0, 1.0])
+    (ys[-1].sum() + model.reg_loss).backward()
+    assert model.stats.nfe_backward > 0
+    copy = pickle.loads(pickle.dumps(model))
+    assert copy.stats.nfe_backward == model.stats.nfe_backward
+    ys = copy(y0, [0.0, 1.0])
+    (ys[-1].sum() + copy.reg_loss).backward()  # the copy counts its own calls
+    assert copy.stats.nfe_backward > 0 and model.stats.nfe_backward > 0
 
 
 def test_torchdiffeq_backend_follows_the_error_contract():

@@ -24,6 +24,22 @@ class Request:
     step_penalty: Callable[[Any, float], Tensor] | None = None
 
 
+@dataclass(frozen=True)
+class BackwardCounter:
+    """The evaluations a backend's counting field makes after its forward solve's ``forward_calls``:
+    the adjoint's backward solve (``None`` before it ran, and always for plain backpropagation,
+    which calls the field no more). An object, not a closure, so a model that holds it pickles."""
+
+    counting: Any
+    """The backend's wrapper of the user's field, with a ``calls`` count."""
+    forward_calls: int
+    adjoint: bool
+
+    def __call__(self) -> int | None:
+        extra = self.counting.calls - self.forward_calls
+        return extra if self.adjoint and extra > 0 else None
+
+
 @dataclass(kw_only=True)
 class MainSolve:
     """The main solve of a regularizer.
@@ -46,7 +62,7 @@ class MainSolve:
     step_dt: list[float] | None = None
     step_states: Tensor | None = None
     penalties: Tensor | None = None
-    backward_counter: Callable[[], int | None] | None = None
+    backward_counter: BackwardCounter | None = None
 
     @classmethod
     def from_solution(cls, solution: Solution, *, record_steps: bool = True) -> MainSolve:

@@ -18,7 +18,7 @@ from .._errors import SolverError
 from .._validate import check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
 from ..solution import Stats
-from ._main_solve import MainSolve, Request
+from ._main_solve import BackwardCounter, MainSolve, Request
 
 BACKENDS = ("local_reg", "torchdiffeq")
 DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
@@ -124,18 +124,12 @@ def solve_main(
         reason = f"torchdiffeq: {error} (after {field.calls} evaluations of func)"
         t_failed = math.nan if field.last_t is None else float(field.last_t.detach())
         raise SolverError(reason, t=t_failed, n_steps=len(field.step_t)) from error
-    nfe = field.calls
-
-    def backward_counter() -> int | None:
-        # Calls after the forward solve are the adjoint's backward solve; plain backprop makes none.
-        return field.calls - nfe if is_adjoint and field.calls > nfe else None
-
     return MainSolve(
         ys=ys,
-        stats=Stats(nfe=nfe),
+        stats=Stats(nfe=field.calls),
         n_accepted=len(field.step_t) if record_steps else None,
         step_t=field.step_t if record_steps else None,
         step_dt=field.step_dt if record_steps else None,
         step_states=torch.stack(field.step_states) if request.states and field.step_states else None,
-        backward_counter=backward_counter,
+        backward_counter=BackwardCounter(field, field.calls, is_adjoint),
     )

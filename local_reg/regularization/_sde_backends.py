@@ -19,7 +19,7 @@ from .._validate import check_choice
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
 from ..sde import sdeint
 from ..solution import Stats
-from ._main_solve import MainSolve, Request
+from ._main_solve import BackwardCounter, MainSolve, Request
 
 BACKENDS = ("local_reg", "torchsde")
 GRADIENTS = {"local_reg": ("direct",), "torchsde": ("direct", "adjoint")}
@@ -52,6 +52,10 @@ class CountingSDE(nn.Module):
         self.sde_type = getattr(sde, "sde_type", "ito")
         self.drift_calls = 0
         self.diffusion_calls = 0
+
+    @property
+    def calls(self) -> int:
+        return self.drift_calls + self.diffusion_calls
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         self.drift_calls += 1
@@ -95,11 +99,6 @@ def solve_main(problem: Any, y0: Tensor, times: list[float], bm: Any, request: R
     is_adjoint = isinstance(gradient, BacksolveAdjoint)
     solve = torchsde.sdeint_adjoint if is_adjoint else torchsde.sdeint
     ys = solve(counting, y0, ts, bm=bm, method=method, rtol=rtol, atol=atol, **options)
-    drift, diffusion = counting.drift_calls, counting.diffusion_calls
-
-    def backward_counter() -> int | None:
-        extra = counting.drift_calls + counting.diffusion_calls - drift - diffusion
-        return extra if is_adjoint and extra > 0 else None
-
-    stats = Stats(nfe=drift + diffusion, nfe_diffusion=diffusion)
-    return MainSolve(ys=ys, stats=stats, backward_counter=backward_counter)
+    stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
+    counter = BackwardCounter(counting, counting.calls, is_adjoint)
+    return MainSolve(ys=ys, stats=stats, backward_counter=counter)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import Tensor
 
 from ..solution import Stats
+from ._main_solve import BackwardCounter
 
 
 @dataclass
@@ -48,7 +48,7 @@ class RegularizationStats:
     penalty_finite: bool = True
     n_accepted: int | None = None
     grad_ratio: float | None = None
-    backward_counter: Callable[[], int | None] | None = field(default=None, repr=False)
+    backward_counter: BackwardCounter | None = field(default=None, repr=False)
 
     @property
     def nfe_main(self) -> int:
