@@ -301,3 +301,25 @@ def test_a_copy_of_the_default_model_measures_its_own_parameters():
     assert twin.weight.state_dict()["measured"] == 1 and model.weight.state_dict()["measured"] == 0
     (task_loss(model(y0(), T)) + model.reg_loss).backward()
     assert model.weight() == pytest.approx(twin.weight(), rel=1e-12)  # the same model, the same draw
+
+
+@pytest.mark.parametrize("replace", ["assign", "to_empty"])
+def test_the_default_measures_the_parameters_the_field_has_now(replace):
+    """``load_state_dict(assign=True)`` and a meta-device construction made real by ``to_empty()``
+    put new parameter objects in the field: the default weight measures those, as a model loaded
+    in place does (its hooks on the replaced ones would never run)."""
+    checkpoint = LocallyRegularized(Field(seed=1)).state_dict()
+    ratios = []
+    for how in ("in place", replace):
+        if how == "to_empty":
+            with torch.device("meta"):
+                model = LocallyRegularized(Field(), generator=torch.Generator().manual_seed(0))
+            model.to_empty(device="cpu")
+            model.load_state_dict(checkpoint)
+        else:
+            model = LocallyRegularized(Field(), generator=torch.Generator().manual_seed(0))
+            model.load_state_dict(checkpoint, assign=how == "assign")
+        (task_loss(model(y0(), T)) + model.reg_loss).backward()
+        assert [id(p) for p in model.weight.parameters] == [id(p) for p in model.parameters()]
+        ratios.append(model.weight.last_ratio)
+    assert ratios[0] is not None and ratios[1] == pytest.approx(ratios[0], rel=1e-12)

@@ -30,6 +30,7 @@ from torch import Tensor
 from ..gradients import adjoint_params_tuple, owning_module
 from ..sde.problem import is_sde
 from ..tableaus import ButcherTableau
+from ._diagnostics import trained_parameters
 from ._module import LocalPenalty, Regularized
 from ._stats import RegularizationStats
 from .schedules import ConstantWeight, RatioWeight, WeightSchedule
@@ -228,6 +229,8 @@ class LocallyRegularized(Regularized):
             probe_dtype,
         )
         default = weight is None
+        # The default weight measures over func's parameters unless adjoint_params are given.
+        follows_field = default and solve.get("adjoint_params") is None
         if default:
             if solve.get("adjoint_params") is not None:
                 solve["adjoint_params"] = adjoint_params_tuple(solve["adjoint_params"])  # read twice
@@ -236,13 +239,25 @@ class LocallyRegularized(Regularized):
         # The weight whose target follows the output times (the kinetic default's own, while in use).
         kinetic_default = default and penalty == "kinetic" and isinstance(self.weight, RatioWeight)
         self._default_weight = self.weight if kinetic_default else None
+        self._field_weight = self.weight if follows_field and isinstance(self.weight, RatioWeight) else None
 
     def forward(self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]) -> Tensor:
+        if self.training and self._field_weight is not None and self.weight is self._field_weight:
+            self._measure_the_fields_current_parameters()
         if self._default_weight is not None and self.weight is self._default_weight:
             # The default target follows the kind of solve: read only at its end, or along the flow.
             n_times = t.numel() if isinstance(t, Tensor) else len(t)
             self.weight.target_ratio = FITTED_FLOW_RATIO if n_times > 2 else KINETIC_RATIO
         return super().forward(y0, t)
+
+    def _measure_the_fields_current_parameters(self) -> None:
+        """``load_state_dict(..., assign=True)``, ``to_empty()`` after a meta-device construction
+        and the like put new parameter objects in the field: the default weight measures the ones it
+        has now (those that were replaced would never get a gradient)."""
+        owner = owning_module(self.func)
+        current = [] if owner is None else [p for p in owner.parameters() if p.requires_grad]
+        if current and [id(p) for p in current] != [id(p) for p in self._field_weight.parameters]:
+            self._field_weight.parameters = trained_parameters(current)
 
     @classmethod
     def paper(cls, func: Any, weight: float | WeightSchedule, **keywords: Any) -> LocallyRegularized:
