@@ -737,3 +737,20 @@ def test_regularized_models_take_tuple_states(gradient):
     reference = odeint(field, (z0, logp0), T)
     torch.testing.assert_close(z_eval, reference.ys[0])
     torch.testing.assert_close(logp_eval, reference.ys[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float16, torch.bfloat16])
+def test_integer_and_half_precision_times_sample_as_odeint_reads_them(dtype):
+    """``odeint`` reads such times in the state's dtype; so does the sampler (a bfloat16 span's
+    rounding once snapped every draw to ``t0``, an integer one crashed)."""
+    field = MLPField().float()
+    y0 = _y0().float()
+    draws = {}
+    for times in (torch.tensor([0.0, 2.0]), torch.tensor([0, 2], dtype=dtype)):
+        model = LocallyRegularized(field, generator=torch.Generator().manual_seed(0))
+        draws[times.dtype] = []
+        for _ in range(20):
+            model(y0, times)
+            draws[times.dtype].append(model.stats.t_reg)
+    assert draws[dtype] == draws[torch.float32]
+    assert len(set(draws[dtype])) == 20 and 0.0 < min(draws[dtype])

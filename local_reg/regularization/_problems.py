@@ -21,7 +21,14 @@ from torch.func import functional_call
 
 from .._odeint import odeint
 from .._step import initial_step_size, step, time_tensor
-from .._validate import checked_field, positive_float, relative_tolerance, validate_state, validate_times
+from .._validate import (
+    checked_field,
+    positive_float,
+    relative_tolerance,
+    time_dtype,
+    validate_state,
+    validate_times,
+)
 from ..gradients import adjoint_params_tuple
 from ..sde import sde_initial_step_size, sde_step
 from ..sde.brownian import make_brownian
@@ -183,7 +190,9 @@ class ODEProblem(_Problem):
         in, what the main solve and the probe share (nothing for an ODE) and its cost."""
         validate_state(y0)
         times = validate_times(t)
-        t_dtype = t.dtype if isinstance(t, Tensor) else torch.float64
+        # As odeint: a floating t keeps its precision where wider than the state's; an integer or
+        # half-precision one is read in the state's dtype.
+        t_dtype = time_dtype(t, y0) if isinstance(t, Tensor) else torch.float64
         return times, t_dtype, None, Stats()
 
     def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: None, request: Request):
