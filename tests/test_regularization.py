@@ -753,4 +753,4 @@ def test_integer_and_half_precision_times_sample_as_odeint_reads_them(dtype):
             model(y0, times)
             draws[times.dtype].append(model.stats.t_reg)
     assert draws[dtype] == draws[torch.float32]
-    assert len(set(draws[dtype])) == 20 and 0.0 < min(draws[dtype])
+    assert len(set(draws[dtype])) == 20 and min(draws[dtype]) > 0.0
