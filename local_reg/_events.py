@@ -114,11 +114,16 @@ def find_root(h: Callable[[float], float], ta: float, ha: float, tb: float, hb: 
     root, a jump) takes more than three evaluations per halving."""
     replaced = 0  # which end the last iteration replaced: +1 ta, -1 tb
     widths = [math.inf] * 3
+    # Not done at hb == 0: an h that reaches 0 and stays there (a clamped gap) is 0 from the sign
+    # change on, so only the bracket's width locates its first zero. Regula falsi then proposes
+    # just inside tb: h > 0 there ends the search (an exact root), 0 again means a plateau, which
+    # is bisected.
+    plateau = False
     for _ in range(_MAX_ROOT_ITERATIONS):
         width = abs(tb - ta)
-        if hb == 0.0 or width <= xtol:
+        if width <= xtol:
             break
-        if width > 0.5 * widths[-3]:
+        if plateau or width > 0.5 * widths[-3]:
             tc = 0.5 * (ta + tb)
         else:
             margin = 0.5 * xtol
@@ -132,6 +137,7 @@ def find_root(h: Callable[[float], float], ta: float, ha: float, tb: float, hb: 
                 hb *= 0.5
             replaced = 1
         else:
+            plateau = hc == 0.0 and hb == 0.0
             tb, hb = tc, hc
             if replaced == -1:
                 ha *= 0.5

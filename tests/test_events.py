@@ -182,6 +182,8 @@ def test_exact_graph_free_methods_equal_direct_with_the_event_inside_the_last_st
         # every third evaluation, and 48 halvings take the bracket from 2.9 to 1e-14.
         (lambda t: (1.3 - t) ** 3, 1.3, 3 * 48),
         (lambda t: 1.0 if t < 0.7 else -1.0, 0.7, 3 * 48),
+        # Zero from the root on (a clamped gap): h(tb) == 0 does not mean tb is the first zero.
+        (lambda t: max(0.7 - t, 0.0), 0.7, 3 * 48),
     ],
 )
 def test_find_root_brackets_the_sign_change_to_the_tolerance(h, root, most_calls):
@@ -196,6 +198,15 @@ def test_find_root_brackets_the_sign_change_to_the_tolerance(h, root, most_calls
     assert h(found) <= 0
     assert abs(found - root) <= 2 * xtol
     assert len(calls) <= most_calls
+
+
+def test_an_event_fn_that_stays_zero_after_the_crossing_finds_the_first_zero():
+    """A clamped height is 0 from impact on, so the first step that ends past the impact ends where
+    it is already 0; the event is the first time it is 0 (as torchdiffeq finds it)."""
+    y0 = torch.tensor([10.0, 0.0], dtype=torch.float64)
+    expected, _ = odeint_event(Ball(), y0, 0.0, event_fn=lambda t, y: y[0])
+    event_t, _ = odeint_event(Ball(), y0, 0.0, event_fn=lambda t, y: y[0].clamp(min=0.0))
+    torch.testing.assert_close(event_t, expected, rtol=1e-12, atol=0.0)
 
 
 def test_several_entries_stop_at_the_first_that_changes_sign():
