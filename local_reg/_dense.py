@@ -69,6 +69,8 @@ class DenseOutput:
         if isinstance(t, Tensor):
             if t.dim() > 1:
                 raise ValueError(f"t must be a float, a 0-dim or a 1-D tensor, got shape {tuple(t.shape)}")
+            if t.is_complex() or t.dtype == torch.bool:
+                raise TypeError(f"t must be a real tensor, got dtype {t.dtype}")
             values = [float(v) for v in t.detach().reshape(-1).tolist()]
         elif isinstance(t, bool) or not isinstance(t, (int, float)):
             raise TypeError(f"t must be a float or a tensor of times, got {type(t).__name__}")

@@ -274,6 +274,12 @@ def odeint_event(
         SolverError: the event was not reached within ``max_steps`` attempted steps (or the time
             overflowed), or any failure of :func:`local_reg.odeint`.
     """
+    for name in ("t", "dense"):
+        if name in odeint_kwargs:
+            raise ValueError(
+                f"odeint_event does not take {name}=: it solves from t0 to the event (for the dense "
+                "solution, solve again with odeint(func, y0, [t0, event_t], dense=True))"
+            )
     solution = _solve_until_event(func, y0, t0, event_fn=event_fn, reverse_time=reverse_time, **odeint_kwargs)
     return solution.ts[-1], solution
 
@@ -292,12 +298,6 @@ def _solve_until_event(
     y0 = validate_state(y0)
     if not isinstance(reverse_time, bool):
         raise TypeError(f"reverse_time must be a bool, got {type(reverse_time).__name__}")
-    for name in ("t", "dense"):
-        if name in odeint_kwargs:
-            raise ValueError(
-                f"odeint_event does not take {name}=: it solves from t0 to the event (for the dense "
-                "solution, solve again with odeint(func, y0, [t0, event_t], dense=True))"
-            )
     callbacks = odeint_kwargs.pop("callbacks", None) or StepCallbacks()
     if not isinstance(callbacks, StepCallbacks):
         raise TypeError(f"callbacks must be a StepCallbacks, got {type(callbacks).__name__}")

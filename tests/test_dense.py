@@ -342,6 +342,9 @@ def test_evaluate_needs_dense_and_stays_in_the_span():
     solution = odeint(logistic, torch.tensor([0.2], dtype=DTYPE), [0.0, 1.0], dense=True)
     with pytest.raises(ValueError, match="outside"):
         solution.evaluate(1.5)
+    for bad in (torch.tensor([0.5 + 0j]), torch.tensor([True])):
+        with pytest.raises(TypeError, match="t must be a real tensor"):
+            solution.evaluate(bad)
     with pytest.raises(TypeError, match="dense must be a bool"):
         odeint(logistic, torch.tensor([0.2], dtype=DTYPE), [0.0, 1.0], dense="yes")
     # Backward in time too.

@@ -279,8 +279,9 @@ def test_bad_event_functions_are_named(event_fn, error, match):
 
 def test_bad_arguments_are_named():
     y0 = torch.tensor([10.0, 2.0], dtype=torch.float64)
-    with pytest.raises(ValueError, match="dense"):
-        odeint_event(Ball(), y0, 0.0, event_fn=Ground(), dense=True)
+    for name in ("dense", "t"):
+        with pytest.raises(ValueError, match=f"odeint_event does not take {name}="):
+            odeint_event(Ball(), y0, 0.0, event_fn=Ground(), **{name: True})
     with pytest.raises(ValueError, match="t0 must be one time"):
         odeint_event(Ball(), y0, torch.zeros(2), event_fn=Ground())
     with pytest.raises(TypeError, match="reverse_time"):
