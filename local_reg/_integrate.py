@@ -22,7 +22,7 @@ from torch import Tensor
 from ._dense import DenseOutput
 from ._diagnose import explain_failure
 from ._errors import SolverError
-from ._step import RKStepper, StepResult, VectorField, min_step_size, rms_norm
+from ._step import RKStepper, StepResult, VectorField, min_step_size, rms_norm, underflow_threshold
 from ._stepper import Stepper
 from .controller import PIController
 from .solution import Stats, Steps
@@ -126,7 +126,7 @@ def next_step_size(
     remaining = abs(t_target - t)
     lands = dt_abs * (1.0 + _LANDING_SLACK) >= remaining
     dt_used = remaining if lands else dt_abs
-    if dt_used <= 4 * math.ulp(max(abs(t), 1.0)):
+    if dt_used <= underflow_threshold(t, dt_used):
         raise SolverError(f"step size underflow (dt={dt_used:.3e})", t=t, n_steps=n_steps)
     return dt_used, lands
 
@@ -250,7 +250,7 @@ def integrate(
     if adaptive:
         if options.first_step is not None:
             # A first step below the loop's underflow threshold starts at it (and grows from there).
-            dt_abs = max(abs(options.first_step), min_step_size(times[0]))
+            dt_abs = max(abs(options.first_step), min_step_size(times[0], times[-1]))
         else:
             dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats, t_end=times[-1])
     previous_error = 1.0

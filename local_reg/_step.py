@@ -271,9 +271,17 @@ def compiled_step(options: dict[str, Any]) -> Callable[..., Any]:
     return _COMPILED_STEPS[key]
 
 
-def min_step_size(t: float) -> float:
-    """A step size safely above the loop's underflow threshold ``4 ulp(max(|t|, 1))``."""
-    return 100 * math.ulp(max(abs(t), 1.0))
+def underflow_threshold(t: float, dt: float) -> float:
+    """The loop's smallest step ``dt`` from ``t``: ``4 ulp(max(|t|, dt))``, a step that moves
+    ``t`` by a few ulps. Relative to the times (as scipy's and torchdiffeq's), so a span of 1e-16 s
+    solves as one of 1 s does."""
+    return 4 * math.ulp(max(abs(t), dt))
+
+
+def min_step_size(t: float, t_end: float | None = None) -> float:
+    """A step size safely above the loop's underflow threshold at ``t`` and at the span's end
+    ``t_end`` (a time scale of 1 when ``t_end`` is not known)."""
+    return 100 * math.ulp(max(abs(t), 1.0 if t_end is None else abs(t_end)))
 
 
 def initial_step_size(
@@ -300,7 +308,7 @@ def initial_step_size(
     solver's error norm. ``t_end``, if given, bounds ``h0`` by the span, so ``f`` is not evaluated
     outside ``[t0, t_end]``; ``func`` gets its time in ``time_dtype`` (default ``y0``'s). The norms
     are taken in float64 (``f0 / scale`` overflows float32 for large derivatives), and ``h0`` is
-    kept at least ``min_step_size(t0)``, a step the loop can take.
+    kept at least ``min_step_size(t0, t_end)``, a step the loop can take.
     """
     with torch.no_grad():
         y0_wide, f0_wide = y0.double(), f0.double()
@@ -317,7 +325,7 @@ def initial_step_size(
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         if t_end is not None and t_end != t0:
             h0 = min(h0, abs(t_end - t0))
-        h0 = max(h0, min_step_size(t0))
+        h0 = max(h0, min_step_size(t0, t_end))
         y_euler = y0 + (direction * h0) * f0
         f_euler = func(time_tensor(t0 + direction * h0, y0, time_dtype), y_euler)
         d2 = float(norm((f_euler.double() - f0_wide) / scale)) / h0

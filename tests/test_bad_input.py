@@ -153,6 +153,22 @@ def test_a_first_step_below_the_underflow_threshold_starts_there_and_grows():
         assert float(solution.ys[-1, 0]) == pytest.approx(math.exp(-1.0), rel=1e-5)
 
 
+@pytest.mark.parametrize("span", [1e-15, 1e-20])
+def test_a_tiny_span_solves_as_a_unit_one_does(span):
+    """The underflow threshold is relative to the times: dynamics on a scale of femtoseconds, in
+    seconds, are not a step-size underflow (scipy and torchdiffeq solve them)."""
+    y0 = torch.ones(2, dtype=torch.float64)
+    rate = Decay(1.0 / span)
+    for kwargs in ({}, {"method": "rk4", "step_size": span / 10}, {"dense": True}):
+        solution = odeint(rate, y0, [0.0, span / 2, span], **kwargs)
+        torch.testing.assert_close(solution.ys[-1], y0 * math.exp(-1.0), rtol=1e-5, atol=0.0)
+    # An SDE (noise-free, so deterministic) takes the steps of the same problem on a unit span.
+    tiny = sdeint(DiagonalSDE(lambda t, y: -y / span, lambda t, y: 0 * y), y0.reshape(1, 2), [0.0, span])
+    unit = sdeint(DiagonalSDE(lambda t, y: -y, lambda t, y: 0 * y), y0.reshape(1, 2), [0.0, 1.0])
+    assert tiny.stats.n_steps == unit.stats.n_steps
+    torch.testing.assert_close(tiny.ys[-1], unit.ys[-1], rtol=1e-6, atol=0.0)
+
+
 def test_a_norm_returning_inf_is_named_not_a_nan_step():
     with pytest.raises(ValueError, match="norm must return a finite non-negative number"):
         odeint(decay, torch.ones(2), [0.0, 1.0], norm=lambda x: x.sum() * 0 + math.inf)
