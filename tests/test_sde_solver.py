@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchsde
 
-from local_reg import SolverError
+from local_reg import LocallyRegularized, SolverError
 from local_reg.sde import SDEStats, is_sde, sdeint
 
 DT = torch.float64
@@ -238,6 +238,10 @@ def test_bad_input_names_the_argument():
     strat.sde_type = "stratonovich"
     with pytest.raises(ValueError, match="sde_type"):
         sdeint(strat, y0, [0.0, 1.0])
+    # The regularized models refuse them on the torchsde backend too: the message says so.
+    for sde in (strat, Bad(noise_type="general")):
+        with pytest.raises(ValueError, match="on either backend"):
+            LocallyRegularized(sde, backend="torchsde")
     with pytest.raises(TypeError, match="sde"):
         sdeint(lambda t, y: y, y0, [0.0, 1.0])
     with pytest.raises(ValueError, match="bm"):

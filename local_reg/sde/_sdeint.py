@@ -62,12 +62,13 @@ def sdeint(
         t: output times, 1-D, strictly increasing. Every output time is the end of an accepted
             step (the step that would pass it is shortened to land on it).
         method: ``"euler_maruyama"`` (strong order 1/2, 1 for additive noise) or ``"milstein"``
-            (derivative-free Milstein, strong order 1 for diagonal and scalar noise, the same for
-            additive noise; no extra evaluation in the adaptive mode). With adaptive steps
-            Euler--Maruyama converges to a biased limit for multiplicative noise, since the error
-            estimate that accepts a step holds the Milstein term it drops: use ``"milstein"``
-            where the path's accuracy matters (docs/sde.md). Euler--Maruyama stays the default
-            as the scheme of [LR23]'s SDE experiments.
+            (derivative-free Milstein, strong order 1 for scalar noise and for diagonal noise whose
+            ``g_i`` depends on ``y_i`` alone; order 1/2 where it depends on other components, which
+            would need Levy areas; the same for additive noise; no extra evaluation in the adaptive
+            mode). With adaptive steps Euler--Maruyama converges to a biased limit for
+            multiplicative noise, since the error estimate that accepts a step holds the Milstein
+            term it drops: use ``"milstein"`` where the path's accuracy matters (docs/sde.md).
+            Euler--Maruyama stays the default as the scheme of [LR23]'s SDE experiments.
         rtol, atol: tolerances of ``EEst``. The defaults ``1e-2`` suit neural SDEs: the scheme is
             low order, the noise itself is O(sqrt(h)) per step, and a trained model's outputs are
             averaged over trajectories, so path accuracy beyond ~1% buys nothing but NFE (the

@@ -41,7 +41,9 @@ same point.
 
 Milstein (``milstein=True``). The propagated solution is Euler--Maruyama plus the signed Milstein
 term, ``y1 = K + g0 dW + (g(t, y + g0 sqrt(h)) - g0)/sqrt(h) * (dW^2 - h)/2``: a derivative-free
-Milstein scheme (Kloeden & Platen Sec. 11.1), strong order 1 for diagonal and scalar noise, the
+Milstein scheme (Kloeden & Platen Sec. 11.1), strong order 1 for scalar noise and for diagonal
+noise whose ``g_i`` depends on ``y_i`` alone (commutative noise; coupled diagonal noise would need
+Levy areas, and the scheme is then of order 1/2), the
 same error estimate (local extrapolation, as Dormand--Prince propagate the higher order) at no
 extra evaluation in the adaptive mode (one diffusion evaluation more per fixed step). It is the
 scheme to use adaptively: the error estimate contains ``dW^2 - h``, so the accepted steps are

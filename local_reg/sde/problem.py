@@ -49,14 +49,15 @@ def validate_sde(sde: Any) -> tuple[str, str]:
     if noise_type not in SUPPORTED_NOISE_TYPES:
         raise ValueError(
             f"sde.noise_type={noise_type!r} is not supported: use one of {SUPPORTED_NOISE_TYPES} "
-            "(general noise needs Levy areas for a strong error estimate; solve it with "
-            "backend='torchsde')"
+            "(general noise needs Levy areas for a strong error estimate; torchsde.sdeint solves "
+            "it, but the regularized models need one of these noise types on either backend)"
         )
     sde_type = getattr(sde, "sde_type", "ito")
     if sde_type not in SUPPORTED_SDE_TYPES:
         raise ValueError(
             f"sde.sde_type={sde_type!r} is not supported: the Euler--Maruyama scheme of sdeint is "
-            "an Ito scheme (declare sde_type='ito', or use backend='torchsde' for Stratonovich SDEs)"
+            "an Ito scheme (declare sde_type='ito'; torchsde.sdeint solves Stratonovich SDEs, but the "
+            "regularized models need an Ito SDE on either backend)"
         )
     return noise_type, sde_type
 
