@@ -14,7 +14,8 @@ held at the edge of the explicit method's stability region (Hairer--Wanner II, I
 stability-limited step keeps ``|dt| * rho`` near the boundary, about 1 on this scale, while
 accuracy would allow much longer steps)."""
 RECENT_STEPS = 20
-SETTINGS_HINT = "(raise max_steps, or loosen rtol/atol)"
+RAISE_MAX_STEPS = "raise max_steps (options['max_num_steps'] in local_reg.compat)"
+SETTINGS_HINT = f"({RAISE_MAX_STEPS}, or loosen rtol/atol)"
 """What a ``max_steps`` failure suggests when the problem does not look stiff."""
 
 
@@ -41,7 +42,7 @@ def explain_failure(error: SolverError, log: Any, options: Any, non_finite: str 
             reason += (
                 f"; the problem looks stiff: |dt| * rho / stability_size = {ratio:.2f} over the last "
                 "accepted steps, so the explicit method's step is limited by stability, not accuracy "
-                "(raise max_steps, or reduce the stiffness, e.g. with regularizer='stiffness')"
+                f"({RAISE_MAX_STEPS}, or reduce the stiffness, e.g. with regularizer='stiffness')"
             )
         else:
             reason += f" {SETTINGS_HINT}"

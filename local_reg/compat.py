@@ -72,6 +72,10 @@ _CALLBACKS = (
 )
 
 
+_FIXED_GRID_EVENT_STEPS = 20000
+"""torchdiffeq 0.2.5's limit on a fixed-grid solve until an event (its ``max_itrs``)."""
+
+
 def _tableau(method: str | None) -> ButcherTableau:
     if method is None:
         return METHODS["dopri5"]
@@ -190,7 +194,9 @@ def _solve(
     }
     if "max_num_steps" in opts:
         kwargs["max_steps"] = opts.pop("max_num_steps")
-    elif step_size is not None and not events:
+    elif step_size is not None and events:
+        kwargs["max_steps"] = _FIXED_GRID_EVENT_STEPS
+    elif step_size is not None:
         # torchdiffeq's fixed grids have no step limit: allow exactly the steps the grid needs.
         times = [float(value) for value in torch.as_tensor(t, dtype=torch.float64)]
         kwargs["max_steps"] = max(1, fixed_steps_over(times, step_size))

@@ -384,6 +384,21 @@ def test_compat_odeint_with_event_fn_returns_torchdiffeqs_types():
         torch.testing.assert_close(mine, theirs_part, rtol=0, atol=1e-7)
 
 
+def test_compat_fixed_step_events_have_torchdiffeqs_limit_not_local_regs():
+    """torchdiffeq allows a fixed-grid solve 20000 steps to its event; local_reg's default is 10000."""
+    y0 = torch.zeros(1, dtype=torch.float64)
+    for library in (compat, torchdiffeq):
+        event_t, _ = library.odeint_event(
+            lambda t, y: torch.ones_like(y),
+            y0,
+            torch.tensor(0.0, dtype=torch.float64),
+            event_fn=lambda t, y: y[0] - 15.0,
+            method="euler",
+            options=dict(step_size=0.001),
+        )
+        assert event_t.item() == pytest.approx(15.0, abs=1e-6), library
+
+
 def test_compat_event_errors():
     func = Spiral()
     y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
