@@ -50,6 +50,13 @@ def positive_float(name: str, value: object) -> float:
     return value
 
 
+def non_negative_float(name: str, value: object) -> float:
+    value = real_number(name, value, "a non-negative float")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be non-negative and finite, got {value}")
+    return value
+
+
 def relative_tolerance(name: str, value: object) -> float:
     """``value`` as a relative tolerance: positive and finite, or 0 (a pure absolute tolerance, as
     in torchdiffeq; the absolute tolerance beside it must then be positive)."""

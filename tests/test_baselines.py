@@ -11,6 +11,7 @@ from scipy.linalg import expm
 
 from local_reg import (
     ExponentialDecay,
+    RatioWeight,
     RNODERegularized,
     SteerRegularized,
     TayNODERegularized,
@@ -347,6 +348,18 @@ def test_bad_input_is_named(cls):
         cls(Linear(), gradient="backprop")
     with pytest.raises(ValueError, match="rtol"):
         cls(Linear(), rtol=-1e-6)
+
+
+def test_coefficients_are_checked_before_any_conversion_and_take_numpy_scalars():
+    """``b=True`` is not 1.0 and ``b=None`` is named; a numpy scalar or a 0-dim tensor is a number."""
+    for bad in (True, None, "0.5"):
+        with pytest.raises(TypeError, match="b must be a non-negative float"):
+            SteerRegularized(Linear(), b=bad)
+        with pytest.raises(TypeError, match="kinetic must be a non-negative float"):
+            RNODERegularized(Linear(), kinetic=bad)
+    assert SteerRegularized(Linear(), b=np.float32(0.25)).penalty.b == 0.25
+    assert RNODERegularized(Linear(), jacobian=torch.tensor(0.5)).penalty.jacobian == 0.5
+    assert RatioWeight(np.float32(0.5)).target_ratio == 0.5
 
 
 def test_taynode_order_is_checked():

@@ -18,7 +18,6 @@ from .._validate import check_generator
 from ..solution import Solution, Stats
 from ._problems import ODEProblem
 from ._stats import RegularizationStats
-from .schedules import _non_negative as non_negative
 
 VectorField = Callable[[Tensor, Tensor], Tensor]
 
@@ -35,12 +34,6 @@ class BaselineStats(RegularizationStats):
 
     terms: dict[str, float] = field(default_factory=dict)
     t_end: float | None = None
-
-
-def positive(name: str, value: object) -> float:
-    if non_negative(name, value) == 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return float(value)
 
 
 # Offsets the wrapper's own stream from the global one it is seeded from.

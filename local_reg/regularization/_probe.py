@@ -83,13 +83,8 @@ def check_probe_options(
     return probe, float(probe_scale), penalty, n_draws
 
 
-def probe_step_size(step_size: str, probe: str) -> str:
-    """The regularizer's ``step_size`` (``"initial"`` or ``"solver"``) for a probe choice."""
-    return "solver" if probe == "solver" else step_size
-
-
 def heuristic_order(order: int, probe: str) -> int:
-    """The ``order`` to pass to :func:`local_reg.step.initial_step_size` so that its exponent is
+    """The ``order`` to pass to :func:`local_reg._step.initial_step_size` so that its exponent is
     ``1/p`` (``"initial"``) or ``1/(p+1)`` (``"initial-hairer"``)."""
     return order + 1 if probe == "initial-hairer" else order
 
@@ -116,9 +111,8 @@ def sample_output_times(
 ) -> tuple[list[float], list[float]]:
     """Draw ``n_draws`` times ``t_reg ~ U[t0, t1)`` and add them to the output times.
 
-    Returns ``(solve_times, t_regs)``. With one draw this consumes the generator exactly as
-    :func:`local_reg._sampling.sample_output_time`; a draw within :func:`time_tolerance` of an
-    existing time is that time.
+    Returns ``(solve_times, t_regs)``; a draw within :func:`time_tolerance` of an existing time is
+    that time.
     """
     tolerance = time_tolerance(times, t_dtype)
     solve_times = list(times)

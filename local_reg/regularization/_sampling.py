@@ -7,7 +7,6 @@ import bisect
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
 
 from .._validate import check_choice
 
@@ -68,23 +67,3 @@ def sample_uniform_time(
         # [t0, t1): a draw that rounds onto (or within a sliver of) the end is drawn again.
         if abs(t1 - t_reg) > tolerance:
             return t_reg
-
-
-def sample_output_time(
-    times: Sequence[float], t_dtype: torch.dtype, generator: torch.Generator | None
-) -> tuple[list[float], int, bool]:
-    """Draw ``t_reg ~ U[t0, t1)`` and add it to the output times, where the main solve reads its
-    dense output (ODEs) or lands (SDEs, ``step_to_outputs``).
-
-    Returns ``(solve_times, index, inserted)``: ``t_reg = solve_times[index]`` (an existing output
-    time if the draw fell within :func:`time_tolerance` of one, then ``inserted`` is ``False``).
-    """
-    t_reg = sample_uniform_time(times, t_dtype, generator)
-    return insert_time(times, t_reg, time_tolerance(times, t_dtype))
-
-
-def split_output(ys: Tensor, index: int, inserted: bool) -> tuple[Tensor, Tensor]:
-    """Undo :func:`sample_output_time` on the solution at ``solve_times``: returns ``(ys, state)``,
-    the solution at the requested times and ``u(t_reg)``."""
-    state = ys[index]
-    return (torch.cat([ys[:index], ys[index + 1 :]]) if inserted else ys), state

@@ -26,14 +26,13 @@ import torch
 from torch import Tensor
 from torch.func import vjp
 
-from .._validate import validate_times
+from .._validate import non_negative_float, validate_times
 from ._augmented import Integrand, solve_augmented
 from ._baseline import (
     BaselinePenalty,
     BaselineStats,
     VectorField,
     call_generator,
-    non_negative,
     own_generator,
     solution_stats,
 )
@@ -73,8 +72,8 @@ class RNODEPenalty(BaselinePenalty):
     jacobian: float = 1.0
 
     def __post_init__(self) -> None:
-        non_negative("kinetic", self.kinetic)
-        non_negative("jacobian", self.jacobian)
+        object.__setattr__(self, "kinetic", non_negative_float("kinetic", self.kinetic))
+        object.__setattr__(self, "jacobian", non_negative_float("jacobian", self.jacobian))
 
     def __call__(
         self, problem: Any, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
@@ -127,7 +126,7 @@ class RNODERegularized(Regularized):
         generator: torch.Generator | None = None,
         **solve: Any,
     ) -> None:
-        penalty = RNODEPenalty(float(kinetic), float(jacobian))
+        penalty = RNODEPenalty(kinetic, jacobian)
         super().__init__(func, penalty, weight=weight, generator=own_generator(generator), **solve)
 
 

@@ -19,15 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._validate import non_negative_float, positive_float
 from ._diagnostics import GradientRatio, trained_parameters
-
-
-def _non_negative(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a non-negative float, got {type(value).__name__}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be non-negative and finite, got {value}")
-    return float(value)
 
 
 class WeightSchedule:
@@ -86,7 +79,7 @@ class ConstantWeight(WeightSchedule):
 
     def __init__(self, value: float) -> None:
         super().__init__()
-        self.weight = _non_negative("weight", value)
+        self.weight = non_negative_float("weight", value)
 
     def value(self, iteration: int) -> float:
         return self.weight
@@ -104,8 +97,8 @@ class ExponentialDecay(WeightSchedule):
 
     def __init__(self, w0: float, w1: float, n_steps: int) -> None:
         super().__init__()
-        self.w0 = _non_negative("w0", w0)
-        self.w1 = _non_negative("w1", w1)
+        self.w0 = non_negative_float("w0", w0)
+        self.w1 = non_negative_float("w1", w1)
         if self.w0 == 0 or self.w1 == 0:
             raise ValueError(f"w0 and w1 must be positive for an exponential decay, got {w0}, {w1}")
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
@@ -120,24 +113,17 @@ class ExponentialDecay(WeightSchedule):
         return f"ExponentialDecay(w0={self.w0}, w1={self.w1}, n_steps={self.n_steps})"
 
 
-def _positive(name: str, value: object) -> float:
-    value = _non_negative(name, value)
-    if value == 0:
-        raise ValueError(f"{name} must be positive, got {value}")
-    return value
-
-
 class _SelfTuningWeight(WeightSchedule):
     """What the weights that tune themselves share: a start ``initial`` within ``[w_min, w_max]``, an
     averaging factor ``beta`` and a state (``_fresh()``'s keys) saved whole by ``state_dict()``."""
 
     def __init__(self, initial: float, beta: float, w_min: float, w_max: float) -> None:
         super().__init__()
-        self.initial = _positive("initial", initial)
-        self.beta = _non_negative("beta", beta)
+        self.initial = positive_float("initial", initial)
+        self.beta = non_negative_float("beta", beta)
         if self.beta >= 1:
             raise ValueError(f"beta must be in [0, 1), got {beta}")
-        self.w_min, self.w_max = _positive("w_min", w_min), _positive("w_max", w_max)
+        self.w_min, self.w_max = positive_float("w_min", w_min), positive_float("w_max", w_max)
         if not self.w_min <= self.initial <= self.w_max:
             raise ValueError(f"initial must lie in [w_min, w_max] = [{w_min}, {w_max}], got {initial}")
         self._state = self._fresh()
@@ -201,9 +187,9 @@ class AdaptiveWeight(_SelfTuningWeight):
         w_min: float = 1e-3,
         w_max: float = 1e3,
     ) -> None:
-        self.loss_rise = _non_negative("loss_rise", loss_rise)
-        self.target_nfe = None if target_nfe is None else _positive("target_nfe", target_nfe)
-        self.rate = _positive("rate", rate)
+        self.loss_rise = non_negative_float("loss_rise", loss_rise)
+        self.target_nfe = None if target_nfe is None else positive_float("target_nfe", target_nfe)
+        self.rate = positive_float("rate", rate)
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
         self.warmup = warmup
@@ -326,7 +312,7 @@ class RatioWeight(_SelfTuningWeight):
         w_max: float = 1e3,
         parameters: Iterable[Tensor] | None = None,
     ) -> None:
-        self.target_ratio = _positive("target_ratio", target_ratio)
+        self.target_ratio = positive_float("target_ratio", target_ratio)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int, got {every!r}")
         self.every = every
@@ -535,4 +521,4 @@ def as_schedule(weight: float | WeightSchedule) -> WeightSchedule:
     """A float becomes a :class:`ConstantWeight`; a schedule is used as is."""
     if isinstance(weight, WeightSchedule):
         return weight
-    return ConstantWeight(_non_negative("weight", weight))
+    return ConstantWeight(non_negative_float("weight", weight))

@@ -26,13 +26,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import validate_times
+from .._validate import non_negative_float, validate_times
 from ._baseline import (
     BaselinePenalty,
     BaselineStats,
     VectorField,
     call_generator,
-    non_negative,
     own_generator,
 )
 from ._main_solve import Request
@@ -64,7 +63,7 @@ class SteerPenalty(BaselinePenalty):
     b: float = 0.5
 
     def __post_init__(self) -> None:
-        non_negative("b", self.b)
+        object.__setattr__(self, "b", non_negative_float("b", self.b))
 
     def __call__(
         self, problem: Any, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
@@ -99,7 +98,7 @@ class SteerRegularized(Regularized):
     def __init__(
         self, func: VectorField, *, b: float = 0.5, generator: torch.Generator | None = None, **solve: Any
     ) -> None:
-        super().__init__(func, SteerPenalty(float(b)), generator=own_generator(generator), **solve)
+        super().__init__(func, SteerPenalty(b), generator=own_generator(generator), **solve)
 
 
 def steer_regularization(
