@@ -45,9 +45,9 @@ class DenseOutput:
         # it alone would differentiate as the identity, a silently wrong gradient.
         self.states.append(y if torch.is_grad_enabled() else y.detach())
 
-    def _locate(self, t: float) -> int | None:
-        """The step whose dense output gives ``t``, or ``None`` if ``t`` is a recorded state
-        (``-1 - index`` encodes ``states[index]``)."""
+    def _locate(self, t: float) -> int:
+        """The index of the step whose dense output gives ``t``, or ``-1 - index`` if ``t`` is the
+        recorded state ``states[index]``."""
         direction = 1.0 if self.dt[0] > 0 else -1.0
         t_start = self.t[0]
         t_end = self.t[-1] + self.dt[-1]

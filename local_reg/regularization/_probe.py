@@ -84,7 +84,7 @@ def check_probe_options(
 
 
 def heuristic_order(order: int, probe: str) -> int:
-    """The ``order`` to pass to :func:`local_reg._step.initial_step_size` so that its exponent is
+    """The ``order`` to pass to :func:`local_reg.initial_step_size` so that its exponent is
     ``1/p`` (``"initial"``) or ``1/(p+1)`` (``"initial-hairer"``)."""
     return order + 1 if probe == "initial-hairer" else order
 

@@ -4,7 +4,7 @@
 their backends, and take the local regularizer's probe step from a point of the solution: one
 :func:`local_reg.step` of an embedded Runge--Kutta pair, or one instrumented Euler--Maruyama step
 (:func:`local_reg.sde.sde_step`) on the main solve's Brownian path. The penalty strategies
-(:mod:`._penalties`) are written once against this interface.
+(:mod:`._module`) are written once against this interface.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from .schedules import ConstantWeight, RatioWeight, WeightSchedule
 KINETIC_RATIO = 0.2
 """The default weight's target ``||grad (w R)|| / ||grad L||`` over the vector field's parameters for
 the default (kinetic) penalty."""
-DEFAULT_RATIO = 1.0
+PROBE_RATIO = 1.0
 """The same target for the probe-step penalties."""
 FITTED_FLOW_RATIO = 0.1
 """The kinetic default's target when ``t`` has interior output times: the solution is read along
@@ -51,7 +51,7 @@ def default_weight(
     func: Any, adjoint_params: Iterable[Tensor] | None = None, penalty: str = "kinetic"
 ) -> WeightSchedule:
     """:class:`LocallyRegularized`'s default weight for ``penalty``: ``RatioWeight(target,
-    every=DEFAULT_EVERY)`` (``target`` :data:`KINETIC_RATIO`, or :data:`DEFAULT_RATIO` for a probe
+    every=DEFAULT_EVERY)`` (``target`` :data:`KINETIC_RATIO`, or :data:`PROBE_RATIO` for a probe
     step) over ``func``'s trainable parameters (``adjoint_params`` when given, else
     the parameters of ``func``'s module, or of a bound method's); the constant 1 when there are none."""
     if adjoint_params is not None:
@@ -62,7 +62,7 @@ def default_weight(
     parameters = [p for p in parameters if isinstance(p, Tensor) and p.requires_grad]
     if not parameters:
         return ConstantWeight(1.0)
-    target = KINETIC_RATIO if penalty == "kinetic" else DEFAULT_RATIO
+    target = KINETIC_RATIO if penalty == "kinetic" else PROBE_RATIO
     return RatioWeight(target, every=DEFAULT_EVERY, parameters=parameters)
 
 

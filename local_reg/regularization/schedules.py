@@ -271,8 +271,10 @@ class RatioWeight(_SelfTuningWeight):
 
         w = clip(target_ratio * G_L / G_R, w_min, w_max)
 
-    from the first measurement on (``initial`` until then). The default target 1 is the one the
-    study in docs/results.md chose (on one task, then checked on three others). The two norms are
+    from the first measurement on (``initial`` until then). The target ``1`` (this class's
+    default) is the one the study in docs/results.md chose for the probe-step penalties;
+    :class:`LocallyRegularized`'s default kinetic penalty uses ``0.2`` (``0.1`` for a fit read
+    along the flow), measured every 10 iterations (docs/regularization.md). The two norms are
     averaged, not their ratio, so that a minibatch with a near-zero task gradient (an unbounded
     ratio) does not dominate the average. It goes beyond [LR23], whose weights are
     fixed per task; normalizing a loss term by gradient norms is the idea of GradNorm (Chen et al.,
@@ -280,10 +282,10 @@ class RatioWeight(_SelfTuningWeight):
     classifier's head too): the task's gradient is the whole model's.
 
     Two ways to use it. **With the trained parameters given**, the model measures and updates the
-    weight by itself, in the usual training loop (this is :class:`LocallyRegularized`'s default
-    weight, over its vector field's parameters)::
+    weight by itself, in the usual training loop (as :class:`LocallyRegularized`'s default weight,
+    ``RatioWeight(0.2, every=10)`` over its vector field's parameters, does)::
 
-        model = LocallyRegularized(func, weight=RatioWeight(1.0, parameters=params))
+        model = LocallyRegularized(func, weight=RatioWeight(0.2, every=10, parameters=params))
         loss = task_loss(model(y0, t))
         optimizer.zero_grad()
         (loss + model.reg_loss).backward()

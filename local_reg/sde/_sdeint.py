@@ -51,7 +51,7 @@ def sdeint(
     """Solve the Ito SDE ``dy = f(t, y) dt + g(t, y) dW`` from ``y(t[0]) = y0``.
 
     Adaptive Euler--Maruyama with a Lamba / Rackauckas--Nie embedded error estimate (see
-    :mod:`local_reg.sde.step` for the formulas), a PI step-size controller
+    :mod:`local_reg.sde._step` for the formulas), a PI step-size controller
     (:class:`local_reg.PIController`) and a Brownian path kept consistent under rejections (see
     :mod:`local_reg.sde.brownian`).
 
