@@ -134,7 +134,7 @@ def test_global_regularization():
     ys, reg_mean, stats = global_regularization(sde, y0, [0.0, 1.0], bm=bm)
     _, reg_sum, _ = global_regularization(sde, y0, [0.0, 1.0], bm=bm, reduction="sum")
     assert reg_sum.item() == pytest.approx(reg_mean.item() * stats.n_accepted)
-    assert stats.nfe_reg == 0 and stats.nfe_main == stats.solver_stats.nfe
+    assert stats.nfe_reg == 0 and stats.nfe_main == stats.main.nfe
     reg_mean.backward()
     drift, diffusion = grads(sde)
     assert drift > 0 and diffusion > 0

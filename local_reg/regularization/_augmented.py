@@ -24,8 +24,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from .._step import VectorField
 from ..solution import Solution
-from ._baseline import VectorField
 from ._problems import ODEProblem
 
 Integrand = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]

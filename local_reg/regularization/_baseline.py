@@ -8,18 +8,15 @@ library applies to them unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .._validate import check_generator
 from ..solution import Solution, Stats
 from ._problems import ODEProblem
 from ._stats import RegularizationStats
-
-VectorField = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass

@@ -60,7 +60,11 @@ def make_problem(func: Any, config: SolveConfig) -> Problem:
 
 
 def plain_solve(
-    problem: Problem, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
+    problem: Problem,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    generator: torch.Generator | None = None,
+    bm: Any = None,
 ) -> tuple[Tensor, RegularizationStats]:
     """The unregularized solve (vanilla training, and every solve in eval mode): no extra output
     time, no extra evaluation."""
@@ -167,7 +171,12 @@ class LocalPenalty:
         )
 
     def __call__(
-        self, problem: Problem, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
+        self,
+        problem: Problem,
+        y0: Tensor,
+        t: Tensor | Sequence[float],
+        generator: torch.Generator | None = None,
+        bm: Any = None,
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
         tableau = problem.check_regularizer(self.regularizer, self.reg_method)
         times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
@@ -298,7 +307,12 @@ class GlobalPenalty:
             check_regularizer_tableau(self.regularizer, tableau, "method")
 
     def __call__(
-        self, problem: Problem, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
+        self,
+        problem: Problem,
+        y0: Tensor,
+        t: Tensor | Sequence[float],
+        generator: torch.Generator | None = None,
+        bm: Any = None,
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
         times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
         if len(times) < 2:
@@ -397,7 +411,9 @@ class Regularized(nn.Module):
         # reg_loss holds the last training pass's graph, which copy.deepcopy and pickle refuse.
         return {**super().__getstate__(), "reg_loss": self.reg_loss.detach()}
 
-    def forward(self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]) -> Tensor:
+    def forward(
+        self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]
+    ) -> Tensor | tuple[Tensor, ...]:
         problem, y0, unflatten = self._flat(y0, t)
         if self.penalty is None or not self.training:
             ys, self.stats = plain_solve(problem, y0, t, self.generator)

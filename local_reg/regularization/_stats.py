@@ -90,11 +90,6 @@ class RegularizationStats:
             return self.backward_counter()
         return self.main.nfe_backward
 
-    @property
-    def solver_stats(self) -> Stats:
-        """The main solve's statistics (``main``)."""
-        return self.main
-
 
 SDERegularizationStats = RegularizationStats
 """Deprecated alias: one :class:`RegularizationStats` serves ODEs and SDEs."""

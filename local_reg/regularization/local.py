@@ -241,7 +241,9 @@ class LocallyRegularized(Regularized):
         self._default_weight = self.weight if kinetic_default else None
         self._field_weight = self.weight if follows_field and isinstance(self.weight, RatioWeight) else None
 
-    def forward(self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]) -> Tensor:
+    def forward(
+        self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]
+    ) -> Tensor | tuple[Tensor, ...]:
         if self.training and self._field_weight is not None and self.weight is self._field_weight:
             self._measure_the_fields_current_parameters()
         if self._default_weight is not None and self.weight is self._default_weight:

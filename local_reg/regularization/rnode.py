@@ -26,12 +26,12 @@ import torch
 from torch import Tensor
 from torch.func import vjp
 
+from .._step import VectorField
 from .._validate import non_negative_float, validate_times
 from ._augmented import Integrand, solve_augmented
 from ._baseline import (
     BaselinePenalty,
     BaselineStats,
-    VectorField,
     call_generator,
     own_generator,
     solution_stats,
@@ -76,7 +76,12 @@ class RNODEPenalty(BaselinePenalty):
         object.__setattr__(self, "jacobian", non_negative_float("jacobian", self.jacobian))
 
     def __call__(
-        self, problem: Any, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
+        self,
+        problem: Any,
+        y0: Tensor,
+        t: Tensor | Sequence[float],
+        generator: torch.Generator | None = None,
+        bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
         times = validate_times(t)
         eps = rademacher(y0.shape, generator, y0)

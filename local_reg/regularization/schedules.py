@@ -35,7 +35,9 @@ class WeightSchedule:
         self.iteration = 0
 
     def value(self, iteration: int) -> float:
-        raise NotImplementedError
+        """The weight at training iteration ``iteration`` (0 before the first :meth:`step`): what a
+        schedule defines."""
+        raise NotImplementedError(f"{type(self).__name__} must define value(iteration)")
 
     def __call__(self) -> float:
         return self.value(self.iteration)

@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._step import VectorField
 from .._validate import non_negative_float, validate_times
 from ._baseline import (
     BaselinePenalty,
     BaselineStats,
-    VectorField,
     call_generator,
     own_generator,
 )
@@ -66,7 +66,12 @@ class SteerPenalty(BaselinePenalty):
         object.__setattr__(self, "b", non_negative_float("b", self.b))
 
     def __call__(
-        self, problem: Any, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
+        self,
+        problem: Any,
+        y0: Tensor,
+        t: Tensor | Sequence[float],
+        generator: torch.Generator | None = None,
+        bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
         times = validate_times(t)
         check_half_width(self.b, times)

@@ -31,9 +31,10 @@ import torch
 from torch import Tensor
 from torch.func import jvp
 
+from .._step import VectorField
 from .._validate import validate_times
 from ._augmented import Integrand, solve_augmented
-from ._baseline import BaselinePenalty, BaselineStats, VectorField, solution_stats
+from ._baseline import BaselinePenalty, BaselineStats, solution_stats
 from ._module import Regularized
 from .schedules import WeightSchedule
 
@@ -87,7 +88,12 @@ class TayNODEPenalty(BaselinePenalty):
         check_order(self.order)
 
     def __call__(
-        self, problem: Any, y0: Tensor, t: Tensor | Sequence[float], generator=None, bm=None
+        self,
+        problem: Any,
+        y0: Tensor,
+        t: Tensor | Sequence[float],
+        generator: torch.Generator | None = None,
+        bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
         times = validate_times(t)
         integrand = taylor_integrand(problem.func, self.order)
