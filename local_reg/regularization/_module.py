@@ -25,6 +25,7 @@ from ..sde.problem import is_sde
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from ._main_solve import Request
+from ._options import ODE_DEFAULT_METHOD
 from ._penalty import finite_penalty
 from ._probe import (
     PENALTIES,
@@ -236,7 +237,7 @@ class LocalPenalty:
                 direction,
                 self.detach_state,
                 scale=self.probe_scale,
-                hairer=self.probe == "initial-hairer",
+                heuristic=self.probe,
             )
             probe.add(cost_of_draw.nfe, diffusion=cost_of_draw.nfe_diffusion)
             if self.penalty == "error-dt":
@@ -303,7 +304,8 @@ class GlobalPenalty:
             if self.reduction == "max":
                 raise ValueError("reduction='max' is not available for SDEs; use 'mean' or 'sum'")
         else:
-            tableau = get_tableau("tsit5" if problem.method is None else problem.method)
+            method = ODE_DEFAULT_METHOD["local_reg"] if problem.method is None else problem.method
+            tableau = get_tableau(method)
             check_regularizer_tableau(self.regularizer, tableau, "method")
 
     def __call__(
@@ -385,7 +387,15 @@ class Regularized(nn.Module):
     ) -> None:
         super().__init__()
         # Everything is checked now, so a typo fails at construction, not at the first batch.
-        config = SolveConfig(backend, method, rtol, atol, gradient, adjoint_params, options)
+        config = SolveConfig(
+            backend=backend,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            gradient=gradient,
+            adjoint_params=adjoint_params,
+            options=options,
+        )
         self.problem = make_problem(func, config)
         if penalty is not None:
             is_penalty = callable(penalty) and callable(getattr(penalty, "check", None))

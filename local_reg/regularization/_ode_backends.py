@@ -19,9 +19,9 @@ from .._validate import check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
 from ..solution import Stats
 from ._main_solve import BackwardCounter, MainSolve, Request
+from ._options import ODE_DEFAULT_METHOD
 
 BACKENDS = ("local_reg", "torchdiffeq")
-DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
 
 
 def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
@@ -95,7 +95,7 @@ def solve_main(
     func, backend, method, gradient = problem.func, problem.backend, problem.method, problem.gradient
     rtol, atol, adjoint_params = problem.rtol, problem.atol, problem.adjoint_params
     record_steps = request.steps
-    method = DEFAULT_METHOD[backend] if method is None else method
+    method = ODE_DEFAULT_METHOD[backend] if method is None else method
     options = dict(problem.options or {})
     if backend == "local_reg":
         solution = problem.odeint(

@@ -23,6 +23,9 @@ _SDEINT_RESERVED |= {"step_penalty"}
 _TORCHSDE_RESERVED = {"sde", "y0", "ts", "bm", "method", "rtol", "atol", "unused_kwargs"}
 _TORCHDIFFEQ_RESERVED = {"self", "func", "y0", "rtol", "atol", "unused_kwargs", "kwargs"}
 
+ODE_DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
+"""The main solve's method when none is given, by backend."""
+
 
 def keyword_names(functions: Iterable[Callable[..., Any]], reserved: set[str]) -> tuple[str, ...]:
     names: set[str] = set()
@@ -64,7 +67,7 @@ def check_ode_settings(
     if backend == "local_reg":
         from .._odeint import DEFAULT_MAX_STEPS, odeint
 
-        tableau = get_tableau("tsit5" if method is None else method)
+        tableau = get_tableau(ODE_DEFAULT_METHOD[backend] if method is None else method)
         options = check_option_keys(options, keyword_names([odeint], _ODEINT_RESERVED), backend)
         solve_options(
             rtol,
@@ -78,7 +81,7 @@ def check_ode_settings(
         return options
     from torchdiffeq._impl.odeint import SOLVERS
 
-    name = "dopri5" if method is None else method
+    name = ODE_DEFAULT_METHOD[backend] if method is None else method
     check_choice("method", name, sorted(SOLVERS))
     return check_option_keys(options, torchdiffeq_option_names(name), backend)
 

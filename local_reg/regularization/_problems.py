@@ -46,7 +46,7 @@ from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from . import _ode_backends, _sde_backends
 from ._main_solve import Request
-from ._options import check_ode_settings, check_sde_settings
+from ._options import ODE_DEFAULT_METHOD, check_ode_settings, check_sde_settings
 from ._probe import heuristic_order
 
 REGULARIZERS = ("error", "stiffness")
@@ -122,18 +122,20 @@ class _Problem:
         detach_state: bool,
         *,
         scale: float = 1.0,
-        hairer: bool = False,
+        heuristic: str = "initial",
     ) -> tuple[Any, float, Stats]:
         """One instrumented step from ``(t_reg, state)``: ``(result, dt, stats)``. ``dt_abs=None``
         asks the initial-step heuristic for the step size (times ``scale``; for an ODE the exponent
-        is ``1/(p+1)`` with ``hairer``, else ``1/p``); either is capped at ``|t1 - t_reg|``. What
+        is ``1/(p+1)`` with ``heuristic="initial-hairer"``, else ``1/p``); either is capped at
+        ``|t1 - t_reg|``. What
         is evaluated at ``u(t_reg)`` is a constant when ``detach_state``."""
         stats = Stats()
         with torch.no_grad() if detach_state else nullcontext():
             start = self._start(context, t_reg, state, stats)
         if dt_abs is None:
             y = state.detach()
-            dt_abs = scale * self._heuristic(context, tableau, t_reg, y, start, direction, hairer, stats, t1)
+            dt_abs = self._heuristic(context, tableau, t_reg, y, start, direction, heuristic, stats, t1)
+            dt_abs *= scale
         dt = direction * min(dt_abs, abs(t1 - t_reg))
         result = self._step(context, tableau, t_reg, state, dt, start)
         stats.add(result.nfe, diffusion=result.nfe_diffusion)
@@ -207,7 +209,7 @@ class ODEProblem(_Problem):
             field,
             y0,
             times,
-            method="tsit5" if self.method is None else self.method,
+            method=ODE_DEFAULT_METHOD["local_reg"] if self.method is None else self.method,
             rtol=self.rtol,
             atol=self.atol,
             gradient=self.gradient,
@@ -231,11 +233,11 @@ class ODEProblem(_Problem):
         y: Tensor,
         k1: Tensor,
         direction: float,
-        hairer: bool,
+        heuristic: str,
         stats: Stats,
         t_end: float,
     ) -> float:
-        order = heuristic_order(tableau.order, "initial-hairer" if hairer else "initial")
+        order = heuristic_order(tableau.order, heuristic)
         dt_abs, extra = initial_step_size(
             checked_field(self.func),
             t_reg,
@@ -324,7 +326,7 @@ class SDEProblem(_Problem):
         state: Tensor,
         start: tuple,
         direction: float,
-        hairer: bool,
+        heuristic: str,
         stats: Stats,
         t_end: float,
     ) -> float:

@@ -217,16 +217,16 @@ class LocallyRegularized(Regularized):
             # An SDE's probe is an Euler--Maruyama step; step_size="solver" takes the solver's step.
             probe = "initial" if is_sde(func) or step_size == "solver" else "initial-hairer"
         strategy = LocalPenalty(
-            sampling,
-            regularizer,
-            reg_method,
-            step_size,
-            detach_state,
-            probe,
-            probe_scale,
-            penalty,
-            n_draws,
-            probe_dtype,
+            sampling=sampling,
+            regularizer=regularizer,
+            reg_method=reg_method,
+            step_size=step_size,
+            detach_state=detach_state,
+            probe=probe,
+            probe_scale=probe_scale,
+            penalty=penalty,
+            n_draws=n_draws,
+            probe_dtype=probe_dtype,
         )
         default = weight is None
         # The default weight measures over func's parameters unless adjoint_params are given.
