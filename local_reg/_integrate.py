@@ -250,7 +250,7 @@ def integrate(
     if adaptive:
         if options.first_step is not None:
             # A first step below the loop's underflow threshold starts at it (and grows from there).
-            dt_abs = max(abs(options.first_step), min_step_size(times[0], times[-1]))
+            dt_abs = max(abs(options.first_step), min_step_size(times[0]))
         else:
             dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats, t_end=times[-1])
     previous_error = 1.0

@@ -278,10 +278,11 @@ def underflow_threshold(t: float, dt: float) -> float:
     return 4 * math.ulp(max(abs(t), dt))
 
 
-def min_step_size(t: float, t_end: float | None = None) -> float:
-    """A step size safely above the loop's underflow threshold at ``t`` and at the span's end
-    ``t_end`` (a time scale of 1 when ``t_end`` is not known)."""
-    return 100 * math.ulp(max(abs(t), 1.0 if t_end is None else abs(t_end)))
+def min_step_size(t: float) -> float:
+    """A step size safely above the loop's underflow threshold at ``t``: ``100 ulp(|t|)``. Not
+    relative to the span: a first step the user chose, or the heuristic's, is kept down to it (a
+    floor at the span's scale would step over features near ``t0`` of a long span)."""
+    return 100 * math.ulp(abs(t))
 
 
 def initial_step_size(
@@ -308,7 +309,7 @@ def initial_step_size(
     solver's error norm. ``t_end``, if given, bounds ``h0`` by the span, so ``f`` is not evaluated
     outside ``[t0, t_end]``; ``func`` gets its time in ``time_dtype`` (default ``y0``'s). The norms
     are taken in float64 (``f0 / scale`` overflows float32 for large derivatives), and ``h0`` is
-    kept at least ``min_step_size(t0, t_end)``, a step the loop can take.
+    kept at least ``min_step_size(t0)``, a step the loop can take.
     """
     with torch.no_grad():
         y0_wide, f0_wide = y0.double(), f0.double()
@@ -325,7 +326,7 @@ def initial_step_size(
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         if t_end is not None and t_end != t0:
             h0 = min(h0, abs(t_end - t0))
-        h0 = max(h0, min_step_size(t0, t_end))
+        h0 = max(h0, min_step_size(t0))
         y_euler = y0 + (direction * h0) * f0
         f_euler = func(time_tensor(t0 + direction * h0, y0, time_dtype), y_euler)
         d2 = float(norm((f_euler.double() - f0_wide) / scale)) / h0

@@ -153,6 +153,15 @@ def test_a_first_step_below_the_underflow_threshold_starts_there_and_grows():
         assert float(solution.ys[-1, 0]) == pytest.approx(math.exp(-1.0), rel=1e-5)
 
 
+def test_a_first_step_is_kept_on_a_long_span():
+    """The first step's floor is relative to t0, not to the span: on [0, 1e12] a first step of 1e-5
+    is taken as given (a floor at the span's scale, 0.01, stepped over a pulse at t = 1e-3)."""
+    constant = odeint(lambda t, y: torch.zeros_like(y), torch.ones(2), [0.0, 1e12], first_step=1e-5)
+    assert constant.steps.dt[0].item() == 1e-5
+    solution = odeint(decay, torch.ones(2, dtype=torch.float64), [0.0, 1e2], first_step=1e-15)
+    assert solution.steps.dt[0].item() == 1e-15
+
+
 @pytest.mark.parametrize("span", [1e-15, 1e-20])
 def test_a_tiny_span_solves_as_a_unit_one_does(span):
     """The underflow threshold is relative to the times: dynamics on a scale of femtoseconds, in

@@ -275,6 +275,30 @@ def test_a_backward_pass_without_the_penalty_measures_nothing():
     assert model.weight.last_ratio is None and model.weight() == weight
 
 
+def test_a_logged_gradient_of_reg_loss_leaves_no_factor_for_a_pass_without_it():
+    """``torch.autograd.grad`` through ``reg_loss`` (a user's logging) runs its tensor hook but no
+    accumulator: a later backward pass without ``reg_loss`` must still measure nothing."""
+    model = _model(RatioWeight(0.5))
+    model.weight = RatioWeight(0.5, parameters=model.parameters())
+    weight = model.weight()
+    loss = _task_loss(model(_y0(), T))
+    torch.autograd.grad(model.reg_loss, list(model.parameters()), retain_graph=True, allow_unused=True)
+    loss.backward()
+    assert model.weight.last_ratio is None and model.weight() == weight
+
+
+def test_a_pass_with_the_penalty_alone_is_no_measurement():
+    """``reg_loss.backward()`` before ``loss.backward()``: the first pass's task gradient is zero,
+    which would set the weight to ``w_min``; it is skipped."""
+    model = _model(RatioWeight(0.5))
+    model.weight = RatioWeight(0.5, parameters=model.parameters())
+    weight = model.weight()
+    loss = _task_loss(model(_y0(), T))
+    model.reg_loss.backward(retain_graph=True)
+    loss.backward()
+    assert model.weight.last_ratio is None and model.weight() == weight
+
+
 def test_a_head_applied_after_the_model_is_measured_too():
     """The documented pattern ``params = model's + head's``, the head applied to the model's output,
     the training step inside a function: the head's parameters are in no graph when the penalty is

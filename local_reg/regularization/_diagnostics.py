@@ -45,7 +45,10 @@ class GradientRatio:
         value = ratio.after_backward()           # ||grad of reg_loss|| / ||grad of task_loss||
 
     ``after_backward`` reads the parameters' ``.grad`` (so call it before ``optimizer.step()``
-    and before the gradients are cleared); it returns ``nan`` if nothing was measured and ``inf``
+    and before the gradients are cleared; the backward pass must be of ``task_loss + reg_loss``
+    itself, unscaled, on cleared gradients: ``.grad`` less the penalty's gradient is taken as the
+    task's, and :class:`RatioWeight` with ``parameters`` measures scaled or accumulated passes
+    instead); it returns ``nan`` if nothing was measured and ``inf``
     when the task's gradient is zero. It also leaves the two norms it divided in ``penalty_norm``
     and ``task_norm`` (``nan`` when nothing was measured), which
     :class:`local_reg.regularization.RatioWeight` averages.

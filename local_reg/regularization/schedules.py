@@ -354,12 +354,14 @@ class RatioWeight(_SelfTuningWeight):
         """Report this iteration's gradient norms before :meth:`step`: ``penalty_norm`` of the weighted
         penalty ``model.reg_loss`` (made at the current weight), ``task_norm`` of the task loss.
 
-        A measurement without information is skipped: a non-finite norm, or a zero penalty gradient
-        (a penalty replaced by zero, or a probe with no error at all)."""
+        A measurement without information is skipped: a non-finite norm, a zero penalty gradient
+        (a penalty replaced by zero, or a probe with no error at all), or a zero task gradient (a
+        pass that carried the penalty alone: ``reg_loss.backward()`` before ``loss.backward()``;
+        give both one backward pass)."""
         penalty_norm, task_norm = float(penalty_norm), float(task_norm)
         if penalty_norm < 0 or task_norm < 0:
             raise ValueError(f"gradient norms must be non-negative, got {penalty_norm}, {task_norm}")
-        if not (math.isfinite(penalty_norm) and math.isfinite(task_norm)) or penalty_norm == 0:
+        if not (math.isfinite(penalty_norm) and math.isfinite(task_norm)) or 0 in (penalty_norm, task_norm):
             return
         self._state["pending"] = (penalty_norm / self(), task_norm)
 
@@ -404,6 +406,13 @@ class RatioWeight(_SelfTuningWeight):
             # The backward pass's factor on reg_loss: a loss divided over micro-batches or scaled
             # by AMP's GradScaler scales the task's gradient and the penalty's alike.
             measurement["scale"] = float(gradient.sum())
+            # A pass that reaches no watched accumulator (torch.autograd.grad through reg_loss, a
+            # user's logging) leaves no factor behind for a later pass without reg_loss.
+            torch.autograd.Variable._execution_engine.queue_callback(forget_unused_scale)
+
+        def forget_unused_scale() -> None:
+            if not measurement["reached"]:
+                measurement["scale"] = None
 
         def report(incoming: tuple[Tensor | None, ...], part: Tensor | None, handle_index: int) -> None:
             measurement["handles"][handle_index].remove()

@@ -196,7 +196,7 @@ def sde_initial_step_size(
         # The trial step stays within the span (``t_end``) and above the loop's underflow threshold.
         if t_end is not None and t_end != t0:
             h0 = min(h0, abs(t_end - t0))
-        h0 = max(h0, min_step_size(t0, t_end))
+        h0 = max(h0, min_step_size(t0))
         m = 1 if noise_type == "scalar" else (y0.shape[-1] if noise_type == "diagonal" else g0.shape[-1])
         dw = torch.full((y0.shape[0], m), math.sqrt(2.0 * h0), dtype=y0.dtype, device=y0.device)
         trial = sde_step(sde, noise_type, t0, y0, h0, dw, rtol=rtol, atol=atol, f0=f0, g0=g0)
