@@ -54,4 +54,6 @@ def __getattr__(name: str):
         from . import sde
 
         return getattr(sde, name)
+    if name == "SDERegularizationStats":
+        return getattr(regularization, name)  # deprecated: warns there
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

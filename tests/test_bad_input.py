@@ -632,8 +632,14 @@ def test_torchdiffeq_backend_follows_the_error_contract():
         LocallyRegularized(lambda t, y: y**2, backend="torchdiffeq")(
             torch.ones(1, dtype=torch.float64), [0, 2]
         )
-    # y' = y^2 from y(0) = 1 blows up at t = 1: the error names where the solve stopped.
+    # y' = y^2 from y(0) = 1 blows up at t = 1: the error names where the solve stopped, and after
+    # how many accepted steps (in eval mode too, where no step is recorded).
     assert blowup.value.t == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(SolverError, match="torchdiffeq") as plain:
+        LocallyRegularized(lambda t, y: y**2, backend="torchdiffeq").eval()(
+            torch.ones(1, dtype=torch.float64), [0, 2]
+        )
+    assert blowup.value.n_steps > 10 and plain.value.n_steps > 10
     with pytest.raises(ValueError, match=r"options: unknown keys \['bogus'\]"):
         LocallyRegularized(decay, backend="torchdiffeq", options={"bogus": 1})
     with pytest.raises(ValueError, match="unknown method 'tsit5'"):
@@ -643,6 +649,21 @@ def test_torchdiffeq_backend_follows_the_error_contract():
         torch.ones(1, dtype=torch.float64), [0.0, 1.0]
     )
     assert ys[-1].item() == pytest.approx(math.exp(-1.0), rel=1e-4)
+
+
+def test_torchdiffeq_backend_calls_the_fields_own_step_callback():
+    accepted = []
+
+    class Field(torch.nn.Module):
+        def forward(self, t, y):
+            return -y
+
+        def callback_accept_step(self, t0, y0, dt):
+            accepted.append(float(t0))
+
+    model = LocallyRegularized(Field(), backend="torchdiffeq").eval()
+    model(torch.ones(1, dtype=torch.float64), [0.0, 1.0])
+    assert len(accepted) > 3 and accepted == sorted(accepted)
 
 
 # Regularized models validate at construction -----------------------------------------------------
@@ -677,11 +698,28 @@ def test_regularized_options_that_would_be_ignored_or_are_not_tensors_are_named(
         ({"options": {"max_steps": 0}}, ValueError, "max_steps"),
         ({"options": [1]}, TypeError, "options must be a dict"),
         ({"method": "rk4"}, ValueError, "fixed-step"),
+        ({"options": {"step_to_outputs": "yes"}}, TypeError, "step_to_outputs.* must be a bool"),
+        ({"options": {"norm": 5}}, TypeError, "norm must be callable"),
+        ({"options": {"compile": "fast"}}, TypeError, "compile must be a bool"),
+        ({"options": {"callbacks": 1}}, TypeError, "callbacks must be a StepCallbacks"),
     ],
 )
 def test_regularized_models_check_everything_at_construction(cls, kwargs, error, match):
     with pytest.raises(error, match=match):
         cls(Decay(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"max_steps": -1}, ValueError, "max_steps must be a positive int"),
+        ({"first_step": -0.1}, ValueError, "first_step must be positive"),
+        ({"step_size": "big"}, TypeError, "step_size must be a positive float"),
+    ],
+)
+def test_sde_models_check_their_option_values_at_construction(options, error, match):
+    with pytest.raises(error, match=match):
+        LocallyRegularized(DiagonalSDE(), options=options)
 
 
 @pytest.mark.parametrize("cls", [local_reg.Regularized, LocallyRegularized, GloballyRegularized])

@@ -24,9 +24,9 @@ from ._function import (
     GradientMethod,
     GraphFreeGradient,
     StepwiseGradient,
-    check_step_penalty_support,
 )
-from ._times import time_gradient
+from ._function import check_step_penalty_support as check_step_penalty_support  # for odeint
+from ._times import time_gradient as time_gradient  # for odeint
 from .adjoint import BacksolveAdjoint
 from .checkpoint import Checkpoint
 from .direct import Direct
@@ -111,7 +111,4 @@ __all__ = [
     "StepwiseGradient",
     "Symplectic",
     "as_gradient_method",
-    "check_step_penalty_support",
-    "resolve_adjoint_params",
-    "time_gradient",
 ]

@@ -17,10 +17,12 @@ Both are configurations of one module, :class:`Regularized` (penalty :class:`Loc
 :class:`GlobalPenalty`, or none for the plain model), which also takes neural SDEs.
 """
 
+import warnings
+
 from ._baseline import BaselineStats
 from ._diagnostics import GradientRatio
 from ._module import GlobalPenalty, LocalPenalty, Regularized
-from ._stats import RegularizationStats, SDERegularizationStats
+from ._stats import RegularizationStats
 from .globalreg import GloballyRegularized, global_regularization
 from .local import LocallyRegularized, local_regularization
 from .rnode import RNODERegularized, rnode_regularization
@@ -44,7 +46,6 @@ __all__ = [
     "RatioWeight",
     "Regularized",
     "RegularizationStats",
-    "SDERegularizationStats",
     "WeightSchedule",
     "global_regularization",
     "local_regularization",
@@ -52,3 +53,13 @@ __all__ = [
     "steer_regularization",
     "taynode_regularization",
 ]
+
+
+def __getattr__(name: str):
+    if name == "SDERegularizationStats":
+        # One RegularizationStats serves ODEs and SDEs.
+        warnings.warn(
+            "SDERegularizationStats is deprecated: use RegularizationStats", DeprecationWarning, stacklevel=2
+        )
+        return RegularizationStats
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

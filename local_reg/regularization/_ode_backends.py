@@ -56,32 +56,40 @@ def _torchdiffeq_adjoint_options(method: BacksolveAdjoint) -> dict[str, Any]:
 
 
 class _TorchdiffeqField(nn.Module):
-    """Counts the calls of ``func`` by torchdiffeq and, if asked, records its accepted steps through
-    torchdiffeq's ``callback_accept_step`` hook. ``func`` is a submodule when it is a module, so
+    """Counts the calls of ``func`` by torchdiffeq and, for its adaptive Runge--Kutta solvers, the
+    accepted steps (recording them if asked) through torchdiffeq's ``callback_accept_step`` hook,
+    which also calls ``func``'s own. ``func`` is a submodule when it is a module, so
     ``odeint_adjoint``'s default ``adjoint_params`` are its parameters."""
 
-    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], record: bool) -> None:
+    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], record: bool, method: str) -> None:
         super().__init__()
         self.func = func
         self.calls = 0
         self.last_t: Tensor | None = None
         """The time of the last call: where a failed torchdiffeq solve stopped."""
+        self.accepted = 0
+        self.record = record
         self.step_t: list[float] = []
         self.step_dt: list[float] = []
         self.step_states: list[Tensor] = []
-        if record:
-            # An instance attribute, so solvers without callbacks see none and do not warn.
-            self.callback_accept_step = self._record
+        from torchdiffeq._impl.odeint import SOLVERS
+        from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+
+        if issubclass(SOLVERS[method], RKAdaptiveStepsizeODESolver):
+            # An instance attribute, so solvers without callbacks (fixed grids) see none and do not warn.
+            self.callback_accept_step = self._accept
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         self.calls += 1
         self.last_t = t
         return check_output("func", self.func(t, y), y)
 
-    def _record(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
-        self.step_t.append(float(t0.detach()))
-        self.step_dt.append(float(dt.detach()))
-        self.step_states.append(y0.detach())
+    def _accept(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.accepted += 1
+        if self.record:
+            self.step_t.append(float(t0.detach()))
+            self.step_dt.append(float(dt.detach()))
+            self.step_states.append(y0.detach())
         user_callback = getattr(self.func, "callback_accept_step", None)
         if user_callback is not None:
             user_callback(t0, y0, dt)
@@ -105,7 +113,7 @@ def solve_main(
 
     import torchdiffeq
 
-    field = _TorchdiffeqField(func, record=record_steps)
+    field = _TorchdiffeqField(func, record=record_steps, method=method)
     t_tensor = torch.tensor(times, dtype=t_dtype, device=y0.device)
     is_adjoint = isinstance(gradient, BacksolveAdjoint)
     try:
@@ -123,7 +131,7 @@ def solve_main(
         # state) with assert: the library's contract is SolverError.
         reason = f"torchdiffeq: {error} (after {field.calls} evaluations of func)"
         t_failed = math.nan if field.last_t is None else float(field.last_t.detach())
-        raise SolverError(reason, t=t_failed, n_steps=len(field.step_t)) from error
+        raise SolverError(reason, t=t_failed, n_steps=field.accepted) from error
     return MainSolve(
         ys=ys,
         stats=Stats(nfe=field.calls),

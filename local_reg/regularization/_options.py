@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .._validate import check_choice, positive_float, relative_tolerance, solve_options
+from .._validate import check_choice, compile_options, positive_float, relative_tolerance, solve_options
 from ..tableaus import get_tableau
 
 # Keywords the problem itself passes to the backend solver: not for ``options``.
@@ -77,7 +77,13 @@ def check_ode_settings(
             options.get("step_size"),
             options.get("controller"),
             tableau,
+            options.get("norm"),
+            options.get("callbacks"),
         )
+        for name in ("step_to_outputs", "dense"):
+            if not isinstance(options.get(name, False), bool):
+                raise TypeError(f"options[{name!r}] must be a bool, got {type(options[name]).__name__}")
+        compile_options(options.get("compile", False))
         return options
     from torchdiffeq._impl.odeint import SOLVERS
 
@@ -93,12 +99,22 @@ def check_sde_settings(
     relative_tolerance("rtol", rtol)
     positive_float("atol", atol)
     if backend == "local_reg":
+        from .._integrate import DEFAULT_MAX_STEPS
         from ..sde import sdeint
         from ..sde.problem import METHODS
 
         if method is not None:
             check_choice("method", method, METHODS)
-        return check_option_keys(options, keyword_names([sdeint], _SDEINT_RESERVED), backend)
+        options = check_option_keys(options, keyword_names([sdeint], _SDEINT_RESERVED), backend)
+        solve_options(
+            rtol,
+            atol,
+            options.get("first_step", options.get("dt0")),
+            options.get("max_steps", DEFAULT_MAX_STEPS),
+            options.get("step_size"),
+            options.get("controller"),
+        )
+        return options
     import torchsde
 
     if method is not None:

@@ -89,7 +89,3 @@ class RegularizationStats:
         if self.backward_counter is not None:
             return self.backward_counter()
         return self.main.nfe_backward
-
-
-SDERegularizationStats = RegularizationStats
-"""Deprecated alias: one :class:`RegularizationStats` serves ODEs and SDEs."""
