@@ -702,6 +702,11 @@ def test_regularized_options_that_would_be_ignored_or_are_not_tensors_are_named(
         ({"options": {"norm": 5}}, TypeError, "norm must be callable"),
         ({"options": {"compile": "fast"}}, TypeError, "compile must be a bool"),
         ({"options": {"callbacks": 1}}, TypeError, "callbacks must be a StepCallbacks"),
+        (
+            {"options": {"callbacks": local_reg.StepCallbacks(stop=lambda t, y: y[0])}},
+            ValueError,
+            r"options\['callbacks'\] has a stop condition",
+        ),
     ],
 )
 def test_regularized_models_check_everything_at_construction(cls, kwargs, error, match):

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from torch import Tensor
 
-from .._tuple import owning_module
+from .._tuple import owning_module, user_func
 from ._function import (
     ForwardSolve,
     GradientMethod,
@@ -87,7 +87,7 @@ def resolve_adjoint_params(
         if owner is None:
             raise ValueError(
                 f"gradient={gradient.name!r} needs the parameters of func, but func is a plain function "
-                f"({type(func).__name__}) and adjoint_params was not given: pass "
+                f"({type(user_func(func)).__name__}) and adjoint_params was not given: pass "
                 "adjoint_params=(tensors func depends on), or adjoint_params=() if it has none"
             )
         candidates = tuple(owner.parameters())

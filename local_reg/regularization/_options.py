@@ -80,6 +80,12 @@ def check_ode_settings(
             options.get("norm"),
             options.get("callbacks"),
         )
+        callbacks = options.get("callbacks")
+        if callbacks is not None and getattr(callbacks, "stop", None) is not None:
+            raise ValueError(
+                "options['callbacks'] has a stop condition, which needs a solve over exactly [t0, t1]: "
+                "a regularized model adds its own output times (t_reg); stop the solve outside the model"
+            )
         for name in ("step_to_outputs", "dense"):
             if not isinstance(options.get(name, False), bool):
                 raise TypeError(f"options[{name!r}] must be a bool, got {type(options[name]).__name__}")
