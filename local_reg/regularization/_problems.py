@@ -10,6 +10,7 @@ their backends, and take the local regularizer's probe step from a point of the 
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from .._validate import (
     validate_state,
     validate_times,
 )
-from ..gradients import adjoint_params_tuple
+from ..gradients import adjoint_params_tuple, resolve_adjoint_params
 from ..sde import sde_initial_step_size, sde_step
 from ..sde.brownian import make_brownian
 from ..sde.problem import DEFAULT_ATOL as SDE_DEFAULT_ATOL
@@ -162,6 +163,24 @@ class CastField(nn.Module):
         return functional_call(self.func, self.cast, (t.to(self.dtype), y.to(self.dtype)))
 
 
+def _check_takes_t_and_y(func: Callable) -> None:
+    """``TypeError`` if ``func`` (a module's ``forward``) cannot be called as ``func(t, y)``: an
+    ``nn.Sequential`` of the state alone would otherwise fail inside torch at the first call."""
+    target = func.forward if isinstance(func, nn.Module) else func
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # a builtin or an extension type: nothing to read
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise TypeError(
+            f"func must be callable as func(t, y), but {type(func).__name__}{signature} cannot take "
+            "two arguments: wrap a network of the state alone, e.g. lambda t, y: net(y) (or a module "
+            "whose forward takes (t, y))"
+        ) from None
+
+
 class ODEProblem(_Problem):
     """``dy/dt = func(t, y)``, solved by ``local_reg.odeint`` or torchdiffeq (``backend``)."""
 
@@ -172,8 +191,12 @@ class ODEProblem(_Problem):
     def __init__(self, func: Callable[[Tensor, Tensor], Tensor], config: SolveConfig) -> None:
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+        _check_takes_t_and_y(func)
         super().__init__(config)
         self.func = func
+        if self.gradient.graph_free and self.adjoint_params is None:
+            # What the first solve would refuse (a plain function hides its parameters), now.
+            resolve_adjoint_params(func, None, self.gradient)
 
     def with_func(self, func: Callable[[Tensor, Tensor], Tensor]) -> ODEProblem:
         """This problem, checked settings and all, with another vector field (a wrapper of ``func``)."""

@@ -22,6 +22,7 @@ float32 ``EEst`` of the paper's probe mostly measured (docs/results.md).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -58,6 +59,15 @@ def default_weight(
         parameters = list(adjoint_params)
     else:
         owner = owning_module(func)
+        if owner is None:
+            warnings.warn(
+                "func is a plain function, whose parameters the default self-tuning weight cannot "
+                "see, so the penalty's weight is the constant 1 (far too strong on many tasks): pass "
+                "an nn.Module, or adjoint_params=(the tensors func uses), for the self-tuning weight; "
+                "adjoint_params=() for a field without parameters, or weight=... to choose one",
+                UserWarning,
+                stacklevel=3,
+            )
         parameters = [] if owner is None else list(owner.parameters())
     parameters = [p for p in parameters if isinstance(p, Tensor) and p.requires_grad]
     if not parameters:
