@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from local_reg import LocallyRegularized, Regularized
+from local_reg import LocallyRegularized, Regularized, odeint
 
 SETTINGS = {
     "wine": {"epochs": 200, "lr": 1e-3, "cosine": False},
@@ -165,6 +165,20 @@ def run(task: str, method: str, seed: int, batch: int = 32) -> dict:
     }
 
 
+def true_oscillator_nfe() -> int:
+    """The test solve's NFE for the dynamics that made the data (the same starts, times, solver,
+    tolerances and float32): what a faithful fit costs (docs/results.md, "What a trajectory fit
+    can save")."""
+    c, k, force, w = (OSCILLATOR[key] for key in ("c", "k", "force", "w"))
+
+    def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, v = y[:, :1], y[:, 1:]
+        return torch.cat([v, -c * v - k * x + force * torch.cos(w * t)], -1)
+
+    _, _, y0_test, _, times = oscillator_data()
+    return odeint(field, y0_test, times).stats.nfe  # the library's defaults, as Regularized's
+
+
 def table(out: Path, task: str, seeds: list[int]) -> str:
     runs = {
         method: [json.loads((out / f"{task}_{method}_s{seed}.json").read_text()) for seed in seeds]
@@ -187,6 +201,8 @@ def table(out: Path, task: str, seeds: list[int]) -> str:
             change = f"{(b / a).mean():.3f}x"
         cells = f"{a.mean():.4g} ± {a.std():.2g} | {b.mean():.4g} ± {b.std():.2g}"
         lines.append(f"| {name} | {cells} | {change} |")
+    if task == "oscillator":
+        lines += ["", f"The true dynamics' test NFE: {true_oscillator_nfe()}."]
     return "\n".join(lines)
 
 
