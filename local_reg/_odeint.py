@@ -18,6 +18,7 @@ from ._validate import (
     compile_options,
     solve_options,
     time_dtype,
+    type_name,
     validate_state,
     validate_times,
 )
@@ -248,7 +249,7 @@ def odeint(
     )
     for name, flag in (("step_to_outputs", step_to_outputs), ("dense", dense)):
         if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+            raise TypeError(f"{name} must be a bool, got {type_name(flag)}")
     options.interpolate = not step_to_outputs
     options.dense = dense
     options.time_dtype = time_dtype(t, y0)

@@ -19,6 +19,13 @@ from .controller import PIController
 from .tableaus import ButcherTableau
 
 
+def type_name(value: object) -> str:
+    """``value``'s type for an error message, qualified outside the builtins (numpy's ``bool`` is
+    ``numpy.bool``, not the ``bool`` the message asks for)."""
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     """``value`` if it is one of ``choices``, else a ``ValueError`` that names ``name`` and lists them."""
     choices = tuple(choices)

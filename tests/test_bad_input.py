@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torchdiffeq
 
 import local_reg
 import local_reg.compat
@@ -651,19 +652,32 @@ def test_torchdiffeq_backend_follows_the_error_contract():
     assert ys[-1].item() == pytest.approx(math.exp(-1.0), rel=1e-4)
 
 
-def test_torchdiffeq_backend_calls_the_fields_own_step_callback():
-    accepted = []
+def test_torchdiffeq_backend_calls_the_fields_own_step_callbacks_as_torchdiffeq_does():
+    calls = {"step": [], "accept": []}
 
     class Field(torch.nn.Module):
         def forward(self, t, y):
             return -y
 
+        def callback_step(self, t0, y0, dt):
+            calls["step"].append(float(t0))
+
         def callback_accept_step(self, t0, y0, dt):
-            accepted.append(float(t0))
+            calls["accept"].append(float(t0))
 
     model = LocallyRegularized(Field(), backend="torchdiffeq").eval()
     model(torch.ones(1, dtype=torch.float64), [0.0, 1.0])
-    assert len(accepted) > 3 and accepted == sorted(accepted)
+    ours = {name: list(times) for name, times in calls.items()}
+    calls["step"].clear()
+    calls["accept"].clear()
+    y0, t = torch.ones(1, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    torchdiffeq.odeint(Field(), y0, t, rtol=1e-6, atol=1e-8)  # the model's default tolerances
+    assert len(ours["accept"]) > 3 and ours == calls
+
+
+def test_a_numpy_bool_flag_is_named_as_numpy_bool():
+    with pytest.raises(TypeError, match="dense must be a bool, got numpy.bool"):
+        odeint(decay, torch.ones(2), [0.0, 1.0], dense=np.True_)
 
 
 # Regularized models validate at construction -----------------------------------------------------

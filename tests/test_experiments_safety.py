@@ -490,6 +490,28 @@ def test_a_record_without_its_metric_or_label_is_named():
             ResultsFile(Path("/nonexistent"))._parse(json.dumps(incomplete), 1)
 
 
+def test_a_row_on_several_processes_is_compared_with_vanilla_on_as_many():
+    """A torchrun row's label is "vanilla (2 processes)": the ratios once looked for "vanilla" alone,
+    giving none for a DDP sweep and the single-process vanilla's in a mixed folder."""
+    from local_reg.experiments.report import Group, markdown_table
+
+    def row(method: str, label: str, world: int, nfe: float) -> dict:
+        record = fake_record("digits", method, 0, label=label, world_size=world, test_nfe=nfe)
+        record["run_id"] += f"-{label}"
+        return record
+
+    records = [
+        row("vanilla", "vanilla", 1, 40.0),
+        row("vanilla", "vanilla (2 processes)", 2, 20.0),
+        row("steer", "steer (2 processes)", 2, 10.0),
+        row("steer", "steer", 1, 30.0),
+    ]
+    lines = markdown_table(Group("digits", "cfg", records)).splitlines()
+    nfe_ratio = {line.split(" | ")[0].strip("| "): line.split(" | ")[-3] for line in lines[2:]}
+    assert nfe_ratio["steer (2 processes)"] == "0.500" and nfe_ratio["steer"] == "0.750"
+    assert nfe_ratio["vanilla (2 processes)"] == "1.000"
+
+
 def test_report_numbers_never_switch_to_exponents():
     from local_reg.experiments.report import _number
 

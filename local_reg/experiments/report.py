@@ -140,8 +140,20 @@ def _get(record: dict[str, Any], path: str) -> float:
     return float(value)
 
 
+def _baseline(group: Group, label: str) -> list[dict[str, Any]]:
+    """The vanilla runs a row is compared with: those on as many processes (a run on several trains
+    on other batches and times one process's share, so it has its own vanilla row)."""
+    world = group.runs(label)[0].get("world_size", 1)
+    labels = {
+        record["label"]
+        for record in group.records
+        if record.get("method") == "vanilla" and record.get("world_size", 1) == world
+    }
+    return group.runs(labels.pop()) if len(labels) == 1 else []
+
+
 def _ratio(group: Group, label: str, path: str) -> str:
-    baseline = group.runs("vanilla")
+    baseline = _baseline(group, label)
     if not baseline:
         return "–"
     reference = statistics.fmean(_get(r, path) for r in baseline)

@@ -58,7 +58,8 @@ def _torchdiffeq_adjoint_options(method: BacksolveAdjoint) -> dict[str, Any]:
 class _TorchdiffeqField(nn.Module):
     """Counts the calls of ``func`` by torchdiffeq and, for its adaptive Runge--Kutta solvers, the
     accepted steps (recording them if asked) through torchdiffeq's ``callback_accept_step`` hook,
-    which also calls ``func``'s own. ``func`` is a submodule when it is a module, so
+    which also calls ``func``'s own; ``func``'s ``callback_step`` and ``callback_reject_step`` are
+    passed on. ``func`` is a submodule when it is a module, so
     ``odeint_adjoint``'s default ``adjoint_params`` are its parameters."""
 
     def __init__(self, func: Callable[[Tensor, Tensor], Tensor], record: bool, method: str) -> None:
@@ -78,6 +79,10 @@ class _TorchdiffeqField(nn.Module):
         if issubclass(SOLVERS[method], RKAdaptiveStepsizeODESolver):
             # An instance attribute, so solvers without callbacks (fixed grids) see none and do not warn.
             self.callback_accept_step = self._accept
+        for name in ("callback_step", "callback_reject_step"):
+            # func's own, which torchdiffeq calls on func itself (and warns about where it has none).
+            if callable(getattr(func, name, None)):
+                setattr(self, name, getattr(func, name))
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         self.calls += 1

@@ -12,7 +12,14 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .._validate import check_choice, compile_options, positive_float, relative_tolerance, solve_options
+from .._validate import (
+    check_choice,
+    compile_options,
+    positive_float,
+    relative_tolerance,
+    solve_options,
+    type_name,
+)
 from ..tableaus import get_tableau
 
 # Keywords the problem itself passes to the backend solver: not for ``options``.
@@ -88,7 +95,7 @@ def check_ode_settings(
             )
         for name in ("step_to_outputs", "dense"):
             if not isinstance(options.get(name, False), bool):
-                raise TypeError(f"options[{name!r}] must be a bool, got {type(options[name]).__name__}")
+                raise TypeError(f"options[{name!r}] must be a bool, got {type_name(options[name])}")
         compile_options(options.get("compile", False))
         return options
     from torchdiffeq._impl.odeint import SOLVERS
