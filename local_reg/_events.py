@@ -43,7 +43,7 @@ from ._integrate import StepCallbacks
 from ._odeint import odeint
 from ._step import VectorField, time_tensor
 from ._tuple import TupleField, accepts_tuple_states
-from ._validate import checked_field, finite_float, validate_state
+from ._validate import check_bool, checked_field, finite_float, validate_state
 from .gradients._times import StartTime
 from .solution import Solution, Stats
 
@@ -296,8 +296,7 @@ def _solve_until_event(
 ) -> Solution:
     """:func:`odeint_event` on a flat state, its solution's ``ts[-1]`` the event time."""
     y0 = validate_state(y0)
-    if not isinstance(reverse_time, bool):
-        raise TypeError(f"reverse_time must be a bool, got {type(reverse_time).__name__}")
+    check_bool("reverse_time", reverse_time)
     callbacks = odeint_kwargs.pop("callbacks", None) or StepCallbacks()
     if not isinstance(callbacks, StepCallbacks):
         raise TypeError(f"callbacks must be a StepCallbacks, got {type(callbacks).__name__}")

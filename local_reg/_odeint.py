@@ -14,11 +14,11 @@ from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, StepPenalty
 from ._step import VectorField, time_tensor
 from ._tuple import accepts_tuple_states
 from ._validate import (
+    check_bool,
     checked_field,
     compile_options,
     solve_options,
     time_dtype,
-    type_name,
     validate_state,
     validate_times,
 )
@@ -247,9 +247,8 @@ def odeint(
     options = solve_options(
         rtol, atol, first_step, max_steps, step_size, controller, get_tableau(method), norm, callbacks
     )
-    for name, flag in (("step_to_outputs", step_to_outputs), ("dense", dense)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type_name(flag)}")
+    check_bool("step_to_outputs", step_to_outputs)
+    check_bool("dense", dense)
     options.interpolate = not step_to_outputs
     options.dense = dense
     options.time_dtype = time_dtype(t, y0)

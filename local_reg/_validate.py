@@ -26,6 +26,13 @@ def type_name(value: object) -> str:
     return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is a bool (numpy's is not), else a ``TypeError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type_name(value)}")
+    return value
+
+
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     """``value`` if it is one of ``choices``, else a ``ValueError`` that names ``name`` and lists them."""
     choices = tuple(choices)

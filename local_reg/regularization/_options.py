@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._validate import (
+    check_bool,
     check_choice,
     compile_options,
     positive_float,
     relative_tolerance,
     solve_options,
-    type_name,
 )
 from ..tableaus import get_tableau
 
@@ -94,8 +94,7 @@ def check_ode_settings(
                 "a regularized model adds its own output times (t_reg); stop the solve outside the model"
             )
         for name in ("step_to_outputs", "dense"):
-            if not isinstance(options.get(name, False), bool):
-                raise TypeError(f"options[{name!r}] must be a bool, got {type_name(options[name])}")
+            check_bool(f"options[{name!r}]", options.get(name, False))
         compile_options(options.get("compile", False))
         return options
     from torchdiffeq._impl.odeint import SOLVERS

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._validate import check_choice
+from .._validate import check_bool, check_choice
 
 SAMPLINGS = ("random", "biased")
 STEP_SIZES = ("initial", "solver")
@@ -18,8 +18,7 @@ def check_sampling(sampling: object, step_size: object, detach_state: object) ->
     """Check the sampling options of local regularization; returns ``(sampling, step_size)``."""
     sampling = check_choice("sampling", sampling, SAMPLINGS)
     step_size = check_choice("step_size", step_size, STEP_SIZES)
-    if not isinstance(detach_state, bool):
-        raise TypeError(f"detach_state must be a bool, got {type(detach_state).__name__}")
+    check_bool("detach_state", detach_state)
     if sampling == "biased" and not detach_state:
         raise ValueError(
             "detach_state=False needs sampling='random': biased sampling restarts from the recorded "
