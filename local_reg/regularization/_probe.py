@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._validate import check_choice
+from .._validate import check_choice, positive_int
 from . import _sampling
 from ._sampling import insert_time, time_tolerance
 
@@ -67,8 +67,7 @@ def check_probe_options(
         raise TypeError(f"probe_scale must be a positive float, got {type(probe_scale).__name__}")
     if not (math.isfinite(probe_scale) and probe_scale > 0):
         raise ValueError(f"probe_scale must be positive and finite, got {probe_scale}")
-    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
-        raise ValueError(f"n_draws must be a positive int, got {n_draws!r}")
+    n_draws = positive_int("n_draws", n_draws)
     if step_size == "solver" and probe != "solver" and probe != "initial":
         raise ValueError(f"probe={probe!r} contradicts step_size='solver'; use probe='solver' alone")
     if penalty != "error-dt" and regularizer != "error":

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import non_negative_float, positive_float
+from .._validate import non_negative_float, positive_float, positive_int
 from ._diagnostics import GradientRatio, trained_parameters
 
 
@@ -103,9 +103,7 @@ class ExponentialDecay(WeightSchedule):
         self.w1 = non_negative_float("w1", w1)
         if self.w0 == 0 or self.w1 == 0:
             raise ValueError(f"w0 and w1 must be positive for an exponential decay, got {w0}, {w1}")
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-            raise ValueError(f"n_steps must be a positive int, got {n_steps!r}")
-        self.n_steps = n_steps
+        self.n_steps = positive_int("n_steps", n_steps)
 
     def value(self, iteration: int) -> float:
         k = min(iteration, self.n_steps)
@@ -317,9 +315,7 @@ class RatioWeight(_SelfTuningWeight):
         parameters: Iterable[Tensor] | None = None,
     ) -> None:
         self.target_ratio = positive_float("target_ratio", target_ratio)
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive int, got {every!r}")
-        self.every = every
+        self.every = positive_int("every", every)
         self.parameters = None if parameters is None else trained_parameters(parameters)
         self._measurement: dict[str, Any] | None = None
         super().__init__(initial, beta, w_min, w_max)
