@@ -24,6 +24,15 @@ from ._diagnose import explain_failure
 from ._errors import SolverError
 from ._step import RKStepper, StepResult, VectorField, min_step_size, rms_norm, underflow_threshold
 from ._stepper import Stepper
+from ._validate import (
+    check_bool,
+    checked_norm,
+    compile_options,
+    positive_float,
+    positive_int,
+    relative_tolerance,
+    type_name,
+)
 from .controller import PIController
 from .solution import Stats, Steps
 from .tableaus import ButcherTableau
@@ -63,23 +72,29 @@ DEFAULT_MAX_STEPS = 10_000
 _LANDING_SLACK = 0.01
 
 
-@dataclass
+@dataclass(frozen=True)
 class SolveOptions:
-    """Validated options of one solve (see :func:`local_reg.odeint` and :func:`local_reg.sdeint`).
+    """The options of one solve (see :func:`local_reg.odeint` and :func:`local_reg.sdeint`), checked
+    once on construction: each bad value raises a ``ValueError``/``TypeError`` naming it.
 
     ``tableau`` and ``norm`` are the Runge--Kutta stepper's; an SDE solve leaves ``tableau`` unset.
+    ``None`` for ``controller``, ``norm`` or ``callbacks`` means their default.
+    ``rtol = 0`` is allowed (a pure absolute tolerance, as in torchdiffeq); ``atol`` must be positive
+    so that the error scale ``atol + rtol * |y|`` never vanishes. A fixed-step ``tableau`` needs
+    ``step_size``.
     """
 
     rtol: float
     atol: float
-    first_step: float | None
-    max_steps: int
-    step_size: float | None
+    first_step: float | None = None
+    max_steps: int = DEFAULT_MAX_STEPS
+    step_size: float | None = None
     controller: PIController = field(default_factory=PIController)
     tableau: ButcherTableau | None = None
     norm: Callable[[Tensor], Tensor] = rms_norm
     """Norm of the scaled error (and of the initial-step heuristic): RMS over the whole state by
-    default (the backsolve adjoint computes its own error norm over (y, a) and the parameter integral)."""
+    default (the backsolve adjoint computes its own error norm over (y, a) and the parameter integral).
+    Any other callable is checked on every call to return a 0-dim tensor."""
     interpolate: bool = False
     """Step towards the last output time only and read the others from the stepper's dense output
     (adaptive Runge--Kutta solves); ``False`` lands a step on every output time."""
@@ -90,7 +105,33 @@ class SolveOptions:
     time_dtype: torch.dtype | None = None
     """The dtype of the time argument the vector field gets; ``None``: the state's dtype."""
     compile: dict[str, Any] | None = None
-    """``torch.compile`` keywords of the forward solve's Runge--Kutta steps (``None``: eager)."""
+    """``torch.compile`` keywords of the forward solve's Runge--Kutta steps (``None``: eager); ``True``
+    and ``False`` are read as ``{}`` and ``None``."""
+
+    def __post_init__(self) -> None:
+        checked = {
+            "rtol": relative_tolerance("rtol", self.rtol),
+            "atol": positive_float("atol", self.atol),
+            "first_step": None if self.first_step is None else positive_float("first_step", self.first_step),
+            "step_size": None if self.step_size is None else positive_float("step_size", self.step_size),
+            "max_steps": positive_int("max_steps", self.max_steps),
+            "controller": PIController() if self.controller is None else self.controller,
+            "norm": rms_norm if self.norm is None else checked_norm(self.norm),
+            "callbacks": StepCallbacks() if self.callbacks is None else self.callbacks,
+            "compile": None if self.compile is None else compile_options(self.compile),
+        }
+        if self.step_size is None and self.tableau is not None and not self.tableau.adaptive:
+            raise ValueError(f"method {self.tableau.name!r} is fixed-step: pass step_size")
+        if not isinstance(checked["controller"], PIController):
+            raise TypeError(f"controller must be a PIController, got {type_name(self.controller)}")
+        if self.tableau is not None and not isinstance(self.tableau, ButcherTableau):
+            raise TypeError(f"tableau must be a ButcherTableau, got {type_name(self.tableau)}")
+        if not isinstance(checked["callbacks"], StepCallbacks):
+            raise TypeError(f"callbacks must be a StepCallbacks, got {type_name(self.callbacks)}")
+        check_bool("interpolate", self.interpolate)
+        check_bool("dense", self.dense)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
 
 
 def fixed_step_count(t: float, t_target: float, step_size: float) -> int:

@@ -10,14 +10,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, StepPenalty
+from ._integrate import DEFAULT_MAX_STEPS, SolveOptions, StepCallbacks, StepPenalty
 from ._step import VectorField, time_tensor
 from ._tuple import accepts_tuple_states
 from ._validate import (
     check_bool,
     checked_field,
-    compile_options,
-    solve_options,
     time_dtype,
     validate_state,
     validate_times,
@@ -244,15 +242,21 @@ def odeint(
     """
     y0 = validate_state(y0)
     times = validate_times(t)
-    options = solve_options(
-        rtol, atol, first_step, max_steps, step_size, controller, get_tableau(method), norm, callbacks
+    options = SolveOptions(
+        rtol=rtol,
+        atol=atol,
+        first_step=first_step,
+        max_steps=max_steps,
+        step_size=step_size,
+        controller=controller,
+        tableau=get_tableau(method),
+        norm=norm,
+        interpolate=not check_bool("step_to_outputs", step_to_outputs),
+        dense=dense,
+        callbacks=callbacks,
+        time_dtype=time_dtype(t, y0),
+        compile=compile,
     )
-    check_bool("step_to_outputs", step_to_outputs)
-    check_bool("dense", dense)
-    options.interpolate = not step_to_outputs
-    options.dense = dense
-    options.time_dtype = time_dtype(t, y0)
-    options.compile = compile_options(compile)
     gradient_method = as_gradient_method(gradient)
     gradient_method = _legacy_gradient(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options

@@ -13,10 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._integrate import SolveOptions, StepCallbacks
 from ._step import rms_norm
-from .controller import PIController
-from .tableaus import ButcherTableau
 
 
 def type_name(value: object) -> str:
@@ -239,6 +236,15 @@ class CheckedNorm:
         return value
 
 
+def checked_norm(norm: object) -> Callable[[Tensor], Tensor]:
+    """``norm`` as a solve uses it: RMS kept as is, any other callable wrapped in a :class:`CheckedNorm`."""
+    if norm is rms_norm or isinstance(norm, CheckedNorm):
+        return norm
+    if not callable(norm):
+        raise TypeError(f"norm must be callable as norm(scaled_error) -> 0-dim tensor, got {type_name(norm)}")
+    return CheckedNorm(norm)
+
+
 def checked_field(func: Callable[[Tensor, Tensor], Tensor]) -> CheckedField:
     """``func`` wrapped in a :class:`CheckedField` (once)."""
     return func if isinstance(func, CheckedField) else CheckedField(func)
@@ -264,49 +270,3 @@ def finite_float(name: str, value: object) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
-
-
-def solve_options(
-    rtol: float,
-    atol: float,
-    first_step: float | None,
-    max_steps: int,
-    step_size: float | None,
-    controller: PIController | None,
-    tableau: ButcherTableau | None = None,
-    norm: Callable[[Tensor], Tensor] | None = None,
-    callbacks: StepCallbacks | None = None,
-) -> SolveOptions:
-    """The checked :class:`SolveOptions` of one solve. A fixed-step ``tableau`` needs ``step_size``.
-
-    ``rtol = 0`` is allowed (a pure absolute tolerance, as in torchdiffeq); ``atol`` must be positive
-    so that the error scale ``atol + rtol * |y|`` never vanishes. ``norm`` (default RMS) maps the
-    scaled error to the number compared with 1; ``callbacks`` is a :class:`StepCallbacks`."""
-    rtol = relative_tolerance("rtol", rtol)
-    atol = positive_float("atol", atol)
-    if first_step is not None:
-        first_step = positive_float("first_step", first_step)
-    if step_size is not None:
-        step_size = positive_float("step_size", step_size)
-    elif tableau is not None and not tableau.adaptive:
-        raise ValueError(f"method {tableau.name!r} is fixed-step: pass step_size")
-    max_steps = positive_int("max_steps", max_steps)
-    if controller is not None and not isinstance(controller, PIController):
-        raise TypeError(f"controller must be a PIController, got {type(controller).__name__}")
-    if norm is not None and not callable(norm):
-        raise TypeError(
-            f"norm must be callable as norm(scaled_error) -> 0-dim tensor, got {type(norm).__name__}"
-        )
-    if callbacks is not None and not isinstance(callbacks, StepCallbacks):
-        raise TypeError(f"callbacks must be a StepCallbacks, got {type(callbacks).__name__}")
-    return SolveOptions(
-        norm=rms_norm if norm is None else CheckedNorm(norm),
-        callbacks=callbacks or StepCallbacks(),
-        rtol=rtol,
-        atol=atol,
-        first_step=first_step,
-        max_steps=max_steps,
-        step_size=step_size,
-        controller=controller or PIController(),
-        tableau=tableau,
-    )

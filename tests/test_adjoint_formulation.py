@@ -17,9 +17,8 @@ import pytest
 import torch
 
 from local_reg import BacksolveAdjoint, odeint
-from local_reg._integrate import integrate_ode
+from local_reg._integrate import SolveOptions, integrate_ode
 from local_reg._step import rms_norm
-from local_reg._validate import solve_options
 from local_reg.tableaus import get_tableau
 
 torchdiffeq = pytest.importorskip("torchdiffeq")
@@ -134,14 +133,11 @@ def test_backsolve_equals_the_augmented_system_on_one_flat_state(case):
 
     ys = solution.ys.detach().requires_grad_(True)
     (grad_ys,) = torch.autograd.grad(loss_of(ys, skip_middle), ys)
-    forward_options = solve_options(
-        forward.get("rtol", 1e-6),
-        forward.get("atol", 1e-8),
-        None,
-        10_000,
-        forward.get("step_size"),
-        None,
-        get_tableau(forward["method"]),
+    forward_options = SolveOptions(
+        rtol=forward.get("rtol", 1e-6),
+        atol=forward.get("atol", 1e-8),
+        step_size=forward.get("step_size"),
+        tableau=get_tableau(forward["method"]),
     )
     options = gradient.backward_options(forward_options)
     reference, calls = flat_augmented_backsolve(

@@ -1134,3 +1134,27 @@ def test_evaluate_refuses_a_t_that_requires_grad_and_differentiates_the_paramete
     solution.evaluate(query.detach()).sum().backward()
     exact = sum(-s * math.exp(-0.7 * s) for s in (0.3, 0.55))
     assert func.rate.grad.item() == pytest.approx(exact, rel=1e-6)
+
+
+def test_solve_options_check_themselves_once_made_and_stay_checked():
+    """``SolveOptions`` is checked on construction (and on ``dataclasses.replace``) and is frozen, so
+    no solve can start from options that skipped the checks."""
+    import dataclasses
+
+    from local_reg._integrate import SolveOptions
+    from local_reg.tableaus import get_tableau
+
+    options = SolveOptions(rtol=1e-6, atol=1e-8, tableau=get_tableau("tsit5"), compile=True)
+    assert options.compile == {} and options.controller == local_reg.PIController()
+    with pytest.raises(ValueError, match="atol"):
+        SolveOptions(rtol=1e-6, atol=0.0)
+    with pytest.raises(ValueError, match="rtol"):
+        dataclasses.replace(options, rtol=-1.0)
+    with pytest.raises(ValueError, match="'rk4' is fixed-step: pass step_size"):
+        dataclasses.replace(options, tableau=get_tableau("rk4"))
+    with pytest.raises(TypeError, match="dense must be a bool"):
+        SolveOptions(rtol=1e-6, atol=1e-8, dense=1)
+    with pytest.raises(TypeError, match="controller must be a PIController"):
+        SolveOptions(rtol=1e-6, atol=1e-8, controller="pi")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.rtol = 1.0

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from local_reg import TABLEAUS, BacksolveAdjoint, Checkpoint, Symplectic, odeint, odeint_event
-from local_reg._integrate import integrate_ode
-from local_reg._validate import solve_options
+from local_reg._integrate import SolveOptions, integrate_ode
 from local_reg.gradients import GRADIENT_METHODS
 from local_reg.gradients._checkpoints import StepStates
 from tests.problems import CountingField, lotka_volterra
@@ -602,7 +601,7 @@ def test_re_solved_states_are_the_forwards_to_the_bit():
 
     y0 = torch.tensor([0.3, -0.5, 1.1], dtype=DTYPE)
     times = [0.0, 0.11, 0.3, 0.4, 0.539, 0.6, 0.9, 1.21, 1.42, 1.693, 2.1, 2.19, 2.2, 2.759]
-    options = solve_options(1e-6, 1e-8, None, 10_000, None, None, TABLEAUS["tsit5"])
+    options = SolveOptions(rtol=1e-6, atol=1e-8, tableau=TABLEAUS["tsit5"])
     store, every_state = StepStates(12), []
 
     def keep(state):

@@ -267,12 +267,13 @@ class BacksolveAdjoint(GraphFreeGradient):
         return None if own_adaptive_method else forward.step_size
 
     def check(self, options: SolveOptions) -> None:
-        backward = self.backward_options(options)
-        if backward.step_size is None and not backward.tableau.adaptive:
+        tableau = options.tableau if self.tableau is None else self.tableau
+        if self._backward_step_size(options) is None and not tableau.adaptive:
             raise ValueError(
-                f"BacksolveAdjoint method {backward.tableau.name!r} is fixed-step: pass "
-                "BacksolveAdjoint(step_size=...)"
+                f"BacksolveAdjoint method {tableau.name!r} is fixed-step: "
+                "pass BacksolveAdjoint(step_size=...)"
             )
+        self.backward_options(options)
 
     def backward(
         self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None

@@ -15,10 +15,8 @@ from typing import Any
 from .._validate import (
     check_bool,
     check_choice,
-    compile_options,
     positive_float,
     relative_tolerance,
-    solve_options,
 )
 from ..tableaus import get_tableau
 
@@ -72,30 +70,30 @@ def check_ode_settings(
     rtol = relative_tolerance("rtol", rtol)
     atol = positive_float("atol", atol)
     if backend == "local_reg":
-        from .._odeint import DEFAULT_MAX_STEPS, odeint
+        from .._integrate import DEFAULT_MAX_STEPS, SolveOptions
+        from .._odeint import odeint
 
         tableau = get_tableau(ODE_DEFAULT_METHOD[backend] if method is None else method)
         options = check_option_keys(options, keyword_names([odeint], _ODEINT_RESERVED), backend)
-        solve_options(
-            rtol,
-            atol,
-            options.get("first_step"),
-            options.get("max_steps", DEFAULT_MAX_STEPS),
-            options.get("step_size"),
-            options.get("controller"),
-            tableau,
-            options.get("norm"),
-            options.get("callbacks"),
+        for name in ("step_to_outputs", "dense"):
+            check_bool(f"options[{name!r}]", options.get(name, False))
+        SolveOptions(
+            rtol=rtol,
+            atol=atol,
+            first_step=options.get("first_step"),
+            max_steps=options.get("max_steps", DEFAULT_MAX_STEPS),
+            step_size=options.get("step_size"),
+            controller=options.get("controller"),
+            tableau=tableau,
+            norm=options.get("norm"),
+            callbacks=options.get("callbacks"),
+            compile=options.get("compile", False),
         )
-        callbacks = options.get("callbacks")
-        if callbacks is not None and getattr(callbacks, "stop", None) is not None:
+        if options.get("callbacks") is not None and options["callbacks"].stop is not None:
             raise ValueError(
                 "options['callbacks'] has a stop condition, which needs a solve over exactly [t0, t1]: "
                 "a regularized model adds its own output times (t_reg); stop the solve outside the model"
             )
-        for name in ("step_to_outputs", "dense"):
-            check_bool(f"options[{name!r}]", options.get(name, False))
-        compile_options(options.get("compile", False))
         return options
     from torchdiffeq._impl.odeint import SOLVERS
 
@@ -111,20 +109,20 @@ def check_sde_settings(
     relative_tolerance("rtol", rtol)
     positive_float("atol", atol)
     if backend == "local_reg":
-        from .._integrate import DEFAULT_MAX_STEPS
+        from .._integrate import DEFAULT_MAX_STEPS, SolveOptions
         from ..sde import sdeint
         from ..sde.problem import METHODS
 
         if method is not None:
             check_choice("method", method, METHODS)
         options = check_option_keys(options, keyword_names([sdeint], _SDEINT_RESERVED), backend)
-        solve_options(
-            rtol,
-            atol,
-            options.get("first_step", options.get("dt0")),
-            options.get("max_steps", DEFAULT_MAX_STEPS),
-            options.get("step_size"),
-            options.get("controller"),
+        SolveOptions(
+            rtol=rtol,
+            atol=atol,
+            first_step=options.get("first_step", options.get("dt0")),
+            max_steps=options.get("max_steps", DEFAULT_MAX_STEPS),
+            step_size=options.get("step_size"),
+            controller=options.get("controller"),
         )
         return options
     import torchsde

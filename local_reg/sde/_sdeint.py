@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._integrate import DEFAULT_MAX_STEPS, integrate
+from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, integrate
 from .._step import time_tensor
-from .._validate import check_generator, solve_options
+from .._validate import check_generator
 from ..controller import PIController
 from ..solution import Solution
 from ._step import EulerMaruyamaStepper, SDEStepResult
@@ -106,7 +106,14 @@ def sdeint(
         if first_step is not None:
             raise ValueError("pass first_step or its deprecated spelling dt0, not both")
         first_step = dt0
-    options = solve_options(rtol, atol, first_step, max_steps, step_size, controller)
+    options = SolveOptions(
+        rtol=rtol,
+        atol=atol,
+        first_step=first_step,
+        max_steps=max_steps,
+        step_size=step_size,
+        controller=controller,
+    )
     if step_penalty is not None and step_size is not None:
         raise ValueError("step_penalty needs the adaptive mode (an error estimate): drop step_size")
 
