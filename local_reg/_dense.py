@@ -22,6 +22,8 @@ class DenseOutput:
         interpolant: the method's dense output.
         t0: where the solve starts (the whole span of a solve of one output time, which takes no step).
         t, dt: start time and signed size of each accepted step.
+        t_end: where the last accepted step ended, as the solve recorded it (``t[-1] + dt[-1]`` may
+            round to another float).
         states: the state at each step start, and the final state last.
         stages: the stages the interpolant combines, per step.
     """
@@ -30,12 +32,14 @@ class DenseOutput:
     t0: float
     t: list[float] = field(default_factory=list)
     dt: list[float] = field(default_factory=list)
+    t_end: float | None = None
     states: list[Tensor] = field(default_factory=list)
     stages: list[tuple[Tensor, ...]] = field(default_factory=list)
 
-    def add_step(self, t: float, dt: float, y: Tensor, stages: tuple[Tensor, ...]) -> None:
+    def add_step(self, t: float, dt: float, t_end: float, y: Tensor, stages: tuple[Tensor, ...]) -> None:
         self.t.append(t)
         self.dt.append(dt)
+        self.t_end = t_end
         self.add_state(y)
         self.stages.append(stages)
 
@@ -50,7 +54,7 @@ class DenseOutput:
         recorded state ``states[index]``."""
         direction = 1.0 if self.dt[0] > 0 else -1.0
         t_start = self.t[0]
-        t_end = self.t[-1] + self.dt[-1]
+        t_end = self.t_end
         if direction * (t - t_start) < 0 or direction * (t - t_end) > 0:
             lo, hi = sorted((t_start, t_end))
             raise ValueError(f"t={t} is outside the solved span [{lo}, {hi}]")

@@ -359,7 +359,7 @@ def integrate(
                     penalties.append(step_penalty(result, dt))
                 accepted_step = AcceptedStep(stepper, result, t, step_dt, y, t_next, stats)
                 if log.dense is not None:
-                    log.dense.add_step(t, step_dt, y, accepted_step.stages)
+                    log.dense.add_step(t, step_dt, t_next, y, accepted_step.stages)
                 if interpolate:
                     inside = []
                     while next_output < len(times) - 1 and direction * (times[next_output] - t_next) < 0:

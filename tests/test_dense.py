@@ -318,6 +318,20 @@ def test_evaluate_at_step_ends_is_the_step_state(method, gradient):
     assert (solution.evaluate(fine) - reference).abs().max() < tolerance
 
 
+def test_evaluate_at_the_last_output_time_is_the_final_state_where_start_plus_size_rounds_off():
+    """The last step's start plus its size need not round back to the output time it landed on
+    (here: a backward solve ending just below 0); ``evaluate`` there is still the final state."""
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    checked = 0
+    for k in range(1, 61):
+        t_end = -k / 3700.0
+        solution = odeint(lambda t, y: -y, y0, [1.0, t_end], rtol=1e-3, atol=1e-3, dense=True)
+        last_start, last_size = solution.steps.t[-1].item(), solution.steps.dt[-1].item()
+        checked += last_start + last_size != t_end
+        assert torch.equal(solution.evaluate(t_end), solution.ys[-1])
+    assert checked > 0  # the case the test is about occurred
+
+
 @pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
 def test_evaluate_under_a_graph_free_method_is_detached_not_a_wrong_gradient(gradient):
     """The graph-free methods record no graph for the dense output, so its values are detached
