@@ -339,6 +339,12 @@ def test_sdeint_refuses_a_generator_that_is_not_one():
         sdeint(DiagonalSDE(), torch.ones(2, 3, dtype=torch.float64), [0.0, 1.0], generator=0)
 
 
+def test_sdeint_refuses_a_t_that_requires_grad_rather_than_leave_it_without_gradient():
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="t requires grad"):
+        sdeint(DiagonalSDE(), torch.ones(2, 3, dtype=torch.float64), t)
+
+
 def test_sdeint_checks_drift_diffusion_and_brownian_increments_on_every_call():
     y0 = torch.ones(2, 3)
     later_float64 = DiagonalSDE(f=fails_after(3, lambda t, y: -y, lambda t, y: (-y).double()))

@@ -70,6 +70,11 @@ def validate_sde_problem(
     y0 = validate_state(y0)
     if y0.dim() != 2:
         raise ValueError(f"y0 must have shape (batch, state) as in torchsde, got shape {tuple(y0.shape)}")
+    if isinstance(t, Tensor) and t.requires_grad:
+        raise ValueError(
+            "t requires grad, but sdeint solves at fixed times and no gradient reaches t "
+            "(torchsde refuses it too): pass t.detach()"
+        )
     times = validate_times(t)
     if len(times) < 2:
         raise ValueError("t must hold at least two times (start and end of the solve)")
