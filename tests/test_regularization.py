@@ -368,6 +368,24 @@ def test_insert_time():
     assert insert_time([1.0, 0.0], 0.9999999999999, 1e-9) == ([1.0, 0.0], 0, False)
 
 
+def test_uniform_draws_far_from_zero_cover_the_span_and_an_unresolvable_span_is_refused():
+    """Far from 0 a float32 time resolves only coarse steps of the span: the draws still spread
+    over it (they snapped to t0 when the snapping tolerance outgrew the span) and always return;
+    a span float32 cannot split into distinct times is refused by name instead of redrawn forever."""
+    from local_reg.regularization._sampling import sample_uniform_time
+
+    generator = torch.Generator().manual_seed(0)
+    t0 = 1e6
+    draws = [sample_uniform_time([t0, t0 + 10.0], torch.float32, generator) - t0 for _ in range(200)]
+    assert min(draws) >= 0.0 and max(draws) < 10.0
+    assert 0.6 < sum(d > 2.5 for d in draws) / len(draws) < 0.9
+    # [1e6, 1e6 + 1] holds 16 float32 times: every draw returns, within [t0, t1).
+    for _ in range(50):
+        assert 0.0 <= sample_uniform_time([t0, t0 + 1.0], torch.float32, generator) - t0 < 1.0
+    with pytest.raises(ValueError, match="t spans .* cannot resolve"):
+        sample_uniform_time([t0, t0 + 0.01], torch.float32, generator)
+
+
 def test_backward_in_time():
     t = torch.tensor([1.0, 0.4, 0.0], dtype=DTYPE)
     for sampling in ("random", "biased"):

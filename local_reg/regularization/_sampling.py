@@ -11,6 +11,9 @@ import torch
 from .._validate import check_bool, check_choice
 
 SAMPLINGS = ("random", "biased")
+# Redraws of t_reg before its span counts as unresolvable: on a span of two representable times
+# half the draws round onto the end, so 64 failures in a row happen with probability 2^-64.
+_MAX_DRAWS = 64
 STEP_SIZES = ("initial", "solver")
 
 
@@ -29,10 +32,12 @@ def check_sampling(sampling: object, step_size: object, detach_state: object) ->
 
 def time_tolerance(times: Sequence[float], t_dtype: torch.dtype) -> float:
     """Two times closer than this are one: a sliver of a step between them would underflow, and
-    the backend may see the times rounded to ``t_dtype``."""
+    the backend may see the times rounded to ``t_dtype``. At most a thousandth of the span: far
+    from 0 (``|t| / span`` beyond ~1e5 in float32) the draws are rounded to ``t_dtype`` anyway, whose
+    distinct values are a whole step apart, and a wider tolerance would snap every draw to ``t0``."""
     span = abs(times[-1] - times[0])
     scale = max(abs(times[0]), abs(times[-1]), span)
-    return max(1e-9 * span, 64 * torch.finfo(t_dtype).eps * scale)
+    return min(max(1e-9 * span, 64 * torch.finfo(t_dtype).eps * scale), 1e-3 * span)
 
 
 def insert_time(times: Sequence[float], t_new: float, tolerance: float) -> tuple[list[float], int, bool]:
@@ -59,10 +64,15 @@ def sample_uniform_time(
     """``t_reg ~ U[t0, t1)`` [LR23, unbiased sampling], rounded to ``t_dtype``."""
     t0, t1 = times[0], times[-1]
     tolerance = time_tolerance(times, t_dtype)
-    while True:
+    resolvable = float(torch.tensor(t0, dtype=t_dtype)) != float(torch.tensor(t1, dtype=t_dtype))
+    for _ in range(_MAX_DRAWS if resolvable else 0):
         u = float(torch.rand((), generator=generator, dtype=torch.float64))
         # Round to the dtype the backend will see the times in.
         t_reg = float(torch.tensor(t0 + u * (t1 - t0), dtype=t_dtype))
         # [t0, t1): a draw that rounds onto (or within a sliver of) the end is drawn again.
         if abs(t1 - t_reg) > tolerance:
             return t_reg
+    raise ValueError(
+        f"t spans [{t0}, {t1}], which {t_dtype} cannot resolve into distinct times to sample t_reg "
+        f"from: pass t (or y0) in float64, or shift t towards 0"
+    )
