@@ -308,8 +308,7 @@ def _solve_until_event(
     event = CombinedEvent(event_fn, layout, t0_value, y0)
     checked = checked_field(func)
 
-    initial_t = torch.tensor(t0_value, dtype=t_dtype) if t0_tensor is None else t0_tensor.to(t_dtype)
-    initial_t = initial_t.to(y0.device)
+    initial_t = time_tensor(t0_value, y0, t_dtype) if t0_tensor is None else t0_tensor.to(y0.device, t_dtype)
     if event.at_start:
         # The event is t0 itself, whatever the inputs: no step is taken.
         solution = odeint(func, y0, [t0_value], callbacks=callbacks, **odeint_kwargs)

@@ -185,7 +185,7 @@ class StepLog:
 
     def to_steps(self, has_stiffness: bool) -> Steps:
         def as_tensor(values: list[float]) -> Tensor:
-            return torch.tensor(values, dtype=torch.float64)
+            return torch.tensor(values, dtype=torch.float64, device="cpu")
 
         stiffness = None
         if has_stiffness:

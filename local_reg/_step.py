@@ -83,7 +83,7 @@ def _cached_scalar(value: float, dtype: torch.dtype) -> Tensor:
     # Made under inference_mode it would be an inference tensor, which every later differentiated
     # step would fail to save for backward.
     with torch.inference_mode(False):
-        return torch.tensor(value, dtype=dtype)
+        return torch.tensor(value, dtype=dtype, device="cpu")
 
 
 def error_scale(y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:

@@ -225,6 +225,34 @@ def test_training_after_a_first_solve_under_inference_mode(gradient):
     assert field.rate.grad is not None and torch.isfinite(field.rate.grad).all()
 
 
+def test_a_solve_under_another_default_device_leaves_later_solves_alone():
+    """Nothing the library makes for itself (cached scalar constants, the step record, the draws of
+    t_reg, STEER's end time) follows ``torch.set_default_device``: CPU tensors solved under a
+    default meta device (as a model built with ``torch.device("meta")`` would) give the same
+    results, and a solve made there does not break the solves after it."""
+    from local_reg import LocallyRegularized, SteerRegularized
+    from local_reg._step import _cached_scalar
+
+    _cached_scalar.cache_clear()
+    field = Decay(0.7)
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+
+    def calls():
+        yield odeint(field, y0, t, rtol=1e-5, atol=1e-7).ys
+        for kind in (LocallyRegularized, SteerRegularized):
+            options = {"b": 0.1} if kind is SteerRegularized else {}
+            model = kind(field, weight=1.0, generator=torch.Generator().manual_seed(3), **options)
+            yield torch.cat([model(y0, t).reshape(-1), model.reg_loss.reshape(1)])
+
+    with torch.device("meta"):
+        under_meta = list(calls())
+    _cached_scalar.cache_clear()
+    expected = list(calls())
+    assert all(got.device.type == "cpu" for got in under_meta)
+    assert all(torch.equal(a, b) for a, b in zip(under_meta, expected, strict=True))
+
+
 def test_solver_errors_survive_pickling_as_from_a_worker_process():
     import pickle
 

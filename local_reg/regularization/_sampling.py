@@ -58,17 +58,29 @@ def insert_time(times: Sequence[float], t_new: float, tolerance: float) -> tuple
     return new_times, position, True
 
 
+def uniform_draw(generator: torch.Generator | None) -> float:
+    """``u ~ U[0, 1)`` from ``generator`` (default: the global CPU generator), whatever the default
+    device (a CPU generator cannot fill a tensor on another device)."""
+    device = "cpu" if generator is None else generator.device
+    return float(torch.rand((), generator=generator, dtype=torch.float64, device=device))
+
+
+def rounded(t: float, t_dtype: torch.dtype) -> float:
+    """``t`` rounded to ``t_dtype``."""
+    return float(torch.tensor(t, dtype=t_dtype, device="cpu"))
+
+
 def sample_uniform_time(
     times: Sequence[float], t_dtype: torch.dtype, generator: torch.Generator | None
 ) -> float:
     """``t_reg ~ U[t0, t1)`` [LR23, unbiased sampling], rounded to ``t_dtype``."""
     t0, t1 = times[0], times[-1]
     tolerance = time_tolerance(times, t_dtype)
-    resolvable = float(torch.tensor(t0, dtype=t_dtype)) != float(torch.tensor(t1, dtype=t_dtype))
+    resolvable = rounded(t0, t_dtype) != rounded(t1, t_dtype)
     for _ in range(_MAX_DRAWS if resolvable else 0):
-        u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        u = uniform_draw(generator)
         # Round to the dtype the backend will see the times in.
-        t_reg = float(torch.tensor(t0 + u * (t1 - t0), dtype=t_dtype))
+        t_reg = rounded(t0 + u * (t1 - t0), t_dtype)
         # [t0, t1): a draw that rounds onto (or within a sliver of) the end is drawn again.
         if abs(t1 - t_reg) > tolerance:
             return t_reg

@@ -36,6 +36,7 @@ from ._baseline import (
 )
 from ._main_solve import Request
 from ._module import Regularized
+from ._sampling import uniform_draw
 
 
 def check_half_width(b: float, times: list[float]) -> None:
@@ -52,8 +53,7 @@ def check_half_width(b: float, times: list[float]) -> None:
 
 def sample_end_time(t_end: float, b: float, generator: torch.Generator) -> float:
     """A draw of ``U(t_end - b, t_end + b)``."""
-    u = float(torch.rand((), generator=generator, dtype=torch.float64))
-    return t_end + b * (2.0 * u - 1.0)
+    return t_end + b * (2.0 * uniform_draw(generator) - 1.0)
 
 
 @dataclass(frozen=True)
