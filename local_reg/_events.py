@@ -4,7 +4,8 @@ The solve is one run of the one loop (:func:`local_reg._integrate.integrate`) wi
 (``StepCallbacks.stop``): after every accepted step the event function is evaluated at the step's
 end; on the first step where it has changed sign, the event time is located inside the step on the
 step's dense output (:mod:`local_reg.interpolants`) by the Illinois variant of regula falsi,
-safeguarded by bisection, to the time resolution of the state's dtype (five or six evaluations of
+safeguarded by bisection, to ``4 eps |dt|`` of the step in the state's dtype and no finer than the
+times ``event_fn`` gets (five or six evaluations of
 ``event_fn`` on smooth problems, ``benchmarks/events.py``), and the solve ends there. Several entries
 are combined as torchdiffeq combines them: ``h = min_i s_i g_i(t, y)`` with ``s = sign(g(t0, y0))``
 starts positive, and the event is the first time any entry changes sign.
@@ -64,12 +65,19 @@ class CombinedEvent:
     ``s = sign(g(t0, y0))``. Each call checks ``event_fn``'s output."""
 
     def __init__(
-        self, event_fn: EventFunction, layout: Callable[[Tensor], Any], t0: float, y0: Tensor
+        self,
+        event_fn: EventFunction,
+        layout: Callable[[Tensor], Any],
+        t0: float,
+        y0: Tensor,
+        time_dtype: torch.dtype,
     ) -> None:
         if not callable(event_fn):
             raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}")
         self.event_fn = event_fn
         self.layout = layout
+        self.time_dtype = time_dtype
+        """The dtype of the time ``event_fn`` (and ``func``) gets: ``t0``'s, as in the solve."""
         self.shape: torch.Size | None = None
         with torch.no_grad():
             initial = self.values(t0, y0.detach())
@@ -80,7 +88,7 @@ class CombinedEvent:
         self.start_value = float(initial.abs().min())
 
     def values(self, t: float | Tensor, y: Tensor) -> Tensor:
-        time = t if isinstance(t, Tensor) else time_tensor(t, y)
+        time = t if isinstance(t, Tensor) else time_tensor(t, y, self.time_dtype)
         out = self.event_fn(time, self.layout(y))
         if not isinstance(out, Tensor):
             raise TypeError(f"event_fn must return a torch.Tensor, got {type(out).__name__}")
@@ -163,8 +171,12 @@ class EventLocator:
             if end_value > 0.0:
                 self.start_value = end_value
                 return None
-            # The time resolution of the state's dtype at this time.
-            xtol = 4 * torch.finfo(y1.dtype).eps * max(abs(t0), abs(t1))
+            # What the step's dense output can resolve: a fraction of the step set by the state's
+            # dtype, and no finer than the times event_fn gets.
+            xtol = 4 * max(
+                torch.finfo(y1.dtype).eps * abs(t1 - t0),
+                torch.finfo(self.event.time_dtype).eps * max(abs(t0), abs(t1)),
+            )
             return find_root(
                 lambda t: float(self.event(t, dense([t])[0].detach())),
                 t0,
@@ -179,13 +191,14 @@ class _InitialRate:
     """``f(t0, y0)`` for the backward pass of :class:`StartTime`, counted in ``stats.nfe_backward``
     of the event solve (set once the solve has run)."""
 
-    def __init__(self, func: VectorField, t0: float) -> None:
+    def __init__(self, func: VectorField, t0: float, time_dtype: torch.dtype) -> None:
         self.func = func
         self.t0 = t0
+        self.time_dtype = time_dtype
         self.stats: Stats | None = None
 
     def __call__(self, y0: Tensor) -> Tensor:
-        f0 = self.func(time_tensor(self.t0, y0), y0)
+        f0 = self.func(time_tensor(self.t0, y0, self.time_dtype), y0)
         self.stats.nfe_backward = (self.stats.nfe_backward or 0) + 1
         return f0
 
@@ -202,9 +215,9 @@ def _reroute(
     if not crossing.requires_grad:
         return event_t, y_event, 0
     with torch.no_grad():
-        rate = func(time_tensor(t_event, y_event), y_event)
+        rate = func(time_tensor(t_event, y_event, t_dtype), y_event)
     with torch.enable_grad():
-        t = time_tensor(t_event, y_event).requires_grad_(True)
+        t = time_tensor(t_event, y_event, t_dtype).requires_grad_(True)
         y = y_event.detach().requires_grad_(True)
         grad_t, grad_y = torch.autograd.grad(event(t, y), (t, y), allow_unused=True)
     along = torch.zeros((), dtype=crossing.dtype, device=crossing.device)
@@ -263,8 +276,10 @@ def odeint_event(
         ``t0`` and whatever ``event_fn`` depends on, by the implicit function theorem, with every
         gradient method (see docs/solver.md, "Events").
 
-    The event time is located on the last step's dense output to the time resolution of ``y0``'s
-    dtype; the state there is read from the same dense output (the step's own state if the event
+    The event time is located on the last step's dense output to ``4 eps |dt|`` of the step
+    (``y0``'s ``eps``), and no finer than ``t0``'s dtype resolves; ``func`` and ``event_fn`` get
+    times in ``t0``'s dtype (``y0``'s for a float ``t0``), as :func:`local_reg.odeint` for a tensor
+    ``t``. The state there is read from the same dense output (the step's own state if the event
     is its end). ``event_fn`` is evaluated once at ``t0``, once per accepted step and a few times in
     the located step, without a graph.
 
@@ -305,7 +320,7 @@ def _solve_until_event(
     t0_value, t0_tensor = _start_time(t0)
     t_dtype = t0_tensor.dtype if t0_tensor is not None and t0_tensor.is_floating_point() else y0.dtype
     layout = func.state.unflatten if isinstance(func, TupleField) else (lambda y: y)
-    event = CombinedEvent(event_fn, layout, t0_value, y0)
+    event = CombinedEvent(event_fn, layout, t0_value, y0, t_dtype)
     checked = checked_field(func)
 
     initial_t = time_tensor(t0_value, y0, t_dtype) if t0_tensor is None else t0_tensor.to(y0.device, t_dtype)
@@ -315,14 +330,16 @@ def _solve_until_event(
         return replace(solution, ts=torch.stack([initial_t, initial_t]), ys=torch.stack([y0, y0]))
 
     start = y0
-    initial_rate = _InitialRate(checked, t0_value)
+    initial_rate = _InitialRate(checked, t0_value, t_dtype)
     if t0_tensor is not None and t0_tensor.requires_grad and torch.is_grad_enabled():
         start = StartTime.apply(initial_rate, t0_tensor, y0)
     # The second time only gives the direction; it must differ from t0 in floating point.
     t1 = t0_value + (-1.0 if reverse_time else 1.0) * max(1.0, abs(t0_value))
     stop = replace(callbacks, stop=EventLocator(event))
     try:
-        solution = odeint(func, start, [t0_value, t1], callbacks=stop, **odeint_kwargs)
+        # As a tensor of t0's dtype, so that func gets its times in that dtype (odeint's rule).
+        span = torch.tensor([t0_value, t1], dtype=t_dtype, device=y0.device)
+        solution = odeint(func, start, span, callbacks=stop, **odeint_kwargs)
     except SolverError as error:
         if not error.reason.startswith("max_steps"):
             raise

@@ -247,6 +247,31 @@ def test_tuple_state_and_float32():
     assert event_t.item() == pytest.approx(impact(10.0, 2.0, 9.81)["t"], rel=1e-5)
 
 
+def test_float32_state_far_from_zero_with_a_float64_t0_locates_the_event_to_the_solver_error():
+    """A float32 state with ``t0 = 1e6`` as a float64 tensor: the event is located on the step's
+    dense output to a fraction of the step (it was ``4 eps32 |t|`` = 0.48 s wide, the ball then 1.5 m
+    underground), and ``func`` and ``event_fn`` get float64 times, as ``odeint`` gives them for a
+    float64 ``t``."""
+    seen = set()
+
+    def ball(t, y):
+        seen.add(t.dtype)
+        return torch.stack([y[1], torch.full_like(y[1], -9.81)])
+
+    def ground(t, y):
+        seen.add(t.dtype)
+        return y[0]
+
+    flight = impact(2.0, 0.0, 9.81)["t"]
+    for t0 in (0.0, 1e3, 1e6):
+        start = torch.tensor(t0, dtype=torch.float64)
+        event_t, solution = odeint_event(ball, torch.tensor([2.0, 0.0]), start, event_fn=ground)
+        assert event_t.dtype == torch.float64
+        assert (event_t - start).item() == pytest.approx(flight, abs=1e-5)
+        assert abs(solution.ys[-1][0].item()) < 1e-4
+    assert seen == {torch.float64}
+
+
 def test_fixed_step_method_locates_the_event_on_its_dense_output():
     # rk4 is exact on a quadratic, and so is the cubic Hermite interpolant inside each step.
     event_t, _ = odeint_event(
