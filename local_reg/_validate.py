@@ -71,7 +71,12 @@ def non_negative_float(name: str, value: object) -> float:
 def relative_tolerance(name: str, value: object) -> float:
     """``value`` as a relative tolerance: positive and finite, or 0 (a pure absolute tolerance, as
     in torchdiffeq; the absolute tolerance beside it must then be positive)."""
-    return 0.0 if real_number(name, value, "a positive float") == 0 else positive_float(name, value)
+    value = real_number(name, value, "a non-negative float")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"{name} must be non-negative (0: a pure absolute tolerance) and finite, got {value}"
+        )
+    return value
 
 
 def check_generator(generator: object) -> None:
