@@ -267,3 +267,37 @@ def test_backsolve_adjoint_takes_a_pure_absolute_tolerance():
         BacksolveAdjoint(rtol=-1e-6)
     with pytest.raises(TypeError, match="BacksolveAdjoint rtol"):
         BacksolveAdjoint(rtol=False)
+
+
+def test_a_t_that_requires_grad_leaves_second_derivatives_in_y0_and_parameters_intact():
+    """With ``"direct"``, the identities that differentiate ``t`` pass the other cotangents on with
+    their graph: the Hessian in ``y0`` and a parameter Hessian-vector product are those of a solve
+    whose ``t`` needs no gradient (they were zero / wrong), checked by gradcheck's second-order test;
+    differentiating the ``t``-gradient itself is an error, not a silent constant."""
+    times = [0.2, 0.7, 1.3]
+
+    def hessians(t_requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        t, y0, weight = inputs(times)
+        t.requires_grad_(t_requires_grad)
+
+        def loss(y0, weight):
+            return (odeint(field(weight), y0, t, rtol=TOL, atol=TOL).ys ** 3).sum()
+
+        in_y0 = torch.autograd.functional.hessian(lambda y: loss(y, weight), y0)
+        (grad_weight,) = torch.autograd.grad(loss(y0, weight), weight, create_graph=True)
+        (hvp,) = torch.autograd.grad(grad_weight.sum(), weight)
+        return in_y0, hvp
+
+    plain, with_t = hessians(False), hessians(True)
+    assert plain[0].abs().sum() > 0 and plain[1].abs().sum() > 0
+    for expected, got in zip(plain, with_t, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=0.0)
+
+    t, y0, weight = inputs(times)
+    assert torch.autograd.gradgradcheck(
+        lambda y0: odeint(field(weight.detach()), y0, t, rtol=TOL, atol=TOL).ys, (y0,), **GRADCHECK
+    )
+    ys = odeint(field(weight), y0, t, rtol=TOL, atol=TOL).ys
+    (grad_t,) = torch.autograd.grad((ys**2).sum(), t, create_graph=True)
+    with pytest.raises(RuntimeError, match="gradient with respect to t is first order only"):
+        torch.autograd.grad(grad_t.sum(), weight)

@@ -30,7 +30,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .._step import VectorField, time_tensor
 from ..solution import Stats
@@ -86,12 +85,17 @@ class StartTime(torch.autograd.Function):
         return y0.clone()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y0: Tensor):
         (y0,) = ctx.saved_tensors
         shape, dtype, device = ctx.t_layout
-        grad_t = torch.zeros(shape, dtype=dtype, device=device)
-        grad_t.view(-1)[0] = -(grad_y0 * ctx.initial_rate(y0)).sum()
+        grad_t = None
+        if ctx.needs_input_grad[1]:
+            with torch.no_grad():
+                grad_t = torch.zeros(shape, dtype=dtype, device=device)
+                grad_t.view(-1)[0] = -(grad_y0 * ctx.initial_rate(y0)).sum()
+            grad_t = _first_order(grad_t, grad_y0, y0)
+        # y0's cotangent passes through as it came, with its graph under create_graph=True (the
+        # identity's derivative is exact to every order).
         return None, grad_t, grad_y0
 
 
@@ -107,21 +111,49 @@ class _OutputTimes(torch.autograd.Function):
         return ys.clone()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_ys: Tensor):
         (ys,) = ctx.saved_tensors
         timing: TimeGradient = ctx.timing
-        entries = {0: (grad_ys[0] * timing.f0).sum()}
+        if not ctx.needs_input_grad[1]:
+            return None, None, grad_ys
         calls = 0
-        for i in range(1, len(timing.times)):
-            # An output whose cotangent is exactly zero (a regularizer's t_reg) needs no evaluation.
-            if bool(grad_ys[i].any()):
-                entries[i] = (
-                    grad_ys[i] * timing.func(time_tensor(timing.times[i], ys[i], timing.time_dtype), ys[i])
-                ).sum()
-                calls += 1
+        with torch.no_grad():
+            entries = {0: (grad_ys[0] * timing.f0).sum()}
+            for i in range(1, len(timing.times)):
+                # An output whose cotangent is exactly zero (a regularizer's t_reg) needs no evaluation.
+                if bool(grad_ys[i].any()):
+                    time = time_tensor(timing.times[i], ys[i], timing.time_dtype)
+                    entries[i] = (grad_ys[i] * timing.func(time, ys[i])).sum()
+                    calls += 1
+            grad_t = timing.cotangent(entries)
         timing.stats.nfe_backward = (timing.stats.nfe_backward or 0) + calls
-        return None, timing.cotangent(entries), grad_ys
+        # ys's cotangent passes through with its graph, as in StartTime.
+        return None, _first_order(grad_t, grad_ys, ys), grad_ys
+
+
+class _NoSecondOrder(torch.autograd.Function):
+    """Identity on a ``t``-cotangent made without a graph, tied to the tensors it depends on, whose
+    backward is an error: a second derivative through the ``t``-gradient would otherwise read it
+    as a constant (silently missing terms)."""
+
+    @staticmethod
+    def forward(ctx, grad_t: Tensor, *depends_on: Tensor) -> Tensor:
+        return grad_t.clone()
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        raise RuntimeError(
+            "the gradient with respect to t is first order only: a second derivative through it "
+            "(create_graph=True, then differentiating dL/dt) is not available; derivatives with "
+            "respect to y0 and the parameters are (gradient='direct')"
+        )
+
+
+def _first_order(grad_t: Tensor, *depends_on: Tensor) -> Tensor:
+    """``grad_t``, which an attempt to differentiate (under ``create_graph=True``) refuses."""
+    if torch.is_grad_enabled() and any(x.requires_grad for x in depends_on):
+        return _NoSecondOrder.apply(grad_t, *depends_on)
+    return grad_t
 
 
 def time_gradient(
