@@ -282,7 +282,16 @@ def odeint(
         y0 = timing.start(y0)
     with torch.no_grad() if gradient_method.graph_free else nullcontext():
         f0 = evaluate_first(checked, times[0], y0, options.time_dtype)
-    forward = ForwardSolve(checked, times, options, params, f0, record_states, step_penalty)
+    forward = ForwardSolve(
+        checked,
+        times,
+        options,
+        params,
+        f0,
+        record_states,
+        step_penalty,
+        owner=owning_module(func) if gradient_method.graph_free else None,
+    )
     ys, stats, steps, penalties = gradient_method.solve(y0, forward)
     stats.nfe += 1
     if timing is not None:

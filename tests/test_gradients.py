@@ -678,3 +678,42 @@ def test_checkpoint_differentiates_a_step_penalty_under_a_custom_norm():
     expected = torch.autograd.grad(reference.penalties.sum(), y)[0]
     (grad,) = torch.autograd.grad(solution.penalties.sum(), y)
     assert relative_error(grad, expected) <= 1e-10
+
+
+class _FieldSolve(torch.nn.Module):
+    """``odeint`` of a small MLP field from ``y0`` over [0, 1], as one module for ``functional_call``."""
+
+    def __init__(self, gradient) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+        self.gradient = gradient
+
+    def field(self, t, y):
+        return self.net(y)
+
+    def forward(self, y0):
+        return odeint(self.field, y0, [0.0, 1.0], gradient=self.gradient, rtol=1e-8, atol=1e-8).ys[-1]
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+def test_graph_free_methods_refuse_parameters_swapped_in_for_the_forward_call_only(gradient):
+    """``torch.func.functional_call`` (fast weights, MAML) swaps tensors into the module for the
+    forward call only; a backward pass that re-evaluates ``func`` would differentiate the restored
+    parameters and leave the swapped-in ones without gradient, silently. It is an error; "direct"
+    differentiates them."""
+    from torch.func import functional_call
+
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    for method in (gradient, "direct"):
+        module = _FieldSolve(method)
+        fast = {name: (p.detach() * 1.1).requires_grad_(True) for name, p in module.named_parameters()}
+        loss = functional_call(module, fast, (y0,)).sum()
+        if method == "direct":
+            loss.backward()
+            assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in fast.values())
+        else:
+            with pytest.raises(RuntimeError, match="other parameter tensors in the backward pass"):
+                loss.backward()
+            # Without the swap the same module differentiates as before.
+            module(y0).sum().backward()
+            assert all(p.grad is not None for p in module.parameters())

@@ -45,6 +45,8 @@ class ForwardSolve:
         stats, steps: filled in by the forward pass; ``stats.nfe_backward`` by the backward pass.
         step_states: the states at the start of accepted steps (all, or within the method's
             ``checkpoints`` budget) for the backward pass, when the method restarts from them.
+        owner: the module ``func`` belongs to, if any, whose parameters the backward pass
+            re-evaluates ``func`` with (see :meth:`check_owner_unchanged`).
     """
 
     func: VectorField
@@ -57,6 +59,26 @@ class ForwardSolve:
     stats: Stats | None = None
     steps: Steps | None = None
     step_states: StepStates | None = None
+    owner: torch.nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        self._owner_parameters = self._parameter_ids()
+
+    def _parameter_ids(self) -> tuple[int, ...]:
+        return () if self.owner is None else tuple(id(p) for p in self.owner.parameters())
+
+    def check_owner_unchanged(self) -> None:
+        """Raise if ``func``'s module holds other parameter tensors than during the forward solve
+        (``torch.func.functional_call`` swaps them in for the forward call only): a backward pass
+        that re-evaluates ``func`` would differentiate the others, and the forward's would silently
+        get no gradient."""
+        if self._parameter_ids() != self._owner_parameters:
+            raise RuntimeError(
+                "func's module holds other parameter tensors in the backward pass than in the forward "
+                "solve (torch.func.functional_call, or a load_state_dict(assign=True) in between): the "
+                "graph-free gradient methods re-evaluate func with its current parameters; use "
+                "gradient='direct', which differentiates the forward's own graph"
+            )
 
     @property
     def solved_times(self) -> list[float]:
@@ -353,6 +375,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
     def backward(ctx, grad_ys: Tensor, grad_penalties: Tensor):
         (ys,) = ctx.saved_tensors
         solve: ForwardSolve = ctx.solve
+        solve.check_owner_unchanged()
         try:
             grad_y0, grad_params, nfe = ctx.method.backward(
                 solve, ys, grad_ys, grad_penalties if solve.step_penalty is not None else None
