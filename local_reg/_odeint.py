@@ -16,6 +16,7 @@ from ._tuple import accepts_tuple_states
 from ._validate import (
     check_bool,
     checked_field,
+    solver_precision,
     time_dtype,
     validate_state,
     validate_times,
@@ -292,7 +293,8 @@ def odeint(
         step_penalty,
         owner=owning_module(func) if gradient_method.graph_free else None,
     )
-    ys, stats, steps, penalties = gradient_method.solve(y0, forward)
+    with solver_precision(checked):
+        ys, stats, steps, penalties = gradient_method.solve(y0, forward)
     stats.nfe += 1
     if timing is not None:
         ys = timing.outputs(ys, f0, stats)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
@@ -201,6 +202,11 @@ class CheckedField:
     metadata only (no copy, no device
     synchronisation) and returns ``func``'s own tensor, so values, gradients and call counts are
     unchanged. The gradient methods' backward passes call the same wrapper.
+
+    Mixed precision: the ``torch.autocast`` regions active when the wrapper is made (the solve's
+    call) are the ones ``func`` runs under on every call, the backward passes' re-evaluations
+    included (as ``torch.amp.custom_bwd`` restores them), and an output in an autocast dtype is cast
+    back to the state's. The solver's own arithmetic runs without autocast (:func:`solver_precision`).
     """
 
     def __init__(self, func: Callable[[Tensor, Tensor], Tensor], name: str = "func") -> None:
@@ -208,20 +214,58 @@ class CheckedField:
             raise TypeError(f"{name} must be callable as {name}(t, y), got {type(func).__name__}")
         self.func = func
         self.name = name
+        self.autocast = active_autocast()
+
+    def _call(self, t: Tensor, y: Tensor) -> Tensor:
+        if not self.autocast:
+            return self.func(t, y)
+        with contextlib.ExitStack() as regions:
+            for device_type, dtype in self.autocast:
+                regions.enter_context(torch.autocast(device_type, dtype=dtype))
+            value = self.func(t, y)
+        autocast_dtypes = {dtype for _, dtype in self.autocast}
+        if isinstance(value, Tensor) and value.dtype != y.dtype and value.dtype in autocast_dtypes:
+            value = value.to(y.dtype)
+        return value
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         if torch.compiler.is_compiling() or y.is_inference():
             # Inference tensors keep no version counter (and cannot be changed in place unseen).
-            return check_output(self.name, self.func(t, y), y)
+            return check_output(self.name, self._call(t, y), y)
         # The solver reuses y (the step's start, a stage state) after the call: changed in place,
         # it would silently give wrong states.
         version = y._version
-        value = self.func(t, y)
+        value = self._call(t, y)
         if y._version != version:
             raise ValueError(
                 f"{self.name} modified its input y in place; compute on a copy or out of place instead"
             )
         return check_output(self.name, value, y)
+
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def active_autocast() -> tuple[tuple[str, torch.dtype], ...]:
+    """``(device_type, dtype)`` of each ``torch.autocast`` region active here."""
+    return tuple(
+        (device_type, torch.get_autocast_dtype(device_type))
+        for device_type in _AUTOCAST_DEVICES
+        if torch.is_autocast_enabled(device_type)
+    )
+
+
+def solver_precision(field: object) -> contextlib.AbstractContextManager:
+    """A context without the autocast regions a :class:`CheckedField` runs ``func`` under: the
+    solver's own arithmetic (the Runge--Kutta combinations and dense output are matrix products,
+    which autocast would run in half precision) stays in the state's dtype."""
+    autocast = getattr(field, "autocast", ())
+    if not autocast:
+        return contextlib.nullcontext()
+    regions = contextlib.ExitStack()
+    for device_type, _ in autocast:
+        regions.enter_context(torch.autocast(device_type, enabled=False))
+    return regions
 
 
 class CheckedNorm:
