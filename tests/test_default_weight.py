@@ -108,6 +108,9 @@ def test_the_papers_procedure_by_name():
     paper(y0(), T)
     explicit(y0(), T)
     assert torch.equal(paper.reg_loss, explicit.reg_loss)
+    # The options it fixes are refused by name, not with Python's "multiple values" error.
+    with pytest.raises(ValueError, match=r"paper fixes \['n_draws', 'penalty'\]"):
+        LocallyRegularized.paper(field, weight=1.0, n_draws=2, penalty="log")
 
 
 def test_the_default_tunes_itself_in_the_plain_training_loop():

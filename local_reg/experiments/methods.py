@@ -27,7 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..regularization import AdaptiveWeight, ConstantWeight, ExponentialDecay, RatioWeight, WeightSchedule
+from ..regularization import (
+    AdaptiveWeight,
+    ConstantWeight,
+    ExponentialDecay,
+    LocallyRegularized,
+    RatioWeight,
+    WeightSchedule,
+)
 
 WeightSpec = float | dict[str, float | None]
 
@@ -93,17 +100,13 @@ PHYSIONET_WEIGHTS: dict[str, WeightSpec] = {
 }
 
 
-PAPER_PROBE = {"probe": "initial", "penalty": "error-dt"}
-"""The local regularizer's options of [LR23]'s procedure."""
-
-
 def local_options(weight: object, settings: dict[str, Any]) -> dict[str, Any]:
-    """The keywords of a task's ``LocallyRegularized``: the experiments reproduce [LR23]'s procedure
-    (:data:`PAPER_PROBE`; the tasks carry the paper's weights) unless the weight is the library's
-    default (``None``, which comes with the default penalty) or ``settings["local"]`` sets study
-    options."""
+    """The keywords of a task's ``LocallyRegularized``: the experiments reproduce [LR23]'s
+    procedure (``LocallyRegularized.PAPER_OPTIONS``; the tasks carry the paper's weights) unless the
+    weight is the library's default (``None``, which comes with the default penalty) or
+    ``settings["local"]`` sets study options."""
     study = settings.get("local", {})
-    paper = {} if weight is None else dict(PAPER_PROBE)
+    paper = {} if weight is None else dict(LocallyRegularized.PAPER_OPTIONS)
     if study.get("penalty") == "kinetic":
         paper.pop("probe")  # the kinetic penalty takes no probe step
     return {**paper, **study}

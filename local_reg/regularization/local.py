@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor
 
@@ -186,6 +186,9 @@ class LocallyRegularized(Regularized):
             penalty. Its state (and ``generator``'s) is part of ``model.state_dict()``.
     """
 
+    PAPER_OPTIONS: ClassVar[dict[str, Any]] = {"probe": "initial", "penalty": "error-dt", "n_draws": 1}
+    """The options :meth:`paper` fixes to [LR23]'s procedure."""
+
     def __init__(
         self,
         func: Any,
@@ -277,4 +280,11 @@ class LocallyRegularized(Regularized):
         exponent ``1/p``, as its code), the penalty ``EEst * |dt|``, one draw, and the fixed
         ``weight`` (a float or a schedule: the paper's are 2.5 -> 1 for MNIST, 100 -> 10 for
         PhysioNet, 1000 for the MNIST SDE); ``keywords`` are the other arguments of the class."""
-        return cls(func, probe="initial", penalty="error-dt", n_draws=1, weight=weight, **keywords)
+        fixed = sorted(set(keywords) & set(cls.PAPER_OPTIONS))
+        if fixed:
+            raise ValueError(
+                f"LocallyRegularized.paper fixes {fixed} to the paper's "
+                f"{ {name: cls.PAPER_OPTIONS[name] for name in fixed} }: to change them, build "
+                "LocallyRegularized(func, ...) with the options you want"
+            )
+        return cls(func, weight=weight, **cls.PAPER_OPTIONS, **keywords)
