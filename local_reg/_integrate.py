@@ -168,7 +168,15 @@ def next_step_size(
     lands = dt_abs * (1.0 + _LANDING_SLACK) >= remaining
     dt_used = remaining if lands else dt_abs
     if dt_used <= underflow_threshold(t, dt_used):
-        raise SolverError(f"step size underflow (dt={dt_used:.3e})", t=t, n_steps=n_steps)
+        reason = f"step size underflow (dt={dt_used:.3e})"
+        if lands:
+            # The solve was landing: it is the output times that are too close, not the dynamics.
+            reason += (
+                f": the next output time {t_target!r} is within a few ulps of t; output times this "
+                "close cannot each end a step (merge them; an adaptive method interpolates them "
+                "without step_to_outputs)"
+            )
+        raise SolverError(reason, t=t, n_steps=n_steps)
     return dt_used, lands
 
 

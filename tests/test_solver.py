@@ -420,6 +420,20 @@ def test_finite_time_blow_up_raises_solver_error():
     assert info.value.t == pytest.approx(1.0, abs=1e-2)
 
 
+def test_output_times_a_few_ulps_apart_are_named_as_the_cause_of_an_underflow():
+    """Landing on output times 1 ulp apart underflows; the error says the times are the cause
+    (not the dynamics, as for a blow-up), and the interpolating default solves them."""
+    y0 = torch.ones(2, dtype=torch.float64)
+    t = [0.0, 0.5, math.nextafter(0.5, 1.0), 1.0]
+    with pytest.raises(SolverError, match="the next output time 0.5000000000000001 is within a few ulps"):
+        odeint(lambda t, y: -y, y0, t, step_to_outputs=True)
+    with pytest.raises(SolverError, match="step size underflow") as blow_up:
+        odeint(lambda t, y: y**2, y0, [0.0, 2.0])
+    assert "output time" not in str(blow_up.value)
+    ys = odeint(lambda t, y: -y, y0, t).ys
+    torch.testing.assert_close(ys[2], ys[1], rtol=1e-15, atol=0.0)
+
+
 def test_max_steps_exceeded():
     with pytest.raises(SolverError, match="max_steps=5 exceeded") as info:
         odeint(van_der_pol, torch.tensor([2.0, 0.0]), [0.0, 10.0], max_steps=5)
