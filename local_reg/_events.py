@@ -44,12 +44,12 @@ from ._integrate import StepCallbacks
 from ._odeint import odeint
 from ._step import VectorField, time_tensor
 from ._tuple import TupleField, accepts_tuple_states
-from ._validate import check_bool, checked_field, finite_float, validate_state
+from ._validate import check_bool, checked_field, finite_float, time_dtype, validate_state
 from .gradients._times import StartTime
 from .solution import Solution, Stats
 
 EventFunction = Callable[[Tensor, Any], Tensor]
-"""``event_fn(t, y) -> tensor``: ``t`` a 0-dim tensor in ``y0``'s dtype, ``y`` the state (a tuple for
+"""``event_fn(t, y) -> tensor``: ``t`` a 0-dim tensor in the dtype ``func`` gets, ``y`` the state (a tuple for
 a tuple ``y0``); the output is a floating-point tensor of any fixed shape (a 0-dim tensor for one
 event), each of whose entries is an event function."""
 
@@ -77,7 +77,7 @@ class CombinedEvent:
         self.event_fn = event_fn
         self.layout = layout
         self.time_dtype = time_dtype
-        """The dtype of the time ``event_fn`` (and ``func``) gets: ``t0``'s, as in the solve."""
+        """The dtype of the time ``event_fn`` (and ``func``) gets, as in the solve."""
         self.shape: torch.Size | None = None
         with torch.no_grad():
             initial = self.values(t0, y0.detach())
@@ -204,10 +204,16 @@ class _InitialRate:
 
 
 def _reroute(
-    event: CombinedEvent, func: VectorField, t_event: float, y_event: Tensor, t_dtype: torch.dtype
+    event: CombinedEvent,
+    func: VectorField,
+    t_event: float,
+    y_event: Tensor,
+    t_dtype: torch.dtype,
+    field_t_dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, int]:
-    """``(t_e, y_e, nfe)``: the event time as a tensor and the state there, differentiable by the
-    implicit function theorem (the module docstring); ``y_event`` is the state at ``t_e`` held fixed."""
+    """``(t_e, y_e, nfe)``: the event time as a tensor of ``t_dtype`` and the state there,
+    differentiable by the implicit function theorem (the module docstring); ``y_event`` is the
+    state at ``t_e`` held fixed. ``func`` and ``event_fn`` get times in ``field_t_dtype``."""
     event_t = torch.tensor(t_event, dtype=t_dtype, device=y_event.device)
     if not torch.is_grad_enabled():
         return event_t, y_event, 0
@@ -215,9 +221,9 @@ def _reroute(
     if not crossing.requires_grad:
         return event_t, y_event, 0
     with torch.no_grad():
-        rate = func(time_tensor(t_event, y_event, t_dtype), y_event)
+        rate = func(time_tensor(t_event, y_event, field_t_dtype), y_event)
     with torch.enable_grad():
-        t = time_tensor(t_event, y_event, t_dtype).requires_grad_(True)
+        t = time_tensor(t_event, y_event, field_t_dtype).requires_grad_(True)
         y = y_event.detach().requires_grad_(True)
         grad_t, grad_y = torch.autograd.grad(event(t, y), (t, y), allow_unused=True)
     along = torch.zeros((), dtype=crossing.dtype, device=crossing.device)
@@ -277,8 +283,9 @@ def odeint_event(
         gradient method (see docs/solver.md, "Events").
 
     The event time is located on the last step's dense output to ``4 eps |dt|`` of the step
-    (``y0``'s ``eps``), and no finer than ``t0``'s dtype resolves; ``func`` and ``event_fn`` get
-    times in ``t0``'s dtype (``y0``'s for a float ``t0``), as :func:`local_reg.odeint` for a tensor
+    (``y0``'s ``eps``), and no finer than the times' dtype resolves; ``func`` and ``event_fn`` get
+    times in the wider of ``t0``'s and ``y0``'s dtypes (``y0``'s for a float ``t0``), as
+    :func:`local_reg.odeint` for a tensor
     ``t``. The state there is read from the same dense output (the step's own state if the event
     is its end). ``event_fn`` is evaluated once at ``t0``, once per accepted step and a few times in
     the located step, without a graph.
@@ -307,9 +314,12 @@ def _solve_until_event(
     *,
     event_fn: EventFunction,
     reverse_time: bool,
+    times_in_state_dtype: bool = False,
     **odeint_kwargs: Any,
 ) -> Solution:
-    """:func:`odeint_event` on a flat state, its solution's ``ts[-1]`` the event time."""
+    """:func:`odeint_event` on a flat state, its solution's ``ts[-1]`` the event time.
+    ``times_in_state_dtype``: ``func`` and ``event_fn`` get times in the state's dtype whatever
+    ``t0``'s (torchdiffeq's rule, for :mod:`local_reg.compat`)."""
     y0 = validate_state(y0)
     check_bool("reverse_time", reverse_time)
     callbacks = odeint_kwargs.pop("callbacks", None) or StepCallbacks()
@@ -318,9 +328,12 @@ def _solve_until_event(
     if callbacks.stop is not None:
         raise ValueError("odeint_event sets callbacks.stop itself: pass callbacks without a stop condition")
     t0_value, t0_tensor = _start_time(t0)
+    # The event time is returned in t0's dtype; func and event_fn get their times as odeint would
+    # for a t of t0's dtype (the wider of t0's and the state's).
     t_dtype = t0_tensor.dtype if t0_tensor is not None and t0_tensor.is_floating_point() else y0.dtype
+    field_t_dtype = y0.dtype if times_in_state_dtype else time_dtype(t0_tensor, y0)
     layout = func.state.unflatten if isinstance(func, TupleField) else (lambda y: y)
-    event = CombinedEvent(event_fn, layout, t0_value, y0, t_dtype)
+    event = CombinedEvent(event_fn, layout, t0_value, y0, field_t_dtype)
     checked = checked_field(func)
 
     initial_t = time_tensor(t0_value, y0, t_dtype) if t0_tensor is None else t0_tensor.to(y0.device, t_dtype)
@@ -330,15 +343,17 @@ def _solve_until_event(
         return replace(solution, ts=torch.stack([initial_t, initial_t]), ys=torch.stack([y0, y0]))
 
     start = y0
-    initial_rate = _InitialRate(checked, t0_value, t_dtype)
+    initial_rate = _InitialRate(checked, t0_value, field_t_dtype)
     if t0_tensor is not None and t0_tensor.requires_grad and torch.is_grad_enabled():
         start = StartTime.apply(initial_rate, t0_tensor, y0)
     # The second time only gives the direction; it must differ from t0 in floating point.
     t1 = t0_value + (-1.0 if reverse_time else 1.0) * max(1.0, abs(t0_value))
     stop = replace(callbacks, stop=EventLocator(event))
     try:
-        # As a tensor of t0's dtype, so that func gets its times in that dtype (odeint's rule).
-        span = torch.tensor([t0_value, t1], dtype=t_dtype, device=y0.device)
+        # Floats give func the state's dtype; a wider dtype needs a tensor of it (no rounding).
+        span: Any = [t0_value, t1]
+        if field_t_dtype != y0.dtype:
+            span = torch.tensor(span, dtype=field_t_dtype, device=y0.device)
         solution = odeint(func, start, span, callbacks=stop, **odeint_kwargs)
     except SolverError as error:
         if not error.reason.startswith("max_steps"):
@@ -347,7 +362,9 @@ def _solve_until_event(
         reason = f"event_fn did not change sign within max_steps: {error.reason}"
         raise SolverError(reason, t=error.t, n_steps=error.n_steps) from None
     initial_rate.stats = solution.stats
-    event_t, y_event, nfe = _reroute(event, checked, solution.steps.stop_time, solution.ys[-1], t_dtype)
+    event_t, y_event, nfe = _reroute(
+        event, checked, solution.steps.stop_time, solution.ys[-1], t_dtype, field_t_dtype
+    )
     solution.stats.nfe += nfe
     return replace(solution, ts=torch.stack([initial_t, event_t]), ys=torch.stack([y0, y_event]))
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._events import odeint_event as _odeint_event
+from ._events import _solve_until_event
 from ._integrate import StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
 from ._tuple import TupleState
@@ -209,8 +209,10 @@ def _solve(
         plain = isinstance(t, Tensor) and t.dim() == 1 and t.is_floating_point() and not t.requires_grad
         return _odeint(func, y0, t.tolist() if plain else t, **kwargs).ys
     reverse_time = bool(t[1] < t[0])
-    event_t, solution = _odeint_event(func, y0, t[0], event_fn=event_fn, reverse_time=reverse_time, **kwargs)
-    return event_t, solution.ys
+    solution = _solve_until_event(
+        func, y0, t[0], event_fn=event_fn, reverse_time=reverse_time, times_in_state_dtype=True, **kwargs
+    )
+    return solution.ts[-1], solution.ys
 
 
 def odeint(

@@ -272,6 +272,47 @@ def test_float32_state_far_from_zero_with_a_float64_t0_locates_the_event_to_the_
     assert seen == {torch.float64}
 
 
+def test_a_float32_t0_does_not_narrow_a_float64_solve_and_compat_keeps_torchdiffeqs_time_dtype():
+    """The native rule is odeint's (the wider of t0's and the state's dtype): a float32 ``t0``
+    (``torch.tensor(0.)``) leaves a float64 ball's event exact, returned in float32. compat hands
+    ``func`` and ``event_fn`` the state's dtype whatever ``t0``'s, as torchdiffeq does: a float32
+    field that concatenates ``t`` into its input runs with a float64 ``t0``."""
+    seen = []
+
+    def ball(t, y):
+        seen.append(t.dtype)
+        return torch.stack([y[1], torch.full_like(y[1], -9.81)])
+
+    def ground(t, y):
+        seen.append(t.dtype)
+        return y[0]
+
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    event_t, solution = odeint_event(ball, y0, torch.tensor(0.0), event_fn=ground, rtol=1e-10, atol=1e-10)
+    assert event_t.dtype == torch.float32 and set(seen) == {torch.float64}
+    assert abs(solution.ys[-1][0].item()) < 1e-12
+
+    seen.clear()
+    linear = nn.Linear(3, 2)
+    with torch.no_grad():  # y' = (1 + t, 0): the event y[0] = 5 at t = 2.
+        linear.weight.zero_()
+        linear.weight[0, 2] = 1.0
+        linear.bias.copy_(torch.tensor([1.0, 0.0]))
+
+    def timed(t, y):
+        seen.append(t.dtype)
+        return linear(torch.cat([y, t.reshape(1)]))
+
+    t0 = torch.tensor(0.0, dtype=torch.float64)
+    event_t, _ = compat.odeint_event(timed, torch.tensor([1.0, 0.5]), t0, event_fn=lambda t, y: y[0] - 5.0)
+    expected, _ = torchdiffeq.odeint_event(
+        timed, torch.tensor([1.0, 0.5]), t0, event_fn=lambda t, y: y[0] - 5.0
+    )
+    assert set(seen) == {torch.float32}
+    assert event_t.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert event_t.item() == pytest.approx(2.0, rel=1e-6)
+
+
 def test_fixed_step_method_locates_the_event_on_its_dense_output():
     # rk4 is exact on a quadratic, and so is the cubic Hermite interpolant inside each step.
     event_t, _ = odeint_event(
