@@ -384,6 +384,12 @@ def test_uniform_draws_far_from_zero_cover_the_span_and_an_unresolvable_span_is_
         assert 0.0 <= sample_uniform_time([t0, t0 + 1.0], torch.float32, generator) - t0 < 1.0
     with pytest.raises(ValueError, match="t spans .* cannot resolve"):
         sample_uniform_time([t0, t0 + 0.01], torch.float32, generator)
+    # Ends that float32 cannot represent: the draws round into the span, never past its ends.
+    for times in ([t0, t0 + 0.1], [t0 + 0.03, t0 + 0.09], [0.7, 0.7 + 1e-7], [t0 + 0.1, t0]):
+        lo, hi = min(times), max(times)
+        for _ in range(200):
+            t_reg = sample_uniform_time(times, torch.float32, generator)
+            assert lo <= t_reg <= hi and t_reg != times[-1]
 
 
 def test_backward_in_time():

@@ -81,8 +81,10 @@ def sample_uniform_time(
         u = uniform_draw(generator)
         # Round to the dtype the backend will see the times in.
         t_reg = rounded(t0 + u * (t1 - t0), t_dtype)
-        # [t0, t1): a draw that rounds onto (or within a sliver of) the end is drawn again.
-        if abs(t1 - t_reg) > tolerance:
+        # [t0, t1): a draw that rounds onto (or within a sliver of) the end is drawn again, as is
+        # one that rounds out of the span (its ends need not be times of t_dtype).
+        direction = 1.0 if t1 > t0 else -1.0
+        if direction * (t_reg - t0) >= 0 and direction * (t1 - t_reg) > tolerance:
             return t_reg
     raise ValueError(
         f"t spans [{t0}, {t1}], which {t_dtype} cannot resolve into distinct times to sample t_reg "
