@@ -137,6 +137,15 @@ def validate_times(t: Tensor | np.ndarray | Sequence[float]) -> list[float]:
     return times
 
 
+def time_tensors_requiring_grad(t: object) -> list[Tensor]:
+    """The tensors of ``t`` (itself, or the 0-dim tensors of a sequence) that require grad."""
+    if isinstance(t, Tensor):
+        return [t] if t.requires_grad else []
+    if isinstance(t, Sequence) and not isinstance(t, str):
+        return [v for v in t if isinstance(v, Tensor) and v.requires_grad]
+    return []
+
+
 def time_dtype(t: object, state: Tensor) -> torch.dtype:
     """The dtype the vector field gets its time argument in: that of a floating tensor ``t`` where
     it is wider than the state's (a float64 ``t`` with a float32 state keeps its precision), else

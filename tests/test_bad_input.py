@@ -369,8 +369,10 @@ def test_sdeint_refuses_a_generator_that_is_not_one():
 
 def test_sdeint_refuses_a_t_that_requires_grad_rather_than_leave_it_without_gradient():
     t = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
-    with pytest.raises(ValueError, match="t requires grad"):
-        sdeint(DiagonalSDE(), torch.ones(2, 3, dtype=torch.float64), t)
+    # A sequence holding such a 0-dim tensor (which odeint differentiates) too.
+    for times in (t, [torch.tensor(0.0), t[1]]):
+        with pytest.raises(ValueError, match="t requires grad"):
+            sdeint(DiagonalSDE(), torch.ones(2, 3, dtype=torch.float64), times)
 
 
 def test_sdeint_checks_drift_diffusion_and_brownian_increments_on_every_call():
@@ -800,8 +802,9 @@ def test_times_that_require_grad_are_refused_by_the_modules(cls):
     y0 = torch.ones(2, dtype=torch.float64)
     for mode in (model.train, model.eval):
         mode()
-        with pytest.raises(ValueError, match="t requires grad.*t.detach()"):
-            model(y0, t)
+        for times in (t, [0.0, t[1]]):
+            with pytest.raises(ValueError, match="t requires grad.*t.detach()"):
+                model(y0, times)
     if cls is not local_reg.Regularized:
         with pytest.raises(ValueError, match="t requires grad"):
             model.penalize(y0, t)

@@ -26,12 +26,13 @@ error. See docs/gradients.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from .._step import VectorField, time_tensor
+from .._validate import time_tensors_requiring_grad
 from ..solution import Stats
 
 
@@ -164,11 +165,11 @@ def time_gradient(
     ``time_dtype``: the dtype of the times ``func`` gets, as in the solve (default the state's)."""
     if not torch.is_grad_enabled():
         return None
-    if isinstance(t, Tensor):
-        return TimeGradient(t, func, times, time_dtype) if t.requires_grad else None
-    tracked = [v for v in t if isinstance(v, Tensor) and v.requires_grad] if isinstance(t, Sequence) else []
+    tracked = time_tensors_requiring_grad(t)
     if not tracked:
         return None
+    if isinstance(t, Tensor):
+        return TimeGradient(t, func, times, time_dtype)
     device = tracked[0].device
     stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in t])
     return TimeGradient(stacked, func, times, time_dtype)

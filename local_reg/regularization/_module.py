@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .._tuple import TupleField, TupleState
-from .._validate import check_choice, check_generator
+from .._validate import check_choice, check_generator, time_tensors_requiring_grad
 from ..sde.problem import is_sde
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
@@ -445,7 +445,7 @@ class Regularized(nn.Module):
         the outputs are split back into a tuple. The penalty sees the flat state. A ``t`` that
         requires grad is refused: the modules solve at fixed times (the penalties sample among
         them), so its gradient would be silently ``None``."""
-        if isinstance(t, Tensor) and t.requires_grad:
+        if time_tensors_requiring_grad(t):
             raise ValueError(
                 "t requires grad, but the regularized modules solve at fixed times and no gradient "
                 "reaches t: pass t.detach(), or solve with local_reg.odeint, which differentiates "

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import check_output, validate_state, validate_times
+from .._validate import check_output, time_tensors_requiring_grad, validate_state, validate_times
 
 METHODS = ("euler_maruyama", "milstein")
 """The SDE schemes of :func:`local_reg.sdeint`."""
@@ -70,7 +70,7 @@ def validate_sde_problem(
     y0 = validate_state(y0)
     if y0.dim() != 2:
         raise ValueError(f"y0 must have shape (batch, state) as in torchsde, got shape {tuple(y0.shape)}")
-    if isinstance(t, Tensor) and t.requires_grad:
+    if time_tensors_requiring_grad(t):
         raise ValueError(
             "t requires grad, but sdeint solves at fixed times and no gradient reaches t "
             "(torchsde refuses it too): pass t.detach()"
