@@ -313,6 +313,24 @@ def test_a_float32_t0_does_not_narrow_a_float64_solve_and_compat_keeps_torchdiff
     assert event_t.item() == pytest.approx(2.0, rel=1e-6)
 
 
+def test_second_derivatives_through_the_event_are_refused_not_silently_wrong():
+    """The event's first derivatives are exact (implicit function theorem); a Hessian through it
+    would hold the event's rate constant and miss terms (the ball's impact-time Hessian read
+    zero; a state's was 53.2 against 60.0 by finite differences), so it is a RuntimeError."""
+    height = torch.tensor(10.0, dtype=torch.float64)
+
+    def impact_time(state):
+        event_t, _ = odeint_event(Ball(), state, 0.0, event_fn=Ground(), **TIGHT)
+        return event_t
+
+    state = torch.stack([height, torch.tensor(2.0, dtype=torch.float64)])
+    with pytest.raises(RuntimeError, match="differentiable to first order only"):
+        torch.autograd.functional.hessian(impact_time, state)
+    (grad,) = torch.autograd.grad(impact_time(state.requires_grad_(True)), state)
+    exact = impact(10.0, 2.0, 9.81)
+    torch.testing.assert_close(grad, torch.tensor([exact["h"], exact["v"]], dtype=torch.float64))
+
+
 def test_fixed_step_method_locates_the_event_on_its_dense_output():
     # rk4 is exact on a quadratic, and so is the cubic Hermite interpolant inside each step.
     event_t, _ = odeint_event(
