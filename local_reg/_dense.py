@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ._step import combine_rows
+from ._validate import without_autocast
 from .interpolants import Interpolant
 
 
@@ -101,7 +102,8 @@ class DenseOutput:
             for index, positions in groups.items():
                 dt = self.dt[index]
                 rows = self.interpolant.weight_matrix([(values[p] - self.t[index]) / dt for p in positions])
-                states = combine_rows(self.states[index], dt, rows, self.stages[index])
+                with without_autocast():  # a matrix product, in the state's dtype
+                    states = combine_rows(self.states[index], dt, rows, self.stages[index])
                 for p, state in zip(positions, states, strict=True):
                     results[p] = state
             out = torch.stack(results)

@@ -16,10 +16,10 @@ from ._tuple import accepts_tuple_states
 from ._validate import (
     check_bool,
     checked_field,
-    solver_precision,
     time_dtype,
     validate_state,
     validate_times,
+    without_autocast,
 )
 from .controller import PIController
 from .gradients import (
@@ -293,7 +293,7 @@ def odeint(
         step_penalty,
         owner=owning_module(func) if gradient_method.graph_free else None,
     )
-    with solver_precision(checked):
+    with without_autocast():
         ys, stats, steps, penalties = gradient_method.solve(y0, forward)
     stats.nfe += 1
     if timing is not None:

@@ -215,7 +215,7 @@ class CheckedField:
     Mixed precision: the ``torch.autocast`` regions active when the wrapper is made (the solve's
     call) are the ones ``func`` runs under on every call, the backward passes' re-evaluations
     included (as ``torch.amp.custom_bwd`` restores them), and an output in an autocast dtype is cast
-    back to the state's. The solver's own arithmetic runs without autocast (:func:`solver_precision`).
+    back to the state's. The solver's own arithmetic runs without autocast (:func:`without_autocast`).
     """
 
     def __init__(self, func: Callable[[Tensor, Tensor], Tensor], name: str = "func") -> None:
@@ -228,10 +228,16 @@ class CheckedField:
     def _call(self, t: Tensor, y: Tensor) -> Tensor:
         if not self.autocast:
             return self.func(t, y)
-        with contextlib.ExitStack() as regions:
-            for device_type, dtype in self.autocast:
-                regions.enter_context(torch.autocast(device_type, dtype=dtype))
-            value = self.func(t, y)
+        # Plain nested with-statements (at most one region per device type): torch.compile traces
+        # them, where an ExitStack of regions breaks its graph.
+        (device_type, dtype), *other = self.autocast
+        with torch.autocast(device_type, dtype=dtype):
+            if other:
+                ((other_type, other_dtype),) = other
+                with torch.autocast(other_type, dtype=other_dtype):
+                    value = self.func(t, y)
+            else:
+                value = self.func(t, y)
         autocast_dtypes = {dtype for _, dtype in self.autocast}
         if isinstance(value, Tensor) and value.dtype != y.dtype and value.dtype in autocast_dtypes:
             value = value.to(y.dtype)
@@ -264,15 +270,15 @@ def active_autocast() -> tuple[tuple[str, torch.dtype], ...]:
     )
 
 
-def solver_precision(field: object) -> contextlib.AbstractContextManager:
-    """A context without the autocast regions a :class:`CheckedField` runs ``func`` under: the
-    solver's own arithmetic (the Runge--Kutta combinations and dense output are matrix products,
-    which autocast would run in half precision) stays in the state's dtype."""
-    autocast = getattr(field, "autocast", ())
-    if not autocast:
+def without_autocast() -> contextlib.AbstractContextManager:
+    """A context without the ``torch.autocast`` regions active here, for the solver's own
+    arithmetic: the Runge--Kutta combinations and dense output are matrix products, which autocast
+    would run in half precision. A :class:`CheckedField` re-enters its own regions for ``func``."""
+    active = active_autocast()
+    if not active:
         return contextlib.nullcontext()
     regions = contextlib.ExitStack()
-    for device_type, _ in autocast:
+    for device_type, _ in active:
         regions.enter_context(torch.autocast(device_type, enabled=False))
     return regions
 

@@ -736,6 +736,11 @@ def test_autocast_runs_func_in_half_precision_and_the_solver_in_the_states():
         lowered = odeint(decay, y0, t, rtol=1e-6, atol=1e-6).ys
     # No autocast op in the field: any difference would be the solver's arithmetic lowered.
     assert torch.equal(lowered, plain)
+    dense = odeint(decay, y0, t, rtol=1e-6, atol=1e-6, dense=True)
+    inside = torch.tensor([0.37, 0.81])
+    expected = dense.evaluate(inside)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(dense.evaluate(inside), expected)  # dense output is a matrix product
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))

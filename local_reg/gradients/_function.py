@@ -24,7 +24,7 @@ from torch.autograd.function import once_differentiable
 
 from .._integrate import SolveOptions, StepPenalty, integrate_ode
 from .._step import VectorField
-from .._validate import solver_precision
+from .._validate import without_autocast
 from ..solution import Stats, Steps
 from ._checkpoints import StepStates
 from ._finite import all_finite, raise_non_finite_gradient
@@ -378,7 +378,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
         solve: ForwardSolve = ctx.solve
         solve.check_owner_unchanged()
         try:
-            with solver_precision(solve.func):
+            with without_autocast():
                 grad_y0, grad_params, nfe = ctx.method.backward(
                     solve, ys, grad_ys, grad_penalties if solve.step_penalty is not None else None
                 )
