@@ -771,3 +771,40 @@ def test_autocast_runs_func_in_half_precision_and_the_solver_in_the_states():
         assert all(under_autocast) and len(under_autocast) > 2 * odeint(Field(), y0, t).stats.nfe
         # bfloat16 round-off only (measured 0.2%).
         assert (grad - reference_grad).norm() < 0.01 * reference_grad.norm()
+
+
+def test_backward_passes_leave_nothing_for_the_cycle_collector():
+    """Memory is freed by reference counting when the backward pass returns: the backsolve
+    adjoint's stepper (its stages x parameters rate matrix) and the torchdiffeq backend's field
+    wrapper (its recorded states) held references to their own bound methods, which only
+    Python's cycle collector could free (RSS grew ~5 MiB per iteration with it off)."""
+    import gc
+
+    from local_reg import LocallyRegularized
+    from local_reg.gradients.adjoint import AdjointStepper
+    from local_reg.regularization._ode_backends import _TorchdiffeqField
+
+    def alive(kind):
+        return sum(isinstance(obj, kind) for obj in gc.get_objects())
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+    y0 = torch.ones(3, 2, dtype=torch.float64)
+    model = LocallyRegularized(
+        lambda t, y: net(y),
+        sampling="biased",
+        backend="torchdiffeq",
+        weight=1.0,
+        adjoint_params=net.parameters(),
+    )
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(4):
+            odeint(
+                lambda t, y: net(y), y0, [0.0, 1.0], gradient="adjoint", adjoint_params=net.parameters()
+            ).ys.sum().backward()
+            (model(y0, torch.tensor([0.0, 1.0], dtype=torch.float64)).sum() + model.reg_loss).backward()
+        assert alive(AdjointStepper) == 0
+        assert alive(_TorchdiffeqField) <= 1  # the last call's, held by the model's statistics
+    finally:
+        gc.enable()

@@ -172,6 +172,12 @@ class AdjointStepper(RKStepper):
         self.norm = self.parameter_norm if estimate_error and self.norm_includes_parameters else rms_norm
         return super().step(t, t_next, y, dt, k1, estimate_error)
 
+    def release(self) -> None:
+        """Drop the stepper's references to its own bound methods (its field and norm), a cycle
+        that would keep the stage-rate matrix (stages x parameters) alive until Python's cycle
+        collector runs, not until the backward pass returns."""
+        self.func = self.norm = None
+
     def parameter_norm(self, scaled_state_error: Tensor) -> Tensor:
         """The RMS over ``(y, a, g)`` of the attempt's scaled error, given that of ``(y, a)``; every
         stage has been evaluated (its rate written) before the error estimate."""
@@ -283,6 +289,20 @@ class BacksolveAdjoint(GraphFreeGradient):
             return grad_ys[0], [None] * len(solve.params), 0
         options = self.backward_options(solve.options)
         stepper = AdjointStepper(solve, options, self.norm == "seminorm", ys)
+        try:
+            return self._backsolve(solve, stepper, options, times, ys, grad_ys)
+        finally:
+            stepper.release()
+
+    def _backsolve(
+        self,
+        solve: ForwardSolve,
+        stepper: AdjointStepper,
+        options: SolveOptions,
+        times: list[float],
+        ys: Tensor,
+        grad_ys: Tensor,
+    ) -> tuple[Tensor, list[Tensor | None], int]:
         adjoint = grad_ys[-1]
         # Restart at every output time that carries a cotangent (and at t0).
         last = len(times) - 1

@@ -137,6 +137,10 @@ def solve_main(
         reason = f"torchdiffeq: {error} (after {field.calls} evaluations of func)"
         t_failed = math.nan if field.last_t is None else float(field.last_t.detach())
         raise SolverError(reason, t=t_failed, n_steps=field.accepted) from error
+    finally:
+        # The forward solve is over: drop the bound method, a reference cycle that would keep the
+        # recorded states alive until Python's cycle collector runs (the backward pass keeps field).
+        field.__dict__.pop("callback_accept_step", None)
     return MainSolve(
         ys=ys,
         stats=Stats(nfe=field.calls),
