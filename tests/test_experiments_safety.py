@@ -544,8 +544,10 @@ def test_the_kinetic_study_setting_drops_the_papers_probe():
     paper's penalty, not with the kinetic one (which refuses probe options)."""
     from local_reg.experiments.methods import local_options
 
-    assert local_options({"ratio": 1}, {"local": {"penalty": "kinetic"}}) == {"penalty": "kinetic"}
-    assert local_options({"ratio": 1}, {}) == {"probe": "initial", "penalty": "error-dt"}
+    kinetic = local_options({"ratio": 1}, {"local": {"penalty": "kinetic"}})
+    assert kinetic == {"penalty": "kinetic", "n_draws": 1}
+    assert local_options({"ratio": 1}, {}) == {"probe": "initial", "penalty": "error-dt", "n_draws": 1}
+    assert local_options({"ratio": 1}, {"local": {"n_draws": 2}})["n_draws"] == 2
     assert local_options(None, {}) == {}
     spec = runner.RunSpec(
         "digits",
