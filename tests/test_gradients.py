@@ -627,6 +627,10 @@ def test_recorded_states_make_the_budget_moot(gradient):
     assert solution.steps.states.shape[0] == solution.stats.n_accepted > 2
     assert solution.stats.nfe_backward == all_states.stats.nfe_backward
     assert torch.equal(result, reference)
+    # So does dense=True, whose record holds every state already.
+    result, solution = gradients(field, y0, budget, first_step=1.0, dense=True)
+    assert solution.stats.nfe_backward == all_states.stats.nfe_backward
+    assert torch.equal(result, reference)
 
 
 def test_bad_checkpoints():

@@ -153,7 +153,8 @@ class GraphFreeGradient(GradientMethod):
         method's :meth:`backward`. ``steps.states`` is present only with ``record_states=True`` (the
         method may keep states internally regardless)."""
         check_step_penalty_support(self, solve.step_penalty)
-        solve.step_states = self.new_step_states(solve.record_states)
+        # The dense record (dense=True) keeps every state too: a budget would save no memory.
+        solve.step_states = self.new_step_states(solve.record_states or solve.options.dense)
         ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
         has_penalties = solve.step_penalty is not None and penalties.numel() > 0
         return ys, solve.stats, solve.steps, penalties if has_penalties else None
