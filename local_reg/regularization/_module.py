@@ -122,13 +122,14 @@ class LocalPenalty:
     def __post_init__(self) -> None:
         check_sampling(self.sampling, self.step_size, self.detach_state)
         check_choice("regularizer", self.regularizer, REGULARIZERS)
-        check_probe_options(
+        probe, probe_scale, _, n_draws = check_probe_options(
             self.probe, self.probe_scale, self.penalty, self.n_draws, self.regularizer, self.step_size
         )
-        if self.probe == "solver":
-            object.__setattr__(self, "step_size", "solver")
-        if isinstance(self.probe_scale, int):
-            object.__setattr__(self, "probe_scale", float(self.probe_scale))
+        checked = {"probe_scale": probe_scale, "n_draws": n_draws}
+        if probe == "solver":
+            checked["step_size"] = "solver"
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
         if isinstance(self.probe_dtype, torch.dtype):
             object.__setattr__(self, "probe_dtype", str(self.probe_dtype).removeprefix("torch."))
         if self.probe_dtype is not None:

@@ -31,13 +31,12 @@ pure so that the regularizer's procedure is unchanged at the defaults
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from .._validate import check_choice, positive_int
+from .._validate import check_choice, positive_float, positive_int
 from . import _sampling
 from ._sampling import insert_time, time_tolerance
 
@@ -63,10 +62,7 @@ def check_probe_options(
     """
     probe = check_choice("probe", probe, PROBES)
     penalty = check_choice("penalty", penalty, PENALTIES)
-    if isinstance(probe_scale, bool) or not isinstance(probe_scale, (int, float)):
-        raise TypeError(f"probe_scale must be a positive float, got {type(probe_scale).__name__}")
-    if not (math.isfinite(probe_scale) and probe_scale > 0):
-        raise ValueError(f"probe_scale must be positive and finite, got {probe_scale}")
+    probe_scale = positive_float("probe_scale", probe_scale)
     n_draws = positive_int("n_draws", n_draws)
     if step_size == "solver" and probe != "solver" and probe != "initial":
         raise ValueError(f"probe={probe!r} contradicts step_size='solver'; use probe='solver' alone")
@@ -79,7 +75,7 @@ def check_probe_options(
         )
     if probe_scale != 1.0 and (probe == "solver" or step_size == "solver"):
         raise ValueError("probe_scale scales the initial-step heuristic; it does not apply to probe='solver'")
-    return probe, float(probe_scale), penalty, n_draws
+    return probe, probe_scale, penalty, n_draws
 
 
 def heuristic_order(order: int, probe: str) -> int:
