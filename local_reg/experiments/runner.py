@@ -320,6 +320,112 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
     return distributed.broadcast(state)
 
 
+def _empty_history() -> dict[str, list]:
+    """What a run records as it trains (saved in its checkpoints and its record)."""
+    history: dict[str, list] = {k: [] for k in ("loss", "reg_loss", "nfe", "reg_nfe", "backward_nfe")}
+    # [iteration, ||grad reg_loss|| / ||grad task loss||] and [iteration, weight of each schedule]
+    # every RATIO_EVERY iterations (.._diagnostics).
+    history["grad_ratio"], history["weight"] = [], []
+    return history
+
+
+class _GradientMeasurement:
+    """The ratio of the regularizer's gradient to the task's: measured every RATIO_EVERY iterations
+    (a diagnostic, kept out of the training time) and whenever a ratio weight fed from here is due."""
+
+    def __init__(self, spec: RunSpec, model: nn.Module, world: int) -> None:
+        self.spec = spec
+        self.world = world
+        schedules = weight_schedules(model)
+        self.tuned = [s for s in schedules if isinstance(s, RatioWeight)]
+        self.ratio_weights = fed_ratio_weights(model, world)
+        self.overall = GradientRatio(model.parameters())
+        # A ratio weight of scope "field" compares the gradients on its vector field's parameters only.
+        self.for_weight = self.overall
+        if self.ratio_weights and isinstance(spec.weight, dict) and spec.weight.get("scope") == "field":
+            (block,) = [m for m in solver_blocks(model) if m.weight is self.ratio_weights[0]]
+            self.for_weight = GradientRatio(block.func.parameters())
+        self.warned = False
+        self.active = False
+        self.recording = False
+
+    def before_backward(self, reg: Tensor | None, iteration: int, train_time: Clock) -> None:
+        self.recording = iteration % RATIO_EVERY == 0
+        due = any(weight.due for weight in self.ratio_weights)
+        # Not under DDP: the extra vector-Jacobian product would bypass its gradient sync.
+        self.active = reg is not None and self.world == 1 and (self.recording or due)
+        if not self.active:
+            return
+        # Only a ratio weight fed from here needs the measurement; the recorded ratio alone is a
+        # diagnostic, kept out of the training time.
+        with train_time.excluded() if not due else contextlib.nullcontext():
+            self.overall.before_backward(reg)
+            if self.for_weight is not self.overall:
+                self.for_weight.before_backward(reg)
+
+    def after_backward(self, iteration: int, history: dict[str, list]) -> None:
+        if not self.active:
+            return
+        ratio = self.overall.after_backward()
+        if self.for_weight is not self.overall:
+            self.for_weight.after_backward()
+        for weight in self.ratio_weights:
+            weight.observe_gradients(self.for_weight.penalty_norm, self.for_weight.task_norm)
+        if not self.recording:
+            return
+        history["grad_ratio"].append([iteration, ratio])
+        # A ratio weight sets its own strength: the warning is for fixed ones.
+        if ratio > RATIO_WARNING and not self.warned and not self.tuned:
+            self.warned = True
+            warnings.warn(
+                f"run {self.spec.run_id}: the regularizer's gradient is {ratio:.3g}x the task's "
+                f"at iteration {iteration}: it, not the task, steers the training; "
+                "consider a smaller weight",
+                ResultsWarning,
+                stacklevel=1,
+            )
+
+
+def _resume(
+    checkpoint_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, int, Clock, dict[str, list]] | None:
+    """``(epoch, iteration, train_time, history)`` from the run's checkpoint, its model, optimizer
+    and RNG states loaded; ``None`` (and nothing loaded) when there is none or it is of another model."""
+    state = _load_checkpoint(checkpoint_path)
+    if state is None:
+        return None
+    fresh = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), torch.get_rng_state())
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        history = state["history"]
+        history.setdefault("grad_ratio", [])
+        history.setdefault("weight", [])
+        return int(state["epoch"]), int(state["iteration"]), Clock(**state["time"]), history
+    # A checkpoint of another model (e.g. written by an older version of a task) cannot resume
+    # this run: start it afresh, exactly as if there had been no checkpoint.
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+        model.load_state_dict(fresh[0])
+        optimizer.load_state_dict(fresh[1])
+        torch.set_rng_state(fresh[2])
+        if distributed.is_main():
+            set_aside(checkpoint_path, _error_text(error))
+        return None
+
+
+def _progress(loss: Tensor, metrics: dict, costs: dict, history: dict, tuned: list) -> dict[str, str]:
+    """The progress bar's fields after one iteration."""
+    return {
+        "loss": f"{loss.item():.3g}",
+        **{k: f"{v:.3g}" for k, v in metrics.items()},
+        "nfe": costs["nfe"],
+        **({"grad_ratio": f"{history['grad_ratio'][-1][1]:.3g}"} if history["grad_ratio"] else {}),
+        # The weight a ratio weight has chosen (the first block's, if several).
+        **({"w": f"{tuned[0]():.3g}"} if tuned else {}),
+    }
+
+
 def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
     """Train, test and return the run's record (rank 0's view under DDP)."""
     task = REGISTRY[spec.task]
@@ -342,51 +448,15 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
         model.parameters(), lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0)
     )
     schedules = weight_schedules(model)
-    tuned = [s for s in schedules if isinstance(s, RatioWeight)]
-    ratio_weights = fed_ratio_weights(model, world)
     # Self-tuning weights measure on each process's batch: under DDP every process takes rank 0's.
     synced = [s for s in schedules if isinstance(s, (RatioWeight, AdaptiveWeight))] if world > 1 else []
-    history: dict[str, list] = {k: [] for k in ("loss", "reg_loss", "nfe", "reg_nfe", "backward_nfe")}
-    # [iteration, ||grad reg_loss|| / ||grad task loss||] and [iteration, weight of each schedule]
-    # every RATIO_EVERY iterations (.._diagnostics).
-    history["grad_ratio"], history["weight"] = [], []
-    gradient_ratio = GradientRatio(model.parameters())
-    # A ratio weight of scope "field" compares the gradients on its vector field's parameters only.
-    weight_ratio = gradient_ratio
-    if ratio_weights and isinstance(spec.weight, dict) and spec.weight.get("scope") == "field":
-        (block,) = [m for m in solver_blocks(model) if m.weight is ratio_weights[0]]
-        weight_ratio = GradientRatio(block.func.parameters())
-    warned_ratio = False
-    start_epoch, iteration, train_time = 0, 0, Clock()
+    measurement = _GradientMeasurement(spec, model, world)
+    start_epoch, iteration, train_time, history = 0, 0, Clock(), _empty_history()
 
     checkpoint_path = out_dir / "checkpoints" / f"{spec.run_id}.pt"
-    state = _load_checkpoint(checkpoint_path)
-    if state is not None:
-        fresh = (
-            copy.deepcopy(model.state_dict()),
-            copy.deepcopy(optimizer.state_dict()),
-            torch.get_rng_state(),
-        )
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"])
-            start_epoch, iteration, train_time, history = (
-                int(state["epoch"]),
-                int(state["iteration"]),
-                Clock(**state["time"]),
-                state["history"],
-            )
-            history.setdefault("grad_ratio", [])
-            history.setdefault("weight", [])
-        # A checkpoint of another model (e.g. written by an older version of a task) cannot resume
-        # this run: start it afresh, exactly as if there had been no checkpoint.
-        except (RuntimeError, KeyError, ValueError, TypeError) as error:
-            model.load_state_dict(fresh[0])
-            optimizer.load_state_dict(fresh[1])
-            torch.set_rng_state(fresh[2])
-            if distributed.is_main():
-                set_aside(checkpoint_path, _error_text(error))
+    resumed = _resume(checkpoint_path, model, optimizer)
+    if resumed is not None:
+        start_epoch, iteration, train_time, history = resumed
 
     net: nn.Module = model
     if world > 1:
@@ -412,48 +482,12 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                     # Read through the unwrapped model: DDP's wrapper does not forward attributes.
                     reg = regularization_loss(model)
                     optimizer.zero_grad(set_to_none=True)
-                    # Not under DDP: the extra vector-Jacobian product would bypass its gradient sync.
-                    record_ratio = iteration % RATIO_EVERY == 0
-                    measure = (
-                        reg is not None
-                        and world == 1
-                        and (record_ratio or any(weight.due for weight in ratio_weights))
-                    )
-                    separate = weight_ratio is not gradient_ratio
-                    # Only a ratio weight fed from here needs the measurement; the recorded ratio
-                    # alone is a diagnostic, kept out of the training time.
-                    diagnostic = (
-                        train_time.excluded()
-                        if not any(weight.due for weight in ratio_weights)
-                        else contextlib.nullcontext()
-                    )
-                    if measure:
-                        with diagnostic:
-                            gradient_ratio.before_backward(reg)
-                            if separate:
-                                weight_ratio.before_backward(reg)
+                    measurement.before_backward(reg, iteration, train_time)
                     (loss if reg is None else loss + reg).backward()
-                    if measure:
-                        ratio = gradient_ratio.after_backward()
-                        if separate:
-                            weight_ratio.after_backward()
-                        for weight in ratio_weights:
-                            weight.observe_gradients(weight_ratio.penalty_norm, weight_ratio.task_norm)
-                    if measure and record_ratio:
-                        history["grad_ratio"].append([iteration, ratio])
-                        # A ratio weight sets its own strength: the warning is for fixed ones.
-                        if ratio > RATIO_WARNING and not warned_ratio and not tuned:
-                            warned_ratio = True
-                            warnings.warn(
-                                f"run {spec.run_id}: the regularizer's gradient is {ratio:.3g}x the task's "
-                                f"at iteration {iteration}: it, not the task, steers the training; "
-                                "consider a smaller weight",
-                                ResultsWarning,
-                                stacklevel=1,
-                            )
+                    measurement.after_backward(iteration, history)
                     optimizer.step()
                     costs = solver_costs(model)
-                    if schedules and record_ratio:
+                    if schedules and measurement.recording:
                         history["weight"].append([iteration, *(schedule() for schedule in schedules)])
                     for schedule in schedules:
                         # A self-tuning weight adapts to what it measures; a fixed schedule ignores it.
@@ -466,21 +500,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                 history["reg_loss"].append(0.0 if reg is None else reg.item())
                 for key, value in costs.items():
                     history[key].append(value)
-                bar.set_postfix(
-                    {
-                        "loss": f"{loss.item():.3g}",
-                        **{k: f"{v:.3g}" for k, v in metrics.items()},
-                        "nfe": costs["nfe"],
-                        **(
-                            {"grad_ratio": f"{history['grad_ratio'][-1][1]:.3g}"}
-                            if history["grad_ratio"]
-                            else {}
-                        ),
-                        # The weight a ratio weight has chosen (the first block's, if several).
-                        **({"w": f"{tuned[0]():.3g}"} if tuned else {}),
-                    },
-                    refresh=False,
-                )
+                bar.set_postfix(_progress(loss, metrics, costs, history, measurement.tuned), refresh=False)
                 bar.update()
             if distributed.is_main():
                 _save_checkpoint(
@@ -497,51 +517,65 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                 )
             saved = epoch + 1
         bar.close()
-
         if distributed.is_main():
-            eval_batch = settings["eval_batch_size"]
-            train_eval = evaluate(task, model, data.train, eval_batch)
-            test_eval = evaluate(task, model, data.test, eval_batch, repeats=TIMING_REPEATS)
-            record = {
-                "run_id": spec.run_id,
-                "task": spec.task,
-                "method": spec.method,
-                "seed": spec.seed,
-                "size": spec.size,
-                "gradient": spec.gradient,
-                "config_id": spec.config_id,
-                "weight": spec.weight,
-                "local": spec.local_options,
-                # What the library resolved the settings to (a weight spec "default" means the
-                # library's default of the day): each regularized block's penalty and final weight.
-                "blocks": [
-                    {"penalty": repr(block.penalty), "weight": repr(block.weight)}
-                    for block in solver_blocks(model)
-                    if getattr(block, "penalty", None) is not None
-                ],
-                "label": spec.label,
-                "settings": settings,
-                "world_size": world,
-                "metric": task.metric,
-                "higher_is_better": task.higher_is_better,
-                "train": train_eval["metrics"],
-                "test": test_eval["metrics"],
-                "test_nfe": test_eval["nfe"],
-                "predict_time": test_eval["time_per_batch"].wall,
-                "predict_cpu_time": test_eval["time_per_batch"].cpu,
-                "train_time": train_time.wall,
-                "train_cpu_time": train_time.cpu,
-                "iterations": iteration,
-                "history": history,
-                "torch": torch.__version__,
-                "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            }
+            record = _run_record(spec, task, model, data, settings, world, train_time, iteration, history)
     except KeyboardInterrupt:
         raise Interrupted(spec.run_id, checkpoint_path if saved else None, saved, epochs) from None
     finally:
         bar.close()
     distributed.barrier()
     return record
+
+
+def _run_record(
+    spec: RunSpec,
+    task: Any,
+    model: nn.Module,
+    data: Any,
+    settings: dict[str, Any],
+    world: int,
+    train_time: Clock,
+    iteration: int,
+    history: dict[str, list],
+) -> dict[str, Any]:
+    """The trained run's record: its settings, train and test evaluation, costs and history."""
+    eval_batch = settings["eval_batch_size"]
+    train_eval = evaluate(task, model, data.train, eval_batch)
+    test_eval = evaluate(task, model, data.test, eval_batch, repeats=TIMING_REPEATS)
+    return {
+        "run_id": spec.run_id,
+        "task": spec.task,
+        "method": spec.method,
+        "seed": spec.seed,
+        "size": spec.size,
+        "gradient": spec.gradient,
+        "config_id": spec.config_id,
+        "weight": spec.weight,
+        "local": spec.local_options,
+        # What the library resolved the settings to (a weight spec "default" means the
+        # library's default of the day): each regularized block's penalty and final weight.
+        "blocks": [
+            {"penalty": repr(block.penalty), "weight": repr(block.weight)}
+            for block in solver_blocks(model)
+            if getattr(block, "penalty", None) is not None
+        ],
+        "label": spec.label,
+        "settings": settings,
+        "world_size": world,
+        "metric": task.metric,
+        "higher_is_better": task.higher_is_better,
+        "train": train_eval["metrics"],
+        "test": test_eval["metrics"],
+        "test_nfe": test_eval["nfe"],
+        "predict_time": test_eval["time_per_batch"].wall,
+        "predict_cpu_time": test_eval["time_per_batch"].cpu,
+        "train_time": train_time.wall,
+        "train_cpu_time": train_time.cpu,
+        "iterations": iteration,
+        "history": history,
+        "torch": torch.__version__,
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 class RunLock:
