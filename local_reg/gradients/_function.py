@@ -152,7 +152,6 @@ class GraphFreeGradient(GradientMethod):
         """Solve forward without a graph; ``ys`` (and the penalties) are differentiated by this
         method's :meth:`backward`. ``steps.states`` is present only with ``record_states=True`` (the
         method may keep states internally regardless)."""
-        check_step_penalty_support(self, solve.step_penalty)
         # The dense record (dense=True) keeps every state too: a budget would save no memory.
         solve.step_states = self.new_step_states(solve.record_states or solve.options.dense)
         ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
