@@ -328,7 +328,7 @@ def odeint_event(
 @accepts_tuple_states
 def _solve_until_event(
     func: VectorField,
-    y0: Tensor,
+    y0: Tensor | tuple[Tensor, ...],
     t0: Tensor | float,
     *,
     event_fn: EventFunction,

@@ -120,7 +120,7 @@ def _legacy_gradient(
 @accepts_tuple_states
 def odeint(
     func: VectorField,
-    y0: Tensor,
+    y0: Tensor | tuple[Tensor, ...],
     t: Tensor | Sequence[float],
     *,
     method: str | ButcherTableau = "tsit5",

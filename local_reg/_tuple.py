@@ -13,6 +13,7 @@ import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -102,9 +103,13 @@ def owning_module(func: object) -> nn.Module | None:
     return owner if isinstance(owner, nn.Module) else None
 
 
-def accepts_tuple_states(solve: Callable) -> Callable:
+SolveFunction = TypeVar("SolveFunction", bound=Callable[..., Any])
+
+
+def accepts_tuple_states(solve: SolveFunction) -> SolveFunction:
     """Let ``solve(func, y0, t, **options)`` take a tuple ``y0``; its solution's ``ys`` and
-    ``evaluate(t)`` are then tuples (the step record keeps the flat states)."""
+    ``evaluate(t)`` are then tuples (the step record keeps the flat states). The wrapper keeps
+    ``solve``'s signature for type checkers (``solve`` itself declares the tuple ``y0``)."""
 
     @functools.wraps(solve)
     def wrapper(func, y0, t, **options):
@@ -116,4 +121,4 @@ def accepts_tuple_states(solve: Callable) -> Callable:
         solution = solve(TupleField(func, state), state.flatten(y0), t, **options)
         return replace(solution, ys=state.unflatten(solution.ys), layout=state.unflatten)
 
-    return wrapper
+    return cast(SolveFunction, wrapper)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 from torch import Tensor
@@ -126,7 +126,7 @@ class Solution:
         states = dense.evaluate(t)
         return states if self.layout is None else self.layout(states)
 
-    def _not_a_tensor(self, *args: object, **kwargs: object):
+    def _not_a_tensor(self, *args: object, **kwargs: object) -> NoReturn:
         # torchdiffeq's odeint returns the states themselves; say where they are.
         raise TypeError(
             "local_reg.odeint returns a Solution, not a tensor: the states are solution.ys (the "

@@ -117,7 +117,7 @@ class LocalPenalty:
     probe_scale: float = 1.0
     penalty: str = "error-dt"
     n_draws: int = 1
-    probe_dtype: str | None = None
+    probe_dtype: str | torch.dtype | None = None
 
     def __post_init__(self) -> None:
         check_sampling(self.sampling, self.step_size, self.detach_state)

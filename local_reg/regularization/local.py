@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from ..gradients import adjoint_params_tuple, owning_module
@@ -202,7 +203,7 @@ class LocallyRegularized(Regularized):
         probe_scale: float = 1.0,
         penalty: str | None = None,
         n_draws: int = 1,
-        probe_dtype: str | None = None,
+        probe_dtype: str | torch.dtype | None = None,
         weight: float | WeightSchedule | None = None,
         **solve: Any,
     ) -> None:

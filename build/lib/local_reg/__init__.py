@@ -1,0 +1,59 @@
+"""local_reg: instrumented adaptive ODE solvers and local regularization of neural differential
+equations (Pal, Edelman, Rackauckas, ICML 2023)."""
+
+from . import regularization
+from ._checked_step import initial_step_size, step
+from ._errors import SolverError
+from ._events import odeint_event
+from ._integrate import StepCallbacks
+from ._odeint import odeint
+from ._step import StepResult, rms_norm
+from .controller import PIController
+from .gradients import GRADIENT_METHODS, BacksolveAdjoint, Checkpoint, Direct, GradientMethod, Symplectic
+from .interpolants import Interpolant, get_interpolant
+from .regularization import *  # noqa: F403 -- its __all__: the regularizers, schedules and stats
+from .sde import SDEStats, is_sde, sdeint
+from .solution import Solution, Stats, Steps
+from .tableaus import TABLEAUS, ButcherTableau, get_tableau
+
+__all__ = [
+    "GRADIENT_METHODS",
+    "BacksolveAdjoint",
+    "ButcherTableau",
+    "Checkpoint",
+    "Direct",
+    "GradientMethod",
+    "PIController",
+    "SDEStats",
+    "Solution",
+    "SolverError",
+    "Stats",
+    "StepCallbacks",
+    "StepResult",
+    "Steps",
+    "Symplectic",
+    "TABLEAUS",
+    "get_tableau",
+    "Interpolant",
+    "get_interpolant",
+    "initial_step_size",
+    "is_sde",
+    "odeint",
+    "odeint_event",
+    "rms_norm",
+    "sdeint",
+    "step",
+    *regularization.__all__,
+]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Deprecated SDE spellings: the regularizers take SDEs themselves.
+    if name in ("sde_local_regularization", "sde_global_regularization"):
+        from . import sde
+
+        return getattr(sde, name)
+    if name == "SDERegularizationStats":
+        return getattr(regularization, name)  # deprecated: warns there
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

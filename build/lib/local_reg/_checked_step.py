@@ -1,0 +1,130 @@
+"""The public :func:`local_reg.step` and :func:`local_reg.initial_step_size`, with their arguments
+checked like :func:`local_reg.odeint`'s. The solvers call the unchecked ones of :mod:`local_reg._step`
+in their loops, where the arguments were checked once per solve."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ._step import StepResult, VectorField, rms_norm
+from ._step import initial_step_size as unchecked_initial_step_size
+from ._step import step as unchecked_step
+from ._validate import (
+    CheckedNorm,
+    check_output,
+    checked_field,
+    finite_float,
+    positive_float,
+    positive_int,
+    relative_tolerance,
+    validate_state,
+)
+from .tableaus import ButcherTableau, get_tableau
+
+
+def step(
+    func: VectorField,
+    t: float,
+    y: Tensor,
+    dt: float,
+    tableau: ButcherTableau | str,
+    *,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    k1: Tensor | None = None,
+    norm: Callable[[Tensor], Tensor] = rms_norm,
+) -> StepResult:
+    """Take one step of ``tableau`` (a :class:`ButcherTableau` or its name, e.g. ``"tsit5"``) from
+    ``(t, y)`` with step size ``dt`` (negative to go backwards).
+
+    Returns the :class:`StepResult`: ``y1``, ``EEst = rms(err / (atol + rtol * max(|y|, |y1|)))``
+    (``None`` for a fixed-step tableau), Shampine's stiffness estimate, the stages and the NFE.
+    ``k1``, if given, is ``func(t, y)`` already evaluated and is not evaluated again. Gradients flow
+    through every stage that is evaluated.
+
+    Raises:
+        TypeError, ValueError: naming the argument: a non-callable ``func``, a non-finite ``t`` or
+            ``dt``, ``y`` not a float32/float64 tensor, tolerances that are not positive and finite
+            (a negative one would make ``EEst`` accept any step; ``rtol = 0`` is a pure absolute
+            tolerance, as in :func:`~local_reg.odeint`), an unknown tableau, a ``func`` / ``k1`` of
+            another shape or dtype than ``y``, a ``norm`` that does not return a 0-dim tensor, or
+            a ``t`` or ``dt`` that requires grad (it would silently get none).
+    """
+    func = checked_field(func)
+    for name, value in (("t", t), ("dt", dt)):
+        if isinstance(value, Tensor) and value.requires_grad:
+            raise ValueError(
+                f"{name} requires grad, but step takes it as a number: no gradient flows to it (odeint's "
+                "gradients reach its output times t)"
+            )
+    t = finite_float("t", t)
+    dt = finite_float("dt", dt)
+    y = validate_state(y, "y")
+    tableau = get_tableau(tableau)
+    rtol, atol = _tolerances(rtol, atol)
+    if k1 is not None:
+        if not isinstance(k1, Tensor):
+            raise TypeError(f"k1 must be a torch.Tensor (func(t, y)) or None, got {type(k1).__name__}")
+        check_output("k1", k1, y)
+    return unchecked_step(func, t, y, dt, tableau, rtol=rtol, atol=atol, k1=k1, norm=_checked_norm(norm))
+
+
+def initial_step_size(
+    func: VectorField,
+    t0: float,
+    y0: Tensor,
+    f0: Tensor,
+    order: int,
+    rtol: float,
+    atol: float,
+    direction: float = 1.0,
+    norm: Callable[[Tensor], Tensor] = rms_norm,
+    t_end: float | None = None,
+    time_dtype: torch.dtype | None = None,
+) -> tuple[float, int]:
+    """Hairer--Norsett--Wanner's starting step size (Solving ODEs I, II.4) from ``(t0, y0)`` with
+    ``f0 = func(t0, y0)``, for a method of ``order``, heading in ``direction`` (``+1`` or ``-1``)
+    towards ``t_end`` (if given; it bounds the trial step). Returns ``(|dt|, nfe)``; it costs one
+    evaluation of ``func``. The formula is :func:`local_reg._step.initial_step_size`'s.
+
+    Raises:
+        TypeError, ValueError: naming the argument, as :func:`step` does, and for an ``order`` that
+            is not a positive int, a ``direction`` other than ``+1`` or ``-1``, a ``t_end`` that is
+            not finite or lies behind ``t0`` in ``direction``, or a ``time_dtype`` that is not a
+            floating dtype.
+    """
+    func = checked_field(func)
+    t0 = finite_float("t0", t0)
+    y0 = validate_state(y0)
+    if not isinstance(f0, Tensor):
+        raise TypeError(f"f0 must be a torch.Tensor (func(t0, y0)), got {type(f0).__name__}")
+    check_output("f0", f0, y0)
+    order = positive_int("order", order)
+    rtol, atol = _tolerances(rtol, atol)
+    direction = finite_float("direction", direction)
+    if direction not in (1.0, -1.0):
+        raise ValueError(f"direction must be +1 or -1, got {direction}")
+    if t_end is not None:
+        t_end = finite_float("t_end", t_end)
+        if (t_end - t0) * direction < 0:
+            raise ValueError(f"t_end={t_end} lies behind t0={t0} in direction {direction:+g}")
+    if time_dtype is not None and not (isinstance(time_dtype, torch.dtype) and time_dtype.is_floating_point):
+        raise TypeError(f"time_dtype must be a floating torch.dtype or None, got {time_dtype!r}")
+    return unchecked_initial_step_size(
+        func, t0, y0, f0, order, rtol, atol, direction, _checked_norm(norm), t_end, time_dtype
+    )
+
+
+def _tolerances(rtol: object, atol: object) -> tuple[float, float]:
+    return relative_tolerance("rtol", rtol), positive_float("atol", atol)
+
+
+def _checked_norm(norm: object) -> Callable[[Tensor], Tensor]:
+    if not callable(norm):
+        raise TypeError(
+            f"norm must be callable as norm(scaled_error) -> 0-dim tensor, got {type(norm).__name__}"
+        )
+    return norm if norm is rms_norm else CheckedNorm(norm)

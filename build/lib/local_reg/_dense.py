@@ -1,0 +1,112 @@
+"""The dense solution: every accepted step's start, size, state and stages, evaluated anywhere in the
+span through the method's interpolant (:mod:`local_reg.interpolants`)."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from ._step import combine_rows
+from ._validate import without_autocast
+from .interpolants import Interpolant
+
+
+@dataclass
+class DenseOutput:
+    """The record behind :meth:`local_reg.Solution.evaluate` (``odeint(dense=True)``).
+
+    Attributes:
+        interpolant: the method's dense output.
+        t0: where the solve starts (the whole span of a solve of one output time, which takes no step).
+        t, dt: start time and signed size of each accepted step.
+        t_end: where the last accepted step ended, as the solve recorded it (``t[-1] + dt[-1]`` may
+            round to another float).
+        states: the state at each step start, and the final state last.
+        stages: the stages the interpolant combines, per step.
+    """
+
+    interpolant: Interpolant
+    t0: float
+    t: list[float] = field(default_factory=list)
+    dt: list[float] = field(default_factory=list)
+    t_end: float | None = None
+    states: list[Tensor] = field(default_factory=list)
+    stages: list[tuple[Tensor, ...]] = field(default_factory=list)
+
+    def add_step(self, t: float, dt: float, t_end: float, y: Tensor, stages: tuple[Tensor, ...]) -> None:
+        self.t.append(t)
+        self.dt.append(dt)
+        self.t_end = t_end
+        self.add_state(y)
+        self.stages.append(stages)
+
+    def add_state(self, y: Tensor) -> None:
+        # Outside autograd (the graph-free gradient methods' forward solves) the stages carry no
+        # graph, so neither may the states: the first is the caller's y0, and an evaluation through
+        # it alone would differentiate as the identity, a silently wrong gradient.
+        self.states.append(y if torch.is_grad_enabled() else y.detach())
+
+    def _locate(self, t: float) -> int:
+        """The index of the step whose dense output gives ``t``, or ``-1 - index`` if ``t`` is the
+        recorded state ``states[index]``."""
+        direction = 1.0 if self.dt[0] > 0 else -1.0
+        t_start = self.t[0]
+        t_end = self.t_end
+        if direction * (t - t_start) < 0 or direction * (t - t_end) > 0:
+            lo, hi = sorted((t_start, t_end))
+            raise ValueError(f"t={t} is outside the solved span [{lo}, {hi}]")
+        keys = [direction * s for s in self.t]
+        # The step that starts at or last before t; a step start is returned exactly as recorded.
+        index = max(bisect.bisect_right(keys, direction * t) - 1, 0)
+        if t == self.t[index]:
+            return -1 - index
+        if index == len(self.t) - 1 and t == t_end:
+            return -len(self.states)
+        return index
+
+    def evaluate(self, t: Tensor | float) -> Tensor:
+        """The solution at ``t`` (a float, a 0-dim or a 1-D tensor of times). The times inside one
+        step are evaluated together, as the solve evaluated its output times."""
+        if isinstance(t, Tensor):
+            if t.dim() > 1:
+                raise ValueError(f"t must be a float, a 0-dim or a 1-D tensor, got shape {tuple(t.shape)}")
+            if t.is_complex() or t.dtype == torch.bool:
+                raise TypeError(f"t must be a real tensor, got dtype {t.dtype}")
+            values = [float(v) for v in t.detach().reshape(-1).tolist()]
+        elif isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise TypeError(f"t must be a float or a tensor of times, got {type(t).__name__}")
+        else:
+            values = [float(t)]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("t must be finite")
+        if not values:
+            return self.states[0].new_empty((0, *self.states[0].shape))
+        if not self.t:
+            for v in values:
+                if v != self.t0:
+                    raise ValueError(f"t={v} is outside the solved span [{self.t0}, {self.t0}]")
+            out = torch.stack([self.states[0] for _ in values])
+        else:
+            located = [self._locate(v) for v in values]
+            results: list[Tensor | None] = [None] * len(values)
+            groups: dict[int, list[int]] = {}
+            for position, index in enumerate(located):
+                if index < 0:
+                    results[position] = self.states[-1 - index]
+                else:
+                    groups.setdefault(index, []).append(position)
+            for index, positions in groups.items():
+                dt = self.dt[index]
+                rows = self.interpolant.weight_matrix([(values[p] - self.t[index]) / dt for p in positions])
+                with without_autocast():  # a matrix product, in the state's dtype
+                    states = combine_rows(self.states[index], dt, rows, self.stages[index])
+                for p, state in zip(positions, states, strict=True):
+                    results[p] = state
+            out = torch.stack(results)
+        if isinstance(t, Tensor) and t.dim() == 1:
+            return out
+        return out[0]

@@ -1,0 +1,391 @@
+"""Terminal events: integrate until ``event_fn(t, y)`` changes sign (torchdiffeq's ``odeint_event``).
+
+The solve is one run of the one loop (:func:`local_reg._integrate.integrate`) with a stop condition
+(``StepCallbacks.stop``): after every accepted step the event function is evaluated at the step's
+end; on the first step where it has changed sign, the event time is located inside the step on the
+step's dense output (:mod:`local_reg.interpolants`) by the Illinois variant of regula falsi,
+safeguarded by bisection, to ``4 eps |dt|`` of the step in the state's dtype and no finer than the
+times ``event_fn`` gets (five or six evaluations of
+``event_fn`` on smooth problems, ``benchmarks/events.py``), and the solve ends there. Several entries
+are combined as torchdiffeq combines them: ``h = min_i s_i g_i(t, y)`` with ``s = sign(g(t0, y0))``
+starts positive, and the event is the first time any entry changes sign.
+
+Gradients, by the implicit function theorem. The solve differentiates the state ``y(t_e)`` at the
+event time *held fixed* (any gradient method; the last output lies inside the last step, which the
+stepwise methods differentiate like any dense output). ``g(t_e, y(t_e; theta); theta_g) = 0``
+defines ``t_e``, so::
+
+    dt_e = -(dg/dy . dy|_t + dg/dtheta_g dtheta_g) / D,     D = dg/dt + dg/dy . f(t_e, y_e)
+    dy_e = dy|_t + f(t_e, y_e) dt_e
+
+Both are added as a term ``s = (h - h.detach()) / -D`` that is zero in value: ``t_e + s`` and
+``y_e + f s`` (the straight-through form of torchdiffeq's ``ImplicitFnGradientRerouting``). Autograd
+then carries the gradient to whatever ``g`` depends on, the event function's own parameters
+included (torchdiffeq leaves those without a gradient). It costs, only when a gradient can flow, one
+evaluation of ``func`` and two of ``event_fn`` with a graph. The gradient w.r.t. ``t0`` uses
+``dy(t)/dt0 = -(dy(t)/dy0) f(t0, y0)``: an identity on ``y0`` whose backward adds
+``-<dL/dy0, f(t0, y0)>`` to ``t0`` (:class:`local_reg.gradients._times.StartTime`, as for
+:func:`local_reg.odeint`'s times), ``f(t0, y0)`` evaluated then.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._errors import SolverError
+from ._integrate import StepCallbacks
+from ._odeint import odeint
+from ._step import VectorField, time_tensor
+from ._tuple import TupleField, accepts_tuple_states
+from ._validate import check_bool, checked_field, finite_float, time_dtype, validate_state
+from .gradients._times import StartTime
+from .solution import Solution, Stats
+
+EventFunction = Callable[[Tensor, Any], Tensor]
+"""``event_fn(t, y) -> tensor``: ``t`` a 0-dim tensor in the dtype ``func`` gets, ``y`` the state (a tuple for
+a tuple ``y0``); the output is a floating-point tensor of any fixed shape (a 0-dim tensor for one
+event), each of whose entries is an event function."""
+
+
+_MAX_ROOT_ITERATIONS = 400
+"""A cap the safeguarded iteration does not reach: a step's bracket is at most ``2 max(|t0|, |t1|)``
+wide and the tolerance ``4 eps max(|t0|, |t1|)``, 51 halvings in float64, 153 evaluations at three
+per halving."""
+
+
+class CombinedEvent:
+    """``event_fn`` as one number that is positive at the start: ``min_i s_i g_i(t, y)``,
+    ``s = sign(g(t0, y0))``. Each call checks ``event_fn``'s output."""
+
+    def __init__(
+        self,
+        event_fn: EventFunction,
+        layout: Callable[[Tensor], Any],
+        t0: float,
+        y0: Tensor,
+        time_dtype: torch.dtype,
+    ) -> None:
+        if not callable(event_fn):
+            raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}")
+        self.event_fn = event_fn
+        self.layout = layout
+        self.time_dtype = time_dtype
+        """The dtype of the time ``event_fn`` (and ``func``) gets, as in the solve."""
+        self.shape: torch.Size | None = None
+        with torch.no_grad():
+            initial = self.values(t0, y0.detach())
+        self.shape = initial.shape
+        self.signs = torch.sign(initial)
+        self.at_start = bool((self.signs == 0).any())
+        """An entry is zero at ``t0``: the event is there (as in torchdiffeq)."""
+        self.start_value = float(initial.abs().min())
+
+    def values(self, t: float | Tensor, y: Tensor) -> Tensor:
+        time = t if isinstance(t, Tensor) else time_tensor(t, y, self.time_dtype)
+        out = self.event_fn(time, self.layout(y))
+        if not isinstance(out, Tensor):
+            raise TypeError(f"event_fn must return a torch.Tensor, got {type(out).__name__}")
+        if not out.is_floating_point():
+            raise TypeError(f"event_fn must return a floating-point tensor, got dtype {out.dtype}")
+        if out.numel() == 0:
+            raise ValueError("event_fn returned an empty tensor: it must hold at least one event value")
+        if self.shape is not None and out.shape != self.shape:
+            raise ValueError(
+                f"event_fn returned shape {tuple(out.shape)}, but {tuple(self.shape)} at t0: its shape "
+                "must not change"
+            )
+        if out.device != y.device:
+            raise ValueError(f"event_fn returned a tensor on {out.device}, expected y0's device {y.device}")
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError(f"event_fn returned a non-finite value at t={float(time)!r}")
+        return out
+
+    def __call__(self, t: float | Tensor, y: Tensor) -> Tensor:
+        return (self.values(t, y) * self.signs).amin()
+
+
+def find_root(h: Callable[[float], float], ta: float, ha: float, tb: float, hb: float, xtol: float) -> float:
+    """A time in ``(ta, tb]`` within ``xtol`` of a sign change of ``h``, given ``h(ta) = ha > 0 >=
+    hb = h(tb)``; of the final bracket it returns the end where ``h <= 0`` (the event has happened).
+
+    Illinois regula falsi (Dowell and Jarratt, BIT 11, 1971), superlinear on a simple root, with
+    two safeguards as in Brent's method: a trial point stays ``xtol / 2`` inside the bracket, so
+    that once one end has converged the next point lands across the root and closes the bracket;
+    and a bracket that has not halved in three iterations is bisected, so that no ``h`` (a multiple
+    root, a jump) takes more than three evaluations per halving."""
+    replaced = 0  # which end the last iteration replaced: +1 ta, -1 tb
+    widths = [math.inf] * 3
+    # Not done at hb == 0: an h that reaches 0 and stays there (a clamped gap) is 0 from the sign
+    # change on, so only the bracket's width locates its first zero. Regula falsi then proposes
+    # just inside tb: h > 0 there ends the search (an exact root), 0 again means a plateau, which
+    # is bisected.
+    plateau = False
+    for _ in range(_MAX_ROOT_ITERATIONS):
+        width = abs(tb - ta)
+        if width <= xtol:
+            break
+        if plateau or width > 0.5 * widths[-3]:
+            tc = 0.5 * (ta + tb)
+        else:
+            margin = 0.5 * xtol
+            low, high = min(ta, tb) + margin, max(ta, tb) - margin
+            tc = min(max(tb - hb * (tb - ta) / (hb - ha), low), high)
+        widths.append(width)
+        hc = h(tc)
+        if hc > 0.0:
+            ta, ha = tc, hc
+            if replaced == 1:
+                hb *= 0.5
+            replaced = 1
+        else:
+            plateau = hc == 0.0 and hb == 0.0
+            tb, hb = tc, hc
+            if replaced == -1:
+                ha *= 0.5
+            replaced = -1
+    return tb
+
+
+class EventLocator:
+    """The stop condition of an event solve: ``None`` while ``h`` stays positive at the ends of
+    the accepted steps; on the first step where it does not, the event time inside it."""
+
+    def __init__(self, event: CombinedEvent) -> None:
+        self.event = event
+        self.start_value = event.start_value
+        """``h`` at the start of the current step (positive)."""
+
+    def __call__(
+        self, t0: float, t1: float, y1: Tensor, dense: Callable[[list[float]], Tensor]
+    ) -> float | None:
+        # Detached: a view of a tensor that requires grad still requires grad under no_grad.
+        with torch.no_grad():
+            end_value = float(self.event(t1, y1.detach()))
+            if end_value > 0.0:
+                self.start_value = end_value
+                return None
+            # What the step's dense output can resolve: a fraction of the step set by the state's
+            # dtype, and no finer than the times event_fn gets.
+            xtol = 4 * max(
+                torch.finfo(y1.dtype).eps * abs(t1 - t0),
+                torch.finfo(self.event.time_dtype).eps * max(abs(t0), abs(t1)),
+            )
+            return find_root(
+                lambda t: float(self.event(t, dense([t])[0].detach())),
+                t0,
+                self.start_value,
+                t1,
+                end_value,
+                xtol,
+            )
+
+
+class _InitialRate:
+    """``f(t0, y0)`` for the backward pass of :class:`StartTime`, counted in ``stats.nfe_backward``
+    of the event solve (set once the solve has run)."""
+
+    def __init__(self, func: VectorField, t0: float, time_dtype: torch.dtype) -> None:
+        self.func = func
+        self.t0 = t0
+        self.time_dtype = time_dtype
+        self.stats: Stats | None = None
+
+    def __call__(self, y0: Tensor) -> Tensor:
+        f0 = self.func(time_tensor(self.t0, y0, self.time_dtype), y0)
+        self.stats.nfe_backward = (self.stats.nfe_backward or 0) + 1
+        return f0
+
+
+def _reroute(
+    event: CombinedEvent,
+    func: VectorField,
+    t_event: float,
+    y_event: Tensor,
+    t_dtype: torch.dtype,
+    field_t_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor, int]:
+    """``(t_e, y_e, nfe)``: the event time as a tensor of ``t_dtype`` and the state there,
+    differentiable by the implicit function theorem (the module docstring); ``y_event`` is the
+    state at ``t_e`` held fixed. ``func`` and ``event_fn`` get times in ``field_t_dtype``."""
+    event_t = torch.tensor(t_event, dtype=t_dtype, device=y_event.device)
+    if not torch.is_grad_enabled():
+        return event_t, y_event, 0
+    crossing = event(t_event, y_event)
+    if not crossing.requires_grad:
+        return event_t, y_event, 0
+    with torch.no_grad():
+        rate = func(time_tensor(t_event, y_event, field_t_dtype), y_event)
+    with torch.enable_grad():
+        t = time_tensor(t_event, y_event, field_t_dtype).requires_grad_(True)
+        y = y_event.detach().requires_grad_(True)
+        grad_t, grad_y = torch.autograd.grad(event(t, y), (t, y), allow_unused=True)
+    along = torch.zeros((), dtype=crossing.dtype, device=crossing.device)
+    if grad_t is not None:
+        along = along + grad_t
+    if grad_y is not None:
+        along = along + (grad_y * rate).sum()
+    if float(along) == 0.0:
+        warnings.warn(
+            f"event_fn does not change along the solution at the event t={t_event!r} (a tangential "
+            "crossing): the event time is not differentiable there and gets no gradient",
+            stacklevel=3,
+        )
+        return event_t, y_event, 1
+    shift = _FirstOrderOnly.apply((crossing.detach() - crossing) / along.detach())
+    return event_t + shift.to(t_dtype), y_event + rate * shift.to(y_event.dtype), 1
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity whose backward refuses to build a graph: the shift above gives the implicit
+    function theorem's first derivatives exactly, but its second derivatives would miss the terms
+    of ``rate`` and ``along`` (held constant), which a Hessian would read silently."""
+
+    @staticmethod
+    def forward(ctx, shift: Tensor) -> Tensor:
+        return shift.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "odeint_event's event time and state are differentiable to first order only: a "
+                "second derivative through them (create_graph=True, a Hessian) is not available"
+            )
+        return grad
+
+
+def _start_time(t0: object) -> tuple[float, Tensor | None]:
+    """``t0`` as a float, and as a 0-dim tensor when it is a tensor (one element, any shape)."""
+    if isinstance(t0, Tensor):
+        if t0.numel() != 1:
+            raise ValueError(f"t0 must be one time (a tensor with one element), got shape {tuple(t0.shape)}")
+        t0 = t0.reshape(())
+        return finite_float("t0", t0.detach()), t0
+    return finite_float("t0", t0), None
+
+
+def odeint_event(
+    func: VectorField,
+    y0: Tensor | tuple[Tensor, ...],
+    t0: Tensor | float,
+    *,
+    event_fn: EventFunction,
+    reverse_time: bool = False,
+    **odeint_kwargs: Any,
+) -> tuple[Tensor, Solution]:
+    """Solve ``dy/dt = func(t, y)`` from ``y(t0) = y0`` until ``event_fn(t, y)`` changes sign
+    (torchdiffeq 0.2.5's ``odeint_event``; a terminal event).
+
+    Args:
+        func, y0: as in :func:`local_reg.odeint` (a tuple ``y0`` gives ``event_fn`` tuples too).
+        t0: the initial time: a float or a one-element tensor (which then gets a gradient).
+        event_fn: ``event_fn(t, y) -> tensor`` of any fixed shape (a 0-dim tensor for one event):
+            the solve stops at the first time any entry changes sign. An entry that is zero at
+            ``t0`` puts the event at ``t0``.
+        reverse_time: integrate towards decreasing time.
+        odeint_kwargs: every other keyword of :func:`local_reg.odeint` (``method``, ``rtol``,
+            ``atol``, ``gradient``, ``adjoint_params``, ``max_steps``, ``callbacks``, ...) but
+            ``dense``; ``t`` is replaced by ``t0``.
+
+    Returns:
+        ``(event_t, solution)``: the event time (a 0-dim tensor in ``t0``'s dtype, or ``y0``'s for
+        a float ``t0``) and the :class:`~local_reg.Solution` with ``ts = [t0, event_t]`` and
+        ``ys = [y0, y(event_t)]``. Both are differentiable w.r.t. ``y0``, ``func``'s parameters,
+        ``t0`` and whatever ``event_fn`` depends on, by the implicit function theorem, with every
+        gradient method (see docs/solver.md, "Events").
+
+    The event time is located on the last step's dense output to ``4 eps |dt|`` of the step
+    (``y0``'s ``eps``), and no finer than the times' dtype resolves; ``func`` and ``event_fn`` get
+    times in the wider of ``t0``'s and ``y0``'s dtypes (``y0``'s for a float ``t0``), as
+    :func:`local_reg.odeint` for a tensor
+    ``t``. The state there is read from the same dense output (the step's own state if the event
+    is its end). ``event_fn`` is evaluated once at ``t0``, once per accepted step and a few times in
+    the located step, without a graph.
+
+    Raises:
+        ValueError, TypeError: bad arguments, or an ``event_fn`` output that is not a floating-point
+            tensor of a fixed shape with finite values (naming ``event_fn``).
+        SolverError: the event was not reached within ``max_steps`` attempted steps (or the time
+            overflowed), or any failure of :func:`local_reg.odeint`.
+    """
+    for name in ("t", "dense"):
+        if name in odeint_kwargs:
+            raise ValueError(
+                f"odeint_event does not take {name}=: it solves from t0 to the event (for the dense "
+                "solution, solve again with odeint(func, y0, [t0, event_t], dense=True))"
+            )
+    solution = _solve_until_event(func, y0, t0, event_fn=event_fn, reverse_time=reverse_time, **odeint_kwargs)
+    return solution.ts[-1], solution
+
+
+@accepts_tuple_states
+def _solve_until_event(
+    func: VectorField,
+    y0: Tensor | tuple[Tensor, ...],
+    t0: Tensor | float,
+    *,
+    event_fn: EventFunction,
+    reverse_time: bool,
+    times_in_state_dtype: bool = False,
+    **odeint_kwargs: Any,
+) -> Solution:
+    """:func:`odeint_event` on a flat state, its solution's ``ts[-1]`` the event time.
+    ``times_in_state_dtype``: ``func`` and ``event_fn`` get times in the state's dtype whatever
+    ``t0``'s (torchdiffeq's rule, for :mod:`local_reg.compat`)."""
+    y0 = validate_state(y0)
+    check_bool("reverse_time", reverse_time)
+    callbacks = odeint_kwargs.pop("callbacks", None) or StepCallbacks()
+    if not isinstance(callbacks, StepCallbacks):
+        raise TypeError(f"callbacks must be a StepCallbacks, got {type(callbacks).__name__}")
+    if callbacks.stop is not None:
+        raise ValueError("odeint_event sets callbacks.stop itself: pass callbacks without a stop condition")
+    t0_value, t0_tensor = _start_time(t0)
+    # The event time is returned in t0's dtype; func and event_fn get their times as odeint would
+    # for a t of t0's dtype (the wider of t0's and the state's).
+    t_dtype = t0_tensor.dtype if t0_tensor is not None and t0_tensor.is_floating_point() else y0.dtype
+    field_t_dtype = y0.dtype if times_in_state_dtype else time_dtype(t0_tensor, y0)
+    layout = func.state.unflatten if isinstance(func, TupleField) else (lambda y: y)
+    event = CombinedEvent(event_fn, layout, t0_value, y0, field_t_dtype)
+    checked = checked_field(func)
+
+    initial_t = time_tensor(t0_value, y0, t_dtype) if t0_tensor is None else t0_tensor.to(y0.device, t_dtype)
+    if event.at_start:
+        # The event is t0 itself, whatever the inputs: no step is taken.
+        solution = odeint(func, y0, [t0_value], callbacks=callbacks, **odeint_kwargs)
+        return replace(solution, ts=torch.stack([initial_t, initial_t]), ys=torch.stack([y0, y0]))
+
+    start = y0
+    initial_rate = _InitialRate(checked, t0_value, field_t_dtype)
+    if t0_tensor is not None and t0_tensor.requires_grad and torch.is_grad_enabled():
+        start = StartTime.apply(initial_rate, t0_tensor, y0)
+    # The second time only gives the direction; it must differ from t0 in floating point.
+    t1 = t0_value + (-1.0 if reverse_time else 1.0) * max(1.0, abs(t0_value))
+    stop = replace(callbacks, stop=EventLocator(event))
+    try:
+        # Floats give func the state's dtype; a wider dtype needs a tensor of it (no rounding).
+        span: Any = [t0_value, t1]
+        if field_t_dtype != y0.dtype:
+            span = torch.tensor(span, dtype=field_t_dtype, device=y0.device)
+        solution = odeint(func, start, span, callbacks=stop, **odeint_kwargs)
+    except SolverError as error:
+        if not error.reason.startswith("max_steps"):
+            raise
+        # The likeliest cause is an event that never happens, which the loop cannot tell apart.
+        reason = f"event_fn did not change sign within max_steps: {error.reason}"
+        raise SolverError(reason, t=error.t, n_steps=error.n_steps) from None
+    initial_rate.stats = solution.stats
+    event_t, y_event, nfe = _reroute(
+        event, checked, solution.steps.stop_time, solution.ys[-1], t_dtype, field_t_dtype
+    )
+    solution.stats.nfe += nfe
+    return replace(solution, ts=torch.stack([initial_t, event_t]), ys=torch.stack([y0, y_event]))
+
+
+__all__ = ["odeint_event"]

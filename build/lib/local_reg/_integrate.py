@@ -1,0 +1,452 @@
+"""The one time-stepping loop: every ODE and SDE solve, whatever the gradient method.
+
+:func:`integrate` owns everything that is not the method itself: the step-size controller, landing
+on output times, the accept/reject decision, the finiteness check, the statistics and the record
+of accepted steps. A method enters only through a :class:`Stepper` (as in torchsde and diffrax,
+where each solver implements ``step()`` and one loop drives them all): the explicit Runge--Kutta
+pairs through :class:`local_reg._step.RKStepper`, Euler--Maruyama through
+:class:`local_reg.sde._step.EulerMaruyamaStepper`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._dense import DenseOutput
+from ._diagnose import explain_failure
+from ._errors import SolverError
+from ._step import RKStepper, StepResult, VectorField, min_step_size, rms_norm, underflow_threshold
+from ._stepper import Stepper
+from ._validate import (
+    check_bool,
+    checked_norm,
+    compile_options,
+    positive_float,
+    positive_int,
+    relative_tolerance,
+    type_name,
+)
+from .controller import PIController
+from .solution import Stats, Steps
+from .tableaus import ButcherTableau
+
+StepPenalty = Callable[[Any, float], Tensor]
+"""``penalty(result, dt) -> 0-dim tensor`` evaluated on every accepted step (global regularization);
+``result`` is the stepper's step result, ``dt`` the signed step size."""
+
+StopCondition = Callable[[float, float, Tensor, Callable[[list[float]], Tensor]], float | None]
+"""``stop(t0, t1, y1, dense) -> None | t_stop``, called after every accepted step from ``t0`` to ``t1``
+(state ``y1``): ``None`` goes on; a time ``t_stop`` in ``(t0, t1]`` ends the solve there (a terminal
+event, :func:`local_reg.odeint_event`). ``dense(times)`` is the step's dense output at ``times``,
+stacked; it evaluates the stages the interpolant needs only when called."""
+
+
+@dataclass(frozen=True)
+class StepCallbacks:
+    """Functions the loop calls with ``(t0, y0, dt)`` (floats and the flat state, ``dt`` signed):
+    ``step`` before every attempted step, ``accept`` / ``reject`` after its decision, as torchdiffeq
+    calls a vector field's ``callback_step`` / ``callback_accept_step`` / ``callback_reject_step``.
+    Only the forward solve calls them (not a gradient method's backward pass)."""
+
+    step: Callable[[float, Tensor, float], None] | None = None
+    accept: Callable[[float, Tensor, float], None] | None = None
+    reject: Callable[[float, Tensor, float], None] | None = None
+    stop: StopCondition | None = None
+    """A terminal condition (:data:`StopCondition`). With it the solve takes two times ``[t0, t1]``
+    and runs from ``t0`` in the direction of ``t1``, whose value is otherwise ignored (torchdiffeq's
+    ``odeint(event_fn=...)``), until ``stop`` returns a time; the outputs are the states at ``t0``
+    and there, and ``steps.stop_time`` records it. Needs dense output (a Runge--Kutta stepper)."""
+
+
+DEFAULT_MAX_STEPS = 10_000
+"""The attempted steps a solve (``odeint``, ``sdeint``) may take before it raises :class:`SolverError`."""
+# Steps that would end within this fraction of the next output time land on it instead, so that no
+# sliver of a step is left over.
+_LANDING_SLACK = 0.01
+
+
+@dataclass(frozen=True)
+class SolveOptions:
+    """The options of one solve (see :func:`local_reg.odeint` and :func:`local_reg.sdeint`), checked
+    once on construction: each bad value raises a ``ValueError``/``TypeError`` naming it.
+
+    ``tableau`` and ``norm`` are the Runge--Kutta stepper's; an SDE solve leaves ``tableau`` unset.
+    ``None`` for ``controller``, ``norm`` or ``callbacks`` means their default.
+    ``rtol = 0`` is allowed (a pure absolute tolerance, as in torchdiffeq); ``atol`` must be positive
+    so that the error scale ``atol + rtol * |y|`` never vanishes. A fixed-step ``tableau`` needs
+    ``step_size``.
+    """
+
+    rtol: float
+    atol: float
+    first_step: float | None = None
+    max_steps: int = DEFAULT_MAX_STEPS
+    step_size: float | None = None
+    controller: PIController = field(default_factory=PIController)
+    tableau: ButcherTableau | None = None
+    norm: Callable[[Tensor], Tensor] = rms_norm
+    """Norm of the scaled error (and of the initial-step heuristic): RMS over the whole state by
+    default (the backsolve adjoint computes its own error norm over (y, a) and the parameter integral).
+    Any other callable is checked on every call to return a 0-dim tensor."""
+    interpolate: bool = False
+    """Step towards the last output time only and read the others from the stepper's dense output
+    (adaptive Runge--Kutta solves); ``False`` lands a step on every output time."""
+    dense: bool = False
+    """Keep every accepted step's state and stages for :meth:`local_reg.Solution.evaluate`."""
+    callbacks: StepCallbacks = field(default_factory=StepCallbacks)
+    """Called on every attempted, accepted and rejected step of the forward solve."""
+    time_dtype: torch.dtype | None = None
+    """The dtype of the time argument the vector field gets; ``None``: the state's dtype."""
+    compile: dict[str, Any] | None = None
+    """``torch.compile`` keywords of the forward solve's Runge--Kutta steps (``None``: eager); ``True``
+    and ``False`` are read as ``{}`` and ``None``."""
+
+    def __post_init__(self) -> None:
+        checked = {
+            "rtol": relative_tolerance("rtol", self.rtol),
+            "atol": positive_float("atol", self.atol),
+            "first_step": None if self.first_step is None else positive_float("first_step", self.first_step),
+            "step_size": None if self.step_size is None else positive_float("step_size", self.step_size),
+            "max_steps": positive_int("max_steps", self.max_steps),
+            "controller": PIController() if self.controller is None else self.controller,
+            "norm": rms_norm if self.norm is None else checked_norm(self.norm),
+            "callbacks": StepCallbacks() if self.callbacks is None else self.callbacks,
+            "compile": None if self.compile is None else compile_options(self.compile),
+        }
+        if self.step_size is None and self.tableau is not None and not self.tableau.adaptive:
+            raise ValueError(f"method {self.tableau.name!r} is fixed-step: pass step_size")
+        if not isinstance(checked["controller"], PIController):
+            raise TypeError(f"controller must be a PIController, got {type_name(self.controller)}")
+        if self.tableau is not None and not isinstance(self.tableau, ButcherTableau):
+            raise TypeError(f"tableau must be a ButcherTableau, got {type_name(self.tableau)}")
+        if not isinstance(checked["callbacks"], StepCallbacks):
+            raise TypeError(f"callbacks must be a StepCallbacks, got {type_name(self.callbacks)}")
+        check_bool("interpolate", self.interpolate)
+        check_bool("dense", self.dense)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+
+def fixed_step_count(t: float, t_target: float, step_size: float) -> int:
+    """How many equal steps, none longer than ``step_size``, cover ``[t, t_target]``."""
+    return max(1, math.ceil(abs(t_target - t) / step_size - 1e-9))
+
+
+def fixed_steps_over(times: list[float], step_size: float) -> int:
+    """How many fixed steps a solve through ``times`` takes (each interval on its own)."""
+    return sum(fixed_step_count(a, b, step_size) for a, b in itertools.pairwise(times))
+
+
+def fixed_step_size(t: float, t_target: float, step_size: float) -> float:
+    """The size of the equal steps, none longer than ``step_size``, that cover ``[t, t_target]``."""
+    return abs(t_target - t) / fixed_step_count(t, t_target, step_size)
+
+
+def next_step_size(
+    t: float, t_target: float, dt_abs: float, n_steps: int, max_steps: int
+) -> tuple[float, bool]:
+    """``(size, lands)`` of the next attempted step from ``t`` towards the output time ``t_target``:
+    the proposed ``dt_abs``, or exactly what remains (``lands``) if that is within the landing slack.
+
+    Raises :class:`SolverError` if ``max_steps`` attempts were made or the step underflows.
+    """
+    if n_steps >= max_steps:
+        raise SolverError(f"max_steps={max_steps} exceeded", t=t, n_steps=n_steps)
+    if math.isnan(dt_abs):
+        # No comparison below would catch it: every step would be attempted, and rejected, at NaN.
+        raise SolverError(
+            "the step size is NaN (first_step, or the controller's factor)", t=t, n_steps=n_steps
+        )
+    remaining = abs(t_target - t)
+    lands = dt_abs * (1.0 + _LANDING_SLACK) >= remaining
+    dt_used = remaining if lands else dt_abs
+    if dt_used <= underflow_threshold(t, dt_used):
+        reason = f"step size underflow (dt={dt_used:.3e})"
+        if lands:
+            # The solve was landing: it is the output times that are too close, not the dynamics.
+            reason += (
+                f": the next output time {t_target!r} is within a few ulps of t; output times this "
+                "close cannot each end a step (merge them; an adaptive method interpolates them "
+                "without step_to_outputs)"
+            )
+        raise SolverError(reason, t=t, n_steps=n_steps)
+    return dt_used, lands
+
+
+@dataclass
+class StepLog:
+    t: list[float] = field(default_factory=list)
+    dt: list[float] = field(default_factory=list)
+    error_estimate: list[float] = field(default_factory=list)
+    stiffness_estimate: list[Tensor] = field(default_factory=list)
+    """0-dim tensors, read into floats once, by :meth:`to_steps` (no device synchronisation per step)."""
+    states: list[Tensor] | None = None
+    dense: DenseOutput | None = None
+    stop_time: float | None = None
+
+    def to_steps(self, has_stiffness: bool) -> Steps:
+        def as_tensor(values: list[float]) -> Tensor:
+            return torch.tensor(values, dtype=torch.float64, device="cpu")
+
+        stiffness = None
+        if has_stiffness:
+            stiffness = as_tensor([])
+            if self.stiffness_estimate:
+                stiffness = torch.stack(self.stiffness_estimate).to(device="cpu", dtype=torch.float64)
+        return Steps(
+            t=as_tensor(self.t),
+            dt=as_tensor(self.dt),
+            error_estimate=as_tensor(self.error_estimate),
+            stiffness_estimate=stiffness,
+            state_list=self.states,
+            dense_output=self.dense,
+            stop_time=self.stop_time,
+        )
+
+
+class AcceptedStep:
+    """The dense output of one accepted step ``(t, y) -> (t + dt, result.y1)``; the stages the
+    interpolant combines are evaluated once, when first needed (counted in ``stats``), under the
+    solve's autograd mode even when a stop condition asks first, under ``no_grad``."""
+
+    def __init__(
+        self, stepper: Stepper, result: Any, t: float, dt: float, y: Tensor, t_next: float, stats: Stats
+    ) -> None:
+        self.stepper = stepper
+        self.result = result
+        self.t = t
+        self.dt = dt
+        self.y = y
+        self.t_next = t_next
+        self.stats = stats
+        self.grad_mode = torch.is_grad_enabled()
+        self._stages: Any = None
+
+    @property
+    def stages(self) -> Any:
+        if self._stages is None:
+            with torch.set_grad_enabled(self.grad_mode):
+                self._stages = self.stepper.dense_stages(self.result, self.t_next, self.stats)
+        return self._stages
+
+    def states(self, t_outs: list[float]) -> Tensor:
+        """The states at ``t_outs`` inside the step, stacked."""
+        return self.stepper.interpolate(self.t, self.dt, self.y, self.stages, t_outs)
+
+
+def integrate(
+    stepper: Stepper,
+    y0: Tensor,
+    times: list[float],
+    options: SolveOptions,
+    *,
+    record_states: bool = False,
+    step_penalty: StepPenalty | None = None,
+    keep_state: Callable[[Tensor], None] | None = None,
+) -> tuple[list[Tensor], Stats, Steps, list[Tensor]]:
+    """Integrate from ``times[0]`` through every later time.
+
+    By default a step lands exactly on each output time. With ``options.interpolate`` the steps
+    head for the last time only and the states at the others come from the stepper's dense output
+    inside the accepted step that holds them (an output time that happens to end a step gets that
+    step's state). Runs under whatever autograd mode the caller set. Returns the states at
+    ``times``, the statistics, the accepted-step record (with the dense record if
+    ``options.dense``) and ``step_penalty(result, dt)`` of every accepted step (an empty list
+    without ``step_penalty``). ``keep_state``, if given, is called with the state at the start of
+    every accepted step (a gradient method's own record, apart from ``record_states``).
+
+    With ``options.callbacks.stop`` the steps head for the end of time (of the state's dtype) in the
+    direction of ``times[1]`` until the first accepted step on which ``stop`` returns a time; the
+    last output is the state there (the step's own state if it is the step's end, else its dense
+    output). A stop that never holds ends in a :class:`SolverError` (``max_steps``, or the time
+    overflowing the state's dtype).
+    """
+    stats = Stats()
+    log = StepLog(states=[] if record_states else None)
+    if options.dense:
+        log.dense = DenseOutput(stepper.interpolant, times[0])
+    direction = 1.0 if len(times) < 2 or times[-1] > times[0] else -1.0
+    stop = options.callbacks.stop
+    if stop is not None and (len(times) != 2 or options.dense):
+        raise ValueError(
+            "callbacks.stop needs exactly two times [t0, t1] (t1 only gives the direction) and no "
+            f"dense record, got {len(times)} times and dense={options.dense}"
+        )
+    adaptive = options.step_size is None
+    if not adaptive and stop is None:
+        # Fixed steps: the count is known, so a step_size too small for max_steps is refused
+        # before the first step, not after max_steps of them.
+        n_fixed = fixed_steps_over(times, options.step_size)
+        if n_fixed > options.max_steps:
+            raise ValueError(
+                f"step_size={options.step_size:g} needs {n_fixed} steps over the output times, more than "
+                f"max_steps={options.max_steps}: pass max_steps={n_fixed} or a longer step_size"
+            )
+    t = times[0]
+    y = y0
+    carry = stepper.begin(t, y0, stats)
+
+    interpolate = options.interpolate and adaptive
+    controller = options.controller
+    callbacks = options.callbacks
+    if adaptive:
+        if options.first_step is not None:
+            # A first step below the loop's underflow threshold starts at it (and grows from there).
+            dt_abs = max(abs(options.first_step), min_step_size(times[0]))
+        else:
+            dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats, t_end=times[-1])
+    previous_error = 1.0
+    after_rejection = False
+    trial_non_finite = False
+    outputs = [y0]
+    penalties: list[Tensor] = []
+    # With interpolation, the index of the next output time read from dense output.
+    next_output = 1
+
+    targets = times[-1:] if interpolate and len(times) > 1 else times[1:]
+    if stop is not None:
+        # As far as a step of the state's dtype reaches: its largest number, less a margin for the
+        # tableau's coefficients that multiply the step size.
+        targets = [direction * torch.finfo(y0.dtype).max * 2.0**-10]
+    for t_target in targets:
+        if not adaptive:
+            dt_abs = fixed_step_size(t, t_target, options.step_size)
+        while direction * (t_target - t) > 0:
+            try:
+                dt_used, lands = next_step_size(t, t_target, dt_abs, stats.n_steps, options.max_steps)
+            except SolverError as error:
+                non_finite = stepper.failure if trial_non_finite else None
+                raise explain_failure(error, log, options, non_finite) from None
+            dt = direction * dt_used
+            t_next = t_target if lands else t + dt
+
+            if callbacks.step is not None:
+                callbacks.step(t, y, dt)
+            result = stepper.step(t, t_next, y, dt, carry, adaptive)
+            stats.add(result.nfe, diffusion=result.nfe_diffusion)
+            stats.n_steps += 1
+            if result.error_estimate is None:
+                error_estimate = None
+                trial_non_finite = not bool(torch.isfinite(result.y1).all())
+            else:
+                error_estimate = float(stepper.error_check(result))
+                trial_non_finite = not math.isfinite(error_estimate)
+                if error_estimate < 0.0:
+                    raise ValueError(
+                        f"norm must return a non-negative number, got {error_estimate} at t={t!r}"
+                    )
+            if trial_non_finite and not adaptive:
+                raise SolverError(stepper.failure, t=t, n_steps=stats.n_steps)
+            if trial_non_finite:
+                # An overflowing trial step is too long, not fatal: reject it and shrink.
+                error_estimate = math.inf
+
+            accepted = not adaptive or error_estimate <= 1.0
+            if accepted:
+                step_dt = (t_target - t) if lands else dt
+                if callbacks.accept is not None:
+                    callbacks.accept(t, y, step_dt)
+                stats.n_accepted += 1
+                log.t.append(t)
+                log.dt.append(step_dt)
+                log.error_estimate.append(math.nan if error_estimate is None else error_estimate)
+                if stepper.has_stiffness:
+                    log.stiffness_estimate.append(result.stiffness_estimate.detach())
+                if log.states is not None:
+                    log.states.append(y.detach())
+                if keep_state is not None:
+                    keep_state(y.detach())
+                if step_penalty is not None:
+                    penalties.append(step_penalty(result, dt))
+                accepted_step = AcceptedStep(stepper, result, t, step_dt, y, t_next, stats)
+                if log.dense is not None:
+                    log.dense.add_step(t, step_dt, t_next, y, accepted_step.stages)
+                if interpolate:
+                    inside = []
+                    while next_output < len(times) - 1 and direction * (times[next_output] - t_next) < 0:
+                        inside.append(times[next_output])
+                        next_output += 1
+                    if inside:
+                        outputs.extend(accepted_step.states(inside).unbind(0))
+                    if next_output < len(times) - 1 and times[next_output] == t_next:
+                        outputs.append(result.y1)
+                        next_output += 1
+                t_stop = None if stop is None else stop(t, t_next, result.y1, accepted_step.states)
+                if t_stop is not None:
+                    if not (direction * (t_stop - t) > 0 and direction * (t_stop - t_next) <= 0):
+                        raise ValueError(
+                            f"callbacks.stop returned t={t_stop!r}, outside the step ({t}, {t_next}]"
+                        )
+                    log.stop_time = t_stop
+                    y = result.y1 if t_stop == t_next else accepted_step.states([t_stop])[0]
+                    break
+                t = t_next
+                y = result.y1
+                if adaptive:
+                    factor = controller.accept_factor(
+                        error_estimate, previous_error, stepper.order, after_rejection
+                    )
+                    # Landing on an output time shortens a step for reasons other than accuracy:
+                    # keep the step the controller wanted before that, and the error it remembers
+                    # (a sliver's near-zero error would shrink the next step through the PI term).
+                    if not (lands and dt_used < dt_abs and stepper.landing_keeps_error_memory):
+                        previous_error = max(error_estimate, 1e-4)
+                    dt_abs = max(dt_used * factor, dt_abs) if lands else dt_used * factor
+                    after_rejection = False
+            else:
+                stats.n_rejected += 1
+                if callbacks.reject is not None:
+                    callbacks.reject(t, y, dt)
+                dt_abs = dt_used * controller.reject_factor(error_estimate, stepper.order)
+                after_rejection = True
+            # After dense output, which may have evaluated the next step's first stage.
+            carry = stepper.next_carry(result, accepted, carry)
+        outputs.append(y)
+    if stop is not None and log.stop_time is None:
+        raise SolverError(
+            "the stop condition never held before the time overflowed", t=t, n_steps=stats.n_steps
+        )
+    if log.dense is not None:
+        log.dense.add_state(y)
+    return outputs, stats, log.to_steps(stepper.has_stiffness), penalties
+
+
+def integrate_ode(
+    func: VectorField,
+    y0: Tensor,
+    times: list[float],
+    options: SolveOptions,
+    *,
+    f0: Tensor | None = None,
+    record_states: bool = False,
+    step_penalty: Callable[[StepResult, float], Tensor] | None = None,
+    keep_state: Callable[[Tensor], None] | None = None,
+) -> tuple[list[Tensor], Stats, Steps, list[Tensor]]:
+    """:func:`integrate` with the Runge--Kutta stepper of ``options.tableau``. ``f0 = func(times[0],
+    y0)`` may be passed if already evaluated (it is then not counted here)."""
+    stepper = RKStepper(
+        func,
+        options.tableau,
+        options.rtol,
+        options.atol,
+        options.norm,
+        f0=f0,
+        time_dtype=options.time_dtype,
+        compile_options=options.compile,
+    )
+    return integrate(
+        stepper,
+        y0,
+        times,
+        options,
+        record_states=record_states,
+        step_penalty=step_penalty,
+        keep_state=keep_state,
+    )

@@ -1,0 +1,304 @@
+"""The entry point: ``odeint(func, y0, t)``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._integrate import DEFAULT_MAX_STEPS, SolveOptions, StepCallbacks, StepPenalty
+from ._step import VectorField, time_tensor
+from ._tuple import accepts_tuple_states
+from ._validate import (
+    check_bool,
+    checked_field,
+    time_dtype,
+    validate_state,
+    validate_times,
+    without_autocast,
+)
+from .controller import PIController
+from .gradients import (
+    BacksolveAdjoint,
+    Checkpoint,
+    ForwardSolve,
+    GradientMethod,
+    Symplectic,
+    as_gradient_method,
+    check_step_penalty_support,
+    owning_module,
+    resolve_adjoint_params,
+    time_gradient,
+)
+from .solution import Solution
+from .tableaus import ButcherTableau, get_tableau
+
+
+def _warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod) -> None:
+    """A graph-free method evaluates ``func`` again in its backward pass: dropout draws new masks
+    there (the gradient is then not the forward solve's) and batch norm updates its running
+    statistics again. Warn when ``func`` has such a layer in training mode."""
+    owner = owning_module(func)
+    if owner is None or torch.is_inference_mode_enabled():
+        return
+
+    def differs(module: torch.nn.Module) -> str | None:
+        if not module.training:
+            return None
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            return "dropout"
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            return "batch norm"
+        return None
+
+    found = sorted({kind for kind in map(differs, owner.modules()) if kind is not None})
+    if found and torch.is_grad_enabled():
+        warnings.warn(
+            f"func's module has {' and '.join(found)} in training mode: gradient={gradient_method.name!r} "
+            "evaluates func again in its backward pass, where dropout draws new masks (the gradient "
+            "is not the forward solve's) and batch norm updates its running statistics again; use "
+            "gradient='direct', or put those layers in eval mode",
+            stacklevel=3,
+        )
+
+
+def evaluate_first(func: VectorField, t0: float, y0: Tensor, t_dtype: torch.dtype | None = None) -> Tensor:
+    """Evaluate ``func(t0, y0)`` once (``t0`` in ``t_dtype``, default ``y0``'s) and check it returns
+    a tensor shaped and typed like ``y0``."""
+    return checked_field(func)(time_tensor(t0, y0, t_dtype), y0)
+
+
+def _legacy_gradient(
+    gradient: GradientMethod,
+    checkpoints: int | None,
+    adjoint_method: str | ButcherTableau | None,
+    adjoint_rtol: float | None,
+    adjoint_atol: float | None,
+    adjoint_options: dict | None,
+) -> GradientMethod:
+    """The gradient method the deprecated ``checkpoints=`` / ``adjoint_*=`` keywords describe."""
+    adjoint_keywords = {
+        "adjoint_method": adjoint_method,
+        "adjoint_rtol": adjoint_rtol,
+        "adjoint_atol": adjoint_atol,
+        "adjoint_options": adjoint_options,
+    }
+    given = [name for name, value in adjoint_keywords.items() if value is not None]
+    if checkpoints is None and not given:
+        return gradient
+    warnings.warn(
+        "odeint's checkpoints= and adjoint_*= keywords are deprecated: pass the gradient method as an "
+        "object, e.g. gradient=Symplectic(checkpoints=32) or gradient=BacksolveAdjoint(rtol=..., "
+        "norm='seminorm')",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    if checkpoints is not None:
+        if not isinstance(gradient, (Checkpoint, Symplectic)):
+            raise ValueError(
+                f"checkpoints only applies to gradient='checkpoint' or 'symplectic', not {gradient.name!r}"
+            )
+        gradient = type(gradient)(checkpoints)
+    if given:
+        if not isinstance(gradient, BacksolveAdjoint):
+            raise ValueError(f"{', '.join(given)} only apply to gradient='adjoint', not {gradient.name!r}")
+        if not isinstance(adjoint_options, (dict, type(None))):
+            raise TypeError(f"adjoint_options must be a dict, got {type(adjoint_options).__name__}")
+        options = dict(adjoint_options or {})
+        keys = ("norm", "step_size", "first_step", "max_steps")
+        unknown = sorted(set(options) - set(keys))
+        if unknown:
+            raise ValueError(f"adjoint_options: unknown keys {unknown}; expected some of {keys}")
+        gradient = BacksolveAdjoint(adjoint_method, adjoint_rtol, adjoint_atol, **options)
+    return gradient
+
+
+@accepts_tuple_states
+def odeint(
+    func: VectorField,
+    y0: Tensor | tuple[Tensor, ...],
+    t: Tensor | Sequence[float],
+    *,
+    method: str | ButcherTableau = "tsit5",
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    first_step: float | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    step_size: float | None = None,
+    controller: PIController | None = None,
+    gradient: str | GradientMethod = "direct",
+    adjoint_params: Iterable[Tensor] | None = None,
+    record_states: bool = False,
+    step_penalty: StepPenalty | None = None,
+    step_to_outputs: bool = False,
+    dense: bool = False,
+    norm: Callable[[Tensor], Tensor] | None = None,
+    callbacks: StepCallbacks | None = None,
+    compile: bool | dict[str, Any] = False,
+    checkpoints: int | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | ButcherTableau | None = None,
+    adjoint_options: dict | None = None,
+) -> Solution:
+    """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return the solution at every ``t``.
+
+    Args:
+        func: the vector field, called as ``func(t, y)`` with ``t`` a 0-dim tensor (in the dtype of
+            a floating tensor ``t`` if wider than ``y0``'s, e.g. float64 for a float32 state, else in
+            ``y0``'s dtype); it must return a tensor of the shape, dtype and device of ``y``, which
+            is checked on every call.
+        y0: initial state, any shape (a batch is one state: one step size and one error norm for
+            all of it, as in torchdiffeq), float32 or float64 (half precision is refused: it
+            cannot resolve the tolerances; integrate in float32 and cast back); or a tuple of such
+            tensors (one dtype and device), solved as one flat state, with ``func`` taking and
+            returning tuples and ``solution.ys`` a tuple (see :mod:`local_reg._tuple`).
+        t: output times: a 1-D tensor, numpy array or sequence of real numbers (or 0-dim
+            tensors), strictly increasing or decreasing (backward integration); a string is
+            refused. ``ys`` is differentiable w.r.t. a ``t`` that requires grad (see ``gradient``).
+            ``solution.ts`` holds them in the dtype ``func`` sees times in.
+        method: a name from :data:`local_reg.TABLEAUS` or a :class:`ButcherTableau`.
+        rtol, atol: tolerances of the error estimate
+            ``EEst = rms(err / (atol + rtol * max(|y0|, |y1|)))``; a step is accepted iff ``EEst <= 1``.
+        first_step: initial step size; by default Hairer's heuristic picks it.
+        max_steps: attempted steps (accepted + rejected) before a :class:`SolverError`.
+        step_size: take fixed steps of (at most) this size instead of adaptive ones; required for
+            ``euler``, ``midpoint`` and ``rk4``. Each interval between output times is divided into
+            equal steps no longer than ``step_size``.
+        controller: step-size controller (default :class:`PIController`).
+        gradient: how ``ys`` are differentiated (see docs/gradients.md): a
+            :class:`~local_reg.gradients.GradientMethod` or its string shorthand:
+            ``Direct()`` / ``"direct"`` (backpropagation through every step; exact, most memory),
+            ``Checkpoint(checkpoints=None)`` / ``"checkpoint"`` (re-run each accepted step with a
+            graph in the backward pass; exact), ``Symplectic(checkpoints=None)`` / ``"symplectic"``
+            (the symplectic adjoint of Matsubara et al. 2021; exact, least memory of the exact
+            methods) and ``BacksolveAdjoint(method, rtol, atol, norm, ...)`` / ``"adjoint"`` (the
+            continuous backsolve adjoint of Chen et al. 2018; approximate, constant memory).
+            ``checkpoints=C`` keeps at most ``C`` step states (evenly spaced) instead of all ``N``;
+            the backward pass re-computes the others, for one extra forward solve's evaluations,
+            with the same gradient. All four differentiate w.r.t. ``y0`` and ``adjoint_params``,
+            and w.r.t. ``t`` when it requires grad, by one formula for every method, the exact
+            solution's derivatives (as torchdiffeq's adjoint): with ``v_i`` the cotangent of
+            ``ys[i]``, ``dL/dt_i = <v_i, func(t_i, ys[i])>`` for ``i >= 1`` and
+            ``dL/dt_0 = -<dL/dy0 - v_0, func(t_0, y0)>``. It matches the discrete solve's
+            derivative to the tolerance (``"direct"`` too does not backpropagate through the step
+            sizes; docs/gradients.md) and costs one call of ``func`` per output after ``t[0]``
+            with a nonzero cotangent in the backward pass (counted in ``nfe_backward``).
+        adjoint_params: the tensors the non-direct methods return gradients for, besides ``y0``;
+            default ``func.parameters()`` when ``func`` is a ``torch.nn.Module``. A plain function
+            needs it (``()`` if it has no parameters). Ignored by ``"direct"``, where autograd finds
+            every tensor ``func`` uses.
+        record_states: keep the state at the start of every accepted step in ``solution.steps``.
+        step_penalty: ``penalty(step_result, dt) -> 0-dim tensor`` evaluated on every accepted
+            step and returned, differentiable, as ``solution.penalties`` (global regularization).
+            Needs a per-step graph: only with ``gradient="direct"`` or ``"checkpoint"``.
+        step_to_outputs: end an accepted step on every output time instead of interpolating
+            (diffrax's ``PIDController(step_ts=ts)``, torchdiffeq's ``options=dict(step_t=t)``):
+            more steps, but each output is a step's own state. Available with every gradient method.
+        dense: keep every accepted step's state and stages so that ``solution.evaluate(t)`` gives
+            the solution at any ``t`` in the span (diffrax's ``SaveAt(dense=True)``, torchdiffeq's
+            ``odeint_dense``); memory ``O(steps * stages)``.
+        norm: ``norm(scaled_error) -> 0-dim tensor`` replacing the RMS in ``EEst`` (and in the
+            first-step heuristic), as torchdiffeq's ``options["norm"]``; ``scaled_error`` has the
+            shape of the (flat) state.
+        callbacks: a :class:`~local_reg._integrate.StepCallbacks` whose functions the forward loop
+            calls with ``(t0, y0, dt)`` on every attempted, accepted and rejected step; its
+            ``stop`` condition ends the solve early (then ``t = [t0, t1]``, ``t1`` giving only the
+            direction, and ``solution.ts[-1]`` is where it stopped): terminal events are
+            :func:`local_reg.odeint_event`.
+        compile: ``True`` or a dict of ``torch.compile`` keywords (e.g. ``{"backend":
+            "aot_eager"}``; CUDA graphs, ``mode="reduce-overhead"``, are untested) compiles each
+            attempted step of the forward solve (its stages, ``func`` inlined, and its error
+            estimate) into one graph whose inputs are
+            the step's time and size as tensors, so one compilation serves every step of every
+            solve with the same ``func``, tableau and state shape. Same results within round-off;
+            the first solve pays the compilation (seconds). The step-size control, dense output
+            and the gradient methods' backward passes stay eager. See docs/solver.md.
+        checkpoints, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options: deprecated
+            spellings of ``Checkpoint(checkpoints)``, ``Symplectic(checkpoints)`` and
+            ``BacksolveAdjoint(method, rtol, atol, **options)``.
+
+    Dense output: the adaptive steps head for the last output time only, as in torchdiffeq,
+    torchode and diffrax, and the states at the other output times are read from the method's
+    interpolant inside the accepted step that holds them (:mod:`local_reg.interpolants`: Tsit5's and
+    Dopri5's own, cubic Hermite for the other pairs), so the number of steps does not depend on
+    the number of output times. Every gradient method differentiates the interpolated outputs
+    exactly as it differentiates the steps (docs/gradients.md). With ``step_to_outputs=True`` (or
+    a fixed ``step_size``) the step that would pass an output time is shortened to land on it, and
+    the controller's proposal is resumed afterwards.
+    ``solution.stats.nfe_backward`` counts the calls of ``func`` made by the backward pass once it
+    has run.
+
+    Raises:
+        ValueError, TypeError: bad arguments, naming the argument.
+        SolverError: a step size underflow (also when every shorter trial step stays non-finite:
+            a non-finite trial step is rejected and retried shorter), a non-finite derivative at
+            ``t[0]``, ``max_steps`` exceeded (with a hint when the problem looks stiff), or, in the
+            backward pass of any gradient method, a non-finite gradient from ``func``'s
+            vector-Jacobian product. See docs/solver.md.
+    """
+    y0 = validate_state(y0)
+    times = validate_times(t)
+    options = SolveOptions(
+        rtol=rtol,
+        atol=atol,
+        first_step=first_step,
+        max_steps=max_steps,
+        step_size=step_size,
+        controller=controller,
+        tableau=get_tableau(method),
+        norm=norm,
+        interpolate=not check_bool("step_to_outputs", step_to_outputs),
+        dense=dense,
+        callbacks=callbacks,
+        time_dtype=time_dtype(t, y0),
+        compile=compile,
+    )
+    gradient_method = as_gradient_method(gradient)
+    gradient_method = _legacy_gradient(
+        gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options
+    )
+    gradient_method.check(options)
+    check_step_penalty_support(gradient_method, step_penalty)
+    # Every call, in the forward and in any backward pass, returns y's shape and dtype.
+    checked = checked_field(func)
+    params: tuple[Tensor, ...] = ()
+    if gradient_method.graph_free:
+        params = resolve_adjoint_params(func, adjoint_params, gradient_method)
+        _warn_if_reevaluation_differs(func, gradient_method)
+    elif adjoint_params is not None or owning_module(func) is not None:
+        # Direct differentiation needs no parameter list; with one it also checks their gradients.
+        params = resolve_adjoint_params(func, adjoint_params, gradient_method)
+    timing = time_gradient(t, checked, times, options.time_dtype)
+    if timing is not None:
+        if options.callbacks.stop is not None:
+            raise ValueError(
+                "t must not require grad with callbacks.stop, where t[1] only gives the direction: "
+                "local_reg.odeint_event differentiates the event time and state w.r.t. t0"
+            )
+        y0 = timing.start(y0)
+    with torch.no_grad() if gradient_method.graph_free else nullcontext():
+        f0 = evaluate_first(checked, times[0], y0, options.time_dtype)
+    forward = ForwardSolve(
+        checked,
+        times,
+        options,
+        params,
+        f0,
+        record_states,
+        step_penalty,
+        owner=owning_module(func) if gradient_method.graph_free else None,
+    )
+    with without_autocast():
+        ys, stats, steps, penalties = gradient_method.solve(y0, forward)
+    stats.nfe += 1
+    if timing is not None:
+        ys = timing.outputs(ys, f0, stats)
+    if steps.stop_time is not None:
+        times = [times[0], steps.stop_time]
+    ts = torch.tensor(times, dtype=options.time_dtype, device=y0.device)
+    return Solution(ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties)

@@ -1,0 +1,463 @@
+"""One explicit Runge--Kutta step, instrumented.
+
+This is the only implementation of a step in ``local_reg``: the adaptive solver, the regularizers
+and the adjoints all call :func:`step`, so the error estimate the regularizer penalizes is, by
+construction, the one the solver uses to accept or reject steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._errors import SolverError
+from ._stepper import Stepper, checked_error
+from .interpolants import get_interpolant
+from .solution import Stats
+from .tableaus import ButcherTableau
+
+VectorField = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class StepResult:
+    """What one step computed.
+
+    Attributes:
+        y1: the propagated solution at ``t + dt``.
+        error_estimate: ``EEst = rms(err / (atol + rtol * max(|y0|, |y1|)))`` with
+            ``err = dt * sum_i error_weights[i] * k_i``, a 0-dim tensor (``None`` for a fixed-step
+            method). The step is acceptable iff ``EEst <= 1``.
+        stiffness: :attr:`stiffness_estimate`, or a function that computes it when it is first read
+            (most steps are never asked for it).
+        stages: the stage derivatives ``k_1 ... k_s``.
+        nfe: the number of evaluations of ``func`` this step made.
+        end_derivative: ``f(t + dt, y1)`` once dense output of a pair that is not FSAL has
+            evaluated it (the next step's first stage), else ``None``.
+    """
+
+    y1: Tensor
+    error_estimate: Tensor | None
+    stiffness: Tensor | Callable[[], Tensor] | None
+    stages: tuple[Tensor, ...]
+    nfe: int
+    end_derivative: Tensor | None = None
+    error_check: Tensor | None = None
+    """``EEst + 0 * max|y1|`` (:meth:`local_reg._stepper.Stepper.error_check`) when the compiled
+    step computed it in its graph, else ``None``."""
+    nfe_diffusion: ClassVar[int] = 0
+
+    @functools.cached_property
+    def stiffness_estimate(self) -> Tensor | None:
+        """Shampine's estimate ``rho = ||k_j - k_i|| / ||Y_j - Y_i||`` of the magnitude of the
+        dominant eigenvalue of the Jacobian, from two stages at ``c == 1``; a 0-dim tensor (with a
+        graph if the stages have one, under the autograd mode of its first read), or ``None`` for
+        tableaus without such stages."""
+        return self.stiffness() if callable(self.stiffness) else self.stiffness
+
+
+def rms_norm(x: Tensor) -> Tensor:
+    """Root mean square over all elements, ``sqrt(mean(x**2))``, with a zero (not NaN) gradient at 0."""
+    return torch.linalg.vector_norm(x) / cpu_scalar(math.sqrt(max(x.numel(), 1)), x.dtype)
+
+
+def cpu_scalar(value: float, dtype: torch.dtype) -> Tensor | float:
+    """``value`` as a 0-dim CPU tensor of ``dtype``, made once. In arithmetic with a tensor of
+    ``dtype`` on any device it acts as the Python float would (rounded to ``dtype``, the same
+    kernel), without wrapping a new scalar tensor on every call of the per-step arithmetic. While
+    ``torch.compile`` traces, the float itself (a constant of the graph)."""
+    if torch.compiler.is_compiling():
+        return value
+    return _cached_scalar(value, dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_scalar(value: float, dtype: torch.dtype) -> Tensor:
+    # Made under inference_mode it would be an inference tensor, which every later differentiated
+    # step would fail to save for backward.
+    with torch.inference_mode(False):
+        return torch.tensor(value, dtype=dtype, device="cpu")
+
+
+def error_scale(y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:
+    """Elementwise tolerance scale ``atol + rtol * max(|y0|, |y1|)``."""
+    # In place on the fresh maximum (whose gradient needs only y0 and y1): one allocation, not three.
+    scale = torch.maximum(y0.abs(), y1.abs())
+    return scale.mul_(cpu_scalar(rtol, scale.dtype)).add_(cpu_scalar(atol, scale.dtype))
+
+
+def combine(
+    base: Tensor | None, dt: float | Tensor, coefficients: Sequence[float], stages: Sequence[Tensor]
+) -> Tensor:
+    """``base + dt * sum_j coefficients[j] * stages[j]``, skipping zero coefficients.
+
+    ``base=None`` means zero. Differentiable: with a float ``dt`` the first term makes a new tensor
+    and the others are added to it in place (the same sums, without an allocation each; autograd
+    records in-place additions to a tensor no other operation has saved). A 0-dim tensor ``dt``
+    (the compiled step, whose graph must not depend on the step's value) sums out of place, which
+    the compiler fuses into one kernel.
+    """
+    out = None
+    for coefficient, stage in zip(coefficients, stages, strict=True):
+        if coefficient == 0.0:
+            continue
+        if isinstance(dt, Tensor):
+            term = stage * (dt * coefficient)
+            previous = base if out is None else out
+            out = term if previous is None else previous + term
+        elif out is not None:
+            out.add_(stage, alpha=dt * coefficient)
+        elif base is None:
+            out = stage * (dt * coefficient)
+        else:
+            out = torch.add(base, stage, alpha=dt * coefficient)
+    if out is None:
+        return torch.zeros_like(stages[0]) if base is None else base
+    return out
+
+
+def combine_rows(base: Tensor, dt: float, rows: np.ndarray, stages: Sequence[Tensor]) -> Tensor:
+    """``base + dt * sum_j rows[m, j] * stages[j]`` for every row ``m`` at once, stacked: shape
+    ``(len(rows), *base.shape)``. One matrix product, for many outputs inside one step."""
+    weights = torch.from_numpy(rows * dt).to(dtype=base.dtype, device=base.device)
+    return base + torch.tensordot(weights, torch.stack(tuple(stages)), dims=1)
+
+
+def time_tensor(t: float, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """``t`` as the 0-dim tensor ``func`` receives: in ``dtype`` (default ``like``'s) on ``like``'s device."""
+    return torch.tensor(t, dtype=like.dtype if dtype is None else dtype, device=like.device)
+
+
+def stage_times(times: Sequence[float], like: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, ...]:
+    """:func:`time_tensor` of each of a step's stage ``times`` (the same values), made as one tensor:
+    one allocation, and one host-to-device copy, per step instead of one per stage."""
+    if not times:
+        return ()
+    return torch.tensor(times, dtype=like.dtype if dtype is None else dtype, device=like.device).unbind()
+
+
+def shampine_stiffness(k_i: Tensor, k_j: Tensor, y_i: Tensor, y_j: Tensor) -> Tensor:
+    """``rms(k_j - k_i) / rms(y_j - y_i)`` for two stages ``k = f(Y)`` at the same time
+    (Hairer--Wanner II, IV.2); a vanishing denominator is clamped to the dtype's smallest normal."""
+    numerator = rms_norm(k_j - k_i)
+    denominator = rms_norm(y_j - y_i)
+    return numerator / denominator.clamp_min(torch.finfo(y_i.dtype).tiny)
+
+
+def step(
+    func: VectorField,
+    t: float,
+    y: Tensor,
+    dt: float,
+    tableau: ButcherTableau,
+    *,
+    rtol: float = 1e-6,
+    atol: float = 1e-8,
+    k1: Tensor | None = None,
+    norm: Callable[[Tensor], Tensor] = rms_norm,
+    time_dtype: torch.dtype | None = None,
+) -> StepResult:
+    """Take one step of ``tableau`` from ``(t, y)`` with step size ``dt`` (negative to go backwards).
+
+    ``k1``, if given, is ``func(t, y)`` already evaluated (FSAL reuse or a regularizer that treats it
+    as a constant) and is not evaluated again. Gradients flow through every stage that is evaluated.
+    ``norm`` replaces the RMS of the scaled error (e.g. a seminorm over part of the state).
+    ``func`` gets its time argument in ``time_dtype`` (default ``y``'s dtype).
+    """
+    t = float(t)
+    dt = float(dt)
+    first = 0 if k1 is None else 1
+    times = stage_times([t + c_i * dt for c_i in tableau.c[first:]], y, time_dtype)
+    return _step_result(tableau, k1, *_stages(func, times, y, dt, tableau, rtol, atol, k1, norm))
+
+
+def _stages(
+    func: VectorField,
+    times: Sequence[Tensor],
+    y: Tensor,
+    dt: float | Tensor,
+    tableau: ButcherTableau,
+    rtol: float,
+    atol: float,
+    k1: Tensor | None,
+    norm: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """The arithmetic of :func:`step` at the stage ``times`` (those after ``t`` when ``k1`` is given):
+    ``(y1, EEst, stages, the two stage states of the stiffness estimate (or none))``."""
+    first = 0 if k1 is None else 1
+    if k1 is None:
+        k1 = func(times[0], y)
+    stages = [k1]
+    stage_states = [y]
+    for t_i, a_i in zip(times[1 - first :], tableau.a[1:], strict=True):
+        y_i = combine(y, dt, a_i, stages)
+        stages.append(func(t_i, y_i))
+        stage_states.append(y_i)
+
+    y1 = stage_states[-1] if tableau.fsal else combine(y, dt, tableau.b, stages)
+
+    error_estimate = None
+    if tableau.error_weights is not None:
+        local_error = combine(None, dt, tableau.error_weights, stages)
+        error_estimate = norm(local_error / error_scale(y, y1, rtol, atol))
+
+    stiffness_states: tuple[Tensor, ...] = ()
+    if tableau.stiffness_stages is not None:
+        stiffness_states = tuple(stage_states[i] for i in tableau.stiffness_stages)
+    return y1, error_estimate, tuple(stages), stiffness_states
+
+
+def _step_result(
+    tableau: ButcherTableau,
+    k1: Tensor | None,
+    y1: Tensor,
+    error_estimate: Tensor | None,
+    stages: tuple[Tensor, ...],
+    stiffness_states: tuple[Tensor, ...],
+) -> StepResult:
+    stiffness = None
+    if tableau.stiffness_stages is not None:
+        i, j = tableau.stiffness_stages
+        stiffness = functools.partial(shampine_stiffness, stages[i], stages[j], *stiffness_states)
+    return StepResult(y1, error_estimate, stiffness, stages, len(stages) - (k1 is not None))
+
+
+def _tensor_time_step(
+    func: VectorField,
+    t: Tensor,
+    dt: Tensor,
+    y: Tensor,
+    k1: Tensor | None,
+    tableau: ButcherTableau,
+    rtol: float,
+    atol: float,
+    norm: Callable[[Tensor], Tensor],
+    time_dtype: torch.dtype,
+) -> StepResult:
+    """:func:`step` with ``t`` and ``dt`` 0-dim float64 tensors, the function the compiled path
+    compiles: its graph depends on the tableau and the shapes, not on the step's time or size. The
+    loop's reads of the step (the error check, the stiffness estimate) are computed in the graph."""
+    first = 0 if k1 is None else 1
+    nodes = torch.tensor(tableau.c[first:], dtype=torch.float64, device=t.device)
+    times = (t + nodes * dt).to(time_dtype).unbind()
+    y1, error_estimate, stages, stiffness_states = _stages(func, times, y, dt, tableau, rtol, atol, k1, norm)
+    stiffness = None
+    if tableau.stiffness_stages is not None:
+        i, j = tableau.stiffness_stages
+        stiffness = shampine_stiffness(stages[i], stages[j], *stiffness_states)
+    result = StepResult(y1, error_estimate, stiffness, stages, len(stages) - first)
+    if error_estimate is not None:
+        result.error_check = checked_error(error_estimate, y1)
+    return result
+
+
+_COMPILED_STEPS: dict[str, Callable[..., Any]] = {}
+
+
+def compiled_step(options: dict[str, Any]) -> Callable[..., Any]:
+    """:func:`_tensor_time_step` compiled by ``torch.compile(**options)``, made once per set of
+    options (torch caches the graphs per vector field, tableau and shapes). The options are told
+    apart by their ``repr``: some values (inductor's ``options`` dict) cannot be hashed."""
+    key = repr(sorted(options.items()))
+    if key not in _COMPILED_STEPS:
+        _COMPILED_STEPS[key] = torch.compile(_tensor_time_step, **options)
+    return _COMPILED_STEPS[key]
+
+
+def underflow_threshold(t: float, dt: float) -> float:
+    """The loop's smallest step ``dt`` from ``t``: ``4 ulp(max(|t|, dt))``, a step that moves
+    ``t`` by a few ulps. Relative to the times (as scipy's and torchdiffeq's), so a span of 1e-16 s
+    solves as one of 1 s does."""
+    return 4 * math.ulp(max(abs(t), dt))
+
+
+def min_step_size(t: float) -> float:
+    """A step size safely above the loop's underflow threshold at ``t``: ``100 ulp(|t|)``. Not
+    relative to the span: a first step the user chose, or the heuristic's, is kept down to it (a
+    floor at the span's scale would step over features near ``t0`` of a long span)."""
+    return 100 * math.ulp(abs(t))
+
+
+def initial_step_size(
+    func: VectorField,
+    t0: float,
+    y0: Tensor,
+    f0: Tensor,
+    order: int,
+    rtol: float,
+    atol: float,
+    direction: float = 1.0,
+    norm: Callable[[Tensor], Tensor] = rms_norm,
+    t_end: float | None = None,
+    time_dtype: torch.dtype | None = None,
+) -> tuple[float, int]:
+    """Hairer--Norsett--Wanner's starting step size (Solving ODEs I, II.4), as torchdiffeq and
+    OrdinaryDiffEq use it. Returns ``(|dt|, nfe)``; it costs one evaluation of ``func`` besides
+    ``f0``.
+
+    With scaled RMS norms ``d0 = ||y0||``, ``d1 = ||f0||``: ``h0 = 0.01 d0 / d1`` (``1e-6`` if either
+    is tiny); one explicit Euler step gives ``d2 = ||f(t0 + h0, y0 + h0 f0) - f0|| / h0``;
+    ``h1 = (0.01 / max(d1, d2)) ** (1 / order)``; the result is ``min(100 h0, h1)``. ``direction`` is
+    ``+1`` or ``-1`` (backward integration), the sign of the trial Euler step; ``norm`` is the
+    solver's error norm. ``t_end``, if given, bounds ``h0`` by the span, so ``f`` is not evaluated
+    outside ``[t0, t_end]``; ``func`` gets its time in ``time_dtype`` (default ``y0``'s). The norms
+    are taken in float64 (``f0 / scale`` overflows float32 for large derivatives), and ``h0`` is
+    kept at least ``min_step_size(t0)``, a step the loop can take.
+    """
+    with torch.no_grad():
+        y0_wide, f0_wide = y0.double(), f0.double()
+        scale = atol + rtol * y0_wide.abs()
+        d0 = float(norm(y0_wide / scale))
+        d1 = float(norm(f0_wide / scale))
+        if not (0.0 <= d0 < math.inf and 0.0 <= d1 < math.inf) and bool(
+            torch.isfinite(y0_wide).all() & torch.isfinite(f0_wide).all()
+        ):
+            # A NaN here would make every step size NaN, which no step-size check catches.
+            raise ValueError(
+                f"norm must return a finite non-negative number for a finite input, got {d0} and {d1}"
+            )
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        if t_end is not None and t_end != t0:
+            h0 = min(h0, abs(t_end - t0))
+        h0 = max(h0, min_step_size(t0))
+        y_euler = y0 + (direction * h0) * f0
+        f_euler = func(time_tensor(t0 + direction * h0, y0, time_dtype), y_euler)
+        d2 = float(norm((f_euler.double() - f0_wide) / scale)) / h0
+        if not math.isfinite(d2):
+            # The trial Euler step overflowed: start from h0 and let the loop reject what is too long.
+            return h0, 1
+        if max(d1, d2) <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / order)
+    return min(100 * h0, h1), 1
+
+
+class RKStepper(Stepper[Tensor | None]):
+    """The explicit Runge--Kutta pair ``tableau`` as a stepper of the one loop
+    (:func:`local_reg._integrate.integrate`): each attempt is :func:`step`; the carry is ``k1``, the
+    FSAL stage of the last accepted step (or ``f(t0, y0)``), kept across a rejection. ``func`` gets
+    its time argument in ``time_dtype`` (default the state's dtype). With ``compile_options`` each
+    attempt runs :func:`compiled_step` instead: the same arithmetic, compiled with those
+    ``torch.compile`` keywords."""
+
+    failure = "non-finite state or derivative"
+
+    def __init__(
+        self,
+        func: VectorField,
+        tableau: ButcherTableau,
+        rtol: float,
+        atol: float,
+        norm: Callable[[Tensor], Tensor] = rms_norm,
+        f0: Tensor | None = None,
+        time_dtype: torch.dtype | None = None,
+        compile_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(tableau.order, rtol, atol)
+        self.compiled = None if compile_options is None else compiled_step(compile_options)
+        self.func = func
+        self.time_dtype = time_dtype
+        self.tableau = tableau
+        self.norm = norm
+        self.has_stiffness = tableau.stiffness_stages is not None
+        self.f0 = f0
+        self.interpolant = get_interpolant(tableau)
+
+    def begin(self, t0: float, y0: Tensor, stats: Stats) -> Tensor:
+        f0 = self.f0
+        if f0 is None:
+            f0 = self.func(time_tensor(t0, y0, self.time_dtype), y0)
+            stats.add(1)
+        if not bool(torch.isfinite(f0).all()):
+            raise SolverError("non-finite derivative", t=t0, n_steps=0)
+        return f0
+
+    def initial_step_size(
+        self, t0: float, y0: Tensor, carry: Tensor, direction: float, stats: Stats, t_end: float | None = None
+    ) -> float:
+        dt_abs, nfe = initial_step_size(
+            self.func,
+            t0,
+            y0,
+            carry,
+            self.order,
+            self.rtol,
+            self.atol,
+            direction,
+            norm=self.norm,
+            t_end=t_end,
+            time_dtype=self.time_dtype,
+        )
+        stats.add(nfe)
+        return dt_abs
+
+    def step(
+        self, t: float, t_next: float, y: Tensor, dt: float, carry: Tensor | None, estimate_error: bool
+    ) -> StepResult:
+        if self.compiled is not None:
+            t_tensor, dt_tensor = torch.tensor([t, dt], dtype=torch.float64, device=y.device).unbind()
+            time_dtype = y.dtype if self.time_dtype is None else self.time_dtype
+            return self.compiled(
+                self.func,
+                t_tensor,
+                dt_tensor,
+                y,
+                carry,
+                self.tableau,
+                self.rtol,
+                self.atol,
+                self.norm,
+                time_dtype,
+            )
+        return step(
+            self.func,
+            t,
+            y,
+            dt,
+            self.tableau,
+            rtol=self.rtol,
+            atol=self.atol,
+            k1=carry,
+            norm=self.norm,
+            time_dtype=self.time_dtype,
+        )
+
+    def error_check(self, result: StepResult) -> Tensor:
+        if result.error_check is not None:  # computed in the compiled step's graph
+            return result.error_check
+        return checked_error(result.error_estimate, result.y1)
+
+    def dense_stages(self, result: StepResult, t_next: float, stats: Stats) -> tuple[Tensor, ...]:
+        """The stages the interpolant combines: the step's, and ``f(t_next, y1)`` for a pair that is
+        not FSAL (evaluated once, counted in ``stats``, and reused as the next step's ``k1``)."""
+        if not self.interpolant.extra_stage:
+            return result.stages
+        if result.end_derivative is None:
+            result.end_derivative = self.func(time_tensor(t_next, result.y1, self.time_dtype), result.y1)
+            stats.add(1)
+        return (*result.stages, result.end_derivative)
+
+    def interpolate(
+        self, t: float, dt: float, y: Tensor, stages: tuple[Tensor, ...], t_outs: Sequence[float]
+    ) -> Tensor:
+        """The dense output at each of ``t_outs`` inside the accepted step ``(t, y) -> t + dt`` with
+        ``stages``, stacked."""
+        thetas = [(t_out - t) / dt for t_out in t_outs]
+        return combine_rows(y, dt, self.interpolant.weight_matrix(thetas), stages)
+
+    def next_carry(self, result: StepResult, accepted: bool, carry: Tensor | None) -> Tensor | None:
+        if not accepted:
+            # The retry starts from the same (t, y): its first stage is this attempt's.
+            return result.stages[0]
+        if self.tableau.fsal:
+            return result.stages[-1]
+        # Dense output may already have evaluated f(t + dt, y1): the next step's first stage.
+        return result.end_derivative

@@ -1,0 +1,124 @@
+"""Tuple states: a collection of tensors solved as one flat state.
+
+Continuous normalizing flows carry ``(z, logp)``, augmented models several tensors of different
+shapes. ``odeint`` accepts a tuple ``y0`` (as torchdiffeq does): the tensors are flattened into one
+state, the vector field sees and returns tuples, and the outputs come back as a tuple of tensors of
+shape ``(len(t), *y0[i].shape)``. Because the solver, the error norm (one RMS over every element)
+and every gradient method see one tensor, nothing else in the library needs to know.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any, TypeVar, cast
+
+import torch
+from torch import Tensor, nn
+
+
+class TupleState:
+    """The layout of a tuple of tensors in one flat state."""
+
+    def __init__(self, y0: tuple) -> None:
+        if not y0:
+            raise ValueError("y0 is an empty tuple: it must hold at least one tensor")
+        for index, part in enumerate(y0):
+            if not isinstance(part, Tensor):
+                raise TypeError(f"y0[{index}] must be a torch.Tensor, got {type(part).__name__}")
+        first = y0[0]
+        for index, part in enumerate(y0):
+            if part.dtype != first.dtype or part.device != first.device:
+                raise TypeError(
+                    f"the tensors of a tuple y0 must share one dtype and device: y0[0] is {first.dtype} on "
+                    f"{first.device}, y0[{index}] is {part.dtype} on {part.device}"
+                )
+        self.dtype = first.dtype
+        self.device = first.device
+        self.shapes = [part.shape for part in y0]
+        self.sizes = [math.prod(shape) for shape in self.shapes]
+
+    def flatten(self, parts: tuple, what: str = "y0") -> Tensor:
+        """One flat tensor of ``parts``, each checked against ``y0``'s: ``torch.cat`` would silently
+        promote a part of another dtype (or cast an integer one) to the state's."""
+        if not isinstance(parts, tuple) or len(parts) != len(self.shapes):
+            raise TypeError(f"{what} must be a tuple of {len(self.shapes)} tensors, like y0")
+        for index, (part, shape) in enumerate(zip(parts, self.shapes, strict=True)):
+            if not isinstance(part, Tensor):
+                raise TypeError(f"{what}[{index}] must be a torch.Tensor, got {type(part).__name__}")
+            if part.dtype != self.dtype:
+                raise TypeError(
+                    f"{what}[{index}] has dtype {part.dtype}, expected the dtype of y0 {self.dtype}"
+                )
+            if part.shape != shape:
+                expected = tuple(shape)
+                raise ValueError(
+                    f"{what}[{index}] must have the shape of y0[{index}] {expected}, got {tuple(part.shape)}"
+                )
+            if part.device != self.device:
+                raise ValueError(f"{what}[{index}] is on {part.device}, expected y0's device {self.device}")
+        return torch.cat([part.reshape(-1) for part in parts])
+
+    def unflatten(self, flat: Tensor) -> tuple[Tensor, ...]:
+        """The tuple of a flat state, or of a stack of them (leading dimensions kept)."""
+        lead = flat.shape[:-1]
+        pieces = torch.split(flat, self.sizes, dim=-1)
+        return tuple(piece.reshape((*lead, *shape)) for piece, shape in zip(pieces, self.shapes, strict=True))
+
+
+class TupleField(nn.Module):
+    """``func(t, tuple) -> tuple`` as a field of the flat state. ``func`` (or the module that owns a
+    bound method) is a submodule, so the default ``adjoint_params`` are its parameters."""
+
+    def __init__(self, func: Callable, state: TupleState) -> None:
+        super().__init__()
+        self.func = func
+        # A module func is a submodule already; a bound method's module is registered here.
+        self.owner = None if isinstance(func, nn.Module) else owning_module(func)
+        self.state = state
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        output = self.func(t, self.state.unflatten(y))
+        if not isinstance(output, Iterable):
+            raise TypeError(
+                f"func must return a tuple of {len(self.state.shapes)} tensors for a tuple y0, got "
+                f"{type(output).__name__}"
+            )
+        return self.state.flatten(tuple(output), "func's output")
+
+
+def user_func(func: Callable) -> Callable:
+    """The function the user gave: ``func`` itself, or what a :class:`TupleField` wraps. Whether
+    parameters can be found is a question about it (the wrapper is a module whatever it wraps)."""
+    return func.func if isinstance(func, TupleField) else func
+
+
+def owning_module(func: object) -> nn.Module | None:
+    """The module whose parameters ``func`` uses: ``func`` itself, or the module of a bound method
+    (what a tuple state's wrapper wraps); ``None`` for a plain function."""
+    func = user_func(func)
+    owner = func if isinstance(func, nn.Module) else getattr(func, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+SolveFunction = TypeVar("SolveFunction", bound=Callable[..., Any])
+
+
+def accepts_tuple_states(solve: SolveFunction) -> SolveFunction:
+    """Let ``solve(func, y0, t, **options)`` take a tuple ``y0``; its solution's ``ys`` and
+    ``evaluate(t)`` are then tuples (the step record keeps the flat states). The wrapper keeps
+    ``solve``'s signature for type checkers (``solve`` itself declares the tuple ``y0``)."""
+
+    @functools.wraps(solve)
+    def wrapper(func, y0, t, **options):
+        if not isinstance(y0, tuple):
+            return solve(func, y0, t, **options)
+        state = TupleState(y0)
+        if not callable(func):
+            raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+        solution = solve(TupleField(func, state), state.flatten(y0), t, **options)
+        return replace(solution, ys=state.unflatten(solution.ys), layout=state.unflatten)
+
+    return cast(SolveFunction, wrapper)

@@ -1,0 +1,336 @@
+"""Argument checks shared by every public entry point: each names the argument it rejects."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Iterable, Sequence
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._step import rms_norm
+
+
+def type_name(value: object) -> str:
+    """``value``'s type for an error message, qualified outside the builtins (numpy's ``bool`` is
+    ``numpy.bool``, not the ``bool`` the message asks for)."""
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is a bool (numpy's is not), else a ``TypeError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type_name(value)}")
+    return value
+
+
+def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
+    """``value`` if it is one of ``choices``, else a ``ValueError`` that names ``name`` and lists them."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {list(choices)}")
+    return value
+
+
+def real_number(name: str, value: object, expected: str) -> float:
+    """``value`` as a float: a real number (numpy's scalars included) or a 0-dim real tensor (as
+    torchdiffeq takes its tolerances); anything else, a tensor of several values (per-element
+    tolerances) too, is a ``TypeError`` naming ``name``."""
+    if isinstance(value, Tensor):
+        if value.dim() != 0 or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(
+                f"{name} must be {expected}: one real number (a float or a 0-dim tensor), got a "
+                f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+            )
+        return float(value.detach())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    return float(value)
+
+
+def positive_float(name: str, value: object) -> float:
+    value = real_number(name, value, "a positive float")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be positive and finite, got {value}")
+    return value
+
+
+def non_negative_float(name: str, value: object) -> float:
+    value = real_number(name, value, "a non-negative float")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be non-negative and finite, got {value}")
+    return value
+
+
+def relative_tolerance(name: str, value: object) -> float:
+    """``value`` as a relative tolerance: positive and finite, or 0 (a pure absolute tolerance, as
+    in torchdiffeq; the absolute tolerance beside it must then be positive)."""
+    value = real_number(name, value, "a non-negative float")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"{name} must be non-negative (0: a pure absolute tolerance) and finite, got {value}"
+        )
+    return value
+
+
+def check_generator(generator: object) -> None:
+    """``TypeError`` unless ``generator`` is a ``torch.Generator`` or ``None``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def _time_value(value: object) -> float:
+    """One output time as a float; a string, a bool or a complex number is not a time."""
+    if isinstance(value, Tensor) and value.dim() == 0:
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"t must hold real numbers, got a tensor of dtype {value.dtype}")
+        return float(value.detach())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"t must hold real numbers, got an element of type {type(value).__name__}")
+    return float(value)
+
+
+def validate_times(t: Tensor | np.ndarray | Sequence[float]) -> list[float]:
+    """Output times as Python floats; ``t`` must be 1-D and strictly increasing or decreasing.
+
+    Accepted: a 1-D real tensor, a 1-D real numpy array (as torchdiffeq users pass), or a sequence
+    of real numbers. A string is refused although it is a sequence: ``"12"`` is not two times.
+    """
+    if isinstance(t, (str, bytes)):
+        raise TypeError(f"t must be a 1-D tensor, numpy array or sequence of floats, got {type(t).__name__}")
+    if isinstance(t, Tensor):
+        if t.dim() != 1:
+            raise ValueError(f"t must be a 1-D tensor of times, got shape {tuple(t.shape)}")
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"t must be a real tensor, got dtype {t.dtype}")
+        times = [float(v) for v in t.detach().cpu().tolist()]
+    elif isinstance(t, np.ndarray):
+        if t.ndim != 1:
+            raise ValueError(f"t must be a 1-D array of times, got shape {t.shape}")
+        if t.dtype.kind not in "fiu":
+            raise TypeError(f"t must be a real array, got dtype {t.dtype}")
+        times = [float(v) for v in t.tolist()]
+    elif isinstance(t, Sequence):
+        times = [_time_value(v) for v in t]
+    else:
+        raise TypeError(f"t must be a 1-D tensor, numpy array or sequence of floats, got {type(t).__name__}")
+    if len(times) == 0:
+        raise ValueError("t must hold at least one time")
+    if not all(math.isfinite(v) for v in times):
+        raise ValueError("t must be finite")
+    diffs = [b - a for a, b in pairwise(times)]
+    if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
+        raise ValueError("t must be strictly increasing or strictly decreasing")
+    return times
+
+
+def time_tensors_requiring_grad(t: object) -> list[Tensor]:
+    """The tensors of ``t`` (itself, or the 0-dim tensors of a sequence) that require grad."""
+    if isinstance(t, Tensor):
+        return [t] if t.requires_grad else []
+    if isinstance(t, Sequence) and not isinstance(t, str):
+        return [v for v in t if isinstance(v, Tensor) and v.requires_grad]
+    return []
+
+
+def time_dtype(t: object, state: Tensor) -> torch.dtype:
+    """The dtype the vector field gets its time argument in: that of a floating tensor ``t`` where
+    it is wider than the state's (a float64 ``t`` with a float32 state keeps its precision), else
+    the state's (times given as a sequence or a numpy array, or narrower than the state)."""
+    if isinstance(t, Tensor) and t.is_floating_point():
+        return torch.promote_types(t.dtype, state.dtype)
+    return state.dtype
+
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+"""The state dtypes the solvers integrate in. Half precision (float16, bfloat16) is refused: its
+~3 significant digits cannot resolve the default tolerances, and its step increments round to zero
+(a solve then "accepts" thousands of steps that do not move the state)."""
+
+
+def validate_state(y0: object, name: str = "y0") -> Tensor:
+    if not isinstance(y0, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(y0).__name__}")
+    if y0.dtype not in SUPPORTED_DTYPES:
+        if y0.dtype in (torch.float16, torch.bfloat16):
+            hint = (
+                "half precision cannot resolve the solver's tolerances; integrate in float32 (y0.float() "
+                "and a float32 func) and cast back"
+            )
+        elif y0.is_complex():
+            hint = "complex states are not supported; solve torch.view_as_real(y0) as a real state"
+        else:
+            hint = f"convert it, e.g. {name}.float()"
+        raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {y0.dtype}: {hint}")
+    # A NaN state with a finite derivative makes every step size NaN: refuse it before the first.
+    non_finite = ~torch.isfinite(y0.detach())
+    if bool(non_finite.any()):
+        first = tuple(int(i) for i in non_finite.nonzero()[0])
+        raise ValueError(
+            f"{name} must be finite, got {int(non_finite.sum())} non-finite entries "
+            f"(the first at index {first}: {y0[first].item()})"
+        )
+    return y0
+
+
+def check_output(name: str, value: object, like: Tensor, shape: tuple[int, ...] | None = None) -> Tensor:
+    """``value`` if it is a tensor of ``like``'s dtype and device and of ``shape`` (default
+    ``like``'s): ``TypeError`` for another type or dtype, ``ValueError`` for another shape or device."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor, got {type(value).__name__}")
+    if value.dtype != like.dtype:
+        raise TypeError(f"{name} returned dtype {value.dtype}, expected the dtype of y0 {like.dtype}")
+    expected = tuple(like.shape) if shape is None else tuple(shape)
+    if tuple(value.shape) != expected:
+        source = "y0's shape" if shape is None else "y0's shape and the noise type"
+        raise ValueError(f"{name} returned shape {tuple(value.shape)}, expected {expected} (from {source})")
+    if value.device != like.device:
+        raise ValueError(f"{name} returned a tensor on {value.device}, expected y0's device {like.device}")
+    return value
+
+
+class CheckedField:
+    """``func(t, y)`` with its output checked on every call (:func:`check_output`).
+
+    The solvers call ``func`` at states of ``y0``'s shape and dtype, so a later call that returns
+    another shape (even a broadcastable one) or dtype (which would silently promote the solution)
+    is an error, not a wrong number, as is a ``func`` that changes its input in place. The check reads
+    metadata only (no copy, no device
+    synchronisation) and returns ``func``'s own tensor, so values, gradients and call counts are
+    unchanged. The gradient methods' backward passes call the same wrapper.
+
+    Mixed precision: the ``torch.autocast`` regions active when the wrapper is made (the solve's
+    call) are the ones ``func`` runs under on every call, the backward passes' re-evaluations
+    included (as ``torch.amp.custom_bwd`` restores them), and an output in an autocast dtype is cast
+    back to the state's. The solver's own arithmetic runs without autocast (:func:`without_autocast`).
+    """
+
+    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], name: str = "func") -> None:
+        if not callable(func):
+            raise TypeError(f"{name} must be callable as {name}(t, y), got {type(func).__name__}")
+        self.func = func
+        self.name = name
+        self.autocast = active_autocast()
+
+    def _call(self, t: Tensor, y: Tensor) -> Tensor:
+        if not self.autocast:
+            return self.func(t, y)
+        # Plain nested with-statements (at most one region per device type): torch.compile traces
+        # them, where an ExitStack of regions breaks its graph.
+        (device_type, dtype), *other = self.autocast
+        with torch.autocast(device_type, dtype=dtype):
+            if other:
+                ((other_type, other_dtype),) = other
+                with torch.autocast(other_type, dtype=other_dtype):
+                    value = self.func(t, y)
+            else:
+                value = self.func(t, y)
+        autocast_dtypes = {dtype for _, dtype in self.autocast}
+        if isinstance(value, Tensor) and value.dtype != y.dtype and value.dtype in autocast_dtypes:
+            value = value.to(y.dtype)
+        return value
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        if torch.compiler.is_compiling() or y.is_inference():
+            # Inference tensors keep no version counter (and cannot be changed in place unseen).
+            return check_output(self.name, self._call(t, y), y)
+        # The solver reuses y (the step's start, a stage state) after the call: changed in place,
+        # it would silently give wrong states.
+        version = y._version
+        value = self._call(t, y)
+        if y._version != version:
+            raise ValueError(
+                f"{self.name} modified its input y in place; compute on a copy or out of place instead"
+            )
+        return check_output(self.name, value, y)
+
+
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def active_autocast() -> tuple[tuple[str, torch.dtype], ...]:
+    """``(device_type, dtype)`` of each ``torch.autocast`` region active here."""
+    return tuple(
+        (device_type, torch.get_autocast_dtype(device_type))
+        for device_type in _AUTOCAST_DEVICES
+        if torch.is_autocast_enabled(device_type)
+    )
+
+
+def without_autocast() -> contextlib.AbstractContextManager:
+    """A context without the ``torch.autocast`` regions active here, for the solver's own
+    arithmetic: the Runge--Kutta combinations and dense output are matrix products, which autocast
+    would run in half precision. A :class:`CheckedField` re-enters its own regions for ``func``."""
+    active = active_autocast()
+    if not active:
+        return contextlib.nullcontext()
+    regions = contextlib.ExitStack()
+    for device_type, _ in active:
+        regions.enter_context(torch.autocast(device_type, enabled=False))
+    return regions
+
+
+class CheckedNorm:
+    """A caller's ``norm(scaled_error)`` with its output checked on every call, as
+    :class:`CheckedField` checks ``func``'s: a Python float or a tensor of several values would
+    otherwise fail deep in the step-size control. Metadata only; the value is ``norm``'s own."""
+
+    def __init__(self, norm: Callable[[Tensor], Tensor]) -> None:
+        self.norm = norm
+
+    def __call__(self, scaled_error: Tensor) -> Tensor:
+        value = self.norm(scaled_error)
+        if not isinstance(value, Tensor):
+            raise TypeError(f"norm must return a 0-dim tensor, got {type(value).__name__}")
+        if value.numel() != 1:
+            raise ValueError(f"norm must return a 0-dim tensor, got shape {tuple(value.shape)}")
+        return value
+
+
+def checked_norm(norm: object) -> Callable[[Tensor], Tensor]:
+    """``norm`` as a solve uses it: RMS kept as is, any other callable wrapped in a :class:`CheckedNorm`."""
+    if norm is rms_norm or isinstance(norm, CheckedNorm):
+        return norm
+    if not callable(norm):
+        raise TypeError(f"norm must be callable as norm(scaled_error) -> 0-dim tensor, got {type_name(norm)}")
+    return CheckedNorm(norm)
+
+
+def checked_field(func: Callable[[Tensor, Tensor], Tensor]) -> CheckedField:
+    """``func`` wrapped in a :class:`CheckedField` (once)."""
+    return func if isinstance(func, CheckedField) else CheckedField(func)
+
+
+def compile_options(compile: object) -> dict[str, Any] | None:
+    """The ``torch.compile`` keywords of odeint's ``compile`` (``False``: none, ``True``: the defaults)."""
+    if isinstance(compile, bool):
+        return {} if compile else None
+    if not isinstance(compile, dict) or not all(isinstance(key, str) for key in compile):
+        raise TypeError(
+            f"compile must be a bool or a dict of torch.compile keywords, got {type(compile).__name__}"
+        )
+    unknown = sorted(set(compile) - (set(inspect.signature(torch.compile).parameters) - {"model"}))
+    if unknown:
+        raise ValueError(f"compile has keywords torch.compile does not take: {unknown}")
+    return dict(compile)
+
+
+def finite_float(name: str, value: object) -> float:
+    """``value`` (a real number or a 0-dim real tensor) as a finite float."""
+    value = real_number(name, value, "a float")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value

@@ -1,0 +1,373 @@
+"""torchdiffeq 0.2.5's interface on local_reg's solvers: ``import local_reg.compat as torchdiffeq``.
+
+``odeint`` and ``odeint_adjoint`` take torchdiffeq's arguments, defaults (``rtol=1e-7``,
+``atol=1e-9``, ``method="dopri5"``), option names and method names, and return what it returns: the
+tensor of states at ``t`` (a tuple of tensors for a tuple ``y0``). The vector field's
+``callback_step`` / ``callback_accept_step`` / ``callback_reject_step`` are called as torchdiffeq
+calls them. ``event_fn=`` and ``odeint_event`` solve until a terminal event, as torchdiffeq does,
+returning ``(event_t, solution)``. ``odeint_adjoint`` differentiates with the continuous backsolve
+adjoint (Chen et al., NeurIPS 2018) by default, or, with ``adjoint_method="symplectic"``, with the
+exact low-memory symplectic adjoint (Matsubara et al., NeurIPS 2021). Every deliberate difference
+from torchdiffeq is listed in docs/compat.md.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._events import _solve_until_event
+from ._integrate import StepCallbacks, fixed_steps_over
+from ._odeint import odeint as _odeint
+from ._tuple import TupleState
+from .gradients import BacksolveAdjoint, Direct, GradientMethod, Symplectic
+from .tableaus import TABLEAUS, ButcherTableau
+
+States = Tensor | tuple[Tensor, ...]
+"""The states at the output times: a tensor, or a tuple of tensors for a tuple ``y0``."""
+
+RK4_THREE_EIGHTHS = ButcherTableau(
+    name="rk4_3_8",
+    c=(0.0, 1 / 3, 2 / 3, 1.0),
+    a=((), (1 / 3,), (-1 / 3, 1.0), (1.0, -1.0, 1.0)),
+    b=(1 / 8, 3 / 8, 3 / 8, 1 / 8),
+    order=4,
+)
+"""Kutta's 3/8 rule, the fourth-order method torchdiffeq's ``"rk4"`` takes (Hairer, Norsett,
+Wanner I, II.1, Table 1.2 right)."""
+
+METHODS: dict[str, ButcherTableau] = {
+    "dopri5": TABLEAUS["dopri5"],
+    "bosh3": TABLEAUS["bosh3"],
+    "fehlberg2": TABLEAUS["fehlberg2"],
+    "adaptive_heun": TABLEAUS["heun_euler"],
+    "euler": TABLEAUS["euler"],
+    "midpoint": TABLEAUS["midpoint"],
+    "rk4": RK4_THREE_EIGHTHS,
+    "tsit5": TABLEAUS["tsit5"],
+}
+"""torchdiffeq's method names (and our ``tsit5``) and the tableaus they run."""
+
+UNSUPPORTED_METHODS = (
+    "dopri8",
+    "heun2",
+    "heun3",
+    "explicit_adams",
+    "implicit_adams",
+    "fixed_adams",
+    "adams",
+    "scipy_solver",
+)
+OPTIONS = ("step_size", "first_step", "max_num_steps", "norm", "dtype")
+UNSUPPORTED_OPTIONS = ("grid_points", "jump_t", "perturb", "step_t", "eps", "interp")
+ADJOINT_OPTIONS = ("step_size", "first_step", "max_num_steps", "norm")
+_CALLBACKS = (
+    ("step", "callback_step"),
+    ("accept", "callback_accept_step"),
+    ("reject", "callback_reject_step"),
+)
+
+
+_FIXED_GRID_EVENT_STEPS = 20000
+"""torchdiffeq 0.2.5's limit on a fixed-grid solve until an event (its ``max_itrs``)."""
+
+
+def _tableau(method: str | None) -> ButcherTableau:
+    if method is None:
+        return METHODS["dopri5"]
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str, got {type(method).__name__}")
+    if method in METHODS:
+        return METHODS[method]
+    if method in UNSUPPORTED_METHODS:
+        raise ValueError(
+            f"method {method!r} is not available in local_reg.compat; use one of {list(METHODS)} "
+            "(adaptive: dopri5, tsit5, bosh3, fehlberg2, adaptive_heun; fixed-step: euler, midpoint, rk4)"
+        )
+    raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+
+
+def _check_keys(name: str, options: object, allowed: Sequence[str]) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"{name} must be a dict, got {type(options).__name__}")
+    unsupported = sorted(set(options) & set(UNSUPPORTED_OPTIONS))
+    if unsupported:
+        raise ValueError(
+            f"{name}: {unsupported} not supported by local_reg.compat (see docs/compat.md); supported "
+            f"keys: {list(allowed)}"
+        )
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name}: unknown keys {unknown}; expected some of {list(allowed)}")
+    return dict(options)
+
+
+def _wrap_norm(norm: Callable, state: TupleState | None) -> Callable[[Tensor], Tensor]:
+    """A torchdiffeq norm (of a tensor, or of a tuple for tuple states) as a norm of the flat state."""
+    if not callable(norm):
+        raise TypeError(f"options['norm'] must be callable, got {type(norm).__name__}")
+    if state is None:
+        return norm
+    return lambda flat: norm(state.unflatten(flat))
+
+
+def _callbacks(func: object, state: TupleState | None, t_dtype: torch.dtype) -> StepCallbacks | None:
+    """The vector field's torchdiffeq step callbacks, called with tensors ``(t0, y0, dt)``."""
+    found = {}
+    for key, name in _CALLBACKS:
+        callback = getattr(func, name, None)
+        if callable(callback):
+
+            def call(t0: float, y0: Tensor, dt: float, _callback: Callable = callback) -> None:
+                y = y0 if state is None else state.unflatten(y0)
+                _callback(
+                    torch.tensor(t0, dtype=t_dtype, device=y0.device),
+                    y,
+                    torch.tensor(dt, dtype=t_dtype, device=y0.device),
+                )
+
+            found[key] = call
+    return StepCallbacks(**found) if found else None
+
+
+def _fixed_step_size(
+    tableau: ButcherTableau, step_size: object, where: str, method: str | None, stacklevel: int = 4
+) -> object:
+    """``step_size`` for a fixed-step tableau; an adaptive one ignores it with a warning, as
+    torchdiffeq 0.2.5 does ("Unexpected arguments"), rather than taking fixed steps without error
+    control."""
+    if step_size is None or not tableau.adaptive:
+        return step_size
+    warnings.warn(
+        f"local_reg.compat: {where}['step_size'] is ignored by the adaptive method "
+        f"{method or tableau.name!r} (torchdiffeq ignores it too); for fixed steps use 'euler', "
+        "'midpoint' or 'rk4'",
+        stacklevel=stacklevel,
+    )
+    return None
+
+
+def _solve(
+    func: Callable,
+    y0: Tensor | tuple[Tensor, ...],
+    t: Tensor,
+    rtol: float,
+    atol: float,
+    method: str | None,
+    options: dict | None,
+    event_fn: Callable | None,
+    gradient: GradientMethod,
+    adjoint_params: Iterable[Tensor] | None,
+) -> States | tuple[Tensor, States]:
+    events = event_fn is not None
+    if events and len(t) != 2:
+        raise ValueError(f"event_fn needs len(t) == 2 (t[1] gives the direction), got len(t)={len(t)}")
+    tableau = _tableau(method)
+    opts = _check_keys("options", options, OPTIONS)
+    dtype = opts.pop("dtype", None)
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"options['dtype'] must be a torch.dtype, got {type(dtype).__name__}")
+    state = TupleState(y0) if isinstance(y0, tuple) else None
+    t_dtype = t.dtype if isinstance(t, Tensor) and t.is_floating_point() else torch.float64
+    step_size = _fixed_step_size(tableau, opts.pop("step_size", None), "options", method)
+    if step_size is None and not tableau.adaptive:
+        if events:
+            raise ValueError(f"event_fn with the fixed-step method {method!r} needs options['step_size']")
+        # torchdiffeq's fixed-grid default: one step per output interval.
+        times = torch.as_tensor(t, dtype=torch.float64)
+        step_size = float(times.diff().abs().max()) if times.numel() > 1 else 1.0
+    kwargs: dict[str, Any] = {
+        "method": tableau,
+        "rtol": rtol,
+        "atol": atol,
+        "step_size": step_size,
+        "first_step": opts.pop("first_step", None),
+        "gradient": gradient,
+        "adjoint_params": adjoint_params,
+        "callbacks": _callbacks(func, state, t_dtype),
+    }
+    if "max_num_steps" in opts:
+        kwargs["max_steps"] = opts.pop("max_num_steps")
+    elif step_size is not None and events:
+        kwargs["max_steps"] = _FIXED_GRID_EVENT_STEPS
+    elif step_size is not None:
+        # torchdiffeq's fixed grids have no step limit: allow exactly the steps the grid needs.
+        times = [float(value) for value in torch.as_tensor(t, dtype=torch.float64)]
+        kwargs["max_steps"] = max(1, fixed_steps_over(times, step_size))
+    if "norm" in opts:
+        kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
+    if not events:
+        # torchdiffeq 0.2.5 casts the time it hands func to y0's dtype (_PerturbFunc), whatever t's
+        # dtype: as a sequence of floats (the same values) t gives local_reg.odeint's func y0's dtype
+        # too. A t that requires grad stays a tensor, so that ys is differentiable w.r.t. it.
+        plain = isinstance(t, Tensor) and t.dim() == 1 and t.is_floating_point() and not t.requires_grad
+        return _odeint(func, y0, t.tolist() if plain else t, **kwargs).ys
+    reverse_time = bool(t[1] < t[0])
+    solution = _solve_until_event(
+        func, y0, t[0], event_fn=event_fn, reverse_time=reverse_time, times_in_state_dtype=True, **kwargs
+    )
+    return solution.ts[-1], solution.ys
+
+
+def odeint(
+    func: Callable,
+    y0: Tensor | tuple[Tensor, ...],
+    t: Tensor,
+    *,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    method: str | None = None,
+    options: dict | None = None,
+    event_fn: Callable | None = None,
+) -> States | tuple[Tensor, States]:
+    """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and return the states at ``t``, shape
+    ``(len(t), *y0.shape)`` (a tuple of such tensors for a tuple ``y0``), as torchdiffeq does.
+
+    Gradients flow by backpropagation through the solver's operations (local_reg's ``Direct``).
+
+    Args:
+        method: ``"dopri5"`` (default), ``"tsit5"``, ``"bosh3"``, ``"fehlberg2"``,
+            ``"adaptive_heun"``, or fixed-step ``"euler"``, ``"midpoint"``, ``"rk4"``.
+        options: ``step_size`` (fixed-step methods: each output interval is divided into equal steps
+            no longer than it; default one step per interval), ``first_step``, ``max_num_steps``,
+            ``norm`` (callable on the scaled error, a tuple for tuple states), ``dtype`` (accepted;
+            times are always handled in float64).
+        event_fn: ``event_fn(t, y) -> tensor``: solve from ``t[0]`` in the direction of ``t[1]``
+            (``len(t) == 2``) until it changes sign, and return ``(event_t, solution)``, the
+            states at ``[t[0], event_t]`` (:func:`local_reg.odeint_event`, differentiable w.r.t.
+            ``t[0]``; ``t[1]`` gets no gradient).
+
+    A ``t`` that requires grad is differentiated as by torchdiffeq's ``odeint_adjoint``
+    (docs/gradients.md), by ``odeint`` and ``odeint_adjoint`` alike.
+
+    Raises:
+        ValueError: a method or option local_reg does not have (naming the alternatives), an
+            unknown option key.
+    """
+    return _solve(func, y0, t, rtol, atol, method, options, event_fn, Direct(), None)
+
+
+def odeint_adjoint(
+    func: Callable,
+    y0: Tensor | tuple[Tensor, ...],
+    t: Tensor,
+    *,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    method: str | None = None,
+    options: dict | None = None,
+    event_fn: Callable | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: dict | None = None,
+    adjoint_params: Iterable[Tensor] | None = None,
+) -> States | tuple[Tensor, States]:
+    """:func:`odeint` differentiated in constant memory by the backsolve adjoint (Chen et al. 2018),
+    or, with ``adjoint_method="symplectic"``, exactly by the symplectic adjoint (Matsubara et al.
+    2021), whose memory is the step states plus one graph of ``func``.
+
+    The backward solve uses ``adjoint_rtol`` / ``adjoint_atol`` / ``adjoint_method`` (default the
+    forward's) and ``adjoint_options``: ``step_size``, ``first_step``, ``max_num_steps`` and
+    ``norm="seminorm"`` (Kidger, Chen, Lyons, ICML 2021); by default it takes ``options`` without
+    ``norm``, as torchdiffeq does. ``func`` must be an ``nn.Module`` unless ``adjoint_params`` is given.
+    With ``event_fn`` it returns ``(event_t, solution)`` as :func:`odeint` does, differentiated by the
+    same method.
+    """
+    if adjoint_params is None and not isinstance(func, nn.Module):
+        raise ValueError(
+            "odeint_adjoint: func must be an nn.Module so that its parameters can be found; "
+            "otherwise pass adjoint_params=(tensors func depends on), or adjoint_params=() if none"
+        )
+    for name in ("callback_step_adjoint", "callback_accept_step_adjoint", "callback_reject_step_adjoint"):
+        if callable(getattr(func, name, None)):
+            warnings.warn(
+                f"local_reg.compat does not call func.{name}: the backward pass has no step callbacks",
+                stacklevel=2,
+            )
+    if adjoint_method == "symplectic":
+        extra = [
+            name
+            for name, value in (
+                ("adjoint_rtol", adjoint_rtol),
+                ("adjoint_atol", adjoint_atol),
+                ("adjoint_options", adjoint_options),
+            )
+            if value is not None
+        ]
+        if extra:
+            raise ValueError(
+                f"odeint_adjoint: {extra} do not apply to adjoint_method='symplectic', which "
+                "retraces the forward steps exactly"
+            )
+        gradient: GradientMethod = Symplectic()
+    else:
+        if adjoint_method is not None and adjoint_method != method and options and adjoint_options is None:
+            raise ValueError(
+                "odeint_adjoint: adjoint_method differs from method, so adjoint_options cannot be taken "
+                "from options: pass adjoint_options as well"
+            )
+        if adjoint_options is None:
+            adjoint = {k: v for k, v in (options or {}).items() if k in ADJOINT_OPTIONS and k != "norm"}
+        else:
+            adjoint = _check_keys("adjoint_options", adjoint_options, ADJOINT_OPTIONS)
+        norm = adjoint.pop("norm", "default")
+        if norm not in ("seminorm", "default"):
+            raise ValueError(
+                "adjoint_options['norm']: only 'seminorm' is supported by local_reg.compat (no callable "
+                f"adjoint norm), got {norm!r}"
+            )
+        gradient = BacksolveAdjoint(
+            None if adjoint_method is None else _tableau(adjoint_method),
+            adjoint_rtol,
+            adjoint_atol,
+            norm=norm,
+            step_size=_fixed_step_size(
+                _tableau(method if adjoint_method is None else adjoint_method),
+                adjoint.get("step_size"),
+                "options" if adjoint_options is None else "adjoint_options",
+                method if adjoint_method is None else adjoint_method,
+                stacklevel=3,
+            ),
+            first_step=adjoint.get("first_step"),
+            max_steps=adjoint.get("max_num_steps"),
+        )
+    return _solve(func, y0, t, rtol, atol, method, options, event_fn, gradient, adjoint_params)
+
+
+def odeint_event(
+    func: Callable,
+    y0: Tensor | tuple[Tensor, ...],
+    t0: Tensor,
+    *,
+    event_fn: Callable,
+    reverse_time: bool = False,
+    odeint_interface: Callable = odeint,
+    **kwargs: Any,
+) -> tuple[Tensor, States]:
+    """Solve from ``t0`` until ``event_fn(t, y)`` changes sign, as torchdiffeq's ``odeint_event``:
+    ``odeint_interface(func, y0, [t0, t0 +- 1], event_fn=event_fn, **kwargs)``, which returns
+    ``(event_t, solution)``, ``solution`` the states at ``[t0, event_t]``.
+
+    ``odeint_interface`` is this module's :func:`odeint` or :func:`odeint_adjoint`. Both already
+    differentiate the event time and the final state by the implicit function theorem (see
+    :func:`local_reg.odeint_event`), w.r.t. ``y0``, the parameters and ``t0``.
+    """
+    if odeint_interface is not odeint and odeint_interface is not odeint_adjoint:
+        raise ValueError(
+            "odeint_interface must be local_reg.compat.odeint or local_reg.compat.odeint_adjoint, got "
+            f"{getattr(odeint_interface, '__qualname__', odeint_interface)!r}"
+        )
+    t0 = torch.as_tensor(t0, dtype=torch.float64) if not isinstance(t0, Tensor) else t0
+    t0 = t0.reshape(-1)
+    t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])
+    return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+
+
+__all__ = ["METHODS", "odeint", "odeint_adjoint", "odeint_event"]

@@ -1,0 +1,238 @@
+"""``local-reg``: run the experiments and report them.
+
+    local-reg experiment TASK [--methods M ...] [--seeds N] [--out DIR] [--quick | --paper | --size S]
+                              [--gradient G] [--set KEY=VALUE ...] [--threads N] [--no-progress]
+    local-reg report [--out DIR] [--task TASK]
+
+Exit codes: 0 success; 2 bad input (unknown task, method or setting, a setting's value its task does
+not allow, an output folder that cannot be written, a corrupt results file, nothing to report), with
+the reason in one line on stderr; 130 interrupted (Ctrl-C), with the command that resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import distributed
+from .methods import METHODS
+from .report import TIMINGS, group_records, markdown_table, report_name, write_report
+from .results import ResultsError, ResultsFile, ResultsWarning
+from .runner import GRADIENTS, SIZES, Interrupted, RunSpec, fed_ratio_weights, sweep
+from .settings import SettingsError
+from .tasks import REGISTRY, ModelContext
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+
+
+class BadInput(Exception):
+    """A user error: reported in one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="local-reg", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("experiment", help="train and test TASK with each method and seed, then report")
+    run.add_argument("task", choices=sorted(REGISTRY), help="the task")
+    run.add_argument(
+        "--methods", nargs="+", metavar="M", help="methods to compare (default: all of the task's)"
+    )
+    run.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    run.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
+    sizes = run.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", dest="size", action="store_const", const="quick", help="CPU-sized run")
+    sizes.add_argument(
+        "--paper", dest="size", action="store_const", const="full", help="the paper's settings"
+    )
+    sizes.add_argument(
+        "--size", choices=SIZES, help="tiny (tests), quick (CPU) or full (paper); default full"
+    )
+    run.add_argument("--gradient", choices=GRADIENTS, default="direct", help="gradient of the main solve")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set epochs=5 --set solver.rtol=1e-5 (VALUE is JSON)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads per process (default 1: these small models gain little from more, "
+        "and oversubscribed cores slow them down many times)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    report = commands.add_parser("report", help="write report.md and the plots of a results folder")
+    report.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
+    report.add_argument(
+        "--task",
+        choices=sorted(REGISTRY),
+        help="only this task, into report-TASK.md (report.md is left as it is)",
+    )
+    report.add_argument(
+        "--timing", choices=TIMINGS, default="cpu", help="times as process CPU time (default) or wall time"
+    )
+    return parser
+
+
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    overrides = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key] = json.loads(text)
+        except json.JSONDecodeError:
+            overrides[key] = text  # a bare word is a string: --set solver.method=dopri5
+    return overrides
+
+
+def _writable_folder(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise BadInput(f"cannot write to output folder {str(path)!r}: {error.strerror or error}") from None
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    task = REGISTRY[args.task]
+    unknown = [m for m in args.methods or () if m not in task.methods]
+    if unknown:
+        raise BadInput(
+            f"unknown method(s) {unknown} for task {args.task!r}; choose from {list(task.methods)}"
+        )
+    if args.seeds < 1:
+        raise BadInput(f"--seeds must be at least 1, got {args.seeds}")
+    if args.threads < 1:
+        raise BadInput(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    size = args.size or "full"
+    overrides = _parse_overrides(args.overrides)
+    spec = RunSpec(args.task, (args.methods or task.methods)[0], 0, size, args.gradient, overrides)
+    try:
+        settings = spec.settings()
+    except SettingsError as error:
+        raise BadInput(f"bad --set: {error}") from None
+    methods = args.methods or list(task.default_methods(settings))
+    for method in methods:
+        # Building each model once up front lets the library reject a combination it does not
+        # support (e.g. a global method with --gradient symplectic) before any training.
+        try:
+            model = task.build_model(settings, ModelContext(METHODS[method], args.gradient, 1))
+            fed_ratio_weights(model, distributed.requested_world_size())
+        except (ValueError, TypeError, KeyError) as error:
+            raise BadInput(f"{method} with --gradient {args.gradient}: {error}") from None
+    _writable_folder(args.out)
+    results = ResultsFile(args.out)
+    results.load()  # a corrupt file is reported before hours of training, not after
+
+    distributed.init_from_env()
+    try:
+        sweep(
+            args.task,
+            methods,
+            range(args.seeds),
+            args.out,
+            size=size,
+            gradient=args.gradient,
+            overrides=overrides,
+            progress=not args.no_progress,
+        )
+        if distributed.is_main():
+            records = results.load(warn=False)  # repeats were reported before the sweep
+            if not records:  # every run is being trained elsewhere: nothing to report yet
+                print(f"no finished runs in {results.path} yet", file=sys.stderr)
+                return 0
+            write_report(args.out, records)
+            for group in group_records(records, args.task):
+                if group.config_id == spec.config_id:
+                    print(markdown_table(group))
+            print(f"\nreport: {args.out / 'report.md'}")
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    results = ResultsFile(args.out)
+    if not results.path.exists():
+        raise BadInput(f"no results file {str(results.path)!r}")
+    records = results.load()
+    if not group_records(records, args.task):
+        tasks = sorted({r["task"] for r in records})
+        raise BadInput(
+            f"no {args.task + ' ' if args.task else ''}runs in {str(results.path)!r} "
+            f"(tasks there: {', '.join(tasks) or 'none'}); {report_name(args.task)} left unchanged"
+        )
+    _writable_folder(args.out)
+    print(write_report(args.out, records, args.task, args.timing))
+    return 0
+
+
+def _interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """One line: what was saved, and the command that carries on from there."""
+    command = shlex.join(["local-reg", *argv])
+    if args.command != "experiment":
+        return f"local-reg: interrupted; rerun with: {command}"
+    results = args.out / "results.jsonl"
+    if isinstance(interrupt, Interrupted):
+        if interrupt.checkpoint is not None:
+            saved = f"run {interrupt.run_id} is saved at epoch {interrupt.epoch} of {interrupt.epochs} "
+            saved += f"({interrupt.checkpoint})"
+        else:
+            saved = f"run {interrupt.run_id} had not finished an epoch and restarts"
+        return f"local-reg: interrupted: {saved}, finished runs are in {results}; resume with: {command}"
+    return f"local-reg: interrupted: finished runs are in {results}; resume with: {command}"
+
+
+def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
+    """``warnings.showwarning`` that prints a :class:`ResultsWarning` as one line, others as ``show`` does."""
+
+    def showwarning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, ResultsWarning):
+            print(f"local-reg: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return showwarning
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for bad input, 130 when interrupted)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse has already printed the reason
+        return int(exit_.code or 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ResultsWarning)
+        warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        try:
+            return _experiment(args) if args.command == "experiment" else _report(args)
+        except (BadInput, ResultsError) as error:
+            print(f"local-reg: error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt as interrupt:
+            print(_interrupted(interrupt, args, argv), file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

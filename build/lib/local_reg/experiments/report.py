@@ -1,0 +1,268 @@
+"""The report of a results file: a Markdown table per (task, settings) in the paper's columns, and plots.
+
+Columns: train and test metric, training wall time, prediction time per test batch, test NFE, each the
+mean ± sd over seeds, and the NFE, training time and prediction time of each method as a ratio to
+vanilla's (ratios of the means). Plots: the main solve's NFE over training, and the test metric
+against test NFE, for every method.
+"""
+
+from __future__ import annotations
+
+import statistics
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .methods import METHODS, weight_text  # noqa: E402
+from .results import ResultsWarning, atomic_write_bytes  # noqa: E402
+
+REPORT_NAME = "report.md"
+
+
+def report_name(task: str | None = None) -> str:
+    """``report.md`` for every task; ``report-<task>.md`` for one, so that it never replaces the whole."""
+    return REPORT_NAME if task is None else f"report-{task}.md"
+
+
+_PERCENT_METRICS = {"accuracy"}
+_TIME_FIELDS = {"cpu": ("train_cpu_time", "predict_cpu_time"), "wall": ("train_time", "predict_time")}
+TIMINGS = tuple(_TIME_FIELDS)
+
+
+@dataclass
+class Group:
+    """The runs of one table: same task and settings (``config_id``), any method, weight and seed.
+
+    A row is a ``label``: the method, with its weight when that is not the task's default."""
+
+    task: str
+    config_id: str
+    records: list[dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.config_id}"
+
+    @property
+    def metric(self) -> str:
+        return self.records[0]["metric"]
+
+    def labels(self) -> list[str]:
+        """Rows in the order of :data:`METHODS`; within a method the default weight first, then by
+        increasing weight."""
+        order = {m: i for i, m in enumerate(METHODS)}
+
+        def key(record: dict[str, Any]) -> tuple:
+            weight = record.get("weight")
+            # A spec without a size ("default", a ratio or adaptive weight) sorts as 0, then by label.
+            size = weight.get("start", 0.0) if isinstance(weight, dict) else weight
+            size = size if isinstance(size, (int, float)) else 0.0
+            return (
+                order.get(record["method"], len(order)),
+                record["method"],
+                record["label"] != record["method"],
+                size,
+                record["label"],
+            )
+
+        rows = {key(r): r["label"] for r in self.records}
+        return [rows[k] for k in sorted(rows)]
+
+    def runs(self, label: str) -> list[dict[str, Any]]:
+        """The row's runs by seed, each seed once: two records of one row and seed (the same
+        settings spelled differently, e.g. a weight 1 and 1.0, in a folder written before the
+        sweep recognized them) count once, the first, with a :class:`ResultsWarning`."""
+        by_seed: dict[int, dict[str, Any]] = {}
+        for record in self.records:
+            if record["label"] != label:
+                continue
+            if record["seed"] in by_seed:
+                first = by_seed[record["seed"]]["run_id"]
+                warnings.warn(
+                    f"{self.task} {label!r} seed {record['seed']}: recorded as {first} and "
+                    f"{record['run_id']}; counted once, as the first",
+                    ResultsWarning,
+                    stacklevel=2,
+                )
+                continue
+            by_seed[record["seed"]] = record
+        return [by_seed[seed] for seed in sorted(by_seed)]
+
+
+def group_records(records: Sequence[dict[str, Any]], task: str | None = None) -> list[Group]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        if task is None or record["task"] == task:
+            groups.setdefault((record["task"], record["config_id"]), []).append(record)
+    return [Group(t, c, rs) for (t, c), rs in sorted(groups.items())]
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _number(x: float, digits: int) -> str:
+    """``digits`` significant digits, but whole numbers past them rather than exponent notation
+    (also where rounding reaches them: 999.6 at 3 digits is 1000, not 1e+03)."""
+    text = f"{x:.{digits}g}"
+    return f"{x:.0f}" if "e+" in text else text
+
+
+def _fmt(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> str:
+    mean, sd = _mean_sd([v * scale for v in values])
+    return f"{_number(mean, digits)} ± {_number(sd, 2)}" if len(values) > 1 else _number(mean, digits)
+
+
+def _columns(group: Group, timing: str) -> list[tuple[str, str, float]]:
+    """(header, record path, scale) of the per-seed columns."""
+    metric = group.metric
+    scale, unit = (100.0, " (%)") if metric in _PERCENT_METRICS else (1.0, "")
+    return [
+        (f"train {metric}{unit}", f"train.{metric}", scale),
+        (f"test {metric}{unit}", f"test.{metric}", scale),
+        (f"train {timing} (s)", _TIME_FIELDS[timing][0], 1.0),
+        (f"predict {timing} (ms/batch)", _TIME_FIELDS[timing][1], 1000.0),
+        ("test NFE", "test_nfe", 1.0),
+    ]
+
+
+def _get(record: dict[str, Any], path: str) -> float:
+    value: Any = record
+    for key in path.split("."):
+        value = value[key]
+    return float(value)
+
+
+def _baseline(group: Group, label: str) -> list[dict[str, Any]]:
+    """The vanilla runs a row is compared with: those on as many processes (a run on several trains
+    on other batches and times one process's share, so it has its own vanilla row)."""
+    world = group.runs(label)[0].get("world_size", 1)
+    labels = {
+        record["label"]
+        for record in group.records
+        if record.get("method") == "vanilla" and record.get("world_size", 1) == world
+    }
+    return group.runs(labels.pop()) if len(labels) == 1 else []
+
+
+def _ratio(group: Group, label: str, path: str) -> str:
+    baseline = _baseline(group, label)
+    if not baseline:
+        return "–"
+    reference = statistics.fmean(_get(r, path) for r in baseline)
+    if reference == 0:  # e.g. a run recorded without training: no ratio rather than a crash
+        return "–"
+    return f"{statistics.fmean(_get(r, path) for r in group.runs(label)) / reference:.3f}"
+
+
+def markdown_table(group: Group, timing: str = "cpu") -> str:
+    """The group's table; times are this process's CPU time (``timing="cpu"``) or wall time."""
+    columns = _columns(group, timing)
+    header = ["method", "weight", "seeds"] + [c[0] for c in columns]
+    header += ["NFE / vanilla", "train time / vanilla", "predict / vanilla"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label in group.labels():
+        runs = group.runs(label)
+        cells = [label, weight_text(runs[0].get("weight")), str(len(runs))]
+        cells += [_fmt([_get(r, path) for r in runs], scale) for _, path, scale in columns]
+        cells += [_ratio(group, label, p) for p in ("test_nfe", *_TIME_FIELDS[timing])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def describe(group: Group) -> str:
+    first = group.records[0]
+    s = first["settings"]
+    solver = s.get("solver", {})
+    parts = [f"size `{first['size']}`", f"gradient `{first['gradient']}`"]
+    if solver:
+        parts.append(f"{solver['method']} rtol={solver['rtol']:g} atol={solver['atol']:g}")
+    sizes = sorted({record.get("world_size", 1) for record in group.records})
+    world = (
+        f"world size {sizes[0]}" if len(sizes) == 1 else f"world sizes {', '.join(map(str, sizes))} (by row)"
+    )
+    parts += [f"{s['epochs']} epochs", f"batch {s['batch_size']}", world]
+    return ", ".join(parts)
+
+
+def _smooth(values: Sequence[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_nfe(group: Group, path: Path) -> None:
+    """Mean (over seeds) forward NFE of the main solve per training iteration, smoothed."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for label in group.labels():
+        curves = [r["history"]["nfe"] for r in group.runs(label)]
+        length = min(len(c) for c in curves)
+        mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
+        ax.plot(_smooth(mean, max(1, length // 40)), label=label)
+    ax.set_xlabel("training iteration")
+    ax.set_ylabel("NFE (forward, training)")
+    ax.set_title(f"{group.task}: NFE over training")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_metric_vs_nfe(group: Group, path: Path) -> None:
+    """Test metric against test NFE: one dot per seed, a cross at each method's mean."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    metric = group.metric
+    scale = 100.0 if metric in _PERCENT_METRICS else 1.0
+    for label in group.labels():
+        runs = group.runs(label)
+        nfe = [r["test_nfe"] for r in runs]
+        values = [r["test"][metric] * scale for r in runs]
+        dots = ax.scatter(nfe, values, alpha=0.5, label=label)
+        ax.scatter(
+            [statistics.fmean(nfe)], [statistics.fmean(values)], marker="X", s=80, color=dots.get_facecolor()
+        )
+    ax.set_xlabel("test NFE")
+    ax.set_ylabel(f"test {metric}" + (" (%)" if metric in _PERCENT_METRICS else ""))
+    ax.set_title(f"{group.task}: test {metric} vs NFE")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(
+    out_dir: str | Path, records: Sequence[dict[str, Any]], task: str | None = None, timing: str = "cpu"
+) -> str:
+    """Write :func:`report_name` (``report.md``, or ``report-<task>.md`` for one task) and the PNGs of
+    every group into ``out_dir``; return the Markdown."""
+    out_dir = Path(out_dir)
+    sections = [
+        "# Results\n",
+        f"Generated from `{out_dir / 'results.jsonl'}`; mean ± sd over seeds; times are "
+        + ("the process's CPU time (robust to other jobs on the cores)." if timing == "cpu" else "wall time.")
+        + "\n",
+    ]
+    for group in group_records(records, task):
+        nfe_png, metric_png = f"{group.name}_nfe.png", f"{group.name}_{group.metric}_vs_nfe.png"
+        plot_nfe(group, out_dir / nfe_png)
+        plot_metric_vs_nfe(group, out_dir / metric_png)
+        sections += [
+            f"## {group.task} (`{group.config_id}`)\n",
+            describe(group) + "\n",
+            markdown_table(group, timing) + "\n",
+            f"![NFE over training]({nfe_png}) ![test {group.metric} vs NFE]({metric_png})\n",
+        ]
+    text = "\n".join(sections)
+    atomic_write_bytes(out_dir / report_name(task), text.encode("utf-8"))
+    return text

@@ -1,0 +1,61 @@
+"""How the SDE tasks wrap a neural SDE for each training method.
+
+``vanilla`` is a plain :class:`local_reg.Regularized` (no penalty); ``local-random`` /
+``local-biased`` wrap the SDE in :class:`local_reg.LocallyRegularized` [LR23] and ``global-error`` in
+:class:`local_reg.GloballyRegularized` [GR21]. With ``--gradient
+adjoint`` the main solve is ``torchsde.sdeint_adjoint`` (local and vanilla only: the global penalty
+is differentiated through the ``local_reg`` solver, and biased sampling needs its step record).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ...regularization import GloballyRegularized, LocallyRegularized, Regularized
+from ..methods import local_options, weight_schedule
+from .base import ModelContext
+
+SDE_METHODS: tuple[str, ...] = ("vanilla", "local-random", "local-biased", "global-error")
+SDE_SOLVERS: tuple[str, ...] = ("euler_maruyama",)
+"""What an SDE task's ``solver.method`` may name: the one adaptive scheme of :func:`local_reg.sdeint`."""
+TORCHSDE_FIRST_STEP = 0.05
+"""The first step of torchsde's adaptive solve under ``--gradient adjoint`` (no task sets another)."""
+
+
+def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -> Regularized:
+    """The solver block of ``context.method`` around ``sde``; ``settings["solver"]`` holds
+    ``rtol`` and ``atol``, ``settings["weights"][method]`` the weight spec, and ``settings["local"]``
+    (if present) the local regularizer's options, as for ODE tasks."""
+    method = context.method
+    if method.name not in SDE_METHODS:
+        raise ValueError(
+            f"method {method.name!r} is not available for neural SDEs: use one of {list(SDE_METHODS)}"
+        )
+    if context.gradient not in ("direct", "adjoint"):
+        raise ValueError(
+            f"neural SDEs support --gradient direct or adjoint (torchsde), got {context.gradient!r}"
+        )
+    backend = "torchsde" if context.gradient == "adjoint" else "local_reg"
+    solver = dict(rtol=settings["solver"]["rtol"], atol=settings["solver"]["atol"])
+    if backend == "torchsde":
+        solver["options"] = {"dt": TORCHSDE_FIRST_STEP}
+    if method.family == "vanilla":
+        return Regularized(sde, backend=backend, gradient=context.gradient, **solver)
+    weight = weight_schedule(settings["weights"][method.name], context.total_iterations, method.name)
+    if method.family == "global":
+        if backend != "local_reg":
+            raise ValueError(
+                "global regularization differentiates through the local_reg solver: use --gradient direct"
+            )
+        return GloballyRegularized(sde, weight=weight, **solver)
+    return LocallyRegularized(
+        sde,
+        sampling=method.sampling or "random",
+        weight=weight,
+        backend=backend,
+        gradient=context.gradient,
+        **solver,
+        **local_options(weight, settings),
+    )

@@ -1,0 +1,114 @@
+"""Exchangeable gradient methods for :func:`local_reg.odeint` (``gradient=...``): objects that
+check their own settings once; the strings are shorthands for the defaults.
+
+| object | string | gradient | memory |
+|---|---|---|---|
+| :class:`Direct` | ``"direct"`` | exact (backprop through every step) | graph of every step |
+| :class:`Checkpoint` | ``"checkpoint"`` | exact (ACA, Zhuang et al. 2020) | step states + one step's graph |
+| :class:`Symplectic` | ``"symplectic"`` | exact (Matsubara et al. 2021) | step states + one ``func`` graph |
+| :class:`BacksolveAdjoint` | ``"adjoint"`` | approximate (Chen et al. 2018) | one graph of ``func`` |
+
+``Checkpoint(checkpoints=C)`` and ``Symplectic(checkpoints=C)`` bound the step states to about
+``C + 2N/C`` (:mod:`._checkpoints`). See docs/gradients.md for how to choose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import Tensor
+
+from .._tuple import owning_module, user_func
+from ._function import (
+    ForwardSolve,
+    GradientMethod,
+    GraphFreeGradient,
+    StepwiseGradient,
+)
+from ._function import check_step_penalty_support as check_step_penalty_support  # for odeint
+from ._times import time_gradient as time_gradient  # for odeint
+from .adjoint import BacksolveAdjoint
+from .checkpoint import Checkpoint
+from .direct import Direct
+from .symplectic import Symplectic
+
+_SHORTHANDS: dict[str, type[GradientMethod]] = {
+    "direct": Direct,
+    "adjoint": BacksolveAdjoint,
+    "checkpoint": Checkpoint,
+    "symplectic": Symplectic,
+}
+GRADIENT_METHODS: tuple[str, ...] = tuple(_SHORTHANDS)
+"""The string shorthands of ``gradient=``."""
+
+
+def as_gradient_method(gradient: object) -> GradientMethod:
+    """``gradient`` itself if it is a :class:`GradientMethod`, else the default object its string
+    names. ``TypeError`` for anything else, ``ValueError`` for an unknown string."""
+    if isinstance(gradient, GradientMethod):
+        return gradient
+    if not isinstance(gradient, str):
+        raise TypeError(
+            f"gradient must be a str (one of {GRADIENT_METHODS}) or a GradientMethod such as "
+            f"Symplectic(checkpoints=32), got {type(gradient).__name__}"
+        )
+    if gradient not in _SHORTHANDS:
+        raise ValueError(f"unknown gradient {gradient!r}; expected one of {GRADIENT_METHODS}")
+    return _SHORTHANDS[gradient]()
+
+
+def adjoint_params_tuple(adjoint_params: object) -> tuple[Tensor, ...]:
+    """``adjoint_params`` as a tuple of tensors (read once: a generator such as
+    ``module.parameters()`` is consumed here); anything else is a ``TypeError`` naming it."""
+    if isinstance(adjoint_params, Tensor) or not isinstance(adjoint_params, Iterable):
+        raise TypeError(
+            "adjoint_params must be an iterable of tensors (e.g. a tuple or module.parameters()), "
+            f"got {type(adjoint_params).__name__}"
+        )
+    candidates = tuple(adjoint_params)
+    for p in candidates:
+        if not isinstance(p, Tensor):
+            raise TypeError(f"adjoint_params must hold tensors, got a {type(p).__name__}")
+    return candidates
+
+
+def resolve_adjoint_params(
+    func: object, adjoint_params: Iterable[Tensor] | None, gradient: GradientMethod
+) -> tuple[Tensor, ...]:
+    """The tensors a graph-free gradient method returns gradients for, besides ``y0``.
+
+    ``adjoint_params`` if given, else the parameters of ``func`` when it is a ``torch.nn.Module``
+    (or a bound method of one). A plain function hides what it closes over, so it needs
+    ``adjoint_params`` (an empty tuple if it has no parameters): otherwise its parameters would
+    silently get no gradient. Tensors that do not require grad are dropped, duplicates kept once.
+    """
+    if adjoint_params is None:
+        owner = owning_module(func)
+        if owner is None:
+            raise ValueError(
+                f"gradient={gradient.name!r} needs the parameters of func, but func is a plain function "
+                f"({type(user_func(func)).__name__}) and adjoint_params was not given: pass "
+                "adjoint_params=(tensors func depends on), or adjoint_params=() if it has none"
+            )
+        candidates = tuple(owner.parameters())
+    else:
+        candidates = adjoint_params_tuple(adjoint_params)
+    unique: dict[int, Tensor] = {}
+    for p in candidates:
+        if p.requires_grad:
+            unique.setdefault(id(p), p)
+    return tuple(unique.values())
+
+
+__all__ = [
+    "GRADIENT_METHODS",
+    "BacksolveAdjoint",
+    "Checkpoint",
+    "Direct",
+    "ForwardSolve",
+    "GradientMethod",
+    "GraphFreeGradient",
+    "StepwiseGradient",
+    "Symplectic",
+    "as_gradient_method",
+]

@@ -1,0 +1,106 @@
+"""The step states a stepwise backward pass restarts from, kept within a memory budget.
+
+``"checkpoint"`` and ``"symplectic"`` walk the accepted steps in reverse and need the state ``y_n``
+at the start of every step ``n``. Keeping all ``N`` of them costs ``O(N)`` states, which dominates
+their memory on long solves of small states. With a budget of ``C`` checkpoints (``checkpoints=C``)
+the forward pass keeps only every ``stride``-th state, ``stride`` the smallest power of two that
+fits ``N`` states into ``C`` (it doubles, and every other kept state is dropped, whenever the budget
+runs out; ``N`` is not known in advance). The backward pass takes the segments between kept states
+from last to first, re-solves each segment forward from its kept state without a graph, with the
+recorded step sizes, and hands the re-computed states to the method in reverse.
+
+Re-solving repeats the forward's own arithmetic (same steps, same stages, the first one of a
+segment evaluated where the forward's FSAL stage was), so the states and the gradient are unchanged
+to the bit. This is the two-level checkpointing of Griewank and Walther,
+"Evaluating Derivatives" (2008), Ch. 12, with uniform spacing: at most ``C`` plus one segment
+(``stride <= 2N/C``) states are alive at a time, for one extra graph-free forward solve
+(``s - 1`` evaluations per step for FSAL tableaus, ``s`` otherwise, plus one per segment).
+``C`` about ``sqrt(2N)`` minimizes the peak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from .._integrate import SolveOptions
+from .._step import VectorField, step, time_tensor
+
+
+class StepStates:
+    """The states at the start of accepted steps, all of them or evenly spaced within a budget.
+
+    Args:
+        capacity: the most states kept at once; ``None`` keeps every state.
+    """
+
+    def __init__(self, capacity: int | None = None) -> None:
+        self.capacity = capacity
+        self.stride = 1
+        self.states: list[Tensor] = []
+        """The kept states: those of steps ``0, stride, 2 stride, ...``."""
+        self._count = 0
+
+    def __len__(self) -> int:
+        """The number of states appended (one per accepted step), kept or not."""
+        return self._count
+
+    @property
+    def indices(self) -> list[int]:
+        """The steps whose states are kept."""
+        return list(range(0, self._count, self.stride))
+
+    def append(self, state: Tensor) -> None:
+        index = self._count
+        self._count += 1
+        if index % self.stride:
+            return
+        self.states.append(state)
+        if self.capacity is not None and len(self.states) > self.capacity:
+            # Kept steps are the multiples of the stride: those of twice the stride are every other one.
+            self.stride *= 2
+            self.states = self.states[::2]
+
+    def reversed_states(
+        self, func: VectorField, options: SolveOptions, step_starts: list[float], step_sizes: list[float]
+    ) -> Iterator[Tensor]:
+        """Yield the state at the start of step ``N - 1``, then ``N - 2``, ..., then ``0``.
+
+        States that were not kept are re-computed segment by segment with ``func`` (without a
+        graph). The record itself is left as it is: a graph kept with ``retain_graph=True`` may be
+        differentiated again.
+        """
+        if self._count != len(step_starts):
+            raise RuntimeError(f"{self._count} step states recorded for {len(step_starts)} accepted steps")
+        tableau = options.tableau
+        starts = self.indices
+        segment_ends = [*starts[1:], self._count]
+        for start, end, kept in reversed(list(zip(starts, segment_ends, self.states, strict=True))):
+            segment = [kept]
+            with torch.no_grad():
+                k1 = None
+                if tableau.fsal and start > 0 and end - 1 > start:
+                    # The forward reused the previous step's last stage, evaluated at that step's
+                    # t + c_s dt, which after a step landing on an output time may differ from the
+                    # recorded start time by rounding: evaluate it there to repeat the forward's bits.
+                    fsal_time = step_starts[start - 1] + tableau.c[-1] * step_sizes[start - 1]
+                    k1 = func(time_tensor(fsal_time, kept, options.time_dtype), kept)
+                for n in range(start, end - 1):
+                    result = step(
+                        func,
+                        step_starts[n],
+                        segment[-1],
+                        step_sizes[n],
+                        tableau,
+                        rtol=options.rtol,
+                        atol=options.atol,
+                        k1=k1,
+                        norm=options.norm,
+                        time_dtype=options.time_dtype,
+                    )
+                    segment.append(result.y1)
+                    k1 = result.stages[-1] if tableau.fsal else None
+            while segment:
+                yield segment.pop()

@@ -1,0 +1,80 @@
+"""One error for a non-finite gradient, whatever the gradient method.
+
+A vector field whose vector--Jacobian product is not finite somewhere on the trajectory (``sqrt``
+or ``log`` at 0, an overflow in a layer's backward) would otherwise give NaN gradients silently
+with the exact methods, while the backsolve adjoint's backward solve stops with a
+:class:`~local_reg.SolverError`. Every method therefore checks, once per backward pass, the
+gradients it hands back for ``y0`` and the parameters, and raises :class:`SolverError` when they are
+not finite although the cotangents that came in were: then the NaN came from the solve. One check
+of the gradients costs one reduction per input, not one per evaluation of ``func``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from .._errors import SolverError
+
+
+def all_finite(tensors: Iterable[Tensor | None]) -> bool:
+    return all(bool(torch.isfinite(g).all()) for g in tensors if g is not None)
+
+
+def _transformed(tensor: Tensor | None) -> bool:
+    """Whether ``tensor`` is wrapped by a ``torch.func`` transform (vmap, grad), whose values
+    cannot be read on the host (``None``, an undefined gradient, is not)."""
+    return isinstance(tensor, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(tensor)
+
+
+def raise_non_finite_gradient(t0: float, n_steps: int) -> None:
+    raise SolverError(
+        "non-finite gradient in the backward pass: the vector-Jacobian product of func is not finite "
+        "on the trajectory (e.g. sqrt or log at 0)",
+        t=t0,
+        n_steps=n_steps,
+    )
+
+
+class _RemoveHooks:
+    """Removes the input hooks of one solve when the solve's graph is freed (it is held by a hook
+    stored in that graph), so repeated solves do not pile hooks on a module's parameters."""
+
+    def __init__(self, handles: list[torch.utils.hooks.RemovableHandle]) -> None:
+        self.handles = handles
+
+    def __del__(self) -> None:
+        # getattr: torch.compile may copy the object without running __init__.
+        for handle in getattr(self, "handles", ()):
+            handle.remove()
+
+
+def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_steps: int) -> None:
+    """Make a backward pass through ``ys`` raise :class:`SolverError` if the gradient of one of
+    ``inputs`` (``y0`` and the known parameters) is not finite while the cotangent of ``ys`` was.
+
+    A hook on ``ys`` records whether its cotangent was finite (and that its backward pass began);
+    a hook on each input checks the gradient that reaches it. The input hooks live as long as the
+    graph of ``ys`` (not the Python tensor ``ys``, which a caller may drop after indexing it).
+    """
+    inputs = [x for x in inputs if x.requires_grad]
+    if not inputs:
+        return
+    incoming = {"finite": False}
+
+    def check(grad: Tensor) -> None:
+        # Under torch.func transforms (jacrev's vmap over cotangents) a tensor's value cannot be
+        # read: the check is skipped there.
+        if _transformed(grad):
+            return
+        if incoming["finite"] and not all_finite((grad,)):
+            raise_non_finite_gradient(t0, n_steps)
+
+    remover = _RemoveHooks([x.register_hook(check) for x in inputs])
+
+    def record_cotangent(grad: Tensor | None, _remover: _RemoveHooks = remover) -> None:
+        incoming["finite"] = grad is not None and not _transformed(grad) and all_finite((grad,))
+
+    ys.register_hook(record_cotangent)

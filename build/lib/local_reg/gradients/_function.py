@@ -1,0 +1,409 @@
+"""Shared plumbing of the gradient methods that solve forward without a graph.
+
+"checkpoint", "symplectic" and "adjoint" all run the forward solve under ``torch.no_grad()`` inside
+one :class:`torch.autograd.Function` and differ only in how their ``backward`` turns the cotangents
+of the outputs into gradients for ``y0`` and the parameters. This module holds that Function, the
+description of the forward solve a backward pass gets (:class:`ForwardSolve`), the interface of a
+method (:class:`GradientMethod`) and the reverse sweep over accepted steps that "checkpoint" and
+"symplectic" share (:class:`StepwiseGradient`; the states it restarts from are kept by
+:class:`~._checkpoints.StepStates`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .._integrate import SolveOptions, StepPenalty, integrate_ode
+from .._step import VectorField
+from .._validate import without_autocast
+from ..solution import Stats, Steps
+from ._checkpoints import StepStates
+from ._finite import all_finite, raise_non_finite_gradient
+
+
+@dataclass
+class ForwardSolve:
+    """One forward solve as its backward pass sees it.
+
+    Attributes:
+        func: the vector field.
+        times: output times.
+        options: the forward solver's options.
+        params: the tensors gradients are returned for besides ``y0`` (``adjoint_params``), each
+            requiring grad, no duplicates.
+        f0: ``func(times[0], y0)``, already evaluated (without a graph).
+        record_states: the user asked for ``steps.states``.
+        step_penalty: the per-accepted-step penalty, or ``None``.
+        stats, steps: filled in by the forward pass; ``stats.nfe_backward`` by the backward pass.
+        step_states: the states at the start of accepted steps (all, or within the method's
+            ``checkpoints`` budget) for the backward pass, when the method restarts from them.
+        owner: the module ``func`` belongs to, if any, whose parameters the backward pass
+            re-evaluates ``func`` with (see :meth:`check_owner_unchanged`).
+    """
+
+    func: VectorField
+    times: list[float]
+    options: SolveOptions
+    params: tuple[Tensor, ...]
+    f0: Tensor
+    record_states: bool
+    step_penalty: StepPenalty | None
+    stats: Stats | None = None
+    steps: Steps | None = None
+    step_states: StepStates | None = None
+    owner: torch.nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        self._owner_parameters = self._parameter_ids()
+
+    def _parameter_ids(self) -> tuple[int, ...]:
+        return () if self.owner is None else tuple(id(p) for p in self.owner.parameters())
+
+    def check_owner_unchanged(self) -> None:
+        """Raise if ``func``'s module holds other parameter tensors than during the forward solve
+        (``torch.func.functional_call`` swaps them in for the forward call only): a backward pass
+        that re-evaluates ``func`` would differentiate the others, and the forward's would silently
+        get no gradient."""
+        if self._parameter_ids() != self._owner_parameters:
+            raise RuntimeError(
+                "func's module holds other parameter tensors in the backward pass than in the forward "
+                "solve (torch.func.functional_call, or a load_state_dict(assign=True) in between): the "
+                "graph-free gradient methods re-evaluate func with its current parameters; use "
+                "gradient='direct', which differentiates the forward's own graph"
+            )
+
+    @property
+    def solved_times(self) -> list[float]:
+        """The times of the outputs once the forward has run: ``times``, with the last replaced
+        by ``steps.stop_time`` when a stop condition ended the solve there."""
+        if self.steps is None or self.steps.stop_time is None:
+            return self.times
+        return [*self.times[:-1], self.steps.stop_time]
+
+
+class BackwardStep(NamedTuple):
+    """One accepted step as a stepwise backward pass sees it."""
+
+    t: float
+    """The step's start time."""
+    dt: float
+    """Its signed size."""
+    y: Tensor
+    """The state at its start (re-computed when a checkpoint budget dropped it)."""
+    adjoint: Tensor
+    """``lambda_{n+1}``, the cotangent of the state at its end."""
+    grad_penalty: Tensor | None
+    """The cotangent of its step penalty, or ``None``."""
+    inside: list[tuple[float, Tensor]]
+    """``(theta, dL/dy(t + theta dt))`` of the outputs read from its dense output."""
+
+
+class GradientMethod(ABC):
+    """How a solve's outputs are differentiated (``odeint(gradient=...)``).
+
+    An object that checks its own settings once, when it is made; the strings ``"direct"``,
+    ``"checkpoint"``, ``"symplectic"`` and ``"adjoint"`` are shorthands for the default objects.
+    """
+
+    name: ClassVar[str]
+    supports_step_penalty: ClassVar[bool]
+    """The backward pass has a graph of every step, so per-step penalties can be differentiated."""
+    graph_free: ClassVar[bool] = True
+    """The forward solve runs without a graph; gradients go to ``y0`` and ``adjoint_params``."""
+
+    def check(self, options: SolveOptions) -> None:
+        """Raise ``ValueError`` if this method cannot differentiate a solve with ``options``."""
+        return None
+
+    @abstractmethod
+    def solve(self, y0: Tensor, solve: ForwardSolve) -> tuple[Tensor, Stats, Steps, Tensor | None]:
+        """Solve ``solve`` from ``y0``; returns ``(ys, stats, steps, penalties)`` with ``ys``
+        differentiable by this method."""
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if value is not None)
+        return f"{type(self).__name__}({settings})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(sorted((k, repr(v)) for k, v in vars(self).items()))))
+
+
+class GraphFreeGradient(GradientMethod):
+    """A method that solves forward without a graph and differentiates in its own backward pass."""
+
+    def new_step_states(self, record_states: bool) -> StepStates | None:
+        """The record of step states the forward pass fills for this backward pass, or ``None`` if
+        it restarts from none. ``record_states``: the user keeps every state anyway."""
+        return None
+
+    def solve(self, y0: Tensor, solve: ForwardSolve) -> tuple[Tensor, Stats, Steps, Tensor | None]:
+        """Solve forward without a graph; ``ys`` (and the penalties) are differentiated by this
+        method's :meth:`backward`. ``steps.states`` is present only with ``record_states=True`` (the
+        method may keep states internally regardless)."""
+        # The dense record (dense=True) keeps every state too: a budget would save no memory.
+        solve.step_states = self.new_step_states(solve.record_states or solve.options.dense)
+        ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
+        has_penalties = solve.step_penalty is not None and penalties.numel() > 0
+        return ys, solve.stats, solve.steps, penalties if has_penalties else None
+
+    @abstractmethod
+    def backward(
+        self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
+    ) -> tuple[Tensor, list[Tensor | None], int]:
+        """Return ``(dL/dy0, [dL/dparam for solve.params], calls of func made)``.
+
+        ``ys`` are the forward outputs (stacked over output times), ``grad_ys`` their cotangents
+        and ``grad_penalties`` those of the per-step penalties (``None`` without ``step_penalty``).
+        """
+
+
+class CountingField:
+    """Calls ``func`` and counts the calls, so that a backward pass can report its NFE."""
+
+    def __init__(self, func: VectorField) -> None:
+        self.func = func
+        self.calls = 0
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        self.calls += 1
+        return self.func(t, y)
+
+
+def vector_jacobian_product(
+    func: VectorField, t: Tensor, y: Tensor, params: tuple[Tensor, ...], cotangent: Tensor
+) -> tuple[Tensor, Tensor, list[Tensor | None]]:
+    """Evaluate ``f = func(t, y)`` with a fresh graph and return ``(f, v^T df/dy, [v^T df/dp])``.
+
+    The graph lives only inside this call. A ``y`` that ``f`` does not depend on gets a zero
+    gradient; parameters it does not depend on get ``None``.
+    """
+    with torch.enable_grad():
+        y = y.detach().requires_grad_(True)
+        derivative = func(t, y)
+        if not derivative.requires_grad:
+            return derivative, torch.zeros_like(y), [None] * len(params)
+        grads = torch.autograd.grad(derivative, (y, *params), cotangent, allow_unused=True)
+    grad_y = torch.zeros_like(y) if grads[0] is None else grads[0]
+    return derivative.detach(), grad_y, list(grads[1:])
+
+
+def steps_before_outputs(times: list[float], step_starts: list[float]) -> list[int]:
+    """For every output time, the number of accepted steps that start strictly before it.
+
+    When every output time is the end of an accepted step (and the next step starts exactly
+    there), this is the number of steps that end at or before it; with dense output, an output
+    time inside a step belongs to the last of these steps (:func:`locate_outputs`).
+    """
+    direction = 1.0 if len(times) < 2 or times[-1] > times[0] else -1.0
+    # Step starts are monotone in the direction of integration; search them as increasing keys.
+    keys = [direction * t for t in step_starts]
+    return [bisect.bisect_left(keys, direction * t) for t in times]
+
+
+def locate_outputs(
+    times: list[float], step_starts: list[float], step_sizes: list[float], t_end: float | None = None
+) -> tuple[list[list[int]], list[list[tuple[int, float]]]]:
+    """Where each output lies among the accepted steps, for a reverse sweep.
+
+    Returns ``(at_boundary, inside)``: ``at_boundary[n]`` lists the outputs equal to the state
+    before step ``n`` (``n = N``: after the last step), ``inside[n]`` the pairs
+    ``(output, theta)`` of the outputs read from step ``n``'s dense output at the fraction
+    ``theta = (t_i - t_n) / dt_n``, computed as the forward pass computed it. ``t_end`` is where
+    the last step ends: by default the last output time (a solve stopped inside its last step
+    passes the step's own end).
+    """
+    n_steps = len(step_starts)
+    at_boundary: list[list[int]] = [[] for _ in range(n_steps + 1)]
+    inside: list[list[tuple[int, float]]] = [[] for _ in range(n_steps)]
+    if t_end is None:
+        t_end = times[-1]
+    for output, before in enumerate(steps_before_outputs(times, step_starts)):
+        t_out = times[output]
+        if before == 0:
+            at_boundary[0].append(output)
+            continue
+        n = before - 1
+        step_end = step_starts[n + 1] if n + 1 < n_steps else t_end
+        if t_out == step_end:
+            at_boundary[n + 1].append(output)
+        else:
+            inside[n].append((output, (t_out - step_starts[n]) / step_sizes[n]))
+    return at_boundary, inside
+
+
+def add_gradients(
+    totals: list[Tensor | None], increments: Iterable[Tensor | None], scale: float = 1.0
+) -> None:
+    """``totals[i] += scale * increments[i]`` in place, where an increment of ``None`` means zero."""
+    for index, increment in enumerate(increments):
+        if increment is None:
+            continue
+        if totals[index] is None:
+            totals[index] = increment * scale if scale != 1.0 else increment.clone()
+        else:
+            totals[index].add_(increment, alpha=scale)
+
+
+class StepwiseGradient(GraphFreeGradient):
+    """A backward pass that walks the accepted steps in reverse, one step at a time.
+
+    Starting from ``lambda_N = dL/dy_N``, each step maps ``lambda_{n+1}`` to ``lambda_n`` (and adds
+    its parameter gradient) by :meth:`step_backward`; at every output time ``t_i = t_n`` the
+    output's cotangent ``dL/dy(t_i)`` is added to ``lambda_n``. An output read from a step's dense
+    output is handed to that step's :meth:`step_backward` with its ``theta`` and cotangent.
+    """
+
+    def __init__(self, checkpoints: int | None = None) -> None:
+        """``checkpoints``: keep at most this many step states in the forward pass and re-compute
+        the others in the backward pass (see :mod:`._checkpoints`); ``None`` keeps every one. The
+        gradient is the same either way."""
+        if checkpoints is not None:
+            if isinstance(checkpoints, bool) or not isinstance(checkpoints, int):
+                raise TypeError(f"checkpoints must be an int or None, got {type(checkpoints).__name__}")
+            if checkpoints < 1:
+                raise ValueError(f"checkpoints must be at least 1, got {checkpoints}")
+        self.checkpoints = checkpoints
+
+    def new_step_states(self, record_states: bool) -> StepStates:
+        # The user's record keeps every state anyway: a budget would only add re-computation.
+        return StepStates(None if record_states else self.checkpoints)
+
+    @abstractmethod
+    def step_backward(
+        self,
+        func: CountingField,
+        solve: ForwardSolve,
+        current: BackwardStep,
+        grad_params: list[Tensor | None],
+    ) -> Tensor:
+        """Map ``lambda_{n+1}`` (``current.adjoint``) to ``lambda_n`` across the step ``current``,
+        adding its parameter gradient to ``grad_params`` in place."""
+
+    def backward(
+        self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
+    ) -> tuple[Tensor, list[Tensor | None], int]:
+        steps = solve.steps
+        step_starts = steps.t.tolist()
+        step_sizes = steps.dt.tolist()
+        # A stopped solve heads for the end of time and so lands on no target: its last step ends at
+        # t + dt exactly, as the forward computed it.
+        t_end = None if steps.stop_time is None else step_starts[-1] + step_sizes[-1]
+        at_boundary, inside = locate_outputs(solve.solved_times, step_starts, step_sizes, t_end)
+        # An output whose cotangent is exactly zero (a regularizer's detached u(t_reg)) adds nothing:
+        # its step keeps the cheaper backward step of a step without outputs.
+        nonzero = [bool(g.any()) for g in grad_ys] if any(inside) else []
+        func = CountingField(solve.func)
+        grad_params: list[Tensor | None] = [None] * len(solve.params)
+        adjoint = torch.zeros_like(ys[0])
+        states = solve.step_states.reversed_states(func, solve.options, step_starts, step_sizes)
+        for n in range(len(step_starts), -1, -1):
+            for output in reversed(at_boundary[n]):
+                adjoint = adjoint + grad_ys[output]
+            if n == 0:
+                break
+            current = BackwardStep(
+                step_starts[n - 1],
+                step_sizes[n - 1],
+                next(states),
+                adjoint,
+                None if grad_penalties is None else grad_penalties[n - 1],
+                [(theta, grad_ys[output]) for output, theta in inside[n - 1] if nonzero[output]],
+            )
+            adjoint = self.step_backward(func, solve, current, grad_params)
+        return adjoint, grad_params, func.calls
+
+
+def _first_order_only(backward: Callable) -> Callable:
+    """``once_differentiable``, and a backward pass asked for a graph (``create_graph=True``: a
+    Hessian, a gradient penalty) is an error: ``once_differentiable`` alone returns gradients
+    detached from the inputs, which ``torch.autograd.functional.hessian`` reads as zeros."""
+    once = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def wrapper(ctx: Any, *grads: Tensor) -> Any:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                f"gradient={ctx.method.name!r} gives first derivatives only (its backward pass is "
+                "not differentiable): for second derivatives (create_graph=True, a Hessian) use "
+                "gradient='direct'"
+            )
+        return once(ctx, *grads)
+
+    return wrapper
+
+
+class _SolveWithoutGraph(torch.autograd.Function):
+    """Forward: the instrumented solve under ``no_grad``. Backward: the gradient method's."""
+
+    @staticmethod
+    def forward(ctx, method: GraphFreeGradient, solve: ForwardSolve, y0: Tensor, *params: Tensor):
+        outputs, stats, steps, penalties = integrate_ode(
+            solve.func,
+            y0,
+            solve.times,
+            solve.options,
+            record_states=solve.record_states,
+            f0=solve.f0,
+            step_penalty=solve.step_penalty,
+            keep_state=None if solve.step_states is None else solve.step_states.append,
+        )
+        solve.stats = stats
+        solve.steps = steps
+        ys = torch.stack(outputs)
+        has_penalties = solve.step_penalty is not None and penalties
+        penalty_values = torch.stack(penalties) if has_penalties else ys.new_zeros(0)
+        if solve.step_penalty is None:
+            ctx.mark_non_differentiable(penalty_values)
+        ctx.method = method
+        ctx.solve = solve
+        ctx.save_for_backward(ys)
+        return ys, penalty_values
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, grad_ys: Tensor, grad_penalties: Tensor):
+        (ys,) = ctx.saved_tensors
+        solve: ForwardSolve = ctx.solve
+        solve.check_owner_unchanged()
+        try:
+            with without_autocast():
+                grad_y0, grad_params, nfe = ctx.method.backward(
+                    solve, ys, grad_ys, grad_penalties if solve.step_penalty is not None else None
+                )
+        except RuntimeError as error:
+            if "backward through the graph a second time" not in str(error):
+                raise
+            # The backward pass differentiates func once per stage: a graph built outside func, from
+            # a tensor in adjoint_params, is freed by the first of these.
+            raise ValueError(
+                f"gradient={ctx.method.name!r}: func depends on adjoint_params through a tensor computed "
+                "outside func (e.g. w = 2 * raw, captured by func, with raw in adjoint_params); list the "
+                "captured tensor itself (w) in adjoint_params, and its gradient flows on to raw, or "
+                "compute it inside func"
+            ) from error
+        if all_finite((grad_ys, grad_penalties)) and not all_finite((grad_y0, *grad_params)):
+            raise_non_finite_gradient(solve.times[0], solve.stats.n_steps)
+        # Accumulate: a graph kept with retain_graph=True may be differentiated more than once.
+        solve.stats.nfe_backward = (solve.stats.nfe_backward or 0) + nfe
+        return (None, None, grad_y0, *grad_params)
+
+
+def check_step_penalty_support(method: GradientMethod, step_penalty: StepPenalty | None) -> None:
+    if step_penalty is not None and not method.supports_step_penalty:
+        raise ValueError(
+            f"step_penalty is not supported with gradient={method.name!r}: global regularization "
+            "differentiates every step's penalty, which needs a per-step graph; use "
+            "gradient='direct' or gradient='checkpoint'"
+        )

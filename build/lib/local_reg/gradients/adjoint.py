@@ -1,0 +1,343 @@
+"""The continuous (backsolve) adjoint: constant memory, approximate gradients.
+
+Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations", NeurIPS 2018. With
+``a(t) = dL/dy(t)``, the augmented system::
+
+    dy/dt = f(t, y),     da/dt = -a^T df/dy (t, y),     dg/dt = -a^T df/dtheta (t, y)
+
+is solved backwards from each output time ``t_i`` to the previous one ``t_{i-1}``, starting from
+``y(t_i)`` (the forward output), ``a(t_i)`` (the accumulated cotangent) and ``g = 0`` so far; at
+``t_{i-1}`` the output's cotangent ``dL/dy(t_{i-1})`` is added to ``a``. Then ``dL/dy0 = a(t_0)`` and
+``dL/dtheta = g(t_0)``. Each evaluation of the augmented field is one evaluation of ``f`` with a
+graph and one vector--Jacobian product. The backward solve is the instrumented solver itself, with
+its own method, tolerances and step options (:class:`BacksolveAdjoint`'s settings); the gradient is
+that of the continuous problem, so it differs from the discrete forward solve's by the two solves' errors.
+
+Seminorm (Kidger, Chen, Lyons, "'Hey, that's not an ODE': Faster ODE Adjoints via Seminorms",
+ICML 2021): ``g`` never feeds back into the dynamics, so its local error need not limit the step.
+With ``BacksolveAdjoint(norm="seminorm")`` the error norm of the backward solve covers ``(y, a)``
+only; ``g`` is still integrated by the same Runge--Kutta steps, but its error does not limit them.
+
+Layout: the one loop integrates ``(y, a)`` only, stacked into one tensor of shape ``(2, *y.shape)``.
+``g`` does not enter the field, so its stage values are never needed, only its stage rates
+``-a^T df/dtheta``: each evaluation writes them into a row of a preallocated matrix (one row per
+stage, the parameters flattened), and :class:`AdjointStepper` advances ``g`` (one flat tensor) across
+an accepted step with the step's Runge--Kutta weights in one matrix--vector product. With the default
+norm the error estimate still includes ``g``'s local error (one RMS over ``(y, a, g)``), from the same
+rows in the same product. The result is the augmented system's solve, step for step, without
+concatenating an augmented state per evaluation or running the Runge--Kutta stage combinations and the
+error scale over the parameters' entries (the initial-step heuristic of the default norm flattens
+``(y, a, g)`` once per restart).
+
+Output times whose cotangent is exactly zero (for example the ``t_reg`` a local regularizer adds to
+the save points) do not restart the backward solve: it carries on across them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from itertools import pairwise
+
+import torch
+from torch import Tensor
+
+from .._diagnose import SETTINGS_HINT
+from .._errors import SolverError
+from .._integrate import SolveOptions, integrate
+from .._step import RKStepper, StepResult, initial_step_size, rms_norm
+from .._validate import positive_float, positive_int, relative_tolerance
+from ..solution import Stats
+from ..tableaus import ButcherTableau, get_tableau
+from ._function import ForwardSolve, GraphFreeGradient, vector_jacobian_product
+
+NORMS = ("default", "seminorm")
+
+
+def parameter_views(flat: Tensor, params: tuple[Tensor, ...]) -> list[Tensor]:
+    """``flat`` (the parameters' entries, one after the other) as views shaped like ``params``."""
+    parts = flat.split([p.numel() for p in params])
+    return [part.view(p.shape) for part, p in zip(parts, params, strict=True)]
+
+
+class AdjointStepper(RKStepper):
+    """The backward solve's stepper: Runge--Kutta steps of ``(y, a)`` (stacked, shape ``(2, *y.shape)``)
+    with the field ``(f, -a^T df/dy)``, and ``g`` (:attr:`parameter_gradient`, the parameters
+    flattened) advanced by the same steps from the stage rates ``-a^T df/dtheta``.
+
+    A step's stage ``i`` writes its rate into row ``i`` of :attr:`rates` (a first stage carried over
+    from the step before is moved to row 0), so that the step's weighted sums of the rates are one
+    product with :attr:`rates`. The rows, the step size and ``g`` at the end of the step (when the
+    default norm computed it) are those of the attempt in progress, which :meth:`next_carry`
+    accepts or rejects. One stepper serves every restart of a backward pass: ``g`` carries over from
+    one to the next.
+    """
+
+    def __init__(self, solve: ForwardSolve, options: SolveOptions, seminorm: bool, ys: Tensor) -> None:
+        """``ys``: the forward outputs (their shape and dtype)."""
+        # The backward solve's step record is not returned, and a stiffness hint on failure comes from
+        # the forward solve of the same dynamics: no stiffness estimate.
+        tableau = dataclasses.replace(options.tableau, stiffness_stages=None)
+        super().__init__(
+            self.augmented_field, tableau, options.rtol, options.atol, time_dtype=options.time_dtype
+        )
+        self.func_of_y = solve.func
+        self.params = solve.params
+        self.seminorm = seminorm
+        n_parameters = sum(p.numel() for p in solve.params)
+        self.parameter_gradient = ys.new_zeros(n_parameters)
+        # One row per stage (the backward solve has no dense output, which would evaluate one more).
+        self.rates = ys.new_zeros(tableau.n_stages, n_parameters)
+        self.row_views = [parameter_views(row, solve.params) for row in self.rates]
+        self.no_rate = [torch.zeros_like(p) for p in solve.params]
+        # Which parameters func used: one it never touches gets no gradient (None), as with the
+        # other methods, not a zero (an optimizer's momentum or weight decay would act on a zero).
+        self.used = [False] * len(solve.params)
+        self.next_row = 0
+        weights = [tableau.b, tableau.error_weights or [0.0] * tableau.n_stages]
+        self.weights = torch.tensor(weights, dtype=ys.dtype, device=ys.device)
+        # Without parameters the default norm is the RMS over (y, a), as the seminorm is.
+        self.norm_includes_parameters = not seminorm and n_parameters > 0 and tableau.adaptive
+        # The RMS of the default norm is over every entry of (y, a, g).
+        self.root_entries = math.sqrt(2 * ys[0].numel() + n_parameters)
+        self.dt = 0.0
+        self.end_gradient: Tensor | None = None
+
+    def augmented_field(self, t: Tensor, z: Tensor) -> Tensor:
+        """``(f, -a^T df/dy)`` at ``z = (y, a)``; ``-a^T df/dtheta`` goes to the next row of :attr:`rates`."""
+        y, adjoint = z.unbind(0)
+        derivative, state_rate, parameter_vjps = vector_jacobian_product(
+            self.func_of_y, t, y, self.params, -adjoint
+        )
+        if parameter_vjps:
+            self.used = [used or g is not None for used, g in zip(self.used, parameter_vjps, strict=True)]
+            rates = [zero if g is None else g for zero, g in zip(self.no_rate, parameter_vjps, strict=True)]
+            torch._foreach_copy_(self.row_views[self.next_row], rates)
+        self.next_row += 1
+        return torch.stack([derivative, state_rate])
+
+    def begin(self, t0: float, y0: Tensor, stats: Stats) -> tuple[Tensor, int]:
+        self.next_row = 0
+        return super().begin(t0, y0, stats), 0
+
+    def initial_step_size(
+        self,
+        t0: float,
+        y0: Tensor,
+        carry: tuple[Tensor, int],
+        direction: float,
+        stats: Stats,
+        t_end: float | None = None,
+    ) -> float:
+        f0, row = carry
+        if self.seminorm:
+            return super().initial_step_size(t0, y0, f0, direction, stats, t_end)
+
+        # The heuristic's norms are over (y, a, g): flatten once per restart, not per evaluation.
+        def field(t: Tensor, z: Tensor) -> Tensor:
+            derivative = self.augmented_field(t, z[: y0.numel()].reshape(y0.shape))
+            return torch.cat([derivative.reshape(-1), self.rates[self.next_row - 1]])
+
+        dt_abs, nfe = initial_step_size(
+            field,
+            t0,
+            torch.cat([y0.reshape(-1), self.parameter_gradient]),
+            torch.cat([f0.reshape(-1), self.rates[row]]),
+            self.order,
+            self.rtol,
+            self.atol,
+            direction,
+            t_end=t_end,
+            time_dtype=self.time_dtype,
+        )
+        stats.add(nfe)
+        return dt_abs
+
+    def step(
+        self,
+        t: float,
+        t_next: float,
+        y: Tensor,
+        dt: float,
+        carry: tuple[Tensor | None, int | None],
+        estimate_error: bool,
+    ) -> StepResult:
+        k1, row = carry
+        if k1 is not None and row != 0:
+            self.rates[0].copy_(self.rates[row])
+        self.next_row = 0 if k1 is None else 1
+        self.dt = dt
+        self.end_gradient = None
+        # The attempt's error norm: over (y, a, g) when it is estimated and includes the parameters.
+        self.norm = self.parameter_norm if estimate_error and self.norm_includes_parameters else rms_norm
+        return super().step(t, t_next, y, dt, k1, estimate_error)
+
+    def release(self) -> None:
+        """Drop the stepper's references to its own bound methods (its field and norm), a cycle
+        that would keep the stage-rate matrix (stages x parameters) alive until Python's cycle
+        collector runs, not until the backward pass returns."""
+        self.func = self.norm = None
+
+    def parameter_norm(self, scaled_state_error: Tensor) -> Tensor:
+        """The RMS over ``(y, a, g)`` of the attempt's scaled error, given that of ``(y, a)``; every
+        stage has been evaluated (its rate written) before the error estimate."""
+        sums = self.weights @ self.rates
+        g0 = self.parameter_gradient
+        self.end_gradient = torch.add(g0, sums[0], alpha=self.dt)
+        scale = torch.maximum(g0.abs(), self.end_gradient.abs()).mul_(self.rtol).add_(self.atol)
+        parameter_error = torch.linalg.vector_norm(sums[1].div_(scale)).mul_(abs(self.dt))
+        return torch.hypot(torch.linalg.vector_norm(scaled_state_error), parameter_error).div_(
+            self.root_entries
+        )
+
+    def next_carry(
+        self, result: StepResult, accepted: bool, carry: tuple[Tensor | None, int | None]
+    ) -> tuple[Tensor | None, int | None]:
+        if not accepted:
+            # The attempt moved a carried first stage's rate to row 0.
+            return carry[0], None if carry[0] is None else 0
+        if self.end_gradient is not None:
+            self.parameter_gradient = self.end_gradient
+        else:
+            self.parameter_gradient = torch.addmv(
+                self.parameter_gradient, self.rates.T, self.weights[0], alpha=self.dt
+            )
+        k1 = super().next_carry(result, accepted, carry[0])
+        # A pair that is FSAL carries its last stage, the last row written.
+        return k1, None if k1 is None else self.next_row - 1
+
+
+class BacksolveAdjoint(GraphFreeGradient):
+    """``gradient="adjoint"``: solve the augmented system backwards between output times.
+
+    Args:
+        method: the backward solve's method (a name or a :class:`ButcherTableau`); default the
+            forward's.
+        rtol, atol: the backward solve's tolerances; default the forward's. ``rtol=0`` is a pure
+            absolute tolerance.
+        norm: ``"default"`` (RMS over ``(y, a, g)``) or ``"seminorm"`` (over ``(y, a)`` only; Kidger,
+            Chen, Lyons, ICML 2021).
+        step_size: fixed steps of the backward solve. Default: the forward's (if it had one) when
+            the backward method is the forward's or fixed-step; an adaptive ``method`` given here
+            steps adaptively.
+        first_step, max_steps: of the backward solve (default: the heuristic; the forward's).
+    """
+
+    name = "adjoint"
+    supports_step_penalty = False
+
+    def __init__(
+        self,
+        method: str | ButcherTableau | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        norm: str = "default",
+        step_size: float | None = None,
+        first_step: float | None = None,
+        max_steps: int | None = None,
+    ) -> None:
+        if norm not in NORMS:
+            raise ValueError(f"BacksolveAdjoint: norm must be one of {NORMS}, got {norm!r}")
+        try:
+            self.tableau = None if method is None else get_tableau(method)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"BacksolveAdjoint method: {error}") from None
+        self.rtol = None if rtol is None else relative_tolerance("BacksolveAdjoint rtol", rtol)
+        self.atol = None if atol is None else positive_float("BacksolveAdjoint atol", atol)
+        self.norm = norm
+        self.step_size = (
+            None if step_size is None else positive_float("BacksolveAdjoint step_size", step_size)
+        )
+        self.first_step = (
+            None if first_step is None else positive_float("BacksolveAdjoint first_step", first_step)
+        )
+        self.max_steps = None if max_steps is None else positive_int("BacksolveAdjoint max_steps", max_steps)
+
+    def backward_options(self, forward: SolveOptions) -> SolveOptions:
+        """The backward solve's options: this object's settings, the forward's where unset."""
+        return SolveOptions(
+            rtol=forward.rtol if self.rtol is None else self.rtol,
+            atol=forward.atol if self.atol is None else self.atol,
+            first_step=self.first_step,
+            max_steps=forward.max_steps if self.max_steps is None else self.max_steps,
+            step_size=self._backward_step_size(forward),
+            controller=forward.controller,
+            tableau=forward.tableau if self.tableau is None else self.tableau,
+            time_dtype=forward.time_dtype,
+        )
+
+    def _backward_step_size(self, forward: SolveOptions) -> float | None:
+        if self.step_size is not None:
+            return self.step_size
+        own_adaptive_method = self.tableau is not None and self.tableau.adaptive
+        return None if own_adaptive_method else forward.step_size
+
+    def check(self, options: SolveOptions) -> None:
+        tableau = options.tableau if self.tableau is None else self.tableau
+        if self._backward_step_size(options) is None and not tableau.adaptive:
+            raise ValueError(
+                f"BacksolveAdjoint method {tableau.name!r} is fixed-step: "
+                "pass BacksolveAdjoint(step_size=...)"
+            )
+        self.backward_options(options)
+
+    def backward(
+        self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
+    ) -> tuple[Tensor, list[Tensor | None], int]:
+        times = solve.solved_times
+        if len(times) == 1:
+            return grad_ys[0], [None] * len(solve.params), 0
+        options = self.backward_options(solve.options)
+        stepper = AdjointStepper(solve, options, self.norm == "seminorm", ys)
+        try:
+            return self._backsolve(solve, stepper, options, times, ys, grad_ys)
+        finally:
+            stepper.release()
+
+    def _backsolve(
+        self,
+        solve: ForwardSolve,
+        stepper: AdjointStepper,
+        options: SolveOptions,
+        times: list[float],
+        ys: Tensor,
+        grad_ys: Tensor,
+    ) -> tuple[Tensor, list[Tensor | None], int]:
+        adjoint = grad_ys[-1]
+        # Restart at every output time that carries a cotangent (and at t0).
+        last = len(times) - 1
+        restarts = [0, *(i for i in range(1, last) if bool(grad_ys[i].any())), last]
+        calls = 0
+        for end, start in reversed(list(pairwise(restarts))):
+            # Restart from the forward output rather than the backsolved y: it is more accurate.
+            state = torch.stack([ys[start], adjoint])
+            try:
+                outputs, stats, _, _ = integrate(stepper, state, [times[start], times[end]], options)
+            except ValueError as error:
+                # Fixed steps beyond max_steps, refused before the first: this solve's settings.
+                message = str(error).replace("pass max_steps=", "pass BacksolveAdjoint(max_steps=")
+                message = message.replace(" or a longer step_size", ") or a longer step_size")
+                where = f"backsolve adjoint, backward solve from t={times[start]!r} to t={times[end]!r}"
+                raise ValueError(f"{where}: {message}") from None
+            except SolverError as error:
+                # The loop's hint names the forward solve's settings; this solve has its own.
+                reason = error.reason.replace(
+                    SETTINGS_HINT,
+                    "(raise BacksolveAdjoint(max_steps=...), "
+                    "or loosen its rtol/atol: adjoint_rtol/adjoint_atol)",
+                )
+                raise SolverError(
+                    f"backsolve adjoint, backward solve from t={times[start]!r} "
+                    f"to t={times[end]!r}: {reason}",
+                    t=error.t,
+                    n_steps=error.n_steps,
+                ) from None
+            calls += stats.nfe
+            adjoint = outputs[-1][1] + grad_ys[end]
+        grad_params: list[Tensor | None] = [
+            gradient if used else None
+            for gradient, used in zip(
+                parameter_views(stepper.parameter_gradient, solve.params), stepper.used, strict=True
+            )
+        ]
+        return adjoint, grad_params, calls

@@ -1,0 +1,182 @@
+"""Dense output of the Runge--Kutta pairs, as data next to the tableaus.
+
+Every interpolant here is a linear combination of one step's stage derivatives::
+
+    y(t + theta dt) = y + dt * sum_i B_i(theta) k_i,      B_i(theta) = sum_p coefficients[i][p] theta^(p+1)
+
+so ``y(t) = y`` at ``theta = 0`` and ``B_i(1) = b_i`` (the step's own ``y1``) at ``theta = 1``. Being
+linear in the stages, its adjoint enters the stage recursion of the gradient methods directly (see
+docs/gradients.md). The stages are those of the tableau, plus, where ``extra_stage`` is set, one
+more: ``f(t + dt, y1)``, the derivative at the step's end. A pair that is not FSAL evaluates it only
+when a step holds an output time, and hands it to the next step as its first stage, so it costs one
+evaluation per solve (at the last step) at most.
+
+- ``tsit5``: the free fourth-order interpolant of Tsitouras, "Runge--Kutta pairs of order 5(4)
+  satisfying only the first column simplifying assumption", Comput. Math. Appl. 62 (2011), in the
+  factored form of OrdinaryDiffEq, torchode and diffrax.
+- ``dopri5``: the fourth-order dense output of Dormand and Prince as in Hairer's ``DOPRI5``
+  (``CONTD5``; Hairer, Norsett, Wanner, Solving ODEs I, II.6).
+- every other tableau: the cubic Hermite interpolant through ``y``, ``y1``, ``f(t, y)`` and
+  ``f(t + dt, y1)`` (third order, or the tableau's order if lower).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.polynomial import polynomial as P
+
+from .tableaus import ButcherTableau, get_tableau
+
+
+@dataclass(frozen=True)
+class Interpolant:
+    """The dense output of one tableau: ``y(t + theta dt) = y + dt sum_i B_i(theta) k_i``.
+
+    Attributes:
+        name: the tableau's name.
+        coefficients: ``coefficients[i][p]`` is the coefficient of ``theta^(p+1)`` in ``B_i``; one row
+            per stage, the extra stage last.
+        order: the order of the interpolated solution (its local error is ``O(dt^(order+1))``).
+        extra_stage: whether the last row belongs to ``f(t + dt, y1)``, evaluated besides the
+            tableau's stages (for pairs that are not FSAL).
+    """
+
+    name: str
+    coefficients: tuple[tuple[float, ...], ...]
+    order: int
+    extra_stage: bool = False
+
+    @property
+    def n_stages(self) -> int:
+        """The number of stage derivatives the interpolant combines."""
+        return len(self.coefficients)
+
+    def weight_matrix(self, thetas: Sequence[float]) -> np.ndarray:
+        """``W[m, i] = B_i(thetas[m])``, shape ``(len(thetas), n_stages)``, by Horner's rule (the
+        same arithmetic for each entry, however many ``thetas``)."""
+        theta = np.asarray(thetas, dtype=np.float64).reshape(-1, 1)
+        values = np.zeros((len(theta), self.n_stages))
+        for power in reversed(range(self._matrix.shape[1])):
+            values = (values + self._matrix[:, power]) * theta
+        return values
+
+    def weights(self, theta: float) -> list[float]:
+        """``[B_i(theta)]``, the weight of each stage at the fraction ``theta`` of the step."""
+        return self.weight_matrix([theta])[0].tolist()
+
+    @functools.cached_property
+    def _matrix(self) -> np.ndarray:
+        width = max(len(row) for row in self.coefficients)
+        return np.array([[*row, *([0.0] * (width - len(row)))] for row in self.coefficients])
+
+
+def _rows(polynomials: list[np.ndarray]) -> tuple[tuple[float, ...], ...]:
+    """Coefficient rows from numpy polynomials (lowest power first) without a constant term."""
+    width = max(len(p) for p in polynomials)
+    rows = []
+    for p in polynomials:
+        full = np.zeros(width)
+        full[: len(p)] = p
+        if abs(full[0]) > 1e-14:
+            raise ValueError("an interpolant weight must vanish at theta = 0")
+        rows.append(tuple(float(v) for v in full[1:]))
+    return tuple(rows)
+
+
+def _tsit5() -> Interpolant:
+    # B_i(theta) in the factored form of OrdinaryDiffEq's Tsit5 interpolation (Tsitouras 2011).
+    theta = np.array([0.0, 1.0])
+    square = P.polymul(theta, theta)
+    polynomials = [
+        -1.0530884977290216
+        * P.polymul(
+            P.polymul(theta, [-1.3299890189751412, 1.0]), [0.7139816917074209, -1.4364028541716351, 1.0]
+        ),
+        0.1017 * P.polymul(square, [1.2949852507374631, -2.1966568338249754, 1.0]),
+        2.490627285651252793 * P.polymul(square, [1.57803468208092486, -2.38535645472061657, 1.0]),
+        -16.54810288924490272
+        * P.polymul(square, P.polymul([-1.21712927295533244, 1.0], [-0.61620406037800089, 1.0])),
+        47.37952196281928122
+        * P.polymul(square, P.polymul([-1.203071208372362603, 1.0], [-0.658047292653547382, 1.0])),
+        -34.87065786149660974 * P.polymul(square, P.polymul([-1.2, 1.0], [-2.0 / 3.0, 1.0])),
+        2.5 * P.polymul(square, P.polymul([-1.0, 1.0], [-0.6, 1.0])),
+    ]
+    return Interpolant("tsit5", _rows(polynomials), order=4)
+
+
+def _dopri5(tableau: ButcherTableau) -> Interpolant:
+    # Hairer's CONTD5: y + theta (D + (1 - theta) (S + theta (R + (1 - theta) Q))) with, per unit of
+    # dt, D = sum b_i k_i = y1 - y, S = k1 - D, R = D - k7 - S and Q = sum d_i k_i.
+    d = np.array(
+        [
+            -12715105075 / 11282082432,
+            0.0,
+            87487479700 / 32700410799,
+            -10690763975 / 1880347072,
+            701980252875 / 199316789632,
+            -1453857185 / 822651844,
+            69997945 / 29380423,
+        ]
+    )
+    b = np.array(tableau.b)
+    first = np.eye(7)[0]
+    last = np.eye(7)[6]
+    increment = b
+    slope = first - increment
+    curvature = increment - last - slope
+    theta = [0.0, 1.0]
+    one_minus = [1.0, -1.0]
+    basis = [
+        theta,
+        P.polymul(theta, one_minus),
+        P.polymul(P.polymul(theta, theta), one_minus),
+        P.polymul(P.polymul(theta, theta), P.polymul(one_minus, one_minus)),
+    ]
+    polynomials = [
+        P.polyadd(
+            P.polyadd(increment[i] * np.array(basis[0]), slope[i] * basis[1]),
+            P.polyadd(curvature[i] * basis[2], d[i] * basis[3]),
+        )
+        for i in range(7)
+    ]
+    return Interpolant("dopri5", _rows(polynomials), order=4)
+
+
+def hermite(tableau: ButcherTableau) -> Interpolant:
+    """The cubic Hermite interpolant of ``tableau`` through ``y, y1, f(t, y), f(t + dt, y1)``.
+
+    With ``h01 = 3 theta^2 - 2 theta^3``, ``h10 = theta - 2 theta^2 + theta^3`` and
+    ``h11 = theta^3 - theta^2``: ``y(theta) = y + h01 (y1 - y) + dt (h10 f0 + h11 f1)`` and
+    ``y1 - y = dt sum_i b_i k_i``, so ``B_i = h01 b_i + h10 [i = 0] + h11 [i = f1]``. ``f1`` is the
+    FSAL stage of an FSAL tableau, else an extra stage.
+    """
+    h01 = np.array([0.0, 0.0, 3.0, -2.0])
+    h10 = np.array([0.0, 1.0, -2.0, 1.0])
+    h11 = np.array([0.0, 0.0, -1.0, 1.0])
+    n = tableau.n_stages + (0 if tableau.fsal else 1)
+    b = [*tableau.b, 0.0] if not tableau.fsal else list(tableau.b)
+    polynomials = [b[i] * h01 for i in range(n)]
+    polynomials[0] = polynomials[0] + h10
+    polynomials[n - 1] = polynomials[n - 1] + h11
+    return Interpolant(
+        tableau.name, _rows(polynomials), order=min(3, tableau.order), extra_stage=not tableau.fsal
+    )
+
+
+@functools.cache
+def _interpolant_of(tableau: ButcherTableau) -> Interpolant:
+    if tableau.name == "tsit5" and tableau == get_tableau("tsit5"):
+        return _tsit5()
+    if tableau.name == "dopri5" and tableau == get_tableau("dopri5"):
+        return _dopri5(tableau)
+    return hermite(tableau)
+
+
+def get_interpolant(method: str | ButcherTableau) -> Interpolant:
+    """The dense output of a method (by name or tableau): the pair's own where it has one
+    (``tsit5``, ``dopri5``), else cubic Hermite."""
+    return _interpolant_of(get_tableau(method))

@@ -1,0 +1,75 @@
+"""Integrals along the trajectory as extra states of one bigger ODE (RNODE, TayNODE).
+
+A running cost ``R = int_{t0}^{t1} r(t, z(t)) dt`` is the solution at ``t1`` of ``dR/dt = r``,
+``R(t0) = 0``. ``local_reg.odeint`` integrates one tensor, so the state ``z`` (any shape) is
+flattened and the accumulators appended::
+
+    y = [z.flatten(), R_1, ..., R_m],    dy/dt = [f(t, z).flatten(), r_1(t, z), ..., r_m(t, z)]
+
+This is an ordinary ODE to the solver, so every gradient method applies (backpropagation,
+checkpointing, the symplectic adjoint, the backsolve adjoint); each derivative of the augmented
+field is a derivative of ``r``, i.e. a second-order derivative of ``f`` for RNODE's Jacobian term.
+
+The solver's error norm is an RMS over the whole augmented state, accumulators included (as in the
+published RNODE and TayNODE code, which integrate the same augmented system with torchdiffeq and
+JAX). ``m`` accumulators against ``z.numel()`` state elements weigh little in the RMS, but a
+rapidly varying integrand can shorten the training steps a little; eval-mode solves integrate
+``f`` alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .._step import VectorField
+from ..solution import Solution
+from ._problems import ODEProblem
+
+Integrand = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+"""``(t, z) -> (f(t, z), rates)``: the state's derivative and the 1-D tensor of the accumulators'
+derivatives ``r_i(t, z)``."""
+
+
+class AugmentedField(nn.Module):
+    """``dy/dt`` of the flat augmented state ``y = [z.flatten(), R_1..R_m]``.
+
+    ``func`` is kept as a submodule when it is a module, so that the graph-free gradient methods'
+    default ``adjoint_params`` (the field's parameters) are ``func``'s.
+    """
+
+    def __init__(self, func: VectorField, integrand: Integrand, shape: torch.Size, n_terms: int) -> None:
+        super().__init__()
+        self.func = func
+        self.integrand = integrand
+        self.shape = shape
+        self.n_terms = n_terms
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        z = y[: -self.n_terms].view(self.shape)
+        f, rates = self.integrand(t, z)
+        if f.shape != z.shape:
+            raise ValueError(
+                f"func returned shape {tuple(f.shape)}, expected the shape of y0 {tuple(z.shape)}"
+            )
+        return torch.cat([f.reshape(-1), rates.to(f.dtype)])
+
+
+def solve_augmented(
+    problem: ODEProblem,
+    integrand: Integrand,
+    n_terms: int,
+    y0: Tensor,
+    times: list[float],
+) -> tuple[Tensor, Tensor, Solution]:
+    """``(ys, integrals, solution)``: the state at ``t``, shape ``(len(t), *y0.shape)``, and the
+    ``n_terms`` integrals ``int r_i dt`` from ``t[0]`` to ``t[-1]`` (signed so that a backward
+    solve gives the same non-negative cost as the forward one)."""
+    augmented0 = torch.cat([y0.reshape(-1), y0.new_zeros(n_terms)])
+    field = AugmentedField(problem.func, integrand, y0.shape, n_terms)
+    solution = problem.odeint(field, augmented0, times)
+    ys = solution.ys[:, :-n_terms].reshape(len(times), *y0.shape)
+    direction = 1.0 if times[-1] >= times[0] else -1.0
+    return ys, direction * solution.ys[-1, -n_terms:], solution

@@ -1,0 +1,104 @@
+"""The record of a regularizer's main (unregularized) solve, whatever its backend, and what local
+regularization reads from it. Every backend (:mod:`._ode_backends`, :mod:`._sde_backends`) fills it."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..solution import Solution, Stats
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a main solve records besides its outputs: the accepted steps, their start states, and a
+    penalty on every accepted step (global regularization)."""
+
+    steps: bool = False
+    states: bool = False
+    step_penalty: Callable[[Any, float], Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class BackwardCounter:
+    """The evaluations a backend's counting field makes after its forward solve's ``forward_calls``:
+    the adjoint's backward solve (``None`` before it ran, and always for plain backpropagation,
+    which calls the field no more). An object, not a closure, so a model that holds it pickles."""
+
+    counting: Any
+    """The backend's wrapper of the user's field, with a ``calls`` count."""
+    forward_calls: int
+    adjoint: bool
+
+    def __call__(self) -> int | None:
+        extra = self.counting.calls - self.forward_calls
+        return extra if self.adjoint and extra > 0 else None
+
+
+@dataclass(kw_only=True)
+class MainSolve:
+    """The main solve of a regularizer.
+
+    Attributes:
+        ys: the solution at the solve's output times.
+        stats: its statistics (evaluations always; steps where the backend reports them).
+        n_accepted: accepted steps, when known.
+        step_t, step_dt: start time and signed step size of each accepted step, when recorded.
+        step_states: the state at each step start, when recorded.
+        penalties: the per-step penalties of ``step_penalty`` (``local_reg`` backend), else ``None``.
+        backward_counter: reads the evaluations of the backend's backward pass (``None`` while
+            unknown); ``None`` when the backend reports them in ``stats.nfe_backward``.
+    """
+
+    ys: Tensor
+    stats: Stats
+    n_accepted: int | None = None
+    step_t: list[float] | None = None
+    step_dt: list[float] | None = None
+    step_states: Tensor | None = None
+    penalties: Tensor | None = None
+    backward_counter: BackwardCounter | None = None
+
+    @classmethod
+    def from_solution(cls, solution: Solution, *, record_steps: bool = True) -> MainSolve:
+        """The record of a ``local_reg`` solve (:func:`local_reg.odeint` or :func:`local_reg.sdeint`)."""
+        steps = solution.steps
+        return cls(
+            ys=solution.ys,
+            stats=solution.stats,
+            n_accepted=solution.stats.n_accepted,
+            step_t=steps.t.tolist() if record_steps else None,
+            step_dt=steps.dt.tolist() if record_steps else None,
+            step_states=steps.states,
+            penalties=solution.penalties,
+        )
+
+    def _step_index(self, t_reg: float, direction: float) -> int:
+        """The accepted step that contains ``t_reg`` (starts at it, if one does)."""
+        starts = [direction * v for v in self.step_t]
+        return max(bisect.bisect_right(starts, direction * t_reg) - 1, 0)
+
+    def step_containing(self, t_reg: float, direction: float) -> float:
+        """``|dt|`` of the accepted step that contains ``t_reg`` (starts at it, if one does)."""
+        return abs(self.step_dt[self._step_index(t_reg, direction)])
+
+    def state_at(self, t_reg: float, direction: float) -> Tensor:
+        """``u(t_reg)`` (detached) by linear interpolation between the recorded states at the ends
+        of the accepted step that contains it, as torchsde interpolates its outputs between steps;
+        the last step ends at the final output. Needs the recorded steps and states."""
+        index = self._step_index(t_reg, direction)
+        start = self.step_states[index]
+        end = self.step_states[index + 1] if index + 1 < len(self.step_t) else self.ys[-1].detach()
+        fraction = (t_reg - self.step_t[index]) / self.step_dt[index]
+        return torch.lerp(start, end, fraction)
+
+    def sample_step(self, generator: torch.Generator | None) -> tuple[float, Tensor, float]:
+        """An accepted step drawn uniformly [LR23, biased sampling]: ``(t_reg, u(t_reg), |dt|)``,
+        its start time, recorded start state and step size."""
+        index = int(torch.randint(len(self.step_t), (), generator=generator))
+        return self.step_t[index], self.step_states[index], abs(self.step_dt[index])

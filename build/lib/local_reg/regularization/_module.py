@@ -1,0 +1,492 @@
+"""One regularized module for every penalty and every kind of problem.
+
+:class:`Regularized` holds the body all regularized models share: it chooses the problem kind once
+(:class:`._problems.ODEProblem` or :class:`._problems.SDEProblem`), solves, and in training mode
+adds ``weight * R`` as ``reg_loss``, ``R`` from its penalty strategy: :class:`LocalPenalty`
+[LR23] or :class:`GlobalPenalty` [GR21]. Without a penalty it is the plain (vanilla) model.
+:class:`local_reg.LocallyRegularized` and :class:`local_reg.GloballyRegularized` are thin
+configurations of it.
+
+[LR23] Pal, Edelman, Rackauckas, ICML 2023. [GR21] Pal, Ma, Shah, Rackauckas, ICML 2021.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .._tuple import TupleField, TupleState
+from .._validate import check_choice, check_generator, time_tensors_requiring_grad
+from ..sde.problem import is_sde
+from ..solution import Stats
+from ..tableaus import ButcherTableau, get_tableau
+from ._main_solve import Request
+from ._options import ODE_DEFAULT_METHOD
+from ._penalty import finite_penalty
+from ._probe import (
+    PENALTIES,
+    PROBE_DTYPES,
+    PROBES,
+    check_probe_options,
+    penalty_form,
+    sample_output_times,
+    split_outputs,
+)
+from ._problems import (
+    REGULARIZERS,
+    CastField,
+    ODEProblem,
+    SDEProblem,
+    SolveConfig,
+    check_regularizer_tableau,
+    step_penalty_value,
+)
+from ._sampling import STEP_SIZES, check_sampling
+from ._stats import RegularizationStats
+from .schedules import WeightSchedule, as_schedule
+
+Problem = ODEProblem | SDEProblem
+
+
+def make_problem(func: Any, config: SolveConfig) -> Problem:
+    """The problem ``func`` poses, with ``config`` checked once: an SDE if it looks like a torchsde
+    module (``f``, ``g``, ``noise_type``), else an ODE. ``None`` tolerances are the solver's
+    defaults: 1e-6 / 1e-8 for ODEs, looser for Euler--Maruyama (see :func:`local_reg.sdeint`),
+    where ODE tolerances would cost orders of magnitude more steps."""
+    return (SDEProblem if is_sde(func) else ODEProblem)(func, config)
+
+
+def plain_solve(
+    problem: Problem,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    generator: torch.Generator | None = None,
+    bm: Any = None,
+) -> tuple[Tensor, RegularizationStats]:
+    """The unregularized solve (vanilla training, and every solve in eval mode): no extra output
+    time, no extra evaluation."""
+    times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
+    main = problem.solve(y0, times, t_dtype, context, Request())
+    main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
+    return main.ys, RegularizationStats(
+        main=main.stats, n_accepted=main.n_accepted, backward_counter=main.backward_counter
+    )
+
+
+@dataclass(frozen=True)
+class LocalPenalty:
+    """Local regularization [LR23]: one probe step at a sampled ``t_reg``, its ``EEst * |dt|``
+    (``regularizer="error"``) or ``rho / stability_size`` (``"stiffness"``).
+
+    Attributes:
+        sampling: ``"random"``: ``t_reg ~ U[t0, t1)``, added to the main solve's output times (an
+            ODE solve reads it from its dense output, at no extra step; an SDE solve lands on it,
+            except for the kinetic penalty, which interpolates its recorded steps);
+            ``"biased"``: uniform over the start times of the main solve's accepted steps.
+        regularizer: ``"error"`` or ``"stiffness"`` (ODEs only).
+        reg_method: the probe's embedded pair (ODEs; default Tsit5, as the paper's code).
+        step_size: ``"initial"`` (the paper): the initial-step heuristic at ``u(t_reg)``;
+            ``"solver"``: the main solve's accepted step that contains ``t_reg``.
+        detach_state: ``True`` (the paper): ``u(t_reg)`` and ``f`` there are constants.
+        probe, probe_scale, penalty, n_draws: the probe's step size (``"initial"``, the heuristic
+            with exponent ``1/p``; ``"initial-hairer"``, ``1/(p+1)``; ``"solver"``), a factor on the
+            heuristic's step, the penalty's form (``"error-dt"``, the paper's; ``"growth"``;
+            ``"log"``) and the number of draws averaged; see :mod:`._probe`. Their defaults are the
+            paper's procedure.
+        probe_dtype: ``None`` (the state's dtype, the paper's) or ``"float64"``/``"float32"``
+            (or the torch dtype): the probe step's dtype, for an ODE whose ``func`` is an
+            ``nn.Module``, with a tensor state (its parameters and buffers are cast differentiably).
+    """
+
+    PROBES: ClassVar[tuple[str, ...]] = PROBES
+    PENALTIES: ClassVar[tuple[str, ...]] = PENALTIES
+    STEP_SIZES: ClassVar[tuple[str, ...]] = STEP_SIZES
+    PROBE_DTYPES: ClassVar[tuple[str, ...]] = PROBE_DTYPES
+    """The allowed values of ``probe``, ``penalty``, ``step_size`` and ``probe_dtype``."""
+
+    sampling: str = "random"
+    regularizer: str = "error"
+    reg_method: str | ButcherTableau | None = None
+    step_size: str = "initial"
+    detach_state: bool = True
+    probe: str = "initial"
+    probe_scale: float = 1.0
+    penalty: str = "error-dt"
+    n_draws: int = 1
+    probe_dtype: str | torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        check_sampling(self.sampling, self.step_size, self.detach_state)
+        check_choice("regularizer", self.regularizer, REGULARIZERS)
+        probe, probe_scale, _, n_draws = check_probe_options(
+            self.probe, self.probe_scale, self.penalty, self.n_draws, self.regularizer, self.step_size
+        )
+        checked = {"probe_scale": probe_scale, "n_draws": n_draws}
+        if probe == "solver":
+            checked["step_size"] = "solver"
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        if isinstance(self.probe_dtype, torch.dtype):
+            object.__setattr__(self, "probe_dtype", str(self.probe_dtype).removeprefix("torch."))
+        if self.probe_dtype is not None:
+            check_choice("probe_dtype", self.probe_dtype, PROBE_DTYPES)
+
+    def check(self, problem: Problem) -> None:
+        problem.check_regularizer(self.regularizer, self.reg_method)
+        if isinstance(problem, SDEProblem) and (
+            self.probe == "initial-hairer" or self.penalty not in ("error-dt", "kinetic")
+        ):
+            raise ValueError(
+                "these probe options (probe='initial-hairer', a penalty form other than 'error-dt' or "
+                "'kinetic') are Runge--Kutta options; an SDE's probe is an Euler--Maruyama step"
+            )
+        if self.probe_dtype is not None and not isinstance(getattr(problem, "func", None), nn.Module):
+            raise ValueError(
+                "probe_dtype casts the vector field's parameters: it needs an ODE whose func is an "
+                f"nn.Module, got {type(getattr(problem, 'func', problem)).__name__}"
+            )
+        needs_steps = self.sampling == "biased" or self.step_size == "solver"
+        if needs_steps and getattr(problem, "backend", None) == "torchsde":
+            raise ValueError(
+                "sampling='biased' and step_size='solver' need the accepted steps, which torchsde does "
+                "not report: use backend='local_reg'"
+            )
+
+    def _reads_recorded_path(self, problem: Problem) -> bool:
+        """Whether ``u(t_reg)`` comes from the main solve's recorded steps instead of an output time.
+
+        ``local_reg.sdeint`` ends a step on every output time, so asking it for ``u(t_reg)`` costs
+        an extra step (a large share of a short SDE solve). The kinetic penalty only evaluates the
+        drift at a constant ``u(t_reg)``, so it reads the state linearly interpolated between the
+        recorded steps instead (as torchsde and ODE dense output do); a probe step, which restarts
+        on the Brownian path at ``t_reg``, and a state that carries a gradient still land there.
+        """
+        return (
+            isinstance(problem, SDEProblem)
+            and problem.backend == "local_reg"
+            and self.penalty == "kinetic"
+            and self.detach_state
+        )
+
+    def __call__(
+        self,
+        problem: Problem,
+        y0: Tensor,
+        t: Tensor | Sequence[float],
+        generator: torch.Generator | None = None,
+        bm: Any = None,
+    ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        tableau = problem.check_regularizer(self.regularizer, self.reg_method)
+        times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
+        if len(times) < 2:
+            raise ValueError(f"t must hold at least 2 times (t0 and t1) to sample t_reg, got {len(times)}")
+        direction = 1.0 if times[-1] > times[0] else -1.0
+        solver_step = self.step_size == "solver"
+        if self.sampling == "random" and self._reads_recorded_path(problem):
+            _, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
+            main = problem.solve(y0, times, t_dtype, context, Request(steps=True, states=True))
+            ys = main.ys
+            draws = [(t_reg, main.state_at(t_reg, direction), None) for t_reg in t_regs]
+        elif self.sampling == "random":
+            solve_times, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
+            main = problem.solve(y0, solve_times, t_dtype, context, Request(steps=solver_step))
+            ys, states = split_outputs(main.ys, solve_times, times, t_regs)
+            draws = [
+                (t_reg, state, main.step_containing(t_reg, direction) if solver_step else None)
+                for t_reg, state in zip(t_regs, states, strict=True)
+            ]
+        else:
+            main = problem.solve(y0, times, t_dtype, context, Request(steps=True, states=True))
+            ys = main.ys
+            if not main.step_t:
+                # torchdiffeq's fixed-grid solvers never call callback_accept_step.
+                raise ValueError(
+                    "sampling='biased' found no recorded accepted steps: with backend='torchdiffeq' it "
+                    "needs an adaptive method (e.g. method='dopri5'), whose accepted steps torchdiffeq "
+                    "reports"
+                )
+            draws = [main.sample_step(generator) for _ in range(self.n_draws)]
+        main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
+        penalties = []
+        probe = Stats()
+        probe_problem, probe_dtype = problem, None
+        if self.probe_dtype is not None:
+            if isinstance(problem.func, TupleField):
+                raise ValueError("probe_dtype does not take tuple states: pass a tensor state")
+            probe_dtype = getattr(torch, self.probe_dtype)
+            probe_problem = problem.with_func(CastField(problem.func, probe_dtype))
+        result = dt = None  # no probe step for the kinetic penalty
+        for t_reg, state, solver_dt in draws:
+            if self.detach_state:
+                state = state.detach()
+            if probe_dtype is not None:
+                state = state.to(probe_dtype)
+            if self.penalty == "kinetic":
+                penalties.append(probe_problem.drift(context, t_reg, state, probe).pow(2).mean())
+                continue
+            result, dt, cost_of_draw = probe_problem.probe(
+                context,
+                tableau,
+                t_reg,
+                state,
+                solver_dt if solver_step else None,
+                times[-1],
+                direction,
+                self.detach_state,
+                scale=self.probe_scale,
+                heuristic=self.probe,
+            )
+            probe.add(cost_of_draw.nfe, diffusion=cost_of_draw.nfe_diffusion)
+            if self.penalty == "error-dt":
+                penalties.append(step_penalty_value(result, dt, self.regularizer, tableau))
+            else:
+                penalties.append(penalty_form(result.error_estimate, dt, tableau.order, self.penalty))
+        penalty = penalties[0] if len(penalties) == 1 else torch.stack(penalties).mean()
+        penalty, value, finite = finite_penalty(penalty.to(y0.dtype), y0)
+        stiffness = getattr(result, "stiffness_estimate", None)
+        stats = RegularizationStats(
+            main=main.stats,
+            probe=probe,
+            t_reg=t_reg,
+            dt_reg=dt,
+            state=state.detach(),
+            error_estimate=None if result is None else float(result.error_estimate.detach()),
+            stiffness_estimate=None if stiffness is None else float(stiffness.detach()),
+            penalty=value,
+            penalty_finite=finite,
+            n_accepted=main.n_accepted,
+            backward_counter=main.backward_counter,
+        )
+        return ys, penalty, stats
+
+
+REDUCTIONS = ("mean", "sum", "max")
+DEFAULT_REDUCTION = {"error": "mean", "stiffness": "max"}
+GLOBAL_GRADIENTS = {ODEProblem: ("direct", "checkpoint"), SDEProblem: ("direct",)}
+
+
+@dataclass(frozen=True)
+class GlobalPenalty:
+    """Global regularization [GR21]: per accepted step ``j`` of the main solve ``EEst_j * |dt_j|``
+    (error) or ``S_Est_j = rho_j / stability_size`` (stiffness), reduced by ``reduction``:
+    ``"mean"`` (default for error, the public code), ``"sum"`` (the paper's ``R_E``); ``"max"`` of
+    ``S_Est_j`` (default for stiffness, the public code), ``"sum"`` / ``"mean"`` of
+    ``S_Est_j * |dt_j|`` (the paper's ``R_S``). Differentiated through the whole solve, so the
+    gradient method must keep a per-step graph."""
+
+    regularizer: str = "error"
+    reduction: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("regularizer", self.regularizer, REGULARIZERS)
+        if self.reduction is not None:
+            check_choice("reduction", self.reduction, REDUCTIONS)
+
+    def check(self, problem: Problem) -> None:
+        allowed = GLOBAL_GRADIENTS[type(problem)]
+        if problem.gradient.name not in allowed:
+            raise ValueError(
+                f"global regularization differentiates through every accepted step of the solver, so "
+                f"it needs a gradient method that keeps a per-step graph: gradient must be one of "
+                f"{list(allowed)}, got {problem.gradient.name!r} (local regularization, "
+                "LocallyRegularized, works with every gradient method)"
+            )
+        if problem.backend != "local_reg":
+            raise ValueError(
+                f"global regularization needs the local_reg solver's per-step records, not "
+                f"backend={problem.backend!r}"
+            )
+        if isinstance(problem, SDEProblem):
+            problem.check_regularizer(self.regularizer, None)
+            if self.reduction == "max":
+                raise ValueError("reduction='max' is not available for SDEs; use 'mean' or 'sum'")
+        else:
+            method = ODE_DEFAULT_METHOD["local_reg"] if problem.method is None else problem.method
+            tableau = get_tableau(method)
+            check_regularizer_tableau(self.regularizer, tableau, "method")
+
+    def __call__(
+        self,
+        problem: Problem,
+        y0: Tensor,
+        t: Tensor | Sequence[float],
+        generator: torch.Generator | None = None,
+        bm: Any = None,
+    ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
+        if len(times) < 2:
+            raise ValueError(f"t must hold at least 2 times, got {len(times)}")
+        reduction = DEFAULT_REDUCTION[self.regularizer] if self.reduction is None else self.reduction
+        tableau = None if isinstance(problem, SDEProblem) else get_tableau(problem.method or "tsit5")
+
+        def per_step(result: Any, dt: float) -> Tensor:
+            value = step_penalty_value(result, dt, self.regularizer, tableau)
+            return value if self.regularizer == "error" or reduction == "max" else value * abs(dt)
+
+        main = problem.solve(y0, times, t_dtype, context, Request(step_penalty=per_step))
+        main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
+        penalties = main.penalties
+        reduced = {"mean": penalties.mean, "sum": penalties.sum, "max": penalties.max}[reduction]()
+        reg, value, finite = finite_penalty(reduced, y0)
+        stats = RegularizationStats(
+            main=main.stats,
+            penalty=value,
+            penalty_finite=finite,
+            n_accepted=main.n_accepted,
+            backward_counter=main.backward_counter,
+        )
+        return main.ys, reg, stats
+
+
+Penalty = Callable[..., tuple[Tensor, Tensor, RegularizationStats]]
+
+
+class Regularized(nn.Module):
+    """A neural ODE ``dy/dt = func(t, y)`` or SDE ``dy = f dt + g dW`` as a module, trained with a
+    penalty on the solver's own heuristics (or none).
+
+    ``ys = model(y0, t)`` returns the solution at ``t``. In training mode with a ``penalty`` it also
+    sets ``model.reg_loss = w * R`` (add it to the task loss); otherwise ``ys`` is exactly the
+    unregularized solution, with no extra cost, and ``reg_loss`` is a 0-dim zero. ``model.stats``
+    (:class:`RegularizationStats`) describes the last call.
+
+    Args:
+        func: the vector field ``func(t, y)`` (an ``nn.Module`` or a function), or a torchsde-style
+            SDE module (``f``, ``g``, ``noise_type``), solved by :func:`local_reg.sdeint` or torchsde.
+        penalty: :class:`LocalPenalty`, :class:`GlobalPenalty` or ``None`` (the plain model).
+        weight: a non-negative float or a :class:`WeightSchedule`; advance it with
+            ``model.weight.step()`` once per iteration. Its state (and ``generator``'s) is part of
+            ``model.state_dict()``.
+        method, rtol, atol, gradient, adjoint_params, backend, options: the main solve
+            (``local_reg.odeint``/``sdeint`` keywords; ``backend`` ``"local_reg"``, ``"torchdiffeq"``
+            or ``"torchsde"``; ``options`` extra keywords of the backend's solver). ``None``
+            tolerances are the solver's defaults.
+        generator: draws ``t_reg`` and an SDE's Brownian seeds (torch's global generator by default).
+    """
+
+    reg_loss: Tensor
+    stats: RegularizationStats | None
+
+    def __init__(
+        self,
+        func: Any,
+        penalty: LocalPenalty | GlobalPenalty | None = None,
+        *,
+        weight: float | WeightSchedule = 1.0,
+        method: str | ButcherTableau | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        gradient: object = "direct",
+        adjoint_params: Iterable[Tensor] | None = None,
+        backend: str | None = None,
+        generator: torch.Generator | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        # Everything is checked now, so a typo fails at construction, not at the first batch.
+        config = SolveConfig(
+            backend=backend,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            gradient=gradient,
+            adjoint_params=adjoint_params,
+            options=options,
+        )
+        self.problem = make_problem(func, config)
+        if penalty is not None:
+            is_penalty = callable(penalty) and callable(getattr(penalty, "check", None))
+            if isinstance(penalty, type) or not is_penalty:
+                raise TypeError(
+                    "penalty must be a penalty object such as LocalPenalty() or GlobalPenalty(), or None, "
+                    f"got {penalty!r}"
+                )
+            penalty.check(self.problem)
+        check_generator(generator)
+        self.func = func
+        self.penalty = penalty
+        self.weight = as_schedule(weight)
+        self.generator = generator
+        self.reg_loss = torch.zeros(())
+        self.stats = None
+
+    @property
+    def is_sde(self) -> bool:
+        return isinstance(self.problem, SDEProblem)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # reg_loss holds the last training pass's graph, which copy.deepcopy and pickle refuse.
+        return {**super().__getstate__(), "reg_loss": self.reg_loss.detach()}
+
+    def forward(
+        self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]
+    ) -> Tensor | tuple[Tensor, ...]:
+        problem, y0, unflatten = self._flat(y0, t)
+        if self.penalty is None or not self.training:
+            ys, self.stats = plain_solve(problem, y0, t, self.generator)
+            self.reg_loss = torch.zeros((), dtype=ys.dtype, device=ys.device)
+            return unflatten(ys)
+        ys, reg, self.stats = self.penalty(problem, y0, t, self.generator)
+        self.stats.grad_ratio = self.weight.last_ratio
+        self.reg_loss = reg * self.weight()
+        self.weight.watch(self.reg_loss)
+        return unflatten(ys)
+
+    def _flat(
+        self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]
+    ) -> tuple[Problem, Tensor, Callable]:
+        """The problem and state a call solves, ``t`` checked.
+
+        A tuple ``y0`` (an ODE's, e.g. a CNF's ``(z, logp)``) is solved as one flat state, as
+        :func:`local_reg.odeint` does (:mod:`local_reg._tuple`): the problem's field is wrapped and
+        the outputs are split back into a tuple. The penalty sees the flat state. A ``t`` that
+        requires grad is refused: the modules solve at fixed times (the penalties sample among
+        them), so its gradient would be silently ``None``."""
+        if time_tensors_requiring_grad(t):
+            raise ValueError(
+                "t requires grad, but the regularized modules solve at fixed times and no gradient "
+                "reaches t: pass t.detach(), or solve with local_reg.odeint, which differentiates "
+                "with respect to its times"
+            )
+        if not isinstance(y0, tuple):
+            return self.problem, y0, lambda ys: ys
+        if not isinstance(self.problem, ODEProblem):
+            raise TypeError("tuple states are for ODEs: an SDE's y0 is one (batch, d) tensor")
+        state = TupleState(y0)
+        return (
+            self.problem.with_func(TupleField(self.problem.func, state)),
+            state.flatten(y0),
+            state.unflatten,
+        )
+
+    def penalize(
+        self, y0: Tensor, t: Tensor | Sequence[float], bm: Any | None = None
+    ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        """``(ys, R, stats)`` of one training pass, ``R`` unweighted, whatever the module's mode;
+        ``reg_loss`` and ``stats`` are left as they are. ``bm``: an SDE's Brownian motion."""
+        if self.penalty is None:
+            raise ValueError("this model has no penalty: it is the plain solve")
+        problem, y0, unflatten = self._flat(y0, t)
+        ys, reg, stats = self.penalty(problem, y0, t, self.generator, bm)
+        return unflatten(ys), reg, stats
+
+    def get_extra_state(self) -> dict[str, Any]:
+        # The schedule's iteration and the sampler's RNG state, so a resumed run continues both.
+        generator = None if self.generator is None else self.generator.get_state()
+        return {"weight": self.weight.state_dict(), "generator": generator}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.weight.load_state_dict(state["weight"])
+        if self.generator is not None and state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
+
+    def extra_repr(self) -> str:
+        problem = self.problem
+        return (
+            f"penalty={self.penalty!r}, weight={self.weight!r}, gradient={problem.gradient!r}, "
+            f"backend={problem.backend!r}"
+        )

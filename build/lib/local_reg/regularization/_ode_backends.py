@@ -1,0 +1,152 @@
+"""The main (unregularized) ODE solve of a regularizer, through ``local_reg.odeint`` or torchdiffeq.
+
+Both backends return the same record (:class:`MainSolve`): the states at the output times, the
+forward statistics, and, when asked for, the accepted steps (start time, signed step size, start
+state) that biased sampling and ``step_size="solver"`` need.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._errors import SolverError
+from .._validate import check_choice, check_output
+from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
+from ..solution import Stats
+from ._main_solve import BackwardCounter, MainSolve, Request
+from ._options import ODE_DEFAULT_METHOD
+
+BACKENDS = ("local_reg", "torchdiffeq")
+
+
+def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
+    """The gradient method (checked) of the main solve on ``backend``."""
+    check_choice("backend", backend, BACKENDS)
+    method = as_gradient_method(gradient)
+    if backend == "torchdiffeq" and not isinstance(method, (Direct, BacksolveAdjoint)):
+        raise ValueError(
+            f"gradient={method.name!r} is not available with backend='torchdiffeq': it offers "
+            "'direct' (torchdiffeq.odeint) and 'adjoint' (torchdiffeq.odeint_adjoint); use "
+            "backend='local_reg' for 'checkpoint' and 'symplectic'"
+        )
+    return method
+
+
+def _torchdiffeq_adjoint_options(method: BacksolveAdjoint) -> dict[str, Any]:
+    """``odeint_adjoint``'s keywords for the settings of ``method``."""
+    kwargs: dict[str, Any] = {}
+    if method.rtol is not None:
+        kwargs["adjoint_rtol"] = method.rtol
+    if method.atol is not None:
+        kwargs["adjoint_atol"] = method.atol
+    if method.tableau is not None:
+        kwargs["adjoint_method"] = method.tableau.name
+    options = {"norm": "seminorm"} if method.norm == "seminorm" else {}
+    for key in ("step_size", "first_step", "max_steps"):
+        if getattr(method, key) is not None:
+            options[{"max_steps": "max_num_steps"}.get(key, key)] = getattr(method, key)
+    if options:
+        kwargs["adjoint_options"] = options
+    return kwargs
+
+
+class _TorchdiffeqField(nn.Module):
+    """Counts the calls of ``func`` by torchdiffeq and, for its adaptive Runge--Kutta solvers, the
+    accepted steps (recording them if asked) through torchdiffeq's ``callback_accept_step`` hook,
+    which also calls ``func``'s own; ``func``'s ``callback_step`` and ``callback_reject_step`` are
+    passed on. ``func`` is a submodule when it is a module, so
+    ``odeint_adjoint``'s default ``adjoint_params`` are its parameters."""
+
+    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], record: bool, method: str) -> None:
+        super().__init__()
+        self.func = func
+        self.calls = 0
+        self.last_t: Tensor | None = None
+        """The time of the last call: where a failed torchdiffeq solve stopped."""
+        self.accepted = 0
+        self.record = record
+        self.step_t: list[float] = []
+        self.step_dt: list[float] = []
+        self.step_states: list[Tensor] = []
+        from torchdiffeq._impl.odeint import SOLVERS
+        from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+
+        if issubclass(SOLVERS[method], RKAdaptiveStepsizeODESolver):
+            # An instance attribute, so solvers without callbacks (fixed grids) see none and do not warn.
+            self.callback_accept_step = self._accept
+        for name in ("callback_step", "callback_reject_step"):
+            # func's own, which torchdiffeq calls on func itself (and warns about where it has none).
+            if callable(getattr(func, name, None)):
+                setattr(self, name, getattr(func, name))
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        self.calls += 1
+        self.last_t = t
+        return check_output("func", self.func(t, y), y)
+
+    def _accept(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.accepted += 1
+        if self.record:
+            self.step_t.append(float(t0.detach()))
+            self.step_dt.append(float(dt.detach()))
+            self.step_states.append(y0.detach())
+        user_callback = getattr(self.func, "callback_accept_step", None)
+        if user_callback is not None:
+            user_callback(t0, y0, dt)
+
+
+def solve_main(
+    problem: Any, y0: Tensor, times: list[float], t_dtype: torch.dtype, request: Request
+) -> MainSolve:
+    """Solve ``problem`` (an :class:`~._problems.ODEProblem`) at ``times`` on its backend and return
+    the record; ``t_dtype`` is the dtype torchdiffeq sees the times in."""
+    func, backend, method, gradient = problem.func, problem.backend, problem.method, problem.gradient
+    rtol, atol, adjoint_params = problem.rtol, problem.atol, problem.adjoint_params
+    record_steps = request.steps
+    method = ODE_DEFAULT_METHOD[backend] if method is None else method
+    options = dict(problem.options or {})
+    if backend == "local_reg":
+        solution = problem.odeint(
+            func, y0, times, record_states=request.states, step_penalty=request.step_penalty
+        )
+        return MainSolve.from_solution(solution, record_steps=record_steps)
+
+    import torchdiffeq
+
+    field = _TorchdiffeqField(func, record=record_steps, method=method)
+    t_tensor = torch.tensor(times, dtype=t_dtype, device=y0.device)
+    is_adjoint = isinstance(gradient, BacksolveAdjoint)
+    try:
+        if is_adjoint:
+            kwargs = _torchdiffeq_adjoint_options(gradient)
+            if adjoint_params is not None:
+                kwargs["adjoint_params"] = tuple(adjoint_params)
+            ys = torchdiffeq.odeint_adjoint(
+                field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options, **kwargs
+            )
+        else:
+            ys = torchdiffeq.odeint(field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options)
+    except AssertionError as error:
+        # torchdiffeq reports a failed solve (underflow in dt, max_num_steps exceeded, a non-finite
+        # state) with assert: the library's contract is SolverError.
+        reason = f"torchdiffeq: {error} (after {field.calls} evaluations of func)"
+        t_failed = math.nan if field.last_t is None else float(field.last_t.detach())
+        raise SolverError(reason, t=t_failed, n_steps=field.accepted) from error
+    finally:
+        # The forward solve is over: drop the bound method, a reference cycle that would keep the
+        # recorded states alive until Python's cycle collector runs (the backward pass keeps field).
+        field.__dict__.pop("callback_accept_step", None)
+    return MainSolve(
+        ys=ys,
+        stats=Stats(nfe=field.calls),
+        n_accepted=len(field.step_t) if record_steps else None,
+        step_t=field.step_t if record_steps else None,
+        step_dt=field.step_dt if record_steps else None,
+        step_states=torch.stack(field.step_states) if request.states and field.step_states else None,
+        backward_counter=BackwardCounter(field, field.calls, is_adjoint),
+    )

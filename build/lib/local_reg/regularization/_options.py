@@ -1,0 +1,142 @@
+"""Construction-time checks of a regularized model's main-solve settings, per backend.
+
+Everything a typo can break (the method's name, the tolerances, the keys of ``options``) fails when
+the model is made, with a ``ValueError``/``TypeError`` naming the argument, not at the first batch.
+The keys ``options`` may hold are read off the backend solver's own signature, so they stay in
+step with it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .._validate import (
+    check_bool,
+    check_choice,
+    positive_float,
+    relative_tolerance,
+)
+from ..tableaus import get_tableau
+
+# Keywords the problem itself passes to the backend solver: not for ``options``.
+_ODEINT_RESERVED = {"func", "y0", "t", "method", "rtol", "atol", "gradient", "adjoint_params"}
+_ODEINT_RESERVED |= {"record_states", "step_penalty"}
+_SDEINT_RESERVED = {"sde", "y0", "t", "method", "rtol", "atol", "bm", "generator", "record_states"}
+_SDEINT_RESERVED |= {"step_penalty"}
+_TORCHSDE_RESERVED = {"sde", "y0", "ts", "bm", "method", "rtol", "atol", "unused_kwargs"}
+_TORCHDIFFEQ_RESERVED = {"self", "func", "y0", "rtol", "atol", "unused_kwargs", "kwargs"}
+
+ODE_DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
+"""The main solve's method when none is given, by backend."""
+
+
+def keyword_names(functions: Iterable[Callable[..., Any]], reserved: set[str]) -> tuple[str, ...]:
+    names: set[str] = set()
+    for function in functions:
+        for parameter in inspect.signature(function).parameters.values():
+            if parameter.kind not in (parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL):
+                names.add(parameter.name)
+    return tuple(sorted(names - reserved))
+
+
+def check_option_keys(options: object, allowed: tuple[str, ...], backend: str) -> dict[str, Any]:
+    """``options`` as a dict whose keys are all in ``allowed``."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"options must be a dict of solver keywords, got {type(options).__name__}")
+    unknown = sorted(str(key) for key in options if key not in allowed)
+    if unknown:
+        raise ValueError(
+            f"options: unknown keys {unknown} for backend={backend!r}; expected some of {list(allowed)}"
+        )
+    return dict(options)
+
+
+def torchdiffeq_option_names(method: str) -> tuple[str, ...]:
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    solver = SOLVERS[method]
+    inits = [klass.__init__ for klass in solver.__mro__ if "__init__" in vars(klass) and klass is not object]
+    return keyword_names(inits, _TORCHDIFFEQ_RESERVED)
+
+
+def check_ode_settings(
+    backend: str, method: object, rtol: object, atol: object, options: object
+) -> dict[str, Any]:
+    """Check an ODE main solve's method, tolerances and ``options``; return the options."""
+    rtol = relative_tolerance("rtol", rtol)
+    atol = positive_float("atol", atol)
+    if backend == "local_reg":
+        from .._integrate import DEFAULT_MAX_STEPS, SolveOptions
+        from .._odeint import odeint
+
+        tableau = get_tableau(ODE_DEFAULT_METHOD[backend] if method is None else method)
+        options = check_option_keys(options, keyword_names([odeint], _ODEINT_RESERVED), backend)
+        for name in ("step_to_outputs", "dense"):
+            check_bool(f"options[{name!r}]", options.get(name, False))
+        SolveOptions(
+            rtol=rtol,
+            atol=atol,
+            first_step=options.get("first_step"),
+            max_steps=options.get("max_steps", DEFAULT_MAX_STEPS),
+            step_size=options.get("step_size"),
+            controller=options.get("controller"),
+            tableau=tableau,
+            norm=options.get("norm"),
+            callbacks=options.get("callbacks"),
+            compile=options.get("compile", False),
+        )
+        if options.get("callbacks") is not None and options["callbacks"].stop is not None:
+            raise ValueError(
+                "options['callbacks'] has a stop condition, which needs a solve over exactly [t0, t1]: "
+                "a regularized model adds its own output times (t_reg); stop the solve outside the model"
+            )
+        return options
+    from torchdiffeq._impl.odeint import SOLVERS
+
+    name = ODE_DEFAULT_METHOD[backend] if method is None else method
+    check_choice("method", name, sorted(SOLVERS))
+    return check_option_keys(options, torchdiffeq_option_names(name), backend)
+
+
+def check_sde_settings(
+    backend: str, method: object, rtol: object, atol: object, options: object
+) -> dict[str, Any]:
+    """Check an SDE main solve's method, tolerances and ``options``; return the options."""
+    relative_tolerance("rtol", rtol)
+    positive_float("atol", atol)
+    if backend == "local_reg":
+        from .._integrate import DEFAULT_MAX_STEPS, SolveOptions
+        from ..sde import sdeint
+        from ..sde.problem import METHODS
+
+        if method is not None:
+            check_choice("method", method, METHODS)
+        options = check_option_keys(options, keyword_names([sdeint], _SDEINT_RESERVED), backend)
+        SolveOptions(
+            rtol=rtol,
+            atol=atol,
+            first_step=options.get("first_step", options.get("dt0")),
+            max_steps=options.get("max_steps", DEFAULT_MAX_STEPS),
+            step_size=options.get("step_size"),
+            controller=options.get("controller"),
+        )
+        return options
+    import torchsde
+
+    if method is not None:
+        check_choice("method", method, torchsde_methods())
+    return check_option_keys(
+        options, keyword_names([torchsde.sdeint, torchsde.sdeint_adjoint], _TORCHSDE_RESERVED), backend
+    )
+
+
+def torchsde_methods() -> tuple[str, ...]:
+    from torchsde.settings import METHODS
+
+    return tuple(
+        sorted(value for key, value in vars(METHODS).items() if isinstance(value, str) and key[0] != "_")
+    )

@@ -1,0 +1,371 @@
+"""The two kinds of problem a regularized model solves, chosen once when it is made.
+
+:class:`ODEProblem` and :class:`SDEProblem` know how to check their inputs, run the main solve on
+their backends, and take the local regularizer's probe step from a point of the solution: one
+:func:`local_reg.step` of an embedded Runge--Kutta pair, or one instrumented Euler--Maruyama step
+(:func:`local_reg.sde.sde_step`) on the main solve's Brownian path. The penalty strategies
+(:mod:`._module`) are written once against this interface.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .._odeint import odeint
+from .._step import initial_step_size, step, time_tensor
+from .._validate import (
+    checked_field,
+    positive_float,
+    relative_tolerance,
+    time_dtype,
+    validate_state,
+    validate_times,
+)
+from ..gradients import adjoint_params_tuple, resolve_adjoint_params
+from ..sde import sde_initial_step_size, sde_step
+from ..sde.brownian import make_brownian
+from ..sde.problem import DEFAULT_ATOL as SDE_DEFAULT_ATOL
+from ..sde.problem import DEFAULT_RTOL as SDE_DEFAULT_RTOL
+from ..sde.problem import METHODS as SDE_METHODS
+from ..sde.problem import (
+    CheckedSDE,
+    brownian_size,
+    check_brownian_increment,
+    validate_sde,
+    validate_sde_problem,
+)
+from ..solution import Stats
+from ..tableaus import ButcherTableau, get_tableau
+from . import _ode_backends, _sde_backends
+from ._main_solve import Request
+from ._options import ODE_DEFAULT_METHOD, check_ode_settings, check_sde_settings
+from ._probe import heuristic_order
+
+REGULARIZERS = ("error", "stiffness")
+
+
+def check_regularizer_tableau(regularizer: str, tableau: ButcherTableau, argument: str) -> None:
+    """The tableau must carry what the penalty reads: an embedded pair, and for ``"stiffness"`` two
+    stages at ``c == 1`` and a stability size."""
+    if not tableau.adaptive:
+        raise ValueError(f"{argument}={tableau.name!r} has no embedded error estimate; use an adaptive pair")
+    if regularizer == "stiffness" and (tableau.stiffness_stages is None or tableau.stability_size is None):
+        raise ValueError(
+            f"regularizer='stiffness' needs a {argument} with a stiffness estimate (two stages at c == 1 "
+            f"and a stability size, e.g. 'tsit5' or 'dopri5'); {tableau.name!r} has none"
+        )
+
+
+def step_penalty_value(result: Any, dt: float, regularizer: str, tableau: ButcherTableau | None) -> Tensor:
+    """``EEst * |dt|`` (error) or ``rho / stability_size`` (stiffness) of one step."""
+    if regularizer == "error":
+        return result.error_estimate * abs(dt)
+    return result.stiffness_estimate / tableau.stability_size
+
+
+@dataclass(frozen=True)
+class SolveConfig:
+    """The main solve of a regularized model, as the user gave it (``None``: the kind's default).
+
+    Checked once, when a problem is made from it (:func:`local_reg.regularization._module.make_problem`).
+    """
+
+    backend: str | None = None
+    method: str | ButcherTableau | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    gradient: object = "direct"
+    adjoint_params: tuple[Tensor, ...] | None = None
+    options: dict[str, Any] | None = None
+
+
+class _Problem:
+    """What the two problem kinds share: the checked solve settings, the main solve's entry and
+    the probe step's skeleton.
+
+    A kind sets ``default_tolerances``, ``backends`` (its ``_ode_backends``-like module) and
+    ``check_settings`` (method, tolerances and ``options`` keys for its backend, :mod:`._options`), and
+    implements ``solve`` (the main solve at ``times`` on its backend, recording what a
+    :class:`~._main_solve.Request` asks), ``_start`` (the evaluations at ``u(t_reg)`` a step
+    reuses), ``_heuristic`` (its initial-step size) and ``_step`` (one instrumented step).
+    """
+
+    def __init__(self, config: SolveConfig) -> None:
+        self.backend = "local_reg" if config.backend is None else config.backend
+        self.gradient = self.backends.check_backend_gradient(self.backend, config.gradient)
+        default_rtol, default_atol = self.default_tolerances
+        self.rtol = default_rtol if config.rtol is None else relative_tolerance("rtol", config.rtol)
+        self.atol = default_atol if config.atol is None else positive_float("atol", config.atol)
+        self.method = config.method
+        self.adjoint_params = (
+            None if config.adjoint_params is None else adjoint_params_tuple(config.adjoint_params)
+        )
+        self.options = self.check_settings(self.backend, config.method, self.rtol, self.atol, config.options)
+
+    def probe(
+        self,
+        context: Any,
+        tableau: ButcherTableau | None,
+        t_reg: float,
+        state: Tensor,
+        dt_abs: float | None,
+        t1: float,
+        direction: float,
+        detach_state: bool,
+        *,
+        scale: float = 1.0,
+        heuristic: str = "initial",
+    ) -> tuple[Any, float, Stats]:
+        """One instrumented step from ``(t_reg, state)``: ``(result, dt, stats)``. ``dt_abs=None``
+        asks the initial-step heuristic for the step size (times ``scale``; for an ODE the exponent
+        is ``1/(p+1)`` with ``heuristic="initial-hairer"``, else ``1/p``); either is capped at
+        ``|t1 - t_reg|``. What
+        is evaluated at ``u(t_reg)`` is a constant when ``detach_state``."""
+        stats = Stats()
+        with torch.no_grad() if detach_state else nullcontext():
+            start = self._start(context, t_reg, state, stats)
+        if dt_abs is None:
+            y = state.detach()
+            dt_abs = self._heuristic(context, tableau, t_reg, y, start, direction, heuristic, stats, t1)
+            dt_abs *= scale
+        dt = direction * min(dt_abs, abs(t1 - t_reg))
+        result = self._step(context, tableau, t_reg, state, dt, start)
+        stats.add(result.nfe, diffusion=result.nfe_diffusion)
+        return result, dt, stats
+
+
+class CastField(nn.Module):
+    """``func`` evaluated in ``dtype``: its floating parameters and buffers, ``t`` and ``y`` cast
+    (differentiably, so gradients reach the originals in their own dtype).
+
+    The parameters are cast once, when this is made, not at every call: the gradient of an error
+    estimate is a difference of nearly equal stage contributions, which must be summed in ``dtype``
+    before the one cast back (cast per call, float32 rounding of each part left a relative error of
+    about 3e-5 in the sum)."""
+
+    def __init__(self, func: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.func = func
+        self.dtype = dtype
+        tensors = {**dict(func.named_parameters()), **dict(func.named_buffers())}
+        self.cast = {name: v.to(dtype) if v.is_floating_point() else v for name, v in tensors.items()}
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return functional_call(self.func, self.cast, (t.to(self.dtype), y.to(self.dtype)))
+
+
+def _check_takes_t_and_y(func: Callable) -> None:
+    """``TypeError`` if ``func`` (a module's ``forward``) cannot be called as ``func(t, y)``: an
+    ``nn.Sequential`` of the state alone would otherwise fail inside torch at the first call."""
+    target = func.forward if isinstance(func, nn.Module) else func
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # a builtin or an extension type: nothing to read
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise TypeError(
+            f"func must be callable as func(t, y), but {type(func).__name__}{signature} cannot take "
+            "two arguments: wrap a network of the state alone, e.g. lambda t, y: net(y) (or a module "
+            "whose forward takes (t, y))"
+        ) from None
+
+
+class ODEProblem(_Problem):
+    """``dy/dt = func(t, y)``, solved by ``local_reg.odeint`` or torchdiffeq (``backend``)."""
+
+    default_tolerances = (1e-6, 1e-8)
+    backends = _ode_backends
+    check_settings = staticmethod(check_ode_settings)
+
+    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], config: SolveConfig) -> None:
+        if not callable(func):
+            raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+        _check_takes_t_and_y(func)
+        super().__init__(config)
+        self.func = func
+        if self.gradient.graph_free and self.adjoint_params is None:
+            # What the first solve would refuse (a plain function hides its parameters), now.
+            resolve_adjoint_params(func, None, self.gradient)
+
+    def with_func(self, func: Callable[[Tensor, Tensor], Tensor]) -> ODEProblem:
+        """This problem, checked settings and all, with another vector field (a wrapper of ``func``)."""
+        problem = copy.copy(self)
+        problem.func = func
+        return problem
+
+    def check_regularizer(self, regularizer: str, reg_method: str | ButcherTableau | None) -> ButcherTableau:
+        """The tableau of the probe step, checked against the penalty."""
+        tableau = get_tableau("tsit5" if reg_method is None else reg_method)
+        check_regularizer_tableau(regularizer, tableau, "reg_method")
+        return tableau
+
+    def prepare(self, y0: Tensor, t: Tensor | Sequence[float], generator, bm=None):
+        """``(times, t_dtype, context, stats)``: the checked times, the dtype the backend sees them
+        in, what the main solve and the probe share (nothing for an ODE) and its cost."""
+        validate_state(y0)
+        times = validate_times(t)
+        # As odeint: a floating t keeps its precision where wider than the state's; an integer or
+        # half-precision one is read in the state's dtype.
+        t_dtype = time_dtype(t, y0) if isinstance(t, Tensor) else torch.float64
+        return times, t_dtype, None, Stats()
+
+    def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: None, request: Request):
+        return _ode_backends.solve_main(self, y0, times, t_dtype, request)
+
+    def odeint(
+        self, field: Callable[[Tensor, Tensor], Tensor], y0: Tensor, times: list[float], **record: Any
+    ):
+        """:func:`local_reg.odeint` of ``field`` (``func`` or a field built on it) with this
+        problem's method, tolerances, gradient method and options."""
+        return odeint(
+            field,
+            y0,
+            times,
+            method=ODE_DEFAULT_METHOD["local_reg"] if self.method is None else self.method,
+            rtol=self.rtol,
+            atol=self.atol,
+            gradient=self.gradient,
+            adjoint_params=self.adjoint_params,
+            **record,
+            **self.options,
+        )
+
+    def drift(self, context: None, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
+        """``func(t_reg, state)``, counted in ``stats``."""
+        stats.add(1)
+        return checked_field(self.func)(time_tensor(t_reg, state), state)
+
+    _start = drift
+
+    def _heuristic(
+        self,
+        context: None,
+        tableau: ButcherTableau,
+        t_reg: float,
+        y: Tensor,
+        k1: Tensor,
+        direction: float,
+        heuristic: str,
+        stats: Stats,
+        t_end: float,
+    ) -> float:
+        order = heuristic_order(tableau.order, heuristic)
+        dt_abs, extra = initial_step_size(
+            checked_field(self.func),
+            t_reg,
+            y,
+            k1.detach(),
+            order,
+            self.rtol,
+            self.atol,
+            direction,
+            t_end=t_end,
+        )
+        stats.add(extra)
+        return dt_abs
+
+    def _step(
+        self, context: None, tableau: ButcherTableau, t_reg: float, state: Tensor, dt: float, k1: Tensor
+    ):
+        func = checked_field(self.func)
+        return step(func, t_reg, state, dt, tableau, rtol=self.rtol, atol=self.atol, k1=k1)
+
+
+class SDEProblem(_Problem):
+    """``dy = f dt + g dW`` (a torchsde-style module), solved by ``local_reg.sdeint`` or torchsde.
+
+    The main solve and the probe share one Brownian motion, so the penalty is measured on the path
+    the model was trained on. Finding its size for additive noise costs one evaluation of ``g``,
+    counted in the main solve's statistics.
+    """
+
+    default_tolerances = (SDE_DEFAULT_RTOL, SDE_DEFAULT_ATOL)
+    backends = _sde_backends
+    check_settings = staticmethod(check_sde_settings)
+
+    def __init__(self, sde: Any, config: SolveConfig) -> None:
+        validate_sde(sde)
+        super().__init__(config)
+        self.sde = sde
+        # adjoint_params only reach torchsde.sdeint_adjoint.
+        if self.backend == "torchsde" and self.gradient.name == "adjoint" and self.adjoint_params is not None:
+            self.options["adjoint_params"] = self.adjoint_params
+
+    def check_regularizer(self, regularizer: str, reg_method: str | None) -> None:
+        if regularizer != "error":
+            raise ValueError(
+                f"regularizer={regularizer!r} is not available for SDEs: only 'error' (EEst * |dt|); the "
+                "stiffness estimate is an ODE Runge--Kutta quantity"
+            )
+        # The probe of an SDE is always the solver's own step: the penalty is the estimate it steps by.
+        if reg_method is not None and reg_method != SDE_METHODS[0]:
+            raise ValueError(
+                f"reg_method must be None or {SDE_METHODS[0]!r} for SDEs (the step is the solver's own), "
+                f"got {reg_method!r}"
+            )
+
+    def prepare(self, y0: Tensor, t: Tensor | Sequence[float], generator, bm=None):
+        noise_type, times = validate_sde_problem(self.sde, y0, t, "euler_maruyama")
+        stats = Stats()
+        g0 = y0
+        if noise_type == "additive":
+            with torch.no_grad():
+                g0 = self.sde.g(time_tensor(times[0], y0), y0)
+            stats.add(1, diffusion=1)
+        size = brownian_size(noise_type, y0, g0)
+        bm = make_brownian(bm, times[0], times[-1], size, y0, generator)
+        return times, y0.dtype, (noise_type, bm), stats
+
+    def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: tuple, request: Request):
+        return _sde_backends.solve_main(self, y0, times, context[1], request)
+
+    def drift(self, context: tuple, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
+        """The drift ``f(t_reg, state)``, counted in ``stats``."""
+        stats.add(1)
+        return CheckedSDE(self.sde, context[0]).f(time_tensor(t_reg, state), state)
+
+    def _start(self, context: tuple, t_reg: float, state: Tensor, stats: Stats) -> tuple[Tensor, Tensor]:
+        t_now = time_tensor(t_reg, state)
+        sde = CheckedSDE(self.sde, context[0])
+        stats.add(2, diffusion=1)
+        return sde.f(t_now, state), sde.g(t_now, state)
+
+    def _heuristic(
+        self,
+        context: tuple,
+        tableau: None,
+        t_reg: float,
+        state: Tensor,
+        start: tuple,
+        direction: float,
+        heuristic: str,
+        stats: Stats,
+        t_end: float,
+    ) -> float:
+        f0, g0 = start
+        sde = CheckedSDE(self.sde, context[0])
+        dt_abs, extra_f, extra_g = sde_initial_step_size(
+            sde, context[0], t_reg, state, f0.detach(), g0.detach(), self.rtol, self.atol, t_end=t_end
+        )
+        stats.add(extra_f + extra_g, diffusion=extra_g)
+        return dt_abs
+
+    def _step(self, context: tuple, tableau: None, t_reg: float, state: Tensor, dt: float, start: tuple):
+        noise_type, bm = context
+        f0, g0 = start
+        size = brownian_size(noise_type, state, g0)
+        # The same Brownian path as the main solve: the penalty is measured where the model was trained.
+        dw = check_brownian_increment(bm(t_reg, t_reg + dt), size, state)
+        sde = CheckedSDE(self.sde, noise_type)
+        return sde_step(sde, noise_type, t_reg, state, dt, dw, rtol=self.rtol, atol=self.atol, f0=f0, g0=g0)

@@ -1,0 +1,104 @@
+"""The main SDE solve of a regularizer: ``local_reg.sdeint`` or torchsde.
+
+torchsde (Li et al. 2020, "Scalable gradients for stochastic differential equations"; Kidger et
+al. 2021) offers ``sdeint`` and the stochastic adjoint ``sdeint_adjoint``. It is driven by the
+same Brownian motion as the regularization step, so the penalty is measured on the path the model
+was trained on. Its outputs between steps are linear interpolations, so ``u(t_reg)`` is
+approximate there, and it does not report its steps: biased sampling and ``step_size="solver"``
+need the ``local_reg`` backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._validate import check_choice
+from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
+from ..sde import sdeint
+from ..solution import Stats
+from ._main_solve import BackwardCounter, MainSolve, Request
+
+BACKENDS = ("local_reg", "torchsde")
+GRADIENTS = {"local_reg": ("direct",), "torchsde": ("direct", "adjoint")}
+DEFAULT_METHOD = {"local_reg": "euler_maruyama", "torchsde": "euler"}
+
+
+def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
+    """The gradient method (checked) of the main SDE solve on ``backend``."""
+    check_choice("backend", backend, BACKENDS)
+    method = as_gradient_method(gradient)
+    allowed = (Direct, BacksolveAdjoint) if backend == "torchsde" else (Direct,)
+    if not isinstance(method, allowed):
+        raise ValueError(
+            f"gradient={method.name!r} is not available for SDEs with backend={backend!r}: expected one "
+            f"of {list(GRADIENTS[backend])} ('adjoint' is torchsde.sdeint_adjoint, backend='torchsde')"
+        )
+    return method
+
+
+class CountingSDE(nn.Module):
+    """Wraps an SDE for torchsde and counts drift and diffusion calls.
+
+    The SDE is a submodule, so ``sdeint_adjoint``'s default ``adjoint_params`` are its parameters.
+    """
+
+    def __init__(self, sde: Any) -> None:
+        super().__init__()
+        self.sde = sde
+        self.noise_type = sde.noise_type
+        self.sde_type = getattr(sde, "sde_type", "ito")
+        self.drift_calls = 0
+        self.diffusion_calls = 0
+
+    @property
+    def calls(self) -> int:
+        return self.drift_calls + self.diffusion_calls
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        self.drift_calls += 1
+        return self.sde.f(t, y)
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        self.diffusion_calls += 1
+        return self.sde.g(t, y)
+
+
+def solve_main(problem: Any, y0: Tensor, times: list[float], bm: Any, request: Request) -> MainSolve:
+    """Solve ``problem`` (an :class:`~._problems.SDEProblem`) at ``times`` on the Brownian motion
+    ``bm``; its ``options`` are extra keywords of the backend's solver (``local_reg.sdeint``, or
+    ``torchsde.sdeint``: e.g. ``dt``, ``adaptive``)."""
+    sde, backend, method, gradient = problem.sde, problem.backend, problem.method, problem.gradient
+    rtol, atol = problem.rtol, problem.atol
+    method = DEFAULT_METHOD[backend] if method is None else method
+    options = dict(problem.options)
+    if backend == "local_reg":
+        solution = sdeint(
+            sde,
+            y0,
+            times,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            bm=bm,
+            record_states=request.states,
+            step_penalty=request.step_penalty,
+            **options,
+        )
+        return MainSolve.from_solution(solution)
+
+    import torchsde
+
+    counting = CountingSDE(sde)
+    ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
+    # torchsde's adaptive mode estimates the error by step doubling; its dt is the first step.
+    options.setdefault("adaptive", True)
+    options.setdefault("dt", (times[-1] - times[0]) / 20)
+    is_adjoint = isinstance(gradient, BacksolveAdjoint)
+    solve = torchsde.sdeint_adjoint if is_adjoint else torchsde.sdeint
+    ys = solve(counting, y0, ts, bm=bm, method=method, rtol=rtol, atol=atol, **options)
+    stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
+    counter = BackwardCounter(counting, counting.calls, is_adjoint)
+    return MainSolve(ys=ys, stats=stats, backward_counter=counter)

@@ -1,0 +1,91 @@
+"""What a regularized forward pass reports: the main solve's statistics, the probe's, and the penalty."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from ..solution import Stats
+from ._main_solve import BackwardCounter
+
+
+@dataclass
+class RegularizationStats:
+    """Cost and diagnostics of one forward pass of a regularized (or plain) model.
+
+    Every evaluation is counted in exactly one of the two :class:`local_reg.Stats`: ``main`` (the
+    solve whose outputs the model returns, with whatever it needs to run: the initial-step
+    heuristic, an SDE's Brownian motion) and ``probe`` (the local regularizer's extra step: ``f``
+    at ``u(t_reg)``, its initial-step heuristic and the step's stages; zero for global
+    regularization, whose penalty reuses the main solve's stages, and in eval mode).
+
+    Attributes:
+        main: the main solve's :class:`local_reg.Stats` (steps and rejections are zero where the
+            backend does not report them: torchdiffeq, torchsde).
+        probe: the regularization step's evaluations.
+        t_reg: the sampled time (local regularization), else ``None``.
+        dt_reg: the signed step size of the regularization step, else ``None``.
+        state: ``u(t_reg)``, detached, else ``None``.
+        error_estimate: ``EEst`` of the regularization step (a float), else ``None``.
+        stiffness_estimate: Shampine's ``rho`` of the regularization step, else ``None``.
+        penalty: the unweighted penalty ``R`` as a float (``None`` without one).
+        penalty_finite: ``False`` if the penalty was non-finite and replaced by 0.
+        n_accepted: accepted steps of the main solve when known, else ``None``.
+        grad_ratio: the weight's last measured ``||grad reg_loss|| / ||grad task loss||``
+            (:class:`local_reg.regularization.RatioWeight` measures it, in an earlier iteration's
+            backward pass), else ``None``.
+    """
+
+    main: Stats = field(default_factory=Stats)
+    probe: Stats = field(default_factory=Stats)
+    t_reg: float | None = None
+    dt_reg: float | None = None
+    state: Tensor | None = field(default=None, repr=False)
+    error_estimate: float | None = None
+    stiffness_estimate: float | None = None
+    penalty: float | None = None
+    penalty_finite: bool = True
+    n_accepted: int | None = None
+    grad_ratio: float | None = None
+    backward_counter: BackwardCounter | None = field(default=None, repr=False)
+
+    @property
+    def nfe_main(self) -> int:
+        """Evaluations of the main solve (``main.nfe``): what test NFE reports."""
+        return self.main.nfe
+
+    @property
+    def nfe_reg(self) -> int:
+        """Evaluations of the regularization step (``probe.nfe``)."""
+        return self.probe.nfe
+
+    @property
+    def nfe_forward(self) -> int:
+        """Every evaluation of the forward pass: main solve plus regularizer."""
+        return self.main.nfe + self.probe.nfe
+
+    @property
+    def nfe_main_drift(self) -> int:
+        return self.main.nfe_drift
+
+    @property
+    def nfe_main_diffusion(self) -> int:
+        return self.main.nfe_diffusion
+
+    @property
+    def nfe_reg_drift(self) -> int:
+        return self.probe.nfe_drift
+
+    @property
+    def nfe_reg_diffusion(self) -> int:
+        return self.probe.nfe_diffusion
+
+    @property
+    def nfe_backward(self) -> int | None:
+        """Evaluations (calls and vector--Jacobian products) of the main gradient method's backward
+        pass, once ``backward`` has run; ``None`` while unknown (before backward, or plain
+        backpropagation through torchdiffeq, which makes no calls of its own)."""
+        if self.backward_counter is not None:
+            return self.backward_counter()
+        return self.main.nfe_backward

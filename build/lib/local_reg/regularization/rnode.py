@@ -1,0 +1,152 @@
+"""RNODE: kinetic energy and Jacobian Frobenius norm along the trajectory [RNODE20], a baseline
+of [LR23].
+
+[RNODE20] Finlay, Jacobsen, Nurbekyan, Oberman. *How to train your neural ODE: the world of
+Jacobian and kinetic regularization.* ICML 2020.
+
+Two running costs are integrated alongside the state ``z`` (shape ``(batch, ...)`` or any shape)::
+
+    R_K = int_{t0}^{t1} 0.5 * mean(f(t, z)^2) dt
+    R_J = int_{t0}^{t1} mean((eps^T df/dz)^2) dt,    E_eps[(eps^T J)^2 summed] = ||J||_F^2
+
+``mean`` over all elements of the state (per sample over its features, then over the batch, as in
+the public code), ``eps`` Rademacher noise of the state's shape drawn once per solve (Hutchinson's
+estimator of the Frobenius norm; ``eps^T J`` is one vector--Jacobian product, which for a batch of
+independent samples is each sample's own ``eps_b^T J_b``). The loss adds
+``lambda_K R_K + lambda_J R_J``; [RNODE20]'s scripts use ``lambda_K = lambda_J = 0.01``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import vjp
+
+from .._step import VectorField
+from .._validate import non_negative_float, validate_times
+from ._augmented import Integrand, solve_augmented
+from ._baseline import (
+    BaselinePenalty,
+    BaselineStats,
+    call_generator,
+    own_generator,
+    solution_stats,
+)
+from ._module import Regularized
+from .schedules import WeightSchedule
+
+TERMS = ("kinetic", "jacobian")
+
+
+def rademacher(shape: torch.Size, generator: torch.Generator, like: Tensor) -> Tensor:
+    """Independent ``+-1`` entries, drawn on the CPU from ``generator``, cast like ``like``."""
+    signs = torch.randint(0, 2, shape, generator=generator).mul_(2).sub_(1)
+    return signs.to(dtype=like.dtype, device=like.device)
+
+
+def rnode_integrand(func: VectorField, eps: Tensor) -> Integrand:
+    """``(t, z) -> (f, [0.5 mean(f^2), mean((eps^T df/dz)^2)])``.
+
+    ``torch.func.vjp`` evaluates ``f`` and the product under its own autograd level, so the rates
+    are differentiable by the outer pass (the gradient methods' vector--Jacobian products of the
+    augmented field) and computable inside a graph-free forward solve alike.
+    """
+
+    def integrand(t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        f, pullback = vjp(lambda state: func(t, state), z)
+        (eps_jacobian,) = pullback(eps)
+        return f, torch.stack([0.5 * f.pow(2).mean(), eps_jacobian.pow(2).mean()])
+
+    return integrand
+
+
+@dataclass(frozen=True)
+class RNODEPenalty(BaselinePenalty):
+    """RNODE's training pass: ``kinetic * R_K + jacobian * R_J`` from one augmented solve."""
+
+    kinetic: float = 1.0
+    jacobian: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kinetic", non_negative_float("kinetic", self.kinetic))
+        object.__setattr__(self, "jacobian", non_negative_float("jacobian", self.jacobian))
+
+    def __call__(
+        self,
+        problem: Any,
+        y0: Tensor,
+        t: Tensor | Sequence[float],
+        generator: torch.Generator | None = None,
+        bm: Any = None,
+    ) -> tuple[Tensor, Tensor, BaselineStats]:
+        times = validate_times(t)
+        eps = rademacher(y0.shape, generator, y0)
+        integrand = rnode_integrand(problem.func, eps)
+        ys, integrals, solution = solve_augmented(problem, integrand, 2, y0, times)
+        penalty = self.kinetic * integrals[0] + self.jacobian * integrals[1]
+        stats = solution_stats(
+            solution,
+            nfe_reg=solution.stats.nfe,
+            penalty=float(penalty.detach()),
+            terms=dict(zip(TERMS, integrals.detach().tolist(), strict=True)),
+        )
+        return ys, penalty, stats
+
+
+class RNODERegularized(Regularized):
+    """A neural ODE ``dy/dt = func(t, y)`` trained with RNODE's kinetic and Jacobian terms [RNODE20].
+
+    ``ys = model(y0, t)``. In training mode ``R_K`` and ``R_J`` are integrated as two extra states
+    of one augmented solve (see :mod:`local_reg.regularization.rnode`) and
+    ``model.reg_loss = w * (kinetic * R_K + jacobian * R_J)``; ``model.stats.terms`` holds the
+    unweighted ``R_K`` and ``R_J``. In eval mode the plain solve of ``func`` and ``reg_loss = 0``.
+
+    Args:
+        func: the vector field ``func(t, y)``; it must be differentiable in ``y`` twice (the
+            gradient of ``R_J`` differentiates a vector--Jacobian product).
+        weight: ``w``, a non-negative float or a :class:`WeightSchedule`; the default 0.01 with
+            ``kinetic = jacobian = 1`` is [RNODE20]'s ``lambda_K = lambda_J = 0.01``.
+        kinetic, jacobian: the relative weights of ``R_K`` and ``R_J``.
+        method, rtol, atol, gradient, adjoint_params, options: of :class:`local_reg.Regularized`,
+            for the augmented solve (and the eval solve); every gradient method works. A
+            plain-function ``func`` needs ``adjoint_params`` with any gradient but ``"direct"``.
+        generator: the CPU ``torch.Generator`` of the Rademacher noise (one draw per solve); by
+            default the wrapper's own, seeded from ``torch.initial_seed()``. In ``state_dict()``.
+
+    ``stats.nfe_main`` counts the augmented field's evaluations, each one evaluation of ``func``;
+    ``stats.nfe_reg`` the vector--Jacobian products on top (one per evaluation).
+    """
+
+    def __init__(
+        self,
+        func: VectorField,
+        *,
+        weight: float | WeightSchedule = 0.01,
+        kinetic: float = 1.0,
+        jacobian: float = 1.0,
+        generator: torch.Generator | None = None,
+        **solve: Any,
+    ) -> None:
+        penalty = RNODEPenalty(kinetic, jacobian)
+        super().__init__(func, penalty, weight=weight, generator=own_generator(generator), **solve)
+
+
+def rnode_regularization(
+    func: VectorField,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    *,
+    generator: torch.Generator | None = None,
+    **settings: Any,
+) -> tuple[Tensor, Tensor, BaselineStats]:
+    """One RNODE [RNODE20] training pass without a module: ``(ys, reg, stats)``, ``reg`` the
+    *unweighted* ``kinetic * R_K + jacobian * R_J`` of the solve (the module docstring's integrals).
+    ``settings`` are :class:`RNODERegularized`'s keywords; ``generator`` (default: one seeded from the
+    global stream, so that ``torch.manual_seed`` fixes the call and repeated calls draw anew) draws the
+    Hutchinson noise.
+    """
+    return RNODERegularized(func, generator=call_generator(generator), **settings).penalize(y0, t)

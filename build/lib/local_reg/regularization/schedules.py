@@ -1,0 +1,533 @@
+"""Weights of the regularization term, constant or on a schedule advanced by the training loop.
+
+[LR23] Pal, Edelman, Rackauckas, ICML 2023, section 5: the loss is ``task + w(k) * R`` with either a
+constant ``w`` or an exponential decay from ``w0`` to ``w1`` over ``N`` training iterations,
+
+    w(k) = w0 * exp(-k * ln(w0 / w1) / N)       (MNIST 2.5 -> 1.0; PhysioNet 100 -> 10),
+
+so ``w(0) = w0`` and ``w(N) = w1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._validate import non_negative_float, positive_float, positive_int
+from ._diagnostics import GradientRatio, trained_parameters
+
+
+class WeightSchedule:
+    """A regularization weight that may change with the training iteration.
+
+    ``schedule()`` is the current weight; ``schedule.step()`` advances one iteration (the training
+    loop calls it, typically once per optimizer step). ``state_dict()`` / ``load_state_dict()`` save
+    and restore the iteration so that a resumed run continues the schedule.
+    """
+
+    def __init__(self) -> None:
+        self.iteration = 0
+
+    def value(self, iteration: int) -> float:
+        """The weight at training iteration ``iteration`` (0 before the first :meth:`step`): what a
+        schedule defines."""
+        raise NotImplementedError(f"{type(self).__name__} must define value(iteration)")
+
+    def __call__(self) -> float:
+        return self.value(self.iteration)
+
+    def step(self) -> float:
+        """Advance one iteration and return the new weight."""
+        self.iteration += 1
+        return self()
+
+    @property
+    def last_ratio(self) -> float | None:
+        """The last measured ratio of the penalty's gradient to the task's (:class:`RatioWeight`);
+        ``None`` for a schedule that measures none."""
+        return None
+
+    def observe(self, task_loss: float, nfe: float | None = None) -> None:
+        """Report the iteration's measured task loss and NFE before :meth:`step`; a schedule fixed in
+        advance ignores them (:class:`AdaptiveWeight` adapts to them)."""
+
+    def watch(self, reg_loss: Tensor) -> None:
+        """Called by a regularized model with each weighted penalty it makes in training; a weight
+        that measures the penalty's pull (:class:`RatioWeight` with ``parameters``) starts here."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"iteration": self.iteration}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, Mapping) or "iteration" not in state:
+            got = f"keys {sorted(state)}" if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(
+                f"state must be a {type(self).__name__}.state_dict() (a dict with 'iteration'), got {got}"
+            )
+        iteration = state["iteration"]
+        if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+            raise ValueError(f"iteration must be a non-negative int, got {iteration!r}")
+        self.iteration = iteration
+
+
+class ConstantWeight(WeightSchedule):
+    """``w(k) = value`` for every iteration (e.g. 1000 for the MNIST neural SDE of [LR23])."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.weight = non_negative_float("weight", value)
+
+    def value(self, iteration: int) -> float:
+        return self.weight
+
+    def __repr__(self) -> str:
+        return f"ConstantWeight({self.weight})"
+
+
+class ExponentialDecay(WeightSchedule):
+    """``w(k) = w0 * exp(-k ln(w0 / w1) / N)`` for ``k <= N``, then ``w1`` ([LR23]).
+
+    ``w0`` and ``w1`` must be positive (the logarithm of their ratio defines the decay rate); past
+    ``N`` iterations the weight stays at ``w1`` rather than decaying further.
+    """
+
+    def __init__(self, w0: float, w1: float, n_steps: int) -> None:
+        super().__init__()
+        self.w0 = non_negative_float("w0", w0)
+        self.w1 = non_negative_float("w1", w1)
+        if self.w0 == 0 or self.w1 == 0:
+            raise ValueError(f"w0 and w1 must be positive for an exponential decay, got {w0}, {w1}")
+        self.n_steps = positive_int("n_steps", n_steps)
+
+    def value(self, iteration: int) -> float:
+        k = min(iteration, self.n_steps)
+        return self.w0 * math.exp(-k * math.log(self.w0 / self.w1) / self.n_steps)
+
+    def __repr__(self) -> str:
+        return f"ExponentialDecay(w0={self.w0}, w1={self.w1}, n_steps={self.n_steps})"
+
+
+class _SelfTuningWeight(WeightSchedule):
+    """What the weights that tune themselves share: a start ``initial`` within ``[w_min, w_max]``, an
+    averaging factor ``beta`` and a state (``_fresh()``'s keys) saved whole by ``state_dict()``."""
+
+    def __init__(self, initial: float, beta: float, w_min: float, w_max: float) -> None:
+        super().__init__()
+        self.initial = positive_float("initial", initial)
+        self.beta = non_negative_float("beta", beta)
+        if self.beta >= 1:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        self.w_min, self.w_max = positive_float("w_min", w_min), positive_float("w_max", w_max)
+        if not self.w_min <= self.initial <= self.w_max:
+            raise ValueError(f"initial must lie in [w_min, w_max] = [{w_min}, {w_max}], got {initial}")
+        self._state = self._fresh()
+
+    def _fresh(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _weight_of(self, state: dict[str, Any]) -> float:
+        raise NotImplementedError
+
+    def value(self, iteration: int) -> float:
+        return self._weight_of(self._state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self._state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        missing = [k for k in self._fresh() if k not in state]
+        if missing:
+            raise ValueError(f"{type(self).__name__} state is missing {missing}")
+        weight = self._weight_of(state)
+        if not self.w_min * (1 - 1e-12) <= weight <= self.w_max * (1 + 1e-12):
+            raise ValueError(f"weight {weight} lies outside [w_min, w_max] = [{self.w_min}, {self.w_max}]")
+        self._state = {k: state[k] for k in self._fresh()}
+
+
+class AdaptiveWeight(_SelfTuningWeight):
+    """A weight that tunes itself: the user states the price, dual ascent finds the multiplier.
+
+    The constraint is "the task loss may rise by at most ``loss_rise`` (relative) above its
+    unregularized level", optionally with "and NFE should come down to ``target_nfe``". The weight
+    ``w`` is the multiplier of the cost term in ``task + w R`` and follows projected dual ascent on
+    ``log w`` with sign steps (bounded, scale-free), from quantities measured in training: after each
+    iteration ``k`` with task loss ``L_k`` and forward NFE ``N_k``,
+
+        Lbar = EMA(L), Nbar = EMA(N)  (factor ``beta``, bias-corrected)
+        B    = min over k of Lbar      (the best task loss seen: the unregularized baseline's stand-in)
+        g    = -1                         if Lbar > (1 + loss_rise) B   (over the loss allowance)
+             = clip(Nbar / target_nfe - 1, -1, 1)   else, if target_nfe is set
+             = +1                         else                         (within allowance: buy cost)
+        log w <- clip(log w + rate g, log w_min, log w_max)
+
+    so ``w`` rises while the cost is above its target and the loss is within its allowance, and falls
+    when the loss exceeds it. No update in the first ``warmup`` iterations (the EMAs settle). This
+    goes beyond [LR23], whose weights are fixed per task; the dual-ascent view of a penalty weight is
+    the method of multipliers (Bertsekas, *Constrained Optimization and Lagrange Multiplier Methods*).
+    Call :meth:`observe` then :meth:`step` once per iteration; ``state_dict()`` holds the multiplier
+    and both averages, so a resumed run continues where it stopped.
+    """
+
+    def __init__(
+        self,
+        initial: float = 1.0,
+        *,
+        loss_rise: float = 0.05,
+        target_nfe: float | None = None,
+        rate: float = 0.02,
+        beta: float = 0.9,
+        warmup: int = 10,
+        w_min: float = 1e-3,
+        w_max: float = 1e3,
+    ) -> None:
+        self.loss_rise = non_negative_float("loss_rise", loss_rise)
+        self.target_nfe = None if target_nfe is None else positive_float("target_nfe", target_nfe)
+        self.rate = positive_float("rate", rate)
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+        self.warmup = warmup
+        super().__init__(initial, beta, w_min, w_max)
+
+    def _fresh(self) -> dict[str, Any]:
+        return {
+            "log_weight": math.log(self.initial),
+            "ema_loss": 0.0,
+            "ema_nfe": 0.0,
+            "observed": 0,
+            "baseline": None,
+            "pending": None,
+        }
+
+    def _weight_of(self, state: dict[str, Any]) -> float:
+        return math.exp(float(state["log_weight"]))
+
+    @property
+    def baseline(self) -> float | None:
+        """The best (lowest) bias-corrected task-loss average seen so far."""
+        return self._state["baseline"]
+
+    def observe(self, task_loss: float, nfe: float | None = None) -> None:
+        task_loss = float(task_loss)
+        if not math.isfinite(task_loss):
+            raise ValueError(f"task_loss must be finite, got {task_loss}")
+        if self.target_nfe is not None and nfe is None:
+            raise ValueError("this AdaptiveWeight has a target_nfe: observe() needs the measured nfe")
+        self._state["pending"] = (task_loss, None if nfe is None else float(nfe))
+
+    def step(self) -> float:
+        """Fold in the last :meth:`observe` (if any), update the multiplier, advance one iteration."""
+        state = self._state
+        if state["pending"] is not None:
+            loss, nfe = state["pending"]
+            state["pending"] = None
+            state["observed"] += 1
+            state["ema_loss"] = self.beta * state["ema_loss"] + (1 - self.beta) * loss
+            state["ema_nfe"] = self.beta * state["ema_nfe"] + (1 - self.beta) * (nfe or 0.0)
+            correction = 1 - self.beta ** state["observed"]
+            mean_loss, mean_nfe = state["ema_loss"] / correction, state["ema_nfe"] / correction
+            if state["observed"] > self.warmup:
+                baseline = state["baseline"]
+                state["baseline"] = mean_loss if baseline is None else min(baseline, mean_loss)
+                if mean_loss > (1 + self.loss_rise) * state["baseline"]:
+                    direction = -1.0
+                elif self.target_nfe is not None:
+                    direction = max(-1.0, min(1.0, mean_nfe / self.target_nfe - 1))
+                else:
+                    direction = 1.0
+                state["log_weight"] = max(
+                    math.log(self.w_min),
+                    min(math.log(self.w_max), state["log_weight"] + self.rate * direction),
+                )
+        return super().step()
+
+    def __repr__(self) -> str:
+        return (
+            f"AdaptiveWeight(w={self():.4g}, loss_rise={self.loss_rise}, target_nfe={self.target_nfe}, "
+            f"rate={self.rate}, bounds=[{self.w_min}, {self.w_max}])"
+        )
+
+
+class RatioWeight(_SelfTuningWeight):
+    """A weight normalized by the measured gradient ratio: the penalty gets a stated share of the pull.
+
+    The penalty's gradient scales with the tolerance, the probe and the task (EEst is the error
+    divided by the tolerance), so no fixed weight transfers between them (docs/results.md, "Study:
+    probe, penalty form, draws, self-tuning weight"). This weight holds instead the ratio
+
+        ||d(w R)/dtheta|| / ||dL/dtheta|| = target_ratio
+
+    of the weighted penalty's gradient to the task loss's: every ``every`` iterations it measures
+    both gradient norms (:class:`local_reg.regularization.GradientRatio`: one extra vector--Jacobian
+    product of ``w R``), keeps bias-corrected moving averages (factor ``beta``) of the task's norm
+    ``G_L`` and of the *unweighted* penalty's ``G_R`` (the weighted one divided by the weight that
+    made it), and sets
+
+        w = clip(target_ratio * G_L / G_R, w_min, w_max)
+
+    from the first measurement on (``initial`` until then). The target ``1`` (this class's
+    default) is the one the study in docs/results.md chose for the probe-step penalties;
+    :class:`LocallyRegularized`'s default kinetic penalty uses ``0.2`` (``0.1`` for a fit read
+    along the flow), measured every 10 iterations (docs/regularization.md). The two norms are
+    averaged, not their ratio, so that a minibatch with a near-zero task gradient (an unbounded
+    ratio) does not dominate the average. It goes beyond [LR23], whose weights are
+    fixed per task; normalizing a loss term by gradient norms is the idea of GradNorm (Chen et al.,
+    ICML 2018). The ratio is measured over the parameters given, so pass all the trained ones (a
+    classifier's head too): the task's gradient is the whole model's.
+
+    Two ways to use it. **With the trained parameters given**, the model measures and updates the
+    weight by itself, in the usual training loop (as :class:`LocallyRegularized`'s default weight,
+    ``RatioWeight(0.2, every=10)`` over its vector field's parameters, does)::
+
+        model = LocallyRegularized(func, weight=RatioWeight(0.2, every=10, parameters=params))
+        loss = task_loss(model(y0, t))
+        optimizer.zero_grad()
+        (loss + model.reg_loss).backward()
+        optimizer.step()
+
+    Each training forward pass counts as one iteration: when :attr:`due`, making ``reg_loss`` takes
+    the penalty's gradient, and the next backward pass that reaches the parameters gives the
+    task's (its gradients less the penalty's) and sets the weight; :meth:`step` is then not needed
+    (calling it does no harm). **Without them**, call ``model.weight.backward(loss, model.reg_loss,
+    params)`` in place of ``(loss + model.reg_loss).backward()`` (or measure with a
+    :class:`GradientRatio` and report ``observe_gradients(penalty_norm, task_norm)`` when
+    :attr:`due`) and ``model.weight.step()`` once per iteration, which sets the weight. A weight
+    that has measured nothing after ``10 * every`` iterations warns. ``state_dict()`` holds the
+    weight, both averages, the last ratio and the count of iterations, so a resumed run continues
+    where it stopped.
+    """
+
+    def __init__(
+        self,
+        target_ratio: float = 1.0,
+        *,
+        every: int = 1,
+        beta: float = 0.9,
+        initial: float = 1e-3,
+        w_min: float = 1e-6,
+        w_max: float = 1e3,
+        parameters: Iterable[Tensor] | None = None,
+    ) -> None:
+        self.target_ratio = positive_float("target_ratio", target_ratio)
+        self.every = positive_int("every", every)
+        self.parameters = None if parameters is None else trained_parameters(parameters)
+        self._measurement: dict[str, Any] | None = None
+        super().__init__(initial, beta, w_min, w_max)
+
+    def _fresh(self) -> dict[str, Any]:
+        return {
+            "weight": self.initial,
+            "ema_task": 0.0,
+            "ema_penalty": 0.0,
+            "measured": 0,
+            "last_ratio": None,
+            "pending": None,
+            "watched": 0,
+        }
+
+    def _weight_of(self, state: dict[str, Any]) -> float:
+        return float(state["weight"])
+
+    @property
+    def due(self) -> bool:
+        """Whether this iteration's gradients should be measured (every ``every`` iterations; with
+        ``parameters`` an iteration is a training forward pass of the model, else a :meth:`step`)."""
+        clock = self.iteration if self.parameters is None else self._state["watched"]
+        return clock % self.every == 0
+
+    @property
+    def last_ratio(self) -> float | None:
+        """The last measured ``||grad (w R)|| / ||grad L||`` (``None`` before the first)."""
+        return self._state["last_ratio"]
+
+    def observe_gradients(self, penalty_norm: float, task_norm: float) -> None:
+        """Report this iteration's gradient norms before :meth:`step`: ``penalty_norm`` of the weighted
+        penalty ``model.reg_loss`` (made at the current weight), ``task_norm`` of the task loss.
+
+        A measurement without information is skipped: a non-finite norm, a zero penalty gradient
+        (a penalty replaced by zero, or a probe with no error at all), or a zero task gradient (a
+        pass that carried the penalty alone: ``reg_loss.backward()`` before ``loss.backward()``;
+        give both one backward pass)."""
+        penalty_norm, task_norm = float(penalty_norm), float(task_norm)
+        if penalty_norm < 0 or task_norm < 0:
+            raise ValueError(f"gradient norms must be non-negative, got {penalty_norm}, {task_norm}")
+        if not (math.isfinite(penalty_norm) and math.isfinite(task_norm)) or 0 in (penalty_norm, task_norm):
+            return
+        self._state["pending"] = (penalty_norm / self(), task_norm)
+
+    def watch(self, reg_loss: Tensor) -> None:
+        """With ``parameters``: count one iteration and, when :attr:`due`, take the gradient of
+        ``reg_loss`` (the weighted penalty just made) and measure the task's in the next backward
+        pass: a pre-hook on each parameter's gradient accumulator reads that pass's own gradient
+        (not ``.grad``: gradients accumulated before do not count) less the penalty's part times
+        the factor that pass puts on ``reg_loss`` (so ``(loss + reg_loss) / k`` or AMP's loss
+        scaling measure the unscaled ratio; a pass without ``reg_loss`` measures nothing); nested
+        ``torch.autograd.grad`` calls (the gradient methods' own) run no accumulator and are not
+        seen. The measurement sets the weight when that backward pass ends, from the parameters it
+        reached (so a checkpoint taken after it holds the new weight, and a parameter that gets no
+        gradient is left out)."""
+        self._finish_measurement()
+        if self.parameters is None:
+            return
+        due = self.due
+        self._state["watched"] += 1
+        self._warn_if_unmeasured(self._state["watched"])
+        # Those still trained: a parameter frozen since construction (requires_grad_(False)) has no
+        # gradient to compare.
+        parameters = [p for p in self.parameters if p.requires_grad]
+        if not due or not reg_loss.requires_grad or not parameters:
+            return
+        penalty = torch.autograd.grad(reg_loss, parameters, retain_graph=True, allow_unused=True)
+        measurement = {
+            "penalty_norm": _norm(penalty),
+            "task_sq": 0.0,
+            "scale": None,
+            "without_penalty": False,
+            "reached": 0,
+            "handles": [],
+            "nodes": [],
+        }
+
+        def finish_this_measurement() -> None:
+            if self._measurement is measurement:
+                self._finish_measurement()
+
+        def read_scale(gradient: Tensor) -> None:
+            # The backward pass's factor on reg_loss: a loss divided over micro-batches or scaled
+            # by AMP's GradScaler scales the task's gradient and the penalty's alike.
+            measurement["scale"] = float(gradient.sum())
+            # A pass that reaches no watched accumulator (torch.autograd.grad through reg_loss, a
+            # user's logging) leaves no factor behind for a later pass without reg_loss.
+            torch.autograd.Variable._execution_engine.queue_callback(forget_unused_scale)
+
+        def forget_unused_scale() -> None:
+            if not measurement["reached"]:
+                measurement["scale"] = None
+
+        def report(incoming: tuple[Tensor | None, ...], part: Tensor | None, handle_index: int) -> None:
+            measurement["handles"][handle_index].remove()
+            (gradient,) = incoming
+            if gradient is None:
+                return
+            if not measurement["reached"]:
+                # Finish when this backward pass ends, with the parameters it reached: one that
+                # gets no gradient (a layer the forward pass skipped) never reports, and waiting
+                # for it would leave the measurement open past a checkpoint.
+                torch.autograd.Variable._execution_engine.queue_callback(finish_this_measurement)
+            measurement["reached"] += 1
+            if part is not None:
+                if measurement["scale"] is None:
+                    # reg_loss reaches this parameter, so a backward pass that carries it has read
+                    # its factor by now: this one does not carry the penalty, and measures nothing.
+                    measurement["without_penalty"] = True
+                    return
+                gradient = gradient - measurement["scale"] * part
+            measurement["task_sq"] += float(gradient.pow(2).sum())
+
+        measurement["handles"].append(reg_loss.register_hook(read_scale))
+        for index, (parameter, part) in enumerate(zip(parameters, penalty, strict=True), start=1):
+            # A pre-hook of the parameter's AccumulateGrad node sees this backward pass's gradient
+            # before it is added to .grad (so accumulated gradients do not count), and runs only in
+            # a backward pass that accumulates: not in the gradient methods' own autograd.grad.
+            node = torch.autograd.graph.get_gradient_edge(parameter).node
+            hook = functools.partial(report, part=part, handle_index=index)
+            measurement["handles"].append(node.register_prehook(hook))
+            # A parameter holds its accumulator weakly: one in no live graph yet (a head used after
+            # the model's call) would get a new one in the task's graph, without the hook.
+            measurement["nodes"].append(node)
+        self._measurement = measurement
+
+    def _finish_measurement(self) -> None:
+        """Report the open measurement (if any parameter reported), set the weight, remove its hooks."""
+        measurement, self._measurement = self._measurement, None
+        if measurement is None:
+            return
+        for handle in measurement["handles"]:
+            handle.remove()
+        scale = measurement["scale"]
+        if measurement["reached"] and scale is not None and not measurement["without_penalty"]:
+            # The task's gradient in that pass was scale times the task loss's.
+            task_norm = math.sqrt(measurement["task_sq"]) / (abs(scale) if scale != 0.0 else 1.0)
+            self.observe_gradients(measurement["penalty_norm"], task_norm)
+            self._fold()
+
+    def backward(self, task_loss: Tensor, reg_loss: Tensor, parameters: Iterable[Tensor]) -> float:
+        """``(task_loss + reg_loss).backward()``, measuring both gradients over ``parameters`` when
+        :attr:`due`; returns the measured ratio (``nan`` when not measured)."""
+        if not self.due:
+            (task_loss + reg_loss).backward()
+            return math.nan
+        meter = GradientRatio(parameters)
+        meter.before_backward(reg_loss)
+        (task_loss + reg_loss).backward()
+        ratio = meter.after_backward()
+        self.observe_gradients(meter.penalty_norm, meter.task_norm)
+        return ratio
+
+    def step(self) -> float:
+        """Fold in the last measurement (if any), set the weight, advance one iteration."""
+        self._fold()
+        if self.parameters is None:
+            self._warn_if_unmeasured(self.iteration + 1)
+        return super().step()
+
+    def _fold(self) -> None:
+        """Fold the pending measurement into the averages and set the weight from them."""
+        state = self._state
+        if state["pending"] is None:
+            return
+        penalty, task = state["pending"]
+        state["pending"] = None
+        state["last_ratio"] = penalty * state["weight"] / task if task > 0 else math.inf
+        state["measured"] += 1
+        state["ema_penalty"] = self.beta * state["ema_penalty"] + (1 - self.beta) * penalty
+        state["ema_task"] = self.beta * state["ema_task"] + (1 - self.beta) * task
+        # The bias corrections of the two averages are equal and cancel in their ratio.
+        wanted = self.target_ratio * state["ema_task"] / state["ema_penalty"]
+        state["weight"] = max(self.w_min, min(self.w_max, wanted))
+
+    def _warn_if_unmeasured(self, iterations: int) -> None:
+        if self._state["measured"] == 0 and self._state["pending"] is None and iterations == 10 * self.every:
+            how = (
+                "backpropagate model.reg_loss, once per training call of the model (a second call "
+                "before the backward pass replaces the first's measurement)"
+                if self.parameters
+                else "give it parameters=... or call weight.backward(...)"
+            )
+            warnings.warn(
+                f"RatioWeight has measured no gradients in {iterations} iterations, so its weight stays at "
+                f"initial={self.initial}: {how}",
+                stacklevel=3,
+            )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # A state saved before the weight counted its own iterations has none counted.
+        super().load_state_dict({"watched": 0, **state} if isinstance(state, Mapping) else state)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # An open measurement's hooks belong to this object's parameters, not to a copy's.
+        return {**self.__dict__, "_measurement": None}
+
+    def __repr__(self) -> str:
+        return (
+            f"RatioWeight(w={self():.4g}, target_ratio={self.target_ratio}, every={self.every}, "
+            f"beta={self.beta}, bounds=[{self.w_min}, {self.w_max}])"
+        )
+
+
+def _norm(grads: Iterable[Tensor | None]) -> float:
+    """The Euclidean norm of a list of gradients (``None``: zero)."""
+    return math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
+
+
+def as_schedule(weight: float | WeightSchedule) -> WeightSchedule:
+    """A float becomes a :class:`ConstantWeight`; a schedule is used as is."""
+    if isinstance(weight, WeightSchedule):
+        return weight
+    return ConstantWeight(non_negative_float("weight", weight))

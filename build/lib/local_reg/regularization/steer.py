@@ -1,0 +1,123 @@
+"""STEER: a random end time during training [STEER20], a baseline of [LR23].
+
+[STEER20] Ghosh, Behl, Dupont, Torr, Namboodiri. *STEER: Simple Temporal Regularization For Neural
+ODEs.* NeurIPS 2020.
+
+At every training forward pass the end time of the integration is drawn as::
+
+    T ~ U(t1 - b, t1 + b),      0 < b < t1 - t0,
+
+and the model's output at ``t1`` is the solution at ``T``; evaluation integrates to ``t1`` exactly.
+There is no penalty term: the randomness itself regularizes the dynamics towards ones that are
+cheap to solve.
+
+With several output times ``t0 < ... < t_{n-1} < t_n`` only the last is perturbed, and ``b`` must be
+smaller than the last interval ``|t_n - t_{n-1}|`` (the paper's ``b < t1 - t0`` for two times), so
+that the output times stay strictly ordered. A ``b`` that breaks this for a given ``t`` is a
+``ValueError`` at that call, never a silent reordering or clipping of the distribution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._step import VectorField
+from .._validate import non_negative_float, validate_times
+from ._baseline import (
+    BaselinePenalty,
+    BaselineStats,
+    call_generator,
+    own_generator,
+)
+from ._main_solve import Request
+from ._module import Regularized
+from ._sampling import uniform_draw
+
+
+def check_half_width(b: float, times: list[float]) -> None:
+    """``b`` must leave the perturbed end time beyond the previous output time."""
+    if len(times) < 2:
+        raise ValueError(f"STEER needs at least 2 output times (t0 and t1), got {len(times)}")
+    last_interval = abs(times[-1] - times[-2])
+    if b >= last_interval:
+        raise ValueError(
+            f"b={b} must be smaller than the last interval of t, |t[-1] - t[-2]| = {last_interval:g}: "
+            "only the end time is perturbed and the output times must stay strictly ordered"
+        )
+
+
+def sample_end_time(t_end: float, b: float, generator: torch.Generator) -> float:
+    """A draw of ``U(t_end - b, t_end + b)``."""
+    return t_end + b * (2.0 * uniform_draw(generator) - 1.0)
+
+
+@dataclass(frozen=True)
+class SteerPenalty(BaselinePenalty):
+    """STEER's training pass: the end time drawn from ``U(t[-1] - b, t[-1] + b)``; no loss term."""
+
+    b: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "b", non_negative_float("b", self.b))
+
+    def __call__(
+        self,
+        problem: Any,
+        y0: Tensor,
+        t: Tensor | Sequence[float],
+        generator: torch.Generator | None = None,
+        bm: Any = None,
+    ) -> tuple[Tensor, Tensor, BaselineStats]:
+        times = validate_times(t)
+        check_half_width(self.b, times)
+        t_end = sample_end_time(times[-1], self.b, generator)
+        main = problem.solve(y0, times[:-1] + [t_end], torch.float64, None, Request())
+        zero = torch.zeros((), dtype=y0.dtype, device=y0.device)
+        stats = BaselineStats(main=main.stats, n_accepted=main.n_accepted, t_end=t_end, penalty=0.0)
+        return main.ys, zero, stats
+
+
+class SteerRegularized(Regularized):
+    """A neural ODE ``dy/dt = func(t, y)`` trained with STEER [STEER20].
+
+    ``ys = model(y0, t)`` returns the solution at ``t``. In training mode the last output time
+    ``t[-1]`` is replaced by ``T ~ U(t[-1] - b, t[-1] + b)`` (drawn from ``generator``), so
+    ``ys[-1]`` is the solution at ``T`` and ``model.stats.t_end`` is ``T``; ``reg_loss`` is always
+    0 (STEER adds no term to the loss). In eval mode the plain solve at ``t``.
+
+    Args:
+        func: the vector field ``func(t, y)``.
+        b: the half-width of the end-time distribution, absolute (in the units of ``t``); must be
+            smaller than ``|t[-1] - t[-2]|`` at every call. [STEER20] uses ``b = 0.5`` on ``[0, 1]``.
+        method, rtol, atol, gradient, adjoint_params, options: of :class:`local_reg.Regularized`
+            (the solve); every gradient method works (the perturbed solve is an ordinary solve).
+        generator: the CPU ``torch.Generator`` of the end times; by default one of the wrapper's
+            own, seeded from ``torch.initial_seed()``. Its state is part of ``state_dict()``.
+    """
+
+    def __init__(
+        self, func: VectorField, *, b: float = 0.5, generator: torch.Generator | None = None, **solve: Any
+    ) -> None:
+        super().__init__(func, SteerPenalty(b), generator=own_generator(generator), **solve)
+
+
+def steer_regularization(
+    func: VectorField,
+    y0: Tensor,
+    t: Tensor | Sequence[float],
+    *,
+    generator: torch.Generator | None = None,
+    **settings: Any,
+) -> tuple[Tensor, Tensor, BaselineStats]:
+    """One STEER [STEER20] training pass without a module: ``(ys, reg, stats)``, ``ys`` the solution
+    at ``t`` with ``t[-1]`` replaced by ``T ~ U(t[-1] - b, t[-1] + b)`` (``stats.t_end``), ``reg`` a
+    zero (STEER adds no term to the loss).
+    ``settings`` are :class:`SteerRegularized`'s keywords; ``generator`` (default: one seeded from the global
+    stream, so that ``torch.manual_seed`` fixes the call and repeated calls draw anew) draws ``T``.
+    """
+    return SteerRegularized(func, generator=call_generator(generator), **settings).penalize(y0, t)

@@ -1,0 +1,142 @@
+"""TayNODE: the integrated squared K-th total time derivative of the solution [TAY20], a baseline
+of [LR23].
+
+[TAY20] Kelly, Bettencourt, Johnson, Duvenaud. *Learning Differential Equations that are Easy to
+Solve.* NeurIPS 2020.
+
+An adaptive solver of order ``p`` takes steps whose error is governed by the ``(p+1)``-th
+derivative of the solution; [TAY20] penalizes the K-th one along the trajectory::
+
+    R_K = int_{t0}^{t1} mean((d^K z / dt^K)^2) dt,
+
+``mean`` over all elements of the state (per sample, then over the batch, as the public code). The
+total derivatives follow the solution, ``d/dt g(t, z(t)) = dg/dt + dg/dz f``::
+
+    z' = f,    z'' = f_t + f_z f,    z^(k+1) = d/dt z^(k) = jvp(z^(k), (t, z), (1, f)),
+
+computed here by nested forward-mode products (``torch.func.jvp``) where [TAY20] uses Taylor mode
+(``jax.experimental.jet``): the same values, from ``K`` evaluations of ``f``, the k-th under k
+nested levels of forward mode, so the cost grows like ``2^K`` rather than Taylor mode's ``K^2``;
+``order`` stops at 4. [TAY20] uses ``K = 3`` (``r3``) for MNIST classification and the latent ODE;
+the public code's coefficients are ``lambda = 6e-5`` (MNIST) and ``1e-2`` (PhysioNet latent ODE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import jvp
+
+from .._step import VectorField
+from .._validate import validate_times
+from ._augmented import Integrand, solve_augmented
+from ._baseline import BaselinePenalty, BaselineStats, solution_stats
+from ._module import Regularized
+from .schedules import WeightSchedule
+
+MAX_ORDER = 4
+
+
+def check_order(order: object) -> int:
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise TypeError(f"order must be an int, got {type(order).__name__}")
+    if not 1 <= order <= MAX_ORDER:
+        raise ValueError(
+            f"order must be between 1 and {MAX_ORDER} (nested forward mode costs about 2^order "
+            f"evaluations of func; [TAY20] uses 2 or 3), got {order}"
+        )
+    return order
+
+
+def total_derivatives(func: VectorField, t: Tensor, z: Tensor, order: int) -> tuple[Tensor, Tensor]:
+    """``(f(t, z), d^order z / dt^order)`` along the solution of ``dz/dt = func(t, z)`` through
+    ``(t, z)``. Differentiable by reverse mode, and computable under ``torch.no_grad()``."""
+    f = func(t, z)
+    if order == 1:
+        return f, f
+
+    def lower(time: Tensor, state: Tensor) -> Tensor:
+        return total_derivatives(func, time, state, order - 1)[1]
+
+    # The direction's own dependence on (t, z) is part of the inner function, so nesting gives the
+    # total derivative of every lower order, not only of f.
+    _, derivative = jvp(lower, (t, z), (torch.ones_like(t), f))
+    return f, derivative
+
+
+def taylor_integrand(func: VectorField, order: int) -> Integrand:
+    """``(t, z) -> (f, [mean((d^K z/dt^K)^2)])``."""
+
+    def integrand(t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        f, derivative = total_derivatives(func, t, z, order)
+        return f, derivative.pow(2).mean().reshape(1)
+
+    return integrand
+
+
+@dataclass(frozen=True)
+class TayNODEPenalty(BaselinePenalty):
+    """TayNODE's training pass: ``R_K`` from one augmented solve."""
+
+    order: int = 3
+
+    def __post_init__(self) -> None:
+        check_order(self.order)
+
+    def __call__(
+        self,
+        problem: Any,
+        y0: Tensor,
+        t: Tensor | Sequence[float],
+        generator: torch.Generator | None = None,
+        bm: Any = None,
+    ) -> tuple[Tensor, Tensor, BaselineStats]:
+        times = validate_times(t)
+        integrand = taylor_integrand(problem.func, self.order)
+        ys, integrals, solution = solve_augmented(problem, integrand, 1, y0, times)
+        penalty = integrals[0]
+        value = float(penalty.detach())
+        stats = solution_stats(
+            solution, nfe_reg=(self.order - 1) * solution.stats.nfe, penalty=value, terms={"taylor": value}
+        )
+        return ys, penalty, stats
+
+
+class TayNODERegularized(Regularized):
+    """A neural ODE ``dy/dt = func(t, y)`` trained with TayNODE's penalty [TAY20].
+
+    ``ys = model(y0, t)``. In training mode ``R_K`` is integrated as an extra state of one augmented
+    solve (see :mod:`local_reg.regularization.taynode`), ``model.reg_loss = w * R_K`` and
+    ``model.stats.terms["taylor"]`` is ``R_K``. In eval mode the plain solve and ``reg_loss = 0``.
+
+    Args:
+        func: the vector field ``func(t, y)``; forward-mode differentiable in ``t`` and ``y``
+            ``order - 1`` times, and once more in reverse mode (every ``torch.nn`` layer is).
+        order: ``K``, 1 to 4; default 3 as [TAY20] for MNIST and the latent ODE.
+        weight: ``w``, a non-negative float or a :class:`WeightSchedule`; default 6e-5, the public
+            code's MNIST coefficient (1e-2 for its PhysioNet latent ODE).
+        method, rtol, atol, gradient, adjoint_params, options: of :class:`local_reg.Regularized`;
+            every gradient method works.
+
+    ``stats.nfe_main`` counts the augmented field's evaluations; ``stats.nfe_reg`` the ``K - 1``
+    forward-mode evaluations of ``func`` each of them adds.
+    """
+
+    def __init__(
+        self, func: VectorField, *, order: int = 3, weight: float | WeightSchedule = 6e-5, **solve: Any
+    ) -> None:
+        super().__init__(func, TayNODEPenalty(check_order(order)), weight=weight, **solve)
+
+
+def taynode_regularization(
+    func: VectorField, y0: Tensor, t: Tensor | Sequence[float], **settings: Any
+) -> tuple[Tensor, Tensor, BaselineStats]:
+    """One TayNODE [TAY20] training pass without a module: ``(ys, reg, stats)``, ``reg`` the
+    *unweighted* integral of the squared ``order``-th total time derivative along the solve.
+    ``settings`` are :class:`TayNODERegularized`'s keywords.
+    """
+    return TayNODERegularized(func, **settings).penalize(y0, t)

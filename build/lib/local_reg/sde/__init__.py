@@ -1,0 +1,39 @@
+"""Neural SDEs: adaptive Euler--Maruyama with an embedded error estimate.
+
+- :func:`sdeint`: the solver (:mod:`local_reg.sde._step` has the scheme and the error estimate).
+- :func:`is_sde`: does a module look like a torchsde SDE (``f``, ``g``, ``noise_type``)?
+
+:class:`local_reg.LocallyRegularized`, :class:`local_reg.GloballyRegularized` and the plain
+:class:`local_reg.Regularized` accept such a module and then solve with :func:`sdeint` (or torchsde).
+"""
+
+import warnings
+
+from ..solution import Stats as SDEStats
+from ._sdeint import sdeint
+from ._step import SDEStepResult, sde_initial_step_size, sde_step
+from .problem import is_sde
+
+_MOVED = {
+    "SDEBlock": "Regularized",
+    "SDERegularizationStats": "RegularizationStats",
+    "sde_local_regularization": "local_regularization",
+    "sde_global_regularization": "global_regularization",
+}
+
+
+def __getattr__(name: str):
+    # The SDE regularizers are the ODE ones: one module serves both kinds of problem.
+    if name in _MOVED:
+        from .. import regularization
+
+        warnings.warn(
+            f"local_reg.sde.{name} is deprecated: use local_reg.{_MOVED[name]}, which takes SDEs too",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(regularization, _MOVED[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["SDEStats", "SDEStepResult", "is_sde", "sde_initial_step_size", "sde_step", "sdeint"]

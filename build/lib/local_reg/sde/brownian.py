@@ -1,0 +1,76 @@
+"""The Brownian path a solve is driven by.
+
+Adaptive SDE solvers must not simply redraw the increment of a rejected step: the accepted path
+would then be biased towards small increments (Rackauckas & Nie 2017, Sec. 2). Querying
+torchsde's ``BrownianInterval`` (Kidger, Foster, Li, Lyons 2021, "Efficient and accurate gradients
+for neural SDEs") instead samples the increment over a shorter interval from the Brownian bridge
+conditioned on everything already drawn, and answers a repeated query with the same value. So a
+rejected step's retry is a sub-interval of the *same* path, and a replay of the accepted grid
+on the same object reproduces the solve exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchsde
+
+# Step hint for a new BrownianInterval: the interval is cut into pieces of about
+# 0.8 * cache_size * (t1 - t0) / _TREE_PIECES, i.e. a dependency tree of a few levels.
+_TREE_PIECES = 100
+
+
+def _interval_of(bm: Any) -> tuple[float, float] | None:
+    """``(t0, t1)`` that ``bm`` covers, when it says (torchsde's Brownian classes do), else None."""
+    for candidate in (bm, getattr(bm, "_interval", None), getattr(bm, "base_brownian", None)):
+        start, end = getattr(candidate, "_start", None), getattr(candidate, "_end", None)
+        if start is not None and end is not None:
+            return float(start), float(end)
+    return None
+
+
+def make_brownian(
+    bm: Any | None,
+    t0: float,
+    t1: float,
+    size: tuple[int, int],
+    like: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> Any:
+    """Validate ``bm`` or, if ``None``, create a ``BrownianInterval`` over ``[t0, t1]``.
+
+    The new interval's seed is drawn from ``generator`` (or torch's global generator), so
+    ``torch.manual_seed`` makes solves reproducible. It gets a fixed step hint ``dt``: without
+    one, torchsde refines its dependency tree down to the *latest* step it is queried with, which
+    for an adaptive solve approaching a singularity builds an exponentially large tree (a
+    Brownian motion passed in by the caller should be given a ``dt`` hint for the same reason).
+    """
+    if bm is None:
+        entropy = int(torch.randint(0, 2**62, (), generator=generator))
+        return torchsde.BrownianInterval(
+            t0=t0,
+            t1=t1,
+            size=size,
+            dtype=like.dtype,
+            device=like.device,
+            entropy=entropy,
+            dt=(t1 - t0) / _TREE_PIECES,
+        )
+    if not callable(bm):
+        raise TypeError(f"bm must be a Brownian motion callable as bm(ta, tb), got {type(bm).__name__}")
+    interval = _interval_of(bm)
+    if interval is not None:
+        start, end = interval
+        tol = 1e-12 * max(1.0, abs(t0), abs(t1))
+        if start > t0 + tol or end < t1 - tol:
+            raise ValueError(
+                f"bm covers [{start}, {end}] but the solve needs [{t0}, {t1}]: create the Brownian "
+                "motion over the interval of t"
+            )
+    shape = getattr(bm, "shape", None)
+    if shape is not None and tuple(shape) != tuple(size):
+        raise ValueError(
+            f"bm has shape {tuple(shape)}, but y0 and the noise type need Brownian motion of shape {size}"
+        )
+    return bm

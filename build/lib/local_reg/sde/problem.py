@@ -1,0 +1,195 @@
+"""What counts as an SDE here, and how its diffusion meets the Brownian increment.
+
+We follow the torchsde convention (Li et al. 2020; Kidger et al. 2021): an SDE is an object with
+a drift ``f(t, y)``, a diffusion ``g(t, y)``, a ``noise_type`` and optionally an ``sde_type``
+(default ``"ito"``). The state ``y`` has shape ``(batch, d)`` and the Brownian motion ``W`` has
+shape ``(batch, m)``. By noise type, ``g`` returns
+
+- ``"diagonal"``: shape ``(batch, d)``, ``m = d``, and ``dy_i = f_i dt + g_i dW_i``;
+- ``"scalar"``: shape ``(batch, d, 1)``, ``m = 1``, one Brownian motion drives every component;
+- ``"additive"``: shape ``(batch, d, m)``, ``g`` must not depend on ``y``; ``dy = f dt + g dW``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._validate import check_output, time_tensors_requiring_grad, validate_state, validate_times
+
+METHODS = ("euler_maruyama", "milstein")
+"""The SDE schemes of :func:`local_reg.sdeint`."""
+DEFAULT_RTOL = 1e-2
+DEFAULT_ATOL = 1e-2
+"""The default tolerances of :func:`local_reg.sdeint` (see its docstring for why they are loose)."""
+SUPPORTED_NOISE_TYPES = ("diagonal", "scalar", "additive")
+SUPPORTED_SDE_TYPES = ("ito",)
+
+
+def is_sde(module: object) -> bool:
+    """True iff ``module`` looks like a torchsde SDE: callable ``f`` and ``g`` and a ``noise_type``."""
+    return (
+        callable(getattr(module, "f", None))
+        and callable(getattr(module, "g", None))
+        and isinstance(getattr(module, "noise_type", None), str)
+    )
+
+
+def validate_sde(sde: Any) -> tuple[str, str]:
+    """Check ``sde`` is an SDE this package solves; return ``(noise_type, sde_type)``."""
+    if not is_sde(sde):
+        raise TypeError(
+            "sde must have methods f(t, y) (drift) and g(t, y) (diffusion) and a string attribute "
+            f"noise_type, as torchsde SDEs do; got {type(sde).__name__}"
+        )
+    noise_type = sde.noise_type
+    if noise_type not in SUPPORTED_NOISE_TYPES:
+        raise ValueError(
+            f"sde.noise_type={noise_type!r} is not supported: use one of {SUPPORTED_NOISE_TYPES} "
+            "(general noise needs Levy areas for a strong error estimate; torchsde.sdeint solves "
+            "it, but the regularized models need one of these noise types on either backend)"
+        )
+    sde_type = getattr(sde, "sde_type", "ito")
+    if sde_type not in SUPPORTED_SDE_TYPES:
+        raise ValueError(
+            f"sde.sde_type={sde_type!r} is not supported: the Euler--Maruyama scheme of sdeint is "
+            "an Ito scheme (declare sde_type='ito'; torchsde.sdeint solves Stratonovich SDEs, but the "
+            "regularized models need an Ito SDE on either backend)"
+        )
+    return noise_type, sde_type
+
+
+def validate_sde_problem(
+    sde: Any, y0: Tensor, t: Tensor | Sequence[float], method: str
+) -> tuple[str, list[float]]:
+    """Shared argument checks of the SDE entry points; returns ``(noise_type, times)``."""
+    noise_type, _ = validate_sde(sde)
+    y0 = validate_state(y0)
+    if y0.dim() != 2:
+        raise ValueError(f"y0 must have shape (batch, state) as in torchsde, got shape {tuple(y0.shape)}")
+    if time_tensors_requiring_grad(t):
+        raise ValueError(
+            "t requires grad, but sdeint solves at fixed times and no gradient reaches t "
+            "(torchsde refuses it too): pass t.detach()"
+        )
+    times = validate_times(t)
+    if len(times) < 2:
+        raise ValueError("t must hold at least two times (start and end of the solve)")
+    if times[-1] < times[0]:
+        raise ValueError("t must be strictly increasing: sdeint does not integrate backwards")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return noise_type, times
+
+
+def brownian_size(noise_type: str, y0: Tensor, g0: Tensor) -> tuple[int, int]:
+    """Shape ``(batch, m)`` of the Brownian motion that drives the SDE."""
+    if noise_type == "diagonal":
+        return (y0.shape[0], y0.shape[1])
+    if noise_type == "scalar":
+        return (y0.shape[0], 1)
+    return (y0.shape[0], g0.shape[-1])
+
+
+def check_shapes(noise_type: str, y0: Tensor, f0: object, g0: object) -> None:
+    """Check the drift and diffusion at ``y0`` are tensors of ``y0``'s dtype and device with the
+    shapes ``noise_type`` implies (``TypeError`` / ``ValueError`` naming ``sde.f`` or ``sde.g``)."""
+    for name, value in (("sde.f", f0), ("sde.g", g0)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must return a torch.Tensor, got {type(value).__name__}")
+        if value.dtype != y0.dtype:
+            raise TypeError(f"{name} returned dtype {value.dtype}, expected the dtype of y0 {y0.dtype}")
+        if value.device != y0.device:
+            raise ValueError(f"{name} returned a tensor on {value.device}, expected y0's device {y0.device}")
+    if f0.shape != y0.shape:
+        raise ValueError(
+            f"sde.f (drift) returned shape {tuple(f0.shape)}, expected the shape of y0 {tuple(y0.shape)}"
+        )
+    check_diffusion_shape(noise_type, y0, g0)
+
+
+def check_diffusion_shape(noise_type: str, y0: Tensor, g0: Tensor) -> None:
+    batch, d = y0.shape
+    if noise_type == "diagonal":
+        ok, expected = g0.shape == y0.shape, f"{(batch, d)}"
+    elif noise_type == "scalar":
+        ok, expected = g0.shape == (batch, d, 1), f"{(batch, d, 1)}"
+    else:
+        ok, expected = g0.dim() == 3 and g0.shape[:2] == (batch, d), f"({batch}, {d}, m)"
+    if not ok:
+        raise ValueError(
+            f"sde.g (diffusion) returned shape {tuple(g0.shape)}, but noise_type={noise_type!r} "
+            f"with y0 of shape {tuple(y0.shape)} needs {expected}; drift and diffusion shapes must match"
+        )
+
+
+class CheckedSDE:
+    """``sde`` with the output of every drift and diffusion call checked (:func:`check_shapes`),
+    as :class:`local_reg._validate.CheckedField` does for ODEs: a later call that returns another
+    shape or dtype is an error, not a silently promoted or broadcast solution. Metadata only."""
+
+    def __init__(self, sde: Any, noise_type: str, m: int | None = None) -> None:
+        """``m``: the number of Brownian motions, which fixes the last dimension of an additive
+        diffusion."""
+        self.sde = sde
+        self.noise_type = noise_type
+        self.m = m
+        self.sde_type = getattr(sde, "sde_type", "ito")
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        return check_output("sde.f (drift)", self.sde.f(t, y), y)
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        value = self.sde.g(t, y)
+        if not isinstance(value, Tensor):
+            raise TypeError(f"sde.g must return a torch.Tensor, got {type(value).__name__}")
+        check_output("sde.g (diffusion)", value, y, shape=value.shape)
+        check_diffusion_shape(self.noise_type, y, value)
+        if self.noise_type == "additive" and self.m is not None and value.shape[-1] != self.m:
+            raise ValueError(
+                f"sde.g (diffusion) returned shape {tuple(value.shape)}, but the first call had "
+                f"{self.m} Brownian motions (last dimension)"
+            )
+        return value
+
+
+class CheckedBrownian:
+    """``bm`` with every increment checked: a tensor of ``like``'s dtype and device and of the
+    Brownian motion's ``size`` (a float64 increment would silently promote a float32 solve)."""
+
+    def __init__(self, bm: Any, size: tuple[int, int], like: Tensor) -> None:
+        self.bm = bm
+        self.size = tuple(size)
+        self.like = like
+
+    def __call__(self, ta: float, tb: float) -> Tensor:
+        return check_brownian_increment(self.bm(ta, tb), self.size, self.like)
+
+
+def check_brownian_increment(dw: object, size: tuple[int, ...], like: Tensor) -> Tensor:
+    return check_output("bm", dw, like, shape=size)
+
+
+def diffusion_times_increment(noise_type: str, g: Tensor, dw: Tensor) -> Tensor:
+    """``g dW`` for the noise type: elementwise (diagonal), broadcast (scalar) or matrix-vector."""
+    if noise_type == "diagonal":
+        return g * dw
+    if noise_type == "scalar":
+        return g[..., 0] * dw
+    return torch.bmm(g, dw.unsqueeze(-1)).squeeze(-1)
+
+
+def noise_vector(noise_type: str, g: Tensor) -> Tensor:
+    """The diffusion as a ``(batch, d)`` amplitude: the column that moves each component.
+
+    Diagonal: ``g`` itself; scalar: its only column; additive: the row norms ``|g_i.|`` (the
+    standard deviation per unit sqrt-time of component ``i``).
+    """
+    if noise_type == "diagonal":
+        return g
+    if noise_type == "scalar":
+        return g[..., 0]
+    return torch.linalg.vector_norm(g, dim=-1)

@@ -1,0 +1,139 @@
+"""What a solve returns: the trajectory, its statistics and the record of accepted steps."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from ._dense import DenseOutput
+
+
+@dataclass
+class Stats:
+    """Solver statistics, returned with every solution (as torchode's ``n_f_evals`` etc.).
+
+    Attributes:
+        nfe: every evaluation in the forward solve, the initial-step heuristic included: of the
+            vector field for an ODE; of the drift and the diffusion together for an SDE.
+        nfe_diffusion: of those, the evaluations of an SDE's diffusion ``g`` (0 for an ODE); a
+            diffusion network may cost differently from the drift network. See :attr:`nfe_drift`.
+        n_steps: attempted steps, accepted plus rejected.
+        n_accepted: accepted steps.
+        n_rejected: rejected steps.
+        nfe_backward: evaluations of the vector field made by the backward pass of the gradient
+            method (a vector--Jacobian product evaluates it once with a graph; plain
+            backpropagation makes none), filled in once ``backward`` has run; ``None`` before.
+    """
+
+    nfe: int = 0
+    n_steps: int = 0
+    n_accepted: int = 0
+    n_rejected: int = 0
+    nfe_backward: int | None = None
+    nfe_diffusion: int = 0
+
+    @property
+    def nfe_drift(self) -> int:
+        """Evaluations of the drift (an ODE's vector field): ``nfe - nfe_diffusion``."""
+        return self.nfe - self.nfe_diffusion
+
+    def add(self, nfe: int, *, diffusion: int = 0) -> None:
+        """Count ``nfe`` evaluations, ``diffusion`` of them of an SDE's diffusion."""
+        self.nfe += nfe
+        self.nfe_diffusion += diffusion
+
+
+@dataclass
+class Steps:
+    """Record of the accepted steps of a solve (all detached).
+
+    Attributes:
+        t: start time of each accepted step, shape ``(n_accepted,)``, float64.
+        dt: signed step size of each accepted step, float64.
+        error_estimate: the step's ``EEst`` (NaN for a fixed-step method without an embedded pair).
+        stiffness_estimate: Shampine's ``rho`` per step, or ``None`` when the tableau has no two
+            stages at ``c == 1`` (see :class:`local_reg.ButcherTableau`).
+        state_list: the state at each step start, kept only with ``record_states=True``, else
+            ``None``. :attr:`states` stacks it on first access (one copy, only if asked for).
+        dense_output: with ``odeint(dense=True)``, every accepted step's state and stages for
+            :meth:`Solution.evaluate`, else ``None``.
+        stop_time: where a stop condition (``StepCallbacks.stop``, e.g. the terminal event of
+            :func:`local_reg.odeint_event`) ended the solve: inside the last accepted step or at
+            its end; ``None`` for a solve that ran to its last output time.
+    """
+
+    t: Tensor
+    dt: Tensor
+    error_estimate: Tensor
+    stiffness_estimate: Tensor | None
+    state_list: list[Tensor] | None = field(default=None, repr=False)
+    dense_output: DenseOutput | None = field(default=None, repr=False)
+    stop_time: float | None = None
+
+    @functools.cached_property
+    def states(self) -> Tensor | None:
+        """The state at each step start, shape ``(n_accepted, *y0.shape)``; ``None`` unless the
+        solve was asked to ``record_states`` and took at least one step."""
+        return torch.stack(self.state_list) if self.state_list else None
+
+
+@dataclass
+class Solution:
+    """Result of :func:`local_reg.odeint`.
+
+    Attributes:
+        ts: the output times.
+        ys: the solution at ``ts``, shape ``(len(ts), *y0.shape)`` (a tuple of such tensors for a
+            tuple ``y0``): by default the last output time ends the last step and the others are
+            read from the method's dense output (:mod:`local_reg.interpolants`); with
+            ``step_to_outputs=True`` or a fixed ``step_size`` every output time ends an accepted
+            step.
+        stats: see :class:`Stats`.
+        steps: see :class:`Steps`.
+        penalties: with ``odeint(step_penalty=...)``, the penalty of every accepted step, shape
+            ``(n_accepted,)``, differentiable; else ``None``.
+    """
+
+    ts: Tensor
+    ys: Tensor | tuple[Tensor, ...]
+    stats: Stats
+    steps: Steps
+    penalties: Tensor | None = None
+    layout: Callable[[Tensor], Any] | None = field(default=None, repr=False)
+    """How a flat state becomes the user's (a tuple ``y0``'s tensors), or ``None``."""
+
+    def evaluate(self, t: Tensor | float) -> Tensor | tuple[Tensor, ...]:
+        """The solution at any ``t`` in the solved span (a float, a 0-dim or 1-D tensor of times),
+        through the method's interpolant (diffrax's ``Solution.evaluate``, torchdiffeq's
+        ``odeint_dense``). At a step's start or end it is that step's state exactly. Needs
+        ``odeint(dense=True)``; differentiable w.r.t. ``y0`` and the parameters only under
+        ``gradient="direct"``, and never w.r.t. ``t`` (a ``t`` that requires grad is refused: its
+        gradient would silently be none; odeint's own output times ``t`` do get gradients)."""
+        dense = self.steps.dense_output
+        if dense is None:
+            raise ValueError("evaluate needs the step records: solve with odeint(..., dense=True)")
+        if isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "evaluate is not differentiable w.r.t. t, and t requires grad: pass t.detach(), or "
+                "solve with these times as odeint's t (its output times get gradients)"
+            )
+        states = dense.evaluate(t)
+        return states if self.layout is None else self.layout(states)
+
+    def _not_a_tensor(self, *args: object, **kwargs: object) -> NoReturn:
+        # torchdiffeq's odeint returns the states themselves; say where they are.
+        raise TypeError(
+            "local_reg.odeint returns a Solution, not a tensor: the states are solution.ys (the "
+            "statistics solution.stats); for torchdiffeq's return types use `import local_reg.compat "
+            "as torchdiffeq`"
+        )
+
+    __getitem__ = __iter__ = to = _not_a_tensor
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _not_a_tensor
+    __truediv__ = __rtruediv__ = __pow__ = __neg__ = __matmul__ = _not_a_tensor
