@@ -77,7 +77,8 @@ class CombinedEvent:
         self.event_fn = event_fn
         self.layout = layout
         self.time_dtype = time_dtype
-        """The dtype of the time ``event_fn`` (and ``func``) gets, as in the solve."""
+        """The dtype of the time ``event_fn`` gets (that of the solve's times, the wider of ``t0``'s
+        and the state's)."""
         self.shape: torch.Size | None = None
         with torch.no_grad():
             initial = self.values(t0, y0.detach())
@@ -213,7 +214,8 @@ def _reroute(
 ) -> tuple[Tensor, Tensor, int]:
     """``(t_e, y_e, nfe)``: the event time as a tensor of ``t_dtype`` and the state there,
     differentiable by the implicit function theorem (the module docstring); ``y_event`` is the
-    state at ``t_e`` held fixed. ``func`` and ``event_fn`` get times in ``field_t_dtype``."""
+    state at ``t_e`` held fixed. ``func`` gets times in ``field_t_dtype``, ``event_fn`` in
+    ``event.time_dtype``."""
     event_t = torch.tensor(t_event, dtype=t_dtype, device=y_event.device)
     if not torch.is_grad_enabled():
         return event_t, y_event, 0
@@ -223,7 +225,7 @@ def _reroute(
     with torch.no_grad():
         rate = func(time_tensor(t_event, y_event, field_t_dtype), y_event)
     with torch.enable_grad():
-        t = time_tensor(t_event, y_event, field_t_dtype).requires_grad_(True)
+        t = time_tensor(t_event, y_event, event.time_dtype).requires_grad_(True)
         y = y_event.detach().requires_grad_(True)
         grad_t, grad_y = torch.autograd.grad(event(t, y), (t, y), allow_unused=True)
     along = torch.zeros((), dtype=crossing.dtype, device=crossing.device)
@@ -337,8 +339,9 @@ def _solve_until_event(
     **odeint_kwargs: Any,
 ) -> Solution:
     """:func:`odeint_event` on a flat state, its solution's ``ts[-1]`` the event time.
-    ``times_in_state_dtype``: ``func`` and ``event_fn`` get times in the state's dtype whatever
-    ``t0``'s (torchdiffeq's rule, for :mod:`local_reg.compat`)."""
+    ``times_in_state_dtype``: ``func`` gets times in the state's dtype whatever ``t0``'s
+    (torchdiffeq's rule, for :mod:`local_reg.compat`); ``event_fn`` keeps ``odeint``'s rule (as
+    torchdiffeq gives it ``t0``'s dtype), so the event is located as finely."""
     y0 = validate_state(y0)
     check_bool("reverse_time", reverse_time)
     callbacks = odeint_kwargs.pop("callbacks", None) or StepCallbacks()
@@ -348,11 +351,12 @@ def _solve_until_event(
         raise ValueError("odeint_event sets callbacks.stop itself: pass callbacks without a stop condition")
     t0_value, t0_tensor = _start_time(t0)
     # The event time is returned in t0's dtype; func and event_fn get their times as odeint would
-    # for a t of t0's dtype (the wider of t0's and the state's).
+    # for a t of t0's dtype (the wider of t0's and the state's), func in compat the state's.
     t_dtype = t0_tensor.dtype if t0_tensor is not None and t0_tensor.is_floating_point() else y0.dtype
-    field_t_dtype = y0.dtype if times_in_state_dtype else time_dtype(t0_tensor, y0)
+    event_t_dtype = time_dtype(t0_tensor, y0)
+    field_t_dtype = y0.dtype if times_in_state_dtype else event_t_dtype
     layout = func.state.unflatten if isinstance(func, TupleField) else (lambda y: y)
-    event = CombinedEvent(event_fn, layout, t0_value, y0, field_t_dtype)
+    event = CombinedEvent(event_fn, layout, t0_value, y0, event_t_dtype)
     checked = checked_field(func)
 
     initial_t = time_tensor(t0_value, y0, t_dtype) if t0_tensor is None else t0_tensor.to(y0.device, t_dtype)

@@ -312,6 +312,15 @@ def test_a_float32_t0_does_not_narrow_a_float64_solve_and_compat_keeps_torchdiff
     assert event_t.item() == pytest.approx(expected.item(), rel=1e-6)
     assert event_t.item() == pytest.approx(2.0, rel=1e-6)
 
+    # event_fn keeps t0's float64 there, as in torchdiffeq: far from 0 the event is still located
+    # to the solver's error (a float32 time there is 0.06 s wide).
+    seen.clear()
+    start = torch.tensor(1e6, dtype=torch.float64)
+    event_t, states = compat.odeint_event(ball, torch.tensor([10.0, 0.0]), start, event_fn=ground)
+    assert (event_t - start).item() == pytest.approx(impact(10.0, 0.0, 9.81)["t"], abs=1e-5)
+    assert abs(states[-1][0].item()) < 1e-3
+    assert set(seen) == {torch.float32, torch.float64}  # func's, event_fn's
+
 
 def test_second_derivatives_through_the_event_are_refused_not_silently_wrong():
     """The event's first derivatives are exact (implicit function theorem); a Hessian through it
