@@ -247,11 +247,8 @@ def test_tuple_state_and_float32():
     assert event_t.item() == pytest.approx(impact(10.0, 2.0, 9.81)["t"], rel=1e-5)
 
 
-def test_float32_state_far_from_zero_with_a_float64_t0_locates_the_event_to_the_solver_error():
-    """A float32 state with ``t0 = 1e6`` as a float64 tensor: the event is located on the step's
-    dense output to a fraction of the step (it was ``4 eps32 |t|`` = 0.48 s wide, the ball then 1.5 m
-    underground), and ``func`` and ``event_fn`` get float64 times, as ``odeint`` gives them for a
-    float64 ``t``."""
+def dtype_recording_ball():
+    """A falling ball's field and ground event that record the dtypes of the times they get."""
     seen = set()
 
     def ball(t, y):
@@ -262,6 +259,15 @@ def test_float32_state_far_from_zero_with_a_float64_t0_locates_the_event_to_the_
         seen.add(t.dtype)
         return y[0]
 
+    return ball, ground, seen
+
+
+def test_float32_state_far_from_zero_with_a_float64_t0_locates_the_event_to_the_solver_error():
+    """A float32 state with ``t0 = 1e6`` as a float64 tensor: the event is located on the step's
+    dense output to a fraction of the step (it was ``4 eps32 |t|`` = 0.48 s wide, the ball then 1.5 m
+    underground), and ``func`` and ``event_fn`` get float64 times, as ``odeint`` gives them for a
+    float64 ``t``."""
+    ball, ground, seen = dtype_recording_ball()
     flight = impact(2.0, 0.0, 9.81)["t"]
     for t0 in (0.0, 1e3, 1e6):
         start = torch.tensor(t0, dtype=torch.float64)
@@ -275,21 +281,13 @@ def test_float32_state_far_from_zero_with_a_float64_t0_locates_the_event_to_the_
 def test_a_float32_t0_does_not_narrow_a_float64_solve_and_compat_keeps_torchdiffeqs_time_dtype():
     """The native rule is odeint's (the wider of t0's and the state's dtype): a float32 ``t0``
     (``torch.tensor(0.)``) leaves a float64 ball's event exact, returned in float32. compat hands
-    ``func`` and ``event_fn`` the state's dtype whatever ``t0``'s, as torchdiffeq does: a float32
-    field that concatenates ``t`` into its input runs with a float64 ``t0``."""
-    seen = []
-
-    def ball(t, y):
-        seen.append(t.dtype)
-        return torch.stack([y[1], torch.full_like(y[1], -9.81)])
-
-    def ground(t, y):
-        seen.append(t.dtype)
-        return y[0]
+    ``func`` the state's dtype whatever ``t0``'s, as torchdiffeq does (a float32 field that
+    concatenates ``t`` into its input runs with a float64 ``t0``), and ``event_fn`` ``t0``'s."""
+    ball, ground, seen = dtype_recording_ball()
 
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
     event_t, solution = odeint_event(ball, y0, torch.tensor(0.0), event_fn=ground, rtol=1e-10, atol=1e-10)
-    assert event_t.dtype == torch.float32 and set(seen) == {torch.float64}
+    assert event_t.dtype == torch.float32 and seen == {torch.float64}
     assert abs(solution.ys[-1][0].item()) < 1e-12
 
     seen.clear()
@@ -300,7 +298,7 @@ def test_a_float32_t0_does_not_narrow_a_float64_solve_and_compat_keeps_torchdiff
         linear.bias.copy_(torch.tensor([1.0, 0.0]))
 
     def timed(t, y):
-        seen.append(t.dtype)
+        seen.add(t.dtype)
         return linear(torch.cat([y, t.reshape(1)]))
 
     t0 = torch.tensor(0.0, dtype=torch.float64)
@@ -308,7 +306,7 @@ def test_a_float32_t0_does_not_narrow_a_float64_solve_and_compat_keeps_torchdiff
     expected, _ = torchdiffeq.odeint_event(
         timed, torch.tensor([1.0, 0.5]), t0, event_fn=lambda t, y: y[0] - 5.0
     )
-    assert set(seen) == {torch.float32}
+    assert seen == {torch.float32}
     assert event_t.item() == pytest.approx(expected.item(), rel=1e-6)
     assert event_t.item() == pytest.approx(2.0, rel=1e-6)
 
@@ -319,7 +317,7 @@ def test_a_float32_t0_does_not_narrow_a_float64_solve_and_compat_keeps_torchdiff
     event_t, states = compat.odeint_event(ball, torch.tensor([10.0, 0.0]), start, event_fn=ground)
     assert (event_t - start).item() == pytest.approx(impact(10.0, 0.0, 9.81)["t"], abs=1e-5)
     assert abs(states[-1][0].item()) < 1e-3
-    assert set(seen) == {torch.float32, torch.float64}  # func's, event_fn's
+    assert seen == {torch.float32, torch.float64}  # func's, event_fn's
 
 
 def test_second_derivatives_through_the_event_are_refused_not_silently_wrong():
