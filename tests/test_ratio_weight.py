@@ -165,9 +165,44 @@ def test_uninformative_measurements_are_skipped():
     assert weight() == pytest.approx(0.1) and weight.last_ratio == pytest.approx(0.02)
 
 
+def test_a_floor_keeps_the_weight_above_a_fraction_of_its_largest_value():
+    """As the task's gradient vanishes (a separable classifier at 100% training accuracy) the
+    unfloored weight follows it down; ``floor`` holds it at that fraction of its largest value
+    (``1``: it never decreases), and the largest value is part of the saved state."""
+    task_norms = [1.0, 2.0, 0.5, 0.01, 0.001]
+
+    def weights(floor):
+        weight = RatioWeight(1.0, beta=0.0, initial=0.01, floor=floor)
+        out = []
+        for task in task_norms:
+            weight.observe_gradients(weight(), task)  # the unweighted penalty's gradient: 1.0
+            weight.step()
+            out.append(weight())
+        return weight, out
+
+    _, free = weights(0.0)
+    assert free == pytest.approx(task_norms)
+    _, half = weights(0.5)
+    assert half == pytest.approx([1.0, 2.0, 1.0, 1.0, 1.0])
+    ratchet, never_down = weights(1.0)
+    assert never_down == pytest.approx([1.0, 2.0, 2.0, 2.0, 2.0])
+    assert "floor=1.0" in repr(ratchet) and "floor" not in repr(RatioWeight(0.2))
+    resumed = RatioWeight(1.0, beta=0.0, floor=1.0)
+    resumed.load_state_dict(ratchet.state_dict())
+    resumed.observe_gradients(resumed(), 0.1)
+    resumed.step()
+    assert resumed() == pytest.approx(2.0)
+    # A state saved before the floor existed takes its weight as the largest so far.
+    old = {k: v for k, v in ratchet.state_dict().items() if k != "peak"}
+    resumed.load_state_dict(old)
+    assert resumed.state_dict()["peak"] == pytest.approx(2.0)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
+        ({"floor": 1.5}, "floor"),
+        ({"floor": -0.1}, "floor"),
         ({"target_ratio": 0.0}, "target_ratio"),
         ({"target_ratio": -1.0}, "target_ratio"),
         ({"every": 0}, "every"),
@@ -192,7 +227,13 @@ def test_cli_weight_spec():
     assert isinstance(schedule, RatioWeight)
     assert (schedule.target_ratio, schedule.every, schedule.w_max) == (0.3, 5, 10.0)
     assert weight_text({"ratio": 0.3, "every": 5}) == "ratio 0.3 (every=5)"
-    for bad in ({"ratio": 0.3, "every": 1.5}, {"ratio": 0.3, "rate": 1.0}, {"ratio": 0.0}):
+    assert weight_schedule({"ratio": 0.2, "floor": 1.0}, 100, "local-random").floor == 1.0
+    for bad in (
+        {"ratio": 0.3, "every": 1.5},
+        {"ratio": 0.3, "rate": 1.0},
+        {"ratio": 0.0},
+        {"ratio": 0.2, "floor": 2},
+    ):
         spec = RunSpec("digits", "local-random", 0, "tiny", overrides={"weights.local-random": bad})
         with pytest.raises(SettingsError, match="ratio"):
             spec.settings()

@@ -271,7 +271,11 @@ class RatioWeight(_SelfTuningWeight):
 
         w = clip(target_ratio * G_L / G_R, w_min, w_max)
 
-    from the first measurement on (``initial`` until then). The target ``1`` (this class's
+    from the first measurement on (``initial`` until then), and never below ``floor`` times the
+    largest weight it has set (``floor = 0``, the default: no floor; ``1``: the weight never
+    decreases). On a separable classifier read at its end the task's gradient vanishes as the
+    training accuracy reaches 100%, and the unfloored weight fades with it; a floor keeps the
+    penalty's pull (docs/regularization.md, "Weights"). The target ``1`` (this class's
     default) is the one the study in docs/results.md chose for the probe-step penalties;
     :class:`LocallyRegularized`'s default kinetic penalty uses ``0.2`` (``0.1`` for a fit read
     along the flow), measured every 10 iterations (docs/regularization.md). The two norms are
@@ -313,9 +317,15 @@ class RatioWeight(_SelfTuningWeight):
         w_min: float = 1e-6,
         w_max: float = 1e3,
         parameters: Iterable[Tensor] | None = None,
+        floor: float = 0.0,
     ) -> None:
         self.target_ratio = positive_float("target_ratio", target_ratio)
         self.every = positive_int("every", every)
+        self.floor = non_negative_float("floor", floor)
+        if self.floor > 1:
+            raise ValueError(
+                f"floor must be in [0, 1] (a fraction of the largest weight so far), got {floor}"
+            )
         self.parameters = None if parameters is None else trained_parameters(parameters)
         self._measurement: dict[str, Any] | None = None
         super().__init__(initial, beta, w_min, w_max)
@@ -323,6 +333,7 @@ class RatioWeight(_SelfTuningWeight):
     def _fresh(self) -> dict[str, Any]:
         return {
             "weight": self.initial,
+            "peak": 0.0,
             "ema_task": 0.0,
             "ema_penalty": 0.0,
             "measured": 0,
@@ -489,8 +500,11 @@ class RatioWeight(_SelfTuningWeight):
         state["ema_penalty"] = self.beta * state["ema_penalty"] + (1 - self.beta) * penalty
         state["ema_task"] = self.beta * state["ema_task"] + (1 - self.beta) * task
         # The bias corrections of the two averages are equal and cancel in their ratio.
-        wanted = self.target_ratio * state["ema_task"] / state["ema_penalty"]
-        state["weight"] = max(self.w_min, min(self.w_max, wanted))
+        wanted = max(
+            self.w_min, min(self.w_max, self.target_ratio * state["ema_task"] / state["ema_penalty"])
+        )
+        state["weight"] = max(wanted, self.floor * state["peak"])
+        state["peak"] = max(state["peak"], state["weight"])
 
     def _warn_if_unmeasured(self, iterations: int) -> None:
         if self._state["measured"] == 0 and self._state["pending"] is None and iterations == 10 * self.every:
@@ -507,8 +521,11 @@ class RatioWeight(_SelfTuningWeight):
             )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # A state saved before the weight counted its own iterations has none counted.
-        super().load_state_dict({"watched": 0, **state} if isinstance(state, Mapping) else state)
+        # A state saved before the weight counted its own iterations (or kept its largest weight)
+        # has none counted (and its current weight as the largest).
+        if isinstance(state, Mapping):
+            state = {"watched": 0, "peak": state.get("weight", 0.0), **state}
+        super().load_state_dict(state)
 
     def __getstate__(self) -> dict[str, Any]:
         # An open measurement's hooks belong to this object's parameters, not to a copy's.
@@ -517,7 +534,9 @@ class RatioWeight(_SelfTuningWeight):
     def __repr__(self) -> str:
         return (
             f"RatioWeight(w={self():.4g}, target_ratio={self.target_ratio}, every={self.every}, "
-            f"beta={self.beta}, bounds=[{self.w_min}, {self.w_max}])"
+            f"beta={self.beta}, bounds=[{self.w_min}, {self.w_max}]"
+            + (f", floor={self.floor}" if self.floor else "")
+            + ")"
         )
 
 
