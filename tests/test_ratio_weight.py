@@ -227,7 +227,11 @@ def test_cli_weight_spec():
     assert isinstance(schedule, RatioWeight)
     assert (schedule.target_ratio, schedule.every, schedule.w_max) == (0.3, 5, 10.0)
     assert weight_text({"ratio": 0.3, "every": 5}) == "ratio 0.3 (every=5)"
-    assert weight_schedule({"ratio": 0.2, "floor": 1.0}, 100, "local-random").floor == 1.0
+    floored = {"ratio": 0.2, "floor": 1.0}
+    settings = RunSpec(
+        "digits", "local-random", 0, "tiny", overrides={"weights.local-random": floored}
+    ).settings()
+    assert weight_schedule(settings["weights"]["local-random"], 100, "local-random").floor == 1.0
     for bad in (
         {"ratio": 0.3, "every": 1.5},
         {"ratio": 0.3, "rate": 1.0},
