@@ -266,11 +266,12 @@ def odeint(
     check_step_penalty_support(gradient_method, step_penalty)
     # Every call, in the forward and in any backward pass, returns y's shape and dtype.
     checked = checked_field(func)
+    owner = owning_module(func)
     params: tuple[Tensor, ...] = ()
     if gradient_method.graph_free:
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
         _warn_if_reevaluation_differs(func, gradient_method)
-    elif adjoint_params is not None or owning_module(func) is not None:
+    elif adjoint_params is not None or owner is not None:
         # Direct differentiation needs no parameter list; with one it also checks their gradients.
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
     timing = time_gradient(t, checked, times, options.time_dtype)
@@ -291,7 +292,7 @@ def odeint(
         f0,
         record_states,
         step_penalty,
-        owner=owning_module(func) if gradient_method.graph_free else None,
+        owner=owner if gradient_method.graph_free else None,
     )
     with without_autocast():
         ys, stats, steps, penalties = gradient_method.solve(y0, forward)

@@ -225,9 +225,7 @@ class CheckedField:
         self.name = name
         self.autocast = active_autocast()
 
-    def _call(self, t: Tensor, y: Tensor) -> Tensor:
-        if not self.autocast:
-            return self.func(t, y)
+    def _call_under_autocast(self, t: Tensor, y: Tensor) -> Tensor:
         # Plain nested with-statements (at most one region per device type): torch.compile traces
         # them, where an ExitStack of regions breaks its graph.
         (device_type, dtype), *other = self.autocast
@@ -246,11 +244,12 @@ class CheckedField:
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         if torch.compiler.is_compiling() or y.is_inference():
             # Inference tensors keep no version counter (and cannot be changed in place unseen).
-            return check_output(self.name, self._call(t, y), y)
+            value = self._call_under_autocast(t, y) if self.autocast else self.func(t, y)
+            return check_output(self.name, value, y)
         # The solver reuses y (the step's start, a stage state) after the call: changed in place,
         # it would silently give wrong states.
         version = y._version
-        value = self._call(t, y)
+        value = self._call_under_autocast(t, y) if self.autocast else self.func(t, y)
         if y._version != version:
             raise ValueError(
                 f"{self.name} modified its input y in place; compute on a copy or out of place instead"
