@@ -11,7 +11,8 @@
 #                                   kinetic_sde, lotka, lotka_long, default_gradients, mnist_long,
 #                                   target_rule TASK (quantiles, pendulum), quantiles_long,
 #                                   long_training [latent_ode], sde_interp, held_out_2,
-#                                   mnist_full, sde_candidate, longer_training
+#                                   mnist_full, sde_candidate, longer_training,
+#                                   end_read_floor FLOOR [long]
 # LR overrides the command (default: local-reg experiment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -396,8 +397,30 @@ case "${1:-}" in
             $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "results/study-$task"  # the paper's procedure
         done
         ;;
+    end_read_floor)  # the default's kinetic penalty and target with a floor on its weight (RatioWeight's
+        # floor=$2: never below that fraction of the largest weight it has set), on the settings read at
+        # their end; "$3" = long: the longer-training rows instead of the quick ones
+        weight="{\"ratio\": 0.2, \"every\": 10, \"floor\": $2, \"scope\": \"field\"}"
+        tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
+        if [ "${3:-}" = long ]; then
+            runs=("digits:study-long-digits:60:" "digits:study-long-digits-tight:60:tight" "mnist:study-mnist-long:20:"
+                "nsde_digits:study-long-nsde_digits:45:" "quantiles:study-quantiles-long:100:")
+        else
+            runs=("tabular:study-ratio-tabular::" "digits:study-ratio-digits::" "nsde_digits:study-ratio-nsde::"
+                "nsde_mnist1d:study-nsde-mnist1d::" "synthetic:study-synthetic::" "quantiles:study-quantiles::"
+                "mnist1d:study-mnist1d::" "mnist:study-ratio-mnist::" "digits:study-ratio-digits-tight::tight")
+        fi
+        for run in "${runs[@]}"; do
+            IFS=: read -r task out epochs tolerance <<< "$run"
+            extra=()
+            [ -n "$epochs" ] && extra+=(--set epochs=$epochs)
+            [ -n "$tolerance" ] && extra+=("${tight[@]}")
+            $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "results/$out" "${extra[@]}" \
+                --set "weights.local-random=$weight" --set local.penalty=kinetic
+        done
+        ;;
     *)
-        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long|target_rule|quantiles_long|long_training|sde_interp|held_out_2|mnist_full|sde_candidate|longer_training" >&2
+        echo "usage: $0 digits|digits_tight|spiral|tabular|digits_draws|digits_adaptive|spiral_weight|ratio_tune|ratio|ratio_every|ratio_reference|ratio_tasks|ratio_targets|ratio_mnist_tight|ratio_field|ratio_field2|defaults|defaults_mnist_tight|field_probe|field_every|synthetic|default_variants|probe_float64|rnode_ratio|kinetic|kinetic_sde|lotka|lotka_long|default_gradients|mnist_long|target_rule|quantiles_long|long_training|sde_interp|held_out_2|mnist_full|sde_candidate|longer_training|end_read_floor FLOOR [long]" >&2
         exit 2
         ;;
 esac
