@@ -1,7 +1,7 @@
-"""Three tasks nobody tuned on, written from the README as a new user would: vanilla
+"""Tasks nobody tuned on, written from the README as a new user would: vanilla
 (``Regularized(field)``) against ``LocallyRegularized(field, sampling="random")`` with nothing else
 set, the same seeds and mini-batches. Results in docs/results.md ("Three more held-out tasks, written
-as a new user").
+as a new user", and "A floor on the weight of solves read at their end").
 
 - ``wine``: sklearn's wine classifier (70/30 split, features standardized on the training split),
   MLP field 13 -> 64 -> 13 (tanh) on [0, 1], linear head, Adam 1e-3, batch 32, 200 epochs.
@@ -12,7 +12,22 @@ as a new user").
   field MLP([y, cos 1.3t, sin 1.3t]) with two hidden layers of 64, Adam 3e-3 with cosine decay,
   300 epochs.
 
+Classifiers and regressions read at their end through an encoder: linear encoder to a state of 16,
+MLP field 16 -> 64 -> 16 (tanh) on [0, 1], linear head, Adam 1e-3, batch 32 (70/30 split,
+standardized on the training split; epochs in ``SETTINGS``): sklearn's ``cancer`` (breast cancer),
+``iris``, ``moons`` (noise 0.25), ``circles`` (noise 0.1, factor 0.5), ``classif``
+(``make_classification``, 3 classes, 2 clusters each), ``sepclass`` (3 classes, one cluster each,
+``class_sep=2.5``), ``blobs`` (4 centres in 16 dimensions) and ``blobs5`` (5 closer centres in 12),
+``hastie`` (``make_hastie_10_2``), and the regressions ``friedman`` (``make_friedman1``) and
+``friedman2`` (``make_friedman2``).
+
+Methods: ``vanilla``; ``local``: the library's default as it is when run (its weight is recorded);
+``floorF``: the default's penalty and target with ``RatioWeight(0.2, every=10, floor=F)`` over the
+field's parameters (``floor0``: the default weight without a floor).
+
     python experiments/new_user_heldout.py --out results/new_user   # runs what is missing, then the tables
+    python experiments/new_user_heldout.py --out results/end_read --tasks cancer iris \
+        --methods vanilla floor0 floor0.3 floor1
 
 Each run is saved as ``OUT/TASK_METHOD_sSEED.json`` when it finishes; a rerun skips those.
 """
@@ -27,13 +42,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from local_reg import LocallyRegularized, Regularized, odeint
+from local_reg import LocallyRegularized, RatioWeight, Regularized, odeint
 
 SETTINGS = {
     "wine": {"epochs": 200, "lr": 1e-3, "cosine": False},
     "diabetes": {"epochs": 150, "lr": 1e-3, "cosine": False},
     "oscillator": {"epochs": 300, "lr": 3e-3, "cosine": True},
 }
+ENCODED_EPOCHS = {
+    "cancer": 80,
+    "iris": 200,
+    "moons": 50,
+    "circles": 50,
+    "classif": 80,
+    "sepclass": 60,
+    "blobs": 60,
+    "blobs5": 60,
+    "hastie": 60,
+    "friedman": 100,
+    "friedman2": 100,
+}
+SETTINGS.update({task: {"epochs": n, "lr": 1e-3, "cosine": False} for task, n in ENCODED_EPOCHS.items()})
+REGRESSIONS = ("diabetes", "oscillator", "friedman", "friedman2")
+ENCODED_STATE = 16
 OSCILLATOR = {"c": 0.3, "k": 1.0, "force": 0.5, "w": 1.3, "t_end": 6.0, "n_times": 31}
 
 
@@ -54,6 +85,53 @@ def tabular_data(task: str) -> tuple[torch.Tensor, ...]:
     mean, std = x_train.mean(0), x_train.std(0)  # training split's statistics only
     x_train, x_test = _tensor((x_train - mean) / std), _tensor((x_test - mean) / std)
     if task == "wine":
+        return x_train, torch.tensor(y_train), x_test, torch.tensor(y_test)
+    y_mean, y_std = y_train.mean(), y_train.std()
+    y_train, y_test = (y_train - y_mean) / y_std, (y_test - y_mean) / y_std
+    return x_train, _tensor(y_train)[:, None], x_test, _tensor(y_test)[:, None]
+
+
+def encoded_data(task: str) -> tuple[torch.Tensor, ...]:
+    from sklearn import datasets
+    from sklearn.model_selection import train_test_split
+
+    makers = {
+        "cancer": lambda: datasets.load_breast_cancer(return_X_y=True),
+        "iris": lambda: datasets.load_iris(return_X_y=True),
+        "moons": lambda: datasets.make_moons(n_samples=1000, noise=0.25, random_state=0),
+        "circles": lambda: datasets.make_circles(n_samples=1000, noise=0.1, factor=0.5, random_state=0),
+        "classif": lambda: datasets.make_classification(
+            n_samples=1000, n_features=20, n_informative=8, n_redundant=4, n_classes=3, random_state=0
+        ),
+        "sepclass": lambda: datasets.make_classification(
+            n_samples=600,
+            n_features=20,
+            n_informative=6,
+            n_redundant=2,
+            n_classes=3,
+            n_clusters_per_class=1,
+            class_sep=2.5,
+            flip_y=0.0,
+            random_state=0,
+        ),
+        "blobs": lambda: datasets.make_blobs(n_samples=600, n_features=16, centers=4, random_state=0),
+        "blobs5": lambda: datasets.make_blobs(
+            n_samples=600, n_features=12, centers=5, center_box=(-3, 3), random_state=1
+        ),
+        "hastie": lambda: datasets.make_hastie_10_2(n_samples=1000, random_state=0),
+        "friedman": lambda: datasets.make_friedman1(n_samples=1000, n_features=10, noise=1.0, random_state=0),
+        "friedman2": lambda: datasets.make_friedman2(n_samples=1000, noise=10.0, random_state=0),
+    }
+    x, y = makers[task]()
+    classify = task not in REGRESSIONS
+    if task == "hastie":
+        y = (y > 0).astype(int)  # its labels are -1 and 1
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=0.3, random_state=0, stratify=y if classify else None
+    )
+    mean, std = x_train.mean(0), x_train.std(0)  # training split's statistics only
+    x_train, x_test = _tensor((x_train - mean) / std), _tensor((x_test - mean) / std)
+    if classify:
         return x_train, torch.tensor(y_train), x_test, torch.tensor(y_test)
     y_mean, y_std = y_train.mean(), y_train.std()
     y_train, y_test = (y_train - y_mean) / y_std, (y_test - y_mean) / y_std
@@ -104,27 +182,45 @@ class ForcedField(torch.nn.Module):
         return self.net(torch.cat([y, torch.cos(phase), torch.sin(phase)], -1))
 
 
+def make_model(field: torch.nn.Module, method: str) -> Regularized:
+    """``vanilla``, ``local`` (the library's default) or ``floorF`` (the default's target with a floor)."""
+    if method == "vanilla":
+        return Regularized(field)
+    if method == "local":
+        return LocallyRegularized(field, sampling="random")
+    floor = float(method.removeprefix("floor"))
+    weight = RatioWeight(0.2, every=10, floor=floor, parameters=list(field.parameters()))
+    return LocallyRegularized(field, sampling="random", weight=weight)
+
+
 def run(task: str, method: str, seed: int, batch: int = 32) -> dict:
     settings = SETTINGS[task]
+    classify = task not in REGRESSIONS
     torch.manual_seed(seed)
-    shuffle = torch.Generator().manual_seed(10_000 + seed)  # the same batches for both methods
+    shuffle = torch.Generator().manual_seed(10_000 + seed)  # the same batches for every method
+    encoder = torch.nn.Identity()
     if task == "oscillator":
         x_train, y_train, x_test, y_test, t = oscillator_data()
         field, head, criterion = ForcedField(), None, torch.nn.MSELoss()
     else:
-        x_train, y_train, x_test, y_test = tabular_data(task)
-        dim = x_train.shape[1]
-        field, head = MLPField(dim), torch.nn.Linear(dim, 3 if task == "wine" else 1)
-        criterion = torch.nn.CrossEntropyLoss() if task == "wine" else torch.nn.MSELoss()
+        if task in ENCODED_EPOCHS:
+            x_train, y_train, x_test, y_test = encoded_data(task)
+            encoder, dim = torch.nn.Linear(x_train.shape[1], ENCODED_STATE), ENCODED_STATE
+        else:
+            x_train, y_train, x_test, y_test = tabular_data(task)
+            dim = x_train.shape[1]
+        field = MLPField(dim)
+        head = torch.nn.Linear(dim, int(y_train.max()) + 1 if classify else 1)
+        criterion = torch.nn.CrossEntropyLoss() if classify else torch.nn.MSELoss()
         t = torch.tensor([0.0, 1.0])
-    model = Regularized(field) if method == "vanilla" else LocallyRegularized(field, sampling="random")
-    parameters = list(field.parameters()) + ([] if head is None else list(head.parameters()))
+    model = make_model(field, method)
+    parameters = [*encoder.parameters(), *field.parameters(), *([] if head is None else head.parameters())]
     optimizer = torch.optim.Adam(parameters, lr=settings["lr"])
     epochs = settings["epochs"]
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs) if settings["cosine"] else None
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        ys = model(x, t)
+        ys = model(encoder(x), t)
         return ys if head is None else head(ys[-1])
 
     def metric(x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
@@ -133,10 +229,10 @@ def run(task: str, method: str, seed: int, batch: int = 32) -> dict:
             out = predict(x)
             nfe = model.stats.nfe_main
         model.train()
-        value = (out.argmax(-1) == y).float().mean() if task == "wine" else criterion(out, y)
+        value = (out.argmax(-1) == y).float().mean() if classify else criterion(out, y)
         return float(value), nfe
 
-    train_time, n = 0.0, x_train.shape[0]
+    train_time, n, weights = 0.0, x_train.shape[0], []
     for _ in range(epochs):
         start = time.perf_counter()
         for index in torch.randperm(n, generator=shuffle).split(batch):
@@ -148,6 +244,8 @@ def run(task: str, method: str, seed: int, batch: int = 32) -> dict:
         if scheduler is not None:
             scheduler.step()
         train_time += time.perf_counter() - start
+        if method != "vanilla":
+            weights.append(float(model.weight()))
     start = time.perf_counter()
     test_metric, test_nfe = metric(x_test, y_test)
     predict_time = time.perf_counter() - start
@@ -155,13 +253,15 @@ def run(task: str, method: str, seed: int, batch: int = 32) -> dict:
         "task": task,
         "method": method,
         "seed": seed,
-        "metric": "accuracy" if task == "wine" else "mse",
+        "metric": "accuracy" if classify else "mse",
         "test_metric": test_metric,
         "train_metric": metric(x_train, y_train)[0],
         "test_nfe": test_nfe,
         "train_time_s": train_time,
         "predict_time_s": predict_time,
-        "final_weight": float(model.weight()) if method != "vanilla" else None,
+        "final_weight": weights[-1] if weights else None,
+        "largest_weight": max(weights) if weights else None,
+        "weight": repr(model.weight) if method != "vanilla" else None,
     }
 
 
@@ -179,28 +279,39 @@ def true_oscillator_nfe() -> int:
     return odeint(field, y0_test, times).stats.nfe  # the library's defaults, as Regularized's
 
 
-def table(out: Path, task: str, seeds: list[int]) -> str:
+def table(out: Path, task: str, seeds: list[int], methods: list[str]) -> str:
+    """Each method's mean (± sd over seeds) and, beside it, its change against vanilla's on the same
+    seeds (points of accuracy, or a ratio)."""
     runs = {
         method: [json.loads((out / f"{task}_{method}_s{seed}.json").read_text()) for seed in seeds]
-        for method in ("vanilla", "local")
+        for method in methods
     }
     accuracy = runs["vanilla"][0]["metric"] == "accuracy"
-    header = ["| | vanilla | local (default) | local vs vanilla |", "|---|---|---|---|"]
-    lines = [f"{task} ({len(seeds)} seeds)", "", *header]
+    names = [name if name != "local" else "local (default)" for name in methods]
+    header = "| | " + " | ".join(names[:1] + [f"{name} | vs vanilla" for name in names[1:]]) + " |"
+    lines = [f"{task} ({len(seeds)} seeds, {SETTINGS[task]['epochs']} epochs)", "", header]
+    lines.append("|---" * (2 * len(methods)) + "|")
     for key, name in [
         ("test_metric", f"test {runs['vanilla'][0]['metric']}"),
         ("test_nfe", "test NFE"),
         ("train_time_s", "training time (s)"),
+        ("final_weight", "final weight"),
     ]:
-        a = np.array([r[key] for r in runs["vanilla"]], float)
-        b = np.array([r[key] for r in runs["local"]], float)
-        if accuracy and key == "test_metric":
-            a, b = 100 * a, 100 * b
-            change = f"{(b - a).mean():+.2f} points"
-        else:
-            change = f"{(b / a).mean():.3f}x"
-        cells = f"{a.mean():.4g} ± {a.std():.2g} | {b.mean():.4g} ± {b.std():.2g}"
-        lines.append(f"| {name} | {cells} | {change} |")
+        cells = []
+        vanilla = np.array([r[key] for r in runs["vanilla"]], float)
+        for method in methods:
+            values = np.array([r[key] for r in runs[method]], float)
+            scale = 100 if accuracy and key == "test_metric" else 1
+            cells.append(f"{scale * values.mean():.4g} ± {scale * values.std():.2g}")
+            if method == "vanilla":
+                continue
+            if key == "final_weight":
+                cells.append("")
+            elif scale == 100:
+                cells.append(f"{100 * (values - vanilla).mean():+.2f} points")
+            else:
+                cells.append(f"{(values / vanilla).mean():.3f}x")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if task == "oscillator":
         lines += ["", f"The true dynamics' test NFE: {true_oscillator_nfe()}."]
     return "\n".join(lines)
@@ -209,22 +320,41 @@ def table(out: Path, task: str, seeds: list[int]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("results/new_user"))
-    parser.add_argument("--tasks", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--tasks", nargs="+", default=list(SETTINGS)[:3], choices=list(SETTINGS))
+    parser.add_argument("--methods", nargs="+", default=["vanilla", "local"], type=method_name)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.seeds))
+    methods = ["vanilla", *(method for method in args.methods if method != "vanilla")]
     for task in args.tasks:
         for seed in seeds:
-            for method in ("vanilla", "local"):
+            for method in methods:
                 path = args.out / f"{task}_{method}_s{seed}.json"
                 if path.exists():
                     continue
                 result = run(task, method, seed)
                 path.write_text(json.dumps(result, indent=1))
-                print(json.dumps(result), flush=True)
-        print(table(args.out, task, seeds), "\n", flush=True)
+                print(json.dumps({key: result[key] for key in SUMMARY}), flush=True)
+        print(table(args.out, task, seeds, methods), "\n", flush=True)
+
+
+SUMMARY = ("task", "method", "seed", "test_metric", "test_nfe", "train_time_s", "final_weight")
+
+
+def method_name(text: str) -> str:
+    """``vanilla``, ``local``, or ``floor`` followed by a fraction in [0, 1]."""
+    if text in ("vanilla", "local"):
+        return text
+    try:
+        floor = float(text.removeprefix("floor"))
+    except ValueError:
+        floor = -1.0
+    if not text.startswith("floor") or not 0 <= floor <= 1:
+        message = f"method must be vanilla, local or floorF with F in [0, 1], got {text!r}"
+        raise argparse.ArgumentTypeError(message)
+    return text
 
 
 if __name__ == "__main__":
