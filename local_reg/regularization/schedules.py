@@ -271,11 +271,15 @@ class RatioWeight(_SelfTuningWeight):
 
         w = clip(target_ratio * G_L / G_R, w_min, w_max)
 
-    from the first measurement on (``initial`` until then), and never below ``floor`` times the
-    largest weight it has set (``floor = 0``, the default: no floor; ``1``: the weight never
-    decreases). On a separable classifier read at its end the task's gradient vanishes as the
-    training accuracy reaches 100%, and the unfloored weight fades with it; a floor keeps the
-    penalty's pull (docs/regularization.md, "Weights"). The target ``1`` (this class's
+    from the first measurement on (``initial`` until then). On a separable classifier read at its
+    end the task's gradient vanishes as the training accuracy reaches 100%, and the weight, which
+    follows it, fades with it; two floors, off by default, keep the penalty's pull
+    (docs/regularization.md, "A fading weight"; each has a failure measured in docs/results.md):
+    ``floor = f`` keeps the weight at or above ``f`` times the largest it has set (``1``: it never
+    decreases), which locks a weight made large by a small penalty gradient (a field initialized
+    near zero); ``task_floor = f`` takes the task's average ``G_L`` as at least ``f`` times its
+    largest (bias-corrected) so far, which such a weight survives but which raises the weight
+    while the task's gradient falls without vanishing. The target ``1`` (this class's
     default) is the one the study in docs/results.md chose for the probe-step penalties;
     :class:`LocallyRegularized`'s default kinetic penalty uses ``0.2`` (``0.1`` for a fit read
     along the flow), measured every 10 iterations (docs/regularization.md). The two norms are
@@ -318,14 +322,15 @@ class RatioWeight(_SelfTuningWeight):
         w_max: float = 1e3,
         parameters: Iterable[Tensor] | None = None,
         floor: float = 0.0,
+        task_floor: float = 0.0,
     ) -> None:
         self.target_ratio = positive_float("target_ratio", target_ratio)
         self.every = positive_int("every", every)
         self.floor = non_negative_float("floor", floor)
-        if self.floor > 1:
-            raise ValueError(
-                f"floor must be in [0, 1] (a fraction of the largest weight so far), got {floor}"
-            )
+        self.task_floor = non_negative_float("task_floor", task_floor)
+        for name, of in (("floor", "the largest weight"), ("task_floor", "the task's largest average")):
+            if getattr(self, name) > 1:
+                raise ValueError(f"{name} must be in [0, 1] (a fraction of {of}), got {getattr(self, name)}")
         self.parameters = None if parameters is None else trained_parameters(parameters)
         self._measurement: dict[str, Any] | None = None
         super().__init__(initial, beta, w_min, w_max)
@@ -334,6 +339,7 @@ class RatioWeight(_SelfTuningWeight):
         return {
             "weight": self.initial,
             "peak": 0.0,
+            "task_peak": 0.0,
             "ema_task": 0.0,
             "ema_penalty": 0.0,
             "measured": 0,
@@ -499,10 +505,12 @@ class RatioWeight(_SelfTuningWeight):
         state["measured"] += 1
         state["ema_penalty"] = self.beta * state["ema_penalty"] + (1 - self.beta) * penalty
         state["ema_task"] = self.beta * state["ema_task"] + (1 - self.beta) * task
-        # The bias corrections of the two averages are equal and cancel in their ratio.
-        wanted = max(
-            self.w_min, min(self.w_max, self.target_ratio * state["ema_task"] / state["ema_penalty"])
-        )
+        # The bias corrections of the two averages are equal and cancel in their ratio; the task's
+        # largest average is kept corrected, since it is compared across measurements.
+        correction = 1 - self.beta ** state["measured"]
+        state["task_peak"] = max(state["task_peak"], state["ema_task"] / correction)
+        task = max(state["ema_task"], self.task_floor * state["task_peak"] * correction)
+        wanted = max(self.w_min, min(self.w_max, self.target_ratio * task / state["ema_penalty"]))
         state["weight"] = max(wanted, self.floor * state["peak"])
         state["peak"] = max(state["peak"], state["weight"])
 
@@ -521,10 +529,12 @@ class RatioWeight(_SelfTuningWeight):
             )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # A state saved before the weight counted its own iterations (or kept its largest weight)
-        # has none counted (and its current weight as the largest).
+        # A state saved before the weight counted its own iterations (or kept its largest weight, or
+        # the task's largest average) has none counted (and its current values as the largest).
         if isinstance(state, Mapping):
-            state = {"watched": 0, "peak": state.get("weight", 0.0), **state}
+            measured, task = state.get("measured", 0), state.get("ema_task", 0.0)
+            current = task / (1 - self.beta**measured) if measured else 0.0
+            state = {"watched": 0, "peak": state.get("weight", 0.0), "task_peak": current, **state}
         super().load_state_dict(state)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -536,6 +546,7 @@ class RatioWeight(_SelfTuningWeight):
             f"RatioWeight(w={self():.4g}, target_ratio={self.target_ratio}, every={self.every}, "
             f"beta={self.beta}, bounds=[{self.w_min}, {self.w_max}]"
             + (f", floor={self.floor}" if self.floor else "")
+            + (f", task_floor={self.task_floor}" if self.task_floor else "")
             + ")"
         )
 
