@@ -22,13 +22,12 @@ standardized on the training split; epochs in ``SETTINGS``): sklearn's ``cancer`
 ``friedman2`` (``make_friedman2``).
 
 Methods: ``vanilla``; ``local``: the library's default as it is when run (its weight is recorded);
-``floorF`` / ``taskfloorF``: the default's penalty and target with ``RatioWeight(0.2, every=10,
-floor=F)`` / ``RatioWeight(0.2, every=10, task_floor=F)`` over the field's parameters (``floor0``:
-the default weight).
+``floorF``: the default's penalty and target with ``RatioWeight(0.2, every=10, floor=F)`` over the
+field's parameters (``floor0``: the default weight without a floor).
 
     python experiments/new_user_heldout.py --out results/new_user   # runs what is missing, then the tables
     python experiments/new_user_heldout.py --out results/end_read --tasks cancer iris \
-        --methods vanilla floor0 floor1 taskfloor1
+        --methods vanilla floor0 floor1
 
 Each run is saved as ``OUT/TASK_METHOD_sSEED.json`` when it finishes; a rerun skips those.
 """
@@ -184,15 +183,13 @@ class ForcedField(torch.nn.Module):
 
 
 def make_model(field: torch.nn.Module, method: str) -> Regularized:
-    """``vanilla``, ``local`` (the library's default), ``floorF`` or ``taskfloorF`` (the default's
-    target with a floor on the weight, or on the task's gradient scale)."""
+    """``vanilla``, ``local`` (the library's default) or ``floorF`` (the default's target with a floor)."""
     if method == "vanilla":
         return Regularized(field)
     if method == "local":
         return LocallyRegularized(field, sampling="random")
-    option = "task_floor" if method.startswith("taskfloor") else "floor"
-    fraction = float(method.removeprefix("task").removeprefix("floor"))
-    weight = RatioWeight(0.2, every=10, parameters=list(field.parameters()), **{option: fraction})
+    floor = float(method.removeprefix("floor"))
+    weight = RatioWeight(0.2, every=10, floor=floor, parameters=list(field.parameters()))
     return LocallyRegularized(field, sampling="random", weight=weight)
 
 
@@ -347,15 +344,15 @@ SUMMARY = ("task", "method", "seed", "test_metric", "test_nfe", "train_time_s", 
 
 
 def method_name(text: str) -> str:
-    """``vanilla``, ``local``, or ``floor`` / ``taskfloor`` followed by a fraction in [0, 1]."""
+    """``vanilla``, ``local``, or ``floor`` followed by a fraction in [0, 1]."""
     if text in ("vanilla", "local"):
         return text
     try:
-        fraction = float(text.removeprefix("task").removeprefix("floor"))
+        fraction = float(text.removeprefix("floor"))
     except ValueError:
         fraction = -1.0
-    if not text.removeprefix("task").startswith("floor") or not 0 <= fraction <= 1:
-        message = f"method must be vanilla, local, floorF or taskfloorF with F in [0, 1], got {text!r}"
+    if not text.startswith("floor") or not 0 <= fraction <= 1:
+        message = f"method must be vanilla, local or floorF with F in [0, 1], got {text!r}"
         raise argparse.ArgumentTypeError(message)
     return text
 

@@ -165,48 +165,17 @@ def test_uninformative_measurements_are_skipped():
     assert weight() == pytest.approx(0.1) and weight.last_ratio == pytest.approx(0.02)
 
 
-def test_a_floor_keeps_the_weight_above_a_fraction_of_its_largest_value():
+def test_a_floor_keeps_the_weight_from_fading_with_the_task_gradient():
     """As the task's gradient vanishes (a separable classifier at 100% training accuracy) the
     unfloored weight follows it down; ``floor`` holds it at that fraction of its largest value
-    (``1``: it never decreases), and the largest value is part of the saved state."""
-    task_norms = [1.0, 2.0, 0.5, 0.01, 0.001]
+    (``1``: it never decreases) as far as the penalty's pull stays within the floor's share of the
+    task's largest gradient: a weight made large by a small penalty gradient (a field initialized
+    near zero) still comes down as that gradient grows, and a task gradient falling along with the
+    penalty's (the penalty slowing the field) does not raise the weight above its largest. Both
+    largest values are in the saved state."""
 
-    def weights(floor):
+    def weights(floor, penalty_norms, task_norms):
         weight = RatioWeight(1.0, beta=0.0, initial=0.01, floor=floor)
-        out = []
-        for task in task_norms:
-            weight.observe_gradients(weight(), task)  # the unweighted penalty's gradient: 1.0
-            weight.step()
-            out.append(weight())
-        return weight, out
-
-    _, free = weights(0.0)
-    assert free == pytest.approx(task_norms)
-    _, half = weights(0.5)
-    assert half == pytest.approx([1.0, 2.0, 1.0, 1.0, 1.0])
-    ratchet, never_down = weights(1.0)
-    assert never_down == pytest.approx([1.0, 2.0, 2.0, 2.0, 2.0])
-    assert "floor=1.0" in repr(ratchet) and "floor" not in repr(RatioWeight(0.2))
-    resumed = RatioWeight(1.0, beta=0.0, floor=1.0)
-    resumed.load_state_dict(ratchet.state_dict())
-    resumed.observe_gradients(resumed(), 0.1)
-    resumed.step()
-    assert resumed() == pytest.approx(2.0)
-    # A state saved before the floor existed takes its weight as the largest so far.
-    old = {k: v for k, v in ratchet.state_dict().items() if k != "peak"}
-    resumed.load_state_dict(old)
-    assert resumed.state_dict()["peak"] == pytest.approx(2.0)
-
-
-def test_a_task_floor_holds_the_penalty_pull_when_the_task_gradient_vanishes():
-    """As the task's gradient vanishes (a separable classifier at 100% training accuracy) the
-    unfloored weight follows it down; ``task_floor`` takes the task's average as at least that
-    fraction of its largest, so the weighted penalty's pull stays; it floors the task's scale, not
-    the weight, so a weight made large by a small penalty gradient (a field initialized near zero)
-    still comes down as that gradient grows. The largest average is part of the saved state."""
-
-    def weights(task_floor, penalty_norms, task_norms):
-        weight = RatioWeight(1.0, beta=0.0, initial=0.01, task_floor=task_floor)
         out = []
         for penalty, task in zip(penalty_norms, task_norms, strict=True):
             weight.observe_gradients(penalty * weight(), task)  # the unweighted penalty's: penalty
@@ -220,35 +189,31 @@ def test_a_task_floor_holds_the_penalty_pull_when_the_task_gradient_vanishes():
     assert free == pytest.approx(task_norms)
     _, half = weights(0.5, ones, task_norms)
     assert half == pytest.approx([1.0, 2.0, 1.0, 1.0, 1.0])
-    held, full = weights(1.0, ones, task_norms)
-    assert full == pytest.approx([1.0, 2.0, 2.0, 2.0, 2.0])
-    # A penalty gradient growing from 1e-3 (a near-zero field) at a steady task gradient: the weight
-    # comes down with it, floor or not.
+    held, never_down = weights(1.0, ones, task_norms)
+    assert never_down == pytest.approx([1.0, 2.0, 2.0, 2.0, 2.0])
     growing = [1e-3, 1e-2, 0.1, 1.0, 1.0]
     _, recovering = weights(1.0, growing, ones)
     assert recovering == pytest.approx([1e3, 100.0, 10.0, 1.0, 1.0])
-    # A floor on the weight itself locks that first weight (documented, a reason it is not the default).
-    locked = RatioWeight(1.0, beta=0.0, initial=0.01, floor=1.0)
-    for penalty in growing:
-        locked.observe_gradients(penalty * locked(), 1.0)
-        locked.step()
-    assert locked() == pytest.approx(1e3)
-    assert "task_floor=1.0" in repr(held) and "floor" not in repr(RatioWeight(0.2))
-    resumed = RatioWeight(1.0, beta=0.0, task_floor=1.0)
+    falling = [1.0, 0.5, 0.25, 0.125, 0.125]
+    _, level = weights(1.0, falling, falling)
+    assert level == pytest.approx(ones)
+    assert "floor=1.0" in repr(held) and "floor" not in repr(RatioWeight(0.2))
+    resumed = RatioWeight(1.0, beta=0.0, floor=1.0)
     resumed.load_state_dict(held.state_dict())
     resumed.observe_gradients(resumed(), 0.1)
     resumed.step()
     assert resumed() == pytest.approx(2.0)
-    # With averaging, the largest is bias-corrected: a steady task gradient is never floored.
-    averaged = RatioWeight(1.0, beta=0.9, task_floor=1.0)
+    # With averaging the task's largest average is bias-corrected: a steady gradient is not floored.
+    averaged = RatioWeight(1.0, beta=0.9, floor=1.0)
     for _ in range(30):
         averaged.observe_gradients(averaged(), 0.3)
         averaged.step()
         assert averaged() == pytest.approx(0.3)
-    # A state saved before the largest average was kept takes the current (corrected) one.
+    # A state saved before the largest values were kept takes the current ones.
     old = {k: v for k, v in averaged.state_dict().items() if k not in ("task_peak", "peak")}
-    resumed = RatioWeight(1.0, beta=0.9, task_floor=1.0)
+    resumed = RatioWeight(1.0, beta=0.9, floor=1.0)
     resumed.load_state_dict(old)
+    assert resumed.state_dict()["peak"] == pytest.approx(0.3)
     assert resumed.state_dict()["task_peak"] == pytest.approx(0.3)
 
 
@@ -257,8 +222,6 @@ def test_a_task_floor_holds_the_penalty_pull_when_the_task_gradient_vanishes():
     [
         ({"floor": 1.5}, "floor"),
         ({"floor": -0.1}, "floor"),
-        ({"task_floor": 1.5}, "task_floor"),
-        ({"task_floor": -0.1}, "task_floor"),
         ({"target_ratio": 0.0}, "target_ratio"),
         ({"target_ratio": -1.0}, "target_ratio"),
         ({"every": 0}, "every"),
@@ -283,18 +246,18 @@ def test_cli_weight_spec():
     assert isinstance(schedule, RatioWeight)
     assert (schedule.target_ratio, schedule.every, schedule.w_max) == (0.3, 5, 10.0)
     assert weight_text({"ratio": 0.3, "every": 5}) == "ratio 0.3 (every=5)"
-    floored = {"ratio": 0.2, "floor": 0.5, "task_floor": 1.0}
+    floored = {"ratio": 0.2, "floor": 0.5}
     settings = RunSpec(
         "digits", "local-random", 0, "tiny", overrides={"weights.local-random": floored}
     ).settings()
     schedule = weight_schedule(settings["weights"]["local-random"], 100, "local-random")
-    assert (schedule.floor, schedule.task_floor) == (0.5, 1.0)
+    assert schedule.floor == 0.5
     for bad in (
         {"ratio": 0.3, "every": 1.5},
         {"ratio": 0.3, "rate": 1.0},
         {"ratio": 0.0},
         {"ratio": 0.2, "floor": 2},
-        {"ratio": 0.2, "task_floor": 2},
+        {"ratio": 0.2, "task_floor": 1.0},
     ):
         spec = RunSpec("digits", "local-random", 0, "tiny", overrides={"weights.local-random": bad})
         with pytest.raises(SettingsError, match="ratio"):

@@ -102,7 +102,7 @@ class Directory(Rule):
 
 ADAPTIVE_KEYS = ("loss_rise", "target_nfe", "rate", "beta", "warmup", "w_min", "w_max")
 """The keywords of :class:`local_reg.AdaptiveWeight` a ``{"adaptive": w0, ...}`` spec may set."""
-RATIO_KEYS = ("every", "beta", "initial", "w_min", "w_max", "floor", "task_floor", "scope")
+RATIO_KEYS = ("every", "beta", "initial", "w_min", "w_max", "floor", "scope")
 """The keywords of :class:`local_reg.RatioWeight` a ``{"ratio": rho, ...}`` spec may set, and ``scope``:
 the parameters whose gradients it compares, ``"model"`` (every trained one, the default) or
 ``"field"`` (the regularized vector field's only)."""
@@ -124,7 +124,7 @@ class Weight(Rule):
             f"with w0 > 0 and keys among {', '.join(ADAPTIVE_KEYS)}, or "
             '{"ratio": rho, ...} '
             f"with rho > 0 and keys among {', '.join(RATIO_KEYS)} (every an integer >= 1, "
-            f'floor and task_floor <= 1, scope one of {", ".join(RATIO_SCOPES)}), or "default" (local '
+            f'floor <= 1, scope one of {", ".join(RATIO_SCOPES)}), or "default" (local '
             "regularization's own)"
         )
 
@@ -149,7 +149,6 @@ class Weight(Rule):
                     Real(closed=True).accepts(v) for k, v in options.items() if k not in ("every", "scope")
                 )
                 and options.get("floor", 0.0) <= 1
-                and options.get("task_floor", 0.0) <= 1
             )
         if isinstance(value, dict):
             return set(value) == {"start", "end"} and all(Real().accepts(v) for v in value.values())

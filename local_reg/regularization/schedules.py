@@ -273,13 +273,18 @@ class RatioWeight(_SelfTuningWeight):
 
     from the first measurement on (``initial`` until then). On a separable classifier read at its
     end the task's gradient vanishes as the training accuracy reaches 100%, and the weight, which
-    follows it, fades with it; two floors, off by default, keep the penalty's pull
-    (docs/regularization.md, "A fading weight"; each has a failure measured in docs/results.md):
-    ``floor = f`` keeps the weight at or above ``f`` times the largest it has set (``1``: it never
-    decreases), which locks a weight made large by a small penalty gradient (a field initialized
-    near zero); ``task_floor = f`` takes the task's average ``G_L`` as at least ``f`` times its
-    largest (bias-corrected) so far, which such a weight survives but which raises the weight
-    while the task's gradient falls without vanishing. The target ``1`` (this class's
+    follows it, fades with it. With ``floor = f > 0`` it does not fade with the task: it stays at or
+    above ``f`` times the largest weight it has set, as far as that keeps the weighted penalty's
+    gradient within ``f * target_ratio`` times the task's largest average gradient so far,
+
+        w = max(clip(target_ratio * G_L / G_R),
+                min(f * w_peak, clip(target_ratio * max(G_L, f * G_L_peak) / G_R)))
+
+    (``G_L_peak`` bias-corrected). The cap lets a weight made large by a small penalty gradient (a
+    field initialized near zero: the first measured weight can be 1e3 times the settled one) come
+    down as the field grows, and the floor never raises the weight above its largest, where the
+    task's gradient falls without vanishing and the penalty slows the field (docs/regularization.md,
+    "A fading weight"). The target ``1`` (this class's
     default) is the one the study in docs/results.md chose for the probe-step penalties;
     :class:`LocallyRegularized`'s default kinetic penalty uses ``0.2`` (``0.1`` for a fit read
     along the flow), measured every 10 iterations (docs/regularization.md). The two norms are
@@ -322,15 +327,12 @@ class RatioWeight(_SelfTuningWeight):
         w_max: float = 1e3,
         parameters: Iterable[Tensor] | None = None,
         floor: float = 0.0,
-        task_floor: float = 0.0,
     ) -> None:
         self.target_ratio = positive_float("target_ratio", target_ratio)
         self.every = positive_int("every", every)
         self.floor = non_negative_float("floor", floor)
-        self.task_floor = non_negative_float("task_floor", task_floor)
-        for name, of in (("floor", "the largest weight"), ("task_floor", "the task's largest average")):
-            if getattr(self, name) > 1:
-                raise ValueError(f"{name} must be in [0, 1] (a fraction of {of}), got {getattr(self, name)}")
+        if self.floor > 1:
+            raise ValueError(f"floor must be in [0, 1] (a fraction of the largest weight set), got {floor}")
         self.parameters = None if parameters is None else trained_parameters(parameters)
         self._measurement: dict[str, Any] | None = None
         super().__init__(initial, beta, w_min, w_max)
@@ -509,10 +511,14 @@ class RatioWeight(_SelfTuningWeight):
         # largest average is kept corrected, since it is compared across measurements.
         correction = 1 - self.beta ** state["measured"]
         state["task_peak"] = max(state["task_peak"], state["ema_task"] / correction)
-        task = max(state["ema_task"], self.task_floor * state["task_peak"] * correction)
-        wanted = max(self.w_min, min(self.w_max, self.target_ratio * task / state["ema_penalty"]))
-        state["weight"] = max(wanted, self.floor * state["peak"])
+        free = self._clip(self.target_ratio * state["ema_task"] / state["ema_penalty"])
+        task_held = max(state["ema_task"], self.floor * state["task_peak"] * correction)
+        held = self._clip(self.target_ratio * task_held / state["ema_penalty"])
+        state["weight"] = max(free, min(self.floor * state["peak"], held))
         state["peak"] = max(state["peak"], state["weight"])
+
+    def _clip(self, weight: float) -> float:
+        return max(self.w_min, min(self.w_max, weight))
 
     def _warn_if_unmeasured(self, iterations: int) -> None:
         if self._state["measured"] == 0 and self._state["pending"] is None and iterations == 10 * self.every:
@@ -546,7 +552,6 @@ class RatioWeight(_SelfTuningWeight):
             f"RatioWeight(w={self():.4g}, target_ratio={self.target_ratio}, every={self.every}, "
             f"beta={self.beta}, bounds=[{self.w_min}, {self.w_max}]"
             + (f", floor={self.floor}" if self.floor else "")
-            + (f", task_floor={self.task_floor}" if self.task_floor else "")
             + ")"
         )
 
