@@ -71,22 +71,24 @@ def test_the_default_penalty_and_weight():
     ("times", "target"), [([0.0, 1.0], 0.2), ([0.0, 0.5, 1.0], 0.1), (torch.linspace(0, 1, 5), 0.1)]
 )
 def test_the_default_target_follows_the_output_times(times, target):
-    """Read only at its two end times the solve gets the target 0.2; read along the flow (interior
-    output times: a fit to observations), 0.1. A weight given, or the probe step, is left alone."""
+    """Read only at its two end times the solve gets the target 0.2 and a floor of 1; read along the
+    flow (interior output times: a fit to observations), 0.1 and no floor. A weight given, or the
+    probe step, is left alone."""
     field = Field()
     model = LocallyRegularized(field, rtol=1e-6, atol=1e-6)
     t = torch.as_tensor(times, dtype=DTYPE)
     model(y0(), t)
     assert model.weight.target_ratio == target
+    assert model.weight.floor == (1.0 if len(t) == 2 else 0.0)
     model(y0(), t[[0, -1]])  # the same model, now read at its end only
-    assert model.weight.target_ratio == 0.2
+    assert (model.weight.target_ratio, model.weight.floor) == (0.2, 1.0)
     given = LocallyRegularized(field, weight=RatioWeight(0.5, parameters=field.parameters()))
     probed = LocallyRegularized(field, penalty="error-dt")
     replaced = LocallyRegularized(field)
     replaced.weight = RatioWeight(0.7, parameters=field.parameters())
     for other, expected in ((given, 0.5), (probed, 1.0), (replaced, 0.7)):
         other(y0(), t)
-        assert other.weight.target_ratio == expected
+        assert (other.weight.target_ratio, other.weight.floor) == (expected, 0.0)
     # adjoint_params, when given, are the parameters measured (and still reach the solver).
     head = torch.nn.Parameter(torch.ones(2, dtype=DTYPE))
     with_params = LocallyRegularized(field, adjoint_params=iter([head]), gradient="adjoint")
@@ -345,3 +347,31 @@ def test_a_plain_function_warns_that_the_default_weight_cannot_see_its_parameter
         LocallyRegularized(lambda t, y: field(t, y), weight=0.1)
     assert isinstance(given, RatioWeight)
     assert [id(p) for p in given.parameters] == [id(p) for p in field.parameters()]
+
+
+def test_the_default_weight_does_not_fade_with_a_vanishing_task_gradient_on_end_read_solves():
+    """A task gradient shrinking 1e4-fold (a classifier separating its training set): read at its
+    end the default weight stays at its largest (floor 1); read along the flow it follows the
+    task's gradient down. An evaluation call along the flow between a training call and its
+    backward pass does not change the measurement that call opened."""
+    times = {"end": torch.tensor([0.0, 1.0], dtype=DTYPE), "flow": torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)}
+    finals = {}
+    for kind, t in times.items():
+        model = LocallyRegularized(Field(), rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0))
+        largest = 0.0
+        for iteration in range(200):
+            scale = 10.0 ** (-4 * iteration / 199)  # multiplies the task's gradient
+            loss = scale * task_loss(model(y0(), t))
+            reg_loss = model.reg_loss
+            if iteration % 10 == 0:  # the measuring iterations
+                model.eval()
+                with torch.no_grad():
+                    model(y0(), times["flow"])
+                model.train()
+            model.zero_grad()
+            (loss + reg_loss).backward()
+            largest = max(largest, model.weight())
+        finals[kind] = model.weight() / largest
+        assert model.weight.target_ratio == (0.2 if kind == "end" else 0.1)
+    assert finals["end"] > 0.5, finals
+    assert finals["flow"] < 0.1, finals
