@@ -196,9 +196,11 @@ def make_model(field: torch.nn.Module, method: str) -> Regularized:
     return LocallyRegularized(field, sampling="random", weight=weight)
 
 
-def run(task: str, method: str, seed: int, batch: int = 32, init_scale: float = 1.0) -> dict:
+def run(
+    task: str, method: str, seed: int, batch: int = 32, init_scale: float = 1.0, epochs: int | None = None
+) -> dict:
     """One training run; ``init_scale`` multiplies the field's last layer at initialization (a field
-    initialized near zero makes the first measured weight large)."""
+    initialized near zero makes the first measured weight large); ``epochs`` replaces the task's."""
     settings = SETTINGS[task]
     classify = task not in REGRESSIONS
     torch.manual_seed(seed)
@@ -224,7 +226,7 @@ def run(task: str, method: str, seed: int, batch: int = 32, init_scale: float = 
     model = make_model(field, method)
     parameters = [*encoder.parameters(), *field.parameters(), *([] if head is None else head.parameters())]
     optimizer = torch.optim.Adam(parameters, lr=settings["lr"])
-    epochs = settings["epochs"]
+    epochs = epochs or settings["epochs"]
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs) if settings["cosine"] else None
 
     def predict(x: torch.Tensor) -> torch.Tensor:
@@ -261,6 +263,7 @@ def run(task: str, method: str, seed: int, batch: int = 32, init_scale: float = 
         "task": task,
         "method": method,
         "seed": seed,
+        "epochs": epochs,
         "metric": "accuracy" if classify else "mse",
         "test_metric": test_metric,
         "train_metric": metric(x_train, y_train)[0],
@@ -297,7 +300,8 @@ def table(out: Path, task: str, seeds: list[int], methods: list[str]) -> str:
     accuracy = runs["vanilla"][0]["metric"] == "accuracy"
     names = [name if name != "local" else "local (default)" for name in methods]
     header = "| | " + " | ".join(names[:1] + [f"{name} | vs vanilla" for name in names[1:]]) + " |"
-    lines = [f"{task} ({len(seeds)} seeds, {SETTINGS[task]['epochs']} epochs)", "", header]
+    epochs = runs["vanilla"][0].get("epochs", SETTINGS[task]["epochs"])
+    lines = [f"{task} ({len(seeds)} seeds, {epochs} epochs)", "", header]
     lines.append("|---" * (2 * len(methods)) + "|")
     for key, name in [
         ("test_metric", f"test {runs['vanilla'][0]['metric']}"),
@@ -335,6 +339,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["vanilla", "local"], type=method_name)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--init-scale", type=float, default=1.0, help="the field's last layer times this")
+    parser.add_argument("--epochs", type=int, default=None, help="replaces every task's own")
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -346,7 +351,7 @@ def main() -> None:
                 path = args.out / f"{task}_{method}_s{seed}.json"
                 if path.exists():
                     continue
-                result = run(task, method, seed, init_scale=args.init_scale)
+                result = run(task, method, seed, init_scale=args.init_scale, epochs=args.epochs)
                 path.write_text(json.dumps(result, indent=1))
                 print(json.dumps({key: result[key] for key in SUMMARY}), flush=True)
         print(table(args.out, task, seeds, methods), "\n", flush=True)
