@@ -312,8 +312,8 @@ class RatioWeight(_SelfTuningWeight):
     :class:`GradientRatio` and report ``observe_gradients(penalty_norm, task_norm)`` when
     :attr:`due`) and ``model.weight.step()`` once per iteration, which sets the weight. A weight
     that has measured nothing after ``10 * every`` iterations warns. ``state_dict()`` holds the
-    weight, both averages, the last ratio and the count of iterations, so a resumed run continues
-    where it stopped.
+    weight, both averages, the largest weight and task average (the floor's), the last ratio and
+    the count of iterations, so a resumed run continues where it stopped.
     """
 
     def __init__(
