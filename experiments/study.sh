@@ -405,7 +405,9 @@ case "${1:-}" in
         tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
         if [ "${3:-}" = long ]; then
             runs=("digits:study-long-digits:60:" "digits:study-long-digits-tight:60:tight" "mnist:study-mnist-long:20:"
-                "nsde_digits:study-long-nsde_digits:45:" "quantiles:study-quantiles-long:100:")
+                "nsde_digits:study-long-nsde_digits:45:" "quantiles:study-quantiles-long:100:"
+                "mnist:study-mnist-long:40:" "nsde_digits:study-longer-nsde_digits:90:"
+                "digits:study-longer-digits:100:" "mnist:study-mnist-long:60:")
         else
             runs=("tabular:study-ratio-tabular::" "digits:study-ratio-digits::" "nsde_digits:study-ratio-nsde::"
                 "nsde_mnist1d:study-nsde-mnist1d::" "synthetic:study-synthetic::" "quantiles:study-quantiles::"

@@ -375,3 +375,28 @@ def test_the_default_weight_does_not_fade_with_a_vanishing_task_gradient_on_end_
         assert model.weight.target_ratio == (0.2 if kind == "end" else 0.1)
     assert finals["end"] > 0.5, finals
     assert finals["flow"] < 0.1, finals
+
+
+def test_a_fit_along_the_flow_does_not_set_a_later_end_read_phase_floor():
+    """Trained along the flow (no floor), then fine-tuned read at its end, then along the flow again:
+    the floor is on only in the end-read phase, and the largest values it holds the weight to are
+    that phase's own (a flow phase keeps none; the weight's own unit test shows the effect)."""
+    model = LocallyRegularized(Field(), rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0))
+    assert model.weight.floor == 1.0  # the default's, before any call
+    flow, end = torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE), torch.tensor([0.0, 1.0], dtype=DTYPE)
+
+    def train(t, iterations):
+        for _ in range(iterations):
+            loss = task_loss(model(y0(), t))
+            model.zero_grad()
+            (loss + model.reg_loss).backward()
+        return model.weight.state_dict()
+
+    state = train(flow, 40)
+    assert model.weight.floor == 0.0 and state["measured"] == 4
+    assert state["peak"] == 0.0 and state["task_peak"] == 0.0
+    state = train(end, 40)
+    assert model.weight.floor == 1.0 and state["measured"] == 8
+    assert state["peak"] >= state["weight"] > 0.0 and state["task_peak"] > 0.0
+    state = train(flow, 10)
+    assert model.weight.floor == 0.0 and state["peak"] == 0.0

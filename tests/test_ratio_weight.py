@@ -461,3 +461,29 @@ def test_cli_scope_field_compares_the_gradients_on_the_vector_field_only(tmp_pat
     )
     with pytest.raises(SettingsError, match="scope"):
         bad.settings()
+
+
+def test_the_floor_resumes_from_its_saved_largest_values_and_counts_only_while_on():
+    """A weight below its largest (the cap bound it) resumes with that largest: the next fading
+    task gradient is floored at it. Early measurements use the bias-corrected task average in the
+    cap (a penalty gradient growing 4x at a steady task gradient brings the weight down with it).
+    A phase without a floor does not set a later phase's floor."""
+
+    def feed(weight, pairs):
+        for penalty, task in pairs:
+            weight.observe_gradients(penalty * weight(), task)
+            weight.step()
+        return weight()
+
+    weight = RatioWeight(1.0, beta=0.0, initial=0.01, floor=1.0)
+    assert feed(weight, [(1.0, 1.0), (1.0, 2.0), (4.0, 2.0)]) == pytest.approx(0.5)  # the cap binds
+    resumed = RatioWeight(1.0, beta=0.0, floor=1.0)
+    resumed.load_state_dict(weight.state_dict())
+    assert feed(resumed, [(1.0, 0.1)]) == pytest.approx(2.0)  # floored at its largest, 2
+    averaged = RatioWeight(1.0, beta=0.9, floor=1.0)
+    # Averages after two measurements: task 0.19, penalty 0.09 + 0.4 = 0.49.
+    assert feed(averaged, [(1.0, 1.0), (4.0, 1.0)]) == pytest.approx(0.19 / 0.49)
+    phased = RatioWeight(1.0, beta=0.0, initial=0.01)
+    feed(phased, [(1.0, 5.0)])  # a phase without a floor sets the weight 5
+    phased.floor = 1.0
+    assert feed(phased, [(1.0, 1.0), (1.0, 0.1)]) == pytest.approx(1.0)  # 5 if it counted

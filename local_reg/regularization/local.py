@@ -56,10 +56,11 @@ DEFAULT_EVERY = 10
 def default_weight(
     func: Any, adjoint_params: Iterable[Tensor] | None = None, penalty: str = "kinetic"
 ) -> WeightSchedule:
-    """:class:`LocallyRegularized`'s default weight for ``penalty``: ``RatioWeight(target,
-    every=DEFAULT_EVERY)`` (``target`` :data:`KINETIC_RATIO`, or :data:`PROBE_RATIO` for a probe
-    step) over ``func``'s trainable parameters (``adjoint_params`` when given, else
-    the parameters of ``func``'s module, or of a bound method's); the constant 1 when there are none."""
+    """:class:`LocallyRegularized`'s default weight for ``penalty``: ``RatioWeight(KINETIC_RATIO,
+    every=DEFAULT_EVERY, floor=END_READ_FLOOR)`` (the target and floor then follow each training
+    call's output times), or ``RatioWeight(PROBE_RATIO, every=DEFAULT_EVERY)`` for a probe step,
+    over ``func``'s trainable parameters (``adjoint_params`` when given, else the parameters of
+    ``func``'s module, or of a bound method's); the constant 1 when there are none."""
     if adjoint_params is not None:
         parameters = list(adjoint_params)
     else:
@@ -77,8 +78,9 @@ def default_weight(
     parameters = [p for p in parameters if isinstance(p, Tensor) and p.requires_grad]
     if not parameters:
         return ConstantWeight(1.0)
-    target = KINETIC_RATIO if penalty == "kinetic" else PROBE_RATIO
-    return RatioWeight(target, every=DEFAULT_EVERY, parameters=parameters)
+    if penalty == "kinetic":
+        return RatioWeight(KINETIC_RATIO, every=DEFAULT_EVERY, parameters=parameters, floor=END_READ_FLOOR)
+    return RatioWeight(PROBE_RATIO, every=DEFAULT_EVERY, parameters=parameters)
 
 
 def local_regularization(

@@ -280,12 +280,13 @@ class RatioWeight(_SelfTuningWeight):
         w = max(clip(target_ratio * G_L / G_R),
                 min(f * w_peak, clip(target_ratio * max(G_L, f * G_L_peak) / G_R)))
 
-    (``G_L_peak`` bias-corrected). The cap lets a weight made large by a small penalty gradient (a
-    field initialized near zero: the first measured weight can be 1e3 times the settled one) come
-    down as the field grows, and the floor never raises the weight above its largest, where the
-    task's gradient falls without vanishing and the penalty slows the field (docs/regularization.md,
-    "A fading weight"). The target ``1`` (this class's
-    default) is the one the study in docs/results.md chose for the probe-step penalties;
+    (``G_L_peak`` bias-corrected; both largest values count from the measurements made with a
+    floor on, so a phase without one does not set a later phase's floor). The cap lets a weight
+    made large by a small penalty gradient (a field initialized near zero: the first measured
+    weight can be 1e3 times the settled one) come down as the field grows, and the floor never
+    raises the weight above its largest, where the task's gradient falls without vanishing and the
+    penalty slows the field (docs/regularization.md, "A fading weight"). The target ``1`` (this
+    class's default) is the one the study in docs/results.md chose for the probe-step penalties;
     :class:`LocallyRegularized`'s default kinetic penalty uses ``0.2`` (``0.1`` for a fit read
     along the flow), measured every 10 iterations (docs/regularization.md). The two norms are
     averaged, not their ratio, so that a minibatch with a near-zero task gradient (an unbounded
@@ -510,8 +511,13 @@ class RatioWeight(_SelfTuningWeight):
         # The bias corrections of the two averages are equal and cancel in their ratio; the task's
         # largest average is kept corrected, since it is compared across measurements.
         correction = 1 - self.beta ** state["measured"]
-        state["task_peak"] = max(state["task_peak"], state["ema_task"] / correction)
         free = self._clip(self.target_ratio * state["ema_task"] / state["ema_penalty"])
+        if self.floor == 0:
+            # The largest values count from when a floor is on: a phase without one (a fit along
+            # the flow before an end-read fine-tuning, say) must not set a later phase's floor.
+            state.update(weight=free, peak=0.0, task_peak=0.0)
+            return
+        state["task_peak"] = max(state["task_peak"], state["ema_task"] / correction)
         task_held = max(state["ema_task"], self.floor * state["task_peak"] * correction)
         held = self._clip(self.target_ratio * task_held / state["ema_penalty"])
         state["weight"] = max(free, min(self.floor * state["peak"], held))
