@@ -508,15 +508,15 @@ class RatioWeight(_SelfTuningWeight):
         state["measured"] += 1
         state["ema_penalty"] = self.beta * state["ema_penalty"] + (1 - self.beta) * penalty
         state["ema_task"] = self.beta * state["ema_task"] + (1 - self.beta) * task
-        # The bias corrections of the two averages are equal and cancel in their ratio; the task's
-        # largest average is kept corrected, since it is compared across measurements.
-        correction = 1 - self.beta ** state["measured"]
+        # The bias corrections of the two averages are equal and cancel in their ratio.
         free = self._clip(self.target_ratio * state["ema_task"] / state["ema_penalty"])
         if self.floor == 0:
             # The largest values count from when a floor is on: a phase without one (a fit along
             # the flow before an end-read fine-tuning, say) must not set a later phase's floor.
             state.update(weight=free, peak=0.0, task_peak=0.0)
             return
+        # The task's largest average is kept corrected, since it is compared across measurements.
+        correction = 1 - self.beta ** state["measured"]
         state["task_peak"] = max(state["task_peak"], state["ema_task"] / correction)
         task_held = max(state["ema_task"], self.floor * state["task_peak"] * correction)
         held = self._clip(self.target_ratio * task_held / state["ema_penalty"])
