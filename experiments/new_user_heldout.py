@@ -75,28 +75,35 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.tensor(array, dtype=torch.float32)
 
 
-def tabular_data(task: str) -> tuple[torch.Tensor, ...]:
-    from sklearn.datasets import load_diabetes, load_wine
+def split_standardized(
+    x: np.ndarray, y: np.ndarray, test_size: float, classify: bool
+) -> tuple[torch.Tensor, ...]:
+    """A fixed split (stratified for a classifier), features standardized on the training split;
+    a regression's target too, as a column."""
     from sklearn.model_selection import train_test_split
 
-    if task == "wine":
-        x, y = load_wine(return_X_y=True)
-        x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, stratify=y, random_state=0)
-    else:
-        x, y = load_diabetes(return_X_y=True)
-        x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=0)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_size, random_state=0, stratify=y if classify else None
+    )
     mean, std = x_train.mean(0), x_train.std(0)  # training split's statistics only
     x_train, x_test = _tensor((x_train - mean) / std), _tensor((x_test - mean) / std)
-    if task == "wine":
+    if classify:
         return x_train, torch.tensor(y_train), x_test, torch.tensor(y_test)
     y_mean, y_std = y_train.mean(), y_train.std()
     y_train, y_test = (y_train - y_mean) / y_std, (y_test - y_mean) / y_std
     return x_train, _tensor(y_train)[:, None], x_test, _tensor(y_test)[:, None]
 
 
+def tabular_data(task: str) -> tuple[torch.Tensor, ...]:
+    from sklearn.datasets import load_diabetes, load_wine
+
+    if task == "wine":
+        return split_standardized(*load_wine(return_X_y=True), test_size=0.3, classify=True)
+    return split_standardized(*load_diabetes(return_X_y=True), test_size=0.25, classify=False)
+
+
 def encoded_data(task: str) -> tuple[torch.Tensor, ...]:
     from sklearn import datasets
-    from sklearn.model_selection import train_test_split
 
     makers = {
         "cancer": lambda: datasets.load_breast_cancer(return_X_y=True),
@@ -126,19 +133,9 @@ def encoded_data(task: str) -> tuple[torch.Tensor, ...]:
         "friedman2": lambda: datasets.make_friedman2(n_samples=1000, noise=10.0, random_state=0),
     }
     x, y = makers[task]()
-    classify = task not in REGRESSIONS
     if task == "hastie":
         y = (y > 0).astype(int)  # its labels are -1 and 1
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.3, random_state=0, stratify=y if classify else None
-    )
-    mean, std = x_train.mean(0), x_train.std(0)  # training split's statistics only
-    x_train, x_test = _tensor((x_train - mean) / std), _tensor((x_test - mean) / std)
-    if classify:
-        return x_train, torch.tensor(y_train), x_test, torch.tensor(y_test)
-    y_mean, y_std = y_train.mean(), y_train.std()
-    y_train, y_test = (y_train - y_mean) / y_std, (y_test - y_mean) / y_std
-    return x_train, _tensor(y_train)[:, None], x_test, _tensor(y_test)[:, None]
+    return split_standardized(x, y, test_size=0.3, classify=task not in REGRESSIONS)
 
 
 def oscillator_data() -> tuple[torch.Tensor, ...]:
