@@ -24,13 +24,15 @@ standardized on the training split; epochs in ``SETTINGS``): sklearn's ``cancer`
 Methods: ``vanilla``; ``local``: the library's default as it is when run (its weight is recorded);
 ``floorF``: the default's penalty and target with ``RatioWeight(0.2, every=10, floor=F)`` over the
 field's parameters (``floor0``: the default weight without a floor; ``floor1``: the default's for
-these solves, read at their end).
+these solves, read at their end); ``fixedW``: the default's penalty at the constant weight ``W``.
 
     python experiments/new_user_heldout.py --out results/new_user   # runs what is missing, then the tables
     python experiments/new_user_heldout.py --out results/end_read --tasks cancer iris \
         --methods vanilla floor0 floor1
     python experiments/new_user_heldout.py --out results/end_read_small_init --tasks iris sepclass \
         --methods vanilla floor0 floor1 --init-scale 1e-3   # the field's last layer at 1e-3 its scale
+    python experiments/new_user_heldout.py --out results/friedman2_weights --tasks friedman2 \
+        --methods vanilla fixed0.001 fixed0.01 fixed0.1 fixed1 local
 
 Each run is saved as ``OUT/TASK_METHOD_sSEED.json`` when it finishes; a rerun skips those.
 """
@@ -183,11 +185,14 @@ class ForcedField(torch.nn.Module):
 
 
 def make_model(field: torch.nn.Module, method: str) -> Regularized:
-    """``vanilla``, ``local`` (the library's default) or ``floorF`` (the default's target with a floor)."""
+    """``vanilla``, ``local`` (the library's default), ``floorF`` (the default's target with a floor) or
+    ``fixedW`` (the default's penalty at a constant weight)."""
     if method == "vanilla":
         return Regularized(field)
     if method == "local":
         return LocallyRegularized(field, sampling="random")
+    if method.startswith("fixed"):
+        return LocallyRegularized(field, sampling="random", weight=float(method.removeprefix("fixed")))
     floor = float(method.removeprefix("floor"))
     weight = RatioWeight(0.2, every=10, floor=floor, parameters=list(field.parameters()))
     return LocallyRegularized(field, sampling="random", weight=weight)
@@ -358,16 +363,19 @@ SUMMARY = ("task", "method", "seed", "test_metric", "test_nfe", "train_time_s", 
 
 
 def method_name(text: str) -> str:
-    """``vanilla``, ``local``, or ``floor`` followed by a fraction in [0, 1]."""
+    """``vanilla``, ``local``, ``floor`` followed by a fraction in [0, 1], or ``fixed`` followed by a
+    non-negative weight."""
     if text in ("vanilla", "local"):
         return text
+    prefix = "fixed" if text.startswith("fixed") else "floor"
     try:
-        fraction = float(text.removeprefix("floor"))
+        number = float(text.removeprefix(prefix))
     except ValueError:
-        fraction = -1.0
-    if not text.startswith("floor") or not 0 <= fraction <= 1:
-        message = f"method must be vanilla, local or floorF with F in [0, 1], got {text!r}"
-        raise argparse.ArgumentTypeError(message)
+        number = -1.0
+    valid = text.startswith(prefix) and number >= 0 and (prefix == "fixed" or number <= 1)
+    if not valid or not np.isfinite(number):
+        expected = "vanilla, local, floorF with F in [0, 1] or fixedW with W >= 0"
+        raise argparse.ArgumentTypeError(f"method must be {expected}, got {text!r}")
     return text
 
 
