@@ -1,7 +1,8 @@
 """Tasks nobody tuned on, written from the README as a new user would: vanilla
 (``Regularized(field)``) against ``LocallyRegularized(field, sampling="random")`` with nothing else
 set, the same seeds and mini-batches. Results in docs/results.md ("Three more held-out tasks, written
-as a new user", and "A floor under the fading weight, for solves read at their end").
+as a new user", "A floor under the fading weight, for solves read at their end" and "The end-read
+regressions at constant weights").
 
 - ``wine``: sklearn's wine classifier (70/30 split, features standardized on the training split),
   MLP field 13 -> 64 -> 13 (tanh) on [0, 1], linear head, Adam 1e-3, batch 32, 200 epochs.
@@ -24,15 +25,16 @@ standardized on the training split; epochs in ``SETTINGS``): sklearn's ``cancer`
 Methods: ``vanilla``; ``local``: the library's default as it is when run (its weight is recorded);
 ``floorF``: the default's penalty and target with ``RatioWeight(0.2, every=10, floor=F)`` over the
 field's parameters (``floor0``: the default weight without a floor; ``floor1``: the default's for
-these solves, read at their end); ``fixedW``: the default's penalty at the constant weight ``W``.
+these solves, read at their end); ``targetT``: ``RatioWeight(T, every=10, floor=1)`` (the default's
+for these solves at another target); ``fixedW``: the default's penalty at the constant weight ``W``.
 
     python experiments/new_user_heldout.py --out results/new_user   # runs what is missing, then the tables
     python experiments/new_user_heldout.py --out results/end_read --tasks cancer iris \
         --methods vanilla floor0 floor1
     python experiments/new_user_heldout.py --out results/end_read_small_init --tasks iris sepclass \
         --methods vanilla floor0 floor1 --init-scale 1e-3   # the field's last layer at 1e-3 its scale
-    python experiments/new_user_heldout.py --out results/friedman2_weights --tasks friedman2 \
-        --methods vanilla fixed0.001 fixed0.01 fixed0.1 fixed1 local
+    python experiments/new_user_heldout.py --out results/regression_weights --tasks friedman2 \
+        --methods vanilla fixed0.001 fixed0.01 fixed0.1 fixed1 local target0.1 target0.05
 
 Each run is saved as ``OUT/TASK_METHOD_sSEED.json`` when it finishes; a rerun skips those.
 """
@@ -185,16 +187,20 @@ class ForcedField(torch.nn.Module):
 
 
 def make_model(field: torch.nn.Module, method: str) -> Regularized:
-    """``vanilla``, ``local`` (the library's default), ``floorF`` (the default's target with a floor) or
-    ``fixedW`` (the default's penalty at a constant weight)."""
+    """``vanilla``, ``local`` (the library's default), ``floorF`` (the default's target with a floor),
+    ``targetT`` (another target with the floor) or ``fixedW`` (the default's penalty at a constant
+    weight)."""
     if method == "vanilla":
         return Regularized(field)
     if method == "local":
         return LocallyRegularized(field, sampling="random")
     if method.startswith("fixed"):
         return LocallyRegularized(field, sampling="random", weight=float(method.removeprefix("fixed")))
-    floor = float(method.removeprefix("floor"))
-    weight = RatioWeight(0.2, every=10, floor=floor, parameters=list(field.parameters()))
+    if method.startswith("target"):
+        target, floor = float(method.removeprefix("target")), 1.0
+    else:
+        target, floor = 0.2, float(method.removeprefix("floor"))
+    weight = RatioWeight(target, every=10, floor=floor, parameters=list(field.parameters()))
     return LocallyRegularized(field, sampling="random", weight=weight)
 
 
@@ -363,18 +369,18 @@ SUMMARY = ("task", "method", "seed", "test_metric", "test_nfe", "train_time_s", 
 
 
 def method_name(text: str) -> str:
-    """``vanilla``, ``local``, ``floor`` followed by a fraction in [0, 1], or ``fixed`` followed by a
-    non-negative weight."""
+    """``vanilla``, ``local``, ``floor`` followed by a fraction in [0, 1], ``target`` followed by a
+    positive target, or ``fixed`` followed by a non-negative weight."""
     if text in ("vanilla", "local"):
         return text
-    prefix = "fixed" if text.startswith("fixed") else "floor"
+    prefix = next((p for p in ("fixed", "target") if text.startswith(p)), "floor")
     try:
         number = float(text.removeprefix(prefix))
     except ValueError:
         number = -1.0
-    valid = text.startswith(prefix) and number >= 0 and (prefix == "fixed" or number <= 1)
-    if not valid or not np.isfinite(number):
-        expected = "vanilla, local, floorF with F in [0, 1] or fixedW with W >= 0"
+    bounds = {"fixed": number >= 0, "target": number > 0, "floor": 0 <= number <= 1}
+    if not text.startswith(prefix) or not bounds[prefix] or not np.isfinite(number):
+        expected = "vanilla, local, floorF with F in [0, 1], targetT with T > 0 or fixedW with W >= 0"
         raise argparse.ArgumentTypeError(f"method must be {expected}, got {text!r}")
     return text
 
