@@ -300,7 +300,8 @@ def true_oscillator_nfe() -> int:
 
 def table(out: Path, task: str, seeds: list[int], methods: list[str]) -> str:
     """Each method's mean (± sd over seeds) and, beside it, its change against vanilla's on the same
-    seeds (points of accuracy, or a ratio)."""
+    seeds (points of accuracy, or the mean of the per-seed ratios; docs/results.md's tables give the
+    ratio of the seeds' means where they say so)."""
     runs = {
         method: [json.loads((out / f"{task}_{method}_s{seed}.json").read_text()) for seed in seeds]
         for method in methods
@@ -309,7 +310,9 @@ def table(out: Path, task: str, seeds: list[int], methods: list[str]) -> str:
     names = [name if name != "local" else "local (default)" for name in methods]
     header = "| | " + " | ".join(names[:1] + [f"{name} | vs vanilla" for name in names[1:]]) + " |"
     epochs = runs["vanilla"][0].get("epochs", SETTINGS[task]["epochs"])
-    lines = [f"{task} ({len(seeds)} seeds, {epochs} epochs)", "", header]
+    averaging = "vs vanilla: the mean of the per-seed ratios"
+    averaging += "; accuracy: the change in points" if accuracy else ""
+    lines = [f"{task} ({len(seeds)} seeds, {epochs} epochs; {averaging})", "", header]
     lines.append("|---" * (2 * len(methods)) + "|")
     for key, name in [
         ("test_metric", f"test {runs['vanilla'][0]['metric']}"),
