@@ -225,31 +225,14 @@ class CheckedField:
         self.name = name
         self.autocast = active_autocast()
 
-    def _call_under_autocast(self, t: Tensor, y: Tensor) -> Tensor:
-        # Plain nested with-statements (at most one region per device type): torch.compile traces
-        # them, where an ExitStack of regions breaks its graph.
-        (device_type, dtype), *other = self.autocast
-        with torch.autocast(device_type, dtype=dtype):
-            if other:
-                ((other_type, other_dtype),) = other
-                with torch.autocast(other_type, dtype=other_dtype):
-                    value = self.func(t, y)
-            else:
-                value = self.func(t, y)
-        autocast_dtypes = {dtype for _, dtype in self.autocast}
-        if isinstance(value, Tensor) and value.dtype != y.dtype and value.dtype in autocast_dtypes:
-            value = value.to(y.dtype)
-        return value
-
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         if torch.compiler.is_compiling() or y.is_inference():
             # Inference tensors keep no version counter (and cannot be changed in place unseen).
-            value = self._call_under_autocast(t, y) if self.autocast else self.func(t, y)
-            return check_output(self.name, value, y)
+            return check_output(self.name, call_under_autocast(self.autocast, self.func, t, y), y)
         # The solver reuses y (the step's start, a stage state) after the call: changed in place,
         # it would silently give wrong states.
         version = y._version
-        value = self._call_under_autocast(t, y) if self.autocast else self.func(t, y)
+        value = call_under_autocast(self.autocast, self.func, t, y)
         if y._version != version:
             raise ValueError(
                 f"{self.name} modified its input y in place; compute on a copy or out of place instead"
@@ -267,6 +250,29 @@ def active_autocast() -> tuple[tuple[str, torch.dtype], ...]:
         for device_type in _AUTOCAST_DEVICES
         if torch.is_autocast_enabled(device_type)
     )
+
+
+def call_under_autocast(
+    regions: tuple[tuple[str, torch.dtype], ...], func: Callable[[Tensor, Tensor], Any], t: Tensor, y: Tensor
+) -> Any:
+    """``func(t, y)`` under the autocast ``regions`` (:func:`active_autocast`, captured when the solve
+    began), an output in one of their dtypes cast back to ``y``'s (as torchdiffeq's and torchsde's
+    solvers promote it); without regions, ``func(t, y)`` itself."""
+    if not regions:
+        return func(t, y)
+    # Plain nested with-statements (at most one region per device type): torch.compile traces
+    # them, where an ExitStack of regions breaks its graph.
+    (device_type, dtype), *other = regions
+    with torch.autocast(device_type, dtype=dtype):
+        if other:
+            ((other_type, other_dtype),) = other
+            with torch.autocast(other_type, dtype=other_dtype):
+                value = func(t, y)
+        else:
+            value = func(t, y)
+    if isinstance(value, Tensor) and value.dtype != y.dtype and value.dtype in {d for _, d in regions}:
+        value = value.to(y.dtype)
+    return value
 
 
 def without_autocast() -> contextlib.AbstractContextManager:

@@ -285,3 +285,69 @@ def test_fixed_steps_match_torchsde_euler():
     ours = sdeint(sde, y0, ts, step_size=2.0**-6, bm=bm).ys
     theirs = torchsde.sdeint(sde, y0, ts, bm=bm, method="euler", dt=2.0**-6)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
+def test_autocast_runs_drift_and_diffusion_in_half_precision_and_the_solver_in_the_states():
+    """Under ``torch.autocast`` the drift and diffusion run in bfloat16, their outputs cast back to
+    the state's dtype (as torchsde's solvers promote them), while the solver's own arithmetic (the
+    additive noise's ``g dW``, a matrix product autocast would lower) stays in float32, as for ODEs."""
+
+    class Linear(torch.nn.Module):
+        """An elementwise drift and a constant diffusion (nothing autocast lowers), additive noise
+        from two Brownian motions."""
+
+        noise_type, sde_type = "additive", "ito"
+
+        def f(self, t, y):
+            return -0.5 * y
+
+        def g(self, t, y):
+            return torch.full((*y.shape, 2), 0.3)
+
+    y0 = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+
+    def solve(sde, y, autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return sdeint(sde, y, [0.0, 0.5, 1.0], generator=torch.Generator().manual_seed(4)).ys
+
+    # No autocast op in the problem: any difference would be the solver's arithmetic lowered.
+    assert torch.equal(solve(Linear(), y0, True), solve(Linear(), y0, False))
+
+    torch.manual_seed(0)
+    drift, diffusion = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+
+    class Neural(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.drift, self.diffusion = drift, diffusion
+            self.under_autocast: list[bool] = []
+
+        def f(self, t, y):
+            self.under_autocast.append(torch.is_autocast_enabled("cpu"))
+            return torch.tanh(self.drift(y))
+
+        def g(self, t, y):
+            self.under_autocast.append(torch.is_autocast_enabled("cpu"))
+            return 0.2 * torch.sigmoid(self.diffusion(y))
+
+    def gradient_of(autocast):
+        drift.zero_grad()
+        sde = Neural()
+        ys = solve(sde, y0, autocast)
+        ys.square().sum().backward()  # outside autocast, as in the AMP recipe
+        return ys, drift.weight.grad.clone(), sde.under_autocast
+
+    reference_ys, reference_grad, calls = gradient_of(False)
+    ys, grad, under_autocast = gradient_of(True)
+    assert not any(calls) and all(under_autocast) and len(under_autocast) > 4
+    assert ys.dtype == torch.float32
+    assert 0 < (ys - reference_ys).abs().max() < 0.05  # bfloat16's drift, not float32's
+    assert (grad - reference_grad).norm() < 0.02 * reference_grad.norm()
+
+    # The regularized module's default (the drift's kinetic penalty) under autocast too.
+    model = LocallyRegularized(Neural(), sampling="random")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(y0, torch.tensor([0.0, 1.0]))
+    assert model.reg_loss.dtype == torch.float32 and torch.isfinite(model.reg_loss)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, integrate
 from .._step import time_tensor
-from .._validate import check_generator
+from .._validate import active_autocast, call_under_autocast, check_generator, without_autocast
 from ..controller import PIController
 from ..solution import Solution
 from ._step import EulerMaruyamaStepper, SDEStepResult
@@ -118,8 +118,9 @@ def sdeint(
         raise ValueError("step_penalty needs the adaptive mode (an error estimate): drop step_size")
 
     t0 = times[0]
-    f0 = sde.f(time_tensor(t0, y0), y0)
-    g0 = sde.g(time_tensor(t0, y0), y0)
+    autocast = active_autocast()  # the drift and diffusion run under it, the solver's arithmetic not
+    f0 = call_under_autocast(autocast, sde.f, time_tensor(t0, y0), y0)
+    g0 = call_under_autocast(autocast, sde.g, time_tensor(t0, y0), y0)
     check_shapes(noise_type, y0, f0, g0)
     # Every later drift, diffusion and Brownian increment is checked too.
     size = brownian_size(noise_type, y0, g0)
@@ -128,9 +129,10 @@ def sdeint(
     stepper = EulerMaruyamaStepper(
         sde, noise_type, bm, options.rtol, options.atol, f0, g0, milstein=method == "milstein"
     )
-    outputs, stats, steps, penalties = integrate(
-        stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty
-    )
+    with without_autocast():
+        outputs, stats, steps, penalties = integrate(
+            stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty
+        )
     stats.add(2, diffusion=1)
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
     return Solution(

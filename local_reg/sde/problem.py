@@ -18,7 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import check_output, time_tensors_requiring_grad, validate_state, validate_times
+from .._validate import (
+    active_autocast,
+    call_under_autocast,
+    check_output,
+    time_tensors_requiring_grad,
+    validate_state,
+    validate_times,
+)
 
 METHODS = ("euler_maruyama", "milstein")
 """The SDE schemes of :func:`local_reg.sdeint`."""
@@ -129,7 +136,10 @@ def check_diffusion_shape(noise_type: str, y0: Tensor, g0: Tensor) -> None:
 class CheckedSDE:
     """``sde`` with the output of every drift and diffusion call checked (:func:`check_shapes`),
     as :class:`local_reg._validate.CheckedField` does for ODEs: a later call that returns another
-    shape or dtype is an error, not a silently promoted or broadcast solution. Metadata only."""
+    shape or dtype is an error, not a silently promoted or broadcast solution. Metadata only.
+
+    Mixed precision as for ODEs: the drift and diffusion run under the ``torch.autocast`` regions
+    active when the wrapper is made, their outputs cast back to the state's dtype."""
 
     def __init__(self, sde: Any, noise_type: str, m: int | None = None) -> None:
         """``m``: the number of Brownian motions, which fixes the last dimension of an additive
@@ -138,12 +148,13 @@ class CheckedSDE:
         self.noise_type = noise_type
         self.m = m
         self.sde_type = getattr(sde, "sde_type", "ito")
+        self.autocast = active_autocast()
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:
-        return check_output("sde.f (drift)", self.sde.f(t, y), y)
+        return check_output("sde.f (drift)", call_under_autocast(self.autocast, self.sde.f, t, y), y)
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
-        value = self.sde.g(t, y)
+        value = call_under_autocast(self.autocast, self.sde.g, t, y)
         if not isinstance(value, Tensor):
             raise TypeError(f"sde.g must return a torch.Tensor, got {type(value).__name__}")
         check_output("sde.g (diffusion)", value, y, shape=value.shape)
