@@ -313,6 +313,15 @@ def test_autocast_runs_drift_and_diffusion_in_half_precision_and_the_solver_in_t
     # No autocast op in the problem: any difference would be the solver's arithmetic lowered.
     assert torch.equal(solve(Linear(), y0, True), solve(Linear(), y0, False))
 
+    def probe_penalty(autocast):  # the paper's penalty: a probe step of the regularized module's own
+        model = LocallyRegularized(Linear(), sampling="random", penalty="error-dt", weight=1.0)
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            model(y0, torch.tensor([0.0, 1.0]))
+        return model.reg_loss
+
+    assert torch.equal(probe_penalty(True), probe_penalty(False))
+
     torch.manual_seed(0)
     drift, diffusion = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
 
