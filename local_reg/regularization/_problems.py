@@ -29,6 +29,7 @@ from .._validate import (
     time_dtype,
     validate_state,
     validate_times,
+    without_autocast,
 )
 from ..gradients import adjoint_params_tuple, resolve_adjoint_params
 from ..sde import sde_initial_step_size, sde_step
@@ -367,5 +368,10 @@ class SDEProblem(_Problem):
         size = brownian_size(noise_type, state, g0)
         # The same Brownian path as the main solve: the penalty is measured where the model was trained.
         dw = check_brownian_increment(bm(t_reg, t_reg + dt), size, state)
+        # Made under the caller's autocast, the wrapper runs the drift and diffusion there; the step's
+        # own arithmetic (additive noise's g dW, a matrix product) runs outside it, as in sdeint.
         sde = CheckedSDE(self.sde, noise_type)
-        return sde_step(sde, noise_type, t_reg, state, dt, dw, rtol=self.rtol, atol=self.atol, f0=f0, g0=g0)
+        with without_autocast():
+            return sde_step(
+                sde, noise_type, t_reg, state, dt, dw, rtol=self.rtol, atol=self.atol, f0=f0, g0=g0
+            )

@@ -25,7 +25,6 @@ from .._validate import (
     time_tensors_requiring_grad,
     validate_state,
     validate_times,
-    without_autocast,
 )
 
 METHODS = ("euler_maruyama", "milstein")
@@ -191,8 +190,7 @@ def diffusion_times_increment(noise_type: str, g: Tensor, dw: Tensor) -> Tensor:
         return g * dw
     if noise_type == "scalar":
         return g[..., 0] * dw
-    with without_autocast():  # a matrix product, in the state's dtype (the probe steps run under autocast)
-        return torch.bmm(g, dw.unsqueeze(-1)).squeeze(-1)
+    return torch.bmm(g, dw.unsqueeze(-1)).squeeze(-1)
 
 
 def noise_vector(noise_type: str, g: Tensor) -> Tensor:
