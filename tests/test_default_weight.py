@@ -255,13 +255,15 @@ def test_the_default_keeps_measuring_when_part_of_the_field_is_frozen():
     assert ratios[10] is not None and ratios[20] is not None and ratios[20] != ratios[10]
 
 
-def test_the_cli_runs_the_library_default_by_name(tmp_path):
+def test_the_cli_runs_the_library_default_by_name(tmp_path, monkeypatch):
     """``--set weights.local-random=default``: the block is built with no weight and no probe (the
-    library's defaults), the weight measures by itself, and the report names it beside a row whose
-    weight is a number."""
+    library's defaults), the weight measures by itself, and the report names it, with the version of
+    the default it ran, beside a row whose weight is a number. After a change of the default the
+    same command runs it again instead of taking the earlier default's run for it."""
     from local_reg.experiments.cli import main
     from local_reg.experiments.methods import weight_schedule
     from local_reg.experiments.results import ResultsFile
+    from local_reg.regularization import local
 
     args = [
         "experiment",
@@ -285,9 +287,45 @@ def test_the_cli_runs_the_library_default_by_name(tmp_path):
     assert weights[0] != RatioWeight().initial and all(0 < w < 1e3 for w in weights)
     assert main([*args, "weights.local-random=0.5"]) == 0
     report = (tmp_path / "report.md").read_text()
-    assert "local-random (w=default)" in report and "local-random (w=0.5)" in report
+    label = f"local-random (w=default {local.default_fingerprint()})"
+    assert label in report and "local-random (w=0.5)" in report
+    assert main([*args, "weights.local-random=default"]) == 0  # finished: skipped
+    assert len(ResultsFile(tmp_path).load()) == 2
+    monkeypatch.setattr(local, "KINETIC_RATIO", 0.3)
+    assert main([*args, "weights.local-random=default"]) == 0
+    records = ResultsFile(tmp_path).load()
+    assert len(records) == 3 and len({r["run_id"] for r in records}) == 3
+    assert f"local-random (w=default {local.default_fingerprint()})" != label
+    assert "target_ratio=0.3" in records[-1]["blocks"][0]["weight"]
     with pytest.raises(ValueError, match="'default' is local regularization's; global-error"):
         weight_schedule("default", 10, "global-error")
+
+
+def test_the_default_fingerprint_follows_what_defines_the_default(monkeypatch):
+    """Each constant of the default, the hand-kept revision and RatioWeight's keyword defaults
+    change the fingerprint; nothing else (it is a pure function of them)."""
+    from local_reg.regularization import local
+
+    fingerprint = local.default_fingerprint()
+    assert fingerprint == local.default_fingerprint() and len(fingerprint) == 6
+    changes = {
+        "DEFAULT_REVISION": local.DEFAULT_REVISION + 1,
+        "KINETIC_RATIO": 0.3,
+        "FITTED_FLOW_RATIO": 0.05,
+        "END_READ_FLOOR": 0.5,
+        "DEFAULT_EVERY": 5,
+        "DEFAULT_PENALTY": "error-dt",
+    }
+    for name, value in changes.items():
+        with monkeypatch.context() as patch:
+            patch.setattr(local, name, value)
+            assert local.default_fingerprint() != fingerprint, name
+    with monkeypatch.context() as patch:
+        patch.setattr(
+            RatioWeight.__init__, "__kwdefaults__", {**RatioWeight.__init__.__kwdefaults__, "beta": 0.5}
+        )
+        assert local.default_fingerprint() != fingerprint
+    assert local.default_fingerprint() == fingerprint
 
 
 def test_a_copy_of_the_default_model_measures_its_own_parameters():

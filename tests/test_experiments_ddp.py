@@ -10,6 +10,7 @@ import sys
 import torch
 
 from local_reg.experiments.results import ResultsFile
+from local_reg.regularization.local import default_fingerprint
 
 # Runs in each process: the CLI as a user would call it, plus a hook that keeps the model so the
 # test can compare the ranks' parameters afterwards.
@@ -79,7 +80,10 @@ def test_two_processes_keep_identical_parameters_and_weights_and_record_once(tmp
     (record,) = ResultsFile(out).load()
     assert record["world_size"] == 2 and record["iterations"] == 4
     # Its own row and run: two processes train on other batches than one.
-    assert record["run_id"].endswith("-p2") and record["label"] == "local-random (w=default, 2 processes)"
+    assert (
+        record["run_id"].endswith("-p2")
+        and record["label"] == f"local-random (w=default {default_fingerprint()}, 2 processes)"
+    )
     assert (out / "report.md").exists()
     rank0 = torch.load(out / "params_rank0.pt")
     rank1 = torch.load(out / "params_rank1.pt")

@@ -34,8 +34,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from ..regularization import AdaptiveWeight, GradientRatio, LocalPenalty, RatioWeight
+from ..regularization.local import default_fingerprint
 from . import distributed
-from .methods import METHODS, weight_text
+from .methods import DEFAULT_WEIGHT, METHODS, weight_text
 from .results import ResultsFile, ResultsWarning, atomic_write_bytes
 from .settings import Integer, OneOf, Real, Rule, Schema, SettingsError, apply_overrides, check_settings
 from .tasks import REGISTRY, ModelContext, Task
@@ -145,17 +146,24 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        """The method's name, with its weight when that is not the task's default, and its local
+        """The method's name, with its weight when that is not the task's default (the library's
+        default with its :func:`~local_reg.regularization.local.default_fingerprint`), and its local
         regularization options if any."""
         default = REGISTRY[self.task].settings(self.size).get("weights", {}).get(self.method)
-        notes = [] if self.weight == default else [f"w={weight_text(self.weight)}"]
+        if self.weight == DEFAULT_WEIGHT:
+            # Which version of the library's default: a folder's runs of an earlier one are another
+            # row, not this one's.
+            notes = [f"w={DEFAULT_WEIGHT} {default_fingerprint()}"]
+        else:
+            notes = [] if self.weight == default else [f"w={weight_text(self.weight)}"]
         notes += [f"{k}={v}" for k, v in self.local_options.items()]
         notes += [f"{self.processes} processes"] if self.processes > 1 else []
         return f"{self.method} ({', '.join(notes)})" if notes else self.method
 
     @property
     def run_id(self) -> str:
-        weight = "" if self.weight is None else f"-w{_digest(self.weight)[:6]}"
+        weight_spec = [self.weight, default_fingerprint()] if self.weight == DEFAULT_WEIGHT else self.weight
+        weight = "" if self.weight is None else f"-w{_digest(weight_spec)[:6]}"
         local = f"-l{_digest(self.local_options)[:6]}" if self.local_options else ""
         processes = f"-p{self.processes}" if self.processes > 1 else ""
         return f"{self.task}-{self.method}-seed{self.seed}-{self.config_id}{weight}{local}{processes}"

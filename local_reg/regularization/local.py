@@ -22,6 +22,9 @@ float32 ``EEst`` of the paper's probe mostly measured (docs/results.md).
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
@@ -37,6 +40,8 @@ from ._module import LocalPenalty, Regularized
 from ._stats import RegularizationStats
 from .schedules import ConstantWeight, RatioWeight, WeightSchedule
 
+DEFAULT_PENALTY = "kinetic"
+"""The penalty of :class:`LocallyRegularized` when no probe option is given (module docstring)."""
 KINETIC_RATIO = 0.2
 """The default weight's target ``||grad (w R)|| / ||grad L||`` over the vector field's parameters for
 the default (kinetic) penalty."""
@@ -51,6 +56,30 @@ weight does not fade as a classifier that separates its training set loses its t
 (docs/results.md, "A floor under the fading weight, for solves read at their end")."""
 DEFAULT_EVERY = 10
 """Training forward passes between the default weight's measurements."""
+DEFAULT_REVISION = 1
+"""Raised whenever the default penalty or weight changes in a way that neither the constants above
+nor :class:`RatioWeight`'s keyword defaults show: :func:`default_fingerprint` hashes it with them."""
+
+
+def default_fingerprint() -> str:
+    """Six hex digits that name this version of :class:`LocallyRegularized`'s default (its penalty,
+    its weight's targets, floor and measurement interval, and :class:`RatioWeight`'s own keyword
+    defaults). The experiments runner labels a run of the default with them, so that a results
+    folder written under an earlier default is not read as this one's runs."""
+    ratio_defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(RatioWeight).parameters.items()
+        if parameter.default is not inspect.Parameter.empty and name != "parameters"
+    }
+    signature = {
+        "revision": DEFAULT_REVISION,
+        "penalty": DEFAULT_PENALTY,
+        "targets": [KINETIC_RATIO, FITTED_FLOW_RATIO, PROBE_RATIO],
+        "floor": END_READ_FLOOR,
+        "every": DEFAULT_EVERY,
+        "ratio_weight": ratio_defaults,
+    }
+    return hashlib.sha1(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:6]
 
 
 def default_weight(
@@ -231,7 +260,7 @@ class LocallyRegularized(Regularized):
             if given
         ]
         if penalty is None:
-            penalty = "error-dt" if probe_options else "kinetic"
+            penalty = "error-dt" if probe_options else DEFAULT_PENALTY
         elif penalty == "kinetic" and probe_options:
             raise ValueError(
                 f"penalty='kinetic' takes no probe step, so {probe_options} would be ignored: drop "
