@@ -328,6 +328,20 @@ def test_the_default_fingerprint_follows_what_defines_the_default(monkeypatch):
     assert local.default_fingerprint() == fingerprint
 
 
+def test_a_call_under_no_grad_does_not_move_the_default_target():
+    """The default's target and floor follow the training calls' output times; a logging call under
+    ``torch.no_grad()`` with other output times (in training mode) is not one."""
+    model = LocallyRegularized(Field(), rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0))
+    y0 = torch.randn(8, 3, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
+    model(y0, torch.tensor([0.0, 1.0], dtype=DTYPE))
+    target, floor = model.weight.target_ratio, model.weight.floor
+    with torch.no_grad():
+        model(y0, T)
+    assert (model.weight.target_ratio, model.weight.floor) == (target, floor)
+    model(y0, T)
+    assert (model.weight.target_ratio, model.weight.floor) != (target, floor)
+
+
 def test_a_copy_of_the_default_model_measures_its_own_parameters():
     """``copy.deepcopy`` of a default model gives a weight that refers to the copy's parameters and
     measures them; the two models' weights are independent."""

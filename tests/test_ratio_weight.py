@@ -365,6 +365,74 @@ def test_a_pass_with_the_penalty_alone_is_no_measurement():
     assert model.weight.last_ratio is None and model.weight() == weight
 
 
+@pytest.mark.parametrize("factor", [1.0, 1 / 3, 0.1])
+def test_a_zero_task_gradient_is_no_measurement_however_the_pass_is_scaled(factor):
+    """A task loss whose gradient is exactly zero (a hinge with every margin met) in a pass scaled by
+    a factor that is not a power of two: the pass's gradient less the penalty's leaves only the
+    subtraction's rounding, which must not read as a tiny task gradient (the weight would fall to
+    ``w_min``)."""
+    model = _model(RatioWeight(0.5))
+    model.weight = RatioWeight(0.5, parameters=model.parameters())
+    weight = model.weight()
+    ys = model(_y0(), T)
+    loss = torch.relu(-100.0 - ys[-1]).mean()
+    (factor * (loss + model.reg_loss)).backward()
+    assert model.weight.last_ratio is None and model.weight() == weight
+
+
+def test_a_call_under_no_grad_before_the_backward_pass_leaves_the_measurement():
+    """A logging call of the model under ``torch.no_grad()`` (in training mode) between the training
+    call and its backward pass: not a training pass, so the measurement stays and counts once."""
+    ratios = []
+    for interleave in (False, True):
+        model = _model(RatioWeight(0.5))
+        model.weight = RatioWeight(0.5, parameters=model.parameters())
+        loss = _task_loss(model(_y0(), T))
+        reg_loss = model.reg_loss
+        if interleave:
+            with torch.no_grad():
+                model(_y0(), T)
+        (loss + reg_loss).backward()
+        ratios.append(model.weight.last_ratio)
+        assert model.weight.state_dict()["watched"] == 1
+    assert ratios[0] is not None and ratios[1] == ratios[0]
+
+
+def test_a_head_under_a_reentrant_checkpoint_is_measured():
+    """``torch.utils.checkpoint(head, ..., use_reentrant=True)`` backpropagates the head in a nested
+    pass that ends before the field's gradients arrive: the measurement waits for the pass that
+    carries ``reg_loss`` and gives the separately computed ratio."""
+    from torch.utils.checkpoint import checkpoint
+
+    def build(reentrant: bool | None):
+        model = _model(RatioWeight(0.5))
+        torch.manual_seed(1)
+        head = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).to(DTYPE)
+        parameters = [*model.parameters(), *head.parameters()]
+        model.weight = RatioWeight(0.5, parameters=parameters)
+        ys = model(_y0(), T)
+        out = head(ys[-1]) if reentrant is None else checkpoint(head, ys[-1], use_reentrant=reentrant)
+        return model, parameters, out.pow(2).mean()
+
+    model, parameters, loss = build(None)
+    penalty = _norm(torch.autograd.grad(model.reg_loss, parameters, retain_graph=True, allow_unused=True))
+    task = _norm(torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True))
+    for reentrant in (False, True):
+        model, parameters, loss = build(reentrant)
+        (loss + model.reg_loss).backward()
+        assert model.weight.last_ratio == pytest.approx(penalty / task, rel=1e-9)
+
+
+def test_a_refused_state_leaves_the_weight_as_it_was():
+    weight = RatioWeight(0.2, w_max=10.0)
+    before = weight.state_dict()
+    with pytest.raises(ValueError, match="lies outside"):
+        weight.load_state_dict({**RatioWeight(initial=500.0).state_dict(), "iteration": 7})
+    with pytest.raises(ValueError, match="is missing"):
+        weight.load_state_dict({"iteration": 7, "weight": 1.0})
+    assert weight.state_dict() == before
+
+
 def test_a_head_applied_after_the_model_is_measured_too():
     """The documented pattern ``params = model's + head's``, the head applied to the model's output,
     the training step inside a function: the head's parameters are in no graph when the penalty is

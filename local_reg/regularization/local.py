@@ -299,10 +299,12 @@ class LocallyRegularized(Regularized):
     ) -> Tensor | tuple[Tensor, ...]:
         if self.training and self._field_weight is not None and self.weight is self._field_weight:
             self._measure_the_fields_current_parameters()
-        if self.training and self._default_weight is not None and self.weight is self._default_weight:
+        training_pass = self.training and torch.is_grad_enabled()
+        if training_pass and self._default_weight is not None and self.weight is self._default_weight:
             # The default target and floor follow the kind of training solve: read only at its end,
             # or along the flow (where the data fix the field and a held pull would cost fit); an
-            # evaluation call in between must not change the measurement the last one opened.
+            # evaluation call in between (eval() or no_grad) must not change the measurement the
+            # last one opened.
             along_the_flow = (t.numel() if isinstance(t, Tensor) else len(t)) > 2
             self.weight.target_ratio = FITTED_FLOW_RATIO if along_the_flow else KINETIC_RATIO
             self.weight.floor = 0.0 if along_the_flow else END_READ_FLOOR

@@ -22,6 +22,14 @@ from torch import Tensor
 from .._validate import non_negative_float, positive_float, positive_int
 from ._diagnostics import GradientRatio, trained_parameters
 
+ROUNDING_ULPS = 4096
+"""A task gradient measured as the pass's gradient less the penalty's counts as zero when its norm is
+at most this many machine epsilons (of the gradients' dtype) times the norm of the penalty's part
+in that pass: what the subtraction leaves of a zero task gradient is the rounding of the two
+computations of the penalty's gradient (measured: 300 epsilons through one float64 probe step).
+In float32 that is a ratio of the weighted penalty's gradient to the task's above 2000, far from
+any target, so no real measurement is lost."""
+
 
 class WeightSchedule:
     """A regularization weight that may change with the training iteration.
@@ -141,13 +149,15 @@ class _SelfTuningWeight(WeightSchedule):
         return {**super().state_dict(), **self._state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Every check before anything is set: a refused state leaves the weight as it was.
+        if isinstance(state, Mapping):
+            missing = [k for k in self._fresh() if k not in state]
+            if missing:
+                raise ValueError(f"{type(self).__name__} state is missing {missing}")
+            weight = self._weight_of(state)
+            if not self.w_min * (1 - 1e-12) <= weight <= self.w_max * (1 + 1e-12):
+                raise ValueError(f"weight {weight} lies outside [w_min, w_max] = [{self.w_min}, {self.w_max}]")
         super().load_state_dict(state)
-        missing = [k for k in self._fresh() if k not in state]
-        if missing:
-            raise ValueError(f"{type(self).__name__} state is missing {missing}")
-        weight = self._weight_of(state)
-        if not self.w_min * (1 - 1e-12) <= weight <= self.w_max * (1 + 1e-12):
-            raise ValueError(f"weight {weight} lies outside [w_min, w_max] = [{self.w_min}, {self.w_max}]")
         self._state = {k: state[k] for k in self._fresh()}
 
 
@@ -392,6 +402,10 @@ class RatioWeight(_SelfTuningWeight):
         seen. The measurement sets the weight when that backward pass ends, from the parameters it
         reached (so a checkpoint taken after it holds the new weight, and a parameter that gets no
         gradient is left out)."""
+        if not torch.is_grad_enabled():
+            # A call under no_grad (logging in training mode) cannot be backpropagated: it is not a
+            # training forward pass, and the measurement the last one opened stays open.
+            return
         self._finish_measurement()
         if self.parameters is None:
             return
@@ -406,6 +420,7 @@ class RatioWeight(_SelfTuningWeight):
         penalty = torch.autograd.grad(reg_loss, parameters, retain_graph=True, allow_unused=True)
         measurement = {
             "penalty_norm": _norm(penalty),
+            "eps": max((torch.finfo(part.dtype).eps for part in penalty if part is not None), default=0.0),
             "task_sq": 0.0,
             "scale": None,
             "without_penalty": False,
@@ -422,12 +437,19 @@ class RatioWeight(_SelfTuningWeight):
             # The backward pass's factor on reg_loss: a loss divided over micro-batches or scaled
             # by AMP's GradScaler scales the task's gradient and the penalty's alike.
             measurement["scale"] = float(gradient.sum())
-            # A pass that reaches no watched accumulator (torch.autograd.grad through reg_loss, a
-            # user's logging) leaves no factor behind for a later pass without reg_loss.
-            torch.autograd.Variable._execution_engine.queue_callback(forget_unused_scale)
+            # Finish when this pass ends, with the parameters it reached: one that gets no gradient
+            # (a layer the forward pass skipped) never reports, and waiting for it would leave the
+            # measurement open past a checkpoint. Queued here, in the pass that carries reg_loss,
+            # not at a parameter's report, which a nested pass (a head under a reentrant
+            # torch.utils.checkpoint) may give first and end before this one has begun.
+            torch.autograd.Variable._execution_engine.queue_callback(end_of_pass)
 
-        def forget_unused_scale() -> None:
-            if not measurement["reached"]:
+        def end_of_pass() -> None:
+            if measurement["reached"]:
+                finish_this_measurement()
+            else:
+                # A pass that reached no watched accumulator (torch.autograd.grad through reg_loss,
+                # a user's logging) leaves no factor behind for a later pass without reg_loss.
                 measurement["scale"] = None
 
         def report(incoming: tuple[Tensor | None, ...], part: Tensor | None, handle_index: int) -> None:
@@ -435,11 +457,6 @@ class RatioWeight(_SelfTuningWeight):
             (gradient,) = incoming
             if gradient is None:
                 return
-            if not measurement["reached"]:
-                # Finish when this backward pass ends, with the parameters it reached: one that
-                # gets no gradient (a layer the forward pass skipped) never reports, and waiting
-                # for it would leave the measurement open past a checkpoint.
-                torch.autograd.Variable._execution_engine.queue_callback(finish_this_measurement)
             measurement["reached"] += 1
             if part is not None:
                 if measurement["scale"] is None:
@@ -472,8 +489,14 @@ class RatioWeight(_SelfTuningWeight):
             handle.remove()
         scale = measurement["scale"]
         if measurement["reached"] and scale is not None and not measurement["without_penalty"]:
+            task_norm = math.sqrt(measurement["task_sq"])
+            # The task's part is the pass's gradient less scale times the penalty's; of a zero task
+            # gradient the subtraction leaves its rounding, which must read as zero (a skipped
+            # measurement), not as a tiny task gradient that would send the weight to w_min.
+            if task_norm <= ROUNDING_ULPS * measurement["eps"] * abs(scale) * measurement["penalty_norm"]:
+                task_norm = 0.0
             # The task's gradient in that pass was scale times the task loss's.
-            task_norm = math.sqrt(measurement["task_sq"]) / (abs(scale) if scale != 0.0 else 1.0)
+            task_norm /= abs(scale) if scale != 0.0 else 1.0
             self.observe_gradients(measurement["penalty_norm"], task_norm)
             self._fold()
 
@@ -529,8 +552,9 @@ class RatioWeight(_SelfTuningWeight):
     def _warn_if_unmeasured(self, iterations: int) -> None:
         if self._state["measured"] == 0 and self._state["pending"] is None and iterations == 10 * self.every:
             how = (
-                "backpropagate model.reg_loss, once per training call of the model (a second call "
-                "before the backward pass replaces the first's measurement)"
+                "backpropagate model.reg_loss with the task loss, once per training call of the "
+                "model (a second call before the backward pass replaces the first's measurement); a "
+                "task loss whose gradient is zero (every margin met) leaves nothing to measure"
                 if self.parameters
                 else "give it parameters=... or call weight.backward(...)"
             )
