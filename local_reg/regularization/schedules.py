@@ -156,7 +156,8 @@ class _SelfTuningWeight(WeightSchedule):
                 raise ValueError(f"{type(self).__name__} state is missing {missing}")
             weight = self._weight_of(state)
             if not self.w_min * (1 - 1e-12) <= weight <= self.w_max * (1 + 1e-12):
-                raise ValueError(f"weight {weight} lies outside [w_min, w_max] = [{self.w_min}, {self.w_max}]")
+                bounds = f"[w_min, w_max] = [{self.w_min}, {self.w_max}]"
+                raise ValueError(f"weight {weight} lies outside {bounds}")
         super().load_state_dict(state)
         self._state = {k: state[k] for k in self._fresh()}
 
