@@ -26,7 +26,9 @@ Methods: ``vanilla``; ``local``: the library's default as it is when run (its we
 ``floorF``: the default's penalty and target with ``RatioWeight(0.2, every=10, floor=F)`` over the
 field's parameters (``floor0``: the default weight without a floor; ``floor1``: the default's for
 these solves, read at their end); ``targetT``: ``RatioWeight(T, every=10, floor=1)`` (the default's
-for these solves at another target); ``fixedW``: the default's penalty at the constant weight ``W``.
+for these solves at another target); ``flowT``: ``RatioWeight(T, every=10)`` (the default's for a
+solve read along the flow, the oscillator's, at another target); ``fixedW``: the default's penalty
+at the constant weight ``W``.
 
     python experiments/new_user_heldout.py --out results/new_user   # runs what is missing, then the tables
     python experiments/new_user_heldout.py --out results/end_read --tasks cancer iris \
@@ -188,8 +190,9 @@ class ForcedField(torch.nn.Module):
 
 def make_model(field: torch.nn.Module, method: str) -> Regularized:
     """``vanilla``, ``local`` (the library's default), ``floorF`` (the default's target with a floor),
-    ``targetT`` (another target with the floor) or ``fixedW`` (the default's penalty at a constant
-    weight)."""
+    ``targetT`` (another target with the floor), ``flowT`` (another target without a floor: the
+    default's rule for a solve read along the flow) or ``fixedW`` (the default's penalty at a
+    constant weight)."""
     if method == "vanilla":
         return Regularized(field)
     if method == "local":
@@ -198,6 +201,8 @@ def make_model(field: torch.nn.Module, method: str) -> Regularized:
         return LocallyRegularized(field, sampling="random", weight=float(method.removeprefix("fixed")))
     if method.startswith("target"):
         target, floor = float(method.removeprefix("target")), 1.0
+    elif method.startswith("flow"):
+        target, floor = float(method.removeprefix("flow")), 0.0
     else:
         target, floor = 0.2, float(method.removeprefix("floor"))
     weight = RatioWeight(target, every=10, floor=floor, parameters=list(field.parameters()))
@@ -372,18 +377,18 @@ SUMMARY = ("task", "method", "seed", "test_metric", "test_nfe", "train_time_s", 
 
 
 def method_name(text: str) -> str:
-    """``vanilla``, ``local``, ``floor`` followed by a fraction in [0, 1], ``target`` followed by a
-    positive target, or ``fixed`` followed by a non-negative weight."""
+    """``vanilla``, ``local``, ``floor`` followed by a fraction in [0, 1], ``target`` or ``flow``
+    followed by a positive target, or ``fixed`` followed by a non-negative weight."""
     if text in ("vanilla", "local"):
         return text
-    prefix = next((p for p in ("fixed", "target") if text.startswith(p)), "floor")
+    prefix = next((p for p in ("fixed", "target", "flow") if text.startswith(p)), "floor")
     try:
         number = float(text.removeprefix(prefix))
     except ValueError:
         number = -1.0
-    bounds = {"fixed": number >= 0, "target": number > 0, "floor": 0 <= number <= 1}
+    bounds = {"fixed": number >= 0, "target": number > 0, "flow": number > 0, "floor": 0 <= number <= 1}
     if not text.startswith(prefix) or not bounds[prefix] or not np.isfinite(number):
-        expected = "vanilla, local, floorF with F in [0, 1], targetT with T > 0 or fixedW with W >= 0"
+        expected = "vanilla, local, floorF (F in [0, 1]), targetT or flowT (T > 0), or fixedW (W >= 0)"
         raise argparse.ArgumentTypeError(f"method must be {expected}, got {text!r}")
     return text
 
