@@ -50,16 +50,24 @@ class DenseOutput:
         # it alone would differentiate as the identity, a silently wrong gradient.
         self.states.append(y if torch.is_grad_enabled() else y.detach())
 
-    def _locate(self, t: float) -> int:
+    def _at_span_ends(self, values: list[float], relative_rounding: float) -> list[float]:
+        """``values`` with those within ``relative_rounding`` of a span end moved onto it: a time
+        read from a tensor narrower than float64 (the solution's own float32 ``ts``) is the span
+        end rounded, which lies outside the span as often as inside it."""
+        ends = (self.t[0], self.t_end) if self.t else (self.t0,)
+        return [
+            next((end for end in ends if abs(v - end) <= relative_rounding * abs(end)), v) for v in values
+        ]
+
+    def _locate(self, t: float, keys: list[float]) -> int:
         """The index of the step whose dense output gives ``t``, or ``-1 - index`` if ``t`` is the
-        recorded state ``states[index]``."""
+        recorded state ``states[index]``; ``keys``: the step starts times the direction."""
         direction = 1.0 if self.dt[0] > 0 else -1.0
         t_start = self.t[0]
         t_end = self.t_end
         if direction * (t - t_start) < 0 or direction * (t - t_end) > 0:
             lo, hi = sorted((t_start, t_end))
             raise ValueError(f"t={t} is outside the solved span [{lo}, {hi}]")
-        keys = [direction * s for s in self.t]
         # The step that starts at or last before t; a step start is returned exactly as recorded.
         index = max(bisect.bisect_right(keys, direction * t) - 1, 0)
         if t == self.t[index]:
@@ -77,21 +85,26 @@ class DenseOutput:
             if t.is_complex() or t.dtype == torch.bool:
                 raise TypeError(f"t must be a real tensor, got dtype {t.dtype}")
             values = [float(v) for v in t.detach().reshape(-1).tolist()]
+            narrow = t.is_floating_point() and torch.finfo(t.dtype).bits < 64
+            relative_rounding = torch.finfo(t.dtype).eps if narrow else 0.0
         elif isinstance(t, bool) or not isinstance(t, (int, float)):
             raise TypeError(f"t must be a float or a tensor of times, got {type(t).__name__}")
         else:
-            values = [float(t)]
+            values, relative_rounding = [float(t)], 0.0
         if not all(math.isfinite(v) for v in values):
             raise ValueError("t must be finite")
         if not values:
             return self.states[0].new_empty((0, *self.states[0].shape))
+        values = self._at_span_ends(values, relative_rounding)
         if not self.t:
             for v in values:
                 if v != self.t0:
                     raise ValueError(f"t={v} is outside the solved span [{self.t0}, {self.t0}]")
             out = torch.stack([self.states[0] for _ in values])
         else:
-            located = [self._locate(v) for v in values]
+            direction = 1.0 if self.dt[0] > 0 else -1.0
+            keys = [direction * s for s in self.t]
+            located = [self._locate(v, keys) for v in values]
             results: list[Tensor | None] = [None] * len(values)
             groups: dict[int, list[int]] = {}
             for position, index in enumerate(located):

@@ -332,6 +332,22 @@ def test_evaluate_at_the_last_output_time_is_the_final_state_where_start_plus_si
     assert checked > 0  # the case the test is about occurred
 
 
+@pytest.mark.parametrize("span", [[0.0, 0.1], [0.1, 0.0], [0.3]])
+def test_evaluate_at_its_own_float32_times_is_the_solution_there(span):
+    """A float32 state solved at float64 times: ``ts`` holds them rounded to float32 (0.1 rounds up,
+    out of the span); ``evaluate(ts)`` is still the outputs, bit for bit, while a time two float32
+    spacings further out stays outside the span."""
+    y0 = torch.tensor([1.0, 2.0])
+    solution = odeint(lambda t, y: -y, y0, span, dense=True)
+    assert solution.ts.dtype == torch.float32 and solution.ts.tolist() != span
+    assert torch.equal(solution.evaluate(solution.ts), solution.ys)
+    assert torch.equal(solution.evaluate(solution.ts[-1]), solution.ys[-1])
+    beyond = torch.nextafter(solution.ts[-1], solution.ts[-1] + (1 if span[-1] >= span[0] else -1))
+    farther = torch.nextafter(beyond, beyond + (1 if span[-1] >= span[0] else -1))
+    with pytest.raises(ValueError, match="outside the solved span"):
+        solution.evaluate(farther)
+
+
 @pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
 def test_evaluate_under_a_graph_free_method_is_detached_not_a_wrong_gradient(gradient):
     """The graph-free methods record no graph for the dense output, so its values are detached
