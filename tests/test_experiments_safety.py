@@ -312,6 +312,26 @@ def test_a_run_recorded_between_the_check_and_the_claim_is_not_trained_again(tmp
     assert len(calls) == 2 and "already in" in capsys.readouterr().err
 
 
+def test_a_checkpoint_left_behind_by_a_recorded_run_is_removed_by_the_next_sweep(tmp_path, monkeypatch):
+    """A sweep stopped after recording a run but before removing its checkpoint leaves the file; the
+    next sweep skips the run and removes it (not while another process holds the run)."""
+    spec = runner.RunSpec("digits", "vanilla", 0, "tiny")
+    ResultsFile(tmp_path).append(fake_record("digits", "vanilla", 0, run_id=spec.run_id))
+    checkpoint = tmp_path / "checkpoints" / f"{spec.run_id}.pt"
+    checkpoint.parent.mkdir()
+    no_training(monkeypatch)
+    held = runner.RunLock(tmp_path / "checkpoints" / f"{spec.run_id}.lock")
+    checkpoint.write_bytes(b"left behind")
+    assert held.acquire()
+    try:
+        assert runner.sweep("digits", ["vanilla"], [0], tmp_path, size="tiny", progress=False) == []
+        assert checkpoint.exists()
+    finally:
+        held.release()
+    assert runner.sweep("digits", ["vanilla"], [0], tmp_path, size="tiny", progress=False) == []
+    assert not checkpoint.exists() and not held.path.exists()
+
+
 def test_ctrl_c_exits_130_with_one_line_and_the_command_that_resumes(tmp_path, monkeypatch):
     process = start_stalled_experiment(tmp_path)
     process.send_signal(signal.SIGINT)
@@ -379,6 +399,8 @@ def test_an_unreadable_checkpoint_is_set_aside_named_and_its_run_restarts(
     err = capsys.readouterr().err
     warning = f"local-reg: warning: checkpoint {checkpoints / name} cannot be used ("
     assert warning in err and f"moved to {name}.corrupt-2, its run restarts" in err
+    # Torch's own advice for an unreadable file (load it with weights_only=False) is not passed on.
+    assert "weights_only" not in err
     assert (checkpoints / f"{name}.corrupt-2").read_bytes() == content
     assert (checkpoints / f"{name}.corrupt-1").read_bytes() == b"an earlier one"
     assert len(calls) == 2  # the whole run, from the start

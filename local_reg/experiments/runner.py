@@ -321,9 +321,13 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
             if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
                 raise ValueError(f"not a checkpoint: expected the keys {list(CHECKPOINT_KEYS)}")
         # Truncated files, garbage and foreign pickles fail in many ways (RuntimeError from the zip
-        # reader, UnpicklingError, EOFError, ...): any of them makes the file unusable.
+        # reader, UnpicklingError, EOFError, ...): any of them makes the file unusable. Torch's own
+        # message is not repeated: for a garbage file it advises loading it with weights_only=False.
         except Exception as error:
-            set_aside(path, _error_text(error))
+            reason = str(error) if isinstance(error, ValueError) and str(error).startswith("not a") else None
+            set_aside(
+                path, reason or f"not a readable checkpoint, truncated or corrupt: {type(error).__name__}"
+            )
             state = None
     return distributed.broadcast(state)
 
@@ -664,6 +668,12 @@ def sweep(
                     status = f"already in {results.path}" + (
                         f" as {recorded}" if recorded != spec.run_id else ""
                     )
+                    # A sweep stopped between recording the run and removing its checkpoint left
+                    # the checkpoint behind: remove it, unless another process holds the run.
+                    checkpoint = out_dir / "checkpoints" / f"{spec.run_id}.pt"
+                    if checkpoint.exists() and lock.acquire():
+                        checkpoint.unlink(missing_ok=True)
+                        lock.release()
                 elif not lock.acquire():
                     status = "being trained by another process"
                 elif (recorded := recorded_as(results, spec)) is not None:
