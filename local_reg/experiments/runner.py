@@ -318,17 +318,16 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
     if distributed.is_main() and path.exists():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
-                raise ValueError(f"not a checkpoint: expected the keys {list(CHECKPOINT_KEYS)}")
         # Truncated files, garbage and foreign pickles fail in many ways (RuntimeError from the zip
         # reader, UnpicklingError, EOFError, ...): any of them makes the file unusable. Torch's own
         # message is not repeated: for a garbage file it advises loading it with weights_only=False.
         except Exception as error:
-            reason = str(error) if isinstance(error, ValueError) and str(error).startswith("not a") else None
-            set_aside(
-                path, reason or f"not a readable checkpoint, truncated or corrupt: {type(error).__name__}"
-            )
+            set_aside(path, f"not a readable checkpoint, truncated or corrupt: {type(error).__name__}")
             state = None
+        else:
+            if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+                set_aside(path, f"not a checkpoint: expected the keys {list(CHECKPOINT_KEYS)}")
+                state = None
     return distributed.broadcast(state)
 
 
