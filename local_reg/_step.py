@@ -258,14 +258,18 @@ def _tensor_time_step(
     return result
 
 
-_COMPILED_STEPS: dict[str, Callable[..., Any]] = {}
+_COMPILED_STEPS: dict[tuple[tuple[str, str], ...], Callable[..., Any]] = {}
 
 
 def compiled_step(options: dict[str, Any]) -> Callable[..., Any]:
     """:func:`_tensor_time_step` compiled by ``torch.compile(**options)``, made once per set of
     options (torch caches the graphs per vector field, tableau and shapes). The options are told
-    apart by their ``repr``: some values (inductor's ``options`` dict) cannot be hashed."""
-    key = repr(sorted(options.items()))
+    apart by their ``repr`` (inductor's ``options`` dict cannot be hashed), a callable backend by
+    its identity: two backends may print alike (the cache keeps each alive, so no id is reused)."""
+    key = tuple(
+        (name, f"callable {id(value)}" if callable(value) else repr(value))
+        for name, value in sorted(options.items())
+    )
     if key not in _COMPILED_STEPS:
         _COMPILED_STEPS[key] = torch.compile(_tensor_time_step, **options)
     return _COMPILED_STEPS[key]

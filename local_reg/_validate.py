@@ -330,6 +330,36 @@ def compile_options(compile: object) -> dict[str, Any] | None:
     unknown = sorted(set(compile) - (set(inspect.signature(torch.compile).parameters) - {"model"}))
     if unknown:
         raise ValueError(f"compile has keywords torch.compile does not take: {unknown}")
+    # torch.compile would accept several bad values here and fail only at the first compiled step
+    # (after the solve has started), with its own RuntimeError or AssertionError.
+    backend = compile.get("backend", "inductor")
+    if not callable(backend):
+        from torch._dynamo import list_backends
+
+        backends = list_backends(exclude_tags=())
+        if not isinstance(backend, str) or backend not in backends:
+            raise ValueError(f"compile['backend'] must be a callable or one of {backends}, got {backend!r}")
+    for key in ("fullgraph", "disable"):
+        if key in compile and not isinstance(compile[key], bool):
+            raise TypeError(f"compile[{key!r}] must be a bool, got {type(compile[key]).__name__}")
+    if compile.get("dynamic") is not None and not isinstance(compile["dynamic"], bool):
+        raise TypeError(f"compile['dynamic'] must be None or a bool, got {type(compile['dynamic']).__name__}")
+    mode, inductor_options = compile.get("mode"), compile.get("options")
+    if mode is not None and inductor_options is not None:
+        raise ValueError("compile takes 'mode' or 'options', not both (as torch.compile)")
+    if mode is not None or inductor_options is not None:
+        from torch._inductor import list_mode_options, list_options
+
+        modes = list(list_mode_options())
+        if mode is not None and mode not in modes:
+            raise ValueError(f"compile['mode'] must be one of {modes}, got {mode!r}")
+        if inductor_options is not None:
+            if not isinstance(inductor_options, dict):
+                kind = type(inductor_options).__name__
+                raise TypeError(f"compile['options'] must be a dict of inductor options, got {kind}")
+            bad = sorted(set(inductor_options) - set(list_options()))
+            if bad:
+                raise ValueError(f"compile['options'] has keys inductor does not know: {bad}")
     return dict(compile)
 
 

@@ -145,11 +145,39 @@ def test_options_that_cannot_be_hashed_are_taken_and_one_compilation_is_reused()
             ValueError,
             r"torch.compile does not take: \['bakend'\]",
         ),
+        # Values torch.compile takes and fails on only at the first compiled step.
+        ({"backend": "no_such_backend"}, ValueError, r"compile\['backend'\] must be a callable or one of"),
+        ({"backend": 3}, ValueError, r"compile\['backend'\] must be a callable or one of"),
+        ({"mode": "fastest"}, ValueError, r"compile\['mode'\] must be one of"),
+        ({"mode": "default", "options": {}}, ValueError, "compile takes 'mode' or 'options', not both"),
+        ({"options": {"no_such_option": 1}}, ValueError, r"inductor does not know: \['no_such_option'\]"),
+        ({"options": ["cpp_wrapper"]}, TypeError, r"compile\['options'\] must be a dict"),
+        ({"dynamic": "maybe"}, TypeError, r"compile\['dynamic'\] must be None or a bool"),
+        ({"fullgraph": "yes"}, TypeError, r"compile\['fullgraph'\] must be a bool"),
     ],
 )
 def test_bad_compile_options_are_refused_by_name(compile, error, match):
     with pytest.raises(error, match=match):
         odeint(van_der_pol, torch.ones(2, dtype=torch.float64), [0.0, 1.0], compile=compile)
+    # A regularized model refuses them when it is built, not at its first training call.
+    with pytest.raises(error, match=match):
+        LocallyRegularized(Field(), options={"compile": compile})
+
+
+def test_backends_that_print_alike_get_their_own_compiled_step():
+    """Two callable backends with equal reprs are two backends: each compiles with its own."""
+    from local_reg._step import compiled_step
+
+    class Backend:
+        def __call__(self, graph, inputs):
+            return graph
+
+        def __repr__(self) -> str:
+            return "Backend()"
+
+    first, second = Backend(), Backend()
+    assert compiled_step({"backend": first}) is compiled_step({"backend": first})
+    assert compiled_step({"backend": first}) is not compiled_step({"backend": second})
 
 
 def test_a_regularized_model_compiles_its_main_solve_through_options():
