@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shlex
 import signal
@@ -532,6 +533,39 @@ def test_a_row_on_several_processes_is_compared_with_vanilla_on_as_many():
     nfe_ratio = {line.split(" | ")[0].strip("| "): line.split(" | ")[-3] for line in lines[2:]}
     assert nfe_ratio["steer (2 processes)"] == "0.500" and nfe_ratio["steer"] == "0.750"
     assert nfe_ratio["vanilla (2 processes)"] == "1.000"
+
+
+def test_report_ratios_compare_the_seeds_a_row_shares_with_vanilla():
+    """A partial sweep (vanilla without seed 2, a row without seed 0): each ratio is of the means over
+    the seeds both have, so the seeds' spread does not enter it (per seed the NFE ratio is 0.5)."""
+    from local_reg.experiments.report import Group, markdown_table
+
+    records = [fake_record("digits", "vanilla", seed, test_nfe=10.0 * (seed + 1)) for seed in (0, 1)]
+    records += [
+        fake_record("digits", "steer", seed, label="steer", test_nfe=5.0 * (seed + 1)) for seed in (1, 2)
+    ]
+    lines = markdown_table(Group("digits", "cfg", records)).splitlines()
+    nfe_ratio = {line.split(" | ")[0].strip("| "): line.split(" | ")[-3] for line in lines[2:]}
+    assert nfe_ratio == {"vanilla": "1.000", "steer": "0.500"}
+
+
+def test_a_non_finite_metric_is_reported_not_a_crash(tmp_path):
+    """A diverged run's NaN or inf metric shows as such in its row; the other rows are unchanged."""
+    from local_reg.experiments.report import Group, markdown_table
+
+    records = [fake_record("digits", "vanilla", seed) for seed in (0, 1)]
+    records += [
+        fake_record("digits", "steer", 0, label="steer"),
+        fake_record("digits", "steer", 1, label="steer"),
+    ]
+    records[2]["test"]["accuracy"] = math.nan
+    records[3]["test_nfe"] = math.inf
+    lines = {
+        line.split(" | ")[0].strip("| "): line
+        for line in markdown_table(Group("digits", "cfg", records)).splitlines()[2:]
+    }
+    assert "nan ± nan" in lines["steer"] and "inf ± nan" in lines["steer"]
+    assert "nan" not in lines["vanilla"] and "inf" not in lines["vanilla"]
 
 
 def test_report_numbers_never_switch_to_exponents():

@@ -2,12 +2,13 @@
 
 Columns: train and test metric, training wall time, prediction time per test batch, test NFE, each the
 mean ± sd over seeds, and the NFE, training time and prediction time of each method as a ratio to
-vanilla's (ratios of the means). Plots: the main solve's NFE over training, and the test metric
-against test NFE, for every method.
+vanilla's (ratios of the means over the seeds both have). Plots: the main solve's NFE over
+training, and the test metric against test NFE, for every method.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import warnings
 from collections.abc import Sequence
@@ -105,7 +106,12 @@ def group_records(records: Sequence[dict[str, Any]], task: str | None = None) ->
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    """Mean and sample standard deviation; a non-finite value (a diverged run's metric) makes both
+    ``nan`` or ``inf`` rather than stopping the report (``statistics.stdev`` raises on them)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, statistics.stdev(values) if all(math.isfinite(v) for v in values) else math.nan
 
 
 def _number(x: float, digits: int) -> str:
@@ -153,13 +159,16 @@ def _baseline(group: Group, label: str) -> list[dict[str, Any]]:
 
 
 def _ratio(group: Group, label: str, path: str) -> str:
-    baseline = _baseline(group, label)
-    if not baseline:
+    """The row's mean over vanilla's, both over the seeds they share (on a partial sweep the means
+    of different seed sets would mix the seeds' spread into the ratio); ``–`` without one."""
+    baseline = {record["seed"]: record for record in _baseline(group, label)}
+    runs = [record for record in group.runs(label) if record["seed"] in baseline]
+    if not runs:
         return "–"
-    reference = statistics.fmean(_get(r, path) for r in baseline)
+    reference = statistics.fmean(_get(baseline[r["seed"]], path) for r in runs)
     if reference == 0:  # e.g. a run recorded without training: no ratio rather than a crash
         return "–"
-    return f"{statistics.fmean(_get(r, path) for r in group.runs(label)) / reference:.3f}"
+    return f"{statistics.fmean(_get(r, path) for r in runs) / reference:.3f}"
 
 
 def markdown_table(group: Group, timing: str = "cpu") -> str:
