@@ -241,6 +241,22 @@ class AcceptedStep:
         return self.stepper.interpolate(self.t, self.dt, self.y, self.stages, t_outs)
 
 
+def _call_leaving_state(name: str, state: Tensor, callback: Callable[..., Any], *args: Any) -> Any:
+    """``callback(*args)``, which must not change ``state`` in place: the solver reuses it (the
+    outputs, the dense record and the next step start from it), so a change would silently give
+    wrong states, as a ``func`` that changes its input would (``_validate.CheckedField``)."""
+    if state.is_inference():  # keeps no version counter
+        return callback(*args)
+    version = state._version
+    value = callback(*args)
+    if state._version != version:
+        raise ValueError(
+            f"callbacks.{name} modified the state it was given in place (at t={args[0]!r}); read it, "
+            "or change a copy"
+        )
+    return value
+
+
 def integrate(
     stepper: Stepper,
     y0: Tensor,
@@ -328,7 +344,7 @@ def integrate(
             t_next = t_target if lands else t + dt
 
             if callbacks.step is not None:
-                callbacks.step(t, y, dt)
+                _call_leaving_state("step", y, callbacks.step, t, y, dt)
             result = stepper.step(t, t_next, y, dt, carry, adaptive)
             stats.add(result.nfe, diffusion=result.nfe_diffusion)
             stats.n_steps += 1
@@ -352,7 +368,7 @@ def integrate(
             if accepted:
                 step_dt = (t_target - t) if lands else dt
                 if callbacks.accept is not None:
-                    callbacks.accept(t, y, step_dt)
+                    _call_leaving_state("accept", y, callbacks.accept, t, y, step_dt)
                 stats.n_accepted += 1
                 log.t.append(t)
                 log.dt.append(step_dt)
@@ -378,7 +394,13 @@ def integrate(
                     if next_output < len(times) - 1 and times[next_output] == t_next:
                         outputs.append(result.y1)
                         next_output += 1
-                t_stop = None if stop is None else stop(t, t_next, result.y1, accepted_step.states)
+                t_stop = (
+                    None
+                    if stop is None
+                    else _call_leaving_state(
+                        "stop", result.y1, stop, t, t_next, result.y1, accepted_step.states
+                    )
+                )
                 if t_stop is not None:
                     if not (direction * (t_stop - t) > 0 and direction * (t_stop - t_next) <= 0):
                         raise ValueError(
@@ -403,7 +425,7 @@ def integrate(
             else:
                 stats.n_rejected += 1
                 if callbacks.reject is not None:
-                    callbacks.reject(t, y, dt)
+                    _call_leaving_state("reject", y, callbacks.reject, t, y, dt)
                 dt_abs = dt_used * controller.reject_factor(error_estimate, stepper.order)
                 after_rejection = True
             # After dense output, which may have evaluated the next step's first stage.

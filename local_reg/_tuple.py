@@ -18,6 +18,8 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
+from ._validate import active_autocast
+
 
 class TupleState:
     """The layout of a tuple of tensors in one flat state."""
@@ -86,7 +88,20 @@ class TupleField(nn.Module):
                 f"func must return a tuple of {len(self.state.shapes)} tensors for a tuple y0, got "
                 f"{type(output).__name__}"
             )
-        return self.state.flatten(tuple(output), "func's output")
+        output = tuple(output)
+        autocast_dtypes = {dtype for _, dtype in active_autocast()}
+        if autocast_dtypes:
+            # As for a tensor state (call_under_autocast, around this call, casts a flat output): a
+            # piece in an autocast dtype goes back to the state's before the pieces are checked.
+            output = tuple(
+                piece.to(self.state.dtype)
+                if isinstance(piece, Tensor)
+                and piece.dtype != self.state.dtype
+                and piece.dtype in autocast_dtypes
+                else piece
+                for piece in output
+            )
+        return self.state.flatten(output, "func's output")
 
 
 def user_func(func: Callable) -> Callable:

@@ -129,7 +129,9 @@ def _callbacks(func: object, state: TupleState | None, t_dtype: torch.dtype) -> 
                 _callback(
                     torch.tensor(t0, dtype=t_dtype, device=y0.device),
                     y,
-                    torch.tensor(dt, dtype=t_dtype, device=y0.device),
+                    # The step's size: torchdiffeq solves a decreasing t as an increasing -t, and
+                    # its callbacks get that solve's positive dt (with t0 mapped back).
+                    torch.tensor(abs(dt), dtype=t_dtype, device=y0.device),
                 )
 
             found[key] = call

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -228,6 +230,23 @@ def test_step_callbacks_as_torchdiffeq_calls_them():
     func = Recording()
     compat.odeint(func, y0, t, method="euler", options={"step_size": 0.25})
     assert [dt for _, dt in func.log["accept"]] == [0.25] * 6 and not func.log["reject"]
+
+
+def test_step_callbacks_get_a_positive_dt_when_t_decreases_as_in_torchdiffeq():
+    """torchdiffeq solves a decreasing ``t`` as an increasing ``-t``: its callbacks get the step's
+    positive size, with ``t0`` the original (decreasing) time."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    t = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    logs = []
+    for solve in (compat.odeint, torchdiffeq.odeint):
+        func = Recording()
+        solve(func, y0, t, options={"first_step": 0.1})
+        logs.append(func.log["accept"])
+    for log in logs:
+        assert log and all(float(dt) > 0 for _, dt in log)
+        assert float(log[0][0]) == 1.0 and all(float(b[0]) < float(a[0]) for a, b in itertools.pairwise(log))
+    assert float(logs[0][0][1]) == float(logs[1][0][1]) == 0.1
 
 
 def loss_of(solution):

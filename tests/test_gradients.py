@@ -723,6 +723,19 @@ def test_graph_free_methods_refuse_parameters_swapped_in_for_the_forward_call_on
             assert all(p.grad is not None for p in module.parameters())
 
 
+def test_a_tuple_state_under_autocast_is_cast_back_as_a_tensor_state_is():
+    """A tuple field's bfloat16 pieces under autocast go back to the state's dtype, as a tensor
+    field's output does: the tuple solve equals the flat one (it is one flat state)."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(2, 2)
+    y0 = (torch.randn(3, 2), torch.randn(4, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pieces = odeint(lambda t, y: tuple(torch.tanh(layer(p)) for p in y), y0, [0.0, 1.0]).ys
+        flat = odeint(lambda t, y: torch.tanh(layer(y)), torch.cat(y0), [0.0, 1.0]).ys
+    assert [p.dtype for p in pieces] == [torch.float32, torch.float32]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), flat, rtol=0, atol=0)
+
+
 def test_autocast_runs_func_in_half_precision_and_the_solver_in_the_states():
     """Under ``torch.autocast`` the field runs in bfloat16 (its output cast back to the state's
     dtype, as torchdiffeq's solvers promote it), the solver's own combinations (matrix products,
