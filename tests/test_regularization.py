@@ -191,6 +191,32 @@ def test_matrix_default_penalty_is_the_mean_square_rate_and_its_gradient_matches
         torch.testing.assert_close(a, n, rtol=1e-6, atol=1e-8 * scale)
 
 
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+def test_the_default_weights_measurement_is_counted_in_the_forward_pass(gradient):
+    """With ``detach_state=False`` the default weight's measurement (a gradient of ``reg_loss`` in
+    the forward pass) runs the main gradient method's backward pass: its evaluations count in
+    ``nfe_forward`` (as ``nfe_measurement``), not in the training backward pass's ``nfe_backward``;
+    both equal the calls counted in the field, on a measured iteration and on the next."""
+    func = CountingField(MLPField())
+    model = LocallyRegularized(
+        func,
+        penalty="error-dt",
+        detach_state=False,
+        gradient=gradient,
+        generator=torch.Generator().manual_seed(0),
+    )
+    measured = []
+    for _ in range(2):
+        func.calls = 0
+        ys = model(_y0(), T)
+        forward_calls, func.calls = func.calls, 0
+        (ys.pow(2).mean() + model.reg_loss).backward()
+        stats = model.stats
+        assert (stats.nfe_forward, stats.nfe_backward) == (forward_calls, func.calls)
+        measured.append(stats.nfe_measurement)
+    assert measured[0] > 0 and measured[1] == 0  # measured every 10 training passes, from the first
+
+
 @pytest.mark.parametrize("penalty_form", ["error-dt", "kinetic"])
 @pytest.mark.parametrize("backend, gradient", GRADIENT_CASES)
 def test_detach_state_false_sends_the_penalty_gradient_into_the_solution(backend, gradient, penalty_form):

@@ -433,7 +433,11 @@ class Regularized(nn.Module):
         ys, reg, self.stats = self.penalty(problem, y0, t, self.generator)
         self.stats.grad_ratio = self.weight.last_ratio
         self.reg_loss = reg * self.weight()
+        before = self.stats.nfe_backward or 0
         self.weight.watch(self.reg_loss)
+        # A measuring weight differentiates reg_loss here; with detach_state=False that runs the main
+        # gradient method's backward pass, whose evaluations belong to this forward pass.
+        self.stats.nfe_measurement = (self.stats.nfe_backward or 0) - before
         return unflatten(ys)
 
     def _flat(

@@ -35,6 +35,9 @@ class RegularizationStats:
         grad_ratio: the weight's last measured ``||grad reg_loss|| / ||grad task loss||``
             (:class:`local_reg.regularization.RatioWeight` measures it, in an earlier iteration's
             backward pass), else ``None``.
+        nfe_measurement: evaluations of a measuring weight's gradient of ``reg_loss``, taken in
+            the forward pass: with ``detach_state=False`` it runs the main gradient method's
+            backward pass, which :attr:`nfe_backward` then leaves out; else 0.
     """
 
     main: Stats = field(default_factory=Stats)
@@ -48,6 +51,7 @@ class RegularizationStats:
     penalty_finite: bool = True
     n_accepted: int | None = None
     grad_ratio: float | None = None
+    nfe_measurement: int = 0
     backward_counter: BackwardCounter | None = field(default=None, repr=False)
 
     @property
@@ -62,8 +66,8 @@ class RegularizationStats:
 
     @property
     def nfe_forward(self) -> int:
-        """Every evaluation of the forward pass: main solve plus regularizer."""
-        return self.main.nfe + self.probe.nfe
+        """Every evaluation of the forward pass: main solve, regularizer and a weight's measurement."""
+        return self.main.nfe + self.probe.nfe + self.nfe_measurement
 
     @property
     def nfe_main_drift(self) -> int:
@@ -86,6 +90,5 @@ class RegularizationStats:
         """Evaluations (calls and vector--Jacobian products) of the main gradient method's backward
         pass, once ``backward`` has run; ``None`` while unknown (before backward, or plain
         backpropagation through torchdiffeq, which makes no calls of its own)."""
-        if self.backward_counter is not None:
-            return self.backward_counter()
-        return self.main.nfe_backward
+        total = self.backward_counter() if self.backward_counter is not None else self.main.nfe_backward
+        return None if total is None else total - self.nfe_measurement

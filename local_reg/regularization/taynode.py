@@ -123,7 +123,8 @@ class TayNODERegularized(Regularized):
             every gradient method works.
 
     ``stats.nfe_main`` counts the augmented field's evaluations; ``stats.nfe_reg`` the ``K - 1``
-    forward-mode evaluations of ``func`` each of them adds.
+    forward-mode evaluations of ``func`` each of them adds; ``stats.nfe_backward`` the augmented
+    field's evaluations in the backward pass (each of them ``K`` of ``func``'s).
     """
 
     def __init__(
