@@ -89,10 +89,10 @@ class TupleField(nn.Module):
                 f"{type(output).__name__}"
             )
         output = tuple(output)
-        autocast_dtypes = {dtype for _, dtype in active_autocast()}
-        if autocast_dtypes:
+        if any(isinstance(piece, Tensor) and piece.dtype != self.state.dtype for piece in output):
             # As for a tensor state (call_under_autocast, around this call, casts a flat output): a
             # piece in an autocast dtype goes back to the state's before the pieces are checked.
+            autocast_dtypes = {dtype for _, dtype in active_autocast()}
             output = tuple(
                 piece.to(self.state.dtype)
                 if isinstance(piece, Tensor)
