@@ -474,7 +474,7 @@ def test_a_row_recorded_twice_for_one_seed_counts_once(tmp_path, capsys):
     write_records(tmp_path, [fake_record("digits", "vanilla", 0), twice])
     assert main(["report", "--out", str(tmp_path)]) == 0
     captured = capsys.readouterr()
-    assert "local-reg: warning:" in captured.err and "counted once, as the first" in captured.err
+    assert "local-reg: warning:" in captured.err and captured.err.count("counted once, as the first") == 1
     row = next(line for line in captured.out.splitlines() if line.startswith("| vanilla |"))
     assert row.split(" | ")[2] == "1"
 
@@ -547,6 +547,19 @@ def test_report_ratios_compare_the_seeds_a_row_shares_with_vanilla():
     lines = markdown_table(Group("digits", "cfg", records)).splitlines()
     nfe_ratio = {line.split(" | ")[0].strip("| "): line.split(" | ")[-3] for line in lines[2:]}
     assert nfe_ratio == {"vanilla": "1.000", "steer": "0.500"}
+
+
+def test_ratio_weights_are_rows_in_the_order_of_their_targets():
+    from local_reg.experiments.report import Group
+
+    records = [fake_record("digits", "vanilla", 0)]
+    for target in (0.001, 10.0, 1e-05, 2.0):
+        label = f"local-random (w=ratio {target:g})"
+        record = fake_record("digits", "local-random", 0, label=label, weight={"ratio": target})
+        record["run_id"] += label
+        records.append(record)
+    labels = Group("digits", "cfg", records).labels()
+    assert labels[1:] == [f"local-random (w=ratio {t:g})" for t in (1e-05, 0.001, 2.0, 10.0)]
 
 
 def test_a_non_finite_metric_is_reported_not_a_crash(tmp_path):

@@ -12,7 +12,7 @@ import math
 import statistics
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ class Group:
     task: str
     config_id: str
     records: list[dict[str, Any]]
+    # The duplicates warned about: runs() is read once per cell of a row, the warning is given once.
+    _warned: set[tuple[str, str]] = field(default_factory=set, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -62,8 +64,12 @@ class Group:
 
         def key(record: dict[str, Any]) -> tuple:
             weight = record.get("weight")
-            # A spec without a size ("default", a ratio or adaptive weight) sorts as 0, then by label.
-            size = weight.get("start", 0.0) if isinstance(weight, dict) else weight
+            # A decay by its start, a ratio or adaptive weight by its target or initial value; a spec
+            # without a size ("default") sorts as 0; then by label.
+            if isinstance(weight, dict):
+                size = next((weight[k] for k in ("start", "ratio", "adaptive") if k in weight), 0.0)
+            else:
+                size = weight
             size = size if isinstance(size, (int, float)) else 0.0
             return (
                 order.get(record["method"], len(order)),
@@ -86,6 +92,9 @@ class Group:
                 continue
             if record["seed"] in by_seed:
                 first = by_seed[record["seed"]]["run_id"]
+                if (label, record["run_id"]) in self._warned:
+                    continue
+                self._warned.add((label, record["run_id"]))
                 warnings.warn(
                     f"{self.task} {label!r} seed {record['seed']}: recorded as {first} and "
                     f"{record['run_id']}; counted once, as the first",
