@@ -314,6 +314,46 @@ def test_adaptive_weight_bad_input():
         AdaptiveWeight().observe(float("nan"), 3)
 
 
+def test_adaptive_weight_allows_a_rise_relative_to_the_best_losss_size_also_below_zero():
+    """A negative loss (a log-likelihood's) moves the weight as its positive twin does: a constant
+    loss is no rise, and 12.5% of the best's size above it is over a 5% allowance."""
+    for sign in (1.0, -1.0):
+        weight = AdaptiveWeight(1.0, loss_rise=0.05, rate=0.2, beta=0.0, warmup=0)
+        assert _run(weight, [sign * 0.8] * 3, [10] * 3) == pytest.approx(
+            [math.exp(0.2 * k) for k in (1, 2, 3)]
+        )
+        assert _run(weight, [sign * 0.8 + 0.1], [10])[0] == pytest.approx(math.exp(0.4))
+
+
+def test_adaptive_weight_refuses_counts_and_states_it_could_not_continue_from():
+    weight = AdaptiveWeight(target_nfe=10)
+    for bad in (float("nan"), float("inf"), -5.0):
+        with pytest.raises(ValueError, match="nfe must be non-negative and finite"):
+            weight.observe(1.0, bad)
+    with pytest.raises(TypeError, match="task_loss"):
+        weight.observe("0.5", 3)
+    _run(weight, [1.0, 0.9], [12, 11])
+    before = weight.state_dict()
+    for key, value in [
+        ("ema_loss", float("nan")),
+        ("baseline", float("nan")),
+        ("observed", -1),
+        ("observed", "a"),
+        ("log_weight", 1e6),
+        ("pending", "junk"),
+    ]:
+        with pytest.raises(ValueError, match=key if key != "log_weight" else "lies outside"):
+            weight.load_state_dict({**before, key: value})
+        assert weight.state_dict() == before
+
+
+def test_exponential_decay_ends_exactly_at_its_last_weight():
+    from local_reg.regularization import ExponentialDecay
+
+    decay = ExponentialDecay(2.5, 1.0, 7)
+    assert decay.value(0) == 2.5 and decay.value(7) == 1.0 and decay.value(100) == 1.0
+
+
 def test_cli_settings_for_the_study():
     spec = RunSpec(
         "digits", "local-random", 0, "tiny", overrides={"local.probe": "solver", "local.n_draws": 2}

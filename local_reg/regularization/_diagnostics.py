@@ -61,7 +61,9 @@ class GradientRatio:
 
     def before_backward(self, reg_loss: Tensor) -> None:
         if isinstance(reg_loss, Tensor) and reg_loss.numel() != 1:
-            raise ValueError(f"reg_loss must be a 0-dim tensor, got shape {tuple(reg_loss.shape)}")
+            raise ValueError(
+                f"reg_loss must be one value (a 0-dim tensor), got shape {tuple(reg_loss.shape)}"
+            )
         if not isinstance(reg_loss, Tensor) or not reg_loss.requires_grad:
             self._penalty_grads = None
             return

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import non_negative_float, positive_float, positive_int
+from .._validate import non_negative_float, positive_float, positive_int, real_number
 from ._diagnostics import GradientRatio, trained_parameters
 
 ROUNDING_ULPS = 4096
@@ -114,8 +114,9 @@ class ExponentialDecay(WeightSchedule):
         self.n_steps = positive_int("n_steps", n_steps)
 
     def value(self, iteration: int) -> float:
-        k = min(iteration, self.n_steps)
-        return self.w0 * math.exp(-k * math.log(self.w0 / self.w1) / self.n_steps)
+        if iteration >= self.n_steps:
+            return self.w1  # exactly, not the formula's rounding of it
+        return self.w0 * math.exp(-iteration * math.log(self.w0 / self.w1) / self.n_steps)
 
     def __repr__(self) -> str:
         return f"ExponentialDecay(w0={self.w0}, w1={self.w1}, n_steps={self.n_steps})"
@@ -142,6 +143,9 @@ class _SelfTuningWeight(WeightSchedule):
     def _weight_of(self, state: dict[str, Any]) -> float:
         raise NotImplementedError
 
+    def _check_state(self, state: Mapping[str, Any]) -> None:
+        """Refuse a state (its keys present) that :meth:`step` could not continue from."""
+
     def value(self, iteration: int) -> float:
         return self._weight_of(self._state)
 
@@ -154,6 +158,7 @@ class _SelfTuningWeight(WeightSchedule):
             missing = [k for k in self._fresh() if k not in state]
             if missing:
                 raise ValueError(f"{type(self).__name__} state is missing {missing}")
+            self._check_state(state)
             weight = self._weight_of(state)
             if not self.w_min * (1 - 1e-12) <= weight <= self.w_max * (1 + 1e-12):
                 bounds = f"[w_min, w_max] = [{self.w_min}, {self.w_max}]"
@@ -173,7 +178,7 @@ class AdaptiveWeight(_SelfTuningWeight):
 
         Lbar = EMA(L), Nbar = EMA(N)  (factor ``beta``, bias-corrected)
         B    = min over k of Lbar      (the best task loss seen: the unregularized baseline's stand-in)
-        g    = -1                         if Lbar > (1 + loss_rise) B   (over the loss allowance)
+        g    = -1                         if Lbar > B + loss_rise |B|   (over the loss allowance)
              = clip(Nbar / target_nfe - 1, -1, 1)   else, if target_nfe is set
              = +1                         else                         (within allowance: buy cost)
         log w <- clip(log w + rate g, log w_min, log w_max)
@@ -219,18 +224,46 @@ class AdaptiveWeight(_SelfTuningWeight):
     def _weight_of(self, state: dict[str, Any]) -> float:
         return math.exp(float(state["log_weight"]))
 
+    def _check_state(self, state: Mapping[str, Any]) -> None:
+        def finite(value: object) -> bool:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        for key in ("log_weight", "ema_loss", "ema_nfe"):
+            if not finite(state[key]):
+                raise ValueError(f"AdaptiveWeight state's {key} must be a finite float, got {state[key]!r}")
+        if not math.log(self.w_min) - 1e-12 <= state["log_weight"] <= math.log(self.w_max) + 1e-12:
+            bounds = f"[w_min, w_max] = [{self.w_min}, {self.w_max}]"
+            raise ValueError(f"weight exp({state['log_weight']}) lies outside {bounds}")
+        observed = state["observed"]
+        if isinstance(observed, bool) or not isinstance(observed, int) or observed < 0:
+            raise ValueError(f"AdaptiveWeight state's observed must be a non-negative int, got {observed!r}")
+        if state["baseline"] is not None and not finite(state["baseline"]):
+            raise ValueError(
+                f"AdaptiveWeight state's baseline must be None or finite, got {state['baseline']!r}"
+            )
+        pending = state["pending"]
+        if pending is not None and not (
+            isinstance(pending, (tuple, list))
+            and len(pending) == 2
+            and finite(pending[0])
+            and (pending[1] is None or finite(pending[1]))
+        ):
+            raise ValueError(f"AdaptiveWeight state's pending must be None or (loss, nfe), got {pending!r}")
+
     @property
     def baseline(self) -> float | None:
         """The best (lowest) bias-corrected task-loss average seen so far."""
         return self._state["baseline"]
 
     def observe(self, task_loss: float, nfe: float | None = None) -> None:
-        task_loss = float(task_loss)
+        task_loss = real_number("task_loss", task_loss, "a real number")
         if not math.isfinite(task_loss):
             raise ValueError(f"task_loss must be finite, got {task_loss}")
         if self.target_nfe is not None and nfe is None:
             raise ValueError("this AdaptiveWeight has a target_nfe: observe() needs the measured nfe")
-        self._state["pending"] = (task_loss, None if nfe is None else float(nfe))
+        # A non-finite count would stay in the NFE average for good.
+        nfe = None if nfe is None else non_negative_float("nfe", nfe)
+        self._state["pending"] = (task_loss, nfe)
 
     def step(self) -> float:
         """Fold in the last :meth:`observe` (if any), update the multiplier, advance one iteration."""
@@ -246,7 +279,9 @@ class AdaptiveWeight(_SelfTuningWeight):
             if state["observed"] > self.warmup:
                 baseline = state["baseline"]
                 state["baseline"] = mean_loss if baseline is None else min(baseline, mean_loss)
-                if mean_loss > (1 + self.loss_rise) * state["baseline"]:
+                # Relative to the best loss's size: a negative loss (a log-likelihood's) must not
+                # put the allowance below the best loss itself.
+                if mean_loss > state["baseline"] + self.loss_rise * abs(state["baseline"]):
                     direction = -1.0
                 elif self.target_nfe is not None:
                     direction = max(-1.0, min(1.0, mean_nfe / self.target_nfe - 1))
