@@ -1122,7 +1122,7 @@ def test_gradient_ratio_parameters_are_checked(make, parameters, error, match):
 def test_gradient_ratio_refuses_a_vector_reg_loss_and_measures_a_scalar_one():
     p = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=torch.float64))
     ratio = local_reg.GradientRatio([p])
-    with pytest.raises(ValueError, match=r"reg_loss must be a 0-dim tensor, got shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"reg_loss must be one value \(a 0-dim tensor\), got shape \(2,\)"):
         ratio.before_backward(3 * p)
     assert math.isnan(ratio.after_backward())  # nothing measured, as documented
     reg_loss, task_loss = 3 * p.sum(), (p**2).sum()
