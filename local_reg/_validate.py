@@ -87,7 +87,9 @@ def check_generator(generator: object) -> None:
 
 
 def positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {type_name(value)}")
+    if value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
 

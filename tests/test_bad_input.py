@@ -5,6 +5,7 @@ solutions or a float64 solve."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -1154,6 +1155,44 @@ def test_weight_load_state_dict_of_another_schedule_is_refused():
         local_reg.RatioWeight().load_state_dict(local_reg.AdaptiveWeight().state_dict())
     with pytest.raises(ValueError, match="AdaptiveWeight state is missing"):
         local_reg.AdaptiveWeight().load_state_dict(local_reg.RatioWeight().state_dict())
+
+
+def test_a_constant_weight_warns_when_it_drops_another_schedules_state():
+    # It dropped a self-tuning weight's state without a word.
+    ratio = local_reg.RatioWeight()
+    constant = local_reg.ConstantWeight(0.5)
+    with pytest.warns(UserWarning, match=r"ConstantWeight.load_state_dict ignores the state's keys \['"):
+        constant.load_state_dict(ratio.state_dict())
+    assert constant() == 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a schedule's own state loads without a word
+        constant.load_state_dict(local_reg.ConstantWeight(2.0).state_dict())
+        ratio.load_state_dict(local_reg.RatioWeight().state_dict())
+
+
+_decay, _adaptive = local_reg.ExponentialDecay, local_reg.AdaptiveWeight
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: _decay(0.0, 1.0, 10), ValueError, "w0 must be positive"),
+        (lambda: _decay(1.0, 0.0, 10), ValueError, "w1 must be positive"),
+        (lambda: _decay(2.0, 1.0, 10.0), TypeError, "n_steps must be a positive int, got float"),
+        (lambda: _decay(2.0, 1.0, 0), ValueError, "n_steps must be a positive int, got 0"),
+        (lambda: _decay(2.0, 1.0, 10).value(-1), ValueError, "iteration must be non-negative"),
+        (lambda: _decay(2.0, 1.0, 10).value(0.5), TypeError, "iteration must be an int"),
+        (lambda: _adaptive(w_min=10.0, w_max=0.1), ValueError, "w_min must not exceed w_max"),
+        (lambda: _adaptive(warmup=2.0), TypeError, "warmup must be a non-negative int, got float"),
+        (lambda: _adaptive(warmup=-1), ValueError, "warmup must be a non-negative int, got -1"),
+        (lambda: local_reg.RatioWeight(every=1.5), TypeError, "every must be a positive int, got float"),
+    ],
+)
+def test_schedule_arguments_are_named_with_the_right_error_type(make, error, match):
+    # ExponentialDecay.value(-1) extrapolated above w0, w_min > w_max read as "initial must lie in
+    # [10, 0.1]", a float count was a ValueError and a zero weight did not say which.
+    with pytest.raises(error, match=match):
+        make()
 
 
 def test_evaluate_refuses_a_t_that_requires_grad_and_differentiates_the_parameters():

@@ -350,6 +350,13 @@ def test_bad_input_is_named(cls):
         cls(Linear(), rtol=-1e-6)
 
 
+@pytest.mark.parametrize("cls", [SteerRegularized, RNODERegularized, TayNODERegularized])
+def test_a_single_output_time_is_refused_in_training(cls, z0):
+    # RNODE and TayNODE integrated over an empty interval and returned a silent penalty of 0.
+    with pytest.raises(ValueError, match="at least 2"):
+        cls(Linear())(z0, torch.tensor([0.0], dtype=z0.dtype))
+
+
 def test_coefficients_are_checked_before_any_conversion_and_take_numpy_scalars():
     """``b=True`` is not 1.0 and ``b=None`` is named; a numpy scalar or a 0-dim tensor is a number."""
     for bad in (True, None, "0.5"):

@@ -225,7 +225,6 @@ def test_a_floor_keeps_the_weight_from_fading_with_the_task_gradient():
         ({"target_ratio": 0.0}, "target_ratio"),
         ({"target_ratio": -1.0}, "target_ratio"),
         ({"every": 0}, "every"),
-        ({"every": 1.5}, "every"),
         ({"beta": 1.0}, "beta"),
         ({"initial": 10.0, "w_max": 1.0}, "initial"),
         ({"w_min": 0.0}, "w_min"),

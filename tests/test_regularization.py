@@ -563,7 +563,7 @@ def test_state_dict_resumes_the_t_reg_sequence():
 def test_schedule_validation():
     with pytest.raises(ValueError, match="weight"):
         ConstantWeight(-1.0)
-    with pytest.raises(ValueError, match="w0 and w1"):
+    with pytest.raises(ValueError, match="w1 must be positive"):
         ExponentialDecay(1.0, 0.0, 10)
     with pytest.raises(ValueError, match="n_steps"):
         ExponentialDecay(2.0, 1.0, 0)

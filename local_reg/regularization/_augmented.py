@@ -67,6 +67,9 @@ def solve_augmented(
     """``(ys, integrals, solution)``: the state at ``t``, shape ``(len(t), *y0.shape)``, and the
     ``n_terms`` integrals ``int r_i dt`` from ``t[0]`` to ``t[-1]`` (signed so that a backward
     solve gives the same non-negative cost as the forward one)."""
+    if len(times) < 2:
+        # One time spans no interval: the penalty would be a silent 0.
+        raise ValueError(f"t must hold at least 2 times (t0 and t1) to integrate over, got {len(times)}")
     augmented0 = torch.cat([y0.reshape(-1), y0.new_zeros(n_terms)])
     field = AugmentedField(problem.func, integrand, y0.shape, n_terms)
     solution = problem.odeint(field, augmented0, times)

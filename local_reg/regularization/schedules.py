@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import non_negative_float, positive_float, positive_int, real_number
+from .._validate import non_negative_float, positive_float, positive_int, real_number, type_name
 from ._diagnostics import GradientRatio, trained_parameters
 
 ROUNDING_ULPS = 4096
@@ -81,6 +82,16 @@ class WeightSchedule:
         iteration = state["iteration"]
         if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
             raise ValueError(f"iteration must be a non-negative int, got {iteration!r}")
+        unused = sorted(set(state) - set(self.state_dict()))
+        if unused:
+            # Most likely another schedule's state (a self-tuning weight's, loaded into a model
+            # built with weight=0.5): its weight is not carried over.
+            warnings.warn(
+                f"{type(self).__name__}.load_state_dict ignores the state's keys {unused}, which it "
+                "does not use (a state saved by another weight schedule?)",
+                UserWarning,
+                stacklevel=2,
+            )
         self.iteration = iteration
 
 
@@ -109,11 +120,17 @@ class ExponentialDecay(WeightSchedule):
         super().__init__()
         self.w0 = non_negative_float("w0", w0)
         self.w1 = non_negative_float("w1", w1)
-        if self.w0 == 0 or self.w1 == 0:
-            raise ValueError(f"w0 and w1 must be positive for an exponential decay, got {w0}, {w1}")
+        for name, weight in (("w0", self.w0), ("w1", self.w1)):
+            if weight == 0:
+                message = f"{name} must be positive for an exponential decay (rate ln(w0 / w1)), got 0"
+                raise ValueError(message)
         self.n_steps = positive_int("n_steps", n_steps)
 
     def value(self, iteration: int) -> float:
+        if isinstance(iteration, bool) or not isinstance(iteration, numbers.Integral):
+            raise TypeError(f"iteration must be an int, got {type_name(iteration)}")
+        if iteration < 0:
+            raise ValueError(f"iteration must be non-negative, got {iteration}")
         if iteration >= self.n_steps:
             return self.w1  # exactly, not the formula's rounding of it
         return self.w0 * math.exp(-iteration * math.log(self.w0 / self.w1) / self.n_steps)
@@ -133,6 +150,8 @@ class _SelfTuningWeight(WeightSchedule):
         if self.beta >= 1:
             raise ValueError(f"beta must be in [0, 1), got {beta}")
         self.w_min, self.w_max = positive_float("w_min", w_min), positive_float("w_max", w_max)
+        if self.w_min > self.w_max:
+            raise ValueError(f"w_min must not exceed w_max, got w_min={w_min}, w_max={w_max}")
         if not self.w_min <= self.initial <= self.w_max:
             raise ValueError(f"initial must lie in [w_min, w_max] = [{w_min}, {w_max}], got {initial}")
         self._state = self._fresh()
@@ -209,9 +228,11 @@ class AdaptiveWeight(_SelfTuningWeight):
         self.loss_rise = non_negative_float("loss_rise", loss_rise)
         self.target_nfe = None if target_nfe is None else positive_float("target_nfe", target_nfe)
         self.rate = positive_float("rate", rate)
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
-        self.warmup = warmup
+        if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral):
+            raise TypeError(f"warmup must be a non-negative int, got {type_name(warmup)}")
+        if warmup < 0:
+            raise ValueError(f"warmup must be a non-negative int, got {warmup}")
+        self.warmup = int(warmup)
         super().__init__(initial, beta, w_min, w_max)
 
     def _fresh(self) -> dict[str, Any]:
