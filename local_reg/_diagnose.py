@@ -37,6 +37,10 @@ def explain_failure(error: SolverError, log: Any, options: Any, non_finite: str 
     reason = error.reason
     if reason.startswith("max_steps"):
         tableau = getattr(options, "tableau", None)
+        if tableau is not None and not tableau.adaptive:
+            # A fixed-step solve has no tolerance to loosen (an event solve's count is open-ended).
+            reason += f" ({RAISE_MAX_STEPS}, or a longer step_size)"
+            return SolverError(reason, t=error.t, n_steps=error.n_steps)
         ratio = stiffness_ratio(log, None if tableau is None else tableau.stability_size)
         if ratio is not None and ratio >= STIFF_RATIO:
             reason += (

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ._errors import SolverError
-from ._integrate import StepCallbacks
+from ._integrate import STOP_NEVER_HELD, StepCallbacks, open_end
 from ._odeint import odeint
 from ._step import VectorField, time_tensor
 from ._tuple import TupleField, accepts_tuple_states
@@ -56,8 +56,8 @@ event), each of whose entries is an event function."""
 
 _MAX_ROOT_ITERATIONS = 400
 """A cap the safeguarded iteration does not reach: a step's bracket is at most ``2 max(|t0|, |t1|)``
-wide and the tolerance ``4 eps max(|t0|, |t1|)``, 51 halvings in float64, 153 evaluations at three
-per halving."""
+wide and the tolerance ``4 eps max(|t0|, |t1|)``, 51 halvings in float64 at three evaluations per
+halving, plus the secant steps in between (at most 186 evaluations over 40,000 random brackets)."""
 
 
 class CombinedEvent:
@@ -132,7 +132,8 @@ def find_root(h: Callable[[float], float], ta: float, ha: float, tb: float, hb: 
         width = abs(tb - ta)
         if width <= xtol:
             break
-        if plateau or width > 0.5 * widths[-3]:
+        # ha == hb: both ends' values halved to 0 (subnormal event values), no secant to follow.
+        if plateau or width > 0.5 * widths[-3] or ha == hb:
             tc = 0.5 * (ta + tb)
         else:
             margin = 0.5 * xtol
@@ -350,6 +351,11 @@ def _solve_until_event(
     if callbacks.stop is not None:
         raise ValueError("odeint_event sets callbacks.stop itself: pass callbacks without a stop condition")
     t0_value, t0_tensor = _start_time(t0)
+    if abs(t0_value) >= open_end(y0.dtype):
+        raise ValueError(
+            f"t0={t0_value!r} lies at or beyond the largest time an event solve of a {y0.dtype} state "
+            f"reaches, {open_end(y0.dtype):.3g}"
+        )
     # The event time is returned in t0's dtype; func and event_fn get their times as odeint would
     # for a t of t0's dtype (the wider of t0's and the state's), func in compat the state's.
     t_dtype = t0_tensor.dtype if t0_tensor is not None and t0_tensor.is_floating_point() else y0.dtype
@@ -379,10 +385,13 @@ def _solve_until_event(
             span = torch.tensor(span, dtype=field_t_dtype, device=y0.device)
         solution = odeint(func, start, span, callbacks=stop, **odeint_kwargs)
     except SolverError as error:
-        if not error.reason.startswith("max_steps"):
+        if error.reason.startswith("max_steps"):
+            # The likeliest cause is an event that never happens, which the loop cannot tell apart.
+            reason = f"event_fn did not change sign within max_steps: {error.reason}"
+        elif error.reason == STOP_NEVER_HELD:
+            reason = "event_fn did not change sign before t reached the largest time the solve represents"
+        else:
             raise
-        # The likeliest cause is an event that never happens, which the loop cannot tell apart.
-        reason = f"event_fn did not change sign within max_steps: {error.reason}"
         raise SolverError(reason, t=error.t, n_steps=error.n_steps) from None
     initial_rate.stats = solution.stats
     event_t, y_event, nfe = _reroute(

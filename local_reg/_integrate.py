@@ -14,6 +14,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -70,6 +71,9 @@ DEFAULT_MAX_STEPS = 10_000
 # Steps that would end within this fraction of the next output time land on it instead, so that no
 # sliver of a step is left over.
 _LANDING_SLACK = 0.01
+STOP_NEVER_HELD = "the stop condition never held before the time overflowed"
+_EXACT_COUNTS = 2**53
+"""Step counts above this are not exact as floats: a fixed step size is then its own equal step."""
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,21 @@ class SolveOptions:
             object.__setattr__(self, name, value)
 
 
+def open_end(dtype: torch.dtype) -> float:
+    """How far a solve with a stop condition may go: as far as a step in the state's ``dtype``
+    reaches, its largest number less a margin for the tableau's coefficients that multiply the step
+    size."""
+    return torch.finfo(dtype).max * 2.0**-10
+
+
 def fixed_step_count(t: float, t_target: float, step_size: float) -> int:
     """How many equal steps, none longer than ``step_size``, cover ``[t, t_target]``."""
-    return max(1, math.ceil(abs(t_target - t) / step_size - 1e-9))
+    ratio = abs(t_target - t) / step_size
+    if math.isinf(ratio):
+        # Beyond the floats (a tiny step over a huge span, or an event solve's open end): counted
+        # exactly, for the refusal's message or the event solve's max_steps to report.
+        return math.ceil(Fraction(abs(t_target - t)) / Fraction(step_size))
+    return max(1, math.ceil(ratio - 1e-9))
 
 
 def fixed_steps_over(times: list[float], step_size: float) -> int:
@@ -146,7 +162,10 @@ def fixed_steps_over(times: list[float], step_size: float) -> int:
 
 def fixed_step_size(t: float, t_target: float, step_size: float) -> float:
     """The size of the equal steps, none longer than ``step_size``, that cover ``[t, t_target]``."""
-    return abs(t_target - t) / fixed_step_count(t, t_target, step_size)
+    count = fixed_step_count(t, t_target, step_size)
+    if count > _EXACT_COUNTS:
+        return step_size  # equal steps this many are step_size to the float
+    return abs(t_target - t) / count
 
 
 def next_step_size(
@@ -301,9 +320,13 @@ def integrate(
         # before the first step, not after max_steps of them.
         n_fixed = fixed_steps_over(times, options.step_size)
         if n_fixed > options.max_steps:
+            if n_fixed > _EXACT_COUNTS:
+                needs, advice = f"about 1e{len(str(n_fixed)) - 1}", "pass a longer step_size"
+            else:
+                needs, advice = str(n_fixed), f"pass max_steps={n_fixed} or a longer step_size"
             raise ValueError(
-                f"step_size={options.step_size:g} needs {n_fixed} steps over the output times, more than "
-                f"max_steps={options.max_steps}: pass max_steps={n_fixed} or a longer step_size"
+                f"step_size={options.step_size:g} needs {needs} steps over the output times, more than "
+                f"max_steps={options.max_steps}: {advice}"
             )
     t = times[0]
     y = y0
@@ -328,9 +351,7 @@ def integrate(
 
     targets = times[-1:] if interpolate and len(times) > 1 else times[1:]
     if stop is not None:
-        # As far as a step of the state's dtype reaches: its largest number, less a margin for the
-        # tableau's coefficients that multiply the step size.
-        targets = [direction * torch.finfo(y0.dtype).max * 2.0**-10]
+        targets = [direction * open_end(y0.dtype)]
     for t_target in targets:
         if not adaptive:
             dt_abs = fixed_step_size(t, t_target, options.step_size)
@@ -432,9 +453,7 @@ def integrate(
             carry = stepper.next_carry(result, accepted, carry)
         outputs.append(y)
     if stop is not None and log.stop_time is None:
-        raise SolverError(
-            "the stop condition never held before the time overflowed", t=t, n_steps=stats.n_steps
-        )
+        raise SolverError(STOP_NEVER_HELD, t=t, n_steps=stats.n_steps)
     if log.dense is not None:
         log.dense.add_state(y)
     return outputs, stats, log.to_steps(stepper.has_stiffness), penalties

@@ -15,6 +15,7 @@ from ._step import VectorField, time_tensor
 from ._tuple import accepts_tuple_states
 from ._validate import (
     check_bool,
+    check_times_distinct,
     checked_field,
     time_dtype,
     validate_state,
@@ -258,6 +259,7 @@ def odeint(
         time_dtype=time_dtype(t, y0),
         compile=compile,
     )
+    check_times_distinct(times, options.time_dtype)
     gradient_method = as_gradient_method(gradient)
     gradient_method = _legacy_gradient(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options

@@ -312,8 +312,8 @@ def initial_step_size(
     ``+1`` or ``-1`` (backward integration), the sign of the trial Euler step; ``norm`` is the
     solver's error norm. ``t_end``, if given, bounds ``h0`` by the span, so ``f`` is not evaluated
     outside ``[t0, t_end]``; ``func`` gets its time in ``time_dtype`` (default ``y0``'s). The norms
-    are taken in float64 (``f0 / scale`` overflows float32 for large derivatives), and ``h0`` is
-    kept at least ``min_step_size(t0)``, a step the loop can take.
+    are taken in float64 (``f0 / scale`` overflows float32 for large derivatives), and ``h0`` and the
+    result are kept at least ``min_step_size(t0)``, a step the loop can take.
     """
     with torch.no_grad():
         y0_wide, f0_wide = y0.double(), f0.double()
@@ -341,7 +341,8 @@ def initial_step_size(
             h1 = max(1e-6, h0 * 1e-3)
         else:
             h1 = (0.01 / max(d1, d2)) ** (1.0 / order)
-    return min(100 * h0, h1), 1
+    # At large |t0| (1e16) h1 can fall below the smallest step the loop takes from t0.
+    return max(min(100 * h0, h1), min_step_size(t0)), 1
 
 
 class RKStepper(Stepper[Tensor | None]):
@@ -445,8 +446,14 @@ class RKStepper(Stepper[Tensor | None]):
         if not self.interpolant.extra_stage:
             return result.stages
         if result.end_derivative is None:
-            result.end_derivative = self.func(time_tensor(t_next, result.y1, self.time_dtype), result.y1)
+            end_derivative = self.func(time_tensor(t_next, result.y1, self.time_dtype), result.y1)
             stats.add(1)
+            # The step's error estimate never saw this stage: a non-finite one would pass into the
+            # outputs read inside the step silently.
+            if not bool(torch.isfinite(end_derivative).all()):
+                reason = "non-finite derivative f(t, y1) at an accepted step's end (for its dense output)"
+                raise SolverError(reason, t=t_next, n_steps=stats.n_steps)
+            result.end_derivative = end_derivative
         return (*result.stages, result.end_derivative)
 
     def interpolate(

@@ -157,6 +157,21 @@ def time_dtype(t: object, state: Tensor) -> torch.dtype:
     return state.dtype
 
 
+def check_times_distinct(times: list[float], dtype: torch.dtype) -> None:
+    """``times`` (strictly monotone as floats) must stay so in ``dtype``, the dtype ``func`` gets its
+    time argument in: a float32 state with times ``[1e8, 1e8 + 1]`` given as a list would otherwise
+    solve with both ends at ``1e8`` for ``func`` and in ``ts``, a silently wrong answer."""
+    if dtype == torch.float64:
+        return
+    rounded = torch.tensor(times, dtype=dtype).tolist()
+    for (a, b), (ra, rb) in zip(pairwise(times), pairwise(rounded), strict=True):
+        if ra == rb:
+            raise ValueError(
+                f"t's times {a!r} and {b!r} are one value in {dtype}, the dtype func gets the time in "
+                "(y0's, unless t is a wider floating tensor): pass t as a float64 tensor"
+            )
+
+
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 """The state dtypes the solvers integrate in. Half precision (float16, bfloat16) is refused: its
 ~3 significant digits cannot resolve the default tolerances, and its step increments round to zero
@@ -177,6 +192,8 @@ def validate_state(y0: object, name: str = "y0") -> Tensor:
         else:
             hint = f"convert it, e.g. {name}.float()"
         raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {y0.dtype}: {hint}")
+    if y0.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds no values to integrate")
     # A NaN state with a finite derivative makes every step size NaN: refuse it before the first.
     non_finite = ~torch.isfinite(y0.detach())
     if bool(non_finite.any()):

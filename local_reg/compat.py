@@ -5,7 +5,8 @@
 tensor of states at ``t`` (a tuple of tensors for a tuple ``y0``). The vector field's
 ``callback_step`` / ``callback_accept_step`` / ``callback_reject_step`` are called as torchdiffeq
 calls them. ``event_fn=`` and ``odeint_event`` solve until a terminal event, as torchdiffeq does,
-returning ``(event_t, solution)``. ``odeint_adjoint`` differentiates with the continuous backsolve
+returning ``(event_t, solution)``; ``odeint_dense`` returns the solution as a function of time.
+``odeint_adjoint`` differentiates with the continuous backsolve
 adjoint (Chen et al., NeurIPS 2018) by default, or, with ``adjoint_method="symplectic"``, with the
 exact low-memory symplectic adjoint (Matsubara et al., NeurIPS 2021). Every deliberate difference
 from torchdiffeq is listed in docs/compat.md.
@@ -21,9 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from ._events import _solve_until_event
-from ._integrate import StepCallbacks, fixed_steps_over
+from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
+from ._step import rms_norm
 from ._tuple import TupleState
+from ._validate import positive_float, positive_int
+from .controller import PIController
 from .gradients import BacksolveAdjoint, Direct, GradientMethod, Symplectic
 from .tableaus import TABLEAUS, ButcherTableau
 
@@ -62,9 +66,24 @@ UNSUPPORTED_METHODS = (
     "adams",
     "scipy_solver",
 )
-OPTIONS = ("step_size", "first_step", "max_num_steps", "norm", "dtype")
-UNSUPPORTED_OPTIONS = ("grid_points", "jump_t", "perturb", "step_t", "eps", "interp")
-ADJOINT_OPTIONS = ("step_size", "first_step", "max_num_steps", "norm")
+CONTROLLER_OPTIONS = {"safety": "safety", "ifactor": "max_factor", "dfactor": "min_factor"}
+"""torchdiffeq's step-size factors and the :class:`local_reg.PIController` fields they set."""
+ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", *CONTROLLER_OPTIONS)
+"""Options only an adaptive method uses: a fixed-step one ignores them with a warning, as torchdiffeq."""
+OPTIONS = ("step_size", "norm", "dtype", "interp", *ADAPTIVE_OPTIONS)
+UNSUPPORTED_OPTIONS = (
+    "grid_points",
+    "jump_t",
+    "perturb",
+    "step_t",
+    "eps",
+    "max_step",
+    "min_step",
+    "grid_constructor",
+)
+ADJOINT_OPTIONS = ("step_size", "first_step", "max_num_steps", "norm", "dtype")
+NO_STEP_LIMIT = 2**31 - 1
+"""torchdiffeq's default ``max_num_steps``: a fixed-step solve's count is known, so no limit."""
 _CALLBACKS = (
     ("step", "callback_step"),
     ("accept", "callback_accept_step"),
@@ -144,8 +163,10 @@ def _fixed_step_size(
     """``step_size`` for a fixed-step tableau; an adaptive one ignores it with a warning, as
     torchdiffeq 0.2.5 does ("Unexpected arguments"), rather than taking fixed steps without error
     control."""
-    if step_size is None or not tableau.adaptive:
-        return step_size
+    if step_size is None:
+        return None
+    if not tableau.adaptive:
+        return positive_float(f"{where}['step_size']", step_size)
     warnings.warn(
         f"local_reg.compat: {where}['step_size'] is ignored by the adaptive method "
         f"{method or tableau.name!r} (torchdiffeq ignores it too); for fixed steps use 'euler', "
@@ -153,6 +174,68 @@ def _fixed_step_size(
         stacklevel=stacklevel,
     )
     return None
+
+
+def _one_step_per_interval(t: Tensor) -> float:
+    """torchdiffeq's fixed-grid default: one step per output interval (the longest interval)."""
+    times = torch.as_tensor(t, dtype=torch.float64)
+    return float(times.diff().abs().max()) if times.numel() > 1 else 1.0
+
+
+def _max_steps(max_num_steps: object, where: str, t: Tensor) -> int:
+    """torchdiffeq's ``max_num_steps`` caps the steps *per output interval* (its counter restarts at
+    each output time); local_reg's ``max_steps`` caps the whole solve: the same cap over every
+    interval, so no solve torchdiffeq completes is stopped."""
+    n_steps = positive_int(f"{where}['max_num_steps']", max_num_steps)
+    return n_steps * max(1, len(t) - 1)
+
+
+def _ignored_by_fixed_steps(opts: dict[str, Any], where: str, method: str | None) -> None:
+    """Drop the adaptive-only options a fixed-step method ignores, warning as torchdiffeq does."""
+    ignored = sorted(key for key in ADAPTIVE_OPTIONS if opts.pop(key, None) is not None)
+    if ignored:
+        warnings.warn(
+            f"local_reg.compat: {where} {ignored} are ignored by the fixed-step method {method!r} "
+            "(torchdiffeq ignores them too)",
+            stacklevel=4,
+        )
+
+
+def _controller(opts: dict[str, Any], where: str) -> PIController | None:
+    """A :class:`PIController` with torchdiffeq's ``safety``, ``ifactor`` and ``dfactor`` (its
+    ``max_factor`` and ``min_factor``), or ``None`` (local_reg's default) without them."""
+    given = {field: opts.pop(key) for key, field in CONTROLLER_OPTIONS.items() if key in opts}
+    if not given:
+        return None
+    try:
+        return PIController(**given)
+    except (TypeError, ValueError) as error:
+        names = ", ".join(f"{where}[{key!r}]" for key in CONTROLLER_OPTIONS)
+        raise type(error)(f"{names} set PIController's safety, max_factor, min_factor: {error}") from None
+
+
+def _interp(opts: dict[str, Any], where: str) -> None:
+    """``interp="linear"`` is torchdiffeq's default, which no solve here needs: every output time
+    ends a fixed step (docs/compat.md); another choice is refused."""
+    interp = opts.pop("interp", "linear")
+    if interp != "linear":
+        raise ValueError(
+            f"{where}['interp']={interp!r} is not supported by local_reg.compat: a fixed-step solve "
+            "steps to every output time, so there is nothing to interpolate ('linear' is accepted)"
+        )
+
+
+def _mixed_norm(state: TupleState) -> Callable[[Tensor], Tensor]:
+    """torchdiffeq's error norm for a tuple ``y0``: the largest RMS of its tensors, so that a small
+    tensor's error is not averaged away among a large one's elements."""
+
+    def norm(flat: Tensor) -> Tensor:
+        pieces = [piece for piece in state.unflatten(flat) if piece.numel() > 0]
+        if not pieces:
+            return flat.new_zeros(())
+        return torch.stack([rms_norm(piece) for piece in pieces]).max()
+
+    return norm
 
 
 def _solve(
@@ -166,7 +249,8 @@ def _solve(
     event_fn: Callable | None,
     gradient: GradientMethod,
     adjoint_params: Iterable[Tensor] | None,
-) -> States | tuple[Tensor, States]:
+    dense: bool = False,
+) -> States | tuple[Tensor, States] | Callable[[Tensor], States]:
     events = event_fn is not None
     if events and len(t) != 2:
         raise ValueError(f"event_fn needs len(t) == 2 (t[1] gives the direction), got len(t)={len(t)}")
@@ -175,27 +259,29 @@ def _solve(
     dtype = opts.pop("dtype", None)
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(f"options['dtype'] must be a torch.dtype, got {type(dtype).__name__}")
+    _interp(opts, "options")
     state = TupleState(y0) if isinstance(y0, tuple) else None
     t_dtype = t.dtype if isinstance(t, Tensor) and t.is_floating_point() else torch.float64
     step_size = _fixed_step_size(tableau, opts.pop("step_size", None), "options", method)
+    if not tableau.adaptive:
+        _ignored_by_fixed_steps(opts, "options", method)
     if step_size is None and not tableau.adaptive:
         if events:
             raise ValueError(f"event_fn with the fixed-step method {method!r} needs options['step_size']")
-        # torchdiffeq's fixed-grid default: one step per output interval.
-        times = torch.as_tensor(t, dtype=torch.float64)
-        step_size = float(times.diff().abs().max()) if times.numel() > 1 else 1.0
+        step_size = _one_step_per_interval(t)
     kwargs: dict[str, Any] = {
         "method": tableau,
         "rtol": rtol,
         "atol": atol,
         "step_size": step_size,
         "first_step": opts.pop("first_step", None),
+        "controller": _controller(opts, "options"),
         "gradient": gradient,
         "adjoint_params": adjoint_params,
         "callbacks": _callbacks(func, state, t_dtype),
     }
     if "max_num_steps" in opts:
-        kwargs["max_steps"] = opts.pop("max_num_steps")
+        kwargs["max_steps"] = _max_steps(opts.pop("max_num_steps"), "options", t)
     elif step_size is not None and events:
         kwargs["max_steps"] = _FIXED_GRID_EVENT_STEPS
     elif step_size is not None:
@@ -204,12 +290,15 @@ def _solve(
         kwargs["max_steps"] = max(1, fixed_steps_over(times, step_size))
     if "norm" in opts:
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
+    elif state is not None:
+        kwargs["norm"] = _mixed_norm(state)
     if not events:
         # torchdiffeq 0.2.5 casts the time it hands func to y0's dtype (_PerturbFunc), whatever t's
         # dtype: as a sequence of floats (the same values) t gives local_reg.odeint's func y0's dtype
         # too. A t that requires grad stays a tensor, so that ys is differentiable w.r.t. it.
         plain = isinstance(t, Tensor) and t.dim() == 1 and t.is_floating_point() and not t.requires_grad
-        return _odeint(func, y0, t.tolist() if plain else t, **kwargs).ys
+        solution = _odeint(func, y0, t.tolist() if plain else t, dense=dense, **kwargs)
+        return solution.evaluate if dense else solution.ys
     reverse_time = bool(t[1] < t[0])
     solution = _solve_until_event(
         func, y0, t[0], event_fn=event_fn, reverse_time=reverse_time, times_in_state_dtype=True, **kwargs
@@ -315,9 +404,16 @@ def odeint_adjoint(
                 "odeint_adjoint: adjoint_method differs from method, so adjoint_options cannot be taken "
                 "from options: pass adjoint_options as well"
             )
+        where = "options" if adjoint_options is None else "adjoint_options"
         if adjoint_options is None:
             adjoint = {k: v for k, v in (options or {}).items() if k in ADJOINT_OPTIONS and k != "norm"}
         else:
+            factors = sorted(set(CONTROLLER_OPTIONS) & set(adjoint_options or {}))
+            if factors:
+                raise ValueError(
+                    f"adjoint_options: {factors} not supported by local_reg.compat: the backward solve "
+                    "uses the forward solve's step-size controller (set them in options)"
+                )
             adjoint = _check_keys("adjoint_options", adjoint_options, ADJOINT_OPTIONS)
         norm = adjoint.pop("norm", "default")
         if norm not in ("seminorm", "default"):
@@ -325,22 +421,57 @@ def odeint_adjoint(
                 "adjoint_options['norm']: only 'seminorm' is supported by local_reg.compat (no callable "
                 f"adjoint norm), got {norm!r}"
             )
+        backward_method = method if adjoint_method is None else adjoint_method
+        backward = _tableau(backward_method)
+        step_size = _fixed_step_size(backward, adjoint.get("step_size"), where, backward_method, stacklevel=3)
+        max_steps = None  # the forward solve's
+        if "max_num_steps" in adjoint and backward.adaptive:
+            max_steps = _max_steps(adjoint["max_num_steps"], where, t)
+        elif not backward.adaptive:
+            max_steps = NO_STEP_LIMIT  # its count is known before it starts, as the forward's
+            if step_size is None and _tableau(method).adaptive:
+                if event_fn is not None:
+                    raise ValueError(
+                        f"event_fn with the fixed-step adjoint_method {adjoint_method!r} needs "
+                        "adjoint_options['step_size']"
+                    )
+                step_size = _one_step_per_interval(t)
+        elif not _tableau(method).adaptive:
+            max_steps = DEFAULT_MAX_STEPS  # not the forward grid's exact count
         gradient = BacksolveAdjoint(
-            None if adjoint_method is None else _tableau(adjoint_method),
+            None if adjoint_method is None else backward,
             adjoint_rtol,
             adjoint_atol,
             norm=norm,
-            step_size=_fixed_step_size(
-                _tableau(method if adjoint_method is None else adjoint_method),
-                adjoint.get("step_size"),
-                "options" if adjoint_options is None else "adjoint_options",
-                method if adjoint_method is None else adjoint_method,
-                stacklevel=3,
-            ),
-            first_step=adjoint.get("first_step"),
-            max_steps=adjoint.get("max_num_steps"),
+            step_size=step_size,
+            first_step=adjoint.get("first_step") if backward.adaptive else None,
+            max_steps=max_steps,
         )
     return _solve(func, y0, t, rtol, atol, method, options, event_fn, gradient, adjoint_params)
+
+
+def odeint_dense(
+    func: Callable,
+    y0: Tensor | tuple[Tensor, ...],
+    t0: Tensor | float,
+    t1: Tensor | float,
+    *,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    method: str | None = None,
+    options: dict | None = None,
+) -> Callable[[Tensor], States]:
+    """Solve from ``t0`` to ``t1`` and return the dense output, a function of the time, as
+    torchdiffeq's ``odeint_dense``: ``dense_output_fn(t)`` is the state at any ``t`` in the span (a
+    float or a 0-dim tensor; a 1-D tensor of times gives the states stacked), read from the
+    method's interpolant (:meth:`local_reg.Solution.evaluate`). torchdiffeq takes only ``dopri5``
+    and a tensor ``y0``; here every method and a tuple ``y0`` work. Differentiable w.r.t. ``y0`` and
+    the parameters, not w.r.t. ``t``."""
+    times = torch.stack([torch.as_tensor(t0, dtype=torch.float64), torch.as_tensor(t1, dtype=torch.float64)])
+    times = times.detach().reshape(-1)
+    if times.numel() != 2:
+        raise ValueError(f"t0 and t1 must be single times, got {times.numel()} values together")
+    return _solve(func, y0, times, rtol, atol, method, options, None, Direct(), None, dense=True)
 
 
 def odeint_event(
@@ -372,4 +503,4 @@ def odeint_event(
     return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
 
 
-__all__ = ["METHODS", "odeint", "odeint_adjoint", "odeint_event"]
+__all__ = ["METHODS", "odeint", "odeint_adjoint", "odeint_dense", "odeint_event"]

@@ -43,13 +43,15 @@ class PIController:
         # size underflows); a NaN one, the same through NaN comparisons.
         if self.beta1 is not None and not (math.isfinite(self.beta1) and self.beta1 > 0):
             raise ValueError(f"beta1 must be positive and finite, got {self.beta1}")
-        if self.beta2 is not None and not math.isfinite(self.beta2):
-            raise ValueError(f"beta2 must be finite, got {self.beta2}")
+        # A negative beta2 would grow the step after a large previous error (Hairer's DOPRI5 code
+        # reads a negative one as 0).
+        if self.beta2 is not None and not (math.isfinite(self.beta2) and self.beta2 >= 0):
+            raise ValueError(f"beta2 must be non-negative and finite (0: integral control), got {self.beta2}")
         if not 0.0 < self.safety <= 1.0:
             raise ValueError(f"safety must be in (0, 1], got {self.safety}")
-        if not 0.0 < self.min_factor < 1.0 < self.max_factor:
+        if not 0.0 < self.min_factor < 1.0 < self.max_factor < math.inf:
             raise ValueError(
-                f"need 0 < min_factor < 1 < max_factor, got min_factor={self.min_factor}, "
+                f"need 0 < min_factor < 1 < max_factor < inf, got min_factor={self.min_factor}, "
                 f"max_factor={self.max_factor}"
             )
 

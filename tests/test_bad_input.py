@@ -148,6 +148,77 @@ def test_fixed_steps_beyond_max_steps_are_refused_before_the_first_step():
     assert solution.stats.n_steps == 2000
 
 
+def test_a_meta_tensor_state_is_named():
+    # It was torch's "Tensor.item() cannot be called on meta tensors" from the finiteness check.
+    with pytest.raises(ValueError, match="y0 is on the meta device"):
+        odeint(decay, torch.ones(2, device="meta"), [0.0, 1.0])
+
+
+def test_a_fixed_step_count_beyond_the_floats_is_refused_and_an_event_solve_steps_on():
+    # Both raised a bare OverflowError (the count's ratio was inf: math.ceil failed).
+    y0 = torch.ones(1, dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match=r"step_size=1e-10 needs about 1e310 steps .*: pass a longer step_size"
+    ):
+        odeint(decay, y0, [0.0, 1e300], method="rk4", step_size=1e-10)
+    event_t, _ = local_reg.odeint_event(
+        decay,
+        y0,
+        torch.tensor(0.0, dtype=torch.float64),
+        event_fn=lambda t, y: y[0] - 0.5,
+        method="rk4",
+        step_size=1e-4,
+    )
+    assert float(event_t) == pytest.approx(math.log(2.0), abs=1e-4)
+    with pytest.raises(
+        SolverError, match=r"max_steps=50 exceeded \(raise max_steps .*, or a longer step_size\)"
+    ):
+        # A fixed-step solve has no tolerance to loosen.
+        local_reg.odeint_event(
+            decay, y0, 0.0, event_fn=lambda t, y: y[0] + 0.5, method="rk4", step_size=0.1, max_steps=50
+        )
+
+
+@pytest.mark.parametrize("method", ["heun_euler", "fehlberg2"])
+def test_a_non_finite_derivative_read_only_by_the_dense_output_is_a_solver_error(method):
+    """A pair that is not FSAL evaluates ``f(t1, y1)`` for its cubic Hermite output only; NaN there
+    (here at the final state alone) reached the interpolated output silently."""
+    times = [0.0, 0.9999, 1.0]
+    y0 = torch.ones(1, dtype=torch.float64)
+    y_end = odeint(decay, y0, times, method=method).ys[-1]
+
+    def nan_at_the_end(t, y):
+        return torch.full_like(y, math.nan) if float(t) == 1.0 and torch.equal(y, y_end) else -y
+
+    with pytest.raises(SolverError, match=r"non-finite derivative f\(t, y1\) .* at t=1\.0"):
+        odeint(nan_at_the_end, y0, times, method=method)
+
+
+@pytest.mark.parametrize("t0", [1e15, 1e16, -1e16])
+def test_the_first_step_heuristic_starts_no_lower_than_a_step_the_loop_takes(t0):
+    # At |t0| = 1e16 the heuristic's 6.3 lay below the loop's smallest step (4 ulp = 8): an
+    # underflow "after 0 steps" on a problem scipy solves.
+    span = 1e10 if t0 > 0 else -1e10
+    y0 = torch.ones(1, dtype=torch.float64)
+    solution = odeint(lambda t, y: -1e-12 * y, y0, [t0, t0 + span])
+    assert float(solution.ys[-1, 0]) == pytest.approx(math.exp(-1e-12 * span), rel=1e-5)
+
+
+def test_times_that_collapse_in_the_dtype_func_gets_are_refused():
+    # A float32 state with times given as a list: func got 1e8 at both ends and y' = t - 1e8
+    # integrated to 0 (exact 0.5), silently.
+    y0 = torch.zeros(1)
+    with pytest.raises(
+        ValueError, match=r"t's times 100000000\.0 and 100000001\.0 are one value in torch\.float32"
+    ):
+        odeint(lambda t, y: (t - 1e8).expand_as(y), y0, [1e8, 1e8 + 1])
+    with pytest.raises(ValueError, match="are one value in torch.float32"):
+        odeint(decay, y0, [0.0, 1e-300])
+    wide = torch.tensor([1e8, 1e8 + 1], dtype=torch.float64)
+    solution = odeint(lambda t, y: (t - 1e8).to(y.dtype).expand_as(y), y0, wide)
+    assert float(solution.ys[-1, 0]) == pytest.approx(0.5, rel=1e-5)
+
+
 def test_a_first_step_below_the_underflow_threshold_starts_there_and_grows():
     y0 = torch.ones(2, dtype=torch.float64)
     for first_step in (1e-16, 1e-300):
@@ -1013,7 +1084,9 @@ def test_custom_tableau_gradient_matches_analytic(gradient):
         (dict(beta1=-1.0), ValueError, "beta1 must be positive"),
         (dict(beta1=0.0), ValueError, "beta1 must be positive"),
         (dict(beta1=math.nan), ValueError, "beta1 must be positive"),
-        (dict(beta2=math.nan), ValueError, "beta2 must be finite"),
+        (dict(beta2=math.nan), ValueError, "beta2 must be non-negative and finite"),
+        (dict(beta2=-0.04), ValueError, "beta2 must be non-negative and finite"),
+        (dict(max_factor=math.inf), ValueError, "1 < max_factor < inf"),
         (dict(beta1="0.1"), TypeError, "beta1 must be a real number"),
         (dict(safety="0.9"), TypeError, "safety must be a real number"),
     ],

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import local_reg
 import local_reg.compat as compat
 
 torchdiffeq = pytest.importorskip("torchdiffeq")
@@ -142,8 +143,10 @@ def test_options_first_step_max_num_steps_dtype_and_norm():
     reference = torchdiffeq.odeint(func, y0, t, rtol=1e-10, atol=1e-12)
     ours = compat.odeint(func, y0, t, options={"first_step": 1e-3, "dtype": torch.float64})
     torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+    # One step per output interval at most (torchdiffeq's counter restarts at each output time):
+    # three over the whole solve.
     with pytest.raises(Exception, match="max_steps=3 exceeded"):
-        compat.odeint(func, y0, t, options={"max_num_steps": 3})
+        compat.odeint(func, y0, t, options={"max_num_steps": 1})
     calls = []
 
     def max_norm(scaled_error):
@@ -172,7 +175,9 @@ def test_tuple_norm_sees_a_tuple():
     assert out[0].shape == (2, 2, 2)
 
 
-@pytest.mark.parametrize("key", ["grid_points", "jump_t", "perturb"])
+@pytest.mark.parametrize(
+    "key", ["grid_points", "jump_t", "perturb", "max_step", "min_step", "grid_constructor"]
+)
 def test_unsupported_options_are_errors(key):
     y0, t = y0_and_t()
     with pytest.raises(ValueError, match=f"{key}.*not supported"):
@@ -346,3 +351,131 @@ def test_core_norm_and_callbacks_are_checked():
         Linear(), y0, t, callbacks=StepCallbacks(accept=lambda t0, y, dt: accepted.append(dt))
     )
     assert len(accepted) == solution.stats.n_accepted and sum(accepted) == pytest.approx(1.5)
+
+
+def test_a_tuple_state_is_controlled_by_torchdiffeqs_mixed_norm():
+    """torchdiffeq's default norm for a tuple is the largest RMS of its tensors; one RMS over the
+    flat state let a scalar beside 10000 constant entries carry a 10x larger error."""
+
+    def field(t, state):
+        z, s = state
+        return torch.zeros_like(z), -s
+
+    z0, s0 = torch.zeros(10000, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    t = torch.tensor([0.0, 5.0], dtype=torch.float64)
+    ours = compat.odeint(field, (z0, s0), t, rtol=1e-6, atol=1e-8)[1][-1]
+
+    def mixed(flat: torch.Tensor) -> torch.Tensor:  # an independent spelling of torchdiffeq's
+        return torch.maximum(flat[:10000].pow(2).mean().sqrt(), flat[10000:].pow(2).mean().sqrt())
+
+    flat0 = torch.cat([z0, s0])
+    dopri5 = compat.METHODS["dopri5"]
+    flat_field = lambda t, y: torch.cat([torch.zeros(10000, dtype=y.dtype), -y[10000:]])  # noqa: E731
+    kwargs = dict(method=dopri5, rtol=1e-6, atol=1e-8)
+    expected = local_reg.odeint(flat_field, flat0, t, norm=mixed, **kwargs).ys[-1, 10000:]
+    one_rms = local_reg.odeint(flat_field, flat0, t, **kwargs).ys[-1, 10000:]
+    torch.testing.assert_close(ours, expected, rtol=1e-14, atol=0)
+    exact = torch.exp(torch.tensor(-5.0, dtype=torch.float64))
+    assert abs(float(one_rms[0] - exact)) > 5 * abs(float(ours[0] - exact))
+
+
+def test_max_num_steps_caps_each_output_interval_as_in_torchdiffeq():
+    # 200 output intervals of a few steps each: torchdiffeq's per-interval limit of 3 lets the
+    # solve through; capping the whole solve at 3 stopped it.
+    func = Linear()
+    y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    t = torch.linspace(0.0, 20.0, 201, dtype=torch.float64)
+    theirs = torchdiffeq.odeint(func, y0, t, options={"max_num_steps": 3})
+    ours = compat.odeint(func, y0, t, options={"max_num_steps": 3})
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+    with pytest.raises(local_reg.SolverError, match="max_steps=3 exceeded"):
+        compat.odeint(func, y0, t[[0, -1]], options={"max_num_steps": 3})
+
+
+def test_fixed_step_methods_ignore_adaptive_options_with_a_warning_as_torchdiffeq():
+    func = Linear()
+    y0, t = y0_and_t()
+    options = {"step_size": 0.05, "max_num_steps": 2, "first_step": 0.01, "safety": 0.5}
+    with pytest.warns(
+        UserWarning, match=r"\['first_step', 'max_num_steps', 'safety'\] are ignored by the fixed"
+    ):
+        ours = compat.odeint(func, y0, t, method="rk4", options=options)
+    with pytest.warns(UserWarning, match="Unexpected arguments"):
+        theirs = torchdiffeq.odeint(func, y0, t, method="rk4", options=options)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    for bad in (0.0, float("nan"), -0.1):
+        with pytest.raises(ValueError, match=r"options\['step_size'\] must be positive"):
+            compat.odeint(func, y0, t, method="euler", options={"step_size": bad})
+
+
+def test_safety_ifactor_dfactor_set_the_controller():
+    func = Linear()
+    y0, t = y0_and_t()
+    ours = compat.odeint(func, y0, t, options={"safety": 0.8, "ifactor": 5.0, "dfactor": 0.3})
+    controller = local_reg.PIController(safety=0.8, max_factor=5.0, min_factor=0.3)
+    kwargs = dict(method=compat.METHODS["dopri5"], rtol=1e-7, atol=1e-9, norm=None)
+    expected = local_reg.odeint(func, y0, t.tolist(), controller=controller, **kwargs).ys
+    default = local_reg.odeint(func, y0, t.tolist(), **kwargs).ys
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    assert not torch.equal(ours, default)
+    with pytest.raises(ValueError, match=r"options\['ifactor'\].*max_factor"):
+        compat.odeint(func, y0, t, options={"ifactor": 0.5})
+
+
+def test_interp_linear_is_accepted_and_cubic_refused():
+    func = Linear()
+    y0, t = y0_and_t()
+    plain = compat.odeint(func, y0, t, method="rk4")
+    torch.testing.assert_close(compat.odeint(func, y0, t, method="rk4", options={"interp": "linear"}), plain)
+    with pytest.raises(ValueError, match=r"options\['interp'\]='cubic' is not supported"):
+        compat.odeint(func, y0, t, method="rk4", options={"interp": "cubic"})
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"method": "rk4", "adjoint_method": "dopri5", "adjoint_options": {}},
+        {"method": "dopri5", "adjoint_method": "rk4"},
+        {
+            "method": "rk4",
+            "options": {"step_size": 0.1},
+            "adjoint_method": "euler",
+            "adjoint_options": {"step_size": 0.01},
+        },
+    ],
+    ids=["fixed-then-adaptive", "adaptive-then-fixed", "finer-fixed-backward"],
+)
+def test_odeint_adjoint_backward_method_other_than_the_forwards_as_torchdiffeq(kwargs):
+    # The backward solve inherited the forward grid's exact step count (and a fixed backward
+    # method no step size): each failed where torchdiffeq computes the gradient.
+    y0, t = y0_and_t()
+    ours = gradients(compat.odeint_adjoint, Linear(), y0, t, **kwargs)
+    theirs = gradients(torchdiffeq.odeint_adjoint, Linear(), y0, t, **kwargs)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_odeint_dense_matches_torchdiffeqs_and_the_exact_solution():
+    func = Linear()
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    t0, t1 = torch.tensor(0.0, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)
+    ours = compat.odeint_dense(func, y0, t0, t1, rtol=1e-9, atol=1e-11)
+    theirs = torchdiffeq.odeint_dense(func, y0, t0, t1, rtol=1e-9, atol=1e-11)
+    exact = torchdiffeq.odeint(
+        func, y0, torch.linspace(0.0, 2.0, 9, dtype=torch.float64), rtol=1e-12, atol=1e-14
+    )
+    for i, t in enumerate(torch.linspace(0.0, 2.0, 9, dtype=torch.float64)):
+        assert ours(t).shape == y0.shape
+        torch.testing.assert_close(ours(t), exact[i], rtol=1e-7, atol=1e-8)
+        torch.testing.assert_close(ours(t), theirs(t), rtol=1e-7, atol=1e-8)
+    torch.testing.assert_close(
+        ours(torch.linspace(0.0, 2.0, 9, dtype=torch.float64)), exact, rtol=1e-7, atol=1e-8
+    )
+    # Every method and a tuple state, which torchdiffeq's refuses.
+    z0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    pair = compat.odeint_dense(Pair(), (z0, torch.zeros(1, dtype=torch.float64)), 0.0, 1.0, method="bosh3")
+    reference = compat.odeint(
+        Pair(), (z0, torch.zeros(1, dtype=torch.float64)), torch.tensor([0.0, 0.4, 1.0])
+    )
+    for a, b in zip(pair(torch.tensor(0.4, dtype=torch.float64)), reference, strict=True):
+        torch.testing.assert_close(a, b[1], rtol=1e-5, atol=1e-6)

@@ -396,9 +396,24 @@ def test_an_event_never_reached_raises_at_max_steps():
     y0 = torch.ones(1)
     with pytest.raises(SolverError, match="event_fn did not change sign within max_steps: max_steps=200"):
         odeint_event(decay, y0, 0.0, event_fn=lambda t, y: y[0] + 1.0, max_steps=200)
-    # A constant solution has no error: its steps grow tenfold each until the time overflows.
-    with pytest.raises(SolverError, match="time overflowed"):
+    # A constant solution has no error: its steps grow tenfold each until the time overflows. The
+    # message named an internal "stop condition" the caller never set.
+    with pytest.raises(SolverError, match="event_fn did not change sign before t reached the largest time"):
         odeint_event(lambda t, y: torch.zeros_like(y), y0, 0.0, event_fn=lambda t, y: y[0] + 1.0)
+    # A t0 beyond that time failed the same way "after 0 steps".
+    with pytest.raises(ValueError, match=r"t0=1e\+36 lies at or beyond the largest time .* torch\.float32"):
+        odeint_event(decay, y0, 1e36, event_fn=lambda t, y: y[0] - 0.5)
+
+
+def test_subnormal_event_values_are_bisected_not_divided_by_zero():
+    """Illinois halves the value kept at one end: with subnormal values both ends reached 0 and the
+    secant divided 0 by 0 (a ZeroDivisionError)."""
+    y0 = torch.tensor([10.0, 0.0], dtype=torch.float64)
+    exact = math.sqrt(2 * 5 / 9.81)
+    for scale in (1.0, 1e-300, 1e-318):
+        event_t, _ = odeint_event(Ball(), y0, 0.0, event_fn=lambda t, y, s=scale: (y[0] - 5.0) * s, **TIGHT)
+        # Subnormal values carry few digits: the sign change is located as finely as they resolve.
+        assert float(event_t) == pytest.approx(exact, abs=1e-12 if scale >= 1e-300 else 1e-6)
 
 
 # --- local_reg.compat against torchdiffeq 0.2.5 -------------------------------------------------
