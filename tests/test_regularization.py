@@ -804,3 +804,65 @@ def test_integer_and_half_precision_times_sample_as_odeint_reads_them(dtype):
             draws[times.dtype].append(model.stats.t_reg)
     assert draws[dtype] == draws[torch.float32]
     assert len(set(draws[dtype])) == 20 and min(draws[dtype]) > 0.0
+
+
+# --- the module's life cycle (audit of the regularized modules) -----------------------------------
+
+
+@pytest.mark.parametrize("method", ["rk4", "euler"])
+@pytest.mark.parametrize("options", [{"sampling": "biased"}, {"step_size": "solver"}, {"probe": "solver"}])
+def test_torchdiffeq_fixed_grids_that_report_no_steps_are_refused_when_the_model_is_made(method, options):
+    # step_size="solver" failed at the first forward pass with a bare IndexError, biased sampling
+    # with a late ValueError: torchdiffeq's fixed grids call no step callback.
+    with pytest.raises(ValueError, match=f"torchdiffeq's method '{method}' does not report"):
+        LocallyRegularized(
+            MLPField(), backend="torchdiffeq", method=method, options={"step_size": 0.25}, **options
+        )
+
+
+@pytest.mark.parametrize("gradient", ["direct", "adjoint"])
+def test_a_torchdiffeq_model_can_be_deep_copied_after_a_training_pass(gradient):
+    # The stats kept the last time torchdiffeq passed func, a tensor with a graph: copy.deepcopy
+    # refused the model ("keep the best model" after a step).
+    import copy
+
+    model = LocallyRegularized(MLPField(), backend="torchdiffeq", gradient=gradient, rtol=RTOL, atol=ATOL)
+    (model(_y0(), T).pow(2).sum() + model.reg_loss).backward()
+    clone = copy.deepcopy(model)
+    clone.eval(), model.eval()
+    torch.testing.assert_close(clone(_y0(), T), model(_y0(), T), rtol=0, atol=0)
+
+
+def test_assigning_a_new_field_is_refused_and_copies_still_work():
+    # The solve kept the first field while parameters() listed the new one: an optimizer over
+    # them trained nothing, silently.
+    import copy
+    import pickle
+
+    model = LocallyRegularized(MLPField(), rtol=RTOL, atol=ATOL)
+    with pytest.raises(AttributeError, match="func is fixed when the model is made"):
+        model.func = MLPField(seed=1)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert clone.func is not model.func and isinstance(clone.func, MLPField)
+    plain = odeint(lambda t, y: -y, _y0(), T)  # odeint's own func argument is untouched
+    assert plain.ys.shape == (4, 3, 2)
+
+
+def test_a_state_saved_with_another_weight_says_how_to_keep_this_models():
+    paper = LocallyRegularized.paper(MLPField(), weight=ExponentialDecay(2.5, 1.0, 10))
+    default = LocallyRegularized(MLPField())
+    with pytest.raises(
+        ValueError, match="RatioWeight state is missing .*remove the state dict's '_extra_state'"
+    ):
+        default.load_state_dict(paper.state_dict(), strict=False)
+    state = {k: v for k, v in paper.state_dict().items() if not k.endswith("_extra_state")}
+    default.load_state_dict(state, strict=False)  # the advice works
+
+
+def test_probe_arguments_are_named_as_the_probes():
+    with pytest.raises(ValueError, match="reg_method: unknown method 'foo'"):
+        LocallyRegularized(MLPField(), reg_method="foo")
+    with pytest.raises(TypeError, match="paper needs the paper's fixed weight"):
+        LocallyRegularized.paper(MLPField(), weight=None)
+    with pytest.raises(ValueError, match="penalty='kinetic' takes no probe step: reg_method"):
+        local_reg.LocalPenalty(penalty="kinetic", reg_method="dopri5")

@@ -25,6 +25,7 @@ from ..sde.problem import is_sde
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from ._main_solve import Request
+from ._ode_backends import torchdiffeq_reports_steps
 from ._options import ODE_DEFAULT_METHOD
 from ._penalty import finite_penalty
 from ._probe import (
@@ -134,6 +135,8 @@ class LocalPenalty:
             object.__setattr__(self, "probe_dtype", str(self.probe_dtype).removeprefix("torch."))
         if self.probe_dtype is not None:
             check_choice("probe_dtype", self.probe_dtype, PROBE_DTYPES)
+        if self.penalty == "kinetic" and (self.reg_method is not None or self.probe_dtype is not None):
+            raise ValueError("penalty='kinetic' takes no probe step: reg_method and probe_dtype do not apply")
 
     def check(self, problem: Problem) -> None:
         problem.check_regularizer(self.regularizer, self.reg_method)
@@ -155,6 +158,14 @@ class LocalPenalty:
                 "sampling='biased' and step_size='solver' need the accepted steps, which torchsde does "
                 "not report: use backend='local_reg'"
             )
+        if needs_steps and isinstance(problem, ODEProblem) and problem.backend == "torchdiffeq":
+            method = ODE_DEFAULT_METHOD["torchdiffeq"] if problem.method is None else problem.method
+            if not torchdiffeq_reports_steps(method):
+                raise ValueError(
+                    f"sampling='biased' and step_size='solver' need the accepted steps, which torchdiffeq's "
+                    f"method {method!r} does not report (only its adaptive Runge--Kutta methods do): use "
+                    "an adaptive method or backend='local_reg'"
+                )
 
     def _reads_recorded_path(self, problem: Problem) -> bool:
         """Whether ``u(t_reg)`` comes from the main solve's recorded steps instead of an output time.
@@ -418,6 +429,16 @@ class Regularized(nn.Module):
     def is_sde(self) -> bool:
         return isinstance(self.problem, SDEProblem)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "func" and ("func" in self.__dict__ or "func" in self.__dict__.get("_modules", {})):
+            # The solve, its checks and a self-tuning weight's parameter list were made for the
+            # first field: a new one would be listed by parameters() but never solved.
+            raise AttributeError(
+                "func is fixed when the model is made: build a new model around the new field (for "
+                "a compiled field, pass options={'compile': True}), or change its parameters in place"
+            )
+        super().__setattr__(name, value)
+
     def __getstate__(self) -> dict[str, Any]:
         # reg_loss holds the last training pass's graph, which copy.deepcopy and pickle refuse.
         return {**super().__getstate__(), "reg_loss": self.reg_loss.detach()}
@@ -484,7 +505,14 @@ class Regularized(nn.Module):
         return {"weight": self.weight.state_dict(), "generator": generator}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.weight.load_state_dict(state["weight"])
+        try:
+            self.weight.load_state_dict(state["weight"])
+        except ValueError as error:
+            # torch calls this whatever load_state_dict's strict: say how to keep this model's weight.
+            raise ValueError(
+                f"{error} (a state saved with another weight? to keep this model's weight, remove the "
+                "state dict's '_extra_state' entry of this module before loading)"
+            ) from None
         if self.generator is not None and state.get("generator") is not None:
             self.generator.set_state(state["generator"])
 

@@ -55,6 +55,15 @@ def _torchdiffeq_adjoint_options(method: BacksolveAdjoint) -> dict[str, Any]:
     return kwargs
 
 
+def torchdiffeq_reports_steps(method: str) -> bool:
+    """Whether torchdiffeq's solver ``method`` reports its accepted steps (``callback_accept_step``):
+    its adaptive Runge--Kutta solvers do, its fixed grids and ``scipy_solver`` do not."""
+    from torchdiffeq._impl.odeint import SOLVERS
+    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+
+    return issubclass(SOLVERS[method], RKAdaptiveStepsizeODESolver)
+
+
 class _TorchdiffeqField(nn.Module):
     """Counts the calls of ``func`` by torchdiffeq and, for its adaptive Runge--Kutta solvers, the
     accepted steps (recording them if asked) through torchdiffeq's ``callback_accept_step`` hook,
@@ -73,10 +82,7 @@ class _TorchdiffeqField(nn.Module):
         self.step_t: list[float] = []
         self.step_dt: list[float] = []
         self.step_states: list[Tensor] = []
-        from torchdiffeq._impl.odeint import SOLVERS
-        from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
-
-        if issubclass(SOLVERS[method], RKAdaptiveStepsizeODESolver):
+        if torchdiffeq_reports_steps(method):
             # An instance attribute, so solvers without callbacks (fixed grids) see none and do not warn.
             self.callback_accept_step = self._accept
         for name in ("callback_step", "callback_reject_step"):
@@ -86,7 +92,9 @@ class _TorchdiffeqField(nn.Module):
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         self.calls += 1
-        self.last_t = t
+        # Detached: the stats keep this field, and a t with a graph would keep that graph alive
+        # (and make the model refuse copy.deepcopy).
+        self.last_t = t.detach()
         return check_output("func", self.func(t, y), y)
 
     def _accept(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:

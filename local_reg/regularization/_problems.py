@@ -207,7 +207,10 @@ class ODEProblem(_Problem):
 
     def check_regularizer(self, regularizer: str, reg_method: str | ButcherTableau | None) -> ButcherTableau:
         """The tableau of the probe step, checked against the penalty."""
-        tableau = get_tableau("tsit5" if reg_method is None else reg_method)
+        try:
+            tableau = get_tableau("tsit5" if reg_method is None else reg_method)
+        except (TypeError, ValueError) as error:  # get_tableau names its argument "method"
+            raise type(error)(f"reg_method: {error}") from None
         check_regularizer_tableau(regularizer, tableau, "reg_method")
         return tableau
 

@@ -325,6 +325,9 @@ class LocallyRegularized(Regularized):
         exponent ``1/p``, as its code), the penalty ``EEst * |dt|``, one draw, and the fixed
         ``weight`` (a float or a schedule: the paper's are 2.5 -> 1 for MNIST, 100 -> 10 for
         PhysioNet, 1000 for the MNIST SDE); ``keywords`` are the other arguments of the class."""
+        if weight is None:
+            # None would be the default's self-tuning weight, not the paper's fixed one.
+            raise TypeError("LocallyRegularized.paper needs the paper's fixed weight (a float or a schedule)")
         fixed = sorted(set(keywords) & set(cls.PAPER_OPTIONS))
         if fixed:
             raise ValueError(
