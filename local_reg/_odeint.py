@@ -91,6 +91,12 @@ def _legacy_gradient(
     given = [name for name, value in adjoint_keywords.items() if value is not None]
     if checkpoints is None and not given:
         return gradient
+    if gradient != type(gradient)():
+        # The keywords would replace the object's own settings silently.
+        raise ValueError(
+            f"gradient={gradient!r} is configured: set its options on the object, not with the "
+            f"deprecated {['checkpoints'] if checkpoints is not None else given} keywords"
+        )
     warnings.warn(
         "odeint's checkpoints= and adjoint_*= keywords are deprecated: pass the gradient method as an "
         "object, e.g. gradient=Symplectic(checkpoints=32) or gradient=BacksolveAdjoint(rtol=..., "

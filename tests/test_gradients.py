@@ -825,3 +825,109 @@ def test_backward_passes_leave_nothing_for_the_cycle_collector():
         assert alive(_TorchdiffeqField) <= 1  # the last call's, held by the model's statistics
     finally:
         gc.enable()
+
+
+# --- what a graph-free method cannot see (audit of the gradient methods) ---------------------------
+
+GRAPH_FREE = ["checkpoint", "symplectic", "adjoint"]
+
+
+@pytest.mark.parametrize("gradient", GRAPH_FREE)
+@pytest.mark.parametrize("changed", ["parameter", "y0"])
+def test_a_tensor_changed_in_place_before_the_backward_pass_is_an_error_as_with_direct(gradient, changed):
+    # The backward pass re-evaluated func with the changed parameter (or restarted from the changed
+    # y0) and returned the gradient of another solve, silently.
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.2, 0.1], dtype=DTYPE, requires_grad=True)
+    start = y0 * 1.0  # a non-leaf, so that it may be changed in place
+    ys = odeint(field, start, TIMES, gradient=gradient, rtol=1e-6, atol=1e-8).ys
+    with torch.no_grad():
+        if changed == "parameter":
+            field.net[0].weight.mul_(3.0)
+        else:
+            start.mul_(5.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss_of(ys).backward()
+
+
+class ContextField(torch.nn.Module):
+    """A field conditioned on a context tensor set before the solve (an encoder's output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 3).to(DTYPE)
+        self.context: torch.Tensor | None = None
+
+    def forward(self, t, y):
+        return torch.tanh(self.linear(y)) * self.context
+
+
+@pytest.mark.parametrize("gradient", GRAPH_FREE)
+def test_a_tensor_func_uses_outside_adjoint_params_is_named_not_dropped(gradient):
+    # Its gradient was silently None where "direct" gives one.
+    field = ContextField()
+    encoder = torch.nn.Linear(2, 3).to(DTYPE)
+    y0 = torch.tensor([0.5, -0.2, 0.1], dtype=DTYPE)
+    field.context = encoder(torch.ones(2, dtype=DTYPE))
+    ys = odeint(field, y0, TIMES, gradient=gradient, rtol=1e-6, atol=1e-8).ys
+    with pytest.raises(
+        ValueError, match=r"func uses 2 tensor\(s\) that require grad but are not in adjoint_params"
+    ):
+        loss_of(ys).backward()
+    # The context listed, the encoder gets direct's gradient through it.
+    tol = {"rtol": 1e-10, "atol": 1e-12}
+    grads = []
+    for method in (gradient, "direct"):
+        field.context = encoder(torch.ones(2, dtype=DTYPE))
+        listed = (*field.parameters(), field.context)
+        ys = odeint(field, y0, TIMES, gradient=method, adjoint_params=listed, **tol).ys
+        grads.append(torch.autograd.grad(loss_of(ys), (*field.parameters(), *encoder.parameters())))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    # Detached, it is a constant: nothing to name.
+    field.context = encoder(torch.ones(2, dtype=DTYPE)).detach()
+    loss_of(odeint(field, y0, TIMES, gradient=gradient, **tol).ys).backward()
+    assert field.linear.weight.grad is not None
+
+
+@pytest.mark.parametrize("gradient", GRAPH_FREE)
+def test_listing_a_tensor_and_what_it_is_computed_from_is_refused(gradient):
+    # w's gradient flowed on to raw, which also got its own: twice raw's gradient.
+    raw = torch.tensor([0.3, -0.1, 0.2], dtype=DTYPE, requires_grad=True)
+    w = raw + 1.0
+    y0 = torch.tensor([0.5, -0.2, 0.1], dtype=DTYPE)
+    with pytest.raises(ValueError, match=r"adjoint_params\[1\] is computed from adjoint_params\[0\]"):
+        odeint(lambda t, y: -w * y, y0, TIMES, gradient=gradient, adjoint_params=(raw, w))
+    ys = odeint(
+        lambda t, y: -w * y, y0, TIMES, gradient=gradient, adjoint_params=(w,), rtol=1e-10, atol=1e-12
+    ).ys
+    (grad,) = torch.autograd.grad(loss_of(ys), raw)
+    (reference,) = torch.autograd.grad(
+        loss_of(odeint(lambda t, y: -w * y, y0, TIMES, rtol=1e-10, atol=1e-12).ys), raw
+    )
+    torch.testing.assert_close(grad, reference, rtol=1e-6, atol=1e-9)
+
+
+def test_deprecated_keywords_do_not_override_a_configured_gradient_object():
+    y0 = torch.ones(3, dtype=DTYPE)
+    with pytest.raises(ValueError, match="is configured: set its options on the object"):
+        odeint(
+            TinyField(), y0, TIMES, gradient=BacksolveAdjoint(rtol=1e-3, norm="seminorm"), adjoint_atol=1e-9
+        )
+    with pytest.raises(ValueError, match="is configured"):
+        odeint(TinyField(), y0, TIMES, gradient=Symplectic(checkpoints=2), checkpoints=64)
+    with pytest.warns(DeprecationWarning):  # the shorthand still takes them
+        odeint(TinyField(), y0, TIMES, gradient="symplectic", checkpoints=4)
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic"])
+def test_no_step_states_are_kept_without_a_backward_pass(gradient, monkeypatch):
+    # Under no_grad the stepwise methods kept every step's state for a backward pass that never comes.
+    kept = []
+    monkeypatch.setattr(StepStates, "append", lambda self, *args: kept.append(args))
+    field, y0 = TinyField(), torch.tensor([0.5, -0.2, 0.1], dtype=DTYPE)
+    with torch.no_grad():
+        odeint(field, y0, TIMES, gradient=gradient)
+    assert kept == []
+    odeint(field, y0, TIMES, gradient=gradient)
+    assert kept

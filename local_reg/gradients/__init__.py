@@ -97,7 +97,31 @@ def resolve_adjoint_params(
     for p in candidates:
         if p.requires_grad:
             unique.setdefault(id(p), p)
-    return tuple(unique.values())
+    params = tuple(unique.values())
+    _refuse_derived(params)
+    return params
+
+
+def _refuse_derived(params: tuple[Tensor, ...]) -> None:
+    """A listed tensor computed from another listed one (``w = raw + 1`` with both listed) would pass
+    its gradient on to the other, which also gets its own: counted twice."""
+    ids = {id(p): index for index, p in enumerate(params)}
+    nodes = {p.grad_fn: index for index, p in enumerate(params) if p.grad_fn is not None}
+    for index, p in enumerate(params):
+        pending, seen = [] if p.grad_fn is None else [node for node, _ in p.grad_fn.next_functions], set()
+        while pending:
+            node = pending.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            other = nodes.get(node, ids.get(id(getattr(node, "variable", None))))
+            if other is not None:
+                raise ValueError(
+                    f"adjoint_params[{index}] is computed from adjoint_params[{other}]: list one of them "
+                    "(the tensor func uses passes its gradient on to what it is computed from), or the "
+                    "gradient is counted twice"
+                )
+            pending.extend(next_node for next_node, _ in node.next_functions)
 
 
 __all__ = [

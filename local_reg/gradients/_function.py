@@ -90,6 +90,56 @@ class ForwardSolve:
         return [*self.times[:-1], self.steps.stop_time]
 
 
+class CapturedTensorCheck:
+    """``func`` for a backward pass, whose first evaluation with a graph is checked for tensors that
+    require grad but are neither its arguments nor ``params`` (a module's plain tensor attribute, a
+    context an encoder computed, a tensor a closure captured): a graph-free method returns gradients
+    for ``y0`` and ``params`` only, so theirs would silently be none, where ``"direct"`` gives them
+    one. Only ``func``'s own part of the graph is walked: it stops at its arguments' nodes (the
+    method's own graph of the step) and at ``params``."""
+
+    def __init__(self, func: VectorField, params: tuple[Tensor, ...], method: str) -> None:
+        self.func = func
+        self.method = method
+        self.param_ids = {id(p) for p in params}
+        self.param_nodes = {p.grad_fn for p in params if p.grad_fn is not None}
+        self.checked = False
+
+    def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        derivative = self.func(t, y)
+        if not self.checked and isinstance(derivative, Tensor) and derivative.grad_fn is not None:
+            self.checked = True
+            self._check(derivative, t, y)
+        return derivative
+
+    def _check(self, derivative: Tensor, t: Tensor, y: Tensor) -> None:
+        arguments = [a for a in (t, y) if isinstance(a, Tensor)]
+        allowed = self.param_ids | {id(a) for a in arguments}
+        stops = self.param_nodes | {a.grad_fn for a in arguments if a.grad_fn is not None}
+        captured: dict[int, Tensor] = {}
+        pending, seen = [derivative.grad_fn], set()
+        while pending:
+            node = pending.pop()
+            if node is None or node in seen or node in stops:
+                continue
+            seen.add(node)
+            variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf tensor
+            if variable is not None:
+                if id(variable) not in allowed:
+                    captured.setdefault(id(variable), variable)
+                continue
+            pending.extend(next_node for next_node, _ in node.next_functions)
+        if captured:
+            shapes = [tuple(tensor.shape) for tensor in captured.values()]
+            raise ValueError(
+                f"gradient={self.method!r}: func uses {len(captured)} tensor(s) that require grad but are "
+                f"not in adjoint_params (shapes {shapes}): a graph-free gradient method returns gradients "
+                "for y0 and adjoint_params only, so theirs would silently be none. Make them parameters "
+                "of func's module or list them in adjoint_params, or detach them (gradient='direct' "
+                "differentiates everything func uses)"
+            )
+
+
 class BackwardStep(NamedTuple):
     """One accepted step as a stepwise backward pass sees it."""
 
@@ -153,7 +203,11 @@ class GraphFreeGradient(GradientMethod):
         method's :meth:`backward`. ``steps.states`` is present only with ``record_states=True`` (the
         method may keep states internally regardless)."""
         # The dense record (dense=True) keeps every state too: a budget would save no memory.
-        solve.step_states = self.new_step_states(solve.record_states or solve.options.dense)
+        differentiable = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *solve.params))
+        # Under no_grad (inference) there is no backward pass to keep the states for.
+        solve.step_states = (
+            self.new_step_states(solve.record_states or solve.options.dense) if differentiable else None
+        )
         ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
         has_penalties = solve.step_penalty is not None and penalties.numel() > 0
         return ys, solve.stats, solve.steps, penalties if has_penalties else None
@@ -368,15 +422,21 @@ class _SolveWithoutGraph(torch.autograd.Function):
             ctx.mark_non_differentiable(penalty_values)
         ctx.method = method
         ctx.solve = solve
-        ctx.save_for_backward(ys)
+        # y0 and the parameters too, for autograd's check that they are not changed in place before
+        # the backward pass (an optimizer step, y0 *= 5): the backward pass restarts from y0 and
+        # re-evaluates func with the parameters as they are then, which would silently give the
+        # gradient of another solve ("direct" raises autograd's error, and so does this now).
+        ctx.save_for_backward(ys, y0, *params)
         return ys, penalty_values
 
     @staticmethod
     @_first_order_only
     def backward(ctx, grad_ys: Tensor, grad_penalties: Tensor):
-        (ys,) = ctx.saved_tensors
+        ys = ctx.saved_tensors[0]
         solve: ForwardSolve = ctx.solve
         solve.check_owner_unchanged()
+        func = solve.func
+        solve.func = CapturedTensorCheck(func, solve.params, ctx.method.name)
         try:
             with without_autocast():
                 grad_y0, grad_params, nfe = ctx.method.backward(
@@ -393,6 +453,8 @@ class _SolveWithoutGraph(torch.autograd.Function):
                 "captured tensor itself (w) in adjoint_params, and its gradient flows on to raw, or "
                 "compute it inside func"
             ) from error
+        finally:
+            solve.func = func
         if all_finite((grad_ys, grad_penalties)) and not all_finite((grad_y0, *grad_params)):
             raise_non_finite_gradient(solve.times[0], solve.stats.n_steps)
         # Accumulate: a graph kept with retain_graph=True may be differentiated more than once.

@@ -323,8 +323,8 @@ class BacksolveAdjoint(GraphFreeGradient):
                 # The loop's hint names the forward solve's settings; this solve has its own.
                 reason = error.reason.replace(
                     SETTINGS_HINT,
-                    "(raise BacksolveAdjoint(max_steps=...), "
-                    "or loosen its rtol/atol: adjoint_rtol/adjoint_atol)",
+                    "(raise BacksolveAdjoint(max_steps=...), or loosen BacksolveAdjoint(rtol=..., "
+                    "atol=...); in local_reg.compat adjoint_options['max_num_steps'], adjoint_rtol/atol)",
                 )
                 raise SolverError(
                     f"backsolve adjoint, backward solve from t={times[start]!r} "
