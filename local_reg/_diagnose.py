@@ -6,6 +6,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+import torch
+
 from ._errors import SolverError
 
 STIFF_RATIO = 0.5
@@ -28,16 +30,30 @@ def stiffness_ratio(log: Any, stability_size: float | None) -> float | None:
     return statistics.median(abs(dt) * float(rho) / stability_size for dt, rho in recent)
 
 
-def explain_failure(error: SolverError, log: Any, options: Any, non_finite: str | None) -> SolverError:
+def explain_failure(
+    error: SolverError, log: Any, options: Any, non_finite: str | None, dtype: torch.dtype | None = None
+) -> SolverError:
     """``error`` of :func:`local_reg._integrate.next_step_size`, its reason completed.
 
     ``non_finite``: the last trial step was not finite (the stepper's ``failure`` text), so the step
-    size underflowed while shrinking away from an overflow.
+    size underflowed while shrinking away from an overflow. ``dtype``: the state's, whose precision
+    an ``rtol`` below it cannot reach (the likely cause then).
     """
     reason = error.reason
+    tableau = getattr(options, "tableau", None)
+    adaptive = tableau is None or tableau.adaptive
+    rtol = getattr(options, "rtol", None)
+    # Below the dtype's epsilon no step can meet rtol (scipy's solve_ivp raises an rtol below
+    # 100 eps to that, with a warning).
+    if adaptive and dtype is not None and non_finite is None and rtol and rtol < torch.finfo(dtype).eps:
+        eps = torch.finfo(dtype).eps
+        reason += (
+            f" (rtol={rtol:g} is below what {dtype} resolves, eps = {eps:.2g}: the error estimate stays "
+            "at its rounding, so the steps shrink until they fail; loosen rtol or solve in float64)"
+        )
+        return SolverError(reason, t=error.t, n_steps=error.n_steps)
     if reason.startswith("max_steps"):
-        tableau = getattr(options, "tableau", None)
-        if tableau is not None and not tableau.adaptive:
+        if not adaptive:
             # A fixed-step solve has no tolerance to loosen (an event solve's count is open-ended).
             reason += f" ({RAISE_MAX_STEPS}, or a longer step_size)"
             return SolverError(reason, t=error.t, n_steps=error.n_steps)

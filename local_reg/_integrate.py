@@ -360,7 +360,7 @@ def integrate(
                 dt_used, lands = next_step_size(t, t_target, dt_abs, stats.n_steps, options.max_steps)
             except SolverError as error:
                 non_finite = stepper.failure if trial_non_finite else None
-                raise explain_failure(error, log, options, non_finite) from None
+                raise explain_failure(error, log, options, non_finite, y.dtype) from None
             dt = direction * dt_used
             t_next = t_target if lands else t + dt
 

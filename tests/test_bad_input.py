@@ -148,6 +148,18 @@ def test_fixed_steps_beyond_max_steps_are_refused_before_the_first_step():
     assert solution.stats.n_steps == 2000
 
 
+def test_an_rtol_below_the_states_precision_is_named_as_the_cause_of_a_failure():
+    # The failure said only "max_steps exceeded ... loosen rtol/atol" after 10000 tiny steps.
+    def rotation(t, y):
+        return torch.stack([y[1], -y[0]])
+
+    with pytest.raises(SolverError, match=r"rtol=1e-12 is below what torch.float32 resolves, eps = 1.2e-07"):
+        odeint(rotation, torch.tensor([1.0, 0.0]), [0.0, 10.0], rtol=1e-12, atol=1e-14, max_steps=300)
+    # At float32's usual tolerances it solves; float64 resolves rtol=1e-12.
+    odeint(rotation, torch.tensor([1.0, 0.0]), [0.0, 10.0], rtol=1e-6, atol=1e-8)
+    odeint(rotation, torch.tensor([1.0, 0.0], dtype=torch.float64), [0.0, 10.0], rtol=1e-12, atol=1e-14)
+
+
 def test_a_meta_tensor_state_is_named():
     # It was torch's "Tensor.item() cannot be called on meta tensors" from the finiteness check.
     with pytest.raises(ValueError, match="y0 is on the meta device"):
