@@ -68,7 +68,7 @@ def step(
     if k1 is not None:
         if not isinstance(k1, Tensor):
             raise TypeError(f"k1 must be a torch.Tensor (func(t, y)) or None, got {type(k1).__name__}")
-        check_output("k1", k1, y)
+        check_output("k1", k1, y, returned=False)
     return unchecked_step(func, t, y, dt, tableau, rtol=rtol, atol=atol, k1=k1, norm=_checked_norm(norm))
 
 
@@ -101,7 +101,7 @@ def initial_step_size(
     y0 = validate_state(y0)
     if not isinstance(f0, Tensor):
         raise TypeError(f"f0 must be a torch.Tensor (func(t0, y0)), got {type(f0).__name__}")
-    check_output("f0", f0, y0)
+    check_output("f0", f0, y0, returned=False)
     order = positive_int("order", order)
     rtol, atol = _tolerances(rtol, atol)
     direction = finite_float("direction", direction)

@@ -629,7 +629,7 @@ def test_public_step_validates_like_odeint():
         local_reg.step(decay, 0.0, y, 0.1, "tsit")
     with pytest.raises(TypeError, match="func must be callable"):
         local_reg.step(42, 0.0, y, 0.1, tableau)
-    with pytest.raises(ValueError, match="k1 returned shape"):
+    with pytest.raises(ValueError, match="k1 has shape"):
         local_reg.step(decay, 0.0, y, 0.1, tableau, k1=torch.ones(3, dtype=torch.float64))
     by_name = local_reg.step(decay, 0.0, y, 0.1, "tsit5")
     by_object = local_reg.step(decay, 0.0, y, 0.1, tableau)
@@ -1137,7 +1137,7 @@ def test_step_checks_norm_and_grad_times_and_takes_rtol_zero():
     [
         (dict(order=0), ValueError, "order must be a positive int"),
         (dict(rtol=-1e-6), ValueError, "rtol must be non-negative"),
-        (dict(f0=torch.ones(3, dtype=torch.float64)), ValueError, r"f0 returned shape \(3,\)"),
+        (dict(f0=torch.ones(3, dtype=torch.float64)), ValueError, r"f0 has shape \(3,\)"),
         (dict(f0=None), TypeError, "f0 must be a torch.Tensor"),
         (dict(t0=math.nan), ValueError, "t0 must be finite"),
         (dict(direction=0.0), ValueError, "direction must be"),

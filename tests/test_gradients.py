@@ -931,3 +931,12 @@ def test_no_step_states_are_kept_without_a_backward_pass(gradient, monkeypatch):
     assert kept == []
     odeint(field, y0, TIMES, gradient=gradient)
     assert kept
+
+
+def test_gradient_objects_take_numpy_counts_and_print_a_tableau_by_name():
+    import numpy as np
+
+    assert Checkpoint(np.int64(4)) == Checkpoint(4) and Symplectic(np.int32(3)).checkpoints == 3
+    assert repr(BacksolveAdjoint(method="rk4", step_size=0.1)) == (
+        "BacksolveAdjoint(tableau='rk4', norm='default', step_size=0.1)"
+    )

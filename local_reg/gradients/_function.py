@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from .._integrate import SolveOptions, StepPenalty, integrate_ode
 from .._step import VectorField
 from .._validate import without_autocast
 from ..solution import Stats, Steps
+from ..tableaus import ButcherTableau
 from ._checkpoints import StepStates
 from ._finite import all_finite, raise_non_finite_gradient
 
@@ -180,7 +182,12 @@ class GradientMethod(ABC):
         differentiable by this method."""
 
     def __repr__(self) -> str:
-        settings = ", ".join(f"{key}={value!r}" for key, value in vars(self).items() if value is not None)
+        # A tableau by its name: its repr is every coefficient.
+        settings = ", ".join(
+            f"{key}={value.name if isinstance(value, ButcherTableau) else value!r}"
+            for key, value in vars(self).items()
+            if value is not None
+        )
         return f"{type(self).__name__}({settings})"
 
     def __eq__(self, other: object) -> bool:
@@ -324,10 +331,11 @@ class StepwiseGradient(GraphFreeGradient):
         the others in the backward pass (see :mod:`._checkpoints`); ``None`` keeps every one. The
         gradient is the same either way."""
         if checkpoints is not None:
-            if isinstance(checkpoints, bool) or not isinstance(checkpoints, int):
+            if isinstance(checkpoints, bool) or not isinstance(checkpoints, numbers.Integral):
                 raise TypeError(f"checkpoints must be an int or None, got {type(checkpoints).__name__}")
             if checkpoints < 1:
                 raise ValueError(f"checkpoints must be at least 1, got {checkpoints}")
+            checkpoints = int(checkpoints)  # numpy's integers too, as the other counts
         self.checkpoints = checkpoints
 
     def new_step_states(self, record_states: bool) -> StepStates:
