@@ -516,3 +516,17 @@ def test_a_callback_that_changes_its_state_in_place_is_an_error(which):
     t = [0.0, 1.0] if which == "stop" else [0.0, 6.0]
     with pytest.raises(ValueError, match=rf"callbacks.{which} modified the state it was given in place"):
         odeint(van_der_pol, y0, t, rtol=1e-6, atol=1e-8, first_step=2.0, callbacks=callbacks)
+
+
+def test_error_weights_are_b_minus_b_hat_for_every_pair():
+    """The documented sign: tsit5's were b_hat - b (OrdinaryDiffEq's btilde), the others b - b_hat."""
+    from scipy.integrate._ivp.rk import RK23, RK45
+
+    tsit5_b_hat = [b - e for b, e in zip(TABLEAUS["tsit5"].b, TABLEAUS["tsit5"].error_weights, strict=True)]
+    assert tsit5_b_hat[-1] == pytest.approx(1 / 66, rel=1e-14)  # Tsitouras (2011), Table 1: b_hat_7
+    assert tsit5_b_hat[0] == pytest.approx(0.09468075576583945, rel=1e-12)
+    # scipy's E is b_hat - b, so ours is its negative.
+    for name, scipy_pair in (("dopri5", RK45), ("bosh3", RK23)):
+        np.testing.assert_allclose(
+            TABLEAUS[name].error_weights, -scipy_pair.E[: len(TABLEAUS[name].b)], atol=1e-16
+        )
