@@ -46,6 +46,8 @@ code = main(["experiment", "digits", "--methods", "local-random", "--seeds", "1"
 # The last model built is the one trained (the CLI builds one first to validate the arguments).
 torch.save(initial[-1], out / f"initial_rank{rank}.pt")
 torch.save(built[-1].state_dict(), out / f"params_rank{rank}.pt")
+# The next draws of the global generator, where per-sample noise comes from.
+torch.save(torch.rand(4), out / f"noise_rank{rank}.pt")
 sys.exit(code)
 """
 
@@ -98,3 +100,6 @@ def test_two_processes_keep_identical_parameters_and_weights_and_record_once(tmp
     # ... and training moved them: the ranks agree because gradients were averaged, not by accident.
     initial = torch.load(out / "initial_rank0.pt")
     assert any(not torch.equal(initial[k], rank0[k]) for k in rank0 if isinstance(rank0[k], torch.Tensor))
+    # Per-sample noise (an SDE's Brownian motion, a VAE's eps) differs between the processes, as
+    # between the rows of one batch: every rank seeded alike drew rank 0's.
+    assert not torch.equal(torch.load(out / "noise_rank0.pt"), torch.load(out / "noise_rank1.pt"))

@@ -647,3 +647,17 @@ def test_steer_on_the_trajectory_fits_stays_inside_the_last_interval(task, tmp_p
     assert run(tmp_path, task, "--methods", "vanilla", "steer", "--set", "weights.steer=0.5") == 2
     assert "weights.steer=0.5 must be smaller than the output times' spacing" in capsys.readouterr().err
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_a_torchrun_environment_is_checked_before_any_training(tmp_path, monkeypatch, capsys):
+    # A global batch the processes do not divide trained another batch than the recorded one;
+    # WORLD_SIZE set by hand, without torchrun, was a 26-line traceback.
+    no_training(monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run(tmp_path, "digits", "--methods", "vanilla", "--set", "batch_size=3") == 2
+    assert "batch_size=3 is not a multiple of the 2 processes torchrun started" in capsys.readouterr().err
+    monkeypatch.delenv("RANK", raising=False)
+    assert run(tmp_path, "digits", "--methods", "vanilla", "--set", "batch_size=4") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("local-reg: error: WORLD_SIZE=2 but no process group to join")
+    assert err.count("\n") == 1

@@ -130,20 +130,33 @@ def _experiment(args: argparse.Namespace) -> int:
         settings = spec.settings()
     except SettingsError as error:
         raise BadInput(f"bad --set: {error}") from None
+    world = distributed.requested_world_size()
+    batch_size = settings.get("batch_size")
+    if world > 1 and isinstance(batch_size, int) and batch_size % world:
+        # Each process takes batch_size / world: another global batch would train than the recorded one.
+        raise BadInput(
+            f"batch_size={batch_size} is not a multiple of the {world} processes torchrun started: "
+            f"pass --set batch_size=N with N a multiple of {world}"
+        )
     methods = args.methods or list(task.default_methods(settings))
     for method in methods:
         # Building each model once up front lets the library reject a combination it does not
         # support (e.g. a global method with --gradient symplectic) before any training.
         try:
             model = task.build_model(settings, ModelContext(METHODS[method], args.gradient, 1))
-            fed_ratio_weights(model, distributed.requested_world_size())
+            fed_ratio_weights(model, world)
         except (ValueError, TypeError, KeyError) as error:
             raise BadInput(f"{method} with --gradient {args.gradient}: {error}") from None
     _writable_folder(args.out)
     results = ResultsFile(args.out)
     results.load()  # a corrupt file is reported before hours of training, not after
 
-    distributed.init_from_env()
+    try:
+        distributed.init_from_env()
+    except ValueError as error:  # WORLD_SIZE set by hand, without the rest of torchrun's environment
+        raise BadInput(
+            f"WORLD_SIZE={world} but no process group to join ({error}): launch with torchrun"
+        ) from None
     try:
         sweep(
             args.task,

@@ -437,6 +437,12 @@ def _progress(loss: Tensor, metrics: dict, costs: dict, history: dict, tuned: li
     }
 
 
+def rank_seed(seed: int, rank: int, iteration: int) -> int:
+    """The global generator's seed of a process other than rank 0 under DDP (see :func:`train_run`)."""
+    digest = hashlib.sha256(f"{seed}/{rank}/{iteration}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
     """Train, test and return the run's record (rank 0's view under DDP)."""
     task = REGISTRY[spec.task]
@@ -472,6 +478,13 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
+        if distributed.rank() > 0:
+            # Per-sample noise (an SDE's Brownian motion, a VAE's eps, the sampled t_reg) must differ
+            # between the processes as it differs between the rows of one process's batch: every rank
+            # seeded alike gave its rows the noise of rank 0's. Rank 0 keeps the single-process
+            # stream (its state is in the checkpoints); the others draw from their own, derived from
+            # the seed, the rank and the iteration they start at.
+            torch.manual_seed(rank_seed(spec.seed, distributed.rank(), iteration))
 
     bar = tqdm(
         total=total,
