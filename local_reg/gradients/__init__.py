@@ -24,6 +24,7 @@ from ._function import (
     GradientMethod,
     GraphFreeGradient,
     StepwiseGradient,
+    graph_nodes,
 )
 from ._function import check_step_penalty_support as check_step_penalty_support  # for odeint
 from ._times import time_gradient as time_gradient  # for odeint
@@ -108,12 +109,8 @@ def _refuse_derived(params: tuple[Tensor, ...]) -> None:
     ids = {id(p): index for index, p in enumerate(params)}
     nodes = {p.grad_fn: index for index, p in enumerate(params) if p.grad_fn is not None}
     for index, p in enumerate(params):
-        pending, seen = [] if p.grad_fn is None else [node for node, _ in p.grad_fn.next_functions], set()
-        while pending:
-            node = pending.pop()
-            if node is None or node in seen:
-                continue
-            seen.add(node)
+        below = [] if p.grad_fn is None else [node for node, _ in p.grad_fn.next_functions]
+        for node in graph_nodes(below):
             other = nodes.get(node, ids.get(id(getattr(node, "variable", None))))
             if other is not None:
                 raise ValueError(
@@ -121,7 +118,6 @@ def _refuse_derived(params: tuple[Tensor, ...]) -> None:
                     "(the tensor func uses passes its gradient on to what it is computed from), or the "
                     "gradient is counted twice"
                 )
-            pending.extend(next_node for next_node, _ in node.next_functions)
 
 
 __all__ = [

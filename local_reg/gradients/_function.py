@@ -15,7 +15,7 @@ import bisect
 import functools
 import numbers
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -92,6 +92,19 @@ class ForwardSolve:
         return [*self.times[:-1], self.steps.stop_time]
 
 
+def graph_nodes(roots: Iterable[Any], stops: frozenset | set = frozenset()) -> Iterator[Any]:
+    """Every autograd node reachable from ``roots``, once each, not walking past ``stops`` (not
+    yielded) or past a leaf's ``AccumulateGrad`` node (yielded; its ``variable`` is the leaf)."""
+    pending, seen = list(roots), set()
+    while pending:
+        node = pending.pop()
+        if node is None or node in seen or node in stops:
+            continue
+        seen.add(node)
+        yield node
+        pending.extend(next_node for next_node, _ in node.next_functions)
+
+
 class CapturedTensorCheck:
     """``func`` for a backward pass, whose first evaluation with a graph is checked for tensors that
     require grad but are neither its arguments nor ``params`` (a module's plain tensor attribute, a
@@ -119,18 +132,10 @@ class CapturedTensorCheck:
         allowed = self.param_ids | {id(a) for a in arguments}
         stops = self.param_nodes | {a.grad_fn for a in arguments if a.grad_fn is not None}
         captured: dict[int, Tensor] = {}
-        pending, seen = [derivative.grad_fn], set()
-        while pending:
-            node = pending.pop()
-            if node is None or node in seen or node in stops:
-                continue
-            seen.add(node)
+        for node in graph_nodes([derivative.grad_fn], stops):
             variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf tensor
-            if variable is not None:
-                if id(variable) not in allowed:
-                    captured.setdefault(id(variable), variable)
-                continue
-            pending.extend(next_node for next_node, _ in node.next_functions)
+            if variable is not None and id(variable) not in allowed:
+                captured.setdefault(id(variable), variable)
         if captured:
             shapes = [tuple(tensor.shape) for tensor in captured.values()]
             raise ValueError(
