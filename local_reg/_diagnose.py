@@ -43,10 +43,10 @@ def explain_failure(
     tableau = getattr(options, "tableau", None)
     adaptive = tableau is None or tableau.adaptive
     rtol = getattr(options, "rtol", None)
+    eps = None if dtype is None else torch.finfo(dtype).eps
     # Below the dtype's epsilon no step can meet rtol (scipy's solve_ivp raises an rtol below
     # 100 eps to that, with a warning).
-    if adaptive and dtype is not None and non_finite is None and rtol and rtol < torch.finfo(dtype).eps:
-        eps = torch.finfo(dtype).eps
+    if adaptive and eps is not None and non_finite is None and rtol and rtol < eps:
         reason += (
             f" (rtol={rtol:g} is below what {dtype} resolves, eps = {eps:.2g}: the error estimate stays "
             "at its rounding, so the steps shrink until they fail; loosen rtol or solve in float64)"
