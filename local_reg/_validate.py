@@ -86,12 +86,25 @@ def check_generator(generator: object) -> None:
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
-def positive_int(name: str, value: object) -> int:
+def _integer(name: str, value: object, kind: str) -> int:
+    """``value`` as an int (numpy's integers too); a bool or another type is a ``TypeError``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type_name(value)}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise TypeError(f"{name} must be a {kind} int, got {type_name(value)}")
     return int(value)
+
+
+def positive_int(name: str, value: object) -> int:
+    value = _integer(name, value, "positive")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def non_negative_int(name: str, value: object) -> int:
+    value = _integer(name, value, "non-negative")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value}")
+    return value
 
 
 def _time_value(value: object) -> float:

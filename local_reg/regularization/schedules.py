@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validate import non_negative_float, positive_float, positive_int, real_number, type_name
+from .._validate import non_negative_float, non_negative_int, positive_float, positive_int, real_number
 from ._diagnostics import GradientRatio, trained_parameters
 
 ROUNDING_ULPS = 4096
@@ -127,10 +126,7 @@ class ExponentialDecay(WeightSchedule):
         self.n_steps = positive_int("n_steps", n_steps)
 
     def value(self, iteration: int) -> float:
-        if isinstance(iteration, bool) or not isinstance(iteration, numbers.Integral):
-            raise TypeError(f"iteration must be an int, got {type_name(iteration)}")
-        if iteration < 0:
-            raise ValueError(f"iteration must be non-negative, got {iteration}")
+        iteration = non_negative_int("iteration", iteration)
         if iteration >= self.n_steps:
             return self.w1  # exactly, not the formula's rounding of it
         return self.w0 * math.exp(-iteration * math.log(self.w0 / self.w1) / self.n_steps)
@@ -228,11 +224,7 @@ class AdaptiveWeight(_SelfTuningWeight):
         self.loss_rise = non_negative_float("loss_rise", loss_rise)
         self.target_nfe = None if target_nfe is None else positive_float("target_nfe", target_nfe)
         self.rate = positive_float("rate", rate)
-        if isinstance(warmup, bool) or not isinstance(warmup, numbers.Integral):
-            raise TypeError(f"warmup must be a non-negative int, got {type_name(warmup)}")
-        if warmup < 0:
-            raise ValueError(f"warmup must be a non-negative int, got {warmup}")
-        self.warmup = int(warmup)
+        self.warmup = non_negative_int("warmup", warmup)
         super().__init__(initial, beta, w_min, w_max)
 
     def _fresh(self) -> dict[str, Any]:
