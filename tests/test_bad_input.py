@@ -18,6 +18,7 @@ from local_reg import (
     BacksolveAdjoint,
     GloballyRegularized,
     LocallyRegularized,
+    Regularized,
     SolverError,
     get_tableau,
     odeint,
@@ -925,12 +926,19 @@ def test_sde_models_check_method_and_options_at_construction():
     LocallyRegularized(DiagonalSDE(), backend="torchsde", options={"dt": 0.1})
 
 
-def test_global_regularization_of_an_ode_refuses_an_unused_generator():
-    with pytest.raises(ValueError, match="generator is only used for SDEs"):
-        GloballyRegularized(Decay(), generator=torch.Generator())
-    with pytest.raises(ValueError, match="generator is only used for SDEs"):
+def test_an_ode_model_that_draws_nothing_refuses_an_unused_generator():
+    from local_reg import RNODERegularized, SteerRegularized, TayNODERegularized
+
+    for make in (Regularized, GloballyRegularized, TayNODERegularized):
+        with pytest.raises(ValueError, match="generator is unused here"):
+            make(Decay(), generator=torch.Generator())
+    with pytest.raises(ValueError, match="generator is unused here"):
         local_reg.global_regularization(Decay(), torch.ones(2), [0.0, 1.0], generator=torch.Generator())
-    GloballyRegularized(DiagonalSDE(), generator=torch.Generator())  # an SDE's Brownian seeds
+    # The models that draw (t_reg, STEER's end time, RNODE's noise, an SDE's Brownian seeds) take one.
+    for make in (LocallyRegularized, SteerRegularized, RNODERegularized):
+        make(Decay(), generator=torch.Generator())
+    GloballyRegularized(DiagonalSDE(), generator=torch.Generator())
+    Regularized(DiagonalSDE(), generator=torch.Generator())
 
 
 # Stiffness hint ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ library applies to them unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -58,6 +59,8 @@ def call_generator(generator: torch.Generator | None) -> torch.Generator:
 
 class BaselinePenalty:
     """A penalty strategy for neural ODEs solved by ``local_reg.odeint`` (see :mod:`._module`)."""
+
+    draws: ClassVar[bool] = False  # whether it draws from the model's generator
 
     def check(self, problem: object) -> None:
         name = type(self).__name__

@@ -103,6 +103,7 @@ class LocalPenalty:
             ``nn.Module``, with a tensor state (its parameters and buffers are cast differentiably).
     """
 
+    draws: ClassVar[bool] = True  # t_reg, from the model's generator
     PROBES: ClassVar[tuple[str, ...]] = PROBES
     PENALTIES: ClassVar[tuple[str, ...]] = PENALTIES
     STEP_SIZES: ClassVar[tuple[str, ...]] = STEP_SIZES
@@ -289,6 +290,7 @@ class GlobalPenalty:
     ``S_Est_j * |dt_j|`` (the paper's ``R_S``). Differentiated through the whole solve, so the
     gradient method must keep a per-step graph."""
 
+    draws: ClassVar[bool] = False  # an SDE's Brownian seeds are the problem's, not the penalty's
     regularizer: str = "error"
     reduction: str | None = None
 
@@ -376,7 +378,8 @@ class Regularized(nn.Module):
             (``local_reg.odeint``/``sdeint`` keywords; ``backend`` ``"local_reg"``, ``"torchdiffeq"``
             or ``"torchsde"``; ``options`` extra keywords of the backend's solver). ``None``
             tolerances are the solver's defaults.
-        generator: draws ``t_reg`` and an SDE's Brownian seeds (torch's global generator by default).
+        generator: draws ``t_reg`` and an SDE's Brownian seeds (torch's global generator by default);
+            refused (``ValueError``) for an ODE whose penalty draws nothing (none, or global).
     """
 
     reg_loss: Tensor
@@ -418,6 +421,14 @@ class Regularized(nn.Module):
                 )
             penalty.check(self.problem)
         check_generator(generator)
+        draws = penalty is not None and getattr(penalty, "draws", True)  # a penalty of the user's may draw
+        if generator is not None and isinstance(self.problem, ODEProblem) and not draws:
+            # Refused rather than silently unused: the caller may expect it to seed something.
+            what = "the plain model" if penalty is None else type(penalty).__name__
+            raise ValueError(
+                "generator is unused here: it draws LocalPenalty's t_reg, the baselines' noise and an SDE's "
+                f"Brownian seeds, while {what} of an ODE draws nothing, so pass generator=None"
+            )
         self.func = func
         self.penalty = penalty
         self.weight = as_schedule(weight)

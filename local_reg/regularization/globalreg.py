@@ -19,10 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ..sde.problem import is_sde
 from ._module import GlobalPenalty, Regularized
 from ._stats import RegularizationStats
 
@@ -34,16 +32,6 @@ def global_regularization(
     without a module. ``settings`` are :class:`GloballyRegularized`'s keywords; ``bm`` is an SDE's
     Brownian motion. ``stats.probe`` is empty: the penalty reuses the stages of the main solve."""
     return GloballyRegularized(func, **settings).penalize(y0, t, bm)
-
-
-def check_generator_use(func: Any, generator: torch.Generator | None) -> None:
-    """Global regularization draws nothing for an ODE: a ``generator`` there is a mistake (the
-    caller may expect it to seed something), so it is refused rather than silently unused."""
-    if generator is not None and not is_sde(func):
-        raise ValueError(
-            "generator is only used for SDEs (it seeds the Brownian motion): global regularization of "
-            "an ODE is deterministic, so pass generator=None"
-        )
 
 
 class GloballyRegularized(Regularized):
@@ -74,5 +62,4 @@ class GloballyRegularized(Regularized):
     def __init__(
         self, func: Any, *, regularizer: str = "error", reduction: str | None = None, **solve: Any
     ) -> None:
-        check_generator_use(func, solve.get("generator"))
         super().__init__(func, GlobalPenalty(regularizer, reduction), **solve)

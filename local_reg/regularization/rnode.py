@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -68,6 +68,7 @@ def rnode_integrand(func: VectorField, eps: Tensor) -> Integrand:
 class RNODEPenalty(BaselinePenalty):
     """RNODE's training pass: ``kinetic * R_K + jacobian * R_J`` from one augmented solve."""
 
+    draws: ClassVar[bool] = True  # the Rademacher noise
     kinetic: float = 1.0
     jacobian: float = 1.0
 

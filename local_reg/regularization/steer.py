@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -60,6 +60,7 @@ def sample_end_time(t_end: float, b: float, generator: torch.Generator) -> float
 class SteerPenalty(BaselinePenalty):
     """STEER's training pass: the end time drawn from ``U(t[-1] - b, t[-1] + b)``; no loss term."""
 
+    draws: ClassVar[bool] = True  # the end time
     b: float = 0.5
 
     def __post_init__(self) -> None:
