@@ -661,3 +661,12 @@ def test_a_torchrun_environment_is_checked_before_any_training(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert err.startswith("local-reg: error: WORLD_SIZE=2 but no process group to join")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("key", ["train_size", "test_size"])
+def test_a_size_beyond_the_data_is_refused_not_recorded_as_asked(tmp_path, capsys, key):
+    # It used to train on all of the part and record the larger size as the run's setting.
+    assert run(tmp_path, "digits", "--methods", "vanilla", "--set", f"{key}=100000") == 2
+    err = capsys.readouterr().err
+    assert f"{key}=100000 is more than the" in err and "null for all of it" in err
+    assert not (tmp_path / "results.jsonl").exists() or not (tmp_path / "results.jsonl").read_text()

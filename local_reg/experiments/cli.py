@@ -178,6 +178,8 @@ def _experiment(args: argparse.Namespace) -> int:
                 if group.config_id == spec.config_id:
                     print(markdown_table(group))
             print(f"\nreport: {args.out / 'report.md'}")
+    except SettingsError as error:  # a setting only the data can check (e.g. train_size)
+        raise BadInput(f"bad settings: {error}") from None
     finally:
         distributed.shutdown()
     return 0

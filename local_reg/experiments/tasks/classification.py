@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 
 from ..methods import ODE_METHODS
 from ..models import ConcatMLP
-from ..settings import Integer, OneOf, Schema
+from ..settings import Integer, OneOf, Schema, SettingsError
 from .base import ODE_SOLVERS, Batch, Task, TaskData, training_fields
 
 SPLIT_FIELDS = {"train_size": Integer(1, nullable=True), "test_size": Integer(1, nullable=True)}
@@ -84,10 +84,16 @@ def split_datasets(images: Any, labels: Any, test_size: int | float, settings: d
         images, labels, test_size=test_size, stratify=labels, random_state=0
     )
 
-    def dataset(x: Any, y: Any, n: int | None) -> TensorDataset:
+    def dataset(x: Any, y: Any, n: int | None, key: str) -> TensorDataset:
+        if n is not None and n > len(x):
+            # Cutting to more than there is would train on all of it, recorded under the larger size.
+            raise SettingsError(
+                f"{key}={n} is more than the {len(x)} examples of that part: pass at most {len(x)}, "
+                "or null for all of it"
+            )
         return TensorDataset(torch.tensor(x[:n], dtype=torch.float32), torch.tensor(y[:n], dtype=torch.long))
 
     return TaskData(
-        train=dataset(x_train, y_train, settings["train_size"]),
-        test=dataset(x_test, y_test, settings["test_size"]),
+        train=dataset(x_train, y_train, settings["train_size"], "train_size"),
+        test=dataset(x_test, y_test, settings["test_size"], "test_size"),
     )
