@@ -6,7 +6,9 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 
 from local_reg.experiments.results import ResultsFile
@@ -40,9 +42,23 @@ def keep(settings, context):
 
 
 task.build_model = keep
+if sys.argv[2:] == ["interrupt"]:
+    # Ctrl-C in the second epoch (tiny digits: two iterations per epoch), after one checkpoint.
+    calls = []
+    train = type(task).training_loss
+
+    def interrupted(self, model, batch):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return train(self, model, batch)
+
+    type(task).training_loss = interrupted
 code = main(["experiment", "digits", "--methods", "local-random", "--seeds", "1", "--size", "tiny",
              "--set", "epochs=2", "--set", "weights.local-random=default", "--out", str(out),
              "--no-progress"])
+if code:
+    sys.exit(code)
 # The last model built is the one trained (the CLI builds one first to validate the arguments).
 torch.save(initial[-1], out / f"initial_rank{rank}.pt")
 torch.save(built[-1].state_dict(), out / f"params_rank{rank}.pt")
@@ -58,10 +74,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_keep_identical_parameters_and_weights_and_record_once(tmp_path):
-    script = tmp_path / "worker.py"
+def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
+    """The worker in two processes, writing to ``out``."""
+    script = out.parent / "worker.py"
     script.write_text(WORKER)
-    out = tmp_path / "results"
     command = [
         sys.executable,
         "-m",
@@ -71,13 +87,25 @@ def test_two_processes_keep_identical_parameters_and_weights_and_record_once(tmp
         f"--master_port={free_port()}",
         str(script),
         str(out),
+        *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # stdin: not the test process's, which under pytest-xdist is the worker's command channel.
-    done = subprocess.run(
+    return subprocess.run(
         command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180
     )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp") / "results"
+    done = torchrun(out)
     assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_two_processes_keep_identical_parameters_and_weights_and_record_once(uninterrupted):
+    out = uninterrupted
 
     (record,) = ResultsFile(out).load()
     assert record["world_size"] == 2 and record["iterations"] == 4
@@ -103,3 +131,25 @@ def test_two_processes_keep_identical_parameters_and_weights_and_record_once(tmp
     # Per-sample noise (an SDE's Brownian motion, a VAE's eps) differs between the processes, as
     # between the rows of one batch: every rank seeded alike drew rank 0's.
     assert not torch.equal(torch.load(out / "noise_rank0.pt"), torch.load(out / "noise_rank1.pt"))
+
+
+def test_an_interrupted_run_resumes_every_process_exactly_where_it_stopped(tmp_path, uninterrupted):
+    # Each process's own noise stream is in the checkpoint: rank 1's used to restart from a seed
+    # derived from the iteration, so a resumed run drew other t_reg than the uninterrupted one.
+    out = tmp_path / "results"
+    interrupted = torchrun(out, "interrupt")
+    assert interrupted.returncode != 0 and list((out / "checkpoints").glob("*.pt"))
+    assert not (out / "results.jsonl").exists()
+    resumed = torchrun(out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (record,) = ResultsFile(out).load()
+    (whole,) = ResultsFile(uninterrupted).load()
+    assert record["history"]["loss"] == whole["history"]["loss"]
+    for rank in (0, 1):
+        assert torch.equal(
+            torch.load(out / f"noise_rank{rank}.pt"), torch.load(uninterrupted / f"noise_rank{rank}.pt")
+        )
+        params, expected = (torch.load(folder / f"params_rank{rank}.pt") for folder in (out, uninterrupted))
+        for name, value in expected.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(params[name], value), name

@@ -57,3 +57,12 @@ def broadcast(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather(value: Any) -> list[Any] | None:
+    """Every rank's ``value`` in rank order on rank 0, ``None`` on the others (any picklable object)."""
+    if not dist.is_initialized():
+        return [value]
+    box = [None] * dist.get_world_size() if is_main() else None
+    dist.gather_object(value, box, dst=0)
+    return box

@@ -399,9 +399,11 @@ class _GradientMeasurement:
 
 def _resume(
     checkpoint_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
-) -> tuple[int, int, Clock, dict[str, list]] | None:
-    """``(epoch, iteration, train_time, history)`` from the run's checkpoint, its model, optimizer
-    and RNG states loaded; ``None`` (and nothing loaded) when there is none or it is of another model."""
+) -> tuple[int, int, Clock, dict[str, list], Tensor | None] | None:
+    """``(epoch, iteration, train_time, history, rank_rng)`` from the run's checkpoint, its model,
+    optimizer and (rank 0's) RNG states loaded; ``rank_rng`` is this process's own generator state
+    under DDP (``None`` on rank 0, or when the checkpoint was written by another number of
+    processes). ``None`` (and nothing loaded) when there is none or it is of another model."""
     state = _load_checkpoint(checkpoint_path)
     if state is None:
         return None
@@ -413,7 +415,13 @@ def _resume(
         history = state["history"]
         history.setdefault("grad_ratio", [])
         history.setdefault("weight", [])
-        return int(state["epoch"]), int(state["iteration"]), Clock(**state["time"]), history
+        ranks = state.get("rng_ranks") or []
+        rank_rng = (
+            ranks[distributed.rank()]
+            if 0 < distributed.rank() < len(ranks) == distributed.world_size()
+            else None
+        )
+        return int(state["epoch"]), int(state["iteration"]), Clock(**state["time"]), history, rank_rng
     # A checkpoint of another model (e.g. written by an older version of a task) cannot resume
     # this run: start it afresh, exactly as if there had been no checkpoint.
     except (RuntimeError, KeyError, ValueError, TypeError) as error:
@@ -472,8 +480,9 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
 
     checkpoint_path = out_dir / "checkpoints" / f"{spec.run_id}.pt"
     resumed = _resume(checkpoint_path, model, optimizer)
+    rank_rng = None
     if resumed is not None:
-        start_epoch, iteration, train_time, history = resumed
+        start_epoch, iteration, train_time, history, rank_rng = resumed
 
     net: nn.Module = model
     if world > 1:
@@ -482,9 +491,13 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
             # Per-sample noise (an SDE's Brownian motion, a VAE's eps, the sampled t_reg) must differ
             # between the processes as it differs between the rows of one process's batch: every rank
             # seeded alike gave its rows the noise of rank 0's. Rank 0 keeps the single-process
-            # stream (its state is in the checkpoints); the others draw from their own, derived from
-            # the seed, the rank and the iteration they start at.
-            torch.manual_seed(rank_seed(spec.seed, distributed.rank(), iteration))
+            # stream; the others draw from their own, derived from the seed, the rank and the
+            # iteration they start at. Every rank's state is in the checkpoints, so a resumed run
+            # continues each stream where it stopped.
+            if rank_rng is None:
+                torch.manual_seed(rank_seed(spec.seed, distributed.rank(), iteration))
+            else:
+                torch.set_rng_state(rank_rng)
 
     bar = tqdm(
         total=total,
@@ -526,6 +539,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                     history[key].append(value)
                 bar.set_postfix(_progress(loss, metrics, costs, history, measurement.tuned), refresh=False)
                 bar.update()
+            rng_ranks = distributed.gather(torch.get_rng_state()) if world > 1 else None
             if distributed.is_main():
                 _save_checkpoint(
                     checkpoint_path,
@@ -533,6 +547,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "rng": torch.get_rng_state(),
+                        **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
                         "epoch": epoch + 1,
                         "iteration": iteration,
                         "time": dataclasses.asdict(train_time),
