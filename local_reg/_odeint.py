@@ -310,4 +310,5 @@ def odeint(
     if steps.stop_time is not None:
         times = [times[0], steps.stop_time]
     ts = torch.tensor(times, dtype=options.time_dtype, device=y0.device)
-    return Solution(ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties)
+    graph_free = gradient_method.name if gradient_method.graph_free else None
+    return Solution(ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties, graph_free_method=graph_free)

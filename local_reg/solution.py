@@ -107,14 +107,18 @@ class Solution:
     penalties: Tensor | None = None
     layout: Callable[[Tensor], Any] | None = field(default=None, repr=False)
     """How a flat state becomes the user's (a tuple ``y0``'s tensors), or ``None``."""
+    graph_free_method: str | None = field(default=None, repr=False)
+    """The gradient method's name when it kept no graph of the solve (``evaluate`` then has none)."""
 
     def evaluate(self, t: Tensor | float) -> Tensor | tuple[Tensor, ...]:
         """The solution at any ``t`` in the solved span (a float, a 0-dim or 1-D tensor of times),
         through the method's interpolant (diffrax's ``Solution.evaluate``, torchdiffeq's
         ``odeint_dense``). At a step's start or end it is that step's state exactly. Needs
         ``odeint(dense=True)``; differentiable w.r.t. ``y0`` and the parameters only under
-        ``gradient="direct"``, and never w.r.t. ``t`` (a ``t`` that requires grad is refused: its
-        gradient would silently be none; odeint's own output times ``t`` do get gradients)."""
+        ``gradient="direct"`` (under a method that keeps no graph of the solve, a backward pass
+        through the returned states raises instead of silently giving them no gradient), and never
+        w.r.t. ``t`` (a ``t`` that requires grad is refused: its gradient would silently be none;
+        odeint's own output times ``t`` do get gradients)."""
         dense = self.steps.dense_output
         if dense is None:
             raise ValueError("evaluate needs the step records: solve with odeint(..., dense=True)")
@@ -124,6 +128,9 @@ class Solution:
                 "solve with these times as odeint's t (its output times get gradients)"
             )
         states = dense.evaluate(t)
+        anchor = self.ys[0] if isinstance(self.ys, tuple) else self.ys
+        if self.graph_free_method is not None and torch.is_grad_enabled() and anchor.requires_grad:
+            states = _NoGraph.apply(states, anchor, self.graph_free_method)
         return states if self.layout is None else self.layout(states)
 
     def _not_a_tensor(self, *args: object, **kwargs: object) -> NoReturn:
@@ -137,3 +144,22 @@ class Solution:
     __getitem__ = __iter__ = to = _not_a_tensor
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _not_a_tensor
     __truediv__ = __rtruediv__ = __pow__ = __neg__ = __matmul__ = _not_a_tensor
+
+
+class _NoGraph(torch.autograd.Function):
+    """The dense states of a solve that kept no graph, tied to its outputs so that a loss built on
+    them fails in its backward pass: without the tie they would be constants, and such a loss
+    would silently give them no gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, states: Tensor, anchor: Tensor, method: str) -> Tensor:
+        ctx.method = method
+        return states.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> NoReturn:
+        raise RuntimeError(
+            f"Solution.evaluate's states have no gradient under gradient={ctx.method!r}, which keeps "
+            "no graph of the solve: solve with gradient='direct', or pass these times in odeint's t "
+            "(its outputs get gradients under every method)"
+        )

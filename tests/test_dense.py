@@ -349,10 +349,10 @@ def test_evaluate_at_its_own_float32_times_is_the_solution_there(span):
 
 
 @pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
-def test_evaluate_under_a_graph_free_method_is_detached_not_a_wrong_gradient(gradient):
-    """The graph-free methods record no graph for the dense output, so its values are detached
-    (as solver.md says); the first step's state used to be the caller's ``y0`` itself, through
-    which every evaluation differentiated as the identity: a silently wrong gradient."""
+def test_evaluate_under_a_graph_free_method_refuses_a_backward_pass_not_a_wrong_gradient(gradient):
+    """The graph-free methods record no graph for the dense output. Its values used to be plain
+    constants, so a loss on them and ``ys`` silently lacked their part of the gradient (and before
+    that, the first step's state was the caller's ``y0``, differentiated as the identity)."""
     field = TinyField()
     y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE, requires_grad=True)
     fine = torch.linspace(0.0, 2.0, 9, dtype=DTYPE)
@@ -360,9 +360,16 @@ def test_evaluate_under_a_graph_free_method_is_detached_not_a_wrong_gradient(gra
     assert direct.requires_grad
     solution = odeint(field, y0, [0.0, 2.0], dense=True, gradient=gradient)
     values = solution.evaluate(fine)
-    assert not values.requires_grad
     torch.testing.assert_close(values, direct.detach(), rtol=0, atol=0)
-    assert solution.ys.requires_grad
+    loss = solution.ys.sum() + values.sum()
+    with pytest.raises(RuntimeError, match=f"no gradient under gradient='{gradient}'.*gradient='direct'"):
+        loss.backward()
+    # The outputs alone still differentiate, and without grad mode the values are plain tensors.
+    solution.ys.sum().backward()
+    assert y0.grad is not None
+    with torch.no_grad():
+        assert not solution.evaluate(fine).requires_grad
+    assert not solution.evaluate(fine).detach().requires_grad
 
 
 def test_evaluate_needs_dense_and_stays_in_the_span():
