@@ -50,7 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_run_options(parser, lr=5e-3, tol=1e-5, out="cnf.png")
     args = parser.parse_args(argv)
     if args.quick:
-        args.iterations, args.batch_size, args.grid = min(args.iterations, 10), 64, 20
+        args.iterations = min(args.iterations, 10)
+        args.batch_size, args.grid = min(args.batch_size, 64), min(args.grid, 20)
     return args
 
 
