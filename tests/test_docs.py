@@ -232,3 +232,41 @@ def test_every_check_names_a_block() -> None:
     ids = {param.id for param in block_params()}
     assert set(CHECKS) <= ids and set(SHORTER) <= ids
     assert {path.name for path in FILES} >= {"README.md", "sde.md", "solver.md"}
+
+
+LINKED = [*FILES, ROOT / "examples" / "README.md", ROOT / "experiments" / "README.md"]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the file's headings: lower case, punctuation other than ``-`` and
+    ``_`` dropped, spaces as ``-``; a repeated one gets ``-1``, ``-2``, ..."""
+    anchors: set[str] = set()
+    in_code = False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and re.match(r"#+ ", line):
+            slug = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            anchor, n = slug, 0
+            while anchor in anchors:
+                n += 1
+                anchor = f"{slug}-{n}"
+            anchors.add(anchor)
+    return anchors
+
+
+@pytest.mark.parametrize("path", LINKED, ids=lambda path: str(path.relative_to(ROOT)))
+def test_every_relative_link_reaches_its_file_and_heading(path: Path) -> None:
+    broken = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        for target in LINK.findall(line):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            name, _, anchor = target.partition("#")
+            linked = (path.parent / name).resolve() if name else path
+            if not linked.exists():
+                broken.append(f"{number}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
+                broken.append(f"{number}: {target} (no such heading)")
+    assert not broken, broken
