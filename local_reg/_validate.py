@@ -264,18 +264,27 @@ class CheckedField:
         self.autocast = active_autocast()
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
-        if torch.compiler.is_compiling() or y.is_inference():
-            # Inference tensors keep no version counter (and cannot be changed in place unseen).
-            return check_output(self.name, call_under_autocast(self.autocast, self.func, t, y), y)
-        # The solver reuses y (the step's start, a stage state) after the call: changed in place,
-        # it would silently give wrong states.
-        version = y._version
-        value = call_under_autocast(self.autocast, self.func, t, y)
-        if y._version != version:
-            raise ValueError(
-                f"{self.name} modified its input y in place; compute on a copy or out of place instead"
-            )
-        return check_output(self.name, value, y)
+        return check_output(self.name, call_leaving_input(self.name, self.autocast, self.func, t, y), y)
+
+
+def call_leaving_input(
+    name: str,
+    regions: tuple[tuple[str, torch.dtype], ...],
+    func: Callable[[Tensor, Tensor], Any],
+    t: Tensor,
+    y: Tensor,
+) -> Any:
+    """``func(t, y)`` under the autocast ``regions`` (:func:`call_under_autocast`); a ``ValueError``
+    naming ``name`` if it changed ``y`` in place: the solvers reuse ``y`` (a step's start, a stage
+    state) after the call, so a changed one would silently give wrong states."""
+    if torch.compiler.is_compiling() or y.is_inference():
+        # Inference tensors keep no version counter (and cannot be changed in place unseen).
+        return call_under_autocast(regions, func, t, y)
+    version = y._version
+    value = call_under_autocast(regions, func, t, y)
+    if y._version != version:
+        raise ValueError(f"{name} modified its input y in place; compute on a copy or out of place instead")
+    return value
 
 
 _AUTOCAST_DEVICES = ("cpu", "cuda")

@@ -1331,3 +1331,64 @@ def test_solve_options_check_themselves_once_made_and_stay_checked():
         SolveOptions(rtol=1e-6, atol=1e-8, controller="pi")
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.rtol = 1.0
+
+
+def test_sdeint_refuses_a_drift_or_diffusion_that_changes_its_input_in_place():
+    # As odeint does: the caller's y0 (and every later state the solver reuses) was silently changed.
+    def clamp(t, y):
+        y.clamp_(min=0.0)
+        return 0.1 * torch.ones_like(y)
+
+    for sde in (DiagonalSDE(g=clamp), DiagonalSDE(f=lambda t, y: y.mul_(2.0))):
+        y0 = torch.tensor([[-1.0, 1.0]])
+        with pytest.raises(ValueError, match=r"\((drift|diffusion)\) modified its input y in place"):
+            sdeint(sde, y0, [0.0, 1.0], step_size=0.5)
+
+
+def test_sdeint_refuses_output_times_it_cannot_each_end_a_step_on():
+    # Their SolverError advised step_to_outputs, an odeint option sdeint does not have.
+    close = [0.0, 0.5, math.nextafter(0.5, 1.0), 1.0]
+    with pytest.raises(ValueError, match=r"t holds 0\.5 and 0\.5000000000000001, within a few ulps"):
+        sdeint(DiagonalSDE(), torch.ones(2, 1), close)
+    assert sdeint(DiagonalSDE(), torch.ones(2, 1), [0.0, 0.5, 0.5 + 1e-9, 1.0]).ys.shape == (4, 2, 1)
+
+
+def test_sdeint_refuses_a_generator_its_given_brownian_motion_leaves_unused():
+    import torchsde
+
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(2, 1), entropy=0)
+    with pytest.raises(ValueError, match="with bm given it would be unused"):
+        sdeint(DiagonalSDE(), torch.ones(2, 1), [0.0, 1.0], bm=bm, generator=torch.Generator())
+
+
+def test_sde_step_checks_its_noise_type_step_and_increment():
+    from local_reg.sde import sde_step
+
+    y = torch.ones(3, 2)
+    step = dict(rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match=r"dw has shape \(2,\), expected \(3, 2\)"):
+        sde_step(DiagonalSDE(), "diagonal", 0.0, y, 0.1, torch.ones(2), **step)  # one row for all
+    for dt in (0.0, -0.1, math.nan):
+        with pytest.raises(ValueError, match="dt must be positive and finite"):
+            sde_step(DiagonalSDE(), "diagonal", 0.0, y, dt, torch.ones(3, 2), **step)
+    with pytest.raises(ValueError, match="unknown noise_type 'general'"):
+        sde_step(DiagonalSDE(), "general", 0.0, y, 0.1, torch.ones(3, 2), **step)
+
+
+def test_sde_models_check_torchsde_settings_when_made_not_at_the_first_batch():
+    # dt = 0 with adaptive=False made torchsde loop forever; the Stratonovich methods and srk failed
+    # at the first call with torchsde's messages.
+    for options, error, message in [
+        ({"dt": 0.0, "adaptive": False}, ValueError, r"options\['dt'\] must be positive and finite"),
+        ({"dt": -0.1}, ValueError, r"options\['dt'\] must be positive"),
+        ({"dt_min": 0.0}, ValueError, r"options\['dt_min'\] must be positive"),
+        ({"adaptive": 1}, TypeError, r"options\['adaptive'\] must be a bool"),
+        ({"logqp": True}, ValueError, r"unknown keys \['logqp'\]"),
+    ]:
+        with pytest.raises(error, match=message):
+            LocallyRegularized(DiagonalSDE(), backend="torchsde", options=options)
+    for method in ("reversible_heun", "midpoint", "euler_heun"):
+        with pytest.raises(ValueError, match=f"method '{method}' is a Stratonovich scheme of torchsde"):
+            LocallyRegularized(DiagonalSDE(), backend="torchsde", method=method)
+    with pytest.raises(ValueError, match=r"fixed steps do not compute: drop options\['step_size'\]"):
+        GloballyRegularized(DiagonalSDE(), options={"step_size": 0.1})

@@ -317,6 +317,11 @@ class GlobalPenalty:
             problem.check_regularizer(self.regularizer, None)
             if self.reduction == "max":
                 raise ValueError("reduction='max' is not available for SDEs; use 'mean' or 'sum'")
+            if problem.options.get("step_size") is not None:
+                raise ValueError(
+                    "global regularization of an SDE sums the error estimates of the adaptive solver's "
+                    "accepted steps, which fixed steps do not compute: drop options['step_size']"
+                )
         else:
             method = ODE_DEFAULT_METHOD["local_reg"] if problem.method is None else problem.method
             tableau = get_tableau(method)

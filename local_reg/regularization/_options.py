@@ -26,6 +26,11 @@ _ODEINT_RESERVED |= {"record_states", "step_penalty"}
 _SDEINT_RESERVED = {"sde", "y0", "t", "method", "rtol", "atol", "bm", "generator", "record_states"}
 _SDEINT_RESERVED |= {"step_penalty"}
 _TORCHSDE_RESERVED = {"sde", "y0", "ts", "bm", "method", "rtol", "atol", "unused_kwargs"}
+# These change what torchsde returns or which methods of the SDE it calls, which the backend reads.
+_TORCHSDE_RESERVED |= {"logqp", "extra", "extra_solver_state", "names"}
+TORCHSDE_ITO_METHODS = ("euler", "milstein", "srk")
+"""torchsde's schemes for Ito SDEs, the kind the regularized models solve (its others are
+Stratonovich schemes); ``srk`` reads the space-time Levy area of the Brownian motion."""
 _TORCHDIFFEQ_RESERVED = {"self", "func", "y0", "rtol", "atol", "unused_kwargs", "kwargs"}
 
 ODE_DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
@@ -126,17 +131,27 @@ def check_sde_settings(
         )
         return options
     import torchsde
+    from torchsde.settings import METHODS as TORCHSDE_METHODS
 
+    if (
+        method is not None
+        and method not in TORCHSDE_ITO_METHODS
+        and method in vars(TORCHSDE_METHODS).values()
+    ):
+        raise ValueError(
+            f"method {method!r} is a Stratonovich scheme of torchsde, and the regularized models solve Ito "
+            f"SDEs: expected one of {list(TORCHSDE_ITO_METHODS)}"
+        )
     if method is not None:
-        check_choice("method", method, torchsde_methods())
-    return check_option_keys(
+        check_choice("method", method, TORCHSDE_ITO_METHODS)
+    options = check_option_keys(
         options, keyword_names([torchsde.sdeint, torchsde.sdeint_adjoint], _TORCHSDE_RESERVED), backend
     )
-
-
-def torchsde_methods() -> tuple[str, ...]:
-    from torchsde.settings import METHODS
-
-    return tuple(
-        sorted(value for key, value in vars(METHODS).items() if isinstance(value, str) and key[0] != "_")
-    )
+    # torchsde itself loops forever on a zero or negative step.
+    for name in ("dt", "dt_min"):
+        if name in options:
+            positive_float(f"options[{name!r}]", options[name])
+    for name in ("adaptive", "adjoint_adaptive"):
+        if name in options:
+            check_bool(f"options[{name!r}]", options[name])
+    return options

@@ -325,10 +325,11 @@ class SDEProblem(_Problem):
         g0 = y0
         if noise_type == "additive":
             with torch.no_grad():
-                g0 = self.sde.g(time_tensor(times[0], y0), y0)
+                g0 = CheckedSDE(self.sde, noise_type).g(time_tensor(times[0], y0), y0)
             stats.add(1, diffusion=1)
         size = brownian_size(noise_type, y0, g0)
-        bm = make_brownian(bm, times[0], times[-1], size, y0, generator)
+        levy_area = "space-time" if self.backend == "torchsde" and self.method == "srk" else "none"
+        bm = make_brownian(bm, times[0], times[-1], size, y0, generator, levy_area)
         return times, y0.dtype, (noise_type, bm), stats
 
     def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: tuple, request: Request):

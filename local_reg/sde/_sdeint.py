@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, integrate
-from .._step import time_tensor
-from .._validate import active_autocast, call_under_autocast, check_generator, without_autocast
+from .._step import time_tensor, underflow_threshold
+from .._validate import active_autocast, call_leaving_input, check_generator, without_autocast
 from ..controller import PIController
 from ..solution import Solution
 from ._step import EulerMaruyamaStepper, SDEStepResult
@@ -19,6 +20,8 @@ from .brownian import make_brownian
 from .problem import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
+    DIFFUSION,
+    DRIFT,
     CheckedBrownian,
     CheckedSDE,
     brownian_size,
@@ -100,7 +103,19 @@ def sdeint(
             non-finite fixed step, or ``max_steps`` exceeded.
     """
     noise_type, times = validate_sde_problem(sde, y0, t, method)
+    for start, end in pairwise(times):
+        if end - start <= underflow_threshold(start, end - start):
+            # Every output time ends a step (no dense output), and a step this short underflows.
+            raise ValueError(
+                f"t holds {start!r} and {end!r}, within a few ulps of each other: sdeint ends a step at "
+                "every output time, and cannot take a step this short; merge them"
+            )
     check_generator(generator)
+    if bm is not None and generator is not None:
+        raise ValueError(
+            "generator seeds the Brownian motion sdeint makes when bm is None; with bm given it would be "
+            "unused: pass one or the other"
+        )
     if dt0 is not None:
         warnings.warn("sdeint's dt0= is deprecated: use first_step=", DeprecationWarning, stacklevel=2)
         if first_step is not None:
@@ -119,8 +134,8 @@ def sdeint(
 
     t0 = times[0]
     autocast = active_autocast()  # the drift and diffusion run under it, the solver's arithmetic not
-    f0 = call_under_autocast(autocast, sde.f, time_tensor(t0, y0), y0)
-    g0 = call_under_autocast(autocast, sde.g, time_tensor(t0, y0), y0)
+    f0 = call_leaving_input(DRIFT, autocast, sde.f, time_tensor(t0, y0), y0)
+    g0 = call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(t0, y0), y0)
     check_shapes(noise_type, y0, f0, g0)
     # Every later drift, diffusion and Brownian increment is checked too.
     size = brownian_size(noise_type, y0, g0)

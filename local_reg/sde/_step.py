@@ -65,8 +65,14 @@ from torch import Tensor
 from .._errors import SolverError
 from .._step import error_scale, min_step_size, rms_norm, time_tensor
 from .._stepper import Stepper
+from .._validate import check_choice, check_output, positive_float
 from ..solution import Stats
-from .problem import diffusion_times_increment, noise_vector
+from .problem import (
+    SUPPORTED_NOISE_TYPES,
+    brownian_size,
+    diffusion_times_increment,
+    noise_vector,
+)
 
 DRIFT_ERROR_WEIGHT = 1.0 / 6.0
 """``delta`` of Rackauckas & Nie (2017): weight of the drift part of the error estimate."""
@@ -122,10 +128,12 @@ def sde_step(
 
     ``f0``/``g0``, if given, are ``sde.f(t, y)``/``sde.g(t, y)`` already evaluated (after a
     rejection, or treated as constants by the regularizer) and are not evaluated again. Gradients
-    flow through every evaluation made here.
+    flow through every evaluation made here. ``noise_type``, ``dt`` and the shape of ``dw``
+    (``(batch, m)``: one increment per row, not one broadcast over the batch) are checked.
     """
+    check_choice("noise_type", noise_type, SUPPORTED_NOISE_TYPES)
     t = float(t)
-    dt = float(dt)
+    dt = positive_float("dt", dt)
     nfe_drift = nfe_diffusion = 0
     t_now = time_tensor(t, y)
     if f0 is None:
@@ -134,6 +142,7 @@ def sde_step(
     if g0 is None:
         g0 = sde.g(t_now, y)
         nfe_diffusion += 1
+    check_output("dw", dw, y, shape=brownian_size(noise_type, y, g0), returned=False)
     drift_predictor = y + dt * f0
     y1 = drift_predictor + diffusion_times_increment(noise_type, g0, dw)
     milstein_term = None

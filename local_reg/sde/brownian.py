@@ -37,8 +37,10 @@ def make_brownian(
     size: tuple[int, int],
     like: torch.Tensor,
     generator: torch.Generator | None = None,
+    levy_area: str = "none",
 ) -> Any:
-    """Validate ``bm`` or, if ``None``, create a ``BrownianInterval`` over ``[t0, t1]``.
+    """Validate ``bm`` or, if ``None``, create a ``BrownianInterval`` over ``[t0, t1]`` (with
+    torchsde's ``levy_area_approximation=levy_area``, which its ``srk`` scheme needs).
 
     The new interval's seed is drawn from ``generator`` (or torch's global generator), so
     ``torch.manual_seed`` makes solves reproducible. It gets a fixed step hint ``dt``: without
@@ -56,6 +58,7 @@ def make_brownian(
             device=like.device,
             entropy=entropy,
             dt=(t1 - t0) / _TREE_PIECES,
+            levy_area_approximation=levy_area,
         )
     if not callable(bm):
         raise TypeError(f"bm must be a Brownian motion callable as bm(ta, tb), got {type(bm).__name__}")

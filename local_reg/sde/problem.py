@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .._validate import (
     active_autocast,
-    call_under_autocast,
+    call_leaving_input,
     check_output,
     time_tensors_requiring_grad,
     validate_state,
@@ -28,6 +28,8 @@ from .._validate import (
 )
 
 METHODS = ("euler_maruyama", "milstein")
+DRIFT, DIFFUSION = "sde.f (drift)", "sde.g (diffusion)"
+"""How errors name the SDE's two functions."""
 """The SDE schemes of :func:`local_reg.sdeint`."""
 DEFAULT_RTOL = 1e-2
 DEFAULT_ATOL = 1e-2
@@ -113,7 +115,7 @@ def check_shapes(noise_type: str, y0: Tensor, f0: object, g0: object) -> None:
             raise ValueError(f"{name} returned a tensor on {value.device}, expected y0's device {y0.device}")
     if f0.shape != y0.shape:
         raise ValueError(
-            f"sde.f (drift) returned shape {tuple(f0.shape)}, expected the shape of y0 {tuple(y0.shape)}"
+            f"{DRIFT} returned shape {tuple(f0.shape)}, expected the shape of y0 {tuple(y0.shape)}"
         )
     check_diffusion_shape(noise_type, y0, g0)
 
@@ -128,7 +130,7 @@ def check_diffusion_shape(noise_type: str, y0: Tensor, g0: Tensor) -> None:
         ok, expected = g0.dim() == 3 and g0.shape[:2] == (batch, d), f"({batch}, {d}, m)"
     if not ok:
         raise ValueError(
-            f"sde.g (diffusion) returned shape {tuple(g0.shape)}, but noise_type={noise_type!r} "
+            f"{DIFFUSION} returned shape {tuple(g0.shape)}, but noise_type={noise_type!r} "
             f"with y0 of shape {tuple(y0.shape)} needs {expected}; drift and diffusion shapes must match"
         )
 
@@ -151,17 +153,17 @@ class CheckedSDE:
         self.autocast = active_autocast()
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:
-        return check_output("sde.f (drift)", call_under_autocast(self.autocast, self.sde.f, t, y), y)
+        return check_output(DRIFT, call_leaving_input(DRIFT, self.autocast, self.sde.f, t, y), y)
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
-        value = call_under_autocast(self.autocast, self.sde.g, t, y)
+        value = call_leaving_input(DIFFUSION, self.autocast, self.sde.g, t, y)
         if not isinstance(value, Tensor):
             raise TypeError(f"sde.g must return a torch.Tensor, got {type(value).__name__}")
-        check_output("sde.g (diffusion)", value, y, shape=value.shape)
+        check_output(DIFFUSION, value, y, shape=value.shape)
         check_diffusion_shape(self.noise_type, y, value)
         if self.noise_type == "additive" and self.m is not None and value.shape[-1] != self.m:
             raise ValueError(
-                f"sde.g (diffusion) returned shape {tuple(value.shape)}, but the first call had "
+                f"{DIFFUSION} returned shape {tuple(value.shape)}, but the first call had "
                 f"{self.m} Brownian motions (last dimension)"
             )
         return value
