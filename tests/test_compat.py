@@ -62,10 +62,25 @@ def test_adaptive_methods_match_torchdiffeq(method, rtol):
     ours = compat.odeint(func, y0, t, method=method, rtol=rtol, atol=rtol / 100)
     accurate = torchdiffeq.odeint(func, y0, t, rtol=1e-11, atol=1e-13)
     assert isinstance(ours, torch.Tensor) and ours.shape == (4, 2, 2) and ours.dtype == torch.float64
-    torch.testing.assert_close(ours, accurate, rtol=100 * rtol, atol=100 * rtol)
+    # Factors of rtol, about 20x the measured max |difference| / (rtol (1 + |reference|)): against
+    # the accurate solution dopri5 0.13, tsit5 0.055, bosh3 0.44, fehlberg2 42 (its estimate
+    # understates its error), adaptive_heun 0.14; an error estimate 100x too small gives 4 to 2100.
+    # Against torchdiffeq at the same tolerance the difference is mostly torchdiffeq's own error
+    # (bosh3 62, fehlberg2 21 measured), so those two have a factor of 100.
+    accurate_factor, same_factor = {
+        "dopri5": (2.5, 2.5),
+        None: (2.5, 2.5),
+        "tsit5": (1.0, None),
+        "bosh3": (10.0, 100.0),
+        "fehlberg2": (1000.0, 100.0),
+        "adaptive_heun": (3.0, 6.0),
+    }[method]
+    bound = accurate_factor * rtol
+    torch.testing.assert_close(ours, accurate, rtol=bound, atol=bound)
     if method != "tsit5":
         same = torchdiffeq.odeint(func, y0, t, method=method, rtol=rtol, atol=rtol / 100)
-        torch.testing.assert_close(ours, same, rtol=100 * rtol, atol=100 * rtol)
+        bound = same_factor * rtol
+        torch.testing.assert_close(ours, same, rtol=bound, atol=bound)
 
 
 @pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])

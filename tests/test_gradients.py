@@ -157,9 +157,14 @@ def test_seminorm_is_accurate():
     for norm in ("default", "seminorm"):
         grads, solution = gradients(field, y0, BacksolveAdjoint(norm=norm), **options)
         result[norm], nfe[norm] = relative_error(grads, reference), solution.stats.nfe_backward
-    assert result["seminorm"] < 1e-5
-    # Different error norms, so (in general) different backward steps.
-    assert nfe["seminorm"] != nfe["default"]
+    # Measured: 4.7e-8 for either norm.
+    assert result["default"] < 1e-6
+    assert result["seminorm"] < 1e-6
+    # On this problem the parameter-gradient entries raise the default norm's RMS, so the seminorm,
+    # which leaves them out, takes far fewer backward evaluations: 240 against 378 measured (0.58 to
+    # 0.77 of the default's over other seeds). Not a general property: on the large neural field of
+    # docs/benchmarks.md they dilute the RMS instead and the seminorm took more.
+    assert nfe["seminorm"] < 0.85 * nfe["default"]
 
 
 @pytest.mark.parametrize("gradient", GRADIENT_METHODS)
@@ -471,8 +476,22 @@ def test_adjoint_with_every_tableau(name):
     reference, _ = gradients(field, y0, "direct", method=name, **options)
     result, solution = gradients(field, y0, "adjoint", method=name, **options)
     assert solution.stats.nfe_backward > 0
-    # The continuous adjoint differs from the discrete gradient by the discretization error.
-    assert relative_error(result, reference) <= (0.1 if tableau.order == 1 else 1e-2)
+    # The continuous adjoint differs from the discrete gradient by the discretization error, which
+    # differs between tableaus of one order (fehlberg2's is 100x heun_euler's), so the bound is per
+    # tableau: about 20x the measured error (heun_euler 5.3e-5, midpoint 8.3e-5, bosh3 1.8e-6, dopri5
+    # 2.4e-6, tsit5 1.0e-6, rk4 2.0e-8), capped at 0.1 for euler (2.1e-2) and 1e-2 for fehlberg2
+    # (6.1e-3). A tableau added without a bound here fails on the KeyError.
+    bound = {
+        "euler": 0.1,
+        "fehlberg2": 1e-2,
+        "heun_euler": 1e-3,
+        "midpoint": 2e-3,
+        "bosh3": 4e-5,
+        "dopri5": 5e-5,
+        "tsit5": 2e-5,
+        "rk4": 4e-7,
+    }[name]
+    assert relative_error(result, reference) <= bound
 
 
 @pytest.mark.parametrize("gradient", EXACT)

@@ -14,8 +14,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, Phase, event, find, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import NoSuchExample
 
 from local_reg import LocallyRegularized, SolverError, odeint, sdeint
 from local_reg.sde._step import DRIFT_ERROR_WEIGHT
@@ -143,36 +144,41 @@ def tolerance_bound(
     return factor * (rtol * size + atol) + 1e3 * EPS[dtype] * max(1.0, size)
 
 
+# What a property's check returns: the name of the documented error raised, ACCURATE when the result
+# was checked against the reference, or UNCHECKED when there was no reference to check it against.
+ACCURATE = "accurate"
+UNCHECKED = "unchecked"
+
+
 def call_or_documented_error(call):
-    """``call()``'s result, or ``None`` when it raised a documented error (any other propagates)."""
+    """``call()``'s result, or the documented error it raised (any other propagates)."""
     try:
         result = call()
     except DOCUMENTED as error:
         event(f"raised {type(error).__name__}: {str(error)[:60]}")
-        return None
+        return error
     event("returned a result")
     return result
 
 
-@SETTINGS
-@given(
-    dtype=dtypes,
-    shape_=shape,
-    scale=st.sampled_from([1.0, 1e-3, 1e3]),
-    times_=times,
-    rtol=tolerance,
-    atol=tolerance,
-    method=mostly(
+ODEINT_ARGUMENTS = {
+    "dtype": dtypes,
+    "shape_": shape,
+    "scale": st.sampled_from([1.0, 1e-3, 1e3]),
+    "times_": times,
+    "rtol": tolerance,
+    "atol": tolerance,
+    "method": mostly(
         st.sampled_from(["tsit5", "dopri5", "bosh3", "heun_euler", "rk4"]), st.sampled_from(["tsit", 3])
     ),
-    step_size=mostly(st.sampled_from([None, None, 0.1]), st.sampled_from([0.0, -0.1, "0.1"])),
-    max_steps_=max_steps,
-    gradient=mostly(st.sampled_from(["direct", "checkpoint", "symplectic", "adjoint"]), st.just("bogus")),
-    rate=st.floats(0.1, 3.0),
-)
-def test_odeint_returns_an_accurate_finite_result_or_a_documented_error(
-    dtype, shape_, scale, times_, rtol, atol, method, step_size, max_steps_, gradient, rate
-):
+    "step_size": mostly(st.sampled_from([None, None, 0.1]), st.sampled_from([0.0, -0.1, "0.1"])),
+    "max_steps_": max_steps,
+    "gradient": mostly(st.sampled_from(["direct", "checkpoint", "symplectic", "adjoint"]), st.just("bogus")),
+    "rate": st.floats(0.1, 3.0),
+}
+
+
+def check_odeint(dtype, shape_, scale, times_, rtol, atol, method, step_size, max_steps_, gradient, rate):
     ts, kind = times_
     y0 = (
         make_y0(shape_, dtype, scale)
@@ -195,8 +201,8 @@ def test_odeint_returns_an_accurate_finite_result_or_a_documented_error(
         )
 
     solution = call_or_documented_error(lambda: solve(y0))
-    if solution is None:
-        return
+    if isinstance(solution, DOCUMENTED):
+        return type(solution).__name__
     assert dtype in (torch.float32, torch.float64)
     assert solution.ys.dtype == dtype and solution.ys.shape == (len(ts), *shape_)
     assert torch.isfinite(solution.ys).all()
@@ -205,27 +211,33 @@ def test_odeint_returns_an_accurate_finite_result_or_a_documented_error(
         bound = tolerance_bound(reference, rtol, atol, dtype)
     else:  # fixed steps: no tolerance promised, but float32 must follow the float64 solve
         reference = call_or_documented_error(lambda: solve(y0.double()))
-        if reference is None:
-            return
+        if isinstance(reference, DOCUMENTED):
+            return UNCHECKED
         reference = reference.ys
         bound = 1e3 * EPS[dtype] * max(1.0, max_abs(reference))
     assert max_abs(solution.ys.double() - reference) <= bound
+    return ACCURATE
 
 
 @SETTINGS
-@given(
-    dtype=dtypes,
-    shape_=mostly(st.sampled_from([(1, 2), (3, 1)]), st.sampled_from([(2,), (1, 2, 2)])),
-    times_=spans,
-    rtol=tolerance,
-    atol=tolerance,
-    step_size=mostly(st.sampled_from([None, None, 0.05]), st.just(-1.0)),
-    max_steps_=max_steps,
-    rate=st.floats(0.1, 3.0),
-)
-def test_sdeint_returns_an_accurate_finite_result_or_a_documented_error(
-    dtype, shape_, times_, rtol, atol, step_size, max_steps_, rate
-):
+@given(**ODEINT_ARGUMENTS)
+def test_odeint_returns_an_accurate_finite_result_or_a_documented_error(**arguments):
+    check_odeint(**arguments)
+
+
+SDEINT_ARGUMENTS = {
+    "dtype": dtypes,
+    "shape_": mostly(st.sampled_from([(1, 2), (3, 1)]), st.sampled_from([(2,), (1, 2, 2)])),
+    "times_": spans,
+    "rtol": tolerance,
+    "atol": tolerance,
+    "step_size": mostly(st.sampled_from([None, None, 0.05]), st.just(-1.0)),
+    "max_steps_": max_steps,
+    "rate": st.floats(0.1, 3.0),
+}
+
+
+def check_sdeint(dtype, shape_, times_, rtol, atol, step_size, max_steps_, rate):
     ts, kind = times_
     y0 = make_y0(shape_, dtype, 1.0)
     solution = call_or_documented_error(
@@ -240,8 +252,8 @@ def test_sdeint_returns_an_accurate_finite_result_or_a_documented_error(
             generator=torch.Generator().manual_seed(0),
         )
     )
-    if solution is None:
-        return
+    if isinstance(solution, DOCUMENTED):
+        return type(solution).__name__
     assert dtype in (torch.float32, torch.float64)
     assert solution.ys.dtype == dtype and torch.isfinite(solution.ys).all()
     reference = exact(y0, [float(t) for t in ts], rate)
@@ -254,22 +266,28 @@ def test_sdeint_returns_an_accurate_finite_result_or_a_documented_error(
         steps = solution.stats.n_accepted + 1
         bound = steps / DRIFT_ERROR_WEIGHT * (rtol * max_abs(reference) + atol) + 1e3 * EPS[dtype]
     assert max_abs(solution.ys.double() - reference) <= bound
+    return ACCURATE
 
 
 @SETTINGS
-@given(
-    dtype=dtypes,
-    times_=mostly(spans, times),
-    rtol=tolerance,
-    backend=mostly(st.sampled_from(["local_reg", "local_reg", "torchdiffeq"]), st.just("bogus")),
-    method=mostly(st.sampled_from([None, "dopri5", "bosh3"]), st.just("tsit")),
-    options=mostly(st.just(None), st.sampled_from([{"bogus": 1}, {"max_steps": 0}])),
-    sampling=st.sampled_from(["random", "biased"]),
-    rate=st.floats(0.1, 3.0),
-)
-def test_locally_regularized_returns_a_finite_result_or_a_documented_error(
-    dtype, times_, rtol, backend, method, options, sampling, rate
-):
+@given(**SDEINT_ARGUMENTS)
+def test_sdeint_returns_an_accurate_finite_result_or_a_documented_error(**arguments):
+    check_sdeint(**arguments)
+
+
+REGULARIZED_ARGUMENTS = {
+    "dtype": dtypes,
+    "times_": mostly(spans, times),
+    "rtol": tolerance,
+    "backend": mostly(st.sampled_from(["local_reg", "local_reg", "torchdiffeq"]), st.just("bogus")),
+    "method": mostly(st.sampled_from([None, "dopri5", "bosh3"]), st.just("tsit")),
+    "options": mostly(st.just(None), st.sampled_from([{"bogus": 1}, {"max_steps": 0}])),
+    "sampling": st.sampled_from(["random", "biased"]),
+    "rate": st.floats(0.1, 3.0),
+}
+
+
+def check_locally_regularized(dtype, times_, rtol, backend, method, options, sampling, rate):
     ts, kind = times_
     # Every example's step budget is bounded, whatever the backend.
     step_limit = {"local_reg": {"max_steps": 400}, "torchdiffeq": {"max_num_steps": 400}}.get(backend, {})
@@ -290,8 +308,8 @@ def test_locally_regularized_returns_a_finite_result_or_a_documented_error(
         return model(y0, as_container(ts, kind)), model.reg_loss
 
     result = call_or_documented_error(forward)
-    if result is None:
-        return
+    if isinstance(result, DOCUMENTED):
+        return type(result).__name__
     ys, reg_loss = result
     assert dtype in (torch.float32, torch.float64)
     assert ys.dtype == dtype and torch.isfinite(ys).all() and torch.isfinite(reg_loss)
@@ -300,10 +318,41 @@ def test_locally_regularized_returns_a_finite_result_or_a_documented_error(
     factor = 50.0 if backend == "local_reg" else 500.0
     rtol = 1e-6 if rtol is None else rtol  # the model's default
     assert max_abs(ys.double() - reference) <= tolerance_bound(reference, rtol, 1e-6, dtype, factor)
+    return ACCURATE
 
 
-def test_the_property_strategies_reach_both_outcomes():
-    """Guard against a vacuous property: valid examples solve, invalid ones raise documented errors."""
-    assert odeint(Decay(1.0), torch.ones(2), np.array([0.0, 1.0])).ys.shape == (2, 2)
-    with pytest.raises(TypeError):
-        odeint(Decay(1.0), torch.ones(2), "01")
+@SETTINGS
+@given(**REGULARIZED_ARGUMENTS)
+def test_locally_regularized_returns_a_finite_result_or_a_documented_error(**arguments):
+    check_locally_regularized(**arguments)
+
+
+# Generation only: the first example with the outcome will do, no need to shrink it.
+GUARD_SETTINGS = settings(SETTINGS, phases=[Phase.generate])
+
+
+STRATEGIES = {
+    check_odeint: ODEINT_ARGUMENTS,
+    check_sdeint: SDEINT_ARGUMENTS,
+    check_locally_regularized: REGULARIZED_ARGUMENTS,
+}
+EVERY_ERROR = ["ValueError", "TypeError", "SolverError"]
+
+
+@pytest.mark.parametrize(
+    "check,outcome",
+    [(check_odeint, outcome) for outcome in [ACCURATE, *EVERY_ERROR]]
+    + [(check_sdeint, outcome) for outcome in [ACCURATE, *EVERY_ERROR]]
+    # Its strategies aim at argument checking, not at making the solve fail.
+    + [(check_locally_regularized, outcome) for outcome in [ACCURATE, "ValueError", "TypeError"]],
+    ids=lambda value: getattr(value, "__name__", value),
+)
+def test_the_property_strategies_reach_every_outcome(check, outcome):
+    """Guard against a vacuous property: a property whose examples all raise documented errors (or
+    all return) passes without testing one side of the contract. Draw from the property's own
+    strategies, with the same settings, until an example ends in ``outcome``."""
+    examples = st.fixed_dictionaries(STRATEGIES[check])
+    try:
+        find(examples, lambda drawn: check(**drawn) == outcome, settings=GUARD_SETTINGS)
+    except NoSuchExample:
+        pytest.fail(f"no example of {check.__name__} drawn from its strategies ended in {outcome}")

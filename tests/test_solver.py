@@ -144,7 +144,11 @@ def test_linear_system_against_analytic_solution(name, dtype, backward):
         reference = torchdiffeq.odeint(rotation_decay, y0, ts, method="fehlberg2", rtol=rtol, atol=rtol)
         assert error < 2 * (reference.double() - exact).abs().max().item()
     else:
-        assert error < 200 * rtol
+        # About 20x the largest error / rtol measured over dtype and direction (tsit5 1.6, dopri5
+        # 2.7, bosh3 23, heun_euler 6.0): tight enough that an error estimate 100x too small (about
+        # 65-2300x rtol here) fails. A new adaptive tableau fails on the KeyError until it has a bound.
+        factor = {"tsit5": 30, "dopri5": 50, "bosh3": 500, "heun_euler": 120}[name]
+        assert error < factor * rtol
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -169,7 +173,20 @@ def test_against_scipy(problem, y0, span, name, dtype, backward):
     tol = 1e-5 if dtype == torch.float32 else 1e-9
     solution = odeint(problem, y_start.to(dtype), times.to(dtype), method=name, rtol=tol, atol=tol)
     error = (solution.ys.double() - reference).abs().max().item()
-    bound = 1e-3 if dtype == torch.float32 else 2e-6
+    if dtype == torch.float32:
+        bound = 1e-3
+    else:
+        # About 20x the largest error measured per problem and method over both directions (lotka
+        # volterra: tsit5 3.8e-9, dopri5 1.4e-8, bosh3 4.6e-8; van der Pol: tsit5 1.0e-8, dopri5
+        # 1.1e-8, bosh3 4.4e-9): an error estimate 100x too small (9.5e-8 to 4.5e-6 here) fails.
+        bound = {
+            ("lotka_volterra", "tsit5"): 1e-7,
+            ("lotka_volterra", "dopri5"): 3e-7,
+            ("lotka_volterra", "bosh3"): 1e-6,
+            ("van_der_pol", "tsit5"): 2e-7,
+            ("van_der_pol", "dopri5"): 2.5e-7,
+            ("van_der_pol", "bosh3"): 1e-7,
+        }[problem.__name__, name]
     assert error < bound
 
 
@@ -207,7 +224,8 @@ def test_stiffness_estimate_on_an_eigenvector_is_exact():
 
 @pytest.mark.parametrize("name", ["tsit5", "dopri5"])
 def test_stiffness_estimate_tracks_spectral_radius_in_a_solve(name):
-    """Once the solver is stability-limited, dt * rho ~ dt * spectral radius (within 20%)."""
+    """Once the fast mode has decayed the solver is stability-limited: the estimate rho matches the
+    spectral radius, and dt * spectral radius sits at the tableau's stability_size."""
     torch.manual_seed(2)
     q, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64))
     spectral_radius = 200.0
@@ -219,8 +237,14 @@ def test_stiffness_estimate_tracks_spectral_radius_in_a_solve(name):
     late = solution.steps.t > 1.0
     dt = solution.steps.dt[late]
     rho = solution.steps.stiffness_estimate[late]
-    ratio = torch.median(rho * dt / (spectral_radius * dt)).item()
-    assert ratio == pytest.approx(1.0, rel=0.2)
+    # Measured median rho / spectral radius: 1 - 2e-5 (tsit5), 1 - 4e-6 (dopri5).
+    assert torch.median(rho / spectral_radius).item() == pytest.approx(1.0, rel=1e-2)
+    # Past t = 1 accuracy alone would allow steps of about 0.3 (measured with the fast mode at -2.5
+    # instead), 19x the stability limit, so the step is held at the edge of the stability region.
+    # Measured median dt * spectral radius / stability_size: 0.9995 (tsit5), 1.0016 (dopri5).
+    stability_size = get_tableau(name).stability_size
+    assert stability_size is not None
+    assert torch.median(dt * spectral_radius).item() / stability_size == pytest.approx(1.0, rel=0.03)
 
 
 def test_stiffness_estimate_is_computed_for_accepted_steps_only(monkeypatch):
