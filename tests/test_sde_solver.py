@@ -31,8 +31,9 @@ class GBM(torch.nn.Module):
         out = self.sigma * y
         return out.unsqueeze(-1) if self.noise_type == "scalar" else out
 
-    def exact(self, y0, w):
-        return y0 * torch.exp((self.mu - 0.5 * self.sigma**2) + self.sigma * w)
+    def exact(self, y0, t, w):
+        """``y(t)`` on the path with ``W(t) - W(0) = w``."""
+        return y0 * torch.exp((self.mu - 0.5 * self.sigma**2) * t + self.sigma * w)
 
 
 class OU(torch.nn.Module):
@@ -110,7 +111,7 @@ def test_strong_order_gbm(noise_type, method, expected):
     y0 = torch.ones(batch, d, dtype=DT)
     m = d if noise_type == "diagonal" else 1
     bm = torchsde.BrownianInterval(0.0, 1.0, size=(batch, m), dtype=DT, entropy=11)
-    exact = sde.exact(y0, bm(0.0, 1.0))
+    exact = sde.exact(y0, 1.0, bm(0.0, 1.0))
     order = fitted_order(strong_errors(sde, y0, bm, exact, STEPS, method=method), STEPS)
     tolerance = 0.15 if method == "euler_maruyama" else 0.2
     assert abs(order - expected) < tolerance, order
@@ -131,7 +132,7 @@ def test_adaptive_milstein_converges_where_adaptive_euler_maruyama_is_biased():
                 solution = sdeint(
                     sde, y0, [0.0, 1.0], rtol=tol, atol=tol, bm=bm, method=method, max_steps=10**5
                 )
-                total += float((solution.ys[-1] - sde.exact(y0, bm(0.0, 1.0))).abs())
+                total += float((solution.ys[-1] - sde.exact(y0, 1.0, bm(0.0, 1.0))).abs())
             method_errors.append(total / 12)
     assert errors["milstein"][1] < 0.3 * errors["milstein"][0], errors
     assert errors["euler_maruyama"][1] > 0.5 * errors["euler_maruyama"][0], errors
@@ -164,7 +165,7 @@ def test_adaptive_error_falls_with_tolerance():
     sde = GBM()
     y0 = torch.ones(500, 1, dtype=DT)
     bm = torchsde.BrownianInterval(0.0, 1.0, size=(500, 1), dtype=DT, entropy=2)
-    exact = sde.exact(y0, bm(0.0, 1.0))
+    exact = sde.exact(y0, 1.0, bm(0.0, 1.0))
     errors, nfes = [], []
     for tol in (1e-1, 1e-2, 1e-3):
         sol = sdeint(sde, y0, [0.0, 1.0], rtol=tol, atol=tol, bm=bm)
