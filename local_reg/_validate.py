@@ -219,24 +219,32 @@ def validate_state(y0: object, name: str = "y0") -> Tensor:
 
 
 def check_output(
-    name: str, value: object, like: Tensor, shape: tuple[int, ...] | None = None, returned: bool = True
+    name: str,
+    value: object,
+    like: Tensor,
+    shape: tuple[int, ...] | None = None,
+    returned: bool = True,
+    like_name: str = "y0",
 ) -> Tensor:
     """``value`` if it is a tensor of ``like``'s dtype and device and of ``shape`` (default
     ``like``'s): ``TypeError`` for another type or dtype, ``ValueError`` for another shape or device.
-    ``returned``: ``name`` is a function whose output ``value`` is; else an argument given as such."""
+    ``returned``: ``name`` is a function whose output ``value`` is; else an argument given as such.
+    ``like_name``: how the messages name ``like``."""
     got = "returned" if returned else "has"
     if not isinstance(value, Tensor):
         raise TypeError(
             f"{name} must {'return' if returned else 'be'} a torch.Tensor, got {type(value).__name__}"
         )
     if value.dtype != like.dtype:
-        raise TypeError(f"{name} {got} dtype {value.dtype}, expected the dtype of y0 {like.dtype}")
+        raise TypeError(f"{name} {got} dtype {value.dtype}, expected the dtype of {like_name} {like.dtype}")
     expected = tuple(like.shape) if shape is None else tuple(shape)
     if tuple(value.shape) != expected:
-        source = "y0's shape" if shape is None else "y0's shape and the noise type"
+        source = f"{like_name}'s shape" if shape is None else f"{like_name}'s shape and the noise type"
         raise ValueError(f"{name} {got} shape {tuple(value.shape)}, expected {expected} (from {source})")
     if value.device != like.device:
-        raise ValueError(f"{name} {got} a tensor on {value.device}, expected y0's device {like.device}")
+        raise ValueError(
+            f"{name} {got} a tensor on {value.device}, expected {like_name}'s device {like.device}"
+        )
     return value
 
 

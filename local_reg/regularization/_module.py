@@ -384,7 +384,9 @@ class Regularized(nn.Module):
             or ``"torchsde"``; ``options`` extra keywords of the backend's solver). ``None``
             tolerances are the solver's defaults.
         generator: draws ``t_reg`` and an SDE's Brownian seeds (torch's global generator by default);
-            refused (``ValueError``) for an ODE whose penalty draws nothing (none, or global).
+            refused (``ValueError``) for an ODE whose penalty draws nothing: none, or one whose
+            class attribute ``draws`` is ``False`` (the global and TayNODE penalties; a penalty of
+            your own without the attribute is taken to draw).
     """
 
     reg_loss: Tensor
@@ -431,8 +433,9 @@ class Regularized(nn.Module):
             # Refused rather than silently unused: the caller may expect it to seed something.
             what = "the plain model" if penalty is None else type(penalty).__name__
             raise ValueError(
-                "generator is unused here: it draws LocalPenalty's t_reg, the baselines' noise and an SDE's "
-                f"Brownian seeds, while {what} of an ODE draws nothing, so pass generator=None"
+                f"generator is unused here: {what} of an ODE draws nothing (a generator draws "
+                "LocalPenalty's t_reg, STEER's end times, RNODE's noise and an SDE's Brownian seeds), so "
+                "pass generator=None"
             )
         self.func = func
         self.penalty = penalty

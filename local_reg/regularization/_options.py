@@ -27,7 +27,7 @@ _SDEINT_RESERVED = {"sde", "y0", "t", "method", "rtol", "atol", "bm", "generator
 _SDEINT_RESERVED |= {"step_penalty"}
 _TORCHSDE_RESERVED = {"sde", "y0", "ts", "bm", "method", "rtol", "atol", "unused_kwargs"}
 # These change what torchsde returns or which methods of the SDE it calls, which the backend reads.
-_TORCHSDE_RESERVED |= {"logqp", "extra", "extra_solver_state", "names"}
+_TORCHSDE_UNSUPPORTED = ("logqp", "extra", "extra_solver_state", "names")
 TORCHSDE_ITO_METHODS = ("euler", "milstein", "srk")
 """torchsde's schemes for Ito SDEs, the kind the regularized models solve (its others are
 Stratonovich schemes); ``srk`` reads the space-time Levy area of the Brownian motion."""
@@ -144,8 +144,15 @@ def check_sde_settings(
         )
     if method is not None:
         check_choice("method", method, TORCHSDE_ITO_METHODS)
+    unsupported = sorted(key for key in _TORCHSDE_UNSUPPORTED if isinstance(options, dict) and key in options)
+    if unsupported:
+        raise ValueError(
+            f"options {unsupported} change what torchsde.sdeint returns or which methods of the SDE it "
+            "calls, which the regularized models read: they are not supported"
+        )
+    reserved = _TORCHSDE_RESERVED | set(_TORCHSDE_UNSUPPORTED)
     options = check_option_keys(
-        options, keyword_names([torchsde.sdeint, torchsde.sdeint_adjoint], _TORCHSDE_RESERVED), backend
+        options, keyword_names([torchsde.sdeint, torchsde.sdeint_adjoint], reserved), backend
     )
     # torchsde itself loops forever on a zero or negative step.
     for name in ("dt", "dt_min"):

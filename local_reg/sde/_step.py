@@ -142,7 +142,7 @@ def sde_step(
     if g0 is None:
         g0 = sde.g(t_now, y)
         nfe_diffusion += 1
-    check_output("dw", dw, y, shape=brownian_size(noise_type, y, g0), returned=False)
+    check_output("dw", dw, y, shape=brownian_size(noise_type, y, g0), returned=False, like_name="y")
     drift_predictor = y + dt * f0
     y1 = drift_predictor + diffusion_times_increment(noise_type, g0, dw)
     milstein_term = None
