@@ -41,7 +41,9 @@ TRUE_A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]])
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = example_parser(
-        __doc__.split("\n\n")[0], iterations=1000, quick="a few iterations on a coarser sampling (200 points) of the trajectory"
+        __doc__.split("\n\n")[0],
+        iterations=1000,
+        quick="a few iterations on a coarser sampling (200 points) of the trajectory",
     )
     parser.add_argument("--data-size", type=int, default=1000, help="points on the true trajectory")
     parser.add_argument("--batch-time", type=int, default=10, help="points per training segment")
