@@ -116,10 +116,10 @@ class Solution:
         ``odeint_dense``). At a step's start or end it is that step's state exactly. Needs
         ``odeint(dense=True)``; differentiable w.r.t. ``y0`` and the parameters only under
         ``gradient="direct"`` (under a method that keeps no graph of the solve, a backward pass
-        through the returned states raises instead of silently giving them no gradient; for plotting,
-        ``.detach()`` them or evaluate under ``torch.no_grad()``), and never
-        w.r.t. ``t`` (a ``t`` that requires grad is refused: its gradient would silently be none;
-        odeint's own output times ``t`` do get gradients)."""
+        through the returned states raises instead of silently giving them no gradient; for
+        plotting, ``.detach()`` them or evaluate under ``torch.no_grad()``), and never w.r.t. ``t``
+        (a ``t`` that requires grad is refused: its gradient would silently be none; odeint's own
+        output times ``t`` do get gradients)."""
         dense = self.steps.dense_output
         if dense is None:
             raise ValueError("evaluate needs the step records: solve with odeint(..., dense=True)")

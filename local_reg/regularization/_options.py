@@ -133,16 +133,12 @@ def check_sde_settings(
     import torchsde
     from torchsde.settings import METHODS as TORCHSDE_METHODS
 
-    if (
-        method is not None
-        and method not in TORCHSDE_ITO_METHODS
-        and method in vars(TORCHSDE_METHODS).values()
-    ):
-        raise ValueError(
-            f"method {method!r} is a Stratonovich scheme of torchsde, and the regularized models solve Ito "
-            f"SDEs: expected one of {list(TORCHSDE_ITO_METHODS)}"
-        )
-    if method is not None:
+    if method is not None and method not in TORCHSDE_ITO_METHODS:
+        if method in vars(TORCHSDE_METHODS).values():
+            raise ValueError(
+                f"method {method!r} is a Stratonovich scheme of torchsde, and the regularized models solve "
+                f"Ito SDEs: expected one of {list(TORCHSDE_ITO_METHODS)}"
+            )
         check_choice("method", method, TORCHSDE_ITO_METHODS)
     unsupported = sorted(key for key in _TORCHSDE_UNSUPPORTED if isinstance(options, dict) and key in options)
     if unsupported:

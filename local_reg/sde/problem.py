@@ -28,9 +28,9 @@ from .._validate import (
 )
 
 METHODS = ("euler_maruyama", "milstein")
+"""The SDE schemes of :func:`local_reg.sdeint`."""
 DRIFT, DIFFUSION = "sde.f (drift)", "sde.g (diffusion)"
 """How errors name the SDE's two functions."""
-"""The SDE schemes of :func:`local_reg.sdeint`."""
 DEFAULT_RTOL = 1e-2
 DEFAULT_ATOL = 1e-2
 """The default tolerances of :func:`local_reg.sdeint` (see its docstring for why they are loose)."""
