@@ -68,3 +68,27 @@ def test_the_local_options_reach_the_regularizer_of_every_task_kind(task_name):
     model = task.build_model(settings, ModelContext(METHODS["local-random"], "direct", total_iterations=2))
     (block,) = [m for m in model.modules() if isinstance(m, LocallyRegularized)]
     assert block.penalty.n_draws == 2 and block.penalty.probe_scale == 2.0
+
+
+@pytest.mark.parametrize("task_name", ["nsde_digits", "spiral_sde"])
+def test_a_few_steps_on_one_batch_lower_its_training_loss(task_name):
+    """The task's loss is one its optimizer can descend: with the Brownian paths fixed (the same
+    seed before each pass), a few Adam steps on one batch lower that batch's loss."""
+    task = REGISTRY[task_name]
+    settings = task.settings("tiny")
+    data = task.load_data(settings, seed=0)
+    torch.manual_seed(0)
+    model = task.build_model(settings, ModelContext(METHODS["local-random"], "direct", total_iterations=8))
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
+    batch = next(iter(DataLoader(data.train, batch_size=16, shuffle=False)))
+    model.train()
+    losses = []
+    for _ in range(8):
+        torch.manual_seed(1)
+        loss, _ = task.training_loss(model, batch)
+        (block,) = [m for m in model.modules() if isinstance(m, Regularized)]
+        losses.append(loss.item())
+        optimizer.zero_grad()
+        (loss + block.reg_loss).backward()
+        optimizer.step()
+    assert losses[-1] < 0.95 * losses[0], losses
