@@ -113,6 +113,11 @@ def _time_value(value: object) -> float:
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"t must hold real numbers, got a tensor of dtype {value.dtype}")
         return float(value.detach())
+    if isinstance(value, Tensor):
+        raise TypeError(
+            f"t must hold real numbers or 0-dim tensors, got a tensor of shape {tuple(value.shape)}: "
+            "pass one 1-D tensor, or index each time (t[i] rather than t[i:i+1])"
+        )
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"t must hold real numbers, got an element of type {type(value).__name__}")
     return float(value)

@@ -178,7 +178,7 @@ def _fixed_step_size(
 
 def _one_step_per_interval(t: Tensor) -> float:
     """torchdiffeq's fixed-grid default: one step per output interval (the longest interval)."""
-    times = torch.as_tensor(t, dtype=torch.float64)
+    times = torch.as_tensor(t, dtype=torch.float64).detach()
     return float(times.diff().abs().max()) if times.numel() > 1 else 1.0
 
 
@@ -286,7 +286,7 @@ def _solve(
         kwargs["max_steps"] = _FIXED_GRID_EVENT_STEPS
     elif step_size is not None:
         # torchdiffeq's fixed grids have no step limit: allow exactly the steps the grid needs.
-        times = [float(value) for value in torch.as_tensor(t, dtype=torch.float64)]
+        times = torch.as_tensor(t, dtype=torch.float64).detach().tolist()
         kwargs["max_steps"] = max(1, fixed_steps_over(times, step_size))
     if "norm" in opts:
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)

@@ -1392,3 +1392,9 @@ def test_sde_models_check_torchsde_settings_when_made_not_at_the_first_batch():
             LocallyRegularized(DiagonalSDE(), backend="torchsde", method=method)
     with pytest.raises(ValueError, match=r"fixed steps do not compute: drop options\['step_size'\]"):
         GloballyRegularized(DiagonalSDE(), options={"step_size": 0.1})
+
+
+def test_output_times_given_as_one_element_tensors_are_named_as_such():
+    # The message said "got an element of type Tensor", though 0-dim tensors are taken.
+    with pytest.raises(TypeError, match=r"0-dim tensors, got a tensor of shape \(1,\)"):
+        odeint(decay, torch.ones(2), [torch.tensor([0.0]), torch.tensor([1.0])])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -494,3 +495,16 @@ def test_odeint_dense_matches_torchdiffeqs_and_the_exact_solution():
     )
     for a, b in zip(pair(torch.tensor(0.4, dtype=torch.float64)), reference, strict=True):
         torch.testing.assert_close(a, b[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("options", [None, {"step_size": 0.1}])
+def test_a_fixed_grid_with_times_requiring_grad_warns_of_nothing(options):
+    # Reading the grid off t converted tensors requiring grad to floats, which torch warns about.
+    t = torch.tensor([0.0, 0.4, 1.1, 2.0], dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ys = local_reg.compat.odeint(
+            lambda s, y: -y, torch.ones(2, dtype=torch.float64), t, method="rk4", options=options
+        )
+    ys.sum().backward()
+    assert t.grad is not None and torch.isfinite(t.grad).all()
