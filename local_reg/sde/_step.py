@@ -1,7 +1,8 @@
 r"""One Euler--Maruyama step with a Lamba-style embedded error estimate, instrumented.
 
-This is the only SDE step in ``local_reg``: :func:`local_reg.sdeint` and the SDE regularizers
-both call :func:`sde_step`, so the error estimate the regularizer penalizes is the one the solver
+This is the only SDE step in ``local_reg``: the SDE regularizers call :func:`sde_step` and
+:func:`local_reg.sdeint` its core (the same code, without re-checking the increments its Brownian
+wrapper has checked), so the error estimate the regularizer penalizes is the one the solver
 accepts and rejects steps with (as :func:`local_reg.step` is for ODEs).
 
 Scheme (Ito calculus). From ``(t, y)`` with step ``h`` and Brownian increment
@@ -132,8 +133,39 @@ def sde_step(
     (``(batch, m)``: one increment per row, not one broadcast over the batch) are checked.
     """
     check_choice("noise_type", noise_type, SUPPORTED_NOISE_TYPES)
-    t = float(t)
     dt = positive_float("dt", dt)
+    nfe_diffusion = 0
+    if g0 is None:  # the increment's shape depends on it (additive noise: its last dimension)
+        g0 = sde.g(time_tensor(float(t), y), y)
+        nfe_diffusion = 1
+    check_output("dw", dw, y, shape=brownian_size(noise_type, y, g0), returned=False, like_name="y")
+    result = _euler_maruyama_step(
+        sde, noise_type, t, y, dt, dw, rtol=rtol, atol=atol, f0=f0, g0=g0,
+        estimate_error=estimate_error, milstein=milstein,
+    )  # fmt: skip
+    result.nfe_diffusion += nfe_diffusion
+    return result
+
+
+def _euler_maruyama_step(
+    sde: Any,
+    noise_type: str,
+    t: float,
+    y: Tensor,
+    dt: float,
+    dw: Tensor,
+    *,
+    rtol: float,
+    atol: float,
+    f0: Tensor | None = None,
+    g0: Tensor | None = None,
+    estimate_error: bool = True,
+    milstein: bool = False,
+) -> SDEStepResult:
+    """:func:`sde_step` on arguments the caller has checked: the solver's own loop, whose
+    increments ``CheckedBrownian`` checks, and its trial step."""
+    t = float(t)
+    dt = float(dt)
     nfe_drift = nfe_diffusion = 0
     t_now = time_tensor(t, y)
     if f0 is None:
@@ -142,7 +174,6 @@ def sde_step(
     if g0 is None:
         g0 = sde.g(t_now, y)
         nfe_diffusion += 1
-    check_output("dw", dw, y, shape=brownian_size(noise_type, y, g0), returned=False, like_name="y")
     drift_predictor = y + dt * f0
     y1 = drift_predictor + diffusion_times_increment(noise_type, g0, dw)
     milstein_term = None
@@ -208,7 +239,7 @@ def sde_initial_step_size(
         h0 = max(h0, min_step_size(t0))
         m = 1 if noise_type == "scalar" else (y0.shape[-1] if noise_type == "diagonal" else g0.shape[-1])
         dw = torch.full((y0.shape[0], m), math.sqrt(2.0 * h0), dtype=y0.dtype, device=y0.device)
-        trial = sde_step(sde, noise_type, t0, y0, h0, dw, rtol=rtol, atol=atol, f0=f0, g0=g0)
+        trial = _euler_maruyama_step(sde, noise_type, t0, y0, h0, dw, rtol=rtol, atol=atol, f0=f0, g0=g0)
         error_estimate = float(trial.error_estimate)
         if error_estimate > 0.0 and math.isfinite(error_estimate):
             factor = min(max_growth, safety * error_estimate ** (-1.0 / error_order(noise_type)))
@@ -281,7 +312,7 @@ class EulerMaruyamaStepper(Stepper[tuple[Tensor | None, Tensor | None]]):
     ) -> SDEStepResult:
         f0, g0 = carry
         dw = self.bm(t, t_next)
-        return sde_step(
+        return _euler_maruyama_step(
             self.sde,
             self.noise_type,
             t,
