@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._autograd import first_order_only
 from ._errors import SolverError
 from ._integrate import STOP_NEVER_HELD, StepCallbacks, open_end
 from ._odeint import odeint
@@ -241,27 +242,14 @@ def _reroute(
             stacklevel=3,
         )
         return event_t, y_event, 1
-    shift = _FirstOrderOnly.apply((crossing.detach() - crossing) / along.detach())
+    # The shift gives the implicit function theorem's first derivatives exactly; its second
+    # derivatives would miss the terms of ``rate`` and ``along`` (held constant).
+    shift = first_order_only(
+        (crossing.detach() - crossing) / along.detach(),
+        "odeint_event's event time and state are differentiable to first order only: a second "
+        "derivative through them (create_graph=True, a Hessian) is not available",
+    )
     return event_t + shift.to(t_dtype), y_event + rate * shift.to(y_event.dtype), 1
-
-
-class _FirstOrderOnly(torch.autograd.Function):
-    """Identity whose backward refuses to build a graph: the shift above gives the implicit
-    function theorem's first derivatives exactly, but its second derivatives would miss the terms
-    of ``rate`` and ``along`` (held constant), which a Hessian would read silently."""
-
-    @staticmethod
-    def forward(ctx, shift: Tensor) -> Tensor:
-        return shift.clone()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "odeint_event's event time and state are differentiable to first order only: a "
-                "second derivative through them (create_graph=True, a Hessian) is not available"
-            )
-        return grad
 
 
 def _start_time(t0: object) -> tuple[float, Tensor | None]:

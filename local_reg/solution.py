@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import torch
 from torch import Tensor
 
+from ._autograd import refusing_backward
+
 if TYPE_CHECKING:
     from ._dense import DenseOutput
 
@@ -131,7 +133,12 @@ class Solution:
         states = dense.evaluate(t)
         anchor = self.ys[0] if isinstance(self.ys, tuple) else self.ys
         if self.graph_free_method is not None and torch.is_grad_enabled() and anchor.requires_grad:
-            states = _NoGraph.apply(states, anchor, self.graph_free_method)
+            message = (
+                f"Solution.evaluate's states have no gradient under gradient={self.graph_free_method!r}, "
+                "which keeps no graph of the solve: solve with gradient='direct', or pass these times "
+                "in odeint's t (its outputs get gradients under every method)"
+            )
+            states = refusing_backward(states, message, anchor)
         return states if self.layout is None else self.layout(states)
 
     def _not_a_tensor(self, *args: object, **kwargs: object) -> NoReturn:
@@ -145,22 +152,3 @@ class Solution:
     __getitem__ = __iter__ = to = _not_a_tensor
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _not_a_tensor
     __truediv__ = __rtruediv__ = __pow__ = __neg__ = __matmul__ = _not_a_tensor
-
-
-class _NoGraph(torch.autograd.Function):
-    """The dense states of a solve that kept no graph, tied to its outputs so that a loss built on
-    them fails in its backward pass: without the tie they would be constants, and such a loss
-    would silently give them no gradient."""
-
-    @staticmethod
-    def forward(ctx: Any, states: Tensor, anchor: Tensor, method: str) -> Tensor:
-        ctx.method = method
-        return states.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> NoReturn:
-        raise RuntimeError(
-            f"Solution.evaluate's states have no gradient under gradient={ctx.method!r}, which keeps "
-            "no graph of the solve: solve with gradient='direct', or pass these times in odeint's t "
-            "(its outputs get gradients under every method)"
-        )

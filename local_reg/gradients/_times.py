@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._autograd import refusing_backward
 from .._step import VectorField, time_tensor
 from .._validate import time_tensors_requiring_grad
 from ..solution import Stats
@@ -132,28 +133,15 @@ class _OutputTimes(torch.autograd.Function):
         return None, _first_order(grad_t, grad_ys, ys), grad_ys
 
 
-class _NoSecondOrder(torch.autograd.Function):
-    """Identity on a ``t``-cotangent made without a graph, tied to the tensors it depends on, whose
-    backward is an error: a second derivative through the ``t``-gradient would otherwise read it
-    as a constant (silently missing terms)."""
-
-    @staticmethod
-    def forward(ctx, grad_t: Tensor, *depends_on: Tensor) -> Tensor:
-        return grad_t.clone()
-
-    @staticmethod
-    def backward(ctx, *grads: Tensor):
-        raise RuntimeError(
+def _first_order(grad_t: Tensor, *depends_on: Tensor) -> Tensor:
+    """``grad_t``, which an attempt to differentiate (under ``create_graph=True``) refuses."""
+    if torch.is_grad_enabled() and any(x.requires_grad for x in depends_on):
+        message = (
             "the gradient with respect to t is first order only: a second derivative through it "
             "(create_graph=True, then differentiating dL/dt) is not available; derivatives with "
             "respect to y0 and the parameters are (gradient='direct')"
         )
-
-
-def _first_order(grad_t: Tensor, *depends_on: Tensor) -> Tensor:
-    """``grad_t``, which an attempt to differentiate (under ``create_graph=True``) refuses."""
-    if torch.is_grad_enabled() and any(x.requires_grad for x in depends_on):
-        return _NoSecondOrder.apply(grad_t, *depends_on)
+        return refusing_backward(grad_t, message, *depends_on)
     return grad_t
 
 

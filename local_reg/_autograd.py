@@ -1,0 +1,48 @@
+"""Identities that make autograd refuse a derivative the library cannot give, instead of letting it
+read a value computed without a graph as a constant (which would silently drop terms)."""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import torch
+from torch import Tensor
+
+
+class _RefusingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, value: Tensor, message: str, *tied: Tensor) -> Tensor:
+        ctx.message = message
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor) -> NoReturn:
+        raise RuntimeError(ctx.message)
+
+
+def refusing_backward(value: Tensor, message: str, *tied: Tensor) -> Tensor:
+    """A copy of ``value`` (made without a graph) tied to the tensors ``tied`` it depends on, so that
+    a backward pass reaching it raises ``RuntimeError(message)``. Without the tie a loss on it would
+    get no gradient through it, silently. Tie only where grad mode is on and a ``tied`` tensor
+    requires grad (otherwise no backward pass can reach it)."""
+    return _RefusingBackward.apply(value, message, *tied)
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, value: Tensor, message: str) -> Tensor:
+        ctx.message = message
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        if torch.is_grad_enabled():
+            raise RuntimeError(ctx.message)
+        return grad, None
+
+
+def first_order_only(value: Tensor, message: str) -> Tensor:
+    """``value`` as an identity that passes first derivatives through and raises
+    ``RuntimeError(message)`` when a backward pass builds a graph (``create_graph=True``: a Hessian),
+    for a value whose first derivatives are exact but whose second would miss terms."""
+    return _FirstOrderOnly.apply(value, message)
