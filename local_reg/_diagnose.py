@@ -43,6 +43,8 @@ def explain_failure(
     tableau = getattr(options, "tableau", None)
     adaptive = tableau is None or tableau.adaptive
     rtol = getattr(options, "rtol", None)
+    if isinstance(rtol, torch.Tensor):  # per-element: the tightest decides
+        rtol = float(rtol.min()) if rtol.numel() else None
     eps = None if dtype is None else torch.finfo(dtype).eps
     # Below the dtype's epsilon no step can meet rtol (scipy's solve_ivp raises an rtol below
     # 100 eps to that, with a warning).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -29,9 +29,10 @@ from ._validate import (
     check_bool,
     checked_norm,
     compile_options,
+    per_element_tolerance,
     positive_float,
     positive_int,
-    relative_tolerance,
+    tolerance,
     type_name,
 )
 from .controller import PIController
@@ -88,8 +89,10 @@ class SolveOptions:
     ``step_size``.
     """
 
-    rtol: float
-    atol: float
+    rtol: float | Tensor
+    atol: float | Tensor
+    """One number each, or per-element tolerances (tensors of the state's shape: ``odeint`` broadcasts
+    them, :func:`local_reg.sdeint` and the backsolve adjoint's own solve take numbers only)."""
     first_step: float | None = None
     max_steps: int = DEFAULT_MAX_STEPS
     step_size: float | None = None
@@ -112,10 +115,21 @@ class SolveOptions:
     """``torch.compile`` keywords of the forward solve's Runge--Kutta steps (``None``: eager); ``True``
     and ``False`` are read as ``{}`` and ``None``."""
 
+    def broadcast_tolerances(self, y: Tensor) -> SolveOptions:
+        """These options with per-element tolerances broadcast to ``y``'s shape (a ``ValueError``
+        naming the tolerance if they do not broadcast), device and dtype."""
+        if not isinstance(self.rtol, Tensor) and not isinstance(self.atol, Tensor):
+            return self
+        return replace(
+            self,
+            rtol=per_element_tolerance("rtol", self.rtol, y),
+            atol=per_element_tolerance("atol", self.atol, y),
+        )
+
     def __post_init__(self) -> None:
         checked = {
-            "rtol": relative_tolerance("rtol", self.rtol),
-            "atol": positive_float("atol", self.atol),
+            "rtol": tolerance("rtol", self.rtol, relative=True),
+            "atol": tolerance("atol", self.atol, relative=False),
             "first_step": None if self.first_step is None else positive_float("first_step", self.first_step),
             "step_size": None if self.step_size is None else positive_float("step_size", self.step_size),
             "max_steps": positive_int("max_steps", self.max_steps),

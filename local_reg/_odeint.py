@@ -14,6 +14,7 @@ from ._integrate import DEFAULT_MAX_STEPS, SolveOptions, StepCallbacks, StepPena
 from ._step import VectorField, time_tensor
 from ._tuple import accepts_tuple_states
 from ._validate import (
+    Tolerance,
     check_bool,
     check_times_distinct,
     checked_field,
@@ -131,8 +132,8 @@ def odeint(
     t: Tensor | Sequence[float],
     *,
     method: str | ButcherTableau = "tsit5",
-    rtol: float = 1e-6,
-    atol: float = 1e-8,
+    rtol: Tolerance = 1e-6,
+    atol: Tolerance = 1e-8,
     first_step: float | None = None,
     max_steps: int = DEFAULT_MAX_STEPS,
     step_size: float | None = None,
@@ -171,6 +172,9 @@ def odeint(
         method: a name from :data:`local_reg.TABLEAUS` or a :class:`ButcherTableau`.
         rtol, atol: tolerances of the error estimate
             ``EEst = rms(err / (atol + rtol * max(|y0|, |y1|)))``; a step is accepted iff ``EEst <= 1``.
+            Numbers, or per-element: tensors broadcasting to ``y0``'s shape, or for a tuple ``y0`` a
+            sequence with one per tensor (a number or such a tensor each), as torchdiffeq takes
+            them. Per-element tolerances need a ``BacksolveAdjoint`` with its own ``rtol``/``atol``.
         first_step: initial step size; by default Hairer's heuristic picks it.
         max_steps: attempted steps (accepted + rejected) before a :class:`SolverError`.
         step_size: take fixed steps of (at most) this size instead of adaptive ones; required for
@@ -264,7 +268,7 @@ def odeint(
         callbacks=callbacks,
         time_dtype=time_dtype(t, y0),
         compile=compile,
-    )
+    ).broadcast_tolerances(y0)
     check_times_distinct(times, options.time_dtype)
     gradient_method = as_gradient_method(gradient)
     gradient_method = _legacy_gradient(

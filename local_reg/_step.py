@@ -86,11 +86,14 @@ def _cached_scalar(value: float, dtype: torch.dtype) -> Tensor:
         return torch.tensor(value, dtype=dtype, device="cpu")
 
 
-def error_scale(y0: Tensor, y1: Tensor, rtol: float, atol: float) -> Tensor:
-    """Elementwise tolerance scale ``atol + rtol * max(|y0|, |y1|)``."""
+def error_scale(y0: Tensor, y1: Tensor, rtol: float | Tensor, atol: float | Tensor) -> Tensor:
+    """Elementwise tolerance scale ``atol + rtol * max(|y0|, |y1|)`` (tolerances: numbers, or
+    tensors of the state's shape)."""
     # In place on the fresh maximum (whose gradient needs only y0 and y1): one allocation, not three.
     scale = torch.maximum(y0.abs(), y1.abs())
-    return scale.mul_(cpu_scalar(rtol, scale.dtype)).add_(cpu_scalar(atol, scale.dtype))
+    rtol = rtol if isinstance(rtol, Tensor) else cpu_scalar(rtol, scale.dtype)
+    atol = atol if isinstance(atol, Tensor) else cpu_scalar(atol, scale.dtype)
+    return scale.mul_(rtol).add_(atol)
 
 
 def combine(

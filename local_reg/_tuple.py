@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 
-from ._validate import active_autocast
+from ._validate import active_autocast, real_number
 
 
 class TupleState:
@@ -62,6 +62,28 @@ class TupleState:
             if part.device != self.device:
                 raise ValueError(f"{what}[{index}] is on {part.device}, expected y0's device {self.device}")
         return torch.cat([part.reshape(-1) for part in parts])
+
+    def flatten_tolerance(self, name: str, tolerances: Sequence[object]) -> Tensor:
+        """Per-component tolerances (one number, or a tensor broadcasting to its component's shape,
+        per tensor of ``y0``; torchdiffeq's tuple ``rtol``/``atol``) as one per-element tensor of
+        the flat state. Their values are checked as the solve's tolerances are."""
+        if len(tolerances) != len(self.shapes):
+            raise ValueError(
+                f"{name} as a sequence gives one tolerance per tensor of y0: it has {len(tolerances)} "
+                f"entries, y0 has {len(self.shapes)} tensors"
+            )
+        pieces = []
+        for index, (value, shape) in enumerate(zip(tolerances, self.shapes, strict=True)):
+            if not isinstance(value, Tensor):
+                value = torch.tensor(real_number(f"{name}[{index}]", value, "a float"), dtype=self.dtype)
+            try:
+                pieces.append(value.to(self.dtype).expand(shape).reshape(-1))
+            except RuntimeError:
+                raise ValueError(
+                    f"{name}[{index}] of shape {tuple(value.shape)} does not broadcast to y0[{index}]'s "
+                    f"shape {tuple(shape)}"
+                ) from None
+        return torch.cat(pieces).to(self.device)
 
     def unflatten(self, flat: Tensor) -> tuple[Tensor, ...]:
         """The tuple of a flat state, or of a stack of them (leading dimensions kept)."""
@@ -133,6 +155,9 @@ def accepts_tuple_states(solve: SolveFunction) -> SolveFunction:
         state = TupleState(y0)
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+        for name in ("rtol", "atol"):
+            if isinstance(options.get(name), (tuple, list)):
+                options[name] = state.flatten_tolerance(name, options[name])
         solution = solve(TupleField(func, state), state.flatten(y0), t, **options)
         return replace(solution, ys=state.unflatten(solution.ys), layout=state.unflatten)
 

@@ -80,6 +80,50 @@ def relative_tolerance(name: str, value: object) -> float:
     return value
 
 
+Tolerance = float | Tensor | Sequence[float | Tensor]
+"""A solve's ``rtol`` or ``atol``: one number, a tensor of per-element tolerances, or (for a tuple
+state) one of either per tensor."""
+
+
+def tolerance(name: str, value: object, *, relative: bool) -> float | Tensor:
+    """A solve's ``rtol`` (``relative``: 0 allowed) or ``atol`` (positive): one real number, or a
+    tensor of per-element tolerances (any floating dtype, detached; each element checked alike),
+    whose shape :func:`per_element_tolerance` checks against the state's."""
+    if not (isinstance(value, Tensor) and value.dim() > 0):
+        return relative_tolerance(name, value) if relative else positive_float(name, value)
+    if not value.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating tensor of per-element tolerances, got dtype {value.dtype}"
+        )
+    value = value.detach()
+    bad = ~torch.isfinite(value) | (value < 0 if relative else value <= 0)
+    if bool(bad.any()):
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        kind = "non-negative" if relative else "positive"
+        raise ValueError(
+            f"{name} must be {kind} and finite in every element, got {value[index].item()} at {index}"
+        )
+    return value
+
+
+def per_element_tolerance(name: str, value: float | Tensor, y: Tensor) -> float | Tensor:
+    """``value`` unchanged if one number; a tensor of per-element tolerances broadcast to ``y``'s
+    shape (a ``ValueError`` naming ``name`` unless it broadcasts without growing ``y``), on ``y``'s
+    device and in its dtype."""
+    if not isinstance(value, Tensor):
+        return value
+    try:
+        shape = torch.broadcast_shapes(value.shape, y.shape)
+    except RuntimeError:
+        shape = None
+    if shape != y.shape:
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} does not broadcast to the state's shape {tuple(y.shape)}: "
+            "per-element tolerances need a shape that does"
+        )
+    return value.to(device=y.device, dtype=y.dtype).expand(y.shape).contiguous()
+
+
 def check_generator(generator: object) -> None:
     """``TypeError`` unless ``generator`` is a ``torch.Generator`` or ``None``."""
     if generator is not None and not isinstance(generator, torch.Generator):

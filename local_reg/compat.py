@@ -26,7 +26,7 @@ from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
 from ._step import rms_norm
 from ._tuple import TupleState
-from ._validate import positive_float, positive_int
+from ._validate import Tolerance, positive_float, positive_int
 from .controller import PIController
 from .gradients import BacksolveAdjoint, Direct, GradientMethod, Symplectic
 from .tableaus import TABLEAUS, ButcherTableau
@@ -242,8 +242,8 @@ def _solve(
     func: Callable,
     y0: Tensor | tuple[Tensor, ...],
     t: Tensor,
-    rtol: float,
-    atol: float,
+    rtol: Tolerance,
+    atol: Tolerance,
     method: str | None,
     options: dict | None,
     event_fn: Callable | None,
@@ -311,8 +311,8 @@ def odeint(
     y0: Tensor | tuple[Tensor, ...],
     t: Tensor,
     *,
-    rtol: float = 1e-7,
-    atol: float = 1e-9,
+    rtol: Tolerance = 1e-7,
+    atol: Tolerance = 1e-9,
     method: str | None = None,
     options: dict | None = None,
     event_fn: Callable | None = None,
@@ -349,8 +349,8 @@ def odeint_adjoint(
     y0: Tensor | tuple[Tensor, ...],
     t: Tensor,
     *,
-    rtol: float = 1e-7,
-    atol: float = 1e-9,
+    rtol: Tolerance = 1e-7,
+    atol: Tolerance = 1e-9,
     method: str | None = None,
     options: dict | None = None,
     event_fn: Callable | None = None,
@@ -456,8 +456,8 @@ def odeint_dense(
     t0: Tensor | float,
     t1: Tensor | float,
     *,
-    rtol: float = 1e-7,
-    atol: float = 1e-9,
+    rtol: Tolerance = 1e-7,
+    atol: Tolerance = 1e-9,
     method: str | None = None,
     options: dict | None = None,
 ) -> Callable[[Tensor], States]:

@@ -584,17 +584,6 @@ def test_numpy_times_are_accepted_like_a_tensor():
 
 
 @pytest.mark.parametrize("solve", [odeint, local_reg.compat.odeint])
-def test_per_element_tolerances_are_refused_naming_the_argument(solve):
-    y0 = torch.ones(2, dtype=torch.float64)
-    per_element = torch.tensor([1e-3, 1e-4], dtype=torch.float64)
-    for name in ("rtol", "atol"):
-        with pytest.raises(
-            TypeError, match=rf"{name} must be a (non-negative|positive) float: one real number.*shape \(2,\)"
-        ):
-            solve(decay, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), **{name: per_element})
-
-
-@pytest.mark.parametrize("solve", [odeint, local_reg.compat.odeint])
 def test_numpy_scalars_and_0_dim_tensors_are_numbers(solve):
     """torchdiffeq takes tolerances as tensors; numpy's scalars are real numbers too."""
     y0 = torch.ones(2, dtype=torch.float64)

@@ -279,6 +279,14 @@ class BacksolveAdjoint(GraphFreeGradient):
                 f"BacksolveAdjoint method {tableau.name!r} is fixed-step: "
                 "pass BacksolveAdjoint(step_size=...)"
             )
+        for name, own, forward in (("rtol", self.rtol, options.rtol), ("atol", self.atol, options.atol)):
+            # The backward solve's state is (y, a, parameters): the forward's per-element
+            # tolerances have no element there to apply to.
+            if own is None and isinstance(forward, Tensor):
+                raise ValueError(
+                    f"the forward solve has per-element {name}: the backsolve adjoint's solve needs its "
+                    f"own, one number (BacksolveAdjoint({name}=...); in local_reg.compat adjoint_{name}=...)"
+                )
         self.backward_options(options)
 
     def backward(

@@ -12,7 +12,14 @@ from torch import Tensor
 
 from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, integrate
 from .._step import time_tensor, underflow_threshold
-from .._validate import active_autocast, call_leaving_input, check_generator, without_autocast
+from .._validate import (
+    active_autocast,
+    call_leaving_input,
+    check_generator,
+    positive_float,
+    relative_tolerance,
+    without_autocast,
+)
 from ..controller import PIController
 from ..solution import Solution
 from ._step import EulerMaruyamaStepper, SDEStepResult
@@ -122,8 +129,8 @@ def sdeint(
             raise ValueError("pass first_step or its deprecated spelling dt0, not both")
         first_step = dt0
     options = SolveOptions(
-        rtol=rtol,
-        atol=atol,
+        rtol=relative_tolerance("rtol", rtol),  # one number: the SDE error estimate's scale
+        atol=positive_float("atol", atol),
         first_step=first_step,
         max_steps=max_steps,
         step_size=step_size,
