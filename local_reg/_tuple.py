@@ -77,13 +77,13 @@ class TupleState:
             if not isinstance(value, Tensor):
                 value = torch.tensor(real_number(f"{name}[{index}]", value, "a float"), dtype=self.dtype)
             try:
-                pieces.append(value.to(self.dtype).expand(shape).reshape(-1))
+                pieces.append(value.to(device=self.device, dtype=self.dtype).expand(shape).reshape(-1))
             except RuntimeError:
                 raise ValueError(
                     f"{name}[{index}] of shape {tuple(value.shape)} does not broadcast to y0[{index}]'s "
                     f"shape {tuple(shape)}"
                 ) from None
-        return torch.cat(pieces).to(self.device)
+        return torch.cat(pieces)
 
     def unflatten(self, flat: Tensor) -> tuple[Tensor, ...]:
         """The tuple of a flat state, or of a stack of them (leading dimensions kept)."""
