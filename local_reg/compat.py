@@ -14,6 +14,7 @@ from torchdiffeq is listed in docs/compat.md.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._errors import SolverError
 from ._events import _solve_until_event
 from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
@@ -185,9 +187,39 @@ def _one_step_per_interval(t: Tensor) -> float:
 def _max_steps(max_num_steps: object, where: str, t: Tensor) -> int:
     """torchdiffeq's ``max_num_steps`` caps the steps *per output interval* (its counter restarts at
     each output time); local_reg's ``max_steps`` caps the whole solve: the same cap over every
-    interval, so no solve torchdiffeq completes is stopped."""
+    interval, so no solve torchdiffeq completes is stopped. The forward solve also counts per
+    interval (:func:`_per_interval_limit`); the backsolve adjoint's backward solve has this cap only."""
     n_steps = positive_int(f"{where}['max_num_steps']", max_num_steps)
     return n_steps * max(1, len(t) - 1)
+
+
+def _per_interval_limit(max_num_steps: int, t: Tensor, callbacks: StepCallbacks | None) -> StepCallbacks:
+    """``callbacks`` with a step callback that raises a :class:`SolverError` at the attempted step
+    past ``max_num_steps`` since the solve passed its last output time, as torchdiffeq's solver stops
+    (it counts the steps of each output interval afresh; one step may pass several output times)."""
+    times = torch.as_tensor(t, dtype=torch.float64).detach().tolist()
+    direction = 1.0 if times[-1] >= times[0] else -1.0
+    given = callbacks.step if callbacks is not None else None
+    position = {"next": 1, "in_interval": 0, "total": 0}
+
+    def step(t0: float, y0: Tensor, dt: float) -> None:
+        while position["next"] < len(times) - 1 and direction * (t0 - times[position["next"]]) >= 0:
+            position["next"] += 1
+            position["in_interval"] = 0
+        position["in_interval"] += 1
+        position["total"] += 1
+        if position["in_interval"] > max_num_steps:
+            interval = times[position["next"] - 1], times[position["next"]]
+            raise SolverError(
+                f"max_num_steps={max_num_steps} exceeded between the output times {interval[0]!r} and "
+                f"{interval[1]!r} (torchdiffeq's limit per output interval; raise options['max_num_steps'])",
+                t=t0,
+                n_steps=position["total"] - 1,
+            )
+        if given is not None:
+            given(t0, y0, dt)
+
+    return dataclasses.replace(callbacks or StepCallbacks(), step=step)
 
 
 def _ignored_by_fixed_steps(opts: dict[str, Any], where: str, method: str | None) -> None:
@@ -281,7 +313,9 @@ def _solve(
         "callbacks": _callbacks(func, state, t_dtype),
     }
     if "max_num_steps" in opts:
-        kwargs["max_steps"] = _max_steps(opts.pop("max_num_steps"), "options", t)
+        # The per-interval count stops the solve first; the whole-solve cap only backs it up.
+        kwargs["max_steps"] = _max_steps(opts["max_num_steps"], "options", t) + 1
+        kwargs["callbacks"] = _per_interval_limit(opts.pop("max_num_steps"), t, kwargs["callbacks"])
     elif step_size is not None and events:
         kwargs["max_steps"] = _FIXED_GRID_EVENT_STEPS
     elif step_size is not None:

@@ -159,9 +159,10 @@ def test_options_first_step_max_num_steps_dtype_and_norm():
     reference = torchdiffeq.odeint(func, y0, t, rtol=1e-10, atol=1e-12)
     ours = compat.odeint(func, y0, t, options={"first_step": 1e-3, "dtype": torch.float64})
     torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
-    # One step per output interval at most (torchdiffeq's counter restarts at each output time):
-    # three over the whole solve.
-    with pytest.raises(Exception, match="max_steps=3 exceeded"):
+    # One step per output interval at most (torchdiffeq's counter restarts at each output time).
+    with pytest.raises(
+        local_reg.SolverError, match="max_num_steps=1 exceeded between the output times 0.0 and"
+    ):
         compat.odeint(func, y0, t, options={"max_num_steps": 1})
     calls = []
 
@@ -404,8 +405,36 @@ def test_max_num_steps_caps_each_output_interval_as_in_torchdiffeq():
     theirs = torchdiffeq.odeint(func, y0, t, options={"max_num_steps": 3})
     ours = compat.odeint(func, y0, t, options={"max_num_steps": 3})
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
-    with pytest.raises(local_reg.SolverError, match="max_steps=3 exceeded"):
+    with pytest.raises(
+        local_reg.SolverError, match="max_num_steps=3 exceeded between the output times 0.0 and 20.0"
+    ):
         compat.odeint(func, y0, t[[0, -1]], options={"max_num_steps": 3})
+
+
+def test_max_num_steps_stops_a_long_interval_among_short_ones_as_torchdiffeq():
+    """The whole-solve cap (``max_num_steps`` times the intervals) let this solve through: its long
+    interval needs more steps than the limit, the short ones far fewer."""
+
+    class Chirp(Recording):
+        def forward(self, t, y):
+            return torch.cos(3 * t * t) * torch.ones_like(y)
+
+    func = Chirp()
+    y0 = torch.zeros(1, dtype=torch.float64)
+    t = torch.tensor([0.0, 0.5, 1.0, 6.0, 6.5], dtype=torch.float64)
+    with pytest.raises(AssertionError, match="max_num_steps exceeded"):
+        torchdiffeq.odeint(func, y0, t, options={"max_num_steps": 30})
+    with pytest.raises(
+        local_reg.SolverError, match="max_num_steps=30 exceeded between the output times 1.0 and 6.0"
+    ):
+        compat.odeint(func, y0, t, options={"max_num_steps": 30})
+    # The limit's counter sits beside the field's own step callbacks, which still see every step.
+    func.log["step"].clear()
+    assert compat.odeint(func, y0, t, options={"max_num_steps": 1000}).shape == (len(t), 1)
+    limited = [entry[:2] for entry in func.log["step"]]
+    func.log["step"].clear()
+    compat.odeint(func, y0, t)
+    assert limited == [entry[:2] for entry in func.log["step"]] and len(limited) > 30
 
 
 def test_fixed_step_methods_ignore_adaptive_options_with_a_warning_as_torchdiffeq():
