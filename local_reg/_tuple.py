@@ -105,10 +105,18 @@ class TupleField(nn.Module):
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         output = self.func(t, self.state.unflatten(y))
-        if not isinstance(output, Iterable):
+        if not isinstance(output, Iterable) or (
+            # A tensor splits along its first dimension (torchdiffeq's too): one stacked like y0's
+            # tensors is taken, another would fail on its pieces' shapes with a puzzling message.
+            isinstance(output, Tensor) and (output.dim() == 0 or len(output) != len(self.state.shapes))
+        ):
             raise TypeError(
                 f"func must return a tuple of {len(self.state.shapes)} tensors for a tuple y0, got "
-                f"{type(output).__name__}"
+                + (
+                    f"a tensor of shape {tuple(output.shape)}"
+                    if isinstance(output, Tensor)
+                    else type(output).__name__
+                )
             )
         output = tuple(output)
         if any(isinstance(piece, Tensor) and piece.dtype != self.state.dtype for piece in output):

@@ -413,6 +413,13 @@ def test_func_that_changes_its_input_in_place_is_refused(gradient):
         (lambda t, y: (-y[0], torch.zeros(3, dtype=torch.long)), TypeError, r"output\[1\] has dtype"),
         (lambda t, y: (1.0, -y[1]), TypeError, r"func's output\[0\] must be a torch.Tensor, got float"),
         (lambda t, y: None, TypeError, "func must return a tuple of 2 tensors for a tuple y0, got NoneType"),
+        # A tensor splits along its first dimension: one of another length is named as a tensor.
+        (lambda t, y: torch.ones(()), TypeError, r"2 tensors for a tuple y0, got a tensor of shape \(\)"),
+        (
+            lambda t, y: torch.ones(3, 2),
+            TypeError,
+            r"2 tensors for a tuple y0, got a tensor of shape \(3, 2\)",
+        ),
         (lambda t, y: (-y[0][:1], -y[1]), ValueError, r"output\[0\] must have the shape of y0\[0\] \(2,\)"),
     ],
 )

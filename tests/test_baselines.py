@@ -378,6 +378,18 @@ def test_taynode_order_is_checked():
         TayNODERegularized(Linear(), weight=-1.0)
 
 
+def test_taynode_refuses_a_compiled_solve_when_made():
+    """torch.compile fails inside the augmented field's nested forward mode at the first training
+    call, with an error from deep inside Dynamo; the other baselines compile."""
+    for compile in (True, {"backend": "aot_eager"}):
+        with pytest.raises(
+            ValueError, match=r"TayNODERegularized cannot compile its solve \(options\['compile'\]\)"
+        ):
+            TayNODERegularized(Linear(), options={"compile": compile})
+    TayNODERegularized(Linear(), options={"compile": False})
+    RNODERegularized(Linear(), options={"compile": True})
+
+
 def test_plain_function_with_adjoint_params_gets_its_gradient(z0):
     grads = {}
     for gradient in ("direct", "symplectic"):

@@ -384,6 +384,19 @@ def test_the_default_measures_the_parameters_the_field_has_now(replace):
     assert ratios[0] is not None and ratios[1] == pytest.approx(ratios[0], rel=1e-12)
 
 
+def test_a_given_ratio_weight_whose_parameters_were_replaced_warns_that_it_measures_nothing():
+    """Unlike the default, a weight given its parameters keeps them: after ``assign=True`` they are
+    no longer the field's, and it would stop tuning itself without a word."""
+    field = Field()
+    model = LocallyRegularized(field, weight=RatioWeight(0.2, every=1, parameters=field.parameters()))
+    (task_loss(model(y0(), T)) + model.reg_loss).backward()
+    assert model.weight.state_dict()["measured"] == 1
+    model.load_state_dict(model.state_dict(), assign=True)
+    with pytest.warns(UserWarning, match="none of RatioWeight's parameters is in model.reg_loss's graph"):
+        (task_loss(model(y0(), T)) + model.reg_loss).backward()
+    assert model.weight.state_dict()["measured"] == 1
+
+
 def test_a_plain_function_warns_that_the_default_weight_cannot_see_its_parameters():
     """A closure over a module has parameters the default weight cannot find: it would fall back to
     the constant 1 silently (370x the loss on a trajectory fit, measured). It warns; with

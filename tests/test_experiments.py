@@ -59,6 +59,8 @@ def test_task_writes_results_table_and_plots(task, tmp_path, capsys):
     records = check_outputs(tmp_path, task, ["vanilla", "local-random"])
     # Regularization is a training-time cost only: the regularizer evaluated the field in training.
     assert sum(records[1]["history"]["reg_nfe"]) > 0 and sum(records[0]["history"]["reg_nfe"]) == 0
+    # A plain model has no penalty whose gradient ratio could be measured (it recorded NaN).
+    assert records[0]["history"]["grad_ratio"] == [] and records[1]["history"]["grad_ratio"]
     table = capsys.readouterr().out
     assert "| method |" in table and "NFE / vanilla" in table
 

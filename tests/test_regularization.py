@@ -4,6 +4,7 @@ eval mode, sampling, schedules and bad input."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -558,6 +559,22 @@ def test_state_dict_resumes_the_t_reg_sequence():
     resumed.load_state_dict(state)
     resumed(_y0(), T)
     assert resumed.stats.t_reg == model.stats.t_reg
+
+
+def test_a_generator_state_that_cannot_be_continued_is_warned_about():
+    """A state with a generator's draws loaded into a model without one (or the reverse) would
+    silently not continue the saved run's t_reg sequence."""
+    with_generator = LocallyRegularized(MLPField(), generator=torch.Generator().manual_seed(9))
+    without = LocallyRegularized(MLPField())
+    with pytest.warns(UserWarning, match="saved by a model with a generator and this one has none"):
+        without.load_state_dict(with_generator.state_dict())
+    with pytest.warns(
+        UserWarning, match="saved by a model without a generator: this model's generator keeps"
+    ):
+        with_generator.load_state_dict(without.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        without.load_state_dict(LocallyRegularized(MLPField()).state_dict())
 
 
 def test_schedule_validation():

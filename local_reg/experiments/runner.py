@@ -207,8 +207,13 @@ def solver_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def regularization_loss(model: nn.Module) -> Tensor | None:
-    """Sum of the solver blocks' ``reg_loss`` of the last forward pass (already weighted)."""
-    losses = [m.reg_loss for m in solver_blocks(model) if getattr(m, "reg_loss", None) is not None]
+    """Sum of the regularized solver blocks' ``reg_loss`` of the last forward pass (already
+    weighted); ``None`` without one (a plain model's zero would have its gradient ratio measured)."""
+    losses = [
+        m.reg_loss
+        for m in solver_blocks(model)
+        if getattr(m, "penalty", None) is not None and getattr(m, "reg_loss", None) is not None
+    ]
     return torch.stack(losses).sum() if losses else None
 
 

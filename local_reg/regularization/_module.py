@@ -12,6 +12,7 @@ configurations of it.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -80,8 +81,10 @@ def plain_solve(
 
 @dataclass(frozen=True)
 class LocalPenalty:
-    """Local regularization [LR23]: one probe step at a sampled ``t_reg``, its ``EEst * |dt|``
-    (``regularizer="error"``) or ``rho / stability_size`` (``"stiffness"``).
+    """Local regularization [LR23] at a sampled ``t_reg``: the paper's one probe step there, its
+    ``EEst * |dt|`` (``regularizer="error"``) or ``rho / stability_size`` (``"stiffness"``), or
+    without a probe step the field's mean square rate there (``penalty="kinetic"``, the default of
+    :class:`LocallyRegularized`; docs/regularization.md).
 
     Attributes:
         sampling: ``"random"``: ``t_reg ~ U[t0, t1)``, added to the main solve's output times (an
@@ -96,8 +99,8 @@ class LocalPenalty:
         probe, probe_scale, penalty, n_draws: the probe's step size (``"initial"``, the heuristic
             with exponent ``1/p``; ``"initial-hairer"``, ``1/(p+1)``; ``"solver"``), a factor on the
             heuristic's step, the penalty's form (``"error-dt"``, the paper's; ``"growth"``;
-            ``"log"``) and the number of draws averaged; see :mod:`._probe`. Their defaults are the
-            paper's procedure.
+            ``"log"``; ``"log-hinge"``; ``"kinetic"``, no probe step) and the number of draws
+            averaged; see :mod:`._probe`. Their defaults are the paper's procedure.
         probe_dtype: ``None`` (the state's dtype, the paper's) or ``"float64"``/``"float32"``
             (or the torch dtype): the probe step's dtype, for an ODE whose ``func`` is an
             ``nn.Module``, with a tensor state (its parameters and buffers are cast differentiably).
@@ -532,8 +535,21 @@ class Regularized(nn.Module):
                 f"{error} (a state saved with another weight? to keep this model's weight, remove the "
                 "state dict's '_extra_state' entry of this module before loading)"
             ) from None
-        if self.generator is not None and state.get("generator") is not None:
-            self.generator.set_state(state["generator"])
+        saved = state.get("generator")
+        if self.generator is not None and saved is not None:
+            self.generator.set_state(saved)
+        elif (self.generator is None) != (saved is None):
+            # The draws of t_reg (and STEER's times, RNODE's noise, an SDE's seeds) would not
+            # continue the saved run's: say so rather than drop the state or keep a fresh one.
+            warnings.warn(
+                "the state was saved by a model with a generator and this one has none: its draws "
+                "come from torch's global generator, not from the saved state (pass generator= when "
+                "building it)"
+                if self.generator is None
+                else "the state was saved by a model without a generator: this model's generator "
+                "keeps its own state, so its draws do not continue the saved run's",
+                stacklevel=3,
+            )
 
     def extra_repr(self) -> str:
         problem = self.problem

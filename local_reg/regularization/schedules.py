@@ -376,6 +376,8 @@ class RatioWeight(_SelfTuningWeight):
     the count of iterations, so a resumed run continues where it stopped.
     """
 
+    _warned_unreached = False  # once per object: its parameters are not in reg_loss's graph
+
     def __init__(
         self,
         target_ratio: float = 1.0,
@@ -467,6 +469,15 @@ class RatioWeight(_SelfTuningWeight):
         if not due or not reg_loss.requires_grad or not parameters:
             return
         penalty = torch.autograd.grad(reg_loss, parameters, retain_graph=True, allow_unused=True)
+        if all(part is None for part in penalty) and not self._warned_unreached:
+            self._warned_unreached = True
+            warnings.warn(
+                "none of RatioWeight's parameters is in model.reg_loss's graph, so it measures "
+                "nothing and its weight stays where it is: give it the field's parameters (after "
+                "load_state_dict(..., assign=True) or to_empty() they are new objects; the default "
+                "weight follows them)",
+                stacklevel=3,
+            )
         measurement = {
             "penalty_norm": _norm(penalty),
             "eps": max((torch.finfo(part.dtype).eps for part in penalty if part is not None), default=0.0),

@@ -87,6 +87,16 @@ class TayNODEPenalty(BaselinePenalty):
     def __post_init__(self) -> None:
         check_order(self.order)
 
+    def check(self, problem: Any) -> None:
+        super().check(problem)
+        if problem.options.get("compile"):
+            # torch.compile cannot trace the nested torch.func.jvp of the augmented field (Dynamo
+            # fails inside it), so refuse it here rather than at the first training call.
+            raise ValueError(
+                "TayNODERegularized cannot compile its solve (options['compile']): its augmented "
+                "field's nested forward-mode derivatives do not trace under torch.compile"
+            )
+
     def __call__(
         self,
         problem: Any,

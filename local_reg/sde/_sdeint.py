@@ -84,7 +84,8 @@ def sdeint(
             averaged over trajectories, so path accuracy beyond ~1% buys nothing but NFE (the
             paper's neural SDE experiments also solve at loose tolerances).
         first_step: first step size (adaptive mode); by default
-            :func:`local_reg.sde.sde_initial_step_size` picks it.
+            :func:`local_reg.sde.sde_initial_step_size` picks it. ``dt0`` is its deprecated
+            spelling (a ``DeprecationWarning``).
         step_size: take fixed steps instead: each interval between output times is divided into
             equal steps no longer than ``step_size``; no error estimate is computed.
         bm: Brownian motion ``bm(ta, tb) -> W(tb) - W(ta)`` of shape ``(batch, m)`` covering
