@@ -115,9 +115,19 @@ class SolveOptions:
     """``torch.compile`` keywords of the forward solve's Runge--Kutta steps (``None``: eager); ``True``
     and ``False`` are read as ``{}`` and ``None``."""
 
-    def broadcast_tolerances(self, y: Tensor) -> SolveOptions:
-        """These options with per-element tolerances broadcast to ``y``'s shape (a ``ValueError``
-        naming the tolerance if they do not broadcast), device and dtype."""
+    def for_state(self, y: Tensor) -> SolveOptions:
+        """These options for the state ``y``: per-element tolerances broadcast to its shape (a
+        ``ValueError`` naming the tolerance if they do not broadcast), device and dtype, and an
+        ``atol`` below the dtype's smallest normal number refused (it rounds to a subnormal or to
+        zero there, and the scaled error overflows)."""
+        tiny = torch.finfo(y.dtype).tiny
+        atol = self.atol
+        smallest = float(atol.min()) if isinstance(atol, Tensor) and atol.numel() else atol
+        if isinstance(smallest, float) and smallest < tiny:
+            raise ValueError(
+                f"atol={smallest:g} is below what {y.dtype} holds as a normal number ({tiny:.3g}): the "
+                "scaled error would overflow; raise atol"
+            )
         if not isinstance(self.rtol, Tensor) and not isinstance(self.atol, Tensor):
             return self
         return replace(

@@ -16,6 +16,7 @@ from ._tuple import accepts_tuple_states
 from ._validate import (
     Tolerance,
     check_bool,
+    check_span,
     check_times_distinct,
     checked_field,
     time_dtype,
@@ -268,8 +269,9 @@ def odeint(
         callbacks=callbacks,
         time_dtype=time_dtype(t, y0),
         compile=compile,
-    ).broadcast_tolerances(y0)
+    ).for_state(y0)
     check_times_distinct(times, options.time_dtype)
+    check_span(times, y0.dtype)
     gradient_method = as_gradient_method(gradient)
     gradient_method = _legacy_gradient(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options

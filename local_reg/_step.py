@@ -327,6 +327,11 @@ def initial_step_size(
             torch.isfinite(y0_wide).all() & torch.isfinite(f0_wide).all()
         ):
             # A NaN here would make every step size NaN, which no step-size check catches.
+            if math.inf in (d0, d1) and norm is rms_norm:
+                raise ValueError(
+                    f"y0 and f(t0, y0) over the tolerance scale atol + rtol * |y0| have norms {d0} and "
+                    f"{d1}: the tolerances are too small for this state (raise atol)"
+                )
             raise ValueError(
                 f"norm must return a finite non-negative number for a finite input, got {d0} and {d1}"
             )

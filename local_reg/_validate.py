@@ -219,19 +219,37 @@ def time_dtype(t: object, state: Tensor) -> torch.dtype:
     return state.dtype
 
 
-def check_times_distinct(times: list[float], dtype: torch.dtype) -> None:
+def check_times_distinct(
+    times: list[float],
+    dtype: torch.dtype,
+    remedy: str = "(y0's, unless t is a wider floating tensor): pass t as a float64 tensor",
+) -> None:
     """``times`` (strictly monotone as floats) must stay so in ``dtype``, the dtype ``func`` gets its
     time argument in: a float32 state with times ``[1e8, 1e8 + 1]`` given as a list would otherwise
-    solve with both ends at ``1e8`` for ``func`` and in ``ts``, a silently wrong answer."""
+    solve with both ends at ``1e8`` for ``func`` and in ``ts``, a silently wrong answer. ``remedy``
+    ends the message."""
     if dtype == torch.float64:
         return
     rounded = torch.tensor(times, dtype=dtype).tolist()
     for (a, b), (ra, rb) in zip(pairwise(times), pairwise(rounded), strict=True):
         if ra == rb:
             raise ValueError(
-                f"t's times {a!r} and {b!r} are one value in {dtype}, the dtype func gets the time in "
-                "(y0's, unless t is a wider floating tensor): pass t as a float64 tensor"
+                f"t's times {a!r} and {b!r} are one value in {dtype}, the dtype func gets the time "
+                f"in {remedy}"
             )
+
+
+def check_span(times: list[float], dtype: torch.dtype) -> None:
+    """A ``ValueError`` naming ``t`` if its span is within a factor 1000 of ``dtype``'s largest
+    value: a step's increments ``dt * a_ij`` (tableau coefficients up to ~50) would overflow the
+    state's dtype, which torch reports as a bare conversion error."""
+    span = abs(times[-1] - times[0])
+    largest = torch.finfo(dtype).max
+    if span > largest / 1000:
+        raise ValueError(
+            f"t spans {span:g}, too long for steps in {dtype} (the state's dtype, largest value "
+            f"{largest:.3g}): rescale time"
+        )
 
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)

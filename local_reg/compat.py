@@ -15,6 +15,7 @@ from torchdiffeq is listed in docs/compat.md.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -28,7 +29,7 @@ from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
 from ._step import rms_norm
 from ._tuple import TupleState
-from ._validate import Tolerance, positive_float, positive_int
+from ._validate import Tolerance, positive_float, positive_int, validate_times
 from .controller import PIController
 from .gradients import BacksolveAdjoint, Direct, GradientMethod, Symplectic
 from .tableaus import TABLEAUS, ButcherTableau
@@ -178,10 +179,9 @@ def _fixed_step_size(
     return None
 
 
-def _one_step_per_interval(t: Tensor) -> float:
+def _one_step_per_interval(times: list[float]) -> float:
     """torchdiffeq's fixed-grid default: one step per output interval (the longest interval)."""
-    times = torch.as_tensor(t, dtype=torch.float64).detach()
-    return float(times.diff().abs().max()) if times.numel() > 1 else 1.0
+    return max((abs(b - a) for a, b in itertools.pairwise(times)), default=1.0)
 
 
 def _max_steps(max_num_steps: object, where: str, t: Tensor) -> int:
@@ -286,6 +286,8 @@ def _solve(
     events = event_fn is not None
     if events and len(t) != 2:
         raise ValueError(f"event_fn needs len(t) == 2 (t[1] gives the direction), got len(t)={len(t)}")
+    # Checked before the fixed grid is read from them (odeint checks them again, and an event's t).
+    times = None if events else validate_times(t)
     tableau = _tableau(method)
     opts = _check_keys("options", options, OPTIONS)
     dtype = opts.pop("dtype", None)
@@ -300,7 +302,7 @@ def _solve(
     if step_size is None and not tableau.adaptive:
         if events:
             raise ValueError(f"event_fn with the fixed-step method {method!r} needs options['step_size']")
-        step_size = _one_step_per_interval(t)
+        step_size = _one_step_per_interval(times)
     kwargs: dict[str, Any] = {
         "method": tableau,
         "rtol": rtol,
@@ -319,9 +321,9 @@ def _solve(
     elif step_size is not None and events:
         kwargs["max_steps"] = _FIXED_GRID_EVENT_STEPS
     elif step_size is not None:
-        # torchdiffeq's fixed grids have no step limit: allow exactly the steps the grid needs.
-        times = torch.as_tensor(t, dtype=torch.float64).detach().tolist()
-        kwargs["max_steps"] = max(1, fixed_steps_over(times, step_size))
+        # torchdiffeq's fixed grids have no step limit: allow exactly the steps the grid needs, up to
+        # its default limit (beyond it odeint refuses the step_size by name rather than run on).
+        kwargs["max_steps"] = min(NO_STEP_LIMIT, max(1, fixed_steps_over(times, step_size)))
     if "norm" in opts:
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
     elif state is not None:
@@ -469,7 +471,7 @@ def odeint_adjoint(
                         f"event_fn with the fixed-step adjoint_method {adjoint_method!r} needs "
                         "adjoint_options['step_size']"
                     )
-                step_size = _one_step_per_interval(t)
+                step_size = _one_step_per_interval(validate_times(t))
         elif not _tableau(method).adaptive:
             max_steps = DEFAULT_MAX_STEPS  # not the forward grid's exact count
         gradient = BacksolveAdjoint(
@@ -501,10 +503,15 @@ def odeint_dense(
     method's interpolant (:meth:`local_reg.Solution.evaluate`). torchdiffeq takes only ``dopri5``
     and a tensor ``y0``; here every method and a tuple ``y0`` work. Differentiable w.r.t. ``y0`` and
     the parameters, not w.r.t. ``t``."""
-    times = torch.stack([torch.as_tensor(t0, dtype=torch.float64), torch.as_tensor(t1, dtype=torch.float64)])
-    times = times.detach().reshape(-1)
-    if times.numel() != 2:
-        raise ValueError(f"t0 and t1 must be single times, got {times.numel()} values together")
+    ends = []
+    for name, end in (("t0", t0), ("t1", t1)):
+        end = torch.as_tensor(end, dtype=torch.float64).detach()
+        if end.numel() != 1:
+            raise ValueError(
+                f"{name} must be one time (a float or a one-element tensor), got shape {tuple(end.shape)}"
+            )
+        ends.append(end.reshape(()))
+    times = torch.stack(ends)
     return _solve(func, y0, times, rtol, atol, method, options, None, Direct(), None, dense=True)
 
 

@@ -1346,7 +1346,8 @@ def test_sdeint_refuses_output_times_it_cannot_each_end_a_step_on():
     close = [0.0, 0.5, math.nextafter(0.5, 1.0), 1.0]
     with pytest.raises(ValueError, match=r"t holds 0\.5 and 0\.5000000000000001, within a few ulps"):
         sdeint(DiagonalSDE(), torch.ones(2, 1), close)
-    assert sdeint(DiagonalSDE(), torch.ones(2, 1), [0.0, 0.5, 0.5 + 1e-9, 1.0]).ys.shape == (4, 2, 1)
+    ones = torch.ones(2, 1, dtype=torch.float64)  # in float32 0.5 + 1e-9 is 0.5 (refused: one value)
+    assert sdeint(DiagonalSDE(), ones, [0.0, 0.5, 0.5 + 1e-9, 1.0]).ys.shape == (4, 2, 1)
 
 
 def test_sdeint_refuses_a_generator_its_given_brownian_motion_leaves_unused():
@@ -1394,3 +1395,76 @@ def test_output_times_given_as_one_element_tensors_are_named_as_such():
     # The message said "got an element of type Tensor", though 0-dim tensors are taken.
     with pytest.raises(TypeError, match=r"0-dim tensors, got a tensor of shape \(1,\)"):
         odeint(decay, torch.ones(2), [torch.tensor([0.0]), torch.tensor([1.0])])
+
+
+# Inputs at the edges of the floating-point range --------------------------------------------------
+
+
+def test_sdeint_refuses_times_that_are_one_value_in_the_states_dtype():
+    """The drift saw t = 1e8 throughout, ts held [1e8, 1e8] and the state still moved."""
+    with pytest.raises(ValueError, match="are one value in torch.float32.*solve in float64"):
+        sdeint(DiagonalSDE(), torch.ones(1, 2), [1e8, 1e8 + 1])
+    assert sdeint(DiagonalSDE(), torch.ones(1, 2, dtype=torch.float64), [1e8, 1e8 + 1]).ts[1] == 1e8 + 1
+
+
+def test_a_non_finite_brownian_increment_is_named_not_blamed_on_the_state():
+    """A float32 Brownian motion cannot resolve a step of 1e-300: the solve used to reject steps down
+    to an underflow and then blame the state, drift or diffusion."""
+    with pytest.raises(ValueError, match=r"bm\(0.0, .*\) returned a non-finite increment"):
+        sdeint(DiagonalSDE(), torch.ones(1, 2), [0.0, 1.0], first_step=1e-300)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "atol", "match"),
+    [
+        (torch.float32, 1e-50, r"atol=1e-50 is below what torch.float32 holds as a normal number"),
+        (torch.float64, 1e-310, r"atol=1e-310 is below what torch.float64 holds"),
+        # A normal float64 atol whose scaled state overflows the norm.
+        (torch.float64, 1e-300, r"tolerances are too small for this state \(raise atol\)"),
+    ],
+)
+def test_an_absolute_tolerance_too_small_for_the_dtype_is_named(dtype, atol, match):
+    # It failed with a step-size underflow blamed on a non-finite state, or on the (default) norm.
+    with pytest.raises(ValueError, match=match):
+        odeint(decay, torch.ones(2, dtype=dtype), [0.0, 1.0], rtol=0.0, atol=atol)
+    with pytest.raises(ValueError, match="below what torch.float32 holds"):
+        sdeint(DiagonalSDE(), torch.ones(1, 2), [0.0, 1.0], atol=1e-50)
+
+
+@pytest.mark.parametrize("method", ["euler", "rk4", "tsit5"])
+def test_a_span_whose_steps_overflow_the_states_dtype_is_refused(method):
+    # torch's "value cannot be converted to type float without overflow" from inside a step.
+    with pytest.raises(ValueError, match=r"t spans 1e\+39, too long for steps in torch.float32"):
+        odeint(
+            decay,
+            torch.ones(2),
+            torch.tensor([0.0, 1e39], dtype=torch.float64),
+            method=method,
+            step_size=1e38,
+        )
+    with pytest.raises(ValueError, match=r"t spans 6e\+38"):
+        local_reg.compat.odeint(decay, torch.ones(2), torch.tensor([-3e38, 3e38]), method="euler")
+
+
+def test_compat_fixed_grids_check_t_and_refuse_a_grid_past_torchdiffeqs_step_limit():
+    """The grid was read from t before t was checked (a bare ZeroDivisionError for repeated times),
+    and a step size of 1e-300 ran on without end (max_num_steps is ignored by fixed grids)."""
+    for t, match in [
+        ([0.0, math.nan], "t must be finite"),
+        (torch.zeros(2, 2), r"t must be a 1-D tensor of times, got shape \(2, 2\)"),
+        ([1.0, 1.0], "strictly increasing or strictly decreasing"),
+    ]:
+        for method in ("euler", "rk4"):
+            with pytest.raises(ValueError, match=match):
+                local_reg.compat.odeint(decay, torch.ones(2), torch.as_tensor(t), method=method)
+    with pytest.raises(ValueError, match=r"step_size=1e-300 needs about 1e299 steps.*max_steps=2147483647"):
+        local_reg.compat.odeint(
+            decay, torch.ones(2), torch.tensor([0.0, 1.0]), method="euler", options={"step_size": 1e-300}
+        )
+
+
+def test_compat_odeint_dense_names_a_t0_of_several_times():
+    with pytest.raises(
+        ValueError, match=r"t0 must be one time \(a float or a one-element tensor\), got shape \(2,\)"
+    ):
+        local_reg.compat.odeint_dense(decay, torch.ones(2), torch.tensor([0.0, 1.0]), 1.0)

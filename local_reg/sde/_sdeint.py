@@ -16,6 +16,7 @@ from .._validate import (
     active_autocast,
     call_leaving_input,
     check_generator,
+    check_times_distinct,
     positive_float,
     relative_tolerance,
     without_autocast,
@@ -118,6 +119,7 @@ def sdeint(
                 f"t holds {start!r} and {end!r}, within a few ulps of each other: sdeint ends a step at "
                 "every output time, and cannot take a step this short; merge them"
             )
+    check_times_distinct(times, y0.dtype, "(y0's, whatever t's): solve in float64 or shift t towards 0")
     check_generator(generator)
     if bm is not None and generator is not None:
         raise ValueError(
@@ -136,7 +138,7 @@ def sdeint(
         max_steps=max_steps,
         step_size=step_size,
         controller=controller,
-    )
+    ).for_state(y0)
     if step_penalty is not None and step_size is not None:
         raise ValueError("step_penalty needs the adaptive mode (an error estimate): drop step_size")
 

@@ -179,7 +179,16 @@ class CheckedBrownian:
         self.like = like
 
     def __call__(self, ta: float, tb: float) -> Tensor:
-        return check_brownian_increment(self.bm(ta, tb), self.size, self.like)
+        dw = check_brownian_increment(self.bm(ta, tb), self.size, self.like)
+        if not bool(torch.isfinite(dw).all()):
+            # Otherwise the solve blames the state, drift or diffusion after rejecting the step
+            # down to an underflow.
+            raise ValueError(
+                f"bm({ta!r}, {tb!r}) returned a non-finite increment: the Brownian motion cannot "
+                f"resolve this interval in {dw.dtype} (a step this short, or times this large); solve "
+                "in float64, or over times nearer 0"
+            )
+        return dw
 
 
 def check_brownian_increment(dw: object, size: tuple[int, ...], like: Tensor) -> Tensor:
