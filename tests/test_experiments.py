@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+import local_reg
 from local_reg.experiments import runner
 from local_reg.experiments.cli import main
 from local_reg.experiments.results import ResultsError, ResultsFile
@@ -79,6 +80,37 @@ def test_resume_skips_finished_runs(tmp_path, monkeypatch, capsys):
     assert run(tmp_path, "digits", "--methods", "vanilla") == 0
     assert (tmp_path / "results.jsonl").read_bytes() == before
     assert "skip digits-vanilla-seed0-" in capsys.readouterr().err
+
+
+def test_a_run_whose_solver_fails_leaves_the_sweep_going(tmp_path, monkeypatch, capsys):
+    """A fit that diverges (a SolverError) used to end the sweep with a traceback, the remaining
+    runs untrained: now they train and are reported, and the exit code says runs failed."""
+    train_run = runner.train_run
+
+    def diverging_vanilla(spec, *args, **kwargs):
+        if spec.method == "vanilla":
+            raise local_reg.SolverError("max_steps=10000 exceeded", t=0.25, n_steps=10000)
+        return train_run(spec, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_run", diverging_vanilla)
+    assert run(tmp_path, "digits", "--methods", "vanilla", "local-random") == 3
+    assert [r["method"] for r in ResultsFile(tmp_path).load()] == ["local-random"]
+    err = capsys.readouterr().err
+    assert "run digits-vanilla-seed0-" in err and "failed, the sweep goes on: max_steps=10000 exceeded" in err
+    assert "1 run(s) failed" in err and (tmp_path / "report.md").exists()
+    monkeypatch.setattr(runner, "train_run", train_run)
+    assert run(tmp_path, "digits", "--methods", "vanilla", "local-random") == 0  # retried, recorded
+    assert sorted(r["method"] for r in ResultsFile(tmp_path).load()) == ["local-random", "vanilla"]
+
+
+def test_a_record_lacking_a_field_the_report_reads_is_named(tmp_path, capsys):
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 0
+    (record,) = ResultsFile(tmp_path).load()
+    del record["train_cpu_time"]
+    (tmp_path / "results.jsonl").write_text(json.dumps(record) + "\n")
+    capsys.readouterr()
+    assert main(["report", "--out", str(tmp_path)]) == 2
+    assert "lacks the field 'train_cpu_time' the report reads" in capsys.readouterr().err
 
 
 def test_interrupted_run_continues_from_its_checkpoint(tmp_path, monkeypatch):

@@ -27,11 +27,12 @@ from . import distributed
 from .methods import METHODS
 from .report import TIMINGS, group_records, markdown_table, report_name, write_report
 from .results import ResultsError, ResultsFile, ResultsWarning
-from .runner import GRADIENTS, SIZES, Interrupted, RunSpec, fed_ratio_weights, sweep
+from .runner import GRADIENTS, SIZES, Interrupted, RunsFailed, RunSpec, fed_ratio_weights, sweep
 from .settings import SettingsError
 from .tasks import REGISTRY, ModelContext
 
 EXIT_BAD_INPUT = 2
+EXIT_RUNS_FAILED = 3  # some runs' solver failed; the others are recorded and reported
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
@@ -157,27 +158,34 @@ def _experiment(args: argparse.Namespace) -> int:
         raise BadInput(
             f"WORLD_SIZE={world} but no process group to join ({error}): launch with torchrun"
         ) from None
+    failed = None
     try:
-        sweep(
-            args.task,
-            methods,
-            range(args.seeds),
-            args.out,
-            size=size,
-            gradient=args.gradient,
-            overrides=overrides,
-            progress=not args.no_progress,
-        )
+        try:
+            sweep(
+                args.task,
+                methods,
+                range(args.seeds),
+                args.out,
+                size=size,
+                gradient=args.gradient,
+                overrides=overrides,
+                progress=not args.no_progress,
+            )
+        except RunsFailed as error:  # the finished runs are reported all the same
+            failed = error
         if distributed.is_main():
             records = results.load(warn=False)  # repeats were reported before the sweep
-            if not records:  # every run is being trained elsewhere: nothing to report yet
+            if records:
+                write_report(args.out, records)
+                for group in group_records(records, args.task):
+                    if group.config_id == spec.config_id:
+                        print(markdown_table(group))
+                print(f"\nreport: {args.out / 'report.md'}")
+            elif failed is None:  # every run is being trained elsewhere: nothing to report yet
                 print(f"no finished runs in {results.path} yet", file=sys.stderr)
-                return 0
-            write_report(args.out, records)
-            for group in group_records(records, args.task):
-                if group.config_id == spec.config_id:
-                    print(markdown_table(group))
-            print(f"\nreport: {args.out / 'report.md'}")
+        if failed is not None:
+            print(f"local-reg: error: {failed}", file=sys.stderr)
+            return EXIT_RUNS_FAILED
     except SettingsError as error:  # a setting only the data can check (e.g. train_size)
         raise BadInput(f"bad settings: {error}") from None
     finally:

@@ -1,9 +1,10 @@
 """The report of a results file: a Markdown table per (task, settings) in the paper's columns, and plots.
 
-Columns: train and test metric, training wall time, prediction time per test batch, test NFE, each the
-mean ± sd over seeds, and the NFE, training time and prediction time of each method as a ratio to
-vanilla's (ratios of the means over the seeds both have). Plots: the main solve's NFE over
-training, and the test metric against test NFE, for every method.
+Columns: train and test metric, training time and prediction time per test batch (the process's CPU
+time, or wall time), test NFE, each the mean ± sd over seeds, and the NFE, training time and
+prediction time of each method as a ratio to vanilla's (ratios of the means over the seeds both
+have). Plots: the main solve's NFE over training, and the test metric against test NFE, for every
+method.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .methods import METHODS, weight_text  # noqa: E402
-from .results import ResultsWarning, atomic_write_bytes  # noqa: E402
+from .results import ResultsError, ResultsWarning, atomic_write_bytes  # noqa: E402
 
 REPORT_NAME = "report.md"
 
@@ -273,14 +274,21 @@ def write_report(
     ]
     for group in group_records(records, task):
         nfe_png, metric_png = f"{group.name}_nfe.png", f"{group.name}_{group.metric}_vs_nfe.png"
-        plot_nfe(group, out_dir / nfe_png)
-        plot_metric_vs_nfe(group, out_dir / metric_png)
-        sections += [
-            f"## {group.task} (`{group.config_id}`)\n",
-            describe(group) + "\n",
-            markdown_table(group, timing) + "\n",
-            f"![NFE over training]({nfe_png}) ![test {group.metric} vs NFE]({metric_png})\n",
-        ]
+        try:
+            plot_nfe(group, out_dir / nfe_png)
+            plot_metric_vs_nfe(group, out_dir / metric_png)
+            sections += [
+                f"## {group.task} (`{group.config_id}`)\n",
+                describe(group) + "\n",
+                markdown_table(group, timing) + "\n",
+                f"![NFE over training]({nfe_png}) ![test {group.metric} vs NFE]({metric_png})\n",
+            ]
+        except KeyError as error:
+            # A record another version wrote, or one edited by hand: name it, not a traceback.
+            raise ResultsError(
+                f"a record of {group.task} (`{group.config_id}`) in {out_dir / 'results.jsonl'} lacks "
+                f"the field {error} the report reads (written by another version of local_reg?)"
+            ) from None
     text = "\n".join(sections)
     atomic_write_bytes(out_dir / report_name(task), text.encode("utf-8"))
     return text

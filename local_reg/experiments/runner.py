@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from .._errors import SolverError
 from ..regularization import AdaptiveWeight, GradientRatio, LocalPenalty, RatioWeight
 from ..regularization.local import default_fingerprint
 from . import distributed
@@ -266,6 +267,18 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, batch_size: int, re
             fastest.cpu = min(fastest.cpu, clock.cpu / len(loader))
     result = {key: value / n for key, value in sums.items()}
     return {"metrics": result, "nfe": nfe / len(loader), "time_per_batch": fastest}
+
+
+class RunsFailed(Exception):
+    """Runs of a sweep whose solver failed (a diverging fit: ``SolverError``), raised once the sweep
+    has trained every other run. ``failures``: ``(run_id, error)`` pairs."""
+
+    def __init__(self, failures: list[tuple[str, Exception]]) -> None:
+        self.failures = failures
+        super().__init__(
+            f"{len(failures)} run(s) failed, each said why above (the others are recorded; a rerun "
+            f"retries these from their last checkpoint): {', '.join(run_id for run_id, _ in failures)}"
+        )
 
 
 class Interrupted(KeyboardInterrupt):
@@ -683,11 +696,14 @@ def sweep(
     """Run every (seed, method) not yet recorded in ``out_dir/results.jsonl``; return the new records.
 
     Seeds are the outer loop, so an interrupted sweep has whole comparisons for the seeds it finished.
-    Runs that another sweep into the same folder is training are skipped too.
+    Runs that another sweep into the same folder is training are skipped too. A run whose solver
+    fails (``SolverError``: a fit that diverged) is left unrecorded and the sweep goes on; at its end
+    :class:`RunsFailed` names them (under torchrun the error is raised at once, on every process).
     """
     out_dir = Path(out_dir)
     results = ResultsFile(out_dir)
     new = []
+    failures: list[tuple[str, Exception]] = []
     for seed in seeds:
         for method in methods:
             spec = RunSpec(
@@ -723,8 +739,16 @@ def sweep(
                     results.append(record)
                     (out_dir / "checkpoints" / f"{spec.run_id}.pt").unlink(missing_ok=True)
                     new.append(record)
+            except SolverError as error:
+                if distributed.world_size() > 1:
+                    raise  # the other processes may still be inside the run: no one goes on alone
+                print(f"local-reg: run {spec.run_id} failed, the sweep goes on: {error}", file=sys.stderr)
+                failures.append((spec.run_id, error))
+                continue
             finally:
                 if distributed.is_main():
                     lock.release()
             distributed.barrier()
+    if failures:
+        raise RunsFailed(failures)
     return new
