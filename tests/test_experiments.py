@@ -166,6 +166,11 @@ def test_results_are_never_overwritten(tmp_path):
         (["experiment", "nope"], "invalid choice: 'nope'"),
         (["experiment", "digits", "--methods", "vanilla", "sparkly"], "unknown method(s) ['sparkly']"),
         (["experiment", "digits", "--set", "no_such_setting=1"], "bad --set"),
+        # The default weight is local regularization's: named by the setting, not the gradient.
+        (
+            ["experiment", "digits", "--methods", "steer", "--set", "weights.steer=default"],
+            "weights.steer must be",
+        ),
         (["experiment", "digits", "--set", "epochs"], "--set expects KEY=VALUE"),
         (["experiment", "digits", "--seeds", "0"], "--seeds must be at least 1"),
         (

@@ -116,7 +116,10 @@ class Weight(Rule):
     with ``w0 > 0`` and :data:`ADAPTIVE_KEYS` (non-negative numbers, ``target_nfe`` may be null), or
     ``{"ratio": rho, ...}`` with ``rho > 0`` and :data:`RATIO_KEYS` (``every`` an integer >= 1,
     ``scope`` one of :data:`RATIO_SCOPES`, the others non-negative numbers), or ``"default"``
-    (local regularization's own default weight and probe; local methods only)."""
+    (local regularization's own default weight and probe; local methods only: ``default=False``
+    refuses it for the others)."""
+
+    default: bool = True
 
     def allowed(self) -> str:
         return (
@@ -124,13 +127,13 @@ class Weight(Rule):
             f"with w0 > 0 and keys among {', '.join(ADAPTIVE_KEYS)}, or "
             '{"ratio": rho, ...} '
             f"with rho > 0 and keys among {', '.join(RATIO_KEYS)} (every an integer >= 1, "
-            f'floor <= 1, scope one of {", ".join(RATIO_SCOPES)}), or "default" (local '
-            "regularization's own)"
+            f"floor <= 1, scope one of {', '.join(RATIO_SCOPES)})"
+            + (', or "default" (local regularization\'s own)' if self.default else "")
         )
 
     def accepts(self, value: Any) -> bool:
         if value == "default":
-            return True
+            return self.default
         if isinstance(value, dict) and "adaptive" in value:
             options = {k: v for k, v in value.items() if k != "adaptive"}
             return (

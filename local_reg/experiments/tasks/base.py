@@ -128,7 +128,7 @@ def training_fields(solvers: Sequence[str], methods: Sequence[str]) -> dict[str,
         "eval_batch_size": Integer(1),
         "lr": Real(),
         "solver": {"method": OneOf(tuple(solvers)), "rtol": Real(), "atol": Real()},
-        "weights": {m: Weight() for m in methods if m != "vanilla"},
+        "weights": {m: Weight(default=m.startswith("local")) for m in methods if m != "vanilla"},
     }
 
 
