@@ -172,6 +172,7 @@ def test_results_are_never_overwritten(tmp_path):
             "weights.steer must be",
         ),
         (["experiment", "digits", "--set", "epochs"], "--set expects KEY=VALUE"),
+        (["experiment", "digits", "--set", "local.probe=xyz"], "bad --set: local.probe must be one of"),
         (["experiment", "digits", "--seeds", "0"], "--seeds must be at least 1"),
         (
             ["experiment", "digits", "--methods", "global-error", "--gradient", "symplectic"],

@@ -122,7 +122,7 @@ class RunSpec:
             unknown = sorted(set(local) - set(LOCAL_RULES))
             if unknown:
                 raise SettingsError(f"unknown local.{unknown[0]}; local options: {', '.join(LOCAL_RULES)}")
-            check_settings(Schema({k: LOCAL_RULES[k] for k in local}), local)
+            check_settings(Schema({"local": {k: LOCAL_RULES[k] for k in local}}), {"local": local})
             settings["local"] = local
         return settings
 
