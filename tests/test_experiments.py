@@ -103,6 +103,20 @@ def test_a_run_whose_solver_fails_leaves_the_sweep_going(tmp_path, monkeypatch, 
     assert sorted(r["method"] for r in ResultsFile(tmp_path).load()) == ["local-random", "vanilla"]
 
 
+def test_tables_of_one_task_under_other_settings_say_what_was_set(tmp_path):
+    """Their descriptions were identical (only the config id told them apart)."""
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 0
+    assert (
+        run(tmp_path, "digits", "--methods", "vanilla", "--set", "lr=0.05", "--set", "solver.rtol=1e-5") == 0
+    )
+    descriptions = [
+        line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("size ")
+    ]
+    assert len(descriptions) == 2
+    assert sum(line.endswith("set: lr=0.05, solver.rtol=1e-05") for line in descriptions) == 1
+    assert sum("set:" not in line for line in descriptions) == 1
+
+
 def test_a_record_lacking_a_field_the_report_reads_is_named(tmp_path, capsys):
     assert run(tmp_path, "digits", "--methods", "vanilla") == 0
     (record,) = ResultsFile(tmp_path).load()

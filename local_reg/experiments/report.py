@@ -9,6 +9,7 @@ method.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import warnings
@@ -24,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .methods import METHODS, weight_text  # noqa: E402
 from .results import ResultsError, ResultsWarning, atomic_write_bytes  # noqa: E402
+from .tasks import REGISTRY  # noqa: E402
 
 REPORT_NAME = "report.md"
 
@@ -208,7 +210,36 @@ def describe(group: Group) -> str:
         f"world size {sizes[0]}" if len(sizes) == 1 else f"world sizes {', '.join(map(str, sizes))} (by row)"
     )
     parts += [f"{s['epochs']} epochs", f"batch {s['batch_size']}", world]
+    changed = _changed_settings(group.task, first["size"], s)
+    if changed:
+        parts.append("set: " + ", ".join(f"{key}={value}" for key, value in changed))
     return ", ".join(parts)
+
+
+def _changed_settings(task: str, size: str, settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """The settings (dotted keys, weights and local options aside: they label rows) that differ from
+    the task's own at ``size``, so that tables of one task under other ``--set`` values differ in
+    their description; none for a task or size this version does not know."""
+    if task not in REGISTRY:
+        return []
+    try:
+        defaults = REGISTRY[task].settings(size)
+    except (KeyError, ValueError):
+        return []
+
+    def flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for key, value in values.items():
+            if prefix == "" and key in ("weights", "local"):
+                continue
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    mine, theirs = flat(settings), flat(defaults)
+    return [(key, json.dumps(mine[key])) for key in sorted(mine) if mine[key] != theirs.get(key, object())]
 
 
 def _smooth(values: Sequence[float], window: int) -> list[float]:
