@@ -10,10 +10,11 @@ pairs through :class:`local_reg._step.RKStepper`, Euler--Maruyama through
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -117,23 +118,37 @@ class SolveOptions:
 
     def for_state(self, y: Tensor) -> SolveOptions:
         """These options for the state ``y``: per-element tolerances broadcast to its shape (a
-        ``ValueError`` naming the tolerance if they do not broadcast), device and dtype, and an
-        ``atol`` below the dtype's smallest normal number refused (it rounds to a subnormal or to
-        zero there, and the scaled error overflows)."""
+        ``ValueError`` naming the tolerance if they do not broadcast), device and dtype; an element
+        whose ``rtol`` is 0 and whose ``atol`` is below the dtype's smallest normal number is
+        refused (its error scale is then that subnormal or zero alone, and the scaled error
+        overflows; with ``rtol > 0``, ``rtol * |y|`` keeps the scale, as a tiny ``atol`` asks)."""
         tiny = torch.finfo(y.dtype).tiny
-        atol = self.atol
-        smallest = float(atol.min()) if isinstance(atol, Tensor) and atol.numel() else atol
-        if isinstance(smallest, float) and smallest < tiny:
-            raise ValueError(
-                f"atol={smallest:g} is below what {y.dtype} holds as a normal number ({tiny:.3g}): the "
-                "scaled error would overflow; raise atol"
-            )
         if not isinstance(self.rtol, Tensor) and not isinstance(self.atol, Tensor):
+            if self.rtol == 0 and self.atol < tiny:
+                raise ValueError(self._too_small(self.atol, y.dtype))
             return self
-        return replace(
-            self,
-            rtol=per_element_tolerance("rtol", self.rtol, y),
-            atol=per_element_tolerance("atol", self.atol, y),
+        # Broadcast in float64 first: the floor is checked on the values given, before the cast to
+        # the state's dtype rounds a tiny atol (harmless beside rtol > 0) to zero.
+        wide = torch.empty(y.shape, dtype=torch.float64, device=y.device)
+        rtol, atol = (per_element_tolerance(name, getattr(self, name), wide) for name in ("rtol", "atol"))
+        atols, rtols = torch.broadcast_tensors(
+            torch.as_tensor(atol, device=y.device), torch.as_tensor(rtol, device=y.device)
+        )
+        lone = atols[rtols == 0]
+        if lone.numel() and float(lone.min()) < tiny:
+            raise ValueError(self._too_small(float(lone.min()), y.dtype))
+        options = copy.copy(self)  # not replace(): the checks ran on the values above, uncast
+        for name, value in (("rtol", rtol), ("atol", atol)):
+            cast = value.to(y.dtype) if isinstance(value, Tensor) else value
+            object.__setattr__(options, name, cast)
+        return options
+
+    @staticmethod
+    def _too_small(atol: float, dtype: torch.dtype) -> str:
+        tiny = torch.finfo(dtype).tiny
+        return (
+            f"atol={atol:g} with rtol=0 is below what {dtype} holds as a normal number ({tiny:.3g}): "
+            "the scaled error would overflow; raise atol"
         )
 
     def __post_init__(self) -> None:

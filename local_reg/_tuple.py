@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
-from ._validate import active_autocast, real_number
+from ._validate import active_autocast, per_element_tolerance, real_number
 
 
 class TupleState:
@@ -65,8 +65,9 @@ class TupleState:
 
     def flatten_tolerance(self, name: str, tolerances: Sequence[object]) -> Tensor:
         """Per-component tolerances (one number, or a tensor broadcasting to its component's shape,
-        per tensor of ``y0``; torchdiffeq's tuple ``rtol``/``atol``) as one per-element tensor of
-        the flat state. Their values are checked as the solve's tolerances are."""
+        per tensor of ``y0``; torchdiffeq's tuple ``rtol``/``atol``, a list or a 1-D tensor) as one
+        per-element float64 tensor of the flat state (the solve casts it to the state's dtype after
+        checking the values, as it does a tensor's)."""
         if len(tolerances) != len(self.shapes):
             raise ValueError(
                 f"{name} as a sequence gives one tolerance per tensor of y0: it has {len(tolerances)} "
@@ -75,14 +76,10 @@ class TupleState:
         pieces = []
         for index, (value, shape) in enumerate(zip(tolerances, self.shapes, strict=True)):
             if not isinstance(value, Tensor):
-                value = torch.tensor(real_number(f"{name}[{index}]", value, "a float"), dtype=self.dtype)
-            try:
-                pieces.append(value.to(device=self.device, dtype=self.dtype).expand(shape).reshape(-1))
-            except RuntimeError:
-                raise ValueError(
-                    f"{name}[{index}] of shape {tuple(value.shape)} does not broadcast to y0[{index}]'s "
-                    f"shape {tuple(shape)}"
-                ) from None
+                value = torch.tensor(real_number(f"{name}[{index}]", value, "a float"), dtype=torch.float64)
+            like = torch.empty(shape, dtype=torch.float64, device=self.device)
+            what = f"y0[{index}]'s shape"
+            pieces.append(per_element_tolerance(f"{name}[{index}]", value, like, what=what).reshape(-1))
         return torch.cat(pieces)
 
     def unflatten(self, flat: Tensor) -> tuple[Tensor, ...]:
@@ -164,8 +161,10 @@ def accepts_tuple_states(solve: SolveFunction) -> SolveFunction:
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
         for name in ("rtol", "atol"):
-            if isinstance(options.get(name), (tuple, list)):
-                options[name] = state.flatten_tolerance(name, options[name])
+            value = options.get(name)
+            # torchdiffeq reads any sequence, a 1-D tensor too, as one tolerance per tensor of y0.
+            if isinstance(value, (tuple, list)) or (isinstance(value, Tensor) and value.dim() == 1):
+                options[name] = state.flatten_tolerance(name, list(value))
         solution = solve(TupleField(func, state), state.flatten(y0), t, **options)
         return replace(solution, ys=state.unflatten(solution.ys), layout=state.unflatten)
 

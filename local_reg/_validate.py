@@ -106,10 +106,12 @@ def tolerance(name: str, value: object, *, relative: bool) -> float | Tensor:
     return value
 
 
-def per_element_tolerance(name: str, value: float | Tensor, y: Tensor) -> float | Tensor:
+def per_element_tolerance(
+    name: str, value: float | Tensor, y: Tensor, *, what: str = "the state's shape"
+) -> float | Tensor:
     """``value`` unchanged if one number; a tensor of per-element tolerances broadcast to ``y``'s
-    shape (a ``ValueError`` naming ``name`` unless it broadcasts without growing ``y``), on ``y``'s
-    device and in its dtype."""
+    shape (a ``ValueError`` naming ``name`` and ``what`` that shape is unless it broadcasts without
+    growing ``y``), on ``y``'s device and in its dtype."""
     if not isinstance(value, Tensor):
         return value
     try:
@@ -118,7 +120,7 @@ def per_element_tolerance(name: str, value: float | Tensor, y: Tensor) -> float 
         shape = None
     if shape != y.shape:
         raise ValueError(
-            f"{name} of shape {tuple(value.shape)} does not broadcast to the state's shape {tuple(y.shape)}: "
+            f"{name} of shape {tuple(value.shape)} does not broadcast to {what} {tuple(y.shape)}: "
             "per-element tolerances need a shape that does"
         )
     return value.to(device=y.device, dtype=y.dtype).expand(y.shape).contiguous()
@@ -240,12 +242,11 @@ def check_times_distinct(
 
 
 def check_span(times: list[float], dtype: torch.dtype) -> None:
-    """A ``ValueError`` naming ``t`` if its span is within a factor 1000 of ``dtype``'s largest
-    value: a step's increments ``dt * a_ij`` (tableau coefficients up to ~50) would overflow the
-    state's dtype, which torch reports as a bare conversion error."""
+    """A ``ValueError`` naming ``t`` if its span exceeds ``dtype``'s largest value: a step that long
+    cannot enter the state's arithmetic, which torch reports as a bare conversion error."""
     span = abs(times[-1] - times[0])
     largest = torch.finfo(dtype).max
-    if span > largest / 1000:
+    if span > largest:
         raise ValueError(
             f"t spans {span:g}, too long for steps in {dtype} (the state's dtype, largest value "
             f"{largest:.3g}): rescale time"

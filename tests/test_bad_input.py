@@ -1417,8 +1417,8 @@ def test_a_non_finite_brownian_increment_is_named_not_blamed_on_the_state():
 @pytest.mark.parametrize(
     ("dtype", "atol", "match"),
     [
-        (torch.float32, 1e-50, r"atol=1e-50 is below what torch.float32 holds as a normal number"),
-        (torch.float64, 1e-310, r"atol=1e-310 is below what torch.float64 holds"),
+        (torch.float32, 1e-50, r"atol=1e-50 with rtol=0 is below what torch.float32 holds as a normal"),
+        (torch.float64, 1e-310, r"atol=1e-310 with rtol=0 is below what torch.float64 holds"),
         # A normal float64 atol whose scaled state overflows the norm.
         (torch.float64, 1e-300, r"tolerances are too small for this state \(raise atol\)"),
     ],
@@ -1428,12 +1428,38 @@ def test_an_absolute_tolerance_too_small_for_the_dtype_is_named(dtype, atol, mat
     with pytest.raises(ValueError, match=match):
         odeint(decay, torch.ones(2, dtype=dtype), [0.0, 1.0], rtol=0.0, atol=atol)
     with pytest.raises(ValueError, match="below what torch.float32 holds"):
-        sdeint(DiagonalSDE(), torch.ones(1, 2), [0.0, 1.0], atol=1e-50)
+        sdeint(DiagonalSDE(), torch.ones(1, 2), [0.0, 1.0], rtol=0.0, atol=1e-50)
+    # With rtol > 0 a tiny atol asks for a purely relative tolerance: rtol * |y| keeps the scale.
+    exact = math.exp(-1.0)
+    for tiny in (1e-40, 1e-300):
+        ys = odeint(decay, torch.ones(2, dtype=dtype), [0.0, 1.0], rtol=1e-6, atol=tiny).ys
+        assert float(ys[-1, 0]) == pytest.approx(exact, rel=1e-4)
+    per_element = torch.tensor([1e-310, 1e-8], dtype=torch.float64)
+    with pytest.raises(ValueError, match="atol=1e-310 with rtol=0"):
+        odeint(
+            decay,
+            torch.ones(2, dtype=torch.float64),
+            [0.0, 1.0],
+            rtol=torch.tensor([0.0, 1e-6]),
+            atol=per_element,
+        )
+    odeint(
+        decay,
+        torch.ones(2, dtype=torch.float64),
+        [0.0, 1.0],
+        rtol=torch.tensor([1e-6, 0.0]),
+        atol=per_element,
+    )
 
 
 @pytest.mark.parametrize("method", ["euler", "rk4", "tsit5"])
 def test_a_span_whose_steps_overflow_the_states_dtype_is_refused(method):
     # torch's "value cannot be converted to type float without overflow" from inside a step.
+    # A span the dtype holds is taken (its steps may still be limited, as any solve's).
+    zero = odeint(
+        lambda t, y: torch.zeros_like(y), torch.ones(2), torch.tensor([0.0, 1e36], dtype=torch.float64)
+    )
+    assert torch.equal(zero.ys[-1], torch.ones(2))
     with pytest.raises(ValueError, match=r"t spans 1e\+39, too long for steps in torch.float32"):
         odeint(
             decay,

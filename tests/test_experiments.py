@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import local_reg
 from local_reg.experiments import runner
@@ -125,6 +126,43 @@ def test_a_record_lacking_a_field_the_report_reads_is_named(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", "--out", str(tmp_path)]) == 2
     assert "lacks the field 'train_cpu_time' the report reads" in capsys.readouterr().err
+
+
+def test_a_failed_run_is_retried_from_its_last_checkpoint(tmp_path, monkeypatch):
+    task_type = type(REGISTRY["digits"])
+    original = task_type.training_loss
+    calls = []
+
+    def diverging_in_second_epoch(self, model, batch):
+        calls.append(1)
+        if len(calls) > 2:  # tiny digits: two iterations per epoch
+            raise local_reg.SolverError("step size underflow", t=0.5, n_steps=12)
+        return original(self, model, batch)
+
+    monkeypatch.setattr(task_type, "training_loss", diverging_in_second_epoch)
+    assert run(tmp_path, "digits", "--methods", "local-random", "--set", "epochs=2") == 3
+    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1
+    calls.clear()
+    monkeypatch.setattr(
+        task_type, "training_loss", lambda self, m, b: (calls.append(1), original(self, m, b))[1]
+    )
+    assert run(tmp_path, "digits", "--methods", "local-random", "--set", "epochs=2") == 0
+    assert len(calls) == 2  # only the second epoch was trained again
+    (record,) = ResultsFile(tmp_path).load()
+    assert record["iterations"] == 4
+
+
+def test_the_runner_adds_every_solver_blocks_penalty_but_a_plain_models_zero():
+    from torch import nn
+
+    class OwnBlock(nn.Module):  # a task's own solver block: stats and reg_loss, no penalty attribute
+        def __init__(self):
+            super().__init__()
+            self.stats, self.reg_loss = None, torch.tensor(0.1)
+
+    plain = local_reg.Regularized(lambda t, y: -y, adjoint_params=())
+    assert runner.regularization_loss(nn.Sequential(plain)) is None
+    assert float(runner.regularization_loss(nn.Sequential(plain, OwnBlock()))) == pytest.approx(0.1)
 
 
 def test_interrupted_run_continues_from_its_checkpoint(tmp_path, monkeypatch):

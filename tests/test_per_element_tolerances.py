@@ -181,3 +181,21 @@ def test_sdeint_takes_one_number_per_tolerance():
             TypeError, match=rf"{name} must be a (non-negative|positive) float: one real number"
         ):
             sdeint(Decay(), torch.ones(1, 2), torch.tensor([0.0, 1.0]), **{name: torch.full((2,), 1e-2)})
+
+
+def test_a_1d_tensor_is_one_tolerance_per_tensor_of_a_tuple_state_as_in_torchdiffeq():
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+
+    def field(t, state):
+        return -state[0], -2 * state[1]
+
+    state = (torch.ones(2, dtype=F64), torch.ones(1, dtype=F64))
+    atol = torch.tensor([1e-8, 1e20], dtype=F64)
+    ours = compat.odeint(field, state, T, rtol=1e-8, atol=atol)
+    listed = compat.odeint(field, state, T, rtol=1e-8, atol=[1e-8, 1e20])
+    theirs = torchdiffeq.odeint(field, state, T, rtol=1e-8, atol=atol)
+    assert all(torch.equal(a, b) for a, b in zip(ours, listed, strict=True))
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-6, atol=1e-7)
+    # A tiny atol beside rtol > 0 asks for a relative tolerance: taken, though float32 rounds it to 0.
+    ys = odeint(field, (torch.ones(2), torch.ones(1)), T, atol=[1e-50, 1e-6]).ys
+    torch.testing.assert_close(ys[0][-1], torch.full((2,), math.exp(-3.0)), rtol=1e-4, atol=0.0)

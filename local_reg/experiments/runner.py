@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from .._errors import SolverError
-from ..regularization import AdaptiveWeight, GradientRatio, LocalPenalty, RatioWeight
+from ..regularization import AdaptiveWeight, GradientRatio, LocalPenalty, RatioWeight, Regularized
 from ..regularization.local import default_fingerprint
 from . import distributed
 from .methods import DEFAULT_WEIGHT, METHODS, weight_text
@@ -208,12 +208,13 @@ def solver_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def regularization_loss(model: nn.Module) -> Tensor | None:
-    """Sum of the regularized solver blocks' ``reg_loss`` of the last forward pass (already
-    weighted); ``None`` without one (a plain model's zero would have its gradient ratio measured)."""
+    """Sum of the solver blocks' ``reg_loss`` of the last forward pass (already weighted), a plain
+    :class:`local_reg.Regularized`'s (always zero) left out; ``None`` without any (so a vanilla
+    model has no gradient ratio to measure: it recorded NaN)."""
     losses = [
         m.reg_loss
         for m in solver_blocks(model)
-        if getattr(m, "penalty", None) is not None and getattr(m, "reg_loss", None) is not None
+        if getattr(m, "reg_loss", None) is not None and not (isinstance(m, Regularized) and m.penalty is None)
     ]
     return torch.stack(losses).sum() if losses else None
 
