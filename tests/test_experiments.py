@@ -128,30 +128,6 @@ def test_a_record_lacking_a_field_the_report_reads_is_named(tmp_path, capsys):
     assert "lacks the field 'train_cpu_time' the report reads" in capsys.readouterr().err
 
 
-def test_a_failed_run_is_retried_from_its_last_checkpoint(tmp_path, monkeypatch):
-    task_type = type(REGISTRY["digits"])
-    original = task_type.training_loss
-    calls = []
-
-    def diverging_in_second_epoch(self, model, batch):
-        calls.append(1)
-        if len(calls) > 2:  # tiny digits: two iterations per epoch
-            raise local_reg.SolverError("step size underflow", t=0.5, n_steps=12)
-        return original(self, model, batch)
-
-    monkeypatch.setattr(task_type, "training_loss", diverging_in_second_epoch)
-    assert run(tmp_path, "digits", "--methods", "local-random", "--set", "epochs=2") == 3
-    assert len(list((tmp_path / "checkpoints").glob("*.pt"))) == 1
-    calls.clear()
-    monkeypatch.setattr(
-        task_type, "training_loss", lambda self, m, b: (calls.append(1), original(self, m, b))[1]
-    )
-    assert run(tmp_path, "digits", "--methods", "local-random", "--set", "epochs=2") == 0
-    assert len(calls) == 2  # only the second epoch was trained again
-    (record,) = ResultsFile(tmp_path).load()
-    assert record["iterations"] == 4
-
-
 def test_the_runner_adds_every_solver_blocks_penalty_but_a_plain_models_zero():
     from torch import nn
 
@@ -165,19 +141,26 @@ def test_the_runner_adds_every_solver_blocks_penalty_but_a_plain_models_zero():
     assert float(runner.regularization_loss(nn.Sequential(plain, OwnBlock()))) == pytest.approx(0.1)
 
 
-def test_interrupted_run_continues_from_its_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("stop", "code"),
+    [(KeyboardInterrupt(), 130), (local_reg.SolverError("step size underflow", t=0.5, n_steps=12), 3)],
+    ids=["interrupted", "solver-failed"],
+)
+def test_a_stopped_run_continues_from_its_checkpoint(stop, code, tmp_path, monkeypatch):
+    """Ctrl-C (exit 130) or a run whose solver failed (exit 3, the sweep going on without it): the
+    same command again trains only what the checkpoint lacks."""
     task_type = type(REGISTRY["digits"])
     original = task_type.training_loss
     calls = []
 
-    def interrupted_in_second_epoch(self, model, batch):
+    def stopped_in_second_epoch(self, model, batch):
         calls.append(1)
         if len(calls) > 2:  # tiny digits: 64 samples in batches of 32, two iterations per epoch
-            raise KeyboardInterrupt
+            raise stop
         return original(self, model, batch)
 
-    monkeypatch.setattr(task_type, "training_loss", interrupted_in_second_epoch)
-    assert run(tmp_path, "digits", "--methods", "local-random", "--set", "epochs=2") == 130
+    monkeypatch.setattr(task_type, "training_loss", stopped_in_second_epoch)
+    assert run(tmp_path, "digits", "--methods", "local-random", "--set", "epochs=2") == code
     checkpoints = list((tmp_path / "checkpoints").glob("*.pt"))
     assert len(checkpoints) == 1 and not (tmp_path / "results.jsonl").exists()
 
