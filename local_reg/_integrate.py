@@ -129,8 +129,9 @@ class SolveOptions:
             return self
         # Broadcast in float64 first: the floor is checked on the values given, before the cast to
         # the state's dtype rounds a tiny atol (harmless beside rtol > 0) to zero.
-        wide = torch.empty(y.shape, dtype=torch.float64, device=y.device)
-        rtol, atol = (per_element_tolerance(name, getattr(self, name), wide) for name in ("rtol", "atol"))
+        rtol, atol = (
+            per_element_tolerance(name, getattr(self, name), y.shape, y.device) for name in ("rtol", "atol")
+        )
         atols, rtols = torch.broadcast_tensors(
             torch.as_tensor(atol, device=y.device), torch.as_tensor(rtol, device=y.device)
         )

@@ -77,9 +77,10 @@ class TupleState:
         for index, (value, shape) in enumerate(zip(tolerances, self.shapes, strict=True)):
             if not isinstance(value, Tensor):
                 value = torch.tensor(real_number(f"{name}[{index}]", value, "a float"), dtype=torch.float64)
-            like = torch.empty(shape, dtype=torch.float64, device=self.device)
             what = f"y0[{index}]'s shape"
-            pieces.append(per_element_tolerance(f"{name}[{index}]", value, like, what=what).reshape(-1))
+            pieces.append(
+                per_element_tolerance(f"{name}[{index}]", value, shape, self.device, what=what).reshape(-1)
+            )
         return torch.cat(pieces)
 
     def unflatten(self, flat: Tensor) -> tuple[Tensor, ...]:

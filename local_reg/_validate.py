@@ -107,23 +107,28 @@ def tolerance(name: str, value: object, *, relative: bool) -> float | Tensor:
 
 
 def per_element_tolerance(
-    name: str, value: float | Tensor, y: Tensor, *, what: str = "the state's shape"
+    name: str,
+    value: float | Tensor,
+    shape: torch.Size,
+    device: torch.device,
+    *,
+    what: str = "the state's shape",
 ) -> float | Tensor:
-    """``value`` unchanged if one number; a tensor of per-element tolerances broadcast to ``y``'s
-    shape (a ``ValueError`` naming ``name`` and ``what`` that shape is unless it broadcasts without
-    growing ``y``), on ``y``'s device and in its dtype."""
+    """``value`` unchanged if one number; a tensor of per-element tolerances broadcast to ``shape``
+    (a ``ValueError`` naming ``name`` and ``what`` that shape is unless it broadcasts without
+    growing it) in float64 on ``device`` (the solve casts it to the state's dtype)."""
     if not isinstance(value, Tensor):
         return value
     try:
-        shape = torch.broadcast_shapes(value.shape, y.shape)
+        broadcast = torch.broadcast_shapes(value.shape, shape)
     except RuntimeError:
-        shape = None
-    if shape != y.shape:
+        broadcast = None
+    if broadcast != shape:
         raise ValueError(
-            f"{name} of shape {tuple(value.shape)} does not broadcast to {what} {tuple(y.shape)}: "
+            f"{name} of shape {tuple(value.shape)} does not broadcast to {what} {tuple(shape)}: "
             "per-element tolerances need a shape that does"
         )
-    return value.to(device=y.device, dtype=y.dtype).expand(y.shape).contiguous()
+    return value.to(device=device, dtype=torch.float64).expand(shape).contiguous()
 
 
 def check_generator(generator: object) -> None:
