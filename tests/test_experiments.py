@@ -65,6 +65,8 @@ def test_task_writes_results_table_and_plots(task, tmp_path, capsys):
     assert records[0]["history"]["grad_ratio"] == [] and records[1]["history"]["grad_ratio"]
     table = capsys.readouterr().out
     assert "| method |" in table and "NFE / vanilla" in table
+    better = "↑" if REGISTRY[task].higher_is_better else "↓"
+    assert f"| test {REGISTRY[task].metric}" in table and f"{better} |" in table
 
 
 def test_biased_and_global_methods_run(tmp_path):

@@ -142,6 +142,9 @@ def _columns(group: Group, timing: str) -> list[tuple[str, str, float]]:
     """(header, record path, scale) of the per-seed columns."""
     metric = group.metric
     scale, unit = (100.0, " (%)") if metric in _PERCENT_METRICS else (1.0, "")
+    # Which way is better, as the task records it (accuracy up, mse and mae down).
+    higher = group.records[0].get("higher_is_better")
+    unit += "" if higher is None else " ↑" if higher else " ↓"
     return [
         (f"train {metric}{unit}", f"train.{metric}", scale),
         (f"test {metric}{unit}", f"test.{metric}", scale),
