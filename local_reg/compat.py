@@ -193,11 +193,12 @@ def _max_steps(max_num_steps: object, where: str, t: Tensor) -> int:
     return n_steps * max(1, len(t) - 1)
 
 
-def _per_interval_limit(max_num_steps: int, t: Tensor, callbacks: StepCallbacks | None) -> StepCallbacks:
+def _per_interval_limit(
+    max_num_steps: int, times: list[float], callbacks: StepCallbacks | None
+) -> StepCallbacks:
     """``callbacks`` with a step callback that raises a :class:`SolverError` at the attempted step
     past ``max_num_steps`` since the solve passed its last output time, as torchdiffeq's solver stops
     (it counts the steps of each output interval afresh; one step may pass several output times)."""
-    times = torch.as_tensor(t, dtype=torch.float64).detach().tolist()
     direction = 1.0 if times[-1] >= times[0] else -1.0
     given = callbacks.step if callbacks is not None else None
     position = {"next": 1, "in_interval": 0, "total": 0}
@@ -317,7 +318,9 @@ def _solve(
     if "max_num_steps" in opts:
         # The per-interval count stops the solve first; the whole-solve cap only backs it up.
         kwargs["max_steps"] = _max_steps(opts["max_num_steps"], "options", t) + 1
-        kwargs["callbacks"] = _per_interval_limit(opts.pop("max_num_steps"), t, kwargs["callbacks"])
+        # An event's t (two times, the second a direction) is not checked above: read it as given.
+        ends = times if times is not None else torch.as_tensor(t, dtype=torch.float64).detach().tolist()
+        kwargs["callbacks"] = _per_interval_limit(opts.pop("max_num_steps"), ends, kwargs["callbacks"])
     elif step_size is not None and events:
         kwargs["max_steps"] = _FIXED_GRID_EVENT_STEPS
     elif step_size is not None:
