@@ -4,10 +4,10 @@
 #
 #   PY=/path/to/python benchmarks/device_check.sh [OUT]     (OUT defaults to $OUT, else results/device)
 #
-# PY must have a CUDA build of torch==2.13.0 and local_reg[dev] installed (DEVICE=cpu checks the
-# script itself on a machine without a GPU). Each step has its own
-# time limit, so that the whole fits in about 10 minutes; a step that fails or runs out of time is
-# recorded in summary.txt and the next one still runs.
+# PY must have a CUDA build of torch and local_reg[dev] installed (DEVICE=cpu checks the script
+# itself on a machine without a GPU). Each step has its own time limit, so that the whole fits in
+# under 10 minutes; a step that fails or runs out of time is recorded in summary.txt and the next
+# one still runs. The CUDA tests come first, the whole suite (mostly CPU tests) last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-${OUT:-results/device}}")
@@ -25,11 +25,15 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND with a time limit, its out
 
 : >"$out/summary.txt"
 step device 30 bash -c "nvidia-smi; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available())'"
-step tests 300 "$PY" -m pytest -q -n 8 tests
+# Every public path on the GPU against the CPU (tests/test_cuda.py) and the bad-input checks' CUDA cases.
+step "tests_$DEVICE" 120 env LOCAL_REG_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -rA -n 4 tests/test_cuda.py \
+    tests/test_bad_input.py -k "test_cuda or $DEVICE"
 cd benchmarks
 # The neural-ODE throughput against torchdiffeq and torchode, every gradient method: small and large batch.
-step "peers_throughput_${DEVICE}_b128" 90 "$PY" peers.py --throughput --device "$DEVICE" --rounds 5 --batch 128
-step "peers_throughput_${DEVICE}_b4096" 90 "$PY" peers.py --throughput --device "$DEVICE" --rounds 5 --batch 4096
+step "peers_throughput_${DEVICE}_b128" 75 "$PY" peers.py --throughput --device "$DEVICE" --rounds 5 --batch 128
+step "peers_throughput_${DEVICE}_b4096" 75 "$PY" peers.py --throughput --device "$DEVICE" --rounds 5 --batch 4096
 # The compiled step, eager and with CUDA graphs ("reduce-overhead").
-step "compiled_$DEVICE" 150 "$PY" compiled.py --device "$DEVICE" --rounds 5
+step "compiled_$DEVICE" 120 "$PY" compiled.py --device "$DEVICE" --rounds 5
+cd ..
+step tests 150 "$PY" -m pytest -q -n "$(($(nproc) - 2))" tests
 cat "$out/summary.txt"
