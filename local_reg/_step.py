@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -261,20 +262,58 @@ def _tensor_time_step(
     return result
 
 
-_COMPILED_STEPS: dict[tuple[tuple[str, str], ...], Callable[..., Any]] = {}
+class CompiledStep:
+    """:func:`_tensor_time_step` compiled by ``torch.compile(**options)``.
+
+    Where the compiler cannot build the step for a state's dtype and device (an error of Inductor's
+    or Triton's code generation, which torch raises as ``BackendCompilerFailed``), that dtype and
+    device step eagerly from then on, in this solve and later ones, after one ``RuntimeWarning``:
+    the eager step computes the same, and retrying would pay the failed compilation again on every
+    step. Errors of ``func`` itself are not caught. A failure to compile the backward graph, which
+    torch builds at the first ``backward()``, surfaces there."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.function = torch.compile(_tensor_time_step, **options)
+        self.failed: set[tuple[torch.dtype, str]] = set()
+
+    def try_step(self, y: Tensor, *arguments: Any) -> StepResult | None:
+        """The compiled step's result, or ``None`` where it cannot be built for ``y``."""
+        where = (y.dtype, y.device.type)
+        if where in self.failed:
+            return None
+        try:
+            return self.function(*arguments)
+        except torch._dynamo.exc.BackendCompilerFailed as error:
+            self.failed.add(where)
+            # The compiler's own error (a worker's traceback ends with it), not torch's wrapper.
+            cause = getattr(error, "inner_exception", None) or error
+            lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+            reason = f"{type(cause).__name__}: {lines[-1]}" if lines else type(cause).__name__
+            warnings.warn(
+                f"torch.compile could not build the step for {y.dtype} on {y.device.type} "
+                f"({reason}); these steps run eagerly (the same arithmetic). "
+                "compile=False avoids the attempt; another backend may build it, e.g. "
+                'compile={"backend": "aot_eager"}',
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
 
 
-def compiled_step(options: dict[str, Any]) -> Callable[..., Any]:
-    """:func:`_tensor_time_step` compiled by ``torch.compile(**options)``, made once per set of
-    options (torch caches the graphs per vector field, tableau and shapes). The options are told
-    apart by their ``repr`` (inductor's ``options`` dict cannot be hashed), a callable backend by
-    its identity: two backends may print alike (the cache keeps each alive, so no id is reused)."""
+_COMPILED_STEPS: dict[tuple[tuple[str, str], ...], CompiledStep] = {}
+
+
+def compiled_step(options: dict[str, Any]) -> CompiledStep:
+    """The :class:`CompiledStep` of ``options``, made once per set of options (torch caches the
+    graphs per vector field, tableau and shapes). The options are told apart by their ``repr``
+    (inductor's ``options`` dict cannot be hashed), a callable backend by its identity: two
+    backends may print alike (the cache keeps each alive, so no id is reused)."""
     key = tuple(
         (name, f"callable {id(value)}" if callable(value) else repr(value))
         for name, value in sorted(options.items())
     )
     if key not in _COMPILED_STEPS:
-        _COMPILED_STEPS[key] = torch.compile(_tensor_time_step, **options)
+        _COMPILED_STEPS[key] = CompiledStep(options)
     return _COMPILED_STEPS[key]
 
 
@@ -359,7 +398,7 @@ class RKStepper(Stepper[Tensor | None]):
     FSAL stage of the last accepted step (or ``f(t0, y0)``), kept across a rejection. ``func`` gets
     its time argument in ``time_dtype`` (default the state's dtype). With ``compile_options`` each
     attempt runs :func:`compiled_step` instead: the same arithmetic, compiled with those
-    ``torch.compile`` keywords."""
+    ``torch.compile`` keywords (eager where the compiler cannot build it, :class:`CompiledStep`)."""
 
     failure = "non-finite state or derivative"
 
@@ -418,7 +457,8 @@ class RKStepper(Stepper[Tensor | None]):
         if self.compiled is not None:
             t_tensor, dt_tensor = torch.tensor([t, dt], dtype=torch.float64, device=y.device).unbind()
             time_dtype = y.dtype if self.time_dtype is None else self.time_dtype
-            return self.compiled(
+            result = self.compiled.try_step(
+                y,
                 self.func,
                 t_tensor,
                 dt_tensor,
@@ -430,6 +470,8 @@ class RKStepper(Stepper[Tensor | None]):
                 self.norm,
                 time_dtype,
             )
+            if result is not None:
+                return result
         return step(
             self.func,
             t,

@@ -7,6 +7,7 @@ default one but skips code generation (fast); one case runs the default backend 
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -197,3 +198,43 @@ def test_a_regularized_model_compiles_its_main_solve_through_options():
     assert torch.allclose(reg_loss, compiled_reg_loss, rtol=1e-9)
     for reference, value in zip(grads, compiled_grads, strict=True):
         assert torch.allclose(reference, value, rtol=1e-9, atol=1e-12)
+
+
+def test_a_step_the_compiler_cannot_build_runs_eagerly_after_one_warning():
+    """A code-generation failure (torch's ``BackendCompilerFailed``, as Triton raised for a float32
+    step on one GPU) costs one warning, not the solve; the steps are the eager ones, and later solves
+    of that dtype and device do not try again. Another dtype still compiles."""
+
+    class FailsForFloat32:
+        def __init__(self) -> None:
+            self.builds = {torch.float32: 0, torch.float64: 0}
+
+        def __call__(self, graph, inputs):
+            dtype = (
+                torch.float32
+                if any(getattr(x, "dtype", None) == torch.float32 for x in inputs)
+                else torch.float64
+            )
+            self.builds[dtype] += 1
+            if dtype == torch.float32:
+                raise RuntimeError("PassManager::run failed")
+            return graph
+
+    backend = FailsForFloat32()
+    y0 = torch.tensor([2.0, 0.0])
+    eager = odeint(van_der_pol, y0, [0.0, 1.0, 2.0])
+    with pytest.warns(
+        RuntimeWarning, match=r"could not build the step for torch.float32 on cpu .*PassManager"
+    ):
+        first = odeint(van_der_pol, y0, [0.0, 1.0, 2.0], compile={"backend": backend})
+    assert backend.builds == {torch.float32: 1, torch.float64: 0}
+    assert torch.equal(first.ys, eager.ys) and first.stats.nfe == eager.stats.nfe
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = odeint(van_der_pol, 2 * y0, [0.0, 1.0], compile={"backend": backend})
+        double = odeint(van_der_pol, y0.double(), [0.0, 1.0], compile={"backend": backend})
+    assert backend.builds[torch.float32] == 1 and backend.builds[torch.float64] >= 1
+    torch.testing.assert_close(again.ys, odeint(van_der_pol, 2 * y0, [0.0, 1.0]).ys, rtol=0, atol=0)
+    torch.testing.assert_close(
+        double.ys, odeint(van_der_pol, y0.double(), [0.0, 1.0]).ys, rtol=1e-12, atol=1e-13
+    )

@@ -292,7 +292,11 @@ def test_regularized_module_on_the_device_computes_what_it_computes_on_the_cpu(n
     cpu_loss, cpu_reg, cpu_gradients = regularized_loss_and_gradients(make, torch.device("cpu"))
     device_loss, device_reg, device_gradients = regularized_loss_and_gradients(make, DEVICE)
     assert name == "steer" or float(cpu_reg.detach()) > 0  # steer perturbs the end time instead
-    rtol = 1e-5 if "adjoint" in name else 1e-8
+    # The error estimate is a difference of stage values that cancels down to the tolerance's size:
+    # rounding differences of 1e-16 between the devices' kernels move it by about 1e-7 relative (on
+    # the CPU alone a relative change of 1e-15 in the weights moves these penalties by 1e-7), so the
+    # penalties built on it, like the backsolve adjoint's gradients, agree to 1e-5; the others to 1e-8.
+    rtol = 1e-5 if "adjoint" in name or name in ("local-paper-probe", "global") else 1e-8
     assert_same(device_loss, cpu_loss, rtol=1e-9)
     assert_same(device_reg, cpu_reg, rtol=rtol)
     for device_gradient, cpu_gradient in zip(device_gradients, cpu_gradients, strict=True):
