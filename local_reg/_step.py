@@ -7,11 +7,11 @@ construction, the one the solver uses to accept or reject steps.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,7 +27,7 @@ from .tableaus import ButcherTableau
 VectorField = Callable[[Tensor, Tensor], Tensor]
 
 
-@dataclass
+@dataclasses.dataclass
 class StepResult:
     """What one step computed.
 
@@ -275,6 +275,10 @@ class CompiledStep:
     def __init__(self, options: dict[str, Any]) -> None:
         self.function = torch.compile(_tensor_time_step, **options)
         self.failed: set[tuple[torch.dtype, str]] = set()
+        inductor = options.get("options") or {}
+        self.replays_cuda_graphs = options.get("mode") in ("reduce-overhead", "max-autotune") or bool(
+            inductor.get("triton.cudagraphs")
+        )
 
     def try_step(self, y: Tensor, *arguments: Any) -> StepResult | None:
         """The compiled step's result, or ``None`` where it cannot be built for ``y``."""
@@ -282,7 +286,7 @@ class CompiledStep:
         if where in self.failed:
             return None
         try:
-            return self.function(*arguments)
+            result = self.function(*arguments)
         except torch._dynamo.exc.BackendCompilerFailed as error:
             self.failed.add(where)
             # The compiler's own error (a worker's traceback ends with it), not torch's wrapper.
@@ -298,6 +302,24 @@ class CompiledStep:
                 stacklevel=2,
             )
             return None
+        if self.replays_cuda_graphs and y.is_cuda:
+            # A CUDA graph's replay writes its outputs into the memory of the last replay's, which the
+            # loop still holds (the state, the FSAL stage, dense output's stages): they are copied.
+            result = _copied(result)
+        return result
+
+
+def _copied(result: StepResult) -> StepResult:
+    """``result`` with each of its tensors cloned (differentiably)."""
+    stiffness = result.stiffness.clone() if isinstance(result.stiffness, Tensor) else result.stiffness
+    return dataclasses.replace(
+        result,
+        y1=result.y1.clone(),
+        error_estimate=None if result.error_estimate is None else result.error_estimate.clone(),
+        stiffness=stiffness,
+        stages=tuple(stage.clone() for stage in result.stages),
+        error_check=None if result.error_check is None else result.error_check.clone(),
+    )
 
 
 _COMPILED_STEPS: dict[tuple[tuple[str, str], ...], CompiledStep] = {}
