@@ -50,14 +50,15 @@ class DenseOutput:
         # it alone would differentiate as the identity, a silently wrong gradient.
         self.states.append(y if torch.is_grad_enabled() else y.detach())
 
-    def _at_span_ends(self, values: list[float], relative_rounding: float) -> list[float]:
-        """``values`` with those within ``relative_rounding`` of a span end moved onto it: a time
-        read from a tensor narrower than float64 (the solution's own float32 ``ts``) is the span
-        end rounded, which lies outside the span as often as inside it."""
+    def _at_span_ends(self, values: list[float], dtype: torch.dtype | None) -> list[float]:
+        """``values`` with each that equals a span end rounded to ``dtype`` (a tensor's dtype
+        narrower than float64) moved onto that end: the solution's own float32 ``ts`` hold the span
+        ends rounded, which lie outside the span as often as inside it. Other times stay as given."""
+        if dtype is None:
+            return values
         ends = (self.t[0], self.t_end) if self.t else (self.t0,)
-        return [
-            next((end for end in ends if abs(v - end) <= relative_rounding * abs(end)), v) for v in values
-        ]
+        rounded = {float(torch.tensor(end, dtype=dtype)): end for end in ends}
+        return [rounded.get(v, v) for v in values]
 
     def _locate(self, t: float, keys: list[float]) -> int:
         """The index of the step whose dense output gives ``t``, or ``-1 - index`` if ``t`` is the
@@ -86,16 +87,16 @@ class DenseOutput:
                 raise TypeError(f"t must be a real tensor, got dtype {t.dtype}")
             values = [float(v) for v in t.detach().reshape(-1).tolist()]
             narrow = t.is_floating_point() and torch.finfo(t.dtype).bits < 64
-            relative_rounding = torch.finfo(t.dtype).eps if narrow else 0.0
+            rounded_to = t.dtype if narrow else None
         elif isinstance(t, bool) or not isinstance(t, (int, float)):
             raise TypeError(f"t must be a float or a tensor of times, got {type(t).__name__}")
         else:
-            values, relative_rounding = [float(t)], 0.0
+            values, rounded_to = [float(t)], None
         if not all(math.isfinite(v) for v in values):
             raise ValueError("t must be finite")
         if not values:
             return self.states[0].new_empty((0, *self.states[0].shape))
-        values = self._at_span_ends(values, relative_rounding)
+        values = self._at_span_ends(values, rounded_to)
         if not self.t:
             for v in values:
                 if v != self.t0:

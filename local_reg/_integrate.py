@@ -436,15 +436,18 @@ def integrate(
                 log.error_estimate.append(math.nan if error_estimate is None else error_estimate)
                 if stepper.has_stiffness:
                     log.stiffness_estimate.append(result.stiffness_estimate.detach())
+                # The caller may refill y0's memory after the solve (a reused buffer): the records
+                # that outlive it keep their own copy.
+                kept = y.clone() if y is y0 and (log.states, keep_state, log.dense) != (None,) * 3 else y
                 if log.states is not None:
-                    log.states.append(y.detach())
+                    log.states.append(kept.detach())
                 if keep_state is not None:
-                    keep_state(y.detach())
+                    keep_state(kept.detach())
                 if step_penalty is not None:
                     penalties.append(step_penalty(result, dt))
                 accepted_step = AcceptedStep(stepper, result, t, step_dt, y, t_next, stats)
                 if log.dense is not None:
-                    log.dense.add_step(t, step_dt, t_next, y, accepted_step.stages)
+                    log.dense.add_step(t, step_dt, t_next, kept, accepted_step.stages)
                 if interpolate:
                     inside = []
                     while next_output < len(times) - 1 and direction * (times[next_output] - t_next) < 0:
@@ -495,7 +498,7 @@ def integrate(
     if stop is not None and log.stop_time is None:
         raise SolverError(STOP_NEVER_HELD, t=t, n_steps=stats.n_steps)
     if log.dense is not None:
-        log.dense.add_state(y)
+        log.dense.add_state(y.clone() if y is y0 else y)
     return outputs, stats, log.to_steps(stepper.has_stiffness), penalties
 
 

@@ -29,7 +29,7 @@ from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
 from ._step import rms_norm
 from ._tuple import TupleState
-from ._validate import Tolerance, positive_float, positive_int, validate_times
+from ._validate import Tolerance, finite_float, positive_float, positive_int, validate_times
 from .controller import PIController
 from .gradients import BacksolveAdjoint, Direct, GradientMethod, Symplectic
 from .tableaus import TABLEAUS, ButcherTableau
@@ -303,6 +303,12 @@ def _solve(
     if step_size is None and not tableau.adaptive:
         if events:
             raise ValueError(f"event_fn with the fixed-step method {method!r} needs options['step_size']")
+        if dense:
+            # Its one interval is the whole span: one step, interpolated.
+            raise ValueError(
+                f"odeint_dense with the fixed-step method {method!r} needs options['step_size'] "
+                "(without it the whole span is one step)"
+            )
         step_size = _one_step_per_interval(times)
     kwargs: dict[str, Any] = {
         "method": tableau,
@@ -504,16 +510,21 @@ def odeint_dense(
     torchdiffeq's ``odeint_dense``: ``dense_output_fn(t)`` is the state at any ``t`` in the span (a
     float or a 0-dim tensor; a 1-D tensor of times gives the states stacked), read from the
     method's interpolant (:meth:`local_reg.Solution.evaluate`). torchdiffeq takes only ``dopri5``
-    and a tensor ``y0``; here every method and a tuple ``y0`` work. Differentiable w.r.t. ``y0`` and
-    the parameters, not w.r.t. ``t``."""
-    ends = []
+    and a tensor ``y0``; here every method (a fixed-step one with ``options['step_size']``) and a
+    tuple ``y0`` work. Differentiable w.r.t. ``y0``, the parameters and a ``t0`` or ``t1`` that
+    requires grad (torchdiffeq's gives no gradient to them); the function's own ``t`` takes none."""
+    ends, values = [], []
     for name, end in (("t0", t0), ("t1", t1)):
-        end = torch.as_tensor(end, dtype=torch.float64).detach()
-        if end.numel() != 1:
-            raise ValueError(
-                f"{name} must be one time (a float or a one-element tensor), got shape {tuple(end.shape)}"
-            )
-        ends.append(end.reshape(()))
+        if isinstance(end, Tensor):
+            if end.numel() != 1:
+                raise ValueError(
+                    f"{name} must be one time (a float or a one-element tensor), got shape {tuple(end.shape)}"
+                )
+            end = end.reshape(())
+        values.append(finite_float(name, end))
+        ends.append(torch.as_tensor(end, dtype=torch.float64))
+    if values[0] == values[1]:
+        raise ValueError(f"t1 must differ from t0, got t0 = t1 = {values[0]}")
     times = torch.stack(ends)
     return _solve(func, y0, times, rtol, atol, method, options, None, Direct(), None, dense=True)
 

@@ -124,6 +124,11 @@ class Solution:
         output times ``t`` do get gradients)."""
         dense = self.steps.dense_output
         if dense is None:
+            if self.stats.nfe_diffusion > 0:  # an sdeint solve
+                raise ValueError(
+                    "evaluate needs dense output, which sdeint does not keep (docs/sde.md): pass the "
+                    "times to sdeint's t"
+                )
             raise ValueError("evaluate needs the step records: solve with odeint(..., dense=True)")
         if isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled():
             raise ValueError(

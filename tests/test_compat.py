@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 
 import pytest
@@ -537,3 +538,45 @@ def test_a_fixed_grid_with_times_requiring_grad_warns_of_nothing(options):
         )
     ys.sum().backward()
     assert t.grad is not None and torch.isfinite(t.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error", "match"),
+    [
+        ("t0", "0", TypeError, "t0 must be a float, got str"),
+        ("t0", None, TypeError, "t0 must be a float, got NoneType"),
+        ("t0", True, TypeError, "t0 must be a float, got bool"),
+        ("t0", torch.tensor(1 + 1j), TypeError, "t0 must be a float.*complex64"),
+        ("t1", torch.tensor(True), TypeError, "t1 must be a float.*bool"),
+        ("t0", math.nan, ValueError, "t0 must be finite"),
+        ("t1", math.inf, ValueError, "t1 must be finite"),
+        ("t1", 0.0, ValueError, "t1 must differ from t0"),
+        ("t0", torch.zeros(2), ValueError, "t0 must be one time"),
+    ],
+)
+def test_odeint_dense_names_a_bad_t0_or_t1(name, value, error, match):
+    ends = {"t0": 0.0, "t1": 1.0, name: value}
+    with pytest.raises(error, match=match):
+        compat.odeint_dense(lambda t, y: -y, torch.ones(1, dtype=torch.float64), ends["t0"], ends["t1"])
+
+
+def test_odeint_dense_differentiates_w_r_t_t0_and_needs_a_step_size_for_a_fixed_grid():
+    """``y(t) = y0 exp(-(t - t0))``: ``dy(t)/dt0 = y(t)`` (torchdiffeq's gives ``t0`` no gradient).
+    A fixed-step method without ``step_size`` would take the whole span as one step: refused."""
+    t0 = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    y0 = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    value = compat.odeint_dense(lambda t, y: -y, y0, t0, 2.0, rtol=1e-10, atol=1e-12)(0.5)
+    value.sum().backward()
+    assert float(t0.grad) == pytest.approx(math.exp(-0.5), rel=1e-8)
+    assert float(y0.grad) == pytest.approx(math.exp(-0.5), rel=1e-8)
+    with pytest.raises(ValueError, match=r"fixed-step method 'rk4' needs options\['step_size'\]"):
+        compat.odeint_dense(lambda t, y: -y, torch.ones(1, dtype=torch.float64), 0.0, 2.0, method="rk4")
+    grid = compat.odeint_dense(
+        lambda t, y: -y,
+        torch.ones(1, dtype=torch.float64),
+        0.0,
+        2.0,
+        method="rk4",
+        options={"step_size": 0.01},
+    )
+    assert float(grid(1.0)) == pytest.approx(math.exp(-1.0), rel=1e-8)

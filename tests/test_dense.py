@@ -463,3 +463,58 @@ def test_evaluate_of_a_tuple_state_is_a_tuple():
     # s(t) = 3 (1 - exp(-t)) for y0 = (1, 2).
     _, s_half = solution.evaluate(0.5)
     assert abs(float(s_half) - 3.0 * (1.0 - math.exp(-0.5))) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("dtype", "inside"),
+    [(torch.bfloat16, 1 - 2.0**-7), (torch.float16, 1 - 2.0**-11), (torch.float32, 1 - 2.0**-24)],
+)
+def test_evaluate_takes_a_narrow_time_inside_the_span_as_given(dtype, inside):
+    """Only a time equal to a span end rounded to its dtype is that end; the float just inside the
+    end (exactly representable) is evaluated there, as its float64 value is: ``exp(-t)``."""
+    solution = odeint(
+        lambda t, y: -y, torch.ones(1, dtype=DTYPE), [0.0, 1.0], rtol=1e-10, atol=1e-12, dense=True
+    )
+    t = torch.tensor(inside, dtype=dtype)
+    assert float(t) == inside < 1.0
+    torch.testing.assert_close(solution.evaluate(t), solution.evaluate(inside), rtol=0, atol=0)
+    assert float(solution.evaluate(t)) == pytest.approx(math.exp(-inside), rel=1e-9)
+    assert float(solution.evaluate(t)) != pytest.approx(math.exp(-1.0), rel=1e-9)
+
+
+def test_the_step_records_keep_their_own_copy_of_y0():
+    """A caller that refills ``y0``'s memory after the solve (a reused buffer) changes neither the
+    dense output nor the recorded states: they are the solve's, ``exp(-t)``."""
+    y0 = torch.ones(1, dtype=DTYPE)
+    solution = odeint(lambda t, y: -y, y0, [0.0, 1.0], rtol=1e-10, atol=1e-12, dense=True, record_states=True)
+    first_end = solution.steps.t[0] + solution.steps.dt[0]
+    before = (solution.evaluate(0.0), solution.evaluate(first_end / 2), solution.steps.states[0])
+    y0.fill_(5.0)
+    after = (solution.evaluate(0.0), solution.evaluate(first_end / 2), solution.steps.states[0])
+    for was, now in zip(before, after, strict=True):
+        torch.testing.assert_close(now, was, rtol=0, atol=0)
+    assert float(after[1]) == pytest.approx(math.exp(-first_end / 2), rel=1e-9)
+    # A solve of one time, which takes no step, too.
+    y0 = torch.ones(1, dtype=DTYPE)
+    single = odeint(lambda t, y: -y, y0, [0.5], dense=True)
+    y0.fill_(5.0)
+    assert float(single.evaluate(0.5)) == 1.0
+
+
+def test_evaluate_of_an_sde_solution_says_sdeint_keeps_no_dense_output():
+    from local_reg import sdeint
+
+    class Decay(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return 0.1 * y
+
+    solution = sdeint(
+        Decay(), torch.ones(2, 1, dtype=DTYPE), [0.0, 1.0], generator=torch.Generator().manual_seed(0)
+    )
+    with pytest.raises(ValueError, match="sdeint does not keep"):
+        solution.evaluate(0.5)
