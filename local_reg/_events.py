@@ -5,8 +5,9 @@ The solve is one run of the one loop (:func:`local_reg._integrate.integrate`) wi
 end; on the first step where it has changed sign, the event time is located inside the step on the
 step's dense output (:mod:`local_reg.interpolants`) by the Illinois variant of regula falsi,
 safeguarded by bisection, to ``4 eps |dt|`` of the step in the state's dtype and no finer than the
-times ``event_fn`` gets (five or six evaluations of
-``event_fn`` on smooth problems, ``benchmarks/events.py``), and the solve ends there. Several entries
+times ``event_fn`` gets (5--18 evaluations of ``event_fn`` on the problems of
+``benchmarks/events.py``), and the solve ends there. Only the steps' ends are read: a sign change
+and back within one step is not seen (as in torchdiffeq and diffrax). Several entries
 are combined as torchdiffeq combines them: ``h = min_i s_i g_i(t, y)`` with ``s = sign(g(t0, y0))``
 starts positive, and the event is the first time any entry changes sign.
 
@@ -21,8 +22,10 @@ defines ``t_e``, so::
 Both are added as a term ``s = (h - h.detach()) / -D`` that is zero in value: ``t_e + s`` and
 ``y_e + f s`` (the straight-through form of torchdiffeq's ``ImplicitFnGradientRerouting``). Autograd
 then carries the gradient to whatever ``g`` depends on, the event function's own parameters
-included (torchdiffeq leaves those without a gradient). It costs, only when a gradient can flow, one
-evaluation of ``func`` and two of ``event_fn`` with a graph. The gradient w.r.t. ``t0`` uses
+included (torchdiffeq leaves those without a gradient). It costs one evaluation of ``event_fn``
+in grad mode and, when a gradient can flow, one of ``func`` and another of ``event_fn``. ``D`` is
+read where the sign has changed, or, where ``g`` is flat there (clamped at 0), at the other end of
+the root's final bracket. The gradient w.r.t. ``t0`` uses
 ``dy(t)/dt0 = -(dy(t)/dy0) f(t0, y0)``: an identity on ``y0`` whose backward adds
 ``-<dL/dy0, f(t0, y0)>`` to ``t0`` (:class:`local_reg.gradients._times.StartTime`, as for
 :func:`local_reg.odeint`'s times), ``f(t0, y0)`` evaluated then.
@@ -113,9 +116,12 @@ class CombinedEvent:
         return (self.values(t, y) * self.signs).amin()
 
 
-def find_root(h: Callable[[float], float], ta: float, ha: float, tb: float, hb: float, xtol: float) -> float:
-    """A time in ``(ta, tb]`` within ``xtol`` of a sign change of ``h``, given ``h(ta) = ha > 0 >=
-    hb = h(tb)``; of the final bracket it returns the end where ``h <= 0`` (the event has happened).
+def find_root(
+    h: Callable[[float], float], ta: float, ha: float, tb: float, hb: float, xtol: float
+) -> tuple[float, float]:
+    """A bracket within ``xtol`` of a sign change of ``h`` in ``(ta, tb]``, given ``h(ta) = ha > 0 >=
+    hb = h(tb)``: its end where ``h > 0`` and its end where ``h <= 0`` (the event has happened, the
+    event time).
 
     Illinois regula falsi (Dowell and Jarratt, BIT 11, 1971), superlinear on a simple root, with
     two safeguards as in Brent's method: a trial point stays ``xtol / 2`` inside the bracket, so
@@ -153,7 +159,7 @@ def find_root(h: Callable[[float], float], ta: float, ha: float, tb: float, hb: 
             if replaced == -1:
                 ha *= 0.5
             replaced = -1
-    return tb
+    return ta, tb
 
 
 class EventLocator:
@@ -164,6 +170,8 @@ class EventLocator:
         self.event = event
         self.start_value = event.start_value
         """``h`` at the start of the current step (positive)."""
+        self.live_time: float | None = None
+        """Once located, the end of the root's final bracket where ``h`` is still positive."""
 
     def __call__(
         self, t0: float, t1: float, y1: Tensor, dense: Callable[[list[float]], Tensor]
@@ -180,7 +188,7 @@ class EventLocator:
                 torch.finfo(y1.dtype).eps * abs(t1 - t0),
                 torch.finfo(self.event.time_dtype).eps * max(abs(t0), abs(t1)),
             )
-            return find_root(
+            self.live_time, event_time = find_root(
                 lambda t: float(self.event(t, dense([t])[0].detach())),
                 t0,
                 self.start_value,
@@ -188,6 +196,7 @@ class EventLocator:
                 end_value,
                 xtol,
             )
+            return event_time
 
 
 class _InitialRate:
@@ -213,11 +222,17 @@ def _reroute(
     y_event: Tensor,
     t_dtype: torch.dtype,
     field_t_dtype: torch.dtype,
+    live_time: float | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """``(t_e, y_e, nfe)``: the event time as a tensor of ``t_dtype`` and the state there,
     differentiable by the implicit function theorem (the module docstring); ``y_event`` is the
     state at ``t_e`` held fixed. ``func`` gets times in ``field_t_dtype``, ``event_fn`` in
-    ``event.time_dtype``."""
+    ``event.time_dtype``.
+
+    ``h`` is differentiated at ``t_e``, the end of the root's bracket where ``h <= 0``; where it does
+    not change along the solution there (an ``event_fn`` clamped at 0 past the crossing, ``relu``),
+    at ``live_time``, the bracket's other end, within the root finder's tolerance before ``t_e``
+    (the state there from ``y_event`` to first order): the crossing's own slope."""
     event_t = torch.tensor(t_event, dtype=t_dtype, device=y_event.device)
     if not torch.is_grad_enabled():
         return event_t, y_event, 0
@@ -226,15 +241,11 @@ def _reroute(
         return event_t, y_event, 0
     with torch.no_grad():
         rate = func(time_tensor(t_event, y_event, field_t_dtype), y_event)
-    with torch.enable_grad():
-        t = time_tensor(t_event, y_event, event.time_dtype).requires_grad_(True)
-        y = y_event.detach().requires_grad_(True)
-        grad_t, grad_y = torch.autograd.grad(event(t, y), (t, y), allow_unused=True)
-    along = torch.zeros((), dtype=crossing.dtype, device=crossing.device)
-    if grad_t is not None:
-        along = along + grad_t
-    if grad_y is not None:
-        along = along + (grad_y * rate).sum()
+    along = _rate_along_solution(event, t_event, y_event, rate, crossing.dtype)
+    if float(along) == 0.0 and live_time is not None and live_time != t_event:
+        y_live = y_event + rate * (live_time - t_event)
+        crossing = event(live_time, y_live)
+        along = _rate_along_solution(event, live_time, y_live, rate, crossing.dtype)
     if float(along) == 0.0:
         warnings.warn(
             f"event_fn does not change along the solution at the event t={t_event!r} (a tangential "
@@ -250,6 +261,22 @@ def _reroute(
         "derivative through them (create_graph=True, a Hessian) is not available",
     )
     return event_t + shift.to(t_dtype), y_event + rate * shift.to(y_event.dtype), 1
+
+
+def _rate_along_solution(
+    event: CombinedEvent, t: float, y: Tensor, rate: Tensor, dtype: torch.dtype
+) -> Tensor:
+    """``dh/dt + dh/dy . f``: how fast ``h`` changes along the solution at ``(t, y)``, a constant."""
+    with torch.enable_grad():
+        time = time_tensor(t, y, event.time_dtype).requires_grad_(True)
+        state = y.detach().requires_grad_(True)
+        grad_t, grad_y = torch.autograd.grad(event(time, state), (time, state), allow_unused=True)
+    along = torch.zeros((), dtype=dtype, device=rate.device)
+    if grad_t is not None:
+        along = along + grad_t
+    if grad_y is not None:
+        along = along + (grad_y * rate).sum()
+    return along
 
 
 def _start_time(t0: object) -> tuple[float, Tensor | None]:
@@ -383,7 +410,13 @@ def _solve_until_event(
         raise SolverError(reason, t=error.t, n_steps=error.n_steps) from None
     initial_rate.stats = solution.stats
     event_t, y_event, nfe = _reroute(
-        event, checked, solution.steps.stop_time, solution.ys[-1], t_dtype, field_t_dtype
+        event,
+        checked,
+        solution.steps.stop_time,
+        solution.ys[-1],
+        t_dtype,
+        field_t_dtype,
+        stop.stop.live_time,
     )
     solution.stats.nfe += nfe
     return replace(solution, ts=torch.stack([initial_t, event_t]), ys=torch.stack([y0, y_event]))

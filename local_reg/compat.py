@@ -285,10 +285,11 @@ def _solve(
     dense: bool = False,
 ) -> States | tuple[Tensor, States] | Callable[[Tensor], States]:
     events = event_fn is not None
-    if events and len(t) != 2:
-        raise ValueError(f"event_fn needs len(t) == 2 (t[1] gives the direction), got len(t)={len(t)}")
-    # Checked before the fixed grid is read from them (odeint checks them again, and an event's t).
-    times = None if events else validate_times(t)
+    # Checked before the fixed grid is read from them (odeint checks them again); an event's two
+    # times give the direction, so they too must be finite and distinct.
+    times = validate_times(t)
+    if events and len(times) != 2:
+        raise ValueError(f"event_fn needs len(t) == 2 (t[1] gives the direction), got len(t)={len(times)}")
     tableau = _tableau(method)
     opts = _check_keys("options", options, OPTIONS)
     dtype = opts.pop("dtype", None)
@@ -321,12 +322,14 @@ def _solve(
         "adjoint_params": adjoint_params,
         "callbacks": _callbacks(func, state, t_dtype),
     }
-    if "max_num_steps" in opts:
+    if "max_num_steps" in opts and events:
+        # An event solve has one interval, whose end only gives the direction: torchdiffeq counts
+        # its steps as a whole, as the loop's own cap does (an event never reached is named so).
+        kwargs["max_steps"] = _max_steps(opts.pop("max_num_steps"), "options", t)
+    elif "max_num_steps" in opts:
         # The per-interval count stops the solve first; the whole-solve cap only backs it up.
         kwargs["max_steps"] = _max_steps(opts["max_num_steps"], "options", t) + 1
-        # An event's t (two times, the second a direction) is not checked above: read it as given.
-        ends = times if times is not None else torch.as_tensor(t, dtype=torch.float64).detach().tolist()
-        kwargs["callbacks"] = _per_interval_limit(opts.pop("max_num_steps"), ends, kwargs["callbacks"])
+        kwargs["callbacks"] = _per_interval_limit(opts.pop("max_num_steps"), times, kwargs["callbacks"])
     elif step_size is not None and events:
         kwargs["max_steps"] = _FIXED_GRID_EVENT_STEPS
     elif step_size is not None:
@@ -553,8 +556,12 @@ def odeint_event(
             f"{getattr(odeint_interface, '__qualname__', odeint_interface)!r}"
         )
     t0 = torch.as_tensor(t0, dtype=torch.float64) if not isinstance(t0, Tensor) else t0
-    t0 = t0.reshape(-1)
-    t = torch.cat([t0, t0.detach() + (-1.0 if reverse_time else 1.0)])
+    if t0.numel() != 1:
+        raise ValueError(f"t0 must be one time (a tensor with one element), got shape {tuple(t0.shape)}")
+    t0 = t0.reshape(1)
+    # The second time gives only the direction: a step of max(1, |t0|) differs from t0 in any dtype.
+    step = (-1.0 if reverse_time else 1.0) * max(1.0, abs(float(t0.detach())))
+    t = torch.cat([t0, t0.detach() + step])
     return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
 
 

@@ -5,6 +5,7 @@ torchdiffeq 0.2.5 itself."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -194,9 +195,9 @@ def test_find_root_brackets_the_sign_change_to_the_tolerance(h, root, most_calls
         return h(t)
 
     xtol = 1e-14
-    found = _events.find_root(counted, 0.1, h(0.1), 3.0, h(3.0), xtol)
-    assert h(found) <= 0
-    assert abs(found - root) <= 2 * xtol
+    live, found = _events.find_root(counted, 0.1, h(0.1), 3.0, h(3.0), xtol)
+    assert h(found) <= 0 < h(live)
+    assert abs(found - root) <= 2 * xtol and abs(found - live) <= xtol
     assert len(calls) <= most_calls
 
 
@@ -207,6 +208,58 @@ def test_an_event_fn_that_stays_zero_after_the_crossing_finds_the_first_zero():
     expected, _ = odeint_event(Ball(), y0, 0.0, event_fn=lambda t, y: y[0])
     event_t, _ = odeint_event(Ball(), y0, 0.0, event_fn=lambda t, y: y[0].clamp(min=0.0))
     torch.testing.assert_close(event_t, expected, rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS)
+@pytest.mark.parametrize(
+    "flat_after",
+    [lambda height: height.clamp(min=0.0), torch.relu, lambda height: torch.sqrt(height.clamp(min=0.0))],
+    ids=["clamp", "relu", "sqrt-clamp"],
+)
+def test_an_event_fn_flat_after_the_crossing_keeps_the_analytic_gradients(flat_after, gradient):
+    """Past the impact ``g`` stays 0, so its rate along the solution at the located time (the side
+    where the sign has changed) is 0: the crossing's slope is read on the other side of the root's
+    bracket. It used to warn of a tangential crossing and drop the gradient (the ball hits at 16 m/s)."""
+    height = torch.tensor(10.0, dtype=torch.float64, requires_grad=True)
+    velocity = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    func = Ball()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        event_t, _ = odeint_event(
+            func,
+            torch.stack([height, velocity]),
+            0.0,
+            event_fn=lambda t, y: flat_after(y[0]),
+            gradient=gradient,
+            **TIGHT,
+        )
+    exact = impact(10.0, 2.0, 9.81)
+    grads = torch.autograd.grad(event_t, (height, velocity, func.g))
+    for got, want in zip(grads, [exact["h"], exact["v"], exact["g"]], strict=True):
+        assert float(got) == pytest.approx(want, rel=1e-6)
+
+
+def test_compat_event_solves_count_max_num_steps_as_a_whole_and_check_t():
+    """torchdiffeq counts an event solve's steps as a whole (its ``t[1]`` only gives the direction):
+    an event not reached within them is named so, and ``t`` must be two finite, distinct times."""
+    never = dict(event_fn=lambda t, y: y[0] + 1.0, method="dopri5", options={"max_num_steps": 50})
+    with pytest.raises(SolverError, match="event_fn did not change sign within max_steps: max_steps=50"):
+        compat.odeint(
+            lambda t, y: torch.ones_like(y),
+            torch.zeros(1, dtype=torch.float64),
+            torch.tensor([0.0, 1.0]),
+            **never,
+        )
+    for t, match in [([0.0, 0.0], "strictly increasing"), ([0.0, math.nan], "must be finite")]:
+        with pytest.raises(ValueError, match=match):
+            compat.odeint(lambda t, y: -y, torch.ones(1), torch.tensor(t), event_fn=lambda t, y: y[0] - 0.5)
+    with pytest.raises(ValueError, match=r"t0 must be one time .* shape \(2,\)"):
+        compat.odeint_event(lambda t, y: -y, torch.ones(1), torch.zeros(2), event_fn=lambda t, y: y[0] - 0.5)
+    # A float32 t0 too large for t0 + 1 to differ from it still sets a direction.
+    event_t, _ = compat.odeint_event(
+        lambda t, y: -torch.ones_like(y), torch.ones(1), torch.tensor(1e8), event_fn=lambda t, y: y[0] - 0.5
+    )
+    assert float(event_t) == pytest.approx(1e8 + 0.5, rel=1e-7)
 
 
 def test_several_entries_stop_at_the_first_that_changes_sign():
