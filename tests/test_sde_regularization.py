@@ -428,3 +428,56 @@ def test_detached_probe_gradient_matches_finite_differences_of_its_step(noise_ty
     autograd = torch.cat([p.grad.reshape(-1) for p in parameters])
     finite = central_differences(pinned_penalty, parameters)
     assert_matches_in_drift_and_diffusion(sde, autograd, finite)
+
+
+def test_an_sde_without_noise_type_is_named_when_the_model_is_made():
+    """Without ``noise_type`` a module of ``f`` and ``g`` is not an SDE, and as an ODE it has no
+    ``forward``: refused when the model is made, naming ``noise_type`` (it failed at the first call
+    with torch's "missing the required forward")."""
+
+    class NoNoiseType(torch.nn.Module):
+        sde_type = "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return 0.1 * y
+
+    for model in (local_reg.LocallyRegularized, local_reg.GloballyRegularized):
+        with pytest.raises(TypeError, match="no string attribute noise_type"):
+            model(NoNoiseType())
+
+    class FieldWithHelpers(NoNoiseType):
+        """An ODE field that happens to have methods f and g: still an ODE."""
+
+        def forward(self, t, y):
+            return self.f(t, y)
+
+    model = local_reg.LocallyRegularized(FieldWithHelpers())
+    torch.testing.assert_close(
+        model(torch.ones(3, 2, dtype=torch.float64), [0.0, 1.0])[-1],
+        torch.full((3, 2), torch.exp(torch.tensor(-1.0)).item(), dtype=torch.float64),
+        rtol=1e-5,
+        atol=0,
+    )
+
+
+@pytest.mark.parametrize("penalty", [None, "error-dt"])
+def test_the_torchsde_backend_checks_a_given_brownian_motion_as_the_local_one_does(penalty):
+    """torchsde casts nothing: a float32 Brownian motion under a float64 solve drove it with rounded
+    increments (the local_reg backend refuses it); a callable that is not torchsde's failed inside it."""
+    sde, y0 = setup()
+    options = {"backend": "torchsde", "penalty": penalty} if penalty else {"backend": "torchsde"}
+    single = torchsde.BrownianInterval(0.0, 1.0, size=y0.shape, dtype=torch.float32)
+    with pytest.raises(TypeError, match="bm has dtype torch.float32, expected the dtype of y0 torch.float64"):
+        local_regularization(sde, y0, [0.0, 1.0], bm=single, **options)
+
+    def plain(ta, tb):
+        return torch.zeros_like(y0)
+
+    with pytest.raises(TypeError, match="bm must be a torchsde Brownian motion"):
+        local_regularization(sde, y0, [0.0, 1.0], bm=plain, **options)
+    good = torchsde.BrownianInterval(0.0, 1.0, size=y0.shape, dtype=torch.float64, entropy=3)
+    ys, penalty_value, _ = local_regularization(sde, y0, [0.0, 1.0], bm=good, **options)
+    assert torch.isfinite(ys).all() and torch.isfinite(penalty_value)

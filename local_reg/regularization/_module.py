@@ -59,7 +59,21 @@ def make_problem(func: Any, config: SolveConfig) -> Problem:
     module (``f``, ``g``, ``noise_type``), else an ODE. ``None`` tolerances are the solver's
     defaults: 1e-6 / 1e-8 for ODEs, looser for Euler--Maruyama (see :func:`local_reg.sdeint`),
     where ODE tolerances would cost orders of magnitude more steps."""
+    if not is_sde(func) and _has_drift_and_diffusion_only(func):
+        raise TypeError(
+            f"func ({type(func).__name__}) has methods f and g, an SDE's drift and diffusion, but no "
+            "string attribute noise_type: an SDE needs noise_type ('diagonal', 'scalar', 'additive' "
+            "or 'general') and sde_type ('ito'), as torchsde's SDEs have; an ODE needs forward(t, y)"
+        )
     return (SDEProblem if is_sde(func) else ODEProblem)(func, config)
+
+
+def _has_drift_and_diffusion_only(func: Any) -> bool:
+    """Whether ``func`` has callable ``f`` and ``g`` and nothing to call as an ODE's field: not
+    callable, or a module that does not define ``forward``."""
+    if not (callable(getattr(func, "f", None)) and callable(getattr(func, "g", None))):
+        return False
+    return not callable(func) or (isinstance(func, nn.Module) and type(func).forward is nn.Module.forward)
 
 
 def plain_solve(

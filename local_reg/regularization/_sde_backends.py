@@ -91,6 +91,8 @@ def solve_main(problem: Any, y0: Tensor, times: list[float], bm: Any, request: R
 
     import torchsde
 
+    if bm is not None:
+        _check_torchsde_brownian(torchsde, bm, y0)
     counting = CountingSDE(sde)
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
     # torchsde's adaptive mode estimates the error by step doubling; its dt is the first step.
@@ -102,3 +104,18 @@ def solve_main(problem: Any, y0: Tensor, times: list[float], bm: Any, request: R
     stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
     counter = BackwardCounter(counting, counting.calls, is_adjoint)
     return MainSolve(ys=ys, stats=stats, backward_counter=counter)
+
+
+def _check_torchsde_brownian(torchsde: Any, bm: Any, y0: Tensor) -> None:
+    """torchsde reads a Brownian motion's ``shape``, ``dtype`` and ``device`` and casts nothing: one
+    of another dtype would drive the solve with increments rounded to it (``local_reg.sdeint``
+    checks every increment; this is the same check made once)."""
+    if not isinstance(bm, torchsde.BaseBrownian):
+        raise TypeError(
+            "bm must be a torchsde Brownian motion (torchsde.BrownianInterval, BrownianPath or "
+            f"BrownianTree) with backend='torchsde', got {type(bm).__name__}"
+        )
+    if bm.dtype != y0.dtype:
+        raise TypeError(f"bm has dtype {bm.dtype}, expected the dtype of y0 {y0.dtype}")
+    if bm.device != y0.device:
+        raise ValueError(f"bm is on {bm.device}, expected y0's device {y0.device}")
