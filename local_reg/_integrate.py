@@ -438,7 +438,8 @@ def integrate(
                     log.stiffness_estimate.append(result.stiffness_estimate.detach())
                 # The caller may refill y0's memory after the solve (a reused buffer): the records
                 # that outlive it keep their own copy.
-                kept = y.clone() if y is y0 and (log.states, keep_state, log.dense) != (None,) * 3 else y
+                records = (log.states, keep_state, log.dense)
+                kept = y.clone() if y is y0 and any(r is not None for r in records) else y
                 if log.states is not None:
                     log.states.append(kept.detach())
                 if keep_state is not None:
