@@ -403,6 +403,11 @@ def integrate(
                 raise explain_failure(error, log, options, non_finite, y.dtype) from None
             dt = direction * dt_used
             t_next = t_target if lands else t + dt
+            if not lands:
+                # The step the times can represent (as scipy steps): far from 0, t + dt rounds by up to
+                # half an ulp of t, which the state would otherwise not follow, a drift per step.
+                dt = t_next - t
+                dt_used = abs(dt)
 
             if callbacks.step is not None:
                 _call_leaving_state("step", y, callbacks.step, t, y, dt)

@@ -554,3 +554,26 @@ def test_error_weights_are_b_minus_b_hat_for_every_pair():
         np.testing.assert_allclose(
             TABLEAUS[name].error_weights, -scipy_pair.E[: len(TABLEAUS[name].b)], atol=1e-16
         )
+
+
+@pytest.mark.parametrize("t0", [0.0, 1e12, -1e12])
+@pytest.mark.parametrize("method", ["tsit5", "rk4"])
+def test_a_span_far_from_zero_solves_as_one_near_zero(t0, method):
+    """Far from 0, ``t + dt`` rounds by up to half an ulp of ``t`` (6e-5 at 1e12): the state must
+    advance to the float time the step reached, as scipy's RK45 steps, or every step drifts (the
+    adaptive error at ``t0 = 1e12`` was 1.2e-5 against 1.3e-8 at 0). The step records then add
+    up: each step starts where the last one ended."""
+    fixed = {"step_size": 0.01} if method == "rk4" else {}
+    solution = odeint(
+        lambda t, y: -y,
+        torch.ones(1, dtype=torch.float64),
+        [t0, t0 + 1.0],
+        method=method,
+        rtol=1e-6,
+        atol=1e-9,
+        **fixed,
+    )
+    assert abs(float(solution.ys[-1]) - math.exp(-1.0)) < 1e-7
+    steps = solution.steps
+    ends = [start + size for start, size in zip(steps.t, steps.dt, strict=True)]
+    assert ends[:-1] == list(steps.t[1:]) and ends[-1] == t0 + 1.0
