@@ -155,7 +155,11 @@ def main() -> None:
     rounds: dict[str, list[float]] = {label: [] for label in configurations}
     for _ in range(args.rounds):
         for label, run in configurations.items():
-            rounds[label].append(run() if label.startswith("diffrax") else timed(run, now))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", RuntimeWarning)
+                rounds[label].append(run() if label.startswith("diffrax") else timed(run, now))
+            if any("could not build the step" in str(w.message) for w in caught):
+                not_built.setdefault(label, "in a timed round")
     if diffrax is not None:
         diffrax.close()
 

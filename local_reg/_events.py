@@ -25,7 +25,7 @@ then carries the gradient to whatever ``g`` depends on, the event function's own
 included (torchdiffeq leaves those without a gradient). It costs one evaluation of ``event_fn``
 in grad mode and, when a gradient can flow, one of ``func`` and another of ``event_fn``. ``D`` is
 read where the sign has changed, or, where ``g`` is flat there (clamped at 0), at the other end of
-the root's final bracket. The gradient w.r.t. ``t0`` uses
+the root's final bracket (two more evaluations of ``event_fn``). The gradient w.r.t. ``t0`` uses
 ``dy(t)/dt0 = -(dy(t)/dy0) f(t0, y0)``: an identity on ``y0`` whose backward adds
 ``-<dL/dy0, f(t0, y0)>`` to ``t0`` (:class:`local_reg.gradients._times.StartTime`, as for
 :func:`local_reg.odeint`'s times), ``f(t0, y0)`` evaluated then.
@@ -172,6 +172,8 @@ class EventLocator:
         """``h`` at the start of the current step (positive)."""
         self.live_time: float | None = None
         """Once located, the end of the root's final bracket where ``h`` is still positive."""
+        self.live_state: Tensor | None = None
+        """The dense output's state at :attr:`live_time`, where the root finder read ``h > 0``."""
 
     def __call__(
         self, t0: float, t1: float, y1: Tensor, dense: Callable[[list[float]], Tensor]
@@ -196,6 +198,7 @@ class EventLocator:
                 end_value,
                 xtol,
             )
+            self.live_state = dense([self.live_time])[0].detach()
             return event_time
 
 
@@ -222,7 +225,7 @@ def _reroute(
     y_event: Tensor,
     t_dtype: torch.dtype,
     field_t_dtype: torch.dtype,
-    live_time: float | None = None,
+    live: tuple[float, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """``(t_e, y_e, nfe)``: the event time as a tensor of ``t_dtype`` and the state there,
     differentiable by the implicit function theorem (the module docstring); ``y_event`` is the
@@ -231,8 +234,9 @@ def _reroute(
 
     ``h`` is differentiated at ``t_e``, the end of the root's bracket where ``h <= 0``; where it does
     not change along the solution there (an ``event_fn`` clamped at 0 past the crossing, ``relu``),
-    at ``live_time``, the bracket's other end, within the root finder's tolerance before ``t_e``
-    (the state there from ``y_event`` to first order): the crossing's own slope."""
+    at ``live = (time, state)``, the bracket's other end, within the root finder's tolerance before
+    ``t_e``, where the root finder read ``h > 0`` (the state's value there, its graph
+    ``y_event``'s): the crossing's own slope."""
     event_t = torch.tensor(t_event, dtype=t_dtype, device=y_event.device)
     if not torch.is_grad_enabled():
         return event_t, y_event, 0
@@ -242,8 +246,9 @@ def _reroute(
     with torch.no_grad():
         rate = func(time_tensor(t_event, y_event, field_t_dtype), y_event)
     along = _rate_along_solution(event, t_event, y_event, rate, crossing.dtype)
-    if float(along) == 0.0 and live_time is not None and live_time != t_event:
-        y_live = y_event + rate * (live_time - t_event)
+    if float(along) == 0.0 and live is not None:
+        live_time, live_state = live
+        y_live = y_event + (live_state - y_event).detach()
         crossing = event(live_time, y_live)
         along = _rate_along_solution(event, live_time, y_live, rate, crossing.dtype)
     if float(along) == 0.0:
@@ -277,6 +282,15 @@ def _rate_along_solution(
     if grad_y is not None:
         along = along + (grad_y * rate).sum()
     return along
+
+
+def direction_time(t0: float, reverse_time: bool, largest: float = math.inf) -> float:
+    """The second time of an event solve from ``t0``, which gives only its direction:
+    ``t0 +- max(1, |t0|)``, which differs from ``t0`` in every dtype, held within ``+-largest`` (a
+    narrow time dtype's range)."""
+    direction = -1.0 if reverse_time else 1.0
+    t1 = t0 + direction * max(1.0, abs(t0))
+    return max(-largest, min(t1, largest))
 
 
 def _start_time(t0: object) -> tuple[float, Tensor | None]:
@@ -391,7 +405,7 @@ def _solve_until_event(
     if t0_tensor is not None and t0_tensor.requires_grad and torch.is_grad_enabled():
         start = StartTime.apply(initial_rate, t0_tensor, y0)
     # The second time only gives the direction; it must differ from t0 in floating point.
-    t1 = t0_value + (-1.0 if reverse_time else 1.0) * max(1.0, abs(t0_value))
+    t1 = direction_time(t0_value, reverse_time)
     stop = replace(callbacks, stop=EventLocator(event))
     try:
         # Floats give func the state's dtype; a wider dtype needs a tensor of it (no rounding).
@@ -416,7 +430,7 @@ def _solve_until_event(
         solution.ys[-1],
         t_dtype,
         field_t_dtype,
-        stop.stop.live_time,
+        (stop.stop.live_time, stop.stop.live_state),
     )
     solution.stats.nfe += nfe
     return replace(solution, ts=torch.stack([initial_t, event_t]), ys=torch.stack([y0, y_event]))

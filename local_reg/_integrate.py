@@ -453,7 +453,10 @@ def integrate(
                     penalties.append(step_penalty(result, dt))
                 accepted_step = AcceptedStep(stepper, result, t, step_dt, y, t_next, stats)
                 if log.dense is not None:
-                    log.dense.add_step(t, step_dt, t_next, kept, accepted_step.stages)
+                    stages = accepted_step.stages
+                    if kept is not y:  # a field that returns its input made y0 its first stage
+                        stages = tuple(kept if stage is y0 else stage for stage in stages)
+                    log.dense.add_step(t, step_dt, t_next, kept, stages)
                 if interpolate:
                     inside = []
                     while next_output < len(times) - 1 and direction * (times[next_output] - t_next) < 0:

@@ -265,16 +265,17 @@ def _tensor_time_step(
 class CompiledStep:
     """:func:`_tensor_time_step` compiled by ``torch.compile(**options)``.
 
-    Where the compiler cannot build the step for a state's dtype and device (an error of Inductor's
-    or Triton's code generation, which torch raises as ``BackendCompilerFailed``), that dtype and
-    device step eagerly from then on, in this solve and later ones, after one ``RuntimeWarning``:
-    the eager step computes the same, and retrying would pay the failed compilation again on every
-    step. Errors of ``func`` itself are not caught. A failure to compile the backward graph, which
-    torch builds at the first ``backward()``, surfaces there."""
+    Where the compiler cannot build the step (an error of Inductor's or Triton's code generation,
+    which torch raises as ``BackendCompilerFailed``) for a state's dtype, device and shape in one
+    autograd mode, those steps run eagerly from then on, in this solve and later ones of these
+    options, after one ``RuntimeWarning``: the eager step computes the same, and retrying would pay
+    the failed compilation again on every step. The other graphs (another autograd mode, shape or
+    dtype) still compile. Errors of ``func`` itself are not caught. A failure to compile the
+    backward graph, which torch builds at the first ``backward()``, surfaces there."""
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.function = torch.compile(_tensor_time_step, **options)
-        self.failed: set[tuple[torch.dtype, str]] = set()
+        self.failed: set[tuple[torch.dtype, str, torch.Size, bool]] = set()
         inductor = options.get("options") or {}
         self.replays_cuda_graphs = options.get("mode") in ("reduce-overhead", "max-autotune") or bool(
             inductor.get("triton.cudagraphs")
@@ -282,7 +283,7 @@ class CompiledStep:
 
     def try_step(self, y: Tensor, *arguments: Any) -> StepResult | None:
         """The compiled step's result, or ``None`` where it cannot be built for ``y``."""
-        where = (y.dtype, y.device.type)
+        where = (y.dtype, y.device.type, y.shape, torch.is_grad_enabled())
         if where in self.failed:
             return None
         try:
@@ -294,8 +295,9 @@ class CompiledStep:
             lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
             reason = f"{type(cause).__name__}: {lines[-1]}" if lines else type(cause).__name__
             warnings.warn(
-                f"torch.compile could not build the step for {y.dtype} on {y.device.type} "
-                f"({reason}); these steps run eagerly (the same arithmetic). "
+                f"torch.compile could not build the step for a {y.dtype} state of shape {tuple(y.shape)} "
+                f"on {y.device.type}{' with autograd' if torch.is_grad_enabled() else ''} ({reason}); "
+                "these steps run eagerly (the same arithmetic). "
                 "compile=False avoids the attempt; another backend may build it, e.g. "
                 'compile={"backend": "aot_eager"}',
                 RuntimeWarning,

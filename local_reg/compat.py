@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ._errors import SolverError
-from ._events import _solve_until_event
+from ._events import _solve_until_event, direction_time
 from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
 from ._step import rms_norm
@@ -559,9 +560,9 @@ def odeint_event(
     if t0.numel() != 1:
         raise ValueError(f"t0 must be one time (a tensor with one element), got shape {tuple(t0.shape)}")
     t0 = t0.reshape(1)
-    # The second time gives only the direction: a step of max(1, |t0|) differs from t0 in any dtype.
-    step = (-1.0 if reverse_time else 1.0) * max(1.0, abs(float(t0.detach())))
-    t = torch.cat([t0, t0.detach() + step])
+    largest = torch.finfo(t0.dtype).max if t0.is_floating_point() else math.inf
+    t1 = direction_time(float(t0.detach()), reverse_time, largest)
+    t = torch.cat([t0, torch.tensor([t1], dtype=t0.dtype, device=t0.device)])
     return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
 
 

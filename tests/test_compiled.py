@@ -201,40 +201,44 @@ def test_a_regularized_model_compiles_its_main_solve_through_options():
 
 
 def test_a_step_the_compiler_cannot_build_runs_eagerly_after_one_warning():
-    """A code-generation failure (torch's ``BackendCompilerFailed``, as Triton raised for a float32
-    step on one GPU) costs one warning, not the solve; the steps are the eager ones, and later solves
-    of that dtype and device do not try again. Another dtype still compiles."""
+    """A code-generation failure (torch's ``BackendCompilerFailed``, as Triton raised on an H200 for
+    the step with autograd) costs one warning, not the solve; those steps are the eager ones, and
+    later solves of that dtype, device, shape and autograd mode do not try again. Every other graph
+    (without autograd, another shape, another dtype) still compiles."""
+    builds = []
 
-    class FailsForFloat32:
-        def __init__(self) -> None:
-            self.builds = {torch.float32: 0, torch.float64: 0}
+    def fails_with_autograd_in_float32(graph, inputs):
+        # The state's dtype: that of the inputs with a dimension (the parameter is 0-dim float32).
+        states = [x for x in inputs if isinstance(x, torch.Tensor) and x.dim() > 0]
+        dtype = torch.float32 if any(x.dtype == torch.float32 for x in states) else torch.float64
+        builds.append((dtype, torch.is_grad_enabled()))
+        if dtype == torch.float32 and torch.is_grad_enabled():
+            raise RuntimeError("PassManager::run failed")
+        return graph
 
-        def __call__(self, graph, inputs):
-            dtype = (
-                torch.float32
-                if any(getattr(x, "dtype", None) == torch.float32 for x in inputs)
-                else torch.float64
-            )
-            self.builds[dtype] += 1
-            if dtype == torch.float32:
-                raise RuntimeError("PassManager::run failed")
-            return graph
+    rate = torch.nn.Parameter(torch.tensor(1.0))
 
-    backend = FailsForFloat32()
+    def field(t, y):
+        return rate * van_der_pol(t, y)
+
+    compile = {"backend": fails_with_autograd_in_float32}
     y0 = torch.tensor([2.0, 0.0])
-    eager = odeint(van_der_pol, y0, [0.0, 1.0, 2.0])
+    eager = odeint(field, y0, [0.0, 1.0, 2.0])
     with pytest.warns(
-        RuntimeWarning, match=r"could not build the step for torch.float32 on cpu .*PassManager"
+        RuntimeWarning,
+        match=r"build the step for a torch.float32 state of shape \(2,\) on cpu with autograd .*PassManager",
     ):
-        first = odeint(van_der_pol, y0, [0.0, 1.0, 2.0], compile={"backend": backend})
-    assert backend.builds == {torch.float32: 1, torch.float64: 0}
+        first = odeint(field, y0, [0.0, 1.0, 2.0], compile=compile)
+    assert builds == [(torch.float32, True)]
     assert torch.equal(first.ys, eager.ys) and first.stats.nfe == eager.stats.nfe
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        again = odeint(van_der_pol, 2 * y0, [0.0, 1.0], compile={"backend": backend})
-        double = odeint(van_der_pol, y0.double(), [0.0, 1.0], compile={"backend": backend})
-    assert backend.builds[torch.float32] == 1 and backend.builds[torch.float64] >= 1
-    torch.testing.assert_close(again.ys, odeint(van_der_pol, 2 * y0, [0.0, 1.0]).ys, rtol=0, atol=0)
-    torch.testing.assert_close(
-        double.ys, odeint(van_der_pol, y0.double(), [0.0, 1.0]).ys, rtol=1e-12, atol=1e-13
-    )
+        warnings.filterwarnings("error", message="torch.compile could not build")
+        again = odeint(field, 2 * y0, [0.0, 1.0], compile=compile)
+        assert builds == [(torch.float32, True)]  # not retried
+        with torch.no_grad():
+            plain = odeint(field, y0, [0.0, 1.0], compile=compile)
+        double = odeint(field, y0.double(), [0.0, 1.0], compile=compile)
+    assert (torch.float32, False) in builds and (torch.float64, True) in builds
+    torch.testing.assert_close(again.ys, odeint(field, 2 * y0, [0.0, 1.0]).ys, rtol=0, atol=0)
+    torch.testing.assert_close(plain.ys, eager.ys[:2], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(double.ys, odeint(field, y0.double(), [0.0, 1.0]).ys, rtol=1e-12, atol=1e-13)

@@ -239,6 +239,28 @@ def test_an_event_fn_flat_after_the_crossing_keeps_the_analytic_gradients(flat_a
         assert float(got) == pytest.approx(want, rel=1e-6)
 
 
+@pytest.mark.parametrize("rtol", [1e-6, 1e-8, 1e-10])
+@pytest.mark.parametrize("height", [10.0, 7.3, 3.1])
+def test_a_flat_event_fn_keeps_its_gradient_at_any_tolerance_and_height(height, rtol):
+    """The slope is read at the state where the root finder saw ``g > 0``; extrapolating there from
+    the located state instead (across a bracket of a few ulps) left ``g <= 0`` in about a third of
+    such solves, which then warned of a tangential crossing and dropped the gradient."""
+    for flat_after in (lambda h: h.clamp(min=0.0), torch.relu):
+        start = torch.tensor(height, dtype=torch.float64, requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            event_t, _ = odeint_event(
+                Ball(),
+                torch.stack([start, torch.tensor(2.0, dtype=torch.float64)]),
+                0.0,
+                event_fn=lambda t, y, flat_after=flat_after: flat_after(y[0]),
+                rtol=rtol,
+                atol=rtol * 1e-2,
+            )
+        (grad,) = torch.autograd.grad(event_t, start)
+        assert float(grad) == pytest.approx(impact(height, 2.0, 9.81)["h"], rel=1e-5)
+
+
 def test_compat_event_solves_count_max_num_steps_as_a_whole_and_check_t():
     """torchdiffeq counts an event solve's steps as a whole (its ``t[1]`` only gives the direction):
     an event not reached within them is named so, and ``t`` must be two finite, distinct times."""
@@ -260,6 +282,15 @@ def test_compat_event_solves_count_max_num_steps_as_a_whole_and_check_t():
         lambda t, y: -torch.ones_like(y), torch.ones(1), torch.tensor(1e8), event_fn=lambda t, y: y[0] - 0.5
     )
     assert float(event_t) == pytest.approx(1e8 + 0.5, rel=1e-7)
+    # A float16 t0 whose t0 + |t0| overflows float16 sets its direction within the dtype's range.
+    half = torch.tensor(40000.0, dtype=torch.float16)
+    ours, _ = compat.odeint_event(
+        lambda t, y: -torch.ones_like(y), torch.ones(1), half, event_fn=lambda t, y: y[0] - 0.5
+    )
+    native, _ = odeint_event(
+        lambda t, y: -torch.ones_like(y), torch.ones(1), half, event_fn=lambda t, y: y[0] - 0.5
+    )
+    assert ours.dtype == torch.float16 and float(ours) == float(native)
 
 
 def test_several_entries_stop_at_the_first_that_changes_sign():

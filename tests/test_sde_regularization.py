@@ -478,6 +478,7 @@ def test_the_torchsde_backend_checks_a_given_brownian_motion_as_the_local_one_do
 
     with pytest.raises(TypeError, match="bm must be a torchsde Brownian motion"):
         local_regularization(sde, y0, [0.0, 1.0], bm=plain, **options)
-    good = torchsde.BrownianInterval(0.0, 1.0, size=y0.shape, dtype=torch.float64, entropy=3)
+    # torchsde keeps the device as given: "cpu" is y0's device.
+    good = torchsde.BrownianInterval(0.0, 1.0, size=y0.shape, dtype=torch.float64, device="cpu", entropy=3)
     ys, penalty_value, _ = local_regularization(sde, y0, [0.0, 1.0], bm=good, **options)
     assert torch.isfinite(ys).all() and torch.isfinite(penalty_value)

@@ -117,5 +117,6 @@ def _check_torchsde_brownian(torchsde: Any, bm: Any, y0: Tensor) -> None:
         )
     if bm.dtype != y0.dtype:
         raise TypeError(f"bm has dtype {bm.dtype}, expected the dtype of y0 {y0.dtype}")
-    if bm.device != y0.device:
+    # torchsde keeps the device as given ("cpu", "cuda"): compared as torch resolves it.
+    if torch.empty(0, device=bm.device).device != y0.device:
         raise ValueError(f"bm is on {bm.device}, expected y0's device {y0.device}")
