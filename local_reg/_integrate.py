@@ -121,14 +121,20 @@ class SolveOptions:
         ``ValueError`` naming the tolerance if they do not broadcast), device and dtype; an element
         whose ``rtol`` is 0 and whose ``atol`` is below the dtype's smallest normal number is
         refused (its error scale is then that subnormal or zero alone, and the scaled error
-        overflows; with ``rtol > 0``, ``rtol * |y|`` keeps the scale, as a tiny ``atol`` asks)."""
+        overflows). Beside ``rtol > 0`` such an ``atol`` is raised to that smallest normal number:
+        ``rtol * |y|`` keeps the scale, as a tiny ``atol`` asks, except at an element that is exactly
+        0, whose scale the dtype would otherwise round to 0 (a 0 / 0 error estimate)."""
         tiny = torch.finfo(y.dtype).tiny
         if not isinstance(self.rtol, Tensor) and not isinstance(self.atol, Tensor):
-            if self.rtol == 0 and self.atol < tiny:
+            if self.atol >= tiny:
+                return self
+            if self.rtol == 0:
                 raise ValueError(self._too_small(self.atol, y.dtype))
-            return self
+            options = copy.copy(self)
+            object.__setattr__(options, "atol", tiny)
+            return options
         # Broadcast in float64 first: the floor is checked on the values given, before the cast to
-        # the state's dtype rounds a tiny atol (harmless beside rtol > 0) to zero.
+        # the state's dtype rounds a tiny atol to zero.
         rtol, atol = (
             per_element_tolerance(name, getattr(self, name), y.shape, y.device) for name in ("rtol", "atol")
         )
@@ -141,6 +147,8 @@ class SolveOptions:
         options = copy.copy(self)  # not replace(): the checks ran on the values above, uncast
         for name, value in (("rtol", rtol), ("atol", atol)):
             cast = value.to(y.dtype) if isinstance(value, Tensor) else value
+            if name == "atol":
+                cast = cast.clamp_min(tiny) if isinstance(cast, Tensor) else max(cast, tiny)
             object.__setattr__(options, name, cast)
         return options
 

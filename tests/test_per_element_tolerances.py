@@ -199,3 +199,17 @@ def test_a_1d_tensor_is_one_tolerance_per_tensor_of_a_tuple_state_as_in_torchdif
     # A tiny atol beside rtol > 0 asks for a relative tolerance: taken, though float32 rounds it to 0.
     ys = odeint(field, (torch.ones(2), torch.ones(1)), T, atol=[1e-50, 1e-6]).ys
     torch.testing.assert_close(ys[0][-1], torch.full((2,), math.exp(-3.0)), rtol=1e-4, atol=0.0)
+
+
+@pytest.mark.parametrize(
+    "atol", [1e-50, torch.tensor([1e-8, 1e-50], dtype=torch.float64)], ids=["number", "tensor"]
+)
+def test_an_atol_below_the_state_dtypes_range_beside_rtol_solves_an_element_at_zero(atol):
+    """A float32 state with ``atol = 1e-50`` (purely relative, as the docs allow beside ``rtol > 0``):
+    the cast rounded it to 0, so an element that stays exactly 0 had a zero scale and a 0 / 0 error
+    estimate (a SolverError for a number, a bad-norm ValueError for a tensor). It is raised to the
+    dtype's smallest normal number: the solve is that of the float64 state."""
+    y0 = torch.tensor([1.0, 0.0])
+    ys = odeint(lambda t, y: -y, y0, [0.0, 1.0], rtol=1e-6, atol=atol).ys
+    assert float(ys[-1, 1]) == 0.0
+    assert float(ys[-1, 0]) == pytest.approx(math.exp(-1.0), rel=1e-5)
