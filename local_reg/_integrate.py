@@ -382,6 +382,8 @@ def integrate(
 
     interpolate = options.interpolate and adaptive
     controller = options.controller
+    if adaptive:
+        controller.gains(stepper.order)  # a controller that cannot work with this method fails now
     callbacks = options.callbacks
     if adaptive:
         if options.first_step is not None:

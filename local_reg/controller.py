@@ -15,7 +15,8 @@ class PIController:
 
         dt_next = dt * clip(safety * EEst_n ** -beta1 * EEst_{n-1} ** beta2, min_factor, max_factor)
 
-    with ``beta2 = 0.2 / order`` and ``beta1 = 1 / order - 0.75 * beta2`` by default: Hairer's DOPRI5
+    with ``beta2 = 0.2 / order`` and ``beta1 = 1 / order - 0.75 * beta2`` by default (a given
+    ``beta2`` that leaves that ``beta1`` not positive is refused when the solve starts): Hairer's DOPRI5
     code's stabilization (``beta = 0.04`` at order 5) scaled to the order of the propagated solution.
     It damps step-size oscillation and settles at a smaller error than an integral controller
     (``beta2 = 0``, as torchdiffeq's): at one tolerance it takes up to ~20% more steps and is
@@ -55,11 +56,22 @@ class PIController:
                 f"max_factor={self.max_factor}"
             )
 
+    def gains(self, order: int) -> tuple[float, float]:
+        """``(beta1, beta2)`` for a method of error order ``order``, the defaults filled in; a
+        ``ValueError`` if a given ``beta2`` leaves the default ``beta1`` not positive."""
+        beta2 = 0.2 / order if self.beta2 is None else self.beta2
+        beta1 = 1.0 / order - 0.75 * beta2 if self.beta1 is None else self.beta1
+        if beta1 <= 0:
+            raise ValueError(
+                f"beta2={beta2:g} leaves the default beta1 = 1/{order} - 0.75 * beta2 = {beta1:g} not "
+                f"positive for this method (order {order}): pass beta1 too, or beta2 < {4 / (3 * order):g}"
+            )
+        return beta1, beta2
+
     def accept_factor(
         self, error_estimate: float, previous_error_estimate: float, order: int, after_rejection: bool
     ) -> float:
-        beta2 = 0.2 / order if self.beta2 is None else self.beta2
-        beta1 = 1.0 / order - 0.75 * beta2 if self.beta1 is None else self.beta1
+        beta1, beta2 = self.gains(order)
         max_factor = 1.0 if after_rejection else self.max_factor
         if error_estimate == 0.0:
             return max_factor

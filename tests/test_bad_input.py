@@ -1114,6 +1114,30 @@ def test_pi_controller_bad_values_are_refused(keywords, error, match):
         local_reg.PIController(**keywords)
 
 
+@pytest.mark.parametrize(("method", "beta2"), [("tsit5", 0.3), ("bosh3", 0.5)])
+def test_a_beta2_that_leaves_the_default_beta1_negative_is_named_before_the_first_step(method, beta2):
+    """``beta1 = 1/order - 0.75 beta2`` by default: a large ``beta2`` alone made it negative, which
+    no check saw (an explicit negative ``beta1`` is refused), and the solve ended in a step size
+    underflow after a few steps."""
+    calls = []
+
+    def counted(t, y):
+        calls.append(t)
+        return -y
+
+    controller = local_reg.PIController(beta2=beta2)
+    with pytest.raises(ValueError, match=rf"beta2={beta2:g} leaves the default beta1 .* not positive"):
+        odeint(counted, torch.ones(1, dtype=torch.float64), [0.0, 1.0], method=method, controller=controller)
+    assert len(calls) <= 2  # f(t0, y0) and the first-step heuristic at most: refused before a step
+    fine = local_reg.PIController(beta1=beta2 + 0.1, beta2=beta2)
+    assert (
+        odeint(
+            decay, torch.ones(1, dtype=torch.float64), [0.0, 1.0], method=method, controller=fine
+        ).stats.nfe
+        > 0
+    )
+
+
 def test_pi_controller_large_beta1_does_not_overflow():
     # EEst ** -beta1 overflowed Python's float power (an OverflowError) on a small error estimate.
     y0 = torch.tensor([1.0], dtype=torch.float64)
