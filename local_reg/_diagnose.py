@@ -69,5 +69,5 @@ def explain_failure(
         else:
             reason += f" {SETTINGS_HINT}"
     elif non_finite is not None:
-        reason = f"{non_finite}: every trial step was non-finite, down to a {reason}"
+        reason = f"{non_finite}: the trial steps kept turning non-finite, down to a {reason}"
     return SolverError(reason, t=error.t, n_steps=error.n_steps)

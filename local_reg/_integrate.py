@@ -393,7 +393,9 @@ def integrate(
             dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats, t_end=times[-1])
     previous_error = 1.0
     after_rejection = False
-    trial_non_finite = False
+    # Whether the step is shrinking away from non-finite trial steps: set by one, cleared by a
+    # finite rejection or a step that grows (not by the slivers accepted in between).
+    shrinking_from_non_finite = False
     outputs = [y0]
     penalties: list[Tensor] = []
     # With interpolation, the index of the next output time read from dense output.
@@ -409,7 +411,7 @@ def integrate(
             try:
                 dt_used, lands = next_step_size(t, t_target, dt_abs, stats.n_steps, options.max_steps)
             except SolverError as error:
-                non_finite = stepper.failure if trial_non_finite else None
+                non_finite = stepper.failure if shrinking_from_non_finite else None
                 raise explain_failure(error, log, options, non_finite, y.dtype) from None
             dt = direction * dt_used
             t_next = t_target if lands else t + dt
@@ -439,6 +441,7 @@ def integrate(
             if trial_non_finite:
                 # An overflowing trial step is too long, not fatal: reject it and shrink.
                 error_estimate = math.inf
+                shrinking_from_non_finite = True
 
             accepted = not adaptive or error_estimate <= 1.0
             if accepted:
@@ -505,7 +508,11 @@ def integrate(
                         previous_error = max(error_estimate, 1e-4)
                     dt_abs = max(dt_used * factor, dt_abs) if lands else dt_used * factor
                     after_rejection = False
+                    if factor > 1.0:
+                        shrinking_from_non_finite = False
             else:
+                if not trial_non_finite:
+                    shrinking_from_non_finite = False
                 stats.n_rejected += 1
                 if callbacks.reject is not None:
                     _call_leaving_state("reject", y, callbacks.reject, t, y, dt)

@@ -1138,6 +1138,20 @@ def test_a_beta2_that_leaves_the_default_beta1_negative_is_named_before_the_firs
     )
 
 
+def test_a_field_that_is_nan_past_a_time_is_named_non_finite_not_a_blow_up():
+    """Past t = 0.5 the field is NaN: the step shrinks away from non-finite trials, with finite
+    slivers accepted up to 0.5 between them. The underflow used to read as a blow-up ("step size
+    underflow") whenever the last attempt was such a sliver."""
+
+    def nan_past_half(t, y):
+        return y * float("nan") if float(t) > 0.5 else -y
+
+    with pytest.raises(
+        SolverError, match=r"non-finite state or derivative: the trial steps kept turning non-finite"
+    ):
+        odeint(nan_past_half, torch.ones(1, dtype=torch.float64), [0.0, 1.0])
+
+
 def test_pi_controller_large_beta1_does_not_overflow():
     # EEst ** -beta1 overflowed Python's float power (an OverflowError) on a small error estimate.
     y0 = torch.tensor([1.0], dtype=torch.float64)
