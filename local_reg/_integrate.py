@@ -30,6 +30,7 @@ from ._validate import (
     check_bool,
     checked_norm,
     compile_options,
+    longest_step,
     per_element_tolerance,
     positive_float,
     positive_int,
@@ -188,9 +189,8 @@ class SolveOptions:
 
 def open_end(dtype: torch.dtype) -> float:
     """How far a solve with a stop condition may go: as far as a step in the state's ``dtype``
-    reaches, its largest number less a margin for the tableau's coefficients that multiply the step
-    size."""
-    return torch.finfo(dtype).max * 2.0**-10
+    reaches (:func:`local_reg._validate.longest_step`)."""
+    return longest_step(dtype)
 
 
 def fixed_step_count(t: float, t_target: float, step_size: float) -> int:

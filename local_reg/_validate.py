@@ -246,15 +246,23 @@ def check_times_distinct(
             )
 
 
+def longest_step(dtype: torch.dtype) -> float:
+    """The longest step the state's arithmetic in ``dtype`` takes: its largest value less a margin
+    of ``2**-10`` for the tableau's coefficients that multiply the step size (up to about 12 in
+    tsit5 and dopri5)."""
+    return torch.finfo(dtype).max * 2.0**-10
+
+
 def check_span(times: list[float], dtype: torch.dtype) -> None:
-    """A ``ValueError`` naming ``t`` if its span exceeds ``dtype``'s largest value: a step that long
-    cannot enter the state's arithmetic, which torch reports as a bare conversion error."""
+    """A ``ValueError`` naming ``t`` if its span exceeds :func:`longest_step` of ``dtype``: a step
+    that long cannot enter the state's arithmetic, which torch reports as a bare conversion error."""
     span = abs(times[-1] - times[0])
-    largest = torch.finfo(dtype).max
+    largest = longest_step(dtype)
     if span > largest:
         raise ValueError(
-            f"t spans {span:g}, too long for steps in {dtype} (the state's dtype, largest value "
-            f"{largest:.3g}): rescale time"
+            f"t spans {span:g}, too long for steps in {dtype} (the state's dtype: its steps times the "
+            f"tableau's coefficients must stay below its largest value, so spans up to {largest:.3g}): "
+            "rescale time"
         )
 
 

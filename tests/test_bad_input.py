@@ -1492,12 +1492,16 @@ def test_an_absolute_tolerance_too_small_for_the_dtype_is_named(dtype, atol, mat
 
 @pytest.mark.parametrize("method", ["euler", "rk4", "tsit5"])
 def test_a_span_whose_steps_overflow_the_states_dtype_is_refused(method):
-    # torch's "value cannot be converted to type float without overflow" from inside a step.
-    # A span the dtype holds is taken (its steps may still be limited, as any solve's).
+    # torch's "value cannot be converted to type float without overflow" from inside a step, also
+    # for a span below float32's largest value (1e38), whose step times a tableau coefficient (up to
+    # ~12) overflows. A span 2**-10 of the largest value is taken (its steps may still be limited).
     zero = odeint(
-        lambda t, y: torch.zeros_like(y), torch.ones(2), torch.tensor([0.0, 1e36], dtype=torch.float64)
+        lambda t, y: torch.zeros_like(y), torch.ones(2), torch.tensor([0.0, 1e35], dtype=torch.float64)
     )
     assert torch.equal(zero.ys[-1], torch.ones(2))
+    with pytest.raises(ValueError, match=r"t spans 1e\+38, too long for steps in torch.float32"):
+        fixed = {} if method == "tsit5" else {"step_size": 1e37}
+        odeint(lambda t, y: torch.zeros_like(y), torch.ones(2), [0.0, 1e38], method=method, **fixed)
     with pytest.raises(ValueError, match=r"t spans 1e\+39, too long for steps in torch.float32"):
         odeint(
             decay,
