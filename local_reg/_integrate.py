@@ -68,6 +68,12 @@ class StepCallbacks:
     ``odeint(event_fn=...)``), until ``stop`` returns a time; the outputs are the states at ``t0``
     and there, and ``steps.stop_time`` records it. Needs dense output (a Runge--Kutta stepper)."""
 
+    def __post_init__(self) -> None:
+        for name in ("step", "accept", "reject", "stop"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"callbacks.{name} must be callable or None, got {type(value).__name__}")
+
 
 DEFAULT_MAX_STEPS = 10_000
 """The attempted steps a solve (``odeint``, ``sdeint``) may take before it raises :class:`SolverError`."""
@@ -352,7 +358,7 @@ def integrate(
     overflowing the state's dtype).
     """
     stats = Stats()
-    log = StepLog(states=[] if record_states else None)
+    log = StepLog(states=[] if check_bool("record_states", record_states) else None)
     if options.dense:
         log.dense = DenseOutput(stepper.interpolant, times[0])
     direction = 1.0 if len(times) < 2 or times[-1] > times[0] else -1.0

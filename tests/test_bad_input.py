@@ -1152,6 +1152,18 @@ def test_a_field_that_is_nan_past_a_time_is_named_non_finite_not_a_blow_up():
         odeint(nan_past_half, torch.ones(1, dtype=torch.float64), [0.0, 1.0])
 
 
+def test_record_states_and_step_callbacks_are_checked_when_the_solve_is_set_up():
+    """``record_states="no"`` recorded every state; a callback that is not callable failed at the
+    first step with Python's bare "'int' object is not callable" (or never, for ``reject``)."""
+    with pytest.raises(TypeError, match="record_states must be a bool, got str"):
+        odeint(decay, torch.ones(1, dtype=torch.float64), [0.0, 1.0], record_states="no")
+    with pytest.raises(TypeError, match="record_states must be a bool"):
+        sdeint(DiagonalSDE(), torch.ones(2, 1, dtype=torch.float64), [0.0, 1.0], record_states=1)
+    for name in ("step", "accept", "reject", "stop"):
+        with pytest.raises(TypeError, match=f"callbacks.{name} must be callable or None, got int"):
+            local_reg.StepCallbacks(**{name: 3})
+
+
 def test_pi_controller_large_beta1_does_not_overflow():
     # EEst ** -beta1 overflowed Python's float power (an OverflowError) on a small error estimate.
     y0 = torch.tensor([1.0], dtype=torch.float64)
