@@ -129,8 +129,8 @@ def main() -> None:
     wrapped_difference = float((wrapped.ys[-1] - compiled.ys[-1]).abs().max())
     print(
         f"MLP {args.dim}->{args.width}->{args.width}->{args.dim} (weights x2), batch {args.batch}, float32, "
-        f"Tsit5, t in [0, {args.t1}], rtol={args.rtol:g}, atol={args.atol:g}, {args.device}, one thread, "
-        f"wall time, median of {args.rounds} interleaved rounds"
+        f"Tsit5, t in [0, {args.t1}], rtol={args.rtol:g}, atol={args.atol:g}, {args.device}, "
+        f"{torch.get_num_threads()} thread(s), wall time, median of {args.rounds} interleaved rounds"
     )
     print(
         f"local_reg: {eager.stats.n_steps} steps ({eager.stats.nfe} NFE) eager, {compiled.stats.n_steps} "

@@ -23,7 +23,7 @@ CONTROLLERS = {"PI (default)": PIController(), "integral": PIController(beta1=0.
 
 
 def main() -> None:
-    args = mlp_problem_parser(__doc__.splitlines()[0], batch=64).parse_args()
+    args = mlp_problem_parser(__doc__.splitlines()[0], batch=64, device=False).parse_args()
     mlp, y0_mlp = mlp_problem(args)
     problems = {
         "Lotka-Volterra": (lotka_volterra, torch.tensor([[1.0, 1.0]], dtype=torch.float64), 10.0),

@@ -12,7 +12,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-${OUT:-results/device}}")
 mkdir -p "$out"
-PY=${PY:-python}
+# Resolved now: the benchmarks run from benchmarks/, where a relative PY would not be found.
+PY=$(command -v "${PY:-python}") || { echo "no Python at PY=${PY:-python}" >&2; exit 2; }
 DEVICE=${DEVICE:-cuda}
 
 step() {  # step NAME SECONDS COMMAND...: run COMMAND with a time limit, its output in OUT/NAME.txt
@@ -35,5 +36,6 @@ step "peers_throughput_${DEVICE}_b4096" 75 "$PY" peers.py --throughput --device 
 # The compiled step, eager and with CUDA graphs ("reduce-overhead").
 step "compiled_$DEVICE" 120 "$PY" compiled.py --device "$DEVICE" --rounds 5
 cd ..
-step tests 150 "$PY" -m pytest -q -n "$(($(nproc) - 2))" tests
+workers=$(($(nproc) - 2))
+step tests 150 "$PY" -m pytest -q -n "$((workers > 0 ? workers : 1))" tests
 cat "$out/summary.txt"

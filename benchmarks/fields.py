@@ -60,9 +60,12 @@ class CountingMLP(torch.nn.Module):
         return self.net(y)
 
 
-def mlp_problem_parser(description: str, *, batch: int = 512, atol: float = 1e-8) -> argparse.ArgumentParser:
+def mlp_problem_parser(
+    description: str, *, batch: int = 512, atol: float = 1e-8, device: bool = True
+) -> argparse.ArgumentParser:
     """The command line of the MLP benchmarks: the field's ``--dim`` and ``--width``, ``--batch``,
-    the span ``[0, --t1]``, ``--rtol``, ``--atol``, torch's ``--threads`` and the ``--device``."""
+    the span ``[0, --t1]``, ``--rtol``, ``--atol``, torch's ``--threads`` and, for a benchmark that
+    times a GPU correctly (``device``), the ``--device``."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--width", type=int, default=64)
@@ -71,7 +74,10 @@ def mlp_problem_parser(description: str, *, batch: int = 512, atol: float = 1e-8
     parser.add_argument("--rtol", type=float, default=1e-6)
     parser.add_argument("--atol", type=float, default=atol)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--device", default="cpu", help="torch device of the field and states, e.g. cuda")
+    if device:
+        parser.add_argument("--device", default="cpu", help="torch device of the field and states, e.g. cuda")
+    else:
+        parser.set_defaults(device="cpu")
     return parser
 
 

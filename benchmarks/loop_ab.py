@@ -8,8 +8,9 @@ relative), e.g. for commit ``REV``::
     .venv/bin/python benchmarks/loop_ab.py --old /tmp/oldpkg
 
 A small MLP field on a small state (where the loop's own overhead matters most), no autograd, one
-thread; rounds alternate the two versions; times are the process's CPU time (less disturbed than
-wall time by other jobs on shared cores); the table gives medians and the median per-round ratio.
+thread; each round runs the other version, then this checkout; times are the process's CPU time
+(less disturbed than wall time by other jobs on shared cores); the table gives medians and the
+median per-round ratio.
 Each round also times bare calls of the field, so the loop's own overhead per attempted step is
 the time per step less ``NFE / steps`` bare calls.
 

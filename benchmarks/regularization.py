@@ -100,7 +100,7 @@ def make_iterations(
 
 
 def main() -> None:
-    parser = mlp_problem_parser(__doc__.splitlines()[0])
+    parser = mlp_problem_parser(__doc__.splitlines()[0], device=False)
     parser.add_argument("--n-times", type=int, default=5, help="output times in [0, t1]")
     parser.add_argument("--method", default="tsit5")
     parser.add_argument("--repeats", type=int, default=9)

@@ -27,7 +27,7 @@ def time_solve(solve, field: CountingMLP) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = mlp_problem_parser(__doc__.splitlines()[0])
+    parser = mlp_problem_parser(__doc__.splitlines()[0], device=False)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     field, y0 = mlp_problem(args)
