@@ -14,7 +14,9 @@ from ._step import initial_step_size as unchecked_initial_step_size
 from ._step import step as unchecked_step
 from ._validate import (
     CheckedNorm,
+    absolute_tolerance_for,
     check_output,
+    check_span,
     checked_field,
     finite_float,
     positive_float,
@@ -63,12 +65,20 @@ def step(
     t = finite_float("t", t)
     dt = finite_float("dt", dt)
     y = validate_state(y, "y")
+    # As odeint's span: a step times the tableau's coefficients must stay finite in y's dtype, and
+    # so must the stage times in it.
     tableau = get_tableau(tableau)
+    check_span([t, t + dt], y.dtype, tableau=tableau)
+    if abs(t) + abs(dt) > torch.finfo(y.dtype).max:
+        raise ValueError(f"t={t:g} + dt={dt:g} is beyond {y.dtype} (y's dtype, in which func gets its times)")
     rtol, atol = _tolerances(rtol, atol)
+    atol = absolute_tolerance_for(atol, rtol, y.dtype)
     if k1 is not None:
         if not isinstance(k1, Tensor):
             raise TypeError(f"k1 must be a torch.Tensor (func(t, y)) or None, got {type(k1).__name__}")
         check_output("k1", k1, y, returned=False)
+        if not bool(torch.isfinite(k1).all()):
+            raise ValueError("k1 is not finite")
     return unchecked_step(func, t, y, dt, tableau, rtol=rtol, atol=atol, k1=k1, norm=_checked_norm(norm))
 
 
@@ -102,6 +112,9 @@ def initial_step_size(
     if not isinstance(f0, Tensor):
         raise TypeError(f"f0 must be a torch.Tensor (func(t0, y0)), got {type(f0).__name__}")
     check_output("f0", f0, y0, returned=False)
+    if not bool(torch.isfinite(f0).all()):
+        # A NaN step size would follow, which no later check of a step size catches.
+        raise ValueError("f0 is not finite")
     order = positive_int("order", order)
     rtol, atol = _tolerances(rtol, atol)
     direction = finite_float("direction", direction)

@@ -35,7 +35,8 @@ def explain_failure(
 ) -> SolverError:
     """``error`` of :func:`local_reg._integrate.next_step_size`, its reason completed.
 
-    ``non_finite``: the last trial step was not finite (the stepper's ``failure`` text), so the step
+    ``non_finite``: the step was shrinking away from non-finite trial steps (the stepper's
+    ``failure`` text; set by one, cleared by a finite rejection or a step that grows), so the step
     size underflowed while shrinking away from an overflow. ``dtype``: the state's, whose precision
     an ``rtol`` below it cannot reach (the likely cause then).
     """

@@ -27,6 +27,8 @@ from ._errors import SolverError
 from ._step import RKStepper, StepResult, VectorField, min_step_size, rms_norm, underflow_threshold
 from ._stepper import Stepper
 from ._validate import (
+    absolute_tolerance_for,
+    atol_too_small,
     check_bool,
     checked_norm,
     compile_options,
@@ -133,12 +135,11 @@ class SolveOptions:
         0, whose scale the dtype would otherwise round to 0 (a 0 / 0 error estimate)."""
         tiny = torch.finfo(y.dtype).tiny
         if not isinstance(self.rtol, Tensor) and not isinstance(self.atol, Tensor):
-            if self.atol >= tiny:
+            atol = absolute_tolerance_for(self.atol, self.rtol, y.dtype)
+            if atol == self.atol:
                 return self
-            if self.rtol == 0:
-                raise ValueError(self._too_small(self.atol, y.dtype))
             options = copy.copy(self)
-            object.__setattr__(options, "atol", tiny)
+            object.__setattr__(options, "atol", atol)
             return options
         # Broadcast in float64 first: the floor is checked on the values given, before the cast to
         # the state's dtype rounds a tiny atol to zero.
@@ -150,7 +151,7 @@ class SolveOptions:
         )
         lone = atols[rtols == 0]
         if lone.numel() and float(lone.min()) < tiny:
-            raise ValueError(self._too_small(float(lone.min()), y.dtype))
+            raise ValueError(atol_too_small(float(lone.min()), y.dtype))
         options = copy.copy(self)  # not replace(): the checks ran on the values above, uncast
         for name, value in (("rtol", rtol), ("atol", atol)):
             cast = value.to(y.dtype) if isinstance(value, Tensor) else value
@@ -158,14 +159,6 @@ class SolveOptions:
                 cast = cast.clamp_min(tiny) if isinstance(cast, Tensor) else max(cast, tiny)
             object.__setattr__(options, name, cast)
         return options
-
-    @staticmethod
-    def _too_small(atol: float, dtype: torch.dtype) -> str:
-        tiny = torch.finfo(dtype).tiny
-        return (
-            f"atol={atol:g} with rtol=0 is below what {dtype} holds as a normal number ({tiny:.3g}): "
-            "the scaled error would overflow; raise atol"
-        )
 
     def __post_init__(self) -> None:
         checked = {

@@ -247,8 +247,8 @@ def odeint(
 
     Raises:
         ValueError, TypeError: bad arguments, naming the argument.
-        SolverError: a step size underflow (also when every shorter trial step stays non-finite:
-            a non-finite trial step is rejected and retried shorter), a non-finite derivative at
+        SolverError: a step size underflow (also when the trial steps keep turning non-finite: a
+            non-finite trial step is rejected and retried shorter), a non-finite derivative at
             ``t[0]``, ``max_steps`` exceeded (with a hint when the problem looks stiff), or, in the
             backward pass of any gradient method, a non-finite gradient from ``func``'s
             vector-Jacobian product. See docs/solver.md.
@@ -271,7 +271,7 @@ def odeint(
         compile=compile,
     ).for_state(y0)
     check_times_distinct(times, options.time_dtype)
-    check_span(times, y0.dtype)
+    check_span(times, y0.dtype, options.step_size, options.tableau)
     gradient_method = as_gradient_method(gradient)
     gradient_method = _legacy_gradient(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options

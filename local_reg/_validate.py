@@ -106,6 +106,27 @@ def tolerance(name: str, value: object, *, relative: bool) -> float | Tensor:
     return value
 
 
+def atol_too_small(atol: float, dtype: torch.dtype) -> str:
+    """The message refusing ``atol`` beside ``rtol = 0`` below ``dtype``'s smallest normal number."""
+    tiny = torch.finfo(dtype).tiny
+    return (
+        f"atol={atol:g} with rtol=0 is below what {dtype} holds as a normal number ({tiny:.3g}): "
+        "the scaled error would overflow; raise atol"
+    )
+
+
+def absolute_tolerance_for(atol: float, rtol: float, dtype: torch.dtype) -> float:
+    """``atol`` for a state of ``dtype``: one below the dtype's smallest normal number is refused
+    beside ``rtol = 0`` (the scaled error would overflow) and raised to it beside ``rtol > 0``
+    (``rtol * |y|`` keeps the scale, but an element at exactly 0 would get a zero one)."""
+    tiny = torch.finfo(dtype).tiny
+    if atol >= tiny:
+        return atol
+    if rtol == 0:
+        raise ValueError(atol_too_small(atol, dtype))
+    return tiny
+
+
 def per_element_tolerance(
     name: str,
     value: float | Tensor,
@@ -246,23 +267,33 @@ def check_times_distinct(
             )
 
 
-def longest_step(dtype: torch.dtype) -> float:
-    """The longest step the state's arithmetic in ``dtype`` takes: its largest value less a margin
-    of ``2**-10`` for the tableau's coefficients that multiply the step size (up to about 12 in
-    tsit5 and dopri5)."""
-    return torch.finfo(dtype).max * 2.0**-10
+def longest_step(dtype: torch.dtype, tableau: Any = None) -> float:
+    """The longest step the state's arithmetic in ``dtype`` takes: a step times each of the
+    ``tableau``'s coefficients (up to 12.9 in tsit5) must stay below the dtype's largest value,
+    with a factor 2 to spare; without a tableau, a margin of ``2**-10`` for any of them."""
+    if tableau is None:
+        return torch.finfo(dtype).max * 2.0**-10
+    rows = [*tableau.a, tableau.b, tableau.error_weights or ()]
+    coefficient = max([1.0, *(abs(float(x)) for row in rows for x in row)])
+    return torch.finfo(dtype).max / (2.0 * coefficient)
 
 
-def check_span(times: list[float], dtype: torch.dtype) -> None:
-    """A ``ValueError`` naming ``t`` if its span exceeds :func:`longest_step` of ``dtype``: a step
-    that long cannot enter the state's arithmetic, which torch reports as a bare conversion error."""
+def check_span(
+    times: list[float], dtype: torch.dtype, step_size: float | None = None, tableau: Any = None
+) -> None:
+    """A ``ValueError`` naming ``t`` if its span exceeds ``dtype``'s largest value, or if the longest
+    step it may take (the span, or a fixed ``step_size`` shorter than it) exceeds :func:`longest_step`:
+    a step that long cannot enter the state's arithmetic, which torch reports as a bare conversion
+    error."""
     span = abs(times[-1] - times[0])
-    largest = longest_step(dtype)
-    if span > largest:
+    largest = longest_step(dtype, tableau)
+    longest = span if step_size is None else min(span, step_size)
+    if span > torch.finfo(dtype).max or longest > largest:
+        beyond = span > torch.finfo(dtype).max
+        what = f"t spans {span:g}" if beyond or longest == span else f"step_size={longest:g}"
         raise ValueError(
-            f"t spans {span:g}, too long for steps in {dtype} (the state's dtype: its steps times the "
-            f"tableau's coefficients must stay below its largest value, so spans up to {largest:.3g}): "
-            "rescale time"
+            f"{what}: too long for steps in {dtype} (the state's dtype: its steps times the tableau's "
+            f"coefficients must stay below its largest value, so steps up to {largest:.3g}): rescale time"
         )
 
 

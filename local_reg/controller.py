@@ -15,8 +15,10 @@ class PIController:
 
         dt_next = dt * clip(safety * EEst_n ** -beta1 * EEst_{n-1} ** beta2, min_factor, max_factor)
 
-    with ``beta2 = 0.2 / order`` and ``beta1 = 1 / order - 0.75 * beta2`` by default (a given
-    ``beta2`` that leaves that ``beta1`` not positive is refused when the solve starts): Hairer's DOPRI5
+    with ``beta2 = 0.2 / order`` and ``beta1 = 1 / order - 0.75 * beta2`` by default; ``beta1`` must
+    exceed ``beta2`` (at a steady error the factor is ``safety * EEst ** (beta2 - beta1)``: else no
+    step grows again), checked when the controller is made, or, for a given ``beta2`` and the
+    default ``beta1``, when the method's order is known (the solve's start). Hairer's DOPRI5
     code's stabilization (``beta = 0.04`` at order 5) scaled to the order of the propagated solution.
     It damps step-size oscillation and settles at a smaller error than an integral controller
     (``beta2 = 0``, as torchdiffeq's): at one tolerance it takes up to ~20% more steps and is
@@ -48,6 +50,12 @@ class PIController:
         # reads a negative one as 0).
         if self.beta2 is not None and not (math.isfinite(self.beta2) and self.beta2 >= 0):
             raise ValueError(f"beta2 must be non-negative and finite (0: integral control), got {self.beta2}")
+        # With beta1 <= beta2 the factor after an accepted step, safety * (EEst_{n-1} / EEst_n) ** ...
+        # at a steady error, stays below 1: the steps only shrink, down to max_steps or an underflow.
+        if self.beta1 is not None and self.beta2 is not None and self.beta1 <= self.beta2:
+            raise ValueError(
+                f"beta1 must exceed beta2 (else no step grows again), got {self.beta1} <= {self.beta2}"
+            )
         if not 0.0 < self.safety <= 1.0:
             raise ValueError(f"safety must be in (0, 1], got {self.safety}")
         if not 0.0 < self.min_factor < 1.0 < self.max_factor < math.inf:
@@ -61,10 +69,11 @@ class PIController:
         ``ValueError`` if a given ``beta2`` leaves the default ``beta1`` not positive."""
         beta2 = 0.2 / order if self.beta2 is None else self.beta2
         beta1 = 1.0 / order - 0.75 * beta2 if self.beta1 is None else self.beta1
-        if beta1 <= 0:
+        if self.beta1 is None and beta1 <= beta2:
             raise ValueError(
                 f"beta2={beta2:g} leaves the default beta1 = 1/{order} - 0.75 * beta2 = {beta1:g} not "
-                f"positive for this method (order {order}): pass beta1 too, or beta2 < {4 / (3 * order):g}"
+                f"above beta2 for this method (order {order}), so no step could grow again: pass a "
+                f"beta1 > beta2 too, or beta2 < {4 / (7 * order):g}"
             )
         return beta1, beta2
 

@@ -1114,11 +1114,13 @@ def test_pi_controller_bad_values_are_refused(keywords, error, match):
         local_reg.PIController(**keywords)
 
 
-@pytest.mark.parametrize(("method", "beta2"), [("tsit5", 0.3), ("bosh3", 0.5)])
-def test_a_beta2_that_leaves_the_default_beta1_negative_is_named_before_the_first_step(method, beta2):
-    """``beta1 = 1/order - 0.75 beta2`` by default: a large ``beta2`` alone made it negative, which
-    no check saw (an explicit negative ``beta1`` is refused), and the solve ended in a step size
-    underflow after a few steps."""
+@pytest.mark.parametrize(("method", "beta2"), [("tsit5", 0.3), ("tsit5", 0.2), ("bosh3", 0.25)])
+def test_a_controller_whose_steps_could_never_grow_is_named_before_the_first_step(method, beta2):
+    """At a steady error the factor after an accepted step is ``safety * EEst ** (beta2 - beta1)``:
+    with ``beta1 <= beta2`` no step grows again, and the solve shrank its steps until ``max_steps``
+    or an underflow. A given ``beta2`` that leaves the default ``beta1 = 1/order - 0.75 beta2`` not
+    above it is refused when the order is known: by odeint, the backsolve adjoint's own adaptive
+    method (before the forward solve), and a regularized model (when it is made)."""
     calls = []
 
     def counted(t, y):
@@ -1126,16 +1128,75 @@ def test_a_beta2_that_leaves_the_default_beta1_negative_is_named_before_the_firs
         return -y
 
     controller = local_reg.PIController(beta2=beta2)
-    with pytest.raises(ValueError, match=rf"beta2={beta2:g} leaves the default beta1 .* not positive"):
+    match = rf"beta2={beta2:g} leaves the default beta1 .* not above beta2"
+    with pytest.raises(ValueError, match=match):
         odeint(counted, torch.ones(1, dtype=torch.float64), [0.0, 1.0], method=method, controller=controller)
     assert len(calls) <= 2  # f(t0, y0) and the first-step heuristic at most: refused before a step
-    fine = local_reg.PIController(beta1=beta2 + 0.1, beta2=beta2)
-    assert (
+    with pytest.raises(ValueError, match=match):
         odeint(
-            decay, torch.ones(1, dtype=torch.float64), [0.0, 1.0], method=method, controller=fine
-        ).stats.nfe
-        > 0
-    )
+            counted,
+            torch.ones(1, dtype=torch.float64, requires_grad=True),
+            [0.0, 1.0],
+            method="rk4",
+            step_size=0.1,
+            controller=controller,
+            gradient=BacksolveAdjoint(method=method),
+            adjoint_params=(),
+        )
+    with pytest.raises(ValueError, match=match):
+        LocallyRegularized(Decay(), method=method, options={"controller": controller})
+    with pytest.raises(ValueError, match=r"beta1 must exceed beta2"):
+        local_reg.PIController(beta1=0.05, beta2=0.3)
+    fine = local_reg.PIController(beta1=beta2 + 0.1, beta2=beta2)
+    solution = odeint(decay, torch.ones(1, dtype=torch.float64), [0.0, 1.0], method=method, controller=fine)
+    assert float(solution.ys[-1]) == pytest.approx(math.exp(-1.0), rel=1e-4)
+
+
+def test_a_tiny_atol_is_raised_alike_in_step_and_the_backsolve_adjoint():
+    """``atol=1e-50`` beside ``rtol > 0`` rounds to 0 in float32: ``step``'s error estimate was NaN
+    for an element at exactly 0, and the backsolve adjoint's backward solve failed."""
+    y = torch.tensor([1.0, 0.0])
+    tiny = local_reg.step(decay, 0.0, y, 0.1, "tsit5", rtol=1e-6, atol=1e-50)
+    floor = local_reg.step(decay, 0.0, y, 0.1, "tsit5", rtol=1e-6, atol=torch.finfo(torch.float32).tiny)
+    assert torch.isfinite(tiny.error_estimate) and float(tiny.error_estimate) == float(floor.error_estimate)
+    y0 = torch.tensor([1.0, 0.0], requires_grad=True)
+    ys = odeint(decay, y0, [0.0, 1.0], gradient=BacksolveAdjoint(rtol=1e-6, atol=1e-50), adjoint_params=()).ys
+    ys[-1].sum().backward()
+    assert float(y0.grad[0]) == pytest.approx(math.exp(-1.0), rel=1e-4)
+
+
+def test_the_public_step_functions_refuse_what_odeint_refuses():
+    """``local_reg.step`` returned a NaN step for a span too long for float32 (and passed func an
+    infinite time for a t beyond it), ``initial_step_size`` a NaN step for a NaN ``f0``; the
+    baselines failed inside torch on a list ``y0`` or a field of the wrong shape; ``is_sde`` took a
+    class for an SDE."""
+    y = torch.tensor([1.0, 2.0])
+    with pytest.raises(ValueError, match=r"t spans 3e\+37: too long for steps in torch.float32"):
+        local_reg.step(decay, 0.0, y, 3e37, "tsit5")
+    with pytest.raises(ValueError, match=r"t=1e\+300 \+ dt=0.1 is beyond torch.float32"):
+        local_reg.step(decay, 1e300, y, 0.1, "rk4")
+    with pytest.raises(ValueError, match="k1 is not finite"):
+        local_reg.step(decay, 0.0, y, 0.1, "tsit5", k1=torch.full((2,), math.nan))
+    with pytest.raises(ValueError, match="f0 is not finite"):
+        local_reg.initial_step_size(decay, 0.0, y, torch.full((2,), math.nan), 5, 1e-6, 1e-8)
+    for functional in (local_reg.rnode_regularization, local_reg.taynode_regularization):
+        with pytest.raises(TypeError, match="y0 must be a torch.Tensor, got list"):
+            functional(Decay(dtype=torch.float32), [1.0, 1.0], [0.0, 1.0])
+        with pytest.raises(ValueError, match=r"func returned shape \(\), expected \(2,\)"):
+            functional(lambda t, y: y.sum(), torch.ones(2), [0.0, 1.0], adjoint_params=())
+
+    class SDE(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return 0.1 * y
+
+    assert local_reg.is_sde(SDE()) and not local_reg.is_sde(SDE)
+    with pytest.raises(TypeError, match="sde must be an SDE instance, got the class SDE: pass SDE()"):
+        sdeint(SDE, torch.ones(2, 1), [0.0, 1.0])
 
 
 def test_a_field_that_is_nan_past_a_time_is_named_non_finite_not_a_blow_up():
@@ -1505,16 +1566,16 @@ def test_an_absolute_tolerance_too_small_for_the_dtype_is_named(dtype, atol, mat
 @pytest.mark.parametrize("method", ["euler", "rk4", "tsit5"])
 def test_a_span_whose_steps_overflow_the_states_dtype_is_refused(method):
     # torch's "value cannot be converted to type float without overflow" from inside a step, also
-    # for a span below float32's largest value (1e38), whose step times a tableau coefficient (up to
-    # ~12) overflows. A span 2**-10 of the largest value is taken (its steps may still be limited).
-    zero = odeint(
-        lambda t, y: torch.zeros_like(y), torch.ones(2), torch.tensor([0.0, 1e35], dtype=torch.float64)
-    )
+    # for a span below float32's largest value (1e38 with tsit5, whose step times a coefficient up to
+    # 12.9 overflows). The limit is the dtype's largest value over twice the tableau's largest
+    # coefficient: a span or fixed step within it is taken (its steps may still be limited).
+    fixed = {} if method == "tsit5" else {"step_size": 1e36}
+    zero = odeint(lambda t, y: torch.zeros_like(y), torch.ones(2), [0.0, 1e37], method=method, **fixed)
     assert torch.equal(zero.ys[-1], torch.ones(2))
-    with pytest.raises(ValueError, match=r"t spans 1e\+38, too long for steps in torch.float32"):
-        fixed = {} if method == "tsit5" else {"step_size": 1e37}
-        odeint(lambda t, y: torch.zeros_like(y), torch.ones(2), [0.0, 1e38], method=method, **fixed)
-    with pytest.raises(ValueError, match=r"t spans 1e\+39, too long for steps in torch.float32"):
+    too_long = {} if method == "tsit5" else {"step_size": 3e38}
+    with pytest.raises(ValueError, match=r"t spans 3e\+38: too long for steps in torch.float32"):
+        odeint(lambda t, y: torch.zeros_like(y), torch.ones(2), [0.0, 3e38], method=method, **too_long)
+    with pytest.raises(ValueError, match=r"t spans 1e\+39: too long for steps in torch.float32"):
         odeint(
             decay,
             torch.ones(2),
@@ -1522,6 +1583,11 @@ def test_a_span_whose_steps_overflow_the_states_dtype_is_refused(method):
             method=method,
             step_size=1e38,
         )
+    if method != "tsit5":  # a fixed step too long inside a span the dtype holds is named
+        with pytest.raises(ValueError, match=r"step_size=2e\+38: too long for steps in torch.float32"):
+            odeint(
+                lambda t, y: torch.zeros_like(y), torch.ones(2), [0.0, 3e38], method=method, step_size=2e38
+            )
     with pytest.raises(ValueError, match=r"t spans 6e\+38"):
         local_reg.compat.odeint(decay, torch.ones(2), torch.tensor([-3e38, 3e38]), method="euler")
 

@@ -578,7 +578,7 @@ def test_a_generator_state_that_cannot_be_continued_is_warned_about():
 
 
 def test_schedule_validation():
-    with pytest.raises(ValueError, match="weight"):
+    with pytest.raises(ValueError, match="value must be non-negative"):
         ConstantWeight(-1.0)
     with pytest.raises(ValueError, match="w1 must be positive"):
         ExponentialDecay(1.0, 0.0, 10)

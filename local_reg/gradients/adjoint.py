@@ -287,7 +287,9 @@ class BacksolveAdjoint(GraphFreeGradient):
                     f"the forward solve has per-element {name}: the backsolve adjoint's solve needs its "
                     f"own, one number (BacksolveAdjoint({name}=...); in local_reg.compat adjoint_{name}=...)"
                 )
-        self.backward_options(options)
+        backward = self.backward_options(options)
+        if backward.step_size is None:
+            backward.controller.gains(tableau.order)  # refused now, not in the backward pass
 
     def backward(
         self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
@@ -295,7 +297,8 @@ class BacksolveAdjoint(GraphFreeGradient):
         times = solve.solved_times
         if len(times) == 1:
             return grad_ys[0], [None] * len(solve.params), 0
-        options = self.backward_options(solve.options)
+        # For the state's dtype (a tiny atol raised to its smallest normal number, as the forward's).
+        options = self.backward_options(solve.options).for_state(ys[0])
         stepper = AdjointStepper(solve, options, self.norm == "seminorm", ys)
         try:
             return self._backsolve(solve, stepper, options, times, ys, grad_ys)

@@ -82,7 +82,7 @@ def check_ode_settings(
         options = check_option_keys(options, keyword_names([odeint], _ODEINT_RESERVED), backend)
         for name in ("step_to_outputs", "dense"):
             check_bool(f"options[{name!r}]", options.get(name, False))
-        SolveOptions(
+        solve_options = SolveOptions(
             rtol=rtol,
             atol=atol,
             first_step=options.get("first_step"),
@@ -94,6 +94,8 @@ def check_ode_settings(
             callbacks=options.get("callbacks"),
             compile=options.get("compile", False),
         )
+        if solve_options.step_size is None:
+            solve_options.controller.gains(tableau.order)  # a controller this method cannot use
         if options.get("callbacks") is not None and options["callbacks"].stop is not None:
             raise ValueError(
                 "options['callbacks'] has a stop condition, which needs a solve over exactly [t0, t1]: "

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.func import vjp
 
 from .._step import VectorField
-from .._validate import non_negative_float, validate_times
+from .._validate import checked_field, non_negative_float, validate_state, validate_times
 from ._augmented import Integrand, solve_augmented
 from ._baseline import (
     BaselinePenalty,
@@ -85,8 +85,10 @@ class RNODEPenalty(BaselinePenalty):
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
         times = validate_times(t)
+        y0 = validate_state(y0)
         eps = rademacher(y0.shape, generator, y0)
-        integrand = rnode_integrand(problem.func, eps)
+        # Checked output: a wrong shape is named before the vector--Jacobian product meets it.
+        integrand = rnode_integrand(checked_field(problem.func), eps)
         ys, integrals, solution = solve_augmented(problem, integrand, 2, y0, times)
         penalty = self.kinetic * integrals[0] + self.jacobian * integrals[1]
         stats = solution_stats(

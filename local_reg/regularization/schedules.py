@@ -78,9 +78,10 @@ class WeightSchedule:
             raise ValueError(
                 f"state must be a {type(self).__name__}.state_dict() (a dict with 'iteration'), got {got}"
             )
-        iteration = state["iteration"]
-        if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
-            raise ValueError(f"iteration must be a non-negative int, got {iteration!r}")
+        try:
+            iteration = non_negative_int("iteration", state["iteration"])  # numpy's integers too
+        except TypeError as error:
+            raise ValueError(str(error)) from None
         unused = sorted(set(state) - set(self.state_dict()))
         if unused:
             # Most likely another schedule's state (a self-tuning weight's, loaded into a model
@@ -99,7 +100,7 @@ class ConstantWeight(WeightSchedule):
 
     def __init__(self, value: float) -> None:
         super().__init__()
-        self.weight = non_negative_float("weight", value)
+        self.weight = non_negative_float("value", value)
 
     def value(self, iteration: int) -> float:
         return self.weight
@@ -435,7 +436,8 @@ class RatioWeight(_SelfTuningWeight):
         (a penalty replaced by zero, or a probe with no error at all), or a zero task gradient (a
         pass that carried the penalty alone: ``reg_loss.backward()`` before ``loss.backward()``;
         give both one backward pass)."""
-        penalty_norm, task_norm = float(penalty_norm), float(task_norm)
+        penalty_norm = real_number("penalty_norm", penalty_norm, "a gradient norm")
+        task_norm = real_number("task_norm", task_norm, "a gradient norm")
         if penalty_norm < 0 or task_norm < 0:
             raise ValueError(f"gradient norms must be non-negative, got {penalty_norm}, {task_norm}")
         if not (math.isfinite(penalty_norm) and math.isfinite(task_norm)) or 0 in (penalty_norm, task_norm):

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.func import jvp
 
 from .._step import VectorField
-from .._validate import validate_times
+from .._validate import checked_field, validate_state, validate_times
 from ._augmented import Integrand, solve_augmented
 from ._baseline import BaselinePenalty, BaselineStats, solution_stats
 from ._module import Regularized
@@ -106,7 +106,9 @@ class TayNODEPenalty(BaselinePenalty):
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
         times = validate_times(t)
-        integrand = taylor_integrand(problem.func, self.order)
+        y0 = validate_state(y0)
+        # Checked output: a wrong shape is named before the forward-mode derivatives meet it.
+        integrand = taylor_integrand(checked_field(problem.func), self.order)
         ys, integrals, solution = solve_augmented(problem, integrand, 1, y0, times)
         penalty = integrals[0]
         value = float(penalty.detach())

@@ -107,7 +107,7 @@ def sdeint(
     Raises:
         ValueError, TypeError: bad arguments, naming the argument; a drift, diffusion or Brownian
             increment of the wrong shape, dtype or device (checked on every call).
-        SolverError: step size underflow (also when every shorter trial step stays non-finite: a
+        SolverError: step size underflow (also when the trial steps keep turning non-finite: a
             non-finite trial step is rejected), non-finite drift or diffusion at ``t[0]``, a
             non-finite fixed step, or ``max_steps`` exceeded.
     """

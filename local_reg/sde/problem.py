@@ -39,9 +39,11 @@ SUPPORTED_SDE_TYPES = ("ito",)
 
 
 def is_sde(module: object) -> bool:
-    """True iff ``module`` looks like a torchsde SDE: callable ``f`` and ``g`` and a ``noise_type``."""
+    """True iff ``module`` looks like a torchsde SDE: callable ``f`` and ``g`` and a ``noise_type``
+    (an instance: its class has them too, unbound)."""
     return (
-        callable(getattr(module, "f", None))
+        not isinstance(module, type)
+        and callable(getattr(module, "f", None))
         and callable(getattr(module, "g", None))
         and isinstance(getattr(module, "noise_type", None), str)
     )
@@ -49,6 +51,8 @@ def is_sde(module: object) -> bool:
 
 def validate_sde(sde: Any) -> tuple[str, str]:
     """Check ``sde`` is an SDE this package solves; return ``(noise_type, sde_type)``."""
+    if isinstance(sde, type) and callable(getattr(sde, "f", None)) and callable(getattr(sde, "g", None)):
+        raise TypeError(f"sde must be an SDE instance, got the class {sde.__name__}: pass {sde.__name__}()")
     if not is_sde(sde):
         raise TypeError(
             "sde must have methods f(t, y) (drift) and g(t, y) (diffusion) and a string attribute "
