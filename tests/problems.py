@@ -52,3 +52,15 @@ def scipy_reference(func, y0, times):
     )
     assert solution.success
     return torch.from_numpy(solution.y.T.copy())
+
+
+class DecaySDE(torch.nn.Module):
+    """``dy = -y dt + 0.1 y dW``: a small diagonal-noise Itô SDE (geometric Brownian motion)."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def f(self, t, y):
+        return -y
+
+    def g(self, t, y):
+        return 0.1 * y

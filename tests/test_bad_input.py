@@ -1184,19 +1184,11 @@ def test_the_public_step_functions_refuse_what_odeint_refuses():
             functional(Decay(dtype=torch.float32), [1.0, 1.0], [0.0, 1.0])
         with pytest.raises(ValueError, match=r"func returned shape \(\), expected \(2,\)"):
             functional(lambda t, y: y.sum(), torch.ones(2), [0.0, 1.0], adjoint_params=())
-
-    class SDE(torch.nn.Module):
-        noise_type, sde_type = "diagonal", "ito"
-
-        def f(self, t, y):
-            return -y
-
-        def g(self, t, y):
-            return 0.1 * y
-
-    assert local_reg.is_sde(SDE()) and not local_reg.is_sde(SDE)
-    with pytest.raises(TypeError, match="sde must be an SDE instance, got the class SDE: pass SDE()"):
-        sdeint(SDE, torch.ones(2, 1), [0.0, 1.0])
+    assert local_reg.is_sde(DiagonalSDE()) and not local_reg.is_sde(DiagonalSDE)
+    with pytest.raises(
+        TypeError, match=r"sde must be an SDE instance, got the class DiagonalSDE: pass DiagonalSDE\(\)"
+    ):
+        sdeint(DiagonalSDE, torch.ones(2, 1), [0.0, 1.0])
 
 
 def test_a_field_that_is_nan_past_a_time_is_named_non_finite_not_a_blow_up():

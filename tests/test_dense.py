@@ -10,7 +10,7 @@ from scipy.linalg import expm
 
 from local_reg import TABLEAUS, odeint, step
 from local_reg.interpolants import get_interpolant
-from tests.problems import CountingField, scipy_reference, to_numpy_field
+from tests.problems import CountingField, DecaySDE, scipy_reference, to_numpy_field
 
 DTYPE = torch.float64
 ADAPTIVE = [name for name, tableau in TABLEAUS.items() if tableau.adaptive]
@@ -512,17 +512,8 @@ def test_the_step_records_keep_their_own_copy_of_y0():
 def test_evaluate_of_an_sde_solution_says_sdeint_keeps_no_dense_output():
     from local_reg import sdeint
 
-    class Decay(torch.nn.Module):
-        noise_type, sde_type = "diagonal", "ito"
-
-        def f(self, t, y):
-            return -y
-
-        def g(self, t, y):
-            return 0.1 * y
-
     solution = sdeint(
-        Decay(), torch.ones(2, 1, dtype=DTYPE), [0.0, 1.0], generator=torch.Generator().manual_seed(0)
+        DecaySDE(), torch.ones(2, 1, dtype=DTYPE), [0.0, 1.0], generator=torch.Generator().manual_seed(0)
     )
     with pytest.raises(ValueError, match="sdeint does not keep"):
         solution.evaluate(0.5)

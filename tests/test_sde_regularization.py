@@ -11,6 +11,7 @@ import torchsde
 import local_reg
 from local_reg import RegularizationStats, global_regularization, local_regularization
 from local_reg.sde import is_sde, sde_step, sdeint
+from tests.problems import DecaySDE
 
 DT = torch.float64
 
@@ -435,14 +436,8 @@ def test_an_sde_without_noise_type_is_named_when_the_model_is_made():
     ``forward``: refused when the model is made, naming ``noise_type`` (it failed at the first call
     with torch's "missing the required forward")."""
 
-    class NoNoiseType(torch.nn.Module):
-        sde_type = "ito"
-
-        def f(self, t, y):
-            return -y
-
-        def g(self, t, y):
-            return 0.1 * y
+    class NoNoiseType(DecaySDE):
+        noise_type = None  # as a module that never set it
 
     for model in (local_reg.LocallyRegularized, local_reg.GloballyRegularized):
         with pytest.raises(TypeError, match="no string attribute noise_type"):
