@@ -65,11 +65,11 @@ def step(
     t = finite_float("t", t)
     dt = finite_float("dt", dt)
     y = validate_state(y, "y")
+    tableau = get_tableau(tableau)
     # As odeint's span: a step times the tableau's coefficients must stay finite in y's dtype, and
     # so must the stage times in it.
-    tableau = get_tableau(tableau)
     check_span([t, t + dt], y.dtype, tableau=tableau)
-    if abs(t) + abs(dt) > torch.finfo(y.dtype).max:
+    if abs(t) + max([1.0, *map(abs, tableau.c)]) * abs(dt) > torch.finfo(y.dtype).max:
         raise ValueError(f"t={t:g} + dt={dt:g} is beyond {y.dtype} (y's dtype, in which func gets its times)")
     rtol, atol = _tolerances(rtol, atol)
     atol = absolute_tolerance_for(atol, rtol, y.dtype)
@@ -117,6 +117,7 @@ def initial_step_size(
         raise ValueError("f0 is not finite")
     order = positive_int("order", order)
     rtol, atol = _tolerances(rtol, atol)
+    atol = absolute_tolerance_for(atol, rtol, y0.dtype)
     direction = finite_float("direction", direction)
     if direction not in (1.0, -1.0):
         raise ValueError(f"direction must be +1 or -1, got {direction}")

@@ -392,6 +392,7 @@ def integrate(
             dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats, t_end=times[-1])
     previous_error = 1.0
     after_rejection = False
+    keeps_records = any(record is not None for record in (log.states, keep_state, log.dense))
     # Whether the step is shrinking away from non-finite trial steps: set by one, cleared by a
     # finite rejection or a step that grows (not by the slivers accepted in between).
     shrinking_from_non_finite = False
@@ -455,8 +456,7 @@ def integrate(
                     log.stiffness_estimate.append(result.stiffness_estimate.detach())
                 # The caller may refill y0's memory after the solve (a reused buffer): the records
                 # that outlive it keep their own copy.
-                records = (log.states, keep_state, log.dense)
-                kept = y.clone() if y is y0 and any(r is not None for r in records) else y
+                kept = y.clone() if y is y0 and keeps_records else y
                 if log.states is not None:
                     log.states.append(kept.detach())
                 if keep_state is not None:

@@ -269,11 +269,11 @@ def check_times_distinct(
 
 def longest_step(dtype: torch.dtype, tableau: Any = None) -> float:
     """The longest step the state's arithmetic in ``dtype`` takes: a step times each of the
-    ``tableau``'s coefficients (up to 12.9 in tsit5) must stay below the dtype's largest value,
-    with a factor 2 to spare; without a tableau, a margin of ``2**-10`` for any of them."""
+    ``tableau``'s coefficients (up to 12.9 in tsit5) and nodes must stay below the dtype's largest
+    value, with a factor 2 to spare; without a tableau, a margin of ``2**-10`` for any of them."""
     if tableau is None:
         return torch.finfo(dtype).max * 2.0**-10
-    rows = [*tableau.a, tableau.b, tableau.error_weights or ()]
+    rows = [*tableau.a, tableau.b, tableau.error_weights or (), tableau.c]
     coefficient = max([1.0, *(abs(float(x)) for row in rows for x in row)])
     return torch.finfo(dtype).max / (2.0 * coefficient)
 

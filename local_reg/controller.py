@@ -65,15 +65,21 @@ class PIController:
             )
 
     def gains(self, order: int) -> tuple[float, float]:
-        """``(beta1, beta2)`` for a method of error order ``order``, the defaults filled in; a
-        ``ValueError`` if a given ``beta2`` leaves the default ``beta1`` not positive."""
+        """``(beta1, beta2)`` for a method of order ``order``, the defaults filled in; a
+        ``ValueError`` if one given leaves the other's default such that ``beta1 <= beta2`` (both
+        given, :meth:`__post_init__` checked them)."""
         beta2 = 0.2 / order if self.beta2 is None else self.beta2
         beta1 = 1.0 / order - 0.75 * beta2 if self.beta1 is None else self.beta1
-        if self.beta1 is None and beta1 <= beta2:
+        if beta1 <= beta2 and self.beta1 is None:
             raise ValueError(
                 f"beta2={beta2:g} leaves the default beta1 = 1/{order} - 0.75 * beta2 = {beta1:g} not "
                 f"above beta2 for this method (order {order}), so no step could grow again: pass a "
                 f"beta1 > beta2 too, or beta2 < {4 / (7 * order):g}"
+            )
+        if beta1 <= beta2:
+            raise ValueError(
+                f"beta1={beta1:g} is not above the default beta2 = 0.2/{order} = {beta2:g} for this method "
+                f"(order {order}), so no step could grow again: pass a larger beta1, or beta2 too"
             )
         return beta1, beta2
 

@@ -1147,6 +1147,14 @@ def test_a_controller_whose_steps_could_never_grow_is_named_before_the_first_ste
         LocallyRegularized(Decay(), method=method, options={"controller": controller})
     with pytest.raises(ValueError, match=r"beta1 must exceed beta2"):
         local_reg.PIController(beta1=0.05, beta2=0.3)
+    # A given beta1 at or below the default beta2 (0.2 / order) too.
+    with pytest.raises(ValueError, match=r"beta1=0.03 is not above the default beta2 = 0.2/5"):
+        odeint(
+            decay,
+            torch.ones(1, dtype=torch.float64),
+            [0.0, 1.0],
+            controller=local_reg.PIController(beta1=0.03),
+        )
     fine = local_reg.PIController(beta1=beta2 + 0.1, beta2=beta2)
     solution = odeint(decay, torch.ones(1, dtype=torch.float64), [0.0, 1.0], method=method, controller=fine)
     assert float(solution.ys[-1]) == pytest.approx(math.exp(-1.0), rel=1e-4)
@@ -1189,6 +1197,29 @@ def test_the_public_step_functions_refuse_what_odeint_refuses():
         TypeError, match=r"sde must be an SDE instance, got the class DiagonalSDE: pass DiagonalSDE\(\)"
     ):
         sdeint(DiagonalSDE, torch.ones(2, 1), [0.0, 1.0])
+
+
+def test_the_backsolve_adjoints_own_solve_is_checked_before_the_forward_solve():
+    """The backward solve's own method may have larger coefficients than the forward's (rk4 1,
+    tsit5 12.9), and its own tolerances may be refused: both were found only in ``backward()``
+    (torch's bare overflow error; the atol message after the whole forward solve)."""
+    calls = []
+
+    def counted(t, y):
+        calls.append(t)
+        return torch.zeros_like(y)
+
+    y0 = torch.ones(2, requires_grad=True)
+    for gradient in (
+        BacksolveAdjoint(method="tsit5"),
+        BacksolveAdjoint(rtol=0.0, atol=1e-50),
+    ):
+        span = [0.0, 1e38] if gradient.rtol is None else [0.0, 1.0]
+        with pytest.raises(ValueError, match=r"t spans 1e\+38: too long|atol=1e-50 with rtol=0"):
+            odeint(
+                counted, y0, span, method="rk4", step_size=span[1] / 10, gradient=gradient, adjoint_params=()
+            )
+    assert calls == []
 
 
 def test_a_field_that_is_nan_past_a_time_is_named_non_finite_not_a_blow_up():
