@@ -32,7 +32,8 @@ class ButcherTableau:
         stability_size: the extent of the stability region along the negative real axis; ``dt * rho``
             beyond it means the step is limited by stability rather than accuracy.
 
-    The coefficients may be given as lists or arrays; they are kept as tuples of floats. A tableau
+    The coefficients may be given as lists or arrays (``a`` as its rows below the diagonal, or as the
+    square matrix with zeros on and above it); they are kept as tuples of floats. A tableau
     whose coefficients are not finite, whose ``c`` are not the row sums of ``a``, whose
     ``error_weights`` do not sum to 0 (or are all 0), or whose ``b`` miss an order condition up to
     ``order`` is refused with a ``ValueError`` naming the field.
@@ -55,6 +56,14 @@ class ButcherTableau:
             value = getattr(self, attribute)
             if value is not None:
                 object.__setattr__(self, attribute, self._coefficients(attribute, value))
+        if isinstance(self.a, np.ndarray) and self.a.ndim == 2 and self.a.shape[0] == self.a.shape[1]:
+            # A square matrix, as it is printed: its entries on and above the diagonal must be 0.
+            if np.any(np.triu(self.a) != 0):
+                raise ValueError(
+                    f"tableau {self.name!r}: a has entries on or above the diagonal (an implicit method); "
+                    "an explicit method's a is strictly lower-triangular"
+                )
+            object.__setattr__(self, "a", [self.a[i, :i] for i in range(self.a.shape[0])])
         if isinstance(self.a, (str, bytes)) or not isinstance(self.a, (tuple, list)):
             raise TypeError(
                 f"tableau {self.name!r}: a must be a sequence of rows, got {type(self.a).__name__}"

@@ -92,6 +92,22 @@ def test_tableau_order_is_checked_in_full(name):
 
 
 @pytest.mark.parametrize("name", sorted(TABLEAUS))
+def test_a_tableau_given_as_its_square_matrix_is_the_tableau(name):
+    """``a`` as printed, the square matrix with zeros on and above the diagonal (a NumPy array):
+    the same tableau as its rows below the diagonal; an entry on the diagonal (an implicit method)
+    is refused by name."""
+    tableau = TABLEAUS[name]
+    n = len(tableau.c)
+    square = np.zeros((n, n))
+    for i, row in enumerate(tableau.a):
+        square[i, :i] = row
+    assert dataclasses.replace(tableau, a=square) == tableau
+    square[0, 0] = 0.5
+    with pytest.raises(ValueError, match="on or above the diagonal"):
+        dataclasses.replace(tableau, a=square)
+
+
+@pytest.mark.parametrize("name", sorted(TABLEAUS))
 def test_convergence_order(name):
     """Global error of fixed steps on y' = cos(t) y, y = exp(sin t), shrinks like dt**order."""
     tableau = TABLEAUS[name]
