@@ -310,7 +310,7 @@ def test_regularization_step_calls_local_reg_step(monkeypatch):
 
     def spy(*args, **kwargs):
         calls.append(args[4])
-        return step(*args, **kwargs)
+        return local_reg._step.step(*args, **kwargs)
 
     monkeypatch.setattr(_problems, "step", spy)
     local_regularization(MLPField(), _y0(), T, rtol=RTOL, atol=ATOL, penalty="error-dt")
@@ -493,7 +493,7 @@ def test_non_finite_penalty_is_replaced_by_zero(monkeypatch):
     func = MLPField()
 
     def diverging(*args, **kwargs):
-        result = step(*args, **kwargs)
+        result = local_reg._step.step(*args, **kwargs)
         return StepResult(
             result.y1,
             result.error_estimate * math.inf,
@@ -883,3 +883,70 @@ def test_probe_arguments_are_named_as_the_probes():
         LocallyRegularized.paper(MLPField(), weight=None)
     with pytest.raises(ValueError, match="penalty='kinetic' takes no probe step: reg_method"):
         local_reg.LocalPenalty(penalty="kinetic", reg_method="dopri5")
+
+
+def test_a_float64_t_reaches_a_float32_field_in_float64_in_every_module():
+    """As ``odeint``: a float64 ``t`` keeps its precision for a float32 state. The modules handed
+    odeint the times as floats (read in the state's dtype), so near ``t = 1000`` their eval solve
+    was not the plain ``odeint`` solve, and ``t = [1e8, 1e8 + 1]`` was refused."""
+    seen = []
+
+    class Field(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+
+        def forward(self, t, y):
+            seen.append(t.dtype)
+            return torch.tanh(self.lin(y)) * torch.cos(1e3 * t).to(y.dtype)
+
+    torch.manual_seed(0)
+    field, y0 = Field(), torch.randn(4, 3)
+    t = torch.tensor([0.0, 0.3337, 1.0000001], dtype=torch.float64) + 1000.0
+    reference = odeint(field, y0, t)
+    makers = [
+        LocallyRegularized,
+        GloballyRegularized,
+        local_reg.RNODERegularized,
+        lambda f: local_reg.SteerRegularized(f, b=0.1),
+    ]
+    for make in makers:
+        model = make(field)
+        model.eval()
+        seen.clear()
+        assert torch.equal(model(y0, t), reference.ys) and set(seen) == {torch.float64}
+        model.train()
+        seen.clear()
+        model(y0, t)
+        assert set(seen) == {torch.float64}
+    far = torch.tensor([1e8, 1e8 + 1.0], dtype=torch.float64)
+    assert torch.equal(LocallyRegularized(field).eval()(y0, far), odeint(field, y0, far).ys)
+
+
+def test_the_probe_step_uses_the_main_solves_norm():
+    """``options["norm"]`` is the error norm of the main solve, and so of the probe that repeats its
+    step (and of the heuristic that sizes it): the probe used the RMS norm whatever was given."""
+
+    def max_norm(x):
+        return x.abs().max()
+
+    model = LocallyRegularized(
+        MLPField(),
+        penalty="error-dt",
+        probe="initial",
+        weight=1.0,
+        rtol=RTOL,
+        atol=ATOL,
+        options={"norm": max_norm},
+    )
+    model(_y0(), T)
+    stats = model.stats
+    k1 = model.problem.func(torch.tensor(stats.t_reg, dtype=DTYPE), stats.state)
+    dt, _ = local_reg.initial_step_size(
+        model.problem.func, stats.t_reg, stats.state, k1, TSIT5.order, RTOL, ATOL, norm=max_norm, t_end=T[-1]
+    )
+    assert stats.dt_reg == pytest.approx(dt, rel=1e-12)
+    expected = step(
+        model.problem.func, stats.t_reg, stats.state, dt, TSIT5, rtol=RTOL, atol=ATOL, norm=max_norm
+    )
+    assert float(model.reg_loss) == pytest.approx(float(expected.error_estimate) * dt, rel=1e-9)

@@ -63,6 +63,7 @@ def solve_augmented(
     n_terms: int,
     y0: Tensor,
     times: list[float],
+    t_dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor, Solution]:
     """``(ys, integrals, solution)``: the state at ``t``, shape ``(len(t), *y0.shape)``, and the
     ``n_terms`` integrals ``int r_i dt`` from ``t[0]`` to ``t[-1]`` (signed so that a backward
@@ -72,7 +73,7 @@ def solve_augmented(
         raise ValueError(f"t must hold at least 2 times (t0 and t1) to integrate over, got {len(times)}")
     augmented0 = torch.cat([y0.reshape(-1), y0.new_zeros(n_terms)])
     field = AugmentedField(problem.func, integrand, y0.shape, n_terms)
-    solution = problem.odeint(field, augmented0, times)
+    solution = problem.odeint(field, augmented0, times, t_dtype)
     ys = solution.ys[:, :-n_terms].reshape(len(times), *y0.shape)
     direction = 1.0 if times[-1] >= times[0] else -1.0
     return ys, direction * solution.ys[-1, -n_terms:], solution

@@ -120,7 +120,7 @@ def solve_main(
     options = dict(problem.options or {})
     if backend == "local_reg":
         solution = problem.odeint(
-            func, y0, times, record_states=request.states, step_penalty=request.step_penalty
+            func, y0, times, t_dtype, record_states=request.states, step_penalty=request.step_penalty
         )
         return MainSolve.from_solution(solution, record_steps=record_steps)
 

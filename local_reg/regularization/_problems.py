@@ -21,9 +21,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .._odeint import odeint
-from .._step import initial_step_size, step, time_tensor
+from .._step import initial_step_size, rms_norm, step, time_tensor
 from .._validate import (
     checked_field,
+    checked_norm,
     positive_float,
     relative_tolerance,
     time_dtype,
@@ -219,23 +220,38 @@ class ODEProblem(_Problem):
         in, what the main solve and the probe share (nothing for an ODE) and its cost."""
         validate_state(y0)
         times = validate_times(t)
-        # As odeint: a floating t keeps its precision where wider than the state's; an integer or
-        # half-precision one is read in the state's dtype.
-        t_dtype = time_dtype(t, y0) if isinstance(t, Tensor) else torch.float64
-        return times, t_dtype, None, Stats()
+        t_dtype = self.times_dtype(t, y0)
+        # The context: the dtype func gets its times in (torchdiffeq casts them to the state's).
+        return times, t_dtype, t_dtype if self.backend == "local_reg" else y0.dtype, Stats()
+
+    def times_dtype(self, t: Tensor | Sequence[float], y0: Tensor) -> torch.dtype:
+        """The dtype the backend sees the times in. As odeint: a floating tensor ``t`` keeps its
+        precision where wider than the state's, an integer or half-precision one is read in the
+        state's dtype, and so is a sequence of floats (torchdiffeq, which needs a tensor, gets it
+        in float64)."""
+        if isinstance(t, Tensor):
+            return time_dtype(t, y0)
+        return torch.float64 if self.backend == "torchdiffeq" else y0.dtype
 
     def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: None, request: Request):
         return _ode_backends.solve_main(self, y0, times, t_dtype, request)
 
     def odeint(
-        self, field: Callable[[Tensor, Tensor], Tensor], y0: Tensor, times: list[float], **record: Any
+        self,
+        field: Callable[[Tensor, Tensor], Tensor],
+        y0: Tensor,
+        times: list[float],
+        t_dtype: torch.dtype,
+        **record: Any,
     ):
         """:func:`local_reg.odeint` of ``field`` (``func`` or a field built on it) with this
-        problem's method, tolerances, gradient method and options."""
+        problem's method, tolerances, gradient method and options, its times in ``t_dtype`` (as a
+        tensor where wider than the state's dtype: odeint reads floats in the state's)."""
+        wider = t_dtype != y0.dtype
         return odeint(
             field,
             y0,
-            times,
+            torch.tensor(times, dtype=t_dtype, device=y0.device) if wider else times,
             method=ODE_DEFAULT_METHOD["local_reg"] if self.method is None else self.method,
             rtol=self.rtol,
             atol=self.atol,
@@ -245,16 +261,21 @@ class ODEProblem(_Problem):
             **self.options,
         )
 
-    def drift(self, context: None, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
-        """``func(t_reg, state)``, counted in ``stats``."""
+    def drift(self, context: torch.dtype, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
+        """``func(t_reg, state)``, counted in ``stats``; ``context``: the dtype ``func`` gets times in."""
         stats.add(1)
-        return checked_field(self.func)(time_tensor(t_reg, state), state)
+        return checked_field(self.func)(time_tensor(t_reg, state, context), state)
+
+    @property
+    def norm(self) -> Callable[[Tensor], Tensor]:
+        """The main solve's error norm (``options['norm']``), which the probe's estimate uses too."""
+        return checked_norm(self.options.get("norm", rms_norm))
 
     _start = drift
 
     def _heuristic(
         self,
-        context: None,
+        context: torch.dtype,
         tableau: ButcherTableau,
         t_reg: float,
         y: Tensor,
@@ -274,16 +295,35 @@ class ODEProblem(_Problem):
             self.rtol,
             self.atol,
             direction,
+            norm=self.norm,
             t_end=t_end,
+            time_dtype=context,
         )
         stats.add(extra)
         return dt_abs
 
     def _step(
-        self, context: None, tableau: ButcherTableau, t_reg: float, state: Tensor, dt: float, k1: Tensor
+        self,
+        context: torch.dtype,
+        tableau: ButcherTableau,
+        t_reg: float,
+        state: Tensor,
+        dt: float,
+        k1: Tensor,
     ):
         func = checked_field(self.func)
-        return step(func, t_reg, state, dt, tableau, rtol=self.rtol, atol=self.atol, k1=k1)
+        return step(
+            func,
+            t_reg,
+            state,
+            dt,
+            tableau,
+            rtol=self.rtol,
+            atol=self.atol,
+            k1=k1,
+            norm=self.norm,
+            time_dtype=context,
+        )
 
 
 class SDEProblem(_Problem):

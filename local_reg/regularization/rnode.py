@@ -89,7 +89,9 @@ class RNODEPenalty(BaselinePenalty):
         eps = rademacher(y0.shape, generator, y0)
         # Checked output: a wrong shape is named before the vector--Jacobian product meets it.
         integrand = rnode_integrand(checked_field(problem.func), eps)
-        ys, integrals, solution = solve_augmented(problem, integrand, 2, y0, times)
+        ys, integrals, solution = solve_augmented(
+            problem, integrand, 2, y0, times, problem.times_dtype(t, y0)
+        )
         penalty = self.kinetic * integrals[0] + self.jacobian * integrals[1]
         stats = solution_stats(
             solution,

@@ -77,7 +77,7 @@ class SteerPenalty(BaselinePenalty):
         times = validate_times(t)
         check_half_width(self.b, times)
         t_end = sample_end_time(times[-1], self.b, generator)
-        main = problem.solve(y0, times[:-1] + [t_end], torch.float64, None, Request())
+        main = problem.solve(y0, times[:-1] + [t_end], problem.times_dtype(t, y0), None, Request())
         zero = torch.zeros((), dtype=y0.dtype, device=y0.device)
         stats = BaselineStats(main=main.stats, n_accepted=main.n_accepted, t_end=t_end, penalty=0.0)
         return main.ys, zero, stats

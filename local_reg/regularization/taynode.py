@@ -109,7 +109,9 @@ class TayNODEPenalty(BaselinePenalty):
         y0 = validate_state(y0)
         # Checked output: a wrong shape is named before the forward-mode derivatives meet it.
         integrand = taylor_integrand(checked_field(problem.func), self.order)
-        ys, integrals, solution = solve_augmented(problem, integrand, 1, y0, times)
+        ys, integrals, solution = solve_augmented(
+            problem, integrand, 1, y0, times, problem.times_dtype(t, y0)
+        )
         penalty = integrals[0]
         value = float(penalty.detach())
         stats = solution_stats(
