@@ -950,3 +950,30 @@ def test_the_probe_step_uses_the_main_solves_norm():
         model.problem.func, stats.t_reg, stats.state, dt, TSIT5, rtol=RTOL, atol=ATOL, norm=max_norm
     )
     assert float(model.reg_loss) == pytest.approx(float(expected.error_estimate) * dt, rel=1e-9)
+
+
+def test_the_torchdiffeq_backend_takes_a_backsolve_adjoint_of_another_method():
+    """torchdiffeq needs ``adjoint_options`` when the adjoint's method differs from the forward's
+    (it cannot infer them): every such model failed at its first call. A method torchdiffeq lacks
+    is refused when the model is made."""
+    func = MLPField()
+    gradient = local_reg.BacksolveAdjoint(method="bosh3", rtol=1e-7, atol=1e-9)
+    model = LocallyRegularized(func, backend="torchdiffeq", gradient=gradient, rtol=RTOL, atol=ATOL)
+    y0 = _y0().requires_grad_()
+    ys = model(y0, T)
+    (ys.pow(2).sum() + model.reg_loss).backward()
+    theirs = torchdiffeq.odeint_adjoint(
+        func,
+        y0,
+        torch.as_tensor(T, dtype=DTYPE),
+        rtol=RTOL,
+        atol=ATOL,
+        method="dopri5",
+        adjoint_method="bosh3",
+        adjoint_rtol=1e-7,
+        adjoint_atol=1e-9,
+        adjoint_options={},
+    )
+    torch.testing.assert_close(ys, theirs, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="BacksolveAdjoint method 'tsit5' is not one of torchdiffeq's"):
+        LocallyRegularized(func, backend="torchdiffeq", gradient=local_reg.BacksolveAdjoint(method="tsit5"))

@@ -34,6 +34,14 @@ def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
             "'direct' (torchdiffeq.odeint) and 'adjoint' (torchdiffeq.odeint_adjoint); use "
             "backend='local_reg' for 'checkpoint' and 'symplectic'"
         )
+    if backend == "torchdiffeq" and isinstance(method, BacksolveAdjoint) and method.tableau is not None:
+        from torchdiffeq._impl.odeint import SOLVERS
+
+        if method.tableau.name not in SOLVERS:
+            raise ValueError(
+                f"BacksolveAdjoint method {method.tableau.name!r} is not one of torchdiffeq's, which "
+                f"backend='torchdiffeq' solves the adjoint with: one of {sorted(SOLVERS)}"
+            )
     return method
 
 
@@ -50,7 +58,8 @@ def _torchdiffeq_adjoint_options(method: BacksolveAdjoint) -> dict[str, Any]:
     for key in ("step_size", "first_step", "max_steps"):
         if getattr(method, key) is not None:
             options[{"max_steps": "max_num_steps"}.get(key, key)] = getattr(method, key)
-    if options:
+    # torchdiffeq cannot infer the backward solve's options for another method than the forward's.
+    if options or "adjoint_method" in kwargs:
         kwargs["adjoint_options"] = options
     return kwargs
 
