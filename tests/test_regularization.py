@@ -977,3 +977,21 @@ def test_the_torchdiffeq_backend_takes_a_backsolve_adjoint_of_another_method():
     torch.testing.assert_close(ys, theirs, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="BacksolveAdjoint method 'tsit5' is not one of torchdiffeq's"):
         LocallyRegularized(func, backend="torchdiffeq", gradient=local_reg.BacksolveAdjoint(method="tsit5"))
+
+
+@pytest.mark.parametrize(
+    ("gradient", "options", "match"),
+    [
+        ("direct", {"checkpoints": 4}, "checkpoints only applies"),
+        ("adjoint", {"adjoint_method": "nosuch"}, "unknown method 'nosuch'"),
+        ("adjoint", {"adjoint_options": {"bogus": 1}}, r"adjoint_options: unknown keys \['bogus'\]"),
+        ("symplectic", {"adjoint_rtol": 1e-8}, "only apply to gradient='adjoint'"),
+        (local_reg.BacksolveAdjoint(method="rk4"), {}, "BacksolveAdjoint method 'rk4' is fixed-step"),
+    ],
+)
+def test_a_models_gradient_settings_are_checked_when_it_is_made(gradient, options, match):
+    """What odeint checks of the gradient method at every solve (the deprecated keys it converts,
+    a fixed-step backward method without a step size) was found only at the first forward call."""
+    for make in (LocallyRegularized, GloballyRegularized):
+        with pytest.raises(ValueError, match=match):
+            make(MLPField(), gradient=gradient, options=options)
