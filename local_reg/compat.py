@@ -472,6 +472,9 @@ def odeint_adjoint(
             )
         backward_method = method if adjoint_method is None else adjoint_method
         backward = _tableau(backward_method)
+        if not backward.adaptive and adjoint_options is not None:
+            # Given for the backward solve, which cannot use them (from options, the forward's).
+            _ignored_by_fixed_steps(adjoint, where, backward_method)
         step_size = _fixed_step_size(backward, adjoint.get("step_size"), where, backward_method, stacklevel=3)
         max_steps = None  # the forward solve's
         if "max_num_steps" in adjoint and backward.adaptive:

@@ -581,3 +581,22 @@ def test_odeint_dense_differentiates_w_r_t_t0_and_needs_a_step_size_for_a_fixed_
         options={"step_size": 0.01},
     )
     assert float(grid(1.0)) == pytest.approx(math.exp(-1.0), rel=1e-8)
+
+
+def test_a_fixed_step_adjoint_method_warns_of_the_adjoint_options_it_ignores():
+    """As the forward solve warns of ``options`` a fixed-step method ignores (and torchdiffeq warns
+    of both): ``adjoint_options``' ``first_step`` and ``max_num_steps`` were dropped silently."""
+    func = torch.nn.Linear(2, 2).double()
+    y0 = torch.ones(1, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.warns(UserWarning, match=r"adjoint_options \['first_step', 'max_num_steps'\] are ignored"):
+        ys = compat.odeint_adjoint(
+            lambda s, y: func(y),
+            y0,
+            t,
+            adjoint_method="rk4",
+            adjoint_options={"step_size": 0.1, "first_step": 0.1, "max_num_steps": 1},
+            adjoint_params=tuple(func.parameters()),
+        )
+        ys.sum().backward()
+    assert torch.isfinite(y0.grad).all()
