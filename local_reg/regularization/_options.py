@@ -9,6 +9,7 @@ step with it.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,6 +19,7 @@ from .._validate import (
     positive_float,
     relative_tolerance,
 )
+from ..gradients import GradientMethod
 from ..tableaus import get_tableau
 
 # Keywords the problem itself passes to the backend solver: not for ``options``.
@@ -69,14 +71,17 @@ def torchdiffeq_option_names(method: str) -> tuple[str, ...]:
 
 
 def check_ode_settings(
-    backend: str, method: object, rtol: object, atol: object, options: object
+    backend: str, method: object, rtol: object, atol: object, options: object, gradient: GradientMethod
 ) -> dict[str, Any]:
-    """Check an ODE main solve's method, tolerances and ``options``; return the options."""
+    """Check an ODE main solve's method, tolerances and ``options``, and for the local_reg backend
+    the ``gradient`` method against them as ``odeint`` checks it at every solve (the deprecated
+    ``checkpoints``/``adjoint_*`` keys of ``options`` it converts; a fixed-step backward method
+    without a step size, say); return the options."""
     rtol = relative_tolerance("rtol", rtol)
     atol = positive_float("atol", atol)
     if backend == "local_reg":
         from .._integrate import DEFAULT_MAX_STEPS, SolveOptions
-        from .._odeint import odeint
+        from .._odeint import _legacy_gradient, odeint
 
         tableau = get_tableau(ODE_DEFAULT_METHOD[backend] if method is None else method)
         options = check_option_keys(options, keyword_names([odeint], _ODEINT_RESERVED), backend)
@@ -96,6 +101,11 @@ def check_ode_settings(
         )
         if solve_options.step_size is None:
             solve_options.controller.gains(tableau.order)  # a controller this method cannot use
+        legacy = ("checkpoints", "adjoint_method", "adjoint_rtol", "adjoint_atol", "adjoint_options")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the solve warns of them
+            gradient = _legacy_gradient(gradient, *(options.get(name) for name in legacy))
+        gradient.check(solve_options)
         if options.get("callbacks") is not None and options["callbacks"].stop is not None:
             raise ValueError(
                 "options['callbacks'] has a stop condition, which needs a solve over exactly [t0, t1]: "
@@ -110,9 +120,10 @@ def check_ode_settings(
 
 
 def check_sde_settings(
-    backend: str, method: object, rtol: object, atol: object, options: object
+    backend: str, method: object, rtol: object, atol: object, options: object, gradient: GradientMethod
 ) -> dict[str, Any]:
-    """Check an SDE main solve's method, tolerances and ``options``; return the options."""
+    """Check an SDE main solve's method, tolerances and ``options``; return the options. (The SDE
+    backends' ``gradient`` methods take no settings to check against them.)"""
     relative_tolerance("rtol", rtol)
     positive_float("atol", atol)
     if backend == "local_reg":

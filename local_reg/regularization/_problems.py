@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,8 +20,6 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .._integrate import SolveOptions
-from .._odeint import _legacy_gradient as legacy_gradient
 from .._odeint import odeint
 from .._step import initial_step_size, rms_norm, step, time_tensor
 from .._validate import (
@@ -114,7 +111,9 @@ class _Problem:
         self.adjoint_params = (
             None if config.adjoint_params is None else adjoint_params_tuple(config.adjoint_params)
         )
-        self.options = self.check_settings(self.backend, config.method, self.rtol, self.atol, config.options)
+        self.options = self.check_settings(
+            self.backend, config.method, self.rtol, self.atol, config.options, self.gradient
+        )
 
     def probe(
         self,
@@ -202,26 +201,6 @@ class ODEProblem(_Problem):
         if self.gradient.graph_free and self.adjoint_params is None:
             # What the first solve would refuse (a plain function hides its parameters), now.
             resolve_adjoint_params(func, None, self.gradient)
-        if self.backend == "local_reg":
-            self._check_gradient_settings()
-
-    def _check_gradient_settings(self) -> None:
-        """What odeint checks of the gradient method at every solve, now: the deprecated
-        ``checkpoints``/``adjoint_*`` keys of ``options`` it converts, and the method's own settings
-        against the solve's (a fixed-step backward method without a step size, say)."""
-        legacy = ("checkpoints", "adjoint_method", "adjoint_rtol", "adjoint_atol", "adjoint_options")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # the solve warns of them
-            gradient = legacy_gradient(self.gradient, *(self.options.get(name) for name in legacy))
-        gradient.check(
-            SolveOptions(
-                rtol=self.rtol,
-                atol=self.atol,
-                step_size=self.options.get("step_size"),
-                controller=self.options.get("controller"),
-                tableau=get_tableau(ODE_DEFAULT_METHOD["local_reg"] if self.method is None else self.method),
-            )
-        )
 
     def with_func(self, func: Callable[[Tensor, Tensor], Tensor]) -> ODEProblem:
         """This problem, checked settings and all, with another vector field (a wrapper of ``func``)."""
