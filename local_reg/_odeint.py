@@ -276,11 +276,7 @@ def odeint(
     gradient_method = _legacy_gradient(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options
     )
-    gradient_method.check(options)
-    if isinstance(gradient_method, BacksolveAdjoint):
-        # The backward solve's own method, step and tolerances, checked as the forward's before it runs.
-        backward = gradient_method.backward_options(options).for_state(y0)
-        check_span(times, y0.dtype, backward.step_size, backward.tableau)
+    gradient_method.check(options, times, y0)
     check_step_penalty_support(gradient_method, step_penalty)
     # Every call, in the forward and in any backward pass, returns y's shape and dtype.
     checked = checked_field(func)

@@ -177,8 +177,12 @@ class GradientMethod(ABC):
     graph_free: ClassVar[bool] = True
     """The forward solve runs without a graph; gradients go to ``y0`` and ``adjoint_params``."""
 
-    def check(self, options: SolveOptions) -> None:
-        """Raise ``ValueError`` if this method cannot differentiate a solve with ``options``."""
+    def check(
+        self, options: SolveOptions, times: list[float] | None = None, y0: Tensor | None = None
+    ) -> None:
+        """Raise ``ValueError`` if this method cannot differentiate a solve with ``options``; given
+        the solve's ``times`` and ``y0`` (``odeint`` gives them), also if it cannot over that span
+        and state."""
         return None
 
     @abstractmethod

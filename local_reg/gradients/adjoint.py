@@ -46,7 +46,7 @@ from .._diagnose import SETTINGS_HINT
 from .._errors import SolverError
 from .._integrate import SolveOptions, integrate
 from .._step import RKStepper, StepResult, initial_step_size, rms_norm
-from .._validate import positive_float, positive_int, relative_tolerance
+from .._validate import check_span, positive_float, positive_int, relative_tolerance
 from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from ._function import ForwardSolve, GraphFreeGradient, vector_jacobian_product
@@ -272,7 +272,9 @@ class BacksolveAdjoint(GraphFreeGradient):
         own_adaptive_method = self.tableau is not None and self.tableau.adaptive
         return None if own_adaptive_method else forward.step_size
 
-    def check(self, options: SolveOptions) -> None:
+    def check(
+        self, options: SolveOptions, times: list[float] | None = None, y0: Tensor | None = None
+    ) -> None:
         tableau = options.tableau if self.tableau is None else self.tableau
         if self._backward_step_size(options) is None and not tableau.adaptive:
             raise ValueError(
@@ -290,6 +292,10 @@ class BacksolveAdjoint(GraphFreeGradient):
         backward = self.backward_options(options)
         if backward.step_size is None:
             backward.controller.gains(tableau.order)  # refused now, not in the backward pass
+        if times is not None and y0 is not None:
+            # The backward solve's own step and tolerances, checked as the forward's are.
+            check_span(times, y0.dtype, backward.step_size, backward.tableau)
+            backward.for_state(y0)
 
     def backward(
         self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
