@@ -23,13 +23,14 @@ evaluation per solve (at the last step) at most.
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.polynomial import polynomial as P
 
-from .tableaus import ButcherTableau, get_tableau
+from .tableaus import ButcherTableau, finite_floats, get_tableau
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,26 @@ class Interpolant:
     coefficients: tuple[tuple[float, ...], ...]
     order: int
     extra_stage: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"interpolant name must be a str, got {type(self.name).__name__}")
+        rows = self.coefficients
+        if isinstance(rows, (str, bytes)) or not isinstance(rows, (tuple, list, np.ndarray)) or not len(rows):
+            raise TypeError(f"interpolant {self.name!r}: coefficients must be a non-empty sequence of rows")
+        rows = tuple(
+            finite_floats(f"interpolant {self.name!r}: coefficients[{i}]", row) for i, row in enumerate(rows)
+        )
+        if not any(rows):
+            raise ValueError(f"interpolant {self.name!r}: coefficients needs at least one power of theta")
+        object.__setattr__(self, "coefficients", rows)  # a list is taken, and is then hashable
+        if isinstance(self.order, bool) or not isinstance(self.order, numbers.Integral) or self.order < 1:
+            raise ValueError(f"interpolant {self.name!r}: order must be a positive int, got {self.order!r}")
+        if not isinstance(self.extra_stage, bool):
+            raise TypeError(
+                f"interpolant {self.name!r}: extra_stage must be a bool, "
+                f"got {type(self.extra_stage).__name__}"
+            )
 
     @property
     def n_stages(self) -> int:

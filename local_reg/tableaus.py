@@ -16,6 +16,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def finite_floats(what: str, values: object) -> tuple[float, ...]:
+    """``values`` as a tuple of finite floats (a list or numpy array is taken, and is then
+    hashable); ``what`` names them in the error."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list, np.ndarray)):
+        raise TypeError(f"{what} must be a sequence of floats, got {type(values).__name__}")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{what} must hold real numbers, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{what} must be finite, got {value}")
+    return tuple(float(value) for value in values)
+
+
 @dataclass(frozen=True)
 class ButcherTableau:
     """An explicit Runge--Kutta method.
@@ -116,17 +129,7 @@ class ButcherTableau:
         object.__setattr__(self, "fsal", fsal)
 
     def _coefficients(self, name: str, values: object) -> tuple[float, ...]:
-        """``values`` as a tuple of finite floats (a list or numpy array is taken, and is then hashable)."""
-        if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list, np.ndarray)):
-            raise TypeError(
-                f"tableau {self.name!r}: {name} must be a sequence of floats, got {type(values).__name__}"
-            )
-        for value in values:
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"tableau {self.name!r}: {name} must hold real numbers, got {value!r}")
-            if not math.isfinite(value):
-                raise ValueError(f"tableau {self.name!r}: {name} must be finite, got {value}")
-        return tuple(float(value) for value in values)
+        return finite_floats(f"tableau {self.name!r}: {name}", values)
 
     def _check_conditions(self) -> None:
         """The row sums (``c_i = sum_j a_ij``, so a stage is evaluated at the time it approximates),

@@ -1084,6 +1084,34 @@ def test_tableau_from_lists_and_numpy_solves_like_the_builtin():
     assert ours.stats.nfe == builtin.stats.nfe
 
 
+@pytest.mark.parametrize(
+    ("fields", "error", "match"),
+    [
+        (dict(order=0), ValueError, "order must be a positive int"),
+        (dict(order=True), ValueError, "order must be a positive int"),
+        (dict(coefficients=()), TypeError, "non-empty sequence of rows"),
+        (dict(coefficients="12"), TypeError, "non-empty sequence of rows"),
+        (dict(coefficients=((), ())), ValueError, "at least one power of theta"),
+        (dict(coefficients=((1.0,), (math.inf,))), ValueError, r"coefficients\[1\] must be finite"),
+        (dict(coefficients=((1.0,), ("0",))), TypeError, r"coefficients\[1\] must hold real numbers"),
+        (dict(extra_stage=1), TypeError, "extra_stage must be a bool"),
+        (dict(name=None), TypeError, "name must be a str"),
+    ],
+)
+def test_bad_interpolant_is_refused_by_field(fields, error, match):
+    """An ``Interpolant`` took ``order=0`` and any coefficients, and lists made it unhashable."""
+    with pytest.raises(error, match=match):
+        local_reg.Interpolant(**{"name": "mine", "coefficients": ((1.0,), (0.0,)), "order": 1, **fields})
+
+
+def test_an_interpolant_from_lists_equals_the_builtin_and_is_hashable():
+    builtin = local_reg.get_interpolant("rk4")
+    rows = np.array([list(row) for row in builtin.coefficients])
+    mine = local_reg.Interpolant("rk4", [list(row) for row in rows], builtin.order, builtin.extra_stage)
+    assert mine == builtin and hash(mine) == hash(builtin)
+    np.testing.assert_array_equal(mine.weight_matrix([0.3, 1.0]), builtin.weight_matrix([0.3, 1.0]))
+
+
 @pytest.mark.parametrize("gradient", GRADIENTS)
 def test_custom_tableau_gradient_matches_analytic(gradient):
     mine = local_reg.ButcherTableau(**heun_euler_fields())
