@@ -45,7 +45,9 @@ def step(
     Returns the :class:`StepResult`: ``y1``, ``EEst = rms(err / (atol + rtol * max(|y|, |y1|)))``
     (``None`` for a fixed-step tableau), Shampine's stiffness estimate, the stages and the NFE.
     ``k1``, if given, is ``func(t, y)`` already evaluated and is not evaluated again. Gradients flow
-    through every stage that is evaluated.
+    through every stage that is evaluated. A step whose stages overflow ``y``'s dtype, or meet a
+    ``func`` that returns NaN there, returns them as they are: a non-finite ``y1`` and ``EEst`` (the
+    trial step :func:`~local_reg.odeint` rejects and retries shorter), not an error.
 
     Raises:
         TypeError, ValueError: naming the argument: a non-callable ``func``, a non-finite ``t`` or

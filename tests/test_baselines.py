@@ -14,6 +14,7 @@ from local_reg import (
     RatioWeight,
     RNODERegularized,
     SteerRegularized,
+    StepCallbacks,
     TayNODERegularized,
     odeint,
     rnode_regularization,
@@ -324,6 +325,33 @@ def test_eval_mode_is_the_plain_solve_with_a_zero_penalty(cls, z0):
     torch.testing.assert_close(ys, solution.ys)
     assert model.stats.nfe_main == solution.stats.nfe
     assert model.stats.nfe_main == solution.stats.nfe
+
+
+@pytest.mark.parametrize("cls", [RNODERegularized, TayNODERegularized])
+def test_a_user_norm_and_callbacks_see_the_state_in_training_as_in_eval(cls, z0):
+    """The augmented solve handed a user ``norm`` and step callbacks its flat state with the
+    accumulators appended, so a norm written for the state (here one indexing its columns) failed in
+    training only."""
+    seen = []
+
+    def by_column(y):
+        seen.append(y.shape)
+        return y[:, 0].abs().max() + y[:, 1:].abs().max()
+
+    def record(t, y, dt):
+        seen.append(y.shape)
+
+    callbacks = StepCallbacks(step=record, accept=record)
+    model = cls(Linear(), options={"norm": by_column, "callbacks": callbacks})
+    for mode in (model.eval, model.train):
+        mode()
+        model(z0, [0.0, 1.0])
+        assert seen and set(seen) == {z0.shape}
+        seen.clear()
+    # The plain solve with the same norm takes the same steps as the augmented one: the
+    # accumulators are outside the norm.
+    plain = odeint(model.func, z0, [0.0, 1.0], norm=by_column)
+    assert model.stats.nfe_main == plain.stats.nfe
 
 
 class _SDE(torch.nn.Module):

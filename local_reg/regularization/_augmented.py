@@ -14,12 +14,15 @@ The solver's error norm is an RMS over the whole augmented state, accumulators i
 published RNODE and TayNODE code, which integrate the same augmented system with torchdiffeq and
 JAX). ``m`` accumulators against ``z.numel()`` state elements weigh little in the RMS, but a
 rapidly varying integrand can shorten the training steps a little; eval-mode solves integrate
-``f`` alone.
+``f`` alone. A ``norm`` or step ``callbacks`` given in ``options`` are written for the state, so
+they get ``z`` in ``y0``'s shape (the accumulators left out), in training as in eval mode.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -73,7 +76,33 @@ def solve_augmented(
         raise ValueError(f"t must hold at least 2 times (t0 and t1) to integrate over, got {len(times)}")
     augmented0 = torch.cat([y0.reshape(-1), y0.new_zeros(n_terms)])
     field = AugmentedField(problem.func, integrand, y0.shape, n_terms)
-    solution = problem.odeint(field, augmented0, times, t_dtype)
+    options = _on_the_state(problem.options, lambda y: y[:-n_terms].view(y0.shape))
+    solution = problem.odeint(field, augmented0, times, t_dtype, options=options)
     ys = solution.ys[:, :-n_terms].reshape(len(times), *y0.shape)
     direction = 1.0 if times[-1] >= times[0] else -1.0
     return ys, direction * solution.ys[-1, -n_terms:], solution
+
+
+def _on_the_state(options: dict[str, Any], state_of: Callable[[Tensor], Tensor]) -> dict[str, Any]:
+    """``options`` whose ``norm`` and step ``callbacks`` see ``state_of(y)`` of the augmented ``y``."""
+    options = dict(options)
+    if "norm" in options:
+        norm = options["norm"]
+        options["norm"] = lambda y: norm(state_of(y))
+    callbacks = options.get("callbacks")
+    if callbacks is not None:
+        options["callbacks"] = dataclasses.replace(
+            callbacks,
+            **{
+                name: _callback_on_the_state(callback, state_of)
+                for name in ("step", "accept", "reject")
+                if (callback := getattr(callbacks, name)) is not None
+            },
+        )
+    return options
+
+
+def _callback_on_the_state(
+    callback: Callable[[float, Tensor, float], None], state_of: Callable[[Tensor], Tensor]
+) -> Callable[[float, Tensor, float], None]:
+    return lambda t, y, dt: callback(t, state_of(y), dt)

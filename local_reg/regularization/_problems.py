@@ -244,11 +244,13 @@ class ODEProblem(_Problem):
         y0: Tensor,
         times: list[float],
         t_dtype: torch.dtype,
+        options: dict[str, Any] | None = None,
         **record: Any,
     ):
         """:func:`local_reg.odeint` of ``field`` (``func`` or a field built on it) with this
-        problem's method, tolerances, gradient method and options, its times in ``t_dtype`` (as a
-        tensor where wider than the state's dtype: odeint reads floats in the state's)."""
+        problem's method, tolerances, gradient method and options (or ``options`` instead), its
+        times in ``t_dtype`` (as a tensor where wider than the state's dtype: odeint reads floats in
+        the state's)."""
         wider = t_dtype != y0.dtype
         return odeint(
             field,
@@ -260,7 +262,7 @@ class ODEProblem(_Problem):
             gradient=self.gradient,
             adjoint_params=self.adjoint_params,
             **record,
-            **self.options,
+            **(self.options if options is None else options),
         )
 
     def drift(self, context: torch.dtype, t_reg: float, state: Tensor, stats: Stats) -> Tensor:

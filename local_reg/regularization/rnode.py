@@ -118,6 +118,7 @@ class RNODERegularized(Regularized):
         kinetic, jacobian: the relative weights of ``R_K`` and ``R_J``.
         method, rtol, atol, gradient, adjoint_params, options: of :class:`local_reg.Regularized`,
             for the augmented solve (and the eval solve); every gradient method works. A
+            ``norm`` or step ``callbacks`` in ``options`` get the state in ``y0``'s shape. A
             plain-function ``func`` needs ``adjoint_params`` with any gradient but ``"direct"``.
         generator: the CPU ``torch.Generator`` of the Rademacher noise (one draw per solve); by
             default the wrapper's own, seeded from ``torch.initial_seed()``. In ``state_dict()``.

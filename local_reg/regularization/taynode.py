@@ -134,7 +134,8 @@ class TayNODERegularized(Regularized):
         weight: ``w``, a non-negative float or a :class:`WeightSchedule`; default 6e-5, the public
             code's MNIST coefficient (1e-2 for its PhysioNet latent ODE).
         method, rtol, atol, gradient, adjoint_params, options: of :class:`local_reg.Regularized`;
-            every gradient method works.
+            every gradient method works. A ``norm`` or step ``callbacks`` in ``options`` get the
+            state in ``y0``'s shape.
 
     ``stats.nfe_main`` counts the augmented field's evaluations; ``stats.nfe_reg`` the ``K - 1``
     forward-mode evaluations of ``func`` each of them adds; ``stats.nfe_backward`` the augmented
