@@ -762,6 +762,17 @@ def test_torchdiffeq_backend_follows_the_error_contract():
         LocallyRegularized(decay, backend="torchdiffeq", options={"bogus": 1})
     with pytest.raises(ValueError, match="unknown method 'tsit5'"):
         LocallyRegularized(decay, backend="torchdiffeq", method="tsit5")
+    # Values torchdiffeq would refuse only at the first call (or, for a safety of 0, underflow on).
+    for options, name in (
+        ({"first_step": -1.0}, "first_step"),
+        ({"max_num_steps": 0}, "max_num_steps"),
+        ({"safety": 0.0}, "safety"),
+        ({"dfactor": -0.2}, "dfactor"),
+    ):
+        with pytest.raises(ValueError, match=rf"options\['{name}'\] must be"):
+            LocallyRegularized(decay, backend="torchdiffeq", options=options)
+    with pytest.raises(ValueError, match=r"options\['step_size'\] must be"):
+        LocallyRegularized(decay, backend="torchdiffeq", method="rk4", options={"step_size": 0.0})
     # Known options pass and act: a fixed grid of 0.25 takes 4 rk4 steps of 4 evaluations.
     ys = LocallyRegularized(decay, backend="torchdiffeq", method="rk4", options={"step_size": 0.25}).eval()(
         torch.ones(1, dtype=torch.float64), [0.0, 1.0]

@@ -17,6 +17,7 @@ from .._validate import (
     check_bool,
     check_choice,
     positive_float,
+    positive_int,
     relative_tolerance,
 )
 from ..gradients import GradientMethod
@@ -116,7 +117,14 @@ def check_ode_settings(
 
     name = ODE_DEFAULT_METHOD[backend] if method is None else method
     check_choice("method", name, sorted(SOLVERS))
-    return check_option_keys(options, torchdiffeq_option_names(name), backend)
+    options = check_option_keys(options, torchdiffeq_option_names(name), backend)
+    # The values torchdiffeq would refuse (or misuse) only at the first call.
+    for key in ("first_step", "step_size", "safety", "ifactor", "dfactor"):
+        if options.get(key) is not None:
+            positive_float(f"options[{key!r}]", options[key])
+    if "max_num_steps" in options:
+        positive_int("options['max_num_steps']", options["max_num_steps"])
+    return options
 
 
 def check_sde_settings(
