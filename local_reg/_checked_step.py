@@ -14,14 +14,13 @@ from ._step import initial_step_size as unchecked_initial_step_size
 from ._step import step as unchecked_step
 from ._validate import (
     CheckedNorm,
-    absolute_tolerance_for,
     check_output,
     check_span,
+    check_times_distinct,
     checked_field,
     finite_float,
-    positive_float,
     positive_int,
-    relative_tolerance,
+    step_tolerances,
     validate_state,
 )
 from .tableaus import ButcherTableau, get_tableau
@@ -57,7 +56,7 @@ def step(
             another shape or dtype than ``y``, a ``norm`` that does not return a 0-dim tensor, or
             a ``t`` or ``dt`` that requires grad (it would silently get none).
     """
-    func = checked_field(func)
+    func = checked_field(func, state_name="y")
     for name, value in (("t", t), ("dt", dt)):
         if isinstance(value, Tensor) and value.requires_grad:
             raise ValueError(
@@ -73,12 +72,14 @@ def step(
     check_span([t, t + dt], y.dtype, tableau=tableau)
     if abs(t) + max([1.0, *map(abs, tableau.c)]) * abs(dt) > torch.finfo(y.dtype).max:
         raise ValueError(f"t={t:g} + dt={dt:g} is beyond {y.dtype} (y's dtype, in which func gets its times)")
-    rtol, atol = _tolerances(rtol, atol)
-    atol = absolute_tolerance_for(atol, rtol, y.dtype)
+    if dt != 0.0:
+        # func gets its times in y's dtype: stage times that round to t would be silently wrong.
+        check_times_distinct([t, t + dt], y.dtype, "(y's): take the step on a float64 y, or nearer t = 0")
+    rtol, atol = step_tolerances(rtol, atol, y.dtype)
     if k1 is not None:
         if not isinstance(k1, Tensor):
             raise TypeError(f"k1 must be a torch.Tensor (func(t, y)) or None, got {type(k1).__name__}")
-        check_output("k1", k1, y, returned=False)
+        check_output("k1", k1, y, returned=False, like_name="y")
         if not bool(torch.isfinite(k1).all()):
             raise ValueError("k1 is not finite")
     return unchecked_step(func, t, y, dt, tableau, rtol=rtol, atol=atol, k1=k1, norm=_checked_norm(norm))
@@ -118,8 +119,7 @@ def initial_step_size(
         # A NaN step size would follow, which no later check of a step size catches.
         raise ValueError("f0 is not finite")
     order = positive_int("order", order)
-    rtol, atol = _tolerances(rtol, atol)
-    atol = absolute_tolerance_for(atol, rtol, y0.dtype)
+    rtol, atol = step_tolerances(rtol, atol, y0.dtype)
     direction = finite_float("direction", direction)
     if direction not in (1.0, -1.0):
         raise ValueError(f"direction must be +1 or -1, got {direction}")
@@ -132,10 +132,6 @@ def initial_step_size(
     return unchecked_initial_step_size(
         func, t0, y0, f0, order, rtol, atol, direction, _checked_norm(norm), t_end, time_dtype
     )
-
-
-def _tolerances(rtol: object, atol: object) -> tuple[float, float]:
-    return relative_tolerance("rtol", rtol), positive_float("atol", atol)
 
 
 def _checked_norm(norm: object) -> Callable[[Tensor], Tensor]:

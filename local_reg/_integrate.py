@@ -323,6 +323,13 @@ def _call_leaving_state(name: str, state: Tensor, callback: Callable[..., Any], 
     return value
 
 
+def _checked_penalty(penalty: object, t: float) -> Tensor:
+    if not isinstance(penalty, Tensor) or penalty.dim() != 0:
+        got = f"shape {tuple(penalty.shape)}" if isinstance(penalty, Tensor) else type(penalty).__name__
+        raise TypeError(f"step_penalty must return a 0-dim tensor, got {got} (the step from t={t!r})")
+    return penalty
+
+
 def integrate(
     stepper: Stepper,
     y0: Tensor,
@@ -462,7 +469,7 @@ def integrate(
                 if keep_state is not None:
                     keep_state(kept.detach())
                 if step_penalty is not None:
-                    penalties.append(step_penalty(result, dt))
+                    penalties.append(_checked_penalty(step_penalty(result, dt), t))
                 accepted_step = AcceptedStep(stepper, result, t, step_dt, y, t_next, stats)
                 if log.dense is not None:
                     stages = accepted_step.stages

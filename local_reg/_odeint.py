@@ -17,6 +17,7 @@ from ._validate import (
     Tolerance,
     check_bool,
     check_span,
+    check_step_penalty,
     check_times_distinct,
     checked_field,
     time_dtype,
@@ -277,6 +278,7 @@ def odeint(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options
     )
     gradient_method.check(options, times, y0)
+    check_step_penalty(step_penalty)
     check_step_penalty_support(gradient_method, step_penalty)
     # Every call, in the forward and in any backward pass, returns y's shape and dtype.
     checked = checked_field(func)

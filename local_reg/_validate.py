@@ -127,6 +127,22 @@ def absolute_tolerance_for(atol: float, rtol: float, dtype: torch.dtype) -> floa
     return tiny
 
 
+def check_step_penalty(step_penalty: object) -> None:
+    """A ``TypeError`` naming ``step_penalty`` unless it is callable or ``None``."""
+    if step_penalty is not None and not callable(step_penalty):
+        raise TypeError(
+            "step_penalty must be callable as penalty(step_result, dt) -> 0-dim tensor, or None, "
+            f"got {type_name(step_penalty)}"
+        )
+
+
+def step_tolerances(rtol: object, atol: object, dtype: torch.dtype) -> tuple[float, float]:
+    """``(rtol, atol)`` of the one-step functions, checked by name as ``odeint`` checks its own, with
+    ``atol`` as :func:`absolute_tolerance_for` ``dtype`` makes it."""
+    rtol = relative_tolerance("rtol", rtol)
+    return rtol, absolute_tolerance_for(positive_float("atol", atol), rtol, dtype)
+
+
 def per_element_tolerance(
     name: str,
     value: float | Tensor,
@@ -376,15 +392,19 @@ class CheckedField:
     back to the state's. The solver's own arithmetic runs without autocast (:func:`without_autocast`).
     """
 
-    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], name: str = "func") -> None:
+    def __init__(
+        self, func: Callable[[Tensor, Tensor], Tensor], name: str = "func", state_name: str = "y0"
+    ) -> None:
         if not callable(func):
             raise TypeError(f"{name} must be callable as {name}(t, y), got {type(func).__name__}")
         self.func = func
         self.name = name
+        self.state_name = state_name  # how the messages name the state the output must match
         self.autocast = active_autocast()
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
-        return check_output(self.name, call_leaving_input(self.name, self.autocast, self.func, t, y), y)
+        output = call_leaving_input(self.name, self.autocast, self.func, t, y)
+        return check_output(self.name, output, y, like_name=self.state_name)
 
 
 def call_leaving_input(
@@ -481,9 +501,9 @@ def checked_norm(norm: object) -> Callable[[Tensor], Tensor]:
     return CheckedNorm(norm)
 
 
-def checked_field(func: Callable[[Tensor, Tensor], Tensor]) -> CheckedField:
-    """``func`` wrapped in a :class:`CheckedField` (once)."""
-    return func if isinstance(func, CheckedField) else CheckedField(func)
+def checked_field(func: Callable[[Tensor, Tensor], Tensor], state_name: str = "y0") -> CheckedField:
+    """``func`` wrapped in a :class:`CheckedField` (once); ``state_name`` names its state argument."""
+    return func if isinstance(func, CheckedField) else CheckedField(func, state_name=state_name)
 
 
 def compile_options(compile: object) -> dict[str, Any] | None:

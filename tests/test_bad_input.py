@@ -4,6 +4,7 @@ solutions or a float64 solve."""
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -1224,6 +1225,16 @@ def test_the_public_step_functions_refuse_what_odeint_refuses():
         local_reg.step(decay, 1e300, y, 0.1, "rk4")
     with pytest.raises(ValueError, match="k1 is not finite"):
         local_reg.step(decay, 0.0, y, 0.1, "tsit5", k1=torch.full((2,), math.nan))
+    # float32 stage times that all round to t = 1e8 (odeint refuses such times as one value).
+    with pytest.raises(
+        ValueError, match=r"1e\+08|100000000.0 and 100000004.0 are one value in torch.float32"
+    ):
+        local_reg.step(decay, 1e8, y, 4.0, "tsit5")
+    # The state is the argument y here, not odeint's y0.
+    with pytest.raises(ValueError, match=r"k1 has shape \(3,\), expected \(2,\) \(from y's shape\)"):
+        local_reg.step(decay, 0.0, y, 0.1, "tsit5", k1=torch.ones(3))
+    with pytest.raises(ValueError, match=r"func returned shape \(\), expected \(2,\) \(from y's shape\)"):
+        local_reg.step(lambda t, y: y.sum(), 0.0, y, 0.1, "tsit5")
     with pytest.raises(ValueError, match="f0 is not finite"):
         local_reg.initial_step_size(decay, 0.0, y, torch.full((2,), math.nan), 5, 1e-6, 1e-8)
     for functional in (local_reg.rnode_regularization, local_reg.taynode_regularization):
@@ -1543,6 +1554,37 @@ def test_sde_step_checks_its_noise_type_step_and_increment():
             sde_step(DiagonalSDE(), "diagonal", 0.0, y, dt, torch.ones(3, 2), **step)
     with pytest.raises(ValueError, match="unknown noise_type 'general'"):
         sde_step(DiagonalSDE(), "general", 0.0, y, 0.1, torch.ones(3, 2), **step)
+    # The tolerances, as local_reg.step checks them: NaN gave a NaN estimate, inf accepted any step,
+    # negative ones a plausible number (the sign squared away), and so did the initial step size.
+    from local_reg.sde import sde_initial_step_size
+
+    for tolerances, match in (
+        (dict(rtol=math.nan, atol=1e-2), "rtol must be"),
+        (dict(rtol=1e-2, atol=math.inf), "atol must be positive and finite"),
+        (dict(rtol=-1.0, atol=-1.0), "rtol must be"),
+        (dict(rtol="a", atol=1e-2), "rtol must be"),
+    ):
+        with pytest.raises((TypeError, ValueError), match=match):
+            sde_step(DiagonalSDE(), "diagonal", 0.0, y, 0.1, torch.ones(3, 2), **tolerances)
+        with pytest.raises((TypeError, ValueError), match=match):
+            sde_initial_step_size(DiagonalSDE(), "diagonal", 0.0, y, y, y, **tolerances)
+
+
+@pytest.mark.parametrize("solve", ["odeint", "sdeint"])
+def test_a_step_penalty_that_is_not_callable_or_returns_no_scalar_is_named(solve):
+    """A non-callable ``step_penalty`` failed after the first step with "'int' object is not
+    callable"; one returning ``None`` failed after the whole solve inside ``torch.stack``."""
+    if solve == "odeint":
+        run = functools.partial(odeint, decay, torch.ones(2), [0.0, 1.0])
+    else:
+        run = functools.partial(sdeint, DiagonalSDE(), torch.ones(2, 1), [0.0, 1.0])
+    with pytest.raises(TypeError, match="step_penalty must be callable as penalty"):
+        run(step_penalty=3)
+    for returned, got in ((None, "NoneType"), (torch.ones(2), r"shape \(2,\)")):
+        with pytest.raises(
+            TypeError, match=rf"step_penalty must return a 0-dim tensor, got {got} \(the step from t=0"
+        ):
+            run(step_penalty=lambda result, dt, returned=returned: returned)
 
 
 def test_sde_models_check_torchsde_settings_when_made_not_at_the_first_batch():

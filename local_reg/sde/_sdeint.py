@@ -16,6 +16,7 @@ from .._validate import (
     active_autocast,
     call_leaving_input,
     check_generator,
+    check_step_penalty,
     check_times_distinct,
     positive_float,
     relative_tolerance,
@@ -139,6 +140,7 @@ def sdeint(
         step_size=step_size,
         controller=controller,
     ).for_state(y0)
+    check_step_penalty(step_penalty)
     if step_penalty is not None and step_size is not None:
         raise ValueError("step_penalty needs the adaptive mode (an error estimate): drop step_size")
 

@@ -66,7 +66,7 @@ from torch import Tensor
 from .._errors import SolverError
 from .._step import error_scale, min_step_size, rms_norm, time_tensor
 from .._stepper import Stepper
-from .._validate import check_choice, check_output, positive_float
+from .._validate import check_choice, check_output, positive_float, step_tolerances
 from ..solution import Stats
 from .problem import (
     SUPPORTED_NOISE_TYPES,
@@ -129,11 +129,13 @@ def sde_step(
 
     ``f0``/``g0``, if given, are ``sde.f(t, y)``/``sde.g(t, y)`` already evaluated (after a
     rejection, or treated as constants by the regularizer) and are not evaluated again. Gradients
-    flow through every evaluation made here. ``noise_type``, ``dt`` and the shape of ``dw``
-    (``(batch, m)``: one increment per row, not one broadcast over the batch) are checked.
+    flow through every evaluation made here. ``noise_type``, ``dt``, the tolerances (as
+    :func:`local_reg.step` checks them) and the shape of ``dw`` (``(batch, m)``: one increment per
+    row, not one broadcast over the batch) are checked.
     """
     check_choice("noise_type", noise_type, SUPPORTED_NOISE_TYPES)
     dt = positive_float("dt", dt)
+    rtol, atol = step_tolerances(rtol, atol, y.dtype)
     nfe_diffusion = 0
     if g0 is None:  # the increment's shape depends on it (additive noise: its last dimension)
         g0 = sde.g(time_tensor(float(t), y), y)
@@ -226,8 +228,11 @@ def sde_initial_step_size(
     increment ``dW = sqrt(2 h0)`` in every component, for which ``(dW^2 - h0) / 2 = h0 / 2`` is about
     the mean size of the Milstein term (``E|Z^2 - 1| / 2 ~ 0.48``), so the result does not depend
     on the path. It costs one drift and (except for additive noise) one diffusion evaluation
-    besides ``f0`` and ``g0``.
+    besides ``f0`` and ``g0``. ``noise_type`` and the tolerances are checked as :func:`sde_step`
+    checks them.
     """
+    check_choice("noise_type", noise_type, SUPPORTED_NOISE_TYPES)
+    rtol, atol = step_tolerances(rtol, atol, y0.dtype)
     with torch.no_grad():
         scale = atol + rtol * y0.abs()
         d0 = float(rms_norm(y0 / scale))

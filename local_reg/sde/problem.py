@@ -188,9 +188,9 @@ class CheckedBrownian:
             # Otherwise the solve blames the state, drift or diffusion after rejecting the step
             # down to an underflow.
             raise ValueError(
-                f"bm({ta!r}, {tb!r}) returned a non-finite increment: the Brownian motion cannot "
-                f"resolve this interval in {dw.dtype} (a step this short, or times this large); solve "
-                "in float64, or over times nearer 0"
+                f"bm({ta!r}, {tb!r}) returned a non-finite increment: a given bm's own values, or a "
+                f"Brownian motion that cannot resolve this interval in {dw.dtype} (a step this short, "
+                "or times this large; solve in float64, or over times nearer 0)"
             )
         return dw
 
