@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +53,7 @@ import numpy as np
 import torch
 
 from local_reg import LocallyRegularized, RatioWeight, Regularized, odeint
+from local_reg.experiments.results import atomic_write_bytes
 
 SETTINGS = {
     "wine": {"epochs": 200, "lr": 1e-3, "cosine": False},
@@ -277,6 +279,7 @@ def run(
         "method": method,
         "seed": seed,
         "epochs": epochs,
+        "init_scale": init_scale,
         "metric": "accuracy" if classify else "mse",
         "test_metric": test_metric,
         "train_metric": metric(x_train, y_train)[0],
@@ -366,11 +369,25 @@ def main() -> None:
             for method in methods:
                 path = args.out / f"{task}_{method}_s{seed}.json"
                 if path.exists():
+                    check_same_settings(path, args.epochs or SETTINGS[task]["epochs"], args.init_scale)
                     continue
                 result = run(task, method, seed, init_scale=args.init_scale, epochs=args.epochs)
-                path.write_text(json.dumps(result, indent=1))
+                # Whole or not at all: a run killed while writing must not read as finished.
+                atomic_write_bytes(path, json.dumps(result, indent=1).encode("utf-8"))
                 print(json.dumps({key: result[key] for key in SUMMARY}), flush=True)
         print(table(args.out, task, seeds, methods), "\n", flush=True)
+
+
+def check_same_settings(path: Path, epochs: int, init_scale: float) -> None:
+    """Exit naming ``path`` if its run was trained with other ``--epochs`` or ``--init-scale``: the
+    file name holds neither, so such runs belong in another ``--out`` (a file written before
+    ``init_scale`` was recorded is taken as it is)."""
+    recorded = json.loads(path.read_text())
+    asked = {"epochs": epochs, "init_scale": init_scale}
+    differs = [key for key in asked if key in recorded and recorded[key] != asked[key]]
+    if differs:
+        settings = ", ".join(f"{key}={recorded[key]} (asked: {asked[key]})" for key in differs)
+        sys.exit(f"{path} was trained with {settings}: pass another --out for these settings")
 
 
 SUMMARY = ("task", "method", "seed", "test_metric", "test_nfe", "train_time_s", "final_weight")

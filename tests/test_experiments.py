@@ -130,6 +130,20 @@ def test_a_record_lacking_a_field_the_report_reads_is_named(tmp_path, capsys):
     assert "lacks the field 'train_cpu_time' the report reads" in capsys.readouterr().err
 
 
+def test_a_sweep_names_a_record_the_report_cannot_read_before_it_trains(tmp_path, capsys, monkeypatch):
+    """The sweep trained first and failed at the report after it."""
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 0
+    (record,) = ResultsFile(tmp_path).load()
+    del record["history"]
+    (tmp_path / "results.jsonl").write_text(json.dumps(record) + "\n")
+    trained = []
+    monkeypatch.setattr("local_reg.experiments.cli.sweep", lambda *args, **kwargs: trained.append(args))
+    capsys.readouterr()
+    assert run(tmp_path, "digits", "--methods", "local-random") == 2
+    assert "lacks the field 'history' the report reads" in capsys.readouterr().err
+    assert trained == []
+
+
 def test_the_runner_adds_every_solver_blocks_penalty_but_a_plain_models_zero():
     from torch import nn
 

@@ -355,6 +355,24 @@ def test_ctrl_c_exits_130_with_one_line_and_the_command_that_resumes(tmp_path, m
     assert record["iterations"] == 6
 
 
+def test_ctrl_c_under_torchrun_prints_one_torchrun_command(tmp_path, monkeypatch, capsys):
+    """Each process printed the resume line, and its command started one process, whose run (no
+    ``-p2`` in its id) was a new one."""
+
+    def interrupt(self, model, batch):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(REGISTRY["digits"]), "training_loss", interrupt)
+    monkeypatch.setattr("local_reg.experiments.distributed.init_from_env", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, lines in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        assert run(tmp_path, "digits", "--methods", "vanilla", "--set", "batch_size=32") == 130
+        err = capsys.readouterr().err
+        assert err.count("\n") == lines
+    assert "resume with: torchrun --nproc_per_node=2 -m local_reg.experiments experiment digits" in err
+
+
 def test_ctrl_c_in_the_first_epoch_says_the_run_restarts(tmp_path, monkeypatch, capsys):
     def interrupt(self, model, batch):
         raise KeyboardInterrupt
@@ -467,6 +485,32 @@ def test_one_setting_spelled_two_ways_is_one_run(tmp_path, capsys):
     assert run(tmp_path, *sweep, "weights.local-random=1.0") == 0
     assert f"already in {tmp_path / 'results.jsonl'} as {spellings[0].run_id}" in capsys.readouterr().err
     assert len(ResultsFile(tmp_path).load()) == 1
+
+
+def test_settings_spelled_as_an_int_or_a_float_are_one_table_and_row():
+    """``solver.rtol=1`` and ``=1.0`` made two tables, ``local.probe_scale=4`` and ``=4.0`` two rows."""
+
+    def spec(**overrides):
+        return runner.RunSpec("tabular", "local-random", 0, "tiny", "direct", overrides)
+
+    assert spec(**{"solver.rtol": 1}).config_id == spec(**{"solver.rtol": 1.0}).config_id
+    as_int, as_float = spec(**{"local.probe_scale": 4}), spec(**{"local.probe_scale": 4.0})
+    assert as_int.run_id == as_float.run_id and as_float.label == "local-random (probe_scale=4)"
+
+
+def test_weights_that_print_alike_are_two_rows():
+    """A label printed weights to 6 digits: 0.1234567 and 0.1234568 were one row, the second run
+    skipped as recorded."""
+    labels = [
+        runner.RunSpec("tabular", "local-random", 0, "tiny", "direct", {"weights.local-random": w}).label
+        for w in (0.1234567, 0.1234568, 0.1, 1e-5)
+    ]
+    assert labels == [
+        "local-random (w=0.1234567)",
+        "local-random (w=0.1234568)",
+        "local-random (w=0.1)",
+        "local-random (w=1e-05)",
+    ]
 
 
 def test_a_row_recorded_twice_for_one_seed_counts_once(tmp_path, capsys):
@@ -670,3 +714,19 @@ def test_a_size_beyond_the_data_is_refused_not_recorded_as_asked(tmp_path, capsy
     err = capsys.readouterr().err
     assert f"{key}=100000 is more than the" in err and "null for all of it" in err
     assert not (tmp_path / "results.jsonl").exists() or not (tmp_path / "results.jsonl").read_text()
+
+
+def test_the_held_out_script_refuses_to_mix_runs_of_other_settings(tmp_path):
+    """Its result files are named by task, method and seed only: a rerun with other ``--epochs``
+    skipped training and printed the earlier settings' table as the new one."""
+    script = Path(__file__).parents[1] / "experiments" / "new_user_heldout.py"
+    command = [sys.executable, str(script), "--out", str(tmp_path), "--tasks", "wine", "--methods", "vanilla"]
+    command += ["--seeds", "1", "--epochs"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([*command, "1"], capture_output=True, text=True, env=environment, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    saved = (tmp_path / "wine_vanilla_s0.json").read_text()
+    second = subprocess.run([*command, "2"], capture_output=True, text=True, env=environment, timeout=300)
+    assert second.returncode != 0
+    assert "was trained with epochs=1 (asked: 2): pass another --out" in second.stderr
+    assert (tmp_path / "wine_vanilla_s0.json").read_text() == saved

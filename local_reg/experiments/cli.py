@@ -25,7 +25,7 @@ import torch
 
 from . import distributed
 from .methods import METHODS
-from .report import TIMINGS, group_records, markdown_table, report_name, write_report
+from .report import TIMINGS, check_report, group_records, markdown_table, report_name, write_report
 from .results import ResultsError, ResultsFile, ResultsWarning
 from .runner import GRADIENTS, SIZES, Interrupted, RunsFailed, RunSpec, fed_ratio_weights, sweep
 from .settings import SettingsError
@@ -150,7 +150,8 @@ def _experiment(args: argparse.Namespace) -> int:
             raise BadInput(f"{method} with --gradient {args.gradient}: {error}") from None
     _writable_folder(args.out)
     results = ResultsFile(args.out)
-    results.load()  # a corrupt file is reported before hours of training, not after
+    # A corrupt file, or a record the report cannot read, is reported before hours of training, not after.
+    check_report(args.out, results.load())
 
     try:
         distributed.init_from_env()
@@ -210,8 +211,11 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace, argv: Sequence[str]) -> str:
-    """One line: what was saved, and the command that carries on from there."""
-    command = shlex.join(["local-reg", *argv])
+    """One line: what was saved, and the command that carries on from there (under torchrun, a
+    torchrun command: the run's identity includes its number of processes)."""
+    world = distributed.requested_world_size()
+    launcher = ["torchrun", f"--nproc_per_node={world}", "-m", "local_reg.experiments"]
+    command = shlex.join([*(launcher if world > 1 else ["local-reg"]), *argv])
     if args.command != "experiment":
         return f"local-reg: interrupted; rerun with: {command}"
     results = args.out / "results.jsonl"
@@ -253,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"local-reg: error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except KeyboardInterrupt as interrupt:
-            print(_interrupted(interrupt, args, argv), file=sys.stderr)
+            if distributed.launched_rank() == 0:  # one line, not one per process
+                print(_interrupted(interrupt, args, argv), file=sys.stderr)
             return EXIT_INTERRUPTED
 
 

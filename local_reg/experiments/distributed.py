@@ -32,6 +32,11 @@ def requested_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's rank as ``torchrun`` launched it (0 without it), also once the group is left."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def init_from_env() -> bool:
     """Join the process group ``torchrun`` describes; ``False`` when not launched by it."""
     if requested_world_size() <= 1 or dist.is_initialized():

@@ -147,9 +147,18 @@ def weight_text(weight: WeightSpec | None) -> str:
     for kind in ("adaptive", "ratio"):
         if isinstance(weight, dict) and kind in weight:
             rest = ", ".join(
-                f"{k}={v}" if isinstance(v, str) else f"{k}={v:g}"
+                f"{k}={v}" if isinstance(v, str) else f"{k}={number_text(v)}"
                 for k, v in weight.items()
                 if k != kind and v is not None
             )
-            return f"{kind} {weight[kind]:g}" + (f" ({rest})" if rest else "")
-    return f"{weight['start']:g}->{weight['end']:g}" if isinstance(weight, dict) else f"{weight:g}"
+            return f"{kind} {number_text(weight[kind])}" + (f" ({rest})" if rest else "")
+    if isinstance(weight, dict):
+        return f"{number_text(weight['start'])}->{number_text(weight['end'])}"
+    return number_text(weight)
+
+
+def number_text(value: float) -> str:
+    """``value`` as ``:g`` prints it (``0.1``, ``1e-05``, ``4`` for ``4.0``) where that reads back as
+    ``value``, else in full (``0.1234567``): a row's label must tell two settings apart."""
+    text = f"{value:g}"
+    return text if float(text) == value else repr(float(value))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -300,6 +301,25 @@ def write_report(
     """Write :func:`report_name` (``report.md``, or ``report-<task>.md`` for one task) and the PNGs of
     every group into ``out_dir``; return the Markdown."""
     out_dir = Path(out_dir)
+    text = _report(out_dir, records, task, timing, figures=out_dir)
+    atomic_write_bytes(out_dir / report_name(task), text.encode("utf-8"))
+    return text
+
+
+def check_report(
+    out_dir: str | Path, records: Sequence[dict[str, Any]], task: str | None = None, timing: str = "cpu"
+) -> None:
+    """Raise the :class:`ResultsError` :func:`write_report` would raise for ``records`` (a record
+    another version wrote, lacking a field the report reads), writing nothing into ``out_dir``: a
+    sweep checks the folder's records before it trains, not after."""
+    with tempfile.TemporaryDirectory() as figures:
+        _report(Path(out_dir), records, task, timing, figures=Path(figures))
+
+
+def _report(
+    out_dir: Path, records: Sequence[dict[str, Any]], task: str | None, timing: str, figures: Path
+) -> str:
+    """The report's Markdown, its PNGs written into ``figures``."""
     sections = [
         "# Results\n",
         f"Generated from `{out_dir / 'results.jsonl'}`; mean ± sd over seeds; times are "
@@ -309,8 +329,8 @@ def write_report(
     for group in group_records(records, task):
         nfe_png, metric_png = f"{group.name}_nfe.png", f"{group.name}_{group.metric}_vs_nfe.png"
         try:
-            plot_nfe(group, out_dir / nfe_png)
-            plot_metric_vs_nfe(group, out_dir / metric_png)
+            plot_nfe(group, figures / nfe_png)
+            plot_metric_vs_nfe(group, figures / metric_png)
             sections += [
                 f"## {group.task} (`{group.config_id}`)\n",
                 describe(group) + "\n",
@@ -323,6 +343,4 @@ def write_report(
                 f"a record of {group.task} (`{group.config_id}`) in {out_dir / 'results.jsonl'} lacks "
                 f"the field {error} the report reads (written by another version of local_reg?)"
             ) from None
-    text = "\n".join(sections)
-    atomic_write_bytes(out_dir / report_name(task), text.encode("utf-8"))
-    return text
+    return "\n".join(sections)

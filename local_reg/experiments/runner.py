@@ -37,7 +37,7 @@ from .._errors import SolverError
 from ..regularization import AdaptiveWeight, GradientRatio, LocalPenalty, RatioWeight, Regularized
 from ..regularization.local import default_fingerprint
 from . import distributed
-from .methods import DEFAULT_WEIGHT, METHODS, weight_text
+from .methods import DEFAULT_WEIGHT, METHODS, number_text, weight_text
 from .results import ResultsFile, ResultsWarning, atomic_write_bytes
 from .settings import Integer, OneOf, Real, Rule, Schema, SettingsError, apply_overrides, check_settings
 from .tasks import REGISTRY, ModelContext, Task
@@ -157,7 +157,7 @@ class RunSpec:
             notes = [f"w={DEFAULT_WEIGHT} {default_fingerprint()}"]
         else:
             notes = [] if self.weight == default else [f"w={weight_text(self.weight)}"]
-        notes += [f"{k}={v}" for k, v in self.local_options.items()]
+        notes += [f"{k}={v if isinstance(v, str) else number_text(v)}" for k, v in self.local_options.items()]
         notes += [f"{self.processes} processes"] if self.processes > 1 else []
         return f"{self.method} ({', '.join(notes)})" if notes else self.method
 

@@ -205,13 +205,16 @@ def _check_group(fields: Fields, settings: Any, prefix: str) -> None:
         if isinstance(rule, Rule):
             if not rule.accepts(settings[key]):
                 raise SettingsError(f"{prefix}{key} must be {rule.allowed()}, got {_describe(settings[key])}")
+            if isinstance(rule, Real):
+                # 4 and 4.0 are one setting: one run, one table (the hashes read the JSON).
+                settings[key] = float(settings[key])
         else:
             _check_group(rule, settings[key], f"{prefix}{key}.")
 
 
 def check_settings(schema: Schema, settings: dict[str, Any]) -> None:
     """Raise :class:`SettingsError` unless every setting is known and holds what its rule allows, and
-    every requirement holds."""
+    every requirement holds. A number a :class:`Real` rule allows is made a float in place."""
     _check_group(schema.fields, settings, "")
     for requirement in schema.requires:
         if not requirement.holds(settings):
