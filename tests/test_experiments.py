@@ -27,7 +27,7 @@ def check_outputs(out, task: str, methods: list[str]) -> list[dict]:
     assert [r["method"] for r in records] == methods
     metric = REGISTRY[task].metric
     for record in records:
-        assert record["task"] == task and record["world_size"] == 1
+        assert record["task"] == task and record["world_size"] == 1 and record["threads"] == 1  # --threads
         assert record["test_nfe"] > 0 and record["predict_time"] > 0 and record["train_time"] > 0
         assert math.isfinite(record["test"][metric]) and math.isfinite(record["train"][metric])
         assert len(record["history"]["nfe"]) == record["iterations"] > 0

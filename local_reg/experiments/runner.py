@@ -632,6 +632,7 @@ def _run_record(
         "iterations": iteration,
         "history": history,
         "torch": torch.__version__,
+        "threads": torch.get_num_threads(),  # the times depend on it (--threads)
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
