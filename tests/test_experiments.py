@@ -224,6 +224,10 @@ def test_results_are_never_overwritten(tmp_path):
         ),
         (["experiment", "digits", "--set", "epochs"], "--set expects KEY=VALUE"),
         (["experiment", "digits", "--set", "local.probe=xyz"], "bad --set: local.probe must be one of"),
+        (
+            ["experiment", "digits", "--methods", "vanilla", "--set", "local.probe=solver"],
+            "--set local.probe sets the local regularizer, but no local-* method is run",
+        ),
         (["experiment", "digits", "--seeds", "0"], "--seeds must be at least 1"),
         (
             ["experiment", "digits", "--methods", "global-error", "--gradient", "symplectic"],

@@ -140,6 +140,9 @@ def _experiment(args: argparse.Namespace) -> int:
             f"pass --set batch_size=N with N a multiple of {world}"
         )
     methods = args.methods or list(task.default_methods(settings))
+    local_options = sorted(key for key in overrides if key.startswith("local."))
+    if local_options and not any(method.startswith("local-") for method in methods):
+        raise BadInput(f"--set {local_options[0]} sets the local regularizer, but no local-* method is run")
     for method in methods:
         # Building each model once up front lets the library reject a combination it does not
         # support (e.g. a global method with --gradient symplectic) before any training.
