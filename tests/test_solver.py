@@ -593,3 +593,121 @@ def test_a_span_far_from_zero_solves_as_one_near_zero(t0, method):
     steps = solution.steps
     ends = [start + size for start, size in zip(steps.t, steps.dt, strict=True)]
     assert ends[:-1] == list(steps.t[1:]) and ends[-1] == t0 + 1.0
+
+
+# The controller, replayed from its documented rules ------------------------------------------------
+
+
+def _replay_the_controller(func, y0, times, order=5, **options):
+    """Solve with every attempt's ``(t, dt)``, ``EEst`` and decision recorded, then recompute each
+    attempted step from :class:`local_reg.PIController`'s docstring and the loop's landing rule (a
+    step within 1% of the next output time lands on it, remembering the step the controller wanted
+    and not the landing's error); returns the number of attempts and of rejections."""
+    attempts, estimates, decisions = [], [], []
+
+    def recorded_norm(scaled_error):
+        value = local_reg._step.rms_norm(scaled_error)
+        estimates.append(float(value))
+        return value
+
+    callbacks = local_reg.StepCallbacks(
+        step=lambda t, y, dt: attempts.append((t, dt)),
+        accept=lambda t, y, dt: decisions.append(True),
+        reject=lambda t, y, dt: decisions.append(False),
+    )
+    odeint(func, y0, times, norm=recorded_norm, callbacks=callbacks, step_to_outputs=True, **options)
+    assert len(attempts) == len(estimates) == len(decisions)  # first_step given: no heuristic norms
+    beta2 = 0.2 / order
+    beta1 = 1 / order - 0.75 * beta2
+    remembered, after_rejection, wanted = 1.0, False, options["first_step"]
+    target = 1
+    for (t, dt), estimate, accepted in zip(attempts, estimates, decisions, strict=True):
+        while times[target] <= t:
+            target += 1
+        remaining = times[target] - t
+        lands = wanted * 1.01 >= remaining
+        assert abs(dt) == pytest.approx(remaining if lands else wanted, rel=1e-12)
+        if accepted:
+            assert estimate <= 1.0
+            largest = 1.0 if after_rejection else 10.0
+            factor = min(largest, max(0.2, 0.9 * estimate**-beta1 * remembered**beta2))
+            if not (lands and abs(dt) < wanted):
+                remembered = max(estimate, 1e-4)
+            wanted = max(abs(dt) * factor, wanted) if lands else abs(dt) * factor
+            after_rejection = False
+        else:
+            assert estimate > 1.0
+            wanted = abs(dt) * min(1.0, max(0.2, 0.9 * estimate ** (-1 / order)))
+            after_rejection = True
+    return len(attempts), decisions.count(False)
+
+
+@pytest.mark.parametrize(
+    ("func", "y0", "times", "options"),
+    [
+        # Errors below the 1e-4 floor of the remembered estimate, and a long last interval.
+        (lambda t, y: -y, [1.0], [0.0, 1.0, 2.0, 30.0], dict(rtol=1e-3, atol=1e-3, first_step=0.01)),
+        # Rejections, and the steps after them that may not grow.
+        (
+            lambda t, y: van_der_pol(t, y, mu=5.0),
+            [2.0, 0.0],
+            [1.3 * i for i in range(9)],
+            dict(rtol=1e-5, atol=1e-7, first_step=0.01),
+        ),  # fmt: skip
+        # A first step far too long: rejected landings shrink from the step they tried.
+        (lambda t, y: -50 * y, [1.0, 2.0], [0.0, 0.5, 1.0], dict(rtol=1e-3, atol=1e-6, first_step=1.0)),
+    ],
+)
+def test_every_attempted_step_follows_the_documented_controller(func, y0, times, options):
+    """No test recomputed the step sizes: a rejection's exponent 1/(order+1), growth allowed after a
+    rejection, no floor under the remembered error or a rejected landing shrinking from the step
+    the controller wanted all passed the suite."""
+    y0 = torch.tensor(y0, dtype=torch.float64)
+    n_attempts, n_rejected = _replay_the_controller(func, y0, times, **options)
+    assert n_attempts > 10 and (n_rejected > 0 or options["first_step"] < 1.0)
+
+
+def test_a_step_whose_error_estimate_is_exactly_one_is_accepted():
+    """The documented rule is ``EEst <= 1``: with a norm that returns 1 every step is accepted (a
+    strict ``<`` would reject them all, down to max_steps). Each step is then 0.9 times the last."""
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    solution = odeint(
+        lambda t, y: -y, y0, [0.0, 0.5], norm=lambda x: torch.ones((), dtype=x.dtype), first_step=0.1
+    )
+    assert solution.stats.n_rejected == 0 and solution.stats.n_accepted == solution.stats.n_steps == 7
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "bosh3"])
+def test_the_first_step_is_scipys_starting_step(method):
+    """Hairer's starting step (Solving ODEs I, II.4) as scipy computes it, bit for bit up to
+    rounding: scipy's ``order`` is the error estimator's, one below the tableau's."""
+    from scipy.integrate._ivp.common import select_initial_step
+
+    order = get_tableau(method).order
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+
+    def pendulum(t, y):
+        return torch.stack([y[1], -torch.sin(y[0])])
+
+    rtol, atol = 1e-6, 1e-9
+    ours, _ = local_reg.initial_step_size(pendulum, 0.0, y0, pendulum(0.0, y0), order, rtol, atol, t_end=5.0)
+    theirs = select_initial_step(
+        lambda t, y: pendulum(t, torch.from_numpy(y)).numpy(), 0.0, y0.numpy(), 5.0, np.inf,
+        pendulum(0.0, y0).numpy(), 1, order - 1, rtol, atol,
+    )  # fmt: skip
+    assert ours == pytest.approx(theirs, rel=1e-12)
+    assert odeint(pendulum, y0, [0.0, 5.0], method=method, rtol=rtol, atol=atol).steps.dt[0] <= ours
+
+
+def test_an_output_time_at_a_step_end_is_the_steps_own_state():
+    """An interpolated output time that falls exactly on a step's end is that step's ``y1``, not the
+    interpolant there (which differs by rounding)."""
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+
+    def pendulum(t, y):
+        return torch.stack([y[1], -torch.sin(y[0])])
+
+    dense = odeint(pendulum, y0, [0.0, 5.0], dense=True)
+    step_end = float(dense.steps.t[4])
+    solution = odeint(pendulum, y0, [0.0, step_end, 5.0])
+    assert torch.equal(solution.ys[1], dense.evaluate(step_end))
