@@ -361,3 +361,97 @@ def test_autocast_runs_drift_and_diffusion_in_half_precision_and_the_solver_in_t
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(y0, torch.tensor([0.0, 1.0]))
     assert model.reg_loss.dtype == torch.float32 and torch.isfinite(model.reg_loss)
+
+
+# One step, against the module's formulas computed by hand --------------------------------------------
+
+
+class CurvedSDE(torch.nn.Module):
+    """A time-dependent, curved drift and a multiplicative diagonal diffusion: every term of the
+    error estimate is non-zero and differs from its neighbours' mistakes (``f(t, K)`` for
+    ``f(t + h, K)``, ``|y|`` for ``max(|y|, |y1|)``, a signed Milstein term)."""
+
+    sde_type, noise_type = "ito", "diagonal"
+
+    def f(self, t, y):
+        return t * y + torch.sin(y)
+
+    def g(self, t, y):
+        return 0.3 * y + 0.1 * y**2
+
+
+def _by_hand(sde, t, y, h, dw, rtol, atol):
+    """``(y1, EEst)`` of the module docstring's Euler--Maruyama step and Lamba estimate."""
+    f0, g0 = sde.f(torch.tensor(t, dtype=DT), y), sde.g(torch.tensor(t, dtype=DT), y)
+    predictor = y + h * f0
+    y1 = predictor + g0 * dw
+    drift = h / 2 * (sde.f(torch.tensor(t + h, dtype=DT), predictor) - f0)
+    noise = (sde.g(torch.tensor(t, dtype=DT), y + g0 * math.sqrt(h)) - g0) / math.sqrt(h) * (dw**2 - h) / 2
+    scale = atol + rtol * torch.maximum(y.abs(), y1.abs())
+    error_estimate = (((drift.abs() / 6 + noise.abs()) / scale) ** 2).mean().sqrt()
+    return y1, noise, error_estimate
+
+
+def test_one_step_and_its_error_estimate_are_the_documented_formulas():
+    """Mutants of the drift correction's time, the error scale and the Milstein term's sign
+    passed every solve-level test."""
+    from local_reg.sde import sde_step
+
+    sde = CurvedSDE()
+    y = torch.tensor([[1.0, 0.5, 2.0]], dtype=DT)
+    dw = torch.tensor([[0.1, -0.5, 0.2]], dtype=DT)  # dW^2 < h in two components: E_N < 0 there
+    h, t, rtol, atol = 0.1, 0.7, 1e-3, 1e-6
+    y1, noise, expected = _by_hand(sde, t, y, h, dw, rtol, atol)
+    assert (noise < 0).any() and (noise > 0).any() and (y1.abs() > y.abs()).any()
+    result = sde_step(sde, "diagonal", t, y, h, dw, rtol=rtol, atol=atol)
+    torch.testing.assert_close(result.y1, y1, rtol=1e-14, atol=0.0)
+    torch.testing.assert_close(result.error_estimate, expected, rtol=1e-12, atol=0.0)
+    assert (result.nfe_drift, result.nfe_diffusion) == (2, 2)
+    milstein = sde_step(sde, "diagonal", t, y, h, dw, rtol=rtol, atol=atol, milstein=True)
+    torch.testing.assert_close(milstein.y1, y1 + noise, rtol=1e-14, atol=0.0)
+
+
+@pytest.mark.parametrize(("noise_type", "order"), [("additive", 2), ("diagonal", 1), ("scalar", 1)])
+def test_the_error_estimate_shrinks_with_the_documented_order(noise_type, order):
+    """``EEst = O(h^order)``: halving ``h`` (with ``dW`` proportional to ``sqrt(h)``) divides it by
+    ``2^order``; ``error_order`` is what the controller is given."""
+    from local_reg.sde import sde_step
+    from local_reg.sde._step import error_order
+
+    assert error_order(noise_type) == order
+    sde = OU(noise_type=noise_type) if noise_type == "additive" else GBM(noise_type=noise_type)
+    y = torch.tensor([[1.0, 2.0]], dtype=DT)
+    m = 2 if noise_type == "diagonal" else 1
+    direction = torch.tensor([[0.7, -1.3]], dtype=DT)[:, :m]
+    estimates = [
+        float(
+            sde_step(
+                sde, noise_type, 0.0, y, h, direction * math.sqrt(h) * 2, rtol=1e-3, atol=1e-6
+            ).error_estimate
+        )
+        for h in (1e-3, 5e-4)
+    ]
+    assert estimates[0] / estimates[1] == pytest.approx(2**order, rel=0.05)
+
+
+def test_the_initial_step_size_is_its_documented_trial_step():
+    """``h0 = 0.01 d0 / d1`` (``d1`` reading ``|f0| + 3 |g0|``), one trial step at ``dW = sqrt(2 h0)``,
+    then ``h = h0 min(100, 0.9 EEst^(-1/order))``."""
+    from local_reg.sde import sde_initial_step_size, sde_step
+
+    sde = GBM(mu=0.5, sigma=2.0)
+    y0 = torch.tensor([[1.0, 3.0]], dtype=DT)
+    rtol, atol = 1e-3, 1e-6
+    f0, g0 = sde.f(0.0, y0), sde.g(0.0, y0)
+    scale = atol + rtol * y0.abs()
+    d0 = float(((y0 / scale) ** 2).mean().sqrt())
+    d1 = float((((f0.abs() + 3 * g0.abs()) / scale) ** 2).mean().sqrt())
+    h0 = 0.01 * d0 / d1
+    trial = sde_step(
+        sde, "diagonal", 0.0, y0, h0, torch.full_like(y0, math.sqrt(2 * h0)), rtol=rtol, atol=atol
+    )
+    expected = h0 * min(100.0, 0.9 * float(trial.error_estimate) ** -1.0)
+    h, nfe_drift, nfe_diffusion = sde_initial_step_size(
+        sde, "diagonal", 0.0, y0, f0, g0, rtol, atol, t_end=1.0
+    )
+    assert h == pytest.approx(expected, rel=1e-12) and (nfe_drift, nfe_diffusion) == (1, 1)

@@ -140,6 +140,25 @@ def test_n_draws_averages_independent_draws():
     assert torch.isfinite(grad).all()
 
 
+def test_n_draws_penalty_is_the_mean_of_the_single_draws_at_the_same_times(monkeypatch):
+    """``n_draws`` averages its probes: a sum instead of the mean passed every test."""
+    from local_reg.regularization import _sampling
+
+    func, y0 = _Field(), _y0()
+    pinned = [0.13, 0.48, 0.91]
+
+    def penalty_at(draws: list[float], n_draws: int) -> torch.Tensor:
+        queue = list(draws)
+        monkeypatch.setattr(_sampling, "sample_uniform_time", lambda times, t_dtype, generator: queue.pop(0))
+        _, reg, _ = local_regularization(func, y0, T, n_draws=n_draws)
+        assert queue == []
+        return reg
+
+    singles = torch.stack([penalty_at([t_reg], 1) for t_reg in pinned])
+    assert len(set(singles.tolist())) == 3  # three different penalties
+    torch.testing.assert_close(penalty_at(pinned, 3), singles.mean(), rtol=1e-12, atol=0.0)
+
+
 def test_probe_dtype_steps_in_float64_and_differentiates_into_the_float32_parameters():
     """A float32 model probed in float64: the penalty is the step of a float64 copy of the field at
     the same state and step size, and its gradient is that copy's, in the parameters' own dtype."""
