@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import warnings
@@ -182,14 +183,14 @@ def test_tuple_norm_sees_a_tuple():
     seen = []
 
     def norm(errors):
-        seen.append(type(errors))
+        seen.append((type(errors), tuple(tuple(e.shape) for e in errors)))
         return max(e.abs().max() for e in errors)
 
     z0 = torch.ones(2, 2, dtype=torch.float64)
     out = compat.odeint(
         Pair(), (z0, torch.zeros(2, dtype=torch.float64)), torch.tensor([0.0, 1.0]), options={"norm": norm}
     )
-    assert seen and all(kind is tuple for kind in seen)
+    assert seen and all(entry == (tuple, ((2, 2), (2,))) for entry in seen)  # y0's tensors, as torchdiffeq
     assert out[0].shape == (2, 2, 2)
 
 
@@ -308,6 +309,52 @@ def test_odeint_adjoint_gradients_match_torchdiffeq_and_direct(kwargs):
         torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-7)
 
 
+def test_odeint_adjoint_leaves_a_callable_forward_norm_out_of_the_backward_solve():
+    """torchdiffeq's adjoint options inherit the forward's but ``norm``, which is written for the
+    state, not the adjoint system: here a norm reshaping to ``y0``'s shape."""
+    y0, t = y0_and_t()
+    options = {"norm": lambda error: error.reshape(2, 2).abs().amax()}
+    tol = {"rtol": 1e-9, "atol": 1e-11, "options": options}
+    ours = gradients(compat.odeint_adjoint, Linear(), y0, t, **tol)
+    reference = gradients(torchdiffeq.odeint_adjoint, Linear(), y0, t, **tol)
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_odeint_adjoint_options_first_step_and_max_num_steps_reach_the_backward_solve():
+    """``adjoint_options``' ``first_step`` sets the backward solve's first step (it was dropped
+    silently), and its ``max_num_steps`` is per output interval there too: 200 intervals of a few
+    steps each pass a limit of 4, as in torchdiffeq."""
+    y0, t = y0_and_t()
+    calls = []
+
+    class Counted(Linear):
+        def forward(self, t, y):
+            calls.append(float(t))
+            return super().forward(t, y)
+
+    backward_calls = []
+    for first_step in (1e-1, 1e-6):
+        func = Counted()
+        ys = compat.odeint_adjoint(func, y0, t, adjoint_options={"first_step": first_step})
+        calls.clear()
+        ys.sum().backward()
+        backward_calls.append(len(calls))
+    assert backward_calls[0] != backward_calls[1]
+    many = torch.linspace(0.0, 20.0, 201, dtype=torch.float64)
+    for adjoint in (compat.odeint_adjoint, torchdiffeq.odeint_adjoint):
+        ys = adjoint(Linear(), y0, many, adjoint_options={"max_num_steps": 4})
+        ys[-1].sum().backward()  # one backward solve across all 200 intervals
+
+
+def test_a_fixed_step_method_without_step_size_takes_one_step_per_uneven_interval():
+    func = Linear()
+    y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    t = torch.tensor([0.0, 0.1, 1.0, 1.2], dtype=torch.float64)
+    ours = compat.odeint(func, y0, t, method="rk4")
+    torch.testing.assert_close(ours, torchdiffeq.odeint(func, y0, t, method="rk4"), rtol=1e-12, atol=1e-12)
+
+
 def test_symplectic_adjoint_is_exactly_the_discrete_gradient():
     y0, t = y0_and_t()
     direct = gradients(compat.odeint, Linear(), y0, t, rtol=1e-5, atol=1e-7)
@@ -411,6 +458,39 @@ def test_max_num_steps_caps_each_output_interval_as_in_torchdiffeq():
         local_reg.SolverError, match="max_num_steps=3 exceeded between the output times 0.0 and 20.0"
     ):
         compat.odeint(func, y0, t[[0, -1]], options={"max_num_steps": 3})
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_max_num_steps_is_exactly_the_most_steps_one_interval_takes(reverse):
+    """torchdiffeq counts the attempts that start in an output interval: the solve passes with the
+    largest such count and fails with one less, forwards and backwards in time (an off-by-one in
+    the count, or intervals counted forwards only, passed the other tests)."""
+    func = Recording()
+    y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    t = torch.linspace(0.0, 20.0, 9, dtype=torch.float64)
+    t = t.flip(0) if reverse else t
+    compat.odeint(func, y0, t, rtol=1e-8, atol=1e-9)
+    starts = [t0 for t0, _, _ in func.log["step"]]
+    along = [float(abs(time - t[0])) for time in t]
+    per_interval = [0] * (len(t) - 1)
+    for start in starts:
+        per_interval[bisect.bisect_right(along, abs(start - float(t[0]))) - 1] += 1
+    most = max(per_interval)
+    assert most > 1 and sum(per_interval) == len(starts)
+    compat.odeint(func, y0, t, rtol=1e-8, atol=1e-9, options={"max_num_steps": most})
+    with pytest.raises(local_reg.SolverError, match=f"max_num_steps={most - 1} exceeded"):
+        compat.odeint(func, y0, t, rtol=1e-8, atol=1e-9, options={"max_num_steps": most - 1})
+
+
+def test_a_step_starting_on_an_output_time_counts_in_the_interval_it_starts():
+    """With ``f = 0`` and ``first_step=1`` the first step ends exactly on t = 1 and the second
+    starts there: one step per interval, which ``max_num_steps=1`` allows (torchdiffeq too)."""
+    y0 = torch.ones(1, dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+    options = {"max_num_steps": 1, "first_step": 1.0}
+    torchdiffeq.odeint(lambda t, y: torch.zeros_like(y), y0, t, options=options)
+    ys = compat.odeint(lambda t, y: torch.zeros_like(y), y0, t, options=options)
+    assert torch.equal(ys, torch.ones(3, 1, dtype=torch.float64))
 
 
 def test_max_num_steps_stops_a_long_interval_among_short_ones_as_torchdiffeq():

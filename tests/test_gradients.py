@@ -271,6 +271,22 @@ def test_step_penalty_with_checkpoint_equals_direct():
     assert relative_error(results["checkpoint"][1], results["direct"][1]) <= 1e-10
 
 
+def test_a_signed_step_penalty_backwards_in_time_is_differentiated_by_checkpoint():
+    """The re-run step hands the penalty the signed ``dt`` it had in the forward solve (``abs(dt)``
+    there passed every test: the penalties used ``|dt|``)."""
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    grads = {}
+    for gradient in ("direct", "checkpoint"):
+        solution = odeint(
+            field, y0, TIMES[::-1], gradient=gradient, step_penalty=lambda r, dt: r.error_estimate * dt
+        )
+        assert (solution.penalties < 0).all()
+        grads[gradient] = torch.autograd.grad(solution.penalties.sum(), tuple(field.parameters()))
+    for a, b in zip(grads["checkpoint"], grads["direct"], strict=True):
+        assert relative_error(a, b) <= 1e-10
+
+
 def test_step_penalty_alone_is_differentiated_by_checkpoint():
     field = TinyField()
     y0 = torch.randn(2, 3, dtype=DTYPE)
@@ -423,6 +439,26 @@ def test_bound_method_of_a_module_uses_its_parameters():
     solution = odeint(field.forward, y0, TIMES, gradient="symplectic")
     grads = torch.autograd.grad(solution.ys.sum(), tuple(field.parameters()))
     assert all(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+def test_a_tuple_states_bound_method_uses_its_modules_parameters(gradient):
+    """A tuple field given as a bound method: the graph-free methods' default ``adjoint_params`` are
+    its module's parameters, as for a tensor state (they got none)."""
+    field = TinyField()
+
+    def pair(self, t, state):
+        z, s = state
+        return self(t, z), -(z**2).sum(-1)
+
+    bound = pair.__get__(field)
+    y0 = (torch.randn(2, 3, dtype=DTYPE), torch.zeros(2, dtype=DTYPE))
+    grads = {}
+    for method in ("direct", gradient):
+        ys = odeint(bound, y0, TIMES, gradient=method, rtol=1e-10, atol=1e-10).ys
+        grads[method] = torch.autograd.grad(ys[1][-1].sum(), tuple(field.parameters()))
+    for a, b in zip(grads[gradient], grads["direct"], strict=True):
+        assert relative_error(a, b) <= (1e-6 if gradient == "adjoint" else 1e-10)
 
 
 def test_bad_adjoint_arguments():
@@ -664,9 +700,12 @@ def test_deprecated_keywords_still_build_the_gradient_method():
     field = TinyField()
     y0 = torch.randn(2, 3, dtype=DTYPE)
     with pytest.warns(DeprecationWarning, match="deprecated"):
-        old, _ = gradients(field, y0, "symplectic", first_step=1.0, checkpoints=2)
-    new, _ = gradients(field, y0, Symplectic(checkpoints=2), first_step=1.0)
+        old, old_solution = gradients(field, y0, "symplectic", first_step=1.0, checkpoints=2)
+    new, new_solution = gradients(field, y0, Symplectic(checkpoints=2), first_step=1.0)
+    unbudgeted = gradients(field, y0, "symplectic", first_step=1.0)[1].stats.nfe_backward
     assert torch.equal(old, new)
+    # The budget acts (the gradients are the same to the bit with or without it): states re-solved.
+    assert old_solution.stats.nfe_backward == new_solution.stats.nfe_backward > unbudgeted
     with pytest.warns(DeprecationWarning):
         old, _ = gradients(field, y0, "adjoint", adjoint_rtol=1e-9, adjoint_options={"norm": "seminorm"})
     new, _ = gradients(field, y0, BacksolveAdjoint(rtol=1e-9, norm="seminorm"))

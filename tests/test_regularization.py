@@ -806,6 +806,34 @@ def test_regularized_models_take_tuple_states(gradient):
     torch.testing.assert_close(logp_eval, reference.ys[1])
 
 
+@pytest.mark.parametrize(
+    ("gradient", "backend"),
+    [("symplectic", "local_reg"), ("adjoint", "local_reg"), ("adjoint", "torchdiffeq")],
+)
+def test_a_tuple_field_given_as_a_bound_method_trains_its_modules_parameters(gradient, backend):
+    """A tuple state's field that is a bound method, with no ``adjoint_params``: the graph-free
+    methods differentiate its module's parameters, as ``direct`` does (torchdiffeq's
+    ``odeint_adjoint`` finds them as the wrapper's submodule)."""
+
+    class CNF(MLPField):
+        def dynamics(self, t, state):
+            z, _ = state
+            dz = self(t, z)
+            return dz, -(dz**2).sum(-1)
+
+    net = CNF()
+    state = (_y0(), torch.zeros(3, dtype=DTYPE))
+    grads = {}
+    for method in ("direct", gradient):
+        model = LocallyRegularized(
+            net.dynamics, gradient=method, backend=backend, rtol=1e-10, atol=1e-10
+        ).eval()
+        z, logp = model(state, T)
+        grads[method] = torch.autograd.grad(z[-1].sum() + logp[-1].sum(), tuple(net.parameters()))
+    for ours, direct in zip(grads[gradient], grads["direct"], strict=True):
+        torch.testing.assert_close(ours, direct, rtol=1e-5, atol=1e-8)
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.float16, torch.bfloat16])
 def test_integer_and_half_precision_times_sample_as_odeint_reads_them(dtype):
     """``odeint`` reads such times in the state's dtype; so does the sampler (a bfloat16 span's
@@ -995,3 +1023,82 @@ def test_a_models_gradient_settings_are_checked_when_it_is_made(gradient, option
     for make in (LocallyRegularized, GloballyRegularized):
         with pytest.raises(ValueError, match=match):
             make(MLPField(), gradient=gradient, options=options)
+
+
+# The torchdiffeq backend against torchdiffeq itself ------------------------------------------------
+
+
+def test_the_torchdiffeq_backends_adjoint_settings_and_backward_count_are_torchdiffeqs():
+    """``BacksolveAdjoint(norm="seminorm", max_steps=...)`` reach ``odeint_adjoint`` as its
+    ``adjoint_options`` (``max_steps`` renamed), and ``nfe_backward`` counts the backward solve's
+    calls alone: both compared with torchdiffeq's own call, counted by hand."""
+
+    class Counted(MLPField):
+        calls = 0
+
+        def forward(self, t, y):
+            Counted.calls += 1
+            return super().forward(t, y)
+
+    gradient = local_reg.BacksolveAdjoint(norm="seminorm", max_steps=1000)
+    model = LocallyRegularized(
+        Counted(), backend="torchdiffeq", gradient=gradient, rtol=RTOL, atol=ATOL
+    ).eval()
+    y0 = _y0().requires_grad_()
+    model(y0, T)[-1].pow(2).sum().backward()
+    ours = (model.stats.nfe_backward, y0.grad.clone())
+    y0.grad = None
+    ys = torchdiffeq.odeint_adjoint(
+        model.func, y0, T, rtol=RTOL, atol=ATOL, method="dopri5",
+        adjoint_options={"norm": "seminorm", "max_num_steps": 1000},
+    )  # fmt: skip
+    Counted.calls = 0
+    ys[-1].pow(2).sum().backward()
+    assert ours[0] == Counted.calls > 0
+    torch.testing.assert_close(ours[1], y0.grad, rtol=1e-12, atol=1e-12)
+    # The step limit reaches the backward solve.
+    small = LocallyRegularized(
+        Counted(),
+        backend="torchdiffeq",
+        gradient=local_reg.BacksolveAdjoint(max_steps=2),
+        rtol=RTOL,
+        atol=ATOL,
+    ).eval()
+    with pytest.raises((AssertionError, local_reg.SolverError), match="max_num_steps"):
+        small(_y0().requires_grad_(), T)[-1].sum().backward()
+
+
+def test_the_torchdiffeq_backend_gives_a_plain_functions_adjoint_params_their_gradient():
+    """``y = y0 exp(-w t)``: ``dy(1)/dw = -y0 exp(-w)``, through torchdiffeq's backsolve adjoint."""
+    w = torch.nn.Parameter(torch.tensor(0.7, dtype=DTYPE))
+    model = LocallyRegularized(
+        lambda t, y: -w * y,
+        backend="torchdiffeq",
+        gradient="adjoint",
+        adjoint_params=(w,),
+        rtol=1e-10,
+        atol=1e-12,
+    ).eval()
+    y0 = torch.tensor([1.0, 2.0], dtype=DTYPE)
+    model(y0, [0.0, 1.0])[-1].sum().backward()
+    assert float(w.grad) == pytest.approx(-3.0 * math.exp(-0.7), rel=1e-7)
+
+
+def test_biased_sampling_on_the_torchdiffeq_backend_draws_an_accepted_step_start():
+    """``t_reg`` and ``u(t_reg)`` are the start of a step torchdiffeq accepted and its state, as its own
+    ``callback_accept_step`` (called on the field as well) reports them, not the step's end."""
+    starts, states = [], []
+
+    class Watched(MLPField):
+        def callback_accept_step(self, t0, y0, dt):
+            starts.append(float(t0.detach()))
+            states.append(y0.detach().clone())
+
+    model = LocallyRegularized(Watched(), sampling="biased", backend="torchdiffeq", rtol=RTOL, atol=ATOL)
+    for seed in range(3):
+        model.generator = torch.Generator().manual_seed(seed)
+        starts.clear()
+        states.clear()
+        model(_y0(), T)
+        assert len(starts) > 2 and model.stats.t_reg in starts
+        torch.testing.assert_close(model.stats.state, states[starts.index(model.stats.t_reg)], rtol=0, atol=0)

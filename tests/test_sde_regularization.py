@@ -477,3 +477,19 @@ def test_the_torchsde_backend_checks_a_given_brownian_motion_as_the_local_one_do
     good = torchsde.BrownianInterval(0.0, 1.0, size=y0.shape, dtype=torch.float64, device="cpu", entropy=3)
     ys, penalty_value, _ = local_regularization(sde, y0, [0.0, 1.0], bm=good, **options)
     assert torch.isfinite(ys).all() and torch.isfinite(penalty_value)
+
+
+def test_the_torchsde_backends_default_is_torchsdes_adaptive_solve_from_a_twentieth_of_the_span():
+    """Its documented defaults (``adaptive=True``, first ``dt`` a twentieth of the span): the outputs
+    are torchsde's own solve on the same Brownian path (torchsde interpolates the added ``t_reg``
+    between its steps, which it does not change)."""
+    sde, y0 = setup()
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(16, 2), dtype=DT, entropy=7)
+    tolerances = dict(rtol=1e-3, atol=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    ys, _, _ = local_regularization(
+        sde, y0, [0.0, 1.0], backend="torchsde", bm=bm, generator=generator, **tolerances
+    )
+    ts = torch.tensor([0.0, 1.0], dtype=DT)
+    theirs = torchsde.sdeint(sde, y0, ts, bm=bm, method="euler", adaptive=True, dt=0.05, **tolerances)
+    torch.testing.assert_close(ys, theirs, rtol=1e-12, atol=1e-12)
