@@ -179,6 +179,7 @@ def test_a_stopped_run_continues_from_its_checkpoint(stop, code, tmp_path, monke
     assert run(tmp_path, "digits", "--methods", "local-random", "--set", "epochs=2") == code
     checkpoints = list((tmp_path / "checkpoints").glob("*.pt"))
     assert len(checkpoints) == 1 and not (tmp_path / "results.jsonl").exists()
+    saved_time = torch.load(checkpoints[0], weights_only=True)["time"]
 
     calls.clear()
     monkeypatch.setattr(
@@ -189,6 +190,12 @@ def test_a_stopped_run_continues_from_its_checkpoint(stop, code, tmp_path, monke
     (record,) = ResultsFile(tmp_path).load()
     assert record["iterations"] == 4 and len(record["history"]["loss"]) == 4
     assert not checkpoints[0].exists()  # removed once the result is recorded
+    # The clock, the optimizer and the random streams carry on: the run is the uninterrupted one.
+    assert record["train_cpu_time"] > saved_time["cpu"] > 0
+    assert run(tmp_path / "whole", "digits", "--methods", "local-random", "--set", "epochs=2") == 0
+    (whole,) = ResultsFile(tmp_path / "whole").load()
+    assert record["history"]["loss"] == whole["history"]["loss"]
+    assert (record["test"], record["test_nfe"]) == (whole["test"], whole["test_nfe"])
 
 
 def test_results_are_never_overwritten(tmp_path):

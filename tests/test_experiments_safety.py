@@ -523,6 +523,44 @@ def test_a_row_recorded_twice_for_one_seed_counts_once(tmp_path, capsys):
     assert row.split(" | ")[2] == "1"
 
 
+def test_a_table_is_the_records_mean_and_sample_sd_in_its_timing_and_order(tmp_path):
+    """Every cell from hand: sample sd (``stdev``: 50 and 60 give 7.1), the CPU table's prediction
+    column read from ``predict_cpu_time`` (20 and 40 ms), ratios of the means, the task's default
+    row before other weights; a row's repeated seed counts as its first record, and a run id on two
+    lines as its first line."""
+    from local_reg.experiments.report import group_records, markdown_table
+
+    records = [fake_record("digits", "vanilla", seed, predict_cpu_time=0.02 * (seed + 1)) for seed in (0, 1)]
+    other = dict(label="local-random (w=0.1)", weight=0.1, test_nfe=10.0)
+    records += [fake_record("digits", "local-random", seed, run_id=f"w{seed}", **other) for seed in (0, 1)]
+    default = dict(weight={"start": 2.5, "end": 1}, test_nfe=12.0, label="local-random")
+    records += [fake_record("digits", "local-random", seed, run_id=f"d{seed}", **default) for seed in (0, 1)]
+    records.append(
+        fake_record("digits", "local-random", 0, run_id="d0-again", **{**default, "test_nfe": 99.0})
+    )
+    path = write_records(tmp_path, records)
+    path.write_text(path.read_text() + json.dumps({**records[0], "test_nfe": 99.0}) + "\n")
+    loaded = ResultsFile(tmp_path).load(warn=False)
+    assert next(r for r in loaded if r["run_id"] == records[0]["run_id"])["test_nfe"] == 20.0
+    with pytest.warns(ResultsWarning):
+        (group,) = group_records(loaded)
+        rows = markdown_table(group, "cpu").splitlines()[2:]
+    assert rows == [
+        "| vanilla | – | 2 | 50 ± 0 | 55 ± 7.1 | 1 ± 0 | 30 ± 14 | 20 ± 0 | 1.000 | 1.000 | 1.000 |",
+        "| local-random | 2.5->1 | 2 | 50 ± 0 | 55 ± 7.1 | 1 ± 0 | 10 ± 0 | 12 ± 0 | 0.600 | 1.000 | 0.333 |",
+        "| local-random (w=0.1) | 0.1 | 2 | 50 ± 0 | 55 ± 7.1 | 1 ± 0 | 10 ± 0 | 10 ± 0 | 0.500 | 1.000 "
+        "| 0.333 |",
+    ]
+    assert markdown_table(group, "wall").splitlines()[2].split(" | ")[6] == "10 ± 0"  # predict_time
+
+
+def test_appending_after_a_last_line_without_its_newline_keeps_both_records(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(fake_record("digits", "vanilla", 0)))  # no newline: an edited file
+    ResultsFile(tmp_path).append(fake_record("digits", "vanilla", 1))
+    assert [record["seed"] for record in ResultsFile(tmp_path).load()] == [0, 1]
+
+
 def test_processes_are_part_of_a_runs_identity_and_row():
     single = runner.RunSpec("digits", "vanilla", 0, "tiny")
     ddp = runner.RunSpec("digits", "vanilla", 0, "tiny", processes=2)
