@@ -292,3 +292,79 @@ def test_physionet_loader_bins_hours_and_scales_each_variable(tmp_path):
     assert values[0, 0, hr] == pytest.approx(0.5)  # mean of 80 and 100 on the 60..120 range
     assert values[0, 47, hr] == 0.0 and values[1, 2, hr] == 1.0
     assert values[0, 1, temp] == 0.0 and values[1, 2, temp] == 1.0
+
+
+def test_evaluate_weights_metrics_by_batch_size_and_counts_nfe_per_batch_once():
+    """Five items in batches of 2, 2 and 1: the metric is the items' mean (3.0, not the batches'
+    3.33), the NFE the main solve's per batch (not per item, not summed over the timing repeats)."""
+
+    class Task:
+        def evaluate(self, model, batch):
+            model(batch[0], [0.0, 1.0])
+            return {"value": float(batch[0].mean())}
+
+    model = local_reg.LocallyRegularized(lambda t, y: -y, adjoint_params=())
+    per_call = local_reg.odeint(lambda t, y: -y, torch.ones(2, 1, dtype=torch.float64), [0.0, 1.0]).stats.nfe
+    items = torch.arange(1.0, 6.0, dtype=torch.float64).reshape(5, 1)
+    result = runner.evaluate(
+        Task(), model, torch.utils.data.TensorDataset(items, items), batch_size=2, repeats=3
+    )
+    assert result["metrics"] == {"value": 3.0}
+    assert result["nfe"] == per_call
+
+
+def test_a_run_evaluates_its_training_and_test_splits(tmp_path, monkeypatch):
+    sizes = []
+    original = runner.evaluate
+
+    def spied(task, model, dataset, *args, **kwargs):
+        sizes.append(len(dataset))
+        return original(task, model, dataset, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate", spied)
+    assert (
+        run(tmp_path, "digits", "--methods", "vanilla", "--set", "train_size=64", "--set", "test_size=32")
+        == 0
+    )
+    assert sizes == [64, 32]
+
+
+def test_a_sweep_runs_seeds_outermost_and_records_the_weight_every_ten_iterations(tmp_path):
+    """Seeds are the outer loop (an interrupted sweep has whole comparisons for its finished seeds),
+    and the weight history is read where the gradient ratio is measured: iterations 0 and 10 of 12."""
+    argv = ["experiment", "digits", "--size", "tiny", "--seeds", "2", "--methods", "vanilla", "local-random"]
+    assert main([*argv, "--set", "epochs=6", "--out", str(tmp_path), "--no-progress"]) == 0
+    records = ResultsFile(tmp_path).load()
+    assert [(r["seed"], r["method"]) for r in records] == [
+        (0, "vanilla"), (0, "local-random"), (1, "vanilla"), (1, "local-random"),
+    ]  # fmt: skip
+    regularized = next(r for r in records if r["method"] == "local-random")
+    assert regularized["iterations"] == 12
+    assert [entry[0] for entry in regularized["history"]["weight"]] == [0, 10]
+
+
+def test_the_classification_accuracy_is_the_share_of_right_predictions():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 1, 0])
+    metrics = REGISTRY["digits"].evaluate(lambda x: logits, (torch.zeros(3, 1), labels))
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_a_decaying_weight_spec_goes_geometrically_from_start_to_end():
+    from local_reg.experiments.methods import weight_schedule, weight_text
+    from local_reg.experiments.settings import Weight
+
+    schedule = weight_schedule({"start": 2.5, "end": 1.0}, 10, "local-random")
+    values = []
+    for _ in range(11):
+        values.append(float(schedule()))
+        schedule.step()
+    assert (
+        values[0] == pytest.approx(2.5)
+        and values[5] == pytest.approx(2.5**0.5)
+        and values[10] == pytest.approx(1.0)
+    )
+    assert weight_text({"start": 2.5, "end": 1.0}) == "2.5->1"
+    assert Weight().accepts({"ratio": 1.0, "floor": 1.0}) and not Weight().accepts(
+        {"ratio": 1.0, "floor": 2.0}
+    )

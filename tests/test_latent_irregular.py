@@ -97,3 +97,27 @@ def test_task_trains_on_irregular_times_with_the_real_solver():
     assert losses[-1] < 0.95 * losses[0], losses
     grid = task.load_data({**settings, "observation_times": "grid"}, seed=0)
     assert len(grid.train.tensors) == 2
+
+
+def test_the_masked_mse_averages_over_the_observed_entries_only():
+    """Prediction 1 against values 0, 3 of 12 entries observed: 1.0 (the mean over all 12 would
+    read 0.25)."""
+    from local_reg.experiments.tasks.latent_ode import masked_mse
+
+    mask = torch.zeros(2, 3, 2)
+    mask[0, 0, 0] = mask[1, 2, 1] = mask[0, 1, 1] = 1.0
+    assert float(masked_mse(torch.ones(2, 3, 2), torch.zeros(2, 3, 2), mask)) == 1.0
+
+
+def test_the_irregular_test_split_is_the_series_after_the_training_ones():
+    task = LatentODETask()
+    settings = {**task.settings("tiny"), "observation_times": "irregular", "n_train": 8, "n_test": 8}
+    data = task.load_data(settings, seed=3)
+    series = irregular_series(
+        16, len(task._times(settings)), settings["t_max"], settings["n_channels"], settings["obs_prob"],
+        settings["time_obs_prob"], settings["noise"], seed=0,
+    )  # fmt: skip
+    for ours, all_of_them in zip(data.test.tensors, series, strict=True):
+        assert torch.equal(ours, all_of_them[8:16])
+    for ours, all_of_them in zip(data.train.tensors, series, strict=True):
+        assert torch.equal(ours, all_of_them[:8])
