@@ -382,7 +382,10 @@ def check_same_settings(path: Path, epochs: int, init_scale: float) -> None:
     """Exit naming ``path`` if its run was trained with other ``--epochs`` or ``--init-scale``: the
     file name holds neither, so such runs belong in another ``--out`` (a file written before
     ``init_scale`` was recorded is taken as it is)."""
-    recorded = json.loads(path.read_text())
+    try:
+        recorded = json.loads(path.read_text())
+    except json.JSONDecodeError as error:  # a run killed while an older version wrote it
+        sys.exit(f"{path} is not a whole result ({error.msg}): delete it to train that run again")
     asked = {"epochs": epochs, "init_scale": init_scale}
     differs = [key for key in asked if key in recorded and recorded[key] != asked[key]]
     if differs:

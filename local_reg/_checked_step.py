@@ -16,7 +16,6 @@ from ._validate import (
     CheckedNorm,
     check_output,
     check_span,
-    check_times_distinct,
     checked_field,
     finite_float,
     positive_int,
@@ -53,8 +52,9 @@ def step(
             ``dt``, ``y`` not a float32/float64 tensor, tolerances that are not positive and finite
             (a negative one would make ``EEst`` accept any step; ``rtol = 0`` is a pure absolute
             tolerance, as in :func:`~local_reg.odeint`), an unknown tableau, a ``func`` / ``k1`` of
-            another shape or dtype than ``y``, a ``norm`` that does not return a 0-dim tensor, or
-            a ``t`` or ``dt`` that requires grad (it would silently get none).
+            another shape or dtype than ``y``, a ``norm`` that does not return a 0-dim tensor, a
+            ``t`` or ``dt`` that requires grad (it would silently get none), or a step whose
+            stage times round to ``t`` in ``y``'s dtype.
     """
     func = checked_field(func, state_name="y")
     for name, value in (("t", t), ("dt", dt)):
@@ -72,9 +72,7 @@ def step(
     check_span([t, t + dt], y.dtype, tableau=tableau)
     if abs(t) + max([1.0, *map(abs, tableau.c)]) * abs(dt) > torch.finfo(y.dtype).max:
         raise ValueError(f"t={t:g} + dt={dt:g} is beyond {y.dtype} (y's dtype, in which func gets its times)")
-    if dt != 0.0:
-        # func gets its times in y's dtype: stage times that round to t would be silently wrong.
-        check_times_distinct([t, t + dt], y.dtype, "(y's): take the step on a float64 y, or nearer t = 0")
+    _check_stage_times(t, dt, tableau, y.dtype)
     rtol, atol = step_tolerances(rtol, atol, y.dtype)
     if k1 is not None:
         if not isinstance(k1, Tensor):
@@ -132,6 +130,21 @@ def initial_step_size(
     return unchecked_initial_step_size(
         func, t0, y0, f0, order, rtol, atol, direction, _checked_norm(norm), t_end, time_dtype
     )
+
+
+def _check_stage_times(t: float, dt: float, tableau: ButcherTableau, dtype: torch.dtype) -> None:
+    """``func`` gets its times in ``y``'s dtype (``odeint`` may use a wider one; ``step`` cannot):
+    a stage time ``t + c_i dt`` that rounds to ``t`` would be silently wrong."""
+    nodes = [abs(c) for c in tableau.c if c != 0.0]
+    if dt == 0.0 or not nodes:
+        return
+    first = t + min(nodes) * dt
+    as_dtype = torch.tensor([t, first], dtype=dtype).tolist()
+    if as_dtype[0] == as_dtype[1]:
+        raise ValueError(
+            f"t={t!r} and the stage time t + {min(nodes):g} dt = {first!r} are one value in {dtype} "
+            "(y's dtype, in which func gets its times): take the step on a float64 y, or nearer t = 0"
+        )
 
 
 def _checked_norm(norm: object) -> Callable[[Tensor], Tensor]:

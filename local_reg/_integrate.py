@@ -324,9 +324,15 @@ def _call_leaving_state(name: str, state: Tensor, callback: Callable[..., Any], 
 
 
 def _checked_penalty(penalty: object, t: float) -> Tensor:
-    if not isinstance(penalty, Tensor) or penalty.dim() != 0:
-        got = f"shape {tuple(penalty.shape)}" if isinstance(penalty, Tensor) else type(penalty).__name__
-        raise TypeError(f"step_penalty must return a 0-dim tensor, got {got} (the step from t={t!r})")
+    if not isinstance(penalty, Tensor):
+        raise TypeError(
+            f"step_penalty must return a 0-dim tensor, got {type(penalty).__name__} (the step from t={t!r})"
+        )
+    if penalty.dim() != 0:
+        raise ValueError(
+            f"step_penalty must return a 0-dim tensor, got shape {tuple(penalty.shape)} "
+            f"(the step from t={t!r})"
+        )
     return penalty
 
 

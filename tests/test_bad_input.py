@@ -774,6 +774,12 @@ def test_torchdiffeq_backend_follows_the_error_contract():
             LocallyRegularized(decay, backend="torchdiffeq", options=options)
     with pytest.raises(ValueError, match=r"options\['step_size'\] must be"):
         LocallyRegularized(decay, backend="torchdiffeq", method="rk4", options={"step_size": 0.0})
+    # torchdiffeq reads max_num_steps into an int32: a whole float is taken, 2**31 is not.
+    LocallyRegularized(decay, backend="torchdiffeq", options={"max_num_steps": 1e5})
+    with pytest.raises(
+        ValueError, match=r"options\['max_num_steps'\] must be a whole number from 1 to 2\*\*31 - 1"
+    ):
+        LocallyRegularized(decay, backend="torchdiffeq", options={"max_num_steps": 2**31})
     # Known options pass and act: a fixed grid of 0.25 takes 4 rk4 steps of 4 evaluations.
     ys = LocallyRegularized(decay, backend="torchdiffeq", method="rk4", options={"step_size": 0.25}).eval()(
         torch.ones(1, dtype=torch.float64), [0.0, 1.0]
@@ -1227,9 +1233,13 @@ def test_the_public_step_functions_refuse_what_odeint_refuses():
         local_reg.step(decay, 0.0, y, 0.1, "tsit5", k1=torch.full((2,), math.nan))
     # float32 stage times that all round to t = 1e8 (odeint refuses such times as one value).
     with pytest.raises(
-        ValueError, match=r"1e\+08|100000000.0 and 100000004.0 are one value in torch.float32"
+        ValueError, match=r"t=100000000.0 and the stage time t \+ 0.161 dt = .* one value in torch.float32"
     ):
         local_reg.step(decay, 1e8, y, 4.0, "tsit5")
+    with pytest.raises(
+        ValueError, match=r"stage time t \+ 0.2 dt = 10000.0004 are one value in torch.float32"
+    ):
+        local_reg.step(decay, 1e4, y, 0.002, "dopri5")  # t + dt is another float32, t + 0.2 dt is not
     # The state is the argument y here, not odeint's y0.
     with pytest.raises(ValueError, match=r"k1 has shape \(3,\), expected \(2,\) \(from y's shape\)"):
         local_reg.step(decay, 0.0, y, 0.1, "tsit5", k1=torch.ones(3))
@@ -1580,9 +1590,9 @@ def test_a_step_penalty_that_is_not_callable_or_returns_no_scalar_is_named(solve
         run = functools.partial(sdeint, DiagonalSDE(), torch.ones(2, 1), [0.0, 1.0])
     with pytest.raises(TypeError, match="step_penalty must be callable as penalty"):
         run(step_penalty=3)
-    for returned, got in ((None, "NoneType"), (torch.ones(2), r"shape \(2,\)")):
+    for returned, got, error in ((None, "NoneType", TypeError), (torch.ones(2), r"shape \(2,\)", ValueError)):
         with pytest.raises(
-            TypeError, match=rf"step_penalty must return a 0-dim tensor, got {got} \(the step from t=0"
+            error, match=rf"step_penalty must return a 0-dim tensor, got {got} \(the step from t=0"
         ):
             run(step_penalty=lambda result, dt, returned=returned: returned)
 

@@ -352,6 +352,11 @@ def test_a_user_norm_and_callbacks_see_the_state_in_training_as_in_eval(cls, z0)
     # accumulators are outside the norm.
     plain = odeint(model.func, z0, [0.0, 1.0], norm=by_column)
     assert model.stats.nfe_main == plain.stats.nfe
+    # No norm given (None, as a config may spell it) is the default RMS over the augmented state.
+    with_none, default = cls(Linear(), options={"norm": None}).train(), cls(Linear()).train()
+    with_none(z0, [0.0, 1.0])
+    default(z0, [0.0, 1.0])
+    assert with_none.stats.nfe_main == default.stats.nfe_main
 
 
 class _SDE(torch.nn.Module):

@@ -561,6 +561,17 @@ def test_appending_after_a_last_line_without_its_newline_keeps_both_records(tmp_
     assert [record["seed"] for record in ResultsFile(tmp_path).load()] == [0, 1]
 
 
+def test_a_sweep_warns_of_a_seed_recorded_twice_once(tmp_path, monkeypatch, capsys):
+    """The check of the folder before a sweep and the report after it both read the rows: the
+    warning came twice."""
+    spec = runner.RunSpec("digits", "vanilla", 0, "tiny")
+    first = fake_record("digits", "vanilla", 0, run_id=spec.run_id, config_id=spec.config_id)
+    write_records(tmp_path, [first, dict(first, run_id="digits-vanilla-seed0-other")])
+    monkeypatch.setattr("local_reg.experiments.cli.sweep", lambda *args, **kwargs: [])
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 0
+    assert capsys.readouterr().err.count("counted once, as the first") == 1
+
+
 def test_processes_are_part_of_a_runs_identity_and_row():
     single = runner.RunSpec("digits", "vanilla", 0, "tiny")
     ddp = runner.RunSpec("digits", "vanilla", 0, "tiny", processes=2)

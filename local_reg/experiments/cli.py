@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -154,7 +155,9 @@ def _experiment(args: argparse.Namespace) -> int:
     _writable_folder(args.out)
     results = ResultsFile(args.out)
     # A corrupt file, or a record the report cannot read, is reported before hours of training, not after.
-    check_report(args.out, results.load())
+    records = results.load()
+    if distributed.launched_rank() == 0:
+        check_report(args.out, records)
 
     try:
         distributed.init_from_env()
@@ -181,9 +184,11 @@ def _experiment(args: argparse.Namespace) -> int:
             records = results.load(warn=False)  # repeats were reported before the sweep
             if records:
                 write_report(args.out, records)
-                for group in group_records(records, args.task):
-                    if group.config_id == spec.config_id:
-                        print(markdown_table(group))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ResultsWarning)  # the report has warned of them
+                    for group in group_records(records, args.task):
+                        if group.config_id == spec.config_id:
+                            print(markdown_table(group))
                 print(f"\nreport: {args.out / 'report.md'}")
             elif failed is None:  # every run is being trained elsewhere: nothing to report yet
                 print(f"no finished runs in {results.path} yet", file=sys.stderr)
@@ -217,7 +222,9 @@ def _interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace, argv: S
     """One line: what was saved, and the command that carries on from there (under torchrun, a
     torchrun command: the run's identity includes its number of processes)."""
     world = distributed.requested_world_size()
-    launcher = ["torchrun", f"--nproc_per_node={world}", "-m", "local_reg.experiments"]
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    nodes = [f"--nnodes={world // per_node}"] if per_node < world else []
+    launcher = ["torchrun", *nodes, f"--nproc_per_node={per_node}", "-m", "local_reg.experiments"]
     command = shlex.join([*(launcher if world > 1 else ["local-reg"]), *argv])
     if args.command != "experiment":
         return f"local-reg: interrupted; rerun with: {command}"

@@ -159,6 +159,9 @@ def weight_text(weight: WeightSpec | None) -> str:
 
 def number_text(value: float) -> str:
     """``value`` as ``:g`` prints it (``0.1``, ``1e-05``, ``4`` for ``4.0``) where that reads back as
-    ``value``, else in full (``0.1234567``): a row's label must tell two settings apart."""
+    ``value``, else in full (``0.1234567``), an int as it is: a row's label must tell two settings
+    apart."""
+    if isinstance(value, int):
+        return str(value)
     text = f"{value:g}"
     return text if float(text) == value else repr(float(value))

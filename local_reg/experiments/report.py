@@ -24,7 +24,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .methods import METHODS, weight_text  # noqa: E402
+from .methods import METHODS, number_text, weight_text  # noqa: E402
 from .results import ResultsError, ResultsWarning, atomic_write_bytes  # noqa: E402
 from .tasks import REGISTRY  # noqa: E402
 
@@ -208,7 +208,9 @@ def describe(group: Group) -> str:
     solver = s.get("solver", {})
     parts = [f"size `{first['size']}`", f"gradient `{first['gradient']}`"]
     if solver:
-        parts.append(f"{solver['method']} rtol={solver['rtol']:g} atol={solver['atol']:g}")
+        parts.append(
+            f"{solver['method']} rtol={number_text(solver['rtol'])} atol={number_text(solver['atol'])}"
+        )
     sizes = sorted({record.get("world_size", 1) for record in group.records})
     world = (
         f"world size {sizes[0]}" if len(sizes) == 1 else f"world sizes {', '.join(map(str, sizes))} (by row)"
@@ -311,8 +313,10 @@ def check_report(
 ) -> None:
     """Raise the :class:`ResultsError` :func:`write_report` would raise for ``records`` (a record
     another version wrote, lacking a field the report reads), writing nothing into ``out_dir``: a
-    sweep checks the folder's records before it trains, not after."""
-    with tempfile.TemporaryDirectory() as figures:
+    sweep checks the folder's records before it trains, not after. Its warnings (a row's seed
+    recorded twice) are left to the report itself."""
+    with tempfile.TemporaryDirectory() as figures, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResultsWarning)
         _report(Path(out_dir), records, task, timing, figures=Path(figures))
 
 

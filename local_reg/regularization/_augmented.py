@@ -15,7 +15,8 @@ published RNODE and TayNODE code, which integrate the same augmented system with
 JAX). ``m`` accumulators against ``z.numel()`` state elements weigh little in the RMS, but a
 rapidly varying integrand can shorten the training steps a little; eval-mode solves integrate
 ``f`` alone. A ``norm`` or step ``callbacks`` given in ``options`` are written for the state, so
-they get ``z`` in ``y0``'s shape (the accumulators left out), in training as in eval mode.
+they get ``z`` in ``y0``'s shape, in training as in eval mode: such a norm leaves the accumulators
+out of the error estimate.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._step import VectorField
+from .._step import VectorField, rms_norm
 from ..solution import Solution
 from ._problems import ODEProblem
 
@@ -86,8 +87,8 @@ def solve_augmented(
 def _on_the_state(options: dict[str, Any], state_of: Callable[[Tensor], Tensor]) -> dict[str, Any]:
     """``options`` whose ``norm`` and step ``callbacks`` see ``state_of(y)`` of the augmented ``y``."""
     options = dict(options)
-    if "norm" in options:
-        norm = options["norm"]
+    norm = options.get("norm")
+    if norm is not None and norm is not rms_norm:  # the default's RMS covers the accumulators too
         options["norm"] = lambda y: norm(state_of(y))
     callbacks = options.get("callbacks")
     if callbacks is not None:

@@ -9,6 +9,7 @@ step with it.
 from __future__ import annotations
 
 import inspect
+import numbers
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -17,7 +18,6 @@ from .._validate import (
     check_bool,
     check_choice,
     positive_float,
-    positive_int,
     relative_tolerance,
 )
 from ..gradients import GradientMethod
@@ -122,8 +122,13 @@ def check_ode_settings(
     for key in ("first_step", "step_size", "safety", "ifactor", "dfactor"):
         if options.get(key) is not None:
             positive_float(f"options[{key!r}]", options[key])
-    if "max_num_steps" in options:
-        positive_int("options['max_num_steps']", options["max_num_steps"])
+    steps = options.get("max_num_steps", 1)
+    # torchdiffeq reads it into an int32 tensor: a whole float is taken, beyond int32 is not.
+    whole = isinstance(steps, numbers.Real) and not isinstance(steps, bool) and float(steps).is_integer()
+    if not (whole and 1 <= steps <= 2**31 - 1):
+        raise ValueError(
+            f"options['max_num_steps'] must be a whole number from 1 to 2**31 - 1, got {steps!r}"
+        )
     return options
 
 
