@@ -16,6 +16,7 @@ from ._validate import (
     CheckedNorm,
     check_output,
     check_span,
+    check_times_distinct,
     checked_field,
     finite_float,
     positive_int,
@@ -136,15 +137,9 @@ def _check_stage_times(t: float, dt: float, tableau: ButcherTableau, dtype: torc
     """``func`` gets its times in ``y``'s dtype (``odeint`` may use a wider one; ``step`` cannot):
     a stage time ``t + c_i dt`` that rounds to ``t`` would be silently wrong."""
     nodes = [abs(c) for c in tableau.c if c != 0.0]
-    if dt == 0.0 or not nodes:
-        return
-    first = t + min(nodes) * dt
-    as_dtype = torch.tensor([t, first], dtype=dtype).tolist()
-    if as_dtype[0] == as_dtype[1]:
-        raise ValueError(
-            f"t={t!r} and the stage time t + {min(nodes):g} dt = {first!r} are one value in {dtype} "
-            "(y's dtype, in which func gets its times): take the step on a float64 y, or nearer t = 0"
-        )
+    if dt != 0.0 and nodes:
+        remedy = f"(y's; the second is the first stage time, t + {min(nodes):g} dt): take the step on a "
+        check_times_distinct([t, t + min(nodes) * dt], dtype, remedy + "float64 y, or nearer t = 0")
 
 
 def _checked_norm(norm: object) -> Callable[[Tensor], Tensor]:
