@@ -213,3 +213,18 @@ def test_an_atol_below_the_state_dtypes_range_beside_rtol_solves_an_element_at_z
     ys = odeint(lambda t, y: -y, y0, [0.0, 1.0], rtol=1e-6, atol=atol).ys
     assert float(ys[-1, 1]) == 0.0
     assert float(ys[-1, 0]) == pytest.approx(math.exp(-1.0), rel=1e-5)
+
+
+def test_the_failure_hint_names_the_tightest_per_element_rtol():
+    """``max_steps`` reached at ``rtol=[1e-12, 1e-3]`` in float32: the hint names 1e-12, the
+    element whose tolerance the dtype cannot meet (the loosest would read as harmless)."""
+    from local_reg import SolverError
+
+    with pytest.raises(SolverError, match="rtol=1e-12 is below"):
+        odeint(
+            lambda t, y: -y,
+            torch.ones(2),
+            torch.tensor([0.0, 1.0]),
+            rtol=torch.tensor([1e-12, 1e-3]),
+            atol=1e-12,
+        )

@@ -554,3 +554,16 @@ def test_the_floor_resumes_from_its_saved_largest_values_and_counts_only_while_o
     feed(phased, [(1.0, 5.0)])  # a phase without a floor sets the weight 5
     phased.floor = 1.0
     assert feed(phased, [(1.0, 1.0), (1.0, 0.1)]) == pytest.approx(1.0)  # 5 if it counted
+
+
+def test_a_measured_task_gradient_of_zero_is_an_infinite_ratio():
+    """The penalty's gradient against a task gradient of exactly zero: ``inf`` (the weight then
+    backs off), not ``nan``."""
+    from local_reg import GradientRatio
+
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    ratio = GradientRatio([p])
+    reg = (p**2).sum()
+    ratio.before_backward(reg)
+    (0 * p.sum() + reg).backward()
+    assert ratio.after_backward() == math.inf

@@ -393,6 +393,19 @@ def test_insert_time():
     assert insert_time([0.0, 0.5, 1.0], 0.0, 1e-9) == ([0.0, 0.5, 1.0], 0, False)
     assert insert_time([1.0, 0.5, 0.0], 0.75, 1e-9) == ([1.0, 0.75, 0.5, 0.0], 1, True)
     assert insert_time([1.0, 0.0], 0.9999999999999, 1e-9) == ([1.0, 0.0], 0, False)
+    # Merged within the tolerance only, not within twice it.
+    assert insert_time([0.0, 0.5, 1.0], 0.5 + 1.5e-9, 1e-9) == ([0.0, 0.5, 0.5 + 1.5e-9, 1.0], 2, True)
+
+
+def test_the_time_tolerance_is_relative_to_the_largest_time():
+    """``64 eps`` of the largest of ``|t0|``, ``|t1|`` and the span, at most a thousandth of the span."""
+    from local_reg.regularization._sampling import time_tolerance
+
+    eps = torch.finfo(torch.float32).eps
+    assert time_tolerance([1e5, 2e5], torch.float32) == 64 * eps * 2e5
+    assert time_tolerance([2e5, 1e5], torch.float32) == 64 * eps * 2e5
+    assert time_tolerance([0.0, 1.0], torch.float64) == 1e-9
+    assert time_tolerance([1e8, 1e8 + 1], torch.float32) == 1e-3
 
 
 def test_uniform_draws_far_from_zero_cover_the_span_and_an_unresolvable_span_is_refused():

@@ -455,3 +455,67 @@ def test_the_initial_step_size_is_its_documented_trial_step():
         sde, "diagonal", 0.0, y0, f0, g0, rtol, atol, t_end=1.0
     )
     assert h == pytest.approx(expected, rel=1e-12) and (nfe_drift, nfe_diffusion) == (1, 1)
+
+
+# The solve's glue: the Brownian path's span, the first diffusion, the counts, the deprecated dt0 --
+
+
+class TimeNoise(torch.nn.Module):
+    """``dy = (1 + t) dW``, counting its calls: ``y(1) = sum_k (1 + t_k) dW_k`` under Euler steps."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drift_calls = self.diffusion_calls = 0
+
+    def f(self, t, y):
+        self.drift_calls += 1
+        return torch.zeros_like(y)
+
+    def g(self, t, y):
+        self.diffusion_calls += 1
+        return (1 + t) * torch.ones_like(y)
+
+
+def test_the_brownian_path_spans_every_output_time_and_the_counts_are_the_calls():
+    """Over ``[0, 0.5, 1]`` in steps of 0.25 the variance of ``y(1)`` is the left-point sum
+    ``0.25 (1 + 1.25^2 + 1.5^2 + 1.75^2) = 1.96875`` (a path made over ``[0, 0.5]`` only warned and
+    clamped); the stats count the drift and diffusion calls made."""
+    import warnings
+
+    sde = TimeNoise()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        solution = sdeint(sde, torch.zeros(4000, 1, dtype=DT), [0.0, 0.5, 1.0], step_size=0.25,
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert float(solution.ys[-1].var()) == pytest.approx(1.96875, abs=0.15)
+    assert (solution.stats.nfe_drift, solution.stats.nfe_diffusion) == (sde.drift_calls, sde.diffusion_calls)
+
+
+def test_the_first_step_reads_the_diffusion_at_t0():
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(3, 1), dtype=DT, entropy=1)
+    solution = sdeint(TimeNoise(), torch.zeros(3, 1, dtype=DT), [0.0, 1.0], step_size=1.0, bm=bm)
+    torch.testing.assert_close(solution.ys[-1], bm(0.0, 1.0))  # g(0) = 1, not g(1) = 2
+
+
+@pytest.mark.parametrize(
+    "bm",
+    [
+        torchsde.BrownianInterval(0.5, 1.0, size=(3, 1), dtype=DT, entropy=1),  # starts after t0
+        torchsde.BrownianTree(t0=0.0, w0=torch.zeros(3, 1, dtype=DT), t1=0.5, entropy=0),  # ends before t1
+    ],
+)
+def test_a_brownian_motion_that_does_not_cover_the_span_is_refused(bm):
+    with pytest.raises(ValueError, match="bm covers"):
+        sdeint(TimeNoise(), torch.zeros(3, 1, dtype=DT), [0.0, 1.0], bm=bm)
+
+
+def test_the_deprecated_dt0_is_the_first_step_and_max_steps_advises_the_tolerances():
+    with pytest.warns(DeprecationWarning):
+        solution = sdeint(GBM(), torch.ones(2, 1, dtype=DT), [0.0, 1.0], dt0=1e-3, record_states=True,
+                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert float(solution.steps.dt[0]) == pytest.approx(1e-3, abs=1e-12)
+    with pytest.raises(SolverError, match="loosen rtol/atol"):  # an adaptive solve, not a fixed step
+        sdeint(GBM(), torch.ones(2, 1, dtype=DT), [0.0, 1.0], rtol=1e-6, atol=1e-6, max_steps=5,
+               generator=torch.Generator().manual_seed(0))  # fmt: skip
