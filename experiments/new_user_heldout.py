@@ -38,7 +38,9 @@ at the constant weight ``W``.
     python experiments/new_user_heldout.py --out results/regression_weights --tasks friedman2 \
         --methods vanilla fixed0.001 fixed0.01 fixed0.1 fixed1 local target0.1 target0.05
 
-Each run is saved as ``OUT/TASK_METHOD_sSEED.json`` when it finishes; a rerun skips those.
+Each run is saved as ``OUT/TASK_METHOD_sSEED.json`` when it finishes; a rerun skips those. The
+name holds neither ``--epochs`` nor ``--init-scale``: runs of other values go to another ``--out``
+(a rerun into a folder trained with other values stops, naming the file).
 """
 
 from __future__ import annotations
