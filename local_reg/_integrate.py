@@ -323,6 +323,14 @@ def _call_leaving_state(name: str, state: Tensor, callback: Callable[..., Any], 
     return value
 
 
+def _shares_memory(tensor: Tensor, other: Tensor) -> bool:
+    """Whether ``tensor`` is a view into ``other``'s memory (``y.reshape(y.shape)``, ``y[:]``)."""
+    try:
+        return tensor.untyped_storage().data_ptr() == other.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # a tensor without storage (a functorch wrapper)
+        return False
+
+
 def _checked_penalty(penalty: object, t: float) -> Tensor:
     if not isinstance(penalty, Tensor):
         raise TypeError(
@@ -479,8 +487,11 @@ def integrate(
                 accepted_step = AcceptedStep(stepper, result, t, step_dt, y, t_next, stats)
                 if log.dense is not None:
                     stages = accepted_step.stages
-                    if kept is not y:  # a field that returns its input made y0 its first stage
-                        stages = tuple(kept if stage is y0 else stage for stage in stages)
+                    if kept is not y:  # a field that returns its input (or a view) made y0 its first stage
+                        stages = tuple(
+                            kept if stage is y0 else stage.clone() if _shares_memory(stage, y0) else stage
+                            for stage in stages
+                        )
                     log.dense.add_step(t, step_dt, t_next, kept, stages)
                 if interpolate:
                     inside = []

@@ -494,14 +494,16 @@ def test_the_step_records_keep_their_own_copy_of_y0():
     for was, now in zip(before, after, strict=True):
         torch.testing.assert_close(now, was, rtol=0, atol=0)
     assert float(after[1]) == pytest.approx(math.exp(-first_end / 2), rel=1e-9)
-    # A field that returns its input makes y0 itself the first stage: ``y' = y`` written ``y``.
-    y0 = torch.ones(1, dtype=DTYPE)
-    growth = odeint(lambda t, y: y, y0, [0.0, 1.0], rtol=1e-10, atol=1e-12, dense=True)
-    inside = (growth.steps.t[0] + growth.steps.dt[0]) / 2
-    before = growth.evaluate(inside)
-    y0.fill_(5.0)
-    torch.testing.assert_close(growth.evaluate(inside), before, rtol=0, atol=0)
-    assert float(before) == pytest.approx(math.exp(inside), rel=1e-9)
+    # A field that returns its input, or a view of it, makes y0's memory the first stage: ``y' = y``
+    # written ``y`` or ``y.reshape(y.shape)``.
+    for field in (lambda t, y: y, lambda t, y: y.reshape(y.shape), lambda t, y: y[:]):
+        y0 = torch.ones(1, dtype=DTYPE)
+        growth = odeint(field, y0, [0.0, 1.0], rtol=1e-10, atol=1e-12, dense=True)
+        inside = (growth.steps.t[0] + growth.steps.dt[0]) / 2
+        before = growth.evaluate(inside)
+        y0.fill_(5.0)
+        torch.testing.assert_close(growth.evaluate(inside), before, rtol=0, atol=0)
+        assert float(before) == pytest.approx(math.exp(inside), rel=1e-9)
     # A solve of one time, which takes no step, too.
     y0 = torch.ones(1, dtype=DTYPE)
     single = odeint(lambda t, y: -y, y0, [0.5], dense=True)
