@@ -1115,3 +1115,35 @@ def test_biased_sampling_on_the_torchdiffeq_backend_draws_an_accepted_step_start
         model(_y0(), T)
         assert len(starts) > 2 and model.stats.t_reg in starts
         torch.testing.assert_close(model.stats.state, states[starts.index(model.stats.t_reg)], rtol=0, atol=0)
+
+
+def test_the_recorded_state_at_a_time_interpolates_a_backward_in_time_step():
+    """``u(t_reg)`` halfway through a step from t = 1 back to 0.5 is halfway between its end states
+    (a fraction taken with ``|dt|`` extrapolated the wrong way)."""
+    from local_reg.regularization._main_solve import MainSolve
+    from local_reg.solution import Stats
+
+    main = MainSolve(
+        ys=torch.tensor([[0.0], [1.0], [2.0]]), stats=Stats(), step_t=[1.0, 0.5], step_dt=[-0.5, -0.5],
+        step_states=torch.tensor([[0.0], [1.0]]),
+    )  # fmt: skip
+    torch.testing.assert_close(main.state_at(0.75, -1.0), torch.tensor([0.5]))
+
+
+def test_the_default_weight_of_a_frozen_field_is_a_constant_one():
+    """No trainable parameter to measure the ratio on: the weight is constant, as for a plain
+    function (frozen parameters were taken as measurable)."""
+    from local_reg.regularization.local import default_weight
+
+    field = torch.nn.Linear(2, 2).requires_grad_(False)
+    assert isinstance(
+        default_weight(lambda t, y: field(y), list(field.parameters())), local_reg.ConstantWeight
+    )
+
+
+def test_a_probe_scale_alone_asks_for_the_probe_step():
+    """``probe_scale`` sets the probe's step, so with it the default penalty takes one (it was
+    refused as an option of the probe-free kinetic penalty)."""
+    model = LocallyRegularized(MLPField(), probe_scale=2.0, weight=1.0)
+    model(_y0(), T)
+    assert model.stats.probe.nfe > 1
