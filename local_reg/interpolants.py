@@ -23,14 +23,13 @@ evaluation per solve (at the last step) at most.
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.polynomial import polynomial as P
 
-from .tableaus import ButcherTableau, finite_floats, get_tableau
+from .tableaus import ButcherTableau, check_order, finite_floats, get_tableau
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,7 @@ class Interpolant:
         if not any(rows):
             raise ValueError(f"interpolant {self.name!r}: coefficients needs at least one power of theta")
         object.__setattr__(self, "coefficients", rows)  # a list is taken, and is then hashable
-        if isinstance(self.order, bool) or not isinstance(self.order, numbers.Integral) or self.order < 1:
-            raise ValueError(f"interpolant {self.name!r}: order must be a positive int, got {self.order!r}")
+        check_order(f"interpolant {self.name!r}", self.order)
         if not isinstance(self.extra_stage, bool):
             raise TypeError(
                 f"interpolant {self.name!r}: extra_stage must be a bool, "

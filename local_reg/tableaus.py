@@ -29,6 +29,12 @@ def finite_floats(what: str, values: object) -> tuple[float, ...]:
     return tuple(float(value) for value in values)
 
 
+def check_order(what: str, order: object) -> None:
+    """A ``ValueError`` unless ``order`` is a positive int (not a bool); ``what`` names its owner."""
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 1:
+        raise ValueError(f"{what}: order must be a positive int, got {order!r}")
+
+
 @dataclass(frozen=True)
 class ButcherTableau:
     """An explicit Runge--Kutta method.
@@ -97,8 +103,7 @@ class ButcherTableau:
                 )
         if self.error_weights is not None and len(self.error_weights) != n_stages:
             raise ValueError(f"tableau {self.name!r}: error_weights needs one entry per stage")
-        if isinstance(self.order, bool) or not isinstance(self.order, numbers.Integral) or self.order < 1:
-            raise ValueError(f"tableau {self.name!r}: order must be a positive int, got {self.order!r}")
+        check_order(f"tableau {self.name!r}", self.order)
         self._check_conditions()
         pair = self.stiffness_stages
         if pair is not None and not (
