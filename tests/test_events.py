@@ -14,6 +14,7 @@ from torch import nn
 import local_reg
 import local_reg.compat as compat
 from local_reg import SolverError, _events, odeint_event
+from local_reg._integrate import open_end
 
 GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint"]
 TIGHT = {"rtol": 1e-11, "atol": 1e-13}
@@ -615,3 +616,215 @@ def test_y0_changed_in_place_before_the_backward_pass_is_refused():
         start.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         event_t.backward()
+
+
+# --- root finding, counts and times: cases other tests let a wrong implementation through ---
+
+F64 = torch.float64
+
+
+def ball(t, y):
+    return torch.stack([y[1], -9.81 * torch.ones_like(y[1])])
+
+
+def impact_time(h: float, v: float, g: float = 9.81) -> float:
+    return (v + math.sqrt(v * v + 2 * g * h)) / g
+
+
+# --- find_root: the number of evaluations --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("h", "root", "most_calls"),
+    [
+        # Regula falsi is exact on a linear h: one secant lands on the root (to rounding), the
+        # next trial point, xtol / 2 inside the bracket, lands across it and closes the bracket.
+        (lambda t: 1.3 - t, 1.3, 3),
+        (lambda t: 1.0 - 3.0 * t, 1.0 / 3.0, 3),
+        # Simple roots of smooth h: Illinois is superlinear (order 1.44); bisection would take
+        # log2(2.9 / 1e-14) = 48 evaluations. 15 leaves room over the few the method needs and
+        # is far below the linear convergence of plain regula falsi / bisection.
+        (lambda t: 1.3**2 - t**2, 1.3, 15),  # concave: the left end is retained
+        (lambda t: (3.1 - t) ** 2 - 1.8**2, 1.3, 15),  # convex: the right end is retained
+        (lambda t: -math.atan(t - 1.3), 1.3, 15),
+    ],
+    ids=["linear-exact", "linear", "concave-quadratic", "convex-quadratic", "atan"],
+)
+def test_find_root_is_superlinear_on_simple_roots(h, root, most_calls):
+    calls = []
+
+    def counted(t):
+        calls.append(t)
+        return h(t)
+
+    xtol = 1e-14
+    live, found = _events.find_root(counted, 0.1, h(0.1), 3.0, h(3.0), xtol)
+    assert h(found) <= 0 < h(live)
+    assert abs(found - root) <= 2 * xtol and abs(found - live) <= xtol
+    assert len(calls) <= most_calls
+
+
+# --- the event locator's bracket values ----------------------------------------------------------
+
+
+def calls_inside_last_step(event_fn, **kwargs):
+    """``y' = 1`` from ``y(0) = 0``: every stage is 1, so each step's dense output is linear in t
+    (to rounding) and so is ``h`` along it. Returns the times ``event_fn`` got strictly inside the
+    last step, the event time and the solution."""
+    times = []
+
+    def recorded(t, y):
+        times.append(float(t))
+        return event_fn(t, y)
+
+    with torch.no_grad():
+        event_t, solution = odeint_event(
+            lambda t, y: torch.ones_like(y), torch.zeros(1, dtype=F64), 0.0, event_fn=recorded, **kwargs
+        )
+    start = float(solution.steps.t[-1])
+    end = start + float(solution.steps.dt[-1])
+    return [t for t in times if start < t < end], float(event_t), solution
+
+
+def test_the_root_finder_gets_h_at_the_start_of_a_later_step():
+    """The bracket's left value must be ``h`` at the step's start (the previous step's end): with
+    the exact end values, the first regula falsi point on a linear ``h`` is its root (to rounding,
+    ~1e-15 here; a stale left value puts it elsewhere in the step)."""
+    inside, event_t, solution = calls_inside_last_step(lambda t, y: y[0] - 5.0)
+    assert solution.stats.n_steps > 1  # the event is not in the first step
+    assert event_t == pytest.approx(5.0, abs=1e-12)
+    assert inside[0] == pytest.approx(5.0, abs=1e-9)
+
+
+def test_the_root_finder_gets_h_at_t0_in_the_first_step_with_several_entries():
+    """Two entries, 0.5 and 100 away from their zeros at t0: ``h = min_i s_i g_i`` is 0.5 at t0,
+    not 100. A first step of 1 holds the event at t = 0.5, where ``h = 0.5 - t`` is linear: the first
+    regula falsi point is the root (to rounding), ``1 - 0.5 / (100.5)`` with the wrong left value."""
+    inside, event_t, solution = calls_inside_last_step(
+        lambda t, y: torch.stack([y[0] - 0.5, 100.0 - t]), first_step=1.0
+    )
+    assert solution.stats.n_steps == 1
+    assert event_t == pytest.approx(0.5, abs=1e-12)
+    assert inside[0] == pytest.approx(0.5, abs=1e-9)
+
+
+def test_the_event_time_is_the_end_of_the_bracket_where_the_sign_has_changed():
+    """``find_root`` returns the end where ``h <= 0``: the event has happened there. On the linear
+    ``y = t`` the state read there is past 5 (or at it), and the time is within a few ulps."""
+    _, event_t, solution = calls_inside_last_step(lambda t, y: y[0] - 5.0)
+    assert float(solution.ys[-1, 0]) - 5.0 >= 0.0
+    assert event_t == pytest.approx(5.0, abs=1e-12)
+
+
+# --- event at t0 -----------------------------------------------------------------------------------
+
+
+def test_one_entry_zero_at_t0_puts_the_event_at_t0():
+    """Module docstring: "An entry that is zero at t0 puts the event at t0" -- also when another
+    entry is not zero."""
+    y0 = torch.tensor([10.0, 2.0], dtype=F64)
+    event_t, solution = odeint_event(ball, y0, 0.5, event_fn=lambda t, y: torch.stack([y[0], t - 0.5]))
+    assert event_t.item() == 0.5
+    assert torch.equal(solution.ys, torch.stack([y0, y0]))
+    assert solution.stats.n_steps == 0
+
+
+# --- costs counted in the stats --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["gradient", "grad-mode-no-input-needs-grad", "no_grad"])
+def test_stats_nfe_counts_the_field_evaluations_made(mode):
+    """``stats.nfe`` is the number of times ``func`` ran: the rate ``f(t_e, y_e)`` for the implicit
+    function theorem is evaluated (and counted) only when a gradient can flow."""
+    calls = []
+
+    def counted(t, y):
+        calls.append(float(t))
+        return ball(t, y)
+
+    y0 = torch.tensor([10.0, 2.0], dtype=F64, requires_grad=mode == "gradient")
+    with torch.set_grad_enabled(mode != "no_grad"):
+        event_t, solution = odeint_event(counted, y0, 0.0, event_fn=lambda t, y: y[0], rtol=1e-8, atol=1e-10)
+    assert event_t.item() == pytest.approx(impact_time(10.0, 2.0), rel=1e-7)
+    assert solution.stats.nfe == len(calls)
+
+
+def test_stats_nfe_backward_counts_the_start_rate_of_the_t0_gradient():
+    """The ``t0`` gradient evaluates ``f(t0, y0)`` once in the backward pass, counted in
+    ``stats.nfe_backward``; the gradient is ``dt_e/dt0 = 1`` (the ball's flight does not depend on
+    when it starts)."""
+    calls = []
+
+    def counted(t, y):
+        calls.append(float(t))
+        return ball(t, y)
+
+    t0 = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    event_t, solution = odeint_event(
+        counted, torch.tensor([10.0, 2.0], dtype=F64), t0, event_fn=lambda t, y: y[0], gradient="direct"
+    )
+    forward = len(calls)
+    event_t.backward()
+    assert float(t0.grad) == pytest.approx(1.0, rel=1e-9)
+    assert len(calls) - forward >= 1
+    assert solution.stats.nfe_backward == len(calls) - forward
+
+
+# --- the time dtype of the gradient evaluations ------------------------------------------------------
+
+
+def test_float32_state_with_float64_t0_gets_float64_times_also_in_the_gradient_evaluations():
+    """odeint_event's docstring: ``func`` and ``event_fn`` get times in the wider of ``t0``'s and
+    ``y0``'s dtypes -- also the evaluations for the implicit-function gradient (a float32 time at
+    1e3 is 6e-5 coarse). The event time is ``t0 + sqrt(2 h / g)``; its gradient w.r.t. the height
+    ``1 / sqrt(2 g h)``."""
+    seen = set()
+
+    def field(t, y):
+        seen.add(("func", t.dtype))
+        return ball(t, y)
+
+    def ground(t, y):
+        seen.add(("event_fn", t.dtype))
+        return y[0]
+
+    height = torch.tensor(2.0, requires_grad=True)
+    t0 = torch.tensor(1e3, dtype=F64)
+    event_t, _ = odeint_event(field, torch.stack([height, torch.tensor(0.0)]), t0, event_fn=ground)
+    (grad,) = torch.autograd.grad(event_t, height)
+    assert (event_t - t0).item() == pytest.approx(math.sqrt(2 * 2.0 / 9.81), abs=1e-5)
+    assert float(grad) == pytest.approx(1 / math.sqrt(2 * 9.81 * 2.0), rel=1e-4)
+    assert seen == {("func", F64), ("event_fn", F64)}
+
+
+def test_a_t0_at_the_open_end_is_refused():
+    """ "t0 ... lies at or beyond the largest time an event solve ... reaches": at it, too."""
+    end = open_end(torch.float32)
+    with pytest.raises(ValueError, match="lies at or beyond the largest time"):
+        odeint_event(lambda t, y: -y, torch.ones(1), end, event_fn=lambda t, y: y[0] - 0.5)
+
+
+@pytest.mark.parametrize(("flat_after", "in_grad_mode"), [(None, 2), (torch.relu, 4)], ids=["simple", "relu"])
+def test_event_fn_evaluations_in_grad_mode_are_the_documented_ones(flat_after, in_grad_mode):
+    """Module docstring: the gradient costs "one evaluation of event_fn in grad mode and, when a
+    gradient can flow, ... another of event_fn"; where ``g`` is flat at the event, "two more". The
+    root finding runs without a graph. The gradient is the analytic ``dt_e/dh = 1 / sqrt(v^2 + 2 g h)``."""
+    graph_calls = []
+
+    def ground(t, y):
+        if torch.is_grad_enabled():
+            graph_calls.append(float(t.detach()))
+        return y[0] if flat_after is None else flat_after(y[0])
+
+    height = torch.tensor(10.0, dtype=F64, requires_grad=True)
+    event_t, _ = odeint_event(
+        ball,
+        torch.stack([height, torch.tensor(2.0, dtype=F64)]),
+        0.0,
+        event_fn=ground,
+        rtol=1e-10,
+        atol=1e-12,
+    )
+    (grad,) = torch.autograd.grad(event_t, height)
+    assert float(grad) == pytest.approx(1 / math.sqrt(4.0 + 2 * 9.81 * 10.0), rel=1e-7)
+    assert len(graph_calls) == in_grad_mode

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import local_reg._step
 import local_reg.tableaus
 from local_reg import TABLEAUS, SolverError, get_tableau, odeint, step
+from local_reg.tableaus import ButcherTableau
 from tests.problems import CountingField, lotka_volterra, scipy_reference, van_der_pol
 
 ADAPTIVE = [name for name, tableau in TABLEAUS.items() if tableau.adaptive]
@@ -711,3 +712,93 @@ def test_an_output_time_at_a_step_end_is_the_steps_own_state():
     step_end = float(dense.steps.t[4])
     solution = odeint(pendulum, y0, [0.0, step_end, 5.0])
     assert torch.equal(solution.ys[1], dense.evaluate(step_end))
+
+
+# --- local_reg.step and local_reg.initial_step_size ---------------------------------------------------
+
+
+def test_step_of_size_zero_returns_the_state():
+    """``dt = 0`` has no stage times to confuse with ``t``: ``y1 = y + 0 * sum(b_i k_i) = y``
+    exactly and the error estimate is 0, in either dtype (float32 times are checked for stage
+    times that round to ``t``; with ``dt = 0`` there are none to check)."""
+    for dtype in (torch.float32, torch.float64):
+        y = torch.tensor([1.0, 2.0], dtype=dtype)
+        result = local_reg.step(lambda t, y: -y, 0.3, y, 0.0, "tsit5")
+        assert torch.equal(result.y1, y)
+        assert float(result.error_estimate) == 0.0
+
+
+def test_step_going_backwards_beyond_the_dtype_is_refused():
+    """``t + dt`` below ``-finfo(float32).max`` (a backward step): ``func`` would get ``-inf``."""
+    y = torch.tensor([1.0, 2.0])
+    assert -torch.finfo(torch.float32).max > -3e38 - 0.6e38
+    with pytest.raises(ValueError, match=r"is beyond torch.float32"):
+        local_reg.step(lambda t, y: -y, -3e38, y, -0.6e38, "rk4")
+
+
+def test_step_with_a_stage_beyond_the_step_end_checks_that_stage_time():
+    """A second-order tableau with ``c = (0, 2)`` (``b = (3/4, 1/4)``): ``t + dt`` is a float32 but
+    the stage time ``t + 2 dt`` is not."""
+    tableau = ButcherTableau(name="rk2-c2", c=(0.0, 2.0), a=((), (2.0,)), b=(0.75, 0.25), order=2)
+    biggest = torch.finfo(torch.float32).max
+    t, dt = 2e38, 0.8e38
+    assert t + dt < biggest < t + 2 * dt
+    with pytest.raises(ValueError, match=r"is beyond torch.float32"):
+        local_reg.step(lambda t, y: -y, t, torch.ones(2), dt, tableau)
+
+
+def rms(x: torch.Tensor) -> float:
+    return float(x.pow(2).mean().sqrt())
+
+
+def hairer_initial_step(func, t0, y0, f0, order, rtol, atol, direction=1.0, t_end=None):
+    """Hairer--Norsett--Wanner's starting step, written out from ``local_reg._step``'s docstring."""
+    scale = atol + rtol * y0.abs()
+    d0, d1 = rms(y0 / scale), rms(f0 / scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    if t_end is not None and t_end != t0:
+        h0 = min(h0, abs(t_end - t0))
+    f1 = func(torch.tensor(t0 + direction * h0, dtype=y0.dtype), y0 + direction * h0 * f0)
+    d2 = rms((f1 - f0) / scale) / h0
+    h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1.0 / order)
+    return min(100 * h0, h1)
+
+
+def quadratic(t, y):
+    return y**2 + t
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"direction": -1.0},  # the trial Euler step goes backwards: y^2 makes d2 differ
+        {"t_end": 0.5},  # t_end == t0 is allowed and bounds nothing
+        {"t_end": 0.5 + 2e-3},  # bounds h0 (0.01 unbounded)
+        {"t_end": 0.5 - 2e-3, "direction": -1.0},
+    ],
+    ids=["forward", "backward", "t_end-at-t0", "t_end-bounds", "t_end-bounds-backward"],
+)
+def test_initial_step_size_is_hairers_formula(kwargs):
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    t0 = 0.5
+    f0 = quadratic(torch.tensor(t0, dtype=torch.float64), y0)
+    got, nfe = local_reg.initial_step_size(quadratic, t0, y0, f0, 5, 1e-6, 1e-8, **kwargs)
+    assert nfe == 1
+    assert got == pytest.approx(
+        hairer_initial_step(quadratic, t0, y0, f0, 5, 1e-6, 1e-8, **kwargs), rel=1e-12
+    )
+
+
+def test_initial_step_size_gives_func_its_time_in_time_dtype():
+    """``func`` gets its time in ``time_dtype`` (default ``y0``'s)."""
+    seen = []
+
+    def field(t, y):
+        seen.append(t.dtype)
+        return -y
+
+    y0 = torch.ones(2)
+    local_reg.initial_step_size(field, 0.0, y0, -y0, 5, 1e-6, 1e-8, time_dtype=torch.float64)
+    local_reg.initial_step_size(field, 0.0, y0, -y0, 5, 1e-6, 1e-8)
+    assert seen == [torch.float64, torch.float32]
