@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
+from scipy.linalg import expm
 
 
 class CountingField(torch.nn.Module):
@@ -64,3 +65,23 @@ class DecaySDE(torch.nn.Module):
 
     def g(self, t, y):
         return 0.1 * y
+
+
+LINEAR_MATRIX = np.array([[-0.5, 1.0, 0.0], [-1.0, -0.2, 0.3], [0.2, 0.0, -0.8]])
+TIGHT_TOLERANCES = {"rtol": 1e-11, "atol": 1e-11}
+
+
+class LinearRows(torch.nn.Module):
+    """``f(t, z) = z A^T`` for a batch of row states: ``z(t) = z0 expm(A t)^T``."""
+
+    def __init__(self, matrix: np.ndarray = LINEAR_MATRIX):
+        super().__init__()
+        self.matrix = torch.nn.Parameter(torch.tensor(matrix))
+
+    def forward(self, t, z):
+        return z @ self.matrix.T
+
+
+def linear_rows_solution(z0: np.ndarray, t: float) -> np.ndarray:
+    """``LinearRows``' solution at ``t`` from ``z(0) = z0``."""
+    return z0 @ expm(LINEAR_MATRIX * t).T

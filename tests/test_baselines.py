@@ -7,7 +7,6 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 from scipy.integrate import quad_vec
-from scipy.linalg import expm
 
 from local_reg import (
     ExponentialDecay,
@@ -24,20 +23,10 @@ from local_reg import (
 from local_reg.regularization.rnode import rademacher
 from local_reg.regularization.steer import sample_end_time
 from local_reg.regularization.taynode import total_derivatives
-
-A = np.array([[-0.5, 1.0, 0.0], [-1.0, -0.2, 0.3], [0.2, 0.0, -0.8]])
-TIGHT = dict(rtol=1e-11, atol=1e-11)
-
-
-class Linear(torch.nn.Module):
-    """``f(t, z) = z A^T`` for a batch of row states: ``z(t) = z0 expm(A t)^T``."""
-
-    def __init__(self, matrix: np.ndarray = A):
-        super().__init__()
-        self.matrix = torch.nn.Parameter(torch.tensor(matrix))
-
-    def forward(self, t, z):
-        return z @ self.matrix.T
+from tests.problems import LINEAR_MATRIX as A
+from tests.problems import TIGHT_TOLERANCES as TIGHT
+from tests.problems import LinearRows as Linear
+from tests.problems import linear_rows_solution as linear_solution
 
 
 class MLP(torch.nn.Module):
@@ -52,10 +41,6 @@ class MLP(torch.nn.Module):
 
     def forward(self, t, z):
         return self.net(torch.cat([z, t.expand(*z.shape[:-1], 1)], dim=-1))
-
-
-def linear_solution(z0: np.ndarray, t: float) -> np.ndarray:
-    return z0 @ expm(A * t).T
 
 
 def exact_integral(z0: np.ndarray, t1: float, rate) -> float:

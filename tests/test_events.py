@@ -180,6 +180,16 @@ def test_exact_graph_free_methods_equal_direct_with_the_event_inside_the_last_st
     ("h", "root", "most_calls"),
     [
         (math.cos, math.pi / 2, 10),  # a simple root: superlinear
+        # Regula falsi is exact on a linear h: one secant lands on the root (to rounding), the
+        # next trial point, xtol / 2 inside the bracket, lands across it and closes the bracket.
+        (lambda t: 1.3 - t, 1.3, 3),
+        (lambda t: 1.0 - 3.0 * t, 1.0 / 3.0, 3),
+        # Simple roots of smooth h: Illinois is superlinear (order 1.44); bisection would take
+        # log2(2.9 / 1e-14) = 48 evaluations. 15 leaves room over the few the method needs and
+        # is far below the linear convergence of plain regula falsi / bisection.
+        (lambda t: 1.3**2 - t**2, 1.3, 15),  # concave: the left end is retained
+        (lambda t: (3.1 - t) ** 2 - 1.8**2, 1.3, 15),  # convex: the right end is retained
+        (lambda t: -math.atan(t - 1.3), 1.3, 15),
         # Regula falsi alone would crawl on a triple root and a jump: the safeguard bisects at least
         # every third evaluation, and 48 halvings take the bracket from 2.9 to 1e-14.
         (lambda t: (1.3 - t) ** 3, 1.3, 3 * 48),
@@ -629,39 +639,6 @@ def ball(t, y):
 
 def impact_time(h: float, v: float, g: float = 9.81) -> float:
     return (v + math.sqrt(v * v + 2 * g * h)) / g
-
-
-# --- find_root: the number of evaluations --------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("h", "root", "most_calls"),
-    [
-        # Regula falsi is exact on a linear h: one secant lands on the root (to rounding), the
-        # next trial point, xtol / 2 inside the bracket, lands across it and closes the bracket.
-        (lambda t: 1.3 - t, 1.3, 3),
-        (lambda t: 1.0 - 3.0 * t, 1.0 / 3.0, 3),
-        # Simple roots of smooth h: Illinois is superlinear (order 1.44); bisection would take
-        # log2(2.9 / 1e-14) = 48 evaluations. 15 leaves room over the few the method needs and
-        # is far below the linear convergence of plain regula falsi / bisection.
-        (lambda t: 1.3**2 - t**2, 1.3, 15),  # concave: the left end is retained
-        (lambda t: (3.1 - t) ** 2 - 1.8**2, 1.3, 15),  # convex: the right end is retained
-        (lambda t: -math.atan(t - 1.3), 1.3, 15),
-    ],
-    ids=["linear-exact", "linear", "concave-quadratic", "convex-quadratic", "atan"],
-)
-def test_find_root_is_superlinear_on_simple_roots(h, root, most_calls):
-    calls = []
-
-    def counted(t):
-        calls.append(t)
-        return h(t)
-
-    xtol = 1e-14
-    live, found = _events.find_root(counted, 0.1, h(0.1), 3.0, h(3.0), xtol)
-    assert h(found) <= 0 < h(live)
-    assert abs(found - root) <= 2 * xtol and abs(found - live) <= xtol
-    assert len(calls) <= most_calls
 
 
 # --- the event locator's bracket values ----------------------------------------------------------

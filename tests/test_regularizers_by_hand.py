@@ -26,24 +26,10 @@ from local_reg.regularization import _sampling
 from local_reg.regularization._probe import penalty_form
 from local_reg.regularization._sampling import insert_time, rounded, sample_uniform_time, time_tolerance
 from local_reg.regularization.rnode import rademacher
-
-A = np.array([[-0.5, 1.0, 0.0], [-1.0, -0.2, 0.3], [0.2, 0.0, -0.8]])
-TIGHT = dict(rtol=1e-11, atol=1e-11)
-
-
-class Linear(torch.nn.Module):
-    """``f(t, z) = z A^T`` for a batch of row states: ``z(t) = z0 expm(A t)^T``."""
-
-    def __init__(self, matrix: np.ndarray = A):
-        super().__init__()
-        self.matrix = torch.nn.Parameter(torch.tensor(matrix))
-
-    def forward(self, t, z):
-        return z @ self.matrix.T
-
-
-def linear_solution(z0: np.ndarray, t: float) -> np.ndarray:
-    return z0 @ expm(A * t).T
+from tests.problems import LINEAR_MATRIX as A
+from tests.problems import TIGHT_TOLERANCES as TIGHT
+from tests.problems import LinearRows as Linear
+from tests.problems import linear_rows_solution as linear_solution
 
 
 def exact_integral(z0: np.ndarray, t0: float, t1: float, rate) -> float:
