@@ -68,7 +68,12 @@ class Real(Rule):
         return f"a finite number {low}" + ("" if self.high == math.inf else f" and <= {self.high:g}")
 
     def accepts(self, value: Any) -> bool:
-        if not _is_number(value) or not math.isfinite(value):
+        if not _is_number(value):
+            return False
+        try:
+            if not math.isfinite(value):
+                return False
+        except OverflowError:  # an int beyond float's range (JSON's 1e400 spelled out)
             return False
         above = value >= self.low if self.closed else value > self.low
         return above and value <= self.high
