@@ -76,6 +76,14 @@ def test_weight_specs_by_the_rule_in_the_docstring():
     # {"adaptive": w0, ...}: w0 > 0; options non-negative, target_nfe may be null.
     assert rule.accepts({"adaptive": 1.0, "target_nfe": None, "w_min": 0.0})
     assert not rule.accepts({"adaptive": 0.0}) and not rule.accepts({"adaptive": 1.0, "rate": -1.0})
+    # Only target_nfe may be null, and warmup (iterations) is an integer.
+    assert not rule.accepts({"adaptive": 1.0, "rate": None}) and not rule.accepts(
+        {"adaptive": 1.0, "beta": None}
+    )
+    assert rule.accepts({"adaptive": 1.0, "warmup": 0}) and rule.accepts({"adaptive": 1.0, "warmup": 20})
+    assert not rule.accepts({"adaptive": 1.0, "warmup": 2.5}) and not rule.accepts(
+        {"adaptive": 1.0, "warmup": -1}
+    )
     # {"ratio": rho, ...}: rho > 0, every an integer >= 1, floor <= 1, scope model or field.
     assert rule.accepts({"ratio": 0.2, "every": 1}) and not rule.accepts({"ratio": 0.2, "every": 0})
     assert rule.accepts({"ratio": 0.2, "floor": 1.0}) and rule.accepts({"ratio": 0.2, "floor": 1})

@@ -118,7 +118,8 @@ RATIO_SCOPES = ("model", "field")
 class Weight(Rule):
     """A regularization weight spec (:mod:`.methods`): a constant ``>= 0``, ``{"start": w0, "end": w1}``
     with ``w0, w1 > 0`` (an exponential decay, so neither may be 0), or ``{"adaptive": w0, ...}``
-    with ``w0 > 0`` and :data:`ADAPTIVE_KEYS` (non-negative numbers, ``target_nfe`` may be null), or
+    with ``w0 > 0`` and :data:`ADAPTIVE_KEYS` (non-negative numbers, ``warmup`` an integer,
+    ``target_nfe`` may be null), or
     ``{"ratio": rho, ...}`` with ``rho > 0`` and :data:`RATIO_KEYS` (``every`` an integer >= 1,
     ``scope`` one of :data:`RATIO_SCOPES`, the others non-negative numbers), or ``"default"``
     (local regularization's own default weight and probe; local methods only: ``default=False``
@@ -129,7 +130,8 @@ class Weight(Rule):
     def allowed(self) -> str:
         return (
             'a number >= 0, {"start": w0, "end": w1} with finite w0, w1 > 0, {"adaptive": w0, ...} '
-            f"with w0 > 0 and keys among {', '.join(ADAPTIVE_KEYS)}, or "
+            f"with w0 > 0 and keys among {', '.join(ADAPTIVE_KEYS)} (warmup an integer >= 0, "
+            "only target_nfe may be null), or "
             '{"ratio": rho, ...} '
             f"with rho > 0 and keys among {', '.join(RATIO_KEYS)} (every an integer >= 1, "
             f"floor <= 1, scope one of {', '.join(RATIO_SCOPES)})"
@@ -144,7 +146,12 @@ class Weight(Rule):
             return (
                 Real().accepts(value["adaptive"])
                 and set(options) <= set(ADAPTIVE_KEYS)
-                and all(v is None or Real(closed=True).accepts(v) for v in options.values())
+                and Integer(0).accepts(options.get("warmup", 0))
+                and all(
+                    (v is None and k == "target_nfe") or Real(closed=True).accepts(v)
+                    for k, v in options.items()
+                    if k != "warmup"
+                )
             )
         if isinstance(value, dict) and "ratio" in value:
             options = {k: v for k, v in value.items() if k != "ratio"}
