@@ -28,6 +28,7 @@ from local_reg.regularization._sampling import insert_time, rounded, sample_unif
 from local_reg.regularization.rnode import rademacher
 from tests.problems import LINEAR_MATRIX as A
 from tests.problems import TIGHT_TOLERANCES as TIGHT
+from tests.problems import CountingField
 from tests.problems import LinearRows as Linear
 from tests.problems import linear_rows_solution as linear_solution
 
@@ -140,21 +141,11 @@ def test_taynode_defaults_are_the_third_derivative_and_the_mnist_coefficient(z0)
     assert float(model.reg_loss.detach()) == pytest.approx(6e-5 * expected, rel=1e-8)
 
 
-class Counting(Linear):
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, t, z):
-        self.calls += 1
-        return super().forward(t, z)
-
-
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_taynode_counts_its_forward_mode_evaluations(z0, order):
     """Docstring: ``nfe_main`` counts the augmented field's evaluations and ``nfe_reg`` the ``K - 1``
     further evaluations of ``func`` each adds: together, every call of ``func`` (counted by hand)."""
-    field = Counting()
+    field = CountingField(Linear())
     model = TayNODERegularized(field, order=order)
     model(z0, [0.0, 1.0])
     assert field.calls == order * model.stats.nfe_main

@@ -13,7 +13,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.integrate import solve_ivp
 from sklearn.datasets import load_breast_cancer, load_digits
 from torch import nn
 
@@ -30,39 +29,24 @@ from local_reg.experiments.tasks.lotka import trajectories
 from local_reg.experiments.tasks.nsde_digits import SDEClassifier
 from local_reg.experiments.tasks.spiral import spiral_trajectory
 from local_reg.experiments.tasks.spiral_sde import SpiralSDE, SpiralSDEModel
+from tests.problems import lotka_volterra, scipy_reference, van_der_pol
 
 Z = 6.0  # a 6-sigma bound: a correct generator exceeds it with probability < 1e-8
 
 
-# The equations and parameters the lotka module's docstring states, written here in numpy.
-def _lotka(t, u):
-    a, b, c, d = 1.5, 1.0, 3.0, 1.0
-    x, y = u
-    return [a * x - b * x * y, d * x * y - c * y]
-
-
+# The equations and parameters the lotka module's docstring states (lotka_volterra: a, b, c, d =
+# 1.5, 1, 3, 1; van_der_pol: mu = 1), as torch fields for scipy_reference.
 def _pendulum(t, u):
-    theta, omega = u
-    return [omega, -math.sin(theta) - 0.2 * omega]
-
-
-def _van_der_pol(t, u):
-    x, v = u
-    return [v, (1 - x**2) * v - x]
+    theta, omega = u[..., 0], u[..., 1]
+    return torch.stack([omega, -torch.sin(theta) - 0.2 * omega], dim=-1)
 
 
 # name -> (stated equation, stated initial box, stated time span end)
 TRAJECTORY_TASKS = {
-    "lotka": (_lotka, (0.5, 2.5), 2.0),
+    "lotka": (lotka_volterra, (0.5, 2.5), 2.0),
     "pendulum": (_pendulum, (-2.0, 2.0), 4.0),
-    "vanderpol": (_van_der_pol, (-2.0, 2.0), 4.0),
+    "vanderpol": (van_der_pol, (-2.0, 2.0), 4.0),
 }
-
-
-def _reference(rhs, u0, times):
-    solution = solve_ivp(rhs, (0.0, float(times[-1])), np.asarray(u0, float), t_eval=np.asarray(times, float),
-                         rtol=1e-12, atol=1e-12, method="DOP853")  # fmt: skip
-    return solution.y.T
 
 
 class LinearInTime(nn.Module):
@@ -88,7 +72,9 @@ def test_the_noise_free_states_solve_the_stated_equation(task_name):
     times, states = trajectories(4, 9, 2.0, torch.Generator().manual_seed(1), task.field, task.box)
     np.testing.assert_allclose(times.numpy(), np.linspace(0.0, 2.0, 9))
     for path in states.numpy():
-        np.testing.assert_allclose(path, _reference(rhs, path[0], times.numpy()), rtol=1e-7, atol=1e-7)
+        np.testing.assert_allclose(
+            path, scipy_reference(rhs, path[0], times.numpy()).numpy(), rtol=1e-7, atol=1e-7
+        )
 
 
 @pytest.mark.parametrize("task_name", list(TRAJECTORY_TASKS))
@@ -104,13 +90,12 @@ def test_the_task_data_are_the_stated_system_on_the_stated_grid_and_box(task_nam
     observed = torch.cat([data.train.tensors[0], data.test.tensors[0]]).double().numpy()
     u0 = observed[:, 0]
     assert (u0 >= low - 1e-6).all() and (u0 <= high + 1e-6).all()
-    # 200 uniform draws per coordinate: P(none within 2% of an end) = 0.98**200 < 2e-2 ... use 10%:
-    # 0.9**200 < 1e-9.
+    # 200 uniform draws per coordinate: P(none within 10% of an end) = 0.9**200 < 1e-9.
     margin = 0.1 * (high - low)
     assert (u0.min(0) < low + margin).all() and (u0.max(0) > high - margin).all()
     times = np.linspace(0.0, t_max, settings["n_times"])
     for path in observed[:5]:
-        np.testing.assert_allclose(path, _reference(rhs, path[0], times), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(path, scipy_reference(rhs, path[0], times).numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_lotka_noise_has_the_stated_deviation_and_splits_fit_noisy_and_score_clean():
@@ -128,12 +113,14 @@ def test_lotka_noise_has_the_stated_deviation_and_splits_fit_noisy_and_score_cle
     assert abs(float(residual.mean())) < Z * sd / math.sqrt(n)
     times = np.linspace(0.0, settings["t_max"], settings["n_times"])
     for path in target.numpy()[:4]:
-        np.testing.assert_allclose(path, _reference(_lotka, path[0], times), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            path, scipy_reference(lotka_volterra, path[0], times).numpy(), rtol=1e-4, atol=1e-4
+        )
     train_observed, train_target = data.train.tensors
     assert torch.equal(train_observed, train_target)
     # and they are noisy: off the equation's solution by about the noise.
     path = train_target[0].double().numpy()
-    off = path[1:] - _reference(_lotka, path[0], times)[1:]
+    off = path[1:] - scipy_reference(lotka_volterra, path[0], times).numpy()[1:]
     assert np.abs(off).max() > sd
 
 
@@ -366,15 +353,14 @@ def test_latent_training_draws_z0_with_the_posterior_deviation():
 
 
 def _spiral(t, y):
-    a = np.array([[-0.1, 2.0], [-2.0, -0.1]])
-    return (np.asarray(y) ** 3) @ a
+    return y**3 @ torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=y.dtype)
 
 
 def test_spiral_trajectory_solves_the_stated_equation_from_the_stated_start():
 
     times, path = spiral_trajectory(101)
     np.testing.assert_allclose(times.numpy(), np.linspace(0.0, 25.0, 101))
-    reference = _reference(_spiral, [2.0, 0.0], np.linspace(0.0, 25.0, 101))
+    reference = scipy_reference(_spiral, [2.0, 0.0], np.linspace(0.0, 25.0, 101)).numpy()
     np.testing.assert_allclose(path.numpy(), reference, rtol=1e-6, atol=1e-6)
 
 
