@@ -89,7 +89,8 @@ def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
         str(out),
         *args,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # A process that aborts in native code (gloo's teardown) prints where it was.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     # stdin: not the test process's, which under pytest-xdist is the worker's command channel.
     return subprocess.run(
         command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180

@@ -166,6 +166,7 @@ def _experiment(args: argparse.Namespace) -> int:
             f"WORLD_SIZE={world} but no process group to join ({error}): launch with torchrun"
         ) from None
     failed = None
+    finished = False
     try:
         try:
             sweep(
@@ -192,13 +193,14 @@ def _experiment(args: argparse.Namespace) -> int:
                 print(f"\nreport: {args.out / 'report.md'}")
             elif failed is None:  # every run is being trained elsewhere: nothing to report yet
                 print(f"no finished runs in {results.path} yet", file=sys.stderr)
+        finished = True
         if failed is not None:
             print(f"local-reg: error: {failed}", file=sys.stderr)
             return EXIT_RUNS_FAILED
     except SettingsError as error:  # a setting only the data can check (e.g. train_size)
         raise BadInput(f"bad settings: {error}") from None
     finally:
-        distributed.shutdown()
+        distributed.shutdown(together=finished)
     return 0
 
 

@@ -45,8 +45,14 @@ def init_from_env() -> bool:
     return True
 
 
-def shutdown() -> None:
+def shutdown(*, together: bool) -> None:
+    """Leave the process group. ``together``: every process is leaving cleanly, so wait for all of
+    them first; a process that tears its connections down while another still holds them (rank 0
+    writing the report) can abort in gloo's teardown. After an error, leave at once: the others may
+    never arrive, and torchrun stops them when this one exits."""
     if dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 
