@@ -12,6 +12,11 @@ regressions at constant weights").
   128 training and 128 test starts in [-2, 2]^2 observed at 31 times on [0, 6], MSE over all times;
   field MLP([y, cos 1.3t, sin 1.3t]) with two hidden layers of 64, Adam 3e-3 with cosine decay,
   300 epochs.
+- ``duffing`` and ``fitzhugh``: two more trajectory fits, written after every task above had
+  informed a choice, with the oscillator's settings (starts, batch, optimizer, epochs; field
+  MLP(y) with two hidden layers of 64): the damped double well ``x'' + 0.3 x' - x + x^3 = 0``
+  observed at 41 times on [0, 8], and the FitzHugh--Nagumo neuron ``v' = v - v^3/3 - w + 0.5``,
+  ``w' = 0.08 (v + 0.7 - 0.8 w)`` observed at 41 times on [0, 20].
 
 Classifiers and regressions read at their end through an encoder: linear encoder to a state of 16,
 MLP field 16 -> 64 -> 16 (tanh) on [0, 1], linear head, Adam 1e-3, batch 32 (70/30 split,
@@ -61,6 +66,8 @@ SETTINGS = {
     "wine": {"epochs": 200, "lr": 1e-3, "cosine": False},
     "diabetes": {"epochs": 150, "lr": 1e-3, "cosine": False},
     "oscillator": {"epochs": 300, "lr": 3e-3, "cosine": True},
+    "duffing": {"epochs": 300, "lr": 3e-3, "cosine": True},
+    "fitzhugh": {"epochs": 300, "lr": 3e-3, "cosine": True},
 }
 ENCODED_EPOCHS = {
     "cancer": 80,
@@ -76,9 +83,11 @@ ENCODED_EPOCHS = {
     "friedman2": 100,
 }
 SETTINGS.update({task: {"epochs": n, "lr": 1e-3, "cosine": False} for task, n in ENCODED_EPOCHS.items()})
-REGRESSIONS = ("diabetes", "oscillator", "friedman", "friedman2")
+# Fits of trajectories read along the flow: the span [0, t_end] and the number of observed times.
+TRAJECTORIES = {"oscillator": (6.0, 31), "duffing": (8.0, 41), "fitzhugh": (20.0, 41)}
+REGRESSIONS = ("diabetes", "friedman", "friedman2", *TRAJECTORIES)
 ENCODED_STATE = 16
-OSCILLATOR = {"c": 0.3, "k": 1.0, "force": 0.5, "w": 1.3, "t_end": 6.0, "n_times": 31}
+OSCILLATOR = {"c": 0.3, "k": 1.0, "force": 0.5, "w": 1.3}
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -148,20 +157,29 @@ def encoded_data(task: str) -> tuple[torch.Tensor, ...]:
     return split_standardized(x, y, test_size=0.3, classify=task not in REGRESSIONS)
 
 
-def oscillator_data() -> tuple[torch.Tensor, ...]:
+def true_derivative(task: str, t, x, v, cos) -> tuple:
+    """The right-hand side that made a trajectory fit's data, for numpy or torch (``cos`` is theirs)."""
+    if task == "oscillator":
+        c, k, force, w = (OSCILLATOR[key] for key in ("c", "k", "force", "w"))
+        return v, -c * v - k * x + force * cos(w * t)
+    if task == "duffing":
+        return v, -0.3 * v + x - x**3
+    return x - x**3 / 3 - v + 0.5, 0.08 * (x + 0.7 - 0.8 * v)  # fitzhugh: x is v, v is w
+
+
+def trajectory_data(task: str) -> tuple[torch.Tensor, ...]:
     from scipy.integrate import solve_ivp
 
-    c, k, force, w = (OSCILLATOR[key] for key in ("c", "k", "force", "w"))
-    times = np.linspace(0.0, OSCILLATOR["t_end"], OSCILLATOR["n_times"])
+    t_end, n_times = TRAJECTORIES[task]
+    times = np.linspace(0.0, t_end, n_times)
     rng = np.random.default_rng(1234)
 
     def rhs(t: float, u: np.ndarray) -> list[float]:
-        return [u[1], -c * u[1] - k * u[0] + force * np.cos(w * t)]
+        return list(true_derivative(task, t, u[0], u[1], np.cos))
 
     def starts_and_paths(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         y0 = rng.uniform(-2, 2, size=(n, 2))
-        span = (0.0, OSCILLATOR["t_end"])
-        paths = [solve_ivp(rhs, span, u0, t_eval=times, rtol=1e-10, atol=1e-12).y.T for u0 in y0]
+        paths = [solve_ivp(rhs, (0.0, t_end), u0, t_eval=times, rtol=1e-10, atol=1e-12).y.T for u0 in y0]
         return _tensor(y0), _tensor(np.stack(paths, 1))  # (n_times, n, 2)
 
     y0_train, paths_train = starts_and_paths(128)
@@ -179,16 +197,21 @@ class MLPField(torch.nn.Module):
         return self.net(y)
 
 
-class ForcedField(torch.nn.Module):
-    """``MLP([y, cos(w t), sin(w t)])``: the user knows the forcing frequency."""
+class TrajectoryField(torch.nn.Module):
+    """A trajectory fit's field, two hidden layers of ``hidden``: ``MLP([y, cos(w t), sin(w t)])``
+    for a forcing of frequency ``w`` (the user knows it), else ``MLP(y)``."""
 
-    def __init__(self, hidden: int = 64) -> None:
+    def __init__(self, forcing: float | None = None, hidden: int = 64) -> None:
         super().__init__()
-        layers = [torch.nn.Linear(4, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden)]
+        self.forcing = forcing
+        inputs = 2 if forcing is None else 4
+        layers = [torch.nn.Linear(inputs, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden)]
         self.net = torch.nn.Sequential(*layers, torch.nn.Tanh(), torch.nn.Linear(hidden, 2))
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        phase = OSCILLATOR["w"] * t.to(y.dtype).expand(y.shape[0], 1)
+        if self.forcing is None:
+            return self.net(y)
+        phase = self.forcing * t.to(y.dtype).expand(y.shape[0], 1)
         return self.net(torch.cat([y, torch.cos(phase), torch.sin(phase)], -1))
 
 
@@ -223,9 +246,10 @@ def run(
     torch.manual_seed(seed)
     shuffle = torch.Generator().manual_seed(10_000 + seed)  # the same batches for every method
     encoder = torch.nn.Identity()
-    if task == "oscillator":
-        x_train, y_train, x_test, y_test, t = oscillator_data()
-        field, head, criterion = ForcedField(), None, torch.nn.MSELoss()
+    if task in TRAJECTORIES:
+        x_train, y_train, x_test, y_test, t = trajectory_data(task)
+        forcing = OSCILLATOR["w"] if task == "oscillator" else None
+        field, head, criterion = TrajectoryField(forcing), None, torch.nn.MSELoss()
     else:
         if task in ENCODED_EPOCHS:
             x_train, y_train, x_test, y_test = encoded_data(task)
@@ -294,17 +318,15 @@ def run(
     }
 
 
-def true_oscillator_nfe() -> int:
-    """The test solve's NFE for the dynamics that made the data (the same starts, times, solver,
-    tolerances and float32): what a faithful fit costs (docs/results.md, "What a trajectory fit
-    can save")."""
-    c, k, force, w = (OSCILLATOR[key] for key in ("c", "k", "force", "w"))
+def true_nfe(task: str) -> int:
+    """The test solve's NFE for the dynamics that made a trajectory fit's data (the same starts,
+    times, solver, tolerances and float32): what a faithful fit costs (docs/results.md, "What a
+    trajectory fit can save")."""
 
     def field(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x, v = y[:, :1], y[:, 1:]
-        return torch.cat([v, -c * v - k * x + force * torch.cos(w * t)], -1)
+        return torch.cat(true_derivative(task, t, y[:, :1], y[:, 1:], torch.cos), -1)
 
-    _, _, y0_test, _, times = oscillator_data()
+    _, _, y0_test, _, times = trajectory_data(task)
     return odeint(field, y0_test, times).stats.nfe  # the library's defaults, as Regularized's
 
 
@@ -348,8 +370,8 @@ def table(out: Path, task: str, seeds: list[int], methods: list[str]) -> str:
             else:
                 cells.append(f"{(values / vanilla).mean():.3f}x")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if task == "oscillator":
-        lines += ["", f"The true dynamics' test NFE: {true_oscillator_nfe()}."]
+    if task in TRAJECTORIES:
+        lines += ["", f"The true dynamics' test NFE: {true_nfe(task)}."]
     return "\n".join(lines)
 
 

@@ -8,7 +8,9 @@ implementation breaks with probability < 1e-6), or the stated formula by hand.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ import torch
 from sklearn.datasets import load_breast_cancer, load_digits
 from torch import nn
 
+from local_reg import odeint
 from local_reg.experiments.models import ConcatMLP
 from local_reg.experiments.tasks import REGISTRY
 from local_reg.experiments.tasks.latent_ode import (
@@ -518,3 +521,54 @@ def test_mnist_pixels_are_in_0_1_and_the_paper_tolerance_is_the_full_size(monkey
     pixels = torch.cat([data.train.tensors[0], data.test.tensors[0]])
     assert float(pixels.min()) == 0.0 and float(pixels.max()) == pytest.approx(images.max() / 255.0)
     assert float(pixels.sum()) == pytest.approx(float(images.sum()) / 255.0, rel=1e-5)
+
+
+def _held_out_script():
+    """experiments/new_user_heldout.py, a script rather than a module of the package."""
+    path = Path(__file__).parents[1] / "experiments" / "new_user_heldout.py"
+    spec = importlib.util.spec_from_file_location("new_user_heldout", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stacked(*components):
+    return torch.stack(components, dim=-1)
+
+
+# The held-out script's trajectory fits as its docstring states them: equation, span end, times.
+HELD_OUT_TRAJECTORIES = {
+    "oscillator": (
+        lambda t, u: _stacked(u[..., 1], -0.3 * u[..., 1] - u[..., 0] + 0.5 * torch.cos(1.3 * t)),
+        6.0,
+        31,
+    ),
+    "duffing": (lambda t, u: _stacked(u[..., 1], -0.3 * u[..., 1] + u[..., 0] - u[..., 0] ** 3), 8.0, 41),
+    "fitzhugh": (
+        lambda t, u: _stacked(
+            u[..., 0] - u[..., 0] ** 3 / 3 - u[..., 1] + 0.5, 0.08 * (u[..., 0] + 0.7 - 0.8 * u[..., 1])
+        ),
+        20.0,
+        41,
+    ),
+}
+
+
+@pytest.mark.parametrize("task", sorted(HELD_OUT_TRAJECTORIES))
+def test_the_held_out_trajectory_fits_solve_the_stated_equations(task):
+    equation, t_end, n_times = HELD_OUT_TRAJECTORIES[task]
+    script = _held_out_script()
+    y0_train, paths_train, y0_test, paths_test, times = script.trajectory_data(task)
+    torch.testing.assert_close(times, torch.linspace(0.0, t_end, n_times))
+    for y0, paths in ((y0_train, paths_train), (y0_test, paths_test)):
+        assert y0.shape == (128, 2) and paths.shape == (n_times, 128, 2)
+        assert float(y0.abs().max()) <= 2.0
+        torch.testing.assert_close(paths[0], y0)
+        for start in (0, 77):
+            expected = scipy_reference(equation, y0[start].double(), times.double())
+            torch.testing.assert_close(paths[:, start].double(), expected, rtol=1e-5, atol=1e-6)
+    # The test starts are new ones, not the training starts again.
+    assert not torch.isclose(y0_train[:, None], y0_test[None]).all(-1).any()
+    # The true dynamics' NFE the script reports is that of this equation's solve.
+    solve = odeint(equation, y0_test, times)
+    assert script.true_nfe(task) == solve.stats.nfe
