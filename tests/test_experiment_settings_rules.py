@@ -73,8 +73,8 @@ def test_weight_specs_by_the_rule_in_the_docstring():
     assert rule.accepts({"start": 2.5, "end": 1.0})
     assert not rule.accepts({"start": 2.5}) and not rule.accepts({"end": 1.0})
     assert not rule.accepts({"start": 0.0, "end": 1.0}) and not rule.accepts({"start": 1.0, "end": 0})
-    # {"adaptive": w0, ...}: w0 > 0; options non-negative, target_nfe may be null.
-    assert rule.accepts({"adaptive": 1.0, "target_nfe": None, "w_min": 0.0})
+    # {"adaptive": w0, ...}: w0 > 0; options numbers, target_nfe may be null.
+    assert rule.accepts({"adaptive": 1.0, "target_nfe": None, "w_min": 0.01})
     assert not rule.accepts({"adaptive": 0.0}) and not rule.accepts({"adaptive": 1.0, "rate": -1.0})
     # Only target_nfe may be null, and warmup (iterations) is an integer.
     assert not rule.accepts({"adaptive": 1.0, "rate": None}) and not rule.accepts(
@@ -89,6 +89,19 @@ def test_weight_specs_by_the_rule_in_the_docstring():
     assert rule.accepts({"ratio": 0.2, "floor": 1.0}) and rule.accepts({"ratio": 0.2, "floor": 1})
     assert not rule.accepts({"ratio": 0.2, "floor": 1.5})
     assert rule.accepts({"ratio": 0.2, "scope": "field"}) and not rule.accepts({"ratio": 0.2, "scope": "x"})
+    # A self-tuning spec's numbers in the ranges its class takes, refused here rather than when the
+    # model is made: w_min > 0, beta < 1, an initial weight within [w_min, w_max].
+    for spec in (
+        {"adaptive": 1.0, "w_min": 0.0},
+        {"adaptive": 1.0, "beta": 1.0},
+        {"adaptive": 2.0, "w_max": 1.0},
+        {"ratio": 0.2, "initial": 0},
+        {"ratio": 0.2, "beta": 1},
+        {"ratio": 0.2, "initial": 5.0, "w_max": 1.0},
+        {"ratio": 0.2, "w_min": 0.5, "w_max": 0.1},
+    ):
+        assert not rule.accepts(spec), spec
+    assert rule.accepts({"ratio": 0.2, "initial": 1.0, "w_min": 1.0, "w_max": 1.0, "beta": 0.0})
     # "default": local methods only.
     assert rule.accepts("default") and not Weight(default=False).accepts("default")
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
+from .methods import weight_schedule
+
 
 class SettingsError(ValueError):
     """A setting is unknown or holds a value it may not: the message names the key and what is allowed."""
@@ -118,10 +120,11 @@ RATIO_SCOPES = ("model", "field")
 class Weight(Rule):
     """A regularization weight spec (:mod:`.methods`): a constant ``>= 0``, ``{"start": w0, "end": w1}``
     with ``w0, w1 > 0`` (an exponential decay, so neither may be 0), or ``{"adaptive": w0, ...}``
-    with ``w0 > 0`` and :data:`ADAPTIVE_KEYS` (non-negative numbers, ``warmup`` an integer,
-    ``target_nfe`` may be null), or
-    ``{"ratio": rho, ...}`` with ``rho > 0`` and :data:`RATIO_KEYS` (``every`` an integer >= 1,
-    ``scope`` one of :data:`RATIO_SCOPES`, the others non-negative numbers), or ``"default"``
+    with ``w0 > 0`` and :data:`ADAPTIVE_KEYS` (numbers, ``warmup`` an integer, ``target_nfe`` may be
+    null), or ``{"ratio": rho, ...}`` with ``rho > 0`` and :data:`RATIO_KEYS` (``every`` an integer
+    >= 1, ``scope`` one of :data:`RATIO_SCOPES`, the others numbers); a self-tuning spec's numbers
+    must also lie in the ranges its class takes (``beta < 1``, ``w_min <= initial <= w_max``, ...:
+    the spec is refused here, naming the setting, rather than when the model is made), or ``"default"``
     (local regularization's own default weight and probe; local methods only: ``default=False``
     refuses it for the others)."""
 
@@ -134,7 +137,8 @@ class Weight(Rule):
             "only target_nfe may be null), or "
             '{"ratio": rho, ...} '
             f"with rho > 0 and keys among {', '.join(RATIO_KEYS)} (every an integer >= 1, "
-            f"floor <= 1, scope one of {', '.join(RATIO_SCOPES)})"
+            f"floor <= 1, scope one of {', '.join(RATIO_SCOPES)}), each self-tuning spec's numbers in "
+            "the ranges AdaptiveWeight and RatioWeight take (beta < 1, 0 < w_min <= initial <= w_max)"
             + (', or "default" (local regularization\'s own)' if self.default else "")
         )
 
@@ -146,28 +150,36 @@ class Weight(Rule):
             return (
                 Real().accepts(value["adaptive"])
                 and set(options) <= set(ADAPTIVE_KEYS)
-                and Integer(0).accepts(options.get("warmup", 0))
                 and all(
                     (v is None and k == "target_nfe") or Real(closed=True).accepts(v)
                     for k, v in options.items()
                     if k != "warmup"
                 )
+                and _builds(value)
             )
         if isinstance(value, dict) and "ratio" in value:
             options = {k: v for k, v in value.items() if k != "ratio"}
             return (
                 Real().accepts(value["ratio"])
                 and set(options) <= set(RATIO_KEYS)
-                and Integer(1).accepts(options.get("every", 1))
                 and options.get("scope", "model") in RATIO_SCOPES
                 and all(
                     Real(closed=True).accepts(v) for k, v in options.items() if k not in ("every", "scope")
                 )
-                and options.get("floor", 0.0) <= 1
+                and _builds(value)
             )
         if isinstance(value, dict):
             return set(value) == {"start", "end"} and all(Real().accepts(v) for v in value.values())
         return Real(closed=True).accepts(value)
+
+
+def _builds(spec: dict[str, Any]) -> bool:
+    """Whether the self-tuning weight a spec describes can be made: its class checks the ranges."""
+    try:
+        weight_schedule(spec, 1, "local-random")
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 Fields = Mapping[str, Union[Rule, "Fields"]]
