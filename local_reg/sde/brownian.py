@@ -23,7 +23,11 @@ _TREE_PIECES = 100
 
 def _interval_of(bm: Any) -> tuple[float, float] | None:
     """``(t0, t1)`` that ``bm`` covers, when it says (torchsde's Brownian classes do), else None."""
-    for candidate in (bm, getattr(bm, "_interval", None), getattr(bm, "base_brownian", None)):
+    if isinstance(bm, torchsde.ReverseBrownian):
+        # It answers bm(ta, tb) with its base's (-tb, -ta): it covers the base's interval mirrored.
+        base = _interval_of(bm.base_brownian)
+        return None if base is None else (0.0 - base[1], 0.0 - base[0])  # 0.0 - 0.0 is 0.0, not -0.0
+    for candidate in (bm, getattr(bm, "_interval", None)):
         start, end = getattr(candidate, "_start", None), getattr(candidate, "_end", None)
         if start is not None and end is not None:
             return float(start), float(end)

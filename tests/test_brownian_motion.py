@@ -1,0 +1,94 @@
+"""The Brownian motion an SDE solve is driven by: its seed, and the checks a Brownian motion passed
+in by the caller gets (the interval it covers up to rounding, its shape, that it is callable),
+against the path's own increments."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torchsde
+
+from local_reg import sdeint
+from tests.problems import DecaySDE
+
+DTYPE = torch.float64
+
+
+def _final_state(generator: torch.Generator | None = None) -> torch.Tensor:
+    y0 = torch.ones(4, 2, dtype=DTYPE)
+    return sdeint(DecaySDE(), y0, [0.0, 1.0], step_size=0.25, generator=generator).ys[-1]
+
+
+def test_the_generator_seeds_the_brownian_path() -> None:
+    # The new BrownianInterval's seed is drawn from the generator (or torch's global one): the same
+    # seed gives the same path and another seed another path.
+    first = _final_state(torch.Generator().manual_seed(1))
+    assert torch.equal(first, _final_state(torch.Generator().manual_seed(1)))
+    assert not torch.allclose(first, _final_state(torch.Generator().manual_seed(2)))
+    torch.manual_seed(5)
+    global_first = _final_state()
+    torch.manual_seed(5)
+    assert torch.equal(global_first, _final_state())
+    torch.manual_seed(6)
+    assert not torch.allclose(global_first, _final_state())
+
+
+class _UnitNoise(torch.nn.Module):
+    """``dy = dW``: Euler--Maruyama gives ``y(t) = y0 + W(t) - W(t0)`` exactly."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def f(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(y)
+
+    def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(y)
+
+
+@pytest.mark.parametrize(("end", "t1"), [(0.3, 0.1 + 0.2), (9e6, 3e7 * (0.1 + 0.2))])
+def test_a_brownian_motion_covering_the_span_up_to_rounding_is_accepted(end: float, t1: float) -> None:
+    # t1 is `end` computed in floating point, one rounding above it (relative 1e-16, but 2e-9
+    # absolute at 9e6): the check must allow for that rounding at any magnitude.
+    assert t1 > end
+    bm = torchsde.BrownianInterval(0.0, end, size=(3, 1), dtype=DTYPE, entropy=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchsde notes the query one rounding past its end
+        solution = sdeint(_UnitNoise(), torch.zeros(3, 1, dtype=DTYPE), [0.0, t1], step_size=end / 2, bm=bm)
+        # W over the extra rounding is a few sqrt(2e-9) at most; compare with the path's own W(end).
+        torch.testing.assert_close(solution.ys[-1], bm(0.0, end), rtol=0, atol=1e-3)
+
+
+def test_a_brownian_motion_short_of_the_span_by_more_than_rounding_is_refused() -> None:
+    bm = torchsde.BrownianInterval(0.0, 0.9995, size=(3, 1), dtype=DTYPE, entropy=3)
+    with pytest.raises(ValueError, match=r"bm covers \[0.0, 0.9995\] but the solve needs \[0.0, 1.0\]"):
+        sdeint(_UnitNoise(), torch.zeros(3, 1, dtype=DTYPE), [0.0, 1.0], step_size=0.25, bm=bm)
+
+
+def test_a_non_callable_bm_is_refused_by_name() -> None:
+    with pytest.raises(TypeError, match="bm must be a Brownian motion callable as bm"):
+        sdeint(DecaySDE(), torch.ones(3, 1, dtype=DTYPE), [0.0, 1.0], bm=3.0)
+
+
+def test_a_brownian_motion_of_the_wrong_shape_is_refused_up_front_naming_both_shapes() -> None:
+    # A Brownian motion that says its shape is checked against the noise's when the solve is set
+    # up, with a message naming both shapes (not only at its first increment).
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(3, 2), dtype=DTYPE, entropy=3)
+    with pytest.raises(
+        ValueError, match=r"bm has shape \(3, 2\), but y0 and the noise type need .* \(3, 1\)"
+    ):
+        sdeint(DecaySDE(), torch.ones(3, 1, dtype=DTYPE), [0.0, 1.0], step_size=0.25, bm=bm)
+
+
+def test_a_reversed_brownian_motion_covers_its_base_interval_mirrored():
+    # torchsde's ReverseBrownian answers bm(ta, tb) with base(-tb, -ta): over a base on [0, 1] it
+    # covers [-1, 0]. A solve there is driven by the base's increment over [0, 1]; a solve over
+    # [0, 1] would query the base outside its interval (torchsde then returns zero increments).
+    base = torchsde.BrownianInterval(0.0, 1.0, size=(3, 1), dtype=DTYPE, entropy=1)
+    reversed_bm = torchsde.ReverseBrownian(base)
+    y0 = torch.zeros(3, 1, dtype=DTYPE)
+    solution = sdeint(_UnitNoise(), y0, [-1.0, 0.0], step_size=0.25, bm=reversed_bm)
+    torch.testing.assert_close(solution.ys[-1] - y0, base(0.0, 1.0), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"bm covers \[-1.0, 0.0\] but the solve needs \[0.0, 1.0\]"):
+        sdeint(_UnitNoise(), y0, [0.0, 1.0], step_size=0.25, bm=reversed_bm)

@@ -1,0 +1,86 @@
+"""The explanation a failed solve gives: which cause it names (an rtol float32 cannot resolve, a
+field turning non-finite, a fixed step, a pair without a stiffness estimate) and the stiffness
+ratio it reads, by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from local_reg import TABLEAUS, SolverError, odeint, odeint_event
+from local_reg._diagnose import stiffness_ratio
+
+DTYPE = torch.float64
+
+
+def _rotation(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.stack([y[1], -y[0]])
+
+
+@pytest.mark.parametrize(
+    ("rtol", "named"),
+    [
+        (1e-9, "1e-09"),  # below float32's eps = 1.19e-7, though not by orders of magnitude
+        (torch.tensor([1e-3, 1e-12]), "1e-12"),  # per element: the tightest decides
+    ],
+)
+def test_an_rtol_below_float32_eps_is_named_as_the_cause(rtol: float | torch.Tensor, named: str) -> None:
+    # No float32 step can meet an rtol below float32's epsilon, so the failure names that rtol.
+    with pytest.raises(SolverError, match=rf"rtol={named} is below what torch.float32 resolves"):
+        odeint(_rotation, torch.tensor([1.0, 0.0]), [0.0, 10.0], rtol=rtol, atol=1e-14, max_steps=300)
+
+
+def test_a_field_turning_non_finite_is_named_even_with_an_rtol_below_eps() -> None:
+    # The atol keeps the steps long until t = 0.5, where the field turns NaN: the underflow is the
+    # overflow's, not the rtol's, even though that rtol is below float32's epsilon.
+    def nan_past_half(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y * float("nan") if float(t) > 0.5 else -y
+
+    with pytest.raises(SolverError, match=r"^non-finite state or derivative: the trial steps kept turning"):
+        odeint(nan_past_half, torch.ones(1), [0.0, 1.0], rtol=5e-8, atol=1e-2)
+
+
+def test_a_fixed_step_float32_solve_past_max_steps_has_no_rtol_to_blame() -> None:
+    # A fixed-step solve uses no tolerance: an rtol passed to it, below float32's eps, goes unused
+    # and cannot be the cause of the failure.
+    def decay(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return -y
+
+    with pytest.raises(
+        SolverError, match=r"max_steps=50 exceeded \(raise max_steps .*, or a longer step_size\)"
+    ):
+        odeint_event(
+            decay,
+            torch.ones(1),
+            0.0,
+            event_fn=lambda t, y: y[0] + 0.5,
+            method="rk4",
+            step_size=0.1,
+            rtol=1e-9,
+            max_steps=50,
+        )
+
+
+def test_max_steps_with_a_stability_size_but_no_stiffness_estimate_gives_the_settings_hint() -> None:
+    # A custom pair with a stability size but no stiffness stages records no stiffness estimate: the
+    # failure falls back to the settings hint instead of failing on the missing estimates.
+    mine = dataclasses.replace(TABLEAUS["heun_euler"], name="mine", stability_size=2.0)
+    assert mine.stiffness_stages is None
+    with pytest.raises(
+        SolverError, match=r"max_steps=10 exceeded \(raise max_steps .*, or loosen rtol/atol\)"
+    ):
+        odeint(_rotation, torch.tensor([1.0, 0.0], dtype=DTYPE), [0.0, 100.0], method=mine, max_steps=10)
+
+
+def test_the_stiffness_ratio_is_the_median_over_the_last_twenty_steps() -> None:
+    # |dt| rho / stability_size with dt = 0.5 and stability_size = 2.5 is rho / 5, by hand: ten old
+    # steps at 0.9 (outside the window), nineteen at 0.1 and a last outlier at 5.0. The median over
+    # the last twenty is 0.1: one outlier step does not make a problem look stiff.
+    rho = [4.5] * 10 + [0.5] * 19 + [25.0]
+    log = SimpleNamespace(dt=[0.5] * len(rho), stiffness_estimate=[torch.tensor(r) for r in rho])
+    assert stiffness_ratio(log, 2.5) == pytest.approx(0.1, abs=1e-12)
+    assert stiffness_ratio(log, None) is None
+    assert stiffness_ratio(SimpleNamespace(dt=[0.5], stiffness_estimate=[]), 2.5) is None
