@@ -99,7 +99,8 @@ class Solution:
         stats: see :class:`Stats`.
         steps: see :class:`Steps`.
         penalties: with ``odeint(step_penalty=...)``, the penalty of every accepted step, shape
-            ``(n_accepted,)``, differentiable; else ``None``.
+            ``(n_accepted,)``, differentiable; else, or when no step was taken (one output
+            time), ``None``.
     """
 
     ts: Tensor
