@@ -10,9 +10,7 @@ import torch
 from scipy.linalg import expm
 
 from local_reg import BacksolveAdjoint, PIController, odeint
-from local_reg._integrate import SolveOptions, integrate_ode
 from local_reg.gradients._function import steps_before_outputs
-from local_reg.tableaus import get_tableau
 from tests.problems import LINEAR_MATRIX, TIGHT_TOLERANCES, LinearRows
 
 DTYPE = torch.float64
@@ -218,11 +216,10 @@ def test_backsolve_steps_with_the_forward_solves_controller() -> None:
     start = torch.cat(
         [solution.ys[-1].detach().reshape(-1), weights.reshape(-1), torch.zeros(9, dtype=DTYPE)]
     )
-    options = SolveOptions(controller=controller, tableau=get_tableau("tsit5"), **tolerances)
-    outputs, stats, _, _ = integrate_ode(augmented, start, span[::-1], options)
-    assert solution.stats.nfe_backward == stats.nfe
-    torch.testing.assert_close(grads[0], outputs[-1][6:12].reshape(2, 3), rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(grads[1], outputs[-1][12:].reshape(3, 3), rtol=1e-12, atol=1e-14)
+    backward = odeint(augmented, start, span[::-1], method="tsit5", controller=controller, **tolerances)
+    assert solution.stats.nfe_backward == backward.stats.nfe
+    torch.testing.assert_close(grads[0], backward.ys[-1][6:12].reshape(2, 3), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grads[1], backward.ys[-1][12:].reshape(3, 3), rtol=1e-12, atol=1e-14)
 
 
 def test_a_fixed_step_backward_method_takes_the_forwards_step_size() -> None:
