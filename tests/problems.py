@@ -31,6 +31,11 @@ def van_der_pol(t, y, mu=1.0):
     return torch.stack([v, mu * (1 - x**2) * v - x], dim=-1)
 
 
+def rotation(t, y):
+    """``x' = v, v' = -x``: the harmonic oscillator, a solve that is neither stiff nor hard."""
+    return torch.stack([y[1], -y[0]])
+
+
 def to_numpy_field(func):
     def field(t, y):
         out = func(torch.tensor(t, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64))

@@ -25,6 +25,7 @@ from local_reg import (
     odeint,
     sdeint,
 )
+from tests.problems import rotation
 
 GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint"]
 DEVICES = [
@@ -150,14 +151,23 @@ def test_fixed_steps_beyond_max_steps_are_refused_before_the_first_step():
     assert solution.stats.n_steps == 2000
 
 
-def test_an_rtol_below_the_states_precision_is_named_as_the_cause_of_a_failure():
+@pytest.mark.parametrize(
+    ("rtol", "named"),
+    [
+        (1e-12, "1e-12"),
+        (1e-9, "1e-09"),  # below float32's eps = 1.19e-7, though not by orders of magnitude
+        (torch.tensor([1e-3, 1e-12]), "1e-12"),  # per element: the tightest decides
+    ],
+)
+def test_an_rtol_below_the_states_precision_is_named_as_the_cause_of_a_failure(rtol, named):
     # The failure said only "max_steps exceeded ... loosen rtol/atol" after 10000 tiny steps.
-    def rotation(t, y):
-        return torch.stack([y[1], -y[0]])
+    cause = rf"rtol={named} is below what torch.float32 resolves, eps = 1.2e-07"
+    with pytest.raises(SolverError, match=cause):
+        odeint(rotation, torch.tensor([1.0, 0.0]), [0.0, 10.0], rtol=rtol, atol=1e-14, max_steps=300)
 
-    with pytest.raises(SolverError, match=r"rtol=1e-12 is below what torch.float32 resolves, eps = 1.2e-07"):
-        odeint(rotation, torch.tensor([1.0, 0.0]), [0.0, 10.0], rtol=1e-12, atol=1e-14, max_steps=300)
-    # At float32's usual tolerances it solves; float64 resolves rtol=1e-12.
+
+def test_the_rotation_solves_at_float32s_usual_tolerances_and_at_rtol_1e_12_in_float64():
+    # The refusal above is the tolerance's, not the problem's.
     odeint(rotation, torch.tensor([1.0, 0.0]), [0.0, 10.0], rtol=1e-6, atol=1e-8)
     odeint(rotation, torch.tensor([1.0, 0.0], dtype=torch.float64), [0.0, 10.0], rtol=1e-12, atol=1e-14)
 
@@ -968,9 +978,6 @@ def test_max_steps_on_a_stiff_problem_says_it_is_stiff():
 
 
 def test_max_steps_on_a_non_stiff_problem_gives_no_stiffness_hint():
-    def rotation(t, y):
-        return torch.stack([y[1], -y[0]])
-
     with pytest.raises(SolverError, match="max_steps=10 exceeded") as info:
         odeint(rotation, torch.tensor([1.0, 0.0], dtype=torch.float64), [0.0, 100.0], max_steps=10)
     assert "stiff" not in str(info.value)

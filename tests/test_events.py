@@ -15,6 +15,7 @@ import local_reg
 import local_reg.compat as compat
 from local_reg import SolverError, _events, odeint_event
 from local_reg._integrate import open_end
+from tests.problems import rotation
 
 GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint"]
 TIGHT = {"rtol": 1e-11, "atol": 1e-13}
@@ -619,9 +620,7 @@ def test_y0_changed_in_place_before_the_backward_pass_is_refused():
     y0 = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
     t0 = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
     start = y0 * 1.0
-    event_t, _ = odeint_event(
-        lambda t, y: torch.stack([y[1], -y[0]]), start, t0, event_fn=lambda t, y: y[0] - 0.5
-    )
+    event_t, _ = odeint_event(rotation, start, t0, event_fn=lambda t, y: y[0] - 0.5)
     with torch.no_grad():
         start.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
