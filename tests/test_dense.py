@@ -176,6 +176,19 @@ def test_exact_gradients_through_interpolated_outputs(method, gradient):
 
 
 @pytest.mark.parametrize("gradient", ["checkpoint", "symplectic"])
+def test_exact_gradients_through_interpolated_outputs_backwards_in_time(gradient):
+    # From t = 2 to 0 the steps are negative: theta = (t_i - t_n) / dt_n is in (0, 1) all the same.
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
+    times = GRADIENT_TIMES[::-1]
+    options = {"method": "tsit5", "rtol": 1e-3, "atol": 1e-5}
+    reference, solution = _gradient(field, y0, times, "direct", **options)
+    assert not set(times[1:-1]) & set((solution.steps.t + solution.steps.dt).tolist())  # read inside steps
+    ours, _ = _gradient(field, y0, times, gradient, **options)
+    assert _relative_error(ours, reference) <= 1e-10
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic"])
 def test_exact_gradients_with_checkpoint_budget(gradient):
     from local_reg import Checkpoint, Symplectic
 
