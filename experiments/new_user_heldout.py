@@ -17,6 +17,10 @@ regressions at constant weights").
   MLP(y) with two hidden layers of 64): the damped double well ``x'' + 0.3 x' - x + x^3 = 0``
   observed at 41 times on [0, 8], and the FitzHugh--Nagumo neuron ``v' = v - v^3/3 - w + 0.5``,
   ``w' = 0.08 (v + 0.7 - 0.8 w)`` observed at 41 times on [0, 20].
+- ``brusselator``: one more trajectory fit, written after ``duffing`` and ``fitzhugh`` had been
+  measured, with their settings: the Brusselator ``x' = 1 + x^2 y - 3.5 x``, ``y' = 2.5 x - x^2 y``
+  (a limit cycle around its fixed point ``(1, 2.5)``), in coordinates centred there (the state is
+  ``(x - 1, y - 2.5)``), observed at 41 times on [0, 12].
 
 Classifiers and regressions read at their end through an encoder: linear encoder to a state of 16,
 MLP field 16 -> 64 -> 16 (tanh) on [0, 1], linear head, Adam 1e-3, batch 32 (70/30 split,
@@ -68,6 +72,7 @@ SETTINGS = {
     "oscillator": {"epochs": 300, "lr": 3e-3, "cosine": True},
     "duffing": {"epochs": 300, "lr": 3e-3, "cosine": True},
     "fitzhugh": {"epochs": 300, "lr": 3e-3, "cosine": True},
+    "brusselator": {"epochs": 300, "lr": 3e-3, "cosine": True},
 }
 ENCODED_EPOCHS = {
     "cancer": 80,
@@ -84,7 +89,12 @@ ENCODED_EPOCHS = {
 }
 SETTINGS.update({task: {"epochs": n, "lr": 1e-3, "cosine": False} for task, n in ENCODED_EPOCHS.items()})
 # Fits of trajectories read along the flow: the span [0, t_end] and the number of observed times.
-TRAJECTORIES = {"oscillator": (6.0, 31), "duffing": (8.0, 41), "fitzhugh": (20.0, 41)}
+TRAJECTORIES = {
+    "oscillator": (6.0, 31),
+    "duffing": (8.0, 41),
+    "fitzhugh": (20.0, 41),
+    "brusselator": (12.0, 41),
+}
 REGRESSIONS = ("diabetes", "friedman", "friedman2", *TRAJECTORIES)
 ENCODED_STATE = 16
 OSCILLATOR = {"c": 0.3, "k": 1.0, "force": 0.5, "w": 1.3}
@@ -164,6 +174,9 @@ def true_derivative(task: str, t, x, v, cos) -> tuple:
         return v, -c * v - k * x + force * cos(w * t)
     if task == "duffing":
         return v, -0.3 * v + x - x**3
+    if task == "brusselator":
+        u, w = x + 1.0, v + 2.5  # the centred state's concentrations
+        return 1.0 + u**2 * w - 3.5 * u, 2.5 * u - u**2 * w
     return x - x**3 / 3 - v + 0.5, 0.08 * (x + 0.7 - 0.8 * v)  # fitzhugh: x is v, v is w
 
 
