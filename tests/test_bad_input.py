@@ -1085,6 +1085,9 @@ def heun_euler_fields(**changes):
         (dict(stiffness_stages=(5, 6)), ValueError, "stiffness_stages"),
         (dict(stiffness_stages=(0, 1)), ValueError, "stiffness_stages"),
         (dict(stability_size=-1.0), ValueError, "stability_size"),
+        (dict(stability_size=0.0), ValueError, "stability_size must be positive"),
+        (dict(stiffness_stages=(1, 1)), ValueError, "stiffness_stages must be two different"),
+        (dict(error_weights=(-0.5, 0.5, 0.0)), ValueError, "error_weights needs one entry per stage"),
         (dict(name=3), TypeError, "name must be a str"),
         (dict(c=(), a=(), b=(), error_weights=None), ValueError, "at least one stage"),
     ],
@@ -1158,6 +1161,9 @@ def test_custom_tableau_gradient_matches_analytic(gradient):
         (dict(max_factor=math.inf), ValueError, "1 < max_factor < inf"),
         (dict(beta1="0.1"), TypeError, "beta1 must be a real number"),
         (dict(safety="0.9"), TypeError, "safety must be a real number"),
+        (dict(safety=True), TypeError, "safety must be a real number"),
+        (dict(beta2=True), TypeError, "beta2 must be a real number"),
+        (dict(min_factor=0.0), ValueError, "0 < min_factor"),
     ],
 )
 def test_pi_controller_bad_values_are_refused(keywords, error, match):
@@ -1167,7 +1173,10 @@ def test_pi_controller_bad_values_are_refused(keywords, error, match):
         local_reg.PIController(**keywords)
 
 
-@pytest.mark.parametrize(("method", "beta2"), [("tsit5", 0.3), ("tsit5", 0.2), ("bosh3", 0.25)])
+# 4/21 at order 3 leaves the default beta1 = 1/3 - 0.75 * 4/21 equal to it, exactly in float.
+@pytest.mark.parametrize(
+    ("method", "beta2"), [("tsit5", 0.3), ("tsit5", 0.2), ("bosh3", 0.25), ("bosh3", 4 / 21)]
+)
 def test_a_controller_whose_steps_could_never_grow_is_named_before_the_first_step(method, beta2):
     """At a steady error the factor after an accepted step is ``safety * EEst ** (beta2 - beta1)``:
     with ``beta1 <= beta2`` no step grows again, and the solve shrank its steps until ``max_steps``
@@ -1198,16 +1207,18 @@ def test_a_controller_whose_steps_could_never_grow_is_named_before_the_first_ste
         )
     with pytest.raises(ValueError, match=match):
         LocallyRegularized(Decay(), method=method, options={"controller": controller})
-    with pytest.raises(ValueError, match=r"beta1 must exceed beta2"):
-        local_reg.PIController(beta1=0.05, beta2=0.3)
+    for beta1 in (0.05, 0.3):  # below beta2, and equal to it
+        with pytest.raises(ValueError, match=r"beta1 must exceed beta2"):
+            local_reg.PIController(beta1=beta1, beta2=0.3)
     # A given beta1 at or below the default beta2 (0.2 / order) too.
-    with pytest.raises(ValueError, match=r"beta1=0.03 is not above the default beta2 = 0.2/5"):
-        odeint(
-            decay,
-            torch.ones(1, dtype=torch.float64),
-            [0.0, 1.0],
-            controller=local_reg.PIController(beta1=0.03),
-        )
+    for beta1 in (0.03, 0.04):
+        with pytest.raises(ValueError, match=rf"beta1={beta1} is not above the default beta2 = 0.2/5"):
+            odeint(
+                decay,
+                torch.ones(1, dtype=torch.float64),
+                [0.0, 1.0],
+                controller=local_reg.PIController(beta1=beta1),
+            )
     fine = local_reg.PIController(beta1=beta2 + 0.1, beta2=beta2)
     solution = odeint(decay, torch.ones(1, dtype=torch.float64), [0.0, 1.0], method=method, controller=fine)
     assert float(solution.ys[-1]) == pytest.approx(math.exp(-1.0), rel=1e-4)

@@ -1,0 +1,240 @@
+"""The step-size controller's factors and the tableaus' data, checked against values worked out by
+hand from :class:`local_reg.PIController`'s docstring and against independent computations (the
+stability polynomial of a tableau), where the solver-level tests cannot tell the difference."""
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from local_reg import TABLEAUS, ButcherTableau, PIController, odeint
+
+# --- PIController: the factors from its docstring, with numbers chosen to come out exact -----------
+
+
+def test_accept_factor_is_the_documented_pi_formula():
+    # safety * EEst_n ** -beta1 * EEst_{n-1} ** beta2 with beta1 = 1/2, beta2 = 1/4, safety = 0.8:
+    # 0.8 * 0.25 ** -0.5 * 0.0625 ** 0.25 = 0.8 * 2 * 0.5 = 0.8; with EEst_{n-1} = 1: 0.8 * 4 = 3.2.
+    controller = PIController(safety=0.8, beta1=0.5, beta2=0.25)
+    assert controller.gains(5) == (0.5, 0.25)
+    assert controller.accept_factor(0.25, 0.0625, 5, after_rejection=False) == pytest.approx(0.8, rel=1e-14)
+    assert controller.accept_factor(1 / 16, 1.0, 5, after_rejection=False) == pytest.approx(3.2, rel=1e-14)
+
+
+def test_default_gains_follow_the_order():
+    # beta2 = 0.2 / order, beta1 = 1 / order - 0.75 * beta2: at order 4, (0.25 - 0.0375, 0.05).
+    assert PIController().gains(4) == pytest.approx((0.2125, 0.05), rel=1e-14)
+    # At order 2 with EEst_n = 2 ** -8 and EEst_{n-1} = 2 ** -4: beta1 = 0.425, beta2 = 0.1, so
+    # 0.9 * 2 ** (8 * 0.425 - 4 * 0.1) = 0.9 * 2 ** 3 = 7.2.
+    factor = PIController().accept_factor(2.0**-8, 2.0**-4, 2, after_rejection=False)
+    assert factor == pytest.approx(7.2, rel=1e-14)
+
+
+def test_accept_factor_is_clipped_to_min_and_max_factor():
+    controller = PIController(safety=0.8, beta1=0.5, beta2=0.25)
+    # 0.8 * 1 ** -0.5 * 1e-4 ** 0.25 = 0.08: below min_factor 0.2.
+    assert controller.accept_factor(1.0, 1e-4, 5, after_rejection=False) == 0.2
+    assert PIController(min_factor=0.5, beta1=0.5, beta2=0.25).accept_factor(1.0, 1e-4, 5, False) == 0.5
+    # 0.8 * (1e-8) ** -0.5 = 8000: above max_factor 10.
+    assert controller.accept_factor(1e-8, 1.0, 5, after_rejection=False) == 10.0
+
+
+def test_after_a_rejection_the_step_may_not_grow_even_at_zero_error():
+    controller = PIController()
+    assert controller.accept_factor(0.0, 1.0, 5, after_rejection=False) == 10.0
+    assert controller.accept_factor(0.0, 1.0, 5, after_rejection=True) == 1.0
+    assert controller.accept_factor(1e-12, 1.0, 5, after_rejection=True) == 1.0
+
+
+def test_reject_factor_is_the_integral_part_clipped_at_min_factor():
+    controller = PIController()
+    # 0.9 * 32 ** (-1 / 5) = 0.45; at order 3: 0.9 * 8 ** (-1 / 3) = 0.45.
+    assert controller.reject_factor(32.0, 5) == pytest.approx(0.45, rel=1e-14)
+    assert controller.reject_factor(8.0, 3) == pytest.approx(0.45, rel=1e-14)
+    assert PIController(safety=0.5).reject_factor(32.0, 5) == pytest.approx(0.25, rel=1e-14)
+    assert controller.reject_factor(1e10, 5) == 0.2
+    assert controller.reject_factor(math.inf, 5) == controller.reject_factor(math.nan, 5) == 0.2
+
+
+def test_the_closed_ends_of_the_documented_option_ranges_are_allowed():
+    # safety in (0, 1]: 1 is allowed; beta2 = 0 is integral control.
+    assert PIController(safety=1.0).accept_factor(1.0, 1.0, 5, after_rejection=False) == pytest.approx(1.0)
+    integral = PIController(beta2=0.0)
+    assert integral.gains(5) == (0.2, 0.0)
+    # No memory of the previous error: 0.9 * 2 ** (-5 * -0.2) = 1.8 whatever EEst_{n-1} is.
+    assert integral.accept_factor(2.0**-5, 1e-3, 5, after_rejection=False) == pytest.approx(1.8, rel=1e-14)
+
+
+# --- Tableaus ----------------------------------------------------------------------------------------
+
+
+def _stability_boundary(tableau: ButcherTableau) -> float:
+    """Where the stability polynomial R(z) = 1 + sum_k z^k b A^(k-1) 1 first leaves |R| <= 1 along
+    the negative real axis, from the coefficients alone."""
+    n = tableau.n_stages
+    a = np.zeros((n, n))
+    for i, row in enumerate(tableau.a):
+        a[i, :i] = row
+    coefficients, power = [1.0], np.ones(n)
+    for _ in range(n):
+        coefficients.append(float(np.asarray(tableau.b) @ power))
+        power = a @ power
+    r_of_minus_s = np.polynomial.Polynomial(coefficients)(np.polynomial.Polynomial([0.0, -1.0]))
+    roots = np.concatenate([(r_of_minus_s - 1).roots(), (r_of_minus_s + 1).roots()])
+    real = roots[(np.abs(roots.imag) < 1e-9) & (roots.real > 1e-9)].real
+    boundary = float(real.min())
+    grid = np.linspace(0.0, boundary, 2001)
+    assert np.all(np.abs(r_of_minus_s(grid)) <= 1.0 + 1e-9)
+    return boundary
+
+
+def test_stability_sizes_are_the_real_stability_boundaries():
+    # Tsit5's 3.5068 is its boundary to five digits; Dopri5's 3.3 rounds 3.3066 down (so a step at
+    # the stated size is stable).
+    tsit5 = _stability_boundary(TABLEAUS["tsit5"])
+    assert TABLEAUS["tsit5"].stability_size == pytest.approx(tsit5, abs=1e-4)
+    dopri5 = _stability_boundary(TABLEAUS["dopri5"])
+    assert dopri5 - 0.01 < TABLEAUS["dopri5"].stability_size <= dopri5
+    assert _stability_boundary(TABLEAUS["rk4"]) == pytest.approx(2.7853, abs=1e-4)  # the textbook value
+
+
+def test_fsal_is_set_exactly_for_the_pairs_whose_last_stage_is_the_solution():
+    assert {name for name, tableau in TABLEAUS.items() if tableau.fsal} == {"tsit5", "dopri5", "bosh3"}
+
+
+def test_a_last_stage_at_c_1_that_is_not_the_solution_is_not_fsal():
+    # Heun's method with a third stage f(t + dt, y + dt * k2) and b_3 = 0: c[-1] == 1 and b[-1] == 0,
+    # but the last row (0, 1) is not b[:-1] = (1/2, 1/2), so y1 is not the last stage's state.
+    mine = ButcherTableau(
+        name="heun3", c=(0.0, 1.0, 1.0), a=((), (1.0,), (0.0, 1.0)), b=(0.5, 0.5, 0.0), order=2
+    )
+    assert not mine.fsal
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    ours = odeint(lambda t, y: -y, y0, [0.0, 1.0], method=mine, step_size=0.01).ys
+    # Heun on y' = -y multiplies by 1 - h + h^2 / 2 per step.
+    assert float(ours[-1]) == pytest.approx((1 - 0.01 + 0.01**2 / 2) ** 100, rel=1e-12)
+
+
+def _exact_order_conditions(a, b, c):
+    """The 17 conditions up to order 5, written out (Hairer, Norsett, Wanner I, II.1), in exact
+    arithmetic on Fractions: a list of (order, value, expected)."""
+    n = len(b)
+
+    def dot(u, v):
+        return sum((x * y for x, y in zip(u, v, strict=True)), Fraction(0))
+
+    def times(u, v):
+        return [x * y for x, y in zip(u, v, strict=True)]
+
+    def apply(u):
+        return [dot(a[i], u[:i]) for i in range(n)]
+
+    ac, c2 = apply(c), times(c, c)
+    c3, ac2, aac = times(c2, c), apply(c2), apply(apply(c))
+    return [
+        (1, sum(b, Fraction(0)), Fraction(1)),
+        (2, dot(b, c), Fraction(1, 2)),
+        (3, dot(b, c2), Fraction(1, 3)),
+        (3, dot(b, ac), Fraction(1, 6)),
+        (4, dot(b, c3), Fraction(1, 4)),
+        (4, dot(b, times(c, ac)), Fraction(1, 8)),
+        (4, dot(b, ac2), Fraction(1, 12)),
+        (4, dot(b, aac), Fraction(1, 24)),
+        (5, dot(b, times(c3, c)), Fraction(1, 5)),
+        (5, dot(b, times(c2, ac)), Fraction(1, 10)),
+        (5, dot(b, times(c, ac2)), Fraction(1, 15)),
+        (5, dot(b, times(c, aac)), Fraction(1, 30)),
+        (5, dot(b, times(ac, ac)), Fraction(1, 20)),
+        (5, dot(b, apply(c3)), Fraction(1, 20)),
+        (5, dot(b, apply(times(c, ac))), Fraction(1, 40)),
+        (5, dot(b, apply(ac2)), Fraction(1, 60)),
+        (5, dot(b, apply(aac)), Fraction(1, 120)),
+    ]
+
+
+# The published rational coefficients, typed in from the papers: (c, a, b, b_hat, order).
+_F = Fraction
+_RATIONAL = {
+    "dopri5": (
+        [_F(0), _F(1, 5), _F(3, 10), _F(4, 5), _F(8, 9), _F(1), _F(1)],
+        [
+            [],
+            [_F(1, 5)],
+            [_F(3, 40), _F(9, 40)],
+            [_F(44, 45), _F(-56, 15), _F(32, 9)],
+            [_F(19372, 6561), _F(-25360, 2187), _F(64448, 6561), _F(-212, 729)],
+            [_F(9017, 3168), _F(-355, 33), _F(46732, 5247), _F(49, 176), _F(-5103, 18656)],
+            [_F(35, 384), _F(0), _F(500, 1113), _F(125, 192), _F(-2187, 6784), _F(11, 84)],
+        ],
+        [_F(35, 384), _F(0), _F(500, 1113), _F(125, 192), _F(-2187, 6784), _F(11, 84), _F(0)],
+        [_F(5179, 57600), _F(0), _F(7571, 16695), _F(393, 640), _F(-92097, 339200), _F(187, 2100), _F(1, 40)],
+        5,
+    ),
+    "bosh3": (
+        [_F(0), _F(1, 2), _F(3, 4), _F(1)],
+        [[], [_F(1, 2)], [_F(0), _F(3, 4)], [_F(2, 9), _F(1, 3), _F(4, 9)]],
+        [_F(2, 9), _F(1, 3), _F(4, 9), _F(0)],
+        [_F(7, 24), _F(1, 4), _F(1, 3), _F(1, 8)],
+        3,
+    ),
+    "fehlberg2": (
+        [_F(0), _F(1, 2), _F(1)],
+        [[], [_F(1, 2)], [_F(1, 256), _F(255, 256)]],
+        [_F(1, 512), _F(255, 256), _F(1, 512)],
+        [_F(1, 256), _F(255, 256), _F(0)],
+        2,
+    ),
+    "heun_euler": ([_F(0), _F(1)], [[], [_F(1)]], [_F(1, 2), _F(1, 2)], [_F(1), _F(0)], 2),
+    "rk4": (
+        [_F(0), _F(1, 2), _F(1, 2), _F(1)],
+        [[], [_F(1, 2)], [_F(0), _F(1, 2)], [_F(0), _F(0), _F(1)]],
+        [_F(1, 6), _F(1, 3), _F(1, 3), _F(1, 6)],
+        None,
+        4,
+    ),
+    "midpoint": ([_F(0), _F(1, 2)], [[], [_F(1, 2)]], [_F(0), _F(1)], None, 2),
+    "euler": ([_F(0)], [[]], [_F(1)], None, 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_RATIONAL))
+def test_tableau_is_the_published_one_and_meets_its_order_exactly(name):
+    """Each coefficient is the nearest float to the paper's fraction, the exact fractions meet
+    every condition up to the stated order and not all of the next (up to 5 here), and the error
+    weights are b - b_hat of the published embedded formula, which is exactly one order lower."""
+    c, a, b, b_hat, order = _RATIONAL[name]
+    tableau = TABLEAUS[name]
+    assert tableau.order == order
+    assert tableau.c == tuple(float(x) for x in c)
+    assert tableau.b == tuple(float(x) for x in b)
+    for row, exact in zip(tableau.a, a, strict=True):
+        assert row == pytest.approx([float(x) for x in exact], rel=1e-15, abs=0)
+    conditions = _exact_order_conditions(a, b, c)
+    assert all(value == expected for k, value, expected in conditions if k <= order)
+    if order < 5:
+        assert any(value != expected for k, value, expected in conditions if k == order + 1)
+    if b_hat is None:
+        assert tableau.error_weights is None
+        return
+    weights = [float(x - y) for x, y in zip(b, b_hat, strict=True)]
+    assert tableau.error_weights == pytest.approx(weights, rel=1e-14, abs=1e-17)
+    embedded = _exact_order_conditions(a, b_hat, c)
+    assert all(value == expected for k, value, expected in embedded if k < order)
+    assert any(value != expected for k, value, expected in embedded if k == order)
+
+
+def test_tsit5_meets_the_written_out_conditions_in_float():
+    # The same 17 conditions on the stored floats (Tsit5's coefficients have no rational form): b to
+    # order 5, b_hat = b - error_weights to order 4 but not 5.
+    tableau = TABLEAUS["tsit5"]
+    c = [Fraction(x) for x in tableau.c]
+    a = [[Fraction(x) for x in row] for row in tableau.a]
+    b = [Fraction(x) for x in tableau.b]
+    b_hat = [Fraction(x) - Fraction(e) for x, e in zip(tableau.b, tableau.error_weights, strict=True)]
+    for _, value, expected in _exact_order_conditions(a, b, c):
+        assert float(value) == pytest.approx(float(expected), abs=1e-13)
+    embedded = _exact_order_conditions(a, b_hat, c)
+    assert all(abs(float(value - expected)) < 1e-13 for k, value, expected in embedded if k <= 4)
+    assert max(abs(float(value - expected)) for k, value, expected in embedded if k == 5) > 1e-4
