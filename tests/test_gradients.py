@@ -12,11 +12,24 @@ from local_reg import TABLEAUS, BacksolveAdjoint, Checkpoint, Symplectic, odeint
 from local_reg._integrate import SolveOptions, integrate_ode
 from local_reg.gradients import GRADIENT_METHODS
 from local_reg.gradients._checkpoints import StepStates
+from local_reg.tableaus import ButcherTableau
 from tests.problems import CountingField, lotka_volterra
 
 EXACT = ["checkpoint", "symplectic"]
 DTYPE = torch.float64
 TIMES = [0.0, 1.0, 1.3, 2.0]
+# heun_euler with an idle second stage: b = 0 and no later stage reads it (its column of a is 0).
+# The symplectic partner's stage for it is zero, a branch no built-in tableau reaches (dopri5's
+# b_2 = 0 stage feeds stage 3; tsit5's, dopri5's and bosh3's b = 0 stage is the dropped FSAL one).
+IDLE_STAGE = ButcherTableau(
+    name="heun_euler_idle_stage",
+    c=[0.0, 0.5, 1.0],
+    a=[[], [0.5], [1.0, 0.0]],
+    b=[0.5, 0.0, 0.5],
+    order=2,
+    error_weights=[-0.5, 0.0, 0.5],
+)
+ALL_TABLEAUS = {**TABLEAUS, IDLE_STAGE.name: IDLE_STAGE}
 
 
 class TinyField(torch.nn.Module):
@@ -35,7 +48,7 @@ class TinyField(torch.nn.Module):
 
 def solver_options(name: str) -> dict:
     """Adaptive tableaus: a first step too large, so that steps get rejected. Fixed: step_size."""
-    tableau = TABLEAUS[name]
+    tableau = ALL_TABLEAUS[name]
     if not tableau.adaptive:
         return {"step_size": 0.05}
     rtol = {2: 1e-3, 3: 1e-5}.get(tableau.order, 1e-6)
@@ -60,14 +73,15 @@ def relative_error(x, reference):
 
 
 @pytest.mark.parametrize("gradient", EXACT)
-@pytest.mark.parametrize("name", sorted(TABLEAUS))
+@pytest.mark.parametrize("name", sorted(ALL_TABLEAUS))
 def test_exact_methods_equal_direct(name, gradient):
     field = TinyField()
     y0 = torch.randn(2, 3, dtype=DTYPE)
     options = solver_options(name)
-    reference, direct_solution = gradients(field, y0, "direct", method=name, **options)
-    result, solution = gradients(field, y0, gradient, method=name, **options)
-    if TABLEAUS[name].adaptive:
+    method = ALL_TABLEAUS[name]
+    reference, direct_solution = gradients(field, y0, "direct", method=method, **options)
+    result, solution = gradients(field, y0, gradient, method=method, **options)
+    if method.adaptive:
         assert direct_solution.stats.n_rejected > 0
     assert solution.stats.n_accepted == direct_solution.stats.n_accepted
     assert solution.stats.nfe == direct_solution.stats.nfe
@@ -264,7 +278,10 @@ def test_step_penalty_with_checkpoint_equals_direct():
         y = y0.clone().requires_grad_(True)
         solution = odeint(field, y, TIMES, first_step=1.0, gradient=gradient, step_penalty=error_penalty)
         assert solution.penalties.shape == (solution.stats.n_accepted,)
-        loss = loss_of(solution.ys) + 10.0 * solution.penalties.sum()
+        # A weight per step: with one weight for all, every step's penalty has the same cotangent and
+        # a cotangent handed to the wrong step goes unnoticed.
+        step_weights = torch.linspace(1.0, 10.0, solution.stats.n_accepted, dtype=DTYPE)
+        loss = loss_of(solution.ys) + 10.0 * (step_weights * solution.penalties).sum()
         grads = torch.autograd.grad(loss, (y, *field.parameters()))
         results[gradient] = (solution.penalties.detach(), torch.cat([g.reshape(-1) for g in grads]))
     torch.testing.assert_close(results["checkpoint"][0], results["direct"][0])
