@@ -8,11 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from local_reg import TABLEAUS, BacksolveAdjoint, Checkpoint, Symplectic, odeint, odeint_event
+from local_reg import TABLEAUS, BacksolveAdjoint, ButcherTableau, Checkpoint, Symplectic, odeint, odeint_event
 from local_reg._integrate import SolveOptions, integrate_ode
 from local_reg.gradients import GRADIENT_METHODS
 from local_reg.gradients._checkpoints import StepStates
-from local_reg.tableaus import ButcherTableau
 from tests.problems import CountingField, lotka_volterra
 
 EXACT = ["checkpoint", "symplectic"]
