@@ -21,6 +21,11 @@ regressions at constant weights").
   measured, with their settings: the Brusselator ``x' = 1 + x^2 y - 3.5 x``, ``y' = 2.5 x - x^2 y``
   (a limit cycle around its fixed point ``(1, 2.5)``), in coordinates centred there (the state is
   ``(x - 1, y - 2.5)``), observed at 41 times on [0, 12].
+- ``selkov`` and ``hopf``: two more, written after every fit above had informed a choice, with
+  the same settings: Sel'kov's glycolysis oscillator ``x' = -x + 0.08 y + x^2 y``,
+  ``y' = 0.6 - 0.08 y - x^2 y``, centred at its fixed point ``(0.6, 0.6 / 0.44)``, observed at 41
+  times on [0, 20]; and the Stuart--Landau oscillator with shear, ``x' = x (1 - r^2) - (1 + r^2/2) y``,
+  ``y' = y (1 - r^2) + (1 + r^2/2) x``, observed at 41 times on [0, 8].
 
 Classifiers and regressions read at their end through an encoder: linear encoder to a state of 16,
 MLP field 16 -> 64 -> 16 (tanh) on [0, 1], linear head, Adam 1e-3, batch 32 (70/30 split,
@@ -73,6 +78,8 @@ SETTINGS = {
     "duffing": {"epochs": 300, "lr": 3e-3, "cosine": True},
     "fitzhugh": {"epochs": 300, "lr": 3e-3, "cosine": True},
     "brusselator": {"epochs": 300, "lr": 3e-3, "cosine": True},
+    "selkov": {"epochs": 300, "lr": 3e-3, "cosine": True},
+    "hopf": {"epochs": 300, "lr": 3e-3, "cosine": True},
 }
 ENCODED_EPOCHS = {
     "cancer": 80,
@@ -94,6 +101,8 @@ TRAJECTORIES = {
     "duffing": (8.0, 41),
     "fitzhugh": (20.0, 41),
     "brusselator": (12.0, 41),
+    "selkov": (20.0, 41),
+    "hopf": (8.0, 41),
 }
 REGRESSIONS = ("diabetes", "friedman", "friedman2", *TRAJECTORIES)
 ENCODED_STATE = 16
@@ -177,6 +186,13 @@ def true_derivative(task: str, t, x, v, cos) -> tuple:
     if task == "brusselator":
         u, w = x + 1.0, v + 2.5  # the centred state's concentrations
         return 1.0 + u**2 * w - 3.5 * u, 2.5 * u - u**2 * w
+    if task == "selkov":
+        u, w = x + 0.6, v + 0.6 / 0.44  # centred at the fixed point (b, b / (a + b^2))
+        return -u + 0.08 * w + u**2 * w, 0.6 - 0.08 * w - u**2 * w
+    if task == "hopf":
+        radius2 = x**2 + v**2
+        turning = 1.0 + 0.5 * radius2  # the shear: outer orbits turn faster
+        return x * (1.0 - radius2) - turning * v, v * (1.0 - radius2) + turning * x
     return x - x**3 / 3 - v + 0.5, 0.08 * (x + 0.7 - 0.8 * v)  # fitzhugh: x is v, v is w
 
 
