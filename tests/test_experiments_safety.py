@@ -19,6 +19,15 @@ import torch
 
 from local_reg.experiments import runner
 from local_reg.experiments.cli import main
+from local_reg.experiments.report import (
+    Group,
+    _number,
+    _smooth,
+    check_report,
+    describe,
+    group_records,
+    markdown_table,
+)
 from local_reg.experiments.results import ResultsError, ResultsFile, ResultsWarning
 from local_reg.experiments.settings import Rule, SettingsError
 from local_reg.experiments.tasks import REGISTRY
@@ -528,8 +537,6 @@ def test_a_table_is_the_records_mean_and_sample_sd_in_its_timing_and_order(tmp_p
     column read from ``predict_cpu_time`` (20 and 40 ms), ratios of the means, the task's default
     row before other weights; a row's repeated seed counts as its first record, and a run id on two
     lines as its first line."""
-    from local_reg.experiments.report import group_records, markdown_table
-
     records = [fake_record("digits", "vanilla", seed, predict_cpu_time=0.02 * (seed + 1)) for seed in (0, 1)]
     other = dict(label="local-random (w=0.1)", weight=0.1, test_nfe=10.0)
     records += [fake_record("digits", "local-random", seed, run_id=f"w{seed}", **other) for seed in (0, 1)]
@@ -609,7 +616,6 @@ def test_a_record_without_its_metric_or_label_is_named():
 def test_a_row_on_several_processes_is_compared_with_vanilla_on_as_many():
     """A torchrun row's label is "vanilla (2 processes)": the ratios once looked for "vanilla" alone,
     giving none for a DDP sweep and the single-process vanilla's in a mixed folder."""
-    from local_reg.experiments.report import Group, markdown_table
 
     def row(method: str, label: str, world: int, nfe: float) -> dict:
         record = fake_record("digits", method, 0, label=label, world_size=world, test_nfe=nfe)
@@ -631,8 +637,6 @@ def test_a_row_on_several_processes_is_compared_with_vanilla_on_as_many():
 def test_report_ratios_compare_the_seeds_a_row_shares_with_vanilla():
     """A partial sweep (vanilla without seed 2, a row without seed 0): each ratio is of the means over
     the seeds both have, so the seeds' spread does not enter it (per seed the NFE ratio is 0.5)."""
-    from local_reg.experiments.report import Group, markdown_table
-
     records = [fake_record("digits", "vanilla", seed, test_nfe=10.0 * (seed + 1)) for seed in (0, 1)]
     records += [
         fake_record("digits", "steer", seed, label="steer", test_nfe=5.0 * (seed + 1)) for seed in (1, 2)
@@ -643,8 +647,6 @@ def test_report_ratios_compare_the_seeds_a_row_shares_with_vanilla():
 
 
 def test_ratio_weights_are_rows_in_the_order_of_their_targets():
-    from local_reg.experiments.report import Group
-
     records = [fake_record("digits", "vanilla", 0)]
     for target in (0.001, 10.0, 1e-05, 2.0):
         label = f"local-random (w=ratio {target:g})"
@@ -655,10 +657,27 @@ def test_ratio_weights_are_rows_in_the_order_of_their_targets():
     assert labels[1:] == [f"local-random (w=ratio {t:g})" for t in (1e-05, 0.001, 2.0, 10.0)]
 
 
+def test_a_rows_default_weight_comes_first_whatever_its_other_notes():
+    """The task's own weight first within a method, then by increasing weight: a row's process count
+    or local options are not a weight."""
+    weight = "weights.local-random"
+    specs = [
+        runner.RunSpec("digits", "local-random", 0, "tiny", overrides={weight: 0.1}, processes=2),
+        runner.RunSpec("digits", "local-random", 0, "tiny", processes=2),
+        runner.RunSpec("digits", "local-random", 0, "tiny", overrides={weight: 0.01}),
+        runner.RunSpec("digits", "local-random", 0, "tiny", overrides={"local.probe_scale": 4}),
+    ]
+    records = [fake_record("digits", "vanilla", 0)]
+    for spec in specs:
+        record = fake_record("digits", "local-random", 0, label=spec.label, weight=spec.weight)
+        record["run_id"] = spec.run_id
+        records.append(record)
+    labels = Group("digits", "cfg", records).labels()
+    assert labels == ["vanilla", *(specs[i].label for i in (1, 3, 2, 0))]
+
+
 def test_a_non_finite_metric_is_reported_not_a_crash(tmp_path):
     """A diverged run's NaN or inf metric shows as such in its row; the other rows are unchanged."""
-    from local_reg.experiments.report import Group, markdown_table
-
     records = [fake_record("digits", "vanilla", seed) for seed in (0, 1)]
     records += [
         fake_record("digits", "steer", 0, label="steer"),
@@ -675,8 +694,6 @@ def test_a_non_finite_metric_is_reported_not_a_crash(tmp_path):
 
 
 def test_report_numbers_never_switch_to_exponents():
-    from local_reg.experiments.report import _number
-
     assert _number(999.6, 3) == "1000"
     assert _number(99.8, 2) == "100"
     assert _number(12.34, 3) == "12.3"
@@ -779,3 +796,76 @@ def test_the_held_out_script_refuses_to_mix_runs_of_other_settings(tmp_path):
     assert second.returncode != 0
     assert "was trained with epochs=1 (asked: 2): pass another --out" in second.stderr
     assert (tmp_path / "wine_vanilla_s0.json").read_text() == saved
+
+
+def test_decaying_weights_are_rows_in_the_order_of_their_start():
+    records = [fake_record("digits", "vanilla", 0)]
+    for start in (10.0, 2.5, 0.5):
+        label = f"local-random (w={start:g}->1)"
+        record = fake_record("digits", "local-random", 0, label=label, weight={"start": start, "end": 1.0})
+        record["run_id"] += label
+        records.append(record)
+    labels = Group("digits", "cfg", records).labels()
+    assert labels[1:] == [f"local-random (w={s:g}->1)" for s in (0.5, 2.5, 10.0)]
+
+
+def test_small_numbers_keep_their_exponent_in_the_table():
+    records = [
+        fake_record("lotka", "vanilla", seed, train={"mse": 1.234e-05}, test={"mse": 2.5e-06 * (seed + 1)})
+        for seed in (0, 1)
+    ]
+    row = markdown_table(Group("lotka", "cfg", records)).splitlines()[2].split(" | ")
+    assert row[3:5] == ["1.23e-05 ± 0", "3.75e-06 ± 1.8e-06"]
+
+
+def test_a_row_of_one_seed_shows_its_value_without_an_sd():
+    (row,) = markdown_table(Group("digits", "cfg", [fake_record("digits", "vanilla", 0)])).splitlines()[2:]
+    assert row == "| vanilla | – | 1 | 50 | 50 | 1 | 10 | 20 | 1.000 | 1.000 | 1.000 |"
+
+
+def test_a_wall_time_report_reads_wall_times_in_its_ratios_and_says_so(tmp_path, capsys):
+    records = [fake_record("digits", "vanilla", 0, train_time=4.0, predict_time=0.04)]
+    records.append(fake_record("digits", "steer", 0, label="steer", train_time=2.0, predict_time=0.01))
+    write_records(tmp_path, records)
+    assert main(["report", "--out", str(tmp_path), "--timing", "wall"]) == 0
+    out = capsys.readouterr().out
+    assert "times are wall time." in out
+    row = next(line for line in out.splitlines() if line.startswith("| steer |"))
+    assert row.split(" | ")[-3:] == ["1.000", "0.500", "0.250 |"]  # CPU times are equal
+
+
+def test_a_tables_description_names_its_tolerances_and_world_sizes(tmp_path, capsys):
+    settings = {"epochs": 1, "batch_size": 32, "solver": {"method": "tsit5", "rtol": 1e-3, "atol": 1e-6}}
+    ddp = dict(label="vanilla (2 processes)", world_size=2, run_id="p2")
+    records = [fake_record("digits", "vanilla", 0, settings=settings)]
+    records.append(fake_record("digits", "vanilla", 0, settings=settings, **ddp))
+    write_records(tmp_path, records)
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("size ")]
+    assert "tsit5 rtol=0.001 atol=1e-06" in line and "world sizes 1, 2 (by row)" in line
+
+
+def test_weights_and_local_options_label_rows_not_the_tables_description():
+    overrides = {"weights.local-random": 0.5, "local.probe_scale": 4, "lr": 0.05}
+    spec = runner.RunSpec("digits", "local-random", 0, "tiny", overrides=overrides)
+    settings = json.loads(json.dumps(spec.settings()))
+    record = fake_record("digits", "local-random", 0, label=spec.label, weight=0.5, settings=settings)
+    assert describe(Group("digits", spec.config_id, [record])).endswith(", set: lr=0.05")
+
+
+def test_the_nfe_curve_is_smoothed_by_a_trailing_mean():
+    assert _smooth([1.0, 3.0, 5.0, 7.0, 9.0], 2) == [1.0, 2.0, 4.0, 6.0, 8.0]
+    assert _smooth([4.0, 2.0], 1) == [4.0, 2.0]
+
+
+def test_seeds_with_histories_of_other_lengths_are_plotted_to_the_shortest(tmp_path):
+    longer = {"nfe": [10, 12, 14], "loss": [1.0, 0.9, 0.8]}
+    records = [fake_record("digits", "vanilla", 0), fake_record("digits", "vanilla", 1, history=longer)]
+    write_records(tmp_path, records)
+    assert main(["report", "--out", str(tmp_path)]) == 0
+
+
+def test_checking_a_folders_records_writes_nothing_into_it(tmp_path):
+    write_records(tmp_path, [fake_record("digits", "vanilla", 0)])
+    check_report(tmp_path, ResultsFile(tmp_path).load())
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["results.jsonl"]

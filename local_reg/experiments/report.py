@@ -78,7 +78,7 @@ class Group:
             return (
                 order.get(record["method"], len(order)),
                 record["method"],
-                record["label"] != record["method"],
+                "w=" in record["label"],  # a label names its weight when not the task's (RunSpec.label)
                 size,
                 record["label"],
             )
