@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shlex
 
 import pytest
 import torch
 
 import local_reg
+from local_reg import demo
 from local_reg.experiments import runner
 from local_reg.experiments.cli import main
 from local_reg.experiments.results import ResultsError, ResultsFile
@@ -368,3 +371,16 @@ def test_a_decaying_weight_spec_goes_geometrically_from_start_to_end():
     assert Weight().accepts({"ratio": 1.0, "floor": 1.0}) and not Weight().accepts(
         {"ratio": 1.0, "floor": 2.0}
     )
+
+
+def test_make_demo_runs_the_commands_its_docstring_shows_and_stops_at_a_failure(monkeypatch):
+    # The docstring's commands, their continued lines joined.
+    text = demo.__doc__.replace("\\\n", " ")
+    documented = [shlex.split(line)[1:] for line in re.findall(r"local-reg experiment [^\n]*", text)]
+    calls = []
+    monkeypatch.setattr(demo, "cli_main", lambda argv: calls.append(argv) or 0)
+    assert demo.main() == 0
+    assert calls == documented and len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(demo, "cli_main", lambda argv: calls.append(argv) or 3)  # the first fails
+    assert demo.main() == 3 and len(calls) == 1
