@@ -41,7 +41,7 @@ Methods: ``vanilla``; ``local``: the library's default as it is when run (its we
 field's parameters (``floor0``: the default weight without a floor; ``floor1``: the default's for
 these solves, read at their end); ``targetT``: ``RatioWeight(T, every=10, floor=1)`` (the default's
 for these solves at another target); ``flowT``: ``RatioWeight(T, every=10)`` (the default's for a
-solve read along the flow, the oscillator's, at another target); ``fixedW``: the default's penalty
+solve read along the flow before its rise was bounded, at another target); ``fixedW``: the default's penalty
 at the constant weight ``W``.
 
     python experiments/new_user_heldout.py --out results/new_user   # runs what is missing, then the tables
@@ -247,8 +247,8 @@ class TrajectoryField(torch.nn.Module):
 def make_model(field: torch.nn.Module, method: str) -> Regularized:
     """``vanilla``, ``local`` (the library's default), ``floorF`` (the default's target with a floor),
     ``targetT`` (another target with the floor), ``flowT`` (another target without a floor: the
-    default's rule for a solve read along the flow) or ``fixedW`` (the default's penalty at a
-    constant weight)."""
+    default's rule for a solve read along the flow before its rise was bounded) or ``fixedW`` (the
+    default's penalty at a constant weight)."""
     if method == "vanilla":
         return Regularized(field)
     if method == "local":

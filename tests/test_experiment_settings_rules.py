@@ -84,10 +84,14 @@ def test_weight_specs_by_the_rule_in_the_docstring():
     assert not rule.accepts({"adaptive": 1.0, "warmup": 2.5}) and not rule.accepts(
         {"adaptive": 1.0, "warmup": -1}
     )
-    # {"ratio": rho, ...}: rho > 0, every an integer >= 1, floor <= 1, scope model or field.
+    # {"ratio": rho, ...}: rho > 0, every an integer >= 1, floor <= 1, max_rise > 1, scope model or field.
     assert rule.accepts({"ratio": 0.2, "every": 1}) and not rule.accepts({"ratio": 0.2, "every": 0})
     assert rule.accepts({"ratio": 0.2, "floor": 1.0}) and rule.accepts({"ratio": 0.2, "floor": 1})
     assert not rule.accepts({"ratio": 0.2, "floor": 1.5})
+    assert rule.accepts({"ratio": 0.03, "max_rise": 2}) and rule.accepts({"ratio": 0.03, "max_rise": 1.5})
+    assert not rule.accepts({"ratio": 0.03, "max_rise": 1}) and not rule.accepts(
+        {"ratio": 0.03, "max_rise": 0.5}
+    )
     assert rule.accepts({"ratio": 0.2, "scope": "field"}) and not rule.accepts({"ratio": 0.2, "scope": "x"})
     # A self-tuning spec's numbers in the ranges its class takes, refused here rather than when the
     # model is made: w_min > 0, beta < 1, an initial weight within [w_min, w_max].

@@ -165,6 +165,44 @@ def test_uninformative_measurements_are_skipped():
     assert weight() == pytest.approx(0.1) and weight.last_ratio == pytest.approx(0.02)
 
 
+def test_max_rise_limits_each_rise_of_the_weight_and_no_fall():
+    """With ``max_rise = g`` a measurement raises the weight by at most ``g`` (from ``initial``
+    before the first), so a single draw of a tiny penalty gradient cannot send it to ``w_max``;
+    falls follow the measurements at once. Without it the weight is the free ratio at every step.
+    The limit needs no state of its own: a resumed weight continues the climb from its saved value."""
+
+    def weights(max_rise, penalty_norms, task_norms, floor=0.0):
+        weight = RatioWeight(1.0, beta=0.0, initial=0.01, max_rise=max_rise, floor=floor)
+        out = []
+        for penalty, task in zip(penalty_norms, task_norms, strict=True):
+            weight.observe_gradients(penalty * weight(), task)  # the unweighted penalty's: penalty
+            weight.step()
+            out.append(weight())
+        return weight, out
+
+    # The free weight is task / penalty: 1, then 1000 (one draw 1000x smaller), 1, 0.001, 4.
+    penalty_norms, task_norms = [1.0, 1e-3, 1.0, 1.0, 0.25], [1.0, 1.0, 1.0, 1e-3, 1.0]
+    _, free = weights(None, penalty_norms, task_norms)
+    assert free == pytest.approx([1.0, 1e3, 1.0, 1e-3, 4.0])
+    limited, climbing = weights(2.0, penalty_norms, task_norms)
+    assert climbing == pytest.approx([0.02, 0.04, 0.08, 1e-3, 2e-3])
+    assert "max_rise=2.0" in repr(limited) and "max_rise" not in repr(RatioWeight(0.2))
+    resumed = RatioWeight(1.0, beta=0.0, max_rise=2.0)
+    resumed.load_state_dict(limited.state_dict())
+    resumed.observe_gradients(resumed(), 1.0)
+    resumed.step()
+    assert resumed() == pytest.approx(4e-3)
+    # With a floor the weight holds at the largest it has set, which is the limited one (the free
+    # weight 1 was never reached), as the task's gradient falls 1000-fold.
+    _, held = weights(2.0, [1.0] * 4, [1.0, 1.0, 1e-3, 1e-3], floor=1.0)
+    assert held == pytest.approx([0.02, 0.04, 0.04, 0.04])
+    for bad in (1.0, 0.5, math.inf, math.nan):
+        with pytest.raises(ValueError, match="max_rise must be a finite factor above 1"):
+            RatioWeight(1.0, max_rise=bad)
+    with pytest.raises(TypeError, match="max_rise"):
+        RatioWeight(1.0, max_rise="2")
+
+
 def test_a_floor_keeps_the_weight_from_fading_with_the_task_gradient():
     """As the task's gradient vanishes (a separable classifier at 100% training accuracy) the
     unfloored weight follows it down; ``floor`` holds it at that fraction of its largest value
@@ -251,6 +289,9 @@ def test_cli_weight_spec():
     ).settings()
     schedule = weight_schedule(settings["weights"]["local-random"], 100, "local-random")
     assert schedule.floor == 0.5
+    # The default's weight along the flow, spelled out.
+    flow = weight_schedule({"ratio": 0.03, "every": 10, "max_rise": 2}, 100, "local-random")
+    assert (flow.target_ratio, flow.every, flow.max_rise, flow.floor) == (0.03, 10, 2.0, 0.0)
     for bad in (
         {"ratio": 0.3, "every": 1.5},
         {"ratio": 0.3, "rate": 1.0},

@@ -109,7 +109,7 @@ class Directory(Rule):
 
 ADAPTIVE_KEYS = ("loss_rise", "target_nfe", "rate", "beta", "warmup", "w_min", "w_max")
 """The keywords of :class:`local_reg.AdaptiveWeight` a ``{"adaptive": w0, ...}`` spec may set."""
-RATIO_KEYS = ("every", "beta", "initial", "w_min", "w_max", "floor", "scope")
+RATIO_KEYS = ("every", "beta", "initial", "w_min", "w_max", "floor", "max_rise", "scope")
 """The keywords of :class:`local_reg.RatioWeight` a ``{"ratio": rho, ...}`` spec may set, and ``scope``:
 the parameters whose gradients it compares, ``"model"`` (every trained one, the default) or
 ``"field"`` (the regularized vector field's only)."""
@@ -136,8 +136,8 @@ class Weight(Rule):
             f"with w0 > 0 and keys among {', '.join(ADAPTIVE_KEYS)} (warmup an integer >= 0, "
             "only target_nfe may be null), or "
             '{"ratio": rho, ...} '
-            f"with rho > 0 and keys among {', '.join(RATIO_KEYS)} (every an integer >= 1, "
-            f"floor <= 1, scope one of {', '.join(RATIO_SCOPES)}), each self-tuning spec's numbers in "
+            f"with rho > 0 and keys among {', '.join(RATIO_KEYS)} (every an integer >= 1, floor <= 1, "
+            f"max_rise > 1, scope one of {', '.join(RATIO_SCOPES)}), each self-tuning spec's numbers in "
             "the ranges AdaptiveWeight and RatioWeight take (beta < 1, 0 < w_min <= initial <= w_max)"
             + (', or "default" (local regularization\'s own)' if self.default else "")
         )

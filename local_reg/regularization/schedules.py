@@ -345,10 +345,16 @@ class RatioWeight(_SelfTuningWeight):
     made large by a small penalty gradient (a field initialized near zero: the first measured
     weight can be 1e3 times the settled one) come down as the field grows, and the floor never
     raises the weight above its largest, where the task's gradient falls without vanishing and the
-    penalty slows the field (docs/regularization.md, "A fading weight"). The target ``1`` (this
-    class's default) is the one the study in docs/results.md chose for the probe-step penalties;
-    :class:`LocallyRegularized`'s default kinetic penalty uses ``0.2`` (``0.1`` for a fit read
-    along the flow), measured every 10 iterations (docs/regularization.md). The two norms are
+    penalty slows the field (docs/regularization.md, "A fading weight"). With ``max_rise = g`` the
+    weight rises by at most the factor ``g`` per measurement, ``w_k <= g * w_{k-1}`` (falls are not
+    limited): one measurement is one draw of the penalty's gradient, which can be 100 times smaller
+    than its neighbours' where the penalty is nearly satisfied, and a weight set from one such draw
+    has reached ``w_max``; limited, it starts at ``initial`` and climbs, as a step-size controller
+    limits a step's growth (docs/results.md, "A bounded rise of the weight along the flow"). The
+    target ``1`` (this class's default) is the one the study in docs/results.md chose for the
+    probe-step penalties; :class:`LocallyRegularized`'s default kinetic penalty uses ``0.2``
+    (``0.03`` and ``max_rise=2`` for a fit read along the flow), measured every 10 iterations
+    (docs/regularization.md). The two norms are
     averaged, not their ratio, so that a minibatch with a near-zero task gradient (an unbounded
     ratio) does not dominate the average. It goes beyond [LR23], whose weights are
     fixed per task; normalizing a loss term by gradient norms is the idea of GradNorm (Chen et al.,
@@ -390,12 +396,20 @@ class RatioWeight(_SelfTuningWeight):
         w_max: float = 1e3,
         parameters: Iterable[Tensor] | None = None,
         floor: float = 0.0,
+        max_rise: float | None = None,
     ) -> None:
         self.target_ratio = positive_float("target_ratio", target_ratio)
         self.every = positive_int("every", every)
         self.floor = non_negative_float("floor", floor)
         if self.floor > 1:
             raise ValueError(f"floor must be in [0, 1] (a fraction of the largest weight set), got {floor}")
+        if max_rise is not None:
+            max_rise = real_number("max_rise", max_rise, "a factor")
+            if not 1 < max_rise < math.inf:
+                raise ValueError(
+                    f"max_rise must be a finite factor above 1 (or None: no limit), got {max_rise}"
+                )
+        self.max_rise = max_rise
         self.parameters = None if parameters is None else trained_parameters(parameters)
         self._measurement: dict[str, Any] | None = None
         super().__init__(initial, beta, w_min, w_max)
@@ -595,17 +609,19 @@ class RatioWeight(_SelfTuningWeight):
         state["ema_task"] = self.beta * state["ema_task"] + (1 - self.beta) * task
         # The bias corrections of the two averages are equal and cancel in their ratio.
         free = self._clip(self.target_ratio * state["ema_task"] / state["ema_penalty"])
+        # The weight before this measurement: a rise from it is limited to max_rise.
+        ceiling = math.inf if self.max_rise is None else self.max_rise * state["weight"]
         if self.floor == 0:
             # The largest values count from when a floor is on: a phase without one (a fit along
             # the flow before an end-read fine-tuning, say) must not set a later phase's floor.
-            state.update(weight=free, peak=0.0, task_peak=0.0)
+            state.update(weight=min(free, ceiling), peak=0.0, task_peak=0.0)
             return
         # The task's largest average is kept corrected, since it is compared across measurements.
         correction = 1 - self.beta ** state["measured"]
         state["task_peak"] = max(state["task_peak"], state["ema_task"] / correction)
         task_held = max(state["ema_task"], self.floor * state["task_peak"] * correction)
         held = self._clip(self.target_ratio * task_held / state["ema_penalty"])
-        state["weight"] = max(free, min(self.floor * state["peak"], held))
+        state["weight"] = min(max(free, min(self.floor * state["peak"], held)), ceiling)
         state["peak"] = max(state["peak"], state["weight"])
 
     def _clip(self, weight: float) -> float:
@@ -644,6 +660,7 @@ class RatioWeight(_SelfTuningWeight):
             f"RatioWeight(w={self():.4g}, target_ratio={self.target_ratio}, every={self.every}, "
             f"beta={self.beta}, bounds=[{self.w_min}, {self.w_max}]"
             + (f", floor={self.floor}" if self.floor else "")
+            + (f", max_rise={self.max_rise}" if self.max_rise is not None else "")
             + ")"
         )
 
