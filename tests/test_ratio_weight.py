@@ -165,26 +165,29 @@ def test_uninformative_measurements_are_skipped():
     assert weight() == pytest.approx(0.1) and weight.last_ratio == pytest.approx(0.02)
 
 
+def measured_weights(penalty_norms, task_norms, floor=0.0, max_rise=None):
+    """A ``RatioWeight(1.0, beta=0, initial=0.01)`` measured once per pair of unweighted penalty and
+    task gradient norms (no averaging): the weight and its values after each measurement."""
+    weight = RatioWeight(1.0, beta=0.0, initial=0.01, max_rise=max_rise, floor=floor)
+    out = []
+    for penalty, task in zip(penalty_norms, task_norms, strict=True):
+        weight.observe_gradients(penalty * weight(), task)  # the unweighted penalty's: penalty
+        weight.step()
+        out.append(weight())
+    return weight, out
+
+
 def test_max_rise_limits_each_rise_of_the_weight_and_no_fall():
     """With ``max_rise = g`` a measurement raises the weight by at most ``g`` (from ``initial``
     before the first), so a single draw of a tiny penalty gradient cannot send it to ``w_max``;
     falls follow the measurements at once. Without it the weight is the free ratio at every step.
     The limit needs no state of its own: a resumed weight continues the climb from its saved value."""
 
-    def weights(max_rise, penalty_norms, task_norms, floor=0.0):
-        weight = RatioWeight(1.0, beta=0.0, initial=0.01, max_rise=max_rise, floor=floor)
-        out = []
-        for penalty, task in zip(penalty_norms, task_norms, strict=True):
-            weight.observe_gradients(penalty * weight(), task)  # the unweighted penalty's: penalty
-            weight.step()
-            out.append(weight())
-        return weight, out
-
     # The free weight is task / penalty: 1, then 1000 (one draw 1000x smaller), 1, 0.001, 4.
     penalty_norms, task_norms = [1.0, 1e-3, 1.0, 1.0, 0.25], [1.0, 1.0, 1.0, 1e-3, 1.0]
-    _, free = weights(None, penalty_norms, task_norms)
+    _, free = measured_weights(penalty_norms, task_norms)
     assert free == pytest.approx([1.0, 1e3, 1.0, 1e-3, 4.0])
-    limited, climbing = weights(2.0, penalty_norms, task_norms)
+    limited, climbing = measured_weights(penalty_norms, task_norms, max_rise=2.0)
     assert climbing == pytest.approx([0.02, 0.04, 0.08, 1e-3, 2e-3])
     assert "max_rise=2.0" in repr(limited) and "max_rise" not in repr(RatioWeight(0.2))
     resumed = RatioWeight(1.0, beta=0.0, max_rise=2.0)
@@ -194,7 +197,7 @@ def test_max_rise_limits_each_rise_of_the_weight_and_no_fall():
     assert resumed() == pytest.approx(4e-3)
     # With a floor the weight holds at the largest it has set, which is the limited one (the free
     # weight 1 was never reached), as the task's gradient falls 1000-fold.
-    _, held = weights(2.0, [1.0] * 4, [1.0, 1.0, 1e-3, 1e-3], floor=1.0)
+    _, held = measured_weights([1.0] * 4, [1.0, 1.0, 1e-3, 1e-3], floor=1.0, max_rise=2.0)
     assert held == pytest.approx([0.02, 0.04, 0.04, 0.04])
     for bad in (1.0, 0.5, math.inf, math.nan):
         with pytest.raises(ValueError, match="max_rise must be a finite factor above 1"):
@@ -212,28 +215,19 @@ def test_a_floor_keeps_the_weight_from_fading_with_the_task_gradient():
     penalty's (the penalty slowing the field) does not raise the weight above its largest. Both
     largest values are in the saved state."""
 
-    def weights(floor, penalty_norms, task_norms):
-        weight = RatioWeight(1.0, beta=0.0, initial=0.01, floor=floor)
-        out = []
-        for penalty, task in zip(penalty_norms, task_norms, strict=True):
-            weight.observe_gradients(penalty * weight(), task)  # the unweighted penalty's: penalty
-            weight.step()
-            out.append(weight())
-        return weight, out
-
     ones = [1.0] * 5
     task_norms = [1.0, 2.0, 0.5, 0.01, 0.001]
-    _, free = weights(0.0, ones, task_norms)
+    _, free = measured_weights(ones, task_norms)
     assert free == pytest.approx(task_norms)
-    _, half = weights(0.5, ones, task_norms)
+    _, half = measured_weights(ones, task_norms, floor=0.5)
     assert half == pytest.approx([1.0, 2.0, 1.0, 1.0, 1.0])
-    held, never_down = weights(1.0, ones, task_norms)
+    held, never_down = measured_weights(ones, task_norms, floor=1.0)
     assert never_down == pytest.approx([1.0, 2.0, 2.0, 2.0, 2.0])
     growing = [1e-3, 1e-2, 0.1, 1.0, 1.0]
-    _, recovering = weights(1.0, growing, ones)
+    _, recovering = measured_weights(growing, ones, floor=1.0)
     assert recovering == pytest.approx([1e3, 100.0, 10.0, 1.0, 1.0])
     falling = [1.0, 0.5, 0.25, 0.125, 0.125]
-    _, level = weights(1.0, falling, falling)
+    _, level = measured_weights(falling, falling, floor=1.0)
     assert level == pytest.approx(ones)
     assert "floor=1.0" in repr(held) and "floor" not in repr(RatioWeight(0.2))
     resumed = RatioWeight(1.0, beta=0.0, floor=1.0)
