@@ -863,6 +863,9 @@ def test_seeds_with_histories_of_other_lengths_are_plotted_to_the_shortest(tmp_p
     records = [fake_record("digits", "vanilla", 0), fake_record("digits", "vanilla", 1, history=longer)]
     write_records(tmp_path, records)
     assert main(["report", "--out", str(tmp_path)]) == 0
+    curves = list(tmp_path.glob("*_nfe.png"))  # the NFE curve over the iterations both seeds have
+    assert curves and all(curve.stat().st_size > 0 for curve in curves)
+    assert "| vanilla | – | 2 |" in (tmp_path / "report.md").read_text()
 
 
 def test_checking_a_folders_records_writes_nothing_into_it(tmp_path):
