@@ -26,6 +26,9 @@ regressions at constant weights").
   ``y' = 0.6 - 0.08 y - x^2 y``, centred at its fixed point ``(0.6, 0.6 / 0.44)``, observed at 41
   times on [0, 20]; and the Stuart--Landau oscillator with shear, ``x' = x (1 - r^2) - (1 + r^2/2) y``,
   ``y' = y (1 - r^2) + (1 + r^2/2) x``, observed at 41 times on [0, 8].
+- ``hopf_noisy``: ``hopf`` with noisy training observations (Gaussian, sd 0.1, on every observed
+  time after the start, which stays exact), its test paths noise-free: the error of the learned
+  dynamics, as a user fitting measured data would judge it.
 
 Classifiers and regressions read at their end through an encoder: linear encoder to a state of 16,
 MLP field 16 -> 64 -> 16 (tanh) on [0, 1], linear head, Adam 1e-3, batch 32 (70/30 split,
@@ -80,6 +83,7 @@ SETTINGS = {
     "brusselator": {"epochs": 300, "lr": 3e-3, "cosine": True},
     "selkov": {"epochs": 300, "lr": 3e-3, "cosine": True},
     "hopf": {"epochs": 300, "lr": 3e-3, "cosine": True},
+    "hopf_noisy": {"epochs": 300, "lr": 3e-3, "cosine": True},
 }
 ENCODED_EPOCHS = {
     "cancer": 80,
@@ -103,7 +107,10 @@ TRAJECTORIES = {
     "brusselator": (12.0, 41),
     "selkov": (20.0, 41),
     "hopf": (8.0, 41),
+    "hopf_noisy": (8.0, 41),
 }
+OBSERVATION_NOISE = {"hopf_noisy": 0.1}
+"""The sd of the Gaussian noise on a task's training observations (its test paths stay exact)."""
 REGRESSIONS = ("diabetes", "friedman", "friedman2", *TRAJECTORIES)
 ENCODED_STATE = 16
 OSCILLATOR = {"c": 0.3, "k": 1.0, "force": 0.5, "w": 1.3}
@@ -189,7 +196,7 @@ def true_derivative(task: str, t, x, v, cos) -> tuple:
     if task == "selkov":
         u, w = x + 0.6, v + 0.6 / 0.44  # centred at the fixed point (b, b / (a + b^2))
         return -u + 0.08 * w + u**2 * w, 0.6 - 0.08 * w - u**2 * w
-    if task == "hopf":
+    if task in ("hopf", "hopf_noisy"):
         radius2 = x**2 + v**2
         turning = 1.0 + 0.5 * radius2  # the shear: outer orbits turn faster
         return x * (1.0 - radius2) - turning * v, v * (1.0 - radius2) + turning * x
@@ -213,6 +220,9 @@ def trajectory_data(task: str) -> tuple[torch.Tensor, ...]:
 
     y0_train, paths_train = starts_and_paths(128)
     y0_test, paths_test = starts_and_paths(128)
+    if task in OBSERVATION_NOISE:  # drawn after the paths, so the starts are the noise-free task's
+        noise = rng.normal(0.0, OBSERVATION_NOISE[task], size=paths_train[1:].shape)
+        paths_train[1:] += _tensor(noise)
     return y0_train, paths_train, y0_test, paths_test, _tensor(times)
 
 
