@@ -1,8 +1,9 @@
 """Tasks nobody tuned on, written from the README as a new user would: vanilla
 (``Regularized(field)``) against ``LocallyRegularized(field, sampling="random")`` with nothing else
 set, the same seeds and mini-batches. Results in docs/results.md ("Three more held-out tasks, written
-as a new user", "A floor under the fading weight, for solves read at their end" and "The end-read
-regressions at constant weights").
+as a new user", "A floor under the fading weight, for solves read at their end", "The end-read
+regressions at constant weights", and for the trajectory fits "A bounded rise of the weight along the
+flow" and "Two fits no rule had seen").
 
 - ``wine``: sklearn's wine classifier (70/30 split, features standardized on the training split),
   MLP field 13 -> 64 -> 13 (tanh) on [0, 1], linear head, Adam 1e-3, batch 32, 200 epochs.
