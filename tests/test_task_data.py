@@ -606,9 +606,9 @@ def test_the_noisy_held_out_fit_adds_noise_to_its_training_observations_only():
     script = _held_out_script()
     clean = script.trajectory_data("hopf")
     noisy = script.trajectory_data("hopf_noisy")
-    y0_train, paths_train, y0_test, paths_test, times = noisy
-    for got, expected in zip((y0_train, y0_test, paths_test, times), (clean[0], clean[2], clean[3], clean[4])):
-        torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    torch.testing.assert_close(paths_train[0], clean[1][0], rtol=0, atol=0)  # the start is exact
-    noise = (paths_train[1:] - clean[1][1:]).double()
+    for index in (0, 2, 3, 4):  # the starts, the test starts and paths, the times: the task's own
+        torch.testing.assert_close(noisy[index], clean[index], rtol=0, atol=0)
+    paths_train, clean_paths = noisy[1], clean[1]
+    torch.testing.assert_close(paths_train[0], clean_paths[0], rtol=0, atol=0)  # the start is exact
+    noise = (paths_train[1:] - clean_paths[1:]).double()
     assert abs(float(noise.mean())) < 0.005 and abs(float(noise.std()) - 0.1) < 0.002
