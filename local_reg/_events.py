@@ -50,7 +50,7 @@ from ._step import VectorField, time_tensor
 from ._tuple import TupleField, accepts_tuple_states
 from ._validate import check_bool, checked_field, finite_float, time_dtype, validate_state
 from .gradients._times import StartTime
-from .solution import Solution, Stats
+from .solution import Solution, State, Stats
 
 EventFunction = Callable[[Tensor, Any], Tensor]
 """``event_fn(t, y) -> tensor``: ``t`` a 0-dim tensor in the dtype ``func`` gets, ``y`` the state (a tuple for
@@ -304,14 +304,14 @@ def _start_time(t0: object) -> tuple[float, Tensor | None]:
 
 
 def odeint_event(
-    func: VectorField,
-    y0: Tensor | tuple[Tensor, ...],
+    func: Callable[[Tensor, Any], Any],
+    y0: State,
     t0: Tensor | float,
     *,
     event_fn: EventFunction,
     reverse_time: bool = False,
     **odeint_kwargs: Any,
-) -> tuple[Tensor, Solution]:
+) -> tuple[Tensor, Solution[State]]:
     """Solve ``dy/dt = func(t, y)`` from ``y(t0) = y0`` until ``event_fn(t, y)`` changes sign
     (torchdiffeq 0.2.5's ``odeint_event``; a terminal event).
 

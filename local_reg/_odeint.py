@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -38,7 +38,7 @@ from .gradients import (
     resolve_adjoint_params,
     time_gradient,
 )
-from .solution import Solution
+from .solution import Solution, State
 from .tableaus import ButcherTableau, get_tableau
 
 
@@ -129,8 +129,8 @@ def _legacy_gradient(
 
 @accepts_tuple_states
 def odeint(
-    func: VectorField,
-    y0: Tensor | tuple[Tensor, ...],
+    func: Callable[[Tensor, Any], Any],
+    y0: State,
     t: Tensor | Sequence[float],
     *,
     method: str | ButcherTableau = "tsit5",
@@ -154,7 +154,7 @@ def odeint(
     adjoint_atol: float | None = None,
     adjoint_method: str | ButcherTableau | None = None,
     adjoint_options: dict | None = None,
-) -> Solution:
+) -> Solution[State]:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return the solution at every ``t``.
 
     Args:
@@ -254,7 +254,8 @@ def odeint(
             backward pass of any gradient method, a non-finite gradient from ``func``'s
             vector-Jacobian product. See docs/solver.md.
     """
-    y0 = validate_state(y0)
+    # A tuple y0 arrives here flattened into one tensor (accepts_tuple_states), and leaves unflattened.
+    state = validate_state(y0)
     times = validate_times(t)
     options = SolveOptions(
         rtol=rtol,
@@ -268,16 +269,16 @@ def odeint(
         interpolate=not check_bool("step_to_outputs", step_to_outputs),
         dense=dense,
         callbacks=callbacks,
-        time_dtype=time_dtype(t, y0),
+        time_dtype=time_dtype(t, state),
         compile=compile,
-    ).for_state(y0)
+    ).for_state(state)
     check_times_distinct(times, options.time_dtype)
-    check_span(times, y0.dtype, options.step_size, options.tableau)
+    check_span(times, state.dtype, options.step_size, options.tableau)
     gradient_method = as_gradient_method(gradient)
     gradient_method = _legacy_gradient(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options
     )
-    gradient_method.check(options, times, y0)
+    gradient_method.check(options, times, state)
     check_step_penalty(step_penalty)
     check_step_penalty_support(gradient_method, step_penalty)
     # Every call, in the forward and in any backward pass, returns y's shape and dtype.
@@ -297,9 +298,9 @@ def odeint(
                 "t must not require grad with callbacks.stop, where t[1] only gives the direction: "
                 "local_reg.odeint_event differentiates the event time and state w.r.t. t0"
             )
-        y0 = timing.start(y0)
+        state = timing.start(state)
     with torch.no_grad() if gradient_method.graph_free else nullcontext():
-        f0 = evaluate_first(checked, times[0], y0, options.time_dtype)
+        f0 = evaluate_first(checked, times[0], state, options.time_dtype)
     forward = ForwardSolve(
         checked,
         times,
@@ -311,12 +312,15 @@ def odeint(
         owner=owner if gradient_method.graph_free else None,
     )
     with without_autocast():
-        ys, stats, steps, penalties = gradient_method.solve(y0, forward)
+        ys, stats, steps, penalties = gradient_method.solve(state, forward)
     stats.nfe += 1
     if timing is not None:
         ys = timing.outputs(ys, f0, stats)
     if steps.stop_time is not None:
         times = [times[0], steps.stop_time]
-    ts = torch.tensor(times, dtype=options.time_dtype, device=y0.device)
+    ts = torch.tensor(times, dtype=options.time_dtype, device=state.device)
     graph_free = gradient_method.name if gradient_method.graph_free else None
-    return Solution(ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties, graph_free_method=graph_free)
+    solution = Solution(
+        ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties, graph_free_method=graph_free
+    )
+    return cast(Solution[State], solution)

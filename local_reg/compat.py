@@ -19,7 +19,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,7 @@ from ._tuple import TupleState
 from ._validate import Tolerance, finite_float, positive_float, positive_int, validate_times
 from .controller import PIController
 from .gradients import BacksolveAdjoint, Direct, GradientMethod, Symplectic
+from .solution import State
 from .tableaus import TABLEAUS, ButcherTableau
 
 States = Tensor | tuple[Tensor, ...]
@@ -274,7 +275,7 @@ def _mixed_norm(state: TupleState) -> Callable[[Tensor], Tensor]:
 
 def _solve(
     func: Callable,
-    y0: Tensor | tuple[Tensor, ...],
+    y0: State,
     t: Tensor,
     rtol: Tolerance,
     atol: Tolerance,
@@ -355,9 +356,33 @@ def _solve(
     return solution.ts[-1], solution.ys
 
 
+@overload
 def odeint(
     func: Callable,
-    y0: Tensor | tuple[Tensor, ...],
+    y0: State,
+    t: Tensor,
+    *,
+    rtol: Tolerance = ...,
+    atol: Tolerance = ...,
+    method: str | None = ...,
+    options: dict | None = ...,
+    event_fn: None = ...,
+) -> State: ...
+@overload
+def odeint(
+    func: Callable,
+    y0: State,
+    t: Tensor,
+    *,
+    rtol: Tolerance = ...,
+    atol: Tolerance = ...,
+    method: str | None = ...,
+    options: dict | None = ...,
+    event_fn: Callable,
+) -> tuple[Tensor, State]: ...
+def odeint(
+    func: Callable,
+    y0: State,
     t: Tensor,
     *,
     rtol: Tolerance = 1e-7,
@@ -365,7 +390,7 @@ def odeint(
     method: str | None = None,
     options: dict | None = None,
     event_fn: Callable | None = None,
-) -> States | tuple[Tensor, States]:
+) -> State | tuple[Tensor, State]:
     """Solve ``dy/dt = func(t, y)``, ``y(t[0]) = y0`` and return the states at ``t``, shape
     ``(len(t), *y0.shape)`` (a tuple of such tensors for a tuple ``y0``), as torchdiffeq does.
 
@@ -390,12 +415,46 @@ def odeint(
         ValueError: a method or option local_reg does not have (naming the alternatives), an
             unknown option key.
     """
-    return _solve(func, y0, t, rtol, atol, method, options, event_fn, Direct(), None)
+    return cast(Any, _solve(func, y0, t, rtol, atol, method, options, event_fn, Direct(), None))
 
 
+@overload
 def odeint_adjoint(
     func: Callable,
-    y0: Tensor | tuple[Tensor, ...],
+    y0: State,
+    t: Tensor,
+    *,
+    rtol: Tolerance = ...,
+    atol: Tolerance = ...,
+    method: str | None = ...,
+    options: dict | None = ...,
+    event_fn: None = ...,
+    adjoint_rtol: float | None = ...,
+    adjoint_atol: float | None = ...,
+    adjoint_method: str | None = ...,
+    adjoint_options: dict | None = ...,
+    adjoint_params: Iterable[Tensor] | None = ...,
+) -> State: ...
+@overload
+def odeint_adjoint(
+    func: Callable,
+    y0: State,
+    t: Tensor,
+    *,
+    rtol: Tolerance = ...,
+    atol: Tolerance = ...,
+    method: str | None = ...,
+    options: dict | None = ...,
+    event_fn: Callable,
+    adjoint_rtol: float | None = ...,
+    adjoint_atol: float | None = ...,
+    adjoint_method: str | None = ...,
+    adjoint_options: dict | None = ...,
+    adjoint_params: Iterable[Tensor] | None = ...,
+) -> tuple[Tensor, State]: ...
+def odeint_adjoint(
+    func: Callable,
+    y0: State,
     t: Tensor,
     *,
     rtol: Tolerance = 1e-7,
@@ -408,7 +467,7 @@ def odeint_adjoint(
     adjoint_method: str | None = None,
     adjoint_options: dict | None = None,
     adjoint_params: Iterable[Tensor] | None = None,
-) -> States | tuple[Tensor, States]:
+) -> State | tuple[Tensor, State]:
     """:func:`odeint` differentiated in constant memory by the backsolve adjoint (Chen et al. 2018),
     or, with ``adjoint_method="symplectic"``, exactly by the symplectic adjoint (Matsubara et al.
     2021), whose memory is the step states plus one graph of ``func``.
@@ -499,12 +558,12 @@ def odeint_adjoint(
             first_step=adjoint.get("first_step") if backward.adaptive else None,
             max_steps=max_steps,
         )
-    return _solve(func, y0, t, rtol, atol, method, options, event_fn, gradient, adjoint_params)
+    return cast(Any, _solve(func, y0, t, rtol, atol, method, options, event_fn, gradient, adjoint_params))
 
 
 def odeint_dense(
     func: Callable,
-    y0: Tensor | tuple[Tensor, ...],
+    y0: State,
     t0: Tensor | float,
     t1: Tensor | float,
     *,
@@ -512,7 +571,7 @@ def odeint_dense(
     atol: Tolerance = 1e-9,
     method: str | None = None,
     options: dict | None = None,
-) -> Callable[[Tensor], States]:
+) -> Callable[[Tensor], State]:
     """Solve from ``t0`` to ``t1`` and return the dense output, a function of the time, as
     torchdiffeq's ``odeint_dense``: ``dense_output_fn(t)`` is the state at any ``t`` in the span (a
     float or a 0-dim tensor; a 1-D tensor of times gives the states stacked), read from the
@@ -533,19 +592,19 @@ def odeint_dense(
     if values[0] == values[1]:
         raise ValueError(f"t1 must differ from t0, got t0 = t1 = {values[0]}")
     times = torch.stack(ends)
-    return _solve(func, y0, times, rtol, atol, method, options, None, Direct(), None, dense=True)
+    return cast(Any, _solve(func, y0, times, rtol, atol, method, options, None, Direct(), None, dense=True))
 
 
 def odeint_event(
     func: Callable,
-    y0: Tensor | tuple[Tensor, ...],
+    y0: State,
     t0: Tensor,
     *,
     event_fn: Callable,
     reverse_time: bool = False,
     odeint_interface: Callable = odeint,
     **kwargs: Any,
-) -> tuple[Tensor, States]:
+) -> tuple[Tensor, State]:
     """Solve from ``t0`` until ``event_fn(t, y)`` changes sign, as torchdiffeq's ``odeint_event``:
     ``odeint_interface(func, y0, [t0, t0 +- 1], event_fn=event_fn, **kwargs)``, which returns
     ``(event_t, solution)``, ``solution`` the states at ``[t0, event_t]``.

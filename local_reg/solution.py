@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -14,6 +14,11 @@ from ._autograd import refusing_backward
 
 if TYPE_CHECKING:
     from ._dense import DenseOutput
+
+State = TypeVar("State", Tensor, tuple[Tensor, ...])
+"""A solve's state: one tensor, or a tuple of tensors solved as one flat state. ``odeint`` returns a
+``Solution`` of its ``y0``'s kind, so a type checker knows that ``solution.ys`` of a tensor ``y0`` is
+a tensor."""
 
 
 @dataclass
@@ -86,8 +91,9 @@ class Steps:
 
 
 @dataclass
-class Solution:
-    """Result of :func:`local_reg.odeint`.
+class Solution(Generic[State]):
+    """Result of :func:`local_reg.odeint`: ``Solution[Tensor]`` for a tensor ``y0``,
+    ``Solution[tuple[Tensor, ...]]`` for a tuple.
 
     Attributes:
         ts: the output times.
@@ -104,7 +110,7 @@ class Solution:
     """
 
     ts: Tensor
-    ys: Tensor | tuple[Tensor, ...]
+    ys: State
     stats: Stats
     steps: Steps
     penalties: Tensor | None = None
@@ -113,7 +119,7 @@ class Solution:
     graph_free_method: str | None = field(default=None, repr=False)
     """The gradient method's name when it kept no graph of the solve (``evaluate`` then has none)."""
 
-    def evaluate(self, t: Tensor | float) -> Tensor | tuple[Tensor, ...]:
+    def evaluate(self, t: Tensor | float) -> State:
         """The solution at any ``t`` in the solved span (a float, a 0-dim or 1-D tensor of times),
         through the method's interpolant (diffrax's ``Solution.evaluate``, torchdiffeq's
         ``odeint_dense``). At a step's start or end it is that step's state exactly. Needs
@@ -145,7 +151,9 @@ class Solution:
                 "in odeint's t (its outputs get gradients under every method)"
             )
             states = refusing_backward(states, message, anchor)
-        return states if self.layout is None else self.layout(states)
+        if self.layout is None:
+            return cast(State, states)  # a tensor y0's: the record's flat state is the state
+        return self.layout(states)
 
     def _not_a_tensor(self, *args: object, **kwargs: object) -> NoReturn:
         # torchdiffeq's odeint returns the states themselves; say where they are.

@@ -387,7 +387,8 @@ class Regularized(nn.Module):
     ``ys = model(y0, t)`` returns the solution at ``t``. In training mode with a ``penalty`` it also
     sets ``model.reg_loss = w * R`` (add it to the task loss); otherwise ``ys`` is exactly the
     unregularized solution, with no extra cost, and ``reg_loss`` is a 0-dim zero. ``model.stats``
-    (:class:`RegularizationStats`) describes the last call.
+    (:class:`RegularizationStats`) describes the last call (before the first, an empty one: zero
+    evaluations, ``t_reg`` ``None``).
 
     Args:
         func: the vector field ``func(t, y)`` (an ``nn.Module`` or a function), or a torchsde-style
@@ -407,7 +408,7 @@ class Regularized(nn.Module):
     """
 
     reg_loss: Tensor
-    stats: RegularizationStats | None
+    stats: RegularizationStats
 
     def __init__(
         self,
@@ -458,8 +459,9 @@ class Regularized(nn.Module):
         self.penalty = penalty
         self.weight = as_schedule(weight)
         self.generator = generator
+        # Before the first forward pass: no penalty and no evaluations yet.
         self.reg_loss = torch.zeros(())
-        self.stats = None
+        self.stats = RegularizationStats()
 
     @property
     def is_sde(self) -> bool:

@@ -59,7 +59,7 @@ def sdeint(
     record_states: bool = False,
     step_penalty: SDEStepPenalty | None = None,
     dt0: float | None = None,
-) -> Solution:
+) -> Solution[Tensor]:
     """Solve the Ito SDE ``dy = f(t, y) dt + g(t, y) dW`` from ``y(t[0]) = y0``.
 
     Adaptive Euler--Maruyama with a Lamba / Rackauckas--Nie embedded error estimate (see

@@ -1,0 +1,132 @@
+"""The public API's type hints, as a user's type checker reads them.
+
+``make lint`` runs mypy on this file (and on ``examples/``): each ``assert_type`` there states what
+a type checker must infer from the library's annotations, e.g. that ``odeint`` of a tensor ``y0``
+gives ``Solution[Tensor]``, whose ``ys`` is a tensor (not "a tensor or a tuple", which would make
+every ``solution.ys[:, 0]`` a type error in a user's code). Under pytest the same calls run, and
+each result is checked at run time to be what its annotation says.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from typing_extensions import assert_type
+
+import local_reg
+from local_reg import (
+    LocallyRegularized,
+    RatioWeight,
+    RegularizationStats,
+    Regularized,
+    Solution,
+    Stats,
+    odeint,
+    odeint_event,
+    sdeint,
+)
+from local_reg import compat as torchdiffeq
+
+
+class Field(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 2)
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return torch.tanh(self.linear(y))
+
+
+def decay(t: Tensor, y: Tensor) -> Tensor:
+    return -y
+
+
+def decay_pair(t: Tensor, y: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    return -y[0], -2 * y[1]
+
+
+class Diffusion:
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        return -y
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        return 0.1 * torch.ones_like(y)
+
+
+Y0 = torch.ones(3, 2)
+T = torch.linspace(0.0, 1.0, 5)
+
+
+def test_odeint_of_a_tensor_gives_a_solution_of_tensors() -> None:
+    solution = odeint(decay, Y0, T, dense=True)
+    assert_type(solution, Solution[Tensor])
+    ys = assert_type(solution.ys, Tensor)
+    assert isinstance(ys, Tensor) and ys[:, 0].shape == (5, 2)
+    assert isinstance(assert_type(solution.evaluate(0.5), Tensor), Tensor)
+    assert isinstance(assert_type(solution.stats, Stats), Stats)
+    assert assert_type(solution.stats.nfe, int) > 0
+    assert isinstance(assert_type(solution.penalties, Tensor | None), type(None))
+
+
+def test_odeint_of_a_tuple_gives_a_solution_of_tuples() -> None:
+    solution = odeint(decay_pair, (Y0, Y0[:, :1]), T, dense=True)
+    assert_type(solution, Solution[tuple[Tensor, ...]])
+    first, second = assert_type(solution.ys, tuple[Tensor, ...])
+    assert (first.shape, second.shape) == ((5, 3, 2), (5, 3, 1))
+    assert isinstance(assert_type(solution.evaluate(0.5), tuple[Tensor, ...]), tuple)
+
+
+def test_a_module_a_lambda_and_a_list_of_times_are_fields_and_times() -> None:
+    field = Field()
+    assert isinstance(odeint(field, Y0, [0.0, 0.5, 1.0], gradient="symplectic").ys, Tensor)
+    assert isinstance(odeint(lambda t, y: field(t, y), Y0, T, adjoint_params=field.parameters()).ys, Tensor)
+
+
+def test_odeint_event_gives_the_event_time_and_a_solution_of_the_state() -> None:
+    event_t, solution = odeint_event(decay, Y0, 0.0, event_fn=lambda t, y: y.sum() - 1.0)
+    assert isinstance(assert_type(event_t, Tensor), Tensor)
+    assert isinstance(assert_type(solution, Solution[Tensor]).ys, Tensor)
+
+
+def test_sdeint_gives_a_solution_of_tensors() -> None:
+    solution = sdeint(Diffusion(), Y0, T)
+    assert isinstance(assert_type(solution, Solution[Tensor]).ys, Tensor)
+
+
+def test_compat_returns_what_torchdiffeq_returns() -> None:
+    ys = assert_type(torchdiffeq.odeint(decay, Y0, T), Tensor)
+    assert ys[:, 0].shape == (5, 2)
+    pair = assert_type(torchdiffeq.odeint(decay_pair, (Y0, Y0), T), tuple[Tensor, ...])
+    assert isinstance(pair, tuple)
+    field = Field()
+    assert isinstance(assert_type(torchdiffeq.odeint_adjoint(field, Y0, T), Tensor), Tensor)
+    event_t, states = torchdiffeq.odeint(decay, Y0, T[:2], event_fn=lambda t, y: y.sum() - 1.0)
+    assert isinstance(assert_type(event_t, Tensor), Tensor)
+    assert isinstance(assert_type(states, Tensor), Tensor)
+    dense = torchdiffeq.odeint_dense(decay, Y0, T[0], T[-1])
+    assert isinstance(assert_type(dense(T[2]), Tensor), Tensor)
+
+
+def test_a_regularized_model_has_stats_and_a_reg_loss_before_and_after_a_pass() -> None:
+    field = Field()
+    model = LocallyRegularized(
+        field, sampling="random", weight=RatioWeight(0.2, parameters=field.parameters())
+    )
+    assert_type(model.stats, RegularizationStats)
+    assert model.stats.nfe_main == 0 and model.stats.t_reg is None  # no pass yet
+    ys = model(Y0, T)
+    assert isinstance(ys, Tensor)
+    assert assert_type(model.stats.nfe_main, int) > 0
+    assert isinstance(assert_type(model.reg_loss, Tensor), Tensor)
+    plain = Regularized(field)
+    plain(Y0, T)
+    assert assert_type(plain.stats.nfe_main, int) > 0
+
+
+def test_the_package_exports_what_the_test_names() -> None:
+    # A user's `from local_reg import X` of each name above resolves (mypy checks the imports too).
+    for name in ("LocallyRegularized", "RatioWeight", "Regularized", "RegularizationStats", "Solution"):
+        assert name in local_reg.__all__
