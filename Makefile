@@ -24,3 +24,4 @@ SOURCES = $(wildcard local_reg tests experiments benchmarks examples)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(SOURCES)
 	$(VENV)/bin/ruff format --check $(SOURCES)
+	$(VENV)/bin/mypy

@@ -4,6 +4,7 @@ by ``--regularize``. (Each script puts its own folder on ``sys.path`` to import 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from torch import nn
 
@@ -38,7 +39,7 @@ def make_model(
     *,
     local_weight: float | None = None,
     global_weight: float = 1.0,
-    **solve: object,
+    **solve: Any,
 ) -> Regularized:
     """The three variants share one interface, ``model(y0, t)`` and ``model.reg_loss``; ``weight``
     (``None``: ``local_weight`` or ``global_weight``) weighs the penalty; a ``None`` local weight is

@@ -92,8 +92,10 @@ class CNFField(nn.Module):
                     torch.autograd.grad(dz[:, i].sum(), z, retain_graph=True, create_graph=keep_graph)[0]
                     for i in range(2)
                 )
-                trace = sum(row[:, i] for i, row in enumerate(rows))
+                trace = torch.stack([row[:, i] for i, row in enumerate(rows)]).sum(0)
             else:
+                if self.noise is None:
+                    raise ValueError("set CNFField.noise (Rademacher, shape (N, 2)) or exact_trace=True")
                 noise_jacobian = torch.autograd.grad(dz, z, self.noise, create_graph=keep_graph)[0]
                 trace = (noise_jacobian * self.noise).sum(1)
         derivative = torch.cat([dz, -trace.unsqueeze(1)], dim=1)
@@ -164,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         model.func.exact_trace = False
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
-    data, samples, density = sample_moons(1000, seed=0).numpy(), samples.numpy(), density.numpy()
+    data = sample_moons(1000, seed=0)  # matplotlib reads tensors (without a graph) as arrays
     axes[0].scatter(data[:, 0], data[:, 1], s=2)
     axes[0].set_title("data")
     axes[1].scatter(samples[:, 0], samples[:, 1], s=2, color="C1")

@@ -33,6 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from local_reg import Regularized  # noqa: E402
 from local_reg.experiments.models import ConcatMLP  # noqa: E402
 from local_reg.experiments.tasks.latent_ode import LatentODE, irregular_series, masked_mse  # noqa: E402
 
@@ -63,13 +64,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def evaluate(model: LatentODE, values: Tensor, mask: Tensor, times: Tensor) -> tuple[int, float]:
-    """Test NFE of the latent solve and masked MSE, with ``z0`` the posterior mean (eval mode)."""
+def evaluate(
+    model: LatentODE, block: Regularized, values: Tensor, mask: Tensor, times: Tensor
+) -> tuple[int, float]:
+    """Test NFE of the latent solve (``block``, the model's) and masked MSE, with ``z0`` the
+    posterior mean (eval mode)."""
     model.eval()
     with torch.no_grad():
         prediction, _ = model(values, mask, times)
     model.train()
-    return model.block.stats.nfe_main, masked_mse(prediction, values, mask).item()
+    return block.stats.nfe_main, masked_mse(prediction, values, mask).item()
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
@@ -97,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     model = LatentODE(block, N_CHANNELS, args.latent, args.rec_hidden, grid, kl_weight=1e-3)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
-    nfe_before, mse_before = evaluate(model, *test)
+    nfe_before, mse_before = evaluate(model, block, *test)
     print(f"NFE before training: {nfe_before}")
     start = time.perf_counter()
     for iteration in range(1, args.iterations + 1):
@@ -114,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                 f"train NFE {block.stats.nfe_main}  ({time.perf_counter() - start:.0f} s)"
             )
 
-    nfe_after, mse_after = evaluate(model, *test)
+    nfe_after, mse_after = evaluate(model, block, *test)
     print(f"NFE after training: {nfe_after}")
     print(f"test MSE: {mse_before:.4f} -> {mse_after:.4f}")
 

@@ -96,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     true_y0 = torch.tensor([[2.0, 0.0]])
     t = torch.linspace(0.0, 25.0, args.data_size)
     with torch.no_grad():
-        true_y = odeint(lambda t, y: (y**3) @ TRUE_A, true_y0, t, method="dopri5", rtol=1e-7, atol=1e-9)
-    true_y = true_y.ys[:, 0]  # (data_size, 2)
+        truth = odeint(lambda t, y: (y**3) @ TRUE_A, true_y0, t, method="dopri5", rtol=1e-7, atol=1e-9)
+    true_y = truth.ys[:, 0]  # (data_size, 2)
 
     model = make_model(ODEFunc(args.hidden), args.regularize, args.weight, rtol=args.rtol, atol=args.atol)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -123,7 +123,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(f"NFE after training: {nfe_after}")
     print(f"test MAE (whole trajectory): {test_loss:.4f}")
 
-    t, true_y, pred_y = t.numpy(), true_y.numpy(), pred_y.numpy()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
     axes[0].plot(t, true_y[:, 0], "g-", label="true x")
     axes[0].plot(t, pred_y[:, 0, 0], "b--", label="learned x")
