@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -460,20 +461,27 @@ def check_same_settings(path: Path, epochs: int, init_scale: float) -> None:
 SUMMARY = ("task", "method", "seed", "test_metric", "test_nfe", "train_time_s", "final_weight")
 
 
+# The number in a method's name, as it is written: digits, at most one point, an optional exponent.
+# Python's float() also takes "0_1" (read as 1), a sign, spaces, "inf" and other digits than 0-9.
+PLAIN_NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?(e-?[0-9]+)?")
+
+
 def method_name(text: str) -> str:
     """``vanilla``, ``local``, ``floor`` followed by a fraction in [0, 1], ``target`` or ``flow``
-    followed by a positive target, or ``fixed`` followed by a non-negative weight."""
+    followed by a positive target, or ``fixed`` followed by a non-negative weight, each number
+    written as a plain decimal (``0.1``, ``1e-3``). The name is kept as written: it names the
+    result files (so ``fixed1`` and ``fixed1.0`` are two names, and two sets of files, of one weight)."""
     if text in ("vanilla", "local"):
         return text
     prefix = next((p for p in ("fixed", "target", "flow") if text.startswith(p)), "floor")
-    try:
-        number = float(text.removeprefix(prefix))
-    except ValueError:
-        number = -1.0
+    digits = text.removeprefix(prefix)
+    number = float(digits) if PLAIN_NUMBER.fullmatch(digits) else -1.0
     bounds = {"fixed": number >= 0, "target": number > 0, "flow": number > 0, "floor": 0 <= number <= 1}
     if not text.startswith(prefix) or not bounds[prefix] or not np.isfinite(number):
         expected = "vanilla, local, floorF (F in [0, 1]), targetT or flowT (T > 0), or fixedW (W >= 0)"
-        raise argparse.ArgumentTypeError(f"method must be {expected}, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"method must be {expected}, its number a plain decimal such as 0.1 or 1e-3, got {text!r}"
+        )
     return text
 
 

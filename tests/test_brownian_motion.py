@@ -4,6 +4,8 @@ against the path's own increments."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 import torchsde
 
 from local_reg import sdeint
+from local_reg.sde.brownian import make_brownian
 from tests.problems import DecaySDE
 
 DTYPE = torch.float64
@@ -92,3 +95,42 @@ def test_a_reversed_brownian_motion_covers_its_base_interval_mirrored():
     torch.testing.assert_close(solution.ys[-1] - y0, base(0.0, 1.0), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match=r"bm covers \[-1.0, 0.0\] but the solve needs \[0.0, 1.0\]"):
         sdeint(_UnitNoise(), y0, [0.0, 1.0], step_size=0.25, bm=reversed_bm)
+
+
+def _tree_nodes_and_depth(bm: torchsde.BrownianInterval) -> tuple[int, int]:
+    """Nodes and depth of the interval's dependency tree, from its public printout (a line a
+    node, indented by its depth)."""
+    printout = io.StringIO()
+    with contextlib.redirect_stdout(printout):
+        bm.display_binary_tree()
+    lines = printout.getvalue().splitlines()
+    return len(lines), max(len(line) - len(line.lstrip(" ")) for line in lines)
+
+
+def test_a_new_brownian_interval_gets_a_step_hint_of_a_hundredth_of_the_span() -> None:
+    # Over [0.5, 2.5], not [0, 1]: a hint that ignored the span's length would show.
+    bm = make_brownian(None, 0.5, 2.5, (3, 2), torch.zeros((), dtype=DTYPE))
+    assert bm.dt == pytest.approx((2.5 - 0.5) / 100, rel=1e-12), (
+        f"the new BrownianInterval's step hint is dt={bm.dt}, not (t1 - t0) / 100 = 0.02: without "
+        "a hint torchsde refines its dependency tree down to the latest step it is queried with, "
+        "and the hint sets the tree's depth (a finer one, more levels; a coarser one, a slower "
+        "backward pass)"
+    )
+
+
+def test_tiny_steps_leave_a_new_brownian_intervals_tree_a_few_levels_deep() -> None:
+    # An adaptive solve approaching a singularity queries ever shorter steps. With the hint the tree
+    # is fixed when the interval is made (pieces of 0.8 * 45 * 0.02 = 0.72, i.e. 4 over [0.5, 2.5]),
+    # and a query only splits the piece it falls in. Without it torchsde, after 100 queries of
+    # warm-up, cuts the whole span into pieces of 36 times the average step: over 16,000 nodes
+    # here (0.2 s), and exponentially many as the steps shrink towards a singularity (the solve
+    # hangs); a hint 10 times too fine gives 63 nodes before any query.
+    bm = make_brownian(None, 0.5, 2.5, (3, 2), torch.zeros((), dtype=DTYPE))
+    for _ in range(150):
+        bm(1.0, 1.0 + 1e-5)
+    nodes, depth = _tree_nodes_and_depth(bm)
+    assert nodes <= 16 and depth <= 4, (
+        f"150 queries of a step of 1e-5 grew the Brownian tree to {nodes} nodes, {depth} levels "
+        "deep: make_brownian's step hint dt = (t1 - t0) / 100 should keep it at the 7 nodes it is "
+        "made with plus the few the query splits off"
+    )

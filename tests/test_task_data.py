@@ -8,8 +8,10 @@ implementation breaks with probability < 1e-6), or the stated formula by hand.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -612,3 +614,44 @@ def test_the_noisy_held_out_fit_adds_noise_to_its_training_observations_only():
     torch.testing.assert_close(paths_train[0], clean_paths[0], rtol=0, atol=0)  # the start is exact
     noise = (paths_train[1:] - clean_paths[1:]).double()
     assert abs(float(noise.mean())) < 0.005 and abs(float(noise.std()) - 0.1) < 0.002
+
+
+def _documented_held_out_methods() -> set[str]:
+    """The methods with a number that the held-out script's docstring and docs/results.md name."""
+    root = Path(__file__).parents[1]
+    sources = (root / "experiments" / "new_user_heldout.py", root / "docs" / "results.md")
+    text = "\n".join(source.read_text() for source in sources)
+    return set(re.findall(r"\b(?:fixed|target|flow|floor)[0-9](?:[0-9.e-]*[0-9])?\b", text))
+
+
+def test_the_held_out_script_takes_its_documented_method_names_as_written():
+    # Each names its result files (OUT/TASK_METHOD_sSEED.json): recorded runs must keep their names.
+    script = _held_out_script()
+    documented = _documented_held_out_methods()
+    assert {"fixed0.001", "fixed1", "target0.05", "flow0.1", "floor0", "floor1"} <= documented
+    for name in sorted(documented | {"vanilla", "local", "fixed1e-3", "floor0.5", "target2.5e-2"}):
+        assert script.method_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fixed0_1",  # float() reads it as 1, not 0.1
+        "floor0_1",  # likewise 1, within [0, 1]
+        "target1_0",
+        "flow0.0_1",
+        "fixed1e-0_3",
+        "fixed+1",
+        "fixed-0",
+        "fixed 1",
+        "fixed1\n",
+        "fixed.5",
+        "fixed1.",
+        "fixed\u0661",  # the Arabic-Indic digit one
+    ],
+)
+def test_the_held_out_script_refuses_a_method_number_not_written_as_a_plain_decimal(name):
+    # float() takes each of these; the name would write result files under a spelling other than
+    # the number's, or (0_1 is 1) run another weight than the one it seems to say.
+    with pytest.raises(argparse.ArgumentTypeError, match="its number a plain decimal such as 0.1 or 1e-3"):
+        _held_out_script().method_name(name)
