@@ -14,8 +14,9 @@ import torch
 from local_reg.experiments.results import ResultsFile
 from local_reg.regularization.local import default_fingerprint
 
-# Runs in each process: the CLI as a user would call it, plus a hook that keeps the model so the
-# test can compare the ranks' parameters afterwards.
+# Runs in each process: the CLI as a user would call it (its methods and settings are the worker's
+# arguments after the output folder and whether to interrupt), plus a hook that keeps the model so
+# the test can compare the ranks' parameters afterwards.
 WORKER = """
 import copy
 import os
@@ -28,6 +29,7 @@ from local_reg.experiments.cli import main
 from local_reg.experiments.tasks import REGISTRY
 
 out = Path(sys.argv[1])
+options = sys.argv[3:]
 rank = int(os.environ["RANK"])
 task = REGISTRY["digits"]
 built = []
@@ -42,7 +44,7 @@ def keep(settings, context):
 
 
 task.build_model = keep
-if sys.argv[2:] == ["interrupt"]:
+if sys.argv[2] == "interrupt":
     # Ctrl-C in the second epoch (tiny digits: two iterations per epoch), after one checkpoint.
     calls = []
     train = type(task).training_loss
@@ -54,9 +56,8 @@ if sys.argv[2:] == ["interrupt"]:
         return train(self, model, batch)
 
     type(task).training_loss = interrupted
-code = main(["experiment", "digits", "--methods", "local-random", "--seeds", "1", "--size", "tiny",
-             "--set", "epochs=2", "--set", "weights.local-random=default", "--out", str(out),
-             "--no-progress"])
+code = main(["experiment", "digits", *options, "--seeds", "1", "--size", "tiny", "--set", "epochs=2",
+             "--out", str(out), "--no-progress"])
 if code:
     sys.exit(code)
 # The last model built is the one trained (the CLI builds one first to validate the arguments).
@@ -66,6 +67,7 @@ torch.save(built[-1].state_dict(), out / f"params_rank{rank}.pt")
 torch.save(torch.rand(4), out / f"noise_rank{rank}.pt")
 sys.exit(code)
 """
+LOCAL_RANDOM = ("--methods", "local-random", "--set", "weights.local-random=default")
 
 
 def free_port() -> int:
@@ -74,8 +76,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
-    """The worker in two processes, writing to ``out``."""
+def torchrun(out: Path, *options: str, interrupt: bool = False) -> subprocess.CompletedProcess:
+    """The worker in two processes running the CLI with ``options``, writing to ``out``."""
     script = out.parent / "worker.py"
     script.write_text(WORKER)
     command = [
@@ -87,7 +89,8 @@ def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
         f"--master_port={free_port()}",
         str(script),
         str(out),
-        *args,
+        "interrupt" if interrupt else "whole",
+        *options,
     ]
     # A process that aborts in native code (gloo's teardown) prints where it was.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
@@ -100,7 +103,7 @@ def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "results"
-    done = torchrun(out)
+    done = torchrun(out, *LOCAL_RANDOM)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -138,10 +141,10 @@ def test_an_interrupted_run_resumes_every_process_exactly_where_it_stopped(tmp_p
     # Each process's own noise stream is in the checkpoint: rank 1's used to restart from a seed
     # derived from the iteration, so a resumed run drew other t_reg than the uninterrupted one.
     out = tmp_path / "results"
-    interrupted = torchrun(out, "interrupt")
+    interrupted = torchrun(out, *LOCAL_RANDOM, interrupt=True)
     assert interrupted.returncode != 0 and list((out / "checkpoints").glob("*.pt"))
     assert not (out / "results.jsonl").exists()
-    resumed = torchrun(out)
+    resumed = torchrun(out, *LOCAL_RANDOM)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (record,) = ResultsFile(out).load()
     (whole,) = ResultsFile(uninterrupted).load()
