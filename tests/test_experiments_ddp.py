@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from local_reg import LocallyRegularized, Regularized, RNODERegularized, SteerRegularized
+from local_reg.experiments import runner
 from local_reg.experiments.results import ResultsFile
 from local_reg.regularization.local import default_fingerprint
 
-# Runs in each process: the CLI as a user would call it, plus a hook that keeps the model so the
-# test can compare the ranks' parameters afterwards.
+# Runs in each process: the CLI as a user would call it (its methods and settings are the worker's
+# arguments after the output folder and whether to interrupt), plus a hook that keeps the model so
+# the test can compare the ranks' parameters afterwards.
 WORKER = """
 import copy
 import os
@@ -28,6 +31,7 @@ from local_reg.experiments.cli import main
 from local_reg.experiments.tasks import REGISTRY
 
 out = Path(sys.argv[1])
+options = sys.argv[3:]
 rank = int(os.environ["RANK"])
 task = REGISTRY["digits"]
 built = []
@@ -42,7 +46,7 @@ def keep(settings, context):
 
 
 task.build_model = keep
-if sys.argv[2:] == ["interrupt"]:
+if sys.argv[2] == "interrupt":
     # Ctrl-C in the second epoch (tiny digits: two iterations per epoch), after one checkpoint.
     calls = []
     train = type(task).training_loss
@@ -54,9 +58,8 @@ if sys.argv[2:] == ["interrupt"]:
         return train(self, model, batch)
 
     type(task).training_loss = interrupted
-code = main(["experiment", "digits", "--methods", "local-random", "--seeds", "1", "--size", "tiny",
-             "--set", "epochs=2", "--set", "weights.local-random=default", "--out", str(out),
-             "--no-progress"])
+code = main(["experiment", "digits", *options, "--seeds", "1", "--size", "tiny", "--set", "epochs=2",
+             "--out", str(out), "--no-progress"])
 if code:
     sys.exit(code)
 # The last model built is the one trained (the CLI builds one first to validate the arguments).
@@ -64,8 +67,15 @@ torch.save(initial[-1], out / f"initial_rank{rank}.pt")
 torch.save(built[-1].state_dict(), out / f"params_rank{rank}.pt")
 # The next draws of the global generator, where per-sample noise comes from.
 torch.save(torch.rand(4), out / f"noise_rank{rank}.pt")
+# The states of the model's own generators (RNODE's noise, STEER's end times): every
+# torch.Generator attribute of its modules.
+generators = [v for m in built[-1].modules() for v in vars(m).values() if isinstance(v, torch.Generator)]
+torch.save([g.get_state() for g in generators], out / f"generators_rank{rank}.pt")
 sys.exit(code)
 """
+LOCAL_RANDOM = ("--methods", "local-random", "--set", "weights.local-random=default")
+# RNODE's Rademacher noise comes from the model's own generator, not torch's global one.
+RNODE = ("--methods", "rnode")
 
 
 def free_port() -> int:
@@ -74,8 +84,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
-    """The worker in two processes, writing to ``out``."""
+def torchrun(out: Path, *options: str, interrupt: bool = False) -> subprocess.CompletedProcess:
+    """The worker in two processes running the CLI with ``options``, writing to ``out``."""
     script = out.parent / "worker.py"
     script.write_text(WORKER)
     command = [
@@ -87,7 +97,8 @@ def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
         f"--master_port={free_port()}",
         str(script),
         str(out),
-        *args,
+        "interrupt" if interrupt else "whole",
+        *options,
     ]
     # A process that aborts in native code (gloo's teardown) prints where it was.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
@@ -100,7 +111,7 @@ def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ddp") / "results"
-    done = torchrun(out)
+    done = torchrun(out, *LOCAL_RANDOM)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -138,10 +149,10 @@ def test_an_interrupted_run_resumes_every_process_exactly_where_it_stopped(tmp_p
     # Each process's own noise stream is in the checkpoint: rank 1's used to restart from a seed
     # derived from the iteration, so a resumed run drew other t_reg than the uninterrupted one.
     out = tmp_path / "results"
-    interrupted = torchrun(out, "interrupt")
+    interrupted = torchrun(out, *LOCAL_RANDOM, interrupt=True)
     assert interrupted.returncode != 0 and list((out / "checkpoints").glob("*.pt"))
     assert not (out / "results.jsonl").exists()
-    resumed = torchrun(out)
+    resumed = torchrun(out, *LOCAL_RANDOM)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     (record,) = ResultsFile(out).load()
     (whole,) = ResultsFile(uninterrupted).load()
@@ -154,3 +165,109 @@ def test_an_interrupted_run_resumes_every_process_exactly_where_it_stopped(tmp_p
         for name, value in expected.items():
             if isinstance(value, torch.Tensor):
                 assert torch.equal(params[name], value), name
+
+
+@pytest.fixture(scope="module")
+def rnode(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ddp-rnode") / "results"
+    done = torchrun(out, *RNODE)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_a_models_own_generator_draws_other_noise_on_each_process(rnode):
+    # RNODE's noise is per sample: rank 1's rows must not get the noise of rank 0's, as the rows of
+    # one batch do not share theirs. Every rank builds the model alike, so its generator used to be
+    # seeded alike (and draw alike) on every process.
+    (record,) = ResultsFile(rnode).load()
+    assert record["world_size"] == 2 and record["iterations"] == 4
+    rank0, rank1 = (torch.load(rnode / f"generators_rank{rank}.pt") for rank in (0, 1))
+    assert len(rank0) == len(rank1) == 1
+    assert not torch.equal(rank0[0], rank1[0])
+    # The parameters still agree: the noise differs, the averaged gradients do not.
+    params0, params1 = (torch.load(rnode / f"params_rank{rank}.pt") for rank in (0, 1))
+    for name, value in params0.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(params1[name], value), name
+
+
+def test_an_interrupted_run_resumes_every_processs_model_generators(tmp_path, rnode):
+    # Checkpoints are written by rank 0, and the model's state_dict holds its generators: without
+    # every rank's states in the checkpoint, rank 1 would resume with rank 0's.
+    out = tmp_path / "results"
+    interrupted = torchrun(out, *RNODE, interrupt=True)
+    assert interrupted.returncode != 0
+    (checkpoint,) = (out / "checkpoints").glob("*.pt")
+    assert len(torch.load(checkpoint)["generator_ranks"]) == 2
+    resumed = torchrun(out, *RNODE)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for rank in (0, 1):
+        states, expected = (torch.load(folder / f"generators_rank{rank}.pt") for folder in (out, rnode))
+        assert len(states) == len(expected) == 1 and torch.equal(states[0], expected[0])
+        params, whole = (torch.load(folder / f"params_rank{rank}.pt") for folder in (out, rnode))
+        for name, value in whole.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(params[name], value), name
+
+
+class Linear(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 2)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.layer(y)
+
+
+def test_model_generators_are_every_modules_own_once_in_module_order():
+    shared = torch.Generator()
+    rnode, steer = RNODERegularized(Linear(), weight=1.0), SteerRegularized(Linear())
+    model = torch.nn.Sequential(
+        Regularized(Linear()),
+        rnode,
+        LocallyRegularized(Linear(), generator=shared),
+        steer,
+        LocallyRegularized(Linear(), generator=shared),
+        LocallyRegularized(Linear()),  # draws from torch's global generator
+    )
+    assert runner.model_generators(model) == [rnode.generator, shared, steer.generator]
+    assert runner.model_generators(Regularized(Linear())) == []
+
+
+def test_rank_seeds_give_every_process_and_generator_its_own_stream():
+    # The global generator's seed is unchanged by the model's generators' (a resumed run of an
+    # earlier version, and any recorded DDP run, keep their streams).
+    assert runner.rank_seed(1, 1, 0) == 8802904196093038847
+    seeds = {runner.rank_seed(1, rank, 0, index) for rank in (1, 2) for index in (None, 0, 1)}
+    assert len(seeds) == 6
+    assert runner.rank_seed(1, 1, 0, 0) != runner.rank_seed(1, 1, 2, 0)
+
+
+def test_a_process_resumes_its_own_generator_states_when_the_checkpoint_has_them(monkeypatch, tmp_path):
+    model = RNODERegularized(Linear(), weight=1.0)
+    optimizer = torch.optim.Adam(model.parameters())
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+        "epoch": 1,
+        "iteration": 2,
+        "time": {"wall": 0.0, "cpu": 0.0},
+        "history": runner._empty_history(),
+    }
+    monkeypatch.setattr(runner, "_load_checkpoint", lambda path: state)
+    monkeypatch.setattr(runner.distributed, "rank", lambda: 1)
+    monkeypatch.setattr(runner.distributed, "world_size", lambda: 2)
+    path = tmp_path / "run.pt"
+    # A checkpoint written before it held them still resumes (rank 1 reseeds as on a fresh start).
+    assert runner._resume(path, model, optimizer)[-1] is None
+    rank0, rank1 = (torch.Generator().manual_seed(seed).get_state() for seed in (0, 1))
+    state["generator_ranks"] = [[rank0], [rank1]]
+    (resumed,) = runner._resume(path, model, optimizer)[-1]
+    assert torch.equal(resumed, rank1)
+    # Written by another number of processes: as on a fresh start.
+    state["generator_ranks"] = [[rank0], [rank1], [rank1]]
+    assert runner._resume(path, model, optimizer)[-1] is None
+    # Not this model's generators: the run restarts.
+    state["generator_ranks"] = [[], []]
+    assert runner._resume(path, model, optimizer) is None

@@ -207,6 +207,18 @@ def solver_blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if hasattr(m, "stats")]
 
 
+def model_generators(model: nn.Module) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects the model's modules own (STEER's end times, RNODE's noise, a
+    :class:`local_reg.Regularized` built with ``generator=``), each once, in module order: under DDP
+    each process gives them streams of its own, as it does torch's global generator."""
+    generators: dict[int, torch.Generator] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Generator):
+                generators.setdefault(id(value), value)
+    return list(generators.values())
+
+
 def regularization_loss(model: nn.Module) -> Tensor | None:
     """Sum of the solver blocks' ``reg_loss`` of the last forward pass (already weighted), a plain
     :class:`local_reg.Regularized`'s (always zero) left out; ``None`` without any (so a vanilla
@@ -416,11 +428,13 @@ class _GradientMeasurement:
 
 def _resume(
     checkpoint_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
-) -> tuple[int, int, Clock, dict[str, list], Tensor | None] | None:
-    """``(epoch, iteration, train_time, history, rank_rng)`` from the run's checkpoint, its model,
-    optimizer and (rank 0's) RNG states loaded; ``rank_rng`` is this process's own generator state
-    under DDP (``None`` on rank 0, or when the checkpoint was written by another number of
-    processes). ``None`` (and nothing loaded) when there is none or it is of another model."""
+) -> tuple[int, int, Clock, dict[str, list], Tensor | None, list[Tensor] | None] | None:
+    """``(epoch, iteration, train_time, history, rank_rng, rank_generators)`` from the run's
+    checkpoint, its model (with rank 0's generators), optimizer and (rank 0's) RNG states loaded;
+    ``rank_rng`` and ``rank_generators`` are this process's own global generator state and the states
+    of its :func:`model_generators` under DDP (``None`` on rank 0, or when the checkpoint was written
+    by another number of processes or before it held them). ``None`` (and nothing loaded) when there
+    is none or it is of another model."""
     state = _load_checkpoint(checkpoint_path)
     if state is None:
         return None
@@ -432,13 +446,22 @@ def _resume(
         history = state["history"]
         history.setdefault("grad_ratio", [])
         history.setdefault("weight", [])
+        rank, world = distributed.rank(), distributed.world_size()
         ranks = state.get("rng_ranks") or []
-        rank_rng = (
-            ranks[distributed.rank()]
-            if 0 < distributed.rank() < len(ranks) == distributed.world_size()
-            else None
+        rank_rng = ranks[rank] if 0 < rank < len(ranks) == world else None
+        generators = state.get("generator_ranks") or []
+        # Checked on every rank (all read the same checkpoint), so that all of them restart together.
+        if any(len(states) != len(model_generators(model)) for states in generators):
+            raise ValueError("the checkpoint's generator states are not those of this model's generators")
+        rank_generators = generators[rank] if 0 < rank < len(generators) == world else None
+        return (
+            int(state["epoch"]),
+            int(state["iteration"]),
+            Clock(**state["time"]),
+            history,
+            rank_rng,
+            rank_generators,
         )
-        return int(state["epoch"]), int(state["iteration"]), Clock(**state["time"]), history, rank_rng
     # A checkpoint of another model (e.g. written by an older version of a task) cannot resume
     # this run: start it afresh, exactly as if there had been no checkpoint.
     except (RuntimeError, KeyError, ValueError, TypeError) as error:
@@ -462,9 +485,12 @@ def _progress(loss: Tensor, metrics: dict, costs: dict, history: dict, tuned: li
     }
 
 
-def rank_seed(seed: int, rank: int, iteration: int) -> int:
-    """The global generator's seed of a process other than rank 0 under DDP (see :func:`train_run`)."""
-    digest = hashlib.sha256(f"{seed}/{rank}/{iteration}".encode()).digest()
+def rank_seed(seed: int, rank: int, iteration: int, generator_index: int | None = None) -> int:
+    """The seed of a process other than rank 0 under DDP (see :func:`train_run`): of torch's global
+    generator, or with ``generator_index`` of the model's generator of that index in
+    :func:`model_generators`."""
+    key = f"{seed}/{rank}/{iteration}" + ("" if generator_index is None else f"/generator{generator_index}")
+    digest = hashlib.sha256(key.encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
@@ -497,24 +523,34 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
 
     checkpoint_path = out_dir / "checkpoints" / f"{spec.run_id}.pt"
     resumed = _resume(checkpoint_path, model, optimizer)
-    rank_rng = None
+    rank_rng = rank_generators = None
     if resumed is not None:
-        start_epoch, iteration, train_time, history, rank_rng = resumed
+        start_epoch, iteration, train_time, history, rank_rng, rank_generators = resumed
+    generators = model_generators(model)
 
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
         if distributed.rank() > 0:
-            # Per-sample noise (an SDE's Brownian motion, a VAE's eps, the sampled t_reg) must differ
-            # between the processes as it differs between the rows of one process's batch: every rank
-            # seeded alike gave its rows the noise of rank 0's. Rank 0 keeps the single-process
-            # stream; the others draw from their own, derived from the seed, the rank and the
-            # iteration they start at. Every rank's state is in the checkpoints, so a resumed run
-            # continues each stream where it stopped.
+            # Per-sample noise (an SDE's Brownian motion, a VAE's eps, the sampled t_reg, RNODE's
+            # Rademacher noise) must differ between the processes as it differs between the rows of
+            # one process's batch: every rank seeded alike gave its rows the noise of rank 0's. That
+            # goes for torch's global generator and for the model's own (RNODE's noise, STEER's end
+            # times), which every rank builds alike; so STEER draws an end time per process's share.
+            # Rank 0 keeps the single-process streams; the others draw from their own, derived from
+            # the seed, the rank, the iteration they start at and which generator. Every rank's
+            # states are in the checkpoints (the model's state_dict holds rank 0's generators only),
+            # so a resumed run continues each stream where it stopped.
             if rank_rng is None:
                 torch.manual_seed(rank_seed(spec.seed, distributed.rank(), iteration))
             else:
                 torch.set_rng_state(rank_rng)
+            if rank_generators is None:
+                for index, generator in enumerate(generators):
+                    generator.manual_seed(rank_seed(spec.seed, distributed.rank(), iteration, index))
+            else:
+                for generator, generator_state in zip(generators, rank_generators, strict=True):
+                    generator.set_state(generator_state)
 
     bar = tqdm(
         total=total,
@@ -556,7 +592,10 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                     history[key].append(value)
                 bar.set_postfix(_progress(loss, metrics, costs, history, measurement.tuned), refresh=False)
                 bar.update()
-            rng_ranks = distributed.gather(torch.get_rng_state()) if world > 1 else None
+            rng_ranks = generator_ranks = None
+            if world > 1:
+                rng_ranks = distributed.gather(torch.get_rng_state())
+                generator_ranks = distributed.gather([generator.get_state() for generator in generators])
             if distributed.is_main():
                 _save_checkpoint(
                     checkpoint_path,
@@ -565,6 +604,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                         "optimizer": optimizer.state_dict(),
                         "rng": torch.get_rng_state(),
                         **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
+                        **({"generator_ranks": generator_ranks} if generator_ranks is not None else {}),
                         "epoch": epoch + 1,
                         "iteration": iteration,
                         "time": dataclasses.asdict(train_time),
