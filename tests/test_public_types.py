@@ -9,6 +9,8 @@ each result is checked at run time to be what its annotation says.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 from typing_extensions import assert_type
@@ -124,6 +126,40 @@ def test_a_regularized_model_has_stats_and_a_reg_loss_before_and_after_a_pass() 
     plain = Regularized(field)
     plain(Y0, T)
     assert assert_type(plain.stats.nfe_main, int) > 0
+
+
+class EndPenalty:
+    """A user's own penalty (Regularized's docstring takes one): ``R = mean(y(t1)^2)`` of its own
+    solve of the field. Regularized's ``penalty`` must accept it, as it accepts the library's."""
+
+    draws = False
+
+    def __init__(self, field: nn.Module) -> None:
+        self.field = field
+
+    def check(self, problem: object) -> None:
+        pass
+
+    def __call__(
+        self,
+        problem: object,
+        y0: Tensor,
+        t: Tensor | Sequence[float],
+        generator: torch.Generator | None = None,
+        bm: object = None,
+    ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        solution = odeint(self.field, y0, t)
+        return solution.ys, solution.ys[-1].pow(2).mean(), RegularizationStats(main=solution.stats)
+
+
+def test_a_users_own_penalty_is_a_penalty() -> None:
+    field = Field()
+    model = Regularized(field, EndPenalty(field), weight=0.5)
+    ys = model(Y0, T)
+    assert isinstance(ys, Tensor)
+    reg_loss = assert_type(model.reg_loss, Tensor).detach()
+    assert float(reg_loss) == 0.5 * float(ys[-1].detach().pow(2).mean())
+    assert assert_type(model.stats.nfe_main, int) > 0
 
 
 def test_the_package_exports_what_the_test_names() -> None:
