@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from typing_extensions import assert_type
 
 import local_reg
 from local_reg import (
+    ButcherTableau,
     LocallyRegularized,
     RatioWeight,
     RegularizationStats,
@@ -126,6 +128,24 @@ def test_a_regularized_model_has_stats_and_a_reg_loss_before_and_after_a_pass() 
     plain = Regularized(field)
     plain(Y0, T)
     assert assert_type(plain.stats.nfe_main, int) > 0
+
+
+def test_a_tableau_takes_its_coefficients_as_lists_or_arrays() -> None:
+    # ButcherTableau's docstring: lists or arrays (a as its rows, or as the square matrix), kept as
+    # tuples of floats.
+    rows = ButcherTableau("heun-euler-lists", [0.0, 1.0], [[], [1.0]], [0.5, 0.5], 2, [-0.5, 0.5])
+    matrix = ButcherTableau(
+        "heun-euler-arrays",
+        c=np.array([0.0, 1.0]),
+        a=np.array([[0.0, 0.0], [1.0, 0.0]]),
+        b=np.array([0.5, 0.5]),
+        order=2,
+        error_weights=np.array([-0.5, 0.5]),
+    )
+    for tableau in (rows, matrix):
+        assert assert_type(tableau.c, tuple[float, ...]) == (0.0, 1.0)
+        assert assert_type(tableau.a, tuple[tuple[float, ...], ...]) == ((), (1.0,))
+        assert isinstance(odeint(decay, Y0, T, method=tableau).ys, Tensor)
 
 
 class EndPenalty:
