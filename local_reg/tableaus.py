@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -67,6 +68,21 @@ class ButcherTableau:
     stiffness_stages: tuple[int, int] | None = None
     stability_size: float | None = None
     fsal: bool = field(init=False)
+
+    if TYPE_CHECKING:
+        # The constructor as a type checker should read it: the coefficients may be lists or arrays
+        # (see above), which __post_init__ keeps as the tuples of floats the fields are annotated with.
+        def __init__(
+            self,
+            name: str,
+            c: Sequence[float] | np.ndarray,
+            a: Sequence[Sequence[float] | np.ndarray] | np.ndarray,
+            b: Sequence[float] | np.ndarray,
+            order: int,
+            error_weights: Sequence[float] | np.ndarray | None = None,
+            stiffness_stages: tuple[int, int] | None = None,
+            stability_size: float | None = None,
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):

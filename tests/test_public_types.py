@@ -9,12 +9,16 @@ each result is checked at run time to be what its annotation says.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 from typing_extensions import assert_type
 
 import local_reg
 from local_reg import (
+    ButcherTableau,
     LocallyRegularized,
     RatioWeight,
     RegularizationStats,
@@ -124,6 +128,58 @@ def test_a_regularized_model_has_stats_and_a_reg_loss_before_and_after_a_pass() 
     plain = Regularized(field)
     plain(Y0, T)
     assert assert_type(plain.stats.nfe_main, int) > 0
+
+
+def test_a_tableau_takes_its_coefficients_as_lists_or_arrays() -> None:
+    # ButcherTableau's docstring: lists or arrays (a as its rows, or as the square matrix), kept as
+    # tuples of floats.
+    rows = ButcherTableau("heun-euler-lists", [0.0, 1.0], [[], [1.0]], [0.5, 0.5], 2, [-0.5, 0.5])
+    matrix = ButcherTableau(
+        "heun-euler-arrays",
+        c=np.array([0.0, 1.0]),
+        a=np.array([[0.0, 0.0], [1.0, 0.0]]),
+        b=np.array([0.5, 0.5]),
+        order=2,
+        error_weights=np.array([-0.5, 0.5]),
+    )
+    for tableau in (rows, matrix):
+        assert assert_type(tableau.c, tuple[float, ...]) == (0.0, 1.0)
+        assert assert_type(tableau.a, tuple[tuple[float, ...], ...]) == ((), (1.0,))
+        assert isinstance(odeint(decay, Y0, T, method=tableau).ys, Tensor)
+
+
+class EndPenalty:
+    """A user's own penalty (Regularized's docstring takes one): ``R = mean(y(t1)^2)`` of its own
+    solve of the field. Regularized's ``penalty`` must accept it, as it accepts the library's."""
+
+    draws = False
+
+    def __init__(self, field: nn.Module) -> None:
+        self.field = field
+
+    def check(self, problem: object) -> None:
+        pass
+
+    def __call__(
+        self,
+        problem: object,
+        y0: Tensor,
+        t: Tensor | Sequence[float],
+        generator: torch.Generator | None = None,
+        bm: object = None,
+    ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        solution = odeint(self.field, y0, t)
+        return solution.ys, solution.ys[-1].pow(2).mean(), RegularizationStats(main=solution.stats)
+
+
+def test_a_users_own_penalty_is_a_penalty() -> None:
+    field = Field()
+    model = Regularized(field, EndPenalty(field), weight=0.5)
+    ys = model(Y0, T)
+    assert isinstance(ys, Tensor)
+    reg_loss = assert_type(model.reg_loss, Tensor).detach()
+    assert float(reg_loss) == 0.5 * float(ys[-1].detach().pow(2).mean())
+    assert assert_type(model.stats.nfe_main, int) > 0
 
 
 def test_the_package_exports_what_the_test_names() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -377,7 +377,27 @@ class GlobalPenalty:
         return main.ys, reg, stats
 
 
-Penalty = Callable[..., tuple[Tensor, Tensor, RegularizationStats]]
+class Penalty(Protocol):
+    """What :class:`Regularized` takes as its ``penalty``: :class:`LocalPenalty`,
+    :class:`GlobalPenalty`, the baselines' (STEER, RNODE, TayNODE) or one of the user's own.
+
+    ``check(problem)`` runs once, when the model is made (raise to refuse the problem);
+    ``penalty(problem, y0, t, generator[, bm])`` makes one training pass: ``(ys, R, stats)``, ``R``
+    unweighted, for the flat state ``y0``. A class attribute ``draws = False`` says it draws nothing
+    from the model's generator (without it, it is taken to draw).
+    """
+
+    def check(self, problem: Any, /) -> None: ...
+
+    def __call__(
+        self,
+        problem: Any,
+        y0: Tensor,
+        t: Tensor | Sequence[float],
+        generator: torch.Generator | None,
+        bm: Any = None,
+        /,
+    ) -> tuple[Tensor, Tensor, RegularizationStats]: ...
 
 
 class Regularized(nn.Module):
@@ -393,7 +413,9 @@ class Regularized(nn.Module):
     Args:
         func: the vector field ``func(t, y)`` (an ``nn.Module`` or a function), or a torchsde-style
             SDE module (``f``, ``g``, ``noise_type``), solved by :func:`local_reg.sdeint` or torchsde.
-        penalty: :class:`LocalPenalty`, :class:`GlobalPenalty` or ``None`` (the plain model).
+        penalty: :class:`LocalPenalty`, :class:`GlobalPenalty`, a penalty of your own (``check(problem)``
+            and ``penalty(problem, y0, t, generator, bm=None) -> (ys, R, stats)``) or ``None`` (the
+            plain model).
         weight: a non-negative float or a :class:`WeightSchedule`; advance it with
             ``model.weight.step()`` once per iteration. Its state (and ``generator``'s) is part of
             ``model.state_dict()``.
@@ -413,7 +435,7 @@ class Regularized(nn.Module):
     def __init__(
         self,
         func: Any,
-        penalty: LocalPenalty | GlobalPenalty | None = None,
+        penalty: Penalty | None = None,
         *,
         weight: float | WeightSchedule = 1.0,
         method: str | ButcherTableau | None = None,
