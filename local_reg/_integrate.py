@@ -216,10 +216,11 @@ def fixed_step_size(t: float, t_target: float, step_size: float) -> float:
 
 
 def next_step_size(
-    t: float, t_target: float, dt_abs: float, n_steps: int, max_steps: int
+    t: float, t_target: float, dt_abs: float, n_steps: int, max_steps: int, max_step: float | None = None
 ) -> tuple[float, bool]:
     """``(size, lands)`` of the next attempted step from ``t`` towards the output time ``t_target``:
-    the proposed ``dt_abs``, or exactly what remains (``lands``) if that is within the landing slack.
+    the proposed ``dt_abs``, or exactly what remains (``lands``) if that is within the landing slack
+    and at most ``max_step``.
 
     Raises :class:`SolverError` if ``max_steps`` attempts were made or the step underflows.
     """
@@ -231,7 +232,14 @@ def next_step_size(
             "the step size is NaN (first_step, or the controller's factor)", t=t, n_steps=n_steps
         )
     remaining = abs(t_target - t)
-    lands = dt_abs * (1.0 + _LANDING_SLACK) >= remaining
+    reach = dt_abs * (1.0 + _LANDING_SLACK)
+    if max_step is not None:
+        # Within the bound, unless the step would leave a remainder of a few ulps that no step can
+        # take (steps of exactly max_step reach an output time up to rounding).
+        reach = min(reach, max_step)
+        if remaining - reach <= min_step_size(t_target):
+            reach = remaining
+    lands = reach >= remaining
     dt_used = remaining if lands else dt_abs
     if dt_used <= underflow_threshold(t, dt_used):
         reason = f"step size underflow (dt={dt_used:.3e})"
@@ -411,6 +419,7 @@ def integrate(
             dt_abs = max(abs(options.first_step), min_step_size(times[0]))
         else:
             dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats, t_end=times[-1])
+        dt_abs = controller.limit(dt_abs)
     previous_error = 1.0
     after_rejection = False
     keeps_records = any(record is not None for record in (log.states, keep_state, log.dense))
@@ -430,7 +439,14 @@ def integrate(
             dt_abs = fixed_step_size(t, t_target, options.step_size)
         while direction * (t_target - t) > 0:
             try:
-                dt_used, lands = next_step_size(t, t_target, dt_abs, stats.n_steps, options.max_steps)
+                dt_used, lands = next_step_size(
+                    t,
+                    t_target,
+                    dt_abs,
+                    stats.n_steps,
+                    options.max_steps,
+                    controller.max_step if adaptive else None,
+                )
             except SolverError as error:
                 non_finite = stepper.failure if shrinking_from_non_finite else None
                 raise explain_failure(error, log, options, non_finite, y.dtype) from None
@@ -529,7 +545,7 @@ def integrate(
                     # (a sliver's near-zero error would shrink the next step through the PI term).
                     if not (lands and dt_used < dt_abs and stepper.landing_keeps_error_memory):
                         previous_error = max(error_estimate, 1e-4)
-                    dt_abs = max(dt_used * factor, dt_abs) if lands else dt_used * factor
+                    dt_abs = controller.limit(max(dt_used * factor, dt_abs) if lands else dt_used * factor)
                     after_rejection = False
                     if factor > 1.0:
                         shrinking_from_non_finite = False

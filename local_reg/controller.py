@@ -27,6 +27,11 @@ class PIController:
     alone, ``safety * EEst ** (-1 / order)``, never below ``min_factor``, and the step after a
     rejection may not grow. ``EEst_{n-1}`` is floored at 1e-4 and is 1 before the first accepted
     step (Hairer's code and OrdinaryDiffEq start it at 1e-4: a first growth 1.45x larger at order 5).
+
+    ``max_step`` bounds every attempted step's size, the first one and a step landing on an output
+    time included (scipy's ``solve_ivp(max_step=...)``, diffrax's ``PIDController(dtmax=...)``): for
+    a field with features shorter than the steps the tolerance alone would allow (a brief forcing
+    pulse), or to keep the dense output's steps short. ``None`` (or ``inf``): unbounded.
     """
 
     safety: float = 0.9
@@ -34,9 +39,10 @@ class PIController:
     max_factor: float = 10.0
     beta1: float | None = None
     beta2: float | None = None
+    max_step: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("safety", "min_factor", "max_factor", "beta1", "beta2"):
+        for name in ("safety", "min_factor", "max_factor", "beta1", "beta2", "max_step"):
             value = getattr(self, name)
             if (value is not None or name in ("safety", "min_factor", "max_factor")) and (
                 isinstance(value, bool) or not isinstance(value, numbers.Real)
@@ -56,6 +62,8 @@ class PIController:
             raise ValueError(
                 f"beta1 must exceed beta2 (else no step grows again), got {self.beta1} <= {self.beta2}"
             )
+        if self.max_step is not None and not self.max_step > 0:  # NaN fails this too
+            raise ValueError(f"max_step must be positive (or None for no bound), got {self.max_step}")
         if not 0.0 < self.safety <= 1.0:
             raise ValueError(f"safety must be in (0, 1], got {self.safety}")
         if not 0.0 < self.min_factor < 1.0 < self.max_factor < math.inf:
@@ -82,6 +90,10 @@ class PIController:
                 f"(order {order}), so no step could grow again: pass a larger beta1, or beta2 too"
             )
         return beta1, beta2
+
+    def limit(self, dt_abs: float) -> float:
+        """The step size ``dt_abs`` (absolute), at most ``max_step``."""
+        return dt_abs if self.max_step is None else min(dt_abs, self.max_step)
 
     def accept_factor(
         self, error_estimate: float, previous_error_estimate: float, order: int, after_rejection: bool
