@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, Phase, event, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from local_reg import LocallyRegularized, SolverError, odeint, sdeint
+from local_reg import LocallyRegularized, PIController, SolverError, odeint, sdeint
 from local_reg.sde._step import DRIFT_ERROR_WEIGHT
 
 DOCUMENTED = (ValueError, TypeError, SolverError)
@@ -175,11 +175,19 @@ ODEINT_ARGUMENTS = {
     "max_steps_": max_steps,
     "gradient": mostly(st.sampled_from(["direct", "checkpoint", "symplectic", "adjoint"]), st.just("bogus")),
     "rate": st.floats(0.1, 3.0),
+    # PIController's max_step as a fraction of the span (10 or 1000 steps at least), or a bad one.
+    "max_step_": mostly(
+        st.sampled_from([None, None, 0.1, 0.001]), st.sampled_from([0.0, -1.0, math.nan]), weight=20
+    ),
 }
 
 
-def check_odeint(dtype, shape_, scale, times_, rtol, atol, method, step_size, max_steps_, gradient, rate):
+def check_odeint(
+    dtype, shape_, scale, times_, rtol, atol, method, step_size, max_steps_, gradient, rate, max_step_
+):
     ts, kind = times_
+    span = abs(float(ts[-1]) - float(ts[0])) if len(ts) > 1 else 1.0
+    max_step = max_step_ * span if max_step_ is not None and max_step_ > 0 else max_step_
     y0 = (
         make_y0(shape_, dtype, scale)
         if dtype.is_floating_point or dtype.is_complex
@@ -198,6 +206,7 @@ def check_odeint(dtype, shape_, scale, times_, rtol, atol, method, step_size, ma
             max_steps=max_steps_,
             gradient=gradient,
             adjoint_params=(),
+            controller=PIController(max_step=max_step),
         )
 
     solution = call_or_documented_error(lambda: solve(y0))
@@ -207,6 +216,8 @@ def check_odeint(dtype, shape_, scale, times_, rtol, atol, method, step_size, ma
     assert solution.ys.dtype == dtype and solution.ys.shape == (len(ts), *shape_)
     assert torch.isfinite(solution.ys).all()
     if step_size is None:  # error control: within tolerance of the exact solution
+        if max_step is not None and solution.steps.dt.numel():
+            assert solution.steps.dt.abs().max() <= max_step * (1 + 1e-12)
         reference = exact(y0, [float(t) for t in ts], rate)
         bound = tolerance_bound(reference, rtol, atol, dtype)
     else:  # fixed steps: no tolerance promised, but float32 must follow the float64 solve
