@@ -108,12 +108,17 @@ def torchrun(out: Path, *options: str, interrupt: bool = False) -> subprocess.Co
     )
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp") / "results"
-    done = torchrun(out, *LOCAL_RANDOM)
+def trained(tmp_path_factory, name: str, options: tuple[str, ...]) -> Path:
+    """A finished two-process run of the worker with ``options``, in a folder of its own."""
+    out = tmp_path_factory.mktemp(name) / "results"
+    done = torchrun(out, *options)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    return trained(tmp_path_factory, "ddp", LOCAL_RANDOM)
 
 
 def test_two_processes_keep_identical_parameters_and_weights_and_record_once(uninterrupted):
@@ -169,10 +174,7 @@ def test_an_interrupted_run_resumes_every_process_exactly_where_it_stopped(tmp_p
 
 @pytest.fixture(scope="module")
 def rnode(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp-rnode") / "results"
-    done = torchrun(out, *RNODE)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    return trained(tmp_path_factory, "ddp-rnode", RNODE)
 
 
 def test_a_models_own_generator_draws_other_noise_on_each_process(rnode):
