@@ -233,11 +233,12 @@ def next_step_size(
         )
     remaining = abs(t_target - t)
     reach = dt_abs * (1.0 + _LANDING_SLACK)
-    if max_step is not None:
-        # Within the bound, unless the step would leave a remainder of a few ulps that no step can
-        # take (steps of exactly max_step reach an output time up to rounding).
-        reach = min(reach, max_step)
-        if remaining - reach <= min_step_size(t_target):
+    if max_step is not None and max_step < reach:
+        reach = max_step
+        # Steps of exactly max_step reach an output time only up to rounding: land rather than leave
+        # a remainder the next step could not take (the loop's own underflow test), exceeding
+        # max_step by that remainder, a few ulps of the time.
+        if remaining - reach <= underflow_threshold(t_target, remaining - reach):
             reach = remaining
     lands = reach >= remaining
     dt_used = remaining if lands else dt_abs

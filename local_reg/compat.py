@@ -571,7 +571,7 @@ def odeint_dense(
     atol: Tolerance = 1e-9,
     method: str | None = None,
     options: dict | None = None,
-) -> Callable[[Tensor], State]:
+) -> Callable[[Tensor | float], State]:
     """Solve from ``t0`` to ``t1`` and return the dense output, a function of the time, as
     torchdiffeq's ``odeint_dense``: ``dense_output_fn(t)`` is the state at any ``t`` in the span (a
     float or a 0-dim tensor; a 1-D tensor of times gives the states stacked), read from the

@@ -28,10 +28,12 @@ class PIController:
     rejection may not grow. ``EEst_{n-1}`` is floored at 1e-4 and is 1 before the first accepted
     step (Hairer's code and OrdinaryDiffEq start it at 1e-4: a first growth 1.45x larger at order 5).
 
-    ``max_step`` bounds every attempted step's size, the first one and a step landing on an output
-    time included (scipy's ``solve_ivp(max_step=...)``, diffrax's ``PIDController(dtmax=...)``): for
-    a field with features shorter than the steps the tolerance alone would allow (a brief forcing
-    pulse), or to keep the dense output's steps short. ``None`` (or ``inf``): unbounded.
+    ``max_step`` bounds the size of every attempted step of an adaptive solve, the first one and a
+    step landing on an output time included (scipy's ``solve_ivp(max_step=...)``, diffrax's
+    ``PIDController(dtmax=...)``), up to the rounding of the times (a landing step folds in a
+    remainder of at most 4 ulps that no step could take): for a field with features shorter than the
+    steps the tolerance alone would allow (a brief forcing pulse), or to keep the dense output's
+    steps short. ``None`` or ``inf``: unbounded (the same steps).
     """
 
     safety: float = 0.9

@@ -15,7 +15,7 @@ from ._autograd import refusing_backward
 if TYPE_CHECKING:
     from ._dense import DenseOutput
 
-State = TypeVar("State", Tensor, tuple[Tensor, ...])
+State = TypeVar("State", bound=Tensor | tuple[Tensor, ...])
 """A solve's state: one tensor, or a tuple of tensors solved as one flat state. ``odeint`` returns a
 ``Solution`` of its ``y0``'s kind, so a type checker knows that ``solution.ys`` of a tensor ``y0`` is
 a tensor."""

@@ -3,17 +3,25 @@ and diffrax's ``PIDController(dtmax=)``, on every path that steps adaptively."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
 from local_reg import PIController, odeint, sdeint
+from local_reg._integrate import next_step_size
 from tests.problems import DecaySDE
 
 DTYPE = torch.float64
-# A step advances by (t + dt) - t (the step the times can represent), a few ulps off dt.
-ROUNDING = 1e-12
+
+
+def assert_bounded(solution, max_step: float) -> None:
+    """Every accepted step at most ``max_step``, up to the rounding of the times: a step advances by
+    ``(t + dt) - t``, and one landing on an output time may exceed the bound by a remainder the next
+    step could not take (4 ulps of the time, the loop's smallest step)."""
+    largest_time = solution.ts.abs().max().item()
+    assert solution.steps.dt.abs().max().item() <= max_step + 4 * math.ulp(largest_time)
 
 
 def decay(t, y):
@@ -31,7 +39,7 @@ def test_every_step_is_at_most_max_step_and_the_solution_stays_accurate(span):
     unbounded = odeint(decay, y0, list(span), **loose)
     assert unbounded.steps.dt.abs().max() > 1.0  # the bound below is not met by itself
     bounded = odeint(decay, y0, list(span), controller=PIController(max_step=0.5), **loose)
-    assert bounded.steps.dt.abs().max() <= 0.5 * (1 + ROUNDING)
+    assert_bounded(bounded, 0.5)
     assert bounded.stats.n_accepted >= 20  # at least span / max_step steps
     exact = math.exp(-(span[1] - span[0]))
     torch.testing.assert_close(bounded.ys[-1], torch.full((3,), exact, dtype=DTYPE), rtol=1e-3, atol=1e-5)
@@ -55,7 +63,7 @@ def test_interpolated_outputs_between_bounded_steps_match_the_exact_solution():
     y0 = torch.ones(2, dtype=DTYPE)
     times = torch.linspace(0.0, 4.0, 41, dtype=DTYPE)
     solution = odeint(decay, y0, times, rtol=1e-8, atol=1e-10, controller=PIController(max_step=0.3))
-    assert solution.steps.dt.abs().max() <= 0.3 * (1 + ROUNDING)
+    assert_bounded(solution, 0.3)
     expected = torch.exp(-times)[:, None].expand(-1, 2)
     torch.testing.assert_close(solution.ys, expected, rtol=1e-7, atol=1e-9)
 
@@ -74,7 +82,7 @@ def test_every_gradient_method_differentiates_the_bounded_solve(gradient):
         solution = odeint(
             field, y0, times, rtol=1e-9, atol=1e-9, controller=controller, gradient=method, **extra
         )
-        assert solution.steps.dt.abs().max() <= 0.25 * (1 + ROUNDING)
+        assert_bounded(solution, 0.25)
         (grad,) = torch.autograd.grad(solution.ys.square().sum(), weight)
         return grad
 
@@ -98,8 +106,64 @@ def test_sdeint_steps_are_at_most_max_step():
     assert unbounded.steps.dt.abs().max() > 0.2
     torch.manual_seed(0)
     bounded = sdeint(DecaySDE(), y0, [0.0, 2.0], rtol=0.5, atol=0.5, controller=PIController(max_step=0.2))
-    assert bounded.steps.dt.abs().max() <= 0.2 * (1 + ROUNDING)
+    assert_bounded(bounded, 0.2)
     assert bounded.stats.n_accepted >= 10
+
+
+@pytest.mark.parametrize("t", [0.0, 1.0, 1e6])
+@pytest.mark.parametrize("remaining_ulps", [3, 50, 300, 10**6])
+@pytest.mark.parametrize("proposal", [0.5, 1.0, 1.0 - 1e-9, 2.0])
+def test_the_landing_rule_with_an_infinite_bound_is_the_unbounded_one(t, remaining_ulps, proposal):
+    # Near the landing slack's edge: a bound that never clips must change no decision.
+    remaining = max(proposal, 1.0) + remaining_ulps * math.ulp(t + 2.0)
+    dt_abs = remaining / 1.01 * proposal
+    unbounded = next_step_size(t, t + remaining, dt_abs, 0, 10)
+    assert next_step_size(t, t + remaining, dt_abs, 0, 10, max_step=math.inf) == unbounded
+    assert next_step_size(t, t + remaining, dt_abs, 0, 10, max_step=2 * remaining) == unbounded
+
+
+@pytest.mark.parametrize("t", [1.0, 1e6])
+@pytest.mark.parametrize("max_step_ulps", [20, 1000])
+def test_a_bound_of_a_few_ulps_lands_past_it_by_less_than_the_smallest_step(t, max_step_ulps):
+    ulp = math.ulp(t)
+    max_step = max_step_ulps * ulp
+    for remainder_ulps in (1, 3, 5, 50):
+        remaining = max_step + remainder_ulps * ulp
+        # The loop proposes at most max_step (PIController.limit).
+        dt_used, lands = next_step_size(t, t + remaining, max_step, 0, 10, max_step=max_step)
+        if lands:  # only a remainder the next step could not take (4 ulps) is folded in
+            assert remainder_ulps <= 4 and dt_used == pytest.approx(remaining, abs=2 * ulp)
+        else:
+            assert remainder_ulps > 4 and dt_used == max_step
+
+
+def test_the_backsolve_adjoints_backward_solve_is_bounded_too():
+    weight = torch.tensor([[-0.4, 1.0], [-1.0, -0.3]], dtype=DTYPE, requires_grad=True)
+    backward_times: list[float] = []
+
+    def field(t, y):
+        backward_times.append(float(t))
+        return torch.tanh(y @ weight)
+
+    def largest_gap_in_backward(controller):
+        y0 = torch.tensor([1.0, 0.5], dtype=DTYPE)
+        solution = odeint(
+            field,
+            y0,
+            [0.0, 4.0],
+            rtol=1e-3,
+            atol=1e-3,
+            controller=controller,
+            gradient="adjoint",
+            adjoint_params=(weight,),
+        )
+        backward_times.clear()
+        solution.ys[-1].sum().backward()
+        times = sorted(set(backward_times))
+        return max(b - a for a, b in itertools.pairwise(times))
+
+    assert largest_gap_in_backward(PIController()) > 0.5  # the backward solve's steps, unbounded
+    assert largest_gap_in_backward(PIController(max_step=0.5)) <= 0.5 + 1e-12
 
 
 def test_no_bound_is_the_default_and_inf_is_none():

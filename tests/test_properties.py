@@ -217,7 +217,8 @@ def check_odeint(
     assert torch.isfinite(solution.ys).all()
     if step_size is None:  # error control: within tolerance of the exact solution
         if max_step is not None and solution.steps.dt.numel():
-            assert solution.steps.dt.abs().max() <= max_step * (1 + 1e-12)
+            # Up to the rounding of the times: a landing step may fold in a remainder of 4 ulps.
+            assert solution.steps.dt.abs().max() <= max_step + 4 * math.ulp(max(abs(float(t)) for t in ts))
         reference = exact(y0, [float(t) for t in ts], rate)
         bound = tolerance_bound(reference, rtol, atol, dtype)
     else:  # fixed steps: no tolerance promised, but float32 must follow the float64 solve

@@ -75,12 +75,27 @@ def test_odeint_of_a_tensor_gives_a_solution_of_tensors() -> None:
     assert isinstance(assert_type(solution.penalties, Tensor | None), type(None))
 
 
-def test_odeint_of_a_tuple_gives_a_solution_of_tuples() -> None:
+def test_odeint_of_a_tuple_gives_a_solution_of_tuples_of_its_length() -> None:
     solution = odeint(decay_pair, (Y0, Y0[:, :1]), T, dense=True)
-    assert_type(solution, Solution[tuple[Tensor, ...]])
-    first, second = assert_type(solution.ys, tuple[Tensor, ...])
+    assert_type(solution, Solution[tuple[Tensor, Tensor]])
+    first, second = assert_type(solution.ys, tuple[Tensor, Tensor])
     assert (first.shape, second.shape) == ((5, 3, 2), (5, 3, 1))
-    assert isinstance(assert_type(solution.evaluate(0.5), tuple[Tensor, ...]), tuple)
+    assert len(assert_type(solution.evaluate(0.5), tuple[Tensor, Tensor])) == 2
+
+
+def test_a_state_typed_as_either_kind_is_accepted() -> None:
+    # A user's wrapper that takes either kind of state (as Regularized.forward does) passes it on.
+    def solve(y0: Tensor | tuple[Tensor, ...]) -> Solution[Tensor | tuple[Tensor, ...]]:
+        return odeint(decay, y0, T)
+
+    ys = assert_type(solve(Y0).ys, Tensor | tuple[Tensor, ...])
+    assert isinstance(ys, Tensor) and ys.shape == (5, 3, 2)
+
+
+def test_a_learnable_initial_state_is_a_state() -> None:
+    y0 = nn.Parameter(Y0.clone())
+    ys = odeint(decay, y0, T).ys
+    assert isinstance(ys, Tensor) and ys.requires_grad
 
 
 def test_a_module_a_lambda_and_a_list_of_times_are_fields_and_times() -> None:
@@ -103,7 +118,7 @@ def test_sdeint_gives_a_solution_of_tensors() -> None:
 def test_compat_returns_what_torchdiffeq_returns() -> None:
     ys = assert_type(torchdiffeq.odeint(decay, Y0, T), Tensor)
     assert ys[:, 0].shape == (5, 2)
-    pair = assert_type(torchdiffeq.odeint(decay_pair, (Y0, Y0), T), tuple[Tensor, ...])
+    pair = assert_type(torchdiffeq.odeint(decay_pair, (Y0, Y0), T), tuple[Tensor, Tensor])
     assert isinstance(pair, tuple)
     field = Field()
     assert isinstance(assert_type(torchdiffeq.odeint_adjoint(field, Y0, T), Tensor), Tensor)
@@ -112,6 +127,7 @@ def test_compat_returns_what_torchdiffeq_returns() -> None:
     assert isinstance(assert_type(states, Tensor), Tensor)
     dense = torchdiffeq.odeint_dense(decay, Y0, T[0], T[-1])
     assert isinstance(assert_type(dense(T[2]), Tensor), Tensor)
+    assert isinstance(assert_type(dense(0.5), Tensor), Tensor)  # a float time, as torchdiffeq's
 
 
 def test_a_regularized_model_has_stats_and_a_reg_loss_before_and_after_a_pass() -> None:

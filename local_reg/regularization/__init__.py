@@ -21,7 +21,7 @@ import warnings
 
 from ._baseline import BaselineStats
 from ._diagnostics import GradientRatio
-from ._module import GlobalPenalty, LocalPenalty, Regularized
+from ._module import GlobalPenalty, LocalPenalty, Penalty, Regularized
 from ._stats import RegularizationStats
 from .globalreg import GloballyRegularized, global_regularization
 from .local import LocallyRegularized, local_regularization
@@ -43,6 +43,7 @@ __all__ = [
     "GloballyRegularized",
     "LocalPenalty",
     "LocallyRegularized",
+    "Penalty",
     "RatioWeight",
     "Regularized",
     "RegularizationStats",
