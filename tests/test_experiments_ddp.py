@@ -245,6 +245,23 @@ def test_rank_seeds_give_every_process_and_generator_its_own_stream():
     assert runner.rank_seed(1, 1, 0, 0) != runner.rank_seed(1, 1, 2, 0)
 
 
+def test_a_later_process_starts_each_stream_from_its_own_seed_or_its_saved_state():
+    generators = [torch.Generator(), torch.Generator()]
+    before = torch.get_rng_state()
+    try:
+        runner.start_rank_streams(7, 1, 12, generators, None, None)
+        assert torch.initial_seed() == runner.rank_seed(7, 1, 12)
+        assert [g.initial_seed() for g in generators] == [runner.rank_seed(7, 1, 12, i) for i in (0, 1)]
+        # From a checkpoint: each stream where this process left it, whatever the seeds would be.
+        saved = [torch.Generator().manual_seed(s).get_state() for s in (3, 4)]
+        global_state = torch.Generator().manual_seed(5).get_state()
+        runner.start_rank_streams(7, 1, 12, generators, global_state, saved)
+        assert torch.equal(torch.get_rng_state(), global_state)
+        assert all(torch.equal(g.get_state(), s) for g, s in zip(generators, saved, strict=True))
+    finally:
+        torch.set_rng_state(before)
+
+
 def test_a_process_resumes_its_own_generator_states_when_the_checkpoint_has_them(monkeypatch, tmp_path):
     model = RNODERegularized(Linear(), weight=1.0)
     optimizer = torch.optim.Adam(model.parameters())

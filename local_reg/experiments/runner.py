@@ -496,6 +496,37 @@ def rank_seed(seed: int, rank: int, iteration: int, generator_index: int | None 
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def start_rank_streams(
+    seed: int,
+    rank: int,
+    iteration: int,
+    generators: list[torch.Generator],
+    rng_state: Tensor | None,
+    generator_states: list[Tensor] | None,
+) -> None:
+    """The random streams of a process other than rank 0 under DDP: torch's global generator and the
+    model's own (:func:`model_generators`) continue from this process's checkpointed states, or,
+    without them, start from seeds of the run's seed, the rank, the iteration and which generator.
+
+    Per-sample noise (an SDE's Brownian motion, a VAE's eps, the sampled t_reg, RNODE's Rademacher
+    noise) must differ between the processes as it differs between the rows of one process's batch:
+    every rank seeded alike gave its rows the noise of rank 0's. That goes for the model's own
+    generators too, which every rank builds alike (so STEER draws an end time per process's share).
+    Rank 0 keeps the single-process streams. Every rank's states are in the checkpoints (the
+    model's ``state_dict`` holds rank 0's generators only), so a resumed run continues each stream
+    where it stopped."""
+    if rng_state is None:
+        torch.manual_seed(rank_seed(seed, rank, iteration))
+    else:
+        torch.set_rng_state(rng_state)
+    if generator_states is None:
+        for index, generator in enumerate(generators):
+            generator.manual_seed(rank_seed(seed, rank, iteration, index))
+    else:
+        for generator, state in zip(generators, generator_states, strict=True):
+            generator.set_state(state)
+
+
 def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
     """Train, test and return the run's record (rank 0's view under DDP)."""
     task = REGISTRY[spec.task]
@@ -534,25 +565,9 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
         if distributed.rank() > 0:
-            # Per-sample noise (an SDE's Brownian motion, a VAE's eps, the sampled t_reg, RNODE's
-            # Rademacher noise) must differ between the processes as it differs between the rows of
-            # one process's batch: every rank seeded alike gave its rows the noise of rank 0's. That
-            # goes for torch's global generator and for the model's own (RNODE's noise, STEER's end
-            # times), which every rank builds alike; so STEER draws an end time per process's share.
-            # Rank 0 keeps the single-process streams; the others draw from their own, derived from
-            # the seed, the rank, the iteration they start at and which generator. Every rank's
-            # states are in the checkpoints (the model's state_dict holds rank 0's generators only),
-            # so a resumed run continues each stream where it stopped.
-            if rank_rng is None:
-                torch.manual_seed(rank_seed(spec.seed, distributed.rank(), iteration))
-            else:
-                torch.set_rng_state(rank_rng)
-            if rank_generators is None:
-                for index, generator in enumerate(generators):
-                    generator.manual_seed(rank_seed(spec.seed, distributed.rank(), iteration, index))
-            else:
-                for generator, generator_state in zip(generators, rank_generators, strict=True):
-                    generator.set_state(generator_state)
+            start_rank_streams(
+                spec.seed, distributed.rank(), iteration, generators, rank_rng, rank_generators
+            )
 
     bar = tqdm(
         total=total,
