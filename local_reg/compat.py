@@ -73,20 +73,21 @@ UNSUPPORTED_METHODS = (
 )
 CONTROLLER_OPTIONS = {"safety": "safety", "ifactor": "max_factor", "dfactor": "min_factor"}
 """torchdiffeq's step-size factors and the :class:`local_reg.PIController` fields they set."""
-ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", *CONTROLLER_OPTIONS)
+LANDING_OPTIONS = ("step_t", "jump_t")
+"""Times no step may cross: ``step_t`` where the field is continuous but not smooth, ``jump_t`` where it
+jumps (torchdiffeq 0.2.5's options of its adaptive solvers)."""
+ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", *CONTROLLER_OPTIONS, *LANDING_OPTIONS)
 """Options only an adaptive method uses: a fixed-step one ignores them with a warning, as torchdiffeq."""
 OPTIONS = ("step_size", "norm", "dtype", "interp", *ADAPTIVE_OPTIONS)
 UNSUPPORTED_OPTIONS = (
     "grid_points",
-    "jump_t",
     "perturb",
-    "step_t",
     "eps",
     "max_step",
     "min_step",
     "grid_constructor",
 )
-ADJOINT_OPTIONS = ("step_size", "first_step", "max_num_steps", "norm", "dtype")
+ADJOINT_OPTIONS = ("step_size", "first_step", "max_num_steps", "norm", "dtype", *LANDING_OPTIONS)
 NO_STEP_LIMIT = 2**31 - 1
 """torchdiffeq's default ``max_num_steps``: a fixed-step solve's count is known, so no limit."""
 _CALLBACKS = (
@@ -273,6 +274,85 @@ def _mixed_norm(state: TupleState) -> Callable[[Tensor], Tensor]:
     return norm
 
 
+def _landings(opts: dict[str, Any], times: list[float], state_dtype: torch.dtype) -> list[tuple[float, bool]]:
+    """``options['step_t']`` and ``['jump_t']`` inside the span, in the solve's direction, each as
+    ``(time, is_jump)``, the time rounded to the state's dtype (the dtype the field sees its times
+    in); popped from ``opts``. Times outside the span are ignored, as torchdiffeq's solvers never
+    reach them; one time in both is refused, as by torchdiffeq."""
+    lists = {}
+    for key in LANDING_OPTIONS:
+        value = opts.pop(key, None)
+        if value is None:
+            lists[key] = []
+            continue
+        values = torch.as_tensor(value, dtype=torch.float64).detach().reshape(-1).cpu()
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"options[{key!r}] must be finite times, got {value!r}")
+        lists[key] = values.to(state_dtype).double().tolist()
+    if set(lists["step_t"]) & set(lists["jump_t"]):
+        raise ValueError("options['step_t'] and ['jump_t'] must not share a time (torchdiffeq's rule)")
+    direction = 1.0 if times[-1] >= times[0] else -1.0
+    inside = {
+        (time, key == "jump_t")
+        for key, values in lists.items()
+        for time in values
+        if direction * (time - times[0]) > 0 and direction * (times[-1] - time) > 0
+    }
+    return sorted(inside, key=lambda landing: direction * landing[0])
+
+
+def _beside(time: float, toward: float, state_dtype: torch.dtype) -> float:
+    """The next time of the state's dtype after ``time`` towards ``toward``: where a field evaluates on
+    one side of a jump only, whichever side its own comparison puts the jump time on (torchdiffeq's
+    ``perturb``)."""
+    here = torch.tensor(time, dtype=state_dtype)
+    return float(torch.nextafter(here, torch.tensor(toward, dtype=state_dtype)))
+
+
+def _row(ys: States, index: int) -> States:
+    return tuple(y[index] for y in ys) if isinstance(ys, tuple) else ys[index]
+
+
+def _solve_in_pieces(
+    func: Callable, y0: States, times: list[float], landings: list[tuple[float, bool]], kwargs: dict[str, Any]
+) -> States:
+    """``local_reg.odeint`` in pieces that end and start on the landing times, composed by autograd
+    (so every gradient method stays exact): a step never crosses one, and next to a jump the field
+    is evaluated on the side of the piece it is in, as torchdiffeq's steps do with ``perturb``. An
+    output time at or beside a jump gets the state at the piece's end (the state is continuous). A
+    piece after the first starts with the step the previous one ended with (where the
+    controller was), unless ``first_step`` is given."""
+    direction = 1.0 if times[-1] >= times[0] else -1.0
+    state_dtype = (y0[0] if isinstance(y0, tuple) else y0).dtype
+    rows: list[States | None] = [None] * len(times)
+    rows[0] = y0
+    start, state, next_output = times[0], y0, 1
+    piece_kwargs = dict(kwargs)
+    for boundary, jump in [*landings, (times[-1], False)]:
+        end = _beside(boundary, times[0], state_dtype) if jump else boundary
+        if direction * (end - start) > 0:
+            mine = []
+            while next_output < len(times) and direction * (times[next_output] - boundary) <= 0:
+                mine.append(next_output)
+                next_output += 1
+            # Outputs in the gap beside a jump (or at it) read the nearest end of a piece.
+            clamped = {i: min(max(times[i], min(start, end)), max(start, end)) for i in mine}
+            piece_times = sorted({start, end, *clamped.values()}, key=lambda time: direction * time)
+            solution = _odeint(func, state, piece_times, **piece_kwargs)
+            index = {time: position for position, time in enumerate(piece_times)}
+            for i in mine:
+                rows[i] = _row(solution.ys, index[clamped[i]])
+            state = _row(solution.ys, -1)
+            if kwargs["first_step"] is None and len(solution.steps.dt):
+                piece_kwargs["first_step"] = abs(float(solution.steps.dt[-1]))
+        start = _beside(boundary, times[-1], state_dtype) if jump else boundary
+    for i in range(next_output, len(times)):  # beside a jump a few ulps before the end
+        rows[i] = state
+    if isinstance(y0, tuple):
+        return tuple(torch.stack([row[k] for row in rows]) for k in range(len(y0)))
+    return torch.stack(rows)
+
+
 def _solve(
     func: Callable,
     y0: State,
@@ -303,6 +383,13 @@ def _solve(
     step_size = _fixed_step_size(tableau, opts.pop("step_size", None), "options", method)
     if not tableau.adaptive:
         _ignored_by_fixed_steps(opts, "options", method)
+    landings = _landings(opts, times, (y0[0] if isinstance(y0, tuple) else y0).dtype)
+    if landings and (events or dense or (isinstance(t, Tensor) and t.requires_grad)):
+        raise ValueError(
+            "options['step_t'] and ['jump_t'] are supported by local_reg.compat for odeint and "
+            "odeint_adjoint without event_fn and with a t that does not require grad: split the solve "
+            "at those times yourself otherwise"
+        )
     if step_size is None and not tableau.adaptive:
         if events:
             raise ValueError(f"event_fn with the fixed-step method {method!r} needs options['step_size']")
@@ -342,6 +429,8 @@ def _solve(
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
     elif state is not None:
         kwargs["norm"] = _mixed_norm(state)
+    if landings:
+        return _solve_in_pieces(func, y0, times, landings, kwargs)
     if not events:
         # torchdiffeq 0.2.5 casts the time it hands func to y0's dtype (_PerturbFunc), whatever t's
         # dtype: as a sequence of floats (the same values) t gives local_reg.odeint's func y0's dtype
@@ -523,6 +612,20 @@ def odeint_adjoint(
                     "uses the forward solve's step-size controller (set them in options)"
                 )
             adjoint = _check_keys("adjoint_options", adjoint_options, ADJOINT_OPTIONS)
+        for key in LANDING_OPTIONS:
+            # The backward solve runs piece by piece too, in the forward solve's pieces.
+            given, forward_times = adjoint.pop(key, None), (options or {}).get(key)
+            if given is not None and (
+                forward_times is None
+                or not torch.equal(
+                    torch.as_tensor(given, dtype=torch.float64),
+                    torch.as_tensor(forward_times, dtype=torch.float64),
+                )
+            ):
+                raise ValueError(
+                    f"adjoint_options[{key!r}] must be options[{key!r}]: the backward solve is split where "
+                    "the forward solve is"
+                )
         norm = adjoint.pop("norm", "default")
         if norm not in ("seminorm", "default"):
             raise ValueError(

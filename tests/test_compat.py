@@ -194,9 +194,7 @@ def test_tuple_norm_sees_a_tuple():
     assert out[0].shape == (2, 2, 2)
 
 
-@pytest.mark.parametrize(
-    "key", ["grid_points", "jump_t", "perturb", "max_step", "min_step", "grid_constructor"]
-)
+@pytest.mark.parametrize("key", ["grid_points", "perturb", "max_step", "min_step", "grid_constructor"])
 def test_unsupported_options_are_errors(key):
     y0, t = y0_and_t()
     with pytest.raises(ValueError, match=f"{key}.*not supported"):

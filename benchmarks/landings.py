@@ -1,0 +1,51 @@
+"""A field that jumps at a known time, solved with and without torchdiffeq's ``options['jump_t']``, by
+``local_reg.compat`` and torchdiffeq 0.2.5: calls of the field and the largest error against the
+analytic solution (counts are deterministic).
+
+    python benchmarks/landings.py
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torchdiffeq
+
+import local_reg.compat as compat
+
+JUMP = 1.0
+
+
+def main() -> None:
+    y0 = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    t = torch.linspace(0.0, 3.0, 7, dtype=torch.float64)
+
+    def exact(s: float) -> torch.Tensor:
+        at_jump = y0 * math.exp(-JUMP)
+        return y0 * math.exp(-s) if s <= JUMP else 1 + (at_jump - 1) * math.exp(-(s - JUMP))
+
+    reference = torch.stack([exact(s) for s in t.tolist()])
+    print(
+        "y' = -y + [t >= 1] (or [t > 1]), y0 = (0.5, 2), t = linspace(0, 3, 7), dopri5, rtol 1e-7, atol 1e-9"
+    )
+    print("| field's switch | library | options | NFE | max error |")
+    print("|---|---|---|---|---|")
+    for switch in (">=", ">"):
+        for name, library in (("local_reg.compat", compat), ("torchdiffeq", torchdiffeq)):
+            for options in (None, {"jump_t": torch.tensor([JUMP])}):
+                calls = [0]
+
+                def field(s, y, switch=switch, calls=calls):
+                    calls[0] += 1
+                    on = s >= JUMP if switch == ">=" else s > JUMP
+                    return -y + on.to(y.dtype)
+
+                ys = library.odeint(field, y0, t, options=options)
+                error = (ys - reference).abs().max().item()
+                label = "jump_t=[1]" if options else "none"
+                print(f"| t {switch} 1 | {name} | {label} | {calls[0]} | {error:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
