@@ -28,7 +28,7 @@ from ._errors import SolverError
 from ._events import _solve_until_event, direction_time
 from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
-from ._step import rms_norm
+from ._step import rms_norm, underflow_threshold
 from ._tuple import TupleState
 from ._validate import Tolerance, finite_float, positive_float, positive_int, validate_times
 from .controller import PIController
@@ -202,7 +202,7 @@ def _per_interval_limit(
     """``callbacks`` with a step callback that raises a :class:`SolverError` at the attempted step
     past ``max_num_steps`` since the solve passed its last output time, as torchdiffeq's solver stops
     (it counts the steps of each output interval afresh; one step may pass several output times)."""
-    direction = 1.0 if times[-1] >= times[0] else -1.0
+    direction = _direction(times)
     given = callbacks.step if callbacks is not None else None
     position = {"next": 1, "in_interval": 0, "total": 0}
 
@@ -274,42 +274,69 @@ def _mixed_norm(state: TupleState) -> Callable[[Tensor], Tensor]:
     return norm
 
 
+def _time_set(times: object) -> set[float]:
+    return set(torch.as_tensor(times, dtype=torch.float64).reshape(-1).tolist())
+
+
+def _direction(times: list[float]) -> float:
+    return 1.0 if times[-1] >= times[0] else -1.0
+
+
+def _state_dtype(y0: States) -> torch.dtype:
+    return (y0[0] if isinstance(y0, tuple) else y0).dtype
+
+
 def _landings(opts: dict[str, Any], times: list[float], state_dtype: torch.dtype) -> list[tuple[float, bool]]:
     """``options['step_t']`` and ``['jump_t']`` inside the span, in the solve's direction, each as
     ``(time, is_jump)``, the time rounded to the state's dtype (the dtype the field sees its times
     in); popped from ``opts``. Times outside the span are ignored, as torchdiffeq's solvers never
-    reach them; one time in both is refused, as by torchdiffeq."""
-    lists = {}
+    reach them; a time in both lists is refused, as by torchdiffeq (a time repeated in one list is
+    taken once, where torchdiffeq refuses it)."""
+    direction = _direction(times)
+    found: dict[str, set[float]] = {}
     for key in LANDING_OPTIONS:
         value = opts.pop(key, None)
-        if value is None:
-            lists[key] = []
-            continue
-        values = torch.as_tensor(value, dtype=torch.float64).detach().reshape(-1).cpu()
+        values = (
+            torch.as_tensor([] if value is None else value, dtype=torch.float64).detach().reshape(-1).cpu()
+        )
         if not bool(torch.isfinite(values).all()):
             raise ValueError(f"options[{key!r}] must be finite times, got {value!r}")
-        lists[key] = values.to(state_dtype).double().tolist()
-    if set(lists["step_t"]) & set(lists["jump_t"]):
+        found[key] = {
+            time
+            for time in values.tolist()
+            if direction * (time - times[0]) > 0 and direction * (times[-1] - time) > 0
+        }
+    if found["step_t"] & found["jump_t"]:
         raise ValueError("options['step_t'] and ['jump_t'] must not share a time (torchdiffeq's rule)")
-    direction = 1.0 if times[-1] >= times[0] else -1.0
-    inside = {
-        (time, key == "jump_t")
-        for key, values in lists.items()
-        for time in values
-        if direction * (time - times[0]) > 0 and direction * (times[-1] - time) > 0
-    }
+    rounded: dict[float, bool] = {}
+    for key in LANDING_OPTIONS:
+        for time in torch.tensor(sorted(found[key]), dtype=torch.float64).to(state_dtype).double().tolist():
+            # Two times that round to one: a jump if either is.
+            rounded[time] = rounded.get(time, False) or key == "jump_t"
+    inside = [(time, jump) for time, jump in rounded.items() if direction * (times[-1] - time) > 0]
     return sorted(inside, key=lambda landing: direction * landing[0])
 
 
-def _beside(time: float, toward: float, state_dtype: torch.dtype) -> float:
-    """The next time of the state's dtype after ``time`` towards ``toward``: where a field evaluates on
-    one side of a jump only, whichever side its own comparison puts the jump time on (torchdiffeq's
-    ``perturb``)."""
-    here = torch.tensor(time, dtype=state_dtype)
-    return float(torch.nextafter(here, torch.tensor(toward, dtype=state_dtype)))
+class _SideOfJumps(nn.Module):
+    """``func`` with a time equal to a jump at an end of its piece moved to the state dtype's next
+    time inside the piece, so that the field is evaluated on the piece's side of the jump whichever
+    side its own comparison puts the jump time on (torchdiffeq's ``perturb``). The piece itself
+    ends and starts exactly on the jump: no stretch of time is skipped. A module, so that
+    ``func``'s parameters are found as they are without it."""
+
+    def __init__(self, func: Callable, ends: list[tuple[float, float]]) -> None:
+        super().__init__()
+        self.func = func
+        self.ends = ends  # (the jump, the time inside the piece next to it)
+
+    def forward(self, t: Tensor, y: Any) -> Any:
+        for jump, inside in self.ends:
+            t = torch.where(t == jump, torch.full_like(t, inside), t)
+        return self.func(t, y)
 
 
 def _row(ys: States, index: int) -> States:
+    """One output time's state of ``ys``, a tensor or a tuple of tensors."""
     return tuple(y[index] for y in ys) if isinstance(ys, tuple) else ys[index]
 
 
@@ -317,40 +344,42 @@ def _solve_in_pieces(
     func: Callable, y0: States, times: list[float], landings: list[tuple[float, bool]], kwargs: dict[str, Any]
 ) -> States:
     """``local_reg.odeint`` in pieces that end and start on the landing times, composed by autograd
-    (so every gradient method stays exact): a step never crosses one, and next to a jump the field
-    is evaluated on the side of the piece it is in, as torchdiffeq's steps do with ``perturb``. An
-    output time at or beside a jump gets the state at the piece's end (the state is continuous). A
-    piece after the first starts with the step the previous one ended with (where the
-    controller was), unless ``first_step`` is given."""
-    direction = 1.0 if times[-1] >= times[0] else -1.0
-    state_dtype = (y0[0] if isinstance(y0, tuple) else y0).dtype
-    rows: list[States | None] = [None] * len(times)
-    rows[0] = y0
-    start, state, next_output = times[0], y0, 1
+    (so every gradient method stays exact): no step crosses one, and beside a jump the field is
+    evaluated on its piece's side (:class:`_SideOfJumps`). A piece after the first starts with the
+    larger of the last two steps of the one before (its last is cut short to land); a piece too
+    short for one step (a few ulps, between two jumps) carries the state across unchanged."""
+    direction, state_dtype = _direction(times), _state_dtype(y0)
+    rows: list[States] = [y0]
+    start, start_is_jump, state = times[0], False, y0
     piece_kwargs = dict(kwargs)
-    for boundary, jump in [*landings, (times[-1], False)]:
-        end = _beside(boundary, times[0], state_dtype) if jump else boundary
-        if direction * (end - start) > 0:
-            mine = []
-            while next_output < len(times) and direction * (times[next_output] - boundary) <= 0:
-                mine.append(next_output)
-                next_output += 1
-            # Outputs in the gap beside a jump (or at it) read the nearest end of a piece.
-            clamped = {i: min(max(times[i], min(start, end)), max(start, end)) for i in mine}
-            piece_times = sorted({start, end, *clamped.values()}, key=lambda time: direction * time)
-            solution = _odeint(func, state, piece_times, **piece_kwargs)
+    pending = list(range(1, len(times)))
+    for end, end_is_jump in [*landings, (times[-1], False)]:
+        mine = [i for i in pending if direction * (times[i] - end) <= 0]
+        pending = pending[len(mine) :]
+        if abs(end - start) > underflow_threshold(start, abs(end - start)):
+            ends = [(start, _beside(start, end, state_dtype))] if start_is_jump else []
+            ends += [(end, _beside(end, start, state_dtype))] if end_is_jump else []
+            field = _SideOfJumps(func, ends) if ends else func
+            piece_times = sorted({start, end, *(times[i] for i in mine)}, key=lambda time: direction * time)
+            solution = _odeint(field, state, piece_times, **piece_kwargs)
             index = {time: position for position, time in enumerate(piece_times)}
-            for i in mine:
-                rows[i] = _row(solution.ys, index[clamped[i]])
+            rows += [_row(solution.ys, index[times[i]]) for i in mine]
             state = _row(solution.ys, -1)
-            if kwargs["first_step"] is None and len(solution.steps.dt):
-                piece_kwargs["first_step"] = abs(float(solution.steps.dt[-1]))
-        start = _beside(boundary, times[-1], state_dtype) if jump else boundary
-    for i in range(next_output, len(times)):  # beside a jump a few ulps before the end
-        rows[i] = state
+            taken = solution.steps.dt[-2:].abs()
+            if len(taken):
+                piece_kwargs["first_step"] = float(taken.max())
+        else:
+            rows += [state for _ in mine]
+        start, start_is_jump = end, end_is_jump
     if isinstance(y0, tuple):
         return tuple(torch.stack([row[k] for row in rows]) for k in range(len(y0)))
     return torch.stack(rows)
+
+
+def _beside(time: float, toward: float, state_dtype: torch.dtype) -> float:
+    """The next time of the state's dtype after ``time`` towards ``toward``."""
+    here = torch.tensor(time, dtype=state_dtype)
+    return float(torch.nextafter(here, torch.tensor(toward, dtype=state_dtype)))
 
 
 def _solve(
@@ -383,7 +412,7 @@ def _solve(
     step_size = _fixed_step_size(tableau, opts.pop("step_size", None), "options", method)
     if not tableau.adaptive:
         _ignored_by_fixed_steps(opts, "options", method)
-    landings = _landings(opts, times, (y0[0] if isinstance(y0, tuple) else y0).dtype)
+    landings = _landings(opts, times, _state_dtype(y0))
     if landings and (events or dense or (isinstance(t, Tensor) and t.requires_grad)):
         raise ValueError(
             "options['step_t'] and ['jump_t'] are supported by local_reg.compat for odeint and "
@@ -491,7 +520,9 @@ def odeint(
         options: ``step_size`` (fixed-step methods: each output interval is divided into equal steps
             no longer than it; default one step per interval), ``first_step``, ``max_num_steps``,
             ``norm`` (callable on the scaled error, a tuple for tuple states), ``dtype`` (accepted;
-            times are always handled in float64).
+            times are always handled in float64), ``jump_t`` and ``step_t`` (adaptive methods:
+            times where the field jumps, or is not smooth; the solve runs in pieces between them,
+            docs/compat.md).
         event_fn: ``event_fn(t, y) -> tensor``: solve from ``t[0]`` in the direction of ``t[1]``
             (``len(t) == 2``) until it changes sign, and return ``(event_t, solution)``, the
             states at ``[t[0], event_t]`` (:func:`local_reg.odeint_event`, differentiable w.r.t.
@@ -564,7 +595,9 @@ def odeint_adjoint(
     The backward solve uses ``adjoint_rtol`` / ``adjoint_atol`` / ``adjoint_method`` (default the
     forward's) and ``adjoint_options``: ``step_size``, ``first_step``, ``max_num_steps`` and
     ``norm="seminorm"`` (Kidger, Chen, Lyons, ICML 2021); by default it takes ``options`` without
-    ``norm``, as torchdiffeq does. ``func`` must be an ``nn.Module`` unless ``adjoint_params`` is given.
+    ``norm``, as torchdiffeq does. With ``options["jump_t"]``/``["step_t"]`` it runs piece by piece
+    in the forward solve's pieces (``adjoint_options`` may repeat those times, not change them).
+    ``func`` must be an ``nn.Module`` unless ``adjoint_params`` is given.
     With ``event_fn`` it returns ``(event_t, solution)`` as :func:`odeint` does, differentiated by the
     same method.
     """
@@ -615,13 +648,7 @@ def odeint_adjoint(
         for key in LANDING_OPTIONS:
             # The backward solve runs piece by piece too, in the forward solve's pieces.
             given, forward_times = adjoint.pop(key, None), (options or {}).get(key)
-            if given is not None and (
-                forward_times is None
-                or not torch.equal(
-                    torch.as_tensor(given, dtype=torch.float64),
-                    torch.as_tensor(forward_times, dtype=torch.float64),
-                )
-            ):
+            if given is not None and (forward_times is None or _time_set(given) != _time_set(forward_times)):
                 raise ValueError(
                     f"adjoint_options[{key!r}] must be options[{key!r}]: the backward solve is split where "
                     "the forward solve is"

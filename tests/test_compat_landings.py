@@ -124,6 +124,47 @@ def test_a_kink_lands_a_step_on_its_step_t():
     torch.testing.assert_close(solved, reference, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("jump", [1e3, 1e5])
+def test_a_float32_state_far_from_zero_integrates_up_to_the_jump(jump):
+    # Pieces end and start on the jump itself: none of its neighbourhood, 2 ulps wide in float32
+    # (0.016 at 1e5), is skipped. y' = [t >= jump] from 0 over [jump - 10, jump + 10] reaches 10.
+    def switched(t, y):
+        return (t >= jump).to(y.dtype).expand_as(y)
+
+    t = torch.tensor([jump - 10.0, jump + 10.0], dtype=DTYPE)
+    solved = compat.odeint(switched, torch.zeros(1), t, options={"jump_t": [jump]})
+    assert solved[-1].item() == pytest.approx(10.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("gap_ulps", [1, 3, 5, 20])
+def test_jumps_a_few_ulps_apart_and_next_to_the_end_are_solved(gap_ulps):
+    ulp = math.ulp(JUMP)
+
+    def two_switches(t, y):
+        return ((t >= JUMP).to(y.dtype) + (t >= JUMP + gap_ulps * ulp).to(y.dtype)).expand_as(y)
+
+    t = torch.tensor([0.0, 2.0], dtype=DTYPE)
+    jumps = [JUMP, JUMP + gap_ulps * ulp, 2.0 - math.ulp(2.0)]
+    solved = compat.odeint(two_switches, torch.zeros(1, dtype=DTYPE), t, options={"jump_t": jumps})
+    assert solved[-1].item() == pytest.approx(2.0, abs=1e-12)  # the integral of 1 + 1 over [1, 2]
+
+
+def test_the_field_never_sees_a_jump_time_but_does_see_a_step_time():
+    seen: list[float] = []
+
+    def recording(t, y):
+        seen.append(float(t))
+        return torch.where(t >= JUMP, -y, y)
+
+    t = torch.tensor([0.0, 2.0], dtype=DTYPE)
+    compat.odeint(recording, Y0, t, options={"jump_t": [JUMP]})
+    assert JUMP not in seen and min(abs(s - JUMP) for s in seen) == math.ulp(JUMP) / 2  # the time before
+    assert math.nextafter(JUMP, 2.0) in seen
+    seen.clear()
+    compat.odeint(recording, Y0, t, options={"step_t": [JUMP]})  # lands on it; no side to choose
+    assert JUMP in seen
+
+
 def test_landings_outside_the_span_change_nothing():
     t = torch.tensor([0.0, 0.8], dtype=DTYPE)
     plain = compat.odeint(Switched(), Y0, t)
@@ -164,12 +205,25 @@ def test_landings_outside_the_span_change_nothing():
             ),
             "adjoint_options",
         ),
+        (
+            lambda: compat.odeint_adjoint(
+                Switched(), Y0, torch.tensor([0.0, 2.0]), adjoint_options={"step_t": [1.5]}
+            ),
+            "adjoint_options",
+        ),
     ],
-    ids=["both", "nan", "event", "dense", "adjoint-differs"],
+    ids=["both", "nan", "event", "dense", "adjoint-differs", "adjoint-only"],
 )
 def test_landings_the_pieces_cannot_serve_are_refused_by_name(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_adjoint_options_may_repeat_the_landings_in_another_order_and_type():
+    t = torch.tensor([0.0, 2.5], dtype=DTYPE)
+    options = {"jump_t": torch.tensor([JUMP, 2.0], dtype=DTYPE)}
+    ys = compat.odeint_adjoint(Switched(), Y0, t, options=options, adjoint_options={"jump_t": [2.0, JUMP]})
+    torch.testing.assert_close(ys, compat.odeint_adjoint(Switched(), Y0, t, options=options))
 
 
 def test_a_fixed_step_method_ignores_landings_with_a_warning_as_torchdiffeq():
