@@ -313,7 +313,12 @@ def _landings(opts: dict[str, Any], times: list[float], state_dtype: torch.dtype
         for time in torch.tensor(sorted(found[key]), dtype=torch.float64).to(state_dtype).double().tolist():
             # Two times that round to one: a jump if either is.
             rounded[time] = rounded.get(time, False) or key == "jump_t"
-    inside = [(time, jump) for time, jump in rounded.items() if direction * (times[-1] - time) > 0]
+    # Rounding may move a time onto an end of the span, where it no longer splits anything.
+    inside = [
+        (time, jump)
+        for time, jump in rounded.items()
+        if direction * (time - times[0]) > 0 and direction * (times[-1] - time) > 0
+    ]
     return sorted(inside, key=lambda landing: direction * landing[0])
 
 
