@@ -25,6 +25,7 @@ from local_reg import (
     Regularized,
     Solution,
     Stats,
+    local_regularization,
     odeint,
     odeint_event,
     sdeint,
@@ -196,6 +197,21 @@ def test_a_users_own_penalty_is_a_penalty() -> None:
     reg_loss = assert_type(model.reg_loss, Tensor).detach()
     assert float(reg_loss) == 0.5 * float(ys[-1].detach().pow(2).mean())
     assert assert_type(model.stats.nfe_main, int) > 0
+
+
+def test_the_functional_regularizers_return_the_states_of_y0s_kind() -> None:
+    ys, penalty, stats = local_regularization(decay, Y0, T)
+    assert isinstance(assert_type(ys, Tensor), Tensor) and isinstance(assert_type(penalty, Tensor), Tensor)
+    assert isinstance(assert_type(stats, RegularizationStats), RegularizationStats)
+    pair, _, _ = local_regularization(decay_pair, (Y0, Y0[:, :1]), T)
+    assert len(assert_type(pair, tuple[Tensor, Tensor])) == 2
+    field = Field()
+    model = LocallyRegularized(
+        field, sampling="random", weight=RatioWeight(0.2, parameters=field.parameters())
+    )
+    states, _, _ = model.penalize(Y0, T)
+    assert isinstance(assert_type(states, Tensor), Tensor)
+    assert isinstance(assert_type(model.forward(Y0, T), Tensor), Tensor)
 
 
 def test_the_package_exports_what_the_test_names() -> None:

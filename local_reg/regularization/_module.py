@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .._tuple import TupleField, TupleState
 from .._validate import check_choice, check_generator, time_tensors_requiring_grad
 from ..sde.problem import is_sde
-from ..solution import Stats
+from ..solution import State, Stats
 from ..tableaus import ButcherTableau, get_tableau
 from ._main_solve import Request
 from ._ode_backends import torchdiffeq_reports_steps
@@ -503,9 +503,7 @@ class Regularized(nn.Module):
         # reg_loss holds the last training pass's graph, which copy.deepcopy and pickle refuse.
         return {**super().__getstate__(), "reg_loss": self.reg_loss.detach()}
 
-    def forward(
-        self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]
-    ) -> Tensor | tuple[Tensor, ...]:
+    def forward(self, y0: State, t: Tensor | Sequence[float]) -> State:
         problem, y0, unflatten = self._flat(y0, t)
         if self.penalty is None or not self.training:
             ys, self.stats = plain_solve(problem, y0, t, self.generator)
@@ -549,8 +547,8 @@ class Regularized(nn.Module):
         )
 
     def penalize(
-        self, y0: Tensor, t: Tensor | Sequence[float], bm: Any | None = None
-    ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        self, y0: State, t: Tensor | Sequence[float], bm: Any | None = None
+    ) -> tuple[State, Tensor, RegularizationStats]:
         """``(ys, R, stats)`` of one training pass, ``R`` unweighted, whatever the module's mode;
         ``reg_loss`` and ``stats`` are left as they are. ``bm``: an SDE's Brownian motion."""
         if self.penalty is None:

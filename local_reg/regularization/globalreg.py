@@ -21,13 +21,14 @@ from typing import Any
 
 from torch import Tensor
 
+from ..solution import State
 from ._module import GlobalPenalty, Regularized
 from ._stats import RegularizationStats
 
 
 def global_regularization(
-    func: Any, y0: Tensor, t: Tensor | Sequence[float], *, bm: Any | None = None, **settings: Any
-) -> tuple[Tensor, Tensor, RegularizationStats]:
+    func: Any, y0: State, t: Tensor | Sequence[float], *, bm: Any | None = None, **settings: Any
+) -> tuple[State, Tensor, RegularizationStats]:
     """Solve at ``t`` and return ``(ys, reg, stats)`` with the unweighted global penalty [GR21],
     without a module. ``settings`` are :class:`GloballyRegularized`'s keywords; ``bm`` is an SDE's
     Brownian motion. ``stats.probe`` is empty: the penalty reuses the stages of the main solve."""

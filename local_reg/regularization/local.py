@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..gradients import adjoint_params_tuple, owning_module
 from ..sde.problem import is_sde
+from ..solution import State
 from ..tableaus import ButcherTableau
 from ._diagnostics import trained_parameters
 from ._module import LocalPenalty, Regularized
@@ -119,8 +120,8 @@ def default_weight(
 
 
 def local_regularization(
-    func: Any, y0: Tensor, t: Tensor | Sequence[float], *, bm: Any | None = None, **settings: Any
-) -> tuple[Tensor, Tensor, RegularizationStats]:
+    func: Any, y0: State, t: Tensor | Sequence[float], *, bm: Any | None = None, **settings: Any
+) -> tuple[State, Tensor, RegularizationStats]:
     """Solve ``dy/dt = func(t, y)`` (or an SDE) at ``t`` and compute the local regularization
     penalty [LR23] once, without a module (by default the field's mean square rate at the sampled
     time; ``penalty="error-dt"`` for the paper's probe step).
@@ -305,9 +306,7 @@ class LocallyRegularized(Regularized):
         self._default_weight = self.weight if kinetic_default else None
         self._field_weight = self.weight if follows_field and isinstance(self.weight, RatioWeight) else None
 
-    def forward(
-        self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]
-    ) -> Tensor | tuple[Tensor, ...]:
+    def forward(self, y0: State, t: Tensor | Sequence[float]) -> State:
         if self.training and self._field_weight is not None and self.weight is self._field_weight:
             self._measure_the_fields_current_parameters()
         training_pass = self.training and torch.is_grad_enabled()

@@ -28,6 +28,7 @@ from torch.func import vjp
 
 from .._step import VectorField
 from .._validate import checked_field, non_negative_float, validate_state, validate_times
+from ..solution import State
 from ._augmented import Integrand, solve_augmented
 from ._baseline import (
     BaselinePenalty,
@@ -143,12 +144,12 @@ class RNODERegularized(Regularized):
 
 def rnode_regularization(
     func: VectorField,
-    y0: Tensor,
+    y0: State,
     t: Tensor | Sequence[float],
     *,
     generator: torch.Generator | None = None,
     **settings: Any,
-) -> tuple[Tensor, Tensor, BaselineStats]:
+) -> tuple[State, Tensor, BaselineStats]:
     """One RNODE [RNODE20] training pass without a module: ``(ys, reg, stats)``, ``reg`` the
     *unweighted* ``kinetic * R_K + jacobian * R_J`` of the solve (the module docstring's integrals).
     ``settings`` are :class:`RNODERegularized`'s keywords; ``generator`` (default: one seeded from the

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .._step import VectorField
 from .._validate import non_negative_float, validate_times
+from ..solution import State
 from ._baseline import (
     BaselinePenalty,
     BaselineStats,
@@ -109,12 +110,12 @@ class SteerRegularized(Regularized):
 
 def steer_regularization(
     func: VectorField,
-    y0: Tensor,
+    y0: State,
     t: Tensor | Sequence[float],
     *,
     generator: torch.Generator | None = None,
     **settings: Any,
-) -> tuple[Tensor, Tensor, BaselineStats]:
+) -> tuple[State, Tensor, BaselineStats]:
     """One STEER [STEER20] training pass without a module: ``(ys, reg, stats)``, ``ys`` the solution
     at ``t`` with ``t[-1]`` replaced by ``T ~ U(t[-1] - b, t[-1] + b)`` (``stats.t_end``), ``reg`` a
     zero (STEER adds no term to the loss).

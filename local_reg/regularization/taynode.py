@@ -33,6 +33,7 @@ from torch.func import jvp
 
 from .._step import VectorField
 from .._validate import checked_field, validate_state, validate_times
+from ..solution import State
 from ._augmented import Integrand, solve_augmented
 from ._baseline import BaselinePenalty, BaselineStats, solution_stats
 from ._module import Regularized
@@ -149,8 +150,8 @@ class TayNODERegularized(Regularized):
 
 
 def taynode_regularization(
-    func: VectorField, y0: Tensor, t: Tensor | Sequence[float], **settings: Any
-) -> tuple[Tensor, Tensor, BaselineStats]:
+    func: VectorField, y0: State, t: Tensor | Sequence[float], **settings: Any
+) -> tuple[State, Tensor, BaselineStats]:
     """One TayNODE [TAY20] training pass without a module: ``(ys, reg, stats)``, ``reg`` the
     *unweighted* integral of the squared ``order``-th total time derivative along the solve.
     ``settings`` are :class:`TayNODERegularized`'s keywords.
