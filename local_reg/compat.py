@@ -282,10 +282,6 @@ def _direction(times: list[float]) -> float:
     return 1.0 if times[-1] >= times[0] else -1.0
 
 
-def _state_dtype(y0: States) -> torch.dtype:
-    return (y0[0] if isinstance(y0, tuple) else y0).dtype
-
-
 def _landings(opts: dict[str, Any], times: list[float], state_dtype: torch.dtype) -> list[tuple[float, bool]]:
     """``options['step_t']`` and ``['jump_t']`` inside the span, in the solve's direction, each as
     ``(time, is_jump)``, the time rounded to the state's dtype (the dtype the field sees its times
@@ -293,6 +289,10 @@ def _landings(opts: dict[str, Any], times: list[float], state_dtype: torch.dtype
     reach them; a time in both lists is refused, as by torchdiffeq (a time repeated in one list is
     taken once, where torchdiffeq refuses it)."""
     direction = _direction(times)
+
+    def inside(time: float) -> bool:
+        return direction * (time - times[0]) > 0 and direction * (times[-1] - time) > 0
+
     found: dict[str, set[float]] = {}
     for key in LANDING_OPTIONS:
         value = opts.pop(key, None)
@@ -301,11 +301,7 @@ def _landings(opts: dict[str, Any], times: list[float], state_dtype: torch.dtype
         )
         if not bool(torch.isfinite(values).all()):
             raise ValueError(f"options[{key!r}] must be finite times, got {value!r}")
-        found[key] = {
-            time
-            for time in values.tolist()
-            if direction * (time - times[0]) > 0 and direction * (times[-1] - time) > 0
-        }
+        found[key] = {time for time in values.tolist() if inside(time)}
     if found["step_t"] & found["jump_t"]:
         raise ValueError("options['step_t'] and ['jump_t'] must not share a time (torchdiffeq's rule)")
     rounded: dict[float, bool] = {}
@@ -314,12 +310,8 @@ def _landings(opts: dict[str, Any], times: list[float], state_dtype: torch.dtype
             # Two times that round to one: a jump if either is.
             rounded[time] = rounded.get(time, False) or key == "jump_t"
     # Rounding may move a time onto an end of the span, where it no longer splits anything.
-    inside = [
-        (time, jump)
-        for time, jump in rounded.items()
-        if direction * (time - times[0]) > 0 and direction * (times[-1] - time) > 0
-    ]
-    return sorted(inside, key=lambda landing: direction * landing[0])
+    kept = [(time, jump) for time, jump in rounded.items() if inside(time)]
+    return sorted(kept, key=lambda landing: direction * landing[0])
 
 
 class _SideOfJumps(nn.Module):
@@ -346,14 +338,19 @@ def _row(ys: States, index: int) -> States:
 
 
 def _solve_in_pieces(
-    func: Callable, y0: States, times: list[float], landings: list[tuple[float, bool]], kwargs: dict[str, Any]
+    func: Callable,
+    y0: States,
+    times: list[float],
+    landings: list[tuple[float, bool]],
+    state_dtype: torch.dtype,
+    kwargs: dict[str, Any],
 ) -> States:
     """``local_reg.odeint`` in pieces that end and start on the landing times, composed by autograd
     (so every gradient method stays exact): no step crosses one, and beside a jump the field is
     evaluated on its piece's side (:class:`_SideOfJumps`). A piece after the first starts with the
     larger of the last two steps of the one before (its last is cut short to land); a piece too
     short for one step (a few ulps, between two jumps) carries the state across unchanged."""
-    direction, state_dtype = _direction(times), _state_dtype(y0)
+    direction = _direction(times)
     rows: list[States] = [y0]
     start, start_is_jump, state = times[0], False, y0
     piece_kwargs = dict(kwargs)
@@ -417,7 +414,8 @@ def _solve(
     step_size = _fixed_step_size(tableau, opts.pop("step_size", None), "options", method)
     if not tableau.adaptive:
         _ignored_by_fixed_steps(opts, "options", method)
-    landings = _landings(opts, times, _state_dtype(y0))
+    state_dtype = y0.dtype if state is None else state.dtype
+    landings = _landings(opts, times, state_dtype)
     if landings and (events or dense or (isinstance(t, Tensor) and t.requires_grad)):
         raise ValueError(
             "options['step_t'] and ['jump_t'] are supported by local_reg.compat for odeint and "
@@ -464,7 +462,7 @@ def _solve(
     elif state is not None:
         kwargs["norm"] = _mixed_norm(state)
     if landings:
-        return _solve_in_pieces(func, y0, times, landings, kwargs)
+        return _solve_in_pieces(func, y0, times, landings, state_dtype, kwargs)
     if not events:
         # torchdiffeq 0.2.5 casts the time it hands func to y0's dtype (_PerturbFunc), whatever t's
         # dtype: as a sequence of floats (the same values) t gives local_reg.odeint's func y0's dtype
