@@ -453,7 +453,8 @@ def _resume(
         rank_rng = ranks[rank] if 0 < rank < len(ranks) == world else None
         generators = state.get("generator_ranks") or []
         # Checked on every rank (all read the same checkpoint), so that all of them restart together.
-        if any(len(states) != len(model_generators(model)) for states in generators):
+        expected = len(model_generators(model))
+        if any(len(states) != expected for states in generators):
             raise ValueError("the checkpoint's generator states are not those of this model's generators")
         rank_generators = generators[rank] if 0 < rank < len(generators) == world else None
         return (
