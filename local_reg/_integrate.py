@@ -160,6 +160,21 @@ class SolveOptions:
             object.__setattr__(options, name, cast)
         return options
 
+    def over(self, times: list[float]) -> SolveOptions:
+        """These options for a solve from ``times[0]`` through ``times[-1]`` (on in that direction
+        with a stop condition): the controller without the ``step_ts`` and ``jump_ts`` beyond the
+        span's open interval, so that the gradient methods' replays of the solve's steps take the
+        jump times the solve landed on and no others (one at ``t0`` would move the first stage)."""
+        end = times[-1]
+        if self.callbacks.stop is not None:
+            end = math.copysign(math.inf, times[-1] - times[0])
+        controller = self.controller.within(times[0], end)
+        if controller is self.controller:
+            return self
+        options = copy.copy(self)  # not replace(): the tolerances may be for_state's already
+        object.__setattr__(options, "controller", controller)
+        return options
+
     def __post_init__(self) -> None:
         checked = {
             "rtol": tolerance("rtol", self.rtol, relative=True),
@@ -176,6 +191,11 @@ class SolveOptions:
             raise ValueError(f"method {self.tableau.name!r} is fixed-step: pass step_size")
         if not isinstance(checked["controller"], PIController):
             raise TypeError(f"controller must be a PIController, got {type_name(self.controller)}")
+        if self.step_size is not None and checked["controller"].lands:
+            raise ValueError(
+                "controller.step_ts and jump_ts need an adaptive solve, not a fixed step_size (put those "
+                "times among the output times with step_to_outputs=True instead)"
+            )
         if self.tableau is not None and not isinstance(self.tableau, ButcherTableau):
             raise TypeError(f"tableau must be a ButcherTableau, got {type_name(self.tableau)}")
         if not isinstance(checked["callbacks"], StepCallbacks):
@@ -247,9 +267,9 @@ def next_step_size(
         if lands:
             # The solve was landing: it is the output times that are too close, not the dynamics.
             reason += (
-                f": the next output time {t_target!r} is within a few ulps of t; output times this "
-                "close cannot each end a step (merge them; an adaptive method interpolates them "
-                "without step_to_outputs)"
+                f": the next output time {t_target!r} (or the controller's step_ts/jump_ts time) is "
+                "within a few ulps of t; times this close cannot each end a step (merge them; an "
+                "adaptive method interpolates output times without step_to_outputs)"
             )
         raise SolverError(reason, t=t, n_steps=n_steps)
     return dt_used, lands
@@ -308,7 +328,7 @@ class AcceptedStep:
     def stages(self) -> Any:
         if self._stages is None:
             with torch.set_grad_enabled(self.grad_mode):
-                self._stages = self.stepper.dense_stages(self.result, self.t_next, self.stats)
+                self._stages = self.stepper.dense_stages(self.result, self.t, self.t_next, self.stats)
         return self._stages
 
     def states(self, t_outs: list[float]) -> Tensor:
@@ -435,14 +455,23 @@ def integrate(
     targets = times[-1:] if interpolate and len(times) > 1 else times[1:]
     if stop is not None:
         targets = [direction * open_end(y0.dtype)]
+    # The controller's own landing times inside the span, in the order the solve reaches them.
+    span = controller.within(times[0], targets[-1]) if targets and adaptive else PIController()
+    landings = sorted({*span.step_ts, *span.jump_ts}, key=lambda landing: direction * landing)
+    next_landing = 0
     for t_target in targets:
         if not adaptive:
             dt_abs = fixed_step_size(t, t_target, options.step_size)
         while direction * (t_target - t) > 0:
+            while next_landing < len(landings) and direction * (landings[next_landing] - t) <= 0:
+                next_landing += 1
+            t_goal = t_target
+            if next_landing < len(landings) and direction * (landings[next_landing] - t_target) < 0:
+                t_goal = landings[next_landing]
             try:
                 dt_used, lands = next_step_size(
                     t,
-                    t_target,
+                    t_goal,
                     dt_abs,
                     stats.n_steps,
                     options.max_steps,
@@ -452,7 +481,7 @@ def integrate(
                 non_finite = stepper.failure if shrinking_from_non_finite else None
                 raise explain_failure(error, log, options, non_finite, y.dtype) from None
             dt = direction * dt_used
-            t_next = t_target if lands else t + dt
+            t_next = t_goal if lands else t + dt
             if not lands:
                 # The step the times can represent (as scipy steps): far from 0, t + dt rounds by up to
                 # half an ulp of t, which the state would otherwise not follow, a drift per step.
@@ -483,7 +512,7 @@ def integrate(
 
             accepted = not adaptive or error_estimate <= 1.0
             if accepted:
-                step_dt = (t_target - t) if lands else dt
+                step_dt = (t_goal - t) if lands else dt
                 if callbacks.accept is not None:
                     _call_leaving_state("accept", y, callbacks.accept, t, y, step_dt)
                 stats.n_accepted += 1
@@ -560,6 +589,8 @@ def integrate(
                 after_rejection = True
             # After dense output, which may have evaluated the next step's first stage.
             carry = stepper.next_carry(result, accepted, carry)
+            if accepted and lands and t_goal in span.jump_ts:
+                carry = stepper.after_jump(carry)
         outputs.append(y)
     if stop is not None and log.stop_time is None:
         raise SolverError(STOP_NEVER_HELD, t=t, n_steps=stats.n_steps)
@@ -590,6 +621,7 @@ def integrate_ode(
         f0=f0,
         time_dtype=options.time_dtype,
         compile_options=options.compile,
+        jump_ts=options.controller.jump_ts,
     )
     return integrate(
         stepper,

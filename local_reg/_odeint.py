@@ -272,6 +272,7 @@ def odeint(
         time_dtype=time_dtype(t, state),
         compile=compile,
     ).for_state(state)
+    options = options.over(times)
     check_times_distinct(times, options.time_dtype)
     check_span(times, state.dtype, options.step_size, options.tableau)
     gradient_method = as_gradient_method(gradient)

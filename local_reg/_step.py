@@ -7,6 +7,7 @@ construction, the one the solver uses to accept or reject steps.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import math
@@ -147,6 +148,45 @@ def stage_times(times: Sequence[float], like: Tensor, dtype: torch.dtype | None 
     return torch.tensor(times, dtype=like.dtype if dtype is None else dtype, device=like.device).unbind()
 
 
+def jump_ends(t: float, dt: float, jump_ts: Sequence[float]) -> tuple[bool, float | None]:
+    """Whether the step from ``t`` by ``dt`` starts at one of the sorted ``jump_ts``, and the jump
+    time it ends at (``None``: none). A step that lands on a time ends at ``t + dt`` only up to the
+    rounding of the sum: an end within 4 ulps of a jump time is at it."""
+    index = bisect.bisect_left(jump_ts, t)
+    starts = index < len(jump_ts) and jump_ts[index] == t
+    end = t + dt
+    index = bisect.bisect_left(jump_ts, end)
+    near = [jump_ts[i] for i in (index - 1, index) if 0 <= i < len(jump_ts)]
+    ends = [jump for jump in near if jump != t and abs(jump - end) <= 4 * math.ulp(jump)]
+    return starts, ends[0] if ends else None
+
+
+def _beside(time: float, toward: float, dtype: torch.dtype) -> float:
+    """The time of ``dtype`` next to ``time`` (rounded to ``dtype``) in the direction of ``toward``."""
+    value = torch.tensor(time, dtype=dtype)
+    return float(torch.nextafter(value, torch.tensor(toward, dtype=dtype)))
+
+
+def stage_time_values(
+    t: float, dt: float, nodes: Sequence[float], dtype: torch.dtype, jump_ts: Sequence[float] = ()
+) -> list[float]:
+    """The times ``t + c_i dt`` of a step's stages at the ``nodes`` ``c_i``. A stage at the step's
+    start (``c_i = 0``) or end (``c_i = 1``) that is one of the sorted ``jump_ts`` is taken at the
+    time of ``dtype`` (the one the field sees) next to it inside the step, so that a field that
+    jumps there is evaluated on the step's own side (torchdiffeq's perturbation of ``jump_t``)."""
+    values = [t + c_i * dt for c_i in nodes]
+    if not jump_ts:
+        return values
+    starts, end = jump_ends(t, dt, jump_ts)
+    toward = math.copysign(math.inf, dt)
+    for i, c_i in enumerate(nodes):
+        if c_i == 0.0 and starts:
+            values[i] = _beside(t, toward, dtype)
+        elif c_i == 1.0 and end is not None:
+            values[i] = _beside(end, -toward, dtype)
+    return values
+
+
 def shampine_stiffness(k_i: Tensor, k_j: Tensor, y_i: Tensor, y_j: Tensor) -> Tensor:
     """``rms(k_j - k_i) / rms(y_j - y_i)`` for two stages ``k = f(Y)`` at the same time
     (Hairer--Wanner II, IV.2); a vanishing denominator is clamped to the dtype's smallest normal."""
@@ -167,18 +207,22 @@ def step(
     k1: Tensor | None = None,
     norm: Callable[[Tensor], Tensor] = rms_norm,
     time_dtype: torch.dtype | None = None,
+    jump_ts: Sequence[float] = (),
 ) -> StepResult:
     """Take one step of ``tableau`` from ``(t, y)`` with step size ``dt`` (negative to go backwards).
 
     ``k1``, if given, is ``func(t, y)`` already evaluated (FSAL reuse or a regularizer that treats it
     as a constant) and is not evaluated again. Gradients flow through every stage that is evaluated.
     ``norm`` replaces the RMS of the scaled error (e.g. a seminorm over part of the state).
-    ``func`` gets its time argument in ``time_dtype`` (default ``y``'s dtype).
+    ``func`` gets its time argument in ``time_dtype`` (default ``y``'s dtype). ``jump_ts``: sorted
+    times where ``func`` may jump; a stage at the step's start or end that is one of them is
+    evaluated just inside the step (:func:`stage_time_values`, :class:`local_reg.PIController`).
     """
     t = float(t)
     dt = float(dt)
     first = 0 if k1 is None else 1
-    times = stage_times([t + c_i * dt for c_i in tableau.c[first:]], y, time_dtype)
+    dtype = y.dtype if time_dtype is None else time_dtype
+    times = stage_times(stage_time_values(t, dt, tableau.c[first:], dtype, jump_ts), y, dtype)
     return _step_result(tableau, k1, *_stages(func, times, y, dt, tableau, rtol, atol, k1, norm))
 
 
@@ -422,7 +466,9 @@ class RKStepper(Stepper[Tensor | None]):
     FSAL stage of the last accepted step (or ``f(t0, y0)``), kept across a rejection. ``func`` gets
     its time argument in ``time_dtype`` (default the state's dtype). With ``compile_options`` each
     attempt runs :func:`compiled_step` instead: the same arithmetic, compiled with those
-    ``torch.compile`` keywords (eager where the compiler cannot build it, :class:`CompiledStep`)."""
+    ``torch.compile`` keywords (eager where the compiler cannot build it, :class:`CompiledStep`).
+    ``jump_ts``: sorted times where ``func`` may jump (:func:`stage_time_values`); the steps that
+    start or end at one run eagerly."""
 
     failure = "non-finite state or derivative"
 
@@ -436,8 +482,10 @@ class RKStepper(Stepper[Tensor | None]):
         f0: Tensor | None = None,
         time_dtype: torch.dtype | None = None,
         compile_options: dict[str, Any] | None = None,
+        jump_ts: Sequence[float] = (),
     ) -> None:
         super().__init__(tableau.order, rtol, atol)
+        self.jump_ts = jump_ts
         self.compiled = None if compile_options is None else compiled_step(compile_options)
         self.func = func
         self.time_dtype = time_dtype
@@ -478,7 +526,7 @@ class RKStepper(Stepper[Tensor | None]):
     def step(
         self, t: float, t_next: float, y: Tensor, dt: float, carry: Tensor | None, estimate_error: bool
     ) -> StepResult:
-        if self.compiled is not None:
+        if self.compiled is not None and not (self.jump_ts and any(jump_ends(t, dt, self.jump_ts))):
             t_tensor, dt_tensor = torch.tensor([t, dt], dtype=torch.float64, device=y.device).unbind()
             time_dtype = y.dtype if self.time_dtype is None else self.time_dtype
             result = self.compiled.try_step(
@@ -507,6 +555,7 @@ class RKStepper(Stepper[Tensor | None]):
             k1=carry,
             norm=self.norm,
             time_dtype=self.time_dtype,
+            jump_ts=self.jump_ts,
         )
 
     def error_check(self, result: StepResult) -> Tensor:
@@ -514,13 +563,17 @@ class RKStepper(Stepper[Tensor | None]):
             return result.error_check
         return checked_error(result.error_estimate, result.y1)
 
-    def dense_stages(self, result: StepResult, t_next: float, stats: Stats) -> tuple[Tensor, ...]:
-        """The stages the interpolant combines: the step's, and ``f(t_next, y1)`` for a pair that is
-        not FSAL (evaluated once, counted in ``stats``, and reused as the next step's ``k1``)."""
+    def dense_stages(self, result: StepResult, t: float, t_next: float, stats: Stats) -> tuple[Tensor, ...]:
+        """The stages the interpolant combines: the step's (from ``t``), and ``f(t_next, y1)`` for a
+        pair that is not FSAL (evaluated once, counted in ``stats``, and reused as the next step's
+        ``k1``; at a jump time, just inside the step)."""
         if not self.interpolant.extra_stage:
             return result.stages
         if result.end_derivative is None:
-            end_derivative = self.func(time_tensor(t_next, result.y1, self.time_dtype), result.y1)
+            jump = jump_ends(t, t_next - t, self.jump_ts)[1] if self.jump_ts else None
+            dtype = result.y1.dtype if self.time_dtype is None else self.time_dtype
+            end_time = t_next if jump is None else _beside(jump, t, dtype)
+            end_derivative = self.func(time_tensor(end_time, result.y1, self.time_dtype), result.y1)
             stats.add(1)
             # The step's error estimate never saw this stage: a non-finite one would pass into the
             # outputs read inside the step silently.
@@ -537,6 +590,9 @@ class RKStepper(Stepper[Tensor | None]):
         ``stages``, stacked."""
         thetas = [(t_out - t) / dt for t_out in t_outs]
         return combine_rows(y, dt, self.interpolant.weight_matrix(thetas), stages)
+
+    def after_jump(self, carry: Tensor | None) -> None:
+        return None  # the next step evaluates its first stage, just after the jump
 
     def next_carry(self, result: StepResult, accepted: bool, carry: Tensor | None) -> Tensor | None:
         if not accepted:

@@ -72,9 +72,9 @@ class Stepper(ABC, Generic[Carry]):
         :func:`checked_error` of its ``EEst`` and ``y1``."""
         return checked_error(result.error_estimate, result.y1)
 
-    def dense_stages(self, result: Any, t_next: float, stats: Stats) -> Any:
-        """What :meth:`interpolate` needs of the accepted step ``result`` (evaluations counted in
-        ``stats``). Only steppers with dense output implement it."""
+    def dense_stages(self, result: Any, t: float, t_next: float, stats: Stats) -> Any:
+        """What :meth:`interpolate` needs of the accepted step ``result`` from ``t`` to ``t_next``
+        (evaluations counted in ``stats``). Only steppers with dense output implement it."""
         raise NotImplementedError(f"{type(self).__name__} has no dense output")
 
     def interpolate(self, t: float, dt: float, y: Tensor, stages: Any, t_outs: list[float]) -> Tensor:
@@ -84,3 +84,9 @@ class Stepper(ABC, Generic[Carry]):
     @abstractmethod
     def next_carry(self, result: Any, accepted: bool, carry: Carry) -> Carry:
         """The carry of the step after ``result``, accepted or rejected."""
+
+    def after_jump(self, carry: Carry) -> Carry:
+        """The carry of the step after an accepted step that ended at a jump time of the field
+        (:class:`local_reg.PIController`'s ``jump_ts``): nothing evaluated before the jump carries
+        over. Only steppers that take jump times implement it."""
+        raise NotImplementedError(f"{type(self).__name__} does not take jump times")

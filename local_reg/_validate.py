@@ -195,50 +195,59 @@ def non_negative_int(name: str, value: object) -> int:
     return value
 
 
-def _time_value(value: object) -> float:
-    """One output time as a float; a string, a bool or a complex number is not a time."""
+def _time_value(name: str, value: object) -> float:
+    """One time of ``name`` as a float; a string, a bool or a complex number is not a time."""
     if isinstance(value, Tensor) and value.dim() == 0:
         if value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(f"t must hold real numbers, got a tensor of dtype {value.dtype}")
+            raise TypeError(f"{name} must hold real numbers, got a tensor of dtype {value.dtype}")
         return float(value.detach())
     if isinstance(value, Tensor):
         raise TypeError(
-            f"t must hold real numbers or 0-dim tensors, got a tensor of shape {tuple(value.shape)}: "
-            "pass one 1-D tensor, or index each time (t[i] rather than t[i:i+1])"
+            f"{name} must hold real numbers or 0-dim tensors, got a tensor of shape {tuple(value.shape)}: "
+            f"pass one 1-D tensor, or index each time ({name}[i] rather than {name}[i:i+1])"
         )
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"t must hold real numbers, got an element of type {type(value).__name__}")
+        raise TypeError(f"{name} must hold real numbers, got an element of type {type(value).__name__}")
     return float(value)
 
 
-def validate_times(t: Tensor | np.ndarray | Sequence[float]) -> list[float]:
-    """Output times as Python floats; ``t`` must be 1-D and strictly increasing or decreasing.
-
-    Accepted: a 1-D real tensor, a 1-D real numpy array (as torchdiffeq users pass), or a sequence
-    of real numbers. A string is refused although it is a sequence: ``"12"`` is not two times.
-    """
+def finite_times(name: str, t: Tensor | np.ndarray | Sequence[float]) -> list[float]:
+    """The finite times of ``name`` as Python floats, in their order: a 1-D real tensor, a 1-D real
+    numpy array, or a sequence of real numbers (or 0-dim tensors). A string is refused although it
+    is a sequence: ``"12"`` is not two times."""
     if isinstance(t, (str, bytes)):
-        raise TypeError(f"t must be a 1-D tensor, numpy array or sequence of floats, got {type(t).__name__}")
+        raise TypeError(
+            f"{name} must be a 1-D tensor, numpy array or sequence of floats, got {type(t).__name__}"
+        )
     if isinstance(t, Tensor):
         if t.dim() != 1:
-            raise ValueError(f"t must be a 1-D tensor of times, got shape {tuple(t.shape)}")
+            raise ValueError(f"{name} must be a 1-D tensor of times, got shape {tuple(t.shape)}")
         if t.is_complex() or t.dtype == torch.bool:
-            raise TypeError(f"t must be a real tensor, got dtype {t.dtype}")
+            raise TypeError(f"{name} must be a real tensor, got dtype {t.dtype}")
         times = [float(v) for v in t.detach().cpu().tolist()]
     elif isinstance(t, np.ndarray):
         if t.ndim != 1:
-            raise ValueError(f"t must be a 1-D array of times, got shape {t.shape}")
+            raise ValueError(f"{name} must be a 1-D array of times, got shape {t.shape}")
         if t.dtype.kind not in "fiu":
-            raise TypeError(f"t must be a real array, got dtype {t.dtype}")
+            raise TypeError(f"{name} must be a real array, got dtype {t.dtype}")
         times = [float(v) for v in t.tolist()]
     elif isinstance(t, Sequence):
-        times = [_time_value(v) for v in t]
+        times = [_time_value(name, v) for v in t]
     else:
-        raise TypeError(f"t must be a 1-D tensor, numpy array or sequence of floats, got {type(t).__name__}")
+        raise TypeError(
+            f"{name} must be a 1-D tensor, numpy array or sequence of floats, got {type(t).__name__}"
+        )
+    if not all(math.isfinite(v) for v in times):
+        raise ValueError(f"{name} must be finite")
+    return times
+
+
+def validate_times(t: Tensor | np.ndarray | Sequence[float]) -> list[float]:
+    """Output times as Python floats (:func:`finite_times`); ``t`` must hold at least one and be
+    strictly increasing or decreasing."""
+    times = finite_times("t", t)
     if len(times) == 0:
         raise ValueError("t must hold at least one time")
-    if not all(math.isfinite(v) for v in times):
-        raise ValueError("t must be finite")
     diffs = [b - a for a, b in pairwise(times)]
     if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
         raise ValueError("t must be strictly increasing or strictly decreasing")

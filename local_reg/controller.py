@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
+from torch import Tensor
+
+from ._validate import finite_times
+
+TimeSet = Tensor | np.ndarray | Sequence[float]
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,17 @@ class PIController:
     remainder of at most 4 ulps that no step could take): for a field with features shorter than the
     steps the tolerance alone would allow (a brief forcing pulse), or to keep the dense output's
     steps short. ``None`` or ``inf``: unbounded (the same steps).
+
+    ``step_ts`` and ``jump_ts`` are times every adaptive solve lands a step on (diffrax's
+    ``PIDController(step_ts=..., jump_ts=...)``, torchdiffeq's ``options["step_t"]`` /
+    ``["jump_t"]``): a step that would pass one is shortened to end on it, and the controller's
+    proposal is resumed after it, as at an output time. At a jump time the field may be
+    discontinuous: the step after it does not reuse the last stage of the step before (FSAL), and
+    a stage whose time is the jump is evaluated one representable time inside its own step (in the
+    dtype the field sees times in), so each step sees one side of the jump only (torchdiffeq's
+    perturbation). Any 1-D sequence, array or tensor of finite times, kept sorted without
+    repeats; times at or beyond the ends of a solve's span do nothing in it. For adaptive solves
+    only: a fixed ``step_size`` refuses them.
     """
 
     safety: float = 0.9
@@ -42,8 +63,12 @@ class PIController:
     beta1: float | None = None
     beta2: float | None = None
     max_step: float | None = None
+    step_ts: TimeSet = ()
+    jump_ts: TimeSet = ()
 
     def __post_init__(self) -> None:
+        for name in ("step_ts", "jump_ts"):
+            object.__setattr__(self, name, tuple(sorted(set(finite_times(name, getattr(self, name))))))
         for name in ("safety", "min_factor", "max_factor", "beta1", "beta2", "max_step"):
             value = getattr(self, name)
             if (value is not None or name in ("safety", "min_factor", "max_factor")) and (
@@ -92,6 +117,24 @@ class PIController:
                 f"(order {order}), so no step could grow again: pass a larger beta1, or beta2 too"
             )
         return beta1, beta2
+
+    @property
+    def lands(self) -> bool:
+        """Whether solves land on times of their own (``step_ts`` or ``jump_ts``)."""
+        return bool(self.step_ts or self.jump_ts)
+
+    def within(self, t0: float, t1: float) -> PIController:
+        """This controller with only the ``step_ts`` and ``jump_ts`` strictly between ``t0`` and
+        ``t1`` (either order): the ones a solve over that span lands on."""
+        low, high = min(t0, t1), max(t0, t1)
+
+        def inside(times: tuple[float, ...]) -> tuple[float, ...]:
+            return times[bisect.bisect_right(times, low) : bisect.bisect_left(times, high)]
+
+        step_ts, jump_ts = inside(self.step_ts), inside(self.jump_ts)
+        if (step_ts, jump_ts) == (self.step_ts, self.jump_ts):
+            return self
+        return dataclasses.replace(self, step_ts=step_ts, jump_ts=jump_ts)
 
     def limit(self, dt_abs: float) -> float:
         """The step size ``dt_abs`` (absolute), at most ``max_step``."""

@@ -186,6 +186,13 @@ def solver_signature(ns: dict[str, Any]) -> None:
         assert parameter.default == real[name].default, name
 
 
+def solver_jump_ts(ns: dict[str, Any]) -> None:
+    solution, y0 = ns["solution"], ns["y0"]
+    # Exact to rounding (0.5 at rate 1, then 0.5 at rate -2), with fewer evaluations than without.
+    torch.testing.assert_close(solution.ys[-1], y0 - 0.5)
+    assert solution.stats.nfe < local_reg.odeint(ns["switched"], y0, [0.0, 1.0]).stats.nfe
+
+
 def solver_event(ns: dict[str, Any]) -> None:
     event_t, solution = ns["event_t"], ns["solution"]
     assert event_t.dim() == 0
@@ -207,7 +214,8 @@ CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "docs/regularization.md-4": baselines,
     "docs/sde.md-0": sde,
     "docs/solver.md-0": solver_signature,
-    "docs/solver.md-1": solver_event,
+    "docs/solver.md-1": solver_jump_ts,
+    "docs/solver.md-2": solver_event,
 }
 """What a block's comments state, checked on its namespace after it ran."""
 

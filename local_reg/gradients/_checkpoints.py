@@ -81,7 +81,8 @@ class StepStates:
             segment = [kept]
             with torch.no_grad():
                 k1 = None
-                if tableau.fsal and start > 0 and end - 1 > start:
+                jump_ts = options.controller.jump_ts
+                if tableau.fsal and start > 0 and end - 1 > start and step_starts[start] not in jump_ts:
                     # The forward reused the previous step's last stage, evaluated at that step's
                     # t + c_s dt, which after a step landing on an output time may differ from the
                     # recorded start time by rounding: evaluate it there to repeat the forward's bits.
@@ -99,8 +100,11 @@ class StepStates:
                         k1=k1,
                         norm=options.norm,
                         time_dtype=options.time_dtype,
+                        jump_ts=jump_ts,
                     )
                     segment.append(result.y1)
-                    k1 = result.stages[-1] if tableau.fsal else None
+                    # After a jump the forward evaluated the first stage afresh, just inside the step.
+                    ends_at_jump = n + 1 < len(step_starts) and step_starts[n + 1] in jump_ts
+                    k1 = result.stages[-1] if tableau.fsal and not ends_at_jump else None
             while segment:
                 yield segment.pop()

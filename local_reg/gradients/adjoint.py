@@ -79,7 +79,12 @@ class AdjointStepper(RKStepper):
         # the forward solve of the same dynamics: no stiffness estimate.
         tableau = dataclasses.replace(options.tableau, stiffness_stages=None)
         super().__init__(
-            self.augmented_field, tableau, options.rtol, options.atol, time_dtype=options.time_dtype
+            self.augmented_field,
+            tableau,
+            options.rtol,
+            options.atol,
+            time_dtype=options.time_dtype,
+            jump_ts=options.controller.jump_ts,
         )
         self.func_of_y = solve.func
         self.params = solve.params
@@ -190,6 +195,9 @@ class AdjointStepper(RKStepper):
             self.root_entries
         )
 
+    def after_jump(self, carry: tuple[Tensor | None, int | None]) -> tuple[None, None]:
+        return None, None
+
     def next_carry(
         self, result: StepResult, accepted: bool, carry: tuple[Tensor | None, int | None]
     ) -> tuple[Tensor | None, int | None]:
@@ -255,13 +263,17 @@ class BacksolveAdjoint(GraphFreeGradient):
 
     def backward_options(self, forward: SolveOptions) -> SolveOptions:
         """The backward solve's options: this object's settings, the forward's where unset."""
+        step_size = self._backward_step_size(forward)
         return SolveOptions(
             rtol=forward.rtol if self.rtol is None else self.rtol,
             atol=forward.atol if self.atol is None else self.atol,
             first_step=self.first_step,
             max_steps=forward.max_steps if self.max_steps is None else self.max_steps,
-            step_size=self._backward_step_size(forward),
-            controller=forward.controller,
+            step_size=step_size,
+            # Fixed backward steps take no landing times (their equal steps end on output times only).
+            controller=dataclasses.replace(forward.controller, step_ts=(), jump_ts=())
+            if step_size is not None
+            else forward.controller,
             tableau=forward.tableau if self.tableau is None else self.tableau,
             time_dtype=forward.time_dtype,
         )

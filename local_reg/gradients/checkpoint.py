@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._step import combine, step, time_tensor
+from .._step import combine, stage_time_values, step, time_tensor
 from ..interpolants import get_interpolant
 from ._function import BackwardStep, CountingField, ForwardSolve, StepwiseGradient, add_gradients
 
@@ -62,6 +62,7 @@ class Checkpoint(StepwiseGradient):
                 atol=options.atol,
                 norm=options.norm,
                 time_dtype=options.time_dtype,
+                jump_ts=options.controller.jump_ts,
             )
             outputs = [result.y1]
             cotangents = [adjoint]
@@ -72,7 +73,9 @@ class Checkpoint(StepwiseGradient):
                 interpolant = get_interpolant(options.tableau)
                 stages = result.stages
                 if interpolant.extra_stage:
-                    stages = (*stages, func(time_tensor(t + dt, y, options.time_dtype), result.y1))
+                    dtype = y.dtype if options.time_dtype is None else options.time_dtype
+                    (end,) = stage_time_values(t, dt, [1.0], dtype, options.controller.jump_ts)
+                    stages = (*stages, func(time_tensor(end, y, options.time_dtype), result.y1))
                 for theta, cotangent in inside:
                     outputs.append(combine(y, dt, interpolant.weights(theta), stages))
                     cotangents.append(cotangent)

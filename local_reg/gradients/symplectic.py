@@ -48,7 +48,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._step import combine, time_tensor
+from .._step import combine, stage_time_values, time_tensor
 from ..interpolants import get_interpolant
 from ..tableaus import ButcherTableau
 from ._function import (
@@ -108,11 +108,12 @@ class Symplectic(StepwiseGradient):
             return step_backward_with_outputs(func, solve, t, dt, y, adjoint, grad_params, inside)
         tableau = solve.options.tableau
         time_dtype = solve.options.time_dtype
+        jump_ts = solve.options.controller.jump_ts
         n_stages = stages_entering_solution(tableau)
         h = dt
         b = tableau.b[:n_stages]
         b_tilde = [b_i if b_i != 0.0 else h for b_i in b]
-        stage_times = [t + c_i * h for c_i in tableau.c[:n_stages]]
+        stage_times = stage_time_values(t, h, tableau.c[:n_stages], time_dtype or y.dtype, jump_ts)
 
         # 1. Stage states without a graph.
         stage_states = stage_states_without_graph(func, y, h, tableau.a, stage_times, time_dtype)
@@ -166,7 +167,8 @@ def step_backward_with_outputs(
     cotangents = [g for _, g in inside]
     used = [b[i] != 0.0 or any(w[i] != 0.0 for w in weights) for i in range(len(rows))]
     n_stages = 1 + max(i for i, u in enumerate(used) if u)
-    stage_times = [t + c_i * h for c_i in c[:n_stages]]
+    jump_ts = solve.options.controller.jump_ts
+    stage_times = stage_time_values(t, h, c[:n_stages], time_dtype or y.dtype, jump_ts)
 
     stage_states = stage_states_without_graph(func, y, h, rows, stage_times, time_dtype)
 

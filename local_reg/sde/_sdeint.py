@@ -95,7 +95,8 @@ def sdeint(
             ``BrownianInterval`` seeded from ``generator`` (or torch's global generator). Every
             increment is checked: a tensor of ``y0``'s dtype and device and of shape ``(batch, m)``.
         max_steps: attempted steps (accepted + rejected) before a :class:`SolverError`.
-        controller: step-size controller (default :class:`PIController`).
+        controller: step-size controller (default :class:`PIController`); its ``step_ts`` are
+            landed on, its ``jump_ts`` refused.
         record_states: keep the state at the start of every accepted step in ``solution.steps``.
         step_penalty: ``penalty(step_result, dt)`` on every accepted step, returned stacked as
             ``solution.penalties`` (global regularization); needs the adaptive mode.
@@ -140,6 +141,11 @@ def sdeint(
         step_size=step_size,
         controller=controller,
     ).for_state(y0)
+    if options.controller.jump_ts:
+        raise ValueError(
+            "sdeint does not take controller.jump_ts (a drift or diffusion that jumps): solve up to "
+            "the jump and restart from there; controller.step_ts lands steps on times"
+        )
     check_step_penalty(step_penalty)
     if step_penalty is not None and step_size is not None:
         raise ValueError("step_penalty needs the adaptive mode (an error estimate): drop step_size")

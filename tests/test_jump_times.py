@@ -1,0 +1,340 @@
+"""``PIController(step_ts=..., jump_ts=...)``: times every adaptive solve lands a step on, and at a
+jump time a field that is discontinuous there, each step seeing one side of it only (diffrax's
+``PIDController(step_ts, jump_ts)``, torchdiffeq's ``options["step_t"]`` and ``["jump_t"]``)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from local_reg import (
+    TABLEAUS,
+    BacksolveAdjoint,
+    Checkpoint,
+    PIController,
+    SolverError,
+    Symplectic,
+    odeint,
+    odeint_event,
+    sdeint,
+)
+from tests.problems import DecaySDE
+
+DTYPE = torch.float64
+ADAPTIVE = [name for name, tableau in TABLEAUS.items() if tableau.adaptive]
+JUMP = 0.5
+
+
+def forcing(t: torch.Tensor) -> torch.Tensor:
+    """1 before the jump and -2 after it; at the jump itself 100, neither side's value, so that a
+    stage evaluated exactly there spoils a solve (the field may take any value there)."""
+    return torch.where(t < JUMP, 1.0, torch.where(t > JUMP, -2.0, 100.0)).to(t.dtype)
+
+
+def switched(t, y):
+    return forcing(t).to(y.dtype) * torch.ones_like(y)
+
+
+class Forced(torch.nn.Module):
+    """``y' = -rate * y + amplitude * forcing(t)``; ``at_start`` replaces the forcing at ``t <= 0``
+    (a field that jumps at the start of a solve from 0)."""
+
+    def __init__(self, at_start: float | None = None) -> None:
+        super().__init__()
+        self.rate = torch.nn.Parameter(torch.tensor(1.3, dtype=DTYPE))
+        self.amplitude = torch.nn.Parameter(torch.tensor(0.7, dtype=DTYPE))
+        self.at_start = at_start
+
+    def forward(self, t, y):
+        level = forcing(t)
+        if self.at_start is not None:
+            level = torch.where(t <= 0.0, self.at_start, level)
+        return -self.rate * y + self.amplitude * level.to(y.dtype)
+
+
+def exact(model: Forced, y0: torch.Tensor, t0: float, t1: float) -> torch.Tensor:
+    """The solution of :class:`Forced` at ``t1``, piece by piece (differentiable in the parameters)."""
+
+    def piece(y, start, end, level):
+        rest = model.amplitude * level / model.rate
+        return rest + (y - rest) * torch.exp(-model.rate * (end - start))
+
+    if (t0 - JUMP) * (t1 - JUMP) >= 0:
+        return piece(y0, t0, t1, 1.0 if min(t0, t1) < JUMP else -2.0)
+    first, second = (1.0, -2.0) if t0 < t1 else (-2.0, 1.0)
+    return piece(piece(y0, t0, JUMP, first), JUMP, t1, second)
+
+
+@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("span", [(0.0, 1.0), (1.0, 0.0)], ids=["forward", "backward"])
+def test_each_step_sees_one_side_of_the_jump(method, span):
+    # y' = forcing(t) is piecewise constant: every method integrates it exactly, with no rejection,
+    # as long as no step evaluates the field on the other side of the jump.
+    y0 = torch.zeros(2, dtype=DTYPE)
+    expected = exact_switched(0.0, *span)
+    jumped = odeint(switched, y0, list(span), method=method, controller=PIController(jump_ts=[JUMP]))
+    torch.testing.assert_close(jumped.ys[-1], torch.full((2,), expected, dtype=DTYPE), rtol=0, atol=1e-12)
+    assert jumped.stats.n_rejected == 0
+    ends = (jumped.steps.t + jumped.steps.dt).tolist()
+    assert JUMP in jumped.steps.t.tolist() and JUMP in ends
+    # Landing there alone (step_ts) is not enough: the step that ends at the jump evaluates its last
+    # stages at it, on the other side, and the error estimate rejects it over and over.
+    landed = odeint(switched, y0, list(span), method=method, controller=PIController(step_ts=[JUMP]))
+    assert JUMP in landed.steps.t.tolist()
+    assert landed.stats.n_rejected > 0
+    assert jumped.stats.nfe < odeint(switched, y0, list(span), method=method).stats.nfe
+
+
+def exact_switched(y0: float, t0: float, t1: float) -> float:
+    """The solution of ``y' = forcing(t)`` at ``t1``."""
+
+    def integral(t):  # of forcing from 0
+        return t if t < JUMP else JUMP - 2.0 * (t - JUMP)
+
+    return y0 + integral(t1) - integral(t0)
+
+
+def test_a_step_that_lands_on_a_jump_up_to_rounding_ends_there():
+    # From t0 the step to the jump has dt = jump - t0, and t0 + dt rounds to one ulp past the jump:
+    # that step's last stages must still be taken before the jump, not at t0 + dt.
+    t0, jump = -7.981575176220668, 9.764702974450021
+    assert t0 + (jump - t0) > jump
+
+    def field(t, y):
+        level = torch.where(t < jump, 1.0, torch.where(t > jump, -2.0, 100.0))
+        return level.to(y.dtype) * torch.ones_like(y)
+
+    y0 = torch.zeros(1, dtype=DTYPE)
+    solution = odeint(field, y0, [t0, jump + 1.0], first_step=20.0, controller=PIController(jump_ts=[jump]))
+    assert solution.steps.t[1].item() == jump  # the first step landed there
+    assert solution.stats.n_rejected == 0
+    torch.testing.assert_close(
+        solution.ys[-1], torch.full((1,), (jump - t0) - 2.0, dtype=DTYPE), rtol=1e-14, atol=0
+    )
+
+
+@pytest.mark.parametrize("jump", [0.5, 0.1], ids=["representable", "rounded"])
+def test_float32_times_are_moved_in_the_dtype_the_field_sees(jump):
+    # A float32 state's field gets float32 times: 0.1 rounds to 0.100000001, and the field's own
+    # comparison is in float32. The stage at the jump is moved by one float32 ulp, which a move of
+    # one float64 ulp would round back onto the jump.
+    def field(t, y):
+        return torch.where(t < jump, 1.0, -2.0).to(y.dtype) * torch.ones_like(y)
+
+    y0 = torch.zeros(3, dtype=torch.float32)
+    solution = odeint(field, y0, [0.0, 1.0], controller=PIController(jump_ts=[jump]), rtol=1e-5, atol=1e-6)
+    assert solution.stats.n_rejected == 0
+    expected = jump - 2.0 * (1.0 - jump)
+    torch.testing.assert_close(solution.ys[-1], torch.full((3,), expected), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ADAPTIVE)
+def test_interpolated_and_dense_outputs_across_the_jump_match_the_exact_solution(method):
+    model = Forced()
+    y0 = torch.tensor([1.0, -0.5], dtype=DTYPE)
+    t = torch.linspace(0.0, 1.0, 23, dtype=DTYPE)  # 0.5 among them, and outputs inside steps
+    controller = PIController(jump_ts=[JUMP])
+    tolerance = 1e-9 if TABLEAUS[method].order >= 3 else 1e-6  # the low orders' steps, affordable
+    solution = odeint(
+        model, y0, t, method=method, rtol=tolerance, atol=tolerance, controller=controller, dense=True
+    )
+    with torch.no_grad():
+        expected = torch.stack([exact(model, y0, 0.0, float(time)) for time in t])
+        torch.testing.assert_close(solution.ys, expected, rtol=0, atol=1e3 * tolerance)
+        inside = torch.tensor([0.123, 0.4999, JUMP, 0.5001, 0.97], dtype=DTYPE)
+        evaluated = solution.evaluate(inside)
+        expected = torch.stack([exact(model, y0, 0.0, float(time)) for time in inside])
+        torch.testing.assert_close(evaluated, expected, rtol=0, atol=1e3 * tolerance)
+
+
+def test_step_ts_end_steps_and_times_outside_the_span_do_nothing():
+    model = Forced()
+    y0 = torch.tensor([1.0], dtype=DTYPE)
+    with torch.no_grad():
+        plain = odeint(model, y0, [0.0, 2.0], controller=PIController(jump_ts=[JUMP]))
+        landed = odeint(
+            model,
+            y0,
+            [0.0, 2.0],
+            controller=PIController(jump_ts=[JUMP], step_ts=[-1.0, 0.0, 0.3, 1.7, 2.0, 9.0]),
+        )
+    assert {0.3, 1.7} <= set(landed.steps.t.tolist())
+    assert landed.stats.n_accepted > plain.stats.n_accepted
+    torch.testing.assert_close(landed.ys, plain.ys, rtol=1e-5, atol=1e-7)
+    # Out of the span only: the same steps as without them.
+    outside = odeint(model, y0, [0.0, 2.0], controller=PIController(jump_ts=[JUMP], step_ts=[-1.0, 0.0, 2.0]))
+    assert outside.steps.t.tolist() == plain.steps.t.tolist()
+
+
+@pytest.mark.parametrize(
+    "gradient",
+    [Checkpoint(), Checkpoint(checkpoints=2), Symplectic(), Symplectic(checkpoints=3)],
+    ids=["checkpoint", "checkpoint-2", "symplectic", "symplectic-3"],
+)
+@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("outputs", ["inside", "ends"])
+def test_graph_free_gradients_across_a_jump_equal_backpropagation(method, gradient, outputs):
+    # "inside": outputs inside the steps that end at the jump (0.49) and start at it (0.51), read
+    # from their dense output; "ends": no output inside a step. A jump declared at t0 too, where the
+    # field jumps (at_start) but a solve has no other side: it does nothing, in the replays too.
+    times = [0.0, 0.3, 0.49, JUMP, 0.51, 1.2] if outputs == "inside" else [0.0, 1.2]
+    t = torch.tensor(times, dtype=DTYPE)
+    controller = PIController(jump_ts=[0.0, JUMP, 1.2])
+    tolerance = 1e-7 if TABLEAUS[method].order >= 3 else 1e-4
+
+    def gradients(gradient):
+        model = Forced(at_start=3.0)
+        y0 = torch.tensor([1.0, -0.5], dtype=DTYPE, requires_grad=True)
+        solution = odeint(
+            model,
+            y0,
+            t,
+            method=method,
+            rtol=tolerance,
+            atol=tolerance,
+            controller=controller,
+            gradient=gradient,
+        )
+        weights = torch.arange(1.0, 2.0 * len(times) + 1, dtype=DTYPE).reshape(len(times), 2)
+        loss = (solution.ys * weights).sum()
+        return torch.autograd.grad(loss, (y0, model.rate, model.amplitude))
+
+    for own, direct in zip(gradients(gradient), gradients("direct"), strict=True):
+        torch.testing.assert_close(own, direct, rtol=1e-10, atol=1e-12)
+
+
+def test_checkpoint_segments_that_start_after_a_jump_equal_backpropagation():
+    # With few checkpoints the backward pass re-computes segments of steps; one that starts with the
+    # step after a jump evaluates its first stage afresh there, as the forward did. At this
+    # tolerance the solve takes four steps, the third from the jump, and two checkpoints keep steps
+    # 0 and 2: the segment of steps 2 and 3 starts there (checked when written).
+    t = torch.tensor([0.0, 1.2], dtype=DTYPE)
+    controller = PIController(jump_ts=[JUMP])
+
+    def gradients(gradient):
+        model = Forced()
+        y0 = torch.tensor([1.0, -0.5], dtype=DTYPE, requires_grad=True)
+        solution = odeint(model, y0, t, rtol=1e-3, atol=1e-3, controller=controller, gradient=gradient)
+        return torch.autograd.grad(solution.ys[-1].sum(), (y0, model.rate, model.amplitude))
+
+    direct = gradients("direct")
+    for checkpoints in range(2, 6):
+        for own, reference in zip(gradients(Checkpoint(checkpoints=checkpoints)), direct, strict=True):
+            torch.testing.assert_close(own, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("span", [(0.0, 1.0), (1.0, 0.0)], ids=["forward", "backward"])
+def test_gradients_across_the_jump_match_the_exact_solutions(span):
+    # Backpropagation through the solve (and the backsolve adjoint, whose backward solve lands on
+    # the jump too) against autograd through the exact solution.
+    reference_model = Forced()
+    y0 = torch.tensor([1.0, -0.5], dtype=DTYPE, requires_grad=True)
+    expected = torch.autograd.grad(
+        exact(reference_model, y0, *span).sum(), (y0, reference_model.rate, reference_model.amplitude)
+    )
+    for gradient, tolerance in (("direct", 1e-7), (BacksolveAdjoint(rtol=1e-10, atol=1e-12), 1e-7)):
+        model = Forced()
+        start = y0.detach().clone().requires_grad_(True)
+        solution = odeint(
+            model,
+            start,
+            list(span),
+            rtol=1e-10,
+            atol=1e-12,
+            controller=PIController(jump_ts=[JUMP]),
+            gradient=gradient,
+        )
+        got = torch.autograd.grad(solution.ys[-1].sum(), (start, model.rate, model.amplitude))
+        for own, reference in zip(got, expected, strict=True):
+            torch.testing.assert_close(own, reference, rtol=tolerance, atol=tolerance)
+
+
+def test_the_backsolve_adjoint_lands_on_jumps_going_backwards():
+    # Without the landing the backward solve steps across the jump, rejected over and over (254
+    # evaluations when measured); landing there, and starting the step after it afresh on its own
+    # side, it costs about what the forward does (81; 176 if the step after the jump reused the last
+    # stage of the step before).
+    def backward_calls(controller):
+        model = Forced()
+        y0 = torch.tensor([1.0], dtype=DTYPE, requires_grad=True)
+        solution = odeint(model, y0, [0.0, 1.0], controller=controller, gradient="adjoint")
+        solution.ys[-1].sum().backward()
+        return solution.stats.nfe_backward
+
+    assert backward_calls(PIController(jump_ts=[JUMP])) < 0.5 * backward_calls(PIController())
+
+
+def test_an_event_after_a_jump_is_found_exactly():
+    # y = 0.1 + t until the jump, then falls at rate 2: zero at t = 0.8.
+    y0 = torch.full((1,), 0.1, dtype=DTYPE)
+    t0 = torch.tensor(0.0, dtype=DTYPE)
+    event_t, solution = odeint_event(
+        switched, y0, t0, event_fn=lambda t, y: y[0], controller=PIController(jump_ts=[JUMP])
+    )
+    assert float(event_t) == pytest.approx(0.8, abs=1e-12)
+    assert float(solution.ys[-1, 0]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_compiled_steps_beside_a_jump_run_with_the_moved_times():
+    y0 = torch.zeros(2, dtype=DTYPE)
+    solution = odeint(
+        switched, y0, [0.0, 1.0], controller=PIController(jump_ts=[JUMP]), compile={"backend": "eager"}
+    )
+    assert solution.stats.n_rejected == 0
+    torch.testing.assert_close(
+        solution.ys[-1], torch.full((2,), exact_switched(0.0, 0.0, 1.0), dtype=DTYPE), rtol=0, atol=1e-12
+    )
+
+
+def test_sdeint_lands_on_step_ts_and_refuses_jump_ts():
+    sde = DecaySDE()
+    y0 = torch.ones(2, 1, dtype=DTYPE)
+    solution = sdeint(
+        sde,
+        y0,
+        [0.0, 1.0],
+        controller=PIController(step_ts=[0.37]),
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert 0.37 in solution.steps.t.tolist()
+    with pytest.raises(ValueError, match="sdeint does not take controller.jump_ts"):
+        sdeint(sde, y0, [0.0, 1.0], controller=PIController(jump_ts=[0.37]))
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        ([0.1, math.nan], ValueError, "jump_ts must be finite"),
+        ("01", TypeError, "jump_ts must be a 1-D tensor"),
+        (torch.zeros(2, 2), ValueError, r"jump_ts must be a 1-D tensor of times, got shape \(2, 2\)"),
+        ([0.1, "a"], TypeError, "jump_ts must hold real numbers"),
+        (np.array([1j]), TypeError, "jump_ts must be a real array"),
+    ],
+)
+def test_bad_landing_times_are_refused_naming_them(value, error, match):
+    with pytest.raises(error, match=match):
+        PIController(jump_ts=value)
+    with pytest.raises(error, match=match.replace("jump_ts", "step_ts")):
+        PIController(step_ts=value)
+
+
+def test_landing_times_are_kept_sorted_once_and_compare_by_value():
+    controller = PIController(jump_ts=torch.tensor([0.7, 0.2, 0.7], dtype=DTYPE), step_ts=np.array([3, 1]))
+    assert controller.jump_ts == (0.2, 0.7) and controller.step_ts == (1.0, 3.0)
+    assert controller == PIController(jump_ts=[0.2, 0.7], step_ts=(1.0, 3.0))
+    assert hash(controller) == hash(PIController(jump_ts=[0.7, 0.2], step_ts=[3.0, 1.0]))
+
+
+def test_fixed_steps_refuse_landing_times():
+    y0 = torch.zeros(1, dtype=DTYPE)
+    with pytest.raises(ValueError, match="controller.step_ts and jump_ts need an adaptive solve"):
+        odeint(switched, y0, [0.0, 1.0], method="rk4", step_size=0.1, controller=PIController(jump_ts=[JUMP]))
+
+
+def test_a_landing_within_ulps_of_an_output_time_is_named_in_the_error():
+    y0 = torch.zeros(1, dtype=DTYPE)
+    with pytest.raises(SolverError, match="step_ts/jump_ts time"):
+        odeint(switched, y0, [0.0, 1.0], controller=PIController(step_ts=[math.nextafter(1.0, 0.0)]))
