@@ -1,6 +1,7 @@
 """A field that jumps at a known time, solved with and without torchdiffeq's ``options['jump_t']``, by
-``local_reg.compat`` and torchdiffeq 0.2.5: calls of the field and the largest error against the
-analytic solution (counts are deterministic).
+``local_reg.compat`` and torchdiffeq 0.2.5, and by ``local_reg.odeint`` with ``PIController``'s
+``jump_ts`` and ``step_ts``: calls of the field and the largest error against the analytic solution
+(counts are deterministic).
 
     python benchmarks/landings.py
 """
@@ -13,6 +14,7 @@ import torch
 import torchdiffeq
 
 import local_reg.compat as compat
+from local_reg import PIController, odeint
 
 JUMP = 1.0
 
@@ -45,6 +47,34 @@ def main() -> None:
                 error = (ys - reference).abs().max().item()
                 label = "jump_t=[1]" if options else "none"
                 print(f"| t {switch} 1 | {name} | {label} | {calls[0]} | {error:.1e} |")
+    native()
+
+
+def native() -> None:
+    """docs/solver.md's example: y' = 1 before t = 0.5 and -2 after, tsit5 at the defaults."""
+
+    def switched(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.where(t < 0.5, 1.0, -2.0).to(y.dtype) * torch.ones_like(y)
+
+    y0 = torch.zeros(1, dtype=torch.float64)
+    print()
+    print(
+        "y' = 1 for t < 0.5, -2 after, y0 = 0, t = [0, 1] (or [1, 0] from y = -0.5), local_reg.odeint, tsit5"
+    )
+    print("| direction | controller | NFE | rejected | error |")
+    print("|---|---|---|---|---|")
+    for label, start, span, exact in (
+        ("forward", y0, [0.0, 1.0], -0.5),
+        ("backward", y0 - 0.5, [1.0, 0.0], 0.0),
+    ):
+        for name, controller in (
+            ("PIController()", PIController()),
+            ("step_ts=[0.5]", PIController(step_ts=[0.5])),
+            ("jump_ts=[0.5]", PIController(jump_ts=[0.5])),
+        ):
+            solution = odeint(switched, start, span, controller=controller)
+            error = abs(solution.ys[-1].item() - exact)
+            print(f"| {label} | {name} | {solution.stats.nfe} | {solution.stats.n_rejected} | {error:.1e} |")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,16 @@ from torch import Tensor
 from ._dense import DenseOutput
 from ._diagnose import explain_failure
 from ._errors import SolverError
-from ._step import RKStepper, StepResult, VectorField, min_step_size, rms_norm, underflow_threshold
+from ._step import (
+    RKStepper,
+    StepResult,
+    VectorField,
+    jump_ends,
+    min_step_size,
+    rms_norm,
+    underflow_threshold,
+    within_ulps,
+)
 from ._stepper import Stepper
 from ._validate import (
     absolute_tolerance_for,
@@ -83,6 +92,8 @@ DEFAULT_MAX_STEPS = 10_000
 # sliver of a step is left over.
 _LANDING_SLACK = 0.01
 STOP_NEVER_HELD = "the stop condition never held before the time overflowed"
+_NO_LANDINGS = PIController()
+"""The landing times of a solve with none (a fixed step size, or a single output time)."""
 _EXACT_COUNTS = 2**53
 """Step counts above this are not exact as floats: a fixed step size is then its own equal step."""
 
@@ -162,13 +173,15 @@ class SolveOptions:
 
     def over(self, times: list[float]) -> SolveOptions:
         """These options for a solve from ``times[0]`` through ``times[-1]`` (on in that direction
-        with a stop condition): the controller without the ``step_ts`` and ``jump_ts`` beyond the
-        span's open interval, so that the gradient methods' replays of the solve's steps take the
-        jump times the solve landed on and no others (one at ``t0`` would move the first stage)."""
+        with a stop condition): the controller's ``step_ts`` and ``jump_ts`` rounded to the dtype the
+        field sees times in and without those beyond the span's open interval
+        (:meth:`PIController.within`), so that the gradient methods' replays of the solve's steps
+        take the jump times the solve landed on and no others (one at ``t0`` would move the first
+        stage)."""
         end = times[-1]
         if self.callbacks.stop is not None:
             end = math.copysign(math.inf, times[-1] - times[0])
-        controller = self.controller.within(times[0], end)
+        controller = self.controller.within(times[0], end, self.time_dtype)
         if controller is self.controller:
             return self
         options = copy.copy(self)  # not replace(): the tolerances may be for_state's already
@@ -267,9 +280,9 @@ def next_step_size(
         if lands:
             # The solve was landing: it is the output times that are too close, not the dynamics.
             reason += (
-                f": the next output time {t_target!r} (or the controller's step_ts/jump_ts time) is "
-                "within a few ulps of t; times this close cannot each end a step (merge them; an "
-                "adaptive method interpolates output times without step_to_outputs)"
+                f": the next output time {t_target!r} is within a few ulps of t; output times this "
+                "close cannot each end a step (merge them; an adaptive method interpolates them "
+                "without step_to_outputs)"
             )
         raise SolverError(reason, t=t, n_steps=n_steps)
     return dt_used, lands
@@ -456,18 +469,24 @@ def integrate(
     if stop is not None:
         targets = [direction * open_end(y0.dtype)]
     # The controller's own landing times inside the span, in the order the solve reaches them.
-    span = controller.within(times[0], targets[-1]) if targets and adaptive else PIController()
+    span = controller.within(times[0], targets[-1]) if targets and adaptive else _NO_LANDINGS
     landings = sorted({*span.step_ts, *span.jump_ts}, key=lambda landing: direction * landing)
     next_landing = 0
     for t_target in targets:
         if not adaptive:
             dt_abs = fixed_step_size(t, t_target, options.step_size)
         while direction * (t_target - t) > 0:
-            while next_landing < len(landings) and direction * (landings[next_landing] - t) <= 0:
+            # A landing within a few ulps of t or of the output time is no step's end of its own: the
+            # step beside it ends or starts at it (jump_ends).
+            while next_landing < len(landings) and (
+                direction * (landings[next_landing] - t) <= 0 or within_ulps(landings[next_landing], t)
+            ):
                 next_landing += 1
             t_goal = t_target
-            if next_landing < len(landings) and direction * (landings[next_landing] - t_target) < 0:
-                t_goal = landings[next_landing]
+            if next_landing < len(landings):
+                landing = landings[next_landing]
+                if direction * (landing - t_target) < 0 and not within_ulps(landing, t_target):
+                    t_goal = landing
             try:
                 dt_used, lands = next_step_size(
                     t,
@@ -513,6 +532,7 @@ def integrate(
             accepted = not adaptive or error_estimate <= 1.0
             if accepted:
                 step_dt = (t_goal - t) if lands else dt
+                ends_at_jump = bool(span.jump_ts) and jump_ends(t, step_dt, span.jump_ts)[1] is not None
                 if callbacks.accept is not None:
                     _call_leaving_state("accept", y, callbacks.accept, t, y, step_dt)
                 stats.n_accepted += 1
@@ -589,7 +609,7 @@ def integrate(
                 after_rejection = True
             # After dense output, which may have evaluated the next step's first stage.
             carry = stepper.next_carry(result, accepted, carry)
-            if accepted and lands and t_goal in span.jump_ts:
+            if accepted and ends_at_jump:
                 carry = stepper.after_jump(carry)
         outputs.append(y)
     if stop is not None and log.stop_time is None:

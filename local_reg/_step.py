@@ -148,17 +148,29 @@ def stage_times(times: Sequence[float], like: Tensor, dtype: torch.dtype | None 
     return torch.tensor(times, dtype=like.dtype if dtype is None else dtype, device=like.device).unbind()
 
 
-def jump_ends(t: float, dt: float, jump_ts: Sequence[float]) -> tuple[bool, float | None]:
-    """Whether the step from ``t`` by ``dt`` starts at one of the sorted ``jump_ts``, and the jump
-    time it ends at (``None``: none). A step that lands on a time ends at ``t + dt`` only up to the
-    rounding of the sum: an end within 4 ulps of a jump time is at it."""
-    index = bisect.bisect_left(jump_ts, t)
-    starts = index < len(jump_ts) and jump_ts[index] == t
+def within_ulps(a: float, b: float) -> bool:
+    """Whether ``a`` and ``b`` are at most 4 ulps apart (of the larger): closer than the loop's
+    smallest step (:func:`underflow_threshold`), so no step can go from one to the other."""
+    return abs(a - b) <= 4 * math.ulp(max(abs(a), abs(b)))
+
+
+def jump_ends(t: float, dt: float, jump_ts: Sequence[float]) -> tuple[float | None, float | None]:
+    """The jump times (of the sorted ``jump_ts``) at the start and at the end of the step from ``t``
+    by ``dt``, ``None`` where there is none. A jump within 4 ulps of an end is at it (a step that
+    lands on a time ends at ``t + dt`` only up to the rounding of the sum, and jumps that close
+    cannot each end a step); of several, the start's is the last the step passes and the end's the
+    first, so that the step lies between them."""
     end = t + dt
-    index = bisect.bisect_left(jump_ts, end)
-    near = [jump_ts[i] for i in (index - 1, index) if 0 <= i < len(jump_ts)]
-    ends = [jump for jump in near if jump != t and abs(jump - end) <= 4 * math.ulp(jump)]
-    return starts, ends[0] if ends else None
+    found = []
+    for time in (t, end):
+        index = bisect.bisect_left(jump_ts, time)
+        near = [jump_ts[i] for i in range(max(index - 4, 0), min(index + 4, len(jump_ts)))]
+        found.append([jump for jump in near if within_ulps(jump, time)])
+    at_start, at_end = found
+    forward = dt > 0
+    start = (max(at_start) if forward else min(at_start)) if at_start else None
+    finish = (min(at_end) if forward else max(at_end)) if at_end else None
+    return start, finish
 
 
 def _beside(time: float, toward: float, dtype: torch.dtype) -> float:
@@ -170,18 +182,19 @@ def _beside(time: float, toward: float, dtype: torch.dtype) -> float:
 def stage_time_values(
     t: float, dt: float, nodes: Sequence[float], dtype: torch.dtype, jump_ts: Sequence[float] = ()
 ) -> list[float]:
-    """The times ``t + c_i dt`` of a step's stages at the ``nodes`` ``c_i``. A stage at the step's
-    start (``c_i = 0``) or end (``c_i = 1``) that is one of the sorted ``jump_ts`` is taken at the
-    time of ``dtype`` (the one the field sees) next to it inside the step, so that a field that
-    jumps there is evaluated on the step's own side (torchdiffeq's perturbation of ``jump_t``)."""
+    """The times ``t + c_i dt`` of a step's stages at the ``nodes`` ``c_i``. Where the step starts
+    or ends at one of the sorted ``jump_ts`` (:func:`jump_ends`), a stage at that end (``c_i = 0``
+    or ``1``) is taken at the time of ``dtype`` (the one the field sees) next to the jump inside
+    the step, so that a field that jumps there is evaluated on the step's own side (torchdiffeq's
+    perturbation of ``jump_t``)."""
     values = [t + c_i * dt for c_i in nodes]
     if not jump_ts:
         return values
-    starts, end = jump_ends(t, dt, jump_ts)
+    start, end = jump_ends(t, dt, jump_ts)
     toward = math.copysign(math.inf, dt)
     for i, c_i in enumerate(nodes):
-        if c_i == 0.0 and starts:
-            values[i] = _beside(t, toward, dtype)
+        if c_i == 0.0 and start is not None:
+            values[i] = _beside(start, toward, dtype)
         elif c_i == 1.0 and end is not None:
             values[i] = _beside(end, -toward, dtype)
     return values
@@ -526,7 +539,9 @@ class RKStepper(Stepper[Tensor | None]):
     def step(
         self, t: float, t_next: float, y: Tensor, dt: float, carry: Tensor | None, estimate_error: bool
     ) -> StepResult:
-        if self.compiled is not None and not (self.jump_ts and any(jump_ends(t, dt, self.jump_ts))):
+        if self.compiled is not None and not (
+            self.jump_ts and jump_ends(t, dt, self.jump_ts) != (None, None)
+        ):
             t_tensor, dt_tensor = torch.tensor([t, dt], dtype=torch.float64, device=y.device).unbind()
             time_dtype = y.dtype if self.time_dtype is None else self.time_dtype
             result = self.compiled.try_step(

@@ -28,7 +28,7 @@ from ._errors import SolverError
 from ._events import _solve_until_event, direction_time
 from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
-from ._step import rms_norm, underflow_threshold
+from ._step import rms_norm
 from ._tuple import TupleState
 from ._validate import Tolerance, finite_float, positive_float, positive_int, validate_times
 from .controller import PIController
@@ -282,106 +282,23 @@ def _direction(times: list[float]) -> float:
     return 1.0 if times[-1] >= times[0] else -1.0
 
 
-def _landings(opts: dict[str, Any], times: list[float], state_dtype: torch.dtype) -> list[tuple[float, bool]]:
-    """``options['step_t']`` and ``['jump_t']`` inside the span, in the solve's direction, each as
-    ``(time, is_jump)``, the time rounded to the state's dtype (the dtype the field sees its times
-    in); popped from ``opts``. Times outside the span are ignored, as torchdiffeq's solvers never
-    reach them; a time in both lists is refused, as by torchdiffeq (a time repeated in one list is
-    taken once, where torchdiffeq refuses it)."""
-    direction = _direction(times)
-
-    def inside(time: float) -> bool:
-        return direction * (time - times[0]) > 0 and direction * (times[-1] - time) > 0
-
-    found: dict[str, set[float]] = {}
+def _landings(opts: dict[str, Any], times: list[float]) -> dict[str, list[float]]:
+    """``options['step_t']`` and ``['jump_t']`` as :class:`PIController`'s ``step_ts`` and
+    ``jump_ts``, popped from ``opts``. A time in both lists inside the span is refused, as by
+    torchdiffeq (a time repeated in one list is taken once, where torchdiffeq refuses it); times
+    outside the span do nothing, as torchdiffeq's solvers never reach them."""
+    low, high = min(times[0], times[-1]), max(times[0], times[-1])
+    found: dict[str, list[float]] = {}
     for key in LANDING_OPTIONS:
         value = opts.pop(key, None)
-        values = (
-            torch.as_tensor([] if value is None else value, dtype=torch.float64).detach().reshape(-1).cpu()
-        )
+        values = torch.as_tensor([] if value is None else value, dtype=torch.float64).detach().reshape(-1)
         if not bool(torch.isfinite(values).all()):
             raise ValueError(f"options[{key!r}] must be finite times, got {value!r}")
-        found[key] = {time for time in values.tolist() if inside(time)}
-    if found["step_t"] & found["jump_t"]:
+        found[key] = values.tolist()
+    shared = {time for time in set(found["step_t"]) & set(found["jump_t"]) if low < time < high}
+    if shared:
         raise ValueError("options['step_t'] and ['jump_t'] must not share a time (torchdiffeq's rule)")
-    rounded: dict[float, bool] = {}
-    for key in LANDING_OPTIONS:
-        for time in torch.tensor(sorted(found[key]), dtype=torch.float64).to(state_dtype).double().tolist():
-            # Two times that round to one: a jump if either is.
-            rounded[time] = rounded.get(time, False) or key == "jump_t"
-    # Rounding may move a time onto an end of the span, where it no longer splits anything.
-    kept = [(time, jump) for time, jump in rounded.items() if inside(time)]
-    return sorted(kept, key=lambda landing: direction * landing[0])
-
-
-class _SideOfJumps(nn.Module):
-    """``func`` with a time equal to a jump at an end of its piece moved to the state dtype's next
-    time inside the piece, so that the field is evaluated on the piece's side of the jump whichever
-    side its own comparison puts the jump time on (torchdiffeq's ``perturb``). The piece itself
-    ends and starts exactly on the jump: no stretch of time is skipped. A module, so that
-    ``func``'s parameters are found as they are without it."""
-
-    def __init__(self, func: Callable, ends: list[tuple[float, float]]) -> None:
-        super().__init__()
-        self.func = func
-        self.ends = ends  # (the jump, the time inside the piece next to it)
-
-    def forward(self, t: Tensor, y: Any) -> Any:
-        for jump, inside in self.ends:
-            t = torch.where(t == jump, torch.full_like(t, inside), t)
-        return self.func(t, y)
-
-
-def _row(ys: States, index: int) -> States:
-    """One output time's state of ``ys``, a tensor or a tuple of tensors."""
-    return tuple(y[index] for y in ys) if isinstance(ys, tuple) else ys[index]
-
-
-def _solve_in_pieces(
-    func: Callable,
-    y0: States,
-    times: list[float],
-    landings: list[tuple[float, bool]],
-    state_dtype: torch.dtype,
-    kwargs: dict[str, Any],
-) -> States:
-    """``local_reg.odeint`` in pieces that end and start on the landing times, composed by autograd
-    (so every gradient method stays exact): no step crosses one, and beside a jump the field is
-    evaluated on its piece's side (:class:`_SideOfJumps`). A piece after the first starts with the
-    larger of the last two steps of the one before (its last is cut short to land); a piece too
-    short for one step (a few ulps, between two jumps) carries the state across unchanged."""
-    direction = _direction(times)
-    rows: list[States] = [y0]
-    start, start_is_jump, state = times[0], False, y0
-    piece_kwargs = dict(kwargs)
-    pending = list(range(1, len(times)))
-    for end, end_is_jump in [*landings, (times[-1], False)]:
-        mine = [i for i in pending if direction * (times[i] - end) <= 0]
-        pending = pending[len(mine) :]
-        if abs(end - start) > underflow_threshold(start, abs(end - start)):
-            ends = [(start, _beside(start, end, state_dtype))] if start_is_jump else []
-            ends += [(end, _beside(end, start, state_dtype))] if end_is_jump else []
-            field = _SideOfJumps(func, ends) if ends else func
-            piece_times = sorted({start, end, *(times[i] for i in mine)}, key=lambda time: direction * time)
-            solution = _odeint(field, state, piece_times, **piece_kwargs)
-            index = {time: position for position, time in enumerate(piece_times)}
-            rows += [_row(solution.ys, index[times[i]]) for i in mine]
-            state = _row(solution.ys, -1)
-            taken = solution.steps.dt[-2:].abs()
-            if len(taken):
-                piece_kwargs["first_step"] = float(taken.max())
-        else:
-            rows += [state for _ in mine]
-        start, start_is_jump = end, end_is_jump
-    if isinstance(y0, tuple):
-        return tuple(torch.stack([row[k] for row in rows]) for k in range(len(y0)))
-    return torch.stack(rows)
-
-
-def _beside(time: float, toward: float, state_dtype: torch.dtype) -> float:
-    """The next time of the state's dtype after ``time`` towards ``toward``."""
-    here = torch.tensor(time, dtype=state_dtype)
-    return float(torch.nextafter(here, torch.tensor(toward, dtype=state_dtype)))
+    return {"step_ts": found["step_t"], "jump_ts": found["jump_t"]}
 
 
 def _solve(
@@ -414,14 +331,7 @@ def _solve(
     step_size = _fixed_step_size(tableau, opts.pop("step_size", None), "options", method)
     if not tableau.adaptive:
         _ignored_by_fixed_steps(opts, "options", method)
-    state_dtype = y0.dtype if state is None else state.dtype
-    landings = _landings(opts, times, state_dtype)
-    if landings and (events or dense or (isinstance(t, Tensor) and t.requires_grad)):
-        raise ValueError(
-            "options['step_t'] and ['jump_t'] are supported by local_reg.compat for odeint and "
-            "odeint_adjoint without event_fn and with a t that does not require grad: split the solve "
-            "at those times yourself otherwise"
-        )
+    landings = _landings(opts, times)
     if step_size is None and not tableau.adaptive:
         if events:
             raise ValueError(f"event_fn with the fixed-step method {method!r} needs options['step_size']")
@@ -438,7 +348,7 @@ def _solve(
         "atol": atol,
         "step_size": step_size,
         "first_step": opts.pop("first_step", None),
-        "controller": _controller(opts, "options"),
+        "controller": dataclasses.replace(_controller(opts, "options") or PIController(), **landings),
         "gradient": gradient,
         "adjoint_params": adjoint_params,
         "callbacks": _callbacks(func, state, t_dtype),
@@ -461,8 +371,6 @@ def _solve(
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
     elif state is not None:
         kwargs["norm"] = _mixed_norm(state)
-    if landings:
-        return _solve_in_pieces(func, y0, times, landings, state_dtype, kwargs)
     if not events:
         # torchdiffeq 0.2.5 casts the time it hands func to y0's dtype (_PerturbFunc), whatever t's
         # dtype: as a sequence of floats (the same values) t gives local_reg.odeint's func y0's dtype
@@ -524,8 +432,8 @@ def odeint(
             no longer than it; default one step per interval), ``first_step``, ``max_num_steps``,
             ``norm`` (callable on the scaled error, a tuple for tuple states), ``dtype`` (accepted;
             times are always handled in float64), ``jump_t`` and ``step_t`` (adaptive methods:
-            times where the field jumps, or is not smooth; the solve runs in pieces between them,
-            docs/compat.md).
+            times where the field jumps, or is not smooth: :class:`PIController`'s ``jump_ts`` and
+            ``step_ts``, docs/compat.md).
         event_fn: ``event_fn(t, y) -> tensor``: solve from ``t[0]`` in the direction of ``t[1]``
             (``len(t) == 2``) until it changes sign, and return ``(event_t, solution)``, the
             states at ``[t[0], event_t]`` (:func:`local_reg.odeint_event`, differentiable w.r.t.
@@ -649,12 +557,12 @@ def odeint_adjoint(
                 )
             adjoint = _check_keys("adjoint_options", adjoint_options, ADJOINT_OPTIONS)
         for key in LANDING_OPTIONS:
-            # The backward solve runs piece by piece too, in the forward solve's pieces.
+            # The backward solve lands on the forward solve's times (its controller's).
             given, forward_times = adjoint.pop(key, None), (options or {}).get(key)
             if given is not None and (forward_times is None or _time_set(given) != _time_set(forward_times)):
                 raise ValueError(
-                    f"adjoint_options[{key!r}] must be options[{key!r}]: the backward solve is split where "
-                    "the forward solve is"
+                    f"adjoint_options[{key!r}] must be options[{key!r}]: the backward solve lands where "
+                    "the forward solve does"
                 )
         norm = adjoint.pop("norm", "default")
         if norm not in ("seminorm", "default"):

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from ._validate import finite_times
@@ -123,15 +124,22 @@ class PIController:
         """Whether solves land on times of their own (``step_ts`` or ``jump_ts``)."""
         return bool(self.step_ts or self.jump_ts)
 
-    def within(self, t0: float, t1: float) -> PIController:
+    def within(self, t0: float, t1: float, dtype: torch.dtype | None = None) -> PIController:
         """This controller with only the ``step_ts`` and ``jump_ts`` strictly between ``t0`` and
-        ``t1`` (either order): the ones a solve over that span lands on."""
+        ``t1`` (either order), the ones a solve over that span lands on; with ``dtype`` (the one the
+        field sees times in) each rounded to it first: times the field cannot tell apart are one,
+        a jump if either is (as ``local_reg.compat`` rounds torchdiffeq's)."""
         low, high = min(t0, t1), max(t0, t1)
 
         def inside(times: tuple[float, ...]) -> tuple[float, ...]:
+            if dtype is not None and dtype != torch.float64 and times:
+                times = tuple(
+                    sorted(set(torch.tensor(times, dtype=torch.float64).to(dtype).double().tolist()))
+                )
             return times[bisect.bisect_right(times, low) : bisect.bisect_left(times, high)]
 
-        step_ts, jump_ts = inside(self.step_ts), inside(self.jump_ts)
+        jump_ts = inside(self.jump_ts)
+        step_ts = tuple(time for time in inside(self.step_ts) if time not in jump_ts)
         if (step_ts, jump_ts) == (self.step_ts, self.jump_ts):
             return self
         return dataclasses.replace(self, step_ts=step_ts, jump_ts=jump_ts)

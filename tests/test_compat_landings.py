@@ -1,6 +1,6 @@
-"""``local_reg.compat`` with torchdiffeq's ``options['jump_t']`` and ``['step_t']``: a field that jumps
-(or kinks) at known times, solved in pieces that end and start there, against the analytic solution
-and torchdiffeq 0.2.5."""
+"""``local_reg.compat`` with torchdiffeq's ``options['jump_t']`` and ``['step_t']`` (local_reg's
+``PIController(jump_ts=, step_ts=)``): a field that jumps (or kinks) at known times, solved with
+steps that land there, against the analytic solution and torchdiffeq 0.2.5."""
 
 from __future__ import annotations
 
@@ -70,14 +70,14 @@ def test_output_times_at_and_beside_the_jump_read_the_continuous_state():
     torch.testing.assert_close(solved, exact(t), rtol=1e-7, atol=1e-8)
 
 
-def test_backwards_in_time_the_pieces_run_from_the_end():
+def test_backwards_in_time_the_jump_is_landed_on_from_the_end():
     t = torch.tensor([3.0, 2.0, 0.5], dtype=DTYPE)
     y3 = exact([3.0])[0]
     solved = compat.odeint(Switched(), y3, t, options={"jump_t": [JUMP]})
     torch.testing.assert_close(solved[-1], exact([0.5])[0], rtol=1e-6, atol=1e-7)
 
 
-def test_a_tuple_state_and_float32_work_in_pieces():
+def test_a_tuple_state_and_float32_land_on_the_jump():
     y0 = Y0.float()
     field = Switched()
 
@@ -90,7 +90,7 @@ def test_a_tuple_state_and_float32_work_in_pieces():
 
 
 @pytest.mark.parametrize("interface", ["odeint", "odeint_adjoint", "symplectic"])
-def test_gradients_through_the_pieces_match_the_analytic_ones(interface):
+def test_gradients_across_the_jump_match_the_analytic_ones(interface):
     field = Switched(rate=0.7)
     y0 = Y0.clone().requires_grad_(True)
     t = torch.tensor([0.0, 2.5], dtype=DTYPE)
@@ -126,7 +126,7 @@ def test_a_kink_lands_a_step_on_its_step_t():
 
 @pytest.mark.parametrize("jump", [1e3, 1e5])
 def test_a_float32_state_far_from_zero_integrates_up_to_the_jump(jump):
-    # Pieces end and start on the jump itself: none of its neighbourhood, 2 ulps wide in float32
+    # Steps end and start on the jump itself: none of its neighbourhood, 2 ulps wide in float32
     # (0.016 at 1e5), is skipped. y' = [t >= jump] from 0 over [jump - 10, jump + 10] reaches 10.
     def switched(t, y):
         return (t >= jump).to(y.dtype).expand_as(y)
@@ -185,17 +185,6 @@ def test_landings_outside_the_span_change_nothing():
             "finite",
         ),
         (
-            lambda: compat.odeint(
-                Switched(),
-                Y0,
-                torch.tensor([0.0, 2.0]),
-                options={"jump_t": [1.0]},
-                event_fn=lambda t, y: y[0] - 0.1,
-            ),
-            "event_fn",
-        ),
-        (lambda: compat.odeint_dense(Switched(), Y0, 0.0, 2.0, options={"jump_t": [1.0]}), "event_fn"),
-        (
             lambda: compat.odeint_adjoint(
                 Switched(),
                 Y0,
@@ -212,11 +201,31 @@ def test_landings_outside_the_span_change_nothing():
             "adjoint_options",
         ),
     ],
-    ids=["both", "nan", "event", "dense", "adjoint-differs", "adjoint-only"],
+    ids=["both", "nan", "adjoint-differs", "adjoint-only"],
 )
-def test_landings_the_pieces_cannot_serve_are_refused_by_name(call, match):
+def test_landings_torchdiffeq_refuses_are_refused_by_name(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_an_event_dense_output_and_time_gradients_work_across_the_jump():
+    # y' = -y + [t >= 1] from (0.5, 2): y[0] falls to 0.18 at the jump, then rises towards 1,
+    # reaching 0.6 (the event) after it.
+    t = torch.tensor([0.0, 3.0], dtype=DTYPE)
+    options = {"jump_t": [JUMP]}
+    event_t, ys = compat.odeint(Switched(), Y0, t, options=options, event_fn=lambda s, y: y[0] - 0.6)
+    at_jump = 0.5 * math.exp(-JUMP)
+    expected = JUMP + math.log((1 - at_jump) / (1 - 0.6))  # 1 + (y(1) - 1) e^{-(s - 1)} = 0.6
+    assert event_t.item() == pytest.approx(expected, abs=1e-7)
+    dense = compat.odeint_dense(Switched(), Y0, 0.0, 3.0, options=options)
+    inside = torch.tensor([0.3, JUMP, 1.7], dtype=DTYPE)
+    torch.testing.assert_close(torch.stack([dense(s) for s in inside]), exact(inside), rtol=1e-6, atol=1e-7)
+    # dL/dt1 = <v, f(t1, y(t1))> for an end time after the jump.
+    times = torch.tensor([0.0, 2.0], dtype=DTYPE, requires_grad=True)
+    solved = compat.odeint(Switched(), Y0, times, options=options)
+    solved[-1].sum().backward()
+    rate = (-exact([2.0])[0] + 1.0).sum()
+    torch.testing.assert_close(times.grad[1], rate, rtol=1e-6, atol=1e-8)
 
 
 def test_adjoint_options_may_repeat_the_landings_in_another_order_and_type():

@@ -15,7 +15,6 @@ from local_reg import (
     BacksolveAdjoint,
     Checkpoint,
     PIController,
-    SolverError,
     Symplectic,
     odeint,
     odeint_event,
@@ -334,7 +333,48 @@ def test_fixed_steps_refuse_landing_times():
         odeint(switched, y0, [0.0, 1.0], method="rk4", step_size=0.1, controller=PIController(jump_ts=[JUMP]))
 
 
-def test_a_landing_within_ulps_of_an_output_time_is_named_in_the_error():
+@pytest.mark.parametrize("gap_ulps", [1, 3, 5, 20])
+def test_jumps_a_few_ulps_apart_and_next_to_the_end_are_solved(gap_ulps):
+    # Jumps closer than the loop's smallest step (4 ulps) cannot each end a step: the step after
+    # the first starts beyond the last of them, and a step ending within 4 ulps of a jump is taken
+    # to end at it. Farther apart, a step of a few ulps goes between them.
+    second = 1.0 + gap_ulps * math.ulp(1.0)
+    last = 2.0 - math.ulp(2.0)
+
+    def two_switches(t, y):
+        return ((t >= 1.0).to(y.dtype) + (t >= second).to(y.dtype) - (t >= last).to(y.dtype) * 50).expand_as(
+            y
+        )
+
     y0 = torch.zeros(1, dtype=DTYPE)
-    with pytest.raises(SolverError, match="step_ts/jump_ts time"):
-        odeint(switched, y0, [0.0, 1.0], controller=PIController(step_ts=[math.nextafter(1.0, 0.0)]))
+    controller = PIController(jump_ts=[1.0, second, last], step_ts=[math.nextafter(2.0, 0.0)])
+    solved = odeint(two_switches, y0, [0.0, 2.0], controller=controller)
+    assert solved.ys[-1].item() == pytest.approx(2.0, abs=1e-12)  # the integral of 1 + 1 over [1, 2]
+    assert solved.stats.n_rejected == 0
+
+
+def test_jump_times_the_field_cannot_tell_apart_are_one():
+    # A float32 state's field sees float32 times, 0.0078 apart at 1e5: jumps at 1e5 and 1e5 + 0.001
+    # are one time to it (its own comparisons switch both at 1e5), and one landing for the solve.
+    jumps = [1e5, 1e5 + 0.001]
+
+    def switches(t, y):
+        return sum((t >= jump).to(y.dtype) for jump in jumps).expand_as(y)
+
+    t = torch.tensor([1e5 - 10.0, 1e5 + 10.0], dtype=DTYPE)  # a float64 t would give float64 times
+    solved = odeint(switches, torch.zeros(1), t.tolist(), controller=PIController(jump_ts=jumps))
+    assert solved.stats.n_rejected == 0
+    assert solved.ys[-1].item() == pytest.approx(20.0, rel=1e-6)
+    assert 1e5 in solved.steps.t.tolist()
+
+
+def test_an_output_time_a_few_ulps_past_a_jump_ends_the_step_at_the_jump():
+    # With step_to_outputs the step lands on the output time, 2 ulps past the jump: it ends at the
+    # jump (its last stages before it), and the next step starts afresh after it.
+    t = [0.0, JUMP + 2 * math.ulp(JUMP), 1.0]
+    y0 = torch.zeros(1, dtype=DTYPE)
+    solved = odeint(switched, y0, t, controller=PIController(jump_ts=[JUMP]), step_to_outputs=True)
+    assert solved.stats.n_rejected == 0
+    torch.testing.assert_close(
+        solved.ys[-1], torch.full((1,), exact_switched(0.0, 0.0, 1.0), dtype=DTYPE), rtol=0, atol=1e-12
+    )

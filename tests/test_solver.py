@@ -466,11 +466,7 @@ def test_output_times_a_few_ulps_apart_are_named_as_the_cause_of_an_underflow():
     (not the dynamics, as for a blow-up), and the interpolating default solves them."""
     y0 = torch.ones(2, dtype=torch.float64)
     t = [0.0, 0.5, math.nextafter(0.5, 1.0), 1.0]
-    with pytest.raises(
-        SolverError,
-        match=r"the next output time 0.5000000000000001 \(or the controller.s step_ts/jump_ts time\) is "
-        r"within a few ulps",
-    ):
+    with pytest.raises(SolverError, match="the next output time 0.5000000000000001 is within a few ulps"):
         odeint(lambda t, y: -y, y0, t, step_to_outputs=True)
     with pytest.raises(SolverError, match="step size underflow") as blow_up:
         odeint(lambda t, y: y**2, y0, [0.0, 2.0])

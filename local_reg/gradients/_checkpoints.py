@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .._integrate import SolveOptions
-from .._step import VectorField, step, time_tensor
+from .._step import VectorField, jump_ends, step, time_tensor
 
 
 class StepStates:
@@ -82,7 +82,12 @@ class StepStates:
             with torch.no_grad():
                 k1 = None
                 jump_ts = options.controller.jump_ts
-                if tableau.fsal and start > 0 and end - 1 > start and step_starts[start] not in jump_ts:
+                if (
+                    tableau.fsal
+                    and start > 0
+                    and end - 1 > start
+                    and jump_ends(step_starts[start - 1], step_sizes[start - 1], jump_ts)[1] is None
+                ):
                     # The forward reused the previous step's last stage, evaluated at that step's
                     # t + c_s dt, which after a step landing on an output time may differ from the
                     # recorded start time by rounding: evaluate it there to repeat the forward's bits.
@@ -104,7 +109,7 @@ class StepStates:
                     )
                     segment.append(result.y1)
                     # After a jump the forward evaluated the first stage afresh, just inside the step.
-                    ends_at_jump = n + 1 < len(step_starts) and step_starts[n + 1] in jump_ts
+                    ends_at_jump = jump_ends(step_starts[n], step_sizes[n], jump_ts)[1] is not None
                     k1 = result.stages[-1] if tableau.fsal and not ends_at_jump else None
             while segment:
                 yield segment.pop()
