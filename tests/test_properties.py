@@ -1,10 +1,11 @@
 """Property tests of the error contract over the public entry points.
 
-For arbitrary (valid or invalid) combinations of dtype, shape, output times, tolerances, method and
-step limits, every call either returns a finite result that agrees with a float64 reference (the
-exact solution of ``dy/dt = -a y``, and the same call in float64) within its tolerance, or raises
-one of the documented errors: ``ValueError``, ``TypeError`` or :class:`local_reg.SolverError`. Any
-other exception fails the test; ``max_steps`` is bounded so no example can hang.
+For arbitrary (valid or invalid) combinations of dtype, shape, output times, tolerances, method,
+step limits and landing times, every call either returns a finite result that agrees with a float64
+reference (the exact solution of ``dy/dt = -a y``, and the same call in float64) within its
+tolerance, or raises one of the documented errors: ``ValueError``, ``TypeError`` or
+:class:`local_reg.SolverError`. Any other exception fails the test; ``max_steps`` is bounded so no
+example can hang.
 """
 
 from __future__ import annotations
@@ -179,15 +180,57 @@ ODEINT_ARGUMENTS = {
     "max_step_": mostly(
         st.sampled_from([None, None, 0.1, 0.001]), st.sampled_from([0.0, -1.0, math.nan]), weight=20
     ),
+    # PIController's step_ts or jump_ts as fractions of the span (a fraction of 0 or 1 is an end of
+    # it, 1.5 beyond it; two jumps one float32 ulp apart), or a bad one.
+    "landings_": mostly(
+        st.sampled_from(
+            [
+                None,
+                None,
+                ("jump_ts", (0.37,)),
+                ("step_ts", (0.0, 0.5, 1.0, 1.5)),
+                ("jump_ts", (0.25, 0.2500001)),
+            ]
+        ),
+        st.sampled_from([("jump_ts", (math.nan,)), ("step_ts", ("a",))]),
+        weight=20,
+    ),
 }
 
 
+def span_of(ts: object) -> tuple[float, float]:
+    """``(t0, t1 - t0)`` of drawn output times, or ``(0, 1)`` where they are not two finite numbers."""
+    try:
+        start, end = float(ts[0]), float(ts[-1])  # type: ignore[index]
+    except (TypeError, ValueError, IndexError):
+        return 0.0, 1.0
+    if not (math.isfinite(start) and math.isfinite(end)) or start == end:
+        return 0.0, 1.0
+    return start, end - start
+
+
 def check_odeint(
-    dtype, shape_, scale, times_, rtol, atol, method, step_size, max_steps_, gradient, rate, max_step_
+    dtype,
+    shape_,
+    scale,
+    times_,
+    rtol,
+    atol,
+    method,
+    step_size,
+    max_steps_,
+    gradient,
+    rate,
+    max_step_,
+    landings_,
 ):
     ts, kind = times_
-    span = abs(float(ts[-1]) - float(ts[0])) if len(ts) > 1 else 1.0
-    max_step = max_step_ * span if max_step_ is not None and max_step_ > 0 else max_step_
+    start, signed_span = span_of(ts)
+    max_step = max_step_ * abs(signed_span) if max_step_ is not None and max_step_ > 0 else max_step_
+    landings = {}
+    if landings_ is not None:
+        name, fractions = landings_
+        landings = {name: [start + f * signed_span if isinstance(f, float) else f for f in fractions]}
     y0 = (
         make_y0(shape_, dtype, scale)
         if dtype.is_floating_point or dtype.is_complex
@@ -206,7 +249,7 @@ def check_odeint(
             max_steps=max_steps_,
             gradient=gradient,
             adjoint_params=(),
-            controller=PIController(max_step=max_step),
+            controller=PIController(max_step=max_step, **landings),
         )
 
     solution = call_or_documented_error(lambda: solve(y0))
