@@ -8,6 +8,7 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -64,8 +65,23 @@ class PIController:
     beta1: float | None = None
     beta2: float | None = None
     max_step: float | None = None
-    step_ts: TimeSet = ()
-    jump_ts: TimeSet = ()
+    step_ts: tuple[float, ...] = ()
+    jump_ts: tuple[float, ...] = ()
+
+    if TYPE_CHECKING:
+        # The constructor as a type checker should read it: the times may be any 1-D sequence, array
+        # or tensor, which __post_init__ keeps as the sorted tuples of floats the fields are.
+        def __init__(
+            self,
+            safety: float = 0.9,
+            min_factor: float = 0.2,
+            max_factor: float = 10.0,
+            beta1: float | None = None,
+            beta2: float | None = None,
+            max_step: float | None = None,
+            step_ts: TimeSet = (),
+            jump_ts: TimeSet = (),
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         for name in ("step_ts", "jump_ts"):

@@ -20,6 +20,7 @@ import local_reg
 from local_reg import (
     ButcherTableau,
     LocallyRegularized,
+    PIController,
     RatioWeight,
     RegularizationStats,
     Regularized,
@@ -163,6 +164,14 @@ def test_a_tableau_takes_its_coefficients_as_lists_or_arrays() -> None:
         assert assert_type(tableau.c, tuple[float, ...]) == (0.0, 1.0)
         assert assert_type(tableau.a, tuple[tuple[float, ...], ...]) == ((), (1.0,))
         assert isinstance(odeint(decay, Y0, T, method=tableau).ys, Tensor)
+
+
+def test_a_controller_takes_its_landing_times_as_any_sequence() -> None:
+    # PIController's docstring: a 1-D sequence, array or tensor, kept as a sorted tuple of floats.
+    controller = PIController(step_ts=np.array([0.3]), jump_ts=torch.tensor([0.5, 0.25], dtype=torch.float64))
+    assert assert_type(controller.jump_ts, tuple[float, ...]) == (0.25, 0.5)
+    assert assert_type(controller.step_ts, tuple[float, ...]) == (0.3,)
+    assert isinstance(odeint(decay, Y0, T, controller=controller).ys, Tensor)
 
 
 class EndPenalty:
