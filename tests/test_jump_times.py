@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torchsde
 
 from local_reg import (
     TABLEAUS,
@@ -20,7 +21,6 @@ from local_reg import (
     odeint_event,
     sdeint,
 )
-from tests.problems import DecaySDE
 
 DTYPE = torch.float64
 ADAPTIVE = [name for name, tableau in TABLEAUS.items() if tableau.adaptive]
@@ -288,19 +288,50 @@ def test_compiled_steps_beside_a_jump_run_with_the_moved_times():
     )
 
 
-def test_sdeint_lands_on_step_ts_and_refuses_jump_ts():
-    sde = DecaySDE()
-    y0 = torch.ones(2, 1, dtype=DTYPE)
-    solution = sdeint(
-        sde,
-        y0,
-        [0.0, 1.0],
-        controller=PIController(step_ts=[0.37]),
-        generator=torch.Generator().manual_seed(0),
-    )
-    assert 0.37 in solution.steps.t.tolist()
-    with pytest.raises(ValueError, match="sdeint does not take controller.jump_ts"):
-        sdeint(sde, y0, [0.0, 1.0], controller=PIController(jump_ts=[0.37]))
+class SwitchedNoisy(torch.nn.Module):
+    """``dy = forcing(t) dt + 0.3 dW`` (diagonal noise): Euler--Maruyama integrates each piece exactly,
+    ``y(t) = y0 + int forcing + 0.3 (W(t) - W(0))``, and its error estimate is zero there."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def f(self, t, y):
+        return forcing(t).to(y.dtype) * torch.ones_like(y)
+
+    def g(self, t, y):
+        return torch.full_like(y, 0.3)
+
+
+def test_sdeint_lands_on_jumps_and_evaluates_the_drift_on_each_steps_side():
+    y0 = torch.zeros(4, 2, dtype=DTYPE)
+
+    def solve(controller):
+        bm = torchsde.BrownianInterval(0.0, 1.0, size=(4, 2), dtype=DTYPE, entropy=7)
+        return sdeint(SwitchedNoisy(), y0, [0.0, 1.0], bm=bm, controller=controller), bm(0.0, 1.0)
+
+    solved, increment = solve(PIController(jump_ts=[JUMP]))
+    assert solved.stats.n_rejected == 0 and JUMP in solved.steps.t.tolist()
+    expected = y0 + exact_switched(0.0, 0.0, 1.0) + 0.3 * increment
+    torch.testing.assert_close(solved.ys[-1], expected, rtol=0, atol=1e-12)
+    across, _ = solve(PIController())
+    assert across.stats.n_rejected > 0
+    # step_ts lands too, without the side: the step ending at the jump sees the drift after it.
+    landed, _ = solve(PIController(step_ts=[0.37, JUMP]))
+    assert {0.37, JUMP} <= set(landed.steps.t.tolist()) and landed.stats.n_rejected > 0
+
+
+def test_sdeint_takes_a_jump_at_t0_as_nothing():
+    # A diffusion that jumps at t0 (0.6 there, 0.3 after): a jump declared at t0 does nothing, so the
+    # first step's shifted diffusion (the Milstein term of the error estimate) is taken at t0 too,
+    # as its g0 is, and sees no change of the diffusion.
+    class StartJump(SwitchedNoisy):
+        def g(self, t, y):
+            return torch.full_like(y, 0.6 if float(t) <= 0.0 else 0.3)
+
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(4, 2), dtype=DTYPE, entropy=7)
+    y0 = torch.zeros(4, 2, dtype=DTYPE)
+    controller = PIController(jump_ts=[0.0, JUMP])
+    solved = sdeint(StartJump(), y0, [0.0, 1.0], bm=bm, controller=controller, rtol=1e-4, atol=1e-4)
+    assert solved.stats.n_rejected == 0
 
 
 @pytest.mark.parametrize(

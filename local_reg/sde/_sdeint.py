@@ -95,8 +95,9 @@ def sdeint(
             ``BrownianInterval`` seeded from ``generator`` (or torch's global generator). Every
             increment is checked: a tensor of ``y0``'s dtype and device and of shape ``(batch, m)``.
         max_steps: attempted steps (accepted + rejected) before a :class:`SolverError`.
-        controller: step-size controller (default :class:`PIController`); its ``step_ts`` are
-            landed on, its ``jump_ts`` refused.
+        controller: step-size controller (default :class:`PIController`), with its ``max_step``,
+            ``step_ts`` and ``jump_ts`` (at a jump the drift and diffusion are evaluated on each
+            step's own side, docs/solver.md).
         record_states: keep the state at the start of every accepted step in ``solution.steps``.
         step_penalty: ``penalty(step_result, dt)`` on every accepted step, returned stacked as
             ``solution.penalties`` (global regularization); needs the adaptive mode.
@@ -140,12 +141,9 @@ def sdeint(
         max_steps=max_steps,
         step_size=step_size,
         controller=controller,
+        time_dtype=y0.dtype,  # the drift and diffusion get times in the state's dtype
     ).for_state(y0)
-    if options.controller.jump_ts:
-        raise ValueError(
-            "sdeint does not take controller.jump_ts (a drift or diffusion that jumps): solve up to "
-            "the jump and restart from there; controller.step_ts lands steps on times"
-        )
+    options = options.over(times)
     check_step_penalty(step_penalty)
     if step_penalty is not None and step_size is not None:
         raise ValueError("step_penalty needs the adaptive mode (an error estimate): drop step_size")
@@ -160,7 +158,15 @@ def sdeint(
     sde = CheckedSDE(sde, noise_type, size[1])
     bm = CheckedBrownian(make_brownian(bm, t0, times[-1], size, y0, generator), size, y0)
     stepper = EulerMaruyamaStepper(
-        sde, noise_type, bm, options.rtol, options.atol, f0, g0, milstein=method == "milstein"
+        sde,
+        noise_type,
+        bm,
+        options.rtol,
+        options.atol,
+        f0,
+        g0,
+        milstein=method == "milstein",
+        jump_ts=options.controller.jump_ts,
     )
     with without_autocast():
         outputs, stats, steps, penalties = integrate(

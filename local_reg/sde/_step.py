@@ -57,6 +57,7 @@ measurement). For additive noise the two schemes coincide.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,7 @@ import torch
 from torch import Tensor
 
 from .._errors import SolverError
-from .._step import error_scale, min_step_size, rms_norm, time_tensor
+from .._step import error_scale, min_step_size, rms_norm, stage_time_values, time_tensor
 from .._stepper import Stepper
 from .._validate import check_choice, check_output, positive_float, step_tolerances
 from ..solution import Stats
@@ -163,13 +164,17 @@ def _euler_maruyama_step(
     g0: Tensor | None = None,
     estimate_error: bool = True,
     milstein: bool = False,
+    jump_ts: Sequence[float] = (),
 ) -> SDEStepResult:
     """:func:`sde_step` on arguments the caller has checked: the solver's own loop, whose
-    increments ``CheckedBrownian`` checks, and its trial step."""
+    increments ``CheckedBrownian`` checks, and its trial step. ``jump_ts``: sorted times where the
+    drift or diffusion may jump; at a step's start or end on one, they are evaluated just inside
+    the step (:func:`local_reg._step.stage_time_values`)."""
     t = float(t)
     dt = float(dt)
     nfe_drift = nfe_diffusion = 0
-    t_now = time_tensor(t, y)
+    start, end = stage_time_values(t, dt, (0.0, 1.0), y.dtype, jump_ts)
+    t_now = time_tensor(start, y)
     if f0 is None:
         f0 = sde.f(t_now, y)
         nfe_drift += 1
@@ -192,7 +197,7 @@ def _euler_maruyama_step(
 
     error_estimate = None
     if estimate_error:
-        f1 = sde.f(time_tensor(t + dt, y), drift_predictor)
+        f1 = sde.f(time_tensor(end, y), drift_predictor)
         nfe_drift += 1
         error = (DRIFT_ERROR_WEIGHT * 0.5 * dt) * (f1 - f0).abs()
         if milstein_term is not None:
@@ -276,9 +281,11 @@ class EulerMaruyamaStepper(Stepper[tuple[Tensor | None, Tensor | None]]):
         f0: Tensor,
         g0: Tensor,
         milstein: bool = False,
+        jump_ts: Sequence[float] = (),
     ) -> None:
         super().__init__(error_order(noise_type), rtol, atol)
         self.milstein = milstein
+        self.jump_ts = jump_ts
         self.sde = sde
         self.noise_type = noise_type
         self.bm = bm
@@ -330,7 +337,11 @@ class EulerMaruyamaStepper(Stepper[tuple[Tensor | None, Tensor | None]]):
             g0=g0,
             estimate_error=estimate_error,
             milstein=self.milstein,
+            jump_ts=self.jump_ts,
         )
+
+    def after_jump(self, carry: tuple[Tensor | None, Tensor | None]) -> tuple[None, None]:
+        return None, None  # the next step evaluates the drift and diffusion just after the jump
 
     def next_carry(
         self, result: SDEStepResult, accepted: bool, carry: tuple[Tensor | None, Tensor | None]
