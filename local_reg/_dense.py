@@ -60,10 +60,15 @@ class DenseOutput:
         rounded = {float(torch.tensor(end, dtype=dtype)): end for end in ends}
         return [rounded.get(v, v) for v in values]
 
+    @property
+    def direction(self) -> float:
+        """``1.0`` if the recorded steps go forwards in time, ``-1.0`` if backwards."""
+        return 1.0 if self.dt[0] > 0 else -1.0
+
     def _locate(self, t: float, keys: list[float]) -> int:
         """The index of the step whose dense output gives ``t``, or ``-1 - index`` if ``t`` is the
         recorded state ``states[index]``; ``keys``: the step starts times the direction."""
-        direction = 1.0 if self.dt[0] > 0 else -1.0
+        direction = self.direction
         t_start = self.t[0]
         t_end = self.t_end
         if direction * (t - t_start) < 0 or direction * (t - t_end) > 0:
@@ -103,8 +108,7 @@ class DenseOutput:
                     raise ValueError(f"t={v} is outside the solved span [{self.t0}, {self.t0}]")
             out = torch.stack([self.states[0] for _ in values])
         else:
-            direction = 1.0 if self.dt[0] > 0 else -1.0
-            keys = [direction * s for s in self.t]
+            keys = [self.direction * s for s in self.t]
             located = [self._locate(v, keys) for v in values]
             results: list[Tensor | None] = [None] * len(values)
             groups: dict[int, list[int]] = {}

@@ -45,6 +45,7 @@ from ._validate import (
     per_element_tolerance,
     positive_float,
     positive_int,
+    time_direction,
     tolerance,
     type_name,
 )
@@ -417,7 +418,7 @@ def integrate(
     log = StepLog(states=[] if check_bool("record_states", record_states) else None)
     if options.dense:
         log.dense = DenseOutput(stepper.interpolant, times[0])
-    direction = 1.0 if len(times) < 2 or times[-1] > times[0] else -1.0
+    direction = time_direction(times)
     stop = options.callbacks.stop
     if stop is not None and (len(times) != 2 or options.dense):
         raise ValueError(

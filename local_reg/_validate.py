@@ -254,6 +254,11 @@ def validate_times(t: Tensor | np.ndarray | Sequence[float]) -> list[float]:
     return times
 
 
+def time_direction(times: Sequence[float]) -> float:
+    """``1.0`` if the monotone ``times`` increase (or are one time), ``-1.0`` if they decrease."""
+    return 1.0 if times[-1] >= times[0] else -1.0
+
+
 def time_tensors_requiring_grad(t: object) -> list[Tensor]:
     """The tensors of ``t`` (itself, or the 0-dim tensors of a sequence) that require grad."""
     if isinstance(t, Tensor):

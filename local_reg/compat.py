@@ -30,7 +30,7 @@ from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
 from ._step import rms_norm
 from ._tuple import TupleState
-from ._validate import Tolerance, finite_float, positive_float, positive_int, validate_times
+from ._validate import Tolerance, finite_float, positive_float, positive_int, time_direction, validate_times
 from .controller import PIController
 from .gradients import BacksolveAdjoint, Direct, GradientMethod, Symplectic
 from .solution import State
@@ -202,7 +202,7 @@ def _per_interval_limit(
     """``callbacks`` with a step callback that raises a :class:`SolverError` at the attempted step
     past ``max_num_steps`` since the solve passed its last output time, as torchdiffeq's solver stops
     (it counts the steps of each output interval afresh; one step may pass several output times)."""
-    direction = _direction(times)
+    direction = time_direction(times)
     given = callbacks.step if callbacks is not None else None
     position = {"next": 1, "in_interval": 0, "total": 0}
 
@@ -276,10 +276,6 @@ def _mixed_norm(state: TupleState) -> Callable[[Tensor], Tensor]:
 
 def _time_set(times: object) -> set[float]:
     return set(torch.as_tensor(times, dtype=torch.float64).reshape(-1).tolist())
-
-
-def _direction(times: list[float]) -> float:
-    return 1.0 if times[-1] >= times[0] else -1.0
 
 
 def _landings(opts: dict[str, Any], times: list[float]) -> dict[str, list[float]]:

@@ -25,7 +25,7 @@ from torch.autograd.function import once_differentiable
 
 from .._integrate import SolveOptions, StepPenalty, integrate_ode
 from .._step import VectorField
-from .._validate import without_autocast
+from .._validate import time_direction, without_autocast
 from ..solution import Stats, Steps
 from ..tableaus import ButcherTableau
 from ._checkpoints import StepStates
@@ -276,7 +276,7 @@ def steps_before_outputs(times: list[float], step_starts: list[float]) -> list[i
     there), this is the number of steps that end at or before it; with dense output, an output
     time inside a step belongs to the last of these steps (:func:`locate_outputs`).
     """
-    direction = 1.0 if len(times) < 2 or times[-1] > times[0] else -1.0
+    direction = time_direction(times)
     # Step starts are monotone in the direction of integration; search them as increasing keys.
     keys = [direction * t for t in step_starts]
     return [bisect.bisect_left(keys, direction * t) for t in times]

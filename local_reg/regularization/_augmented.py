@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .._step import VectorField, rms_norm
+from .._validate import time_direction
 from ..solution import Solution
 from ._problems import ODEProblem
 
@@ -80,7 +81,7 @@ def solve_augmented(
     options = _on_the_state(problem.options, lambda y: y[:-n_terms].view(y0.shape))
     solution = problem.odeint(field, augmented0, times, t_dtype, options=options)
     ys = solution.ys[:, :-n_terms].reshape(len(times), *y0.shape)
-    direction = 1.0 if times[-1] >= times[0] else -1.0
+    direction = time_direction(times)
     return ys, direction * solution.ys[-1, -n_terms:], solution
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .._tuple import TupleField, TupleState
-from .._validate import check_choice, check_generator, time_tensors_requiring_grad
+from .._validate import check_choice, check_generator, time_direction, time_tensors_requiring_grad
 from ..sde.problem import is_sde
 from ..solution import State, Stats
 from ..tableaus import ButcherTableau, get_tableau
@@ -213,7 +213,7 @@ class LocalPenalty:
         times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
         if len(times) < 2:
             raise ValueError(f"t must hold at least 2 times (t0 and t1) to sample t_reg, got {len(times)}")
-        direction = 1.0 if times[-1] > times[0] else -1.0
+        direction = time_direction(times)
         solver_step = self.step_size == "solver"
         if self.sampling == "random" and self._reads_recorded_path(problem):
             _, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)

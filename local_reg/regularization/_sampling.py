@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._validate import check_bool, check_choice
+from .._validate import check_bool, check_choice, time_direction
 
 SAMPLINGS = ("random", "biased")
 # Redraws of t_reg before its span counts as unresolvable: on a span of two representable times
@@ -47,9 +47,9 @@ def insert_time(times: Sequence[float], t_new: float, tolerance: float) -> tuple
     (other than the last) is that time: it is not inserted again (the solver needs strictly monotone
     times, and a sliver of a step would underflow).
     """
-    sign = 1.0 if times[-1] > times[0] else -1.0
-    keys = [sign * v for v in times]
-    position = bisect.bisect_left(keys, sign * t_new)
+    direction = time_direction(times)
+    keys = [direction * v for v in times]
+    position = bisect.bisect_left(keys, direction * t_new)
     for index in (position - 1, position):
         if 0 <= index < len(times) - 1 and abs(times[index] - t_new) <= tolerance:
             return list(times), index, False
