@@ -35,6 +35,7 @@ TINY = {
         "4",
     ],  # fmt: skip
     "cnf": ["--iterations", "2", "--batch-size", "16", "--hidden", "8", "--grid", "5"],
+    "switched_input": ["--iterations", "2", "--horizon", "3", "--n-times", "7", "--hidden", "8"],
 }
 
 
@@ -49,7 +50,13 @@ def load(name: str) -> ModuleType:
 
 @pytest.mark.parametrize(
     ("name", "regularize"),
-    [("ode_demo", "local"), ("latent_ode", "global"), ("cnf", "local"), ("cnf", "none")],
+    [
+        ("ode_demo", "local"),
+        ("latent_ode", "global"),
+        ("cnf", "local"),
+        ("cnf", "none"),
+        ("switched_input", "local"),
+    ],
 )
 def test_example_runs(name: str, regularize: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if name == "cnf":
@@ -64,6 +71,25 @@ def test_example_runs(name: str, regularize: str, tmp_path: Path, capsys: pytest
     # An adaptive solve takes at least one step of at least two evaluations.
     assert result["nfe_before"] >= 2 and result["nfe_after"] >= 2
     assert out.stat().st_size > 1000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_switched_input_example_lands_on_the_switches(tmp_path: Path) -> None:
+    # With the switching times the untrained model's test solve takes fewer evaluations than
+    # stepping across them (the same initialization: one seed).
+    example = load("switched_input")
+    common = [
+        *TINY["switched_input"],
+        "--iterations",
+        "0",
+        "--regularize",
+        "none",
+        "--out",
+        str(tmp_path / "plot.png"),
+    ]
+    with_jumps = example.main([*common, "--jumps"])
+    without = example.main([*common, "--no-jumps"])
+    assert with_jumps["nfe_before"] < without["nfe_before"]
+    assert with_jumps["test_loss"] == pytest.approx(without["test_loss"], rel=1e-3)
 
 
 def test_bad_regularize_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
