@@ -175,10 +175,8 @@ class SolveOptions:
     def over(self, times: list[float]) -> SolveOptions:
         """These options for a solve from ``times[0]`` through ``times[-1]`` (on in that direction
         with a stop condition): the controller's ``step_ts`` and ``jump_ts`` rounded to the dtype the
-        field sees times in and without those beyond the span's open interval
-        (:meth:`PIController.within`), so that the gradient methods' replays of the solve's steps
-        take the jump times the solve landed on and no others (one at ``t0`` would move the first
-        stage)."""
+        field sees times in and without those beyond the span (:meth:`PIController.within`), the
+        ones the solve and the gradient methods' replays of its steps take."""
         end = times[-1]
         if self.callbacks.stop is not None:
             end = math.copysign(math.inf, times[-1] - times[0])

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ._integrate import DEFAULT_MAX_STEPS, SolveOptions, StepCallbacks, StepPenalty
-from ._step import VectorField, time_tensor
+from ._step import VectorField, stage_time_values, time_tensor
 from ._tuple import accepts_tuple_states
 from ._validate import (
     Tolerance,
@@ -20,6 +20,7 @@ from ._validate import (
     check_step_penalty,
     check_times_distinct,
     checked_field,
+    time_direction,
     time_dtype,
     validate_state,
     validate_times,
@@ -300,8 +301,12 @@ def odeint(
                 "local_reg.odeint_event differentiates the event time and state w.r.t. t0"
             )
         state = timing.start(state)
+    # f(t0, y0) as the first step sees it: at a jump at t0, just after it.
+    (start,) = stage_time_values(
+        times[0], time_direction(times), [0.0], options.time_dtype or state.dtype, options.controller.jump_ts
+    )
     with torch.no_grad() if gradient_method.graph_free else nullcontext():
-        f0 = evaluate_first(checked, times[0], state, options.time_dtype)
+        f0 = evaluate_first(checked, start, state, options.time_dtype)
     forward = ForwardSolve(
         checked,
         times,

@@ -141,21 +141,29 @@ class PIController:
         return bool(self.step_ts or self.jump_ts)
 
     def within(self, t0: float, t1: float, dtype: torch.dtype | None = None) -> PIController:
-        """This controller with only the ``step_ts`` and ``jump_ts`` strictly between ``t0`` and
-        ``t1`` (either order), the ones a solve over that span lands on; with ``dtype`` (the one the
-        field sees times in) each rounded to it first: times the field cannot tell apart are one,
-        a jump if either is (as ``local_reg.compat`` rounds torchdiffeq's)."""
+        """This controller for a solve from ``t0`` to ``t1`` (either order): the ``step_ts`` strictly
+        between them and the ``jump_ts`` from one to the other, ends included (a jump at ``t0`` has
+        the solve's first step start after it); with ``dtype`` (the one the field sees times in)
+        each rounded to it first: times the field cannot tell apart are one, a jump if either is (as
+        ``local_reg.compat`` rounds torchdiffeq's), and one the field cannot tell from an end of the
+        span is that end."""
         low, high = min(t0, t1), max(t0, t1)
+        rounds = dtype is not None and dtype != torch.float64
 
-        def inside(times: tuple[float, ...]) -> tuple[float, ...]:
-            if dtype is not None and dtype != torch.float64 and times:
-                times = tuple(
-                    sorted(set(torch.tensor(times, dtype=torch.float64).to(dtype).double().tolist()))
-                )
-            return times[bisect.bisect_right(times, low) : bisect.bisect_left(times, high)]
+        def rounded(times: tuple[float, ...]) -> list[float]:
+            return torch.tensor(times, dtype=torch.float64).to(dtype).double().tolist()
 
-        jump_ts = inside(self.jump_ts)
-        step_ts = tuple(time for time in inside(self.step_ts) if time not in jump_ts)
+        def kept(times: tuple[float, ...]) -> tuple[float, ...]:
+            if rounds and times:
+                ends = dict(zip(rounded((low, high)), (low, high), strict=True))
+                times = tuple(sorted({ends.get(time, time) for time in rounded(times)}))
+            return times
+
+        jump_ts = kept(self.jump_ts)
+        jump_ts = jump_ts[bisect.bisect_left(jump_ts, low) : bisect.bisect_right(jump_ts, high)]
+        step_ts = kept(self.step_ts)
+        step_ts = step_ts[bisect.bisect_right(step_ts, low) : bisect.bisect_left(step_ts, high)]
+        step_ts = tuple(time for time in step_ts if time not in jump_ts)
         if (step_ts, jump_ts) == (self.step_ts, self.jump_ts):
             return self
         return dataclasses.replace(self, step_ts=step_ts, jump_ts=jump_ts)

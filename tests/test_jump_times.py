@@ -4,12 +4,16 @@ jump time a field that is discontinuous there, each step seeing one side of it o
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 
 import numpy as np
 import pytest
 import torch
 import torchsde
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from local_reg import (
     TABLEAUS,
@@ -116,6 +120,35 @@ def test_a_step_that_lands_on_a_jump_up_to_rounding_ends_there():
     )
 
 
+def test_a_jump_at_t0_starts_the_solve_after_it():
+    # The field at t0 itself is 1e3 (at_start); declared as a jump, t0 is never evaluated: the
+    # solution and the time gradient (dy(1)/dt0 = -f(t0+, y0)) are those of the field after t0.
+    model = Forced(at_start=1e3)
+    y0 = torch.tensor([1.0, -0.5], dtype=DTYPE)
+    t = torch.tensor([0.0, 1.0], dtype=DTYPE, requires_grad=True)
+    solution = odeint(model, y0, t, rtol=1e-10, atol=1e-12, controller=PIController(jump_ts=[0.0, JUMP]))
+    solution.ys[-1].sum().backward()
+    with torch.no_grad():
+        torch.testing.assert_close(solution.ys[-1], exact(Forced(), y0, 0.0, 1.0), rtol=1e-8, atol=1e-10)
+        # dL/dt0 = -<lambda(t0), f(t0+, y0)>, lambda(t0) = dy(1)/dy0 = exp(-rate).
+        after = -(torch.exp(-model.rate) * (-model.rate * y0 + model.amplitude * 1.0)).sum()
+    torch.testing.assert_close(t.grad[0], after, rtol=1e-8, atol=0)
+    assert solution.stats.n_rejected == 0
+
+
+def test_a_jump_the_field_cannot_tell_from_t0_is_at_t0():
+    # A float32 field sees t0 = 0.1 as 0.100000001, which is also where the jump at 0.1 rounds to:
+    # the jump is at t0 (not a landing 1.5e-9 after it), and the first step starts after it.
+    def field(t, y):
+        return torch.where(t < 0.1, 0.0, torch.where(t > 0.1, 1.0, 1e3)).to(y.dtype) * torch.ones_like(y)
+
+    solution = odeint(field, torch.zeros(1), [0.1, 1.0], controller=PIController(jump_ts=[0.1]))
+    assert solution.stats.n_rejected == 0
+    rounded_jump = float(torch.tensor(0.1, dtype=torch.float32))
+    assert solution.steps.t[0].item() == 0.1 and rounded_jump not in solution.steps.t.tolist()
+    assert solution.ys[-1].item() == pytest.approx(0.9, abs=1e-6)
+
+
 @pytest.mark.parametrize("jump", [0.5, 0.1], ids=["representable", "rounded"])
 def test_float32_times_are_moved_in_the_dtype_the_field_sees(jump):
     # A float32 state's field gets float32 times: 0.1 rounds to 0.100000001, and the field's own
@@ -178,8 +211,8 @@ def test_step_ts_end_steps_and_times_outside_the_span_do_nothing():
 @pytest.mark.parametrize("outputs", ["inside", "ends"])
 def test_graph_free_gradients_across_a_jump_equal_backpropagation(method, gradient, outputs):
     # "inside": outputs inside the steps that end at the jump (0.49) and start at it (0.51), read
-    # from their dense output; "ends": no output inside a step. A jump declared at t0 too, where the
-    # field jumps (at_start) but a solve has no other side: it does nothing, in the replays too.
+    # from their dense output; "ends": no output inside a step. Jumps declared at t0, where the field
+    # jumps too (at_start: the first step starts after it, in the replays too), and at the end.
     times = [0.0, 0.3, 0.49, JUMP, 0.51, 1.2] if outputs == "inside" else [0.0, 1.2]
     t = torch.tensor(times, dtype=DTYPE)
     controller = PIController(jump_ts=[0.0, JUMP, 1.2])
@@ -337,10 +370,10 @@ def test_sdeint_lands_on_jumps_and_evaluates_the_drift_on_each_steps_side():
     assert {0.37, JUMP} <= set(landed.steps.t.tolist()) and landed.stats.n_rejected > 0
 
 
-def test_sdeint_takes_a_jump_at_t0_as_nothing():
-    # A diffusion that jumps at t0 (0.6 there, 0.3 after): a jump declared at t0 does nothing, so the
-    # first step's shifted diffusion (the Milstein term of the error estimate) is taken at t0 too,
-    # as its g0 is, and sees no change of the diffusion.
+def test_sdeint_starts_after_a_jump_at_t0():
+    # A diffusion that jumps at t0 (0.6 there, 0.3 after), declared as a jump: the first step's
+    # drift and diffusion are taken just after t0, so the path is the one with 0.3 throughout,
+    # exactly (with 0.6 for the first step it would not be).
     class StartJump(SwitchedNoisy):
         def g(self, t, y):
             return torch.full_like(y, 0.6 if float(t) <= 0.0 else 0.3)
@@ -350,6 +383,8 @@ def test_sdeint_takes_a_jump_at_t0_as_nothing():
     controller = PIController(jump_ts=[0.0, JUMP])
     solved = sdeint(StartJump(), y0, [0.0, 1.0], bm=bm, controller=controller, rtol=1e-4, atol=1e-4)
     assert solved.stats.n_rejected == 0
+    expected = y0 + exact_switched(0.0, 0.0, 1.0) + 0.3 * bm(0.0, 1.0)
+    torch.testing.assert_close(solved.ys[-1], expected, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -448,3 +483,62 @@ def test_a_locally_regularized_model_solves_with_jump_ts(gradient):
     across, across_stats = main_solve()
     assert landed_stats.nfe < across_stats.nfe
     torch.testing.assert_close(landed, across, rtol=1e-4, atol=1e-6)
+
+
+@st.composite
+def piecewise_problems(draw):
+    """A span (either direction), jump times inside it (some a few ulps apart, some at its ends),
+    a level per piece, output times (some at jumps) and a method."""
+    t0 = draw(st.floats(-2.0, 2.0))
+    t1 = t0 + draw(st.sampled_from([-1.0, 1.0])) * draw(st.floats(0.5, 3.0))
+    fractions = draw(st.lists(st.floats(0.01, 0.99), max_size=5))
+    jumps = [t0 + f * (t1 - t0) for f in fractions]
+    if jumps and draw(st.booleans()):  # a cluster: a second jump a few ulps after the first
+        jumps.append(jumps[0] + draw(st.integers(1, 6)) * math.ulp(jumps[0]))
+    if draw(st.booleans()):  # a jump at an end of the span does nothing
+        jumps.append(draw(st.sampled_from([t0, t1])))
+    cuts = sorted(set(jumps))
+    levels = draw(st.lists(st.floats(-3.0, 3.0), min_size=len(cuts) + 1, max_size=len(cuts) + 1))
+    outputs = sorted(draw(st.lists(st.floats(0.05, 0.95), max_size=3)))
+    times = [t0, *(t0 + f * (t1 - t0) for f in outputs), t1]
+    if fractions and draw(st.booleans()):
+        times = sorted({*times, jumps[0]}, reverse=t1 < t0)
+    if len(set(times)) != len(times):
+        times = [t0, t1]
+    return t0, t1, cuts, levels, times, draw(st.sampled_from(ADAPTIVE)), draw(st.booleans())
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(piecewise_problems())
+def test_piecewise_constant_fields_are_integrated_exactly_across_any_jumps(problem):
+    # y' = the level of the piece t lies in (and 1e3 exactly at a jump): every method integrates it
+    # exactly, with no rejected step, when each step sees one piece only.
+    t0, t1, cuts, levels, times, method, step_to_outputs = problem
+
+    def level_at(t: float) -> float:
+        if t in cuts:
+            return 1e3
+        return levels[bisect.bisect_right(cuts, t)]
+
+    def field(t, y):
+        return torch.full_like(y, level_at(float(t)))
+
+    def exact_at(time: float) -> float:
+        low, high = sorted((t0, time))
+        points = [low, *(cut for cut in cuts if low < cut < high), high]
+        integral = sum(
+            (b - a) * levels[bisect.bisect_right(cuts, (a + b) / 2)] for a, b in itertools.pairwise(points)
+        )
+        return integral if time >= t0 else -integral
+
+    solution = odeint(
+        field,
+        torch.zeros(1, dtype=DTYPE),
+        times,
+        method=method,
+        controller=PIController(jump_ts=cuts),
+        step_to_outputs=step_to_outputs,
+    )
+    expected = torch.tensor([[exact_at(time)] for time in times], dtype=DTYPE)
+    torch.testing.assert_close(solution.ys, expected, rtol=0, atol=1e-9)
+    assert solution.stats.n_rejected == 0
