@@ -55,8 +55,9 @@ class PIController:
     a stage whose time is the jump is evaluated one representable time inside its own step (in the
     dtype the field sees times in), so each step sees one side of the jump only (torchdiffeq's
     perturbation). Any 1-D sequence, array or tensor of finite times, kept sorted without
-    repeats; times at or beyond the ends of a solve's span do nothing in it. For adaptive solves
-    only: a fixed ``step_size`` refuses them.
+    repeats; a solve rounds them to the dtype its field sees times in, starts after a jump at its
+    ``t0``, and ignores those beyond its span (:meth:`within`). For adaptive solves only: a fixed
+    ``step_size`` refuses them. See docs/solver.md.
     """
 
     safety: float = 0.9
