@@ -149,9 +149,9 @@ def stage_times(times: Sequence[float], like: Tensor, dtype: torch.dtype | None 
 
 
 def within_ulps(a: float, b: float) -> bool:
-    """Whether ``a`` and ``b`` are at most 4 ulps apart (of the larger): closer than the loop's
-    smallest step (:func:`underflow_threshold`), so no step can go from one to the other."""
-    return abs(a - b) <= 4 * math.ulp(max(abs(a), abs(b)))
+    """Whether ``a`` and ``b`` are no further apart than the loop's smallest step from the larger
+    (:func:`underflow_threshold`, 4 ulps), so that no step can go from one to the other."""
+    return abs(a - b) <= underflow_threshold(max(abs(a), abs(b)), 0.0)
 
 
 def jump_ends(t: float, dt: float, jump_ts: Sequence[float]) -> tuple[float | None, float | None]:

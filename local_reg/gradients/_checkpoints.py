@@ -75,19 +75,19 @@ class StepStates:
         if self._count != len(step_starts):
             raise RuntimeError(f"{self._count} step states recorded for {len(step_starts)} accepted steps")
         tableau = options.tableau
+        jump_ts = options.controller.jump_ts
+
+        def ends_at_jump(n: int) -> bool:
+            # After a jump the forward evaluated the next step's first stage afresh, just inside it.
+            return bool(jump_ts) and jump_ends(step_starts[n], step_sizes[n], jump_ts)[1] is not None
+
         starts = self.indices
         segment_ends = [*starts[1:], self._count]
         for start, end, kept in reversed(list(zip(starts, segment_ends, self.states, strict=True))):
             segment = [kept]
             with torch.no_grad():
                 k1 = None
-                jump_ts = options.controller.jump_ts
-                if (
-                    tableau.fsal
-                    and start > 0
-                    and end - 1 > start
-                    and jump_ends(step_starts[start - 1], step_sizes[start - 1], jump_ts)[1] is None
-                ):
+                if tableau.fsal and start > 0 and end - 1 > start and not ends_at_jump(start - 1):
                     # The forward reused the previous step's last stage, evaluated at that step's
                     # t + c_s dt, which after a step landing on an output time may differ from the
                     # recorded start time by rounding: evaluate it there to repeat the forward's bits.
@@ -108,8 +108,6 @@ class StepStates:
                         jump_ts=jump_ts,
                     )
                     segment.append(result.y1)
-                    # After a jump the forward evaluated the first stage afresh, just inside the step.
-                    ends_at_jump = jump_ends(step_starts[n], step_sizes[n], jump_ts)[1] is not None
-                    k1 = result.stages[-1] if tableau.fsal and not ends_at_jump else None
+                    k1 = result.stages[-1] if tableau.fsal and not ends_at_jump(n) else None
             while segment:
                 yield segment.pop()
