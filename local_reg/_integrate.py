@@ -532,7 +532,13 @@ def integrate(
                 error_estimate = math.inf
                 shrinking_from_non_finite = True
 
-            accepted = not adaptive or error_estimate <= 1.0
+            # An attempt at controller.min_step (proposed so, up to the rounding of the times, or shorter
+            # to land), with force_min_step: accepted whatever its finite error.
+            at_min_step = (
+                adaptive and controller.min_step is not None and min(dt_abs, dt_used) <= controller.min_step
+            )
+            forced = at_min_step and controller.force_min_step and not trial_non_finite
+            accepted = not adaptive or error_estimate <= 1.0 or forced
             if accepted:
                 step_dt = (t_goal - t) if lands else dt
                 ends_at_jump = bool(span.jump_ts) and jump_ends(t, step_dt, span.jump_ts)[1] is not None
@@ -609,6 +615,16 @@ def integrate(
                 if callbacks.reject is not None:
                     _call_leaving_state("reject", y, callbacks.reject, t, y, dt)
                 dt_abs = dt_used * controller.reject_factor(error_estimate, stepper.order)
+                if controller.min_step is not None and dt_abs < controller.min_step:
+                    if not controller.force_min_step or at_min_step:
+                        raise SolverError(
+                            f"the step size fell below min_step={controller.min_step:g} (error estimate "
+                            f"{error_estimate:.3g} at dt={dt_used:.3e}"
+                            + ("; the step was not finite)" if trial_non_finite else ")"),
+                            t=t,
+                            n_steps=stats.n_steps,
+                        )
+                    dt_abs = controller.min_step  # the next attempt is forced
                 after_rejection = True
             # After dense output, which may have evaluated the next step's first stage.
             carry = stepper.next_carry(result, accepted, carry)

@@ -47,6 +47,14 @@ class PIController:
     steps the tolerance alone would allow (a brief forcing pulse), or to keep the dense output's
     steps short. ``None`` or ``inf``: unbounded (the same steps).
 
+    ``min_step`` bounds the proposals from below (diffrax's ``dtmin``): where a rejected step would
+    shrink below it, with ``force_min_step=True`` (the default, as diffrax's ``force_dtmin``) the
+    next attempt of ``min_step`` is accepted whatever its (finite) error estimate, which the step
+    record keeps (above 1), so that a solve goes on through a stretch the tolerance cannot resolve at
+    that step size (a learned field turned stiff in training) rather than stop; with
+    ``force_min_step=False`` it raises :class:`local_reg.SolverError` naming ``t``. A step shortened
+    to land on an output or landing time may be shorter.
+
     ``step_ts`` and ``jump_ts`` are times every adaptive solve lands a step on (diffrax's
     ``PIDController(step_ts=..., jump_ts=...)``, torchdiffeq's ``options["step_t"]`` /
     ``["jump_t"]``): a step that would pass one is shortened to end on it, and the controller's
@@ -66,6 +74,8 @@ class PIController:
     beta1: float | None = None
     beta2: float | None = None
     max_step: float | None = None
+    min_step: float | None = None
+    force_min_step: bool = True
     step_ts: tuple[float, ...] = ()
     jump_ts: tuple[float, ...] = ()
 
@@ -80,6 +90,8 @@ class PIController:
             beta1: float | None = None,
             beta2: float | None = None,
             max_step: float | None = None,
+            min_step: float | None = None,
+            force_min_step: bool = True,
             step_ts: TimeSet = (),
             jump_ts: TimeSet = (),
         ) -> None: ...
@@ -87,7 +99,9 @@ class PIController:
     def __post_init__(self) -> None:
         for name in ("step_ts", "jump_ts"):
             object.__setattr__(self, name, tuple(sorted(set(finite_times(name, getattr(self, name))))))
-        for name in ("safety", "min_factor", "max_factor", "beta1", "beta2", "max_step"):
+        if not isinstance(self.force_min_step, bool):
+            raise TypeError(f"force_min_step must be a bool, got {type(self.force_min_step).__name__}")
+        for name in ("safety", "min_factor", "max_factor", "beta1", "beta2", "max_step", "min_step"):
             value = getattr(self, name)
             if (value is not None or name in ("safety", "min_factor", "max_factor")) and (
                 isinstance(value, bool) or not isinstance(value, numbers.Real)
@@ -109,6 +123,10 @@ class PIController:
             )
         if self.max_step is not None and not self.max_step > 0:  # NaN fails this too
             raise ValueError(f"max_step must be positive (or None for no bound), got {self.max_step}")
+        if self.min_step is not None and not 0 < self.min_step < math.inf:
+            raise ValueError(f"min_step must be positive and finite (or None), got {self.min_step}")
+        if self.min_step is not None and self.max_step is not None and self.min_step > self.max_step:
+            raise ValueError(f"min_step={self.min_step} exceeds max_step={self.max_step}")
         if not 0.0 < self.safety <= 1.0:
             raise ValueError(f"safety must be in (0, 1], got {self.safety}")
         if not 0.0 < self.min_factor < 1.0 < self.max_factor < math.inf:
@@ -170,8 +188,10 @@ class PIController:
         return dataclasses.replace(self, step_ts=step_ts, jump_ts=jump_ts)
 
     def limit(self, dt_abs: float) -> float:
-        """The step size ``dt_abs`` (absolute), at most ``max_step``."""
-        return dt_abs if self.max_step is None else min(dt_abs, self.max_step)
+        """The step size ``dt_abs`` (absolute), at most ``max_step`` and at least ``min_step``."""
+        if self.max_step is not None:
+            dt_abs = min(dt_abs, self.max_step)
+        return dt_abs if self.min_step is None else max(dt_abs, self.min_step)
 
     def accept_factor(
         self, error_estimate: float, previous_error_estimate: float, order: int, after_rejection: bool
