@@ -95,7 +95,7 @@ def sdeint(
             ``BrownianInterval`` seeded from ``generator`` (or torch's global generator). Every
             increment is checked: a tensor of ``y0``'s dtype and device and of shape ``(batch, m)``.
         max_steps: attempted steps (accepted + rejected) before a :class:`SolverError`.
-        controller: step-size controller (default :class:`PIController`), with its ``max_step``,
+        controller: step-size controller (default :class:`PIController`), with its ``max_step``, ``min_step``,
             ``step_ts`` and ``jump_ts`` (at a jump the drift and diffusion are evaluated on each
             step's own side, docs/solver.md).
         record_states: keep the state at the start of every accepted step in ``solution.steps``.
