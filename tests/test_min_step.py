@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -51,6 +52,19 @@ def test_a_forced_min_step_goes_through_what_the_tolerance_would_resolve_in_tiny
     assert forced.ys[-1].item() == pytest.approx(reference(1.0), abs=1e-6)  # stable at dt * rate = 2
 
 
+def test_forced_steps_beyond_the_stability_region_warn():
+    # dt * rate = 5 is beyond tsit5's stability boundary (3.5): the forced solution grows (to 1e200
+    # when measured) while every step stays finite. At dt * rate = 2 there is nothing to warn of.
+    y0 = torch.zeros(1, dtype=DTYPE)
+    tight = {"rtol": 1e-8, "atol": 1e-10}
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match=r"forced at min_step=0.005.*reached 1.4"):
+        unstable = odeint(Relaxation(), y0, [0.0, 1.0], controller=PIController(min_step=5e-3), **tight)
+    assert unstable.ys[-1].abs().item() > 1e100
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        odeint(Relaxation(), y0, [0.0, 1.0], controller=PIController(min_step=2e-3), **tight)
+
+
 def test_without_force_a_step_below_min_step_is_a_solver_error_naming_it():
     y0 = torch.zeros(1, dtype=DTYPE)
     controller = PIController(min_step=2e-3, force_min_step=False)
@@ -87,7 +101,7 @@ def test_forced_steps_are_replayed_by_the_graph_free_gradients(gradient):
     def gradients(gradient):
         model = Relaxation()
         y0 = torch.full((1,), 0.3, dtype=DTYPE, requires_grad=True)
-        controller = PIController(min_step=5e-3)
+        controller = PIController(min_step=2e-3)
         solution = odeint(
             model, y0, [0.0, 0.2, 0.5], controller=controller, rtol=1e-8, atol=1e-10, gradient=gradient
         )
