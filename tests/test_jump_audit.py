@@ -1,0 +1,57 @@
+"""Jump times where the field itself is not a number: each step, and each first evaluation of a solve
+that starts at a jump, must see the field on its own side only (docs/solver.md, "Times to land on,
+and fields that jump"), so a NaN exactly at a jump never enters a solve."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from local_reg import BacksolveAdjoint, PIController, odeint
+
+DTYPE = torch.float64
+JUMP = 0.5
+
+
+def level(t: torch.Tensor) -> torch.Tensor:
+    """1 before the jump, -2 after it, NaN at it."""
+    return torch.where(t < JUMP, 1.0, torch.where(t > JUMP, -2.0, math.nan)).to(t.dtype)
+
+
+def integral(t: float) -> float:
+    """Of :func:`level` from 0."""
+    return t if t < JUMP else JUMP - 2.0 * (t - JUMP)
+
+
+class Decay(torch.nn.Module):
+    """``y' = -rate * y + level(t)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rate = torch.nn.Parameter(torch.tensor(1.3, dtype=DTYPE))
+
+    def forward(self, t, y):
+        return -self.rate * y + level(t).to(y.dtype)
+
+
+def decay_exact(rate: torch.Tensor, y0: torch.Tensor, t0: float, t1: float) -> torch.Tensor:
+    """:class:`Decay`'s solution at ``t1`` from ``y0`` at ``t0``, both on one side of the jump."""
+    rest = level(torch.tensor((t0 + t1) / 2, dtype=DTYPE)) / rate
+    return rest + (y0 - rest) * torch.exp(-rate * (t1 - t0))
+
+
+@pytest.mark.parametrize("span", [(0.0, JUMP), (1.0, JUMP)], ids=["forward", "backward"])
+def test_the_backsolve_adjoint_starting_at_a_jump_never_evaluates_the_field_there(span):
+    # The backward solve starts at t[-1], here the jump: its first evaluation (the heuristic's first
+    # step's), as every step's, is taken on the span's side of it.
+    model = Decay()
+    y0 = torch.tensor([0.3, -1.0], dtype=DTYPE)
+    gradient = BacksolveAdjoint(rtol=1e-10, atol=1e-12)
+    controller = PIController(jump_ts=[JUMP])
+    solution = odeint(model, y0, list(span), rtol=1e-10, atol=1e-12, gradient=gradient, controller=controller)
+    solution.ys[-1].sum().backward()
+    rate = model.rate.detach().requires_grad_(True)
+    (expected,) = torch.autograd.grad(decay_exact(rate, y0, *span).sum(), rate)
+    torch.testing.assert_close(model.rate.grad, expected, rtol=1e-7, atol=0)
