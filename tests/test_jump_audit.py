@@ -8,8 +8,9 @@ import math
 
 import pytest
 import torch
+import torchsde
 
-from local_reg import BacksolveAdjoint, PIController, odeint
+from local_reg import BacksolveAdjoint, PIController, odeint, sdeint
 
 DTYPE = torch.float64
 JUMP = 0.5
@@ -55,3 +56,23 @@ def test_the_backsolve_adjoint_starting_at_a_jump_never_evaluates_the_field_ther
     rate = model.rate.detach().requires_grad_(True)
     (expected,) = torch.autograd.grad(decay_exact(rate, y0, *span).sum(), rate)
     torch.testing.assert_close(model.rate.grad, expected, rtol=1e-7, atol=0)
+
+
+class JumpAtStart(torch.nn.Module):
+    """``dy = level(t) dt + 0.3 dW``, whose drift is NaN at the jump ``t0 = JUMP``."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def f(self, t, y):
+        return level(t).to(y.dtype) * torch.ones_like(y)
+
+    def g(self, t, y):
+        return torch.full_like(y, 0.3)
+
+
+def test_sdeint_takes_its_first_drift_after_a_jump_at_t0():
+    bm = torchsde.BrownianInterval(JUMP, 1.0, size=(3, 2), dtype=DTYPE, entropy=3)
+    y0 = torch.zeros(3, 2, dtype=DTYPE)
+    solved = sdeint(JumpAtStart(), y0, [JUMP, 1.0], bm=bm, controller=PIController(jump_ts=[JUMP]))
+    expected = y0 + integral(1.0) - integral(JUMP) + 0.3 * bm(JUMP, 1.0)
+    torch.testing.assert_close(solved.ys[-1], expected, rtol=0, atol=1e-12)
