@@ -76,3 +76,66 @@ def test_sdeint_takes_its_first_drift_after_a_jump_at_t0():
     solved = sdeint(JumpAtStart(), y0, [JUMP, 1.0], bm=bm, controller=PIController(jump_ts=[JUMP]))
     expected = y0 + integral(1.0) - integral(JUMP) + 0.3 * bm(JUMP, 1.0)
     torch.testing.assert_close(solved.ys[-1], expected, rtol=0, atol=1e-12)
+
+
+def float32_ulps_from(time: float, count: int) -> float:
+    """The float32 time ``count`` float32 ulps from ``time`` (rounded to float32)."""
+    value = torch.tensor(time, dtype=torch.float32)
+    for _ in range(abs(count)):
+        value = torch.nextafter(value, torch.tensor(math.copysign(math.inf, count)))
+    return value.item()
+
+
+@pytest.mark.parametrize("count", [-2, 2], ids=["before", "after"])
+@pytest.mark.parametrize("span", [(0.0, 1.0), (1.0, 0.0)], ids=["forward", "backward"])
+def test_a_step_a_few_float32_ulps_long_beside_a_jump_keeps_every_stage_on_its_side(count, span):
+    # A float32 field sees float32 times: the step between an output time 2 float32 ulps from the
+    # jump and the jump (a few float32 ulps, many float64 ones) has inner stages at t + c dt that
+    # round onto the jump unless kept on the step's side (tsit5's c = 0.98 does from either side).
+    times = [span[0], float32_ulps_from(JUMP, count), span[1]]
+
+    def field(t, y):
+        return level(t).to(y.dtype) * torch.ones_like(y)
+
+    solved = odeint(
+        field,
+        torch.zeros(1),
+        times,
+        method="tsit5",
+        controller=PIController(jump_ts=[JUMP]),
+        step_to_outputs=True,
+    )
+    expected = torch.tensor([[integral(time) - integral(span[0])] for time in times])
+    torch.testing.assert_close(solved.ys, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic"])
+def test_jumps_a_few_float32_ulps_apart_solve_and_replay_on_each_side(gradient):
+    # Jumps 3 float32 ulps apart are distinct times to a float32 field: the step between them keeps
+    # every stage strictly between them, and the replays take the same stage times.
+    second = float32_ulps_from(JUMP, 3)
+
+    class Between(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rate = torch.nn.Parameter(torch.tensor(0.7))
+
+        def forward(self, t, y):
+            inside = torch.where(t < second, 5.0, -2.0)
+            value = torch.where(t < JUMP, 1.0, inside)
+            value = torch.where((t == JUMP) | (t == second), math.nan, value)
+            return value * torch.ones_like(y) - self.rate * y
+
+    def solve(how):
+        model = Between()
+        solution = odeint(
+            model, torch.ones(2), [0.0, 1.0], controller=PIController(jump_ts=[JUMP, second]), gradient=how
+        )
+        solution.ys[-1].sum().backward()
+        return solution.ys[-1].detach(), model.rate.grad
+
+    ys, grad = solve("direct")
+    assert torch.isfinite(ys).all() and torch.isfinite(grad)
+    replayed_ys, replayed_grad = solve(gradient)
+    assert torch.equal(replayed_ys, ys)
+    torch.testing.assert_close(replayed_grad, grad, rtol=1e-5, atol=0)
