@@ -150,7 +150,9 @@ def sdeint(
 
     # At a jump at t0, just after it (as the first step takes them).
     t0 = times[0]
-    (start,) = stage_time_values(t0, times[-1] - t0, [0.0], y0.dtype, options.controller.jump_ts)
+    start = t0
+    if options.controller.jump_ts:
+        (start,) = stage_time_values(t0, times[-1] - t0, [0.0], y0.dtype, options.controller.jump_ts)
     autocast = active_autocast()  # the drift and diffusion run under it, the solver's arithmetic not
     f0 = call_leaving_input(DRIFT, autocast, sde.f, time_tensor(start, y0), y0)
     g0 = call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(start, y0), y0)
