@@ -32,6 +32,7 @@ from ._step import (
     jump_ends,
     min_step_size,
     rms_norm,
+    stage_time_values,
     underflow_threshold,
     within_ulps,
 )
@@ -440,7 +441,14 @@ def integrate(
             )
     t = times[0]
     y = y0
-    carry = stepper.begin(t, y0, stats)
+    # A solve that starts at a jump (the backsolve adjoint's restart at an output time) evaluates
+    # the field just after it, on its own side, from the first evaluation on.
+    begin_time = t
+    if adaptive and options.controller.jump_ts:
+        (begin_time,) = stage_time_values(
+            t, direction, [0.0], options.time_dtype or y0.dtype, options.controller.jump_ts
+        )
+    carry = stepper.begin(begin_time, y0, stats)
 
     interpolate = options.interpolate and adaptive
     controller = options.controller

@@ -186,17 +186,25 @@ def stage_time_values(
     or ends at one of the sorted ``jump_ts`` (:func:`jump_ends`), a stage at that end (``c_i = 0``
     or ``1``) is taken at the time of ``dtype`` (the one the field sees) next to the jump inside
     the step, so that a field that jumps there is evaluated on the step's own side (torchdiffeq's
-    perturbation of ``jump_t``)."""
+    perturbation of ``jump_t``); so is any other stage whose time would round onto the jump or
+    beyond it (in a step a few ulps of ``dtype`` long)."""
     values = [t + c_i * dt for c_i in nodes]
     if not jump_ts:
         return values
     start, end = jump_ends(t, dt, jump_ts)
     toward = math.copysign(math.inf, dt)
+    first = None if start is None else _beside(start, toward, dtype)
+    last = None if end is None else _beside(end, -toward, dtype)
     for i, c_i in enumerate(nodes):
-        if c_i == 0.0 and start is not None:
-            values[i] = _beside(start, toward, dtype)
-        elif c_i == 1.0 and end is not None:
-            values[i] = _beside(end, -toward, dtype)
+        if c_i == 0.0 and first is not None:
+            values[i] = first
+        elif c_i == 1.0 and last is not None:
+            values[i] = last
+        elif last is not None and dt * (values[i] - last) > 0:
+            # A stage of a step a few ulps (of dtype) long that would round onto the jump or past it.
+            values[i] = last
+        elif first is not None and dt * (values[i] - first) < 0:
+            values[i] = first
     return values
 
 

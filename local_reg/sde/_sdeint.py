@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, integrate
-from .._step import time_tensor, underflow_threshold
+from .._step import stage_time_values, time_tensor, underflow_threshold
 from .._validate import (
     active_autocast,
     call_leaving_input,
@@ -148,10 +148,14 @@ def sdeint(
     if step_penalty is not None and step_size is not None:
         raise ValueError("step_penalty needs the adaptive mode (an error estimate): drop step_size")
 
+    # At a jump at t0, just after it (as the first step takes them).
     t0 = times[0]
+    start = t0
+    if options.controller.jump_ts:
+        (start,) = stage_time_values(t0, times[-1] - t0, [0.0], y0.dtype, options.controller.jump_ts)
     autocast = active_autocast()  # the drift and diffusion run under it, the solver's arithmetic not
-    f0 = call_leaving_input(DRIFT, autocast, sde.f, time_tensor(t0, y0), y0)
-    g0 = call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(t0, y0), y0)
+    f0 = call_leaving_input(DRIFT, autocast, sde.f, time_tensor(start, y0), y0)
+    g0 = call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(start, y0), y0)
     check_shapes(noise_type, y0, f0, g0)
     # Every later drift, diffusion and Brownian increment is checked too.
     size = brownian_size(noise_type, y0, g0)
