@@ -462,10 +462,6 @@ def integrate(
         else:
             dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats, t_end=times[-1])
         dt_abs = controller.limit(dt_abs)
-        if controller.jump_ts and jump_ends(t, direction, controller.jump_ts)[0] is not None:
-            # A solve that starts at a jump inside another's span (the backsolve adjoint's restart at
-            # an output time): its first step evaluates its first stage afresh, on its own side.
-            carry = stepper.after_jump(carry)
     previous_error = 1.0
     after_rejection = False
     keeps_records = any(record is not None for record in (log.states, keep_state, log.dense))
