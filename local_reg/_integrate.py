@@ -29,10 +29,10 @@ from ._step import (
     RKStepper,
     StepResult,
     VectorField,
+    beside_jump,
     jump_ends,
     min_step_size,
     rms_norm,
-    stage_time_values,
     underflow_threshold,
     within_ulps,
 )
@@ -443,11 +443,8 @@ def integrate(
     y = y0
     # A solve that starts at a jump (the backsolve adjoint's restart at an output time) evaluates
     # the field just after it, on its own side, from the first evaluation on.
-    begin_time = t
-    if adaptive and options.controller.jump_ts:
-        (begin_time,) = stage_time_values(
-            t, direction, [0.0], options.time_dtype or y0.dtype, options.controller.jump_ts
-        )
+    toward_end = math.copysign(math.inf, direction)
+    begin_time = beside_jump(t, toward_end, options.time_dtype or y0.dtype, options.controller.jump_ts)
     carry = stepper.begin(begin_time, y0, stats)
 
     interpolate = options.interpolate and adaptive

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ._integrate import DEFAULT_MAX_STEPS, SolveOptions, StepCallbacks, StepPenalty
-from ._step import VectorField, stage_time_values, time_tensor
+from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import accepts_tuple_states
 from ._validate import (
     Tolerance,
@@ -293,7 +294,7 @@ def odeint(
     elif adjoint_params is not None or owner is not None:
         # Direct differentiation needs no parameter list; with one it also checks their gradients.
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
-    timing = time_gradient(t, checked, times, options.time_dtype)
+    timing = time_gradient(t, checked, times, options.time_dtype, options.controller.jump_ts)
     if timing is not None:
         if options.callbacks.stop is not None:
             raise ValueError(
@@ -302,9 +303,8 @@ def odeint(
             )
         state = timing.start(state)
     # f(t0, y0) as the first step sees it: at a jump at t0, just after it.
-    (start,) = stage_time_values(
-        times[0], time_direction(times), [0.0], options.time_dtype or state.dtype, options.controller.jump_ts
-    )
+    toward_end = math.copysign(math.inf, time_direction(times))
+    start = beside_jump(times[0], toward_end, options.time_dtype or state.dtype, options.controller.jump_ts)
     with torch.no_grad() if gradient_method.graph_free else nullcontext():
         f0 = evaluate_first(checked, start, state, options.time_dtype)
     forward = ForwardSolve(

@@ -179,6 +179,16 @@ def _beside(time: float, toward: float, dtype: torch.dtype) -> float:
     return float(torch.nextafter(value, torch.tensor(toward, dtype=dtype)))
 
 
+def beside_jump(time: float, toward: float, dtype: torch.dtype, jump_ts: Sequence[float]) -> float:
+    """``time``, or where it is at one of the sorted ``jump_ts`` (:func:`jump_ends`), the time of
+    ``dtype`` next to that jump in the direction of ``toward``: the side a solve evaluates there."""
+    if jump_ts:
+        jump = jump_ends(time, toward - time, jump_ts)[0]
+        if jump is not None:
+            return _beside(jump, toward, dtype)
+    return time
+
+
 def stage_time_values(
     t: float, dt: float, nodes: Sequence[float], dtype: torch.dtype, jump_ts: Sequence[float] = ()
 ) -> list[float]:

@@ -136,6 +136,21 @@ def test_a_jump_at_t0_starts_the_solve_after_it():
     assert solution.stats.n_rejected == 0
 
 
+@pytest.mark.parametrize(("times", "level"), [((0.0, JUMP, 0.8), 1.0), ((1.0, JUMP, 0.2), -2.0)])
+def test_the_time_gradient_at_an_output_that_is_a_jump_takes_the_side_the_solve_came_from(times, level):
+    # dL/dt_i = <v_i, f(t_i, y_i)> with f on the side the solve reached t_i from (the forcing before
+    # the jump going forwards, after it going backwards), not the field's own value at it (100).
+    model = Forced()
+    y0 = torch.tensor([1.0, -0.5], dtype=DTYPE)
+    t = torch.tensor(times, dtype=DTYPE, requires_grad=True)
+    solution = odeint(model, y0, t, rtol=1e-10, atol=1e-12, controller=PIController(jump_ts=[JUMP]))
+    solution.ys[1].sum().backward()
+    with torch.no_grad():
+        at_jump = exact(Forced(), y0, times[0], JUMP)
+        rate = (-model.rate * at_jump + model.amplitude * level).sum()
+    torch.testing.assert_close(t.grad[1], rate, rtol=1e-8, atol=0)
+
+
 def test_a_jump_the_field_cannot_tell_from_t0_is_at_t0():
     # A float32 field sees t0 = 0.1 as 0.100000001, which is also where the jump at 0.1 rounds to:
     # the jump is at t0 (not a landing 1.5e-9 after it), and the first step starts after it.

@@ -26,13 +26,13 @@ error. See docs/gradients.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from .._autograd import refusing_backward
-from .._step import VectorField, time_tensor
+from .._step import VectorField, beside_jump, time_tensor
 from .._validate import time_tensors_requiring_grad
 from ..solution import Stats
 
@@ -42,12 +42,18 @@ class TimeGradient:
     solve, :meth:`outputs` wraps ``ys`` after it."""
 
     def __init__(
-        self, t: Tensor, func: VectorField, times: list[float], time_dtype: torch.dtype | None = None
+        self,
+        t: Tensor,
+        func: VectorField,
+        times: list[float],
+        time_dtype: torch.dtype | None = None,
+        jump_ts: Sequence[float] = (),
     ) -> None:
         self.t = t
         self.func = func
         self.times = times
         self.time_dtype = time_dtype
+        self.jump_ts = jump_ts
         self.f0: Tensor | None = None
         self.stats: Stats | None = None
 
@@ -124,7 +130,10 @@ class _OutputTimes(torch.autograd.Function):
             for i in range(1, len(timing.times)):
                 # An output whose cotangent is exactly zero (a regularizer's t_reg) needs no evaluation.
                 if bool(grad_ys[i].any()):
-                    time = time_tensor(timing.times[i], ys[i], timing.time_dtype)
+                    # At a jump, f on the side the solve reached t_i from (as at t0, the solve's side).
+                    dtype = ys.dtype if timing.time_dtype is None else timing.time_dtype
+                    t_i = beside_jump(timing.times[i], timing.times[i - 1], dtype, timing.jump_ts)
+                    time = time_tensor(t_i, ys[i], timing.time_dtype)
                     entries[i] = (grad_ys[i] * timing.func(time, ys[i])).sum()
                     calls += 1
             grad_t = timing.cotangent(entries)
@@ -146,18 +155,24 @@ def _first_order(grad_t: Tensor, *depends_on: Tensor) -> Tensor:
 
 
 def time_gradient(
-    t: object, func: VectorField, times: list[float], time_dtype: torch.dtype | None = None
+    t: object,
+    func: VectorField,
+    times: list[float],
+    time_dtype: torch.dtype | None = None,
+    jump_ts: Sequence[float] = (),
 ) -> TimeGradient | None:
     """A :class:`TimeGradient` if ``ys`` should be differentiated w.r.t. ``t`` (grad mode on and
     ``t``, or one of its 0-dim tensors, requires grad), else ``None``. ``times``: ``t`` validated;
-    ``time_dtype``: the dtype of the times ``func`` gets, as in the solve (default the state's)."""
+    ``time_dtype``: the dtype of the times ``func`` gets, as in the solve (default the state's);
+    ``jump_ts``: the solve's jump times (an output time at one takes ``f`` on the side the solve
+    reached it from)."""
     if not torch.is_grad_enabled():
         return None
     tracked = time_tensors_requiring_grad(t)
     if not tracked:
         return None
     if isinstance(t, Tensor):
-        return TimeGradient(t, func, times, time_dtype)
+        return TimeGradient(t, func, times, time_dtype, jump_ts)
     device = tracked[0].device
     stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in t])
-    return TimeGradient(stacked, func, times, time_dtype)
+    return TimeGradient(stacked, func, times, time_dtype, jump_ts)

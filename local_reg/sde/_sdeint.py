@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, integrate
-from .._step import stage_time_values, time_tensor, underflow_threshold
+from .._step import beside_jump, time_tensor, underflow_threshold
 from .._validate import (
     active_autocast,
     call_leaving_input,
@@ -150,9 +150,7 @@ def sdeint(
 
     # At a jump at t0, just after it (as the first step takes them).
     t0 = times[0]
-    start = t0
-    if options.controller.jump_ts:
-        (start,) = stage_time_values(t0, times[-1] - t0, [0.0], y0.dtype, options.controller.jump_ts)
+    start = beside_jump(t0, times[-1], y0.dtype, options.controller.jump_ts)
     autocast = active_autocast()  # the drift and diffusion run under it, the solver's arithmetic not
     f0 = call_leaving_input(DRIFT, autocast, sde.f, time_tensor(start, y0), y0)
     g0 = call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(start, y0), y0)
