@@ -1,11 +1,14 @@
 """What the example scripts share: the command-line options every one has and the choice of model
-by ``--regularize``. (Each script puts its own folder on ``sys.path`` to import this.)"""
+by ``--regularize``, and saving the plot. (Each script puts its own folder on ``sys.path`` to import
+this.)"""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from torch import nn
 
 from local_reg import GloballyRegularized, LocallyRegularized, Regularized
@@ -51,3 +54,11 @@ def make_model(
     if regularize == "global":
         return GloballyRegularized(func, weight=global_weight if weight is None else weight, **solve)
     return Regularized(func, **solve)  # no penalty: reg_loss stays 0
+
+
+def save_plot(fig: Figure, out: str) -> None:
+    """Lay out ``fig``, write it to ``out`` (PNG, 100 dpi), close it and say where it went."""
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    print(f"plot saved to {out}")

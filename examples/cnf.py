@@ -37,7 +37,7 @@ from local_reg import Regularized  # noqa: E402
 
 # The examples' shared options and model choice, whatever the working directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_run_options, example_parser, make_model  # noqa: E402
+from _common import add_run_options, example_parser, make_model, save_plot  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -179,10 +179,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         f"regularize={args.regularize}: test NFE {nfe_before} -> {nfe_after}, "
         f"log-likelihood {loglik_after:.3f}"
     )
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
-    plt.close(fig)
-    print(f"plot saved to {args.out}")
+    save_plot(fig, args.out)
     return {"nfe_before": nfe_before, "nfe_after": nfe_after, "test_loss": -loglik_after}
 
 

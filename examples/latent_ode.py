@@ -39,7 +39,7 @@ from local_reg.experiments.tasks.latent_ode import LatentODE, irregular_series, 
 
 # The examples' shared options and model choice, whatever the working directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_run_options, example_parser, make_model  # noqa: E402
+from _common import add_run_options, example_parser, make_model, save_plot  # noqa: E402
 
 T_MAX = 5.0
 N_CHANNELS = 3
@@ -147,10 +147,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         f"regularize={args.regularize}: test NFE {nfe_before} -> {nfe_after}, MSE {mse_after:.4f}"
         " (dots: observations)"
     )
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
-    plt.close(fig)
-    print(f"plot saved to {args.out}")
+    save_plot(fig, args.out)
     return {"nfe_before": nfe_before, "nfe_after": nfe_after, "test_loss": mse_after}
 
 

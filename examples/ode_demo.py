@@ -34,7 +34,7 @@ from local_reg import Regularized, odeint  # noqa: E402
 
 # The examples' shared options and model choice, whatever the working directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_run_options, example_parser, make_model  # noqa: E402
+from _common import add_run_options, example_parser, make_model, save_plot  # noqa: E402
 
 TRUE_A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]])
 
@@ -135,10 +135,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     axes[1].set(xlabel="x", ylabel="y", title="phase portrait")
     axes[1].legend(fontsize="small")
     fig.suptitle(f"regularize={args.regularize}: test NFE {nfe_before} -> {nfe_after}, MAE {test_loss:.3f}")
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
-    plt.close(fig)
-    print(f"plot saved to {args.out}")
+    save_plot(fig, args.out)
     return {"nfe_before": nfe_before, "nfe_after": nfe_after, "test_loss": test_loss}
 
 

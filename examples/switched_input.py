@@ -33,7 +33,7 @@ from local_reg import PIController, Regularized, odeint  # noqa: E402
 
 # The examples' shared options and model choice, whatever the working directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_run_options, example_parser, make_model  # noqa: E402
+from _common import add_run_options, example_parser, make_model, save_plot  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -160,10 +160,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     ax.plot(t, pred_y[:, 0, 0], "b--", label="learned x")
     ax.set(xlabel="t", title=f"jumps={args.jumps}, regularize={args.regularize}: test NFE {nfe_after}")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
-    plt.close(fig)
-    print(f"plot saved to {args.out}")
+    save_plot(fig, args.out)
     return {"nfe_before": nfe_before, "nfe_after": nfe_after, "test_loss": test_mse}
 
 

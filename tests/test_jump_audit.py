@@ -11,19 +11,12 @@ import torch
 import torchsde
 
 from local_reg import BacksolveAdjoint, PIController, odeint, sdeint
-
-DTYPE = torch.float64
-JUMP = 0.5
+from tests.test_jump_times import DTYPE, JUMP, SwitchedNoisy, exact_switched, forcing
 
 
 def level(t: torch.Tensor) -> torch.Tensor:
-    """1 before the jump, -2 after it, NaN at it."""
-    return torch.where(t < JUMP, 1.0, torch.where(t > JUMP, -2.0, math.nan)).to(t.dtype)
-
-
-def integral(t: float) -> float:
-    """Of :func:`level` from 0."""
-    return t if t < JUMP else JUMP - 2.0 * (t - JUMP)
+    """:func:`forcing`, NaN at the jump."""
+    return forcing(t, at_jump=math.nan)
 
 
 class Decay(torch.nn.Module):
@@ -58,23 +51,18 @@ def test_the_backsolve_adjoint_starting_at_a_jump_never_evaluates_the_field_ther
     torch.testing.assert_close(model.rate.grad, expected, rtol=1e-7, atol=0)
 
 
-class JumpAtStart(torch.nn.Module):
-    """``dy = level(t) dt + 0.3 dW``, whose drift is NaN at the jump ``t0 = JUMP``."""
-
-    noise_type, sde_type = "diagonal", "ito"
+class JumpAtStart(SwitchedNoisy):
+    """:class:`SwitchedNoisy` whose drift is NaN at the jump, here its ``t0``."""
 
     def f(self, t, y):
         return level(t).to(y.dtype) * torch.ones_like(y)
-
-    def g(self, t, y):
-        return torch.full_like(y, 0.3)
 
 
 def test_sdeint_takes_its_first_drift_after_a_jump_at_t0():
     bm = torchsde.BrownianInterval(JUMP, 1.0, size=(3, 2), dtype=DTYPE, entropy=3)
     y0 = torch.zeros(3, 2, dtype=DTYPE)
     solved = sdeint(JumpAtStart(), y0, [JUMP, 1.0], bm=bm, controller=PIController(jump_ts=[JUMP]))
-    expected = y0 + integral(1.0) - integral(JUMP) + 0.3 * bm(JUMP, 1.0)
+    expected = y0 + exact_switched(0.0, JUMP, 1.0) + 0.3 * bm(JUMP, 1.0)
     torch.testing.assert_close(solved.ys[-1], expected, rtol=0, atol=1e-12)
 
 
@@ -105,7 +93,7 @@ def test_a_step_a_few_float32_ulps_long_beside_a_jump_keeps_every_stage_on_its_s
         controller=PIController(jump_ts=[JUMP]),
         step_to_outputs=True,
     )
-    expected = torch.tensor([[integral(time) - integral(span[0])] for time in times])
+    expected = torch.tensor([[exact_switched(0.0, span[0], time)] for time in times])
     torch.testing.assert_close(solved.ys, expected, rtol=0, atol=1e-6)
 
 

@@ -32,10 +32,10 @@ ADAPTIVE = [name for name, tableau in TABLEAUS.items() if tableau.adaptive]
 JUMP = 0.5
 
 
-def forcing(t: torch.Tensor) -> torch.Tensor:
-    """1 before the jump and -2 after it; at the jump itself 100, neither side's value, so that a
-    stage evaluated exactly there spoils a solve (the field may take any value there)."""
-    return torch.where(t < JUMP, 1.0, torch.where(t > JUMP, -2.0, 100.0)).to(t.dtype)
+def forcing(t: torch.Tensor, at_jump: float = 100.0) -> torch.Tensor:
+    """1 before the jump and -2 after it; at the jump itself ``at_jump``, neither side's value, so
+    that a stage evaluated exactly there spoils a solve (the field may take any value there)."""
+    return torch.where(t < JUMP, 1.0, torch.where(t > JUMP, -2.0, at_jump)).to(t.dtype)
 
 
 def switched(t, y):
