@@ -46,9 +46,10 @@ from ._autograd import first_order_only
 from ._errors import SolverError
 from ._integrate import STOP_NEVER_HELD, StepCallbacks, open_end
 from ._odeint import odeint
-from ._step import VectorField, time_tensor
+from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import TupleField, accepts_tuple_states
 from ._validate import check_bool, checked_field, finite_float, time_dtype, validate_state
+from .controller import PIController
 from .gradients._times import StartTime
 from .solution import Solution, State, Stats
 
@@ -226,6 +227,7 @@ def _reroute(
     t_dtype: torch.dtype,
     field_t_dtype: torch.dtype,
     live: tuple[float, Tensor] | None = None,
+    rate_time: float | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """``(t_e, y_e, nfe)``: the event time as a tensor of ``t_dtype`` and the state there,
     differentiable by the implicit function theorem (the module docstring); ``y_event`` is the
@@ -236,7 +238,8 @@ def _reroute(
     not change along the solution there (an ``event_fn`` clamped at 0 past the crossing, ``relu``),
     at ``live = (time, state)``, the bracket's other end, within the root finder's tolerance before
     ``t_e``, where the root finder read ``h > 0`` (the state's value there, its graph
-    ``y_event``'s): the crossing's own slope."""
+    ``y_event``'s): the crossing's own slope. ``rate_time``: where ``f`` is evaluated for
+    ``dy/dt`` there (default ``t_e``; beside a jump at ``t_e``, the solve's side of it)."""
     event_t = torch.tensor(t_event, dtype=t_dtype, device=y_event.device)
     if not torch.is_grad_enabled():
         return event_t, y_event, 0
@@ -244,7 +247,8 @@ def _reroute(
     if not crossing.requires_grad:
         return event_t, y_event, 0
     with torch.no_grad():
-        rate = func(time_tensor(t_event, y_event, field_t_dtype), y_event)
+        rate_at = t_event if rate_time is None else rate_time
+        rate = func(time_tensor(rate_at, y_event, field_t_dtype), y_event)
     along = _rate_along_solution(event, t_event, y_event, rate, crossing.dtype)
     if float(along) == 0.0 and live is not None:
         live_time, live_state = live
@@ -400,8 +404,16 @@ def _solve_until_event(
         solution = odeint(func, y0, [t0_value], callbacks=callbacks, **odeint_kwargs)
         return replace(solution, ts=torch.stack([initial_t, initial_t]), ys=torch.stack([y0, y0]))
 
+    # The solve's jump times (rounded to the field's time dtype, as the solve rounds them): f at a
+    # jump at t0 or at the event time is taken on the solve's side, as odeint takes it.
+    direction = -1.0 if reverse_time else 1.0
+    controller = odeint_kwargs.get("controller")
+    jump_ts: tuple[float, ...] = ()
+    if isinstance(controller, PIController):
+        jump_ts = controller.within(t0_value, math.copysign(math.inf, direction), field_t_dtype).jump_ts
     start = y0
-    initial_rate = _InitialRate(checked, t0_value, field_t_dtype)
+    rate_start = beside_jump(t0_value, math.copysign(math.inf, direction), field_t_dtype, jump_ts)
+    initial_rate = _InitialRate(checked, rate_start, field_t_dtype)
     if t0_tensor is not None and t0_tensor.requires_grad and torch.is_grad_enabled():
         start = StartTime.apply(initial_rate, t0_tensor, y0)
     # The second time only gives the direction; it must differ from t0 in floating point.
@@ -431,6 +443,7 @@ def _solve_until_event(
         t_dtype,
         field_t_dtype,
         (stop.stop.live_time, stop.stop.live_state),
+        beside_jump(solution.steps.stop_time, t0_value, field_t_dtype, jump_ts),
     )
     solution.stats.nfe += nfe
     return replace(solution, ts=torch.stack([initial_t, event_t]), ys=torch.stack([y0, y_event]))

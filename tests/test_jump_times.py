@@ -557,3 +557,36 @@ def test_piecewise_constant_fields_are_integrated_exactly_across_any_jumps(probl
     expected = torch.tensor([[exact_at(time)] for time in times], dtype=DTYPE)
     torch.testing.assert_close(solution.ys, expected, rtol=0, atol=1e-9)
     assert solution.stats.n_rejected == 0
+
+
+def test_an_event_at_a_jump_is_differentiated_on_the_solves_side():
+    # A time limit at the jump, t = 0.5, written through the state (0 * y): the event is the jump
+    # itself, and its gradient reads dy/dt there, which on the solve's side is 1 (the field is NaN
+    # at the jump): dt_e/dy0 = -(dh/dy) / (dh/dt + <dh/dy, f>) = 0, not NaN.
+    def field(t, y):
+        return forcing(t, at_jump=math.nan).to(y.dtype) * torch.ones_like(y)
+
+    y0 = torch.tensor([-0.5], dtype=DTYPE, requires_grad=True)
+    t0 = torch.tensor(0.0, dtype=DTYPE)
+    controller = PIController(jump_ts=[JUMP])
+    event_t, _ = odeint_event(
+        field, y0, t0, event_fn=lambda t, y: (t - JUMP) + 0.0 * y[0], controller=controller
+    )
+    assert event_t.item() == JUMP
+    event_t.backward()
+    torch.testing.assert_close(y0.grad, torch.tensor([0.0], dtype=DTYPE))
+
+
+def test_an_event_solve_from_a_jump_differentiates_t0_on_its_side():
+    # From t0 = the jump, y' = -2 after it: the event y = 0 from y0 = 1 is at t0 + 0.5, and
+    # dt_e/dt0 = -<dt_e/dy0, f(t0+, y0)> = -(1/2)(-2) = 1 (the field NaN at t0 itself).
+    def field(t, y):
+        return forcing(t, at_jump=math.nan).to(y.dtype) * torch.ones_like(y)
+
+    y0 = torch.tensor([1.0], dtype=DTYPE)
+    t0 = torch.tensor(JUMP, dtype=DTYPE, requires_grad=True)
+    controller = PIController(jump_ts=[JUMP])
+    event_t, _ = odeint_event(field, y0, t0, event_fn=lambda t, y: y[0], controller=controller)
+    assert event_t.item() == pytest.approx(JUMP + 0.5, abs=1e-12)
+    event_t.backward()
+    torch.testing.assert_close(t0.grad, torch.tensor(1.0, dtype=DTYPE))
