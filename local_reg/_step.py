@@ -603,9 +603,8 @@ class RKStepper(Stepper[Tensor | None]):
         if not self.interpolant.extra_stage:
             return result.stages
         if result.end_derivative is None:
-            jump = jump_ends(t, t_next - t, self.jump_ts)[1] if self.jump_ts else None
             dtype = result.y1.dtype if self.time_dtype is None else self.time_dtype
-            end_time = t_next if jump is None else _beside(jump, t, dtype)
+            end_time = beside_jump(t_next, t, dtype, self.jump_ts)
             end_derivative = self.func(time_tensor(end_time, result.y1, self.time_dtype), result.y1)
             stats.add(1)
             # The step's error estimate never saw this stage: a non-finite one would pass into the
