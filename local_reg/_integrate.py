@@ -33,6 +33,7 @@ from ._step import (
     jump_ends,
     min_step_size,
     rms_norm,
+    trial_end,
     underflow_threshold,
     within_ulps,
 )
@@ -444,7 +445,8 @@ def integrate(
     # A solve that starts at a jump (the backsolve adjoint's restart at an output time) evaluates
     # the field just after it, on its own side, from the first evaluation on.
     toward_end = math.copysign(math.inf, direction)
-    begin_time = beside_jump(t, toward_end, options.time_dtype or y0.dtype, options.controller.jump_ts)
+    field_time_dtype = options.time_dtype or y0.dtype
+    begin_time = beside_jump(t, toward_end, field_time_dtype, options.controller.jump_ts)
     carry = stepper.begin(begin_time, y0, stats)
 
     interpolate = options.interpolate and adaptive
@@ -457,7 +459,8 @@ def integrate(
             # A first step below the loop's underflow threshold starts at it (and grows from there).
             dt_abs = max(abs(options.first_step), min_step_size(times[0]))
         else:
-            dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats, t_end=times[-1])
+            trial_bound = trial_end(t, times[-1], field_time_dtype, options.controller.jump_ts)
+            dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats, t_end=trial_bound)
         dt_abs = controller.limit(dt_abs)
     previous_error = 1.0
     after_rejection = False

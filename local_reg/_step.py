@@ -189,6 +189,30 @@ def beside_jump(time: float, toward: float, dtype: torch.dtype, jump_ts: Sequenc
     return time
 
 
+def next_jump(t: float, t_end: float, jump_ts: Sequence[float]) -> float | None:
+    """The first of the sorted ``jump_ts`` after ``t`` (not at it, :func:`within_ulps`) on the way
+    to ``t_end``, one at ``t_end`` included; ``None`` where there is none."""
+    direction = math.copysign(1.0, t_end - t)
+    ahead = [
+        jump
+        for jump in jump_ts
+        if direction * (jump - t) > 0
+        and not within_ulps(jump, t)
+        and (direction * (jump - t_end) <= 0 or within_ulps(jump, t_end))
+    ]
+    if not ahead:
+        return None
+    return min(ahead) if direction > 0 else max(ahead)
+
+
+def trial_end(t0: float, t_end: float, dtype: torch.dtype, jump_ts: Sequence[float]) -> float:
+    """How far from ``t0`` toward ``t_end`` the initial-step heuristic's trial evaluation may go
+    (its ``t_end``): ``t_end``, or the time of ``dtype`` just before the first jump
+    (:func:`next_jump`), so that it measures the field on ``t0``'s side of every jump."""
+    jump = next_jump(t0, t_end, jump_ts)
+    return t_end if jump is None else _beside(jump, t0, dtype)
+
+
 def stage_time_values(
     t: float, dt: float, nodes: Sequence[float], dtype: torch.dtype, jump_ts: Sequence[float] = ()
 ) -> list[float]:

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torchsde
 
-from local_reg import BacksolveAdjoint, PIController, odeint, sdeint
+from local_reg import BacksolveAdjoint, LocallyRegularized, PIController, odeint, sdeint
+from local_reg.regularization import _sampling
 from tests.test_jump_times import DTYPE, JUMP, SwitchedNoisy, exact_switched, forcing
 
 
@@ -127,3 +128,90 @@ def test_jumps_a_few_float32_ulps_apart_solve_and_replay_on_each_side(gradient):
     replayed_ys, replayed_grad = solve(gradient)
     assert torch.equal(replayed_ys, ys)
     torch.testing.assert_close(replayed_grad, grad, rtol=1e-5, atol=0)
+
+
+class Slow(torch.nn.Module):
+    """``y' = -0.01 y`` times 1 before the jump and 2 after (NaN at it), each call's time recorded:
+    the initial-step heuristic's first guess ``0.01 |y| / |f|`` is the whole unit span."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def forward(self, t, y):
+        self.times.append(float(t))
+        return -0.01 * y * torch.where(t < JUMP, 1.0, torch.where(t > JUMP, 2.0, math.nan)).to(y.dtype)
+
+
+@pytest.mark.parametrize(
+    "span",
+    [(0.0, 1.0), (0.0, JUMP), (1.0, 0.0), (1.0, JUMP)],
+    ids=["inside", "at-end", "back", "back-at-end"],
+)
+def test_the_initial_step_heuristics_trial_evaluation_stays_before_the_first_jump(span):
+    # Its trial Euler step (the second evaluation) would reach t0 + 1, past the jump (or on it, at
+    # the end of the span): it stops just before, so the first step size is the first piece's.
+    field = Slow()
+    y0 = torch.ones(2, dtype=DTYPE)
+    solved = odeint(field, y0, list(span), rtol=1e-8, atol=1e-10, controller=PIController(jump_ts=[JUMP]))
+    trial = field.times[1]
+    assert (trial - span[0]) * (JUMP - trial) > 0
+
+    def integral(t):  # of the rate from 0
+        return 0.01 * t if t < JUMP else 0.01 * JUMP + 0.02 * (t - JUMP)
+
+    expected = y0 * math.exp(integral(span[0]) - integral(span[1]))
+    torch.testing.assert_close(solved.ys[-1], expected, rtol=1e-7, atol=0)
+
+
+class SlowNoisy(SwitchedNoisy):
+    """:class:`Slow`'s drift with a small diagonal noise, the drift's times recorded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drift = Slow()
+
+    def f(self, t, y):
+        return self.drift(t, y)
+
+    def g(self, t, y):
+        return torch.full_like(y, 1e-4)
+
+
+@pytest.mark.parametrize("span", [(0.0, 1.0), (0.0, JUMP)], ids=["inside", "at-end"])
+def test_sdeints_initial_step_trial_stays_before_the_first_jump(span):
+    # The SDE heuristic's trial is an Euler--Maruyama step whose estimate evaluates the drift at its
+    # end: it ends just before the jump, as the ODE heuristic's trial evaluation does.
+    sde = SlowNoisy()
+    bm = torchsde.BrownianInterval(span[0], span[1], size=(3, 2), dtype=DTYPE, entropy=5)
+    solved = sdeint(
+        sde, torch.ones(3, 2, dtype=DTYPE), list(span), bm=bm, controller=PIController(jump_ts=[JUMP])
+    )
+    assert 0.0 < sde.drift.times[1] < JUMP
+    assert torch.isfinite(solved.ys).all()
+
+
+@pytest.mark.parametrize("penalty", ["error-dt", "kinetic"])
+@pytest.mark.parametrize("before", [1e-3, 0.0], ids=["before", "at"])
+@pytest.mark.parametrize("kind", ["ode", "torchdiffeq", "sde"])
+def test_the_local_penalty_sees_the_field_on_the_solves_side_of_a_jump(monkeypatch, kind, before, penalty):
+    # t_reg pinned at the jump or just before it: the field is read just after a jump at t_reg (as
+    # the main solve's next step reads it), and the probe step stops at the next jump (as the main
+    # solve's steps do), its last stages taken before it.
+    t_reg = JUMP - before
+    monkeypatch.setattr(_sampling, "sample_uniform_time", lambda times, dtype, generator: t_reg)
+    field = JumpAtStart() if kind == "sde" else Decay()
+    y0 = torch.tensor([[0.3, -1.0]], dtype=DTYPE)
+    settings = {"options": {"controller": PIController(jump_ts=[JUMP])}}
+    if kind == "torchdiffeq":  # its own option, which its solve and our penalty both read
+        settings = {"backend": "torchdiffeq", "options": {"jump_t": torch.tensor([JUMP])}}
+    model = LocallyRegularized(field, penalty=penalty, **settings)
+    model(y0, [0.0, 1.0])
+    stats = model.stats
+    assert stats.penalty_finite and math.isfinite(stats.penalty)
+    if penalty == "error-dt":
+        assert math.isfinite(stats.error_estimate)
+        if before:
+            assert stats.dt_reg == pytest.approx(before, rel=1e-9)
+        else:
+            assert 0.0 < stats.dt_reg <= 1.0 - JUMP

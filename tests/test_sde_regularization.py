@@ -4,6 +4,8 @@ step's), every backend works, and minimizing it makes the SDE cheaper to solve."
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torchsde
@@ -493,3 +495,25 @@ def test_the_torchsde_backends_default_is_torchsdes_adaptive_solve_from_a_twenti
     ts = torch.tensor([0.0, 1.0], dtype=DT)
     theirs = torchsde.sdeint(sde, y0, ts, bm=bm, method="euler", adaptive=True, dt=0.05, **tolerances)
     torch.testing.assert_close(ys, theirs, rtol=1e-12, atol=1e-12)
+
+
+class NaNOutsideTheGraph(torch.nn.Module):
+    """``dy = dt + 0.3 dW``, its drift NaN when evaluated without autograd, as the probe's start is
+    (a constant)."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def f(self, t, y):
+        return torch.full_like(y, 1.0 if torch.is_grad_enabled() else math.nan)
+
+    def g(self, t, y):
+        return torch.full_like(y, 0.3)
+
+
+def test_an_sde_probe_from_a_non_finite_drift_reports_the_penalty_non_finite():
+    # The heuristic's step size is NaN there; querying the Brownian motion at t_reg + NaN would not
+    # return: the step goes to the end of the span instead and its estimate is reported non-finite.
+    model = local_reg.LocallyRegularized(NaNOutsideTheGraph(), penalty="error-dt")
+    ys = model(torch.zeros(2, 1, dtype=torch.float64), [0.0, 1.0])
+    assert torch.isfinite(ys).all()
+    assert not model.stats.penalty_finite

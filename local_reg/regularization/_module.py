@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from .._step import beside_jump
 from .._tuple import TupleField, TupleState
 from .._validate import check_choice, check_generator, time_direction, time_tensors_requiring_grad
 from ..sde.problem import is_sde
@@ -249,13 +250,17 @@ class LocalPenalty:
             probe_dtype = getattr(torch, self.probe_dtype)
             probe_problem = problem.with_func(CastField(problem.func, probe_dtype))
         result = dt = None  # no probe step for the kinetic penalty
+        field_time_dtype = problem.field_time_dtype(context, y0)
+        jump_ts = problem.jump_times(times, field_time_dtype)
         for t_reg, state, solver_dt in draws:
             if self.detach_state:
                 state = state.detach()
             if probe_dtype is not None:
                 state = state.to(probe_dtype)
             if self.penalty == "kinetic":
-                penalties.append(probe_problem.drift(context, t_reg, state, probe).pow(2).mean())
+                # At a jump (a biased draw's step start), the side the solve's next step evaluates.
+                t_field = beside_jump(t_reg, times[-1], field_time_dtype, jump_ts)
+                penalties.append(probe_problem.drift(context, t_field, state, probe).pow(2).mean())
                 continue
             result, dt, cost_of_draw = probe_problem.probe(
                 context,
@@ -268,6 +273,7 @@ class LocalPenalty:
                 self.detach_state,
                 scale=self.probe_scale,
                 heuristic=self.probe,
+                jump_ts=jump_ts,
             )
             probe.add(cost_of_draw.nfe, diffusion=cost_of_draw.nfe_diffusion)
             if self.penalty == "error-dt":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,19 +22,22 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .._odeint import odeint
-from .._step import initial_step_size, rms_norm, step, time_tensor
+from .._step import beside_jump, initial_step_size, next_jump, rms_norm, step, time_tensor, trial_end
 from .._validate import (
     checked_field,
     checked_norm,
     positive_float,
     relative_tolerance,
+    step_tolerances,
     time_dtype,
     validate_state,
     validate_times,
     without_autocast,
 )
+from ..controller import PIController
 from ..gradients import adjoint_params_tuple, resolve_adjoint_params
-from ..sde import sde_initial_step_size, sde_step
+from ..sde import sde_initial_step_size
+from ..sde._step import _euler_maruyama_step
 from ..sde.brownian import make_brownian
 from ..sde.problem import DEFAULT_ATOL as SDE_DEFAULT_ATOL
 from ..sde.problem import DEFAULT_RTOL as SDE_DEFAULT_RTOL
@@ -115,6 +119,18 @@ class _Problem:
             self.backend, config.method, self.rtol, self.atol, config.options, self.gradient
         )
 
+    def jump_times(self, times: Sequence[float], dtype: torch.dtype) -> tuple[float, ...]:
+        """The main solve's jump times over the span of ``times`` (its controller's ``jump_ts``, or
+        torchdiffeq's ``options['jump_t']``), rounded to ``dtype``, the one the field sees times in
+        (:meth:`local_reg.PIController.within`): the penalty evaluates the field on the solve's side
+        of them."""
+        controller = self.options.get("controller")
+        if self.options.get("jump_t") is not None:
+            controller = PIController(jump_ts=self.options["jump_t"])
+        if controller is None or not controller.jump_ts:
+            return ()
+        return controller.within(times[0], times[-1], dtype).jump_ts
+
     def probe(
         self,
         context: Any,
@@ -128,21 +144,30 @@ class _Problem:
         *,
         scale: float = 1.0,
         heuristic: str = "initial",
+        jump_ts: Sequence[float] = (),
     ) -> tuple[Any, float, Stats]:
         """One instrumented step from ``(t_reg, state)``: ``(result, dt, stats)``. ``dt_abs=None``
         asks the initial-step heuristic for the step size (times ``scale``; for an ODE the exponent
         is ``1/(p+1)`` with ``heuristic="initial-hairer"``, else ``1/p``); either is capped at
-        ``|t1 - t_reg|``. What
-        is evaluated at ``u(t_reg)`` is a constant when ``detach_state``."""
+        ``|t1 - t_reg|`` and, as the main solve's steps are, at the first of the sorted ``jump_ts``
+        (:meth:`jump_times`) after ``t_reg``; a stage at a jump is evaluated on the step's side of
+        it. What is evaluated at ``u(t_reg)`` is a constant when ``detach_state``."""
         stats = Stats()
+        dtype = self.field_time_dtype(context, state)
         with torch.no_grad() if detach_state else nullcontext():
-            start = self._start(context, t_reg, state, stats)
+            start = self._start(context, beside_jump(t_reg, t1, dtype, jump_ts), state, stats)
         if dt_abs is None:
             y = state.detach()
-            dt_abs = self._heuristic(context, tableau, t_reg, y, start, direction, heuristic, stats, t1)
+            t_end = trial_end(t_reg, t1, dtype, jump_ts)
+            dt_abs = self._heuristic(context, tableau, t_reg, y, start, direction, heuristic, stats, t_end)
+            if not math.isfinite(dt_abs):
+                # A field not finite at u(t_reg): step to the stop, whose non-finite estimate the
+                # penalty reports (finite_penalty); a NaN step would hang the Brownian query.
+                dt_abs = math.inf
             dt_abs *= scale
-        dt = direction * min(dt_abs, abs(t1 - t_reg))
-        result = self._step(context, tableau, t_reg, state, dt, start)
+        jump = next_jump(t_reg, t1, jump_ts)
+        dt = direction * min(dt_abs, abs((t1 if jump is None else jump) - t_reg))
+        result = self._step(context, tableau, t_reg, state, dt, start, jump_ts)
         stats.add(result.nfe, diffusion=result.nfe_diffusion)
         return result, dt, stats
 
@@ -265,6 +290,10 @@ class ODEProblem(_Problem):
             **(self.options if options is None else options),
         )
 
+    def field_time_dtype(self, context: torch.dtype, state: Tensor) -> torch.dtype:
+        """The dtype ``func`` gets times in: the context (:meth:`prepare`)."""
+        return context
+
     def drift(self, context: torch.dtype, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
         """``func(t_reg, state)``, counted in ``stats``; ``context``: the dtype ``func`` gets times in."""
         stats.add(1)
@@ -314,6 +343,7 @@ class ODEProblem(_Problem):
         state: Tensor,
         dt: float,
         k1: Tensor,
+        jump_ts: Sequence[float],
     ):
         func = checked_field(self.func)
         return step(
@@ -327,6 +357,7 @@ class ODEProblem(_Problem):
             k1=k1,
             norm=self.norm,
             time_dtype=context,
+            jump_ts=jump_ts,
         )
 
 
@@ -379,6 +410,10 @@ class SDEProblem(_Problem):
     def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: tuple, request: Request):
         return _sde_backends.solve_main(self, y0, times, context[1], request)
 
+    def field_time_dtype(self, context: tuple, state: Tensor) -> torch.dtype:
+        """The dtype the drift and diffusion get times in: the state's."""
+        return state.dtype
+
     def drift(self, context: tuple, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
         """The drift ``f(t_reg, state)``, counted in ``stats``."""
         stats.add(1)
@@ -410,7 +445,16 @@ class SDEProblem(_Problem):
         stats.add(extra_f + extra_g, diffusion=extra_g)
         return dt_abs
 
-    def _step(self, context: tuple, tableau: None, t_reg: float, state: Tensor, dt: float, start: tuple):
+    def _step(
+        self,
+        context: tuple,
+        tableau: None,
+        t_reg: float,
+        state: Tensor,
+        dt: float,
+        start: tuple,
+        jump_ts: Sequence[float],
+    ):
         noise_type, bm = context
         f0, g0 = start
         size = brownian_size(noise_type, state, g0)
@@ -419,7 +463,8 @@ class SDEProblem(_Problem):
         # Made under the caller's autocast, the wrapper runs the drift and diffusion there; the step's
         # own arithmetic (additive noise's g dW, a matrix product) runs outside it, as in sdeint.
         sde = CheckedSDE(self.sde, noise_type)
+        rtol, atol = step_tolerances(self.rtol, self.atol, state.dtype)
         with without_autocast():
-            return sde_step(
-                sde, noise_type, t_reg, state, dt, dw, rtol=self.rtol, atol=self.atol, f0=f0, g0=g0
+            return _euler_maruyama_step(
+                sde, noise_type, t_reg, state, dt, dw, rtol=rtol, atol=atol, f0=f0, g0=g0, jump_ts=jump_ts
             )
