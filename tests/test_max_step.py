@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
-from local_reg import PIController, odeint, sdeint
+from local_reg import LocallyRegularized, PIController, odeint, sdeint
 from local_reg._integrate import next_step_size
+from local_reg.regularization import _sampling
 from tests.problems import DecaySDE
 
 DTYPE = torch.float64
@@ -187,3 +188,31 @@ def test_a_max_step_that_bounds_nothing_sensible_is_refused_by_name(bad):
 def test_a_max_step_that_is_not_a_number_is_refused_by_name(bad):
     with pytest.raises(TypeError, match="max_step must be a real number"):
         PIController(max_step=bad)
+
+
+class Decay(torch.nn.Module):
+    """``y' = -y``, a module (what a regularized model wraps)."""
+
+    def forward(self, t, y):
+        return -y
+
+
+@pytest.mark.parametrize("field", [Decay(), DecaySDE()], ids=["ode", "sde"])
+def test_the_probe_step_is_bounded_as_the_main_solves_first_step_is(monkeypatch, field):
+    # The paper's probe takes the initial-step heuristic's size from u(t_reg): the controller's
+    # max_step and min_step bound it as they bound the main solve's first step from the same
+    # heuristic, so the penalty measures a step the solve could take.
+    monkeypatch.setattr(_sampling, "sample_uniform_time", lambda times, dtype, generator: 0.2)
+
+    def probe_step(**bounds):
+        controller = PIController(**bounds)
+        model = LocallyRegularized(
+            field, penalty="error-dt", rtol=1e-5, atol=1e-7, options={"controller": controller}
+        )
+        model(torch.ones(2, 3, dtype=DTYPE), [0.0, 1.0])
+        return model.stats.dt_reg
+
+    free = probe_step()
+    assert 0.0 < free < 0.2
+    assert probe_step(max_step=free / 4) == free / 4
+    assert probe_step(min_step=3 * free) == 3 * free

@@ -119,17 +119,19 @@ class _Problem:
             self.backend, config.method, self.rtol, self.atol, config.options, self.gradient
         )
 
-    def jump_times(self, times: Sequence[float], dtype: torch.dtype) -> tuple[float, ...]:
-        """The main solve's jump times over the span of ``times`` (its controller's ``jump_ts``, or
-        torchdiffeq's ``options['jump_t']``), rounded to ``dtype``, the one the field sees times in
-        (:meth:`local_reg.PIController.within`): the penalty evaluates the field on the solve's side
-        of them."""
-        controller = self.options.get("controller")
+    @property
+    def controller(self) -> PIController:
+        """The main solve's step-size controller (``options['controller']``; with torchdiffeq,
+        one with its ``options['jump_t']`` as ``jump_ts`` and no bounds)."""
         if self.options.get("jump_t") is not None:
-            controller = PIController(jump_ts=self.options["jump_t"])
-        if controller is None or not controller.jump_ts:
-            return ()
-        return controller.within(times[0], times[-1], dtype).jump_ts
+            return PIController(jump_ts=self.options["jump_t"])
+        return self.options.get("controller") or PIController()
+
+    def jump_times(self, times: Sequence[float], dtype: torch.dtype) -> tuple[float, ...]:
+        """The main solve's jump times over the span of ``times`` (:attr:`controller`'s), rounded to
+        ``dtype``, the one the field sees times in (:meth:`local_reg.PIController.within`): the
+        penalty evaluates the field on the solve's side of them."""
+        return self.controller.within(times[0], times[-1], dtype).jump_ts
 
     def probe(
         self,
@@ -148,7 +150,8 @@ class _Problem:
     ) -> tuple[Any, float, Stats]:
         """One instrumented step from ``(t_reg, state)``: ``(result, dt, stats)``. ``dt_abs=None``
         asks the initial-step heuristic for the step size (times ``scale``; for an ODE the exponent
-        is ``1/(p+1)`` with ``heuristic="initial-hairer"``, else ``1/p``); either is capped at
+        is ``1/(p+1)`` with ``heuristic="initial-hairer"``, else ``1/p``), kept within the
+        controller's ``max_step`` and ``min_step`` as the main solve's first step is; either is capped at
         ``|t1 - t_reg|`` and, as the main solve's steps are, at the first of the sorted ``jump_ts``
         (:meth:`jump_times`) after ``t_reg``; a stage at a jump is evaluated on the step's side of
         it. What is evaluated at ``u(t_reg)`` is a constant when ``detach_state``."""
@@ -164,7 +167,8 @@ class _Problem:
                 # A field not finite at u(t_reg): step to the stop, whose non-finite estimate the
                 # penalty reports (finite_penalty); a NaN step would hang the Brownian query.
                 dt_abs = math.inf
-            dt_abs *= scale
+            # As the main solve's first step: within the controller's max_step and min_step.
+            dt_abs = self.controller.limit(dt_abs * scale)
         jump = next_jump(t_reg, t1, jump_ts)
         dt = direction * min(dt_abs, abs((t1 if jump is None else jump) - t_reg))
         result = self._step(context, tableau, t_reg, state, dt, start, jump_ts)
