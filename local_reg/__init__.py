@@ -9,7 +9,15 @@ from ._integrate import StepCallbacks
 from ._odeint import odeint
 from ._step import StepResult, rms_norm
 from .controller import PIController
-from .gradients import GRADIENT_METHODS, BacksolveAdjoint, Checkpoint, Direct, GradientMethod, Symplectic
+from .gradients import (
+    GRADIENT_METHODS,
+    BacksolveAdjoint,
+    Checkpoint,
+    Direct,
+    GradientMethod,
+    InterpolatingAdjoint,
+    Symplectic,
+)
 from .interpolants import Interpolant, get_interpolant
 from .regularization import *  # noqa: F403 -- its __all__: the regularizers, schedules and stats
 from .sde import SDEStats, is_sde, sdeint
@@ -23,6 +31,7 @@ __all__ = [
     "Checkpoint",
     "Direct",
     "GradientMethod",
+    "InterpolatingAdjoint",
     "PIController",
     "SDEStats",
     "Solution",

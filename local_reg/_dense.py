@@ -36,6 +36,8 @@ class DenseOutput:
     t_end: float | None = None
     states: list[Tensor] = field(default_factory=list)
     stages: list[tuple[Tensor, ...]] = field(default_factory=list)
+    # The step starts times the direction, for bisection: made again when a step has been added.
+    _keys: list[float] = field(default_factory=list, init=False, repr=False)
 
     def add_step(self, t: float, dt: float, t_end: float, y: Tensor, stages: tuple[Tensor, ...]) -> None:
         self.t.append(t)
@@ -64,6 +66,11 @@ class DenseOutput:
     def direction(self) -> float:
         """``1.0`` if the recorded steps go forwards in time, ``-1.0`` if backwards."""
         return 1.0 if self.dt[0] > 0 else -1.0
+
+    def _step_keys(self) -> list[float]:
+        if len(self._keys) != len(self.t):
+            self._keys = [self.direction * s for s in self.t]
+        return self._keys
 
     def _locate(self, t: float, keys: list[float]) -> int:
         """The index of the step whose dense output gives ``t``, or ``-1 - index`` if ``t`` is the
@@ -108,7 +115,7 @@ class DenseOutput:
                     raise ValueError(f"t={v} is outside the solved span [{self.t0}, {self.t0}]")
             out = torch.stack([self.states[0] for _ in values])
         else:
-            keys = [self.direction * s for s in self.t]
+            keys = self._step_keys()
             located = [self._locate(v, keys) for v in values]
             results: list[Tensor | None] = [None] * len(values)
             groups: dict[int, list[int]] = {}
@@ -118,13 +125,29 @@ class DenseOutput:
                 else:
                     groups.setdefault(index, []).append(position)
             for index, positions in groups.items():
-                dt = self.dt[index]
-                rows = self.interpolant.weight_matrix([(values[p] - self.t[index]) / dt for p in positions])
-                with without_autocast():  # a matrix product, in the state's dtype
-                    states = combine_rows(self.states[index], dt, rows, self.stages[index])
+                states = self._interpolate(index, [values[p] for p in positions])
                 for p, state in zip(positions, states, strict=True):
                     results[p] = state
             out = torch.stack(results)
         if isinstance(t, Tensor) and t.dim() == 1:
             return out
         return out[0]
+
+    def _interpolate(self, index: int, values: list[float]) -> Tensor:
+        """The states at ``values`` (times inside step ``index``), stacked."""
+        dt = self.dt[index]
+        rows = self.interpolant.weight_matrix([(v - self.t[index]) / dt for v in values])
+        with without_autocast():  # a matrix product, in the state's dtype
+            return combine_rows(self.states[index], dt, rows, self.stages[index])
+
+    def state_at(self, t: float) -> Tensor:
+        """The solution at one time ``t`` of the recorded steps' span, without :meth:`evaluate`'s
+        checks of its argument: the interpolating adjoint's read at each stage of its backward
+        solve. A ``t`` just outside the span (a stage time rounded to a narrower dtype than the
+        recorded times) is taken at the span's end."""
+        low, high = sorted((self.t[0], self.t[0] if self.t_end is None else self.t_end))
+        t = min(max(t, low), high)
+        index = self._locate(t, self._step_keys())
+        if index < 0:
+            return self.states[-1 - index]
+        return self._interpolate(index, [t])[0]

@@ -140,6 +140,14 @@ class SolveOptions:
     """``torch.compile`` keywords of the forward solve's Runge--Kutta steps (``None``: eager); ``True``
     and ``False`` are read as ``{}`` and ``None``."""
 
+    def with_checked(self, **changes: Any) -> SolveOptions:
+        """These options with ``changes``, values already checked: not ``dataclasses.replace``, whose
+        checks would run again on tolerances that :meth:`for_state` may have cast."""
+        options = copy.copy(self)
+        for name, value in changes.items():
+            object.__setattr__(options, name, value)
+        return options
+
     def for_state(self, y: Tensor) -> SolveOptions:
         """These options for the state ``y``: per-element tolerances broadcast to its shape (a
         ``ValueError`` naming the tolerance if they do not broadcast), device and dtype; an element
@@ -153,9 +161,7 @@ class SolveOptions:
             atol = absolute_tolerance_for(self.atol, self.rtol, y.dtype)
             if atol == self.atol:
                 return self
-            options = copy.copy(self)
-            object.__setattr__(options, "atol", atol)
-            return options
+            return self.with_checked(atol=atol)
         # Broadcast in float64 first: the floor is checked on the values given, before the cast to
         # the state's dtype rounds a tiny atol to zero.
         rtol, atol = (
@@ -167,13 +173,12 @@ class SolveOptions:
         lone = atols[rtols == 0]
         if lone.numel() and float(lone.min()) < tiny:
             raise ValueError(atol_too_small(float(lone.min()), y.dtype))
-        options = copy.copy(self)  # not replace(): the checks ran on the values above, uncast
+        cast = {}  # the checks ran on the values above, uncast
         for name, value in (("rtol", rtol), ("atol", atol)):
-            cast = value.to(y.dtype) if isinstance(value, Tensor) else value
-            if name == "atol":
-                cast = cast.clamp_min(tiny) if isinstance(cast, Tensor) else max(cast, tiny)
-            object.__setattr__(options, name, cast)
-        return options
+            cast[name] = value.to(y.dtype) if isinstance(value, Tensor) else value
+        atol = cast["atol"]
+        cast["atol"] = atol.clamp_min(tiny) if isinstance(atol, Tensor) else max(atol, tiny)
+        return self.with_checked(**cast)
 
     def over(self, times: list[float]) -> SolveOptions:
         """These options for a solve from ``times[0]`` through ``times[-1]`` (on in that direction
@@ -186,9 +191,7 @@ class SolveOptions:
         controller = self.controller.within(times[0], end, self.time_dtype)
         if controller is self.controller:
             return self
-        options = copy.copy(self)  # not replace(): the tolerances may be for_state's already
-        object.__setattr__(options, "controller", controller)
-        return options
+        return self.with_checked(controller=controller)
 
     def __post_init__(self) -> None:
         checked = {

@@ -8,7 +8,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from local_reg import TABLEAUS, BacksolveAdjoint, ButcherTableau, Checkpoint, Symplectic, odeint, odeint_event
+from local_reg import (
+    TABLEAUS,
+    BacksolveAdjoint,
+    ButcherTableau,
+    Checkpoint,
+    InterpolatingAdjoint,
+    Symplectic,
+    odeint,
+    odeint_event,
+)
 from local_reg._integrate import SolveOptions, integrate_ode
 from local_reg.gradients import GRADIENT_METHODS
 from local_reg.gradients._checkpoints import StepStates
@@ -96,16 +105,17 @@ def test_gradcheck(gradient):
     y0 = torch.tensor([0.7, -0.4], dtype=DTYPE, requires_grad=True)
     times = [0.0, 0.25, 0.5]
     method = gradient
-    if gradient == "adjoint":
-        # The continuous adjoint matches the discrete solve's finite differences up to both errors.
-        method = BacksolveAdjoint(method="dopri5", rtol=1e-11, atol=1e-12)
+    continuous = {"adjoint": BacksolveAdjoint, "interpolating_adjoint": InterpolatingAdjoint}
+    if gradient in continuous:
+        # A continuous adjoint matches the discrete solve's finite differences up to both errors.
+        method = continuous[gradient](method="dopri5", rtol=1e-11, atol=1e-12)
 
     def solve(y0, weight, bias):
         def field(t, y):
             return torch.tanh(y @ weight.T + bias) - 0.1 * y
 
         params = None if gradient == "direct" else (weight, bias)
-        step_size = 0.02 if gradient == "adjoint" else 0.1
+        step_size = 0.02 if gradient in continuous else 0.1
         solution = odeint(
             field,
             y0,

@@ -7,6 +7,7 @@ check their own settings once; the strings are shorthands for the defaults.
 | :class:`Checkpoint` | ``"checkpoint"`` | exact (ACA, Zhuang et al. 2020) | step states + one step's graph |
 | :class:`Symplectic` | ``"symplectic"`` | exact (Matsubara et al. 2021) | step states + one ``func`` graph |
 | :class:`BacksolveAdjoint` | ``"adjoint"`` | approximate (Chen et al. 2018) | one graph of ``func`` |
+| :class:`InterpolatingAdjoint` | ``"interpolating_adjoint"`` | approximate | dense record + one graph |
 
 ``Checkpoint(checkpoints=C)`` and ``Symplectic(checkpoints=C)`` bound the step states to about
 ``C + 2N/C`` (:mod:`._checkpoints`). See docs/gradients.md for how to choose.
@@ -28,7 +29,7 @@ from ._function import (
 )
 from ._function import check_step_penalty_support as check_step_penalty_support  # for odeint
 from ._times import time_gradient as time_gradient  # for odeint
-from .adjoint import BacksolveAdjoint
+from .adjoint import BacksolveAdjoint, InterpolatingAdjoint
 from .checkpoint import Checkpoint
 from .direct import Direct
 from .symplectic import Symplectic
@@ -38,6 +39,7 @@ _SHORTHANDS: dict[str, type[GradientMethod]] = {
     "adjoint": BacksolveAdjoint,
     "checkpoint": Checkpoint,
     "symplectic": Symplectic,
+    "interpolating_adjoint": InterpolatingAdjoint,
 }
 GRADIENT_METHODS: tuple[str, ...] = tuple(_SHORTHANDS)
 """The string shorthands of ``gradient=``."""
@@ -128,6 +130,7 @@ __all__ = [
     "ForwardSolve",
     "GradientMethod",
     "GraphFreeGradient",
+    "InterpolatingAdjoint",
     "StepwiseGradient",
     "Symplectic",
     "as_gradient_method",

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .._dense import DenseOutput
 from .._integrate import SolveOptions, StepPenalty, integrate_ode
 from .._step import VectorField
 from .._validate import time_direction, without_autocast
@@ -50,6 +51,8 @@ class ForwardSolve:
             ``checkpoints`` budget) for the backward pass, when the method restarts from them.
         owner: the module ``func`` belongs to, if any, whose parameters the backward pass
             re-evaluates ``func`` with (see :meth:`check_owner_unchanged`).
+        dense_output: the forward solve's dense record, for a backward pass that reads the
+            forward solution between the steps (the interpolating adjoint).
     """
 
     func: VectorField
@@ -63,6 +66,7 @@ class ForwardSolve:
     steps: Steps | None = None
     step_states: StepStates | None = None
     owner: torch.nn.Module | None = None
+    dense_output: DenseOutput | None = None
 
     def __post_init__(self) -> None:
         self._owner_parameters = self._parameter_ids()

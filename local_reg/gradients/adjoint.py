@@ -38,16 +38,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from itertools import pairwise
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
+from .._dense import DenseOutput
 from .._diagnose import SETTINGS_HINT
 from .._errors import SolverError
 from .._integrate import SolveOptions, integrate
 from .._step import RKStepper, StepResult, initial_step_size, rms_norm
 from .._validate import check_span, positive_float, positive_int, relative_tolerance
-from ..solution import Stats
+from ..solution import Stats, Steps
 from ..tableaus import ButcherTableau, get_tableau
 from ._function import ForwardSolve, GraphFreeGradient, vector_jacobian_product
 
@@ -73,8 +75,17 @@ class AdjointStepper(RKStepper):
     one to the next.
     """
 
-    def __init__(self, solve: ForwardSolve, options: SolveOptions, seminorm: bool, ys: Tensor) -> None:
-        """``ys``: the forward outputs (their shape and dtype)."""
+    def __init__(
+        self,
+        solve: ForwardSolve,
+        options: SolveOptions,
+        seminorm: bool,
+        ys: Tensor,
+        dense: DenseOutput | None,
+    ) -> None:
+        """``ys``: the forward outputs (their shape and dtype). ``dense``: the forward solve's dense
+        record, from which ``y`` is read (the state is then ``a`` alone), or ``None`` to solve
+        ``y`` backwards too."""
         # The backward solve's step record is not returned, and a stiffness hint on failure comes from
         # the forward solve of the same dynamics: no stiffness estimate.
         tableau = dataclasses.replace(options.tableau, stiffness_stages=None)
@@ -89,6 +100,7 @@ class AdjointStepper(RKStepper):
         self.func_of_y = solve.func
         self.params = solve.params
         self.seminorm = seminorm
+        self.dense = dense
         n_parameters = sum(p.numel() for p in solve.params)
         self.parameter_gradient = ys.new_zeros(n_parameters)
         # One row per stage (the backward solve has no dense output, which would evaluate one more).
@@ -103,14 +115,18 @@ class AdjointStepper(RKStepper):
         self.weights = torch.tensor(weights, dtype=ys.dtype, device=ys.device)
         # Without parameters the default norm is the RMS over (y, a), as the seminorm is.
         self.norm_includes_parameters = not seminorm and n_parameters > 0 and tableau.adaptive
-        # The RMS of the default norm is over every entry of (y, a, g).
-        self.root_entries = math.sqrt(2 * ys[0].numel() + n_parameters)
+        # The RMS of the default norm is over every entry of the state ((y, a), or a) and of g.
+        self.root_entries = math.sqrt((2 if dense is None else 1) * ys[0].numel() + n_parameters)
         self.dt = 0.0
         self.end_gradient: Tensor | None = None
 
     def augmented_field(self, t: Tensor, z: Tensor) -> Tensor:
-        """``(f, -a^T df/dy)`` at ``z = (y, a)``; ``-a^T df/dtheta`` goes to the next row of :attr:`rates`."""
-        y, adjoint = z.unbind(0)
+        """``(f, -a^T df/dy)`` at ``z = (y, a)``, or ``-a^T df/dy`` at ``z = a`` with ``y(t)`` read
+        from :attr:`dense`; ``-a^T df/dtheta`` goes to the next row of :attr:`rates`."""
+        if self.dense is None:
+            y, adjoint = z.unbind(0)
+        else:
+            y, adjoint = self.dense.state_at(float(t)), z
         derivative, state_rate, parameter_vjps = vector_jacobian_product(
             self.func_of_y, t, y, self.params, -adjoint
         )
@@ -119,7 +135,7 @@ class AdjointStepper(RKStepper):
             rates = [zero if g is None else g for zero, g in zip(self.no_rate, parameter_vjps, strict=True)]
             torch._foreach_copy_(self.row_views[self.next_row], rates)
         self.next_row += 1
-        return torch.stack([derivative, state_rate])
+        return state_rate if self.dense is not None else torch.stack([derivative, state_rate])
 
     def begin(self, t0: float, y0: Tensor, stats: Stats) -> tuple[Tensor, int]:
         self.next_row = 0
@@ -215,24 +231,29 @@ class AdjointStepper(RKStepper):
         return k1, None if k1 is None else self.next_row - 1
 
 
-class BacksolveAdjoint(GraphFreeGradient):
-    """``gradient="adjoint"``: solve the augmented system backwards between output times.
+class _ContinuousAdjoint(GraphFreeGradient):
+    """What the continuous adjoints share: the backward solve's settings, checked once (the
+    forward's where unset), and its restarts at the output times that carry a cotangent.
 
     Args:
         method: the backward solve's method (a name or a :class:`ButcherTableau`); default the
             forward's.
         rtol, atol: the backward solve's tolerances; default the forward's. ``rtol=0`` is a pure
             absolute tolerance.
-        norm: ``"default"`` (RMS over ``(y, a, g)``) or ``"seminorm"`` (over ``(y, a)`` only; Kidger,
-            Chen, Lyons, ICML 2021).
+        norm: ``"default"`` (RMS over the whole backward state and ``g``) or ``"seminorm"``
+            (without ``g``; Kidger, Chen, Lyons, ICML 2021).
         step_size: fixed steps of the backward solve. Default: the forward's (if it had one) when
             the backward method is the forward's or fixed-step; an adaptive ``method`` given here
             steps adaptively.
         first_step, max_steps: of the backward solve (default: the heuristic; the forward's).
     """
 
-    name = "adjoint"
     supports_step_penalty = False
+    # Whether y(t) is read from the forward solve's dense record instead of solved backwards.
+    reads_forward_solution: ClassVar[bool]
+    # What the backward solve's failures call it, and how local_reg.compat spells its settings.
+    label: ClassVar[str]
+    compat_settings: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -244,22 +265,19 @@ class BacksolveAdjoint(GraphFreeGradient):
         first_step: float | None = None,
         max_steps: int | None = None,
     ) -> None:
+        own = type(self).__name__
         if norm not in NORMS:
-            raise ValueError(f"BacksolveAdjoint: norm must be one of {NORMS}, got {norm!r}")
+            raise ValueError(f"{own}: norm must be one of {NORMS}, got {norm!r}")
         try:
             self.tableau = None if method is None else get_tableau(method)
         except (TypeError, ValueError) as error:
-            raise type(error)(f"BacksolveAdjoint method: {error}") from None
-        self.rtol = None if rtol is None else relative_tolerance("BacksolveAdjoint rtol", rtol)
-        self.atol = None if atol is None else positive_float("BacksolveAdjoint atol", atol)
+            raise type(error)(f"{own} method: {error}") from None
+        self.rtol = None if rtol is None else relative_tolerance(f"{own} rtol", rtol)
+        self.atol = None if atol is None else positive_float(f"{own} atol", atol)
         self.norm = norm
-        self.step_size = (
-            None if step_size is None else positive_float("BacksolveAdjoint step_size", step_size)
-        )
-        self.first_step = (
-            None if first_step is None else positive_float("BacksolveAdjoint first_step", first_step)
-        )
-        self.max_steps = None if max_steps is None else positive_int("BacksolveAdjoint max_steps", max_steps)
+        self.step_size = None if step_size is None else positive_float(f"{own} step_size", step_size)
+        self.first_step = None if first_step is None else positive_float(f"{own} first_step", first_step)
+        self.max_steps = None if max_steps is None else positive_int(f"{own} max_steps", max_steps)
 
     def backward_options(self, forward: SolveOptions) -> SolveOptions:
         """The backward solve's options: this object's settings, the forward's where unset."""
@@ -287,19 +305,18 @@ class BacksolveAdjoint(GraphFreeGradient):
     def check(
         self, options: SolveOptions, times: list[float] | None = None, y0: Tensor | None = None
     ) -> None:
+        own = type(self).__name__
         tableau = options.tableau if self.tableau is None else self.tableau
         if self._backward_step_size(options) is None and not tableau.adaptive:
-            raise ValueError(
-                f"BacksolveAdjoint method {tableau.name!r} is fixed-step: "
-                "pass BacksolveAdjoint(step_size=...)"
-            )
-        for name, own, forward in (("rtol", self.rtol, options.rtol), ("atol", self.atol, options.atol)):
-            # The backward solve's state is (y, a, parameters): the forward's per-element
-            # tolerances have no element there to apply to.
-            if own is None and isinstance(forward, Tensor):
+            raise ValueError(f"{own} method {tableau.name!r} is fixed-step: pass {own}(step_size=...)")
+        for name, given, forward in (("rtol", self.rtol, options.rtol), ("atol", self.atol, options.atol)):
+            # The backward solve's state holds the parameters' gradient too: the forward's
+            # per-element tolerances have no element there to apply to.
+            if given is None and isinstance(forward, Tensor):
+                compat = f"; in local_reg.compat adjoint_{name}=..." if self.compat_settings else ""
                 raise ValueError(
-                    f"the forward solve has per-element {name}: the backsolve adjoint's solve needs its "
-                    f"own, one number (BacksolveAdjoint({name}=...); in local_reg.compat adjoint_{name}=...)"
+                    f"the forward solve has per-element {name}: the {self.label}'s solve needs its own, "
+                    f"one number ({own}({name}=...){compat})"
                 )
         backward = self.backward_options(options)
         if backward.step_size is None:
@@ -317,13 +334,14 @@ class BacksolveAdjoint(GraphFreeGradient):
             return grad_ys[0], [None] * len(solve.params), 0
         # For the state's dtype (a tiny atol raised to its smallest normal number, as the forward's).
         options = self.backward_options(solve.options).for_state(ys[0])
-        stepper = AdjointStepper(solve, options, self.norm == "seminorm", ys)
+        dense = solve.dense_output if self.reads_forward_solution else None
+        stepper = AdjointStepper(solve, options, self.norm == "seminorm", ys, dense)
         try:
-            return self._backsolve(solve, stepper, options, times, ys, grad_ys)
+            return self._solve_backwards(solve, stepper, options, times, ys, grad_ys)
         finally:
             stepper.release()
 
-    def _backsolve(
+    def _solve_backwards(
         self,
         solve: ForwardSolve,
         stepper: AdjointStepper,
@@ -332,37 +350,31 @@ class BacksolveAdjoint(GraphFreeGradient):
         ys: Tensor,
         grad_ys: Tensor,
     ) -> tuple[Tensor, list[Tensor | None], int]:
+        own = type(self).__name__
         adjoint = grad_ys[-1]
         # Restart at every output time that carries a cotangent (and at t0).
         last = len(times) - 1
         restarts = [0, *(i for i in range(1, last) if bool(grad_ys[i].any())), last]
         calls = 0
         for end, start in reversed(list(pairwise(restarts))):
-            # Restart from the forward output rather than the backsolved y: it is more accurate.
-            state = torch.stack([ys[start], adjoint])
+            # The backsolve restarts y from the forward output rather than the backsolved y: it is
+            # more accurate.
+            state = adjoint if self.reads_forward_solution else torch.stack([ys[start], adjoint])
+            where = f"{self.label}, backward solve from t={times[start]!r} to t={times[end]!r}"
             try:
                 outputs, stats, _, _ = integrate(stepper, state, [times[start], times[end]], options)
             except ValueError as error:
                 # Fixed steps beyond max_steps, refused before the first: this solve's settings.
-                message = str(error).replace("pass max_steps=", "pass BacksolveAdjoint(max_steps=")
+                message = str(error).replace("pass max_steps=", f"pass {own}(max_steps=")
                 message = message.replace(" or a longer step_size", ") or a longer step_size")
-                where = f"backsolve adjoint, backward solve from t={times[start]!r} to t={times[end]!r}"
                 raise ValueError(f"{where}: {message}") from None
             except SolverError as error:
                 # The loop's hint names the forward solve's settings; this solve has its own.
-                reason = error.reason.replace(
-                    SETTINGS_HINT,
-                    "(raise BacksolveAdjoint(max_steps=...), or loosen BacksolveAdjoint(rtol=..., "
-                    "atol=...); in local_reg.compat adjoint_options['max_num_steps'], adjoint_rtol/atol)",
-                )
-                raise SolverError(
-                    f"backsolve adjoint, backward solve from t={times[start]!r} "
-                    f"to t={times[end]!r}: {reason}",
-                    t=error.t,
-                    n_steps=error.n_steps,
-                ) from None
+                settings = f"raise {own}(max_steps=...), or loosen {own}(rtol=..., atol=...)"
+                reason = error.reason.replace(SETTINGS_HINT, f"({settings}{self.compat_settings})")
+                raise SolverError(f"{where}: {reason}", t=error.t, n_steps=error.n_steps) from None
             calls += stats.nfe
-            adjoint = outputs[-1][1] + grad_ys[end]
+            adjoint = (outputs[-1] if self.reads_forward_solution else outputs[-1][1]) + grad_ys[end]
         grad_params: list[Tensor | None] = [
             gradient if used else None
             for gradient, used in zip(
@@ -370,3 +382,63 @@ class BacksolveAdjoint(GraphFreeGradient):
             )
         ]
         return adjoint, grad_params, calls
+
+
+class BacksolveAdjoint(_ContinuousAdjoint):
+    """``gradient="adjoint"``: solve the augmented system ``(y, a, g)`` backwards between output
+    times (the module docstring), in memory that does not grow with the number of steps. Its
+    arguments are :class:`_ContinuousAdjoint`'s; ``norm="default"`` is the RMS over ``(y, a, g)``,
+    ``"seminorm"`` over ``(y, a)``."""
+
+    name = "adjoint"
+    reads_forward_solution = False
+    label = "backsolve adjoint"
+    compat_settings = "; in local_reg.compat adjoint_options['max_num_steps'], adjoint_rtol/atol"
+
+
+class InterpolatingAdjoint(_ContinuousAdjoint):
+    """``gradient="interpolating_adjoint"``: the adjoint system without ``y``::
+
+        da/dt = -a^T df/dy (t, y(t)),     dg/dt = -a^T df/dtheta (t, y(t)),
+
+    solved backwards between output times as :class:`BacksolveAdjoint` solves it, with ``y(t)``
+    read from the forward solve's dense output (every accepted step's state and stages, the
+    interpolant of ``odeint(dense=True)``) instead of being solved backwards too: SciMLSensitivity's
+    ``InterpolatingAdjoint`` (Ma, Dixit, Innes, Guo, Rackauckas, "A comparison of automatic
+    differentiation and continuous sensitivity analysis for derivatives of differential equation
+    solutions", HPEC 2021). Solving ``y`` backwards is unstable where the forward dynamics
+    contract (a fast decaying mode grows backwards, and with it every error in ``y``), which
+    spoils the backsolve's gradient; here ``y(t)`` is the forward solution itself, to the
+    interpolant's accuracy, whatever the dynamics. The cost is the dense record, ``O(steps *
+    stages)`` memory, as ``dense=True`` keeps (a method whose interpolant is cubic Hermite
+    evaluates ``f`` once more per forward step for it). The gradient is that of the continuous
+    problem, as the backsolve's. Its arguments are :class:`_ContinuousAdjoint`'s; ``norm``:
+    ``"default"`` is the RMS over ``(a, g)``, ``"seminorm"`` over ``a``. Not with a stop condition
+    (``odeint_event``), whose solve keeps no dense record.
+    """
+
+    name = "interpolating_adjoint"
+    reads_forward_solution = True
+    label = "interpolating adjoint"
+
+    def check(
+        self, options: SolveOptions, times: list[float] | None = None, y0: Tensor | None = None
+    ) -> None:
+        if options.callbacks.stop is not None:
+            raise ValueError(
+                "gradient='interpolating_adjoint' reads the forward solve's dense record, which a solve "
+                "with a stop condition (odeint_event) does not keep: use gradient='adjoint' or an exact "
+                "method"
+            )
+        super().check(options, times, y0)
+
+    def solve(self, y0: Tensor, solve: ForwardSolve) -> tuple[Tensor, Stats, Steps, Tensor | None]:
+        differentiable = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *solve.params))
+        asked = solve.options.dense
+        if differentiable and not asked:
+            solve.options = solve.options.with_checked(dense=True)
+        ys, stats, steps, penalties = super().solve(y0, solve)
+        solve.dense_output = steps.dense_output
+        if not asked:
+            steps.dense_output = None  # the record is this method's, not asked of the solution
+        return ys, stats, steps, penalties

@@ -1,0 +1,229 @@
+"""``InterpolatingAdjoint``: the adjoint system solved backwards with ``y(t)`` read from the forward
+solve's dense output, checked against analytic gradients, against ``direct`` as the tolerances
+tighten, and where the backsolve adjoint's backward ``y`` is unstable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from local_reg import (
+    BacksolveAdjoint,
+    InterpolatingAdjoint,
+    LocallyRegularized,
+    PIController,
+    odeint,
+    odeint_event,
+)
+from tests.test_gradients import TIMES, TinyField, gradients, relative_error
+from tests.test_jump_times import JUMP, Forced, exact
+
+DTYPE = torch.float64
+
+
+class FastDecayFeeding(torch.nn.Module):
+    """``u' = -k u``, ``v' = -v + c u^2``: ``u`` decays fast, and ``v`` is fed by it. Backwards ``u``
+    grows like ``exp(k t)``, and with it every error in the backsolved ``u``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.tensor(20.0, dtype=DTYPE))
+        self.c = torch.nn.Parameter(torch.tensor(3.0, dtype=DTYPE))
+
+    def forward(self, t, y):
+        u, v = y[..., 0], y[..., 1]
+        return torch.stack([-self.k * u, -v + self.c * u * u], -1)
+
+
+def fed_exactly(k, c, y0, t1):
+    """``v(t1)`` of :class:`FastDecayFeeding`: ``v0 e^-t + c u0^2 (e^(-2kt) - e^-t) / (1 - 2k)``."""
+    u0, v0 = y0[0], y0[1]
+    t1 = torch.tensor(t1, dtype=DTYPE)
+    return v0 * torch.exp(-t1) + c * u0**2 * (torch.exp(-2 * k * t1) - torch.exp(-t1)) / (1 - 2 * k)
+
+
+def test_where_the_backsolved_state_is_unstable_the_interpolated_one_gives_the_gradient():
+    y0 = torch.tensor([1.0, 0.5], dtype=DTYPE)
+    k, c, start = (torch.tensor(v, dtype=DTYPE, requires_grad=True) for v in (20.0, 3.0, y0))
+    expected = torch.cat(
+        [g.reshape(-1) for g in torch.autograd.grad(fed_exactly(k, c, start, 3.0), (k, c, start))]
+    )
+
+    def gradient_of(method):
+        field = FastDecayFeeding()
+        start = y0.clone().requires_grad_(True)
+        solution = odeint(field, start, [0.0, 3.0], rtol=1e-7, atol=1e-9, gradient=method)
+        grads = torch.autograd.grad(solution.ys[-1][1], (field.k, field.c, start))
+        return torch.cat([g.reshape(-1) for g in grads]), solution.stats.nfe_backward
+
+    interpolated, interpolated_nfe = gradient_of("interpolating_adjoint")
+    assert relative_error(interpolated, expected) < 1e-6
+    # The backsolve's u(0) is the forward's u(3) ~ 1e-26, with its absolute error, times e^60.
+    backsolved, backsolved_nfe = gradient_of("adjoint")
+    assert relative_error(backsolved, expected) > 1.0
+    assert interpolated_nfe < backsolved_nfe
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "bosh3", "heun_euler"])
+def test_the_gradient_converges_to_directs_as_the_tolerances_tighten(method):
+    # Several output times carry a cotangent, some read inside steps: each restarts the backward
+    # solve, which reads y(t) from the forward's interpolant (cubic Hermite for heun_euler).
+    torch.manual_seed(0)
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    errors = []
+    # The low orders reach tight tolerances in many steps: they stop earlier.
+    ladder = {"heun_euler": (1e-2, 1e-4, 1e-6), "bosh3": (1e-4, 1e-6, 1e-8)}.get(method, (1e-5, 1e-8, 1e-11))
+    for tolerance in ladder:
+        options = {"method": method, "rtol": tolerance, "atol": tolerance}
+        reference, _ = gradients(field, y0, "direct", **options)
+        result, solution = gradients(field, y0, InterpolatingAdjoint(), **options)
+        assert solution.stats.nfe_backward > 0
+        errors.append(relative_error(result, reference))
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 100 * ladder[-1]
+
+
+@pytest.mark.parametrize("norm", ["default", "seminorm"])
+def test_its_own_tolerances_norm_and_method_set_the_backward_solve(norm):
+    torch.manual_seed(1)
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    forward = {"rtol": 1e-10, "atol": 1e-10}
+    reference, _ = gradients(field, y0, "direct", **forward)
+    loose, loose_solution = gradients(
+        field, y0, InterpolatingAdjoint(rtol=1e-4, atol=1e-4, norm=norm), **forward
+    )
+    tight, tight_solution = gradients(
+        field, y0, InterpolatingAdjoint(method="dopri5", rtol=1e-10, atol=1e-10, norm=norm), **forward
+    )
+    assert loose_solution.stats.nfe_backward < tight_solution.stats.nfe_backward
+    assert relative_error(tight, reference) < 1e-7 < relative_error(loose, reference)
+
+
+def test_the_dense_record_is_the_methods_own_unless_asked_for():
+    torch.manual_seed(2)
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    plain, plain_solution = gradients(field, y0, "interpolating_adjoint")
+    assert plain_solution.steps.dense_output is None
+    with pytest.raises(ValueError, match="dense=True"):
+        plain_solution.evaluate(0.5)
+    asked, asked_solution = gradients(field, y0, "interpolating_adjoint", dense=True)
+    torch.testing.assert_close(asked, plain, rtol=0, atol=0)
+    direct = odeint(field, y0, TIMES, dense=True)
+    torch.testing.assert_close(asked_solution.evaluate(0.5), direct.evaluate(0.5))
+
+
+def test_a_float32_solve_reads_its_span_ends_through_rounded_stage_times():
+    # A float32 field gets its stage times rounded to float32: 0.1 rounds above the recorded 0.1.
+    torch.manual_seed(3)
+    field = TinyField().float()
+    y0 = torch.randn(2, 3, requires_grad=True)
+    solution = odeint(field, y0, [0.0, 0.1], gradient="interpolating_adjoint")
+    (grad,) = torch.autograd.grad(solution.ys[-1].sum(), y0)
+    reference_y0 = y0.detach().clone().requires_grad_(True)
+    (reference,) = torch.autograd.grad(odeint(field, reference_y0, [0.0, 0.1]).ys[-1].sum(), reference_y0)
+    torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_jumps_and_a_gradient_with_respect_to_the_output_times():
+    # The forward steps land on the jump; the backward solve lands there too and reads y(t) on
+    # each side from the steps beside it.
+    model = Forced()
+    y0 = torch.tensor([1.0, -0.5], dtype=DTYPE, requires_grad=True)
+    t = torch.tensor([0.0, 0.3, 1.0], dtype=DTYPE, requires_grad=True)
+    solution = odeint(
+        model,
+        y0,
+        t,
+        rtol=1e-10,
+        atol=1e-12,
+        gradient=InterpolatingAdjoint(),
+        controller=PIController(jump_ts=[JUMP]),
+    )
+    result = torch.autograd.grad(
+        solution.ys[-1].sum() + solution.ys[1].sum(), (y0, model.rate, model.amplitude, t)
+    )
+    solved = exact(model, y0, 0.0, 1.0).sum() + exact(model, y0, 0.0, 0.3).sum()
+    expected = torch.autograd.grad(solved, (y0, model.rate, model.amplitude))
+    for got, want in zip(result[:3], expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+    # d/dt1 of sum y(t1) is sum f(t1, y(t1)); no dependence on t0 but through y.
+    rate_at_end = model(torch.tensor(1.0, dtype=DTYPE), solution.ys[-1].detach()).sum()
+    torch.testing.assert_close(result[3][2], rate_at_end, rtol=1e-7, atol=1e-9)
+
+
+def test_a_stop_condition_is_refused_by_name():
+    field = TinyField()
+    y0 = torch.randn(3, dtype=DTYPE, requires_grad=True)
+    with pytest.raises(ValueError, match="interpolating_adjoint.*stop condition"):
+        odeint_event(field, y0, 0.0, event_fn=lambda t, y: y[0] - 10.0, gradient="interpolating_adjoint")
+
+
+def test_its_settings_are_checked_by_name():
+    with pytest.raises(ValueError, match="InterpolatingAdjoint: norm"):
+        InterpolatingAdjoint(norm="l2")
+    with pytest.raises(ValueError, match="InterpolatingAdjoint rtol"):
+        InterpolatingAdjoint(rtol=-1.0)
+    with pytest.raises(ValueError, match=r"pass InterpolatingAdjoint\(step_size=...\)"):
+        odeint(
+            TinyField(), torch.ones(3, dtype=DTYPE), [0.0, 1.0], gradient=InterpolatingAdjoint(method="rk4")
+        )
+
+
+def test_a_locally_regularized_model_trains_with_it():
+    torch.manual_seed(4)
+    y0 = torch.randn(4, 3, dtype=DTYPE)
+    grads = {}
+    for gradient in ("direct", "interpolating_adjoint"):
+        torch.manual_seed(5)
+        model = LocallyRegularized(TinyField(), gradient=gradient, rtol=1e-9, atol=1e-9)
+        ys = model(y0, [0.0, 1.0])
+        (ys.square().sum() + model.reg_loss).backward()
+        grads[gradient] = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert relative_error(grads["interpolating_adjoint"], grads["direct"]) < 1e-5
+    with pytest.raises(ValueError, match="torchdiffeq"):
+        LocallyRegularized(TinyField(), gradient="interpolating_adjoint", backend="torchdiffeq")
+
+
+def test_the_backsolve_keeps_its_messages():
+    # The two share their settings' code: the backsolve's names stay its own.
+    with pytest.raises(ValueError, match=r"BacksolveAdjoint: norm"):
+        BacksolveAdjoint(norm="l2")
+    options = {"atol": torch.tensor([1e-8, 1e-9, 1e-8], dtype=DTYPE)}
+    with pytest.raises(ValueError, match=r"backsolve adjoint's solve.*local_reg.compat adjoint_atol"):
+        odeint(TinyField(), torch.ones(3, dtype=DTYPE), [0.0, 1.0], gradient="adjoint", **options)
+    with pytest.raises(
+        ValueError, match=r"interpolating adjoint's solve.*InterpolatingAdjoint\(atol=...\)\)"
+    ):
+        odeint(
+            TinyField(), torch.ones(3, dtype=DTYPE), [0.0, 1.0], gradient="interpolating_adjoint", **options
+        )
+
+
+def test_the_backward_solve_is_odeint_of_the_adjoint_system_on_the_dense_solution():
+    # An independent reference: odeint of z = (a, g), z' = (-a^T df/dy, -a^T df/dtheta) at
+    # y(t) = the forward solution's evaluate(t), from (dL/dy(t1), 0) back to t0 with the same method
+    # and tolerances, its error norm the RMS over all of z (the method's default norm).
+    torch.manual_seed(6)
+    field = TinyField()
+    params = tuple(field.parameters())
+    y0 = torch.randn(3, dtype=DTYPE)
+    forward = odeint(field, y0, [0.0, 1.0], dense=True)
+
+    def adjoint_system(t, z):
+        with torch.enable_grad():
+            y = forward.evaluate(t).detach().requires_grad_(True)
+            grads = torch.autograd.grad(field(t, y), (y, *params), -z[: y.numel()])
+        return torch.cat([g.reshape(-1) for g in grads])
+
+    start = torch.cat([torch.ones(3, dtype=DTYPE), torch.zeros(sum(p.numel() for p in params), dtype=DTYPE)])
+    reference = odeint(adjoint_system, start, [1.0, 0.0])
+    y = y0.clone().requires_grad_(True)
+    solution = odeint(field, y, [0.0, 1.0], gradient="interpolating_adjoint")
+    grads = torch.autograd.grad(solution.ys[-1].sum(), (y, *params))
+    torch.testing.assert_close(
+        torch.cat([g.reshape(-1) for g in grads]), reference.ys[-1], rtol=1e-12, atol=1e-14
+    )
+    assert solution.stats.nfe_backward == reference.stats.nfe
