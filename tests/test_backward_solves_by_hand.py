@@ -127,7 +127,7 @@ def test_outputs_on_step_boundaries_cost_no_dense_output(gradient: str) -> None:
     assert solution.stats.nfe_backward == per_step * solution.stats.n_accepted
 
 
-@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
 def test_a_field_independent_of_the_state_passes_the_cotangent_through(gradient: str) -> None:
     # y' = cos(t) (not a function of y, no parameters): y(T) = y0 + sin(T), so dy(T)/dy0 = I and
     # the gradient of sum(w * y(T)) is w exactly; the adjoint's rate -a^T df/dy is zero.

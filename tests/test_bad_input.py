@@ -27,7 +27,7 @@ from local_reg import (
 )
 from tests.problems import rotation
 
-GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint"]
+GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
 DEVICES = [
     "cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
@@ -452,7 +452,7 @@ def test_the_check_leaves_values_and_call_counts_unchanged():
     assert torch.allclose(solution.ys[-1], torch.full((2,), math.exp(-1.0), dtype=torch.float64), rtol=1e-6)
 
 
-@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
 def test_func_is_checked_in_the_backward_pass_too(gradient):
     """The graph-free methods call func again with a graph in their backward pass."""
 
@@ -883,7 +883,7 @@ def test_a_field_that_cannot_be_called_as_func_t_y_is_refused_at_construction(cl
     cls(lambda t, y, *extra: y, adjoint_params=())  # takes (t, y)
 
 
-@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
 def test_a_plain_function_without_adjoint_params_is_refused_at_construction(gradient):
     with pytest.raises(ValueError, match="needs the parameters of func"):
         LocallyRegularized(lambda t, y: -y, gradient=gradient)
@@ -1383,7 +1383,7 @@ def test_initial_step_size_is_the_solvers():
     assert odeint(decay, y0, t, first_step=dt).ys.equal(odeint(decay, y0, t).ys)
 
 
-@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
 def test_adjoint_params_behind_a_captured_non_leaf_is_named(gradient):
     # func captures w = 2 * raw and adjoint_params lists raw: the backward pass's second
     # differentiation of func met the freed outside graph (torch's "backward through the graph a

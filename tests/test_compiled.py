@@ -15,7 +15,7 @@ import torch
 from local_reg import LocallyRegularized, odeint
 from tests.problems import van_der_pol
 
-GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint"]
+GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
 AOT_EAGER = {"backend": "aot_eager"}
 
 

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(
 
 DT = torch.float64
 ADAPTIVE = [name for name, tableau in TABLEAUS.items() if tableau.adaptive]
-GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint"]
+GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
 T = torch.linspace(0.0, 1.0, 5, dtype=DT)
 
 

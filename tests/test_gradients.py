@@ -80,6 +80,15 @@ def relative_error(x, reference):
     return float((x - reference).norm() / reference.norm())
 
 
+CONTINUOUS = {"adjoint": BacksolveAdjoint, "interpolating_adjoint": InterpolatingAdjoint}
+"""The continuous adjoints: gradients of the continuous problem, approximate to the solves' errors."""
+
+
+def with_tolerances(gradient: str, **tolerances: float):
+    """``gradient``, a continuous adjoint's backward solve at ``tolerances``."""
+    return CONTINUOUS[gradient](**tolerances) if gradient in CONTINUOUS else gradient
+
+
 @pytest.mark.parametrize("gradient", EXACT)
 @pytest.mark.parametrize("name", sorted(ALL_TABLEAUS))
 def test_exact_methods_equal_direct(name, gradient):
@@ -105,17 +114,16 @@ def test_gradcheck(gradient):
     y0 = torch.tensor([0.7, -0.4], dtype=DTYPE, requires_grad=True)
     times = [0.0, 0.25, 0.5]
     method = gradient
-    continuous = {"adjoint": BacksolveAdjoint, "interpolating_adjoint": InterpolatingAdjoint}
-    if gradient in continuous:
+    if gradient in CONTINUOUS:
         # A continuous adjoint matches the discrete solve's finite differences up to both errors.
-        method = continuous[gradient](method="dopri5", rtol=1e-11, atol=1e-12)
+        method = with_tolerances(gradient, method="dopri5", rtol=1e-11, atol=1e-12)
 
     def solve(y0, weight, bias):
         def field(t, y):
             return torch.tanh(y @ weight.T + bias) - 0.1 * y
 
         params = None if gradient == "direct" else (weight, bias)
-        step_size = 0.02 if gradient in continuous else 0.1
+        step_size = 0.02 if gradient in CONTINUOUS else 0.1
         solution = odeint(
             field,
             y0,
@@ -234,7 +242,7 @@ def test_every_output_is_differentiable(gradient):
         assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
 def test_backward_in_time_and_plain_function_with_adjoint_params(gradient):
     weight = torch.tensor([[-0.2, 1.0], [-1.0, -0.1]], dtype=DTYPE, requires_grad=True)
 
@@ -243,24 +251,24 @@ def test_backward_in_time_and_plain_function_with_adjoint_params(gradient):
 
     y0 = torch.tensor([1.0, 0.5], dtype=DTYPE, requires_grad=True)
     times = [2.0, 1.0, 0.0]
-    method = BacksolveAdjoint(rtol=1e-11, atol=1e-12) if gradient == "adjoint" else gradient
+    method = with_tolerances(gradient, rtol=1e-11, atol=1e-12)
     reference = torch.autograd.grad(loss_of(odeint(field, y0, times).ys), (y0, weight))
     solution = odeint(field, y0, times, gradient=method, adjoint_params=(weight,))
     result = torch.autograd.grad(loss_of(solution.ys), (y0, weight))
-    tolerance = 1e-6 if gradient == "adjoint" else 1e-10
+    tolerance = 1e-6 if gradient in CONTINUOUS else 1e-10
     for r, g in zip(result, reference, strict=True):
         assert relative_error(r, g) <= tolerance
 
 
-@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
 def test_parameter_free_function_with_empty_adjoint_params(gradient):
     y0 = torch.tensor([1.0, 1.0], dtype=DTYPE, requires_grad=True)
     times = [0.0, 0.5, 1.0]
-    method = BacksolveAdjoint(rtol=1e-10, atol=1e-12) if gradient == "adjoint" else gradient
+    method = with_tolerances(gradient, rtol=1e-10, atol=1e-12)
     (reference,) = torch.autograd.grad(loss_of(odeint(lotka_volterra, y0, times).ys), y0)
     solution = odeint(lotka_volterra, y0, times, gradient=method, adjoint_params=())
     (result,) = torch.autograd.grad(loss_of(solution.ys), y0)
-    assert relative_error(result, reference) <= (1e-6 if gradient == "adjoint" else 1e-10)
+    assert relative_error(result, reference) <= (1e-6 if gradient in CONTINUOUS else 1e-10)
 
 
 @pytest.mark.parametrize("gradient", GRADIENT_METHODS)
@@ -340,7 +348,7 @@ def test_unknown_gradient():
         odeint(TinyField(), torch.ones(3, dtype=DTYPE), TIMES, gradient=None)
 
 
-@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
 def test_plain_function_without_adjoint_params_is_an_error(gradient):
     """Also for a tuple state, whose wrapper is a module with no parameters of its own: its field's
     captured parameters silently got no gradient (a CNF's ``(z, logp)`` trained only ``y0``)."""
@@ -350,7 +358,8 @@ def test_plain_function_without_adjoint_params_is_an_error(gradient):
     pair = (torch.ones(3, dtype=DTYPE), torch.zeros(1, dtype=DTYPE))
     with pytest.raises(ValueError, match=r"func is a plain function \(function\)"):  # not the wrapper
         odeint(lambda t, y: (field(t, y[0]), y[0][:1]), pair, TIMES, gradient=gradient)
-    with pytest.raises(ValueError, match="func is a plain function"):
+    # The interpolating adjoint refuses events first (tests/test_interpolating_adjoint.py).
+    with pytest.raises(ValueError, match="func is a plain function|interpolating_adjoint.*stop condition"):
         odeint_event(
             lambda t, y: (field(t, y[0]), y[0][:1]),
             pair,
@@ -368,12 +377,12 @@ def test_plain_function_without_adjoint_params_is_an_error(gradient):
         torch.testing.assert_close(
             ours,
             reference,
-            rtol=1e-3 if gradient == "adjoint" else 1e-10,
-            atol=1e-6 if gradient == "adjoint" else 1e-10,
+            rtol=1e-3 if gradient in CONTINUOUS else 1e-10,
+            atol=1e-6 if gradient in CONTINUOUS else 1e-10,
         )
 
 
-@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
 def test_second_derivatives_are_refused_by_the_graph_free_methods_not_zeros(gradient):
     """Their backward pass builds no graph: a Hessian read zeros from it. ``direct`` gives it."""
     field = TinyField()
@@ -467,7 +476,7 @@ def test_bound_method_of_a_module_uses_its_parameters():
     assert all(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
 def test_a_tuple_states_bound_method_uses_its_modules_parameters(gradient):
     """A tuple field given as a bound method: the graph-free methods' default ``adjoint_params`` are
     its module's parameters, as for a tensor state (they got none)."""
@@ -484,7 +493,7 @@ def test_a_tuple_states_bound_method_uses_its_modules_parameters(gradient):
         ys = odeint(bound, y0, TIMES, gradient=method, rtol=1e-10, atol=1e-10).ys
         grads[method] = torch.autograd.grad(ys[1][-1].sum(), tuple(field.parameters()))
     for a, b in zip(grads[gradient], grads["direct"], strict=True):
-        assert relative_error(a, b) <= (1e-6 if gradient == "adjoint" else 1e-10)
+        assert relative_error(a, b) <= (1e-6 if gradient in CONTINUOUS else 1e-10)
 
 
 def test_bad_adjoint_arguments():
@@ -518,7 +527,7 @@ def test_field_that_ignores_the_state(gradient):
     theta = torch.tensor([0.5, -1.0], dtype=DTYPE, requires_grad=True)
     y0 = torch.zeros(2, dtype=DTYPE, requires_grad=True)
     params = None if gradient == "direct" else (theta,)
-    method = BacksolveAdjoint(rtol=1e-10, atol=1e-12) if gradient == "adjoint" else gradient
+    method = with_tolerances(gradient, rtol=1e-10, atol=1e-12)
     solution = odeint(
         lambda t, y: theta * torch.cos(t), y0, [0.0, 1.0], gradient=method, adjoint_params=params
     )
@@ -783,7 +792,7 @@ class _FieldSolve(torch.nn.Module):
         return odeint(self.field, y0, [0.0, 1.0], gradient=self.gradient, rtol=1e-8, atol=1e-8).ys[-1]
 
 
-@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
 def test_graph_free_methods_refuse_parameters_swapped_in_for_the_forward_call_only(gradient):
     """``torch.func.functional_call`` (fast weights, MAML) swaps tensors into the module for the
     forward call only; a backward pass that re-evaluates ``func`` would differentiate the restored
@@ -913,7 +922,7 @@ def test_backward_passes_leave_nothing_for_the_cycle_collector():
 
 # --- what a graph-free method cannot see (audit of the gradient methods) ---------------------------
 
-GRAPH_FREE = ["checkpoint", "symplectic", "adjoint"]
+GRAPH_FREE = ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
 
 
 @pytest.mark.parametrize("gradient", GRAPH_FREE)

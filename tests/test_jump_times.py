@@ -479,7 +479,9 @@ def test_an_output_time_a_few_ulps_past_a_jump_ends_the_step_at_the_jump():
     )
 
 
-@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize(
+    "gradient", ["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
+)
 def test_a_locally_regularized_model_solves_with_jump_ts(gradient):
     # The controller is one of the main solve's options: the main solve lands on the jump with every
     # gradient method, in fewer evaluations, and the model trains through it.

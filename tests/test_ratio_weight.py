@@ -313,7 +313,9 @@ def test_cli_trains_with_a_ratio_weight_and_records_it(tmp_path):
     assert "ratio 0.5" in (tmp_path / "report.md").read_text()
 
 
-@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize(
+    "gradient", ["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
+)
 def test_with_parameters_the_model_measures_in_the_usual_backward_pass(gradient):
     """``RatioWeight(parameters=...)``: ``(loss + reg_loss).backward()`` alone, without
     ``weight.step()``, gives the weight the same measurements and values as the explicit

@@ -192,7 +192,7 @@ def test_matrix_default_penalty_is_the_mean_square_rate_and_its_gradient_matches
         torch.testing.assert_close(a, n, rtol=1e-6, atol=1e-8 * scale)
 
 
-@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
 def test_the_default_weights_measurement_is_counted_in_the_forward_pass(gradient):
     """With ``detach_state=False`` the default weight's measurement (a gradient of ``reg_loss`` in
     the forward pass) runs the main gradient method's backward pass: its evaluations count in

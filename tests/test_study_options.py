@@ -193,7 +193,9 @@ def test_probe_dtype_steps_in_float64_and_differentiates_into_the_float32_parame
     assert plain.stats.t_reg == stats.t_reg and plain.stats.error_estimate != stats.error_estimate
 
 
-@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize(
+    "gradient", ["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
+)
 def test_kinetic_penalty_is_the_mean_square_rate_at_t_reg_without_a_probe_step(gradient):
     func, y0 = _Field(), _y0().requires_grad_()
     model = LocallyRegularized(

@@ -9,7 +9,7 @@ import torchdiffeq
 import local_reg.compat as compat
 from local_reg import odeint
 
-GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint"]
+GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
 
 
 class TimedField(torch.nn.Module):

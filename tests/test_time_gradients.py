@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import local_reg.compat as compat
-from local_reg import BacksolveAdjoint, Checkpoint, Symplectic, odeint
+from local_reg import BacksolveAdjoint, Checkpoint, InterpolatingAdjoint, Symplectic, odeint
 from tests.problems import CountingField
 
 DTYPE = torch.float64
@@ -21,6 +21,7 @@ METHODS = {
     "checkpoint, checkpoints=2": Checkpoint(checkpoints=2),
     "symplectic": Symplectic(),
     "adjoint": BacksolveAdjoint(rtol=TOL, atol=TOL),
+    "interpolating_adjoint": InterpolatingAdjoint(rtol=TOL, atol=TOL),
 }
 INCREASING = [0.2, 0.7, 1.3]
 DECREASING = [1.1, 0.6, -0.2]
@@ -56,7 +57,7 @@ def test_gradcheck_times_state_and_parameters(name, times):
 
 
 @pytest.mark.parametrize("option", ["dense", "step_to_outputs"])
-@pytest.mark.parametrize("name", ["direct", "symplectic", "adjoint"])
+@pytest.mark.parametrize("name", ["direct", "symplectic", "adjoint", "interpolating_adjoint"])
 def test_gradcheck_with_dense_output_and_steps_to_outputs(name, option):
     def solve(t, y0, weight):
         solution = odeint(
@@ -189,7 +190,7 @@ def test_compat_gradcheck(solver, options):
     assert torch.autograd.gradcheck(solve, inputs(DECREASING), **GRADCHECK)
 
 
-@pytest.mark.parametrize("name", ["direct", "symplectic", "adjoint"])
+@pytest.mark.parametrize("name", ["direct", "symplectic", "adjoint", "interpolating_adjoint"])
 def test_lazy_evaluations_are_counted_and_skip_zero_cotangents(name):
     t, y0, weight = inputs(INCREASING)
     func = CountingField(field(weight))
