@@ -21,9 +21,9 @@ Columns:
   float64 on the same problem (torchdiffeq rows: against torchdiffeq backprop, its own discretization).
 
 The second table compares, in float64 (where tolerances below float32 round-off mean something),
-the symplectic adjoint with the backsolve adjoint at tightening adjoint tolerances on a tighter
-forward solve: the backsolve adjoint's error against the discrete gradient cannot fall below the
-forward solve's own discretization error, the symplectic adjoint's is round-off.
+the symplectic adjoint with the continuous adjoints (backsolve and interpolating) at tightening
+adjoint tolerances on a tighter forward solve: their error against the discrete gradient cannot fall
+below the forward solve's own discretization error, the symplectic adjoint's is round-off.
 
 A third table (``--budget-sweep``) runs the symplectic adjoint at one step count with several
 ``checkpoints=`` budgets of kept step states, with the backsolve adjoint's peak memory for scale.
@@ -51,7 +51,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fields import CallCounter, mlp  # noqa: E402
 
-from local_reg import BacksolveAdjoint, Checkpoint, Direct, GradientMethod, Symplectic, odeint  # noqa: E402
+from local_reg import (  # noqa: E402
+    BacksolveAdjoint,
+    Checkpoint,
+    Direct,
+    GradientMethod,
+    InterpolatingAdjoint,
+    Symplectic,
+    odeint,
+)
 
 STEPS_PER_UNIT_TIME = 25.0  # dopri5 at rtol = atol = 1e-5 on this field (measured)
 
@@ -77,6 +85,8 @@ METHODS = {
     f"symplectic, checkpoints={CHECKPOINTS}": {"gradient": "symplectic", "checkpoints": CHECKPOINTS},
     "adjoint": {"gradient": "adjoint"},
     "adjoint seminorm": {"gradient": "adjoint", "norm": "seminorm"},
+    "interpolating adjoint": {"gradient": "interpolating_adjoint"},
+    "interpolating adjoint seminorm": {"gradient": "interpolating_adjoint", "norm": "seminorm"},
     "torchdiffeq backprop": {"torchdiffeq": "odeint"},
     "torchdiffeq adjoint": {"torchdiffeq": "odeint_adjoint"},
 }
@@ -91,10 +101,11 @@ def make_problem(args, dtype: torch.dtype):
 
 def gradient_method(spec: dict, tolerance: float | None) -> GradientMethod:
     """The gradient object a (JSON) spec names: ``{"gradient": name, "checkpoints": C, "norm": ...}``;
-    ``tolerance`` is the backsolve adjoint's (default the forward's)."""
+    ``tolerance`` is a continuous adjoint's (default the forward's)."""
     name = spec["gradient"]
-    if name == "adjoint":
-        return BacksolveAdjoint(rtol=tolerance, atol=tolerance, norm=spec.get("norm", "default"))
+    continuous = {"adjoint": BacksolveAdjoint, "interpolating_adjoint": InterpolatingAdjoint}
+    if name in continuous:
+        return continuous[name](rtol=tolerance, atol=tolerance, norm=spec.get("norm", "default"))
     if name in ("checkpoint", "symplectic"):
         return {"checkpoint": Checkpoint, "symplectic": Symplectic}[name](spec.get("checkpoints"))
     return Direct()
@@ -249,6 +260,9 @@ def tuned_table(args) -> None:
         configurations.append((f"adjoint, tol {tolerance:g}", METHODS["adjoint"], tolerance))
         configurations.append(
             (f"adjoint seminorm, tol {tolerance:g}", METHODS["adjoint seminorm"], tolerance)
+        )
+        configurations.append(
+            (f"interpolating adjoint, tol {tolerance:g}", METHODS["interpolating adjoint"], tolerance)
         )
     runs = {
         label: functools.partial(forward_backward, field, y0, n_steps, args, spec, tolerance, rtol=rtol)
