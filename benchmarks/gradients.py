@@ -87,6 +87,10 @@ METHODS = {
     "adjoint seminorm": {"gradient": "adjoint", "norm": "seminorm"},
     "interpolating adjoint": {"gradient": "interpolating_adjoint"},
     "interpolating adjoint seminorm": {"gradient": "interpolating_adjoint", "norm": "seminorm"},
+    f"interpolating adjoint, checkpoints={CHECKPOINTS}": {
+        "gradient": "interpolating_adjoint",
+        "checkpoints": CHECKPOINTS,
+    },
     "torchdiffeq backprop": {"torchdiffeq": "odeint"},
     "torchdiffeq adjoint": {"torchdiffeq": "odeint_adjoint"},
 }
@@ -103,9 +107,13 @@ def gradient_method(spec: dict, tolerance: float | None) -> GradientMethod:
     """The gradient object a (JSON) spec names: ``{"gradient": name, "checkpoints": C, "norm": ...}``;
     ``tolerance`` is a continuous adjoint's (default the forward's)."""
     name = spec["gradient"]
-    continuous = {"adjoint": BacksolveAdjoint, "interpolating_adjoint": InterpolatingAdjoint}
-    if name in continuous:
-        return continuous[name](rtol=tolerance, atol=tolerance, norm=spec.get("norm", "default"))
+    if name == "interpolating_adjoint":
+        norm = spec.get("norm", "default")
+        return InterpolatingAdjoint(
+            rtol=tolerance, atol=tolerance, norm=norm, checkpoints=spec.get("checkpoints")
+        )
+    if name == "adjoint":
+        return BacksolveAdjoint(rtol=tolerance, atol=tolerance, norm=spec.get("norm", "default"))
     if name in ("checkpoint", "symplectic"):
         return {"checkpoint": Checkpoint, "symplectic": Symplectic}[name](spec.get("checkpoints"))
     return Direct()

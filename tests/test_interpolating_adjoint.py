@@ -227,3 +227,61 @@ def test_the_backward_solve_is_odeint_of_the_adjoint_system_on_the_dense_solutio
         torch.cat([g.reshape(-1) for g in grads]), reference.ys[-1], rtol=1e-12, atol=1e-14
     )
     assert solution.stats.nfe_backward == reference.stats.nfe
+
+
+@pytest.mark.parametrize("method", ["tsit5", "heun_euler"])
+@pytest.mark.parametrize("checkpoints", [1, 2, 3])
+def test_a_budget_of_step_states_replays_the_forward_solution_to_the_bit(method, checkpoints):
+    # With checkpoints=C the forward keeps at most C step states instead of the dense record, and the
+    # backward pass re-solves the segment holding each time it reads: the same y(t), the same
+    # gradient, for the re-solve's evaluations (heun_euler: its cubic Hermite end derivatives too).
+    torch.manual_seed(7)
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    options = {"times": [0.0, 0.6, 1.7, 2.0], "method": method, "rtol": 1e-5, "atol": 1e-5}
+    whole, whole_solution = gradients(field, y0, "interpolating_adjoint", **options)
+    kept, kept_solution = gradients(field, y0, InterpolatingAdjoint(checkpoints=checkpoints), **options)
+    assert torch.equal(kept, whole)
+    assert kept_solution.steps.dense_output is None
+    assert kept_solution.stats.nfe_backward > whole_solution.stats.nfe_backward
+
+
+@pytest.mark.parametrize("method", ["tsit5", "heun_euler"])
+@pytest.mark.parametrize("span", [(0.0, 1.0), (1.0, 0.0)], ids=["forward", "backward"])
+def test_the_replay_repeats_the_steps_beside_a_jump(span, method):
+    # heun_euler's cubic Hermite interpolant reads f at each step's end: before a jump there.
+    model = Forced()
+    y0 = torch.tensor([1.0, -0.5], dtype=DTYPE)
+    times = [span[0], 0.3 if span[0] < span[1] else 0.7, span[1]]
+    options = {"controller": PIController(jump_ts=[JUMP]), "times": times, "method": method, "rtol": 1e-5}
+    whole, _ = gradients(model, y0, "interpolating_adjoint", **options)
+    kept, _ = gradients(model, y0, InterpolatingAdjoint(checkpoints=2), **options)
+    assert torch.equal(kept, whole)
+
+
+@pytest.mark.parametrize(("bad", "error"), [(0, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_a_bad_budget_is_refused_by_name(bad, error):
+    with pytest.raises(error, match="checkpoints"):
+        InterpolatingAdjoint(checkpoints=bad)
+    assert "checkpoints=4" in repr(InterpolatingAdjoint(checkpoints=4))
+
+
+@pytest.mark.parametrize("factor", [1e-6, 1e3])
+def test_the_backward_solve_does_not_depend_on_the_losss_scale(factor):
+    # Solved from the cotangents divided by their largest RMS, a loss scaled by any factor (a mean
+    # over many entries instead of a sum) takes the same backward steps, and its gradient is the
+    # factor times the other's: the forward's atol does not pass a tiny adjoint at large error.
+    torch.manual_seed(8)
+    field = TinyField()
+    y0 = torch.randn(4, 3, dtype=DTYPE, requires_grad=True)
+    params = (y0, *field.parameters())
+
+    def gradient_and_cost(scale):
+        solution = odeint(field, y0, TIMES, gradient="interpolating_adjoint")
+        grads = torch.autograd.grad(scale * solution.ys[1:].square().sum(), params)
+        return torch.cat([g.reshape(-1) for g in grads]), solution.stats.nfe_backward
+
+    reference, reference_nfe = gradient_and_cost(1.0)
+    scaled, scaled_nfe = gradient_and_cost(factor)
+    assert scaled_nfe == reference_nfe
+    torch.testing.assert_close(scaled, factor * reference, rtol=1e-12, atol=0)

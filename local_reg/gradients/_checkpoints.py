@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .._integrate import SolveOptions
-from .._step import VectorField, jump_ends, step, time_tensor
+from .._step import StepResult, VectorField, jump_ends, step, time_tensor
 
 
 class StepStates:
@@ -63,6 +63,13 @@ class StepStates:
             self.stride *= 2
             self.states = self.states[::2]
 
+    def segment_of(self, n: int) -> tuple[int, int, Tensor]:
+        """``(start, end, state)``: the kept segment holding step ``n`` (steps ``start .. end - 1``)
+        and the kept state at the start of step ``start``."""
+        index = n // self.stride
+        start = index * self.stride
+        return start, min(start + self.stride, self._count), self.states[index]
+
     def reversed_states(
         self, func: VectorField, options: SolveOptions, step_starts: list[float], step_sizes: list[float]
     ) -> Iterator[Tensor]:
@@ -74,40 +81,59 @@ class StepStates:
         """
         if self._count != len(step_starts):
             raise RuntimeError(f"{self._count} step states recorded for {len(step_starts)} accepted steps")
-        tableau = options.tableau
-        jump_ts = options.controller.jump_ts
-
-        def ends_at_jump(n: int) -> bool:
-            # After a jump the forward evaluated the next step's first stage afresh, just inside it.
-            return bool(jump_ts) and jump_ends(step_starts[n], step_sizes[n], jump_ts)[1] is not None
-
         starts = self.indices
         segment_ends = [*starts[1:], self._count]
         for start, end, kept in reversed(list(zip(starts, segment_ends, self.states, strict=True))):
-            segment = [kept]
-            with torch.no_grad():
-                k1 = None
-                if tableau.fsal and start > 0 and end - 1 > start and not ends_at_jump(start - 1):
-                    # The forward reused the previous step's last stage, evaluated at that step's
-                    # t + c_s dt, which after a step landing on an output time may differ from the
-                    # recorded start time by rounding: evaluate it there to repeat the forward's bits.
-                    fsal_time = step_starts[start - 1] + tableau.c[-1] * step_sizes[start - 1]
-                    k1 = func(time_tensor(fsal_time, kept, options.time_dtype), kept)
-                for n in range(start, end - 1):
-                    result = step(
-                        func,
-                        step_starts[n],
-                        segment[-1],
-                        step_sizes[n],
-                        tableau,
-                        rtol=options.rtol,
-                        atol=options.atol,
-                        k1=k1,
-                        norm=options.norm,
-                        time_dtype=options.time_dtype,
-                        jump_ts=jump_ts,
-                    )
-                    segment.append(result.y1)
-                    k1 = result.stages[-1] if tableau.fsal and not ends_at_jump(n) else None
+            # The segment's last state is the result of the step before it: its own step is not re-run.
+            replayed = replay_steps(func, options, step_starts, step_sizes, start, end - 1, kept)
+            segment = [kept, *(result.y1 for _, result in replayed)]
             while segment:
                 yield segment.pop()
+
+
+def replay_steps(
+    func: VectorField,
+    options: SolveOptions,
+    step_starts: list[float],
+    step_sizes: list[float],
+    start: int,
+    stop: int,
+    state: Tensor,
+) -> list[tuple[Tensor, StepResult]]:
+    """Re-solve the accepted steps ``start .. stop - 1`` from ``state`` (the state at the start of step
+    ``start``) without a graph, as the forward solved them, with the recorded step sizes: each step's
+    start state and result."""
+    tableau = options.tableau
+    jump_ts = options.controller.jump_ts
+
+    def ends_at_jump(n: int) -> bool:
+        # After a jump the forward evaluated the next step's first stage afresh, just inside it.
+        return bool(jump_ts) and jump_ends(step_starts[n], step_sizes[n], jump_ts)[1] is not None
+
+    replayed = []
+    with torch.no_grad():
+        k1 = None
+        if tableau.fsal and start > 0 and stop > start and not ends_at_jump(start - 1):
+            # The forward reused the previous step's last stage, evaluated at that step's
+            # t + c_s dt, which after a step landing on an output time may differ from the
+            # recorded start time by rounding: evaluate it there to repeat the forward's bits.
+            fsal_time = step_starts[start - 1] + tableau.c[-1] * step_sizes[start - 1]
+            k1 = func(time_tensor(fsal_time, state, options.time_dtype), state)
+        for n in range(start, stop):
+            result = step(
+                func,
+                step_starts[n],
+                state,
+                step_sizes[n],
+                tableau,
+                rtol=options.rtol,
+                atol=options.atol,
+                k1=k1,
+                norm=options.norm,
+                time_dtype=options.time_dtype,
+                jump_ts=jump_ts,
+            )
+            replayed.append((state, result))
+            state = result.y1
+            k1 = result.stages[-1] if tableau.fsal and not ends_at_jump(n) else None
+    return replayed

@@ -330,6 +330,17 @@ def add_gradients(
             totals[index].add_(increment, alpha=scale)
 
 
+def checked_checkpoints(checkpoints: object) -> int | None:
+    """A budget of kept step states: ``None`` (every state) or an int of at least 1."""
+    if checkpoints is None:
+        return None
+    if isinstance(checkpoints, bool) or not isinstance(checkpoints, numbers.Integral):
+        raise TypeError(f"checkpoints must be an int or None, got {type(checkpoints).__name__}")
+    if checkpoints < 1:
+        raise ValueError(f"checkpoints must be at least 1, got {checkpoints}")
+    return int(checkpoints)  # numpy's integers too, as the other counts
+
+
 class StepwiseGradient(GraphFreeGradient):
     """A backward pass that walks the accepted steps in reverse, one step at a time.
 
@@ -343,13 +354,7 @@ class StepwiseGradient(GraphFreeGradient):
         """``checkpoints``: keep at most this many step states in the forward pass and re-compute
         the others in the backward pass (see :mod:`._checkpoints`); ``None`` keeps every one. The
         gradient is the same either way."""
-        if checkpoints is not None:
-            if isinstance(checkpoints, bool) or not isinstance(checkpoints, numbers.Integral):
-                raise TypeError(f"checkpoints must be an int or None, got {type(checkpoints).__name__}")
-            if checkpoints < 1:
-                raise ValueError(f"checkpoints must be at least 1, got {checkpoints}")
-            checkpoints = int(checkpoints)  # numpy's integers too, as the other counts
-        self.checkpoints = checkpoints
+        self.checkpoints = checked_checkpoints(checkpoints)
 
     def new_step_states(self, record_states: bool) -> StepStates:
         # The user's record keeps every state anyway: a budget would only add re-computation.

@@ -35,6 +35,7 @@ the save points) do not restart the backward solve: it carries on across them.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from itertools import pairwise
@@ -47,11 +48,19 @@ from .._dense import DenseOutput
 from .._diagnose import SETTINGS_HINT
 from .._errors import SolverError
 from .._integrate import SolveOptions, integrate
-from .._step import RKStepper, StepResult, initial_step_size, rms_norm
+from .._step import RKStepper, StepResult, beside_jump, initial_step_size, rms_norm, time_tensor
 from .._validate import check_span, positive_float, positive_int, relative_tolerance
+from ..interpolants import get_interpolant
 from ..solution import Stats, Steps
 from ..tableaus import ButcherTableau, get_tableau
-from ._function import ForwardSolve, GraphFreeGradient, vector_jacobian_product
+from ._checkpoints import StepStates, replay_steps
+from ._function import (
+    CountingField,
+    ForwardSolve,
+    GraphFreeGradient,
+    checked_checkpoints,
+    vector_jacobian_product,
+)
 
 NORMS = ("default", "seminorm")
 
@@ -81,7 +90,7 @@ class AdjointStepper(RKStepper):
         options: SolveOptions,
         seminorm: bool,
         ys: Tensor,
-        dense: DenseOutput | None,
+        dense: DenseOutput | ReplayedSolution | None,
     ) -> None:
         """``ys``: the forward outputs (their shape and dtype). ``dense``: the forward solve's dense
         record, from which ``y`` is read (the state is then ``a`` alone), or ``None`` to solve
@@ -231,6 +240,56 @@ class AdjointStepper(RKStepper):
         return k1, None if k1 is None else self.next_row - 1
 
 
+class ReplayedSolution:
+    """The forward solution between its accepted steps, from the step states kept within a budget
+    (:class:`StepStates`, ``InterpolatingAdjoint(checkpoints=C)``): the segment of steps that holds a
+    time asked for is re-solved from its kept state, without a graph and with the recorded step
+    sizes (:func:`replay_steps`), into a :class:`DenseOutput` of that segment, kept until a time of
+    another segment is asked for. ``func`` counts the evaluations."""
+
+    def __init__(self, func: CountingField, solve: ForwardSolve) -> None:
+        if solve.steps is None or solve.step_states is None:
+            raise RuntimeError("the forward solve kept no step states to replay")
+        self.func = func
+        self.options = solve.options
+        self.step_states = solve.step_states
+        self.step_starts = solve.steps.t.tolist()
+        self.step_sizes = solve.steps.dt.tolist()
+        # Where the last step ended, as the forward landed it (t + dt may round to another float).
+        self.t_end = solve.solved_times[-1]
+        self.direction = 1.0 if self.step_sizes[0] > 0 else -1.0
+        self.keys = [self.direction * start for start in self.step_starts]
+        self.interpolant = get_interpolant(self.options.tableau)
+        self.segment: tuple[int, DenseOutput] | None = None
+
+    def state_at(self, t: float) -> Tensor:
+        n = min(max(bisect.bisect_right(self.keys, self.direction * t) - 1, 0), len(self.keys) - 1)
+        start, end, kept = self.step_states.segment_of(n)
+        if self.segment is None or self.segment[0] != start:
+            self.segment = start, self._dense_segment(start, end, kept)
+        return self.segment[1].state_at(t)
+
+    def _dense_segment(self, start: int, end: int, kept: Tensor) -> DenseOutput:
+        options = self.options
+        jump_ts = options.controller.jump_ts
+        replayed = replay_steps(self.func, options, self.step_starts, self.step_sizes, start, end, kept)
+        dense = DenseOutput(self.interpolant, self.step_starts[start])
+        for n, (state, result) in enumerate(replayed, start):
+            t_next = self.step_starts[n + 1] if n + 1 < len(self.step_starts) else self.t_end
+            stages = result.stages
+            if self.interpolant.extra_stage:
+                # f(t_next, y1), which a pair without a free interpolant needs (the forward's dense
+                # output's end derivative, on the step's side of a jump there).
+                dtype = state.dtype if options.time_dtype is None else options.time_dtype
+                end_time = beside_jump(t_next, self.step_starts[n], dtype, jump_ts)
+                with torch.no_grad():
+                    end_derivative = self.func(time_tensor(end_time, state, options.time_dtype), result.y1)
+                stages = (*stages, end_derivative)
+            dense.add_step(self.step_starts[n], self.step_sizes[n], t_next, state, stages)
+        dense.add_state(replayed[-1][1].y1)
+        return dense
+
+
 class _ContinuousAdjoint(GraphFreeGradient):
     """What the continuous adjoints share: the backward solve's settings, checked once (the
     forward's where unset), and its restarts at the output times that carry a cotangent.
@@ -334,12 +393,30 @@ class _ContinuousAdjoint(GraphFreeGradient):
             return grad_ys[0], [None] * len(solve.params), 0
         # For the state's dtype (a tiny atol raised to its smallest normal number, as the forward's).
         options = self.backward_options(solve.options).for_state(ys[0])
-        dense = solve.dense_output if self.reads_forward_solution else None
-        stepper = AdjointStepper(solve, options, self.norm == "seminorm", ys, dense)
+        forward_solution = self._forward_solution(solve)
+        scale = self._cotangent_scale(grad_ys)
+        stepper = AdjointStepper(solve, options, self.norm == "seminorm", ys, forward_solution)
         try:
-            return self._solve_backwards(solve, stepper, options, times, ys, grad_ys)
+            adjoint, grad_params, calls = self._solve_backwards(
+                solve, stepper, options, times, ys, grad_ys if scale == 1.0 else grad_ys / scale
+            )
         finally:
             stepper.release()
+        if isinstance(forward_solution, ReplayedSolution):
+            calls += forward_solution.func.calls
+        if scale != 1.0:
+            adjoint = adjoint * scale
+            grad_params = [None if g is None else g * scale for g in grad_params]
+        return adjoint, grad_params, calls
+
+    def _cotangent_scale(self, grad_ys: Tensor) -> float:
+        """What the cotangents are divided by before the backward solve (and its results multiplied
+        by after it): 1, the backsolve's, whose error norm measures ``a`` beside ``y``."""
+        return 1.0
+
+    def _forward_solution(self, solve: ForwardSolve) -> DenseOutput | ReplayedSolution | None:
+        """Where the backward solve reads ``y(t)``, or ``None`` if it solves ``y`` itself."""
+        return None
 
     def _solve_backwards(
         self,
@@ -411,15 +488,54 @@ class InterpolatingAdjoint(_ContinuousAdjoint):
     spoils the backsolve's gradient; here ``y(t)`` is the forward solution itself, to the
     interpolant's accuracy, whatever the dynamics. The cost is the dense record, ``O(steps *
     stages)`` memory, as ``dense=True`` keeps (a method whose interpolant is cubic Hermite
-    evaluates ``f`` once more per forward step for it). The gradient is that of the continuous
-    problem, as the backsolve's. Its arguments are :class:`_ContinuousAdjoint`'s; ``norm``:
-    ``"default"`` is the RMS over ``(a, g)``, ``"seminorm"`` over ``a``. Not with a stop condition
-    (``odeint_event``), whose solve keeps no dense record.
+    evaluates ``f`` once more per forward step for it); with ``checkpoints=C`` the forward keeps at
+    most ``C`` step states instead (as ``Checkpoint(checkpoints=C)``, :mod:`._checkpoints`) and
+    the backward pass re-solves the segment of steps that holds each time it reads
+    (:class:`ReplayedSolution`): the same ``y(t)`` to the bit, for one more forward solve. The
+    gradient is that of the continuous problem, as the backsolve's. The backward solve starts from
+    the cotangents divided by their largest RMS (the system is linear in ``(a, g)``), so that its
+    tolerances measure ``a`` and ``g`` at that scale whatever the loss's, and multiplies the result
+    back. Its other arguments are :class:`_ContinuousAdjoint`'s; ``norm``: ``"default"`` is the RMS
+    over ``(a, g)``, ``"seminorm"`` over ``a``. Not with a stop condition (``odeint_event``), whose
+    solve keeps no dense record.
     """
 
     name = "interpolating_adjoint"
     reads_forward_solution = True
     label = "interpolating adjoint"
+
+    def __init__(
+        self,
+        method: str | ButcherTableau | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        norm: str = "default",
+        step_size: float | None = None,
+        first_step: float | None = None,
+        max_steps: int | None = None,
+        checkpoints: int | None = None,
+    ) -> None:
+        super().__init__(method, rtol, atol, norm, step_size, first_step, max_steps)
+        self.checkpoints = checked_checkpoints(checkpoints)
+
+    def new_step_states(self, record_states: bool) -> StepStates | None:
+        if self.checkpoints is None:
+            return None  # the dense record holds every state
+        return StepStates(None if record_states else self.checkpoints)
+
+    def _cotangent_scale(self, grad_ys: Tensor) -> float:
+        # The adjoint system is linear in (a, g): solved from the cotangents divided by their
+        # largest RMS over the output times, its error control measures a and g against tolerances
+        # at that scale, whatever the loss's (a mean over many entries gives a tiny a, which the
+        # forward's atol would let through at ~100% error), as the backsolve's y keeps its steps.
+        rms = torch.linalg.vector_norm(grad_ys.reshape(len(grad_ys), -1), dim=1) / grad_ys[0].numel() ** 0.5
+        largest = float(rms.max())
+        return largest if 0.0 < largest < math.inf else 1.0
+
+    def _forward_solution(self, solve: ForwardSolve) -> DenseOutput | ReplayedSolution | None:
+        if solve.dense_output is not None:
+            return solve.dense_output
+        return ReplayedSolution(CountingField(solve.func), solve)
 
     def check(
         self, options: SolveOptions, times: list[float] | None = None, y0: Tensor | None = None
@@ -435,7 +551,7 @@ class InterpolatingAdjoint(_ContinuousAdjoint):
     def solve(self, y0: Tensor, solve: ForwardSolve) -> tuple[Tensor, Stats, Steps, Tensor | None]:
         differentiable = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *solve.params))
         asked = solve.options.dense
-        if differentiable and not asked:
+        if differentiable and not asked and self.checkpoints is None:
             solve.options = solve.options.with_checked(dense=True)
         ys, stats, steps, penalties = super().solve(y0, solve)
         solve.dense_output = steps.dense_output
