@@ -1,4 +1,6 @@
-"""The continuous (backsolve) adjoint: constant memory, approximate gradients.
+"""The continuous adjoints: approximate gradients, the backsolve's in constant memory, the
+interpolating adjoint's (:class:`InterpolatingAdjoint`, at the end) stable where solving ``y``
+backwards is not.
 
 Chen, Rubanova, Bettencourt, Duvenaud, "Neural Ordinary Differential Equations", NeurIPS 2018. With
 ``a(t) = dL/dy(t)``, the augmented system::
@@ -73,7 +75,8 @@ def parameter_views(flat: Tensor, params: tuple[Tensor, ...]) -> list[Tensor]:
 
 class AdjointStepper(RKStepper):
     """The backward solve's stepper: Runge--Kutta steps of ``(y, a)`` (stacked, shape ``(2, *y.shape)``)
-    with the field ``(f, -a^T df/dy)``, and ``g`` (:attr:`parameter_gradient`, the parameters
+    with the field ``(f, -a^T df/dy)``, or of ``a`` alone with ``y(t)`` read from the forward
+    solution (the interpolating adjoint), and ``g`` (:attr:`parameter_gradient`, the parameters
     flattened) advanced by the same steps from the stage rates ``-a^T df/dtheta``.
 
     A step's stage ``i`` writes its rate into row ``i`` of :attr:`rates` (a first stage carried over
