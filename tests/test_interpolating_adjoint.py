@@ -4,6 +4,9 @@ tighten, and where the backsolve adjoint's backward ``y`` is unstable."""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,45 +24,23 @@ from tests.test_jump_times import JUMP, Forced, exact
 DTYPE = torch.float64
 
 
-class FastDecayFeeding(torch.nn.Module):
-    """``u' = -k u``, ``v' = -v + c u^2``: ``u`` decays fast, and ``v`` is fed by it. Backwards ``u``
-    grows like ``exp(k t)``, and with it every error in the backsolved ``u``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.k = torch.nn.Parameter(torch.tensor(20.0, dtype=DTYPE))
-        self.c = torch.nn.Parameter(torch.tensor(3.0, dtype=DTYPE))
-
-    def forward(self, t, y):
-        u, v = y[..., 0], y[..., 1]
-        return torch.stack([-self.k * u, -v + self.c * u * u], -1)
-
-
-def fed_exactly(k, c, y0, t1):
-    """``v(t1)`` of :class:`FastDecayFeeding`: ``v0 e^-t + c u0^2 (e^(-2kt) - e^-t) / (1 - 2k)``."""
-    u0, v0 = y0[0], y0[1]
-    t1 = torch.tensor(t1, dtype=DTYPE)
-    return v0 * torch.exp(-t1) + c * u0**2 * (torch.exp(-2 * k * t1) - torch.exp(-t1)) / (1 - 2 * k)
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as a module (the benchmarks are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_where_the_backsolved_state_is_unstable_the_interpolated_one_gives_the_gradient():
-    y0 = torch.tensor([1.0, 0.5], dtype=DTYPE)
-    k, c, start = (torch.tensor(v, dtype=DTYPE, requires_grad=True) for v in (20.0, 3.0, y0))
-    expected = torch.cat(
-        [g.reshape(-1) for g in torch.autograd.grad(fed_exactly(k, c, start, 3.0), (k, c, start))]
-    )
-
-    def gradient_of(method):
-        field = FastDecayFeeding()
-        start = y0.clone().requires_grad_(True)
-        solution = odeint(field, start, [0.0, 3.0], rtol=1e-7, atol=1e-9, gradient=method)
-        grads = torch.autograd.grad(solution.ys[-1][1], (field.k, field.c, start))
-        return torch.cat([g.reshape(-1) for g in grads]), solution.stats.nfe_backward
-
-    interpolated, interpolated_nfe = gradient_of("interpolating_adjoint")
+    # benchmarks/adjoint_stability.py's problem, u' = -20 u, v' = -v + 3 u^2, at T = 3: the
+    # backsolve's u(0) is the forward's u(3) ~ 1e-26, with its absolute error, times e^60.
+    stability = load_benchmark("adjoint_stability")
+    expected = stability.exact_gradient(3.0)
+    interpolated, interpolated_nfe, _ = stability.gradient("interpolating_adjoint", 3.0, 1e-7)
     assert relative_error(interpolated, expected) < 1e-6
-    # The backsolve's u(0) is the forward's u(3) ~ 1e-26, with its absolute error, times e^60.
-    backsolved, backsolved_nfe = gradient_of("adjoint")
+    backsolved, backsolved_nfe, _ = stability.gradient("adjoint", 3.0, 1e-7)
     assert relative_error(backsolved, expected) > 1.0
     assert interpolated_nfe < backsolved_nfe
 
