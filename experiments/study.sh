@@ -332,8 +332,8 @@ case "${1:-}" in
                 --set weights.local-random=default
         done
         ;;
-    default_gradients)  # the default under the symplectic adjoint and the backsolve adjoint (digits, 1e-6)
-        for gradient in symplectic adjoint; do
+    default_gradients)  # the default under the symplectic, backsolve and interpolating adjoints (digits, 1e-6)
+        for gradient in symplectic adjoint interpolating_adjoint; do
             $LR experiment digits --methods vanilla local-random "${COMMON[@]}" --out results/study-default-gradients \
                 --gradient $gradient --set weights.local-random=default
         done
