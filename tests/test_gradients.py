@@ -706,6 +706,28 @@ def test_re_solved_states_are_the_forwards_to_the_bit():
     assert all(torch.equal(a, b) for a, b in zip(replayed, every_state, strict=True))
 
 
+def test_a_budgets_re_solve_holds_a_segments_states_not_their_stages():
+    """While the backward pass re-solves a segment it keeps that segment's states only: a re-solve
+    that kept every step's result held its six or seven stages too (4x the budget's peak memory,
+    measured by benchmarks/gradients.py)."""
+    import gc
+
+    field = TinyField(dim=7)
+    y0 = torch.randn(5, 7, dtype=DTYPE)  # a shape no other live tensor of this test has
+    options = SolveOptions(rtol=1e-8, atol=1e-8, tableau=TABLEAUS["tsit5"])
+    store = StepStates(2)
+    _, _, steps, _ = integrate_ode(field, y0, [0.0, 4.0], options, keep_state=store.append)
+    assert len(store) > 40 and store.stride >= 16
+
+    def state_sized():
+        return sum(isinstance(o, torch.Tensor) and o.shape == y0.shape for o in gc.get_objects())
+
+    states = store.reversed_states(field, options, steps.t.tolist(), steps.dt.tolist())
+    next(states)  # the last segment, re-solved
+    gc.collect()
+    assert state_sized() <= len(store.states) + store.stride + 4
+
+
 @pytest.mark.parametrize("gradient", EXACT)
 def test_recorded_states_make_the_budget_moot(gradient):
     # record_states=True keeps every state for the user; the backward pass re-computes none.

@@ -99,10 +99,11 @@ def replay_steps(
     start: int,
     stop: int,
     state: Tensor,
-) -> list[tuple[Tensor, StepResult]]:
+) -> Iterator[tuple[Tensor, StepResult]]:
     """Re-solve the accepted steps ``start .. stop - 1`` from ``state`` (the state at the start of step
-    ``start``) without a graph, as the forward solved them, with the recorded step sizes: each step's
-    start state and result."""
+    ``start``) without a graph, as the forward solved them, with the recorded step sizes: yield each
+    step's start state and result, one at a time (a caller that keeps only the states holds no
+    step's stages longer than the step)."""
     tableau = options.tableau
     jump_ts = options.controller.jump_ts
 
@@ -110,16 +111,17 @@ def replay_steps(
         # After a jump the forward evaluated the next step's first stage afresh, just inside it.
         return bool(jump_ts) and jump_ends(step_starts[n], step_sizes[n], jump_ts)[1] is not None
 
-    replayed = []
-    with torch.no_grad():
-        k1 = None
-        if tableau.fsal and start > 0 and stop > start and not ends_at_jump(start - 1):
-            # The forward reused the previous step's last stage, evaluated at that step's
-            # t + c_s dt, which after a step landing on an output time may differ from the
-            # recorded start time by rounding: evaluate it there to repeat the forward's bits.
-            fsal_time = step_starts[start - 1] + tableau.c[-1] * step_sizes[start - 1]
+    k1 = None
+    if tableau.fsal and start > 0 and stop > start and not ends_at_jump(start - 1):
+        # The forward reused the previous step's last stage, evaluated at that step's
+        # t + c_s dt, which after a step landing on an output time may differ from the
+        # recorded start time by rounding: evaluate it there to repeat the forward's bits.
+        fsal_time = step_starts[start - 1] + tableau.c[-1] * step_sizes[start - 1]
+        with torch.no_grad():
             k1 = func(time_tensor(fsal_time, state, options.time_dtype), state)
-        for n in range(start, stop):
+    for n in range(start, stop):
+        # No graph, entered per step: the caller's autograd mode between the steps is its own.
+        with torch.no_grad():
             result = step(
                 func,
                 step_starts[n],
@@ -133,7 +135,6 @@ def replay_steps(
                 time_dtype=options.time_dtype,
                 jump_ts=jump_ts,
             )
-            replayed.append((state, result))
-            state = result.y1
-            k1 = result.stages[-1] if tableau.fsal and not ends_at_jump(n) else None
-    return replayed
+        yield state, result
+        state = result.y1
+        k1 = result.stages[-1] if tableau.fsal and not ends_at_jump(n) else None

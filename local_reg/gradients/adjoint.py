@@ -289,7 +289,7 @@ class ReplayedSolution:
                     end_derivative = self.func(time_tensor(end_time, state, options.time_dtype), result.y1)
                 stages = (*stages, end_derivative)
             dense.add_step(self.step_starts[n], self.step_sizes[n], t_next, state, stages)
-        dense.add_state(replayed[-1][1].y1)
+        dense.add_state(result.y1)  # the segment's end, after its last step
         return dense
 
 
