@@ -269,6 +269,7 @@ class ReplayedSolution:
         n = min(max(bisect.bisect_right(self.keys, self.direction * t) - 1, 0), len(self.keys) - 1)
         start, end, kept = self.step_states.segment_of(n)
         if self.segment is None or self.segment[0] != start:
+            self.segment = None  # one segment's record alive at a time, not two while re-solving
             self.segment = start, self._dense_segment(start, end, kept)
         return self.segment[1].state_at(t)
 
