@@ -174,7 +174,10 @@ ODEINT_ARGUMENTS = {
     ),
     "step_size": mostly(st.sampled_from([None, None, 0.1]), st.sampled_from([0.0, -0.1, "0.1"])),
     "max_steps_": max_steps,
-    "gradient": mostly(st.sampled_from(["direct", "checkpoint", "symplectic", "adjoint"]), st.just("bogus")),
+    "gradient": mostly(
+        st.sampled_from(["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]),
+        st.just("bogus"),
+    ),
     "rate": st.floats(0.1, 3.0),
     # PIController's max_step as a fraction of the span (10 or 1000 steps at least), or a bad one.
     "max_step_": mostly(
