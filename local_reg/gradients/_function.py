@@ -87,6 +87,12 @@ class ForwardSolve:
                 "gradient='direct', which differentiates the forward's own graph"
             )
 
+    def is_differentiated(self, y0: Tensor) -> bool:
+        """Whether autograd records a solve from ``y0``: gradients are enabled and ``y0`` or a
+        parameter requires grad. Under ``no_grad`` (inference) there is no backward pass to keep
+        records for."""
+        return torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *self.params))
+
     @property
     def solved_times(self) -> list[float]:
         """The times of the outputs once the forward has run: ``times``, with the last replaced
@@ -223,10 +229,10 @@ class GraphFreeGradient(GradientMethod):
         method's :meth:`backward`. ``steps.states`` is present only with ``record_states=True`` (the
         method may keep states internally regardless)."""
         # The dense record (dense=True) keeps every state too: a budget would save no memory.
-        differentiable = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *solve.params))
-        # Under no_grad (inference) there is no backward pass to keep the states for.
         solve.step_states = (
-            self.new_step_states(solve.record_states or solve.options.dense) if differentiable else None
+            self.new_step_states(solve.record_states or solve.options.dense)
+            if solve.is_differentiated(y0)
+            else None
         )
         ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
         has_penalties = solve.step_penalty is not None and penalties.numel() > 0

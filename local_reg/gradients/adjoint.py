@@ -553,9 +553,8 @@ class InterpolatingAdjoint(_ContinuousAdjoint):
         super().check(options, times, y0)
 
     def solve(self, y0: Tensor, solve: ForwardSolve) -> tuple[Tensor, Stats, Steps, Tensor | None]:
-        differentiable = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *solve.params))
         asked = solve.options.dense
-        if differentiable and not asked and self.checkpoints is None:
+        if solve.is_differentiated(y0) and not asked and self.checkpoints is None:
             solve.options = solve.options.with_checked(dense=True)
         ys, stats, steps, penalties = super().solve(y0, solve)
         solve.dense_output = steps.dense_output
