@@ -51,6 +51,7 @@ Wanner I, II.1, Table 1.2 right)."""
 
 METHODS: dict[str, ButcherTableau] = {
     "dopri5": TABLEAUS["dopri5"],
+    "dopri8": TABLEAUS["dopri8"],
     "bosh3": TABLEAUS["bosh3"],
     "fehlberg2": TABLEAUS["fehlberg2"],
     "adaptive_heun": TABLEAUS["heun_euler"],
@@ -62,7 +63,6 @@ METHODS: dict[str, ButcherTableau] = {
 """torchdiffeq's method names (and our ``tsit5``) and the tableaus they run."""
 
 UNSUPPORTED_METHODS = (
-    "dopri8",
     "heun2",
     "heun3",
     "explicit_adams",
@@ -111,7 +111,8 @@ def _tableau(method: str | None) -> ButcherTableau:
     if method in UNSUPPORTED_METHODS:
         raise ValueError(
             f"method {method!r} is not available in local_reg.compat; use one of {list(METHODS)} "
-            "(adaptive: dopri5, tsit5, bosh3, fehlberg2, adaptive_heun; fixed-step: euler, midpoint, rk4)"
+            "(adaptive: dopri5, dopri8, tsit5, bosh3, fehlberg2, adaptive_heun; fixed-step: euler, "
+            "midpoint, rk4)"
         )
     raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
 
@@ -422,7 +423,7 @@ def odeint(
     Gradients flow by backpropagation through the solver's operations (local_reg's ``Direct``).
 
     Args:
-        method: ``"dopri5"`` (default), ``"tsit5"``, ``"bosh3"``, ``"fehlberg2"``,
+        method: ``"dopri5"`` (default), ``"dopri8"``, ``"tsit5"``, ``"bosh3"``, ``"fehlberg2"``,
             ``"adaptive_heun"``, or fixed-step ``"euler"``, ``"midpoint"``, ``"rk4"``.
         options: ``step_size`` (fixed-step methods: each output interval is divided into equal steps
             no longer than it; default one step per interval), ``first_step``, ``max_num_steps``,

@@ -16,6 +16,15 @@ evaluation per solve (at the last step) at most.
   factored form of OrdinaryDiffEq, torchode and diffrax.
 - ``dopri5``: the fourth-order dense output of Dormand and Prince as in Hairer's ``DOPRI5``
   (``CONTD5``; Hairer, Norsett, Wanner, Solving ODEs I, II.6).
+- ``dopri8``: a fifth-order continuous extension of Prince and Dormand's RK8(7)13M from its own 14
+  stages (the FSAL stage included, so no extra evaluation), derived here: each ``B_i`` a polynomial of
+  degree 7 meeting every order condition up to order 5 at every ``theta`` (Hairer, Norsett, Wanner,
+  Solving ODEs I, II.6, Thm. 6.1), with ``B(1) = b``, ``B'(0) = e_1`` and ``B'(1) = e_14`` (so the
+  dense output matches ``f`` at both ends: continuously differentiable across steps), the remaining
+  freedom spent on the order-6 conditions' residual over ``theta`` in ``[0, 1]`` (least squares, with
+  a ridge of 1e-12 that keeps the coefficients below 60). ``python benchmarks/dopri8.py --derive``
+  derives the coefficients again; ``benchmarks/dopri8.py`` measures them against torchdiffeq's
+  ``dopri8``, whose quartic is fitted through a fourth-order midpoint, and scipy's DOP853.
 - every other tableau: the cubic Hermite interpolant through ``y``, ``y1``, ``f(t, y)`` and
   ``f(t + dt, y1)`` (third order, or the tableau's order if lower).
 """
@@ -165,6 +174,105 @@ def _dopri5(tableau: ButcherTableau) -> Interpolant:
     return Interpolant("dopri5", _rows(polynomials), order=4)
 
 
+# dopri8's B_i(theta): coefficients of theta^1 .. theta^7 per stage, derived as the module docstring says.
+_DOPRI8_DENSE = (
+    (
+        1.0,
+        -6.382642995140042,
+        17.656209915907645,
+        -23.170378204642127,
+        12.406645375457629,
+        0.2784516130714878,
+        -1.7465382135130643,
+    ),
+    (),  # b_i = 0: a zero weight at every theta
+    (),  # b_i = 0: a zero weight at every theta
+    (),  # b_i = 0: a zero weight at every theta
+    (),  # b_i = 0: a zero weight at every theta
+    (
+        0.0,
+        -4.374151227384173,
+        29.807994009170798,
+        -59.92543917581205,
+        34.88620607368768,
+        12.254519180019779,
+        -12.70458118829327,
+    ),
+    (
+        0.0,
+        9.614440140511153,
+        -38.62125701266212,
+        59.266659345489884,
+        -33.90502048156143,
+        -1.9019200748458265,
+        5.786410890269519,
+    ),
+    (
+        0.0,
+        -1.22218418211538,
+        10.444998655859328,
+        -17.325377981199445,
+        16.126492586663506,
+        -11.021350256765004,
+        3.7009318469604366,
+    ),
+    (
+        0.0,
+        1.2232007082229344,
+        -14.036995677258012,
+        29.598440525320406,
+        -14.89552506184185,
+        -14.29060958106136,
+        11.641729472803423,
+    ),
+    (
+        0.0,
+        1.8863813419448916,
+        -10.570174186805387,
+        24.6768627181112,
+        -27.33112116802257,
+        18.104385435664643,
+        -6.10577110997049,
+    ),
+    (
+        0.0,
+        -1.5720556950431774,
+        11.386269051476976,
+        -28.51170773627717,
+        28.04855098726463,
+        -7.139464118818916,
+        -2.0534050060922198,
+    ),
+    (
+        0.0,
+        1.6936314012506695,
+        -10.348800060926234,
+        19.533966908538986,
+        -6.599599790280974,
+        -14.142424678873459,
+        9.625116681538149,
+    ),
+    (
+        0.0,
+        -2.299105421261322,
+        14.7679224232302,
+        -25.566653132087804,
+        -0.34944520488190656,
+        31.572687219413034,
+        -17.875405884412203,
+    ),
+    (
+        0.0,
+        1.4324859290144456,
+        -10.486167117993196,
+        21.423626732558123,
+        -8.387183316484716,
+        -13.714274737804377,
+        9.73151251070972,
+    ),
+)
+
+
 def hermite(tableau: ButcherTableau) -> Interpolant:
     """The cubic Hermite interpolant of ``tableau`` through ``y, y1, f(t, y), f(t + dt, y1)``.
 
@@ -192,10 +300,12 @@ def _interpolant_of(tableau: ButcherTableau) -> Interpolant:
         return _tsit5()
     if tableau.name == "dopri5" and tableau == get_tableau("dopri5"):
         return _dopri5(tableau)
+    if tableau.name == "dopri8" and tableau == get_tableau("dopri8"):
+        return Interpolant("dopri8", _DOPRI8_DENSE, order=5)
     return hermite(tableau)
 
 
 def get_interpolant(method: str | ButcherTableau) -> Interpolant:
     """The dense output of a method (by name or tableau): the pair's own where it has one
-    (``tsit5``, ``dopri5``), else cubic Hermite."""
+    (``tsit5``, ``dopri5``, ``dopri8``), else cubic Hermite."""
     return _interpolant_of(get_tableau(method))

@@ -57,6 +57,7 @@ def y0_and_t(dtype=torch.float64):
         ("bosh3", 1e-6),
         ("fehlberg2", 1e-5),
         ("adaptive_heun", 1e-5),
+        ("dopri8", 1e-8),
     ],
 )
 def test_adaptive_methods_match_torchdiffeq(method, rtol):
@@ -69,7 +70,10 @@ def test_adaptive_methods_match_torchdiffeq(method, rtol):
     # the accurate solution dopri5 0.13, tsit5 0.055, bosh3 0.44, fehlberg2 42 (its estimate
     # understates its error), adaptive_heun 0.14; an error estimate 100x too small gives 4 to 2100.
     # Against torchdiffeq at the same tolerance the difference is mostly torchdiffeq's own error
-    # (bosh3 62, fehlberg2 21 measured), so those two have a factor of 100.
+    # (bosh3 62, fehlberg2 21 measured), so those two have a factor of 100. dopri8 0.64 against the
+    # accurate solution, where torchdiffeq's own dopri8 is 290 off it: its outputs come from a
+    # quartic through a fourth-order midpoint, ours from a fifth-order dense output (docs/solver.md),
+    # so ours is checked to be the more accurate instead.
     accurate_factor, same_factor = {
         "dopri5": (2.5, 2.5),
         None: (2.5, 2.5),
@@ -77,13 +81,18 @@ def test_adaptive_methods_match_torchdiffeq(method, rtol):
         "bosh3": (10.0, 100.0),
         "fehlberg2": (1000.0, 100.0),
         "adaptive_heun": (3.0, 6.0),
+        "dopri8": (15.0, None),
     }[method]
     bound = accurate_factor * rtol
     torch.testing.assert_close(ours, accurate, rtol=bound, atol=bound)
-    if method != "tsit5":
-        same = torchdiffeq.odeint(func, y0, t, method=method, rtol=rtol, atol=rtol / 100)
-        bound = same_factor * rtol
-        torch.testing.assert_close(ours, same, rtol=bound, atol=bound)
+    if method == "tsit5":
+        return
+    same = torchdiffeq.odeint(func, y0, t, method=method, rtol=rtol, atol=rtol / 100)
+    if same_factor is None:
+        assert (ours - accurate).abs().max() < (same - accurate).abs().max() / 10
+        return
+    bound = same_factor * rtol
+    torch.testing.assert_close(ours, same, rtol=bound, atol=bound)
 
 
 @pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
@@ -210,7 +219,7 @@ def test_unknown_option_is_an_error_not_a_warning():
 
 
 @pytest.mark.parametrize(
-    "method", ["dopri8", "adams", "implicit_adams", "explicit_adams", "fixed_adams", "scipy_solver"]
+    "method", ["heun3", "adams", "implicit_adams", "explicit_adams", "fixed_adams", "scipy_solver"]
 )
 def test_unsupported_methods_name_the_alternatives(method):
     y0, t = y0_and_t()

@@ -98,10 +98,13 @@ def test_stability_sizes_are_the_real_stability_boundaries():
     dopri5 = _stability_boundary(TABLEAUS["dopri5"])
     assert dopri5 - 0.01 < TABLEAUS["dopri5"].stability_size <= dopri5
     assert _stability_boundary(TABLEAUS["rk4"]) == pytest.approx(2.7853, abs=1e-4)  # the textbook value
+    dopri8 = _stability_boundary(TABLEAUS["dopri8"])  # 5.16663...
+    assert dopri8 - 1e-4 < TABLEAUS["dopri8"].stability_size <= dopri8
 
 
 def test_fsal_is_set_exactly_for_the_pairs_whose_last_stage_is_the_solution():
-    assert {name for name, tableau in TABLEAUS.items() if tableau.fsal} == {"tsit5", "dopri5", "bosh3"}
+    fsal = {name for name, tableau in TABLEAUS.items() if tableau.fsal}
+    assert fsal == {"tsit5", "dopri5", "dopri8", "bosh3"}
 
 
 def test_a_last_stage_at_c_1_that_is_not_the_solution_is_not_fsal():
@@ -238,3 +241,33 @@ def test_tsit5_meets_the_written_out_conditions_in_float():
     embedded = _exact_order_conditions(a, b_hat, c)
     assert all(abs(float(value - expected)) < 1e-13 for k, value, expected in embedded if k <= 4)
     assert max(abs(float(value - expected)) for k, value, expected in embedded if k == 5) > 1e-4
+
+
+def test_dopri8_is_torchdiffeqs_transcription_of_the_published_tableau():
+    """Prince and Dormand's RK8(7)13M as torchdiffeq transcribed it from the same paper (its
+    coefficients as nearest floats of the published fractions; torchdiffeq appends f(t + dt, y1) as
+    a 14th stage, as we do): every coefficient equal to the bit."""
+    theirs = getattr(pytest.importorskip("torchdiffeq._impl.dopri8"), "_DOPRI8_TABLEAU", None)
+    if theirs is None:
+        pytest.skip("this torchdiffeq keeps its dopri8 tableau elsewhere")
+    ours = TABLEAUS["dopri8"]
+    assert ours.c == (0.0, *theirs.alpha.tolist())
+    for row, their_row in zip(ours.a[1:], theirs.beta, strict=True):
+        assert row == tuple(their_row.tolist())
+    assert ours.b == tuple(theirs.c_sol.tolist())
+    assert ours.error_weights == tuple(theirs.c_error.tolist())
+
+
+def test_dopri8_meets_the_written_out_conditions_in_float():
+    # The 17 conditions up to order 5 on the stored floats, for b and for b_hat = b - error_weights
+    # (the published fractions are approximations, so to about 1e-15); the orders 6 to 8 are
+    # measured in test_solver.py (global error like dt^8, the estimate like dt^8).
+    tableau = TABLEAUS["dopri8"]
+    c = [Fraction(x) for x in tableau.c]
+    a = [[Fraction(x) for x in row] for row in tableau.a]
+    b = [Fraction(x) for x in tableau.b]
+    b_hat = [Fraction(x) - Fraction(e) for x, e in zip(tableau.b, tableau.error_weights, strict=True)]
+    for weights in (b, b_hat):
+        for _, value, expected in _exact_order_conditions(a, weights, c):
+            assert float(value) == pytest.approx(float(expected), abs=1e-14)
+    assert tableau.fsal and tableau.b[-1] == 0.0 and tableau.a[-1] == tableau.b[:-1]

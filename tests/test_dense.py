@@ -63,7 +63,9 @@ def test_interpolant_has_its_empirical_order(name):
     tableau = TABLEAUS[name]
     y0 = torch.tensor([0.2], dtype=DTYPE)
     errors = []
-    sizes = [0.1, 0.05, 0.025]
+    # An eighth-order step is so accurate that its fifth-order dense output reaches round-off by
+    # dt = 0.025: it is measured at larger steps.
+    sizes = [0.3, 0.15, 0.075] if tableau.order > 5 else [0.1, 0.05, 0.025]
     for dt in sizes:
         result = step(logistic, 0.0, y0, dt, tableau)
         stages = result.stages
@@ -77,8 +79,11 @@ def test_interpolant_has_its_empirical_order(name):
     assert max(slopes) < interpolant.order + 1 + 0.5, (name, slopes)
 
 
-@pytest.mark.parametrize(("method", "rtol"), [("tsit5", 1e-8), ("dopri5", 1e-8), ("bosh3", 1e-6)])
-def test_interpolated_outputs_match_scipy_dense_output(method, rtol):
+@pytest.mark.parametrize(
+    ("method", "rtol", "scipy_method"),
+    [("tsit5", 1e-8, "RK45"), ("dopri5", 1e-8, "RK45"), ("bosh3", 1e-6, "RK45"), ("dopri8", 1e-10, "DOP853")],
+)
+def test_interpolated_outputs_match_scipy_dense_output(method, rtol, scipy_method):
     y0 = torch.tensor([1.0, 1.0], dtype=DTYPE)
     times = np.linspace(0.0, 6.0, 241)
 
@@ -93,7 +98,7 @@ def test_interpolated_outputs_match_scipy_dense_output(method, rtol):
         to_numpy_field(lotka_volterra),
         (0.0, 6.0),
         y0.numpy(),
-        method="RK45",
+        method=scipy_method,
         rtol=rtol,
         atol=rtol * 1e-2,
         dense_output=True,

@@ -47,3 +47,27 @@ def test_a_custom_tableau_with_a_builtin_name_gets_the_cubic_hermite(builtin: st
     assert interpolant.extra_stage is (not mine.fsal)
     for theta in (0.3, 0.8):
         np.testing.assert_allclose(interpolant.weights(theta), _hermite_weights(b, theta), rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("theta", [0.1, 0.37, 0.5, 0.82, 1.0])
+def test_dopri8_dense_output_meets_every_condition_to_order_5_at_each_theta(theta: float) -> None:
+    # Hairer, Norsett, Wanner I, II.6, Thm. 6.1: a continuous extension of order 5 meets
+    # sum_i B_i(theta) Phi_i(tree) = theta^order(tree) / gamma(tree) for every tree to order 5: the
+    # 17 conditions written out in test_controller_tableaus_by_hand.py, with B(theta) for b.
+    from tests.test_controller_tableaus_by_hand import _exact_order_conditions
+
+    tableau = TABLEAUS["dopri8"]
+    weights = get_interpolant("dopri8").weights(theta)
+    a = [list(row) for row in tableau.a]
+    for order, value, expected in _exact_order_conditions(a, weights, list(tableau.c)):
+        assert float(value) == pytest.approx(float(expected) * theta**order, abs=1e-13)
+
+
+def test_dopri8_dense_output_has_the_step_ends_slopes() -> None:
+    # B_i'(0) picks f(t, y) (the first stage) and B_i'(1) f(t + dt, y1) (the FSAL stage), so the
+    # dense output is continuously differentiable across steps; B(1) = b is checked in test_dense.py.
+    coefficients = get_interpolant("dopri8").coefficients
+    slope_at_0 = [row[0] if row else 0.0 for row in coefficients]
+    slope_at_1 = [sum((p + 1) * value for p, value in enumerate(row)) for row in coefficients]
+    np.testing.assert_allclose(slope_at_0, np.eye(14)[0], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(slope_at_1, np.eye(14)[13], rtol=0, atol=1e-12)

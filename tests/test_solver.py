@@ -115,7 +115,7 @@ def test_convergence_order(name):
     y0 = torch.tensor([1.0], dtype=torch.float64)
     t = torch.tensor([0.0, 2.0], dtype=torch.float64)
     exact = math.exp(math.sin(2.0))
-    n_steps = {5: [32, 64, 128], 4: [16, 32, 64]}.get(tableau.order, [64, 128, 256])
+    n_steps = {8: [4, 8, 16], 5: [32, 64, 128], 4: [16, 32, 64]}.get(tableau.order, [64, 128, 256])
     errors = []
     for n in n_steps:
         solution = odeint(lambda s, y: torch.cos(s) * y, y0, t, method=name, step_size=2.0 / n)
@@ -131,7 +131,8 @@ def test_error_estimate_order(name):
     tableau = TABLEAUS[name]
     y0 = torch.tensor([0.3, -0.2], dtype=torch.float64)
     estimates = []
-    for dt in [0.04, 0.02]:
+    # dopri8's seventh-order estimate is near round-off (3e-18) at dt = 0.02.
+    for dt in [0.2, 0.1] if tableau.order > 5 else [0.04, 0.02]:
         result = step(van_der_pol, 0.0, y0, dt, tableau, rtol=0.0 + 1e-30, atol=1.0)
         estimates.append(float(result.error_estimate))
     assert math.log2(estimates[0] / estimates[1]) == pytest.approx(tableau.order, abs=0.3)
@@ -162,9 +163,10 @@ def test_linear_system_against_analytic_solution(name, dtype, backward):
         assert error < 2 * (reference.double() - exact).abs().max().item()
     else:
         # About 20x the largest error / rtol measured over dtype and direction (tsit5 1.6, dopri5
-        # 2.7, bosh3 23, heun_euler 6.0): tight enough that an error estimate 100x too small (about
-        # 65-2300x rtol here) fails. A new adaptive tableau fails on the KeyError until it has a bound.
-        factor = {"tsit5": 30, "dopri5": 50, "bosh3": 500, "heun_euler": 120}[name]
+        # 2.7, dopri8 6.6, bosh3 23, heun_euler 6.0): tight enough that an error estimate 100x too
+        # small (about 65-2300x rtol here) fails. A new adaptive tableau fails on the KeyError until
+        # it has a bound.
+        factor = {"tsit5": 30, "dopri5": 50, "dopri8": 130, "bosh3": 500, "heun_euler": 120}[name]
         assert error < factor * rtol
 
 
