@@ -192,7 +192,8 @@ ODEINT_ARGUMENTS = {
     "rtol": tolerance,
     "atol": tolerance,
     "method": mostly(
-        st.sampled_from(["tsit5", "dopri5", "bosh3", "heun_euler", "rk4"]), st.sampled_from(["tsit", 3])
+        st.sampled_from(["tsit5", "dopri5", "dopri8", "bosh3", "heun_euler", "rk4"]),
+        st.sampled_from(["tsit", 3]),
     ),
     "step_size": mostly(st.sampled_from([None, None, 0.1]), st.sampled_from([0.0, -0.1, "0.1"])),
     "max_steps_": max_steps,
