@@ -19,10 +19,12 @@ from ._validate import (
     check_times_distinct,
     checked_field,
     finite_float,
+    finite_times,
     positive_int,
     step_tolerances,
     validate_state,
 )
+from .controller import TimeSet
 from .tableaus import ButcherTableau, get_tableau
 
 
@@ -37,6 +39,7 @@ def step(
     atol: float = 1e-8,
     k1: Tensor | None = None,
     norm: Callable[[Tensor], Tensor] = rms_norm,
+    jump_ts: TimeSet = (),
 ) -> StepResult:
     """Take one step of ``tableau`` (a :class:`ButcherTableau` or its name, e.g. ``"tsit5"``) from
     ``(t, y)`` with step size ``dt`` (negative to go backwards).
@@ -48,6 +51,11 @@ def step(
     ``func`` that returns NaN there, returns them as they are: a non-finite ``y1`` and ``EEst`` (the
     trial step :func:`~local_reg.odeint` rejects and retries shorter), not an error.
 
+    ``jump_ts`` are times where ``func`` may jump, as :class:`~local_reg.PIController`'s: where the
+    step starts or ends at one of them (within 4 ulps), its stages there are evaluated at the time of
+    ``y``'s dtype next to it inside the step, so the field is read on the step's own side, as
+    :func:`~local_reg.odeint` reads it. A given ``k1`` is used as it is.
+
     Raises:
         TypeError, ValueError: naming the argument: a non-callable ``func``, a non-finite ``t`` or
             ``dt``, ``y`` not a float32/float64 tensor, tolerances that are not positive and finite
@@ -55,7 +63,7 @@ def step(
             tolerance, as in :func:`~local_reg.odeint`), an unknown tableau, a ``func`` / ``k1`` of
             another shape or dtype than ``y``, a ``norm`` that does not return a 0-dim tensor, a
             ``t`` or ``dt`` that requires grad (it would silently get none), or a step whose
-            stage times round to ``t`` in ``y``'s dtype.
+            stage times round to ``t`` in ``y``'s dtype, or ``jump_ts`` that are not finite real times.
     """
     func = checked_field(func, state_name="y")
     for name, value in (("t", t), ("dt", dt)):
@@ -81,7 +89,10 @@ def step(
         check_output("k1", k1, y, returned=False, like_name="y")
         if not bool(torch.isfinite(k1).all()):
             raise ValueError("k1 is not finite")
-    return unchecked_step(func, t, y, dt, tableau, rtol=rtol, atol=atol, k1=k1, norm=_checked_norm(norm))
+    jumps = tuple(sorted(set(finite_times("jump_ts", jump_ts))))
+    return unchecked_step(
+        func, t, y, dt, tableau, rtol=rtol, atol=atol, k1=k1, norm=_checked_norm(norm), jump_ts=jumps
+    )
 
 
 def initial_step_size(

@@ -25,6 +25,7 @@ from local_reg import (
     odeint,
     odeint_event,
     sdeint,
+    step,
 )
 
 DTYPE = torch.float64
@@ -592,3 +593,34 @@ def test_an_event_solve_from_a_jump_differentiates_t0_on_its_side():
     assert event_t.item() == pytest.approx(JUMP + 0.5, abs=1e-12)
     event_t.backward()
     torch.testing.assert_close(t0.grad, torch.tensor(1.0, dtype=DTYPE))
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri8", "rk4"])
+def test_the_public_step_reads_the_field_on_its_own_side_of_a_jump_at_either_end(method):
+    # f = 0 before the jump at 1 and 1 from it on (at it: the left side for `step_in`, the right
+    # side for `step_out`): a step that ends at the jump integrates 0 exactly, one that starts there
+    # integrates 1 exactly; without jump_ts the stages at the jump read the other side's value.
+    y = torch.zeros(1, dtype=torch.float64)
+
+    def step_in(t, state):
+        return (t >= 1.0).to(state.dtype).expand_as(state)
+
+    def step_out(t, state):
+        return (t > 1.0).to(state.dtype).expand_as(state)
+
+    ending = step(step_in, 0.5, y, 0.5, method, jump_ts=[1.0])
+    starting = step(step_out, 1.0, y, 0.5, method, jump_ts=torch.tensor([1.0]))
+    assert float(ending.y1) == 0.0
+    assert float(starting.y1) == pytest.approx(0.5, abs=1e-15)
+    assert float(step(step_in, 0.5, y, 0.5, method).y1) > 1e-3
+    assert float(step(step_out, 1.0, y, 0.5, method).y1) < 0.49
+    # Going backwards from the jump reads the left side.
+    assert float(step(step_in, 1.0, y, -0.5, method, jump_ts=[1.0]).y1) == 0.0
+
+
+def test_the_public_step_refuses_jump_ts_that_are_no_times():
+    y = torch.zeros(1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="jump_ts must be finite"):
+        step(lambda t, state: state, 0.0, y, 0.1, "tsit5", jump_ts=[math.nan])
+    with pytest.raises(TypeError, match="jump_ts"):
+        step(lambda t, state: state, 0.0, y, 0.1, "tsit5", jump_ts="1")
