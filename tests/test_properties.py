@@ -32,26 +32,6 @@ SETTINGS = settings(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _draws_independent_of_the_loaded_modules():
-    """Hypothesis mixes into its draws numeric literals harvested from every local module loaded in
-    the process (its "local constants"), so the derandomized examples here would depend on which
-    other test files an xdist worker ran first and on any constant added to ``local_reg``: a guard
-    below then found an outcome in one worker and not in another. With no local constants the
-    draws depend only on the strategies. Hypothesis keeps this in a private module; where a version
-    moves it, the draws fall back to its default (the property still holds, only its examples vary).
-    """
-    providers = pytest.importorskip("hypothesis.internal.conjecture.providers")
-    if not all(hasattr(providers, name) for name in ("_get_local_constants", "Constants", "CONSTANTS_CACHE")):
-        yield
-        return
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(providers, "_get_local_constants", providers.Constants)
-        providers.CONSTANTS_CACHE.cache.clear()
-        yield
-    providers.CONSTANTS_CACHE.cache.clear()
-
-
 VALID_DTYPES = [torch.float64, torch.float32]
 INVALID_DTYPES = [torch.float16, torch.bfloat16, torch.int64, torch.complex64]
 EPS = {torch.float64: 2.2e-16, torch.float32: 1.2e-7}
