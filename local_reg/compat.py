@@ -49,6 +49,15 @@ RK4_THREE_EIGHTHS = ButcherTableau(
 """Kutta's 3/8 rule, the fourth-order method torchdiffeq's ``"rk4"`` takes (Hairer, Norsett,
 Wanner I, II.1, Table 1.2 right)."""
 
+HEUN2 = ButcherTableau(name="heun2", c=(0.0, 1.0), a=((), (1.0,)), b=(1 / 2, 1 / 2), order=2)
+"""Heun's second-order method (the explicit trapezoidal rule), torchdiffeq's fixed-step ``"heun2"``."""
+
+HEUN3 = ButcherTableau(
+    name="heun3", c=(0.0, 1 / 3, 2 / 3), a=((), (1 / 3,), (0.0, 2 / 3)), b=(1 / 4, 0.0, 3 / 4), order=3
+)
+"""Heun's third-order method (Hairer, Norsett, Wanner I, II.1, Table 1.1), torchdiffeq's
+fixed-step ``"heun3"``."""
+
 METHODS: dict[str, ButcherTableau] = {
     "dopri5": TABLEAUS["dopri5"],
     "dopri8": TABLEAUS["dopri8"],
@@ -57,14 +66,14 @@ METHODS: dict[str, ButcherTableau] = {
     "adaptive_heun": TABLEAUS["heun_euler"],
     "euler": TABLEAUS["euler"],
     "midpoint": TABLEAUS["midpoint"],
+    "heun2": HEUN2,
+    "heun3": HEUN3,
     "rk4": RK4_THREE_EIGHTHS,
     "tsit5": TABLEAUS["tsit5"],
 }
 """torchdiffeq's method names (and our ``tsit5``) and the tableaus they run."""
 
 UNSUPPORTED_METHODS = (
-    "heun2",
-    "heun3",
     "explicit_adams",
     "implicit_adams",
     "fixed_adams",
@@ -112,7 +121,7 @@ def _tableau(method: str | None) -> ButcherTableau:
         raise ValueError(
             f"method {method!r} is not available in local_reg.compat; use one of {list(METHODS)} "
             "(adaptive: dopri5, dopri8, tsit5, bosh3, fehlberg2, adaptive_heun; fixed-step: euler, "
-            "midpoint, rk4)"
+            "midpoint, heun2, heun3, rk4)"
         )
     raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
 
@@ -177,7 +186,7 @@ def _fixed_step_size(
     warnings.warn(
         f"local_reg.compat: {where}['step_size'] is ignored by the adaptive method "
         f"{method or tableau.name!r} (torchdiffeq ignores it too); for fixed steps use 'euler', "
-        "'midpoint' or 'rk4'",
+        "'midpoint', 'heun2', 'heun3' or 'rk4'",
         stacklevel=stacklevel,
     )
     return None
@@ -424,7 +433,8 @@ def odeint(
 
     Args:
         method: ``"dopri5"`` (default), ``"dopri8"``, ``"tsit5"``, ``"bosh3"``, ``"fehlberg2"``,
-            ``"adaptive_heun"``, or fixed-step ``"euler"``, ``"midpoint"``, ``"rk4"``.
+            ``"adaptive_heun"``, or fixed-step ``"euler"``, ``"midpoint"``, ``"heun2"``, ``"heun3"``,
+            ``"rk4"``.
         options: ``step_size`` (fixed-step methods: each output interval is divided into equal steps
             no longer than it; default one step per interval), ``first_step``, ``max_num_steps``,
             ``norm`` (callable on the scaled error, a tuple for tuple states), ``dtype`` (accepted;

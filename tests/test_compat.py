@@ -95,7 +95,7 @@ def test_adaptive_methods_match_torchdiffeq(method, rtol):
     torch.testing.assert_close(ours, same, rtol=bound, atol=bound)
 
 
-@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun2", "heun3", "rk4"])
 @pytest.mark.parametrize("options", [None, {"step_size": 0.05}])
 def test_fixed_step_methods_match_torchdiffeq_on_its_grid(method, options):
     # Without step_size both take one step per output interval; with a step that divides the
@@ -219,7 +219,7 @@ def test_unknown_option_is_an_error_not_a_warning():
 
 
 @pytest.mark.parametrize(
-    "method", ["heun3", "adams", "implicit_adams", "explicit_adams", "fixed_adams", "scipy_solver"]
+    "method", ["adams", "implicit_adams", "explicit_adams", "fixed_adams", "scipy_solver"]
 )
 def test_unsupported_methods_name_the_alternatives(method):
     y0, t = y0_and_t()
