@@ -55,8 +55,8 @@ HEUN2 = ButcherTableau(name="heun2", c=(0.0, 1.0), a=((), (1.0,)), b=(1 / 2, 1 /
 HEUN3 = ButcherTableau(
     name="heun3", c=(0.0, 1 / 3, 2 / 3), a=((), (1 / 3,), (0.0, 2 / 3)), b=(1 / 4, 0.0, 3 / 4), order=3
 )
-"""Heun's third-order method (Hairer, Norsett, Wanner I, II.1, Table 1.1), torchdiffeq's
-fixed-step ``"heun3"``."""
+"""Heun's third-order method (Heun 1900; Hairer, Norsett, Wanner I, II.1), torchdiffeq's fixed-step
+``"heun3"``."""
 
 METHODS: dict[str, ButcherTableau] = {
     "dopri5": TABLEAUS["dopri5"],
