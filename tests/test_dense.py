@@ -114,7 +114,7 @@ def test_interpolated_outputs_match_scipy_dense_output(method, rtol, scipy_metho
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e3 * rtol)
 
 
-@pytest.mark.parametrize("method", ["tsit5", "dopri5", "bosh3", "heun_euler"])
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "dopri8", "bosh3", "heun_euler"])
 def test_number_of_steps_does_not_depend_on_the_output_times(method):
     field = CountingField(TinyField())
     y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
@@ -317,7 +317,7 @@ def test_symplectic_backward_cost_counts_the_stages_of_steps_holding_outputs():
     assert solution.stats.nfe_backward == 11 * solution.stats.n_accepted + 2 * holding
 
 
-@pytest.mark.parametrize("method", ["tsit5", "dopri5", "bosh3", "fehlberg2"])
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "dopri8", "bosh3", "fehlberg2"])
 @pytest.mark.parametrize("gradient", ["direct", "symplectic"])
 def test_evaluate_at_step_ends_is_the_step_state(method, gradient):
     field = TinyField()

@@ -150,7 +150,7 @@ def test_nonlinear_event_gradients_match_finite_differences(gradient):
         assert want == pytest.approx(numeric, rel=1e-6, abs=1e-7), index
 
 
-@pytest.mark.parametrize("method", ["tsit5", "dopri5", "bosh3", "heun_euler"])
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "dopri8", "bosh3", "heun_euler"])
 def test_exact_graph_free_methods_equal_direct_with_the_event_inside_the_last_step(method):
     # The event state is read from the last step's dense output (with the extra stage f(t + dt, y1)
     # for heun_euler): checkpoint and symplectic differentiate it as backpropagation does.
