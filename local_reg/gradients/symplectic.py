@@ -11,7 +11,7 @@ discrete forward solve. For a step ``n`` of size ``h`` from ``t_n`` with ``s`` s
 
 1. Recompute the stage states ``Y_i = y_n + h sum_{j<i} a_ij k_j``, ``k_j = f(t_n + c_j h, Y_j)``
    without a graph. Trailing stages with ``b_i = 0`` do not enter ``y_{n+1}`` (the FSAL stage of
-   tsit5/dopri5/bosh3 only feeds the error estimate) and are dropped.
+   tsit5/dopri5/dopri8/bosh3 only feeds the error estimate) and are dropped.
 2. For ``i = s, ..., 1``, with ``btilde_j = b_j`` if ``b_j != 0`` else ``h``::
 
        Lambda_i = lambda_{n+1} - h sum_{j>i} (btilde_j a_ji / b_i) l_j     if b_i != 0
