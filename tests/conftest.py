@@ -28,14 +28,17 @@ def _hypothesis_draws_independent_of_the_loaded_modules():
     still hold, only their examples vary)."""
     try:
         from hypothesis.internal.conjecture import providers
-    except ImportError:
-        yield
-        return
-    if not all(hasattr(providers, name) for name in ("_get_local_constants", "Constants", "CONSTANTS_CACHE")):
+
+        providers.Constants()  # an empty set of constants, as this version builds one
+        cache = providers.CONSTANTS_CACHE.cache
+        patchable = hasattr(providers, "_get_local_constants")
+    except (ImportError, AttributeError, TypeError):
+        patchable = False
+    if not patchable:
         yield
         return
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(providers, "_get_local_constants", providers.Constants)
-        providers.CONSTANTS_CACHE.cache.clear()
+        cache.clear()
         yield
-    providers.CONSTANTS_CACHE.cache.clear()
+    cache.clear()
