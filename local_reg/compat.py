@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast, overload
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -30,7 +31,15 @@ from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
 from ._step import rms_norm
 from ._tuple import TupleState
-from ._validate import Tolerance, finite_float, positive_float, positive_int, time_direction, validate_times
+from ._validate import (
+    Tolerance,
+    finite_float,
+    positive_float,
+    positive_int,
+    time_direction,
+    validate_state,
+    validate_times,
+)
 from .controller import PIController
 from .gradients import BacksolveAdjoint, Direct, GradientMethod, Symplectic
 from .solution import State
@@ -78,8 +87,10 @@ UNSUPPORTED_METHODS = (
     "implicit_adams",
     "fixed_adams",
     "adams",
-    "scipy_solver",
 )
+SCIPY_SOLVERS = ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA")
+"""The ``options["solver"]`` of ``method="scipy_solver"``: scipy's ``solve_ivp`` methods."""
+SCIPY_OPTIONS = ("solver", "min_step", "max_step")
 CONTROLLER_OPTIONS = {"safety": "safety", "ifactor": "max_factor", "dfactor": "min_factor"}
 """torchdiffeq's step-size factors and the :class:`local_reg.PIController` fields they set."""
 LANDING_OPTIONS = ("step_t", "jump_t")
@@ -131,7 +142,7 @@ def _check_keys(name: str, options: object, allowed: Sequence[str]) -> dict[str,
         return {}
     if not isinstance(options, dict):
         raise TypeError(f"{name} must be a dict, got {type(options).__name__}")
-    unsupported = sorted(set(options) & set(UNSUPPORTED_OPTIONS))
+    unsupported = sorted(set(options) & set(UNSUPPORTED_OPTIONS) - set(allowed))
     if unsupported:
         raise ValueError(
             f"{name}: {unsupported} not supported by local_reg.compat (see docs/compat.md); supported "
@@ -320,6 +331,8 @@ def _solve(
     adjoint_params: Iterable[Tensor] | None,
     dense: bool = False,
 ) -> States | tuple[Tensor, States] | Callable[[Tensor], States]:
+    if method == "scipy_solver":
+        return _scipy_solve(func, y0, t, rtol, atol, options, event_fn, dense)
     events = event_fn is not None
     # Checked before the fixed grid is read from them (odeint checks them again); an event's two
     # times give the direction, so they too must be finite and distinct.
@@ -389,6 +402,84 @@ def _solve(
         func, y0, t[0], event_fn=event_fn, reverse_time=reverse_time, times_in_state_dtype=True, **kwargs
     )
     return solution.ts[-1], solution.ys
+
+
+def _scipy_solve(
+    func: Callable,
+    y0: State,
+    t: Tensor,
+    rtol: Tolerance,
+    atol: Tolerance,
+    options: dict | None,
+    event_fn: Callable | None,
+    dense: bool,
+) -> States:
+    """torchdiffeq's ``method="scipy_solver"``: scipy's ``solve_ivp`` (``options["solver"]``, default
+    ``"LSODA"``, and its ``min_step``/``max_step``) on a float64 numpy copy of the state, the outputs
+    read from its dense output. No gradient flows through it, as in torchdiffeq; a failed solve is a
+    :class:`SolverError` (torchdiffeq returns the times it reached, and its outputs fail on their
+    shape)."""
+    where = "method='scipy_solver'"
+    if event_fn is not None:
+        raise ValueError(
+            f"{where} takes no event_fn (scipy's events are not torchdiffeq's): use an adaptive method"
+        )
+    if dense:
+        raise ValueError(f"odeint_dense with {where} is not available: use an adaptive method")
+    from scipy.integrate import solve_ivp
+
+    times = validate_times(t)
+    opts = _check_keys("options", options, SCIPY_OPTIONS)
+    solver = opts.pop("solver", "LSODA")
+    if solver not in SCIPY_SOLVERS:
+        raise ValueError(f"options['solver'] must be one of scipy's {list(SCIPY_SOLVERS)}, got {solver!r}")
+    bounds = {
+        name: positive_float(f"options[{name!r}]", opts[name])
+        for name in ("min_step", "max_step")
+        if name in opts
+    }
+    tolerances = {name: finite_float(name, value) for name, value in (("rtol", rtol), ("atol", atol))}
+    if min(tolerances.values()) < 0 or max(tolerances.values()) == 0:
+        raise ValueError(f"rtol and atol must be non-negative and not both 0, got {tolerances}")
+    state = TupleState(y0) if isinstance(y0, tuple) else None
+    flat0 = state.flatten(y0) if state is not None else validate_state(y0)
+    dtype, device = flat0.dtype, flat0.device
+    parameters = func.parameters() if isinstance(func, nn.Module) else ()
+    if torch.is_grad_enabled() and (flat0.requires_grad or any(p.requires_grad for p in parameters)):
+        warnings.warn(
+            f"{where} solves on a numpy copy of the state: no gradient reaches y0 or func's parameters "
+            "(as in torchdiffeq); use an adaptive method to differentiate the solve",
+            stacklevel=4,
+        )
+
+    def rhs(time: float, values: np.ndarray) -> np.ndarray:
+        y = torch.from_numpy(values).to(device, dtype)
+        with torch.no_grad():
+            derivative = func(
+                torch.tensor(time, dtype=dtype, device=device),
+                y.reshape(flat0.shape) if state is None else state.unflatten(y),
+            )
+        flat = state.flatten(derivative, "func's output") if state is not None else derivative
+        return flat.detach().reshape(-1).to("cpu", torch.float64).numpy()
+
+    initial = flat0.detach().reshape(-1).to("cpu", torch.float64).numpy()
+    if len(times) == 1:
+        ys = initial[None]
+    else:
+        solution = solve_ivp(
+            rhs, (times[0], times[-1]), initial, method=solver, dense_output=True, **tolerances, **bounds
+        )
+        if not solution.success:
+            raise SolverError(
+                f"scipy's {solver} failed: {solution.message}",
+                t=float(solution.t[-1]),
+                n_steps=len(solution.t) - 1,
+            )
+        ys = solution.sol(times).T
+    out = torch.from_numpy(np.ascontiguousarray(ys)).to(device, dtype)
+    if state is not None:
+        return state.unflatten(out)
+    return out.reshape(len(times), *flat0.shape)
 
 
 @overload
@@ -519,6 +610,11 @@ def odeint_adjoint(
     With ``event_fn`` it returns ``(event_t, solution)`` as :func:`odeint` does, differentiated by the
     same method.
     """
+    if method == "scipy_solver" or adjoint_method == "scipy_solver":
+        raise ValueError(
+            "odeint_adjoint with method='scipy_solver' is not available (no gradient flows through "
+            "scipy's solvers): use odeint with it for a solve without gradients, or an adaptive method"
+        )
     if adjoint_params is None and not isinstance(func, nn.Module):
         raise ValueError(
             "odeint_adjoint: func must be an nn.Module so that its parameters can be found; "

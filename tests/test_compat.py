@@ -13,6 +13,7 @@ from torch import nn
 
 import local_reg
 import local_reg.compat as compat
+from local_reg import SolverError
 
 torchdiffeq = pytest.importorskip("torchdiffeq")
 
@@ -218,9 +219,7 @@ def test_unknown_option_is_an_error_not_a_warning():
         compat.odeint_adjoint(Linear(), y0, t, adjoint_options={"foo": 1})
 
 
-@pytest.mark.parametrize(
-    "method", ["adams", "implicit_adams", "explicit_adams", "fixed_adams", "scipy_solver"]
-)
+@pytest.mark.parametrize("method", ["adams", "implicit_adams", "explicit_adams", "fixed_adams"])
 def test_unsupported_methods_name_the_alternatives(method):
     y0, t = y0_and_t()
     with pytest.raises(ValueError, match=f"{method}.*dopri5.*tsit5"):
@@ -687,3 +686,100 @@ def test_a_fixed_step_adjoint_method_warns_of_the_adjoint_options_it_ignores():
         )
         ys.sum().backward()
     assert torch.isfinite(y0.grad).all()
+
+
+def van_der_pol_stiff(t, y):
+    return torch.stack([y[1], 1000.0 * (1.0 - y[0] ** 2) * y[1] - y[0]])
+
+
+@pytest.mark.parametrize("solver", ["LSODA", "Radau", "BDF"])
+def test_scipy_solver_is_torchdiffeqs_on_a_stiff_problem(solver):
+    # The same scipy solve behind both (torchdiffeq reads t_eval, we read the dense output at t):
+    # equal, and no graph, as in torchdiffeq.
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    t = torch.linspace(0.0, 3.0, 7, dtype=torch.float64)
+    options = {"solver": solver}
+    ours = compat.odeint(
+        van_der_pol_stiff, y0, t, method="scipy_solver", options=options, rtol=1e-6, atol=1e-8
+    )
+    theirs = torchdiffeq.odeint(
+        van_der_pol_stiff, y0, t, method="scipy_solver", options=options, rtol=1e-6, atol=1e-8
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    assert not ours.requires_grad
+
+
+def test_scipy_solver_backwards_in_time_with_a_tuple_state_and_float32():
+    # torchdiffeq's wrapper sorts the span (a decreasing t fails there); ours solves from t[0].
+    t = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
+    ys = compat.odeint(
+        lambda s, y: -y, torch.ones(1, dtype=torch.float64), t, method="scipy_solver", rtol=1e-10, atol=1e-12
+    )
+    torch.testing.assert_close(ys[:, 0], torch.exp(1.0 - t), rtol=1e-8, atol=0)
+    y0 = (torch.ones(2), torch.zeros(2))
+    position, velocity = compat.odeint(
+        lambda s, y: (y[1], -y[0]),
+        y0,
+        torch.linspace(0.0, 1.0, 3),
+        method="scipy_solver",
+        options={"solver": "RK45"},
+    )
+    assert position.dtype == torch.float32 and position.shape == (3, 2)
+    torch.testing.assert_close(position[:, 0], torch.cos(torch.linspace(0.0, 1.0, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(velocity[:, 1], -torch.sin(torch.linspace(0.0, 1.0, 3)), rtol=1e-5, atol=1e-6)
+
+
+def test_scipy_solver_failure_is_a_solver_error_naming_where():
+    # y' = y^2 from 1 blows up at t = 1: scipy stops short of 2 and says so.
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    with pytest.raises(SolverError, match="scipy's Radau failed: Required step size") as info:
+        compat.odeint(
+            lambda s, y: y * y,
+            torch.ones(1, dtype=torch.float64),
+            t,
+            method="scipy_solver",
+            options={"solver": "Radau"},
+        )
+    assert 0.99 < info.value.t < 1.01
+
+
+def test_scipy_solver_refuses_what_it_cannot_do_by_name():
+    y0, t = y0_and_t()
+    with pytest.raises(ValueError, match=r"options\['solver'\] must be one of scipy's"):
+        compat.odeint(Linear(), y0, t, method="scipy_solver", options={"solver": "rk45"})
+    with pytest.raises(ValueError, match="unknown keys \\['step_size'\\]"):
+        compat.odeint(Linear(), y0, t, method="scipy_solver", options={"step_size": 0.1})
+    with pytest.raises(ValueError, match="max_step"):
+        compat.odeint(Linear(), y0, t, method="scipy_solver", options={"max_step": -1.0})
+    with pytest.raises(ValueError, match="takes no event_fn"):
+        compat.odeint(Linear(), y0, t[:2], method="scipy_solver", event_fn=lambda s, y: y.sum())
+    with pytest.raises(ValueError, match="odeint_adjoint with method='scipy_solver'"):
+        compat.odeint_adjoint(Linear(), y0, t, method="scipy_solver")
+    with pytest.raises(ValueError, match="odeint_dense with method='scipy_solver'"):
+        compat.odeint_dense(Linear(), y0, 0.0, 1.0, method="scipy_solver")
+    with pytest.warns(UserWarning, match="no gradient reaches y0 or func's parameters"):
+        compat.odeint(Linear(), y0, t, method="scipy_solver")
+
+
+def test_scipy_solver_bounds_its_steps():
+    # max_step reaches scipy: a bound of 0.01 on [0, 1] takes at least 100 steps (counted by calls).
+    calls = []
+
+    def field(s, y):
+        calls.append(float(s))
+        return -y
+
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    compat.odeint(
+        field, torch.ones(1, dtype=torch.float64), t, method="scipy_solver", options={"solver": "RK45"}
+    )
+    loose = len(calls)
+    calls.clear()
+    compat.odeint(
+        field,
+        torch.ones(1, dtype=torch.float64),
+        t,
+        method="scipy_solver",
+        options={"solver": "RK45", "max_step": 0.01},
+    )
+    assert loose < 100 <= len(calls) / 6
