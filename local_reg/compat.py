@@ -525,7 +525,8 @@ def odeint(
     Args:
         method: ``"dopri5"`` (default), ``"dopri8"``, ``"tsit5"``, ``"bosh3"``, ``"fehlberg2"``,
             ``"adaptive_heun"``, or fixed-step ``"euler"``, ``"midpoint"``, ``"heun2"``, ``"heun3"``,
-            ``"rk4"``.
+            ``"rk4"``; or ``"scipy_solver"``: scipy's ``solve_ivp`` with ``options["solver"]`` (default
+            ``"LSODA"``), ``["min_step"]``, ``["max_step"]``, without gradients (docs/compat.md).
         options: ``step_size`` (fixed-step methods: each output interval is divided into equal steps
             no longer than it; default one step per interval), ``first_step``, ``max_num_steps``,
             ``norm`` (callable on the scaled error, a tuple for tuple states), ``dtype`` (accepted;
