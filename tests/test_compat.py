@@ -710,7 +710,7 @@ def test_scipy_solver_is_torchdiffeqs_on_a_stiff_problem(solver):
 
 
 def test_scipy_solver_backwards_in_time_with_a_tuple_state_and_float32():
-    # torchdiffeq's wrapper sorts the span (a decreasing t fails there); ours solves from t[0].
+    # From t[0] in the direction of t[1], against the exact solutions.
     t = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)
     ys = compat.odeint(
         lambda s, y: -y, torch.ones(1, dtype=torch.float64), t, method="scipy_solver", rtol=1e-10, atol=1e-12
