@@ -417,8 +417,7 @@ def _scipy_solve(
     """torchdiffeq's ``method="scipy_solver"``: scipy's ``solve_ivp`` (``options["solver"]``, default
     ``"LSODA"``, and its ``min_step``/``max_step``) on a float64 numpy copy of the state, the outputs
     read from its dense output. No gradient flows through it, as in torchdiffeq; a failed solve is a
-    :class:`SolverError` (torchdiffeq returns the times it reached, and its outputs fail on their
-    shape)."""
+    :class:`SolverError` (torchdiffeq returns only the outputs it reached, without an error)."""
     where = "method='scipy_solver'"
     if event_fn is not None:
         raise ValueError(
