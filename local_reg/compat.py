@@ -33,6 +33,7 @@ from ._step import rms_norm
 from ._tuple import TupleState
 from ._validate import (
     Tolerance,
+    check_output,
     finite_float,
     positive_float,
     positive_int,
@@ -458,7 +459,10 @@ def _scipy_solve(
                 torch.tensor(time, dtype=dtype, device=device),
                 y.reshape(flat0.shape) if state is None else state.unflatten(y),
             )
-        flat = state.flatten(derivative, "func's output") if state is not None else derivative
+        if state is not None:
+            flat = state.flatten(derivative, "func's output")
+        else:
+            flat = check_output("func", derivative, flat0)
         return flat.detach().reshape(-1).to("cpu", torch.float64).numpy()
 
     initial = flat0.detach().reshape(-1).to("cpu", torch.float64).numpy()

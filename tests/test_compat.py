@@ -751,6 +751,8 @@ def test_scipy_solver_refuses_what_it_cannot_do_by_name():
         compat.odeint(Linear(), y0, t, method="scipy_solver", options={"step_size": 0.1})
     with pytest.raises(ValueError, match="max_step"):
         compat.odeint(Linear(), y0, t, method="scipy_solver", options={"max_step": -1.0})
+    with pytest.raises(ValueError, match=r"func returned shape \(4,\), expected \(2, 2\)"):
+        compat.odeint(lambda s, y: y.reshape(-1), y0, t, method="scipy_solver")
     with pytest.raises(ValueError, match="takes no event_fn"):
         compat.odeint(Linear(), y0, t[:2], method="scipy_solver", event_fn=lambda s, y: y.sum())
     with pytest.raises(ValueError, match="odeint_adjoint with method='scipy_solver'"):
