@@ -441,8 +441,12 @@ def _scipy_solve(
     tolerances = {name: finite_float(name, value) for name, value in (("rtol", rtol), ("atol", atol))}
     if min(tolerances.values()) < 0 or max(tolerances.values()) == 0:
         raise ValueError(f"rtol and atol must be non-negative and not both 0, got {tolerances}")
-    state = TupleState(y0) if isinstance(y0, tuple) else None
-    flat0 = state.flatten(y0) if state is not None else validate_state(y0)
+    state: TupleState | None = None
+    if isinstance(y0, tuple):
+        state = TupleState(y0)
+        flat0 = state.flatten(y0)
+    else:
+        flat0 = validate_state(y0)
     dtype, device = flat0.dtype, flat0.device
     parameters = func.parameters() if isinstance(func, nn.Module) else ()
     if torch.is_grad_enabled() and (flat0.requires_grad or any(p.requires_grad for p in parameters)):
