@@ -386,6 +386,15 @@ def test_the_default_measures_the_parameters_the_field_has_now(replace):
     assert ratios[0] is not None and ratios[1] == pytest.approx(ratios[0], rel=1e-12)
 
 
+def test_the_default_weight_with_its_parameters_removed_stays_as_set():
+    """A user who sets the default weight's ``parameters`` to ``None`` (a weight fed from outside)
+    gets a training pass that neither fails nor puts the field's parameters back."""
+    model = LocallyRegularized(Field(), generator=torch.Generator().manual_seed(0))
+    model.weight.parameters = None
+    (task_loss(model(y0(), T)) + model.reg_loss).backward()
+    assert model.weight.parameters is None and model.weight.state_dict()["measured"] == 0
+
+
 def test_a_given_ratio_weight_whose_parameters_were_replaced_warns_that_it_measures_nothing():
     """Unlike the default, a weight given its parameters keeps them: after ``assign=True`` they are
     no longer the field's, and it would stop tuning itself without a word."""

@@ -296,39 +296,48 @@ class LocallyRegularized(Regularized):
         default = weight is None
         # The default weight measures over func's parameters unless adjoint_params are given.
         follows_field = default and solve.get("adjoint_params") is None
-        if default:
+        if weight is None:
             if solve.get("adjoint_params") is not None:
                 solve["adjoint_params"] = adjoint_params_tuple(solve["adjoint_params"])  # read twice
             weight = default_weight(func, solve.get("adjoint_params"), penalty)
         super().__init__(func, strategy, weight=weight, **solve)
         # The weight whose target follows the output times (the kinetic default's own, while in use).
-        kinetic_default = default and penalty == "kinetic" and isinstance(self.weight, RatioWeight)
-        self._default_weight = self.weight if kinetic_default else None
+        kinetic_default = default and penalty == "kinetic"
+        self._default_weight = (
+            self.weight if kinetic_default and isinstance(self.weight, RatioWeight) else None
+        )
         self._field_weight = self.weight if follows_field and isinstance(self.weight, RatioWeight) else None
 
     def forward(self, y0: State, t: Tensor | Sequence[float]) -> State:
-        if self.training and self._field_weight is not None and self.weight is self._field_weight:
-            self._measure_the_fields_current_parameters()
+        field_weight = self._field_weight
+        if self.training and field_weight is not None and self.weight is field_weight:
+            self._measure_the_fields_current_parameters(field_weight)
         training_pass = self.training and torch.is_grad_enabled()
-        if training_pass and self._default_weight is not None and self.weight is self._default_weight:
+        default_weight = self._default_weight
+        if training_pass and default_weight is not None and self.weight is default_weight:
             # The default target, floor and rise limit follow the kind of training solve: read only
             # at its end, or along the flow (where the data fix the field and a held pull would cost
             # fit); an evaluation call in between (eval() or no_grad) must not change the measurement the
             # last one opened.
             along_the_flow = (t.numel() if isinstance(t, Tensor) else len(t)) > 2
-            self.weight.target_ratio = FITTED_FLOW_RATIO if along_the_flow else KINETIC_RATIO
-            self.weight.floor = 0.0 if along_the_flow else END_READ_FLOOR
-            self.weight.max_rise = FLOW_MAX_RISE if along_the_flow else None
+            default_weight.target_ratio = FITTED_FLOW_RATIO if along_the_flow else KINETIC_RATIO
+            default_weight.floor = 0.0 if along_the_flow else END_READ_FLOOR
+            default_weight.max_rise = FLOW_MAX_RISE if along_the_flow else None
         return super().forward(y0, t)
 
-    def _measure_the_fields_current_parameters(self) -> None:
+    def _measure_the_fields_current_parameters(self, field_weight: RatioWeight) -> None:
         """``load_state_dict(..., assign=True)``, ``to_empty()`` after a meta-device construction
         and the like put new parameter objects in the field: the default weight measures the ones it
         has now (those that were replaced would never get a gradient)."""
+        measured = field_weight.parameters
+        if measured is None:
+            # Parameters removed since construction: it measures nothing (watch returns early),
+            # and replacing them here would start measuring again.
+            return
         owner = owning_module(self.func)
         current = [] if owner is None else [p for p in owner.parameters() if p.requires_grad]
-        if current and [id(p) for p in current] != [id(p) for p in self._field_weight.parameters]:
-            self._field_weight.parameters = trained_parameters(current)
+        if current and [id(p) for p in current] != [id(p) for p in measured]:
+            field_weight.parameters = trained_parameters(current)
 
     @classmethod
     def paper(cls, func: Any, weight: float | WeightSchedule, **keywords: Any) -> LocallyRegularized:
