@@ -24,7 +24,7 @@ class DenseOutput:
         t0: where the solve starts (the whole span of a solve of one output time, which takes no step).
         t, dt: start time and signed size of each accepted step.
         t_end: where the last accepted step ended, as the solve recorded it (``t[-1] + dt[-1]`` may
-            round to another float).
+            round to another float); ``t0`` before the first step.
         states: the state at each step start, and the final state last.
         stages: the stages the interpolant combines, per step.
     """
@@ -33,11 +33,14 @@ class DenseOutput:
     t0: float
     t: list[float] = field(default_factory=list)
     dt: list[float] = field(default_factory=list)
-    t_end: float | None = None
+    t_end: float = field(init=False)
     states: list[Tensor] = field(default_factory=list)
     stages: list[tuple[Tensor, ...]] = field(default_factory=list)
     # The step starts times the direction, for bisection: made again when a step has been added.
     _keys: list[float] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.t_end = self.t0
 
     def add_step(self, t: float, dt: float, t_end: float, y: Tensor, stages: tuple[Tensor, ...]) -> None:
         self.t.append(t)
@@ -117,7 +120,7 @@ class DenseOutput:
         else:
             keys = self._step_keys()
             located = [self._locate(v, keys) for v in values]
-            results: list[Tensor | None] = [None] * len(values)
+            results: dict[int, Tensor] = {}
             groups: dict[int, list[int]] = {}
             for position, index in enumerate(located):
                 if index < 0:
@@ -128,7 +131,7 @@ class DenseOutput:
                 states = self._interpolate(index, [values[p] for p in positions])
                 for p, state in zip(positions, states, strict=True):
                     results[p] = state
-            out = torch.stack(results)
+            out = torch.stack([results[position] for position in range(len(values))])
         if isinstance(t, Tensor) and t.dim() == 1:
             return out
         return out[0]
@@ -145,7 +148,7 @@ class DenseOutput:
         checks of its argument: the interpolating adjoint's read at each stage of its backward
         solve. A ``t`` just outside the span (a stage time rounded to a narrower dtype than the
         recorded times) is taken at the span's end."""
-        low, high = sorted((self.t[0], self.t[0] if self.t_end is None else self.t_end))
+        low, high = sorted((self.t[0], self.t_end))
         t = min(max(t, low), high)
         index = self._locate(t, self._step_keys())
         if index < 0:

@@ -37,7 +37,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -171,10 +171,9 @@ class EventLocator:
         self.event = event
         self.start_value = event.start_value
         """``h`` at the start of the current step (positive)."""
-        self.live_time: float | None = None
-        """Once located, the end of the root's final bracket where ``h`` is still positive."""
-        self.live_state: Tensor | None = None
-        """The dense output's state at :attr:`live_time`, where the root finder read ``h > 0``."""
+        self.live: tuple[float, Tensor] | None = None
+        """Once located, the end of the root's final bracket where ``h`` is still positive, and the
+        dense output's state there (where the root finder read ``h > 0``)."""
 
     def __call__(
         self, t0: float, t1: float, y1: Tensor, dense: Callable[[list[float]], Tensor]
@@ -191,7 +190,7 @@ class EventLocator:
                 torch.finfo(y1.dtype).eps * abs(t1 - t0),
                 torch.finfo(self.event.time_dtype).eps * max(abs(t0), abs(t1)),
             )
-            self.live_time, event_time = find_root(
+            live_time, event_time = find_root(
                 lambda t: float(self.event(t, dense([t])[0].detach())),
                 t0,
                 self.start_value,
@@ -199,7 +198,7 @@ class EventLocator:
                 end_value,
                 xtol,
             )
-            self.live_state = dense([self.live_time])[0].detach()
+            self.live = live_time, dense([live_time])[0].detach()
             return event_time
 
 
@@ -211,7 +210,7 @@ class _InitialRate:
         self.func = func
         self.t0 = t0
         self.time_dtype = time_dtype
-        self.stats: Stats | None = None
+        self.stats = Stats()  # replaced by the event solve's, before any backward pass
 
     def __call__(self, y0: Tensor) -> Tensor:
         f0 = self.func(time_tensor(self.t0, y0, self.time_dtype), y0)
@@ -418,7 +417,8 @@ def _solve_until_event(
         start = StartTime.apply(initial_rate, t0_tensor, y0)
     # The second time only gives the direction; it must differ from t0 in floating point.
     t1 = direction_time(t0_value, reverse_time)
-    stop = replace(callbacks, stop=EventLocator(event))
+    locator = EventLocator(event)
+    stop = replace(callbacks, stop=locator)
     try:
         # Floats give func the state's dtype; a wider dtype needs a tensor of it (no rounding).
         span: Any = [t0_value, t1]
@@ -435,15 +435,16 @@ def _solve_until_event(
             raise
         raise SolverError(reason, t=error.t, n_steps=error.n_steps) from None
     initial_rate.stats = solution.stats
+    stop_time = cast(float, solution.steps.stop_time)  # the solve stopped: it raised otherwise
     event_t, y_event, nfe = _reroute(
         event,
         checked,
-        solution.steps.stop_time,
+        stop_time,
         solution.ys[-1],
         t_dtype,
         field_t_dtype,
-        (stop.stop.live_time, stop.stop.live_state),
-        beside_jump(solution.steps.stop_time, t0_value, field_t_dtype, jump_ts),
+        locator.live,
+        beside_jump(stop_time, t0_value, field_t_dtype, jump_ts),
     )
     solution.stats.nfe += nfe
     return replace(solution, ts=torch.stack([initial_t, event_t]), ys=torch.stack([y0, y_event]))

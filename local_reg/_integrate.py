@@ -14,7 +14,7 @@ import copy
 import itertools
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -102,7 +102,7 @@ _EXACT_COUNTS = 2**53
 """Step counts above this are not exact as floats: a fixed step size is then its own equal step."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class SolveOptions:
     """The options of one solve (see :func:`local_reg.odeint` and :func:`local_reg.sdeint`), checked
     once on construction: each bad value raises a ``ValueError``/``TypeError`` naming it.
@@ -118,27 +118,86 @@ class SolveOptions:
     atol: float | Tensor
     """One number each, or per-element tolerances (tensors of the state's shape: ``odeint`` broadcasts
     them, :func:`local_reg.sdeint` and the backsolve adjoint's own solve take numbers only)."""
-    first_step: float | None = None
-    max_steps: int = DEFAULT_MAX_STEPS
-    step_size: float | None = None
-    controller: PIController = field(default_factory=PIController)
-    tableau: ButcherTableau | None = None
-    norm: Callable[[Tensor], Tensor] = rms_norm
+    first_step: float | None
+    max_steps: int
+    step_size: float | None
+    controller: PIController
+    tableau: ButcherTableau | None
+    norm: Callable[[Tensor], Tensor]
     """Norm of the scaled error (and of the initial-step heuristic): RMS over the whole state by
     default (the backsolve adjoint computes its own error norm over (y, a) and the parameter integral).
     Any other callable is checked on every call to return a 0-dim tensor."""
-    interpolate: bool = False
+    interpolate: bool
     """Step towards the last output time only and read the others from the stepper's dense output
     (adaptive Runge--Kutta solves); ``False`` lands a step on every output time."""
-    dense: bool = False
+    dense: bool
     """Keep every accepted step's state and stages for :meth:`local_reg.Solution.evaluate`."""
-    callbacks: StepCallbacks = field(default_factory=StepCallbacks)
+    callbacks: StepCallbacks
     """Called on every attempted, accepted and rejected step of the forward solve."""
-    time_dtype: torch.dtype | None = None
+    time_dtype: torch.dtype | None
     """The dtype of the time argument the vector field gets; ``None``: the state's dtype."""
-    compile: dict[str, Any] | None = None
+    compile: dict[str, Any] | None
     """``torch.compile`` keywords of the forward solve's Runge--Kutta steps (``None``: eager); ``True``
     and ``False`` are read as ``{}`` and ``None``."""
+
+    def __init__(
+        self,
+        rtol: float | Tensor | Sequence[float | Tensor],
+        atol: float | Tensor | Sequence[float | Tensor],
+        first_step: float | None = None,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        step_size: float | None = None,
+        controller: PIController | None = None,
+        tableau: ButcherTableau | None = None,
+        norm: Callable[[Tensor], Tensor] | None = None,
+        interpolate: bool = False,
+        dense: bool = False,
+        callbacks: StepCallbacks | None = None,
+        time_dtype: torch.dtype | None = None,
+        compile: bool | dict[str, Any] | None = None,
+    ) -> None:
+        # Each value is checked here, once: the fields hold checked values only (defaults in place of
+        # ``None``, tolerances as numbers or tensors), so that their readers need no checks.
+        checked: dict[str, object] = {
+            "rtol": tolerance("rtol", rtol, relative=True),
+            "atol": tolerance("atol", atol, relative=False),
+            "first_step": None if first_step is None else positive_float("first_step", first_step),
+            "step_size": None if step_size is None else positive_float("step_size", step_size),
+            "max_steps": positive_int("max_steps", max_steps),
+            "controller": PIController() if controller is None else controller,
+            "norm": rms_norm if norm is None else checked_norm(norm),
+            "callbacks": StepCallbacks() if callbacks is None else callbacks,
+            "compile": None if compile is None else compile_options(compile),
+        }
+        if step_size is None and tableau is not None and not tableau.adaptive:
+            raise ValueError(f"method {tableau.name!r} is fixed-step: pass step_size")
+        checked_controller = checked["controller"]
+        if not isinstance(checked_controller, PIController):
+            raise TypeError(f"controller must be a PIController, got {type_name(controller)}")
+        if step_size is not None and checked_controller.lands:
+            raise ValueError(
+                "controller.step_ts and jump_ts need an adaptive solve, not a fixed step_size (put those "
+                "times among the output times with step_to_outputs=True instead)"
+            )
+        if tableau is not None and not isinstance(tableau, ButcherTableau):
+            raise TypeError(f"tableau must be a ButcherTableau, got {type_name(tableau)}")
+        if not isinstance(checked["callbacks"], StepCallbacks):
+            raise TypeError(f"callbacks must be a StepCallbacks, got {type_name(callbacks)}")
+        checked["interpolate"] = check_bool("interpolate", interpolate)
+        checked["dense"] = check_bool("dense", dense)
+        checked["tableau"] = tableau
+        checked["time_dtype"] = time_dtype
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def runge_kutta_tableau(self) -> ButcherTableau:
+        """``tableau``, which every Runge--Kutta solve has (only an SDE solve's options leave it unset)."""
+        if self.tableau is None:
+            raise TypeError(
+                "these options have no tableau: they are an SDE solve's, not a Runge--Kutta solve's"
+            )
+        return self.tableau
 
     def with_checked(self, **changes: Any) -> SolveOptions:
         """These options with ``changes``, values already checked: not ``dataclasses.replace``, whose
@@ -158,10 +217,10 @@ class SolveOptions:
         0, whose scale the dtype would otherwise round to 0 (a 0 / 0 error estimate)."""
         tiny = torch.finfo(y.dtype).tiny
         if not isinstance(self.rtol, Tensor) and not isinstance(self.atol, Tensor):
-            atol = absolute_tolerance_for(self.atol, self.rtol, y.dtype)
-            if atol == self.atol:
+            floored = absolute_tolerance_for(self.atol, self.rtol, y.dtype)
+            if floored == self.atol:
                 return self
-            return self.with_checked(atol=atol)
+            return self.with_checked(atol=floored)
         # Broadcast in float64 first: the floor is checked on the values given, before the cast to
         # the state's dtype rounds a tiny atol to zero.
         rtol, atol = (
@@ -173,11 +232,11 @@ class SolveOptions:
         lone = atols[rtols == 0]
         if lone.numel() and float(lone.min()) < tiny:
             raise ValueError(atol_too_small(float(lone.min()), y.dtype))
-        cast = {}  # the checks ran on the values above, uncast
+        cast: dict[str, float | Tensor] = {}  # the checks ran on the values above, uncast
         for name, value in (("rtol", rtol), ("atol", atol)):
             cast[name] = value.to(y.dtype) if isinstance(value, Tensor) else value
-        atol = cast["atol"]
-        cast["atol"] = atol.clamp_min(tiny) if isinstance(atol, Tensor) else max(atol, tiny)
+        cast_atol = cast["atol"]
+        cast["atol"] = cast_atol.clamp_min(tiny) if isinstance(cast_atol, Tensor) else max(cast_atol, tiny)
         return self.with_checked(**cast)
 
     def over(self, times: list[float]) -> SolveOptions:
@@ -192,36 +251,6 @@ class SolveOptions:
         if controller is self.controller:
             return self
         return self.with_checked(controller=controller)
-
-    def __post_init__(self) -> None:
-        checked = {
-            "rtol": tolerance("rtol", self.rtol, relative=True),
-            "atol": tolerance("atol", self.atol, relative=False),
-            "first_step": None if self.first_step is None else positive_float("first_step", self.first_step),
-            "step_size": None if self.step_size is None else positive_float("step_size", self.step_size),
-            "max_steps": positive_int("max_steps", self.max_steps),
-            "controller": PIController() if self.controller is None else self.controller,
-            "norm": rms_norm if self.norm is None else checked_norm(self.norm),
-            "callbacks": StepCallbacks() if self.callbacks is None else self.callbacks,
-            "compile": None if self.compile is None else compile_options(self.compile),
-        }
-        if self.step_size is None and self.tableau is not None and not self.tableau.adaptive:
-            raise ValueError(f"method {self.tableau.name!r} is fixed-step: pass step_size")
-        if not isinstance(checked["controller"], PIController):
-            raise TypeError(f"controller must be a PIController, got {type_name(self.controller)}")
-        if self.step_size is not None and checked["controller"].lands:
-            raise ValueError(
-                "controller.step_ts and jump_ts need an adaptive solve, not a fixed step_size (put those "
-                "times among the output times with step_to_outputs=True instead)"
-            )
-        if self.tableau is not None and not isinstance(self.tableau, ButcherTableau):
-            raise TypeError(f"tableau must be a ButcherTableau, got {type_name(self.tableau)}")
-        if not isinstance(checked["callbacks"], StepCallbacks):
-            raise TypeError(f"callbacks must be a StepCallbacks, got {type_name(self.callbacks)}")
-        check_bool("interpolate", self.interpolate)
-        check_bool("dense", self.dense)
-        for name, value in checked.items():
-            object.__setattr__(self, name, value)
 
 
 def open_end(dtype: torch.dtype) -> float:
@@ -421,6 +450,8 @@ def integrate(
     stats = Stats()
     log = StepLog(states=[] if check_bool("record_states", record_states) else None)
     if options.dense:
+        if stepper.interpolant is None:
+            raise ValueError(f"dense=True needs a method with dense output, not {type(stepper).__name__}")
         log.dense = DenseOutput(stepper.interpolant, times[0])
     direction = time_direction(times)
     stop = options.callbacks.stop
@@ -429,11 +460,12 @@ def integrate(
             "callbacks.stop needs exactly two times [t0, t1] (t1 only gives the direction) and no "
             f"dense record, got {len(times)} times and dense={options.dense}"
         )
-    adaptive = options.step_size is None
-    if not adaptive and stop is None:
+    step_size = options.step_size
+    adaptive = step_size is None
+    if step_size is not None and stop is None:
         # Fixed steps: the count is known, so a step_size too small for max_steps is refused
         # before the first step, not after max_steps of them.
-        n_fixed = fixed_steps_over(times, options.step_size)
+        n_fixed = fixed_steps_over(times, step_size)
         if n_fixed > options.max_steps:
             if n_fixed > _EXACT_COUNTS:
                 needs, advice = f"about 1e{len(str(n_fixed)) - 1}", "pass a longer step_size"
@@ -487,8 +519,8 @@ def integrate(
     landings = sorted({*span.step_ts, *span.jump_ts}, key=lambda landing: direction * landing)
     next_landing = 0
     for t_target in targets:
-        if not adaptive:
-            dt_abs = fixed_step_size(t, t_target, options.step_size)
+        if step_size is not None:
+            dt_abs = fixed_step_size(t, t_target, step_size)
         while direction * (t_target - t) > 0:
             # A landing within a few ulps of t or of the output time is no step's end of its own: the
             # step beside it ends or starts at it (jump_ends).
@@ -526,8 +558,8 @@ def integrate(
             result = stepper.step(t, t_next, y, dt, carry, adaptive)
             stats.add(result.nfe, diffusion=result.nfe_diffusion)
             stats.n_steps += 1
-            if result.error_estimate is None:
-                error_estimate = None
+            if result.error_estimate is None:  # a fixed step: recorded as NaN, read by no decision
+                error_estimate = math.nan
                 trial_non_finite = not bool(torch.isfinite(result.y1).all())
             else:
                 error_estimate = float(stepper.error_check(result))
@@ -558,7 +590,7 @@ def integrate(
                 stats.n_accepted += 1
                 log.t.append(t)
                 log.dt.append(step_dt)
-                log.error_estimate.append(math.nan if error_estimate is None else error_estimate)
+                log.error_estimate.append(error_estimate)
                 if stepper.has_stiffness:
                     log.stiffness_estimate.append(result.stiffness_estimate.detach())
                 if forced and error_estimate > 1.0:
@@ -679,7 +711,7 @@ def integrate_ode(
     y0)`` may be passed if already evaluated (it is then not counted here)."""
     stepper = RKStepper(
         func,
-        options.tableau,
+        options.runge_kutta_tableau,
         options.rtol,
         options.atol,
         options.norm,

@@ -259,6 +259,7 @@ def odeint(
     # A tuple y0 arrives here flattened into one tensor (accepts_tuple_states), and leaves unflattened.
     state = validate_state(y0)
     times = validate_times(t)
+    field_time_dtype = time_dtype(t, state)
     options = SolveOptions(
         rtol=rtol,
         atol=atol,
@@ -271,11 +272,11 @@ def odeint(
         interpolate=not check_bool("step_to_outputs", step_to_outputs),
         dense=dense,
         callbacks=callbacks,
-        time_dtype=time_dtype(t, state),
+        time_dtype=field_time_dtype,
         compile=compile,
     ).for_state(state)
     options = options.over(times)
-    check_times_distinct(times, options.time_dtype)
+    check_times_distinct(times, field_time_dtype)
     check_span(times, state.dtype, options.step_size, options.tableau)
     gradient_method = as_gradient_method(gradient)
     gradient_method = _legacy_gradient(

@@ -13,7 +13,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ._errors import SolverError
 from ._stepper import Stepper, checked_error
-from .interpolants import get_interpolant
+from .interpolants import Interpolant, get_interpolant
 from .solution import Stats
 from .tableaus import ButcherTableau
 
@@ -257,8 +257,8 @@ def step(
     dt: float,
     tableau: ButcherTableau,
     *,
-    rtol: float = 1e-6,
-    atol: float = 1e-8,
+    rtol: float | Tensor = 1e-6,
+    atol: float | Tensor = 1e-8,
     k1: Tensor | None = None,
     norm: Callable[[Tensor], Tensor] = rms_norm,
     time_dtype: torch.dtype | None = None,
@@ -287,8 +287,8 @@ def _stages(
     y: Tensor,
     dt: float | Tensor,
     tableau: ButcherTableau,
-    rtol: float,
-    atol: float,
+    rtol: float | Tensor,
+    atol: float | Tensor,
     k1: Tensor | None,
     norm: Callable[[Tensor], Tensor],
 ) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...], tuple[Tensor, ...]]:
@@ -339,8 +339,8 @@ def _tensor_time_step(
     y: Tensor,
     k1: Tensor | None,
     tableau: ButcherTableau,
-    rtol: float,
-    atol: float,
+    rtol: float | Tensor,
+    atol: float | Tensor,
     norm: Callable[[Tensor], Tensor],
     time_dtype: torch.dtype,
 ) -> StepResult:
@@ -460,8 +460,8 @@ def initial_step_size(
     y0: Tensor,
     f0: Tensor,
     order: int,
-    rtol: float,
-    atol: float,
+    rtol: float | Tensor,
+    atol: float | Tensor,
     direction: float = 1.0,
     norm: Callable[[Tensor], Tensor] = rms_norm,
     t_end: float | None = None,
@@ -526,13 +526,14 @@ class RKStepper(Stepper[Tensor | None]):
     start or end at one run eagerly."""
 
     failure = "non-finite state or derivative"
+    interpolant: Interpolant
 
     def __init__(
         self,
         func: VectorField,
         tableau: ButcherTableau,
-        rtol: float,
-        atol: float,
+        rtol: float | Tensor,
+        atol: float | Tensor,
         norm: Callable[[Tensor], Tensor] = rms_norm,
         f0: Tensor | None = None,
         time_dtype: torch.dtype | None = None,
@@ -559,7 +560,7 @@ class RKStepper(Stepper[Tensor | None]):
             raise SolverError("non-finite derivative", t=t0, n_steps=0)
         return f0
 
-    def initial_step_size(
+    def initial_step_size(  # type: ignore[override]  # begin's carry only: f(t0, y0)
         self, t0: float, y0: Tensor, carry: Tensor, direction: float, stats: Stats, t_end: float | None = None
     ) -> float:
         dt_abs, nfe = initial_step_size(
@@ -618,7 +619,8 @@ class RKStepper(Stepper[Tensor | None]):
     def error_check(self, result: StepResult) -> Tensor:
         if result.error_check is not None:  # computed in the compiled step's graph
             return result.error_check
-        return checked_error(result.error_estimate, result.y1)
+        # Called on attempts that estimated their error only.
+        return checked_error(cast(Tensor, result.error_estimate), result.y1)
 
     def dense_stages(self, result: StepResult, t: float, t_next: float, stats: Stats) -> tuple[Tensor, ...]:
         """The stages the interpolant combines: the step's (from ``t``), and ``f(t_next, y1)`` for a

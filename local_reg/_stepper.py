@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 from torch import Tensor
 
 from .solution import Stats
+
+if TYPE_CHECKING:
+    from .interpolants import Interpolant
 
 Carry = TypeVar("Carry")
 
@@ -40,12 +43,14 @@ class Stepper(ABC, Generic[Carry]):
     """Whether step results carry a ``stiffness_estimate``."""
     failure: str = "non-finite state"
     """What a non-finite step result means, for the :class:`SolverError` message."""
+    interpolant: Interpolant | None = None
+    """The weights of the dense output (:meth:`interpolate`), for a stepper that has one."""
     landing_keeps_error_memory: bool = True
     """Whether a step shortened to land on an output time leaves the controller's memory of the
     last error as it was (its own, near zero on a sliver, would shrink the next step through the
     PI term)."""
 
-    def __init__(self, order: int, rtol: float, atol: float) -> None:
+    def __init__(self, order: int, rtol: float | Tensor, atol: float | Tensor) -> None:
         self.order = order
         self.rtol = rtol
         self.atol = atol

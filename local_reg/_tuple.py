@@ -132,7 +132,7 @@ class TupleField(nn.Module):
         return self.state.flatten(output, "func's output")
 
 
-def user_func(func: Callable) -> Callable:
+def user_func(func: object) -> object:
     """The function the user gave: ``func`` itself, or what a :class:`TupleField` wraps. Whether
     parameters can be found is a question about it (the wrapper is a module whatever it wraps)."""
     return func.func if isinstance(func, TupleField) else func

@@ -8,7 +8,7 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
 from itertools import pairwise
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -143,6 +143,14 @@ def step_tolerances(rtol: object, atol: object, dtype: torch.dtype) -> tuple[flo
     return rtol, absolute_tolerance_for(positive_float("atol", atol), rtol, dtype)
 
 
+@overload
+def per_element_tolerance(
+    name: str, value: Tensor, shape: torch.Size, device: torch.device, *, what: str = ...
+) -> Tensor: ...
+@overload
+def per_element_tolerance(
+    name: str, value: float | Tensor, shape: torch.Size, device: torch.device, *, what: str = ...
+) -> float | Tensor: ...
 def per_element_tolerance(
     name: str,
     value: float | Tensor,

@@ -166,7 +166,7 @@ def _wrap_norm(norm: Callable, state: TupleState | None) -> Callable[[Tensor], T
 
 def _callbacks(func: object, state: TupleState | None, t_dtype: torch.dtype) -> StepCallbacks | None:
     """The vector field's torchdiffeq step callbacks, called with tensors ``(t0, y0, dt)``."""
-    found = {}
+    found: dict[str, Callable[[float, Tensor, float], None]] = {}
     for key, name in _CALLBACKS:
         callback = getattr(func, name, None)
         if callable(callback):
@@ -182,12 +182,14 @@ def _callbacks(func: object, state: TupleState | None, t_dtype: torch.dtype) -> 
                 )
 
             found[key] = call
-    return StepCallbacks(**found) if found else None
+    if not found:
+        return None
+    return StepCallbacks(step=found.get("step"), accept=found.get("accept"), reject=found.get("reject"))
 
 
 def _fixed_step_size(
     tableau: ButcherTableau, step_size: object, where: str, method: str | None, stacklevel: int = 4
-) -> object:
+) -> float | None:
     """``step_size`` for a fixed-step tableau; an adaptive one ignores it with a warning, as
     torchdiffeq 0.2.5 does ("Unexpected arguments"), rather than taking fixed steps without error
     control."""
@@ -300,23 +302,23 @@ def _time_set(times: object) -> set[float]:
     return set(torch.as_tensor(times, dtype=torch.float64).reshape(-1).tolist())
 
 
-def _landings(opts: dict[str, Any], times: list[float]) -> dict[str, list[float]]:
+def _landings(opts: dict[str, Any], times: list[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``options['step_t']`` and ``['jump_t']`` as :class:`PIController`'s ``step_ts`` and
     ``jump_ts``, popped from ``opts``. A time in both lists inside the span is refused, as by
     torchdiffeq (a time repeated in one list is taken once, where torchdiffeq refuses it); times
     outside the span do nothing, as torchdiffeq's solvers never reach them."""
     low, high = min(times[0], times[-1]), max(times[0], times[-1])
-    found: dict[str, list[float]] = {}
+    found: dict[str, tuple[float, ...]] = {}
     for key in LANDING_OPTIONS:
         value = opts.pop(key, None)
         values = torch.as_tensor([] if value is None else value, dtype=torch.float64).detach().reshape(-1)
         if not bool(torch.isfinite(values).all()):
             raise ValueError(f"options[{key!r}] must be finite times, got {value!r}")
-        found[key] = values.tolist()
+        found[key] = tuple(values.tolist())
     shared = {time for time in set(found["step_t"]) & set(found["jump_t"]) if low < time < high}
     if shared:
         raise ValueError("options['step_t'] and ['jump_t'] must not share a time (torchdiffeq's rule)")
-    return {"step_ts": found["step_t"], "jump_ts": found["jump_t"]}
+    return found["step_t"], found["jump_t"]
 
 
 def _solve(
@@ -351,7 +353,7 @@ def _solve(
     step_size = _fixed_step_size(tableau, opts.pop("step_size", None), "options", method)
     if not tableau.adaptive:
         _ignored_by_fixed_steps(opts, "options", method)
-    landings = _landings(opts, times)
+    step_ts, jump_ts = _landings(opts, times)
     if step_size is None and not tableau.adaptive:
         if events:
             raise ValueError(f"event_fn with the fixed-step method {method!r} needs options['step_size']")
@@ -368,7 +370,9 @@ def _solve(
         "atol": atol,
         "step_size": step_size,
         "first_step": opts.pop("first_step", None),
-        "controller": dataclasses.replace(_controller(opts, "options") or PIController(), **landings),
+        "controller": dataclasses.replace(
+            _controller(opts, "options") or PIController(), step_ts=step_ts, jump_ts=jump_ts
+        ),
         "gradient": gradient,
         "adjoint_params": adjoint_params,
         "callbacks": _callbacks(func, state, t_dtype),
@@ -391,7 +395,7 @@ def _solve(
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
     elif state is not None:
         kwargs["norm"] = _mixed_norm(state)
-    if not events:
+    if event_fn is None:
         # torchdiffeq 0.2.5 casts the time it hands func to y0's dtype (_PerturbFunc), whatever t's
         # dtype: as a sequence of floats (the same values) t gives local_reg.odeint's func y0's dtype
         # too. A t that requires grad stays a tensor, so that ys is differentiable w.r.t. it.

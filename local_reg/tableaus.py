@@ -199,7 +199,9 @@ class ButcherTableau:
 def _rooted_trees(max_order: int) -> dict[int, tuple[tuple, ...]]:
     """Butcher's rooted trees by number of vertices, up to ``max_order``: a tree is the tuple of
     its root's subtrees, each unordered forest listed once (subtrees in a fixed order of all trees)."""
-    every, size, by_size = [()], {(): 1}, {1: ((),)}
+    every: list[tuple] = [()]
+    size: dict[tuple, int] = {(): 1}
+    by_size: dict[int, tuple[tuple, ...]] = {1: ((),)}
 
     def forests(total: int, start: int) -> Iterator[tuple]:
         if total == 0:

@@ -25,7 +25,7 @@ STEER has no penalty: its spec is the half-width ``b`` of the end-time distribut
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 from ..regularization import (
     AdaptiveWeight,
@@ -36,7 +36,9 @@ from ..regularization import (
     WeightSchedule,
 )
 
-WeightSpec = float | dict[str, float | None]
+# A spec comes from a task's JSON settings: a dict's values are numbers, an int (``every``,
+# ``warmup``), a string (a ratio's ``scope``) or null (``target_nfe``), checked by ``settings.Weight``.
+WeightSpec = float | dict[str, Any] | Literal["default"]
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def local_options(weight: object, settings: dict[str, Any]) -> dict[str, Any]:
     return {**paper, **study}
 
 
-DEFAULT_WEIGHT = "default"
+DEFAULT_WEIGHT: Final = "default"
 """The weight spec of local regularization's own default (``LocallyRegularized`` with no weight and
 no probe option: the default penalty with its self-tuning ratio weight over the vector field's
 parameters)."""

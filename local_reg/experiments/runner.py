@@ -23,10 +23,10 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +34,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from .._errors import SolverError
-from ..regularization import AdaptiveWeight, GradientRatio, LocalPenalty, RatioWeight, Regularized
+from ..regularization import (
+    AdaptiveWeight,
+    GradientRatio,
+    LocalPenalty,
+    RatioWeight,
+    RegularizationStats,
+    Regularized,
+)
 from ..regularization.local import default_fingerprint
 from . import distributed
 from .methods import DEFAULT_WEIGHT, METHODS, number_text, weight_text
@@ -223,8 +230,9 @@ def regularization_loss(model: nn.Module) -> Tensor | None:
     """Sum of the solver blocks' ``reg_loss`` of the last forward pass (already weighted), a plain
     :class:`local_reg.Regularized`'s (always zero) left out; ``None`` without any (so a vanilla
     model has no gradient ratio to measure: it recorded NaN)."""
+    # A block's reg_loss is a 0-dim tensor or None (the tasks' contract, see .tasks), None left out.
     losses = [
-        m.reg_loss
+        cast(Tensor, m.reg_loss)
         for m in solver_blocks(model)
         if getattr(m, "reg_loss", None) is not None and not (isinstance(m, Regularized) and m.penalty is None)
     ]
@@ -235,7 +243,8 @@ def solver_costs(model: nn.Module) -> dict[str, int]:
     """Function evaluations of the last forward (and backward) pass, summed over the solver blocks."""
     costs = {"nfe": 0, "reg_nfe": 0, "backward_nfe": 0}
     for block in solver_blocks(model):
-        stats = block.stats
+        # The tasks' contract (see .tasks): a block's stats has RegularizationStats's fields, or is None.
+        stats = cast("RegularizationStats | None", block.stats)
         if stats is None:  # a task's own block before its first call (the tasks' contract allows it)
             continue
         costs["nfe"] += stats.nfe_main
@@ -250,8 +259,8 @@ def weight_schedules(model: nn.Module) -> list[Any]:
     return [m.weight for m in solver_blocks(model) if hasattr(getattr(m, "weight", None), "step")]
 
 
-def _batch_size(dataset: Dataset, wanted: int) -> int:
-    return max(1, min(wanted, len(dataset)))
+def _batch_size(items: Sized, wanted: int) -> int:
+    return max(1, min(wanted, len(items)))
 
 
 def evaluate(task: Task, model: nn.Module, dataset: Dataset, batch_size: int, repeats: int = 1) -> dict:
@@ -259,7 +268,8 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, batch_size: int, re
 
     The NFE is the main solve's, counted by the solver; eval mode means no regularization.
     """
-    loader = DataLoader(dataset, batch_size=_batch_size(dataset, batch_size))
+    # A task's datasets are map-style (TaskData), so they have the length torch's Dataset type leaves out.
+    loader = DataLoader(dataset, batch_size=_batch_size(cast(Sized, dataset), batch_size))
     model.eval()
     sums: dict[str, float] = {}
     nfe, n = 0, 0
@@ -386,7 +396,7 @@ class _GradientMeasurement:
         self.for_weight = self.overall
         if self.ratio_weights and isinstance(spec.weight, dict) and spec.weight.get("scope") == "field":
             (block,) = [m for m in solver_blocks(model) if m.weight is self.ratio_weights[0]]
-            self.for_weight = GradientRatio(block.func.parameters())
+            self.for_weight = GradientRatio(block.get_submodule("func").parameters())
         self.warned = False
         self.active = False
         self.recording = False
@@ -396,7 +406,7 @@ class _GradientMeasurement:
         due = any(weight.due for weight in self.ratio_weights)
         # Not under DDP: the extra vector-Jacobian product would bypass its gradient sync.
         self.active = reg is not None and self.world == 1 and (self.recording or due)
-        if not self.active:
+        if reg is None or not self.active:
             return
         # Only a ratio weight fed from here needs the measurement; the recorded ratio alone is a
         # diagnostic, kept out of the training time.
@@ -537,7 +547,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
     data = task.load_data(settings, spec.seed)
     # The batch size is global: each of the ``world`` processes takes its share.
     per_rank = max(1, settings["batch_size"] // world)
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[int] = DistributedSampler(
         data.train, num_replicas=world, rank=distributed.rank(), shuffle=True, seed=spec.seed, drop_last=True
     )
     loader = DataLoader(

@@ -93,7 +93,7 @@ def resolve_adjoint_params(
                 f"({type(user_func(func)).__name__}) and adjoint_params was not given: pass "
                 "adjoint_params=(tensors func depends on), or adjoint_params=() if it has none"
             )
-        candidates = tuple(owner.parameters())
+        candidates: tuple[Tensor, ...] = tuple(owner.parameters())
     else:
         candidates = adjoint_params_tuple(adjoint_params)
     unique: dict[int, Tensor] = {}

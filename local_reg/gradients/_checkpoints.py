@@ -104,7 +104,7 @@ def replay_steps(
     ``start``) without a graph, as the forward solved them, with the recorded step sizes: yield each
     step's start state and result, one at a time (a caller that keeps only the states holds no
     step's stages longer than the step)."""
-    tableau = options.tableau
+    tableau = options.runge_kutta_tableau
     jump_ts = options.controller.jump_ts
 
     def ends_at_jump(n: int) -> bool:

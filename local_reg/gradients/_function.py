@@ -16,8 +16,8 @@ import functools
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -46,7 +46,8 @@ class ForwardSolve:
         f0: ``func(times[0], y0)``, already evaluated (without a graph).
         record_states: the user asked for ``steps.states``.
         step_penalty: the per-accepted-step penalty, or ``None``.
-        stats, steps: filled in by the forward pass; ``stats.nfe_backward`` by the backward pass.
+        stats, steps: filled in by the forward pass (``stats`` replaced by its own);
+            ``stats.nfe_backward`` by the backward pass.
         step_states: the states at the start of accepted steps (all, or within the method's
             ``checkpoints`` budget) for the backward pass, when the method restarts from them.
         owner: the module ``func`` belongs to, if any, whose parameters the backward pass
@@ -62,7 +63,7 @@ class ForwardSolve:
     f0: Tensor
     record_states: bool
     step_penalty: StepPenalty | None
-    stats: Stats | None = None
+    stats: Stats = field(default_factory=Stats)
     steps: Steps | None = None
     step_states: StepStates | None = None
     owner: torch.nn.Module | None = None
@@ -92,6 +93,13 @@ class ForwardSolve:
         parameter requires grad. Under ``no_grad`` (inference) there is no backward pass to keep
         records for."""
         return torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *self.params))
+
+    def replay_records(self) -> tuple[Steps, StepStates]:
+        """The forward solve's ``steps`` and ``step_states``, from which a backward pass replays its
+        steps (a ``RuntimeError`` if it kept none)."""
+        if self.steps is None or self.step_states is None:
+            raise RuntimeError("the forward solve kept no step states to replay")
+        return self.steps, self.step_states
 
     @property
     def solved_times(self) -> list[float]:
@@ -236,7 +244,8 @@ class GraphFreeGradient(GradientMethod):
         )
         ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
         has_penalties = solve.step_penalty is not None and penalties.numel() > 0
-        return ys, solve.stats, solve.steps, penalties if has_penalties else None
+        steps = cast(Steps, solve.steps)  # set by the forward pass just run
+        return ys, solve.stats, steps, penalties if has_penalties else None
 
     @abstractmethod
     def backward(
@@ -330,10 +339,11 @@ def add_gradients(
     for index, increment in enumerate(increments):
         if increment is None:
             continue
-        if totals[index] is None:
+        total = totals[index]
+        if total is None:
             totals[index] = increment * scale if scale != 1.0 else increment.clone()
         else:
-            totals[index].add_(increment, alpha=scale)
+            total.add_(increment, alpha=scale)
 
 
 def checked_checkpoints(checkpoints: object) -> int | None:
@@ -380,7 +390,7 @@ class StepwiseGradient(GraphFreeGradient):
     def backward(
         self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
     ) -> tuple[Tensor, list[Tensor | None], int]:
-        steps = solve.steps
+        steps, step_states = solve.replay_records()
         step_starts = steps.t.tolist()
         step_sizes = steps.dt.tolist()
         # A stopped solve heads for the end of time and so lands on no target: its last step ends at
@@ -393,7 +403,7 @@ class StepwiseGradient(GraphFreeGradient):
         func = CountingField(solve.func)
         grad_params: list[Tensor | None] = [None] * len(solve.params)
         adjoint = torch.zeros_like(ys[0])
-        states = solve.step_states.reversed_states(func, solve.options, step_starts, step_sizes)
+        states = step_states.reversed_states(func, solve.options, step_starts, step_sizes)
         for n in range(len(step_starts), -1, -1):
             for output in reversed(at_boundary[n]):
                 adjoint = adjoint + grad_ys[output]

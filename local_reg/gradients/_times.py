@@ -27,6 +27,7 @@ error. See docs/gradients.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -54,8 +55,9 @@ class TimeGradient:
         self.times = times
         self.time_dtype = time_dtype
         self.jump_ts = jump_ts
-        self.f0: Tensor | None = None
-        self.stats: Stats | None = None
+        # Both set by outputs(), before any backward pass asks for them.
+        self.f0: Tensor
+        self.stats = Stats()
 
     def start(self, y0: Tensor) -> Tensor:
         """``y0`` (same value) to start the solve from; ``f0`` is set by :meth:`outputs`."""
@@ -174,5 +176,8 @@ def time_gradient(
     if isinstance(t, Tensor):
         return TimeGradient(t, func, times, time_dtype, jump_ts)
     device = tracked[0].device
-    stacked = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in t])
+    values = cast("Sequence[float | Tensor]", t)  # not a tensor, yet holds tensors: a sequence
+    stacked = torch.stack(
+        [torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values]
+    )
     return TimeGradient(stacked, func, times, time_dtype, jump_ts)

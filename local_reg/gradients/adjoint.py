@@ -85,6 +85,11 @@ class AdjointStepper(RKStepper):
     default norm computed it) are those of the attempt in progress, which :meth:`next_carry`
     accepts or rejects. One stepper serves every restart of a backward pass: ``g`` carries over from
     one to the next.
+
+    Its carry is ``(k1, row)``, the carried first stage and the row of :attr:`rates` that holds its
+    rate, where a Runge--Kutta stepper's is ``k1`` alone: the methods that take or return the carry
+    override the Runge--Kutta stepper's with that wider type (the loop hands each stepper back only
+    the carries it made).
     """
 
     def __init__(
@@ -100,7 +105,7 @@ class AdjointStepper(RKStepper):
         ``y`` backwards too."""
         # The backward solve's step record is not returned, and a stiffness hint on failure comes from
         # the forward solve of the same dynamics: no stiffness estimate.
-        tableau = dataclasses.replace(options.tableau, stiffness_stages=None)
+        tableau = dataclasses.replace(options.runge_kutta_tableau, stiffness_stages=None)
         super().__init__(
             self.augmented_field,
             tableau,
@@ -149,11 +154,13 @@ class AdjointStepper(RKStepper):
         self.next_row += 1
         return state_rate if self.dense is not None else torch.stack([derivative, state_rate])
 
-    def begin(self, t0: float, y0: Tensor, stats: Stats) -> tuple[Tensor, int]:
+    def begin(  # type: ignore[override]  # the carry is (k1, row)
+        self, t0: float, y0: Tensor, stats: Stats
+    ) -> tuple[Tensor, int]:
         self.next_row = 0
         return super().begin(t0, y0, stats), 0
 
-    def initial_step_size(
+    def initial_step_size(  # type: ignore[override]  # the carry is (k1, row)
         self,
         t0: float,
         y0: Tensor,
@@ -186,7 +193,7 @@ class AdjointStepper(RKStepper):
         stats.add(nfe)
         return dt_abs
 
-    def step(
+    def step(  # type: ignore[override]  # the carry is (k1, row)
         self,
         t: float,
         t_next: float,
@@ -209,7 +216,7 @@ class AdjointStepper(RKStepper):
         """Drop the stepper's references to its own bound methods (its field and norm), a cycle
         that would keep the stage-rate matrix (stages x parameters) alive until Python's cycle
         collector runs, not until the backward pass returns."""
-        self.func = self.norm = None
+        self.func = self.norm = None  # type: ignore[assignment]  # after their last use
 
     def parameter_norm(self, scaled_state_error: Tensor) -> Tensor:
         """The RMS over ``(y, a, g)`` of the attempt's scaled error, given that of ``(y, a)``; every
@@ -223,10 +230,12 @@ class AdjointStepper(RKStepper):
             self.root_entries
         )
 
-    def after_jump(self, carry: tuple[Tensor | None, int | None]) -> tuple[None, None]:
+    def after_jump(  # type: ignore[override]  # the carry is (k1, row)
+        self, carry: tuple[Tensor | None, int | None]
+    ) -> tuple[None, None]:
         return None, None
 
-    def next_carry(
+    def next_carry(  # type: ignore[override]  # the carry is (k1, row)
         self, result: StepResult, accepted: bool, carry: tuple[Tensor | None, int | None]
     ) -> tuple[Tensor | None, int | None]:
         if not accepted:
@@ -251,18 +260,16 @@ class ReplayedSolution:
     another segment is asked for. ``func`` counts the evaluations."""
 
     def __init__(self, func: CountingField, solve: ForwardSolve) -> None:
-        if solve.steps is None or solve.step_states is None:
-            raise RuntimeError("the forward solve kept no step states to replay")
+        steps, self.step_states = solve.replay_records()
         self.func = func
         self.options = solve.options
-        self.step_states = solve.step_states
-        self.step_starts = solve.steps.t.tolist()
-        self.step_sizes = solve.steps.dt.tolist()
+        self.step_starts = steps.t.tolist()
+        self.step_sizes = steps.dt.tolist()
         # Where the last step ended, as the forward landed it (t + dt may round to another float).
         self.t_end = solve.solved_times[-1]
         self.direction = 1.0 if self.step_sizes[0] > 0 else -1.0
         self.keys = [self.direction * start for start in self.step_starts]
-        self.interpolant = get_interpolant(self.options.tableau)
+        self.interpolant = get_interpolant(self.options.runge_kutta_tableau)
         self.segment: tuple[int, DenseOutput] | None = None
 
     def state_at(self, t: float) -> Tensor:
@@ -369,7 +376,7 @@ class _ContinuousAdjoint(GraphFreeGradient):
         self, options: SolveOptions, times: list[float] | None = None, y0: Tensor | None = None
     ) -> None:
         own = type(self).__name__
-        tableau = options.tableau if self.tableau is None else self.tableau
+        tableau = options.runge_kutta_tableau if self.tableau is None else self.tableau
         if self._backward_step_size(options) is None and not tableau.adaptive:
             raise ValueError(f"{own} method {tableau.name!r} is fixed-step: pass {own}(step_size=...)")
         for name, given, forward in (("rtol", self.rtol, options.rtol), ("atol", self.atol, options.atol)):

@@ -25,9 +25,12 @@ y_{n+1})`` for a pair that is not FSAL) and their cotangents backpropagated toge
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 
+from .._integrate import StepPenalty
 from .._step import combine, stage_time_values, step, time_tensor
 from ..interpolants import get_interpolant
 from ._function import BackwardStep, CountingField, ForwardSolve, StepwiseGradient, add_gradients
@@ -57,7 +60,7 @@ class Checkpoint(StepwiseGradient):
                 t,
                 y,
                 dt,
-                options.tableau,
+                options.runge_kutta_tableau,
                 rtol=options.rtol,
                 atol=options.atol,
                 norm=options.norm,
@@ -67,10 +70,11 @@ class Checkpoint(StepwiseGradient):
             outputs = [result.y1]
             cotangents = [adjoint]
             if grad_penalty is not None:
-                outputs.append(solve.step_penalty(result, dt))
+                penalty = cast(StepPenalty, solve.step_penalty)  # its cotangent means it is set
+                outputs.append(penalty(result, dt))
                 cotangents.append(grad_penalty)
             if inside:
-                interpolant = get_interpolant(options.tableau)
+                interpolant = get_interpolant(options.runge_kutta_tableau)
                 stages = result.stages
                 if interpolant.extra_stage:
                     dtype = y.dtype if options.time_dtype is None else options.time_dtype

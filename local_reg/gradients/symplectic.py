@@ -106,7 +106,7 @@ class Symplectic(StepwiseGradient):
         t, dt, y, adjoint, grad_penalty, inside = current
         if inside:
             return step_backward_with_outputs(func, solve, t, dt, y, adjoint, grad_params, inside)
-        tableau = solve.options.tableau
+        tableau = solve.options.runge_kutta_tableau
         time_dtype = solve.options.time_dtype
         jump_ts = solve.options.controller.jump_ts
         n_stages = stages_entering_solution(tableau)
@@ -119,7 +119,7 @@ class Symplectic(StepwiseGradient):
         stage_states = stage_states_without_graph(func, y, h, tableau.a, stage_times, time_dtype)
 
         # 2. The partner scheme in reverse stage order, one vector--Jacobian product per stage.
-        partner_stages: list[Tensor | None] = [None] * n_stages  # l_i
+        partner_stages: dict[int, Tensor] = {}  # l_i, filled from the last stage
         for i in reversed(range(n_stages)):
             later = range(i + 1, n_stages)
             couplings = [b_tilde[j] * tableau.a[j][i] for j in later]
@@ -141,7 +141,7 @@ class Symplectic(StepwiseGradient):
             add_gradients(grad_params, parameter_vjps, scale=h * b_tilde[i])
 
         # 3. Back across the step.
-        return combine(adjoint, -h, b_tilde, partner_stages)
+        return combine(adjoint, -h, b_tilde, [partner_stages[i] for i in range(n_stages)])
 
 
 def step_backward_with_outputs(
@@ -156,7 +156,7 @@ def step_backward_with_outputs(
 ) -> Tensor:
     """The stage recursion of a step whose dense output holds outputs (the unscaled form in the
     module docstring): ``lambda_n`` from ``lambda_{n+1}`` and the outputs' ``(theta, g_o)``."""
-    tableau = solve.options.tableau
+    tableau = solve.options.runge_kutta_tableau
     time_dtype = solve.options.time_dtype
     interpolant = get_interpolant(tableau)
     # The extra stage f(t + h, y_{n+1}) of a pair that is not FSAL is one more stage with a = b.
@@ -172,7 +172,7 @@ def step_backward_with_outputs(
 
     stage_states = stage_states_without_graph(func, y, h, rows, stage_times, time_dtype)
 
-    state_cotangents: list[Tensor | None] = [None] * n_stages  # mu_i
+    state_cotangents: dict[int, Tensor] = {}  # mu_i, filled from the last stage
     for i in reversed(range(n_stages)):
         later = range(i + 1, n_stages)
         coefficients = [b[i], *(w[i] for w in weights), *(rows[j][i] for j in later)]
@@ -189,4 +189,4 @@ def step_backward_with_outputs(
     previous = adjoint
     for g in cotangents:
         previous = previous + g
-    return combine(previous, 1.0, [1.0] * n_stages, state_cotangents)
+    return combine(previous, 1.0, [1.0] * n_stages, [state_cotangents[i] for i in range(n_stages)])

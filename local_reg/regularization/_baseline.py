@@ -84,10 +84,17 @@ class BaselinePenalty:
             )
 
 
-def solution_stats(solution: Solution, nfe_reg: int = 0, **fields: object) -> BaselineStats:
+def solution_stats(
+    solution: Solution, nfe_reg: int = 0, *, penalty: float, terms: dict[str, float]
+) -> BaselineStats:
     """The stats of a pass around one ``local_reg.odeint`` solve: its statistics as ``main`` (whose
     ``nfe_backward`` the backward pass fills in), and ``nfe_reg`` evaluations the penalty's
-    integrand added (vector--Jacobian products, forward-mode evaluations) as ``probe``."""
+    integrand added (vector--Jacobian products, forward-mode evaluations) as ``probe``; the
+    penalty's value and its ``terms``."""
     return BaselineStats(
-        main=solution.stats, probe=Stats(nfe=nfe_reg), n_accepted=solution.stats.n_accepted, **fields
+        main=solution.stats,
+        probe=Stats(nfe=nfe_reg),
+        n_accepted=solution.stats.n_accepted,
+        penalty=penalty,
+        terms=terms,
     )

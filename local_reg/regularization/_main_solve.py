@@ -78,27 +78,45 @@ class MainSolve:
             penalties=solution.penalties,
         )
 
+    def _recorded_steps(self) -> tuple[list[float], list[float]]:
+        """``(step_t, step_dt)``; a ``ValueError`` if the solve did not record its steps."""
+        if self.step_t is None or self.step_dt is None:
+            raise ValueError("the main solve did not record its accepted steps (Request(steps=True))")
+        return self.step_t, self.step_dt
+
+    def _recorded_states(self) -> Tensor:
+        """``step_states``; a ``ValueError`` if the solve did not record them."""
+        if self.step_states is None:
+            raise ValueError("the main solve did not record its step states (Request(states=True))")
+        return self.step_states
+
     def _step_index(self, t_reg: float, direction: float) -> int:
         """The accepted step that contains ``t_reg`` (starts at it, if one does)."""
-        starts = [direction * v for v in self.step_t]
+        step_t, _ = self._recorded_steps()
+        starts = [direction * v for v in step_t]
         return max(bisect.bisect_right(starts, direction * t_reg) - 1, 0)
 
     def step_containing(self, t_reg: float, direction: float) -> float:
         """``|dt|`` of the accepted step that contains ``t_reg`` (starts at it, if one does)."""
-        return abs(self.step_dt[self._step_index(t_reg, direction)])
+        _, step_dt = self._recorded_steps()
+        return abs(step_dt[self._step_index(t_reg, direction)])
 
     def state_at(self, t_reg: float, direction: float) -> Tensor:
         """``u(t_reg)`` (detached) by linear interpolation between the recorded states at the ends
         of the accepted step that contains it, as torchsde interpolates its outputs between steps;
         the last step ends at the final output. Needs the recorded steps and states."""
+        step_t, step_dt = self._recorded_steps()
+        step_states = self._recorded_states()
         index = self._step_index(t_reg, direction)
-        start = self.step_states[index]
-        end = self.step_states[index + 1] if index + 1 < len(self.step_t) else self.ys[-1].detach()
-        fraction = (t_reg - self.step_t[index]) / self.step_dt[index]
+        start = step_states[index]
+        end = step_states[index + 1] if index + 1 < len(step_t) else self.ys[-1].detach()
+        fraction = (t_reg - step_t[index]) / step_dt[index]
         return torch.lerp(start, end, fraction)
 
     def sample_step(self, generator: torch.Generator | None) -> tuple[float, Tensor, float]:
         """An accepted step drawn uniformly [LR23, biased sampling]: ``(t_reg, u(t_reg), |dt|)``,
         its start time, recorded start state and step size."""
-        index = int(torch.randint(len(self.step_t), (), generator=generator))
-        return self.step_t[index], self.step_states[index], abs(self.step_dt[index])
+        step_t, step_dt = self._recorded_steps()
+        step_states = self._recorded_states()
+        index = int(torch.randint(len(step_t), (), generator=generator))
+        return step_t[index], step_states[index], abs(step_dt[index])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -145,7 +145,7 @@ class LocalPenalty:
         probe, probe_scale, _, n_draws = check_probe_options(
             self.probe, self.probe_scale, self.penalty, self.n_draws, self.regularizer, self.step_size
         )
-        checked = {"probe_scale": probe_scale, "n_draws": n_draws}
+        checked: dict[str, object] = {"probe_scale": probe_scale, "n_draws": n_draws}
         if probe == "solver":
             checked["step_size"] = "solver"
         for name, value in checked.items():
@@ -179,7 +179,8 @@ class LocalPenalty:
             )
         if needs_steps and isinstance(problem, ODEProblem) and problem.backend == "torchdiffeq":
             method = ODE_DEFAULT_METHOD["torchdiffeq"] if problem.method is None else problem.method
-            if not torchdiffeq_reports_steps(method):
+            # check_ode_settings took torchdiffeq's method by name (one of its solvers).
+            if not torchdiffeq_reports_steps(cast(str, method)):
                 raise ValueError(
                     f"sampling='biased' and step_size='solver' need the accepted steps, which torchdiffeq's "
                     f"method {method!r} does not report (only its adaptive Runge--Kutta methods do): use "
@@ -245,9 +246,16 @@ class LocalPenalty:
         probe = Stats()
         probe_problem, probe_dtype = problem, None
         if self.probe_dtype is not None:
-            if isinstance(problem.func, TupleField):
+            if isinstance(problem, ODEProblem) and isinstance(problem.func, TupleField):
                 raise ValueError("probe_dtype does not take tuple states: pass a tensor state")
-            probe_dtype = getattr(torch, self.probe_dtype)
+            if not (isinstance(problem, ODEProblem) and isinstance(problem.func, nn.Module)):
+                # What check refuses when the model is made; a direct call may skip it.
+                raise ValueError(
+                    "probe_dtype casts the vector field's parameters: it needs an ODE whose func is an "
+                    f"nn.Module, got {type(getattr(problem, 'func', problem)).__name__}"
+                )
+            # __post_init__ keeps a dtype by its name.
+            probe_dtype = getattr(torch, cast(str, self.probe_dtype))
             probe_problem = problem.with_func(CastField(problem.func, probe_dtype))
         result = dt = None  # no probe step for the kinetic penalty
         field_time_dtype = problem.field_time_dtype(context, y0)
@@ -279,6 +287,9 @@ class LocalPenalty:
             if self.penalty == "error-dt":
                 penalties.append(step_penalty_value(result, dt, self.regularizer, tableau))
             else:
+                if tableau is None:
+                    # What check refuses when the model is made: an SDE's probe has no tableau.
+                    raise ValueError(f"penalty={self.penalty!r} is a Runge--Kutta option, not an SDE's")
                 penalties.append(penalty_form(result.error_estimate, dt, tableau.order, self.penalty))
         penalty = penalties[0] if len(penalties) == 1 else torch.stack(penalties).mean()
         penalty, value, finite = finite_penalty(penalty.to(y0.dtype), y0)
@@ -510,12 +521,12 @@ class Regularized(nn.Module):
         return {**super().__getstate__(), "reg_loss": self.reg_loss.detach()}
 
     def forward(self, y0: State, t: Tensor | Sequence[float]) -> State:
-        problem, y0, unflatten = self._flat(y0, t)
+        problem, flat_y0, unflatten = self._flat(y0, t)
         if self.penalty is None or not self.training:
-            ys, self.stats = plain_solve(problem, y0, t, self.generator)
+            ys, self.stats = plain_solve(problem, flat_y0, t, self.generator)
             self.reg_loss = torch.zeros((), dtype=ys.dtype, device=ys.device)
             return unflatten(ys)
-        ys, reg, self.stats = self.penalty(problem, y0, t, self.generator)
+        ys, reg, self.stats = self.penalty(problem, flat_y0, t, self.generator)
         self.stats.grad_ratio = self.weight.last_ratio
         self.reg_loss = reg * self.weight()
         before = self.stats.nfe_backward or 0
@@ -559,8 +570,8 @@ class Regularized(nn.Module):
         ``reg_loss`` and ``stats`` are left as they are. ``bm``: an SDE's Brownian motion."""
         if self.penalty is None:
             raise ValueError("this model has no penalty: it is the plain solve")
-        problem, y0, unflatten = self._flat(y0, t)
-        ys, reg, stats = self.penalty(problem, y0, t, self.generator, bm)
+        problem, flat_y0, unflatten = self._flat(y0, t)
+        ys, reg, stats = self.penalty(problem, flat_y0, t, self.generator, bm)
         return unflatten(ys), reg, stats
 
     def get_extra_state(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from .._validate import (
     relative_tolerance,
 )
 from ..gradients import GradientMethod
-from ..tableaus import get_tableau
+from ..tableaus import ButcherTableau, get_tableau
 
 # Keywords the problem itself passes to the backend solver: not for ``options``.
 _ODEINT_RESERVED = {"func", "y0", "t", "method", "rtol", "atol", "gradient", "adjoint_params"}
@@ -84,6 +84,9 @@ def check_ode_settings(
         from .._integrate import DEFAULT_MAX_STEPS, SolveOptions
         from .._odeint import _legacy_gradient, odeint
 
+        if method is not None and not isinstance(method, (str, ButcherTableau)):
+            # get_tableau's own refusal, made before the call that needs the narrower type.
+            raise TypeError(f"method must be a str or ButcherTableau, got {type(method).__name__}")
         tableau = get_tableau(ODE_DEFAULT_METHOD[backend] if method is None else method)
         options = check_option_keys(options, keyword_names([odeint], _ODEINT_RESERVED), backend)
         for name in ("step_to_outputs", "dense"):
@@ -115,8 +118,7 @@ def check_ode_settings(
         return options
     from torchdiffeq._impl.odeint import SOLVERS
 
-    name = ODE_DEFAULT_METHOD[backend] if method is None else method
-    check_choice("method", name, sorted(SOLVERS))
+    name = check_choice("method", ODE_DEFAULT_METHOD[backend] if method is None else method, sorted(SOLVERS))
     options = check_option_keys(options, torchdiffeq_option_names(name), backend)
     # The values torchdiffeq would refuse (or misuse) only at the first call.
     for key in ("first_step", "step_size", "safety", "ifactor", "dfactor"):
@@ -137,8 +139,8 @@ def check_sde_settings(
 ) -> dict[str, Any]:
     """Check an SDE main solve's method, tolerances and ``options``; return the options. (The SDE
     backends' ``gradient`` methods take no settings to check against them.)"""
-    relative_tolerance("rtol", rtol)
-    positive_float("atol", atol)
+    rtol = relative_tolerance("rtol", rtol)
+    atol = positive_float("atol", atol)
     if backend == "local_reg":
         from .._integrate import DEFAULT_MAX_STEPS, SolveOptions
         from ..sde import sdeint

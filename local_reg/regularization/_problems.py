@@ -12,10 +12,10 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,7 @@ from .._validate import (
     without_autocast,
 )
 from ..controller import PIController
-from ..gradients import adjoint_params_tuple, resolve_adjoint_params
+from ..gradients import GradientMethod, adjoint_params_tuple, resolve_adjoint_params
 from ..sde import sde_initial_step_size
 from ..sde._step import _euler_maruyama_step
 from ..sde.brownian import make_brownian
@@ -75,6 +75,9 @@ def step_penalty_value(result: Any, dt: float, regularizer: str, tableau: Butche
     """``EEst * |dt|`` (error) or ``rho / stability_size`` (stiffness) of one step."""
     if regularizer == "error":
         return result.error_estimate * abs(dt)
+    if tableau is None or tableau.stability_size is None:
+        # What check_regularizer refuses when a model is made (an SDE's probe has no tableau).
+        raise ValueError("regularizer='stiffness' needs a Runge--Kutta tableau with a stability size")
     return result.stiffness_estimate / tableau.stability_size
 
 
@@ -90,8 +93,14 @@ class SolveConfig:
     rtol: float | None = None
     atol: float | None = None
     gradient: object = "direct"
-    adjoint_params: tuple[Tensor, ...] | None = None
+    adjoint_params: Iterable[Tensor] | None = None
     options: dict[str, Any] | None = None
+
+
+class _Backends(Protocol):
+    """What :class:`_Problem` reads of a kind's backends module (``_ode_backends``, ``_sde_backends``)."""
+
+    def check_backend_gradient(self, backend: object, gradient: object) -> GradientMethod: ...
 
 
 class _Problem:
@@ -104,6 +113,16 @@ class _Problem:
     :class:`~._main_solve.Request` asks), ``_start`` (the evaluations at ``u(t_reg)`` a step
     reuses), ``_heuristic`` (its initial-step size) and ``_step`` (one instrumented step).
     """
+
+    # Set by each kind. The context (what ``prepare`` makes for the main solve and the probe) and
+    # the probe's tableau (``None`` for an SDE) differ by kind, hence ``Any`` for them here.
+    default_tolerances: tuple[float, float]
+    backends: _Backends
+    check_settings: Callable[[str, object, object, object, object, GradientMethod], dict[str, Any]]
+    field_time_dtype: Callable[[Any, Tensor], torch.dtype]
+    _start: Callable[[Any, float, Tensor, Stats], Any]
+    _heuristic: Callable[[Any, Any, float, Tensor, Any, float, str, Stats, float], float]
+    _step: Callable[[Any, Any, float, Tensor, float, Any, Sequence[float]], Any]
 
     def __init__(self, config: SolveConfig) -> None:
         self.backend = "local_reg" if config.backend is None else config.backend
@@ -385,7 +404,7 @@ class SDEProblem(_Problem):
         if self.backend == "torchsde" and self.gradient.name == "adjoint" and self.adjoint_params is not None:
             self.options["adjoint_params"] = self.adjoint_params
 
-    def check_regularizer(self, regularizer: str, reg_method: str | None) -> None:
+    def check_regularizer(self, regularizer: str, reg_method: str | ButcherTableau | None) -> None:
         if regularizer != "error":
             raise ValueError(
                 f"regularizer={regularizer!r} is not available for SDEs: only 'error' (EEst * |dt|); the "

@@ -28,7 +28,7 @@ DEFAULT_METHOD = {"local_reg": "euler_maruyama", "torchsde": "euler"}
 
 def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
     """The gradient method (checked) of the main SDE solve on ``backend``."""
-    check_choice("backend", backend, BACKENDS)
+    backend = check_choice("backend", backend, BACKENDS)
     method = as_gradient_method(gradient)
     allowed = (Direct, BacksolveAdjoint) if backend == "torchsde" else (Direct,)
     if not isinstance(method, allowed):

@@ -14,7 +14,7 @@ import functools
 import math
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor
@@ -29,6 +29,19 @@ in that pass: what the subtraction leaves of a zero task gradient is the roundin
 computations of the penalty's gradient (measured: 300 epsilons through one float64 probe step).
 In float32 that is a ratio of the weighted penalty's gradient to the task's above 2000, far from
 any target, so no real measurement is lost."""
+
+
+class _Measurement(TypedDict):
+    """One open gradient-ratio measurement of :class:`RatioWeight` (see ``watch``)."""
+
+    penalty_norm: float
+    eps: float
+    task_sq: float
+    scale: float | None
+    without_penalty: bool
+    reached: int
+    handles: list[torch.utils.hooks.RemovableHandle]
+    nodes: list[torch.autograd.graph.Node]
 
 
 class WeightSchedule:
@@ -411,7 +424,7 @@ class RatioWeight(_SelfTuningWeight):
                 )
         self.max_rise = max_rise
         self.parameters = None if parameters is None else trained_parameters(parameters)
-        self._measurement: dict[str, Any] | None = None
+        self._measurement: _Measurement | None = None
         super().__init__(initial, beta, w_min, w_max)
 
     def _fresh(self) -> dict[str, Any]:
@@ -494,7 +507,7 @@ class RatioWeight(_SelfTuningWeight):
                 "weight follows them)",
                 stacklevel=3,
             )
-        measurement = {
+        measurement: _Measurement = {
             "penalty_norm": _norm(penalty),
             "eps": max((torch.finfo(part.dtype).eps for part in penalty if part is not None), default=0.0),
             "task_sq": 0.0,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor
@@ -52,7 +52,7 @@ def check_half_width(b: float, times: list[float]) -> None:
         )
 
 
-def sample_end_time(t_end: float, b: float, generator: torch.Generator) -> float:
+def sample_end_time(t_end: float, b: float, generator: torch.Generator | None) -> float:
     """A draw of ``U(t_end - b, t_end + b)``."""
     return t_end + b * (2.0 * uniform_draw(generator) - 1.0)
 
@@ -122,4 +122,6 @@ def steer_regularization(
     ``settings`` are :class:`SteerRegularized`'s keywords; ``generator`` (default: one seeded from the global
     stream, so that ``torch.manual_seed`` fixes the call and repeated calls draw anew) draws ``T``.
     """
-    return SteerRegularized(func, generator=call_generator(generator), **settings).penalize(y0, t)
+    ys, reg, stats = SteerRegularized(func, generator=call_generator(generator), **settings).penalize(y0, t)
+    # SteerPenalty makes BaselineStats; penalize is typed for any penalty's stats.
+    return ys, reg, cast(BaselineStats, stats)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -65,7 +65,8 @@ def total_derivatives(func: VectorField, t: Tensor, z: Tensor, order: int) -> tu
 
     # The direction's own dependence on (t, z) is part of the inner function, so nesting gives the
     # total derivative of every lower order, not only of f.
-    _, derivative = jvp(lower, (t, z), (torch.ones_like(t), f))
+    # Without has_aux jvp returns a pair; its annotation is the union with has_aux's triple.
+    _, derivative = jvp(lower, (t, z), (torch.ones_like(t), f))  # type: ignore[misc]
     return f, derivative
 
 
@@ -156,4 +157,6 @@ def taynode_regularization(
     *unweighted* integral of the squared ``order``-th total time derivative along the solve.
     ``settings`` are :class:`TayNODERegularized`'s keywords.
     """
-    return TayNODERegularized(func, **settings).penalize(y0, t)
+    ys, reg, stats = TayNODERegularized(func, **settings).penalize(y0, t)
+    # TayNODEPenalty makes BaselineStats; penalize is typed for any penalty's stats.
+    return ys, reg, cast(BaselineStats, stats)

@@ -163,8 +163,8 @@ def sdeint(
         sde,
         noise_type,
         bm,
-        options.rtol,
-        options.atol,
+        float(options.rtol),  # numbers: sdeint takes no per-element tolerances
+        float(options.atol),
         f0,
         g0,
         milstein=method == "milstein",

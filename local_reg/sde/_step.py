@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -250,7 +250,7 @@ def sde_initial_step_size(
         m = 1 if noise_type == "scalar" else (y0.shape[-1] if noise_type == "diagonal" else g0.shape[-1])
         dw = torch.full((y0.shape[0], m), math.sqrt(2.0 * h0), dtype=y0.dtype, device=y0.device)
         trial = _euler_maruyama_step(sde, noise_type, t0, y0, h0, dw, rtol=rtol, atol=atol, f0=f0, g0=g0)
-        error_estimate = float(trial.error_estimate)
+        error_estimate = float(cast(Tensor, trial.error_estimate))  # estimated: estimate_error's default
         if error_estimate > 0.0 and math.isfinite(error_estimate):
             factor = min(max_growth, safety * error_estimate ** (-1.0 / error_order(noise_type)))
         else:
@@ -264,6 +264,9 @@ class EulerMaruyamaStepper(Stepper[tuple[Tensor | None, Tensor | None]]):
     and diffusion at the step's start when already known: at ``t0``, and after a rejection (the
     retry starts from the same point); the same ``(t, t_next)`` query after a rejection returns the
     same increment, and a shorter retry is drawn from the Brownian bridge of what was sampled."""
+
+    rtol: float  # numbers: the SDE estimate takes no per-element tolerances
+    atol: float
 
     failure = "non-finite state, drift or diffusion"
     # A landing step's error enters the PI memory, as before: keeping the memory measured neutral on
@@ -297,7 +300,7 @@ class EulerMaruyamaStepper(Stepper[tuple[Tensor | None, Tensor | None]]):
             raise SolverError("non-finite drift or diffusion", t=t0, n_steps=0)
         return self.f0, self.g0
 
-    def initial_step_size(
+    def initial_step_size(  # type: ignore[override]  # begin's carry only, which has both
         self,
         t0: float,
         y0: Tensor,

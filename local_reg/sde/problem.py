@@ -110,18 +110,24 @@ def brownian_size(noise_type: str, y0: Tensor, g0: Tensor) -> tuple[int, int]:
 def check_shapes(noise_type: str, y0: Tensor, f0: object, g0: object) -> None:
     """Check the drift and diffusion at ``y0`` are tensors of ``y0``'s dtype and device with the
     shapes ``noise_type`` implies (``TypeError`` / ``ValueError`` naming ``sde.f`` or ``sde.g``)."""
-    for name, value in (("sde.f", f0), ("sde.g", g0)):
-        if not isinstance(value, Tensor):
-            raise TypeError(f"{name} must return a torch.Tensor, got {type(value).__name__}")
-        if value.dtype != y0.dtype:
-            raise TypeError(f"{name} returned dtype {value.dtype}, expected the dtype of y0 {y0.dtype}")
-        if value.device != y0.device:
-            raise ValueError(f"{name} returned a tensor on {value.device}, expected y0's device {y0.device}")
-    if f0.shape != y0.shape:
+    drift, diffusion = (_checked_tensor(name, value, y0) for name, value in (("sde.f", f0), ("sde.g", g0)))
+    if drift.shape != y0.shape:
         raise ValueError(
-            f"{DRIFT} returned shape {tuple(f0.shape)}, expected the shape of y0 {tuple(y0.shape)}"
+            f"{DRIFT} returned shape {tuple(drift.shape)}, expected the shape of y0 {tuple(y0.shape)}"
         )
-    check_diffusion_shape(noise_type, y0, g0)
+    check_diffusion_shape(noise_type, y0, diffusion)
+
+
+def _checked_tensor(name: str, value: object, y0: Tensor) -> Tensor:
+    """``value`` if it is a tensor of ``y0``'s dtype and device, else a ``TypeError`` / ``ValueError``
+    naming ``name``."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor, got {type(value).__name__}")
+    if value.dtype != y0.dtype:
+        raise TypeError(f"{name} returned dtype {value.dtype}, expected the dtype of y0 {y0.dtype}")
+    if value.device != y0.device:
+        raise ValueError(f"{name} returned a tensor on {value.device}, expected y0's device {y0.device}")
+    return value
 
 
 def check_diffusion_shape(noise_type: str, y0: Tensor, g0: Tensor) -> None:

@@ -156,11 +156,9 @@ def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContex
             raise ValueError(f"steer's setting weights.steer is the half-width b, a number; got {spec!r}")
         return SteerRegularized(func, b=spec, **solver)
     weight = weight_schedule(spec, context.total_iterations, method.name)
-    if method.family == "rnode":
-        return RNODERegularized(func, weight=weight, **solver)
-    if method.family == "taynode":
-        return TayNODERegularized(func, weight=weight, **solver)
     if method.family == "local":
+        if method.sampling is None or method.regularizer is None:
+            raise ValueError(f"local method {method.name!r} must name its sampling and regularizer")
         return LocallyRegularized(
             func,
             sampling=method.sampling,
@@ -169,4 +167,12 @@ def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContex
             **solver,
             **local_options(weight, settings),
         )
+    if weight is None:  # weight_schedule refuses the default weight of any but a local method
+        raise ValueError(f"{method.name} needs a weight, got {spec!r}")
+    if method.family == "rnode":
+        return RNODERegularized(func, weight=weight, **solver)
+    if method.family == "taynode":
+        return TayNODERegularized(func, weight=weight, **solver)
+    if method.regularizer is None:
+        raise ValueError(f"global method {method.name!r} must name its regularizer")
     return GloballyRegularized(func, regularizer=method.regularizer, weight=weight, **solver)

@@ -179,6 +179,8 @@ class LatentODE(nn.Module):
     first, then padding with mask zero): GRU encoder, ODE decoder; ``kl`` is the KL divergence of the
     posterior from N(0, I), times ``kl_weight``."""
 
+    times: Tensor  # a buffer, so that it follows the model's device
+
     def __init__(
         self, block: nn.Module, n_channels: int, latent: int, rec_hidden: int, times: Tensor, kl_weight: float
     ):
@@ -294,6 +296,7 @@ class LatentODETask(Task):
 
     def load_data(self, settings: dict[str, Any], seed: int) -> TaskData:
         n_train, n_test = settings["n_train"], settings["n_test"]
+        series: tuple[Tensor, ...]  # (values, mask), and each series' own times when irregular
         if settings["physionet_dir"]:
             values, mask = load_physionet(settings["physionet_dir"])
             # A fixed shuffle, the same for every seed, before the train/test cut.
