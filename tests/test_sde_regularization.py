@@ -29,9 +29,9 @@ class TinySDE(torch.nn.Module):
         self.drift = torch.nn.Sequential(
             torch.nn.Linear(d, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, d)
         )
-        out = d if noise_type == "diagonal" else d
+        # One diffusion entry per state entry: diagonal noise, or scalar noise's (d, 1) column.
         self.diffusion = torch.nn.Sequential(
-            torch.nn.Linear(d, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, out)
+            torch.nn.Linear(d, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, d)
         )
         with torch.no_grad():
             self.drift[2].weight.mul_(3.0)
