@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
 # Only the source folders that exist (git does not keep empty ones).
-SOURCES = $(wildcard local_reg tests experiments benchmarks examples)
+SOURCES = $(wildcard local_reg tests experiments benchmarks examples docs/*.py)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(SOURCES)

@@ -9,6 +9,7 @@ fence, with ``<!-- not run: reason -->``; it is then skipped with that reason.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import re
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 import local_reg
+import local_reg.compat
 from local_reg import SteerRegularized, sdeint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -278,3 +280,17 @@ def test_every_relative_link_reaches_its_file_and_heading(path: Path) -> None:
             elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked):
                 broken.append(f"{number}: {target} (no such heading)")
     assert not broken, broken
+
+
+def test_the_api_reference_is_what_the_docstrings_say() -> None:
+    """docs/api.md is written from the docstrings by docs/api.py: a changed docstring or a new public
+    name without the page written again fails here."""
+    spec = importlib.util.spec_from_file_location("api_page", ROOT / "docs" / "api.py")
+    assert spec is not None and spec.loader is not None
+    writer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(writer)
+    page = writer.render()
+    assert (ROOT / "docs" / "api.md").read_text() == page, "run: python docs/api.py"
+    for module in (local_reg, local_reg.regularization, local_reg.sde, local_reg.gradients, local_reg.compat):
+        for name in module.__all__:
+            assert f"### `{name}`" in page, name

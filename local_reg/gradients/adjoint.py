@@ -475,8 +475,8 @@ class _ContinuousAdjoint(GraphFreeGradient):
 class BacksolveAdjoint(_ContinuousAdjoint):
     """``gradient="adjoint"``: solve the augmented system ``(y, a, g)`` backwards between output
     times (the module docstring), in memory that does not grow with the number of steps. Its
-    arguments are :class:`_ContinuousAdjoint`'s; ``norm="default"`` is the RMS over ``(y, a, g)``,
-    ``"seminorm"`` over ``(y, a)``."""
+    arguments set the backward solve, each the forward's where unset (docs/gradients.md);
+    ``norm="default"`` is the RMS over ``(y, a, g)``, ``"seminorm"`` over ``(y, a)``."""
 
     name = "adjoint"
     reads_forward_solution = False
@@ -506,9 +506,9 @@ class InterpolatingAdjoint(_ContinuousAdjoint):
     gradient is that of the continuous problem, as the backsolve's. The backward solve starts from
     the cotangents divided by their largest RMS (the system is linear in ``(a, g)``), so that its
     tolerances measure ``a`` and ``g`` at that scale whatever the loss's, and multiplies the result
-    back. Its other arguments are :class:`_ContinuousAdjoint`'s; ``norm``: ``"default"`` is the RMS
-    over ``(a, g)``, ``"seminorm"`` over ``a``. Not with a stop condition (``odeint_event``), whose
-    solve keeps no dense record.
+    back. Its other arguments set the backward solve, as :class:`BacksolveAdjoint`'s; ``norm``:
+    ``"default"`` is the RMS over ``(a, g)``, ``"seminorm"`` over ``a``. Not with a stop condition
+    (``odeint_event``), whose solve keeps no dense record.
     """
 
     name = "interpolating_adjoint"
