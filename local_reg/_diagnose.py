@@ -1,5 +1,6 @@
 """Why a solve failed, in words: the :class:`SolverError` of the loop with what the step record
-says about it (a stiffness hint after ``max_steps``, the overflow behind a step-size underflow)."""
+says about it (a stiffness hint after ``max_steps``, steps held at ``max_step``, a state at the edge
+of its dtype's range, the overflow behind a step-size underflow)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ RECENT_STEPS = 20
 RAISE_MAX_STEPS = "raise max_steps (options['max_num_steps'] in local_reg.compat)"
 SETTINGS_HINT = f"({RAISE_MAX_STEPS}, or loosen rtol/atol)"
 """What a ``max_steps`` failure suggests when the problem does not look stiff."""
+NEAR_OVERFLOW = 0.01
+"""A state whose largest magnitude is at least this fraction of its dtype's largest finite value
+is at the edge of the range: the steps shrink to keep it finite, and no tolerance helps."""
 
 
 def stiffness_ratio(log: Any, stability_size: float | None) -> float | None:
@@ -30,15 +34,37 @@ def stiffness_ratio(log: Any, stability_size: float | None) -> float | None:
     return statistics.median(abs(dt) * float(rho) / stability_size for dt, rho in recent)
 
 
+def _near_overflow(state: torch.Tensor) -> str | None:
+    """Why the steps shrank if ``state`` is at the edge of its dtype's range, else ``None``."""
+    if not state.numel():
+        return None
+    largest = torch.finfo(state.dtype).max
+    magnitude = float(torch.linalg.vector_norm(state.detach(), ord=float("inf")))
+    if not NEAR_OVERFLOW * largest <= magnitude <= largest:
+        return None
+    wider = "" if state.dtype == torch.float64 else "; float64 reaches further"
+    return (
+        f" (|y| = {magnitude:.3g}, near the largest {state.dtype} value {largest:.3g}: the solution "
+        f"overflows its dtype here, and the steps shrink to keep it finite{wider})"
+    )
+
+
+def _held_at_max_step(log: Any, max_step: float | None) -> bool:
+    """Whether the last accepted steps were as long as ``controller.max_step`` let them be."""
+    recent = [abs(dt) for dt in log.dt[-RECENT_STEPS:]]
+    return max_step is not None and bool(recent) and statistics.median(recent) >= 0.99 * max_step
+
+
 def explain_failure(
-    error: SolverError, log: Any, options: Any, non_finite: str | None, dtype: torch.dtype | None = None
+    error: SolverError, log: Any, options: Any, non_finite: str | None, state: torch.Tensor | None = None
 ) -> SolverError:
     """``error`` of :func:`local_reg._integrate.next_step_size`, its reason completed.
 
     ``non_finite``: the step was shrinking away from non-finite trial steps (the stepper's
     ``failure`` text; set by one, cleared by a finite rejection or a step that grows), so the step
-    size underflowed while shrinking away from an overflow. ``dtype``: the state's, whose precision
-    an ``rtol`` below it cannot reach (the likely cause then).
+    size underflowed while shrinking away from an overflow. ``state``: the state where the solve
+    stopped, whose dtype's precision an ``rtol`` below it cannot reach (the likely cause then) and
+    whose range it may have reached.
     """
     reason = error.reason
     tableau = getattr(options, "tableau", None)
@@ -46,19 +72,31 @@ def explain_failure(
     rtol = getattr(options, "rtol", None)
     if isinstance(rtol, torch.Tensor):  # per-element: the tightest decides
         rtol = float(rtol.min()) if rtol.numel() else None
+    dtype = None if state is None else state.dtype
     eps = None if dtype is None else torch.finfo(dtype).eps
     # Below the dtype's epsilon no step can meet rtol (scipy's solve_ivp raises an rtol below
     # 100 eps to that, with a warning).
     if adaptive and eps is not None and non_finite is None and rtol and rtol < eps:
+        wider = "" if dtype == torch.float64 else " or solve in float64"
         reason += (
             f" (rtol={rtol:g} is below what {dtype} resolves, eps = {eps:.2g}: the error estimate stays "
-            "at its rounding, so the steps shrink until they fail; loosen rtol or solve in float64)"
+            f"at its rounding, so the steps shrink until they fail; loosen rtol{wider})"
         )
         return SolverError(reason, t=error.t, n_steps=error.n_steps)
-    if reason.startswith("max_steps"):
+    overflow = None if state is None else _near_overflow(state)
+    if reason.startswith("max_steps") and overflow is not None:
+        reason += overflow
+    elif reason.startswith("max_steps"):
         if not adaptive:
             # A fixed-step solve has no tolerance to loosen (an event solve's count is open-ended).
             reason += f" ({RAISE_MAX_STEPS}, or a longer step_size)"
+            return SolverError(reason, t=error.t, n_steps=error.n_steps)
+        max_step = getattr(getattr(options, "controller", None), "max_step", None)
+        if _held_at_max_step(log, max_step):
+            reason += (
+                f" (the last accepted steps were held at controller.max_step={max_step:g}: "
+                f"{RAISE_MAX_STEPS}, or a longer max_step)"
+            )
             return SolverError(reason, t=error.t, n_steps=error.n_steps)
         ratio = stiffness_ratio(log, None if tableau is None else tableau.stability_size)
         if ratio is not None and ratio >= STIFF_RATIO:
@@ -70,5 +108,7 @@ def explain_failure(
         else:
             reason += f" {SETTINGS_HINT}"
     elif non_finite is not None:
-        reason = f"{non_finite}: the trial steps kept turning non-finite, down to a {reason}"
+        reason = f"{non_finite}: the trial steps kept turning non-finite, down to a {reason}{overflow or ''}"
+    elif overflow is not None:
+        reason += overflow
     return SolverError(reason, t=error.t, n_steps=error.n_steps)

@@ -48,7 +48,7 @@ from ._integrate import STOP_NEVER_HELD, StepCallbacks, open_end
 from ._odeint import odeint
 from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import TupleField, accepts_tuple_states
-from ._validate import check_bool, checked_field, finite_float, time_dtype, validate_state
+from ._validate import check_bool, check_strided, checked_field, finite_float, time_dtype, validate_state
 from .controller import PIController
 from .gradients._times import StartTime
 from .solution import Solution, State, Stats
@@ -98,6 +98,7 @@ class CombinedEvent:
         out = self.event_fn(time, self.layout(y))
         if not isinstance(out, Tensor):
             raise TypeError(f"event_fn must return a torch.Tensor, got {type(out).__name__}")
+        check_strided("event_fn", out, returned=True)
         if not out.is_floating_point():
             raise TypeError(f"event_fn must return a floating-point tensor, got dtype {out.dtype}")
         if out.numel() == 0:

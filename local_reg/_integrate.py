@@ -544,7 +544,7 @@ def integrate(
                 )
             except SolverError as error:
                 non_finite = stepper.failure if shrinking_from_non_finite else None
-                raise explain_failure(error, log, options, non_finite, y.dtype) from None
+                raise explain_failure(error, log, options, non_finite, y) from None
             dt = direction * dt_used
             t_next = t_goal if lands else t + dt
             if not lands:

@@ -39,6 +39,13 @@ def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     return value
 
 
+def check_not_meta(name: str, value: Tensor, holds: str) -> None:
+    """``ValueError`` if ``value`` is on the meta device, which holds no data (torch's own error
+    would come from a copy deep inside the solve)."""
+    if value.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device, which holds no {holds}")
+
+
 def real_number(name: str, value: object, expected: str) -> float:
     """``value`` as a float: a real number (numpy's scalars included) or a 0-dim real tensor (as
     torchdiffeq takes its tolerances); anything else, a tensor of several values (per-element
@@ -49,6 +56,7 @@ def real_number(name: str, value: object, expected: str) -> float:
                 f"{name} must be {expected}: one real number (a float or a 0-dim tensor), got a "
                 f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
             )
+        check_not_meta(name, value, "value")
         return float(value.detach())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
@@ -228,6 +236,8 @@ def finite_times(name: str, t: Tensor | np.ndarray | Sequence[float]) -> list[fl
             f"{name} must be a 1-D tensor, numpy array or sequence of floats, got {type(t).__name__}"
         )
     if isinstance(t, Tensor):
+        check_strided(name, t)
+        check_not_meta(name, t, "times")
         if t.dim() != 1:
             raise ValueError(f"{name} must be a 1-D tensor of times, got shape {tuple(t.shape)}")
         if t.is_complex() or t.dtype == torch.bool:
@@ -341,9 +351,20 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 (a solve then "accepts" thousands of steps that do not move the state)."""
 
 
+def check_strided(name: str, value: Tensor, returned: bool = False) -> None:
+    """``TypeError`` unless ``value`` is a dense (strided) tensor: a sparse one has little of the
+    arithmetic a solve does (torch's own error would name an operator, not ``name``).
+    ``returned``: ``name`` is a function whose output ``value`` is."""
+    if value.layout != torch.strided:
+        if returned:
+            raise TypeError(f"{name} returned a {value.layout} tensor: return a dense one (.to_dense())")
+        raise TypeError(f"{name} must be a dense tensor, got layout {value.layout}: pass {name}.to_dense()")
+
+
 def validate_state(y0: object, name: str = "y0") -> Tensor:
     if not isinstance(y0, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(y0).__name__}")
+    check_strided(name, y0)
     if y0.dtype not in SUPPORTED_DTYPES:
         if y0.dtype in (torch.float16, torch.bfloat16):
             hint = (
@@ -355,8 +376,7 @@ def validate_state(y0: object, name: str = "y0") -> Tensor:
         else:
             hint = f"convert it, e.g. {name}.float()"
         raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {y0.dtype}: {hint}")
-    if y0.device.type == "meta":
-        raise ValueError(f"{name} is on the meta device, which holds no values to integrate")
+    check_not_meta(name, y0, "values to integrate")
     # A NaN state with a finite derivative makes every step size NaN: refuse it before the first.
     non_finite = ~torch.isfinite(y0.detach())
     if bool(non_finite.any()):
@@ -385,6 +405,7 @@ def check_output(
         raise TypeError(
             f"{name} must {'return' if returned else 'be'} a torch.Tensor, got {type(value).__name__}"
         )
+    check_strided(name, value, returned)
     if value.dtype != like.dtype:
         raise TypeError(f"{name} {got} dtype {value.dtype}, expected the dtype of {like_name} {like.dtype}")
     expected = tuple(like.shape) if shape is None else tuple(shape)

@@ -178,6 +178,68 @@ def test_a_meta_tensor_state_is_named():
         odeint(decay, torch.ones(2, device="meta"), [0.0, 1.0])
 
 
+def sparse(x: torch.Tensor) -> torch.Tensor:
+    return x.to_sparse()
+
+
+def meta_times() -> torch.Tensor:
+    return torch.tensor([0.0, 1.0], device="meta")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: odeint(decay, sparse(torch.ones(3)), [0.0, 1.0]), TypeError, "y0 must be a dense tensor"),
+        (lambda: odeint(lambda t, y: sparse(-y), torch.ones(3), [0.0, 1.0]), TypeError, "func returned a"),
+        (
+            lambda: local_reg.step(lambda t, y: sparse(-y), 0.0, torch.ones(3), 0.1, "tsit5"),
+            TypeError,
+            "func",
+        ),
+        (
+            lambda: odeint(decay, torch.ones(3), sparse(torch.tensor([0.0, 1.0]))),
+            TypeError,
+            "t must be a dense",
+        ),
+        (lambda: odeint(decay, torch.ones(3), meta_times()), ValueError, "t is on the meta device"),
+        (
+            lambda: sdeint(DiagonalSDE(), torch.ones(1, 2), meta_times()),
+            ValueError,
+            "t is on the meta device",
+        ),
+        (
+            lambda: sdeint(DiagonalSDE(g=lambda t, y: sparse(0.1 * y)), torch.ones(1, 2), [0.0, 1.0]),
+            TypeError,
+            r"sde.g returned a torch.sparse_coo tensor",
+        ),
+        (
+            lambda: local_reg.odeint_event(
+                decay, torch.ones(3), torch.tensor(0.0), event_fn=lambda t, y: sparse(y[:1] - 0.5)
+            ),
+            TypeError,
+            "event_fn returned a torch.sparse_coo tensor",
+        ),
+        (
+            lambda: local_reg.odeint_event(
+                decay, torch.ones(3), torch.tensor(0.0, device="meta"), event_fn=lambda t, y: y[0] - 0.5
+            ),
+            ValueError,
+            "t0 is on the meta device",
+        ),
+        (
+            lambda: odeint(decay, torch.ones(3), [0.0, 1.0], dense=True).evaluate(meta_times()),
+            ValueError,
+            "t is on the meta device",
+        ),
+    ],
+)
+def test_sparse_and_meta_tensors_are_named(call, error, message):
+    # Each was torch's error from deep inside the solve (an operator without a sparse kernel, a copy
+    # out of a meta tensor), naming no argument.
+    with pytest.raises(error, match=message):
+        call()
+
+
 def test_a_fixed_step_count_beyond_the_floats_is_refused_and_an_event_solve_steps_on():
     # Both raised a bare OverflowError (the count's ratio was inf: math.ceil failed).
     y0 = torch.ones(1, dtype=torch.float64)
@@ -975,6 +1037,42 @@ def test_max_steps_on_a_stiff_problem_says_it_is_stiff():
     with pytest.raises(SolverError, match="max_steps=200 exceeded; the problem looks stiff") as info:
         odeint(stiff, torch.zeros(2, dtype=torch.float64), [0.0, 10.0], max_steps=200)
     assert "raise max_steps" in str(info.value)
+
+
+def test_a_solution_at_the_edge_of_its_dtypes_range_is_named_as_the_cause():
+    # It said "raise max_steps, or loosen rtol/atol" while y sat at float32's largest value and the
+    # steps shrank to keep it finite: neither helps.
+    growth = torch.tensor([1e37])
+    with pytest.raises(SolverError, match=r"\|y\| = 3.4e\+38, near the largest torch.float32 value") as info:
+        odeint(lambda t, y: y, growth, [0.0, 100.0], max_steps=300)
+    assert "float64 reaches further" in str(info.value) and "loosen" not in str(info.value)
+    # In float64 the trial steps overflow first: that is said, and the range too.
+    with pytest.raises(SolverError, match="kept turning non-finite.*near the largest torch.float64 value"):
+        odeint(lambda t, y: y, growth.double() * 1e270, [0.0, 100.0])
+
+
+def test_an_rtol_below_float64s_precision_does_not_advise_float64():
+    with pytest.raises(SolverError, match=r"below what torch.float64 resolves.*loosen rtol\)") as info:
+        odeint(
+            rotation,
+            torch.tensor([1.0, 0.0], dtype=torch.float64),
+            [0.0, 1.0],
+            rtol=1e-20,
+            atol=1e-20,
+            max_steps=300,
+        )
+    assert "solve in float64" not in str(info.value)
+
+
+def test_max_steps_with_steps_held_at_max_step_names_max_step():
+    with pytest.raises(SolverError, match=r"held at controller.max_step=0.0001.*a longer max_step"):
+        odeint(
+            rotation,
+            torch.tensor([1.0, 0.0]),
+            [0.0, 1.0],
+            controller=local_reg.PIController(max_step=1e-4),
+            max_steps=300,
+        )
 
 
 def test_max_steps_on_a_non_stiff_problem_gives_no_stiffness_hint():

@@ -22,6 +22,7 @@ from .._validate import (
     active_autocast,
     call_leaving_input,
     check_output,
+    check_strided,
     time_tensors_requiring_grad,
     validate_state,
     validate_times,
@@ -123,6 +124,7 @@ def _checked_tensor(name: str, value: object, y0: Tensor) -> Tensor:
     naming ``name``."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must return a torch.Tensor, got {type(value).__name__}")
+    check_strided(name, value, returned=True)
     if value.dtype != y0.dtype:
         raise TypeError(f"{name} returned dtype {value.dtype}, expected the dtype of y0 {y0.dtype}")
     if value.device != y0.device:
