@@ -118,6 +118,20 @@ class CombinedEvent:
         return (self.values(t, y) * self.signs).amin()
 
 
+class _EventEntry:
+    """Entry ``index`` of ``event``'s ``event_fn`` alone, ``g_k(t, y)``: at an event at ``t0`` the
+    entry that is zero there, whose own slope locates the event (the combined ``h`` weighs it by
+    its sign at ``t0``, zero)."""
+
+    def __init__(self, event: CombinedEvent, index: int) -> None:
+        self.event = event
+        self.index = index
+        self.time_dtype = event.time_dtype
+
+    def __call__(self, t: float | Tensor, y: Tensor) -> Tensor:
+        return self.event.values(t, y).reshape(-1)[self.index]
+
+
 def find_root(
     h: Callable[[float], float], ta: float, ha: float, tb: float, hb: float, xtol: float
 ) -> tuple[float, float]:
@@ -220,7 +234,7 @@ class _InitialRate:
 
 
 def _reroute(
-    event: CombinedEvent,
+    event: CombinedEvent | _EventEntry,
     func: VectorField,
     t_event: float,
     y_event: Tensor,
@@ -273,7 +287,7 @@ def _reroute(
 
 
 def _rate_along_solution(
-    event: CombinedEvent, t: float, y: Tensor, rate: Tensor, dtype: torch.dtype
+    event: CombinedEvent | _EventEntry, t: float, y: Tensor, rate: Tensor, dtype: torch.dtype
 ) -> Tensor:
     """``dh/dt + dh/dy . f``: how fast ``h`` changes along the solution at ``(t, y)``, a constant."""
     with torch.enable_grad():
@@ -399,11 +413,6 @@ def _solve_until_event(
     checked = checked_field(func)
 
     initial_t = time_tensor(t0_value, y0, t_dtype) if t0_tensor is None else t0_tensor.to(y0.device, t_dtype)
-    if event.at_start:
-        # The event is t0 itself, whatever the inputs: no step is taken.
-        solution = odeint(func, y0, [t0_value], callbacks=callbacks, **odeint_kwargs)
-        return replace(solution, ts=torch.stack([initial_t, initial_t]), ys=torch.stack([y0, y0]))
-
     # The solve's jump times (rounded to the field's time dtype, as the solve rounds them): f at a
     # jump at t0 or at the event time is taken on the solve's side, as odeint takes it.
     direction = -1.0 if reverse_time else 1.0
@@ -416,6 +425,17 @@ def _solve_until_event(
     initial_rate = _InitialRate(checked, rate_start, field_t_dtype)
     if t0_tensor is not None and t0_tensor.requires_grad and torch.is_grad_enabled():
         start = StartTime.apply(initial_rate, t0_tensor, y0)
+    if event.at_start:
+        # The event is t0 itself: no step is taken. Its time and state are differentiable as any
+        # event's, through the entry that is zero there (the combined h is zero whatever the state).
+        solution = odeint(func, y0, [t0_value], callbacks=callbacks, **odeint_kwargs)
+        initial_rate.stats = solution.stats
+        zero_entry = _EventEntry(event, int((event.signs.reshape(-1) == 0).nonzero()[0]))
+        event_t, y_event, nfe = _reroute(
+            zero_entry, checked, t0_value, start, t_dtype, field_t_dtype, rate_time=rate_start
+        )
+        solution.stats.nfe += nfe
+        return replace(solution, ts=torch.stack([initial_t, event_t]), ys=torch.stack([y0, y_event]))
     # The second time only gives the direction; it must differ from t0 in floating point.
     t1 = direction_time(t0_value, reverse_time)
     locator = EventLocator(event)

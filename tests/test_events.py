@@ -705,6 +705,43 @@ def test_one_entry_zero_at_t0_puts_the_event_at_t0():
     assert solution.stats.n_steps == 0
 
 
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "symplectic", "adjoint"])
+def test_an_event_at_t0_is_differentiable_as_the_event_just_after_it(gradient):
+    """A ball at the ground moving down (``h = 0``, ``v = -2``) has its event at ``t0``. Its time and
+    state are differentiable as any event's (it got no gradient: ``event_t`` was ``t0`` itself): the
+    limit of the derivatives of the events that a ball released ``eps`` higher reaches at
+    ``t = eps / 2``, ``dt_e/dh0 = 1/2`` and ``dy_e/dh0 = (0, -g / 2)``; ``dt_e/dv0 = 0``."""
+    y0 = torch.tensor([0.0, -2.0], dtype=F64, requires_grad=True)
+    event_t, solution = odeint_event(
+        ball, y0, 0.0, event_fn=lambda t, y: y[0], gradient=gradient, adjoint_params=()
+    )
+    assert event_t.item() == 0.0 and solution.stats.n_steps == 0
+    (dt_dy0,) = torch.autograd.grad(event_t, y0, retain_graph=True)
+    jacobian = torch.stack(
+        [torch.autograd.grad(solution.ys[-1][i], y0, retain_graph=True)[0] for i in range(2)]
+    )
+    eps = 1e-6
+    with torch.no_grad():
+        later_t, later = odeint_event(
+            ball, torch.tensor([eps, -2.0], dtype=F64), 0.0, event_fn=lambda t, y: y[0]
+        )
+    assert dt_dy0.tolist() == pytest.approx([later_t.item() / eps, 0.0], abs=1e-5)
+    assert dt_dy0[0].item() == pytest.approx(0.5, rel=1e-12)
+    difference = (later.ys[-1] - torch.tensor([0.0, -2.0], dtype=F64)) / eps
+    assert jacobian[:, 0].tolist() == pytest.approx(difference.tolist(), abs=1e-5)
+    assert jacobian[:, 0].tolist() == pytest.approx([0.0, -9.81 / 2], rel=1e-12, abs=1e-12)
+
+
+def test_an_event_at_t0_of_an_entry_in_time_alone_does_not_move_with_t0():
+    """``g = t - 0.5`` zero at ``t0 = 0.5``: the event is at 0.5 wherever the solve starts before it,
+    so ``dt_e/dt0 = 0`` (it was 1: ``event_t`` was ``t0`` itself)."""
+    t0 = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    event_t, _ = odeint_event(ball, torch.tensor([10.0, 2.0], dtype=F64), t0, event_fn=lambda t, y: t - 0.5)
+    assert event_t.item() == 0.5
+    (grad,) = torch.autograd.grad(event_t, t0, allow_unused=True)
+    assert grad is not None and grad.item() == 0.0
+
+
 # --- costs counted in the stats --------------------------------------------------------------------
 
 
