@@ -124,6 +124,26 @@ def test_rnode_jacobian_term_is_hutchinsons_estimate_of_the_frobenius_norm(z0):
     assert model.stats.terms["jacobian"] == pytest.approx(np.sum(A**2) / 3, rel=0.03)
 
 
+def test_rnode_without_its_jacobian_term_takes_no_vector_jacobian_product(z0):
+    """``jacobian=0`` computes the kinetic term alone: no products, ``R_J`` reported 0, and ``R_K``
+    still the closed form's."""
+    model = RNODERegularized(Linear(), weight=1.0, jacobian=0.0, **TIGHT)
+    model(z0, [0.0, 1.5])
+    assert model.stats.nfe_reg == 0 and model.stats.terms["jacobian"] == 0.0
+    expected = exact_integral(z0.numpy(), 1.5, lambda z: 0.5 * np.mean((z @ A.T) ** 2))
+    assert model.stats.terms["kinetic"] == pytest.approx(expected, rel=1e-8)
+    assert float(model.reg_loss) == pytest.approx(expected, rel=1e-8)
+
+
+@pytest.mark.parametrize("cls", [RNODERegularized, TayNODERegularized])
+def test_an_empty_batch_costs_nothing_and_adds_nothing(cls):
+    """The mean over no samples was NaN, which stopped the augmented solve with a "non-finite
+    derivative"; an empty batch adds 0 to the penalty, as the local and global regularizers do."""
+    model = cls(Linear())
+    ys = model(torch.zeros(0, 3, dtype=torch.float64), [0.0, 1.0])
+    assert ys.shape == (2, 0, 3) and float(model.reg_loss) == 0.0
+
+
 def test_rnode_vector_jacobian_product_matches_finite_differences():
     field = MLP()
     z = torch.tensor([[0.3, -0.7]], dtype=torch.float64)

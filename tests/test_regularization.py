@@ -17,12 +17,15 @@ from local_reg import (
     ExponentialDecay,
     GloballyRegularized,
     LocallyRegularized,
+    RNODERegularized,
     StepResult,
     get_tableau,
     global_regularization,
     local_regularization,
     odeint,
+    rnode_regularization,
     step,
+    taynode_regularization,
 )
 from local_reg.regularization import _problems, _sampling
 from local_reg.regularization._sampling import insert_time
@@ -627,6 +630,34 @@ def test_bad_arguments_name_the_argument(kwargs, match):
     if "weight" not in kwargs:
         with pytest.raises(ValueError, match=match):
             local_regularization(MLPField(), _y0(), T, **kwargs)
+
+
+@pytest.mark.parametrize("cls", [LocallyRegularized, GloballyRegularized, RNODERegularized])
+def test_a_weight_assigned_later_is_taken_as_the_constructor_takes_it(cls):
+    """``model.weight = 0.1`` failed at the next forward pass (a float has no ``last_ratio``), and its
+    ``state_dict()`` with it: a number is a ``ConstantWeight``, anything else a ``TypeError`` now."""
+    model = cls(MLPField())
+    model.weight = 0.1
+    assert isinstance(model.weight, ConstantWeight) and model.weight() == 0.1
+    model(_y0(), T)
+    assert "weight" in model.state_dict()["_extra_state"]
+    with pytest.raises(TypeError, match="weight must be a non-negative number or a WeightSchedule"):
+        model.weight = "0.1"
+
+
+@pytest.mark.parametrize(
+    "function", [local_regularization, global_regularization, rnode_regularization, taynode_regularization]
+)
+def test_the_functional_forms_take_no_weight_and_warn_of_none(function):
+    """They return the unweighted penalty: a ``weight`` did nothing (refused now), and the local
+    one warned of its default weight being constant 1 for a plain function, which it never used."""
+    field = MLPField()
+    with pytest.raises(TypeError, match=rf"{function.__name__}\(\) takes no weight"):
+        function(field, _y0(), T, weight=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # torch's own DeprecationWarnings aside
+        _, reg, stats = function(lambda t, y: field(t, y), _y0(), T, adjoint_params=())
+    assert reg.dim() == 0 and float(reg) == pytest.approx(stats.penalty, rel=1e-12)
 
 
 @pytest.mark.filterwarnings("ignore:Solver 'rk4' does not support callbacks")

@@ -255,7 +255,6 @@ def test_biased_solver_step_backward_in_time_retakes_the_signed_accepted_step():
         step_size="solver",
         rtol=1e-6,
         atol=1e-8,
-        weight=1.0,
         generator=torch.Generator().manual_seed(2),  # draws an interior step (t_reg = 0.81)
     )
     steps = odeint(field, y0, times, rtol=1e-6, atol=1e-8).steps

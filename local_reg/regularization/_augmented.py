@@ -62,6 +62,12 @@ class AugmentedField(nn.Module):
         return torch.cat([f.reshape(-1), rates.to(f.dtype)])
 
 
+def mean_square(x: Tensor) -> Tensor:
+    """``mean(x**2)`` over every element, 0 for an empty ``x``: an empty batch adds nothing to a
+    penalty's integral, where the mean would be NaN and stop the augmented solve."""
+    return x.pow(2).mean() if x.numel() else x.new_zeros(())
+
+
 def solve_augmented(
     problem: ODEProblem,
     integrand: Integrand,

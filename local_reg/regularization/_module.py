@@ -94,6 +94,19 @@ def plain_solve(
     )
 
 
+def functional_settings(function: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The module keywords of a functional form (``local_regularization`` and kin): its
+    ``settings``, whose ``weight`` is refused (the form returns the unweighted penalty, so a weight
+    would do nothing), with a constant weight in its place that the form never reads (the default
+    would measure, or warn about, a weight that is not used)."""
+    if "weight" in settings:
+        raise TypeError(
+            f"{function}() takes no weight: it returns the unweighted penalty reg (add weight * reg to "
+            "the loss yourself, or use the module, whose reg_loss is weighted)"
+        )
+    return {**settings, "weight": 1.0}
+
+
 @dataclass(frozen=True)
 class LocalPenalty:
     """Local regularization [LR23] at a sampled ``t_reg``: the paper's one probe step there, its
@@ -448,6 +461,8 @@ class Regularized(nn.Module):
 
     reg_loss: Tensor
     stats: RegularizationStats
+    weight: WeightSchedule
+    """A number assigned to it is taken as the constructor takes it, a :class:`ConstantWeight`."""
 
     def __init__(
         self,
@@ -514,6 +529,10 @@ class Regularized(nn.Module):
                 "func is fixed when the model is made: build a new model around the new field (for "
                 "a compiled field, pass options={'compile': True}), or change its parameters in place"
             )
+        if name == "weight":
+            # As the constructor takes it: a number is a constant weight, anything else not a
+            # schedule a TypeError now (not an AttributeError at the next forward pass).
+            value = as_schedule(value)
         super().__setattr__(name, value)
 
     def __getstate__(self) -> dict[str, Any]:

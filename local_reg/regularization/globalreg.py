@@ -22,7 +22,7 @@ from typing import Any
 from torch import Tensor
 
 from ..solution import State
-from ._module import GlobalPenalty, Regularized
+from ._module import GlobalPenalty, Regularized, functional_settings
 from ._stats import RegularizationStats
 
 
@@ -32,7 +32,9 @@ def global_regularization(
     """Solve at ``t`` and return ``(ys, reg, stats)`` with the unweighted global penalty [GR21],
     without a module. ``settings`` are :class:`GloballyRegularized`'s keywords; ``bm`` is an SDE's
     Brownian motion. ``stats.probe`` is empty: the penalty reuses the stages of the main solve."""
-    return GloballyRegularized(func, **settings).penalize(y0, t, bm)
+    return GloballyRegularized(func, **functional_settings("global_regularization", settings)).penalize(
+        y0, t, bm
+    )
 
 
 class GloballyRegularized(Regularized):

@@ -37,7 +37,7 @@ from ..sde.problem import is_sde
 from ..solution import State
 from ..tableaus import ButcherTableau
 from ._diagnostics import trained_parameters
-from ._module import LocalPenalty, Regularized
+from ._module import LocalPenalty, Regularized, functional_settings
 from ._stats import RegularizationStats
 from .schedules import ConstantWeight, RatioWeight, WeightSchedule
 
@@ -133,7 +133,9 @@ def local_regularization(
     over ``[t[0], t[-1]]``, shared by the main solve and the step (by default a new
     ``torchsde.BrownianInterval`` seeded from ``generator``).
     """
-    return LocallyRegularized(func, **settings).penalize(y0, t, bm)
+    return LocallyRegularized(func, **functional_settings("local_regularization", settings)).penalize(
+        y0, t, bm
+    )
 
 
 class LocallyRegularized(Regularized):

@@ -29,7 +29,7 @@ from torch.func import vjp
 from .._step import VectorField
 from .._validate import checked_field, non_negative_float, validate_state, validate_times
 from ..solution import State
-from ._augmented import Integrand, solve_augmented
+from ._augmented import Integrand, mean_square, solve_augmented
 from ._baseline import (
     BaselinePenalty,
     BaselineStats,
@@ -37,7 +37,7 @@ from ._baseline import (
     own_generator,
     solution_stats,
 )
-from ._module import Regularized
+from ._module import Regularized, functional_settings
 from .schedules import WeightSchedule
 
 TERMS = ("kinetic", "jacobian")
@@ -49,8 +49,9 @@ def rademacher(shape: torch.Size, generator: torch.Generator | None, like: Tenso
     return signs.to(dtype=like.dtype, device=like.device)
 
 
-def rnode_integrand(func: VectorField, eps: Tensor) -> Integrand:
-    """``(t, z) -> (f, [0.5 mean(f^2), mean((eps^T df/dz)^2)])``.
+def rnode_integrand(func: VectorField, eps: Tensor | None) -> Integrand:
+    """``(t, z) -> (f, [0.5 mean(f^2), mean((eps^T df/dz)^2)])``; with ``eps=None`` (a Jacobian term
+    of weight 0) the second rate is 0 and no vector--Jacobian product is taken.
 
     ``torch.func.vjp`` evaluates ``f`` and the product under its own autograd level, so the rates
     are differentiable by the outer pass (the gradient methods' vector--Jacobian products of the
@@ -58,10 +59,13 @@ def rnode_integrand(func: VectorField, eps: Tensor) -> Integrand:
     """
 
     def integrand(t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        if eps is None:
+            f = func(t, z)
+            return f, torch.stack([0.5 * mean_square(f), f.new_zeros(())])
         # Without has_aux vjp returns a pair; its annotation is the union with has_aux's triple.
         f, pullback = vjp(lambda state: func(t, state), z)  # type: ignore[misc]
         (eps_jacobian,) = pullback(eps)
-        return f, torch.stack([0.5 * f.pow(2).mean(), eps_jacobian.pow(2).mean()])
+        return f, torch.stack([0.5 * mean_square(f), mean_square(eps_jacobian)])
 
     return integrand
 
@@ -88,7 +92,8 @@ class RNODEPenalty(BaselinePenalty):
     ) -> tuple[Tensor, Tensor, BaselineStats]:
         times = validate_times(t)
         y0 = validate_state(y0)
-        eps = rademacher(y0.shape, generator, y0)
+        # A Jacobian term of weight 0 is not computed (no noise drawn, no vector--Jacobian products).
+        eps = rademacher(y0.shape, generator, y0) if self.jacobian else None
         # Checked output: a wrong shape is named before the vector--Jacobian product meets it.
         integrand = rnode_integrand(checked_field(problem.func), eps)
         ys, integrals, solution = solve_augmented(
@@ -97,7 +102,7 @@ class RNODEPenalty(BaselinePenalty):
         penalty = self.kinetic * integrals[0] + self.jacobian * integrals[1]
         stats = solution_stats(
             solution,
-            nfe_reg=solution.stats.nfe,
+            nfe_reg=solution.stats.nfe if eps is not None else 0,
             penalty=float(penalty.detach()),
             terms=dict(zip(TERMS, integrals.detach().tolist(), strict=True)),
         )
@@ -110,7 +115,8 @@ class RNODERegularized(Regularized):
     ``ys = model(y0, t)``. In training mode ``R_K`` and ``R_J`` are integrated as two extra states
     of one augmented solve (see :mod:`local_reg.regularization.rnode`) and
     ``model.reg_loss = w * (kinetic * R_K + jacobian * R_J)``; ``model.stats.terms`` holds the
-    unweighted ``R_K`` and ``R_J``. In eval mode the plain solve of ``func`` and ``reg_loss = 0``.
+    unweighted ``R_K`` and ``R_J`` (``R_J`` 0, not computed, when ``jacobian=0``). In eval mode the
+    plain solve of ``func`` and ``reg_loss = 0``.
 
     Args:
         func: the vector field ``func(t, y)``; it must be differentiable in ``y`` twice (the
@@ -126,7 +132,8 @@ class RNODERegularized(Regularized):
             default the wrapper's own, seeded from ``torch.initial_seed()``. In ``state_dict()``.
 
     ``stats.nfe_main`` counts the augmented field's evaluations, each one evaluation of ``func``;
-    ``stats.nfe_reg`` the vector--Jacobian products on top (one per evaluation).
+    ``stats.nfe_reg`` the vector--Jacobian products on top (one per evaluation; none when
+    ``jacobian=0``).
     """
 
     def __init__(
@@ -157,6 +164,8 @@ def rnode_regularization(
     global stream, so that ``torch.manual_seed`` fixes the call and repeated calls draw anew) draws the
     Hutchinson noise.
     """
-    ys, reg, stats = RNODERegularized(func, generator=call_generator(generator), **settings).penalize(y0, t)
+    ys, reg, stats = RNODERegularized(
+        func, generator=call_generator(generator), **functional_settings("rnode_regularization", settings)
+    ).penalize(y0, t)
     # RNODEPenalty makes BaselineStats; penalize is typed for any penalty's stats.
     return ys, reg, cast(BaselineStats, stats)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
@@ -687,4 +688,9 @@ def as_schedule(weight: float | WeightSchedule) -> WeightSchedule:
     """A float becomes a :class:`ConstantWeight`; a schedule is used as is."""
     if isinstance(weight, WeightSchedule):
         return weight
+    if isinstance(weight, bool) or not isinstance(weight, (numbers.Real, torch.Tensor)):
+        raise TypeError(
+            "weight must be a non-negative number or a WeightSchedule (ConstantWeight, RatioWeight, "
+            f"ExponentialDecay, AdaptiveWeight), got {type(weight).__name__}"
+        )
     return ConstantWeight(non_negative_float("weight", weight))

@@ -36,7 +36,7 @@ from ._baseline import (
     own_generator,
 )
 from ._main_solve import Request
-from ._module import Regularized
+from ._module import Regularized, functional_settings
 from ._sampling import uniform_draw
 
 
@@ -122,6 +122,8 @@ def steer_regularization(
     ``settings`` are :class:`SteerRegularized`'s keywords; ``generator`` (default: one seeded from the global
     stream, so that ``torch.manual_seed`` fixes the call and repeated calls draw anew) draws ``T``.
     """
-    ys, reg, stats = SteerRegularized(func, generator=call_generator(generator), **settings).penalize(y0, t)
+    ys, reg, stats = SteerRegularized(
+        func, generator=call_generator(generator), **functional_settings("steer_regularization", settings)
+    ).penalize(y0, t)
     # SteerPenalty makes BaselineStats; penalize is typed for any penalty's stats.
     return ys, reg, cast(BaselineStats, stats)

@@ -34,9 +34,9 @@ from torch.func import jvp
 from .._step import VectorField
 from .._validate import checked_field, validate_state, validate_times
 from ..solution import State
-from ._augmented import Integrand, solve_augmented
+from ._augmented import Integrand, mean_square, solve_augmented
 from ._baseline import BaselinePenalty, BaselineStats, solution_stats
-from ._module import Regularized
+from ._module import Regularized, functional_settings
 from .schedules import WeightSchedule
 
 MAX_ORDER = 4
@@ -75,7 +75,7 @@ def taylor_integrand(func: VectorField, order: int) -> Integrand:
 
     def integrand(t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         f, derivative = total_derivatives(func, t, z, order)
-        return f, derivative.pow(2).mean().reshape(1)
+        return f, mean_square(derivative).reshape(1)
 
     return integrand
 
@@ -157,6 +157,8 @@ def taynode_regularization(
     *unweighted* integral of the squared ``order``-th total time derivative along the solve.
     ``settings`` are :class:`TayNODERegularized`'s keywords.
     """
-    ys, reg, stats = TayNODERegularized(func, **settings).penalize(y0, t)
+    ys, reg, stats = TayNODERegularized(
+        func, **functional_settings("taynode_regularization", settings)
+    ).penalize(y0, t)
     # TayNODEPenalty makes BaselineStats; penalize is typed for any penalty's stats.
     return ys, reg, cast(BaselineStats, stats)
