@@ -321,6 +321,19 @@ def _landings(opts: dict[str, Any], times: list[float]) -> tuple[tuple[float, ..
     return found["step_t"], found["jump_t"]
 
 
+def _listed_tolerance(name: str, value: Tolerance) -> Tolerance:
+    """A list or tuple of numbers as torchdiffeq reads it for a tensor ``y0`` (``torch.as_tensor``):
+    per-element tolerances broadcasting to the state (``odeint`` checks the shape)."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"{name} must be a number, a tensor or a list of numbers for a tensor y0, got {value!r}"
+        ) from None
+
+
 def _solve(
     func: Callable,
     y0: State,
@@ -336,6 +349,8 @@ def _solve(
 ) -> States | tuple[Tensor, States] | Callable[[Tensor], States]:
     if method == "scipy_solver":
         return _scipy_solve(func, y0, t, rtol, atol, options, event_fn, dense)
+    if isinstance(y0, Tensor):
+        rtol, atol = _listed_tolerance("rtol", rtol), _listed_tolerance("atol", atol)
     events = event_fn is not None
     # Checked before the fixed grid is read from them (odeint checks them again); an event's two
     # times give the direction, so they too must be finite and distinct.

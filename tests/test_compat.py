@@ -785,3 +785,42 @@ def test_scipy_solver_bounds_its_steps():
         options={"solver": "RK45", "max_step": 0.01},
     )
     assert loose < 100 <= len(calls) / 6
+
+
+def test_a_list_of_tolerances_for_a_tensor_state_is_read_as_torchdiffeq_reads_it():
+    """torchdiffeq reads ``rtol=[...]`` for a tensor ``y0`` as ``torch.as_tensor``, broadcasting to
+    the state (it was refused: "rtol must be a non-negative float, got list"): the same solve as the
+    tensor, within the tolerance of torchdiffeq's."""
+    import torchdiffeq
+
+    matrix = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64)
+
+    def field(t, y):
+        return y @ matrix.T
+
+    y0 = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    t = torch.linspace(0.0, 3.0, 4, dtype=torch.float64)
+    tolerances = [1e-6, 1e-9]
+    listed = compat.odeint(field, y0, t, rtol=tolerances, atol=tolerances)
+    as_tensor = torch.tensor(tolerances, dtype=torch.float64)
+    assert torch.equal(listed, compat.odeint(field, y0, t, rtol=as_tensor, atol=as_tensor))
+    theirs = torchdiffeq.odeint(field, y0, t, rtol=tolerances, atol=tolerances)
+    assert float((listed - theirs).abs().max()) < 1e-7
+    with pytest.raises(ValueError, match=r"rtol of shape \(3,\) does not broadcast"):
+        compat.odeint(field, y0, t, rtol=[1e-6] * 3)
+    with pytest.raises(TypeError, match="rtol must be a number, a tensor or a list of numbers"):
+        compat.odeint(field, y0, t, rtol=["tight"])
+
+
+def test_what_the_adjoint_cannot_differentiate_points_to_compats_odeint():
+    """The graph-free methods' refusals named ``gradient='direct'``, an argument compat does not
+    have: they name its ``odeint`` too."""
+    net = nn.Linear(2, 2).double()
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    ys = compat.odeint_adjoint(
+        lambda t, y: net(y), y0, torch.tensor([0.0, 1.0]), adjoint_params=tuple(net.parameters())
+    )
+    with pytest.raises(
+        RuntimeError, match=r"second derivatives .* use gradient='direct' \(in local_reg.compat: odeint"
+    ):
+        torch.autograd.grad(ys[-1].sum(), y0, create_graph=True)

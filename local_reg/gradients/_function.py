@@ -32,6 +32,9 @@ from ..tableaus import ButcherTableau
 from ._checkpoints import StepStates
 from ._finite import all_finite, raise_non_finite_gradient
 
+DIRECT = "gradient='direct' (in local_reg.compat: odeint, not odeint_adjoint)"
+"""The method that differentiates what the graph-free ones cannot, as either API spells it."""
+
 
 @dataclass
 class ForwardSolve:
@@ -84,8 +87,8 @@ class ForwardSolve:
             raise RuntimeError(
                 "func's module holds other parameter tensors in the backward pass than in the forward "
                 "solve (torch.func.functional_call, or a load_state_dict(assign=True) in between): the "
-                "graph-free gradient methods re-evaluate func with its current parameters; use "
-                "gradient='direct', which differentiates the forward's own graph"
+                f"graph-free gradient methods re-evaluate func with its current parameters; use {DIRECT}, "
+                "which differentiates the forward's own graph"
             )
 
     def is_differentiated(self, y0: Tensor) -> bool:
@@ -160,7 +163,7 @@ class CapturedTensorCheck:
                 f"gradient={self.method!r}: func uses {len(captured)} tensor(s) that require grad but are "
                 f"not in adjoint_params (shapes {shapes}): a graph-free gradient method returns gradients "
                 "for y0 and adjoint_params only, so theirs would silently be none. Make them parameters "
-                "of func's module or list them in adjoint_params, or detach them (gradient='direct' "
+                f"of func's module or list them in adjoint_params, or detach them ({DIRECT} "
                 "differentiates everything func uses)"
             )
 
@@ -432,8 +435,7 @@ def _first_order_only(backward: Callable) -> Callable:
         if torch.is_grad_enabled():
             raise RuntimeError(
                 f"gradient={ctx.method.name!r} gives first derivatives only (its backward pass is "
-                "not differentiable): for second derivatives (create_graph=True, a Hessian) use "
-                "gradient='direct'"
+                f"not differentiable): for second derivatives (create_graph=True, a Hessian) use {DIRECT}"
             )
         return once(ctx, *grads)
 
