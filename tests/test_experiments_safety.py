@@ -4,6 +4,7 @@ replace another, and Ctrl-C that exits 130 with the command that resumes. Tiny r
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -391,6 +392,44 @@ def test_ctrl_c_in_the_first_epoch_says_the_run_restarts(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "had not finished an epoch and restarts" in err and err.count("\n") == 1
     assert "resume with: local-reg experiment digits --methods vanilla --size tiny" in err
+
+
+def test_a_ctrl_c_that_python_dropped_still_stops_the_run_at_its_iteration(tmp_path, monkeypatch, capsys):
+    """A SIGINT that lands in a ``__del__`` (a graph's hook remover, say) raises there, and Python
+    prints "Exception ignored" and goes on: the run trained to its end and exited 0. The handler
+    also sets a flag that the training loop reads after each iteration."""
+    from local_reg.experiments import cli
+
+    original = type(REGISTRY["digits"]).training_loss
+    calls = []
+
+    def interrupted_where_python_drops_it(self, model, batch):
+        calls.append(1)
+        if len(calls) == 3:  # tiny digits: two batches an epoch, so epoch 1 is in the checkpoint
+            # What Python does with an exception raised in a __del__: prints it and goes on.
+            with contextlib.suppress(KeyboardInterrupt):
+                cli._request_stop(signal.SIGINT, None)
+        return original(self, model, batch)
+
+    monkeypatch.setattr(type(REGISTRY["digits"]), "training_loss", interrupted_where_python_drops_it)
+    assert run(tmp_path, "digits", "--methods", "vanilla", "--set", "epochs=3") == 130
+    assert len(calls) == 3
+    assert "is saved at epoch 1 of 3" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back on the way out
+
+
+def test_an_ignored_sigint_is_left_ignored(tmp_path, monkeypatch):
+    """A shell's background job starts with SIGINT ignored: the command line does not take it over."""
+    seen = []
+    monkeypatch.setattr(
+        "local_reg.experiments.cli.sweep", lambda *a, **k: seen.append(signal.getsignal(signal.SIGINT)) or []
+    )
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert run(tmp_path, "digits", "--methods", "vanilla") == 0
+        assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # --- checkpoints and the results file -------------------------------------------------------------
@@ -843,6 +882,17 @@ def test_a_tables_description_names_its_tolerances_and_world_sizes(tmp_path, cap
     assert main(["report", "--out", str(tmp_path)]) == 0
     (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("size ")]
     assert "tsit5 rtol=0.001 atol=1e-06" in line and "world sizes 1, 2 (by row)" in line
+
+
+def test_a_table_whose_runs_used_different_torch_threads_says_so(tmp_path, capsys):
+    """``--threads`` changes the times only, so its runs share a table: the description names the
+    counts, and says when they are mixed (a row's times then do not compare)."""
+    settings = {"epochs": 1, "batch_size": 32}
+    records = [fake_record("digits", "vanilla", seed, settings=settings, threads=1) for seed in (0, 1)]
+    records.append(fake_record("digits", "vanilla", 2, settings=settings, threads=2))
+    group = Group("digits", "cfg", records)
+    assert "torch threads 1, 2 mixed (their times do not compare)" in describe(group)
+    assert "1 torch thread(s)" in describe(Group("digits", "cfg", records[:2]))
 
 
 def test_weights_and_local_options_label_rows_not_the_tables_description():

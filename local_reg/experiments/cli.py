@@ -12,19 +12,23 @@ the reason in one line on stderr; 130 interrupted (Ctrl-C), with the command tha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
 import tempfile
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
 
-from . import distributed
+from . import distributed, runner
 from .methods import METHODS
 from .report import TIMINGS, check_report, group_records, markdown_table, report_name, write_report
 from .results import ResultsError, ResultsFile, ResultsWarning
@@ -253,6 +257,30 @@ def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
     return showwarning
 
 
+@contextlib.contextmanager
+def _interrupts_stop_the_run() -> Iterator[None]:
+    """Ctrl-C raises ``KeyboardInterrupt`` as Python's own handler does, and sets
+    :data:`runner.STOP_REQUESTED`, which the training loop checks. A SIGINT that is ignored (a
+    shell's background job) or handled by someone else is left as it is."""
+    runner.STOP_REQUESTED.clear()
+    replace = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if replace:
+        signal.signal(signal.SIGINT, _request_stop)
+    try:
+        yield
+    finally:
+        if replace:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _request_stop(signum: int, frame: FrameType | None) -> None:
+    runner.STOP_REQUESTED.set()
+    signal.default_int_handler(signum, frame)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 for bad input, 130 when interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -264,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("always", ResultsWarning)
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
         try:
-            return _experiment(args) if args.command == "experiment" else _report(args)
+            with _interrupts_stop_the_run():
+                return _experiment(args) if args.command == "experiment" else _report(args)
         except (BadInput, ResultsError) as error:
             print(f"local-reg: error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT

@@ -215,7 +215,13 @@ def describe(group: Group) -> str:
     world = (
         f"world size {sizes[0]}" if len(sizes) == 1 else f"world sizes {', '.join(map(str, sizes))} (by row)"
     )
-    parts += [f"{s['epochs']} epochs", f"batch {s['batch_size']}", world]
+    threads = sorted({record.get("threads", 1) for record in group.records})
+    torch_threads = (
+        f"{threads[0]} torch thread(s)"
+        if len(threads) == 1
+        else f"torch threads {', '.join(map(str, threads))} mixed (their times do not compare)"
+    )
+    parts += [f"{s['epochs']} epochs", f"batch {s['batch_size']}", world, torch_threads]
     changed = _changed_settings(group.task, first["size"], s)
     if changed:
         parts.append("set: " + ", ".join(f"{key}={value}" for key, value in changed))

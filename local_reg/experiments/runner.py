@@ -21,6 +21,7 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sized
@@ -69,6 +70,10 @@ GRADIENTS = ("direct", "adjoint", "checkpoint", "symplectic", "interpolating_adj
 # Prediction time is the fastest of this many passes over the test set: a single pass is at the
 # mercy of whatever else the machine is doing.
 TIMING_REPEATS = 10
+STOP_REQUESTED = threading.Event()
+"""Set with the ``KeyboardInterrupt`` the command line's SIGINT handler raises: a Ctrl-C that lands
+where Python drops exceptions (a ``__del__``, a weakref callback, which only print "Exception
+ignored") still stops the run, at the end of its training iteration."""
 
 
 @dataclass
@@ -620,6 +625,8 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                     history[key].append(value)
                 bar.set_postfix(_progress(loss, metrics, costs, history, measurement.tuned), refresh=False)
                 bar.update()
+                if STOP_REQUESTED.is_set():
+                    raise KeyboardInterrupt
             rng_ranks = generator_ranks = None
             if world > 1:
                 rng_ranks = distributed.gather(torch.get_rng_state())
