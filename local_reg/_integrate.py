@@ -282,6 +282,15 @@ def fixed_step_size(t: float, t_target: float, step_size: float) -> float:
     return abs(t_target - t) / count
 
 
+def check_landing_gaps(times: list[float], why: str) -> None:
+    """For a solve that ends a step on every output time: a ``ValueError`` naming two of ``times``
+    too close for a step between them to move the time (:func:`next_step_size`'s underflow, which
+    the loop would reach only after integrating up to them); ``why`` ends the message."""
+    for a, b in itertools.pairwise(times):
+        if abs(b - a) <= underflow_threshold(a, abs(b - a)):
+            raise ValueError(f"t holds {a!r} and {b!r}, within a few ulps of each other: {why}")
+
+
 def next_step_size(
     t: float, t_target: float, dt_abs: float, n_steps: int, max_steps: int, max_step: float | None = None
 ) -> tuple[float, bool]:

@@ -11,7 +11,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from ._integrate import DEFAULT_MAX_STEPS, SolveOptions, StepCallbacks, StepPenalty
+from ._integrate import DEFAULT_MAX_STEPS, SolveOptions, StepCallbacks, StepPenalty, check_landing_gaps
 from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import accepts_tuple_states
 from ._validate import (
@@ -277,6 +277,13 @@ def odeint(
     ).for_state(state)
     options = options.over(times)
     check_times_distinct(times, field_time_dtype)
+    if options.step_size is not None or not options.interpolate:
+        check_landing_gaps(
+            times,
+            "a solve that ends a step at every output time (a fixed step_size, or step_to_outputs=True) "
+            "cannot take a step this short (merge them; an adaptive method interpolates them without "
+            "step_to_outputs)",
+        )
     check_span(times, state.dtype, options.step_size, options.tableau)
     gradient_method = as_gradient_method(gradient)
     gradient_method = _legacy_gradient(

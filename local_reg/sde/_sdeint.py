@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from itertools import pairwise
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, integrate
-from .._step import beside_jump, time_tensor, underflow_threshold
+from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, check_landing_gaps, integrate
+from .._step import beside_jump, time_tensor
 from .._validate import (
     active_autocast,
     call_leaving_input,
@@ -115,13 +114,10 @@ def sdeint(
             non-finite fixed step, or ``max_steps`` exceeded.
     """
     noise_type, times = validate_sde_problem(sde, y0, t, method)
-    for start, end in pairwise(times):
-        if end - start <= underflow_threshold(start, end - start):
-            # Every output time ends a step (no dense output), and a step this short underflows.
-            raise ValueError(
-                f"t holds {start!r} and {end!r}, within a few ulps of each other: sdeint ends a step at "
-                "every output time, and cannot take a step this short; merge them"
-            )
+    # Every output time ends a step (no dense output).
+    check_landing_gaps(
+        times, "sdeint ends a step at every output time, and cannot take a step this short; merge them"
+    )
     check_times_distinct(times, y0.dtype, "(y0's, whatever t's): solve in float64 or shift t towards 0")
     check_generator(generator)
     if bm is not None and generator is not None:
