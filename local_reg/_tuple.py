@@ -166,6 +166,13 @@ def accepts_tuple_states(solve: SolveFunction) -> SolveFunction:
             # torchdiffeq reads any sequence, a 1-D tensor too, as one tolerance per tensor of y0.
             if isinstance(value, (tuple, list)) or (isinstance(value, Tensor) and value.dim() == 1):
                 options[name] = state.flatten_tolerance(name, list(value))
+            elif isinstance(value, Tensor) and value.dim() > 1:
+                # It would be broadcast to the flat state, a shape the caller never sees.
+                raise ValueError(
+                    f"{name} of shape {tuple(value.shape)} for a tuple y0: give one tolerance per tensor "
+                    f"of y0 (a list or tuple of numbers or tensors, each broadcasting to its tensor), or "
+                    "one number"
+                )
         solution = solve(TupleField(func, state), state.flatten(y0), t, **options)
         return replace(solution, ys=state.unflatten(solution.ys), layout=state.unflatten)
 

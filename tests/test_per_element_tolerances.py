@@ -228,3 +228,19 @@ def test_the_failure_hint_names_the_tightest_per_element_rtol():
             rtol=torch.tensor([1e-12, 1e-3]),
             atol=1e-12,
         )
+
+
+def test_a_tolerance_tensor_of_several_dimensions_for_a_tuple_state_is_named():
+    """It was broadcast to the flat state, and refused naming that shape, which the caller never
+    sees ("does not broadcast to the state's shape (8,)"); a 0-dim tensor is one number."""
+    y0 = (torch.ones(2, 3), torch.ones(2))
+
+    def decay(t, y):
+        return (-y[0], -y[1])
+
+    with pytest.raises(
+        ValueError, match=r"rtol of shape \(2, 3\) for a tuple y0: give one tolerance per tensor"
+    ):
+        odeint(decay, y0, [0.0, 1.0], rtol=torch.full((2, 3), 1e-6))
+    one = odeint(decay, y0, [0.0, 1.0], rtol=torch.tensor(1e-6))
+    assert torch.equal(one.ys[-1][0], odeint(decay, y0, [0.0, 1.0], rtol=1e-6).ys[-1][0])
