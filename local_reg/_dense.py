@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ._step import combine_rows
-from ._validate import check_not_meta, check_strided, without_autocast
+from ._validate import check_time_tensor, without_autocast
 from .interpolants import Interpolant
 
 
@@ -98,10 +98,7 @@ class DenseOutput:
         if isinstance(t, Tensor):
             if t.dim() > 1:
                 raise ValueError(f"t must be a float, a 0-dim or a 1-D tensor, got shape {tuple(t.shape)}")
-            if t.is_complex() or t.dtype == torch.bool:
-                raise TypeError(f"t must be a real tensor, got dtype {t.dtype}")
-            check_strided("t", t)
-            check_not_meta("t", t, "times")
+            check_time_tensor("t", t)
             values = [float(v) for v in t.detach().reshape(-1).tolist()]
             narrow = t.is_floating_point() and torch.finfo(t.dtype).bits < 64
             rounded_to = t.dtype if narrow else None

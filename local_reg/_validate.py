@@ -236,12 +236,9 @@ def finite_times(name: str, t: Tensor | np.ndarray | Sequence[float]) -> list[fl
             f"{name} must be a 1-D tensor, numpy array or sequence of floats, got {type(t).__name__}"
         )
     if isinstance(t, Tensor):
-        check_strided(name, t)
-        check_not_meta(name, t, "times")
         if t.dim() != 1:
             raise ValueError(f"{name} must be a 1-D tensor of times, got shape {tuple(t.shape)}")
-        if t.is_complex() or t.dtype == torch.bool:
-            raise TypeError(f"{name} must be a real tensor, got dtype {t.dtype}")
+        check_time_tensor(name, t)
         times = [float(v) for v in t.detach().cpu().tolist()]
     elif isinstance(t, np.ndarray):
         if t.ndim != 1:
@@ -258,6 +255,15 @@ def finite_times(name: str, t: Tensor | np.ndarray | Sequence[float]) -> list[fl
     if not all(math.isfinite(v) for v in times):
         raise ValueError(f"{name} must be finite")
     return times
+
+
+def check_time_tensor(name: str, t: Tensor) -> None:
+    """A tensor of times must be real, dense and hold values (not on the meta device): a
+    ``TypeError`` / ``ValueError`` naming ``name``, not torch's error from reading it."""
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be a real tensor, got dtype {t.dtype}")
+    check_strided(name, t)
+    check_not_meta(name, t, "times")
 
 
 def validate_times(t: Tensor | np.ndarray | Sequence[float]) -> list[float]:
