@@ -110,6 +110,27 @@ def test_weight_specs_by_the_rule_in_the_docstring():
     assert rule.accepts("default") and not Weight(default=False).accepts("default")
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"ratio": 0.2, "beta": 2}, "weights.w is refused by RatioWeight: beta must be in [0, 1), got 2"),
+        ({"ratio": 0.2, "bogus": 1}, 'weights.w has unknown key(s) bogus (the "ratio" spec takes every,'),
+        ({"ratio": -1}, 'weights.w holds "ratio": -1, which must be a finite number > 0'),
+        ({"ratio": 0.2, "scope": "x"}, "holds \"scope\": the string 'x', which must be one of model, field"),
+        ({"adaptive": 0.1, "rate": None}, 'weights.w holds "rate": null, which must be a finite number >= 0'),
+        ({"adaptive": 0.1, "warmup": 1.5}, "by AdaptiveWeight: warmup must be a non-negative int, got float"),
+        ({"adaptive": 0.1, "scope": "field"}, 'unknown key(s) scope (the "adaptive" spec takes loss_rise,'),
+        (-1, "weights.w must be a number >= 0, "),
+    ],
+)
+def test_a_refused_weight_spec_is_named_down_to_its_key(spec, message):
+    """A self-tuning spec's message names the sub-key at fault (and the class's own reason), not
+    only the setting followed by every form a weight may take."""
+    with pytest.raises(SettingsError) as refused:
+        check_settings(Schema({"weights": {"w": Weight()}}), {"weights": {"w": spec}})
+    assert message in str(refused.value)
+
+
 # ---- check_settings and apply_overrides ------------------------------------------------------------
 
 

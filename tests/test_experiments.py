@@ -239,6 +239,11 @@ def test_results_are_never_overwritten(tmp_path):
             "--set local.probe sets the local regularizer, but no local-* method is run",
         ),
         (["experiment", "digits", "--seeds", "0"], "--seeds must be at least 1"),
+        # Beyond float32's range the optimizer's first step overflows the parameters (a traceback).
+        (
+            ["experiment", "spiral", "--set", "lr=1e300"],
+            "bad --set: lr must be a finite number > 0 and <= 3.4",
+        ),
         (
             ["experiment", "digits", "--methods", "global-error", "--gradient", "symplectic"],
             "global-error with",

@@ -111,8 +111,8 @@ def no_training(monkeypatch) -> None:
         ("eval_batch_size=0", "eval_batch_size must be an integer >= 1, got 0"),
         ("hidden=-5", "hidden must be an integer >= 1, got -5"),
         ("hidden=0", "hidden must be an integer >= 1, got 0"),
-        ("lr=-1", "lr must be a finite number > 0, got -1"),
-        ("lr=NaN", "lr must be a finite number > 0, got NaN"),
+        ("lr=-1", "lr must be a finite number > 0 and <= 3.40282e+38, got -1"),
+        ("lr=NaN", "lr must be a finite number > 0 and <= 3.40282e+38, got NaN"),
         ("solver.method=tsit55", "solver.method must be one of 'tsit5', 'dopri5'"),
         ("solver.method=euler", "solver.method must be one of"),  # fixed-step: the tasks solve adaptively
         ("solver.rtol=0", "solver.rtol must be a finite number > 0, got 0"),
@@ -126,7 +126,7 @@ def no_training(monkeypatch) -> None:
         ("solver=3", "solver must be an object with the keys method, rtol, atol, got 3"),
         ('solver={"method": "tsit5"}', "solver: missing solver.rtol, solver.atol"),
         ("weights.local-random={}", 'weights.local-random must be a number >= 0, {"start": w0'),
-        ('weights.local-random={"adaptive": 1, "nope": 2}', "weights.local-random must be"),
+        ('weights.local-random={"adaptive": 1, "nope": 2}', "weights.local-random has unknown key(s) nope"),
         ('weights.local-random={"start": 1, "end": 0}', "weights.local-random must be"),
         ('weights.local-random={"start": 1, "end": 2, "x": 3}', "weights.local-random must be"),
         ("weights.local-random=-1", "weights.local-random must be"),
@@ -783,18 +783,27 @@ def test_the_kinetic_study_setting_drops_the_papers_probe():
     assert block.penalty.penalty == "kinetic"
 
 
-@pytest.mark.parametrize("task", ["lotka", "pendulum", "vanderpol"])
-def test_steer_on_the_trajectory_fits_stays_inside_the_last_interval(task, tmp_path, capsys):
-    """STEER's half-width b must be smaller than the last output interval: the default (MNIST's
-    0.5 before) is, and a wider one is refused before any training."""
+STEER_TASKS = [name for name, task in REGISTRY.items() if "steer" in task.methods]
+
+
+@pytest.mark.parametrize("task", STEER_TASKS)
+def test_steer_stays_inside_each_tasks_last_interval(task, tmp_path, capsys):
+    """STEER's half-width b must be smaller than the last output interval: the task's default is,
+    the interval a task states is the one its training solves over (b just below it passes STEER's
+    own check on a training batch), and b at it is refused before any training, naming the setting."""
+    overrides = ["--set", "observation_times=grid"] if task == "latent_ode" else []
     settings = REGISTRY[task].settings("tiny")
+    if task == "latent_ode":
+        settings["observation_times"] = "grid"
+    interval = REGISTRY[task].last_interval(settings)
+    assert settings["weights"]["steer"] < interval
+    settings["weights"]["steer"] = 0.999 * interval
     context = runner.ModelContext(runner.METHODS["steer"], "direct", 1)
     model = REGISTRY[task].build_model(settings, context)
-    times = torch.linspace(0.0, settings["t_max"], settings["n_times"])
-    model(torch.zeros(2, settings["n_times"], 2))  # a training forward pass draws the end time
-    assert settings["weights"]["steer"] < float(times[-1] - times[-2])
-    assert run(tmp_path, task, "--methods", "vanilla", "steer", "--set", "weights.steer=0.5") == 2
-    assert "weights.steer=0.5 must be smaller than the output times' spacing" in capsys.readouterr().err
+    batch = next(iter(torch.utils.data.DataLoader(REGISTRY[task].load_data(settings, 0).train, batch_size=2)))
+    REGISTRY[task].training_loss(model.train(), batch)  # draws an end time within b of the last
+    assert run(tmp_path, task, "--methods", "steer", *overrides, "--set", f"weights.steer={interval!r}") == 2
+    assert f"weights.steer={interval:g} must be smaller than the last interval" in capsys.readouterr().err
     assert not (tmp_path / "results.jsonl").exists()
 
 

@@ -35,6 +35,10 @@ class Rule:
     def accepts(self, value: Any) -> bool:
         raise NotImplementedError
 
+    def refusal(self, value: Any) -> str | None:
+        """Why ``value`` is refused, in words that follow the setting's name; ``None`` if accepted."""
+        return None if self.accepts(value) else f"must be {self.allowed()}"
+
 
 def _is_number(value: Any) -> bool:
     # JSON true/false parse to bool, a subclass of int: a switch is not a count or a rate.
@@ -143,43 +147,41 @@ class Weight(Rule):
         )
 
     def accepts(self, value: Any) -> bool:
+        return self.refusal(value) is None
+
+    def refusal(self, value: Any) -> str | None:
         if value == "default":
-            return self.default
-        if isinstance(value, dict) and "adaptive" in value:
-            options = {k: v for k, v in value.items() if k != "adaptive"}
-            return (
-                Real().accepts(value["adaptive"])
-                and set(options) <= set(ADAPTIVE_KEYS)
-                and all(
-                    (v is None and k == "target_nfe") or Real(closed=True).accepts(v)
-                    for k, v in options.items()
-                    if k != "warmup"
-                )
-                and _builds(value)
-            )
-        if isinstance(value, dict) and "ratio" in value:
-            options = {k: v for k, v in value.items() if k != "ratio"}
-            return (
-                Real().accepts(value["ratio"])
-                and set(options) <= set(RATIO_KEYS)
-                and options.get("scope", "model") in RATIO_SCOPES
-                and all(
-                    Real(closed=True).accepts(v) for k, v in options.items() if k not in ("every", "scope")
-                )
-                and _builds(value)
-            )
+            return None if self.default else f"must be {self.allowed()}"
+        for kind, keys in (("adaptive", ADAPTIVE_KEYS), ("ratio", RATIO_KEYS)):
+            if isinstance(value, dict) and kind in value:
+                return _self_tuning_refusal(kind, keys, value)
         if isinstance(value, dict):
-            return set(value) == {"start", "end"} and all(Real().accepts(v) for v in value.values())
-        return Real(closed=True).accepts(value)
+            accepted = set(value) == {"start", "end"} and all(Real().accepts(v) for v in value.values())
+        else:
+            accepted = Real(closed=True).accepts(value)
+        return None if accepted else f"must be {self.allowed()}"
 
 
-def _builds(spec: dict[str, Any]) -> bool:
-    """Whether the self-tuning weight a spec describes can be made: its class checks the ranges."""
+def _self_tuning_refusal(kind: str, keys: tuple[str, ...], spec: dict[str, Any]) -> str | None:
+    """Why a ``{"adaptive": w0, ...}`` or ``{"ratio": rho, ...}`` spec is refused, naming its sub-key."""
+    if not Real().accepts(spec[kind]):
+        return f'holds "{kind}": {_describe(spec[kind])}, which must be a finite number > 0'
+    unknown = [k for k in spec if k != kind and k not in keys]
+    if unknown:
+        return f'has unknown key(s) {", ".join(unknown)} (the "{kind}" spec takes {", ".join(keys)})'
+    for key, value in spec.items():
+        if key == "scope" and value not in RATIO_SCOPES:
+            return f'holds "scope": {_describe(value)}, which must be one of {", ".join(RATIO_SCOPES)}'
+        nullable = key == "target_nfe"
+        if key not in (kind, "scope", "every", "warmup") and not (
+            (value is None and nullable) or Real(closed=True).accepts(value)
+        ):
+            return f'holds "{key}": {_describe(value)}, which must be a finite number >= 0'
     try:
         weight_schedule(spec, 1, "local-random")
-    except (ValueError, TypeError):
-        return False
-    return True
+    except (ValueError, TypeError) as error:  # the class checks the ranges and names the keyword
+        return f"is refused by {'AdaptiveWeight' if kind == 'adaptive' else 'RatioWeight'}: {error}"
+    return None
 
 
 Fields = Mapping[str, Union[Rule, "Fields"]]
@@ -227,8 +229,9 @@ def _check_group(fields: Fields, settings: Any, prefix: str) -> None:
         raise SettingsError(f"{where}: {'; '.join(problems)} (keys: {', '.join(fields)})")
     for key, rule in fields.items():
         if isinstance(rule, Rule):
-            if not rule.accepts(settings[key]):
-                raise SettingsError(f"{prefix}{key} must be {rule.allowed()}, got {_describe(settings[key])}")
+            refusal = rule.refusal(settings[key])
+            if refusal is not None:
+                raise SettingsError(f"{prefix}{key} {refusal}, got {_describe(settings[key])}")
             if isinstance(rule, Real):
                 # 4 and 4.0 are one setting: one run, one table (the hashes read the JSON).
                 settings[key] = float(settings[key])

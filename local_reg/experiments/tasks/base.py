@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -93,8 +94,21 @@ class Task(ABC):
 
     def build_model(self, settings: dict[str, Any], context: ModelContext) -> nn.Module:
         """The whole network for one run; by default ``build_network(solver_block(build_dynamics()))``."""
+        if context.method.family == "steer":
+            # Refused here, before any training, rather than by STEER's own check at the first batch.
+            interval, half_width = self.last_interval(settings), settings["weights"]["steer"]
+            if isinstance(half_width, (int, float)) and half_width >= interval:
+                raise ValueError(
+                    f"weights.steer={half_width:g} must be smaller than the last interval of the "
+                    f"output times, {interval:g}: STEER perturbs the end time by up to its half-width"
+                )
         block = solver_block(self.build_dynamics(settings), settings, context)
         return self.build_network(block, settings)
+
+    def last_interval(self, settings: dict[str, Any]) -> float:
+        """The last interval ``|t[-1] - t[-2]|`` of the output times the model solves over: STEER's
+        half-width must be smaller (a task that lists ``steer`` among its methods says it)."""
+        raise NotImplementedError(f"task {self.name!r} lists steer but does not say its last output interval")
 
     def build_dynamics(self, settings: dict[str, Any]) -> nn.Module:
         """The vector field ``f(t, y)`` of the neural ODE (for the default :meth:`build_model`)."""
@@ -126,7 +140,8 @@ def training_fields(solvers: Sequence[str], methods: Sequence[str]) -> dict[str,
         "epochs": Integer(1),
         "batch_size": Integer(1),
         "eval_batch_size": Integer(1),
-        "lr": Real(),
+        # The optimizer steps float32 parameters by lr times a ratio of order 1: a larger one overflows.
+        "lr": Real(high=torch.finfo(torch.float32).max),
         "solver": {"method": OneOf(tuple(solvers)), "rtol": Real(), "atol": Real()},
         "weights": {m: Weight(default=m.startswith("local")) for m in methods if m != "vanilla"},
     }

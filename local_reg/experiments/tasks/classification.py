@@ -57,6 +57,9 @@ class ClassificationTask(Task):
     def build_dynamics(self, settings: dict[str, Any]) -> nn.Module:
         return ConcatMLP(settings["dim"], settings["hidden"])
 
+    def last_interval(self, settings: dict[str, Any]) -> float:
+        return 1.0  # the solve is over [0, 1], read at its end (ODEClassifier)
+
     def build_network(self, block: nn.Module, settings: dict[str, Any]) -> nn.Module:
         return ODEClassifier(block, settings["dim"], settings["n_classes"])
 

@@ -346,6 +346,10 @@ class LatentODETask(Task):
             )
         return super().build_model(settings, context)
 
+    def last_interval(self, settings: dict[str, Any]) -> float:
+        times = self._times(settings)
+        return float(times[-1] - times[-2])
+
     def build_dynamics(self, settings: dict[str, Any]) -> nn.Module:
         return ConcatMLP(settings["latent"], settings["hidden"])
 

@@ -34,7 +34,7 @@ from torch.utils.data import TensorDataset
 from ... import odeint
 from ..methods import MNIST_WEIGHTS, ODE_METHODS
 from ..settings import Integer, Real, Schema
-from .base import ODE_SOLVERS, Batch, ModelContext, Task, TaskData, training_fields
+from .base import ODE_SOLVERS, Batch, Task, TaskData, training_fields
 
 _COEFFICIENTS = (1.5, 1.0, 3.0, 1.0)
 _DATA_SEED = 0
@@ -160,15 +160,8 @@ class LotkaTask(Task):
     def build_dynamics(self, settings: dict[str, Any]) -> nn.Module:
         return LotkaField(settings["hidden"])
 
-    def build_model(self, settings: dict[str, Any], context: ModelContext) -> nn.Module:
-        # Refused here, before any training, rather than by STEER's own check at the first batch.
-        spacing = settings["t_max"] / (settings["n_times"] - 1)
-        if context.method.family == "steer" and settings["weights"]["steer"] >= spacing:
-            raise ValueError(
-                f"weights.steer={settings['weights']['steer']} must be smaller than the output times' "
-                f"spacing t_max / (n_times - 1) = {spacing:g}"
-            )
-        return super().build_model(settings, context)
+    def last_interval(self, settings: dict[str, Any]) -> float:
+        return settings["t_max"] / (settings["n_times"] - 1)
 
     def build_network(self, block: nn.Module, settings: dict[str, Any]) -> nn.Module:
         times = torch.linspace(0.0, settings["t_max"], settings["n_times"])

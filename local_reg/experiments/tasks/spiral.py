@@ -52,12 +52,16 @@ SPIRAL_REQUIRES = (
 )
 
 
+SPIRAL_T_MAX = 25.0
+"""The end of the true trajectory's time span (it starts at 0)."""
+
+
 def spiral_field(t: Tensor, y: Tensor) -> Tensor:
     """The true dynamics ``dy/dt = (y**3) A``, in ``y``'s dtype."""
     return (y**3) @ _TRUE_A.to(y.dtype)
 
 
-def spiral_trajectory(data_size: int, t_max: float = 25.0) -> tuple[Tensor, Tensor]:
+def spiral_trajectory(data_size: int, t_max: float = SPIRAL_T_MAX) -> tuple[Tensor, Tensor]:
     """Times and states ``(data_size, 2)`` of the true spiral (float64 solve, rtol 1e-10)."""
     times = torch.linspace(0.0, t_max, data_size, dtype=torch.float64)
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
@@ -106,7 +110,8 @@ class SpiralTask(Task):
             "lr": 1e-3,
             "solver": {"method": "tsit5", "rtol": 1e-6, "atol": 1e-8},
             # No published coefficients for this demo: the MNIST ones ([LR23], [GR21], the baselines), but
-            # STEER's b must stay below the grid's interval (25 / 999 at the quick and full sizes).
+            # STEER's b must stay below the grid's interval (last_interval: 25 / 999 at the quick and
+            # full sizes).
             "weights": {**copy.deepcopy(MNIST_WEIGHTS), "steer": 0.01},
         }
 
@@ -126,6 +131,9 @@ class SpiralTask(Task):
 
     def build_dynamics(self, settings: dict[str, Any]) -> nn.Module:
         return SpiralField(settings["hidden"])
+
+    def last_interval(self, settings: dict[str, Any]) -> float:
+        return SPIRAL_T_MAX / (settings["data_size"] - 1)
 
     def build_network(self, block: nn.Module, settings: dict[str, Any]) -> nn.Module:
         return SpiralModel(block)
