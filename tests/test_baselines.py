@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -93,7 +95,7 @@ def test_steer_outputs_the_solution_at_the_drawn_end_time_and_eval_is_unperturbe
 
 def test_steer_half_width_must_stay_inside_the_last_interval(z0):
     model = SteerRegularized(Linear(), b=0.5)
-    with pytest.raises(ValueError, match="b=0.5 must be smaller than the last interval"):
+    with pytest.raises(ValueError, match=re.escape("b=0.5 must be smaller than the last interval")):
         model(z0, [0.0, 0.8, 1.0])
     with pytest.raises(ValueError, match="b must be non-negative"):
         SteerRegularized(Linear(), b=-0.1)
@@ -466,16 +468,6 @@ def test_cli_runs_each_baseline(task, method, tmp_path):
         assert max(history["reg_loss"]) == 0 and sum(history["reg_nfe"]) == 0
     else:
         assert min(history["reg_loss"]) > 0 and min(history["reg_nfe"]) > 0
-
-
-def test_cli_stops_at_the_first_batch_on_a_steer_half_width_beyond_the_grid(tmp_path):
-    from local_reg.experiments.cli import main
-
-    # The grid is known only when the model is called: the first training batch raises.
-    args = ["experiment", "latent_ode", "--methods", "steer", "--size", "tiny", "--set", "weights.steer=0.5"]
-    args += ["--set", "observation_times=grid"]
-    with pytest.raises(ValueError, match="b=0.5 must be smaller than the last interval"):
-        main([*args, "--out", str(tmp_path), "--no-progress"])
 
 
 def test_default_generator_follows_the_global_seed_without_consuming_it(z0):

@@ -5,6 +5,7 @@ torchdiffeq 0.2.5 itself."""
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -476,7 +477,7 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="stop"):
         stop = local_reg._integrate.StepCallbacks(stop=lambda *args: None)
         odeint_event(Ball(), y0, 0.0, event_fn=Ground(), callbacks=stop)
-    with pytest.raises(ValueError, match="t must not require grad with callbacks.stop"):
+    with pytest.raises(ValueError, match=re.escape("t must not require grad with callbacks.stop")):
         t = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
         local_reg.odeint(Ball(), y0, t, callbacks=local_reg._integrate.StepCallbacks(stop=Ground()))
     with pytest.raises(ValueError, match="exactly two times"):

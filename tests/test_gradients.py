@@ -334,7 +334,7 @@ def test_step_penalty_alone_is_differentiated_by_checkpoint():
 
 @pytest.mark.parametrize("gradient", ["adjoint", "symplectic"])
 def test_step_penalty_needs_a_per_step_graph(gradient):
-    with pytest.raises(ValueError, match="step_penalty.*per-step graph"):
+    with pytest.raises(ValueError, match=r"step_penalty.*per-step graph"):
         odeint(TinyField(), torch.ones(3, dtype=DTYPE), TIMES, gradient=gradient, step_penalty=error_penalty)
 
 
@@ -359,7 +359,7 @@ def test_plain_function_without_adjoint_params_is_an_error(gradient):
     with pytest.raises(ValueError, match=r"func is a plain function \(function\)"):  # not the wrapper
         odeint(lambda t, y: (field(t, y[0]), y[0][:1]), pair, TIMES, gradient=gradient)
     # The interpolating adjoint refuses events first (tests/test_interpolating_adjoint.py).
-    with pytest.raises(ValueError, match="func is a plain function|interpolating_adjoint.*stop condition"):
+    with pytest.raises(ValueError, match=r"func is a plain function|interpolating_adjoint.*stop condition"):
         odeint_event(
             lambda t, y: (field(t, y[0]), y[0][:1]),
             pair,

@@ -138,7 +138,7 @@ def test_jumps_and_a_gradient_with_respect_to_the_output_times():
 def test_a_stop_condition_is_refused_by_name():
     field = TinyField()
     y0 = torch.randn(3, dtype=DTYPE, requires_grad=True)
-    with pytest.raises(ValueError, match="interpolating_adjoint.*stop condition"):
+    with pytest.raises(ValueError, match=r"interpolating_adjoint.*stop condition"):
         odeint_event(field, y0, 0.0, event_fn=lambda t, y: y[0] - 10.0, gradient="interpolating_adjoint")
 
 

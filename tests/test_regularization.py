@@ -425,7 +425,7 @@ def test_uniform_draws_far_from_zero_cover_the_span_and_an_unresolvable_span_is_
     # [1e6, 1e6 + 1] holds 16 float32 times: every draw returns, within [t0, t1).
     for _ in range(50):
         assert 0.0 <= sample_uniform_time([t0, t0 + 1.0], torch.float32, generator) - t0 < 1.0
-    with pytest.raises(ValueError, match="t spans .* cannot resolve"):
+    with pytest.raises(ValueError, match=r"t spans .* cannot resolve"):
         sample_uniform_time([t0, t0 + 0.01], torch.float32, generator)
     # Ends that float32 cannot represent: the draws round into the span, never past its ends.
     for times in ([t0, t0 + 0.1], [t0 + 0.03, t0 + 0.09], [0.7, 0.7 + 1e-7], [t0 + 0.1, t0]):
@@ -941,7 +941,7 @@ def test_a_state_saved_with_another_weight_says_how_to_keep_this_models():
     paper = LocallyRegularized.paper(MLPField(), weight=ExponentialDecay(2.5, 1.0, 10))
     default = LocallyRegularized(MLPField())
     with pytest.raises(
-        ValueError, match="RatioWeight state is missing .*remove the state dict's '_extra_state'"
+        ValueError, match=r"RatioWeight state is missing .*remove the state dict's '_extra_state'"
     ):
         default.load_state_dict(paper.state_dict(), strict=False)
     state = {k: v for k, v in paper.state_dict().items() if not k.endswith("_extra_state")}

@@ -653,5 +653,7 @@ def test_the_held_out_script_takes_its_documented_method_names_as_written():
 def test_the_held_out_script_refuses_a_method_number_not_written_as_a_plain_decimal(name):
     # float() takes each of these; the name would write result files under a spelling other than
     # the number's, or (0_1 is 1) run another weight than the one it seems to say.
-    with pytest.raises(argparse.ArgumentTypeError, match="its number a plain decimal such as 0.1 or 1e-3"):
+    with pytest.raises(
+        argparse.ArgumentTypeError, match=re.escape("its number a plain decimal such as 0.1 or 1e-3")
+    ):
         _held_out_script().method_name(name)
