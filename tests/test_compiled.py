@@ -242,3 +242,7 @@ def test_a_step_the_compiler_cannot_build_runs_eagerly_after_one_warning():
     torch.testing.assert_close(again.ys, odeint(field, 2 * y0, [0.0, 1.0]).ys, rtol=0, atol=0)
     torch.testing.assert_close(plain.ys, eager.ys[:2], rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(double.ys, odeint(field, y0.double(), [0.0, 1.0]).ys, rtol=1e-12, atol=1e-13)
+    # A tuple state is named by its parts' shapes, as passed, not by the flat state the step sees.
+    named = r"for a torch\.float32 tuple state of shapes \(1,\), \(2,\) on cpu"
+    with pytest.warns(RuntimeWarning, match=named):
+        odeint(lambda t, y: (-rate * y[0], -y[1]), (y0[:1], torch.ones(2)), [0.0, 1.0], compile=compile)
