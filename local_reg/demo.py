@@ -22,23 +22,35 @@ which then only prints the tables again.
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Sequence
 
-from .experiments.cli import main as cli_main
+from .experiments import main as cli_main
 
 ONE_SEED = ["--methods", "vanilla", "local-random", "--seeds", "1", "--quick"]
 DEFAULT_WEIGHT = ["--set", "weights.local-random=default"]
 PAPER_TOLERANCE = ["--set", "solver.rtol=1.4e-8", "--set", "solver.atol=1.4e-8"]
 DEMOS = [
-    ("tabular", DEFAULT_WEIGHT, "results/demo-default-tabular"),
-    ("nsde_digits", DEFAULT_WEIGHT, "results/demo-default-nsde"),
-    ("digits", PAPER_TOLERANCE, "results/demo"),
+    ("tabular", DEFAULT_WEIGHT, "demo-default-tabular"),
+    ("nsde_digits", DEFAULT_WEIGHT, "demo-default-nsde"),
+    ("digits", PAPER_TOLERANCE, "demo"),
 ]
 
 
-def main() -> int:
-    for task, settings, out in DEMOS:
-        code = cli_main(["experiment", task, *ONE_SEED, *settings, "--out", out])
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m local_reg.demo",
+        description="Vanilla against local regularization: three small tables, about one minute "
+        "(the commands: the module's docstring). Finished runs are kept and skipped next time.",
+    )
+    parser.add_argument("--out", default="results", help="the folder of the demo* results (default results/)")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or argparse has printed the reason
+        return int(exit_.code or 0)
+    for task, settings, folder in DEMOS:
+        code = cli_main(["experiment", task, *ONE_SEED, *settings, "--out", f"{args.out}/{folder}"])
         if code:
             return code
     return 0

@@ -384,8 +384,35 @@ def test_make_demo_runs_the_commands_its_docstring_shows_and_stops_at_a_failure(
     documented = [shlex.split(line)[1:] for line in re.findall(r"local-reg experiment [^\n]*", text)]
     calls = []
     monkeypatch.setattr(demo, "cli_main", lambda argv: calls.append(argv) or 0)
-    assert demo.main() == 0
+    assert demo.main([]) == 0
     assert calls == documented and len(calls) == 3
     calls.clear()
     monkeypatch.setattr(demo, "cli_main", lambda argv: calls.append(argv) or 3)  # the first fails
-    assert demo.main() == 3 and len(calls) == 1
+    assert demo.main([]) == 3 and len(calls) == 1
+    # --help runs nothing; --out moves every demo folder.
+    calls.clear()
+    assert demo.main(["--help"]) == 0 and calls == []
+    monkeypatch.setattr(demo, "cli_main", lambda argv: calls.append(argv) or 0)
+    assert demo.main(["--out", "elsewhere"]) == 0
+    outs = [argv[argv.index("--out") + 1] for argv in calls]
+    assert outs == [
+        out.replace("results/", "elsewhere/", 1) for out in (a[a.index("--out") + 1] for a in documented)
+    ]
+
+
+def test_the_command_without_the_experiments_extra_names_it(monkeypatch, capsys):
+    """Without a distribution of the ``experiments`` extra, ``local-reg`` (and ``make demo``) exits 2
+    naming the extra, before importing what needs it."""
+    import importlib.util
+
+    import local_reg.experiments as experiments
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in ("tqdm", "sklearn") else real(name, *a)
+    )
+    assert experiments.main(["experiment", "digits"]) == 2
+    assert (
+        "pip install 'local_reg[experiments]' (not installed: tqdm, scikit-learn)" in capsys.readouterr().err
+    )
+    assert demo.main([]) == 2
