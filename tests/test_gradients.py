@@ -468,6 +468,24 @@ def test_a_parameter_func_never_uses_gets_no_gradient_with_every_method(gradient
     assert field.net.weight.grad is not None and field.net.weight.grad.abs().max() > 0
 
 
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_a_backward_pass_under_inference_mode_gives_the_same_gradients(gradient):
+    """``loss.backward()`` inside ``torch.inference_mode()`` gives what it gives outside, as for
+    ``direct``'s recorded graph: the graph-free methods differentiate ``func`` afresh, which inference
+    mode would silently leave without a graph (zero vector-Jacobian products, no parameter gradient)."""
+    field = _FieldWithAnUnusedParameter()
+    gradients = []
+    for inference in (False, True):
+        field.zero_grad()
+        y0 = torch.linspace(-1.0, 1.0, 3, dtype=DTYPE).requires_grad_()
+        loss = odeint(field, y0, TIMES, gradient=gradient).ys.square().sum()
+        with torch.inference_mode(inference):
+            loss.backward()
+        gradients.append((y0.grad, field.net.weight.grad, field.net.bias.grad))
+    for outside, inside in zip(*gradients, strict=True):
+        assert inside is not None and torch.equal(inside, outside)
+
+
 def test_bound_method_of_a_module_uses_its_parameters():
     field = TinyField()
     y0 = torch.randn(3, dtype=DTYPE)

@@ -427,7 +427,11 @@ class StepwiseGradient(GraphFreeGradient):
 def _first_order_only(backward: Callable) -> Callable:
     """``once_differentiable``, and a backward pass asked for a graph (``create_graph=True``: a
     Hessian, a gradient penalty) is an error: ``once_differentiable`` alone returns gradients
-    detached from the inputs, which ``torch.autograd.functional.hessian`` reads as zeros."""
+    detached from the inputs, which ``torch.autograd.functional.hessian`` reads as zeros.
+
+    The backward pass runs outside ``torch.inference_mode``: it differentiates ``func`` afresh
+    under ``enable_grad``, which inference mode would silently turn into no graph (zero
+    vector-Jacobian products, no parameter gradients), where ``direct``'s recorded graph works."""
     once = once_differentiable(backward)
 
     @functools.wraps(backward)
@@ -437,7 +441,8 @@ def _first_order_only(backward: Callable) -> Callable:
                 f"gradient={ctx.method.name!r} gives first derivatives only (its backward pass is "
                 f"not differentiable): for second derivatives (create_graph=True, a Hessian) use {DIRECT}"
             )
-        return once(ctx, *grads)
+        with torch.inference_mode(False):
+            return once(ctx, *grads)
 
     return wrapper
 
