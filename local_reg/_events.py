@@ -48,7 +48,15 @@ from ._integrate import STOP_NEVER_HELD, StepCallbacks, open_end
 from ._odeint import odeint
 from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import TupleField, accepts_tuple_states
-from ._validate import check_bool, check_strided, checked_field, finite_float, time_dtype, validate_state
+from ._validate import (
+    check_bool,
+    check_function_transforms,
+    check_strided,
+    checked_field,
+    finite_float,
+    time_dtype,
+    validate_state,
+)
 from .controller import PIController
 from .gradients._times import StartTime
 from .solution import Solution, State, Stats
@@ -390,6 +398,7 @@ def _solve_until_event(
     ``times_in_state_dtype``: ``func`` gets times in the state's dtype whatever ``t0``'s
     (torchdiffeq's rule, for :mod:`local_reg.compat`); ``event_fn`` keeps ``odeint``'s rule (as
     torchdiffeq gives it ``t0``'s dtype), so the event is located as finely."""
+    check_function_transforms("odeint_event", differentiable=False)
     y0 = validate_state(y0)
     check_bool("reverse_time", reverse_time)
     callbacks = odeint_kwargs.pop("callbacks", None) or StepCallbacks()

@@ -17,6 +17,7 @@ from ._tuple import accepts_tuple_states
 from ._validate import (
     Tolerance,
     check_bool,
+    check_function_transforms,
     check_span,
     check_step_penalty,
     check_times_distinct,
@@ -257,6 +258,7 @@ def odeint(
             vector-Jacobian product. See docs/solver.md.
     """
     # A tuple y0 arrives here flattened into one tensor (accepts_tuple_states), and leaves unflattened.
+    check_function_transforms("odeint", t=t, y0=y0)
     state = validate_state(y0)
     times = validate_times(t)
     field_time_dtype = time_dtype(t, state)
@@ -290,6 +292,7 @@ def odeint(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options
     )
     gradient_method.check(options, times, state)
+    check_function_transforms("odeint", gradient_method.name)
     check_step_penalty(step_penalty)
     check_step_penalty_support(gradient_method, step_penalty)
     # Every call, in the forward and in any backward pass, returns y's shape and dtype.

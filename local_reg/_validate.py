@@ -357,6 +357,61 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 (a solve then "accepts" thousands of steps that do not move the state)."""
 
 
+def _batched(value: object) -> bool:
+    """Whether ``value`` is batched by a ``torch.func.vmap`` at any of its transforms' levels (under
+    ``jacfwd`` the tangents are batched, not the values)."""
+    functorch = torch._C._functorch
+    while isinstance(value, Tensor) and functorch.is_functorch_wrapped_tensor(value):
+        if functorch.is_batchedtensor(value):
+            return True
+        value = functorch.get_unwrapped(value)
+    return False
+
+
+def check_function_transforms(
+    entry: str,
+    gradient: str | None = None,
+    t: object = None,
+    y0: object = None,
+    differentiable: bool = True,
+) -> None:
+    """Refuse, naming the way that works, what ``torch.func`` transforms cannot run through ``entry``
+    (instead of torch's internal errors from deep inside the solve).
+
+    ``vmap`` of ``y0`` or ``t``: an adaptive solve decides from the state's values (whether a step
+    is accepted, how long the next one is), which a batched tensor cannot answer. ``grad``,
+    ``jacrev``, ``jacfwd`` and ``hessian`` differentiate the recorded steps (``gradient="direct"``)
+    but not the other gradient methods' ``torch.autograd.Function`` s, nor the output times: both
+    are ``torch.autograd``'s (``loss.backward()``, ``torch.autograd.grad``).
+    ``differentiable=False``: ``entry`` runs under none of them (an event's time is located and
+    differentiated by its own rules)."""
+    stack = torch._C._functorch.get_interpreter_stack()
+    if not stack:
+        return
+    if not differentiable:
+        raise ValueError(
+            f"{entry} cannot run under torch.func transforms (vmap, grad, jacrev, jacfwd): differentiate it "
+            "with torch.autograd (loss.backward(), torch.autograd.grad)"
+        )
+    if _batched(y0) or _batched(t):
+        raise ValueError(
+            f"{entry} cannot run under torch.func.vmap: the adaptive solver decides from the state's "
+            "values (accept a step or not, how long the next), which a batched tensor cannot answer; "
+            "solve the batch as one state instead (y0 with a batch dimension)"
+        )
+    if gradient is not None and gradient != "direct":
+        raise ValueError(
+            f"{entry} with gradient={gradient!r} cannot run under torch.func transforms (grad, jacrev, "
+            "jacfwd, hessian): they differentiate gradient='direct' only; differentiate the other gradient "
+            "methods with torch.autograd (loss.backward(), torch.autograd.grad)"
+        )
+    if isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t):
+        raise ValueError(
+            f"{entry}: t is differentiated by a torch.func transform, which the output times' gradient does "
+            "not support; differentiate with respect to t with torch.autograd (t.requires_grad_())"
+        )
+
+
 def check_strided(name: str, value: Tensor, returned: bool = False) -> None:
     """``TypeError`` unless ``value`` is a dense (strided) tensor: a sparse one has little of the
     arithmetic a solve does (torch's own error would name an operator, not ``name``).

@@ -14,6 +14,7 @@ from .._step import beside_jump, time_tensor
 from .._validate import (
     active_autocast,
     call_leaving_input,
+    check_function_transforms,
     check_generator,
     check_step_penalty,
     check_times_distinct,
@@ -113,6 +114,7 @@ def sdeint(
             non-finite trial step is rejected), non-finite drift or diffusion at ``t[0]``, a
             non-finite fixed step, or ``max_steps`` exceeded.
     """
+    check_function_transforms("sdeint", t=t, y0=y0)
     noise_type, times = validate_sde_problem(sde, y0, t, method)
     # Every output time ends a step (no dense output).
     check_landing_gaps(

@@ -1,0 +1,83 @@
+"""``torch.func`` transforms over the solvers: ``grad``, ``jacrev``, ``jacfwd`` and ``hessian`` of a
+``gradient="direct"`` solve against the analytic derivatives of ``y' = -a y``; what they cannot run
+(``vmap`` of the state, the graph-free gradient methods, ``t``'s gradient, events) is a ValueError
+naming the way that works, not torch's internal error."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+from torch.func import grad, hessian, jacfwd, jacrev, vmap
+
+from local_reg import odeint, odeint_event, sdeint
+from local_reg.compat import odeint_adjoint
+from local_reg.gradients import GRADIENT_METHODS
+
+RATE = 0.7
+DTYPE = torch.float64
+
+
+def decay(t, y):
+    return -RATE * y
+
+
+def end_state(y0, **options):
+    return odeint(decay, y0, [0.0, 1.0], rtol=1e-10, atol=1e-12, **options).ys[-1]
+
+
+def test_the_derivative_transforms_of_a_direct_solve_are_the_analytic_ones():
+    y0 = torch.tensor([1.0, -2.0], dtype=DTYPE)
+    flow = math.exp(-RATE)
+    expected = flow * torch.eye(2, dtype=DTYPE)
+    torch.testing.assert_close(grad(lambda y: end_state(y).sum())(y0), flow * torch.ones(2, dtype=DTYPE))
+    torch.testing.assert_close(jacrev(end_state)(y0), expected)
+    torch.testing.assert_close(jacfwd(end_state)(y0), expected)
+    # y(1)^2 summed: the Hessian is 2 e^{-2a} I (jacfwd over jacrev: jacfwd's vmap batches tangents).
+    second = hessian(lambda y: end_state(y).square().sum())(y0)
+    torch.testing.assert_close(second, 2 * flow**2 * torch.eye(2, dtype=DTYPE))
+
+
+def test_vmap_of_the_state_is_refused_naming_the_batch_dimension():
+    batch = torch.ones(3, 2, dtype=DTYPE)
+    with pytest.raises(
+        ValueError, match=r"odeint cannot run under torch\.func\.vmap.*y0 with a batch dimension"
+    ):
+        vmap(end_state)(batch)
+    with pytest.raises(ValueError, match=re.escape("odeint cannot run under torch.func.vmap")):
+        vmap(grad(lambda y: end_state(y).sum()))(batch)
+
+    class Noise(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return 0.1 * torch.ones_like(y)
+
+    generator = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match=re.escape("sdeint cannot run under torch.func.vmap")):
+        vmap(lambda y: sdeint(Noise(), y, [0.0, 1.0], generator=generator).ys[-1])(torch.ones(3, 1, 2))
+
+
+@pytest.mark.parametrize("gradient", [g for g in GRADIENT_METHODS if g != "direct"])
+def test_a_graph_free_gradient_method_is_refused_naming_direct(gradient):
+    with pytest.raises(
+        ValueError, match=re.escape(f"odeint with gradient='{gradient}' cannot run under torch.func")
+    ):
+        grad(lambda y: end_state(y, gradient=gradient, adjoint_params=()).sum())(torch.ones(2, dtype=DTYPE))
+
+
+def test_the_output_times_gradient_and_events_are_refused_naming_autograd():
+    y0 = torch.ones(2, dtype=DTYPE)
+    with pytest.raises(ValueError, match=r"t is differentiated by a torch\.func transform.*torch\.autograd"):
+        grad(lambda t1: odeint(decay, y0, torch.stack([t1.new_zeros(()), t1])).ys[-1].sum())(
+            torch.tensor(1.0, dtype=DTYPE)
+        )
+    with pytest.raises(ValueError, match=r"odeint_event cannot run under torch\.func transforms"):
+        grad(lambda y: odeint_event(decay, y, 0.0, event_fn=lambda t, y: y[0] - 0.5)[0])(y0)
+    with pytest.raises(ValueError, match=re.escape("gradient='adjoint' cannot run under torch.func")):
+        grad(lambda y: odeint_adjoint(decay, y, torch.tensor([0.0, 1.0]), adjoint_params=()).sum())(y0)
