@@ -937,6 +937,29 @@ def test_assigning_a_new_field_is_refused_and_copies_still_work():
     assert plain.ys.shape == (4, 3, 2)
 
 
+def _draw_in_a_child(model, queue):
+    queue.put(torch.rand(3, generator=model.generator).tolist())
+
+
+def test_a_model_with_its_own_generator_travels_to_a_spawned_process_with_its_stream():
+    # torch.multiprocessing's pickler could not send the generator: the child died unpickling it
+    # ("unable to resize file"). Its state travels as bytes, so the child draws what this would.
+    import copy
+
+    model = LocallyRegularized(MLPField(), generator=torch.Generator().manual_seed(3))
+    torch.rand(2, generator=model.generator)  # the state travels, not the seed
+    context = torch.multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_draw_in_a_child, args=(model, queue))
+    child.start()
+    drawn = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    clone = copy.deepcopy(model)
+    expected = torch.rand(3, generator=model.generator).tolist()
+    assert drawn == expected and torch.rand(3, generator=clone.generator).tolist() == expected
+
+
 def test_a_state_saved_with_another_weight_says_how_to_keep_this_models():
     paper = LocallyRegularized.paper(MLPField(), weight=ExponentialDecay(2.5, 1.0, 10))
     default = LocallyRegularized(MLPField())

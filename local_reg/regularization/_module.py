@@ -430,6 +430,23 @@ class Penalty(Protocol):
     ) -> tuple[Tensor, Tensor, RegularizationStats]: ...
 
 
+@dataclass(frozen=True)
+class _GeneratorState:
+    """A ``torch.Generator`` as plain data: its device and its state's bytes."""
+
+    device: str
+    state: bytes
+
+    @classmethod
+    def of(cls, generator: torch.Generator) -> _GeneratorState:
+        return cls(str(generator.device), generator.get_state().numpy().tobytes())
+
+    def rebuild(self) -> torch.Generator:
+        generator = torch.Generator(self.device)
+        generator.set_state(torch.frombuffer(bytearray(self.state), dtype=torch.uint8))
+        return generator
+
+
 class Regularized(nn.Module):
     """A neural ODE ``dy/dt = func(t, y)`` or SDE ``dy = f dt + g dW`` as a module, trained with a
     penalty on the solver's own heuristics (or none).
@@ -537,7 +554,18 @@ class Regularized(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         # reg_loss holds the last training pass's graph, which copy.deepcopy and pickle refuse.
-        return {**super().__getstate__(), "reg_loss": self.reg_loss.detach()}
+        state = {**super().__getstate__(), "reg_loss": self.reg_loss.detach()}
+        if self.generator is not None:
+            # torch.multiprocessing's pickler cannot send a Generator to a spawned process (its
+            # state tensor's shared storage fails to map there): the state travels as bytes.
+            state["generator"] = _GeneratorState.of(self.generator)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        generator = state.get("generator")
+        if isinstance(generator, _GeneratorState):
+            state = {**state, "generator": generator.rebuild()}
+        super().__setstate__(state)
 
     def forward(self, y0: State, t: Tensor | Sequence[float]) -> State:
         problem, flat_y0, unflatten = self._flat(y0, t)
