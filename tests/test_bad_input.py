@@ -1040,6 +1040,30 @@ def test_max_steps_on_a_stiff_problem_says_it_is_stiff():
     assert "raise max_steps" in str(info.value)
 
 
+@pytest.mark.parametrize(("method", "rtol", "atol"), [("dopri8", 1e-3, 1e-5), ("tsit5", 1e-2, 1e-8)])
+def test_max_steps_on_a_fast_oscillator_does_not_say_stiff(method, rtol, atol):
+    # y'' = -100^2 y over a long span needs many steps for accuracy, not stability: its steps'
+    # |dt| * rho / stability_size is 0.5-0.6 (the oscillator's eigenvalues lie on the imaginary
+    # axis), which the former threshold 0.5 called stiff, advising against a looser tolerance.
+    def oscillator(t, y):
+        return torch.stack([y[1], -1e4 * y[0]])
+
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    with pytest.raises(SolverError, match=re.escape("exceeded (raise max_steps")) as info:
+        odeint(oscillator, y0, [0.0, 2000.0], method=method, rtol=rtol, atol=atol, max_steps=1500)
+    assert "looks stiff" not in str(info.value) and "loosen rtol/atol" in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["bosh3", "heun_euler"])
+def test_max_steps_with_a_method_that_cannot_judge_stiffness_says_so(method):
+    def stiff(t, y):
+        return -1e4 * (y - torch.cos(t))
+
+    expected = f"loosen rtol/atol); {method} has no stiffness estimate to tell whether the problem is stiff"
+    with pytest.raises(SolverError, match=re.escape(expected)):
+        odeint(stiff, torch.zeros(2, dtype=torch.float64), [0.0, 10.0], method=method, max_steps=200)
+
+
 def test_a_solution_at_the_edge_of_its_dtypes_range_is_named_as_the_cause():
     # It said "raise max_steps, or loosen rtol/atol" while y sat at float32's largest value and the
     # steps shrank to keep it finite: neither helps.
