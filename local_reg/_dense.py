@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ._step import combine_rows
-from ._validate import check_time_tensor, without_autocast
+from ._validate import check_time_tensor, finite_times, without_autocast
 from .interpolants import Interpolant
 
 
@@ -92,10 +94,14 @@ class DenseOutput:
             return -len(self.states)
         return index
 
-    def evaluate(self, t: Tensor | float) -> Tensor:
-        """The solution at ``t`` (a float, a 0-dim or a 1-D tensor of times). The times inside one
-        step are evaluated together, as the solve evaluated its output times."""
-        if isinstance(t, Tensor):
+    def evaluate(self, t: Tensor | float | np.ndarray | Sequence[float]) -> Tensor:
+        """The solution at ``t`` (a float, a 0-dim or a 1-D tensor of times, or a 1-D numpy array or
+        sequence of them, as ``odeint``'s ``t``). The times inside one step are evaluated together,
+        as the solve evaluated its output times."""
+        one_dimensional = not isinstance(t, (Tensor, int, float)) or (isinstance(t, Tensor) and t.dim() == 1)
+        if isinstance(t, (np.ndarray, Sequence)) and not isinstance(t, (str, bytes)):
+            values, rounded_to = finite_times("t", t), None
+        elif isinstance(t, Tensor):
             if t.dim() > 1:
                 raise ValueError(f"t must be a float, a 0-dim or a 1-D tensor, got shape {tuple(t.shape)}")
             check_time_tensor("t", t)
@@ -103,7 +109,9 @@ class DenseOutput:
             narrow = t.is_floating_point() and torch.finfo(t.dtype).bits < 64
             rounded_to = t.dtype if narrow else None
         elif isinstance(t, bool) or not isinstance(t, (int, float)):
-            raise TypeError(f"t must be a float or a tensor of times, got {type(t).__name__}")
+            raise TypeError(
+                f"t must be a float, a tensor, an array or a sequence of times, got {type(t).__name__}"
+            )
         else:
             values, rounded_to = [float(t)], None
         if not all(math.isfinite(v) for v in values):
@@ -131,9 +139,7 @@ class DenseOutput:
                 for p, state in zip(positions, states, strict=True):
                     results[p] = state
             out = torch.stack([results[position] for position in range(len(values))])
-        if isinstance(t, Tensor) and t.dim() == 1:
-            return out
-        return out[0]
+        return out if one_dimensional else out[0]
 
     def _interpolate(self, index: int, values: list[float]) -> Tensor:
         """The states at ``values`` (times inside step ``index``), stacked."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,7 +24,9 @@ a tensor."""
 
 @dataclass
 class Stats:
-    """Solver statistics, returned with every solution (as torchode's ``n_f_evals`` etc.).
+    """Solver statistics, returned with every solution: ``nfe`` is torchode's ``n_f_evals``,
+    ``n_steps``, ``n_accepted`` and ``n_rejected`` are diffrax's ``num_steps``,
+    ``num_accepted_steps`` and ``num_rejected_steps`` (torchode's ``n_steps`` and ``n_accepted``).
 
     Attributes:
         nfe: every evaluation in the forward solve, the initial-step heuristic included: of the
@@ -56,7 +59,8 @@ class Stats:
         self.nfe_diffusion += diffusion
 
 
-@dataclass
+# eq=False: equality is identity, as for tensors' containers (a field-wise == of tensors raises).
+@dataclass(eq=False)
 class Steps:
     """Record of the accepted steps of a solve (all detached).
 
@@ -83,6 +87,10 @@ class Steps:
     dense_output: DenseOutput | None = field(default=None, repr=False)
     stop_time: float | None = None
 
+    def __repr__(self) -> str:
+        stiffness = "" if self.stiffness_estimate is None else ", stiffness_estimate"
+        return f"Steps({len(self.t)} accepted: t, dt, error_estimate{stiffness})"
+
     @functools.cached_property
     def states(self) -> Tensor | None:
         """The state at each step start, shape ``(n_accepted, *y0.shape)``; ``None`` unless the
@@ -90,10 +98,10 @@ class Steps:
         return torch.stack(self.state_list) if self.state_list else None
 
 
-@dataclass
+@dataclass(eq=False)
 class Solution(Generic[State]):
-    """Result of :func:`local_reg.odeint`: ``Solution[Tensor]`` for a tensor ``y0``,
-    ``Solution[tuple[Tensor, ...]]`` for a tuple.
+    """Result of :func:`local_reg.odeint` and :func:`local_reg.sdeint`: ``Solution[Tensor]`` for a
+    tensor ``y0``, ``Solution[tuple[Tensor, ...]]`` for a tuple.
 
     Attributes:
         ts: the output times.
@@ -119,16 +127,28 @@ class Solution(Generic[State]):
     graph_free_method: str | None = field(default=None, repr=False)
     """The gradient method's name when it kept no graph of the solve (``evaluate`` then has none)."""
 
-    def evaluate(self, t: Tensor | float) -> State:
-        """The solution at any ``t`` in the solved span (a float, a 0-dim or 1-D tensor of times),
-        through the method's interpolant (diffrax's ``Solution.evaluate``, torchdiffeq's
-        ``odeint_dense``). At a step's start or end it is that step's state exactly. Needs
-        ``odeint(dense=True)``; differentiable w.r.t. ``y0`` and the parameters only under
-        ``gradient="direct"`` (under a method that keeps no graph of the solve, a backward pass
-        through the returned states raises instead of silently giving them no gradient; for
-        plotting, ``.detach()`` them or evaluate under ``torch.no_grad()``), and never w.r.t. ``t``
-        (a ``t`` that requires grad is refused: its gradient would silently be none; odeint's own
-        output times ``t`` do get gradients)."""
+    def __repr__(self) -> str:
+        # Shapes, not values (diffrax prints f32[10,2]): a batch's states would fill the screen.
+        ys = (
+            "(" + ", ".join(_shape_text(part) for part in self.ys) + ")"
+            if isinstance(self.ys, tuple)
+            else _shape_text(self.ys)
+        )
+        penalties = "" if self.penalties is None else f", penalties={_shape_text(self.penalties)}"
+        return (
+            f"Solution(ts={_shape_text(self.ts)}, ys={ys}, stats={self.stats}, steps={self.steps}{penalties})"
+        )
+
+    def evaluate(self, t: Tensor | float | np.ndarray | Sequence[float]) -> State:
+        """The solution at any ``t`` in the solved span (a float, a 0-dim or 1-D tensor of times, or
+        a 1-D numpy array or sequence of them, as ``odeint``'s ``t``), through the method's
+        interpolant (diffrax's ``Solution.evaluate``, torchdiffeq's ``odeint_dense``). At a step's
+        start or end it is that step's state exactly. Needs ``odeint(dense=True)``; differentiable
+        w.r.t. ``y0`` and the parameters only under ``gradient="direct"`` (under a method that keeps
+        no graph of the solve, a backward pass through the returned states raises instead of
+        silently giving them no gradient; for plotting, ``.detach()`` them or evaluate under
+        ``torch.no_grad()``), and never w.r.t. ``t`` (a ``t`` that requires grad is refused: its
+        gradient would silently be none; odeint's own output times ``t`` do get gradients)."""
         dense = self.steps.dense_output
         if dense is None:
             if self.stats.nfe_diffusion > 0:  # an sdeint solve
@@ -137,7 +157,9 @@ class Solution(Generic[State]):
                     "times to sdeint's t"
                 )
             raise ValueError("evaluate needs the step records: solve with odeint(..., dense=True)")
-        if isinstance(t, Tensor) and t.requires_grad and torch.is_grad_enabled():
+        from ._validate import time_tensors_requiring_grad  # _validate imports this module
+
+        if time_tensors_requiring_grad(t) and torch.is_grad_enabled():
             raise ValueError(
                 "evaluate is not differentiable w.r.t. t, and t requires grad: pass t.detach(), or "
                 "solve with these times as odeint's t (its output times get gradients)"
@@ -166,3 +188,8 @@ class Solution(Generic[State]):
     __getitem__ = __iter__ = to = _not_a_tensor
     __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _not_a_tensor
     __truediv__ = __rtruediv__ = __pow__ = __neg__ = __matmul__ = _not_a_tensor
+
+
+def _shape_text(tensor: Tensor) -> str:
+    """``float32[10, 128, 2]``: a tensor's dtype and shape."""
+    return f"{str(tensor.dtype).removeprefix('torch.')}[{', '.join(map(str, tensor.shape))}]"

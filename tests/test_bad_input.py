@@ -400,8 +400,8 @@ def test_a_solve_under_another_default_device_leaves_later_solves_alone():
     def calls():
         yield odeint(field, y0, t, rtol=1e-5, atol=1e-7).ys
         for kind in (LocallyRegularized, SteerRegularized):
-            options = {"b": 0.1} if kind is SteerRegularized else {}
-            model = kind(field, weight=1.0, generator=torch.Generator().manual_seed(3), **options)
+            options = {"b": 0.1} if kind is SteerRegularized else {"weight": 1.0}
+            model = kind(field, generator=torch.Generator().manual_seed(3), **options)
             yield torch.cat([model(y0, t).reshape(-1), model.reg_loss.reshape(1)])
 
     with torch.device("meta"):
@@ -1870,3 +1870,25 @@ def test_compat_odeint_dense_names_a_t0_of_several_times():
         ValueError, match=r"t0 must be one time \(a float or a one-element tensor\), got shape \(2,\)"
     ):
         local_reg.compat.odeint_dense(decay, torch.ones(2), torch.tensor([0.0, 1.0]), 1.0)
+
+
+def test_keywords_that_mean_another_thing_in_a_regularized_module_say_so():
+    # step_size and penalty are odeint's fixed step and Regularized's penalty object elsewhere: a
+    # number or an object here was refused as an "unknown step_size" / "unknown penalty"; a weight
+    # given to STEER, whose reg_loss is always 0, was taken and did nothing.
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+
+        def forward(self, t, y):
+            return self.linear(y)
+
+    with pytest.raises(ValueError, match=re.escape("goes in options={'step_size': 0.1}")):
+        LocallyRegularized(Field(), method="rk4", step_size=0.1)
+    with pytest.raises(TypeError, match=re.escape("a penalty object is Regularized(func, penalty)'s")):
+        LocallyRegularized(Field(), penalty=local_reg.LocalPenalty())
+    with pytest.raises(TypeError, match="SteerRegularized takes no weight: STEER adds no term to the loss"):
+        local_reg.SteerRegularized(Field(), weight=100.0)
+    model = LocallyRegularized(Field(), method="rk4", options={"step_size": 0.1})
+    assert model(torch.ones(3, 2), [0.0, 1.0]).shape == (2, 3, 2)

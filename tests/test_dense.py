@@ -1,6 +1,7 @@
 """Dense output: the interpolants, interpolated outputs, their gradients and ``Solution.evaluate``."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -465,6 +466,26 @@ def test_exact_gradients_through_interpolated_outputs_backward_in_time(gradient)
     assert not set(times[1:-1]) & ends
     ours, _ = _gradient(field, y0, times, gradient, **options)
     assert _relative_error(ours, reference) <= 1e-10
+
+
+def test_evaluate_takes_times_as_odeint_takes_them():
+    # A list, tuple or numpy array of times was refused ("got list") where odeint's t takes them.
+    y0 = torch.tensor([0.2, 0.4], dtype=DTYPE)
+    solution = odeint(logistic, y0, [0.0, 1.0], dense=True)
+    expected = solution.evaluate(torch.tensor([0.2, 0.5], dtype=DTYPE))
+    for times in ([0.2, 0.5], (0.2, torch.tensor(0.5)), np.array([0.2, 0.5])):
+        assert torch.equal(solution.evaluate(times), expected)
+    assert solution.evaluate([]).shape == (0, 2) and solution.evaluate([0.5]).shape == (1, 2)
+    with pytest.raises(ValueError, match=re.escape("not differentiable w.r.t. t")):
+        solution.evaluate([0.2, torch.tensor(0.5, requires_grad=True)])
+    with pytest.raises(
+        TypeError, match="t must be a float, a tensor, an array or a sequence of times, got str"
+    ):
+        solution.evaluate("0.5")
+    y, s = odeint(
+        lambda t, state: (-state[0], state[0].sum()), (y0, y0.sum()), [0.0, 1.0], dense=True
+    ).evaluate([0.2, 0.5])
+    assert y.shape == (2, 2) and s.shape == (2,)
 
 
 def test_evaluate_of_a_tuple_state_is_a_tuple():

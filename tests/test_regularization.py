@@ -1201,3 +1201,19 @@ def test_a_probe_scale_alone_asks_for_the_probe_step():
     model = LocallyRegularized(MLPField(), probe_scale=2.0, weight=1.0)
     model(_y0(), T)
     assert model.stats.probe.nfe > 1
+
+
+def test_default_tolerances_are_local_regs_whatever_the_backend(monkeypatch):
+    # The docstring said "the solver's defaults", which read as torchdiffeq's 1e-7 / 1e-9 there.
+    seen = []
+    original = torchdiffeq.odeint
+
+    def spy(func, y0, t, *, rtol, atol, **options):
+        seen.append((rtol, atol))
+        return original(func, y0, t, rtol=rtol, atol=atol, **options)
+
+    monkeypatch.setattr(torchdiffeq, "odeint", spy)
+    model = local_reg.Regularized(MLPField(), backend="torchdiffeq").eval()
+    model(_y0(), T)
+    native = local_reg.Regularized(MLPField())
+    assert seen == [(1e-6, 1e-8)] and (native.problem.rtol, native.problem.atol) == (1e-6, 1e-8)

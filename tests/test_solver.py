@@ -816,3 +816,21 @@ def test_initial_step_size_gives_func_its_time_in_time_dtype():
     local_reg.initial_step_size(field, 0.0, y0, -y0, 5, 1e-6, 1e-8, time_dtype=torch.float64)
     local_reg.initial_step_size(field, 0.0, y0, -y0, 5, 1e-6, 1e-8)
     assert seen == [torch.float64, torch.float32]
+
+
+def test_a_solution_prints_shapes_and_compares_by_identity():
+    # The dataclass repr printed every state of the batch, and == compared tensors field by field,
+    # which raises ("Boolean value of Tensor ... is ambiguous").
+    y0 = torch.randn(128, 2)
+    solution = odeint(lambda t, y: -y, y0, torch.linspace(0, 1, 10))
+    text = repr(solution)
+    assert text.startswith("Solution(ts=float32[10], ys=float32[10, 128, 2], stats=Stats(nfe=")
+    assert (
+        f"steps=Steps({solution.stats.n_accepted} accepted: t, dt, error_estimate, stiffness_estimate)"
+        in text
+    )
+    assert len(text) < 300
+    again = odeint(lambda t, y: -y, y0, torch.linspace(0, 1, 10))
+    assert solution == solution and solution != again and solution.steps != again.steps
+    pair = odeint(lambda t, y: (-y[0], y[1]), (torch.ones(3), torch.ones(2, 2)), [0.0, 1.0], method="bosh3")
+    assert "ys=(float32[2, 3], float32[2, 2, 2])" in repr(pair) and "error_estimate)" in repr(pair)

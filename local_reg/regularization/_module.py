@@ -469,7 +469,10 @@ class Regularized(nn.Module):
         method, rtol, atol, gradient, adjoint_params, backend, options: the main solve
             (``local_reg.odeint``/``sdeint`` keywords; ``backend`` ``"local_reg"``, ``"torchdiffeq"``
             or ``"torchsde"``; ``options`` extra keywords of the backend's solver). ``None``
-            tolerances are the solver's defaults.
+            tolerances are local_reg's defaults whatever the backend (an ODE: ``rtol = 1e-6``,
+            ``atol = 1e-8``, :func:`local_reg.odeint`'s; an SDE: :func:`local_reg.sdeint`'s), so
+            that two backends compared side by side solve to one tolerance (torchdiffeq's own
+            default is ``1e-7``, ``1e-9``).
         generator: draws ``t_reg`` and an SDE's Brownian seeds (torch's global generator by default);
             refused (``ValueError``) for an ODE whose penalty draws nothing: none, or one whose
             class attribute ``draws`` is ``False`` (the global and TayNODE penalties; a penalty of

@@ -10,7 +10,7 @@ from ..solution import Stats
 from ._main_solve import BackwardCounter
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a field-wise == would compare the tensor state (and raise)
 class RegularizationStats:
     """Cost and diagnostics of one forward pass of a regularized (or plain) model.
 

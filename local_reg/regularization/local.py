@@ -260,6 +260,18 @@ class LocallyRegularized(Regularized):
         weight: float | WeightSchedule | None = None,
         **solve: Any,
     ) -> None:
+        # Two keywords whose names odeint and Regularized use for other things.
+        if isinstance(step_size, (int, float)) and not isinstance(step_size, bool):
+            raise ValueError(
+                f"step_size={step_size!r}: here step_size sizes the probe step ('initial' or 'solver'); "
+                f"a fixed step of the main solve goes in options={{'step_size': {step_size!r}}}"
+            )
+        if penalty is not None and not isinstance(penalty, str):
+            forms = ", ".join(map(repr, LocalPenalty.PENALTIES))
+            raise TypeError(
+                f"penalty names the local penalty's form here ({forms}), got {type(penalty).__name__}: "
+                "a penalty object is Regularized(func, penalty)'s"
+            )
         # Options only a probe step reads: asking for one asks for the probe step.
         probe_options = [
             name

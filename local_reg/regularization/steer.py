@@ -105,6 +105,9 @@ class SteerRegularized(Regularized):
     def __init__(
         self, func: VectorField, *, b: float = 0.5, generator: torch.Generator | None = None, **solve: Any
     ) -> None:
+        if "weight" in solve:
+            # STEER's reg_loss is always 0: a weight would be accepted and do nothing.
+            raise TypeError("SteerRegularized takes no weight: STEER adds no term to the loss (b sets it)")
         super().__init__(func, SteerPenalty(b), generator=own_generator(generator), **solve)
 
 
@@ -122,8 +125,11 @@ def steer_regularization(
     ``settings`` are :class:`SteerRegularized`'s keywords; ``generator`` (default: one seeded from the global
     stream, so that ``torch.manual_seed`` fixes the call and repeated calls draw anew) draws ``T``.
     """
-    ys, reg, stats = SteerRegularized(
-        func, generator=call_generator(generator), **functional_settings("steer_regularization", settings)
-    ).penalize(y0, t)
+    # STEER's module takes no weight (its reg_loss is always 0), which the functional forms set.
+    module_settings = functional_settings("steer_regularization", settings)
+    del module_settings["weight"]
+    ys, reg, stats = SteerRegularized(func, generator=call_generator(generator), **module_settings).penalize(
+        y0, t
+    )
     # SteerPenalty makes BaselineStats; penalize is typed for any penalty's stats.
     return ys, reg, cast(BaselineStats, stats)
