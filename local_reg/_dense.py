@@ -94,7 +94,7 @@ class DenseOutput:
             return -len(self.states)
         return index
 
-    def evaluate(self, t: Tensor | float | np.ndarray | Sequence[float]) -> Tensor:
+    def evaluate(self, t: Tensor | float | np.ndarray | Sequence[float | Tensor]) -> Tensor:
         """The solution at ``t`` (a float, a 0-dim or a 1-D tensor of times, or a 1-D numpy array or
         sequence of them, as ``odeint``'s ``t``). The times inside one step are evaluated together,
         as the solve evaluated its output times."""

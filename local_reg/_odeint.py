@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Any, cast
 
@@ -28,7 +28,7 @@ from ._validate import (
     validate_times,
     without_autocast,
 )
-from .controller import PIController
+from .controller import PIController, TimeSet
 from .gradients import (
     BacksolveAdjoint,
     Checkpoint,
@@ -134,14 +134,14 @@ def _legacy_gradient(
 def odeint(
     func: Callable[[Tensor, Any], Any],
     y0: State,
-    t: Tensor | Sequence[float],
+    t: TimeSet,
     *,
     method: str | ButcherTableau = "tsit5",
     rtol: Tolerance = 1e-6,
     atol: Tolerance = 1e-8,
-    first_step: float | None = None,
+    first_step: float | Tensor | None = None,
     max_steps: int = DEFAULT_MAX_STEPS,
-    step_size: float | None = None,
+    step_size: float | Tensor | None = None,
     controller: PIController | None = None,
     gradient: str | GradientMethod = "direct",
     adjoint_params: Iterable[Tensor] | None = None,

@@ -227,7 +227,7 @@ def _time_value(name: str, value: object) -> float:
     return float(value)
 
 
-def finite_times(name: str, t: Tensor | np.ndarray | Sequence[float]) -> list[float]:
+def finite_times(name: str, t: Tensor | np.ndarray | Sequence[float | Tensor]) -> list[float]:
     """The finite times of ``name`` as Python floats, in their order: a 1-D real tensor, a 1-D real
     numpy array, or a sequence of real numbers (or 0-dim tensors). A string is refused although it
     is a sequence: ``"12"`` is not two times."""
@@ -266,7 +266,7 @@ def check_time_tensor(name: str, t: Tensor) -> None:
     check_not_meta(name, t, "times")
 
 
-def validate_times(t: Tensor | np.ndarray | Sequence[float]) -> list[float]:
+def validate_times(t: Tensor | np.ndarray | Sequence[float | Tensor]) -> list[float]:
     """Output times as Python floats (:func:`finite_times`); ``t`` must hold at least one and be
     strictly increasing or decreasing."""
     times = finite_times("t", t)

@@ -16,7 +16,8 @@ from torch import Tensor
 
 from ._validate import finite_times
 
-TimeSet = Tensor | np.ndarray | Sequence[float]
+TimeSet = Tensor | np.ndarray | Sequence[float | Tensor]
+"""Times as the solvers take them: a 1-D tensor or numpy array, or a sequence of floats or 0-dim tensors."""
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ class Solution(Generic[State]):
             f"Solution(ts={_shape_text(self.ts)}, ys={ys}, stats={self.stats}, steps={self.steps}{penalties})"
         )
 
-    def evaluate(self, t: Tensor | float | np.ndarray | Sequence[float]) -> State:
+    def evaluate(self, t: Tensor | float | np.ndarray | Sequence[float | Tensor]) -> State:
         """The solution at any ``t`` in the solved span (a float, a 0-dim or 1-D tensor of times, or
         a 1-D numpy array or sequence of them, as ``odeint``'s ``t``), through the method's
         interpolant (diffrax's ``Solution.evaluate``, torchdiffeq's ``odeint_dense``). At a step's

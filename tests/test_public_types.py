@@ -106,6 +106,20 @@ def test_a_module_a_lambda_and_a_list_of_times_are_fields_and_times() -> None:
     assert isinstance(odeint(lambda t, y: field(t, y), Y0, T, adjoint_params=field.parameters()).ys, Tensor)
 
 
+def test_times_as_arrays_or_zero_dim_tensors_and_tensor_step_sizes_are_accepted() -> None:
+    # Annotated Tensor | Sequence[float] and float, which a type checker refused on correct code.
+    field = Field()
+    times = [torch.tensor(0.0), torch.tensor(1.0)]
+    for solution in (
+        odeint(field, Y0, np.linspace(0.0, 1.0, 3), first_step=torch.tensor(0.01)),
+        odeint(field, Y0, times, method="rk4", step_size=torch.tensor(0.25)),
+        sdeint(Diffusion(), Y0, np.array([0.0, 1.0]), step_size=torch.tensor(0.1)),
+    ):
+        assert isinstance(assert_type(solution, Solution[Tensor]).ys, Tensor)
+    dense = odeint(field, Y0, times, dense=True)
+    assert dense.evaluate(np.array([0.2, 0.4])).shape == (2, *Y0.shape)
+
+
 def test_odeint_event_gives_the_event_time_and_a_solution_of_the_state() -> None:
     event_t, solution = odeint_event(decay, Y0, 0.0, event_fn=lambda t, y: y.sum() - 1.0)
     assert isinstance(assert_type(event_t, Tensor), Tensor)

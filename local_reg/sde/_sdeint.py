@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from .._validate import (
     relative_tolerance,
     without_autocast,
 )
-from ..controller import PIController
+from ..controller import PIController, TimeSet
 from ..solution import Solution
 from ._step import EulerMaruyamaStepper, SDEStepResult
 from .brownian import make_brownian
@@ -45,13 +45,13 @@ SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
 def sdeint(
     sde: Any,
     y0: Tensor,
-    t: Tensor | Sequence[float],
+    t: TimeSet,
     *,
     method: str = "euler_maruyama",
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
-    first_step: float | None = None,
-    step_size: float | None = None,
+    first_step: float | Tensor | None = None,
+    step_size: float | Tensor | None = None,
     bm: Any | None = None,
     max_steps: int = DEFAULT_MAX_STEPS,
     controller: PIController | None = None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -77,7 +78,7 @@ def validate_sde(sde: Any) -> tuple[str, str]:
 
 
 def validate_sde_problem(
-    sde: Any, y0: Tensor, t: Tensor | Sequence[float], method: str
+    sde: Any, y0: Tensor, t: Tensor | np.ndarray | Sequence[float | Tensor], method: str
 ) -> tuple[str, list[float]]:
     """Shared argument checks of the SDE entry points; returns ``(noise_type, times)``."""
     noise_type, _ = validate_sde(sde)
