@@ -1,7 +1,7 @@
 """local_reg: instrumented adaptive ODE solvers and local regularization of neural differential
 equations (Pal, Edelman, Rackauckas, ICML 2023)."""
 
-from . import regularization
+from . import regularization, sde
 from ._checked_step import initial_step_size, step
 from ._errors import SolverError
 from ._events import odeint_event
@@ -59,10 +59,6 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # Deprecated SDE spellings: the regularizers take SDEs themselves.
-    if name in ("sde_local_regularization", "sde_global_regularization"):
-        from . import sde
-
-        return getattr(sde, name)
-    if name == "SDERegularizationStats":
-        return getattr(regularization, name)  # deprecated: warns there
+    if name in sde.MOVED:
+        return sde.moved(name, f"local_reg.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -111,7 +111,8 @@ def initial_step_size(
     """Hairer--Norsett--Wanner's starting step size (Solving ODEs I, II.4) from ``(t0, y0)`` with
     ``f0 = func(t0, y0)``, for a method of ``order``, heading in ``direction`` (``+1`` or ``-1``)
     towards ``t_end`` (if given; it bounds the trial step). Returns ``(|dt|, nfe)``; it costs one
-    evaluation of ``func``. The formula is :func:`local_reg._step.initial_step_size`'s.
+    evaluation of ``func``. The formula is the one every adaptive solve starts with (docs/solver.md);
+    this function checks its arguments first.
 
     Raises:
         TypeError, ValueError: naming the argument, as :func:`step` does, and for an ``order`` that

@@ -206,8 +206,9 @@ def odeint(
             with a nonzero cotangent in the backward pass (counted in ``nfe_backward``).
         adjoint_params: the tensors the non-direct methods return gradients for, besides ``y0``;
             default ``func.parameters()`` when ``func`` is a ``torch.nn.Module``. A plain function
-            needs it (``()`` if it has no parameters). Ignored by ``"direct"``, where autograd finds
-            every tensor ``func`` uses.
+            needs it (``()`` if it has no parameters). Under ``"direct"`` autograd finds every
+            tensor ``func`` uses; a list given there is still checked (tensors only) and watched
+            for non-finite gradients.
         record_states: keep the state at the start of every accepted step in ``solution.steps``.
         step_penalty: ``penalty(step_result, dt) -> 0-dim tensor`` evaluated on every accepted
             step and returned, differentiable, as ``solution.penalties`` (global regularization).
@@ -221,7 +222,7 @@ def odeint(
         norm: ``norm(scaled_error) -> 0-dim tensor`` replacing the RMS in ``EEst`` (and in the
             first-step heuristic), as torchdiffeq's ``options["norm"]``; ``scaled_error`` has the
             shape of the (flat) state.
-        callbacks: a :class:`~local_reg._integrate.StepCallbacks` whose functions the forward loop
+        callbacks: a :class:`local_reg.StepCallbacks` whose functions the forward loop
             calls with ``(t0, y0, dt)`` on every attempted, accepted and rejected step; its
             ``stop`` condition ends the solve early (then ``t = [t0, t1]``, ``t1`` giving only the
             direction, and ``solution.ts[-1]`` is where it stopped): terminal events are

@@ -785,9 +785,10 @@ def odeint_event(
     :func:`local_reg.odeint_event`), w.r.t. ``y0``, the parameters and ``t0``.
     """
     if odeint_interface is not odeint and odeint_interface is not odeint_adjoint:
+        given = getattr(odeint_interface, "__qualname__", odeint_interface)
         raise ValueError(
             "odeint_interface must be local_reg.compat.odeint or local_reg.compat.odeint_adjoint, got "
-            f"{getattr(odeint_interface, '__qualname__', odeint_interface)!r}"
+            f"{getattr(odeint_interface, '__module__', '?')}.{given}"
         )
     t0 = torch.as_tensor(t0, dtype=torch.float64) if not isinstance(t0, Tensor) else t0
     if t0.numel() != 1:

@@ -613,6 +613,11 @@ def test_compat_event_errors():
         compat.odeint_event(
             func, y0, torch.tensor(0.0), event_fn=spiral_event, odeint_interface=torchdiffeq.odeint
         )
+    # local_reg's own odeint, named by its module (it read "got 'odeint'", as the accepted one does).
+    with pytest.raises(ValueError, match=r"compat\.odeint_adjoint, got local_reg\._odeint\.odeint$"):
+        compat.odeint_event(
+            func, y0, torch.tensor(0.0), event_fn=spiral_event, odeint_interface=local_reg.odeint
+        )
 
 
 def test_y0_changed_in_place_before_the_backward_pass_is_refused():

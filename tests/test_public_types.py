@@ -241,3 +241,29 @@ def test_the_package_exports_what_the_test_names() -> None:
     # A user's `from local_reg import X` of each name above resolves (mypy checks the imports too).
     for name in ("LocallyRegularized", "RatioWeight", "Regularized", "RegularizationStats", "Solution"):
         assert name in local_reg.__all__
+
+
+def test_a_deprecated_sde_spelling_warns_naming_it_as_written() -> None:
+    # local_reg.sde_local_regularization warned about local_reg.sde.sde_local_regularization, and
+    # local_reg.SDEBlock was an AttributeError while local_reg.sde.SDEBlock worked.
+    import warnings
+
+    import local_reg.sde
+
+    cases = [
+        (lambda: local_reg.SDEBlock, "local_reg.SDEBlock", Regularized),
+        (lambda: local_reg.sde.SDEBlock, "local_reg.sde.SDEBlock", Regularized),
+        (
+            lambda: local_reg.sde_local_regularization,
+            "local_reg.sde_local_regularization",
+            local_regularization,
+        ),
+        (lambda: local_reg.SDERegularizationStats, "local_reg.SDERegularizationStats", RegularizationStats),
+    ]
+    for get, spelled, replacement in cases:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert get() is replacement
+        (warning,) = caught
+        assert str(warning.message).startswith(f"{spelled} is deprecated: use local_reg.")
+        assert warning.filename == __file__  # points at the line that used the name

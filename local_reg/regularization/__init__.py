@@ -60,7 +60,10 @@ def __getattr__(name: str):
     if name == "SDERegularizationStats":
         # One RegularizationStats serves ODEs and SDEs.
         warnings.warn(
-            "SDERegularizationStats is deprecated: use RegularizationStats", DeprecationWarning, stacklevel=2
+            "local_reg.regularization.SDERegularizationStats is deprecated: use "
+            "local_reg.RegularizationStats (one class for ODEs and SDEs)",
+            DeprecationWarning,
+            stacklevel=2,
         )
         return RegularizationStats
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -210,7 +210,7 @@ class LocallyRegularized(Regularized):
         rtol, atol: tolerances of the main solve and of the regularization step's ``EEst``.
         gradient: the main solve's gradient method, passed to ``local_reg.odeint(gradient=...)`` (an
             object such as ``Symplectic(checkpoints=32)``, or ``"direct"``, ``"adjoint"``,
-            ``"checkpoint"``, ``"symplectic"``); with torchdiffeq ``"direct"`` is
+            ``"checkpoint"``, ``"symplectic"``, ``"interpolating_adjoint"``); with torchdiffeq ``"direct"`` is
             ``torchdiffeq.odeint`` and ``"adjoint"`` is ``torchdiffeq.odeint_adjoint`` (a
             ``BacksolveAdjoint``'s settings become its ``adjoint_*`` arguments).
         adjoint_params: parameters for the adjoint-type gradient methods (default: the backend's).

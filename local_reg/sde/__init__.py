@@ -14,25 +14,32 @@ from ._sdeint import sdeint
 from ._step import SDEStepResult, sde_initial_step_size, sde_step
 from .problem import is_sde
 
-_MOVED = {
+MOVED = {
     "SDEBlock": "Regularized",
     "SDERegularizationStats": "RegularizationStats",
     "sde_local_regularization": "local_regularization",
     "sde_global_regularization": "global_regularization",
 }
+"""Deprecated SDE spellings and the regularization names that replaced them (one module serves both
+kinds of problem)."""
+
+
+def moved(name: str, spelled: str) -> object:
+    """What replaced the deprecated ``name``, after a ``DeprecationWarning`` naming it as the user
+    spelled it (``local_reg.SDEBlock`` or ``local_reg.sde.SDEBlock``)."""
+    from .. import regularization
+
+    warnings.warn(
+        f"{spelled} is deprecated: use local_reg.{MOVED[name]} (the regularizers take SDEs too)",
+        DeprecationWarning,
+        stacklevel=3,  # the user's attribute access, past the module's __getattr__
+    )
+    return getattr(regularization, MOVED[name])
 
 
 def __getattr__(name: str):
-    # The SDE regularizers are the ODE ones: one module serves both kinds of problem.
-    if name in _MOVED:
-        from .. import regularization
-
-        warnings.warn(
-            f"local_reg.sde.{name} is deprecated: use local_reg.{_MOVED[name]}, which takes SDEs too",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return getattr(regularization, _MOVED[name])
+    if name in MOVED:
+        return moved(name, f"local_reg.sde.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
