@@ -13,7 +13,7 @@ import torch
 import torchsde
 
 from local_reg import sdeint
-from local_reg.sde.brownian import make_brownian
+from local_reg.sde.brownian import make_brownian, step_hint
 from tests.problems import DecaySDE
 
 DTYPE = torch.float64
@@ -134,3 +134,27 @@ def test_tiny_steps_leave_a_new_brownian_intervals_tree_a_few_levels_deep() -> N
         "deep: make_brownian's step hint dt = (t1 - t0) / 100 should keep it at the 7 nodes it is "
         "made with plus the few the query splits off"
     )
+
+
+def test_a_fixed_step_shorter_than_a_hundredth_of_the_span_is_the_intervals_step_hint() -> None:
+    # With the span's hundredth alone, 16,000 fixed steps made chains 4,000 splits deep in
+    # torchsde's tree, each new split costing more (benchmarks/sde_long_solves.py).
+    assert step_hint(0.0, 2.0, None) == 0.02
+    assert step_hint(0.0, 2.0, 0.5) == 0.02  # a hundredth of the span at most
+    assert step_hint(0.0, 2.0, 1e-3) == 1e-3
+    assert step_hint(0.0, 2.0, 1e-9, max_steps=1000) == 2e-3  # at least span / max_steps
+    # A step at or above the hundredth draws the path it drew before: the interval made with the
+    # span's hundredth and the entropy the generator gives.
+    y0 = torch.ones(4, 2, dtype=DTYPE)
+
+    def solve(step_size: float, hundredth: bool) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(3)
+        bm = None
+        if hundredth:
+            entropy = int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(3)))
+            bm = torchsde.BrownianInterval(t0=0.0, t1=1.0, size=(4, 2), dtype=DTYPE, entropy=entropy, dt=0.01)
+            generator = None
+        return sdeint(DecaySDE(), y0, [0.0, 1.0], step_size=step_size, generator=generator, bm=bm).ys[-1]
+
+    assert torch.equal(solve(0.02, hundredth=False), solve(0.02, hundredth=True))
+    assert not torch.equal(solve(1e-3, hundredth=False), solve(1e-3, hundredth=True))

@@ -156,7 +156,11 @@ def sdeint(
     # Every later drift, diffusion and Brownian increment is checked too.
     size = brownian_size(noise_type, y0, g0)
     sde = CheckedSDE(sde, noise_type, size[1])
-    bm = CheckedBrownian(make_brownian(bm, t0, times[-1], size, y0, generator), size, y0)
+    # A fixed step size is the new Brownian interval's step hint (sde/brownian.py: step_hint).
+    path = make_brownian(
+        bm, t0, times[-1], size, y0, generator, step=options.step_size, max_steps=options.max_steps
+    )
+    bm = CheckedBrownian(path, size, y0)
     stepper = EulerMaruyamaStepper(
         sde,
         noise_type,

@@ -34,6 +34,21 @@ def _interval_of(bm: Any) -> tuple[float, float] | None:
     return None
 
 
+def step_hint(t0: float, t1: float, step: float | None, max_steps: int | None = None) -> float:
+    """The step hint ``dt`` of a new ``BrownianInterval`` over ``[t0, t1]``: ``(t1 - t0) / 100``, or
+    a fixed ``step`` where it is shorter, floored at ``(t1 - t0) / max_steps``. torchsde splits the
+    piece a query falls in at the query's end, so consecutive steps within one piece make a chain
+    one node deeper per step, and each new node costs time in proportion to its depth squared (the
+    bits of its spawn key, hashed by numpy's SeedSequence): pieces of about 36 steps keep the chains
+    short, where the hint of a hundredth of the span leaves 4 pieces, whose chains reach a quarter of
+    all the steps (4,000 levels for 16,000 steps)."""
+    hint = (t1 - t0) / _TREE_PIECES
+    if step is not None:
+        floor = 0.0 if max_steps is None else (t1 - t0) / max_steps
+        hint = min(hint, max(step, floor))
+    return hint
+
+
 def make_brownian(
     bm: Any | None,
     t0: float,
@@ -42,6 +57,8 @@ def make_brownian(
     like: torch.Tensor,
     generator: torch.Generator | None = None,
     levy_area: str = "none",
+    step: float | None = None,
+    max_steps: int | None = None,
 ) -> Any:
     """Validate ``bm`` or, if ``None``, create a ``BrownianInterval`` over ``[t0, t1]`` (with
     torchsde's ``levy_area_approximation=levy_area``, which its ``srk`` scheme needs).
@@ -61,7 +78,7 @@ def make_brownian(
             dtype=like.dtype,
             device=like.device,
             entropy=entropy,
-            dt=(t1 - t0) / _TREE_PIECES,
+            dt=step_hint(t0, t1, step, max_steps),
             levy_area_approximation=levy_area,
         )
     if not callable(bm):
