@@ -62,7 +62,9 @@ class Stats:
 # eq=False: equality is identity, as for tensors' containers (a field-wise == of tensors raises).
 @dataclass(eq=False)
 class Steps:
-    """Record of the accepted steps of a solve (all detached).
+    """Record of the accepted steps of a solve: ``t``, ``dt`` and the estimates detached (safe to
+    keep across iterations); ``dense_output`` keeps the solve's graph under ``gradient="direct"``
+    (its ``evaluate`` is differentiable), so a kept ``Steps`` of a dense solve holds that graph.
 
     Attributes:
         t: start time of each accepted step, shape ``(n_accepted,)``, float64.

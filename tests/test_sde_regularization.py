@@ -520,3 +520,25 @@ def test_an_sde_probe_from_a_non_finite_drift_reports_the_penalty_non_finite():
     ys = model(torch.zeros(2, 1, dtype=torch.float64), [0.0, 1.0])
     assert torch.isfinite(ys).all()
     assert not model.stats.penalty_finite
+
+
+@pytest.mark.parametrize("gradient", ["direct", "adjoint"])
+def test_a_torchsde_solves_own_brownian_cache_is_emptied_after_backpropagation(gradient, monkeypatch):
+    # torchsde's interval lives in reference cycles until a full garbage collection, and its cache
+    # of increments (batch-sized tensors) piled up over thousands of iterations: cleared once the
+    # direct forward solve is done (the adjoint's backward solve still reads it); a kept stats
+    # object holds a copy of u(t_reg), not a view into the whole solution.
+    from local_reg.regularization import _problems
+
+    made = []
+    original = _problems.make_brownian
+    monkeypatch.setattr(_problems, "make_brownian", lambda *args: made.append(original(*args)) or made[-1])
+    sde, y0 = setup()
+    model = local_reg.LocallyRegularized(sde, backend="torchsde", gradient=gradient)
+    ys = model(y0, [0.0, 0.5, 1.0])
+    (ys.square().sum() + model.reg_loss).backward()
+    (bm,) = made
+    cached = len(bm._increment_and_space_time_levy_area_cache)
+    assert (cached == 0) == (gradient == "direct")
+    state = model.stats.state
+    assert state is not None and state._base is None and state.untyped_storage().nbytes() == state.nbytes

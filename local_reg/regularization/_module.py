@@ -312,7 +312,9 @@ class LocalPenalty:
             probe=probe,
             t_reg=t_reg,
             dt_reg=dt,
-            state=state.detach(),
+            # A copy: the state is a view into the whole solution (or the stacked step states),
+            # which a kept stats object would otherwise hold whole.
+            state=state.detach().clone(),
             error_estimate=None if result is None else float(result.error_estimate.detach()),
             stiffness_estimate=None if stiffness is None else float(stiffness.detach()),
             penalty=value,

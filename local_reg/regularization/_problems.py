@@ -427,11 +427,12 @@ class SDEProblem(_Problem):
             stats.add(1, diffusion=1)
         size = brownian_size(noise_type, y0, g0)
         levy_area = "space-time" if self.backend == "torchsde" and self.method == "srk" else "none"
+        made = bm is None
         bm = make_brownian(bm, times[0], times[-1], size, y0, generator, levy_area)
-        return times, y0.dtype, (noise_type, bm), stats
+        return times, y0.dtype, (noise_type, bm, made), stats
 
     def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: tuple, request: Request):
-        return _sde_backends.solve_main(self, y0, times, context[1], request)
+        return _sde_backends.solve_main(self, y0, times, context[1], request, made_bm=context[2])
 
     def field_time_dtype(self, context: tuple, state: Tensor) -> torch.dtype:
         """The dtype the drift and diffusion get times in: the state's."""
@@ -478,7 +479,7 @@ class SDEProblem(_Problem):
         start: tuple,
         jump_ts: Sequence[float],
     ):
-        noise_type, bm = context
+        noise_type, bm, _ = context
         f0, g0 = start
         size = brownian_size(noise_type, state, g0)
         # The same Brownian path as the main solve: the penalty is measured where the model was trained.
