@@ -1217,3 +1217,14 @@ def test_default_tolerances_are_local_regs_whatever_the_backend(monkeypatch):
     model(_y0(), T)
     native = local_reg.Regularized(MLPField())
     assert seen == [(1e-6, 1e-8)] and (native.problem.rtol, native.problem.atol) == (1e-6, 1e-8)
+
+
+def test_a_kept_torchdiffeq_stats_holds_no_recorded_states():
+    # The stats' backward counter holds torchdiffeq's counting field, which kept every state it
+    # recorded for biased sampling: a list of kept stats grew by those states each iteration.
+    model = LocallyRegularized.paper(
+        MLPField(), 1.0, backend="torchdiffeq", sampling="biased", rtol=RTOL, atol=ATOL
+    )
+    (model(_y0(), T).pow(2).sum() + model.reg_loss).backward()
+    counting = model.stats.backward_counter.counting
+    assert counting.step_states == [] and len(counting.step_t) == model.stats.n_accepted > 0

@@ -158,7 +158,7 @@ def solve_main(
         # The forward solve is over: drop the bound method, a reference cycle that would keep the
         # recorded states alive until Python's cycle collector runs (the backward pass keeps field).
         field.__dict__.pop("callback_accept_step", None)
-    return MainSolve(
+    main = MainSolve(
         ys=ys,
         stats=Stats(nfe=field.calls),
         n_accepted=len(field.step_t) if record_steps else None,
@@ -167,3 +167,6 @@ def solve_main(
         step_states=torch.stack(field.step_states) if request.states and field.step_states else None,
         backward_counter=BackwardCounter(field, field.calls, is_adjoint),
     )
+    # The backward counter (kept by the model's stats) holds the field: not the states it recorded.
+    field.step_states = []
+    return main
