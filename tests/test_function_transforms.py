@@ -15,6 +15,7 @@ from torch.func import grad, hessian, jacfwd, jacrev, vmap
 from local_reg import odeint, odeint_event, sdeint
 from local_reg.compat import odeint_adjoint
 from local_reg.gradients import GRADIENT_METHODS
+from tests.problems import DecaySDE
 
 RATE = 0.7
 DTYPE = torch.float64
@@ -49,18 +50,9 @@ def test_vmap_of_the_state_is_refused_naming_the_batch_dimension():
     with pytest.raises(ValueError, match=re.escape("odeint cannot run under torch.func.vmap")):
         vmap(grad(lambda y: end_state(y).sum()))(batch)
 
-    class Noise(torch.nn.Module):
-        noise_type, sde_type = "diagonal", "ito"
-
-        def f(self, t, y):
-            return -y
-
-        def g(self, t, y):
-            return 0.1 * torch.ones_like(y)
-
     generator = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match=re.escape("sdeint cannot run under torch.func.vmap")):
-        vmap(lambda y: sdeint(Noise(), y, [0.0, 1.0], generator=generator).ys[-1])(torch.ones(3, 1, 2))
+        vmap(lambda y: sdeint(DecaySDE(), y, [0.0, 1.0], generator=generator).ys[-1])(torch.ones(3, 1, 2))
 
 
 @pytest.mark.parametrize("gradient", [g for g in GRADIENT_METHODS if g != "direct"])
