@@ -1892,3 +1892,7 @@ def test_keywords_that_mean_another_thing_in_a_regularized_module_say_so():
         local_reg.SteerRegularized(Field(), weight=100.0)
     model = LocallyRegularized(Field(), method="rk4", options={"step_size": 0.1})
     assert model(torch.ones(3, 2), [0.0, 1.0]).shape == (2, 3, 2)
+    # Dense output was taken and kept, unread: the model returns ys only.
+    with pytest.raises(ValueError, match=re.escape("options['dense']=True: the model returns ys only")):
+        LocallyRegularized(Field(), options={"dense": True})
+    LocallyRegularized(Field(), options={"dense": False})

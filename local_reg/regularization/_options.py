@@ -91,6 +91,11 @@ def check_ode_settings(
         options = check_option_keys(options, keyword_names([odeint], _ODEINT_RESERVED), backend)
         for name in ("step_to_outputs", "dense"):
             check_bool(f"options[{name!r}]", options.get(name, False))
+        if options.get("dense"):
+            raise ValueError(
+                "options['dense']=True: the model returns ys only, so the dense records would be kept "
+                "and never read; for the solution between output times use local_reg.odeint(dense=True)"
+            )
         solve_options = SolveOptions(
             rtol=rtol,
             atol=atol,
