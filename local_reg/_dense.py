@@ -100,7 +100,7 @@ class DenseOutput:
         as the solve evaluated its output times."""
         one_dimensional = not isinstance(t, (Tensor, int, float)) or (isinstance(t, Tensor) and t.dim() == 1)
         if isinstance(t, (np.ndarray, Sequence)) and not isinstance(t, (str, bytes)):
-            values, rounded_to = finite_times("t", t), None
+            values, rounded_to = finite_times("t", t), _narrowest_float(t)
         elif isinstance(t, Tensor):
             if t.dim() > 1:
                 raise ValueError(f"t must be a float, a 0-dim or a 1-D tensor, got shape {tuple(t.shape)}")
@@ -159,3 +159,15 @@ class DenseOutput:
         if index < 0:
             return self.states[-1 - index]
         return self._interpolate(index, [t])[0]
+
+
+def _narrowest_float(times: np.ndarray | Sequence[float | Tensor]) -> torch.dtype | None:
+    """The narrowest floating dtype below float64 that ``times`` hold (a float32 array, a list of
+    float32 0-dim tensors such as a solution's own ``ts``), whose rounded span ends
+    :meth:`DenseOutput.evaluate` takes as the ends; ``None`` for float64 times and plain floats."""
+    if isinstance(times, np.ndarray):
+        dtypes = [torch.from_numpy(np.empty(0, dtype=times.dtype)).dtype] if times.dtype.kind == "f" else []
+    else:
+        dtypes = [v.dtype for v in times if isinstance(v, Tensor) and v.is_floating_point()]
+    narrow = [dtype for dtype in dtypes if torch.finfo(dtype).bits < 64]
+    return min(narrow, key=lambda dtype: torch.finfo(dtype).bits) if narrow else None

@@ -368,6 +368,18 @@ def _batched(value: object) -> bool:
     return False
 
 
+def _differentiated(value: object) -> bool:
+    """Whether a ``torch.func`` transform differentiates ``value`` at any of its levels: it requires
+    grad there (``grad``, ``jacrev``) or carries a tangent (``jvp``, ``jacfwd``). A tensor made
+    inside the transformed function is wrapped too, but carries neither."""
+    functorch = torch._C._functorch
+    while isinstance(value, Tensor) and functorch.is_functorch_wrapped_tensor(value):
+        if value.requires_grad or torch.autograd.forward_ad.unpack_dual(value).tangent is not None:
+            return True
+        value = functorch.get_unwrapped(value)
+    return False
+
+
 def check_function_transforms(
     entry: str,
     gradient: str | None = None,
@@ -405,7 +417,7 @@ def check_function_transforms(
             "jacfwd, hessian): they differentiate gradient='direct' only; differentiate the other gradient "
             "methods with torch.autograd (loss.backward(), torch.autograd.grad)"
         )
-    if isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t):
+    if _differentiated(t):
         raise ValueError(
             f"{entry}: t is differentiated by a torch.func transform, which the output times' gradient does "
             "not support; differentiate with respect to t with torch.autograd (t.requires_grad_())"

@@ -158,3 +158,18 @@ def test_a_fixed_step_shorter_than_a_hundredth_of_the_span_is_the_intervals_step
 
     assert torch.equal(solve(0.02, hundredth=False), solve(0.02, hundredth=True))
     assert not torch.equal(solve(1e-3, hundredth=False), solve(1e-3, hundredth=True))
+
+
+@pytest.mark.parametrize("step_size", [1e-3, 0.05])
+def test_a_model_and_sdeint_with_one_seed_and_fixed_step_draw_one_path(step_size: float) -> None:
+    # sdeint took the fixed step as its interval's step hint while the model's solve kept the
+    # span's hundredth: the same seed drew two paths below a hundredth of the span.
+    import local_reg
+
+    y0 = torch.ones(3, 2, dtype=DTYPE)
+    times = torch.tensor([0.0, 1.0], dtype=DTYPE)
+    alone = sdeint(DecaySDE(), y0, times, step_size=step_size, generator=torch.Generator().manual_seed(0))
+    model = local_reg.Regularized(
+        DecaySDE(), None, options={"step_size": step_size}, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(model.eval()(y0, times), alone.ys)

@@ -476,6 +476,12 @@ def test_evaluate_takes_times_as_odeint_takes_them():
     for times in ([0.2, 0.5], (0.2, torch.tensor(0.5)), np.array([0.2, 0.5])):
         assert torch.equal(solution.evaluate(times), expected)
     assert solution.evaluate([]).shape == (0, 2) and solution.evaluate([0.5]).shape == (1, 2)
+    # A float32 solve's own ts, as an array or a list of its 0-dim tensors: the span's end rounded to
+    # float32 (0.1 lies just outside the span there) is the end, as for the tensor itself.
+    narrow = odeint(logistic, y0.float(), [0.0, 0.1], dense=True)
+    at_ends = narrow.evaluate(narrow.ts)
+    assert torch.equal(narrow.evaluate(narrow.ts.numpy()), at_ends)
+    assert torch.equal(narrow.evaluate(list(narrow.ts)), at_ends)
     with pytest.raises(ValueError, match=re.escape("not differentiable w.r.t. t")):
         solution.evaluate([0.2, torch.tensor(0.5, requires_grad=True)])
     with pytest.raises(

@@ -73,3 +73,30 @@ def test_the_output_times_gradient_and_events_are_refused_naming_autograd():
         grad(lambda y: odeint_event(decay, y, 0.0, event_fn=lambda t, y: y[0] - 0.5)[0])(y0)
     with pytest.raises(ValueError, match=re.escape("gradient='adjoint' cannot run under torch.func")):
         grad(lambda y: odeint_adjoint(decay, y, torch.tensor([0.0, 1.0]), adjoint_params=()).sum())(y0)
+
+
+def test_times_made_inside_the_transformed_function_are_not_differentiated_ones():
+    # torch.func wraps every tensor made inside the function; a t that does not depend on the
+    # input carries no derivative, and was refused as if it did.
+    y0 = torch.tensor([1.0, -2.0], dtype=DTYPE)
+    flow = math.exp(-RATE)
+
+    def end(y):
+        return odeint(decay, y, torch.linspace(0.0, 1.0, 3, dtype=DTYPE), rtol=1e-10, atol=1e-12).ys[-1]
+
+    torch.testing.assert_close(grad(lambda y: end(y).sum())(y0), flow * torch.ones(2, dtype=DTYPE))
+    torch.testing.assert_close(jacrev(end)(y0), flow * torch.eye(2, dtype=DTYPE))
+    torch.testing.assert_close(jacfwd(end)(y0), flow * torch.eye(2, dtype=DTYPE))
+    generator = torch.Generator().manual_seed(0)
+    noisy = grad(
+        lambda y: (
+            sdeint(DecaySDE(), y, torch.tensor([0.0, 1.0]), step_size=0.1, generator=generator).ys[-1].sum()
+        )
+    )(torch.ones(1, 2))
+    assert noisy.shape == (1, 2) and bool(torch.isfinite(noisy).all())
+    # A t that is the transformed input is still refused, under grad and under jacfwd.
+    for transform in (grad, jacfwd):
+        with pytest.raises(ValueError, match=re.escape("t is differentiated by a torch.func transform")):
+            transform(lambda t1: odeint(decay, y0, torch.stack([t1.new_zeros(()), t1])).ys[-1].sum())(
+                torch.tensor(1.0, dtype=DTYPE)
+            )

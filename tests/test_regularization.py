@@ -945,6 +945,7 @@ def test_a_model_with_its_own_generator_travels_to_a_spawned_process_with_its_st
     # torch.multiprocessing's pickler could not send the generator: the child died unpickling it
     # ("unable to resize file"). Its state travels as bytes, so the child draws what this would.
     import copy
+    import pickle
 
     model = LocallyRegularized(MLPField(), generator=torch.Generator().manual_seed(3))
     torch.rand(2, generator=model.generator)  # the state travels, not the seed
@@ -958,6 +959,11 @@ def test_a_model_with_its_own_generator_travels_to_a_spawned_process_with_its_st
     clone = copy.deepcopy(model)
     expected = torch.rand(3, generator=model.generator).tolist()
     assert drawn == expected and torch.rand(3, generator=clone.generator).tolist() == expected
+    # Two models sharing a generator still share one after a copy (one stream, not two equal ones).
+    shared = torch.Generator().manual_seed(1)
+    pair = torch.nn.ModuleList([LocallyRegularized(MLPField(), generator=shared) for _ in range(2)])
+    for copied in (copy.deepcopy(pair), pickle.loads(pickle.dumps(pair))):
+        assert copied[0].generator is copied[1].generator is not shared
 
 
 def test_a_state_saved_with_another_weight_says_how_to_keep_this_models():

@@ -532,7 +532,9 @@ def test_a_torchsde_solves_own_brownian_cache_is_emptied_after_backpropagation(g
 
     made = []
     original = _problems.make_brownian
-    monkeypatch.setattr(_problems, "make_brownian", lambda *args: made.append(original(*args)) or made[-1])
+    monkeypatch.setattr(
+        _problems, "make_brownian", lambda *args, **kwargs: made.append(original(*args, **kwargs)) or made[-1]
+    )
     sde, y0 = setup()
     model = local_reg.LocallyRegularized(sde, backend="torchsde", gradient=gradient)
     ys = model(y0, [0.0, 0.5, 1.0])

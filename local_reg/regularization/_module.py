@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, ClassVar, Protocol, cast
 
 import torch
@@ -432,21 +433,21 @@ class Penalty(Protocol):
     ) -> tuple[Tensor, Tensor, RegularizationStats]: ...
 
 
-@dataclass(frozen=True)
-class _GeneratorState:
-    """A ``torch.Generator`` as plain data: its device and its state's bytes."""
+def _rebuild_generator(device: str, state: bytes) -> torch.Generator:
+    generator = torch.Generator(device)
+    generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
+    return generator
 
-    device: str
-    state: bytes
 
-    @classmethod
-    def of(cls, generator: torch.Generator) -> _GeneratorState:
-        return cls(str(generator.device), generator.get_state().numpy().tobytes())
+def _reduce_generator(generator: torch.Generator) -> tuple[Callable[..., torch.Generator], tuple[str, bytes]]:
+    return _rebuild_generator, (str(generator.device), generator.get_state().numpy().tobytes())
 
-    def rebuild(self) -> torch.Generator:
-        generator = torch.Generator(self.device)
-        generator.set_state(torch.frombuffer(bytearray(self.state), dtype=torch.uint8))
-        return generator
+
+# torch.multiprocessing's pickler sends a Generator's state tensor through shared memory, which a
+# spawned process fails to map ("unable to resize file"), so a model owning a generator could not be
+# passed to one: the state travels as bytes there (as torch registers its own types' reductions).
+# Plain pickle and copy.deepcopy are untouched: two models sharing a generator still share it after.
+ForkingPickler.register(torch.Generator, _reduce_generator)
 
 
 class Regularized(nn.Module):
@@ -559,18 +560,7 @@ class Regularized(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         # reg_loss holds the last training pass's graph, which copy.deepcopy and pickle refuse.
-        state = {**super().__getstate__(), "reg_loss": self.reg_loss.detach()}
-        if self.generator is not None:
-            # torch.multiprocessing's pickler cannot send a Generator to a spawned process (its
-            # state tensor's shared storage fails to map there): the state travels as bytes.
-            state["generator"] = _GeneratorState.of(self.generator)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        generator = state.get("generator")
-        if isinstance(generator, _GeneratorState):
-            state = {**state, "generator": generator.rebuild()}
-        super().__setstate__(state)
+        return {**super().__getstate__(), "reg_loss": self.reg_loss.detach()}
 
     def forward(self, y0: State, t: Tensor | Sequence[float]) -> State:
         problem, flat_y0, unflatten = self._flat(y0, t)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .._integrate import DEFAULT_MAX_STEPS
 from .._odeint import odeint
 from .._step import beside_jump, initial_step_size, next_jump, rms_norm, step, time_tensor, trial_end
 from .._validate import (
@@ -428,7 +429,20 @@ class SDEProblem(_Problem):
         size = brownian_size(noise_type, y0, g0)
         levy_area = "space-time" if self.backend == "torchsde" and self.method == "srk" else "none"
         made = bm is None
-        bm = make_brownian(bm, times[0], times[-1], size, y0, generator, levy_area)
+        # sdeint's own step hint for a fixed step (sde/brownian.py: step_hint), so that a model and
+        # sdeint with one seed draw one path; torchsde's fixed steps (its dt) keep the span's hundredth.
+        fixed = self.options.get("step_size") if self.backend == "local_reg" else None
+        bm = make_brownian(
+            bm,
+            times[0],
+            times[-1],
+            size,
+            y0,
+            generator,
+            levy_area,
+            step=None if fixed is None else float(fixed),
+            max_steps=self.options.get("max_steps", DEFAULT_MAX_STEPS),
+        )
         return times, y0.dtype, (noise_type, bm, made), stats
 
     def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: tuple, request: Request):
