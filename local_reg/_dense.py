@@ -106,8 +106,7 @@ class DenseOutput:
                 raise ValueError(f"t must be a float, a 0-dim or a 1-D tensor, got shape {tuple(t.shape)}")
             check_time_tensor("t", t)
             values = [float(v) for v in t.detach().reshape(-1).tolist()]
-            narrow = t.is_floating_point() and torch.finfo(t.dtype).bits < 64
-            rounded_to = t.dtype if narrow else None
+            rounded_to = _narrowest_float(t)
         elif isinstance(t, bool) or not isinstance(t, (int, float)):
             raise TypeError(
                 f"t must be a float, a tensor, an array or a sequence of times, got {type(t).__name__}"
@@ -161,11 +160,13 @@ class DenseOutput:
         return self._interpolate(index, [t])[0]
 
 
-def _narrowest_float(times: np.ndarray | Sequence[float | Tensor]) -> torch.dtype | None:
-    """The narrowest floating dtype below float64 that ``times`` hold (a float32 array, a list of
-    float32 0-dim tensors such as a solution's own ``ts``), whose rounded span ends
+def _narrowest_float(times: Tensor | np.ndarray | Sequence[float | Tensor]) -> torch.dtype | None:
+    """The narrowest floating dtype below float64 that ``times`` hold (a float32 tensor or array, a
+    list of float32 0-dim tensors such as a solution's own ``ts``), whose rounded span ends
     :meth:`DenseOutput.evaluate` takes as the ends; ``None`` for float64 times and plain floats."""
-    if isinstance(times, np.ndarray):
+    if isinstance(times, Tensor):
+        dtypes = [times.dtype] if times.is_floating_point() else []
+    elif isinstance(times, np.ndarray):
         dtypes = [torch.from_numpy(np.empty(0, dtype=times.dtype)).dtype] if times.dtype.kind == "f" else []
     else:
         dtypes = [v.dtype for v in times if isinstance(v, Tensor) and v.is_floating_point()]

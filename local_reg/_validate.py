@@ -6,7 +6,7 @@ import contextlib
 import inspect
 import math
 import numbers
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
 from typing import Any, overload
 
@@ -357,27 +357,28 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 (a solve then "accepts" thousands of steps that do not move the state)."""
 
 
+def _transform_levels(value: object) -> Iterator[Tensor]:
+    """``value`` at each level of the ``torch.func`` transforms that wrap it, outermost first."""
+    functorch = torch._C._functorch
+    while isinstance(value, Tensor) and functorch.is_functorch_wrapped_tensor(value):
+        yield value
+        value = functorch.get_unwrapped(value)
+
+
 def _batched(value: object) -> bool:
     """Whether ``value`` is batched by a ``torch.func.vmap`` at any of its transforms' levels (under
     ``jacfwd`` the tangents are batched, not the values)."""
-    functorch = torch._C._functorch
-    while isinstance(value, Tensor) and functorch.is_functorch_wrapped_tensor(value):
-        if functorch.is_batchedtensor(value):
-            return True
-        value = functorch.get_unwrapped(value)
-    return False
+    return any(torch._C._functorch.is_batchedtensor(level) for level in _transform_levels(value))
 
 
 def _differentiated(value: object) -> bool:
     """Whether a ``torch.func`` transform differentiates ``value`` at any of its levels: it requires
     grad there (``grad``, ``jacrev``) or carries a tangent (``jvp``, ``jacfwd``). A tensor made
     inside the transformed function is wrapped too, but carries neither."""
-    functorch = torch._C._functorch
-    while isinstance(value, Tensor) and functorch.is_functorch_wrapped_tensor(value):
-        if value.requires_grad or torch.autograd.forward_ad.unpack_dual(value).tangent is not None:
-            return True
-        value = functorch.get_unwrapped(value)
-    return False
+    return any(
+        level.requires_grad or torch.autograd.forward_ad.unpack_dual(level).tangent is not None
+        for level in _transform_levels(value)
+    )
 
 
 def check_function_transforms(
