@@ -190,6 +190,13 @@ def check_generator(generator: object) -> None:
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
+def generator_device(generator: torch.Generator | None) -> torch.device:
+    """Where a draw from ``generator`` is made: its device, or for ``None`` (torch's global CPU
+    generator) the CPU, whatever the default device (``torch.set_default_device``), whose tensors a
+    CPU generator cannot fill: what the library draws for itself does not depend on it."""
+    return torch.device("cpu") if generator is None else generator.device
+
+
 def _integer(name: str, value: object, kind: str) -> int:
     """``value`` as an int (numpy's integers too); a bool or another type is a ``TypeError``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

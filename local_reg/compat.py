@@ -92,8 +92,15 @@ UNSUPPORTED_METHODS = (
 SCIPY_SOLVERS = ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA")
 """The ``options["solver"]`` of ``method="scipy_solver"``: scipy's ``solve_ivp`` methods."""
 SCIPY_OPTIONS = ("solver", "min_step", "max_step")
-CONTROLLER_OPTIONS = {"safety": "safety", "ifactor": "max_factor", "dfactor": "min_factor"}
-"""torchdiffeq's step-size factors and the :class:`local_reg.PIController` fields they set."""
+CONTROLLER_OPTIONS = {
+    "safety": "safety",
+    "ifactor": "max_factor",
+    "dfactor": "min_factor",
+    "max_step": "max_step",
+    "min_step": "min_step",
+}
+"""torchdiffeq's step-size factors and bounds and the :class:`local_reg.PIController` fields they
+set (torchdiffeq 0.2.5 accepts every step of at most ``min_step``, as ``force_min_step`` does)."""
 LANDING_OPTIONS = ("step_t", "jump_t")
 """Times no step may cross: ``step_t`` where the field is continuous but not smooth, ``jump_t`` where it
 jumps (torchdiffeq 0.2.5's options of its adaptive solvers)."""
@@ -104,8 +111,6 @@ UNSUPPORTED_OPTIONS = (
     "grid_points",
     "perturb",
     "eps",
-    "max_step",
-    "min_step",
     "grid_constructor",
 )
 ADJOINT_OPTIONS = ("step_size", "first_step", "max_num_steps", "norm", "dtype", *LANDING_OPTIONS)
@@ -263,15 +268,34 @@ def _ignored_by_fixed_steps(opts: dict[str, Any], where: str, method: str | None
 
 def _controller(opts: dict[str, Any], where: str) -> PIController | None:
     """A :class:`PIController` with torchdiffeq's ``safety``, ``ifactor`` and ``dfactor`` (its
-    ``max_factor`` and ``min_factor``), or ``None`` (local_reg's default) without them."""
+    ``max_factor`` and ``min_factor``) and step bounds ``max_step`` and ``min_step`` (their
+    defaults, ``inf`` and ``0``, are no bound), or ``None`` (local_reg's default) without them."""
     given = {field: opts.pop(key) for key, field in CONTROLLER_OPTIONS.items() if key in opts}
+    for name, no_bound in (("max_step", math.inf), ("min_step", 0.0)):
+        if isinstance(given.get(name), Tensor) and given[name].numel() == 1:
+            given[name] = given[name].item()  # torchdiffeq takes a one-element tensor too
+        if name in given and (
+            given[name] is None or (isinstance(given[name], float | int) and given[name] == no_bound)
+        ):
+            del given[name]
     if not given:
         return None
     try:
         return PIController(**given)
     except (TypeError, ValueError) as error:
         names = ", ".join(f"{where}[{key!r}]" for key in CONTROLLER_OPTIONS)
-        raise type(error)(f"{names} set PIController's safety, max_factor, min_factor: {error}") from None
+        fields = ", ".join(CONTROLLER_OPTIONS.values())
+        raise type(error)(f"{names} set PIController's {fields}: {error}") from None
+
+
+def torchdiffeq_controller(options: dict[str, Any]) -> PIController:
+    """The :class:`PIController` that honours torchdiffeq's adaptive ``options``: its factors and
+    step bounds, and its ``step_t``/``jump_t`` as ``step_ts``/``jump_ts``."""
+    controller = _controller(dict(options), "options") or PIController()
+    step_ts, jump_ts = options.get("step_t"), options.get("jump_t")
+    return dataclasses.replace(
+        controller, step_ts=() if step_ts is None else step_ts, jump_ts=() if jump_ts is None else jump_ts
+    )
 
 
 def _interp(opts: dict[str, Any], where: str) -> None:

@@ -26,7 +26,7 @@ from local_reg import (
     odeint,
     sdeint,
 )
-from tests.problems import rotation
+from tests.problems import DecaySDE, rotation
 
 GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
 DEVICES = [
@@ -386,10 +386,11 @@ def test_training_after_a_first_solve_under_inference_mode(gradient):
 
 def test_a_solve_under_another_default_device_leaves_later_solves_alone():
     """Nothing the library makes for itself (cached scalar constants, the step record, the draws of
-    t_reg, STEER's end time) follows ``torch.set_default_device``: CPU tensors solved under a
-    default meta device (as a model built with ``torch.device("meta")`` would) give the same
-    results, and a solve made there does not break the solves after it."""
-    from local_reg import LocallyRegularized, SteerRegularized
+    t_reg, of a biased sample's step, of STEER's end time, of RNODE's noise, of a Brownian path's
+    seed) follows ``torch.set_default_device``: CPU tensors solved under a default meta device (as
+    a model built with ``torch.device("meta")`` would) give the same results, and a solve made there
+    does not break the solves after it."""
+    from local_reg import LocallyRegularized, RNODERegularized, SteerRegularized, sdeint
     from local_reg._step import _cached_scalar
 
     _cached_scalar.cache_clear()
@@ -398,10 +399,19 @@ def test_a_solve_under_another_default_device_leaves_later_solves_alone():
     t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
 
     def calls():
+        torch.manual_seed(5)  # the global generator's draws: a Brownian path's seed, RNODE's own
         yield odeint(field, y0, t, rtol=1e-5, atol=1e-7).ys
-        for kind in (LocallyRegularized, SteerRegularized):
-            options = {"b": 0.1} if kind is SteerRegularized else {"weight": 1.0}
-            model = kind(field, generator=torch.Generator().manual_seed(3), **options)
+        yield sdeint(DecaySDE(), y0, t, step_size=0.1).ys
+        models = [
+            LocallyRegularized(field, weight=1.0, generator=torch.Generator().manual_seed(3)),
+            LocallyRegularized(
+                field, weight=1.0, sampling="biased", generator=torch.Generator().manual_seed(3)
+            ),
+            LocallyRegularized(DecaySDE(), weight=1.0, generator=torch.Generator().manual_seed(3)),
+            SteerRegularized(field, b=0.1, generator=torch.Generator().manual_seed(3)),
+            RNODERegularized(field, weight=1.0),
+        ]
+        for model in models:
             yield torch.cat([model(y0, t).reshape(-1), model.reg_loss.reshape(1)])
 
     with torch.device("meta"):

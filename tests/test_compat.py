@@ -205,7 +205,7 @@ def test_tuple_norm_sees_a_tuple():
     assert out[0].shape == (2, 2, 2)
 
 
-@pytest.mark.parametrize("key", ["grid_points", "perturb", "max_step", "min_step", "grid_constructor"])
+@pytest.mark.parametrize("key", ["grid_points", "perturb", "grid_constructor"])
 def test_unsupported_options_are_errors(key):
     y0, t = y0_and_t()
     with pytest.raises(ValueError, match=f"{key}.*not supported"):
@@ -556,6 +556,77 @@ def test_safety_ifactor_dfactor_set_the_controller():
     assert not torch.equal(ours, default)
     with pytest.raises(ValueError, match=r"options\['ifactor'\].*max_factor"):
         compat.odeint(func, y0, t, options={"ifactor": 0.5})
+
+
+class StepSizes(Linear):
+    """:class:`Linear` recording each accepted step's ``dt`` (torchdiffeq's ``callback_accept_step``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accepted: list[float] = []
+
+    def callback_accept_step(self, t0, y0, dt):
+        self.accepted.append(float(dt.detach()))
+
+
+def test_max_step_and_min_step_bound_the_steps_as_torchdiffeqs_do():
+    # torchdiffeq 0.2.5 clamps every step into [min_step, max_step] and accepts a step of at most
+    # min_step whatever its error: PIController(max_step, min_step) with force_min_step.
+    y0, t = y0_and_t()
+
+    def accepted_steps(solve, options, tol=1e-6):
+        func = StepSizes()
+        with torch.no_grad():
+            ys = solve(func, y0, t, rtol=tol, atol=tol, options=options)
+        return func.accepted, ys
+
+    free, _ = accepted_steps(compat.odeint, None)
+    assert max(free) > 0.2  # so a bound of 0.05 binds
+    for max_step in (0.05, torch.tensor(0.05)):
+        ours, ours_ys = accepted_steps(compat.odeint, {"max_step": max_step, "min_step": 0.0})
+        theirs, theirs_ys = accepted_steps(torchdiffeq.odeint, {"max_step": max_step, "min_step": 0.0})
+        for steps in (ours, theirs):
+            assert max(steps) <= float(max_step) + 1e-15 and len(steps) >= 30
+        torch.testing.assert_close(ours_ys, theirs_ys, rtol=1e-5, atol=1e-6)
+    # Far above what the tolerance allows: every step is forced at min_step, in both.
+    ours, ours_ys = accepted_steps(compat.odeint, {"min_step": 0.25}, tol=1e-10)
+    theirs, theirs_ys = accepted_steps(torchdiffeq.odeint, {"min_step": 0.25}, tol=1e-10)
+    assert ours == theirs == [0.25] * 6
+    torch.testing.assert_close(ours_ys, theirs_ys, rtol=1e-12, atol=1e-12)
+    # torchdiffeq's defaults (no bound) leave the solve as it is without them.
+    torch.testing.assert_close(
+        accepted_steps(compat.odeint, {"max_step": math.inf, "min_step": 0})[1],
+        accepted_steps(compat.odeint, None)[1],
+        rtol=0,
+        atol=0,
+    )
+    with pytest.raises(ValueError, match=r"options\['max_step'\].*max_step must be positive"):
+        compat.odeint(Linear(), y0, t, options={"max_step": -1.0})
+    with pytest.raises(ValueError, match=r"adjoint_options: \['min_step'\] not supported"):
+        compat.odeint_adjoint(Linear(), y0, t, adjoint_options={"min_step": 0.1})
+    with pytest.warns(UserWarning, match=r"\['max_step'\] are ignored by the fixed-step method 'rk4'"):
+        compat.odeint(Linear(), y0, t, method="rk4", options={"max_step": 0.1})
+
+
+def test_the_backsolve_adjoint_keeps_the_forward_solves_max_step():
+    # torchdiffeq's backward solve takes the forward's options: so does compat's (its controller).
+    class Counted(Linear):
+        calls = 0
+
+        def forward(self, t, y):
+            self.calls += 1
+            return super().forward(t, y)
+
+    y0, t = y0_and_t()
+    backward_calls = {}
+    for name, options in (("bounded", {"max_step": 0.02}), ("free", None)):
+        func = Counted()
+        ys = compat.odeint_adjoint(func, y0.clone().requires_grad_(), t, options=options)
+        func.calls = 0
+        ys.sum().backward()
+        backward_calls[name] = func.calls
+    # 1.5 / 0.02 = 75 backward steps of dopri5 at least (the free solve takes a few).
+    assert backward_calls["free"] < 6 * 75 <= backward_calls["bounded"]
 
 
 def test_interp_linear_is_accepted_and_cubic_refused():

@@ -216,3 +216,24 @@ def test_the_probe_step_is_bounded_as_the_main_solves_first_step_is(monkeypatch,
     assert 0.0 < free < 0.2
     assert probe_step(max_step=free / 4) == free / 4
     assert probe_step(min_step=3 * free) == 3 * free
+
+
+def test_torchdiffeqs_step_bounds_bound_the_probe_step(monkeypatch):
+    # With backend="torchdiffeq" the bounds are torchdiffeq's options["max_step"] and ["min_step"],
+    # which its solver enforces: the probe keeps within them as with local_reg's controller.
+    monkeypatch.setattr(_sampling, "sample_uniform_time", lambda times, dtype, generator: 0.2)
+
+    def probe_step(**options):
+        model = LocallyRegularized(
+            Decay(), penalty="error-dt", rtol=1e-5, atol=1e-7, backend="torchdiffeq", options=options
+        )
+        model(torch.ones(2, 3, dtype=DTYPE), [0.0, 1.0])
+        return model.stats.dt_reg
+
+    free = probe_step()
+    assert 0.0 < free < 0.2
+    assert probe_step(max_step=free / 4) == free / 4
+    assert probe_step(min_step=3 * free) == 3 * free
+    assert probe_step(max_step=float("inf"), min_step=0.0) == free  # torchdiffeq's defaults: no bound
+    with pytest.raises(ValueError, match=r"options\['max_step'\].*max_step must be positive"):
+        LocallyRegularized(Decay(), backend="torchdiffeq", options={"max_step": -1.0})

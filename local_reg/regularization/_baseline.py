@@ -53,7 +53,7 @@ def call_generator(generator: torch.Generator | None) -> torch.Generator:
     one seeded from the global stream, so that repeated calls draw anew and ``torch.manual_seed``
     fixes them (a module's own generator, :func:`own_generator`, would repeat its first draw)."""
     if generator is None:
-        return torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+        return torch.Generator().manual_seed(int(torch.randint(2**62, (), device="cpu")))
     return own_generator(generator)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._validate import generator_device
 from ..solution import Solution, Stats
 
 
@@ -118,5 +119,5 @@ class MainSolve:
         its start time, recorded start state and step size."""
         step_t, step_dt = self._recorded_steps()
         step_states = self._recorded_states()
-        index = int(torch.randint(len(step_t), (), generator=generator))
+        index = int(torch.randint(len(step_t), (), generator=generator, device=generator_device(generator)))
         return step_t[index], step_states[index], abs(step_dt[index])

@@ -35,6 +35,7 @@ from .._validate import (
     validate_times,
     without_autocast,
 )
+from ..compat import torchdiffeq_controller
 from ..controller import PIController
 from ..gradients import GradientMethod, adjoint_params_tuple, resolve_adjoint_params
 from ..sde import sde_initial_step_size
@@ -142,9 +143,9 @@ class _Problem:
     @property
     def controller(self) -> PIController:
         """The main solve's step-size controller (``options['controller']``; with torchdiffeq,
-        one with its ``options['jump_t']`` as ``jump_ts`` and no bounds)."""
-        if self.options.get("jump_t") is not None:
-            return PIController(jump_ts=self.options["jump_t"])
+        one with the bounds and landing times of its ``options``)."""
+        if self.backend == "torchdiffeq":
+            return torchdiffeq_controller(self.options)
         return self.options.get("controller") or PIController()
 
     def jump_times(self, times: Sequence[float], dtype: torch.dtype) -> tuple[float, ...]:

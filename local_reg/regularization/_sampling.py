@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._validate import check_bool, check_choice, time_direction
+from .._validate import check_bool, check_choice, generator_device, time_direction
 
 SAMPLINGS = ("random", "biased")
 # Redraws of t_reg before its span counts as unresolvable: on a span of two representable times
@@ -61,8 +61,7 @@ def insert_time(times: Sequence[float], t_new: float, tolerance: float) -> tuple
 def uniform_draw(generator: torch.Generator | None) -> float:
     """``u ~ U[0, 1)`` from ``generator`` (default: the global CPU generator), whatever the default
     device (a CPU generator cannot fill a tensor on another device)."""
-    device = "cpu" if generator is None else generator.device
-    return float(torch.rand((), generator=generator, dtype=torch.float64, device=device))
+    return float(torch.rand((), generator=generator, dtype=torch.float64, device=generator_device(generator)))
 
 
 def rounded(t: float, t_dtype: torch.dtype) -> float:

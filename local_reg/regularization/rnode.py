@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.func import vjp
 
 from .._step import VectorField
-from .._validate import checked_field, non_negative_float, validate_state, validate_times
+from .._validate import checked_field, generator_device, non_negative_float, validate_state, validate_times
 from ..solution import State
 from ._augmented import Integrand, mean_square, solve_augmented
 from ._baseline import (
@@ -44,8 +44,9 @@ TERMS = ("kinetic", "jacobian")
 
 
 def rademacher(shape: torch.Size, generator: torch.Generator | None, like: Tensor) -> Tensor:
-    """Independent ``+-1`` entries, drawn on the CPU from ``generator``, cast like ``like``."""
-    signs = torch.randint(0, 2, shape, generator=generator).mul_(2).sub_(1)
+    """Independent ``+-1`` entries, drawn from ``generator`` on its device, cast like ``like``."""
+    signs = torch.randint(0, 2, shape, generator=generator, device=generator_device(generator))
+    signs = signs.mul_(2).sub_(1)
     return signs.to(dtype=like.dtype, device=like.device)
 
 

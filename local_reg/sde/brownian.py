@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torchsde
 
+from .._validate import generator_device
+
 # Step hint for a new BrownianInterval: the interval is cut into pieces of about
 # 0.8 * cache_size * (t1 - t0) / _TREE_PIECES, i.e. a dependency tree of a few levels.
 _TREE_PIECES = 100
@@ -70,7 +72,7 @@ def make_brownian(
     Brownian motion passed in by the caller should be given a ``dt`` hint for the same reason).
     """
     if bm is None:
-        entropy = int(torch.randint(0, 2**62, (), generator=generator))
+        entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator_device(generator)))
         return torchsde.BrownianInterval(
             t0=t0,
             t1=t1,
