@@ -1177,6 +1177,38 @@ def test_biased_sampling_on_the_torchdiffeq_backend_draws_an_accepted_step_start
         torch.testing.assert_close(model.stats.state, states[starts.index(model.stats.t_reg)], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("sampling", ["random", "biased", None])
+def test_the_torchdiffeq_backends_step_counts_are_torchdiffeqs_own(sampling):
+    """With an adaptive torchdiffeq method the steps are counted (torchdiffeq's step callbacks, which
+    ``func``'s own still receive): ``n_accepted`` was ``None`` unless biased sampling recorded the
+    steps, and ``main`` reported no steps at all."""
+    calls = {"attempted": 0, "accepted": 0, "rejected": 0}
+
+    class Watched(MLPField):
+        def callback_step(self, t0, y0, dt):
+            calls["attempted"] += 1
+
+        def callback_accept_step(self, t0, y0, dt):
+            calls["accepted"] += 1
+
+        def callback_reject_step(self, t0, y0, dt):
+            calls["rejected"] += 1
+
+    kwargs = {"sampling": sampling} if sampling else {}
+    kind = LocallyRegularized if sampling else local_reg.Regularized
+    # A loose tolerance and a large first step: torchdiffeq rejects some steps.
+    options = {"first_step": 0.9}
+    model = kind(Watched(), backend="torchdiffeq", rtol=1e-7, atol=1e-9, options=options, **kwargs)
+    model(_y0(), T)
+    main = model.stats.main
+    assert calls["rejected"] > 0 and calls["attempted"] == calls["accepted"] + calls["rejected"]
+    assert (main.n_steps, main.n_accepted, main.n_rejected) == tuple(calls.values())
+    assert model.stats.n_accepted == calls["accepted"]
+    fixed = local_reg.Regularized(MLPField(), backend="torchdiffeq", method="rk4", options={"step_size": 0.1})
+    fixed(_y0(), T)
+    assert fixed.stats.n_accepted is None and fixed.stats.main.n_steps == 0  # unknown: not reported
+
+
 def test_the_recorded_state_at_a_time_interpolates_a_backward_in_time_step():
     """``u(t_reg)`` halfway through a step from t = 1 back to 0.5 is halfway between its end states
     (a fraction taken with ``|dt|`` extrapolated the wrong way)."""

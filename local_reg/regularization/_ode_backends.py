@@ -86,18 +86,21 @@ class _TorchdiffeqField(nn.Module):
         self.calls = 0
         self.last_t: Tensor | None = None
         """The time of the last call: where a failed torchdiffeq solve stopped."""
+        self.attempted = 0
         self.accepted = 0
         self.record = record
         self.step_t: list[float] = []
         self.step_dt: list[float] = []
         self.step_states: list[Tensor] = []
-        if torchdiffeq_reports_steps(method):
-            # An instance attribute, so solvers without callbacks (fixed grids) see none and do not warn.
-            self.callback_accept_step = self._accept
+        self.reports_steps = torchdiffeq_reports_steps(method)
         for name in ("callback_step", "callback_reject_step"):
             # func's own, which torchdiffeq calls on func itself (and warns about where it has none).
             if callable(getattr(func, name, None)):
                 setattr(self, name, getattr(func, name))
+        if self.reports_steps:
+            # Instance attributes, so solvers without callbacks (fixed grids) see none and do not warn.
+            self.callback_step = self._attempt
+            self.callback_accept_step = self._accept
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         self.calls += 1
@@ -105,6 +108,19 @@ class _TorchdiffeqField(nn.Module):
         # (and make the model refuse copy.deepcopy).
         self.last_t = t.detach()
         return check_output("func", self.func(t, y), y)
+
+    def _attempt(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.attempted += 1
+        user_callback = getattr(self.func, "callback_step", None)
+        if user_callback is not None:
+            user_callback(t0, y0, dt)
+
+    def stats(self) -> Stats:
+        """The solve's evaluations and, where torchdiffeq reports them, its steps."""
+        if not self.reports_steps:
+            return Stats(nfe=self.calls)
+        rejected = self.attempted - self.accepted
+        return Stats(nfe=self.calls, n_steps=self.attempted, n_accepted=self.accepted, n_rejected=rejected)
 
     def _accept(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.accepted += 1
@@ -157,11 +173,13 @@ def solve_main(
     finally:
         # The forward solve is over: drop the bound method, a reference cycle that would keep the
         # recorded states alive until Python's cycle collector runs (the backward pass keeps field).
-        field.__dict__.pop("callback_accept_step", None)
+        for name in ("callback_step", "callback_accept_step"):
+            if getattr(field.__dict__.get(name), "__self__", None) is field:
+                del field.__dict__[name]
     main = MainSolve(
         ys=ys,
-        stats=Stats(nfe=field.calls),
-        n_accepted=len(field.step_t) if record_steps else None,
+        stats=field.stats(),
+        n_accepted=field.accepted if field.reports_steps else None,
         step_t=field.step_t if record_steps else None,
         step_dt=field.step_dt if record_steps else None,
         step_states=torch.stack(field.step_states) if request.states and field.step_states else None,

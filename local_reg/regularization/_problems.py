@@ -478,9 +478,11 @@ class SDEProblem(_Problem):
     ) -> float:
         f0, g0 = start
         sde = CheckedSDE(self.sde, context[0])
-        dt_abs, extra_f, extra_g = sde_initial_step_size(
-            sde, context[0], t_reg, state, f0.detach(), g0.detach(), self.rtol, self.atol, t_end=t_end
-        )
+        # Outside autocast as sdeint's heuristic (the checked SDE keeps it for f and g themselves).
+        with without_autocast():
+            dt_abs, extra_f, extra_g = sde_initial_step_size(
+                sde, context[0], t_reg, state, f0.detach(), g0.detach(), self.rtol, self.atol, t_end=t_end
+            )
         stats.add(extra_f + extra_g, diffusion=extra_g)
         return dt_abs
 

@@ -22,7 +22,8 @@ class RegularizationStats:
 
     Attributes:
         main: the main solve's :class:`local_reg.Stats` (steps and rejections are zero where the
-            backend does not report them: torchdiffeq, torchsde).
+            backend does not report them: torchsde, and torchdiffeq's fixed grids; its adaptive
+            methods report them through its step callbacks).
         probe: the regularization step's evaluations.
         t_reg: the sampled time (local regularization), else ``None``.
         dt_reg: the signed step size of the regularization step, else ``None``.
