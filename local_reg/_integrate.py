@@ -311,12 +311,15 @@ def next_step_size(
     reach = dt_abs * (1.0 + _LANDING_SLACK)
     if max_step is not None and max_step < reach:
         reach = max_step
-        # Steps of exactly max_step reach an output time only up to rounding: land rather than leave
-        # a remainder the next step could not take (the loop's own underflow test), exceeding
-        # max_step by that remainder, a few ulps of the time.
-        if remaining - reach <= underflow_threshold(t_target, remaining - reach):
-            reach = remaining
     lands = reach >= remaining
+    if not lands:
+        # Land rather than leave a remainder the next step could not take (the loop's own underflow
+        # test, after the rounding of t + dt), exceeding the step (or max_step) by that remainder, a
+        # few ulps of the time: steps of exactly max_step reach an output time only up to rounding,
+        # and far from t = 0 a step is itself a few hundred ulps.
+        t_after = t + math.copysign(dt_abs, t_target - t)
+        left = abs(t_target - t_after)
+        lands = left <= underflow_threshold(t_after, left)
     dt_used = remaining if lands else dt_abs
     if dt_used <= underflow_threshold(t, dt_used):
         reason = f"step size underflow (dt={dt_used:.3e})"
@@ -530,6 +533,9 @@ def integrate(
     for t_target in targets:
         if step_size is not None:
             dt_abs = fixed_step_size(t, t_target, step_size)
+            # The fixed grid's points are counted from the interval's start (as torchdiffeq's): far
+            # from t = 0, adding each step to the last rounds, and over many steps the grid drifts.
+            grid_start, n_grid_steps = t, 0
         while direction * (t_target - t) > 0:
             # A landing within a few ulps of t or of the output time is no step's end of its own: the
             # step beside it ends or starts at it (jump_ends).
@@ -556,6 +562,10 @@ def integrate(
                 raise explain_failure(error, log, options, non_finite, y) from None
             dt = direction * dt_used
             t_next = t_goal if lands else t + dt
+            if step_size is not None:
+                n_grid_steps += 1
+                if not lands:
+                    t_next = grid_start + direction * n_grid_steps * dt_abs
             if not lands:
                 # The step the times can represent (as scipy steps): far from 0, t + dt rounds by up to
                 # half an ulp of t, which the state would otherwise not follow, a drift per step.

@@ -610,6 +610,63 @@ def test_a_span_far_from_zero_solves_as_one_near_zero(t0, method):
     assert ends[:-1] == list(steps.t[1:]) and ends[-1] == t0 + 1.0
 
 
+@pytest.mark.parametrize(
+    ("field", "t0", "tol", "method"),
+    [
+        ("decay", 1e13, 1e-8, "tsit5"),
+        ("decay", 2e13, 1e-8, "dopri5"),
+        ("oscillator", 5e13, 1e-5, "tsit5"),
+        ("oscillator", 5e13, 1e-7, "dopri5"),
+    ],
+)
+def test_an_adaptive_solve_far_from_zero_leaves_no_remainder_it_cannot_step(field, t0, tol, method):
+    """[t0, t0 + 1] is a few hundred ulps long here: a step short of the output time by a few ulps
+    left a remainder the next step could not take, and the solve failed with "the next output time
+    is within a few ulps of t" although the output times are 1 apart (scipy and torchdiffeq solve
+    it). Such a step lands instead."""
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    if field == "decay":
+        func, exact = (lambda t, y: -y), y0 * math.exp(-1.0)
+    else:
+        rotation = torch.tensor([[math.cos(1.0), math.sin(1.0)], [-math.sin(1.0), math.cos(1.0)]])
+        func, exact = (lambda t, y: torch.stack([y[1], -y[0]])), rotation.double() @ y0
+    solution = odeint(func, y0, [t0, t0 + 1.0], method=method, rtol=tol, atol=tol)
+    # The time's own resolution (an ulp of 1e13 is 2e-3) bounds the accuracy, not the tolerance.
+    torch.testing.assert_close(solution.ys[-1], exact, rtol=0, atol=100 * math.ulp(t0))
+    assert float(solution.steps.t[-1] + solution.steps.dt[-1]) == t0 + 1.0
+
+
+@pytest.mark.parametrize("solve", ["odeint", "compat", "sdeint"])
+def test_a_fixed_grid_far_from_zero_takes_the_steps_it_counted(solve):
+    """10,000 steps of 1e-4 over [2e8, 2e8 + 1]: each step added to the last rounded by up to half an
+    ulp of t (3e-8), the grid drifted, and the solve took extra sliver steps, beyond the max_steps it
+    had checked the count against (odeint, sdeint) or that compat does not set for fixed steps. The
+    grid points are counted from the interval's start, as torchdiffeq's."""
+    from local_reg import compat
+    from local_reg.sde import sdeint
+    from tests.problems import DecaySDE
+
+    t0 = 2e8
+    y0 = torch.ones(2, dtype=torch.float64)
+    t = torch.tensor([t0, t0 + 1.0], dtype=torch.float64)
+    if solve == "compat":
+        ys = compat.odeint(lambda t, y: -y, y0, t, method="rk4", options={"step_size": 1e-4})
+        theirs = torchdiffeq.odeint(lambda t, y: -y, y0, t, method="rk4", options={"step_size": 1e-4})
+        torch.testing.assert_close(ys, theirs, rtol=1e-6, atol=0)
+        return
+    if solve == "sdeint":
+        generator = torch.Generator().manual_seed(0)
+        solution = sdeint(DecaySDE(), y0[None], t, step_size=1e-4, generator=generator)
+    else:
+        solution = odeint(lambda t, y: -y, y0, t, method="rk4", step_size=1e-4)
+        torch.testing.assert_close(solution.ys[-1], y0 * math.exp(-1.0), rtol=1e-6, atol=0)
+    assert solution.stats.n_steps == 10_000
+    # Every step is the grid's to the time's resolution (an ulp of 2e8 is 3e-8).
+    torch.testing.assert_close(
+        solution.steps.dt, torch.full((10_000,), 1e-4, dtype=torch.float64), rtol=0, atol=3e-8
+    )
+
+
 # The controller, replayed from its documented rules ------------------------------------------------
 
 
