@@ -142,22 +142,30 @@ class DenseOutput:
 
     def _interpolate(self, index: int, values: list[float]) -> Tensor:
         """The states at ``values`` (times inside step ``index``), stacked."""
-        dt = self.dt[index]
-        rows = self.interpolant.weight_matrix([(v - self.t[index]) / dt for v in values])
-        with without_autocast():  # a matrix product, in the state's dtype
-            return combine_rows(self.states[index], dt, rows, self.stages[index])
+        return self._combine(index, [(v - self.t[index]) / self.dt[index] for v in values])
 
-    def state_at(self, t: float) -> Tensor:
-        """The solution at one time ``t`` of the recorded steps' span, without :meth:`evaluate`'s
-        checks of its argument: the interpolating adjoint's read at each stage of its backward
-        solve. A ``t`` just outside the span (a stage time rounded to a narrower dtype than the
-        recorded times) is taken at the span's end."""
+    def _combine(self, index: int, thetas: list[float]) -> Tensor:
+        """The states at the fractions ``thetas`` of step ``index``, stacked."""
+        rows = self.interpolant.weight_matrix(thetas)
+        with without_autocast():  # a matrix product, in the state's dtype
+            return combine_rows(self.states[index], self.dt[index], rows, self.stages[index])
+
+    def state_at(self, t: float, offset: float = 0.0) -> Tensor:
+        """The solution at the time ``t + offset`` of the recorded steps' span, without
+        :meth:`evaluate`'s checks: the interpolating adjoint's read at each stage of its backward
+        solve, ``t`` that step's start and ``offset`` the stage's ``c_i dt``. The interpolant's
+        ``theta`` is ``((t - start) + offset) / dt``, so ``t + offset`` is not rounded to a float on
+        the way: far from ``t = 0`` that rounding moves a stage by ulps of ``t``, against steps of a
+        few hundred ulps, and the state read there by as many ulps times its rate. A time just
+        outside the span (a stage rounded past it) is read at the span's end."""
         low, high = sorted((self.t[0], self.t_end))
-        t = min(max(t, low), high)
-        index = self._locate(t, self._step_keys())
-        if index < 0:
-            return self.states[-1 - index]
-        return self._interpolate(index, [t])[0]
+        position = t + offset
+        if not low <= position <= high:
+            t, offset = min(max(position, low), high), 0.0
+            position = t
+        keys = self._step_keys()
+        index = min(max(bisect.bisect_right(keys, self.direction * position) - 1, 0), len(self.t) - 1)
+        return self._combine(index, [((t - self.t[index]) + offset) / self.dt[index]])[0]
 
 
 def _narrowest_float(times: Tensor | np.ndarray | Sequence[float | Tensor]) -> torch.dtype | None:

@@ -108,6 +108,35 @@ def test_a_float32_solve_reads_its_span_ends_through_rounded_stage_times():
     torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("t0", "dtype", "checkpoints"),
+    [(1e12, torch.float64, None), (1e12, torch.float64, 2), (1e4, torch.float32, None)],
+)
+def test_a_span_far_from_zero_reads_each_stage_at_its_place_in_the_step(t0, dtype, checkpoints):
+    """Far from t = 0 a stage's time rounds by ulps of t (1.2e-4 at 1e12 in float64, 1e-3 at 1e4 in
+    float32): y read there was off by that times its rate, noise the backward error estimate chased
+    (float64 at 1e12: a step size underflow; float32 at 1e4: 40x the backward evaluations and 30x
+    the error). The stage is read at its exact fraction of the step instead."""
+
+    class Autonomous(TinyField):  # the same dynamics at every t0
+        def forward(self, t, y):
+            return self.scale * self.net(y)
+
+    torch.manual_seed(0)
+    field = Autonomous().to(dtype)
+    y0 = torch.randn(2, 3, dtype=dtype)
+    tol = 1e-8 if dtype == torch.float64 else 1e-6
+    options = {"rtol": tol, "atol": tol}
+    gradient = InterpolatingAdjoint(checkpoints=checkpoints)
+    near, near_solution = gradients(field, y0, gradient, times=[0.0, 1.0], **options)
+    far, far_solution = gradients(
+        field, y0, gradient, times=torch.tensor([t0, t0 + 1.0], dtype=dtype), **options
+    )
+    direct, _ = gradients(field, y0, "direct", times=[0.0, 1.0], **options)
+    assert relative_error(far, direct) < 10 * max(relative_error(near, direct), 1e-7)
+    assert far_solution.stats.nfe_backward <= 1.2 * near_solution.stats.nfe_backward
+
+
 def test_jumps_and_a_gradient_with_respect_to_the_output_times():
     # The forward steps land on the jump; the backward solve lands there too and reads y(t) on
     # each side from the steps beside it.

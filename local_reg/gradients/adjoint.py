@@ -135,6 +135,8 @@ class AdjointStepper(RKStepper):
         # The RMS of the default norm is over every entry of the state ((y, a), or a) and of g.
         self.root_entries = math.sqrt((2 if dense is None else 1) * ys[0].numel() + n_parameters)
         self.dt = 0.0
+        self.step_start: float | None = None
+        """The start of the step whose stages are being evaluated, else ``None``."""
         self.end_gradient: Tensor | None = None
 
     def augmented_field(self, t: Tensor, z: Tensor) -> Tensor:
@@ -142,7 +144,11 @@ class AdjointStepper(RKStepper):
         from :attr:`dense`; ``-a^T df/dtheta`` goes to the next row of :attr:`rates`."""
         if self.dense is None:
             y, adjoint = z.unbind(0)
-        else:
+        elif self.step_start is not None:
+            # A stage of a step: y at its exact place c_i dt into the step, not at its time rounded.
+            offset = self.tableau.c[self.next_row] * self.dt
+            y, adjoint = self.dense.state_at(self.step_start, offset), z
+        else:  # the start of a solve, or the initial-step heuristic's trial
             y, adjoint = self.dense.state_at(float(t)), z
         derivative, state_rate, parameter_vjps = vector_jacobian_product(
             self.func_of_y, t, y, self.params, -adjoint
@@ -210,7 +216,11 @@ class AdjointStepper(RKStepper):
         self.end_gradient = None
         # The attempt's error norm: over (y, a, g) when it is estimated and includes the parameters.
         self.norm = self.parameter_norm if estimate_error and self.norm_includes_parameters else rms_norm
-        return super().step(t, t_next, y, dt, k1, estimate_error)
+        self.step_start = t
+        try:
+            return super().step(t, t_next, y, dt, k1, estimate_error)
+        finally:
+            self.step_start = None
 
     def release(self) -> None:
         """Drop the stepper's references to its own bound methods (its field and norm), a cycle
@@ -272,13 +282,15 @@ class ReplayedSolution:
         self.interpolant = get_interpolant(self.options.runge_kutta_tableau)
         self.segment: tuple[int, DenseOutput] | None = None
 
-    def state_at(self, t: float) -> Tensor:
-        n = min(max(bisect.bisect_right(self.keys, self.direction * t) - 1, 0), len(self.keys) - 1)
+    def state_at(self, t: float, offset: float = 0.0) -> Tensor:
+        """The solution at ``t + offset`` (:meth:`DenseOutput.state_at`)."""
+        position = self.direction * (t + offset)
+        n = min(max(bisect.bisect_right(self.keys, position) - 1, 0), len(self.keys) - 1)
         start, end, kept = self.step_states.segment_of(n)
         if self.segment is None or self.segment[0] != start:
             self.segment = None  # one segment's record alive at a time, not two while re-solving
             self.segment = start, self._dense_segment(start, end, kept)
-        return self.segment[1].state_at(t)
+        return self.segment[1].state_at(t, offset)
 
     def _dense_segment(self, start: int, end: int, kept: Tensor) -> DenseOutput:
         options = self.options
