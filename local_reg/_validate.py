@@ -13,6 +13,7 @@ from typing import Any, overload
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from ._step import rms_norm
 
@@ -404,7 +405,19 @@ def check_function_transforms(
     but not the other gradient methods' ``torch.autograd.Function`` s, nor the output times: both
     are ``torch.autograd``'s (``loss.backward()``, ``torch.autograd.grad``).
     ``differentiable=False``: ``entry`` runs under none of them (an event's time is located and
-    differentiated by its own rules)."""
+    differentiated by its own rules).
+
+    Forward-mode AD (``torch.autograd.forward_ad``, a dual ``y0`` or ``t``) runs through ``"direct"``
+    only, as ``jacfwd`` does: the other methods' ``torch.autograd.Function`` s have no ``jvp``."""
+    dual = [name for name, value in (("y0", y0), ("t", t)) if _dual(value)]
+    if dual and ((gradient is not None and gradient != "direct") or not differentiable):
+        how = f"with gradient={gradient!r}" if differentiable else "at all"
+        raise ValueError(
+            f"{entry}: {' and '.join(dual)} {'carry' if len(dual) > 1 else 'carries'} forward-mode tangents "
+            "(torch.autograd.forward_ad), which "
+            f"{entry} cannot differentiate {how}: forward mode runs through gradient='direct' only; or "
+            "differentiate with torch.autograd (loss.backward(), torch.autograd.grad)"
+        )
     stack = torch._C._functorch.get_interpreter_stack()
     if not stack:
         return
@@ -430,6 +443,12 @@ def check_function_transforms(
             f"{entry}: t is differentiated by a torch.func transform, which the output times' gradient does "
             "not support; differentiate with respect to t with torch.autograd (t.requires_grad_())"
         )
+
+
+def _dual(value: object) -> bool:
+    """Whether ``value`` (a tensor, or a sequence holding tensors) carries a forward-mode tangent."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return any(isinstance(v, Tensor) and forward_ad.unpack_dual(v).tangent is not None for v in values)
 
 
 def check_strided(name: str, value: Tensor, returned: bool = False) -> None:

@@ -642,6 +642,35 @@ def test_a_nan_cotangent_from_the_loss_is_not_blamed_on_the_solver(gradient):
     assert torch.isnan(y0.grad).all()
 
 
+def test_a_nan_cotangent_of_another_solve_or_pass_is_not_blamed_on_this_solve():
+    """``direct``'s check hooks the parameters, whose gradient in a pass is the sum over every use:
+    a NaN cotangent of a second solve sharing them, or of a later pass while an earlier solution is
+    kept (its hooks live with its graph, and its record of a finite cotangent lived on), was blamed
+    on ``func``."""
+    field = SqrtRate()
+    field.p.data.fill_(0.25)  # a finite derivative: any NaN below comes from the loss
+    y0 = torch.ones(2, dtype=torch.float64)
+
+    def solve(gradient="direct"):
+        return odeint(field, y0, [0.0, 1.0], gradient=gradient)
+
+    def nan_gradient(loss):
+        field.p.grad = None
+        loss.backward()
+        return bool(torch.isnan(field.p.grad))
+
+    assert nan_gradient(solve().ys[-1].pow(2).sum() + float("nan") * solve().ys[-1].sum())
+    kept = solve()
+    kept.ys[-1].sum().backward()
+    for gradient in ("direct", "symplectic"):
+        assert nan_gradient(float("nan") * solve(gradient).ys[-1].sum())
+    # The check itself still works after those passes, with the kept solution alive.
+    field.p.data.fill_(0.0)
+    with pytest.raises(SolverError, match="non-finite"):
+        solve().ys[-1].sum().backward()
+    del kept
+
+
 # Times -----------------------------------------------------------------------------------------
 
 

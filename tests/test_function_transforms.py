@@ -63,6 +63,23 @@ def test_a_graph_free_gradient_method_is_refused_naming_direct(gradient):
         grad(lambda y: end_state(y, gradient=gradient, adjoint_params=()).sum())(torch.ones(2, dtype=DTYPE))
 
 
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_forward_mode_ad_runs_through_direct_and_is_refused_by_the_others(gradient):
+    """A dual ``y0`` (``torch.autograd.forward_ad``): ``direct`` gives the tangent ``e^{-a} v``; the
+    other methods' autograd Functions have no jvp, which was torch's NotImplementedError."""
+    from torch.autograd import forward_ad
+
+    y0, tangent = torch.tensor([1.0, -2.0], dtype=DTYPE), torch.tensor([1.0, 0.5], dtype=DTYPE)
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(y0, tangent)
+        if gradient != "direct":
+            with pytest.raises(ValueError, match=r"y0 carries forward-mode tangents.*gradient='direct'"):
+                end_state(dual, gradient=gradient, adjoint_params=())
+            return
+        out = forward_ad.unpack_dual(end_state(dual)).tangent
+    torch.testing.assert_close(out, math.exp(-RATE) * tangent)
+
+
 def test_the_output_times_gradient_and_events_are_refused_naming_autograd():
     y0 = torch.ones(2, dtype=DTYPE)
     with pytest.raises(ValueError, match=r"t is differentiated by a torch\.func transform.*torch\.autograd"):

@@ -302,3 +302,11 @@ def test_a_t_that_requires_grad_leaves_second_derivatives_in_y0_and_parameters_i
     (grad_t,) = torch.autograd.grad((ys**2).sum(), t, create_graph=True)
     with pytest.raises(RuntimeError, match="gradient with respect to t is first order only"):
         torch.autograd.grad(grad_t.sum(), weight)
+    # The other order: a derivative of dL/dy0 or dL/dweight with respect to t reached t only through
+    # the cotangent's own graph (dys/dt = f) and missed how the solve's sensitivities depend on the
+    # times, a silently wrong number (of the wrong sign on this problem); it is refused too.
+    for wrt in (y0, weight):
+        ys = odeint(field(weight), y0, t, rtol=TOL, atol=TOL).ys
+        (gradient,) = torch.autograd.grad((ys**2).sum(), wrt, create_graph=True)
+        with pytest.raises(RuntimeError, match="derivative with respect to t of a gradient"):
+            torch.autograd.grad(gradient.sum(), t)

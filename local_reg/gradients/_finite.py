@@ -51,13 +51,23 @@ class _RemoveHooks:
             handle.remove()
 
 
+_NON_FINITE_COTANGENT_THIS_PASS = [False]
+"""Whether a guarded solve's outputs got a non-finite cotangent in the running backward pass: the
+inputs' gradients are then the sum of that solve's and others' (a shared parameter), whose NaN may
+have come from the loss, not from ``func``. Reset at the end of the pass."""
+
+
 def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_steps: int) -> None:
     """Make a backward pass through ``ys`` raise :class:`SolverError` if the gradient of one of
-    ``inputs`` (``y0`` and the known parameters) is not finite while the cotangent of ``ys`` was.
+    ``inputs`` (``y0`` and the known parameters) is not finite while the cotangent of ``ys`` was
+    (and, in that pass, every other guarded solve's too: an input shared with a solve whose
+    cotangent was NaN gets their sum).
 
-    A hook on ``ys`` records whether its cotangent was finite (and that its backward pass began);
-    a hook on each input checks the gradient that reaches it. The input hooks live as long as the
-    graph of ``ys`` (not the Python tensor ``ys``, which a caller may drop after indexing it).
+    A hook on ``ys`` records whether its cotangent was finite, for the backward pass that runs (the
+    record is cleared when that pass ends, so a later pass that does not reach ``ys``, through an
+    input shared with another computation, is not judged by it); a hook on each input checks the
+    gradient that reaches it. The input hooks live as long as the graph of ``ys`` (not the Python
+    tensor ``ys``, which a caller may drop after indexing it).
     """
     inputs = [x for x in inputs if x.requires_grad]
     if not inputs:
@@ -69,12 +79,20 @@ def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_st
         # read: the check is skipped there.
         if _transformed(grad):
             return
-        if incoming["finite"] and not all_finite((grad,)):
+        if incoming["finite"] and not _NON_FINITE_COTANGENT_THIS_PASS[0] and not all_finite((grad,)):
             raise_non_finite_gradient(t0, n_steps)
 
     remover = _RemoveHooks([x.register_hook(check) for x in inputs])
 
+    def end_of_pass() -> None:
+        incoming["finite"] = False
+        _NON_FINITE_COTANGENT_THIS_PASS[0] = False
+
     def record_cotangent(grad: Tensor | None, _remover: _RemoveHooks = remover) -> None:
-        incoming["finite"] = grad is not None and not _transformed(grad) and all_finite((grad,))
+        readable = grad is not None and not _transformed(grad)
+        incoming["finite"] = readable and all_finite((grad,))
+        if readable and not incoming["finite"]:
+            _NON_FINITE_COTANGENT_THIS_PASS[0] = True
+        torch.autograd.Variable._execution_engine.queue_callback(end_of_pass)
 
     ys.register_hook(record_cotangent)

@@ -91,12 +91,12 @@ class StartTime(torch.autograd.Function):
     def forward(ctx, initial_rate: Callable[[Tensor], Tensor], t: Tensor, y0: Tensor) -> Tensor:
         ctx.initial_rate = initial_rate
         ctx.t_layout = t.shape, t.dtype, t.device
-        ctx.save_for_backward(y0)
+        ctx.save_for_backward(y0, t)
         return y0.clone()
 
     @staticmethod
     def backward(ctx, grad_y0: Tensor):
-        (y0,) = ctx.saved_tensors
+        y0, t = ctx.saved_tensors
         shape, dtype, device = ctx.t_layout
         grad_t = None
         if ctx.needs_input_grad[1]:
@@ -105,8 +105,8 @@ class StartTime(torch.autograd.Function):
                 grad_t.view(-1)[0] = -(grad_y0 * ctx.initial_rate(y0)).sum()
             grad_t = _first_order(grad_t, grad_y0, y0)
         # y0's cotangent passes through as it came, with its graph under create_graph=True (the
-        # identity's derivative is exact to every order).
-        return None, grad_t, grad_y0
+        # identity's derivative is exact to every order), except towards t.
+        return None, grad_t, _not_towards_t(grad_y0, t)
 
 
 class _OutputTimes(torch.autograd.Function):
@@ -141,7 +141,7 @@ class _OutputTimes(torch.autograd.Function):
             grad_t = timing.cotangent(entries)
         timing.stats.nfe_backward = (timing.stats.nfe_backward or 0) + calls
         # ys's cotangent passes through with its graph, as in StartTime.
-        return None, _first_order(grad_t, grad_ys, ys), grad_ys
+        return None, _first_order(grad_t, grad_ys, ys), _not_towards_t(grad_ys, timing.t)
 
 
 def _first_order(grad_t: Tensor, *depends_on: Tensor) -> Tensor:
@@ -154,6 +154,23 @@ def _first_order(grad_t: Tensor, *depends_on: Tensor) -> Tensor:
         )
         return refusing_backward(grad_t, message, *depends_on)
     return grad_t
+
+
+def _not_towards_t(cotangent: Tensor, t: Tensor) -> Tensor:
+    """``cotangent``, passed through with its graph (second derivatives in ``y0`` and the parameters
+    are exact), plus a zero that refuses a derivative with respect to ``t``. The solve's graph does
+    not depend on the times (they are floats in it), so a derivative of ``dL/dy0`` or ``dL/dtheta``
+    with respect to ``t`` would reach ``t`` only through the cotangent's own graph (``ys``' identity
+    with ``dys/dt = f``) and miss how the solve's sensitivities depend on the times: a silently
+    wrong number."""
+    if torch.is_grad_enabled() and t.requires_grad:
+        message = (
+            "a derivative with respect to t of a gradient (create_graph=True, then differentiating "
+            "dL/dy0 or dL/dparameters with respect to t) is not available: the gradient with respect "
+            "to t is first order only; second derivatives in y0 and the parameters are (gradient='direct')"
+        )
+        return cotangent + refusing_backward(torch.zeros_like(cotangent), message, t)
+    return cotangent
 
 
 def time_gradient(
