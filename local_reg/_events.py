@@ -140,6 +140,12 @@ class _EventEntry:
         return self.event.values(t, y).reshape(-1)[self.index]
 
 
+def _time_spacing(value: float, dtype: torch.dtype) -> float:
+    """The gap from ``value`` (non-negative, rounded to ``dtype``) to the next larger time of ``dtype``."""
+    rounded = torch.tensor(value, dtype=dtype)
+    return float(torch.nextafter(rounded, torch.tensor(math.inf, dtype=dtype)) - rounded)
+
+
 def find_root(
     h: Callable[[float], float], ta: float, ha: float, tb: float, hb: float, xtol: float
 ) -> tuple[float, float]:
@@ -208,10 +214,11 @@ class EventLocator:
                 self.start_value = end_value
                 return None
             # What the step's dense output can resolve: a fraction of the step set by the state's
-            # dtype, and no finer than the times event_fn gets.
-            xtol = 4 * max(
-                torch.finfo(y1.dtype).eps * abs(t1 - t0),
-                torch.finfo(self.event.time_dtype).eps * max(abs(t0), abs(t1)),
+            # dtype, and no finer than the times event_fn gets (one ulp of them: far from t = 0,
+            # a few ulps are a noticeable part of the step, and the state there misses the event).
+            xtol = max(
+                4 * torch.finfo(y1.dtype).eps * abs(t1 - t0),
+                _time_spacing(max(abs(t0), abs(t1)), self.event.time_dtype),
             )
             live_time, event_time = find_root(
                 lambda t: float(self.event(t, dense([t])[0].detach())),
