@@ -227,7 +227,8 @@ class SolveOptions:
             per_element_tolerance(name, getattr(self, name), y.shape, y.device) for name in ("rtol", "atol")
         )
         atols, rtols = torch.broadcast_tensors(
-            torch.as_tensor(atol, device=y.device), torch.as_tensor(rtol, device=y.device)
+            torch.as_tensor(atol, dtype=torch.float64, device=y.device),
+            torch.as_tensor(rtol, dtype=torch.float64, device=y.device),
         )
         lone = atols[rtols == 0]
         if lone.numel() and float(lone.min()) < tiny:

@@ -282,7 +282,11 @@ def validate_times(t: Tensor | np.ndarray | Sequence[float | Tensor]) -> list[fl
         raise ValueError("t must hold at least one time")
     diffs = [b - a for a, b in pairwise(times)]
     if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
-        raise ValueError("t must be strictly increasing or strictly decreasing")
+        repeated = next((a for a, b in pairwise(times) if a == b), None)
+        where = "" if repeated is None else f": it holds {repeated!r} twice"
+        if repeated is not None and isinstance(t, Tensor) and not t.is_floating_point():
+            where += " as a float (integers beyond 2**53 round to one float: shift them, e.g. t - t[0])"
+        raise ValueError(f"t must be strictly increasing or strictly decreasing{where}")
     return times
 
 

@@ -1825,6 +1825,8 @@ def test_a_non_finite_brownian_increment_is_named_not_blamed_on_the_state():
     [
         (torch.float32, 1e-50, r"atol=1e-50 with rtol=0 is below what torch.float32 holds as a normal"),
         (torch.float64, 1e-310, r"atol=1e-310 with rtol=0 is below what torch.float64 holds"),
+        # Per-element rtols with a zero: the atol is named as given (it was read in float32, as 0).
+        (torch.float64, 1e-320, r"atol=9\.99989e-321 with rtol=0 is below what torch.float64 holds"),
         # A normal float64 atol whose scaled state overflows the norm.
         (torch.float64, 1e-300, r"tolerances are too small for this state \(raise atol\)"),
     ],
@@ -1833,6 +1835,9 @@ def test_an_absolute_tolerance_too_small_for_the_dtype_is_named(dtype, atol, mat
     # It failed with a step-size underflow blamed on a non-finite state, or on the (default) norm.
     with pytest.raises(ValueError, match=match):
         odeint(decay, torch.ones(2, dtype=dtype), [0.0, 1.0], rtol=0.0, atol=atol)
+    with pytest.raises(ValueError, match=match):
+        rtols = torch.tensor([0.0, 1e-6], dtype=torch.float64)
+        odeint(decay, torch.ones(2, dtype=dtype), [0.0, 1.0], rtol=rtols, atol=atol)
     with pytest.raises(ValueError, match=re.escape("below what torch.float32 holds")):
         sdeint(DiagonalSDE(), torch.ones(1, 2), [0.0, 1.0], rtol=0.0, atol=1e-50)
     # With rtol > 0 a tiny atol asks for a purely relative tolerance: rtol * |y| keeps the scale.
@@ -1885,6 +1890,17 @@ def test_a_span_whose_steps_overflow_the_states_dtype_is_refused(method):
             )
     with pytest.raises(ValueError, match=r"t spans 6e\+38"):
         local_reg.compat.odeint(decay, torch.ones(2), torch.tensor([-3e38, 3e38]), method="euler")
+
+
+def test_a_repeated_time_is_named():
+    for t, match in [
+        ([0.0, 1.0, 1.0], r"strictly increasing or strictly decreasing: it holds 1\.0 twice$"),
+        ([0.0, 2.0, 1.0], r"strictly increasing or strictly decreasing$"),
+        # Integers that differ, but not as floats: the refusal says why and what to do.
+        (torch.tensor([2**62, 2**62 + 1]), r"twice as a float \(integers beyond 2\*\*53 .* t - t\[0\]\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            odeint(decay, torch.ones(2), t)
 
 
 def test_compat_fixed_grids_check_t_and_refuse_a_grid_past_torchdiffeqs_step_limit():
