@@ -130,7 +130,9 @@ class RNODERegularized(Regularized):
             ``norm`` or step ``callbacks`` in ``options`` get the state in ``y0``'s shape. A
             plain-function ``func`` needs ``adjoint_params`` with any gradient but ``"direct"``.
         generator: the CPU ``torch.Generator`` of the Rademacher noise (one draw per solve); by
-            default the wrapper's own, seeded from ``torch.initial_seed()``. In ``state_dict()``.
+            default the wrapper's own, seeded from ``torch.initial_seed()`` (so two wrappers made
+            without one draw the same noise: give each its own for independent draws). In
+            ``state_dict()``.
 
     ``stats.nfe_main`` counts the augmented field's evaluations, each one evaluation of ``func``;
     ``stats.nfe_reg`` the vector--Jacobian products on top (one per evaluation; none when

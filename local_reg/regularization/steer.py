@@ -99,7 +99,9 @@ class SteerRegularized(Regularized):
         method, rtol, atol, gradient, adjoint_params, options: of :class:`local_reg.Regularized`
             (the solve); every gradient method works (the perturbed solve is an ordinary solve).
         generator: the CPU ``torch.Generator`` of the end times; by default one of the wrapper's
-            own, seeded from ``torch.initial_seed()``. Its state is part of ``state_dict()``.
+            own, seeded from ``torch.initial_seed()`` (so two wrappers made without one draw the
+            same end times: give each its own for independent draws). Its state is part of
+            ``state_dict()``.
     """
 
     def __init__(
