@@ -1951,3 +1951,11 @@ def test_keywords_that_mean_another_thing_in_a_regularized_module_say_so():
     with pytest.raises(ValueError, match=re.escape("options['dense']=True: the model returns ys only")):
         LocallyRegularized(Field(), options={"dense": True})
     LocallyRegularized(Field(), options={"dense": False})
+    # odeint's other keywords, given to a module directly, were Python's bare "unexpected keyword".
+    for kind in (LocallyRegularized, local_reg.Regularized, local_reg.RNODERegularized):
+        with pytest.raises(
+            TypeError,
+            match=rf"{kind.__name__}\(\) got unexpected keyword arguments: first_step, max_steps\. .*"
+            + re.escape("go in options=, e.g. options={'first_step': 0.1}"),
+        ):
+            kind(Field(), max_steps=100, first_step=0.1)

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, ClassVar, Protocol, cast
+from typing import Any, ClassVar, NoReturn, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -501,7 +501,16 @@ class Regularized(nn.Module):
         backend: str | None = None,
         generator: torch.Generator | None = None,
         options: dict[str, Any] | None = None,
+        **misplaced: NoReturn,  # none: a type checker refuses any, and so does the module, naming options=
     ) -> None:
+        if misplaced:
+            names = ", ".join(sorted(misplaced))
+            first = min(misplaced)
+            raise TypeError(
+                f"{type(self).__name__}() got unexpected keyword arguments: {names}. Keywords of the solve "
+                "that the module does not take itself (max_steps, first_step, controller, norm, "
+                f"step_to_outputs, ...) go in options=, e.g. options={{{first!r}: {misplaced[first]!r}}}"
+            )
         super().__init__()
         # Everything is checked now, so a typo fails at construction, not at the first batch.
         config = SolveConfig(
