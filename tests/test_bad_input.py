@@ -1035,8 +1035,16 @@ def test_a_penalty_that_is_not_a_penalty_object_is_refused_naming_it(penalty):
 
 
 def test_sde_models_check_method_and_options_at_construction():
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(ValueError, match=r"unknown method 'srk'.*not implemented here.*backend='torchsde'"):
         LocallyRegularized(DiagonalSDE(), method="srk")
+    LocallyRegularized(DiagonalSDE(), method="srk", backend="torchsde")
+    # torchsde's names, as its users write them, are told apart from a typo.
+    with pytest.raises(ValueError, match=r"torchsde's 'euler' \(for Ito SDEs\) is 'euler_maruyama' here"):
+        LocallyRegularized(DiagonalSDE(), method="euler")
+    with pytest.raises(ValueError, match=r"torchsde's 'euler' \(for Ito SDEs\) is 'euler_maruyama' here"):
+        sdeint(DiagonalSDE(), torch.ones(1, 2), [0.0, 1.0], method="euler")
+    with pytest.raises(ValueError, match="a torchsde method for Stratonovich SDEs; sdeint solves Ito SDEs"):
+        sdeint(DiagonalSDE(), torch.ones(1, 2), [0.0, 1.0], method="reversible_heun")
     # Milstein is one of local_reg's SDE methods, for the main solve (the probe stays Euler-Maruyama).
     milstein = LocallyRegularized(
         DiagonalSDE(), method="milstein", generator=torch.Generator().manual_seed(0)

@@ -151,8 +151,12 @@ def check_sde_settings(
     if backend == "local_reg":
         from .._integrate import DEFAULT_MAX_STEPS, SolveOptions
         from ..sde import sdeint
-        from ..sde.problem import METHODS
+        from ..sde.problem import METHODS, TORCHSDE_NAMES
 
+        if isinstance(method, str) and method in TORCHSDE_NAMES:
+            raise ValueError(
+                f"unknown method {method!r}; expected one of {list(METHODS)}{TORCHSDE_NAMES[method]}"
+            )
         if method is not None:
             check_choice("method", method, METHODS)
         options = check_option_keys(options, keyword_names([sdeint], _SDEINT_RESERVED), backend)

@@ -30,6 +30,18 @@ from .._validate import (
 )
 
 METHODS = ("euler_maruyama", "milstein")
+TORCHSDE_NAMES = {
+    "euler": ": torchsde's 'euler' (for Ito SDEs) is 'euler_maruyama' here",
+    "srk": (
+        ": torchsde's 'srk' (strong order 1.5) is not implemented here; 'milstein' has strong order 1, and "
+        "the regularized modules solve with torchsde's own methods under backend='torchsde'"
+    ),
+    **dict.fromkeys(
+        ("euler_heun", "heun", "midpoint", "reversible_heun", "adjoint_reversible_heun"),
+        ": that is a torchsde method for Stratonovich SDEs; sdeint solves Ito SDEs",
+    ),
+}
+"""The hint a torchsde method name adds to the refusal."""
 """The SDE schemes of :func:`local_reg.sdeint`."""
 DRIFT, DIFFUSION = "sde.f (drift)", "sde.g (diffusion)"
 """How errors name the SDE's two functions."""
@@ -96,7 +108,8 @@ def validate_sde_problem(
     if times[-1] < times[0]:
         raise ValueError("t must be strictly increasing: sdeint does not integrate backwards")
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        hint = TORCHSDE_NAMES.get(method, "") if isinstance(method, str) else ""
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}{hint}")
     return noise_type, times
 
 
