@@ -154,10 +154,10 @@ def find_root(
     event time).
 
     Illinois regula falsi (Dowell and Jarratt, BIT 11, 1971), superlinear on a simple root, with
-    two safeguards as in Brent's method: a trial point stays ``xtol / 2`` inside the bracket, so
-    that once one end has converged the next point lands across the root and closes the bracket;
-    and a bracket that has not halved in three iterations is bisected, so that no ``h`` (a multiple
-    root, a jump) takes more than three evaluations per halving."""
+    two safeguards as in Brent's method: a trial point stays ``xtol / 2`` (and at least one float)
+    inside the bracket, so that once one end has converged the next point lands across the root and
+    closes the bracket; and a bracket that has not halved in three iterations is bisected, so that
+    no ``h`` (a multiple root, a jump) takes more than three evaluations per halving."""
     replaced = 0  # which end the last iteration replaced: +1 ta, -1 tb
     widths = [math.inf] * 3
     # Not done at hb == 0: an h that reaches 0 and stays there (a clamped gap) is 0 from the sign
@@ -173,8 +173,10 @@ def find_root(
         if plateau or width > 0.5 * widths[-3] or ha == hb:
             tc = 0.5 * (ta + tb)
         else:
-            margin = 0.5 * xtol
-            low, high = min(ta, tb) + margin, max(ta, tb) - margin
+            # At least one float inside: with xtol one ulp, half of it rounds back onto an end.
+            margin, lower, upper = 0.5 * xtol, min(ta, tb), max(ta, tb)
+            low = max(lower + margin, math.nextafter(lower, math.inf))
+            high = min(upper - margin, math.nextafter(upper, -math.inf))
             tc = min(max(tb - hb * (tb - ta) / (hb - ha), low), high)
         widths.append(width)
         hc = h(tc)

@@ -284,10 +284,22 @@ def validate_times(t: Tensor | np.ndarray | Sequence[float | Tensor]) -> list[fl
     if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
         repeated = next((a for a, b in pairwise(times) if a == b), None)
         where = "" if repeated is None else f": it holds {repeated!r} twice"
-        if repeated is not None and isinstance(t, Tensor) and not t.is_floating_point():
+        if repeated is not None and _holds_integers(t):
             where += " as a float (integers beyond 2**53 round to one float: shift them, e.g. t - t[0])"
         raise ValueError(f"t must be strictly increasing or strictly decreasing{where}")
     return times
+
+
+def _holds_integers(t: object) -> bool:
+    """Whether the times ``t`` were given as integers (a tensor or array of an integer dtype, or
+    Python or numpy integers in a sequence)."""
+    if isinstance(t, Tensor):
+        return not t.is_floating_point()
+    if isinstance(t, np.ndarray):
+        return t.dtype.kind in "iu"
+    return isinstance(t, Sequence) and any(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in t
+    )
 
 
 def time_direction(times: Sequence[float]) -> float:
@@ -411,19 +423,24 @@ def check_function_transforms(
     ``differentiable=False``: ``entry`` runs under none of them (an event's time is located and
     differentiated by its own rules).
 
-    Forward-mode AD (``torch.autograd.forward_ad``, a dual ``y0`` or ``t``) runs through ``"direct"``
-    only, as ``jacfwd`` does: the other methods' ``torch.autograd.Function`` s have no ``jvp``."""
-    dual = [name for name, value in (("y0", y0), ("t", t)) if _dual(value)]
-    if dual and ((gradient is not None and gradient != "direct") or not differentiable):
-        how = f"with gradient={gradient!r}" if differentiable else "at all"
-        raise ValueError(
-            f"{entry}: {' and '.join(dual)} {'carry' if len(dual) > 1 else 'carries'} forward-mode tangents "
-            "(torch.autograd.forward_ad), which "
-            f"{entry} cannot differentiate {how}: forward mode runs through gradient='direct' only; or "
-            "differentiate with torch.autograd (loss.backward(), torch.autograd.grad)"
-        )
+    Forward-mode AD (``torch.autograd.forward_ad``) of a dual ``y0`` runs through ``"direct"`` only,
+    as ``jacfwd`` does: the other methods' ``torch.autograd.Function`` s have no ``jvp``. A dual
+    ``t`` runs through none (the solve reads the times as floats; its tangent would be dropped)."""
     stack = torch._C._functorch.get_interpreter_stack()
-    if not stack:
+    if not stack:  # torch.autograd's forward mode (jacfwd's tangents are judged below, as its own)
+        if _dual(t):
+            raise ValueError(
+                f"{entry}: t carries forward-mode tangents (torch.autograd.forward_ad), which {entry} "
+                "cannot differentiate (it reads the times as floats); differentiate with respect to t "
+                "with torch.autograd (t.requires_grad_(), loss.backward())"
+            )
+        if _dual(y0) and ((gradient is not None and gradient != "direct") or not differentiable):
+            how = f"with gradient={gradient!r}" if differentiable else "at all"
+            raise ValueError(
+                f"{entry}: y0 carries forward-mode tangents (torch.autograd.forward_ad), which {entry} "
+                f"cannot differentiate {how}: forward mode runs through gradient='direct' only; or "
+                "differentiate with torch.autograd (loss.backward(), torch.autograd.grad)"
+            )
         return
     if not differentiable:
         raise ValueError(

@@ -288,10 +288,12 @@ def _controller(opts: dict[str, Any], where: str) -> PIController | None:
         raise type(error)(f"{names} set PIController's {fields}: {error}") from None
 
 
-def torchdiffeq_controller(options: dict[str, Any]) -> PIController:
-    """The :class:`PIController` that honours torchdiffeq's adaptive ``options``: its factors and
-    step bounds, and its ``step_t``/``jump_t`` as ``step_ts``/``jump_ts``."""
-    controller = _controller(dict(options), "options") or PIController()
+def torchdiffeq_bounds(options: dict[str, Any]) -> PIController:
+    """A :class:`PIController` with the step bounds (``max_step``, ``min_step``) and landing times
+    (``step_t``, ``jump_t``) of torchdiffeq's adaptive ``options``: where a step torchdiffeq's solve
+    could take is kept (its step-size factors are torchdiffeq's own, not read here)."""
+    bounds: dict[str, Any] = {key: options[key] for key in ("max_step", "min_step") if key in options}
+    controller = _controller(bounds, "options") or PIController()
     step_ts, jump_ts = options.get("step_t"), options.get("jump_t")
     return dataclasses.replace(
         controller, step_ts=() if step_ts is None else step_ts, jump_ts=() if jump_ts is None else jump_ts

@@ -664,6 +664,27 @@ def test_a_nan_cotangent_of_another_solve_or_pass_is_not_blamed_on_this_solve():
     kept.ys[-1].sum().backward()
     for gradient in ("direct", "symplectic"):
         assert nan_gradient(float("nan") * solve(gradient).ys[-1].sum())
+    # A reentrant checkpoint in the same pass runs a backward pass of its own, which ended the
+    # outer pass's record (one module-level flag) before the outer solves' inputs were checked.
+    from torch.utils.checkpoint import checkpoint
+
+    inside = checkpoint(lambda x: odeint(field, x, [0.0, 1.0]).ys[-1], field.p * y0, use_reentrant=True)
+    assert nan_gradient(float("nan") * solve().ys[-1].sum() + solve().ys[-1].sum() + inside.sum())
+
+    # A pass that fails after a NaN cotangent was recorded (an error further up the graph) left
+    # that record behind, and the check was off from then on.
+    class Fails(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("upstream failure")
+
+    failing = odeint(field, Fails.apply(y0.clone().requires_grad_()), [0.0, 1.0]).ys[-1]
+    with pytest.raises(RuntimeError, match="upstream failure"):
+        (float("nan") * failing.sum()).backward()
     # The check itself still works after those passes, with the kept solution alive.
     field.p.data.fill_(0.0)
     with pytest.raises(SolverError, match="non-finite"):
@@ -1906,6 +1927,8 @@ def test_a_repeated_time_is_named():
         ([0.0, 2.0, 1.0], r"strictly increasing or strictly decreasing$"),
         # Integers that differ, but not as floats: the refusal says why and what to do.
         (torch.tensor([2**62, 2**62 + 1]), r"twice as a float \(integers beyond 2\*\*53 .* t - t\[0\]\)"),
+        ([2**62, 2**62 + 1], r"twice as a float \(integers beyond 2\*\*53"),
+        (np.array([2**62, 2**62 + 1]), r"twice as a float \(integers beyond 2\*\*53"),
     ]:
         with pytest.raises(ValueError, match=match):
             odeint(decay, torch.ones(2), t)

@@ -77,6 +77,12 @@ def test_forward_mode_ad_runs_through_direct_and_is_refused_by_the_others(gradie
                 end_state(dual, gradient=gradient, adjoint_params=())
             return
         out = forward_ad.unpack_dual(end_state(dual)).tangent
+        # A dual t: the solve reads times as floats, so its tangent was dropped (None), silently.
+        dual_t = forward_ad.make_dual(
+            torch.tensor([0.0, 1.0], dtype=DTYPE), torch.tensor([0.0, 1.0], dtype=DTYPE)
+        )
+        with pytest.raises(ValueError, match=r"t carries forward-mode tangents.*t\.requires_grad_\(\)"):
+            odeint(decay, y0, dual_t)
     torch.testing.assert_close(out, math.exp(-RATE) * tangent)
 
 

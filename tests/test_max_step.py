@@ -237,3 +237,5 @@ def test_torchdiffeqs_step_bounds_bound_the_probe_step(monkeypatch):
     assert probe_step(max_step=float("inf"), min_step=0.0) == free  # torchdiffeq's defaults: no bound
     with pytest.raises(ValueError, match=r"options\['max_step'\].*max_step must be positive"):
         LocallyRegularized(Decay(), backend="torchdiffeq", options={"max_step": -1.0})
+    # torchdiffeq's step factors are its own: one it accepts is not judged by PIController's rules.
+    LocallyRegularized(Decay(), backend="torchdiffeq", options={"ifactor": 1.0})

@@ -270,6 +270,23 @@ def test_backsolve_adjoint_takes_a_pure_absolute_tolerance():
         BacksolveAdjoint(rtol=False)
 
 
+def test_t_changed_in_place_after_the_solve_still_differentiates_to_first_order():
+    # The refusal of mixed second derivatives ties t to the y0 identity; saving t for it made a
+    # learned t changed in place under no_grad (a clamp, an optimizer step) fail every backward pass.
+    times = torch.nn.Parameter(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    y0 = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
+    ys = odeint(lambda t, y: -y, y0, times, rtol=1e-10, atol=1e-10).ys
+    with torch.no_grad():
+        times.clamp_(0.0, 2.0)
+    ys[-1].sum().backward()
+    torch.testing.assert_close(
+        times.grad, torch.tensor([1.0, -1.0], dtype=torch.float64) * ys[-1].sum().detach(), rtol=1e-8, atol=0
+    )
+    torch.testing.assert_close(
+        y0.grad, torch.full((2,), math.exp(-1.0), dtype=torch.float64), rtol=1e-8, atol=0
+    )
+
+
 def test_a_t_that_requires_grad_leaves_second_derivatives_in_y0_and_parameters_intact():
     """With ``"direct"``, the identities that differentiate ``t`` pass the other cotangents on with
     their graph: the Hessian in ``y0`` and a parameter Hessian-vector product are those of a solve

@@ -51,10 +51,11 @@ class _RemoveHooks:
             handle.remove()
 
 
-_NON_FINITE_COTANGENT_THIS_PASS = [False]
-"""Whether a guarded solve's outputs got a non-finite cotangent in the running backward pass: the
-inputs' gradients are then the sum of that solve's and others' (a shared parameter), whose NaN may
-have come from the loss, not from ``func``. Reset at the end of the pass."""
+_NON_FINITE_COTANGENT_PASSES: set[int] = set()
+"""The backward passes (autograd's graph task ids) in which a guarded solve's outputs got a
+non-finite cotangent: the inputs' gradients are then the sum of that solve's and others' (a shared
+parameter), whose NaN may have come from the loss, not from ``func``. A pass's entry goes when the
+pass ends; a pass that failed leaves its id, which no later pass has."""
 
 
 def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_steps: int) -> None:
@@ -63,36 +64,44 @@ def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_st
     (and, in that pass, every other guarded solve's too: an input shared with a solve whose
     cotangent was NaN gets their sum).
 
-    A hook on ``ys`` records whether its cotangent was finite, for the backward pass that runs (the
-    record is cleared when that pass ends, so a later pass that does not reach ``ys``, through an
-    input shared with another computation, is not judged by it); a hook on each input checks the
-    gradient that reaches it. The input hooks live as long as the graph of ``ys`` (not the Python
-    tensor ``ys``, which a caller may drop after indexing it).
+    A hook on ``ys`` records, for the backward pass that runs (a nested one, a reentrant checkpoint's
+    say, is another pass), whether its cotangent was finite; a hook on each input checks the
+    gradient that reaches it in the same pass, so a later pass that does not reach ``ys`` (through
+    an input shared with another computation) is not judged by an earlier record. The input hooks
+    live as long as the graph of ``ys`` (not the Python tensor ``ys``, which a caller may drop after
+    indexing it).
     """
     inputs = [x for x in inputs if x.requires_grad]
     if not inputs:
         return
-    incoming = {"finite": False}
+    finite_in: dict[int, bool] = {}  # per backward pass: whether the cotangent of ys was finite
 
     def check(grad: Tensor) -> None:
         # Under torch.func transforms (jacrev's vmap over cotangents) a tensor's value cannot be
         # read: the check is skipped there.
         if _transformed(grad):
             return
-        if incoming["finite"] and not _NON_FINITE_COTANGENT_THIS_PASS[0] and not all_finite((grad,)):
+        task = torch._C._current_graph_task_id()
+        if (
+            finite_in.get(task, False)
+            and task not in _NON_FINITE_COTANGENT_PASSES
+            and not all_finite((grad,))
+        ):
             raise_non_finite_gradient(t0, n_steps)
 
     remover = _RemoveHooks([x.register_hook(check) for x in inputs])
 
-    def end_of_pass() -> None:
-        incoming["finite"] = False
-        _NON_FINITE_COTANGENT_THIS_PASS[0] = False
-
     def record_cotangent(grad: Tensor | None, _remover: _RemoveHooks = remover) -> None:
+        task = torch._C._current_graph_task_id()
         readable = grad is not None and not _transformed(grad)
-        incoming["finite"] = readable and all_finite((grad,))
-        if readable and not incoming["finite"]:
-            _NON_FINITE_COTANGENT_THIS_PASS[0] = True
+        finite_in[task] = readable and all_finite((grad,))
+        if readable and not finite_in[task]:
+            _NON_FINITE_COTANGENT_PASSES.add(task)
+
+        def end_of_pass() -> None:
+            finite_in.pop(task, None)
+            _NON_FINITE_COTANGENT_PASSES.discard(task)
+
         torch.autograd.Variable._execution_engine.queue_callback(end_of_pass)
 
     ys.register_hook(record_cotangent)

@@ -91,12 +91,16 @@ class StartTime(torch.autograd.Function):
     def forward(ctx, initial_rate: Callable[[Tensor], Tensor], t: Tensor, y0: Tensor) -> Tensor:
         ctx.initial_rate = initial_rate
         ctx.t_layout = t.shape, t.dtype, t.device
-        ctx.save_for_backward(y0, t)
+        ctx.save_for_backward(y0)
+        # A reference, not saved: t changed in place since (a learned time's optimizer step under a
+        # retained graph) would fail a first-order backward pass, which only ties a refusal to it.
+        ctx.t = t
         return y0.clone()
 
     @staticmethod
     def backward(ctx, grad_y0: Tensor):
-        y0, t = ctx.saved_tensors
+        (y0,) = ctx.saved_tensors
+        t = ctx.t
         shape, dtype, device = ctx.t_layout
         grad_t = None
         if ctx.needs_input_grad[1]:

@@ -20,7 +20,7 @@ from .._validate import (
     positive_float,
     relative_tolerance,
 )
-from ..compat import torchdiffeq_controller
+from ..compat import torchdiffeq_bounds
 from ..gradients import GradientMethod
 from ..tableaus import ButcherTableau, get_tableau
 
@@ -130,7 +130,7 @@ def check_ode_settings(
     for key in ("first_step", "step_size", "safety", "ifactor", "dfactor"):
         if options.get(key) is not None:
             positive_float(f"options[{key!r}]", options[key])
-    torchdiffeq_controller(options)  # the factors, step bounds and landing times
+    torchdiffeq_bounds(options)  # the step bounds and landing times the probe keeps to
     steps = options.get("max_num_steps", 1)
     # torchdiffeq reads it into an int32 tensor: a whole float is taken, beyond int32 is not.
     whole = isinstance(steps, numbers.Real) and not isinstance(steps, bool) and float(steps).is_integer()

@@ -35,7 +35,7 @@ from .._validate import (
     validate_times,
     without_autocast,
 )
-from ..compat import torchdiffeq_controller
+from ..compat import torchdiffeq_bounds
 from ..controller import PIController
 from ..gradients import GradientMethod, adjoint_params_tuple, resolve_adjoint_params
 from ..sde import sde_initial_step_size
@@ -145,7 +145,7 @@ class _Problem:
         """The main solve's step-size controller (``options['controller']``; with torchdiffeq,
         one with the bounds and landing times of its ``options``)."""
         if self.backend == "torchdiffeq":
-            return torchdiffeq_controller(self.options)
+            return torchdiffeq_bounds(self.options)
         return self.options.get("controller") or PIController()
 
     def jump_times(self, times: Sequence[float], dtype: torch.dtype) -> tuple[float, ...]:
