@@ -197,17 +197,22 @@ class Decay(torch.nn.Module):
         return -y
 
 
-@pytest.mark.parametrize("field", [Decay(), DecaySDE()], ids=["ode", "sde"])
-def test_the_probe_step_is_bounded_as_the_main_solves_first_step_is(monkeypatch, field):
+@pytest.mark.parametrize(
+    ("field", "backend"),
+    [(Decay(), None), (DecaySDE(), None), (Decay(), "torchdiffeq")],
+    ids=["ode", "sde", "ode-torchdiffeq"],
+)
+def test_the_probe_step_is_bounded_as_the_main_solves_first_step_is(monkeypatch, field, backend):
     # The paper's probe takes the initial-step heuristic's size from u(t_reg): the controller's
     # max_step and min_step bound it as they bound the main solve's first step from the same
-    # heuristic, so the penalty measures a step the solve could take.
+    # heuristic, so the penalty measures a step the solve could take. With backend="torchdiffeq"
+    # the bounds are torchdiffeq's options["max_step"] and ["min_step"], which its solver enforces.
     monkeypatch.setattr(_sampling, "sample_uniform_time", lambda times, dtype, generator: 0.2)
 
     def probe_step(**bounds):
-        controller = PIController(**bounds)
+        options = bounds if backend else {"controller": PIController(**bounds)}
         model = LocallyRegularized(
-            field, penalty="error-dt", rtol=1e-5, atol=1e-7, options={"controller": controller}
+            field, penalty="error-dt", rtol=1e-5, atol=1e-7, backend=backend, options=options
         )
         model(torch.ones(2, 3, dtype=DTYPE), [0.0, 1.0])
         return model.stats.dt_reg
@@ -216,26 +221,9 @@ def test_the_probe_step_is_bounded_as_the_main_solves_first_step_is(monkeypatch,
     assert 0.0 < free < 0.2
     assert probe_step(max_step=free / 4) == free / 4
     assert probe_step(min_step=3 * free) == 3 * free
-
-
-def test_torchdiffeqs_step_bounds_bound_the_probe_step(monkeypatch):
-    # With backend="torchdiffeq" the bounds are torchdiffeq's options["max_step"] and ["min_step"],
-    # which its solver enforces: the probe keeps within them as with local_reg's controller.
-    monkeypatch.setattr(_sampling, "sample_uniform_time", lambda times, dtype, generator: 0.2)
-
-    def probe_step(**options):
-        model = LocallyRegularized(
-            Decay(), penalty="error-dt", rtol=1e-5, atol=1e-7, backend="torchdiffeq", options=options
-        )
-        model(torch.ones(2, 3, dtype=DTYPE), [0.0, 1.0])
-        return model.stats.dt_reg
-
-    free = probe_step()
-    assert 0.0 < free < 0.2
-    assert probe_step(max_step=free / 4) == free / 4
-    assert probe_step(min_step=3 * free) == 3 * free
-    assert probe_step(max_step=float("inf"), min_step=0.0) == free  # torchdiffeq's defaults: no bound
-    with pytest.raises(ValueError, match=r"options\['max_step'\].*max_step must be positive"):
-        LocallyRegularized(Decay(), backend="torchdiffeq", options={"max_step": -1.0})
-    # torchdiffeq's step factors are its own: one it accepts is not judged by PIController's rules.
-    LocallyRegularized(Decay(), backend="torchdiffeq", options={"ifactor": 1.0})
+    if backend == "torchdiffeq":
+        assert probe_step(max_step=float("inf"), min_step=0.0) == free  # its defaults: no bound
+        with pytest.raises(ValueError, match=r"options\['max_step'\].*max_step must be positive"):
+            LocallyRegularized(Decay(), backend=backend, options={"max_step": -1.0})
+        # Its step factors are its own: one it accepts is not judged by PIController's rules.
+        LocallyRegularized(Decay(), backend=backend, options={"ifactor": 1.0})
