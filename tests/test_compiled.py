@@ -246,3 +246,48 @@ def test_a_step_the_compiler_cannot_build_runs_eagerly_after_one_warning():
     named = r"for a torch\.float32 tuple state of shapes \(1,\), \(2,\) on cpu"
     with pytest.warns(RuntimeWarning, match=named):
         odeint(lambda t, y: (-rate * y[0], -y[1]), (y0[:1], torch.ones(2)), [0.0, 1.0], compile=compile)
+
+
+# A user's own torch.compile of a model that solves ------------------------------------------------
+
+
+class Plain(torch.nn.Module):
+    """An autonomous MLP field in float32, as a user's model would hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+@pytest.mark.parametrize("kind", ["torchdiffeq", "torchsde", "taynode"])
+def test_a_users_compile_of_a_model_gives_the_eager_results(kind):
+    """Dynamo hashed the torchdiffeq/torchsde backends' backward counter (a frozen dataclass, hashed
+    by its fields) half-made and failed with torch's internal AttributeError; TayNODE's nested
+    forward-mode derivatives failed to trace (they run eagerly now, a graph break)."""
+    from local_reg import TayNODERegularized
+    from tests.problems import DecaySDE
+
+    y0, t = torch.randn(8, 2, generator=torch.Generator().manual_seed(1)), torch.tensor([0.0, 1.0])
+    if kind == "taynode":
+        model = TayNODERegularized(Plain())
+    elif kind == "torchsde":
+        model = LocallyRegularized(DecaySDE(), backend="torchsde", generator=torch.Generator().manual_seed(2))
+    else:
+        model = LocallyRegularized(Plain(), backend="torchdiffeq", generator=torch.Generator().manual_seed(2))
+
+    def run(module):
+        if kind == "torchsde":
+            torch.manual_seed(3)  # the Brownian path
+        ys = module(y0, t)
+        return ys.detach(), float(model.reg_loss), model.stats.main
+
+    eager = run(model)
+    if kind != "taynode":
+        model.generator.manual_seed(2)
+    compiled = run(torch.compile(model, backend="eager"))
+    torch.testing.assert_close(compiled[0], eager[0])
+    assert compiled[1] == pytest.approx(eager[1], rel=1e-6) and compiled[2] == eager[2]

@@ -604,3 +604,26 @@ def test_a_measured_task_gradient_of_zero_is_an_infinite_ratio():
     ratio.before_backward(reg)
     (0 * p.sum() + reg).backward()
     assert ratio.after_backward() == math.inf
+
+
+def test_a_compiled_backward_that_refuses_the_retained_graph_names_the_remedy():
+    # torch.compile(dynamic=True) builds a model's backward with donated buffers, which refuse the
+    # retain_graph=True the measurement needs (it keeps the graph for the training pass): torch's
+    # message named neither the weight nor a remedy. A Function raising torch's error stands for
+    # that compiled backward (a real one takes half a minute to build).
+    class DonatedBuffers(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError(
+                "This backward function was compiled with non-empty donated buffers which requires "
+                "create_graph=False and retain_graph=False."
+            )
+
+    parameter = torch.nn.Parameter(torch.ones(3))
+    weight = RatioWeight(0.2, every=1, parameters=[parameter])
+    with pytest.raises(RuntimeError, match=r"donated_buffer = False, compile without dynamic=True"):
+        weight.watch(DonatedBuffers.apply((parameter**2).sum()))

@@ -25,11 +25,13 @@ class Request:
     step_penalty: Callable[[Any, float], Tensor] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BackwardCounter:
     """The evaluations a backend's counting field makes after its forward solve's ``forward_calls``:
     the adjoint's backward solve (``None`` before it ran, and always for plain backpropagation,
-    which calls the field no more). An object, not a closure, so a model that holds it pickles."""
+    which calls the field no more). An object, not a closure, so a model that holds it pickles.
+    Hashed by identity (``eq=False``): a field-reading hash fails on the half-made object that
+    ``torch.compile`` hashes while tracing its ``__init__``."""
 
     counting: Any
     """The backend's wrapper of the user's field, with a ``calls`` count."""

@@ -498,7 +498,20 @@ class RatioWeight(_SelfTuningWeight):
         parameters = [p for p in self.parameters if p.requires_grad]
         if not due or not reg_loss.requires_grad or not parameters:
             return
-        penalty = torch.autograd.grad(reg_loss, parameters, retain_graph=True, allow_unused=True)
+        try:
+            penalty = torch.autograd.grad(reg_loss, parameters, retain_graph=True, allow_unused=True)
+        except RuntimeError as error:
+            if "donated buffers" not in str(error):
+                raise
+            # AOTAutograd compiles the backward of a user's torch.compile (dynamic shapes) with
+            # donated buffers, which refuse the graph kept for the training pass.
+            raise RuntimeError(
+                "RatioWeight measures the penalty's gradient in the forward pass and keeps the graph "
+                "for the training backward pass (retain_graph=True), which a torch.compile'd backward "
+                "with donated buffers refuses (torch.compile(..., dynamic=True)): set "
+                "torch._functorch.config.donated_buffer = False, compile without dynamic=True, or "
+                "give the model a constant weight"
+            ) from error
         if all(part is None for part in penalty) and not self._warned_unreached:
             self._warned_unreached = True
             warnings.warn(

@@ -53,9 +53,11 @@ def check_order(order: object) -> int:
     return order
 
 
+@torch.compiler.disable(recursive=True)
 def total_derivatives(func: VectorField, t: Tensor, z: Tensor, order: int) -> tuple[Tensor, Tensor]:
     """``(f(t, z), d^order z / dt^order)`` along the solution of ``dz/dt = func(t, z)`` through
-    ``(t, z)``. Differentiable by reverse mode, and computable under ``torch.no_grad()``."""
+    ``(t, z)``. Differentiable by reverse mode, and computable under ``torch.no_grad()``. Run
+    eagerly inside a user's ``torch.compile`` (its nested ``torch.func.jvp`` does not trace)."""
     f = func(t, z)
     if order == 1:
         return f, f
