@@ -64,11 +64,14 @@ def _warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod)
 
     found = sorted({kind for kind in map(differs, owner.modules()) if kind is not None})
     if found and torch.is_grad_enabled():
+        effects = {
+            "dropout": "dropout draws new masks (the gradient is not the forward solve's)",
+            "batch norm": "batch norm updates its running statistics again",
+        }
         warnings.warn(
             f"func's module has {' and '.join(found)} in training mode: gradient={gradient_method.name!r} "
-            "evaluates func again in its backward pass, where dropout draws new masks (the gradient "
-            "is not the forward solve's) and batch norm updates its running statistics again; use "
-            "gradient='direct', or put those layers in eval mode",
+            f"evaluates func again in its backward pass, where {' and '.join(effects[k] for k in found)}; "
+            "use gradient='direct', or put those layers in eval mode",
             stacklevel=3,
         )
 

@@ -444,9 +444,21 @@ def _solve(
         solution = _odeint(func, y0, t.tolist() if plain else t, dense=dense, **kwargs)
         return solution.evaluate if dense else solution.ys
     reverse_time = bool(t[1] < t[0])
-    solution = _solve_until_event(
-        func, y0, t[0], event_fn=event_fn, reverse_time=reverse_time, times_in_state_dtype=True, **kwargs
-    )
+    try:
+        solution = _solve_until_event(
+            func, y0, t[0], event_fn=event_fn, reverse_time=reverse_time, times_in_state_dtype=True, **kwargs
+        )
+    except SolverError as error:
+        if step_size is None or not error.reason.startswith("event_fn did not change sign within max_steps"):
+            raise
+        # The loop's advice (raise max_steps) is not the user's to take here: the limit is fixed.
+        raise SolverError(
+            f"event_fn did not change sign within {_FIXED_GRID_EVENT_STEPS} fixed steps, torchdiffeq's "
+            "limit for a fixed grid until an event (options['max_num_steps'] does not change it): "
+            "pass a longer options['step_size']",
+            t=error.t,
+            n_steps=error.n_steps,
+        ) from None
     return solution.ts[-1], solution.ys
 
 

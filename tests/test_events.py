@@ -633,6 +633,20 @@ def test_compat_fixed_step_events_have_torchdiffeqs_limit_not_local_regs():
             options=dict(step_size=0.001),
         )
         assert event_t.item() == pytest.approx(15.0, abs=1e-6), library
+    # Beyond it, the refusal's advice is a longer step: max_num_steps does not change that limit
+    # (it advised raising max_steps, an option a fixed grid ignores).
+    with (
+        pytest.warns(UserWarning, match="ignored by the fixed-step method"),
+        pytest.raises(SolverError, match=r"within 20000 fixed steps.*pass a longer options\['step_size'\]"),
+    ):
+        compat.odeint_event(
+            lambda t, y: torch.ones_like(y),
+            y0,
+            torch.tensor(0.0, dtype=torch.float64),
+            event_fn=lambda t, y: y[0] - 25.0,
+            method="euler",
+            options=dict(step_size=0.001, max_num_steps=50_000),
+        )
 
 
 def test_compat_event_errors():
