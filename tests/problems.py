@@ -90,3 +90,19 @@ class LinearRows(torch.nn.Module):
 def linear_rows_solution(z0: np.ndarray, t: float) -> np.ndarray:
     """``LinearRows``' solution at ``t`` from ``z(0) = z0``."""
     return z0 @ expm(LINEAR_MATRIX * t).T
+
+
+def failing_backward(message: str):
+    """An identity on a tensor whose backward pass raises ``RuntimeError(message)``: a failure
+    further up a graph (an error of another part of the model, a compiled backward's refusal)."""
+
+    class Fails(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError(message)
+
+    return Fails.apply

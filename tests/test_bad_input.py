@@ -26,7 +26,7 @@ from local_reg import (
     odeint,
     sdeint,
 )
-from tests.problems import DecaySDE, rotation
+from tests.problems import DecaySDE, failing_backward, rotation
 
 GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
 DEVICES = [
@@ -673,16 +673,8 @@ def test_a_nan_cotangent_of_another_solve_or_pass_is_not_blamed_on_this_solve():
 
     # A pass that fails after a NaN cotangent was recorded (an error further up the graph) left
     # that record behind, and the check was off from then on.
-    class Fails(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, grad):
-            raise RuntimeError("upstream failure")
-
-    failing = odeint(field, Fails.apply(y0.clone().requires_grad_()), [0.0, 1.0]).ys[-1]
+    fails = failing_backward("upstream failure")
+    failing = odeint(field, fails(y0.clone().requires_grad_()), [0.0, 1.0]).ys[-1]
     with pytest.raises(RuntimeError, match="upstream failure"):
         (float("nan") * failing.sum()).backward()
     # The check itself still works after those passes, with the kept solution alive.

@@ -11,6 +11,7 @@ from local_reg import LocallyRegularized, RatioWeight
 from local_reg.experiments.methods import weight_schedule, weight_text
 from local_reg.experiments.runner import RunSpec
 from local_reg.experiments.settings import SettingsError
+from tests.problems import failing_backward
 
 DTYPE = torch.float64
 T = torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)
@@ -611,19 +612,12 @@ def test_a_compiled_backward_that_refuses_the_retained_graph_names_the_remedy():
     # retain_graph=True the measurement needs (it keeps the graph for the training pass): torch's
     # message named neither the weight nor a remedy. A Function raising torch's error stands for
     # that compiled backward (a real one takes half a minute to build).
-    class DonatedBuffers(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, grad):
-            raise RuntimeError(
-                "This backward function was compiled with non-empty donated buffers which requires "
-                "create_graph=False and retain_graph=False."
-            )
+    donated_buffers = failing_backward(
+        "This backward function was compiled with non-empty donated buffers which requires "
+        "create_graph=False and retain_graph=False."
+    )
 
     parameter = torch.nn.Parameter(torch.ones(3))
     weight = RatioWeight(0.2, every=1, parameters=[parameter])
     with pytest.raises(RuntimeError, match=r"donated_buffer = False, compile without dynamic=True"):
-        weight.watch(DonatedBuffers.apply((parameter**2).sum()))
+        weight.watch(donated_buffers((parameter**2).sum()))
