@@ -57,15 +57,25 @@ class DenseOutput:
         # it alone would differentiate as the identity, a silently wrong gradient.
         self.states.append(y if torch.is_grad_enabled() else y.detach())
 
-    def _at_span_ends(self, values: list[float], dtype: torch.dtype | None) -> list[float]:
-        """``values`` with each that equals a span end rounded to ``dtype`` (a tensor's dtype
-        narrower than float64) moved onto that end: the solution's own float32 ``ts`` hold the span
-        ends rounded, which lie outside the span as often as inside it. Other times stay as given."""
+    def _at_span_ends(
+        self, values: list[float], dtype: torch.dtype | None, outside_only: bool = False
+    ) -> list[float]:
+        """``values`` with each that is a span end once both are rounded to ``dtype`` (narrower than
+        float64) moved onto that end: the solution's own float32 ``ts`` hold the span ends rounded,
+        which lie outside the span as often as inside it. ``outside_only``: move only those outside
+        the span (plain floats, rounded to the solve's float32 times: ``0.7`` for a float32 ``t``
+        ending at 0.7 is that end, while a time inside stays where the float puts it). Other times
+        stay as given."""
         if dtype is None:
             return values
         ends = (self.t[0], self.t_end) if self.t else (self.t0,)
+        low, high = min(ends), max(ends)
         rounded = {float(torch.tensor(end, dtype=dtype)): end for end in ends}
-        return [rounded.get(v, v) for v in values]
+        as_dtype = torch.tensor(values, dtype=dtype).tolist()
+        return [
+            v if outside_only and low <= v <= high else rounded.get(r, v)
+            for v, r in zip(values, as_dtype, strict=True)
+        ]
 
     @property
     def direction(self) -> float:
@@ -94,10 +104,15 @@ class DenseOutput:
             return -len(self.states)
         return index
 
-    def evaluate(self, t: Tensor | float | np.ndarray | Sequence[float | Tensor]) -> Tensor:
+    def evaluate(
+        self,
+        t: Tensor | float | np.ndarray | Sequence[float | Tensor],
+        times_dtype: torch.dtype | None = None,
+    ) -> Tensor:
         """The solution at ``t`` (a float, a 0-dim or a 1-D tensor of times, or a 1-D numpy array or
         sequence of them, as ``odeint``'s ``t``). The times inside one step are evaluated together,
-        as the solve evaluated its output times."""
+        as the solve evaluated its output times. ``times_dtype``: the dtype of the solve's own
+        times, to which plain floats are rounded to meet the span's ends."""
         one_dimensional = not isinstance(t, (Tensor, int, float)) or (isinstance(t, Tensor) and t.dim() == 1)
         if isinstance(t, (np.ndarray, Sequence)) and not isinstance(t, (str, bytes)):
             values, rounded_to = finite_times("t", t), _narrowest_float(t)
@@ -117,7 +132,10 @@ class DenseOutput:
             raise ValueError("t must be finite")
         if not values:
             return self.states[0].new_empty((0, *self.states[0].shape))
-        values = self._at_span_ends(values, rounded_to)
+        if rounded_to is not None:
+            values = self._at_span_ends(values, rounded_to)
+        elif times_dtype is not None and torch.finfo(times_dtype).bits < 64:
+            values = self._at_span_ends(values, times_dtype, outside_only=True)
         if not self.t:
             for v in values:
                 if v != self.t0:

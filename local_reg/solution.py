@@ -166,7 +166,7 @@ class Solution(Generic[State]):
                 "evaluate is not differentiable w.r.t. t, and t requires grad: pass t.detach(), or "
                 "solve with these times as odeint's t (its output times get gradients)"
             )
-        states = dense.evaluate(t)
+        states = dense.evaluate(t, times_dtype=self.ts.dtype)
         anchor = self.ys[0] if isinstance(self.ys, tuple) else self.ys
         if self.graph_free_method is not None and torch.is_grad_enabled() and anchor.requires_grad:
             message = (

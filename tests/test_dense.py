@@ -565,3 +565,22 @@ def test_evaluate_of_an_sde_solution_says_sdeint_keeps_no_dense_output():
     )
     with pytest.raises(ValueError, match="sdeint does not keep"):
         solution.evaluate(0.5)
+
+
+@pytest.mark.parametrize("span", [(0.0, 0.7), (1.0, 0.1)], ids=["forward", "backward"])
+def test_a_float_at_a_float32_span_end_is_that_end(span):
+    """A float32 ``t`` ends at float32(0.7) = 0.69999998..., so ``evaluate(0.7)`` (a Python float or a
+    list of them) was refused as outside the span; rounded as the solve's times it is the end. A
+    float beyond that rounding is still refused, and one inside the span stays where it is."""
+    solution = odeint(lambda t, y: -y, torch.ones(2), torch.tensor(span), dense=True)
+    torch.testing.assert_close(solution.evaluate(span[1]), solution.ys[-1], rtol=0, atol=0)
+    torch.testing.assert_close(solution.evaluate([span[0], span[1]]), solution.ys, rtol=0, atol=0)
+    beyond = span[1] + (1e-4 if span[1] > span[0] else -1e-4)
+    with pytest.raises(ValueError, match="outside the solved span"):
+        solution.evaluate(beyond)
+    # A float64 state with float32 times: a time inside the span is not moved onto the end.
+    wide = odeint(lambda t, y: -y, torch.ones(2, dtype=torch.float64), torch.tensor(span), dense=True)
+    inside = float(torch.tensor(span[1])) - 1e-9 * (1 if span[1] > span[0] else -1)
+    torch.testing.assert_close(
+        wide.evaluate(inside), wide.evaluate(torch.tensor(inside, dtype=torch.float64)), rtol=0, atol=0
+    )
