@@ -69,13 +69,12 @@ class DenseOutput:
         if dtype is None:
             return values
         ends = (self.t[0], self.t_end) if self.t else (self.t0,)
-        low, high = min(ends), max(ends)
         rounded = {float(torch.tensor(end, dtype=dtype)): end for end in ends}
+        if not outside_only:
+            return [rounded.get(v, v) for v in values]
+        low, high = min(ends), max(ends)
         as_dtype = torch.tensor(values, dtype=dtype).tolist()
-        return [
-            v if outside_only and low <= v <= high else rounded.get(r, v)
-            for v, r in zip(values, as_dtype, strict=True)
-        ]
+        return [v if low <= v <= high else rounded.get(r, v) for v, r in zip(values, as_dtype, strict=True)]
 
     @property
     def direction(self) -> float:

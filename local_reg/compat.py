@@ -283,8 +283,9 @@ def _controller(opts: dict[str, Any], where: str) -> PIController | None:
     try:
         return PIController(**given)
     except (TypeError, ValueError) as error:
-        names = ", ".join(f"{where}[{key!r}]" for key in CONTROLLER_OPTIONS)
-        fields = ", ".join(CONTROLLER_OPTIONS.values())
+        keys = [key for key, field in CONTROLLER_OPTIONS.items() if field in given]
+        names = ", ".join(f"{where}[{key!r}]" for key in keys)
+        fields = ", ".join(CONTROLLER_OPTIONS[key] for key in keys)
         raise type(error)(f"{names} set PIController's {fields}: {error}") from None
 
 

@@ -1978,7 +1978,20 @@ def test_keywords_that_mean_another_thing_in_a_regularized_module_say_so():
     for kind in (LocallyRegularized, local_reg.Regularized, local_reg.RNODERegularized):
         with pytest.raises(
             TypeError,
-            match=rf"{kind.__name__}\(\) got unexpected keyword arguments: first_step, max_steps\. .*"
-            + re.escape("go in options=, e.g. options={'first_step': 0.1}"),
+            match=re.escape(
+                f"first_step, max_steps are keywords of the solve that {kind.__name__} does not take "
+                "itself: pass options={'first_step': 0.1, 'max_steps': 100}"
+            ),
         ):
             kind(Field(), max_steps=100, first_step=0.1)
+    # Only the backend's own keywords are sent to options=; a typo gets the module's closest keyword.
+    with pytest.raises(TypeError, match=r"got unexpected keyword arguments: max_steps$"):
+        LocallyRegularized(Field(), backend="torchdiffeq", max_steps=10)
+    with pytest.raises(TypeError, match=re.escape("pass options={'max_num_steps': 10}")):
+        LocallyRegularized(Field(), backend="torchdiffeq", max_num_steps=10)
+    with pytest.raises(
+        TypeError, match=re.escape("unexpected keyword arguments: rtoll (did you mean 'rtol'?)")
+    ):
+        LocallyRegularized(Field(), rtoll=1e-3)
+    with pytest.raises(TypeError, match=re.escape("kinetik (did you mean 'kinetic'?)")):
+        local_reg.RNODERegularized(Field(), kinetik=1.0)

@@ -602,6 +602,12 @@ def test_max_step_and_min_step_bound_the_steps_as_torchdiffeqs_do():
     )
     with pytest.raises(ValueError, match=r"options\['max_step'\].*max_step must be positive"):
         compat.odeint(Linear(), y0, t, options={"max_step": -1.0})
+    # The refusal names the options given, not every one that sets the controller.
+    with pytest.raises(
+        ValueError,
+        match=r"^options\['max_step'\], options\['min_step'\] set PIController's max_step, min_step:",
+    ):
+        compat.odeint(Linear(), y0, t, options={"max_step": 0.1, "min_step": 1.0})
     with pytest.raises(ValueError, match=r"adjoint_options: \['min_step'\] not supported"):
         compat.odeint_adjoint(Linear(), y0, t, adjoint_options={"min_step": 0.1})
     with pytest.warns(UserWarning, match=r"\['max_step'\] are ignored by the fixed-step method 'rk4'"):

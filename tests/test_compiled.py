@@ -291,3 +291,14 @@ def test_a_users_compile_of_a_model_gives_the_eager_results(kind):
     compiled = run(torch.compile(model, backend="eager"))
     torch.testing.assert_close(compiled[0], eager[0])
     assert compiled[1] == pytest.approx(eager[1], rel=1e-6) and compiled[2] == eager[2]
+
+
+def test_importing_the_library_does_not_load_torchs_compiler():
+    # TayNODE's eager fallback under a user's compile was a decorator run at import, which loaded
+    # torch._dynamo for every user (about a second, ten times the library's own import).
+    import subprocess
+    import sys
+
+    code = "import sys, torch, local_reg; print('torch._dynamo' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False", result.stderr

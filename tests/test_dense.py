@@ -578,6 +578,10 @@ def test_a_float_at_a_float32_span_end_is_that_end(span):
     beyond = span[1] + (1e-4 if span[1] > span[0] else -1e-4)
     with pytest.raises(ValueError, match="outside the solved span"):
         solution.evaluate(beyond)
+    # Beside a float32 tensor in one list, a plain float inside the span stays where it is.
+    inside_end = float(torch.tensor(span[1])) - 1e-9 * (1 if span[1] > span[0] else -1)
+    mixed = solution.evaluate([torch.tensor(span[0]), inside_end])
+    torch.testing.assert_close(mixed[1], solution.evaluate(inside_end), rtol=0, atol=0)
     # A float64 state with float32 times: a time inside the span is not moved onto the end.
     wide = odeint(lambda t, y: -y, torch.ones(2, dtype=torch.float64), torch.tensor(span), dense=True)
     inside = float(torch.tensor(span[1])) - 1e-9 * (1 if span[1] > span[0] else -1)

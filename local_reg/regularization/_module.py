@@ -12,6 +12,7 @@ configurations of it.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from ..solution import State, Stats
 from ..tableaus import ButcherTableau, get_tableau
 from ._main_solve import Request
 from ._ode_backends import torchdiffeq_reports_steps
-from ._options import ODE_DEFAULT_METHOD
+from ._options import ODE_DEFAULT_METHOD, misplaced_keywords, solver_option_names
 from ._penalty import finite_penalty
 from ._probe import (
     PENALTIES,
@@ -504,13 +505,14 @@ class Regularized(nn.Module):
         **misplaced: NoReturn,  # none: a type checker refuses any, and so does the module, naming options=
     ) -> None:
         if misplaced:
-            names = ", ".join(sorted(misplaced))
-            first = min(misplaced)
-            raise TypeError(
-                f"{type(self).__name__}() got unexpected keyword arguments: {names}. Keywords of the solve "
-                "that the module does not take itself (max_steps, first_step, controller, norm, "
-                f"step_to_outputs, ...) go in options=, e.g. options={{{first!r}: {misplaced[first]!r}}}"
-            )
+            own = [
+                name
+                for kind in type(self).__mro__
+                if "__init__" in vars(kind) and issubclass(kind, Regularized)
+                for name in inspect.signature(vars(kind)["__init__"]).parameters
+            ]
+            options_taken = solver_option_names(is_sde(func), backend, method)
+            raise misplaced_keywords(type(self).__name__, misplaced, options_taken, own)
         super().__init__()
         # Everything is checked now, so a typo fails at construction, not at the first batch.
         config = SolveConfig(

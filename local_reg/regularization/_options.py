@@ -8,6 +8,7 @@ step with it.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import numbers
 import warnings
@@ -70,6 +71,51 @@ def torchdiffeq_option_names(method: str) -> tuple[str, ...]:
     solver = SOLVERS[method]
     inits = [klass.__init__ for klass in solver.__mro__ if "__init__" in vars(klass) and klass is not object]
     return keyword_names(inits, _TORCHDIFFEQ_RESERVED)
+
+
+def solver_option_names(sde: bool, backend: object, method: object) -> tuple[str, ...]:
+    """The keys ``options`` takes for the main solve of an SDE or ODE on ``backend``: the backend
+    solver's keywords less the module's own (empty for a backend or method that is not one)."""
+    if backend in (None, "local_reg"):
+        if sde:
+            from ..sde import sdeint
+
+            return keyword_names([sdeint], _SDEINT_RESERVED)
+        from .._odeint import odeint
+
+        return keyword_names([odeint], _ODEINT_RESERVED)
+    if backend == "torchsde" and sde:
+        import torchsde
+
+        return keyword_names([torchsde.sdeint, torchsde.sdeint_adjoint], _TORCHSDE_RESERVED)
+    if backend == "torchdiffeq" and not sde:
+        from torchdiffeq._impl.odeint import SOLVERS
+
+        name = ODE_DEFAULT_METHOD[backend] if method is None else method
+        return torchdiffeq_option_names(name) if isinstance(name, str) and name in SOLVERS else ()
+    return ()
+
+
+def misplaced_keywords(
+    module: str, given: dict[str, Any], options: tuple[str, ...], own: list[str]
+) -> TypeError:
+    """The refusal of keywords given to a regularized module that it does not take: the solver's
+    (``options``) go in ``options=``; another is named as Python would, with the module's own
+    keyword (``own``) it is closest to."""
+    solver = sorted(name for name in given if name in options)
+    other = sorted(name for name in given if name not in options)
+    parts = []
+    if other:
+        close = [match for name in other for match in difflib.get_close_matches(name, own, n=1)]
+        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+        parts.append(f"{module}() got unexpected keyword arguments: {', '.join(other)}{hint}")
+    if solver:
+        example = ", ".join(f"{name!r}: {given[name]!r}" for name in solver)
+        parts.append(
+            f"{', '.join(solver)} {'is a keyword' if len(solver) == 1 else 'are keywords'} of the solve that "
+            f"{module} does not take itself: pass options={{{example}}}"
+        )
+    return TypeError("; ".join(parts))
 
 
 def check_ode_settings(

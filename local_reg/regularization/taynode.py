@@ -23,7 +23,8 @@ the public code's coefficients are ``lambda = 6e-5`` (MNIST) and ``1e-2`` (Physi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -53,11 +54,9 @@ def check_order(order: object) -> int:
     return order
 
 
-@torch.compiler.disable(recursive=True)
 def total_derivatives(func: VectorField, t: Tensor, z: Tensor, order: int) -> tuple[Tensor, Tensor]:
     """``(f(t, z), d^order z / dt^order)`` along the solution of ``dz/dt = func(t, z)`` through
-    ``(t, z)``. Differentiable by reverse mode, and computable under ``torch.no_grad()``. Run
-    eagerly inside a user's ``torch.compile`` (its nested ``torch.func.jvp`` does not trace)."""
+    ``(t, z)``. Differentiable by reverse mode, and computable under ``torch.no_grad()``."""
     f = func(t, z)
     if order == 1:
         return f, f
@@ -72,11 +71,20 @@ def total_derivatives(func: VectorField, t: Tensor, z: Tensor, order: int) -> tu
     return f, derivative
 
 
+@functools.cache
+def _eager_total_derivatives() -> Callable[[VectorField, Tensor, Tensor, int], tuple[Tensor, Tensor]]:
+    """:func:`total_derivatives` excluded from ``torch.compile`` (made on first use: the decorator
+    imports torch's compiler, which an eager user need not load)."""
+    return torch.compiler.disable(total_derivatives, recursive=True)
+
+
 def taylor_integrand(func: VectorField, order: int) -> Integrand:
     """``(t, z) -> (f, [mean((d^K z/dt^K)^2)])``."""
 
     def integrand(t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-        f, derivative = total_derivatives(func, t, z, order)
+        # Inside a user's torch.compile, run eagerly: the nested torch.func.jvp does not trace.
+        derivatives = _eager_total_derivatives() if torch.compiler.is_compiling() else total_derivatives
+        f, derivative = derivatives(func, t, z, order)
         return f, mean_square(derivative).reshape(1)
 
     return integrand

@@ -30,6 +30,7 @@ from .._validate import (
 )
 
 METHODS = ("euler_maruyama", "milstein")
+"""The SDE schemes of :func:`local_reg.sdeint`."""
 TORCHSDE_NAMES = {
     "euler": ": torchsde's 'euler' (for Ito SDEs) is 'euler_maruyama' here",
     "srk": (
@@ -42,7 +43,6 @@ TORCHSDE_NAMES = {
     ),
 }
 """The hint a torchsde method name adds to the refusal."""
-"""The SDE schemes of :func:`local_reg.sdeint`."""
 DRIFT, DIFFUSION = "sde.f (drift)", "sde.g (diffusion)"
 """How errors name the SDE's two functions."""
 DEFAULT_RTOL = 1e-2
