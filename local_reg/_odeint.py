@@ -296,7 +296,7 @@ def odeint(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options
     )
     gradient_method.check(options, times, state)
-    check_function_transforms("odeint", gradient_method.name, t=t, y0=y0)
+    check_function_transforms("odeint", gradient_method.name, y0=y0)  # t was judged above
     check_step_penalty(step_penalty)
     check_step_penalty_support(gradient_method, step_penalty)
     # Every call, in the forward and in any backward pass, returns y's shape and dtype.

@@ -1995,3 +1995,6 @@ def test_keywords_that_mean_another_thing_in_a_regularized_module_say_so():
         LocallyRegularized(Field(), rtoll=1e-3)
     with pytest.raises(TypeError, match=re.escape("kinetik (did you mean 'kinetic'?)")):
         local_reg.RNODERegularized(Field(), kinetik=1.0)
+    # A torchsde keyword the models refuse in options is not sent there either.
+    with pytest.raises(TypeError, match=r"got unexpected keyword arguments: logqp$"):
+        LocallyRegularized(DecaySDE(), backend="torchsde", logqp=True)

@@ -75,7 +75,8 @@ def torchdiffeq_option_names(method: str) -> tuple[str, ...]:
 
 def solver_option_names(sde: bool, backend: object, method: object) -> tuple[str, ...]:
     """The keys ``options`` takes for the main solve of an SDE or ODE on ``backend``: the backend
-    solver's keywords less the module's own (empty for a backend or method that is not one)."""
+    solver's keywords less the module's own and those it does not support (empty for a backend or
+    method that is not one). The settings checks and the refusal of misplaced keywords read it."""
     if backend in (None, "local_reg"):
         if sde:
             from ..sde import sdeint
@@ -87,7 +88,8 @@ def solver_option_names(sde: bool, backend: object, method: object) -> tuple[str
     if backend == "torchsde" and sde:
         import torchsde
 
-        return keyword_names([torchsde.sdeint, torchsde.sdeint_adjoint], _TORCHSDE_RESERVED)
+        reserved = _TORCHSDE_RESERVED | set(_TORCHSDE_UNSUPPORTED)
+        return keyword_names([torchsde.sdeint, torchsde.sdeint_adjoint], reserved)
     if backend == "torchdiffeq" and not sde:
         from torchdiffeq._impl.odeint import SOLVERS
 
@@ -129,13 +131,13 @@ def check_ode_settings(
     atol = positive_float("atol", atol)
     if backend == "local_reg":
         from .._integrate import DEFAULT_MAX_STEPS, SolveOptions
-        from .._odeint import _legacy_gradient, odeint
+        from .._odeint import _legacy_gradient
 
         if method is not None and not isinstance(method, (str, ButcherTableau)):
             # get_tableau's own refusal, made before the call that needs the narrower type.
             raise TypeError(f"method must be a str or ButcherTableau, got {type(method).__name__}")
         tableau = get_tableau(ODE_DEFAULT_METHOD[backend] if method is None else method)
-        options = check_option_keys(options, keyword_names([odeint], _ODEINT_RESERVED), backend)
+        options = check_option_keys(options, solver_option_names(False, backend, method), backend)
         for name in ("step_to_outputs", "dense"):
             check_bool(f"options[{name!r}]", options.get(name, False))
         if options.get("dense"):
@@ -171,7 +173,7 @@ def check_ode_settings(
     from torchdiffeq._impl.odeint import SOLVERS
 
     name = check_choice("method", ODE_DEFAULT_METHOD[backend] if method is None else method, sorted(SOLVERS))
-    options = check_option_keys(options, torchdiffeq_option_names(name), backend)
+    options = check_option_keys(options, solver_option_names(False, backend, name), backend)
     # The values torchdiffeq would refuse (or misuse) only at the first call.
     for key in ("first_step", "step_size", "safety", "ifactor", "dfactor"):
         if options.get(key) is not None:
@@ -196,7 +198,6 @@ def check_sde_settings(
     atol = positive_float("atol", atol)
     if backend == "local_reg":
         from .._integrate import DEFAULT_MAX_STEPS, SolveOptions
-        from ..sde import sdeint
         from ..sde.problem import METHODS, TORCHSDE_NAMES
 
         if isinstance(method, str) and method in TORCHSDE_NAMES:
@@ -205,7 +206,7 @@ def check_sde_settings(
             )
         if method is not None:
             check_choice("method", method, METHODS)
-        options = check_option_keys(options, keyword_names([sdeint], _SDEINT_RESERVED), backend)
+        options = check_option_keys(options, solver_option_names(True, backend, method), backend)
         SolveOptions(
             rtol=rtol,
             atol=atol,
@@ -215,7 +216,6 @@ def check_sde_settings(
             controller=options.get("controller"),
         )
         return options
-    import torchsde
     from torchsde.settings import METHODS as TORCHSDE_METHODS
 
     if method is not None and method not in TORCHSDE_ITO_METHODS:
@@ -231,10 +231,7 @@ def check_sde_settings(
             f"options {unsupported} change what torchsde.sdeint returns or which methods of the SDE it "
             "calls, which the regularized models read: they are not supported"
         )
-    reserved = _TORCHSDE_RESERVED | set(_TORCHSDE_UNSUPPORTED)
-    options = check_option_keys(
-        options, keyword_names([torchsde.sdeint, torchsde.sdeint_adjoint], reserved), backend
-    )
+    options = check_option_keys(options, solver_option_names(True, backend, method), backend)
     # torchsde itself loops forever on a zero or negative step.
     for name in ("dt", "dt_min"):
         if name in options:
