@@ -13,11 +13,11 @@ from ._step import StepResult, VectorField, rms_norm
 from ._step import initial_step_size as unchecked_initial_step_size
 from ._step import step as unchecked_step
 from ._validate import (
-    CheckedNorm,
     check_output,
     check_span,
     check_times_distinct,
     checked_field,
+    checked_norm,
     finite_float,
     finite_times,
     positive_int,
@@ -91,7 +91,7 @@ def step(
             raise ValueError("k1 is not finite")
     jumps = tuple(sorted(set(finite_times("jump_ts", jump_ts))))
     return unchecked_step(
-        func, t, y, dt, tableau, rtol=rtol, atol=atol, k1=k1, norm=_checked_norm(norm), jump_ts=jumps
+        func, t, y, dt, tableau, rtol=rtol, atol=atol, k1=k1, norm=checked_norm(norm), jump_ts=jumps
     )
 
 
@@ -141,7 +141,7 @@ def initial_step_size(
     if time_dtype is not None and not (isinstance(time_dtype, torch.dtype) and time_dtype.is_floating_point):
         raise TypeError(f"time_dtype must be a floating torch.dtype or None, got {time_dtype!r}")
     return unchecked_initial_step_size(
-        func, t0, y0, f0, order, rtol, atol, direction, _checked_norm(norm), t_end, time_dtype
+        func, t0, y0, f0, order, rtol, atol, direction, checked_norm(norm), t_end, time_dtype
     )
 
 
@@ -152,11 +152,3 @@ def _check_stage_times(t: float, dt: float, tableau: ButcherTableau, dtype: torc
     if dt != 0.0 and nodes:
         remedy = f"(y's; the second is the first stage time, t + {min(nodes):g} dt): take the step on a "
         check_times_distinct([t, t + min(nodes) * dt], dtype, remedy + "float64 y, or nearer t = 0")
-
-
-def _checked_norm(norm: object) -> Callable[[Tensor], Tensor]:
-    if not callable(norm):
-        raise TypeError(
-            f"norm must be callable as norm(scaled_error) -> 0-dim tensor, got {type(norm).__name__}"
-        )
-    return norm if norm is rms_norm else CheckedNorm(norm)

@@ -196,10 +196,12 @@ def odeint(
             graph in the backward pass; exact), ``Symplectic(checkpoints=None)`` / ``"symplectic"``
             (the symplectic adjoint of Matsubara et al. 2021; exact, least memory of the exact
             methods) and ``BacksolveAdjoint(method, rtol, atol, norm, ...)`` / ``"adjoint"`` (the
-            continuous backsolve adjoint of Chen et al. 2018; approximate, constant memory).
+            continuous backsolve adjoint of Chen et al. 2018; approximate, constant memory) and
+            ``InterpolatingAdjoint(...)`` / ``"interpolating_adjoint"`` (the adjoint solved backwards
+            with ``y(t)`` read from the forward's dense output; approximate, keeps the step records).
             ``checkpoints=C`` keeps at most ``C`` step states (evenly spaced) instead of all ``N``;
             the backward pass re-computes the others, for one extra forward solve's evaluations,
-            with the same gradient. All four differentiate w.r.t. ``y0`` and ``adjoint_params``,
+            with the same gradient. All of them differentiate w.r.t. ``y0`` and ``adjoint_params``,
             and w.r.t. ``t`` when it requires grad, by one formula for every method, the exact
             solution's derivatives (as torchdiffeq's adjoint): with ``v_i`` the cotangent of
             ``ys[i]``, ``dL/dt_i = <v_i, func(t_i, ys[i])>`` for ``i >= 1`` and

@@ -70,7 +70,10 @@ class Stepper(ABC, Generic[Carry]):
     @abstractmethod
     def step(self, t: float, t_next: float, y: Tensor, dt: float, carry: Carry, estimate_error: bool) -> Any:
         """Attempt one step from ``(t, y)`` to ``t_next = t + dt`` (``dt`` signed). The result has
-        ``y1``, ``error_estimate`` (0-dim tensor, or ``None``), ``nfe`` and ``nfe_diffusion``."""
+        ``y1``, ``error_estimate`` (0-dim tensor, or ``None``), ``nfe`` and ``nfe_diffusion``.
+        ``estimate_error``: whether the loop decides on the estimate (an adaptive solve); without it
+        a stepper may skip an estimate that costs work (``None``). A Runge--Kutta pair's estimate
+        reuses the stages, so it is kept for the step records of a fixed-step solve too."""
 
     def error_check(self, result: Any) -> Tensor:
         """The 0-dim tensor whose one read decides the attempted step ``result``:

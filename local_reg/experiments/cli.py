@@ -6,7 +6,9 @@
 
 Exit codes: 0 success; 2 bad input (unknown task, method or setting, a setting's value its task does
 not allow, an output folder that cannot be written, a corrupt results file, nothing to report), with
-the reason in one line on stderr; 130 interrupted (Ctrl-C), with the command that resumes.
+the reason in one line on stderr; 3 some runs failed (diverged), named on stderr, the others kept
+and reported (the same command retries the failed ones); 130 interrupted (Ctrl-C), with the command
+that resumes.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from typing import Any
 
 import torch
 
+from ..gradients import GRADIENT_METHODS
 from . import distributed, runner
 from .methods import METHODS
 from .report import TIMINGS, check_report, group_records, markdown_table, report_name, write_report
 from .results import ResultsError, ResultsFile, ResultsWarning
-from .runner import GRADIENTS, SIZES, Interrupted, RunsFailed, RunSpec, fed_ratio_weights, sweep
+from .runner import SIZES, Interrupted, RunsFailed, RunSpec, fed_ratio_weights, sweep
 from .settings import SettingsError
 from .tasks import REGISTRY, ModelContext
 
@@ -64,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     sizes.add_argument(
         "--size", choices=SIZES, help="tiny (tests), quick (CPU) or full (paper); default full"
     )
-    run.add_argument("--gradient", choices=GRADIENTS, default="direct", help="gradient of the main solve")
+    run.add_argument(
+        "--gradient", choices=GRADIENT_METHODS, default="direct", help="gradient of the main solve"
+    )
     run.add_argument(
         "--set",
         dest="overrides",
@@ -282,7 +287,8 @@ def _request_stop(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for bad input, 130 when interrupted)."""
+    """Run the command line; returns the exit code (2 for bad input, 3 when runs failed, 130 when
+    interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parser().parse_args(argv)

@@ -15,7 +15,8 @@ settings (the published coefficients, see ``MNIST_WEIGHTS``):
   e.g. ``target_nfe``, ``rate``, ``w_min``, ``w_max``);
 - ``{"ratio": rho, "every": 1, ...}``: a weight that holds the ratio of the penalty's gradient norm to
   the task's at ``rho`` (:class:`local_reg.regularization.RatioWeight`; the other keys are its
-  keyword arguments: ``every``, ``beta``, ``initial``, ``w_min``, ``w_max``).
+  keyword arguments, ``every``, ``beta``, ``initial``, ``w_min``, ``w_max``, ``floor``, ``max_rise``,
+  and ``scope``, the parameters it compares: :data:`.settings.RATIO_KEYS`).
 
 STEER has no penalty: its spec is the half-width ``b`` of the end-time distribution
 ``U(t1 - b, t1 + b)``, a number in the units of the task's time (so the tables' weight column shows

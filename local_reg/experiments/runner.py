@@ -66,7 +66,6 @@ LOCAL_RULES: dict[str, Rule] = {
     "probe_dtype": OneOf(LocalPenalty.PROBE_DTYPES),
 }
 """The ``local.*`` settings: options of the local regularizer (:class:`local_reg.LocalPenalty`)."""
-GRADIENTS = ("direct", "adjoint", "checkpoint", "symplectic", "interpolating_adjoint")
 # Prediction time is the fastest of this many passes over the test set: a single pass is at the
 # mercy of whatever else the machine is doing.
 TIMING_REPEATS = 10

@@ -1,7 +1,8 @@
 """The step states a stepwise backward pass restarts from, kept within a memory budget.
 
 ``"checkpoint"`` and ``"symplectic"`` walk the accepted steps in reverse and need the state ``y_n``
-at the start of every step ``n``. Keeping all ``N`` of them costs ``O(N)`` states, which dominates
+at the start of every step ``n`` (``InterpolatingAdjoint(checkpoints=C)`` re-solves the forward's
+segments from the same kept states). Keeping all ``N`` of them costs ``O(N)`` states, which dominates
 their memory on long solves of small states. With a budget of ``C`` checkpoints (``checkpoints=C``)
 the forward pass keeps only every ``stride``-th state, ``stride`` the smallest power of two that
 fits ``N`` states into ``C`` (it doubles, and every other kept state is dropped, whenever the budget

@@ -1,12 +1,12 @@
 """Shared plumbing of the gradient methods that solve forward without a graph.
 
-"checkpoint", "symplectic" and "adjoint" all run the forward solve under ``torch.no_grad()`` inside
-one :class:`torch.autograd.Function` and differ only in how their ``backward`` turns the cotangents
-of the outputs into gradients for ``y0`` and the parameters. This module holds that Function, the
-description of the forward solve a backward pass gets (:class:`ForwardSolve`), the interface of a
-method (:class:`GradientMethod`) and the reverse sweep over accepted steps that "checkpoint" and
-"symplectic" share (:class:`StepwiseGradient`; the states it restarts from are kept by
-:class:`~._checkpoints.StepStates`).
+"checkpoint", "symplectic", "adjoint" and "interpolating_adjoint" all run the forward solve under
+``torch.no_grad()`` inside one :class:`torch.autograd.Function` and differ only in how their
+``backward`` turns the cotangents of the outputs into gradients for ``y0`` and the parameters. This
+module holds that Function, the description of the forward solve a backward pass gets
+(:class:`ForwardSolve`), the interface of a method (:class:`GradientMethod`) and the reverse sweep
+over accepted steps that "checkpoint" and "symplectic" share (:class:`StepwiseGradient`; the states
+it restarts from are kept by :class:`~._checkpoints.StepStates`).
 """
 
 from __future__ import annotations
@@ -189,7 +189,8 @@ class GradientMethod(ABC):
     """How a solve's outputs are differentiated (``odeint(gradient=...)``).
 
     An object that checks its own settings once, when it is made; the strings ``"direct"``,
-    ``"checkpoint"``, ``"symplectic"`` and ``"adjoint"`` are shorthands for the default objects.
+    ``"checkpoint"``, ``"symplectic"``, ``"adjoint"`` and ``"interpolating_adjoint"`` are shorthands
+    for the default objects.
     """
 
     name: ClassVar[str]

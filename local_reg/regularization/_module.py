@@ -25,12 +25,12 @@ from torch import Tensor, nn
 from .._step import beside_jump
 from .._tuple import TupleField, TupleState
 from .._validate import check_choice, check_generator, time_direction, time_tensors_requiring_grad
-from ..sde.problem import is_sde
+from ..sde.problem import SUPPORTED_NOISE_TYPES, is_sde
 from ..solution import State, Stats
 from ..tableaus import ButcherTableau, get_tableau
 from ._main_solve import Request
 from ._ode_backends import torchdiffeq_reports_steps
-from ._options import ODE_DEFAULT_METHOD, misplaced_keywords, solver_option_names
+from ._options import misplaced_keywords, ode_method, solver_option_names
 from ._penalty import finite_penalty
 from ._probe import (
     PENALTIES,
@@ -65,8 +65,8 @@ def make_problem(func: Any, config: SolveConfig) -> Problem:
     if not is_sde(func) and _has_drift_and_diffusion_only(func):
         raise TypeError(
             f"func ({type(func).__name__}) has methods f and g, an SDE's drift and diffusion, but no "
-            "string attribute noise_type: an SDE needs noise_type ('diagonal', 'scalar', 'additive' "
-            "or 'general') and sde_type ('ito'), as torchsde's SDEs have; an ODE needs forward(t, y)"
+            f"string attribute noise_type: an SDE needs noise_type (one of {SUPPORTED_NOISE_TYPES}) "
+            "and sde_type ('ito'), as torchsde's SDEs have; an ODE needs forward(t, y)"
         )
     return (SDEProblem if is_sde(func) else ODEProblem)(func, config)
 
@@ -157,7 +157,7 @@ class LocalPenalty:
     def __post_init__(self) -> None:
         check_sampling(self.sampling, self.step_size, self.detach_state)
         check_choice("regularizer", self.regularizer, REGULARIZERS)
-        probe, probe_scale, _, n_draws = check_probe_options(
+        probe, probe_scale, n_draws = check_probe_options(
             self.probe, self.probe_scale, self.penalty, self.n_draws, self.regularizer, self.step_size
         )
         checked: dict[str, object] = {"probe_scale": probe_scale, "n_draws": n_draws}
@@ -193,7 +193,7 @@ class LocalPenalty:
                 "not report: use backend='local_reg'"
             )
         if needs_steps and isinstance(problem, ODEProblem) and problem.backend == "torchdiffeq":
-            method = ODE_DEFAULT_METHOD["torchdiffeq"] if problem.method is None else problem.method
+            method = ode_method("torchdiffeq", problem.method)
             # check_ode_settings took torchdiffeq's method by name (one of its solvers).
             if not torchdiffeq_reports_steps(cast(str, method)):
                 raise ValueError(
@@ -374,7 +374,7 @@ class GlobalPenalty:
                     "accepted steps, which fixed steps do not compute: drop options['step_size']"
                 )
         else:
-            method = ODE_DEFAULT_METHOD["local_reg"] if problem.method is None else problem.method
+            method = ode_method("local_reg", problem.method)
             tableau = get_tableau(method)
             check_regularizer_tableau(self.regularizer, tableau, "method")
 
@@ -390,7 +390,8 @@ class GlobalPenalty:
         if len(times) < 2:
             raise ValueError(f"t must hold at least 2 times, got {len(times)}")
         reduction = DEFAULT_REDUCTION[self.regularizer] if self.reduction is None else self.reduction
-        tableau = None if isinstance(problem, SDEProblem) else get_tableau(problem.method or "tsit5")
+        is_ode = isinstance(problem, ODEProblem)
+        tableau = get_tableau(ode_method("local_reg", problem.method)) if is_ode else None
 
         def per_step(result: Any, dt: float) -> Tensor:
             value = step_penalty_value(result, dt, self.regularizer, tableau)
@@ -550,10 +551,6 @@ class Regularized(nn.Module):
         # Before the first forward pass: no penalty and no evaluations yet.
         self.reg_loss = torch.zeros(())
         self.stats = RegularizationStats()
-
-    @property
-    def is_sde(self) -> bool:
-        return isinstance(self.problem, SDEProblem)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "func" and ("func" in self.__dict__ or "func" in self.__dict__.get("_modules", {})):

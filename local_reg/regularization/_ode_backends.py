@@ -19,7 +19,7 @@ from .._validate import check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
 from ..solution import Stats
 from ._main_solve import BackwardCounter, MainSolve, Request
-from ._options import ODE_DEFAULT_METHOD
+from ._options import ode_method
 
 BACKENDS = ("local_reg", "torchdiffeq")
 
@@ -32,7 +32,7 @@ def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
         raise ValueError(
             f"gradient={method.name!r} is not available with backend='torchdiffeq': it offers "
             "'direct' (torchdiffeq.odeint) and 'adjoint' (torchdiffeq.odeint_adjoint); use "
-            "backend='local_reg' for 'checkpoint' and 'symplectic'"
+            "backend='local_reg' for the others"
         )
     if backend == "torchdiffeq" and isinstance(method, BacksolveAdjoint) and method.tableau is not None:
         from torchdiffeq._impl.odeint import SOLVERS
@@ -141,7 +141,7 @@ def solve_main(
     func, backend, method, gradient = problem.func, problem.backend, problem.method, problem.gradient
     rtol, atol, adjoint_params = problem.rtol, problem.atol, problem.adjoint_params
     record_steps = request.steps
-    method = ODE_DEFAULT_METHOD[backend] if method is None else method
+    method = ode_method(backend, method)
     options = dict(problem.options or {})
     if backend == "local_reg":
         solution = problem.odeint(

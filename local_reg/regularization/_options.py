@@ -42,6 +42,11 @@ ODE_DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
 """The main solve's method when none is given, by backend."""
 
 
+def ode_method(backend: str, method: Any) -> Any:
+    """The method an ODE main solve on ``backend`` uses: ``method``, or the backend's default."""
+    return ODE_DEFAULT_METHOD[backend] if method is None else method
+
+
 def keyword_names(functions: Iterable[Callable[..., Any]], reserved: set[str]) -> tuple[str, ...]:
     names: set[str] = set()
     for function in functions:
@@ -93,7 +98,7 @@ def solver_option_names(sde: bool, backend: object, method: object) -> tuple[str
     if backend == "torchdiffeq" and not sde:
         from torchdiffeq._impl.odeint import SOLVERS
 
-        name = ODE_DEFAULT_METHOD[backend] if method is None else method
+        name = ode_method(backend, method)
         return torchdiffeq_option_names(name) if isinstance(name, str) and name in SOLVERS else ()
     return ()
 
@@ -136,7 +141,7 @@ def check_ode_settings(
         if method is not None and not isinstance(method, (str, ButcherTableau)):
             # get_tableau's own refusal, made before the call that needs the narrower type.
             raise TypeError(f"method must be a str or ButcherTableau, got {type(method).__name__}")
-        tableau = get_tableau(ODE_DEFAULT_METHOD[backend] if method is None else method)
+        tableau = get_tableau(ode_method(backend, method))
         options = check_option_keys(options, solver_option_names(False, backend, method), backend)
         for name in ("step_to_outputs", "dense"):
             check_bool(f"options[{name!r}]", options.get(name, False))
@@ -172,7 +177,7 @@ def check_ode_settings(
         return options
     from torchdiffeq._impl.odeint import SOLVERS
 
-    name = check_choice("method", ODE_DEFAULT_METHOD[backend] if method is None else method, sorted(SOLVERS))
+    name = check_choice("method", ode_method(backend, method), sorted(SOLVERS))
     options = check_option_keys(options, solver_option_names(False, backend, name), backend)
     # The values torchdiffeq would refuse (or misuse) only at the first call.
     for key in ("first_step", "step_size", "safety", "ifactor", "dfactor"):

@@ -3,8 +3,9 @@ many draws it averages.
 
 [LR23] Pal, Edelman, Rackauckas, ICML 2023 takes one step from ``u(t_reg)`` with the step size of the
 initial-step heuristic and penalizes ``EEst * |dt|``. Each function here is one alternative, kept
-pure so that the regularizer's procedure is unchanged at the defaults
-(``probe="initial"``, ``probe_scale=1``, ``penalty="error-dt"``, ``n_draws=1``):
+pure so that the paper's procedure is these options at ``LocalPenalty``'s defaults
+(``probe="initial"``, ``probe_scale=1``, ``penalty="error-dt"``, ``n_draws=1``;
+``LocallyRegularized``'s own default is the kinetic penalty, without a probe step):
 
 - the probe's step size: the heuristic of Hairer--Norsett--Wanner (Solving ODEs I, II.4) with
   ``h1 = (0.01 / max(d1, d2)) ** (1 / p)`` (``"initial"``: as OrdinaryDiffEq, so the Julia
@@ -54,10 +55,10 @@ HINGE = 0.1
 
 def check_probe_options(
     probe: object, probe_scale: object, penalty: object, n_draws: object, regularizer: str, step_size: str
-) -> tuple[str, float, str, int]:
-    """Validate the study options; returns ``(probe, probe_scale, penalty, n_draws)``.
+) -> tuple[str, float, int]:
+    """Validate the study options; returns ``(probe, probe_scale, n_draws)`` as numbers and names.
 
-    ``probe="solver"`` is the same as the older ``step_size="solver"``; asking for a heuristic probe
+    ``probe="solver"`` is the same as ``step_size="solver"``; asking for a heuristic probe
     with ``step_size="solver"`` is a contradiction and is refused.
     """
     probe = check_choice("probe", probe, PROBES)
@@ -75,7 +76,7 @@ def check_probe_options(
         )
     if probe_scale != 1.0 and (probe == "solver" or step_size == "solver"):
         raise ValueError("probe_scale scales the initial-step heuristic; it does not apply to probe='solver'")
-    return probe, probe_scale, penalty, n_draws
+    return probe, probe_scale, n_draws
 
 
 def heuristic_order(order: int, probe: str) -> int:

@@ -55,7 +55,7 @@ from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from . import _ode_backends, _sde_backends
 from ._main_solve import Request
-from ._options import ODE_DEFAULT_METHOD, check_ode_settings, check_sde_settings
+from ._options import check_ode_settings, check_sde_settings, ode_method
 from ._probe import heuristic_order
 
 REGULARIZERS = ("error", "stiffness")
@@ -306,7 +306,7 @@ class ODEProblem(_Problem):
             field,
             y0,
             torch.tensor(times, dtype=t_dtype, device=y0.device) if wider else times,
-            method=ODE_DEFAULT_METHOD["local_reg"] if self.method is None else self.method,
+            method=ode_method("local_reg", self.method),
             rtol=self.rtol,
             atol=self.atol,
             gradient=self.gradient,

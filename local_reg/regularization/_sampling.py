@@ -17,17 +17,16 @@ _MAX_DRAWS = 64
 STEP_SIZES = ("initial", "solver")
 
 
-def check_sampling(sampling: object, step_size: object, detach_state: object) -> tuple[str, str]:
-    """Check the sampling options of local regularization; returns ``(sampling, step_size)``."""
+def check_sampling(sampling: object, step_size: object, detach_state: object) -> None:
+    """Check the sampling options of local regularization."""
     sampling = check_choice("sampling", sampling, SAMPLINGS)
-    step_size = check_choice("step_size", step_size, STEP_SIZES)
+    check_choice("step_size", step_size, STEP_SIZES)
     check_bool("detach_state", detach_state)
     if sampling == "biased" and not detach_state:
         raise ValueError(
             "detach_state=False needs sampling='random': biased sampling restarts from the recorded "
             "(detached) state of an accepted step, which has no graph to the parameters"
         )
-    return sampling, step_size
 
 
 def time_tolerance(times: Sequence[float], t_dtype: torch.dtype) -> float:

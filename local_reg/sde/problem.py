@@ -63,8 +63,8 @@ def is_sde(module: object) -> bool:
     )
 
 
-def validate_sde(sde: Any) -> tuple[str, str]:
-    """Check ``sde`` is an SDE this package solves; return ``(noise_type, sde_type)``."""
+def validate_sde(sde: Any) -> str:
+    """Check ``sde`` is an SDE this package solves; return its ``noise_type``."""
     if isinstance(sde, type) and callable(getattr(sde, "f", None)) and callable(getattr(sde, "g", None)):
         raise TypeError(f"sde must be an SDE instance, got the class {sde.__name__}: pass {sde.__name__}()")
     if not is_sde(sde):
@@ -86,14 +86,14 @@ def validate_sde(sde: Any) -> tuple[str, str]:
             "an Ito scheme (declare sde_type='ito'; torchsde.sdeint solves Stratonovich SDEs, but the "
             "regularized models need an Ito SDE on either backend)"
         )
-    return noise_type, sde_type
+    return noise_type
 
 
 def validate_sde_problem(
     sde: Any, y0: Tensor, t: Tensor | np.ndarray | Sequence[float | Tensor], method: str
 ) -> tuple[str, list[float]]:
     """Shared argument checks of the SDE entry points; returns ``(noise_type, times)``."""
-    noise_type, _ = validate_sde(sde)
+    noise_type = validate_sde(sde)
     y0 = validate_state(y0)
     if y0.dim() != 2:
         raise ValueError(f"y0 must have shape (batch, state) as in torchsde, got shape {tuple(y0.shape)}")
@@ -175,7 +175,6 @@ class CheckedSDE:
         self.sde = sde
         self.noise_type = noise_type
         self.m = m
-        self.sde_type = getattr(sde, "sde_type", "ito")
         self.autocast = active_autocast()
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:

@@ -41,8 +41,8 @@ class ModelContext:
 
     Attributes:
         method: the training method.
-        gradient: how the main solve is differentiated (``"direct"``, ``"adjoint"``, ``"checkpoint"``,
-            ``"symplectic"``).
+        gradient: how the main solve is differentiated: a shorthand of
+            :data:`local_reg.gradients.GRADIENT_METHODS`.
         total_iterations: optimizer steps in the whole run, the horizon of a decaying weight schedule.
     """
 

@@ -16,6 +16,15 @@ _SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+def digits_data(settings: dict[str, Any]) -> TaskData:
+    """scikit-learn's bundled 8x8 digits, pixels scaled to [0, 1], split 80/20 (stratified, fixed),
+    each part cut to ``settings``' sizes."""
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits(return_X_y=True)
+    return split_datasets(images / 16.0, labels, 0.2, settings)
+
+
 class DigitsTask(ClassificationTask):
     """64 pixels in [0, 1] -> ODE ``65 -> hidden -> 64`` (tanh, time concatenated) -> linear -> 10 classes.
 
@@ -40,7 +49,4 @@ class DigitsTask(ClassificationTask):
         }
 
     def load_data(self, settings: dict[str, Any], seed: int) -> TaskData:
-        from sklearn.datasets import load_digits
-
-        images, labels = load_digits(return_X_y=True)
-        return split_datasets(images / 16.0, labels, 0.2, settings)
+        return digits_data(settings)

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from ..models import ConcatMLP
 from ..settings import Integer, OneOf, Real, Schema
 from .base import ModelContext, TaskData, training_fields
-from .classification import SPLIT_FIELDS, ClassificationTask, split_datasets
+from .classification import SPLIT_FIELDS, ClassificationTask
+from .digits import digits_data
 from .sde_methods import SDE_METHODS, SDE_SOLVERS, sde_block
 
 _SIZES: dict[str, dict[str, Any]] = {
@@ -109,10 +110,7 @@ class NSDEDigitsTask(ClassificationTask):
         }
 
     def load_data(self, settings: dict[str, Any], seed: int) -> TaskData:
-        from sklearn.datasets import load_digits
-
-        images, labels = load_digits(return_X_y=True)
-        return split_datasets(images / 16.0, labels, 0.2, settings)
+        return digits_data(settings)
 
     def build_model(self, settings: dict[str, Any], context: ModelContext) -> nn.Module:
         sde = NeuralSDE(settings["dim"], settings["hidden"], settings["sigma_max"])

@@ -121,8 +121,8 @@ class SpiralTask(Task):
         length = settings["segment_length"]
         starts = torch.arange(0, len(times) - length, settings["segment_stride"])
         windows = starts.unsqueeze(1) + torch.arange(length)
-        # Every output time ends a step, so the test keeps every tenth point: the NFE then measures
-        # the dynamics rather than the number of output times.
+        # The test keeps every tenth point: where every output time ends a step (the SDE task's
+        # solves), the NFE then measures the dynamics rather than the number of output times.
         test = slice(None, None, settings["test_stride"])
         return TaskData(
             train=TensorDataset(times[windows], path[windows]),
