@@ -53,7 +53,7 @@ from ._validate import (
     check_function_transforms,
     check_strided,
     checked_field,
-    finite_float,
+    one_time,
     time_dtype,
     validate_state,
 )
@@ -328,16 +328,6 @@ def direction_time(t0: float, reverse_time: bool, largest: float = math.inf) -> 
     return max(-largest, min(t1, largest))
 
 
-def _start_time(t0: object) -> tuple[float, Tensor | None]:
-    """``t0`` as a float, and as a 0-dim tensor when it is a tensor (one element, any shape)."""
-    if isinstance(t0, Tensor):
-        if t0.numel() != 1:
-            raise ValueError(f"t0 must be one time (a tensor with one element), got shape {tuple(t0.shape)}")
-        t0 = t0.reshape(())
-        return finite_float("t0", t0.detach()), t0
-    return finite_float("t0", t0), None
-
-
 def odeint_event(
     func: Callable[[Tensor, Any], Any],
     y0: State,
@@ -415,7 +405,7 @@ def _solve_until_event(
         raise TypeError(f"callbacks must be a StepCallbacks, got {type(callbacks).__name__}")
     if callbacks.stop is not None:
         raise ValueError("odeint_event sets callbacks.stop itself: pass callbacks without a stop condition")
-    t0_value, t0_tensor = _start_time(t0)
+    t0_value, t0_tensor = one_time("t0", t0)
     if abs(t0_value) >= open_end(y0.dtype):
         raise ValueError(
             f"t0={t0_value!r} lies at or beyond the largest time an event solve of a {y0.dtype} state "

@@ -720,3 +720,16 @@ def finite_float(name: str, value: object) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
+
+
+def one_time(name: str, value: object) -> tuple[float, Tensor | None]:
+    """The time ``value`` (a number, or a tensor of one element of any shape) as a finite float,
+    and as a 0-dim tensor when it is a tensor (which keeps its graph)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"{name} must be one time (a float or a one-element tensor), got shape {tuple(value.shape)}"
+            )
+        value = value.reshape(())
+        return finite_float(name, value.detach()), value
+    return finite_float(name, value), None

@@ -35,6 +35,7 @@ from ._validate import (
     Tolerance,
     check_output,
     finite_float,
+    one_time,
     positive_float,
     positive_int,
     time_direction,
@@ -791,14 +792,9 @@ def odeint_dense(
     requires grad (torchdiffeq's gives no gradient to them); the function's own ``t`` takes none."""
     ends, values = [], []
     for name, end in (("t0", t0), ("t1", t1)):
-        if isinstance(end, Tensor):
-            if end.numel() != 1:
-                raise ValueError(
-                    f"{name} must be one time (a float or a one-element tensor), got shape {tuple(end.shape)}"
-                )
-            end = end.reshape(())
-        values.append(finite_float(name, end))
-        ends.append(torch.as_tensor(end, dtype=torch.float64))
+        value, tensor = one_time(name, end)
+        values.append(value)
+        ends.append(torch.as_tensor(value if tensor is None else tensor, dtype=torch.float64))
     if values[0] == values[1]:
         raise ValueError(f"t1 must differ from t0, got t0 = t1 = {values[0]}")
     times = torch.stack(ends)
@@ -829,12 +825,10 @@ def odeint_event(
             "odeint_interface must be local_reg.compat.odeint or local_reg.compat.odeint_adjoint, got "
             f"{getattr(odeint_interface, '__module__', '?')}.{given}"
         )
-    t0 = torch.as_tensor(t0, dtype=torch.float64) if not isinstance(t0, Tensor) else t0
-    if t0.numel() != 1:
-        raise ValueError(f"t0 must be one time (a tensor with one element), got shape {tuple(t0.shape)}")
-    t0 = t0.reshape(1)
+    t0_value, t0_tensor = one_time("t0", t0)
+    t0 = (torch.tensor(t0_value, dtype=torch.float64) if t0_tensor is None else t0_tensor).reshape(1)
     largest = torch.finfo(t0.dtype).max if t0.is_floating_point() else math.inf
-    t1 = direction_time(float(t0.detach()), reverse_time, largest)
+    t1 = direction_time(t0_value, reverse_time, largest)
     t = torch.cat([t0, torch.tensor([t1], dtype=t0.dtype, device=t0.device)])
     return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
 
