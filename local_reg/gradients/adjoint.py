@@ -56,6 +56,7 @@ from ..interpolants import get_interpolant
 from ..solution import Stats, Steps
 from ..tableaus import ButcherTableau, get_tableau
 from ._checkpoints import StepStates, replay_steps
+from ._finite import all_finite
 from ._function import (
     CountingField,
     ForwardSolve,
@@ -414,6 +415,10 @@ class _ContinuousAdjoint(GraphFreeGradient):
         times = solve.solved_times
         if len(times) == 1:
             return grad_ys[0], [None] * len(solve.params), 0
+        if not all_finite((grad_ys,)):
+            # A non-finite loss (say the overflow a GradScaler skips): the exact methods' gradients
+            # are non-finite then, and a backward solve of a non-finite adjoint would only fail.
+            return self._non_finite_gradients(solve, ys[0])
         # For the state's dtype (a tiny atol raised to its smallest normal number, as the forward's).
         options = self.backward_options(solve.options).for_state(ys[0])
         forward_solution = self._forward_solution(solve)
@@ -431,6 +436,15 @@ class _ContinuousAdjoint(GraphFreeGradient):
             adjoint = adjoint * scale
             grad_params = [None if g is None else g * scale for g in grad_params]
         return adjoint, grad_params, calls
+
+    @staticmethod
+    def _non_finite_gradients(solve: ForwardSolve, y0: Tensor) -> tuple[Tensor, list[Tensor | None], int]:
+        """NaN gradients for ``y0`` and the parameters ``func`` uses (``None`` for the others, as
+        the exact methods give them), found by one vector--Jacobian product at ``t0``."""
+        nan = torch.full_like(y0, math.nan)
+        t0 = time_tensor(solve.times[0], y0, solve.options.time_dtype)
+        _, _, grad_params = vector_jacobian_product(solve.func, t0, y0, solve.params, nan)
+        return nan, [None if g is None else torch.full_like(g, math.nan) for g in grad_params], 1
 
     def _cotangent_scale(self, grad_ys: Tensor) -> float:
         """What the cotangents are divided by before the backward solve (and its results multiplied
