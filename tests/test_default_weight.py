@@ -345,6 +345,24 @@ def test_a_call_under_no_grad_does_not_move_the_default_target():
     assert (model.weight.target_ratio, model.weight.floor) != (target, floor)
 
 
+def test_a_field_frozen_when_the_model_is_made_gets_the_self_tuning_weight_once_unfrozen():
+    """A pretrained field frozen while it is wrapped and unfrozen to fine-tune: the default weight
+    was the constant 1 for good, chosen by ``requires_grad`` at construction. It now tunes itself
+    from the first training call after unfreezing, as a model made unfrozen does from its first."""
+    weights = []
+    for frozen in (True, False):
+        field = Field()
+        field.requires_grad_(not frozen)
+        model = LocallyRegularized(field, rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0))
+        assert isinstance(model.weight, RatioWeight)
+        field.requires_grad_(True)
+        for _ in range(11):
+            (task_loss(model(y0(), T)) + model.reg_loss).backward()
+        weights.append(model.weight())
+    assert model.weight.state_dict()["measured"] == 2 and weights[1] != model.weight.initial
+    assert weights[0] == pytest.approx(weights[1], rel=1e-12)
+
+
 def test_a_copy_of_the_default_model_measures_its_own_parameters():
     """``copy.deepcopy`` of a default model gives a weight that refers to the copy's parameters and
     measures them; the two models' weights are independent."""

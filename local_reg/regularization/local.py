@@ -96,7 +96,9 @@ def default_weight(
     every=DEFAULT_EVERY, floor=END_READ_FLOOR)`` (the target, floor and ``max_rise`` then follow each
     training call's output times), or ``RatioWeight(PROBE_RATIO, every=DEFAULT_EVERY)`` for a probe step,
     over ``func``'s trainable parameters (``adjoint_params`` when given, else the parameters of
-    ``func``'s module, or of a bound method's); the constant 1 when there are none."""
+    ``func``'s module, or of a bound method's); the constant 1 when there are none. A module whose
+    parameters are all frozen now (a pretrained field, unfrozen later) gets the self-tuning weight
+    too: it measures the parameters trained at each training call."""
     if adjoint_params is not None:
         parameters = list(adjoint_params)
     else:
@@ -111,12 +113,21 @@ def default_weight(
                 stacklevel=3,
             )
         parameters = [] if owner is None else list(owner.parameters())
-    parameters = [p for p in parameters if isinstance(p, Tensor) and p.requires_grad]
-    if not parameters:
+    trained = [p for p in parameters if isinstance(p, Tensor) and p.requires_grad]
+    frozen_module = adjoint_params is None and bool(parameters) and not trained
+    if not trained and not frozen_module:
         return ConstantWeight(1.0)
     if penalty == "kinetic":
-        return RatioWeight(KINETIC_RATIO, every=DEFAULT_EVERY, parameters=parameters, floor=END_READ_FLOOR)
-    return RatioWeight(PROBE_RATIO, every=DEFAULT_EVERY, parameters=parameters)
+        weight = RatioWeight(
+            KINETIC_RATIO, every=DEFAULT_EVERY, parameters=trained or None, floor=END_READ_FLOOR
+        )
+    else:
+        weight = RatioWeight(PROBE_RATIO, every=DEFAULT_EVERY, parameters=trained or None)
+    if frozen_module:
+        # Its frozen parameters, which a RatioWeight made by hand refuses: each training call
+        # measures those trained by then (LocallyRegularized follows the module's parameters).
+        weight.parameters = parameters
+    return weight
 
 
 def local_regularization(

@@ -660,6 +660,8 @@ class RatioWeight(_SelfTuningWeight):
                 "backpropagate model.reg_loss with the task loss, once per training call of the "
                 "model (a second call before the backward pass replaces the first's measurement); a "
                 "task loss whose gradient is zero (every margin met) leaves nothing to measure"
+                if self.parameters and any(p.requires_grad for p in self.parameters)
+                else "none of its parameters requires grad (frozen): it measures once they are trained"
                 if self.parameters
                 else "give it parameters=... or call weight.backward(...)"
             )
