@@ -8,7 +8,7 @@ import math
 import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
-from typing import Any, overload
+from typing import Any, TypeGuard, overload
 
 import numpy as np
 import torch
@@ -381,10 +381,16 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 (a solve then "accepts" thousands of steps that do not move the state)."""
 
 
+def transformed(value: object) -> TypeGuard[Tensor]:
+    """Whether ``value`` is a tensor wrapped by a ``torch.func`` transform (vmap, grad), whose values
+    cannot be read outside it, nor on the host inside it."""
+    return isinstance(value, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(value)
+
+
 def _transform_levels(value: object) -> Iterator[Tensor]:
     """``value`` at each level of the ``torch.func`` transforms that wrap it, outermost first."""
     functorch = torch._C._functorch
-    while isinstance(value, Tensor) and functorch.is_functorch_wrapped_tensor(value):
+    while transformed(value):
         yield value
         value = functorch.get_unwrapped(value)
 

@@ -123,3 +123,45 @@ def test_times_made_inside_the_transformed_function_are_not_differentiated_ones(
             transform(lambda t1: odeint(decay, y0, torch.stack([t1.new_zeros(()), t1])).ys[-1].sum())(
                 torch.tensor(1.0, dtype=DTYPE)
             )
+
+
+class _MLPField(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+def test_a_regularized_model_trained_by_torch_func_stays_a_module_that_copies_and_saves():
+    """``torch.func.grad`` of a ``functional_call`` of the model (the functional training loop):
+    the gradient is autograd's, and the module keeps nothing of the transform's (its ``reg_loss``,
+    the probe's state, the parameters the default weight measures), which left it refusing
+    ``copy.deepcopy`` and ``pickle`` ("Cannot access storage of TensorWrapper")."""
+    import copy
+    import pickle
+
+    from torch.func import functional_call
+
+    from local_reg import LocallyRegularized
+
+    model = LocallyRegularized(_MLPField(), generator=torch.Generator().manual_seed(0))
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    y0 = torch.randn(4, 2, dtype=DTYPE, generator=torch.Generator().manual_seed(1))
+
+    def loss(parameters):
+        ys = functional_call(model, parameters, (y0, [0.0, 1.0]))
+        return ys[-1].pow(2).mean() + model.reg_loss
+
+    gradients = grad(loss)(params)
+    model.generator.manual_seed(0)
+    (loss(dict(model.named_parameters()))).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(gradients[name], p.grad, rtol=1e-10, atol=1e-12)
+    grad(loss)(params)
+    assert [id(p) for p in model.weight.parameters] == [id(p) for p in model.parameters()]
+    twin = copy.deepcopy(model)
+    pickle.loads(pickle.dumps(model))
+    assert twin.stats.t_reg == model.stats.t_reg

@@ -17,16 +17,11 @@ import torch
 from torch import Tensor
 
 from .._errors import SolverError
+from .._validate import transformed
 
 
 def all_finite(tensors: Iterable[Tensor | None]) -> bool:
     return all(bool(torch.isfinite(g).all()) for g in tensors if g is not None)
-
-
-def _transformed(tensor: Tensor | None) -> bool:
-    """Whether ``tensor`` is wrapped by a ``torch.func`` transform (vmap, grad), whose values
-    cannot be read on the host (``None``, an undefined gradient, is not)."""
-    return isinstance(tensor, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(tensor)
 
 
 def raise_non_finite_gradient(t0: float, n_steps: int) -> None:
@@ -79,7 +74,7 @@ def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_st
     def check(grad: Tensor) -> None:
         # Under torch.func transforms (jacrev's vmap over cotangents) a tensor's value cannot be
         # read: the check is skipped there.
-        if _transformed(grad):
+        if transformed(grad):
             return
         task = torch._C._current_graph_task_id()
         if (
@@ -93,7 +88,7 @@ def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_st
 
     def record_cotangent(grad: Tensor | None, _remover: _RemoveHooks = remover) -> None:
         task = torch._C._current_graph_task_id()
-        readable = grad is not None and not _transformed(grad)
+        readable = grad is not None and not transformed(grad)
         finite_in[task] = readable and all_finite((grad,))
         if readable and not finite_in[task]:
             _NON_FINITE_COTANGENT_PASSES.add(task)

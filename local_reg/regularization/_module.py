@@ -12,6 +12,7 @@ configurations of it.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +25,13 @@ from torch import Tensor, nn
 
 from .._step import beside_jump
 from .._tuple import TupleField, TupleState
-from .._validate import check_choice, check_generator, time_direction, time_tensors_requiring_grad
+from .._validate import (
+    check_choice,
+    check_generator,
+    time_direction,
+    time_tensors_requiring_grad,
+    transformed,
+)
 from ..sde.problem import SUPPORTED_NOISE_TYPES, is_sde
 from ..solution import State, Stats
 from ..tableaus import ButcherTableau, get_tableau
@@ -567,8 +574,18 @@ class Regularized(nn.Module):
         super().__setattr__(name, value)
 
     def __getstate__(self) -> dict[str, Any]:
-        # reg_loss holds the last training pass's graph, which copy.deepcopy and pickle refuse.
-        return {**super().__getstate__(), "reg_loss": self.reg_loss.detach()}
+        # reg_loss holds the last training pass's graph, which copy.deepcopy and pickle refuse; what
+        # a torch.func transform made (a functional_call under grad) cannot be read once it returned.
+        state = super().__getstate__()
+        reg_loss = self.reg_loss
+        state["reg_loss"] = (
+            torch.zeros((), dtype=reg_loss.dtype, device=reg_loss.device)
+            if transformed(reg_loss)
+            else reg_loss.detach()
+        )
+        if transformed(getattr(self.stats, "state", None)):
+            state["stats"] = dataclasses.replace(self.stats, state=None)
+        return state
 
     def forward(self, y0: State, t: Tensor | Sequence[float]) -> State:
         problem, flat_y0, unflatten = self._flat(y0, t)

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .._validate import transformed
 from ..gradients import adjoint_params_tuple, owning_module
 from ..sde.problem import is_sde
 from ..solution import State
@@ -361,6 +362,10 @@ class LocallyRegularized(Regularized):
             return
         owner = owning_module(self.func)
         current = [] if owner is None else [p for p in owner.parameters() if p.requires_grad]
+        if any(transformed(p) for p in current):
+            # torch.func.functional_call's parameters inside a transform: lent for this call only,
+            # and the weight cannot measure them (its hooks read gradients on the host).
+            return
         if current and [id(p) for p in current] != [id(p) for p in measured]:
             field_weight.parameters = trained_parameters(current)
 

@@ -20,7 +20,14 @@ from typing import Any, TypedDict
 import torch
 from torch import Tensor
 
-from .._validate import non_negative_float, non_negative_int, positive_float, positive_int, real_number
+from .._validate import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    real_number,
+    transformed,
+)
 from ._diagnostics import GradientRatio, trained_parameters
 
 ROUNDING_ULPS = 4096
@@ -496,7 +503,8 @@ class RatioWeight(_SelfTuningWeight):
         # Those still trained: a parameter frozen since construction (requires_grad_(False)) has no
         # gradient to compare.
         parameters = [p for p in self.parameters if p.requires_grad]
-        if not due or not reg_loss.requires_grad or not parameters:
+        # Inside a torch.func transform the gradients are the transform's, not the parameters' own.
+        if not due or not reg_loss.requires_grad or not parameters or transformed(reg_loss):
             return
         try:
             penalty = torch.autograd.grad(reg_loss, parameters, retain_graph=True, allow_unused=True)
