@@ -1758,6 +1758,13 @@ def test_sdeint_refuses_a_generator_its_given_brownian_motion_leaves_unused():
     bm = torchsde.BrownianInterval(0.0, 1.0, size=(2, 1), entropy=0)
     with pytest.raises(ValueError, match="with bm given it would be unused"):
         sdeint(DiagonalSDE(), torch.ones(2, 1), [0.0, 1.0], bm=bm, generator=torch.Generator())
+    # So do the SDE penalties that draw nothing else; the local one draws t_reg from it.
+    y0, t = torch.ones(2, 1), [0.0, 1.0]
+    with pytest.raises(ValueError, match="generator is unused here: GlobalPenalty draws nothing"):
+        local_reg.global_regularization(DiagonalSDE(), y0, t, bm=bm, generator=torch.Generator())
+    with pytest.raises(ValueError, match="generator is unused here"):
+        GloballyRegularized(DiagonalSDE(), generator=torch.Generator()).penalize(y0, t, bm=bm)
+    LocallyRegularized(DiagonalSDE(), generator=torch.Generator()).penalize(y0, t, bm=bm)
 
 
 def test_sde_step_checks_its_noise_type_step_and_increment():

@@ -977,6 +977,25 @@ def test_a_state_saved_with_another_weight_says_how_to_keep_this_models():
     default.load_state_dict(state, strict=False)  # the advice works
 
 
+def test_a_generator_state_of_another_device_is_refused_leaving_the_model_as_it_was():
+    """A run trained with a CUDA generator (a 16-byte Philox state) resumed on a CPU one, or the
+    reverse: torch's bare "Expected a CPUGeneratorImplState of size 5056" instead of what to do.
+    Nothing of the state is taken then, nor when the weight's state is refused after the generator's."""
+    model = LocallyRegularized(MLPField(), generator=torch.Generator().manual_seed(1))
+    state = model.state_dict()
+    state["_extra_state"] = dict(state["_extra_state"], generator=torch.zeros(16, dtype=torch.uint8))
+    before = model.generator.get_state()
+    with pytest.raises(ValueError, match=r"saved generator state \(16 bytes\) does not fit .* on cpu"):
+        model.load_state_dict(state)
+    assert torch.equal(model.generator.get_state(), before)
+    other = LocallyRegularized(MLPField(), generator=torch.Generator().manual_seed(2))
+    state = other.state_dict()
+    state["_extra_state"] = dict(state["_extra_state"], weight={"bogus": 1})
+    with pytest.raises(ValueError, match="state dict's '_extra_state'"):
+        model.load_state_dict(state)
+    assert torch.equal(model.generator.get_state(), before)
+
+
 def test_probe_arguments_are_named_as_the_probes():
     with pytest.raises(ValueError, match="reg_method: unknown method 'foo'"):
         LocallyRegularized(MLPField(), reg_method="foo")
@@ -1266,3 +1285,46 @@ def test_a_kept_torchdiffeq_stats_holds_no_recorded_states():
     (model(_y0(), T).pow(2).sum() + model.reg_loss).backward()
     counting = model.stats.backward_counter.counting
     assert counting.step_states == [] and len(counting.step_t) == model.stats.n_accepted > 0
+
+
+def _checkpointed_gradients(model, reentrant):
+    """The field's gradients of one training pass of ``model`` run through
+    ``torch.utils.checkpoint`` (``reentrant``), or directly (``None``)."""
+    from torch.utils.checkpoint import checkpoint
+
+    y0 = _y0().requires_grad_(True)  # a parameterless SDE's graph reaches y0 alone
+
+    def run(y):
+        return model(y, T)[-1].pow(2).sum() + model.reg_loss
+
+    loss = run(y0) if reentrant is None else checkpoint(run, y0, use_reentrant=reentrant)
+    model.zero_grad()
+    loss.backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_model_that_draws_from_its_own_generator_refuses_a_checkpoint_re_run(reentrant):
+    """``torch.utils.checkpoint`` re-runs the model in the backward pass and replays torch's global
+    stream, not a model's own generator: STEER's end time, RNODE's noise, ``t_reg`` and an SDE's
+    Brownian path were drawn anew, a gradient of other draws (1e-4 to 7e-2 off) or torch's
+    CheckpointError. Drawn from the global stream, the re-run is exact."""
+    from tests.problems import DecaySDE
+
+    own = torch.Generator().manual_seed(0)
+    models = [
+        local_reg.SteerRegularized(MLPField(), b=0.3),
+        LocallyRegularized(MLPField(), generator=own),
+        local_reg.Regularized(DecaySDE(), generator=own),
+    ]
+    if reentrant:  # RNODE's torch.func.vjp refuses the non-reentrant checkpoint's saved-tensor hooks
+        models.append(RNODERegularized(MLPField(), weight=1.0))
+    for model in models:
+        with pytest.raises(RuntimeError, match=r"re-run inside a backward pass .* own generator"):
+            _checkpointed_gradients(model, reentrant)
+    torch.manual_seed(3)
+    expected = _checkpointed_gradients(LocallyRegularized(MLPField()), None)
+    torch.manual_seed(3)
+    checkpointed = _checkpointed_gradients(LocallyRegularized(MLPField()), reentrant)
+    for got, want in zip(checkpointed, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0.0)

@@ -587,7 +587,23 @@ class Regularized(nn.Module):
             state["stats"] = dataclasses.replace(self.stats, state=None)
         return state
 
+    def _check_draws_replayable(self, training_pass: bool) -> None:
+        """A call inside a backward pass is a re-run (``torch.utils.checkpoint``'s recomputation),
+        which replays torch's global stream but not this model's generator: its draws would differ
+        from the forward pass's, and the gradient would belong to other draws."""
+        if self.generator is None or torch._C._current_graph_task_id() == -1:
+            return
+        if isinstance(self.problem, SDEProblem) or (training_pass and getattr(self.penalty, "draws", True)):
+            raise RuntimeError(
+                f"{type(self).__name__} is re-run inside a backward pass (torch.utils.checkpoint's "
+                "recomputation?), which cannot replay the draws of its own generator: the gradient "
+                "would be that of other draws. Checkpoint inside func instead, or (LocallyRegularized, "
+                "an SDE model) leave generator unset to draw from torch's global stream, which "
+                "checkpointing replays"
+            )
+
     def forward(self, y0: State, t: Tensor | Sequence[float]) -> State:
+        self._check_draws_replayable(self.training and self.penalty is not None)
         problem, flat_y0, unflatten = self._flat(y0, t)
         if self.penalty is None or not self.training:
             ys, self.stats = plain_solve(problem, flat_y0, t, self.generator)
@@ -637,6 +653,13 @@ class Regularized(nn.Module):
         ``reg_loss`` and ``stats`` are left as they are. ``bm``: an SDE's Brownian motion."""
         if self.penalty is None:
             raise ValueError("this model has no penalty: it is the plain solve")
+        if bm is not None and self.generator is not None and not getattr(self.penalty, "draws", True):
+            # As sdeint: the generator would have seeded the Brownian motion that bm replaces.
+            raise ValueError(
+                f"generator is unused here: {type(self.penalty).__name__} draws nothing, and the "
+                "Brownian motion it would seed is the given bm: pass one or the other"
+            )
+        self._check_draws_replayable(True)
         problem, flat_y0, unflatten = self._flat(y0, t)
         ys, reg, stats = self.penalty(problem, flat_y0, t, self.generator, bm)
         return unflatten(ys), reg, stats
@@ -647,18 +670,30 @@ class Regularized(nn.Module):
         return {"weight": self.weight.state_dict(), "generator": generator}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
+        saved = state.get("generator")
+        restore = None
+        if self.generator is not None and saved is not None:
+            restore = self.generator.get_state()  # the weight's state may yet be refused
+            try:
+                self.generator.set_state(saved)
+            except RuntimeError as error:
+                raise ValueError(
+                    f"the saved generator state ({saved.numel()} bytes) does not fit this model's "
+                    f"generator on {self.generator.device} (saved from a generator on another device?): "
+                    "make the model with a generator of the device it was trained with, or remove the "
+                    "state dict's '_extra_state' entry of this module to start its draws afresh"
+                ) from error
         try:
             self.weight.load_state_dict(state["weight"])
         except ValueError as error:
+            if restore is not None:
+                cast(torch.Generator, self.generator).set_state(restore)
             # torch calls this whatever load_state_dict's strict: say how to keep this model's weight.
             raise ValueError(
                 f"{error} (a state saved with another weight? to keep this model's weight, remove the "
                 "state dict's '_extra_state' entry of this module before loading)"
             ) from None
-        saved = state.get("generator")
-        if self.generator is not None and saved is not None:
-            self.generator.set_state(saved)
-        elif (self.generator is None) != (saved is None):
+        if (self.generator is None) != (saved is None):
             # The draws of t_reg (and STEER's times, RNODE's noise, an SDE's seeds) would not
             # continue the saved run's: say so rather than drop the state or keep a fresh one.
             warnings.warn(
