@@ -1573,23 +1573,27 @@ def test_initial_step_size_is_the_solvers():
 
 
 @pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
-def test_adjoint_params_behind_a_captured_non_leaf_is_named(gradient):
-    # func captures w = 2 * raw and adjoint_params lists raw: the backward pass's second
-    # differentiation of func met the freed outside graph (torch's "backward through the graph a
-    # second time"). Listing w itself gives raw the analytic gradient.
+def test_adjoint_params_behind_a_captured_non_leaf_get_their_gradient(gradient):
+    """func captures w = 2 * raw and adjoint_params lists raw (torchcde's coefficients behind a
+    linear interpolation's slopes): the backward pass differentiates func through w's graph at
+    every evaluation, as torchdiffeq's adjoint does; the first freed it, and the next was refused.
+    A graph some other backward pass freed is named, with the ways out."""
     y0 = torch.tensor([1.0], dtype=torch.float64)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     raw = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
     w = 2 * raw
-    solution = odeint(lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=(raw,))
-    with pytest.raises(ValueError, match=r"list the captured tensor itself \(w\) in adjoint_params"):
+    for listed in ((raw,), (w,)):
+        raw.grad = None
+        solution = odeint(
+            lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=listed, rtol=1e-9, atol=1e-11
+        )
         solution.ys[-1].sum().backward()
-    w = 2 * raw  # the failed backward pass freed the first one's graph
-    solution = odeint(
-        lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=(w,), rtol=1e-9, atol=1e-11
-    )
-    solution.ys[-1].sum().backward()
-    assert raw.grad.item() == pytest.approx(-2 * math.exp(-1.0), rel=1e-6)
+        assert raw.grad.item() == pytest.approx(-2 * math.exp(-1.0), rel=1e-6)
+    w = 2 * raw  # listed itself, w passed its gradient on to raw in the outer pass, which freed it
+    solution = odeint(lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=(raw,))
+    w.backward()  # frees w's graph
+    with pytest.raises(ValueError, match=r"whose graph an earlier backward pass freed"):
+        solution.ys[-1].sum().backward()
 
 
 @pytest.mark.parametrize("make", [local_reg.GradientRatio, lambda p: local_reg.RatioWeight(parameters=p)])

@@ -132,7 +132,12 @@ class CapturedTensorCheck:
     context an encoder computed, a tensor a closure captured): a graph-free method returns gradients
     for ``y0`` and ``params`` only, so theirs would silently be none, where ``"direct"`` gives them
     one. Only ``func``'s own part of the graph is walked: it stops at its arguments' nodes (the
-    method's own graph of the step) and at ``params``."""
+    method's own graph of the step) and at ``params``.
+
+    The walk also finds whether ``func`` reaches ``params`` through a graph made before it was
+    called (``w = raw / scale`` captured, ``raw`` listed): then every differentiation of ``func``
+    must keep that graph for the next (:attr:`keeps_outside_graph`, ``retain_graph``), which is
+    otherwise not asked for (a compiled ``func``'s backward with donated buffers refuses it)."""
 
     def __init__(self, func: VectorField, params: tuple[Tensor, ...], method: str) -> None:
         self.func = func
@@ -140,15 +145,21 @@ class CapturedTensorCheck:
         self.param_ids = {id(p) for p in params}
         self.param_nodes = {p.grad_fn for p in params if p.grad_fn is not None}
         self.checked = False
+        self.keeps_outside_graph = False
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        if self.checked or not torch.is_grad_enabled():
+            return self.func(t, y)
+        # Autograd numbers the nodes a thread makes in order: those numbered below this one's were
+        # made before func was called (or in another thread, and then are not told apart).
+        before = (torch.zeros((), requires_grad=True) * 1.0).grad_fn._sequence_nr()  # type: ignore[union-attr]
         derivative = self.func(t, y)
-        if not self.checked and isinstance(derivative, Tensor) and derivative.grad_fn is not None:
+        if isinstance(derivative, Tensor) and derivative.grad_fn is not None:
             self.checked = True
-            self._check(derivative, t, y)
+            self._check(derivative, t, y, before)
         return derivative
 
-    def _check(self, derivative: Tensor, t: Tensor, y: Tensor) -> None:
+    def _check(self, derivative: Tensor, t: Tensor, y: Tensor, before: int) -> None:
         arguments = [a for a in (t, y) if isinstance(a, Tensor)]
         allowed = self.param_ids | {id(a) for a in arguments}
         stops = self.param_nodes | {a.grad_fn for a in arguments if a.grad_fn is not None}
@@ -157,6 +168,8 @@ class CapturedTensorCheck:
             variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf tensor
             if variable is not None and id(variable) not in allowed:
                 captured.setdefault(id(variable), variable)
+            elif variable is None and node._sequence_nr() < before:
+                self.keeps_outside_graph = True
         if captured:
             shapes = [tuple(tensor.shape) for tensor in captured.values()]
             raise ValueError(
@@ -269,9 +282,19 @@ class CountingField:
         self.func = func
         self.calls = 0
 
+    @property
+    def keeps_outside_graph(self) -> bool:
+        return keeps_outside_graph(self.func)
+
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         self.calls += 1
         return self.func(t, y)
+
+
+def keeps_outside_graph(func: VectorField) -> bool:
+    """Whether differentiating ``func`` must keep the graph for the next time
+    (:class:`CapturedTensorCheck`, as known once ``func`` has been evaluated with a graph)."""
+    return bool(getattr(func, "keeps_outside_graph", False))
 
 
 def vector_jacobian_product(
@@ -287,7 +310,9 @@ def vector_jacobian_product(
         derivative = func(t, y)
         if not derivative.requires_grad:
             return derivative, torch.zeros_like(y), [None] * len(params)
-        grads = torch.autograd.grad(derivative, (y, *params), cotangent, allow_unused=True)
+        grads = torch.autograd.grad(
+            derivative, (y, *params), cotangent, allow_unused=True, retain_graph=keeps_outside_graph(func)
+        )
     grad_y = torch.zeros_like(y) if grads[0] is None else grads[0]
     return derivative.detach(), grad_y, list(grads[1:])
 
@@ -495,13 +520,15 @@ class _SolveWithoutGraph(torch.autograd.Function):
         except RuntimeError as error:
             if "backward through the graph a second time" not in str(error):
                 raise
-            # The backward pass differentiates func once per stage: a graph built outside func, from
-            # a tensor in adjoint_params, is freed by the first of these.
+            # The backward pass differentiates func once per stage, through a graph built outside
+            # func from a tensor in adjoint_params too (kept by each, retain_graph), unless another
+            # backward pass freed it.
             raise ValueError(
                 f"gradient={ctx.method.name!r}: func depends on adjoint_params through a tensor computed "
-                "outside func (e.g. w = 2 * raw, captured by func, with raw in adjoint_params); list the "
-                "captured tensor itself (w) in adjoint_params, and its gradient flows on to raw, or "
-                "compute it inside func"
+                "outside func (e.g. w = 2 * raw, captured by func, with raw in adjoint_params) whose "
+                "graph an earlier backward pass freed: compute it inside func, keep its graph "
+                "(retain_graph=True in that pass), or list the captured tensor itself (w) in "
+                "adjoint_params"
             ) from error
         finally:
             solve.func = func

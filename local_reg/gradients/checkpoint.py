@@ -33,7 +33,14 @@ from torch import Tensor
 from .._integrate import StepPenalty
 from .._step import combine, stage_time_values, step, time_tensor
 from ..interpolants import get_interpolant
-from ._function import BackwardStep, CountingField, ForwardSolve, StepwiseGradient, add_gradients
+from ._function import (
+    BackwardStep,
+    CountingField,
+    ForwardSolve,
+    StepwiseGradient,
+    add_gradients,
+    keeps_outside_graph,
+)
 
 
 class Checkpoint(StepwiseGradient):
@@ -83,6 +90,9 @@ class Checkpoint(StepwiseGradient):
                 for theta, cotangent in inside:
                     outputs.append(combine(y, dt, interpolant.weights(theta), stages))
                     cotangents.append(cotangent)
-            grads = torch.autograd.grad(outputs, (y, *solve.params), cotangents, allow_unused=True)
+            retain = keeps_outside_graph(func)
+            grads = torch.autograd.grad(
+                outputs, (y, *solve.params), cotangents, allow_unused=True, retain_graph=retain
+            )
         add_gradients(grad_params, grads[1:])
         return grads[0]
