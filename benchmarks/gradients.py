@@ -28,6 +28,10 @@ below the forward solve's own discretization error, the symplectic adjoint's is 
 A third table (``--budget-sweep``) runs the symplectic adjoint at one step count with several
 ``checkpoints=`` budgets of kept step states, with the backsolve adjoint's peak memory for scale.
 
+A fourth (``--loop-table``) measures two iterations of a training loop that keeps the first
+iteration's loss (``losses.append(loss)``, or a loss still bound while the next solve runs), against
+one iteration: what a method's graph holds once its backward pass has run.
+
 Run: ``.venv/bin/python benchmarks/gradients.py`` (the first two tables; ``--help`` for options).
 """
 
@@ -120,9 +124,17 @@ def gradient_method(spec: dict, tolerance: float | None) -> GradientMethod:
 
 
 def forward_backward(
-    field, y0, n_steps: float, args, spec: dict, tolerance: float | None = None, rtol: float | None = None
+    field,
+    y0,
+    n_steps: float,
+    args,
+    spec: dict,
+    tolerance: float | None = None,
+    rtol: float | None = None,
+    keep: list | None = None,
 ):
-    """One forward+backward; returns (gradients, n_accepted forward, backward NFE)."""
+    """One forward+backward; returns (gradients, n_accepted forward, backward NFE). ``keep``: a list
+    the loss is appended to (kept alive after the call)."""
     counter = CallCounter(field)
     end = n_steps / STEPS_PER_UNIT_TIME
     y0 = y0.clone().requires_grad_(True)
@@ -144,6 +156,8 @@ def forward_backward(
     forward_calls = counter.calls
     loss = (ys[1:] ** 2).mean()
     grads = torch.autograd.grad(loss, (y0, *params))
+    if keep is not None:
+        keep.append(loss)
     flat = torch.cat([g.reshape(-1) for g in grads]).detach()
     return flat, n_accepted, counter.calls - forward_calls
 
@@ -173,12 +187,14 @@ def measure_memory(args) -> None:
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
     base = _status_kb("VmRSS")
-    forward_backward(field, y0, args.memory_steps, args, spec)
+    kept: list = []
+    for _ in range(args.memory_iterations):
+        forward_backward(field, y0, args.memory_steps, args, spec, keep=kept)
     peak = _status_kb("VmHWM")
     print(json.dumps({"peak_mb": (peak - base) / 1024}))
 
 
-def memory_in_fresh_process(spec: dict, n_steps: int, args) -> float:
+def memory_in_fresh_process(spec: dict, n_steps: int, args, iterations: int = 1) -> float:
     command = [
         sys.executable,
         __file__,
@@ -186,6 +202,8 @@ def memory_in_fresh_process(spec: dict, n_steps: int, args) -> float:
         json.dumps(spec),
         "--memory-steps",
         str(n_steps),
+        "--memory-iterations",
+        str(iterations),
         "--dim",
         str(args.dim),
         "--width",
@@ -319,6 +337,19 @@ def budget_table(args) -> None:
     print(f"\n(backsolve adjoint in the same conditions: {adjoint_mb:.1f} MB)\n", flush=True)
 
 
+def loop_table(args) -> None:
+    """Peak memory of one iteration against two whose first loss is kept, per method."""
+    n_steps = args.budget_steps
+    print(f"### a training loop that keeps each loss: about {n_steps} steps, float32\n")
+    print("| method | 1 iteration, peak MB | 2 iterations, the first loss kept | ratio |")
+    print("|---|---|---|---|")
+    for name in ("direct", "checkpoint", "symplectic", "adjoint", "interpolating adjoint"):
+        one = memory_in_fresh_process(METHODS[name], n_steps, args)
+        two = memory_in_fresh_process(METHODS[name], n_steps, args, iterations=2)
+        print(f"| {name} | {one:.1f} | {two:.1f} | {two / one:.2f} |")
+    print(flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[50, 200, 1000])
@@ -337,6 +368,10 @@ def main() -> None:
     parser.add_argument("--skip-tuned", action="store_true")
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # a method's spec, as JSON
     parser.add_argument("--memory-steps", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-iterations", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--loop-table", action="store_true", help="only the table of a loop that keeps losses"
+    )
     args = parser.parse_args()
     if args.memory_of is not None:
         measure_memory(args)
@@ -344,6 +379,9 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.budget_sweep:
         budget_table(args)
+        return
+    if args.loop_table:
+        loop_table(args)
         return
     if not args.skip_main:
         main_table(args)

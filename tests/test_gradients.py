@@ -21,6 +21,7 @@ from local_reg import (
 from local_reg._integrate import SolveOptions, integrate_ode
 from local_reg.gradients import GRADIENT_METHODS
 from local_reg.gradients._checkpoints import StepStates
+from local_reg.gradients._function import graph_nodes
 from tests.problems import CountingField, lotka_volterra
 
 EXACT = ["checkpoint", "symplectic"]
@@ -705,6 +706,25 @@ def test_checkpoints_with_step_penalty_and_a_retained_graph():
     for _ in range(2):
         (grad,) = torch.autograd.grad(loss, y, retain_graph=True)
         assert relative_error(grad, expected) <= 1e-10
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "interpolating_adjoint"])
+def test_the_step_records_go_with_the_last_backward_pass(gradient):
+    """The forward's step states (and the interpolating adjoint's dense record) are what the
+    backward pass reads; the graph, and so the autograd context holding them, lives as long as the
+    outputs do (a training loop's kept loss, a regularized model's ``reg_loss``), so they were held
+    after the backward pass: twice the memory of a loop. They now go as autograd's saved tensors
+    go, and stay for a graph kept with ``retain_graph=True``."""
+    field = TinyField()
+    y = torch.randn(2, 3, dtype=DTYPE, requires_grad=True)
+    solution = odeint(field, y, TIMES, gradient=gradient)
+    (node,) = [n for n in graph_nodes([solution.ys.grad_fn]) if hasattr(n, "solve")]
+    loss = loss_of(solution.ys)
+    first = torch.autograd.grad(loss, y, retain_graph=True)[0]
+    records = node.solve.step_states if gradient != "interpolating_adjoint" else node.solve.dense_output
+    assert records is not None
+    assert torch.equal(torch.autograd.grad(loss, y)[0], first)
+    assert node.solve.step_states is None and node.solve.dense_output is None
 
 
 def test_re_solved_states_are_the_forwards_to_the_bit():

@@ -97,6 +97,12 @@ class ForwardSolve:
         records for."""
         return torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *self.params))
 
+    def release_records(self) -> None:
+        """Drop what only a backward pass reads (``step_states``, ``dense_output``), once the last
+        one has run."""
+        self.step_states = None
+        self.dense_output = None
+
     def replay_records(self) -> tuple[Steps, StepStates]:
         """The forward solve's ``steps`` and ``step_states``, from which a backward pass replays its
         steps (a ``RuntimeError`` if it kept none)."""
@@ -536,6 +542,10 @@ class _SolveWithoutGraph(torch.autograd.Function):
             raise_non_finite_gradient(solve.times[0], solve.stats.n_steps)
         # Accumulate: a graph kept with retain_graph=True may be differentiated more than once.
         solve.stats.nfe_backward = (solve.stats.nfe_backward or 0) + nfe
+        if not torch._C._autograd._get_current_graph_task_keep_graph():
+            # As autograd frees the saved tensors: the graph (and this context) lives on as long as
+            # the outputs do, a training loop's kept loss say, and would hold every step's state.
+            solve.release_records()
         return (None, None, grad_y0, *grad_params)
 
 
