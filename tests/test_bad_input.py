@@ -594,6 +594,35 @@ def test_nan_in_a_parameter_vjp_raises_solver_error(gradient):
         solution.ys[-1].sum().backward()
 
 
+class ConstantFeature(torch.nn.Module):
+    """A field reading ``sqrt|y[:, 2]|`` of a state column that does not move: at a zero entry its
+    vector-Jacobian product for ``y`` is not finite, the parameters' are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(3, 2).double()
+
+    def forward(self, t, y):
+        features = torch.cat([y[:, :2], torch.sqrt(y[:, 2:].abs())], dim=1)
+        return torch.cat([torch.tanh(self.lin(features)), torch.zeros_like(y[:, 2:])], dim=1)
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic"])
+def test_a_non_finite_gradient_of_a_y0_that_needs_none_is_not_an_error(gradient):
+    """The parameters' gradients are finite and ``y0`` asks for none: ``"checkpoint"`` and
+    ``"symplectic"`` judged ``y0``'s non-finite one too and raised, where ``"direct"`` gives them."""
+    y0 = torch.ones(4, 3, dtype=torch.float64)
+    y0[0, 2] = 0.0
+    gradients = []
+    for method in ("direct", gradient):
+        field = ConstantFeature()
+        odeint(field, y0, [0.0, 1.0], gradient=method).ys[-1, :, :2].pow(2).sum().backward()
+        gradients.append([p.grad for p in field.parameters()])
+    for got, want in zip(*gradients, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+
+
 class SqrtRate(torch.nn.Module):
     """``dy/dt = -sqrt(p) y`` at ``p = 0``: finite values, an infinite ``d/dp``."""
 

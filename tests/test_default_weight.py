@@ -363,6 +363,23 @@ def test_a_field_frozen_when_the_model_is_made_gets_the_self_tuning_weight_once_
     assert weights[0] == pytest.approx(weights[1], rel=1e-12)
 
 
+def test_a_refused_call_leaves_the_default_target_to_the_open_measurement():
+    """The default target, floor and rise limit follow each training call's output times; a call
+    refused after setting them (three times, not monotone) left the along-the-flow ones, with which
+    the previous call's measurement was then folded (weight 0.002 against 0.33)."""
+    weights = []
+    for refused in (False, True):
+        model = LocallyRegularized(Field(), generator=torch.Generator().manual_seed(0))
+        ys = model(y0(), T[[0, -1]])
+        if refused:
+            with pytest.raises(ValueError, match="strictly increasing"):
+                model(y0(), [0.0, 1.0, 0.5])
+        (task_loss(ys) + model.reg_loss).backward()
+        settings = (model.weight.target_ratio, model.weight.floor, model.weight.max_rise)
+        weights.append((model.weight(), settings))
+    assert weights[1] == weights[0]
+
+
 def test_a_copy_of_the_default_model_measures_its_own_parameters():
     """``copy.deepcopy`` of a default model gives a weight that refers to the copy's parameters and
     measures them; the two models' weights are independent."""

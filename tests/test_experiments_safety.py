@@ -931,3 +931,23 @@ def test_checking_a_folders_records_writes_nothing_into_it(tmp_path):
     write_records(tmp_path, [fake_record("digits", "vanilla", 0)])
     check_report(tmp_path, ResultsFile(tmp_path).load())
     assert sorted(path.name for path in tmp_path.iterdir()) == ["results.jsonl"]
+
+
+def test_an_interrupted_atomic_write_leaves_the_file_and_no_stray_copy(tmp_path, monkeypatch):
+    """Ctrl-C (or a full disk) during the write of a results file or checkpoint: the target stays
+    as it was, and the temporary file goes too (it was left behind, one per process id, each the
+    size of a checkpoint, never cleaned up)."""
+    from local_reg.experiments.results import atomic_write_bytes
+
+    target = tmp_path / "results.jsonl"
+    target.write_bytes(b"kept\n")
+
+    def interrupted(descriptor):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(target, b"kept\nnew\n")
+    assert target.read_bytes() == b"kept\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "results.jsonl"
+    ]

@@ -621,3 +621,35 @@ def test_a_compiled_backward_that_refuses_the_retained_graph_names_the_remedy():
     weight = RatioWeight(0.2, every=1, parameters=[parameter])
     with pytest.raises(RuntimeError, match=r"donated_buffer = False, compile without dynamic=True"):
         weight.watch(donated_buffers((parameter**2).sum()))
+
+
+class _FailingField(_Field):
+    """``_Field`` whose backward pass raises while ``fails`` is set (a failure inside ``func``'s
+    vector-Jacobian product, after the head's parameters have reported)."""
+
+    fails = False
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return super().forward(t, failing_backward("func's backward failed")(y) if self.fails else y)
+
+
+def test_a_backward_pass_that_raised_measures_nothing():
+    """A batch whose backward pass raises, skipped by the loop: the head's parameters had reported
+    to the open measurement, which the next forward pass folded as a whole one (its task norm the
+    head's alone); a pass that never ended now measures nothing."""
+    field = _FailingField()
+    head = torch.nn.Linear(3, 1).to(DTYPE)
+    weight = RatioWeight(0.2, every=1, parameters=[*field.parameters(), *head.parameters()])
+    model = LocallyRegularized(field, weight=weight, generator=torch.Generator().manual_seed(0))
+
+    def iteration() -> None:
+        (head(model(_y0(), T)[-1]).pow(2).mean() + model.reg_loss).backward()
+
+    iteration()
+    measured = weight.state_dict()["measured"]
+    field.fails = True
+    with pytest.raises(RuntimeError, match="func's backward failed"):
+        iteration()
+    field.fails = False
+    model(_y0(), T)  # its watch finishes whatever the last pass left open
+    assert measured == 1 and weight.state_dict()["measured"] == measured

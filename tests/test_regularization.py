@@ -990,10 +990,64 @@ def test_a_generator_state_of_another_device_is_refused_leaving_the_model_as_it_
     assert torch.equal(model.generator.get_state(), before)
     other = LocallyRegularized(MLPField(), generator=torch.Generator().manual_seed(2))
     state = other.state_dict()
-    state["_extra_state"] = dict(state["_extra_state"], weight={"bogus": 1})
-    with pytest.raises(ValueError, match="state dict's '_extra_state'"):
-        model.load_state_dict(state)
-    assert torch.equal(model.generator.get_state(), before)
+    for weight in ({"bogus": 1}, None):  # a weight state refused, or none at all
+        extra = dict(state["_extra_state"], weight=weight)
+        if weight is None:
+            del extra["weight"]
+        with pytest.raises(ValueError, match="state dict's '_extra_state'"):
+            model.load_state_dict({**state, "_extra_state": extra})
+        assert torch.equal(model.generator.get_state(), before)
+
+
+def test_a_refused_or_failed_call_leaves_the_models_generator_where_it_was():
+    """The draws (t_reg, STEER's end time, RNODE's noise, an SDE's Brownian seed) come before the
+    solve's own checks: a refused call advanced the generator, so the next call drew otherwise than
+    a fresh model's, and so did a call whose func raised (a batch a loop skips)."""
+    from tests.problems import DecaySDE
+
+    def calls(make, good, bad):
+        draws = []
+        for refuse in (False, True):
+            model = make()
+            if refuse:
+                with pytest.raises((ValueError, TypeError, RuntimeError)):
+                    bad(model)
+            ys = good(model)
+            draws.append((ys, model.reg_loss, model.generator.get_state()))
+        for (ys, reg, state), (ys_fresh, reg_fresh, state_fresh) in zip(draws[1:], draws[:1], strict=True):
+            assert (
+                torch.equal(ys, ys_fresh) and torch.equal(reg, reg_fresh) and torch.equal(state, state_fresh)
+            )
+
+    def own():
+        return torch.Generator().manual_seed(0)
+
+    class FailingField(MLPField):
+        fails = False
+
+        def forward(self, t, y):
+            if self.fails:
+                raise RuntimeError("func failed")
+            return super().forward(t, y)
+
+    def fail_once(model):
+        model.func.fails = True
+        try:
+            model(_y0(), T)
+        finally:
+            model.func.fails = False
+
+    good = lambda model: model(_y0(), T)  # noqa: E731
+    calls(lambda: LocallyRegularized(MLPField(), generator=own()), good, lambda m: m(_y0(), [0.0, 1e39]))
+    calls(lambda: LocallyRegularized(FailingField(), generator=own()), good, fail_once)
+    calls(lambda: local_reg.SteerRegularized(MLPField(), b=0.3), good, lambda m: m(_y0().long(), T))
+    calls(lambda: RNODERegularized(MLPField(), weight=1.0), good, lambda m: m(_y0(), [0.0]))
+    sde_y0 = torch.ones(3, 2, dtype=torch.float32)
+    calls(
+        lambda: LocallyRegularized(DecaySDE(), generator=own()),
+        lambda m: m(sde_y0, [0.0, 1.0]),
+        lambda m: m(sde_y0, [1.0, 1.0 + 1e-9]),
+    )
 
 
 def test_probe_arguments_are_named_as_the_probes():

@@ -113,8 +113,14 @@ class ResultsFile:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``: all or nothing."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # An interrupted write (Ctrl-C, a full disk) leaves the target as it was and no stray file:
+        # the next process has another pid, and would never clean this one up.
+        tmp.unlink(missing_ok=True)
+        raise

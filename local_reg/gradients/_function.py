@@ -538,7 +538,11 @@ class _SolveWithoutGraph(torch.autograd.Function):
             ) from error
         finally:
             solve.func = func
-        if all_finite((grad_ys, grad_penalties)) and not all_finite((grad_y0, *grad_params)):
+        # Only the gradients asked for are judged: y0's may be non-finite where y0 needs none.
+        asked = [
+            g for g, needed in zip((grad_y0, *grad_params), ctx.needs_input_grad[2:], strict=True) if needed
+        ]
+        if all_finite((grad_ys, grad_penalties)) and not all_finite(asked):
             raise_non_finite_gradient(solve.times[0], solve.stats.n_steps)
         # Accumulate: a graph kept with retain_graph=True may be differentiated more than once.
         solve.stats.nfe_backward = (solve.stats.nfe_backward or 0) + nfe

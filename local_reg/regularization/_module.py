@@ -12,10 +12,11 @@ configurations of it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, ClassVar, NoReturn, Protocol, cast
@@ -602,22 +603,39 @@ class Regularized(nn.Module):
                 "checkpointing replays"
             )
 
+    @contextlib.contextmanager
+    def _undone_on_failure(self) -> Iterator[None]:
+        """A call that raises (refused input, a failing ``func``, an interrupt) leaves the model's
+        generator where it was, so that the next call draws as if it had not been made (the draws
+        come before the solve's own checks)."""
+        generator = self.generator
+        state = None if generator is None else generator.get_state()
+        try:
+            yield
+        except BaseException:
+            if generator is not None and state is not None:
+                generator.set_state(state)
+            raise
+
     def forward(self, y0: State, t: Tensor | Sequence[float]) -> State:
         self._check_draws_replayable(self.training and self.penalty is not None)
         problem, flat_y0, unflatten = self._flat(y0, t)
-        if self.penalty is None or not self.training:
-            ys, self.stats = plain_solve(problem, flat_y0, t, self.generator)
-            self.reg_loss = torch.zeros((), dtype=ys.dtype, device=ys.device)
+        with self._undone_on_failure():
+            if self.penalty is None or not self.training:
+                ys, stats = plain_solve(problem, flat_y0, t, self.generator)
+                self.stats, self.reg_loss = stats, torch.zeros((), dtype=ys.dtype, device=ys.device)
+                return unflatten(ys)
+            ys, reg, stats = self.penalty(problem, flat_y0, t, self.generator)
+            stats.grad_ratio = self.weight.last_ratio
+            reg_loss = reg * self.weight()
+            before = stats.nfe_backward or 0
+            self.weight.watch(reg_loss)
+            # A measuring weight differentiates reg_loss here; with detach_state=False that runs the
+            # main gradient method's backward pass, whose evaluations belong to this forward pass.
+            stats.nfe_measurement = (stats.nfe_backward or 0) - before
+            # Set only now: a call that fails leaves the last call's stats and reg_loss.
+            self.stats, self.reg_loss = stats, reg_loss
             return unflatten(ys)
-        ys, reg, self.stats = self.penalty(problem, flat_y0, t, self.generator)
-        self.stats.grad_ratio = self.weight.last_ratio
-        self.reg_loss = reg * self.weight()
-        before = self.stats.nfe_backward or 0
-        self.weight.watch(self.reg_loss)
-        # A measuring weight differentiates reg_loss here; with detach_state=False that runs the main
-        # gradient method's backward pass, whose evaluations belong to this forward pass.
-        self.stats.nfe_measurement = (self.stats.nfe_backward or 0) - before
-        return unflatten(ys)
 
     def _flat(
         self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]
@@ -661,7 +679,8 @@ class Regularized(nn.Module):
             )
         self._check_draws_replayable(True)
         problem, flat_y0, unflatten = self._flat(y0, t)
-        ys, reg, stats = self.penalty(problem, flat_y0, t, self.generator, bm)
+        with self._undone_on_failure():
+            ys, reg, stats = self.penalty(problem, flat_y0, t, self.generator, bm)
         return unflatten(ys), reg, stats
 
     def get_extra_state(self) -> dict[str, Any]:
@@ -685,7 +704,7 @@ class Regularized(nn.Module):
                 ) from error
         try:
             self.weight.load_state_dict(state["weight"])
-        except ValueError as error:
+        except (KeyError, ValueError) as error:
             if restore is not None:
                 cast(torch.Generator, self.generator).set_state(restore)
             # torch calls this whatever load_state_dict's strict: say how to keep this model's weight.

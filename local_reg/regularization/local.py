@@ -346,9 +346,16 @@ class LocallyRegularized(Regularized):
             # fit); an evaluation call in between (eval() or no_grad) must not change the measurement the
             # last one opened.
             along_the_flow = (t.numel() if isinstance(t, Tensor) else len(t)) > 2
+            before = (default_weight.target_ratio, default_weight.floor, default_weight.max_rise)
             default_weight.target_ratio = FITTED_FLOW_RATIO if along_the_flow else KINETIC_RATIO
             default_weight.floor = 0.0 if along_the_flow else END_READ_FLOOR
             default_weight.max_rise = FLOW_MAX_RISE if along_the_flow else None
+            try:
+                return super().forward(y0, t)
+            except BaseException:
+                # A refused or failed call leaves them to the measurement the last call opened.
+                default_weight.target_ratio, default_weight.floor, default_weight.max_rise = before
+                raise
         return super().forward(y0, t)
 
     def _measure_the_fields_current_parameters(self, field_weight: RatioWeight) -> None:

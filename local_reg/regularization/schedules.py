@@ -48,6 +48,7 @@ class _Measurement(TypedDict):
     scale: float | None
     without_penalty: bool
     reached: int
+    ended: bool
     handles: list[torch.utils.hooks.RemovableHandle]
     nodes: list[torch.autograd.graph.Node]
 
@@ -536,6 +537,7 @@ class RatioWeight(_SelfTuningWeight):
             "scale": None,
             "without_penalty": False,
             "reached": 0,
+            "ended": False,
             "handles": [],
             "nodes": [],
         }
@@ -557,6 +559,7 @@ class RatioWeight(_SelfTuningWeight):
 
         def end_of_pass() -> None:
             if measurement["reached"]:
+                measurement["ended"] = True
                 finish_this_measurement()
             else:
                 # A pass that reached no watched accumulator (torch.autograd.grad through reg_loss,
@@ -599,7 +602,8 @@ class RatioWeight(_SelfTuningWeight):
         for handle in measurement["handles"]:
             handle.remove()
         scale = measurement["scale"]
-        if measurement["reached"] and scale is not None and not measurement["without_penalty"]:
+        # A pass that raised after some parameters reported never ended: it measured part of them.
+        if measurement["ended"] and scale is not None and not measurement["without_penalty"]:
             task_norm = math.sqrt(measurement["task_sq"])
             # The task's part is the pass's gradient less scale times the penalty's; of a zero task
             # gradient the subtraction leaves its rounding, which must read as zero (a skipped
