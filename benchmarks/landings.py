@@ -4,11 +4,17 @@
 (counts are deterministic).
 
     python benchmarks/landings.py
+
+``--scaling``: instead, the cost of long lists of landing times: ``PIController.within`` (what every
+solve calls to keep the times of its span) with ``n`` step times and ``n`` jump times, and a float32
+solve over a short window ``[0, 0.01]`` of ``n`` step times all beyond it; the fastest of three.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+import time
 
 import torch
 import torchdiffeq
@@ -77,5 +83,26 @@ def native() -> None:
             print(f"| {label} | {name} | {solution.stats.nfe} | {solution.stats.n_rejected} | {error:.1e} |")
 
 
+def scaling() -> None:
+    def fastest(call) -> float:
+        best = math.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            call()
+            best = min(best, time.perf_counter() - start)
+        return best * 1e3
+
+    print("| n | within, n step_ts + n jump_ts, ms | float32 solve on [0, 0.01], n step_ts beyond it, ms |")
+    print("|---|---|---|")
+    y0 = torch.ones(2, dtype=torch.float32)
+    for n in (2000, 4000, 8000, 16000):
+        times = torch.linspace(0.0, 10.0, 2 * n, dtype=torch.float64).tolist()
+        both = PIController(step_ts=times[::2], jump_ts=times[1::2])
+        beyond = PIController(step_ts=torch.linspace(1.0, 10.0, n, dtype=torch.float64).tolist())
+        within = fastest(lambda both=both: both.within(0.0, 10.0))
+        window = fastest(lambda beyond=beyond: odeint(lambda t, y: -y, y0, [0.0, 0.01], controller=beyond))
+        print(f"| {n} | {within:.1f} | {window:.1f} |")
+
+
 if __name__ == "__main__":
-    main()
+    scaling() if "--scaling" in sys.argv[1:] else main()

@@ -170,12 +170,19 @@ class PIController:
         span is that end."""
         low, high = min(t0, t1), max(t0, t1)
         rounds = dtype is not None and dtype != torch.float64
+        # Only times within rounding of the span can round into it: the rest are not rounded (a
+        # long list of times, a short window of it solved).
+        info = torch.finfo(dtype or torch.float64)
+        margin = 2.0 * info.eps * max(abs(low), abs(high)) + info.tiny
 
         def rounded(times: tuple[float, ...]) -> list[float]:
             return torch.tensor(times, dtype=torch.float64).to(dtype).double().tolist()
 
         def kept(times: tuple[float, ...]) -> tuple[float, ...]:
             if rounds and times:
+                times = times[
+                    bisect.bisect_left(times, low - margin) : bisect.bisect_right(times, high + margin)
+                ]
                 ends = dict(zip(rounded((low, high)), (low, high), strict=True))
                 times = tuple(sorted({ends.get(time, time) for time in rounded(times)}))
             return times
@@ -184,7 +191,8 @@ class PIController:
         jump_ts = jump_ts[bisect.bisect_left(jump_ts, low) : bisect.bisect_right(jump_ts, high)]
         step_ts = kept(self.step_ts)
         step_ts = step_ts[bisect.bisect_right(step_ts, low) : bisect.bisect_left(step_ts, high)]
-        step_ts = tuple(time for time in step_ts if time not in jump_ts)
+        jumps = set(jump_ts)
+        step_ts = tuple(time for time in step_ts if time not in jumps)
         if (step_ts, jump_ts) == (self.step_ts, self.jump_ts):
             return self
         return dataclasses.replace(self, step_ts=step_ts, jump_ts=jump_ts)

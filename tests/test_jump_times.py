@@ -625,3 +625,31 @@ def test_the_public_step_refuses_jump_ts_that_are_no_times():
         step(lambda t, state: state, 0.0, y, 0.1, "tsit5", jump_ts=[math.nan])
     with pytest.raises(TypeError, match="jump_ts"):
         step(lambda t, state: state, 0.0, y, 0.1, "tsit5", jump_ts="1")
+
+
+def test_a_controllers_landings_within_a_span_are_the_rounded_times_it_holds():
+    """``PIController.within`` against the rule written out: every time rounded to the field's
+    dtype, one that rounds to an end of the span that end, then the ``jump_ts`` in ``[low, high]``
+    and the ``step_ts`` strictly inside that are not jumps. Times just outside the span that round
+    into it, onto an end, or stay outside; many times, a short window (only those near it are
+    rounded now, and the step times are matched against the jumps as a set)."""
+    rng = np.random.default_rng(0)
+    spans = ((0.0, 0.01), (1e3, 1e3 + 1))
+    for dtype, (low, high) in itertools.product((torch.float32, torch.float64), spans):
+        ulp = float(np.spacing(np.float32(high))) if dtype == torch.float32 else float(np.spacing(high))
+        near = [low - ulp / 3, low + ulp / 3, high - ulp / 3, high + ulp / 3, high + 3 * ulp, low - 3 * ulp]
+        spread = list(rng.uniform(low - 1.0, high + 1.0, 400))
+        # Times within rounding of the ends, outside the span in one list and inside in the other.
+        jump_ts, step_ts = [*spread[::2], *near[::2]], [*spread[1::2], *spread[:20:2], *near[1::2]]
+        got = PIController(jump_ts=jump_ts, step_ts=step_ts).within(high, low, dtype)
+
+        def rounded(times, dtype, low, high):
+            ends = {float(torch.tensor(end, dtype=torch.float64).to(dtype)): end for end in (low, high)}
+            values = torch.tensor(sorted(times), dtype=torch.float64).to(dtype).double().tolist()
+            return sorted({ends.get(value, value) for value in values})
+
+        jumps = [time for time in rounded(jump_ts, dtype, low, high) if low <= time <= high]
+        steps = [
+            time for time in rounded(step_ts, dtype, low, high) if low < time < high and time not in jumps
+        ]
+        assert (list(got.jump_ts), list(got.step_ts)) == (jumps, steps)
