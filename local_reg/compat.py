@@ -825,6 +825,8 @@ def odeint_event(
             "odeint_interface must be local_reg.compat.odeint or local_reg.compat.odeint_adjoint, got "
             f"{getattr(odeint_interface, '__module__', '?')}.{given}"
         )
+    if not isinstance(t0, Tensor):  # a number, a 0-d array, [t0], as torchdiffeq takes them
+        t0 = torch.as_tensor(t0, dtype=torch.float64)
     t0_value, t0_tensor = one_time("t0", t0)
     t0 = (torch.tensor(t0_value, dtype=torch.float64) if t0_tensor is None else t0_tensor).reshape(1)
     largest = torch.finfo(t0.dtype).max if t0.is_floating_point() else math.inf

@@ -675,6 +675,11 @@ def test_a_nan_cotangent_from_the_loss_is_not_blamed_on_the_solver(gradient):
     solution = odeint(field, y0, [0.0, 0.5, 1.0], gradient=gradient, adjoint_params=(field.p, unused))
     (solution.ys[1:].sum() * float("nan")).backward()
     assert torch.isnan(y0.grad).all() and torch.isnan(field.p.grad) and unused.grad is None
+    # The cotangent at t0 enters no backward solve: only y0's gradient takes it.
+    field.p.grad = y0.grad = None
+    solution = odeint(field, y0, [0.0, 0.5, 1.0], gradient=gradient, adjoint_params=(field.p,))
+    (solution.ys[0].sum() * math.inf + solution.ys[-1].pow(2).sum()).backward()
+    assert torch.isfinite(field.p.grad) and not torch.isfinite(y0.grad).any()
 
 
 def test_a_nan_cotangent_of_another_solve_or_pass_is_not_blamed_on_this_solve():
@@ -1277,6 +1282,34 @@ def test_a_compiled_vector_field_gives_the_same_values_and_gradients():
         assert torch.allclose(ys, compiled_ys, rtol=1e-12, atol=1e-14)
         for reference, value in zip(grads, compiled_grads, strict=True):
             assert torch.allclose(reference, value, rtol=1e-10, atol=1e-14)
+    # In another thread than the forward, the graph-free methods keep func's graph between
+    # differentiations (what func captured cannot be told apart there), which the compiled
+    # backward's donated buffers refuse: they then differentiate without keeping it.
+    for gradient in ("checkpoint", "symplectic", "adjoint"):
+        solution = odeint(compiled, y0, [0.0, 1.0], gradient=gradient)
+        expected = torch.autograd.grad(odeint(field, y0, [0.0, 1.0], gradient=gradient).ys[-1].sum(), y0)
+        y0.grad = None
+        in_thread(solution.ys[-1].sum().backward)
+        torch.testing.assert_close(y0.grad, expected[0], rtol=1e-10, atol=1e-14)
+
+
+def in_thread(call):
+    """Run ``call`` in a new thread, raising what it raised."""
+    import threading
+
+    raised = []
+
+    def run():
+        try:
+            call()
+        except BaseException as error:  # re-raised in the caller's thread
+            raised.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if raised:
+        raise raised[0]
 
 
 def heun_euler_fields(**changes):
@@ -1618,7 +1651,14 @@ def test_adjoint_params_behind_a_captured_non_leaf_get_their_gradient(gradient):
         )
         solution.ys[-1].sum().backward()
         assert raw.grad.item() == pytest.approx(-2 * math.exp(-1.0), rel=1e-6)
-    w = 2 * raw  # listed itself, w passed its gradient on to raw in the outer pass, which freed it
+    # A backward pass in another thread than the forward (autograd's device threads on a GPU),
+    # where autograd's node numbers cannot tell what was made before func was called.
+    w, raw.grad = 2 * raw, None
+    solution = odeint(
+        lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=(raw,), rtol=1e-9, atol=1e-11
+    )
+    in_thread(solution.ys[-1].sum().backward)
+    assert raw.grad.item() == pytest.approx(-2 * math.exp(-1.0), rel=1e-6)
     solution = odeint(lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=(raw,))
     w.backward()  # frees w's graph
     with pytest.raises(ValueError, match=r"whose graph an earlier backward pass freed"):

@@ -8,6 +8,7 @@ import math
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -304,6 +305,12 @@ def test_compat_event_solves_count_max_num_steps_as_a_whole_and_check_t():
         lambda t, y: -torch.ones_like(y), torch.ones(1), half, event_fn=lambda t, y: y[0] - 0.5
     )
     assert ours.dtype == torch.float16 and float(ours) == float(native)
+    # t0 as torchdiffeq takes it too: a number, a 0-d array, a one-element list.
+    for start in (0.25, np.float64(0.25), np.array(0.25), [0.25]):
+        event_t, _ = compat.odeint_event(
+            lambda t, y: -torch.ones_like(y), torch.ones(1), start, event_fn=lambda t, y: y[0] - 0.5
+        )
+        assert float(event_t) == pytest.approx(0.75, rel=1e-6)
 
 
 def test_several_entries_stop_at_the_first_that_changes_sign():

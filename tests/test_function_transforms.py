@@ -162,6 +162,8 @@ def test_a_regularized_model_trained_by_torch_func_stays_a_module_that_copies_an
         torch.testing.assert_close(gradients[name], p.grad, rtol=1e-10, atol=1e-12)
     grad(loss)(params)
     assert [id(p) for p in model.weight.parameters] == [id(p) for p in model.parameters()]
+    # Not passes the weight counts either (its warning that none was measured would misadvise).
+    assert model.weight.state_dict()["watched"] == 1
     twin = copy.deepcopy(model)
     pickle.loads(pickle.dumps(model))
     assert twin.stats.t_reg == model.stats.t_reg

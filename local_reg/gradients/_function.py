@@ -14,8 +14,9 @@ from __future__ import annotations
 import bisect
 import functools
 import numbers
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, cast
 
@@ -71,6 +72,8 @@ class ForwardSolve:
     step_states: StepStates | None = None
     owner: torch.nn.Module | None = None
     dense_output: DenseOutput | None = None
+    thread: int = field(default_factory=threading.get_ident)
+    """The thread the forward solve ran in (where, presumably, what ``func`` captured was made)."""
 
     def __post_init__(self) -> None:
         self._owner_parameters = self._parameter_ids()
@@ -143,22 +146,30 @@ class CapturedTensorCheck:
     The walk also finds whether ``func`` reaches ``params`` through a graph made before it was
     called (``w = raw / scale`` captured, ``raw`` listed): then every differentiation of ``func``
     must keep that graph for the next (:attr:`keeps_outside_graph`, ``retain_graph``), which is
-    otherwise not asked for (a compiled ``func``'s backward with donated buffers refuses it)."""
+    otherwise not asked for (a compiled ``func``'s backward with donated buffers refuses it).
+    Autograd numbers the nodes each thread makes in order, so a node numbered below a marker made
+    just before ``func`` was called is from before; a backward pass in another thread than the
+    forward's (autograd's device threads on a GPU) cannot tell, and keeps the graph."""
 
-    def __init__(self, func: VectorField, params: tuple[Tensor, ...], method: str) -> None:
+    def __init__(
+        self, func: VectorField, params: tuple[Tensor, ...], method: str, forward_thread: int | None = None
+    ) -> None:
         self.func = func
         self.method = method
         self.param_ids = {id(p) for p in params}
         self.param_nodes = {p.grad_fn for p in params if p.grad_fn is not None}
+        self.forward_thread = threading.get_ident() if forward_thread is None else forward_thread
         self.checked = False
         self.keeps_outside_graph = False
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         if self.checked or not torch.is_grad_enabled():
             return self.func(t, y)
-        # Autograd numbers the nodes a thread makes in order: those numbered below this one's were
-        # made before func was called (or in another thread, and then are not told apart).
-        before = (torch.zeros((), requires_grad=True) * 1.0).grad_fn._sequence_nr()  # type: ignore[union-attr]
+        if threading.get_ident() != self.forward_thread:
+            self.keeps_outside_graph = True
+            before = -1  # no node is told to be from before
+        else:
+            before = (torch.zeros((), requires_grad=True) * 1.0).grad_fn._sequence_nr()  # type: ignore[union-attr]
         derivative = self.func(t, y)
         if isinstance(derivative, Tensor) and derivative.grad_fn is not None:
             self.checked = True
@@ -292,15 +303,44 @@ class CountingField:
     def keeps_outside_graph(self) -> bool:
         return keeps_outside_graph(self.func)
 
+    @keeps_outside_graph.setter
+    def keeps_outside_graph(self, keeps: bool) -> None:
+        if hasattr(self.func, "keeps_outside_graph"):
+            self.func.keeps_outside_graph = keeps
+
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         self.calls += 1
         return self.func(t, y)
+
+
+# Whether the running backward pass keeps its graph (retain_graph=True); a torch without the
+# private query is taken to keep it (nothing is released early).
+_KEEPS_GRAPH: Callable[[], bool] = getattr(
+    torch._C._autograd, "_get_current_graph_task_keep_graph", lambda: True
+)
 
 
 def keeps_outside_graph(func: VectorField) -> bool:
     """Whether differentiating ``func`` must keep the graph for the next time
     (:class:`CapturedTensorCheck`, as known once ``func`` has been evaluated with a graph)."""
     return bool(getattr(func, "keeps_outside_graph", False))
+
+
+def differentiate(
+    func: VectorField, outputs: Sequence[Tensor], inputs: Sequence[Tensor], cotangents: Sequence[Tensor]
+) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad`` of outputs of ``func``'s evaluations (unused inputs get ``None``),
+    keeping the graph when :func:`keeps_outside_graph` says a graph made outside ``func`` is in it."""
+    retain = keeps_outside_graph(func)
+    try:
+        return torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True, retain_graph=retain)
+    except RuntimeError as error:
+        if not retain or "donated buffers" not in str(error):
+            raise
+        # A compiled func's backward with donated buffers refuses to keep its graph (nothing was
+        # freed by the refusal): it then has none made outside it to keep, or the next fails.
+        func.keeps_outside_graph = False  # type: ignore[attr-defined]
+        return torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
 
 
 def vector_jacobian_product(
@@ -316,9 +356,7 @@ def vector_jacobian_product(
         derivative = func(t, y)
         if not derivative.requires_grad:
             return derivative, torch.zeros_like(y), [None] * len(params)
-        grads = torch.autograd.grad(
-            derivative, (y, *params), cotangent, allow_unused=True, retain_graph=keeps_outside_graph(func)
-        )
+        grads = differentiate(func, [derivative], [y, *params], [cotangent])
     grad_y = torch.zeros_like(y) if grads[0] is None else grads[0]
     return derivative.detach(), grad_y, list(grads[1:])
 
@@ -517,7 +555,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
         solve: ForwardSolve = ctx.solve
         solve.check_owner_unchanged()
         func = solve.func
-        solve.func = CapturedTensorCheck(func, solve.params, ctx.method.name)
+        solve.func = CapturedTensorCheck(func, solve.params, ctx.method.name, solve.thread)
         try:
             with without_autocast():
                 grad_y0, grad_params, nfe = ctx.method.backward(
@@ -546,7 +584,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
             raise_non_finite_gradient(solve.times[0], solve.stats.n_steps)
         # Accumulate: a graph kept with retain_graph=True may be differentiated more than once.
         solve.stats.nfe_backward = (solve.stats.nfe_backward or 0) + nfe
-        if not torch._C._autograd._get_current_graph_task_keep_graph():
+        if not _KEEPS_GRAPH():
             # As autograd frees the saved tensors: the graph (and this context) lives on as long as
             # the outputs do, a training loop's kept loss say, and would hold every step's state.
             solve.release_records()

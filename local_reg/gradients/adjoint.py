@@ -415,9 +415,10 @@ class _ContinuousAdjoint(GraphFreeGradient):
         times = solve.solved_times
         if len(times) == 1:
             return grad_ys[0], [None] * len(solve.params), 0
-        if not all_finite((grad_ys,)):
+        if not all_finite((grad_ys[1:],)):
             # A non-finite loss (say the overflow a GradScaler skips): the exact methods' gradients
-            # are non-finite then, and a backward solve of a non-finite adjoint would only fail.
+            # are non-finite then, and a backward solve of a non-finite adjoint would only fail
+            # (the cotangent at t0 enters no solve: it is added to y0's gradient alone).
             return self._non_finite_gradients(solve, ys[0])
         # For the state's dtype (a tiny atol raised to its smallest normal number, as the forward's).
         options = self.backward_options(solve.options).for_state(ys[0])

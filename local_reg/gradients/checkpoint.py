@@ -39,7 +39,7 @@ from ._function import (
     ForwardSolve,
     StepwiseGradient,
     add_gradients,
-    keeps_outside_graph,
+    differentiate,
 )
 
 
@@ -90,9 +90,6 @@ class Checkpoint(StepwiseGradient):
                 for theta, cotangent in inside:
                     outputs.append(combine(y, dt, interpolant.weights(theta), stages))
                     cotangents.append(cotangent)
-            retain = keeps_outside_graph(func)
-            grads = torch.autograd.grad(
-                outputs, (y, *solve.params), cotangents, allow_unused=True, retain_graph=retain
-            )
+            grads = differentiate(func, outputs, [y, *solve.params], cotangents)
         add_gradients(grad_params, grads[1:])
-        return grads[0]
+        return torch.zeros_like(y) if grads[0] is None else grads[0]

@@ -575,15 +575,10 @@ class Regularized(nn.Module):
         super().__setattr__(name, value)
 
     def __getstate__(self) -> dict[str, Any]:
-        # reg_loss holds the last training pass's graph, which copy.deepcopy and pickle refuse; what
-        # a torch.func transform made (a functional_call under grad) cannot be read once it returned.
-        state = super().__getstate__()
-        reg_loss = self.reg_loss
-        state["reg_loss"] = (
-            torch.zeros((), dtype=reg_loss.dtype, device=reg_loss.device)
-            if transformed(reg_loss)
-            else reg_loss.detach()
-        )
+        # reg_loss holds the last training pass's graph, which copy.deepcopy and pickle refuse; the
+        # probe's state made inside a torch.func transform (a functional_call under grad) cannot be
+        # read once the transform has returned.
+        state = {**super().__getstate__(), "reg_loss": self.reg_loss.detach()}
         if transformed(getattr(self.stats, "state", None)):
             state["stats"] = dataclasses.replace(self.stats, state=None)
         return state

@@ -99,7 +99,10 @@ def default_weight(
     over ``func``'s trainable parameters (``adjoint_params`` when given, else the parameters of
     ``func``'s module, or of a bound method's); the constant 1 when there are none. A module whose
     parameters are all frozen now (a pretrained field, unfrozen later) gets the self-tuning weight
-    too: it measures the parameters trained at each training call."""
+    too: it measures the parameters trained at each training call, from the first that trains one
+    (until then it stays at its ``initial``, and with the default ``detach_state=True`` the penalty
+    has nothing to pull on; a field that stays frozen with ``detach_state=False`` pulls on what makes
+    ``y0`` at that weight: pass ``weight=`` for another)."""
     if adjoint_params is not None:
         parameters = list(adjoint_params)
     else:

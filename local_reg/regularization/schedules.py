@@ -496,7 +496,9 @@ class RatioWeight(_SelfTuningWeight):
             # training forward pass, and the measurement the last one opened stays open.
             return
         self._finish_measurement()
-        if self.parameters is None:
+        # Inside a torch.func transform the gradients are the transform's, not the parameters' own:
+        # not a pass to measure, nor to count towards the warning that none was.
+        if self.parameters is None or transformed(reg_loss):
             return
         due = self.due
         self._state["watched"] += 1
@@ -504,8 +506,7 @@ class RatioWeight(_SelfTuningWeight):
         # Those still trained: a parameter frozen since construction (requires_grad_(False)) has no
         # gradient to compare.
         parameters = [p for p in self.parameters if p.requires_grad]
-        # Inside a torch.func transform the gradients are the transform's, not the parameters' own.
-        if not due or not reg_loss.requires_grad or not parameters or transformed(reg_loss):
+        if not due or not reg_loss.requires_grad or not parameters:
             return
         try:
             penalty = torch.autograd.grad(reg_loss, parameters, retain_graph=True, allow_unused=True)
