@@ -825,10 +825,14 @@ def odeint_event(
             "odeint_interface must be local_reg.compat.odeint or local_reg.compat.odeint_adjoint, got "
             f"{getattr(odeint_interface, '__module__', '?')}.{given}"
         )
-    if not isinstance(t0, Tensor):  # a number, a 0-d array, [t0], as torchdiffeq takes them
-        t0 = torch.as_tensor(t0, dtype=torch.float64)
+    given_tensor = isinstance(t0, Tensor)
+    if isinstance(t0, (list, tuple, np.ndarray, np.generic)):  # [t0], a 0-d array: torchdiffeq's too
+        t0 = torch.as_tensor(t0)  # checked as a tensor below (a bool or complex one refused by name)
     t0_value, t0_tensor = one_time("t0", t0)
-    t0 = (torch.tensor(t0_value, dtype=torch.float64) if t0_tensor is None else t0_tensor).reshape(1)
+    # A t0 given as a number or an array is a float64 time, as it was.
+    t0 = (
+        t0_tensor if given_tensor and t0_tensor is not None else torch.tensor(t0_value, dtype=torch.float64)
+    ).reshape(1)
     largest = torch.finfo(t0.dtype).max if t0.is_floating_point() else math.inf
     t1 = direction_time(t0_value, reverse_time, largest)
     t = torch.cat([t0, torch.tensor([t1], dtype=t0.dtype, device=t0.device)])

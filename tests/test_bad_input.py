@@ -1659,9 +1659,20 @@ def test_adjoint_params_behind_a_captured_non_leaf_get_their_gradient(gradient):
     )
     in_thread(solution.ys[-1].sum().backward)
     assert raw.grad.item() == pytest.approx(-2 * math.exp(-1.0), rel=1e-6)
+    # Solved in one thread that has ended, differentiated in another, which may get its ident.
+    raw.grad, kept = None, []
+    in_thread(
+        lambda: kept.append(
+            odeint(
+                lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=(raw,), rtol=1e-9, atol=1e-11
+            )
+        )
+    )
+    in_thread(kept[0].ys[-1].sum().backward)
+    assert raw.grad.item() == pytest.approx(-2 * math.exp(-1.0), rel=1e-6)
     solution = odeint(lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=(raw,))
     w.backward()  # frees w's graph
-    with pytest.raises(ValueError, match=r"whose graph an earlier backward pass freed"):
+    with pytest.raises(ValueError, match=r"whose graph was freed, by an earlier backward pass"):
         solution.ys[-1].sum().backward()
 
 

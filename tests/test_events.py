@@ -311,6 +311,14 @@ def test_compat_event_solves_count_max_num_steps_as_a_whole_and_check_t():
             lambda t, y: -torch.ones_like(y), torch.ones(1), start, event_fn=lambda t, y: y[0] - 0.5
         )
         assert float(event_t) == pytest.approx(0.75, rel=1e-6)
+    for start, error in (
+        (True, TypeError),
+        (np.True_, TypeError),
+        ("0.25", TypeError),
+        ([0.0, 1.0], ValueError),
+    ):
+        with pytest.raises(error, match="t0 must be"):
+            compat.odeint_event(lambda t, y: -y, torch.ones(1), start, event_fn=lambda t, y: y[0] - 0.5)
 
 
 def test_several_entries_stop_at_the_first_that_changes_sign():

@@ -162,8 +162,14 @@ def test_a_regularized_model_trained_by_torch_func_stays_a_module_that_copies_an
         torch.testing.assert_close(gradients[name], p.grad, rtol=1e-10, atol=1e-12)
     grad(loss)(params)
     assert [id(p) for p in model.weight.parameters] == [id(p) for p in model.parameters()]
-    # Not passes the weight counts either (its warning that none was measured would misadvise).
+    # Not passes the weight counts either (its warning that none was measured would misadvise),
+    # nor ones that close the measurement a training pass opened before its backward pass.
     assert model.weight.state_dict()["watched"] == 1
+    model = LocallyRegularized(_MLPField(), generator=torch.Generator().manual_seed(0))
+    training, reg_loss = model(y0, [0.0, 1.0]), model.reg_loss  # its first pass: measured
+    grad(loss)({name: p.detach() for name, p in model.named_parameters()})
+    (training[-1].pow(2).mean() + reg_loss).backward()
+    assert model.weight.state_dict()["measured"] == 1 and model.weight.last_ratio is not None
     twin = copy.deepcopy(model)
     pickle.loads(pickle.dumps(model))
     assert twin.stats.t_reg == model.stats.t_reg

@@ -72,8 +72,9 @@ class ForwardSolve:
     step_states: StepStates | None = None
     owner: torch.nn.Module | None = None
     dense_output: DenseOutput | None = None
-    thread: int = field(default_factory=threading.get_ident)
-    """The thread the forward solve ran in (where, presumably, what ``func`` captured was made)."""
+    thread: object = field(default_factory=lambda: thread_token())
+    """The thread the forward solve ran in (:func:`thread_token`), where what ``func`` captured
+    was presumably made."""
 
     def __post_init__(self) -> None:
         self._owner_parameters = self._parameter_ids()
@@ -149,24 +150,26 @@ class CapturedTensorCheck:
     otherwise not asked for (a compiled ``func``'s backward with donated buffers refuses it).
     Autograd numbers the nodes each thread makes in order, so a node numbered below a marker made
     just before ``func`` was called is from before; a backward pass in another thread than the
-    forward's (autograd's device threads on a GPU) cannot tell, and keeps the graph."""
+    forward's (autograd's device threads on a GPU) cannot tell, and keeps the graph
+    (:attr:`unsure`: :func:`differentiate` drops it where a compiled ``func`` refuses to keep it)."""
 
     def __init__(
-        self, func: VectorField, params: tuple[Tensor, ...], method: str, forward_thread: int | None = None
+        self, func: VectorField, params: tuple[Tensor, ...], method: str, forward_thread: object = None
     ) -> None:
         self.func = func
         self.method = method
         self.param_ids = {id(p) for p in params}
         self.param_nodes = {p.grad_fn for p in params if p.grad_fn is not None}
-        self.forward_thread = threading.get_ident() if forward_thread is None else forward_thread
+        self.forward_thread = thread_token() if forward_thread is None else forward_thread
         self.checked = False
         self.keeps_outside_graph = False
+        self.unsure = False
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         if self.checked or not torch.is_grad_enabled():
             return self.func(t, y)
-        if threading.get_ident() != self.forward_thread:
-            self.keeps_outside_graph = True
+        if thread_token() is not self.forward_thread:
+            self.keeps_outside_graph = self.unsure = True
             before = -1  # no node is told to be from before
         else:
             before = (torch.zeros((), requires_grad=True) * 1.0).grad_fn._sequence_nr()  # type: ignore[union-attr]
@@ -299,15 +302,6 @@ class CountingField:
         self.func = func
         self.calls = 0
 
-    @property
-    def keeps_outside_graph(self) -> bool:
-        return keeps_outside_graph(self.func)
-
-    @keeps_outside_graph.setter
-    def keeps_outside_graph(self, keeps: bool) -> None:
-        if hasattr(self.func, "keeps_outside_graph"):
-            self.func.keeps_outside_graph = keeps
-
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         self.calls += 1
         return self.func(t, y)
@@ -320,26 +314,42 @@ _KEEPS_GRAPH: Callable[[], bool] = getattr(
 )
 
 
-def keeps_outside_graph(func: VectorField) -> bool:
-    """Whether differentiating ``func`` must keep the graph for the next time
-    (:class:`CapturedTensorCheck`, as known once ``func`` has been evaluated with a graph)."""
-    return bool(getattr(func, "keeps_outside_graph", False))
+_THREAD = threading.local()
+
+
+def thread_token() -> object:
+    """An object of the calling thread's own, for as long as the thread lives (a thread's ident is
+    reused by a later one)."""
+    token = getattr(_THREAD, "token", None)
+    if token is None:
+        token = _THREAD.token = object()
+    return token
+
+
+def _captured_tensor_check(func: object) -> CapturedTensorCheck | None:
+    """The :class:`CapturedTensorCheck` ``func`` is, or wraps (a backward pass's counting field)."""
+    for _ in range(3):
+        if isinstance(func, CapturedTensorCheck):
+            return func
+        func = getattr(func, "func", None)
+    return None
 
 
 def differentiate(
     func: VectorField, outputs: Sequence[Tensor], inputs: Sequence[Tensor], cotangents: Sequence[Tensor]
 ) -> tuple[Tensor | None, ...]:
     """``torch.autograd.grad`` of outputs of ``func``'s evaluations (unused inputs get ``None``),
-    keeping the graph when :func:`keeps_outside_graph` says a graph made outside ``func`` is in it."""
-    retain = keeps_outside_graph(func)
+    keeping the graph where a graph made outside ``func`` is in it (:class:`CapturedTensorCheck`)."""
+    check = _captured_tensor_check(func)
+    retain = check is not None and check.keeps_outside_graph
     try:
         return torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True, retain_graph=retain)
     except RuntimeError as error:
-        if not retain or "donated buffers" not in str(error):
+        if check is None or not (retain and check.unsure) or "donated buffers" not in str(error):
             raise
         # A compiled func's backward with donated buffers refuses to keep its graph (nothing was
-        # freed by the refusal): it then has none made outside it to keep, or the next fails.
-        func.keeps_outside_graph = False  # type: ignore[attr-defined]
+        # freed by the refusal), which was kept only for want of knowing: differentiate without.
+        check.keeps_outside_graph = False
         return torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
 
 
@@ -570,9 +580,10 @@ class _SolveWithoutGraph(torch.autograd.Function):
             raise ValueError(
                 f"gradient={ctx.method.name!r}: func depends on adjoint_params through a tensor computed "
                 "outside func (e.g. w = 2 * raw, captured by func, with raw in adjoint_params) whose "
-                "graph an earlier backward pass freed: compute it inside func, keep its graph "
-                "(retain_graph=True in that pass), or list the captured tensor itself (w) in "
-                "adjoint_params"
+                "graph was freed, by an earlier backward pass (keep it there with retain_graph=True) or "
+                "by a compiled func's backward, which keeps none (torch._functorch.config."
+                "donated_buffer = False): compute it inside func, or list the captured tensor itself "
+                "(w) in adjoint_params"
             ) from error
         finally:
             solve.func = func

@@ -495,10 +495,13 @@ class RatioWeight(_SelfTuningWeight):
             # A call under no_grad (logging in training mode) cannot be backpropagated: it is not a
             # training forward pass, and the measurement the last one opened stays open.
             return
-        self._finish_measurement()
         # Inside a torch.func transform the gradients are the transform's, not the parameters' own:
-        # not a pass to measure, nor to count towards the warning that none was.
-        if self.parameters is None or transformed(reg_loss):
+        # not a pass to measure, to count towards the warning that none was, or to close the
+        # measurement the last training pass opened.
+        if transformed(reg_loss):
+            return
+        self._finish_measurement()
+        if self.parameters is None:
             return
         due = self.due
         self._state["watched"] += 1
