@@ -203,14 +203,10 @@ def check_sde_settings(
     atol = positive_float("atol", atol)
     if backend == "local_reg":
         from .._integrate import DEFAULT_MAX_STEPS, SolveOptions
-        from ..sde.problem import METHODS, TORCHSDE_NAMES
+        from ..sde.problem import check_method
 
-        if isinstance(method, str) and method in TORCHSDE_NAMES:
-            raise ValueError(
-                f"unknown method {method!r}; expected one of {list(METHODS)}{TORCHSDE_NAMES[method]}"
-            )
         if method is not None:
-            check_choice("method", method, METHODS)
+            check_method(method)
         options = check_option_keys(options, solver_option_names(True, backend, method), backend)
         SolveOptions(
             rtol=rtol,

@@ -107,10 +107,17 @@ def validate_sde_problem(
         raise ValueError("t must hold at least two times (start and end of the solve)")
     if times[-1] < times[0]:
         raise ValueError("t must be strictly increasing: sdeint does not integrate backwards")
-    if method not in METHODS:
-        hint = TORCHSDE_NAMES.get(method, "") if isinstance(method, str) else ""
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}{hint}")
+    check_method(method)
     return noise_type, times
+
+
+def check_method(method: object) -> str:
+    """``method`` if it is one of :data:`METHODS`; else a ``ValueError`` that lists them, with a hint
+    for a torchsde method name."""
+    if not isinstance(method, str) or method not in METHODS:
+        hint = TORCHSDE_NAMES.get(method, "") if isinstance(method, str) else ""
+        raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}{hint}")
+    return method
 
 
 def brownian_size(noise_type: str, y0: Tensor, g0: Tensor) -> tuple[int, int]:
