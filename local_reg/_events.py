@@ -49,6 +49,7 @@ from ._odeint import odeint
 from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import TupleField, accepts_tuple_states
 from ._validate import (
+    call_leaving_input,
     check_bool,
     check_function_transforms,
     check_strided,
@@ -103,7 +104,8 @@ class CombinedEvent:
 
     def values(self, t: float | Tensor, y: Tensor) -> Tensor:
         time = t if isinstance(t, Tensor) else time_tensor(t, y, self.time_dtype)
-        out = self.event_fn(time, self.layout(y))
+        # Checked as func is: a changed y would be the step's end state, which the solve goes on from.
+        out = call_leaving_input("event_fn", (), lambda t, y: self.event_fn(t, self.layout(y)), time, y)
         if not isinstance(out, Tensor):
             raise TypeError(f"event_fn must return a torch.Tensor, got {type(out).__name__}")
         check_strided("event_fn", out, returned=True)

@@ -10,6 +10,7 @@ and every gradient method see one tensor, nothing else in the library needs to k
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -86,8 +87,13 @@ class TupleState:
     def unflatten(self, flat: Tensor) -> tuple[Tensor, ...]:
         """The tuple of a flat state, or of a stack of them (leading dimensions kept)."""
         lead = flat.shape[:-1]
-        pieces = torch.split(flat, self.sizes, dim=-1)
-        return tuple(piece.reshape((*lead, *shape)) for piece, shape in zip(pieces, self.shapes, strict=True))
+        # One slice per tensor, not torch.split: a view of a multi-output op cannot be changed in
+        # place under autograd, and a caller may change an output in place (torchdiffeq's slice).
+        ends = list(itertools.accumulate(self.sizes))
+        return tuple(
+            flat[..., end - size : end].reshape((*lead, *shape))
+            for size, end, shape in zip(self.sizes, ends, self.shapes, strict=True)
+        )
 
 
 class TupleField(nn.Module):

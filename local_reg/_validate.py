@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import math
 import numbers
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
 from typing import Any, TypeGuard, overload
@@ -571,10 +572,46 @@ class CheckedField:
         self.name = name
         self.state_name = state_name  # how the messages name the state the output must match
         self.autocast = active_autocast()
+        self.fresh = FreshOutputs(name)
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         output = call_leaving_input(self.name, self.autocast, self.func, t, y)
-        return check_output(self.name, output, y, like_name=self.state_name)
+        return self.fresh(check_output(self.name, output, y, like_name=self.state_name))
+
+
+class FreshOutputs:
+    """Refuses a function that writes into a tensor it returned before (an output buffer reused
+    between calls: ``out.copy_(...); return out``, ``torch.matmul(..., out=out)``). The solvers keep
+    each output (a Runge--Kutta stage, the first stage of the next step, dense output's stages), so
+    a reused buffer would silently replace the earlier stages by the latest. Detected by the
+    previous output's version counter, which an in-place write advances; a buffer written without
+    it (``.data``, a numpy array under ``torch.from_numpy``) is not seen. Holds the previous output
+    by a weak reference, so it keeps no tensor alive; metadata only."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.previous: weakref.ref[Tensor] | None = None
+        self.version = 0
+
+    def __call__(self, output: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return output
+        earlier = None if self.previous is None else self.previous()
+        if earlier is not None and earlier._version != self.version:
+            raise ValueError(
+                f"{self.name} changed a tensor it returned earlier in place (an output buffer reused "
+                "between calls?): the solver keeps each output, so return a new tensor on every "
+                "call (e.g. out.clone())"
+            )
+        if output.is_inference():  # keeps no version counter (and cannot be written unseen)
+            self.previous = None
+        else:
+            self.previous, self.version = weakref.ref(output), output._version
+        return output
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A weak reference cannot be pickled or copied; the copy starts afresh.
+        return {"name": self.name, "previous": None, "version": 0}
 
 
 def call_leaving_input(

@@ -74,6 +74,8 @@ class Steps:
             stages at ``c == 1`` (see :class:`local_reg.ButcherTableau`).
         state_list: the state at each step start, kept only with ``record_states=True``, else
             ``None``. :attr:`states` stacks it on first access (one copy, only if asked for).
+            Its tensors are the solver's own records, which dense output and the gradient
+            methods' backward passes read again: change a copy, not them in place.
         dense_output: with ``odeint(dense=True)``, every accepted step's state and stages for
             :meth:`Solution.evaluate`, else ``None``.
         stop_time: where a stop condition (``StepCallbacks.stop``, e.g. the terminal event of

@@ -489,6 +489,55 @@ def test_func_that_changes_its_input_in_place_is_refused(gradient):
         odeint(ChangesItsInput(), torch.ones(3, dtype=torch.float64), [0.0, 1.0], gradient=gradient)
 
 
+def reusing_one_buffer(field):
+    """``field`` writing each output into one tensor it returns on every call (``out.copy_(...)``,
+    ``torch.matmul(..., out=out)``): a user's saving of allocations."""
+    buffer = {}
+
+    def reused(t, y):
+        value = field(t, y)
+        return buffer.setdefault("out", torch.empty_like(value)).copy_(value)
+
+    return reused
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS)
+def test_func_that_reuses_an_output_buffer_is_refused(gradient):
+    """The solver keeps each output (a step's stages, the next step's first stage, dense output's
+    stages): one buffer written on every call silently replaced the earlier stages by the latest
+    (0.2 to 1.8 off on a linear field at the default tolerances, where torchdiffeq's dopri5 with
+    the same field is 7e-7 off; a wrong event time, a wrong SDE path). Refused with a way out."""
+    y0 = torch.tensor([[1.0, 0.5], [0.2, -0.3]], dtype=torch.float64)
+    match = r"func changed a tensor it returned earlier in place .*return a new tensor on every call"
+    with pytest.raises(ValueError, match=match):
+        odeint(reusing_one_buffer(decay), y0, [0.0, 1.0], gradient=gradient, adjoint_params=())
+    with pytest.raises(ValueError, match=match):
+        local_reg.compat.odeint(reusing_one_buffer(decay), y0, torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=match):
+        local_reg.odeint_event(reusing_one_buffer(decay), y0, 0.0, event_fn=lambda t, y: y.sum() - 0.1)
+
+
+def test_a_func_returning_one_unchanged_tensor_is_solved():
+    """A field that returns the same captured tensor on every call, unchanged (a constant rate), is
+    not a reused buffer: ``y(t) = y0 + c t``."""
+    rate = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    y0 = torch.tensor([0.5, 0.25], dtype=torch.float64)
+    solution = odeint(lambda t, y: rate, y0, [0.0, 0.5, 2.0])
+    expected = y0 + rate * torch.tensor([[0.0], [0.5], [2.0]], dtype=torch.float64)
+    torch.testing.assert_close(solution.ys, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_an_event_fn_that_changes_its_input_in_place_is_named():
+    # The state event_fn reads is the step's end, which the solve goes on from; the refusal
+    # named callbacks.stop, which the caller never passed.
+    def event_fn(t, y):
+        y.mul_(1.0)
+        return y[0]
+
+    with pytest.raises(ValueError, match="event_fn modified its input y in place"):
+        local_reg.odeint_event(decay, torch.ones(2, dtype=torch.float64), 0.0, event_fn=event_fn)
+
+
 @pytest.mark.parametrize(
     ("bad", "error", "match"),
     [
@@ -1825,6 +1874,15 @@ def test_sdeint_refuses_a_drift_or_diffusion_that_changes_its_input_in_place():
         y0 = torch.tensor([[-1.0, 1.0]])
         with pytest.raises(ValueError, match=r"\((drift|diffusion)\) modified its input y in place"):
             sdeint(sde, y0, [0.0, 1.0], step_size=0.5)
+
+
+@pytest.mark.parametrize("reused", ["drift", "diffusion"])
+def test_sdeint_refuses_a_drift_or_diffusion_that_reuses_an_output_buffer(reused):
+    # As odeint does: a step's drift or diffusion was silently replaced by a later call's.
+    constant = reusing_one_buffer(lambda t, y: 0.1 * torch.ones_like(y))
+    sde = DiagonalSDE(f=reusing_one_buffer(lambda t, y: -y)) if reused == "drift" else DiagonalSDE(g=constant)
+    with pytest.raises(ValueError, match=rf"\({reused}\) changed a tensor it returned earlier in place"):
+        sdeint(sde, torch.tensor([[-1.0, 1.0]]), [0.0, 1.0], step_size=0.25)
 
 
 def test_sdeint_refuses_output_times_it_cannot_each_end_a_step_on():

@@ -157,6 +157,31 @@ def test_tuple_state_values_types_and_shapes():
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-7)
 
 
+def test_a_tuple_states_outputs_can_be_changed_in_place_before_backward():
+    """torchdiffeq's tuple outputs are slices of its flat solution; ours were the views of one
+    ``torch.split``, which autograd refuses to let a caller change in place (its error names a
+    ``ReshapeAlias`` the caller never made). The gradient through the changed output is
+    torchdiffeq's. (Under ``odeint_adjoint`` both refuse the change with autograd's in-place error:
+    the backward pass starts from the outputs.)"""
+    func = Pair()
+    z0 = torch.tensor([[1.0, 0.5], [-0.3, 0.8]], dtype=torch.float64, requires_grad=True)
+    s0 = torch.tensor([0.2, -0.1], dtype=torch.float64, requires_grad=True)
+    _, t = y0_and_t()
+    gradients = []
+    for odeint in (compat.odeint, torchdiffeq.odeint):
+        zs, ss = odeint(func, (z0, s0), t, rtol=1e-10, atol=1e-12)
+        zs.mul_(2.0)
+        ss[-1] += 1.0
+        gradients.append(torch.autograd.grad((zs**2).sum() + (ss**3).sum(), (z0, s0)))
+    for ours, theirs in zip(*gradients, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-8)
+    for odeint_adjoint in (compat.odeint_adjoint, torchdiffeq.odeint_adjoint):
+        zs, _ = odeint_adjoint(func, (z0, s0), t)
+        zs.mul_(2.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            zs.sum().backward()
+
+
 def test_rtol_zero_and_float64_t_with_float32_y0():
     func = Linear(torch.float32)
     y0, t = y0_and_t(torch.float32)

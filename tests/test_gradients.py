@@ -543,7 +543,11 @@ def test_bad_adjoint_arguments():
     with pytest.raises(TypeError, match="adjoint_params"):
         odeint(field, y0, TIMES, gradient="symplectic", adjoint_params=[1.0])
     for bad in ("seminorm", 5):
-        with pytest.raises(TypeError, match="adjoint_options must be a dict"):
+        # The deprecated keyword still warns before its value is refused.
+        with (
+            pytest.raises(TypeError, match="adjoint_options must be a dict"),
+            pytest.warns(DeprecationWarning),
+        ):
             odeint(field, y0, TIMES, gradient="adjoint", adjoint_options=bad)
 
 
@@ -708,13 +712,17 @@ def test_checkpoints_with_step_penalty_and_a_retained_graph():
         assert relative_error(grad, expected) <= 1e-10
 
 
+@pytest.mark.parametrize("query", [True, False], ids=["keep_graph_query", "without_query"])
 @pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "interpolating_adjoint"])
-def test_the_step_records_go_with_the_last_backward_pass(gradient):
+def test_the_step_records_go_with_the_last_backward_pass(gradient, query, monkeypatch):
     """The forward's step states (and the interpolating adjoint's dense record) are what the
     backward pass reads; the graph, and so the autograd context holding them, lives as long as the
     outputs do (a training loop's kept loss, a regularized model's ``reg_loss``), so they were held
     after the backward pass: twice the memory of a loop. They now go as autograd's saved tensors
-    go, and stay for a graph kept with ``retain_graph=True``."""
+    go, and stay for a graph kept with ``retain_graph=True``; also on a torch without the private
+    query of whether the pass keeps its graph (before torch 2.5), which kept them for good."""
+    if not query:
+        monkeypatch.setattr("local_reg.gradients._function._KEEPS_GRAPH", None)
     field = TinyField()
     y = torch.randn(2, 3, dtype=DTYPE, requires_grad=True)
     solution = odeint(field, y, TIMES, gradient=gradient)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .._validate import (
+    FreshOutputs,
     active_autocast,
     call_leaving_input,
     check_output,
@@ -183,9 +184,13 @@ class CheckedSDE:
         self.noise_type = noise_type
         self.m = m
         self.autocast = active_autocast()
+        self.fresh_drift = FreshOutputs(DRIFT)
+        self.fresh_diffusion = FreshOutputs(DIFFUSION)
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:
-        return check_output(DRIFT, call_leaving_input(DRIFT, self.autocast, self.sde.f, t, y), y)
+        return self.fresh_drift(
+            check_output(DRIFT, call_leaving_input(DRIFT, self.autocast, self.sde.f, t, y), y)
+        )
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
         value = call_leaving_input(DIFFUSION, self.autocast, self.sde.g, t, y)
@@ -198,7 +203,7 @@ class CheckedSDE:
                 f"{DIFFUSION} returned shape {tuple(value.shape)}, but the first call had "
                 f"{self.m} Brownian motions (last dimension)"
             )
-        return value
+        return self.fresh_diffusion(value)
 
 
 class CheckedBrownian:
