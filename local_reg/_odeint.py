@@ -292,6 +292,12 @@ def odeint(
             "cannot take a step this short (merge them; an adaptive method interpolates them without "
             "step_to_outputs)",
         )
+    elif options.callbacks.stop is None and len(times) > 1:
+        # Interpolated output times may be close, but the last ends a step: the span must hold one.
+        check_landing_gaps(
+            [times[0], times[-1]],
+            "the solve's span is too short for a step (every solve ends a step at t[-1])",
+        )
     check_span(times, state.dtype, options.step_size, options.tableau)
     gradient_method = as_gradient_method(gradient)
     gradient_method = _legacy_gradient(

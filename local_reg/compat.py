@@ -737,8 +737,8 @@ def odeint_adjoint(
         norm = adjoint.pop("norm", "default")
         if norm not in ("seminorm", "default"):
             raise ValueError(
-                "adjoint_options['norm']: only 'seminorm' is supported by local_reg.compat (no callable "
-                f"adjoint norm), got {norm!r}"
+                "adjoint_options['norm']: only 'seminorm' and 'default' are supported by local_reg.compat "
+                f"(no callable adjoint norm), got {norm!r}"
             )
         backward_method = method if adjoint_method is None else adjoint_method
         backward = _tableau(backward_method)

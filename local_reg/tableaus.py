@@ -110,7 +110,10 @@ class ButcherTableau:
         if n_stages == 0:
             raise ValueError(f"tableau {self.name!r}: needs at least one stage")
         if len(self.b) != n_stages or len(self.a) != n_stages:
-            raise ValueError(f"tableau {self.name!r}: c, a and b must have one entry per stage")
+            raise ValueError(
+                f"tableau {self.name!r}: c, a and b must have one entry per stage, got {len(self.c)}, "
+                f"{len(self.a)} and {len(self.b)}"
+            )
         for i, row in enumerate(self.a):
             if len(row) != i:
                 raise ValueError(

@@ -1390,6 +1390,7 @@ def heun_euler_fields(**changes):
         (dict(error_weights=(-0.5, 0.5, 0.0)), ValueError, "error_weights needs one entry per stage"),
         (dict(name=3), TypeError, "name must be a str"),
         (dict(c=(), a=(), b=(), error_weights=None), ValueError, "at least one stage"),
+        (dict(b=(1.0,), error_weights=None), ValueError, "one entry per stage, got 2, 2 and 1"),
     ],
 )
 def test_bad_tableau_is_refused_by_field(changes, error, match):
@@ -1883,6 +1884,18 @@ def test_sdeint_refuses_a_drift_or_diffusion_that_reuses_an_output_buffer(reused
     sde = DiagonalSDE(f=reusing_one_buffer(lambda t, y: -y)) if reused == "drift" else DiagonalSDE(g=constant)
     with pytest.raises(ValueError, match=rf"\({reused}\) changed a tensor it returned earlier in place"):
         sdeint(sde, torch.tensor([[-1.0, 1.0]]), [0.0, 1.0], step_size=0.25)
+
+
+def test_refusals_name_what_the_caller_gave():
+    # An SDE's probe_dtype refusal named an internal class (SDEProblem); compat's adjoint norm
+    # refusal named 'seminorm' alone, where 'default' is taken too.
+    with pytest.raises(ValueError, match=r"needs an ODE whose func is an nn\.Module, got an SDE$"):
+        Regularized(DiagonalSDE(), local_reg.LocalPenalty(probe_dtype="float64"))
+    y0 = torch.ones(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"only 'seminorm' and 'default' are supported"):
+        local_reg.compat.odeint_adjoint(
+            Decay(), y0, torch.tensor([0.0, 1.0]), adjoint_options={"norm": lambda x: x.abs().max()}
+        )
 
 
 def test_sdeint_refuses_output_times_it_cannot_each_end_a_step_on():

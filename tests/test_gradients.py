@@ -712,6 +712,21 @@ def test_checkpoints_with_step_penalty_and_a_retained_graph():
         assert relative_error(grad, expected) <= 1e-10
 
 
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_output_times_a_few_ulps_apart_are_differentiated_by_every_method(gradient):
+    """The forward solve interpolates output times a few ulps apart; the adjoints' backward solves
+    restarted at each and failed with a step size underflow whose hint advised interpolating them.
+    ``y = y0 exp(-t)``: ``d sum(ys) / d y0 = sum_i exp(-t_i)``."""
+    y0 = torch.tensor([1.0, -2.0], dtype=DTYPE, requires_grad=True)
+    times = [0.0, 1.0, math.nextafter(1.0, 2.0), math.nextafter(math.nextafter(1.0, 2.0), 2.0), 2.0]
+    solution = odeint(
+        lambda t, y: -y, y0, times, gradient=gradient, adjoint_params=(), rtol=1e-10, atol=1e-12
+    )
+    (grad,) = torch.autograd.grad(solution.ys.sum(), y0)
+    expected = sum(math.exp(-t) for t in times)
+    torch.testing.assert_close(grad, torch.full_like(grad, expected), rtol=1e-8, atol=0.0)
+
+
 @pytest.mark.parametrize("query", [True, False], ids=["keep_graph_query", "without_query"])
 @pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "interpolating_adjoint"])
 def test_the_step_records_go_with_the_last_backward_pass(gradient, query, monkeypatch):

@@ -487,6 +487,15 @@ def test_output_times_a_few_ulps_apart_are_named_as_the_cause_of_an_underflow():
     assert "output time" not in str(blow_up.value)
     ys = odeint(lambda t, y: -y, y0, t).ys
     torch.testing.assert_close(ys[2], ys[1], rtol=1e-15, atol=0.0)
+    # A span itself a few ulps long ends a step on its last time whatever the mode: refused as the
+    # span (it raised a SolverError advising the interpolation the solve was already using).
+    calls.clear()
+    for span in ([1.0, math.nextafter(1.0, 2.0)], [0.0, 1e-323], [0.0, 1e-323, 2e-323]):
+        with pytest.raises(
+            ValueError, match=r"within a few ulps of each other: the solve's span is too short"
+        ):
+            odeint(decay, y0, span)
+    assert not calls
 
 
 def test_max_steps_exceeded():

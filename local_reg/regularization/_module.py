@@ -65,6 +65,18 @@ from .schedules import WeightSchedule, as_schedule
 Problem = ODEProblem | SDEProblem
 
 
+def _probe_dtype_problem(problem: Problem) -> ODEProblem:
+    """``problem``, which ``probe_dtype`` casts the vector field's parameters of: a ``ValueError``
+    unless it is an ODE whose ``func`` is an ``nn.Module``."""
+    if isinstance(problem, ODEProblem) and isinstance(problem.func, nn.Module):
+        return problem
+    got = "an SDE" if isinstance(problem, SDEProblem) else type(problem.func).__name__
+    raise ValueError(
+        "probe_dtype casts the vector field's parameters: it needs an ODE whose func is an nn.Module, "
+        f"got {got}"
+    )
+
+
 def make_problem(func: Any, config: SolveConfig) -> Problem:
     """The problem ``func`` poses, with ``config`` checked once: an SDE if it looks like a torchsde
     module (``f``, ``g``, ``noise_type``), else an ODE. ``None`` tolerances are the solver's
@@ -189,11 +201,8 @@ class LocalPenalty:
                 "these probe options (probe='initial-hairer', a penalty form other than 'error-dt' or "
                 "'kinetic') are Runge--Kutta options; an SDE's probe is an Euler--Maruyama step"
             )
-        if self.probe_dtype is not None and not isinstance(getattr(problem, "func", None), nn.Module):
-            raise ValueError(
-                "probe_dtype casts the vector field's parameters: it needs an ODE whose func is an "
-                f"nn.Module, got {type(getattr(problem, 'func', problem)).__name__}"
-            )
+        if self.probe_dtype is not None:
+            _probe_dtype_problem(problem)
         needs_steps = self.sampling == "biased" or self.step_size == "solver"
         if needs_steps and getattr(problem, "backend", None) == "torchsde":
             raise ValueError(
@@ -271,15 +280,11 @@ class LocalPenalty:
         if self.probe_dtype is not None:
             if isinstance(problem, ODEProblem) and isinstance(problem.func, TupleField):
                 raise ValueError("probe_dtype does not take tuple states: pass a tensor state")
-            if not (isinstance(problem, ODEProblem) and isinstance(problem.func, nn.Module)):
-                # What check refuses when the model is made; a direct call may skip it.
-                raise ValueError(
-                    "probe_dtype casts the vector field's parameters: it needs an ODE whose func is an "
-                    f"nn.Module, got {type(getattr(problem, 'func', problem)).__name__}"
-                )
+            # As check refuses when the model is made (a direct call skips it).
+            cast_problem = _probe_dtype_problem(problem)
             # __post_init__ keeps a dtype by its name.
             probe_dtype = getattr(torch, cast(str, self.probe_dtype))
-            probe_problem = problem.with_func(CastField(problem.func, probe_dtype))
+            probe_problem = cast_problem.with_func(CastField(cast(nn.Module, cast_problem.func), probe_dtype))
         result = dt = None  # no probe step for the kinetic penalty
         field_time_dtype = problem.field_time_dtype(context, y0)
         jump_ts = problem.jump_times(times, field_time_dtype)
