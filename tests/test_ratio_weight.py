@@ -523,6 +523,31 @@ def test_a_watched_penalty_is_measured_once_and_a_newer_one_replaces_it(monkeypa
     assert math.isfinite(penalty_norm) and penalty_norm > 0 and math.isfinite(task_norm) and task_norm > 0
 
 
+@pytest.mark.parametrize("calls", [1, 3])
+def test_a_pass_that_carries_several_calls_penalties_is_no_measurement(calls, monkeypatch):
+    """With three calls of the model before one backward pass, the last call (when due) opened a
+    measurement that read the other calls' penalty gradients as the task's (0.42 measured where
+    the summed ratio was 0.80): a pass that carries several calls' penalties measures nothing, as
+    two calls already did (a later call discards the open measurement). One call per pass measures
+    the ratio computed by hand."""
+    model = _model(RatioWeight(1.0))
+    parameters = list(model.parameters())
+    model.weight = RatioWeight(1.0, every=1, parameters=parameters)
+    observed = []
+    monkeypatch.setattr(model.weight, "observe_gradients", lambda *norms: observed.append(norms))
+    tasks, penalties = [], []
+    for _ in range(calls):
+        tasks.append(_task_loss(model(_y0(), T)))
+        penalties.append(model.reg_loss)
+    by_hand = _norm(torch.autograd.grad(sum(tasks), parameters, retain_graph=True))
+    (sum(tasks) + sum(penalties)).backward()
+    if calls == 1:
+        assert len(observed) == 1
+        assert observed[0][1] == pytest.approx(by_hand, rel=1e-10)
+    else:
+        assert observed == []
+
+
 def test_a_ratio_weight_that_never_measures_warns():
     weight = RatioWeight(1.0, every=2)
     with pytest.warns(UserWarning, match="measured no gradients in 20 iterations"):

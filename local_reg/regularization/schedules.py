@@ -434,6 +434,8 @@ class RatioWeight(_SelfTuningWeight):
         self.max_rise = max_rise
         self.parameters = None if parameters is None else trained_parameters(parameters)
         self._measurement: _Measurement | None = None
+        # (autograd graph task, how many training calls' penalties its backward pass carried).
+        self._penalties_in_pass = (-1, 0)
         super().__init__(initial, beta, w_min, w_max)
 
     def _fresh(self) -> dict[str, Any]:
@@ -509,6 +511,8 @@ class RatioWeight(_SelfTuningWeight):
         # Those still trained: a parameter frozen since construction (requires_grad_(False)) has no
         # gradient to compare.
         parameters = [p for p in self.parameters if p.requires_grad]
+        if reg_loss.requires_grad:
+            reg_loss.register_hook(self._count_penalty)
         if not due or not reg_loss.requires_grad or not parameters:
             return
         try:
@@ -563,7 +567,10 @@ class RatioWeight(_SelfTuningWeight):
 
         def end_of_pass() -> None:
             if measurement["reached"]:
-                measurement["ended"] = True
+                # A pass that carried another training call's penalty too (several calls of the
+                # model before one backward pass) counts that call's gradient as the task's.
+                task, penalties = self._penalties_in_pass
+                measurement["ended"] = not (task == torch._C._current_graph_task_id() and penalties > 1)
                 finish_this_measurement()
             else:
                 # A pass that reached no watched accumulator (torch.autograd.grad through reg_loss,
@@ -597,6 +604,12 @@ class RatioWeight(_SelfTuningWeight):
             # the model's call) would get a new one in the task's graph, without the hook.
             measurement["nodes"].append(node)
         self._measurement = measurement
+
+    def _count_penalty(self, gradient: Tensor) -> None:
+        """A training call's penalty reached in a backward pass: counted per pass."""
+        task = torch._C._current_graph_task_id()
+        last, penalties = self._penalties_in_pass
+        self._penalties_in_pass = (task, penalties + 1 if task == last else 1)
 
     def _finish_measurement(self) -> None:
         """Report the open measurement (if any parameter reported), set the weight, remove its hooks."""
@@ -673,9 +686,10 @@ class RatioWeight(_SelfTuningWeight):
     def _warn_if_unmeasured(self, iterations: int) -> None:
         if self._state["measured"] == 0 and self._state["pending"] is None and iterations == 10 * self.every:
             how = (
-                "backpropagate model.reg_loss with the task loss, once per training call of the "
-                "model (a second call before the backward pass replaces the first's measurement); a "
-                "task loss whose gradient is zero (every margin met) leaves nothing to measure"
+                "backpropagate model.reg_loss with the task loss by .backward(), once per training "
+                "call of the model (a backward pass that carries several calls' penalties measures "
+                "nothing, nor does a gradient taken by torch.autograd.grad); a task loss whose "
+                "gradient is zero (every margin met) leaves nothing to measure"
                 if self.parameters and any(p.requires_grad for p in self.parameters)
                 else "none of its parameters requires grad (frozen): it measures once they are trained"
                 if self.parameters
