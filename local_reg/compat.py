@@ -443,6 +443,16 @@ def _solve(
         # dtype: as a sequence of floats (the same values) t gives local_reg.odeint's func y0's dtype
         # too. A t that requires grad stays a tensor, so that ys is differentiable w.r.t. it.
         plain = isinstance(t, Tensor) and t.dim() == 1 and t.is_floating_point() and not t.requires_grad
+        first = y0[0] if isinstance(y0, tuple) and y0 else y0
+        wider_t = (
+            not plain
+            and isinstance(t, Tensor)
+            and isinstance(first, Tensor)
+            and first.is_floating_point()
+            and torch.promote_types(t.dtype, first.dtype) != first.dtype
+        )
+        if wider_t:
+            func = _TimeInStateDtype(func, cast(Tensor, first).dtype)
         solution = _odeint(func, y0, t.tolist() if plain else t, dense=dense, **kwargs)
         return solution.evaluate if dense else solution.ys
     reverse_time = bool(t[1] < t[0])
@@ -462,6 +472,20 @@ def _solve(
             n_steps=error.n_steps,
         ) from None
     return solution.ts[-1], solution.ys
+
+
+class _TimeInStateDtype(nn.Module):
+    """``func`` given its time in the state's dtype, as torchdiffeq's solvers give it, where the
+    solve keeps a wider ``t`` that requires grad (its outputs are differentiated w.r.t. it). A
+    module, so that ``func``'s parameters stay the default ``adjoint_params``."""
+
+    def __init__(self, func: Callable, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.func = func
+        self.state_dtype = dtype
+
+    def forward(self, t: Tensor, y: Any) -> Any:
+        return self.func(t.to(self.state_dtype), y)
 
 
 def _scipy_solve(
@@ -492,10 +516,11 @@ def _scipy_solve(
     solver = opts.pop("solver", "LSODA")
     if solver not in SCIPY_SOLVERS:
         raise ValueError(f"options['solver'] must be one of scipy's {list(SCIPY_SOLVERS)}, got {solver!r}")
+    # scipy's own defaults, 0 and inf, are no bound (as for the adaptive methods' options).
     bounds = {
         name: positive_float(f"options[{name!r}]", opts[name])
-        for name in ("min_step", "max_step")
-        if name in opts
+        for name, no_bound in (("min_step", 0.0), ("max_step", math.inf))
+        if name in opts and not (isinstance(opts[name], float | int) and opts[name] == no_bound)
     }
     tolerances = {name: finite_float(name, value) for name, value in (("rtol", rtol), ("atol", atol))}
     if min(tolerances.values()) < 0 or max(tolerances.values()) == 0:

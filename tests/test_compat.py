@@ -182,6 +182,47 @@ def test_a_tuple_states_outputs_can_be_changed_in_place_before_backward():
             zs.sum().backward()
 
 
+def test_scipy_solvers_no_bound_step_options_are_taken_as_no_bound():
+    # scipy's (and torchdiffeq's) defaults min_step=0 and max_step=inf were refused as bounds.
+    y0, t = torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    plain = compat.odeint(lambda t, y: -y, y0, t, method="scipy_solver")
+    for options in ({"min_step": 0.0}, {"max_step": math.inf}, {"min_step": 0, "max_step": float("inf")}):
+        bounded = compat.odeint(lambda t, y: -y, y0, t, method="scipy_solver", options=options)
+        torch.testing.assert_close(bounded, plain, rtol=0.0, atol=0.0)
+    with pytest.raises(ValueError, match=r"options\['min_step'\] must be positive"):
+        compat.odeint(lambda t, y: -y, y0, t, method="scipy_solver", options={"min_step": -1.0})
+
+
+@pytest.mark.parametrize("solve", ["odeint", "odeint_adjoint"])
+def test_a_float64_t_that_requires_grad_reaches_a_float32_func_in_float32(solve):
+    """torchdiffeq hands func its time in y0's dtype whatever t's; a float64 t that requires grad
+    reached func in float64 here, so a field that mixes t into float32 tensors returned float64 and
+    was refused (torchdiffeq's own tests' ConstantODE). Values and time gradients are torchdiffeq's."""
+
+    class ConstantODE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Parameter(torch.tensor(0.2))
+            self.b = nn.Parameter(torch.tensor(3.0))
+            self.time_dtypes: set[torch.dtype] = set()
+
+        def forward(self, t, y):
+            self.time_dtypes.add(t.dtype)
+            return self.a + (y - (self.a * t + self.b)) ** 5
+
+    results = []
+    for library in (compat, torchdiffeq):
+        t = torch.linspace(1.0, 2.0, 3, dtype=torch.float64, requires_grad=True)
+        func = ConstantODE()
+        ys = getattr(library, solve)(func, torch.tensor(3.2), t, rtol=1e-6, atol=1e-6)
+        assert ys.dtype == torch.float32
+        results.append((ys.detach(), torch.autograd.grad(ys.sum(), t)[0]))
+        if library is compat:
+            assert func.time_dtypes == {torch.float32}
+    for ours, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(ours.double(), theirs.double(), rtol=1e-5, atol=1e-5)
+
+
 def test_rtol_zero_and_float64_t_with_float32_y0():
     func = Linear(torch.float32)
     y0, t = y0_and_t(torch.float32)

@@ -524,28 +524,42 @@ def test_a_watched_penalty_is_measured_once_and_a_newer_one_replaces_it(monkeypa
 
 
 @pytest.mark.parametrize("calls", [1, 3])
-def test_a_pass_that_carries_several_calls_penalties_is_no_measurement(calls, monkeypatch):
-    """With three calls of the model before one backward pass, the last call (when due) opened a
-    measurement that read the other calls' penalty gradients as the task's (0.42 measured where
-    the summed ratio was 0.80): a pass that carries several calls' penalties measures nothing, as
-    two calls already did (a later call discards the open measurement). One call per pass measures
-    the ratio computed by hand."""
+def test_calls_before_one_backward_pass_are_measured_together(calls, monkeypatch):
+    """A model called several times before one backward pass (a recurrent encoder, two batches, a
+    weight shared by two blocks): the calls after the measuring one join it, and the pass's
+    penalties together are compared with the rest of its gradient, as computed by hand. (The last
+    call's penalty alone was measured, the others' read as task gradient: 0.42 for 0.80.)"""
     model = _model(RatioWeight(1.0))
     parameters = list(model.parameters())
-    model.weight = RatioWeight(1.0, every=1, parameters=parameters)
+    model.weight = RatioWeight(1.0, every=10, parameters=parameters)
     observed = []
     monkeypatch.setattr(model.weight, "observe_gradients", lambda *norms: observed.append(norms))
     tasks, penalties = [], []
     for _ in range(calls):
         tasks.append(_task_loss(model(_y0(), T)))
         penalties.append(model.reg_loss)
-    by_hand = _norm(torch.autograd.grad(sum(tasks), parameters, retain_graph=True))
+    task_by_hand = _norm(torch.autograd.grad(sum(tasks), parameters, retain_graph=True))
+    penalty_by_hand = _norm(torch.autograd.grad(sum(penalties), parameters, retain_graph=True))
     (sum(tasks) + sum(penalties)).backward()
-    if calls == 1:
-        assert len(observed) == 1
-        assert observed[0][1] == pytest.approx(by_hand, rel=1e-10)
-    else:
-        assert observed == []
+    assert len(observed) == 1
+    assert observed[0] == pytest.approx((penalty_by_hand, task_by_hand), rel=1e-10)
+
+
+def test_a_pass_that_carries_a_penalty_made_before_the_measurement_is_no_measurement(monkeypatch):
+    """The measuring call came after another call whose penalty the same pass carries: that
+    penalty's gradient would read as the task's, so the pass measures nothing."""
+    model = _model(RatioWeight(1.0))
+    model.weight = RatioWeight(1.0, every=2, parameters=model.parameters())
+    observed = []
+    monkeypatch.setattr(model.weight, "observe_gradients", lambda *norms: observed.append(norms))
+    model(_y0(), T)
+    (_task_loss(model(_y0(), T)) + model.reg_loss).backward()  # the first call's measurement
+    assert len(observed) == 1
+    losses = []
+    for _ in range(3):  # the first and the last are due: the last opens a measurement after two calls
+        losses.append(_task_loss(model(_y0(), T)) + model.reg_loss)
+    sum(losses).backward()
+    assert len(observed) == 1
 
 
 def test_a_ratio_weight_that_never_measures_warns():

@@ -14,8 +14,8 @@ import functools
 import math
 import numbers
 import warnings
-from collections.abc import Iterable, Mapping
-from typing import Any, TypedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypedDict, cast
 
 import torch
 from torch import Tensor
@@ -39,16 +39,25 @@ In float32 that is a ratio of the weighted penalty's gradient to the task's abov
 any target, so no real measurement is lost."""
 
 
+class _Penalty(TypedDict):
+    """One training call's penalty in an open measurement: its gradient on each measured parameter
+    (``None`` where it has none) and the factor the backward pass put on it (``None`` until read)."""
+
+    parts: list[Tensor | None]
+    scale: float | None
+
+
 class _Measurement(TypedDict):
     """One open gradient-ratio measurement of :class:`RatioWeight` (see ``watch``)."""
 
-    penalty_norm: float
-    eps: float
+    parameters: list[Tensor]
+    penalties: list[_Penalty]
     task_sq: float
-    scale: float | None
     without_penalty: bool
     reached: int
     ended: bool
+    end_queued: bool
+    end_of_pass: Callable[[], None]
     handles: list[torch.utils.hooks.RemovableHandle]
     nodes: list[torch.autograd.graph.Node]
 
@@ -492,7 +501,13 @@ class RatioWeight(_SelfTuningWeight):
         ``torch.autograd.grad`` calls (the gradient methods' own) run no accumulator and are not
         seen. The measurement sets the weight when that backward pass ends, from the parameters it
         reached (so a checkpoint taken after it holds the new weight, and a parameter that gets no
-        gradient is left out)."""
+        gradient is left out).
+
+        Later calls before that pass (a model called several times per backward pass: a recurrent
+        encoder, two batches, a weight shared by two blocks) join the measurement, which then
+        compares the penalties of the calls the pass carries with the rest of its gradient; a pass
+        that also carries the penalty of a call made before the measurement opened measures
+        nothing."""
         if not torch.is_grad_enabled():
             # A call under no_grad (logging in training mode) cannot be backpropagated: it is not a
             # training forward pass, and the measurement the last one opened stays open.
@@ -502,7 +517,6 @@ class RatioWeight(_SelfTuningWeight):
         # measurement the last training pass opened.
         if transformed(reg_loss):
             return
-        self._finish_measurement()
         if self.parameters is None:
             return
         due = self.due
@@ -513,10 +527,91 @@ class RatioWeight(_SelfTuningWeight):
         parameters = [p for p in self.parameters if p.requires_grad]
         if reg_loss.requires_grad:
             reg_loss.register_hook(self._count_penalty)
+        measurement = self._measurement
+        joins = (
+            measurement is not None
+            and not due
+            and reg_loss.requires_grad
+            # At most one measurement's worth of calls (a loop that never backpropagates would
+            # otherwise keep a gradient per call), over the same parameters.
+            and len(measurement["penalties"]) < self.every
+            and len(parameters) == len(measurement["parameters"])
+            and all(p is q for p, q in zip(parameters, measurement["parameters"], strict=True))
+        )
+        if measurement is not None and joins:
+            self._add_penalty(measurement, reg_loss)
+            return
+        self._finish_measurement()
         if not due or not reg_loss.requires_grad or not parameters:
             return
+
+        def end_of_pass() -> None:
+            opened["end_queued"] = False
+            if opened["reached"]:
+                # A pass that carried the penalty of a call this measurement does not hold (made
+                # before it opened) counts that call's gradient as the task's.
+                task, penalties = self._penalties_in_pass
+                read = sum(penalty["scale"] is not None for penalty in opened["penalties"])
+                mixed = task == torch._C._current_graph_task_id() and penalties > read
+                opened["ended"] = not mixed
+                if self._measurement is opened:
+                    self._finish_measurement()
+            else:
+                # A pass that reached no watched accumulator (torch.autograd.grad through reg_loss,
+                # a user's logging) leaves no factor behind for a later pass without reg_loss.
+                for penalty in opened["penalties"]:
+                    penalty["scale"] = None
+
+        def report(incoming: tuple[Tensor | None, ...], index: int, handle_index: int) -> None:
+            opened["handles"][handle_index].remove()
+            (gradient,) = incoming
+            if gradient is None:
+                return
+            opened["reached"] += 1
+            carried = [penalty for penalty in opened["penalties"] if penalty["scale"] is not None]
+            if not carried and any(penalty["parts"][index] is not None for penalty in opened["penalties"]):
+                # reg_loss reaches this parameter, so a backward pass that carries it has read its
+                # factor by now: this one carries no penalty of the measurement, and measures nothing.
+                opened["without_penalty"] = True
+                return
+            for penalty in carried:
+                part = penalty["parts"][index]
+                if part is not None:
+                    gradient = gradient - cast(float, penalty["scale"]) * part
+            opened["task_sq"] += float(gradient.pow(2).sum())
+
+        opened: _Measurement = {
+            "parameters": parameters,
+            "penalties": [],
+            "task_sq": 0.0,
+            "without_penalty": False,
+            "reached": 0,
+            "ended": False,
+            "end_queued": False,
+            "end_of_pass": end_of_pass,
+            "handles": [],
+            "nodes": [],
+        }
+        self._add_penalty(opened, reg_loss)
+        for index, parameter in enumerate(parameters):
+            # A pre-hook of the parameter's AccumulateGrad node sees this backward pass's gradient
+            # before it is added to .grad (so accumulated gradients do not count), and runs only in
+            # a backward pass that accumulates: not in the gradient methods' own autograd.grad.
+            node = torch.autograd.graph.get_gradient_edge(parameter).node
+            hook = functools.partial(report, index=index, handle_index=len(opened["handles"]))
+            opened["handles"].append(node.register_prehook(hook))
+            # A parameter holds its accumulator weakly: one in no live graph yet (a head used after
+            # the model's call) would get a new one in the task's graph, without the hook.
+            opened["nodes"].append(node)
+        self._measurement = opened
+
+    def _add_penalty(self, measurement: _Measurement, reg_loss: Tensor) -> None:
+        """Take ``reg_loss``'s gradient on the measurement's parameters, and read the factor the
+        backward pass puts on it."""
         try:
-            penalty = torch.autograd.grad(reg_loss, parameters, retain_graph=True, allow_unused=True)
+            parts = torch.autograd.grad(
+                reg_loss, measurement["parameters"], retain_graph=True, allow_unused=True
+            )
         except RuntimeError as error:
             if "donated buffers" not in str(error):
                 raise
@@ -529,81 +624,32 @@ class RatioWeight(_SelfTuningWeight):
                 "torch._functorch.config.donated_buffer = False, compile without dynamic=True, or "
                 "give the model a constant weight"
             ) from error
-        if all(part is None for part in penalty) and not self._warned_unreached:
+        if all(part is None for part in parts) and not self._warned_unreached:
             self._warned_unreached = True
             warnings.warn(
                 "none of RatioWeight's parameters is in model.reg_loss's graph, so it measures "
                 "nothing and its weight stays where it is: give it the field's parameters (after "
                 "load_state_dict(..., assign=True) or to_empty() they are new objects; the default "
                 "weight follows them)",
-                stacklevel=3,
+                stacklevel=4,
             )
-        measurement: _Measurement = {
-            "penalty_norm": _norm(penalty),
-            "eps": max((torch.finfo(part.dtype).eps for part in penalty if part is not None), default=0.0),
-            "task_sq": 0.0,
-            "scale": None,
-            "without_penalty": False,
-            "reached": 0,
-            "ended": False,
-            "handles": [],
-            "nodes": [],
-        }
-
-        def finish_this_measurement() -> None:
-            if self._measurement is measurement:
-                self._finish_measurement()
+        penalty: _Penalty = {"parts": list(parts), "scale": None}
+        measurement["penalties"].append(penalty)
 
         def read_scale(gradient: Tensor) -> None:
             # The backward pass's factor on reg_loss: a loss divided over micro-batches or scaled
             # by AMP's GradScaler scales the task's gradient and the penalty's alike.
-            measurement["scale"] = float(gradient.sum())
+            penalty["scale"] = float(gradient.sum())
             # Finish when this pass ends, with the parameters it reached: one that gets no gradient
             # (a layer the forward pass skipped) never reports, and waiting for it would leave the
             # measurement open past a checkpoint. Queued here, in the pass that carries reg_loss,
             # not at a parameter's report, which a nested pass (a head under a reentrant
             # torch.utils.checkpoint) may give first and end before this one has begun.
-            torch.autograd.Variable._execution_engine.queue_callback(end_of_pass)
-
-        def end_of_pass() -> None:
-            if measurement["reached"]:
-                # A pass that carried another training call's penalty too (several calls of the
-                # model before one backward pass) counts that call's gradient as the task's.
-                task, penalties = self._penalties_in_pass
-                measurement["ended"] = not (task == torch._C._current_graph_task_id() and penalties > 1)
-                finish_this_measurement()
-            else:
-                # A pass that reached no watched accumulator (torch.autograd.grad through reg_loss,
-                # a user's logging) leaves no factor behind for a later pass without reg_loss.
-                measurement["scale"] = None
-
-        def report(incoming: tuple[Tensor | None, ...], part: Tensor | None, handle_index: int) -> None:
-            measurement["handles"][handle_index].remove()
-            (gradient,) = incoming
-            if gradient is None:
-                return
-            measurement["reached"] += 1
-            if part is not None:
-                if measurement["scale"] is None:
-                    # reg_loss reaches this parameter, so a backward pass that carries it has read
-                    # its factor by now: this one does not carry the penalty, and measures nothing.
-                    measurement["without_penalty"] = True
-                    return
-                gradient = gradient - measurement["scale"] * part
-            measurement["task_sq"] += float(gradient.pow(2).sum())
+            if not measurement["end_queued"]:
+                measurement["end_queued"] = True
+                torch.autograd.Variable._execution_engine.queue_callback(measurement["end_of_pass"])
 
         measurement["handles"].append(reg_loss.register_hook(read_scale))
-        for index, (parameter, part) in enumerate(zip(parameters, penalty, strict=True), start=1):
-            # A pre-hook of the parameter's AccumulateGrad node sees this backward pass's gradient
-            # before it is added to .grad (so accumulated gradients do not count), and runs only in
-            # a backward pass that accumulates: not in the gradient methods' own autograd.grad.
-            node = torch.autograd.graph.get_gradient_edge(parameter).node
-            hook = functools.partial(report, part=part, handle_index=index)
-            measurement["handles"].append(node.register_prehook(hook))
-            # A parameter holds its accumulator weakly: one in no live graph yet (a head used after
-            # the model's call) would get a new one in the task's graph, without the hook.
-            measurement["nodes"].append(node)
-        self._measurement = measurement
 
     def _count_penalty(self, gradient: Tensor) -> None:
         """A training call's penalty reached in a backward pass: counted per pass."""
@@ -612,24 +658,35 @@ class RatioWeight(_SelfTuningWeight):
         self._penalties_in_pass = (task, penalties + 1 if task == last else 1)
 
     def _finish_measurement(self) -> None:
-        """Report the open measurement (if any parameter reported), set the weight, remove its hooks."""
+        """Report the open measurement (if it ended), set the weight, remove its hooks."""
         measurement, self._measurement = self._measurement, None
         if measurement is None:
             return
         for handle in measurement["handles"]:
             handle.remove()
-        scale = measurement["scale"]
+        carried = [penalty for penalty in measurement["penalties"] if penalty["scale"] is not None]
+        scales = {cast(float, penalty["scale"]) for penalty in carried}
         # A pass that raised after some parameters reported never ended: it measured part of them.
-        if measurement["ended"] and scale is not None and not measurement["without_penalty"]:
+        # Penalties carried with different factors have no one scale to read the task's gradient at.
+        if measurement["ended"] and len(scales) == 1 and not measurement["without_penalty"]:
+            (scale,) = scales
+            penalty_parts: list[Tensor | None] = []
+            for index in range(len(measurement["parameters"])):
+                found = [part for penalty in carried if (part := penalty["parts"][index]) is not None]
+                penalty_parts.append(torch.stack(found).sum(0) if found else None)
+            penalty_norm = _norm(penalty_parts)
+            eps = max(
+                (torch.finfo(part.dtype).eps for part in penalty_parts if part is not None), default=0.0
+            )
             task_norm = math.sqrt(measurement["task_sq"])
             # The task's part is the pass's gradient less scale times the penalty's; of a zero task
             # gradient the subtraction leaves its rounding, which must read as zero (a skipped
             # measurement), not as a tiny task gradient that would send the weight to w_min.
-            if task_norm <= ROUNDING_ULPS * measurement["eps"] * abs(scale) * measurement["penalty_norm"]:
+            if task_norm <= ROUNDING_ULPS * eps * abs(scale) * penalty_norm:
                 task_norm = 0.0
             # The task's gradient in that pass was scale times the task loss's.
             task_norm /= abs(scale) if scale != 0.0 else 1.0
-            self.observe_gradients(measurement["penalty_norm"], task_norm)
+            self.observe_gradients(penalty_norm, task_norm)
             self._fold()
 
     def backward(self, task_loss: Tensor, reg_loss: Tensor, parameters: Iterable[Tensor]) -> float:
@@ -687,9 +744,9 @@ class RatioWeight(_SelfTuningWeight):
         if self._state["measured"] == 0 and self._state["pending"] is None and iterations == 10 * self.every:
             how = (
                 "backpropagate model.reg_loss with the task loss by .backward(), once per training "
-                "call of the model (a backward pass that carries several calls' penalties measures "
-                "nothing, nor does a gradient taken by torch.autograd.grad); a task loss whose "
-                "gradient is zero (every margin met) leaves nothing to measure"
+                "call of the model (a pass that carries the penalty of a call made before the "
+                "measuring one measures nothing, nor does a gradient taken by torch.autograd.grad); "
+                "a task loss whose gradient is zero (every margin met) leaves nothing to measure"
                 if self.parameters and any(p.requires_grad for p in self.parameters)
                 else "none of its parameters requires grad (frozen): it measures once they are trained"
                 if self.parameters
