@@ -86,9 +86,12 @@ def explain_failure(
     # 100 eps to that, with a warning).
     if adaptive and eps is not None and non_finite is None and rtol and rtol < eps:
         wider = "" if dtype == torch.float64 else " or solve in float64"
+        # A step limit may be reached before the steps shrink that far: the limit may be the cause.
+        limit = f"{RAISE_MAX_STEPS}; " if reason.startswith("max_steps") else ""
+        fails = "cost steps" if limit else "shrink until they fail"
         reason += (
-            f" (rtol={rtol:g} is below what {dtype} resolves, eps = {eps:.2g}: the error estimate stays "
-            f"at its rounding, so the steps shrink until they fail; loosen rtol{wider})"
+            f" ({limit}rtol={rtol:g} is below what {dtype} resolves, eps = {eps:.2g}: the error estimate "
+            f"stays at its rounding, so the steps {fails}; loosen rtol{wider})"
         )
         return SolverError(reason, t=error.t, n_steps=error.n_steps)
     overflow = None if state is None else _near_overflow(state)

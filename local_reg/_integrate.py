@@ -33,6 +33,7 @@ from ._step import (
     jump_ends,
     min_step_size,
     rms_norm,
+    too_close_to_step,
     trial_end,
     underflow_threshold,
     within_ulps,
@@ -288,7 +289,7 @@ def check_landing_gaps(times: list[float], why: str) -> None:
     too close for a step between them to move the time (:func:`next_step_size`'s underflow, which
     the loop would reach only after integrating up to them); ``why`` ends the message."""
     for a, b in itertools.pairwise(times):
-        if abs(b - a) <= underflow_threshold(a, abs(b - a)):
+        if too_close_to_step(a, b):
             raise ValueError(f"t holds {a!r} and {b!r}, within a few ulps of each other: {why}")
 
 

@@ -148,6 +148,12 @@ def stage_times(times: Sequence[float], like: Tensor, dtype: torch.dtype | None 
     return torch.tensor(times, dtype=like.dtype if dtype is None else dtype, device=like.device).unbind()
 
 
+def too_close_to_step(a: float, b: float) -> bool:
+    """Whether a step from ``a`` to ``b`` would underflow (:func:`underflow_threshold`, the loop's
+    own test): two output times this close cannot each end a step."""
+    return abs(b - a) <= underflow_threshold(a, abs(b - a))
+
+
 def within_ulps(a: float, b: float) -> bool:
     """Whether ``a`` and ``b`` are no further apart than the loop's smallest step from the larger
     (:func:`underflow_threshold`, 4 ulps), so that no step can go from one to the other."""

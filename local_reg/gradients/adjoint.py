@@ -57,7 +57,7 @@ from .._step import (
     initial_step_size,
     rms_norm,
     time_tensor,
-    underflow_threshold,
+    too_close_to_step,
 )
 from .._validate import check_span, positive_float, positive_int, relative_tolerance
 from ..interpolants import get_interpolant
@@ -480,8 +480,7 @@ class _ContinuousAdjoint(GraphFreeGradient):
         restarts = [0, *(i for i in range(1, last) if bool(grad_ys[i].any())), last]
         calls = 0
         for end, start in reversed(list(pairwise(restarts))):
-            span = abs(times[start] - times[end])
-            if span <= underflow_threshold(times[start], span):
+            if too_close_to_step(times[start], times[end]):
                 # Output times a few ulps apart, which the forward solve interpolates: no step can
                 # cross the span, and the adjoint changes across it by less than its rounding.
                 adjoint = adjoint + grad_ys[end]
