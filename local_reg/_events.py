@@ -164,15 +164,21 @@ def find_root(
     widths = [math.inf] * 3
     # Not done at hb == 0: an h that reaches 0 and stays there (a clamped gap) is 0 from the sign
     # change on, so only the bracket's width locates its first zero. Regula falsi then proposes
-    # just inside tb: h > 0 there ends the search (an exact root), 0 again means a plateau, which
-    # is bisected.
-    plateau = False
+    # just inside tb: h > 0 there ends the search (an exact root), 0 again means a plateau. One
+    # probe a little further in finds the edge of a plateau a few ulps wide (an h that rounds to 0
+    # around its root; bisecting the whole bracket down to it took ~30 evaluations); a wider one
+    # (a clamped gap) is bisected.
+    plateau = probed = False
     for _ in range(_MAX_ROOT_ITERATIONS):
         width = abs(tb - ta)
         if width <= xtol:
             break
+        edge = tb - math.copysign(2 * xtol, tb - ta)
+        if plateau and not probed and min(ta, tb) < edge < max(ta, tb):
+            probed = True
+            tc = edge
         # ha == hb: both ends' values halved to 0 (subnormal event values), no secant to follow.
-        if plateau or width > 0.5 * widths[-3] or ha == hb:
+        elif plateau or width > 0.5 * widths[-3] or ha == hb:
             tc = 0.5 * (ta + tb)
         else:
             # At least one float inside: with xtol one ulp, half of it rounds back onto an end.

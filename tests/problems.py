@@ -72,6 +72,18 @@ class DecaySDE(torch.nn.Module):
         return 0.1 * y
 
 
+class ConstantNoiseSDE(torch.nn.Module):
+    """``dy = -y dt + 0.1 dW``: diagonal noise of a constant diffusion."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def f(self, t, y):
+        return -y
+
+    def g(self, t, y):
+        return 0.1 * torch.ones_like(y)
+
+
 LINEAR_MATRIX = np.array([[-0.5, 1.0, 0.0], [-1.0, -0.2, 0.3], [0.2, 0.0, -0.8]])
 TIGHT_TOLERANCES = {"rtol": 1e-11, "atol": 1e-11}
 

@@ -199,6 +199,9 @@ def test_exact_graph_free_methods_equal_direct_with_the_event_inside_the_last_st
         (lambda t: 1.0 if t < 0.7 else -1.0, 0.7, 3 * 48),
         # Zero from the root on (a clamped gap): h(tb) == 0 does not mean tb is the first zero.
         (lambda t: max(0.7 - t, 0.0), 0.7, 3 * 48),
+        # Zero for a few ulps around the root (an h that rounds to 0 there): one probe past the
+        # zeros finds the plateau's edge, where bisecting the bracket took ~30 more evaluations.
+        (lambda t: 0.0 if abs(t - 1.3) <= 1.5e-14 else 1.3 - t, 1.3 - 1.5e-14, 10),
     ],
 )
 def test_find_root_brackets_the_sign_change_to_the_tolerance(h, root, most_calls):

@@ -748,6 +748,7 @@ def test_the_step_records_go_with_the_last_backward_pass(gradient, query, monkey
     assert records is not None
     assert torch.equal(torch.autograd.grad(loss, y)[0], first)
     assert node.solve.step_states is None and node.solve.dense_output is None
+    assert node.solve.f0 is None  # f(t0, y0), a state's size, was kept too
 
 
 def test_re_solved_states_are_the_forwards_to_the_bit():

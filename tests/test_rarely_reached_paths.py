@@ -27,6 +27,7 @@ from local_reg import (
     sdeint,
 )
 from local_reg.sde import sde_initial_step_size
+from tests.problems import ConstantNoiseSDE
 
 F64 = torch.float64
 T01 = torch.tensor([0.0, 1.0], dtype=F64)
@@ -53,19 +54,6 @@ class Tanh(torch.nn.Module):
 
     def forward(self, t, y):
         return torch.tanh(self.linear(y))
-
-
-class DiagonalSDE(torch.nn.Module):
-    """dy = -y dt + 0.1 dW (diagonal noise, constant diffusion)."""
-
-    noise_type = "diagonal"
-    sde_type = "ito"
-
-    def f(self, t, y):
-        return -y
-
-    def g(self, t, y):
-        return 0.1 * torch.ones_like(y)
 
 
 # --- local_reg.compat -------------------------------------------------------------------------------
@@ -182,20 +170,22 @@ def test_sdeint_refuses_dt0_together_with_first_step():
     """The deprecated dt0 and its replacement first_step may not both be given."""
     y0 = torch.ones(2, 1, dtype=F64)
     with pytest.warns(DeprecationWarning, match="dt0"), pytest.raises(ValueError, match="first_step"):
-        sdeint(DiagonalSDE(), y0, [0.0, 1.0], dt0=0.01, first_step=0.01)
+        sdeint(ConstantNoiseSDE(), y0, [0.0, 1.0], dt0=0.01, first_step=0.01)
 
 
 def test_sdeint_refuses_step_penalty_with_fixed_step_size():
     """A step penalty needs the error estimate of the adaptive mode: with step_size it is refused."""
     y0 = torch.ones(2, 1, dtype=F64)
     with pytest.raises(ValueError, match="step_size"):
-        sdeint(DiagonalSDE(), y0, [0.0, 1.0], step_size=0.01, step_penalty=lambda r, dt: r.error_estimate)
+        sdeint(
+            ConstantNoiseSDE(), y0, [0.0, 1.0], step_size=0.01, step_penalty=lambda r, dt: r.error_estimate
+        )
 
 
 def test_sde_initial_step_size_without_t_end_follows_its_docstring():
     """h0 = 0.01 d0/d1, one trial step, h = h0 min(100, 0.9 EEst^-1) (order 1), worked out by hand."""
     rtol, atol = 1e-5, 1e-8
-    sde, y0 = DiagonalSDE(), torch.ones(2, 1, dtype=F64)
+    sde, y0 = ConstantNoiseSDE(), torch.ones(2, 1, dtype=F64)
     t0 = torch.tensor(0.0, dtype=F64)
     h, nfe_drift, nfe_diffusion = sde_initial_step_size(
         sde, "diagonal", 0.0, y0, sde.f(t0, y0), sde.g(t0, y0), rtol, atol, t_end=None

@@ -545,6 +545,27 @@ def test_calls_before_one_backward_pass_are_measured_together(calls, monkeypatch
     assert observed[0] == pytest.approx((penalty_by_hand, task_by_hand), rel=1e-10)
 
 
+def test_a_finished_measurement_frees_its_penalty_gradients_without_a_collection():
+    """A measurement's closures refer to it: the copy of the penalty's gradient it holds waited for
+    Python's cycle collector (13 of them alive at once in a long loop); it goes when the pass ends."""
+    import gc
+    import weakref
+
+    model = _model(RatioWeight(1.0))
+    model.weight = RatioWeight(1.0, every=1, parameters=model.parameters())
+    gc.collect()
+    gc.disable()
+    try:
+        loss = _task_loss(model(_y0(), T)) + model.reg_loss
+        parts = [weakref.ref(part) for part in model.weight._measurement["penalties"][0]["parts"]]
+        loss.backward()
+        assert model.weight._state["measured"] == 1
+        del loss
+        assert all(part() is None for part in parts)
+    finally:
+        gc.enable()
+
+
 def test_a_pass_that_carries_a_penalty_made_before_the_measurement_is_no_measurement(monkeypatch):
     """The measuring call came after another call whose penalty the same pass carries: that
     penalty's gradient would read as the task's, so the pass measures nothing."""

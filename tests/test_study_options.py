@@ -23,6 +23,7 @@ from local_reg.regularization._probe import heuristic_order, penalty_form
 from local_reg.sde import sdeint
 from local_reg.solution import Stats
 from local_reg.tableaus import get_tableau
+from tests.problems import ConstantNoiseSDE
 
 DTYPE = torch.float64
 T = torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)
@@ -227,17 +228,8 @@ def test_kinetic_penalty_refuses_probe_options(kwargs):
 
 
 def test_probe_dtype_needs_an_ode_module_with_a_tensor_state():
-    class SDE(torch.nn.Module):
-        noise_type, sde_type = "diagonal", "ito"
-
-        def f(self, t, y):
-            return -y
-
-        def g(self, t, y):
-            return 0.1 * torch.ones_like(y)
-
     with pytest.raises(ValueError, match="probe_dtype casts"):
-        LocallyRegularized(SDE(), probe_dtype="float64")
+        LocallyRegularized(ConstantNoiseSDE(), probe_dtype="float64")
     with pytest.raises(ValueError, match="probe_dtype casts"):
         LocallyRegularized(lambda t, y: -y, probe_dtype="float64", weight=1.0)
     with pytest.raises(ValueError, match="probe_dtype"):
@@ -419,19 +411,9 @@ def test_cli_runs_the_held_out_task_with_study_options_and_an_adaptive_weight(tm
 
 
 def test_sde_refuses_the_ode_probe_options():
-    class SDE(torch.nn.Module):
-        noise_type = "diagonal"
-        sde_type = "ito"
-
-        def f(self, t, y):
-            return -y
-
-        def g(self, t, y):
-            return 0.1 * torch.ones_like(y)
-
-    LocallyRegularized(SDE())  # the defaults are fine
+    LocallyRegularized(ConstantNoiseSDE())  # the defaults are fine
     with pytest.raises(ValueError, match="probe options"):
-        LocallyRegularized(SDE(), penalty="log")
+        LocallyRegularized(ConstantNoiseSDE(), penalty="log")
 
 
 class _DriftSDE(torch.nn.Module):

@@ -47,7 +47,7 @@ class ForwardSolve:
         options: the forward solver's options.
         params: the tensors gradients are returned for besides ``y0`` (``adjoint_params``), each
             requiring grad, no duplicates.
-        f0: ``func(times[0], y0)``, already evaluated (without a graph).
+        f0: ``func(times[0], y0)``, already evaluated (without a graph); dropped with the records.
         record_states: the user asked for ``steps.states``.
         step_penalty: the per-accepted-step penalty, or ``None``.
         stats, steps: filled in by the forward pass (``stats`` replaced by its own);
@@ -64,7 +64,7 @@ class ForwardSolve:
     times: list[float]
     options: SolveOptions
     params: tuple[Tensor, ...]
-    f0: Tensor
+    f0: Tensor | None
     record_states: bool
     step_penalty: StepPenalty | None
     stats: Stats = field(default_factory=Stats)
@@ -102,10 +102,11 @@ class ForwardSolve:
         return torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *self.params))
 
     def release_records(self) -> None:
-        """Drop what only a backward pass reads (``step_states``, ``dense_output``), once the last
-        one has run."""
+        """Drop what only a backward pass reads (``step_states``, ``dense_output``), and ``f0``,
+        once the last one has run."""
         self.step_states = None
         self.dense_output = None
+        self.f0 = None
 
     def replay_records(self) -> tuple[Steps, StepStates]:
         """The forward solve's ``steps`` and ``step_states``, from which a backward pass replays its

@@ -579,7 +579,10 @@ class InterpolatingAdjoint(_ContinuousAdjoint):
         # largest RMS over the output times, its error control measures a and g against tolerances
         # at that scale, whatever the loss's (a mean over many entries gives a tiny a, which the
         # forward's atol would let through at ~100% error), as the backsolve's y keeps its steps.
-        rms = torch.linalg.vector_norm(grad_ys.reshape(len(grad_ys), -1), dim=1) / grad_ys[0].numel() ** 0.5
+        # In float64: a float32 sum of squares underflows below cotangents of ~1e-22 (and the scale
+        # fell back to 1). The cotangent at t0 enters no solve.
+        entered = grad_ys[1:].reshape(len(grad_ys) - 1, -1)
+        rms = torch.linalg.vector_norm(entered, dim=1, dtype=torch.float64) / grad_ys[0].numel() ** 0.5
         largest = float(rms.max())
         return largest if 0.0 < largest < math.inf else 1.0
 

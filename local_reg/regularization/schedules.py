@@ -664,6 +664,16 @@ class RatioWeight(_SelfTuningWeight):
             return
         for handle in measurement["handles"]:
             handle.remove()
+        try:
+            self._report(measurement)
+        finally:
+            # Its closures refer to it (a cycle): its gradients go now, not at the next collection.
+            measurement["end_of_pass"] = _no_end_of_pass
+            measurement["penalties"].clear()
+            measurement["nodes"].clear()
+
+    def _report(self, measurement: _Measurement) -> None:
+        """Observe what the ended ``measurement`` measured."""
         carried = [penalty for penalty in measurement["penalties"] if penalty["scale"] is not None]
         scales = {cast(float, penalty["scale"]) for penalty in carried}
         # A pass that raised after some parameters reported never ended: it measured part of them.
@@ -779,6 +789,10 @@ class RatioWeight(_SelfTuningWeight):
             + (f", max_rise={self.max_rise}" if self.max_rise is not None else "")
             + ")"
         )
+
+
+def _no_end_of_pass() -> None:
+    """A finished measurement's end of pass (one still queued in a running pass finds nothing)."""
 
 
 def _norm(grads: Iterable[Tensor | None]) -> float:
