@@ -14,6 +14,7 @@ from local_reg import (
     ButcherTableau,
     Checkpoint,
     InterpolatingAdjoint,
+    SolverError,
     Symplectic,
     odeint,
     odeint_event,
@@ -725,6 +726,30 @@ def test_output_times_a_few_ulps_apart_are_differentiated_by_every_method(gradie
     (grad,) = torch.autograd.grad(solution.ys.sum(), y0)
     expected = sum(math.exp(-t) for t in times)
     torch.testing.assert_close(grad, torch.full_like(grad, expected), rtol=1e-8, atol=0.0)
+
+
+def test_a_loop_that_keeps_its_losses_leaves_no_hooks_on_the_parameters():
+    """The non-finite-gradient guard of ``direct`` hooked every parameter for as long as each solve's
+    graph lived: a loop that keeps its losses piled up one hook per parameter per iteration (6000
+    after 1500 iterations of a small network), every later backward pass running them all. They
+    are set for the pass that reaches the solve only; the guard still works in every pass."""
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    losses = []
+    for _ in range(5):
+        loss = loss_of(odeint(field, y0, TIMES).ys)
+        loss.backward(retain_graph=True)
+        losses.append(loss)
+    assert all(not p._backward_hooks for p in field.parameters())
+    losses[0].backward()  # a kept graph differentiated again: still guarded, still no hook left
+    assert all(not p._backward_hooks for p in field.parameters())
+
+    class Poisoned(TinyField):  # sqrt at 0: a NaN vector-Jacobian product
+        def forward(self, t, y):
+            return super().forward(t, y) + torch.sqrt(y - y)
+
+    with pytest.raises(SolverError, match="non-finite gradient"):
+        loss_of(odeint(Poisoned(), y0, TIMES).ys).backward()
 
 
 @pytest.mark.parametrize("query", [True, False], ids=["keep_graph_query", "without_query"])

@@ -11,6 +11,7 @@ of the gradients costs one reduction per input, not one per evaluation of ``func
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -33,19 +34,6 @@ def raise_non_finite_gradient(t0: float, n_steps: int) -> None:
     )
 
 
-class _RemoveHooks:
-    """Removes the input hooks of one solve when the solve's graph is freed (it is held by a hook
-    stored in that graph), so repeated solves do not pile hooks on a module's parameters."""
-
-    def __init__(self, handles: list[torch.utils.hooks.RemovableHandle]) -> None:
-        self.handles = handles
-
-    def __del__(self) -> None:
-        # getattr: torch.compile may copy the object without running __init__.
-        for handle in getattr(self, "handles", ()):
-            handle.remove()
-
-
 _NON_FINITE_COTANGENT_PASSES: set[int] = set()
 """The backward passes (autograd's graph task ids) in which a guarded solve's outputs got a
 non-finite cotangent: the inputs' gradients are then the sum of that solve's and others' (a shared
@@ -60,41 +48,39 @@ def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_st
     cotangent was NaN gets their sum).
 
     A hook on ``ys`` records, for the backward pass that runs (a nested one, a reentrant checkpoint's
-    say, is another pass), whether its cotangent was finite; a hook on each input checks the
-    gradient that reaches it in the same pass, so a later pass that does not reach ``ys`` (through
-    an input shared with another computation) is not judged by an earlier record. The input hooks
-    live as long as the graph of ``ys`` (not the Python tensor ``ys``, which a caller may drop after
-    indexing it).
+    say, is another pass), whether its cotangent was finite, and hooks each input for that pass
+    only: the input's hook checks the gradient that reaches it in the same pass, so a later pass
+    that does not reach ``ys`` (through an input shared with another computation) is not judged by
+    an earlier record, and no hook stays on a parameter between passes (hooks that lived as long as
+    the graph piled up on the parameters of a loop that keeps its losses, every later pass running
+    them all).
     """
     inputs = [x for x in inputs if x.requires_grad]
     if not inputs:
         return
-    finite_in: dict[int, bool] = {}  # per backward pass: whether the cotangent of ys was finite
+    inputs_held = weakref.WeakSet(inputs)  # the graph of ys does not keep its inputs alive
+    del inputs
 
-    def check(grad: Tensor) -> None:
+    def record_cotangent(grad: Tensor | None) -> None:
+        task = torch._C._current_graph_task_id()
         # Under torch.func transforms (jacrev's vmap over cotangents) a tensor's value cannot be
         # read: the check is skipped there.
-        if transformed(grad):
-            return
-        task = torch._C._current_graph_task_id()
-        if (
-            finite_in.get(task, False)
-            and task not in _NON_FINITE_COTANGENT_PASSES
-            and not all_finite((grad,))
-        ):
-            raise_non_finite_gradient(t0, n_steps)
-
-    remover = _RemoveHooks([x.register_hook(check) for x in inputs])
-
-    def record_cotangent(grad: Tensor | None, _remover: _RemoveHooks = remover) -> None:
-        task = torch._C._current_graph_task_id()
         readable = grad is not None and not transformed(grad)
-        finite_in[task] = readable and all_finite((grad,))
-        if readable and not finite_in[task]:
+        finite = readable and all_finite((grad,))
+        if readable and not finite:
             _NON_FINITE_COTANGENT_PASSES.add(task)
 
+        def check(gradient: Tensor) -> None:
+            if transformed(gradient) or torch._C._current_graph_task_id() != task:
+                return
+            if finite and task not in _NON_FINITE_COTANGENT_PASSES and not all_finite((gradient,)):
+                raise_non_finite_gradient(t0, n_steps)
+
+        handles = [x.register_hook(check) for x in list(inputs_held)]
+
         def end_of_pass() -> None:
-            finite_in.pop(task, None)
+            for handle in handles:
+                handle.remove()
             _NON_FINITE_COTANGENT_PASSES.discard(task)
 
         torch.autograd.Variable._execution_engine.queue_callback(end_of_pass)
