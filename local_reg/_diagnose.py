@@ -88,10 +88,10 @@ def explain_failure(
         wider = "" if dtype == torch.float64 else " or solve in float64"
         # A step limit may be reached before the steps shrink that far: the limit may be the cause.
         limit = f"{RAISE_MAX_STEPS}; " if reason.startswith("max_steps") else ""
-        fails = "cost steps" if limit else "shrink until they fail"
+        cost = "the steps stay short" if limit else "the steps shrink until they fail"
         reason += (
             f" ({limit}rtol={rtol:g} is below what {dtype} resolves, eps = {eps:.2g}: the error estimate "
-            f"stays at its rounding, so the steps {fails}; loosen rtol{wider})"
+            f"stays at its rounding, so {cost}; loosen rtol{wider})"
         )
         return SolverError(reason, t=error.t, n_steps=error.n_steps)
     overflow = None if state is None else _near_overflow(state)

@@ -30,7 +30,7 @@ from ._events import _solve_until_event, direction_time
 from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
 from ._step import rms_norm
-from ._tuple import TupleState
+from ._tuple import TupleState, owning_module
 from ._validate import (
     Tolerance,
     check_output,
@@ -477,11 +477,13 @@ def _solve(
 class _TimeInStateDtype(nn.Module):
     """``func`` given its time in the state's dtype, as torchdiffeq's solvers give it, where the
     solve keeps a wider ``t`` that requires grad (its outputs are differentiated w.r.t. it). A
-    module, so that ``func``'s parameters stay the default ``adjoint_params``."""
+    module holding ``func`` (and a bound method's module, as :class:`local_reg._tuple.TupleField`
+    does), so that its parameters and layers are found through it."""
 
     def __init__(self, func: Callable, dtype: torch.dtype) -> None:
         super().__init__()
         self.func = func
+        self.owner = None if isinstance(func, nn.Module) else owning_module(func)
         self.state_dtype = dtype
 
     def forward(self, t: Tensor, y: Any) -> Any:

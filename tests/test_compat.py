@@ -182,6 +182,31 @@ def test_a_tuple_states_outputs_can_be_changed_in_place_before_backward():
             zs.sum().backward()
 
 
+def test_a_bound_method_with_a_float64_t_that_requires_grad_is_still_seen_as_its_module():
+    # The wrapper that hands func its time in y0's dtype hid a bound method's module: the
+    # re-evaluation warning for its dropout went unsaid.
+    class Field(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(2, 2)
+            self.drop = nn.Dropout(0.5)
+
+        def rate(self, t, y):
+            return self.drop(self.layer(y))
+
+    field = Field()
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
+    with pytest.warns(UserWarning, match="dropout"):
+        compat.odeint_adjoint(
+            field.rate,
+            torch.ones(2),
+            t,
+            method="rk4",
+            options={"step_size": 0.5},
+            adjoint_params=tuple(field.parameters()),
+        )
+
+
 def test_scipy_solvers_no_bound_step_options_are_taken_as_no_bound():
     # scipy's (and torchdiffeq's) defaults min_step=0 and max_step=inf were refused as bounds.
     y0, t = torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)

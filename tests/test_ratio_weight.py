@@ -567,19 +567,31 @@ def test_a_finished_measurement_frees_its_penalty_gradients_without_a_collection
 
 
 def test_a_pass_that_carries_a_penalty_made_before_the_measurement_is_no_measurement(monkeypatch):
-    """The measuring call came after another call whose penalty the same pass carries: that
-    penalty's gradient would read as the task's, so the pass measures nothing."""
+    """The measuring call came after other calls whose penalties the same pass carries: their
+    gradients would read as the task's, so the pass measures nothing."""
     model = _model(RatioWeight(1.0))
-    model.weight = RatioWeight(1.0, every=2, parameters=model.parameters())
+    model.weight = RatioWeight(1.0, every=3, parameters=model.parameters())
     observed = []
     monkeypatch.setattr(model.weight, "observe_gradients", lambda *norms: observed.append(norms))
-    model(_y0(), T)
-    (_task_loss(model(_y0(), T)) + model.reg_loss).backward()  # the first call's measurement
+    (_task_loss(model(_y0(), T)) + model.reg_loss).backward()  # the first call: measured
     assert len(observed) == 1
     losses = []
-    for _ in range(3):  # the first and the last are due: the last opens a measurement after two calls
+    for _ in range(3):  # the third is due: it opens a measurement after two calls of its pass
         losses.append(_task_loss(model(_y0(), T)) + model.reg_loss)
     sum(losses).backward()
+    assert len(observed) == 1
+
+
+@pytest.mark.parametrize(("calls", "every"), [(12, 10), (4, 3), (2, 1)])
+def test_more_calls_per_pass_than_every_are_measured(calls, every, monkeypatch):
+    """A recurrent block called at twelve observations with the default's every=10: the due call in
+    the middle of the pass restarted the measurement, which the pass then mixed with the calls
+    before it, so the weight never measured (and warned)."""
+    model = _model(RatioWeight(1.0))
+    model.weight = RatioWeight(1.0, every=every, parameters=model.parameters())
+    observed = []
+    monkeypatch.setattr(model.weight, "observe_gradients", lambda *norms: observed.append(norms))
+    sum(_task_loss(model(_y0(), T)) + model.reg_loss for _ in range(calls)).backward()
     assert len(observed) == 1
 
 

@@ -39,6 +39,12 @@ In float32 that is a ratio of the weighted penalty's gradient to the task's abov
 any target, so no real measurement is lost."""
 
 
+MAX_JOINED_CALLS = 64
+"""How many training calls one open :class:`RatioWeight` measurement holds at most (one penalty
+gradient each) before it is dropped: a recurrent block called at every observation of a series
+joins one per call."""
+
+
 class _Penalty(TypedDict):
     """One training call's penalty in an open measurement: its gradient on each measured parameter
     (``None`` where it has none) and the factor the backward pass put on it (``None`` until read)."""
@@ -530,11 +536,11 @@ class RatioWeight(_SelfTuningWeight):
         measurement = self._measurement
         joins = (
             measurement is not None
-            and not due
             and reg_loss.requires_grad
-            # At most one measurement's worth of calls (a loop that never backpropagates would
+            # A due call joins too: with more calls per pass than `every`, restarting at one
+            # would never measure. A bounded number (a loop that never backpropagates would
             # otherwise keep a gradient per call), over the same parameters.
-            and len(measurement["penalties"]) < self.every
+            and len(measurement["penalties"]) < max(self.every, MAX_JOINED_CALLS)
             and len(parameters) == len(measurement["parameters"])
             and all(p is q for p, q in zip(parameters, measurement["parameters"], strict=True))
         )
