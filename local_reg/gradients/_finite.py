@@ -11,7 +11,6 @@ of the gradients costs one reduction per input, not one per evaluation of ``func
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -55,11 +54,11 @@ def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_st
     the graph piled up on the parameters of a loop that keeps its losses, every later pass running
     them all).
     """
-    inputs = [x for x in inputs if x.requires_grad]
+    # Held by the hook on ys (no cycle: the inputs are upstream of it): an input the caller does
+    # not keep, y0 = encoder(x) passed inline, would otherwise be gone when the pass comes.
+    inputs = tuple(x for x in inputs if x.requires_grad)
     if not inputs:
         return
-    inputs_held = weakref.WeakSet(inputs)  # the graph of ys does not keep its inputs alive
-    del inputs
 
     def record_cotangent(grad: Tensor | None) -> None:
         task = torch._C._current_graph_task_id()
@@ -70,17 +69,21 @@ def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_st
         if readable and not finite:
             _NON_FINITE_COTANGENT_PASSES.add(task)
 
+        def release() -> None:
+            for handle in handles:
+                handle.remove()
+
         def check(gradient: Tensor) -> None:
             if transformed(gradient) or torch._C._current_graph_task_id() != task:
                 return
             if finite and task not in _NON_FINITE_COTANGENT_PASSES and not all_finite((gradient,)):
+                release()  # the pass ends here, before its end-of-pass callback
                 raise_non_finite_gradient(t0, n_steps)
 
-        handles = [x.register_hook(check) for x in list(inputs_held)]
+        handles = [x.register_hook(check) for x in inputs]
 
         def end_of_pass() -> None:
-            for handle in handles:
-                handle.remove()
+            release()
             _NON_FINITE_COTANGENT_PASSES.discard(task)
 
         torch.autograd.Variable._execution_engine.queue_callback(end_of_pass)
