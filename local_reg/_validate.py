@@ -580,8 +580,9 @@ class CheckedField:
 
 
 class FreshOutputs:
-    """Refuses a function that writes into a tensor it returned before (an output buffer reused
-    between calls: ``out.copy_(...); return out``, ``torch.matmul(..., out=out)``). The solvers keep
+    """Refuses a function that writes into the tensor it returned on its previous call (an output
+    buffer reused between calls: ``out.copy_(...); return out``, ``torch.matmul(..., out=out)``;
+    two buffers used in turn are not seen). The solvers keep
     each output (a Runge--Kutta stage, the first stage of the next step, dense output's stages), so
     a reused buffer would silently replace the earlier stages by the latest. Detected by the
     previous output's version counter, which an in-place write advances; a buffer written without
