@@ -567,19 +567,19 @@ def test_a_finished_measurement_frees_its_penalty_gradients_without_a_collection
 
 
 def test_a_pass_that_carries_a_penalty_made_before_the_measurement_is_no_measurement(monkeypatch):
-    """The measuring call came after other calls whose penalties the same pass carries: their
-    gradients would read as the task's, so the pass measures nothing."""
+    """A due call in the middle of a pass waits for the next pass's first call, for at most
+    ``every`` calls: one that opens later still, in the same pass, would read the earlier calls'
+    penalties as the task's gradient, so that pass measures nothing."""
     model = _model(RatioWeight(1.0))
-    model.weight = RatioWeight(1.0, every=3, parameters=model.parameters())
+    model.weight = RatioWeight(1.0, every=2, parameters=model.parameters())
     observed = []
     monkeypatch.setattr(model.weight, "observe_gradients", lambda *norms: observed.append(norms))
     (_task_loss(model(_y0(), T)) + model.reg_loss).backward()  # the first call: measured
     assert len(observed) == 1
-    losses = []
-    for _ in range(3):  # the third is due: it opens a measurement after two calls of its pass
-        losses.append(_task_loss(model(_y0(), T)) + model.reg_loss)
-    sum(losses).backward()
+    # Call 3 is due, waits at 3 and 4 and opens at 5, the fourth of its pass.
+    sum(_task_loss(model(_y0(), T)) + model.reg_loss for _ in range(5)).backward()
     assert len(observed) == 1
+    assert model.weight._measurement is None
 
 
 @pytest.mark.parametrize(("calls", "every"), [(12, 10), (4, 3), (2, 1)])
@@ -725,3 +725,53 @@ def test_a_backward_pass_that_raised_measures_nothing():
     field.fails = False
     model(_y0(), T)  # its watch finishes whatever the last pass left open
     assert measured == 1 and weight.state_dict()["measured"] == measured
+
+
+def test_a_head_checkpointed_twice_is_measured_whole():
+    """A head applied twice under reentrant ``torch.utils.checkpoint`` gets its gradient in two
+    nested passes: the task's gradient is their sum (the first alone was counted: 1.43 for 2.64)."""
+    from torch.utils.checkpoint import checkpoint
+
+    def build(reentrant: bool):
+        model = _model(RatioWeight(0.5))
+        torch.manual_seed(1)
+        head = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).to(DTYPE)
+        parameters = [*model.parameters(), *head.parameters()]
+        model.weight = RatioWeight(0.5, parameters=parameters)
+        ys = model(_y0(), T)
+        outputs = [checkpoint(head, ys[i], use_reentrant=True) if reentrant else head(ys[i]) for i in (1, 2)]
+        return model, parameters, sum(out.pow(2).mean() for out in outputs)
+
+    model, parameters, loss = build(False)
+    penalty = _norm(torch.autograd.grad(model.reg_loss, parameters, retain_graph=True, allow_unused=True))
+    task = _norm(torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True))
+    model, parameters, loss = build(True)
+    (loss + model.reg_loss).backward()
+    assert model.weight.last_ratio == pytest.approx(penalty / task, rel=1e-9)
+
+
+def test_a_due_call_in_the_middle_of_a_pass_measures_at_the_next_pass(monkeypatch):
+    """Three calls per backward pass with every=10: a due call that is not the first of its pass
+    (the calls before it are in the pass too) waits for the first call of the next pass, which
+    measures, with the calls after it, against the gradient computed by hand (it measured a third
+    of the time)."""
+    model = _model(RatioWeight(1.0))
+    parameters = list(model.parameters())
+    model.weight = RatioWeight(1.0, every=10, parameters=parameters)
+    observed, by_hand = [], []
+    monkeypatch.setattr(model.weight, "observe_gradients", lambda *norms: observed.append(norms))
+    for _ in range(10):
+        tasks, penalties = [], []
+        for _ in range(3):
+            tasks.append(_task_loss(model(_y0(), T)))
+            penalties.append(model.reg_loss)
+        task = _norm(torch.autograd.grad(sum(tasks), parameters, retain_graph=True))
+        penalty = _norm(torch.autograd.grad(sum(penalties), parameters, retain_graph=True))
+        before = len(observed)
+        (sum(tasks) + sum(penalties)).backward()
+        if len(observed) > before:
+            by_hand.append((penalty, task))
+    # Calls 1, 11 and 21 are due; 11 and 21 are a pass's second and third: measured at 13 and 22.
+    assert len(observed) == 3
+    for measured, expected in zip(observed, by_hand, strict=True):
+        assert measured == pytest.approx(expected, rel=1e-10)

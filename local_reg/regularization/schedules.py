@@ -58,7 +58,7 @@ class _Measurement(TypedDict):
 
     parameters: list[Tensor]
     penalties: list[_Penalty]
-    task_sq: float
+    gradients: list[Tensor | None]
     without_penalty: bool
     reached: int
     ended: bool
@@ -451,6 +451,9 @@ class RatioWeight(_SelfTuningWeight):
         self._measurement: _Measurement | None = None
         # (autograd graph task, how many training calls' penalties its backward pass carried).
         self._penalties_in_pass = (-1, 0)
+        # Training calls with a penalty, the last whose penalty a backward pass reached, and how many
+        # calls a due measurement has waited for the first call of a pass.
+        self._calls = self._reached_call = self._postponed = 0
         super().__init__(initial, beta, w_min, w_max)
 
     def _fresh(self) -> dict[str, Any]:
@@ -511,9 +514,10 @@ class RatioWeight(_SelfTuningWeight):
 
         Later calls before that pass (a model called several times per backward pass: a recurrent
         encoder, two batches, a weight shared by two blocks) join the measurement, which then
-        compares the penalties of the calls the pass carries with the rest of its gradient; a pass
-        that also carries the penalty of a call made before the measurement opened measures
-        nothing."""
+        compares the penalties of the calls the pass carries with the rest of its gradient. A due
+        call made while the previous call's penalty awaits its backward pass (in the middle of a
+        pass) waits for the first call of the next pass, for at most ``every`` calls; a pass that
+        still carries the penalty of a call made before the measurement opened measures nothing."""
         if not torch.is_grad_enabled():
             # A call under no_grad (logging in training mode) cannot be backpropagated: it is not a
             # training forward pass, and the measurement the last one opened stays open.
@@ -525,14 +529,13 @@ class RatioWeight(_SelfTuningWeight):
             return
         if self.parameters is None:
             return
-        due = self.due
+        due = self.due or self._postponed > 0
         self._state["watched"] += 1
         self._warn_if_unmeasured(self._state["watched"])
         # Those still trained: a parameter frozen since construction (requires_grad_(False)) has no
         # gradient to compare.
         parameters = [p for p in self.parameters if p.requires_grad]
-        if reg_loss.requires_grad:
-            reg_loss.register_hook(self._count_penalty)
+        previous_reached = self._reached_call == self._calls
         measurement = self._measurement
         joins = (
             measurement is not None
@@ -546,10 +549,25 @@ class RatioWeight(_SelfTuningWeight):
         )
         if measurement is not None and joins:
             self._add_penalty(measurement, reg_loss)
-            return
-        self._finish_measurement()
-        if not due or not reg_loss.requires_grad or not parameters:
-            return
+        else:
+            self._finish_measurement()
+            if due and reg_loss.requires_grad and parameters:
+                # The last call's penalty not yet backpropagated: this call is in the middle of a
+                # pass (a model called several times per pass), which would carry a penalty made
+                # before the measurement. It waits for the first call of the next pass (for at most
+                # `every` calls: a call never backpropagated, in grad mode, stays unreached).
+                if not previous_reached and self._postponed < self.every:
+                    self._postponed += 1
+                else:
+                    self._postponed = 0
+                    self._open_measurement(reg_loss, parameters)
+        if reg_loss.requires_grad:
+            # Registered after the measurement's own gradient of reg_loss, which must not count.
+            self._calls += 1
+            reg_loss.register_hook(functools.partial(self._count_penalty, call=self._calls))
+
+    def _open_measurement(self, reg_loss: Tensor, parameters: list[Tensor]) -> None:
+        """Take ``reg_loss``'s gradient and hook ``parameters``' accumulators for the next pass."""
 
         def end_of_pass() -> None:
             opened["end_queued"] = False
@@ -568,8 +586,7 @@ class RatioWeight(_SelfTuningWeight):
                 for penalty in opened["penalties"]:
                     penalty["scale"] = None
 
-        def report(incoming: tuple[Tensor | None, ...], index: int, handle_index: int) -> None:
-            opened["handles"][handle_index].remove()
+        def report(incoming: tuple[Tensor | None, ...], index: int) -> None:
             (gradient,) = incoming
             if gradient is None:
                 return
@@ -580,16 +597,17 @@ class RatioWeight(_SelfTuningWeight):
                 # factor by now: this one carries no penalty of the measurement, and measures nothing.
                 opened["without_penalty"] = True
                 return
-            for penalty in carried:
-                part = penalty["parts"][index]
-                if part is not None:
-                    gradient = gradient - cast(float, penalty["scale"]) * part
-            opened["task_sq"] += float(gradient.pow(2).sum())
+            # A parameter reports once per pass that reaches it, and more than once in one
+            # training pass where nested passes backpropagate it (a head applied twice under a
+            # reentrant torch.utils.checkpoint): the task's gradient is the sum. A copy, since
+            # the accumulator may keep the incoming tensor as .grad and add to it in place.
+            total = opened["gradients"][index]
+            opened["gradients"][index] = gradient.detach().clone() if total is None else total + gradient
 
         opened: _Measurement = {
             "parameters": parameters,
             "penalties": [],
-            "task_sq": 0.0,
+            "gradients": [None] * len(parameters),
             "without_penalty": False,
             "reached": 0,
             "ended": False,
@@ -604,8 +622,7 @@ class RatioWeight(_SelfTuningWeight):
             # before it is added to .grad (so accumulated gradients do not count), and runs only in
             # a backward pass that accumulates: not in the gradient methods' own autograd.grad.
             node = torch.autograd.graph.get_gradient_edge(parameter).node
-            hook = functools.partial(report, index=index, handle_index=len(opened["handles"]))
-            opened["handles"].append(node.register_prehook(hook))
+            opened["handles"].append(node.register_prehook(functools.partial(report, index=index)))
             # A parameter holds its accumulator weakly: one in no live graph yet (a head used after
             # the model's call) would get a new one in the task's graph, without the hook.
             opened["nodes"].append(node)
@@ -657,8 +674,9 @@ class RatioWeight(_SelfTuningWeight):
 
         measurement["handles"].append(reg_loss.register_hook(read_scale))
 
-    def _count_penalty(self, gradient: Tensor) -> None:
+    def _count_penalty(self, gradient: Tensor, call: int) -> None:
         """A training call's penalty reached in a backward pass: counted per pass."""
+        self._reached_call = max(self._reached_call, call)
         task = torch._C._current_graph_task_id()
         last, penalties = self._penalties_in_pass
         self._penalties_in_pass = (task, penalties + 1 if task == last else 1)
@@ -676,6 +694,7 @@ class RatioWeight(_SelfTuningWeight):
             # Its closures refer to it (a cycle): its gradients go now, not at the next collection.
             measurement["end_of_pass"] = _no_end_of_pass
             measurement["penalties"].clear()
+            measurement["gradients"].clear()
             measurement["nodes"].clear()
 
     def _report(self, measurement: _Measurement) -> None:
@@ -694,7 +713,11 @@ class RatioWeight(_SelfTuningWeight):
             eps = max(
                 (torch.finfo(part.dtype).eps for part in penalty_parts if part is not None), default=0.0
             )
-            task_norm = math.sqrt(measurement["task_sq"])
+            task_norm = _norm(
+                gradient if part is None else gradient - scale * part
+                for gradient, part in zip(measurement["gradients"], penalty_parts, strict=True)
+                if gradient is not None
+            )
             # The task's part is the pass's gradient less scale times the penalty's; of a zero task
             # gradient the subtraction leaves its rounding, which must read as zero (a skipped
             # measurement), not as a tiny task gradient that would send the weight to w_min.
