@@ -240,7 +240,7 @@ class AdaptiveWeight(_SelfTuningWeight):
         log w <- clip(log w + rate g, log w_min, log w_max)
 
     so ``w`` rises while the cost is above its target and the loss is within its allowance, and falls
-    when the loss exceeds it. No update in the first ``warmup`` iterations (the EMAs settle). This
+    when the loss exceeds it. No update in the first ``warmup`` observations (the EMAs settle). This
     goes beyond [LR23], whose weights are fixed per task; the dual-ascent view of a penalty weight is
     the method of multipliers (Bertsekas, *Constrained Optimization and Lagrange Multiplier Methods*).
     Call :meth:`observe` then :meth:`step` once per iteration; ``state_dict()`` holds the multiplier
@@ -317,7 +317,9 @@ class AdaptiveWeight(_SelfTuningWeight):
         self._state["pending"] = (task_loss, nfe)
 
     def step(self) -> float:
-        """Fold in the last :meth:`observe` (if any), update the multiplier, advance one iteration."""
+        """Advance one iteration; with an :meth:`observe` since the last step, fold it into the
+        averages and, after ``warmup`` observations, update the multiplier (without one, the
+        multiplier stays)."""
         state = self._state
         if state["pending"] is not None:
             loss, nfe = state["pending"]
