@@ -567,32 +567,38 @@ def test_a_finished_measurement_frees_its_penalty_gradients_without_a_collection
 
 
 def test_a_pass_that_carries_a_penalty_made_before_the_measurement_is_no_measurement(monkeypatch):
-    """A due call in the middle of a pass waits for the next pass's first call, for at most
-    ``every`` calls: one that opens later still, in the same pass, would read the earlier calls'
-    penalties as the task's gradient, so that pass measures nothing."""
+    """A due call in the middle of a pass waits for the first call of a later pass, which it knows
+    by a backward pass having reached a penalty since the last call: a gradient of the last call's
+    penalty taken by ``torch.autograd.grad`` (a user's logging) reads as such a pass. The pass then
+    carries a penalty made before the measurement, which would read as the task's gradient, and
+    measures nothing."""
     model = _model(RatioWeight(1.0))
-    model.weight = RatioWeight(1.0, every=2, parameters=model.parameters())
+    parameters = list(model.parameters())
+    model.weight = RatioWeight(1.0, every=2, parameters=parameters)
     observed = []
     monkeypatch.setattr(model.weight, "observe_gradients", lambda *norms: observed.append(norms))
     (_task_loss(model(_y0(), T)) + model.reg_loss).backward()  # the first call: measured
     assert len(observed) == 1
-    # Call 3 is due, waits at 3 and 4 and opens at 5, the fourth of its pass.
-    sum(_task_loss(model(_y0(), T)) + model.reg_loss for _ in range(5)).backward()
+    first = _task_loss(model(_y0(), T)) + model.reg_loss
+    torch.autograd.grad(model.reg_loss, parameters, retain_graph=True)  # logged
+    (first + _task_loss(model(_y0(), T)) + model.reg_loss).backward()  # the second call is due
     assert len(observed) == 1
     assert model.weight._measurement is None
 
 
-@pytest.mark.parametrize(("calls", "every"), [(12, 10), (4, 3), (2, 1)])
-def test_more_calls_per_pass_than_every_are_measured(calls, every, monkeypatch):
+@pytest.mark.parametrize(("calls", "every", "measured"), [(12, 10, 2), (4, 3, 3), (2, 1, 4)])
+def test_more_calls_per_pass_than_every_are_measured(calls, every, measured, monkeypatch):
     """A recurrent block called at twelve observations with the default's every=10: the due call in
     the middle of the pass restarted the measurement, which the pass then mixed with the calls
-    before it, so the weight never measured (and warned)."""
+    before it, so the weight never measured (and warned); later, due calls in the middle of a pass
+    measured nothing. Over four passes: the first, and each pass after one with a due call."""
     model = _model(RatioWeight(1.0))
     model.weight = RatioWeight(1.0, every=every, parameters=model.parameters())
     observed = []
     monkeypatch.setattr(model.weight, "observe_gradients", lambda *norms: observed.append(norms))
-    sum(_task_loss(model(_y0(), T)) + model.reg_loss for _ in range(calls)).backward()
-    assert len(observed) == 1
+    for _ in range(4):
+        sum(_task_loss(model(_y0(), T)) + model.reg_loss for _ in range(calls)).backward()
+    assert len(observed) == measured
 
 
 def test_a_ratio_weight_that_never_measures_warns():
@@ -753,8 +759,8 @@ def test_a_head_checkpointed_twice_is_measured_whole():
 def test_a_due_call_in_the_middle_of_a_pass_measures_at_the_next_pass(monkeypatch):
     """Three calls per backward pass with every=10: a due call that is not the first of its pass
     (the calls before it are in the pass too) waits for the first call of the next pass, which
-    measures, with the calls after it, against the gradient computed by hand (it measured a third
-    of the time)."""
+    measures, with the calls after it, the gradients computed by hand (the pass mixed them, and the
+    weight measured a third of the time)."""
     model = _model(RatioWeight(1.0))
     parameters = list(model.parameters())
     model.weight = RatioWeight(1.0, every=10, parameters=parameters)
@@ -775,3 +781,49 @@ def test_a_due_call_in_the_middle_of_a_pass_measures_at_the_next_pass(monkeypatc
     assert len(observed) == 3
     for measured, expected in zip(observed, by_hand, strict=True):
         assert measured == pytest.approx(expected, rel=1e-10)
+
+
+def test_a_call_whose_penalty_is_never_backpropagated_does_not_stop_the_measurements(monkeypatch):
+    """Two calls per pass, the second's penalty left out of the loss: every iteration is measured,
+    the first call's penalty against the rest of the gradient, as computed by hand."""
+    model = _model(RatioWeight(1.0))
+    parameters = list(model.parameters())
+    model.weight = RatioWeight(1.0, every=1, parameters=parameters)
+    observed, by_hand = [], []
+    monkeypatch.setattr(model.weight, "observe_gradients", lambda *norms: observed.append(norms))
+    for _ in range(4):
+        first = _task_loss(model(_y0(), T))
+        penalty = model.reg_loss
+        task = first + _task_loss(model(_y0(), T))
+        by_hand.append(
+            (
+                _norm(torch.autograd.grad(penalty, parameters, retain_graph=True)),
+                _norm(torch.autograd.grad(task, parameters, retain_graph=True)),
+            )
+        )
+        (task + penalty).backward()
+    assert len(observed) == 4
+    for measured, expected in zip(observed, by_hand, strict=True):
+        assert measured == pytest.approx(expected, rel=1e-10)
+
+
+def test_a_measurement_waiting_for_the_next_pass_survives_a_resume():
+    """Saved between passes while a due call waits for the next pass's first call, the weight
+    resumes to the same measurements and value as the run that went on."""
+
+    def run(resume_after: int | None = None) -> dict:
+        model = _model(RatioWeight(1.0))
+        parameters = list(model.parameters())
+        model.weight = RatioWeight(1.0, every=10, parameters=parameters)
+        for index in range(8):
+            if index == resume_after:
+                state = model.weight.state_dict()
+                assert state["overdue"]
+                model.weight = RatioWeight(1.0, every=10, parameters=parameters)
+                model.weight.load_state_dict(state)
+            sum(_task_loss(model(_y0(), T)) + model.reg_loss for _ in range(3)).backward()
+        return model.weight.state_dict()
+
+    went_on = run()
+    assert went_on["measured"] == 3
+    assert run(resume_after=4) == went_on

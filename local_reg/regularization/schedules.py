@@ -418,8 +418,9 @@ class RatioWeight(_SelfTuningWeight):
     :class:`GradientRatio` and report ``observe_gradients(penalty_norm, task_norm)`` when
     :attr:`due`) and ``model.weight.step()`` once per iteration, which sets the weight. A weight
     that has measured nothing after ``10 * every`` iterations warns. ``state_dict()`` holds the
-    weight, both averages, the largest weight and task average (the floor's), the last ratio and
-    the count of iterations, so a resumed run continues where it stopped.
+    weight, both averages, the largest weight and task average (the floor's), the last ratio, the
+    count of iterations and whether a due measurement waits for a pass, so a resumed run continues
+    where it stopped.
     """
 
     _warned_unreached = False  # once per object: its parameters are not in reg_loss's graph
@@ -453,9 +454,9 @@ class RatioWeight(_SelfTuningWeight):
         self._measurement: _Measurement | None = None
         # (autograd graph task, how many training calls' penalties its backward pass carried).
         self._penalties_in_pass = (-1, 0)
-        # Training calls with a penalty, the last whose penalty a backward pass reached, and how many
-        # calls a due measurement has waited for the first call of a pass.
-        self._calls = self._reached_call = self._postponed = 0
+        # Whether a backward pass has reached a training call's penalty since the last call: the
+        # next call is then the first of its pass.
+        self._pass_since_call = True
         super().__init__(initial, beta, w_min, w_max)
 
     def _fresh(self) -> dict[str, Any]:
@@ -469,6 +470,7 @@ class RatioWeight(_SelfTuningWeight):
             "last_ratio": None,
             "pending": None,
             "watched": 0,
+            "overdue": False,
         }
 
     def _weight_of(self, state: dict[str, Any]) -> float:
@@ -516,10 +518,13 @@ class RatioWeight(_SelfTuningWeight):
 
         Later calls before that pass (a model called several times per backward pass: a recurrent
         encoder, two batches, a weight shared by two blocks) join the measurement, which then
-        compares the penalties of the calls the pass carries with the rest of its gradient. A due
-        call made while the previous call's penalty awaits its backward pass (in the middle of a
-        pass) waits for the first call of the next pass, for at most ``every`` calls; a pass that
-        still carries the penalty of a call made before the measurement opened measures nothing."""
+        compares the penalties of the calls the pass carries with the rest of its gradient; a due
+        call in the middle of a pass (no backward pass has reached a penalty since the call before
+        it) waits for the first call of a later pass. A pass that still carries a penalty made
+        before the measurement (a gradient of it taken by ``torch.autograd.grad`` reads as a pass)
+        measures nothing. The task's gradient is all that
+        reaches the parameters until the pass carrying ``reg_loss`` ends (nested passes of a
+        reentrant checkpoint, or an earlier pass without ``reg_loss``, add to it)."""
         if not torch.is_grad_enabled():
             # A call under no_grad (logging in training mode) cannot be backpropagated: it is not a
             # training forward pass, and the measurement the last one opened stays open.
@@ -531,13 +536,12 @@ class RatioWeight(_SelfTuningWeight):
             return
         if self.parameters is None:
             return
-        due = self.due or self._postponed > 0
+        due = self.due or self._state["overdue"]
         self._state["watched"] += 1
         self._warn_if_unmeasured(self._state["watched"])
         # Those still trained: a parameter frozen since construction (requires_grad_(False)) has no
         # gradient to compare.
         parameters = [p for p in self.parameters if p.requires_grad]
-        previous_reached = self._reached_call == self._calls
         measurement = self._measurement
         joins = (
             measurement is not None
@@ -554,19 +558,16 @@ class RatioWeight(_SelfTuningWeight):
         else:
             self._finish_measurement()
             if due and reg_loss.requires_grad and parameters:
-                # The last call's penalty not yet backpropagated: this call is in the middle of a
-                # pass (a model called several times per pass), which would carry a penalty made
-                # before the measurement. It waits for the first call of the next pass (for at most
-                # `every` calls: a call never backpropagated, in grad mode, stays unreached).
-                if not previous_reached and self._postponed < self.every:
-                    self._postponed += 1
-                else:
-                    self._postponed = 0
+                # A call after another of the same pass (the second of a model's calls per pass):
+                # that pass would carry a penalty made before the measurement, which would read as
+                # the task's gradient. The measurement opens at the first call of a later pass.
+                self._state["overdue"] = not self._pass_since_call
+                if self._pass_since_call:
                     self._open_measurement(reg_loss, parameters)
         if reg_loss.requires_grad:
-            # Registered after the measurement's own gradient of reg_loss, which must not count.
-            self._calls += 1
-            reg_loss.register_hook(functools.partial(self._count_penalty, call=self._calls))
+            self._pass_since_call = False
+            # Registered after the measurement's own gradient of reg_loss, which is no pass.
+            reg_loss.register_hook(self._count_penalty)
 
     def _open_measurement(self, reg_loss: Tensor, parameters: list[Tensor]) -> None:
         """Take ``reg_loss``'s gradient and hook ``parameters``' accumulators for the next pass."""
@@ -676,9 +677,9 @@ class RatioWeight(_SelfTuningWeight):
 
         measurement["handles"].append(reg_loss.register_hook(read_scale))
 
-    def _count_penalty(self, gradient: Tensor, call: int) -> None:
+    def _count_penalty(self, gradient: Tensor) -> None:
         """A training call's penalty reached in a backward pass: counted per pass."""
-        self._reached_call = max(self._reached_call, call)
+        self._pass_since_call = True
         task = torch._C._current_graph_task_id()
         last, penalties = self._penalties_in_pass
         self._penalties_in_pass = (task, penalties + 1 if task == last else 1)
@@ -805,7 +806,13 @@ class RatioWeight(_SelfTuningWeight):
         if isinstance(state, Mapping):
             measured, task = state.get("measured", 0), state.get("ema_task", 0.0)
             current = task / (1 - self.beta**measured) if measured else 0.0
-            state = {"watched": 0, "peak": state.get("weight", 0.0), "task_peak": current, **state}
+            state = {
+                "watched": 0,
+                "overdue": False,
+                "peak": state.get("weight", 0.0),
+                "task_peak": current,
+                **state,
+            }
         super().load_state_dict(state)
 
     def __getstate__(self) -> dict[str, Any]:
