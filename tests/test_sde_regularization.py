@@ -544,3 +544,42 @@ def test_a_torchsde_solves_own_brownian_cache_is_emptied_after_backpropagation(g
     assert (cached == 0) == (gradient == "direct")
     state = model.stats.state
     assert state is not None and state._base is None and state.untyped_storage().nbytes() == state.nbytes
+
+
+def _live_tensors() -> int:
+    import gc
+
+    return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+
+
+@pytest.mark.parametrize(
+    ("backend", "gradient"), [("local_reg", "direct"), ("torchsde", "direct"), (None, "sdeint")]
+)
+def test_training_steps_free_their_brownian_increments_without_a_collection(backend, gradient):
+    """A Brownian interval made per call sits in reference cycles (torchsde's tree links back to its
+    parent and top), which held its cache of batch-sized increments until a full garbage
+    collection: the live tensors grew with every training step between collections."""
+    import gc
+
+    sde, y0 = setup(batch=32)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=DT)
+    model = None if backend is None else local_reg.LocallyRegularized(sde, backend=backend, gradient=gradient)
+
+    def training_step() -> None:
+        if model is None:
+            ys = sdeint(sde, y0, t, generator=torch.Generator().manual_seed(0)).ys
+            ys[-1].pow(2).mean().backward()
+        else:
+            (model(y0, t)[-1].pow(2).mean() + model.reg_loss).backward()
+
+    training_step()
+    gc.collect()
+    gc.disable()
+    try:
+        before = _live_tensors()
+        for _ in range(5):
+            training_step()
+        after = _live_tensors()
+    finally:
+        gc.enable()
+    assert after == before

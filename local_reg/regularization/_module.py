@@ -109,11 +109,14 @@ def plain_solve(
     """The unregularized solve (vanilla training, and every solve in eval mode): no extra output
     time, no extra evaluation."""
     times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
-    main = problem.solve(y0, times, t_dtype, context, Request())
-    main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
-    return main.ys, RegularizationStats(
-        main=main.stats, n_accepted=main.n_accepted, backward_counter=main.backward_counter
-    )
+    try:
+        main = problem.solve(y0, times, t_dtype, context, Request())
+        main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
+        return main.ys, RegularizationStats(
+            main=main.stats, n_accepted=main.n_accepted, backward_counter=main.backward_counter
+        )
+    finally:
+        problem.release(context)
 
 
 def functional_settings(function: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -245,99 +248,106 @@ class LocalPenalty:
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
         tableau = problem.check_regularizer(self.regularizer, self.reg_method)
         times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
-        if len(times) < 2:
-            raise ValueError(f"t must hold at least 2 times (t0 and t1) to sample t_reg, got {len(times)}")
-        direction = time_direction(times)
-        solver_step = self.step_size == "solver"
-        if self.sampling == "random" and self._reads_recorded_path(problem):
-            _, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
-            main = problem.solve(y0, times, t_dtype, context, Request(steps=True, states=True))
-            ys = main.ys
-            draws = [(t_reg, main.state_at(t_reg, direction), None) for t_reg in t_regs]
-        elif self.sampling == "random":
-            solve_times, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
-            main = problem.solve(y0, solve_times, t_dtype, context, Request(steps=solver_step))
-            ys, states = split_outputs(main.ys, solve_times, times, t_regs)
-            draws = [
-                (t_reg, state, main.step_containing(t_reg, direction) if solver_step else None)
-                for t_reg, state in zip(t_regs, states, strict=True)
-            ]
-        else:
-            main = problem.solve(y0, times, t_dtype, context, Request(steps=True, states=True))
-            ys = main.ys
-            if not main.step_t:
-                # torchdiffeq's fixed-grid solvers never call callback_accept_step.
+        try:
+            if len(times) < 2:
                 raise ValueError(
-                    "sampling='biased' found no recorded accepted steps: with backend='torchdiffeq' it "
-                    "needs an adaptive method (e.g. method='dopri5'), whose accepted steps torchdiffeq "
-                    "reports"
+                    f"t must hold at least 2 times (t0 and t1) to sample t_reg, got {len(times)}"
                 )
-            draws = [main.sample_step(generator) for _ in range(self.n_draws)]
-        main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
-        penalties = []
-        probe = Stats()
-        probe_problem, probe_dtype = problem, None
-        if self.probe_dtype is not None:
-            if isinstance(problem, ODEProblem) and isinstance(problem.func, TupleField):
-                raise ValueError("probe_dtype does not take tuple states: pass a tensor state")
-            # As check refuses when the model is made (a direct call skips it).
-            cast_problem = _probe_dtype_problem(problem)
-            # __post_init__ keeps a dtype by its name.
-            probe_dtype = getattr(torch, cast(str, self.probe_dtype))
-            probe_problem = cast_problem.with_func(CastField(cast(nn.Module, cast_problem.func), probe_dtype))
-        result = dt = None  # no probe step for the kinetic penalty
-        field_time_dtype = problem.field_time_dtype(context, y0)
-        jump_ts = problem.jump_times(times, field_time_dtype)
-        for t_reg, state, solver_dt in draws:
-            if self.detach_state:
-                state = state.detach()
-            if probe_dtype is not None:
-                state = state.to(probe_dtype)
-            if self.penalty == "kinetic":
-                # At a jump (a biased draw's step start), the side the solve's next step evaluates.
-                t_field = beside_jump(t_reg, times[-1], field_time_dtype, jump_ts)
-                penalties.append(probe_problem.drift(context, t_field, state, probe).pow(2).mean())
-                continue
-            result, dt, cost_of_draw = probe_problem.probe(
-                context,
-                tableau,
-                t_reg,
-                state,
-                solver_dt if solver_step else None,
-                times[-1],
-                direction,
-                self.detach_state,
-                scale=self.probe_scale,
-                heuristic=self.probe,
-                jump_ts=jump_ts,
-            )
-            probe.add(cost_of_draw.nfe, diffusion=cost_of_draw.nfe_diffusion)
-            if self.penalty == "error-dt":
-                penalties.append(step_penalty_value(result, dt, self.regularizer, tableau))
+            direction = time_direction(times)
+            solver_step = self.step_size == "solver"
+            if self.sampling == "random" and self._reads_recorded_path(problem):
+                _, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
+                main = problem.solve(y0, times, t_dtype, context, Request(steps=True, states=True))
+                ys = main.ys
+                draws = [(t_reg, main.state_at(t_reg, direction), None) for t_reg in t_regs]
+            elif self.sampling == "random":
+                solve_times, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
+                main = problem.solve(y0, solve_times, t_dtype, context, Request(steps=solver_step))
+                ys, states = split_outputs(main.ys, solve_times, times, t_regs)
+                draws = [
+                    (t_reg, state, main.step_containing(t_reg, direction) if solver_step else None)
+                    for t_reg, state in zip(t_regs, states, strict=True)
+                ]
             else:
-                if tableau is None:
-                    # What check refuses when the model is made: an SDE's probe has no tableau.
-                    raise ValueError(f"penalty={self.penalty!r} is a Runge--Kutta option, not an SDE's")
-                penalties.append(penalty_form(result.error_estimate, dt, tableau.order, self.penalty))
-        penalty = penalties[0] if len(penalties) == 1 else torch.stack(penalties).mean()
-        penalty, value, finite = finite_penalty(penalty.to(y0.dtype), y0)
-        stiffness = getattr(result, "stiffness_estimate", None)
-        stats = RegularizationStats(
-            main=main.stats,
-            probe=probe,
-            t_reg=t_reg,
-            dt_reg=dt,
-            # A copy: the state is a view into the whole solution (or the stacked step states),
-            # which a kept stats object would otherwise hold whole.
-            state=state.detach().clone(),
-            error_estimate=None if result is None else float(result.error_estimate.detach()),
-            stiffness_estimate=None if stiffness is None else float(stiffness.detach()),
-            penalty=value,
-            penalty_finite=finite,
-            n_accepted=main.n_accepted,
-            backward_counter=main.backward_counter,
-        )
-        return ys, penalty, stats
+                main = problem.solve(y0, times, t_dtype, context, Request(steps=True, states=True))
+                ys = main.ys
+                if not main.step_t:
+                    # torchdiffeq's fixed-grid solvers never call callback_accept_step.
+                    raise ValueError(
+                        "sampling='biased' found no recorded accepted steps: with backend='torchdiffeq' it "
+                        "needs an adaptive method (e.g. method='dopri5'), whose accepted steps torchdiffeq "
+                        "reports"
+                    )
+                draws = [main.sample_step(generator) for _ in range(self.n_draws)]
+            main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
+            penalties = []
+            probe = Stats()
+            probe_problem, probe_dtype = problem, None
+            if self.probe_dtype is not None:
+                if isinstance(problem, ODEProblem) and isinstance(problem.func, TupleField):
+                    raise ValueError("probe_dtype does not take tuple states: pass a tensor state")
+                # As check refuses when the model is made (a direct call skips it).
+                cast_problem = _probe_dtype_problem(problem)
+                # __post_init__ keeps a dtype by its name.
+                probe_dtype = getattr(torch, cast(str, self.probe_dtype))
+                probe_problem = cast_problem.with_func(
+                    CastField(cast(nn.Module, cast_problem.func), probe_dtype)
+                )
+            result = dt = None  # no probe step for the kinetic penalty
+            field_time_dtype = problem.field_time_dtype(context, y0)
+            jump_ts = problem.jump_times(times, field_time_dtype)
+            for t_reg, state, solver_dt in draws:
+                if self.detach_state:
+                    state = state.detach()
+                if probe_dtype is not None:
+                    state = state.to(probe_dtype)
+                if self.penalty == "kinetic":
+                    # At a jump (a biased draw's step start), the side the solve's next step evaluates.
+                    t_field = beside_jump(t_reg, times[-1], field_time_dtype, jump_ts)
+                    penalties.append(probe_problem.drift(context, t_field, state, probe).pow(2).mean())
+                    continue
+                result, dt, cost_of_draw = probe_problem.probe(
+                    context,
+                    tableau,
+                    t_reg,
+                    state,
+                    solver_dt if solver_step else None,
+                    times[-1],
+                    direction,
+                    self.detach_state,
+                    scale=self.probe_scale,
+                    heuristic=self.probe,
+                    jump_ts=jump_ts,
+                )
+                probe.add(cost_of_draw.nfe, diffusion=cost_of_draw.nfe_diffusion)
+                if self.penalty == "error-dt":
+                    penalties.append(step_penalty_value(result, dt, self.regularizer, tableau))
+                else:
+                    if tableau is None:
+                        # What check refuses when the model is made: an SDE's probe has no tableau.
+                        raise ValueError(f"penalty={self.penalty!r} is a Runge--Kutta option, not an SDE's")
+                    penalties.append(penalty_form(result.error_estimate, dt, tableau.order, self.penalty))
+            penalty = penalties[0] if len(penalties) == 1 else torch.stack(penalties).mean()
+            penalty, value, finite = finite_penalty(penalty.to(y0.dtype), y0)
+            stiffness = getattr(result, "stiffness_estimate", None)
+            stats = RegularizationStats(
+                main=main.stats,
+                probe=probe,
+                t_reg=t_reg,
+                dt_reg=dt,
+                # A copy: the state is a view into the whole solution (or the stacked step states),
+                # which a kept stats object would otherwise hold whole.
+                state=state.detach().clone(),
+                error_estimate=None if result is None else float(result.error_estimate.detach()),
+                stiffness_estimate=None if stiffness is None else float(stiffness.detach()),
+                penalty=value,
+                penalty_finite=finite,
+                n_accepted=main.n_accepted,
+                backward_counter=main.backward_counter,
+            )
+            return ys, penalty, stats
+        finally:
+            problem.release(context)
 
 
 REDUCTIONS = ("mean", "sum", "max")
@@ -400,29 +410,32 @@ class GlobalPenalty:
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
         times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
-        if len(times) < 2:
-            raise ValueError(f"t must hold at least 2 times, got {len(times)}")
-        reduction = DEFAULT_REDUCTION[self.regularizer] if self.reduction is None else self.reduction
-        is_ode = isinstance(problem, ODEProblem)
-        tableau = get_tableau(ode_method("local_reg", problem.method)) if is_ode else None
+        try:
+            if len(times) < 2:
+                raise ValueError(f"t must hold at least 2 times, got {len(times)}")
+            reduction = DEFAULT_REDUCTION[self.regularizer] if self.reduction is None else self.reduction
+            is_ode = isinstance(problem, ODEProblem)
+            tableau = get_tableau(ode_method("local_reg", problem.method)) if is_ode else None
 
-        def per_step(result: Any, dt: float) -> Tensor:
-            value = step_penalty_value(result, dt, self.regularizer, tableau)
-            return value if self.regularizer == "error" or reduction == "max" else value * abs(dt)
+            def per_step(result: Any, dt: float) -> Tensor:
+                value = step_penalty_value(result, dt, self.regularizer, tableau)
+                return value if self.regularizer == "error" or reduction == "max" else value * abs(dt)
 
-        main = problem.solve(y0, times, t_dtype, context, Request(step_penalty=per_step))
-        main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
-        penalties = main.penalties
-        reduced = {"mean": penalties.mean, "sum": penalties.sum, "max": penalties.max}[reduction]()
-        reg, value, finite = finite_penalty(reduced, y0)
-        stats = RegularizationStats(
-            main=main.stats,
-            penalty=value,
-            penalty_finite=finite,
-            n_accepted=main.n_accepted,
-            backward_counter=main.backward_counter,
-        )
-        return main.ys, reg, stats
+            main = problem.solve(y0, times, t_dtype, context, Request(step_penalty=per_step))
+            main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
+            penalties = main.penalties
+            reduced = {"mean": penalties.mean, "sum": penalties.sum, "max": penalties.max}[reduction]()
+            reg, value, finite = finite_penalty(reduced, y0)
+            stats = RegularizationStats(
+                main=main.stats,
+                penalty=value,
+                penalty_finite=finite,
+                n_accepted=main.n_accepted,
+                backward_counter=main.backward_counter,
+            )
+            return main.ys, reg, stats
+        finally:
+            problem.release(context)
 
 
 class Penalty(Protocol):

@@ -40,7 +40,7 @@ from ..controller import PIController
 from ..gradients import GradientMethod, adjoint_params_tuple, resolve_adjoint_params
 from ..sde import sde_initial_step_size
 from ..sde._step import _euler_maruyama_step
-from ..sde.brownian import make_brownian
+from ..sde.brownian import make_brownian, release_brownian
 from ..sde.problem import DEFAULT_ATOL as SDE_DEFAULT_ATOL
 from ..sde.problem import DEFAULT_RTOL as SDE_DEFAULT_RTOL
 from ..sde.problem import METHODS as SDE_METHODS
@@ -147,6 +147,10 @@ class _Problem:
         if self.backend == "torchdiffeq":
             return torchdiffeq_bounds(self.options)
         return self.options.get("controller") or PIController()
+
+    def release(self, context: Any) -> None:
+        """Free what ``prepare`` made for one call once its solve and probes are done (a kind with
+        nothing to free does nothing)."""
 
     def jump_times(self, times: Sequence[float], dtype: torch.dtype) -> tuple[float, ...]:
         """The main solve's jump times over the span of ``times`` (:attr:`controller`'s), rounded to
@@ -447,7 +451,15 @@ class SDEProblem(_Problem):
         return times, y0.dtype, (noise_type, bm, made), stats
 
     def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: tuple, request: Request):
-        return _sde_backends.solve_main(self, y0, times, context[1], request, made_bm=context[2])
+        return _sde_backends.solve_main(self, y0, times, context[1], request)
+
+    def release(self, context: tuple) -> None:
+        """Free the Brownian interval ``prepare`` made (not the caller's ``bm``): its increments
+        would otherwise wait for a full garbage collection (sde/brownian.py: release_brownian).
+        torchsde's adjoint re-solves on it in the backward pass, and keeps it."""
+        _, bm, made = context
+        if made and not (self.backend == "torchsde" and self.gradient.name == "adjoint"):
+            release_brownian(bm)
 
     def field_time_dtype(self, context: tuple, state: Tensor) -> torch.dtype:
         """The dtype the drift and diffusion get times in: the state's."""

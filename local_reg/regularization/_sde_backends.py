@@ -66,11 +66,9 @@ class CountingSDE(nn.Module):
         return self.sde.g(t, y)
 
 
-def solve_main(
-    problem: Any, y0: Tensor, times: list[float], bm: Any, request: Request, made_bm: bool = False
-) -> MainSolve:
+def solve_main(problem: Any, y0: Tensor, times: list[float], bm: Any, request: Request) -> MainSolve:
     """Solve ``problem`` (an :class:`~._problems.SDEProblem`) at ``times`` on the Brownian motion
-    ``bm`` (``made_bm``: made for this solve, not the caller's); its ``options`` are extra keywords
+    ``bm``; its ``options`` are extra keywords
     of the backend's solver (``local_reg.sdeint``, or ``torchsde.sdeint``: e.g. ``dt``,
     ``adaptive``)."""
     sde, backend, method, gradient = problem.sde, problem.backend, problem.method, problem.gradient
@@ -104,13 +102,6 @@ def solve_main(
     is_adjoint = isinstance(gradient, BacksolveAdjoint)
     solve = torchsde.sdeint_adjoint if is_adjoint else torchsde.sdeint
     ys = solve(counting, y0, ts, bm=bm, method=method, rtol=rtol, atol=atol, **options)
-    if made_bm and not is_adjoint:
-        # torchsde's interval sits in reference cycles (its tree's links, its lambdas), which only a
-        # full garbage collection frees: its cache of increments (batch-sized tensors) piled up over
-        # thousands of iterations. Backpropagation needs none of it; the adjoint re-reads it.
-        cache = getattr(bm, "_increment_and_space_time_levy_area_cache", None)
-        if cache is not None:
-            cache.clear()
     stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
     counter = BackwardCounter(counting, counting.calls, is_adjoint)
     return MainSolve(ys=ys, stats=stats, backward_counter=counter)

@@ -25,7 +25,7 @@ from .._validate import (
 from ..controller import PIController, TimeSet
 from ..solution import Solution
 from ._step import EulerMaruyamaStepper, SDEStepResult
-from .brownian import make_brownian
+from .brownian import make_brownian, release_brownian
 from .problem import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -157,6 +157,7 @@ def sdeint(
     size = brownian_size(noise_type, y0, g0)
     sde = CheckedSDE(sde, noise_type, size[1])
     # A fixed step size is the new Brownian interval's step hint (sde/brownian.py: step_hint).
+    made = bm is None
     path = make_brownian(
         bm, t0, times[-1], size, y0, generator, step=options.step_size, max_steps=options.max_steps
     )
@@ -172,10 +173,15 @@ def sdeint(
         milstein=method == "milstein",
         jump_ts=options.controller.jump_ts,
     )
-    with without_autocast():
-        outputs, stats, steps, penalties = integrate(
-            stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty
-        )
+    try:
+        with without_autocast():
+            outputs, stats, steps, penalties = integrate(
+                stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty
+            )
+    finally:
+        if made:
+            # Made here, and read by no backward pass (autograd differentiates the steps).
+            release_brownian(path)
     stats.add(2, diffusion=1)
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
     return Solution(

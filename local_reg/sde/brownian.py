@@ -100,3 +100,27 @@ def make_brownian(
             f"bm has shape {tuple(shape)}, but y0 and the noise type need Brownian motion of shape {size}"
         )
     return bm
+
+
+def release_brownian(bm: Any) -> None:
+    """Free a ``BrownianInterval`` this library made, after its last query: its cache of increments
+    (batch-sized tensors) and the links that hold its tree in reference cycles (each node's parent
+    and top, the interval's last visited node), which only a full garbage collection would free,
+    so that the increments piled up between collections. Anything else is left as it is."""
+    if not isinstance(bm, torchsde.BrownianInterval):
+        return
+    cache = getattr(bm, "_increment_and_space_time_levy_area_cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
+        # torchsde's LRU cache keeps its keys in a list of its own, which dict.clear leaves.
+        keys = getattr(cache, "_keys", None)
+        if isinstance(keys, list):
+            keys.clear()
+    nodes = [bm]
+    while nodes:
+        node = nodes.pop()
+        for child in (getattr(node, "_left_child", None), getattr(node, "_right_child", None)):
+            if child is not None:
+                nodes.append(child)
+                child._parent = child._top = None
+    bm._last_interval = bm._top = None
