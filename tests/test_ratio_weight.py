@@ -567,11 +567,9 @@ def test_a_finished_measurement_frees_its_penalty_gradients_without_a_collection
 
 
 def test_a_pass_that_carries_a_penalty_made_before_the_measurement_is_no_measurement(monkeypatch):
-    """A due call in the middle of a pass waits for the first call of a later pass, which it knows
-    by a backward pass having reached a penalty since the last call: a gradient of the last call's
-    penalty taken by ``torch.autograd.grad`` (a user's logging) reads as such a pass. The pass then
-    carries a penalty made before the measurement, which would read as the task's gradient, and
-    measures nothing."""
+    """A measurement opened by a call after others of its pass: the pass carries penalties made
+    before it, which would read as the task's gradient, so it measures nothing, and the next call
+    (the first of the next pass) measures, as computed by hand."""
     model = _model(RatioWeight(1.0))
     parameters = list(model.parameters())
     model.weight = RatioWeight(1.0, every=2, parameters=parameters)
@@ -580,10 +578,17 @@ def test_a_pass_that_carries_a_penalty_made_before_the_measurement_is_no_measure
     (_task_loss(model(_y0(), T)) + model.reg_loss).backward()  # the first call: measured
     assert len(observed) == 1
     first = _task_loss(model(_y0(), T)) + model.reg_loss
-    torch.autograd.grad(model.reg_loss, parameters, retain_graph=True)  # logged
     (first + _task_loss(model(_y0(), T)) + model.reg_loss).backward()  # the second call is due
     assert len(observed) == 1
     assert model.weight._measurement is None
+    task = _task_loss(model(_y0(), T))
+    by_hand = (
+        _norm(torch.autograd.grad(model.reg_loss, parameters, retain_graph=True)),
+        _norm(torch.autograd.grad(task, parameters, retain_graph=True)),
+    )
+    (task + model.reg_loss).backward()
+    assert len(observed) == 2
+    assert observed[1] == pytest.approx(by_hand, rel=1e-10)
 
 
 @pytest.mark.parametrize(("calls", "every", "measured"), [(12, 10, 2), (4, 3, 3), (2, 1, 4)])
@@ -758,9 +763,9 @@ def test_a_head_checkpointed_twice_is_measured_whole():
 
 def test_a_due_call_in_the_middle_of_a_pass_measures_at_the_next_pass(monkeypatch):
     """Three calls per backward pass with every=10: a due call that is not the first of its pass
-    (the calls before it are in the pass too) waits for the first call of the next pass, which
-    measures, with the calls after it, the gradients computed by hand (the pass mixed them, and the
-    weight measured a third of the time)."""
+    (the calls before it are in the pass too) measures nothing, and the first call of the next pass
+    measures, with the calls after it, the gradients computed by hand (the weight measured a third
+    of the time)."""
     model = _model(RatioWeight(1.0))
     parameters = list(model.parameters())
     model.weight = RatioWeight(1.0, every=10, parameters=parameters)
@@ -808,8 +813,8 @@ def test_a_call_whose_penalty_is_never_backpropagated_does_not_stop_the_measurem
 
 
 def test_a_measurement_waiting_for_the_next_pass_survives_a_resume():
-    """Saved between passes while a due call waits for the next pass's first call, the weight
-    resumes to the same measurements and value as the run that went on."""
+    """Saved between a pass that measured nothing (its measuring call not the first of the pass)
+    and the next, the weight resumes to the same measurements and value as the run that went on."""
 
     def run(resume_after: int | None = None) -> dict:
         model = _model(RatioWeight(1.0))
@@ -827,3 +832,30 @@ def test_a_measurement_waiting_for_the_next_pass_survives_a_resume():
     went_on = run()
     assert went_on["measured"] == 3
     assert run(resume_after=4) == went_on
+
+
+def test_gradient_accumulation_with_the_penalty_on_the_first_micro_batch_is_measured(monkeypatch):
+    """Four micro-batches per optimizer step, the penalty added to the first one's loss, every=4:
+    every due call is a step's first micro-batch, whose pass carries its penalty, so each step is
+    measured, as computed by hand."""
+    model = _model(RatioWeight(1.0))
+    parameters = list(model.parameters())
+    model.weight = RatioWeight(1.0, every=4, parameters=parameters)
+    observed, by_hand = [], []
+    monkeypatch.setattr(model.weight, "observe_gradients", lambda *norms: observed.append(norms))
+    for _ in range(5):
+        for micro_batch in range(4):
+            task = _task_loss(model(_y0(), T)) / 4
+            if micro_batch == 0:
+                penalty = model.reg_loss / 4
+                by_hand.append(
+                    (
+                        4 * _norm(torch.autograd.grad(penalty, parameters, retain_graph=True)),
+                        4 * _norm(torch.autograd.grad(task, parameters, retain_graph=True)),
+                    )
+                )
+                task = task + penalty
+            task.backward()
+    assert len(observed) == len(by_hand) == 5
+    for measured, expected in zip(observed, by_hand, strict=True):
+        assert measured == pytest.approx(expected, rel=1e-10)

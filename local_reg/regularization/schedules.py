@@ -419,8 +419,8 @@ class RatioWeight(_SelfTuningWeight):
     :attr:`due`) and ``model.weight.step()`` once per iteration, which sets the weight. A weight
     that has measured nothing after ``10 * every`` iterations warns. ``state_dict()`` holds the
     weight, both averages, the largest weight and task average (the floor's), the last ratio, the
-    count of iterations and whether a due measurement waits for a pass, so a resumed run continues
-    where it stopped.
+    count of iterations and whether the next call measures again, so a resumed run continues where
+    it stopped.
     """
 
     _warned_unreached = False  # once per object: its parameters are not in reg_loss's graph
@@ -454,9 +454,6 @@ class RatioWeight(_SelfTuningWeight):
         self._measurement: _Measurement | None = None
         # (autograd graph task, how many training calls' penalties its backward pass carried).
         self._penalties_in_pass = (-1, 0)
-        # Whether a backward pass has reached a training call's penalty since the last call: the
-        # next call is then the first of its pass.
-        self._pass_since_call = True
         super().__init__(initial, beta, w_min, w_max)
 
     def _fresh(self) -> dict[str, Any]:
@@ -518,11 +515,9 @@ class RatioWeight(_SelfTuningWeight):
 
         Later calls before that pass (a model called several times per backward pass: a recurrent
         encoder, two batches, a weight shared by two blocks) join the measurement, which then
-        compares the penalties of the calls the pass carries with the rest of its gradient; a due
-        call in the middle of a pass (no backward pass has reached a penalty since the call before
-        it) waits for the first call of a later pass. A pass that still carries a penalty made
-        before the measurement (a gradient of it taken by ``torch.autograd.grad`` reads as a pass)
-        measures nothing. The task's gradient is all that
+        compares the penalties of the calls the pass carries with the rest of its gradient. A pass
+        that also carries the penalty of a call made before the measurement opened (a due call in
+        the middle of a pass) measures nothing, and the next training call measures again. The task's gradient is all that
         reaches the parameters until the pass carrying ``reg_loss`` ends (nested passes of a
         reentrant checkpoint, or an earlier pass without ``reg_loss``, add to it)."""
         if not torch.is_grad_enabled():
@@ -558,15 +553,9 @@ class RatioWeight(_SelfTuningWeight):
         else:
             self._finish_measurement()
             if due and reg_loss.requires_grad and parameters:
-                # A call after another of the same pass (the second of a model's calls per pass):
-                # that pass would carry a penalty made before the measurement, which would read as
-                # the task's gradient. The measurement opens at the first call of a later pass.
-                self._state["overdue"] = not self._pass_since_call
-                if self._pass_since_call:
-                    self._open_measurement(reg_loss, parameters)
+                self._state["overdue"] = False
+                self._open_measurement(reg_loss, parameters)
         if reg_loss.requires_grad:
-            self._pass_since_call = False
-            # Registered after the measurement's own gradient of reg_loss, which is no pass.
             reg_loss.register_hook(self._count_penalty)
 
     def _open_measurement(self, reg_loss: Tensor, parameters: list[Tensor]) -> None:
@@ -581,6 +570,9 @@ class RatioWeight(_SelfTuningWeight):
                 read = sum(penalty["scale"] is not None for penalty in opened["penalties"])
                 mixed = task == torch._C._current_graph_task_id() and penalties > read
                 opened["ended"] = not mixed
+                # The measuring call was not the first of its pass (a model called several times
+                # per pass): the next call, the first of the next pass, measures again.
+                self._state["overdue"] = mixed
                 if self._measurement is opened:
                     self._finish_measurement()
             else:
@@ -679,7 +671,6 @@ class RatioWeight(_SelfTuningWeight):
 
     def _count_penalty(self, gradient: Tensor) -> None:
         """A training call's penalty reached in a backward pass: counted per pass."""
-        self._pass_since_call = True
         task = torch._C._current_graph_task_id()
         last, penalties = self._penalties_in_pass
         self._penalties_in_pass = (task, penalties + 1 if task == last else 1)
