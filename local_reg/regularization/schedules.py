@@ -517,9 +517,10 @@ class RatioWeight(_SelfTuningWeight):
         encoder, two batches, a weight shared by two blocks) join the measurement, which then
         compares the penalties of the calls the pass carries with the rest of its gradient. A pass
         that also carries the penalty of a call made before the measurement opened (a due call in
-        the middle of a pass) measures nothing, and the next training call measures again. The task's gradient is all that
-        reaches the parameters until the pass carrying ``reg_loss`` ends (nested passes of a
-        reentrant checkpoint, or an earlier pass without ``reg_loss``, add to it)."""
+        the middle of a pass) measures nothing, and the next training call measures again. The
+        task's gradient is all that reaches the parameters until the pass carrying ``reg_loss``
+        ends (nested passes of a reentrant checkpoint, or an earlier pass without ``reg_loss``, add
+        to it)."""
         if not torch.is_grad_enabled():
             # A call under no_grad (logging in training mode) cannot be backpropagated: it is not a
             # training forward pass, and the measurement the last one opened stays open.
