@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ._step import combine_rows
-from ._validate import check_time_tensor, finite_times, without_autocast
+from ._validate import check_time_tensor, finite_times, host_list, without_autocast
 from .interpolants import Interpolant
 
 
@@ -73,7 +73,7 @@ class DenseOutput:
         if not outside_only:
             return [rounded.get(v, v) for v in values]
         low, high = min(ends), max(ends)
-        as_dtype = torch.tensor(values, dtype=dtype).tolist()
+        as_dtype = host_list(torch.tensor(values, dtype=dtype))
         return [v if low <= v <= high else rounded.get(r, v) for v, r in zip(values, as_dtype, strict=True)]
 
     @property
@@ -119,7 +119,7 @@ class DenseOutput:
             if t.dim() > 1:
                 raise ValueError(f"t must be a float, a 0-dim or a 1-D tensor, got shape {tuple(t.shape)}")
             check_time_tensor("t", t)
-            values = [float(v) for v in t.detach().reshape(-1).tolist()]
+            values = [float(v) for v in host_list(t.reshape(-1))]
             rounded_to = _narrowest_float(t)
         elif isinstance(t, bool) or not isinstance(t, (int, float)):
             raise TypeError(

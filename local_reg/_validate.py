@@ -236,6 +236,14 @@ def _time_value(name: str, value: object) -> float:
     return float(value)
 
 
+def host_list(t: Tensor) -> list[Any]:
+    """``t``'s values as Python numbers (``tolist``), also for a tensor made inside a ``torch.func``
+    transform's function, which torch before 2.10 cannot read there ("a Tensor that doesn't have
+    storage"): read with the transforms' dispatch off, as the values are the same."""
+    with torch._C._DisableFuncTorch():
+        return t.detach().cpu().tolist()
+
+
 def finite_times(name: str, t: Tensor | np.ndarray | Sequence[float | Tensor]) -> list[float]:
     """The finite times of ``name`` as Python floats, in their order: a 1-D real tensor, a 1-D real
     numpy array, or a sequence of real numbers (or 0-dim tensors). A string is refused although it
@@ -248,7 +256,7 @@ def finite_times(name: str, t: Tensor | np.ndarray | Sequence[float | Tensor]) -
         if t.dim() != 1:
             raise ValueError(f"{name} must be a 1-D tensor of times, got shape {tuple(t.shape)}")
         check_time_tensor(name, t)
-        times = [float(v) for v in t.detach().cpu().tolist()]
+        times = [float(v) for v in host_list(t)]
     elif isinstance(t, np.ndarray):
         if t.ndim != 1:
             raise ValueError(f"{name} must be a 1-D array of times, got shape {t.shape}")
@@ -337,7 +345,7 @@ def check_times_distinct(
     ends the message."""
     if dtype == torch.float64:
         return
-    rounded = torch.tensor(times, dtype=dtype).tolist()
+    rounded = host_list(torch.tensor(times, dtype=dtype))
     for (a, b), (ra, rb) in zip(pairwise(times), pairwise(rounded), strict=True):
         if ra == rb:
             raise ValueError(

@@ -35,6 +35,7 @@ from ._validate import (
     Tolerance,
     check_output,
     finite_float,
+    host_list,
     one_time,
     positive_float,
     positive_int,
@@ -327,7 +328,7 @@ def _mixed_norm(state: TupleState) -> Callable[[Tensor], Tensor]:
 
 
 def _time_set(times: object) -> set[float]:
-    return set(torch.as_tensor(times, dtype=torch.float64).reshape(-1).tolist())
+    return set(host_list(torch.as_tensor(times, dtype=torch.float64).reshape(-1)))
 
 
 def _landings(opts: dict[str, Any], times: list[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -342,7 +343,7 @@ def _landings(opts: dict[str, Any], times: list[float]) -> tuple[tuple[float, ..
         values = torch.as_tensor([] if value is None else value, dtype=torch.float64).detach().reshape(-1)
         if not bool(torch.isfinite(values).all()):
             raise ValueError(f"options[{key!r}] must be finite times, got {value!r}")
-        found[key] = tuple(values.tolist())
+        found[key] = tuple(host_list(values))
     shared = {time for time in set(found["step_t"]) & set(found["jump_t"]) if low < time < high}
     if shared:
         raise ValueError("options['step_t'] and ['jump_t'] must not share a time (torchdiffeq's rule)")
@@ -453,7 +454,7 @@ def _solve(
         )
         if wider_t:
             func = _TimeInStateDtype(func, cast(Tensor, first).dtype)
-        solution = _odeint(func, y0, t.tolist() if plain else t, dense=dense, **kwargs)
+        solution = _odeint(func, y0, host_list(t) if plain else t, dense=dense, **kwargs)
         return solution.evaluate if dense else solution.ys
     reverse_time = bool(t[1] < t[0])
     try:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import finite_times
+from ._validate import finite_times, host_list
 
 TimeSet = Tensor | np.ndarray | Sequence[float | Tensor]
 """Times as the solvers take them: a 1-D tensor or numpy array, or a sequence of floats or 0-dim tensors."""
@@ -178,7 +178,7 @@ class PIController:
         margin = 2.0 * info.eps * max(abs(low), abs(high)) + info.tiny
 
         def rounded(times: tuple[float, ...]) -> list[float]:
-            return torch.tensor(times, dtype=torch.float64).to(dtype).double().tolist()
+            return host_list(torch.tensor(times, dtype=torch.float64).to(dtype).double())
 
         def kept(times: tuple[float, ...]) -> tuple[float, ...]:
             if rounds and times:

@@ -759,17 +759,13 @@ def test_a_loop_that_keeps_its_losses_leaves_no_hooks_on_the_parameters():
         loss_of(odeint(lambda t, y: -y + torch.sqrt(y - y), encoder(y0), TIMES).ys).backward()
 
 
-@pytest.mark.parametrize("query", [True, False], ids=["keep_graph_query", "without_query"])
 @pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "interpolating_adjoint"])
-def test_the_step_records_go_with_the_last_backward_pass(gradient, query, monkeypatch):
+def test_the_step_records_go_with_the_last_backward_pass(gradient):
     """The forward's step states (and the interpolating adjoint's dense record) are what the
     backward pass reads; the graph, and so the autograd context holding them, lives as long as the
     outputs do (a training loop's kept loss, a regularized model's ``reg_loss``), so they were held
     after the backward pass: twice the memory of a loop. They now go as autograd's saved tensors
-    go, and stay for a graph kept with ``retain_graph=True``; also on a torch without the private
-    query of whether the pass keeps its graph (before torch 2.5), which kept them for good."""
-    if not query:
-        monkeypatch.setattr("local_reg.gradients._function._KEEPS_GRAPH", None)
+    go, and stay for a graph kept with ``retain_graph=True``."""
     field = TinyField()
     y = torch.randn(2, 3, dtype=DTYPE, requires_grad=True)
     solution = odeint(field, y, TIMES, gradient=gradient)

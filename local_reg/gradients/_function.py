@@ -308,30 +308,13 @@ class CountingField:
         return self.func(t, y)
 
 
-# Whether the running backward pass keeps its graph (retain_graph=True): torch's query, private and
-# added in torch 2.5 (release_with_graph reads it another way without it).
-_KEEPS_GRAPH: Callable[[], bool] | None = getattr(
-    torch._C._autograd, "_get_current_graph_task_keep_graph", None
-)
-
-
-def release_with_graph(ctx: Any, solve: ForwardSolve) -> None:
+def release_with_graph(solve: ForwardSolve) -> None:
     """Release ``solve``'s records (:meth:`ForwardSolve.release_records`) if the running backward
     pass frees its graph, as autograd frees ``ctx``'s saved tensors: the graph (and ``ctx``) lives on
     as long as the outputs do, a training loop's kept loss say, and would hold every step's state.
-    Without torch's query, whether the saved tensors were freed is read when the pass ends."""
-    if _KEEPS_GRAPH is not None:
-        if not _KEEPS_GRAPH():
-            solve.release_records()
-        return
-
-    def release_if_freed() -> None:
-        try:
-            _ = ctx.saved_tensors  # raises once freed
-        except RuntimeError:  # freed: the pass did not keep the graph
-            solve.release_records()
-
-    torch.autograd.Variable._execution_engine.queue_callback(release_if_freed)
+    Whether the pass keeps its graph (``retain_graph=True``) is torch's private query."""
+    if not torch._C._autograd._get_current_graph_task_keep_graph():
+        solve.release_records()
 
 
 _THREAD = threading.local()
@@ -615,7 +598,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
             raise_non_finite_gradient(solve.times[0], solve.stats.n_steps)
         # Accumulate: a graph kept with retain_graph=True may be differentiated more than once.
         solve.stats.nfe_backward = (solve.stats.nfe_backward or 0) + nfe
-        release_with_graph(ctx, solve)
+        release_with_graph(solve)
         return (None, None, grad_y0, *grad_params)
 
 
