@@ -33,6 +33,7 @@ from ._step import rms_norm
 from ._tuple import TupleState, owning_module
 from ._validate import (
     Tolerance,
+    check_function_transforms,
     check_output,
     finite_float,
     host_list,
@@ -381,6 +382,8 @@ def _solve(
     if isinstance(y0, Tensor):
         rtol, atol = _listed_tolerance("rtol", rtol), _listed_tolerance("atol", atol)
     events = event_fn is not None
+    # Before t is read: a t batched by torch.func.vmap has no values to read, as odeint says.
+    check_function_transforms("odeint", t=t, y0=y0)
     # Checked before the fixed grid is read from them (odeint checks them again); an event's two
     # times give the direction, so they too must be finite and distinct.
     times = validate_times(t)

@@ -55,6 +55,16 @@ def test_vmap_of_the_state_is_refused_naming_the_batch_dimension():
         vmap(lambda y: sdeint(DecaySDE(), y, [0.0, 1.0], generator=generator).ys[-1])(torch.ones(3, 1, 2))
 
 
+def test_vmap_of_compats_times_is_refused_as_odeint_refuses_it():
+    """Batched output times through the torchdiffeq drop-in: torch's "Cannot access data pointer"
+    from reading them, where odeint names vmap."""
+    import local_reg.compat as torchdiffeq
+
+    spans = torch.tensor([[0.0, 1.0], [0.0, 2.0]], dtype=DTYPE)
+    with pytest.raises(ValueError, match=re.escape("odeint cannot run under torch.func.vmap")):
+        vmap(lambda t: torchdiffeq.odeint(lambda s, y: -y, torch.ones(2, dtype=DTYPE), t))(spans)
+
+
 @pytest.mark.parametrize("gradient", [g for g in GRADIENT_METHODS if g != "direct"])
 def test_a_graph_free_gradient_method_is_refused_naming_direct(gradient):
     with pytest.raises(
