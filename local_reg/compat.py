@@ -377,13 +377,15 @@ def _solve(
     adjoint_params: Iterable[Tensor] | None,
     dense: bool = False,
 ) -> States | tuple[Tensor, States] | Callable[[Tensor], States]:
+    events = event_fn is not None
+    # Before t is read: a t batched by torch.func.vmap has no values to read, as odeint says (and
+    # scipy's solve would drop a transform's or a forward-mode tangent).
+    entry = "odeint_event" if events else "odeint_dense" if dense else "odeint"
+    check_function_transforms(entry, t=t, y0=y0, differentiable=method != "scipy_solver")
     if method == "scipy_solver":
         return _scipy_solve(func, y0, t, rtol, atol, options, event_fn, dense)
     if isinstance(y0, Tensor):
         rtol, atol = _listed_tolerance("rtol", rtol), _listed_tolerance("atol", atol)
-    events = event_fn is not None
-    # Before t is read: a t batched by torch.func.vmap has no values to read, as odeint says.
-    check_function_transforms("odeint", t=t, y0=y0)
     # Checked before the fixed grid is read from them (odeint checks them again); an event's two
     # times give the direction, so they too must be finite and distinct.
     times = validate_times(t)

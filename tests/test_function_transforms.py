@@ -183,3 +183,21 @@ def test_a_regularized_model_trained_by_torch_func_stays_a_module_that_copies_an
     twin = copy.deepcopy(model)
     pickle.loads(pickle.dumps(model))
     assert twin.stats.t_reg == model.stats.t_reg
+
+
+def test_compats_scipy_solver_and_events_are_refused_by_their_names():
+    """scipy's solve under torch.func, or with a forward-mode tangent, dropped the tangent or raised
+    torch's "Cannot access data pointer"; compat's events and dense output named odeint."""
+    import torch.autograd.forward_ad as forward_ad
+
+    import local_reg.compat as torchdiffeq
+
+    y0, t = torch.ones(2, dtype=DTYPE), torch.tensor([0.0, 1.0], dtype=DTYPE)
+    with pytest.raises(ValueError, match=re.escape("odeint cannot run under torch.func transforms")):
+        grad(lambda y: torchdiffeq.odeint(lambda s, x: -x, y, t, method="scipy_solver")[-1].sum())(y0)
+    with forward_ad.dual_level():
+        with pytest.raises(ValueError, match="odeint: y0 carries forward-mode tangents"):
+            torchdiffeq.odeint(lambda s, x: -x, forward_ad.make_dual(y0, y0), t, method="scipy_solver")
+        t0 = forward_ad.make_dual(t[0], torch.ones((), dtype=DTYPE))
+        with pytest.raises(ValueError, match="odeint_event: t carries forward-mode tangents"):
+            torchdiffeq.odeint_event(lambda s, x: -x, y0, t0, event_fn=lambda s, x: x[0] - 0.5)

@@ -814,16 +814,19 @@ def test_a_measurement_waiting_for_the_next_pass_survives_a_resume():
     assert run(resume_after=4) == went_on
 
 
-def test_gradient_accumulation_with_the_penalty_on_the_first_micro_batch_is_measured(monkeypatch):
-    """Four micro-batches per optimizer step, the penalty added to the first one's loss, every=4:
-    every due call is a step's first micro-batch, whose pass carries its penalty, so each step is
-    measured, as computed by hand."""
+@pytest.mark.parametrize("penalized", [0, 3], ids=["first", "last"])
+def test_gradient_accumulation_with_the_penalty_on_one_micro_batch_is_measured(penalized, monkeypatch):
+    """Four micro-batches per optimizer step, the penalty added to one of them, every=4: the due
+    call is a step's first micro-batch; with the penalty on the last, the passes before it carry no
+    penalty, measure nothing (a measurement left open to the end, as before, measured nothing
+    at all), and the next call measures again, up to the one whose pass carries its penalty. Each
+    step is measured, as computed by hand."""
     model, parameters, observed = _spied(every=4, monkeypatch=monkeypatch)
     by_hand = []
     for _ in range(5):
         for micro_batch in range(4):
             task = _task_loss(model(_y0(), T)) / 4
-            if micro_batch == 0:
+            if micro_batch == penalized:
                 penalty = model.reg_loss / 4
                 by_hand.append(
                     (
@@ -836,3 +839,19 @@ def test_gradient_accumulation_with_the_penalty_on_the_first_micro_batch_is_meas
     assert len(observed) == len(by_hand) == 5
     for measured, expected in zip(observed, by_hand, strict=True):
         assert measured == pytest.approx(expected, rel=1e-10)
+
+
+def test_passes_that_never_carry_the_penalty_retry_only_every_times(monkeypatch):
+    """The task's and the penalty's gradients in two separate backward passes: no pass measures.
+    The calls after a pass that measured nothing measure again, ``every`` of them at most, so the
+    penalty's extra vector-Jacobian products stay about one per ``every`` calls."""
+    model, _, observed = _spied(every=3, monkeypatch=monkeypatch)
+    opened = []
+    add_penalty = model.weight._add_penalty
+    monkeypatch.setattr(model.weight, "_add_penalty", lambda *args: (opened.append(1), add_penalty(*args)))
+    for _ in range(30):
+        task = _task_loss(model(_y0(), T))
+        task.backward(retain_graph=True)
+        model.reg_loss.backward()
+    assert observed == []
+    assert 30 // 3 <= len(opened) <= 30 // 3 + 3

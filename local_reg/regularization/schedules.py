@@ -467,7 +467,7 @@ class RatioWeight(_SelfTuningWeight):
             "last_ratio": None,
             "pending": None,
             "watched": 0,
-            "overdue": False,
+            "overdue": 0,
         }
 
     def _weight_of(self, state: dict[str, Any]) -> float:
@@ -517,7 +517,9 @@ class RatioWeight(_SelfTuningWeight):
         encoder, two batches, a weight shared by two blocks) join the measurement, which then
         compares the penalties of the calls the pass carries with the rest of its gradient. A pass
         that also carries the penalty of a call made before the measurement opened (a due call in
-        the middle of a pass) measures nothing, and the next training call measures again. The
+        the middle of a pass), or reaches the parameters without the measurement's penalty,
+        measures nothing, and the next training call measures again (``every`` such calls in a row
+        at most). The
         task's gradient is all that reaches the parameters until the pass carrying ``reg_loss``
         ends (nested passes of a reentrant checkpoint, or an earlier pass without ``reg_loss``, add
         to it)."""
@@ -532,7 +534,8 @@ class RatioWeight(_SelfTuningWeight):
             return
         if self.parameters is None:
             return
-        due = self.due or self._state["overdue"]
+        # After passes that measured nothing (below), the next calls measure again, `every` at most.
+        due = self.due or 0 < self._state["overdue"] <= self.every
         self._state["watched"] += 1
         self._warn_if_unmeasured(self._state["watched"])
         # Those still trained: a parameter frozen since construction (requires_grad_(False)) has no
@@ -554,7 +557,6 @@ class RatioWeight(_SelfTuningWeight):
         else:
             self._finish_measurement()
             if due and reg_loss.requires_grad and parameters:
-                self._state["overdue"] = False
                 self._open_measurement(reg_loss, parameters)
         if reg_loss.requires_grad:
             reg_loss.register_hook(self._count_penalty)
@@ -572,8 +574,10 @@ class RatioWeight(_SelfTuningWeight):
                 mixed = task == torch._C._current_graph_task_id() and penalties > read
                 opened["ended"] = not mixed
                 # The measuring call was not the first of its pass (a model called several times
-                # per pass): the next call, the first of the next pass, measures again.
-                self._state["overdue"] = mixed
+                # per pass), or its penalty was left out of the pass (gradient accumulation with the
+                # penalty on another micro-batch): the next call measures again.
+                failed = mixed or opened["without_penalty"]
+                self._state["overdue"] = self._state["overdue"] + 1 if failed else 0
                 if self._measurement is opened:
                     self._finish_measurement()
             else:
@@ -592,6 +596,9 @@ class RatioWeight(_SelfTuningWeight):
                 # reg_loss reaches this parameter, so a backward pass that carries it has read its
                 # factor by now: this one carries no penalty of the measurement, and measures nothing.
                 opened["without_penalty"] = True
+                if not opened["end_queued"]:
+                    opened["end_queued"] = True
+                    torch.autograd.Variable._execution_engine.queue_callback(opened["end_of_pass"])
                 return
             # A parameter reports once per pass that reaches it, and more than once in one
             # training pass where nested passes backpropagate it (a head applied twice under a
@@ -800,7 +807,7 @@ class RatioWeight(_SelfTuningWeight):
             current = task / (1 - self.beta**measured) if measured else 0.0
             state = {
                 "watched": 0,
-                "overdue": False,
+                "overdue": 0,
                 "peak": state.get("weight", 0.0),
                 "task_peak": current,
                 **state,
