@@ -520,8 +520,8 @@ class RatioWeight(_SelfTuningWeight):
         the middle of a pass), or reaches the parameters without the measurement's penalty,
         measures nothing, and the next training call measures again (``every`` such calls in a row
         at most). The task's gradient is all that reaches the parameters until the pass carrying
-        ``reg_loss`` ends (nested passes of a reentrant checkpoint, or an earlier pass without
-        ``reg_loss``, add to it)."""
+        ``reg_loss`` ends (nested passes of a reentrant checkpoint, or an earlier pass that reaches
+        only parameters the penalty does not, add to it)."""
         if not torch.is_grad_enabled():
             # A call under no_grad (logging in training mode) cannot be backpropagated: it is not a
             # training forward pass, and the measurement the last one opened stays open.
