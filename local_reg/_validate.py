@@ -238,8 +238,8 @@ def _time_value(name: str, value: object) -> float:
 
 def host_list(t: Tensor) -> list[Any]:
     """``t``'s values as Python numbers (``tolist``), also for a tensor made inside a ``torch.func``
-    transform's function, which torch before 2.10 cannot read there ("a Tensor that doesn't have
-    storage"): read with the transforms' dispatch off, as the values are the same."""
+    transform's function, which torch 2.9 cannot read there ("a Tensor that doesn't have storage";
+    2.13 can): read with the transforms' dispatch off, as the values are the same."""
     with torch._C._DisableFuncTorch():
         return t.detach().cpu().tolist()
 
