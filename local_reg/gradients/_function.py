@@ -308,15 +308,6 @@ class CountingField:
         return self.func(t, y)
 
 
-def release_with_graph(solve: ForwardSolve) -> None:
-    """Release ``solve``'s records (:meth:`ForwardSolve.release_records`) if the running backward
-    pass frees its graph, as autograd frees ``ctx``'s saved tensors: the graph (and ``ctx``) lives on
-    as long as the outputs do, a training loop's kept loss say, and would hold every step's state.
-    Whether the pass keeps its graph (``retain_graph=True``) is torch's private query."""
-    if not torch._C._autograd._get_current_graph_task_keep_graph():
-        solve.release_records()
-
-
 _THREAD = threading.local()
 
 
@@ -598,7 +589,11 @@ class _SolveWithoutGraph(torch.autograd.Function):
             raise_non_finite_gradient(solve.times[0], solve.stats.n_steps)
         # Accumulate: a graph kept with retain_graph=True may be differentiated more than once.
         solve.stats.nfe_backward = (solve.stats.nfe_backward or 0) + nfe
-        release_with_graph(solve)
+        if not torch._C._autograd._get_current_graph_task_keep_graph():
+            # As autograd frees the saved tensors (a pass without retain_graph=True; torch's private
+            # query): the graph, and this context, lives on as long as the outputs do, a training
+            # loop's kept loss say, and would hold every step's state.
+            solve.release_records()
         return (None, None, grad_y0, *grad_params)
 
 
