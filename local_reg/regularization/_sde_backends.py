@@ -68,9 +68,8 @@ class CountingSDE(nn.Module):
 
 def solve_main(problem: Any, y0: Tensor, times: list[float], bm: Any, request: Request) -> MainSolve:
     """Solve ``problem`` (an :class:`~._problems.SDEProblem`) at ``times`` on the Brownian motion
-    ``bm``; its ``options`` are extra keywords
-    of the backend's solver (``local_reg.sdeint``, or ``torchsde.sdeint``: e.g. ``dt``,
-    ``adaptive``)."""
+    ``bm``; its ``options`` are extra keywords of the backend's solver (``local_reg.sdeint``, or
+    ``torchsde.sdeint``: e.g. ``dt``, ``adaptive``)."""
     sde, backend, method, gradient = problem.sde, problem.backend, problem.method, problem.gradient
     rtol, atol = problem.rtol, problem.atol
     method = DEFAULT_METHOD[backend] if method is None else method
