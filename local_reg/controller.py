@@ -37,9 +37,9 @@ class PIController:
     (``beta2 = 0``, as torchdiffeq's): at one tolerance it takes up to ~20% more steps (``dopri5``
     against torchdiffeq's on the DETEST problems: a median 0.92–1.09x the evaluations, at most
     1.23x, docs/benchmarks.md) and is several times more accurate; at equal error the two are
-    within ~20% either way (docs/benchmarks.md, the controllers table). A rejected step shrinks by the integral part
-    alone, ``safety * EEst ** (-1 / order)``, never below ``min_factor``, and the step after a
-    rejection may not grow. ``EEst_{n-1}`` is floored at 1e-4 and is 1 before the first accepted
+    within ~20% either way (docs/benchmarks.md, the controllers table). A rejected step shrinks by
+    the integral part alone, ``safety * EEst ** (-1 / order)``, never below ``min_factor``, and the
+    step after a rejection may not grow. ``EEst_{n-1}`` is floored at 1e-4 and is 1 before the first accepted
     step (Hairer's code and OrdinaryDiffEq start it at 1e-4, so their first growth is 0.69x ours at
     order 5).
 
