@@ -76,8 +76,8 @@ def sdeint(
         method: ``"euler_maruyama"`` (strong order 1/2, 1 for additive noise) or ``"milstein"``
             (derivative-free Milstein, strong order 1 for scalar noise and for diagonal noise whose
             ``g_i`` depends on ``y_i`` alone; order 1/2 where it depends on other components, which
-            would need Levy areas; the same for additive noise; no extra evaluation in the adaptive
-            mode). With adaptive steps Euler--Maruyama converges to a biased limit for
+            would need Levy areas; the same for additive noise; one more diffusion evaluation per
+            step than Euler--Maruyama). With adaptive steps Euler--Maruyama converges to a biased limit for
             multiplicative noise, since the error estimate that accepts a step holds the Milstein
             term it drops: use ``"milstein"`` where the path's accuracy matters (docs/sde.md).
             Euler--Maruyama stays the default as the scheme of [LR23]'s SDE experiments.

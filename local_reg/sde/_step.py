@@ -186,11 +186,21 @@ def _euler_maruyama_step(
     milstein_term = None
     if noise_type != "additive" and (estimate_error or milstein):
         sqrt_dt = math.sqrt(dt)
-        # Derivative-free (g . grad) g: a finite difference along the noise direction, with
-        # the step sqrt(h) that makes it O(h^{1/2})-accurate at the scale of the increment.
-        g_shifted = sde.g(t_now, y + sqrt_dt * noise_vector(noise_type, g0))
+        # Derivative-free (g . grad) g: a finite difference along the noise direction with the
+        # step sqrt(h) (Kloeden & Platen, Sec. 11.1). The forward difference is O(h^{1/2})-accurate:
+        # enough for the error estimate and for fixed steps' strong order 1 (its error term is a
+        # multiple of dW^2 - h, of mean zero); but an adaptive solve accepts the steps whose
+        # |dW^2 - h| is small, which gives that term a mean, a bias of O(tol^{1/2}) in the path
+        # where g is nonlinear. There the propagated term takes the central difference, O(h).
+        shift = sqrt_dt * noise_vector(noise_type, g0)
+        g_ahead = sde.g(t_now, y + shift)
         nfe_diffusion += 1
-        g_dg = noise_vector(noise_type, g_shifted - g0) / sqrt_dt
+        if milstein and estimate_error:
+            g_behind = sde.g(t_now, y - shift)
+            nfe_diffusion += 1
+            g_dg = noise_vector(noise_type, g_ahead - g_behind) / (2 * sqrt_dt)
+        else:
+            g_dg = noise_vector(noise_type, g_ahead - g0) / sqrt_dt
         milstein_term = 0.5 * g_dg * (dw * dw - dt)
         if milstein:
             y1 = y1 + milstein_term
