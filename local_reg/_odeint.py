@@ -16,6 +16,7 @@ from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import accepts_tuple_states
 from ._validate import (
     Tolerance,
+    check_adaptive_settings_unset,
     check_bool,
     check_function_transforms,
     check_span,
@@ -187,7 +188,8 @@ def odeint(
         max_steps: attempted steps (accepted + rejected) before a :class:`SolverError`.
         step_size: take fixed steps of (at most) this size instead of adaptive ones; required for
             ``euler``, ``midpoint`` and ``rk4``. Each interval between output times is divided into
-            equal steps no longer than ``step_size``.
+            equal steps no longer than ``step_size``. ``first_step``, ``controller`` and ``norm``
+            set the adaptive steps, and are refused beside it.
         controller: step-size controller (default :class:`PIController`).
         gradient: how ``ys`` are differentiated (see docs/gradients.md): a
             :class:`~local_reg.gradients.GradientMethod` or its string shorthand:
@@ -304,6 +306,12 @@ def odeint(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options
     )
     gradient_method.check(options, times, state)
+    check_adaptive_settings_unset(
+        step_size,
+        first_step=first_step,
+        controller=None if gradient_method.controls_steps(options) else controller,
+        norm=norm,
+    )
     check_function_transforms("odeint", gradient_method.name, y0=y0)  # t was judged above
     check_step_penalty(step_penalty)
     check_step_penalty_support(gradient_method, step_penalty)

@@ -62,7 +62,17 @@ def real_number(name: str, value: object, expected: str) -> float:
         return float(value.detach())
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
-    return float(value)
+    return float_of_real(name, value)
+
+
+def float_of_real(name: str, value: numbers.Real) -> float:
+    """``float(value)``, or a ``ValueError`` naming ``name`` for a Python integer (or fraction)
+    beyond the largest float, where ``float`` raises an ``OverflowError`` that names nothing."""
+    try:
+        return float(value)
+    except OverflowError:
+        largest = torch.finfo(torch.float64).max
+        raise ValueError(f"{name} is too large for a float (its magnitude exceeds {largest:.4g})") from None
 
 
 def positive_float(name: str, value: object) -> float:
@@ -143,6 +153,20 @@ def check_step_penalty(step_penalty: object) -> None:
         raise TypeError(
             "step_penalty must be callable as penalty(step_result, dt) -> 0-dim tensor, or None, "
             f"got {type_name(step_penalty)}"
+        )
+
+
+def check_adaptive_settings_unset(step_size: object, owner: str = "", **settings: object) -> None:
+    """A ``ValueError`` naming the settings of the adaptive steps (``first_step``, ``controller``,
+    ``norm``: those not ``None``; of ``owner`` if given) beside a fixed ``step_size``, which replaces
+    those steps and leaves the settings without effect."""
+    if step_size is None:
+        return
+    given = [f"{owner} {name}".lstrip() for name, value in settings.items() if value is not None]
+    if given:
+        raise ValueError(
+            f"{' and '.join(given)} {'sets' if len(given) == 1 else 'set'} the adaptive steps, which a "
+            f"fixed step_size={step_size!r} replaces: pass one or the other"
         )
 
 
@@ -233,7 +257,7 @@ def _time_value(name: str, value: object) -> float:
         )
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must hold real numbers, got an element of type {type(value).__name__}")
-    return float(value)
+    return float_of_real(name, value)
 
 
 def host_list(t: Tensor) -> list[Any]:

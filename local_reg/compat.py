@@ -107,9 +107,9 @@ set (torchdiffeq 0.2.5 accepts every step of at most ``min_step``, as ``force_mi
 LANDING_OPTIONS = ("step_t", "jump_t")
 """Times no step may cross: ``step_t`` where the field is continuous but not smooth, ``jump_t`` where it
 jumps (torchdiffeq 0.2.5's options of its adaptive solvers)."""
-ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", *CONTROLLER_OPTIONS, *LANDING_OPTIONS)
+ADAPTIVE_OPTIONS = ("first_step", "max_num_steps", "norm", *CONTROLLER_OPTIONS, *LANDING_OPTIONS)
 """Options only an adaptive method uses: a fixed-step one ignores them with a warning, as torchdiffeq."""
-OPTIONS = ("step_size", "norm", "dtype", "interp", *ADAPTIVE_OPTIONS)
+OPTIONS = ("step_size", "dtype", "interp", *ADAPTIVE_OPTIONS)
 UNSUPPORTED_OPTIONS = (
     "grid_points",
     "perturb",
@@ -146,11 +146,17 @@ def _tableau(method: str | None) -> ButcherTableau:
     raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
 
 
-def _check_keys(name: str, options: object, allowed: Sequence[str]) -> dict[str, Any]:
+def _as_dict(name: str, options: object) -> dict[str, Any]:
+    """``options`` (``None`` read as empty) if it is a dict, else a ``TypeError`` naming ``name``."""
     if options is None:
         return {}
     if not isinstance(options, dict):
         raise TypeError(f"{name} must be a dict, got {type(options).__name__}")
+    return options
+
+
+def _check_keys(name: str, options: object, allowed: Sequence[str]) -> dict[str, Any]:
+    options = _as_dict(name, options)
     unsupported = sorted(set(options) & set(UNSUPPORTED_OPTIONS) - set(allowed))
     if unsupported:
         raise ValueError(
@@ -328,8 +334,19 @@ def _mixed_norm(state: TupleState) -> Callable[[Tensor], Tensor]:
     return norm
 
 
-def _time_set(times: object) -> set[float]:
-    return set(host_list(torch.as_tensor(times, dtype=torch.float64).reshape(-1)))
+def _option_times(name: str, value: object) -> Tensor:
+    """The times an option lists (``None``: none) as a flat float64 tensor; a ``TypeError`` naming
+    the option if they are not numbers."""
+    try:
+        return torch.as_tensor([] if value is None else value, dtype=torch.float64).detach().reshape(-1)
+    except OverflowError:
+        raise ValueError(f"{name} holds a number too large for a float") from None
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{name} must be numbers (a sequence or tensor of times), got {value!r}") from error
+
+
+def _time_set(name: str, times: object) -> set[float]:
+    return set(host_list(_option_times(name, times)))
 
 
 def _landings(opts: dict[str, Any], times: list[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -341,7 +358,7 @@ def _landings(opts: dict[str, Any], times: list[float]) -> tuple[tuple[float, ..
     found: dict[str, tuple[float, ...]] = {}
     for key in LANDING_OPTIONS:
         value = opts.pop(key, None)
-        values = torch.as_tensor([] if value is None else value, dtype=torch.float64).detach().reshape(-1)
+        values = _option_times(f"options[{key!r}]", value)
         if not bool(torch.isfinite(values).all()):
             raise ValueError(f"options[{key!r}] must be finite times, got {value!r}")
         found[key] = tuple(host_list(values))
@@ -419,7 +436,10 @@ def _solve(
         "atol": atol,
         "step_size": step_size,
         "first_step": opts.pop("first_step", None),
-        "controller": dataclasses.replace(
+        # Fixed steps take no controller (their adaptive options were dropped above).
+        "controller": None
+        if step_size is not None
+        else dataclasses.replace(
             _controller(opts, "options") or PIController(), step_ts=step_ts, jump_ts=jump_ts
         ),
         "gradient": gradient,
@@ -442,7 +462,7 @@ def _solve(
         kwargs["max_steps"] = min(NO_STEP_LIMIT, max(1, fixed_steps_over(times, step_size)))
     if "norm" in opts:
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
-    elif state is not None:
+    elif state is not None and step_size is None:
         kwargs["norm"] = _mixed_norm(state)
     if event_fn is None:
         # torchdiffeq 0.2.5 casts the time it hands func to y0's dtype (_PerturbFunc), whatever t's
@@ -710,6 +730,7 @@ def odeint_adjoint(
     With ``event_fn`` it returns ``(event_t, solution)`` as :func:`odeint` does, differentiated by the
     same method.
     """
+    _as_dict("options", options)  # read below before the solve checks its keys
     if method == "scipy_solver" or adjoint_method == "scipy_solver":
         raise ValueError(
             "odeint_adjoint with method='scipy_solver' is not available (no gradient flows through "
@@ -762,7 +783,11 @@ def odeint_adjoint(
         for key in LANDING_OPTIONS:
             # The backward solve lands on the forward solve's times (its controller's).
             given, forward_times = adjoint.pop(key, None), (options or {}).get(key)
-            if given is not None and (forward_times is None or _time_set(given) != _time_set(forward_times)):
+            if given is not None and (
+                forward_times is None
+                or _time_set(f"adjoint_options[{key!r}]", given)
+                != _time_set(f"options[{key!r}]", forward_times)
+            ):
                 raise ValueError(
                     f"adjoint_options[{key!r}] must be options[{key!r}]: the backward solve lands where "
                     "the forward solve does"

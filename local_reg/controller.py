@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import finite_times, host_list
+from ._validate import finite_times, float_of_real, host_list
 
 TimeSet = Tensor | np.ndarray | Sequence[float | Tensor]
 """Times as the solvers take them: a 1-D tensor or numpy array, or a sequence of floats or 0-dim tensors."""
@@ -110,6 +110,8 @@ class PIController:
                 isinstance(value, bool) or not isinstance(value, numbers.Real)
             ):
                 raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+            if value is not None:  # a float: an int beyond the floats would overflow in the first step
+                object.__setattr__(self, name, float_of_real(name, value))
         # A beta1 <= 0 would grow the step as the error grows (each step rejected until the step
         # size underflows); a NaN one, the same through NaN comparisons.
         if self.beta1 is not None and not (math.isfinite(self.beta1) and self.beta1 > 0):

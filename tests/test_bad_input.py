@@ -152,6 +152,39 @@ def test_fixed_steps_beyond_max_steps_are_refused_before_the_first_step():
     assert solution.stats.n_steps == 2000
 
 
+_ADAPTIVE_SETTINGS = [
+    ({"controller": local_reg.PIController(max_step=1e-3)}, "controller sets"),
+    ({"first_step": 1e-3}, "first_step sets"),
+    ({"first_step": 1e-3, "controller": local_reg.PIController()}, "first_step and controller set"),
+]
+
+
+@pytest.mark.parametrize(
+    ("solver", "settings", "named"),
+    [("odeint", *case) for case in _ADAPTIVE_SETTINGS]
+    + [("sdeint", *case) for case in _ADAPTIVE_SETTINGS]
+    + [("odeint", {"norm": lambda error: error.abs().max()}, "norm sets")],  # sdeint takes no norm
+)
+def test_settings_of_the_adaptive_steps_beside_a_fixed_step_size_are_refused(solver, settings, named):
+    """A fixed step_size took steps of 0.1 beside PIController(max_step=1e-3), and never called a
+    norm or read first_step: the settings had no effect, silently."""
+    y0 = torch.ones(2, 1, dtype=torch.float64)
+    if solver == "odeint":
+        solve = functools.partial(odeint, lambda t, y: -y, y0, [0.0, 1.0], method="rk4")
+    else:
+        solve = functools.partial(sdeint, DecaySDE(), y0, [0.0, 1.0])
+    with pytest.raises(ValueError, match=f"{named} the adaptive steps, which a fixed step_size=0.1 replaces"):
+        solve(step_size=0.1, **settings)
+    assert solve(step_size=0.1).stats.n_steps == 10
+
+
+@pytest.mark.parametrize("adjoint", [BacksolveAdjoint, local_reg.InterpolatingAdjoint])
+def test_a_backward_first_step_beside_a_backward_step_size_is_refused(adjoint):
+    with pytest.raises(ValueError, match=f"^{adjoint.__name__} first_step sets the adaptive steps"):
+        adjoint(step_size=0.1, first_step=0.01)
+    assert adjoint(step_size=0.1).first_step is None
+
+
 @pytest.mark.parametrize(
     ("rtol", "named"),
     [
@@ -2007,9 +2040,19 @@ def test_sdeint_refuses_times_that_are_one_value_in_the_states_dtype():
 
 def test_a_non_finite_brownian_increment_is_named_not_blamed_on_the_state():
     """A float32 Brownian motion cannot resolve a step of 1e-300: the solve used to reject steps down
-    to an underflow and then blame the state, drift or diffusion."""
-    with pytest.raises(ValueError, match=r"bm\(0.0, .*\) returned a non-finite increment"):
+    to an underflow and then blame the state, drift or diffusion. A Brownian motion sdeint made is
+    not called "a given bm"."""
+    with pytest.raises(
+        ValueError,
+        match=r"^the Brownian motion sdeint made has a non-finite increment over \[0.0, .*a first_step",
+    ):
         sdeint(DiagonalSDE(), torch.ones(1, 2), [0.0, 1.0], first_step=1e-300)
+
+    def nan_path(ta, tb):
+        return torch.full((1, 2), math.nan)
+
+    with pytest.raises(ValueError, match=r"^bm\(0.0, .*\) returned a non-finite increment: its own values"):
+        sdeint(DiagonalSDE(), torch.ones(1, 2), [0.0, 1.0], bm=nan_path)
 
 
 @pytest.mark.parametrize(
@@ -2169,3 +2212,55 @@ def test_keywords_that_mean_another_thing_in_a_regularized_module_say_so():
     # A torchsde keyword the models refuse in options is not sent there either.
     with pytest.raises(TypeError, match=r"got unexpected keyword arguments: logqp$"):
         LocallyRegularized(DecaySDE(), backend="torchsde", logqp=True)
+
+
+@pytest.mark.parametrize(
+    "regularized",
+    [
+        lambda y0: local_reg.SteerRegularized(lambda t, y: -y, adjoint_params=())(y0, [0.0, 1.0]),
+        lambda y0: local_reg.steer_regularization(lambda t, y: -y, y0, [0.0, 1.0]),
+        lambda y0: local_reg.RNODERegularized(lambda t, y: -y, adjoint_params=())(y0, [0.0, 1.0]),
+        lambda y0: local_reg.TayNODERegularized(lambda t, y: -y, adjoint_params=())(y0, [0.0, 1.0]),
+        lambda y0: LocallyRegularized(lambda t, y: -y, adjoint_params=())(y0, [0.0, 1.0]),
+        lambda y0: GloballyRegularized(lambda t, y: -y, adjoint_params=())(y0, [0.0, 1.0]),
+    ],
+)
+@pytest.mark.parametrize("y0", [[[1.0, 2.0]], None, 1.0])
+def test_every_regularized_model_names_a_y0_that_is_not_a_tensor(regularized, y0):
+    """STEER's solve read ``y0.dtype`` first: an AttributeError of a list's ``dtype``."""
+    with pytest.raises(TypeError, match=f"y0 must be a torch.Tensor, got {type(y0).__name__}"):
+        regularized(y0)
+
+
+_HUGE = 10**400  # a Python integer beyond the floats: float() raises an OverflowError naming nothing
+
+
+@pytest.mark.parametrize(
+    ("call", "named"),
+    [
+        (lambda: odeint(rotation, torch.ones(2), [0.0, 1.0], rtol=_HUGE), "rtol"),
+        (lambda: odeint(rotation, torch.ones(2), [0.0, 1.0], atol=_HUGE), "atol"),
+        (lambda: odeint(rotation, torch.ones(2), [0.0, 1.0], first_step=_HUGE), "first_step"),
+        (lambda: odeint(rotation, torch.ones(2), [0.0, 1.0], method="rk4", step_size=_HUGE), "step_size"),
+        (lambda: odeint(rotation, torch.ones(2), [0, _HUGE]), "t"),
+        (lambda: local_reg.odeint_event(rotation, torch.ones(2), _HUGE, event_fn=lambda t, y: y[0]), "t0"),
+        (lambda: local_reg.step(rotation, 0.0, torch.ones(2), _HUGE, "tsit5"), "dt"),
+        (lambda: local_reg.PIController(jump_ts=[_HUGE]), "jump_ts"),
+        (lambda: local_reg.PIController(max_step=_HUGE), "max_step"),
+        (lambda: local_reg.PIController(max_factor=_HUGE), "max_factor"),
+        (lambda: sdeint(DecaySDE(), torch.ones(2, 1), [0.0, 1.0], atol=_HUGE), "atol"),
+        (
+            lambda: local_reg.compat.odeint(rotation, torch.ones(2), torch.tensor([0.0, 1.0]), rtol=_HUGE),
+            "rtol",
+        ),
+        (
+            lambda: local_reg.compat.odeint(
+                rotation, torch.ones(2), torch.tensor([0.0, 1.0]), options={"jump_t": [_HUGE]}
+            ),
+            r"options\['jump_t'\]",
+        ),
+    ],
+)
+def test_an_integer_beyond_the_floats_is_named(call, named):
+    with pytest.raises(ValueError, match=f"^{named} (is|holds a number) too large for a float"):
+        call()

@@ -311,6 +311,30 @@ def test_unknown_option_is_an_error_not_a_warning():
         compat.odeint_adjoint(Linear(), y0, t, adjoint_options={"foo": 1})
 
 
+@pytest.mark.parametrize("entry", ["odeint", "odeint_adjoint"])
+def test_options_that_are_not_a_dict_are_named(entry):
+    """odeint_adjoint read a str or list ``options`` as a dict: an AttributeError of ``.items``."""
+    y0, t = y0_and_t()
+    for options in ("step_size=0.1", [("step_size", 0.1)]):
+        with pytest.raises(TypeError, match="options must be a dict"):
+            getattr(compat, entry)(Linear(), y0, t, options=options)
+
+
+@pytest.mark.parametrize(
+    ("options", "adjoint_options", "named"),
+    [
+        ({"jump_t": "x"}, None, r"options\['jump_t'\] must be numbers"),
+        ({"step_t": [None]}, None, r"options\['step_t'\] must be numbers"),
+        ({"jump_t": [0.5]}, {"jump_t": "x"}, r"adjoint_options\['jump_t'\] must be numbers"),
+    ],
+)
+def test_landing_times_that_are_not_numbers_are_named(options, adjoint_options, named):
+    """torch's own messages ("new(): invalid data type 'str'") named no option."""
+    y0, t = y0_and_t()
+    with pytest.raises(TypeError, match=named):
+        compat.odeint_adjoint(Linear(), y0, t, options=options, adjoint_options=adjoint_options)
+
+
 @pytest.mark.parametrize("method", ["adams", "implicit_adams", "explicit_adams", "fixed_adams"])
 def test_unsupported_methods_name_the_alternatives(method):
     y0, t = y0_and_t()
@@ -703,6 +727,21 @@ def test_max_step_and_min_step_bound_the_steps_as_torchdiffeqs_do():
         compat.odeint_adjoint(Linear(), y0, t, adjoint_options={"min_step": 0.1})
     with pytest.warns(UserWarning, match=r"\['max_step'\] are ignored by the fixed-step method 'rk4'"):
         compat.odeint(Linear(), y0, t, method="rk4", options={"max_step": 0.1})
+
+
+def test_a_norm_with_a_fixed_step_method_is_ignored_as_by_torchdiffeq():
+    """torchdiffeq's fixed grids never call the norm; compat passed it on to odeint, which refuses
+    a norm beside a fixed step_size (it would have no effect there)."""
+    y0, t = y0_and_t()
+    with pytest.warns(UserWarning, match=r"\['norm'\] are ignored by the fixed-step method 'rk4'"):
+        ours = compat.odeint(Linear(), y0, t, method="rk4", options={"norm": lambda error: error.abs().max()})
+    theirs = torchdiffeq.odeint(
+        Linear(), y0, t, method="rk4", options={"norm": lambda error: error.abs().max()}
+    )
+    torch.testing.assert_close(ours, theirs)
+    field = Linear()  # a tuple state's mixed norm is not passed on either
+    pair = compat.odeint(lambda s, y: (field(s, y[0]), field(s, y[1])), (y0, y0), t, method="rk4")
+    torch.testing.assert_close(pair[1], theirs)
 
 
 def test_the_backsolve_adjoint_keeps_the_forward_solves_max_step():

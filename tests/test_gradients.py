@@ -334,6 +334,23 @@ def test_step_penalty_alone_is_differentiated_by_checkpoint():
         assert relative_error(a, b) <= 1e-10
 
 
+def test_a_step_penalty_constant_in_the_step_is_differentiated_by_checkpoint():
+    """A penalty without a graph (here one of ``dt`` alone, a float) made checkpoint's backward pass
+    raise torch's "element 1 of tensors does not require grad", even for ``ys`` alone."""
+    field = TinyField()
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+    grads = {}
+    for gradient in ("direct", "checkpoint"):
+        y = y0.clone().requires_grad_(True)
+        solution = odeint(
+            field, y, TIMES, gradient=gradient, step_penalty=lambda r, dt: torch.tensor(dt * dt, dtype=DTYPE)
+        )
+        loss = loss_of(solution.ys) + solution.penalties.sum()
+        grads[gradient] = torch.autograd.grad(loss, (y, *field.parameters()))
+    for a, b in zip(grads["checkpoint"], grads["direct"], strict=True):
+        assert relative_error(a, b) <= 1e-10
+
+
 @pytest.mark.parametrize("gradient", ["adjoint", "symplectic"])
 def test_step_penalty_needs_a_per_step_graph(gradient):
     with pytest.raises(ValueError, match=r"step_penalty.*per-step graph"):

@@ -241,6 +241,11 @@ class GradientMethod(ABC):
         and state."""
         return None
 
+    def controls_steps(self, options: SolveOptions) -> bool:
+        """Whether a step-size controller sets any step of a solve with ``options``, forward or,
+        for the backsolve adjoints, backward."""
+        return options.step_size is None
+
     @abstractmethod
     def solve(self, y0: Tensor, solve: ForwardSolve) -> tuple[Tensor, Stats, Steps, Tensor | None]:
         """Solve ``solve`` from ``y0``; returns ``(ys, stats, steps, penalties)`` with ``ys``
@@ -333,7 +338,19 @@ def differentiate(
     func: VectorField, outputs: Sequence[Tensor], inputs: Sequence[Tensor], cotangents: Sequence[Tensor]
 ) -> tuple[Tensor | None, ...]:
     """``torch.autograd.grad`` of outputs of ``func``'s evaluations (unused inputs get ``None``),
-    keeping the graph where a graph made outside ``func`` is in it (:class:`CapturedTensorCheck`)."""
+    keeping the graph where a graph made outside ``func`` is in it (:class:`CapturedTensorCheck`).
+    An output without a graph (a step penalty that is constant in the step, say) adds nothing."""
+    differentiable = [
+        (output, cotangent)
+        for output, cotangent in zip(outputs, cotangents, strict=True)
+        if output.requires_grad
+    ]
+    if not differentiable:
+        return (None,) * len(inputs)
+    outputs, cotangents = (
+        [output for output, _ in differentiable],
+        [cotangent for _, cotangent in differentiable],
+    )
     check = _captured_tensor_check(func)
     retain = check is not None and check.keeps_outside_graph
     try:

@@ -59,7 +59,13 @@ from .._step import (
     time_tensor,
     too_close_to_step,
 )
-from .._validate import check_span, positive_float, positive_int, relative_tolerance
+from .._validate import (
+    check_adaptive_settings_unset,
+    check_span,
+    positive_float,
+    positive_int,
+    relative_tolerance,
+)
 from ..interpolants import get_interpolant
 from ..solution import Stats, Steps
 from ..tableaus import ButcherTableau, get_tableau
@@ -368,7 +374,12 @@ class _ContinuousAdjoint(GraphFreeGradient):
         self.norm = norm
         self.step_size = None if step_size is None else positive_float(f"{own} step_size", step_size)
         self.first_step = None if first_step is None else positive_float(f"{own} first_step", first_step)
+        check_adaptive_settings_unset(self.step_size, own, first_step=self.first_step)
         self.max_steps = None if max_steps is None else positive_int(f"{own} max_steps", max_steps)
+
+    def controls_steps(self, options: SolveOptions) -> bool:
+        # An adaptive backward solve (this object's own method) takes the forward's controller.
+        return super().controls_steps(options) or self._backward_step_size(options) is None
 
     def backward_options(self, forward: SolveOptions) -> SolveOptions:
         """The backward solve's options: this object's settings, the forward's where unset."""

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .._step import VectorField
-from .._validate import non_negative_float, validate_times
+from .._validate import non_negative_float, validate_state, validate_times
 from ..solution import State
 from ._baseline import (
     BaselinePenalty,
@@ -76,6 +76,7 @@ class SteerPenalty(BaselinePenalty):
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
         times = validate_times(t)
+        y0 = validate_state(y0)
         check_half_width(self.b, times)
         t_end = sample_end_time(times[-1], self.b, generator)
         main = problem.solve(y0, times[:-1] + [t_end], problem.times_dtype(t, y0), None, Request())

@@ -14,6 +14,7 @@ from .._step import beside_jump, time_tensor
 from .._validate import (
     active_autocast,
     call_leaving_input,
+    check_adaptive_settings_unset,
     check_function_transforms,
     check_generator,
     check_step_penalty,
@@ -90,6 +91,7 @@ def sdeint(
             spelling (a ``DeprecationWarning``).
         step_size: take fixed steps instead: each interval between output times is divided into
             equal steps no longer than ``step_size``; no error estimate is computed.
+            ``first_step`` and ``controller`` set the adaptive steps, and are refused beside it.
         bm: Brownian motion ``bm(ta, tb) -> W(tb) - W(ta)`` of shape ``(batch, m)`` covering
             ``[t[0], t[-1]]`` (e.g. ``torchsde.BrownianInterval``); by default a new
             ``BrownianInterval`` seeded from ``generator`` (or torch's global generator). Every
@@ -141,6 +143,7 @@ def sdeint(
         controller=controller,
         time_dtype=y0.dtype,  # the drift and diffusion get times in the state's dtype
     ).for_state(y0)
+    check_adaptive_settings_unset(step_size, first_step=first_step, controller=controller)
     options = options.over(times)
     check_step_penalty(step_penalty)
     if step_penalty is not None and step_size is not None:
@@ -161,7 +164,7 @@ def sdeint(
     path = make_brownian(
         bm, t0, times[-1], size, y0, generator, step=options.step_size, max_steps=options.max_steps
     )
-    bm = CheckedBrownian(path, size, y0)
+    bm = CheckedBrownian(path, size, y0, given=not made)
     stepper = EulerMaruyamaStepper(
         sde,
         noise_type,

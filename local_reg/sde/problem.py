@@ -210,20 +210,27 @@ class CheckedBrownian:
     """``bm`` with every increment checked: a tensor of ``like``'s dtype and device and of the
     Brownian motion's ``size`` (a float64 increment would silently promote a float32 solve)."""
 
-    def __init__(self, bm: Any, size: tuple[int, int], like: Tensor) -> None:
+    def __init__(self, bm: Any, size: tuple[int, int], like: Tensor, given: bool = True) -> None:
+        """``given``: ``bm`` is the caller's (its own values may be at fault), not one sdeint made."""
         self.bm = bm
         self.size = tuple(size)
         self.like = like
+        self.given = given
 
     def __call__(self, ta: float, tb: float) -> Tensor:
         dw = check_brownian_increment(self.bm(ta, tb), self.size, self.like)
         if not bool(torch.isfinite(dw).all()):
             # Otherwise the solve blames the state, drift or diffusion after rejecting the step
             # down to an underflow.
+            source = (
+                f"bm({ta!r}, {tb!r}) returned a non-finite increment: its own values, or a Brownian "
+                "motion that"
+                if self.given
+                else f"the Brownian motion sdeint made has a non-finite increment over [{ta!r}, {tb!r}]: it"
+            )
             raise ValueError(
-                f"bm({ta!r}, {tb!r}) returned a non-finite increment: a given bm's own values, or a "
-                f"Brownian motion that cannot resolve this interval in {dw.dtype} (a step this short, "
-                "or times this large; solve in float64, or over times nearer 0)"
+                f"{source} cannot resolve this interval in {dw.dtype} (a step this short, a first_step "
+                "say, or times this large; solve in float64, or over times nearer 0)"
             )
         return dw
 
