@@ -53,7 +53,7 @@ from ._validate import (
     tolerance,
     type_name,
 )
-from .controller import PIController
+from .controller import DEFAULT_CONTROLLER, PIController
 from .solution import Stats, Steps
 from .tableaus import ButcherTableau
 
@@ -91,14 +91,14 @@ class StepCallbacks:
                 raise TypeError(f"callbacks.{name} must be callable or None, got {type(value).__name__}")
 
 
+NO_CALLBACKS = StepCallbacks()
+"""The callbacks of a solve given none."""
 DEFAULT_MAX_STEPS = 10_000
 """The attempted steps a solve (``odeint``, ``sdeint``) may take before it raises :class:`SolverError`."""
 # Steps that would end within this fraction of the next output time land on it instead, so that no
 # sliver of a step is left over.
 _LANDING_SLACK = 0.01
 STOP_NEVER_HELD = "the stop condition never held before the time overflowed"
-_NO_LANDINGS = PIController()
-"""The landing times of a solve with none (a fixed step size, or a single output time)."""
 _EXACT_COUNTS = 2**53
 """Step counts above this are not exact as floats: a fixed step size is then its own equal step."""
 
@@ -165,9 +165,9 @@ class SolveOptions:
             "first_step": None if first_step is None else positive_float("first_step", first_step),
             "step_size": None if step_size is None else positive_float("step_size", step_size),
             "max_steps": positive_int("max_steps", max_steps),
-            "controller": PIController() if controller is None else controller,
+            "controller": DEFAULT_CONTROLLER if controller is None else controller,
             "norm": rms_norm if norm is None else checked_norm(norm),
-            "callbacks": StepCallbacks() if callbacks is None else callbacks,
+            "callbacks": NO_CALLBACKS if callbacks is None else callbacks,
             "compile": None if compile is None else compile_options(compile),
         }
         if step_size is None and tableau is not None and not tableau.adaptive:
@@ -529,7 +529,7 @@ def integrate(
     if stop is not None:
         targets = [direction * open_end(y0.dtype)]
     # The controller's own landing times inside the span, in the order the solve reaches them.
-    span = controller.within(times[0], targets[-1]) if targets and adaptive else _NO_LANDINGS
+    span = controller.within(times[0], targets[-1]) if targets and adaptive else DEFAULT_CONTROLLER
     landings = sorted({*span.step_ts, *span.jump_ts}, key=lambda landing: direction * landing)
     next_landing = 0
     for t_target in targets:

@@ -44,7 +44,7 @@ from ._validate import (
     validate_state,
     validate_times,
 )
-from .controller import PIController
+from .controller import DEFAULT_CONTROLLER, PIController, TimeSet
 from .gradients import BacksolveAdjoint, Direct, GradientMethod, Symplectic
 from .solution import State
 from .tableaus import TABLEAUS, ButcherTableau
@@ -303,11 +303,17 @@ def torchdiffeq_bounds(options: dict[str, Any]) -> PIController:
     (``step_t``, ``jump_t``) of torchdiffeq's adaptive ``options``: where a step torchdiffeq's solve
     could take is kept (its step-size factors are torchdiffeq's own, not read here)."""
     bounds: dict[str, Any] = {key: options[key] for key in ("max_step", "min_step") if key in options}
-    controller = _controller(bounds, "options") or PIController()
+    controller = _controller(bounds, "options") or DEFAULT_CONTROLLER
     step_ts, jump_ts = options.get("step_t"), options.get("jump_t")
-    return dataclasses.replace(
-        controller, step_ts=() if step_ts is None else step_ts, jump_ts=() if jump_ts is None else jump_ts
-    )
+    return _with_landings(controller, () if step_ts is None else step_ts, () if jump_ts is None else jump_ts)
+
+
+def _with_landings(controller: PIController, step_ts: TimeSet, jump_ts: TimeSet) -> PIController:
+    """``controller`` with these landing times: itself where neither it nor they have any."""
+    none = isinstance(step_ts, tuple) and isinstance(jump_ts, tuple) and not step_ts and not jump_ts
+    if none and not controller.lands:
+        return controller
+    return dataclasses.replace(controller, step_ts=cast(Any, step_ts), jump_ts=cast(Any, jump_ts))
 
 
 def _interp(opts: dict[str, Any], where: str) -> None:
@@ -358,6 +364,9 @@ def _landings(opts: dict[str, Any], times: list[float]) -> tuple[tuple[float, ..
     found: dict[str, tuple[float, ...]] = {}
     for key in LANDING_OPTIONS:
         value = opts.pop(key, None)
+        if value is None:
+            found[key] = ()
+            continue
         values = _option_times(f"options[{key!r}]", value)
         if not bool(torch.isfinite(values).all()):
             raise ValueError(f"options[{key!r}] must be finite times, got {value!r}")
@@ -439,9 +448,7 @@ def _solve(
         # Fixed steps take no controller (their adaptive options were dropped above).
         "controller": None
         if step_size is not None
-        else dataclasses.replace(
-            _controller(opts, "options") or PIController(), step_ts=step_ts, jump_ts=jump_ts
-        ),
+        else _with_landings(_controller(opts, "options") or DEFAULT_CONTROLLER, step_ts, jump_ts),
         "gradient": gradient,
         "adjoint_params": adjoint_params,
         "callbacks": _callbacks(func, state, t_dtype),

@@ -110,7 +110,7 @@ class PIController:
                 isinstance(value, bool) or not isinstance(value, numbers.Real)
             ):
                 raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-            if value is not None:  # a float: an int beyond the floats would overflow in the first step
+            if value is not None and type(value) is not float:  # an int beyond the floats would overflow
                 object.__setattr__(self, name, float_of_real(name, value))
         # A beta1 <= 0 would grow the step as the error grows (each step rejected until the step
         # size underflows); a NaN one, the same through NaN comparisons.
@@ -224,3 +224,7 @@ class PIController:
         if not math.isfinite(error_estimate):
             return self.min_factor
         return min(1.0, max(self.min_factor, self.safety * error_estimate ** (-1.0 / order)))
+
+
+DEFAULT_CONTROLLER = PIController()
+"""The controller of a solve given none (a frozen dataclass: one object serves every solve)."""

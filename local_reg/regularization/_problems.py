@@ -36,7 +36,7 @@ from .._validate import (
     without_autocast,
 )
 from ..compat import torchdiffeq_bounds
-from ..controller import PIController
+from ..controller import DEFAULT_CONTROLLER, PIController
 from ..gradients import GradientMethod, adjoint_params_tuple, resolve_adjoint_params
 from ..sde import sde_initial_step_size
 from ..sde._step import _euler_maruyama_step
@@ -146,7 +146,7 @@ class _Problem:
         one with the bounds and landing times of its ``options``)."""
         if self.backend == "torchdiffeq":
             return torchdiffeq_bounds(self.options)
-        return self.options.get("controller") or PIController()
+        return self.options.get("controller") or DEFAULT_CONTROLLER
 
     def release(self, context: Any) -> None:
         """Free what ``prepare`` made for one call once its solve and probes are done (a kind with
