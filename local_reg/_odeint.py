@@ -83,6 +83,22 @@ def evaluate_first(func: VectorField, t0: float, y0: Tensor, t_dtype: torch.dtyp
     return checked_field(func)(time_tensor(t0, y0, t_dtype), y0)
 
 
+def unread_beside_fixed_steps(
+    step_size: float | None, tableau: ButcherTableau, gradient: GradientMethod
+) -> tuple[str, ...]:
+    """Which of ``odeint``'s ``first_step``, ``norm`` and ``controller`` a solve with a fixed
+    ``step_size`` leaves unread: ``first_step`` always; ``norm`` where ``tableau`` has no error
+    estimate (an embedded pair estimates every fixed step's error, which the records and a step
+    penalty read); ``controller`` unless ``gradient`` steps adaptively backwards with it."""
+    if step_size is None:
+        return ()
+    return (
+        "first_step",
+        *(() if tableau.adaptive else ("norm",)),
+        *(() if gradient.controls_steps(step_size) else ("controller",)),
+    )
+
+
 def _legacy_gradient(
     gradient: GradientMethod,
     checkpoints: int | None,
@@ -188,8 +204,9 @@ def odeint(
         max_steps: attempted steps (accepted + rejected) before a :class:`SolverError`.
         step_size: take fixed steps of (at most) this size instead of adaptive ones; required for
             ``euler``, ``midpoint`` and ``rk4``. Each interval between output times is divided into
-            equal steps no longer than ``step_size``. ``first_step``, ``controller`` and ``norm``
-            set the adaptive steps, and are refused beside it.
+            equal steps no longer than ``step_size``. What it would leave unread beside it is
+            refused: ``first_step``; ``norm`` where the method has no error estimate;
+            ``controller`` unless the gradient method's own adaptive backward solve uses it.
         controller: step-size controller (default :class:`PIController`).
         gradient: how ``ys`` are differentiated (see docs/gradients.md): a
             :class:`~local_reg.gradients.GradientMethod` or its string shorthand:
@@ -306,12 +323,9 @@ def odeint(
         gradient_method, checkpoints, adjoint_method, adjoint_rtol, adjoint_atol, adjoint_options
     )
     gradient_method.check(options, times, state)
-    check_adaptive_settings_unset(
-        step_size,
-        first_step=first_step,
-        controller=None if gradient_method.controls_steps(options) else controller,
-        norm=norm,
-    )
+    settings = {"first_step": first_step, "controller": controller, "norm": norm}
+    unread = unread_beside_fixed_steps(options.step_size, options.runge_kutta_tableau, gradient_method)
+    check_adaptive_settings_unset(step_size, {name: settings[name] for name in unread})
     check_function_transforms("odeint", gradient_method.name, y0=y0)  # t was judged above
     check_step_penalty(step_penalty)
     check_step_penalty_support(gradient_method, step_penalty)

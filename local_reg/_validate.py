@@ -156,13 +156,13 @@ def check_step_penalty(step_penalty: object) -> None:
         )
 
 
-def check_adaptive_settings_unset(step_size: object, owner: str = "", **settings: object) -> None:
+def check_adaptive_settings_unset(step_size: object, settings: dict[str, object]) -> None:
     """A ``ValueError`` naming the settings of the adaptive steps (``first_step``, ``controller``,
-    ``norm``: those not ``None``; of ``owner`` if given) beside a fixed ``step_size``, which replaces
-    those steps and leaves the settings without effect."""
+    ``norm``: those of ``settings``, by name, not ``None``) beside a fixed ``step_size``, which
+    replaces those steps and leaves the settings unread."""
     if step_size is None:
         return
-    given = [f"{owner} {name}".lstrip() for name, value in settings.items() if value is not None]
+    given = [name for name, value in settings.items() if value is not None]
     if given:
         raise ValueError(
             f"{' and '.join(given)} {'sets' if len(given) == 1 else 'set'} the adaptive steps, which a "

@@ -780,7 +780,7 @@ def odeint_adjoint(
         if adjoint_options is None:
             adjoint = {k: v for k, v in (options or {}).items() if k in ADJOINT_OPTIONS and k != "norm"}
         else:
-            factors = sorted(set(CONTROLLER_OPTIONS) & set(adjoint_options or {}))
+            factors = sorted(set(CONTROLLER_OPTIONS) & set(_as_dict("adjoint_options", adjoint_options)))
             if factors:
                 raise ValueError(
                     f"adjoint_options: {factors} not supported by local_reg.compat: the backward solve "
@@ -792,8 +792,7 @@ def odeint_adjoint(
             given, forward_times = adjoint.pop(key, None), (options or {}).get(key)
             if given is not None and (
                 forward_times is None
-                or _time_set(f"adjoint_options[{key!r}]", given)
-                != _time_set(f"options[{key!r}]", forward_times)
+                or _time_set(f"{where}[{key!r}]", given) != _time_set(f"options[{key!r}]", forward_times)
             ):
                 raise ValueError(
                     f"adjoint_options[{key!r}] must be options[{key!r}]: the backward solve lands where "

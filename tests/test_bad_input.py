@@ -178,6 +178,91 @@ def test_settings_of_the_adaptive_steps_beside_a_fixed_step_size_are_refused(sol
     assert solve(step_size=0.1).stats.n_steps == 10
 
 
+def test_beside_fixed_steps_what_is_read_is_kept():
+    """An embedded pair estimates every fixed step's error through ``norm`` (the records and a step
+    penalty read it); an adaptive backward solve steps with the controller; a regularized model's
+    probe reads both. None of these is refused, and each changes what it should."""
+
+    def field(t, y):
+        return -(y**3) + torch.sin(3 * t)
+
+    def largest(error):
+        return error.abs().max()
+
+    def penalty(result, dt):
+        return result.error_estimate * abs(dt)
+
+    y0 = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    fixed = functools.partial(odeint, field, y0, [0.0, 1.0], method="dopri5", step_size=0.25)
+    by_norm = fixed(norm=largest, step_penalty=penalty).penalties
+    assert not torch.equal(by_norm, fixed(step_penalty=penalty).penalties)
+    with pytest.raises(ValueError, match="norm sets the adaptive steps"):  # rk4 estimates nothing
+        odeint(field, y0, [0.0, 1.0], method="rk4", step_size=0.25, norm=largest)
+    bounded = local_reg.PIController(max_step=1e-3)
+    backward = BacksolveAdjoint(method="dopri5")
+    solve = functools.partial(
+        odeint, Decay(), y0, [0.0, 1.0], method="rk4", step_size=0.25, gradient=backward
+    )
+    solve(controller=bounded).ys.sum().backward()  # the backward solve's steps: at most 1e-3
+    with pytest.raises(ValueError, match="controller sets the adaptive steps"):
+        solve(controller=bounded, gradient="direct")
+    # A regularized model's probe step keeps within the controller's max_step and reads the norm.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Tanh()).double()
+    probes = {}
+    for name, extra in [("plain", {}), ("max_step", {"controller": local_reg.PIController(max_step=0.01)})]:
+        model = LocallyRegularized(
+            lambda t, y: net(y),
+            method="dopri5",
+            penalty="error-dt",
+            weight=1.0,
+            adjoint_params=tuple(net.parameters()),
+            options={"step_size": 0.1, **extra},
+        )
+        model(y0[None], [0.0, 1.0])
+        probes[name] = model.stats.dt_reg
+    assert probes["max_step"] == pytest.approx(0.01) and probes["plain"] > 0.02
+    losses = []
+    for extra in ({}, {"norm": largest}):
+        model = GloballyRegularized(
+            lambda t, y: net(y),
+            method="dopri5",
+            adjoint_params=tuple(net.parameters()),
+            options={"step_size": 0.1, **extra},
+        )
+        model(y0[None], [0.0, 1.0])
+        losses.append(float(model.reg_loss.detach()))
+    assert losses[0] != losses[1]
+    sde = LocallyRegularized(
+        DiagonalSDE(),
+        penalty="error-dt",
+        options={"step_size": 0.1, "controller": local_reg.PIController(max_step=1e-3)},
+    )
+    sde(torch.ones(2, 1, dtype=torch.float64), [0.0, 1.0])
+    assert sde.stats.dt_reg == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("sde", [False, True])
+def test_a_first_step_beside_a_fixed_step_size_is_refused_by_a_regularized_model_when_made(sde):
+    field = DiagonalSDE() if sde else Decay()
+    with pytest.raises(ValueError, match=r"^options\['first_step'\] sets the adaptive steps"):
+        LocallyRegularized(field, options={"step_size": 0.1, "first_step": 0.01})
+
+
+def test_a_backward_first_step_beside_the_forwards_fixed_steps_is_refused():
+    """With no method of its own the backsolve adjoint steps backwards with the forward's fixed
+    step size, and read no first step of its own."""
+    solve = functools.partial(
+        odeint, Decay(), torch.ones(1, dtype=torch.float64), [0.0, 1.0], method="rk4", step_size=0.25
+    )
+    with pytest.raises(
+        ValueError, match=r"^BacksolveAdjoint first_step sets the adaptive steps, which a fixed"
+    ):
+        solve(gradient=BacksolveAdjoint(first_step=0.01))
+    own = BacksolveAdjoint(method="dopri5", first_step=0.01)  # its own adaptive method reads it
+    solve(gradient=own).ys.sum().backward()
+
+
 @pytest.mark.parametrize("adjoint", [BacksolveAdjoint, local_reg.InterpolatingAdjoint])
 def test_a_backward_first_step_beside_a_backward_step_size_is_refused(adjoint):
     with pytest.raises(ValueError, match=f"^{adjoint.__name__} first_step sets the adaptive steps"):

@@ -313,18 +313,23 @@ def test_unknown_option_is_an_error_not_a_warning():
 
 @pytest.mark.parametrize("entry", ["odeint", "odeint_adjoint"])
 def test_options_that_are_not_a_dict_are_named(entry):
-    """odeint_adjoint read a str or list ``options`` as a dict: an AttributeError of ``.items``."""
+    """odeint_adjoint read a str or list ``options`` as a dict: an AttributeError of ``.items``;
+    an int ``adjoint_options`` was "not iterable", a list one named a controller option."""
     y0, t = y0_and_t()
     for options in ("step_size=0.1", [("step_size", 0.1)]):
-        with pytest.raises(TypeError, match="options must be a dict"):
+        with pytest.raises(TypeError, match=r"^options must be a dict"):
             getattr(compat, entry)(Linear(), y0, t, options=options)
+    if entry == "odeint_adjoint":
+        for adjoint_options in (5, ["safety"]):
+            with pytest.raises(TypeError, match=r"^adjoint_options must be a dict"):
+                compat.odeint_adjoint(Linear(), y0, t, adjoint_options=adjoint_options)
 
 
 @pytest.mark.parametrize(
     ("options", "adjoint_options", "named"),
     [
-        ({"jump_t": "x"}, None, r"options\['jump_t'\] must be numbers"),
-        ({"step_t": [None]}, None, r"options\['step_t'\] must be numbers"),
+        ({"jump_t": "x"}, None, r"^options\['jump_t'\] must be numbers"),
+        ({"step_t": [None]}, None, r"^options\['step_t'\] must be numbers"),
         ({"jump_t": [0.5]}, {"jump_t": "x"}, r"adjoint_options\['jump_t'\] must be numbers"),
     ],
 )

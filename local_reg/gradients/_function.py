@@ -241,10 +241,10 @@ class GradientMethod(ABC):
         and state."""
         return None
 
-    def controls_steps(self, options: SolveOptions) -> bool:
-        """Whether a step-size controller sets any step of a solve with ``options``, forward or,
-        for the backsolve adjoints, backward."""
-        return options.step_size is None
+    def controls_steps(self, step_size: float | None) -> bool:
+        """Whether a step-size controller sets any step of a solve whose fixed step size is
+        ``step_size`` (``None``: adaptive), forward or, for the backsolve adjoints, backward."""
+        return step_size is None
 
     @abstractmethod
     def solve(self, y0: Tensor, solve: ForwardSolve) -> tuple[Tensor, Stats, Steps, Tensor | None]:

@@ -374,16 +374,16 @@ class _ContinuousAdjoint(GraphFreeGradient):
         self.norm = norm
         self.step_size = None if step_size is None else positive_float(f"{own} step_size", step_size)
         self.first_step = None if first_step is None else positive_float(f"{own} first_step", first_step)
-        check_adaptive_settings_unset(self.step_size, own, first_step=self.first_step)
+        check_adaptive_settings_unset(self.step_size, {f"{own} first_step": self.first_step})
         self.max_steps = None if max_steps is None else positive_int(f"{own} max_steps", max_steps)
 
-    def controls_steps(self, options: SolveOptions) -> bool:
+    def controls_steps(self, step_size: float | None) -> bool:
         # An adaptive backward solve (this object's own method) takes the forward's controller.
-        return super().controls_steps(options) or self._backward_step_size(options) is None
+        return super().controls_steps(step_size) or self._backward_step_size(step_size) is None
 
     def backward_options(self, forward: SolveOptions) -> SolveOptions:
         """The backward solve's options: this object's settings, the forward's where unset."""
-        step_size = self._backward_step_size(forward)
+        step_size = self._backward_step_size(forward.step_size)
         return SolveOptions(
             rtol=forward.rtol if self.rtol is None else self.rtol,
             atol=forward.atol if self.atol is None else self.atol,
@@ -398,18 +398,21 @@ class _ContinuousAdjoint(GraphFreeGradient):
             time_dtype=forward.time_dtype,
         )
 
-    def _backward_step_size(self, forward: SolveOptions) -> float | None:
+    def _backward_step_size(self, forward_step_size: float | None) -> float | None:
         if self.step_size is not None:
             return self.step_size
         own_adaptive_method = self.tableau is not None and self.tableau.adaptive
-        return None if own_adaptive_method else forward.step_size
+        return None if own_adaptive_method else forward_step_size
 
     def check(
         self, options: SolveOptions, times: list[float] | None = None, y0: Tensor | None = None
     ) -> None:
         own = type(self).__name__
         tableau = options.runge_kutta_tableau if self.tableau is None else self.tableau
-        if self._backward_step_size(options) is None and not tableau.adaptive:
+        backward_step_size = self._backward_step_size(options.step_size)
+        # Fixed backward steps, this object's or the forward's, read no first step.
+        check_adaptive_settings_unset(backward_step_size, {f"{own} first_step": self.first_step})
+        if backward_step_size is None and not tableau.adaptive:
             raise ValueError(f"{own} method {tableau.name!r} is fixed-step: pass {own}(step_size=...)")
         for name, given, forward in (("rtol", self.rtol, options.rtol), ("atol", self.atol, options.atol)):
             # The backward solve's state holds the parameters' gradient too: the forward's

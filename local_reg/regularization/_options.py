@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .._validate import (
+    check_adaptive_settings_unset,
     check_bool,
     check_choice,
     positive_float,
@@ -125,6 +126,17 @@ def misplaced_keywords(
     return TypeError("; ".join(parts))
 
 
+def main_gradient(gradient: GradientMethod, options: dict[str, Any]) -> GradientMethod:
+    """The gradient method of an ODE main solve with ``options``: ``gradient``, or the one the
+    deprecated ``checkpoints``/``adjoint_*`` keys of ``options`` describe (as ``odeint`` reads them)."""
+    from .._odeint import _legacy_gradient
+
+    legacy = ("checkpoints", "adjoint_method", "adjoint_rtol", "adjoint_atol", "adjoint_options")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the solve warns of them
+        return _legacy_gradient(gradient, *(options.get(name) for name in legacy))
+
+
 def check_ode_settings(
     backend: str, method: object, rtol: object, atol: object, options: object, gradient: GradientMethod
 ) -> dict[str, Any]:
@@ -136,7 +148,6 @@ def check_ode_settings(
     atol = positive_float("atol", atol)
     if backend == "local_reg":
         from .._integrate import DEFAULT_MAX_STEPS, SolveOptions
-        from .._odeint import _legacy_gradient
 
         if method is not None and not isinstance(method, (str, ButcherTableau)):
             # get_tableau's own refusal, made before the call that needs the narrower type.
@@ -164,11 +175,12 @@ def check_ode_settings(
         )
         if solve_options.step_size is None:
             solve_options.controller.gains(tableau.order)  # a controller this method cannot use
-        legacy = ("checkpoints", "adjoint_method", "adjoint_rtol", "adjoint_atol", "adjoint_options")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # the solve warns of them
-            gradient = _legacy_gradient(gradient, *(options.get(name) for name in legacy))
+        gradient = main_gradient(gradient, options)
         gradient.check(solve_options)
+        # The main solve leaves a first step beside a fixed step_size unread, and the probe does too.
+        check_adaptive_settings_unset(
+            solve_options.step_size, {"options['first_step']": options.get("first_step")}
+        )
         if options.get("callbacks") is not None and options["callbacks"].stop is not None:
             raise ValueError(
                 "options['callbacks'] has a stop condition, which needs a solve over exactly [t0, t1]: "
@@ -215,6 +227,11 @@ def check_sde_settings(
             max_steps=options.get("max_steps", DEFAULT_MAX_STEPS),
             step_size=options.get("step_size"),
             controller=options.get("controller"),
+        )
+        # The main solve leaves a first step beside a fixed step_size unread, and the probe does too.
+        check_adaptive_settings_unset(
+            options.get("step_size"),
+            {f"options[{name!r}]": options.get(name) for name in ("first_step", "dt0")},
         )
         return options
     from torchsde.settings import METHODS as TORCHSDE_METHODS

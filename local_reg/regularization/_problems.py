@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .._integrate import DEFAULT_MAX_STEPS
-from .._odeint import odeint
+from .._odeint import odeint, unread_beside_fixed_steps
 from .._step import beside_jump, initial_step_size, next_jump, rms_norm, step, time_tensor, trial_end
 from .._validate import (
     checked_field,
@@ -55,7 +55,7 @@ from ..solution import Stats
 from ..tableaus import ButcherTableau, get_tableau
 from . import _ode_backends, _sde_backends
 from ._main_solve import Request
-from ._options import check_ode_settings, check_sde_settings, ode_method
+from ._options import check_ode_settings, check_sde_settings, main_gradient, ode_method
 from ._probe import heuristic_order
 
 REGULARIZERS = ("error", "stiffness")
@@ -304,19 +304,25 @@ class ODEProblem(_Problem):
         """:func:`local_reg.odeint` of ``field`` (``func`` or a field built on it) with this
         problem's method, tolerances, gradient method and options (or ``options`` instead), its
         times in ``t_dtype`` (as a tensor where wider than the state's dtype: odeint reads floats in
-        the state's)."""
+        the state's). Beside a fixed ``step_size`` the settings of adaptive steps the solve leaves
+        unread (a controller, a norm) are the probe's alone, and are not passed on."""
         wider = t_dtype != y0.dtype
+        method = ode_method("local_reg", self.method)
+        options = self.options if options is None else options
+        unread = unread_beside_fixed_steps(
+            options.get("step_size"), get_tableau(method), main_gradient(self.gradient, options)
+        )
         return odeint(
             field,
             y0,
             torch.tensor(times, dtype=t_dtype, device=y0.device) if wider else times,
-            method=ode_method("local_reg", self.method),
+            method=method,
             rtol=self.rtol,
             atol=self.atol,
             gradient=self.gradient,
             adjoint_params=self.adjoint_params,
             **record,
-            **(self.options if options is None else options),
+            **{key: value for key, value in options.items() if key not in unread},
         )
 
     def field_time_dtype(self, context: torch.dtype, state: Tensor) -> torch.dtype:

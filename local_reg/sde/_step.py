@@ -3,7 +3,8 @@ r"""One Euler--Maruyama step with a Lamba-style embedded error estimate, instrum
 This is the only SDE step in ``local_reg``: the SDE regularizers call :func:`sde_step` and
 :func:`local_reg.sdeint` its core (the same code, without re-checking the increments its Brownian
 wrapper has checked), so the error estimate the regularizer penalizes is the one the solver
-accepts and rejects steps with (as :func:`local_reg.step` is for ODEs).
+accepts and rejects steps with (as :func:`local_reg.step` is for ODEs) under Euler--Maruyama;
+under adaptive Milstein the solver's ``E_N`` takes the central difference (below).
 
 Scheme (Ito calculus). From ``(t, y)`` with step ``h`` and Brownian increment
 ``dW = W(t + h) - W(t)``::
@@ -41,12 +42,19 @@ noise); ``f0``/``g0`` may be passed in to reuse them after a rejected step, whic
 same point.
 
 Milstein (``milstein=True``). The propagated solution is Euler--Maruyama plus the signed Milstein
-term, ``y1 = K + g0 dW + (g(t, y + g0 sqrt(h)) - g0)/sqrt(h) * (dW^2 - h)/2``: a derivative-free
-Milstein scheme (Kloeden & Platen Sec. 11.1), strong order 1 for scalar noise and for diagonal
-noise whose ``g_i`` depends on ``y_i`` alone (commutative noise; coupled diagonal noise would need
-Levy areas, and the scheme is then of order 1/2), the
-same error estimate (local extrapolation, as Dormand--Prince propagate the higher order) at no
-extra evaluation in the adaptive mode (one diffusion evaluation more per fixed step). It is the
+term, ``y1 = K + g0 dW + E_N``: a derivative-free Milstein scheme (Kloeden & Platen Sec. 11.1),
+strong order 1 for scalar noise and for diagonal noise whose ``g_i`` depends on ``y_i`` alone
+(commutative noise; coupled diagonal noise would need Levy areas, and the scheme is then of order
+1/2), with the same error estimate (local extrapolation, as Dormand--Prince propagate the higher
+order). On fixed steps ``E_N`` is the forward difference above (one diffusion evaluation more per
+step than Euler--Maruyama). With adaptive steps it is the central difference::
+
+    E_N = (g(t, y + g0 sqrt(h)) - g(t, y - g0 sqrt(h)))/(2 sqrt(h)) * (dW^2 - h)/2
+
+(one diffusion evaluation more per step than the estimate alone): the forward difference errs by
+``g^2 g'' sqrt(h) (dW^2 - h)/4``, of mean zero on fixed steps, but the accepted steps are those
+whose ``|dW^2 - h|`` is small, which gives that error a mean, a bias of ``O(tol^{1/2})`` in the
+path where ``g`` is curved (docs/sde.md). It is the
 scheme to use adaptively: the error estimate contains ``dW^2 - h``, so the accepted steps are
 those with small Milstein terms, and Euler--Maruyama, which drops that term, converges to a
 biased limit as the tolerance shrinks (Foster & Jelincic 2024, "On the convergence of adaptive
