@@ -164,9 +164,10 @@ def check_adaptive_settings_unset(step_size: object, settings: dict[str, object]
         return
     given = [name for name, value in settings.items() if value is not None]
     if given:
+        names = given[0] if len(given) == 1 else f"{', '.join(given[:-1])} and {given[-1]}"
         raise ValueError(
-            f"{' and '.join(given)} {'sets' if len(given) == 1 else 'set'} the adaptive steps, which a "
-            f"fixed step_size={step_size!r} replaces: pass one or the other"
+            f"{names} would go unread beside a fixed step_size={step_size!r} (adaptive steps, an "
+            "error estimate or an adaptive backward solve read them): pass one or the other"
         )
 
 

@@ -153,9 +153,9 @@ def test_fixed_steps_beyond_max_steps_are_refused_before_the_first_step():
 
 
 _ADAPTIVE_SETTINGS = [
-    ({"controller": local_reg.PIController(max_step=1e-3)}, "controller sets"),
-    ({"first_step": 1e-3}, "first_step sets"),
-    ({"first_step": 1e-3, "controller": local_reg.PIController()}, "first_step and controller set"),
+    ({"controller": local_reg.PIController(max_step=1e-3)}, "controller"),
+    ({"first_step": 1e-3}, "first_step"),
+    ({"first_step": 1e-3, "controller": local_reg.PIController()}, "first_step and controller"),
 ]
 
 
@@ -163,7 +163,7 @@ _ADAPTIVE_SETTINGS = [
     ("solver", "settings", "named"),
     [("odeint", *case) for case in _ADAPTIVE_SETTINGS]
     + [("sdeint", *case) for case in _ADAPTIVE_SETTINGS]
-    + [("odeint", {"norm": lambda error: error.abs().max()}, "norm sets")],  # sdeint takes no norm
+    + [("odeint", {"norm": lambda error: error.abs().max()}, "norm")],  # sdeint takes no norm
 )
 def test_settings_of_the_adaptive_steps_beside_a_fixed_step_size_are_refused(solver, settings, named):
     """A fixed step_size took steps of 0.1 beside PIController(max_step=1e-3), and never called a
@@ -173,7 +173,7 @@ def test_settings_of_the_adaptive_steps_beside_a_fixed_step_size_are_refused(sol
         solve = functools.partial(odeint, lambda t, y: -y, y0, [0.0, 1.0], method="rk4")
     else:
         solve = functools.partial(sdeint, DecaySDE(), y0, [0.0, 1.0])
-    with pytest.raises(ValueError, match=f"{named} the adaptive steps, which a fixed step_size=0.1 replaces"):
+    with pytest.raises(ValueError, match=f"^{named} would go unread beside a fixed step_size=0.1"):
         solve(step_size=0.1, **settings)
     assert solve(step_size=0.1).stats.n_steps == 10
 
@@ -196,7 +196,7 @@ def test_beside_fixed_steps_what_is_read_is_kept():
     fixed = functools.partial(odeint, field, y0, [0.0, 1.0], method="dopri5", step_size=0.25)
     by_norm = fixed(norm=largest, step_penalty=penalty).penalties
     assert not torch.equal(by_norm, fixed(step_penalty=penalty).penalties)
-    with pytest.raises(ValueError, match="norm sets the adaptive steps"):  # rk4 estimates nothing
+    with pytest.raises(ValueError, match=r"^norm would go unread"):  # rk4 estimates nothing
         odeint(field, y0, [0.0, 1.0], method="rk4", step_size=0.25, norm=largest)
     bounded = local_reg.PIController(max_step=1e-3)
     backward = BacksolveAdjoint(method="dopri5")
@@ -204,7 +204,7 @@ def test_beside_fixed_steps_what_is_read_is_kept():
         odeint, Decay(), y0, [0.0, 1.0], method="rk4", step_size=0.25, gradient=backward
     )
     solve(controller=bounded).ys.sum().backward()  # the backward solve's steps: at most 1e-3
-    with pytest.raises(ValueError, match="controller sets the adaptive steps"):
+    with pytest.raises(ValueError, match=r"^controller would go unread"):
         solve(controller=bounded, gradient="direct")
     # A regularized model's probe step keeps within the controller's max_step and reads the norm.
     torch.manual_seed(0)
@@ -242,10 +242,40 @@ def test_beside_fixed_steps_what_is_read_is_kept():
     assert sde.stats.dt_reg == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize(
+    ("make", "unread"),
+    [
+        (lambda options: local_reg.RNODERegularized(Decay(), method="rk4", options=options), "controller"),
+        (lambda options: local_reg.TayNODERegularized(Decay(), method="rk4", options=options), "norm"),
+        (lambda options: local_reg.SteerRegularized(Decay(), b=0.05, method="rk4", options=options), "norm"),
+        (lambda options: LocallyRegularized(Decay(), method="rk4", options=options), "controller"),  # kinetic
+        (lambda options: LocallyRegularized(DiagonalSDE(), options=options), "controller"),
+        (
+            lambda options: LocallyRegularized(
+                Decay(), regularizer="stiffness", penalty="error-dt", method="rk4", options=options
+            ),
+            "norm",
+        ),
+        (lambda options: GloballyRegularized(Decay(), method="dopri5", options=options), "controller"),
+        (lambda options: Regularized(Decay(), None, method="rk4", options=options), "controller"),
+    ],
+)
+def test_a_regularized_model_refuses_what_neither_its_fixed_steps_nor_its_penalty_read(make, unread):
+    """Beside a fixed step_size a controller's bounds and a norm are read by a probe step only: a
+    model without one (RNODE, TayNODE, STEER, the kinetic penalty, a global penalty's controller, a
+    stiffness probe's norm) accepted them and ran bit for bit as without them."""
+    setting = {"controller": local_reg.PIController(max_step=1e-3), "norm": lambda error: error.abs().max()}
+    with pytest.raises(
+        ValueError, match=rf"^options\['{unread}'\] would go unread beside options\['step_size'\]"
+    ):
+        make({"step_size": 0.1, unread: setting[unread]})
+    make({"step_size": 0.1})
+
+
 @pytest.mark.parametrize("sde", [False, True])
 def test_a_first_step_beside_a_fixed_step_size_is_refused_by_a_regularized_model_when_made(sde):
     field = DiagonalSDE() if sde else Decay()
-    with pytest.raises(ValueError, match=r"^options\['first_step'\] sets the adaptive steps"):
+    with pytest.raises(ValueError, match=r"^options\['first_step'\] would go unread"):
         LocallyRegularized(field, options={"step_size": 0.1, "first_step": 0.01})
 
 
@@ -255,9 +285,7 @@ def test_a_backward_first_step_beside_the_forwards_fixed_steps_is_refused():
     solve = functools.partial(
         odeint, Decay(), torch.ones(1, dtype=torch.float64), [0.0, 1.0], method="rk4", step_size=0.25
     )
-    with pytest.raises(
-        ValueError, match=r"^BacksolveAdjoint first_step sets the adaptive steps, which a fixed"
-    ):
+    with pytest.raises(ValueError, match=r"^BacksolveAdjoint first_step would go unread beside a fixed"):
         solve(gradient=BacksolveAdjoint(first_step=0.01))
     own = BacksolveAdjoint(method="dopri5", first_step=0.01)  # its own adaptive method reads it
     solve(gradient=own).ys.sum().backward()
@@ -265,7 +293,7 @@ def test_a_backward_first_step_beside_the_forwards_fixed_steps_is_refused():
 
 @pytest.mark.parametrize("adjoint", [BacksolveAdjoint, local_reg.InterpolatingAdjoint])
 def test_a_backward_first_step_beside_a_backward_step_size_is_refused(adjoint):
-    with pytest.raises(ValueError, match=f"^{adjoint.__name__} first_step sets the adaptive steps"):
+    with pytest.raises(ValueError, match=f"^{adjoint.__name__} first_step would go unread"):
         adjoint(step_size=0.1, first_step=0.01)
     assert adjoint(step_size=0.1).first_step is None
 

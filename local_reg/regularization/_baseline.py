@@ -61,6 +61,7 @@ class BaselinePenalty:
     """A penalty strategy for neural ODEs solved by ``local_reg.odeint`` (see :mod:`._module`)."""
 
     draws: ClassVar[bool] = False  # whether it draws from the model's generator
+    reads_beside_solve: ClassVar[tuple[str, ...]] = ()  # the main solve's options it reads itself
 
     def check(self, problem: object) -> None:
         name = type(self).__name__

@@ -195,6 +195,14 @@ class LocalPenalty:
         if self.penalty == "kinetic" and (self.reg_method is not None or self.probe_dtype is not None):
             raise ValueError("penalty='kinetic' takes no probe step: reg_method and probe_dtype do not apply")
 
+    @property
+    def reads_beside_solve(self) -> tuple[str, ...]:
+        """The main solve's options the probe step reads: its step bounds (``controller``) and,
+        for an error estimate, ``norm``; none without a probe (the kinetic penalty)."""
+        if self.penalty == "kinetic":
+            return ()
+        return ("controller",) if self.regularizer == "stiffness" else ("controller", "norm")
+
     def check(self, problem: Problem) -> None:
         problem.check_regularizer(self.regularizer, self.reg_method)
         if isinstance(problem, SDEProblem) and (
@@ -365,6 +373,7 @@ class GlobalPenalty:
     gradient method must keep a per-step graph."""
 
     draws: ClassVar[bool] = False  # an SDE's Brownian seeds are the problem's, not the penalty's
+    reads_beside_solve: ClassVar[tuple[str, ...]] = ()  # the main solve's steps only
     regularizer: str = "error"
     reduction: str | None = None
 
@@ -560,6 +569,7 @@ class Regularized(nn.Module):
                     f"got {penalty!r}"
                 )
             penalty.check(self.problem)
+        self._check_read(penalty)
         check_generator(generator)
         draws = penalty is not None and getattr(penalty, "draws", True)  # a penalty of the user's may draw
         if generator is not None and isinstance(self.problem, ODEProblem) and not draws:
@@ -600,6 +610,28 @@ class Regularized(nn.Module):
         if transformed(getattr(self.stats, "state", None)):
             state["stats"] = dataclasses.replace(self.stats, state=None)
         return state
+
+    def _check_read(self, penalty: Any) -> None:
+        """Refuse options that neither the main solve (beside a fixed ``step_size``) nor ``penalty``
+        reads: a probe's step bounds or norm given to a model without that probe. A penalty of
+        the user's may read anything from the problem, and is not judged."""
+        reads = () if penalty is None else getattr(penalty, "reads_beside_solve", None)
+        if reads is None:
+            return
+        options = self.problem.options
+        unread = [
+            name
+            for name in self.problem.main_solve_unread(options)
+            if name not in reads and options.get(name) is not None
+        ]
+        if unread:
+            what = "the plain model (no penalty)" if penalty is None else f"its {type(penalty).__name__}"
+            names = " and ".join(f"options[{name!r}]" for name in unread)
+            raise ValueError(
+                f"{names} would go unread beside options['step_size']={options['step_size']!r}: the fixed "
+                f"steps do not read {'it' if len(unread) == 1 else 'them'}, nor does {what} (only a "
+                "probe step reads a controller's bounds or a norm): pass one or the other"
+            )
 
     def _check_draws_replayable(self, training_pass: bool) -> None:
         """A call inside a backward pass is a re-run (``torch.utils.checkpoint``'s recomputation),

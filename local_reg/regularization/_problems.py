@@ -307,22 +307,30 @@ class ODEProblem(_Problem):
         the state's). Beside a fixed ``step_size`` the settings of adaptive steps the solve leaves
         unread (a controller, a norm) are the probe's alone, and are not passed on."""
         wider = t_dtype != y0.dtype
-        method = ode_method("local_reg", self.method)
         options = self.options if options is None else options
-        unread = unread_beside_fixed_steps(
-            options.get("step_size"), get_tableau(method), main_gradient(self.gradient, options)
-        )
+        unread = self.main_solve_unread(options)
         return odeint(
             field,
             y0,
             torch.tensor(times, dtype=t_dtype, device=y0.device) if wider else times,
-            method=method,
+            method=ode_method("local_reg", self.method),
             rtol=self.rtol,
             atol=self.atol,
             gradient=self.gradient,
             adjoint_params=self.adjoint_params,
             **record,
             **{key: value for key, value in options.items() if key not in unread},
+        )
+
+    def main_solve_unread(self, options: dict[str, Any]) -> tuple[str, ...]:
+        """Which keys of ``options`` (``first_step``, ``controller``, ``norm``) the main solve leaves
+        unread beside a fixed ``step_size`` (:func:`local_reg._odeint.unread_beside_fixed_steps`)."""
+        if self.backend != "local_reg":
+            return ()
+        return unread_beside_fixed_steps(
+            options.get("step_size"),
+            get_tableau(ode_method("local_reg", self.method)),
+            main_gradient(self.gradient, options),
         )
 
     def field_time_dtype(self, context: torch.dtype, state: Tensor) -> torch.dtype:
@@ -466,6 +474,13 @@ class SDEProblem(_Problem):
         _, bm, made = context
         if made and not (self.backend == "torchsde" and self.gradient.name == "adjoint"):
             release_brownian(bm)
+
+    def main_solve_unread(self, options: dict[str, Any]) -> tuple[str, ...]:
+        """Which keys of ``options`` the main solve (``sdeint``) leaves unread beside a fixed
+        ``step_size``: ``first_step`` and ``controller``."""
+        if self.backend != "local_reg" or options.get("step_size") is None:
+            return ()
+        return ("first_step", "controller")
 
     def field_time_dtype(self, context: tuple, state: Tensor) -> torch.dtype:
         """The dtype the drift and diffusion get times in: the state's."""

@@ -75,8 +75,8 @@ def solve_main(problem: Any, y0: Tensor, times: list[float], bm: Any, request: R
     method = DEFAULT_METHOD[backend] if method is None else method
     options = dict(problem.options)
     if backend == "local_reg":
-        if options.get("step_size") is not None:
-            options.pop("controller", None)  # the probe's alone: fixed steps leave it unread
+        for key in problem.main_solve_unread(options):
+            options.pop(key, None)  # the probe's alone, if any
         solution = sdeint(
             sde,
             y0,

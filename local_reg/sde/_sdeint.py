@@ -91,7 +91,7 @@ def sdeint(
             spelling (a ``DeprecationWarning``).
         step_size: take fixed steps instead: each interval between output times is divided into
             equal steps no longer than ``step_size``; no error estimate is computed.
-            ``first_step`` and ``controller`` set the adaptive steps, and are refused beside it.
+            ``first_step`` and ``controller``, read by adaptive steps only, are refused beside it.
         bm: Brownian motion ``bm(ta, tb) -> W(tb) - W(ta)`` of shape ``(batch, m)`` covering
             ``[t[0], t[-1]]`` (e.g. ``torchsde.BrownianInterval``); by default a new
             ``BrownianInterval`` seeded from ``generator`` (or torch's global generator). Every
