@@ -222,6 +222,20 @@ def test_beside_fixed_steps_what_is_read_is_kept():
         model(y0[None], [0.0, 1.0])
         probes[name] = model.stats.dt_reg
     assert probes["max_step"] == pytest.approx(0.01) and probes["plain"] > 0.02
+    # The stiffness probe's step comes from the initial-step heuristic, which reads the norm.
+    steps = []
+    for extra in ({}, {"norm": largest}):
+        model = LocallyRegularized(
+            lambda t, y: net(y),
+            regularizer="stiffness",
+            penalty="error-dt",
+            method="rk4",
+            adjoint_params=tuple(net.parameters()),
+            options={"step_size": 0.1, **extra},
+        )
+        model(torch.tensor([[0.5, -0.3, 2.0], [0.1, 0.2, -1.0]], dtype=torch.float64), [0.0, 1.0])
+        steps.append(model.stats.dt_reg)
+    assert steps[0] != steps[1]
     losses = []
     for extra in ({}, {"norm": largest}):
         model = GloballyRegularized(
@@ -250,20 +264,15 @@ def test_beside_fixed_steps_what_is_read_is_kept():
         (lambda options: local_reg.SteerRegularized(Decay(), b=0.05, method="rk4", options=options), "norm"),
         (lambda options: LocallyRegularized(Decay(), method="rk4", options=options), "controller"),  # kinetic
         (lambda options: LocallyRegularized(DiagonalSDE(), options=options), "controller"),
-        (
-            lambda options: LocallyRegularized(
-                Decay(), regularizer="stiffness", penalty="error-dt", method="rk4", options=options
-            ),
-            "norm",
-        ),
         (lambda options: GloballyRegularized(Decay(), method="dopri5", options=options), "controller"),
         (lambda options: Regularized(Decay(), None, method="rk4", options=options), "controller"),
     ],
 )
 def test_a_regularized_model_refuses_what_neither_its_fixed_steps_nor_its_penalty_read(make, unread):
-    """Beside a fixed step_size a controller's bounds and a norm are read by a probe step only: a
-    model without one (RNODE, TayNODE, STEER, the kinetic penalty, a global penalty's controller, a
-    stiffness probe's norm) accepted them and ran bit for bit as without them."""
+    """Beside a fixed step_size a controller's bounds and a norm are read by a probe step only (the
+    norm by its error estimate and by the heuristic that sizes it, also for the stiffness
+    regularizer): a model without one (RNODE, TayNODE, STEER, the kinetic penalty, a global
+    penalty's controller) accepted them and ran bit for bit as without them."""
     setting = {"controller": local_reg.PIController(max_step=1e-3), "norm": lambda error: error.abs().max()}
     with pytest.raises(
         ValueError, match=rf"^options\['{unread}'\] would go unread beside options\['step_size'\]"

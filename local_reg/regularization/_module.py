@@ -197,11 +197,10 @@ class LocalPenalty:
 
     @property
     def reads_beside_solve(self) -> tuple[str, ...]:
-        """The main solve's options the probe step reads: its step bounds (``controller``) and,
-        for an error estimate, ``norm``; none without a probe (the kinetic penalty)."""
-        if self.penalty == "kinetic":
-            return ()
-        return ("controller",) if self.regularizer == "stiffness" else ("controller", "norm")
+        """The main solve's options the probe step reads: its step bounds (``controller``) and
+        ``norm`` (its error estimate's, and the initial-step heuristic's that sizes it); none
+        without a probe (the kinetic penalty)."""
+        return () if self.penalty == "kinetic" else ("controller", "norm")
 
     def check(self, problem: Problem) -> None:
         problem.check_regularizer(self.regularizer, self.reg_method)
