@@ -620,7 +620,7 @@ class Regularized(nn.Module):
         options = self.problem.options
         unread = [
             name
-            for name in self.problem.main_solve_unread(options)
+            for name in self.problem.main_solve_unread
             if name not in reads and options.get(name) is not None
         ]
         if unread:

@@ -10,6 +10,7 @@ their backends, and take the local regularizer's probe step from a point of the 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -308,7 +309,7 @@ class ODEProblem(_Problem):
         unread (a controller, a norm) are the probe's alone, and are not passed on."""
         wider = t_dtype != y0.dtype
         options = self.options if options is None else options
-        unread = self.main_solve_unread(options)
+        unread = self.main_solve_unread
         return odeint(
             field,
             y0,
@@ -322,15 +323,17 @@ class ODEProblem(_Problem):
             **{key: value for key, value in options.items() if key not in unread},
         )
 
-    def main_solve_unread(self, options: dict[str, Any]) -> tuple[str, ...]:
+    @functools.cached_property
+    def main_solve_unread(self) -> tuple[str, ...]:
         """Which keys of ``options`` (``first_step``, ``controller``, ``norm``) the main solve leaves
-        unread beside a fixed ``step_size`` (:func:`local_reg._odeint.unread_beside_fixed_steps`)."""
+        unread beside a fixed ``step_size`` (:func:`local_reg._odeint.unread_beside_fixed_steps`);
+        the same for the options of an augmented solve, which keep these keys."""
         if self.backend != "local_reg":
             return ()
         return unread_beside_fixed_steps(
-            options.get("step_size"),
+            self.options.get("step_size"),
             get_tableau(ode_method("local_reg", self.method)),
-            main_gradient(self.gradient, options),
+            main_gradient(self.gradient, self.options),
         )
 
     def field_time_dtype(self, context: torch.dtype, state: Tensor) -> torch.dtype:
@@ -475,10 +478,11 @@ class SDEProblem(_Problem):
         if made and not (self.backend == "torchsde" and self.gradient.name == "adjoint"):
             release_brownian(bm)
 
-    def main_solve_unread(self, options: dict[str, Any]) -> tuple[str, ...]:
+    @functools.cached_property
+    def main_solve_unread(self) -> tuple[str, ...]:
         """Which keys of ``options`` the main solve (``sdeint``) leaves unread beside a fixed
         ``step_size``: ``first_step`` and ``controller``."""
-        if self.backend != "local_reg" or options.get("step_size") is None:
+        if self.backend != "local_reg" or self.options.get("step_size") is None:
             return ()
         return ("first_step", "controller")
 

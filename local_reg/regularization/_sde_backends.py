@@ -75,7 +75,7 @@ def solve_main(problem: Any, y0: Tensor, times: list[float], bm: Any, request: R
     method = DEFAULT_METHOD[backend] if method is None else method
     options = dict(problem.options)
     if backend == "local_reg":
-        for key in problem.main_solve_unread(options):
+        for key in problem.main_solve_unread:
             options.pop(key, None)  # the probe's alone, if any
         solution = sdeint(
             sde,
