@@ -176,6 +176,12 @@ def test_settings_of_the_adaptive_steps_beside_a_fixed_step_size_are_refused(sol
     with pytest.raises(ValueError, match=f"^{named} would go unread beside a fixed step_size=0.1"):
         solve(step_size=0.1, **settings)
     assert solve(step_size=0.1).stats.n_steps == 10
+    if solver == "sdeint" and "first_step" in settings:  # named as given in its deprecated spelling
+        spelled = {**settings, "dt0": settings["first_step"]}
+        del spelled["first_step"]
+        refusal = pytest.raises(ValueError, match=r"^dt0 (and controller )?would go unread")
+        with pytest.warns(DeprecationWarning), refusal:
+            solve(step_size=0.1, **spelled)
 
 
 def test_beside_fixed_steps_what_is_read_is_kept():

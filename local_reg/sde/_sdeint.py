@@ -143,7 +143,9 @@ def sdeint(
         controller=controller,
         time_dtype=y0.dtype,  # the drift and diffusion get times in the state's dtype
     ).for_state(y0)
-    check_adaptive_settings_unset(step_size, {"first_step": first_step, "controller": controller})
+    # Named as given: dt0 is first_step's deprecated spelling (read into it above).
+    given_first_step = "first_step" if dt0 is None else "dt0"
+    check_adaptive_settings_unset(step_size, {given_first_step: first_step, "controller": controller})
     options = options.over(times)
     check_step_penalty(step_penalty)
     if step_penalty is not None and step_size is not None:
