@@ -108,15 +108,12 @@ def plain_solve(
 ) -> tuple[Tensor, RegularizationStats]:
     """The unregularized solve (vanilla training, and every solve in eval mode): no extra output
     time, no extra evaluation."""
-    times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
-    try:
+    with problem.prepared(y0, t, generator, bm) as (times, t_dtype, context, cost):
         main = problem.solve(y0, times, t_dtype, context, Request())
         main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
         return main.ys, RegularizationStats(
             main=main.stats, n_accepted=main.n_accepted, backward_counter=main.backward_counter
         )
-    finally:
-        problem.release(context)
 
 
 def functional_settings(function: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -254,8 +251,7 @@ class LocalPenalty:
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
         tableau = problem.check_regularizer(self.regularizer, self.reg_method)
-        times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
-        try:
+        with problem.prepared(y0, t, generator, bm) as (times, t_dtype, context, cost):
             if len(times) < 2:
                 raise ValueError(
                     f"t must hold at least 2 times (t0 and t1) to sample t_reg, got {len(times)}"
@@ -353,8 +349,6 @@ class LocalPenalty:
                 backward_counter=main.backward_counter,
             )
             return ys, penalty, stats
-        finally:
-            problem.release(context)
 
 
 REDUCTIONS = ("mean", "sum", "max")
@@ -417,8 +411,7 @@ class GlobalPenalty:
         generator: torch.Generator | None = None,
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
-        times, t_dtype, context, cost = problem.prepare(y0, t, generator, bm)
-        try:
+        with problem.prepared(y0, t, generator, bm) as (times, t_dtype, context, cost):
             if len(times) < 2:
                 raise ValueError(f"t must hold at least 2 times, got {len(times)}")
             reduction = DEFAULT_REDUCTION[self.regularizer] if self.reduction is None else self.reduction
@@ -442,8 +435,6 @@ class GlobalPenalty:
                 backward_counter=main.backward_counter,
             )
             return main.ys, reg, stats
-        finally:
-            problem.release(context)
 
 
 class Penalty(Protocol):

@@ -13,8 +13,8 @@ import copy
 import functools
 import inspect
 import math
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -123,6 +123,7 @@ class _Problem:
     backends: _Backends
     check_settings: Callable[[str, object, object, object, object, GradientMethod], dict[str, Any]]
     field_time_dtype: Callable[[Any, Tensor], torch.dtype]
+    prepare: Callable[..., tuple[list[float], torch.dtype, Any, Stats]]
     _start: Callable[[Any, float, Tensor, Stats], Any]
     _heuristic: Callable[[Any, Any, float, Tensor, Any, float, str, Stats, float], float]
     _step: Callable[[Any, Any, float, Tensor, float, Any, Sequence[float]], Any]
@@ -152,6 +153,18 @@ class _Problem:
     def release(self, context: Any) -> None:
         """Free what ``prepare`` made for one call once its solve and probes are done (a kind with
         nothing to free does nothing)."""
+
+    @contextmanager
+    def prepared(
+        self, y0: Tensor, t: Tensor | Sequence[float], generator: Any, bm: Any = None
+    ) -> Iterator[tuple[list[float], torch.dtype, Any, Stats]]:
+        """``prepare``'s ``(times, t_dtype, context, cost)`` for one call, released when it ends
+        (returns or raises)."""
+        times, t_dtype, context, cost = self.prepare(y0, t, generator, bm)
+        try:
+            yield times, t_dtype, context, cost
+        finally:
+            self.release(context)
 
     def jump_times(self, times: Sequence[float], dtype: torch.dtype) -> tuple[float, ...]:
         """The main solve's jump times over the span of ``times`` (:attr:`controller`'s), rounded to
