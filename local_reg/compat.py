@@ -402,7 +402,9 @@ def _solve(
     gradient: GradientMethod,
     adjoint_params: Iterable[Tensor] | None,
     dense: bool = False,
+    controller: PIController | None = None,
 ) -> States | tuple[Tensor, States] | Callable[[Tensor], States]:
+    """``controller``: the one a fixed-step solve hands to its adaptive backward solve."""
     events = event_fn is not None
     # Before t is read: a t batched by torch.func.vmap has no values to read, as odeint says (and
     # scipy's solve would drop a transform's or a forward-mode tangent).
@@ -445,8 +447,8 @@ def _solve(
         "atol": atol,
         "step_size": step_size,
         "first_step": opts.pop("first_step", None),
-        # Fixed steps take no controller (their adaptive options were dropped above).
-        "controller": None
+        # Fixed steps take no controller of options' (their adaptive options were dropped above).
+        "controller": controller
         if step_size is not None
         else _with_landings(_controller(opts, "options") or DEFAULT_CONTROLLER, step_ts, jump_ts),
         "gradient": gradient,
@@ -731,8 +733,11 @@ def odeint_adjoint(
     The backward solve uses ``adjoint_rtol`` / ``adjoint_atol`` / ``adjoint_method`` (default the
     forward's) and ``adjoint_options``: ``step_size``, ``first_step``, ``max_num_steps`` and
     ``norm="seminorm"`` (Kidger, Chen, Lyons, ICML 2021); by default it takes ``options`` without
-    ``norm``, as torchdiffeq does. With ``options["jump_t"]``/``["step_t"]`` it runs piece by piece
-    in the forward solve's pieces (``adjoint_options`` may repeat those times, not change them).
+    ``norm``, as torchdiffeq does. It steps with the forward solve's controller; after fixed forward
+    steps an adaptive backward solve takes its own (``safety``, ``ifactor``, ``dfactor``,
+    ``max_step``, ``min_step``) from ``adjoint_options``. With ``options["jump_t"]``/``["step_t"]`` it
+    runs piece by piece in the forward solve's pieces (``adjoint_options`` may repeat those times,
+    not change them).
     ``func`` must be an ``nn.Module`` unless ``adjoint_params`` is given.
     With ``event_fn`` it returns ``(event_t, solution)`` as :func:`odeint` does, differentiated by the
     same method.
@@ -754,6 +759,7 @@ def odeint_adjoint(
                 f"local_reg.compat does not call func.{name}: the backward pass has no step callbacks",
                 stacklevel=2,
             )
+    backward_controller = None
     if adjoint_method == "symplectic":
         extra = [
             name
@@ -777,16 +783,24 @@ def odeint_adjoint(
                 "from options: pass adjoint_options as well"
             )
         where = "options" if adjoint_options is None else "adjoint_options"
+        backward_method = method if adjoint_method is None else adjoint_method
+        backward = _tableau(backward_method)
+        # The backward solve steps with the controller odeint is given. An adaptive forward solve's
+        # is set in options; after fixed forward steps it is the backward solve's own, so it is set
+        # here (torchdiffeq's adjoint_options take the backward solver's factors and bounds).
+        own_controller = backward.adaptive and not _tableau(method).adaptive
         if adjoint_options is None:
             adjoint = {k: v for k, v in (options or {}).items() if k in ADJOINT_OPTIONS and k != "norm"}
         else:
             factors = sorted(set(CONTROLLER_OPTIONS) & set(_as_dict("adjoint_options", adjoint_options)))
-            if factors:
+            if factors and not own_controller:
                 raise ValueError(
                     f"adjoint_options: {factors} not supported by local_reg.compat: the backward solve "
                     "uses the forward solve's step-size controller (set them in options)"
                 )
-            adjoint = _check_keys("adjoint_options", adjoint_options, ADJOINT_OPTIONS)
+            allowed = (*ADJOINT_OPTIONS, *CONTROLLER_OPTIONS) if own_controller else ADJOINT_OPTIONS
+            adjoint = _check_keys("adjoint_options", adjoint_options, allowed)
+            backward_controller = _controller(adjoint, "adjoint_options")
         for key in LANDING_OPTIONS:
             # The backward solve lands on the forward solve's times (its controller's).
             given, forward_times = adjoint.pop(key, None), (options or {}).get(key)
@@ -804,8 +818,6 @@ def odeint_adjoint(
                 "adjoint_options['norm']: only 'seminorm' and 'default' are supported by local_reg.compat "
                 f"(no callable adjoint norm), got {norm!r}"
             )
-        backward_method = method if adjoint_method is None else adjoint_method
-        backward = _tableau(backward_method)
         if not backward.adaptive and adjoint_options is not None:
             # Given for the backward solve, which cannot use them (from options, the forward's).
             _ignored_by_fixed_steps(adjoint, where, backward_method)
@@ -833,7 +845,22 @@ def odeint_adjoint(
             first_step=adjoint.get("first_step") if backward.adaptive else None,
             max_steps=max_steps,
         )
-    return cast(Any, _solve(func, y0, t, rtol, atol, method, options, event_fn, gradient, adjoint_params))
+    return cast(
+        Any,
+        _solve(
+            func,
+            y0,
+            t,
+            rtol,
+            atol,
+            method,
+            options,
+            event_fn,
+            gradient,
+            adjoint_params,
+            controller=backward_controller,
+        ),
+    )
 
 
 def odeint_dense(

@@ -770,6 +770,42 @@ def test_the_backsolve_adjoint_keeps_the_forward_solves_max_step():
     assert backward_calls["free"] < 6 * 75 <= backward_calls["bounded"]
 
 
+def test_an_adaptive_backward_solve_after_fixed_forward_steps_takes_its_own_step_bounds():
+    # torchdiffeq's adjoint_options set the backward solver's controller; after fixed forward steps
+    # there is no forward controller to take them from (options would be ignored by rk4), and they
+    # were refused with the advice to set them in options.
+    class Counted(Linear):
+        calls = 0
+
+        def forward(self, t, y):
+            self.calls += 1
+            return super().forward(t, y)
+
+    y0, t = y0_and_t()
+    fixed = {"method": "rk4", "options": {"step_size": 0.1}, "adjoint_method": "dopri5"}
+    calls, grads = {}, {}
+    for library in (compat, torchdiffeq):
+        for name, adjoint_options in (("bounded", {"max_step": 0.02, "dfactor": 0.3}), ("free", {})):
+            func = Counted()
+            ys = library.odeint_adjoint(func, y0, t, adjoint_options=adjoint_options, **fixed)
+            func.calls = 0
+            ys.sum().backward()
+            calls[library.__name__, name] = func.calls
+            grads[library.__name__, name] = func.weight.grad
+    for name in ("bounded", "free"):
+        torch.testing.assert_close(
+            grads["local_reg.compat", name], grads["torchdiffeq", name], rtol=1e-6, atol=1e-8
+        )
+    # 1.5 / 0.02 = 75 backward steps of dopri5 at least, as torchdiffeq takes.
+    assert calls["local_reg.compat", "free"] < 6 * 75 <= calls["local_reg.compat", "bounded"]
+    assert calls["torchdiffeq", "free"] < 6 * 75 <= calls["torchdiffeq", "bounded"]
+    # After an adaptive forward solve the backward solve still takes the forward's controller.
+    with pytest.raises(
+        ValueError, match=r"adjoint_options: \['max_step'\] not supported.*set them in options"
+    ):
+        compat.odeint_adjoint(Linear(), y0, t, adjoint_method="dopri5", adjoint_options={"max_step": 0.02})
+
+
 def test_interp_linear_is_accepted_and_cubic_refused():
     func = Linear()
     y0, t = y0_and_t()
