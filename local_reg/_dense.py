@@ -112,6 +112,30 @@ class DenseOutput:
         sequence of them, as ``odeint``'s ``t``). The times inside one step are evaluated together,
         as the solve evaluated its output times. ``times_dtype``: the dtype of the solve's own
         times, to which plain floats are rounded to meet the span's ends."""
+        return self._read(t, times_dtype, derivative=False)
+
+    def derivative(
+        self,
+        t: Tensor | float | np.ndarray | Sequence[float | Tensor],
+        times_dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """The interpolant's time derivative ``dy/dt = sum_i B_i'(theta) k_i`` at ``t`` (as
+        :meth:`evaluate` takes it). Every interpolant here has ``B'(0) = e_1`` and ``B'(1)`` the
+        last stage's weight (:mod:`local_reg.interpolants`), so at a step's start or end it is the
+        stage there, the field at the recorded state: continuous across steps."""
+        if not self.t:
+            raise ValueError(
+                "the solve took no step (one output time), so its dense output has no derivative: "
+                "the derivative at t[0] is func(t[0], y0)"
+            )
+        return self._read(t, times_dtype, derivative=True)
+
+    def _read(
+        self,
+        t: Tensor | float | np.ndarray | Sequence[float | Tensor],
+        times_dtype: torch.dtype | None,
+        derivative: bool,
+    ) -> Tensor:
         one_dimensional = not isinstance(t, (Tensor, int, float)) or (isinstance(t, Tensor) and t.dim() == 1)
         if isinstance(t, (np.ndarray, Sequence)) and not isinstance(t, (str, bytes)):
             values, rounded_to = finite_times("t", t), _narrowest_float(t)
@@ -142,29 +166,36 @@ class DenseOutput:
             out = torch.stack([self.states[0] for _ in values])
         else:
             keys = self._step_keys()
-            located = [self._locate(v, keys) for v in values]
             results: dict[int, Tensor] = {}
-            groups: dict[int, list[int]] = {}
-            for position, index in enumerate(located):
-                if index < 0:
+            # Per step, the positions read inside it and their fractions of it.
+            groups: dict[int, tuple[list[int], list[float]]] = {}
+            for position, v in enumerate(values):
+                index = self._locate(v, keys)
+                if index >= 0:
+                    step, theta = index, (v - self.t[index]) / self.dt[index]
+                elif not derivative:
                     results[position] = self.states[-1 - index]
-                else:
-                    groups.setdefault(index, []).append(position)
-            for index, positions in groups.items():
-                states = self._interpolate(index, [values[p] for p in positions])
-                for p, state in zip(positions, states, strict=True):
+                    continue
+                else:  # a recorded state: the start of its step, or the end of the last one
+                    step, theta = min(-1 - index, len(self.t) - 1), float(-1 - index == len(self.t))
+                positions, thetas = groups.setdefault(step, ([], []))
+                positions.append(position)
+                thetas.append(theta)
+            for step, (positions, thetas) in groups.items():
+                read = self._combine(step, thetas, derivative)
+                for p, state in zip(positions, read, strict=True):
                     results[p] = state
             out = torch.stack([results[position] for position in range(len(values))])
         return out if one_dimensional else out[0]
 
-    def _interpolate(self, index: int, values: list[float]) -> Tensor:
-        """The states at ``values`` (times inside step ``index``), stacked."""
-        return self._combine(index, [(v - self.t[index]) / self.dt[index] for v in values])
-
-    def _combine(self, index: int, thetas: list[float]) -> Tensor:
-        """The states at the fractions ``thetas`` of step ``index``, stacked."""
-        rows = self.interpolant.weight_matrix(thetas)
+    def _combine(self, index: int, thetas: list[float], derivative: bool = False) -> Tensor:
+        """The states (or with ``derivative``, their time derivatives) at the fractions ``thetas``
+        of step ``index``, stacked."""
         with without_autocast():  # a matrix product, in the state's dtype
+            if derivative:
+                rows = self.interpolant.derivative_matrix(thetas)
+                return combine_rows(None, 1.0, rows, self.stages[index])
+            rows = self.interpolant.weight_matrix(thetas)
             return combine_rows(self.states[index], self.dt[index], rows, self.stages[index])
 
     def state_at(self, t: float, offset: float = 0.0) -> Tensor:

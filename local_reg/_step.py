@@ -130,11 +130,13 @@ def combine(
     return base + out if isinstance(dt, Tensor) else out.add_(base)
 
 
-def combine_rows(base: Tensor, dt: float, rows: np.ndarray, stages: Sequence[Tensor]) -> Tensor:
+def combine_rows(base: Tensor | None, dt: float, rows: np.ndarray, stages: Sequence[Tensor]) -> Tensor:
     """``base + dt * sum_j rows[m, j] * stages[j]`` for every row ``m`` at once, stacked: shape
-    ``(len(rows), *base.shape)``. One matrix product, for many outputs inside one step."""
-    weights = torch.from_numpy(rows * dt).to(dtype=base.dtype, device=base.device)
-    return base + torch.tensordot(weights, torch.stack(tuple(stages)), dims=1)
+    ``(len(rows), *stages[0].shape)``; ``base=None`` means zero. One matrix product, for many
+    outputs inside one step."""
+    weights = torch.from_numpy(rows * dt).to(dtype=stages[0].dtype, device=stages[0].device)
+    combined = torch.tensordot(weights, torch.stack(tuple(stages)), dims=1)
+    return combined if base is None else base + combined
 
 
 def time_tensor(t: float, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:

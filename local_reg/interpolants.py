@@ -92,6 +92,17 @@ class Interpolant:
             values = (values + self._matrix[:, power]) * theta
         return values
 
+    def derivative_matrix(self, thetas: Sequence[float]) -> np.ndarray:
+        """``D[m, i] = B_i'(thetas[m])``, shape ``(len(thetas), n_stages)``: the interpolant's time
+        derivative is ``dy/dt = sum_i B_i'(theta) k_i`` (``dt`` cancels against ``dtheta/dt``)."""
+        theta = np.asarray(thetas, dtype=np.float64).reshape(-1, 1)
+        # theta^(p+1) becomes (p+1) theta^p.
+        derivative = self._matrix * np.arange(1, self._matrix.shape[1] + 1)
+        values = np.zeros((len(theta), self.n_stages))
+        for power in reversed(range(derivative.shape[1])):
+            values = values * theta + derivative[:, power]
+        return values
+
     def weights(self, theta: float) -> list[float]:
         """``[B_i(theta)]``, the weight of each stage at the fraction ``theta`` of the step."""
         return self.weight_matrix([theta])[0].tolist()

@@ -153,26 +153,39 @@ class Solution(Generic[State]):
         silently giving them no gradient; for plotting, ``.detach()`` them or evaluate under
         ``torch.no_grad()``), and never w.r.t. ``t`` (a ``t`` that requires grad is refused: its
         gradient would silently be none; odeint's own output times ``t`` do get gradients)."""
+        return self._read_dense("evaluate", t)
+
+    def derivative(self, t: Tensor | float | np.ndarray | Sequence[float | Tensor]) -> State:
+        """The time derivative of the interpolant that :meth:`evaluate` reads, ``d/dt
+        evaluate(t)``, at any ``t`` in the solved span (diffrax's ``Solution.derivative``); its
+        shape is :meth:`evaluate`'s. Its error is one order below the interpolant's
+        (:mod:`local_reg.interpolants`). At a step's start or end it is the field at that step's
+        state, so it is continuous across steps; between them it approximates ``func(t, y(t))``
+        without evaluating ``func``. Needs ``odeint(dense=True)`` and at least one step (two
+        output times); differentiable as :meth:`evaluate` is."""
+        return self._read_dense("derivative", t)
+
+    def _read_dense(self, read: str, t: Tensor | float | np.ndarray | Sequence[float | Tensor]) -> State:
         dense = self.steps.dense_output
         if dense is None:
             if self.stats.nfe_diffusion > 0:  # an sdeint solve
                 raise ValueError(
-                    "evaluate needs dense output, which sdeint does not keep (docs/sde.md): pass the "
+                    f"{read} needs dense output, which sdeint does not keep (docs/sde.md): pass the "
                     "times to sdeint's t"
                 )
-            raise ValueError("evaluate needs the step records: solve with odeint(..., dense=True)")
+            raise ValueError(f"{read} needs the step records: solve with odeint(..., dense=True)")
         from ._validate import time_tensors_requiring_grad  # _validate imports this module
 
         if time_tensors_requiring_grad(t) and torch.is_grad_enabled():
             raise ValueError(
-                "evaluate is not differentiable w.r.t. t, and t requires grad: pass t.detach(), or "
+                f"{read} is not differentiable w.r.t. t, and t requires grad: pass t.detach(), or "
                 "solve with these times as odeint's t (its output times get gradients)"
             )
-        states = dense.evaluate(t, times_dtype=self.ts.dtype)
+        states = getattr(dense, read)(t, times_dtype=self.ts.dtype)
         anchor = self.ys[0] if isinstance(self.ys, tuple) else self.ys
         if self.graph_free_method is not None and torch.is_grad_enabled() and anchor.requires_grad:
             message = (
-                f"Solution.evaluate's states have no gradient under gradient={self.graph_free_method!r}, "
+                f"Solution.{read}'s states have no gradient under gradient={self.graph_free_method!r}, "
                 "which keeps no graph of the solve: solve with gradient='direct', or pass these times "
                 "in odeint's t (its outputs get gradients under every method)"
             )

@@ -9,7 +9,7 @@ import torch
 from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
-from local_reg import TABLEAUS, odeint, step
+from local_reg import TABLEAUS, odeint, sdeint, step
 from local_reg.interpolants import get_interpolant
 from tests.problems import CountingField, DecaySDE, scipy_reference, to_numpy_field
 
@@ -558,8 +558,6 @@ def test_the_step_records_keep_their_own_copy_of_y0():
 
 
 def test_evaluate_of_an_sde_solution_says_sdeint_keeps_no_dense_output():
-    from local_reg import sdeint
-
     solution = sdeint(
         DecaySDE(), torch.ones(2, 1, dtype=DTYPE), [0.0, 1.0], generator=torch.Generator().manual_seed(0)
     )
@@ -588,3 +586,107 @@ def test_a_float_at_a_float32_span_end_is_that_end(span):
     torch.testing.assert_close(
         wide.evaluate(inside), wide.evaluate(torch.tensor(inside, dtype=torch.float64)), rtol=0, atol=0
     )
+
+
+@pytest.mark.parametrize("name", list(TABLEAUS))
+def test_interpolant_derivative_weights_are_the_derivatives_of_its_weights(name):
+    # Against central differences of the weights themselves (a polynomial of degree <= 8 in theta):
+    # an independent reading of what derivative_matrix computes by Horner's rule.
+    interpolant = get_interpolant(name)
+    thetas = [0.0, 0.25, 0.6, 1.0]
+    h = 1e-5
+    central = (
+        interpolant.weight_matrix([x + h for x in thetas])
+        - interpolant.weight_matrix([x - h for x in thetas])
+    ) / (2 * h)
+    np.testing.assert_allclose(interpolant.derivative_matrix(thetas), central, rtol=0, atol=1e-7)
+    # Every interpolant starts on the step's first stage and ends on its last (the field at y1).
+    ends = interpolant.derivative_matrix([0.0, 1.0])
+    np.testing.assert_allclose(ends[0], np.eye(interpolant.n_stages)[0], atol=1e-12)
+    np.testing.assert_allclose(ends[1], np.eye(interpolant.n_stages)[-1], atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "dopri8", "bosh3", "fehlberg2", "rk4"])
+@pytest.mark.parametrize("span", [(0.0, 6.0), (6.0, 0.0)], ids=["forward", "backward"])
+def test_derivative_is_the_field_along_the_dense_solution(method, span):
+    # The rotation's exact solution is known: y = (cos t, -sin t), dy/dt = (-sin t, -cos t).
+    y0 = torch.tensor([math.cos(span[0]), -math.sin(span[0])], dtype=DTYPE)
+    fixed = {"step_size": 0.01} if method == "rk4" else {"rtol": 1e-9, "atol": 1e-11}
+    solution = odeint(rotation, y0, list(span), method=method, dense=True, **fixed)
+    times = torch.linspace(0.0, 6.0, 37, dtype=DTYPE)
+    derivative = solution.derivative(times)
+    exact = torch.stack([-torch.sin(times), -torch.cos(times)], dim=-1)
+    assert derivative.shape == (37, 2)
+    torch.testing.assert_close(derivative, exact, rtol=0, atol=2e-6)
+    # One float or 0-dim tensor gives one state's shape, as evaluate.
+    assert solution.derivative(2.5).shape == (2,)
+    assert solution.derivative(torch.tensor(2.5, dtype=DTYPE)).shape == (2,)
+    # At every step start, and at the span's end, it is the field at the recorded state.
+    dense = solution.steps.dense_output
+    starts = torch.tensor([*dense.t, dense.t_end], dtype=DTYPE)
+    at_starts = solution.derivative(starts)
+    states = torch.stack(dense.states)
+    torch.testing.assert_close(at_starts, rotation(starts, states), rtol=0, atol=1e-12)
+
+
+def test_derivative_between_steps_is_the_slope_of_evaluate():
+    # Inside a step the derivative is that of the interpolant evaluate reads, to central
+    # differences' accuracy (far finer than the solution's own error).
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE)
+    solution = odeint(field, y0, [0.0, 2.0], dense=True, rtol=1e-5, atol=1e-7)
+    dense = solution.steps.dense_output
+    inside = [start + 0.37 * dt for start, dt in zip(dense.t, dense.dt, strict=True)]
+    h = 1e-6 * min(abs(dt) for dt in dense.dt)
+    central = (solution.evaluate([t + h for t in inside]) - solution.evaluate([t - h for t in inside])) / (
+        2 * h
+    )
+    torch.testing.assert_close(solution.derivative(inside), central, rtol=1e-6, atol=1e-8)
+
+
+def test_derivative_differentiates_under_direct_and_refuses_the_graph_free_methods():
+    field = TinyField()
+    y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE, requires_grad=True)
+    loss = odeint(field, y0, [0.0, 1.0], dense=True, rtol=1e-10, atol=1e-12).derivative(0.4).sum()
+    (grad,) = torch.autograd.grad(loss, [y0])
+    # Finite differences in y0 (the steps are those of a tight tolerance: their sizes move little).
+    eps = 1e-6
+    for i in range(3):
+        shift = torch.zeros(3, dtype=DTYPE)
+        shift[i] = eps
+        with torch.no_grad():
+            plus = odeint(field, y0 + shift, [0.0, 1.0], dense=True, rtol=1e-10, atol=1e-12)
+            minus = odeint(field, y0 - shift, [0.0, 1.0], dense=True, rtol=1e-10, atol=1e-12)
+            fd = (plus.derivative(0.4).sum() - minus.derivative(0.4).sum()) / (2 * eps)
+        assert float(grad[i]) == pytest.approx(float(fd), rel=1e-4, abs=1e-6)
+    solution = odeint(field, y0, [0.0, 1.0], dense=True, gradient="symplectic")
+    with pytest.raises(
+        RuntimeError, match=r"Solution.derivative's states have no gradient under gradient='symplectic'"
+    ):
+        solution.derivative(0.4).sum().backward()
+
+
+def test_derivative_of_a_tuple_state_and_its_refusals():
+    y0 = (torch.tensor([1.0, 2.0], dtype=DTYPE), torch.zeros((), dtype=DTYPE))
+
+    def field(t, state):
+        y, s = state
+        return -y, y.sum()
+
+    solution = odeint(field, y0, [0.0, 1.0], dense=True, rtol=1e-9, atol=1e-11)
+    dy, ds = solution.derivative(torch.tensor([0.5, 0.8], dtype=DTYPE))
+    # y = y0 exp(-t), s' = 3 exp(-t).
+    times = torch.tensor([0.5, 0.8], dtype=DTYPE)
+    torch.testing.assert_close(dy, -torch.exp(-times)[:, None] * y0[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(ds, 3.0 * torch.exp(-times), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="outside"):
+        solution.derivative(1.5)
+    with pytest.raises(ValueError, match=re.escape("derivative is not differentiable w.r.t. t")):
+        solution.derivative(torch.tensor(0.5, dtype=DTYPE, requires_grad=True))
+    with pytest.raises(ValueError, match=re.escape("derivative needs the step records")):
+        odeint(field, y0, [0.0, 1.0]).derivative(0.5)
+    with pytest.raises(ValueError, match=re.escape("the derivative at t[0] is func(t[0], y0)")):
+        odeint(field, y0, [0.5], dense=True).derivative(0.5)
+    sde_solution = sdeint(DecaySDE(), torch.ones(1, 1, dtype=DTYPE), [0.0, 0.1], step_size=0.05)
+    with pytest.raises(ValueError, match="sdeint does not keep"):
+        sde_solution.derivative(0.05)

@@ -195,6 +195,17 @@ def solver_jump_ts(ns: dict[str, Any]) -> None:
     assert solution.stats.nfe < local_reg.odeint(ns["switched"], y0, [0.0, 1.0]).stats.nfe
 
 
+def solver_derivative(ns: dict[str, Any]) -> None:
+    velocity, solution = ns["velocity"], ns["solution"]
+    assert velocity.shape == (5, *ns["y0"].shape)
+    # The interpolant's derivative is the field along the solution, to the interpolant's accuracy.
+    times = torch.linspace(0.0, 1.0, 5)
+    expected = torch.stack(
+        [ns["func"](time, state) for time, state in zip(times, solution.evaluate(times), strict=True)]
+    )
+    torch.testing.assert_close(velocity, expected.detach(), rtol=1e-3, atol=1e-4)
+
+
 def solver_event(ns: dict[str, Any]) -> None:
     event_t, solution = ns["event_t"], ns["solution"]
     assert event_t.dim() == 0
@@ -217,7 +228,8 @@ CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "docs/sde.md-0": sde,
     "docs/solver.md-0": solver_signature,
     "docs/solver.md-1": solver_jump_ts,
-    "docs/solver.md-2": solver_event,
+    "docs/solver.md-2": solver_derivative,
+    "docs/solver.md-3": solver_event,
 }
 """What a block's comments state, checked on its namespace after it ran."""
 
