@@ -105,7 +105,7 @@ def combine(
 
     ``base=None`` means zero. The increment is summed first and added to ``base`` once, as
     torchdiffeq does: adding each term to ``base`` in turn rounds at ``base``'s scale once per stage,
-    which in float32 made fixed-step solves of 4000 steps 2--13x less accurate (docs/solver.md).
+    which in float32 made fixed-step solves of 4000 steps 4--13x less accurate (docs/solver.md).
     Differentiable: with a float ``dt`` the first term makes a new tensor and the others (and
     ``base``) are added to it in place (the same sums, without an allocation each; autograd records
     in-place additions to a tensor no other operation has saved). A 0-dim tensor ``dt`` (the
