@@ -82,10 +82,22 @@ from ._function import (
 NORMS = ("default", "seminorm")
 
 
+def real_size(param: Tensor) -> int:
+    """The number of real entries of ``param``: a complex parameter's real and imaginary parts are
+    two, as its real view ``torch.view_as_real(param)``."""
+    return param.numel() * (2 if param.is_complex() else 1)
+
+
+def real_view(tensor: Tensor) -> Tensor:
+    """``tensor`` itself, or a complex one's real view ``(*shape, 2)``."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
 def parameter_views(flat: Tensor, params: tuple[Tensor, ...]) -> list[Tensor]:
-    """``flat`` (the parameters' entries, one after the other) as views shaped like ``params``."""
-    parts = flat.split([p.numel() for p in params])
-    return [part.view(p.shape) for part, p in zip(parts, params, strict=True)]
+    """``flat`` (the parameters' real entries, one after the other) as views shaped like ``params``:
+    a complex parameter's as its real view ``(*shape, 2)`` (:func:`real_size`)."""
+    parts = flat.split([real_size(p) for p in params])
+    return [part.view(real_view(p).shape) for part, p in zip(parts, params, strict=True)]
 
 
 class AdjointStepper(RKStepper):
@@ -133,12 +145,12 @@ class AdjointStepper(RKStepper):
         self.params = solve.params
         self.seminorm = seminorm
         self.dense = dense
-        n_parameters = sum(p.numel() for p in solve.params)
+        n_parameters = sum(real_size(p) for p in solve.params)
         self.parameter_gradient = ys.new_zeros(n_parameters)
         # One row per stage (the backward solve has no dense output, which would evaluate one more).
         self.rates = ys.new_zeros(tableau.n_stages, n_parameters)
         self.row_views = [parameter_views(row, solve.params) for row in self.rates]
-        self.no_rate = [torch.zeros_like(p) for p in solve.params]
+        self.no_rate = [torch.zeros_like(real_view(p)) for p in solve.params]
         # Which parameters func used: one it never touches gets no gradient (None), as with the
         # other methods, not a zero (an optimizer's momentum or weight decay would act on a zero).
         self.used = [False] * len(solve.params)
@@ -170,7 +182,10 @@ class AdjointStepper(RKStepper):
         )
         if parameter_vjps:
             self.used = [used or g is not None for used, g in zip(self.used, parameter_vjps, strict=True)]
-            rates = [zero if g is None else g for zero, g in zip(self.no_rate, parameter_vjps, strict=True)]
+            rates = [
+                zero if g is None else real_view(g)
+                for zero, g in zip(self.no_rate, parameter_vjps, strict=True)
+            ]
             torch._foreach_copy_(self.row_views[self.next_row], rates)
         self.next_row += 1
         return state_rate if self.dense is not None else torch.stack([derivative, state_rate])
@@ -518,9 +533,18 @@ class _ContinuousAdjoint(GraphFreeGradient):
             calls += stats.nfe
             adjoint = (outputs[-1] if self.reads_forward_solution else outputs[-1][1]) + grad_ys[end]
         grad_params: list[Tensor | None] = [
-            gradient if used else None
-            for gradient, used in zip(
-                parameter_views(stepper.parameter_gradient, solve.params), stepper.used, strict=True
+            None
+            if not used
+            # A complex parameter's gradient accumulated as its real view (torch's convention for a
+            # real loss: d/dRe + i d/dIm, as the vector-Jacobian products give it).
+            else torch.complex(gradient[..., 0], gradient[..., 1]).to(param.dtype)
+            if param.is_complex()
+            else gradient
+            for gradient, used, param in zip(
+                parameter_views(stepper.parameter_gradient, solve.params),
+                stepper.used,
+                solve.params,
+                strict=True,
             )
         ]
         return adjoint, grad_params, calls
