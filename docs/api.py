@@ -128,7 +128,8 @@ def entry(name: str, obj: Any, guide: str, aliases: dict[int, str]) -> list[str]
     if id(obj) in aliases:
         return [f"### `{name}`", "", f"The same object as `{aliases[id(obj)]}`.", ""]
     aliases[id(obj)] = name
-    page = GUIDE.get(name, guide)
+    # compat's names (its sdeint too) are all documented in its own guide.
+    page = guide if guide == "compat.md" else GUIDE.get(name, guide)
     see = f" See [{page}]({page})."
     if inspect.isclass(obj) or inspect.isfunction(obj):
         kind = "class" if inspect.isclass(obj) else "function"

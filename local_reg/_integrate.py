@@ -95,6 +95,9 @@ NO_CALLBACKS = StepCallbacks()
 """The callbacks of a solve given none."""
 DEFAULT_MAX_STEPS = 10_000
 """The attempted steps a solve (``odeint``, ``sdeint``) may take before it raises :class:`SolverError`."""
+NO_STEP_LIMIT = 2**31 - 1
+"""``max_steps`` for no limit: torchdiffeq's default ``max_num_steps`` (a fixed-step solve's count is
+known), and torchsde's, which has none (local_reg.compat)."""
 # Steps that would end within this fraction of the next output time land on it instead, so that no
 # sliver of a step is left over.
 _LANDING_SLACK = 0.01

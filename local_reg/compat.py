@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._compat_sde import sdeint
 from ._errors import SolverError
 from ._events import _solve_until_event, direction_time
-from ._integrate import DEFAULT_MAX_STEPS, StepCallbacks, fixed_steps_over
+from ._integrate import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
 from ._step import rms_norm
 from ._tuple import TupleState, owning_module
@@ -117,8 +118,6 @@ UNSUPPORTED_OPTIONS = (
     "grid_constructor",
 )
 ADJOINT_OPTIONS = ("step_size", "first_step", "max_num_steps", "norm", "dtype", *LANDING_OPTIONS)
-NO_STEP_LIMIT = 2**31 - 1
-"""torchdiffeq's default ``max_num_steps``: a fixed-step solve's count is known, so no limit."""
 _CALLBACKS = (
     ("step", "callback_step"),
     ("accept", "callback_accept_step"),
@@ -930,4 +929,4 @@ def odeint_event(
     return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
 
 
-__all__ = ["METHODS", "odeint", "odeint_adjoint", "odeint_dense", "odeint_event"]
+__all__ = ["METHODS", "odeint", "odeint_adjoint", "odeint_dense", "odeint_event", "sdeint"]

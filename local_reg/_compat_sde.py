@@ -1,0 +1,312 @@
+"""torchsde 0.2.6's ``sdeint`` on local_reg's SDE solver: ``from local_reg.compat import sdeint``.
+
+:func:`sdeint` takes torchsde's signature and defaults and returns what torchsde returns, the tensor of
+states at ``ts`` of shape ``(len(ts), batch, d)``, solved by :func:`local_reg.sdeint`:
+
+========================================  ===========================================================
+torchsde                                  local_reg.sdeint
+========================================  ===========================================================
+``adaptive=False``, ``dt``                ``step_size=dt`` (equal steps no longer than ``dt`` in each
+                                          output interval)
+``adaptive=True``, ``dt``, ``rtol``,      ``first_step=dt``, ``rtol``, ``atol``,
+``atol``, ``dt_min``                      ``controller=PIController(min_step=dt_min,
+                                          force_min_step=True)``
+``method="euler"``                        ``method="euler_maruyama"``
+``method="milstein"``                     ``method="milstein"`` (derivative-free, torchsde's
+                                          ``options={"grad_free": True}``)
+``method=None`` (torchsde: ``"srk"``)     ``"milstein"`` for diagonal and scalar noise,
+                                          ``"euler_maruyama"`` for additive noise
+``bm``                                    ``bm``
+``names={"drift": .., "diffusion": ..}``  an SDE whose ``f`` and ``g`` are the named methods
+========================================  ===========================================================
+
+Refused with a ``ValueError`` naming the argument: torchsde's other methods (``"srk"``, the
+Stratonovich ones, ``"log_ode"``), ``logqp=True``, ``extra=True``, ``extra_solver_state``, the
+``names`` keys other than ``drift`` and ``diffusion``, and ``options`` keys other than ``grad_free``;
+:func:`local_reg.sdeint` itself refuses Stratonovich SDEs and ``noise_type="general"``. Gradients
+are backpropagated through the solve (exact for the discrete solve, memory O(steps)); there is no SDE
+adjoint here. Every difference is listed in docs/compat.md ("torchsde's sdeint").
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any, cast
+
+from torch import Tensor
+
+from ._integrate import NO_STEP_LIMIT
+from ._validate import positive_float
+from .controller import PIController, TimeSet
+from .sde._sdeint import sdeint as _sdeint
+
+SDE_METHODS = {"euler": "euler_maruyama", "milstein": "milstein"}
+"""torchsde's method names that local_reg has, and the :func:`local_reg.sdeint` scheme each runs."""
+
+_OFFERED = "use method='milstein' (diagonal or scalar noise) or 'euler' (additive noise)"
+_STRATONOVICH = (
+    "a torchsde method for Stratonovich SDEs; local_reg solves Ito SDEs only: write the SDE in Ito form "
+    "(for diagonal noise add g_i dg_i/dy_i / 2 to the drift f_i), declare sde_type='ito' and " + _OFFERED
+)
+REFUSED_METHODS = {
+    "srk": (
+        "torchsde's stochastic Runge--Kutta method (strong order 1.5) is not implemented in local_reg; "
+        f"{_OFFERED}, both of strong order 1 there (method=None picks them)"
+    ),
+    **dict.fromkeys(
+        ("euler_heun", "heun", "midpoint", "reversible_heun", "adjoint_reversible_heun"), _STRATONOVICH
+    ),
+    "log_ode": (
+        "torchsde's log-ODE method is for Stratonovich SDEs with general noise, which local_reg does "
+        f"not solve (Ito SDEs with diagonal, scalar or additive noise); {_OFFERED}"
+    ),
+}
+"""torchsde's methods local_reg lacks, and what the refusal says."""
+
+SDE_OPTIONS = ("grad_free",)
+"""The ``options`` keys :func:`sdeint` takes (torchsde 0.2.6 has no other method option)."""
+
+RENAMED = {"drift": "f", "diffusion": "g"}
+"""torchsde's ``names`` keys :func:`sdeint` takes, and the method of the SDE each renames."""
+UNSUPPORTED_NAMES = ("prior_drift", "drift_and_diffusion", "drift_and_diffusion_prod")
+"""torchsde's other ``names`` keys: the prior drift of ``logqp`` and the fused evaluations, which
+local_reg's schemes do not call."""
+
+
+class RenamedSDE:
+    """``sde`` with the drift ``f`` and the diffusion ``g`` read from the methods torchsde's ``names``
+    gives (``names={"drift": "f_", "diffusion": "g_"}``); every other attribute (``noise_type``,
+    ``sde_type``, ...) is ``sde``'s. The methods are ``sde``'s own, bound: gradients reach its
+    parameters as they would."""
+
+    def __init__(self, sde: Any, drift: str, diffusion: str) -> None:
+        self.sde = sde
+        self.f: Callable[[Tensor, Tensor], Tensor] = getattr(sde, drift)
+        self.g: Callable[[Tensor, Tensor], Tensor] = getattr(sde, diffusion)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for the attributes not set in __init__; "sde" itself is looked up here before
+        # __init__ has set it (copy, pickle), which must not recurse.
+        if name == "sde":
+            raise AttributeError(name)
+        return getattr(self.sde, name)
+
+
+def _renamed(sde: Any, names: object) -> Any:
+    """``sde`` with torchsde's ``names`` applied (itself without any)."""
+    if names is None:
+        return sde
+    if not isinstance(names, dict):
+        raise TypeError(f"names must be a dict, got {type(names).__name__}")
+    unsupported = sorted(set(names) & set(UNSUPPORTED_NAMES))
+    if unsupported:
+        raise ValueError(
+            f"names: {unsupported} not supported by local_reg.compat.sdeint: its schemes call only the "
+            f"drift and the diffusion (no logqp prior drift, no fused evaluation); supported keys: "
+            f"{list(RENAMED)}"
+        )
+    unknown = sorted(set(names) - set(RENAMED), key=str)
+    if unknown:
+        raise ValueError(f"names: unknown keys {unknown}; expected some of {list(RENAMED)}")
+    if not names:
+        return sde
+    if isinstance(sde, type):
+        raise TypeError(f"sde must be an SDE instance, got the class {sde.__name__}: pass {sde.__name__}()")
+    methods = {}
+    for key, default in RENAMED.items():
+        method = names.get(key, default)
+        if not isinstance(method, str):
+            raise TypeError(
+                f"names[{key!r}] must be the name of a method of sde, got {type(method).__name__}"
+            )
+        if not callable(getattr(sde, method, None)):
+            raise ValueError(
+                f"names[{key!r}]={method!r}, but sde ({type(sde).__name__}) has no method {method!r}"
+            )
+        methods[key] = method
+    return RenamedSDE(sde, methods["drift"], methods["diffusion"])
+
+
+def _scheme(method: object, noise_type: object) -> str:
+    """The :func:`local_reg.sdeint` scheme of torchsde's ``method`` (``None``: by the noise type)."""
+    if method is None:
+        # torchsde's default for Ito SDEs is "srk"; local_reg's schemes of strong order 1 on each
+        # noise type stand in for it (a general or Stratonovich SDE is refused by local_reg.sdeint).
+        return "euler_maruyama" if noise_type == "additive" else "milstein"
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a str or None, got {type(method).__name__}")
+    if method in SDE_METHODS:
+        return SDE_METHODS[method]
+    if method in REFUSED_METHODS:
+        raise ValueError(
+            f"method={method!r} is not available in local_reg.compat.sdeint: {REFUSED_METHODS[method]}"
+        )
+    raise ValueError(
+        f"unknown method {method!r}; expected one of {list(SDE_METHODS)} (torchsde's names), or None"
+    )
+
+
+def _grad_free(options: object, scheme: str, noise_type: object) -> None:
+    """Check torchsde's ``options``: only ``grad_free``, which local_reg's derivative-free Milstein
+    is (``True``, or left out); ``False`` asks for the derivative-using Milstein it does not have."""
+    if options is None:
+        return
+    if not isinstance(options, dict):
+        raise TypeError(f"options must be a dict, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(SDE_OPTIONS), key=str)
+    if unknown:
+        raise ValueError(
+            f"options: {unknown} not supported by local_reg.compat.sdeint; supported keys: "
+            f"{list(SDE_OPTIONS)}"
+        )
+    if "grad_free" not in options:
+        return
+    grad_free = options["grad_free"]
+    if not isinstance(grad_free, bool):
+        raise TypeError(f"options['grad_free'] must be a bool, got {type(grad_free).__name__}")
+    if scheme != "milstein":
+        warnings.warn(
+            "local_reg.compat.sdeint: options['grad_free'] is ignored by Euler--Maruyama (torchsde's "
+            "'euler' and 'srk' ignore it too)",
+            stacklevel=3,
+        )
+    elif not grad_free and noise_type != "additive":
+        # For additive noise torchsde turns grad_free off itself: the Milstein term is zero.
+        raise ValueError(
+            "options['grad_free']=False asks for torchsde's Milstein scheme with the diffusion's "
+            "derivative (by autograd), which local_reg does not have: its 'milstein' is the "
+            "derivative-free one (torchsde's grad_free=True), of the same strong order 1; pass "
+            "options={'grad_free': True} or leave it out"
+        )
+
+
+def sdeint(
+    sde: Any,
+    y0: Tensor,
+    ts: TimeSet,
+    bm: Any | None = None,
+    method: str | None = None,
+    dt: float | Tensor = 1e-3,
+    adaptive: bool = False,
+    rtol: float | Tensor = 1e-5,
+    atol: float | Tensor = 1e-4,
+    dt_min: float | Tensor = 1e-5,
+    options: dict[str, Any] | None = None,
+    names: dict[str, str] | None = None,
+    logqp: bool = False,
+    extra: bool = False,
+    extra_solver_state: Any | None = None,
+) -> Tensor:
+    """Solve the Ito SDE ``dy = f(t, y) dt + g(t, y) dW`` as torchsde 0.2.6's ``sdeint`` does, on
+    :func:`local_reg.sdeint`; returns the states at ``ts``, shape ``(len(ts), batch, d)``.
+
+    Args:
+        sde: torchsde SDE: ``f(t, y)``, ``g(t, y)``, ``noise_type`` ``"diagonal"``, ``"scalar"`` or
+            ``"additive"``, ``sde_type="ito"`` (the default).
+        y0: initial state, shape ``(batch, d)``.
+        ts: output times, strictly increasing; every one ends a step (torchsde steps past them and
+            interpolates linearly).
+        bm: Brownian motion ``bm(ta, tb)`` of shape ``(batch, m)`` (a ``torchsde.BrownianInterval``
+            or ``BrownianTree``); by default a new ``BrownianInterval`` seeded from torch's global
+            generator.
+        method: ``"euler"`` (Euler--Maruyama) or ``"milstein"`` (derivative-free Milstein, torchsde's
+            ``options={"grad_free": True}``). torchsde's default, ``"srk"`` (strong order 1.5), is
+            not implemented here: ``None`` picks ``"milstein"`` for diagonal and scalar noise and
+            ``"euler"`` for additive noise, each of strong order 1 there (Milstein only for diagonal
+            noise whose ``g_i`` depends on ``y_i`` alone, else 1/2).
+        dt: the fixed step (``adaptive=False``): each output interval is divided into equal steps
+            no longer than ``dt``; or the first step (``adaptive=True``).
+        adaptive: steps sized by local_reg's embedded error estimate and PI controller
+            (docs/sde.md), where torchsde compares one step with two half steps.
+        rtol, atol: the tolerances of the error estimate (adaptive only), one number each, scaled as
+            torchsde's ``atol + rtol max(|a|, |b|)`` elementwise under an RMS norm; ``atol > 0``.
+        dt_min: with ``adaptive``, the shortest step: ``PIController(min_step=dt_min,
+            force_min_step=True)`` accepts an attempt of ``dt_min`` whatever its error.
+        options: ``{"grad_free": True}`` (``False`` is refused for Milstein on multiplicative
+            noise; ignored with a warning by Euler--Maruyama).
+        names: ``{"drift": ..., "diffusion": ...}``: the SDE's methods to call instead of ``f``, ``g``.
+        logqp, extra, extra_solver_state: not supported (``ValueError``).
+
+    Gradients w.r.t. ``y0`` and the SDE's parameters are backpropagated through the solve (exact
+    for the discrete solve, memory O(steps)); local_reg has no SDE adjoint.
+
+    Raises:
+        ValueError: a method, option, ``names`` key or argument local_reg does not have, naming the
+            alternative; what :func:`local_reg.sdeint` refuses (a Stratonovich SDE, general noise).
+        TypeError: an argument of the wrong type, naming it.
+    """
+    if logqp:
+        raise ValueError(
+            "logqp=True is not supported by local_reg.compat.sdeint: solve the KL integrand "
+            "|(f - h) / g|^2 / 2 (h the prior drift) as one more state component with zero diffusion "
+            "(torchsde's SDELogqp does so) and take its increments"
+        )
+    if extra:
+        raise ValueError(
+            "extra=True is not supported by local_reg.compat.sdeint: its schemes (Euler--Maruyama, "
+            "Milstein) keep no solver state besides y (torchsde's for them is the empty tuple); drop extra"
+        )
+    if extra_solver_state is not None:
+        raise ValueError(
+            "extra_solver_state is not supported by local_reg.compat.sdeint: its schemes keep no solver "
+            "state besides y0; drop it"
+        )
+    sde = _renamed(sde, names)
+    noise_type = getattr(sde, "noise_type", None)  # checked by local_reg.sdeint
+    scheme = _scheme(method, noise_type)
+    _grad_free(options, scheme, noise_type)
+    if not isinstance(adaptive, bool):
+        raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
+    step = positive_float("dt", dt)
+    # No step limit, as torchsde has none: a fixed-step solve's count is known; an adaptive one is
+    # bounded through dt_min (at most (ts[-1] - ts[0]) / dt_min accepted steps plus one landing step
+    # per output time, each after a bounded run of rejections down to dt_min, whose attempt is
+    # accepted).
+    if not adaptive:
+        # rtol, atol and dt_min are read by adaptive steps only (torchsde ignores them too).
+        return _sdeint(sde, y0, ts, method=scheme, step_size=step, bm=bm, max_steps=NO_STEP_LIMIT).ys
+    if scheme == "euler_maruyama" and noise_type != "additive":
+        warnings.warn(
+            "local_reg.compat.sdeint: adaptive Euler--Maruyama with non-additive noise converges to a "
+            "biased limit as the tolerance shrinks (torchsde warns too; docs/sde.md): use "
+            "method='milstein'",
+            stacklevel=2,
+        )
+    min_step = positive_float("dt_min", dt_min)
+    # torchsde 0.2.6 (BaseSDESolver.integrate) clamps a proposed step below dt_min to dt_min (warning
+    # "Hitting minimum allowed step size") and then accepts the step it just tried, whatever its
+    # error: that step may be up to 1 / 0.2 = 5 dt_min long (its smallest shrink factor). Here the
+    # rejected step is retried at dt_min and that attempt is accepted whatever its (finite) error
+    # (force_min_step): no step is longer than torchsde's, and none proposed below dt_min, as there.
+    controller = PIController(min_step=min_step, force_min_step=True)
+    # rtol, atol: one number each in both (torchsde: ``Scalar``). Both scale the error as
+    # atol + rtol * max(|a|, |b|) elementwise under an RMS over batch and state, but torchsde's error
+    # is one full step against two half steps (a, b their ends; it propagates the two half steps,
+    # three steps' evaluations per attempt) and local_reg's the embedded Lamba estimate (a, b the
+    # step's start and end): at one tolerance the steps differ. torchsde also floors each scale and
+    # the norm at 1e-7 (so it takes atol=0), where local_reg.sdeint refuses atol <= 0.
+    solution = _sdeint(
+        sde,
+        y0,
+        ts,
+        method=scheme,
+        # A 0-dim tensor too: local_reg.sdeint reads and checks it (as a float).
+        rtol=cast(float, rtol),
+        atol=cast(float, atol),
+        first_step=step,
+        bm=bm,
+        max_steps=NO_STEP_LIMIT,
+        controller=controller,
+    )
+    forced = int((solution.steps.error_estimate > 1.0).sum())
+    if forced:
+        warnings.warn(
+            f"local_reg.compat.sdeint: {forced} steps were accepted at dt_min={min_step:g} whatever their "
+            "error (torchsde warns 'Hitting minimum allowed step size'): lower dt_min or loosen rtol, atol",
+            stacklevel=2,
+        )
+    return solution.ys
+
+
+__all__ = ["sdeint"]

@@ -1,0 +1,354 @@
+"""``local_reg.compat.sdeint`` against torchsde 0.2.6's ``sdeint`` itself, on the same Brownian paths."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import local_reg
+import local_reg.compat as compat
+
+torchsde = pytest.importorskip("torchsde")
+
+DT = torch.float64
+TS = torch.linspace(0.0, 1.0, 5, dtype=DT)
+STEP = 2.0**-6
+"""A power of two that divides every output interval of ``TS``: torchsde's grid (``t0 + k dt``, the
+outputs interpolated) and local_reg's (equal steps in each interval) are the same times exactly."""
+
+
+class SDE(nn.Module):
+    """A nonlinear, time-dependent Ito SDE of any of local_reg's noise types: diagonal ``g_i(t, y_i)``,
+    scalar ``(batch, d, 1)``, additive ``(batch, d, m)`` independent of ``y``. ``drift=False`` makes
+    ``f = 0`` (where the two derivative-free Milstein schemes coincide)."""
+
+    sde_type = "ito"
+
+    def __init__(self, noise_type: str, drift: bool = True, m: int = 2) -> None:
+        super().__init__()
+        self.noise_type = noise_type
+        self.drift = drift
+        self.a = nn.Parameter(torch.tensor([0.4, -0.7, 0.2], dtype=DT))
+        self.b = nn.Parameter(torch.tensor([0.5, 0.3, 0.8], dtype=DT))
+        self.c = nn.Parameter(torch.linspace(0.1, 0.6, 3 * m, dtype=DT).reshape(3, m))
+        self.m = m
+
+    def f(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not self.drift:
+            return torch.zeros_like(y)
+        return self.a * torch.sin(y) + 0.3 * torch.cos(3 * t)
+
+    def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.noise_type == "diagonal":
+            return self.b * torch.cos(y) + 0.1 * t
+        if self.noise_type == "scalar":
+            return (self.b * torch.tanh(y)).unsqueeze(-1) + 0.2
+        return (self.c * (1 + t)).expand(y.shape[0], -1, -1)
+
+    @property
+    def brownian_channels(self) -> int:
+        return {"diagonal": 3, "scalar": 1, "additive": self.m}[self.noise_type]
+
+
+def brownian(sde: SDE, batch: int, entropy: int = 11) -> object:
+    return torchsde.BrownianInterval(
+        0.0, 1.0, size=(batch, sde.brownian_channels), dtype=DT, entropy=entropy, dt=STEP
+    )
+
+
+def y0_of(batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, dtype=DT, generator=torch.Generator().manual_seed(3))
+
+
+def values_and_gradients(ys: torch.Tensor, sde: SDE, y0: torch.Tensor) -> list[torch.Tensor]:
+    loss = (ys * torch.linspace(0.5, 1.5, ys.shape[-1], dtype=DT)).square().sum()
+    grads = torch.autograd.grad(loss, [y0, sde.a, sde.b, sde.c], allow_unused=True)
+    return [ys.detach(), *(torch.zeros(()) if grad is None else grad for grad in grads)]
+
+
+@pytest.mark.parametrize(
+    ("noise_type", "method", "drift"),
+    [
+        ("diagonal", "euler", True),
+        ("scalar", "euler", True),
+        ("additive", "euler", True),
+        # torchsde's grad_free Milstein evaluates the diffusion at y + h f + sqrt(h) g, local_reg's at
+        # y + sqrt(h) g (test_milstein_with_drift_agrees_to_the_schemes_order): equal without a drift.
+        ("diagonal", "milstein", False),
+        ("scalar", "milstein", False),
+        # For additive noise both are Euler--Maruyama (the Milstein term is zero).
+        ("additive", "milstein", True),
+    ],
+)
+def test_fixed_steps_equal_torchsde_to_round_off(noise_type: str, method: str, drift: bool) -> None:
+    options = {"grad_free": True} if method == "milstein" else None
+    results = []
+    for solve in (torchsde.sdeint, compat.sdeint):
+        sde, y0 = SDE(noise_type, drift), y0_of().requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning either
+            ys = solve(sde, y0, TS, bm=brownian(sde, 2), method=method, dt=STEP, options=options)
+        assert ys.shape == (len(TS), 2, 3)
+        results.append(values_and_gradients(ys, sde, y0))
+    reference, ours = results
+    assert reference[0][-1].sub(y0_of()).abs().max() > 0.1  # the noise moved the state
+    for expected, got in zip(reference, ours, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)
+    # The diffusion's parameter got a gradient (b for diagonal and scalar noise, c for additive).
+    assert ours[3 if noise_type != "additive" else 4].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("noise_type", ["diagonal", "scalar"])
+def test_milstein_with_drift_agrees_to_the_schemes_order(noise_type: str) -> None:
+    """With a drift the two derivative-free schemes differ by about ``g'(y) f sqrt(h) (dW^2 - h) / 2``
+    per step (torchsde's diffusion is evaluated ``h f`` further), of size ``h^{3/2}`` and mean zero: a
+    difference of strong order 1, which falls 16-fold from ``h = 2^-4`` to ``2^-8`` (13 to 17-fold over
+    four seeds of each noise type)."""
+    sde, y0 = SDE(noise_type), y0_of(64)
+    differences = []
+    for step in (2.0**-4, 2.0**-8):
+        bm, options = brownian(sde, 64, entropy=7), {"grad_free": True}
+        reference = torchsde.sdeint(sde, y0, TS[::2], bm=bm, method="milstein", dt=step, options=options)
+        ours = compat.sdeint(sde, y0, TS[::2], bm=bm, method="milstein", dt=step, options=options)
+        differences.append(float((reference - ours)[-1].detach().square().mean().sqrt()))
+    assert differences[1] > 1e-5  # not equal to round-off
+    assert 6.0 < differences[0] / differences[1] < 40.0, differences
+
+
+@pytest.mark.parametrize(
+    ("noise_type", "method"), [("diagonal", "milstein"), ("scalar", "milstein"), ("additive", "euler")]
+)
+def test_the_default_method_is_milstein_or_euler_for_additive_noise(noise_type: str, method: str) -> None:
+    sde, y0 = SDE(noise_type), y0_of()
+    default = compat.sdeint(sde, y0, TS, bm=brownian(sde, 2), dt=STEP)
+    explicit = compat.sdeint(sde, y0, TS, bm=brownian(sde, 2), method=method, dt=STEP)
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+    other = "euler" if method == "milstein" else None
+    if other is not None:  # the two differ here: the default is not Euler--Maruyama
+        assert (
+            default - compat.sdeint(sde, y0, TS, bm=brownian(sde, 2), method=other, dt=STEP)
+        ).abs().max() > 1e-4
+
+
+def test_a_step_that_does_not_divide_the_intervals() -> None:
+    """torchsde steps from ``t0`` by ``dt`` and interpolates the outputs linearly; local_reg divides each
+    interval into equal steps: the values differ within the scheme's error, not beyond."""
+    sde, y0 = SDE("diagonal"), y0_of(64)
+    bm = brownian(sde, 64)
+    step = 0.1  # 0.25 is 2.5 steps
+    reference = torchsde.sdeint(sde, y0, TS, bm=bm, method="euler", dt=step)
+    ours = compat.sdeint(sde, y0, TS, bm=bm, method="euler", dt=step)
+    fine = torchsde.sdeint(sde, y0, TS, bm=bm, method="euler", dt=STEP / 4)
+    difference = float((reference - ours).detach().abs().max())
+    assert 1e-6 < difference < 2 * float((fine - reference).detach().abs().max())
+
+
+def test_adaptive_steps_meet_the_tolerance_on_torchsdes_path() -> None:
+    """Adaptive Milstein against a fine fixed-step torchsde solve on the same ``BrownianInterval``
+    (one object, so every solve reads one path): the tolerance bounds each step's local error, and the
+    path's error is about ten times it (7 to 17 times over eight seeds, ``entropy=1``: 7.3), and falls
+    with it (6.7 to 15-fold from 1e-2 to 1e-3 over those seeds)."""
+    sde, y0 = SDE("diagonal"), y0_of(8)
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(8, 3), dtype=DT, entropy=1, dt=2**-10)
+    ts = TS[::2]
+    loose, tight = (
+        compat.sdeint(sde, y0, ts, bm=bm, method="milstein", adaptive=True, rtol=tol, atol=tol, dt=1e-2)
+        for tol in (1e-2, 1e-3)
+    )
+    fine = torchsde.sdeint(sde, y0, ts, bm=bm, method="milstein", dt=2**-10, options={"grad_free": True})
+    errors = [float((fine - ys).detach().abs().max()) for ys in (loose, tight)]
+    assert errors[1] < 20 * 1e-3, errors
+    assert errors[0] > 4 * errors[1], errors
+
+
+class Recorded(SDE):
+    """Records the times of its diffusion's evaluations: the accepted steps' starts (local_reg's
+    Milstein evaluates the diffusion at a step's start only, and a rejected step is retried from it)."""
+
+    def __init__(self, noise_type: str) -> None:
+        super().__init__(noise_type)
+        self.starts: set[float] = set()
+
+    def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.starts.add(float(t))
+        return super().g(t, y)
+
+
+def test_dt_is_the_first_adaptive_step() -> None:
+    sde, y0 = Recorded("diagonal"), y0_of()
+    # A tolerance every step meets: the first step is dt, and the next grows from it.
+    compat.sdeint(sde, y0, [0.0, 1.0], bm=brownian(sde, 2), adaptive=True, rtol=1e3, atol=1e3, dt=2.0**-7)
+    times = sorted(sde.starts)
+    assert times[:2] == [0.0, 2.0**-7] and times[2] > 2 * 2.0**-7
+
+
+def test_dt_min_bounds_the_steps() -> None:
+    """At a tolerance no step of ``dt_min`` meets, every step is one of ``dt_min``, accepted whatever its
+    error (with a warning, as torchsde's), and the solve ends."""
+    sde, y0 = Recorded("diagonal"), y0_of()
+    with pytest.warns(UserWarning, match=r"64 steps were accepted at dt_min=0\.015625 whatever their error"):
+        ys = compat.sdeint(
+            sde, y0, [0.0, 1.0], bm=brownian(sde, 2), method="milstein", adaptive=True, rtol=1e-9, atol=1e-9,
+            dt_min=2.0**-6,
+        )  # fmt: skip
+    assert ys.shape == (2, 2, 3) and bool(torch.isfinite(ys).all())
+    times = sorted(sde.starts)
+    assert len(times) == 64
+    gaps = torch.tensor(times + [1.0], dtype=DT).diff()
+    torch.testing.assert_close(gaps, torch.full_like(gaps, 2.0**-6))
+
+
+def test_adaptive_euler_with_multiplicative_noise_warns_as_torchsde() -> None:
+    sde, y0 = SDE("diagonal"), y0_of()
+    with pytest.warns(
+        UserWarning, match=r"adaptive Euler--Maruyama with non-additive noise converges to a biased"
+    ):
+        compat.sdeint(sde, y0, TS, bm=brownian(sde, 2), method="euler", adaptive=True, rtol=1e-2, atol=1e-2)
+
+
+class Renamed(nn.Module):
+    """torchsde's ``names`` example: the drift and diffusion under other names."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = SDE("diagonal")
+
+    def f_(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.inner.f(t, y)
+
+    def g_(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.inner.g(t, y)
+
+    def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 2 * self.inner.g(t, y)  # not the diffusion unless names leaves "diffusion" out
+
+
+@pytest.mark.parametrize("names", [{"drift": "f_", "diffusion": "g_"}, {"drift": "f_"}])
+def test_names_rename_the_drift_and_diffusion(names: dict[str, str]) -> None:
+    results = []
+    for solve in (torchsde.sdeint, compat.sdeint):
+        sde, y0 = Renamed(), y0_of().requires_grad_()
+        ys = solve(sde, y0, TS, bm=brownian(sde.inner, 2), method="euler", dt=STEP, names=names)
+        results.append(values_and_gradients(ys, sde.inner, y0))
+    for expected, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)
+    # The renamed diffusion is the one solved with: without names the solve is another.
+    sde = Renamed()
+    sde.f = sde.f_  # an instance attribute: a drift under the usual name
+    plain = compat.sdeint(sde, y0_of(), TS, bm=brownian(sde.inner, 2), method="euler", dt=STEP)
+    differs = bool((plain - results[1][0]).abs().max() > 1e-3)
+    assert differs == ("diffusion" in names)
+
+
+def test_default_brownian_motion_follows_torchs_seed() -> None:
+    sde, y0 = SDE("scalar"), y0_of()
+    torch.manual_seed(5)
+    first = compat.sdeint(sde, y0, TS, dt=STEP)
+    torch.manual_seed(5)
+    torch.testing.assert_close(compat.sdeint(sde, y0, TS, dt=STEP), first, rtol=0, atol=0)
+    assert first.shape == (len(TS), 2, 3)
+
+
+UNSUPPORTED = "not supported by local_reg\\.compat\\.sdeint"
+REFUSALS = [
+    (
+        {"method": "srk"},
+        ValueError,
+        r"method='srk' is not available in local_reg\.compat\.sdeint: .*order 1\.5",
+    ),
+    ({"method": "euler_heun"}, ValueError, r"method='euler_heun' .*Stratonovich SDEs; local_reg solves Ito"),
+    ({"method": "heun"}, ValueError, r"method='heun' .*Stratonovich"),
+    ({"method": "midpoint"}, ValueError, r"method='midpoint' .*Stratonovich"),
+    ({"method": "reversible_heun"}, ValueError, r"method='reversible_heun' .*Stratonovich"),
+    ({"method": "log_ode"}, ValueError, r"method='log_ode' .*general noise"),
+    (
+        {"method": "euler_maruyama"},
+        ValueError,
+        r"unknown method 'euler_maruyama'; expected one of \['euler', ",
+    ),
+    ({"method": 1}, TypeError, r"method must be a str or None, got int"),
+    ({"logqp": True}, ValueError, rf"logqp=True is {UNSUPPORTED}"),
+    ({"extra": True}, ValueError, rf"extra=True is {UNSUPPORTED}"),
+    ({"extra_solver_state": ()}, ValueError, rf"extra_solver_state is {UNSUPPORTED}"),
+    (
+        {"names": {"prior_drift": "h"}},
+        ValueError,
+        r"names: \['prior_drift'\] not .*keys: \['drift', 'diffusion'\]",
+    ),
+    (
+        {"names": {"drift_and_diffusion": "fg"}},
+        ValueError,
+        rf"names: \['drift_and_diffusion'\] {UNSUPPORTED}",
+    ),
+    ({"names": {"drift_and_diffusion_prod": "p"}}, ValueError, r"names: \['drift_and_diffusion_prod'\] not"),
+    ({"names": {"drfit": "f"}}, ValueError, r"names: unknown keys \['drfit'\]; expected some of \['drift', "),
+    ({"names": {"drift": "h"}}, ValueError, r"names\['drift'\]='h', but sde \(SDE\) has no method 'h'"),
+    (
+        {"names": {"diffusion": 3}},
+        TypeError,
+        r"names\['diffusion'\] must be the name of a method of sde, got int",
+    ),
+    ({"names": ["drift"]}, TypeError, r"names must be a dict, got list"),
+    (
+        {"options": {"dt_max": 1, "norm": 2}},
+        ValueError,
+        rf"options: \['dt_max', 'norm'\] {UNSUPPORTED}; supported ",
+    ),
+    ({"options": {"grad_free": 1}}, TypeError, r"options\['grad_free'\] must be a bool, got int"),
+    (
+        {"method": "milstein", "options": {"grad_free": False}},
+        ValueError,
+        r"options\['grad_free'\]=False asks for torchsde's Milstein scheme with the diffusion's derivative",
+    ),
+    ({"options": {"grad_free": False}}, ValueError, r"options\['grad_free'\]=False"),  # the default: Milstein
+    ({"options": "grad_free"}, TypeError, r"options must be a dict, got str"),
+    ({"adaptive": 1}, TypeError, r"adaptive must be a bool, got int"),
+    ({"dt": 0.0}, ValueError, r"dt must be positive and finite, got 0\.0"),
+    ({"adaptive": True, "dt_min": -1.0}, ValueError, r"dt_min must be positive and finite, got -1\.0"),
+    ({"adaptive": True, "atol": 0.0}, ValueError, r"atol must be positive and finite, got 0\.0"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), REFUSALS)
+def test_refusals_name_the_argument(kwargs: dict, error: type[Exception], match: str) -> None:
+    sde = SDE("diagonal")
+    with pytest.raises(error, match=match):
+        compat.sdeint(sde, y0_of(), TS, bm=brownian(sde, 2), **kwargs)
+
+
+def test_local_regs_own_refusals_stand() -> None:
+    """Stratonovich SDEs and general noise are refused by local_reg.sdeint itself, naming the SDE's
+    attribute."""
+    sde = SDE("diagonal")
+    sde.sde_type = "stratonovich"
+    with pytest.raises(ValueError, match=r"sde\.sde_type='stratonovich' is not supported"):
+        compat.sdeint(sde, y0_of(), TS, bm=brownian(sde, 2))
+    sde = SDE("diagonal")
+    sde.noise_type = "general"
+    with pytest.raises(ValueError, match=r"sde\.noise_type='general' is not supported"):
+        compat.sdeint(sde, y0_of(), TS, method="euler")
+
+
+def test_grad_free_is_accepted_where_it_changes_nothing() -> None:
+    sde, y0 = SDE("additive"), y0_of()
+    # Milstein on additive noise: torchsde turns grad_free off itself; so does local_reg (no term).
+    compat.sdeint(sde, y0, TS, bm=brownian(sde, 2), method="milstein", dt=STEP, options={"grad_free": False})
+    with pytest.warns(UserWarning, match=r"options\['grad_free'\] is ignored by Euler--Maruyama"):
+        compat.sdeint(sde, y0, TS, bm=brownian(sde, 2), method="euler", dt=STEP, options={"grad_free": True})
+
+
+def test_exported_from_compat() -> None:
+    assert "sdeint" in compat.__all__
+    assert compat.sdeint is not local_reg.sdeint
+    parameters = inspect.signature(compat.sdeint).parameters
+    reference = inspect.signature(torchsde.sdeint).parameters
+    assert [name for name in reference if name != "unused_kwargs"] == list(parameters)
+    for name, parameter in parameters.items():
+        assert parameter.default == reference[name].default, name
