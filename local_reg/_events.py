@@ -47,7 +47,7 @@ from ._errors import SolverError
 from ._integrate import STOP_NEVER_HELD, StepCallbacks, open_end
 from ._odeint import odeint
 from ._step import VectorField, beside_jump, time_tensor
-from ._tuple import TupleField, accepts_tuple_states
+from ._tuple import StateField, accepts_structured_states
 from ._validate import (
     call_leaving_input,
     check_bool,
@@ -390,7 +390,7 @@ def odeint_event(
     return solution.ts[-1], solution
 
 
-@accepts_tuple_states
+@accepts_structured_states
 def _solve_until_event(
     func: VectorField,
     y0: Tensor | tuple[Tensor, ...],
@@ -424,7 +424,7 @@ def _solve_until_event(
     t_dtype = t0_tensor.dtype if t0_tensor is not None and t0_tensor.is_floating_point() else y0.dtype
     event_t_dtype = time_dtype(t0_tensor, y0)
     field_t_dtype = y0.dtype if times_in_state_dtype else event_t_dtype
-    layout = func.state.unflatten if isinstance(func, TupleField) else (lambda y: y)
+    layout = func.state.unflatten if isinstance(func, StateField) else (lambda y: y)
     event = CombinedEvent(event_fn, layout, t0_value, y0, event_t_dtype)
     checked = checked_field(func)
 

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ._integrate import DEFAULT_MAX_STEPS, SolveOptions, StepCallbacks, StepPenalty, check_landing_gaps
 from ._step import VectorField, beside_jump, time_tensor
-from ._tuple import accepts_tuple_states
+from ._tuple import accepts_structured_states
 from ._validate import (
     Tolerance,
     check_adaptive_settings_unset,
@@ -150,7 +150,7 @@ def _legacy_gradient(
     return gradient
 
 
-@accepts_tuple_states
+@accepts_structured_states
 def odeint(
     func: Callable[[Tensor, Any], Any],
     y0: State,
@@ -189,7 +189,9 @@ def odeint(
             all of it, as in torchdiffeq), float32 or float64 (half precision is refused: it
             cannot resolve the tolerances; integrate in float32 and cast back); or a tuple of such
             tensors (one dtype and device), solved as one flat state, with ``func`` taking and
-            returning tuples and ``solution.ys`` a tuple (see :mod:`local_reg._tuple`).
+            returning tuples and ``solution.ys`` a tuple; or a complex64/complex128 tensor, solved
+            as its real view ``(*y0.shape, 2)`` (real and imaginary parts two components of the error
+            norm) with ``func``, ``ys`` and ``evaluate`` complex (see :mod:`local_reg._tuple`).
         t: output times: a 1-D tensor, numpy array or sequence of real numbers (or 0-dim
             tensors), strictly increasing or decreasing (backward integration); a string is
             refused. ``ys`` is differentiable w.r.t. a ``t`` that requires grad (see ``gradient``).
@@ -282,7 +284,7 @@ def odeint(
             backward pass of any gradient method, a non-finite gradient from ``func``'s
             vector-Jacobian product. See docs/solver.md.
     """
-    # A tuple y0 arrives here flattened into one tensor (accepts_tuple_states), and leaves unflattened.
+    # A tuple y0 arrives here flattened into one tensor (accepts_structured_states), and leaves unflattened.
     check_function_transforms("odeint", t=t, y0=y0)
     state = validate_state(y0)
     times = validate_times(t)

@@ -403,16 +403,14 @@ class CompiledStep:
             cause = getattr(error, "inner_exception", None) or error
             lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
             reason = f"{type(cause).__name__}: {lines[-1]}" if lines else type(cause).__name__
-            # A tuple state is solved flat: its parts' shapes are what the user passed. (Imported
-            # here: _validate, which _tuple needs, imports this module.)
-            from ._tuple import TupleField
+            # A tuple or complex state is solved as a real one: describe what the user passed.
+            # (Imported here: _validate, which _tuple needs, imports this module.)
+            from ._tuple import StateField
             from ._validate import CheckedField
 
             func = arguments[0].func if isinstance(arguments[0], CheckedField) else arguments[0]
             state = (
-                "tuple state of shapes " + ", ".join(str(tuple(shape)) for shape in func.state.shapes)
-                if isinstance(func, TupleField)
-                else f"state of shape {tuple(y.shape)}"
+                func.state.description if isinstance(func, StateField) else f"state of shape {tuple(y.shape)}"
             )
             warnings.warn(
                 f"torch.compile could not build the step for a {y.dtype} {state} "

@@ -1,10 +1,13 @@
-"""Tuple states: a collection of tensors solved as one flat state.
+"""Tuple and complex states: what ``odeint`` solves as one real state.
 
 Continuous normalizing flows carry ``(z, logp)``, augmented models several tensors of different
 shapes. ``odeint`` accepts a tuple ``y0`` (as torchdiffeq does): the tensors are flattened into one
 state, the vector field sees and returns tuples, and the outputs come back as a tuple of tensors of
-shape ``(len(t), *y0[i].shape)``. Because the solver, the error norm (one RMS over every element)
-and every gradient method see one tensor, nothing else in the library needs to know.
+shape ``(len(t), *y0[i].shape)``. A complex ``y0`` (quantum and wave dynamics; torchdiffeq's
+``odeint`` takes one) is solved as its real view ``torch.view_as_real(y0)``, shape
+``(*y0.shape, 2)``: the field sees and returns complex tensors and the outputs are complex. Because
+the solver, the error norm (one RMS over every real element) and every gradient method see one
+real tensor, nothing else in the library needs to know.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
-from ._validate import active_autocast, per_element_tolerance, real_number
+from ._validate import active_autocast, check_output, check_strided, per_element_tolerance, real_number
 
 
 class TupleState:
@@ -32,6 +35,11 @@ class TupleState:
             if not isinstance(part, Tensor):
                 raise TypeError(f"y0[{index}] must be a torch.Tensor, got {type(part).__name__}")
         first = y0[0]
+        if first.is_complex():
+            raise TypeError(
+                "a tuple y0 of complex tensors is not supported: solve a complex tensor y0, or a tuple "
+                "of their real views torch.view_as_real(...)"
+            )
         for index, part in enumerate(y0):
             if part.dtype != first.dtype or part.device != first.device:
                 raise TypeError(
@@ -43,7 +51,11 @@ class TupleState:
         self.shapes = [part.shape for part in y0]
         self.sizes = [math.prod(shape) for shape in self.shapes]
 
-    def flatten(self, parts: tuple, what: str = "y0") -> Tensor:
+    @property
+    def description(self) -> str:
+        return "tuple state of shapes " + ", ".join(str(tuple(shape)) for shape in self.shapes)
+
+    def flatten(self, parts: object, what: str = "y0") -> Tensor:
         """One flat tensor of ``parts``, each checked against ``y0``'s: ``torch.cat`` would silently
         promote a part of another dtype (or cast an integer one) to the state's."""
         if not isinstance(parts, tuple) or len(parts) != len(self.shapes):
@@ -63,6 +75,20 @@ class TupleState:
             if part.device != self.device:
                 raise ValueError(f"{what}[{index}] is on {part.device}, expected y0's device {self.device}")
         return torch.cat([part.reshape(-1) for part in parts])
+
+    def tolerance(self, name: str, value: object) -> object:
+        """``rtol`` or ``atol`` for the flat state: torchdiffeq reads any sequence, a 1-D tensor
+        too, as one tolerance per tensor of ``y0``; a number as it is."""
+        if isinstance(value, (tuple, list)) or (isinstance(value, Tensor) and value.dim() == 1):
+            return self.flatten_tolerance(name, list(value))
+        if isinstance(value, Tensor) and value.dim() > 1:
+            # It would be broadcast to the flat state, a shape the caller never sees.
+            raise ValueError(
+                f"{name} of shape {tuple(value.shape)} for a tuple y0: give one tolerance per tensor "
+                "of y0 (a list or tuple of numbers or tensors, each broadcasting to its tensor), or "
+                "one number"
+            )
+        return value
 
     def flatten_tolerance(self, name: str, tolerances: Sequence[object]) -> Tensor:
         """Per-component tolerances (one number, or a tensor broadcasting to its component's shape,
@@ -96,16 +122,23 @@ class TupleState:
         )
 
 
-class TupleField(nn.Module):
-    """``func(t, tuple) -> tuple`` as a field of the flat state. ``func`` (or the module that owns a
-    bound method) is a submodule, so the default ``adjoint_params`` are its parameters."""
+class StateField(nn.Module):
+    """``func`` of a tuple or complex state as a field of the real state the solver steps. ``func``
+    (or the module that owns a bound method) is a submodule, so the default ``adjoint_params`` are
+    its parameters."""
 
-    def __init__(self, func: Callable, state: TupleState) -> None:
+    def __init__(self, func: Callable, state: Any) -> None:
         super().__init__()
         self.func = func
         # A module func is a submodule already; a bound method's module is registered here.
         self.owner = None if isinstance(func, nn.Module) else owning_module(func)
         self.state = state
+
+
+class TupleField(StateField):
+    """``func(t, tuple) -> tuple`` as a field of the flat state."""
+
+    state: TupleState
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         output = self.func(t, self.state.unflatten(y))
@@ -138,10 +171,84 @@ class TupleField(nn.Module):
         return self.state.flatten(output, "func's output")
 
 
+class ComplexState:
+    """The layout of a complex tensor in its real view, ``(*shape, 2)``: real and imaginary parts
+    are two components of the state, each scaled by its own ``atol + rtol * |part|`` in the error
+    norm (torchdiffeq and diffrax scale a complex element by its modulus: a complex solve here takes
+    somewhat more steps than theirs at the same tolerances, and is as accurate in each part)."""
+
+    def __init__(self, y0: Tensor) -> None:
+        check_strided("y0", y0)
+        if y0.dtype not in (torch.complex64, torch.complex128):
+            raise TypeError(
+                f"y0 has dtype {y0.dtype}: a complex y0 must be complex64 or complex128 (solved as its "
+                "float32 or float64 real view)"
+            )
+        self.dtype = y0.dtype
+        self.device = y0.device
+        self.shape = y0.shape
+        # What a value is checked against: y0's dtype, device and shape, without its memory.
+        self._like = torch.empty((), dtype=y0.dtype, device=y0.device).expand(y0.shape)
+
+    @property
+    def description(self) -> str:
+        return f"complex state of shape {tuple(self.shape)}"
+
+    def flatten(self, value: object, what: str = "y0") -> Tensor:
+        """The real view of ``value``, checked against ``y0``'s dtype, shape and device."""
+        value = check_output(what, value, self._like, returned=what != "y0")
+        # A lazily conjugated tensor (z.conj()) has no real view until its conjugate is resolved.
+        return torch.view_as_real(value.resolve_conj())
+
+    def tolerance(self, name: str, value: object) -> object:
+        """A tensor tolerance of ``y0``'s shape (or broadcasting to it) for both parts of each
+        element; a number as it is."""
+        if isinstance(value, Tensor) and value.dim() > 0:
+            try:
+                fits = torch.broadcast_shapes(value.shape, self.shape) == self.shape
+            except RuntimeError:
+                fits = False
+            if not fits:
+                # Named against y0's shape: the real view's is one the caller never sees.
+                raise ValueError(
+                    f"{name} of shape {tuple(value.shape)} does not broadcast to y0's shape "
+                    f"{tuple(self.shape)}: per-element tolerances need a shape that does"
+                )
+            return value.unsqueeze(-1)
+        return value
+
+    def unflatten(self, real: Tensor) -> Tensor:
+        """The complex tensor of a real view, or of a stack of them (leading dimensions kept): a
+        view of ``real`` where its strides allow one, so that a change in place is seen as one."""
+        try:
+            return torch.view_as_complex(real)
+        except RuntimeError:  # a view whose strides or offset pair no real and imaginary parts
+            return torch.complex(real[..., 0], real[..., 1])
+
+
+class ComplexField(StateField):
+    """``func(t, z) -> complex`` as a field of the real view."""
+
+    state: ComplexState
+
+    def forward(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.state.flatten(self.func(t, self.state.unflatten(y)), "func")
+
+
+def layout_of(y0: object) -> TupleState | ComplexState | None:
+    """How ``y0`` is solved as one real state: a tuple's or a complex tensor's layout, or ``None``
+    for a real tensor (the solver's own state)."""
+    if isinstance(y0, tuple):
+        return TupleState(y0)
+    if isinstance(y0, Tensor) and y0.is_complex():
+        return ComplexState(y0)
+    return None
+
+
 def user_func(func: object) -> object:
-    """The function the user gave: ``func`` itself, or what a :class:`TupleField` wraps. Whether
+    """The function the user gave: ``func`` itself, or what a :class:`StateField` wraps. Whether
     parameters can be found is a question about it (the wrapper is a module whatever it wraps)."""
-    return func.func if isinstance(func, TupleField) else func
+    return func.func if isinstance(func, StateField) else func
 
 
 def owning_module(func: object) -> nn.Module | None:
@@ -155,31 +262,23 @@ def owning_module(func: object) -> nn.Module | None:
 SolveFunction = TypeVar("SolveFunction", bound=Callable[..., Any])
 
 
-def accepts_tuple_states(solve: SolveFunction) -> SolveFunction:
-    """Let ``solve(func, y0, t, **options)`` take a tuple ``y0``; its solution's ``ys`` and
-    ``evaluate(t)`` are then tuples (the step record keeps the flat states). The wrapper keeps
-    ``solve``'s signature for type checkers (``solve`` itself declares the tuple ``y0``)."""
+def accepts_structured_states(solve: SolveFunction) -> SolveFunction:
+    """Let ``solve(func, y0, t, **options)`` take a tuple or a complex ``y0``; its solution's ``ys``
+    and ``evaluate(t)`` are then tuples, or complex (the step record keeps the real states). The
+    wrapper keeps ``solve``'s signature for type checkers (``solve`` itself declares ``y0``)."""
 
     @functools.wraps(solve)
     def wrapper(func, y0, t, **options):
-        if not isinstance(y0, tuple):
+        state = layout_of(y0)
+        if state is None:
             return solve(func, y0, t, **options)
-        state = TupleState(y0)
         if not callable(func):
             raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
         for name in ("rtol", "atol"):
-            value = options.get(name)
-            # torchdiffeq reads any sequence, a 1-D tensor too, as one tolerance per tensor of y0.
-            if isinstance(value, (tuple, list)) or (isinstance(value, Tensor) and value.dim() == 1):
-                options[name] = state.flatten_tolerance(name, list(value))
-            elif isinstance(value, Tensor) and value.dim() > 1:
-                # It would be broadcast to the flat state, a shape the caller never sees.
-                raise ValueError(
-                    f"{name} of shape {tuple(value.shape)} for a tuple y0: give one tolerance per tensor "
-                    f"of y0 (a list or tuple of numbers or tensors, each broadcasting to its tensor), or "
-                    "one number"
-                )
-        solution = solve(TupleField(func, state), state.flatten(y0), t, **options)
+            if name in options:
+                options[name] = state.tolerance(name, options[name])
+        field = TupleField(func, state) if isinstance(state, TupleState) else ComplexField(func, state)
+        solution = solve(field, state.flatten(y0), t, **options)
         return replace(solution, ys=state.unflatten(solution.ys), layout=state.unflatten)
 
     return cast(SolveFunction, wrapper)

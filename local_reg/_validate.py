@@ -533,7 +533,10 @@ def validate_state(y0: object, name: str = "y0") -> Tensor:
                 "and a float32 func) and cast back"
             )
         elif y0.is_complex():
-            hint = "complex states are not supported; solve torch.view_as_real(y0) as a real state"
+            hint = (
+                "odeint (and local_reg.compat) solve a complex y0, the regularized modules and sdeint "
+                "do not: solve torch.view_as_real(y0) as a real state"
+            )
         else:
             hint = f"convert it, e.g. {name}.float()"
         raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {y0.dtype}: {hint}")

@@ -31,7 +31,7 @@ from ._events import _solve_until_event, direction_time
 from ._integrate import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, StepCallbacks, fixed_steps_over
 from ._odeint import odeint as _odeint
 from ._step import rms_norm
-from ._tuple import TupleState, owning_module
+from ._tuple import ComplexState, TupleState, layout_of, owning_module
 from ._validate import (
     Tolerance,
     check_function_transforms,
@@ -168,8 +168,9 @@ def _check_keys(name: str, options: object, allowed: Sequence[str]) -> dict[str,
     return dict(options)
 
 
-def _wrap_norm(norm: Callable, state: TupleState | None) -> Callable[[Tensor], Tensor]:
-    """A torchdiffeq norm (of a tensor, or of a tuple for tuple states) as a norm of the flat state."""
+def _wrap_norm(norm: Callable, state: TupleState | ComplexState | None) -> Callable[[Tensor], Tensor]:
+    """A torchdiffeq norm (of a tensor, of a tuple for tuple states, of a complex tensor for complex
+    ones) as a norm of the real state the solver steps."""
     if not callable(norm):
         raise TypeError(f"options['norm'] must be callable, got {type(norm).__name__}")
     if state is None:
@@ -177,7 +178,9 @@ def _wrap_norm(norm: Callable, state: TupleState | None) -> Callable[[Tensor], T
     return lambda flat: norm(state.unflatten(flat))
 
 
-def _callbacks(func: object, state: TupleState | None, t_dtype: torch.dtype) -> StepCallbacks | None:
+def _callbacks(
+    func: object, state: TupleState | ComplexState | None, t_dtype: torch.dtype
+) -> StepCallbacks | None:
     """The vector field's torchdiffeq step callbacks, called with tensors ``(t0, y0, dt)``."""
     found: dict[str, Callable[[float, Tensor, float], None]] = {}
     for key, name in _CALLBACKS:
@@ -424,7 +427,7 @@ def _solve(
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(f"options['dtype'] must be a torch.dtype, got {type(dtype).__name__}")
     _interp(opts, "options")
-    state = TupleState(y0) if isinstance(y0, tuple) else None
+    state = layout_of(y0)
     t_dtype = t.dtype if isinstance(t, Tensor) and t.is_floating_point() else torch.float64
     step_size = _fixed_step_size(tableau, opts.pop("step_size", None), "options", method)
     if not tableau.adaptive:
@@ -470,7 +473,7 @@ def _solve(
         kwargs["max_steps"] = min(NO_STEP_LIMIT, max(1, fixed_steps_over(times, step_size)))
     if "norm" in opts:
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
-    elif state is not None and step_size is None:
+    elif isinstance(state, TupleState) and step_size is None:
         kwargs["norm"] = _mixed_norm(state)
     if event_fn is None:
         # torchdiffeq 0.2.5 casts the time it hands func to y0's dtype (_PerturbFunc), whatever t's
@@ -478,15 +481,19 @@ def _solve(
         # too. A t that requires grad stays a tensor, so that ys is differentiable w.r.t. it.
         plain = isinstance(t, Tensor) and t.dim() == 1 and t.is_floating_point() and not t.requires_grad
         first = y0[0] if isinstance(y0, tuple) and y0 else y0
+        # A complex state's times are real, in its parts' dtype (torchdiffeq: y.abs().dtype).
+        first_dtype = (
+            (first.real.dtype if first.is_complex() else first.dtype) if isinstance(first, Tensor) else None
+        )
         wider_t = (
             not plain
             and isinstance(t, Tensor)
-            and isinstance(first, Tensor)
-            and first.is_floating_point()
-            and torch.promote_types(t.dtype, first.dtype) != first.dtype
+            and first_dtype is not None
+            and first_dtype.is_floating_point
+            and torch.promote_types(t.dtype, first_dtype) != first_dtype
         )
         if wider_t:
-            func = _TimeInStateDtype(func, cast(Tensor, first).dtype)
+            func = _TimeInStateDtype(func, cast(torch.dtype, first_dtype))
         solution = _odeint(func, y0, host_list(t) if plain else t, dense=dense, **kwargs)
         return solution.evaluate if dense else solution.ys
     reverse_time = bool(t[1] < t[0])
@@ -561,12 +568,8 @@ def _scipy_solve(
     tolerances = {name: finite_float(name, value) for name, value in (("rtol", rtol), ("atol", atol))}
     if min(tolerances.values()) < 0 or max(tolerances.values()) == 0:
         raise ValueError(f"rtol and atol must be non-negative and not both 0, got {tolerances}")
-    state: TupleState | None = None
-    if isinstance(y0, tuple):
-        state = TupleState(y0)
-        flat0 = state.flatten(y0)
-    else:
-        flat0 = validate_state(y0)
+    state = layout_of(y0)
+    flat0 = validate_state(y0) if state is None else state.flatten(y0)
     dtype, device = flat0.dtype, flat0.device
     parameters = func.parameters() if isinstance(func, nn.Module) else ()
     if torch.is_grad_enabled() and (flat0.requires_grad or any(p.requires_grad for p in parameters)):
@@ -581,7 +584,7 @@ def _scipy_solve(
         with torch.no_grad():
             derivative = func(
                 torch.tensor(time, dtype=dtype, device=device),
-                y.reshape(flat0.shape) if state is None else state.unflatten(y),
+                y.reshape(flat0.shape) if state is None else state.unflatten(y.reshape(flat0.shape)),
             )
         if state is not None:
             flat = state.flatten(derivative, "func's output")
@@ -603,10 +606,8 @@ def _scipy_solve(
                 n_steps=len(solution.t) - 1,
             )
         ys = solution.sol(times).T
-    out = torch.from_numpy(np.ascontiguousarray(ys)).to(device, dtype)
-    if state is not None:
-        return state.unflatten(out)
-    return out.reshape(len(times), *flat0.shape)
+    out = torch.from_numpy(np.ascontiguousarray(ys)).to(device, dtype).reshape(len(times), *flat0.shape)
+    return out if state is None else state.unflatten(out)
 
 
 @overload

@@ -34,7 +34,9 @@ SETTINGS = settings(
 
 VALID_DTYPES = [torch.float64, torch.float32]
 INVALID_DTYPES = [torch.float16, torch.bfloat16, torch.int64, torch.complex64]
-EPS = {torch.float64: 2.2e-16, torch.float32: 1.2e-7}
+EPS = {torch.float64: 2.2e-16, torch.float32: 1.2e-7, torch.complex128: 2.2e-16, torch.complex64: 1.2e-7}
+COMPLEX_DTYPES = [torch.complex128, torch.complex64]
+"""odeint's own (the regularized modules and sdeint refuse them: INVALID_DTYPES)."""
 
 
 class Decay(torch.nn.Module):
@@ -70,6 +72,16 @@ def mostly(valid: st.SearchStrategy, invalid: st.SearchStrategy, weight: int = 8
 
 
 dtypes = mostly(st.sampled_from(VALID_DTYPES), st.sampled_from(INVALID_DTYPES), weight=6)
+odeint_dtypes = mostly(
+    st.sampled_from(VALID_DTYPES + COMPLEX_DTYPES),
+    st.sampled_from([dtype for dtype in INVALID_DTYPES if dtype not in COMPLEX_DTYPES]),
+    weight=6,
+)
+
+
+def widened(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float64, or complex128 for a complex ``x``."""
+    return x.to(torch.complex128) if x.is_complex() else x.double()
 
 
 def as_container(times: object, kind: str):
@@ -130,7 +142,7 @@ def make_y0(shape_: tuple, dtype: torch.dtype, scale: float) -> torch.Tensor:
 
 
 def exact(y0: torch.Tensor, ts: list[float], rate: float) -> torch.Tensor:
-    y0 = y0.double()
+    y0 = widened(y0)
     return torch.stack([y0 * math.exp(-rate * (t - ts[0])) for t in ts])
 
 
@@ -165,7 +177,7 @@ def call_or_documented_error(call):
 
 
 ODEINT_ARGUMENTS = {
-    "dtype": dtypes,
+    "dtype": odeint_dtypes,
     "shape_": shape,
     "scale": st.sampled_from([1.0, 1e-3, 1e3]),
     "times_": times,
@@ -261,7 +273,7 @@ def check_odeint(
     solution = call_or_documented_error(lambda: solve(y0))
     if isinstance(solution, DOCUMENTED):
         return type(solution).__name__
-    assert dtype in (torch.float32, torch.float64)
+    assert dtype in (torch.float32, torch.float64, *COMPLEX_DTYPES)
     assert solution.ys.dtype == dtype and solution.ys.shape == (len(ts), *shape_)
     assert torch.isfinite(solution.ys).all()
     if step_size is None:  # error control: within tolerance of the exact solution
@@ -271,12 +283,12 @@ def check_odeint(
         reference = exact(y0, [float(t) for t in ts], rate)
         bound = tolerance_bound(reference, rtol, atol, dtype)
     else:  # fixed steps: no tolerance promised, but float32 must follow the float64 solve
-        reference = call_or_documented_error(lambda: solve(y0.double()))
+        reference = call_or_documented_error(lambda: solve(widened(y0)))
         if isinstance(reference, DOCUMENTED):
             return UNCHECKED
         reference = reference.ys
         bound = 1e3 * EPS[dtype] * max(1.0, max_abs(reference))
-    assert max_abs(solution.ys.double() - reference) <= bound
+    assert max_abs(widened(solution.ys) - reference) <= bound
     return ACCURATE
 
 
