@@ -15,7 +15,8 @@ torchsde                                  local_reg.sdeint
 ``method="milstein"``                     ``method="milstein"`` (derivative-free, torchsde's
                                           ``options={"grad_free": True}``)
 ``method=None`` (torchsde: ``"srk"``)     ``"milstein"`` for diagonal and scalar noise,
-                                          ``"euler_maruyama"`` for additive noise
+                                          ``"euler_maruyama"`` for additive and
+                                          general noise (torchsde's default there)
 ``bm``                                    ``bm``
 ``names={"drift": .., "diffusion": ..}``  an SDE whose ``f`` and ``g`` are the named methods
 ========================================  ===========================================================
@@ -23,7 +24,8 @@ torchsde                                  local_reg.sdeint
 Refused with a ``ValueError`` naming the argument: torchsde's other methods (``"srk"``, the
 Stratonovich ones, ``"log_ode"``), ``logqp=True``, ``extra=True``, ``extra_solver_state``, the
 ``names`` keys other than ``drift`` and ``diffusion``, and ``options`` keys other than ``grad_free``;
-:func:`local_reg.sdeint` itself refuses Stratonovich SDEs and ``noise_type="general"``. Gradients
+:func:`local_reg.sdeint` itself refuses Stratonovich SDEs, and ``noise_type="general"`` with adaptive
+steps or Milstein (it solves general noise with fixed Euler--Maruyama steps, as torchsde). Gradients
 are backpropagated through the solve (exact for the discrete solve, memory O(steps)); there is no SDE
 adjoint here. Every difference is listed in docs/compat.md ("torchsde's sdeint").
 """
@@ -131,9 +133,10 @@ def _renamed(sde: Any, names: object) -> Any:
 def _scheme(method: object, noise_type: object) -> str:
     """The :func:`local_reg.sdeint` scheme of torchsde's ``method`` (``None``: by the noise type)."""
     if method is None:
-        # torchsde's default for Ito SDEs is "srk"; local_reg's schemes of strong order 1 on each
-        # noise type stand in for it (a general or Stratonovich SDE is refused by local_reg.sdeint).
-        return "euler_maruyama" if noise_type == "additive" else "milstein"
+        # torchsde's default for Ito SDEs is "srk" ("euler" for general noise); local_reg's schemes
+        # of strong order 1 on each noise type stand in for it (general noise: Euler--Maruyama, as
+        # torchsde's; a Stratonovich SDE is refused by local_reg.sdeint).
+        return "euler_maruyama" if noise_type in ("additive", "general") else "milstein"
     if not isinstance(method, str):
         raise TypeError(f"method must be a str or None, got {type(method).__name__}")
     if method in SDE_METHODS:
@@ -202,8 +205,9 @@ def sdeint(
     :func:`local_reg.sdeint`; returns the states at ``ts``, shape ``(len(ts), batch, d)``.
 
     Args:
-        sde: torchsde SDE: ``f(t, y)``, ``g(t, y)``, ``noise_type`` ``"diagonal"``, ``"scalar"`` or
-            ``"additive"``, ``sde_type="ito"`` (the default).
+        sde: torchsde SDE: ``f(t, y)``, ``g(t, y)``, ``noise_type`` ``"diagonal"``, ``"scalar"``,
+            ``"additive"`` or ``"general"`` (fixed steps of ``"euler"`` only), ``sde_type="ito"``
+            (the default).
         y0: initial state, shape ``(batch, d)``.
         ts: output times, strictly increasing; every one ends a step (torchsde steps past them and
             interpolates linearly).
@@ -233,7 +237,8 @@ def sdeint(
 
     Raises:
         ValueError: a method, option, ``names`` key or argument local_reg does not have, naming the
-            alternative; what :func:`local_reg.sdeint` refuses (a Stratonovich SDE, general noise).
+            alternative; what :func:`local_reg.sdeint` refuses (a Stratonovich SDE, general noise with
+            adaptive steps or Milstein).
         TypeError: an argument of the wrong type, naming it.
     """
     if logqp:

@@ -23,7 +23,8 @@ outputs interpolated) and local_reg's (equal steps in each interval) are the sam
 
 class SDE(nn.Module):
     """A nonlinear, time-dependent Ito SDE of any of local_reg's noise types: diagonal ``g_i(t, y_i)``,
-    scalar ``(batch, d, 1)``, additive ``(batch, d, m)`` independent of ``y``. ``drift=False`` makes
+    scalar ``(batch, d, 1)``, additive ``(batch, d, m)`` independent of ``y``, general ``(batch, d,
+    m)`` depending on ``y`` (fixed Euler--Maruyama steps only). ``drift=False`` makes
     ``f = 0`` (where the two derivative-free Milstein schemes coincide)."""
 
     sde_type = "ito"
@@ -47,11 +48,13 @@ class SDE(nn.Module):
             return self.b * torch.cos(y) + 0.1 * t
         if self.noise_type == "scalar":
             return (self.b * torch.tanh(y)).unsqueeze(-1) + 0.2
+        if self.noise_type == "general":
+            return self.c * torch.cos(y).unsqueeze(-1) + 0.1 * t
         return (self.c * (1 + t)).expand(y.shape[0], -1, -1)
 
     @property
     def brownian_channels(self) -> int:
-        return {"diagonal": 3, "scalar": 1, "additive": self.m}[self.noise_type]
+        return {"diagonal": 3, "scalar": 1, "additive": self.m, "general": self.m}[self.noise_type]
 
 
 def brownian(sde: SDE, batch: int, entropy: int = 11) -> object:
@@ -76,6 +79,7 @@ def values_and_gradients(ys: torch.Tensor, sde: SDE, y0: torch.Tensor) -> list[t
         ("diagonal", "euler", True),
         ("scalar", "euler", True),
         ("additive", "euler", True),
+        ("general", "euler", True),
         # torchsde's grad_free Milstein evaluates the diffusion at y + h f + sqrt(h) g, local_reg's at
         # y + sqrt(h) g (test_milstein_with_drift_agrees_to_the_schemes_order): equal without a drift.
         ("diagonal", "milstein", False),
@@ -98,8 +102,8 @@ def test_fixed_steps_equal_torchsde_to_round_off(noise_type: str, method: str, d
     assert reference[0][-1].sub(y0_of()).abs().max() > 0.1  # the noise moved the state
     for expected, got in zip(reference, ours, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)
-    # The diffusion's parameter got a gradient (b for diagonal and scalar noise, c for additive).
-    assert ours[3 if noise_type != "additive" else 4].abs().max() > 1e-3
+    # The diffusion's parameter got a gradient (b for diagonal and scalar noise, c for the others).
+    assert ours[3 if noise_type in ("diagonal", "scalar") else 4].abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("noise_type", ["diagonal", "scalar"])
@@ -120,7 +124,8 @@ def test_milstein_with_drift_agrees_to_the_schemes_order(noise_type: str) -> Non
 
 
 @pytest.mark.parametrize(
-    ("noise_type", "method"), [("diagonal", "milstein"), ("scalar", "milstein"), ("additive", "euler")]
+    ("noise_type", "method"),
+    [("diagonal", "milstein"), ("scalar", "milstein"), ("additive", "euler"), ("general", "euler")],
 )
 def test_the_default_method_is_milstein_or_euler_for_additive_noise(noise_type: str, method: str) -> None:
     sde, y0 = SDE(noise_type), y0_of()
@@ -324,16 +329,21 @@ def test_refusals_name_the_argument(kwargs: dict, error: type[Exception], match:
 
 
 def test_local_regs_own_refusals_stand() -> None:
-    """Stratonovich SDEs and general noise are refused by local_reg.sdeint itself, naming the SDE's
-    attribute."""
+    """Stratonovich SDEs, and general noise beyond fixed Euler--Maruyama steps, are refused by
+    local_reg.sdeint itself, naming the SDE's attribute."""
     sde = SDE("diagonal")
     sde.sde_type = "stratonovich"
     with pytest.raises(ValueError, match=r"sde\.sde_type='stratonovich' is not supported"):
         compat.sdeint(sde, y0_of(), TS, bm=brownian(sde, 2))
-    sde = SDE("diagonal")
-    sde.noise_type = "general"
-    with pytest.raises(ValueError, match=r"sde\.noise_type='general' is not supported"):
-        compat.sdeint(sde, y0_of(), TS, method="euler")
+    sde = SDE("general")
+    for kwargs, got in (
+        ({"adaptive": True}, "adaptive steps"),
+        ({"method": "milstein"}, "method='milstein'"),
+    ):
+        with pytest.raises(
+            ValueError, match=rf"noise_type='general' is solved with fixed steps .*got {got}\): "
+        ):
+            compat.sdeint(sde, y0_of(), TS, **kwargs)
 
 
 def test_grad_free_is_accepted_where_it_changes_nothing() -> None:

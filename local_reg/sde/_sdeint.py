@@ -32,6 +32,7 @@ from .problem import (
     DEFAULT_RTOL,
     DIFFUSION,
     DRIFT,
+    FIXED_STEP_NOISE_TYPE,
     CheckedBrownian,
     CheckedSDE,
     brownian_size,
@@ -70,7 +71,8 @@ def sdeint(
 
     Args:
         sde: torchsde-style SDE: ``f(t, y)``, ``g(t, y)``, ``noise_type`` in ``"diagonal"``,
-            ``"scalar"``, ``"additive"``; ``sde_type`` (default ``"ito"``) must be ``"ito"``.
+            ``"scalar"``, ``"additive"``, or ``"general"`` with fixed steps of Euler--Maruyama only
+            (:mod:`local_reg.sde.problem`); ``sde_type`` (default ``"ito"``) must be ``"ito"``.
         y0: initial state of shape ``(batch, d)``; one step size and one error norm for the batch.
         t: output times, 1-D, strictly increasing. Every output time is the end of an accepted
             step (the step that would pass it is shortened to land on it).
@@ -117,7 +119,14 @@ def sdeint(
             non-finite fixed step, or ``max_steps`` exceeded.
     """
     check_function_transforms("sdeint", t=t, y0=y0)
-    noise_type, times = validate_sde_problem(sde, y0, t, method)
+    noise_type, times = validate_sde_problem(sde, y0, t, method, general=True)
+    if noise_type == FIXED_STEP_NOISE_TYPE and (step_size is None or method != "euler_maruyama"):
+        got = "adaptive steps" if step_size is None else f"method={method!r}"
+        raise ValueError(
+            "sde.noise_type='general' is solved with fixed steps of Euler--Maruyama only (step_size=... "
+            f"and method='euler_maruyama'; got {got}): Milstein's term and an error estimate of "
+            "Euler--Maruyama's leading local error need the noise's iterated integrals (Levy areas)"
+        )
     # Every output time ends a step (no dense output).
     check_landing_gaps(
         times, "sdeint ends a step at every output time, and cannot take a step this short; merge them"

@@ -7,7 +7,12 @@ shape ``(batch, m)``. By noise type, ``g`` returns
 
 - ``"diagonal"``: shape ``(batch, d)``, ``m = d``, and ``dy_i = f_i dt + g_i dW_i``;
 - ``"scalar"``: shape ``(batch, d, 1)``, ``m = 1``, one Brownian motion drives every component;
-- ``"additive"``: shape ``(batch, d, m)``, ``g`` must not depend on ``y``; ``dy = f dt + g dW``.
+- ``"additive"``: shape ``(batch, d, m)``, ``g`` must not depend on ``y``; ``dy = f dt + g dW``;
+- ``"general"``: shape ``(batch, d, m)``, ``g`` may depend on ``y``; ``dy = f dt + g dW``. Only
+  :func:`local_reg.sdeint`'s fixed-step Euler--Maruyama solves it (strong order 1/2, torchsde's
+  ``"euler"``): a strong order-1 scheme, and an error estimate of Euler--Maruyama's leading local
+  error, need the iterated integrals ``int dW_j dW_k`` of the noise's channels (Levy areas), which
+  neither the Milstein term nor the embedded estimate here has.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ DEFAULT_RTOL = 1e-2
 DEFAULT_ATOL = 1e-2
 """The default tolerances of :func:`local_reg.sdeint` (see its docstring for why they are loose)."""
 SUPPORTED_NOISE_TYPES = ("diagonal", "scalar", "additive")
+"""The noise types of every SDE solve here, adaptive ones and the regularized models' included."""
+FIXED_STEP_NOISE_TYPE = "general"
+"""The noise type only :func:`local_reg.sdeint`'s fixed-step Euler--Maruyama takes (module docstring)."""
 SUPPORTED_SDE_TYPES = ("ito",)
 
 
@@ -64,8 +72,9 @@ def is_sde(module: object) -> bool:
     )
 
 
-def validate_sde(sde: Any) -> str:
-    """Check ``sde`` is an SDE this package solves; return its ``noise_type``."""
+def validate_sde(sde: Any, general: bool = False) -> str:
+    """Check ``sde`` is an SDE this package solves; return its ``noise_type``. ``general``: the
+    caller (``sdeint``) takes general noise too, and checks the scheme it needs."""
     if isinstance(sde, type) and callable(getattr(sde, "f", None)) and callable(getattr(sde, "g", None)):
         raise TypeError(f"sde must be an SDE instance, got the class {sde.__name__}: pass {sde.__name__}()")
     if not is_sde(sde):
@@ -74,11 +83,12 @@ def validate_sde(sde: Any) -> str:
             f"noise_type, as torchsde SDEs do; got {type(sde).__name__}"
         )
     noise_type = sde.noise_type
-    if noise_type not in SUPPORTED_NOISE_TYPES:
+    if noise_type not in SUPPORTED_NOISE_TYPES and not (general and noise_type == FIXED_STEP_NOISE_TYPE):
         raise ValueError(
             f"sde.noise_type={noise_type!r} is not supported: use one of {SUPPORTED_NOISE_TYPES} "
-            "(general noise needs Levy areas for a strong error estimate; torchsde.sdeint solves "
-            "it, but the regularized models need one of these noise types on either backend)"
+            "(general noise needs Levy areas for a strong error estimate: sdeint solves it with fixed "
+            "steps of Euler--Maruyama only, and the regularized models need one of these noise types "
+            "on either backend)"
         )
     sde_type = getattr(sde, "sde_type", "ito")
     if sde_type not in SUPPORTED_SDE_TYPES:
@@ -91,10 +101,15 @@ def validate_sde(sde: Any) -> str:
 
 
 def validate_sde_problem(
-    sde: Any, y0: Tensor, t: Tensor | np.ndarray | Sequence[float | Tensor], method: str
+    sde: Any,
+    y0: Tensor,
+    t: Tensor | np.ndarray | Sequence[float | Tensor],
+    method: str,
+    general: bool = False,
 ) -> tuple[str, list[float]]:
-    """Shared argument checks of the SDE entry points; returns ``(noise_type, times)``."""
-    noise_type = validate_sde(sde)
+    """Shared argument checks of the SDE entry points; returns ``(noise_type, times)``. ``general``:
+    as :func:`validate_sde`'s."""
+    noise_type = validate_sde(sde, general)
     y0 = validate_state(y0)
     if y0.dim() != 2:
         raise ValueError(f"y0 must have shape (batch, state) as in torchsde, got shape {tuple(y0.shape)}")
@@ -251,8 +266,8 @@ def diffusion_times_increment(noise_type: str, g: Tensor, dw: Tensor) -> Tensor:
 def noise_vector(noise_type: str, g: Tensor) -> Tensor:
     """The diffusion as a ``(batch, d)`` amplitude: the column that moves each component.
 
-    Diagonal: ``g`` itself; scalar: its only column; additive: the row norms ``|g_i.|`` (the
-    standard deviation per unit sqrt-time of component ``i``).
+    Diagonal: ``g`` itself; scalar: its only column; additive (and general): the row norms
+    ``|g_i.|`` (the standard deviation per unit sqrt-time of component ``i``).
     """
     if noise_type == "diagonal":
         return g
