@@ -455,14 +455,14 @@ def test_odeint_adjoint_options_first_step_and_max_num_steps_reach_the_backward_
     y0, t = y0_and_t()
     calls = []
 
-    class Counted(Linear):
+    class Recording(Linear):
         def forward(self, t, y):
             calls.append(float(t))
             return super().forward(t, y)
 
     backward_calls = []
     for first_step in (1e-1, 1e-6):
-        func = Counted()
+        func = Recording()
         ys = compat.odeint_adjoint(func, y0, t, adjoint_options={"first_step": first_step})
         calls.clear()
         ys.sum().backward()
@@ -749,15 +749,18 @@ def test_a_norm_with_a_fixed_step_method_is_ignored_as_by_torchdiffeq():
     torch.testing.assert_close(pair[1], theirs)
 
 
+class Counted(Linear):
+    """:class:`Linear` counting its calls."""
+
+    calls = 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        return super().forward(t, y)
+
+
 def test_the_backsolve_adjoint_keeps_the_forward_solves_max_step():
     # torchdiffeq's backward solve takes the forward's options: so does compat's (its controller).
-    class Counted(Linear):
-        calls = 0
-
-        def forward(self, t, y):
-            self.calls += 1
-            return super().forward(t, y)
-
     y0, t = y0_and_t()
     backward_calls = {}
     for name, options in (("bounded", {"max_step": 0.02}), ("free", None)):
@@ -774,13 +777,6 @@ def test_an_adaptive_backward_solve_after_fixed_forward_steps_takes_its_own_step
     # torchdiffeq's adjoint_options set the backward solver's controller; after fixed forward steps
     # there is no forward controller to take them from (options would be ignored by rk4), and they
     # were refused with the advice to set them in options.
-    class Counted(Linear):
-        calls = 0
-
-        def forward(self, t, y):
-            self.calls += 1
-            return super().forward(t, y)
-
     y0, t = y0_and_t()
     fixed = {"method": "rk4", "options": {"step_size": 0.1}, "adjoint_method": "dopri5"}
     calls, grads = {}, {}
