@@ -36,12 +36,14 @@ import warnings
 from collections.abc import Callable
 from typing import Any, cast
 
+import torch
 from torch import Tensor
 
 from ._integrate import NO_STEP_LIMIT
-from ._validate import positive_float
+from ._validate import positive_float, validate_state, validate_times
 from .controller import PIController, TimeSet
 from .sde._sdeint import sdeint as _sdeint
+from .sde.problem import FIXED_STEP_NOISE_TYPE, validate_sde
 
 SDE_METHODS = {"euler": "euler_maruyama", "milstein": "milstein"}
 """torchsde's method names that local_reg has, and the :func:`local_reg.sdeint` scheme each runs."""
@@ -150,9 +152,10 @@ def _scheme(method: object, noise_type: object) -> str:
     )
 
 
-def _grad_free(options: object, scheme: str, noise_type: object) -> None:
+def _grad_free(options: object, method: object, scheme: str, noise_type: object) -> None:
     """Check torchsde's ``options``: only ``grad_free``, which local_reg's derivative-free Milstein
-    is (``True``, or left out); ``False`` asks for the derivative-using Milstein it does not have."""
+    is (``True``, or left out); ``False`` with ``method="milstein"`` asks for the derivative-using
+    Milstein it does not have (with ``method=None`` torchsde's srk ignores it, as here)."""
     if options is None:
         return
     if not isinstance(options, dict):
@@ -168,6 +171,8 @@ def _grad_free(options: object, scheme: str, noise_type: object) -> None:
     grad_free = options["grad_free"]
     if not isinstance(grad_free, bool):
         raise TypeError(f"options['grad_free'] must be a bool, got {type(grad_free).__name__}")
+    if method is None:
+        return
     if scheme != "milstein":
         warnings.warn(
             "local_reg.compat.sdeint: options['grad_free'] is ignored by Euler--Maruyama (torchsde's "
@@ -210,7 +215,7 @@ def sdeint(
             (the default).
         y0: initial state, shape ``(batch, d)``.
         ts: output times, strictly increasing; every one ends a step (torchsde steps past them and
-            interpolates linearly).
+            interpolates linearly). One time gives ``y0`` alone, as torchsde.
         bm: Brownian motion ``bm(ta, tb)`` of shape ``(batch, m)`` (a ``torchsde.BrownianInterval``
             or ``BrownianTree``); by default a new ``BrownianInterval`` seeded from torch's global
             generator.
@@ -227,8 +232,9 @@ def sdeint(
             torchsde's ``atol + rtol max(|a|, |b|)`` elementwise under an RMS norm; ``atol > 0``.
         dt_min: with ``adaptive``, the shortest step: ``PIController(min_step=dt_min,
             force_min_step=True)`` accepts an attempt of ``dt_min`` whatever its error.
-        options: ``{"grad_free": True}`` (``False`` is refused for Milstein on multiplicative
-            noise; ignored with a warning by Euler--Maruyama).
+        options: ``{"grad_free": True}`` (``False`` is refused for ``method="milstein"`` on
+            multiplicative noise; ignored with a warning by ``"euler"``, silently with
+            ``method=None``, as by torchsde's srk).
         names: ``{"drift": ..., "diffusion": ...}``: the SDE's methods to call instead of ``f``, ``g``.
         logqp, extra, extra_solver_state: not supported (``ValueError``).
 
@@ -260,10 +266,27 @@ def sdeint(
     sde = _renamed(sde, names)
     noise_type = getattr(sde, "noise_type", None)  # checked by local_reg.sdeint
     scheme = _scheme(method, noise_type)
-    _grad_free(options, scheme, noise_type)
+    _grad_free(options, method, scheme, noise_type)
     if not isinstance(adaptive, bool):
         raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
     step = positive_float("dt", dt)
+    if noise_type == FIXED_STEP_NOISE_TYPE and (adaptive or scheme != "euler_maruyama"):
+        # Named in torchsde's terms (local_reg.sdeint's message names its own arguments).
+        raise ValueError(
+            "noise_type='general' is solved with fixed steps of method='euler' only (adaptive=False, "
+            "method='euler' or None): Milstein's term and an error estimate of Euler--Maruyama's "
+            "leading local error need the noise's iterated integrals (Levy areas)"
+        )
+    # The times as torchsde names them: local_reg.sdeint's messages say t.
+    times = validate_times(ts, "ts")
+    if times[-1] < times[0]:
+        raise ValueError("ts must be strictly increasing (torchsde's too)")
+    if len(times) == 1:
+        # No interval to solve: torchsde returns y0 alone, as local_reg.compat.odeint does.
+        validate_sde(sde, general=True)
+        if validate_state(y0).dim() != 2:
+            raise ValueError(f"y0 must have shape (batch, state) as in torchsde, got shape {tuple(y0.shape)}")
+        return torch.stack([y0])
     # No step limit, as torchsde has none: a fixed-step solve's count is known; an adaptive one is
     # bounded through dt_min (at most (ts[-1] - ts[0]) / dt_min accepted steps plus one landing step
     # per output time, each after a bounded run of rejections down to dt_min, whose attempt is

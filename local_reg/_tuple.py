@@ -22,7 +22,15 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
-from ._validate import active_autocast, check_output, check_strided, per_element_tolerance, real_number
+from ._validate import (
+    active_autocast,
+    check_finite_state,
+    check_output,
+    check_strided,
+    per_element_tolerance,
+    real_number,
+    tolerance,
+)
 
 
 class TupleState:
@@ -184,6 +192,8 @@ class ComplexState:
                 f"y0 has dtype {y0.dtype}: a complex y0 must be complex64 or complex128 (solved as its "
                 "float32 or float64 real view)"
             )
+        # Named by y0's own indices, before the real view (whose indices have one more).
+        check_finite_state("y0", y0)
         self.dtype = y0.dtype
         self.device = y0.device
         self.shape = y0.shape
@@ -202,19 +212,13 @@ class ComplexState:
 
     def tolerance(self, name: str, value: object) -> object:
         """A tensor tolerance of ``y0``'s shape (or broadcasting to it) for both parts of each
-        element; a number as it is."""
+        element; a number as it is. A tensor is checked here, against ``y0``'s shape and indices:
+        the real view's are ones the caller never sees."""
         if isinstance(value, Tensor) and value.dim() > 0:
-            try:
-                fits = torch.broadcast_shapes(value.shape, self.shape) == self.shape
-            except RuntimeError:
-                fits = False
-            if not fits:
-                # Named against y0's shape: the real view's is one the caller never sees.
-                raise ValueError(
-                    f"{name} of shape {tuple(value.shape)} does not broadcast to y0's shape "
-                    f"{tuple(self.shape)}: per-element tolerances need a shape that does"
-                )
-            return value.unsqueeze(-1)
+            # A tensor of more than 0 dimensions is checked and stays one.
+            checked = cast(Tensor, tolerance(name, value, relative=name == "rtol"))
+            broadcast = per_element_tolerance(name, checked, self.shape, self.device, what="y0's shape")
+            return broadcast.unsqueeze(-1)
         return value
 
     def unflatten(self, real: Tensor) -> Tensor:

@@ -308,19 +308,19 @@ def check_time_tensor(name: str, t: Tensor) -> None:
     check_not_meta(name, t, "times")
 
 
-def validate_times(t: Tensor | np.ndarray | Sequence[float | Tensor]) -> list[float]:
+def validate_times(t: Tensor | np.ndarray | Sequence[float | Tensor], name: str = "t") -> list[float]:
     """Output times as Python floats (:func:`finite_times`); ``t`` must hold at least one and be
-    strictly increasing or decreasing."""
-    times = finite_times("t", t)
+    strictly increasing or decreasing. ``name``: how the messages name ``t``."""
+    times = finite_times(name, t)
     if len(times) == 0:
-        raise ValueError("t must hold at least one time")
+        raise ValueError(f"{name} must hold at least one time")
     diffs = [b - a for a, b in pairwise(times)]
     if not (all(d > 0 for d in diffs) or all(d < 0 for d in diffs)):
         repeated = next((a for a, b in pairwise(times) if a == b), None)
         where = "" if repeated is None else f": it holds {repeated!r} twice"
         if repeated is not None and _holds_integers(t):
             where += " as a float (integers beyond 2**53 round to one float: shift them, e.g. t - t[0])"
-        raise ValueError(f"t must be strictly increasing or strictly decreasing{where}")
+        raise ValueError(f"{name} must be strictly increasing or strictly decreasing{where}")
     return times
 
 
@@ -541,7 +541,14 @@ def validate_state(y0: object, name: str = "y0") -> Tensor:
             hint = f"convert it, e.g. {name}.float()"
         raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {y0.dtype}: {hint}")
     check_not_meta(name, y0, "values to integrate")
-    # A NaN state with a finite derivative makes every step size NaN: refuse it before the first.
+    check_finite_state(name, y0)
+    return y0
+
+
+def check_finite_state(name: str, y0: Tensor) -> None:
+    """A ``ValueError`` naming the first non-finite entry of ``y0`` (real or complex) by its index:
+    a NaN state with a finite derivative makes every step size NaN, so it is refused before the
+    first step."""
     non_finite = ~torch.isfinite(y0.detach())
     if bool(non_finite.any()):
         first = tuple(int(i) for i in non_finite.nonzero()[0])
@@ -549,7 +556,6 @@ def validate_state(y0: object, name: str = "y0") -> Tensor:
             f"{name} must be finite, got {int(non_finite.sum())} non-finite entries "
             f"(the first at index {first}: {y0[first].item()})"
         )
-    return y0
 
 
 def check_output(

@@ -175,6 +175,14 @@ def _wrap_norm(norm: Callable, state: TupleState | ComplexState | None) -> Calla
         raise TypeError(f"options['norm'] must be callable, got {type(norm).__name__}")
     if state is None:
         return norm
+    if isinstance(state, ComplexState):
+        # Of a complex state, a torchdiffeq norm may return a complex number of the right modulus
+        # (x.pow(2).mean().sqrt()): the solver compares its modulus with 1.
+        def complex_norm(flat: Tensor) -> Tensor:
+            value = norm(state.unflatten(flat))
+            return value.abs() if isinstance(value, Tensor) and value.is_complex() else value
+
+        return complex_norm
     return lambda flat: norm(state.unflatten(flat))
 
 
@@ -801,6 +809,16 @@ def odeint_adjoint(
             allowed = (*ADJOINT_OPTIONS, *CONTROLLER_OPTIONS) if own_controller else ADJOINT_OPTIONS
             adjoint = _check_keys("adjoint_options", adjoint_options, allowed)
             backward_controller = _controller(adjoint, "adjoint_options")
+            landings = sorted(key for key in LANDING_OPTIONS if adjoint.get(key) is not None)
+            if own_controller and landings:
+                # local_reg.odeint refuses landing times beside fixed forward steps, where
+                # torchdiffeq's adaptive backward solve lands on them.
+                raise ValueError(
+                    f"adjoint_options: {landings} not supported by local_reg.compat after fixed-step "
+                    f"forward steps (method={method!r}): the adaptive backward solve would step "
+                    "across them; use an adaptive method, or drop them (the gradient then meets the "
+                    "adjoint's tolerance with more steps)"
+                )
         for key in LANDING_OPTIONS:
             # The backward solve lands on the forward solve's times (its controller's).
             given, forward_times = adjoint.pop(key, None), (options or {}).get(key)

@@ -795,6 +795,12 @@ def test_an_adaptive_backward_solve_after_fixed_forward_steps_takes_its_own_step
     # 1.5 / 0.02 = 75 backward steps of dopri5 at least, as torchdiffeq takes.
     assert calls["local_reg.compat", "free"] < 6 * 75 <= calls["local_reg.compat", "bounded"]
     assert calls["torchdiffeq", "free"] < 6 * 75 <= calls["torchdiffeq", "bounded"]
+    # Landing times would need the controller beside fixed forward steps, which odeint refuses:
+    # named, not stepped across silently (torchdiffeq's backward solve lands on them).
+    with pytest.raises(
+        ValueError, match=r"adjoint_options: \['jump_t'\] not supported by local_reg.compat after fixed"
+    ):
+        compat.odeint_adjoint(Linear(), y0, t, adjoint_options={"jump_t": [0.55]}, **fixed)
     # After an adaptive forward solve the backward solve still takes the forward's controller.
     with pytest.raises(
         ValueError, match=r"adjoint_options: \['max_step'\] not supported.*set them in options"

@@ -312,7 +312,6 @@ REFUSALS = [
         ValueError,
         r"options\['grad_free'\]=False asks for torchsde's Milstein scheme with the diffusion's derivative",
     ),
-    ({"options": {"grad_free": False}}, ValueError, r"options\['grad_free'\]=False"),  # the default: Milstein
     ({"options": "grad_free"}, TypeError, r"options must be a dict, got str"),
     ({"adaptive": 1}, TypeError, r"adaptive must be a bool, got int"),
     ({"dt": 0.0}, ValueError, r"dt must be positive and finite, got 0\.0"),
@@ -336,17 +335,37 @@ def test_local_regs_own_refusals_stand() -> None:
     with pytest.raises(ValueError, match=r"sde\.sde_type='stratonovich' is not supported"):
         compat.sdeint(sde, y0_of(), TS, bm=brownian(sde, 2))
     sde = SDE("general")
-    for kwargs, got in (
-        ({"adaptive": True}, "adaptive steps"),
-        ({"method": "milstein"}, "method='milstein'"),
-    ):
-        with pytest.raises(
-            ValueError, match=rf"noise_type='general' is solved with fixed steps .*got {got}\): "
-        ):
+    # Named in torchsde's terms (local_reg.sdeint's own message says step_size and euler_maruyama).
+    for kwargs in ({"adaptive": True}, {"method": "milstein"}):
+        with pytest.raises(ValueError, match=r"fixed steps of method='euler' only \(adaptive=False, method="):
             compat.sdeint(sde, y0_of(), TS, **kwargs)
 
 
+def test_one_output_time_is_y0_and_the_times_are_named_ts_as_torchsde() -> None:
+    sde, y0 = SDE("diagonal"), y0_of()
+    for ts in (torch.tensor([0.3], dtype=DT), [0.3]):
+        ours = compat.sdeint(sde, y0, ts)
+        torch.testing.assert_close(
+            ours, torchsde.sdeint(sde, y0, torch.tensor([0.3], dtype=DT)), rtol=0, atol=0
+        )
+        assert ours.shape == (1, 2, 3)
+    with pytest.raises(ValueError, match=r"y0 must have shape \(batch, state\)"):
+        compat.sdeint(sde, y0[0], [0.3])
+    with pytest.raises(ValueError, match=r"ts must be strictly increasing \(torchsde's too\)"):
+        compat.sdeint(sde, y0, [1.0, 0.0])
+    with pytest.raises(
+        ValueError, match=r"ts must be strictly increasing or strictly decreasing: it holds 0.5 twice"
+    ):
+        compat.sdeint(sde, y0, [0.0, 0.5, 0.5])
+
+
 def test_grad_free_is_accepted_where_it_changes_nothing() -> None:
+    # With method=None torchsde runs srk, which ignores grad_free: so does the default here.
+    sde = SDE("diagonal")
+    default = compat.sdeint(sde, y0_of(), TS, bm=brownian(sde, 2), dt=STEP, options={"grad_free": False})
+    torch.testing.assert_close(
+        default, compat.sdeint(sde, y0_of(), TS, bm=brownian(sde, 2), dt=STEP), rtol=0, atol=0
+    )
     sde, y0 = SDE("additive"), y0_of()
     # Milstein on additive noise: torchsde turns grad_free off itself; so does local_reg (no term).
     compat.sdeint(sde, y0, TS, bm=brownian(sde, 2), method="milstein", dt=STEP, options={"grad_free": False})

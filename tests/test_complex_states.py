@@ -4,6 +4,8 @@ The references: the exact solution ``exp(-i H t) y0`` of a Schrödinger equation
 the real view written by hand, ``gradcheck`` in complex128 and torchdiffeq's own complex solve.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -166,6 +168,15 @@ def test_a_fields_wrong_output_and_unsupported_complex_states_are_named():
         odeint(lambda t, psi: psi.real, psi0, [0.0, 1.0])
     with pytest.raises(ValueError, match=r"func returned shape \(2,\), expected \(3,\)"):
         odeint(lambda t, psi: psi[:2], psi0, [0.0, 1.0])
+    # Entries are named by y0's own indices, not the real view's (one index more).
+    with pytest.raises(
+        ValueError, match=r"y0 must be finite, got 1 non-finite entries \(the first at index \(1,\): "
+    ):
+        odeint(schroedinger, torch.tensor([1.0, complex(0.5, math.nan), 0.0], dtype=DTYPE), [0.0, 1.0])
+    with pytest.raises(
+        ValueError, match=r"atol must be positive and finite in every element, got 0.0 at \(1,\)"
+    ):
+        odeint(schroedinger, psi0, [0.0, 1.0], atol=torch.tensor([1e-8, 0.0, 1e-8], dtype=torch.float64))
     with pytest.raises(TypeError, match="a tuple y0 of complex tensors is not supported"):
         odeint(lambda t, state: state, (psi0, psi0), [0.0, 1.0])
     # A lazily conjugated output is resolved, not refused: d/dt psi = conj(i psi) = -i conj(psi).
@@ -194,6 +205,15 @@ def test_compat_solves_a_complex_state_as_torchdiffeq_does_and_differentiates_it
         grads.append((field.h.grad, field.s.grad))
     for ours_grad, direct in zip(*grads, strict=True):
         torch.testing.assert_close(ours_grad, direct, rtol=1e-7, atol=1e-9)
+
+    # A torchdiffeq norm of a complex state may return a complex number of the right modulus.
+    complex_norm = {"norm": lambda x: x.pow(2).mean().sqrt()}
+    torch.testing.assert_close(
+        compat.odeint(schroedinger, PSI0, times, options=complex_norm),
+        torchdiffeq.odeint(schroedinger, PSI0, times, options=complex_norm),
+        rtol=0,
+        atol=1e-6,
+    )
 
     # A torchdiffeq norm and step callbacks see the complex state, as torchdiffeq's do; func gets
     # real times in the parts' dtype (torchdiffeq: y.abs().dtype).

@@ -92,7 +92,7 @@ def make_brownian(
         if start > t0 + tol or end < t1 - tol:
             raise ValueError(
                 f"bm covers [{start}, {end}] but the solve needs [{t0}, {t1}]: create the Brownian "
-                "motion over the interval of t"
+                "motion over that interval"
             )
     shape = getattr(bm, "shape", None)
     if shape is not None and tuple(shape) != tuple(size):
