@@ -48,11 +48,13 @@ from .sde.problem import FIXED_STEP_NOISE_TYPE, validate_sde
 SDE_METHODS = {"euler": "euler_maruyama", "milstein": "milstein"}
 """torchsde's method names that local_reg has, and the :func:`local_reg.sdeint` scheme each runs."""
 
-_OFFERED = "use method='milstein' (diagonal or scalar noise) or 'euler' (additive noise)"
-_STRATONOVICH = (
-    "a torchsde method for Stratonovich SDEs; local_reg solves Ito SDEs only: write the SDE in Ito form "
-    "(for diagonal noise add g_i dg_i/dy_i / 2 to the drift f_i), declare sde_type='ito' and " + _OFFERED
+_OFFERED = "use method='milstein' (diagonal or scalar noise) or 'euler' (additive or general noise)"
+_ITO_FORM = (
+    "local_reg solves Ito SDEs only: write the SDE in Ito form (add to the drift f_k the correction "
+    "sum_{l,j} g_lj dg_kj/dy_l / 2; for diagonal noise g_k dg_k/dy_k / 2), declare sde_type='ito' and "
+    + _OFFERED
 )
+_STRATONOVICH = "a torchsde method for Stratonovich SDEs; " + _ITO_FORM
 REFUSED_METHODS = {
     "srk": (
         "torchsde's stochastic Runge--Kutta method (strong order 1.5) is not implemented in local_reg; "
@@ -265,6 +267,11 @@ def sdeint(
         )
     sde = _renamed(sde, names)
     noise_type = getattr(sde, "noise_type", None)  # checked by local_reg.sdeint
+    if getattr(sde, "sde_type", "ito") == "stratonovich":
+        # Before the method: torchsde's default for it (midpoint) is a Stratonovich scheme.
+        raise ValueError(
+            f"sde.sde_type='stratonovich' is not supported by local_reg.compat.sdeint: {_ITO_FORM}"
+        )
     scheme = _scheme(method, noise_type)
     _grad_free(options, method, scheme, noise_type)
     if not isinstance(adaptive, bool):
@@ -302,6 +309,11 @@ def sdeint(
             stacklevel=2,
         )
     min_step = positive_float("dt_min", dt_min)
+    if isinstance(atol, (int, float)) and atol == 0:
+        raise ValueError(
+            "atol=0: local_reg's error scale atol + rtol max(|a|, |b|) needs atol > 0 (torchsde floors "
+            "that scale at 1e-7, so takes 0); pass a small positive atol, e.g. atol=1e-7"
+        )
     # torchsde 0.2.6 (BaseSDESolver.integrate) clamps a proposed step below dt_min to dt_min (warning
     # "Hitting minimum allowed step size") and then accepts the step it just tried, whatever its
     # error: that step may be up to 1 / 0.2 = 5 dt_min long (its smallest shrink factor). Here the

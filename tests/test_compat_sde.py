@@ -316,7 +316,8 @@ REFUSALS = [
     ({"adaptive": 1}, TypeError, r"adaptive must be a bool, got int"),
     ({"dt": 0.0}, ValueError, r"dt must be positive and finite, got 0\.0"),
     ({"adaptive": True, "dt_min": -1.0}, ValueError, r"dt_min must be positive and finite, got -1\.0"),
-    ({"adaptive": True, "atol": 0.0}, ValueError, r"atol must be positive and finite, got 0\.0"),
+    ({"adaptive": True, "atol": 0.0}, ValueError, r"atol=0: .*torchsde floors that scale at 1e-7.*atol=1e-7"),
+    ({"adaptive": True, "atol": -1.0}, ValueError, r"atol must be positive and finite, got -1\.0"),
 ]
 
 
@@ -381,3 +382,41 @@ def test_exported_from_compat() -> None:
     assert [name for name in reference if name != "unused_kwargs"] == list(parameters)
     for name, parameter in parameters.items():
         assert parameter.default == reference[name].default, name
+
+
+def test_a_brownian_motion_over_a_python_float_span_covers_float32_times() -> None:
+    # torch.linspace(0, 0.3, 4) ends at 0.30000001 in float32: torchsde queries the interval there
+    # (warning tb > t1); the solve here clamps the query onto it and neither refuses nor warns.
+    sde = SDE("diagonal")
+    y0 = y0_of().float()
+    sde = sde.float()
+    ts = torch.linspace(0.0, 0.3, 4)
+    bm = torchsde.BrownianInterval(t0=0.0, t1=0.3, size=(2, 3), entropy=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = compat.sdeint(sde, y0, ts, bm=bm, method="euler", dt=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchsde's own "tb <= t1" warning
+        theirs = torchsde.sdeint(sde, y0, ts, bm=bm, method="euler", dt=0.01)
+    assert ours.shape == theirs.shape == (4, 2, 3)
+    # Different grids (torchsde's sums of 0.01 round), one Brownian path: close, not equal.
+    assert float((ours - theirs).detach().abs().max()) < 0.05
+    # A span beyond the interval by more than float32 rounding stays refused.
+    with pytest.raises(ValueError, match=r"bm covers \[0\.0, 0\.3\] but the solve needs"):
+        compat.sdeint(sde, y0, torch.linspace(0.0, 0.31, 4), bm=bm, method="euler", dt=0.01)
+
+
+def test_messages_a_torchsde_user_can_act_on() -> None:
+    sde = SDE("diagonal")
+    sde.sde_type = "stratonovich"
+    # Whatever the method: torchsde's default for it is a Stratonovich scheme.
+    with pytest.raises(
+        ValueError, match=r"sde_type='stratonovich' is not supported.*sum_\{l,j\} g_lj dg_kj/dy_l / 2"
+    ):
+        compat.sdeint(sde, y0_of(), TS)
+    sde = SDE("diagonal")
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(2, 3), dtype=torch.float32, entropy=1)
+    with pytest.raises(
+        TypeError, match=r"bm returned dtype torch.float32, .*make the Brownian motion with dtype=y0.dtype"
+    ):
+        compat.sdeint(sde, y0_of(), TS, bm=bm, dt=STEP)

@@ -26,7 +26,7 @@ from .._validate import (
 from ..controller import PIController, TimeSet
 from ..solution import Solution
 from ._step import EulerMaruyamaStepper, SDEStepResult
-from .brownian import make_brownian, release_brownian
+from .brownian import interval_of, make_brownian, release_brownian
 from .problem import (
     DEFAULT_ATOL,
     DEFAULT_RTOL,
@@ -175,7 +175,7 @@ def sdeint(
     path = make_brownian(
         bm, t0, times[-1], size, y0, generator, step=options.step_size, max_steps=options.max_steps
     )
-    bm = CheckedBrownian(path, size, y0, given=not made)
+    bm = CheckedBrownian(path, size, y0, given=not made, interval=interval_of(path))
     stepper = EulerMaruyamaStepper(
         sde,
         noise_type,

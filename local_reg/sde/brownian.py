@@ -23,17 +23,25 @@ from .._validate import generator_device
 _TREE_PIECES = 100
 
 
-def _interval_of(bm: Any) -> tuple[float, float] | None:
+def interval_of(bm: Any) -> tuple[float, float] | None:
     """``(t0, t1)`` that ``bm`` covers, when it says (torchsde's Brownian classes do), else None."""
     if isinstance(bm, torchsde.ReverseBrownian):
         # It answers bm(ta, tb) with its base's (-tb, -ta): it covers the base's interval mirrored.
-        base = _interval_of(bm.base_brownian)
+        base = interval_of(bm.base_brownian)
         return None if base is None else (0.0 - base[1], 0.0 - base[0])  # 0.0 - 0.0 is 0.0, not -0.0
     for candidate in (bm, getattr(bm, "_interval", None)):
         start, end = getattr(candidate, "_start", None), getattr(candidate, "_end", None)
         if start is not None and end is not None:
             return float(start), float(end)
     return None
+
+
+def same_in_float32(a: float, b: float) -> bool:
+    """Whether ``a`` and ``b`` are one float32 number: a Brownian motion made over ``[0, 0.3]`` (a
+    Python float) covers the float32 times ``torch.linspace(0, 0.3, 4)``, whose end is
+    ``0.30000001...`` (torchsde queries it there with a warning; ``CheckedBrownian`` clamps the
+    query onto the interval)."""
+    return float(torch.tensor(a, dtype=torch.float32)) == float(torch.tensor(b, dtype=torch.float32))
 
 
 def step_hint(t0: float, t1: float, step: float | None, max_steps: int | None = None) -> float:
@@ -85,11 +93,13 @@ def make_brownian(
         )
     if not callable(bm):
         raise TypeError(f"bm must be a Brownian motion callable as bm(ta, tb), got {type(bm).__name__}")
-    interval = _interval_of(bm)
+    interval = interval_of(bm)
     if interval is not None:
         start, end = interval
         tol = 1e-12 * max(1.0, abs(t0), abs(t1))
-        if start > t0 + tol or end < t1 - tol:
+        if (start > t0 + tol and not same_in_float32(start, t0)) or (
+            end < t1 - tol and not same_in_float32(end, t1)
+        ):
             raise ValueError(
                 f"bm covers [{start}, {end}] but the solve needs [{t0}, {t1}]: create the Brownian "
                 "motion over that interval"

@@ -225,14 +225,27 @@ class CheckedBrownian:
     """``bm`` with every increment checked: a tensor of ``like``'s dtype and device and of the
     Brownian motion's ``size`` (a float64 increment would silently promote a float32 solve)."""
 
-    def __init__(self, bm: Any, size: tuple[int, int], like: Tensor, given: bool = True) -> None:
-        """``given``: ``bm`` is the caller's (its own values may be at fault), not one sdeint made."""
+    def __init__(
+        self,
+        bm: Any,
+        size: tuple[int, int],
+        like: Tensor,
+        given: bool = True,
+        interval: tuple[float, float] | None = None,
+    ) -> None:
+        """``given``: ``bm`` is the caller's (its own values may be at fault), not one sdeint made.
+        ``interval``: what ``bm`` covers, if it says; a query is clamped onto it (the solve's times
+        lie within it up to float32 rounding, ``local_reg.sde.brownian.make_brownian``)."""
         self.bm = bm
         self.size = tuple(size)
         self.like = like
         self.given = given
+        self.interval = interval
 
     def __call__(self, ta: float, tb: float) -> Tensor:
+        if self.interval is not None:
+            start, end = self.interval
+            ta, tb = min(max(ta, start), end), min(max(tb, start), end)
         dw = check_brownian_increment(self.bm(ta, tb), self.size, self.like)
         if not bool(torch.isfinite(dw).all()):
             # Otherwise the solve blames the state, drift or diffusion after rejecting the step
@@ -251,6 +264,12 @@ class CheckedBrownian:
 
 
 def check_brownian_increment(dw: object, size: tuple[int, ...], like: Tensor) -> Tensor:
+    if isinstance(dw, Tensor) and dw.dtype != like.dtype and dw.dtype.is_floating_point:
+        # torchsde promotes; here a float64 increment would silently promote a float32 solve.
+        raise TypeError(
+            f"bm returned dtype {dw.dtype}, expected the dtype of y0 {like.dtype}: make the Brownian "
+            f"motion with dtype=y0.dtype"
+        )
     return check_output("bm", dw, like, shape=size)
 
 
