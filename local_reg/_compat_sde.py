@@ -309,7 +309,8 @@ def sdeint(
             stacklevel=2,
         )
     min_step = positive_float("dt_min", dt_min)
-    if isinstance(atol, (int, float)) and atol == 0:
+    scalar = isinstance(atol, (int, float)) or (isinstance(atol, Tensor) and atol.numel() == 1)
+    if scalar and not isinstance(atol, bool) and float(atol) == 0:
         raise ValueError(
             "atol=0: local_reg's error scale atol + rtol max(|a|, |b|) needs atol > 0 (torchsde floors "
             "that scale at 1e-7, so takes 0); pass a small positive atol, e.g. atol=1e-7"

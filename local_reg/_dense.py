@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ._step import combine_rows
-from ._validate import check_time_tensor, finite_times, host_list, without_autocast
+from ._validate import check_time_tensor, finite_times, host_list, narrowest_float, without_autocast
 from .interpolants import Interpolant
 
 
@@ -138,13 +138,13 @@ class DenseOutput:
     ) -> Tensor:
         one_dimensional = not isinstance(t, (Tensor, int, float)) or (isinstance(t, Tensor) and t.dim() == 1)
         if isinstance(t, (np.ndarray, Sequence)) and not isinstance(t, (str, bytes)):
-            values, rounded_to = finite_times("t", t), _narrowest_float(t)
+            values, rounded_to = finite_times("t", t), narrowest_float(t)
         elif isinstance(t, Tensor):
             if t.dim() > 1:
                 raise ValueError(f"t must be a float, a 0-dim or a 1-D tensor, got shape {tuple(t.shape)}")
             check_time_tensor("t", t)
             values = [float(v) for v in host_list(t.reshape(-1))]
-            rounded_to = _narrowest_float(t)
+            rounded_to = narrowest_float(t)
         elif isinstance(t, bool) or not isinstance(t, (int, float)):
             raise TypeError(
                 f"t must be a float, a tensor, an array or a sequence of times, got {type(t).__name__}"
@@ -214,17 +214,3 @@ class DenseOutput:
         keys = self._step_keys()
         index = min(max(bisect.bisect_right(keys, self.direction * position) - 1, 0), len(self.t) - 1)
         return self._combine(index, [((t - self.t[index]) + offset) / self.dt[index]])[0]
-
-
-def _narrowest_float(times: Tensor | np.ndarray | Sequence[float | Tensor]) -> torch.dtype | None:
-    """The narrowest floating dtype below float64 that ``times`` hold (a float32 tensor or array, a
-    list of float32 0-dim tensors such as a solution's own ``ts``), whose rounded span ends
-    :meth:`DenseOutput.evaluate` takes as the ends; ``None`` for float64 times and plain floats."""
-    if isinstance(times, Tensor):
-        dtypes = [times.dtype] if times.is_floating_point() else []
-    elif isinstance(times, np.ndarray):
-        dtypes = [torch.from_numpy(np.empty(0, dtype=times.dtype)).dtype] if times.dtype.kind == "f" else []
-    else:
-        dtypes = [v.dtype for v in times if isinstance(v, Tensor) and v.is_floating_point()]
-    narrow = [dtype for dtype in dtypes if torch.finfo(dtype).bits < 64]
-    return min(narrow, key=lambda dtype: torch.finfo(dtype).bits) if narrow else None

@@ -819,3 +819,18 @@ def one_time(name: str, value: object) -> tuple[float, Tensor | None]:
         value = value.reshape(())
         return finite_float(name, value.detach()), value
     return finite_float(name, value), None
+
+
+def narrowest_float(times: Tensor | np.ndarray | Sequence[float | Tensor]) -> torch.dtype | None:
+    """The narrowest floating dtype below float64 that ``times`` hold (a float32 tensor or array, a
+    list of float32 0-dim tensors such as a solution's own ``ts``), whose rounded span ends
+    :meth:`DenseOutput.evaluate` takes as the ends, as ``make_brownian`` a Brownian motion's ends;
+    ``None`` for float64 times and plain floats."""
+    if isinstance(times, Tensor):
+        dtypes = [times.dtype] if times.is_floating_point() else []
+    elif isinstance(times, np.ndarray):
+        dtypes = [torch.from_numpy(np.empty(0, dtype=times.dtype)).dtype] if times.dtype.kind == "f" else []
+    else:
+        dtypes = [v.dtype for v in times if isinstance(v, Tensor) and v.is_floating_point()]
+    narrow = [dtype for dtype in dtypes if torch.finfo(dtype).bits < 64]
+    return min(narrow, key=lambda dtype: torch.finfo(dtype).bits) if narrow else None

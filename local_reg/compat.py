@@ -811,13 +811,16 @@ def odeint_adjoint(
             backward_controller = _controller(adjoint, "adjoint_options")
             landings = sorted(key for key in LANDING_OPTIONS if adjoint.get(key) is not None)
             if own_controller and landings:
-                # local_reg.odeint refuses landing times beside fixed forward steps, where
-                # torchdiffeq's adaptive backward solve lands on them.
-                raise ValueError(
-                    f"adjoint_options: {landings} not supported by local_reg.compat after fixed-step "
-                    f"forward steps (method={method!r}): the adaptive backward solve would step "
-                    "across them; use an adaptive method, or drop them (the gradient then meets the "
-                    "adjoint's tolerance with more steps)"
+                # local_reg.odeint takes no landing times beside fixed forward steps, where
+                # torchdiffeq's adaptive backward solve lands on them: it steps across them (the
+                # gradient meets the adjoint's tolerance, with more steps), said as for options.
+                for key in landings:
+                    adjoint.pop(key)
+                warnings.warn(
+                    f"local_reg.compat: adjoint_options {landings} are ignored after the fixed-step "
+                    f"forward method {method!r} (torchdiffeq's adaptive backward solve lands on them; "
+                    "here it steps across them): use an adaptive method to land on them",
+                    stacklevel=2,
                 )
         for key in LANDING_OPTIONS:
             # The backward solve lands on the forward solve's times (its controller's).

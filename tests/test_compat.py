@@ -796,11 +796,14 @@ def test_an_adaptive_backward_solve_after_fixed_forward_steps_takes_its_own_step
     assert calls["local_reg.compat", "free"] < 6 * 75 <= calls["local_reg.compat", "bounded"]
     assert calls["torchdiffeq", "free"] < 6 * 75 <= calls["torchdiffeq", "bounded"]
     # Landing times would need the controller beside fixed forward steps, which odeint refuses:
-    # named, not stepped across silently (torchdiffeq's backward solve lands on them).
-    with pytest.raises(
-        ValueError, match=r"adjoint_options: \['jump_t'\] not supported by local_reg.compat after fixed"
+    # stepped across with a warning, not silently (torchdiffeq's backward solve lands on them).
+    func = Linear()
+    with pytest.warns(
+        UserWarning, match=r"adjoint_options \['jump_t'\] are ignored after the fixed-step forward"
     ):
-        compat.odeint_adjoint(Linear(), y0, t, adjoint_options={"jump_t": [0.55]}, **fixed)
+        ys = compat.odeint_adjoint(func, y0, t, adjoint_options={"jump_t": [0.55]}, **fixed)
+    ys.sum().backward()
+    torch.testing.assert_close(func.weight.grad, grads["torchdiffeq", "free"], rtol=1e-5, atol=1e-7)
     # After an adaptive forward solve the backward solve still takes the forward's controller.
     with pytest.raises(
         ValueError, match=r"adjoint_options: \['max_step'\] not supported.*set them in options"

@@ -318,6 +318,7 @@ REFUSALS = [
     ({"adaptive": True, "dt_min": -1.0}, ValueError, r"dt_min must be positive and finite, got -1\.0"),
     ({"adaptive": True, "atol": 0.0}, ValueError, r"atol=0: .*torchsde floors that scale at 1e-7.*atol=1e-7"),
     ({"adaptive": True, "atol": -1.0}, ValueError, r"atol must be positive and finite, got -1\.0"),
+    ({"adaptive": True, "atol": torch.tensor(0.0)}, ValueError, r"atol=0: .*atol=1e-7"),
 ]
 
 
@@ -401,9 +402,16 @@ def test_a_brownian_motion_over_a_python_float_span_covers_float32_times() -> No
     assert ours.shape == theirs.shape == (4, 2, 3)
     # Different grids (torchsde's sums of 0.01 round), one Brownian path: close, not equal.
     assert float((ours - theirs).detach().abs().max()) < 0.05
-    # A span beyond the interval by more than float32 rounding stays refused.
+    # A span beyond the interval by more than float32 rounding stays refused, and float64 times,
+    # which round nothing, must lie inside it (their noise past its end would be zero).
     with pytest.raises(ValueError, match=r"bm covers \[0\.0, 0\.3\] but the solve needs"):
         compat.sdeint(sde, y0, torch.linspace(0.0, 0.31, 4), bm=bm, method="euler", dt=0.01)
+    bm64 = torchsde.BrownianInterval(t0=0.0, t1=0.3, size=(2, 3), dtype=DT, entropy=5)
+    for times in (torch.tensor([0.0, 0.3 + 1e-9], dtype=DT), [0.0, 0.3 + 1e-9]):
+        with pytest.raises(
+            ValueError, match=r"bm covers \[0\.0, 0\.3\] but the solve needs \[0\.0, 0\.300000001\]"
+        ):
+            compat.sdeint(SDE("diagonal"), y0_of(), times, bm=bm64, method="euler", dt=0.01)
 
 
 def test_messages_a_torchsde_user_can_act_on() -> None:

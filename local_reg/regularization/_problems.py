@@ -28,6 +28,7 @@ from .._step import beside_jump, initial_step_size, next_jump, rms_norm, step, t
 from .._validate import (
     checked_field,
     checked_norm,
+    narrowest_float,
     positive_float,
     relative_tolerance,
     step_tolerances,
@@ -477,6 +478,7 @@ class SDEProblem(_Problem):
             levy_area,
             step=None if fixed is None else float(fixed),
             max_steps=self.options.get("max_steps", DEFAULT_MAX_STEPS),
+            times_dtype=narrowest_float(t),
         )
         return times, y0.dtype, (noise_type, bm, made), stats
 

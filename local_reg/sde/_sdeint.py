@@ -19,6 +19,7 @@ from .._validate import (
     check_generator,
     check_step_penalty,
     check_times_distinct,
+    narrowest_float,
     positive_float,
     relative_tolerance,
     without_autocast,
@@ -173,7 +174,15 @@ def sdeint(
     # A fixed step size is the new Brownian interval's step hint (sde/brownian.py: step_hint).
     made = bm is None
     path = make_brownian(
-        bm, t0, times[-1], size, y0, generator, step=options.step_size, max_steps=options.max_steps
+        bm,
+        t0,
+        times[-1],
+        size,
+        y0,
+        generator,
+        step=options.step_size,
+        max_steps=options.max_steps,
+        times_dtype=narrowest_float(t),
     )
     bm = CheckedBrownian(path, size, y0, given=not made, interval=interval_of(path))
     stepper = EulerMaruyamaStepper(

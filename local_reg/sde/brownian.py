@@ -36,12 +36,13 @@ def interval_of(bm: Any) -> tuple[float, float] | None:
     return None
 
 
-def same_in_float32(a: float, b: float) -> bool:
-    """Whether ``a`` and ``b`` are one float32 number: a Brownian motion made over ``[0, 0.3]`` (a
+def rounds_to(end: float, time: float, times_dtype: torch.dtype | None) -> bool:
+    """Whether ``time`` is a Brownian motion's ``end`` rounded to the dtype of the times it came in
+    (``None``: float64 or plain floats, which round nothing): a motion made over ``[0, 0.3]`` (a
     Python float) covers the float32 times ``torch.linspace(0, 0.3, 4)``, whose end is
-    ``0.30000001...`` (torchsde queries it there with a warning; ``CheckedBrownian`` clamps the
-    query onto the interval)."""
-    return float(torch.tensor(a, dtype=torch.float32)) == float(torch.tensor(b, dtype=torch.float32))
+    ``0.30000001...``, since they cannot say 0.3 more exactly (torchsde queries it there with a
+    warning; ``CheckedBrownian`` clamps the query onto the interval, a float32 ulp at most)."""
+    return times_dtype is not None and float(torch.tensor(end, dtype=times_dtype)) == time
 
 
 def step_hint(t0: float, t1: float, step: float | None, max_steps: int | None = None) -> float:
@@ -69,6 +70,7 @@ def make_brownian(
     levy_area: str = "none",
     step: float | None = None,
     max_steps: int | None = None,
+    times_dtype: torch.dtype | None = None,
 ) -> Any:
     """Validate ``bm`` or, if ``None``, create a ``BrownianInterval`` over ``[t0, t1]`` (with
     torchsde's ``levy_area_approximation=levy_area``, which its ``srk`` scheme needs).
@@ -78,6 +80,8 @@ def make_brownian(
     one, torchsde refines its dependency tree down to the *latest* step it is queried with, which
     for an adaptive solve approaching a singularity builds an exponentially large tree (a
     Brownian motion passed in by the caller should be given a ``dt`` hint for the same reason).
+    ``times_dtype``: the narrowest float dtype the output times came in (``narrowest_float``); a
+    given ``bm`` covers the span if its ends round to the span's in it (:func:`rounds_to`).
     """
     if bm is None:
         entropy = int(torch.randint(0, 2**62, (), generator=generator, device=generator_device(generator)))
@@ -97,8 +101,8 @@ def make_brownian(
     if interval is not None:
         start, end = interval
         tol = 1e-12 * max(1.0, abs(t0), abs(t1))
-        if (start > t0 + tol and not same_in_float32(start, t0)) or (
-            end < t1 - tol and not same_in_float32(end, t1)
+        if (start > t0 + tol and not rounds_to(start, t0, times_dtype)) or (
+            end < t1 - tol and not rounds_to(end, t1, times_dtype)
         ):
             raise ValueError(
                 f"bm covers [{start}, {end}] but the solve needs [{t0}, {t1}]: create the Brownian "
