@@ -40,10 +40,10 @@ import torch
 from torch import Tensor
 
 from ._integrate import NO_STEP_LIMIT
-from ._validate import positive_float, validate_state, validate_times
+from ._validate import positive_float, validate_times
 from .controller import PIController, TimeSet
 from .sde._sdeint import sdeint as _sdeint
-from .sde.problem import FIXED_STEP_NOISE_TYPE, validate_sde
+from .sde.problem import FIXED_STEP_NOISE_TYPE, validate_sde_problem
 
 SDE_METHODS = {"euler": "euler_maruyama", "milstein": "milstein"}
 """torchsde's method names that local_reg has, and the :func:`local_reg.sdeint` scheme each runs."""
@@ -290,9 +290,7 @@ def sdeint(
         raise ValueError("ts must be strictly increasing (torchsde's too)")
     if len(times) == 1:
         # No interval to solve: torchsde returns y0 alone, as local_reg.compat.odeint does.
-        validate_sde(sde, general=True)
-        if validate_state(y0).dim() != 2:
-            raise ValueError(f"y0 must have shape (batch, state) as in torchsde, got shape {tuple(y0.shape)}")
+        validate_sde_problem(sde, y0, ts, scheme, general=True, one_time=True)
         return torch.stack([y0])
     # No step limit, as torchsde has none: a fixed-step solve's count is known; an adaptive one is
     # bounded through dt_min (at most (ts[-1] - ts[0]) / dt_min accepted steps plus one landing step

@@ -106,9 +106,11 @@ def validate_sde_problem(
     t: Tensor | np.ndarray | Sequence[float | Tensor],
     method: str,
     general: bool = False,
+    one_time: bool = False,
 ) -> tuple[str, list[float]]:
     """Shared argument checks of the SDE entry points; returns ``(noise_type, times)``. ``general``:
-    as :func:`validate_sde`'s."""
+    as :func:`validate_sde`'s; ``one_time``: ``t`` may hold one time (torchsde's ``sdeint``, which
+    returns ``y0`` there)."""
     noise_type = validate_sde(sde, general)
     y0 = validate_state(y0)
     if y0.dim() != 2:
@@ -119,7 +121,7 @@ def validate_sde_problem(
             "(torchsde refuses it too): pass t.detach()"
         )
     times = validate_times(t)
-    if len(times) < 2:
+    if len(times) < 2 and not one_time:
         raise ValueError("t must hold at least two times (start and end of the solve)")
     if times[-1] < times[0]:
         raise ValueError("t must be strictly increasing: sdeint does not integrate backwards")
