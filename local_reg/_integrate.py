@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -266,31 +265,13 @@ def open_end(dtype: torch.dtype) -> float:
 
 
 def fixed_step_count(t: float, t_target: float, step_size: float) -> int:
-    """How many equal steps, none longer than ``step_size`` (but for the rounding of float32 times),
-    cover ``[t, t_target]``."""
+    """How many equal steps, none longer than ``step_size``, cover ``[t, t_target]``."""
     ratio = abs(t_target - t) / step_size
     if math.isinf(ratio):
         # Beyond the floats (a tiny step over a huge span, or an event solve's open end): counted
         # exactly, for the refusal's message or the event solve's max_steps to report.
         return math.ceil(Fraction(abs(t_target - t)) / Fraction(step_size))
-    count = max(1, math.ceil(ratio - 1e-9))
-    # Times that came in float32 are their intended values rounded, which can push an interval a
-    # hair past a multiple of step_size (torch.linspace(0, 1, 11) has 0.2 - 0.1 = 0.10000000149):
-    # an overshoot within the rounding of its ends earns no sliver of a step, as on torchdiffeq's
-    # grid. Only where both ends are float32 numbers and float32 resolves the step (its spacing
-    # well below it): float64 times are exact, also one far from 0 that is a float32 number (2e8).
-    spacings = (_float32_spacing(t), _float32_spacing(t_target))
-    rounding = sum(spacings) / step_size
-    if count > 1 and all(spacings) and rounding < 1e-3 and ratio - (count - 1) <= rounding:
-        count -= 1
-    return count
-
-
-def _float32_spacing(value: float) -> float:
-    """The gap between float32 numbers at ``value`` if ``value`` is one (a time given in float32),
-    else 0 (a float64 time, taken as exact)."""
-    as_float32 = np.float32(value)
-    return float(np.spacing(abs(as_float32))) if float(as_float32) == value and math.isfinite(value) else 0.0
+    return max(1, math.ceil(ratio - 1e-9))
 
 
 def fixed_steps_over(times: list[float], step_size: float) -> int:
