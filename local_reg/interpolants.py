@@ -87,21 +87,12 @@ class Interpolant:
         """``W[m, i] = B_i(thetas[m])``, shape ``(len(thetas), n_stages)``, by Horner's rule (the
         same arithmetic for each entry, however many ``thetas``)."""
         theta = np.asarray(thetas, dtype=np.float64).reshape(-1, 1)
-        values = np.zeros((len(theta), self.n_stages))
-        for power in reversed(range(self._matrix.shape[1])):
-            values = (values + self._matrix[:, power]) * theta
-        return values
+        return _horner(self._matrix, theta) * theta
 
     def derivative_matrix(self, thetas: Sequence[float]) -> np.ndarray:
         """``D[m, i] = B_i'(thetas[m])``, shape ``(len(thetas), n_stages)``: the interpolant's time
         derivative is ``dy/dt = sum_i B_i'(theta) k_i`` (``dt`` cancels against ``dtheta/dt``)."""
-        theta = np.asarray(thetas, dtype=np.float64).reshape(-1, 1)
-        # theta^(p+1) becomes (p+1) theta^p.
-        derivative = self._matrix * np.arange(1, self._matrix.shape[1] + 1)
-        values = np.zeros((len(theta), self.n_stages))
-        for power in reversed(range(derivative.shape[1])):
-            values = values * theta + derivative[:, power]
-        return values
+        return _horner(self._derivative_matrix, np.asarray(thetas, dtype=np.float64).reshape(-1, 1))
 
     def weights(self, theta: float) -> list[float]:
         """``[B_i(theta)]``, the weight of each stage at the fraction ``theta`` of the step."""
@@ -111,6 +102,20 @@ class Interpolant:
     def _matrix(self) -> np.ndarray:
         width = max(len(row) for row in self.coefficients)
         return np.array([[*row, *([0.0] * (width - len(row)))] for row in self.coefficients])
+
+    @functools.cached_property
+    def _derivative_matrix(self) -> np.ndarray:
+        # theta^(p+1) becomes (p+1) theta^p.
+        return self._matrix * np.arange(1, self._matrix.shape[1] + 1)
+
+
+def _horner(coefficients: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """``sum_p coefficients[i, p] theta[m]^p`` as ``(len(theta), rows)``, by Horner's rule: the same
+    arithmetic for each entry, however many ``theta``."""
+    values = np.zeros((len(theta), coefficients.shape[0]))
+    for power in reversed(range(coefficients.shape[1])):
+        values = values * theta + coefficients[:, power]
+    return values
 
 
 def _rows(polynomials: list[np.ndarray]) -> tuple[tuple[float, ...], ...]:
