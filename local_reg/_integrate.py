@@ -46,6 +46,7 @@ from ._validate import (
     checked_norm,
     compile_options,
     longest_step,
+    non_negative_float,
     per_element_tolerance,
     positive_float,
     positive_int,
@@ -140,6 +141,11 @@ class SolveOptions:
     """Called on every attempted, accepted and rejected step of the forward solve."""
     time_dtype: torch.dtype | None
     """The dtype of the time argument the vector field gets; ``None``: the state's dtype."""
+    times_rounding: float
+    """How far apart two output times may be from what was meant, for they came rounded to a
+    float narrower than float64 (:func:`times_rounding`; 0 for float64 times and plain floats):
+    fixed steps take no sliver of a step for an interval past a multiple of ``step_size`` by no
+    more than this."""
     compile: dict[str, Any] | None
     """``torch.compile`` keywords of the forward solve's Runge--Kutta steps (``None``: eager); ``True``
     and ``False`` are read as ``{}`` and ``None``."""
@@ -159,6 +165,7 @@ class SolveOptions:
         callbacks: StepCallbacks | None = None,
         time_dtype: torch.dtype | None = None,
         compile: bool | dict[str, Any] | None = None,
+        times_rounding: float = 0.0,
     ) -> None:
         # Each value is checked here, once: the fields hold checked values only (defaults in place of
         # ``None``, tolerances as numbers or tensors), so that their readers need no checks.
@@ -172,6 +179,7 @@ class SolveOptions:
             "norm": rms_norm if norm is None else checked_norm(norm),
             "callbacks": NO_CALLBACKS if callbacks is None else callbacks,
             "compile": None if compile is None else compile_options(compile),
+            "times_rounding": non_negative_float("times_rounding", times_rounding),
         }
         if step_size is None and tableau is not None and not tableau.adaptive:
             raise ValueError(f"method {tableau.name!r} is fixed-step: pass step_size")
@@ -264,24 +272,45 @@ def open_end(dtype: torch.dtype) -> float:
     return longest_step(dtype)
 
 
-def fixed_step_count(t: float, t_target: float, step_size: float) -> int:
-    """How many equal steps, none longer than ``step_size``, cover ``[t, t_target]``."""
+def times_rounding(times: list[float], rounded_to: torch.dtype | None) -> float:
+    """How far apart two of ``times`` may be from what was meant, for they came rounded to the
+    float ``rounded_to`` (:func:`local_reg._validate.narrowest_float`; ``None``: exact, 0): two of
+    its epsilons at the largest time, which bounds the rounding of a grid's points made at that
+    scale (``torch.linspace(-1, 1, 201)`` computes its points near 0 from +-1), not only of
+    their own values."""
+    if rounded_to is None or not times:
+        return 0.0
+    return 2.0 * torch.finfo(rounded_to).eps * max(abs(time) for time in times)
+
+
+def fixed_step_count(t: float, t_target: float, step_size: float, rounding: float = 0.0) -> int:
+    """How many equal steps, none longer than ``step_size`` (but for the ``rounding`` of the times,
+    :attr:`SolveOptions.times_rounding`), cover ``[t, t_target]``."""
     ratio = abs(t_target - t) / step_size
     if math.isinf(ratio):
         # Beyond the floats (a tiny step over a huge span, or an event solve's open end): counted
         # exactly, for the refusal's message or the event solve's max_steps to report.
         return math.ceil(Fraction(abs(t_target - t)) / Fraction(step_size))
-    return max(1, math.ceil(ratio - 1e-9))
+    count = max(1, math.ceil(ratio - 1e-9))
+    # Float32 times are their intended values rounded, which can put an interval a hair past a
+    # multiple of step_size (torch.linspace(0, 1, 11) has 0.3 - 0.2 = 0.10000001): an excess
+    # within that rounding takes no sliver of a step, as on torchdiffeq's grid. Only where the
+    # times resolve the step: with a rounding of half a step or more every count is as good.
+    excess, rounding_in_steps = ratio - (count - 1), rounding / step_size
+    if count > 1 and rounding_in_steps < 0.5 and excess <= rounding_in_steps:
+        count -= 1
+    return count
 
 
-def fixed_steps_over(times: list[float], step_size: float) -> int:
+def fixed_steps_over(times: list[float], step_size: float, rounding: float = 0.0) -> int:
     """How many fixed steps a solve through ``times`` takes (each interval on its own)."""
-    return sum(fixed_step_count(a, b, step_size) for a, b in itertools.pairwise(times))
+    return sum(fixed_step_count(a, b, step_size, rounding) for a, b in itertools.pairwise(times))
 
 
-def fixed_step_size(t: float, t_target: float, step_size: float) -> float:
-    """The size of the equal steps, none longer than ``step_size``, that cover ``[t, t_target]``."""
-    count = fixed_step_count(t, t_target, step_size)
+def fixed_step_size(t: float, t_target: float, step_size: float, rounding: float = 0.0) -> float:
+    """The size of the equal steps, none longer than ``step_size`` (but for the times'
+    ``rounding``), that cover ``[t, t_target]``."""
+    count = fixed_step_count(t, t_target, step_size, rounding)
     if count > _EXACT_COUNTS:
         return step_size  # equal steps this many are step_size to the float
     return abs(t_target - t) / count
@@ -482,7 +511,7 @@ def integrate(
     if step_size is not None and stop is None:
         # Fixed steps: the count is known, so a step_size too small for max_steps is refused
         # before the first step, not after max_steps of them.
-        n_fixed = fixed_steps_over(times, step_size)
+        n_fixed = fixed_steps_over(times, step_size, options.times_rounding)
         if n_fixed > options.max_steps:
             if n_fixed > _EXACT_COUNTS:
                 needs, advice = f"about 1e{len(str(n_fixed)) - 1}", "pass a longer step_size"
@@ -537,7 +566,7 @@ def integrate(
     next_landing = 0
     for t_target in targets:
         if step_size is not None:
-            dt_abs = fixed_step_size(t, t_target, step_size)
+            dt_abs = fixed_step_size(t, t_target, step_size, options.times_rounding)
             # The fixed grid's points are counted from the interval's start (as torchdiffeq's): far
             # from t = 0, adding each step to the last rounds, and over many steps the grid drifts.
             grid_start, n_grid_steps = t, 0

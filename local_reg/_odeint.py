@@ -11,7 +11,14 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from ._integrate import DEFAULT_MAX_STEPS, SolveOptions, StepCallbacks, StepPenalty, check_landing_gaps
+from ._integrate import (
+    DEFAULT_MAX_STEPS,
+    SolveOptions,
+    StepCallbacks,
+    StepPenalty,
+    check_landing_gaps,
+    times_rounding,
+)
 from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import accepts_structured_states
 from ._validate import (
@@ -23,6 +30,7 @@ from ._validate import (
     check_step_penalty,
     check_times_distinct,
     checked_field,
+    narrowest_float,
     time_direction,
     time_dtype,
     validate_state,
@@ -303,6 +311,7 @@ def odeint(
         callbacks=callbacks,
         time_dtype=field_time_dtype,
         compile=compile,
+        times_rounding=times_rounding(times, narrowest_float(t)),
     ).for_state(state)
     options = options.over(times)
     check_times_distinct(times, field_time_dtype)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ._compat_sde import sdeint
 from ._errors import SolverError
 from ._events import _solve_until_event, direction_time
-from ._integrate import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, StepCallbacks, fixed_steps_over
+from ._integrate import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, StepCallbacks
 from ._odeint import odeint as _odeint
 from ._step import rms_norm
 from ._tuple import ComplexState, TupleState, layout_of, owning_module
@@ -476,17 +476,19 @@ def _solve(
     elif step_size is not None and events:
         kwargs["max_steps"] = _FIXED_GRID_EVENT_STEPS
     elif step_size is not None:
-        # torchdiffeq's fixed grids have no step limit: allow exactly the steps the grid needs, up to
-        # its default limit (beyond it odeint refuses the step_size by name rather than run on).
-        kwargs["max_steps"] = min(NO_STEP_LIMIT, max(1, fixed_steps_over(times, step_size)))
+        # torchdiffeq's fixed grids have no step limit: up to its default limit (beyond it odeint
+        # refuses the step_size by name, before the first step, rather than run on).
+        kwargs["max_steps"] = NO_STEP_LIMIT
     if "norm" in opts:
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
     elif isinstance(state, TupleState) and step_size is None:
         kwargs["norm"] = _mixed_norm(state)
     if event_fn is None:
         # torchdiffeq 0.2.5 casts the time it hands func to y0's dtype (_PerturbFunc), whatever t's
-        # dtype: as a sequence of floats (the same values) t gives local_reg.odeint's func y0's dtype
-        # too. A t that requires grad stays a tensor, so that ys is differentiable w.r.t. it.
+        # dtype. local_reg.odeint does so for a t no wider than y0; a wider t goes as a sequence of
+        # floats (the same values), or where it requires grad stays a tensor, so that ys is
+        # differentiable w.r.t. it, and func is handed the time cast. A narrower t stays a tensor:
+        # its dtype tells the solve that its times are rounded (fixed steps take no sliver for it).
         plain = isinstance(t, Tensor) and t.dim() == 1 and t.is_floating_point() and not t.requires_grad
         first = y0[0] if isinstance(y0, tuple) and y0 else y0
         # A complex state's times are real, in its parts' dtype (torchdiffeq: y.abs().dtype).
@@ -494,15 +496,14 @@ def _solve(
             (first.real.dtype if first.is_complex() else first.dtype) if isinstance(first, Tensor) else None
         )
         wider_t = (
-            not plain
-            and isinstance(t, Tensor)
+            isinstance(t, Tensor)
             and first_dtype is not None
             and first_dtype.is_floating_point
             and torch.promote_types(t.dtype, first_dtype) != first_dtype
         )
-        if wider_t:
+        if wider_t and not plain:
             func = _TimeInStateDtype(func, cast(torch.dtype, first_dtype))
-        solution = _odeint(func, y0, host_list(t) if plain else t, dense=dense, **kwargs)
+        solution = _odeint(func, y0, host_list(t) if plain and wider_t else t, dense=dense, **kwargs)
         return solution.evaluate if dense else solution.ys
     reverse_time = bool(t[1] < t[0])
     try:

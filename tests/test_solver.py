@@ -681,6 +681,84 @@ def test_a_fixed_grid_far_from_zero_takes_the_steps_it_counted(solve):
     )
 
 
+@pytest.mark.parametrize("start", [0.0, 10.0, 100.0])
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.float64])
+def test_float32_output_times_a_step_size_apart_take_one_step_each(start, state_dtype):
+    """torch.linspace(0, 1, 11) in float32 has intervals a hair past 0.1 (0.3 - 0.2 = 0.10000001):
+    each took two steps (16 over the span, 64 evaluations of rk4 against torchdiffeq's 40). An
+    excess within the times' float32 rounding takes no sliver of a step, as on torchdiffeq's grid;
+    the same times in float64 are exact, and keep their extra steps."""
+    from local_reg import compat
+    from local_reg.sde import sdeint
+    from tests.problems import DecaySDE
+
+    t = torch.linspace(start, start + 1.0, 11)
+    y0 = torch.ones(1, dtype=state_dtype)
+    calls = {"ours": 0, "theirs": 0}
+
+    def counted(name):
+        def field(t, y):
+            calls[name] += 1
+            return -y
+
+        return field
+
+    solution = odeint(lambda t, y: -y, y0, t, method="rk4", step_size=0.1)
+    assert solution.stats.n_steps == 10
+    ours = compat.odeint(counted("ours"), y0, t, method="rk4", options={"step_size": 0.1})
+    theirs = torchdiffeq.odeint(counted("theirs"), y0, t, method="rk4", options={"step_size": 0.1})
+    assert calls["ours"] == calls["theirs"] == 40
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0)
+    sde_solution = sdeint(DecaySDE(), y0[None], t, step_size=0.1, generator=torch.Generator().manual_seed(0))
+    assert sde_solution.stats.n_steps == 10
+    exact = odeint(lambda t, y: -y, y0, t.double(), method="rk4", step_size=0.1)
+    assert exact.stats.n_steps > 10
+
+
+@pytest.mark.parametrize(
+    ("t", "step_size", "n_steps"),
+    [
+        (torch.linspace(-1.0, 1.0, 201), 0.01, 200),  # across 0, its points there made from +-1
+        (torch.linspace(0.0, 1.0, 10_001), 1e-4, 10_000),  # a dense grid
+        (torch.arange(0.0, 1.0, 0.01), 0.01, 99),
+        # Past the step by more than float32's rounding: the extra step stays.
+        (torch.tensor([0.0, 0.1001]), 0.1, 2),
+        # Times that do not resolve the step (float32's spacing at 1e6 is 0.06): the plain count.
+        (torch.tensor([1e6, 1e6 + 1.0]), 0.01, 100),
+    ],
+)
+def test_fixed_steps_over_float32_grids_count_the_steps_meant(t, step_size, n_steps):
+    solution = odeint(
+        lambda t, y: -y, torch.ones(1), t, method="euler", step_size=step_size, max_steps=n_steps
+    )
+    assert solution.stats.n_steps == n_steps
+
+
+@pytest.mark.parametrize(
+    "gradient", ["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
+)
+def test_fixed_steps_over_float32_times_take_their_count_backwards_too(gradient):
+    """The adjoints' backward solves, from output time to output time (a cotangent at each), count
+    their fixed steps with the forward's allowance for the times' rounding: within the forward's
+    max_steps, and the gradient is every method's."""
+    t = torch.linspace(0.0, 1.0, 11)
+    weight = torch.tensor([[-0.5, 0.3], [0.2, -1.0]], requires_grad=True)
+
+    def field(t, y):
+        return y @ weight.T
+
+    y0 = torch.tensor([1.0, 0.5], requires_grad=True)
+    solution = odeint(
+        field, y0, t, method="rk4", step_size=0.1, max_steps=10, gradient=gradient, adjoint_params=(weight,)
+    )
+    grads = torch.autograd.grad(solution.ys.sum(), (y0, weight))
+    expected = torch.autograd.grad(odeint(field, y0, t, method="rk4", step_size=0.1).ys.sum(), (y0, weight))
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    if gradient.endswith("adjoint"):
+        assert solution.stats.nfe_backward == 40  # the forward's 10 steps of rk4's 4 stages
+
+
 # The controller, replayed from its documented rules ------------------------------------------------
 
 

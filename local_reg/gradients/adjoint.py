@@ -411,6 +411,7 @@ class _ContinuousAdjoint(GraphFreeGradient):
             else forward.controller,
             tableau=forward.tableau if self.tableau is None else self.tableau,
             time_dtype=forward.time_dtype,
+            times_rounding=forward.times_rounding,
         )
 
     def _backward_step_size(self, forward_step_size: float | None) -> float | None:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, check_landing_gaps, integrate
+from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, check_landing_gaps, integrate, times_rounding
 from .._step import beside_jump, time_tensor
 from .._validate import (
     active_autocast,
@@ -152,6 +152,7 @@ def sdeint(
         step_size=step_size,
         controller=controller,
         time_dtype=y0.dtype,  # the drift and diffusion get times in the state's dtype
+        times_rounding=times_rounding(times, narrowest_float(t)),
     ).for_state(y0)
     # Named as given: dt0 is first_step's deprecated spelling (read into it above).
     given_first_step = "first_step" if dt0 is None else "dt0"
