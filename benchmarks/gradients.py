@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -170,28 +171,40 @@ def _status_kb(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-def measure_memory(args) -> None:
-    """Child process: print the peak RSS growth (MB) of one forward+backward.
-
-    A 2-step warm-up of the same method first (lazy initialization), then the peak resident set size
-    (VmHWM) is reset through /proc/self/clear_refs, and the peak of the measured run is reported
-    above the resident size it started from.
-    """
-    torch.set_num_threads(1)
-    field, y0 = make_problem(args, torch.float32)
-    spec = json.loads(args.memory_of)
-    forward_backward(field, y0, 2, args, spec)
-    # Hand the warm-up's freed heap back to the OS: memory that stays resident after being freed
-    # would be reused without showing in the peak.
+def peak_growth_mb(warm_up: Callable[[], object], measured: Callable[[], object]) -> float:
+    """The peak resident set size (VmHWM) of ``measured()`` above the resident size before it, in
+    MB, after ``warm_up()`` (lazy initialization) and handing its freed heap back to the OS. Run it
+    in a fresh process under ``MALLOC_MMAP_THRESHOLD_`` (:func:`fresh_process_environment`)."""
+    warm_up()
+    # Memory that stays resident after being freed would be reused without showing in the peak.
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
     base = _status_kb("VmRSS")
+    measured()
+    return (_status_kb("VmHWM") - base) / 1024
+
+
+def fresh_process_environment() -> dict[str, str]:
+    """Every tensor of 16 KiB or more (a state of these problems is 32 KiB) gets its own mmap, so
+    that the resident size follows the live tensors instead of glibc's heap fragmentation."""
+    return {**os.environ, "MALLOC_MMAP_THRESHOLD_": "16384"}
+
+
+def measure_memory(args) -> None:
+    """Child process: print the peak RSS growth (MB) of one forward+backward (after a 2-step warm-up
+    of the same method, :func:`peak_growth_mb`)."""
+    torch.set_num_threads(1)
+    field, y0 = make_problem(args, torch.float32)
+    spec = json.loads(args.memory_of)
     kept: list = []
-    for _ in range(args.memory_iterations):
-        forward_backward(field, y0, args.memory_steps, args, spec, keep=kept)
-    peak = _status_kb("VmHWM")
-    print(json.dumps({"peak_mb": (peak - base) / 1024}))
+
+    def measured() -> None:
+        for _ in range(args.memory_iterations):
+            forward_backward(field, y0, args.memory_steps, args, spec, keep=kept)
+
+    peak = peak_growth_mb(lambda: forward_backward(field, y0, 2, args, spec), measured)
+    print(json.dumps({"peak_mb": peak}))
 
 
 def memory_in_fresh_process(spec: dict, n_steps: int, args, iterations: int = 1) -> float:
@@ -213,9 +226,7 @@ def memory_in_fresh_process(spec: dict, n_steps: int, args, iterations: int = 1)
         "--rtol",
         str(args.rtol),
     ]
-    # Every tensor of 16 KiB or more (a state of this problem is 32 KiB) gets its own mmap, so the
-    # resident size follows the live tensors instead of glibc's heap fragmentation.
-    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "16384"}
+    environment = fresh_process_environment()
     output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
     return json.loads(output.strip().splitlines()[-1])["peak_mb"]
 

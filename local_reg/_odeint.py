@@ -49,40 +49,10 @@ from .gradients import (
     owning_module,
     resolve_adjoint_params,
     time_gradient,
+    warn_if_reevaluation_differs,
 )
 from .solution import Solution, State
 from .tableaus import ButcherTableau, get_tableau
-
-
-def _warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod) -> None:
-    """A graph-free method evaluates ``func`` again in its backward pass: dropout draws new masks
-    there (the gradient is then not the forward solve's) and batch norm updates its running
-    statistics again. Warn when ``func`` has such a layer in training mode."""
-    owner = owning_module(func)
-    if owner is None or torch.is_inference_mode_enabled():
-        return
-
-    def differs(module: torch.nn.Module) -> str | None:
-        if not module.training:
-            return None
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
-            return "dropout"
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            return "batch norm"
-        return None
-
-    found = sorted({kind for kind in map(differs, owner.modules()) if kind is not None})
-    if found and torch.is_grad_enabled():
-        effects = {
-            "dropout": "dropout draws new masks (the gradient is not the forward solve's)",
-            "batch norm": "batch norm updates its running statistics again",
-        }
-        warnings.warn(
-            f"func's module has {' and '.join(found)} in training mode: gradient={gradient_method.name!r} "
-            f"evaluates func again in its backward pass, where {' and '.join(effects[k] for k in found)}; "
-            "use gradient='direct', or put those layers in eval mode",
-            stacklevel=3,
-        )
 
 
 def evaluate_first(func: VectorField, t0: float, y0: Tensor, t_dtype: torch.dtype | None = None) -> Tensor:
@@ -346,7 +316,7 @@ def odeint(
     params: tuple[Tensor, ...] = ()
     if gradient_method.graph_free:
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
-        _warn_if_reevaluation_differs(func, gradient_method)
+        warn_if_reevaluation_differs(func, gradient_method)
     elif adjoint_params is not None or owner is not None:
         # Direct differentiation needs no parameter list; with one it also checks their gradients.
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)

@@ -20,6 +20,8 @@ from local_reg.experiments.tasks import REGISTRY, ModelContext
         ("local-biased", "direct"),
         ("global-error", "direct"),
         ("local-random", "adjoint"),
+        ("local-biased", "checkpoint"),
+        ("vanilla", "checkpoint"),
     ],
 )
 def test_task_trains_and_evaluates(task_name, method, gradient):
@@ -51,8 +53,9 @@ def test_task_trains_and_evaluates(task_name, method, gradient):
 def test_unsupported_combinations_are_rejected():
     task = REGISTRY["nsde_digits"]
     settings = task.settings("tiny")
-    with pytest.raises(ValueError, match="global"):
-        task.build_model(settings, ModelContext(METHODS["global-error"], "adjoint", 1))
+    for gradient in ("adjoint", "checkpoint"):
+        with pytest.raises(ValueError, match="global regularization .* use --gradient direct"):
+            task.build_model(settings, ModelContext(METHODS["global-error"], gradient, 1))
     with pytest.raises(ValueError, match="gradient"):
         task.build_model(settings, ModelContext(METHODS["vanilla"], "symplectic", 1))
     with pytest.raises(ValueError, match="not available"):

@@ -15,8 +15,10 @@ check their own settings once; the strings are shorthands for the defaults.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 
+import torch
 from torch import Tensor
 
 from .._tuple import owning_module, user_func
@@ -103,6 +105,40 @@ def resolve_adjoint_params(
     params = tuple(unique.values())
     _refuse_derived(params)
     return params
+
+
+def warn_if_reevaluation_differs(
+    func: object, gradient_method: GradientMethod, name: str = "func", stacklevel: int = 3
+) -> None:
+    """A graph-free method evaluates ``func`` again in its backward pass: dropout draws new masks
+    there (the gradient is then not the forward solve's) and batch norm updates its running
+    statistics again. Warn when ``func`` has such a layer in training mode; ``name``: what the
+    message calls ``func``; ``stacklevel``: the warning's, pointing at the user's call."""
+    owner = owning_module(func)
+    if owner is None or torch.is_inference_mode_enabled():
+        return
+
+    def differs(module: torch.nn.Module) -> str | None:
+        if not module.training:
+            return None
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            return "dropout"
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            return "batch norm"
+        return None
+
+    found = sorted({kind for kind in map(differs, owner.modules()) if kind is not None})
+    if found and torch.is_grad_enabled():
+        effects = {
+            "dropout": "dropout draws new masks (the gradient is not the forward solve's)",
+            "batch norm": "batch norm updates its running statistics again",
+        }
+        warnings.warn(
+            f"{name}'s module has {' and '.join(found)} in training mode: gradient={gradient_method.name!r} "
+            f"evaluates {name} again in its backward pass, where {' and '.join(effects[k] for k in found)}; "
+            "use gradient='direct', or put those layers in eval mode",
+            stacklevel=stacklevel,
+        )
 
 
 def _refuse_derived(params: tuple[Tensor, ...]) -> None:

@@ -24,10 +24,10 @@ def all_finite(tensors: Iterable[Tensor | None]) -> bool:
     return all(bool(torch.isfinite(g).all()) for g in tensors if g is not None)
 
 
-def raise_non_finite_gradient(t0: float, n_steps: int) -> None:
+def raise_non_finite_gradient(t0: float, n_steps: int, func: str = "func") -> None:
     raise SolverError(
-        "non-finite gradient in the backward pass: the vector-Jacobian product of func is not finite "
-        "on the trajectory (e.g. sqrt or log at 0)",
+        f"non-finite gradient in the backward pass: the vector-Jacobian product of {func} is not "
+        "finite on the trajectory (e.g. sqrt or log at 0)",
         t=t0,
         n_steps=n_steps,
     )

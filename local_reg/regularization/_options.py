@@ -30,7 +30,7 @@ from ..tableaus import ButcherTableau, get_tableau
 _ODEINT_RESERVED = {"func", "y0", "t", "method", "rtol", "atol", "gradient", "adjoint_params"}
 _ODEINT_RESERVED |= {"record_states", "step_penalty"}
 _SDEINT_RESERVED = {"sde", "y0", "t", "method", "rtol", "atol", "bm", "generator", "record_states"}
-_SDEINT_RESERVED |= {"step_penalty"}
+_SDEINT_RESERVED |= {"step_penalty", "gradient", "adjoint_params"}
 _TORCHSDE_RESERVED = {"sde", "y0", "ts", "bm", "method", "rtol", "atol", "unused_kwargs"}
 # These change what torchsde returns or which methods of the SDE it calls, which the backend reads.
 _TORCHSDE_UNSUPPORTED = ("logqp", "extra", "extra_solver_state", "names")

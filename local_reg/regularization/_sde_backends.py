@@ -16,13 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from .._validate import check_choice
-from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
+from ..gradients import BacksolveAdjoint, Checkpoint, Direct, GradientMethod, as_gradient_method
 from ..sde import sdeint
+from ..sde._sdeint import sde_gradient
 from ..solution import Stats
 from ._main_solve import BackwardCounter, MainSolve, Request
 
 BACKENDS = ("local_reg", "torchsde")
-GRADIENTS = {"local_reg": ("direct",), "torchsde": ("direct", "adjoint")}
+GRADIENTS = {"local_reg": ("direct", "checkpoint"), "torchsde": ("direct", "adjoint")}
 DEFAULT_METHOD = {"local_reg": "euler_maruyama", "torchsde": "euler"}
 
 
@@ -30,12 +31,14 @@ def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
     """The gradient method (checked) of the main SDE solve on ``backend``."""
     backend = check_choice("backend", backend, BACKENDS)
     method = as_gradient_method(gradient)
-    allowed = (Direct, BacksolveAdjoint) if backend == "torchsde" else (Direct,)
+    allowed = (Direct, BacksolveAdjoint) if backend == "torchsde" else (Direct, Checkpoint)
     if not isinstance(method, allowed):
         raise ValueError(
             f"gradient={method.name!r} is not available for SDEs with backend={backend!r}: expected one "
             f"of {list(GRADIENTS[backend])} ('adjoint' is torchsde.sdeint_adjoint, backend='torchsde')"
         )
+    if backend == "local_reg":
+        sde_gradient(method, None)  # sdeint's own refusals (Checkpoint's checkpoints), now
     return method
 
 
@@ -87,6 +90,8 @@ def solve_main(problem: Any, y0: Tensor, times: list[float], bm: Any, request: R
             bm=bm,
             record_states=request.states,
             step_penalty=request.step_penalty,
+            gradient=gradient,
+            adjoint_params=problem.adjoint_params if gradient.graph_free else None,
             **options,
         )
         return MainSolve.from_solution(solution)

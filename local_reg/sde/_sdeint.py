@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from typing import Any, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, check_landing_gaps, integrate, times_rounding
 from .._step import beside_jump, time_tensor
@@ -25,7 +26,16 @@ from .._validate import (
     without_autocast,
 )
 from ..controller import PIController, TimeSet
-from ..solution import Solution
+from ..gradients import (
+    Checkpoint,
+    Direct,
+    GradientMethod,
+    as_gradient_method,
+    resolve_adjoint_params,
+    warn_if_reevaluation_differs,
+)
+from ..solution import Solution, Steps
+from ._checkpoint import CheckpointedSolve, RecordingStepper
 from ._step import EulerMaruyamaStepper, SDEStepResult
 from .brownian import interval_of, make_brownian, release_brownian
 from .problem import (
@@ -62,6 +72,8 @@ def sdeint(
     record_states: bool = False,
     step_penalty: SDEStepPenalty | None = None,
     dt0: float | None = None,
+    gradient: str | GradientMethod = "direct",
+    adjoint_params: Iterable[Tensor] | None = None,
 ) -> Solution[Tensor]:
     """Solve the Ito SDE ``dy = f(t, y) dt + g(t, y) dW`` from ``y(t[0]) = y0``.
 
@@ -105,7 +117,16 @@ def sdeint(
             step's own side, docs/solver.md).
         record_states: keep the state at the start of every accepted step in ``solution.steps``.
         step_penalty: ``penalty(step_result, dt)`` on every accepted step, returned stacked as
-            ``solution.penalties`` (global regularization); needs the adaptive mode.
+            ``solution.penalties`` (global regularization); needs the adaptive mode and
+            ``gradient="direct"``.
+        gradient: how ``ys`` are differentiated: ``"direct"`` (``Direct()``; backpropagation
+            through every step, the graph of every drift and diffusion call kept) or
+            ``"checkpoint"`` (``Checkpoint()``; the forward solve keeps no graph, only each
+            accepted step's state and Brownian increment, and the backward pass re-runs the steps
+            one at a time with a graph: the same gradient to rounding error, memory of one step's
+            graph; :mod:`local_reg.sde._checkpoint`). Other methods are ODE-only.
+        adjoint_params: the tensors ``"checkpoint"`` returns gradients for besides ``y0``; default
+            ``sde.parameters()`` for a ``torch.nn.Module`` SDE (any other SDE needs it).
 
     Returns:
         :class:`local_reg.Solution` whose ``stats`` count drift and diffusion evaluations apart
@@ -161,13 +182,17 @@ def sdeint(
     check_step_penalty(step_penalty)
     if step_penalty is not None and step_size is not None:
         raise ValueError("step_penalty needs the adaptive mode (an error estimate): drop step_size")
+    checkpointed = sde_gradient(gradient, step_penalty)
+    params = sde_params(sde, adjoint_params, checkpointed)
 
     # At a jump at t0, just after it (as the first step takes them).
     t0 = times[0]
     start = beside_jump(t0, times[-1], y0.dtype, options.controller.jump_ts)
     autocast = active_autocast()  # the drift and diffusion run under it, the solver's arithmetic not
-    f0 = call_leaving_input(DRIFT, autocast, sde.f, time_tensor(start, y0), y0)
-    g0 = call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(start, y0), y0)
+    # The checkpoint gradient's forward solve keeps no graph, from its first evaluations on.
+    with torch.no_grad() if checkpointed is not None else nullcontext():
+        f0 = call_leaving_input(DRIFT, autocast, sde.f, time_tensor(start, y0), y0)
+        g0 = call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(start, y0), y0)
     check_shapes(noise_type, y0, f0, g0)
     # Every later drift, diffusion and Brownian increment is checked too.
     size = brownian_size(noise_type, y0, g0)
@@ -186,7 +211,7 @@ def sdeint(
         times_dtype=narrowest_float(t),
     )
     bm = CheckedBrownian(path, size, y0, given=not made, interval=interval_of(path))
-    stepper = EulerMaruyamaStepper(
+    stepper = (RecordingStepper if checkpointed is not None else EulerMaruyamaStepper)(
         sde,
         noise_type,
         bm,
@@ -199,19 +224,70 @@ def sdeint(
     )
     try:
         with without_autocast():
-            outputs, stats, steps, penalties = integrate(
-                stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty
-            )
+            if isinstance(stepper, RecordingStepper):
+                solve = CheckpointedSolve(stepper, times, options, params, record_states)
+                ys = solve.outputs(y0)
+                stats, steps, penalties = solve.stats, cast(Steps, solve.steps), list[Tensor]()
+            else:
+                outputs, stats, steps, penalties = integrate(
+                    stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty
+                )
+                ys = torch.stack(outputs)
     finally:
         if made:
-            # Made here, and read by no backward pass (autograd differentiates the steps).
+            # Made here, and read by no backward pass (autograd differentiates the steps, and the
+            # checkpoint gradient's re-run takes the increments it kept).
             release_brownian(path)
     stats.add(2, diffusion=1)
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
     return Solution(
         ts=ts,
-        ys=torch.stack(outputs),
+        ys=ys,
         stats=stats,
         steps=steps,
         penalties=torch.stack(penalties) if step_penalty is not None and penalties else None,
+        graph_free_method=None if checkpointed is None else checkpointed.name,
     )
+
+
+def sde_gradient(gradient: object, step_penalty: object) -> Checkpoint | None:
+    """The checked ``gradient`` of an :func:`sdeint` solve: ``None`` for ``"direct"``, else the
+    :class:`Checkpoint` (without ``checkpoints``, which sdeint keeps every state for)."""
+    method = as_gradient_method(gradient)
+    if isinstance(method, Direct):
+        return None
+    if not isinstance(method, Checkpoint):
+        raise ValueError(
+            f"gradient={method.name!r} is not available for sdeint: expected 'direct' or 'checkpoint' "
+            "(the adjoints and the symplectic adjoint are ODE-only)"
+        )
+    if method.checkpoints is not None:
+        raise ValueError(
+            f"sdeint's gradient='checkpoint' keeps every accepted step's state: "
+            f"Checkpoint(checkpoints={method.checkpoints}) is ODE-only; pass Checkpoint()"
+        )
+    if step_penalty is not None:
+        raise ValueError("step_penalty needs gradient='direct' in sdeint (a graph of every step)")
+    return method
+
+
+def sde_params(
+    sde: object, adjoint_params: Iterable[Tensor] | None, checkpointed: Checkpoint | None
+) -> tuple[Tensor, ...]:
+    """The tensors ``gradient="checkpoint"`` differentiates besides ``y0``: ``adjoint_params``, or
+    the parameters of a module ``sde``; ``()`` under ``"direct"``, which takes no list."""
+    if checkpointed is None:
+        if adjoint_params is not None:
+            raise ValueError(
+                "adjoint_params is read by gradient='checkpoint' only (under 'direct' autograd finds "
+                "every tensor the drift and diffusion use): drop it, or pass gradient='checkpoint'"
+            )
+        return ()
+    if adjoint_params is None and not isinstance(sde, nn.Module):
+        raise ValueError(
+            f"gradient='checkpoint' needs the parameters of sde, but sde is not a torch.nn.Module "
+            f"({type(sde).__name__}): pass adjoint_params=(tensors f and g depend on), or "
+            "adjoint_params=() if they have none"
+        )
+    warn_if_reevaluation_differs(sde, checkpointed, "sde", stacklevel=4)
+    return resolve_adjoint_params(sde, adjoint_params, checkpointed)

@@ -173,11 +173,14 @@ def _euler_maruyama_step(
     estimate_error: bool = True,
     milstein: bool = False,
     jump_ts: Sequence[float] = (),
+    central_difference: bool | None = None,
 ) -> SDEStepResult:
     """:func:`sde_step` on arguments the caller has checked: the solver's own loop, whose
     increments ``CheckedBrownian`` checks, and its trial step. ``jump_ts``: sorted times where the
     drift or diffusion may jump; at a step's start or end on one, they are evaluated just inside
-    the step (:func:`local_reg._step.stage_time_values`)."""
+    the step (:func:`local_reg._step.stage_time_values`). ``central_difference``: whether
+    Milstein's term takes the central difference (below), by default where the error is estimated
+    (an adaptive step; the checkpoint gradient's re-run of one asks for it without the estimate)."""
     t = float(t)
     dt = float(dt)
     nfe_drift = nfe_diffusion = 0
@@ -203,7 +206,7 @@ def _euler_maruyama_step(
         shift = sqrt_dt * noise_vector(noise_type, g0)
         g_ahead = sde.g(t_now, y + shift)
         nfe_diffusion += 1
-        if milstein and estimate_error:
+        if milstein and (estimate_error if central_difference is None else central_difference):
             g_behind = sde.g(t_now, y - shift)
             nfe_diffusion += 1
             g_dg = noise_vector(noise_type, g_ahead - g_behind) / (2 * sqrt_dt)
@@ -345,7 +348,7 @@ class EulerMaruyamaStepper(Stepper[tuple[Tensor | None, Tensor | None]]):
         estimate_error: bool,
     ) -> SDEStepResult:
         f0, g0 = carry
-        dw = self.bm(t, t_next)
+        dw = self.increment(t, t_next)
         return _euler_maruyama_step(
             self.sde,
             self.noise_type,
@@ -361,6 +364,10 @@ class EulerMaruyamaStepper(Stepper[tuple[Tensor | None, Tensor | None]]):
             milstein=self.milstein,
             jump_ts=self.jump_ts,
         )
+
+    def increment(self, t: float, t_next: float) -> Tensor:
+        """The Brownian increment ``W(t_next) - W(t)`` of the step from ``t`` to ``t_next``."""
+        return self.bm(t, t_next)
 
     def after_jump(self, carry: tuple[Tensor | None, Tensor | None]) -> tuple[None, None]:
         return None, None  # the next step evaluates the drift and diffusion just after the jump

@@ -2,9 +2,10 @@
 
 ``vanilla`` is a plain :class:`local_reg.Regularized` (no penalty); ``local-random`` /
 ``local-biased`` wrap the SDE in :class:`local_reg.LocallyRegularized` [LR23] and ``global-error`` in
-:class:`local_reg.GloballyRegularized` [GR21]. With ``--gradient
-adjoint`` the main solve is ``torchsde.sdeint_adjoint`` (local and vanilla only: the global penalty
-is differentiated through the ``local_reg`` solver, and biased sampling needs its step record).
+:class:`local_reg.GloballyRegularized` [GR21]. With ``--gradient checkpoint`` the main solve is
+``local_reg.sdeint(gradient="checkpoint")``, with ``--gradient adjoint`` ``torchsde.sdeint_adjoint``
+(both local and vanilla only: the global penalty is differentiated through every step of the
+``local_reg`` solver; biased sampling needs local_reg's step record, so not with ``adjoint``).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -
         raise ValueError(
             f"method {method.name!r} is not available for neural SDEs: use one of {list(SDE_METHODS)}"
         )
-    if context.gradient not in ("direct", "adjoint"):
+    if context.gradient not in ("direct", "checkpoint", "adjoint"):
         raise ValueError(
-            f"neural SDEs support --gradient direct or adjoint (torchsde), got {context.gradient!r}"
+            "neural SDEs support --gradient direct, checkpoint (local_reg.sdeint) or adjoint (torchsde), "
+            f"got {context.gradient!r}"
         )
     backend = "torchsde" if context.gradient == "adjoint" else "local_reg"
     solver = dict(rtol=settings["solver"]["rtol"], atol=settings["solver"]["atol"])
@@ -45,9 +47,10 @@ def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -
         return Regularized(sde, backend=backend, gradient=context.gradient, **solver)
     weight = weight_schedule(settings["weights"][method.name], context.total_iterations, method.name)
     if method.family == "global":
-        if backend != "local_reg":
+        if context.gradient != "direct":
             raise ValueError(
-                "global regularization differentiates through the local_reg solver: use --gradient direct"
+                "global regularization differentiates through every step of the local_reg solver: use "
+                "--gradient direct"
             )
         return GloballyRegularized(sde, weight=weight, **solver)
     return LocallyRegularized(

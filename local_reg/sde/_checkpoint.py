@@ -1,0 +1,176 @@
+"""Checkpointed gradients of an SDE solve: each accepted step re-run with a graph, one at a time.
+
+The checkpoint method of :mod:`local_reg.gradients.checkpoint` (Zhuang et al., "Adaptive Checkpoint
+Adjoint Method for Gradient Estimation in Neural ODE", ICML 2020) for :func:`local_reg.sdeint`. The
+forward solve runs without a graph and keeps, for every accepted step ``n``, its start ``t_n``,
+size ``h_n``, state ``y_n`` and Brownian increment ``dW_n`` (rejected steps are forgotten: with
+the steps and increments fixed they do not enter the map ``y0 -> y(t_i)``). The backward pass
+walks the steps in reverse, re-runs ``y_{n+1} = Phi(y_n; t_n, h_n, dW_n)`` (Euler--Maruyama or
+Milstein, exactly as the forward step computed it) under a graph and backpropagates
+``lambda_{n+1}`` through it::
+
+    lambda_n = (dPhi/dy_n)^T lambda_{n+1},     dL/dtheta += (dPhi/dtheta)^T lambda_{n+1}
+
+adding the cotangent of an output where a step ends on it. This is backpropagation through the
+discrete forward solve, step by step: the gradient equals ``gradient="direct"``'s to rounding
+error, for every path (the increments are the forward's own, whatever ``bm`` would answer to a
+second query). Memory: ``N`` states and increments plus one step's graph, where ``"direct"``
+keeps the graph of every drift and diffusion evaluation; cost: each accepted step's drift and
+diffusion evaluated once more (its error estimate is not re-run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple, cast
+
+import torch
+from torch import Tensor
+
+from .._integrate import SolveOptions, integrate
+from ..gradients._finite import all_finite, raise_non_finite_gradient
+from ..gradients._function import add_gradients
+from ..solution import Stats, Steps
+from ._step import EulerMaruyamaStepper, SDEStepResult, _euler_maruyama_step
+
+
+class KeptStep(NamedTuple):
+    """What the backward pass needs of one accepted step: its start, signed size and increment."""
+
+    t: float
+    dt: float
+    dw: Tensor
+
+
+class RecordingStepper(EulerMaruyamaStepper):
+    """:class:`EulerMaruyamaStepper` that keeps each accepted step's start, size and Brownian
+    increment (the state the loop keeps itself, with ``record_states``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kept: list[KeptStep] = []
+        self._attempt: KeptStep | None = None
+        self._increment: Tensor | None = None
+
+    def step(
+        self,
+        t: float,
+        t_next: float,
+        y: Tensor,
+        dt: float,
+        carry: tuple[Tensor | None, Tensor | None],
+        estimate_error: bool,
+    ) -> SDEStepResult:
+        result = super().step(t, t_next, y, dt, carry, estimate_error)
+        self._attempt = KeptStep(t, dt, cast(Tensor, self._increment))  # drawn by this step
+        return result
+
+    def increment(self, t: float, t_next: float) -> Tensor:
+        self._increment = super().increment(t, t_next)
+        return self._increment
+
+    def next_carry(
+        self, result: SDEStepResult, accepted: bool, carry: tuple[Tensor | None, Tensor | None]
+    ) -> tuple[Tensor | None, Tensor | None]:
+        if accepted and self._attempt is not None:
+            self.kept.append(self._attempt)
+        self._attempt = None
+        return super().next_carry(result, accepted, carry)
+
+
+class CheckpointedSolve:
+    """One :func:`local_reg.sdeint` solve under ``gradient="checkpoint"``: :meth:`outputs` solves
+    without a graph and returns ``ys`` differentiable w.r.t. ``y0`` and ``params``."""
+
+    def __init__(
+        self,
+        stepper: RecordingStepper,
+        times: list[float],
+        options: SolveOptions,
+        params: tuple[Tensor, ...],
+        record_states: bool,
+    ) -> None:
+        self.stepper = stepper
+        self.times = times
+        self.options = options
+        self.params = params
+        self.record_states = record_states
+        self.stats = Stats()
+        self.steps: Steps | None = None
+        self.states: list[Tensor] = []
+
+    def release_records(self) -> None:
+        self.states = []
+        self.stepper.kept = []
+
+    def outputs(self, y0: Tensor) -> Tensor:
+        return _SolveWithoutGraph.apply(self, y0, *self.params)
+
+    def solve(self, y0: Tensor) -> Tensor:
+        outputs, self.stats, steps, _ = integrate(
+            self.stepper, y0, self.times, self.options, record_states=True
+        )
+        self.states = steps.state_list or []
+        if not self.record_states:
+            steps.state_list = None
+        self.steps = steps
+        return torch.stack(outputs)
+
+    def backward(self, grad_ys: Tensor, needs: Sequence[bool]) -> tuple[Tensor, list[Tensor | None]]:
+        """The gradients of ``y0`` and of ``params`` from the cotangents ``grad_ys`` of the outputs
+        (``needs``: which of them autograd asks for, the ones judged finite)."""
+        stepper = self.stepper
+        grad_params: list[Tensor | None] = [None] * len(self.params)
+        adjoint = grad_ys[-1]
+        output = len(self.times) - 1
+        calls = 0
+        with torch.enable_grad():
+            for step, state in zip(reversed(stepper.kept), reversed(self.states), strict=True):
+                y = state.detach().requires_grad_(True)
+                result = _euler_maruyama_step(
+                    stepper.sde,
+                    stepper.noise_type,
+                    step.t,
+                    y,
+                    step.dt,
+                    step.dw,
+                    rtol=stepper.rtol,
+                    atol=stepper.atol,
+                    estimate_error=False,
+                    milstein=stepper.milstein,
+                    # As the forward step took Milstein's term: central where it estimated the error.
+                    central_difference=stepper.milstein and self.options.step_size is None,
+                    jump_ts=stepper.jump_ts,
+                )
+                calls += result.nfe
+                grad_y, *grads = torch.autograd.grad(result.y1, (y, *self.params), adjoint, allow_unused=True)
+                adjoint = torch.zeros_like(y) if grad_y is None else grad_y
+                add_gradients(grad_params, grads)
+                # Every output time ends a step: a step that starts on one adds its cotangent.
+                while output > 0 and self.times[output - 1] == step.t:
+                    output -= 1
+                    adjoint = adjoint + grad_ys[output]
+        asked = [g for g, needed in zip((adjoint, *grad_params), needs, strict=True) if needed]
+        if all_finite([grad_ys]) and not all_finite(asked):
+            raise_non_finite_gradient(self.times[0], self.stats.n_steps, "the drift and diffusion")
+        # Accumulate: a graph kept with retain_graph=True may be differentiated more than once.
+        self.stats.nfe_backward = (self.stats.nfe_backward or 0) + calls
+        return adjoint, grad_params
+
+
+class _SolveWithoutGraph(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, solve: CheckpointedSolve, y0: Tensor, *params: Tensor) -> Tensor:
+        ctx.solve = solve
+        return solve.solve(y0)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_ys: Tensor) -> Any:
+        solve = ctx.solve
+        grad_y0, grad_params = solve.backward(grad_ys, ctx.needs_input_grad[1:])
+        if not torch._C._autograd._get_current_graph_task_keep_graph():
+            # As autograd frees the saved tensors (a pass without retain_graph=True): the context
+            # lives as long as the outputs do, and would hold every step's state and increment.
+            solve.release_records()
+        return None, grad_y0, *grad_params
