@@ -234,3 +234,22 @@ def test_globally_regularized_sde_refuses_checkpoint():
 def test_locally_regularized_sde_refuses_checkpoints_budget():
     with pytest.raises(ValueError, match=r"Checkpoint\(checkpoints=2\) is ODE-only"):
         LocallyRegularized(NeuralSDE(), gradient=Checkpoint(checkpoints=2))
+
+
+def test_checkpoint_refuses_torch_func_transforms_and_forward_mode():
+    """Its torch.autograd.Function runs under torch.autograd only: grad and forward-mode AD are
+    refused by name (torch's own errors come from deep inside the solve)."""
+    from torch.autograd import forward_ad
+    from torch.func import grad
+
+    def solve(y0):
+        return sdeint(
+            NeuralSDE(), y0, [0.0, 1.0], bm=brownian("diagonal"), step_size=0.5, gradient="checkpoint"
+        )
+
+    with pytest.raises(ValueError, match=r"sdeint with gradient='checkpoint' cannot run under torch.func"):
+        grad(lambda y0: solve(y0).ys.sum())(torch.ones(4, 3, dtype=DTYPE))
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(torch.ones(4, 3, dtype=DTYPE), torch.ones(4, 3, dtype=DTYPE))
+        with pytest.raises(ValueError, match="forward mode runs through gradient='direct' only"):
+            solve(dual)

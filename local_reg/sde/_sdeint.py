@@ -183,6 +183,8 @@ def sdeint(
     if step_penalty is not None and step_size is not None:
         raise ValueError("step_penalty needs the adaptive mode (an error estimate): drop step_size")
     checkpointed = sde_gradient(gradient, step_penalty)
+    if checkpointed is not None:
+        check_function_transforms("sdeint", checkpointed.name, y0=y0)  # t was judged above
     params = sde_params(sde, adjoint_params, checkpointed)
 
     # At a jump at t0, just after it (as the first step takes them).
