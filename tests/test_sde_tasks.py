@@ -54,7 +54,7 @@ def test_unsupported_combinations_are_rejected():
     task = REGISTRY["nsde_digits"]
     settings = task.settings("tiny")
     for gradient in ("adjoint", "checkpoint"):
-        with pytest.raises(ValueError, match="global regularization .* use --gradient direct"):
+        with pytest.raises(ValueError, match=r"global regularization .* use --gradient direct"):
             task.build_model(settings, ModelContext(METHODS["global-error"], gradient, 1))
     with pytest.raises(ValueError, match="gradient"):
         task.build_model(settings, ModelContext(METHODS["vanilla"], "symplectic", 1))
