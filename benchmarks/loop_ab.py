@@ -7,7 +7,8 @@ relative), e.g. for commit ``REV``::
     cp -r /tmp/old/local_reg /tmp/oldpkg/local_reg_old
     .venv/bin/python benchmarks/loop_ab.py --old /tmp/oldpkg
 
-A small MLP field on a small state (where the loop's own overhead matters most), no autograd, one
+A small MLP field on a small state (where the loop's own overhead matters most), or with
+``--sde`` the SDE ``dy = MLP(y) dt + 0.1 dW`` (``--step-size`` for fixed steps), no autograd, one
 thread; each round runs the other version, then this checkout; times are the process's CPU time
 (less disturbed than wall time by other jobs on shared cores); the table gives medians and the
 median per-round ratio.
@@ -56,14 +57,46 @@ def problem(args: argparse.Namespace):
 
 def solvers(args: argparse.Namespace) -> dict:
     local_reg_old = old_local_reg(args.old)
+    if args.sde:
+        return {VERSIONS["old"]: local_reg_old.sdeint, VERSIONS["new"]: local_reg.sdeint}
     return {VERSIONS["old"]: local_reg_old.odeint, VERSIONS["new"]: local_reg.odeint}
 
 
-def solve(odeint, net, y0, t, args: argparse.Namespace):
-    return odeint(lambda t, y: net(y), y0, t, method=args.method, rtol=1e-7, atol=1e-9)
+class AdditiveSDE(torch.nn.Module):
+    """``dy = net(y) dt + 0.1 dW``, diagonal noise: the ``--sde`` problem."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def f(self, t, y):
+        return self.net(y)
+
+    def g(self, t, y):
+        return torch.full_like(y, 0.1)
+
+
+def solve(solver, net, y0, t, args: argparse.Namespace):
+    if args.sde:
+        # One seed: both versions draw the same Brownian path, so their outputs compare to the bit.
+        steps = {} if args.step_size is None else {"step_size": args.step_size}
+        return solver(AdditiveSDE(net), y0, t, generator=torch.Generator().manual_seed(0), **steps)
+    return solver(lambda t, y: net(y), y0, t, method=args.method, rtol=1e-7, atol=1e-9)
+
+
+def field_calls(solution) -> int:
+    """The calls of the MLP a solve made (an SDE's diffusion calls are not the MLP's)."""
+    return solution.stats.nfe - (solution.stats.nfe_diffusion or 0)
 
 
 def describe(args: argparse.Namespace, what: str) -> None:
+    if args.sde:
+        steps = "adaptive (rtol = atol = 1e-2)" if args.step_size is None else f"step_size={args.step_size}"
+        setup = f"t in [0, {args.t1}], sdeint (Euler-Maruyama, {steps}), 1 thread, {what}"
+        print(f"dy = MLP(y) dt + 0.1 dW, MLP {args.dim}-64-64-{args.dim}, batch {args.batch}, {setup}")
+        return
     setup = f"t in [0, {args.t1}], {args.method}, rtol=1e-7, atol=1e-9, 1 thread, {what}"
     print(f"MLP {args.dim}-64-64-{args.dim}, batch {args.batch}, {setup}")
 
@@ -86,7 +119,7 @@ def time_rounds(args: argparse.Namespace) -> None:
                 solution = solve(odeint, net, y0, t, args)
                 nfe, n_steps = solution.stats.nfe, solution.stats.n_steps
                 per_step[name].append((time.process_time() - start) / n_steps)
-                overhead[name].append(per_step[name][-1] - bare * nfe / n_steps)
+                overhead[name].append(per_step[name][-1] - bare * field_calls(solution) / n_steps)
                 counts[name] = (nfe, n_steps)
                 outputs[name] = solution.ys
     describe(args, f"{args.rounds} rounds")
@@ -110,18 +143,23 @@ def child(args: argparse.Namespace) -> None:
     with torch.no_grad():
         solutions = {name: solve(odeint, net, y0, t, args) for name, odeint in odeints.items()}
         if args.child == "bare":
-            for _ in range(args.repeats * solutions[VERSIONS["old"]].stats.nfe):
+            for _ in range(args.repeats * field_calls(solutions[VERSIONS["old"]])):
                 net(y0)
         elif args.child != "baseline":
             for _ in range(args.repeats):
                 solve(odeints[VERSIONS[args.child]], net, y0, t, args)
-    print("STATS", json.dumps({name: [s.stats.nfe, s.stats.n_steps] for name, s in solutions.items()}))
+    print(
+        "STATS",
+        json.dumps({name: [s.stats.nfe, s.stats.n_steps, field_calls(s)] for name, s in solutions.items()}),
+    )
 
 
 def count_instructions(args: argparse.Namespace) -> None:
     forwarded = [
         *("--old", args.old, "--t1", str(args.t1), "--method", args.method),
         *("--batch", str(args.batch), "--dim", str(args.dim), "--repeats", str(args.repeats)),
+        *(("--sde",) if args.sde else ()),
+        *(() if args.step_size is None else ("--step-size", str(args.step_size))),
     ]
     counts = {}
     for which in ("baseline", "bare", *VERSIONS):
@@ -132,17 +170,17 @@ def count_instructions(args: argparse.Namespace) -> None:
         run = subprocess.run(command, capture_output=True, text=True, check=True)
         counts[which] = int(re.search(r"Collected : (\d+)", run.stderr).group(1))
         stats = json.loads(re.search(r"STATS (.*)", run.stdout).group(1))
-    bare_per_call = (counts["bare"] - counts["baseline"]) / (args.repeats * stats[VERSIONS["old"]][0])
+    bare_per_call = (counts["bare"] - counts["baseline"]) / (args.repeats * stats[VERSIONS["old"]][2])
     describe(args, f"{args.repeats} solves per version, executed instructions")
     print("| version | NFE | attempted steps | instructions / attempted step | overhead / attempted step |")
     print("|---|---|---|---|---|")
     per_step = {}
     overhead = {}
     for which, name in VERSIONS.items():
-        nfe, n_steps = stats[name]
+        nfe, n_steps, calls = stats[name]
         per_solve = (counts[which] - counts["baseline"]) / args.repeats
         per_step[name] = per_solve / n_steps
-        overhead[name] = (per_solve - nfe * bare_per_call) / n_steps
+        overhead[name] = (per_solve - calls * bare_per_call) / n_steps
         print(f"| {name} | {nfe} | {n_steps} | {per_step[name]:,.0f} | {overhead[name]:,.0f} |")
     print(f"bare call of the field: {bare_per_call:,.0f} instructions")
     for what, values in (("per step", per_step), ("overhead", overhead)):
@@ -160,6 +198,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=2, help="state dimension (the MLP's input and output)")
     parser.add_argument("--instructions", action="store_true", help="count instructions (valgrind)")
     parser.add_argument("--repeats", type=int, default=3, help="solves per version with --instructions")
+    parser.add_argument("--sde", action="store_true", help="solve dy = MLP(y) dt + 0.1 dW with sdeint")
+    parser.add_argument("--step-size", type=float, help="with --sde: fixed steps of this size")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:

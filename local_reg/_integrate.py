@@ -621,6 +621,8 @@ def integrate(
                     raise ValueError(
                         f"norm must return a non-negative number, got {error_estimate} at t={t!r}"
                     )
+            if trial_non_finite:
+                stepper.explain_non_finite()
             if trial_non_finite and not adaptive:
                 raise SolverError(stepper.failure, t=t, n_steps=stats.n_steps)
             if trial_non_finite:

@@ -89,6 +89,10 @@ class Stepper(ABC, Generic[Carry]):
         """The states at ``t_outs`` inside the accepted step ``(t, y) -> t + dt``, stacked."""
         raise NotImplementedError(f"{type(self).__name__} has no dense output")
 
+    def explain_non_finite(self) -> None:
+        """Called when the step just attempted turned non-finite: raise a more specific error than
+        the loop's if its cause is known (an SDE's Brownian increment); by default nothing."""
+
     @abstractmethod
     def next_carry(self, result: Any, accepted: bool, carry: Carry) -> Carry:
         """The carry of the step after ``result``, accepted or rejected."""

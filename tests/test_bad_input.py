@@ -2193,6 +2193,16 @@ def test_a_non_finite_brownian_increment_is_named_not_blamed_on_the_state():
     with pytest.raises(ValueError, match=r"^bm\(0.0, .*\) returned a non-finite increment: its own values"):
         sdeint(DiagonalSDE(), torch.ones(1, 2), [0.0, 1.0], bm=nan_path)
 
+    # Judged once the step turns non-finite, which it does also where the diffusion is 0, and
+    # with fixed steps, whatever the noise type.
+    class Quiet(DiagonalSDE):
+        def g(self, t, y):
+            return torch.zeros_like(y)
+
+    for sde, steps in ((Quiet(), {}), (DiagonalSDE(), {"step_size": 0.25}), (Quiet(), {"step_size": 0.25})):
+        with pytest.raises(ValueError, match=r"^bm\(0.0, .*\) returned a non-finite increment"):
+            sdeint(sde, torch.ones(1, 2), [0.0, 1.0], bm=nan_path, **steps)
+
 
 @pytest.mark.parametrize(
     ("dtype", "atol", "match"),

@@ -369,6 +369,11 @@ class EulerMaruyamaStepper(Stepper[tuple[Tensor | None, Tensor | None]]):
         """The Brownian increment ``W(t_next) - W(t)`` of the step from ``t`` to ``t_next``."""
         return self.bm(t, t_next)
 
+    def explain_non_finite(self) -> None:
+        check_last_finite = getattr(self.bm, "check_last_finite", None)  # a CheckedBrownian's
+        if check_last_finite is not None:
+            check_last_finite()
+
     def after_jump(self, carry: tuple[Tensor | None, Tensor | None]) -> tuple[None, None]:
         return None, None  # the next step evaluates the drift and diffusion just after the jump
 

@@ -225,7 +225,10 @@ class CheckedSDE:
 
 class CheckedBrownian:
     """``bm`` with every increment checked: a tensor of ``like``'s dtype and device and of the
-    Brownian motion's ``size`` (a float64 increment would silently promote a float32 solve)."""
+    Brownian motion's ``size`` (a float64 increment would silently promote a float32 solve). Its
+    finiteness is judged only once a step has turned non-finite (:meth:`check_last_finite`): a
+    non-finite increment makes the step's state non-finite, which the loop reads anyway, so every
+    step is spared a read of the device."""
 
     def __init__(
         self,
@@ -243,15 +246,23 @@ class CheckedBrownian:
         self.like = like
         self.given = given
         self.interval = interval
+        self.last: tuple[float, float, Tensor] | None = None
 
     def __call__(self, ta: float, tb: float) -> Tensor:
         if self.interval is not None:
             start, end = self.interval
             ta, tb = min(max(ta, start), end), min(max(tb, start), end)
         dw = check_brownian_increment(self.bm(ta, tb), self.size, self.like)
+        self.last = (ta, tb, dw)
+        return dw
+
+    def check_last_finite(self) -> None:
+        """A ``ValueError`` if the last increment is not finite: otherwise the solve would blame the
+        state, drift or diffusion (after rejecting the step down to an underflow)."""
+        if self.last is None:
+            return
+        ta, tb, dw = self.last
         if not bool(torch.isfinite(dw).all()):
-            # Otherwise the solve blames the state, drift or diffusion after rejecting the step
-            # down to an underflow.
             source = (
                 f"bm({ta!r}, {tb!r}) returned a non-finite increment: its own values, or a Brownian "
                 "motion that"
@@ -262,7 +273,6 @@ class CheckedBrownian:
                 f"{source} cannot resolve this interval in {dw.dtype} (a step this short, a first_step "
                 "say, or times this large; solve in float64, or over times nearer 0)"
             )
-        return dw
 
 
 def check_brownian_increment(dw: object, size: tuple[int, ...], like: Tensor) -> Tensor:
