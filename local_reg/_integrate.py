@@ -285,7 +285,7 @@ def times_rounding(times: list[float], rounded_to: torch.dtype | None) -> float:
 
 def fixed_step_count(t: float, t_target: float, step_size: float, rounding: float = 0.0) -> int:
     """How many equal steps, none longer than ``step_size`` (but for the ``rounding`` of the times,
-    :attr:`SolveOptions.times_rounding`), cover ``[t, t_target]``."""
+    :attr:`SolveOptions.times_rounding`, and then by at most 1%), cover ``[t, t_target]``."""
     ratio = abs(t_target - t) / step_size
     if math.isinf(ratio):
         # Beyond the floats (a tiny step over a huge span, or an event solve's open end): counted
@@ -294,10 +294,11 @@ def fixed_step_count(t: float, t_target: float, step_size: float, rounding: floa
     count = max(1, math.ceil(ratio - 1e-9))
     # Float32 times are their intended values rounded, which can put an interval a hair past a
     # multiple of step_size (torch.linspace(0, 1, 11) has 0.3 - 0.2 = 0.10000001): an excess
-    # within that rounding takes no sliver of a step, as on torchdiffeq's grid. Only where the
-    # times resolve the step: with a rounding of half a step or more every count is as good.
-    excess, rounding_in_steps = ratio - (count - 1), rounding / step_size
-    if count > 1 and rounding_in_steps < 0.5 and excess <= rounding_in_steps:
+    # within that rounding takes no sliver of a step, as on torchdiffeq's grid. At most the
+    # landing slack of a step: where the times' rounding is coarser than that (float32 far from
+    # 0), forgiving it would lengthen every step, beyond an explicit method's stability.
+    forgiven = min(rounding / step_size, _LANDING_SLACK)
+    if rounding > 0.0 and 1 < count <= _EXACT_COUNTS and ratio - (count - 1) <= forgiven:
         count -= 1
     return count
 

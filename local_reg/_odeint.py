@@ -184,7 +184,9 @@ def odeint(
         max_steps: attempted steps (accepted + rejected) before a :class:`SolverError`.
         step_size: take fixed steps of (at most) this size instead of adaptive ones; required for
             ``euler``, ``midpoint`` and ``rk4``. Each interval between output times is divided into
-            equal steps no longer than ``step_size``. What it would leave unread beside it is
+            equal steps no longer than ``step_size`` (times given in float32 or narrower may make
+            them up to 1% longer, within their rounding: docs/solver.md). What it would leave
+            unread beside it is
             refused: ``first_step``; ``norm`` where the method has no error estimate;
             ``controller`` unless the gradient method's own adaptive backward solve uses it.
         controller: step-size controller (default :class:`PIController`).

@@ -834,3 +834,15 @@ def narrowest_float(times: Tensor | np.ndarray | Sequence[float | Tensor]) -> to
         dtypes = [v.dtype for v in times if isinstance(v, Tensor) and v.is_floating_point()]
     narrow = [dtype for dtype in dtypes if torch.finfo(dtype).bits < 64]
     return min(narrow, key=lambda dtype: torch.finfo(dtype).bits) if narrow else None
+
+
+def times_as_given(times: list[float], rounded_to: torch.dtype | None) -> list[float] | Tensor:
+    """``times`` (checked floats) for ``odeint`` or ``sdeint`` as they came: a tensor of
+    ``rounded_to``, the narrower float they came in (:func:`narrowest_float`), so that the solve
+    allows for that rounding (fixed steps: ``local_reg._integrate.times_rounding``), where each is
+    a number of that dtype; else (``None``, or a time added in a wider float, a regularizer's
+    ``t_reg``) the floats themselves."""
+    if rounded_to is None:
+        return times
+    as_tensor = torch.tensor(times, dtype=rounded_to)
+    return as_tensor if host_list(as_tensor) == times else times

@@ -725,6 +725,12 @@ def test_float32_output_times_a_step_size_apart_take_one_step_each(start, state_
         (torch.tensor([0.0, 0.1001]), 0.1, 2),
         # Times that do not resolve the step (float32's spacing at 1e6 is 0.06): the plain count.
         (torch.tensor([1e6, 1e6 + 1.0]), 0.01, 100),
+        # Intervals of 0.0703125 (0.07 meant; float32's spacing at 1e5 is 0.008), past the step
+        # of 0.05 by 41%, within the times' rounding but far beyond the 1% a step may grow by.
+        (torch.linspace(1e5, 1e5 + 0.7, 11), 0.05, 20),
+        (torch.linspace(0.0, 1.0, 11, dtype=torch.float16), 0.1, 10),
+        # bfloat16's rounding puts three intervals 1.6% past the step, beyond the 1%: slivers.
+        (torch.linspace(0.0, 1.0, 11, dtype=torch.bfloat16), 0.1, 13),
     ],
 )
 def test_fixed_steps_over_float32_grids_count_the_steps_meant(t, step_size, n_steps):
@@ -732,6 +738,46 @@ def test_fixed_steps_over_float32_grids_count_the_steps_meant(t, step_size, n_st
         lambda t, y: -y, torch.ones(1), t, method="euler", step_size=step_size, max_steps=n_steps
     )
     assert solution.stats.n_steps == n_steps
+    assert float(solution.steps.dt.abs().max()) <= 1.01 * step_size
+
+
+def test_float64_fixed_step_counts_beyond_exact_floats_are_unchanged():
+    """A count past 2**53 (ratio and count - 1 one float) must not lose a step to the float32 rule."""
+    with pytest.raises(ValueError, match="needs about 1e20 steps"):
+        odeint(
+            lambda t, y: -y, torch.ones(1, dtype=torch.float64), [0.0, 1.0], method="euler", step_size=1e-20
+        )
+
+
+def test_regularized_models_count_float32_fixed_steps_as_odeint_and_sdeint():
+    """The regularized models hand their times on as floats: without the dtype they came in, a
+    model took 16 steps where odeint on the same t takes 10."""
+    from local_reg import LocallyRegularized, RNODERegularized
+    from local_reg.sde import sdeint
+    from tests.problems import DecaySDE
+
+    t = torch.linspace(0.0, 1.0, 11)
+    field = CountingField(lambda t, y: -y)
+    for model, train in (
+        (LocallyRegularized(field, method="rk4", options={"step_size": 0.1}), False),
+        (RNODERegularized(field, method="rk4", options={"step_size": 0.1}), True),
+    ):
+        field.calls = 0
+        model.train(train)
+        model(torch.ones(1, 2), t)
+        assert field.calls == 40, type(model).__name__
+    calls = {"drift": 0}
+
+    class Counted(DecaySDE):
+        def f(self, t, y):
+            calls["drift"] += 1
+            return super().f(t, y)
+
+    LocallyRegularized(Counted(), options={"step_size": 0.1}).eval()(torch.ones(2, 1), t)
+    assert calls["drift"] == 10
+    calls["drift"] = 0
+    sdeint(Counted(), torch.ones(2, 1), t, step_size=0.1, generator=torch.Generator().manual_seed(0))
+    assert calls["drift"] == 10
 
 
 @pytest.mark.parametrize(
@@ -739,8 +785,8 @@ def test_fixed_steps_over_float32_grids_count_the_steps_meant(t, step_size, n_st
 )
 def test_fixed_steps_over_float32_times_take_their_count_backwards_too(gradient):
     """The adjoints' backward solves, from output time to output time (a cotangent at each), count
-    their fixed steps with the forward's allowance for the times' rounding: within the forward's
-    max_steps, and the gradient is every method's."""
+    their fixed steps with the forward's allowance for the times' rounding (the forward's 10 steps,
+    not 16), and the gradient is every method's."""
     t = torch.linspace(0.0, 1.0, 11)
     weight = torch.tensor([[-0.5, 0.3], [0.2, -1.0]], requires_grad=True)
 

@@ -75,17 +75,19 @@ def solve_augmented(
     y0: Tensor,
     times: list[float],
     t_dtype: torch.dtype,
+    rounded_to: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor, Solution]:
     """``(ys, integrals, solution)``: the state at ``t``, shape ``(len(t), *y0.shape)``, and the
     ``n_terms`` integrals ``int r_i dt`` from ``t[0]`` to ``t[-1]`` (signed so that a backward
-    solve gives the same non-negative cost as the forward one)."""
+    solve gives the same non-negative cost as the forward one); ``rounded_to``: the float the
+    times came in (:meth:`ODEProblem.odeint`)."""
     if len(times) < 2:
         # One time spans no interval: the penalty would be a silent 0.
         raise ValueError(f"t must hold at least 2 times (t0 and t1) to integrate over, got {len(times)}")
     augmented0 = torch.cat([y0.reshape(-1), y0.new_zeros(n_terms)])
     field = AugmentedField(problem.func, integrand, y0.shape, n_terms)
     options = _on_the_state(problem.options, lambda y: y[:-n_terms].view(y0.shape))
-    solution = problem.odeint(field, augmented0, times, t_dtype, options=options)
+    solution = problem.odeint(field, augmented0, times, t_dtype, options=options, rounded_to=rounded_to)
     ys = solution.ys[:, :-n_terms].reshape(len(times), *y0.shape)
     direction = time_direction(times)
     return ys, direction * solution.ys[-1, -n_terms:], solution

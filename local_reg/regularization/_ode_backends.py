@@ -134,10 +134,16 @@ class _TorchdiffeqField(nn.Module):
 
 
 def solve_main(
-    problem: Any, y0: Tensor, times: list[float], t_dtype: torch.dtype, request: Request
+    problem: Any,
+    y0: Tensor,
+    times: list[float],
+    t_dtype: torch.dtype,
+    request: Request,
+    rounded_to: torch.dtype | None = None,
 ) -> MainSolve:
     """Solve ``problem`` (an :class:`~._problems.ODEProblem`) at ``times`` on its backend and return
-    the record; ``t_dtype`` is the dtype torchdiffeq sees the times in."""
+    the record; ``t_dtype`` is the dtype torchdiffeq sees the times in, ``rounded_to`` the float
+    they came in (local_reg's fixed steps allow for its rounding)."""
     func, backend, method, gradient = problem.func, problem.backend, problem.method, problem.gradient
     rtol, atol, adjoint_params = problem.rtol, problem.atol, problem.adjoint_params
     record_steps = request.steps
@@ -145,7 +151,13 @@ def solve_main(
     options = dict(problem.options or {})
     if backend == "local_reg":
         solution = problem.odeint(
-            func, y0, times, t_dtype, record_states=request.states, step_penalty=request.step_penalty
+            func,
+            y0,
+            times,
+            t_dtype,
+            rounded_to=rounded_to,
+            record_states=request.states,
+            step_penalty=request.step_penalty,
         )
         return MainSolve.from_solution(solution, record_steps=record_steps)
 

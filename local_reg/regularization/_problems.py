@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,7 @@ from .._validate import (
     relative_tolerance,
     step_tolerances,
     time_dtype,
+    times_as_given,
     validate_state,
     validate_times,
     without_autocast,
@@ -61,6 +62,27 @@ from ._options import check_ode_settings, check_sde_settings, main_gradient, ode
 from ._probe import heuristic_order
 
 REGULARIZERS = ("error", "stiffness")
+
+
+class SDEContext(NamedTuple):
+    """What :meth:`SDEProblem.prepare` makes for the main solve and the probe."""
+
+    noise_type: str
+    bm: Any
+    """The Brownian motion the main solve and the probe share."""
+    made: bool
+    """Whether ``prepare`` made ``bm`` (and releases it), rather than the caller."""
+    rounded_to: torch.dtype | None
+    """The float narrower than float64 the output times came in, if any (:func:`narrowest_float`)."""
+
+
+class ODEContext(NamedTuple):
+    """What :meth:`ODEProblem.prepare` makes for the main solve and the probe."""
+
+    time_dtype: torch.dtype
+    """The dtype ``func`` gets times in."""
+    rounded_to: torch.dtype | None
+    """The float narrower than float64 the output times came in, if any (:func:`narrowest_float`)."""
 
 
 def check_regularizer_tableau(regularizer: str, tableau: ButcherTableau, argument: str) -> None:
@@ -292,8 +314,10 @@ class ODEProblem(_Problem):
         validate_state(y0)
         times = validate_times(t)
         t_dtype = self.times_dtype(t, y0)
-        # The context: the dtype func gets its times in (torchdiffeq casts them to the state's).
-        return times, t_dtype, t_dtype if self.backend == "local_reg" else y0.dtype, Stats()
+        # The context: the dtype func gets its times in (torchdiffeq casts them to the state's),
+        # and the float the times came rounded to (odeint's fixed steps allow for it).
+        field_dtype = t_dtype if self.backend == "local_reg" else y0.dtype
+        return times, t_dtype, ODEContext(field_dtype, narrowest_float(t)), Stats()
 
     def times_dtype(self, t: Tensor | Sequence[float], y0: Tensor) -> torch.dtype:
         """The dtype the backend sees the times in. As odeint: a floating tensor ``t`` keeps its
@@ -304,8 +328,17 @@ class ODEProblem(_Problem):
             return time_dtype(t, y0)
         return torch.float64 if self.backend == "torchdiffeq" else y0.dtype
 
-    def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: None, request: Request):
-        return _ode_backends.solve_main(self, y0, times, t_dtype, request)
+    def solve(
+        self,
+        y0: Tensor,
+        times: list[float],
+        t_dtype: torch.dtype,
+        context: ODEContext | None,
+        request: Request,
+    ):
+        """The main solve; ``context`` ``None`` for times not prepared here (STEER's drawn end)."""
+        rounded_to = None if context is None else context.rounded_to
+        return _ode_backends.solve_main(self, y0, times, t_dtype, request, rounded_to)
 
     def odeint(
         self,
@@ -314,20 +347,24 @@ class ODEProblem(_Problem):
         times: list[float],
         t_dtype: torch.dtype,
         options: dict[str, Any] | None = None,
+        rounded_to: torch.dtype | None = None,
         **record: Any,
     ):
         """:func:`local_reg.odeint` of ``field`` (``func`` or a field built on it) with this
         problem's method, tolerances, gradient method and options (or ``options`` instead), its
         times in ``t_dtype`` (as a tensor where wider than the state's dtype: odeint reads floats in
-        the state's). Beside a fixed ``step_size`` the settings of adaptive steps the solve leaves
-        unread (a controller, a norm) are the probe's alone, and are not passed on."""
+        the state's), or in ``rounded_to``, the float they came rounded to (:func:`times_as_given`).
+        Beside a fixed ``step_size`` the settings of adaptive steps the solve leaves unread (a
+        controller, a norm) are the probe's alone, and are not passed on."""
         wider = t_dtype != y0.dtype
         options = self.options if options is None else options
         unread = self.main_solve_unread
         return odeint(
             field,
             y0,
-            torch.tensor(times, dtype=t_dtype, device=y0.device) if wider else times,
+            torch.tensor(times, dtype=t_dtype, device=y0.device)
+            if wider
+            else times_as_given(times, rounded_to),
             method=ode_method("local_reg", self.method),
             rtol=self.rtol,
             atol=self.atol,
@@ -350,14 +387,14 @@ class ODEProblem(_Problem):
             main_gradient(self.gradient, self.options),
         )
 
-    def field_time_dtype(self, context: torch.dtype, state: Tensor) -> torch.dtype:
-        """The dtype ``func`` gets times in: the context (:meth:`prepare`)."""
-        return context
+    def field_time_dtype(self, context: ODEContext, state: Tensor) -> torch.dtype:
+        """The dtype ``func`` gets times in (:meth:`prepare`)."""
+        return context.time_dtype
 
-    def drift(self, context: torch.dtype, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
-        """``func(t_reg, state)``, counted in ``stats``; ``context``: the dtype ``func`` gets times in."""
+    def drift(self, context: ODEContext, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
+        """``func(t_reg, state)``, counted in ``stats``."""
         stats.add(1)
-        return checked_field(self.func)(time_tensor(t_reg, state, context), state)
+        return checked_field(self.func)(time_tensor(t_reg, state, context.time_dtype), state)
 
     @property
     def norm(self) -> Callable[[Tensor], Tensor]:
@@ -368,7 +405,7 @@ class ODEProblem(_Problem):
 
     def _heuristic(
         self,
-        context: torch.dtype,
+        context: ODEContext,
         tableau: ButcherTableau,
         t_reg: float,
         y: Tensor,
@@ -390,14 +427,14 @@ class ODEProblem(_Problem):
             direction,
             norm=self.norm,
             t_end=t_end,
-            time_dtype=context,
+            time_dtype=context.time_dtype,
         )
         stats.add(extra)
         return dt_abs
 
     def _step(
         self,
-        context: torch.dtype,
+        context: ODEContext,
         tableau: ButcherTableau,
         t_reg: float,
         state: Tensor,
@@ -416,7 +453,7 @@ class ODEProblem(_Problem):
             atol=self.atol,
             k1=k1,
             norm=self.norm,
-            time_dtype=context,
+            time_dtype=context.time_dtype,
             jump_ts=jump_ts,
         )
 
@@ -480,16 +517,18 @@ class SDEProblem(_Problem):
             max_steps=self.options.get("max_steps", DEFAULT_MAX_STEPS),
             times_dtype=narrowest_float(t),
         )
-        return times, y0.dtype, (noise_type, bm, made), stats
+        return times, y0.dtype, SDEContext(noise_type, bm, made, narrowest_float(t)), stats
 
-    def solve(self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: tuple, request: Request):
-        return _sde_backends.solve_main(self, y0, times, context[1], request)
+    def solve(
+        self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: SDEContext, request: Request
+    ):
+        return _sde_backends.solve_main(self, y0, times, context.bm, request, context.rounded_to)
 
-    def release(self, context: tuple) -> None:
+    def release(self, context: SDEContext) -> None:
         """Free the Brownian interval ``prepare`` made (not the caller's ``bm``): its increments
         would otherwise wait for a full garbage collection (sde/brownian.py: release_brownian).
         torchsde's adjoint re-solves on it in the backward pass, and keeps it."""
-        _, bm, made = context
+        bm, made = context.bm, context.made
         if made and not (self.backend == "torchsde" and self.gradient.name == "adjoint"):
             release_brownian(bm)
 
@@ -501,24 +540,24 @@ class SDEProblem(_Problem):
             return ()
         return ("first_step", "controller")
 
-    def field_time_dtype(self, context: tuple, state: Tensor) -> torch.dtype:
+    def field_time_dtype(self, context: SDEContext, state: Tensor) -> torch.dtype:
         """The dtype the drift and diffusion get times in: the state's."""
         return state.dtype
 
-    def drift(self, context: tuple, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
+    def drift(self, context: SDEContext, t_reg: float, state: Tensor, stats: Stats) -> Tensor:
         """The drift ``f(t_reg, state)``, counted in ``stats``."""
         stats.add(1)
-        return CheckedSDE(self.sde, context[0]).f(time_tensor(t_reg, state), state)
+        return CheckedSDE(self.sde, context.noise_type).f(time_tensor(t_reg, state), state)
 
-    def _start(self, context: tuple, t_reg: float, state: Tensor, stats: Stats) -> tuple[Tensor, Tensor]:
+    def _start(self, context: SDEContext, t_reg: float, state: Tensor, stats: Stats) -> tuple[Tensor, Tensor]:
         t_now = time_tensor(t_reg, state)
-        sde = CheckedSDE(self.sde, context[0])
+        sde = CheckedSDE(self.sde, context.noise_type)
         stats.add(2, diffusion=1)
         return sde.f(t_now, state), sde.g(t_now, state)
 
     def _heuristic(
         self,
-        context: tuple,
+        context: SDEContext,
         tableau: None,
         t_reg: float,
         state: Tensor,
@@ -529,18 +568,26 @@ class SDEProblem(_Problem):
         t_end: float,
     ) -> float:
         f0, g0 = start
-        sde = CheckedSDE(self.sde, context[0])
+        sde = CheckedSDE(self.sde, context.noise_type)
         # Outside autocast as sdeint's heuristic (the checked SDE keeps it for f and g themselves).
         with without_autocast():
             dt_abs, extra_f, extra_g = sde_initial_step_size(
-                sde, context[0], t_reg, state, f0.detach(), g0.detach(), self.rtol, self.atol, t_end=t_end
+                sde,
+                context.noise_type,
+                t_reg,
+                state,
+                f0.detach(),
+                g0.detach(),
+                self.rtol,
+                self.atol,
+                t_end=t_end,
             )
         stats.add(extra_f + extra_g, diffusion=extra_g)
         return dt_abs
 
     def _step(
         self,
-        context: tuple,
+        context: SDEContext,
         tableau: None,
         t_reg: float,
         state: Tensor,
@@ -548,7 +595,7 @@ class SDEProblem(_Problem):
         start: tuple,
         jump_ts: Sequence[float],
     ):
-        noise_type, bm, _ = context
+        noise_type, bm = context.noise_type, context.bm
         f0, g0 = start
         size = brownian_size(noise_type, state, g0)
         # The same Brownian path as the main solve: the penalty is measured where the model was trained.

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_choice
+from .._validate import check_choice, times_as_given
 from ..gradients import BacksolveAdjoint, Checkpoint, Direct, GradientMethod, as_gradient_method
 from ..sde import sdeint
 from ..sde._sdeint import sde_gradient
@@ -69,10 +69,18 @@ class CountingSDE(nn.Module):
         return self.sde.g(t, y)
 
 
-def solve_main(problem: Any, y0: Tensor, times: list[float], bm: Any, request: Request) -> MainSolve:
+def solve_main(
+    problem: Any,
+    y0: Tensor,
+    times: list[float],
+    bm: Any,
+    request: Request,
+    rounded_to: torch.dtype | None = None,
+) -> MainSolve:
     """Solve ``problem`` (an :class:`~._problems.SDEProblem`) at ``times`` on the Brownian motion
     ``bm``; its ``options`` are extra keywords of the backend's solver (``local_reg.sdeint``, or
-    ``torchsde.sdeint``: e.g. ``dt``, ``adaptive``)."""
+    ``torchsde.sdeint``: e.g. ``dt``, ``adaptive``); ``rounded_to``: the float the times came in
+    (local_reg's fixed steps allow for its rounding)."""
     sde, backend, method, gradient = problem.sde, problem.backend, problem.method, problem.gradient
     rtol, atol = problem.rtol, problem.atol
     method = DEFAULT_METHOD[backend] if method is None else method
@@ -83,7 +91,7 @@ def solve_main(problem: Any, y0: Tensor, times: list[float], bm: Any, request: R
         solution = sdeint(
             sde,
             y0,
-            times,
+            times_as_given(times, rounded_to),
             method=method,
             rtol=rtol,
             atol=atol,

@@ -27,7 +27,14 @@ from torch import Tensor
 from torch.func import vjp
 
 from .._step import VectorField
-from .._validate import checked_field, generator_device, non_negative_float, validate_state, validate_times
+from .._validate import (
+    checked_field,
+    generator_device,
+    narrowest_float,
+    non_negative_float,
+    validate_state,
+    validate_times,
+)
 from ..solution import State
 from ._augmented import Integrand, mean_square, solve_augmented
 from ._baseline import (
@@ -98,7 +105,7 @@ class RNODEPenalty(BaselinePenalty):
         # Checked output: a wrong shape is named before the vector--Jacobian product meets it.
         integrand = rnode_integrand(checked_field(problem.func), eps)
         ys, integrals, solution = solve_augmented(
-            problem, integrand, 2, y0, times, problem.times_dtype(t, y0)
+            problem, integrand, 2, y0, times, problem.times_dtype(t, y0), narrowest_float(t)
         )
         penalty = self.kinetic * integrals[0] + self.jacobian * integrals[1]
         stats = solution_stats(

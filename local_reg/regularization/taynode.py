@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.func import jvp
 
 from .._step import VectorField
-from .._validate import checked_field, validate_state, validate_times
+from .._validate import checked_field, narrowest_float, validate_state, validate_times
 from ..solution import State
 from ._augmented import Integrand, mean_square, solve_augmented
 from ._baseline import BaselinePenalty, BaselineStats, solution_stats
@@ -122,7 +122,7 @@ class TayNODEPenalty(BaselinePenalty):
         # Checked output: a wrong shape is named before the forward-mode derivatives meet it.
         integrand = taylor_integrand(checked_field(problem.func), self.order)
         ys, integrals, solution = solve_augmented(
-            problem, integrand, 1, y0, times, problem.times_dtype(t, y0)
+            problem, integrand, 1, y0, times, problem.times_dtype(t, y0), narrowest_float(t)
         )
         penalty = integrals[0]
         value = float(penalty.detach())

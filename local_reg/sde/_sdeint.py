@@ -105,7 +105,8 @@ def sdeint(
             :func:`local_reg.sde.sde_initial_step_size` picks it. ``dt0`` is its deprecated
             spelling (a ``DeprecationWarning``).
         step_size: take fixed steps instead: each interval between output times is divided into
-            equal steps no longer than ``step_size``; no error estimate is computed.
+            equal steps no longer than ``step_size`` (as :func:`local_reg.odeint`'s, for times
+            given in float32 too); no error estimate is computed.
             ``first_step`` and ``controller``, read by adaptive steps only, are refused beside it.
         bm: Brownian motion ``bm(ta, tb) -> W(tb) - W(ta)`` of shape ``(batch, m)`` covering
             ``[t[0], t[-1]]`` (e.g. ``torchsde.BrownianInterval``); by default a new
