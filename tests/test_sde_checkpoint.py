@@ -100,7 +100,7 @@ def test_checkpoint_passes_gradcheck():
     """Finite differences of the fixed-step Milstein solve on one Brownian path, w.r.t. y0 and a
     diffusion parameter, against the checkpoint gradient."""
     bm = brownian("diagonal")
-    sde = ScaledDiffusion("diagonal")
+    sde = ScaledDiffusion("diagonal").requires_grad_(False)  # y0 and scale are gradcheck's inputs
 
     def solve(y0, scale):
         sde.given_scale = scale
@@ -253,3 +253,154 @@ def test_checkpoint_refuses_torch_func_transforms_and_forward_mode():
         dual = forward_ad.make_dual(torch.ones(4, 3, dtype=DTYPE), torch.ones(4, 3, dtype=DTYPE))
         with pytest.raises(ValueError, match="forward mode runs through gradient='direct' only"):
             solve(dual)
+
+
+def _scalar_rate_sde():
+    class Rate(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def __init__(self):
+            super().__init__()
+            self.rate = torch.nn.Parameter(torch.tensor(-0.7, dtype=DTYPE))
+
+        def f(self, t, y):
+            return self.rate * y
+
+        def g(self, t, y):
+            return 0.2 * y
+
+    return Rate()
+
+
+def _solve_rate(sde, y0, gradient, bm=None, **keywords):
+    bm = brownian("diagonal", batch=2, d=1) if bm is None else bm
+    return sdeint(sde, y0, [0.0, 0.5, 1.0], bm=bm, step_size=0.1, gradient=gradient, **keywords).ys
+
+
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint"])
+def test_a_second_backward_pass_without_retain_graph_is_autograds_error(gradient):
+    """The checkpoint's records are dropped after its backward pass: a second pass through the same
+    graph gave y0 the output's cotangent as its gradient, silently."""
+    y0 = torch.ones(2, 1, dtype=DTYPE, requires_grad=True)
+    ys = _solve_rate(_scalar_rate_sde(), y0, gradient)
+    ys[1].sum().backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        ys[2].sum().backward()
+
+
+@pytest.mark.parametrize("change", ["in place", "replaced"])
+def test_parameters_changed_before_the_backward_pass_are_refused(change):
+    """The re-run would differentiate another solve (an optimizer step between the two passes)."""
+    sde = _scalar_rate_sde()
+    y0 = torch.ones(2, 1, dtype=DTYPE, requires_grad=True)
+    ys = _solve_rate(sde, y0, "checkpoint")
+    if change == "in place":
+        with torch.no_grad():
+            sde.rate.mul_(3.0)
+        match = "modified by an inplace operation"
+    else:
+        sde.rate = torch.nn.Parameter(torch.tensor(-2.0, dtype=DTYPE))
+        match = "sde's module holds other parameter tensors"
+    with pytest.raises(RuntimeError, match=match):
+        ys.sum().backward()
+
+
+def test_second_derivatives_are_refused_not_zero():
+    y0 = torch.ones(2, 1, dtype=DTYPE)
+    with pytest.raises(RuntimeError, match="gives first derivatives only"):
+        torch.autograd.functional.hessian(
+            lambda y: _solve_rate(_scalar_rate_sde(), y, "checkpoint").pow(2).sum(), y0
+        )
+
+
+def test_a_captured_tensor_that_requires_grad_is_refused():
+    """A latent SDE's context kept on the module gets no gradient from a graph-free method."""
+    sde = _scalar_rate_sde()
+    context = torch.tensor(0.5, dtype=DTYPE, requires_grad=True)
+    sde.f = lambda t, y: sde.rate * y + context
+    ys = _solve_rate(sde, torch.ones(2, 1, dtype=DTYPE), "checkpoint")
+    with pytest.raises(
+        ValueError, match=r"sde uses 1 tensor\(s\) that require grad but are not in adjoint_params"
+    ):
+        ys.sum().backward()
+
+
+def test_a_parameter_derived_outside_the_sde_keeps_its_graph():
+    """w = raw.exp() captured, raw listed: every re-run step differentiates through w's graph."""
+    raw = torch.tensor(-0.3, dtype=DTYPE, requires_grad=True)
+
+    def gradient_of(gradient):
+        sde = _scalar_rate_sde().requires_grad_(False)
+        weight = raw.exp()
+        sde.f = lambda t, y: -weight * y
+        keywords = {"adjoint_params": [raw]} if gradient == "checkpoint" else {}
+        ys = _solve_rate(sde, torch.ones(2, 1, dtype=DTYPE), gradient, **keywords)
+        return torch.autograd.grad(ys.sum(), raw)[0]
+
+    torch.testing.assert_close(gradient_of("checkpoint"), gradient_of("direct"), rtol=1e-12, atol=0)
+
+
+def test_a_brownian_motion_that_refills_one_buffer():
+    """Each kept increment is a copy: a bm answering into one buffer left every kept increment the
+    last one, a wrong gradient."""
+    inner = brownian("diagonal", batch=2, d=1)
+    buffer = torch.empty(2, 1, dtype=DTYPE)
+
+    def refilling(ta, tb):
+        return buffer.copy_(inner(ta, tb))
+
+    sde = _scalar_rate_sde()
+    y0 = torch.ones(2, 1, dtype=DTYPE)
+    got = torch.autograd.grad(_solve_rate(sde, y0, "checkpoint", bm=refilling).sum(), sde.rate)[0]
+    expected = torch.autograd.grad(_solve_rate(sde, y0, "direct", bm=inner).sum(), sde.rate)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+
+
+def test_no_records_where_nothing_is_differentiated(monkeypatch):
+    """Under no_grad (inference) no backward pass comes: no step's state or increment is kept."""
+    from local_reg.sde import _checkpoint
+
+    kept = []
+    original = _checkpoint.RecordingStepper.increment
+
+    def counted(self, t, t_next):
+        kept.append(t)
+        return original(self, t, t_next)
+
+    monkeypatch.setattr(_checkpoint.RecordingStepper, "increment", counted)
+    sde = _scalar_rate_sde()
+    with torch.no_grad():
+        solution = sdeint(
+            sde, torch.ones(2, 1, dtype=DTYPE), [0.0, 1.0], step_size=0.01, gradient="checkpoint"
+        )
+    assert solution.ys.grad_fn is None and not kept
+    _solve_rate(sde, torch.ones(2, 1, dtype=DTYPE), "checkpoint")
+    assert len(kept) == 10  # with a parameter to differentiate, every step is kept
+
+
+def test_backward_inside_inference_mode_runs():
+    sde = _scalar_rate_sde()
+    y0 = torch.ones(2, 1, dtype=DTYPE, requires_grad=True)
+    loss = _solve_rate(sde, y0, "checkpoint").sum()
+    expected = torch.autograd.grad(_solve_rate(sde, y0, "direct").sum(), y0)[0]
+    with torch.inference_mode():
+        loss.backward()
+    torch.testing.assert_close(y0.grad, expected, rtol=1e-12, atol=0)
+
+
+def test_general_noise_checkpoint_equals_direct():
+    class General(NeuralSDE):
+        def g(self, t, y):
+            return torch.tanh(y)[..., None] * self.mixing  # (batch, d, m), depending on y
+
+    results = []
+    for gradient in ("direct", "checkpoint"):
+        sde = General("general")
+        y0 = torch.linspace(-1.0, 1.0, 12, dtype=DTYPE).reshape(4, 3).requires_grad_(True)
+        bm = brownian("additive")
+        solution = sdeint(sde, y0, [0.0, 0.5, 1.0], bm=bm, step_size=0.05, gradient=gradient)
+        results.append((solution, torch.autograd.grad((solution.ys**2).sum(), (y0, sde.weight, sde.mixing))))
+    (_, expected), (checkpointed, got) = results
+    for g_direct, g_checkpoint in zip(expected, got, strict=True):
+        torch.testing.assert_close(g_checkpoint, g_direct, rtol=1e-10, atol=1e-12)
+    assert checkpointed.stats.nfe_backward == 2 * checkpointed.stats.n_accepted

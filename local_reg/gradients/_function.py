@@ -80,20 +80,12 @@ class ForwardSolve:
         self._owner_parameters = self._parameter_ids()
 
     def _parameter_ids(self) -> tuple[int, ...]:
-        return () if self.owner is None else tuple(id(p) for p in self.owner.parameters())
+        return parameter_ids(self.owner)
 
     def check_owner_unchanged(self) -> None:
         """Raise if ``func``'s module holds other parameter tensors than during the forward solve
-        (``torch.func.functional_call`` swaps them in for the forward call only): a backward pass
-        that re-evaluates ``func`` would differentiate the others, and the forward's would silently
-        get no gradient."""
-        if self._parameter_ids() != self._owner_parameters:
-            raise RuntimeError(
-                "func's module holds other parameter tensors in the backward pass than in the forward "
-                "solve (torch.func.functional_call, or a load_state_dict(assign=True) in between): the "
-                f"graph-free gradient methods re-evaluate func with its current parameters; use {DIRECT}, "
-                "which differentiates the forward's own graph"
-            )
+        (:func:`check_same_parameters`)."""
+        check_same_parameters(self.owner, self._owner_parameters)
 
     def is_differentiated(self, y0: Tensor) -> bool:
         """Whether autograd records a solve from ``y0``: gradients are enabled and ``y0`` or a
@@ -122,6 +114,40 @@ class ForwardSolve:
         if self.steps is None or self.steps.stop_time is None:
             return self.times
         return [*self.times[:-1], self.steps.stop_time]
+
+
+def parameter_ids(owner: torch.nn.Module | None) -> tuple[int, ...]:
+    """The identities of ``owner``'s parameter tensors (none without a module)."""
+    return () if owner is None else tuple(id(p) for p in owner.parameters())
+
+
+def check_same_parameters(
+    owner: torch.nn.Module | None, forward_ids: tuple[int, ...], name: str = "func"
+) -> None:
+    """Raise if ``owner`` (``name``'s module) holds other parameter tensors than ``forward_ids``,
+    those of the forward solve (``torch.func.functional_call`` swaps them in for the forward call
+    only): a backward pass that re-evaluates ``name`` would differentiate the others, and the
+    forward's would silently get no gradient."""
+    if parameter_ids(owner) != forward_ids:
+        raise RuntimeError(
+            f"{name}'s module holds other parameter tensors in the backward pass than in the forward "
+            "solve (torch.func.functional_call, a parameter replaced, or a load_state_dict(assign=True) "
+            f"in between): the graph-free gradient methods re-evaluate {name} with its current "
+            f"parameters; use {DIRECT}, which differentiates the forward's own graph"
+        )
+
+
+def outside_graph_error(method: str, name: str = "func") -> ValueError:
+    """The error for a backward pass that met a graph already freed: ``name`` depends on
+    ``adjoint_params`` through a tensor computed outside it, whose graph each differentiation of
+    ``name`` needs (kept by each, ``retain_graph``), unless another backward pass freed it."""
+    return ValueError(
+        f"gradient={method!r}: {name} depends on adjoint_params through a tensor computed outside "
+        f"{name} (e.g. w = 2 * raw, captured by {name}, with raw in adjoint_params) whose graph was "
+        "freed, by an earlier backward pass (keep it there with retain_graph=True) or by a compiled "
+        "function's backward, which keeps none (torch._functorch.config.donated_buffer = False): compute "
+        f"it inside {name}, or list the captured tensor itself (w) in adjoint_params"
+    )
 
 
 def graph_nodes(roots: Iterable[Any], stops: frozenset | set = frozenset()) -> Iterator[Any]:
@@ -155,10 +181,17 @@ class CapturedTensorCheck:
     (:attr:`unsure`: :func:`differentiate` drops it where a compiled ``func`` refuses to keep it)."""
 
     def __init__(
-        self, func: VectorField, params: tuple[Tensor, ...], method: str, forward_thread: object = None
+        self,
+        func: VectorField,
+        params: tuple[Tensor, ...],
+        method: str,
+        forward_thread: object = None,
+        name: str = "func",
     ) -> None:
+        """``name``: what the message calls ``func``."""
         self.func = func
         self.method = method
+        self.name = name
         self.param_ids = {id(p) for p in params}
         self.param_nodes = {p.grad_fn for p in params if p.grad_fn is not None}
         self.forward_thread = thread_token() if forward_thread is None else forward_thread
@@ -194,11 +227,11 @@ class CapturedTensorCheck:
         if captured:
             shapes = [tuple(tensor.shape) for tensor in captured.values()]
             raise ValueError(
-                f"gradient={self.method!r}: func uses {len(captured)} tensor(s) that require grad but are "
-                f"not in adjoint_params (shapes {shapes}): a graph-free gradient method returns gradients "
-                "for y0 and adjoint_params only, so theirs would silently be none. Make them parameters "
-                f"of func's module or list them in adjoint_params, or detach them ({DIRECT} "
-                "differentiates everything func uses)"
+                f"gradient={self.method!r}: {self.name} uses {len(captured)} tensor(s) that require grad "
+                f"but are not in adjoint_params (shapes {shapes}): a graph-free gradient method returns "
+                "gradients for y0 and adjoint_params only, so theirs would silently be none. Make them "
+                f"parameters of {self.name}'s module or list them in adjoint_params, or detach them "
+                f"({DIRECT} differentiates everything {self.name} uses)"
             )
 
 
@@ -515,7 +548,7 @@ class StepwiseGradient(GraphFreeGradient):
         return adjoint, grad_params, func.calls
 
 
-def _first_order_only(backward: Callable) -> Callable:
+def first_order_only(backward: Callable) -> Callable:
     """``once_differentiable``, and a backward pass asked for a graph (``create_graph=True``: a
     Hessian, a gradient penalty) is an error: ``once_differentiable`` alone returns gradients
     detached from the inputs, which ``torch.autograd.functional.hessian`` reads as zeros.
@@ -570,7 +603,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
         return ys, penalty_values
 
     @staticmethod
-    @_first_order_only
+    @first_order_only
     def backward(ctx, grad_ys: Tensor, grad_penalties: Tensor):
         ys = ctx.saved_tensors[0]
         solve: ForwardSolve = ctx.solve
@@ -585,17 +618,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
         except RuntimeError as error:
             if "backward through the graph a second time" not in str(error):
                 raise
-            # The backward pass differentiates func once per stage, through a graph built outside
-            # func from a tensor in adjoint_params too (kept by each, retain_graph), unless another
-            # backward pass freed it.
-            raise ValueError(
-                f"gradient={ctx.method.name!r}: func depends on adjoint_params through a tensor computed "
-                "outside func (e.g. w = 2 * raw, captured by func, with raw in adjoint_params) whose "
-                "graph was freed, by an earlier backward pass (keep it there with retain_graph=True) or "
-                "by a compiled func's backward, which keeps none (torch._functorch.config."
-                "donated_buffer = False): compute it inside func, or list the captured tensor itself "
-                "(w) in adjoint_params"
-            ) from error
+            raise outside_graph_error(ctx.method.name) from error
         finally:
             solve.func = func
         # Only the gradients asked for are judged: y0's may be non-finite where y0 needs none.

@@ -25,11 +25,20 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._integrate import SolveOptions, integrate
 from ..gradients._finite import all_finite, raise_non_finite_gradient
-from ..gradients._function import add_gradients
+from ..gradients._function import (
+    CapturedTensorCheck,
+    GradientMethod,
+    add_gradients,
+    check_same_parameters,
+    first_order_only,
+    outside_graph_error,
+    parameter_ids,
+    thread_token,
+)
 from ..solution import Stats, Steps
 from ._step import EulerMaruyamaStepper, SDEStepResult, _euler_maruyama_step
 
@@ -66,7 +75,8 @@ class RecordingStepper(EulerMaruyamaStepper):
         return result
 
     def increment(self, t: float, t_next: float) -> Tensor:
-        self._increment = super().increment(t, t_next)
+        # A copy: a Brownian motion may answer into one buffer it refills on every query.
+        self._increment = super().increment(t, t_next).clone()
         return self._increment
 
     def next_carry(
@@ -89,12 +99,18 @@ class CheckpointedSolve:
         options: SolveOptions,
         params: tuple[Tensor, ...],
         record_states: bool,
+        owner: nn.Module | None,
+        method: GradientMethod,
     ) -> None:
         self.stepper = stepper
         self.times = times
         self.options = options
         self.params = params
         self.record_states = record_states
+        self.owner = owner
+        self.owner_parameters = parameter_ids(owner)
+        self.method = method
+        self.thread = thread_token()
         self.stats = Stats()
         self.steps: Steps | None = None
         self.states: list[Tensor] = []
@@ -120,6 +136,10 @@ class CheckpointedSolve:
         """The gradients of ``y0`` and of ``params`` from the cotangents ``grad_ys`` of the outputs
         (``needs``: which of them autograd asks for, the ones judged finite)."""
         stepper = self.stepper
+        check_same_parameters(self.owner, self.owner_parameters, "sde")
+        # The drift and diffusion of the re-run steps, checked for tensors they capture that
+        # require grad but are not params (their gradients would silently be none).
+        sde = _CheckedCaptures(stepper.sde, self.params, self.method.name, self.thread)
         grad_params: list[Tensor | None] = [None] * len(self.params)
         adjoint = grad_ys[-1]
         output = len(self.times) - 1
@@ -128,7 +148,7 @@ class CheckpointedSolve:
             for step, state in zip(reversed(stepper.kept), reversed(self.states), strict=True):
                 y = state.detach().requires_grad_(True)
                 result = _euler_maruyama_step(
-                    stepper.sde,
+                    sde,
                     stepper.noise_type,
                     step.t,
                     y,
@@ -143,7 +163,18 @@ class CheckpointedSolve:
                     jump_ts=stepper.jump_ts,
                 )
                 calls += result.nfe
-                grad_y, *grads = torch.autograd.grad(result.y1, (y, *self.params), adjoint, allow_unused=True)
+                try:
+                    grad_y, *grads = torch.autograd.grad(
+                        result.y1,
+                        (y, *self.params),
+                        adjoint,
+                        allow_unused=True,
+                        retain_graph=sde.keeps_outside_graph,
+                    )
+                except RuntimeError as error:
+                    if "backward through the graph a second time" not in str(error):
+                        raise
+                    raise outside_graph_error(self.method.name, "sde") from error
                 adjoint = torch.zeros_like(y) if grad_y is None else grad_y
                 add_gradients(grad_params, grads)
                 # Every output time ends a step: a step that starts on one adds its cotangent.
@@ -158,15 +189,35 @@ class CheckpointedSolve:
         return adjoint, grad_params
 
 
+class _CheckedCaptures:
+    """An SDE whose drift and diffusion are each a :class:`CapturedTensorCheck` (their first
+    evaluation with a graph is checked for captured tensors, and for a graph made before it)."""
+
+    def __init__(self, sde: Any, params: tuple[Tensor, ...], method: str, thread: object) -> None:
+        self.f = CapturedTensorCheck(sde.f, params, method, thread, name="sde")
+        self.g = CapturedTensorCheck(sde.g, params, method, thread, name="sde")
+
+    @property
+    def keeps_outside_graph(self) -> bool:
+        return self.f.keeps_outside_graph or self.g.keeps_outside_graph
+
+
 class _SolveWithoutGraph(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, solve: CheckpointedSolve, y0: Tensor, *params: Tensor) -> Tensor:
         ctx.solve = solve
-        return solve.solve(y0)
+        ctx.method = solve.method
+        ys = solve.solve(y0)
+        # y0 and the parameters, for autograd's checks: that they are not changed in place before
+        # the backward pass (an optimizer step: the re-run would differentiate another solve), and
+        # that a graph freed by one backward pass is not differentiated again.
+        ctx.save_for_backward(y0, *params)
+        return ys
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @first_order_only
     def backward(ctx: Any, grad_ys: Tensor) -> Any:
+        ctx.saved_tensors  # noqa: B018  # autograd's error if this graph's backward already ran
         solve = ctx.solve
         grad_y0, grad_params = solve.backward(grad_ys, ctx.needs_input_grad[1:])
         if not torch._C._autograd._get_current_graph_task_keep_graph():

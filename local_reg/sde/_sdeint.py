@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, check_landing_gaps, integrate, times_rounding
 from .._step import beside_jump, time_tensor
+from .._tuple import owning_module
 from .._validate import (
     active_autocast,
     call_leaving_input,
@@ -187,13 +188,18 @@ def sdeint(
     if checkpointed is not None:
         check_function_transforms("sdeint", checkpointed.name, y0=y0)  # t was judged above
     params = sde_params(sde, adjoint_params, checkpointed)
+    owner = owning_module(sde)  # whose parameters the checkpoint's re-run steps read
+    # Records for a backward pass only where autograd will ask for one (not under no_grad).
+    recording = (
+        checkpointed is not None and torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *params))
+    )
 
     # At a jump at t0, just after it (as the first step takes them).
     t0 = times[0]
     start = beside_jump(t0, times[-1], y0.dtype, options.controller.jump_ts)
     autocast = active_autocast()  # the drift and diffusion run under it, the solver's arithmetic not
     # The checkpoint gradient's forward solve keeps no graph, from its first evaluations on.
-    with torch.no_grad() if checkpointed is not None else nullcontext():
+    with torch.no_grad() if recording else nullcontext():
         f0 = call_leaving_input(DRIFT, autocast, sde.f, time_tensor(start, y0), y0)
         g0 = call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(start, y0), y0)
     check_shapes(noise_type, y0, f0, g0)
@@ -214,7 +220,7 @@ def sdeint(
         times_dtype=narrowest_float(t),
     )
     bm = CheckedBrownian(path, size, y0, given=not made, interval=interval_of(path))
-    stepper = (RecordingStepper if checkpointed is not None else EulerMaruyamaStepper)(
+    stepper = (RecordingStepper if recording else EulerMaruyamaStepper)(
         sde,
         noise_type,
         bm,
@@ -228,7 +234,15 @@ def sdeint(
     try:
         with without_autocast():
             if isinstance(stepper, RecordingStepper):
-                solve = CheckpointedSolve(stepper, times, options, params, record_states)
+                solve = CheckpointedSolve(
+                    stepper,
+                    times,
+                    options,
+                    params,
+                    record_states,
+                    owner,
+                    cast(Checkpoint, checkpointed),
+                )
                 ys = solve.outputs(y0)
                 stats, steps, penalties = solve.stats, cast(Steps, solve.steps), list[Tensor]()
             else:
