@@ -506,6 +506,18 @@ def check_function_transforms(
         )
 
 
+def check_params_not_dual(entry: str, gradient: str, params: Sequence[Tensor]) -> None:
+    """A ``ValueError`` where one of ``params`` (the tensors a graph-free gradient method
+    differentiates, ``adjoint_params``) carries a forward-mode tangent: that method's
+    ``torch.autograd.Function`` has no ``jvp``, so the tangent would silently be dropped."""
+    if any(_dual(param) for param in params):
+        raise ValueError(
+            f"{entry}: adjoint_params carry forward-mode tangents (torch.autograd.forward_ad), which "
+            f"gradient={gradient!r} would drop: forward mode runs through gradient='direct' only; or "
+            "differentiate with torch.autograd (loss.backward(), torch.autograd.grad)"
+        )
+
+
 def _dual(value: object) -> bool:
     """Whether ``value`` (a tensor, or a sequence holding tensors) carries a forward-mode tangent."""
     values = value if isinstance(value, (list, tuple)) else [value]

@@ -19,6 +19,7 @@ from .._validate import (
     check_adaptive_settings_unset,
     check_function_transforms,
     check_generator,
+    check_params_not_dual,
     check_step_penalty,
     check_times_distinct,
     narrowest_float,
@@ -307,4 +308,6 @@ def sde_params(
             "adjoint_params=() if they have none"
         )
     warn_if_reevaluation_differs(sde, checkpointed, "sde", stacklevel=4)
-    return resolve_adjoint_params(sde, adjoint_params, checkpointed)
+    params = resolve_adjoint_params(sde, adjoint_params, checkpointed)
+    check_params_not_dual("sdeint", checkpointed.name, params)
+    return params
