@@ -26,7 +26,6 @@ from ._validate import (
     check_adaptive_settings_unset,
     check_bool,
     check_function_transforms,
-    check_params_not_dual,
     check_span,
     check_step_penalty,
     check_times_distinct,
@@ -319,7 +318,6 @@ def odeint(
     params: tuple[Tensor, ...] = ()
     if gradient_method.graph_free:
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
-        check_params_not_dual("odeint", gradient_method.name, params)
         warn_if_reevaluation_differs(func, gradient_method)
     elif adjoint_params is not None or owner is not None:
         # Direct differentiation needs no parameter list; with one it also checks their gradients.

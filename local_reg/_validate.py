@@ -506,13 +506,14 @@ def check_function_transforms(
         )
 
 
-def check_params_not_dual(entry: str, gradient: str, params: Sequence[Tensor]) -> None:
+def check_params_not_dual(gradient: str, params: Sequence[Tensor]) -> None:
     """A ``ValueError`` where one of ``params`` (the tensors a graph-free gradient method
-    differentiates, ``adjoint_params``) carries a forward-mode tangent: that method's
-    ``torch.autograd.Function`` has no ``jvp``, so the tangent would silently be dropped."""
+    differentiates, ``adjoint_params``, whether they require grad or not) carries a forward-mode
+    tangent: that method's ``torch.autograd.Function`` has no ``jvp``, so the tangent would
+    silently be dropped."""
     if any(_dual(param) for param in params):
         raise ValueError(
-            f"{entry}: adjoint_params carry forward-mode tangents (torch.autograd.forward_ad), which "
+            "adjoint_params carry forward-mode tangents (torch.autograd.forward_ad), which "
             f"gradient={gradient!r} would drop: forward mode runs through gradient='direct' only; or "
             "differentiate with torch.autograd (loss.backward(), torch.autograd.grad)"
         )
@@ -848,13 +849,13 @@ def narrowest_float(times: Tensor | np.ndarray | Sequence[float | Tensor]) -> to
     return min(narrow, key=lambda dtype: torch.finfo(dtype).bits) if narrow else None
 
 
-def times_as_given(times: list[float], rounded_to: torch.dtype | None) -> list[float] | Tensor:
-    """``times`` (checked floats) for ``odeint`` or ``sdeint`` as they came: a tensor of
-    ``rounded_to``, the narrower float they came in (:func:`narrowest_float`), so that the solve
-    allows for that rounding (fixed steps: ``local_reg._integrate.times_rounding``), where each is
-    a number of that dtype; else (``None``, or a time added in a wider float, a regularizer's
-    ``t_reg``) the floats themselves."""
+def times_as_given(times: list[float], rounded_to: torch.dtype | None) -> list[float | Tensor]:
+    """``times`` (checked floats) for ``odeint`` or ``sdeint`` as they came: each that is a number
+    of ``rounded_to``, the narrower float they came in (:func:`narrowest_float`), as a 0-dim tensor
+    of it, so that the solve allows for that rounding (fixed steps:
+    ``local_reg._integrate.times_rounding``); the others (a time added in a wider float, a
+    regularizer's ``t_reg``) as floats. A sequence: the field still gets times in the state's dtype."""
     if rounded_to is None:
-        return times
-    as_tensor = torch.tensor(times, dtype=rounded_to)
-    return as_tensor if host_list(as_tensor) == times else times
+        return list(times)
+    rounded = host_list(torch.tensor(times, dtype=rounded_to))
+    return [torch.tensor(a, dtype=rounded_to) if a == b else a for a, b in zip(times, rounded, strict=True)]

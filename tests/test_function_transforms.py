@@ -98,34 +98,41 @@ def test_forward_mode_ad_runs_through_direct_and_is_refused_by_the_others(gradie
 
 @pytest.mark.parametrize("gradient", [g for g in GRADIENT_METHODS if g != "direct"])
 def test_a_dual_parameter_is_refused_by_the_graph_free_methods(gradient):
-    """A parameter with a forward-mode tangent, in adjoint_params: a graph-free method's autograd
-    Function has no jvp, so its tangent was dropped silently (``direct`` propagates it)."""
+    """A parameter with a forward-mode tangent, in adjoint_params (requiring grad or not, as
+    make_dual of a plain tensor does not): a graph-free method's autograd Function has no jvp, so
+    its tangent was dropped silently (``direct`` propagates it)."""
     from torch.autograd import forward_ad
 
+    y0 = torch.ones(1, dtype=DTYPE)
     with forward_ad.dual_level():
-        rate = forward_ad.make_dual(
-            torch.tensor(0.5, dtype=DTYPE, requires_grad=True), torch.tensor(1.0, dtype=DTYPE)
-        )
-        y0 = torch.ones(1, dtype=DTYPE)
-        direct = odeint(lambda t, y: -rate * y, y0, [0.0, 1.0], adjoint_params=[rate])
-        tangent = forward_ad.unpack_dual(direct.ys[-1]).tangent
-        torch.testing.assert_close(tangent, torch.tensor([-math.exp(-0.5)], dtype=DTYPE))
-        with pytest.raises(
-            ValueError, match=rf"odeint: adjoint_params carry forward-mode tangents.*{gradient}"
-        ):
-            odeint(lambda t, y: -rate * y, y0, [0.0, 1.0], gradient=gradient, adjoint_params=[rate])
+        for requires_grad in (False, True):
+            primal = torch.tensor(0.5, dtype=DTYPE, requires_grad=requires_grad)
+            rate = forward_ad.make_dual(primal, torch.tensor(1.0, dtype=DTYPE))
+            direct = odeint(lambda t, y, rate=rate: -rate * y, y0, [0.0, 1.0], adjoint_params=[rate])
+            tangent = forward_ad.unpack_dual(direct.ys[-1]).tangent
+            torch.testing.assert_close(tangent, torch.tensor([-math.exp(-0.5)], dtype=DTYPE))
+            with pytest.raises(ValueError, match=rf"adjoint_params carry forward-mode tangents.*{gradient}"):
+                odeint(
+                    lambda t, y, rate=rate: -rate * y,
+                    y0,
+                    [0.0, 1.0],
+                    gradient=gradient,
+                    adjoint_params=[rate],
+                )
 
-        class Decay:
-            noise_type, sde_type = "diagonal", "ito"
+            class Decay:
+                noise_type, sde_type = "diagonal", "ito"
 
-            def f(self, t, y):
-                return -rate * y
+                def f(self, t, y, rate=rate):
+                    return -rate * y
 
-            def g(self, t, y):
-                return 0.1 * torch.ones_like(y)
+                def g(self, t, y):
+                    return 0.1 * torch.ones_like(y)
 
-        with pytest.raises(ValueError, match="sdeint: adjoint_params carry forward-mode tangents"):
-            sdeint(Decay(), y0[None], [0.0, 1.0], step_size=0.5, gradient="checkpoint", adjoint_params=[rate])
+            with pytest.raises(ValueError, match="adjoint_params carry forward-mode tangents"):
+                sdeint(
+                    Decay(), y0[None], [0.0, 1.0], step_size=0.5, gradient="checkpoint", adjoint_params=[rate]
+                )
 
 
 def test_the_output_times_gradient_and_events_are_refused_naming_autograd():

@@ -404,3 +404,28 @@ def test_general_noise_checkpoint_equals_direct():
     for g_direct, g_checkpoint in zip(expected, got, strict=True):
         torch.testing.assert_close(g_checkpoint, g_direct, rtol=1e-10, atol=1e-12)
     assert checkpointed.stats.nfe_backward == 2 * checkpointed.stats.n_accepted
+
+
+def test_nothing_to_differentiate_keeps_no_graph_of_a_captured_tensor():
+    """With neither y0 nor adjoint_params requiring grad the checkpoint solve records nothing, and
+    keeps no graph either (a direct one through a tensor the SDE captures, as before)."""
+    captured = torch.tensor(0.5, dtype=DTYPE, requires_grad=True)
+
+    class Plain:
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return -captured * y
+
+        def g(self, t, y):
+            return 0.1 * torch.ones_like(y)
+
+    ys = sdeint(
+        Plain(),
+        torch.ones(2, 1, dtype=DTYPE),
+        [0.0, 1.0],
+        step_size=0.1,
+        gradient="checkpoint",
+        adjoint_params=(),
+    )
+    assert not ys.ys.requires_grad

@@ -775,6 +775,21 @@ def test_regularized_models_count_float32_fixed_steps_as_odeint_and_sdeint():
 
     LocallyRegularized(Counted(), options={"step_size": 0.1}).eval()(torch.ones(2, 1), t)
     assert calls["drift"] == 10
+    # Training adds t_reg to the solve times (one more step where it splits an interval): the
+    # allowance stays for the others, also where t_reg is no float32 number (a float64 state),
+    # and for STEER's drawn end time.
+    from local_reg import SteerRegularized
+
+    for dtype in (torch.float32, torch.float64):
+        for model in (
+            LocallyRegularized(CountingField(lambda t, y: -y), method="rk4", options={"step_size": 0.1}),
+            SteerRegularized(
+                CountingField(lambda t, y: -y), b=0.05, method="rk4", options={"step_size": 0.1}
+            ),
+        ):
+            model.train()
+            model(torch.ones(1, 2, dtype=dtype), t)
+            assert model.stats.main.n_steps <= 11, (type(model).__name__, dtype)
     calls["drift"] = 0
     sdeint(Counted(), torch.ones(2, 1), t, step_size=0.1, generator=torch.Generator().manual_seed(0))
     assert calls["drift"] == 10

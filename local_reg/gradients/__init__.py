@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .._tuple import owning_module, user_func
+from .._validate import check_params_not_dual
 from ._function import (
     ForwardSolve,
     GradientMethod,
@@ -98,6 +99,8 @@ def resolve_adjoint_params(
         candidates: tuple[Tensor, ...] = tuple(owner.parameters())
     else:
         candidates = adjoint_params_tuple(adjoint_params)
+    if gradient.graph_free:
+        check_params_not_dual(gradient.name, candidates)
     unique: dict[int, Tensor] = {}
     for p in candidates:
         if p.requires_grad:

@@ -333,12 +333,10 @@ class ODEProblem(_Problem):
         y0: Tensor,
         times: list[float],
         t_dtype: torch.dtype,
-        context: ODEContext | None,
+        context: ODEContext,
         request: Request,
     ):
-        """The main solve; ``context`` ``None`` for times not prepared here (STEER's drawn end)."""
-        rounded_to = None if context is None else context.rounded_to
-        return _ode_backends.solve_main(self, y0, times, t_dtype, request, rounded_to)
+        return _ode_backends.solve_main(self, y0, times, t_dtype, request, context.rounded_to)
 
     def odeint(
         self,

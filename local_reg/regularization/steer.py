@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .._step import VectorField
-from .._validate import non_negative_float, validate_state, validate_times
+from .._validate import narrowest_float, non_negative_float, validate_state, validate_times
 from ..solution import State
 from ._baseline import (
     BaselinePenalty,
@@ -37,6 +37,7 @@ from ._baseline import (
 )
 from ._main_solve import Request
 from ._module import Regularized, functional_settings
+from ._problems import ODEContext
 from ._sampling import uniform_draw
 
 
@@ -79,7 +80,9 @@ class SteerPenalty(BaselinePenalty):
         y0 = validate_state(y0)
         check_half_width(self.b, times)
         t_end = sample_end_time(times[-1], self.b, generator)
-        main = problem.solve(y0, times[:-1] + [t_end], problem.times_dtype(t, y0), None, Request())
+        # The drawn end is a float; the other times keep the dtype they came in (fixed steps).
+        context = ODEContext(problem.times_dtype(t, y0), narrowest_float(t))
+        main = problem.solve(y0, times[:-1] + [t_end], context.time_dtype, context, Request())
         zero = torch.zeros((), dtype=y0.dtype, device=y0.device)
         stats = BaselineStats(main=main.stats, n_accepted=main.n_accepted, t_end=t_end, penalty=0.0)
         return main.ys, zero, stats

@@ -19,7 +19,6 @@ from .._validate import (
     check_adaptive_settings_unset,
     check_function_transforms,
     check_generator,
-    check_params_not_dual,
     check_step_penalty,
     check_times_distinct,
     narrowest_float,
@@ -200,7 +199,7 @@ def sdeint(
     start = beside_jump(t0, times[-1], y0.dtype, options.controller.jump_ts)
     autocast = active_autocast()  # the drift and diffusion run under it, the solver's arithmetic not
     # The checkpoint gradient's forward solve keeps no graph, from its first evaluations on.
-    with torch.no_grad() if recording else nullcontext():
+    with torch.no_grad() if checkpointed is not None else nullcontext():
         f0 = call_leaving_input(DRIFT, autocast, sde.f, time_tensor(start, y0), y0)
         g0 = call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(start, y0), y0)
     check_shapes(noise_type, y0, f0, g0)
@@ -247,9 +246,12 @@ def sdeint(
                 ys = solve.outputs(y0)
                 stats, steps, penalties = solve.stats, cast(Steps, solve.steps), list[Tensor]()
             else:
-                outputs, stats, steps, penalties = integrate(
-                    stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty
-                )
+                # A checkpoint solve with nothing to differentiate keeps no graph either (of a
+                # tensor the SDE captures, say), as odeint's graph-free methods.
+                with torch.no_grad() if checkpointed is not None else nullcontext():
+                    outputs, stats, steps, penalties = integrate(
+                        stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty
+                    )
                 ys = torch.stack(outputs)
     finally:
         if made:
@@ -308,6 +310,4 @@ def sde_params(
             "adjoint_params=() if they have none"
         )
     warn_if_reevaluation_differs(sde, checkpointed, "sde", stacklevel=4)
-    params = resolve_adjoint_params(sde, adjoint_params, checkpointed)
-    check_params_not_dual("sdeint", checkpointed.name, params)
-    return params
+    return resolve_adjoint_params(sde, adjoint_params, checkpointed)
