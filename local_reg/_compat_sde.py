@@ -40,10 +40,11 @@ import torch
 from torch import Tensor
 
 from ._integrate import NO_STEP_LIMIT
+from ._step import time_tensor
 from ._validate import positive_float, validate_times
 from .controller import PIController, TimeSet
 from .sde._sdeint import sdeint as _sdeint
-from .sde.problem import FIXED_STEP_NOISE_TYPE, validate_sde_problem
+from .sde.problem import FIXED_STEP_NOISE_TYPE, brownian_size, check_shapes, validate_sde_problem
 
 SDE_METHODS = {"euler": "euler_maruyama", "milstein": "milstein"}
 """torchsde's method names that local_reg has, and the :func:`local_reg.sdeint` scheme each runs."""
@@ -289,8 +290,20 @@ def sdeint(
     if times[-1] < times[0]:
         raise ValueError("ts must be strictly increasing (torchsde's too)")
     if len(times) == 1:
-        # No interval to solve: torchsde returns y0 alone, as local_reg.compat.odeint does.
-        validate_sde_problem(sde, y0, ts, scheme, general=True, one_time=True)
+        # No interval to solve: torchsde returns y0 alone, as local_reg.compat.odeint does, after
+        # checking the drift's, the diffusion's and a given Brownian motion's shapes at ts[0].
+        noise_type, _ = validate_sde_problem(sde, y0, ts, scheme, general=True, one_time=True)
+        start = time_tensor(times[0], y0)
+        with torch.no_grad():
+            drift, diffusion = sde.f(start, y0), sde.g(start, y0)
+        check_shapes(noise_type, y0, drift, diffusion)
+        size = brownian_size(noise_type, y0, diffusion)
+        shape = getattr(bm, "shape", None)
+        if bm is not None and shape is not None and tuple(shape) != size:
+            raise ValueError(
+                f"bm has shape {tuple(shape)}, but this SDE and y0 need a Brownian motion of shape {size} "
+                "(batch, noise channels)"
+            )
         return torch.stack([y0])
     # No step limit, as torchsde has none: a fixed-step solve's count is known; an adaptive one is
     # bounded through dt_min (at most (ts[-1] - ts[0]) / dt_min accepted steps plus one landing step

@@ -359,6 +359,25 @@ def test_one_output_time_is_y0_and_the_times_are_named_ts_as_torchsde() -> None:
         ValueError, match=r"ts must be strictly increasing or strictly decreasing: it holds 0.5 twice"
     ):
         compat.sdeint(sde, y0, [0.0, 0.5, 0.5])
+    # Even with nothing to solve, the diffusion's and a given Brownian motion's shapes are checked
+    # (torchsde refuses both too).
+    additive = SDE("additive")
+    wrong = brownian(SDE("additive", m=3), batch=2)
+    for call in (
+        lambda solve: solve(additive, y0, torch.tensor([0.3], dtype=DT), bm=wrong),
+        lambda solve: solve(sde, y0, torch.tensor([0.3], dtype=DT), bm=brownian(sde, 5)),
+    ):
+        with pytest.raises(ValueError):
+            call(torchsde.sdeint)
+        with pytest.raises(ValueError, match=r"bm has shape|sde\.g"):
+            call(compat.sdeint)
+
+    class BadDiffusion(SDE):
+        def g(self, t, y):
+            return super().g(t, y)[:, :1]
+
+    with pytest.raises(ValueError, match=r"sde\.g"):
+        compat.sdeint(BadDiffusion("diagonal"), y0, [0.3])
 
 
 def test_grad_free_is_accepted_where_it_changes_nothing() -> None:
