@@ -26,8 +26,10 @@ Stratonovich ones, ``"log_ode"``), ``logqp=True``, ``extra=True``, ``extra_solve
 ``names`` keys other than ``drift`` and ``diffusion``, and ``options`` keys other than ``grad_free``;
 :func:`local_reg.sdeint` itself refuses Stratonovich SDEs, and ``noise_type="general"`` with adaptive
 steps or Milstein (it solves general noise with fixed Euler--Maruyama steps, as torchsde). Gradients
-are backpropagated through the solve (exact for the discrete solve, memory O(steps)); there is no SDE
-adjoint here. Every difference is listed in docs/compat.md ("torchsde's sdeint").
+are backpropagated through the solve (exact for the discrete solve, memory O(steps));
+:func:`sdeint_adjoint` takes torchsde's ``sdeint_adjoint`` signature and differentiates the same
+solve by checkpointing (exact, the steps' states in memory) instead of the stochastic adjoint.
+Every difference is listed in docs/compat.md ("torchsde's sdeint").
 """
 
 from __future__ import annotations
@@ -180,7 +182,7 @@ def _grad_free(options: object, method: object, scheme: str, noise_type: object)
         warnings.warn(
             "local_reg.compat.sdeint: options['grad_free'] is ignored by Euler--Maruyama (torchsde's "
             "'euler' and 'srk' ignore it too)",
-            stacklevel=3,
+            stacklevel=4,
         )
     elif not grad_free and noise_type != "additive":
         # For additive noise torchsde turns grad_free off itself: the Milstein term is zero.
@@ -192,7 +194,7 @@ def _grad_free(options: object, method: object, scheme: str, noise_type: object)
         )
 
 
-def sdeint(
+def _solve(
     sde: Any,
     y0: Tensor,
     ts: TimeSet,
@@ -208,48 +210,11 @@ def sdeint(
     logqp: bool = False,
     extra: bool = False,
     extra_solver_state: Any | None = None,
+    gradient: str = "direct",
+    adjoint_params: Any | None = None,
 ) -> Tensor:
-    """Solve the Ito SDE ``dy = f(t, y) dt + g(t, y) dW`` as torchsde 0.2.6's ``sdeint`` does, on
-    :func:`local_reg.sdeint`; returns the states at ``ts``, shape ``(len(ts), batch, d)``.
-
-    Args:
-        sde: torchsde SDE: ``f(t, y)``, ``g(t, y)``, ``noise_type`` ``"diagonal"``, ``"scalar"``,
-            ``"additive"`` or ``"general"`` (fixed steps of ``"euler"`` only), ``sde_type="ito"``
-            (the default).
-        y0: initial state, shape ``(batch, d)``.
-        ts: output times, strictly increasing; every one ends a step (torchsde steps past them and
-            interpolates linearly). One time gives ``y0`` alone, as torchsde.
-        bm: Brownian motion ``bm(ta, tb)`` of shape ``(batch, m)`` (a ``torchsde.BrownianInterval``
-            or ``BrownianTree``); by default a new ``BrownianInterval`` seeded from torch's global
-            generator.
-        method: ``"euler"`` (Euler--Maruyama) or ``"milstein"`` (derivative-free Milstein, torchsde's
-            ``options={"grad_free": True}``). torchsde's default, ``"srk"`` (strong order 1.5), is
-            not implemented here: ``None`` picks ``"milstein"`` for diagonal and scalar noise and
-            ``"euler"`` for additive noise, each of strong order 1 there (Milstein only for diagonal
-            noise whose ``g_i`` depends on ``y_i`` alone, else 1/2).
-        dt: the fixed step (``adaptive=False``): each output interval is divided into equal steps
-            no longer than ``dt``; or the first step (``adaptive=True``).
-        adaptive: steps sized by local_reg's embedded error estimate and PI controller
-            (docs/sde.md), where torchsde compares one step with two half steps.
-        rtol, atol: the tolerances of the error estimate (adaptive only), one number each, scaled as
-            torchsde's ``atol + rtol max(|a|, |b|)`` elementwise under an RMS norm; ``atol > 0``.
-        dt_min: with ``adaptive``, the shortest step: ``PIController(min_step=dt_min,
-            force_min_step=True)`` accepts an attempt of ``dt_min`` whatever its error.
-        options: ``{"grad_free": True}`` (``False`` is refused for ``method="milstein"`` on
-            multiplicative noise; ignored with a warning by ``"euler"``, silently with
-            ``method=None``, as by torchsde's srk).
-        names: ``{"drift": ..., "diffusion": ...}``: the SDE's methods to call instead of ``f``, ``g``.
-        logqp, extra, extra_solver_state: not supported (``ValueError``).
-
-    Gradients w.r.t. ``y0`` and the SDE's parameters are backpropagated through the solve (exact
-    for the discrete solve, memory O(steps)); local_reg has no SDE adjoint.
-
-    Raises:
-        ValueError: a method, option, ``names`` key or argument local_reg does not have, naming the
-            alternative; what :func:`local_reg.sdeint` refuses (a Stratonovich SDE, general noise with
-            adaptive steps or Milstein).
-        TypeError: an argument of the wrong type, naming it.
-    """
+    """:func:`sdeint` and :func:`sdeint_adjoint`: torchsde's arguments, and the
+    :func:`local_reg.sdeint` gradient method with its ``adjoint_params``."""
     if logqp:
         raise ValueError(
             "logqp=True is not supported by local_reg.compat.sdeint: solve the KL integrand "
@@ -311,13 +276,23 @@ def sdeint(
     # accepted).
     if not adaptive:
         # rtol, atol and dt_min are read by adaptive steps only (torchsde ignores them too).
-        return _sdeint(sde, y0, ts, method=scheme, step_size=step, bm=bm, max_steps=NO_STEP_LIMIT).ys
+        return _sdeint(
+            sde,
+            y0,
+            ts,
+            method=scheme,
+            step_size=step,
+            bm=bm,
+            max_steps=NO_STEP_LIMIT,
+            gradient=gradient,
+            adjoint_params=adjoint_params,
+        ).ys
     if scheme == "euler_maruyama" and noise_type != "additive":
         warnings.warn(
             "local_reg.compat.sdeint: adaptive Euler--Maruyama with non-additive noise converges to a "
             "biased limit as the tolerance shrinks (torchsde warns too; docs/sde.md): use "
             "method='milstein'",
-            stacklevel=2,
+            stacklevel=3,
         )
     min_step = positive_float("dt_min", dt_min)
     scalar = isinstance(atol, (int, float)) or (isinstance(atol, Tensor) and atol.numel() == 1)
@@ -350,15 +325,195 @@ def sdeint(
         bm=bm,
         max_steps=NO_STEP_LIMIT,
         controller=controller,
+        gradient=gradient,
+        adjoint_params=adjoint_params,
     )
     forced = int((solution.steps.error_estimate > 1.0).sum())
     if forced:
         warnings.warn(
             f"local_reg.compat.sdeint: {forced} steps were accepted at dt_min={min_step:g} whatever their "
             "error (torchsde warns 'Hitting minimum allowed step size'): lower dt_min or loosen rtol, atol",
-            stacklevel=2,
+            stacklevel=3,
         )
     return solution.ys
 
 
-__all__ = ["sdeint"]
+def sdeint(
+    sde: Any,
+    y0: Tensor,
+    ts: TimeSet,
+    bm: Any | None = None,
+    method: str | None = None,
+    dt: float | Tensor = 1e-3,
+    adaptive: bool = False,
+    rtol: float | Tensor = 1e-5,
+    atol: float | Tensor = 1e-4,
+    dt_min: float | Tensor = 1e-5,
+    options: dict[str, Any] | None = None,
+    names: dict[str, str] | None = None,
+    logqp: bool = False,
+    extra: bool = False,
+    extra_solver_state: Any | None = None,
+) -> Tensor:
+    """Solve the Ito SDE ``dy = f(t, y) dt + g(t, y) dW`` as torchsde 0.2.6's ``sdeint`` does, on
+    :func:`local_reg.sdeint`; returns the states at ``ts``, shape ``(len(ts), batch, d)``.
+
+    Args:
+        sde: torchsde SDE: ``f(t, y)``, ``g(t, y)``, ``noise_type`` ``"diagonal"``, ``"scalar"``,
+            ``"additive"`` or ``"general"`` (fixed steps of ``"euler"`` only), ``sde_type="ito"``
+            (the default).
+        y0: initial state, shape ``(batch, d)``.
+        ts: output times, strictly increasing; every one ends a step (torchsde steps past them and
+            interpolates linearly). One time gives ``y0`` alone, as torchsde.
+        bm: Brownian motion ``bm(ta, tb)`` of shape ``(batch, m)`` (a ``torchsde.BrownianInterval``
+            or ``BrownianTree``); by default a new ``BrownianInterval`` seeded from torch's global
+            generator.
+        method: ``"euler"`` (Euler--Maruyama) or ``"milstein"`` (derivative-free Milstein, torchsde's
+            ``options={"grad_free": True}``). torchsde's default, ``"srk"`` (strong order 1.5), is
+            not implemented here: ``None`` picks ``"milstein"`` for diagonal and scalar noise and
+            ``"euler"`` for additive noise, each of strong order 1 there (Milstein only for diagonal
+            noise whose ``g_i`` depends on ``y_i`` alone, else 1/2).
+        dt: the fixed step (``adaptive=False``): each output interval is divided into equal steps
+            no longer than ``dt``; or the first step (``adaptive=True``).
+        adaptive: steps sized by local_reg's embedded error estimate and PI controller
+            (docs/sde.md), where torchsde compares one step with two half steps.
+        rtol, atol: the tolerances of the error estimate (adaptive only), one number each, scaled as
+            torchsde's ``atol + rtol max(|a|, |b|)`` elementwise under an RMS norm; ``atol > 0``.
+        dt_min: with ``adaptive``, the shortest step: ``PIController(min_step=dt_min,
+            force_min_step=True)`` accepts an attempt of ``dt_min`` whatever its error.
+        options: ``{"grad_free": True}`` (``False`` is refused for ``method="milstein"`` on
+            multiplicative noise; ignored with a warning by ``"euler"``, silently with
+            ``method=None``, as by torchsde's srk).
+        names: ``{"drift": ..., "diffusion": ...}``: the SDE's methods to call instead of ``f``, ``g``.
+        logqp, extra, extra_solver_state: not supported (``ValueError``).
+
+    Gradients w.r.t. ``y0`` and the SDE's parameters are backpropagated through the solve (exact
+    for the discrete solve, memory O(steps)); :func:`sdeint_adjoint` keeps one step's graph.
+
+    Raises:
+        ValueError: a method, option, ``names`` key or argument local_reg does not have, naming the
+            alternative; what :func:`local_reg.sdeint` refuses (a Stratonovich SDE, general noise with
+            adaptive steps or Milstein).
+        TypeError: an argument of the wrong type, naming it.
+    """
+    return _solve(
+        sde,
+        y0,
+        ts,
+        bm,
+        method,
+        dt,
+        adaptive,
+        rtol,
+        atol,
+        dt_min,
+        options,
+        names,
+        logqp,
+        extra,
+        extra_solver_state,
+    )
+
+
+ADJOINT_DEFAULTS = {
+    "adjoint_method": None,
+    "adjoint_adaptive": False,
+    "adjoint_rtol": 1e-5,
+    "adjoint_atol": 1e-4,
+    "adjoint_options": None,
+}
+"""torchsde 0.2.6's ``sdeint_adjoint`` settings of its backward (adjoint) solve, with their
+defaults: the checkpoint gradient has no backward solve for them to set."""
+
+
+def sdeint_adjoint(
+    sde: Any,
+    y0: Tensor,
+    ts: TimeSet,
+    bm: Any | None = None,
+    method: str | None = None,
+    adjoint_method: str | None = None,
+    dt: float | Tensor = 1e-3,
+    adaptive: bool = False,
+    adjoint_adaptive: bool = False,
+    rtol: float | Tensor = 1e-5,
+    adjoint_rtol: float | Tensor = 1e-5,
+    atol: float | Tensor = 1e-4,
+    adjoint_atol: float | Tensor = 1e-4,
+    dt_min: float | Tensor = 1e-5,
+    options: dict[str, Any] | None = None,
+    adjoint_options: dict[str, Any] | None = None,
+    adjoint_params: Any | None = None,
+    names: dict[str, str] | None = None,
+    logqp: bool = False,
+    extra: bool = False,
+    extra_solver_state: Any | None = None,
+) -> Tensor:
+    """torchsde 0.2.6's ``sdeint_adjoint``: the same solve as :func:`sdeint`, differentiated by
+    :func:`local_reg.sdeint`'s ``gradient="checkpoint"`` (docs/sde.md) instead of the stochastic
+    adjoint (Li et al. 2020).
+
+    The forward solve keeps no graph, only each accepted step's state and Brownian increment, and
+    the backward pass re-runs the steps: the gradient is exact for the discrete forward solve (the
+    stochastic adjoint's approximates it to its own backward solve's error), in memory O(steps)
+    states (the adjoint's is O(1)). ``adjoint_params``: the tensors differentiated besides ``y0``
+    (default the SDE's parameters; an SDE that is not a ``torch.nn.Module`` needs them).
+    ``adjoint_method``, ``adjoint_adaptive``, ``adjoint_rtol``, ``adjoint_atol`` and
+    ``adjoint_options`` size torchsde's backward solve, which this gradient does not have: other
+    values than their defaults or the forward's own (``adjoint_method=method``, ...) are ignored
+    with a warning. The other arguments are :func:`sdeint`'s (torchsde's Stratonovich schemes,
+    ``"reversible_heun"`` among them, are refused as there).
+    """
+    # Each against its default and the forward's own setting (the backward "as the forward").
+    given = {
+        "adjoint_method": (adjoint_method, method),
+        "adjoint_adaptive": (adjoint_adaptive, adaptive),
+        "adjoint_rtol": (adjoint_rtol, rtol),
+        "adjoint_atol": (adjoint_atol, atol),
+        "adjoint_options": (adjoint_options, options),
+    }
+    ignored = [
+        name
+        for name, (value, forward) in given.items()
+        if not (_is_default(value, ADJOINT_DEFAULTS[name]) or _is_default(value, forward))
+    ]
+    if ignored:
+        warnings.warn(
+            f"local_reg.compat.sdeint_adjoint ignores {ignored}: its gradient re-runs the forward steps "
+            "(exact for the discrete solve), with no backward solve for them to set",
+            stacklevel=2,
+        )
+    return _solve(
+        sde,
+        y0,
+        ts,
+        bm,
+        method,
+        dt,
+        adaptive,
+        rtol,
+        atol,
+        dt_min,
+        options,
+        names,
+        logqp,
+        extra,
+        extra_solver_state,
+        gradient="checkpoint",
+        adjoint_params=adjoint_params,
+    )
+
+
+def _is_default(value: object, default: object) -> bool:
+    """Whether ``value`` is ``default`` (numbers compared as floats, a 0-dim tensor too)."""
+    if value is default:
+        return True
+    numbers = tuple(v for v in (value, default) if not isinstance(v, bool))
+    if len(numbers) == 2 and all(
+        isinstance(v, (int, float)) or (isinstance(v, Tensor) and v.numel() == 1) for v in numbers
+    ):
+        return float(cast(float, value)) == float(cast(float, default))
+    return type(value) is type(default) and value == default
+
+
+__all__ = ["sdeint", "sdeint_adjoint"]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._compat_sde import sdeint
+from ._compat_sde import sdeint, sdeint_adjoint
 from ._errors import SolverError
 from ._events import _solve_until_event, direction_time
 from ._integrate import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, StepCallbacks
@@ -952,4 +952,4 @@ def odeint_event(
     return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
 
 
-__all__ = ["METHODS", "odeint", "odeint_adjoint", "odeint_dense", "odeint_event", "sdeint"]
+__all__ = ["METHODS", "odeint", "odeint_adjoint", "odeint_dense", "odeint_event", "sdeint", "sdeint_adjoint"]

@@ -394,14 +394,83 @@ def test_grad_free_is_accepted_where_it_changes_nothing() -> None:
         compat.sdeint(sde, y0, TS, bm=brownian(sde, 2), method="euler", dt=STEP, options={"grad_free": True})
 
 
-def test_exported_from_compat() -> None:
-    assert "sdeint" in compat.__all__
-    assert compat.sdeint is not local_reg.sdeint
-    parameters = inspect.signature(compat.sdeint).parameters
-    reference = inspect.signature(torchsde.sdeint).parameters
+@pytest.mark.parametrize("name", ["sdeint", "sdeint_adjoint"])
+def test_exported_from_compat(name: str) -> None:
+    assert name in compat.__all__
+    ours = getattr(compat, name)
+    assert ours is not local_reg.sdeint
+    parameters = inspect.signature(ours).parameters
+    reference = inspect.signature(getattr(torchsde, name)).parameters
     assert [name for name in reference if name != "unused_kwargs"] == list(parameters)
     for name, parameter in parameters.items():
         assert parameter.default == reference[name].default, name
+
+
+@pytest.mark.parametrize("noise_type", ["diagonal", "scalar", "additive"])
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_sdeint_adjoint_is_the_exact_gradient_of_the_solve(noise_type: str, adaptive: bool) -> None:
+    """sdeint_adjoint runs local_reg's checkpoint gradient: the solve's own gradient, backpropagated
+    (torchsde's sdeint on fixed steps, to round-off), with no graph kept by the forward solve."""
+    sde = SDE(noise_type)
+    y0 = y0_of().requires_grad_(True)
+    steps = {"adaptive": True, "rtol": 1e-3, "atol": 1e-3, "dt": 0.05} if adaptive else {"dt": STEP}
+    inputs = (y0, *sde.parameters())
+
+    def gradient_of(solve, **keywords):
+        ys = solve(sde, y0, TS, bm=brownian(sde, 2), method="euler", **steps, **keywords)
+        return ys, torch.autograd.grad((ys**2).sum(), inputs, allow_unused=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # adaptive Euler--Maruyama's bias warning
+        ys, got = gradient_of(compat.sdeint_adjoint, adjoint_method="euler")
+        _, expected = gradient_of(compat.sdeint)
+        references = [gradient_of(torchsde.sdeint)[1]] if not adaptive else []
+    assert type(ys.grad_fn).__name__ == "_SolveWithoutGraphBackward"
+    for reference in (expected, *references):
+        for a, b in zip(got, reference, strict=True):
+            if b is None:
+                assert a is None or not a.any()
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_sdeint_adjoint_settings_of_a_backward_solve_are_ignored_with_a_warning() -> None:
+    sde, y0 = SDE("diagonal"), y0_of().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the backward "as the forward": nothing to say
+        compat.sdeint_adjoint(sde, y0, TS, method="euler", adjoint_method="euler", dt=STEP, adjoint_rtol=1e-5)
+    with pytest.warns(UserWarning, match=r"ignores \['adjoint_method', 'adjoint_atol'\]"):
+        compat.sdeint_adjoint(
+            sde, y0, TS, method="euler", adjoint_method="milstein", dt=STEP, adjoint_atol=1e-2
+        )
+    # torchsde's adjoint-friendly reversible Heun is a Stratonovich scheme, refused for an Ito SDE.
+    with pytest.raises(ValueError, match="Stratonovich"):
+        compat.sdeint_adjoint(sde, y0, TS, method="reversible_heun")
+    with pytest.raises(ValueError):
+        torchsde.sdeint_adjoint(sde, y0, TS, method="reversible_heun")
+
+
+def test_sdeint_adjoint_of_an_sde_that_is_no_module_needs_adjoint_params() -> None:
+    rate = torch.tensor(-0.5, dtype=DT, requires_grad=True)
+
+    class Plain:
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return rate * y
+
+        def g(self, t, y):
+            return 0.1 * torch.ones_like(y)
+
+    with pytest.raises(ValueError, match="adjoint_params"):
+        compat.sdeint_adjoint(Plain(), y0_of(), TS, method="euler", dt=STEP)
+    bm = brownian(SDE("diagonal"), 2)
+    ys = compat.sdeint_adjoint(Plain(), y0_of(), TS, bm=bm, method="euler", dt=STEP, adjoint_params=[rate])
+    got = torch.autograd.grad(ys.sum(), rate)[0]
+    expected = torch.autograd.grad(
+        compat.sdeint(Plain(), y0_of(), TS, bm=bm, method="euler", dt=STEP).sum(), rate
+    )[0]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
 
 
 def test_a_brownian_motion_over_a_python_float_span_covers_float32_times() -> None:
