@@ -464,7 +464,12 @@ def sdeint_adjoint(
     with a warning. The other arguments are :func:`sdeint`'s (torchsde's Stratonovich schemes,
     ``"reversible_heun"`` among them, are refused as there).
     """
-    # Each against its default and the forward's own setting (the backward "as the forward").
+    # Each against its default and the forward's own setting (the backward "as the forward"); a
+    # method by the scheme it names (torchsde's default adjoint method is the forward's scheme).
+    if adjoint_method is not None and _same_scheme(adjoint_method, method, _renamed(sde, names)):
+        adjoint_method = None
+    if adjoint_options == {}:
+        adjoint_options = None  # torchsde reads None as {}
     given = {
         "adjoint_method": (adjoint_method, method),
         "adjoint_adaptive": (adjoint_adaptive, adaptive),
@@ -502,6 +507,16 @@ def sdeint_adjoint(
         gradient="checkpoint",
         adjoint_params=adjoint_params,
     )
+
+
+def _same_scheme(adjoint_method: object, method: object, sde: Any) -> bool:
+    """Whether torchsde's ``adjoint_method`` names the scheme the forward solve runs (``method``,
+    ``None`` resolved by the noise type); ``False`` where either is not one local_reg has."""
+    noise_type = getattr(sde, "noise_type", None)
+    try:
+        return _scheme(adjoint_method, noise_type) == _scheme(method, noise_type)
+    except (TypeError, ValueError):
+        return False
 
 
 def _is_default(value: object, default: object) -> bool:

@@ -443,6 +443,11 @@ def test_sdeint_adjoint_settings_of_a_backward_solve_are_ignored_with_a_warning(
         compat.sdeint_adjoint(
             sde, y0, TS, method="euler", adjoint_method="milstein", dt=STEP, adjoint_atol=1e-2
         )
+    # An adjoint method naming the forward's scheme (method=None is Milstein on diagonal noise,
+    # torchsde's default adjoint method there), and {} for torchsde's None: nothing to say either.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compat.sdeint_adjoint(sde, y0, TS, adjoint_method="milstein", adjoint_options={}, dt=STEP)
     # torchsde's adjoint-friendly reversible Heun is a Stratonovich scheme, refused for an Ito SDE.
     with pytest.raises(ValueError, match="Stratonovich"):
         compat.sdeint_adjoint(sde, y0, TS, method="reversible_heun")
@@ -516,3 +521,26 @@ def test_messages_a_torchsde_user_can_act_on() -> None:
         TypeError, match=r"bm returned dtype torch.float32, .*make the Brownian motion with dtype=y0.dtype"
     ):
         compat.sdeint(sde, y0_of(), TS, bm=bm, dt=STEP)
+
+
+def test_sdeint_adjoint_of_a_renamed_module_sde_finds_its_parameters() -> None:
+    """With names, the SDE solved is a wrapper of the module: its parameters are still the
+    default adjoint_params, as in torchsde."""
+
+    class Named(SDE):
+        def f_(self, t, y):
+            return super().f(t, y)
+
+        def g_(self, t, y):
+            return super().g(t, y)
+
+    sde = Named("diagonal")
+    names = {"drift": "f_", "diffusion": "g_"}
+    y0 = y0_of().requires_grad_(True)
+    inputs = (y0, sde.a, sde.b)
+    results = []
+    for solve in (compat.sdeint_adjoint, compat.sdeint):
+        ys = solve(sde, y0, TS, bm=brownian(sde, 2), method="euler", dt=STEP, names=names)
+        results.append(torch.autograd.grad((ys**2).sum(), inputs))
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

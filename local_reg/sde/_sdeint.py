@@ -188,7 +188,7 @@ def sdeint(
     if checkpointed is not None:
         check_function_transforms("sdeint", checkpointed.name, y0=y0)  # t was judged above
     params = sde_params(sde, adjoint_params, checkpointed)
-    owner = owning_module(sde)  # whose parameters the checkpoint's re-run steps read
+    owner = sde_module(sde)  # whose parameters the checkpoint's re-run steps read
     # Records for a backward pass only where autograd will ask for one (not under no_grad).
     recording = (
         checkpointed is not None and torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *params))
@@ -303,11 +303,19 @@ def sde_params(
                 "every tensor the drift and diffusion use): drop it, or pass gradient='checkpoint'"
             )
         return ()
-    if adjoint_params is None and not isinstance(sde, nn.Module):
+    module = sde_module(sde)
+    if adjoint_params is None and module is None:
         raise ValueError(
             f"gradient='checkpoint' needs the parameters of sde, but sde is not a torch.nn.Module "
             f"({type(sde).__name__}): pass adjoint_params=(tensors f and g depend on), or "
             "adjoint_params=() if they have none"
         )
-    warn_if_reevaluation_differs(sde, checkpointed, "sde", stacklevel=4)
-    return resolve_adjoint_params(sde, adjoint_params, checkpointed)
+    warn_if_reevaluation_differs(module, checkpointed, "sde", stacklevel=4)
+    return resolve_adjoint_params(module, adjoint_params, checkpointed)
+
+
+def sde_module(sde: object) -> nn.Module | None:
+    """The module whose parameters the drift and diffusion use: ``sde`` itself, or the module its
+    ``f`` is a bound method of (a wrapper such as ``local_reg.compat``'s SDE renamed by ``names``);
+    ``None`` for an SDE of plain functions."""
+    return owning_module(sde) or owning_module(getattr(sde, "f", None))
