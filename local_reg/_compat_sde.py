@@ -466,7 +466,7 @@ def sdeint_adjoint(
     """
     # Each against its default and the forward's own setting (the backward "as the forward"); a
     # method by the scheme it names (torchsde's default adjoint method is the forward's scheme).
-    if adjoint_method is not None and _same_scheme(adjoint_method, method, _renamed(sde, names)):
+    if adjoint_method is not None and _same_scheme(adjoint_method, method, getattr(sde, "noise_type", None)):
         adjoint_method = None
     if adjoint_options == {}:
         adjoint_options = None  # torchsde reads None as {}
@@ -509,10 +509,9 @@ def sdeint_adjoint(
     )
 
 
-def _same_scheme(adjoint_method: object, method: object, sde: Any) -> bool:
+def _same_scheme(adjoint_method: object, method: object, noise_type: object) -> bool:
     """Whether torchsde's ``adjoint_method`` names the scheme the forward solve runs (``method``,
-    ``None`` resolved by the noise type); ``False`` where either is not one local_reg has."""
-    noise_type = getattr(sde, "noise_type", None)
+    ``None`` resolved by ``noise_type``); ``False`` where either is not one local_reg has."""
     try:
         return _scheme(adjoint_method, noise_type) == _scheme(method, noise_type)
     except (TypeError, ValueError):

@@ -167,6 +167,7 @@ def sdeint(
         if first_step is not None:
             raise ValueError("pass first_step or its deprecated spelling dt0, not both")
         first_step = dt0
+    rounded_to = narrowest_float(t)  # the float the times came in, if narrower than float64
     options = SolveOptions(
         rtol=relative_tolerance("rtol", rtol),  # one number: the SDE error estimate's scale
         atol=positive_float("atol", atol),
@@ -175,7 +176,7 @@ def sdeint(
         step_size=step_size,
         controller=controller,
         time_dtype=y0.dtype,  # the drift and diffusion get times in the state's dtype
-        times_rounding=times_rounding(times, narrowest_float(t)),
+        times_rounding=times_rounding(times, rounded_to),
     ).for_state(y0)
     # Named as given: dt0 is first_step's deprecated spelling (read into it above).
     given_first_step = "first_step" if dt0 is None else "dt0"
@@ -187,8 +188,8 @@ def sdeint(
     checkpointed = sde_gradient(gradient, step_penalty)
     if checkpointed is not None:
         check_function_transforms("sdeint", checkpointed.name, y0=y0)  # t was judged above
-    params = sde_params(sde, adjoint_params, checkpointed)
     owner = sde_module(sde)  # whose parameters the checkpoint's re-run steps read
+    params = sde_params(sde, owner, adjoint_params, checkpointed)
     # Records for a backward pass only where autograd will ask for one (not under no_grad).
     recording = (
         checkpointed is not None and torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *params))
@@ -217,7 +218,7 @@ def sdeint(
         generator,
         step=options.step_size,
         max_steps=options.max_steps,
-        times_dtype=narrowest_float(t),
+        times_dtype=rounded_to,
     )
     bm = CheckedBrownian(path, size, y0, given=not made, interval=interval_of(path))
     stepper = (RecordingStepper if recording else EulerMaruyamaStepper)(
@@ -292,10 +293,14 @@ def sde_gradient(gradient: object, step_penalty: object) -> Checkpoint | None:
 
 
 def sde_params(
-    sde: object, adjoint_params: Iterable[Tensor] | None, checkpointed: Checkpoint | None
+    sde: object,
+    module: nn.Module | None,
+    adjoint_params: Iterable[Tensor] | None,
+    checkpointed: Checkpoint | None,
 ) -> tuple[Tensor, ...]:
     """The tensors ``gradient="checkpoint"`` differentiates besides ``y0``: ``adjoint_params``, or
-    the parameters of a module ``sde``; ``()`` under ``"direct"``, which takes no list."""
+    the parameters of ``module``, ``sde``'s (:func:`sde_module`); ``()`` under ``"direct"``, which
+    takes no list."""
     if checkpointed is None:
         if adjoint_params is not None:
             raise ValueError(
@@ -303,7 +308,6 @@ def sde_params(
                 "every tensor the drift and diffusion use): drop it, or pass gradient='checkpoint'"
             )
         return ()
-    module = sde_module(sde)
     if adjoint_params is None and module is None:
         raise ValueError(
             f"gradient='checkpoint' needs the parameters of sde, but sde is not a torch.nn.Module "
