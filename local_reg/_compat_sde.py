@@ -102,8 +102,9 @@ class RenamedSDE:
         return getattr(self.sde, name)
 
 
-def _renamed(sde: Any, names: object) -> Any:
-    """``sde`` with torchsde's ``names`` applied (itself without any)."""
+def _renamed(sde: Any, names: object, caller: str = "sdeint") -> Any:
+    """``sde`` with torchsde's ``names`` applied (itself without any); ``caller``: the
+    ``local_reg.compat`` function the messages name."""
     if names is None:
         return sde
     if not isinstance(names, dict):
@@ -111,7 +112,7 @@ def _renamed(sde: Any, names: object) -> Any:
     unsupported = sorted(set(names) & set(UNSUPPORTED_NAMES))
     if unsupported:
         raise ValueError(
-            f"names: {unsupported} not supported by local_reg.compat.sdeint: its schemes call only the "
+            f"names: {unsupported} not supported by local_reg.compat.{caller}: its schemes call only the "
             f"drift and the diffusion (no logqp prior drift, no fused evaluation); supported keys: "
             f"{list(RENAMED)}"
         )
@@ -137,8 +138,9 @@ def _renamed(sde: Any, names: object) -> Any:
     return RenamedSDE(sde, methods["drift"], methods["diffusion"])
 
 
-def _scheme(method: object, noise_type: object) -> str:
-    """The :func:`local_reg.sdeint` scheme of torchsde's ``method`` (``None``: by the noise type)."""
+def _scheme(method: object, noise_type: object, caller: str = "sdeint") -> str:
+    """The :func:`local_reg.sdeint` scheme of torchsde's ``method`` (``None``: by the noise type);
+    ``caller``: the ``local_reg.compat`` function the messages name."""
     if method is None:
         # torchsde's default for Ito SDEs is "srk" ("euler" for general noise); local_reg's schemes
         # of strong order 1 on each noise type stand in for it (general noise: Euler--Maruyama, as
@@ -150,14 +152,16 @@ def _scheme(method: object, noise_type: object) -> str:
         return SDE_METHODS[method]
     if method in REFUSED_METHODS:
         raise ValueError(
-            f"method={method!r} is not available in local_reg.compat.sdeint: {REFUSED_METHODS[method]}"
+            f"method={method!r} is not available in local_reg.compat.{caller}: {REFUSED_METHODS[method]}"
         )
     raise ValueError(
         f"unknown method {method!r}; expected one of {list(SDE_METHODS)} (torchsde's names), or None"
     )
 
 
-def _grad_free(options: object, method: object, scheme: str, noise_type: object) -> None:
+def _grad_free(
+    options: object, method: object, scheme: str, noise_type: object, caller: str = "sdeint"
+) -> None:
     """Check torchsde's ``options``: only ``grad_free``, which local_reg's derivative-free Milstein
     is (``True``, or left out); ``False`` with ``method="milstein"`` asks for the derivative-using
     Milstein it does not have (with ``method=None`` torchsde's srk ignores it, as here)."""
@@ -168,7 +172,7 @@ def _grad_free(options: object, method: object, scheme: str, noise_type: object)
     unknown = sorted(set(options) - set(SDE_OPTIONS), key=str)
     if unknown:
         raise ValueError(
-            f"options: {unknown} not supported by local_reg.compat.sdeint; supported keys: "
+            f"options: {unknown} not supported by local_reg.compat.{caller}; supported keys: "
             f"{list(SDE_OPTIONS)}"
         )
     if "grad_free" not in options:
@@ -180,7 +184,7 @@ def _grad_free(options: object, method: object, scheme: str, noise_type: object)
         return
     if scheme != "milstein":
         warnings.warn(
-            "local_reg.compat.sdeint: options['grad_free'] is ignored by Euler--Maruyama (torchsde's "
+            f"local_reg.compat.{caller}: options['grad_free'] is ignored by Euler--Maruyama (torchsde's "
             "'euler' and 'srk' ignore it too)",
             stacklevel=4,
         )
@@ -212,34 +216,36 @@ def _solve(
     extra_solver_state: Any | None = None,
     gradient: str = "direct",
     adjoint_params: Any | None = None,
+    caller: str = "sdeint",
 ) -> Tensor:
     """:func:`sdeint` and :func:`sdeint_adjoint`: torchsde's arguments, and the
-    :func:`local_reg.sdeint` gradient method with its ``adjoint_params``."""
+    :func:`local_reg.sdeint` gradient method with its ``adjoint_params``; ``caller``: which of the
+    two the messages name."""
     if logqp:
         raise ValueError(
-            "logqp=True is not supported by local_reg.compat.sdeint: solve the KL integrand "
+            f"logqp=True is not supported by local_reg.compat.{caller}: solve the KL integrand "
             "|(f - h) / g|^2 / 2 (h the prior drift) as one more state component with zero diffusion "
             "(torchsde's SDELogqp does so) and take its increments"
         )
     if extra:
         raise ValueError(
-            "extra=True is not supported by local_reg.compat.sdeint: its schemes (Euler--Maruyama, "
+            f"extra=True is not supported by local_reg.compat.{caller}: its schemes (Euler--Maruyama, "
             "Milstein) keep no solver state besides y (torchsde's for them is the empty tuple); drop extra"
         )
     if extra_solver_state is not None:
         raise ValueError(
-            "extra_solver_state is not supported by local_reg.compat.sdeint: its schemes keep no solver "
+            f"extra_solver_state is not supported by local_reg.compat.{caller}: its schemes keep no solver "
             "state besides y0; drop it"
         )
-    sde = _renamed(sde, names)
+    sde = _renamed(sde, names, caller)
     noise_type = getattr(sde, "noise_type", None)  # checked by local_reg.sdeint
     if getattr(sde, "sde_type", "ito") == "stratonovich":
         # Before the method: torchsde's default for it (midpoint) is a Stratonovich scheme.
         raise ValueError(
-            f"sde.sde_type='stratonovich' is not supported by local_reg.compat.sdeint: {_ITO_FORM}"
+            f"sde.sde_type='stratonovich' is not supported by local_reg.compat.{caller}: {_ITO_FORM}"
         )
-    scheme = _scheme(method, noise_type)
-    _grad_free(options, method, scheme, noise_type)
+    scheme = _scheme(method, noise_type, caller)
+    _grad_free(options, method, scheme, noise_type, caller)
     if not isinstance(adaptive, bool):
         raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
     step = positive_float("dt", dt)
@@ -289,7 +295,7 @@ def _solve(
         ).ys
     if scheme == "euler_maruyama" and noise_type != "additive":
         warnings.warn(
-            "local_reg.compat.sdeint: adaptive Euler--Maruyama with non-additive noise converges to a "
+            f"local_reg.compat.{caller}: adaptive Euler--Maruyama with non-additive noise converges to a "
             "biased limit as the tolerance shrinks (torchsde warns too; docs/sde.md): use "
             "method='milstein'",
             stacklevel=3,
@@ -331,7 +337,7 @@ def _solve(
     forced = int((solution.steps.error_estimate > 1.0).sum())
     if forced:
         warnings.warn(
-            f"local_reg.compat.sdeint: {forced} steps were accepted at dt_min={min_step:g} whatever their "
+            f"local_reg.compat.{caller}: {forced} steps were accepted at dt_min={min_step:g} whatever their "
             "error (torchsde warns 'Hitting minimum allowed step size'): lower dt_min or loosen rtol, atol",
             stacklevel=3,
         )
@@ -482,13 +488,7 @@ def sdeint_adjoint(
         for name, (value, forward) in given.items()
         if not (_is_default(value, ADJOINT_DEFAULTS[name]) or _is_default(value, forward))
     ]
-    if ignored:
-        warnings.warn(
-            f"local_reg.compat.sdeint_adjoint ignores {ignored}: its gradient re-runs the forward steps "
-            "(exact for the discrete solve), with no backward solve for them to set",
-            stacklevel=2,
-        )
-    return _solve(
+    ys = _solve(
         sde,
         y0,
         ts,
@@ -506,7 +506,15 @@ def sdeint_adjoint(
         extra_solver_state,
         gradient="checkpoint",
         adjoint_params=adjoint_params,
+        caller="sdeint_adjoint",
     )
+    if ignored:  # after the solve, which may refuse the call for another reason
+        warnings.warn(
+            f"local_reg.compat.sdeint_adjoint ignores {ignored}: its gradient re-runs the forward steps "
+            "(exact for the discrete solve), with no backward solve for them to set",
+            stacklevel=2,
+        )
+    return ys
 
 
 def _same_scheme(adjoint_method: object, method: object, noise_type: object) -> bool:

@@ -46,7 +46,9 @@ from .gradients import (
     Symplectic,
     as_gradient_method,
     check_step_penalty_support,
+    checks_captures,
     owning_module,
+    refuse_captured,
     resolve_adjoint_params,
     time_gradient,
     warn_if_reevaluation_differs,
@@ -333,8 +335,11 @@ def odeint(
     # f(t0, y0) as the first step sees it: at a jump at t0, just after it.
     toward_end = math.copysign(math.inf, time_direction(times))
     start = beside_jump(times[0], toward_end, options.time_dtype or state.dtype, options.controller.jump_ts)
-    with torch.no_grad() if gradient_method.graph_free else nullcontext():
+    checking = checks_captures(gradient_method.graph_free, state, params)
+    with torch.no_grad() if gradient_method.graph_free and not checking else nullcontext():
         f0 = evaluate_first(checked, start, state, options.time_dtype)
+    if checking:
+        refuse_captured(gradient_method.name, [f0])
     forward = ForwardSolve(
         checked,
         times,

@@ -455,6 +455,27 @@ def test_sdeint_adjoint_settings_of_a_backward_solve_are_ignored_with_a_warning(
         torchsde.sdeint_adjoint(sde, y0, TS, method="reversible_heun")
 
 
+def test_sdeint_adjoint_messages_name_it_and_its_advice() -> None:
+    """Its refusals name sdeint_adjoint (they named compat.sdeint, whose body it shares), a refused
+    call draws no warning on the way, and the checkpoint gradient's advice is torchsde's pair."""
+    sde, y0 = SDE("diagonal"), y0_of().requires_grad_(True)
+    with pytest.raises(ValueError, match=r"not supported by local_reg\.compat\.sdeint_adjoint: solve"):
+        compat.sdeint_adjoint(sde, y0, TS, logqp=True)
+    with pytest.raises(ValueError, match=r"not available in local_reg\.compat\.sdeint_adjoint"):
+        compat.sdeint_adjoint(sde, y0, TS, method="srk")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the "ignores" warning would be raised instead
+        with pytest.raises(ValueError, match="Stratonovich"):
+            compat.sdeint_adjoint(sde, y0, TS, method="reversible_heun", adjoint_atol=1e-2)
+    with pytest.raises(
+        RuntimeError, match=r"use gradient='direct' \(in local_reg\.compat: sdeint, not sdeint_adjoint"
+    ):
+        torch.autograd.functional.hessian(
+            lambda y: compat.sdeint_adjoint(sde, y, TS, bm=brownian(sde, 2), method="euler", dt=STEP).sum(),
+            y0_of(),
+        )
+
+
 def test_sdeint_adjoint_of_an_sde_that_is_no_module_needs_adjoint_params() -> None:
     rate = torch.tensor(-0.5, dtype=DT, requires_grad=True)
 

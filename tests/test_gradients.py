@@ -1165,6 +1165,35 @@ def test_a_tensor_func_uses_outside_adjoint_params_is_named_not_dropped(gradient
 
 
 @pytest.mark.parametrize("gradient", GRAPH_FREE)
+def test_a_captured_tensor_is_named_when_nothing_else_requires_grad(gradient):
+    """With neither y0 nor a listed tensor requiring grad the solve records nothing, so the backward
+    pass's check never ran: an encoder's context read by a frozen field got no gradient, silently,
+    from a loss that also reached the encoder another way. The first evaluation now tells."""
+    field = ContextField().requires_grad_(False)
+    encoder = torch.nn.Linear(2, 3).to(DTYPE)
+    y0 = torch.tensor([0.5, -0.2, 0.1], dtype=DTYPE)
+    field.context = encoder(torch.ones(2, dtype=DTYPE))
+    with pytest.raises(
+        ValueError,
+        match=rf"gradient='{gradient}': func uses 2 tensor\(s\) that require grad but are not in "
+        r"adjoint_params \(shapes \[(\(3,\), \(3, 2\)|\(3, 2\), \(3,\))\]",
+    ):
+        odeint(field, y0, TIMES, gradient=gradient)
+    # A closure's tensor left out of an explicit adjoint_params, likewise.
+    rate = torch.tensor(0.7, dtype=DTYPE, requires_grad=True)
+    with pytest.raises(ValueError, match=r"func uses 1 tensor\(s\)"):
+        odeint(lambda t, y: -rate * y, y0, TIMES, gradient=gradient, adjoint_params=())
+    # Nothing to name under no_grad (no backward pass) or with the context detached; the solution
+    # is the same either way.
+    with torch.no_grad():
+        inferred = odeint(field, y0, TIMES, gradient=gradient).ys
+    field.context = field.context.detach()
+    constant = odeint(field, y0, TIMES, gradient=gradient)
+    assert not constant.ys.requires_grad
+    torch.testing.assert_close(constant.ys, inferred, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("gradient", GRAPH_FREE)
 def test_listing_a_tensor_and_what_it_is_computed_from_is_refused(gradient):
     # w's gradient flowed on to raw, which also got its own: twice raw's gradient.
     raw = torch.tensor([0.3, -0.1, 0.2], dtype=DTYPE, requires_grad=True)

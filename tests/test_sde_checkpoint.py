@@ -325,6 +325,30 @@ def test_a_captured_tensor_that_requires_grad_is_refused():
         ys.sum().backward()
 
 
+@pytest.mark.parametrize("part", ["f", "g"])
+def test_a_captured_tensor_is_named_when_nothing_else_requires_grad(part):
+    """A frozen SDE and a y0 without grad record nothing: the backward pass's check never ran, and
+    a context the drift or diffusion read got no gradient, silently. The first evaluation tells."""
+    sde = _scalar_rate_sde().requires_grad_(False)
+    context = torch.tensor(0.5, dtype=DTYPE, requires_grad=True)
+    if part == "f":
+        sde.f = lambda t, y: sde.rate * y + context
+    else:
+        sde.g = lambda t, y: context * y
+    y0 = torch.ones(2, 1, dtype=DTYPE)
+    with pytest.raises(
+        ValueError,
+        match=r"gradient='checkpoint': sde uses 1 tensor\(s\) that require grad but are not in "
+        r"adjoint_params .* \(gradient='direct' \(in local_reg\.compat: sdeint, not sdeint_adjoint\)",
+    ):
+        _solve_rate(sde, y0, "checkpoint")
+    with torch.no_grad():
+        inferred = _solve_rate(sde, y0, "checkpoint")
+    direct = _solve_rate(sde, y0, "direct")  # differentiates the context: nothing to refuse
+    assert direct.requires_grad
+    torch.testing.assert_close(direct.detach(), inferred, rtol=0, atol=0)
+
+
 def test_a_parameter_derived_outside_the_sde_keeps_its_graph():
     """w = raw.exp() captured, raw listed: every re-run step differentiates through w's graph."""
     raw = torch.tensor(-0.3, dtype=DTYPE, requires_grad=True)
@@ -404,28 +428,3 @@ def test_general_noise_checkpoint_equals_direct():
     for g_direct, g_checkpoint in zip(expected, got, strict=True):
         torch.testing.assert_close(g_checkpoint, g_direct, rtol=1e-10, atol=1e-12)
     assert checkpointed.stats.nfe_backward == 2 * checkpointed.stats.n_accepted
-
-
-def test_nothing_to_differentiate_keeps_no_graph_of_a_captured_tensor():
-    """With neither y0 nor adjoint_params requiring grad the checkpoint solve records nothing, and
-    keeps no graph either (a direct one through a tensor the SDE captures, as before)."""
-    captured = torch.tensor(0.5, dtype=DTYPE, requires_grad=True)
-
-    class Plain:
-        noise_type, sde_type = "diagonal", "ito"
-
-        def f(self, t, y):
-            return -captured * y
-
-        def g(self, t, y):
-            return 0.1 * torch.ones_like(y)
-
-    ys = sdeint(
-        Plain(),
-        torch.ones(2, 1, dtype=DTYPE),
-        [0.0, 1.0],
-        step_size=0.1,
-        gradient="checkpoint",
-        adjoint_params=(),
-    )
-    assert not ys.ys.requires_grad

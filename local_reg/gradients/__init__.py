@@ -31,6 +31,9 @@ from ._function import (
     graph_nodes,
 )
 from ._function import check_step_penalty_support as check_step_penalty_support  # for odeint
+from ._function import checks_captures as checks_captures  # for odeint and sdeint
+from ._function import records_graph as records_graph  # for sdeint
+from ._function import refuse_captured as refuse_captured  # for odeint and sdeint
 from ._times import time_gradient as time_gradient  # for odeint
 from .adjoint import BacksolveAdjoint, InterpolatingAdjoint
 from .checkpoint import Checkpoint

@@ -33,8 +33,12 @@ from ..tableaus import ButcherTableau
 from ._checkpoints import StepStates
 from ._finite import all_finite, raise_non_finite_gradient
 
-DIRECT = "gradient='direct' (in local_reg.compat: odeint, not odeint_adjoint)"
-"""The method that differentiates what the graph-free ones cannot, as either API spells it."""
+
+def direct(name: str = "func") -> str:
+    """The method that differentiates what the graph-free ones cannot, as either API spells it for
+    an ODE's ``func`` or an SDE (``name="sde"``)."""
+    solver = "sdeint" if name == "sde" else "odeint"
+    return f"gradient='direct' (in local_reg.compat: {solver}, not {solver}_adjoint)"
 
 
 @dataclass
@@ -88,10 +92,8 @@ class ForwardSolve:
         check_same_parameters(self.owner, self._owner_parameters)
 
     def is_differentiated(self, y0: Tensor) -> bool:
-        """Whether autograd records a solve from ``y0``: gradients are enabled and ``y0`` or a
-        parameter requires grad. Under ``no_grad`` (inference) there is no backward pass to keep
-        records for."""
-        return torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *self.params))
+        """Whether autograd records a solve from ``y0`` (:func:`records_graph`)."""
+        return records_graph(y0, self.params)
 
     def release_records(self) -> None:
         """Drop what only a backward pass reads (``step_states``, ``dense_output``), and ``f0``,
@@ -116,6 +118,48 @@ class ForwardSolve:
         return [*self.times[:-1], self.steps.stop_time]
 
 
+def records_graph(y0: Tensor, params: Iterable[Tensor]) -> bool:
+    """Whether autograd records a graph-free solve from ``y0`` with ``params`` (those it returns
+    gradients for): gradients are enabled and ``y0`` or a parameter requires grad. Under
+    ``no_grad`` (inference) there is no backward pass to keep records for."""
+    return torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *params))
+
+
+def checks_captures(graph_free: bool, y0: Tensor, params: Iterable[Tensor]) -> bool:
+    """Whether a graph-free solve's first evaluation is made with a graph, for
+    :func:`refuse_captured`: gradients are enabled but the solve records nothing. A tensor the
+    field uses that requires grad would then get no gradient, silently, as the backward pass's
+    check (:class:`CapturedTensorCheck`) never runs; where the solve records, that check does."""
+    return graph_free and torch.is_grad_enabled() and not records_graph(y0, params)
+
+
+def refuse_captured(method: str, outputs: Sequence[Tensor], name: str = "func") -> None:
+    """Raise :func:`captured_tensors_error` if ``outputs``, of an evaluation of ``name`` made with
+    a graph where neither its state nor any of the method's parameters requires grad
+    (:func:`checks_captures`), depend on tensors that do (found as the leaves of their graph)."""
+    captured = {id(output): output for output in outputs if output.requires_grad and output.is_leaf}
+    roots = [output.grad_fn for output in outputs if output.grad_fn is not None]
+    for node in graph_nodes(roots):
+        variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf tensor
+        if variable is not None:
+            captured.setdefault(id(variable), variable)
+    if captured:
+        raise captured_tensors_error(method, name, list(captured.values()))
+
+
+def captured_tensors_error(method: str, name: str, captured: Sequence[Tensor]) -> ValueError:
+    """The error for tensors ``name`` uses that require grad but that the graph-free ``method``
+    returns no gradient for."""
+    shapes = [tuple(tensor.shape) for tensor in captured]
+    return ValueError(
+        f"gradient={method!r}: {name} uses {len(captured)} tensor(s) that require grad "
+        f"but are not in adjoint_params (shapes {shapes}): a graph-free gradient method returns "
+        "gradients for y0 and adjoint_params only, so theirs would silently be none. Make them "
+        f"parameters of {name}'s module or list them in adjoint_params, or detach them "
+        f"({direct(name)} differentiates everything {name} uses)"
+    )
+
+
 def parameter_ids(owner: torch.nn.Module | None) -> tuple[int, ...]:
     """The identities of ``owner``'s parameter tensors (none without a module)."""
     return () if owner is None else tuple(id(p) for p in owner.parameters())
@@ -133,7 +177,7 @@ def check_same_parameters(
             f"{name}'s module holds other parameter tensors in the backward pass than in the forward "
             "solve (torch.func.functional_call, a parameter replaced, or a load_state_dict(assign=True) "
             f"in between): the graph-free gradient methods re-evaluate {name} with its current "
-            f"parameters; use {DIRECT}, which differentiates the forward's own graph"
+            f"parameters; use {direct(name)}, which differentiates the forward's own graph"
         )
 
 
@@ -225,14 +269,7 @@ class CapturedTensorCheck:
             elif variable is None and node._sequence_nr() < before:
                 self.keeps_outside_graph = True
         if captured:
-            shapes = [tuple(tensor.shape) for tensor in captured.values()]
-            raise ValueError(
-                f"gradient={self.method!r}: {self.name} uses {len(captured)} tensor(s) that require grad "
-                f"but are not in adjoint_params (shapes {shapes}): a graph-free gradient method returns "
-                "gradients for y0 and adjoint_params only, so theirs would silently be none. Make them "
-                f"parameters of {self.name}'s module or list them in adjoint_params, or detach them "
-                f"({DIRECT} differentiates everything {self.name} uses)"
-            )
+            raise captured_tensors_error(self.method, self.name, list(captured.values()))
 
 
 class BackwardStep(NamedTuple):
@@ -555,7 +592,8 @@ def first_order_only(backward: Callable) -> Callable:
 
     The backward pass runs outside ``torch.inference_mode``: it differentiates ``func`` afresh
     under ``enable_grad``, which inference mode would silently turn into no graph (zero
-    vector-Jacobian products, no parameter gradients), where ``direct``'s recorded graph works."""
+    vector-Jacobian products, no parameter gradients), where ``direct``'s recorded graph works.
+    The message names the function differentiated by ``ctx.name`` (default ``"func"``)."""
     once = once_differentiable(backward)
 
     @functools.wraps(backward)
@@ -563,7 +601,8 @@ def first_order_only(backward: Callable) -> Callable:
         if torch.is_grad_enabled():
             raise RuntimeError(
                 f"gradient={ctx.method.name!r} gives first derivatives only (its backward pass is "
-                f"not differentiable): for second derivatives (create_graph=True, a Hessian) use {DIRECT}"
+                "not differentiable): for second derivatives (create_graph=True, a Hessian) use "
+                + direct(getattr(ctx, "name", "func"))
             )
         with torch.inference_mode(False):
             return once(ctx, *grads)

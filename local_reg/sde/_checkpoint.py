@@ -207,6 +207,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
     def forward(ctx: Any, solve: CheckpointedSolve, y0: Tensor, *params: Tensor) -> Tensor:
         ctx.solve = solve
         ctx.method = solve.method
+        ctx.name = "sde"  # what first_order_only's message calls the function differentiated
         ys = solve.solve(y0)
         # y0 and the parameters, for autograd's checks: that they are not changed in place before
         # the backward pass (an optimizer step: the re-run would differentiate another solve), and

@@ -32,6 +32,9 @@ from ..gradients import (
     Direct,
     GradientMethod,
     as_gradient_method,
+    checks_captures,
+    records_graph,
+    refuse_captured,
     resolve_adjoint_params,
     warn_if_reevaluation_differs,
 )
@@ -191,18 +194,19 @@ def sdeint(
     owner = sde_module(sde)  # whose parameters the checkpoint's re-run steps read
     params = sde_params(sde, owner, adjoint_params, checkpointed)
     # Records for a backward pass only where autograd will ask for one (not under no_grad).
-    recording = (
-        checkpointed is not None and torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *params))
-    )
+    recording = checkpointed is not None and records_graph(y0, params)
+    checking = checks_captures(checkpointed is not None, y0, params)
 
     # At a jump at t0, just after it (as the first step takes them).
     t0 = times[0]
     start = beside_jump(t0, times[-1], y0.dtype, options.controller.jump_ts)
     autocast = active_autocast()  # the drift and diffusion run under it, the solver's arithmetic not
     # The checkpoint gradient's forward solve keeps no graph, from its first evaluations on.
-    with torch.no_grad() if checkpointed is not None else nullcontext():
+    with torch.no_grad() if checkpointed is not None and not checking else nullcontext():
         f0 = call_leaving_input(DRIFT, autocast, sde.f, time_tensor(start, y0), y0)
         g0 = call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(start, y0), y0)
+    if checking:
+        refuse_captured(cast(Checkpoint, checkpointed).name, [f0, g0], "sde")
     check_shapes(noise_type, y0, f0, g0)
     # Every later drift, diffusion and Brownian increment is checked too.
     size = brownian_size(noise_type, y0, g0)
