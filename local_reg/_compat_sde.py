@@ -19,11 +19,14 @@ torchsde                                  local_reg.sdeint
                                           general noise (torchsde's default there)
 ``bm``                                    ``bm``
 ``names={"drift": .., "diffusion": ..}``  an SDE whose ``f`` and ``g`` are the named methods
+                                          (``"prior_drift"``: ``h``)
+``logqp=True``                            one more state component, ``log(q/p)``, with the KL
+                                          integrand as its drift and no diffusion (:class:`LogqpSDE`)
 ========================================  ===========================================================
 
 Refused with a ``ValueError`` naming the argument: torchsde's other methods (``"srk"``, the
-Stratonovich ones, ``"log_ode"``), ``logqp=True``, ``extra=True``, ``extra_solver_state``, the
-``names`` keys other than ``drift`` and ``diffusion``, and ``options`` keys other than ``grad_free``;
+Stratonovich ones, ``"log_ode"``), ``extra=True``, ``extra_solver_state``, the fused ``names``
+keys, and ``options`` keys other than ``grad_free``;
 :func:`local_reg.sdeint` itself refuses Stratonovich SDEs, and ``noise_type="general"`` with adaptive
 steps or Milstein (it solves general noise with fixed Euler--Maruyama steps, as torchsde). Gradients
 are backpropagated through the solve (exact for the discrete solve, memory O(steps));
@@ -35,7 +38,6 @@ Every difference is listed in docs/compat.md ("torchsde's sdeint").
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -45,6 +47,7 @@ from ._integrate import NO_STEP_LIMIT
 from ._step import time_tensor
 from ._validate import positive_float, validate_times
 from .controller import PIController, TimeSet
+from .sde._sdeint import sde_module
 from .sde._sdeint import sdeint as _sdeint
 from .sde.problem import FIXED_STEP_NOISE_TYPE, brownian_size, check_shapes, validate_sde_problem
 
@@ -76,23 +79,24 @@ REFUSED_METHODS = {
 SDE_OPTIONS = ("grad_free",)
 """The ``options`` keys :func:`sdeint` takes (torchsde 0.2.6 has no other method option)."""
 
-RENAMED = {"drift": "f", "diffusion": "g"}
-"""torchsde's ``names`` keys :func:`sdeint` takes, and the method of the SDE each renames."""
-UNSUPPORTED_NAMES = ("prior_drift", "drift_and_diffusion", "drift_and_diffusion_prod")
-"""torchsde's other ``names`` keys: the prior drift of ``logqp`` and the fused evaluations, which
-local_reg's schemes do not call."""
+RENAMED = {"drift": "f", "diffusion": "g", "prior_drift": "h"}
+"""torchsde's ``names`` keys :func:`sdeint` takes, and the method of the SDE each renames (the
+prior drift is read by ``logqp=True`` only)."""
+UNSUPPORTED_NAMES = ("drift_and_diffusion", "drift_and_diffusion_prod")
+"""torchsde's other ``names`` keys: the fused evaluations, which local_reg's schemes do not call."""
 
 
 class RenamedSDE:
-    """``sde`` with the drift ``f`` and the diffusion ``g`` read from the methods torchsde's ``names``
-    gives (``names={"drift": "f_", "diffusion": "g_"}``); every other attribute (``noise_type``,
-    ``sde_type``, ...) is ``sde``'s. The methods are ``sde``'s own, bound: gradients reach its
-    parameters as they would."""
+    """``sde`` with the drift ``f``, the diffusion ``g`` and the prior drift ``h`` read from the
+    methods torchsde's ``names`` gives (``names={"drift": "f_", "diffusion": "g_"}``); every other
+    attribute (``noise_type``, ``sde_type``, ...) is ``sde``'s. The methods are ``sde``'s own,
+    bound: gradients reach its parameters as they would."""
 
-    def __init__(self, sde: Any, drift: str, diffusion: str) -> None:
+    def __init__(self, sde: Any, methods: dict[str, str]) -> None:
+        """``methods``: the method of ``sde`` to read for each of ``f``, ``g`` and ``h``."""
         self.sde = sde
-        self.f: Callable[[Tensor, Tensor], Tensor] = getattr(sde, drift)
-        self.g: Callable[[Tensor, Tensor], Tensor] = getattr(sde, diffusion)
+        for name, method in methods.items():
+            setattr(self, name, getattr(sde, method))
 
     def __getattr__(self, name: str) -> Any:
         # Only for the attributes not set in __init__; "sde" itself is looked up here before
@@ -112,8 +116,9 @@ def _renamed(sde: Any, names: object, caller: str = "sdeint") -> Any:
     unsupported = sorted(set(names) & set(UNSUPPORTED_NAMES))
     if unsupported:
         raise ValueError(
-            f"names: {unsupported} not supported by local_reg.compat.{caller}: its schemes call only the "
-            f"drift and the diffusion (no logqp prior drift, no fused evaluation); supported keys: "
+            f"names: {unsupported} not supported by local_reg.compat.{caller}: its schemes call the "
+            f"drift, the diffusion and (logqp=True) the prior drift, each alone (no fused evaluation); "
+            f"supported keys: "
             f"{list(RENAMED)}"
         )
     unknown = sorted(set(names) - set(RENAMED), key=str)
@@ -131,11 +136,54 @@ def _renamed(sde: Any, names: object, caller: str = "sdeint") -> Any:
                 f"names[{key!r}] must be the name of a method of sde, got {type(method).__name__}"
             )
         if not callable(getattr(sde, method, None)):
+            if key == "prior_drift" and key not in names:
+                continue  # an SDE without a prior drift, which only logqp=True reads
             raise ValueError(
                 f"names[{key!r}]={method!r}, but sde ({type(sde).__name__}) has no method {method!r}"
             )
-        methods[key] = method
-    return RenamedSDE(sde, methods["drift"], methods["diffusion"])
+        methods[default] = method
+    return RenamedSDE(sde, methods)
+
+
+class LogqpSDE(torch.nn.Module):
+    """torchsde's ``logqp=True``: ``sde`` with one more state component, ``log(q/p)`` along the
+    path, whose drift is the KL integrand ``|u|^2 / 2`` with ``g u = f - h`` (``h`` the prior
+    drift; for diagonal noise ``u = (f - h) / g`` elementwise, a ``|g|`` below 1e-7 taken as
+    1e-7 with its sign, else ``u = pinv(g) (f - h)``) and whose diffusion is zero (Li et al. 2020,
+    "Scalable gradients for stochastic differential equations", section 5). Its parameters are
+    ``sde``'s (or those of the module it renames)."""
+
+    def __init__(self, sde: Any, noise_type: object, names: dict[str, str] | None) -> None:
+        super().__init__()
+        if not callable(getattr(sde, "h", None)):
+            named = (names or {}).get("prior_drift", "h")
+            raise ValueError(
+                f"logqp=True needs the prior drift: sde ({type(sde).__name__}) has no method {named!r} "
+                "(define h(t, y), or name it with names={'prior_drift': ...})"
+            )
+        self.sde = sde
+        module = sde_module(sde)
+        if module is not None and module is not sde:
+            self.renamed_module = module  # a module renamed by names: its parameters are these
+        self.noise_type = noise_type
+        self.sde_type = "ito"
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        state = y[:, :-1]
+        drift, diffusion, prior = self.sde.f(t, state), self.sde.g(t, state), self.sde.h(t, state)
+        if self.noise_type == "diagonal":
+            # torchsde's stable division (misc.stable_division), for the same numbers.
+            small = diffusion.abs().detach() <= 1e-7
+            u = (drift - prior) / torch.where(small, 1e-7 * diffusion.sign(), diffusion)
+        else:
+            u = (torch.linalg.pinv(diffusion) @ (drift - prior).unsqueeze(-1)).squeeze(-1)
+        return torch.cat([drift, 0.5 * (u**2).sum(dim=1, keepdim=True)], dim=1)
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        diffusion = self.sde.g(t, y[:, :-1])
+        return torch.cat(
+            [diffusion, diffusion.new_zeros((diffusion.shape[0], 1, *diffusion.shape[2:]))], dim=1
+        )
 
 
 def _scheme(method: object, noise_type: object, caller: str = "sdeint") -> str:
@@ -217,16 +265,12 @@ def _solve(
     gradient: str = "direct",
     adjoint_params: Any | None = None,
     caller: str = "sdeint",
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor]:
     """:func:`sdeint` and :func:`sdeint_adjoint`: torchsde's arguments, and the
     :func:`local_reg.sdeint` gradient method with its ``adjoint_params``; ``caller``: which of the
     two the messages name."""
-    if logqp:
-        raise ValueError(
-            f"logqp=True is not supported by local_reg.compat.{caller}: solve the KL integrand "
-            "|(f - h) / g|^2 / 2 (h the prior drift) as one more state component with zero diffusion "
-            "(torchsde's SDELogqp does so) and take its increments"
-        )
+    if not isinstance(logqp, bool):
+        raise TypeError(f"logqp must be a bool, got {type(logqp).__name__}")
     if extra:
         raise ValueError(
             f"extra=True is not supported by local_reg.compat.{caller}: its schemes (Euler--Maruyama, "
@@ -246,6 +290,57 @@ def _solve(
         )
     scheme = _scheme(method, noise_type, caller)
     _grad_free(options, method, scheme, noise_type, caller)
+    if logqp:
+        if gradient == "checkpoint" and adjoint_params is None and sde_module(sde) is None:
+            raise ValueError(
+                f"local_reg.compat.{caller} needs the parameters of sde, but sde is not a torch.nn.Module "
+                f"({type(sde).__name__}): pass adjoint_params=(tensors its drift, diffusion and prior "
+                "drift depend on), or adjoint_params=() if they have none"
+            )
+        if not (isinstance(y0, Tensor) and y0.dim() == 2):
+            raise ValueError("y0 must be a tensor of shape (batch, d)")  # before it is extended
+        sde = LogqpSDE(sde, noise_type, names)
+        y0 = torch.cat([y0, y0.new_zeros((y0.shape[0], 1))], dim=1)
+    ys = _states(
+        sde,
+        y0,
+        ts,
+        bm,
+        scheme,
+        noise_type,
+        dt,
+        adaptive,
+        rtol,
+        atol,
+        dt_min,
+        gradient,
+        adjoint_params,
+        caller,
+    )
+    if not logqp:
+        return ys
+    # torchsde returns the states and the increments of log(q/p) between output times.
+    states, log_ratio = ys.split([ys.shape[2] - 1, 1], dim=2)
+    return states, (log_ratio[1:] - log_ratio[:-1]).squeeze(2)
+
+
+def _states(
+    sde: Any,
+    y0: Tensor,
+    ts: TimeSet,
+    bm: Any | None,
+    scheme: str,
+    noise_type: object,
+    dt: float | Tensor,
+    adaptive: bool,
+    rtol: float | Tensor,
+    atol: float | Tensor,
+    dt_min: float | Tensor,
+    gradient: str,
+    adjoint_params: Any | None,
+    caller: str,
+) -> Tensor:
+    """The states at ``ts`` of :func:`_solve`'s checked arguments (``scheme``: local_reg's)."""
     if not isinstance(adaptive, bool):
         raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
     step = positive_float("dt", dt)
@@ -360,9 +455,10 @@ def sdeint(
     logqp: bool = False,
     extra: bool = False,
     extra_solver_state: Any | None = None,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor]:
     """Solve the Ito SDE ``dy = f(t, y) dt + g(t, y) dW`` as torchsde 0.2.6's ``sdeint`` does, on
-    :func:`local_reg.sdeint`; returns the states at ``ts``, shape ``(len(ts), batch, d)``.
+    :func:`local_reg.sdeint`; returns the states at ``ts``, shape ``(len(ts), batch, d)`` (with
+    ``logqp=True``, and the increments of ``log(q/p)``).
 
     Args:
         sde: torchsde SDE: ``f(t, y)``, ``g(t, y)``, ``noise_type`` ``"diagonal"``, ``"scalar"``,
@@ -390,8 +486,13 @@ def sdeint(
         options: ``{"grad_free": True}`` (``False`` is refused for ``method="milstein"`` on
             multiplicative noise; ignored with a warning by ``"euler"``, silently with
             ``method=None``, as by torchsde's srk).
-        names: ``{"drift": ..., "diffusion": ...}``: the SDE's methods to call instead of ``f``, ``g``.
-        logqp, extra, extra_solver_state: not supported (``ValueError``).
+        names: ``{"drift": ..., "diffusion": ..., "prior_drift": ...}``: the SDE's methods to call
+            instead of ``f``, ``g``, ``h``.
+        logqp: also return the increments of ``log(q/p)`` between output times, shape
+            ``(len(ts) - 1, batch)``: the KL divergence of the SDE from one with the prior drift
+            ``h`` along the path, solved as one more state component (:class:`LogqpSDE`; for
+            diagonal noise ``bm`` then has ``d + 1`` channels, as torchsde's).
+        extra, extra_solver_state: not supported (``ValueError``).
 
     Gradients w.r.t. ``y0`` and the SDE's parameters are backpropagated through the solve (exact
     for the discrete solve, memory O(steps)); :func:`sdeint_adjoint` keeps one step's graph.
@@ -454,7 +555,7 @@ def sdeint_adjoint(
     logqp: bool = False,
     extra: bool = False,
     extra_solver_state: Any | None = None,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor]:
     """torchsde 0.2.6's ``sdeint_adjoint``: the same solve as :func:`sdeint`, differentiated by
     :func:`local_reg.sdeint`'s ``gradient="checkpoint"`` (docs/sde.md) instead of the stochastic
     adjoint (Li et al. 2020).

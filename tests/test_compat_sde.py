@@ -279,13 +279,19 @@ REFUSALS = [
         r"unknown method 'euler_maruyama'; expected one of \['euler', ",
     ),
     ({"method": 1}, TypeError, r"method must be a str or None, got int"),
-    ({"logqp": True}, ValueError, rf"logqp=True is {UNSUPPORTED}"),
+    ({"logqp": 1}, TypeError, r"logqp must be a bool, got int"),
+    ({"logqp": True}, ValueError, r"logqp=True needs the prior drift: sde \(SDE\) has no method 'h'"),
+    (
+        {"logqp": True, "names": {"prior_drift": "prior"}},
+        ValueError,
+        r"names\['prior_drift'\]='prior', but sde \(SDE\) has no method 'prior'",
+    ),
     ({"extra": True}, ValueError, rf"extra=True is {UNSUPPORTED}"),
     ({"extra_solver_state": ()}, ValueError, rf"extra_solver_state is {UNSUPPORTED}"),
     (
         {"names": {"prior_drift": "h"}},
         ValueError,
-        r"names: \['prior_drift'\] not .*keys: \['drift', 'diffusion'\]",
+        r"names\['prior_drift'\]='h', but sde \(SDE\) has no method 'h'",
     ),
     (
         {"names": {"drift_and_diffusion": "fg"}},
@@ -459,8 +465,8 @@ def test_sdeint_adjoint_messages_name_it_and_its_advice() -> None:
     """Its refusals name sdeint_adjoint (they named compat.sdeint, whose body it shares), a refused
     call draws no warning on the way, and the checkpoint gradient's advice is torchsde's pair."""
     sde, y0 = SDE("diagonal"), y0_of().requires_grad_(True)
-    with pytest.raises(ValueError, match=r"not supported by local_reg\.compat\.sdeint_adjoint: solve"):
-        compat.sdeint_adjoint(sde, y0, TS, logqp=True)
+    with pytest.raises(ValueError, match=r"not supported by local_reg\.compat\.sdeint_adjoint: its"):
+        compat.sdeint_adjoint(sde, y0, TS, extra=True)
     with pytest.raises(ValueError, match=r"not available in local_reg\.compat\.sdeint_adjoint"):
         compat.sdeint_adjoint(sde, y0, TS, method="srk")
     with warnings.catch_warnings():
@@ -565,3 +571,110 @@ def test_sdeint_adjoint_of_a_renamed_module_sde_finds_its_parameters() -> None:
         results.append(torch.autograd.grad((ys**2).sum(), inputs))
     for got, expected in zip(*results, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+class PriorSDE(SDE):
+    """``SDE`` with a prior drift ``h`` (its own parameter), for ``logqp=True``."""
+
+    def __init__(self, noise_type: str) -> None:
+        super().__init__(noise_type)
+        self.p = nn.Parameter(torch.tensor([-0.5, 0.2, -0.1], dtype=DT))
+
+    def h(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.p * y
+
+
+def logqp_brownian(sde: SDE, batch: int) -> object:
+    """torchsde's logqp SDE has one more state component: diagonal noise, one more channel."""
+    channels = sde.brownian_channels + (sde.noise_type == "diagonal")
+    return torchsde.BrownianInterval(0.0, 1.0, size=(batch, channels), dtype=DT, entropy=5, dt=STEP)
+
+
+@pytest.mark.parametrize("noise_type", ["diagonal", "scalar", "additive", "general"])
+def test_logqp_returns_torchsdes_states_log_ratios_and_gradients(noise_type: str) -> None:
+    """Fixed Euler steps on one Brownian path: the states, the increments of log(q/p) between output
+    times and their gradients are torchsde's to round-off, under sdeint and sdeint_adjoint alike."""
+    sde = PriorSDE(noise_type)
+    y0 = y0_of().requires_grad_(True)
+    inputs = (y0, *sde.parameters())
+    results = []
+    for solve in (torchsde.sdeint, compat.sdeint, compat.sdeint_adjoint):
+        ys, log_ratio = solve(sde, y0, TS, bm=logqp_brownian(sde, 2), method="euler", dt=STEP, logqp=True)
+        loss = ys.square().sum() + (log_ratio * torch.arange(1, len(TS), dtype=DT).unsqueeze(1)).sum()
+        grads = torch.autograd.grad(loss, inputs, allow_unused=True)  # c: additive and general only
+        results.append((ys, log_ratio, [torch.zeros(()) if g is None else g for g in grads]))
+    (ys, log_ratio, grads), *ours = results
+    assert ys.shape == (len(TS), 2, 3) and log_ratio.shape == (len(TS) - 1, 2)
+    assert (log_ratio > 0).all()
+    for our_ys, our_log_ratio, our_grads in ours:
+        torch.testing.assert_close(our_ys, ys, rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(our_log_ratio, log_ratio, rtol=1e-12, atol=1e-13)
+        for a, b in zip(our_grads, grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_logqp_of_a_constant_drift_gap_is_its_kl_rate_times_the_interval(adaptive: bool) -> None:
+    """With f - h = c and a constant diagonal g, log(q/p) grows at |c / g|^2 / 2 on every path:
+    each increment is that rate times its interval, whatever the scheme's steps."""
+    c, g = torch.tensor([0.3, -0.6], dtype=DT), torch.tensor([0.5, 0.2], dtype=DT)
+
+    class Gap(nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return torch.sin(y) + c
+
+        def g(self, t, y):
+            return g.expand_as(y)
+
+        def h(self, t, y):
+            return torch.sin(y)
+
+    ts = torch.tensor([0.0, 0.3, 1.0], dtype=DT)
+    steps = {"adaptive": True, "rtol": 1e-4, "atol": 1e-4, "dt": 0.05} if adaptive else {"dt": 0.1}
+    ys, log_ratio = compat.sdeint(
+        Gap(), torch.zeros(4, 2, dtype=DT), ts, method="milstein", logqp=True, **steps
+    )
+    expected = 0.5 * (c / g).square().sum() * ts.diff()
+    torch.testing.assert_close(log_ratio, expected.unsqueeze(1).expand(-1, 4), rtol=1e-12, atol=1e-14)
+    assert ys.shape == (3, 4, 2) and ys[1:].std() > 0  # the states did move along a Brownian path
+
+
+def test_logqp_with_a_renamed_prior_drift_and_a_plain_sde() -> None:
+    """names={'prior_drift': ...} names h; a renamed module SDE keeps its parameters under
+    sdeint_adjoint, and an SDE that is no module needs adjoint_params there, as torchsde's."""
+
+    class Renamed(PriorSDE):
+        def prior(self, t, y):
+            return -y
+
+    sde = Renamed("diagonal")
+    y0 = y0_of().requires_grad_(True)
+    names = {"drift": "f", "prior_drift": "prior"}
+    grads = []
+    for solve in (torchsde.sdeint, compat.sdeint, compat.sdeint_adjoint):
+        _, log_ratio = solve(
+            sde, y0, TS, bm=logqp_brownian(sde, 2), dt=STEP, method="euler", names=names, logqp=True
+        )
+        grads.append(torch.autograd.grad(log_ratio.sum(), (y0, sde.a, sde.b)))
+    for ours in grads[1:]:
+        for a, b in zip(ours, grads[0], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+    class Plain:
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return torch.ones_like(y)
+
+        def h(self, t, y):
+            return 0 * y
+
+    with pytest.raises(ValueError, match=r"sdeint_adjoint needs the parameters of sde, but sde is not a"):
+        compat.sdeint_adjoint(Plain(), y0_of(), TS, dt=STEP, method="euler", logqp=True)
+    ys, log_ratio = compat.sdeint(Plain(), y0_of(), TS[:1], logqp=True)  # one time: nothing between
+    assert ys.shape == (1, 2, 3) and log_ratio.shape == (0, 2)
