@@ -145,6 +145,11 @@ def _renamed(sde: Any, names: object, caller: str = "sdeint") -> Any:
     return RenamedSDE(sde, methods)
 
 
+def _as_given(sde: Any) -> Any:
+    """The SDE as the user passed it: the one a :class:`RenamedSDE` renames, for messages."""
+    return sde.sde if isinstance(sde, RenamedSDE) else sde
+
+
 class LogqpSDE(torch.nn.Module):
     """torchsde's ``logqp=True``: ``sde`` with one more state component, ``log(q/p)`` along the
     path, whose drift is the KL integrand ``|u|^2 / 2`` with ``g u = f - h`` (``h`` the prior
@@ -158,8 +163,8 @@ class LogqpSDE(torch.nn.Module):
         if not callable(getattr(sde, "h", None)):
             named = (names or {}).get("prior_drift", "h")
             raise ValueError(
-                f"logqp=True needs the prior drift: sde ({type(sde).__name__}) has no method {named!r} "
-                "(define h(t, y), or name it with names={'prior_drift': ...})"
+                f"logqp=True needs the prior drift: sde ({type(_as_given(sde)).__name__}) has no method "
+                f"{named!r} (define h(t, y), or name it with names={{'prior_drift': ...}})"
             )
         self.sde = sde
         module = sde_module(sde)
@@ -171,6 +176,11 @@ class LogqpSDE(torch.nn.Module):
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         state = y[:, :-1]
         drift, diffusion, prior = self.sde.f(t, state), self.sde.g(t, state), self.sde.h(t, state)
+        if not isinstance(prior, Tensor) or prior.shape != drift.shape:
+            found = tuple(prior.shape) if isinstance(prior, Tensor) else type(prior).__name__
+            raise ValueError(
+                f"the prior drift h returned {found}, the drift f {tuple(drift.shape)}: they must match"
+            )
         if self.noise_type == "diagonal":
             # torchsde's stable division (misc.stable_division), for the same numbers.
             small = diffusion.abs().detach() <= 1e-7
@@ -294,12 +304,19 @@ def _solve(
         if gradient == "checkpoint" and adjoint_params is None and sde_module(sde) is None:
             raise ValueError(
                 f"local_reg.compat.{caller} needs the parameters of sde, but sde is not a torch.nn.Module "
-                f"({type(sde).__name__}): pass adjoint_params=(tensors its drift, diffusion and prior "
-                "drift depend on), or adjoint_params=() if they have none"
+                f"({type(_as_given(sde)).__name__}): pass adjoint_params=(tensors its drift, diffusion and "
+                "prior drift depend on), or adjoint_params=() if they have none"
             )
         if not (isinstance(y0, Tensor) and y0.dim() == 2):
             raise ValueError("y0 must be a tensor of shape (batch, d)")  # before it is extended
         sde = LogqpSDE(sde, noise_type, names)
+        shape = getattr(bm, "shape", None)
+        if noise_type == "diagonal" and shape is not None and tuple(shape) == tuple(y0.shape):
+            raise ValueError(
+                f"bm has shape {tuple(shape)}: logqp=True solves one more state component, log(q/p), so "
+                f"diagonal noise needs a Brownian motion of shape {(y0.shape[0], y0.shape[1] + 1)} "
+                "(batch, d + 1), as torchsde's"
+            )
         y0 = torch.cat([y0, y0.new_zeros((y0.shape[0], 1))], dim=1)
     ys = _states(
         sde,
@@ -393,7 +410,7 @@ def _states(
             f"local_reg.compat.{caller}: adaptive Euler--Maruyama with non-additive noise converges to a "
             "biased limit as the tolerance shrinks (torchsde warns too; docs/sde.md): use "
             "method='milstein'",
-            stacklevel=3,
+            stacklevel=4,  # the user's call of sdeint or sdeint_adjoint
         )
     min_step = positive_float("dt_min", dt_min)
     scalar = isinstance(atol, (int, float)) or (isinstance(atol, Tensor) and atol.numel() == 1)
@@ -434,7 +451,7 @@ def _states(
         warnings.warn(
             f"local_reg.compat.{caller}: {forced} steps were accepted at dt_min={min_step:g} whatever their "
             "error (torchsde warns 'Hitting minimum allowed step size'): lower dt_min or loosen rtol, atol",
-            stacklevel=3,
+            stacklevel=4,  # the user's call of sdeint or sdeint_adjoint
         )
     return solution.ys
 

@@ -47,8 +47,8 @@ from .gradients import (
     as_gradient_method,
     check_step_penalty_support,
     checks_captures,
+    evaluate_refusing_captures,
     owning_module,
-    refuse_captured,
     resolve_adjoint_params,
     time_gradient,
     warn_if_reevaluation_differs,
@@ -335,11 +335,15 @@ def odeint(
     # f(t0, y0) as the first step sees it: at a jump at t0, just after it.
     toward_end = math.copysign(math.inf, time_direction(times))
     start = beside_jump(times[0], toward_end, options.time_dtype or state.dtype, options.controller.jump_ts)
-    checking = checks_captures(gradient_method.graph_free, state, params)
-    with torch.no_grad() if gradient_method.graph_free and not checking else nullcontext():
-        f0 = evaluate_first(checked, start, state, options.time_dtype)
-    if checking:
-        refuse_captured(gradient_method.name, [f0])
+    if checks_captures(gradient_method.graph_free, state, params):
+        (f0,) = evaluate_refusing_captures(
+            gradient_method.name,
+            lambda: (evaluate_first(checked, start, state, options.time_dtype),),
+            [state],
+        )
+    else:
+        with torch.no_grad() if gradient_method.graph_free else nullcontext():
+            f0 = evaluate_first(checked, start, state, options.time_dtype)
     forward = ForwardSolve(
         checked,
         times,

@@ -207,12 +207,15 @@ def test_dt_min_bounds_the_steps() -> None:
     torch.testing.assert_close(gaps, torch.full_like(gaps, 2.0**-6))
 
 
-def test_adaptive_euler_with_multiplicative_noise_warns_as_torchsde() -> None:
+@pytest.mark.parametrize("name", ["sdeint", "sdeint_adjoint"])
+def test_adaptive_euler_with_multiplicative_noise_warns_as_torchsde(name: str) -> None:
     sde, y0 = SDE("diagonal"), y0_of()
+    solve = getattr(compat, name)
     with pytest.warns(
-        UserWarning, match=r"adaptive Euler--Maruyama with non-additive noise converges to a biased"
-    ):
-        compat.sdeint(sde, y0, TS, bm=brownian(sde, 2), method="euler", adaptive=True, rtol=1e-2, atol=1e-2)
+        UserWarning, match=rf"local_reg\.compat\.{name}: adaptive Euler--Maruyama with non-additive noise"
+    ) as caught:
+        solve(sde, y0, TS, bm=brownian(sde, 2), method="euler", adaptive=True, rtol=1e-2, atol=1e-2)
+    assert caught[0].filename == __file__  # the user's line, not the library's
 
 
 class Renamed(nn.Module):
@@ -678,3 +681,28 @@ def test_logqp_with_a_renamed_prior_drift_and_a_plain_sde() -> None:
         compat.sdeint_adjoint(Plain(), y0_of(), TS, dt=STEP, method="euler", logqp=True)
     ys, log_ratio = compat.sdeint(Plain(), y0_of(), TS[:1], logqp=True)  # one time: nothing between
     assert ys.shape == (1, 2, 3) and log_ratio.shape == (0, 2)
+
+
+def test_logqp_floors_a_small_diffusion_as_torchsde_and_checks_its_shapes() -> None:
+    """torchsde's stable division: |g| below 1e-7 is taken as 1e-7 with its sign, so a diffusion of
+    1e-9 gives torchsde's (large, finite) log ratio; a prior drift of the wrong shape and a
+    Brownian motion without the log ratio's channel are named."""
+
+    class Faint(PriorSDE):
+        def g(self, t, y):
+            return self.b * torch.cos(y) * torch.tensor([1.0, 1e-9, 1.0], dtype=DT)
+
+    sde, y0 = Faint("diagonal"), y0_of()
+    ours, theirs = (
+        solve(sde, y0, TS, bm=logqp_brownian(sde, 2), method="euler", dt=STEP, logqp=True)[1]
+        for solve in (compat.sdeint, torchsde.sdeint)
+    )
+    assert bool(torch.isfinite(theirs).all()) and theirs.max() > 1e9
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match=r"logqp=True solves one more state component.*shape \(2, 4\)"):
+        compat.sdeint(sde, y0, TS, bm=brownian(sde, 2), dt=STEP, logqp=True)
+    sde.h = lambda t, y: y[:, :1]
+    with pytest.raises(ValueError, match=r"the prior drift h returned \(2, 1\), the drift f \(2, 3\)"):
+        compat.sdeint(sde, y0, TS, dt=STEP, logqp=True)
+    with pytest.raises(ValueError, match=r"sde \(SDE\) has no method 'h' \(define h"):
+        compat.sdeint(SDE("diagonal"), y0, TS, dt=STEP, names={"drift": "f"}, logqp=True)

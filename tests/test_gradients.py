@@ -1193,6 +1193,45 @@ def test_a_captured_tensor_is_named_when_nothing_else_requires_grad(gradient):
     torch.testing.assert_close(constant.ys, inferred, rtol=0, atol=0)
 
 
+class HamiltonianField(torch.nn.Module):
+    """``dy/dt = J grad H(y)``, the gradient taken by autograd inside the field (a Hamiltonian
+    network): from a leaf of its own where ``y`` does not require grad. ``coupling`` is read by
+    ``H``, captured from outside."""
+
+    def __init__(self, coupling: torch.Tensor) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).to(
+            DTYPE
+        )
+        self.coupling = coupling
+        self.own_leaf = "detach"
+
+    def forward(self, t, y):
+        with torch.enable_grad():
+            x = y.detach().requires_grad_() if self.own_leaf == "detach" else y.clone().requires_grad_()
+            energy = (self.net(x) + (self.coupling * x).square().sum(-1, keepdim=True)).sum()
+            (dh,) = torch.autograd.grad(energy, x, create_graph=True)
+        return torch.stack([dh[..., 1], -dh[..., 0]], dim=-1)
+
+
+@pytest.mark.parametrize("gradient", GRAPH_FREE)
+def test_a_field_that_differentiates_itself_makes_leaves_of_its_own_not_captures(gradient):
+    """The leaves a field makes for itself die with its graph: a frozen Hamiltonian network solves
+    as under no_grad. A captured tensor that requires grad, read by the same H, is still named."""
+    y0 = torch.tensor([[0.6, -0.2]], dtype=DTYPE)
+    field = HamiltonianField(torch.tensor([0.3, 0.1], dtype=DTYPE)).requires_grad_(False)
+    with torch.no_grad():
+        reference = odeint(field, y0, TIMES, gradient=gradient).ys
+    for own_leaf in ("detach", "clone"):
+        field.own_leaf = own_leaf
+        torch.testing.assert_close(odeint(field, y0, TIMES, gradient=gradient).ys, reference, rtol=0, atol=0)
+    field.coupling = torch.tensor([0.3, 0.1], dtype=DTYPE, requires_grad=True)
+    with pytest.raises(
+        ValueError, match=r"func uses 1 tensor\(s\) that require grad .*\(shapes \[\(2,\)\]\)"
+    ):
+        odeint(field, y0, TIMES, gradient=gradient)
+
+
 @pytest.mark.parametrize("gradient", GRAPH_FREE)
 def test_listing_a_tensor_and_what_it_is_computed_from_is_refused(gradient):
     # w's gradient flowed on to raw, which also got its own: twice raw's gradient.

@@ -349,6 +349,29 @@ def test_a_captured_tensor_is_named_when_nothing_else_requires_grad(part):
     torch.testing.assert_close(direct.detach(), inferred, rtol=0, atol=0)
 
 
+def test_a_drift_that_differentiates_itself_makes_leaves_of_its_own_not_captures():
+    """A Langevin drift -grad U(y) by autograd inside f, from a leaf of its own: a frozen SDE solves
+    under the checkpoint gradient as under no_grad (its leaf died with the first evaluation's
+    graph); the same drift reading a captured tensor that requires grad is refused."""
+    sde = _scalar_rate_sde().requires_grad_(False)
+    scale = torch.tensor(0.8, dtype=DTYPE)
+
+    def drift(t, y):
+        with torch.enable_grad():
+            x = y.detach().requires_grad_()
+            (gradient,) = torch.autograd.grad((scale * x.pow(4)).sum(), x, create_graph=True)
+        return -gradient
+
+    sde.f = drift
+    y0 = torch.full((2, 1), 0.5, dtype=DTYPE)
+    with torch.no_grad():
+        reference = _solve_rate(sde, y0, "checkpoint")
+    torch.testing.assert_close(_solve_rate(sde, y0, "checkpoint"), reference, rtol=0, atol=0)
+    scale = torch.tensor(0.8, dtype=DTYPE, requires_grad=True)
+    with pytest.raises(ValueError, match=r"sde uses 1 tensor\(s\) that require grad"):
+        _solve_rate(sde, y0, "checkpoint")
+
+
 def test_a_parameter_derived_outside_the_sde_keeps_its_graph():
     """w = raw.exp() captured, raw listed: every re-run step differentiates through w's graph."""
     raw = torch.tensor(-0.3, dtype=DTYPE, requires_grad=True)

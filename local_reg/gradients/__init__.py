@@ -32,8 +32,8 @@ from ._function import (
 )
 from ._function import check_step_penalty_support as check_step_penalty_support  # for odeint
 from ._function import checks_captures as checks_captures  # for odeint and sdeint
+from ._function import evaluate_refusing_captures as evaluate_refusing_captures  # odeint, sdeint
 from ._function import records_graph as records_graph  # for sdeint
-from ._function import refuse_captured as refuse_captured  # for odeint and sdeint
 from ._times import time_gradient as time_gradient  # for odeint
 from .adjoint import BacksolveAdjoint, InterpolatingAdjoint
 from .checkpoint import Checkpoint

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import bisect
 import functools
+import gc
 import numbers
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -127,24 +129,55 @@ def records_graph(y0: Tensor, params: Iterable[Tensor]) -> bool:
 
 def checks_captures(graph_free: bool, y0: Tensor, params: Iterable[Tensor]) -> bool:
     """Whether a graph-free solve's first evaluation is made with a graph, for
-    :func:`refuse_captured`: gradients are enabled but the solve records nothing. A tensor the
+    :func:`evaluate_refusing_captures`: gradients are enabled but the solve records nothing. A tensor the
     field uses that requires grad would then get no gradient, silently, as the backward pass's
     check (:class:`CapturedTensorCheck`) never runs; where the solve records, that check does."""
     return graph_free and torch.is_grad_enabled() and not records_graph(y0, params)
 
 
-def refuse_captured(method: str, outputs: Sequence[Tensor], name: str = "func") -> None:
-    """Raise :func:`captured_tensors_error` if ``outputs``, of an evaluation of ``name`` made with
-    a graph where neither its state nor any of the method's parameters requires grad
-    (:func:`checks_captures`), depend on tensors that do (found as the leaves of their graph)."""
-    captured = {id(output): output for output in outputs if output.requires_grad and output.is_leaf}
-    roots = [output.grad_fn for output in outputs if output.grad_fn is not None]
-    for node in graph_nodes(roots):
-        variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf tensor
-        if variable is not None:
-            captured.setdefault(id(variable), variable)
+def evaluate_refusing_captures(
+    method: str,
+    evaluate: Callable[[], tuple[Tensor, ...]],
+    arguments: Sequence[Tensor],
+    name: str = "func",
+) -> tuple[Tensor, ...]:
+    """``evaluate()``, the first evaluation of ``name`` (its outputs detached), made with a graph
+    where neither its state nor any of the method's parameters requires grad
+    (:func:`checks_captures`); raise :func:`captured_tensors_error` if the outputs depend on tensors
+    that require grad but are neither ``arguments`` nor made by the call itself.
+
+    A field that differentiates itself (a Hamiltonian network's ``y.detach().requires_grad_()``
+    or ``y.clone().requires_grad_()``, then ``autograd.grad(H, x, create_graph=True)``) makes leaves
+    of its own, which die with the evaluation's graph; a tensor it captured lives on, held by the
+    field. So the graph's leaves are kept by weak references only, the graph is dropped, and the
+    leaves still alive are the captured ones (a leaf ``name`` keeps for itself would be named too)."""
+    outputs = evaluate()
+    leaves = _leaves_of(outputs, {id(argument) for argument in arguments})
+    detached = tuple(output.detach() for output in outputs)
+    del outputs  # the graph, and the leaves only it held
+    if not leaves:
+        return detached
+    captured = [leaf for leaf in (reference() for reference in leaves) if leaf is not None]
     if captured:
-        raise captured_tensors_error(method, name, list(captured.values()))
+        gc.collect()  # a graph in a reference cycle is freed by the collector only
+        captured = [leaf for leaf in (reference() for reference in leaves) if leaf is not None]
+    if captured:
+        raise captured_tensors_error(method, name, captured)
+    return detached
+
+
+def _leaves_of(outputs: Sequence[Tensor], skipped: set[int]) -> list[weakref.ref[Tensor]]:
+    """Weak references to the leaves that require grad in ``outputs``' graph (the outputs
+    themselves included), but for those whose ``id`` is in ``skipped``."""
+    found: dict[int, weakref.ref[Tensor]] = {}
+    for output in outputs:
+        if output.requires_grad and output.is_leaf and id(output) not in skipped:
+            found.setdefault(id(output), weakref.ref(output))
+    for node in graph_nodes([output.grad_fn for output in outputs if output.grad_fn is not None]):
+        variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf tensor
+        if variable is not None and id(variable) not in skipped:
+            found.setdefault(id(variable), weakref.ref(variable))
+    return list(found.values())
 
 
 def captured_tensors_error(method: str, name: str, captured: Sequence[Tensor]) -> ValueError:

@@ -33,8 +33,8 @@ from ..gradients import (
     GradientMethod,
     as_gradient_method,
     checks_captures,
+    evaluate_refusing_captures,
     records_graph,
-    refuse_captured,
     resolve_adjoint_params,
     warn_if_reevaluation_differs,
 )
@@ -201,12 +201,21 @@ def sdeint(
     t0 = times[0]
     start = beside_jump(t0, times[-1], y0.dtype, options.controller.jump_ts)
     autocast = active_autocast()  # the drift and diffusion run under it, the solver's arithmetic not
-    # The checkpoint gradient's forward solve keeps no graph, from its first evaluations on.
-    with torch.no_grad() if checkpointed is not None and not checking else nullcontext():
-        f0 = call_leaving_input(DRIFT, autocast, sde.f, time_tensor(start, y0), y0)
-        g0 = call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(start, y0), y0)
+
+    def first_evaluations() -> tuple[Tensor, Tensor]:
+        return (
+            call_leaving_input(DRIFT, autocast, sde.f, time_tensor(start, y0), y0),
+            call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(start, y0), y0),
+        )
+
     if checking:
-        refuse_captured(cast(Checkpoint, checkpointed).name, [f0, g0], "sde")
+        f0, g0 = evaluate_refusing_captures(
+            cast(Checkpoint, checkpointed).name, first_evaluations, [y0], "sde"
+        )
+    else:
+        # The checkpoint gradient's forward solve keeps no graph, from its first evaluations on.
+        with torch.no_grad() if checkpointed is not None else nullcontext():
+            f0, g0 = first_evaluations()
     check_shapes(noise_type, y0, f0, g0)
     # Every later drift, diffusion and Brownian increment is checked too.
     size = brownian_size(noise_type, y0, g0)
