@@ -6,6 +6,9 @@ tensor of states at ``t`` (a tuple of tensors for a tuple ``y0``). The vector fi
 ``callback_step`` / ``callback_accept_step`` / ``callback_reject_step`` are called as torchdiffeq
 calls them. ``event_fn=`` and ``odeint_event`` solve until a terminal event, as torchdiffeq does,
 returning ``(event_t, solution)``; ``odeint_dense`` returns the solution as a function of time.
+``sdeint`` and ``sdeint_adjoint`` are torchsde 0.2.6's (:mod:`local_reg._compat_sde`), and its
+Brownian motions and SDE base classes are torchsde's own, read from it on first use, so that
+``import local_reg.compat as torchsde`` runs a torchsde script too.
 ``odeint_adjoint`` differentiates with the continuous backsolve
 adjoint (Chen et al., NeurIPS 2018) by default, or, with ``adjoint_method="symplectic"``, with the
 exact low-memory symplectic adjoint (Matsubara et al., NeurIPS 2021). Every deliberate difference
@@ -950,6 +953,32 @@ def odeint_event(
     t1 = direction_time(t0_value, reverse_time, largest)
     t = torch.cat([t0, torch.tensor([t1], dtype=t0.dtype, device=t0.device)])
     return odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
+
+
+TORCHSDE_NAMES = (
+    "BaseBrownian",
+    "BaseSDE",
+    "BrownianInterval",
+    "BrownianPath",
+    "BrownianTree",
+    "ReverseBrownian",
+    "SDEIto",
+    "SDEStratonovich",
+    "brownian_interval_like",
+)
+"""torchsde's public names besides its solve functions: taken from torchsde as they are
+(``local_reg.sdeint`` takes its Brownian motions and SDEs; a Stratonovich SDE is refused there)."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in TORCHSDE_NAMES:
+        import torchsde  # a dependency; imported on first use, as local_reg.sdeint's default bm does
+
+        return getattr(torchsde, name)
+    raise AttributeError(
+        f"module 'local_reg.compat' has no attribute {name!r} (it has {__all__} and torchsde's "
+        f"{list(TORCHSDE_NAMES)})"
+    )
 
 
 __all__ = ["METHODS", "odeint", "odeint_adjoint", "odeint_dense", "odeint_event", "sdeint", "sdeint_adjoint"]

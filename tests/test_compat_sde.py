@@ -706,3 +706,30 @@ def test_logqp_floors_a_small_diffusion_as_torchsde_and_checks_its_shapes() -> N
         compat.sdeint(sde, y0, TS, dt=STEP, logqp=True)
     with pytest.raises(ValueError, match=r"sde \(SDE\) has no method 'h' \(define h"):
         compat.sdeint(SDE("diagonal"), y0, TS, dt=STEP, names={"drift": "f"}, logqp=True)
+
+
+def test_a_torchsde_script_runs_with_compat_imported_as_torchsde() -> None:
+    """torchsde's examples subclass torchsde.SDEIto and make torchsde.BrownianInterval: compat
+    gives torchsde's own, so swapping the import runs them (the names it lacks are named)."""
+    import local_reg.compat as ported
+
+    class Example(ported.SDEIto):
+        def __init__(self) -> None:
+            super().__init__(noise_type="diagonal")
+            self.theta = nn.Parameter(torch.tensor([0.5, -0.3], dtype=DT))
+
+        def f(self, t, y):
+            return self.theta * y
+
+        def g(self, t, y):
+            return 0.2 * torch.cos(y)
+
+    y0 = torch.ones(3, 2, dtype=DT)
+    ys = []
+    for module in (ported, torchsde):
+        bm = module.BrownianInterval(0.0, 1.0, size=(3, 2), dtype=DT, entropy=7, dt=STEP)
+        ys.append(module.sdeint(Example(), y0, TS, bm=bm, method="euler", dt=STEP))
+    torch.testing.assert_close(ys[0], ys[1], rtol=1e-12, atol=1e-13)
+    assert ported.BrownianTree is torchsde.BrownianTree
+    with pytest.raises(AttributeError, match=r"has no attribute 'BrownianMotion' \(it has \['METHODS'"):
+        ported.BrownianMotion  # noqa: B018
