@@ -6,8 +6,8 @@ states at ``ts`` of shape ``(len(ts), batch, d)``, solved by :func:`local_reg.sd
 ========================================  ===========================================================
 torchsde                                  local_reg.sdeint
 ========================================  ===========================================================
-``adaptive=False``, ``dt``                ``step_size=dt`` (equal steps no longer than ``dt`` in each
-                                          output interval)
+``adaptive=False``, ``dt``                ``step_size=dt`` over torchsde's grid (``ts[0] + dt + dt
+                                          + ...``), the outputs interpolated linearly as torchsde's
 ``adaptive=True``, ``dt``, ``rtol``,      ``first_step=dt``, ``rtol``, ``atol``,
 ``atol``, ``dt_min``                      ``controller=PIController(min_step=dt_min,
                                           force_min_step=True)``
@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from ._integrate import NO_STEP_LIMIT
-from ._step import time_tensor
+from ._step import time_tensor, within_ulps
 from ._validate import positive_float, validate_times
 from .controller import PIController, TimeSet
 from .sde._sdeint import sde_module
@@ -394,17 +394,22 @@ def _states(
     # accepted).
     if not adaptive:
         # rtol, atol and dt_min are read by adaptive steps only (torchsde ignores them too).
-        return _sdeint(
+        times_tensor = ts if isinstance(ts, Tensor) else torch.tensor(times, dtype=y0.dtype)
+        grid = _fixed_grid(times_tensor.detach().cpu(), step)
+        gaps = grid.double().diff()
+        on_grid = _sdeint(
             sde,
             y0,
-            ts,
+            grid.to(times_tensor.device),
             method=scheme,
-            step_size=step,
+            # Each interval of the grid one step (all but the last are dt, up to rounding).
+            step_size=max(step, float(gaps.max())),
             bm=bm,
             max_steps=NO_STEP_LIMIT,
             gradient=gradient,
             adjoint_params=adjoint_params,
         ).ys
+        return _interpolated(on_grid, grid, times_tensor.detach().cpu())
     if scheme == "euler_maruyama" and noise_type != "additive":
         warnings.warn(
             f"local_reg.compat.{caller}: adaptive Euler--Maruyama with non-additive noise converges to a "
@@ -482,8 +487,9 @@ def sdeint(
             ``"additive"`` or ``"general"`` (fixed steps of ``"euler"`` only), ``sde_type="ito"``
             (the default).
         y0: initial state, shape ``(batch, d)``.
-        ts: output times, strictly increasing; every one ends a step (torchsde steps past them and
-            interpolates linearly). One time gives ``y0`` alone, as torchsde.
+        ts: output times, strictly increasing. With fixed steps they are read from torchsde's grid
+            by its linear interpolation; adaptive steps end at every one (torchsde steps past them
+            and interpolates linearly). One time gives ``y0`` alone, as torchsde.
         bm: Brownian motion ``bm(ta, tb)`` of shape ``(batch, m)`` (a ``torchsde.BrownianInterval``
             or ``BrownianTree``); by default a new ``BrownianInterval`` seeded from torch's global
             generator.
@@ -492,8 +498,8 @@ def sdeint(
             not implemented here: ``None`` picks ``"milstein"`` for diagonal and scalar noise and
             ``"euler"`` for additive noise, each of strong order 1 there (Milstein only for diagonal
             noise whose ``g_i`` depends on ``y_i`` alone, else 1/2).
-        dt: the fixed step (``adaptive=False``): each output interval is divided into equal steps
-            no longer than ``dt``; or the first step (``adaptive=True``).
+        dt: the fixed step (``adaptive=False``): steps of ``dt`` from ``ts[0]``, summed as torchsde
+            sums them, the last cut at ``ts[-1]``; or the first step (``adaptive=True``).
         adaptive: steps sized by local_reg's embedded error estimate and PI controller
             (docs/sde.md), where torchsde compares one step with two half steps.
         rtol, atol: the tolerances of the error estimate (adaptive only), one number each, scaled as
@@ -633,6 +639,35 @@ def sdeint_adjoint(
             stacklevel=2,
         )
     return ys
+
+
+def _fixed_grid(ts: Tensor, dt: float) -> Tensor:
+    """torchsde's fixed-step grid: from ``ts[0]``, steps of ``dt`` added in ``ts``'s dtype, the last
+    cut at ``ts[-1]`` (its ``BaseSDESolver.integrate``); a last step too short for a step of its own
+    (4 ulps, :func:`local_reg._step.within_ulps`: ``0.1`` added ten times falls 1e-16 short of 1)
+    is merged into the one before."""
+    point, end = ts[0], ts[-1]
+    points = [point]
+    while point < end:
+        point = torch.minimum(point + dt, end)
+        points.append(point)
+    if len(points) > 2 and within_ulps(float(points[-2]), float(points[-1])):
+        del points[-2]
+    return torch.stack(points)
+
+
+def _interpolated(on_grid: Tensor, grid: Tensor, ts: Tensor) -> Tensor:
+    """The states at ``ts`` from those at the points of ``grid`` (all on the CPU), linear between
+    the two points around each time as torchsde's ``linear_interp`` weighs them (in ``ts``'s dtype):
+    at a grid point its state exactly, and ``ts[0]``'s the start."""
+    after = torch.searchsorted(grid, ts.contiguous()).clamp(min=1)
+    before, later = grid[after - 1], grid[after]
+    weight_after = ((ts - before) / (later - before)).to(on_grid.device)
+    weight_before = ((later - ts) / (later - before)).to(on_grid.device)
+    shape = (-1,) + (1,) * (on_grid.dim() - 1)
+    after = after.to(on_grid.device)
+    states = weight_before.reshape(shape) * on_grid[after - 1] + weight_after.reshape(shape) * on_grid[after]
+    return torch.cat([on_grid[:1], states[1:]])
 
 
 def _same_scheme(adjoint_method: object, method: object, noise_type: object) -> bool:
