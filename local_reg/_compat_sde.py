@@ -49,6 +49,7 @@ from ._validate import positive_float, validate_times
 from .controller import PIController, TimeSet
 from .sde._sdeint import sde_module
 from .sde._sdeint import sdeint as _sdeint
+from .sde.brownian import make_brownian, release_brownian
 from .sde.problem import FIXED_STEP_NOISE_TYPE, brownian_size, check_shapes, validate_sde_problem
 
 SDE_METHODS = {"euler": "euler_maruyama", "milstein": "milstein"}
@@ -395,21 +396,42 @@ def _states(
     if not adaptive:
         # rtol, atol and dt_min are read by adaptive steps only (torchsde ignores them too).
         times_tensor = ts if isinstance(ts, Tensor) else torch.tensor(times, dtype=y0.dtype)
-        grid = _fixed_grid(times_tensor.detach().cpu(), step)
-        gaps = grid.double().diff()
-        on_grid = _sdeint(
-            sde,
-            y0,
-            grid.to(times_tensor.device),
-            method=scheme,
-            # Each interval of the grid one step (all but the last are dt, up to rounding).
-            step_size=max(step, float(gaps.max())),
-            bm=bm,
-            max_steps=NO_STEP_LIMIT,
-            gradient=gradient,
-            adjoint_params=adjoint_params,
-        ).ys
-        return _interpolated(on_grid, grid, times_tensor.detach().cpu())
+        outputs = times_tensor.detach().cpu().contiguous()
+        grid = _fixed_grid(outputs, step)
+        # Each interval of the grid one step (all but the last are dt, up to rounding).
+        step_size = max(step, float(grid.double().diff().max()))
+        # The grid points around each output time: the states interpolation reads.
+        after = torch.searchsorted(grid, outputs).clamp(min=1)
+        needed: list[int] = sorted({0, *(after - 1).tolist(), *after.tolist()})
+        made = bm is None and len(grid) - 1 > _GRID_CHUNK
+        if made:
+            # One Brownian motion for every call, made as local_reg.sdeint makes its own.
+            with torch.no_grad():
+                diffusion = sde.g(time_tensor(float(grid[0]), y0), y0)
+            size = brownian_size(cast(str, noise_type), y0, diffusion)
+            bm = make_brownian(None, float(grid[0]), float(grid[-1]), size, y0, step=step)
+        states: dict[int, Tensor] = {}
+        state = y0
+        try:
+            for first in range(0, len(grid) - 1, _GRID_CHUNK):
+                last = min(first + _GRID_CHUNK, len(grid) - 1)
+                on_grid = _sdeint(
+                    sde,
+                    state,
+                    grid[first : last + 1].to(times_tensor.device),
+                    method=scheme,
+                    step_size=step_size,
+                    bm=bm,
+                    max_steps=NO_STEP_LIMIT,
+                    gradient=gradient,
+                    adjoint_params=adjoint_params,
+                ).ys
+                states.update((index, on_grid[index - first]) for index in needed if first <= index <= last)
+                state = on_grid[-1]
+        finally:
+            if made:
+                release_brownian(bm)
+        return _interpolated(torch.stack([states[index] for index in needed]), grid[needed], outputs)
     if scheme == "euler_maruyama" and noise_type != "additive":
         warnings.warn(
             f"local_reg.compat.{caller}: adaptive Euler--Maruyama with non-additive noise converges to a "
@@ -641,6 +663,13 @@ def sdeint_adjoint(
     return ys
 
 
+_GRID_CHUNK = 256
+"""Steps per :func:`local_reg.sdeint` call on torchsde's grid: a call keeps the state at every grid
+point it steps to (each ends a step), so a long grid is solved in calls of this many steps, keeping
+only the states the interpolation reads (memory of a few outputs, not of every step, as torchsde's
+under ``no_grad``)."""
+
+
 def _fixed_grid(ts: Tensor, dt: float) -> Tensor:
     """torchsde's fixed-step grid: from ``ts[0]``, steps of ``dt`` added in ``ts``'s dtype, the last
     cut at ``ts[-1]`` (its ``BaseSDESolver.integrate``); a last step too short for a step of its own
@@ -657,10 +686,11 @@ def _fixed_grid(ts: Tensor, dt: float) -> Tensor:
 
 
 def _interpolated(on_grid: Tensor, grid: Tensor, ts: Tensor) -> Tensor:
-    """The states at ``ts`` from those at the points of ``grid`` (all on the CPU), linear between
-    the two points around each time as torchsde's ``linear_interp`` weighs them (in ``ts``'s dtype):
-    at a grid point its state exactly, and ``ts[0]``'s the start."""
-    after = torch.searchsorted(grid, ts.contiguous()).clamp(min=1)
+    """The states at ``ts`` from those at the points of ``grid`` (``ts`` and ``grid`` on the CPU, the
+    two points around each time among them), linear between those two as torchsde's
+    ``linear_interp`` weighs them (in ``ts``'s dtype): at a grid point its state exactly, and
+    ``ts[0]``'s the start."""
+    after = torch.searchsorted(grid, ts).clamp(min=1)
     before, later = grid[after - 1], grid[after]
     weight_after = ((ts - before) / (later - before)).to(on_grid.device)
     weight_before = ((later - ts) / (later - before)).to(on_grid.device)

@@ -750,3 +750,33 @@ def test_a_torchsde_script_runs_with_compat_imported_as_torchsde() -> None:
     assert ported.BrownianTree is torchsde.BrownianTree
     with pytest.raises(AttributeError, match=r"has no attribute 'BrownianMotion' \(it has \['METHODS'"):
         ported.BrownianMotion  # noqa: B018
+
+
+@pytest.mark.parametrize("solve", ["sdeint", "sdeint_adjoint"])
+def test_a_long_grid_is_solved_in_calls_and_still_equals_torchsde(solve: str) -> None:
+    """1,100 steps read at three times: compat solves the grid in calls of a few hundred steps,
+    keeping only the states its interpolation reads; the values and gradients are torchsde's (its
+    own Brownian interval given), and with none given one Brownian path serves every call
+    (torch.manual_seed repeats it; a path drawn per call would make each call's path independent)."""
+    from local_reg._compat_sde import _GRID_CHUNK
+    from local_reg.sde.brownian import make_brownian
+
+    ts, step = torch.tensor([0.0, 0.37, 1.1], dtype=DT), 1e-3
+    assert round(1.1 / step) > 4 * _GRID_CHUNK
+    results = []
+    for solver in (torchsde.sdeint, getattr(compat, solve)):
+        sde, y0 = SDE("diagonal"), y0_of().requires_grad_()
+        bm = torchsde.BrownianInterval(0.0, 1.1, size=(2, 3), dtype=DT, entropy=4, dt=step)
+        results.append(values_and_gradients(solver(sde, y0, ts, bm=bm, method="euler", dt=step), sde, y0))
+    for expected, got in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    again = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        again.append(getattr(compat, solve)(SDE("diagonal"), y0_of(), ts, method="euler", dt=step).detach())
+    torch.testing.assert_close(again[0], again[1], rtol=0, atol=0)
+    # One path throughout, made as local_reg.sdeint makes its own: given, it gives the same solve.
+    torch.manual_seed(5)
+    bm = make_brownian(None, 0.0, 1.1, (2, 3), y0_of(), step=step)
+    given = getattr(compat, solve)(SDE("diagonal"), y0_of(), ts, bm=bm, method="euler", dt=step)
+    torch.testing.assert_close(given.detach(), again[0], rtol=0, atol=0)
