@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ._integrate import NO_STEP_LIMIT
 from ._step import time_tensor, within_ulps
-from ._validate import positive_float, validate_times
+from ._validate import host_list, positive_float, validate_times
 from .controller import PIController, TimeSet
 from .sde._sdeint import sde_module
 from .sde._sdeint import sdeint as _sdeint
@@ -397,41 +397,53 @@ def _states(
         # rtol, atol and dt_min are read by adaptive steps only (torchsde ignores them too).
         times_tensor = ts if isinstance(ts, Tensor) else torch.tensor(times, dtype=y0.dtype)
         outputs = times_tensor.detach().cpu().contiguous()
-        grid = _fixed_grid(outputs, step)
-        # Each interval of the grid one step (all but the last are dt, up to rounding).
-        step_size = max(step, float(grid.double().diff().max()))
-        # The grid points around each output time: the states interpolation reads.
+        grid, step_size = _fixed_grid(outputs, step, y0.dtype)
+        # The grid point at or after each output time: interpolation reads it and the one before.
         after = torch.searchsorted(grid, outputs).clamp(min=1)
-        needed: list[int] = sorted({0, *(after - 1).tolist(), *after.tolist()})
-        made = bm is None and len(grid) - 1 > _GRID_CHUNK
+
+        def on_grid(start: Tensor, first: int, last: int, path: Any) -> Tensor:
+            return _sdeint(
+                sde,
+                start,
+                grid[first : last + 1].to(times_tensor.device),
+                method=scheme,
+                step_size=step_size,
+                bm=path,
+                max_steps=NO_STEP_LIMIT,
+                gradient=gradient,
+                adjoint_params=adjoint_params,
+            ).ys
+
+        if len(grid) - 1 <= _GRID_CHUNK:
+            return _interpolated(on_grid(y0, 0, len(grid) - 1, bm), grid, outputs, after)
+        # A long grid in calls of _GRID_CHUNK steps, keeping the states interpolation reads.
+        needed = torch.unique(torch.cat([after.new_zeros(1), after - 1, after]))
+        wanted = set(needed.tolist())
+        made = bm is None
         if made:
             # One Brownian motion for every call, made as local_reg.sdeint makes its own.
             with torch.no_grad():
                 diffusion = sde.g(time_tensor(float(grid[0]), y0), y0)
             size = brownian_size(cast(str, noise_type), y0, diffusion)
             bm = make_brownian(None, float(grid[0]), float(grid[-1]), size, y0, step=step)
-        states: dict[int, Tensor] = {}
-        state = y0
+        states, state = {0: y0}, y0
         try:
             for first in range(0, len(grid) - 1, _GRID_CHUNK):
                 last = min(first + _GRID_CHUNK, len(grid) - 1)
-                on_grid = _sdeint(
-                    sde,
-                    state,
-                    grid[first : last + 1].to(times_tensor.device),
-                    method=scheme,
-                    step_size=step_size,
-                    bm=bm,
-                    max_steps=NO_STEP_LIMIT,
-                    gradient=gradient,
-                    adjoint_params=adjoint_params,
-                ).ys
-                states.update((index, on_grid[index - first]) for index in needed if first <= index <= last)
-                state = on_grid[-1]
+                chunk = on_grid(state, first, last, bm)
+                # Copies, not views: a view would keep the call's every state.
+                states.update(
+                    (index, chunk[index - first].clone())
+                    for index in range(first + 1, last + 1)
+                    if index in wanted
+                )
+                state = chunk[-1].clone()
+                del chunk
         finally:
             if made:
                 release_brownian(bm)
-        return _interpolated(torch.stack([states[index] for index in needed]), grid[needed], outputs)
+        kept = torch.stack([states[index] for index in needed.tolist()])
+        return _interpolated(kept, grid[needed], outputs, torch.searchsorted(needed, after))
     if scheme == "euler_maruyama" and noise_type != "additive":
         warnings.warn(
             f"local_reg.compat.{caller}: adaptive Euler--Maruyama with non-additive noise converges to a "
@@ -663,37 +675,72 @@ def sdeint_adjoint(
     return ys
 
 
-_GRID_CHUNK = 256
+_GRID_CHUNK = 128
 """Steps per :func:`local_reg.sdeint` call on torchsde's grid: a call keeps the state at every grid
 point it steps to (each ends a step), so a long grid is solved in calls of this many steps, keeping
-only the states the interpolation reads (memory of a few outputs, not of every step, as torchsde's
-under ``no_grad``)."""
+only the states the interpolation reads (memory of the outputs and of a call, not of every step,
+as torchsde's under ``no_grad``)."""
 
 
-def _fixed_grid(ts: Tensor, dt: float) -> Tensor:
-    """torchsde's fixed-step grid: from ``ts[0]``, steps of ``dt`` added in ``ts``'s dtype, the last
-    cut at ``ts[-1]`` (its ``BaseSDESolver.integrate``); a last step too short for a step of its own
-    (4 ulps, :func:`local_reg._step.within_ulps`: ``0.1`` added ten times falls 1e-16 short of 1)
-    is merged into the one before."""
-    point, end = ts[0], ts[-1]
+def _fixed_grid(ts: Tensor, dt: float, field_dtype: torch.dtype) -> tuple[Tensor, float]:
+    """torchsde's fixed-step grid (its ``BaseSDESolver.integrate``): from ``ts[0]``, steps of
+    ``dt`` added in ``ts``'s dtype, the last cut at ``ts[-1]``; and the step size under which
+    :func:`local_reg.sdeint` takes one step in each of its intervals.
+
+    Two points local_reg cannot step between are merged: a last step of at most 4 ulps
+    (:func:`local_reg._step.within_ulps`; ``0.1`` added ten times falls 1e-16 short of 1), merged
+    into the step before, and points equal in ``field_dtype`` (the dtype the drift sees times in:
+    float64 times of a float32 state), whose steps the merged interval takes as equal steps."""
+    end = float(ts[-1]) if ts.dtype == torch.float64 else ts[-1]
+    point = float(ts[0]) if ts.dtype == torch.float64 else ts[0]
     points = [point]
     while point < end:
-        point = torch.minimum(point + dt, end)
+        # In ts's dtype: float64 as Python floats (the same sums, faster), others as tensors.
+        point = (
+            min(point + dt, end) if isinstance(point, float) else torch.minimum(point + dt, cast(Tensor, end))
+        )
+        if point == points[-1]:
+            raise ValueError(
+                f"dt={dt:g} is below the resolution of ts's dtype at t={float(point)!r} (t + dt == t: "
+                "torchsde would loop forever): pass a larger dt, or ts in float64"
+            )
         points.append(point)
-    if len(points) > 2 and within_ulps(float(points[-2]), float(points[-1])):
-        del points[-2]
-    return torch.stack(points)
+    values = [float(point) for point in points]
+    seen = (
+        values
+        if field_dtype == torch.float64
+        else host_list(torch.tensor(values, dtype=torch.float64).to(field_dtype))
+    )
+    kept, counts = [0], [0]  # counts: the steps of torchsde's grid in each kept interval
+    for index in range(1, len(values)):
+        sliver = within_ulps(values[kept[-1]], values[index])
+        if not (sliver or seen[kept[-1]] == seen[index]):
+            kept.append(index)
+            counts.append(1)
+        elif index == len(values) - 1 and len(kept) > 1:
+            kept[-1] = index  # the end kept, the point before it dropped
+            counts[-1] += 0 if sliver else 1
+        elif index == len(values) - 1:
+            kept.append(index)  # a span local_reg.sdeint refuses, with its own message
+            counts.append(1)
+        else:
+            counts[-1] += 1
+    grid = torch.stack([torch.as_tensor(points[index], dtype=ts.dtype) for index in kept])
+    gaps = [values[b] - values[a] for a, b in zip(kept, kept[1:], strict=False)]
+    step_size = max([dt, *(gap / count for gap, count in zip(gaps, counts[1:], strict=True))])
+    return grid, step_size
 
 
-def _interpolated(on_grid: Tensor, grid: Tensor, ts: Tensor) -> Tensor:
-    """The states at ``ts`` from those at the points of ``grid`` (``ts`` and ``grid`` on the CPU, the
-    two points around each time among them), linear between those two as torchsde's
-    ``linear_interp`` weighs them (in ``ts``'s dtype): at a grid point its state exactly, and
-    ``ts[0]``'s the start."""
-    after = torch.searchsorted(grid, ts).clamp(min=1)
+def _interpolated(on_grid: Tensor, grid: Tensor, ts: Tensor, after: Tensor) -> Tensor:
+    """The states at ``ts`` from those at the points of ``grid`` (``ts``, ``grid`` and ``after``, the
+    index of the point at or after each time, on the CPU), linear between ``after - 1`` and
+    ``after`` as torchsde's ``linear_interp`` weighs them (in ``ts``'s dtype, the states' dtype
+    kept): at a grid point its state exactly, and ``ts[0]``'s the start."""
+    if bool((grid[after] == ts)[1:].all()):
+        return on_grid[torch.cat([after.new_zeros(1), after[1:]]).to(on_grid.device)]
     before, later = grid[after - 1], grid[after]
-    weight_after = ((ts - before) / (later - before)).to(on_grid.device)
-    weight_before = ((later - ts) / (later - before)).to(on_grid.device)
+    weights = torch.stack([(later - ts) / (later - before), (ts - before) / (later - before)])
+    weight_before, weight_after = weights.to(on_grid.device, on_grid.dtype)
     shape = (-1,) + (1,) * (on_grid.dim() - 1)
     after = after.to(on_grid.device)
     states = weight_before.reshape(shape) * on_grid[after - 1] + weight_after.reshape(shape) * on_grid[after]

@@ -780,3 +780,58 @@ def test_a_long_grid_is_solved_in_calls_and_still_equals_torchsde(solve: str) ->
     bm = make_brownian(None, 0.0, 1.1, (2, 3), y0_of(), step=step)
     given = getattr(compat, solve)(SDE("diagonal"), y0_of(), ts, bm=bm, method="euler", dt=step)
     torch.testing.assert_close(given.detach(), again[0], rtol=0, atol=0)
+
+
+def test_a_float32_state_with_float64_times_runs_and_stays_float32() -> None:
+    """torchsde sums the grid in ts's dtype (float64 here); points the float32 drift cannot tell
+    apart (a last step of a few float64 ulps) are merged rather than refused, and the states keep
+    y0's dtype (the interpolation's weights are ts's)."""
+    ts = torch.tensor([0.0, 0.3, 1.0], dtype=DT)
+    step = 1.0 / 59 * (1 + 3e-16)  # its float64 sums end 1.1e-15 short of 1: 5 ulps, one float32 value
+    ys = []
+    for solve in (torchsde.sdeint, compat.sdeint):
+        sde = SDE("diagonal").float()
+        bm = torchsde.BrownianInterval(0.0, 1.0, size=(2, 3), dtype=torch.float32, entropy=2)
+        ys.append(solve(sde, y0_of().float(), ts, bm=bm, method="euler", dt=step).detach())
+    assert ys[1].dtype == torch.float32
+    torch.testing.assert_close(ys[1], ys[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"dt=1 is below the resolution of ts's dtype at t=100000000.0"):
+        compat.sdeint(SDE("diagonal").float(), y0_of().float(), torch.tensor([1e8, 1e8 + 64]), dt=1.0)
+
+
+def test_a_long_grid_keeps_only_a_calls_states_at_once() -> None:
+    """Under no_grad the states held during a 2,560-step solve read at 11 times stay within a few
+    calls' worth (torchsde's keeps none but its outputs): a call's states are released before the
+    next, and the ones interpolation reads are copies, not views of their call's."""
+    import gc
+
+    from local_reg._compat_sde import _GRID_CHUNK
+
+    shape = (7, 5)  # no other live tensor of the test has it
+    peak = 0
+
+    class Counting(nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+        calls = 0
+
+        def f(self, t, y):
+            nonlocal peak
+            self.calls += 1
+            if self.calls % 64 == 0:
+                # States and stacks of them, counted by the memory they hold (a view holds its base's).
+                storages = {
+                    o.untyped_storage().data_ptr(): o.untyped_storage().nbytes()
+                    for o in gc.get_objects()
+                    if isinstance(o, torch.Tensor) and o.shape[-2:] == shape
+                }
+                peak = max(peak, sum(storages.values()) // (7 * 5 * 8))
+            return -y
+
+        def g(self, t, y):
+            return 0.5 * torch.ones_like(y)
+
+    with torch.no_grad():
+        compat.sdeint(
+            Counting(), torch.ones(shape, dtype=DT), torch.linspace(0, 1, 11, dtype=DT), dt=1 / 2560
+        )
+    assert 0 < peak <= 3 * _GRID_CHUNK + 40, peak
