@@ -970,6 +970,10 @@ TORCHSDE_NAMES = (
 (``local_reg.sdeint`` takes its Brownian motions and SDEs; a Stratonovich SDE is refused there)."""
 
 
+def __dir__() -> list[str]:
+    return sorted([*globals(), *TORCHSDE_NAMES])
+
+
 def __getattr__(name: str) -> Any:
     if name in TORCHSDE_NAMES:
         import torchsde  # a dependency; imported on first use, as local_reg.sdeint's default bm does

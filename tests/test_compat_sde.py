@@ -748,6 +748,7 @@ def test_a_torchsde_script_runs_with_compat_imported_as_torchsde() -> None:
         ys.append(module.sdeint(Example(), y0, TS, bm=bm, method="euler", dt=STEP))
     torch.testing.assert_close(ys[0], ys[1], rtol=1e-12, atol=1e-13)
     assert ported.BrownianTree is torchsde.BrownianTree
+    assert {"BrownianInterval", "SDEIto", "sdeint", "odeint"} <= set(dir(ported))
     with pytest.raises(AttributeError, match=r"has no attribute 'BrownianMotion' \(it has \['METHODS'"):
         ported.BrownianMotion  # noqa: B018
 
