@@ -7,6 +7,8 @@ import warnings
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import local_reg
@@ -836,3 +838,35 @@ def test_a_long_grid_keeps_only_a_calls_states_at_once() -> None:
             Counting(), torch.ones(shape, dtype=DT), torch.linspace(0, 1, 11, dtype=DT), dt=1 / 2560
         )
     assert 0 < peak <= 3 * _GRID_CHUNK + 40, peak
+
+
+@given(
+    noise_type=st.sampled_from(["diagonal", "scalar", "additive", "general"]),
+    start=st.floats(-3.0, 3.0),
+    gaps=st.lists(st.floats(0.01, 0.7), min_size=1, max_size=5),
+    step=st.floats(0.003, 0.8),
+    float32=st.booleans(),
+)
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+def test_fixed_steps_equal_torchsde_on_any_grid(noise_type, start, gaps, step, float32) -> None:
+    """Any output times and dt: compat's fixed steps are torchsde's to round-off, values and the
+    gradient w.r.t. y0 (a last sliver of torchsde's grid, merged here, within 1e-6)."""
+    dtype = torch.float32 if float32 else DT
+    ts = torch.tensor([start, *(start + torch.tensor(gaps, dtype=DT).cumsum(0)).tolist()], dtype=dtype)
+    results = []
+    for solve in (torchsde.sdeint, compat.sdeint):
+        sde = SDE(noise_type).to(dtype)
+        y0 = y0_of().to(dtype).requires_grad_()
+        bm = torchsde.BrownianInterval(
+            float(ts[0]), float(ts[-1]), size=(2, sde.brownian_channels), dtype=dtype, entropy=9
+        )
+        ys = solve(sde, y0, ts, bm=bm, method="euler", dt=step)
+        results.append((ys.detach(), torch.autograd.grad(ys.square().sum(), y0)[0]))
+    grid = ts[0]
+    while grid + step < ts[-1]:
+        grid = grid + step
+    sliver = float(ts[-1] - grid) <= 4 * torch.finfo(dtype).eps * max(1.0, float(ts[-1].abs()))
+    tolerance = 1e-6 if sliver or float32 else 1e-11
+    for ours, theirs in zip(results[1], results[0], strict=True):
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
