@@ -699,10 +699,11 @@ def _fixed_grid(ts: Tensor, dt: float, field_dtype: torch.dtype) -> tuple[Tensor
         point = (
             min(point + dt, end) if isinstance(point, float) else torch.minimum(point + dt, cast(Tensor, end))
         )
-        if point == points[-1]:
+        if point < end and within_ulps(float(points[-1]), float(point)):
             raise ValueError(
-                f"dt={dt:g} is below the resolution of ts's dtype at t={float(point)!r} (t + dt == t: "
-                "torchsde would loop forever): pass a larger dt, or ts in float64"
+                f"dt={dt:g} is too short at t={float(point)!r}: a step of at most 4 float64 ulps there, "
+                "which local_reg's loop does not take (t + dt == t in ts's dtype included, where torchsde "
+                "loops forever): pass a larger dt, or ts in float64 where it is narrower"
             )
         points.append(point)
     values = [float(point) for point in points]
@@ -711,23 +712,21 @@ def _fixed_grid(ts: Tensor, dt: float, field_dtype: torch.dtype) -> tuple[Tensor
         if field_dtype == torch.float64
         else host_list(torch.tensor(values, dtype=torch.float64).to(field_dtype))
     )
-    kept, counts = [0], [0]  # counts: the steps of torchsde's grid in each kept interval
+    kept = [0]
     for index in range(1, len(values)):
-        sliver = within_ulps(values[kept[-1]], values[index])
-        if not (sliver or seen[kept[-1]] == seen[index]):
+        if not (within_ulps(values[kept[-1]], values[index]) or seen[kept[-1]] == seen[index]):
             kept.append(index)
-            counts.append(1)
         elif index == len(values) - 1 and len(kept) > 1:
             kept[-1] = index  # the end kept, the point before it dropped
-            counts[-1] += 0 if sliver else 1
         elif index == len(values) - 1:
             kept.append(index)  # a span local_reg.sdeint refuses, with its own message
-            counts.append(1)
-        else:
-            counts[-1] += 1
+    # The steps of torchsde's grid in each kept interval; a last sliver merged is no step of its own.
+    counts = [b - a for a, b in zip(kept, kept[1:], strict=False)]
+    if len(values) > 2 and within_ulps(values[-2], values[-1]) and counts[-1] > 1:
+        counts[-1] -= 1
     grid = torch.stack([torch.as_tensor(points[index], dtype=ts.dtype) for index in kept])
     gaps = [values[b] - values[a] for a, b in zip(kept, kept[1:], strict=False)]
-    step_size = max([dt, *(gap / count for gap, count in zip(gaps, counts[1:], strict=True))])
+    step_size = max([dt, *(gap / count for gap, count in zip(gaps, counts, strict=True))])
     return grid, step_size
 
 

@@ -798,8 +798,41 @@ def test_a_float32_state_with_float64_times_runs_and_stays_float32() -> None:
         ys.append(solve(sde, y0_of().float(), ts, bm=bm, method="euler", dt=step).detach())
     assert ys[1].dtype == torch.float32
     torch.testing.assert_close(ys[1], ys[0], rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match=r"dt=1 is below the resolution of ts's dtype at t=100000000.0"):
+    with pytest.raises(ValueError, match=r"dt=1 is too short at t=100000000.0: a step of at most 4 float64"):
         compat.sdeint(SDE("diagonal").float(), y0_of().float(), torch.tensor([1e8, 1e8 + 64]), dt=1.0)
+    with pytest.raises(ValueError, match=r"dt=3.+e-10 is too short at t=1000000.0"):
+        compat.sdeint(SDE("diagonal"), y0_of(), torch.tensor([1e6, 1e6 + 1e-8], dtype=DT), dt=1.5 * 2.0**-32)
+
+
+def test_merged_grid_points_keep_torchsdes_step_count() -> None:
+    """float64 times a float32 drift cannot resolve (dt below float32's spacing at 1000): the points
+    it sees as one are merged and the merged interval takes all of torchsde's steps in it, so both
+    take as many steps and end within float32 round-off (a time-independent drift)."""
+
+    class Counting(nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = 0
+
+        def f(self, t, y):
+            self.calls += 1
+            return -3.0 * y
+
+        def g(self, t, y):
+            return 0.5 * torch.ones_like(y)
+
+    ts = torch.linspace(1000.0, 1000.01, 3, dtype=DT)
+    for step in (1e-5, 3e-5):
+        runs = []
+        for solve in (torchsde.sdeint, compat.sdeint):
+            sde = Counting()
+            bm = torchsde.BrownianInterval(1000.0, 1000.01, size=(1, 1), dtype=torch.float32, entropy=1)
+            runs.append((solve(sde, torch.ones(1, 1), ts, bm=bm, method="euler", dt=step)[-1], sde.calls))
+        (theirs, their_calls), (ours, our_calls) = runs
+        assert our_calls == their_calls - 1  # torchsde evaluates the drift once more, at the start
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_a_long_grid_keeps_only_a_calls_states_at_once() -> None:
