@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ import torchsde
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gradients import fresh_process_environment, interleaved, peak_growth_mb  # noqa: E402
+from gradients import interleaved, peak_growth_mb, peak_mb_of  # noqa: E402
 from sde_checkpoint import NeuralSDE  # noqa: E402
 
 from local_reg import compat  # noqa: E402
@@ -79,10 +78,7 @@ def measure_memory(args) -> None:
 def memory_in_fresh_process(library: str, name: str, mode: str, args) -> float:
     command = [sys.executable, __file__, "--memory-of", json.dumps([library, name, mode])]
     command += ["--dim", str(args.dim), "--width", str(args.width), "--batch", str(args.batch)]
-    output = subprocess.run(
-        command, check=True, capture_output=True, text=True, env=fresh_process_environment()
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])["peak_mb"]
+    return peak_mb_of(command)
 
 
 def table(args) -> None:

@@ -226,6 +226,12 @@ def memory_in_fresh_process(spec: dict, n_steps: int, args, iterations: int = 1)
         "--rtol",
         str(args.rtol),
     ]
+    return peak_mb_of(command)
+
+
+def peak_mb_of(command: list[str]) -> float:
+    """Run ``command`` (a child that prints ``{"peak_mb": ...}`` last) in a fresh process under
+    :func:`fresh_process_environment`; its peak."""
     environment = fresh_process_environment()
     output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
     return json.loads(output.strip().splitlines()[-1])["peak_mb"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torchsde
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fields import mlp  # noqa: E402
-from gradients import fresh_process_environment, interleaved, peak_growth_mb, relative_error  # noqa: E402
+from gradients import interleaved, peak_growth_mb, peak_mb_of, relative_error  # noqa: E402
 
 from local_reg.sde import sdeint  # noqa: E402
 
@@ -91,10 +90,7 @@ def measure_memory(args) -> None:
 def memory_in_fresh_process(gradient: str, n_steps: int, args) -> float:
     command = [sys.executable, __file__, "--memory-of", gradient, "--memory-steps", str(n_steps)]
     command += ["--dim", str(args.dim), "--width", str(args.width), "--batch", str(args.batch)]
-    output = subprocess.run(
-        command, check=True, capture_output=True, text=True, env=fresh_process_environment()
-    ).stdout
-    return json.loads(output.strip().splitlines()[-1])["peak_mb"]
+    return peak_mb_of(command)
 
 
 def table(args) -> None:
