@@ -37,12 +37,12 @@ Every difference is listed in docs/compat.md ("torchsde's sdeint").
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, cast
 
 import torch
 from torch import Tensor
 
+from ._errors import warn
 from ._integrate import NO_STEP_LIMIT
 from ._step import time_tensor, within_ulps
 from ._validate import host_list, positive_float, validate_times
@@ -242,10 +242,9 @@ def _grad_free(
     if method is None:
         return
     if scheme != "milstein":
-        warnings.warn(
+        warn(
             f"local_reg.compat.{caller}: options['grad_free'] is ignored by Euler--Maruyama (torchsde's "
-            "'euler' and 'srk' ignore it too)",
-            stacklevel=4,
+            "'euler' and 'srk' ignore it too)"
         )
     elif not grad_free and noise_type != "additive":
         # For additive noise torchsde turns grad_free off itself: the Milstein term is zero.
@@ -445,11 +444,10 @@ def _states(
         kept = torch.stack([states[index] for index in needed.tolist()])
         return _interpolated(kept, grid[needed], outputs, torch.searchsorted(needed, after))
     if scheme == "euler_maruyama" and noise_type != "additive":
-        warnings.warn(
+        warn(
             f"local_reg.compat.{caller}: adaptive Euler--Maruyama with non-additive noise converges to a "
             "biased limit as the tolerance shrinks (torchsde warns too; docs/sde.md): use "
-            "method='milstein'",
-            stacklevel=4,  # the user's call of sdeint or sdeint_adjoint
+            "method='milstein'"
         )
     min_step = positive_float("dt_min", dt_min)
     scalar = isinstance(atol, (int, float)) or (isinstance(atol, Tensor) and atol.numel() == 1)
@@ -487,10 +485,9 @@ def _states(
     )
     forced = int((solution.steps.error_estimate > 1.0).sum())
     if forced:
-        warnings.warn(
+        warn(
             f"local_reg.compat.{caller}: {forced} steps were accepted at dt_min={min_step:g} whatever their "
-            "error (torchsde warns 'Hitting minimum allowed step size'): lower dt_min or loosen rtol, atol",
-            stacklevel=4,  # the user's call of sdeint or sdeint_adjoint
+            "error (torchsde warns 'Hitting minimum allowed step size'): lower dt_min or loosen rtol, atol"
         )
     return solution.ys
 
@@ -667,10 +664,9 @@ def sdeint_adjoint(
         caller="sdeint_adjoint",
     )
     if ignored:  # after the solve, which may refuse the call for another reason
-        warnings.warn(
+        warn(
             f"local_reg.compat.sdeint_adjoint ignores {ignored}: its gradient re-runs the forward steps "
-            "(exact for the discrete solve), with no backward solve for them to set",
-            stacklevel=2,
+            "(exact for the discrete solve), with no backward solve for them to set"
         )
     return ys
 

@@ -1,6 +1,25 @@
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from types import FrameType
 from typing import Any
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside this package: the user's line that
+    led to the warning, however deep in the library it is raised and along whichever path (one
+    function reached from ``local_reg.sdeint`` and through ``local_reg.compat``, say), where a fixed
+    ``stacklevel`` points inside the library on all paths but one."""
+    frame: FrameType | None = sys._getframe(1)
+    level = 2  # warnings.warn's stacklevel of the frame that called this function
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 class SolverError(RuntimeError):

@@ -34,7 +34,6 @@ the root's final bracket (two more evaluations of ``event_fn``). The gradient w.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, cast
@@ -43,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ._autograd import first_order_only
-from ._errors import SolverError
+from ._errors import SolverError, warn
 from ._integrate import STOP_NEVER_HELD, StepCallbacks, open_end
 from ._odeint import odeint
 from ._step import VectorField, beside_jump, time_tensor
@@ -295,10 +294,9 @@ def _reroute(
         crossing = event(live_time, y_live)
         along = _rate_along_solution(event, live_time, y_live, rate, crossing.dtype)
     if float(along) == 0.0:
-        warnings.warn(
+        warn(
             f"event_fn does not change along the solution at the event t={t_event!r} (a tangential "
-            "crossing): the event time is not differentiable there and gets no gradient",
-            stacklevel=3,
+            "crossing): the event time is not differentiable there and gets no gradient"
         )
         return event_t, y_event, 1
     # The shift gives the implicit function theorem's first derivatives exactly; its second

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -24,7 +23,7 @@ from torch import Tensor
 
 from ._dense import DenseOutput
 from ._diagnose import explain_failure
-from ._errors import SolverError
+from ._errors import SolverError, warn
 from ._step import (
     RKStepper,
     StepResult,
@@ -738,12 +737,11 @@ def integrate(
     if forced_stability > 1.0:
         # A forced step beyond the explicit method's stability region amplifies the error of every
         # such step: the solution may grow without bound while each step stays finite.
-        warnings.warn(
+        warn(
             f"{n_forced} steps were forced at min_step={controller.min_step:g}, where |dt| * rho / "
             f"stability_size reached {forced_stability:.2f} > 1: outside the explicit method's "
             "stability region the forced solution is not to be trusted (lower min_step)",
             RuntimeWarning,
-            stacklevel=2,
         )
     if stop is not None and log.stop_time is None:
         raise SolverError(STOP_NEVER_HELD, t=t, n_steps=stats.n_steps)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Any, cast
@@ -11,6 +10,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
+from ._errors import warn
 from ._integrate import (
     DEFAULT_MAX_STEPS,
     SolveOptions,
@@ -103,12 +103,11 @@ def _legacy_gradient(
             f"gradient={gradient!r} is configured: set its options on the object, not with the "
             f"deprecated {['checkpoints'] if checkpoints is not None else given} keywords"
         )
-    warnings.warn(
+    warn(
         "odeint's checkpoints= and adjoint_*= keywords are deprecated: pass the gradient method as an "
         "object, e.g. gradient=Symplectic(checkpoints=32) or gradient=BacksolveAdjoint(rtol=..., "
         "norm='seminorm')",
         DeprecationWarning,
-        stacklevel=3,
     )
     if checkpoints is not None:
         if not isinstance(gradient, (Checkpoint, Symplectic)):

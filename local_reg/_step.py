@@ -11,7 +11,6 @@ import bisect
 import dataclasses
 import functools
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, cast
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._errors import SolverError
+from ._errors import SolverError, warn
 from ._stepper import Stepper, checked_error
 from .interpolants import Interpolant, get_interpolant
 from .solution import Stats
@@ -412,14 +411,13 @@ class CompiledStep:
             state = (
                 func.state.description if isinstance(func, StateField) else f"state of shape {tuple(y.shape)}"
             )
-            warnings.warn(
+            warn(
                 f"torch.compile could not build the step for a {y.dtype} {state} "
                 f"on {y.device.type}{' with autograd' if torch.is_grad_enabled() else ''} ({reason}); "
                 "these steps run eagerly (the same arithmetic). "
                 "compile=False avoids the attempt; another backend may build it, e.g. "
                 'compile={"backend": "aot_eager"}',
                 RuntimeWarning,
-                stacklevel=2,
             )
             return None
         if self.replays_cuda_graphs and y.is_cuda:

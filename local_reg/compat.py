@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast, overload
 
@@ -29,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ._compat_sde import sdeint, sdeint_adjoint
-from ._errors import SolverError
+from ._errors import SolverError, warn
 from ._events import _solve_until_event, direction_time
 from ._integrate import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, StepCallbacks
 from ._odeint import odeint as _odeint
@@ -215,7 +214,7 @@ def _callbacks(
 
 
 def _fixed_step_size(
-    tableau: ButcherTableau, step_size: object, where: str, method: str | None, stacklevel: int = 4
+    tableau: ButcherTableau, step_size: object, where: str, method: str | None
 ) -> float | None:
     """``step_size`` for a fixed-step tableau; an adaptive one ignores it with a warning, as
     torchdiffeq 0.2.5 does ("Unexpected arguments"), rather than taking fixed steps without error
@@ -224,11 +223,10 @@ def _fixed_step_size(
         return None
     if not tableau.adaptive:
         return positive_float(f"{where}['step_size']", step_size)
-    warnings.warn(
+    warn(
         f"local_reg.compat: {where}['step_size'] is ignored by the adaptive method "
         f"{method or tableau.name!r} (torchdiffeq ignores it too); for fixed steps use 'euler', "
-        "'midpoint', 'heun2', 'heun3' or 'rk4'",
-        stacklevel=stacklevel,
+        "'midpoint', 'heun2', 'heun3' or 'rk4'"
     )
     return None
 
@@ -281,10 +279,9 @@ def _ignored_by_fixed_steps(opts: dict[str, Any], where: str, method: str | None
     """Drop the adaptive-only options a fixed-step method ignores, warning as torchdiffeq does."""
     ignored = sorted(key for key in ADAPTIVE_OPTIONS if opts.pop(key, None) is not None)
     if ignored:
-        warnings.warn(
+        warn(
             f"local_reg.compat: {where} {ignored} are ignored by the fixed-step method {method!r} "
-            "(torchdiffeq ignores them too)",
-            stacklevel=4,
+            "(torchdiffeq ignores them too)"
         )
 
 
@@ -585,10 +582,9 @@ def _scipy_solve(
     dtype, device = flat0.dtype, flat0.device
     parameters = func.parameters() if isinstance(func, nn.Module) else ()
     if torch.is_grad_enabled() and (flat0.requires_grad or any(p.requires_grad for p in parameters)):
-        warnings.warn(
+        warn(
             f"{where} solves on a numpy copy of the state: no gradient reaches y0 or func's parameters "
-            "(as in torchdiffeq); use an adaptive method to differentiate the solve",
-            stacklevel=4,
+            "(as in torchdiffeq); use an adaptive method to differentiate the solve"
         )
 
     def rhs(time: float, values: np.ndarray) -> np.ndarray:
@@ -767,10 +763,7 @@ def odeint_adjoint(
         )
     for name in ("callback_step_adjoint", "callback_accept_step_adjoint", "callback_reject_step_adjoint"):
         if callable(getattr(func, name, None)):
-            warnings.warn(
-                f"local_reg.compat does not call func.{name}: the backward pass has no step callbacks",
-                stacklevel=2,
-            )
+            warn(f"local_reg.compat does not call func.{name}: the backward pass has no step callbacks")
     backward_controller = None
     if adjoint_method == "symplectic":
         extra = [
@@ -820,11 +813,10 @@ def odeint_adjoint(
                 # gradient meets the adjoint's tolerance, with more steps), said as for options.
                 for key in landings:
                     adjoint.pop(key)
-                warnings.warn(
+                warn(
                     f"local_reg.compat: adjoint_options {landings} are ignored after the fixed-step "
                     f"forward method {method!r} (torchdiffeq's adaptive backward solve lands on them; "
-                    "here it steps across them): use an adaptive method to land on them",
-                    stacklevel=2,
+                    "here it steps across them): use an adaptive method to land on them"
                 )
         for key in LANDING_OPTIONS:
             # The backward solve lands on the forward solve's times (its controller's).
@@ -846,7 +838,7 @@ def odeint_adjoint(
         if not backward.adaptive and adjoint_options is not None:
             # Given for the backward solve, which cannot use them (from options, the forward's).
             _ignored_by_fixed_steps(adjoint, where, backward_method)
-        step_size = _fixed_step_size(backward, adjoint.get("step_size"), where, backward_method, stacklevel=3)
+        step_size = _fixed_step_size(backward, adjoint.get("step_size"), where, backward_method)
         max_steps = None  # the forward solve's
         if "max_num_steps" in adjoint and backward.adaptive:
             max_steps = _max_steps(adjoint["max_num_steps"], where, t)

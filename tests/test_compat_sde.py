@@ -903,3 +903,35 @@ def test_fixed_steps_equal_torchsde_on_any_grid(noise_type, start, gaps, step, f
     for ours, theirs in zip(results[1], results[0], strict=True):
         assert ours.dtype == dtype
         torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
+
+
+def test_warnings_point_at_the_users_line_on_every_path() -> None:
+    """The library's warnings are attributed to the first frame outside it: the dropout warning
+    of the checkpoint gradient's re-run, reached through local_reg.sdeint, compat.sdeint_adjoint
+    and odeint alike (a fixed stacklevel pointed inside compat on the compat path)."""
+
+    class Dropping(PriorSDE):
+        def __init__(self) -> None:
+            super().__init__("diagonal")
+            self.dropout = nn.Dropout(0.1)
+
+    sde, y0 = Dropping(), y0_of().requires_grad_()
+
+    class Field(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.1)).double()
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    field = Field()
+    calls = (
+        lambda: local_reg.sdeint(sde, y0, [0.0, 0.5], step_size=0.1, gradient="checkpoint"),
+        lambda: compat.sdeint_adjoint(sde, y0, TS, dt=STEP, method="euler"),
+        lambda: local_reg.odeint(field, y0, [0.0, 1.0], method="rk4", step_size=0.25, gradient="adjoint"),
+    )
+    for call in calls:
+        with pytest.warns(UserWarning, match="dropout") as caught:
+            call()
+        assert [w.filename for w in caught if "dropout" in str(w.message)] == [__file__]

@@ -15,12 +15,12 @@ check their own settings once; the strings are shorthands for the defaults.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
+from .._errors import warn
 from .._tuple import owning_module, user_func
 from .._validate import check_params_not_dual
 from ._function import (
@@ -113,13 +113,11 @@ def resolve_adjoint_params(
     return params
 
 
-def warn_if_reevaluation_differs(
-    func: object, gradient_method: GradientMethod, name: str = "func", stacklevel: int = 3
-) -> None:
+def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, name: str = "func") -> None:
     """A graph-free method evaluates ``func`` again in its backward pass: dropout draws new masks
     there (the gradient is then not the forward solve's) and batch norm updates its running
     statistics again. Warn when ``func`` has such a layer in training mode; ``name``: what the
-    message calls ``func``; ``stacklevel``: the warning's, pointing at the user's call."""
+    message calls ``func``."""
     owner = owning_module(func)
     if owner is None or torch.is_inference_mode_enabled():
         return
@@ -139,11 +137,10 @@ def warn_if_reevaluation_differs(
             "dropout": "dropout draws new masks (the gradient is not the forward solve's)",
             "batch norm": "batch norm updates its running statistics again",
         }
-        warnings.warn(
+        warn(
             f"{name}'s module has {' and '.join(found)} in training mode: gradient={gradient_method.name!r} "
             f"evaluates {name} again in its backward pass, where {' and '.join(effects[k] for k in found)}; "
-            "use gradient='direct', or put those layers in eval mode",
-            stacklevel=stacklevel,
+            "use gradient='direct', or put those layers in eval mode"
         )
 
 

@@ -17,8 +17,7 @@ Both are configurations of one module, :class:`Regularized` (penalty :class:`Loc
 :class:`GlobalPenalty`, or none for the plain model), which also takes neural SDEs.
 """
 
-import warnings
-
+from .._errors import warn
 from ._baseline import BaselineStats
 from ._diagnostics import GradientRatio
 from ._module import GlobalPenalty, LocalPenalty, Penalty, Regularized
@@ -59,11 +58,10 @@ __all__ = [
 def __getattr__(name: str):
     if name == "SDERegularizationStats":
         # One RegularizationStats serves ODEs and SDEs.
-        warnings.warn(
+        warn(
             "local_reg.regularization.SDERegularizationStats is deprecated: use "
             "local_reg.RegularizationStats (one class for ODEs and SDEs)",
             DeprecationWarning,
-            stacklevel=2,
         )
         return RegularizationStats
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

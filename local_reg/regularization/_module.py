@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
@@ -24,6 +23,7 @@ from typing import Any, ClassVar, NoReturn, Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from .._errors import warn
 from .._step import beside_jump
 from .._tuple import TupleField, TupleState
 from .._validate import (
@@ -750,14 +750,13 @@ class Regularized(nn.Module):
         if (self.generator is None) != (saved is None):
             # The draws of t_reg (and STEER's times, RNODE's noise, an SDE's seeds) would not
             # continue the saved run's: say so rather than drop the state or keep a fresh one.
-            warnings.warn(
+            warn(
                 "the state was saved by a model with a generator and this one has none: its draws "
                 "come from torch's global generator, not from the saved state (pass generator= when "
                 "building it)"
                 if self.generator is None
                 else "the state was saved by a model without a generator: this model's generator "
-                "keeps its own state, so its draws do not continue the saved run's",
-                stacklevel=3,
+                "keeps its own state, so its draws do not continue the saved run's"
             )
 
     def extra_repr(self) -> str:

@@ -25,13 +25,13 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from .._errors import warn
 from .._validate import transformed
 from ..gradients import adjoint_params_tuple, owning_module
 from ..sde.problem import is_sde
@@ -108,13 +108,11 @@ def default_weight(
     else:
         owner = owning_module(func)
         if owner is None:
-            warnings.warn(
+            warn(
                 "func is a plain function, whose parameters the default self-tuning weight cannot "
                 "see, so the penalty's weight is the constant 1 (far too strong on many tasks): pass "
                 "an nn.Module, or adjoint_params=(the tensors func uses), for the self-tuning weight; "
-                "adjoint_params=() for a field without parameters, or weight=... to choose one",
-                UserWarning,
-                stacklevel=3,
+                "adjoint_params=() for a field without parameters, or weight=... to choose one"
             )
         parameters = [] if owner is None else list(owner.parameters())
     trained = [p for p in parameters if isinstance(p, Tensor) and p.requires_grad]

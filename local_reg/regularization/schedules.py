@@ -13,13 +13,13 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypedDict, cast
 
 import torch
 from torch import Tensor
 
+from .._errors import warn
 from .._validate import (
     non_negative_float,
     non_negative_int,
@@ -123,11 +123,9 @@ class WeightSchedule:
         if unused:
             # Most likely another schedule's state (a self-tuning weight's, loaded into a model
             # built with weight=0.5): its weight is not carried over.
-            warnings.warn(
+            warn(
                 f"{type(self).__name__}.load_state_dict ignores the state's keys {unused}, which it "
-                "does not use (a state saved by another weight schedule?)",
-                UserWarning,
-                stacklevel=2,
+                "does not use (a state saved by another weight schedule?)"
             )
         self.iteration = iteration
 
@@ -651,12 +649,11 @@ class RatioWeight(_SelfTuningWeight):
             ) from error
         if all(part is None for part in parts) and not self._warned_unreached:
             self._warned_unreached = True
-            warnings.warn(
+            warn(
                 "none of RatioWeight's parameters is in model.reg_loss's graph, so it measures "
                 "nothing and its weight stays where it is: give it the field's parameters (after "
                 "load_state_dict(..., assign=True) or to_empty() they are new objects; the default "
-                "weight follows them)",
-                stacklevel=4,
+                "weight follows them)"
             )
         penalty: _Penalty = {"parts": list(parts), "scale": None}
         measurement["penalties"].append(penalty)
@@ -792,10 +789,9 @@ class RatioWeight(_SelfTuningWeight):
                 if self.parameters
                 else "give it parameters=... or call weight.backward(...)"
             )
-            warnings.warn(
+            warn(
                 f"RatioWeight has measured no gradients in {iterations} iterations, so its weight stays at "
-                f"initial={self.initial}: {how}",
-                stacklevel=3,
+                f"initial={self.initial}: {how}"
             )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -7,8 +7,7 @@
 :class:`local_reg.Regularized` accept such a module and then solve with :func:`sdeint` (or torchsde).
 """
 
-import warnings
-
+from .._errors import warn
 from ..solution import Stats as SDEStats
 from ._sdeint import sdeint
 from ._step import SDEStepResult, sde_initial_step_size, sde_step
@@ -29,10 +28,9 @@ def moved(name: str, spelled: str) -> object:
     spelled it (``local_reg.SDEBlock`` or ``local_reg.sde.SDEBlock``)."""
     from .. import regularization
 
-    warnings.warn(
+    warn(
         f"{spelled} is deprecated: use local_reg.{MOVED[name]} (the regularizers take SDEs too)",
         DeprecationWarning,
-        stacklevel=3,  # the user's attribute access, past the module's __getattr__
     )
     return getattr(regularization, MOVED[name])
 

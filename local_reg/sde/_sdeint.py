@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Any, cast
@@ -10,6 +9,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from .._errors import warn
 from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, check_landing_gaps, integrate, times_rounding
 from .._step import beside_jump, time_tensor
 from .._tuple import owning_module
@@ -166,7 +166,7 @@ def sdeint(
             "unused: pass one or the other"
         )
     if dt0 is not None:
-        warnings.warn("sdeint's dt0= is deprecated: use first_step=", DeprecationWarning, stacklevel=2)
+        warn("sdeint's dt0= is deprecated: use first_step=", DeprecationWarning)
         if first_step is not None:
             raise ValueError("pass first_step or its deprecated spelling dt0, not both")
         first_step = dt0
@@ -327,7 +327,7 @@ def sde_params(
             f"({type(sde).__name__}): pass adjoint_params=(tensors f and g depend on), or "
             "adjoint_params=() if they have none"
         )
-    warn_if_reevaluation_differs(module, checkpointed, "sde", stacklevel=4)
+    warn_if_reevaluation_differs(module, checkpointed, "sde")
     return resolve_adjoint_params(module, adjoint_params, checkpointed)
 
 
