@@ -425,23 +425,22 @@ def _states(
                 diffusion = sde.g(time_tensor(float(grid[0]), y0), y0)
             size = brownian_size(cast(str, noise_type), y0, diffusion)
             bm = make_brownian(None, float(grid[0]), float(grid[-1]), size, y0, step=step)
-        states, state = {0: y0}, y0
+        # The states at the needed points, in order: y0, then each call's rows gathered at once
+        # (copies, which hold only those rows; one index per call, also in the backward pass).
+        pieces, state = [y0.unsqueeze(0)], y0
         try:
             for first in range(0, len(grid) - 1, _GRID_CHUNK):
                 last = min(first + _GRID_CHUNK, len(grid) - 1)
                 chunk = on_grid(state, first, last, bm)
-                # Copies, not views: a view would keep the call's every state.
-                states.update(
-                    (index, chunk[index - first].clone())
-                    for index in range(first + 1, last + 1)
-                    if index in wanted
-                )
+                rows = [index - first for index in range(first + 1, last + 1) if index in wanted]
+                if rows:
+                    pieces.append(chunk[rows])
                 state = chunk[-1].clone()
                 del chunk
         finally:
             if made:
                 release_brownian(bm)
-        kept = torch.stack([states[index] for index in needed.tolist()])
+        kept = torch.cat(pieces)
         return _interpolated(kept, grid[needed], outputs, torch.searchsorted(needed, after))
     if scheme == "euler_maruyama" and noise_type != "additive":
         warn(
