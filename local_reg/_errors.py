@@ -7,16 +7,27 @@ from types import FrameType
 from typing import Any
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PASSED_THROUGH = ("torch", "torchdiffeq", "torchsde")
+"""Libraries a call of this package's passes through on its way to the user's code (``nn.Module``'s
+``__call__``, ``autograd.Function.apply``, torchdiffeq's solvers calling a backend's field)."""
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:
-    """``warnings.warn`` attributed to the first caller outside this package: the user's line that
-    led to the warning, however deep in the library it is raised and along whichever path (one
-    function reached from ``local_reg.sdeint`` and through ``local_reg.compat``, say), where a fixed
-    ``stacklevel`` points inside the library on all paths but one."""
+    """``warnings.warn`` attributed to the user's line that led to the warning: the first frame
+    neither in this package nor in a library it passes through (:data:`_PASSED_THROUGH`), or a
+    ``__main__`` module's (``python -m local_reg.demo``), however deep the warning is raised and
+    along whichever path (one function reached from ``local_reg.sdeint``, through
+    ``local_reg.compat`` and through a model's ``__call__``, say), where a fixed ``stacklevel``
+    points inside a library on all paths but one."""
+    files = [getattr(sys.modules.get(name), "__file__", None) for name in _PASSED_THROUGH]
+    skipped = (_PACKAGE, *(os.path.dirname(os.path.abspath(file)) + os.sep for file in files if file))
     frame: FrameType | None = sys._getframe(1)
     level = 2  # warnings.warn's stacklevel of the frame that called this function
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    while (
+        frame is not None
+        and frame.f_globals.get("__name__") != "__main__"
+        and frame.f_code.co_filename.startswith(skipped)
+    ):
         frame = frame.f_back
         level += 1
     warnings.warn(message, category, stacklevel=level)

@@ -906,9 +906,10 @@ def test_fixed_steps_equal_torchsde_on_any_grid(noise_type, start, gaps, step, f
 
 
 def test_warnings_point_at_the_users_line_on_every_path() -> None:
-    """The library's warnings are attributed to the first frame outside it: the dropout warning
-    of the checkpoint gradient's re-run, reached through local_reg.sdeint, compat.sdeint_adjoint
-    and odeint alike (a fixed stacklevel pointed inside compat on the compat path)."""
+    """The library's warnings are attributed to the user's line: the dropout warning of a
+    graph-free gradient's re-run, reached through local_reg.sdeint, compat.sdeint_adjoint, odeint
+    and a regularized model alike (a fixed stacklevel pointed inside compat on the compat path,
+    inside the library for the model)."""
 
     class Dropping(PriorSDE):
         def __init__(self) -> None:
@@ -930,6 +931,10 @@ def test_warnings_point_at_the_users_line_on_every_path() -> None:
         lambda: local_reg.sdeint(sde, y0, [0.0, 0.5], step_size=0.1, gradient="checkpoint"),
         lambda: compat.sdeint_adjoint(sde, y0, TS, dt=STEP, method="euler"),
         lambda: local_reg.odeint(field, y0, [0.0, 1.0], method="rk4", step_size=0.25, gradient="adjoint"),
+        # Through nn.Module.__call__ (torch's frame between the model and the library).
+        lambda: local_reg.Regularized(field, gradient="adjoint", method="rk4", options={"step_size": 0.25})(
+            y0, TS[:2]
+        ),
     )
     for call in calls:
         with pytest.warns(UserWarning, match="dropout") as caught:
