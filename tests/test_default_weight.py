@@ -461,6 +461,16 @@ def test_a_plain_function_warns_that_the_default_weight_cannot_see_its_parameter
     assert [id(p) for p in given.parameters] == [id(p) for p in field.parameters()]
 
 
+@pytest.mark.parametrize("func", [None, 5, "tsit5"])
+def test_a_func_that_is_not_callable_gets_its_error_and_no_warning_about_the_weight(func):
+    """What is not callable is refused by name, not first warned of as a plain function whose
+    parameters the default weight cannot see (which it is not)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(TypeError, match=r"func must be callable as func\(t, y\), got"):
+            LocallyRegularized(func)
+
+
 def test_the_default_weight_does_not_fade_with_a_vanishing_task_gradient_on_end_read_solves():
     """A task gradient shrinking 1e4-fold (a classifier separating its training set): read at its
     end the default weight stays at its largest (floor 1); read along the flow it follows the

@@ -18,6 +18,7 @@ from local_reg import (
 from local_reg import step as rk_step
 from local_reg.experiments.methods import weight_schedule, weight_text
 from local_reg.experiments.runner import RunSpec
+from local_reg.regularization import RegularizationStats
 from local_reg.regularization._main_solve import MainSolve
 from local_reg.regularization._probe import heuristic_order, penalty_form
 from local_reg.sde import sdeint
@@ -142,23 +143,34 @@ def test_n_draws_averages_independent_draws():
     assert torch.isfinite(grad).all()
 
 
-def test_n_draws_penalty_is_the_mean_of_the_single_draws_at_the_same_times(monkeypatch):
-    """``n_draws`` averages its probes: a sum instead of the mean passed every test."""
+@pytest.mark.parametrize("penalty", ["kinetic", "error-dt"])
+def test_n_draws_penalty_is_the_mean_of_the_single_draws_at_the_same_times(monkeypatch, penalty):
+    """``n_draws`` averages its probes: a sum instead of the mean passed every test. ``stats``
+    describe the last draw, except ``penalty``, the mean (as documented)."""
     from local_reg.regularization import _sampling
 
     func, y0 = _Field(), _y0()
     pinned = [0.13, 0.48, 0.91]
 
-    def penalty_at(draws: list[float], n_draws: int) -> torch.Tensor:
+    def penalty_at(draws: list[float], n_draws: int) -> tuple[torch.Tensor, RegularizationStats]:
         queue = list(draws)
         monkeypatch.setattr(_sampling, "sample_uniform_time", lambda times, t_dtype, generator: queue.pop(0))
-        _, reg, _ = local_regularization(func, y0, T, n_draws=n_draws)
+        _, reg, stats = local_regularization(func, y0, T, n_draws=n_draws, penalty=penalty)
         assert queue == []
-        return reg
+        return reg, stats
 
-    singles = torch.stack([penalty_at([t_reg], 1) for t_reg in pinned])
+    single_draws = [penalty_at([t_reg], 1) for t_reg in pinned]
+    singles = torch.stack([reg for reg, _ in single_draws])
     assert len(set(singles.tolist())) == 3  # three different penalties
-    torch.testing.assert_close(penalty_at(pinned, 3), singles.mean(), rtol=1e-12, atol=0.0)
+    mean, stats = penalty_at(pinned, 3)
+    torch.testing.assert_close(mean, singles.mean(), rtol=1e-12, atol=0.0)
+    last = single_draws[-1][1]
+    assert stats.penalty == pytest.approx(float(mean), rel=1e-12)
+    assert float(stats.t_reg) == float(last.t_reg) == pytest.approx(0.91)
+    torch.testing.assert_close(stats.state, last.state, rtol=1e-12, atol=0.0)
+    if penalty == "error-dt":
+        assert stats.error_estimate == pytest.approx(last.error_estimate, rel=1e-12)
+        assert stats.dt_reg == pytest.approx(last.dt_reg, rel=1e-12)
 
 
 def test_probe_dtype_steps_in_float64_and_differentiates_into_the_float32_parameters():

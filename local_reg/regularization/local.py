@@ -107,7 +107,7 @@ def default_weight(
         parameters = list(adjoint_params)
     else:
         owner = owning_module(func)
-        if owner is None:
+        if owner is None and callable(func):  # what is not callable is refused with its own error
             warn(
                 "func is a plain function, whose parameters the default self-tuning weight cannot "
                 "see, so the penalty's weight is the constant 1 (far too strong on many tasks): pass "
@@ -244,7 +244,8 @@ class LocallyRegularized(Regularized):
             step, the penalty's form and the draws averaged (:class:`LocalPenalty`). ``penalty``
             defaults to ``"kinetic"`` (above); with a probe step, ``probe`` defaults to
             ``"initial-hairer"`` for an ODE (``"initial"``, the paper's, for an SDE, whose probe is
-            an Euler--Maruyama step). ``stats`` describe the last draw.
+            an Euler--Maruyama step). ``stats`` describe the last draw (``t_reg``, ``state``,
+            ``dt_reg``, the estimates), except ``penalty``, ``R``: the draws' mean.
         probe_dtype: the probe step's dtype (:class:`LocalPenalty`; default the state's).
         weight: ``None`` (the default weight above), a non-negative float or a
             :class:`WeightSchedule` (e.g. ``ExponentialDecay(2.5, 1.0, N)`` as for MNIST in
