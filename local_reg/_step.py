@@ -69,6 +69,16 @@ def rms_norm(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x) / cpu_scalar(math.sqrt(max(x.numel(), 1)), x.dtype)
 
 
+def _rms_of_large(x: Tensor) -> float:
+    """:func:`rms_norm` of ``x`` as a float, computed on ``x`` over its largest magnitude where the
+    squares of ``x`` itself would overflow."""
+    value = float(rms_norm(x))
+    if value != math.inf:
+        return value
+    largest = x.abs().max()
+    return float(largest) * float(rms_norm(x / largest)) if bool(torch.isfinite(largest)) else value
+
+
 def cpu_scalar(value: float, dtype: torch.dtype) -> Tensor | float:
     """``value`` as a 0-dim CPU tensor of ``dtype``, made once. In arithmetic with a tensor of
     ``dtype`` on any device it acts as the Python float would (rounded to ``dtype``, the same
@@ -502,14 +512,23 @@ def initial_step_size(
         scale = atol + rtol * y0_wide.abs()
         d0 = float(norm(y0_wide / scale))
         d1 = float(norm(f0_wide / scale))
+        if norm is rms_norm and d1 == math.inf and d0 < math.inf:
+            # Squares past 1e308 overflow where the root mean square does not (a span of 1e-150;
+            # a state that large over its scale would overflow every error estimate: refused below).
+            d1 = _rms_of_large(f0_wide / scale)
         if not (0.0 <= d0 < math.inf and 0.0 <= d1 < math.inf) and bool(
             torch.isfinite(y0_wide).all() & torch.isfinite(f0_wide).all()
         ):
             # A NaN here would make every step size NaN, which no step-size check catches.
-            if math.inf in (d0, d1) and norm is rms_norm:
+            if d0 == math.inf and norm is rms_norm:
                 raise ValueError(
                     f"y0 and f(t0, y0) over the tolerance scale atol + rtol * |y0| have norms {d0} and "
                     f"{d1}: the tolerances are too small for this state (raise atol)"
+                )
+            if d1 == math.inf and norm is rms_norm:
+                raise ValueError(
+                    f"f(t0, y0) over the tolerance scale atol + rtol * |y0| has a norm past float64's "
+                    f"range (y0's is {d0}): rescale time or the state"
                 )
             raise ValueError(
                 f"norm must return a finite non-negative number for a finite input, got {d0} and {d1}"
@@ -520,7 +539,8 @@ def initial_step_size(
         h0 = max(h0, min_step_size(t0))
         y_euler = y0 + (direction * h0) * f0
         f_euler = func(time_tensor(t0 + direction * h0, y0, time_dtype), y_euler)
-        d2 = float(norm((f_euler.double() - f0_wide) / scale)) / h0
+        change = (f_euler.double() - f0_wide) / scale
+        d2 = (_rms_of_large(change) if norm is rms_norm else float(norm(change))) / h0
         if not math.isfinite(d2):
             # The trial Euler step overflowed: start from h0 and let the loop reject what is too long.
             return h0, 1

@@ -624,6 +624,24 @@ def test_a_span_far_from_zero_solves_as_one_near_zero(t0, method):
     assert ends[:-1] == list(steps.t[1:]) and ends[-1] == t0 + 1.0
 
 
+@pytest.mark.parametrize("span", [1e-100, 1e-150, 1e-300])
+def test_a_tiny_span_solves_as_a_span_of_one_does(span):
+    """``y' = -y / s`` over ``[0, s]`` is ``y' = -y`` over ``[0, 1]`` in rescaled time. The
+    initial step's norm of ``f(t0, y0)`` over the tolerance scale (about 1e150 here) squared past
+    float64's range below ``s = 1e-150``, and the solve was refused as if its tolerances were too
+    small. (Hairer's heuristic is not invariant under a change of time scale, so the first step
+    is not the unit span's scaled by ``s``; with that first step given, the two solves agree.)"""
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    solution = odeint(lambda t, y: -y / span, y0, [0.0, span], rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(solution.ys[-1], y0 * math.exp(-1.0), rtol=1e-6, atol=0.0)
+    unit = odeint(lambda t, y: -y, y0, [0.0, 1.0], rtol=1e-6, atol=1e-9, first_step=0.01)
+    scaled = odeint(lambda t, y: -y / span, y0, [0.0, span], rtol=1e-6, atol=1e-9, first_step=0.01 * span)
+    assert scaled.stats.nfe == unit.stats.nfe
+    torch.testing.assert_close(scaled.ys[-1], unit.ys[-1], rtol=1e-12, atol=0.0)
+    with pytest.raises(ValueError, match=r"f\(t0, y0\) over the tolerance scale .* past float64's range"):
+        odeint(lambda t, y: y * 1e305, y0, [0.0, 1e-300], rtol=1e-6, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("field", "t0", "tol", "method"),
     [
