@@ -688,18 +688,28 @@ def _fixed_grid(ts: Tensor, dt: float, field_dtype: torch.dtype) -> tuple[Tensor
     float64 times of a float32 state), whose steps the merged interval takes as equal steps."""
     end = float(ts[-1]) if ts.dtype == torch.float64 else ts[-1]
     point = float(ts[0]) if ts.dtype == torch.float64 else ts[0]
+
+    def refuse_if_too_short(before: float | Tensor, after: float | Tensor) -> None:
+        if within_ulps(float(before), float(after)):
+            raise ValueError(
+                f"dt={dt:g} is too short at t={float(before)!r}: a step of at most 4 float64 ulps there, "
+                "which local_reg's loop does not take (t + dt == t in ts's dtype included, where torchsde "
+                "loops forever): pass a larger dt, or ts in float64 where it is narrower"
+            )
+
+    if point + dt < end:
+        # Ulps grow with |t|: a dt too short at the end of larger magnitude is refused before the
+        # grid is built one step at a time up to it (from ts[0] = 0, 1e15 steps for dt = 1e-17).
+        widest = end if abs(float(end)) >= abs(float(point)) else point
+        refuse_if_too_short(widest, widest + dt)
     points = [point]
     while point < end:
         # In ts's dtype: float64 as Python floats (the same sums, faster), others as tensors.
         point = (
             min(point + dt, end) if isinstance(point, float) else torch.minimum(point + dt, cast(Tensor, end))
         )
-        if point < end and within_ulps(float(points[-1]), float(point)):
-            raise ValueError(
-                f"dt={dt:g} is too short at t={float(point)!r}: a step of at most 4 float64 ulps there, "
-                "which local_reg's loop does not take (t + dt == t in ts's dtype included, where torchsde "
-                "loops forever): pass a larger dt, or ts in float64 where it is narrower"
-            )
+        if point < end:
+            refuse_if_too_short(points[-1], point)
         points.append(point)
     values = [float(point) for point in points]
     seen = (
