@@ -98,7 +98,9 @@ class Steps:
     @functools.cached_property
     def states(self) -> Tensor | None:
         """The state at each step start, shape ``(n_accepted, *y0.shape)``; ``None`` unless the
-        solve was asked to ``record_states`` and took at least one step."""
+        solve was asked to ``record_states`` and took at least one step. For a tuple or complex
+        ``y0`` these are the flat real states the steps advance (shape ``(n_accepted, *batch,
+        n)``; ``solution.layout(solution.steps.states)`` gives them in ``y0``'s form)."""
         return torch.stack(self.state_list) if self.state_list else None
 
 
@@ -127,7 +129,8 @@ class Solution(Generic[State]):
     steps: Steps
     penalties: Tensor | None = None
     layout: Callable[[Tensor], Any] | None = field(default=None, repr=False)
-    """How a flat state becomes the user's (a tuple ``y0``'s tensors), or ``None``."""
+    """How a flat state, or a stack of them (:attr:`Steps.states`), becomes the user's (a tuple
+    ``y0``'s tensors, a complex ``y0``'s dtype), or ``None`` for a real tensor ``y0``."""
     graph_free_method: str | None = field(default=None, repr=False)
     """The gradient method's name when it kept no graph of the solve (``evaluate`` then has none)."""
 

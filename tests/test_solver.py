@@ -367,6 +367,28 @@ def test_restarting_from_a_recorded_state_reproduces_the_step():
         )
 
 
+@pytest.mark.parametrize("kind", ["tuple", "complex"])
+def test_the_recorded_states_of_a_tuple_or_complex_state_take_its_form_through_layout(kind):
+    """``steps.states`` are the flat real states the steps advance; ``solution.layout`` gives them
+    in ``y0``'s form, equal to the dense output at each step start."""
+    if kind == "tuple":
+        y0 = (torch.ones(3, 2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+        solution = odeint(lambda t, y: (-y[0], y[0].sum(-1)), y0, [0.0, 1.0], record_states=True, dense=True)
+    else:
+        y0 = torch.ones(3, dtype=torch.complex128)
+        solution = odeint(lambda t, y: 1j * y, y0, [0.0, 1.0], record_states=True, dense=True)
+    states = solution.layout(solution.steps.states)
+    at_starts = solution.evaluate(solution.steps.t)
+    n = len(solution.steps.t)
+    if kind == "tuple":
+        assert [tuple(state.shape) for state in states] == [(n, 3, 2), (n, 3)]
+        for state, evaluated in zip(states, at_starts, strict=True):
+            torch.testing.assert_close(state, evaluated, rtol=0, atol=0)
+    else:
+        assert states.shape == (n, 3) and states.dtype == torch.complex128
+        torch.testing.assert_close(states, at_starts, rtol=0, atol=0)
+
+
 def test_batched_state():
     y0 = torch.rand(3, 4, 2, dtype=torch.float64) + 0.5
     ts = torch.linspace(0.0, 2.0, 3, dtype=torch.float64)
