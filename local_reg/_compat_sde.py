@@ -375,18 +375,7 @@ def _states(
     if len(times) == 1:
         # No interval to solve: torchsde returns y0 alone, as local_reg.compat.odeint does, after
         # checking the drift's, the diffusion's and a given Brownian motion's shapes at ts[0].
-        noise_type, _ = validate_sde_problem(sde, y0, ts, scheme, general=True, one_time=True)
-        start = time_tensor(times[0], y0)
-        with torch.no_grad():
-            drift, diffusion = sde.f(start, y0), sde.g(start, y0)
-        check_shapes(noise_type, y0, drift, diffusion)
-        size = brownian_size(noise_type, y0, diffusion)
-        shape = getattr(bm, "shape", None)
-        if bm is not None and shape is not None and tuple(shape) != size:
-            raise ValueError(
-                f"bm has shape {tuple(shape)}, but this SDE and y0 need a Brownian motion of shape {size} "
-                "(batch, noise channels)"
-            )
+        _brownian_size_at_start(sde, y0, ts, scheme, bm)
         return torch.stack([y0])
     # No step limit, as torchsde has none: a fixed-step solve's count is known; an adaptive one is
     # bounded through dt_min (at most (ts[-1] - ts[0]) / dt_min accepted steps plus one landing step
@@ -421,9 +410,7 @@ def _states(
         made = bm is None
         if made:
             # One Brownian motion for every call, made as local_reg.sdeint makes its own.
-            with torch.no_grad():
-                diffusion = sde.g(time_tensor(float(grid[0]), y0), y0)
-            size = brownian_size(cast(str, noise_type), y0, diffusion)
+            size = _brownian_size_at_start(sde, y0, ts, scheme, bm)
             bm = make_brownian(None, float(grid[0]), float(grid[-1]), size, y0, step=step)
         # The states at the needed points, in order: y0, then each call's rows gathered at once
         # (copies, which hold only those rows; one index per call, also in the backward pass).
@@ -675,6 +662,27 @@ _GRID_CHUNK = 128
 point it steps to (each ends a step), so a long grid is solved in calls of this many steps, keeping
 only the states the interpolation reads (memory of the outputs and of a call, not of every step,
 as torchsde's under ``no_grad``)."""
+
+
+def _brownian_size_at_start(
+    sde: Any, y0: Tensor, ts: TimeSet, scheme: str, bm: Any | None
+) -> tuple[int, int]:
+    """The shape of the Brownian motion ``sde`` needs, after :func:`local_reg.sdeint`'s checks of
+    the arguments and of the drift's, the diffusion's and a given ``bm``'s shapes at ``ts[0]``, for
+    where compat evaluates the SDE before (or without) a call of ``sdeint``."""
+    noise_type, times = validate_sde_problem(sde, y0, ts, scheme, general=True, one_time=True)
+    start = time_tensor(times[0], y0)
+    with torch.no_grad():
+        drift, diffusion = sde.f(start, y0), sde.g(start, y0)
+    check_shapes(noise_type, y0, drift, diffusion)
+    size = brownian_size(noise_type, y0, diffusion)
+    shape = getattr(bm, "shape", None)
+    if bm is not None and shape is not None and tuple(shape) != size:
+        raise ValueError(
+            f"bm has shape {tuple(shape)}, but this SDE and y0 need a Brownian motion of shape {size} "
+            "(batch, noise channels)"
+        )
+    return size
 
 
 def _fixed_grid(ts: Tensor, dt: float, field_dtype: torch.dtype) -> tuple[Tensor, float]:

@@ -365,6 +365,28 @@ def test_local_regs_own_refusals_stand() -> None:
             compat.sdeint(sde, y0_of(), TS, **kwargs)
 
 
+def test_an_sde_is_checked_before_compat_evaluates_it_on_a_long_grid() -> None:
+    """Over more than one call's grid (the default dt over [0, 1]) compat evaluates the diffusion
+    itself, for the Brownian motion it makes: an SDE with only torchsde's ``f_and_g`` failed there
+    with an AttributeError, a wrong diffusion shape deeper in; both are named as on a short grid."""
+
+    class DriftAndDiffusionOnly(nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f_and_g(self, t, y):
+            return -y, 0.1 * y
+
+    class NarrowDiffusion(SDE):
+        def g(self, t, y):
+            return super().g(t, y)[:, :1]
+
+    for dt in (0.1, 1e-3):  # one call's grid, and several
+        with pytest.raises(TypeError, match=r"sde must have methods f\(t, y\) \(drift\) and g\(t, y\)"):
+            compat.sdeint(DriftAndDiffusionOnly(), y0_of(), TS, dt=dt)
+        with pytest.raises(ValueError, match=r"sde\.g \(diffusion\) returned shape \(2, 1\), but"):
+            compat.sdeint(NarrowDiffusion("diagonal"), y0_of(), TS, dt=dt)
+
+
 def test_one_output_time_is_y0_and_the_times_are_named_ts_as_torchsde() -> None:
     sde, y0 = SDE("diagonal"), y0_of()
     for ts in (torch.tensor([0.3], dtype=DT), [0.3]):
