@@ -362,7 +362,8 @@ def odeint_event(
         a float ``t0``) and the :class:`~local_reg.Solution` with ``ts = [t0, event_t]`` and
         ``ys = [y0, y(event_t)]``. Both are differentiable w.r.t. ``y0``, ``func``'s parameters,
         ``t0`` and whatever ``event_fn`` depends on, by the implicit function theorem, with every
-        gradient method (see docs/solver.md, "Events").
+        gradient method but ``"interpolating_adjoint"``, refused by name (a stopped solve keeps no
+        dense record; docs/solver.md, "Events").
 
     The event time is located on the last step's dense output to ``4 eps |dt|`` of the step
     (``y0``'s ``eps``), and no finer than the times' dtype resolves; ``func`` and ``event_fn`` get

@@ -235,7 +235,7 @@ def odeint(
             direction, and ``solution.ts[-1]`` is where it stopped): terminal events are
             :func:`local_reg.odeint_event`.
         compile: ``True`` or a dict of ``torch.compile`` keywords (e.g. ``{"backend":
-            "aot_eager"}``; CUDA graphs, ``mode="reduce-overhead"``, are untested) compiles each
+            "aot_eager"}``; CUDA graphs, ``mode="reduce-overhead"``, on a GPU: docs/solver.md) compiles each
             attempted step of the forward solve (its stages, ``func`` inlined, and its error
             estimate) into one graph whose inputs are
             the step's time and size as tensors, so one compilation serves every step of every
@@ -248,8 +248,8 @@ def odeint(
 
     Dense output: the adaptive steps head for the last output time only, as in torchdiffeq,
     torchode and diffrax, and the states at the other output times are read from the method's
-    interpolant inside the accepted step that holds them (:mod:`local_reg.interpolants`: Tsit5's and
-    Dopri5's own, cubic Hermite for the other pairs), so the number of steps does not depend on
+    interpolant inside the accepted step that holds them (:mod:`local_reg.interpolants`: Tsit5's,
+    Dopri5's and Dopri8's own, cubic Hermite for the other pairs), so the number of steps does not depend on
     the number of output times. Every gradient method differentiates the interpolated outputs
     exactly as it differentiates the steps (docs/gradients.md). With ``step_to_outputs=True`` (or
     a fixed ``step_size``) the step that would pass an output time is shortened to land on it, and

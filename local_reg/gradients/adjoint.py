@@ -578,8 +578,9 @@ class InterpolatingAdjoint(_ContinuousAdjoint):
     spoils the backsolve's gradient; here ``y(t)`` is the forward solution itself, to the
     interpolant's accuracy, whatever the dynamics. The cost is the dense record, ``O(steps *
     stages)`` memory, as ``dense=True`` keeps (a method whose interpolant is cubic Hermite
-    evaluates ``f`` once more per forward step for it); with ``checkpoints=C`` the forward keeps at
-    most ``C`` step states instead (as ``Checkpoint(checkpoints=C)``, :mod:`._checkpoints`) and
+    evaluates ``f`` once more per forward solve for it, at the last step's end); with
+    ``checkpoints=C`` the forward keeps at most ``C`` step states instead (as
+    ``Checkpoint(checkpoints=C)``, :mod:`._checkpoints`, but also with ``record_states=True``) and
     the backward pass re-solves the segment of steps that holds each time it reads
     (:class:`ReplayedSolution`): the same ``y(t)`` to the bit, for one more forward solve. The
     gradient is that of the continuous problem, as the backsolve's. The backward solve starts from
@@ -611,7 +612,10 @@ class InterpolatingAdjoint(_ContinuousAdjoint):
     def new_step_states(self, record_states: bool) -> StepStates | None:
         if self.checkpoints is None:
             return None  # the dense record holds every state
-        return StepStates(None if record_states else self.checkpoints)
+        # The budget even where the user keeps every state (record_states, which costs it no memory
+        # more: the same tensors): the replay needs each step's stages, and a segment of steps
+        # replays with its FSAL stages where a step replayed alone evaluates its first stage anew.
+        return StepStates(self.checkpoints)
 
     def _cotangent_scale(self, grad_ys: Tensor) -> float:
         # The adjoint system is linear in (a, g): solved from the cotangents divided by their
