@@ -369,7 +369,7 @@ def _states(
             "leading local error need the noise's iterated integrals (Levy areas)"
         )
     # The times as torchsde names them: local_reg.sdeint's messages say t.
-    times = validate_times(ts, "ts")
+    times = validate_times(ts, "ts", increasing_only=True)
     if times[-1] < times[0]:
         raise ValueError("ts must be strictly increasing (torchsde's too)")
     if len(times) == 1:

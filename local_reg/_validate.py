@@ -308,9 +308,12 @@ def check_time_tensor(name: str, t: Tensor) -> None:
     check_not_meta(name, t, "times")
 
 
-def validate_times(t: Tensor | np.ndarray | Sequence[float | Tensor], name: str = "t") -> list[float]:
+def validate_times(
+    t: Tensor | np.ndarray | Sequence[float | Tensor], name: str = "t", increasing_only: bool = False
+) -> list[float]:
     """Output times as Python floats (:func:`finite_times`); ``t`` must hold at least one and be
-    strictly increasing or decreasing. ``name``: how the messages name ``t``."""
+    strictly increasing or decreasing. ``name``: how the messages name ``t``; ``increasing_only``:
+    the caller refuses decreasing times itself (an SDE's), so a message does not offer them."""
     times = finite_times(name, t)
     if len(times) == 0:
         raise ValueError(f"{name} must hold at least one time")
@@ -320,7 +323,8 @@ def validate_times(t: Tensor | np.ndarray | Sequence[float | Tensor], name: str 
         where = "" if repeated is None else f": it holds {repeated!r} twice"
         if repeated is not None and _holds_integers(t):
             where += " as a float (integers beyond 2**53 round to one float: shift them, e.g. t - t[0])"
-        raise ValueError(f"{name} must be strictly increasing or strictly decreasing{where}")
+        directions = "increasing" if increasing_only else "increasing or strictly decreasing"
+        raise ValueError(f"{name} must be strictly {directions}{where}")
     return times
 
 

@@ -2287,6 +2287,14 @@ def test_a_repeated_time_is_named():
     ]:
         with pytest.raises(ValueError, match=match):
             odeint(decay, torch.ones(2), t)
+    # sdeint integrates forward only: its messages offer increasing times alone.
+    for t, match in [
+        ([0.0, 0.7, 0.5, 1.0], r"^t must be strictly increasing$"),
+        ([0.0, 1.0, 1.0], r"^t must be strictly increasing: it holds 1\.0 twice$"),
+        ([1.0, 0.5, 0.0], r"^t must be strictly increasing: sdeint does not integrate backwards$"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            sdeint(DiagonalSDE(), torch.ones(1, 2), t)
 
 
 def test_compat_fixed_grids_check_t_and_refuse_a_grid_past_torchdiffeqs_step_limit():

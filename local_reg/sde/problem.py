@@ -120,7 +120,7 @@ def validate_sde_problem(
             "t requires grad, but sdeint solves at fixed times and no gradient reaches t "
             "(torchsde refuses it too): pass t.detach()"
         )
-    times = validate_times(t)
+    times = validate_times(t, increasing_only=True)
     if len(times) < 2 and not one_time:
         raise ValueError("t must hold at least two times (start and end of the solve)")
     if times[-1] < times[0]:
