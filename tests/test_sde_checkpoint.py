@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchsde
 
-from local_reg import Checkpoint, GloballyRegularized, LocallyRegularized, PIController, SolverError
+from local_reg import Checkpoint, GloballyRegularized, LocallyRegularized, PIController, SolverError, compat
 from local_reg.sde import sdeint
 
 DTYPE = torch.float64
@@ -338,10 +338,13 @@ def test_a_captured_tensor_is_named_when_nothing_else_requires_grad(part):
     y0 = torch.ones(2, 1, dtype=DTYPE)
     with pytest.raises(
         ValueError,
-        match=r"gradient='checkpoint': sde uses 1 tensor\(s\) that require grad but are not in "
-        r"adjoint_params .* \(gradient='direct' \(in local_reg\.compat: sdeint, not sdeint_adjoint\)",
+        match=r"gradient='checkpoint' \(local_reg\.compat\.sdeint_adjoint's\): sde uses 1 tensor\(s\) that "
+        r"require grad but are not in adjoint_params .* \(gradient='direct' \(in local_reg\.compat: sdeint, "
+        r"not sdeint_adjoint\)",
     ):
         _solve_rate(sde, y0, "checkpoint")
+    with pytest.raises(ValueError, match=r"gradient='checkpoint' \(local_reg\.compat\.sdeint_adjoint's\)"):
+        compat.sdeint_adjoint(sde, y0, torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE), dt=0.1)
     with torch.no_grad():
         inferred = _solve_rate(sde, y0, "checkpoint")
     direct = _solve_rate(sde, y0, "direct")  # differentiates the context: nothing to refuse

@@ -35,6 +35,9 @@ from ..tableaus import ButcherTableau
 from ._checkpoints import StepStates
 from ._finite import all_finite, raise_non_finite_gradient
 
+COMPAT_ADJOINTS = {"odeint": "adjoint", "sdeint": "checkpoint"}
+"""The gradient method ``local_reg.compat``'s ``odeint_adjoint`` and ``sdeint_adjoint`` run."""
+
 
 def direct(name: str = "func") -> str:
     """The method that differentiates what the graph-free ones cannot, as either API spells it for
@@ -184,8 +187,11 @@ def captured_tensors_error(method: str, name: str, captured: Sequence[Tensor]) -
     """The error for tensors ``name`` uses that require grad but that the graph-free ``method``
     returns no gradient for."""
     shapes = [tuple(tensor.shape) for tensor in captured]
+    # The method local_reg.compat's adjoint functions run, named as their users call them.
+    solver = "sdeint" if name == "sde" else "odeint"
+    compat = f" (local_reg.compat.{solver}_adjoint's)" if method == COMPAT_ADJOINTS[solver] else ""
     return ValueError(
-        f"gradient={method!r}: {name} uses {len(captured)} tensor(s) that require grad "
+        f"gradient={method!r}{compat}: {name} uses {len(captured)} tensor(s) that require grad "
         f"but are not in adjoint_params (shapes {shapes}): a graph-free gradient method returns "
         "gradients for y0 and adjoint_params only, so theirs would silently be none. Make them "
         f"parameters of {name}'s module or list them in adjoint_params, or detach them "
