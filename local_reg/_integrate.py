@@ -251,6 +251,34 @@ class SolveOptions:
         cast["atol"] = cast_atol.clamp_min(tiny) if isinstance(cast_atol, Tensor) else max(cast_atol, tiny)
         return self.with_checked(**cast)
 
+    def warn_if_below_resolution(self, y: Tensor) -> None:
+        """Warn where an adaptive solve's tolerance at ``y`` (its start) is below a tenth of what
+        ``y``'s dtype resolves: ``atol + rtol |y| < eps |y| / 10`` at some element. The error
+        estimate is then mostly rounding: the solve cannot reach the tolerance (its error stays at
+        what the dtype's rounding accumulates) and its steps shrink for nothing (float32 at
+        ``rtol = atol = 1e-10``: 11x float64's evaluations). scipy's ``solve_ivp`` warns too (and
+        raises ``rtol`` to ``100 eps``). Without a device read unless ``rtol`` is that small."""
+        if self.step_size is not None or (self.tableau is not None and not self.tableau.adaptive):
+            return
+        resolved = torch.finfo(y.dtype).eps / 10
+        rtol = self.rtol
+        if not isinstance(rtol, Tensor) and rtol >= resolved:
+            return
+        magnitude = y.detach().abs()
+        unresolved = (self.atol + rtol * magnitude < resolved * magnitude).any()
+        if bool(unresolved):
+            wider = "" if y.dtype == torch.float64 else "; or solve in float64"
+            rtol_text, atol_text = (
+                "per element" if isinstance(value, Tensor) else f"{value:g}" for value in (rtol, self.atol)
+            )
+            warn(
+                f"rtol={rtol_text} and atol={atol_text} ask for less than {y.dtype} resolves at "
+                f"y0's scale (eps = {torch.finfo(y.dtype).eps:.2g}): the error estimate is mostly "
+                "rounding, so the solve cannot reach this tolerance and its steps may shrink for "
+                f"nothing. Loosen rtol and atol to at least eps * |y|{wider}",
+                RuntimeWarning,
+            )
+
     def over(self, times: list[float]) -> SolveOptions:
         """These options for a solve from ``times[0]`` through ``times[-1]`` (on in that direction
         with a stop condition): the controller's ``step_ts`` and ``jump_ts`` rounded to the dtype the

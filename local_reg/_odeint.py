@@ -286,6 +286,7 @@ def odeint(
         compile=compile,
         times_rounding=times_rounding(times, narrowest_float(t)),
     ).for_state(state)
+    options.warn_if_below_resolution(state)
     options = options.over(times)
     check_times_distinct(times, field_time_dtype)
     if options.step_size is not None or not options.interpolate:
