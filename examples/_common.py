@@ -5,6 +5,8 @@ this.)"""
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -14,25 +16,67 @@ from torch import nn
 from local_reg import GloballyRegularized, LocallyRegularized, Regularized
 
 
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an integer of at least 1 (a size or a count)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An ``argparse`` type: an integer of at least 0 (iterations: 0 measures the untrained model)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An ``argparse`` type: a finite number above 0 (a tolerance, a rate, a length of time)."""
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An ``argparse`` type: a finite number of at least 0 (a penalty weight)."""
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
+    return value
+
+
+def plot_path(text: str) -> str:
+    """An ``argparse`` type: a file in an existing folder, checked before training, not after."""
+    folder = Path(text).parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {str(folder)!r} does not exist")
+    return text
+
+
 def example_parser(description: str, *, iterations: int, quick: str) -> argparse.ArgumentParser:
     """``--regularize``, ``--weight``, ``--iterations`` and ``--quick`` (``quick`` says what it does);
     the script adds its own options."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--regularize", choices=("none", "local", "global"), default="local")
-    parser.add_argument("--weight", type=float, default=None, help="penalty weight (default per regularizer)")
-    parser.add_argument("--iterations", type=int, default=iterations)
+    parser.add_argument(
+        "--weight", type=non_negative_float, default=None, help="penalty weight (default per regularizer)"
+    )
+    parser.add_argument("--iterations", type=non_negative_int, default=iterations)
     parser.add_argument("--quick", action="store_true", help=quick)
     return parser
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, lr: float, tol: float, out: str) -> None:
     """``--lr``, ``--rtol`` / ``--atol`` (both ``tol`` by default), ``--seed``, ``--threads``, ``--out``."""
-    parser.add_argument("--lr", type=float, default=lr)
-    parser.add_argument("--rtol", type=float, default=tol)
-    parser.add_argument("--atol", type=float, default=tol)
+    parser.add_argument("--lr", type=positive_float, default=lr)
+    parser.add_argument("--rtol", type=positive_float, default=tol)
+    parser.add_argument("--atol", type=positive_float, default=tol)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=out, help="where to save the plot")
+    parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--out", type=plot_path, default=out, help="where to save the plot")
 
 
 def make_model(

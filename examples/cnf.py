@@ -37,16 +37,16 @@ from local_reg import Regularized  # noqa: E402
 
 # The examples' shared options and model choice, whatever the working directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_run_options, example_parser, make_model, save_plot  # noqa: E402
+from _common import add_run_options, example_parser, make_model, positive_int, save_plot  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = example_parser(
         __doc__.split("\n\n")[0], iterations=500, quick="a few iterations on small batches"
     )
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--grid", type=int, default=60, help="points per side of the density plot")
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument("--hidden", type=positive_int, default=64)
+    parser.add_argument("--grid", type=positive_int, default=60, help="points per side of the density plot")
     add_run_options(parser, lr=5e-3, tol=1e-5, out="cnf.png")
     args = parser.parse_args(argv)
     if args.quick:

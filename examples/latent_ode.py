@@ -39,7 +39,7 @@ from local_reg.experiments.tasks.latent_ode import LatentODE, irregular_series, 
 
 # The examples' shared options and model choice, whatever the working directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_run_options, example_parser, make_model, save_plot  # noqa: E402
+from _common import add_run_options, example_parser, make_model, positive_int, save_plot  # noqa: E402
 
 T_MAX = 5.0
 N_CHANNELS = 3
@@ -49,13 +49,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = example_parser(
         __doc__.split("\n\n")[0], iterations=300, quick="a few iterations on a few series"
     )
-    parser.add_argument("--n-train", type=int, default=1000)
-    parser.add_argument("--n-test", type=int, default=100)
-    parser.add_argument("--n-times", type=int, default=25, help="candidate observation times per series")
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--latent", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=40)
-    parser.add_argument("--rec-hidden", type=int, default=32)
+    parser.add_argument("--n-train", type=positive_int, default=1000)
+    parser.add_argument("--n-test", type=positive_int, default=100)
+    parser.add_argument(
+        "--n-times", type=positive_int, default=25, help="candidate observation times per series"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=50)
+    parser.add_argument("--latent", type=positive_int, default=8)
+    parser.add_argument("--hidden", type=positive_int, default=40)
+    parser.add_argument("--rec-hidden", type=positive_int, default=32)
     add_run_options(parser, lr=1e-2, tol=1e-6, out="latent_ode.png")
     args = parser.parse_args(argv)
     if args.quick:

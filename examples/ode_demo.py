@@ -34,7 +34,7 @@ from local_reg import Regularized, odeint  # noqa: E402
 
 # The examples' shared options and model choice, whatever the working directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_run_options, example_parser, make_model, save_plot  # noqa: E402
+from _common import add_run_options, example_parser, make_model, positive_int, save_plot  # noqa: E402
 
 TRUE_A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]])
 
@@ -45,14 +45,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         iterations=1000,
         quick="a few iterations on a coarser sampling (200 points) of the trajectory",
     )
-    parser.add_argument("--data-size", type=int, default=1000, help="points on the true trajectory")
-    parser.add_argument("--batch-time", type=int, default=10, help="points per training segment")
-    parser.add_argument("--batch-size", type=int, default=20, help="segments per batch")
-    parser.add_argument("--hidden", type=int, default=50)
+    parser.add_argument("--data-size", type=positive_int, default=1000, help="points on the true trajectory")
+    parser.add_argument("--batch-time", type=positive_int, default=10, help="points per training segment")
+    parser.add_argument("--batch-size", type=positive_int, default=20, help="segments per batch")
+    parser.add_argument("--hidden", type=positive_int, default=50)
     add_run_options(parser, lr=1e-3, tol=1e-6, out="ode_demo.png")
     args = parser.parse_args(argv)
     if args.quick:
         args.iterations, args.data_size = min(args.iterations, 20), min(args.data_size, 200)
+    if args.batch_time < 2:
+        parser.error(
+            f"--batch-time must be at least 2 (a segment's start and one later point), got {args.batch_time}"
+        )
+    if args.data_size <= args.batch_time:
+        parser.error(f"--data-size ({args.data_size}) must exceed --batch-time ({args.batch_time})")
     return args
 
 

@@ -33,7 +33,14 @@ from local_reg import PIController, Regularized, odeint  # noqa: E402
 
 # The examples' shared options and model choice, whatever the working directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_run_options, example_parser, make_model, save_plot  # noqa: E402
+from _common import (  # noqa: E402
+    add_run_options,
+    example_parser,
+    make_model,
+    positive_float,
+    positive_int,
+    save_plot,
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -46,11 +53,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=True,
         help="pass the switching times to the solver (PIController(jump_ts=...))",
     )
-    parser.add_argument("--period", type=float, default=2.0, help="period of the square-wave input")
-    parser.add_argument("--horizon", type=float, default=10.0, help="length of each trajectory")
-    parser.add_argument("--n-times", type=int, default=41, help="observed times per trajectory")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--period", type=positive_float, default=2.0, help="period of the square-wave input")
+    parser.add_argument("--horizon", type=positive_float, default=10.0, help="length of each trajectory")
+    parser.add_argument("--n-times", type=positive_int, default=41, help="observed times per trajectory")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--hidden", type=positive_int, default=32)
     add_run_options(parser, lr=3e-3, tol=1e-6, out="switched_input.png")
     args = parser.parse_args(argv)
     if args.quick:

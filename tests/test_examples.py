@@ -96,3 +96,26 @@ def test_bad_regularize_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         load("ode_demo").main(["--regularize", "strong"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "message"),
+    [
+        ("ode_demo", ["--batch-size", "0"], "argument --batch-size: must be a positive integer, got 0"),
+        ("ode_demo", ["--threads", "0"], "argument --threads: must be a positive integer, got 0"),
+        ("ode_demo", ["--batch-time", "1"], "--batch-time must be at least 2"),
+        ("ode_demo", ["--data-size", "5"], "--data-size (5) must exceed --batch-time (10)"),
+        ("ode_demo", ["--weight", "-1"], "argument --weight: must be a finite number of at least 0, got -1"),
+        ("latent_ode", ["--rtol", "0"], "argument --rtol: must be a positive finite number, got 0"),
+        ("cnf", ["--out", "no_such_folder/x.png"], "the folder 'no_such_folder' does not exist"),
+        ("switched_input", ["--horizon", "-3"], "argument --horizon: must be a positive finite number"),
+    ],
+)
+def test_bad_options_are_refused_before_training(
+    name: str, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """They crashed with a traceback, a missing plot folder only after training."""
+    with pytest.raises(SystemExit) as exit_:
+        load(name).main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err

@@ -217,7 +217,8 @@ FIELDS = ("task", "method", "label", "seed", "config_id", "metric", "test", "tes
 
 
 def record(run_id: str, **extra) -> dict:
-    return {"run_id": run_id, **{k: 0 for k in FIELDS}, **extra}
+    typed = {"seed": 0, "test": {"accuracy": 0.5}, "test_nfe": 20.0}
+    return {"run_id": run_id, **{k: typed.get(k, "x") for k in FIELDS}, **extra}
 
 
 def test_a_repeated_run_is_counted_from_its_first_line(tmp_path):
@@ -236,10 +237,10 @@ def test_append_adds_a_line_after_one_without_a_newline_and_refuses_a_repeat(tmp
     path = tmp_path / "results.jsonl"
     path.write_text(json.dumps(record("a")) + "\n\n" + json.dumps(record("b")))  # blank line, no newline
     results = ResultsFile(tmp_path)
-    results.append(record("c", test=1.5))
+    results.append(record("c", test={"accuracy": 1.5}))
     lines = path.read_text().splitlines()
     assert [json.loads(line)["run_id"] for line in lines if line.strip()] == ["a", "b", "c"]
-    assert json.loads(lines[-1]) == record("c", test=1.5)
+    assert json.loads(lines[-1]) == record("c", test={"accuracy": 1.5})
     assert path.read_text().endswith("\n")
     with pytest.raises(ResultsError, match="already recorded"):
         results.append(record("b"))
@@ -251,6 +252,27 @@ def test_append_adds_a_line_after_one_without_a_newline_and_refuses_a_repeat(tmp
 def test_a_json_line_that_is_not_an_object_is_not_a_run_record(tmp_path, line):
     (tmp_path / "results.jsonl").write_text(json.dumps(record("a")) + "\n" + line + "\n")
     with pytest.raises(ResultsError, match=":2: not a run record"):
+        ResultsFile(tmp_path).load()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"test_nfe": None},
+        {"test_nfe": "abc"},
+        {"test": None},
+        {"test": {"accuracy": None}},
+        {"seed": [0]},
+        {"seed": True},
+        {"label": 5},
+    ],
+)
+def test_a_required_field_of_the_wrong_type_is_named_not_a_crash(tmp_path, edit):
+    """A record edited by hand with a field of the wrong type crashed the report and the sweep (a
+    TypeError from statistics, an unhashable seed) where a missing field was named."""
+    (tmp_path / "results.jsonl").write_text(json.dumps(record("a")) + "\n" + json.dumps(record("b", **edit)))
+    (key,) = edit
+    with pytest.raises(ResultsError, match=rf":2: not a run record \(wrong types: \{{'{key}': "):
         ResultsFile(tmp_path).load()
 
 

@@ -131,6 +131,12 @@ def test_a_record_lacking_a_field_the_report_reads_is_named(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", "--out", str(tmp_path)]) == 2
     assert "lacks the field 'train_cpu_time' the report reads" in capsys.readouterr().err
+    # A field of the wrong type (edited by hand) likewise: it was a TypeError's traceback.
+    for field, value in (("train_cpu_time", None), ("history", None)):
+        edited = {**record, "train_cpu_time": 1.0, field: value}
+        (tmp_path / "results.jsonl").write_text(json.dumps(edited) + "\n")
+        assert main(["report", "--out", str(tmp_path)]) == 2
+        assert "holds a value the report cannot read" in capsys.readouterr().err
 
 
 def test_a_sweep_names_a_record_the_report_cannot_read_before_it_trains(tmp_path, capsys, monkeypatch):
@@ -260,6 +266,37 @@ def test_unwritable_output_folder_exits_2(tmp_path, capsys):
     blocker.write_text("")
     assert run(blocker / "results", "digits", "--methods", "vanilla") == 2
     assert "cannot write to output folder" in capsys.readouterr().err
+
+
+def test_unwritable_paths_inside_the_output_folder_exit_2_before_training(tmp_path, capsys, monkeypatch):
+    """A file named ``checkpoints``, or a folder named ``report.md``, in a writable output folder
+    crashed with a traceback (the latter after training): named before anything runs."""
+    trained = []
+    monkeypatch.setattr("local_reg.experiments.cli.sweep", lambda *args, **kwargs: trained.append(args))
+    (tmp_path / "checkpoints").write_text("")
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 2
+    assert f"cannot write to output folder {str(tmp_path / 'checkpoints')!r}" in capsys.readouterr().err
+    (tmp_path / "checkpoints").unlink()
+    (tmp_path / "report.md").mkdir()
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 2
+    assert "report.md': a folder of that name is in the way" in capsys.readouterr().err
+    assert trained == []
+
+
+def test_a_path_that_turns_unwritable_while_the_command_runs_exits_2_with_a_line(
+    tmp_path, capsys, monkeypatch
+):
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 0
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "report.md"))
+
+    monkeypatch.setattr("local_reg.experiments.cli.write_report", refused)
+    capsys.readouterr()
+    assert main(["report", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"local-reg: error: Permission denied: {str(tmp_path / 'report.md')!r}")
+    assert "Traceback" not in error and len(ResultsFile(tmp_path).load()) == 1
 
 
 def test_corrupt_results_file_exits_2_and_is_left_alone(tmp_path, capsys):

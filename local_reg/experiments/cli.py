@@ -113,13 +113,24 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def _writable_folder(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as error:
-        raise BadInput(f"cannot write to output folder {str(path)!r}: {error.strerror or error}") from None
+def _writable_folder(path: Path, *inner: str) -> None:
+    """Refuse an output folder, or one of the folders ``inner`` inside it, that cannot be written
+    (a file of that name included), before anything runs."""
+    for folder in (path, *(path / name for name in inner)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as error:
+            raise BadInput(
+                f"cannot write to output folder {str(folder)!r}: {error.strerror or error}"
+            ) from None
+
+
+def _writable_file(path: Path) -> None:
+    """Refuse a file to be replaced in the output folder that is a folder (``report.md``)."""
+    if path.is_dir():
+        raise BadInput(f"cannot write {str(path)!r}: a folder of that name is in the way")
 
 
 def _experiment(args: argparse.Namespace) -> int:
@@ -161,7 +172,9 @@ def _experiment(args: argparse.Namespace) -> int:
             fed_ratio_weights(model, world)
         except (ValueError, TypeError, KeyError) as error:
             raise BadInput(f"{method} with --gradient {args.gradient}: {error}") from None
-    _writable_folder(args.out)
+    _writable_folder(args.out, "checkpoints")
+    for name in ("results.jsonl", report_name(None)):
+        _writable_file(args.out / name)
     results = ResultsFile(args.out)
     # A corrupt file, or a record the report cannot read, is reported before hours of training, not after.
     records = results.load()
@@ -225,6 +238,7 @@ def _report(args: argparse.Namespace) -> int:
             f"(tasks there: {', '.join(tasks) or 'none'}); {report_name(args.task)} left unchanged"
         )
     _writable_folder(args.out)
+    _writable_file(args.out / report_name(args.task))
     print(write_report(args.out, records, args.task, args.timing))
     return 0
 
@@ -302,6 +316,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _experiment(args) if args.command == "experiment" else _report(args)
         except (BadInput, ResultsError) as error:
             print(f"local-reg: error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except OSError as error:
+            # A path that turned unreadable or unwritable while the command ran (the output
+            # folders were checked before it): each finished run is in results.jsonl already.
+            where = f": {str(error.filename)!r}" if error.filename else ""
+            print(
+                f"local-reg: error: {error.strerror or error}{where} (the runs recorded so far are "
+                "kept: run the command again once that is fixed)",
+                file=sys.stderr,
+            )
             return EXIT_BAD_INPUT
         except KeyboardInterrupt as interrupt:
             if distributed.launched_rank() == 0:  # one line, not one per process

@@ -353,4 +353,10 @@ def _report(
                 f"a record of {group.task} (`{group.config_id}`) in {out_dir / 'results.jsonl'} lacks "
                 f"the field {error} the report reads (written by another version of local_reg?)"
             ) from None
+        except (TypeError, ValueError) as error:
+            raise ResultsError(
+                f"a record of {group.task} (`{group.config_id}`) in {out_dir / 'results.jsonl'} holds a "
+                f"value the report cannot read ({error}): edited by hand, or written by another version "
+                "of local_reg?"
+            ) from None
     return "\n".join(sections)

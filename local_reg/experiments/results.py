@@ -7,12 +7,27 @@ import fcntl
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 RESULTS_NAME = "results.jsonl"
 REQUIRED_FIELDS = ("run_id", "task", "method", "label", "seed", "config_id", "metric", "test", "test_nfe")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_REQUIRED_TYPES: dict[str, Callable[[object], bool]] = {
+    **dict.fromkeys(
+        ("run_id", "task", "method", "label", "config_id", "metric"), lambda v: isinstance(v, str)
+    ),
+    "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "test": lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()),
+    "test_nfe": _is_number,
+}
+"""What each required field of a run record holds (a record edited by hand is named, not a traceback)."""
 
 
 class ResultsError(Exception):
@@ -83,6 +98,10 @@ class ResultsFile:
         missing = [k for k in REQUIRED_FIELDS if k not in record]
         if missing:
             raise ResultsError(f"{self.path}:{number}: not a run record (missing {missing})")
+        wrong = [k for k in REQUIRED_FIELDS if not _REQUIRED_TYPES[k](record[k])]
+        if wrong:
+            values = {k: record[k] for k in wrong}
+            raise ResultsError(f"{self.path}:{number}: not a run record (wrong types: {values})")
         return record
 
     def finished(self) -> set[str]:
