@@ -279,7 +279,7 @@ def test_unwritable_paths_inside_the_output_folder_exit_2_before_training(tmp_pa
     (tmp_path / "checkpoints").unlink()
     (tmp_path / "report.md").mkdir()
     assert run(tmp_path, "digits", "--methods", "vanilla") == 2
-    assert "report.md': a folder of that name is in the way" in capsys.readouterr().err
+    assert f"{tmp_path / 'report.md'} is not a file: move it away" in capsys.readouterr().err
     assert trained == []
 
 

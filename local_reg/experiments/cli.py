@@ -34,7 +34,7 @@ from ..gradients import GRADIENT_METHODS
 from . import distributed, runner
 from .methods import METHODS
 from .report import TIMINGS, check_report, group_records, markdown_table, report_name, write_report
-from .results import ResultsError, ResultsFile, ResultsWarning
+from .results import ResultsError, ResultsFile, ResultsWarning, check_replaceable
 from .runner import SIZES, Interrupted, RunsFailed, RunSpec, fed_ratio_weights, sweep
 from .settings import SettingsError
 from .tasks import REGISTRY, ModelContext
@@ -127,12 +127,6 @@ def _writable_folder(path: Path, *inner: str) -> None:
             ) from None
 
 
-def _writable_file(path: Path) -> None:
-    """Refuse a file to be replaced in the output folder that is a folder (``report.md``)."""
-    if path.is_dir():
-        raise BadInput(f"cannot write {str(path)!r}: a folder of that name is in the way")
-
-
 def _experiment(args: argparse.Namespace) -> int:
     task = REGISTRY[args.task]
     unknown = [m for m in args.methods or () if m not in task.methods]
@@ -173,8 +167,7 @@ def _experiment(args: argparse.Namespace) -> int:
         except (ValueError, TypeError, KeyError) as error:
             raise BadInput(f"{method} with --gradient {args.gradient}: {error}") from None
     _writable_folder(args.out, "checkpoints")
-    for name in ("results.jsonl", report_name(None)):
-        _writable_file(args.out / name)
+    check_replaceable(args.out / report_name(None))
     results = ResultsFile(args.out)
     # A corrupt file, or a record the report cannot read, is reported before hours of training, not after.
     records = results.load()
@@ -238,7 +231,7 @@ def _report(args: argparse.Namespace) -> int:
             f"(tasks there: {', '.join(tasks) or 'none'}); {report_name(args.task)} left unchanged"
         )
     _writable_folder(args.out)
-    _writable_file(args.out / report_name(args.task))
+    check_replaceable(args.out / report_name(args.task))
     print(write_report(args.out, records, args.task, args.timing))
     return 0
 

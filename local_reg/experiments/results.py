@@ -60,8 +60,7 @@ class ResultsFile:
         """
         if not self.path.exists():
             return []
-        if not self.path.is_file():
-            raise ResultsError(f"{self.path} is not a file: move it away, or choose another --out")
+        check_replaceable(self.path)
         records: dict[str, dict[str, Any]] = {}
         repeats: list[int] = []
         try:
@@ -127,6 +126,13 @@ class ResultsFile:
             if old and not old.endswith(b"\n"):
                 old += b"\n"
             atomic_write_bytes(self.path, old + line.encode("utf-8"))
+
+
+def check_replaceable(path: Path) -> None:
+    """Raise :class:`ResultsError` if ``path``, a file the command replaces, is something else (a
+    folder of that name)."""
+    if path.exists() and not path.is_file():
+        raise ResultsError(f"{path} is not a file: move it away, or choose another --out")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
