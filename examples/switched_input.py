@@ -62,6 +62,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.iterations, args.horizon = min(args.iterations, 20), min(args.horizon, 4.0)
+    if args.n_times < 2:
+        parser.error(
+            f"--n-times must be at least 2 (a trajectory's start and one observation), got {args.n_times}"
+        )
     return args
 
 

@@ -37,6 +37,7 @@ Every difference is listed in docs/compat.md ("torchsde's sdeint").
 
 from __future__ import annotations
 
+import math
 from typing import Any, cast
 
 import torch
@@ -706,10 +707,19 @@ def _fixed_grid(ts: Tensor, dt: float, field_dtype: torch.dtype) -> tuple[Tensor
             )
 
     if point + dt < end:
-        # Ulps grow with |t|: a dt too short at the end of larger magnitude is refused before the
-        # grid is built one step at a time up to it (from ts[0] = 0, 1e15 steps for dt = 1e-17).
-        widest = end if abs(float(end)) >= abs(float(point)) else point
-        refuse_if_too_short(widest, widest + dt)
+        # Ulps grow with |t|: a dt too short where the grid's points are largest is refused before
+        # the grid is built one step at a time up to there (from ts[0] = 0, 1e15 steps for dt =
+        # 1e-17). There: ts[0], or the last point below ts[-1] (no step starts at ts[-1] itself,
+        # and below a power of 2 the ulps are half its own).
+        if abs(float(end)) >= abs(float(point)):
+            inner = (
+                math.nextafter(end, float(point))
+                if isinstance(end, float)
+                else torch.nextafter(end, cast(Tensor, point))
+            )
+            refuse_if_too_short(inner - dt, inner)
+        else:
+            refuse_if_too_short(point, point + dt)
     points = [point]
     while point < end:
         # In ts's dtype: float64 as Python floats (the same sums, faster), others as tensors.

@@ -257,7 +257,8 @@ class SolveOptions:
         estimate is then mostly rounding: the solve cannot reach the tolerance (its error stays at
         what the dtype's rounding accumulates) and its steps shrink for nothing (float32 at
         ``rtol = atol = 1e-10``: 11x float64's evaluations). scipy's ``solve_ivp`` warns too (and
-        raises ``rtol`` to ``100 eps``). Without a device read unless ``rtol`` is that small."""
+        raises ``rtol`` to ``100 eps``). Without a device read unless ``rtol`` is that small or
+        per element."""
         if self.step_size is not None or (self.tableau is not None and not self.tableau.adaptive):
             return
         resolved = torch.finfo(y.dtype).eps / 10

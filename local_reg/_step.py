@@ -526,9 +526,10 @@ def initial_step_size(
                     f"{d1}: the tolerances are too small for this state (raise atol)"
                 )
             if d1 == math.inf and norm is rms_norm:
+                # A scale too small for the derivative: a tiny atol (at a zero of y0) or a huge f.
                 raise ValueError(
-                    f"f(t0, y0) over the tolerance scale atol + rtol * |y0| has a norm past float64's "
-                    f"range (y0's is {d0}): rescale time or the state"
+                    f"f(t0, y0) over the tolerance scale atol + rtol * |y0| overflows float64 (y0's norm "
+                    f"over it is {d0}): raise atol, or rescale time or the state"
                 )
             raise ValueError(
                 f"norm must return a finite non-negative number for a finite input, got {d0} and {d1}"

@@ -109,6 +109,7 @@ def test_bad_regularize_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
         ("latent_ode", ["--rtol", "0"], "argument --rtol: must be a positive finite number, got 0"),
         ("cnf", ["--out", "no_such_folder/x.png"], "the folder 'no_such_folder' does not exist"),
         ("switched_input", ["--horizon", "-3"], "argument --horizon: must be a positive finite number"),
+        ("switched_input", ["--n-times", "1"], "--n-times must be at least 2"),
     ],
 )
 def test_bad_options_are_refused_before_training(

@@ -136,7 +136,7 @@ def test_a_record_lacking_a_field_the_report_reads_is_named(tmp_path, capsys):
         edited = {**record, "train_cpu_time": 1.0, field: value}
         (tmp_path / "results.jsonl").write_text(json.dumps(edited) + "\n")
         assert main(["report", "--out", str(tmp_path)]) == 2
-        assert "holds a value the report cannot read" in capsys.readouterr().err
+        assert "where the report reads numbers" in capsys.readouterr().err
 
 
 def test_a_sweep_names_a_record_the_report_cannot_read_before_it_trains(tmp_path, capsys, monkeypatch):
@@ -297,6 +297,16 @@ def test_a_path_that_turns_unwritable_while_the_command_runs_exits_2_with_a_line
     error = capsys.readouterr().err
     assert error.startswith(f"local-reg: error: Permission denied: {str(tmp_path / 'report.md')!r}")
     assert "Traceback" not in error and len(ResultsFile(tmp_path).load()) == 1
+    # An OSError of anything else (a network failure, a bug) is not a path of the output folder:
+    # it keeps its traceback rather than a line blaming the folder.
+    elsewhere = tmp_path.parent / "elsewhere.txt"
+
+    def failing(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", str(elsewhere))
+
+    monkeypatch.setattr("local_reg.experiments.cli.write_report", failing)
+    with pytest.raises(FileNotFoundError):
+        main(["report", "--out", str(tmp_path)])
 
 
 def test_corrupt_results_file_exits_2_and_is_left_alone(tmp_path, capsys):

@@ -1174,7 +1174,7 @@ def test_a_captured_tensor_is_named_when_nothing_else_requires_grad(gradient):
     y0 = torch.tensor([0.5, -0.2, 0.1], dtype=DTYPE)
     field.context = encoder(torch.ones(2, dtype=DTYPE))
     # The method compat.odeint_adjoint runs is named as its users call it.
-    compat_note = r" \(local_reg\.compat\.odeint_adjoint's\)" if gradient == "adjoint" else ""
+    compat_note = r" \(what local_reg\.compat\.odeint_adjoint runs\)" if gradient == "adjoint" else ""
     with pytest.raises(
         ValueError,
         match=rf"gradient='{gradient}'{compat_note}: func uses 2 tensor\(s\) that require grad but are "

@@ -660,8 +660,16 @@ def test_a_tiny_span_solves_as_a_span_of_one_does(span):
     scaled = odeint(lambda t, y: -y / span, y0, [0.0, span], rtol=1e-6, atol=1e-9, first_step=0.01 * span)
     assert scaled.stats.nfe == unit.stats.nfe
     torch.testing.assert_close(scaled.ys[-1], unit.ys[-1], rtol=1e-12, atol=0.0)
-    with pytest.raises(ValueError, match=r"f\(t0, y0\) over the tolerance scale .* past float64's range"):
+    overflows = r"f\(t0, y0\) over the tolerance scale .* overflows float64 .*: raise atol, or rescale time"
+    with pytest.raises(ValueError, match=overflows):
         odeint(lambda t, y: y * 1e305, y0, [0.0, 1e-300], rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match=overflows):  # a tiny atol at a zero of y0
+        odeint(
+            lambda t, y: torch.full_like(y, 10.0),
+            torch.tensor([0.0, 1.0], dtype=torch.float64),
+            [0, 1],
+            atol=1e-309,
+        )
 
 
 @pytest.mark.parametrize(

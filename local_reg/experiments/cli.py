@@ -236,6 +236,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inside(path: object, folder: Path) -> bool:
+    """Whether ``path`` (an ``OSError``'s ``filename``: a string, bytes, or ``None``) lies in
+    ``folder``."""
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
 def _interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace, argv: Sequence[str]) -> str:
     """One line: what was saved, and the command that carries on from there (under torchrun, a
     torchrun command: the run's identity includes its number of processes)."""
@@ -311,12 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"local-reg: error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except OSError as error:
-            # A path that turned unreadable or unwritable while the command ran (the output
+            # A path in the output folder that turned unwritable while the command ran (the
             # folders were checked before it): each finished run is in results.jsonl already.
-            where = f": {str(error.filename)!r}" if error.filename else ""
+            # Any other OSError (a network failure, a bug) keeps its traceback.
+            if not _inside(error.filename, args.out):
+                raise
             print(
-                f"local-reg: error: {error.strerror or error}{where} (the runs recorded so far are "
-                "kept: run the command again once that is fixed)",
+                f"local-reg: error: {error.strerror or error}: {str(error.filename)!r} (the runs "
+                "recorded so far are kept: run the command again once that is fixed)",
                 file=sys.stderr,
             )
             return EXIT_BAD_INPUT

@@ -25,7 +25,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .methods import METHODS, number_text, weight_text  # noqa: E402
-from .results import ResultsError, ResultsWarning, atomic_write_bytes  # noqa: E402
+from .results import ResultsError, ResultsWarning, atomic_write_bytes, is_number  # noqa: E402
 from .tasks import REGISTRY  # noqa: E402
 
 REPORT_NAME = "report.md"
@@ -156,10 +156,39 @@ def _columns(group: Group, timing: str) -> list[tuple[str, str, float]]:
 
 
 def _get(record: dict[str, Any], path: str) -> float:
-    value: Any = record
-    for key in path.split("."):
-        value = value[key]
+    """The number at ``path`` (dotted keys) of ``record``; a :class:`ResultsError` naming the field
+    if it holds something else (a record edited by hand)."""
+    value = _at(record, path)
+    if not is_number(value):
+        raise _not_numbers(record, path, value)
     return float(value)
+
+
+def _series(record: dict[str, Any], path: str) -> list[float]:
+    """The list of numbers at ``path`` of ``record`` (a training history), checked as :func:`_get`."""
+    value = _at(record, path)
+    if not (isinstance(value, list) and all(is_number(x) for x in value)):
+        raise _not_numbers(record, path, value)
+    return [float(x) for x in value]
+
+
+def _at(record: dict[str, Any], path: str) -> Any:
+    """The value at ``path`` (dotted keys) of ``record``: a ``KeyError`` for a missing key (the
+    report names it), a :class:`ResultsError` where a key's value is no mapping to read on in."""
+    value: Any = record
+    for depth, key in enumerate(path.split(".")):
+        if not isinstance(value, dict):
+            raise _not_numbers(record, ".".join(path.split(".")[:depth]), value)
+        value = value[key]
+    return value
+
+
+def _not_numbers(record: dict[str, Any], path: str, value: object) -> ResultsError:
+    shown = repr(value) if len(repr(value)) <= 40 else f"a {type(value).__name__}"
+    return ResultsError(
+        f"run {record['run_id']} ({record['task']}) holds {shown} at {path}, where the report reads "
+        "numbers (edited by hand, or written by another version of local_reg?)"
+    )
 
 
 def _baseline(group: Group, label: str) -> list[dict[str, Any]]:
@@ -268,7 +297,7 @@ def plot_nfe(group: Group, path: Path) -> None:
     """Mean (over seeds) forward NFE of the main solve per training iteration, smoothed."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for label in group.labels():
-        curves = [r["history"]["nfe"] for r in group.runs(label)]
+        curves = [_series(r, "history.nfe") for r in group.runs(label)]
         length = min(len(c) for c in curves)
         mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
         ax.plot(_smooth(mean, max(1, length // 40)), label=label)
@@ -353,10 +382,5 @@ def _report(
                 f"a record of {group.task} (`{group.config_id}`) in {out_dir / 'results.jsonl'} lacks "
                 f"the field {error} the report reads (written by another version of local_reg?)"
             ) from None
-        except (TypeError, ValueError) as error:
-            raise ResultsError(
-                f"a record of {group.task} (`{group.config_id}`) in {out_dir / 'results.jsonl'} holds a "
-                f"value the report cannot read ({error}): edited by hand, or written by another version "
-                "of local_reg?"
-            ) from None
+
     return "\n".join(sections)

@@ -15,7 +15,8 @@ RESULTS_NAME = "results.jsonl"
 REQUIRED_FIELDS = ("run_id", "task", "method", "label", "seed", "config_id", "metric", "test", "test_nfe")
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
+    """Whether a JSON value is a number (not a bool, which Python counts as an int)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -24,8 +25,8 @@ _REQUIRED_TYPES: dict[str, Callable[[object], bool]] = {
         ("run_id", "task", "method", "label", "config_id", "metric"), lambda v: isinstance(v, str)
     ),
     "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "test": lambda v: isinstance(v, dict) and all(_is_number(x) for x in v.values()),
-    "test_nfe": _is_number,
+    "test": lambda v: isinstance(v, dict) and all(is_number(x) for x in v.values()),
+    "test_nfe": is_number,
 }
 """What each required field of a run record holds (a record edited by hand is named, not a traceback)."""
 

@@ -189,7 +189,7 @@ def captured_tensors_error(method: str, name: str, captured: Sequence[Tensor]) -
     shapes = [tuple(tensor.shape) for tensor in captured]
     # The method local_reg.compat's adjoint functions run, named as their users call them.
     solver = "sdeint" if name == "sde" else "odeint"
-    compat = f" (local_reg.compat.{solver}_adjoint's)" if method == COMPAT_ADJOINTS[solver] else ""
+    compat = f" (what local_reg.compat.{solver}_adjoint runs)" if method == COMPAT_ADJOINTS[solver] else ""
     return ValueError(
         f"gradient={method!r}{compat}: {name} uses {len(captured)} tensor(s) that require grad "
         f"but are not in adjoint_params (shapes {shapes}): a graph-free gradient method returns "
