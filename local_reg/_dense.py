@@ -136,6 +136,8 @@ class DenseOutput:
         times_dtype: torch.dtype | None,
         derivative: bool,
     ) -> Tensor:
+        if isinstance(t, np.number):
+            t = torch.as_tensor(t)  # a numpy scalar as the 0-dim tensor of its dtype, as an array's element
         one_dimensional = not isinstance(t, (Tensor, int, float)) or (isinstance(t, Tensor) and t.dim() == 1)
         if isinstance(t, (np.ndarray, Sequence)) and not isinstance(t, (str, bytes)):
             values, rounded_to = finite_times("t", t), narrowest_float(t)

@@ -480,6 +480,11 @@ def test_evaluate_takes_times_as_odeint_takes_them():
     at_ends = narrow.evaluate(narrow.ts)
     assert torch.equal(narrow.evaluate(narrow.ts.numpy()), at_ends)
     assert torch.equal(narrow.evaluate(list(narrow.ts)), at_ends)
+    # A numpy scalar is a time as the same value in an array is (np.float32 was refused, "got
+    # float32"), its float32 end included; its derivative too.
+    assert torch.equal(narrow.evaluate(np.float32(narrow.ts[-1])), at_ends[-1])
+    assert torch.equal(solution.evaluate(np.int64(1)), solution.evaluate(1.0))
+    assert torch.equal(solution.derivative(np.float32(0.5)), solution.derivative([np.float32(0.5)])[0])
     with pytest.raises(ValueError, match=re.escape("not differentiable w.r.t. t")):
         solution.evaluate([0.2, torch.tensor(0.5, requires_grad=True)])
     with pytest.raises(
