@@ -430,6 +430,50 @@ def test_taynode_refuses_a_compiled_solve_when_made():
     RNODERegularized(Linear(), options={"compile": True})
 
 
+class _HamiltonianField(torch.nn.Module):
+    """``(dH/dp, -dH/dq)`` of a learned ``H(q, p)``, its gradient taken by ``gradient(h, state)``."""
+
+    def __init__(self, gradient):
+        super().__init__()
+        self.energy = torch.nn.Sequential(
+            torch.nn.Linear(2, 8, dtype=torch.float64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(8, 1, dtype=torch.float64),
+        )
+        self.gradient = gradient
+
+    def forward(self, t, state):
+        g = self.gradient(lambda x: self.energy(x).sum(), state)
+        return torch.stack([g[..., 1], -g[..., 0]], dim=-1)
+
+
+def _autograd_gradient(h, state):
+    with torch.enable_grad():
+        state = state if state.requires_grad else state.detach().requires_grad_()
+        return torch.autograd.grad(h(state), state, create_graph=True)[0]
+
+
+def test_taynode_names_a_field_that_differentiates_itself_by_autograd():
+    """A Hamiltonian network taking its gradient by torch.autograd fails inside torch.func.jvp with
+    torch's message on functorch transforms; it is told what to use. The same network by
+    torch.func.grad trains, and RNODE takes the autograd one."""
+    torch.manual_seed(0)
+    field, z0 = _HamiltonianField(_autograd_gradient), torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(
+        RuntimeError, match=r"TayNODE's order-3 derivatives .* torch.func.grad instead"
+    ) as caught:
+        TayNODERegularized(field)(z0, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert "functorch transform" in str(caught.value.__cause__)
+    by_func = _HamiltonianField(lambda h, state: torch.func.grad(h)(state))
+    by_func.load_state_dict(field.state_dict())
+    model = TayNODERegularized(by_func)
+    model(z0, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert float(model.reg_loss.detach()) > 0
+    rnode = RNODERegularized(field)
+    rnode(z0, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert float(rnode.reg_loss.detach()) > 0
+
+
 def test_plain_function_with_adjoint_params_gets_its_gradient(z0):
     grads = {}
     for gradient in ("direct", "symplectic"):

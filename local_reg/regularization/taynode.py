@@ -84,7 +84,19 @@ def taylor_integrand(func: VectorField, order: int) -> Integrand:
     def integrand(t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         # Inside a user's torch.compile, run eagerly: the nested torch.func.jvp does not trace.
         derivatives = _eager_total_derivatives() if torch.compiler.is_compiling() else total_derivatives
-        f, derivative = derivatives(func, t, z, order)
+        try:
+            f, derivative = derivatives(func, t, z, order)
+        except RuntimeError as error:
+            if "functorch transform" not in str(error):
+                raise
+            # torch's message names its own transforms, not the penalty that applied them.
+            raise RuntimeError(
+                f"TayNODE's order-{order} derivatives differentiate func by torch.func.jvp, and func "
+                "calls torch.autograd (requires_grad_, autograd.grad: a Hamiltonian network's "
+                "gradient), which torch.func transforms cannot see through: compute that gradient "
+                "with torch.func.grad instead, or use another penalty (RNODE, the global or local one "
+                "take such a func)"
+            ) from error
         return f, mean_square(derivative).reshape(1)
 
     return integrand
