@@ -296,8 +296,9 @@ class ReplayedSolution:
     """The forward solution between its accepted steps, from the step states kept within a budget
     (:class:`StepStates`, ``InterpolatingAdjoint(checkpoints=C)``): the segment of steps that holds a
     time asked for is re-solved from its kept state, without a graph and with the recorded step
-    sizes (:func:`replay_steps`), into a :class:`DenseOutput` of that segment, kept until a time of
-    another segment is asked for. ``func`` counts the evaluations."""
+    sizes (:func:`replay_steps`), into a :class:`DenseOutput` of that segment. The two segments read
+    last are kept: a backward step straddling a segment's start reads both, and its retry after a
+    rejection the later one again. ``func`` counts the evaluations."""
 
     def __init__(self, func: CountingField, solve: ForwardSolve) -> None:
         steps, self.step_states = solve.replay_records()
@@ -310,37 +311,51 @@ class ReplayedSolution:
         self.direction = 1.0 if self.step_sizes[0] > 0 else -1.0
         self.keys = [self.direction * start for start in self.step_starts]
         self.interpolant = get_interpolant(self.options.runge_kutta_tableau)
-        self.segment: tuple[int, DenseOutput] | None = None
+        # (first step, record) of the segments read last, the latest last.
+        self.segments: list[tuple[int, DenseOutput]] = []
 
     def state_at(self, t: float, offset: float = 0.0) -> Tensor:
         """The solution at ``t + offset`` (:meth:`DenseOutput.state_at`)."""
         position = self.direction * (t + offset)
         n = min(max(bisect.bisect_right(self.keys, position) - 1, 0), len(self.keys) - 1)
         start, end, kept = self.step_states.segment_of(n)
-        if self.segment is None or self.segment[0] != start:
-            self.segment = None  # one segment's record alive at a time, not two while re-solving
-            self.segment = start, self._dense_segment(start, end, kept)
-        return self.segment[1].state_at(t, offset)
+        found = [segment for segment in self.segments if segment[0] == start]
+        if found:
+            self.segments.remove(found[0])
+        else:
+            del self.segments[:-1]  # two segments' records alive at most, also while re-solving
+            found = [(start, self._dense_segment(start, end, kept))]
+        self.segments.append(found[0])
+        return found[0][1].state_at(t, offset)
 
     def _dense_segment(self, start: int, end: int, kept: Tensor) -> DenseOutput:
-        options = self.options
-        jump_ts = options.controller.jump_ts
-        replayed = replay_steps(self.func, options, self.step_starts, self.step_sizes, start, end, kept)
+        replayed = replay_steps(self.func, self.options, self.step_starts, self.step_sizes, start, end, kept)
         dense = DenseOutput(self.interpolant, self.step_starts[start])
-        for n, (state, result) in enumerate(replayed, start):
-            t_next = self.step_starts[n + 1] if n + 1 < len(self.step_starts) else self.t_end
-            stages = result.stages
-            if self.interpolant.extra_stage:
-                # f(t_next, y1), which a pair without a free interpolant needs (the forward's dense
-                # output's end derivative, on the step's side of a jump there).
-                dtype = state.dtype if options.time_dtype is None else options.time_dtype
-                end_time = beside_jump(t_next, self.step_starts[n], dtype, jump_ts)
-                with torch.no_grad():
-                    end_derivative = self.func(time_tensor(end_time, state, options.time_dtype), result.y1)
-                stages = (*stages, end_derivative)
-            dense.add_step(self.step_starts[n], self.step_sizes[n], t_next, state, stages)
+        # Each step is added once the next is solved, whose first stage may be its end derivative.
+        n, (state, result) = start, next(replayed)
+        for n_next, (state_next, result_next) in enumerate(replayed, start + 1):
+            self._add_step(dense, n, state, result, result_next.stages[0])
+            n, state, result = n_next, state_next, result_next
+        self._add_step(dense, n, state, result, None)
         dense.add_state(result.y1)  # the segment's end, after its last step
         return dense
+
+    def _add_step(
+        self, dense: DenseOutput, n: int, state: Tensor, result: StepResult, next_first_stage: Tensor | None
+    ) -> None:
+        t_next = self.step_starts[n + 1] if n + 1 < len(self.step_starts) else self.t_end
+        stages = result.stages
+        if self.interpolant.extra_stage:
+            # f(t_next, y1), which a pair without a free interpolant needs: the next step's first
+            # stage, as the forward's dense output took it, but on the step's side of a jump there.
+            options = self.options
+            dtype = state.dtype if options.time_dtype is None else options.time_dtype
+            end_time = beside_jump(t_next, self.step_starts[n], dtype, options.controller.jump_ts)
+            if next_first_stage is None or end_time != t_next:
+                with torch.no_grad():
+                    next_first_stage = self.func(time_tensor(end_time, state, options.time_dtype), result.y1)
+            stages = (*stages, next_first_stage)
+        dense.add_step(self.step_starts[n], self.step_sizes[n], t_next, state, stages)
 
 
 class _ContinuousAdjoint(GraphFreeGradient):
@@ -582,7 +597,8 @@ class InterpolatingAdjoint(_ContinuousAdjoint):
     ``checkpoints=C`` the forward keeps at most ``C`` step states instead (as
     ``Checkpoint(checkpoints=C)``, :mod:`._checkpoints`, but also with ``record_states=True``) and
     the backward pass re-solves the segment of steps that holds each time it reads
-    (:class:`ReplayedSolution`): the same ``y(t)`` to the bit, for one more forward solve. The
+    (:class:`ReplayedSolution`, the two segments read last kept): the same ``y(t)`` to the bit,
+    for one more forward solve and an evaluation per segment. The
     gradient is that of the continuous problem, as the backsolve's. The backward solve starts from
     the cotangents divided by their largest RMS (the system is linear in ``(a, g)``), so that its
     tolerances measure ``a`` and ``g`` at that scale whatever the loss's, and multiplies the result
