@@ -34,6 +34,11 @@ class DiagonalSDE(torch.nn.Module):
         return 0.1 * torch.ones_like(y)
 
 
+def flow_loss(ys: torch.Tensor) -> torch.Tensor:
+    """A fit read along the flow: every output after ``y0``."""
+    return (ys[1:] - 0.5).pow(2).mean()
+
+
 def test_the_default_penalty_and_weight():
     field = Field()
     model = LocallyRegularized(field)
@@ -477,13 +482,14 @@ def test_the_default_weight_does_not_fade_with_a_vanishing_task_gradient_on_end_
     task's gradient down. An evaluation call along the flow between a training call and its
     backward pass does not change the measurement that call opened."""
     times = {"end": torch.tensor([0.0, 1.0], dtype=DTYPE), "flow": torch.tensor([0.0, 0.5, 1.0], dtype=DTYPE)}
+    losses = {"end": task_loss, "flow": flow_loss}
     finals = {}
     for kind, t in times.items():
         model = LocallyRegularized(Field(), rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0))
         largest = 0.0
         for iteration in range(200):
             scale = 10.0 ** (-4 * iteration / 199)  # multiplies the task's gradient
-            loss = scale * task_loss(model(y0(), t))
+            loss = scale * losses[kind](model(y0(), t))
             reg_loss = model.reg_loss
             if iteration % 10 == 0:  # the measuring iterations
                 model.eval()
@@ -501,6 +507,38 @@ def test_the_default_weight_does_not_fade_with_a_vanishing_task_gradient_on_end_
     assert finals["flow"] < 0.2, finals
 
 
+def test_interior_times_the_loss_does_not_read_take_the_end_read_rule():
+    """A classifier given extra output times (to plot) whose loss reads ``ys[-1]`` only took the
+    along-the-flow rule from ``len(t) > 2`` (a new user's moons classifier: 0.83x the test NFE
+    instead of 0.53x). The rule follows what the measuring pass's gradient reaches: with the times
+    unread, the weight evolves exactly as with ``t = [t0, t1]``; read inside, along the flow; two
+    calls in one pass, along the flow if either is read inside."""
+    end, plotted = torch.tensor([0.0, 1.0], dtype=DTYPE), torch.linspace(0.0, 1.0, 5, dtype=DTYPE)
+
+    def train(t, loss_of, iterations=30, calls=1):
+        model = LocallyRegularized(Field(), rtol=1e-6, atol=1e-6, generator=torch.Generator().manual_seed(0))
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+        for _ in range(iterations):
+            losses = [loss_of[k % len(loss_of)](model(y0(), t)) + model.reg_loss for k in range(calls)]
+            optimizer.zero_grad()
+            sum(losses).backward()
+            optimizer.step()
+        return model.weight
+
+    read_at_end = train(end, [task_loss])
+    unread = train(plotted, [task_loss])
+    assert read_at_end.state_dict()["measured"] == 3
+    assert unread.state_dict() == read_at_end.state_dict()
+    assert (unread.target_ratio, unread.floor, unread.max_rise) == (0.2, 1.0, None)
+    along = train(plotted, [flow_loss])
+    assert (along.target_ratio, along.floor, along.max_rise) == (0.03, 0.0, 2.0)
+    assert along() != read_at_end()
+    for order in ([task_loss, flow_loss], [flow_loss, task_loss]):
+        mixed = train(plotted, order, iterations=10, calls=2)
+        assert mixed.state_dict()["measured"] == 2  # every 10 calls, two per pass
+        assert (mixed.target_ratio, mixed.floor, mixed.max_rise) == (0.03, 0.0, 2.0)
+
+
 def test_a_fit_along_the_flow_does_not_set_a_later_end_read_phase_floor():
     """Trained along the flow (no floor), then fine-tuned read at its end, then along the flow again:
     the floor is on only in the end-read phase, and the largest values it holds the weight to are
@@ -511,7 +549,7 @@ def test_a_fit_along_the_flow_does_not_set_a_later_end_read_phase_floor():
 
     def train(t, iterations):
         for _ in range(iterations):
-            loss = task_loss(model(y0(), t))
+            loss = (flow_loss if len(t) > 2 else task_loss)(model(y0(), t))
             model.zero_grad()
             (loss + model.reg_loss).backward()
         return model.weight.state_dict()

@@ -50,11 +50,11 @@ the default (kinetic) penalty."""
 PROBE_RATIO = 1.0
 """The same target for the probe-step penalties."""
 FITTED_FLOW_RATIO = 0.03
-"""The kinetic default's target when ``t`` has interior output times: the solution is read along
+"""The kinetic default's target when the loss reads interior output times: the solution is read along
 the flow, which the data then fix, and a larger target costs fit (docs/results.md, "A bounded rise
 of the weight along the flow" and "Two fits no rule had seen")."""
 FLOW_MAX_RISE = 2.0
-"""The kinetic default's :class:`RatioWeight` ``max_rise`` when ``t`` has interior output times: the
+"""The kinetic default's :class:`RatioWeight` ``max_rise`` when the loss reads interior output times: the
 weight rises by at most this factor per measurement, so that no single draw of the penalty's
 gradient sets it (docs/results.md, "A bounded rise of the weight along the flow")."""
 END_READ_FLOOR = 1.0
@@ -88,6 +88,14 @@ def default_fingerprint() -> str:
         "ratio_weight": ratio_defaults,
     }
     return hashlib.sha1(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def _follow_the_reading(weight: RatioWeight, along_the_flow: bool) -> None:
+    """The kinetic default's target, floor and rise limit for a solve read along the flow (a fit to
+    observations) or at its end."""
+    weight.target_ratio = FITTED_FLOW_RATIO if along_the_flow else KINETIC_RATIO
+    weight.floor = 0.0 if along_the_flow else END_READ_FLOOR
+    weight.max_rise = FLOW_MAX_RISE if along_the_flow else None
 
 
 def default_weight(
@@ -185,11 +193,12 @@ class LocallyRegularized(Regularized):
       task loss's gradient there (measured every 10 training forward passes, in the usual
       backward pass; no ``weight.step()`` needed), with ``floor=1`` for a solve read only at its
       two end times: the weight does not fade when a classifier separates its training set and
-      its task gradient vanishes. When ``t`` has more than two times (the solution is read along
-      the flow, a fit to observations) the target is 0.03, there is no floor, and the weight rises
+      its task gradient vanishes. When ``t`` has more than two times and the loss reads them (the
+      solution is read along the flow, a fit to observations; judged by the measuring backward
+      pass's gradient on ``ys[1:-1]``) the target is 0.03, there is no floor, and the weight rises
       by at most a factor 2 per measurement (``max_rise=2``, from its start 1e-3); all three are set
-      at each training call. With the probe step, ``RatioWeight(1.0, ...)``. A field without
-      trainable parameters gets the constant weight 1.
+      at each training call and by each measuring pass. With the probe step,
+      ``RatioWeight(1.0, ...)``. A field without trainable parameters gets the constant weight 1.
 
     Measured (3 seeds, quick settings; docs/results.md): on eleven of sixteen task settings the
     test accuracy within 1 point of vanilla's or the test loss within 10% at 0.47-0.95x the test
@@ -335,6 +344,9 @@ class LocallyRegularized(Regularized):
             self.weight if kinetic_default and isinstance(self.weight, RatioWeight) else None
         )
         self._field_weight = self.weight if follows_field and isinstance(self.weight, RatioWeight) else None
+        # (the backward pass last judged, whether a call it carried was read inside its span):
+        # _judge_the_reading. Until judged, interior output times are taken as read.
+        self._read_inside: tuple[int, bool] = (-1, True)
 
     def forward(self, y0: State, t: Tensor | Sequence[float]) -> State:
         field_weight = self._field_weight
@@ -347,18 +359,37 @@ class LocallyRegularized(Regularized):
             # at its end, or along the flow (where the data fix the field and a held pull would cost
             # fit); an evaluation call in between (eval() or no_grad) must not change the measurement the
             # last one opened.
-            along_the_flow = (t.numel() if isinstance(t, Tensor) else len(t)) > 2
+            interior = (t.numel() if isinstance(t, Tensor) else len(t)) > 2
             before = (default_weight.target_ratio, default_weight.floor, default_weight.max_rise)
-            default_weight.target_ratio = FITTED_FLOW_RATIO if along_the_flow else KINETIC_RATIO
-            default_weight.floor = 0.0 if along_the_flow else END_READ_FLOOR
-            default_weight.max_rise = FLOW_MAX_RISE if along_the_flow else None
+            # As the last measuring pass found them read; that pass judges again when one opens.
+            _follow_the_reading(default_weight, interior and self._read_inside[1])
             try:
-                return super().forward(y0, t)
+                ys = super().forward(y0, t)
             except BaseException:
                 # A refused or failed call leaves them to the measurement the last call opened.
                 default_weight.target_ratio, default_weight.floor, default_weight.max_rise = before
                 raise
+            if interior and default_weight.measuring:
+                self._judge_the_reading(ys, default_weight)
+            return ys
         return super().forward(y0, t)
+
+    def _judge_the_reading(self, ys: State, weight: RatioWeight) -> None:
+        """Interior output times are a fit read along the flow only if the loss reads them: where the
+        backward pass that measures brings no gradient to ``ys[1:-1]`` (times passed to plot, a
+        classifier's loss on ``ys[-1]``), the measurement is folded under the end-read rule, as
+        for ``t = [t0, t1]``. A pass carrying several calls: along the flow if any is read inside."""
+
+        def judge(gradient: Tensor) -> None:
+            pass_id = torch._C._current_graph_task_id()
+            read_inside = bool(gradient[1:-1].ne(0).any())
+            seen_id, seen_inside = self._read_inside
+            self._read_inside = (pass_id, read_inside or (seen_id == pass_id and seen_inside))
+            _follow_the_reading(weight, self._read_inside[1])
+
+        for part in ys if isinstance(ys, tuple) else (ys,):
+            if part.requires_grad:
+                part.register_hook(judge)
 
     def _measure_the_fields_current_parameters(self, field_weight: RatioWeight) -> None:
         """``load_state_dict(..., assign=True)``, ``to_empty()`` after a meta-device construction

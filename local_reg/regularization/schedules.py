@@ -479,6 +479,12 @@ class RatioWeight(_SelfTuningWeight):
         return clock % self.every == 0
 
     @property
+    def measuring(self) -> bool:
+        """Whether a measurement is open: the next backward pass carrying the penalty measures it and
+        sets the weight when it ends (:meth:`watch`)."""
+        return self._measurement is not None
+
+    @property
     def last_ratio(self) -> float | None:
         """The last measured ``||grad (w R)|| / ||grad L||`` (``None`` before the first)."""
         return self._state["last_ratio"]
