@@ -207,6 +207,56 @@ def test_a_stopped_run_continues_from_its_checkpoint(stop, code, tmp_path, monke
     assert (record["test"], record["test_nfe"]) == (whole["test"], whole["test_nfe"])
 
 
+def test_a_checkpoint_moved_to_another_runs_name_is_set_aside_not_resumed(tmp_path, monkeypatch, capsys):
+    """Seed 0's checkpoint renamed to seed 1's: the same model's shapes, so loading it succeeded and
+    seed 1's record was trained mostly as seed 0 (test NFE 56 where its own run gives 50). The
+    checkpoint names its run; another's is set aside and the run trained from its start."""
+    task_type = type(REGISTRY["digits"])
+    original = task_type.training_loss
+    calls = []
+
+    def stopped_in_second_epoch(self, model, batch):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return original(self, model, batch)
+
+    monkeypatch.setattr(task_type, "training_loss", stopped_in_second_epoch)
+    assert run(tmp_path, "digits", "--methods", "vanilla", "--set", "epochs=2") == 130
+    (saved,) = (tmp_path / "checkpoints").glob("*.pt")
+    assert torch.load(saved, weights_only=True)["run_id"] == saved.stem
+    other = saved.with_name(saved.name.replace("seed0", "seed1"))
+    saved.rename(other)
+    calls.clear()
+    monkeypatch.setattr(
+        task_type, "training_loss", lambda self, m, b: (calls.append(1), original(self, m, b))[1]
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "experiment",
+                "digits",
+                "--methods",
+                "vanilla",
+                "--set",
+                "epochs=2",
+                "--seeds",
+                "2",
+                "--size",
+                "tiny",
+                "--no-progress",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert f"written for the run {saved.stem}); moved to {other.name}.corrupt-1, its run restarts" in err
+    assert len(calls) == 8  # both seeds' two epochs, from their starts
+
+
 def test_results_are_never_overwritten(tmp_path):
     results = ResultsFile(tmp_path)
     record = {

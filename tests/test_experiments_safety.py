@@ -951,3 +951,43 @@ def test_an_interrupted_atomic_write_leaves_the_file_and_no_stray_copy(tmp_path,
     assert target.read_bytes() == b"kept\n" and sorted(p.name for p in tmp_path.iterdir()) == [
         "results.jsonl"
     ]
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    """A SIGKILL between writing the temporary file and replacing the target left
+    ``.<name>.<pid>.tmp`` for good (a checkpoint's size each). The next write of that file removes
+    those of this host's processes no longer running; a running one's, and another host's (a
+    shared folder), stay."""
+    from local_reg.experiments.results import _host, atomic_write_bytes
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead, alive = int(finished.stdout), os.getppid()
+    target = tmp_path / "results.jsonl"
+    left = {
+        "dead": tmp_path / f".results.jsonl.{_host()}.{dead}.tmp",
+        "alive": tmp_path / f".results.jsonl.{_host()}.{alive}.tmp",
+        "elsewhere": tmp_path / f".results.jsonl.another-host.{dead}.tmp",
+        "other file": tmp_path / f".report.md.{_host()}.{dead}.tmp",
+    }
+    for path in left.values():
+        path.write_bytes(b"partial")
+    atomic_write_bytes(target, b"new\n")
+    assert target.read_bytes() == b"new\n"
+    assert not left["dead"].exists()
+    assert all(left[name].exists() for name in ("alive", "elsewhere", "other file"))
+
+
+def test_a_full_disk_exits_2_naming_the_file(tmp_path, monkeypatch, capsys):
+    """A full disk's OSError names no file, so the CLI took it for one outside the results folder
+    and printed a traceback (exit 1); it is now the one line, naming the file being written."""
+    import errno
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    count_training_calls(monkeypatch)
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 2
+    err = capsys.readouterr().err
+    assert "local-reg: error: No space left on device: '" in err and str(tmp_path) in err
+    assert "Traceback" not in err and not list(tmp_path.rglob("*.tmp"))

@@ -8,6 +8,7 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,30 @@ class ResultsFile:
             atomic_write_bytes(self.path, old + line.encode("utf-8"))
 
 
+def _host() -> str:
+    """This host's name as a temporary file's name may hold it (no dots: they separate its parts)."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in os.uname().nodename) or "host"
+
+
+def _remove_left_behind(path: Path) -> None:
+    """Remove the temporary files of ``path`` that a process of this host no longer running left."""
+    prefix = f".{path.name}.{_host()}."
+    for left in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        pid = left.name[len(prefix) : -len(".tmp")] if left.name.startswith(prefix) else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            left.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def check_replaceable(path: Path) -> None:
     """Raise :class:`ResultsError` if ``path``, a file the command replaces, is something else (a
     folder of that name)."""
@@ -137,16 +162,24 @@ def check_replaceable(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``: all or nothing."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``: all or nothing. The
+    temporary file names this host and process; those a killed process of this host left behind
+    (a SIGKILL cannot be caught) are removed after the write. Another host's (a folder shared over
+    a network) are left alone: a process there may still be writing."""
+    tmp = path.with_name(f".{path.name}.{_host()}.{os.getpid()}.tmp")
     try:
         with tmp.open("wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        _remove_left_behind(path)
+    except BaseException as error:
         # An interrupted write (Ctrl-C, a full disk) leaves the target as it was and no stray file:
         # the next process has another pid, and would never clean this one up.
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:
+            # A full disk's write names no file: name the one written, so that it is told as one
+            # inside the results folder (the CLI's one line) rather than as a traceback.
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise

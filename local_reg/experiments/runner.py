@@ -443,19 +443,23 @@ class _GradientMeasurement:
 
 
 def _resume(
-    checkpoint_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
+    checkpoint_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, run_id: str | None = None
 ) -> tuple[int, int, Clock, dict[str, list], Tensor | None, list[Tensor] | None] | None:
     """``(epoch, iteration, train_time, history, rank_rng, rank_generators)`` from the run's
     checkpoint, its model (with rank 0's generators), optimizer and (rank 0's) RNG states loaded;
     ``rank_rng`` and ``rank_generators`` are this process's own global generator state and the states
     of its :func:`model_generators` under DDP (``None`` on rank 0, or when the checkpoint was written
     by another number of processes or before it held them). ``None`` (and nothing loaded) when there
-    is none or it is of another model."""
+    is none, or it is of another model or (where it names one) of another run than ``run_id``: a
+    file moved to this run's name, whose weights a model of the same shapes would load silently."""
     state = _load_checkpoint(checkpoint_path)
     if state is None:
         return None
     fresh = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), torch.get_rng_state())
     try:
+        written_for = state.get("run_id", run_id)
+        if run_id is not None and written_for != run_id:
+            raise ValueError(f"written for the run {written_for}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
@@ -570,7 +574,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
     start_epoch, iteration, train_time, history = 0, 0, Clock(), _empty_history()
 
     checkpoint_path = out_dir / "checkpoints" / f"{spec.run_id}.pt"
-    resumed = _resume(checkpoint_path, model, optimizer)
+    resumed = _resume(checkpoint_path, model, optimizer, spec.run_id)
     rank_rng = rank_generators = None
     if resumed is not None:
         start_epoch, iteration, train_time, history, rank_rng, rank_generators = resumed
@@ -634,6 +638,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                 _save_checkpoint(
                     checkpoint_path,
                     {
+                        "run_id": spec.run_id,
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "rng": torch.get_rng_state(),
