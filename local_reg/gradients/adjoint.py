@@ -319,14 +319,14 @@ class ReplayedSolution:
         position = self.direction * (t + offset)
         n = min(max(bisect.bisect_right(self.keys, position) - 1, 0), len(self.keys) - 1)
         start, end, kept = self.step_states.segment_of(n)
-        found = [segment for segment in self.segments if segment[0] == start]
-        if found:
-            self.segments.remove(found[0])
-        else:
+        segment = next((segment for segment in self.segments if segment[0] == start), None)
+        if segment is None:
             del self.segments[:-1]  # two segments' records alive at most, also while re-solving
-            found = [(start, self._dense_segment(start, end, kept))]
-        self.segments.append(found[0])
-        return found[0][1].state_at(t, offset)
+            segment = start, self._dense_segment(start, end, kept)
+        else:
+            self.segments.remove(segment)
+        self.segments.append(segment)
+        return segment[1].state_at(t, offset)
 
     def _dense_segment(self, start: int, end: int, kept: Tensor) -> DenseOutput:
         replayed = replay_steps(self.func, self.options, self.step_starts, self.step_sizes, start, end, kept)
