@@ -30,6 +30,7 @@ from ._validate import (
     check_step_penalty,
     check_times_distinct,
     checked_field,
+    explain_unknown_keywords,
     narrowest_float,
     time_direction,
     time_dtype,
@@ -129,6 +130,14 @@ def _legacy_gradient(
     return gradient
 
 
+@explain_unknown_keywords(
+    {
+        "options": "torchdiffeq's dict of solver settings: local_reg.odeint takes them as keywords, e.g. "
+        "step_size=, first_step=, norm=, max_steps= for max_num_steps, controller=PIController(max_step=) "
+        "for max_step; local_reg.compat.odeint takes torchdiffeq's signature",
+        "event_fn": "local_reg.odeint_event(func, y0, t0, event_fn=...) solves to an event",
+    }
+)
 @accepts_structured_states
 def odeint(
     func: Callable[[Tensor, Any], Any],

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
+import functools
 import inspect
 import math
 import numbers
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
-from typing import Any, TypeGuard, overload
+from typing import Any, ParamSpec, TypeGuard, TypeVar, overload
 
 import numpy as np
 import torch
@@ -17,6 +19,44 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 from ._step import rms_norm
+
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+
+
+def explain_unknown_keywords(
+    foreign: dict[str, str],
+) -> Callable[[Callable[_Params, _Result]], Callable[_Params, _Result]]:
+    """Refuse a keyword the decorated function does not take with a ``TypeError`` that says what to
+    write instead: for another library's spelling (a key of ``foreign``) its entry, else the
+    closest keyword the function takes. Python's own message names the keyword only, and a
+    torchdiffeq or torchsde user's ``options=`` or ``dt=`` is a different spelling, not a typo."""
+
+    def decorate(function: Callable[_Params, _Result]) -> Callable[_Params, _Result]:
+        keywords = [
+            name
+            for name, parameter in inspect.signature(function).parameters.items()
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+        ]
+        known = frozenset(keywords)
+
+        @functools.wraps(function)
+        def checked(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+            if not known.issuperset(kwargs):
+                reasons = []
+                for name in sorted(set(kwargs) - known):
+                    close = difflib.get_close_matches(name, keywords, n=1)
+                    hint = foreign.get(name) or (f"did you mean {close[0]!r}?" if close else "")
+                    reasons.append(f"{name!r}" + (f" ({hint})" if hint else ""))
+                arguments = (
+                    "an unexpected keyword argument" if len(reasons) == 1 else "unexpected keyword arguments"
+                )
+                raise TypeError(f"{function.__name__}() got {arguments} {'; '.join(reasons)}")
+            return function(*args, **kwargs)
+
+        return checked
+
+    return decorate
 
 
 def type_name(value: object) -> str:

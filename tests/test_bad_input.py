@@ -2392,6 +2392,48 @@ def test_keywords_that_mean_another_thing_in_a_regularized_module_say_so():
         LocallyRegularized(DecaySDE(), backend="torchsde", logqp=True)
 
 
+def test_torchdiffeq_and_torchsde_spellings_given_to_odeint_and_sdeint_say_what_to_write():
+    # Python's bare "unexpected keyword argument 'options'" named neither the keywords that replace
+    # torchdiffeq's options dict nor local_reg.compat, and a typo got no suggestion.
+    t = torch.tensor([0.0, 1.0])
+    with pytest.raises(
+        TypeError,
+        match=re.escape("odeint() got an unexpected keyword argument 'options' (torchdiffeq's dict")
+        + ".*step_size=.*local_reg.compat.odeint",
+    ):
+        local_reg.odeint(decay, torch.ones(2), t, options={"step_size": 0.1})
+    with pytest.raises(TypeError, match=re.escape("'event_fn' (local_reg.odeint_event(")):
+        local_reg.odeint(decay, torch.ones(2), t, event_fn=lambda t, y: y[0])
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            "got unexpected keyword arguments 'adjoint_parms' (did you mean 'adjoint_params'?); 'rtoll'"
+        ),
+    ):
+        local_reg.odeint(decay, torch.ones(2), t, rtoll=1e-3, adjoint_parms=())
+    with pytest.raises(TypeError, match=re.escape("an unexpected keyword argument 'tolerance'") + "$"):
+        local_reg.odeint(decay, torch.ones(2), t, tolerance=1e-3)
+    # Through odeint_event, which passes its other keywords on.
+    with pytest.raises(TypeError, match=re.escape("'atoll' (did you mean 'atol'?)")):
+        local_reg.odeint_event(decay, torch.ones(2), 0.0, event_fn=lambda t, y: y[0] - 0.5, atoll=1e-6)
+    for keywords, match in [
+        ({"dt": 0.1}, "'dt' (torchsde's step: here step_size= fixes the step"),
+        ({"adaptive": True}, "'adaptive' (a solve is adaptive here unless step_size="),
+        ({"dt_min": 1e-4}, "'dt_min' (torchsde's smallest adaptive step: controller=PIController(min_step=)"),
+        ({"logqp": True}, "'logqp' (torchsde's logqp=; local_reg.compat.sdeint takes torchsde's signature)"),
+        ({"methd": "euler_maruyama"}, "'methd' (did you mean 'method'?)"),
+    ]:
+        with pytest.raises(
+            TypeError, match=re.escape(f"sdeint() got an unexpected keyword argument {match}")
+        ):
+            local_reg.sdeint(DecaySDE(), torch.ones(2, 1), t, **keywords)
+    # The keywords both take are unchanged, positional arguments too.
+    assert torch.allclose(
+        local_reg.odeint(decay, torch.ones(2, dtype=torch.float64), t, rtol=1e-8, atol=1e-10).ys[-1],
+        torch.full((2,), math.exp(-1.0), dtype=torch.float64),
+    )
+
+
 @pytest.mark.parametrize(
     "regularized",
     [

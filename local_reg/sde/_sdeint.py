@@ -21,6 +21,7 @@ from .._validate import (
     check_generator,
     check_step_penalty,
     check_times_distinct,
+    explain_unknown_keywords,
     narrowest_float,
     positive_float,
     relative_tolerance,
@@ -59,6 +60,18 @@ SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
 """``penalty(result, dt) -> 0-dim tensor`` evaluated on every accepted step (global regularization)."""
 
 
+@explain_unknown_keywords(
+    {
+        "dt": "torchsde's step: here step_size= fixes the step and first_step= starts an adaptive solve, "
+        "the default; local_reg.compat.sdeint takes torchsde's signature",
+        "adaptive": "a solve is adaptive here unless step_size= fixes its step",
+        "dt_min": "torchsde's smallest adaptive step: controller=PIController(min_step=) here",
+        **{
+            name: f"torchsde's {name}=; local_reg.compat.sdeint takes torchsde's signature"
+            for name in ("options", "names", "logqp", "extra", "extra_solver_state")
+        },
+    }
+)
 def sdeint(
     sde: Any,
     y0: Tensor,
