@@ -221,14 +221,18 @@ case "${1:-}" in
                 "${default[@]}" "${tight[@]}" --set epochs=20
         fi
         ;;
-    probe_float64)  # the default with its probe computed in float64, on the six ODE settings above
+    probe_float64)  # the previous default (the probe's EEst * |dt|) with its probe in float32 and in float64
+        # Its own folders: vanilla beside both, on the six ODE settings of the ratio study.
         tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
-        for task_out in spiral:study-ratio-spiral tabular:study-ratio-tabular digits:study-ratio-digits \
-            synthetic:study-synthetic latent_ode:study-ratio-latent digits:study-ratio-digits-tight; do
-            task=${task_out%%:*} out=results/${task_out#*:} extra=()
-            [ "$out" = results/study-ratio-digits-tight ] && extra=("${tight[@]}")
+        for task_out in spiral:spiral tabular:tabular digits:digits synthetic:synthetic latent_ode:latent \
+            digits:digits-tight; do
+            task=${task_out%%:*} out=results/study-probe-float64-${task_out#*:} extra=()
+            [ "$out" = results/study-probe-float64-digits-tight ] && extra=("${tight[@]}")
+            vanilla "$task" "$out" "${extra[@]}"
             $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "$out" \
-                --set weights.local-random=default --set local.probe_dtype=float64 "${extra[@]}"
+                "${PREVIOUS_DEFAULT[@]}" "${extra[@]}"
+            $LR experiment "$task" --methods local-random "${COMMON[@]}" --out "$out" \
+                "${PREVIOUS_DEFAULT[@]}" --set local.probe_dtype=float64 "${extra[@]}"
         done
         ;;
     rnode_ratio)  # RNODE (kinetic energy + Jacobian) with the default's self-tuning weight, field scope

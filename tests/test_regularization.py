@@ -909,6 +909,40 @@ def test_torchdiffeq_fixed_grids_that_report_no_steps_are_refused_when_the_model
         )
 
 
+@pytest.mark.parametrize("method", ["rk4", "euler"])
+@pytest.mark.parametrize("gradient", ["direct", "adjoint"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("own_grid", [False, True])
+def test_torchdiffeq_fixed_grids_of_the_output_times_read_t_reg_without_stepping_to_it(
+    method, gradient, reverse, own_grid
+):
+    # Without a step_size the grid is the output times: t_reg became a grid point, so a training
+    # pass took one step more than evaluation and returned other ys (euler: 5 evaluations against 4).
+    t = torch.linspace(0.0, 1.0, 5, dtype=DTYPE)
+    t = t.flip(0) if reverse else t
+    options = {"grid_constructor": lambda func, y0, times: times} if own_grid else None
+    model = LocallyRegularized(
+        MLPField(),
+        backend="torchdiffeq",
+        method=method,
+        gradient=gradient,
+        options=options,
+        detach_state=False,
+        generator=torch.Generator().manual_seed(3),
+    )
+    ys = model(_y0(), t)
+    t_reg, state, nfe = model.stats.t_reg, model.stats.state, model.stats.nfe_main
+    model.reg_loss.backward()
+    model.eval()
+    torch.testing.assert_close(ys, model(_y0(), t), rtol=0, atol=0)
+    assert nfe == model.stats.nfe_main == {"rk4": 16, "euler": 4}[method]
+    # u(t_reg) is torchdiffeq's linear interpolation between the two outputs around it.
+    i = int(torch.searchsorted(t.flip(0) if reverse else t, torch.tensor(t_reg, dtype=DTYPE)))
+    i = len(t) - i if reverse else i
+    fraction = (t_reg - float(t[i - 1])) / float(t[i] - t[i - 1])
+    torch.testing.assert_close(state, ys[i - 1] + fraction * (ys[i] - ys[i - 1]), rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("gradient", ["direct", "adjoint"])
 def test_a_torchdiffeq_model_can_be_deep_copied_after_a_training_pass(gradient):
     # The stats kept the last time torchdiffeq passed func, a tensor with a graph: copy.deepcopy

@@ -207,6 +207,42 @@ def test_probe_dtype_steps_in_float64_and_differentiates_into_the_float32_parame
     assert plain.stats.t_reg == stats.t_reg and plain.stats.error_estimate != stats.error_estimate
 
 
+def test_probe_dtype_builds_the_probes_times_in_its_dtype_for_a_field_of_t():
+    """A float32 model of ``t`` given float32 output times: the float64 probe's stage times were
+    made in float32, so its estimate measured their rounding (the gradient off by 1.3x its size)."""
+    import copy
+
+    class TimeField(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = _field()
+
+        def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.net(y) * torch.cos(3.0 * t)
+
+    narrow = TimeField().float()
+    wide = copy.deepcopy(narrow).double()
+    model = LocallyRegularized(
+        narrow,
+        penalty="error-dt",
+        probe_dtype="float64",
+        weight=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+    model(_y0().float(), torch.linspace(0.0, 1.0, 5))
+    stats = model.stats
+    state = stats.state.double()
+    with torch.no_grad():
+        k1 = wide(torch.tensor(stats.t_reg, dtype=DTYPE), state)
+    reference = rk_step(
+        wide, stats.t_reg, state, stats.dt_reg, get_tableau("tsit5"), rtol=1e-6, atol=1e-8, k1=k1
+    )
+    assert stats.error_estimate == pytest.approx(float(reference.error_estimate.detach()), rel=1e-9)
+    (grad,) = torch.autograd.grad(model.reg_loss, [narrow.net[0].weight])
+    (grad_wide,) = torch.autograd.grad(reference.error_estimate * abs(stats.dt_reg), [wide.net[0].weight])
+    torch.testing.assert_close(grad.double(), grad_wide, rtol=1e-5, atol=1e-6 * float(grad_wide.abs().max()))
+
+
 @pytest.mark.parametrize(
     "gradient", ["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
 )

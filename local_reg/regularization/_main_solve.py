@@ -23,6 +23,10 @@ class Request:
     steps: bool = False
     states: bool = False
     step_penalty: Callable[[Any, float], Tensor] | None = None
+    interpolated: tuple[float, ...] = ()
+    """Output times added only to be read (the sampled ``t_reg``): they must not become grid points
+    of a fixed grid made of the output times (torchdiffeq's fixed-grid methods without a
+    ``step_size``); they are read from its interpolation instead."""
 
 
 @dataclass(frozen=True, eq=False)

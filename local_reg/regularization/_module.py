@@ -265,7 +265,9 @@ class LocalPenalty:
                 draws = [(t_reg, main.state_at(t_reg, direction), None) for t_reg in t_regs]
             elif self.sampling == "random":
                 solve_times, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
-                main = problem.solve(y0, solve_times, t_dtype, context, Request(steps=solver_step))
+                main = problem.solve(
+                    y0, solve_times, t_dtype, context, Request(steps=solver_step, interpolated=tuple(t_regs))
+                )
                 ys, states = split_outputs(main.ys, solve_times, times, t_regs)
                 draws = [
                     (t_reg, state, main.step_containing(t_reg, direction) if solver_step else None)
@@ -285,7 +287,7 @@ class LocalPenalty:
             main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
             penalties = []
             probe = Stats()
-            probe_problem, probe_dtype = problem, None
+            probe_problem, probe_dtype, probe_context = problem, None, context
             if self.probe_dtype is not None:
                 if isinstance(problem, ODEProblem) and isinstance(problem.func, TupleField):
                     raise ValueError("probe_dtype does not take tuple states: pass a tensor state")
@@ -295,6 +297,11 @@ class LocalPenalty:
                 probe_dtype = getattr(torch, cast(str, self.probe_dtype))
                 probe_problem = cast_problem.with_func(
                     CastField(cast(nn.Module, cast_problem.func), probe_dtype)
+                )
+                # The probe's stage times in its dtype too: built in a float32 t's, a field of t
+                # made the float64 estimate measure their rounding.
+                probe_context = context._replace(
+                    time_dtype=torch.promote_types(context.time_dtype, probe_dtype)
                 )
             result = dt = None  # no probe step for the kinetic penalty
             field_time_dtype = problem.field_time_dtype(context, y0)
@@ -310,7 +317,7 @@ class LocalPenalty:
                     penalties.append(probe_problem.drift(context, t_field, state, probe).pow(2).mean())
                     continue
                 result, dt, cost_of_draw = probe_problem.probe(
-                    context,
+                    probe_context,
                     tableau,
                     t_reg,
                     state,

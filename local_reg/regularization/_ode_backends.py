@@ -7,6 +7,7 @@ state) that biased sampling and ``step_size="solver"`` need.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -71,6 +72,27 @@ def torchdiffeq_reports_steps(method: str) -> bool:
     from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 
     return issubclass(SOLVERS[method], RKAdaptiveStepsizeODESolver)
+
+
+def _output_grid_without(
+    positions: list[int], n_times: int, grid_constructor: Callable | None, func: Any, y0: Tensor, t: Tensor
+) -> Tensor:
+    """The grid of a torchdiffeq fixed-grid solve whose grid is its output times (no ``step_size``),
+    without the output times at ``positions`` (added to be read, not stepped to), then given to the
+    user's ``grid_constructor`` if any. Only the forward solve's call has ``n_times`` times: the
+    backsolve adjoint's calls are each one interval between two outputs, kept as they are."""
+    if t.shape[0] == n_times:
+        keep = torch.ones(n_times, dtype=torch.bool, device=t.device)
+        keep[positions] = False
+        t = t[keep]
+    return t if grid_constructor is None else grid_constructor(func, y0, t)
+
+
+def _torchdiffeq_fixed_grid(method: str) -> bool:
+    from torchdiffeq._impl.odeint import SOLVERS
+    from torchdiffeq._impl.solvers import FixedGridODESolver
+
+    return issubclass(SOLVERS[method], FixedGridODESolver)
 
 
 class _TorchdiffeqField(nn.Module):
@@ -164,6 +186,14 @@ def solve_main(
     import torchdiffeq
 
     field = _TorchdiffeqField(func, record=record_steps, method=method)
+    if request.interpolated and options.get("step_size") is None and _torchdiffeq_fixed_grid(method):
+        # Its grid would be the output times: t_reg, a grid point, would add a step (and change the
+        # outputs) that a solve without it does not take. Read it from the grid's interpolation.
+        added = set(request.interpolated)
+        positions = [i for i, time in enumerate(times[1:-1], start=1) if time in added]
+        options["grid_constructor"] = functools.partial(
+            _output_grid_without, positions, len(times), options.get("grid_constructor")
+        )
     t_tensor = torch.tensor(times, dtype=t_dtype, device=y0.device)
     is_adjoint = isinstance(gradient, BacksolveAdjoint)
     try:
