@@ -49,6 +49,7 @@ from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import StateField, accepts_structured_states
 from ._validate import (
     call_leaving_input,
+    carries_tangent,
     check_bool,
     check_function_transforms,
     check_strided,
@@ -257,6 +258,14 @@ class _InitialRate:
         return f0
 
 
+_FORWARD_MODE = (
+    "odeint_event: {} forward-mode tangents (torch.autograd.forward_ad), which odeint_event cannot "
+    "differentiate: the event time's implicit-function derivative is a reverse-mode one (their "
+    "tangents would miss the event time's shift); differentiate with torch.autograd (loss.backward(), "
+    "torch.autograd.grad)"
+)
+
+
 def _reroute(
     event: CombinedEvent | _EventEntry,
     func: VectorField,
@@ -279,10 +288,10 @@ def _reroute(
     ``y_event``'s): the crossing's own slope. ``rate_time``: where ``f`` is evaluated for
     ``dy/dt`` there (default ``t_e``; beside a jump at ``t_e``, the solve's side of it)."""
     event_t = torch.tensor(t_event, dtype=t_dtype, device=y_event.device)
-    if not torch.is_grad_enabled():
-        return event_t, y_event, 0
     crossing = event(t_event, y_event)
-    if not crossing.requires_grad:
+    if carries_tangent(y_event) or carries_tangent(crossing):
+        raise ValueError(_FORWARD_MODE.format("func or event_fn uses a tensor that carries"))
+    if not torch.is_grad_enabled() or not crossing.requires_grad:
         return event_t, y_event, 0
     with torch.no_grad():
         rate_at = t_event if rate_time is None else rate_time
@@ -405,6 +414,9 @@ def _solve_until_event(
     (torchdiffeq's rule, for :mod:`local_reg.compat`); ``event_fn`` keeps ``odeint``'s rule (as
     torchdiffeq gives it ``t0``'s dtype), so the event is located as finely."""
     check_function_transforms("odeint_event", differentiable=False)
+    for name, value in (("y0", y0), ("t0", t0)):
+        if carries_tangent(value):
+            raise ValueError(_FORWARD_MODE.format(f"{name} carries"))
     y0 = validate_state(y0)
     check_bool("reverse_time", reverse_time)
     callbacks = odeint_kwargs.pop("callbacks", None) or StepCallbacks()

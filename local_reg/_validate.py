@@ -512,13 +512,13 @@ def check_function_transforms(
     ``t`` runs through none (the solve reads the times as floats; its tangent would be dropped)."""
     stack = torch._C._functorch.get_interpreter_stack()
     if not stack:  # torch.autograd's forward mode (jacfwd's tangents are judged below, as its own)
-        if _dual(t):
+        if carries_tangent(t):
             raise ValueError(
                 f"{entry}: t carries forward-mode tangents (torch.autograd.forward_ad), which {entry} "
                 "cannot differentiate (it reads the times as floats); differentiate with respect to t "
                 "with torch.autograd (t.requires_grad_(), loss.backward())"
             )
-        if _dual(y0) and ((gradient is not None and gradient != "direct") or not differentiable):
+        if carries_tangent(y0) and ((gradient is not None and gradient != "direct") or not differentiable):
             how = f"with gradient={gradient!r}" if differentiable else "at all"
             raise ValueError(
                 f"{entry}: y0 carries forward-mode tangents (torch.autograd.forward_ad), which {entry} "
@@ -555,7 +555,7 @@ def check_params_not_dual(gradient: str, params: Sequence[Tensor]) -> None:
     differentiates, ``adjoint_params``, whether they require grad or not) carries a forward-mode
     tangent: that method's ``torch.autograd.Function`` has no ``jvp``, so the tangent would
     silently be dropped."""
-    if any(_dual(param) for param in params):
+    if any(carries_tangent(param) for param in params):
         raise ValueError(
             "adjoint_params carry forward-mode tangents (torch.autograd.forward_ad), which "
             f"gradient={gradient!r} would drop: forward mode runs through gradient='direct' only; or "
@@ -563,7 +563,7 @@ def check_params_not_dual(gradient: str, params: Sequence[Tensor]) -> None:
         )
 
 
-def _dual(value: object) -> bool:
+def carries_tangent(value: object) -> bool:
     """Whether ``value`` (a tensor, or a sequence holding tensors) carries a forward-mode tangent."""
     values = value if isinstance(value, (list, tuple)) else [value]
     return any(isinstance(v, Tensor) and forward_ad.unpack_dual(v).tangent is not None for v in values)

@@ -912,3 +912,45 @@ def test_event_fn_evaluations_in_grad_mode_are_the_documented_ones(flat_after, i
     (grad,) = torch.autograd.grad(event_t, height)
     assert float(grad) == pytest.approx(1 / math.sqrt(4.0 + 2 * 9.81 * 10.0), rel=1e-7)
     assert len(graph_calls) == in_grad_mode
+
+
+@pytest.mark.parametrize("entry", [odeint_event, compat.odeint_event])
+def test_forward_mode_tangents_through_an_event_solve_are_refused_rather_than_missing_the_event_shift(entry):
+    # A dual y0, t0, func parameter or event_fn parameter gave tangents at a fixed time (dt_e/dh0 None
+    # for the falling ball, where it is 1/sqrt(2); dy_e/dh0 [1, 0] where it is [0, -1/sqrt(2)]).
+    import torch.autograd.forward_ad as fwad
+
+    dtype = torch.float64
+    y0 = torch.tensor([1.0, 0.0], dtype=dtype)
+    one = torch.tensor(1.0, dtype=dtype)
+
+    def fall(gravity):
+        return lambda t, y: torch.stack([y[1], -gravity * torch.ones_like(y[1])])
+
+    def ground(level):
+        return lambda t, y: y[0] - level
+
+    cases = {
+        "y0 carries": lambda: entry(
+            fall(one), fwad.make_dual(y0, torch.tensor([1.0, 0.0], dtype=dtype)), 0.0, event_fn=ground(0.0)
+        ),
+        # compat passes t0 on as the first of its t, and names that.
+        "t0? carries": lambda: entry(
+            fall(one), y0, fwad.make_dual(torch.tensor(0.0, dtype=dtype), one), event_fn=ground(0.0)
+        ),
+        "func or event_fn uses a tensor that carries": lambda: entry(
+            fall(fwad.make_dual(one, one)), y0, 0.0, event_fn=ground(0.0)
+        ),
+    }
+    for who, solve in cases.items():
+        with (
+            fwad.dual_level(),
+            pytest.raises(ValueError, match=f"odeint_event: {who} forward-mode tangents"),
+        ):
+            solve()
+    with fwad.dual_level(), pytest.raises(ValueError, match="func or event_fn uses a tensor that carries"):
+        entry(fall(one), y0, 0.0, event_fn=ground(fwad.make_dual(torch.tensor(0.0, dtype=dtype), one)))
+    # Without tangents, inside a dual level too, the event is found: sqrt(2).
+    with fwad.dual_level():
+        event_t, _ = entry(fall(one), y0, 0.0, event_fn=ground(0.0))
+    assert float(event_t) == pytest.approx(math.sqrt(2.0), rel=1e-6)
