@@ -42,6 +42,7 @@ class TupleState:
         for index, part in enumerate(y0):
             if not isinstance(part, Tensor):
                 raise TypeError(f"y0[{index}] must be a torch.Tensor, got {type(part).__name__}")
+            check_strided(f"y0[{index}]", part)
         first = y0[0]
         if first.is_complex():
             raise TypeError(
@@ -56,6 +57,10 @@ class TupleState:
                 )
         self.dtype = first.dtype
         self.device = first.device
+        if first.is_floating_point():  # another dtype is refused by name with the flat state
+            # Named by its own tensor and index: the flat state's index is one the caller never sees.
+            for index, part in enumerate(y0):
+                check_finite_state(f"y0[{index}]", part)
         self.shapes = [part.shape for part in y0]
         self.sizes = [math.prod(shape) for shape in self.shapes]
 
@@ -82,6 +87,8 @@ class TupleState:
                 )
             if part.device != self.device:
                 raise ValueError(f"{what}[{index}] is on {part.device}, expected y0's device {self.device}")
+            if part.layout != torch.strided:
+                raise TypeError(f"{what}[{index}] is a {part.layout} tensor: give a dense one (.to_dense())")
         return torch.cat([part.reshape(-1) for part in parts])
 
     def tolerance(self, name: str, value: object) -> object:
@@ -110,7 +117,11 @@ class TupleState:
             )
         pieces = []
         for index, (value, shape) in enumerate(zip(tolerances, self.shapes, strict=True)):
-            if not isinstance(value, Tensor):
+            if isinstance(value, Tensor) and value.dim() > 0:
+                # Its dtype and values checked as a tensor state's (and returned a tensor), named
+                # by its own index.
+                value = cast(Tensor, tolerance(f"{name}[{index}]", value, relative=name == "rtol"))
+            else:
                 value = torch.tensor(real_number(f"{name}[{index}]", value, "a float"), dtype=torch.float64)
             what = f"y0[{index}]'s shape"
             pieces.append(

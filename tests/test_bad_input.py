@@ -141,8 +141,10 @@ def test_a_non_finite_y0_is_refused_before_the_first_step(bad):
             constant, y0, torch.tensor([0.0, 1.0], dtype=torch.float64)
         ),
     }
-    for call in calls.values():
-        with pytest.raises(ValueError, match=r"y0 must be finite, got 1 non-finite entries"):
+    for name, call in calls.items():
+        # A tuple's tensor is named by its own index.
+        named = r"y0\[1\]" if name == "tuple" else "y0"
+        with pytest.raises(ValueError, match=rf"{named} must be finite, got 1 non-finite entries"):
             call()
 
 
@@ -756,6 +758,52 @@ def test_a_tuple_states_func_output_is_checked_part_by_part(bad, error, match):
     y0 = (torch.ones(2, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
     with pytest.raises(error, match=match):
         odeint(fails_after(5, lambda t, y: (-y[0], -y[1]), bad), y0, [0.0, 1.0])
+
+
+def test_a_tuple_states_inputs_are_named_by_their_own_tensor_and_index():
+    # Named by the hidden flat state's index ("the first at index (4,)"), or not checked at all: a
+    # bool tolerance tensor read as 1.0, a sparse part a bare RuntimeError from torch's reshape.
+    f64 = torch.float64
+    a, b = torch.ones(2, dtype=f64), torch.ones(3, dtype=f64)
+
+    def field(t, y):
+        return (-y[0], -y[1])
+
+    nan_part = torch.tensor([1.0, 1.0, math.nan], dtype=f64)
+    with pytest.raises(
+        ValueError, match=re.escape("y0[1] must be finite, got 1 non-finite entries (the first at index (2,)")
+    ):
+        odeint(field, (a, nan_part), [0.0, 1.0])
+    negative = torch.tensor([1e-8, -1.0, 1e-8], dtype=f64)
+    with pytest.raises(
+        ValueError, match=re.escape("atol[1] must be positive and finite in every element, got -1.0 at (1,)")
+    ):
+        odeint(field, (a, b), [0.0, 1.0], atol=[1e-8, negative])
+    with pytest.raises(
+        ValueError, match=re.escape("rtol[0] must be non-negative and finite in every element")
+    ):
+        odeint(field, (a, b), [0.0, 1.0], rtol=[torch.tensor([1e-6, math.inf], dtype=f64), 1e-6])
+    for kind in (torch.tensor([True] * 3), torch.tensor([1e-8 + 1j] * 3), torch.tensor([1, 1, 1])):
+        with pytest.raises(
+            TypeError,
+            match=re.escape(
+                f"atol[1] must be a floating tensor of per-element tolerances, got dtype {kind.dtype}"
+            ),
+        ):
+            odeint(field, (a, b), [0.0, 1.0], atol=[1e-8, kind])
+    sparse = torch.eye(2, dtype=f64).to_sparse()
+    with pytest.raises(
+        TypeError, match=re.escape("y0[1] must be a dense tensor, got layout torch.sparse_coo")
+    ):
+        odeint(field, (a, sparse), [0.0, 1.0])
+    with pytest.raises(
+        TypeError, match=re.escape("func's output[1] is a torch.sparse_coo tensor: give a dense one")
+    ):
+        odeint(lambda t, y: (-y[0], sparse), (a, torch.ones(2, 2, dtype=f64)), [0.0, 1.0])
+    # Per-part floating tolerances, a tensor's among them, solve as before: each part to its own.
+    solution = odeint(field, (a, b), [0.0, 1.0], rtol=[1e-9, torch.full((3,), 1e-9, dtype=f64)], atol=1e-12)
+    for part in solution.ys:
+        torch.testing.assert_close(part[-1], torch.full_like(part[-1], math.exp(-1.0)), rtol=1e-7, atol=0)
 
 
 def test_the_check_leaves_values_and_call_counts_unchanged():
