@@ -385,6 +385,9 @@ def _states(
     if not adaptive:
         # rtol, atol and dt_min are read by adaptive steps only (torchsde ignores them too).
         times_tensor = ts if isinstance(ts, Tensor) else torch.tensor(times, dtype=y0.dtype)
+        if not times_tensor.is_floating_point():
+            # torchsde's grid of integer times: their sums with dt, in torch's default dtype.
+            times_tensor = times_tensor.to(torch.get_default_dtype())
         outputs = times_tensor.detach().cpu().contiguous()
         grid, step_size = _fixed_grid(outputs, step, y0.dtype)
         # The grid point at or after each output time: interpolation reads it and the one before.

@@ -136,6 +136,13 @@ def _legacy_gradient(
         "step_size=, first_step=, norm=, max_steps= for max_num_steps, controller=PIController(max_step=) "
         "for max_step; local_reg.compat.odeint takes torchdiffeq's signature",
         "event_fn": "local_reg.odeint_event(func, y0, t0, event_fn=...) solves to an event",
+        "dt": "a fixed step is step_size= here, an adaptive solve's first step first_step=",
+        "dt0": "diffrax's first step: first_step= here; step_size= fixes the step",
+        "solver": "diffrax's solver: method= here, a name such as 'tsit5' or a ButcherTableau",
+        "stepsize_controller": "diffrax's controller: controller=PIController(...) here, rtol= and atol= "
+        "beside it",
+        "saveat": "diffrax's saveat: the output times are t here, and dense=True keeps solution.evaluate(t)",
+        "args": "diffrax's args: func(t, y) takes none here; close over them, e.g. with functools.partial",
     }
 )
 @accepts_structured_states

@@ -897,7 +897,8 @@ def odeint_dense(
     method's interpolant (:meth:`local_reg.Solution.evaluate`). torchdiffeq takes only ``dopri5``
     and a tensor ``y0``; here every method (a fixed-step one with ``options['step_size']``) and a
     tuple ``y0`` work. Differentiable w.r.t. ``y0``, the parameters and a ``t0`` or ``t1`` that
-    requires grad (torchdiffeq's gives no gradient to them); the function's own ``t`` takes none."""
+    requires grad (torchdiffeq's gives no gradient to them); the function's own ``t`` is not
+    differentiated: one that requires grad is refused (``ValueError``)."""
     ends, values = [], []
     for name, end in (("t0", t0), ("t1", t1)):
         value, tensor = one_time(name, end)

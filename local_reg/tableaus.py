@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 
 def finite_floats(what: str, values: object) -> tuple[float, ...]:
@@ -52,11 +53,11 @@ class ButcherTableau:
         stability_size: the extent of the stability region along the negative real axis; ``dt * rho``
             beyond it means the step is limited by stability rather than accuracy.
 
-    The coefficients may be given as lists or arrays (``a`` as its rows below the diagonal, or as the
-    square matrix with zeros on and above it); they are kept as tuples of floats. A tableau
-    whose coefficients are not finite, whose ``c`` are not the row sums of ``a``, whose
-    ``error_weights`` do not sum to 0 (or are all 0), or whose ``b`` miss an order condition up to
-    ``order`` is refused with a ``ValueError`` naming the field.
+    The coefficients may be given as lists, arrays or tensors (``a`` as its rows below the diagonal,
+    or as the square matrix with zeros on and above it, nested lists included); they are kept as
+    tuples of floats. A tableau whose coefficients are not finite, whose ``c`` are not the row sums
+    of ``a``, whose ``error_weights`` do not sum to 0 (or are all 0), or whose ``b`` miss an order
+    condition up to ``order`` is refused with a ``ValueError`` naming the field.
     """
 
     name: str
@@ -91,6 +92,10 @@ class ButcherTableau:
             value = getattr(self, attribute)
             if value is not None:
                 object.__setattr__(self, attribute, self._coefficients(attribute, value))
+        if isinstance(self.a, torch.Tensor):
+            object.__setattr__(self, "a", self.a.detach().cpu().double().numpy())
+        elif _square_rows(self.a):
+            object.__setattr__(self, "a", np.asarray(self.a, dtype=float))
         if isinstance(self.a, np.ndarray) and self.a.ndim == 2 and self.a.shape[0] == self.a.shape[1]:
             # A square matrix, as it is printed: its entries on and above the diagonal must be 0.
             if np.any(np.triu(self.a) != 0):
@@ -196,6 +201,21 @@ class ButcherTableau:
     @property
     def adaptive(self) -> bool:
         return self.error_weights is not None
+
+
+def _square_rows(a: object) -> bool:
+    """Whether ``a`` is a sequence of ``len(a)`` rows of ``len(a)`` entries each: the square matrix
+    as printed (the rows below the diagonal have ``0, 1, ...`` entries, so the two never agree)."""
+    if not isinstance(a, (tuple, list)) or not a:
+        return False
+    rows = all(isinstance(row, (tuple, list, np.ndarray, torch.Tensor)) and len(row) == len(a) for row in a)
+    if not rows:
+        return False
+    try:  # entries that are not numbers are named by the row check that follows
+        np.asarray(a, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 @functools.cache

@@ -2452,6 +2452,11 @@ def test_torchdiffeq_and_torchsde_spellings_given_to_odeint_and_sdeint_say_what_
         local_reg.odeint(decay, torch.ones(2), t, options={"step_size": 0.1})
     with pytest.raises(TypeError, match=re.escape("'event_fn' (local_reg.odeint_event(")):
         local_reg.odeint(decay, torch.ones(2), t, event_fn=lambda t, y: y[0])
+    # torchsde's dt was "did you mean 't'?", which points the wrong way; diffrax's spellings too.
+    with pytest.raises(TypeError, match=re.escape("'dt' (a fixed step is step_size= here")):
+        local_reg.odeint(decay, torch.ones(2), t, dt=0.1)
+    with pytest.raises(TypeError, match=re.escape("'solver' (diffrax's solver: method= here")):
+        local_reg.odeint(decay, torch.ones(2), t, solver="tsit5")
     with pytest.raises(
         TypeError,
         match=re.escape(

@@ -165,6 +165,19 @@ def test_a_step_that_does_not_divide_the_intervals_follows_torchsdes_grid(noise_
     torch.testing.assert_close(float32[1], float32[0], rtol=1e-6, atol=1e-6)
 
 
+def test_integer_ts_are_solved_on_torchsdes_grid_of_them() -> None:
+    """An integer ``ts`` tensor (torchsde takes one; its grid is ``ts[0] + k dt`` in torch's default
+    dtype) was torch's 'nextafter_cpu not implemented for Long' with fixed steps."""
+    sde = SDE("diagonal").float()
+    ts = torch.tensor([0, 2, 5])
+    solves = []
+    for solve in (torchsde.sdeint, compat.sdeint):
+        bm = torchsde.BrownianInterval(0.0, 5.0, size=(2, 3), entropy=5, dt=0.5)
+        solves.append(solve(sde, y0_of().float(), ts, bm=bm, method="euler", dt=0.5))
+    assert solves[1].shape == (3, 2, 3) and solves[1].dtype == torch.float32
+    torch.testing.assert_close(solves[1], solves[0], rtol=1e-6, atol=1e-6)
+
+
 def test_adaptive_steps_meet_the_tolerance_on_torchsdes_path() -> None:
     """Adaptive Milstein against a fine fixed-step torchsde solve on the same ``BrownianInterval``
     (one object, so every solve reads one path): the tolerance bounds each step's local error, and the

@@ -105,9 +105,13 @@ def test_a_tableau_given_as_its_square_matrix_is_the_tableau(name):
     for i, row in enumerate(tableau.a):
         square[i, :i] = row
     assert dataclasses.replace(tableau, a=square) == tableau
+    # As nested lists or a tensor too (refused as rows of the wrong length before).
+    assert dataclasses.replace(tableau, a=square.tolist()) == tableau
+    assert dataclasses.replace(tableau, a=torch.from_numpy(square)) == tableau
     square[0, 0] = 0.5
-    with pytest.raises(ValueError, match="on or above the diagonal"):
-        dataclasses.replace(tableau, a=square)
+    for implicit in (square, square.tolist(), torch.from_numpy(square)):
+        with pytest.raises(ValueError, match="on or above the diagonal"):
+            dataclasses.replace(tableau, a=implicit)
 
 
 @pytest.mark.parametrize("name", sorted(TABLEAUS))
