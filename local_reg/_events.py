@@ -462,7 +462,12 @@ def _solve_until_event(
             zero_entry, checked, t0_value, start, t_dtype, field_t_dtype, rate_time=rate_start
         )
         solution.stats.nfe += nfe
-        return replace(solution, ts=torch.stack([initial_t, event_t]), ys=torch.stack([y0, y_event]))
+        return replace(
+            solution,
+            ts=torch.stack([initial_t, event_t]),
+            ys=torch.stack([y0, y_event]),
+            steps=replace(solution.steps, stop_time=t0_value),  # the event ended it, at t0
+        )
     # The second time only gives the direction; it must differ from t0 in floating point.
     t1 = direction_time(t0_value, reverse_time)
     locator = EventLocator(event)

@@ -346,6 +346,8 @@ def test_an_event_at_t0_ends_there_as_in_torchdiffeq():
     assert event_t.item() == 0.5
     assert torch.equal(solution.ys, torch.stack([y0, y0]))
     assert solution.stats.n_steps == 0
+    # The event ended the solve, at t0 (its stop_time was None, a solve that ran to its end).
+    assert solution.steps.stop_time == 0.5
 
 
 def test_tuple_state_and_float32():

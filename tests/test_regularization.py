@@ -1329,6 +1329,21 @@ def test_the_recorded_state_at_a_time_interpolates_a_backward_in_time_step():
     torch.testing.assert_close(main.state_at(0.75, -1.0), torch.tensor([0.5]))
 
 
+@pytest.mark.parametrize("t", [[0.0, 0.5, 1.0], [1.0, 0.5, 0.0]])
+def test_the_torchdiffeq_backends_recorded_steps_are_signed_as_their_direction(t):
+    """torchdiffeq reports a step towards decreasing time with ``dt > 0``: the record's signed
+    steps (which the interpolation above reads) lead from each step start to the next."""
+    from local_reg.regularization._main_solve import Request
+
+    problem = LocallyRegularized(MLPField(), backend="torchdiffeq", sampling="biased").problem
+    times, t_dtype, context, _ = problem.prepare(_y0(), t, None)
+    main = problem.solve(_y0(), times, t_dtype, context, Request(steps=True))
+    step_t, step_dt = main.step_t, main.step_dt
+    assert all(math.copysign(1.0, dt) == math.copysign(1.0, t[-1] - t[0]) for dt in step_dt)
+    assert len(step_dt) > 2
+    assert all(b == pytest.approx(a + dt, rel=1e-12) for a, b, dt in zip(step_t, step_t[1:], step_dt))
+
+
 def test_the_default_weight_of_a_frozen_field_is_a_constant_one():
     """No trainable parameter to measure the ratio on: the weight is constant, as for a plain
     function (frozen parameters were taken as measurable)."""

@@ -102,9 +102,13 @@ class _TorchdiffeqField(nn.Module):
     passed on. ``func`` is a submodule when it is a module, so
     ``odeint_adjoint``'s default ``adjoint_params`` are its parameters."""
 
-    def __init__(self, func: Callable[[Tensor, Tensor], Tensor], record: bool, method: str) -> None:
+    def __init__(
+        self, func: Callable[[Tensor, Tensor], Tensor], record: bool, method: str, direction: float = 1.0
+    ) -> None:
         super().__init__()
         self.func = func
+        self.direction = direction
+        """The solve's time direction: torchdiffeq reports a step towards decreasing time with dt > 0."""
         self.calls = 0
         self.last_t: Tensor | None = None
         """The time of the last call: where a failed torchdiffeq solve stopped."""
@@ -148,7 +152,7 @@ class _TorchdiffeqField(nn.Module):
         self.accepted += 1
         if self.record:
             self.step_t.append(float(t0.detach()))
-            self.step_dt.append(float(dt.detach()))
+            self.step_dt.append(math.copysign(float(dt.detach()), self.direction))
             self.step_states.append(y0.detach())
         user_callback = getattr(self.func, "callback_accept_step", None)
         if user_callback is not None:
@@ -185,7 +189,7 @@ def solve_main(
 
     import torchdiffeq
 
-    field = _TorchdiffeqField(func, record=record_steps, method=method)
+    field = _TorchdiffeqField(func, record=record_steps, method=method, direction=times[-1] - times[0])
     if request.interpolated and options.get("step_size") is None and _torchdiffeq_fixed_grid(method):
         # Its grid would be the output times: t_reg, a grid point, would add a step (and change the
         # outputs) that a solve without it does not take. Read it from the grid's interpolation.
