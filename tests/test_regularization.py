@@ -1341,7 +1341,9 @@ def test_the_torchdiffeq_backends_recorded_steps_are_signed_as_their_direction(t
     step_t, step_dt = main.step_t, main.step_dt
     assert all(math.copysign(1.0, dt) == math.copysign(1.0, t[-1] - t[0]) for dt in step_dt)
     assert len(step_dt) > 2
-    assert all(b == pytest.approx(a + dt, rel=1e-12) for a, b, dt in zip(step_t, step_t[1:], step_dt))
+    assert all(
+        b == pytest.approx(a + dt, rel=1e-12) for a, b, dt in zip(step_t, step_t[1:], step_dt, strict=False)
+    )
 
 
 def test_the_default_weight_of_a_frozen_field_is_a_constant_one():
