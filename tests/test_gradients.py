@@ -1,6 +1,7 @@
 """The gradient methods of ``odeint(gradient=...)``: exactness, convergence, bookkeeping, errors."""
 
 import math
+import re
 import warnings
 
 import pytest
@@ -1062,6 +1063,91 @@ def test_autocast_runs_func_in_half_precision_and_the_solver_in_the_states():
         assert all(under_autocast) and len(under_autocast) > 2 * odeint(Field(), y0, t).stats.nfe
         # bfloat16 round-off only (measured 0.2%).
         assert (grad - reference_grad).norm() < 0.01 * reference_grad.norm()
+
+
+@pytest.mark.parametrize("gradient", ["direct", "adjoint"])
+def test_the_torchdiffeq_backend_runs_under_autocast_as_torchdiffeq_does(gradient):
+    """torchdiffeq's own solve under bfloat16 autocast promotes the field's output back to the
+    state's dtype; the backend's check refused it ("func returned dtype torch.bfloat16")."""
+    import torchdiffeq
+
+    from local_reg import LocallyRegularized
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+    class Field(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    y0, t = torch.randn(8, 2, generator=torch.Generator().manual_seed(1)), torch.tensor([0.0, 1.0])
+    model = LocallyRegularized(
+        Field(), backend="torchdiffeq", gradient=gradient, weight=1.0, rtol=1e-2, atol=1e-2
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = torchdiffeq.odeint(Field(), y0, t, rtol=1e-2, atol=1e-2)
+        ys = model(y0, t)
+        model.eval()
+        evaluated = model(y0, t)
+    assert ys.dtype == evaluated.dtype == torch.float32
+    torch.testing.assert_close(evaluated, reference, rtol=0, atol=0)  # the same solve as torchdiffeq's
+    (ys.square().sum() + model.reg_loss).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_penalties_that_read_the_error_estimate_warn_under_autocast():
+    """Under bfloat16 autocast the estimate measures the field's rounding (the paper's penalty
+    1e4x float32's, its gradient's cosine with float32's -0.3): it was computed silently."""
+    from local_reg import GloballyRegularized, LocallyRegularized
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+    class Field(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    y0, t = torch.randn(8, 2, generator=torch.Generator().manual_seed(1)), [0.0, 1.0]
+    tolerances = {"rtol": 1e-2, "atol": 1e-2, "weight": 1.0}
+    warned = {
+        "the local penalty 'error-dt'": LocallyRegularized.paper(Field(), **tolerances),
+        "global regularization ('error')": GloballyRegularized(Field(), **tolerances),
+        "global regularization ('stiffness')": GloballyRegularized(
+            Field(), regularizer="stiffness", **tolerances
+        ),
+    }
+    quiet = [
+        LocallyRegularized(Field(), **tolerances),  # the kinetic penalty reads no estimate
+        LocallyRegularized.paper(Field(), probe_dtype="float64", **tolerances),
+    ]
+    for name, model in warned.items():
+        with (
+            torch.autocast("cpu", dtype=torch.bfloat16),
+            pytest.warns(
+                RuntimeWarning,
+                match=re.escape(
+                    f"{name} reads the solver's error estimate, which under torch.autocast (bfloat16)"
+                ),
+            ),
+        ):
+            model(y0, t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for model in quiet:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model(y0, t)
+        for model in warned.values():
+            model(y0, t)  # outside autocast
+            model.eval()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                model(y0, t)  # no penalty in evaluation
 
 
 def test_backward_passes_leave_nothing_for_the_cycle_collector():

@@ -27,6 +27,7 @@ from .._errors import warn
 from .._step import beside_jump
 from .._tuple import TupleField, TupleState
 from .._validate import (
+    active_autocast,
     check_choice,
     check_generator,
     time_direction,
@@ -63,6 +64,21 @@ from ._stats import RegularizationStats
 from .schedules import WeightSchedule, as_schedule
 
 Problem = ODEProblem | SDEProblem
+
+
+def _warn_of_autocast(penalty: str, remedy: str) -> None:
+    """A ``RuntimeWarning`` where ``penalty``, which reads the solver's error or stiffness estimate,
+    is computed under ``torch.autocast``: the estimate then measures the field's rounding in the
+    autocast dtype (bfloat16: a penalty 300-10000x float32's, its gradient pointing elsewhere), not
+    the truncation error it is meant to penalize."""
+    regions = active_autocast()
+    if regions and torch.is_grad_enabled():
+        dtypes = ", ".join(sorted({str(dtype).removeprefix("torch.") for _, dtype in regions}))
+        warn(
+            f"{penalty} reads the solver's error estimate, which under torch.autocast ({dtypes}) "
+            f"measures the field's rounding in that dtype, not the truncation error: {remedy}",
+            RuntimeWarning,
+        )
 
 
 def _probe_dtype_problem(problem: Problem) -> ODEProblem:
@@ -303,6 +319,12 @@ class LocalPenalty:
                 probe_context = context._replace(
                     time_dtype=torch.promote_types(context.time_dtype, probe_dtype)
                 )
+            if self.penalty != "kinetic" and probe_dtype is None:
+                _warn_of_autocast(
+                    f"the local penalty {self.penalty!r}",
+                    "compute it outside autocast, or probe in float64 (an ODE's probe_dtype='float64'), "
+                    "or use the default kinetic penalty, which reads no estimate",
+                )
             result = dt = None  # no probe step for the kinetic penalty
             field_time_dtype = problem.field_time_dtype(context, y0)
             jump_ts = problem.jump_times(times, field_time_dtype)
@@ -429,6 +451,7 @@ class GlobalPenalty:
                 value = step_penalty_value(result, dt, self.regularizer, tableau)
                 return value if self.regularizer == "error" or reduction == "max" else value * abs(dt)
 
+            _warn_of_autocast(f"global regularization ({self.regularizer!r})", "compute it outside autocast")
             main = problem.solve(y0, times, t_dtype, context, Request(step_penalty=per_step))
             main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
             penalties = main.penalties
