@@ -300,6 +300,48 @@ def step(
     return _step_result(tableau, k1, *_stages(func, times, y, dt, tableau, rtol, atol, k1, norm))
 
 
+def step_solution(
+    func: VectorField,
+    t: float,
+    y: Tensor,
+    dt: float,
+    tableau: ButcherTableau,
+    *,
+    time_dtype: torch.dtype | None = None,
+    jump_ts: Sequence[float] = (),
+) -> Tensor:
+    """``step(func, t, y, dt, tableau).y1``, the same sums to the bit, without the evaluation only
+    the error estimate reads: an FSAL tableau's last stage ``f(t + dt, y1)`` (``y1`` is its stage
+    state). For a backward pass that differentiates ``y1`` alone (:class:`local_reg.Checkpoint`)."""
+    if not tableau.fsal:
+        return step(func, t, y, dt, tableau, time_dtype=time_dtype, jump_ts=jump_ts).y1
+    t = float(t)
+    dt = float(dt)
+    dtype = y.dtype if time_dtype is None else time_dtype
+    times = stage_times(stage_time_values(t, dt, tableau.c[:-1], dtype, jump_ts), y, dtype)
+    stages = [func(times[0], y)]
+    _add_stages(func, times[1:], y, dt, tableau.a[1:-1], stages)
+    return combine(y, dt, tableau.a[-1], stages)
+
+
+def _add_stages(
+    func: VectorField,
+    times: Sequence[Tensor],
+    y: Tensor,
+    dt: float | Tensor,
+    rows: Sequence[Sequence[float]],
+    stages: list[Tensor],
+    stage_states: list[Tensor] | None = None,
+) -> None:
+    """Evaluate the stages of ``rows`` (the rows of ``a`` after the stages already in ``stages``) at
+    ``times``, appending each to ``stages`` and its stage state to ``stage_states``."""
+    for t_i, a_i in zip(times, rows, strict=True):
+        y_i = combine(y, dt, a_i, stages)
+        stages.append(func(t_i, y_i))
+        if stage_states is not None:
+            stage_states.append(y_i)
+
+
 def _stages(
     func: VectorField,
     times: Sequence[Tensor],
@@ -318,10 +360,7 @@ def _stages(
         k1 = func(times[0], y)
     stages = [k1]
     stage_states = [y]
-    for t_i, a_i in zip(times[1 - first :], tableau.a[1:], strict=True):
-        y_i = combine(y, dt, a_i, stages)
-        stages.append(func(t_i, y_i))
-        stage_states.append(y_i)
+    _add_stages(func, times[1 - first :], y, dt, tableau.a[1:], stages, stage_states)
 
     y1 = stage_states[-1] if tableau.fsal else combine(y, dt, tableau.b, stages)
 

@@ -48,7 +48,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._step import combine, stage_time_values, time_tensor
+from .._step import combine, stage_time_values, stage_times
 from ..interpolants import get_interpolant
 from ..tableaus import ButcherTableau
 from ._function import (
@@ -71,19 +71,16 @@ def stage_states_without_graph(
     y: Tensor,
     h: float,
     rows: Sequence[Sequence[float]],
-    stage_times: list[float],
-    time_dtype: torch.dtype | None,
+    times: Sequence[Tensor],
 ) -> list[Tensor]:
-    """The stage states ``Y_i = y + h sum_{j<i} rows[i][j] k_j``, ``k_j = f(stage_times[j], Y_j)``, of
-    the step from ``y``, one per stage time, evaluated without a graph. The last stage's derivative
-    is only needed with a graph, so it is not evaluated here."""
+    """The stage states ``Y_i = y + h sum_{j<i} rows[i][j] k_j``, ``k_j = f(times[j], Y_j)``, of the
+    step from ``y``, one per stage time, evaluated without a graph. The last stage's derivative is
+    only needed with a graph, so it is not evaluated here."""
     with torch.no_grad():
         stage_states = [y]
         stage_derivatives: list[Tensor] = []
-        for i in range(1, len(stage_times)):
-            stage_derivatives.append(
-                func(time_tensor(stage_times[i - 1], y, time_dtype), stage_states[i - 1])
-            )
+        for i in range(1, len(times)):
+            stage_derivatives.append(func(times[i - 1], stage_states[i - 1]))
             stage_states.append(combine(y, h, rows[i][:i], stage_derivatives))
     return stage_states
 
@@ -113,10 +110,13 @@ class Symplectic(StepwiseGradient):
         h = dt
         b = tableau.b[:n_stages]
         b_tilde = [b_i if b_i != 0.0 else h for b_i in b]
-        stage_times = stage_time_values(t, h, tableau.c[:n_stages], time_dtype or y.dtype, jump_ts)
+        # One tensor of the stage times per step, as the forward step makes them.
+        times = stage_times(
+            stage_time_values(t, h, tableau.c[:n_stages], time_dtype or y.dtype, jump_ts), y, time_dtype
+        )
 
         # 1. Stage states without a graph.
-        stage_states = stage_states_without_graph(func, y, h, tableau.a, stage_times, time_dtype)
+        stage_states = stage_states_without_graph(func, y, h, tableau.a, times)
 
         # 2. The partner scheme in reverse stage order, one vector--Jacobian product per stage.
         partner_stages: dict[int, Tensor] = {}  # l_i, filled from the last stage
@@ -135,7 +135,7 @@ class Symplectic(StepwiseGradient):
             else:
                 stage_adjoint = combine(None, -1.0, couplings, later_stages)
             _, state_vjp, parameter_vjps = vector_jacobian_product(
-                func, time_tensor(stage_times[i], y, time_dtype), stage_states[i], solve.params, stage_adjoint
+                func, times[i], stage_states[i], solve.params, stage_adjoint
             )
             partner_stages[i] = -state_vjp
             add_gradients(grad_params, parameter_vjps, scale=h * b_tilde[i])
@@ -168,9 +168,9 @@ def step_backward_with_outputs(
     used = [b[i] != 0.0 or any(w[i] != 0.0 for w in weights) for i in range(len(rows))]
     n_stages = 1 + max(i for i, u in enumerate(used) if u)
     jump_ts = solve.options.controller.jump_ts
-    stage_times = stage_time_values(t, h, c[:n_stages], time_dtype or y.dtype, jump_ts)
+    times = stage_times(stage_time_values(t, h, c[:n_stages], time_dtype or y.dtype, jump_ts), y, time_dtype)
 
-    stage_states = stage_states_without_graph(func, y, h, rows, stage_times, time_dtype)
+    stage_states = stage_states_without_graph(func, y, h, rows, times)
 
     state_cotangents: dict[int, Tensor] = {}  # mu_i, filled from the last stage
     for i in reversed(range(n_stages)):
@@ -182,7 +182,7 @@ def step_backward_with_outputs(
             continue
         stage_cotangent = combine(None, h, coefficients, terms)
         _, state_vjp, parameter_vjps = vector_jacobian_product(
-            func, time_tensor(stage_times[i], y, time_dtype), stage_states[i], solve.params, stage_cotangent
+            func, times[i], stage_states[i], solve.params, stage_cotangent
         )
         state_cotangents[i] = state_vjp
         add_gradients(grad_params, parameter_vjps)
