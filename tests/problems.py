@@ -21,6 +21,18 @@ class CountingField(torch.nn.Module):
         return self.func(t, y)
 
 
+class NetField(torch.nn.Module):
+    """``f(t, y) = net(y)``: an autonomous field with ``net``'s parameters (shared by every
+    ``NetField`` of one ``net``)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
 def lotka_volterra(t, y):
     x, z = y[..., 0], y[..., 1]
     return torch.stack([1.5 * x - x * z, -3.0 * z + x * z], dim=-1)

@@ -26,7 +26,7 @@ from local_reg import (
     odeint,
     sdeint,
 )
-from tests.problems import DecaySDE, failing_backward, rotation
+from tests.problems import DecaySDE, NetField, failing_backward, rotation
 
 GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
 DEVICES = [
@@ -1550,16 +1550,7 @@ def test_a_compiled_vector_field_gives_the_same_values_and_gradients():
     graphs like the default backend but skips code generation, which keeps the test fast."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
-
-    class Field(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, t, y):
-            return self.net(y)
-
-    field = Field()
+    field = NetField(net)
     compiled = torch.compile(field, backend="aot_eager")
     y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64, requires_grad=True)
     for gradient in GRADIENTS:

@@ -24,7 +24,7 @@ from local_reg._integrate import SolveOptions, integrate_ode
 from local_reg.gradients import GRADIENT_METHODS
 from local_reg.gradients._checkpoints import StepStates
 from local_reg.gradients._function import graph_nodes
-from tests.problems import CountingField, lotka_volterra
+from tests.problems import CountingField, NetField, lotka_volterra
 
 EXACT = ["checkpoint", "symplectic"]
 DTYPE = torch.float64
@@ -1078,20 +1078,12 @@ def test_the_torchdiffeq_backend_runs_under_autocast_as_torchdiffeq_does(gradien
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
 
-    class Field(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, t, y):
-            return self.net(y)
-
     y0, t = torch.randn(8, 2, generator=torch.Generator().manual_seed(1)), torch.tensor([0.0, 1.0])
     model = LocallyRegularized(
-        Field(), backend="torchdiffeq", gradient=gradient, weight=1.0, rtol=1e-2, atol=1e-2
+        NetField(net), backend="torchdiffeq", gradient=gradient, weight=1.0, rtol=1e-2, atol=1e-2
     )
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        reference = torchdiffeq.odeint(Field(), y0, t, rtol=1e-2, atol=1e-2)
+        reference = torchdiffeq.odeint(NetField(net), y0, t, rtol=1e-2, atol=1e-2)
         ys = model(y0, t)
         model.eval()
         evaluated = model(y0, t)
@@ -1108,26 +1100,18 @@ def test_penalties_that_read_the_error_estimate_warn_under_autocast():
 
     net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
 
-    class Field(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, t, y):
-            return self.net(y)
-
     y0, t = torch.randn(8, 2, generator=torch.Generator().manual_seed(1)), [0.0, 1.0]
     tolerances = {"rtol": 1e-2, "atol": 1e-2, "weight": 1.0}
     warned = {
-        "the local penalty 'error-dt'": LocallyRegularized.paper(Field(), **tolerances),
-        "global regularization ('error')": GloballyRegularized(Field(), **tolerances),
+        "the local penalty 'error-dt'": LocallyRegularized.paper(NetField(net), **tolerances),
+        "global regularization ('error')": GloballyRegularized(NetField(net), **tolerances),
         "global regularization ('stiffness')": GloballyRegularized(
-            Field(), regularizer="stiffness", **tolerances
+            NetField(net), regularizer="stiffness", **tolerances
         ),
     }
     quiet = [
-        LocallyRegularized(Field(), **tolerances),  # the kinetic penalty reads no estimate
-        LocallyRegularized.paper(Field(), probe_dtype="float64", **tolerances),
+        LocallyRegularized(NetField(net), **tolerances),  # the kinetic penalty reads no estimate
+        LocallyRegularized.paper(NetField(net), probe_dtype="float64", **tolerances),
     ]
     for name, model in warned.items():
         with (
