@@ -67,46 +67,58 @@ class Checkpoint(StepwiseGradient):
             y = y.detach().requires_grad_(True)
             if grad_penalty is None and not inside:
                 # y1 alone is differentiated: an FSAL tableau's last stage is not evaluated.
-                y1 = step_solution(
-                    func,
-                    t,
-                    y,
-                    dt,
-                    options.runge_kutta_tableau,
-                    time_dtype=options.time_dtype,
-                    jump_ts=options.controller.jump_ts,
-                )
-                grads = differentiate(func, [y1], [y, *solve.params], [adjoint])
-                add_gradients(grad_params, grads[1:])
-                return torch.zeros_like(y) if grads[0] is None else grads[0]
-            result = step(
-                func,
-                t,
-                y,
-                dt,
-                options.runge_kutta_tableau,
-                rtol=options.rtol,
-                atol=options.atol,
-                norm=options.norm,
-                time_dtype=options.time_dtype,
-                jump_ts=options.controller.jump_ts,
-            )
-            outputs = [result.y1]
-            cotangents = [adjoint]
-            if grad_penalty is not None:
-                penalty = cast(StepPenalty, solve.step_penalty)  # its cotangent means it is set
-                outputs.append(penalty(result, dt))
-                cotangents.append(grad_penalty)
-            if inside:
-                interpolant = get_interpolant(options.runge_kutta_tableau)
-                stages = result.stages
-                if interpolant.extra_stage:
-                    dtype = y.dtype if options.time_dtype is None else options.time_dtype
-                    (end,) = stage_time_values(t, dt, [1.0], dtype, options.controller.jump_ts)
-                    stages = (*stages, func(time_tensor(end, y, options.time_dtype), result.y1))
-                for theta, cotangent in inside:
-                    outputs.append(combine(y, dt, interpolant.weights(theta), stages))
-                    cotangents.append(cotangent)
+                outputs = [
+                    step_solution(
+                        func,
+                        t,
+                        y,
+                        dt,
+                        options.runge_kutta_tableau,
+                        time_dtype=options.time_dtype,
+                        jump_ts=options.controller.jump_ts,
+                    )
+                ]
+                cotangents = [adjoint]
+            else:
+                outputs, cotangents = _whole_step_outputs(func, solve, current, y)
             grads = differentiate(func, outputs, [y, *solve.params], cotangents)
         add_gradients(grad_params, grads[1:])
         return torch.zeros_like(y) if grads[0] is None else grads[0]
+
+
+def _whole_step_outputs(
+    func: CountingField, solve: ForwardSolve, current: BackwardStep, y: Tensor
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The re-run step's differentiated outputs from ``y`` (which requires grad) and their
+    cotangents: ``y_{n+1}``, the step's penalty and the outputs inside it, on the step's graph."""
+    t, dt, _, adjoint, grad_penalty, inside = current
+    options = solve.options
+    result = step(
+        func,
+        t,
+        y,
+        dt,
+        options.runge_kutta_tableau,
+        rtol=options.rtol,
+        atol=options.atol,
+        norm=options.norm,
+        time_dtype=options.time_dtype,
+        jump_ts=options.controller.jump_ts,
+    )
+    outputs = [result.y1]
+    cotangents = [adjoint]
+    if grad_penalty is not None:
+        penalty = cast(StepPenalty, solve.step_penalty)  # its cotangent means it is set
+        outputs.append(penalty(result, dt))
+        cotangents.append(grad_penalty)
+    if inside:
+        interpolant = get_interpolant(options.runge_kutta_tableau)
+        stages = result.stages
+        if interpolant.extra_stage:
+            dtype = y.dtype if options.time_dtype is None else options.time_dtype
+            (end,) = stage_time_values(t, dt, [1.0], dtype, options.controller.jump_ts)
+            stages = (*stages, func(time_tensor(end, y, options.time_dtype), result.y1))
+        for theta, cotangent in inside:
+            outputs.append(combine(y, dt, interpolant.weights(theta), stages))
+            cotangents.append(cotangent)
+    return outputs, cotangents
