@@ -40,6 +40,7 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from ._autograd import first_order_only
 from ._errors import SolverError, warn
@@ -288,8 +289,12 @@ def _reroute(
     ``y_event``'s): the crossing's own slope. ``rate_time``: where ``f`` is evaluated for
     ``dy/dt`` there (default ``t_e``; beside a jump at ``t_e``, the solve's side of it)."""
     event_t = torch.tensor(t_event, dtype=t_dtype, device=y_event.device)
+    # Tangents are possible only inside forward AD's dual_level (torch's own record of it).
+    dual_level = getattr(forward_ad, "_current_level", -1) >= 0
+    if not torch.is_grad_enabled() and not dual_level:
+        return event_t, y_event, 0
     crossing = event(t_event, y_event)
-    if carries_tangent(y_event) or carries_tangent(crossing):
+    if dual_level and (carries_tangent(y_event) or carries_tangent(crossing)):
         raise ValueError(_FORWARD_MODE.format("func or event_fn uses a tensor that carries"))
     if not torch.is_grad_enabled() or not crossing.requires_grad:
         return event_t, y_event, 0

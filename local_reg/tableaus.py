@@ -53,8 +53,8 @@ class ButcherTableau:
         stability_size: the extent of the stability region along the negative real axis; ``dt * rho``
             beyond it means the step is limited by stability rather than accuracy.
 
-    The coefficients may be given as lists, arrays or tensors (``a`` as its rows below the diagonal,
-    or as the square matrix with zeros on and above it, nested lists included); they are kept as
+    The coefficients may be given as lists or arrays (``a`` as its rows below the diagonal, or as the
+    square matrix with zeros on and above it: nested lists, an array or a tensor); they are kept as
     tuples of floats. A tableau whose coefficients are not finite, whose ``c`` are not the row sums
     of ``a``, whose ``error_weights`` do not sum to 0 (or are all 0), or whose ``b`` miss an order
     condition up to ``order`` is refused with a ``ValueError`` naming the field.

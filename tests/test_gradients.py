@@ -1,5 +1,6 @@
 """The gradient methods of ``odeint(gradient=...)``: exactness, convergence, bookkeeping, errors."""
 
+import copy
 import math
 import re
 import warnings
@@ -222,6 +223,32 @@ def test_stats_count_forward_and_backward_calls(gradient):
         # dopri5's 6 stages that enter y_{n+1}, not its FSAL stage (7 were evaluated, the last
         # read only by the error estimate).
         assert solution.stats.nfe_backward == 6 * solution.stats.n_accepted
+
+
+def test_checkpoint_re_runs_the_whole_step_only_where_its_penalty_is_read():
+    """A step penalty the loss does not read gets a zero cotangent, not None: every step re-ran its
+    FSAL stage for it (7 evaluations a step for dopri5 where 6 enter y_{n+1})."""
+    field = CountingField(TinyField())
+
+    def penalty(result, dt):
+        return result.error_estimate
+
+    per_step = {}
+    for read in (False, True):
+        y0 = torch.randn(2, 3, dtype=DTYPE, requires_grad=True, generator=torch.Generator().manual_seed(0))
+        solution = odeint(
+            field,
+            y0,
+            TIMES,
+            method="dopri5",
+            gradient="checkpoint",
+            step_penalty=penalty,
+            step_to_outputs=True,
+        )
+        loss = loss_of(solution.ys) + (solution.penalties.sum() if read else 0.0)
+        loss.backward()
+        per_step[read] = solution.stats.nfe_backward / solution.stats.n_accepted
+    assert per_step == {False: 6, True: 7}
 
 
 @pytest.mark.parametrize("gradient", GRADIENT_METHODS)
@@ -1109,10 +1136,17 @@ def test_penalties_that_read_the_error_estimate_warn_under_autocast():
             NetField(net), regularizer="stiffness", **tolerances
         ),
     }
+    # Autocast lowers float32 operations only: a float64 model's estimate is its own.
+    wide = copy.deepcopy(net).double()
     quiet = [
         LocallyRegularized(NetField(net), **tolerances),  # the kinetic penalty reads no estimate
         LocallyRegularized.paper(NetField(net), probe_dtype="float64", **tolerances),
+        LocallyRegularized.paper(NetField(wide), **tolerances),
+        GloballyRegularized(NetField(wide), **tolerances),
     ]
+    # ... unless its probe is taken in float32.
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.warns(RuntimeWarning, match="the local penalty"):
+        LocallyRegularized.paper(NetField(wide), probe_dtype="float32", **tolerances)(y0.double(), t)
     for name, model in warned.items():
         with (
             torch.autocast("cpu", dtype=torch.bfloat16),
@@ -1128,7 +1162,7 @@ def test_penalties_that_read_the_error_estimate_warn_under_autocast():
         warnings.simplefilter("error")
         for model in quiet:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                model(y0, t)
+                model(y0.to(next(model.parameters()).dtype), t)
         for model in warned.values():
             model(y0, t)  # outside autocast
             model.eval()

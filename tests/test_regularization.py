@@ -943,6 +943,18 @@ def test_torchdiffeq_fixed_grids_of_the_output_times_read_t_reg_without_stepping
     torch.testing.assert_close(state, ys[i - 1] + fraction * (ys[i] - ys[i - 1]), rtol=1e-12, atol=1e-14)
 
 
+def test_a_draw_that_snaps_onto_an_output_time_keeps_it_on_torchdiffeqs_fixed_grid(monkeypatch):
+    # A draw within the tolerance of the output time 0.5 is that time: it was taken off the grid as
+    # an added t_reg (euler: 3 evaluations against 4, ys 0.1 from evaluation's).
+    monkeypatch.setattr(_sampling, "sample_uniform_time", lambda times, t_dtype, generator: 0.5 + 1e-12)
+    t = torch.linspace(0.0, 1.0, 5, dtype=DTYPE)
+    model = LocallyRegularized(MLPField(), backend="torchdiffeq", method="euler")
+    ys = model(_y0(), t)
+    assert model.stats.t_reg == 0.5 and model.stats.nfe_main == 4
+    model.eval()
+    torch.testing.assert_close(ys, model(_y0(), t), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("gradient", ["direct", "adjoint"])
 def test_a_torchdiffeq_model_can_be_deep_copied_after_a_training_pass(gradient):
     # The stats kept the last time torchdiffeq passed func, a tensor with a graph: copy.deepcopy

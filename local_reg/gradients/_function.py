@@ -603,6 +603,11 @@ class StepwiseGradient(GraphFreeGradient):
         # An output whose cotangent is exactly zero (a regularizer's detached u(t_reg)) adds nothing:
         # its step keeps the cheaper backward step of a step without outputs.
         nonzero = [bool(g.any()) for g in grad_ys] if any(inside) else []
+        # A zero cotangent (a penalty the loss does not read) keeps the cheaper re-run: None.
+        penalty_cotangents: list[Tensor | None] = [None] * len(step_starts)
+        if grad_penalties is not None and grad_penalties.numel():
+            read = grad_penalties.ne(0).reshape(len(step_starts), -1).any(1).tolist()
+            penalty_cotangents = [g if r else None for g, r in zip(grad_penalties, read, strict=True)]
         func = CountingField(solve.func)
         grad_params: list[Tensor | None] = [None] * len(solve.params)
         adjoint = torch.zeros_like(ys[0])
@@ -617,7 +622,7 @@ class StepwiseGradient(GraphFreeGradient):
                 step_sizes[n - 1],
                 next(states),
                 adjoint,
-                None if grad_penalties is None else grad_penalties[n - 1],
+                penalty_cotangents[n - 1],
                 [(theta, grad_ys[output]) for output, theta in inside[n - 1] if nonzero[output]],
             )
             adjoint = self.step_backward(func, solve, current, grad_params)

@@ -66,13 +66,14 @@ from .schedules import WeightSchedule, as_schedule
 Problem = ODEProblem | SDEProblem
 
 
-def _warn_of_autocast(penalty: str, remedy: str) -> None:
+def _warn_of_autocast(penalty: str, dtype: torch.dtype, remedy: str) -> None:
     """A ``RuntimeWarning`` where ``penalty``, which reads the solver's error or stiffness estimate,
-    is computed under ``torch.autocast``: the estimate then measures the field's rounding in the
-    autocast dtype (bfloat16: a penalty 300-10000x float32's, its gradient pointing elsewhere), not
-    the truncation error it is meant to penalize."""
+    is computed in float32 (``dtype``) under ``torch.autocast``, which lowers float32 operations: the
+    estimate then measures the field's rounding in the autocast dtype (bfloat16: a penalty
+    300-10000x float32's, its gradient pointing elsewhere), not the truncation error it is meant
+    to penalize. Float64 is left alone by autocast."""
     regions = active_autocast()
-    if regions and torch.is_grad_enabled():
+    if regions and dtype == torch.float32 and torch.is_grad_enabled():
         dtypes = ", ".join(sorted({str(dtype).removeprefix("torch.") for _, dtype in regions}))
         warn(
             f"{penalty} reads the solver's error estimate, which under torch.autocast ({dtypes}) "
@@ -281,8 +282,10 @@ class LocalPenalty:
                 draws = [(t_reg, main.state_at(t_reg, direction), None) for t_reg in t_regs]
             elif self.sampling == "random":
                 solve_times, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
+                # The draws added to the output times (one that snapped onto a given time is that time).
+                added = tuple(sorted(set(solve_times) - set(times)))
                 main = problem.solve(
-                    y0, solve_times, t_dtype, context, Request(steps=solver_step, interpolated=tuple(t_regs))
+                    y0, solve_times, t_dtype, context, Request(steps=solver_step, interpolated=added)
                 )
                 ys, states = split_outputs(main.ys, solve_times, times, t_regs)
                 draws = [
@@ -319,9 +322,10 @@ class LocalPenalty:
                 probe_context = context._replace(
                     time_dtype=torch.promote_types(context.time_dtype, probe_dtype)
                 )
-            if self.penalty != "kinetic" and probe_dtype is None:
+            if self.penalty != "kinetic":
                 _warn_of_autocast(
                     f"the local penalty {self.penalty!r}",
+                    y0.dtype if probe_dtype is None else probe_dtype,
                     "compute it outside autocast, or probe in float64 (an ODE's probe_dtype='float64'), "
                     "or use the default kinetic penalty, which reads no estimate",
                 )
@@ -451,7 +455,9 @@ class GlobalPenalty:
                 value = step_penalty_value(result, dt, self.regularizer, tableau)
                 return value if self.regularizer == "error" or reduction == "max" else value * abs(dt)
 
-            _warn_of_autocast(f"global regularization ({self.regularizer!r})", "compute it outside autocast")
+            _warn_of_autocast(
+                f"global regularization ({self.regularizer!r})", y0.dtype, "compute it outside autocast"
+            )
             main = problem.solve(y0, times, t_dtype, context, Request(step_penalty=per_step))
             main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
             penalties = main.penalties
