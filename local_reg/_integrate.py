@@ -102,6 +102,13 @@ known), and torchsde's, which has none (local_reg.compat)."""
 # sliver of a step is left over.
 _LANDING_SLACK = 0.01
 STOP_NEVER_HELD = "the stop condition never held before the time overflowed"
+STALLED_STEPS = 100
+"""Accepted steps in a row, each shorter than the state dtype's ``eps`` times the span, that leave
+every element of the state unchanged although its derivative is not zero: the solve fails there
+(:class:`_StallWatch`)."""
+_STALL_GROWTH = 8.0
+"""A step this many times the stalled run's first ends the run: the controller is growing the step
+out of it."""
 _EXACT_COUNTS = 2**53
 """Step counts above this are not exact as floats: a fixed step size is then its own equal step."""
 
@@ -579,6 +586,8 @@ def integrate(
     # finite rejection or a step that grows (not by the slivers accepted in between).
     shrinking_from_non_finite = False
     outputs = [y0]
+    # Steps this short may round away in the state's dtype: each accepted one is compared with y.
+    stalls = _StallWatch(torch.finfo(y0.dtype).eps * abs(times[-1] - times[0]))
     penalties: list[Tensor] = []
     # With interpolation, the index of the next output time read from dense output.
     next_output = 1
@@ -725,6 +734,8 @@ def integrate(
                     log.stop_time = t_stop
                     y = result.y1 if t_stop == t_next else accepted_step.states([t_stop])[0]
                     break
+                if adaptive:
+                    stalls.observe(dt_used, y, result, t, stats)
                 t = t_next
                 y = result.y1
                 if adaptive:
@@ -777,6 +788,48 @@ def integrate(
     if log.dense is not None:
         log.dense.add_state(y.clone() if y is y0 else y)
     return outputs, stats, log.to_steps(stepper.has_stiffness), penalties
+
+
+class _StallWatch:
+    """Accepted steps shorter than ``below`` (the state dtype's ``eps`` times the span) whose ``y1``
+    equals ``y`` in every element while the step's first stage is not zero: increments that round
+    away in the state's dtype. :data:`STALLED_STEPS` of them in a row, the step size held within a
+    factor of :data:`_STALL_GROWTH` of the run's first (a step growing out of a tiny first step
+    stalls harmlessly on its way up), are a :class:`SolverError`: the solve would return a state
+    that stopped following the solution (a float32 state pinned at float32's largest value,
+    accepted step after step), or grind to ``max_steps``."""
+
+    def __init__(self, below: float) -> None:
+        self.below = below
+        self.length = 0
+        self.first_dt = 0.0
+
+    def observe(self, dt_used: float, y: Tensor, result: Any, t: float, stats: Stats) -> None:
+        if dt_used >= self.below or not torch.equal(result.y1, y):
+            self.length = 0
+            return
+        stages = getattr(result, "stages", None)
+        if (stages and not bool(stages[0].any())) or (
+            self.length and dt_used > _STALL_GROWTH * self.first_dt
+        ):
+            self.length = 0  # a zero derivative (nothing to add), or a step growing out of the stall
+            return
+        if self.length == 0:
+            self.first_dt = dt_used
+        self.length += 1
+        if self.length < STALLED_STEPS:
+            return
+        largest = float(y.detach().abs().max())
+        overflow = largest == torch.finfo(y.dtype).max
+        raise SolverError(
+            f"{STALLED_STEPS} accepted steps in a row (the last dt={dt_used:.3e}) left every element of "
+            "the state unchanged although its derivative is not zero: their increments round away in "
+            f"{str(y.dtype).removeprefix('torch.')} (largest |y| {largest:.4g}"
+            + (", the dtype's largest value: the solution overflows it" if overflow else "")
+            + "); solve in float64, or rescale the state",
+            t=t,
+            n_steps=stats.n_steps,
+        )
 
 
 def integrate_ode(

@@ -1461,12 +1461,45 @@ def test_a_solution_at_the_edge_of_its_dtypes_range_is_named_as_the_cause():
     # It said "raise max_steps, or loosen rtol/atol" while y sat at float32's largest value and the
     # steps shrank to keep it finite: neither helps.
     growth = torch.tensor([1e37])
-    with pytest.raises(SolverError, match=r"\|y\| = 3.4e\+38, near the largest torch.float32 value") as info:
+    with pytest.raises(
+        SolverError, match=r"largest \|y\| 3.403e\+38, the dtype's largest value: the solution overflows"
+    ) as info:
         odeint(lambda t, y: y, growth, [0.0, 100.0], max_steps=300)
-    assert "float64 reaches further" in str(info.value) and "loosen" not in str(info.value)
+    assert "solve in float64" in str(info.value) and "loosen" not in str(info.value)
     # In float64 the trial steps overflow first: that is said, and the range too.
     with pytest.raises(SolverError, match=r"kept turning non-finite.*near the largest torch\.float64 value"):
         odeint(lambda t, y: y, growth.double() * 1e270, [0.0, 100.0])
+
+
+def test_steps_whose_increments_round_away_in_the_states_dtype_are_a_solver_error():
+    """y' = y from 1e37 in float32 passes float32's largest value at t = 3.5272: the state was
+    pinned there step after step (3.402823e38 returned for t = 3.5274, an error of 8e-4, silently)
+    or ground on to max_steps, its steps (1e-8) far above the loop's underflow threshold."""
+    with pytest.raises(
+        SolverError, match=r"100 accepted steps in a row .* round away in float32 .*overflows it"
+    ) as info:
+        odeint(lambda t, y: y, torch.tensor([1e37]), [0.0, 3.5274], max_steps=10**6)
+    assert 3.527 < info.value.t < 3.5274 and info.value.n_steps < 1000  # not at max_steps
+    # Increments below the state's resolution without overflow: named too.
+    with pytest.raises(SolverError, match=r"round away in float32 \(largest \|y\| 1e\+08\)"):
+        odeint(
+            lambda t, y: torch.ones_like(y),
+            torch.tensor([1e8]),
+            [0.0, 1.0],
+            controller=local_reg.PIController(max_step=1e-8),
+        )
+    # A zero derivative adds nothing: no stall (the same steps reach max_steps); nor a step growing
+    # out of a tiny first one.
+    with pytest.raises(SolverError, match=r"max_steps=500 exceeded"):
+        odeint(
+            lambda t, y: torch.zeros_like(y),
+            torch.tensor([1e8]),
+            [0.0, 1e4],
+            controller=local_reg.PIController(max_step=1e-3),
+            max_steps=500,
+        )
+    grown = odeint(decay, torch.ones(2, dtype=torch.float64), [0.0, 1.0], first_step=1e-300)
+    assert grown.ys[-1, 0].item() == pytest.approx(math.exp(-1.0), rel=1e-5)
 
 
 def test_an_rtol_below_float64s_precision_does_not_advise_float64():
