@@ -9,11 +9,13 @@
 # under 10 minutes; a step that fails or runs out of time is recorded in summary.txt and the next
 # one still runs. The CUDA tests come first, the whole suite (mostly CPU tests) last.
 set -uo pipefail
+# Resolved now, from the caller's directory: the benchmarks run from benchmarks/, where a relative
+# PY would not be found (command -v leaves a relative path with a slash, .venv/bin/python, as is).
+PY=$(command -v "${PY:-python}") || { echo "no Python at PY=${PY:-python}" >&2; exit 2; }
+PY=$(realpath -s "$PY")
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-${OUT:-results/device}}")
 mkdir -p "$out"
-# Resolved now: the benchmarks run from benchmarks/, where a relative PY would not be found.
-PY=$(command -v "${PY:-python}") || { echo "no Python at PY=${PY:-python}" >&2; exit 2; }
 DEVICE=${DEVICE:-cuda}
 
 step() {  # step NAME SECONDS COMMAND...: run COMMAND with a time limit, its output in OUT/NAME.txt
