@@ -33,6 +33,7 @@ the root's final bracket (two more evaluations of ``event_fn``). The gradient w.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -57,6 +58,7 @@ from ._validate import (
     checked_field,
     one_time,
     time_dtype,
+    unknown_keywords_error,
     validate_state,
 )
 from .controller import PIController
@@ -399,6 +401,20 @@ def odeint_event(
                 f"odeint_event does not take {name}=: it solves from t0 to the event (for the dense "
                 "solution, solve again with odeint(func, y0, [t0, event_t], dense=True))"
             )
+    keywords = [
+        name for name in inspect.signature(odeint).parameters if name not in ("func", "y0", "t", "dense")
+    ]
+    if not set(keywords).issuperset(odeint_kwargs):
+        raise unknown_keywords_error(
+            "odeint_event",
+            set(odeint_kwargs) - set(keywords),
+            [*keywords, "event_fn", "reverse_time"],
+            {
+                "options": "torchdiffeq's dict of solver settings: local_reg.odeint_event takes them as "
+                "keywords, e.g. step_size=, first_step=, max_steps= for max_num_steps; "
+                "local_reg.compat.odeint_event takes torchdiffeq's signature"
+            },
+        )
     solution = _solve_until_event(func, y0, t0, event_fn=event_fn, reverse_time=reverse_time, **odeint_kwargs)
     return solution.ts[-1], solution
 

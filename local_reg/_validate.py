@@ -43,20 +43,26 @@ def explain_unknown_keywords(
         @functools.wraps(function)
         def checked(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
             if not known.issuperset(kwargs):
-                reasons = []
-                for name in sorted(set(kwargs) - known):
-                    close = difflib.get_close_matches(name, keywords, n=1)
-                    hint = foreign.get(name) or (f"did you mean {close[0]!r}?" if close else "")
-                    reasons.append(f"{name!r}" + (f" ({hint})" if hint else ""))
-                arguments = (
-                    "an unexpected keyword argument" if len(reasons) == 1 else "unexpected keyword arguments"
-                )
-                raise TypeError(f"{function.__name__}() got {arguments} {'; '.join(reasons)}")
+                raise unknown_keywords_error(function.__name__, set(kwargs) - known, keywords, foreign)
             return function(*args, **kwargs)
 
         return checked
 
     return decorate
+
+
+def unknown_keywords_error(
+    function: str, unknown: Iterable[str], keywords: Sequence[str], foreign: dict[str, str]
+) -> TypeError:
+    """The ``TypeError`` of :func:`explain_unknown_keywords` for the ``unknown`` keywords given to
+    ``function``, which takes ``keywords``."""
+    reasons = []
+    for name in sorted(unknown):
+        close = difflib.get_close_matches(name, keywords, n=1)
+        hint = foreign.get(name) or (f"did you mean {close[0]!r}?" if close else "")
+        reasons.append(f"{name!r}" + (f" ({hint})" if hint else ""))
+    arguments = "an unexpected keyword argument" if len(reasons) == 1 else "unexpected keyword arguments"
+    return TypeError(f"{function}() got {arguments} {'; '.join(reasons)}")
 
 
 def type_name(value: object) -> str:

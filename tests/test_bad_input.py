@@ -2490,9 +2490,16 @@ def test_torchdiffeq_and_torchsde_spellings_given_to_odeint_and_sdeint_say_what_
         local_reg.odeint(decay, torch.ones(2), t, rtoll=1e-3, adjoint_parms=())
     with pytest.raises(TypeError, match=re.escape("an unexpected keyword argument 'tolerance'") + "$"):
         local_reg.odeint(decay, torch.ones(2), t, tolerance=1e-3)
-    # Through odeint_event, which passes its other keywords on.
-    with pytest.raises(TypeError, match=re.escape("'atoll' (did you mean 'atol'?)")):
+    # odeint_event passes odeint's other keywords on, and names itself (it said "odeint()").
+    with pytest.raises(
+        TypeError,
+        match=re.escape("odeint_event() got an unexpected keyword argument 'atoll' (did you mean 'atol'?)"),
+    ):
         local_reg.odeint_event(decay, torch.ones(2), 0.0, event_fn=lambda t, y: y[0] - 0.5, atoll=1e-6)
+    with pytest.raises(
+        TypeError, match=re.escape("'options' (torchdiffeq's dict") + ".*local_reg.compat.odeint_event"
+    ):
+        local_reg.odeint_event(decay, torch.ones(2), 0.0, event_fn=lambda t, y: y[0] - 0.5, options={})
     for keywords, match in [
         ({"dt": 0.1}, "'dt' (torchsde's step: here step_size= fixes the step"),
         ({"adaptive": True}, "'adaptive' (a solve is adaptive here unless step_size="),
