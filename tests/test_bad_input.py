@@ -1480,24 +1480,20 @@ def test_steps_whose_increments_round_away_in_the_states_dtype_are_a_solver_erro
     ) as info:
         odeint(lambda t, y: y, torch.tensor([1e37]), [0.0, 3.5274], max_steps=10**6)
     assert 3.527 < info.value.t < 3.5274 and info.value.n_steps < 1000  # not at max_steps
-    # Increments below the state's resolution without overflow: named too.
-    with pytest.raises(SolverError, match=r"round away in float32 \(largest \|y\| 1e\+08\)"):
-        odeint(
-            lambda t, y: torch.ones_like(y),
-            torch.tensor([1e8]),
-            [0.0, 1.0],
-            controller=local_reg.PIController(max_step=1e-8),
-        )
-    # A zero derivative adds nothing: no stall (the same steps reach max_steps); nor a step growing
-    # out of a tiny first one.
-    with pytest.raises(SolverError, match=r"max_steps=500 exceeded"):
-        odeint(
-            lambda t, y: torch.zeros_like(y),
-            torch.tensor([1e8]),
-            [0.0, 1e4],
-            controller=local_reg.PIController(max_step=1e-3),
-            max_steps=500,
-        )
+    # Increments below the state's resolution without overflow: named too. A zero derivative adds
+    # nothing: no stall (the same steps reach max_steps); nor a step growing out of a tiny first one.
+    for rate, span, max_step, message in (
+        (1.0, 1.0, 1e-8, r"round away in float32 \(largest \|y\| 1e\+08\)"),
+        (0.0, 1e4, 1e-3, r"max_steps=500 exceeded"),
+    ):
+        with pytest.raises(SolverError, match=message):
+            odeint(
+                lambda t, y, rate=rate: torch.full_like(y, rate),
+                torch.tensor([1e8]),
+                [0.0, span],
+                controller=local_reg.PIController(max_step=max_step),
+                max_steps=500,
+            )
     grown = odeint(decay, torch.ones(2, dtype=torch.float64), [0.0, 1.0], first_step=1e-300)
     assert grown.ys[-1, 0].item() == pytest.approx(math.exp(-1.0), rel=1e-5)
 
