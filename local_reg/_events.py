@@ -33,7 +33,6 @@ the root's final bracket (two more evaluations of ``event_fn``). The gradient w.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -56,6 +55,7 @@ from ._validate import (
     check_function_transforms,
     check_strided,
     checked_field,
+    keyword_parameters,
     one_time,
     time_dtype,
     unknown_keywords_error,
@@ -261,6 +261,9 @@ class _InitialRate:
         return f0
 
 
+_ODEINT_KEYWORDS = frozenset(keyword_parameters(odeint)) - {"func", "y0", "t", "dense"}
+"""The keywords :func:`odeint_event` passes on to :func:`local_reg.odeint`."""
+
 _FORWARD_MODE = (
     "odeint_event: {} forward-mode tangents (torch.autograd.forward_ad), which odeint_event cannot "
     "differentiate: the event time's implicit-function derivative is a reverse-mode one (their "
@@ -401,14 +404,11 @@ def odeint_event(
                 f"odeint_event does not take {name}=: it solves from t0 to the event (for the dense "
                 "solution, solve again with odeint(func, y0, [t0, event_t], dense=True))"
             )
-    keywords = [
-        name for name in inspect.signature(odeint).parameters if name not in ("func", "y0", "t", "dense")
-    ]
-    if not set(keywords).issuperset(odeint_kwargs):
+    if not _ODEINT_KEYWORDS.issuperset(odeint_kwargs):
         raise unknown_keywords_error(
             "odeint_event",
-            set(odeint_kwargs) - set(keywords),
-            [*keywords, "event_fn", "reverse_time"],
+            set(odeint_kwargs) - _ODEINT_KEYWORDS,
+            [*_ODEINT_KEYWORDS, "event_fn", "reverse_time"],
             {
                 "options": "torchdiffeq's dict of solver settings: local_reg.odeint_event takes them as "
                 "keywords, e.g. step_size=, first_step=, max_steps= for max_num_steps; "

@@ -33,11 +33,7 @@ def explain_unknown_keywords(
     torchdiffeq or torchsde user's ``options=`` or ``dt=`` is a different spelling, not a typo."""
 
     def decorate(function: Callable[_Params, _Result]) -> Callable[_Params, _Result]:
-        keywords = [
-            name
-            for name, parameter in inspect.signature(function).parameters.items()
-            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
-        ]
+        keywords = keyword_parameters(function)
         known = frozenset(keywords)
 
         @functools.wraps(function)
@@ -49,6 +45,15 @@ def explain_unknown_keywords(
         return checked
 
     return decorate
+
+
+def keyword_parameters(function: Callable[..., Any]) -> list[str]:
+    """The names ``function`` takes as keywords, in order (through ``functools.wraps`` wrappers)."""
+    return [
+        name
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    ]
 
 
 def unknown_keywords_error(
@@ -770,8 +775,20 @@ def call_under_autocast(
                 value = func(t, y)
         else:
             value = func(t, y)
-    if isinstance(value, Tensor) and value.dtype != y.dtype and value.dtype in {d for _, d in regions}:
-        value = value.to(y.dtype)
+    return cast_back_from_autocast(value, y, regions)
+
+
+def cast_back_from_autocast(
+    value: Any, y: Tensor, regions: tuple[tuple[str, torch.dtype], ...] | None = None
+) -> Any:
+    """``value`` (``func``'s output at ``y``), cast to ``y``'s dtype where it is a tensor in the
+    dtype of one of the autocast ``regions`` (by default those active now, read only for an output
+    in another dtype than ``y``'s), as torchdiffeq's and torchsde's solvers promote it; else as
+    it is (another dtype is refused by the output check)."""
+    if not isinstance(value, Tensor) or value.dtype == y.dtype:
+        return value
+    if value.dtype in {dtype for _, dtype in (active_autocast() if regions is None else regions)}:
+        return value.to(y.dtype)
     return value
 
 

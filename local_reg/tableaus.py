@@ -92,10 +92,9 @@ class ButcherTableau:
             value = getattr(self, attribute)
             if value is not None:
                 object.__setattr__(self, attribute, self._coefficients(attribute, value))
-        if isinstance(self.a, torch.Tensor):
-            object.__setattr__(self, "a", self.a.detach().cpu().double().numpy())
-        elif _square_rows(self.a):
-            object.__setattr__(self, "a", np.asarray(self.a, dtype=float))
+        square = _square_matrix(self.a)
+        if square is not None:
+            object.__setattr__(self, "a", square)
         if isinstance(self.a, np.ndarray) and self.a.ndim == 2 and self.a.shape[0] == self.a.shape[1]:
             # A square matrix, as it is printed: its entries on and above the diagonal must be 0.
             if np.any(np.triu(self.a) != 0):
@@ -203,19 +202,20 @@ class ButcherTableau:
         return self.error_weights is not None
 
 
-def _square_rows(a: object) -> bool:
-    """Whether ``a`` is a sequence of ``len(a)`` rows of ``len(a)`` entries each: the square matrix
-    as printed (the rows below the diagonal have ``0, 1, ...`` entries, so the two never agree)."""
+def _square_matrix(a: object) -> np.ndarray | None:
+    """``a`` as an array where it is a tensor, or a sequence of ``len(a)`` rows of ``len(a)`` numbers
+    each: the square matrix as printed (the rows below the diagonal have ``0, 1, ...`` entries, so
+    the two never agree); else ``None``, ``a`` then read as rows (a numpy array as it is)."""
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().double().numpy()
     if not isinstance(a, (tuple, list)) or not a:
-        return False
-    rows = all(isinstance(row, (tuple, list, np.ndarray, torch.Tensor)) and len(row) == len(a) for row in a)
-    if not rows:
-        return False
+        return None
+    if not all(isinstance(row, (tuple, list, np.ndarray, torch.Tensor)) and len(row) == len(a) for row in a):
+        return None
     try:  # entries that are not numbers are named by the row check that follows
-        np.asarray(a, dtype=float)
+        return np.asarray(a, dtype=float)
     except (TypeError, ValueError):
-        return False
-    return True
+        return None
 
 
 @functools.cache

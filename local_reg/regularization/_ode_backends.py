@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import SolverError
-from .._validate import active_autocast, check_choice, check_output
+from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
 from ..solution import Stats
 from ._main_solve import BackwardCounter, MainSolve, Request
@@ -133,16 +133,9 @@ class _TorchdiffeqField(nn.Module):
         # Detached: the stats keep this field, and a t with a graph would keep that graph alive
         # (and make the model refuse copy.deepcopy).
         self.last_t = t.detach()
-        output = self.func(t, y)
         # Under the caller's torch.autocast, an output in its dtype: torchdiffeq's own sums with the
         # state would promote it back, as local_reg's backend casts it.
-        if (
-            isinstance(output, Tensor)
-            and output.dtype != y.dtype
-            and output.dtype in {dtype for _, dtype in active_autocast()}
-        ):
-            output = output.to(y.dtype)
-        return check_output("func", output, y)
+        return check_output("func", cast_back_from_autocast(self.func(t, y), y), y)
 
     def _attempt(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.attempted += 1
