@@ -28,6 +28,11 @@ UNJUDGED = (
     "tolerance does not help (tsit5, dopri5 and dopri8 have one, and say so)"
 )
 """What a ``max_steps`` failure adds with a method that cannot tell whether the problem is stiff."""
+SDE_HINT = (
+    "(raise max_steps, or loosen rtol/atol; sdeint's methods have no stiffness estimate to tell "
+    "whether the drift is stiff, where a looser tolerance does not help)"
+)
+"""What a ``max_steps`` failure of an SDE solve suggests (``compat.sdeint`` sets no step limit)."""
 NEAR_OVERFLOW = 0.01
 """A state whose largest magnitude is at least this fraction of its dtype's largest finite value
 is at the edge of the range: the steps shrink to keep it finite, and no tolerance helps."""
@@ -109,7 +114,10 @@ def explain_failure(
                 f"{RAISE_MAX_STEPS}, or a longer max_step)"
             )
             return SolverError(reason, t=error.t, n_steps=error.n_steps)
-        ratio = stiffness_ratio(log, None if tableau is None else tableau.stability_size)
+        if tableau is None:
+            reason += f" {SDE_HINT}"
+            return SolverError(reason, t=error.t, n_steps=error.n_steps)
+        ratio = stiffness_ratio(log, tableau.stability_size)
         if ratio is not None and ratio >= STIFF_RATIO:
             reason += (
                 f"; the problem looks stiff: |dt| * rho / stability_size = {ratio:.2f} over the last "
@@ -118,7 +126,7 @@ def explain_failure(
             )
         else:
             reason += f" {SETTINGS_HINT}"
-            if tableau is not None and tableau.stability_size is None:
+            if tableau.stability_size is None:
                 reason += UNJUDGED.format(method=tableau.name)
     elif non_finite is not None:
         reason = f"{non_finite}: the trial steps kept turning non-finite, down to a {reason}{overflow or ''}"
