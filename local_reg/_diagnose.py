@@ -5,7 +5,7 @@ of its dtype's range, the overflow behind a step-size underflow)."""
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -62,6 +62,27 @@ def _near_overflow(state: torch.Tensor) -> str | None:
     )
 
 
+BLOW_UP = 1e3
+"""A state whose largest magnitude is at least this many times ``max(|y0|, 1)`` where the step size
+underflows has likely met a finite-time singularity (``y' = y**2`` from ``y0 = 1`` near ``t = 1``):
+the steps shrink with the distance to it whatever the tolerance."""
+
+
+def _blow_up(state: torch.Tensor | None, start: torch.Tensor | None) -> str | None:
+    """Why the step size underflowed if the state grew :data:`BLOW_UP`-fold from ``start``, else
+    ``None``."""
+    if state is None or start is None or not state.numel() or not start.numel():
+        return None
+    initial = float(torch.linalg.vector_norm(start.detach(), ord=float("inf")))
+    magnitude = float(torch.linalg.vector_norm(state.detach(), ord=float("inf")))
+    if not magnitude >= BLOW_UP * max(initial, 1.0):
+        return None
+    return (
+        f" (|y| grew from {initial:.3g} at t0 to {magnitude:.3g} here: the solution likely blows up in "
+        "finite time near this t, which no tolerance or step limit gets past)"
+    )
+
+
 def _held_at_max_step(log: Any, max_step: float | None) -> bool:
     """Whether the last accepted steps were as long as ``controller.max_step`` let them be."""
     recent = [abs(dt) for dt in log.dt[-RECENT_STEPS:]]
@@ -69,7 +90,12 @@ def _held_at_max_step(log: Any, max_step: float | None) -> bool:
 
 
 def explain_failure(
-    error: SolverError, log: Any, options: Any, non_finite: str | None, state: torch.Tensor | None = None
+    error: SolverError,
+    log: Any,
+    options: Any,
+    non_finite: str | None,
+    state: torch.Tensor | None = None,
+    start: torch.Tensor | None = None,
 ) -> SolverError:
     """``error`` of :func:`local_reg._integrate.next_step_size`, its reason completed.
 
@@ -77,9 +103,15 @@ def explain_failure(
     ``failure`` text; set by one, cleared by a finite rejection or a step that grows), so the step
     size underflowed while shrinking away from an overflow. ``state``: the state where the solve
     stopped, whose dtype's precision an ``rtol`` below it cannot reach (the likely cause then) and
-    whose range it may have reached.
+    whose range it may have reached. ``start``: the initial state, against which a step-size
+    underflow at a state grown many times over is a finite-time blow-up (not a tolerance below the
+    dtype's resolution, which would have shrunk the steps anywhere).
     """
     reason = error.reason
+    if reason.startswith("step size underflow") and non_finite is None:
+        blow_up = _blow_up(state, start)
+        if blow_up is not None and _near_overflow(cast(torch.Tensor, state)) is None:
+            return SolverError(reason + blow_up, t=error.t, n_steps=error.n_steps)
     tableau = getattr(options, "tableau", None)
     adaptive = tableau is None or tableau.adaptive
     rtol = getattr(options, "rtol", None)

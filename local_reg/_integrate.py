@@ -631,7 +631,7 @@ def integrate(
                 )
             except SolverError as error:
                 non_finite = stepper.failure if shrinking_from_non_finite else None
-                raise explain_failure(error, log, options, non_finite, y) from None
+                raise explain_failure(error, log, options, non_finite, y, y0) from None
             dt = direction * dt_used
             t_next = t_goal if lands else t + dt
             if step_size is not None:

@@ -27,6 +27,19 @@ def test_a_field_turning_non_finite_is_named_even_with_an_rtol_below_eps() -> No
         odeint(nan_past_half, torch.ones(1), [0.0, 1.0], rtol=5e-8, atol=1e-2)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "rtol", "atol"),
+    [(torch.float32, 1e-7, 1e-9), (torch.float32, 1e-3, 1e-6), (torch.float64, 1e-7, 1e-9)],
+)
+def test_a_finite_time_blow_up_is_named_rather_than_the_tolerance(dtype, rtol, atol) -> None:
+    # y' = y**2 from 1 is 1 / (1 - t): the steps shrink towards t = 1 whatever the tolerance. At
+    # torchdiffeq's defaults in float32 the failure blamed the rtol (1e-7 is below float32's eps),
+    # though a looser one fails alike; elsewhere it said only "step size underflow".
+    with pytest.raises(SolverError, match=r"^step size underflow .* the solution likely blows up") as info:
+        odeint(lambda t, y: y**2, torch.ones(1, dtype=dtype), [0.0, 0.5, 2.0], rtol=rtol, atol=atol)
+    assert "below what" not in str(info.value) and 0.99 < info.value.t < 1.01
+
+
 def test_a_fixed_step_float32_solve_past_max_steps_has_no_rtol_to_blame() -> None:
     # A fixed-step solve uses no tolerance: an rtol passed to it, below float32's eps, goes unused
     # and cannot be the cause of the failure.
