@@ -158,6 +158,8 @@ def _as_dict(name: str, options: object) -> dict[str, Any]:
 
 def _check_keys(name: str, options: object, allowed: Sequence[str]) -> dict[str, Any]:
     options = _as_dict(name, options)
+    if options.get("perturb", True) is False:  # torchdiffeq's default, which asks for nothing
+        options = {key: value for key, value in options.items() if key != "perturb"}
     unsupported = sorted(set(options) & set(UNSUPPORTED_OPTIONS) - set(allowed))
     if unsupported:
         raise ValueError(

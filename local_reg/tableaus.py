@@ -546,6 +546,20 @@ TABLEAUS: dict[str, ButcherTableau] = {
 }
 
 
+_OTHER_LIBRARIES_NAMES = {
+    "adaptive_heun": "torchdiffeq's name for 'heun_euler'",
+    **dict.fromkeys(
+        ("heun2", "heun3"),
+        "a fixed-step method of torchdiffeq's: local_reg.compat.METHODS holds its tableau, for method=",
+    ),
+    "rk45": "scipy's RK45 is 'dopri5'",
+    "rk23": "scipy's RK23 is 'bosh3'",
+    "dop853": "scipy's DOP853 is another eighth-order pair; 'dopri8' is Prince and Dormand's RK8(7)13M",
+}
+"""What an unknown method name is in torchdiffeq, scipy or diffrax (whose solver classes are our
+names capitalised), where it is one of theirs (matched ignoring case)."""
+
+
 def get_tableau(method: str | ButcherTableau) -> ButcherTableau:
     """Look a method up by name (or pass a :class:`ButcherTableau` through)."""
     if isinstance(method, ButcherTableau):
@@ -555,4 +569,8 @@ def get_tableau(method: str | ButcherTableau) -> ButcherTableau:
     try:
         return TABLEAUS[method]
     except KeyError:
-        raise ValueError(f"unknown method {method!r}; expected one of {sorted(TABLEAUS)}") from None
+        hint = _OTHER_LIBRARIES_NAMES.get(method.lower())
+        if hint is None and method.lower() in TABLEAUS:
+            hint = f"did you mean {method.lower()!r}?"
+        reason = f"unknown method {method!r}; expected one of {sorted(TABLEAUS)}"
+        raise ValueError(reason + (f" ({hint})" if hint else "")) from None

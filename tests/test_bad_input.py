@@ -2458,6 +2458,52 @@ def test_keywords_that_mean_another_thing_in_a_regularized_module_say_so():
     # A torchsde keyword the models refuse in options is not sent there either.
     with pytest.raises(TypeError, match=r"got unexpected keyword arguments: logqp$"):
         LocallyRegularized(DecaySDE(), backend="torchsde", logqp=True)
+    # torchdiffeq's adjoint settings were "did you mean 'adjoint_params'?" with backend='torchdiffeq'
+    # and a deprecated options={'adjoint_rtol': ...} with local_reg's; its max_num_steps had no hint.
+    for backend in ("local_reg", "torchdiffeq"):
+        for keyword in ("adjoint_rtol", "adjoint_options"):
+            with pytest.raises(
+                TypeError, match=re.escape(f"'{keyword}' (torchdiffeq's adjoint settings: gradient=Backsolve")
+            ):
+                LocallyRegularized(Field(), gradient="adjoint", backend=backend, **{keyword: 1e-6})
+    with pytest.raises(
+        TypeError, match=re.escape("'max_num_steps' (torchdiffeq's step limit: options={'max_steps'")
+    ):
+        LocallyRegularized(Field(), max_num_steps=10)
+    # A fixed-step main solve without its step was told "pass step_size", the probe's keyword here.
+    with pytest.raises(
+        ValueError, match=re.escape("method 'rk4' is fixed-step: pass options={'step_size': ...}")
+    ):
+        LocallyRegularized(Field(), method="rk4")
+
+
+@pytest.mark.parametrize(
+    ("method", "hint"),
+    [
+        ("adaptive_heun", "torchdiffeq's name for 'heun_euler'"),
+        ("heun3", "local_reg.compat.METHODS holds its tableau"),
+        ("RK45", "scipy's RK45 is 'dopri5'"),
+        ("Tsit5", "did you mean 'tsit5'?"),  # diffrax's class
+    ],
+)
+def test_another_librarys_method_name_says_what_it_is_here(method, hint):
+    with pytest.raises(ValueError, match=re.escape(f"unknown method {method!r}") + ".*" + re.escape(hint)):
+        local_reg.odeint(decay, torch.ones(2), [0.0, 1.0], method=method)
+
+
+def test_compat_takes_perturb_false_and_refuses_perturb_true():
+    # perturb=False is torchdiffeq's default and asks for nothing: it was refused as unsupported.
+    t = torch.tensor([0.0, 0.5, 1.0])
+    ys = local_reg.compat.odeint(
+        decay, torch.ones(2), t, method="rk4", options={"step_size": 0.1, "perturb": False}
+    )
+    assert torch.equal(
+        ys, local_reg.compat.odeint(decay, torch.ones(2), t, method="rk4", options={"step_size": 0.1})
+    )
+    with pytest.raises(ValueError, match=re.escape("['perturb'] not supported")):
+        local_reg.compat.odeint(
+            decay, torch.ones(2), t, method="rk4", options={"step_size": 0.1, "perturb": True}
+        )
 
 
 def test_torchdiffeq_and_torchsde_spellings_given_to_odeint_and_sdeint_say_what_to_write():

@@ -573,8 +573,9 @@ class Regularized(nn.Module):
                 if "__init__" in vars(kind) and issubclass(kind, Regularized)
                 for name in inspect.signature(vars(kind)["__init__"]).parameters
             ]
-            options_taken = solver_option_names(is_sde(func), backend, method)
-            raise misplaced_keywords(type(self).__name__, misplaced, options_taken, own)
+            sde = is_sde(func)
+            options_taken = solver_option_names(sde, backend, method)
+            raise misplaced_keywords(type(self).__name__, misplaced, options_taken, own, sde)
         super().__init__()
         # Everything is checked now, so a typo fails at construction, not at the first batch.
         config = SolveConfig(

@@ -104,15 +104,39 @@ def solver_option_names(sde: bool, backend: object, method: object) -> tuple[str
     return ()
 
 
+_ADJOINT_SETTINGS = (
+    "torchdiffeq's adjoint settings: gradient=BacksolveAdjoint(method=..., rtol=..., atol=..., "
+    "norm='seminorm') here, with either backend"
+)
+_TORCHDIFFEQ_SPELLINGS = {
+    **dict.fromkeys(("adjoint_method", "adjoint_rtol", "adjoint_atol", "adjoint_options"), _ADJOINT_SETTINGS),
+    "max_num_steps": "torchdiffeq's step limit: options={'max_steps': ...} here",
+}
+"""What an ODE model says of torchdiffeq's keywords that are not the solver's options on its
+backend (``odeint``'s deprecated ``adjoint_*`` keywords included: the gradient object replaces
+them)."""
+
+
 def misplaced_keywords(
-    module: str, given: dict[str, Any], options: tuple[str, ...], own: list[str]
+    module: str, given: dict[str, Any], options: tuple[str, ...], own: list[str], sde: bool
 ) -> TypeError:
     """The refusal of keywords given to a regularized module that it does not take: the solver's
-    (``options``) go in ``options=``; another is named as Python would, with the module's own
-    keyword (``own``) it is closest to."""
-    solver = sorted(name for name in given if name in options)
-    other = sorted(name for name in given if name not in options)
-    parts = []
+    (``options``) go in ``options=``; torchdiffeq's spelling of a setting of an ODE model says what
+    to write; another is named as Python would, with the module's own keyword (``own``) it is
+    closest to."""
+    foreign = (
+        {}
+        if sde
+        else {
+            name: hint
+            for name, hint in _TORCHDIFFEQ_SPELLINGS.items()
+            if name.startswith("adjoint_") or name not in options
+        }
+    )
+    spelled = sorted(name for name in given if name in foreign)
+    solver = sorted(name for name in given if name in options and name not in foreign)
+    other = sorted(name for name in given if name not in options and name not in foreign)
+    parts = [f"{module}() got an unexpected keyword argument {name!r} ({foreign[name]})" for name in spelled]
     if other:
         close = [match for name in other for match in difflib.get_close_matches(name, own, n=1)]
         hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
@@ -156,6 +180,9 @@ def check_ode_settings(
         options = check_option_keys(options, solver_option_names(False, backend, method), backend)
         for name in ("step_to_outputs", "dense"):
             check_bool(f"options[{name!r}]", options.get(name, False))
+        if not tableau.adaptive and options.get("step_size") is None:
+            # SolveOptions' own refusal says "pass step_size", which a model takes as the probe's.
+            raise ValueError(f"method {tableau.name!r} is fixed-step: pass options={{'step_size': ...}}")
         if options.get("dense"):
             raise ValueError(
                 "options['dense']=True: the model returns ys only, so the dense records would be kept "
