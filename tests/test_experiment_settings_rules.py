@@ -265,6 +265,8 @@ def test_a_json_line_that_is_not_an_object_is_not_a_run_record(tmp_path, line):
         {"seed": [0]},
         {"seed": True},
         {"label": 5},
+        {"settings": None},  # not required, but the report reads it where it is (an AttributeError)
+        {"settings": "x"},
     ],
 )
 def test_a_required_field_of_the_wrong_type_is_named_not_a_crash(tmp_path, edit):

@@ -535,6 +535,39 @@ def test_one_setting_spelled_two_ways_is_one_run(tmp_path, capsys):
     assert len(ResultsFile(tmp_path).load()) == 1
 
 
+def test_a_record_of_another_weight_under_the_same_label_is_another_run(tmp_path):
+    """A label leaves out a weight that is the task's default, and defaults have changed between
+    versions: a record an earlier version made with its default (label ``local-random``, weight 5)
+    was taken for today's run of that seed, and the table averaged the two weights in one row."""
+    spec = runner.RunSpec("digits", "local-random", 0, "tiny")
+    assert spec.label == "local-random" and spec.weight != 5
+    earlier = fake_record("digits", "local-random", 0, run_id="digits-earlier", label=spec.label, weight=5)
+    earlier["config_id"] = spec.config_id
+    write_records(tmp_path, [earlier])
+    assert runner.recorded_as(ResultsFile(tmp_path), spec) is None
+    earlier["weight"] = json.loads(json.dumps(spec.weight))  # the same weight, spelled by JSON
+    write_records(tmp_path, [earlier])
+    assert runner.recorded_as(ResultsFile(tmp_path), spec) == "digits-earlier"
+
+
+def test_a_local_option_set_to_the_value_it_has_anyway_names_the_same_run():
+    """``local.n_draws=1`` and ``local.probe=initial`` (the paper's options, which a task's weight
+    comes with) trained the same model again under a row of its own; ``epochs`` set to its value
+    did not."""
+
+    def spec(**overrides):
+        return runner.RunSpec("digits", "local-random", 0, "tiny", "direct", overrides)
+
+    plain = spec()
+    assert spec(**{"local.n_draws": 1, "local.probe": "initial"}).run_id == plain.run_id
+    assert spec(**{"local.probe_scale": 1}).label == plain.label == "local-random"
+    assert spec(**{"local.n_draws": 2}).label == "local-random (n_draws=2)"
+    # Beside the library's default weight the probe option is no default (its penalty takes none).
+    default = {"weights.local-random": "default"}
+    assert spec(**default, **{"local.n_draws": 1}).run_id == spec(**default).run_id
+    assert "probe=initial" in spec(**default, **{"local.probe": "initial"}).label
+
+
 def test_settings_spelled_as_an_int_or_a_float_are_one_table_and_row():
     """``solver.rtol=1`` and ``=1.0`` made two tables, ``local.probe_scale=4`` and ``=4.0`` two rows."""
 

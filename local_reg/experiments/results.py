@@ -30,6 +30,8 @@ _REQUIRED_TYPES: dict[str, Callable[[object], bool]] = {
     "test_nfe": is_number,
 }
 """What each required field of a run record holds (a record edited by hand is named, not a traceback)."""
+_OPTIONAL_TYPES: dict[str, Callable[[object], bool]] = {"settings": lambda v: isinstance(v, dict)}
+"""What a field the report reads holds where a record has it."""
 
 
 class ResultsError(Exception):
@@ -100,6 +102,7 @@ class ResultsFile:
         if missing:
             raise ResultsError(f"{self.path}:{number}: not a run record (missing {missing})")
         wrong = [k for k in REQUIRED_FIELDS if not _REQUIRED_TYPES[k](record[k])]
+        wrong += [k for k, holds in _OPTIONAL_TYPES.items() if k in record and not holds(record[k])]
         if wrong:
             values = {k: record[k] for k in wrong}
             raise ResultsError(f"{self.path}:{number}: not a run record (wrong types: {values})")

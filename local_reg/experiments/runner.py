@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import fcntl
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -38,6 +39,7 @@ from .._errors import SolverError
 from ..regularization import (
     AdaptiveWeight,
     GradientRatio,
+    LocallyRegularized,
     LocalPenalty,
     RatioWeight,
     RegularizationStats,
@@ -66,6 +68,13 @@ LOCAL_RULES: dict[str, Rule] = {
     "probe_dtype": OneOf(LocalPenalty.PROBE_DTYPES),
 }
 """The ``local.*`` settings: options of the local regularizer (:class:`local_reg.LocalPenalty`)."""
+_LOCAL_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(LocallyRegularized.__init__).parameters.items()
+    if name in LOCAL_RULES and parameter.default is not None
+}
+"""The ``local.*`` options whose default does not depend on the others (``probe=None`` and
+``penalty=None`` do: the default penalty takes no probe)."""
 # Prediction time is the fastest of this many passes over the test set: a single pass is at the
 # mercy of whatever else the machine is doing.
 TIMING_REPEATS = 10
@@ -151,10 +160,18 @@ class RunSpec:
 
     @property
     def local_options(self) -> dict[str, Any]:
-        """The ``local.*`` options of a local method (``{}`` for the others or when none is set)."""
+        """The ``local.*`` options of a local method that change its model (``{}`` for the others or
+        when none is set): one set to the value the method has anyway (the paper's options beside a
+        weight of the task's, the library's own defaults) is left out, so that it names the same run
+        and row, as another setting given its default value does."""
         if not self.method.startswith("local-"):
             return {}
-        return dict(sorted(self.settings().get("local", {}).items()))
+        given = self.settings().get("local", {})
+        anyway = {
+            **_LOCAL_DEFAULTS,
+            **({} if self.weight == DEFAULT_WEIGHT else LocallyRegularized.PAPER_OPTIONS),
+        }
+        return dict(sorted((k, v) for k, v in given.items() if not (k in anyway and anyway[k] == v)))
 
     @property
     def label(self) -> str:
@@ -186,10 +203,14 @@ def recorded_as(results: ResultsFile, spec: RunSpec) -> str | None:
     that of a record of the same task, table, row and seed, whose settings were spelled otherwise
     (a weight ``1`` and ``1.0`` hash differently but are one row; a seed must not count twice)."""
     row = (spec.task, spec.config_id, spec.label, spec.seed)
+    # The label leaves out a weight that is the task's default, which has changed between versions:
+    # a record of another weight under the same label is another run.
+    weight = json.loads(json.dumps(spec.weight))
     for record in results.load(warn=False):
-        if record["run_id"] == spec.run_id or (
-            (record["task"], record["config_id"], record["label"], record["seed"]) == row
-        ):
+        if record["run_id"] == spec.run_id:
+            return record["run_id"]
+        same_row = (record["task"], record["config_id"], record["label"], record["seed"]) == row
+        if same_row and record.get("weight", weight) == weight:
             return record["run_id"]
     return None
 
