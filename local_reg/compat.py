@@ -18,6 +18,7 @@ from torchdiffeq is listed in docs/compat.md.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -402,6 +403,28 @@ def _listed_tolerance(name: str, value: Tolerance) -> Tolerance:
         ) from None
 
 
+class _SolverAssertion(SolverError, AssertionError):
+    """A failed solve: a :class:`local_reg.SolverError` that is also an ``AssertionError``, what
+    torchdiffeq raises for one (``max_num_steps exceeded``, ``underflow in dt``, a non-finite state),
+    so that code catching torchdiffeq's still catches it."""
+
+
+def _failures_as_assertions(solve: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(solve)
+    def solve_asserting(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return solve(*args, **kwargs)
+        except SolverError as error:
+            if isinstance(error, AssertionError):
+                raise
+            raise _SolverAssertion(error.reason, t=error.t, n_steps=error.n_steps).with_traceback(
+                error.__traceback__
+            ) from None
+
+    return solve_asserting
+
+
+@_failures_as_assertions
 def _solve(
     func: Callable,
     y0: State,

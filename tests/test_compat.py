@@ -588,6 +588,38 @@ def test_max_num_steps_caps_each_output_interval_as_in_torchdiffeq():
         compat.odeint(func, y0, t[[0, -1]], options={"max_num_steps": 3})
 
 
+@pytest.mark.parametrize(
+    ("solve", "kind"),
+    [
+        (lambda f, y0, t: compat.odeint(f, y0, t, options={"max_num_steps": 3}), "max_num_steps exceeded"),
+        (lambda f, y0, t: compat.odeint(lambda t, y: y**2, y0, t), "underflow in dt"),
+        (
+            lambda f, y0, t: compat.odeint_adjoint(f, y0, t, options={"max_num_steps": 3}),
+            "max_num_steps exceeded",
+        ),
+        (
+            lambda f, y0, t: compat.odeint_event(
+                f, y0, t[0], event_fn=lambda t, y: y[0, 0] + 5, options={"max_num_steps": 3}
+            ),
+            "max_num_steps exceeded",
+        ),
+        (
+            lambda f, y0, t: compat.odeint(
+                lambda t, y: y**2, y0, t, method="scipy_solver", options={"solver": "RK45"}
+            ),
+            "underflow in dt",
+        ),
+    ],
+)
+def test_a_failed_solve_is_caught_as_torchdiffeqs_assertion_error(solve, kind):
+    # torchdiffeq asserts (an AssertionError) where a solve fails: code catching it let a
+    # local_reg.SolverError (a RuntimeError) through.
+    y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    with pytest.raises(AssertionError) as info:
+        solve(Linear(), y0, torch.tensor([0.0, 20.0], dtype=torch.float64))
+    assert isinstance(info.value, SolverError), kind
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_max_num_steps_is_exactly_the_most_steps_one_interval_takes(reverse):
     """torchdiffeq counts the attempts that start in an output interval: the solve passes with the
