@@ -171,8 +171,9 @@ class LocallyRegularized(Regularized):
     is 0. ``model.stats`` describes the last call. Everything is checked at construction.
 
     ``func`` may be a torchsde-style SDE (``f``, ``g``, ``noise_type``; see :func:`local_reg.sdeint`):
-    the probe is then one Euler--Maruyama step with its embedded estimate on the main solve's
-    Brownian path, ``R = EEst * dt`` (``regularizer="error"`` only, ``reg_method`` ``None``), and
+    by default ``R`` is then the drift's mean square at ``t_reg``; with a probe option or
+    ``penalty="error-dt"``, one Euler--Maruyama step with its embedded estimate on the main solve's
+    Brownian path, ``R = EEst * |dt|`` (``regularizer="error"`` only, ``reg_method`` ``None``); and
     ``backend`` is ``"local_reg"`` or ``"torchsde"``.
 
     A penalty that is not finite (a diverging regularization step) is replaced by a zero that

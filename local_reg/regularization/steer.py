@@ -5,7 +5,7 @@ ODEs.* NeurIPS 2020.
 
 At every training forward pass the end time of the integration is drawn as::
 
-    T ~ U(t1 - b, t1 + b),      0 < b < t1 - t0,
+    T ~ U(t1 - b, t1 + b),      0 <= b < t1 - t0,
 
 and the model's output at ``t1`` is the solution at ``T``; evaluation integrates to ``t1`` exactly.
 There is no penalty term: the randomness itself regularizes the dynamics towards ones that are
