@@ -64,8 +64,9 @@ def _near_overflow(state: torch.Tensor) -> str | None:
 
 BLOW_UP = 1e3
 """A state whose largest magnitude is at least this many times ``max(|y0|, 1)`` where the step size
-underflows has likely met a finite-time singularity (``y' = y**2`` from ``y0 = 1`` near ``t = 1``):
-the steps shrink with the distance to it whatever the tolerance."""
+underflows has likely met a singularity, of the solution (a finite-time blow-up: ``y' = y**2``
+from ``y0 = 1`` near ``t = 1``) or of the field (a derivative unbounded there, the state large but
+finite): the steps shrink with the distance to it whatever the tolerance."""
 
 
 def _blow_up(state: torch.Tensor | None, start: torch.Tensor | None) -> str | None:
@@ -78,8 +79,8 @@ def _blow_up(state: torch.Tensor | None, start: torch.Tensor | None) -> str | No
     if not magnitude >= BLOW_UP * max(initial, 1.0):
         return None
     return (
-        f" (|y| grew from {initial:.3g} at t0 to {magnitude:.3g} here: the solution likely blows up in "
-        "finite time near this t, which no tolerance or step limit gets past)"
+        f" (|y| grew from {initial:.3g} at t0 to {magnitude:.3g} here: the solution or the field is likely "
+        "singular near this t, as in a finite-time blow-up, which no tolerance or step limit gets past)"
     )
 
 

@@ -51,7 +51,7 @@ from ._validate import (
 from .controller import DEFAULT_CONTROLLER, PIController, TimeSet
 from .gradients import BacksolveAdjoint, Direct, GradientMethod, Symplectic
 from .solution import State
-from .tableaus import TABLEAUS, ButcherTableau
+from .tableaus import TABLEAUS, ButcherTableau, method_hint
 
 States = Tensor | tuple[Tensor, ...]
 """The states at the output times: a tensor, or a tuple of tensors for a tuple ``y0``."""
@@ -145,7 +145,9 @@ def _tableau(method: str | None) -> ButcherTableau:
             "(adaptive: dopri5, dopri8, tsit5, bosh3, fehlberg2, adaptive_heun; fixed-step: euler, "
             "midpoint, heun2, heun3, rk4)"
         )
-    raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+    raise ValueError(
+        f"unknown method {method!r}; expected one of {list(METHODS)}{method_hint(method, METHODS)}"
+    )
 
 
 def _as_dict(name: str, options: object) -> dict[str, Any]:
@@ -404,9 +406,15 @@ def _listed_tolerance(name: str, value: Tolerance) -> Tolerance:
 
 
 class _SolverAssertion(SolverError, AssertionError):
-    """A failed solve: a :class:`local_reg.SolverError` that is also an ``AssertionError``, what
-    torchdiffeq raises for one (``max_num_steps exceeded``, ``underflow in dt``, a non-finite state),
-    so that code catching torchdiffeq's still catches it."""
+    """A failed solve of a kind torchdiffeq asserts on: a :class:`local_reg.SolverError` that is also
+    an ``AssertionError``, so that code catching torchdiffeq's still catches it."""
+
+
+_ASSERTED_BY_TORCHDIFFEQ = ("step size underflow", "non-finite", "max_num_steps=")
+"""The failures torchdiffeq 0.2.5 raises as ``AssertionError`` s (``underflow in dt``, a non-finite
+state, ``max_num_steps exceeded``: the per-interval limit of ``options['max_num_steps']``), by the
+start of their reason. local_reg's own default step limit, which torchdiffeq lacks, stays a plain
+:class:`SolverError`, as does a ``scipy_solver`` failure (torchdiffeq returns what it reached)."""
 
 
 def _failures_as_assertions(solve: Callable[..., Any]) -> Callable[..., Any]:
@@ -415,7 +423,7 @@ def _failures_as_assertions(solve: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return solve(*args, **kwargs)
         except SolverError as error:
-            if isinstance(error, AssertionError):
+            if isinstance(error, AssertionError) or not error.reason.startswith(_ASSERTED_BY_TORCHDIFFEQ):
                 raise
             raise _SolverAssertion(error.reason, t=error.t, n_steps=error.n_steps).with_traceback(
                 error.__traceback__

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -546,18 +546,26 @@ TABLEAUS: dict[str, ButcherTableau] = {
 }
 
 
-_OTHER_LIBRARIES_NAMES = {
-    "adaptive_heun": "torchdiffeq's name for 'heun_euler'",
-    **dict.fromkeys(
-        ("heun2", "heun3"),
-        "a fixed-step method of torchdiffeq's: local_reg.compat.METHODS holds its tableau, for method=",
-    ),
-    "rk45": "scipy's RK45 is 'dopri5'",
-    "rk23": "scipy's RK23 is 'bosh3'",
-    "dop853": "scipy's DOP853 is another eighth-order pair; 'dopri8' is Prince and Dormand's RK8(7)13M",
-}
-"""What an unknown method name is in torchdiffeq, scipy or diffrax (whose solver classes are our
-names capitalised), where it is one of theirs (matched ignoring case)."""
+def method_hint(method: str, names: Collection[str]) -> str:
+    """What an unknown ``method`` is among ``names`` (the methods the caller takes), where it is
+    torchdiffeq's, scipy's or diffrax's name for one (matched ignoring case; diffrax's solver classes
+    are the names capitalised), as ``" (...)"``; else ``""``."""
+    heun = "heun_euler" if "heun_euler" in names else "adaptive_heun"
+    hints = {
+        "adaptive_heun": f"torchdiffeq's name for {heun!r}",
+        "heun": f"diffrax's Heun is {heun!r}",
+        "heun_euler": "local_reg.odeint's name for 'adaptive_heun'",
+        "rk45": "scipy's RK45 is 'dopri5'",
+        "rk23": "scipy's RK23 is 'bosh3'",
+        "dop853": "scipy's DOP853 is another eighth-order pair; 'dopri8' is Prince and Dormand's RK8(7)13M",
+        **dict.fromkeys(
+            ("heun2", "heun3"),
+            "a fixed-step method of torchdiffeq's: local_reg.compat.METHODS holds its tableau, for method=",
+        ),
+    }
+    lower = method.lower()
+    hint = f"did you mean {lower!r}?" if lower in names else hints.get(lower)
+    return f" ({hint})" if hint else ""
 
 
 def get_tableau(method: str | ButcherTableau) -> ButcherTableau:
@@ -569,8 +577,5 @@ def get_tableau(method: str | ButcherTableau) -> ButcherTableau:
     try:
         return TABLEAUS[method]
     except KeyError:
-        hint = _OTHER_LIBRARIES_NAMES.get(method.lower())
-        if hint is None and method.lower() in TABLEAUS:
-            hint = f"did you mean {method.lower()!r}?"
-        reason = f"unknown method {method!r}; expected one of {sorted(TABLEAUS)}"
-        raise ValueError(reason + (f" ({hint})" if hint else "")) from None
+        hint = method_hint(method, TABLEAUS)
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(TABLEAUS)}{hint}") from None

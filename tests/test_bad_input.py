@@ -2463,13 +2463,24 @@ def test_keywords_that_mean_another_thing_in_a_regularized_module_say_so():
     for backend in ("local_reg", "torchdiffeq"):
         for keyword in ("adjoint_rtol", "adjoint_options"):
             with pytest.raises(
-                TypeError, match=re.escape(f"'{keyword}' (torchdiffeq's adjoint settings: gradient=Backsolve")
+                TypeError,
+                match=re.escape(f"'{keyword}' (torchdiffeq's adjoint settings") + ".*BacksolveAdjoint",
             ):
                 LocallyRegularized(Field(), gradient="adjoint", backend=backend, **{keyword: 1e-6})
     with pytest.raises(
         TypeError, match=re.escape("'max_num_steps' (torchdiffeq's step limit: options={'max_steps'")
     ):
         LocallyRegularized(Field(), max_num_steps=10)
+    # On torchdiffeq's fixed grid, which has no step limit, local_reg's spelling is no answer.
+    with pytest.raises(TypeError, match=r"got unexpected keyword arguments: max_num_steps$"):
+        LocallyRegularized(
+            Field(), backend="torchdiffeq", method="rk4", options={"step_size": 0.1}, max_num_steps=10
+        )
+    # An SDE model's adjoint settings are torchsde's, taken by its backend's adjoint only.
+    with pytest.raises(
+        TypeError, match=re.escape("'adjoint_rtol' (torchsde's adjoint settings: with backend='torchsde'")
+    ):
+        LocallyRegularized(DecaySDE(), adjoint_rtol=1e-6)
     # A fixed-step main solve without its step was told "pass step_size", the probe's keyword here.
     with pytest.raises(
         ValueError, match=re.escape("method 'rk4' is fixed-step: pass options={'step_size': ...}")
@@ -2484,11 +2495,20 @@ def test_keywords_that_mean_another_thing_in_a_regularized_module_say_so():
         ("heun3", "local_reg.compat.METHODS holds its tableau"),
         ("RK45", "scipy's RK45 is 'dopri5'"),
         ("Tsit5", "did you mean 'tsit5'?"),  # diffrax's class
+        ("Heun", "diffrax's Heun is 'heun_euler'"),
     ],
 )
 def test_another_librarys_method_name_says_what_it_is_here(method, hint):
     with pytest.raises(ValueError, match=re.escape(f"unknown method {method!r}") + ".*" + re.escape(hint)):
         local_reg.odeint(decay, torch.ones(2), [0.0, 1.0], method=method)
+
+
+def test_compat_names_another_librarys_method_in_its_own_terms():
+    for method, hint in [("RK45", "scipy's RK45 is 'dopri5'"), ("Heun", "diffrax's Heun is 'adaptive_heun'")]:
+        with pytest.raises(
+            ValueError, match=re.escape(f"unknown method {method!r}") + ".*" + re.escape(hint)
+        ):
+            local_reg.compat.odeint(decay, torch.ones(2), torch.tensor([0.0, 1.0]), method=method)
 
 
 def test_compat_takes_perturb_false_and_refuses_perturb_true():

@@ -548,24 +548,20 @@ def test_a_record_of_another_weight_under_the_same_label_is_another_run(tmp_path
     earlier["weight"] = json.loads(json.dumps(spec.weight))  # the same weight, spelled by JSON
     write_records(tmp_path, [earlier])
     assert runner.recorded_as(ResultsFile(tmp_path), spec) == "digits-earlier"
-
-
-def test_a_local_option_set_to_the_value_it_has_anyway_names_the_same_run():
-    """``local.n_draws=1`` and ``local.probe=initial`` (the paper's options, which a task's weight
-    comes with) trained the same model again under a row of its own; ``epochs`` set to its value
-    did not."""
-
-    def spec(**overrides):
-        return runner.RunSpec("digits", "local-random", 0, "tiny", "direct", overrides)
-
-    plain = spec()
-    assert spec(**{"local.n_draws": 1, "local.probe": "initial"}).run_id == plain.run_id
-    assert spec(**{"local.probe_scale": 1}).label == plain.label == "local-random"
-    assert spec(**{"local.n_draws": 2}).label == "local-random (n_draws=2)"
-    # Beside the library's default weight the probe option is no default (its penalty takes none).
-    default = {"weights.local-random": "default"}
-    assert spec(**default, **{"local.n_draws": 1}).run_id == spec(**default).run_id
-    assert "probe=initial" in spec(**default, **{"local.probe": "initial"}).label
+    # The report keeps the two weights apart too: each a row of its own, today's seeds counted.
+    earlier["weight"] = 5
+    today = [
+        fake_record("digits", "local-random", seed, run_id=f"today{seed}", label=spec.label)
+        for seed in (0, 1)
+    ]
+    for record in today:
+        record["weight"], record["config_id"] = json.loads(json.dumps(spec.weight)), spec.config_id
+    (group,) = group_records([earlier, *today])
+    rows = group.labels()
+    assert rows == ["local-random [w=2.5->1]", "local-random [w=5]"]  # by the weight's size
+    assert [len(group.runs(row)) for row in rows] == [2, 1]
+    table = markdown_table(group)
+    assert table.count("| local-random [w=5] |") == 1 and table.count("| local-random [w=2.5->1] |") == 1
 
 
 def test_settings_spelled_as_an_int_or_a_float_are_one_table_and_row():

@@ -35,9 +35,22 @@ def test_a_finite_time_blow_up_is_named_rather_than_the_tolerance(dtype, rtol, a
     # y' = y**2 from 1 is 1 / (1 - t): the steps shrink towards t = 1 whatever the tolerance. At
     # torchdiffeq's defaults in float32 the failure blamed the rtol (1e-7 is below float32's eps),
     # though a looser one fails alike; elsewhere it said only "step size underflow".
-    with pytest.raises(SolverError, match=r"^step size underflow .* the solution likely blows up") as info:
+    with pytest.raises(
+        SolverError, match=r"^step size underflow .* the solution or the field is likely singular"
+    ) as info:
         odeint(lambda t, y: y**2, torch.ones(1, dtype=dtype), [0.0, 0.5, 2.0], rtol=rtol, atol=atol)
     assert "below what" not in str(info.value) and 0.99 < info.value.t < 1.01
+
+
+def test_a_field_singular_where_the_state_is_large_but_finite_is_not_called_a_blow_up() -> None:
+    # y(1) = 5002 from 0, but y' is unbounded at t = 1: the hint said "the solution likely blows up".
+    def singular(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return 5000.0 + 0 * y + 1 / torch.sqrt(torch.clamp(1 - t, min=0) + 1e-300)
+
+    with pytest.raises(
+        SolverError, match=r"^step size underflow .* the solution or the field is likely singular"
+    ):
+        odeint(singular, torch.zeros(1, dtype=DTYPE), [0.0, 2.0])
 
 
 def test_a_fixed_step_float32_solve_past_max_steps_has_no_rtol_to_blame() -> None:

@@ -9,6 +9,7 @@ method.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -45,13 +46,30 @@ TIMINGS = tuple(_TIME_FIELDS)
 class Group:
     """The runs of one table: same task and settings (``config_id``), any method, weight and seed.
 
-    A row is a ``label``: the method, with its weight when that is not the task's default."""
+    A row is a ``label``: the method, with its weight when that is not the task's default; where
+    records of one label hold different weights (the task's default weight changed between the
+    versions that wrote them), each weight is a row of its own, its weight appended (:meth:`row`)."""
 
     task: str
     config_id: str
     records: list[dict[str, Any]]
     # The duplicates warned about: runs() is read once per cell of a row, the warning is given once.
     _warned: set[tuple[str, str]] = field(default_factory=set, repr=False, compare=False)
+
+    @functools.cached_property
+    def _weights_by_label(self) -> dict[str, set[str]]:
+        weights: dict[str, set[str]] = {}
+        for record in self.records:
+            weights.setdefault(record["label"], set()).add(_canonical(record.get("weight")))
+        return weights
+
+    def row(self, record: dict[str, Any]) -> str:
+        """The row of ``record``: its label, with its weight appended where the group holds another
+        weight under that label (a weight spelled 1 or 1.0 is one)."""
+        label = record["label"]
+        if len(self._weights_by_label[label]) == 1:
+            return label
+        return f"{label} [w={weight_text(record.get('weight'))}]"
 
     @property
     def name(self) -> str:
@@ -80,10 +98,10 @@ class Group:
                 record["method"],
                 "w=" in record["label"],  # a label names its weight when not the task's (RunSpec.label)
                 size,
-                record["label"],
+                self.row(record),
             )
 
-        rows = {key(r): r["label"] for r in self.records}
+        rows = {key(r): self.row(r) for r in self.records}
         return [rows[k] for k in sorted(rows)]
 
     def runs(self, label: str) -> list[dict[str, Any]]:
@@ -92,7 +110,7 @@ class Group:
         sweep recognized them) count once, the first, with a :class:`ResultsWarning`."""
         by_seed: dict[int, dict[str, Any]] = {}
         for record in self.records:
-            if record["label"] != label:
+            if self.row(record) != label:
                 continue
             if record["seed"] in by_seed:
                 first = by_seed[record["seed"]]["run_id"]
@@ -108,6 +126,20 @@ class Group:
                 continue
             by_seed[record["seed"]] = record
         return [by_seed[seed] for seed in sorted(by_seed)]
+
+
+def _canonical(weight: Any) -> str:
+    """``weight`` as one string for every spelling of its value (``1`` and ``1.0``, a list or a
+    tuple, keys in any order)."""
+
+    def numbers_as_floats(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: numbers_as_floats(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [numbers_as_floats(item) for item in value]
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    return json.dumps(numbers_as_floats(weight), sort_keys=True)
 
 
 def group_records(records: Sequence[dict[str, Any]], task: str | None = None) -> list[Group]:
@@ -196,7 +228,7 @@ def _baseline(group: Group, label: str) -> list[dict[str, Any]]:
     on other batches and times one process's share, so it has its own vanilla row)."""
     world = group.runs(label)[0].get("world_size", 1)
     labels = {
-        record["label"]
+        group.row(record)
         for record in group.records
         if record.get("method") == "vanilla" and record.get("world_size", 1) == world
     }

@@ -17,7 +17,6 @@ import dataclasses
 import datetime
 import fcntl
 import hashlib
-import inspect
 import io
 import json
 import os
@@ -39,7 +38,6 @@ from .._errors import SolverError
 from ..regularization import (
     AdaptiveWeight,
     GradientRatio,
-    LocallyRegularized,
     LocalPenalty,
     RatioWeight,
     RegularizationStats,
@@ -68,13 +66,6 @@ LOCAL_RULES: dict[str, Rule] = {
     "probe_dtype": OneOf(LocalPenalty.PROBE_DTYPES),
 }
 """The ``local.*`` settings: options of the local regularizer (:class:`local_reg.LocalPenalty`)."""
-_LOCAL_DEFAULTS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(LocallyRegularized.__init__).parameters.items()
-    if name in LOCAL_RULES and parameter.default is not None
-}
-"""The ``local.*`` options whose default does not depend on the others (``probe=None`` and
-``penalty=None`` do: the default penalty takes no probe)."""
 # Prediction time is the fastest of this many passes over the test set: a single pass is at the
 # mercy of whatever else the machine is doing.
 TIMING_REPEATS = 10
@@ -160,18 +151,10 @@ class RunSpec:
 
     @property
     def local_options(self) -> dict[str, Any]:
-        """The ``local.*`` options of a local method that change its model (``{}`` for the others or
-        when none is set): one set to the value the method has anyway (the paper's options beside a
-        weight of the task's, the library's own defaults) is left out, so that it names the same run
-        and row, as another setting given its default value does."""
+        """The ``local.*`` options of a local method (``{}`` for the others or when none is set)."""
         if not self.method.startswith("local-"):
             return {}
-        given = self.settings().get("local", {})
-        anyway = {
-            **_LOCAL_DEFAULTS,
-            **({} if self.weight == DEFAULT_WEIGHT else LocallyRegularized.PAPER_OPTIONS),
-        }
-        return dict(sorted((k, v) for k, v in given.items() if not (k in anyway and anyway[k] == v)))
+        return dict(sorted(self.settings().get("local", {}).items()))
 
     @property
     def label(self) -> str:

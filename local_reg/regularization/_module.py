@@ -575,7 +575,7 @@ class Regularized(nn.Module):
             ]
             sde = is_sde(func)
             options_taken = solver_option_names(sde, backend, method)
-            raise misplaced_keywords(type(self).__name__, misplaced, options_taken, own, sde)
+            raise misplaced_keywords(type(self).__name__, misplaced, options_taken, own, backend, sde)
         super().__init__()
         # Everything is checked now, so a typo fails at construction, not at the first batch.
         config = SolveConfig(

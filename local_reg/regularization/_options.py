@@ -104,35 +104,41 @@ def solver_option_names(sde: bool, backend: object, method: object) -> tuple[str
     return ()
 
 
-_ADJOINT_SETTINGS = (
-    "torchdiffeq's adjoint settings: gradient=BacksolveAdjoint(method=..., rtol=..., atol=..., "
-    "norm='seminorm') here, with either backend"
+_ADJOINTS = ("adjoint_method", "adjoint_rtol", "adjoint_atol", "adjoint_options", "adjoint_adaptive")
+_ODE_ADJOINT_SETTINGS = (
+    "torchdiffeq's adjoint settings: a backsolve adjoint's own, gradient=BacksolveAdjoint(method=..., "
+    "rtol=..., atol=..., norm='seminorm') where this model takes that gradient method"
 )
-_TORCHDIFFEQ_SPELLINGS = {
-    **dict.fromkeys(("adjoint_method", "adjoint_rtol", "adjoint_atol", "adjoint_options"), _ADJOINT_SETTINGS),
-    "max_num_steps": "torchdiffeq's step limit: options={'max_steps': ...} here",
-}
-"""What an ODE model says of torchdiffeq's keywords that are not the solver's options on its
-backend (``odeint``'s deprecated ``adjoint_*`` keywords included: the gradient object replaces
-them)."""
+_SDE_ADJOINT_SETTINGS = (
+    "torchsde's adjoint settings: with backend='torchsde' and gradient='adjoint' they go in options=; "
+    "local_reg's SDE solve differentiates by 'direct' or 'checkpoint'"
+)
+
+
+def _foreign_spellings(backend: object, sde: bool, options: tuple[str, ...]) -> dict[str, str]:
+    """What a model says of torchdiffeq's and torchsde's keywords that are not the solver's options
+    on its ``backend`` (``odeint``'s deprecated ``adjoint_*`` keywords included: the gradient
+    object replaces them)."""
+    foreign = {}
+    if not sde:
+        foreign.update(dict.fromkeys(_ADJOINTS[:-1], _ODE_ADJOINT_SETTINGS))
+    elif backend in (None, "local_reg"):
+        foreign.update(dict.fromkeys(_ADJOINTS, _SDE_ADJOINT_SETTINGS))
+    if backend in (None, "local_reg"):
+        foreign["max_num_steps"] = "torchdiffeq's step limit: options={'max_steps': ...} here"
+    return {
+        name: hint for name, hint in foreign.items() if name.startswith("adjoint_") or name not in options
+    }
 
 
 def misplaced_keywords(
-    module: str, given: dict[str, Any], options: tuple[str, ...], own: list[str], sde: bool
+    module: str, given: dict[str, Any], options: tuple[str, ...], own: list[str], backend: object, sde: bool
 ) -> TypeError:
     """The refusal of keywords given to a regularized module that it does not take: the solver's
-    (``options``) go in ``options=``; torchdiffeq's spelling of a setting of an ODE model says what
-    to write; another is named as Python would, with the module's own keyword (``own``) it is
-    closest to."""
-    foreign = (
-        {}
-        if sde
-        else {
-            name: hint
-            for name, hint in _TORCHDIFFEQ_SPELLINGS.items()
-            if name.startswith("adjoint_") or name not in options
-        }
-    )
+    (``options``) go in ``options=``; torchdiffeq's or torchsde's spelling of a setting says what to
+    write; another is named as Python would, with the module's own keyword (``own``) it is closest
+    to."""
+    foreign = _foreign_spellings(backend, sde, options)
     spelled = sorted(name for name in given if name in foreign)
     solver = sorted(name for name in given if name in options and name not in foreign)
     other = sorted(name for name in given if name not in options and name not in foreign)
