@@ -105,8 +105,8 @@ def explain_failure(
     size underflowed while shrinking away from an overflow. ``state``: the state where the solve
     stopped, whose dtype's precision an ``rtol`` below it cannot reach (the likely cause then) and
     whose range it may have reached. ``start``: the initial state, against which a step-size
-    underflow at a state grown many times over is a finite-time blow-up (not a tolerance below the
-    dtype's resolution, which would have shrunk the steps anywhere).
+    underflow at a state grown many times over is a singularity of the solution or the field (not a
+    tolerance below the dtype's resolution, which would have shrunk the steps anywhere).
     """
     reason = error.reason
     if reason.startswith("step size underflow") and non_finite is None:
