@@ -544,7 +544,11 @@ def _solve(
             func, y0, t[0], event_fn=event_fn, reverse_time=reverse_time, times_in_state_dtype=True, **kwargs
         )
     except SolverError as error:
-        if step_size is None or not error.reason.startswith("event_fn did not change sign within max_steps"):
+        unreached = error.reason.startswith("event_fn did not change sign within max_steps")
+        if unreached and step_size is None and "max_num_steps" in (options or {}):
+            # torchdiffeq asserts on its options['max_num_steps'] until an event too.
+            raise _SolverAssertion(error.reason, t=error.t, n_steps=error.n_steps) from None
+        if step_size is None or not unreached:
             raise
         # The loop's advice (raise max_steps) is not the user's to take here: the limit is fixed.
         raise SolverError(

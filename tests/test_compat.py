@@ -597,6 +597,12 @@ def test_max_num_steps_caps_each_output_interval_as_in_torchdiffeq():
             lambda f, y0, t: compat.odeint_adjoint(f, y0, t, options={"max_num_steps": 3}),
             "max_num_steps exceeded",
         ),
+        (
+            lambda f, y0, t: compat.odeint_event(
+                f, y0, t[0], event_fn=lambda t, y: y[0, 0] + 5, options={"max_num_steps": 3}
+            ),
+            "max_num_steps exceeded before an event",
+        ),
     ],
 )
 def test_a_failed_solve_is_caught_as_torchdiffeqs_assertion_error(solve, kind):
@@ -615,6 +621,7 @@ def test_failures_torchdiffeq_does_not_assert_on_stay_plain_solver_errors():
     y0, t = torch.zeros(1, dtype=torch.float64), torch.tensor([0.0, 10.0], dtype=torch.float64)
     for solve in (
         lambda: compat.odeint(stiff, y0, t),
+        lambda: compat.odeint_event(stiff, y0, 0.0, event_fn=lambda t, y: y[0] + 5),
         lambda: compat.odeint(
             lambda t, y: y**2, y0 + 1, t, method="scipy_solver", options={"solver": "RK45"}
         ),
