@@ -410,11 +410,16 @@ class _SolverAssertion(SolverError, AssertionError):
     an ``AssertionError``, so that code catching torchdiffeq's still catches it."""
 
 
-_ASSERTED_BY_TORCHDIFFEQ = ("step size underflow", "non-finite", "max_num_steps=")
-"""The failures torchdiffeq 0.2.5 raises as ``AssertionError`` s (``underflow in dt``, a non-finite
-state, ``max_num_steps exceeded``: the per-interval limit of ``options['max_num_steps']``), by the
-start of their reason. local_reg's own default step limit, which torchdiffeq lacks, stays a plain
-:class:`SolverError`, as does a ``scipy_solver`` failure (torchdiffeq returns what it reached)."""
+_ASSERTED_BY_TORCHDIFFEQ = (
+    "step size underflow",
+    "non-finite state or derivative: the trial steps kept turning non-finite",
+    "max_num_steps=",
+)
+"""The failures torchdiffeq 0.2.5 raises as ``AssertionError`` s (``underflow in dt``, an adaptive
+solve's non-finite state, ``max_num_steps exceeded``: the per-interval limit of
+``options['max_num_steps']``), by the start of their reason. local_reg's own default step limit,
+which torchdiffeq lacks, stays a plain :class:`SolverError`, as do a fixed step's non-finite state
+and a ``scipy_solver`` failure (torchdiffeq returns the NaN, or what scipy reached)."""
 
 
 def _failures_as_assertions(solve: Callable[..., Any]) -> Callable[..., Any]:

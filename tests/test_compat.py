@@ -603,6 +603,10 @@ def test_max_num_steps_caps_each_output_interval_as_in_torchdiffeq():
             ),
             "max_num_steps exceeded before an event",
         ),
+        (
+            lambda f, y0, t: compat.odeint(lambda t, y: y * (math.nan if float(t) > 0.5 else -1.0), y0, t),
+            "non-finite values in state",
+        ),
     ],
 )
 def test_a_failed_solve_is_caught_as_torchdiffeqs_assertion_error(solve, kind):
@@ -621,6 +625,8 @@ def test_failures_torchdiffeq_does_not_assert_on_stay_plain_solver_errors():
     y0, t = torch.zeros(1, dtype=torch.float64), torch.tensor([0.0, 10.0], dtype=torch.float64)
     for solve in (
         lambda: compat.odeint(stiff, y0, t),
+        # torchdiffeq's fixed grid returns the NaN of y' = 100 y**2 from 1.
+        lambda: compat.odeint(lambda t, y: 100 * y**2, y0 + 1, t, method="rk4", options={"step_size": 0.1}),
         lambda: compat.odeint_event(stiff, y0, 0.0, event_fn=lambda t, y: y[0] + 5),
         lambda: compat.odeint(
             lambda t, y: y**2, y0 + 1, t, method="scipy_solver", options={"solver": "RK45"}

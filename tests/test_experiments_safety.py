@@ -562,6 +562,12 @@ def test_a_record_of_another_weight_under_the_same_label_is_another_run(tmp_path
     assert [len(group.runs(row)) for row in rows] == [2, 1]
     table = markdown_table(group)
     assert table.count("| local-random [w=5] |") == 1 and table.count("| local-random [w=2.5->1] |") == 1
+    # One weight spelled two ways (a key at its default None, or left out) stays one row, as does a
+    # record without a weight (edited by hand), which the runner takes for any.
+    spelled = [fake_record("digits", "local-random", seed, run_id=f"r{seed}", weight=w) for seed, w in
+               enumerate([{"ratio": 0.2, "beta": None}, {"ratio": 0.2}, {"ratio": 0.2}])]  # fmt: skip
+    del spelled[2]["weight"]
+    assert group_records(spelled)[0].labels() == ["local-random"]
 
 
 def test_settings_spelled_as_an_int_or_a_float_are_one_table_and_row():

@@ -60,16 +60,17 @@ class Group:
     def _weights_by_label(self) -> dict[str, set[str]]:
         weights: dict[str, set[str]] = {}
         for record in self.records:
-            weights.setdefault(record["label"], set()).add(_canonical(record.get("weight")))
+            if "weight" in record:  # a record without one (edited by hand) matches any, as in the runner
+                weights.setdefault(record["label"], set()).add(_canonical(record["weight"]))
         return weights
 
     def row(self, record: dict[str, Any]) -> str:
         """The row of ``record``: its label, with its weight appended where the group holds another
         weight under that label (a weight spelled 1 or 1.0 is one)."""
         label = record["label"]
-        if len(self._weights_by_label[label]) == 1:
+        if len(self._weights_by_label.get(label, ())) <= 1 or "weight" not in record:
             return label
-        return f"{label} [w={weight_text(record.get('weight'))}]"
+        return f"{label} [w={weight_text(record['weight'])}]"
 
     @property
     def name(self) -> str:
@@ -101,8 +102,11 @@ class Group:
                 self.row(record),
             )
 
-        rows = {key(r): self.row(r) for r in self.records}
-        return [rows[k] for k in sorted(rows)]
+        first: dict[str, tuple] = {}
+        for record in self.records:  # a row once, where its first-sorting record puts it
+            row = self.row(record)
+            first[row] = min(first.get(row, key(record)), key(record))
+        return sorted(first, key=first.__getitem__)
 
     def runs(self, label: str) -> list[dict[str, Any]]:
         """The row's runs by seed, each seed once: two records of one row and seed (the same
@@ -130,11 +134,11 @@ class Group:
 
 def _canonical(weight: Any) -> str:
     """``weight`` as one string for every spelling of its value (``1`` and ``1.0``, a list or a
-    tuple, keys in any order)."""
+    tuple, keys in any order, a key set to ``None``, its default, or left out)."""
 
     def numbers_as_floats(value: Any) -> Any:
         if isinstance(value, dict):
-            return {key: numbers_as_floats(item) for key, item in value.items()}
+            return {key: numbers_as_floats(item) for key, item in value.items() if item is not None}
         if isinstance(value, (list, tuple)):
             return [numbers_as_floats(item) for item in value]
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value

@@ -124,6 +124,10 @@ def _foreign_spellings(backend: object, sde: bool, options: tuple[str, ...]) -> 
         foreign.update(dict.fromkeys(_ADJOINTS[:-1], _ODE_ADJOINT_SETTINGS))
     elif backend in (None, "local_reg"):
         foreign.update(dict.fromkeys(_ADJOINTS, _SDE_ADJOINT_SETTINGS))
+    elif backend == "torchsde":
+        # torchsde's sdeint, which runs without gradient='adjoint', drops them with a warning only.
+        hint = "torchsde's adjoint settings: with gradient='adjoint', options={...} takes them"
+        foreign.update(dict.fromkeys(_ADJOINTS, hint))
     if backend in (None, "local_reg"):
         foreign["max_num_steps"] = "torchdiffeq's step limit: options={'max_steps': ...} here"
     return {
