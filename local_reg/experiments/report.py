@@ -104,8 +104,9 @@ class Group:
 
         first: dict[str, tuple] = {}
         for record in self.records:  # a row once, where its first-sorting record puts it
-            row = self.row(record)
-            first[row] = min(first.get(row, key(record)), key(record))
+            record_key = key(record)
+            row = record_key[-1]  # the key ends with the row
+            first[row] = min(first.get(row, record_key), record_key)
         return sorted(first, key=first.__getitem__)
 
     def runs(self, label: str) -> list[dict[str, Any]]:

@@ -119,16 +119,17 @@ def _foreign_spellings(backend: object, sde: bool, options: tuple[str, ...]) -> 
     """What a model says of torchdiffeq's and torchsde's keywords that are not the solver's options
     on its ``backend`` (``odeint``'s deprecated ``adjoint_*`` keywords included: the gradient
     object replaces them)."""
+    own_solver = backend in (None, "local_reg")
     foreign = {}
     if not sde:
         foreign.update(dict.fromkeys(_ADJOINTS[:-1], _ODE_ADJOINT_SETTINGS))
-    elif backend in (None, "local_reg"):
+    elif own_solver:
         foreign.update(dict.fromkeys(_ADJOINTS, _SDE_ADJOINT_SETTINGS))
     elif backend == "torchsde":
         # torchsde's sdeint, which runs without gradient='adjoint', drops them with a warning only.
         hint = "torchsde's adjoint settings: with gradient='adjoint', options={...} takes them"
         foreign.update(dict.fromkeys(_ADJOINTS, hint))
-    if backend in (None, "local_reg"):
+    if own_solver:
         foreign["max_num_steps"] = "torchdiffeq's step limit: options={'max_steps': ...} here"
     return {
         name: hint for name, hint in foreign.items() if name.startswith("adjoint_") or name not in options
