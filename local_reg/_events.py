@@ -53,6 +53,7 @@ from ._validate import (
     carries_tangent,
     check_bool,
     check_function_transforms,
+    check_penalty_time_gradient,
     check_strided,
     checked_field,
     keyword_parameters,
@@ -472,6 +473,7 @@ def _solve_until_event(
     rate_start = beside_jump(t0_value, math.copysign(math.inf, direction), field_t_dtype, jump_ts)
     initial_rate = _InitialRate(checked, rate_start, field_t_dtype)
     if t0_tensor is not None and t0_tensor.requires_grad and torch.is_grad_enabled():
+        check_penalty_time_gradient(odeint_kwargs.get("step_penalty"), "t0")
         start = StartTime.apply(initial_rate, t0_tensor, y0)
     if event.at_start:
         # The event is t0 itself: no step is taken. Its time and state are differentiable as any

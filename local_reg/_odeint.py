@@ -26,6 +26,7 @@ from ._validate import (
     check_adaptive_settings_unset,
     check_bool,
     check_function_transforms,
+    check_penalty_time_gradient,
     check_span,
     check_step_penalty,
     check_times_distinct,
@@ -342,6 +343,7 @@ def odeint(
         params = resolve_adjoint_params(func, adjoint_params, gradient_method)
     timing = time_gradient(t, checked, times, options.time_dtype, options.controller.jump_ts)
     if timing is not None:
+        check_penalty_time_gradient(step_penalty, "t")
         if options.callbacks.stop is not None:
             raise ValueError(
                 "t must not require grad with callbacks.stop, where t[1] only gives the direction: "

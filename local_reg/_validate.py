@@ -207,6 +207,19 @@ def check_step_penalty(step_penalty: object) -> None:
         )
 
 
+def check_penalty_time_gradient(step_penalty: object, times: str) -> None:
+    """A ``ValueError`` where a ``step_penalty`` meets ``times`` that require grad: the penalties are
+    sums over steps whose sizes are numbers and whose ends are not on the graph, so the gradient
+    they would pass to the times is wrong (only the start state's share), not merely missing."""
+    if step_penalty is not None:
+        raise ValueError(
+            f"{times} requires grad beside a step_penalty: the penalties' steps are taken at fixed "
+            "sizes, so no correct gradient reaches the times through them (the regularized models "
+            f"refuse such times too); pass {times}.detach(), or solve twice (the penalty with "
+            "detached times, the outputs with these)"
+        )
+
+
 def check_adaptive_settings_unset(step_size: object, settings: dict[str, object]) -> None:
     """A ``ValueError`` naming the settings of the adaptive steps (``first_step``, ``controller``,
     ``norm``: those of ``settings``, by name, not ``None``) beside a fixed ``step_size``, which

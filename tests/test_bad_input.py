@@ -2214,6 +2214,92 @@ def test_sde_step_checks_its_noise_type_step_and_increment():
             sde_initial_step_size(DiagonalSDE(), "diagonal", 0.0, y, y, y, **tolerances)
 
 
+def test_a_step_penalty_beside_times_requiring_grad_is_refused():
+    """The penalties' steps have fixed sizes: their gradient to ``t`` was 0 at the end and only the
+    start state's share at the start (of the wrong sign on ``y' = -0.8 y``), silently."""
+    penalty = lambda result, dt: abs(dt) * (result.stages[0] ** 2).sum()  # noqa: E731
+    y0 = torch.tensor([1.5], dtype=torch.float64)
+    t = torch.tensor([0.2, 1.7], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match=r"t requires grad beside a step_penalty.*pass t.detach\(\)"):
+        odeint(decay, y0, t, step_penalty=penalty)
+    t0 = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="t0 requires grad beside a step_penalty"):
+        local_reg.odeint_event(decay, y0, t0, event_fn=lambda t, y: y - 1.0, step_penalty=penalty)
+    # Without the penalty, or with detached times, both solve (and t gets its gradient).
+    (
+        odeint(decay, y0, t).ys[-1].sum()
+        + odeint(decay, y0, t.detach(), step_penalty=penalty).penalties.sum()
+    ).backward()
+    assert t.grad is not None and float(t.grad[1]) != 0.0
+
+
+def test_sde_step_functions_check_their_sde_times_state_and_given_evaluations():
+    """As local_reg.step and initial_step_size check theirs: a NaN time, a ``t`` requiring grad, an
+    integer state, a drift of another shape (given or returned) and a diffusion of another noise
+    type's shape were taken (silently broadcast, dropped or failing inside torch), and the initial
+    step size returned a negative or zero step for a safety or growth out of range."""
+    from local_reg.sde import sde_initial_step_size, sde_step
+
+    y, dw = torch.ones(4, 3), torch.zeros(4, 3)
+    step = functools.partial(sde_step, rtol=1e-3, atol=1e-3)
+
+    class ShortDrift(DiagonalSDE):
+        def f(self, t, y):
+            return -y[0]
+
+    for call, error, match in (
+        (lambda: step(DiagonalSDE(), "diagonal", math.nan, y, 0.01, dw), ValueError, "t must be finite"),
+        (
+            lambda: step(DiagonalSDE(), "diagonal", torch.tensor(0.0, requires_grad=True), y, 0.01, dw),
+            ValueError,
+            "t requires grad",
+        ),
+        (
+            lambda: step(DiagonalSDE(), "diagonal", 0.0, y.long(), 0.01, dw),
+            TypeError,
+            "y must have a floating",
+        ),
+        (
+            lambda: step(DiagonalSDE(), "diagonal", 0.0, y[0], 0.01, dw),
+            ValueError,
+            r"y must have shape \(batch",
+        ),
+        (lambda: step(DiagonalSDE, "diagonal", 0.0, y, 0.01, dw), TypeError, "pass DiagonalSDE()"),
+        (
+            lambda: step(object(), "diagonal", 0.0, y, 0.01, dw),
+            TypeError,
+            "sde must be an object with methods",
+        ),
+        (
+            lambda: step(DiagonalSDE(), "diagonal", 0.0, y, 0.01, dw, f0=-y[0]),
+            ValueError,
+            r"f0 has shape \(3,\)",
+        ),
+        (lambda: step(DiagonalSDE(), "scalar", 0.0, y, 0.01, dw, g0=y), ValueError, "g0 has shape"),
+        (
+            lambda: step(ShortDrift(), "diagonal", 0.0, y, 0.01, dw),
+            ValueError,
+            r"sde.f \(drift\) returned shape",
+        ),
+    ):
+        with pytest.raises(error, match=match):
+            call()
+    start = functools.partial(sde_initial_step_size, DiagonalSDE(), "diagonal", rtol=1e-3, atol=1e-3)
+    for kwargs, error, match in (
+        (dict(t0=math.nan, y0=y, f0=y, g0=y), ValueError, "t0 must be finite"),
+        (dict(t0=0.0, y0=y, f0=y, g0=y, safety=-1.0), ValueError, "safety must be positive"),
+        (dict(t0=0.0, y0=y, f0=y, g0=y, safety=2.0), ValueError, r"safety must be in \(0, 1\]"),
+        (dict(t0=0.0, y0=y, f0=y, g0=y, max_growth=0.5), ValueError, "max_growth must be at least 1"),
+        (dict(t0=0.0, y0=y, f0=y, g0=y, t_end=math.inf), ValueError, "t_end must be finite"),
+        (dict(t0=0.0, y0=y, f0=None, g0=y), TypeError, "f0 and g0 must be"),
+        (dict(t0=0.0, y0=y, f0=y[:2], g0=y), ValueError, "f0 has shape"),
+    ):
+        with pytest.raises(error, match=match):
+            start(**kwargs)
+    # Valid arguments give the unchecked functions' results.
+    assert float(start(t0=0.0, y0=y, f0=-y, g0=0.1 * y)[0]) > 0
+
+
 @pytest.mark.parametrize("solve", ["odeint", "sdeint"])
 def test_a_step_penalty_that_is_not_callable_or_returns_no_scalar_is_named(solve):
     """A non-callable ``step_penalty`` failed after the first step with "'int' object is not

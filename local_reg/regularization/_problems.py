@@ -41,8 +41,7 @@ from .._validate import (
 from ..compat import torchdiffeq_bounds
 from ..controller import DEFAULT_CONTROLLER, PIController
 from ..gradients import GradientMethod, adjoint_params_tuple, resolve_adjoint_params
-from ..sde import sde_initial_step_size
-from ..sde._step import _euler_maruyama_step
+from ..sde._step import _euler_maruyama_step, unchecked_initial_step_size
 from ..sde.brownian import make_brownian, release_brownian
 from ..sde.problem import DEFAULT_ATOL as SDE_DEFAULT_ATOL
 from ..sde.problem import DEFAULT_RTOL as SDE_DEFAULT_RTOL
@@ -569,7 +568,7 @@ class SDEProblem(_Problem):
         sde = CheckedSDE(self.sde, context.noise_type)
         # Outside autocast as sdeint's heuristic (the checked SDE keeps it for f and g themselves).
         with without_autocast():
-            dt_abs, extra_f, extra_g = sde_initial_step_size(
+            dt_abs, extra_f, extra_g = unchecked_initial_step_size(
                 sde,
                 context.noise_type,
                 t_reg,

@@ -75,11 +75,20 @@ from torch import Tensor
 from .._errors import SolverError
 from .._step import error_scale, min_step_size, rms_norm, stage_time_values, time_tensor
 from .._stepper import Stepper
-from .._validate import check_choice, check_output, positive_float, step_tolerances
+from .._validate import (
+    check_choice,
+    check_output,
+    finite_float,
+    positive_float,
+    step_tolerances,
+    validate_state,
+)
 from ..solution import Stats
 from .problem import (
     SUPPORTED_NOISE_TYPES,
+    CheckedSDE,
     brownian_size,
+    check_diffusion_shape,
     diffusion_times_increment,
     noise_vector,
 )
@@ -138,16 +147,23 @@ def sde_step(
 
     ``f0``/``g0``, if given, are ``sde.f(t, y)``/``sde.g(t, y)`` already evaluated (after a
     rejection, or treated as constants by the regularizer) and are not evaluated again. Gradients
-    flow through every evaluation made here. ``noise_type``, ``dt``, the tolerances (as
-    :func:`local_reg.step` checks them) and the shape of ``dw`` (``(batch, m)``: one increment per
-    row, not one broadcast over the batch) are checked.
+    flow through every evaluation made here.
+
+    Raises:
+        TypeError, ValueError: naming the argument, as :func:`local_reg.step` does: an ``sde``
+            without callable ``f`` and ``g``, an unknown ``noise_type``, a non-finite ``t`` or one
+            that requires grad (it is taken as a number), ``y`` not a float32/float64 tensor of
+            shape ``(batch, d)``, a ``dt`` that is not positive and finite, tolerances that are not,
+            ``f0``/``g0`` (given or returned by ``sde``) not of the shapes ``noise_type`` implies or
+            not of ``y``'s dtype and device, and a ``dw`` not of shape ``(batch, m)`` (one
+            increment per row, not one broadcast over the batch).
     """
-    check_choice("noise_type", noise_type, SUPPORTED_NOISE_TYPES)
+    sde, t, y = _checked_arguments(sde, noise_type, ("t", t), ("y", y), f0, g0)
     dt = positive_float("dt", dt)
     rtol, atol = step_tolerances(rtol, atol, y.dtype)
     nfe_diffusion = 0
     if g0 is None:  # the increment's shape depends on it (additive noise: its last dimension)
-        g0 = sde.g(time_tensor(float(t), y), y)
+        g0 = sde.g(time_tensor(t, y), y)
         nfe_diffusion = 1
     check_output("dw", dw, y, shape=brownian_size(noise_type, y, g0), returned=False, like_name="y")
     result = _euler_maruyama_step(
@@ -240,7 +256,82 @@ def sde_initial_step_size(
     max_growth: float = 100.0,
     t_end: float | None = None,
 ) -> tuple[float, int, int]:
-    """Starting step size for an SDE; returns ``(h, nfe_drift, nfe_diffusion)``.
+    """Starting step size for an SDE; returns ``(h, nfe_drift, nfe_diffusion)``: as the solver
+    picks it (:func:`unchecked_initial_step_size` has the formula), with its arguments checked.
+
+    Raises:
+        TypeError, ValueError: naming the argument, as :func:`sde_step` does (``t0``, ``y0``,
+            ``f0`` and ``g0`` as its ``t``, ``y``, ``f0`` and ``g0``; ``f0`` and ``g0`` are
+            required here), and for a ``safety`` outside ``(0, 1]``, a ``max_growth`` below 1 or
+            not finite, or a ``t_end`` that is not finite.
+    """
+    if f0 is None or g0 is None:
+        raise TypeError("f0 and g0 must be sde.f(t0, y0) and sde.g(t0, y0), got None")
+    sde, t0, y0 = _checked_arguments(sde, noise_type, ("t0", t0), ("y0", y0), f0, g0)
+    safety = positive_float("safety", safety)
+    if safety > 1.0:
+        raise ValueError(f"safety must be in (0, 1], got {safety}")
+    max_growth = positive_float("max_growth", max_growth)
+    if max_growth < 1.0:
+        raise ValueError(f"max_growth must be at least 1 (a growth factor), got {max_growth}")
+    if t_end is not None:
+        t_end = finite_float("t_end", t_end)
+    return unchecked_initial_step_size(sde, noise_type, t0, y0, f0, g0, rtol, atol, safety, max_growth, t_end)
+
+
+def _checked_arguments(
+    sde: Any,
+    noise_type: str,
+    t: tuple[str, object],
+    y: tuple[str, object],
+    f0: object,
+    g0: object,
+) -> tuple[CheckedSDE, float, Tensor]:
+    """The public SDE step functions' shared checks: ``sde`` (wrapped so that every drift and
+    diffusion it returns is checked too, as in :func:`local_reg.sdeint`), ``noise_type``, the time
+    (a finite number, not a tensor requiring grad) and the state ``(batch, d)``, and ``f0`` /
+    ``g0`` where given."""
+    check_choice("noise_type", noise_type, SUPPORTED_NOISE_TYPES)
+    if isinstance(sde, type):
+        raise TypeError(f"sde must be an SDE instance, got the class {sde.__name__}: pass {sde.__name__}()")
+    if not (callable(getattr(sde, "f", None)) and callable(getattr(sde, "g", None))):
+        raise TypeError(
+            "sde must be an object with methods f(t, y) (drift) and g(t, y) (diffusion), as torchsde "
+            f"SDEs have; got {type(sde).__name__}"
+        )
+    (t_name, t_value), (y_name, y_value) = t, y
+    if isinstance(t_value, Tensor) and t_value.requires_grad:
+        raise ValueError(f"{t_name} requires grad, but it is taken as a number: no gradient would flow to it")
+    time = finite_float(t_name, t_value)
+    state = validate_state(y_value, y_name)
+    if state.dim() != 2:
+        raise ValueError(
+            f"{y_name} must have shape (batch, state) as in torchsde, got shape {tuple(state.shape)}"
+        )
+    if f0 is not None:
+        check_output("f0", f0, state, returned=False, like_name=y_name)
+    if g0 is not None:
+        shape = g0.shape if isinstance(g0, Tensor) else None
+        check_output("g0", g0, state, shape=shape, returned=False, like_name=y_name)
+        check_diffusion_shape(noise_type, state, cast(Tensor, g0), name="g0", state_name=y_name)
+    return CheckedSDE(sde, noise_type), time, state
+
+
+def unchecked_initial_step_size(
+    sde: Any,
+    noise_type: str,
+    t0: float,
+    y0: Tensor,
+    f0: Tensor,
+    g0: Tensor,
+    rtol: float,
+    atol: float,
+    safety: float = 0.9,
+    max_growth: float = 100.0,
+    t_end: float | None = None,
+) -> tuple[float, int, int]:
+    """:func:`sde_initial_step_size` on arguments the caller has checked (the solver's and the
+    regularizer's own).
 
     Hairer--Norsett--Wanner's first guess (Solving ODEs I, II.4) with the diffusion folded into
     the rate as in StochasticDiffEq.jl's ``sde_determine_initdt`` (three standard deviations of
@@ -254,10 +345,8 @@ def sde_initial_step_size(
     increment ``dW = sqrt(2 h0)`` in every component, for which ``(dW^2 - h0) / 2 = h0 / 2`` is about
     the mean size of the Milstein term (``E|Z^2 - 1| / 2 ~ 0.48``), so the result does not depend
     on the path. It costs one drift and (except for additive noise) one diffusion evaluation
-    besides ``f0`` and ``g0``. ``noise_type`` and the tolerances are checked as :func:`sde_step`
-    checks them.
+    besides ``f0`` and ``g0``.
     """
-    check_choice("noise_type", noise_type, SUPPORTED_NOISE_TYPES)
     rtol, atol = step_tolerances(rtol, atol, y0.dtype)
     with torch.no_grad():
         scale = atol + rtol * y0.abs()
@@ -332,7 +421,7 @@ class EulerMaruyamaStepper(Stepper[tuple[Tensor | None, Tensor | None]]):
         t_end: float | None = None,
     ) -> float:
         f0, g0 = carry
-        dt, nfe_drift, nfe_diffusion = sde_initial_step_size(
+        dt, nfe_drift, nfe_diffusion = unchecked_initial_step_size(
             self.sde, self.noise_type, t0, y0, f0, g0, self.rtol, self.atol, t_end=t_end
         )
         stats.add(nfe_drift + nfe_diffusion, diffusion=nfe_diffusion)

@@ -171,7 +171,11 @@ def _checked_tensor(name: str, value: object, y0: Tensor) -> Tensor:
     return value
 
 
-def check_diffusion_shape(noise_type: str, y0: Tensor, g0: Tensor) -> None:
+def check_diffusion_shape(
+    noise_type: str, y0: Tensor, g0: Tensor, name: str = DIFFUSION, state_name: str = "y0"
+) -> None:
+    """A ``ValueError`` unless ``g0`` (what ``name`` returned at ``y0``, or an argument so named
+    where ``name`` is not :data:`DIFFUSION`) has the shape ``noise_type`` implies."""
     batch, d = y0.shape
     if noise_type == "diagonal":
         ok, expected = g0.shape == y0.shape, f"{(batch, d)}"
@@ -180,9 +184,10 @@ def check_diffusion_shape(noise_type: str, y0: Tensor, g0: Tensor) -> None:
     else:
         ok, expected = g0.dim() == 3 and g0.shape[:2] == (batch, d), f"({batch}, {d}, m)"
     if not ok:
+        got = "returned" if name == DIFFUSION else "has"
         raise ValueError(
-            f"{DIFFUSION} returned shape {tuple(g0.shape)}, but noise_type={noise_type!r} "
-            f"with y0 of shape {tuple(y0.shape)} needs {expected}; drift and diffusion shapes must match"
+            f"{name} {got} shape {tuple(g0.shape)}, but noise_type={noise_type!r} with {state_name} of "
+            f"shape {tuple(y0.shape)} needs {expected}; drift and diffusion shapes must match"
         )
 
 
