@@ -536,6 +536,78 @@ def test_graph_free_methods_warn_about_layers_that_differ_when_reevaluated(layer
             solve("symplectic")
 
 
+class _ParametrizedField(torch.nn.Module):
+    def __init__(self, parametrize) -> None:
+        super().__init__()
+        self.lin = parametrize(torch.nn.Linear(3, 3, dtype=DTYPE))
+
+    def forward(self, t, y):
+        return torch.tanh(self.lin(y))
+
+
+@pytest.mark.parametrize(
+    "spectral_norm",
+    [torch.nn.utils.parametrizations.spectral_norm, torch.nn.utils.spectral_norm],
+    ids=["parametrization", "hook"],
+)
+def test_graph_free_methods_warn_about_spectral_norm_in_training_mode(spectral_norm):
+    """Its power iteration runs again in the backward pass's evaluations, so the weight there is
+    not the forward solve's (the weight's gradient was 26-34% off, silently)."""
+    field = _ParametrizedField(spectral_norm)
+
+    def solve(gradient):
+        return odeint(
+            field, torch.ones(4, 3, dtype=DTYPE), [0.0, 1.0], method="rk4", step_size=0.25, gradient=gradient
+        )
+
+    with pytest.warns(
+        UserWarning, match="spectral norm in training mode: gradient=.checkpoint.*iterates again"
+    ):
+        solve("checkpoint")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        solve("direct")
+        field.eval()
+        solve("checkpoint")
+
+
+@pytest.mark.parametrize("gradient", [g for g in GRADIENT_METHODS if g != "direct"])
+def test_graph_free_methods_refuse_a_parametrized_field_inside_parametrize_cached(gradient):
+    """The forward solve without a graph filled parametrize's cache with a weight without one, which
+    the backward pass then read: the parametrization's parameters got no gradient, silently."""
+    from torch.nn.utils import parametrize
+
+    field = _ParametrizedField(torch.nn.utils.parametrizations.weight_norm)
+    y0 = torch.ones(4, 3, dtype=DTYPE)
+    with (
+        parametrize.cached(),
+        pytest.raises(ValueError, match=f"gradient='{gradient}' inside torch.nn.utils"),
+    ):
+        odeint(field, y0, [0.0, 1.0], gradient=gradient)
+    with parametrize.cached():
+        odeint(field, y0, [0.0, 1.0], gradient="direct").ys.sum().backward()
+    expected = field.lin.parametrizations.weight.original1.grad.clone()
+    field.zero_grad()
+    odeint(field, y0, [0.0, 1.0], gradient=gradient).ys.sum().backward()  # outside cached(): exact
+    torch.testing.assert_close(
+        field.lin.parametrizations.weight.original1.grad, expected, rtol=1e-5, atol=1e-8
+    )
+    # A field without a parametrization is not concerned.
+    with parametrize.cached():
+        odeint(TinyField(), y0[0], [0.0, 1.0], gradient=gradient)
+
+
+def test_a_parameter_frozen_between_the_forward_and_the_backward_pass_gets_no_gradient():
+    """As in plain torch: ``direct``'s finite-gradient guard hooked it at the backward pass, where
+    torch refuses a hook on a tensor that does not require grad (a RuntimeError)."""
+    field = TinyField()
+    ys = odeint(field, torch.ones(2, 3, dtype=DTYPE), [0.0, 1.0]).ys
+    frozen, trained = field.net[0].weight, field.net[2].weight
+    frozen.requires_grad_(False)
+    ys.sum().backward()
+    assert frozen.grad is None and trained.grad is not None and bool(trained.grad.abs().sum() > 0)
+
+
 def test_torch_func_jacrev_through_direct_matches_the_jacobian():
     """jacrev vmaps the backward pass over cotangents; the non-finite-gradient check cannot read a
     batched tensor's value and steps aside there."""

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor
+from torch.nn.utils import parametrizations, parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 from .._errors import warn
 from .._tuple import owning_module, user_func
@@ -115,10 +117,17 @@ def resolve_adjoint_params(
 
 def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, name: str = "func") -> None:
     """A graph-free method evaluates ``func`` again in its backward pass: dropout draws new masks
-    there (the gradient is then not the forward solve's) and batch norm updates its running
-    statistics again. Warn when ``func`` has such a layer in training mode; ``name``: what the
-    message calls ``func``."""
+    there (the gradient is then not the forward solve's), batch norm updates its running
+    statistics again and spectral normalization takes further power iterations (its weight then is
+    not the forward solve's). Warn when ``func`` has such a layer in training mode; ``name``: what
+    the message calls ``func``.
+
+    Inside ``torch.nn.utils.parametrize.cached()`` a parametrized field is refused (``ValueError``):
+    the forward solve, without a graph, fills the cache with weights that have none, which the
+    backward pass's evaluations then read, so the parametrization's parameters would get no
+    gradient, silently."""
     owner = owning_module(func)
+    _refuse_parametrize_cache(owner, gradient_method, name)
     if owner is None or torch.is_inference_mode_enabled():
         return
 
@@ -129,6 +138,11 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
             return "dropout"
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             return "batch norm"
+        power_iterations = isinstance(module, parametrizations._SpectralNorm) or any(
+            isinstance(hook, SpectralNorm) for hook in module._forward_pre_hooks.values()
+        )
+        if power_iterations:
+            return "spectral norm"
         return None
 
     found = sorted({kind for kind in map(differs, owner.modules()) if kind is not None})
@@ -136,12 +150,30 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
         effects = {
             "dropout": "dropout draws new masks (the gradient is not the forward solve's)",
             "batch norm": "batch norm updates its running statistics again",
+            "spectral norm": "spectral norm iterates again (the weight is not the forward solve's)",
         }
         warn(
             f"{name}'s module has {' and '.join(found)} in training mode: gradient={gradient_method.name!r} "
             f"evaluates {name} again in its backward pass, where {' and '.join(effects[k] for k in found)}; "
             "use gradient='direct', or put those layers in eval mode"
         )
+
+
+def _refuse_parametrize_cache(
+    owner: torch.nn.Module | None, gradient_method: GradientMethod, name: str
+) -> None:
+    """The ``ValueError`` of :func:`warn_if_reevaluation_differs` for ``parametrize.cached()``: where
+    ``func``'s module has a parametrization, or where there is no module to look into."""
+    if not parametrize._cache_enabled or not gradient_method.graph_free:
+        return
+    if owner is not None and not any(parametrize.is_parametrized(module) for module in owner.modules()):
+        return
+    raise ValueError(
+        f"gradient={gradient_method.name!r} inside torch.nn.utils.parametrize.cached(): its forward solve "
+        f"runs without a graph, so the cache would hold {name}'s parametrized weights without one and "
+        "the parametrization's parameters would get no gradient; solve outside cached(), or use "
+        "gradient='direct'"
+    )
 
 
 def _refuse_derived(params: tuple[Tensor, ...]) -> None:

@@ -80,7 +80,9 @@ def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_st
                 release()  # the pass ends here, before its end-of-pass callback
                 raise_non_finite_gradient(t0, n_steps)
 
-        handles = [x.register_hook(check) for x in inputs]
+        # An input frozen since the solve (requires_grad_(False), as plain torch allows) gets no
+        # gradient in this pass, so nothing to check, and torch refuses a hook on it.
+        handles = [x.register_hook(check) for x in inputs if x.requires_grad]
 
         def end_of_pass() -> None:
             release()
