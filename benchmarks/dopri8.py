@@ -10,10 +10,16 @@ interleaved forward solves (float64, one thread, no autograd). Solvers: local_re
 (another eighth-order pair with a seventh-order dense output; NFE and error only, since it calls a
 numpy field).
 
+``--float32`` instead counts the evaluations of one Lotka--Volterra solve to ``t = 10`` (no output
+times between) in float32 and float64 at ``--tolerances`` (default 1e-6, 1e-7, 1.4e-8), for local_reg's
+``tsit5``, ``dopri5`` and ``dopri8``: near float32's rounding dopri8's estimate measures the stages'
+rounding.
+
 ``--derive`` instead derives local_reg's dopri8 dense output again (the procedure the docstring of
 ``local_reg.interpolants`` states) and prints the largest difference from the stored coefficients.
 
     python benchmarks/dopri8.py [--tolerances 1e-6 1e-8 1e-10 1e-12] [--outputs 201] [--repeats 5]
+    python benchmarks/dopri8.py --float32 [--tolerances 1e-6 1e-7 1.4e-8]
     python benchmarks/dopri8.py --derive
 """
 
@@ -147,13 +153,35 @@ def scipy_dop853(field, y0: torch.Tensor, times: np.ndarray, tol: float) -> tupl
     return solution.y.T, solution.nfev
 
 
+def float32_evaluations(tolerances: list[float]) -> None:
+    methods = ("tsit5", "dopri5", "dopri8")
+    dtypes = (torch.float32, torch.float64)
+    print("| rtol = atol | " + " | ".join(f"{str(d)[6:]}: {' / '.join(methods)}" for d in dtypes) + " |")
+    print("|---|---|---|")
+    for tol in tolerances:
+        cells = []
+        for dtype in dtypes:
+            y0 = torch.tensor([1.0, 1.0], dtype=dtype)
+            counts = [
+                local_reg.odeint(lotka_volterra, y0, [0.0, T1], method=method, rtol=tol, atol=tol).stats.nfe
+                for method in methods
+            ]
+            cells.append(" / ".join(map(str, counts)))
+        print(f"| {tol:g} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tolerances", type=float, nargs="+", default=[1e-6, 1e-8, 1e-10, 1e-12])
+    parser.add_argument("--tolerances", type=float, nargs="+")
     parser.add_argument("--outputs", type=int, default=201)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--derive", action="store_true", help="derive the dense output again and compare")
+    parser.add_argument("--float32", action="store_true", help="count float32 against float64 evaluations")
     args = parser.parse_args()
+    if args.float32:
+        float32_evaluations(args.tolerances or [1e-6, 1e-7, 1.4e-8])
+        return
+    args.tolerances = args.tolerances or [1e-6, 1e-8, 1e-10, 1e-12]
     if args.derive:
         stored = np.array(get_interpolant("dopri8")._matrix)
         derived = derive_dense_output()
