@@ -59,6 +59,6 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # Deprecated SDE spellings: the regularizers take SDEs themselves.
-    if name in sde.MOVED:
-        return sde.moved(name, f"local_reg.{name}")
+    if name in sde._MOVED:
+        return sde._moved(name, f"local_reg.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,7 +20,7 @@ from ._integrate import (
     times_rounding,
 )
 from ._step import VectorField, beside_jump, time_tensor
-from ._tuple import accepts_structured_states
+from ._tuple import accepts_structured_states, owning_module
 from ._validate import (
     Tolerance,
     check_adaptive_settings_unset,
@@ -47,14 +47,10 @@ from .gradients import (
     GradientMethod,
     Symplectic,
     as_gradient_method,
-    check_step_penalty_support,
-    checks_captures,
-    evaluate_refusing_captures,
-    owning_module,
-    resolve_adjoint_params,
-    time_gradient,
-    warn_if_reevaluation_differs,
 )
+from .gradients._function import check_step_penalty_support, checks_captures, evaluate_refusing_captures
+from .gradients._params import resolve_adjoint_params, warn_if_reevaluation_differs
+from .gradients._times import time_gradient
 from .solution import Solution, State
 from .tableaus import ButcherTableau, get_tableau
 

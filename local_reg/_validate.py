@@ -670,6 +670,18 @@ def check_output(
     return value
 
 
+def check_field_callable(func: object, name: str = "func") -> None:
+    """A ``TypeError`` naming ``name`` unless ``func`` is callable as ``func(t, y)``: a module's class
+    (callable, as its constructor) is named, with the instance to pass."""
+    if isinstance(func, type) and issubclass(func, torch.nn.Module):
+        raise TypeError(
+            f"{name} must be a vector field, got the class {func.__name__}: pass an instance, "
+            f"{func.__name__}(...)"
+        )
+    if not callable(func):
+        raise TypeError(f"{name} must be callable as {name}(t, y), got {type(func).__name__}")
+
+
 class CheckedField:
     """``func(t, y)`` with its output checked on every call (:func:`check_output`).
 
@@ -689,8 +701,7 @@ class CheckedField:
     def __init__(
         self, func: Callable[[Tensor, Tensor], Tensor], name: str = "func", state_name: str = "y0"
     ) -> None:
-        if not callable(func):
-            raise TypeError(f"{name} must be callable as {name}(t, y), got {type(func).__name__}")
+        check_field_callable(func, name)
         self.func = func
         self.name = name
         self.state_name = state_name  # how the messages name the state the output must match

@@ -1006,7 +1006,8 @@ TORCHSDE_NAMES = (
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *TORCHSDE_NAMES])
+    # What torchdiffeq and torchsde users reach for (completion lists), not the module's helpers.
+    return sorted({*__all__, *TORCHSDE_NAMES, *(name for name in globals() if name.startswith("__"))})
 
 
 def __getattr__(name: str) -> Any:

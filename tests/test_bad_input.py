@@ -2214,6 +2214,42 @@ def test_sde_step_checks_its_noise_type_step_and_increment():
             sde_initial_step_size(DiagonalSDE(), "diagonal", 0.0, y, y, y, **tolerances)
 
 
+def test_a_field_class_in_place_of_an_instance_is_named():
+    """The class is callable (its constructor): the models took it with a plain function's warning
+    and failed at the first call inside torch ("empty(): argument 'size'"), odeint alike."""
+
+    class Field(torch.nn.Module):
+        def __init__(self, d=2, h=16):
+            super().__init__()
+            self.lin = torch.nn.Linear(d, d)
+
+        def forward(self, t, y):
+            return self.lin(y)
+
+    match = r"func must be a vector field, got the class Field: pass an instance, Field\(\.\.\.\)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no plain function's warning first
+        for call in (
+            lambda: LocallyRegularized(Field),
+            lambda: odeint(Field, torch.ones(2), [0.0, 1.0]),
+            lambda: local_reg.step(Field, 0.0, torch.ones(2), 0.1, "tsit5"),
+        ):
+            with pytest.raises(TypeError, match=match):
+                call()
+
+
+def test_a_constant_weight_set_after_construction_is_checked():
+    from local_reg.regularization import ConstantWeight
+
+    weight = ConstantWeight(1.0)
+    with pytest.raises(ValueError, match="weight must be non-negative and finite, got -5"):
+        weight.weight = -5  # it was taken: a negative reg_loss
+    weight.weight = 2
+    assert weight.value(3) == 2.0 and weight.weight == 2.0
+    with pytest.raises(ValueError, match="value must be non-negative"):
+        ConstantWeight(-1.0)
+
+
 def test_a_step_penalty_beside_times_requiring_grad_is_refused():
     """The penalties' steps have fixed sizes: their gradient to ``t`` was 0 at the end and only the
     start state's share at the start (of the wrong sign on ``y' = -0.8 y``), silently."""

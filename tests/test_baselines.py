@@ -412,8 +412,11 @@ def test_coefficients_are_checked_before_any_conversion_and_take_numpy_scalars()
 def test_taynode_order_is_checked():
     with pytest.raises(ValueError, match="order must be between 1 and 4"):
         TayNODERegularized(Linear(), order=5)
-    with pytest.raises(TypeError, match="order must be an int"):
+    with pytest.raises(TypeError, match="order must be a positive int, got float"):
         TayNODERegularized(Linear(), order=2.0)
+    with pytest.raises(ValueError, match="order must be a positive int, got 0"):
+        TayNODERegularized(Linear(), order=0)
+    assert TayNODERegularized(Linear(), order=np.int64(3)).penalty.order == 3  # it refused numpy's ints
     with pytest.raises(ValueError, match="weight must be non-negative"):
         TayNODERegularized(Linear(), weight=-1.0)
 

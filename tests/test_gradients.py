@@ -1044,6 +1044,29 @@ def test_gradient_objects_check_themselves_and_compare_by_settings():
     )
 
 
+def test_gradient_objects_are_immutable_and_their_repr_makes_them_again():
+    """Setting ``checkpoints = -3`` after construction skipped its check (the solve ran) and changed
+    the object's hash; the adjoints' repr said ``tableau=``, a keyword they do not take."""
+    import pickle
+
+    import local_reg
+
+    for gradient in (
+        Checkpoint(4),
+        Symplectic(),
+        BacksolveAdjoint(method="dopri5", rtol=1e-3),
+        InterpolatingAdjoint(method="bosh3", checkpoints=3),
+        local_reg.Direct(),
+    ):
+        again = eval(repr(gradient), vars(local_reg))
+        assert again == gradient and hash(again) == hash(gradient)
+        with pytest.raises(AttributeError, match="is immutable"):
+            gradient.checkpoints = -3
+        with pytest.raises(AttributeError, match="is immutable"):
+            pickle.loads(pickle.dumps(gradient)).checkpoints = -3
+        assert copy.deepcopy(gradient) == gradient
+
+
 def test_checkpoint_differentiates_a_step_penalty_under_a_custom_norm():
     # The re-run step must use the forward's error norm, or the penalty's gradient is another one's.
     field = TinyField()
@@ -1460,5 +1483,5 @@ def test_gradient_objects_take_numpy_counts_and_print_a_tableau_by_name():
 
     assert Checkpoint(np.int64(4)) == Checkpoint(4) and Symplectic(np.int32(3)).checkpoints == 3
     assert repr(BacksolveAdjoint(method="rk4", step_size=0.1)) == (
-        "BacksolveAdjoint(tableau='rk4', norm='default', step_size=0.1)"
+        "BacksolveAdjoint(method='rk4', norm='default', step_size=0.1)"
     )

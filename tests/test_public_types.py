@@ -9,6 +9,7 @@ each result is checked at run time to be what its annotation says.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
 
 import numpy as np
@@ -259,6 +260,11 @@ def test_a_deprecated_sde_spelling_warns_naming_it_as_written() -> None:
             local_regularization,
         ),
         (lambda: local_reg.SDERegularizationStats, "local_reg.SDERegularizationStats", RegularizationStats),
+        (
+            lambda: local_reg.regularization.SDERegularizationStats,
+            "local_reg.regularization.SDERegularizationStats",
+            RegularizationStats,
+        ),
     ]
     for get, spelled, replacement in cases:
         with warnings.catch_warnings(record=True) as caught:
@@ -267,3 +273,21 @@ def test_a_deprecated_sde_spelling_warns_naming_it_as_written() -> None:
         (warning,) = caught
         assert str(warning.message).startswith(f"{spelled} is deprecated: use local_reg.")
         assert warning.filename == __file__  # points at the line that used the name
+
+
+def test_the_public_packages_list_their_api_not_their_helpers() -> None:
+    """``dir(local_reg.compat)`` listed its ~60 helpers (a torchdiffeq user's completion list), and
+    ``local_reg.gradients`` / ``local_reg.sde`` held internal helpers under public names."""
+    import local_reg.compat
+    import local_reg.gradients
+    import local_reg.sde
+
+    public = {name for name in dir(local_reg.compat) if not name.startswith("__")}
+    assert public == {*local_reg.compat.__all__, *local_reg.compat.TORCHSDE_NAMES}
+    for package in (local_reg.gradients, local_reg.sde):
+        names = {
+            name
+            for name, value in vars(package).items()
+            if not name.startswith("_") and not isinstance(value, types.ModuleType) and name != "annotations"
+        }
+        assert names == set(package.__all__), package.__name__

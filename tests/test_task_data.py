@@ -33,7 +33,7 @@ from local_reg.experiments.tasks.latent_ode import (
 from local_reg.experiments.tasks.lotka import trajectories
 from local_reg.experiments.tasks.nsde_digits import SDEClassifier
 from local_reg.experiments.tasks.spiral import spiral_trajectory
-from local_reg.experiments.tasks.spiral_sde import SpiralSDE, SpiralSDEModel
+from local_reg.experiments.tasks.spiral_sde import SpiralSDEModel, spiral_sde
 from tests.problems import lotka_volterra, scipy_reference, van_der_pol
 
 Z = 6.0  # a 6-sigma bound: a correct generator exceeds it with probability < 1e-8
@@ -404,7 +404,7 @@ def test_spiral_loss_is_the_mean_absolute_error_and_the_field_sees_y_cubed():
 
 def test_spiral_sde_diffusion_stays_below_sigma_max_and_reaches_it():
 
-    sde = SpiralSDE(hidden=4, sigma_max=0.1)
+    sde = spiral_sde(hidden=4, sigma_max=0.1)
     with torch.no_grad():
         sde.diffusion.weight.copy_(torch.eye(2) * 20)
         sde.diffusion.bias.zero_()

@@ -79,9 +79,10 @@ ODE_METHODS: tuple[str, ...] = tuple(METHODS)
 
 # The published regularization coefficients ([LR23] Sec. 5, [GR21] Sec. 5); a task copies them
 # into its settings so each run records the weights it used. The baselines: STEER's b = 0.5 on
-# [0, 1] (Ghosh et al. 2020); RNODE's lambda_K = lambda_J = 0.01 (Finlay et al.'s scripts; none
-# published for a latent ODE, the same used there); TayNODE's lambda for K = 3 from Kelly et al.'s
-# public code, 6e-5 (MNIST) and 1e-2 (PhysioNet latent ODE).
+# [0, 1] (Ghosh et al. 2020); RNODE's lambda_K = lambda_J = 0.01 (Finlay et al.'s scripts,
+# github.com/cfinlay/ffjord-rnode; none published for a latent ODE, the same used there); TayNODE's
+# lambda for K = 3 from Kelly et al.'s code, github.com/jacobjinkelly/easy-neural-ode, 6e-5 (MNIST)
+# and 1e-2 (PhysioNet latent ODE).
 MNIST_WEIGHTS: dict[str, WeightSpec] = {
     "local-random": {"start": 2.5, "end": 1.0},
     "local-biased": {"start": 2.5, "end": 1.0},

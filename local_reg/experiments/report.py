@@ -171,9 +171,9 @@ def _number(x: float, digits: int) -> str:
     return f"{x:.0f}" if "e+" in text else text
 
 
-def _fmt(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> str:
+def _fmt(values: Sequence[float], scale: float = 1.0) -> str:
     mean, sd = _mean_sd([v * scale for v in values])
-    return f"{_number(mean, digits)} ± {_number(sd, 2)}" if len(values) > 1 else _number(mean, digits)
+    return f"{_number(mean, 3)} ± {_number(sd, 2)}" if len(values) > 1 else _number(mean, 3)
 
 
 def _columns(group: Group, timing: str) -> list[tuple[str, str, float]]:
@@ -330,6 +330,14 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+def _save(fig: Any, ax: Any, path: Path) -> None:
+    """A figure's legend, layout and PNG at ``path``; the figure is closed."""
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def plot_nfe(group: Group, path: Path) -> None:
     """Mean (over seeds) forward NFE of the main solve per training iteration, smoothed."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
@@ -341,10 +349,7 @@ def plot_nfe(group: Group, path: Path) -> None:
     ax.set_xlabel("training iteration")
     ax.set_ylabel("NFE (forward, training)")
     ax.set_title(f"{group.task}: NFE over training")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def plot_metric_vs_nfe(group: Group, path: Path) -> None:
@@ -363,10 +368,7 @@ def plot_metric_vs_nfe(group: Group, path: Path) -> None:
     ax.set_xlabel("test NFE")
     ax.set_ylabel(f"test {metric}" + (" (%)" if metric in _PERCENT_METRICS else ""))
     ax.set_title(f"{group.task}: test {metric} vs NFE")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, ax, path)
 
 
 def write_report(
@@ -380,16 +382,14 @@ def write_report(
     return text
 
 
-def check_report(
-    out_dir: str | Path, records: Sequence[dict[str, Any]], task: str | None = None, timing: str = "cpu"
-) -> None:
-    """Raise the :class:`ResultsError` :func:`write_report` would raise for ``records`` (a record
-    another version wrote, lacking a field the report reads), writing nothing into ``out_dir``: a
-    sweep checks the folder's records before it trains, not after. Its warnings (a row's seed
-    recorded twice) are left to the report itself."""
+def check_report(out_dir: str | Path, records: Sequence[dict[str, Any]]) -> None:
+    """Raise the :class:`ResultsError` :func:`write_report` (every task, CPU times, as a sweep
+    writes it) would raise for ``records`` (a record another version wrote, lacking a field the
+    report reads), writing nothing into ``out_dir``: a sweep checks the folder's records before it
+    trains, not after. Its warnings (a row's seed recorded twice) are left to the report itself."""
     with tempfile.TemporaryDirectory() as figures, warnings.catch_warnings():
         warnings.simplefilter("ignore", ResultsWarning)
-        _report(Path(out_dir), records, task, timing, figures=Path(figures))
+        _report(Path(out_dir), records, None, "cpu", figures=Path(figures))
 
 
 def _report(

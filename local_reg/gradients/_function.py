@@ -12,12 +12,13 @@ it restarts from are kept by :class:`~._checkpoints.StepStates`).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import gc
 import numbers
 import threading
 import weakref
-from abc import ABC, abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, cast
@@ -233,6 +234,44 @@ def outside_graph_error(method: str, name: str = "func") -> ValueError:
     )
 
 
+@contextlib.contextmanager
+def naming_a_freed_graph(method: str, name: str = "func") -> Iterator[None]:
+    """Torch's "backward through the graph a second time", met by a backward pass's re-evaluation
+    of ``name``, as :func:`outside_graph_error`."""
+    try:
+        yield
+    except RuntimeError as error:
+        if "backward through the graph a second time" not in str(error):
+            raise
+        raise outside_graph_error(method, name) from error
+
+
+def finish_backward(
+    stats: Stats,
+    cotangents: Sequence[Tensor | None],
+    asked: Sequence[Tensor | None],
+    calls: int,
+    t0: float,
+    func: str = "func",
+) -> None:
+    """The end of a graph-free backward pass: a :class:`~local_reg.SolverError` where a gradient
+    ``asked`` for is not finite though the ``cotangents`` were, and the pass's ``calls`` added to
+    ``stats.nfe_backward`` (accumulated: a graph kept with ``retain_graph=True`` may be
+    differentiated more than once)."""
+    if all_finite(cotangents) and not all_finite(asked):
+        raise_non_finite_gradient(t0, stats.n_steps, func)
+    stats.nfe_backward = (stats.nfe_backward or 0) + calls
+
+
+def release_unless_graph_kept(release: Callable[[], None]) -> None:
+    """``release()`` a solve's records as autograd frees the saved tensors, in a backward pass without
+    ``retain_graph=True`` (torch's private query): the graph, and the autograd context holding the
+    records, lives on as long as the outputs do (a training loop's kept loss) and would hold every
+    step's state."""
+    if not torch._C._autograd._get_current_graph_task_keep_graph():
+        release()
+
+
 def graph_nodes(roots: Iterable[Any], stops: frozenset | set = frozenset()) -> Iterator[Any]:
     """Every autograd node reachable from ``roots``, once each, not walking past ``stops`` (not
     yielded) or past a leaf's ``AccumulateGrad`` node (yielded; its ``variable`` is the leaf)."""
@@ -328,12 +367,22 @@ class BackwardStep(NamedTuple):
     """``(theta, dL/dy(t + theta dt))`` of the outputs read from its dense output."""
 
 
-class GradientMethod(ABC):
+class _Settled(ABCMeta):
+    """Marks each instance settled once its constructor returns (:meth:`GradientMethod.__setattr__`)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        instance = super().__call__(*args, **kwargs)
+        object.__setattr__(instance, "_settled", True)
+        return instance
+
+
+class GradientMethod(metaclass=_Settled):
     """How a solve's outputs are differentiated (``odeint(gradient=...)``).
 
-    An object that checks its own settings once, when it is made; the strings ``"direct"``,
-    ``"checkpoint"``, ``"symplectic"``, ``"adjoint"`` and ``"interpolating_adjoint"`` are shorthands
-    for the default objects.
+    An object that checks its own settings once, when it is made, and is immutable afterwards (as
+    :class:`~local_reg.PIController`): its settings are not checked again, and it compares and
+    hashes by them. The strings ``"direct"``, ``"checkpoint"``, ``"symplectic"``, ``"adjoint"`` and
+    ``"interpolating_adjoint"`` are shorthands for the default objects.
     """
 
     name: ClassVar[str]
@@ -360,20 +409,32 @@ class GradientMethod(ABC):
         """Solve ``solve`` from ``y0``; returns ``(ys, stats, steps, penalties)`` with ``ys``
         differentiable by this method."""
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_settled"):
+            raise AttributeError(
+                f"{type(self).__name__} is immutable (its settings were checked when it was made): "
+                f"make a new one instead of setting {name!r}"
+            )
+        object.__setattr__(self, name, value)
+
+    def _settings(self) -> dict[str, Any]:
+        """The constructor's keywords and their values."""
+        return {key: value for key, value in vars(self).items() if key != "_settled"}
+
     def __repr__(self) -> str:
         # A tableau by its name: its repr is every coefficient.
         settings = ", ".join(
             f"{key}={value.name if isinstance(value, ButcherTableau) else value!r}"
-            for key, value in vars(self).items()
+            for key, value in self._settings().items()
             if value is not None
         )
         return f"{type(self).__name__}({settings})"
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and vars(self) == vars(other)
+        return type(self) is type(other) and self._settings() == cast(GradientMethod, other)._settings()
 
     def __hash__(self) -> int:
-        return hash((type(self), tuple(sorted((k, repr(v)) for k, v in vars(self).items()))))
+        return hash((type(self), tuple(sorted((k, repr(v)) for k, v in self._settings().items()))))
 
 
 class GraphFreeGradient(GradientMethod):
@@ -629,7 +690,7 @@ class StepwiseGradient(GraphFreeGradient):
         return adjoint, grad_params, func.calls
 
 
-def first_order_only(backward: Callable) -> Callable:
+def first_order_backward(backward: Callable) -> Callable:
     """``once_differentiable``, and a backward pass asked for a graph (``create_graph=True``: a
     Hessian, a gradient penalty) is an error: ``once_differentiable`` alone returns gradients
     detached from the inputs, which ``torch.autograd.functional.hessian`` reads as zeros.
@@ -686,7 +747,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
         return ys, penalty_values
 
     @staticmethod
-    @first_order_only
+    @first_order_backward
     def backward(ctx, grad_ys: Tensor, grad_penalties: Tensor):
         ys = ctx.saved_tensors[0]
         solve: ForwardSolve = ctx.solve
@@ -694,29 +755,18 @@ class _SolveWithoutGraph(torch.autograd.Function):
         func = solve.func
         solve.func = CapturedTensorCheck(func, solve.params, ctx.method.name, solve.thread)
         try:
-            with without_autocast():
+            with without_autocast(), naming_a_freed_graph(ctx.method.name):
                 grad_y0, grad_params, nfe = ctx.method.backward(
                     solve, ys, grad_ys, grad_penalties if solve.step_penalty is not None else None
                 )
-        except RuntimeError as error:
-            if "backward through the graph a second time" not in str(error):
-                raise
-            raise outside_graph_error(ctx.method.name) from error
         finally:
             solve.func = func
         # Only the gradients asked for are judged: y0's may be non-finite where y0 needs none.
         asked = [
             g for g, needed in zip((grad_y0, *grad_params), ctx.needs_input_grad[2:], strict=True) if needed
         ]
-        if all_finite((grad_ys, grad_penalties)) and not all_finite(asked):
-            raise_non_finite_gradient(solve.times[0], solve.stats.n_steps)
-        # Accumulate: a graph kept with retain_graph=True may be differentiated more than once.
-        solve.stats.nfe_backward = (solve.stats.nfe_backward or 0) + nfe
-        if not torch._C._autograd._get_current_graph_task_keep_graph():
-            # As autograd frees the saved tensors (a pass without retain_graph=True; torch's private
-            # query): the graph, and this context, lives on as long as the outputs do, a training
-            # loop's kept loss say, and would hold every step's state.
-            solve.release_records()
+        finish_backward(solve.stats, (grad_ys, grad_penalties), asked, nfe, solve.times[0])
+        release_unless_graph_kept(solve.release_records)
         return (None, None, grad_y0, *grad_params)
 
 

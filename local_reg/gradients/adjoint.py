@@ -396,7 +396,7 @@ class _ContinuousAdjoint(GraphFreeGradient):
         if norm not in NORMS:
             raise ValueError(f"{own}: norm must be one of {NORMS}, got {norm!r}")
         try:
-            self.tableau = None if method is None else get_tableau(method)
+            self.method = None if method is None else get_tableau(method)
         except (TypeError, ValueError) as error:
             raise type(error)(f"{own} method: {error}") from None
         self.rtol = None if rtol is None else relative_tolerance(f"{own} rtol", rtol)
@@ -424,7 +424,7 @@ class _ContinuousAdjoint(GraphFreeGradient):
             controller=dataclasses.replace(forward.controller, step_ts=(), jump_ts=())
             if step_size is not None
             else forward.controller,
-            tableau=forward.tableau if self.tableau is None else self.tableau,
+            tableau=forward.tableau if self.method is None else self.method,
             time_dtype=forward.time_dtype,
             times_rounding=forward.times_rounding,
         )
@@ -432,14 +432,14 @@ class _ContinuousAdjoint(GraphFreeGradient):
     def _backward_step_size(self, forward_step_size: float | None) -> float | None:
         if self.step_size is not None:
             return self.step_size
-        own_adaptive_method = self.tableau is not None and self.tableau.adaptive
+        own_adaptive_method = self.method is not None and self.method.adaptive
         return None if own_adaptive_method else forward_step_size
 
     def check(
         self, options: SolveOptions, times: list[float] | None = None, y0: Tensor | None = None
     ) -> None:
         own = type(self).__name__
-        tableau = options.runge_kutta_tableau if self.tableau is None else self.tableau
+        tableau = options.runge_kutta_tableau if self.method is None else self.method
         backward_step_size = self._backward_step_size(options.step_size)
         # Fixed backward steps, this object's or the forward's, read no first step.
         check_adaptive_settings_unset(backward_step_size, {f"{own} first_step": self.first_step})

@@ -17,7 +17,6 @@ Both are configurations of one module, :class:`Regularized` (penalty :class:`Loc
 :class:`GlobalPenalty`, or none for the plain model), which also takes neural SDEs.
 """
 
-from .._errors import warn
 from ._baseline import BaselineStats
 from ._diagnostics import GradientRatio
 from ._module import GlobalPenalty, LocalPenalty, Penalty, Regularized
@@ -56,12 +55,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name == "SDERegularizationStats":
-        # One RegularizationStats serves ODEs and SDEs.
-        warn(
-            "local_reg.regularization.SDERegularizationStats is deprecated: use "
-            "local_reg.RegularizationStats (one class for ODEs and SDEs)",
-            DeprecationWarning,
-        )
-        return RegularizationStats
+    if name == "SDERegularizationStats":  # one RegularizationStats serves ODEs and SDEs
+        from ..sde import _moved
+
+        return _moved(name, f"local_reg.regularization.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,37 +28,41 @@ BACKENDS = ("local_reg", "torchdiffeq")
 def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
     """The gradient method (checked) of the main solve on ``backend``."""
     check_choice("backend", backend, BACKENDS)
-    method = as_gradient_method(gradient)
-    if backend == "torchdiffeq" and not isinstance(method, (Direct, BacksolveAdjoint)):
+    gradient_method = as_gradient_method(gradient)
+    if backend == "torchdiffeq" and not isinstance(gradient_method, (Direct, BacksolveAdjoint)):
         raise ValueError(
-            f"gradient={method.name!r} is not available with backend='torchdiffeq': it offers "
+            f"gradient={gradient_method.name!r} is not available with backend='torchdiffeq': it offers "
             "'direct' (torchdiffeq.odeint) and 'adjoint' (torchdiffeq.odeint_adjoint); use "
             "backend='local_reg' for the others"
         )
-    if backend == "torchdiffeq" and isinstance(method, BacksolveAdjoint) and method.tableau is not None:
+    if (
+        backend == "torchdiffeq"
+        and isinstance(gradient_method, BacksolveAdjoint)
+        and gradient_method.method is not None
+    ):
         from torchdiffeq._impl.odeint import SOLVERS
 
-        if method.tableau.name not in SOLVERS:
+        if gradient_method.method.name not in SOLVERS:
             raise ValueError(
-                f"BacksolveAdjoint method {method.tableau.name!r} is not one of torchdiffeq's, which "
+                f"BacksolveAdjoint method {gradient_method.method.name!r} is not one of torchdiffeq's, which "
                 f"backend='torchdiffeq' solves the adjoint with: one of {sorted(SOLVERS)}"
             )
-    return method
+    return gradient_method
 
 
-def _torchdiffeq_adjoint_options(method: BacksolveAdjoint) -> dict[str, Any]:
-    """``odeint_adjoint``'s keywords for the settings of ``method``."""
+def _torchdiffeq_adjoint_options(adjoint: BacksolveAdjoint) -> dict[str, Any]:
+    """``odeint_adjoint``'s keywords for the settings of ``adjoint``."""
     kwargs: dict[str, Any] = {}
-    if method.rtol is not None:
-        kwargs["adjoint_rtol"] = method.rtol
-    if method.atol is not None:
-        kwargs["adjoint_atol"] = method.atol
-    if method.tableau is not None:
-        kwargs["adjoint_method"] = method.tableau.name
-    options = {"norm": "seminorm"} if method.norm == "seminorm" else {}
+    if adjoint.rtol is not None:
+        kwargs["adjoint_rtol"] = adjoint.rtol
+    if adjoint.atol is not None:
+        kwargs["adjoint_atol"] = adjoint.atol
+    if adjoint.method is not None:
+        kwargs["adjoint_method"] = adjoint.method.name
+    options = {"norm": "seminorm"} if adjoint.norm == "seminorm" else {}
     for key in ("step_size", "first_step", "max_steps"):
-        if getattr(method, key) is not None:
-            options[{"max_steps": "max_num_steps"}.get(key, key)] = getattr(method, key)
+        if getattr(adjoint, key) is not None:
+            options[{"max_steps": "max_num_steps"}.get(key, key)] = getattr(adjoint, key)
     # torchdiffeq cannot infer the backward solve's options for another method than the forward's.
     if options or "adjoint_method" in kwargs:
         kwargs["adjoint_options"] = options

@@ -26,6 +26,7 @@ from .._integrate import DEFAULT_MAX_STEPS
 from .._odeint import odeint, unread_beside_fixed_steps
 from .._step import beside_jump, initial_step_size, next_jump, rms_norm, step, time_tensor, trial_end
 from .._validate import (
+    check_field_callable,
     checked_field,
     checked_norm,
     narrowest_float,
@@ -40,7 +41,8 @@ from .._validate import (
 )
 from ..compat import torchdiffeq_bounds
 from ..controller import DEFAULT_CONTROLLER, PIController
-from ..gradients import GradientMethod, adjoint_params_tuple, resolve_adjoint_params
+from ..gradients import GradientMethod
+from ..gradients._params import adjoint_params_tuple, resolve_adjoint_params
 from ..sde._step import _euler_maruyama_step, unchecked_initial_step_size
 from ..sde.brownian import make_brownian, release_brownian
 from ..sde.problem import DEFAULT_ATOL as SDE_DEFAULT_ATOL
@@ -283,8 +285,7 @@ class ODEProblem(_Problem):
     check_settings = staticmethod(check_ode_settings)
 
     def __init__(self, func: Callable[[Tensor, Tensor], Tensor], config: SolveConfig) -> None:
-        if not callable(func):
-            raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+        check_field_callable(func)
         _check_takes_t_and_y(func)
         super().__init__(config)
         self.func = func

@@ -32,8 +32,9 @@ import torch
 from torch import Tensor
 
 from .._errors import warn
+from .._tuple import owning_module
 from .._validate import transformed
-from ..gradients import adjoint_params_tuple, owning_module
+from ..gradients._params import adjoint_params_tuple
 from ..sde.problem import is_sde
 from ..solution import State
 from ..tableaus import ButcherTableau
@@ -115,7 +116,8 @@ def default_weight(
         parameters = list(adjoint_params)
     else:
         owner = owning_module(func)
-        if owner is None and callable(func):  # what is not callable is refused with its own error
+        # What is not a field (not callable, a class) is refused with its own error.
+        if owner is None and callable(func) and not isinstance(func, type):
             warn(
                 "func is a plain function, whose parameters the default self-tuning weight cannot "
                 "see, so the penalty's weight is the constant 1 (far too strong on many tasks): pass "

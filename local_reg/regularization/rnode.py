@@ -10,9 +10,10 @@ Two running costs are integrated alongside the state ``z`` (shape ``(batch, ...)
     R_J = int_{t0}^{t1} mean((eps^T df/dz)^2) dt,    E_eps[(eps^T J)^2 summed] = ||J||_F^2
 
 ``mean`` over all elements of the state (per sample over its features, then over the batch, as in
-the public code), ``eps`` Rademacher noise of the state's shape drawn once per solve (Hutchinson's
-estimator of the Frobenius norm; ``eps^T J`` is one vector--Jacobian product, which for a batch of
-independent samples is each sample's own ``eps_b^T J_b``). The loss adds
+the authors' code, github.com/cfinlay/ffjord-rnode), ``eps`` Rademacher noise of the state's shape
+drawn once per solve (Hutchinson's estimator of the Frobenius norm; ``eps^T J`` is one
+vector--Jacobian product, which for a batch of independent samples is each sample's own
+``eps_b^T J_b``). The loss adds
 ``lambda_K R_K + lambda_J R_J``; [RNODE20]'s scripts use ``lambda_K = lambda_J = 0.01``.
 """
 

@@ -135,7 +135,16 @@ class ConstantWeight(WeightSchedule):
 
     def __init__(self, value: float) -> None:
         super().__init__()
-        self.weight = non_negative_float("value", value)
+        self._weight = non_negative_float("value", value)
+
+    @property
+    def weight(self) -> float:
+        """The constant; it may be set between iterations, and is checked as the constructor's."""
+        return self._weight
+
+    @weight.setter
+    def weight(self, value: float) -> None:
+        self._weight = non_negative_float("weight", value)
 
     def value(self, iteration: int) -> float:
         return self.weight

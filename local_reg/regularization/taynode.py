@@ -9,7 +9,8 @@ derivative of the solution; [TAY20] penalizes the K-th one along the trajectory:
 
     R_K = int_{t0}^{t1} mean((d^K z / dt^K)^2) dt,
 
-``mean`` over all elements of the state (per sample, then over the batch, as the public code). The
+``mean`` over all elements of the state (per sample, then over the batch, as the authors' code,
+github.com/jacobjinkelly/easy-neural-ode). The
 total derivatives follow the solution, ``d/dt g(t, z(t)) = dg/dt + dg/dz f``::
 
     z' = f,    z'' = f_t + f_z f,    z^(k+1) = d/dt z^(k) = jvp(z^(k), (t, z), (1, f)),
@@ -18,7 +19,7 @@ computed here by nested forward-mode products (``torch.func.jvp``) where [TAY20]
 (``jax.experimental.jet``): the same values, from ``K`` evaluations of ``f``, the k-th under k
 nested levels of forward mode, so the cost grows like ``2^K`` rather than Taylor mode's ``K^2``;
 ``order`` stops at 4. [TAY20] uses ``K = 3`` (``r3``) for MNIST classification and the latent ODE;
-the public code's coefficients are ``lambda = 6e-5`` (MNIST) and ``1e-2`` (PhysioNet latent ODE).
+that code's coefficients are ``lambda = 6e-5`` (MNIST) and ``1e-2`` (PhysioNet latent ODE).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch import Tensor
 from torch.func import jvp
 
 from .._step import VectorField
-from .._validate import checked_field, narrowest_float, validate_state, validate_times
+from .._validate import checked_field, narrowest_float, positive_int, validate_state, validate_times
 from ..solution import State
 from ._augmented import Integrand, mean_square, solve_augmented
 from ._baseline import BaselinePenalty, BaselineStats, solution_stats
@@ -44,9 +45,8 @@ MAX_ORDER = 4
 
 
 def check_order(order: object) -> int:
-    if isinstance(order, bool) or not isinstance(order, int):
-        raise TypeError(f"order must be an int, got {type(order).__name__}")
-    if not 1 <= order <= MAX_ORDER:
+    order = positive_int("order", order)  # numpy's integers too, as every count
+    if order > MAX_ORDER:
         raise ValueError(
             f"order must be between 1 and {MAX_ORDER} (nested forward mode costs about 2^order "
             f"evaluations of func; [TAY20] uses 2 or 3), got {order}"

@@ -7,13 +7,13 @@
 :class:`local_reg.Regularized` accept such a module and then solve with :func:`sdeint` (or torchsde).
 """
 
-from .._errors import warn
+from .._errors import warn as _warn
 from ..solution import Stats as SDEStats
 from ._sdeint import sdeint
 from ._step import SDEStepResult, sde_initial_step_size, sde_step
 from .problem import is_sde
 
-MOVED = {
+_MOVED = {
     "SDEBlock": "Regularized",
     "SDERegularizationStats": "RegularizationStats",
     "sde_local_regularization": "local_regularization",
@@ -23,21 +23,21 @@ MOVED = {
 kinds of problem)."""
 
 
-def moved(name: str, spelled: str) -> object:
+def _moved(name: str, spelled: str) -> object:
     """What replaced the deprecated ``name``, after a ``DeprecationWarning`` naming it as the user
     spelled it (``local_reg.SDEBlock`` or ``local_reg.sde.SDEBlock``)."""
     from .. import regularization
 
-    warn(
-        f"{spelled} is deprecated: use local_reg.{MOVED[name]} (the regularizers take SDEs too)",
+    _warn(
+        f"{spelled} is deprecated: use local_reg.{_MOVED[name]} (the regularizers take SDEs too)",
         DeprecationWarning,
     )
-    return getattr(regularization, MOVED[name])
+    return getattr(regularization, _MOVED[name])
 
 
 def __getattr__(name: str):
-    if name in MOVED:
-        return moved(name, f"local_reg.sde.{name}")
+    if name in _MOVED:
+        return _moved(name, f"local_reg.sde.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -28,15 +28,16 @@ import torch
 from torch import Tensor, nn
 
 from .._integrate import SolveOptions, integrate
-from ..gradients._finite import all_finite, raise_non_finite_gradient
 from ..gradients._function import (
     CapturedTensorCheck,
     GradientMethod,
     add_gradients,
     check_same_parameters,
-    first_order_only,
-    outside_graph_error,
+    finish_backward,
+    first_order_backward,
+    naming_a_freed_graph,
     parameter_ids,
+    release_unless_graph_kept,
     thread_token,
 )
 from ..solution import Stats, Steps
@@ -163,7 +164,7 @@ class CheckpointedSolve:
                     jump_ts=stepper.jump_ts,
                 )
                 calls += result.nfe
-                try:
+                with naming_a_freed_graph(self.method.name, "sde"):
                     grad_y, *grads = torch.autograd.grad(
                         result.y1,
                         (y, *self.params),
@@ -171,10 +172,6 @@ class CheckpointedSolve:
                         allow_unused=True,
                         retain_graph=sde.keeps_outside_graph,
                     )
-                except RuntimeError as error:
-                    if "backward through the graph a second time" not in str(error):
-                        raise
-                    raise outside_graph_error(self.method.name, "sde") from error
                 adjoint = torch.zeros_like(y) if grad_y is None else grad_y
                 add_gradients(grad_params, grads)
                 # Every output time ends a step: a step that starts on one adds its cotangent.
@@ -182,10 +179,7 @@ class CheckpointedSolve:
                     output -= 1
                     adjoint = adjoint + grad_ys[output]
         asked = [g for g, needed in zip((adjoint, *grad_params), needs, strict=True) if needed]
-        if all_finite([grad_ys]) and not all_finite(asked):
-            raise_non_finite_gradient(self.times[0], self.stats.n_steps, "the drift and diffusion")
-        # Accumulate: a graph kept with retain_graph=True may be differentiated more than once.
-        self.stats.nfe_backward = (self.stats.nfe_backward or 0) + calls
+        finish_backward(self.stats, [grad_ys], asked, calls, self.times[0], "the drift and diffusion")
         return adjoint, grad_params
 
 
@@ -207,7 +201,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
     def forward(ctx: Any, solve: CheckpointedSolve, y0: Tensor, *params: Tensor) -> Tensor:
         ctx.solve = solve
         ctx.method = solve.method
-        ctx.name = "sde"  # what first_order_only's message calls the function differentiated
+        ctx.name = "sde"  # what first_order_backward's message calls the function differentiated
         ys = solve.solve(y0)
         # y0 and the parameters, for autograd's checks: that they are not changed in place before
         # the backward pass (an optimizer step: the re-run would differentiate another solve), and
@@ -216,13 +210,10 @@ class _SolveWithoutGraph(torch.autograd.Function):
         return ys
 
     @staticmethod
-    @first_order_only
+    @first_order_backward
     def backward(ctx: Any, grad_ys: Tensor) -> Any:
         ctx.saved_tensors  # noqa: B018  # autograd's error if this graph's backward already ran
         solve = ctx.solve
         grad_y0, grad_params = solve.backward(grad_ys, ctx.needs_input_grad[1:])
-        if not torch._C._autograd._get_current_graph_task_keep_graph():
-            # As autograd frees the saved tensors (a pass without retain_graph=True): the context
-            # lives as long as the outputs do, and would hold every step's state and increment.
-            solve.release_records()
+        release_unless_graph_kept(solve.release_records)
         return None, grad_y0, *grad_params

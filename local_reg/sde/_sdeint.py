@@ -28,17 +28,9 @@ from .._validate import (
     without_autocast,
 )
 from ..controller import PIController, TimeSet
-from ..gradients import (
-    Checkpoint,
-    Direct,
-    GradientMethod,
-    as_gradient_method,
-    checks_captures,
-    evaluate_refusing_captures,
-    records_graph,
-    resolve_adjoint_params,
-    warn_if_reevaluation_differs,
-)
+from ..gradients import Checkpoint, Direct, GradientMethod, as_gradient_method
+from ..gradients._function import checks_captures, evaluate_refusing_captures, records_graph
+from ..gradients._params import resolve_adjoint_params, warn_if_reevaluation_differs
 from ..solution import Solution, Steps
 from ._checkpoint import CheckpointedSolve, RecordingStepper
 from ._step import EulerMaruyamaStepper, SDEStepResult

@@ -381,8 +381,7 @@ class EulerMaruyamaStepper(Stepper[tuple[Tensor | None, Tensor | None]]):
 
     failure = "non-finite state, drift or diffusion"
     # A landing step's error enters the PI memory: an SDE step's estimate is dominated by the noise
-    # term, not by the sliver's length, and keeping the memory instead measured neutral (30 paths
-    # of a noisy oscillator, 8 output times: 121.0 against 120.6 attempted steps).
+    # term, not by the sliver's length.
     landing_keeps_error_memory = False
 
     def __init__(

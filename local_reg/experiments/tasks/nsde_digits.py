@@ -22,32 +22,13 @@ from ..settings import Integer, OneOf, Real, Schema
 from .base import ModelContext, TaskData, training_fields
 from .classification import SPLIT_FIELDS, ClassificationTask
 from .digits import digits_data
-from .sde_methods import SDE_METHODS, SDE_SOLVERS, sde_block
+from .sde_methods import SDE_METHODS, SDE_SOLVERS, SquashedNoiseSDE, sde_block
 
 _SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"train_size": 64, "test_size": 64, "epochs": 1, "batch_size": 32},
     "quick": {"train_size": None, "test_size": None, "epochs": 15, "batch_size": 128},
     "full": {"train_size": None, "test_size": None, "epochs": 40, "batch_size": 128},
 }
-
-
-class NeuralSDE(nn.Module):
-    """``dy = ConcatMLP(t, y) dt + sigma_max * sigmoid(W y + b) dW`` (Ito, diagonal noise)."""
-
-    noise_type = "diagonal"
-    sde_type = "ito"
-
-    def __init__(self, dim: int, hidden: int, sigma_max: float) -> None:
-        super().__init__()
-        self.drift = ConcatMLP(dim, hidden)
-        self.diffusion = nn.Linear(dim, dim)
-        self.sigma_max = sigma_max
-
-    def f(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.drift(t, y)
-
-    def g(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.sigma_max * torch.sigmoid(self.diffusion(y))
 
 
 class SDEClassifier(nn.Module):
@@ -113,7 +94,10 @@ class NSDEDigitsTask(ClassificationTask):
         return digits_data(settings)
 
     def build_model(self, settings: dict[str, Any], context: ModelContext) -> nn.Module:
-        sde = NeuralSDE(settings["dim"], settings["hidden"], settings["sigma_max"])
+        # dy = ConcatMLP(t, y) dt + sigma_max * sigmoid(W y + b) dW
+        sde = SquashedNoiseSDE(
+            ConcatMLP(settings["dim"], settings["hidden"]), settings["dim"], settings["sigma_max"]
+        )
         return SDEClassifier(sde_block(sde, settings, context), settings, self.n_features)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ...regularization import GloballyRegularized, LocallyRegularized, Regularized
 from ..methods import local_options, weight_schedule
@@ -23,6 +24,26 @@ SDE_SOLVERS: tuple[str, ...] = ("euler_maruyama",)
 """What an SDE task's ``solver.method`` may name: the one adaptive scheme of :func:`local_reg.sdeint`."""
 TORCHSDE_FIRST_STEP = 0.05
 """The first step of torchsde's adaptive solve under ``--gradient adjoint`` (no task sets another)."""
+
+
+class SquashedNoiseSDE(nn.Module):
+    """``dy = drift(t, y) dt + sigma_max * sigmoid(W y + b) dW`` (Ito, diagonal noise): the SDE
+    tasks' neural SDE, whose diffusion stays in ``(0, sigma_max)``."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, drift: nn.Module, dim: int, sigma_max: float) -> None:
+        super().__init__()
+        self.drift = drift
+        self.diffusion = nn.Linear(dim, dim)
+        self.sigma_max = sigma_max
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.drift(t, y)
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.sigma_max * torch.sigmoid(self.diffusion(y))
 
 
 def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -> Regularized:

@@ -61,9 +61,10 @@ def spiral_field(t: Tensor, y: Tensor) -> Tensor:
     return (y**3) @ _TRUE_A.to(y.dtype)
 
 
-def spiral_trajectory(data_size: int, t_max: float = SPIRAL_T_MAX) -> tuple[Tensor, Tensor]:
-    """Times and states ``(data_size, 2)`` of the true spiral (float64 solve, rtol 1e-10)."""
-    times = torch.linspace(0.0, t_max, data_size, dtype=torch.float64)
+def spiral_trajectory(data_size: int) -> tuple[Tensor, Tensor]:
+    """Times and states ``(data_size, 2)`` of the true spiral on ``[0, SPIRAL_T_MAX]`` (float64
+    solve, rtol 1e-10)."""
+    times = torch.linspace(0.0, SPIRAL_T_MAX, data_size, dtype=torch.float64)
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
     solution = odeint(spiral_field, y0, times, rtol=1e-10, atol=1e-10)
     return times, solution.ys

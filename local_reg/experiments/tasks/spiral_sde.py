@@ -11,32 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..settings import Integer, Real, Schema
 from .base import ModelContext, training_fields
-from .sde_methods import SDE_METHODS, SDE_SOLVERS, sde_block
+from .sde_methods import SDE_METHODS, SDE_SOLVERS, SquashedNoiseSDE, sde_block
 from .spiral import SPIRAL_FIELDS, SPIRAL_REQUIRES, SpiralField, SpiralTask
 
 
-class SpiralSDE(nn.Module):
+def spiral_sde(hidden: int, sigma_max: float) -> SquashedNoiseSDE:
     """Drift: the spiral demo's field; diffusion: diagonal, in ``(0, sigma_max)``."""
-
-    noise_type = "diagonal"
-    sde_type = "ito"
-
-    def __init__(self, hidden: int, sigma_max: float) -> None:
-        super().__init__()
-        self.drift = SpiralField(hidden)
-        self.diffusion = nn.Linear(2, 2)
-        self.sigma_max = sigma_max
-
-    def f(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.drift(t, y)
-
-    def g(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.sigma_max * torch.sigmoid(self.diffusion(y))
+    return SquashedNoiseSDE(SpiralField(hidden), 2, sigma_max)
 
 
 class SpiralSDEModel(nn.Module):
@@ -87,6 +72,6 @@ class SpiralSDETask(SpiralTask):
         }
 
     def build_model(self, settings: dict[str, Any], context: ModelContext) -> nn.Module:
-        sde = SpiralSDE(settings["hidden"], settings["sigma_max"])
+        sde = spiral_sde(settings["hidden"], settings["sigma_max"])
         block = sde_block(sde, settings, context)
         return SpiralSDEModel(block, settings["train_trajectories"], settings["eval_trajectories"])

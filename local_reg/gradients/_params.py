@@ -1,0 +1,141 @@
+"""Which tensors a graph-free gradient method differentiates, and what it refuses or warns about
+in the field it evaluates again in its backward pass (docs/gradients.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+from torch.nn.utils import parametrizations, parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm
+
+from .._errors import warn
+from .._tuple import owning_module, user_func
+from .._validate import check_params_not_dual
+from ._function import GradientMethod, graph_nodes
+
+
+def adjoint_params_tuple(adjoint_params: object) -> tuple[Tensor, ...]:
+    """``adjoint_params`` as a tuple of tensors (read once: a generator such as
+    ``module.parameters()`` is consumed here); anything else is a ``TypeError`` naming it."""
+    if isinstance(adjoint_params, Tensor) or not isinstance(adjoint_params, Iterable):
+        raise TypeError(
+            "adjoint_params must be an iterable of tensors (e.g. a tuple or module.parameters()), "
+            f"got {type(adjoint_params).__name__}"
+        )
+    candidates = tuple(adjoint_params)
+    for p in candidates:
+        if not isinstance(p, Tensor):
+            raise TypeError(f"adjoint_params must hold tensors, got a {type(p).__name__}")
+    return candidates
+
+
+def resolve_adjoint_params(
+    func: object, adjoint_params: Iterable[Tensor] | None, gradient: GradientMethod
+) -> tuple[Tensor, ...]:
+    """The tensors a graph-free gradient method returns gradients for, besides ``y0``.
+
+    ``adjoint_params`` if given, else the parameters of ``func`` when it is a ``torch.nn.Module``
+    (or a bound method of one). A plain function hides what it closes over, so it needs
+    ``adjoint_params`` (an empty tuple if it has no parameters): otherwise its parameters would
+    silently get no gradient. Tensors that do not require grad are dropped, duplicates kept once.
+    """
+    if adjoint_params is None:
+        owner = owning_module(func)
+        if owner is None:
+            raise ValueError(
+                f"gradient={gradient.name!r} needs the parameters of func, but func is a plain function "
+                f"({type(user_func(func)).__name__}) and adjoint_params was not given: pass "
+                "adjoint_params=(tensors func depends on), or adjoint_params=() if it has none"
+            )
+        candidates: tuple[Tensor, ...] = tuple(owner.parameters())
+    else:
+        candidates = adjoint_params_tuple(adjoint_params)
+    if gradient.graph_free:
+        check_params_not_dual(gradient.name, candidates)
+    unique: dict[int, Tensor] = {}
+    for p in candidates:
+        if p.requires_grad:
+            unique.setdefault(id(p), p)
+    params = tuple(unique.values())
+    _refuse_derived(params)
+    return params
+
+
+def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, name: str = "func") -> None:
+    """A graph-free method evaluates ``func`` again in its backward pass: dropout draws new masks
+    there (the gradient is then not the forward solve's), batch norm updates its running
+    statistics again and spectral normalization takes further power iterations (its weight then is
+    not the forward solve's). Warn when ``func`` has such a layer in training mode; ``name``: what
+    the message calls ``func``.
+
+    Inside ``torch.nn.utils.parametrize.cached()`` a parametrized field is refused (``ValueError``):
+    the forward solve, without a graph, fills the cache with weights that have none, which the
+    backward pass's evaluations then read, so the parametrization's parameters would get no
+    gradient, silently."""
+    owner = owning_module(func)
+    _refuse_parametrize_cache(owner, gradient_method, name)
+    if owner is None or torch.is_inference_mode_enabled():
+        return
+
+    def differs(module: torch.nn.Module) -> str | None:
+        if not module.training:
+            return None
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            return "dropout"
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            return "batch norm"
+        power_iterations = isinstance(module, parametrizations._SpectralNorm) or any(
+            isinstance(hook, SpectralNorm) for hook in module._forward_pre_hooks.values()
+        )
+        if power_iterations:
+            return "spectral norm"
+        return None
+
+    found = sorted({kind for kind in map(differs, owner.modules()) if kind is not None})
+    if found and torch.is_grad_enabled():
+        effects = {
+            "dropout": "dropout draws new masks (the gradient is not the forward solve's)",
+            "batch norm": "batch norm updates its running statistics again",
+            "spectral norm": "spectral norm iterates again (the weight is not the forward solve's)",
+        }
+        warn(
+            f"{name}'s module has {' and '.join(found)} in training mode: gradient={gradient_method.name!r} "
+            f"evaluates {name} again in its backward pass, where {' and '.join(effects[k] for k in found)}; "
+            "use gradient='direct', or put those layers in eval mode"
+        )
+
+
+def _refuse_parametrize_cache(
+    owner: torch.nn.Module | None, gradient_method: GradientMethod, name: str
+) -> None:
+    """The ``ValueError`` of :func:`warn_if_reevaluation_differs` for ``parametrize.cached()``: where
+    ``func``'s module has a parametrization, or where there is no module to look into."""
+    if not parametrize._cache_enabled or not gradient_method.graph_free:
+        return
+    if owner is not None and not any(parametrize.is_parametrized(module) for module in owner.modules()):
+        return
+    raise ValueError(
+        f"gradient={gradient_method.name!r} inside torch.nn.utils.parametrize.cached(): its forward solve "
+        f"runs without a graph, so the cache would hold {name}'s parametrized weights without one and "
+        "the parametrization's parameters would get no gradient; solve outside cached(), or use "
+        "gradient='direct'"
+    )
+
+
+def _refuse_derived(params: tuple[Tensor, ...]) -> None:
+    """A listed tensor computed from another listed one (``w = raw + 1`` with both listed) would pass
+    its gradient on to the other, which also gets its own: counted twice."""
+    ids = {id(p): index for index, p in enumerate(params)}
+    nodes = {p.grad_fn: index for index, p in enumerate(params) if p.grad_fn is not None}
+    for index, p in enumerate(params):
+        below = [] if p.grad_fn is None else [node for node, _ in p.grad_fn.next_functions]
+        for node in graph_nodes(below):
+            other = nodes.get(node, ids.get(id(getattr(node, "variable", None))))
+            if other is not None:
+                raise ValueError(
+                    f"adjoint_params[{index}] is computed from adjoint_params[{other}]: list one of them "
+                    "(the tensor func uses passes its gradient on to what it is computed from), or the "
+                    "gradient is counted twice"
+                )
