@@ -581,9 +581,22 @@ def test_graph_free_methods_refuse_a_parametrized_field_inside_parametrize_cache
     y0 = torch.ones(4, 3, dtype=DTYPE)
     with (
         parametrize.cached(),
-        pytest.raises(ValueError, match=f"gradient='{gradient}' inside torch.nn.utils"),
+        pytest.raises(ValueError, match=f"gradient='{gradient}': a solve inside torch"),
     ):
         odeint(field, y0, [0.0, 1.0], gradient=gradient)
+    # Without a backward pass to come nothing is refused (cached() is mostly for evaluation).
+    with parametrize.cached(), torch.no_grad():
+        odeint(field, y0, [0.0, 1.0], gradient=gradient)
+    with parametrize.cached(), torch.inference_mode():
+        odeint(field, y0, [0.0, 1.0], gradient=gradient)
+    # A backward pass inside the block would read weights cached with one graph that its first
+    # step frees (it raised a message about tensors captured by func).
+    ys = odeint(field, y0, [0.0, 1.0], gradient=gradient).ys
+    with (
+        parametrize.cached(),
+        pytest.raises(ValueError, match=r"a backward inside torch\.nn\.utils\.parametrize"),
+    ):
+        ys.sum().backward()
     with parametrize.cached():
         odeint(field, y0, [0.0, 1.0], gradient="direct").ys.sum().backward()
     expected = field.lin.parametrizations.weight.original1.grad.clone()
@@ -597,15 +610,22 @@ def test_graph_free_methods_refuse_a_parametrized_field_inside_parametrize_cache
         odeint(TinyField(), y0[0], [0.0, 1.0], gradient=gradient)
 
 
-def test_a_parameter_frozen_between_the_forward_and_the_backward_pass_gets_no_gradient():
-    """As in plain torch: ``direct``'s finite-gradient guard hooked it at the backward pass, where
-    torch refuses a hook on a tensor that does not require grad (a RuntimeError)."""
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_a_parameter_frozen_between_the_forward_and_the_backward_pass_gets_no_gradient(gradient):
+    """As in plain torch, the others theirs: ``direct``'s finite-gradient guard hooked it at the
+    backward pass, where torch refuses a hook on a tensor that does not require grad, and the
+    graph-free methods differentiated it, which torch refuses too (RuntimeErrors)."""
     field = TinyField()
-    ys = odeint(field, torch.ones(2, 3, dtype=DTYPE), [0.0, 1.0]).ys
+    y0 = torch.ones(2, 3, dtype=DTYPE)
     frozen, trained = field.net[0].weight, field.net[2].weight
     frozen.requires_grad_(False)
+    expected = torch.autograd.grad(odeint(field, y0, [0.0, 1.0], rtol=1e-10, atol=1e-10).ys.sum(), trained)[0]
+    frozen.requires_grad_(True)
+    ys = odeint(field, y0, [0.0, 1.0], gradient=gradient, rtol=1e-10, atol=1e-10).ys
+    frozen.requires_grad_(False)
     ys.sum().backward()
-    assert frozen.grad is None and trained.grad is not None and bool(trained.grad.abs().sum() > 0)
+    assert frozen.grad is None
+    torch.testing.assert_close(trained.grad, expected, rtol=1e-7, atol=1e-9)
 
 
 def test_torch_func_jacrev_through_direct_matches_the_jacobian():
@@ -1047,6 +1067,7 @@ def test_gradient_objects_check_themselves_and_compare_by_settings():
 def test_gradient_objects_are_immutable_and_their_repr_makes_them_again():
     """Setting ``checkpoints = -3`` after construction skipped its check (the solve ran) and changed
     the object's hash; the adjoints' repr said ``tableau=``, a keyword they do not take."""
+    import inspect
     import pickle
 
     import local_reg
@@ -1064,7 +1085,24 @@ def test_gradient_objects_are_immutable_and_their_repr_makes_them_again():
             gradient.checkpoints = -3
         with pytest.raises(AttributeError, match="is immutable"):
             pickle.loads(pickle.dumps(gradient)).checkpoints = -3
+        with pytest.raises(AttributeError, match="is immutable"):
+            del gradient.checkpoints
         assert copy.deepcopy(gradient) == gradient
+    # The constructors keep their signatures (help, IDEs, docs/api.md).
+    assert list(inspect.signature(BacksolveAdjoint).parameters)[:3] == ["method", "rtol", "atol"]
+    assert list(inspect.signature(InterpolatingAdjoint).parameters)[-1] == "checkpoints"
+    # A pickle of an earlier version, which kept the backward method as "tableau", loads settled.
+    old = BacksolveAdjoint.__new__(BacksolveAdjoint)
+    old.__dict__.update(BacksolveAdjoint(method="rk4", step_size=0.1)._settings())
+    old.__dict__["tableau"] = old.__dict__.pop("method")
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded == BacksolveAdjoint(method="rk4", step_size=0.1)
+    with pytest.raises(AttributeError, match="is immutable"):
+        loaded.rtol = 1.0
+    # So does a ConstantWeight's, which kept its constant as "weight".
+    constant = local_reg.ConstantWeight.__new__(local_reg.ConstantWeight)
+    constant.__dict__.update(iteration=0, weight=0.5)
+    assert pickle.loads(pickle.dumps(constant)).value(0) == 0.5
 
 
 def test_checkpoint_differentiates_a_step_penalty_under_a_custom_norm():

@@ -40,7 +40,9 @@ parameter), whose NaN may have come from the loss, not from ``func``. A pass's e
 pass ends; a pass that failed leaves its id, which no later pass has."""
 
 
-def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_steps: int) -> None:
+def guard_direct_gradients(
+    ys: Tensor, inputs: Sequence[Tensor], t0: float, n_steps: int, func: str = "func"
+) -> None:
     """Make a backward pass through ``ys`` raise :class:`SolverError` if the gradient of one of
     ``inputs`` (``y0`` and the known parameters) is not finite while the cotangent of ``ys`` was
     (and, in that pass, every other guarded solve's too: an input shared with a solve whose
@@ -78,7 +80,7 @@ def guard_direct_gradients(ys: Tensor, inputs: Sequence[Tensor], t0: float, n_st
                 return
             if finite and task not in _NON_FINITE_COTANGENT_PASSES and not all_finite((gradient,)):
                 release()  # the pass ends here, before its end-of-pass callback
-                raise_non_finite_gradient(t0, n_steps)
+                raise_non_finite_gradient(t0, n_steps, func)
 
         # An input frozen since the solve (requires_grad_(False), as plain torch allows) gets no
         # gradient in this pass, so nothing to check, and torch refuses a hook on it.

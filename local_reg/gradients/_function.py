@@ -18,7 +18,7 @@ import gc
 import numbers
 import threading
 import weakref
-from abc import ABCMeta, abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, cast
@@ -26,6 +26,7 @@ from typing import Any, ClassVar, NamedTuple, cast
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch.nn.utils import parametrize
 
 from .._dense import DenseOutput
 from .._integrate import SolveOptions, StepPenalty, integrate_ode
@@ -272,6 +273,31 @@ def release_unless_graph_kept(release: Callable[[], None]) -> None:
         release()
 
 
+def refuse_parametrize_cache(owner: torch.nn.Module | None, method: str, name: str, during: str) -> None:
+    """A ``ValueError`` for a graph-free method's ``during`` (``"solve"``, ``"backward"``) inside
+    ``torch.nn.utils.parametrize.cached()`` where ``name``'s module has a parametrization (or where
+    there is no module to look into): the forward solve, without a graph, fills the cache with weights
+    that have none, which the backward pass's evaluations then read, so the parametrization's
+    parameters would get no gradient, silently; a backward pass inside the block reads weights cached
+    with a graph that its first step frees."""
+    if not parametrize._cache_enabled:
+        return
+    if owner is not None and not any(parametrize.is_parametrized(module) for module in owner.modules()):
+        return
+    if during == "solve":
+        why = (
+            f"its forward solve runs without a graph, so the cache would hold {name}'s parametrized "
+            "weights without one and the parametrization's parameters would get no gradient; solve "
+            "outside cached() (or under torch.no_grad()), or use gradient='direct'"
+        )
+    else:
+        why = (
+            f"its backward pass evaluates {name} again, step by step, and would read weights cached with "
+            "one graph that its first step frees: run the backward pass outside cached()"
+        )
+    raise ValueError(f"gradient={method!r}: a {during} inside torch.nn.utils.parametrize.cached(): {why}")
+
+
 def graph_nodes(roots: Iterable[Any], stops: frozenset | set = frozenset()) -> Iterator[Any]:
     """Every autograd node reachable from ``roots``, once each, not walking past ``stops`` (not
     yielded) or past a leaf's ``AccumulateGrad`` node (yielded; its ``variable`` is the leaf)."""
@@ -367,22 +393,34 @@ class BackwardStep(NamedTuple):
     """``(theta, dL/dy(t + theta dt))`` of the outputs read from its dense output."""
 
 
-class _Settled(ABCMeta):
-    """Marks each instance settled once its constructor returns (:meth:`GradientMethod.__setattr__`)."""
+def _settling(init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` marking the instance settled once the outermost constructor returns (a subclass's
+    ``__init__`` calling ``super().__init__()`` sets its own attributes after that returns):
+    :meth:`GradientMethod.__setattr__` refuses changes from then on. ``functools.wraps`` keeps
+    the constructor's signature for ``inspect`` and ``help``."""
 
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        instance = super().__call__(*args, **kwargs)
-        object.__setattr__(instance, "_settled", True)
-        return instance
+    @functools.wraps(init)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+        depth = self.__dict__.get("_init_depth", 0)
+        object.__setattr__(self, "_init_depth", depth + 1)
+        init(self, *args, **kwargs)
+        object.__setattr__(self, "_init_depth", depth)
+        if depth == 0:
+            del self.__dict__["_init_depth"]
+            object.__setattr__(self, "_settled", True)
+
+    return wrapper
 
 
-class GradientMethod(metaclass=_Settled):
+class GradientMethod(ABC):
     """How a solve's outputs are differentiated (``odeint(gradient=...)``).
 
     An object that checks its own settings once, when it is made, and is immutable afterwards (as
     :class:`~local_reg.PIController`): its settings are not checked again, and it compares and
-    hashes by them. The strings ``"direct"``, ``"checkpoint"``, ``"symplectic"``, ``"adjoint"`` and
-    ``"interpolating_adjoint"`` are shorthands for the default objects.
+    hashes by them. A subclass sets its settings in its ``__init__``; what a solve needs to keep
+    belongs to the :class:`ForwardSolve` (one object may serve many solves at once). The strings
+    ``"direct"``, ``"checkpoint"``, ``"symplectic"``, ``"adjoint"`` and ``"interpolating_adjoint"``
+    are shorthands for the default objects.
     """
 
     name: ClassVar[str]
@@ -409,13 +447,37 @@ class GradientMethod(metaclass=_Settled):
         """Solve ``solve`` from ``y0``; returns ``(ys, stats, steps, penalties)`` with ``ys``
         differentiable by this method."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):
+            cls.__init__ = _settling(cls.__init__)  # type: ignore[method-assign]
+
+    @_settling  # noqa: B027  # not abstract: it settles a method without settings of its own
+    def __init__(self) -> None:
+        """A method without settings (a subclass's constructor checks its own)."""
+
     def __setattr__(self, name: str, value: Any) -> None:
+        self._refuse_change(name, "setting")
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        self._refuse_change(name, "deleting")
+        object.__delattr__(self, name)
+
+    def _refuse_change(self, name: str, change: str) -> None:
         if self.__dict__.get("_settled"):
             raise AttributeError(
                 f"{type(self).__name__} is immutable (its settings were checked when it was made): "
-                f"make a new one instead of setting {name!r}"
+                f"make a new one instead of {change} {name!r}"
             )
-        object.__setattr__(self, name, value)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled (or copied) settled, under the names of this version's settings.
+        state = {self._RENAMED.get(key, key): value for key, value in state.items()}
+        self.__dict__.update(state, _settled=True)
+
+    _RENAMED: ClassVar[dict[str, str]] = {}
+    """Settings an earlier version stored under another name (``{old: new}``), for its pickles."""
 
     def _settings(self) -> dict[str, Any]:
         """The constructor's keywords and their values."""
@@ -698,7 +760,7 @@ def first_order_backward(backward: Callable) -> Callable:
     The backward pass runs outside ``torch.inference_mode``: it differentiates ``func`` afresh
     under ``enable_grad``, which inference mode would silently turn into no graph (zero
     vector-Jacobian products, no parameter gradients), where ``direct``'s recorded graph works.
-    The message names the function differentiated by ``ctx.name`` (default ``"func"``)."""
+    The message names the function differentiated by ``ctx.func_name`` (default ``"func"``)."""
     once = once_differentiable(backward)
 
     @functools.wraps(backward)
@@ -707,7 +769,7 @@ def first_order_backward(backward: Callable) -> Callable:
             raise RuntimeError(
                 f"gradient={ctx.method.name!r} gives first derivatives only (its backward pass is "
                 "not differentiable): for second derivatives (create_graph=True, a Hessian) use "
-                + direct(getattr(ctx, "name", "func"))
+                + direct(getattr(ctx, "func_name", "func"))
             )
         with torch.inference_mode(False):
             return once(ctx, *grads)
@@ -752,15 +814,24 @@ class _SolveWithoutGraph(torch.autograd.Function):
         ys = ctx.saved_tensors[0]
         solve: ForwardSolve = ctx.solve
         solve.check_owner_unchanged()
-        func = solve.func
+        refuse_parametrize_cache(solve.owner, ctx.method.name, "func", "backward")
+        func, params = solve.func, solve.params
+        # A parameter frozen since the solve (requires_grad_(False), as plain torch allows) gets no
+        # gradient: the backward pass differentiates the others only (torch refuses to differentiate
+        # a tensor that does not require grad).
+        trained = [index for index, p in enumerate(params) if p.requires_grad]
+        solve.params = tuple(params[index] for index in trained)
         solve.func = CapturedTensorCheck(func, solve.params, ctx.method.name, solve.thread)
         try:
             with without_autocast(), naming_a_freed_graph(ctx.method.name):
-                grad_y0, grad_params, nfe = ctx.method.backward(
+                grad_y0, trained_grads, nfe = ctx.method.backward(
                     solve, ys, grad_ys, grad_penalties if solve.step_penalty is not None else None
                 )
         finally:
-            solve.func = func
+            solve.func, solve.params = func, params
+        grad_params: list[Tensor | None] = [None] * len(params)
+        for index, grad in zip(trained, trained_grads, strict=True):
+            grad_params[index] = grad
         # Only the gradients asked for are judged: y0's may be non-finite where y0 needs none.
         asked = [
             g for g, needed in zip((grad_y0, *grad_params), ctx.needs_input_grad[2:], strict=True) if needed

@@ -7,13 +7,13 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor
-from torch.nn.utils import parametrizations, parametrize
+from torch.nn.utils import parametrizations
 from torch.nn.utils.spectral_norm import SpectralNorm
 
 from .._errors import warn
 from .._tuple import owning_module, user_func
 from .._validate import check_params_not_dual
-from ._function import GradientMethod, graph_nodes
+from ._function import GradientMethod, graph_nodes, refuse_parametrize_cache
 
 
 def adjoint_params_tuple(adjoint_params: object) -> tuple[Tensor, ...]:
@@ -75,8 +75,11 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
     backward pass's evaluations then read, so the parametrization's parameters would get no
     gradient, silently."""
     owner = owning_module(func)
-    _refuse_parametrize_cache(owner, gradient_method, name)
-    if owner is None or torch.is_inference_mode_enabled():
+    if torch.is_inference_mode_enabled() or not torch.is_grad_enabled():
+        return  # no backward pass will evaluate func again
+    if gradient_method.graph_free:
+        refuse_parametrize_cache(owner, gradient_method.name, name, "solve")
+    if owner is None:
         return
 
     def differs(module: torch.nn.Module) -> str | None:
@@ -94,7 +97,7 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
         return None
 
     found = sorted({kind for kind in map(differs, owner.modules()) if kind is not None})
-    if found and torch.is_grad_enabled():
+    if found:
         effects = {
             "dropout": "dropout draws new masks (the gradient is not the forward solve's)",
             "batch norm": "batch norm updates its running statistics again",
@@ -105,23 +108,6 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
             f"evaluates {name} again in its backward pass, where {' and '.join(effects[k] for k in found)}; "
             "use gradient='direct', or put those layers in eval mode"
         )
-
-
-def _refuse_parametrize_cache(
-    owner: torch.nn.Module | None, gradient_method: GradientMethod, name: str
-) -> None:
-    """The ``ValueError`` of :func:`warn_if_reevaluation_differs` for ``parametrize.cached()``: where
-    ``func``'s module has a parametrization, or where there is no module to look into."""
-    if not parametrize._cache_enabled or not gradient_method.graph_free:
-        return
-    if owner is not None and not any(parametrize.is_parametrized(module) for module in owner.modules()):
-        return
-    raise ValueError(
-        f"gradient={gradient_method.name!r} inside torch.nn.utils.parametrize.cached(): its forward solve "
-        f"runs without a graph, so the cache would hold {name}'s parametrized weights without one and "
-        "the parametrization's parameters would get no gradient; solve outside cached(), or use "
-        "gradient='direct'"
-    )
 
 
 def _refuse_derived(params: tuple[Tensor, ...]) -> None:

@@ -376,6 +376,7 @@ class _ContinuousAdjoint(GraphFreeGradient):
     """
 
     supports_step_penalty = False
+    _RENAMED = {"tableau": "method"}  # before 2026-12-06 the backward method was kept as "tableau"
     # Whether y(t) is read from the forward solve's dense record instead of solved backwards.
     reads_forward_solution: ClassVar[bool]
     # What the backward solve's failures call it, and how local_reg.compat spells its settings.

@@ -146,6 +146,13 @@ class ConstantWeight(WeightSchedule):
     def weight(self, value: float) -> None:
         self._weight = non_negative_float("weight", value)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A pickle of an earlier version holds the constant as "weight".
+        state = dict(state)
+        if "weight" in state:
+            state["_weight"] = state.pop("weight")
+        self.__dict__.update(state)
+
     def value(self, iteration: int) -> float:
         return self.weight
 
