@@ -166,6 +166,16 @@ def test_times_made_inside_the_transformed_function_are_not_differentiated_ones(
         )
     )(torch.ones(1, 2))
     assert noisy.shape == (1, 2) and bool(torch.isfinite(noisy).all())
+
+    # jacfwd vmaps the solve, whose Brownian draws need randomness="same" (the docs say so): with
+    # it, forward mode agrees with reverse mode on one path.
+    def noisy_end(y):
+        path = torch.Generator().manual_seed(1)
+        return sdeint(DecaySDE(), y, torch.tensor([0.0, 1.0]), step_size=0.1, generator=path).ys[-1].sum()
+
+    torch.testing.assert_close(
+        jacfwd(noisy_end, randomness="same")(torch.ones(1, 2)), jacrev(noisy_end)(torch.ones(1, 2))
+    )
     # A t that is the transformed input is still refused, under grad and under jacfwd.
     for transform in (grad, jacfwd):
         with pytest.raises(ValueError, match=re.escape("t is differentiated by a torch.func transform")):

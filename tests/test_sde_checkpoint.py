@@ -182,16 +182,64 @@ def test_sdeint_gradient_refusals(keywords, match):
         sdeint(NeuralSDE(), torch.ones(4, 3, dtype=DTYPE), [0.0, 1.0], **keywords)
 
 
-def test_checkpoint_non_finite_gradient_is_a_solver_error():
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint"])
+def test_a_non_finite_gradient_is_a_solver_error(gradient):
+    """``direct`` returned the NaN gradient silently, where ``checkpoint`` and every odeint method
+    raise."""
+
     class Kink(NeuralSDE):
         def f(self, t, y):
             # Zero, with the vector-Jacobian product of sqrt at 0: not finite.
             return self.weight.sum() * torch.sqrt(y - y)
 
     y0 = torch.ones(4, 3, dtype=DTYPE, requires_grad=True)
-    solution = sdeint(Kink(), y0, [0.0, 1.0], bm=brownian("diagonal"), step_size=0.25, gradient="checkpoint")
+    solution = sdeint(Kink(), y0, [0.0, 1.0], bm=brownian("diagonal"), step_size=0.25, gradient=gradient)
     with pytest.raises(SolverError, match="vector-Jacobian product of the drift and diffusion"):
         solution.ys.sum().backward()
+
+
+def test_anomaly_mode_names_the_failing_operation_of_a_checkpoint_backward_pass():
+    """The backward node's name() was hidden by a context attribute, so anomaly mode, which reads
+    it when a nested backward fails, raised "attribute of type 'str' is not callable"."""
+
+    class Kink(NeuralSDE):
+        def f(self, t, y):
+            return self.weight.sum() * torch.sqrt(y - y)
+
+    y0 = torch.ones(4, 3, dtype=DTYPE, requires_grad=True)
+    solve = dict(bm=brownian("diagonal"), step_size=0.25, gradient="checkpoint")
+    assert sdeint(NeuralSDE(), y0, [0.0, 1.0], **solve).ys.grad_fn.name() == "_SolveWithoutGraphBackward"
+    with (
+        torch.autograd.set_detect_anomaly(True),
+        pytest.warns(UserWarning, match="Error detected in"),
+        pytest.raises(RuntimeError, match=r"Function '[A-Za-z]+Backward0' returned nan values"),
+    ):
+        sdeint(Kink(), y0, [0.0, 1.0], **solve).ys.sum().backward()
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_a_generator_re_run_by_torch_utils_checkpoint_is_refused(use_reentrant):
+    """The recomputation replays torch's global stream, not the generator: the gradient was that of
+    another Brownian path, silently (as the SDE models refuse it)."""
+    sde = NeuralSDE()
+    y0 = torch.ones(4, 3, dtype=DTYPE, requires_grad=True)
+    generator = torch.Generator().manual_seed(3)
+
+    def end(y):
+        return sdeint(sde, y, [0.0, 1.0], step_size=0.1, generator=generator).ys[-1]
+
+    ys = torch.utils.checkpoint.checkpoint(end, y0, use_reentrant=use_reentrant)
+    with pytest.raises(RuntimeError, match="sdeint is re-run inside a backward pass"):
+        ys.sum().backward()
+    # Without a generator of its own, the re-run reads torch's replayed stream: the same gradient.
+    torch.manual_seed(5)
+    expected = torch.autograd.grad(sdeint(sde, y0, [0.0, 1.0], step_size=0.1).ys[-1].sum(), y0)[0]
+    torch.manual_seed(5)
+    y0.grad = None
+    torch.utils.checkpoint.checkpoint(
+        lambda y: sdeint(sde, y, [0.0, 1.0], step_size=0.1).ys[-1], y0, use_reentrant=use_reentrant
+    ).sum().backward()
+    torch.testing.assert_close(y0.grad, expected)
 
 
 def test_checkpoint_warns_of_dropout_in_training_mode():

@@ -3,7 +3,7 @@
 :class:`ODEProblem` and :class:`SDEProblem` know how to check their inputs, run the main solve on
 their backends, and take the local regularizer's probe step from a point of the solution: one
 :func:`local_reg.step` of an embedded Runge--Kutta pair, or one instrumented Euler--Maruyama step
-(:func:`local_reg.sde.sde_step`) on the main solve's Brownian path. The penalty strategies
+(the core of :func:`local_reg.sde.sde_step`) on the main solve's Brownian path. The penalty strategies
 (:mod:`._module`) are written once against this interface.
 """
 

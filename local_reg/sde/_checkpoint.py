@@ -201,7 +201,9 @@ class _SolveWithoutGraph(torch.autograd.Function):
     def forward(ctx: Any, solve: CheckpointedSolve, y0: Tensor, *params: Tensor) -> Tensor:
         ctx.solve = solve
         ctx.method = solve.method
-        ctx.name = "sde"  # what first_order_backward's message calls the function differentiated
+        # What first_order_backward's message calls the function differentiated (not ctx.name,
+        # which would hide the backward node's own name(), read by anomaly mode).
+        ctx.func_name = "sde"
         ys = solve.solve(y0)
         # y0 and the parameters, for autograd's checks: that they are not changed in place before
         # the backward pass (an optimizer step: the re-run would differentiate another solve), and

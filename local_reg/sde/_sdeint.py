@@ -29,6 +29,7 @@ from .._validate import (
 )
 from ..controller import PIController, TimeSet
 from ..gradients import Checkpoint, Direct, GradientMethod, as_gradient_method
+from ..gradients._finite import guard_direct_gradients
 from ..gradients._function import checks_captures, evaluate_refusing_captures, records_graph
 from ..gradients._params import resolve_adjoint_params, warn_if_reevaluation_differs
 from ..solution import Solution, Steps
@@ -170,6 +171,15 @@ def sdeint(
             "generator seeds the Brownian motion sdeint makes when bm is None; with bm given it would be "
             "unused: pass one or the other"
         )
+    if generator is not None and torch._C._current_graph_task_id() != -1:
+        # A re-run inside a backward pass (torch.utils.checkpoint's recomputation) replays torch's
+        # global stream, not this generator, whose draws would be another Brownian path.
+        raise RuntimeError(
+            "sdeint is re-run inside a backward pass (torch.utils.checkpoint's recomputation?), which "
+            "cannot replay the draws of its generator: the gradient would be that of another Brownian "
+            "path. Pass bm= (a Brownian motion the re-run reads again), or leave generator unset to "
+            "draw from torch's global stream, which checkpointing replays"
+        )
     if dt0 is not None:
         warn("sdeint's dt0= is deprecated: use first_step=", DeprecationWarning)
         if first_step is not None:
@@ -272,6 +282,13 @@ def sdeint(
                         stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty
                     )
                 ys = torch.stack(outputs)
+                if checkpointed is None and ys.requires_grad:
+                    # As odeint's "direct": a non-finite gradient of y0 or the SDE's parameters
+                    # from a finite cotangent is a SolverError, as the checkpoint gradient's is.
+                    parameters = () if owner is None else tuple(owner.parameters())
+                    guard_direct_gradients(
+                        ys, (y0, *parameters), t0, stats.n_steps, "the drift and diffusion"
+                    )
     finally:
         if made:
             # Made here, and read by no backward pass (autograd differentiates the steps, and the

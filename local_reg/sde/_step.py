@@ -1,8 +1,8 @@
 r"""One Euler--Maruyama step with a Lamba-style embedded error estimate, instrumented.
 
-This is the only SDE step in ``local_reg``: the SDE regularizers call :func:`sde_step` and
-:func:`local_reg.sdeint` its core (the same code, without re-checking the increments its Brownian
-wrapper has checked), so the error estimate the regularizer penalizes is the one the solver
+This is the only SDE step in ``local_reg``: :func:`sde_step` checks its arguments, and the SDE
+regularizers and :func:`local_reg.sdeint` call its core (the same code, on arguments they have
+checked), so the error estimate the regularizer penalizes is the one the solver
 accepts and rejects steps with (as :func:`local_reg.step` is for ODEs) under Euler--Maruyama;
 under adaptive Milstein the solver's ``E_N`` takes the central difference (below).
 
@@ -256,8 +256,21 @@ def sde_initial_step_size(
     max_growth: float = 100.0,
     t_end: float | None = None,
 ) -> tuple[float, int, int]:
-    """Starting step size for an SDE; returns ``(h, nfe_drift, nfe_diffusion)``: as the solver
-    picks it (:func:`unchecked_initial_step_size` has the formula), with its arguments checked.
+    """Starting step size for an SDE; returns ``(h, nfe_drift, nfe_diffusion)``.
+
+    Hairer--Norsett--Wanner's first guess (Solving ODEs I, II.4) with the diffusion folded into
+    the rate as in StochasticDiffEq.jl's ``sde_determine_initdt`` (three standard deviations of
+    the noise amplitude): with scaled RMS norms ``d0 = ||y0||``, ``d1 = ||(|f0| + 3|g0|)||``,
+    ``h0 = 0.01 d0 / d1`` (``1e-6`` if either is tiny). Then, instead of HNW's second probe,
+    one trial step of :func:`sde_step` at ``h0`` measures ``EEst(h0)`` and the step is scaled to
+    the tolerance like the controller would, ``h = h0 * min(max_growth, safety *
+    EEst(h0) ** (-1 / order))``. Why: HNW's ``h1 = (0.01 / d) ** (1 / (p + 1))`` aims at 1% of the
+    tolerance, harmless at order 5 (a factor 0.4) but a factor 100 too small for an order-1
+    estimate, and it does not see the Milstein term at all. The trial uses the deterministic
+    increment ``dW = sqrt(2 h0)`` in every component, for which ``(dW^2 - h0) / 2 = h0 / 2`` is about
+    the mean size of the Milstein term (``E|Z^2 - 1| / 2 ~ 0.48``), so the result does not depend
+    on the path. It costs one drift and (except for additive noise) one diffusion evaluation
+    besides ``f0`` and ``g0``.
 
     Raises:
         TypeError, ValueError: naming the argument, as :func:`sde_step` does (``t0``, ``y0``,
@@ -331,22 +344,7 @@ def unchecked_initial_step_size(
     t_end: float | None = None,
 ) -> tuple[float, int, int]:
     """:func:`sde_initial_step_size` on arguments the caller has checked (the solver's and the
-    regularizer's own).
-
-    Hairer--Norsett--Wanner's first guess (Solving ODEs I, II.4) with the diffusion folded into
-    the rate as in StochasticDiffEq.jl's ``sde_determine_initdt`` (three standard deviations of
-    the noise amplitude): with scaled RMS norms ``d0 = ||y0||``, ``d1 = ||(|f0| + 3|g0|)||``,
-    ``h0 = 0.01 d0 / d1`` (``1e-6`` if either is tiny). Then, instead of HNW's second probe,
-    one trial step of :func:`sde_step` at ``h0`` measures ``EEst(h0)`` and the step is scaled to
-    the tolerance like the controller would, ``h = h0 * min(max_growth, safety *
-    EEst(h0) ** (-1 / order))``. Why: HNW's ``h1 = (0.01 / d) ** (1 / (p + 1))`` aims at 1% of the
-    tolerance, harmless at order 5 (a factor 0.4) but a factor 100 too small for an order-1
-    estimate, and it does not see the Milstein term at all. The trial uses the deterministic
-    increment ``dW = sqrt(2 h0)`` in every component, for which ``(dW^2 - h0) / 2 = h0 / 2`` is about
-    the mean size of the Milstein term (``E|Z^2 - 1| / 2 ~ 0.48``), so the result does not depend
-    on the path. It costs one drift and (except for additive noise) one diffusion evaluation
-    besides ``f0`` and ``g0``.
-    """
+    regularizer's own)."""
     rtol, atol = step_tolerances(rtol, atol, y0.dtype)
     with torch.no_grad():
         scale = atol + rtol * y0.abs()
