@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The runs behind docs/results.md, as two chains that can share a 2-core machine (one torch thread
-# each). Rerunning skips every finished run; an interrupted run continues from its checkpoint; a
+# The runs behind docs/results.md's main neural ODE tables, one chain per argument; two chains can
+# share a 2-core machine (one torch thread each). Rerunning skips every finished run; an interrupted run continues from its checkpoint; a
 # chain may be started twice to use two processes on one folder (each run is claimed by one).
 #   experiments/run_results.sh digits       # digits chain
 #   experiments/run_results.sh latent_ode   # latent ODE chain

@@ -15,6 +15,7 @@ from local_reg import demo
 from local_reg.experiments import runner
 from local_reg.experiments.cli import main
 from local_reg.experiments.results import ResultsError, ResultsFile
+from local_reg.experiments.settings import SettingsError
 from local_reg.experiments.tasks import REGISTRY
 from local_reg.experiments.tasks.latent_ode import PHYSIONET_VARIABLES, load_physionet
 
@@ -397,6 +398,25 @@ def test_physionet_loader_bins_hours_and_scales_each_variable(tmp_path):
     assert values[0, 0, hr] == pytest.approx(0.5)  # mean of 80 and 100 on the 60..120 range
     assert values[0, 47, hr] == 0.0 and values[1, 2, hr] == 1.0
     assert values[0, 1, temp] == 0.0 and values[1, 2, temp] == 1.0
+
+
+def test_a_physionet_folder_without_records_or_with_a_bad_line_is_a_settings_error(tmp_path, capsys):
+    """Both were tracebacks (exit 1), after the settings had passed; the download's Outcomes-a.txt
+    beside set-a, which is no record, failed the whole load and is now skipped."""
+    (tmp_path / "set-a").mkdir()
+    (tmp_path / "Outcomes-a.txt").write_text("RecordID,SAPS-I,SOFA,Length_of_stay,Survival\n1,6,1,5,-1\n")
+    with pytest.raises(SettingsError, match="holds no PhysioNet records"):
+        load_physionet(tmp_path)
+    (tmp_path / "set-a" / "1.txt").write_text("Time,Parameter,Value\n00:00,HR,80\n01:00,HR,90\n")
+    values, mask = load_physionet(tmp_path)  # the outcomes file skipped
+    assert values.shape[0] == 1 and int(mask.sum()) == 2
+    (tmp_path / "set-a" / "2.txt").write_text("Time,Parameter,Value\n00:00,HR,80,extra\n")
+    with pytest.raises(SettingsError, match=r"2.txt, line 2: expected HH:MM,Parameter,Value"):
+        load_physionet(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(tmp_path / "out", "latent_ode", "--methods", "vanilla", "--set", f"physionet_dir={empty}") == 2
+    assert "holds no PhysioNet records" in capsys.readouterr().err
 
 
 def test_evaluate_weights_metrics_by_batch_size_and_counts_nfe_per_batch_once():

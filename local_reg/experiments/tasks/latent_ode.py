@@ -28,7 +28,7 @@ from torch.utils.data import TensorDataset
 
 from ..methods import ODE_METHODS, PHYSIONET_WEIGHTS
 from ..models import ConcatMLP
-from ..settings import Directory, Integer, OneOf, Real, Schema
+from ..settings import Directory, Integer, OneOf, Real, Schema, SettingsError
 from .base import ODE_SOLVERS, Batch, ModelContext, Task, TaskData, training_fields
 
 PHYSIONET_VARIABLES = [
@@ -73,6 +73,7 @@ PHYSIONET_VARIABLES = [
 """The 37 time-series variables of PhysioNet 2012 (the static descriptors are not modelled)."""
 
 _PHYSIONET_HOURS = 48
+_PHYSIONET_HEADER = "Time,Parameter,Value"
 
 _SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"n_train": 32, "n_test": 32, "epochs": 1, "batch_size": 16},
@@ -144,24 +145,39 @@ def irregular_series(
 
 def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
     """Read PhysioNet 2012 records (``RecordID.txt``: ``Time,Parameter,Value`` lines, ``Time`` as
-    ``HH:MM``) from every ``*.txt`` under ``directory``.
+    ``HH:MM``) from every ``*.txt`` under ``directory`` that starts with that header (the download's
+    ``Outcomes-a.txt`` beside ``set-a`` is skipped).
 
     Observations are averaged into 48 hourly bins and each variable is scaled to [0, 1] by its min
-    and max over all records. Returns ``values`` and ``mask``, ``(n_records, 48, 37)``.
+    and max over all records. Returns ``values`` and ``mask``, ``(n_records, 48, 37)``. A folder
+    without records, or a record line that does not parse, is a :class:`SettingsError` naming it.
     """
-    files = sorted(Path(directory).rglob("*.txt"))
+    files = [
+        path
+        for path in sorted(Path(directory).rglob("*.txt"))
+        if path.read_text().partition("\n")[0].strip() == _PHYSIONET_HEADER
+    ]
     if not files:
-        raise FileNotFoundError(f"no PhysioNet *.txt records under {str(directory)!r}")
+        raise SettingsError(
+            f"physionet_dir={str(directory)!r} holds no PhysioNet records (*.txt files starting with "
+            f"{_PHYSIONET_HEADER!r}, as in the download's set-a folder)"
+        )
     index = {name: i for i, name in enumerate(PHYSIONET_VARIABLES)}
     sums = torch.zeros(len(files), _PHYSIONET_HOURS, len(index), dtype=torch.float64)
     counts = torch.zeros_like(sums)
     for r, path in enumerate(files):
-        for line in path.read_text().splitlines()[1:]:
-            stamp, name, value = line.split(",")
-            if name not in index or float(value) < 0:  # -1 marks a missing value in the records
+        for number, line in enumerate(path.read_text().splitlines()[1:], start=2):
+            try:
+                stamp, name, value = line.split(",")
+                missing = name not in index or float(value) < 0  # -1 marks a missing value
+                hours, minutes = stamp.split(":")
+                hour = min(int(hours) + int(minutes) // 60, _PHYSIONET_HOURS - 1)
+            except ValueError:
+                raise SettingsError(
+                    f"physionet_dir: {path}, line {number}: expected HH:MM,Parameter,Value, got {line!r}"
+                ) from None
+            if missing:
                 continue
-            hours, minutes = stamp.split(":")
-            hour = min(int(hours) + int(minutes) // 60, _PHYSIONET_HOURS - 1)
             sums[r, hour, index[name]] += float(value)
             counts[r, hour, index[name]] += 1
     mask = counts > 0
