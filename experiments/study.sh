@@ -13,7 +13,7 @@
 #                                   long_training [latent_ode], sde_interp, held_out_2,
 #                                   mnist_full, sde_candidate, longer_training,
 #                                   end_read_floor F [long]
-# LR overrides the program (default: local-reg; every call is "$LR experiment ..."), PY the python.
+# LR overrides the program (default: local-reg; every call is "$LR experiment ...").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LR="${LR:-local-reg}"

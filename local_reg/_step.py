@@ -433,6 +433,13 @@ class CompiledStep:
     def __init__(self, options: dict[str, Any]) -> None:
         self.function = torch.compile(_tensor_time_step, **options)
         self.failed: set[tuple[torch.dtype, str, torch.Size, bool]] = set()
+        # torch's error at its limit of graphs under fullgraph=True, where this torch has one (read
+        # here, not at import: importing local_reg does not load torch's compiler).
+        self.recompile_limit_errors = tuple(
+            getattr(torch._dynamo.exc, name)
+            for name in ("FailOnRecompileLimitHit",)
+            if hasattr(torch._dynamo.exc, name)
+        )
         inductor = options.get("options") or {}
         self.replays_cuda_graphs = options.get("mode") in ("reduce-overhead", "max-autotune") or bool(
             inductor.get("triton.cudagraphs")
@@ -446,34 +453,56 @@ class CompiledStep:
         try:
             result = self.function(*arguments)
         except torch._dynamo.exc.BackendCompilerFailed as error:
-            self.failed.add(where)
             # The compiler's own error (a worker's traceback ends with it), not torch's wrapper.
             cause = getattr(error, "inner_exception", None) or error
             lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
             reason = f"{type(cause).__name__}: {lines[-1]}" if lines else type(cause).__name__
-            # A tuple or complex state is solved as a real one: describe what the user passed.
-            # (Imported here: _validate, which _tuple needs, imports this module.)
-            from ._tuple import StateField
-            from ._validate import CheckedField
-
-            func = arguments[0].func if isinstance(arguments[0], CheckedField) else arguments[0]
-            state = (
-                func.state.description if isinstance(func, StateField) else f"state of shape {tuple(y.shape)}"
+            advice = (
+                'compile=False avoids the attempt; another backend may build it, e.g. compile={"backend": '
+                '"aot_eager"}'
             )
-            warn(
-                f"torch.compile could not build the step for a {y.dtype} {state} "
-                f"on {y.device.type}{' with autograd' if torch.is_grad_enabled() else ''} ({reason}); "
-                "these steps run eagerly (the same arithmetic). "
-                "compile=False avoids the attempt; another backend may build it, e.g. "
-                'compile={"backend": "aot_eager"}',
-                RuntimeWarning,
+            self._eager_from_now(where, y, arguments, "could not build the step", f" ({reason})", advice)
+            return None
+        except self.recompile_limit_errors:
+            # fullgraph=True turns torch's fallback at its limit of graphs into this error.
+            what = (
+                "reached its limit of graphs (torch._dynamo.config.recompile_limit, shared by every "
+                "compiled step of the process; fullgraph=True makes that an error)"
             )
+            advice = "Raise the limit, or call torch._dynamo.reset() between unrelated solves."
+            self._eager_from_now(where, y, arguments, what, "", advice)
             return None
         if self.replays_cuda_graphs and y.is_cuda:
             # A CUDA graph's replay writes its outputs into the memory of the last replay's, which the
             # loop still holds (the state, the FSAL stage, dense output's stages): they are copied.
             result = _copied(result)
         return result
+
+    def _eager_from_now(
+        self,
+        where: tuple[torch.dtype, str, torch.Size, bool],
+        y: Tensor,
+        arguments: tuple,
+        what: str,
+        detail: str,
+        advice: str,
+    ) -> None:
+        """Mark ``where``'s steps to run eagerly, with one ``RuntimeWarning`` saying why (``what``
+        torch.compile did, the error's ``detail``, the ``advice``)."""
+        self.failed.add(where)
+        # A tuple or complex state is solved as a real one: describe what the user passed.
+        # (Imported here: _validate, which _tuple needs, imports this module.)
+        from ._tuple import StateField
+        from ._validate import CheckedField
+
+        func = arguments[0].func if isinstance(arguments[0], CheckedField) else arguments[0]
+        state = func.state.description if isinstance(func, StateField) else f"state of shape {tuple(y.shape)}"
+        warn(
+            f"torch.compile {what} for a {y.dtype} {state} on {y.device.type}"
+            f"{' with autograd' if torch.is_grad_enabled() else ''}{detail}; these steps run eagerly "
+            f"(the same arithmetic). {advice}",
+            RuntimeWarning,
+        )
 
 
 def _copied(result: StepResult) -> StepResult:

@@ -629,7 +629,10 @@ def validate_state(y0: object, name: str = "y0") -> Tensor:
 def check_finite_state(name: str, y0: Tensor) -> None:
     """A ``ValueError`` naming the first non-finite entry of ``y0`` (real or complex) by its index:
     a NaN state with a finite derivative makes every step size NaN, so it is refused before the
-    first step."""
+    first step. A state batched by ``torch.func.vmap`` cannot be read: not checked (the solvers
+    refuse ``vmap`` themselves; a single :func:`local_reg.step` runs under it)."""
+    if _batched(y0):
+        return
     non_finite = ~torch.isfinite(y0.detach())
     if bool(non_finite.any()):
         first = tuple(int(i) for i in non_finite.nonzero()[0])

@@ -302,3 +302,22 @@ def test_importing_the_library_does_not_load_torchs_compiler():
     code = "import sys, torch, local_reg; print('torch._dynamo' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+@torch._dynamo.config.patch(recompile_limit=1)  # torch's own patch (monkeypatch broke its config)
+def test_the_limit_of_graphs_under_fullgraph_runs_the_steps_eagerly():
+    """With fullgraph=True torch raises at its limit of graphs (shared by every compiled step of the
+    process) where it otherwise runs eagerly: the solve failed with torch's FailOnRecompileLimitHit,
+    naming neither the limit nor local_reg."""
+    compile = {"backend": "aot_eager", "fullgraph": True}
+
+    def field(t, y):
+        return -y * torch.cos(t)
+
+    odeint(field, torch.ones(3, 2, dtype=torch.float64), [0.0, 1.0], compile=compile)  # the one graph
+    y0 = torch.ones(3, 2)
+    with pytest.warns(
+        RuntimeWarning, match=r"reached its limit of graphs \(torch._dynamo.config.recompile_limit"
+    ):
+        solution = odeint(field, y0, [0.0, 1.0], compile=compile)
+    torch.testing.assert_close(solution.ys, odeint(field, y0, [0.0, 1.0]).ys, rtol=0, atol=0)

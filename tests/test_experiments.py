@@ -410,6 +410,12 @@ def test_a_physionet_folder_without_records_or_with_a_bad_line_is_a_settings_err
     (tmp_path / "set-a" / "1.txt").write_text("Time,Parameter,Value\n00:00,HR,80\n01:00,HR,90\n")
     values, mask = load_physionet(tmp_path)  # the outcomes file skipped
     assert values.shape[0] == 1 and int(mask.sum()) == 2
+    # A byte-order mark, Windows line endings, a trailing blank line and a file of another
+    # encoding beside the records are no obstacle.
+    (tmp_path / "set-a" / "3.txt").write_bytes(b"\xef\xbb\xbfTime,Parameter,Value\r\n00:00,HR,100\r\n\r\n")
+    (tmp_path / "README.txt").write_bytes(b"\xff\xfeR\x00")
+    values, mask = load_physionet(tmp_path)
+    assert values.shape[0] == 2 and int(mask.sum()) == 3
     (tmp_path / "set-a" / "2.txt").write_text("Time,Parameter,Value\n00:00,HR,80,extra\n")
     with pytest.raises(SettingsError, match=r"2.txt, line 2: expected HH:MM,Parameter,Value"):
         load_physionet(tmp_path)

@@ -250,3 +250,23 @@ def test_compats_scipy_solver_and_events_are_refused_by_their_names():
         t0 = forward_ad.make_dual(t[0], torch.ones((), dtype=DTYPE))
         with pytest.raises(ValueError, match="odeint_event: t carries forward-mode tangents"):
             torchdiffeq.odeint_event(lambda s, x: -x, y0, t0, event_fn=lambda s, x: x[0] - 0.5)
+
+
+def test_one_step_runs_under_vmap():
+    """A single step decides nothing from the state's values: ``vmap`` over ``local_reg.step`` and
+    ``sde_step`` gives the loop's steps (the state's finiteness check, which reads values, failed
+    inside torch)."""
+    from local_reg import step
+    from local_reg.sde import sde_step
+
+    states = torch.randn(5, 4, 3, dtype=DTYPE, generator=torch.Generator().manual_seed(0))
+    increment = 0.3 * torch.ones(4, 3, dtype=DTYPE)
+
+    def one_step(y):
+        return step(lambda t, z: -(z**2), 0.0, y, 0.1, "tsit5").y1
+
+    def one_sde_step(y):
+        return sde_step(DecaySDE(), "diagonal", 0.0, y, 0.1, increment, rtol=1e-3, atol=1e-3).y1
+
+    for function in (one_step, one_sde_step):
+        torch.testing.assert_close(vmap(function)(states), torch.stack([function(y) for y in states]))

@@ -1,6 +1,7 @@
 """The gradient methods of ``odeint(gradient=...)``: exactness, convergence, bookkeeping, errors."""
 
 import copy
+import gc
 import math
 import re
 import warnings
@@ -594,7 +595,7 @@ def test_graph_free_methods_refuse_a_parametrized_field_inside_parametrize_cache
     ys = odeint(field, y0, [0.0, 1.0], gradient=gradient).ys
     with (
         parametrize.cached(),
-        pytest.raises(ValueError, match=r"a backward inside torch\.nn\.utils\.parametrize"),
+        pytest.raises(ValueError, match=r"a backward pass inside torch\.nn\.utils\.parametrize"),
     ):
         ys.sum().backward()
     with parametrize.cached():
@@ -626,6 +627,19 @@ def test_a_parameter_frozen_between_the_forward_and_the_backward_pass_gets_no_gr
     ys.sum().backward()
     assert frozen.grad is None
     torch.testing.assert_close(trained.grad, expected, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("gradient", [g for g in GRADIENT_METHODS if g != "direct"])
+def test_a_parameter_unfrozen_between_the_passes_is_named_as_such(gradient):
+    """The graph-free methods differentiate what required grad when the solve ran; a parameter
+    unfrozen since was reported as a tensor func captures, "make them parameters of func's
+    module", which it is."""
+    field = TinyField()
+    field.requires_grad_(False)
+    ys = odeint(field, torch.ones(2, 3, dtype=DTYPE, requires_grad=True), [0.0, 1.0], gradient=gradient).ys
+    field.requires_grad_(True)
+    with pytest.raises(ValueError, match=r"parameter\(s\) of func's module require grad now but did not"):
+        ys.sum().backward()
 
 
 def test_torch_func_jacrev_through_direct_matches_the_jacobian():
@@ -935,6 +949,28 @@ def test_a_loop_that_keeps_its_losses_leaves_no_hooks_on_the_parameters():
         with pytest.raises(SolverError, match="non-finite gradient"):
             loss_of(odeint(Poisoned(), y0, TIMES).ys).backward()
     assert all(not p._backward_hooks for p in field.parameters())
+
+    # Nor does a pass that fails elsewhere: two solves sharing the parameters, one raising (the
+    # other's hooks stayed, for good, one per parameter per failed pass), or a failure outside
+    # local_reg. They go with the failed pass's graph.
+    class Failing(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("a failure outside the solve")
+
+    poisoned = Poisoned()
+    poisoned.net = field.net  # the same parameters
+    for _ in range(3):
+        with pytest.raises(SolverError, match="non-finite gradient"):
+            (loss_of(odeint(field, y0, TIMES).ys) + loss_of(odeint(poisoned, y0, TIMES).ys)).backward()
+        with pytest.raises(RuntimeError, match="a failure outside the solve"):
+            loss_of(Failing.apply(odeint(field, y0, TIMES).ys)).backward()
+    gc.collect()
+    assert all(not p._backward_hooks for p in field.parameters())
     # An input the caller does not keep (y0 made inline by an encoder) is still guarded when the
     # pass comes: the hook on the solve holds it.
     encoder = torch.nn.Linear(3, 3, dtype=DTYPE)
@@ -1088,7 +1124,23 @@ def test_gradient_objects_are_immutable_and_their_repr_makes_them_again():
         with pytest.raises(AttributeError, match="is immutable"):
             del gradient.checkpoints
         assert copy.deepcopy(gradient) == gradient
+    # Settled once the whole construction returns: a cooperative mixin's and a dataclass's too.
+    import dataclasses
+
+    class Mixin:
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.tag = "x"
+
+    class Tagged(Mixin, Checkpoint):
+        pass
+
+    Extended = dataclasses.dataclass(type("Extended", (Checkpoint,), {"__annotations__": {"z": int}, "z": 3}))
+    for settled in (Tagged(checkpoints=2), Extended()):
+        with pytest.raises(AttributeError, match="is immutable"):
+            settled.checkpoints = 5
     # The constructors keep their signatures (help, IDEs, docs/api.md).
+    assert str(inspect.signature(local_reg.Direct)) == "()"
     assert list(inspect.signature(BacksolveAdjoint).parameters)[:3] == ["method", "rtol", "atol"]
     assert list(inspect.signature(InterpolatingAdjoint).parameters)[-1] == "checkpoints"
     # A pickle of an earlier version, which kept the backward method as "tableau", loads settled.

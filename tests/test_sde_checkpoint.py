@@ -198,6 +198,21 @@ def test_a_non_finite_gradient_is_a_solver_error(gradient):
         solution.ys.sum().backward()
 
 
+def test_a_parameter_frozen_between_the_passes_gets_no_gradient():
+    """As under ``direct`` and in plain torch (the checkpoint's re-run differentiated it, which torch
+    refuses: "One of the differentiated Tensors does not require grad")."""
+    sde, y0 = NeuralSDE(), torch.ones(4, 3, dtype=DTYPE, requires_grad=True)
+    solve = dict(bm=brownian("diagonal"), step_size=0.25)
+    sde.scale.requires_grad_(False)
+    expected = torch.autograd.grad(sdeint(sde, y0, [0.0, 1.0], **solve).ys.sum(), sde.weight)[0]
+    sde.scale.requires_grad_(True)
+    ys = sdeint(sde, y0, [0.0, 1.0], gradient="checkpoint", **solve).ys
+    sde.scale.requires_grad_(False)
+    ys.sum().backward()
+    assert sde.scale.grad is None
+    torch.testing.assert_close(sde.weight.grad, expected)
+
+
 def test_anomaly_mode_names_the_failing_operation_of_a_checkpoint_backward_pass():
     """The backward node's name() was hidden by a context attribute, so anomaly mode, which reads
     it when a nested backward fails, raised "attribute of type 'str' is not callable"."""
@@ -231,6 +246,26 @@ def test_a_generator_re_run_by_torch_utils_checkpoint_is_refused(use_reentrant):
     ys = torch.utils.checkpoint.checkpoint(end, y0, use_reentrant=use_reentrant)
     with pytest.raises(RuntimeError, match="sdeint is re-run inside a backward pass"):
         ys.sum().backward()
+
+    # A generator seeded inside the checkpointed function replays its path: the plain gradient.
+    def seeded(y):
+        return sdeint(sde, y, [0.0, 1.0], step_size=0.1, generator=torch.Generator().manual_seed(3)).ys[-1]
+
+    y0.grad = None
+    torch.utils.checkpoint.checkpoint(seeded, y0, use_reentrant=use_reentrant).sum().backward()
+    torch.testing.assert_close(y0.grad, torch.autograd.grad(seeded(y0).sum(), y0)[0])
+    # A solve under no_grad inside a backward hook is no re-run.
+    drawn = torch.Generator().manual_seed(4)
+    torch.randn(1, generator=drawn)  # it has drawn before
+
+    def hook(grad):
+        with torch.no_grad():
+            sdeint(sde, y0.detach(), [0.0, 1.0], step_size=0.1, generator=drawn)
+        return grad
+
+    y = y0 * 1.0
+    y.register_hook(hook)
+    y.sum().backward()
     # Without a generator of its own, the re-run reads torch's replayed stream: the same gradient.
     torch.manual_seed(5)
     expected = torch.autograd.grad(sdeint(sde, y0, [0.0, 1.0], step_size=0.1).ys[-1].sum(), y0)[0]

@@ -11,6 +11,7 @@ of the gradients costs one reduction per input, not one per evaluation of ``func
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -37,7 +38,7 @@ _NON_FINITE_COTANGENT_PASSES: set[int] = set()
 """The backward passes (autograd's graph task ids) in which a guarded solve's outputs got a
 non-finite cotangent: the inputs' gradients are then the sum of that solve's and others' (a shared
 parameter), whose NaN may have come from the loss, not from ``func``. A pass's entry goes when the
-pass ends; a pass that failed leaves its id, which no later pass has."""
+pass ends (or, for a pass that failed, when its graph goes)."""
 
 
 def guard_direct_gradients(
@@ -61,6 +62,10 @@ def guard_direct_gradients(
     inputs = tuple(x for x in inputs if x.requires_grad)
     if not inputs:
         return
+    # Lives exactly as long as the hook on ys, that is as the graph: a pass that fails runs no
+    # end-of-pass callback, so its hooks on the inputs also go when its graph does (a training loop
+    # that catches such failures piled them up on the parameters, every later pass running them).
+    graph_alive = _GraphAnchor()
 
     def record_cotangent(grad: Tensor | None) -> None:
         task = torch._C._current_graph_task_id()
@@ -71,25 +76,26 @@ def guard_direct_gradients(
         if readable and not finite:
             _NON_FINITE_COTANGENT_PASSES.add(task)
 
-        def release() -> None:
+        def end_pass() -> None:
             for handle in handles:
                 handle.remove()
+            _NON_FINITE_COTANGENT_PASSES.discard(task)
 
         def check(gradient: Tensor) -> None:
             if transformed(gradient) or torch._C._current_graph_task_id() != task:
                 return
             if finite and task not in _NON_FINITE_COTANGENT_PASSES and not all_finite((gradient,)):
-                release()  # the pass ends here, before its end-of-pass callback
+                ended()  # the pass ends here, before its end-of-pass callback
                 raise_non_finite_gradient(t0, n_steps, func)
 
         # An input frozen since the solve (requires_grad_(False), as plain torch allows) gets no
         # gradient in this pass, so nothing to check, and torch refuses a hook on it.
         handles = [x.register_hook(check) for x in inputs if x.requires_grad]
-
-        def end_of_pass() -> None:
-            release()
-            _NON_FINITE_COTANGENT_PASSES.discard(task)
-
-        torch.autograd.Variable._execution_engine.queue_callback(end_of_pass)
+        ended = weakref.finalize(graph_alive, end_pass)  # runs once: at the pass's end, or the graph's
+        torch.autograd.Variable._execution_engine.queue_callback(ended)
 
     ys.register_hook(record_cotangent)
+
+
+class _GraphAnchor:
+    """An object held only by a guarded solve's hook on its outputs (:func:`guard_direct_gradients`)."""

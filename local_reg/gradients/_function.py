@@ -15,10 +15,11 @@ import bisect
 import contextlib
 import functools
 import gc
+import inspect
 import numbers
 import threading
 import weakref
-from abc import ABC, abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple, cast
@@ -295,7 +296,8 @@ def refuse_parametrize_cache(owner: torch.nn.Module | None, method: str, name: s
             f"its backward pass evaluates {name} again, step by step, and would read weights cached with "
             "one graph that its first step frees: run the backward pass outside cached()"
         )
-    raise ValueError(f"gradient={method!r}: a {during} inside torch.nn.utils.parametrize.cached(): {why}")
+    what = "solve" if during == "solve" else "backward pass"
+    raise ValueError(f"gradient={method!r}: a {what} inside torch.nn.utils.parametrize.cached(): {why}")
 
 
 def graph_nodes(roots: Iterable[Any], stops: frozenset | set = frozenset()) -> Iterator[Any]:
@@ -335,9 +337,12 @@ class CapturedTensorCheck:
         method: str,
         forward_thread: object = None,
         name: str = "func",
+        owner: torch.nn.Module | None = None,
     ) -> None:
-        """``name``: what the message calls ``func``."""
+        """``name``: what the message calls ``func``; ``owner``: its module, whose parameters that
+        did not require grad when the solve ran (unfrozen since) the message names as such."""
         self.func = func
+        self.owner_ids = set(parameter_ids(owner))
         self.method = method
         self.name = name
         self.param_ids = {id(p) for p in params}
@@ -372,6 +377,12 @@ class CapturedTensorCheck:
                 captured.setdefault(id(variable), variable)
             elif variable is None and node._sequence_nr() < before:
                 self.keeps_outside_graph = True
+        if captured and set(captured) <= self.owner_ids:
+            raise ValueError(
+                f"gradient={self.method!r}: {len(captured)} parameter(s) of {self.name}'s module require "
+                "grad now but did not when the solve ran (unfrozen between the forward and the backward "
+                "pass?): the solve differentiates what required grad then; solve again after unfreezing"
+            )
         if captured:
             raise captured_tensors_error(self.method, self.name, list(captured.values()))
 
@@ -393,26 +404,27 @@ class BackwardStep(NamedTuple):
     """``(theta, dL/dy(t + theta dt))`` of the outputs read from its dense output."""
 
 
-def _settling(init: Callable[..., None]) -> Callable[..., None]:
-    """``init`` marking the instance settled once the outermost constructor returns (a subclass's
-    ``__init__`` calling ``super().__init__()`` sets its own attributes after that returns):
-    :meth:`GradientMethod.__setattr__` refuses changes from then on. ``functools.wraps`` keeps
-    the constructor's signature for ``inspect`` and ``help``."""
+class _Settled(ABCMeta):
+    """Marks each instance settled once its whole construction has returned (mixins and a
+    dataclass's ``__init__`` included): :meth:`GradientMethod.__setattr__` refuses changes from then
+    on. ``__signature__`` keeps the constructor's signature for ``inspect``, ``help`` and
+    docs/api.md, which would otherwise read this ``__call__``'s."""
 
-    @functools.wraps(init)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
-        depth = self.__dict__.get("_init_depth", 0)
-        object.__setattr__(self, "_init_depth", depth + 1)
-        init(self, *args, **kwargs)
-        object.__setattr__(self, "_init_depth", depth)
-        if depth == 0:
-            del self.__dict__["_init_depth"]
-            object.__setattr__(self, "_settled", True)
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        instance = super().__call__(*args, **kwargs)
+        object.__setattr__(instance, "_settled", True)
+        return instance
 
-    return wrapper
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        init: Any = cls.__init__  # type: ignore[misc]  # the class's own, as inspect reads it
+        if init is object.__init__:  # a method without settings
+            return inspect.Signature()
+        signature = inspect.signature(init)
+        return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
-class GradientMethod(ABC):
+class GradientMethod(metaclass=_Settled):
     """How a solve's outputs are differentiated (``odeint(gradient=...)``).
 
     An object that checks its own settings once, when it is made, and is immutable afterwards (as
@@ -446,15 +458,6 @@ class GradientMethod(ABC):
     def solve(self, y0: Tensor, solve: ForwardSolve) -> tuple[Tensor, Stats, Steps, Tensor | None]:
         """Solve ``solve`` from ``y0``; returns ``(ys, stats, steps, penalties)`` with ``ys``
         differentiable by this method."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "__init__" in vars(cls):
-            cls.__init__ = _settling(cls.__init__)  # type: ignore[method-assign]
-
-    @_settling  # noqa: B027  # not abstract: it settles a method without settings of its own
-    def __init__(self) -> None:
-        """A method without settings (a subclass's constructor checks its own)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._refuse_change(name, "setting")
@@ -658,6 +661,22 @@ def locate_outputs(
     return at_boundary, inside
 
 
+def still_trained(params: Sequence[Tensor]) -> list[int]:
+    """The indices of ``params`` that still require grad at a backward pass: one frozen since the
+    solve (``requires_grad_(False)``, as plain torch allows) gets no gradient, so the backward pass
+    differentiates the others only (torch refuses to differentiate a tensor that requires none)."""
+    return [index for index, p in enumerate(params) if p.requires_grad]
+
+
+def scattered(grads: Sequence[Tensor | None], indices: Sequence[int], size: int) -> list[Tensor | None]:
+    """``grads`` of the parameters at ``indices`` (:func:`still_trained`) as a list of ``size``, the
+    others ``None``."""
+    full: list[Tensor | None] = [None] * size
+    for index, grad in zip(indices, grads, strict=True):
+        full[index] = grad
+    return full
+
+
 def add_gradients(
     totals: list[Tensor | None], increments: Iterable[Tensor | None], scale: float = 1.0
 ) -> None:
@@ -816,12 +835,9 @@ class _SolveWithoutGraph(torch.autograd.Function):
         solve.check_owner_unchanged()
         refuse_parametrize_cache(solve.owner, ctx.method.name, "func", "backward")
         func, params = solve.func, solve.params
-        # A parameter frozen since the solve (requires_grad_(False), as plain torch allows) gets no
-        # gradient: the backward pass differentiates the others only (torch refuses to differentiate
-        # a tensor that does not require grad).
-        trained = [index for index, p in enumerate(params) if p.requires_grad]
+        trained = still_trained(params)
         solve.params = tuple(params[index] for index in trained)
-        solve.func = CapturedTensorCheck(func, solve.params, ctx.method.name, solve.thread)
+        solve.func = CapturedTensorCheck(func, solve.params, ctx.method.name, solve.thread, owner=solve.owner)
         try:
             with without_autocast(), naming_a_freed_graph(ctx.method.name):
                 grad_y0, trained_grads, nfe = ctx.method.backward(
@@ -829,9 +845,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
                 )
         finally:
             solve.func, solve.params = func, params
-        grad_params: list[Tensor | None] = [None] * len(params)
-        for index, grad in zip(trained, trained_grads, strict=True):
-            grad_params[index] = grad
+        grad_params = scattered(trained_grads, trained, len(params))
         # Only the gradients asked for are judged: y0's may be non-finite where y0 needs none.
         asked = [
             g for g, needed in zip((grad_y0, *grad_params), ctx.needs_input_grad[2:], strict=True) if needed

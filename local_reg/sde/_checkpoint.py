@@ -37,7 +37,10 @@ from ..gradients._function import (
     first_order_backward,
     naming_a_freed_graph,
     parameter_ids,
+    refuse_parametrize_cache,
     release_unless_graph_kept,
+    scattered,
+    still_trained,
     thread_token,
 )
 from ..solution import Stats, Steps
@@ -138,10 +141,13 @@ class CheckpointedSolve:
         (``needs``: which of them autograd asks for, the ones judged finite)."""
         stepper = self.stepper
         check_same_parameters(self.owner, self.owner_parameters, "sde")
+        refuse_parametrize_cache(self.owner, self.method.name, "sde", "backward")
+        trained = still_trained(self.params)
+        params = tuple(self.params[index] for index in trained)
         # The drift and diffusion of the re-run steps, checked for tensors they capture that
         # require grad but are not params (their gradients would silently be none).
-        sde = _CheckedCaptures(stepper.sde, self.params, self.method.name, self.thread)
-        grad_params: list[Tensor | None] = [None] * len(self.params)
+        sde = _CheckedCaptures(stepper.sde, params, self.method.name, self.thread, self.owner)
+        grad_params: list[Tensor | None] = [None] * len(params)
         adjoint = grad_ys[-1]
         output = len(self.times) - 1
         calls = 0
@@ -167,7 +173,7 @@ class CheckpointedSolve:
                 with naming_a_freed_graph(self.method.name, "sde"):
                     grad_y, *grads = torch.autograd.grad(
                         result.y1,
-                        (y, *self.params),
+                        (y, *params),
                         adjoint,
                         allow_unused=True,
                         retain_graph=sde.keeps_outside_graph,
@@ -178,18 +184,21 @@ class CheckpointedSolve:
                 while output > 0 and self.times[output - 1] == step.t:
                     output -= 1
                     adjoint = adjoint + grad_ys[output]
-        asked = [g for g, needed in zip((adjoint, *grad_params), needs, strict=True) if needed]
+        all_grads = scattered(grad_params, trained, len(self.params))
+        asked = [g for g, needed in zip((adjoint, *all_grads), needs, strict=True) if needed]
         finish_backward(self.stats, [grad_ys], asked, calls, self.times[0], "the drift and diffusion")
-        return adjoint, grad_params
+        return adjoint, all_grads
 
 
 class _CheckedCaptures:
     """An SDE whose drift and diffusion are each a :class:`CapturedTensorCheck` (their first
     evaluation with a graph is checked for captured tensors, and for a graph made before it)."""
 
-    def __init__(self, sde: Any, params: tuple[Tensor, ...], method: str, thread: object) -> None:
-        self.f = CapturedTensorCheck(sde.f, params, method, thread, name="sde")
-        self.g = CapturedTensorCheck(sde.g, params, method, thread, name="sde")
+    def __init__(
+        self, sde: Any, params: tuple[Tensor, ...], method: str, thread: object, owner: nn.Module | None
+    ) -> None:
+        self.f = CapturedTensorCheck(sde.f, params, method, thread, name="sde", owner=owner)
+        self.g = CapturedTensorCheck(sde.g, params, method, thread, name="sde", owner=owner)
 
     @property
     def keeps_outside_graph(self) -> bool:

@@ -171,14 +171,13 @@ def sdeint(
             "generator seeds the Brownian motion sdeint makes when bm is None; with bm given it would be "
             "unused: pass one or the other"
         )
-    if generator is not None and torch._C._current_graph_task_id() != -1:
-        # A re-run inside a backward pass (torch.utils.checkpoint's recomputation) replays torch's
-        # global stream, not this generator, whose draws would be another Brownian path.
+    if generator is not None and _rerun_draws_another_path(generator):
         raise RuntimeError(
-            "sdeint is re-run inside a backward pass (torch.utils.checkpoint's recomputation?), which "
-            "cannot replay the draws of its generator: the gradient would be that of another Brownian "
-            "path. Pass bm= (a Brownian motion the re-run reads again), or leave generator unset to "
-            "draw from torch's global stream, which checkpointing replays"
+            "sdeint is re-run inside a backward pass (torch.utils.checkpoint's recomputation?) with a "
+            "generator that has drawn before, which the re-run cannot replay: the gradient would be "
+            "that of another Brownian path. Pass bm= (a Brownian motion the re-run reads again), seed "
+            "a new generator inside the checkpointed function, or leave generator unset to draw from "
+            "torch's global stream, which checkpointing replays (preserve_rng_state=True, its default)"
         )
     if dt0 is not None:
         warn("sdeint's dt0= is deprecated: use first_step=", DeprecationWarning)
@@ -304,6 +303,17 @@ def sdeint(
         penalties=torch.stack(penalties) if step_penalty is not None and penalties else None,
         graph_free_method=None if checkpointed is None else checkpointed.name,
     )
+
+
+def _rerun_draws_another_path(generator: torch.Generator) -> bool:
+    """Whether a solve with ``generator`` is a re-run inside a backward pass (``torch.utils.checkpoint``'s
+    recomputation, which enables grad to rebuild the graph) that would draw another Brownian path:
+    the recomputation replays torch's global stream, not this generator, which draws the forward
+    run's path again only if it is freshly seeded now (made in the checkpointed function)."""
+    if torch._C._current_graph_task_id() == -1 or not torch.is_grad_enabled():
+        return False
+    fresh = torch.Generator(device=generator.device).manual_seed(generator.initial_seed())
+    return not torch.equal(fresh.get_state(), generator.get_state())
 
 
 def sde_gradient(gradient: object, step_penalty: object) -> Checkpoint | None:

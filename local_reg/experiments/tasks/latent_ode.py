@@ -143,6 +143,13 @@ def irregular_series(
     return (values * mask).gather(1, index), mask.gather(1, index), times
 
 
+def _is_record(path: Path) -> bool:
+    """Whether ``path`` starts with a PhysioNet record's header (a byte-order mark, Windows line
+    endings and another encoding's bytes elsewhere in the folder are no obstacle)."""
+    with path.open(encoding="utf-8-sig", errors="replace") as file:
+        return file.readline().strip() == _PHYSIONET_HEADER
+
+
 def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
     """Read PhysioNet 2012 records (``RecordID.txt``: ``Time,Parameter,Value`` lines, ``Time`` as
     ``HH:MM``) from every ``*.txt`` under ``directory`` that starts with that header (the download's
@@ -152,11 +159,7 @@ def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
     and max over all records. Returns ``values`` and ``mask``, ``(n_records, 48, 37)``. A folder
     without records, or a record line that does not parse, is a :class:`SettingsError` naming it.
     """
-    files = [
-        path
-        for path in sorted(Path(directory).rglob("*.txt"))
-        if path.read_text().partition("\n")[0].strip() == _PHYSIONET_HEADER
-    ]
+    files = [path for path in sorted(Path(directory).rglob("*.txt")) if _is_record(path)]
     if not files:
         raise SettingsError(
             f"physionet_dir={str(directory)!r} holds no PhysioNet records (*.txt files starting with "
@@ -166,7 +169,9 @@ def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
     sums = torch.zeros(len(files), _PHYSIONET_HOURS, len(index), dtype=torch.float64)
     counts = torch.zeros_like(sums)
     for r, path in enumerate(files):
-        for number, line in enumerate(path.read_text().splitlines()[1:], start=2):
+        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines()[1:], start=2):
+            if not line.strip():
+                continue
             try:
                 stamp, name, value = line.split(",")
                 missing = name not in index or float(value) < 0  # -1 marks a missing value
