@@ -469,7 +469,10 @@ class CompiledStep:
                 "reached its limit of graphs (torch._dynamo.config.recompile_limit, shared by every "
                 "compiled step of the process; fullgraph=True makes that an error)"
             )
-            advice = "Raise the limit, or call torch._dynamo.reset() between unrelated solves."
+            advice = (
+                "They stay eager in this process: raise the limit before the solves that compile, or "
+                "leave fullgraph unset (torch then falls back to eager itself, with a logged warning)."
+            )
             self._eager_from_now(where, y, arguments, what, "", advice)
             return None
         if self.replays_cuda_graphs and y.is_cuda:

@@ -416,6 +416,9 @@ def test_a_physionet_folder_without_records_or_with_a_bad_line_is_a_settings_err
     (tmp_path / "README.txt").write_bytes(b"\xff\xfeR\x00")
     values, mask = load_physionet(tmp_path)
     assert values.shape[0] == 2 and int(mask.sum()) == 3
+    (tmp_path / "set-a" / "2.txt").write_bytes(b"Time,Parameter,Value\n00:00,ICUType\xe9,2\n")
+    with pytest.raises(SettingsError, match=r"2.txt is not UTF-8 text"):
+        load_physionet(tmp_path)
     (tmp_path / "set-a" / "2.txt").write_text("Time,Parameter,Value\n00:00,HR,80,extra\n")
     with pytest.raises(SettingsError, match=r"2.txt, line 2: expected HH:MM,Parameter,Value"):
         load_physionet(tmp_path)

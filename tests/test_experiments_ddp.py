@@ -108,11 +108,18 @@ def torchrun(out: Path, *options: str, interrupt: bool = False) -> subprocess.Co
     )
 
 
+def failure(result: subprocess.CompletedProcess) -> str:
+    """What a failed run printed: from a process's fatal error on (faulthandler's stacks, which the
+    list of extension modules after them would push out of the end), else the end."""
+    start = result.stderr.find("Fatal Python error")
+    return result.stderr[start : start + 6000] if start >= 0 else result.stderr[-3000:]
+
+
 def trained(tmp_path_factory, name: str, options: tuple[str, ...]) -> Path:
     """A finished two-process run of the worker with ``options``, in a folder of its own."""
     out = tmp_path_factory.mktemp(name) / "results"
     done = torchrun(out, *options)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, failure(done)
     return out
 
 
@@ -158,7 +165,7 @@ def test_an_interrupted_run_resumes_every_process_exactly_where_it_stopped(tmp_p
     assert interrupted.returncode != 0 and list((out / "checkpoints").glob("*.pt"))
     assert not (out / "results.jsonl").exists()
     resumed = torchrun(out, *LOCAL_RANDOM)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, failure(resumed)
     (record,) = ResultsFile(out).load()
     (whole,) = ResultsFile(uninterrupted).load()
     assert record["history"]["loss"] == whole["history"]["loss"]
@@ -202,7 +209,7 @@ def test_an_interrupted_run_resumes_every_processs_model_generators(tmp_path, rn
     (checkpoint,) = (out / "checkpoints").glob("*.pt")
     assert len(torch.load(checkpoint)["generator_ranks"]) == 2
     resumed = torchrun(out, *RNODE)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, failure(resumed)
     for rank in (0, 1):
         states, expected = (torch.load(folder / f"generators_rank{rank}.pt") for folder in (out, rnode))
         assert len(states) == len(expected) == 1 and torch.equal(states[0], expected[0])

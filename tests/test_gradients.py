@@ -640,6 +640,11 @@ def test_a_parameter_unfrozen_between_the_passes_is_named_as_such(gradient):
     field.requires_grad_(True)
     with pytest.raises(ValueError, match=r"parameter\(s\) of func's module require grad now but did not"):
         ys.sum().backward()
+    # A parameter left out of adjoint_params that required grad all along is not called unfrozen.
+    y0 = torch.ones(2, 3, dtype=DTYPE, requires_grad=True)
+    ys = odeint(field, y0, [0.0, 1.0], gradient=gradient, adjoint_params=list(field.parameters())[:1]).ys
+    with pytest.raises(ValueError, match="that require grad but are not in adjoint_params"):
+        ys.sum().backward()
 
 
 def test_torch_func_jacrev_through_direct_matches_the_jacobian():
@@ -1141,6 +1146,15 @@ def test_gradient_objects_are_immutable_and_their_repr_makes_them_again():
             settled.checkpoints = 5
     # The constructors keep their signatures (help, IDEs, docs/api.md).
     assert str(inspect.signature(local_reg.Direct)) == "()"
+
+    class Stated(Checkpoint):  # a signature a subclass states, or its __new__'s, as inspect reads them
+        __signature__ = inspect.Signature([inspect.Parameter("foo", inspect.Parameter.KEYWORD_ONLY)])
+
+    class Made(local_reg.Direct):
+        def __new__(cls, a, b=2):
+            return super().__new__(cls)
+
+    assert str(inspect.signature(Stated)) == "(*, foo)" and str(inspect.signature(Made)) == "(a, b=2)"
     assert list(inspect.signature(BacksolveAdjoint).parameters)[:3] == ["method", "rtol", "atol"]
     assert list(inspect.signature(InterpolatingAdjoint).parameters)[-1] == "checkpoints"
     # A pickle of an earlier version, which kept the backward method as "tableau", loads settled.

@@ -53,9 +53,10 @@ def guard_direct_gradients(
     say, is another pass), whether its cotangent was finite, and hooks each input for that pass
     only: the input's hook checks the gradient that reaches it in the same pass, so a later pass
     that does not reach ``ys`` (through an input shared with another computation) is not judged by
-    an earlier record, and no hook stays on a parameter between passes (hooks that lived as long as
-    the graph piled up on the parameters of a loop that keeps its losses, every later pass running
-    them all).
+    an earlier record, and no hook stays on a parameter after a pass that ends (hooks that lived as
+    long as the graph piled up on the parameters of a loop that keeps its losses, every later pass
+    running them all). A pass that fails runs no end-of-pass callback: its hooks go with its graph
+    (while a loop keeps that graph, they stay).
     """
     # Held by the hook on ys (no cycle: the inputs are upstream of it): an input the caller does
     # not keep, y0 = encoder(x) passed inline, would otherwise be gone when the pass comes.

@@ -90,6 +90,7 @@ class ForwardSolve:
 
     def __post_init__(self) -> None:
         self._owner_parameters = self._parameter_ids()
+        self.frozen_at_solve = frozen_parameter_ids(self.owner)
 
     def _parameter_ids(self) -> tuple[int, ...]:
         return parameter_ids(self.owner)
@@ -199,6 +200,14 @@ def captured_tensors_error(method: str, name: str, captured: Sequence[Tensor]) -
         "gradients for y0 and adjoint_params only, so theirs would silently be none. Make them "
         f"parameters of {name}'s module or list them in adjoint_params, or detach them "
         f"({direct(name)} differentiates everything {name} uses)"
+    )
+
+
+def frozen_parameter_ids(owner: torch.nn.Module | None) -> frozenset[int]:
+    """The identities of ``owner``'s parameters that do not require grad now (at a solve): one
+    that does at the backward pass was unfrozen in between (:class:`CapturedTensorCheck`)."""
+    return (
+        frozenset() if owner is None else frozenset(id(p) for p in owner.parameters() if not p.requires_grad)
     )
 
 
@@ -337,12 +346,13 @@ class CapturedTensorCheck:
         method: str,
         forward_thread: object = None,
         name: str = "func",
-        owner: torch.nn.Module | None = None,
+        frozen_at_solve: frozenset[int] = frozenset(),
     ) -> None:
-        """``name``: what the message calls ``func``; ``owner``: its module, whose parameters that
-        did not require grad when the solve ran (unfrozen since) the message names as such."""
+        """``name``: what the message calls ``func``; ``frozen_at_solve``: the identities of its
+        module's parameters that did not require grad when the solve ran
+        (:func:`frozen_parameter_ids`), which the message names as unfrozen since."""
         self.func = func
-        self.owner_ids = set(parameter_ids(owner))
+        self.frozen_at_solve = frozen_at_solve
         self.method = method
         self.name = name
         self.param_ids = {id(p) for p in params}
@@ -377,7 +387,7 @@ class CapturedTensorCheck:
                 captured.setdefault(id(variable), variable)
             elif variable is None and node._sequence_nr() < before:
                 self.keeps_outside_graph = True
-        if captured and set(captured) <= self.owner_ids:
+        if captured and set(captured) <= self.frozen_at_solve:
             raise ValueError(
                 f"gradient={self.method!r}: {len(captured)} parameter(s) of {self.name}'s module require "
                 "grad now but did not when the solve ran (unfrozen between the forward and the backward "
@@ -417,10 +427,15 @@ class _Settled(ABCMeta):
 
     @property
     def __signature__(cls) -> inspect.Signature:
+        for kind in cls.__mro__:  # a signature a class states itself, as inspect takes it
+            stated = vars(kind).get("__signature__")
+            if isinstance(stated, inspect.Signature):
+                return stated
         init: Any = cls.__init__  # type: ignore[misc]  # the class's own, as inspect reads it
-        if init is object.__init__:  # a method without settings
+        constructor = init if init is not object.__init__ else cls.__new__
+        if constructor is object.__new__:  # a method without settings
             return inspect.Signature()
-        signature = inspect.signature(init)
+        signature = inspect.signature(constructor)
         return signature.replace(parameters=list(signature.parameters.values())[1:])
 
 
@@ -837,7 +852,9 @@ class _SolveWithoutGraph(torch.autograd.Function):
         func, params = solve.func, solve.params
         trained = still_trained(params)
         solve.params = tuple(params[index] for index in trained)
-        solve.func = CapturedTensorCheck(func, solve.params, ctx.method.name, solve.thread, owner=solve.owner)
+        solve.func = CapturedTensorCheck(
+            func, solve.params, ctx.method.name, solve.thread, frozen_at_solve=solve.frozen_at_solve
+        )
         try:
             with without_autocast(), naming_a_freed_graph(ctx.method.name):
                 grad_y0, trained_grads, nfe = ctx.method.backward(

@@ -35,6 +35,7 @@ from ..gradients._function import (
     check_same_parameters,
     finish_backward,
     first_order_backward,
+    frozen_parameter_ids,
     naming_a_freed_graph,
     parameter_ids,
     refuse_parametrize_cache,
@@ -113,6 +114,7 @@ class CheckpointedSolve:
         self.record_states = record_states
         self.owner = owner
         self.owner_parameters = parameter_ids(owner)
+        self.frozen_at_solve = frozen_parameter_ids(owner)
         self.method = method
         self.thread = thread_token()
         self.stats = Stats()
@@ -146,7 +148,7 @@ class CheckpointedSolve:
         params = tuple(self.params[index] for index in trained)
         # The drift and diffusion of the re-run steps, checked for tensors they capture that
         # require grad but are not params (their gradients would silently be none).
-        sde = _CheckedCaptures(stepper.sde, params, self.method.name, self.thread, self.owner)
+        sde = _CheckedCaptures(stepper.sde, params, self.method.name, self.thread, self.frozen_at_solve)
         grad_params: list[Tensor | None] = [None] * len(params)
         adjoint = grad_ys[-1]
         output = len(self.times) - 1
@@ -195,10 +197,19 @@ class _CheckedCaptures:
     evaluation with a graph is checked for captured tensors, and for a graph made before it)."""
 
     def __init__(
-        self, sde: Any, params: tuple[Tensor, ...], method: str, thread: object, owner: nn.Module | None
+        self,
+        sde: Any,
+        params: tuple[Tensor, ...],
+        method: str,
+        thread: object,
+        frozen_at_solve: frozenset[int],
     ) -> None:
-        self.f = CapturedTensorCheck(sde.f, params, method, thread, name="sde", owner=owner)
-        self.g = CapturedTensorCheck(sde.g, params, method, thread, name="sde", owner=owner)
+        self.f = CapturedTensorCheck(
+            sde.f, params, method, thread, name="sde", frozen_at_solve=frozen_at_solve
+        )
+        self.g = CapturedTensorCheck(
+            sde.g, params, method, thread, name="sde", frozen_at_solve=frozen_at_solve
+        )
 
     @property
     def keeps_outside_graph(self) -> bool:

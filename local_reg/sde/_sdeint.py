@@ -175,9 +175,10 @@ def sdeint(
         raise RuntimeError(
             "sdeint is re-run inside a backward pass (torch.utils.checkpoint's recomputation?) with a "
             "generator that has drawn before, which the re-run cannot replay: the gradient would be "
-            "that of another Brownian path. Pass bm= (a Brownian motion the re-run reads again), seed "
-            "a new generator inside the checkpointed function, or leave generator unset to draw from "
-            "torch's global stream, which checkpointing replays (preserve_rng_state=True, its default)"
+            "that of another Brownian path. Pass bm= (a Brownian motion the re-run reads again), give "
+            "each solve in the checkpointed function a new generator seeded there from a fixed seed, or "
+            "leave generator unset to draw from torch's global stream, which checkpointing replays "
+            "(preserve_rng_state=True, its default)"
         )
     if dt0 is not None:
         warn("sdeint's dt0= is deprecated: use first_step=", DeprecationWarning)

@@ -169,7 +169,13 @@ def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
     sums = torch.zeros(len(files), _PHYSIONET_HOURS, len(index), dtype=torch.float64)
     counts = torch.zeros_like(sums)
     for r, path in enumerate(files):
-        for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines()[1:], start=2):
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise SettingsError(
+                f"physionet_dir: {path} is not UTF-8 text ({error.reason} at byte {error.start})"
+            ) from None
+        for number, line in enumerate(text.splitlines()[1:], start=2):
             if not line.strip():
                 continue
             try:
