@@ -26,7 +26,7 @@ from local_reg._integrate import SolveOptions, integrate_ode
 from local_reg.gradients import GRADIENT_METHODS
 from local_reg.gradients._checkpoints import StepStates
 from local_reg.gradients._function import graph_nodes
-from tests.problems import CountingField, NetField, lotka_volterra
+from tests.problems import CountingField, NetField, failing_backward, lotka_volterra
 
 EXACT = ["checkpoint", "symplectic"]
 DTYPE = torch.float64
@@ -958,22 +958,14 @@ def test_a_loop_that_keeps_its_losses_leaves_no_hooks_on_the_parameters():
     # Nor does a pass that fails elsewhere: two solves sharing the parameters, one raising (the
     # other's hooks stayed, for good, one per parameter per failed pass), or a failure outside
     # local_reg. They go with the failed pass's graph.
-    class Failing(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, grad):
-            raise RuntimeError("a failure outside the solve")
-
+    failing = failing_backward("a failure outside the solve")
     poisoned = Poisoned()
     poisoned.net = field.net  # the same parameters
     for _ in range(3):
         with pytest.raises(SolverError, match="non-finite gradient"):
             (loss_of(odeint(field, y0, TIMES).ys) + loss_of(odeint(poisoned, y0, TIMES).ys)).backward()
         with pytest.raises(RuntimeError, match="a failure outside the solve"):
-            loss_of(Failing.apply(odeint(field, y0, TIMES).ys)).backward()
+            loss_of(failing(odeint(field, y0, TIMES).ys)).backward()
     gc.collect()
     assert all(not p._backward_hooks for p in field.parameters())
     # An input the caller does not keep (y0 made inline by an encoder) is still guarded when the
