@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from diffrax_peer import Diffrax
+from diffrax_peer import Diffrax, check_jax_python
 from fields import clock, mlp_problem, mlp_problem_parser
 
 import local_reg
@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--jax-python", default=None, help="a Python with jax and diffrax")
     args = parser.parse_args()
+    if args.jax_python is not None:
+        check_jax_python(args.jax_python)  # before the minutes of compilations, not after
     counting, y0 = mlp_problem(args)
     # The counting field's ``calls += 1`` would be a constant of the graph that changes on every call
     # (a recompilation each time): the compiled path solves the same MLP without it.

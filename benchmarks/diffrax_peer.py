@@ -94,6 +94,18 @@ for line in sys.stdin:
 """
 
 
+def check_jax_python(python: str) -> None:
+    """Exit naming ``python`` (``--jax-python``) unless it imports jax and diffrax: the JAX process
+    would otherwise end at its first request, leaving the benchmark a broken pipe."""
+    try:
+        check = subprocess.run([python, "-c", "import jax, diffrax"], capture_output=True, text=True)
+    except OSError as error:
+        raise SystemExit(f"--jax-python {python}: cannot run it ({error})") from None
+    if check.returncode != 0:
+        lines = check.stderr.strip().splitlines() or ["no message"]
+        raise SystemExit(f"--jax-python {python}: it cannot import jax and diffrax ({lines[-1]})")
+
+
 class Diffrax:
     """The child process. ``mlp`` is the benchmark MLP (``fields.CountingMLP``) whose weights the
     child's ``"mlp"`` problem uses; the others are ``"lotka_volterra"`` and ``"van_der_pol"``
@@ -101,6 +113,7 @@ class Diffrax:
     the controller's arithmetic in float32 too), for float32 problems only."""
 
     def __init__(self, python: str, mlp: torch.nn.Module, x64: bool = True) -> None:
+        check_jax_python(python)
         self.folder = tempfile.TemporaryDirectory()
         folder = Path(self.folder.name)
         linears = [layer for layer in mlp.net if isinstance(layer, torch.nn.Linear)]

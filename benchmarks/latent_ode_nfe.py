@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--observation-times", choices=("grid", "irregular"), default="grid")
     args = parser.parse_args()
+    if args.iterations < 1:
+        parser.error("--iterations must be at least 1 (the table reports the NFE per training call)")
     torch.set_num_threads(args.threads)
     task = LatentODETask()
     settings = {**task.settings("quick"), "observation_times": args.observation_times}
