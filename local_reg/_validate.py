@@ -215,8 +215,8 @@ def check_penalty_time_gradient(step_penalty: object, times: str) -> None:
         raise ValueError(
             f"{times} requires grad beside a step_penalty: the penalties' steps are taken at fixed "
             "sizes, so no correct gradient reaches the times through them (the regularized models "
-            f"refuse such times too); pass {times}.detach(), or solve twice (the penalty with "
-            "detached times, the outputs with these)"
+            "refuse such times too); pass detached times (t.detach(), or each 0-dim tensor's), or "
+            "solve twice (the penalty with detached times, the outputs with these)"
         )
 
 

@@ -407,6 +407,8 @@ def test_a_physionet_folder_without_records_or_with_a_bad_line_is_a_settings_err
     (tmp_path / "Outcomes-a.txt").write_text("RecordID,SAPS-I,SOFA,Length_of_stay,Survival\n1,6,1,5,-1\n")
     with pytest.raises(SettingsError, match="holds no PhysioNet records"):
         load_physionet(tmp_path)
+    with pytest.raises(SettingsError, match="is not a directory"):  # it read as an empty folder
+        load_physionet(tmp_path / "missing")
     (tmp_path / "set-a" / "1.txt").write_text("Time,Parameter,Value\n00:00,HR,80\n01:00,HR,90\n")
     values, mask = load_physionet(tmp_path)  # the outcomes file skipped
     assert values.shape[0] == 1 and int(mask.sum()) == 2

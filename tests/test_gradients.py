@@ -1539,6 +1539,10 @@ def test_listing_a_tensor_and_what_it_is_computed_from_is_refused(gradient):
     y0 = torch.tensor([0.5, -0.2, 0.1], dtype=DTYPE)
     with pytest.raises(ValueError, match=r"adjoint_params\[1\] is computed from adjoint_params\[0\]"):
         odeint(lambda t, y: -w * y, y0, TIMES, gradient=gradient, adjoint_params=(raw, w))
+    # Named by their positions as given: a frozen tensor listed first shifted them ([1] from [0]).
+    frozen = torch.ones(3, dtype=DTYPE)
+    with pytest.raises(ValueError, match=r"adjoint_params\[2\] is computed from adjoint_params\[1\]"):
+        odeint(lambda t, y: -w * y * frozen, y0, TIMES, gradient=gradient, adjoint_params=(frozen, raw, w))
     ys = odeint(
         lambda t, y: -w * y, y0, TIMES, gradient=gradient, adjoint_params=(w,), rtol=1e-10, atol=1e-12
     ).ys

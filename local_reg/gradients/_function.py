@@ -297,8 +297,9 @@ def refuse_parametrize_cache(owner: torch.nn.Module | None, method: str, name: s
     if during == "solve":
         why = (
             f"its forward solve runs without a graph, so the cache would hold {name}'s parametrized "
-            "weights without one and the parametrization's parameters would get no gradient; solve "
-            "outside cached() (or under torch.no_grad()), or use gradient='direct'"
+            "weights without one and the parametrization's parameters would get no gradient (a plain "
+            "function, which cannot be looked into, is taken to have some); solve outside cached() "
+            "(or under torch.no_grad()), or use gradient='direct'"
         )
     else:
         why = (

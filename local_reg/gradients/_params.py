@@ -59,7 +59,11 @@ def resolve_adjoint_params(
         if p.requires_grad:
             unique.setdefault(id(p), p)
     params = tuple(unique.values())
-    _refuse_derived(params)
+    # Named by their positions in the list as given (before frozen tensors and repeats are dropped).
+    positions: dict[int, int] = {}
+    for index, p in enumerate(candidates):
+        positions.setdefault(id(p), index)
+    _refuse_derived(params, [positions[id(p)] for p in params])
     return params
 
 
@@ -110,9 +114,10 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
         )
 
 
-def _refuse_derived(params: tuple[Tensor, ...]) -> None:
+def _refuse_derived(params: tuple[Tensor, ...], positions: list[int]) -> None:
     """A listed tensor computed from another listed one (``w = raw + 1`` with both listed) would pass
-    its gradient on to the other, which also gets its own: counted twice."""
+    its gradient on to the other, which also gets its own: counted twice. ``positions``: each
+    tensor's index in the list the user gave, for the message."""
     ids = {id(p): index for index, p in enumerate(params)}
     nodes = {p.grad_fn: index for index, p in enumerate(params) if p.grad_fn is not None}
     for index, p in enumerate(params):
@@ -120,8 +125,9 @@ def _refuse_derived(params: tuple[Tensor, ...]) -> None:
         for node in graph_nodes(below):
             other = nodes.get(node, ids.get(id(getattr(node, "variable", None))))
             if other is not None:
+                derived, source = positions[index], positions[other]
                 raise ValueError(
-                    f"adjoint_params[{index}] is computed from adjoint_params[{other}]: list one of them "
+                    f"adjoint_params[{derived}] is computed from adjoint_params[{source}]: list one of them "
                     "(the tensor func uses passes its gradient on to what it is computed from), or the "
                     "gradient is counted twice"
                 )

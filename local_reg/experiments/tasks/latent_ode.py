@@ -159,6 +159,8 @@ def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
     and max over all records. Returns ``values`` and ``mask``, ``(n_records, 48, 37)``. A folder
     without records, or a record line that does not parse, is a :class:`SettingsError` naming it.
     """
+    if not Path(directory).is_dir():
+        raise SettingsError(f"physionet_dir={str(directory)!r} is not a directory")
     files = [path for path in sorted(Path(directory).rglob("*.txt")) if _is_record(path)]
     if not files:
         raise SettingsError(
