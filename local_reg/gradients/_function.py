@@ -677,11 +677,13 @@ def locate_outputs(
     return at_boundary, inside
 
 
-def still_trained(params: Sequence[Tensor]) -> list[int]:
-    """The indices of ``params`` that still require grad at a backward pass: one frozen since the
-    solve (``requires_grad_(False)``, as plain torch allows) gets no gradient, so the backward pass
-    differentiates the others only (torch refuses to differentiate a tensor that requires none)."""
-    return [index for index, p in enumerate(params) if p.requires_grad]
+def still_trained(params: Sequence[Tensor]) -> tuple[list[int], tuple[Tensor, ...]]:
+    """The indices of ``params`` that still require grad at a backward pass, and those tensors: one
+    frozen since the solve (``requires_grad_(False)``, as plain torch allows) gets no gradient, so
+    the backward pass differentiates the others only (torch refuses to differentiate a tensor that
+    requires none)."""
+    indices = [index for index, p in enumerate(params) if p.requires_grad]
+    return indices, tuple(params[index] for index in indices)
 
 
 def scattered(grads: Sequence[Tensor | None], indices: Sequence[int], size: int) -> list[Tensor | None]:
@@ -851,8 +853,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
         solve.check_owner_unchanged()
         refuse_parametrize_cache(solve.owner, ctx.method.name, "func", "backward")
         func, params = solve.func, solve.params
-        trained = still_trained(params)
-        solve.params = tuple(params[index] for index in trained)
+        trained, solve.params = still_trained(params)
         solve.func = CapturedTensorCheck(
             func, solve.params, ctx.method.name, solve.thread, frozen_at_solve=solve.frozen_at_solve
         )

@@ -81,8 +81,7 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
     owner = owning_module(func)
     if torch.is_inference_mode_enabled() or not torch.is_grad_enabled():
         return  # no backward pass will evaluate func again
-    if gradient_method.graph_free:
-        refuse_parametrize_cache(owner, gradient_method.name, name, "solve")
+    refuse_parametrize_cache(owner, gradient_method.name, name, "solve")
     if owner is None:
         return
 

@@ -144,8 +144,7 @@ class CheckpointedSolve:
         stepper = self.stepper
         check_same_parameters(self.owner, self.owner_parameters, "sde")
         refuse_parametrize_cache(self.owner, self.method.name, "sde", "backward")
-        trained = still_trained(self.params)
-        params = tuple(self.params[index] for index in trained)
+        trained, params = still_trained(self.params)
         # The drift and diffusion of the re-run steps, checked for tensors they capture that
         # require grad but are not params (their gradients would silently be none).
         sde = _CheckedCaptures(stepper.sde, params, self.method.name, self.thread, self.frozen_at_solve)
