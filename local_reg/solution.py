@@ -198,11 +198,11 @@ class Solution(Generic[State]):
         return self.layout(states)
 
     def _not_a_tensor(self, *args: object, **kwargs: object) -> NoReturn:
-        # torchdiffeq's odeint returns the states themselves; say where they are.
+        # torchdiffeq's odeint and torchsde's sdeint return the states themselves; say where they are.
         raise TypeError(
-            "local_reg.odeint returns a Solution, not a tensor: the states are solution.ys (the "
-            "statistics solution.stats); for torchdiffeq's return types use `import local_reg.compat "
-            "as torchdiffeq`"
+            "local_reg's odeint and sdeint return a Solution, not a tensor: the states are "
+            "solution.ys (the statistics solution.stats); for torchdiffeq's and torchsde's return "
+            "types use local_reg.compat (`import local_reg.compat as torchdiffeq`)"
         )
 
     __getitem__ = __iter__ = to = _not_a_tensor

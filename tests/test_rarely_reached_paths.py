@@ -141,11 +141,19 @@ def test_controller_safety_outside_unit_interval_is_refused(safety):
 
 
 @pytest.mark.parametrize("use", [lambda s: s[0], lambda s: s + 1], ids=["getitem", "add"])
-def test_solution_used_as_a_tensor_points_to_ys(use):
-    """Indexing or adding to a Solution (torchdiffeq's habit) raises a TypeError naming solution.ys."""
-    solution = odeint(lambda t, y: -y, torch.tensor([1.0], dtype=F64), [0.0, 1.0])
-    with pytest.raises(TypeError, match=r"solution\.ys"):
-        use(solution)
+@pytest.mark.parametrize(
+    "solve",
+    [
+        lambda: odeint(lambda t, y: -y, torch.tensor([1.0], dtype=F64), [0.0, 1.0]),
+        lambda: sdeint(ConstantNoiseSDE(), torch.ones(1, 1, dtype=F64), [0.0, 1.0], step_size=0.5),
+    ],
+    ids=["odeint", "sdeint"],
+)
+def test_solution_used_as_a_tensor_points_to_ys(use, solve):
+    """Indexing or adding to a Solution (torchdiffeq's and torchsde's habit) raises a TypeError
+    naming solution.ys and the compatibility layer, not only odeint's."""
+    with pytest.raises(TypeError, match=r"odeint and sdeint return a Solution.*solution\.ys.*compat"):
+        use(solve())
 
 
 @pytest.mark.parametrize("module", [local_reg.sde, local_reg.regularization], ids=["sde", "regularization"])
