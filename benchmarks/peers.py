@@ -519,6 +519,14 @@ def throughput(args) -> None:
             f"| {(forward_s + backward_s) * 1e3:.1f} | {versus_direct} | {ratio(label, baseline[kind])} "
             f"| {nfe} | {backward_nfe} | {overhead} |"
         )
+    print_skipped_peers()
+
+
+def print_skipped_peers() -> None:
+    """Say which optional peers had no rows because they are not installed."""
+    skipped = [m for m in ("torchdiffeq", "torchode") if importlib.util.find_spec(m) is None]
+    if skipped:
+        print(f"\nnot installed, skipped: {', '.join(skipped)}")
 
 
 def main() -> None:
@@ -591,9 +599,7 @@ def main() -> None:
         plot(rows, title, args.figures / f"peers_{key}.png")
     if diffrax is not None:
         diffrax.close()
-    skipped = [m for m in ("torchdiffeq", "torchode") if importlib.util.find_spec(m) is None]
-    if skipped:
-        print(f"\nnot installed, skipped: {', '.join(skipped)}")
+    print_skipped_peers()
 
 
 if __name__ == "__main__":
