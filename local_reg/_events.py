@@ -72,6 +72,12 @@ a tuple ``y0``); the output is a floating-point tensor of any fixed shape (a 0-d
 event), each of whose entries is an event function."""
 
 
+EVENT_BEYOND_LARGEST_TIME = (
+    "event_fn did not change sign before t reached the largest time the solve represents"
+)
+"""Why a solve until an event failed when its steps grew until the time overflowed (an event that
+never happens on a solution that settles)."""
+
 _MAX_ROOT_ITERATIONS = 400
 """A cap the safeguarded iteration does not reach: a step's bracket is at most ``2 max(|t0|, |t1|)``
 wide and the tolerance ``4 eps max(|t0|, |t1|)``, 51 halvings in float64 at three evaluations per
@@ -313,10 +319,20 @@ def _reroute(
         y_live = y_event + (live_state - y_event).detach()
         crossing = event(live_time, y_live)
         along = _rate_along_solution(event, live_time, y_live, rate, crossing.dtype)
+    # dt_e/dh = -1 / along is beyond the dtype's range for a rate below 1 / max (an event_fn of
+    # subnormal scale): backpropagated into event_fn's graph it would give inf and NaN.
+    at = f"along the solution at the event t={t_event!r}"
     if float(along) == 0.0:
         warn(
-            f"event_fn does not change along the solution at the event t={t_event!r} (a tangential "
-            "crossing): the event time is not differentiable there and gets no gradient"
+            f"event_fn does not change {at} (a tangential crossing): the event time is not "
+            "differentiable there and gets no gradient"
+        )
+        return event_t, y_event, 1
+    if abs(float(along)) * torch.finfo(along.dtype).max < 1.0:
+        warn(
+            f"event_fn changes {at} at the rate {float(along):.3g}, whose inverse (the event time's "
+            f"derivative by event_fn's value) overflows {str(along.dtype).removeprefix('torch.')}: the "
+            "event time gets no gradient; scale event_fn up (its event time stays the same)"
         )
         return event_t, y_event, 1
     # The shift gives the implicit function theorem's first derivatives exactly; its second
@@ -506,7 +522,7 @@ def _solve_until_event(
             # The likeliest cause is an event that never happens, which the loop cannot tell apart.
             reason = f"event_fn did not change sign within max_steps: {error.reason}"
         elif error.reason == STOP_NEVER_HELD:
-            reason = "event_fn did not change sign before t reached the largest time the solve represents"
+            reason = EVENT_BEYOND_LARGEST_TIME
         else:
             raise
         raise SolverError(reason, t=error.t, n_steps=error.n_steps) from None

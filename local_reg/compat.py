@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ._compat_sde import sdeint, sdeint_adjoint
 from ._errors import SolverError, warn
-from ._events import _solve_until_event, direction_time
+from ._events import EVENT_BEYOND_LARGEST_TIME, _solve_until_event, direction_time
 from ._integrate import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, StepCallbacks
 from ._odeint import odeint as _odeint
 from ._step import rms_norm
@@ -550,8 +550,10 @@ def _solve(
         )
     except SolverError as error:
         unreached = error.reason.startswith("event_fn did not change sign within max_steps")
-        if unreached and step_size is None and "max_num_steps" in (options or {}):
-            # torchdiffeq asserts on its options['max_num_steps'] until an event too.
+        limited = unreached and "max_num_steps" in (options or {})
+        if step_size is None and (limited or error.reason == EVENT_BEYOND_LARGEST_TIME):
+            # torchdiffeq asserts on its options['max_num_steps'] until an event too, and where the
+            # steps grow until the time overflows its step size underflows ("underflow in dt").
             raise _SolverAssertion(error.reason, t=error.t, n_steps=error.n_steps) from None
         if step_size is None or not unreached:
             raise

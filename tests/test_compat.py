@@ -604,6 +604,13 @@ def test_max_num_steps_caps_each_output_interval_as_in_torchdiffeq():
             "max_num_steps exceeded before an event",
         ),
         (
+            # The steps of a solution at rest grow until the time overflows: torchdiffeq's dt underflows.
+            lambda f, y0, t: compat.odeint_event(
+                lambda t, y: 0 * y, y0, t[0], event_fn=lambda t, y: y[0, 0] + 5
+            ),
+            "underflow in dt before an event that never happens",
+        ),
+        (
             lambda f, y0, t: compat.odeint(lambda t, y: y * (math.nan if float(t) > 0.5 else -1.0), y0, t),
             "non-finite values in state",
         ),

@@ -566,6 +566,39 @@ def test_subnormal_event_values_are_bisected_not_divided_by_zero():
         assert float(event_t) == pytest.approx(exact, abs=1e-12 if scale >= 1e-300 else 1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_an_event_fn_changing_too_slowly_to_invert_warns_and_gives_no_gradient(dtype):
+    """The event time's derivative by event_fn's value is -1 / (its rate along the solution): a
+    rate below 1 / max gave an inf and a NaN gradient silently. Above that the gradient is exact,
+    however small the scale."""
+    fall = math.sqrt(10 / 9.81)  # from rest through 5: t = sqrt(10 / g)
+    exact = torch.tensor([1 / (9.81 * fall), 1 / 9.81, -fall / (2 * 9.81)], dtype=dtype)
+    tiny, overflowing = (1e-306, 1e-310) if dtype == torch.float64 else (1e-37, 1e-40)
+
+    def event_time(scale):
+        y0 = torch.tensor([10.0, 0.0], dtype=dtype, requires_grad=True)
+        gravity = torch.tensor(9.81, dtype=dtype, requires_grad=True)
+        event_t, _ = odeint_event(
+            lambda t, y: torch.stack([y[1], -gravity * torch.ones_like(y[1])]),
+            y0,
+            0.0,
+            event_fn=lambda t, y: (y[0] - 5.0) * scale,
+            adjoint_params=(gravity,),
+            **(TIGHT if dtype == torch.float64 else {}),
+        )
+        return event_t, y0, gravity
+
+    for scale in (1.0, tiny):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            event_t, y0, gravity = event_time(scale)
+        grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(event_t, [y0, gravity])])
+        torch.testing.assert_close(grad, exact, rtol=1e-3 if dtype == torch.float32 else 1e-7, atol=0)
+    with pytest.warns(UserWarning, match=r"at the rate -\S+, whose inverse .* overflows (float64|float32)"):
+        event_t, _, _ = event_time(overflowing)
+    assert float(event_t) == pytest.approx(fall, rel=1e-5) and not event_t.requires_grad
+
+
 # --- local_reg.compat against torchdiffeq 0.2.5 -------------------------------------------------
 
 torchdiffeq = pytest.importorskip("torchdiffeq")
