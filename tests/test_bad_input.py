@@ -1227,8 +1227,13 @@ def test_torchdiffeq_backend_follows_the_error_contract():
         ({"max_num_steps": 0}, "max_num_steps"),
         ({"safety": 0.0}, "safety"),
         ({"dfactor": -0.2}, "dfactor"),
+        # Where a rejected step need not shrink, torchdiffeq retried it without end (a hang).
+        ({"safety": 1.5}, "safety"),
+        ({"dfactor": 2.0}, "dfactor"),
+        ({"dfactor": 1.0}, "dfactor"),
+        ({"safety": None}, "safety"),
     ):
-        with pytest.raises(ValueError, match=rf"options\['{name}'\] must be"):
+        with pytest.raises((ValueError, TypeError), match=rf"options\['{name}'\] must be"):
             LocallyRegularized(decay, backend="torchdiffeq", options=options)
     with pytest.raises(ValueError, match=r"options\['step_size'\] must be"):
         LocallyRegularized(decay, backend="torchdiffeq", method="rk4", options={"step_size": 0.0})

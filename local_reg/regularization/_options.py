@@ -230,9 +230,19 @@ def check_ode_settings(
     name = check_choice("method", ode_method(backend, method), sorted(SOLVERS))
     options = check_option_keys(options, solver_option_names(False, backend, name), backend)
     # The values torchdiffeq would refuse (or misuse) only at the first call.
-    for key in ("first_step", "step_size", "safety", "ifactor", "dfactor"):
-        if options.get(key) is not None:
-            positive_float(f"options[{key!r}]", options[key])
+    given = {
+        key: positive_float(f"options[{key!r}]", options[key])
+        for key in ("first_step", "step_size", "safety", "ifactor", "dfactor")
+        if key in options and (options[key] is not None or key not in ("first_step", "step_size"))
+    }
+    # Beyond these a rejected step need not shrink: torchdiffeq tries it again, for ever (its step
+    # limit is 2**31 - 1 attempts). Its other factors are its own (an ifactor below 1 underflows).
+    for key, bound in (("safety", "at most 1"), ("dfactor", "below 1")):
+        if key in given and not (given[key] <= 1.0 if key == "safety" else given[key] < 1.0):
+            raise ValueError(
+                f"options[{key!r}] must be {bound}, got {given[key]}: torchdiffeq's rejected steps "
+                "would not shrink, and its solve would try them again without end"
+            )
     torchdiffeq_bounds(options)  # the step bounds and landing times the probe keeps to
     steps = options.get("max_num_steps", 1)
     # torchdiffeq reads it into an int32 tensor: a whole float is taken, beyond int32 is not.
