@@ -35,13 +35,15 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
 
 class SolverError(RuntimeError):
     """The solver could not continue: a non-finite state or derivative, a step size that underflowed,
-    or more steps than ``max_steps``. The message names the time ``t`` and the step count."""
+    or more steps than ``max_steps``. The message names the time ``t`` and the step count
+    (``n_steps``: ``None`` where a peer backend's solve failed without reporting its steps)."""
 
-    def __init__(self, reason: str, *, t: float, n_steps: int) -> None:
+    def __init__(self, reason: str, *, t: float, n_steps: int | None) -> None:
         self.reason = reason
         self.t = t
         self.n_steps = n_steps
-        super().__init__(f"{reason} at t={t!r} after {n_steps} steps")
+        after = "" if n_steps is None else f" after {n_steps} steps"
+        super().__init__(f"{reason} at t={t!r}{after}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Exceptions pickle as type(self)(*args) by default, which the keyword-only t and n_steps
@@ -49,5 +51,5 @@ class SolverError(RuntimeError):
         return _rebuild, (type(self), self.reason, self.t, self.n_steps), self.__dict__
 
 
-def _rebuild(cls: type[SolverError], reason: str, t: float, n_steps: int) -> SolverError:
+def _rebuild(cls: type[SolverError], reason: str, t: float, n_steps: int | None) -> SolverError:
     return cls(reason, t=t, n_steps=n_steps)

@@ -1196,6 +1196,34 @@ def test_a_model_on_a_peer_backend_pickles_after_training(backend):
     assert copy.stats.nfe_backward > 0 and model.stats.nfe_backward > 0
 
 
+class CubicDriftSDE(torch.nn.Module):
+    """dy = y^3 dt + 0.1 dW: from y = 2 the drift blows up at t = 1/8."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def f(self, t, y):
+        return y**3
+
+    def g(self, t, y):
+        return 0.1 * torch.ones_like(y)
+
+
+def test_torchsde_backend_follows_the_error_contract():
+    """torchsde's failures are asserts: a bare AssertionError left the model where the local_reg
+    backend, and the torchdiffeq one, give a SolverError naming t."""
+    pytest.importorskip("torchsde")
+    model = Regularized(CubicDriftSDE(), backend="torchsde").eval()
+    with pytest.raises(
+        SolverError, match=r"^torchsde: .*evaluations of the drift and diffusion\) at t="
+    ) as blowup:
+        model(torch.full((3, 2), 2.0), torch.linspace(0, 2, 3))
+    assert 0.0 < blowup.value.t < 0.2 and blowup.value.n_steps is None
+    # An empty batch, which the local_reg backend solves, is named as the cause.
+    with pytest.raises(SolverError, match=r"y0 has no elements.*backend='local_reg'"):
+        model(torch.ones(0, 2), torch.linspace(0, 2, 3))
+    assert Regularized(CubicDriftSDE()).eval()(torch.ones(0, 2), torch.linspace(0, 2, 3)).shape == (3, 0, 2)
+
+
 def test_torchdiffeq_backend_follows_the_error_contract():
     model = LocallyRegularized(decay, backend="torchdiffeq")
     with pytest.raises(ValueError, match="y0 must be finite"):
@@ -1217,6 +1245,8 @@ def test_torchdiffeq_backend_follows_the_error_contract():
             torch.ones(1, dtype=torch.float64), [0, 2]
         )
     assert blowup.value.n_steps > 10 and plain.value.n_steps > 10
+    with pytest.raises(SolverError, match=r"y0 has no elements.*backend='local_reg'"):
+        LocallyRegularized(decay, backend="torchdiffeq").eval()(torch.ones(0, 2), [0.0, 1.0])
     with pytest.raises(ValueError, match=r"options: unknown keys \['bogus'\]"):
         LocallyRegularized(decay, backend="torchdiffeq", options={"bogus": 1})
     with pytest.raises(ValueError, match="unknown method 'tsit5'"):
@@ -2513,6 +2543,16 @@ def test_a_repeated_time_is_named():
     ]:
         with pytest.raises(ValueError, match=match):
             sdeint(DiagonalSDE(), torch.ones(1, 2), t)
+
+
+@pytest.mark.parametrize("t", [1.0, 3, None, np.float64(1.0)], ids=["float", "int", "None", "numpy scalar"])
+def test_a_locally_regularized_training_call_names_a_t_that_is_no_sequence_of_times(t):
+    """Training mode counted t's times before t was checked: "object of type 'float' has no len()"
+    where eval() mode and every other model name t."""
+    net = torch.nn.Linear(2, 2)
+    model = LocallyRegularized(lambda t, y: net(y), adjoint_params=net.parameters())
+    with pytest.raises(TypeError, match=r"^t must be a 1-D tensor, numpy array or sequence of floats, got"):
+        model(torch.randn(4, 2), t)
 
 
 def test_compat_fixed_grids_check_t_and_refuse_a_grid_past_torchdiffeqs_step_limit():

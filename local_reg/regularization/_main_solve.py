@@ -14,6 +14,12 @@ from torch import Tensor
 from .._validate import generator_device
 from ..solution import Solution, Stats
 
+EMPTY_STATE = (
+    "y0 has no elements, whose error norm {backend} reads as NaN: skip the empty batch, or solve "
+    "with backend='local_reg' (which returns it)"
+)
+"""What a peer backend's failure adds for an empty state (its adaptive solve cannot take one)."""
+
 
 @dataclass(frozen=True)
 class Request:

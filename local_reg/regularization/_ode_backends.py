@@ -19,7 +19,7 @@ from .._errors import SolverError
 from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
 from ..solution import Stats
-from ._main_solve import BackwardCounter, MainSolve, Request
+from ._main_solve import EMPTY_STATE, BackwardCounter, MainSolve, Request
 from ._options import ode_method
 
 BACKENDS = ("local_reg", "torchdiffeq")
@@ -220,6 +220,8 @@ def solve_main(
         # torchdiffeq reports a failed solve (underflow in dt, max_num_steps exceeded, a non-finite
         # state) with assert: the library's contract is SolverError.
         reason = f"torchdiffeq: {error} (after {field.calls} evaluations of func)"
+        if y0.numel() == 0:
+            reason += f"; {EMPTY_STATE.format(backend='torchdiffeq')}"
         t_failed = math.nan if field.last_t is None else float(field.last_t.detach())
         raise SolverError(reason, t=t_failed, n_steps=field.accepted) from error
     finally:

@@ -10,17 +10,19 @@ need the ``local_reg`` backend.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .._errors import SolverError
 from .._validate import check_choice, times_as_given
 from ..gradients import BacksolveAdjoint, Checkpoint, Direct, GradientMethod, as_gradient_method
 from ..sde import sdeint
 from ..sde._sdeint import sde_gradient
 from ..solution import Stats
-from ._main_solve import BackwardCounter, MainSolve, Request
+from ._main_solve import EMPTY_STATE, BackwardCounter, MainSolve, Request
 
 BACKENDS = ("local_reg", "torchsde")
 GRADIENTS = {"local_reg": ("direct", "checkpoint"), "torchsde": ("direct", "adjoint")}
@@ -55,6 +57,7 @@ class CountingSDE(nn.Module):
         self.sde_type = getattr(sde, "sde_type", "ito")
         self.drift_calls = 0
         self.diffusion_calls = 0
+        self.last_t: Tensor | None = None
 
     @property
     def calls(self) -> int:
@@ -62,6 +65,7 @@ class CountingSDE(nn.Module):
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         self.drift_calls += 1
+        self.last_t = t
         return self.sde.f(t, y)
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
@@ -115,7 +119,16 @@ def solve_main(
     options.setdefault("dt", (times[-1] - times[0]) / 20)
     is_adjoint = isinstance(gradient, BacksolveAdjoint)
     solve = torchsde.sdeint_adjoint if is_adjoint else torchsde.sdeint
-    ys = solve(counting, y0, ts, bm=bm, method=method, rtol=rtol, atol=atol, **options)
+    try:
+        ys = solve(counting, y0, ts, bm=bm, method=method, rtol=rtol, atol=atol, **options)
+    except AssertionError as error:
+        # torchsde reports a failed solve (NaNs in its error estimate) with assert, and no step
+        # count: the library's contract is SolverError.
+        reason = f"torchsde: {error} (after {counting.calls} evaluations of the drift and diffusion)"
+        if y0.numel() == 0:
+            reason += f"; {EMPTY_STATE.format(backend='torchsde')}"
+        t_failed = math.nan if counting.last_t is None else float(counting.last_t.detach())
+        raise SolverError(reason, t=t_failed, n_steps=None) from error
     stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
     counter = BackwardCounter(counting, counting.calls, is_adjoint)
     return MainSolve(ys=ys, stats=stats, backward_counter=counter)

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .._errors import warn
 from .._tuple import owning_module
-from .._validate import transformed
+from .._validate import finite_times, transformed
 from ..gradients._params import adjoint_params_tuple
 from ..sde.problem import is_sde
 from ..solution import State
@@ -362,7 +362,7 @@ class LocallyRegularized(Regularized):
             # at its end, or along the flow (where the data fix the field and a held pull would cost
             # fit); an evaluation call in between (eval() or no_grad) must not change the measurement the
             # last one opened.
-            interior = (t.numel() if isinstance(t, Tensor) else len(t)) > 2
+            interior = len(finite_times("t", t)) > 2  # refuses a t that is no sequence of times, by name
             before = (default_weight.target_ratio, default_weight.floor, default_weight.max_rise)
             # As the last measuring pass found them read; that pass judges again when one opens.
             _follow_the_reading(default_weight, interior and self._read_inside[1])
