@@ -70,7 +70,7 @@ from ..interpolants import get_interpolant
 from ..solution import Stats, Steps
 from ..tableaus import ButcherTableau, get_tableau
 from ._checkpoints import StepStates, replay_steps
-from ._finite import all_finite
+from ._finite import all_finite, raise_non_finite_gradient
 from ._function import (
     CountingField,
     ForwardSolve,
@@ -194,7 +194,15 @@ class AdjointStepper(RKStepper):
         self, t0: float, y0: Tensor, stats: Stats
     ) -> tuple[Tensor, int]:
         self.next_row = 0
-        return super().begin(t0, y0, stats), 0
+        try:
+            k1 = super().begin(t0, y0, stats)
+        except SolverError:
+            # f was finite there in the forward solve: -a^T df/dy is what is not.
+            raise_non_finite_gradient(t0, 0)
+        if self.norm_includes_parameters and not bool(torch.isfinite(self.rates[0]).all()):
+            # -a^T df/dtheta, which the default norm reads: every step size would be NaN.
+            raise_non_finite_gradient(t0, 0)
+        return k1, 0
 
     def initial_step_size(  # type: ignore[override]  # the carry is (k1, row)
         self,
