@@ -44,6 +44,7 @@ from ._validate import (
     check_bool,
     checked_norm,
     compile_options,
+    finite_float,
     longest_step,
     non_negative_float,
     per_element_tolerance,
@@ -727,6 +728,7 @@ def integrate(
                     )
                 )
                 if t_stop is not None:
+                    t_stop = finite_float("the time callbacks.stop returned", t_stop)
                     if not (direction * (t_stop - t) > 0 and direction * (t_stop - t_next) <= 0):
                         raise ValueError(
                             f"callbacks.stop returned t={t_stop!r}, outside the step ({t}, {t_next}]"

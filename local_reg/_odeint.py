@@ -115,7 +115,10 @@ def _legacy_gradient(
         gradient = type(gradient)(checkpoints)
     if given:
         if not isinstance(gradient, BacksolveAdjoint):
-            raise ValueError(f"{', '.join(given)} only apply to gradient='adjoint', not {gradient.name!r}")
+            raise ValueError(
+                f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to gradient='adjoint', "
+                f"not {gradient.name!r}"
+            )
         if not isinstance(adjoint_options, (dict, type(None))):
             raise TypeError(f"adjoint_options must be a dict, got {type(adjoint_options).__name__}")
         options = dict(adjoint_options or {})

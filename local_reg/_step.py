@@ -603,7 +603,8 @@ def initial_step_size(
                     f"over it is {d0}): raise atol, or rescale time or the state"
                 )
             raise ValueError(
-                f"norm must return a finite non-negative number for a finite input, got {d0} and {d1}"
+                f"norm must return a finite non-negative number for a finite input, got {d0} for y0 and "
+                f"{d1} for f(t0, y0) (each over the tolerance scale)"
             )
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         if t_end is not None and t_end != t0:

@@ -45,6 +45,7 @@ from ._validate import (
     positive_float,
     positive_int,
     time_direction,
+    type_name,
     validate_state,
     validate_times,
 )
@@ -973,10 +974,15 @@ def odeint_event(
     :func:`local_reg.odeint_event`), w.r.t. ``y0``, the parameters and ``t0``.
     """
     if odeint_interface is not odeint and odeint_interface is not odeint_adjoint:
-        given = getattr(odeint_interface, "__qualname__", odeint_interface)
-        raise ValueError(
-            "odeint_interface must be local_reg.compat.odeint or local_reg.compat.odeint_adjoint, got "
-            f"{getattr(odeint_interface, '__module__', '?')}.{given}"
+        # A function is named by where it lives (torchdiffeq.odeint), anything else by its type.
+        given = (
+            f"{odeint_interface.__module__}.{odeint_interface.__qualname__}"
+            if callable(odeint_interface) and hasattr(odeint_interface, "__qualname__")
+            else f"an object of type {type_name(odeint_interface)}"
+        )
+        raise (ValueError if callable(odeint_interface) else TypeError)(
+            "odeint_interface must be local_reg.compat.odeint or local_reg.compat.odeint_adjoint, "
+            f"got {given}"
         )
     given_tensor = isinstance(t0, Tensor)
     if isinstance(t0, (list, tuple, np.ndarray, np.generic)):  # [t0], a 0-d array: torchdiffeq's too

@@ -2252,6 +2252,21 @@ def test_sde_step_checks_its_noise_type_step_and_increment():
             sde_step(DiagonalSDE(), "diagonal", 0.0, y, 0.1, torch.ones(3, 2), **tolerances)
         with pytest.raises((TypeError, ValueError), match=match):
             sde_initial_step_size(DiagonalSDE(), "diagonal", 0.0, y, y, y, **tolerances)
+    # A given f0 or g0 that is not finite (a NaN step size, or one of 5e-320 for an infinite g0),
+    # as odeint's step and initial step refuse theirs; flags that are not bools (a truthy string
+    # estimated the error with estimate_error="no").
+    for bad in (math.nan, math.inf):
+        for name in ("f0", "g0"):
+            given = {"f0": y, "g0": y, name: torch.full_like(y, bad)}
+            with pytest.raises(ValueError, match=f"^{name} is not finite$"):
+                sde_initial_step_size(DiagonalSDE(), "diagonal", 0.0, y, given["f0"], given["g0"], **step)
+            with pytest.raises(ValueError, match=f"^{name} is not finite$"):
+                sde_step(
+                    DiagonalSDE(), "diagonal", 0.0, y, 0.1, torch.ones(3, 2), **step, **{name: given[name]}
+                )
+    for flag in ("estimate_error", "milstein"):
+        with pytest.raises(TypeError, match=f"^{flag} must be a bool, got str"):
+            sde_step(DiagonalSDE(), "diagonal", 0.0, y, 0.1, torch.ones(3, 2), **step, **{flag: "no"})
 
 
 def test_a_field_class_in_place_of_an_instance_is_named():

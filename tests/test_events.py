@@ -718,6 +718,9 @@ def test_compat_event_errors():
         compat.odeint_event(
             func, y0, torch.tensor(0.0), event_fn=spiral_event, odeint_interface=local_reg.odeint
         )
+    # Not a function at all: its type (it read "got ?.5").
+    with pytest.raises(TypeError, match=r"compat\.odeint_adjoint, got an object of type int$"):
+        compat.odeint_event(func, y0, torch.tensor(0.0), event_fn=spiral_event, odeint_interface=5)
 
 
 def test_y0_changed_in_place_before_the_backward_pass_is_refused():

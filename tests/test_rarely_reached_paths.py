@@ -314,6 +314,27 @@ def test_stop_returning_a_time_outside_the_step_is_refused(outside):
         odeint(lambda t, y: -y, torch.tensor([1.0], dtype=F64), [0.0, 1.0], callbacks=callbacks)
 
 
+@pytest.mark.parametrize(
+    ("returned", "error", "match"),
+    [
+        (lambda t1: torch.tensor([t1, t1]), TypeError, r"tensor of shape \(2,\)"),
+        (lambda t1: "t1", TypeError, "got str"),
+        (lambda t1: math.nan, ValueError, "finite, got nan"),
+    ],
+    ids=["two-element tensor", "str", "nan"],
+)
+def test_stop_returning_no_time_is_named(returned, error, match):
+    """What stop returns is a time: a tensor of two reached torch's "Boolean value of Tensor with
+    more than one value is ambiguous", a string Python's "unsupported operand type(s)"."""
+    callbacks = StepCallbacks(stop=lambda t0, t1, y, dense: returned(t1))
+    with pytest.raises(error, match=f"the time callbacks.stop returned must be .*{match}"):
+        odeint(lambda t, y: -y, torch.tensor([1.0], dtype=F64), [0.0, 1.0], callbacks=callbacks)
+    # A 0-dim tensor is a time, as everywhere times are taken.
+    callbacks = StepCallbacks(stop=lambda t0, t1, y, dense: torch.tensor(t1, dtype=F64))
+    solution = odeint(lambda t, y: -y, torch.tensor([1.0], dtype=F64), [0.0, 1.0], callbacks=callbacks)
+    assert solution.steps.stop_time == float(solution.ts[-1])
+
+
 def test_builtin_without_signature_as_vector_field():
     """torch.add (no inspectable signature) as func: y' = t + y, y(0) = 1 gives y(1) = 2e - 2."""
     model = Regularized(torch.add, rtol=1e-9, atol=1e-12)

@@ -98,6 +98,33 @@ def test_ratio_and_weight_against_separately_computed_gradients():
     assert model.weight.backward(loss, model.reg_loss, params) == pytest.approx(0.3, rel=1e-8)
 
 
+def test_weight_backward_measures_its_own_pass_over_accumulated_gradients():
+    """``weight.backward`` took ``.grad`` less the penalty's gradient as the task's: with an earlier
+    micro-batch's gradients in ``.grad`` it measured 0.25 where the pass's ratio was 0.47."""
+    model = _model(RatioWeight(0.3, beta=0.0, initial=0.01))
+    params = list(model.parameters())
+    model.zero_grad(set_to_none=True)
+    _task_loss(model(_y0(), T)).backward()  # an earlier micro-batch, without the penalty
+    model.generator.manual_seed(1)
+    loss = _task_loss(model(_y0() * 0.5, T))
+    penalty_norm = _norm(torch.autograd.grad(model.reg_loss, params, retain_graph=True, allow_unused=True))
+    task_norm = _norm(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True))
+    assert model.weight.backward(loss, model.reg_loss, params) == pytest.approx(
+        penalty_norm / task_norm, rel=1e-10
+    )
+    # The micro-batch's gradients were still accumulated into .grad.
+    assert all(p.grad is not None for p in params)
+
+
+def test_weight_backward_names_a_task_loss_of_several_values():
+    model = _model(RatioWeight(0.3))
+    ys = model(_y0(), T)
+    with pytest.raises(
+        ValueError, match=r"^task_loss must be one value \(a 0-dim tensor\), got shape \(4, 3\)"
+    ):
+        model.weight.backward((ys[-1] - 0.5).pow(2), model.reg_loss, model.parameters())
+
+
 @pytest.mark.parametrize("initial, direction", [(1e-5, 1), (10.0, -1)])
 def test_weight_moves_the_ratio_toward_the_target_from_either_side(initial, direction):
     target = 0.2

@@ -1205,7 +1205,8 @@ def test_the_torchdiffeq_backend_takes_a_backsolve_adjoint_of_another_method():
         ("direct", {"checkpoints": 4}, "checkpoints only applies"),
         ("adjoint", {"adjoint_method": "nosuch"}, "unknown method 'nosuch'"),
         ("adjoint", {"adjoint_options": {"bogus": 1}}, r"adjoint_options: unknown keys \['bogus'\]"),
-        ("symplectic", {"adjoint_rtol": 1e-8}, "only apply to gradient='adjoint'"),
+        ("symplectic", {"adjoint_rtol": 1e-8}, "^adjoint_rtol applies only to gradient='adjoint'"),
+        ("symplectic", {"adjoint_rtol": 1e-8, "adjoint_atol": 1e-8}, "adjoint_atol apply only to"),
         (local_reg.BacksolveAdjoint(method="rk4"), {}, "BacksolveAdjoint method 'rk4' is fixed-step"),
     ],
 )

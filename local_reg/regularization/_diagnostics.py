@@ -46,17 +46,18 @@ class GradientRatio:
 
     ``after_backward`` reads the parameters' ``.grad`` (so call it before ``optimizer.step()``
     and before the gradients are cleared; the backward pass must be of ``task_loss + reg_loss``
-    itself, unscaled, on cleared gradients: ``.grad`` less the penalty's gradient is taken as the
-    task's, and :class:`RatioWeight` with ``parameters`` measures scaled or accumulated passes
-    instead); it returns ``nan`` if nothing was measured and ``inf``
-    when the task's gradient is zero. It also leaves the two norms it divided in ``penalty_norm``
-    and ``task_norm`` (``nan`` when nothing was measured), which
+    itself, unscaled: what it adds to ``.grad`` (gradients accumulated before ``before_backward``
+    are left out), less the penalty's gradient, is taken as the task's, and :class:`RatioWeight`
+    with ``parameters`` measures scaled passes instead); it returns ``nan`` if nothing was
+    measured and ``inf`` when the task's gradient is zero. It also leaves the two norms it divided
+    in ``penalty_norm`` and ``task_norm`` (``nan`` when nothing was measured), which
     :class:`local_reg.regularization.RatioWeight` averages.
     """
 
     def __init__(self, parameters: Iterable[Tensor]) -> None:
         self.parameters = trained_parameters(parameters)
         self._penalty_grads: list[Tensor | None] | None = None
+        self._grads_before: list[Tensor | None] = []
         self.penalty_norm = self.task_norm = math.nan
 
     def before_backward(self, reg_loss: Tensor) -> None:
@@ -70,20 +71,26 @@ class GradientRatio:
         self._penalty_grads = list(
             torch.autograd.grad(reg_loss, self.parameters, retain_graph=True, allow_unused=True)
         )
+        # Micro-batches accumulate into .grad: the pass measured is what the backward adds.
+        self._grads_before = [None if p.grad is None else p.grad.detach().clone() for p in self.parameters]
 
     def after_backward(self) -> float:
         self.penalty_norm = self.task_norm = math.nan
         if self._penalty_grads is None:
             return math.nan
         penalty_sq = task_sq = 0.0
-        for parameter, penalty in zip(self.parameters, self._penalty_grads, strict=True):
+        for parameter, penalty, before in zip(
+            self.parameters, self._penalty_grads, self._grads_before, strict=True
+        ):
             total = parameter.grad
+            if total is not None and before is not None:
+                total = total - before
             if penalty is not None:
                 penalty_sq += float(penalty.pow(2).sum())
             if total is not None:
                 task = total if penalty is None else total - penalty
                 task_sq += float(task.pow(2).sum())
-        self._penalty_grads = None
+        self._penalty_grads, self._grads_before = None, []
         self.penalty_norm, self.task_norm = math.sqrt(penalty_sq), math.sqrt(task_sq)
         if task_sq == 0.0:
             return math.inf if penalty_sq > 0 else math.nan

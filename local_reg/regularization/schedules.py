@@ -113,7 +113,8 @@ class WeightSchedule:
         if not isinstance(state, Mapping) or "iteration" not in state:
             got = f"keys {sorted(state)}" if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(
-                f"state must be a {type(self).__name__}.state_dict() (a dict with 'iteration'), got {got}"
+                f"state must be the state_dict() of a {type(self).__name__} (a dict with 'iteration'), "
+                f"got {got}"
             )
         try:
             iteration = non_negative_int("iteration", state["iteration"])  # numpy's integers too
@@ -750,7 +751,12 @@ class RatioWeight(_SelfTuningWeight):
 
     def backward(self, task_loss: Tensor, reg_loss: Tensor, parameters: Iterable[Tensor]) -> float:
         """``(task_loss + reg_loss).backward()``, measuring both gradients over ``parameters`` when
-        :attr:`due`; returns the measured ratio (``nan`` when not measured)."""
+        :attr:`due`; returns the measured ratio (``nan`` when not measured). Gradients already
+        in ``.grad`` (earlier micro-batches) are left out of the measurement."""
+        if isinstance(task_loss, Tensor) and task_loss.numel() != 1:
+            raise ValueError(
+                f"task_loss must be one value (a 0-dim tensor), got shape {tuple(task_loss.shape)}"
+            )
         if not self.due:
             (task_loss + reg_loss).backward()
             return math.nan

@@ -76,6 +76,7 @@ from .._errors import SolverError
 from .._step import error_scale, min_step_size, rms_norm, stage_time_values, time_tensor
 from .._stepper import Stepper
 from .._validate import (
+    check_bool,
     check_choice,
     check_output,
     finite_float,
@@ -155,11 +156,13 @@ def sde_step(
             that requires grad (it is taken as a number), ``y`` not a float32/float64 tensor of
             shape ``(batch, d)``, a ``dt`` that is not positive and finite, tolerances that are not,
             ``f0``/``g0`` (given or returned by ``sde``) not of the shapes ``noise_type`` implies or
-            not of ``y``'s dtype and device, and a ``dw`` not of shape ``(batch, m)`` (one
-            increment per row, not one broadcast over the batch).
+            not of ``y``'s dtype and device, or given and not finite, a ``dw`` not of shape
+            ``(batch, m)`` (one increment per row, not one broadcast over the batch), and an
+            ``estimate_error`` or ``milstein`` that is not a bool.
     """
     sde, t, y = _checked_arguments(sde, noise_type, ("t", t), ("y", y), f0, g0)
     dt = positive_float("dt", dt)
+    estimate_error, milstein = check_bool("estimate_error", estimate_error), check_bool("milstein", milstein)
     rtol, atol = step_tolerances(rtol, atol, y.dtype)
     nfe_diffusion = 0
     if g0 is None:  # the increment's shape depends on it (additive noise: its last dimension)
@@ -327,6 +330,10 @@ def _checked_arguments(
         shape = g0.shape if isinstance(g0, Tensor) else None
         check_output("g0", g0, state, shape=shape, returned=False, like_name=y_name)
         check_diffusion_shape(noise_type, state, cast(Tensor, g0), name="g0", state_name=y_name)
+    for name, given in (("f0", f0), ("g0", g0)):
+        # As odeint's step and initial step: a NaN here would be a NaN step size or state.
+        if given is not None and not bool(torch.isfinite(cast(Tensor, given)).all()):
+            raise ValueError(f"{name} is not finite")
     return CheckedSDE(sde, noise_type), time, state
 
 
