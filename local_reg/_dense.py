@@ -71,7 +71,8 @@ class DenseOutput:
         ends = (self.t[0], self.t_end) if self.t else (self.t0,)
         rounded = {float(torch.tensor(end, dtype=dtype)): end for end in ends}
         if not outside_only:
-            return [rounded.get(v, v) for v in values]
+            # An end itself stays: in a span shorter than the dtype's ulp both ends round alike.
+            return [v if v in ends else rounded.get(v, v) for v in values]
         low, high = min(ends), max(ends)
         as_dtype = host_list(torch.tensor(values, dtype=dtype))
         return [v if low <= v <= high else rounded.get(r, v) for v, r in zip(values, as_dtype, strict=True)]

@@ -30,7 +30,6 @@ from ._step import (
     VectorField,
     beside_jump,
     jump_ends,
-    min_step_size,
     rms_norm,
     too_close_to_step,
     trial_end,
@@ -401,6 +400,11 @@ def next_step_size(
                 "close cannot each end a step (merge them; an adaptive method interpolates them "
                 "without step_to_outputs)"
             )
+        elif max_step is not None and dt_used >= max_step:
+            reason += (
+                f": max_step={max_step:g} is within a few ulps of t, the least step that moves it "
+                "(raise max_step, or shift the times nearer 0)"
+            )
         raise SolverError(reason, t=t, n_steps=n_steps)
     return dt_used, lands
 
@@ -574,8 +578,10 @@ def integrate(
     callbacks = options.callbacks
     if adaptive:
         if options.first_step is not None:
-            # A first step below the loop's underflow threshold starts at it (and grows from there).
-            dt_abs = max(abs(options.first_step), min_step_size(times[0]))
+            # The step asked for, unless the loop could not take it (within its underflow threshold
+            # of t0): then twice that threshold, from which it grows.
+            threshold = underflow_threshold(times[0], abs(options.first_step))
+            dt_abs = abs(options.first_step) if abs(options.first_step) > threshold else 2 * threshold
         else:
             trial_bound = trial_end(t, times[-1], field_time_dtype, options.controller.jump_ts)
             dt_abs = stepper.initial_step_size(t, y0, carry, direction, stats, t_end=trial_bound)

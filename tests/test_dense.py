@@ -591,6 +591,16 @@ def test_a_float_at_a_float32_span_end_is_that_end(span):
     )
 
 
+def test_a_float32_query_at_the_start_of_a_span_shorter_than_its_ulp_is_the_start():
+    """Both ends of [1000, 1000.00001] round to float32's 1000.0: the rounded start was mapped to
+    the end, so a float32 query at exactly t0 returned y(t1)."""
+    t = torch.tensor([1000.0, 1000.00001], dtype=torch.float64)
+    solution = odeint(lambda t, y: -1e5 * y, torch.ones(1, dtype=torch.float64), t, dense=True)
+    for query in (1000.0, torch.tensor(1000.0), np.float32(1000.0)):
+        assert float(solution.evaluate(query)) == 1.0
+    assert float(solution.evaluate(t[1])) == pytest.approx(math.exp(-1.0), rel=1e-5)
+
+
 @pytest.mark.parametrize("name", list(TABLEAUS))
 def test_interpolant_derivative_weights_are_the_derivatives_of_its_weights(name):
     # Against central differences of the weights themselves (a polynomial of degree <= 8 in theta):

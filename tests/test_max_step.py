@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from local_reg import LocallyRegularized, PIController, odeint, sdeint
+from local_reg import LocallyRegularized, PIController, SolverError, odeint, sdeint
 from local_reg._integrate import next_step_size
 from local_reg.regularization import _sampling
 from tests.problems import DecaySDE
@@ -136,6 +136,25 @@ def test_a_bound_of_a_few_ulps_lands_past_it_by_less_than_the_smallest_step(t, m
             assert remainder_ulps <= 4 and dt_used == pytest.approx(remaining, abs=2 * ulp)
         else:
             assert remainder_ulps > 4 and dt_used == max_step
+
+
+@pytest.mark.parametrize("solve", ["odeint", "sdeint"])
+def test_a_max_step_below_the_times_resolution_is_named_as_the_cause(solve):
+    """At t = 1e9 a step must move t by more than 4 ulps (5e-7): a max_step of 3e-7 gave a bare
+    "step size underflow" after 0 steps, which reads as a problem of the dynamics."""
+    controller = PIController(max_step=3e-7)
+    t = torch.tensor([1e9, 1e9 + 1e-4], dtype=torch.float64)
+    match = r"step size underflow \(dt=3\.000e-07\): max_step=3e-07 is within a few ulps of t"
+    with pytest.raises(SolverError, match=match):
+        if solve == "odeint":
+            odeint(lambda t, y: -y, torch.ones(1, dtype=torch.float64), t, controller=controller)
+        else:
+            sdeint(DecaySDE(), torch.ones(2, 1, dtype=torch.float64), t, controller=controller)
+    # One a step can take from there is kept to, up to the rounding of t + dt.
+    solution = odeint(
+        lambda t, y: -y, torch.ones(1, dtype=torch.float64), t, controller=PIController(max_step=2e-5)
+    )
+    assert max(solution.steps.dt.tolist()) <= 2e-5 + math.ulp(1e9)
 
 
 def test_the_backsolve_adjoints_backward_solve_is_bounded_too():

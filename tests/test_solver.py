@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import local_reg._step
 import local_reg.tableaus
-from local_reg import TABLEAUS, SolverError, get_tableau, odeint, step
+from local_reg import TABLEAUS, SolverError, StepCallbacks, get_tableau, odeint, step
 from local_reg.tableaus import ButcherTableau
 from tests.problems import CountingField, lotka_volterra, scipy_reference, van_der_pol
 
@@ -575,7 +575,6 @@ def test_any_time_grid_is_hit_and_accurate(gaps, start, backward):
 @pytest.mark.parametrize("method", [m for m, t in TABLEAUS.items() if t.error_weights is not None])
 def test_a_rejected_step_is_retried_without_evaluating_its_first_stage_again(method):
     """The retry of a rejected step starts from the same (t, y): f there is evaluated once."""
-    from local_reg._integrate import StepCallbacks
 
     calls, rejected = [], []
 
@@ -598,7 +597,6 @@ def test_a_callback_that_changes_its_state_in_place_is_an_error(which):
     """The solver reuses the state a callback is shown (outputs, dense record, the next step): a
     callback that changes it in place is an error naming it, as a field that does so is, not a
     silently wrong solution."""
-    from local_reg._integrate import StepCallbacks
 
     def change(t0, y, dt_or_t_next, *rest):
         y.add_(1.0)
@@ -700,6 +698,24 @@ def test_an_adaptive_solve_far_from_zero_leaves_no_remainder_it_cannot_step(fiel
     # The time's own resolution (an ulp of 1e13 is 2e-3) bounds the accuracy, not the tolerance.
     torch.testing.assert_close(solution.ys[-1], exact, rtol=0, atol=100 * math.ulp(t0))
     assert float(solution.steps.t[-1] + solution.steps.dt[-1]) == t0 + 1.0
+
+
+@pytest.mark.parametrize(("t0", "first_step"), [(1e6, 5e-9), (1.0, 1e-15), (1e3, 1e-12)])
+def test_a_first_step_the_loop_can_take_is_the_first_attempt_far_from_zero(t0, first_step):
+    """A given first step was raised to 100 ulps of t0 (2.3x at 1e6, 22x at 1): only one within
+    the loop's underflow threshold (4 ulps) is raised, to twice that."""
+    attempts = []
+    callbacks = StepCallbacks(step=lambda t, y, dt: attempts.append((t, dt)))
+    t = torch.tensor([t0, t0 + 1.0], dtype=torch.float64)
+    odeint(lambda t, y: -y, torch.ones(1, dtype=torch.float64), t, first_step=first_step, callbacks=callbacks)
+    start, dt = attempts[0]
+    # The step as taken is (t0 + h) - t0: the asked step rounded to the times' ulp.
+    assert start == t0 and abs(dt - first_step) <= math.ulp(t0)
+    attempts.clear()
+    odeint(
+        lambda t, y: -y, torch.ones(1, dtype=torch.float64), t, first_step=math.ulp(t0), callbacks=callbacks
+    )
+    assert attempts[0][1] == pytest.approx(8 * math.ulp(t0), abs=math.ulp(t0))
 
 
 @pytest.mark.parametrize("solve", ["odeint", "compat", "sdeint"])
