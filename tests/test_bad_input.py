@@ -2024,6 +2024,23 @@ def test_adjoint_params_behind_a_captured_non_leaf_get_their_gradient(gradient):
     )
     in_thread(kept[0].ys[-1].sum().backward)
     assert raw.grad.item() == pytest.approx(-2 * math.exp(-1.0), rel=1e-6)
+    # Made in this thread after hundreds of nodes, solved and differentiated in a new one whose
+    # count starts at 0: w's node numbered above the solve's marker was taken as func's own, its
+    # graph freed by the first differentiation, and the next refused.
+    for _ in range(100):
+        (raw * 1.0).exp().backward()
+    w, raw.grad = 2 * raw, None
+    in_thread(
+        lambda: (
+            odeint(
+                lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=(raw,), rtol=1e-9, atol=1e-11
+            )
+            .ys[-1]
+            .sum()
+            .backward()
+        )
+    )
+    assert raw.grad.item() == pytest.approx(-2 * math.exp(-1.0), rel=1e-6)
     solution = odeint(lambda t, y: -w * y, y0, t, gradient=gradient, adjoint_params=(raw,))
     w.backward()  # frees w's graph
     with pytest.raises(ValueError, match=r"whose graph was freed, by an earlier backward pass"):

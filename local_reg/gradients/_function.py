@@ -239,8 +239,10 @@ def outside_graph_error(method: str, name: str = "func") -> ValueError:
     return ValueError(
         f"gradient={method!r}: {name} depends on adjoint_params through a tensor computed outside "
         f"{name} (e.g. w = 2 * raw, captured by {name}, with raw in adjoint_params) whose graph was "
-        "freed, by an earlier backward pass (keep it there with retain_graph=True) or by a compiled "
-        "function's backward, which keeps none (torch._functorch.config.donated_buffer = False): compute "
+        "freed, by an earlier backward pass (keep it there with retain_graph=True), by a compiled "
+        "function's backward, which keeps none (torch._functorch.config.donated_buffer = False), or, "
+        "for a tensor made in another thread than this backward pass, by this pass's own use of it "
+        "(autograd orders a pass by per-thread numbers: make it in the thread that trains): compute "
         f"it inside {name}, or list the captured tensor itself (w) in adjoint_params"
     )
 
@@ -323,6 +325,11 @@ def graph_nodes(roots: Iterable[Any], stops: frozenset | set = frozenset()) -> I
         pending.extend(next_node for next_node, _ in node.next_functions)
 
 
+def _node_number() -> int:
+    """The number this thread's autograd gives the next node it makes, less one (a marker's)."""
+    return (torch.zeros((), requires_grad=True) * 1.0).grad_fn._sequence_nr()  # type: ignore[union-attr]
+
+
 class CapturedTensorCheck:
     """``func`` for a backward pass, whose first evaluation with a graph is checked for tensors that
     require grad but are neither its arguments nor ``params`` (a module's plain tensor attribute, a
@@ -335,10 +342,14 @@ class CapturedTensorCheck:
     called (``w = raw / scale`` captured, ``raw`` listed): then every differentiation of ``func``
     must keep that graph for the next (:attr:`keeps_outside_graph`, ``retain_graph``), which is
     otherwise not asked for (a compiled ``func``'s backward with donated buffers refuses it).
-    Autograd numbers the nodes each thread makes in order, so a node numbered below a marker made
-    just before ``func`` was called is from before; a backward pass in another thread than the
-    forward's (autograd's device threads on a GPU) cannot tell, and keeps the graph
-    (:attr:`unsure`: :func:`differentiate` drops it where a compiled ``func`` refuses to keep it)."""
+    Autograd numbers the nodes each thread makes in order, so the nodes ``func``'s call made are
+    numbered between two markers made just before and just after it, and any other node is from
+    before (also one another thread made, a captured tensor built in the main thread and solved in
+    a worker: numbered by that thread's counter, it falls outside the window but for a chance
+    overlap, which frees the graph and fails loudly at the next differentiation, never silently);
+    a backward pass in another thread than the forward's (autograd's device threads on a GPU) keeps
+    the graph whatever the walk finds (:attr:`unsure`: :func:`differentiate` drops it where a
+    compiled ``func`` refuses to keep it)."""
 
     def __init__(
         self,
@@ -368,16 +379,14 @@ class CapturedTensorCheck:
             return self.func(t, y)
         if thread_token() is not self.forward_thread:
             self.keeps_outside_graph = self.unsure = True
-            before = -1  # no node is told to be from before
-        else:
-            before = (torch.zeros((), requires_grad=True) * 1.0).grad_fn._sequence_nr()  # type: ignore[union-attr]
+        before = _node_number()
         derivative = self.func(t, y)
         if isinstance(derivative, Tensor) and derivative.grad_fn is not None:
             self.checked = True
-            self._check(derivative, t, y, before)
+            self._check(derivative, t, y, range(before, _node_number()))
         return derivative
 
-    def _check(self, derivative: Tensor, t: Tensor, y: Tensor, before: int) -> None:
+    def _check(self, derivative: Tensor, t: Tensor, y: Tensor, made_by_the_call: range) -> None:
         arguments = [a for a in (t, y) if isinstance(a, Tensor)]
         allowed = self.param_ids | {id(a) for a in arguments}
         stops = self.param_nodes | {a.grad_fn for a in arguments if a.grad_fn is not None}
@@ -386,7 +395,7 @@ class CapturedTensorCheck:
             variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf tensor
             if variable is not None and id(variable) not in allowed:
                 captured.setdefault(id(variable), variable)
-            elif variable is None and node._sequence_nr() < before:
+            elif variable is None and node._sequence_nr() not in made_by_the_call:
                 self.keeps_outside_graph = True
         if captured and set(captured) <= self.frozen_at_solve:
             raise ValueError(
