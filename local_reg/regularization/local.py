@@ -147,7 +147,7 @@ def local_regularization(
 ) -> tuple[State, Tensor, RegularizationStats]:
     """Solve ``dy/dt = func(t, y)`` (or an SDE) at ``t`` and compute the local regularization
     penalty [LR23] once, without a module (by default the field's mean square rate at the sampled
-    time; ``penalty="error-dt"`` for the paper's probe step).
+    time; ``penalty="error-dt"`` for a probe step and the paper's ``EEst * |dt|``).
 
     Returns ``(ys, reg, stats)``: ``ys`` the solution at ``t`` (as :func:`local_reg.odeint`; never
     at ``t_reg``), ``reg`` the *unweighted* penalty (0-dim tensor) and a
@@ -190,7 +190,9 @@ class LocallyRegularized(Regularized):
       about ``eps |dt| |f| / tol``; this is the deliberate form of what it measured, and it does not
       depend on the tolerance. Asking for anything only a probe step reads (``regularizer=
       "stiffness"``, ``reg_method``, ``step_size="solver"``, ``probe``, ``probe_scale``, ``probe_dtype``) or
-      ``penalty="error-dt"`` takes the paper's probe step and penalty ``EEst * |dt|`` instead.
+      ``penalty="error-dt"`` takes a probe step and the paper's penalty ``EEst * |dt|`` instead
+      (for an ODE the probe is ``"initial-hairer"`` unless given; :meth:`paper`, or
+      ``probe="initial"``, takes the paper's step).
     - The weight tunes itself: ``RatioWeight(0.2, every=10, parameters=<func's trainable
       parameters>)`` holds the penalty's gradient on the vector field's parameters at 0.2 times the
       task loss's gradient there (measured every 10 training forward passes, in the usual
