@@ -129,6 +129,8 @@ def solve_main(
             reason += f"; {EMPTY_STATE.format(backend='torchsde')}"
         t_failed = math.nan if counting.last_t is None else float(counting.last_t.detach())
         raise SolverError(reason, t=t_failed, n_steps=None) from error
+    finally:
+        counting.last_t = None  # the stats keep the wrapper: not a tensor of the solve
     stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
     counter = BackwardCounter(counting, counting.calls, is_adjoint)
     return MainSolve(ys=ys, stats=stats, backward_counter=counter)
