@@ -33,6 +33,7 @@ the root's final bracket (two more evaluations of ``event_fn``). The gradient w.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import replace
@@ -319,20 +320,11 @@ def _reroute(
         y_live = y_event + (live_state - y_event).detach()
         crossing = event(live_time, y_live)
         along = _rate_along_solution(event, live_time, y_live, rate, crossing.dtype)
-    # dt_e/dh = -1 / along is beyond the dtype's range for a rate below 1 / max (an event_fn of
-    # subnormal scale): backpropagated into event_fn's graph it would give inf and NaN.
     at = f"along the solution at the event t={t_event!r}"
     if float(along) == 0.0:
         warn(
             f"event_fn does not change {at} (a tangential crossing): the event time is not "
             "differentiable there and gets no gradient"
-        )
-        return event_t, y_event, 1
-    if abs(float(along)) * torch.finfo(along.dtype).max < 1.0:
-        warn(
-            f"event_fn changes {at} at the rate {float(along):.3g}, whose inverse (the event time's "
-            f"derivative by event_fn's value) overflows {str(along.dtype).removeprefix('torch.')}: the "
-            "event time gets no gradient; scale event_fn up (its event time stays the same)"
         )
         return event_t, y_event, 1
     # The shift gives the implicit function theorem's first derivatives exactly; its second
@@ -342,7 +334,24 @@ def _reroute(
         "odeint_event's event time and state are differentiable to first order only: a second "
         "derivative through them (create_graph=True, a Hessian) is not available",
     )
+    if shift.requires_grad:
+        shift.register_hook(functools.partial(_within_range, along=float(along), at=at))
     return event_t + shift.to(t_dtype), y_event + rate * shift.to(y_event.dtype), 1
+
+
+def _within_range(grad: Tensor, *, along: float, at: str) -> Tensor:
+    """The event time's cotangent ``grad``, or zeros with a warning where ``-grad / along``, the
+    cotangent of ``event_fn``'s value, overflows its dtype (an ``event_fn`` of subnormal scale,
+    or a loss that weighs the event time heavily beside a slow one): backpropagated into
+    ``event_fn``'s graph it would be ``inf`` and NaN, silently."""
+    if not bool((grad.abs() > torch.finfo(grad.dtype).max * abs(along)).any()):
+        return grad
+    warn(
+        f"event_fn changes {at} at the rate {along:.3g}, and the event time's gradient over it (the "
+        f"gradient of event_fn's value) overflows {str(grad.dtype).removeprefix('torch.')}: the event "
+        "time gets no gradient; scale event_fn up (its event time stays the same)"
+    )
+    return torch.zeros_like(grad)
 
 
 def _rate_along_solution(

@@ -1229,6 +1229,28 @@ def test_torchsde_backend_follows_the_error_contract():
     assert Regularized(CubicDriftSDE()).eval()(torch.ones(0, 2), torch.linspace(0, 2, 3)).shape == (3, 0, 2)
 
 
+@pytest.mark.parametrize("backend", ["torchdiffeq", "torchsde"])
+def test_a_users_own_assert_in_the_field_passes_through_the_peer_backends(backend):
+    """The peer backends turn their solvers' asserts into SolverErrors: the user's own assert in
+    func (or the drift) was turned too, and blamed on the peer, where the local_reg backend passes
+    it on as raised."""
+    pytest.importorskip(backend)
+
+    def checked(t, y):
+        assert y.shape[-1] == 3, "my own check: three features"
+        return -y
+
+    class CheckedSDE(CubicDriftSDE):
+        def f(self, t, y):
+            return checked(t, y)
+
+    field = checked if backend == "torchdiffeq" else CheckedSDE()
+    for chosen in (backend, "local_reg"):
+        with pytest.raises(AssertionError, match=r"^my own check: three features") as raised:
+            LocallyRegularized(field, backend=chosen, weight=1.0).eval()(torch.ones(3, 2), [0.0, 1.0])
+        assert not isinstance(raised.value, SolverError)
+
+
 def test_torchdiffeq_backend_follows_the_error_contract():
     model = LocallyRegularized(decay, backend="torchdiffeq")
     with pytest.raises(ValueError, match="y0 must be finite"):

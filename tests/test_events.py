@@ -567,15 +567,15 @@ def test_subnormal_event_values_are_bisected_not_divided_by_zero():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_an_event_fn_changing_too_slowly_to_invert_warns_and_gives_no_gradient(dtype):
-    """The event time's derivative by event_fn's value is -1 / (its rate along the solution): a
-    rate below 1 / max gave an inf and a NaN gradient silently. Above that the gradient is exact,
-    however small the scale."""
+def test_an_event_time_gradient_that_overflows_over_its_rate_warns_and_gives_none(dtype):
+    """event_fn's value gets the event time's cotangent over -(its rate along the solution): a
+    subnormal rate, or a heavily weighted event time beside a slow rate, gave an inf and a NaN
+    gradient silently. Where the quotient fits, the gradient is exact however small the scale."""
     fall = math.sqrt(10 / 9.81)  # from rest through 5: t = sqrt(10 / g)
     exact = torch.tensor([1 / (9.81 * fall), 1 / 9.81, -fall / (2 * 9.81)], dtype=dtype)
-    tiny, overflowing = (1e-306, 1e-310) if dtype == torch.float64 else (1e-37, 1e-40)
+    tiny, subnormal = (1e-306, 1e-310) if dtype == torch.float64 else (1e-37, 1e-40)
 
-    def event_time(scale):
+    def gradient(scale, weight):
         y0 = torch.tensor([10.0, 0.0], dtype=dtype, requires_grad=True)
         gravity = torch.tensor(9.81, dtype=dtype, requires_grad=True)
         event_t, _ = odeint_event(
@@ -586,17 +586,22 @@ def test_an_event_fn_changing_too_slowly_to_invert_warns_and_gives_no_gradient(d
             adjoint_params=(gravity,),
             **(TIGHT if dtype == torch.float64 else {}),
         )
-        return event_t, y0, gravity
+        assert float(event_t.detach()) == pytest.approx(fall, rel=1e-3 if dtype == torch.float32 else 1e-6)
+        grads = torch.autograd.grad(weight * event_t, [y0, gravity])
+        return torch.cat([g.reshape(-1) for g in grads]) / weight
 
-    for scale in (1.0, tiny):
+    rtol = 1e-3 if dtype == torch.float32 else 1e-7
+    for scale in (1.0, tiny, subnormal):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            event_t, y0, gravity = event_time(scale)
-        grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(event_t, [y0, gravity])])
-        torch.testing.assert_close(grad, exact, rtol=1e-3 if dtype == torch.float32 else 1e-7, atol=0)
-    with pytest.warns(UserWarning, match=r"at the rate -\S+, whose inverse .* overflows (float64|float32)"):
-        event_t, _, _ = event_time(overflowing)
-    assert float(event_t) == pytest.approx(fall, rel=1e-5) and not event_t.requires_grad
+            torch.testing.assert_close(gradient(scale, 1e-3), exact, rtol=rtol, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(gradient(tiny, 1.0), exact, rtol=rtol, atol=0)
+    overflowing = r"at the rate -\S+, and the event time's gradient over it .* overflows (float64|float32)"
+    for scale, weight in ((tiny, 1e6), (subnormal, 1.0)):
+        with pytest.warns(UserWarning, match=overflowing):
+            assert torch.equal(gradient(scale, weight), torch.zeros(3, dtype=dtype))
 
 
 # --- local_reg.compat against torchdiffeq 0.2.5 -------------------------------------------------

@@ -116,6 +116,8 @@ class _TorchdiffeqField(nn.Module):
         self.calls = 0
         self.last_t: Tensor | None = None
         """The time of the last call: where a failed torchdiffeq solve stopped."""
+        self.raised: BaseException | None = None
+        """An error ``func`` itself raised: the user's own ``assert``, not torchdiffeq's."""
         self.attempted = 0
         self.accepted = 0
         self.record = record
@@ -139,7 +141,12 @@ class _TorchdiffeqField(nn.Module):
         self.last_t = t.detach()
         # Under the caller's torch.autocast, an output in its dtype: torchdiffeq's own sums with the
         # state would promote it back, as local_reg's backend casts it.
-        return check_output("func", cast_back_from_autocast(self.func(t, y), y), y)
+        try:
+            derivative = self.func(t, y)
+        except AssertionError as error:
+            self.raised = error
+            raise
+        return check_output("func", cast_back_from_autocast(derivative, y), y)
 
     def _attempt(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.attempted += 1
@@ -217,6 +224,8 @@ def solve_main(
         else:
             ys = torchdiffeq.odeint(field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options)
     except AssertionError as error:
+        if error is field.raised:
+            raise  # the user's own, from func: as the local_reg backend passes it on
         # torchdiffeq reports a failed solve (underflow in dt, max_num_steps exceeded, a non-finite
         # state) with assert: the library's contract is SolverError.
         reason = f"torchdiffeq: {error} (after {field.calls} evaluations of func)"
@@ -225,6 +234,7 @@ def solve_main(
         t_failed = math.nan if field.last_t is None else float(field.last_t.detach())
         raise SolverError(reason, t=t_failed, n_steps=field.accepted) from error
     finally:
+        field.raised = None  # an error's traceback would keep the solve's frames alive
         # The forward solve is over: drop the bound method, a reference cycle that would keep the
         # recorded states alive until Python's cycle collector runs (the backward pass keeps field).
         for name in ("callback_step", "callback_accept_step"):

@@ -11,6 +11,7 @@ need the ``local_reg`` backend.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -58,6 +59,8 @@ class CountingSDE(nn.Module):
         self.drift_calls = 0
         self.diffusion_calls = 0
         self.last_t: Tensor | None = None
+        self.raised: BaseException | None = None
+        """An error the drift or diffusion itself raised: the user's own ``assert``, not torchsde's."""
 
     @property
     def calls(self) -> int:
@@ -66,11 +69,18 @@ class CountingSDE(nn.Module):
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         self.drift_calls += 1
         self.last_t = t
-        return self.sde.f(t, y)
+        return self._call(self.sde.f, t, y)
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
         self.diffusion_calls += 1
-        return self.sde.g(t, y)
+        return self._call(self.sde.g, t, y)
+
+    def _call(self, function: Callable[[Tensor, Tensor], Tensor], t: Tensor, y: Tensor) -> Tensor:
+        try:
+            return function(t, y)
+        except AssertionError as error:
+            self.raised = error
+            raise
 
 
 def solve_main(
@@ -122,6 +132,8 @@ def solve_main(
     try:
         ys = solve(counting, y0, ts, bm=bm, method=method, rtol=rtol, atol=atol, **options)
     except AssertionError as error:
+        if error is counting.raised:
+            raise  # the user's own, from the drift or diffusion: as the local_reg backend passes it on
         # torchsde reports a failed solve (NaNs in its error estimate) with assert, and no step
         # count: the library's contract is SolverError.
         reason = f"torchsde: {error} (after {counting.calls} evaluations of the drift and diffusion)"
@@ -130,7 +142,7 @@ def solve_main(
         t_failed = math.nan if counting.last_t is None else float(counting.last_t.detach())
         raise SolverError(reason, t=t_failed, n_steps=None) from error
     finally:
-        counting.last_t = None  # the stats keep the wrapper: not a tensor of the solve
+        counting.last_t = counting.raised = None  # the stats keep the wrapper: not the solve's tensors
     stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
     counter = BackwardCounter(counting, counting.calls, is_adjoint)
     return MainSolve(ys=ys, stats=stats, backward_counter=counter)
