@@ -49,10 +49,22 @@ def non_negative_float(text: str) -> float:
 
 
 def plot_path(text: str) -> str:
-    """An ``argparse`` type: a file in an existing folder, checked before training, not after."""
-    folder = Path(text).parent
-    if not folder.is_dir():
-        raise argparse.ArgumentTypeError(f"the folder {str(folder)!r} does not exist")
+    """An ``argparse`` type: a file in an existing folder, of a format matplotlib writes (named by
+    its extension, which matplotlib would otherwise add or refuse), checked before training, not
+    after."""
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        example = str(path / "plot.png")
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder: name a file in it, e.g. {example!r}")
+    formats = Figure().canvas.get_supported_filetypes()
+    if path.suffix.lstrip(".").lower() not in formats:
+        known = ", ".join("." + name for name in sorted(formats))
+        given = path.suffix or "no extension"
+        raise argparse.ArgumentTypeError(
+            f"{text!r} must end in a format matplotlib writes ({known}), got {given!r}"
+        )
     return text
 
 
@@ -101,7 +113,8 @@ def make_model(
 
 
 def save_plot(fig: Figure, out: str) -> None:
-    """Lay out ``fig``, write it to ``out`` (PNG, 100 dpi), close it and say where it went."""
+    """Lay out ``fig``, write it to ``out`` (in the format its extension names, 100 dpi), close it
+    and say where it went."""
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -138,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(f"NFE before training: {nfe_before}")
     start = time.perf_counter()
     for iteration in range(1, args.iterations + 1):
-        x = sample_moons(args.batch_size, seed=args.seed * 100_000 + iteration)
+        # make_moons takes seeds in [0, 2**32): any --seed, each iteration its own.
+        x = sample_moons(args.batch_size, seed=(args.seed * 100_000 + iteration) % 2**32)
         nll = -log_likelihood(model, x).mean()
         optimizer.zero_grad()
         (nll + model.reg_loss).backward()

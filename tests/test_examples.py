@@ -92,6 +92,16 @@ def test_the_switched_input_example_lands_on_the_switches(tmp_path: Path) -> Non
     assert with_jumps["test_loss"] == pytest.approx(without["test_loss"], rel=1e-3)
 
 
+def test_cnf_takes_any_seed(tmp_path: Path) -> None:
+    """Its batches' seeds, seed * 100000 + iteration, left make_moons' range [0, 2**32) for a
+    negative seed or one of 42950 and above (sklearn refused them after the first evaluation)."""
+    pytest.importorskip("sklearn")
+    example = load("cnf")
+    for seed in ("-1", "50000"):
+        result = example.main([*TINY["cnf"], "--seed", seed, "--out", str(tmp_path / "plot.png")])
+        assert result["nfe_after"] >= 2
+
+
 def test_bad_regularize_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         load("ode_demo").main(["--regularize", "strong"])
@@ -108,6 +118,11 @@ def test_bad_regularize_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
         ("ode_demo", ["--weight", "-1"], "argument --weight: must be a finite number of at least 0, got -1"),
         ("latent_ode", ["--rtol", "0"], "argument --rtol: must be a positive finite number, got 0"),
         ("cnf", ["--out", "no_such_folder/x.png"], "the folder 'no_such_folder' does not exist"),
+        # matplotlib added .png to a name without one (another file than the one named), and
+        # refused an unknown extension after the whole training.
+        ("ode_demo", ["--out", "plot"], "'plot' must end in a format matplotlib writes ("),
+        ("latent_ode", ["--out", "plot.pngg"], "got '.pngg'"),
+        ("switched_input", ["--out", "."], "'.' is a folder: name a file in it, e.g. 'plot.png'"),
         ("switched_input", ["--horizon", "-3"], "argument --horizon: must be a positive finite number"),
         ("switched_input", ["--n-times", "1"], "--n-times must be at least 2"),
     ],
