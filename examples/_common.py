@@ -5,7 +5,9 @@ this.)"""
 from __future__ import annotations
 
 import argparse
+import io
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,23 +51,39 @@ def non_negative_float(text: str) -> float:
 
 
 def plot_path(text: str) -> str:
-    """An ``argparse`` type: a file in an existing folder, of a format matplotlib writes (named by
-    its extension, which matplotlib would otherwise add or refuse), checked before training, not
-    after."""
+    """An ``argparse`` type: a file in an existing folder, of a format matplotlib writes here (named
+    by its extension, which matplotlib would otherwise add or refuse; a figure with text is saved in
+    it to a buffer, so a format that needs an absent program, pgf's xelatex, is refused too), checked
+    before training, not after."""
     path = Path(text)
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"the folder {str(path.parent)!r} does not exist")
-    if path.is_dir():
+    if path.is_dir() or text.endswith(("/", os.sep)):
         example = str(path / "plot.png")
         raise argparse.ArgumentTypeError(f"{text!r} is a folder: name a file in it, e.g. {example!r}")
     formats = Figure().canvas.get_supported_filetypes()
-    if path.suffix.lstrip(".").lower() not in formats:
+    extension = path.suffix.lstrip(".").lower()
+    if extension not in formats:
         known = ", ".join("." + name for name in sorted(formats))
         given = path.suffix or "no extension"
         raise argparse.ArgumentTypeError(
             f"{text!r} must end in a format matplotlib writes ({known}), got {given!r}"
         )
+    probe = Figure()
+    probe.text(0.5, 0.5, "t")  # text, as every plot here has: pgf lays it out with xelatex
+    try:
+        probe.savefig(io.BytesIO(), format=extension)
+    except Exception as error:  # whatever the format's own writer raises
+        raise argparse.ArgumentTypeError(f"matplotlib cannot write {path.suffix} here: {error}") from None
     return text
+
+
+def seed(text: str) -> int:
+    """An ``argparse`` type: an integer ``torch.manual_seed`` takes."""
+    value = int(text)
+    if not -(2**63) <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be an integer from -2**63 to 2**64 - 1, got {text}")
+    return value
 
 
 def example_parser(description: str, *, iterations: int, quick: str) -> argparse.ArgumentParser:
@@ -86,7 +104,7 @@ def add_run_options(parser: argparse.ArgumentParser, *, lr: float, tol: float, o
     parser.add_argument("--lr", type=positive_float, default=lr)
     parser.add_argument("--rtol", type=positive_float, default=tol)
     parser.add_argument("--atol", type=positive_float, default=tol)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--out", type=plot_path, default=out, help="where to save the plot")
 

@@ -344,7 +344,8 @@ def _within_range(grad: Tensor, *, along: float, at: str) -> Tensor:
     cotangent of ``event_fn``'s value, overflows its dtype (an ``event_fn`` of subnormal scale,
     or a loss that weighs the event time heavily beside a slow one): backpropagated into
     ``event_fn``'s graph it would be ``inf`` and NaN, silently."""
-    if not bool((grad.abs() > torch.finfo(grad.dtype).max * abs(along)).any()):
+    # A non-finite cotangent is the loss's, passed on as it is (not an overflow of the quotient).
+    if not bool((torch.isfinite(grad) & (grad.abs() > torch.finfo(grad.dtype).max * abs(along))).any()):
         return grad
     warn(
         f"event_fn changes {at} at the rate {along:.3g}, and the event time's gradient over it (the "

@@ -1251,6 +1251,72 @@ def test_a_users_own_assert_in_the_field_passes_through_the_peer_backends(backen
         assert not isinstance(raised.value, SolverError)
 
 
+def test_a_users_assert_in_torchdiffeqs_callbacks_passes_through_too():
+    def forward(t, y):
+        return -y
+
+    def callback(t0, y0, dt):
+        assert False, "my own check in a callback"  # noqa: B011
+
+    for name in ("callback_step", "callback_accept_step"):
+        field = torch.nn.Module()
+        field.forward = forward
+        setattr(field, name, callback)
+        with pytest.raises(AssertionError, match=r"^my own check in a callback") as raised:
+            LocallyRegularized(field, backend="torchdiffeq", weight=1.0).eval()(torch.ones(3, 2), [0.0, 1.0])
+        assert not isinstance(raised.value, SolverError)
+
+
+@pytest.mark.parametrize("backend", ["torchdiffeq", "torchsde"])
+def test_a_users_assert_in_an_adjoint_backward_solve_keeps_nothing_alive(backend):
+    """The error raised in the backward solve of the peers' adjoints was kept by the wrapper the
+    model's stats hold, and its traceback the pass's tensors: memory grew with each failed pass."""
+    import gc
+
+    pytest.importorskip(backend)
+    calls = {"n": 0, "limit": 10**9}
+
+    def checked(t, y):
+        calls["n"] += 1
+        assert calls["n"] <= calls["limit"], "my own check"
+        return -y
+
+    class CheckedSDE(CubicDriftSDE):
+        def f(self, t, y):
+            return checked(t, y) * self.scale
+
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(1.0))
+
+    field = checked if backend == "torchdiffeq" else CheckedSDE()
+    scale = torch.nn.Parameter(torch.tensor(1.0))
+    model = LocallyRegularized(
+        (lambda t, y: field(t, y) * scale) if backend == "torchdiffeq" else field,
+        backend=backend,
+        gradient="adjoint",
+        weight=1.0,
+        **({"adjoint_params": [scale]} if backend == "torchdiffeq" else {}),
+    )
+
+    def failed_pass():
+        ys = model(torch.randn(500, 2, dtype=torch.float64), [0.0, 1.0])
+        calls["limit"] = calls["n"] + 3  # fails inside the backward solve
+        with pytest.raises(AssertionError, match=r"^my own check"):
+            (ys[-1].sum() + model.reg_loss).backward()
+        calls["limit"] = 10**9
+
+    def live_tensors():
+        gc.collect()
+        return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+
+    failed_pass()
+    before = live_tensors()
+    for _ in range(3):
+        failed_pass()
+    assert live_tensors() <= before
+
+
 def test_torchdiffeq_backend_follows_the_error_contract():
     model = LocallyRegularized(decay, backend="torchdiffeq")
     with pytest.raises(ValueError, match="y0 must be finite"):

@@ -602,6 +602,11 @@ def test_an_event_time_gradient_that_overflows_over_its_rate_warns_and_gives_non
     for scale, weight in ((tiny, 1e6), (subnormal, 1.0)):
         with pytest.warns(UserWarning, match=overflowing):
             assert torch.equal(gradient(scale, weight), torch.zeros(3, dtype=dtype))
+    # An infinite cotangent is the loss's, passed on (it was zeroed as an overflow where |D| < 1).
+    for scale in (1.0, 1e-3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not torch.isfinite(gradient(scale, math.inf)).any()
 
 
 # --- local_reg.compat against torchdiffeq 0.2.5 -------------------------------------------------

@@ -123,6 +123,8 @@ def test_bad_regularize_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
         ("ode_demo", ["--out", "plot"], "'plot' must end in a format matplotlib writes ("),
         ("latent_ode", ["--out", "plot.pngg"], "got '.pngg'"),
         ("switched_input", ["--out", "."], "'.' is a folder: name a file in it, e.g. 'plot.png'"),
+        ("ode_demo", ["--out", "plot.png/"], "'plot.png/' is a folder"),  # saved as plot.png/.png
+        ("cnf", ["--seed", str(2**64)], "argument --seed: must be an integer from -2**63 to 2**64 - 1"),
         ("switched_input", ["--horizon", "-3"], "argument --horizon: must be a positive finite number"),
         ("switched_input", ["--n-times", "1"], "--n-times must be at least 2"),
     ],

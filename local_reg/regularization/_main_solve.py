@@ -20,6 +20,25 @@ EMPTY_STATE = (
 )
 """What a peer backend's failure adds for an empty state (its adaptive solve cannot take one)."""
 
+_RAISED_BY_USER = "_local_reg_raised_by_user"
+
+
+def call_user(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)``, a user's function called by a peer backend (torchdiffeq, torchsde), its
+    ``AssertionError`` marked as the user's: the backend's conversion of the peer's own asserts to
+    :class:`local_reg.SolverError` passes it on as raised (:func:`raised_by_user`). A mark on the
+    error, not a reference to it: that would keep its traceback's frames alive with the model."""
+    try:
+        return function(*args)
+    except AssertionError as error:
+        setattr(error, _RAISED_BY_USER, True)
+        raise
+
+
+def raised_by_user(error: BaseException) -> bool:
+    """Whether ``error`` came from a user's function through :func:`call_user`."""
+    return getattr(error, _RAISED_BY_USER, False)
+
 
 @dataclass(frozen=True)
 class Request:

@@ -19,7 +19,7 @@ from .._errors import SolverError
 from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
 from ..solution import Stats
-from ._main_solve import EMPTY_STATE, BackwardCounter, MainSolve, Request
+from ._main_solve import EMPTY_STATE, BackwardCounter, MainSolve, Request, call_user, raised_by_user
 from ._options import ode_method
 
 BACKENDS = ("local_reg", "torchdiffeq")
@@ -116,8 +116,6 @@ class _TorchdiffeqField(nn.Module):
         self.calls = 0
         self.last_t: Tensor | None = None
         """The time of the last call: where a failed torchdiffeq solve stopped."""
-        self.raised: BaseException | None = None
-        """An error ``func`` itself raised: the user's own ``assert``, not torchdiffeq's."""
         self.attempted = 0
         self.accepted = 0
         self.record = record
@@ -141,18 +139,14 @@ class _TorchdiffeqField(nn.Module):
         self.last_t = t.detach()
         # Under the caller's torch.autocast, an output in its dtype: torchdiffeq's own sums with the
         # state would promote it back, as local_reg's backend casts it.
-        try:
-            derivative = self.func(t, y)
-        except AssertionError as error:
-            self.raised = error
-            raise
+        derivative = call_user(self.func, t, y)
         return check_output("func", cast_back_from_autocast(derivative, y), y)
 
     def _attempt(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.attempted += 1
         user_callback = getattr(self.func, "callback_step", None)
         if user_callback is not None:
-            user_callback(t0, y0, dt)
+            call_user(user_callback, t0, y0, dt)
 
     def stats(self) -> Stats:
         """The solve's evaluations and, where torchdiffeq reports them, its steps."""
@@ -169,7 +163,7 @@ class _TorchdiffeqField(nn.Module):
             self.step_states.append(y0.detach())
         user_callback = getattr(self.func, "callback_accept_step", None)
         if user_callback is not None:
-            user_callback(t0, y0, dt)
+            call_user(user_callback, t0, y0, dt)
 
 
 def solve_main(
@@ -224,8 +218,8 @@ def solve_main(
         else:
             ys = torchdiffeq.odeint(field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options)
     except AssertionError as error:
-        if error is field.raised:
-            raise  # the user's own, from func: as the local_reg backend passes it on
+        if raised_by_user(error):
+            raise  # the user's own, from func or its callbacks: as the local_reg backend passes it on
         # torchdiffeq reports a failed solve (underflow in dt, max_num_steps exceeded, a non-finite
         # state) with assert: the library's contract is SolverError.
         reason = f"torchdiffeq: {error} (after {field.calls} evaluations of func)"
@@ -234,7 +228,6 @@ def solve_main(
         t_failed = math.nan if field.last_t is None else float(field.last_t.detach())
         raise SolverError(reason, t=t_failed, n_steps=field.accepted) from error
     finally:
-        field.raised = None  # an error's traceback would keep the solve's frames alive
         # The forward solve is over: drop the bound method, a reference cycle that would keep the
         # recorded states alive until Python's cycle collector runs (the backward pass keeps field).
         for name in ("callback_step", "callback_accept_step"):

@@ -11,7 +11,6 @@ need the ``local_reg`` backend.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,7 +22,7 @@ from ..gradients import BacksolveAdjoint, Checkpoint, Direct, GradientMethod, as
 from ..sde import sdeint
 from ..sde._sdeint import sde_gradient
 from ..solution import Stats
-from ._main_solve import EMPTY_STATE, BackwardCounter, MainSolve, Request
+from ._main_solve import EMPTY_STATE, BackwardCounter, MainSolve, Request, call_user, raised_by_user
 
 BACKENDS = ("local_reg", "torchsde")
 GRADIENTS = {"local_reg": ("direct", "checkpoint"), "torchsde": ("direct", "adjoint")}
@@ -59,8 +58,9 @@ class CountingSDE(nn.Module):
         self.drift_calls = 0
         self.diffusion_calls = 0
         self.last_t: Tensor | None = None
-        self.raised: BaseException | None = None
-        """An error the drift or diffusion itself raised: the user's own ``assert``, not torchsde's."""
+        """The time of the last drift evaluation of the forward solve: where a failed solve stopped."""
+        self.solving = False
+        """Whether the forward solve runs (the adjoint's backward solve calls the drift too)."""
 
     @property
     def calls(self) -> int:
@@ -68,19 +68,13 @@ class CountingSDE(nn.Module):
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         self.drift_calls += 1
-        self.last_t = t
-        return self._call(self.sde.f, t, y)
+        if self.solving:
+            self.last_t = t
+        return call_user(self.sde.f, t, y)
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
         self.diffusion_calls += 1
-        return self._call(self.sde.g, t, y)
-
-    def _call(self, function: Callable[[Tensor, Tensor], Tensor], t: Tensor, y: Tensor) -> Tensor:
-        try:
-            return function(t, y)
-        except AssertionError as error:
-            self.raised = error
-            raise
+        return call_user(self.sde.g, t, y)
 
 
 def solve_main(
@@ -129,10 +123,11 @@ def solve_main(
     options.setdefault("dt", (times[-1] - times[0]) / 20)
     is_adjoint = isinstance(gradient, BacksolveAdjoint)
     solve = torchsde.sdeint_adjoint if is_adjoint else torchsde.sdeint
+    counting.solving = True
     try:
         ys = solve(counting, y0, ts, bm=bm, method=method, rtol=rtol, atol=atol, **options)
     except AssertionError as error:
-        if error is counting.raised:
+        if raised_by_user(error):
             raise  # the user's own, from the drift or diffusion: as the local_reg backend passes it on
         # torchsde reports a failed solve (NaNs in its error estimate) with assert, and no step
         # count: the library's contract is SolverError.
@@ -142,7 +137,7 @@ def solve_main(
         t_failed = math.nan if counting.last_t is None else float(counting.last_t.detach())
         raise SolverError(reason, t=t_failed, n_steps=None) from error
     finally:
-        counting.last_t = counting.raised = None  # the stats keep the wrapper: not the solve's tensors
+        counting.solving, counting.last_t = False, None  # the stats keep the wrapper, not its tensors
     stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
     counter = BackwardCounter(counting, counting.calls, is_adjoint)
     return MainSolve(ys=ys, stats=stats, backward_counter=counter)
