@@ -51,13 +51,15 @@ def non_negative_float(text: str) -> float:
 
 
 def plot_path(text: str) -> str:
-    """An ``argparse`` type: a file in an existing folder, of a format matplotlib writes here (named
+    """An ``argparse`` type: a file in an existing, writable folder, of a format matplotlib writes here (named
     by its extension, which matplotlib would otherwise add or refuse; a figure with text is saved in
     it to a buffer, so a format that needs an absent program, pgf's xelatex, is refused too), checked
     before training, not after."""
     path = Path(text)
     if not path.parent.is_dir():
         raise argparse.ArgumentTypeError(f"the folder {str(path.parent)!r} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"the folder {str(path.parent)!r} is not writable")
     if path.is_dir() or text.endswith(("/", os.sep)):
         example = str(path / "plot.png")
         raise argparse.ArgumentTypeError(f"{text!r} is a folder: name a file in it, e.g. {example!r}")

@@ -1251,20 +1251,31 @@ def test_a_users_own_assert_in_the_field_passes_through_the_peer_backends(backen
         assert not isinstance(raised.value, SolverError)
 
 
-def test_a_users_assert_in_torchdiffeqs_callbacks_passes_through_too():
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("callback_step", {}),
+        ("callback_accept_step", {}),
+        # A first step of 1 on y' = -50 y is rejected; rk4's grid has no accept callback of ours.
+        ("callback_reject_step", {"options": {"first_step": 1.0}}),
+        ("callback_step", {"method": "rk4", "options": {"step_size": 0.1}}),
+    ],
+    ids=["step", "accept", "reject", "fixed-grid step"],
+)
+def test_a_users_assert_in_torchdiffeqs_callbacks_passes_through_too(name, settings):
     def forward(t, y):
-        return -y
+        return -50 * y
 
     def callback(t0, y0, dt):
         assert False, "my own check in a callback"  # noqa: B011
 
-    for name in ("callback_step", "callback_accept_step"):
-        field = torch.nn.Module()
-        field.forward = forward
-        setattr(field, name, callback)
-        with pytest.raises(AssertionError, match=r"^my own check in a callback") as raised:
-            LocallyRegularized(field, backend="torchdiffeq", weight=1.0).eval()(torch.ones(3, 2), [0.0, 1.0])
-        assert not isinstance(raised.value, SolverError)
+    field = torch.nn.Module()
+    field.forward = forward
+    setattr(field, name, callback)
+    model = LocallyRegularized(field, backend="torchdiffeq", weight=1.0, **settings).eval()
+    with pytest.raises(AssertionError, match=r"^my own check in a callback") as raised:
+        model(torch.ones(3, 2), [0.0, 1.0])
+    assert not isinstance(raised.value, SolverError)
 
 
 @pytest.mark.parametrize("backend", ["torchdiffeq", "torchsde"])

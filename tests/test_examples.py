@@ -92,6 +92,20 @@ def test_the_switched_input_example_lands_on_the_switches(tmp_path: Path) -> Non
     assert with_jumps["test_loss"] == pytest.approx(without["test_loss"], rel=1e-3)
 
 
+def test_a_read_only_plot_folder_is_refused_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The save failed with a PermissionError after the whole training (os.access is what the check
+    reads: the tests may run as root, for whom a folder's mode bits do not refuse writes)."""
+    import os
+
+    example = load("ode_demo")
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        example.main(["--out", str(tmp_path / "plot.png")])
+    assert exit_.value.code == 2 and "is not writable" in capsys.readouterr().err
+
+
 def test_cnf_takes_any_seed(tmp_path: Path) -> None:
     """Its batches' seeds, seed * 100000 + iteration, left make_moons' range [0, 2**32) for a
     negative seed or one of 42950 and above (sklearn refused them after the first evaluation)."""

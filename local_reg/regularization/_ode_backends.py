@@ -126,7 +126,7 @@ class _TorchdiffeqField(nn.Module):
         for name in ("callback_step", "callback_reject_step"):
             # func's own, which torchdiffeq calls on func itself (and warns about where it has none).
             if callable(getattr(func, name, None)):
-                setattr(self, name, getattr(func, name))
+                setattr(self, name, functools.partial(call_user, getattr(func, name)))
         if self.reports_steps:
             # Instance attributes, so solvers without callbacks (fixed grids) see none and do not warn.
             self.callback_step = self._attempt
