@@ -4,6 +4,7 @@ regularization reads from it. Every backend (:mod:`._ode_backends`, :mod:`._sde_
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,14 +12,34 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._errors import SolverError
 from .._validate import generator_device
 from ..solution import Solution, Stats
 
-EMPTY_STATE = (
+_EMPTY_STATE = (
     "y0 has no elements, whose error norm {backend} reads as NaN: skip the empty batch, or solve "
     "with backend='local_reg' (which returns it)"
 )
 """What a peer backend's failure adds for an empty state (its adaptive solve cannot take one)."""
+
+
+def peer_solver_error(
+    error: AssertionError,
+    backend: str,
+    evaluations: str,
+    y0: Tensor,
+    last_t: Tensor | None,
+    n_steps: int | None,
+) -> SolverError:
+    """A peer backend's own assert, its report of a failed solve (torchdiffeq's underflow in dt,
+    torchsde's NaN error estimate), as the library's contract has it: a :class:`SolverError` at
+    ``last_t``, the time of the last evaluation (``nan`` before any), after ``n_steps`` (``None``
+    where the peer does not count them) and ``evaluations`` (what they were, counted)."""
+    reason = f"{backend}: {error} (after {evaluations})"
+    if y0.numel() == 0:
+        reason += f"; {_EMPTY_STATE.format(backend=backend)}"
+    return SolverError(reason, t=math.nan if last_t is None else float(last_t.detach()), n_steps=n_steps)
+
 
 _RAISED_BY_USER = "_local_reg_raised_by_user"
 

@@ -15,11 +15,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._errors import SolverError
 from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
 from ..solution import Stats
-from ._main_solve import EMPTY_STATE, BackwardCounter, MainSolve, Request, call_user, raised_by_user
+from ._main_solve import BackwardCounter, MainSolve, Request, call_user, peer_solver_error, raised_by_user
 from ._options import ode_method
 
 BACKENDS = ("local_reg", "torchdiffeq")
@@ -221,12 +220,11 @@ def solve_main(
         if raised_by_user(error):
             raise  # the user's own, from func or its callbacks: as the local_reg backend passes it on
         # torchdiffeq reports a failed solve (underflow in dt, max_num_steps exceeded, a non-finite
-        # state) with assert: the library's contract is SolverError.
-        reason = f"torchdiffeq: {error} (after {field.calls} evaluations of func)"
-        if y0.numel() == 0:
-            reason += f"; {EMPTY_STATE.format(backend='torchdiffeq')}"
-        t_failed = math.nan if field.last_t is None else float(field.last_t.detach())
-        raise SolverError(reason, t=t_failed, n_steps=field.accepted) from error
+        # state) with assert.
+        evaluations = f"{field.calls} evaluations of func"
+        raise peer_solver_error(
+            error, "torchdiffeq", evaluations, y0, field.last_t, field.accepted
+        ) from error
     finally:
         # The forward solve is over: drop the bound method, a reference cycle that would keep the
         # recorded states alive until Python's cycle collector runs (the backward pass keeps field).

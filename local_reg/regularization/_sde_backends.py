@@ -10,19 +10,17 @@ need the ``local_reg`` backend.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._errors import SolverError
 from .._validate import check_choice, times_as_given
 from ..gradients import BacksolveAdjoint, Checkpoint, Direct, GradientMethod, as_gradient_method
 from ..sde import sdeint
 from ..sde._sdeint import sde_gradient
 from ..solution import Stats
-from ._main_solve import EMPTY_STATE, BackwardCounter, MainSolve, Request, call_user, raised_by_user
+from ._main_solve import BackwardCounter, MainSolve, Request, call_user, peer_solver_error, raised_by_user
 
 BACKENDS = ("local_reg", "torchsde")
 GRADIENTS = {"local_reg": ("direct", "checkpoint"), "torchsde": ("direct", "adjoint")}
@@ -129,13 +127,8 @@ def solve_main(
     except AssertionError as error:
         if raised_by_user(error):
             raise  # the user's own, from the drift or diffusion: as the local_reg backend passes it on
-        # torchsde reports a failed solve (NaNs in its error estimate) with assert, and no step
-        # count: the library's contract is SolverError.
-        reason = f"torchsde: {error} (after {counting.calls} evaluations of the drift and diffusion)"
-        if y0.numel() == 0:
-            reason += f"; {EMPTY_STATE.format(backend='torchsde')}"
-        t_failed = math.nan if counting.last_t is None else float(counting.last_t.detach())
-        raise SolverError(reason, t=t_failed, n_steps=None) from error
+        evaluations = f"{counting.calls} evaluations of the drift and diffusion"
+        raise peer_solver_error(error, "torchsde", evaluations, y0, counting.last_t, None) from error
     finally:
         counting.solving, counting.last_t = False, None  # the stats keep the wrapper, not its tensors
     stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
