@@ -474,11 +474,17 @@ def _call_leaving_state(name: str, state: Tensor, callback: Callable[..., Any], 
     """``callback(*args)``, which must not change ``state`` in place: the solver reuses it (the
     outputs, the dense record and the next step start from it), so a change would silently give
     wrong states, as a ``func`` that changes its input would (``_validate.CheckedField``)."""
-    if state.is_inference():  # keeps no version counter
-        return callback(*args)
-    version = state._version
-    value = callback(*args)
-    if state._version != version:
+    if state.is_inference():
+        # An inference tensor keeps no version counter: its values are compared instead (once per
+        # step, beside the step's evaluations of func).
+        before = state.clone()
+        value = callback(*args)
+        changed = not torch.allclose(before, state, rtol=0.0, atol=0.0, equal_nan=True)
+    else:
+        version = state._version
+        value = callback(*args)
+        changed = state._version != version
+    if changed:
         raise ValueError(
             f"callbacks.{name} modified the state it was given in place (at t={args[0]!r}); read it, "
             "or change a copy"

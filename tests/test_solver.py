@@ -592,11 +592,13 @@ def test_a_rejected_step_is_retried_without_evaluating_its_first_stage_again(met
         assert sum(t == t0 and torch.equal(y, y_start) for t, y in calls) == 1
 
 
+@pytest.mark.parametrize("inference", [False, True], ids=["grad", "inference_mode"])
 @pytest.mark.parametrize("which", ["step", "accept", "reject", "stop"])
-def test_a_callback_that_changes_its_state_in_place_is_an_error(which):
+def test_a_callback_that_changes_its_state_in_place_is_an_error(which, inference):
     """The solver reuses the state a callback is shown (outputs, dense record, the next step): a
     callback that changes it in place is an error naming it, as a field that does so is, not a
-    silently wrong solution."""
+    silently wrong solution; also under inference mode, whose tensors keep no version counter
+    (the change went unseen there)."""
 
     def change(t0, y, dt_or_t_next, *rest):
         y.add_(1.0)
@@ -605,9 +607,12 @@ def test_a_callback_that_changes_its_state_in_place_is_an_error(which):
         y1.mul_(0.0)
 
     callbacks = StepCallbacks(**{which: stop_that_changes if which == "stop" else change})
-    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
     t = [0.0, 1.0] if which == "stop" else [0.0, 6.0]
-    with pytest.raises(ValueError, match=rf"callbacks.{which} modified the state it was given in place"):
+    with (
+        torch.inference_mode(inference),
+        pytest.raises(ValueError, match=rf"callbacks.{which} modified the state it was given in place"),
+    ):
+        y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)  # an inference tensor in inference mode
         odeint(van_der_pol, y0, t, rtol=1e-6, atol=1e-8, first_step=2.0, callbacks=callbacks)
 
 
