@@ -475,9 +475,10 @@ def _states(
     )
     forced = int((solution.steps.error_estimate > 1.0).sum())
     if forced:
+        # No count in the text: a training loop would print it again for every new count.
         warn(
-            f"local_reg.compat.{caller}: {forced} steps were accepted at dt_min={min_step:g} whatever their "
-            "error (torchsde warns 'Hitting minimum allowed step size'): lower dt_min or loosen rtol, atol"
+            f"local_reg.compat.{caller}: steps were accepted at dt_min={min_step:g} whatever their error "
+            "(torchsde warns 'Hitting minimum allowed step size'): lower dt_min or loosen rtol, atol"
         )
     return solution.ys
 

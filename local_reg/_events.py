@@ -315,16 +315,16 @@ def _reroute(
         rate_at = t_event if rate_time is None else rate_time
         rate = func(time_tensor(rate_at, y_event, field_t_dtype), y_event)
     along = _rate_along_solution(event, t_event, y_event, rate, crossing.dtype)
-    if float(along) == 0.0 and live is not None:
+    if float(along.detach()) == 0.0 and live is not None:
         live_time, live_state = live
         y_live = y_event + (live_state - y_event).detach()
         crossing = event(live_time, y_live)
         along = _rate_along_solution(event, live_time, y_live, rate, crossing.dtype)
-    at = f"along the solution at the event t={t_event!r}"
-    if float(along) == 0.0:
+    # The warnings carry no per-solve values: a training loop would print them again for each.
+    if float(along.detach()) == 0.0:
         warn(
-            f"event_fn does not change {at} (a tangential crossing): the event time is not "
-            "differentiable there and gets no gradient"
+            "event_fn does not change along the solution at the event (a tangential crossing): the "
+            "event time is not differentiable there and gets no gradient"
         )
         return event_t, y_event, 1
     # The shift gives the implicit function theorem's first derivatives exactly; its second
@@ -335,11 +335,11 @@ def _reroute(
         "derivative through them (create_graph=True, a Hessian) is not available",
     )
     if shift.requires_grad:
-        shift.register_hook(functools.partial(_within_range, along=float(along), at=at))
+        shift.register_hook(functools.partial(_within_range, along=float(along.detach())))
     return event_t + shift.to(t_dtype), y_event + rate * shift.to(y_event.dtype), 1
 
 
-def _within_range(grad: Tensor, *, along: float, at: str) -> Tensor:
+def _within_range(grad: Tensor, *, along: float) -> Tensor:
     """The event time's cotangent ``grad``, or zeros with a warning where ``-grad / along``, the
     cotangent of ``event_fn``'s value, overflows its dtype (an ``event_fn`` of subnormal scale,
     or a loss that weighs the event time heavily beside a slow one): backpropagated into
@@ -347,10 +347,11 @@ def _within_range(grad: Tensor, *, along: float, at: str) -> Tensor:
     # A non-finite cotangent is the loss's, passed on as it is (not an overflow of the quotient).
     if not bool((torch.isfinite(grad) & (grad.abs() > torch.finfo(grad.dtype).max * abs(along))).any()):
         return grad
+    dtype = str(grad.dtype).removeprefix("torch.")
     warn(
-        f"event_fn changes {at} at the rate {along:.3g}, and the event time's gradient over it (the "
-        f"gradient of event_fn's value) overflows {str(grad.dtype).removeprefix('torch.')}: the event "
-        "time gets no gradient; scale event_fn up (its event time stays the same)"
+        "event_fn changes so slowly along the solution at the event that the event time's gradient "
+        f"over its rate (the gradient of event_fn's value) overflows {dtype}: the event time gets no "
+        "gradient; scale event_fn up (its event time stays the same)"
     )
     return torch.zeros_like(grad)
 

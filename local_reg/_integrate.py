@@ -605,7 +605,7 @@ def integrate(
     # With interpolation, the index of the next output time read from dense output.
     next_output = 1
     # Steps forced at controller.min_step, and the largest |dt| rho / stability_size among them.
-    n_forced, forced_stability = 0, 0.0
+    forced_stability = 0.0
     stability_size = getattr(getattr(stepper, "tableau", None), "stability_size", None)
 
     targets = times[-1:] if interpolate and len(times) > 1 else times[1:]
@@ -699,11 +699,9 @@ def integrate(
                 log.error_estimate.append(error_estimate)
                 if stepper.has_stiffness:
                     log.stiffness_estimate.append(result.stiffness_estimate.detach())
-                if forced and error_estimate > 1.0:
-                    n_forced += 1
-                    if stepper.has_stiffness and stability_size is not None:
-                        ratio = dt_used * float(result.stiffness_estimate.detach()) / stability_size
-                        forced_stability = max(forced_stability, ratio)
+                if forced and error_estimate > 1.0 and stepper.has_stiffness and stability_size is not None:
+                    ratio = dt_used * float(result.stiffness_estimate.detach()) / stability_size
+                    forced_stability = max(forced_stability, ratio)
                 # The caller may refill y0's memory after the solve (a reused buffer): the records
                 # that outlive it keep their own copy.
                 kept = y.clone() if y is y0 and keeps_records else y
@@ -791,10 +789,11 @@ def integrate(
     if forced_stability > 1.0:
         # A forced step beyond the explicit method's stability region amplifies the error of every
         # such step: the solution may grow without bound while each step stays finite.
+        # No counts in the text: a training loop would print it again for every new count.
         warn(
-            f"{n_forced} steps were forced at min_step={controller.min_step:g}, where |dt| * rho / "
-            f"stability_size reached {forced_stability:.2f} > 1: outside the explicit method's "
-            "stability region the forced solution is not to be trusted (lower min_step)",
+            f"steps were forced at min_step={controller.min_step:g} where |dt| * rho / stability_size "
+            "exceeds 1 (solution.steps: error_estimate above 1, stiffness_estimate): outside the "
+            "explicit method's stability region the forced solution is not to be trusted (lower min_step)",
             RuntimeWarning,
         )
     if stop is not None and log.stop_time is None:

@@ -221,7 +221,7 @@ def test_dt_min_bounds_the_steps() -> None:
     """At a tolerance no step of ``dt_min`` meets, every step is one of ``dt_min``, accepted whatever its
     error (with a warning, as torchsde's), and the solve ends."""
     sde, y0 = Recorded("diagonal"), y0_of()
-    with pytest.warns(UserWarning, match=r"64 steps were accepted at dt_min=0\.015625 whatever their error"):
+    with pytest.warns(UserWarning, match=r"steps were accepted at dt_min=0\.015625 whatever their error"):
         ys = compat.sdeint(
             sde, y0, [0.0, 1.0], bm=brownian(sde, 2), method="milstein", adaptive=True, rtol=1e-9, atol=1e-9,
             dt_min=2.0**-6,

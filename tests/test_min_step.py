@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from local_reg import Checkpoint, PIController, SolverError, Symplectic, odeint, sdeint
+from local_reg import Checkpoint, PIController, SolverError, Symplectic, get_tableau, odeint, sdeint
 from tests.problems import DecaySDE
 
 DTYPE = torch.float64
@@ -57,9 +57,23 @@ def test_forced_steps_beyond_the_stability_region_warn():
     # when measured) while every step stays finite. At dt * rate = 2 there is nothing to warn of.
     y0 = torch.zeros(1, dtype=DTYPE)
     tight = {"rtol": 1e-8, "atol": 1e-10}
-    with torch.no_grad(), pytest.warns(RuntimeWarning, match=r"forced at min_step=0.005.*reached 1.4"):
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match=r"forced at min_step=0.005 where .* exceeds 1"):
         unstable = odeint(Relaxation(), y0, [0.0, 1.0], controller=PIController(min_step=5e-3), **tight)
     assert unstable.ys[-1].abs().item() > 1e100
+    # What the warning points to: forced steps (error above 1) with |dt| * rho / stability_size 1.4.
+    steps = unstable.steps
+    forced = steps.error_estimate > 1.0
+    ratio = steps.dt.abs() * steps.stiffness_estimate / get_tableau("tsit5").stability_size
+    assert forced.any() and ratio[forced].max().item() == pytest.approx(1.43, abs=0.01)
+    # Its text carries no counts or ratios, which change from solve to solve: a training loop's
+    # default filter shows it once, not once per new count.
+    texts = set()
+    for end in (1.0, 0.7):
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            odeint(Relaxation(), y0, [0.0, end], controller=PIController(min_step=5e-3), **tight)
+        texts |= {str(w.message) for w in caught}
+    assert len(texts) == 1
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("error")
         odeint(Relaxation(), y0, [0.0, 1.0], controller=PIController(min_step=2e-3), **tight)
