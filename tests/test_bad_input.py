@@ -1355,6 +1355,11 @@ def test_torchdiffeq_backend_follows_the_error_contract():
         LocallyRegularized(decay, backend="torchdiffeq", options={"bogus": 1})
     with pytest.raises(ValueError, match="unknown method 'tsit5'"):
         LocallyRegularized(decay, backend="torchdiffeq", method="tsit5")
+    # A tableau was "unknown method ButcherTableau(name=..., c=(...), ...)", 778 characters.
+    with pytest.raises(
+        TypeError, match=r"^method: backend='torchdiffeq' takes torchdiffeq's method names, got the"
+    ):
+        LocallyRegularized(decay, backend="torchdiffeq", method=local_reg.get_tableau("bosh3"))
     # Values torchdiffeq would refuse only at the first call (or, for a safety of 0, underflow on).
     for options, name in (
         ({"first_step": -1.0}, "first_step"),

@@ -227,6 +227,11 @@ def check_ode_settings(
         return options
     from torchdiffeq._impl.odeint import SOLVERS
 
+    if isinstance(method, ButcherTableau):
+        raise TypeError(
+            f"method: backend='torchdiffeq' takes torchdiffeq's method names, got the tableau "
+            f"{method.name!r}: a tableau of your own needs backend='local_reg' (the default)"
+        )
     name = check_choice("method", ode_method(backend, method), sorted(SOLVERS))
     options = check_option_keys(options, solver_option_names(False, backend, name), backend)
     # The values torchdiffeq would refuse (or misuse) only at the first call.
