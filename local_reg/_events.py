@@ -320,8 +320,9 @@ def _reroute(
         y_live = y_event + (live_state - y_event).detach()
         crossing = event(live_time, y_live)
         along = _rate_along_solution(event, live_time, y_live, rate, crossing.dtype)
+    rate_along = float(along.detach())
     # The warnings carry no per-solve values: a training loop would print them again for each.
-    if float(along.detach()) == 0.0:
+    if rate_along == 0.0:
         warn(
             "event_fn does not change along the solution at the event (a tangential crossing): the "
             "event time is not differentiable there and gets no gradient"
@@ -335,7 +336,7 @@ def _reroute(
         "derivative through them (create_graph=True, a Hessian) is not available",
     )
     if shift.requires_grad:
-        shift.register_hook(functools.partial(_within_range, along=float(along.detach())))
+        shift.register_hook(functools.partial(_within_range, along=rate_along))
     return event_t + shift.to(t_dtype), y_event + rate * shift.to(y_event.dtype), 1
 
 

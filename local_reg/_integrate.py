@@ -604,7 +604,7 @@ def integrate(
     penalties: list[Tensor] = []
     # With interpolation, the index of the next output time read from dense output.
     next_output = 1
-    # Steps forced at controller.min_step, and the largest |dt| rho / stability_size among them.
+    # The largest |dt| rho / stability_size among the steps forced at controller.min_step.
     forced_stability = 0.0
     stability_size = getattr(getattr(stepper, "tableau", None), "stability_size", None)
 

@@ -235,15 +235,19 @@ def check_ode_settings(
     name = check_choice("method", ode_method(backend, method), sorted(SOLVERS))
     options = check_option_keys(options, solver_option_names(False, backend, name), backend)
     # The values torchdiffeq would refuse (or misuse) only at the first call.
-    given = {
+    given: dict[str, float] = {
         key: positive_float(f"options[{key!r}]", options[key])
         for key in ("first_step", "step_size", "safety", "ifactor", "dfactor")
         if key in options and (options[key] is not None or key not in ("first_step", "step_size"))
     }
     # Beyond these a rejected step need not shrink: torchdiffeq tries it again, for ever (its step
     # limit is 2**31 - 1 attempts). Its other factors are its own (an ifactor below 1 underflows).
-    for key, bound in (("safety", "at most 1"), ("dfactor", "below 1")):
-        if key in given and not (given[key] <= 1.0 if key == "safety" else given[key] < 1.0):
+    shrinking = (
+        ("safety", given.get("safety", 0.9) <= 1.0, "at most 1"),
+        ("dfactor", given.get("dfactor", 0.2) < 1.0, "below 1"),
+    )
+    for key, shrinks, bound in shrinking:
+        if not shrinks:
             raise ValueError(
                 f"options[{key!r}] must be {bound}, got {given[key]}: torchdiffeq's rejected steps "
                 "would not shrink, and its solve would try them again without end"
