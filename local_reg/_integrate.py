@@ -113,6 +113,12 @@ _EXACT_COUNTS = 2**53
 """Step counts above this are not exact as floats: a fixed step size is then its own equal step."""
 
 
+class TooManyFixedSteps(ValueError):
+    """A fixed ``step_size`` that needs more than ``max_steps`` steps, refused before the first: a
+    type of its own so that a caller rewording it for its settings (the adjoints' backward solve)
+    does not take a ``ValueError`` raised by ``func`` for it."""
+
+
 @dataclass(frozen=True, init=False)
 class SolveOptions:
     """The options of one solve (see :func:`local_reg.odeint` and :func:`local_reg.sdeint`), checked
@@ -564,7 +570,7 @@ def integrate(
                 needs, advice = f"about 1e{len(str(n_fixed)) - 1}", "pass a longer step_size"
             else:
                 needs, advice = str(n_fixed), f"pass max_steps={n_fixed} or a longer step_size"
-            raise ValueError(
+            raise TooManyFixedSteps(
                 f"step_size={options.step_size:g} needs {needs} steps over the output times, more than "
                 f"max_steps={options.max_steps}: {advice}"
             )

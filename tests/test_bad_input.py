@@ -881,6 +881,56 @@ def test_nan_in_the_vjp_raises_solver_error_with_every_gradient_method(gradient)
 
 
 @pytest.mark.parametrize("gradient", GRADIENTS)
+def test_a_nan_found_in_the_results_is_not_placed_at_a_time(gradient):
+    """NaN only in the vector-Jacobian products after t = 0.8: the adjoints name the time their
+    backward solve fails at; the others check the gradients they hand back, so their error's t is
+    the solve's start, which the message says rather than reading as where the NaN arose."""
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+
+    def late_nan(t, y):
+        return -y + (nan_vjp_field(t, y) if float(t) > 0.8 else 0.0)
+
+    times = torch.linspace(0, 1, 5, dtype=torch.float64)
+    solution = odeint(late_nan, y0, times, gradient=gradient, adjoint_params=())
+    with pytest.raises(SolverError, match=NAN_VJP) as raised:
+        solution.ys.sum().backward()
+    message = str(raised.value)
+    if "adjoint" in gradient:
+        assert raised.value.t > 0.8 and "found where the backward solve starts" in message
+    else:
+        assert raised.value.t == 0.0 and "so anywhere on the span: t is the solve's start" in message
+
+
+class _FieldsOwnError(ValueError):
+    pass
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS[1:])  # those that evaluate func in the backward pass
+def test_a_users_own_value_error_in_the_backward_pass_passes_through(gradient):
+    """The adjoints reworded every ValueError their backward solve raised (meant for their own
+    fixed-step refusal) as a new plain ValueError without the user's frame: a field's own
+    ValueError subclass comes out as raised now, as from torchdiffeq's adjoint."""
+    failing = [False]
+
+    def field(t, y):
+        if failing[0]:
+            raise _FieldsOwnError("my field's own check")
+        return -y
+
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    solution = odeint(field, y0, [0.0, 1.0], gradient=gradient, adjoint_params=())
+    failing[0] = True
+    with pytest.raises(_FieldsOwnError, match=r"^my field's own check$"):
+        solution.ys.sum().backward()
+    if "adjoint" in gradient:
+        failing[0] = False
+        ys = local_reg.compat.odeint_adjoint(field, y0, torch.tensor([0.0, 1.0]), adjoint_params=())
+        failing[0] = True
+        with pytest.raises(_FieldsOwnError, match=r"^my field's own check$"):
+            ys.sum().backward()
+
+
+@pytest.mark.parametrize("gradient", GRADIENTS)
 def test_nan_in_a_parameter_vjp_raises_solver_error(gradient):
     """Only the parameter's gradient is not finite: d sqrt(p) / dp at p = 0. The adjoints' default
     norm reads it at the backward solve's start, where it blamed a NaN step size ("first_step, or

@@ -504,35 +504,51 @@ class _LayerField(torch.nn.Module):
         return self.net(y)
 
 
-@pytest.mark.parametrize(
-    "layer", [torch.nn.Dropout(0.2), torch.nn.BatchNorm1d(3, dtype=DTYPE)], ids=["dropout", "bn"]
-)
-def test_graph_free_methods_warn_about_layers_that_differ_when_reevaluated(layer):
-    """Their backward pass evaluates func again: dropout draws new masks there (gradients ~10% off
-    on a fixed grid), batch norm updates its running statistics again. Eval mode and ``direct``
-    are quiet."""
-    field = _LayerField(layer)
+_REEVALUATED_LAYERS = {
+    "dropout": (lambda: torch.nn.Dropout(0.2), "dropout draws new masks"),
+    "bn": (lambda: torch.nn.BatchNorm1d(3, dtype=DTYPE), "batch norm updates its running statistics"),
+    "rrelu": (torch.nn.RReLU, "RReLU draws new slopes"),
+    # The state (4, 3) is an unbatched (channels, length) input to it.
+    "instance-norm": (
+        lambda: torch.nn.InstanceNorm1d(4, track_running_stats=True, dtype=DTYPE),
+        "instance norm updates its running statistics",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", _REEVALUATED_LAYERS)
+def test_graph_free_methods_warn_about_layers_that_differ_when_reevaluated(kind):
+    """Their backward pass evaluates func again: dropout and RReLU draw new masks or slopes there
+    (gradients ~1-10% off on a fixed grid), batch and instance norm update their running statistics
+    again. Eval mode and ``direct`` are quiet."""
+    make, effect = _REEVALUATED_LAYERS[kind]
+    field = _LayerField(make())
 
     def solve(gradient):
         y0 = torch.ones(4, 3, dtype=DTYPE)
         return odeint(field, y0, [0.0, 1.0], method="rk4", step_size=0.25, gradient=gradient)
 
-    # The warning names what the layer found does (it spoke of dropout's masks for batch norm too).
-    effect = "draws new masks" if isinstance(layer, torch.nn.Dropout) else "updates its running statistics"
     with pytest.warns(
         UserWarning, match="in training mode: gradient=.symplectic. evaluates func again"
     ) as seen:
         solve("symplectic")
-    assert effect in str(seen[0].message)
-    other = "updates its running" if isinstance(layer, torch.nn.Dropout) else "masks"
-    assert other not in str(seen[0].message)
+    # The warning names what the layer found does (it spoke of dropout's masks for batch norm too).
+    message = str(seen[0].message)
+    assert effect in message
+    assert [other for _, other in _REEVALUATED_LAYERS.values() if other in message] == [effect]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         solve("direct")
         field.eval()
         solve("symplectic")
-        # Layers that re-evaluate the same: dropout with p = 0, batch norm without running stats.
-        for quiet in (torch.nn.Dropout(0.0), torch.nn.BatchNorm1d(3, track_running_stats=False, dtype=DTYPE)):
+        # Layers that re-evaluate the same: dropout with p = 0, norms without running stats, an
+        # RReLU whose slope range is one value.
+        for quiet in (
+            torch.nn.Dropout(0.0),
+            torch.nn.BatchNorm1d(3, track_running_stats=False, dtype=DTYPE),
+            torch.nn.InstanceNorm1d(4, dtype=DTYPE),
+            torch.nn.RReLU(0.2, 0.2),
+        ):
             field = _LayerField(quiet)
             solve("symplectic")
 

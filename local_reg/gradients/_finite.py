@@ -25,11 +25,20 @@ def all_finite(tensors: Iterable[Tensor | None]) -> bool:
     return all(bool(torch.isfinite(g).all()) for g in tensors if g is not None)
 
 
-def raise_non_finite_gradient(t0: float, n_steps: int, func: str = "func") -> None:
+FOUND_IN_RESULTS = (
+    "found in the gradients the backward pass hands back, so anywhere on the span: t is the solve's start"
+)
+"""Where the methods that check their results once (:func:`guard_direct_gradients`,
+``finish_backward``) find a non-finite gradient: they do not know the step it arose in."""
+
+
+def raise_non_finite_gradient(
+    t: float, n_steps: int, func: str = "func", found: str = FOUND_IN_RESULTS
+) -> None:
     raise SolverError(
         f"non-finite gradient in the backward pass: the vector-Jacobian product of {func} is not "
-        "finite on the trajectory (e.g. sqrt or log at 0)",
-        t=t0,
+        f"finite on the trajectory (e.g. sqrt or log at 0; {found})",
+        t=t,
         n_steps=n_steps,
     )
 

@@ -68,11 +68,11 @@ def resolve_adjoint_params(
 
 
 def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, name: str = "func") -> None:
-    """A graph-free method evaluates ``func`` again in its backward pass: dropout draws new masks
-    there (the gradient is then not the forward solve's), batch norm updates its running
-    statistics again and spectral normalization takes further power iterations (its weight then is
-    not the forward solve's). Warn when ``func`` has such a layer in training mode; ``name``: what
-    the message calls ``func``.
+    """A graph-free method evaluates ``func`` again in its backward pass: dropout and RReLU draw new
+    masks or slopes there (the gradient is then not the forward solve's), batch and instance norm
+    update their running statistics again and spectral normalization takes further power
+    iterations (its weight then is not the forward solve's). Warn when ``func`` has such a layer in
+    training mode; ``name``: what the message calls ``func``.
 
     Inside ``torch.nn.utils.parametrize.cached()`` a parametrized field is refused (``ValueError``):
     the forward solve, without a graph, fills the cache with weights that have none, which the
@@ -90,8 +90,12 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
             return None
         if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
             return "dropout"
+        if isinstance(module, torch.nn.RReLU) and module.lower != module.upper:
+            return "RReLU"
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
             return "batch norm"
+        if isinstance(module, torch.nn.modules.instancenorm._InstanceNorm) and module.track_running_stats:
+            return "instance norm"
         power_iterations = isinstance(module, parametrizations._SpectralNorm) or any(
             isinstance(hook, SpectralNorm) for hook in module._forward_pre_hooks.values()
         )
@@ -103,7 +107,9 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
     if found:
         effects = {
             "dropout": "dropout draws new masks (the gradient is not the forward solve's)",
+            "RReLU": "RReLU draws new slopes (the gradient is not the forward solve's)",
             "batch norm": "batch norm updates its running statistics again",
+            "instance norm": "instance norm updates its running statistics again",
             "spectral norm": "spectral norm iterates again (the weight is not the forward solve's)",
         }
         warn(

@@ -49,7 +49,7 @@ from torch import Tensor
 from .._dense import DenseOutput
 from .._diagnose import SETTINGS_HINT
 from .._errors import SolverError
-from .._integrate import SolveOptions, integrate
+from .._integrate import SolveOptions, TooManyFixedSteps, integrate
 from .._step import (
     RKStepper,
     StepResult,
@@ -98,6 +98,9 @@ def parameter_views(flat: Tensor, params: tuple[Tensor, ...]) -> list[Tensor]:
     a complex parameter's as its real view ``(*shape, 2)`` (:func:`real_size`)."""
     parts = flat.split([real_size(p) for p in params])
     return [part.view(real_view(p).shape) for part, p in zip(parts, params, strict=True)]
+
+
+_AT_BACKWARD_START = "found where the backward solve starts"
 
 
 class AdjointStepper(RKStepper):
@@ -198,10 +201,10 @@ class AdjointStepper(RKStepper):
             k1 = super().begin(t0, y0, stats)
         except SolverError:
             # f was finite there in the forward solve: -a^T df/dy is what is not.
-            raise_non_finite_gradient(t0, 0)
+            raise_non_finite_gradient(t0, 0, found=_AT_BACKWARD_START)
         if self.norm_includes_parameters and not bool(torch.isfinite(self.rates[0]).all()):
             # -a^T df/dtheta, which the default norm reads: every step size would be NaN.
-            raise_non_finite_gradient(t0, 0)
+            raise_non_finite_gradient(t0, 0, found=_AT_BACKWARD_START)
         return k1, 0
 
     def initial_step_size(  # type: ignore[override]  # the carry is (k1, row)
@@ -545,8 +548,8 @@ class _ContinuousAdjoint(GraphFreeGradient):
             where = f"{self.label}, backward solve from t={times[start]!r} to t={times[end]!r}"
             try:
                 outputs, stats, _, _ = integrate(stepper, state, [times[start], times[end]], options)
-            except ValueError as error:
-                # Fixed steps beyond max_steps, refused before the first: this solve's settings.
+            except TooManyFixedSteps as error:
+                # Refused before the first step: this solve's settings.
                 message = str(error).replace("pass max_steps=", f"pass {own}(max_steps=")
                 message = message.replace(" or a longer step_size", ") or a longer step_size")
                 raise ValueError(f"{where}: {message}") from None
