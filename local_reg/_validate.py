@@ -597,6 +597,15 @@ def check_strided(name: str, value: Tensor, returned: bool = False) -> None:
     """``TypeError`` unless ``value`` is a dense (strided) tensor: a sparse one has little of the
     arithmetic a solve does (torch's own error would name an operator, not ``name``).
     ``returned``: ``name`` is a function whose output ``value`` is."""
+    if value.is_nested:
+        # A nested tensor of the default layout reports torch.strided: named here, not by an
+        # operator it lacks.
+        if returned:
+            raise TypeError(f"{name} returned a nested tensor: return one padded tensor")
+        raise TypeError(
+            f"{name} must be a dense tensor, got a nested tensor: pass one padded tensor "
+            "(torch.nested.to_padded_tensor)"
+        )
     if value.layout != torch.strided:
         if returned:
             raise TypeError(f"{name} returned a {value.layout} tensor: return a dense one (.to_dense())")
@@ -930,15 +939,20 @@ def one_time(name: str, value: object) -> tuple[float, Tensor | None]:
 
 def narrowest_float(times: Tensor | np.ndarray | Sequence[float | Tensor]) -> torch.dtype | None:
     """The narrowest floating dtype below float64 that ``times`` hold (a float32 tensor or array, a
-    list of float32 0-dim tensors such as a solution's own ``ts``), whose rounded span ends
-    :meth:`DenseOutput.evaluate` takes as the ends, as ``make_brownian`` a Brownian motion's ends;
-    ``None`` for float64 times and plain floats."""
+    list of float32 0-dim tensors such as a solution's own ``ts``, or of numpy float32 numbers such
+    as ``list(array)``), whose rounded span ends :meth:`DenseOutput.evaluate` takes as the ends, as
+    ``make_brownian`` a Brownian motion's ends; ``None`` for float64 times and plain floats."""
+
+    def numpy_float(dtype: np.dtype) -> list[torch.dtype]:
+        return [torch.from_numpy(np.empty(0, dtype=dtype)).dtype] if dtype.kind == "f" else []
+
     if isinstance(times, Tensor):
         dtypes = [times.dtype] if times.is_floating_point() else []
     elif isinstance(times, np.ndarray):
-        dtypes = [torch.from_numpy(np.empty(0, dtype=times.dtype)).dtype] if times.dtype.kind == "f" else []
+        dtypes = numpy_float(times.dtype)
     else:
         dtypes = [v.dtype for v in times if isinstance(v, Tensor) and v.is_floating_point()]
+        dtypes += [dtype for v in times if isinstance(v, np.generic) for dtype in numpy_float(v.dtype)]
     narrow = [dtype for dtype in dtypes if torch.finfo(dtype).bits < 64]
     return min(narrow, key=lambda dtype: torch.finfo(dtype).bits) if narrow else None
 

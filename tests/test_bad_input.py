@@ -385,11 +385,28 @@ def meta_times() -> torch.Tensor:
     return torch.tensor([0.0, 1.0], device="meta")
 
 
+def nested(x: torch.Tensor) -> torch.Tensor:
+    """A nested tensor of the default layout, which reports ``torch.strided`` as its layout."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's "prototype stage" notice
+        return torch.nested.nested_tensor([x, x[:1]])
+
+
 @pytest.mark.parametrize(
     ("call", "error", "message"),
     [
         (lambda: odeint(decay, sparse(torch.ones(3)), [0.0, 1.0]), TypeError, "y0 must be a dense tensor"),
         (lambda: odeint(lambda t, y: sparse(-y), torch.ones(3), [0.0, 1.0]), TypeError, "func returned a"),
+        (
+            lambda: odeint(decay, nested(torch.ones(3)), [0.0, 1.0]),
+            TypeError,
+            "y0 must be a dense tensor, got a nested",
+        ),
+        (
+            lambda: odeint(lambda t, y: nested(-y), torch.ones(3), [0.0, 1.0]),
+            TypeError,
+            "func returned a nested",
+        ),
         (
             lambda: local_reg.step(lambda t, y: sparse(-y), 0.0, torch.ones(3), 0.1, "tsit5"),
             TypeError,

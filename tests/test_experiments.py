@@ -479,6 +479,28 @@ def test_a_sweep_runs_seeds_outermost_and_records_the_weight_every_ten_iteration
     assert [entry[0] for entry in regularized["history"]["weight"]] == [0, 10]
 
 
+def test_the_gradient_ratio_measurement_is_not_counted_in_the_recorded_backward_nfe(tmp_path, monkeypatch):
+    """The ratio measured every ten iterations differentiates the penalty, which for a global
+    regularizer under a graph-free method runs the main solve's backward pass: its evaluations were
+    added to that iteration's backward NFE (twice the others'). With the measurement and without it,
+    the history is the same (the measurement changes no training step)."""
+
+    def history(out) -> dict[str, list]:
+        argv = ["digits", "--methods", "global-error", "--gradient", "checkpoint", "--set", "epochs=6"]
+        assert run(out, *argv) == 0
+        (record,) = ResultsFile(out).load()
+        return record["history"]
+
+    measured = history(tmp_path / "measured")
+    assert [entry[0] for entry in measured["grad_ratio"]] == [0, 10]
+    with_measurement = measured["backward_nfe"]
+    monkeypatch.setattr(runner, "RATIO_EVERY", 10**9)
+    monkeypatch.setattr(runner.GradientRatio, "before_backward", lambda self, reg: None)
+    monkeypatch.setattr(runner.GradientRatio, "after_backward", lambda self: math.nan)
+    assert with_measurement == history(tmp_path / "unmeasured")["backward_nfe"]
+    assert min(with_measurement) > 0
+
+
 def test_the_classification_accuracy_is_the_share_of_right_predictions():
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
     labels = torch.tensor([0, 1, 0])

@@ -87,6 +87,9 @@ def test_checkpoint_equals_direct(noise_type, method, steps):
         + (method == "milstein" and noise_type != "additive" and "step_size" not in steps)
     )
     assert checkpointed.stats.nfe_backward == per_step * checkpointed.stats.n_accepted
+    # Backpropagation makes no calls of its own: 0 once run, as odeint's "direct" (it stayed None,
+    # which means "not known").
+    assert direct.stats.nfe_backward == 0
 
 
 class ScaledDiffusion(NeuralSDE):

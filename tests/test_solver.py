@@ -804,6 +804,9 @@ def test_float32_output_times_a_step_size_apart_take_one_step_each(start, state_
         (torch.linspace(0.0, 1.0, 11, dtype=torch.float16), 0.1, 10),
         # bfloat16's rounding puts three intervals 1.6% past the step, beyond the 1%: slivers.
         (torch.linspace(0.0, 1.0, 11, dtype=torch.bfloat16), 0.1, 13),
+        # A list of numpy float32 numbers (list(array)) as the array: read as plain floats, 16 steps.
+        (list(np.linspace(0.0, 1.0, 11, dtype=np.float32)), 0.1, 10),
+        (np.linspace(0.0, 1.0, 11, dtype=np.float32), 0.1, 10),
     ],
 )
 def test_fixed_steps_over_float32_grids_count_the_steps_meant(t, step_size, n_steps):

@@ -391,11 +391,17 @@ def _empty_history() -> dict[str, list]:
 
 class _GradientMeasurement:
     """The ratio of the regularizer's gradient to the task's: measured every RATIO_EVERY iterations
-    (a diagnostic, kept out of the training time) and whenever a ratio weight fed from here is due."""
+    (a diagnostic, kept out of the training time) and whenever a ratio weight fed from here is due.
+    ``backward_nfe``: the evaluations the last measurement made (the penalty's gradient runs the
+    main solve's backward pass where the penalty reads the solution: global, RNODE, TayNODE), which
+    the iteration's recorded backward NFE leaves out, as :attr:`RegularizationStats.nfe_backward`
+    does a measuring weight's."""
 
     def __init__(self, spec: RunSpec, model: nn.Module, world: int) -> None:
         self.spec = spec
+        self.model = model
         self.world = world
+        self.backward_nfe = 0
         schedules = weight_schedules(model)
         self.tuned = [s for s in schedules if isinstance(s, RatioWeight)]
         self.ratio_weights = fed_ratio_weights(model, world)
@@ -414,14 +420,17 @@ class _GradientMeasurement:
         due = any(weight.due for weight in self.ratio_weights)
         # Not under DDP: the extra vector-Jacobian product would bypass its gradient sync.
         self.active = reg is not None and self.world == 1 and (self.recording or due)
+        self.backward_nfe = 0
         if reg is None or not self.active:
             return
+        before = solver_costs(self.model)["backward_nfe"]
         # Only a ratio weight fed from here needs the measurement; the recorded ratio alone is a
         # diagnostic, kept out of the training time.
         with train_time.excluded() if not due else contextlib.nullcontext():
             self.overall.before_backward(reg)
             if self.for_weight is not self.overall:
                 self.for_weight.before_backward(reg)
+        self.backward_nfe = solver_costs(self.model)["backward_nfe"] - before
 
     def after_backward(self, iteration: int, history: dict[str, list]) -> None:
         if not self.active:
@@ -617,6 +626,7 @@ def train_run(spec: RunSpec, out_dir: Path, *, progress: bool = True) -> dict[st
                     measurement.after_backward(iteration, history)
                     optimizer.step()
                     costs = solver_costs(model)
+                    costs["backward_nfe"] -= measurement.backward_nfe
                     if schedules and measurement.recording:
                         history["weight"].append([iteration, *(schedule() for schedule in schedules)])
                     for schedule in schedules:

@@ -18,6 +18,16 @@ from ._finite import guard_direct_gradients
 from ._function import ForwardSolve, GradientMethod
 
 
+def count_backpropagation(ys: Tensor, stats: Stats) -> None:
+    """``stats.nfe_backward`` is 0 once a backward pass reaches ``ys`` (``None`` before, as every
+    method's): backpropagation re-uses the forward graph, it makes no new calls of ``func``."""
+
+    def record_backward(grad: Tensor) -> None:
+        stats.nfe_backward = stats.nfe_backward or 0
+
+    ys.register_hook(record_backward)
+
+
 class Direct(GradientMethod):
     """``gradient="direct"``: backpropagation through every step of the forward solve."""
 
@@ -41,12 +51,7 @@ class Direct(GradientMethod):
         )
         ys = torch.stack(outputs)
         if ys.requires_grad:
-
-            def record_backward(grad: Tensor) -> None:
-                # Backpropagation re-uses the forward graph: it makes no new calls of func.
-                stats.nfe_backward = stats.nfe_backward or 0
-
-            ys.register_hook(record_backward)
+            count_backpropagation(ys, stats)
             guard_direct_gradients(ys, (y0, *solve.params), times[0], stats.n_steps)
         has_penalties = step_penalty is not None and penalties
         return ys, stats, steps, torch.stack(penalties) if has_penalties else None

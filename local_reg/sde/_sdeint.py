@@ -32,6 +32,7 @@ from ..gradients import Checkpoint, Direct, GradientMethod, as_gradient_method
 from ..gradients._finite import guard_direct_gradients
 from ..gradients._function import checks_captures, evaluate_refusing_captures, records_graph
 from ..gradients._params import resolve_adjoint_params, warn_if_reevaluation_differs
+from ..gradients.direct import count_backpropagation
 from ..solution import Solution, Steps
 from ._checkpoint import CheckpointedSolve, RecordingStepper
 from ._step import EulerMaruyamaStepper, SDEStepResult
@@ -283,6 +284,7 @@ def sdeint(
                     )
                 ys = torch.stack(outputs)
                 if checkpointed is None and ys.requires_grad:
+                    count_backpropagation(ys, stats)
                     # As odeint's "direct": a non-finite gradient of y0 or the SDE's parameters
                     # from a finite cotangent is a SolverError, as the checkpoint gradient's is.
                     parameters = () if owner is None else tuple(owner.parameters())
