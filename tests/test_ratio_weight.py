@@ -390,15 +390,18 @@ def test_gradients_accumulated_before_the_measured_pass_do_not_count():
     assert ratios[0] is not None and ratios[1] == pytest.approx(ratios[0], rel=1e-12)
 
 
-@pytest.mark.parametrize("scale", [0.25, 65536.0])
+@pytest.mark.parametrize("scale", [0.25, 65536.0, 2.0**70])
 def test_a_scaled_backward_pass_measures_the_same_ratio(scale):
     """A loss divided over micro-batches, or scaled by AMP's GradScaler: the task's gradient and the
-    penalty's are scaled alike, so the measured ratio (and the weight it sets) is the unscaled one."""
+    penalty's are scaled alike, so the measured ratio (and the weight it sets) is the unscaled one.
+    2**70: a GradScaler's scale where nothing overflows (a CPU, bfloat16) doubles every 2000
+    iterations; the float32 squares of its gradients overflowed, and nothing was measured."""
+    dtype = torch.float32 if scale > 2.0**64 else DTYPE
     ratios, weights = [], []
     for factor in (1.0, scale):
-        model = _model(RatioWeight(0.5))
+        model = _model(RatioWeight(0.5)).to(dtype)
         model.weight = RatioWeight(0.5, parameters=model.parameters())
-        loss = _task_loss(model(_y0(), T))
+        loss = _task_loss(model(_y0().to(dtype), T.to(dtype)))
         (factor * (loss + model.reg_loss)).backward()
         ratios.append(model.weight.last_ratio)
         weights.append(model.weight())

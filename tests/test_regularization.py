@@ -27,7 +27,7 @@ from local_reg import (
     step,
     taynode_regularization,
 )
-from local_reg.regularization import _problems, _sampling
+from local_reg.regularization import WeightSchedule, _problems, _sampling
 from local_reg.regularization._sampling import insert_time
 
 DTYPE = torch.float64
@@ -561,6 +561,22 @@ def test_exponential_decay_schedule_and_resume():
     assert resumed.weight.iteration == 7 and resumed.weight() == model.weight()
 
 
+def test_a_constant_set_between_iterations_is_resumed():
+    """ConstantWeight.weight may be set between iterations: the state saved only the iteration, so a
+    resumed run went on with the constructor's constant. A state saved without it keeps this one's."""
+    model = LocallyRegularized(MLPField(), weight=0.5)
+    model.weight.weight = 5.0
+    model.weight.step()
+    resumed = LocallyRegularized(MLPField(), weight=0.5)
+    resumed.load_state_dict(model.state_dict())
+    assert resumed.weight() == 5.0 and resumed.weight.iteration == 1
+    older = ConstantWeight(0.5)
+    older.load_state_dict({"iteration": 3})
+    assert older() == 0.5 and older.iteration == 3
+    with pytest.raises(ValueError, match="the state's constant must be non-negative"):
+        older.load_state_dict({"iteration": 3, "constant": -1.0})
+
+
 def test_state_dict_resumes_the_t_reg_sequence():
     def make() -> LocallyRegularized:
         return LocallyRegularized(
@@ -596,6 +612,13 @@ def test_a_generator_state_that_cannot_be_continued_is_warned_about():
 def test_schedule_validation():
     with pytest.raises(ValueError, match="value must be non-negative"):
         ConstantWeight(-1.0)
+    # A user's schedule is checked where its value is read, as a float weight is (a negative one
+    # rewarded what the penalty measures, silently).
+    for bad in (-1.0, float("nan")):
+        schedule = type("Mine", (WeightSchedule,), {"value": lambda self, k, bad=bad: bad})()
+        model = LocallyRegularized(MLPField(), weight=schedule)
+        with pytest.raises(ValueError, match=r"^Mine.value\(0\) must be non-negative and finite"):
+            model(torch.ones(2, 2, dtype=DTYPE), [0.0, 1.0])
     with pytest.raises(ValueError, match="w1 must be positive"):
         ExponentialDecay(1.0, 0.0, 10)
     with pytest.raises(ValueError, match="n_steps"):

@@ -217,6 +217,48 @@ def test_a_users_penalty_without_draws_is_taken_to_draw_and_gets_the_generator()
     torch.testing.assert_close(ys[-1], y0 * torch.exp(torch.tensor(-1.0, dtype=DT)), rtol=1e-5, atol=1e-7)
 
 
+class _ReturningPenalty:
+    """A user's penalty returning ``returned(ys, R, stats)`` instead of ``(ys, R, stats)``."""
+
+    draws = False
+
+    def __init__(self, returned):
+        self.returned = returned
+
+    def check(self, problem):
+        pass
+
+    def __call__(self, problem, y0, t, generator=None, bm=None):
+        from local_reg.regularization._module import plain_solve
+
+        ys, stats = plain_solve(problem, y0, t, generator, bm)
+        return self.returned(ys, ys.pow(2).mean(), stats)
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        # A vector R broadcast silently into loss + reg_loss; the others failed far from the penalty.
+        (lambda ys, r, s: (ys, ys.pow(2).mean(-1), s), r"returned R of shape \(2, 1\)"),
+        (lambda ys, r, s: (ys, float(r), s), "returned R of float"),
+        (lambda ys, r, s: (ys, r), "must return .ys, R, stats.*got a tuple of 2"),
+        (lambda ys, r, s: ys, "must return .ys, R, stats.*got Tensor"),
+        (lambda ys, r, s: (ys, r, None), "returned stats of type NoneType"),
+        (lambda ys, r, s: (ys.tolist(), r, s), "returned ys of type list"),
+    ],
+)
+def test_a_users_penalty_returning_otherwise_is_named(returned, message):
+    model = local_reg.Regularized(lambda t, y: -y, _ReturningPenalty(returned), weight=2.0)
+    y0 = torch.ones(1, 2, dtype=DT)
+    with pytest.raises(TypeError, match=f"^penalty _ReturningPenalty {message}"):
+        model(y0, [0.0, 1.0])
+    with pytest.raises(TypeError, match=f"^penalty _ReturningPenalty {message}"):
+        model.penalize(y0, [0.0, 1.0])
+    fine = local_reg.Regularized(lambda t, y: -y, _ReturningPenalty(lambda *result: result), weight=2.0)
+    ys = fine(y0, [0.0, 1.0])
+    assert float(fine.reg_loss) == pytest.approx(2.0 * float(ys.pow(2).mean()), rel=1e-15)
+
+
 def test_sde_solver_step_probe_retakes_the_step_that_starts_at_t_reg():
     """LocallyRegularized's docstring: step_size='solver' takes 'the accepted step of the main solve
     that contains t_reg (starts at it when the main solve lands on it)'; an SDE solve with a probe

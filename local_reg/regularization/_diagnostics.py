@@ -18,6 +18,13 @@ import torch
 from torch import Tensor
 
 
+def squared_norm(gradient: Tensor) -> float:
+    """``||gradient||^2``, summed in float64: a float32 gradient scaled by AMP's ``GradScaler``
+    (whose scale grows without bound where nothing overflows, on a CPU or under bfloat16) squares
+    past float32's range long before the gradient itself does."""
+    return float(torch.linalg.vector_norm(gradient, dtype=torch.float64)) ** 2
+
+
 def trained_parameters(parameters: object) -> list[Tensor]:
     """The tensors of ``parameters`` that require grad, each once (a parameter listed twice, as
     one shared by two concatenated lists, would count twice in a gradient norm); a tensor itself
@@ -86,10 +93,10 @@ class GradientRatio:
             if total is not None and before is not None:
                 total = total - before
             if penalty is not None:
-                penalty_sq += float(penalty.pow(2).sum())
+                penalty_sq += squared_norm(penalty)
             if total is not None:
                 task = total if penalty is None else total - penalty
-                task_sq += float(task.pow(2).sum())
+                task_sq += squared_norm(task)
         self._penalty_grads, self._grads_before = None, []
         self.penalty_norm, self.task_norm = math.sqrt(penalty_sq), math.sqrt(task_sq)
         if task_sq == 0.0:

@@ -496,6 +496,31 @@ class Penalty(Protocol):
     ) -> tuple[Tensor, Tensor, RegularizationStats]: ...
 
 
+def _checked_penalty_result(penalty: Penalty, result: object) -> tuple[Tensor, Tensor, RegularizationStats]:
+    """``penalty``'s ``(ys, R, stats)``, refused by name where a user's penalty returns otherwise (a
+    vector ``R`` would broadcast into ``loss + reg_loss``, a float or ``None`` fail far away)."""
+    own = f"penalty {type(penalty).__name__}"
+    contract = (
+        "(ys, R, stats): the solution, the unweighted penalty R (a 0-dim tensor), a RegularizationStats"
+    )
+    if not (isinstance(result, tuple) and len(result) == 3):
+        got = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
+        raise TypeError(f"{own} must return {contract}; got {got}")
+    ys, reg, stats = result
+    if not isinstance(ys, Tensor):
+        raise TypeError(f"{own} returned ys of type {type(ys).__name__}: it must be the solution, a tensor")
+    if not (isinstance(reg, Tensor) and reg.ndim == 0 and reg.is_floating_point()):
+        got = (
+            f"shape {tuple(reg.shape)}, dtype {reg.dtype}" if isinstance(reg, Tensor) else type(reg).__name__
+        )
+        raise TypeError(f"{own} returned R of {got}: it must be a 0-dim floating tensor (e.g. its .mean())")
+    if not isinstance(stats, RegularizationStats):
+        raise TypeError(
+            f"{own} returned stats of type {type(stats).__name__}: it must be a RegularizationStats"
+        )
+    return ys, reg, stats
+
+
 def _rebuild_generator(device: str, state: bytes) -> torch.Generator:
     generator = torch.Generator(device)
     generator.set_state(torch.frombuffer(bytearray(state), dtype=torch.uint8))
@@ -697,7 +722,9 @@ class Regularized(nn.Module):
                 ys, stats = plain_solve(problem, flat_y0, t, self.generator)
                 self.stats, self.reg_loss = stats, torch.zeros((), dtype=ys.dtype, device=ys.device)
                 return unflatten(ys)
-            ys, reg, stats = self.penalty(problem, flat_y0, t, self.generator)
+            ys, reg, stats = _checked_penalty_result(
+                self.penalty, self.penalty(problem, flat_y0, t, self.generator)
+            )
             stats.grad_ratio = self.weight.last_ratio
             reg_loss = reg * self.weight()
             before = stats.nfe_backward or 0
@@ -752,7 +779,9 @@ class Regularized(nn.Module):
         self._check_draws_replayable(True)
         problem, flat_y0, unflatten = self._flat(y0, t)
         with self._undone_on_failure():
-            ys, reg, stats = self.penalty(problem, flat_y0, t, self.generator, bm)
+            ys, reg, stats = _checked_penalty_result(
+                self.penalty, self.penalty(problem, flat_y0, t, self.generator, bm)
+            )
         return unflatten(ys), reg, stats
 
     def get_extra_state(self) -> dict[str, Any]:

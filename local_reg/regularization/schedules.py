@@ -28,7 +28,7 @@ from .._validate import (
     real_number,
     transformed,
 )
-from ._diagnostics import GradientRatio, trained_parameters
+from ._diagnostics import GradientRatio, squared_norm, trained_parameters
 
 ROUNDING_ULPS = 4096
 """A task gradient measured as the pass's gradient less the penalty's counts as zero when its norm is
@@ -85,7 +85,10 @@ class WeightSchedule:
         raise NotImplementedError(f"{type(self).__name__} must define value(iteration)")
 
     def __call__(self) -> float:
-        return self.value(self.iteration)
+        weight = self.value(self.iteration)
+        # A user's schedule is checked as a float weight is: a negative one would reward what the
+        # penalty measures, a NaN would make reg_loss NaN.
+        return non_negative_float(f"{type(self).__name__}.value({self.iteration})", weight)
 
     def step(self) -> float:
         """Advance one iteration and return the new weight."""
@@ -146,6 +149,19 @@ class ConstantWeight(WeightSchedule):
     @weight.setter
     def weight(self, value: float) -> None:
         self._weight = non_negative_float("weight", value)
+
+    def state_dict(self) -> dict[str, Any]:
+        # The constant too, as "constant" (a self-tuning weight's state has a "weight" of its own,
+        # which is not carried over): it may have been set between iterations.
+        return {**super().state_dict(), "constant": self._weight}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # A state saved before the constant was part of it keeps this schedule's.
+        weight = self._weight
+        if isinstance(state, Mapping) and "constant" in state:
+            weight = non_negative_float("the state's constant", state["constant"])
+        super().load_state_dict(state)
+        self._weight = weight
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A pickle of an earlier version holds the constant as "weight".
@@ -857,7 +873,7 @@ def _no_end_of_pass() -> None:
 
 def _norm(grads: Iterable[Tensor | None]) -> float:
     """The Euclidean norm of a list of gradients (``None``: zero)."""
-    return math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None))
+    return math.sqrt(sum(squared_norm(g) for g in grads if g is not None))
 
 
 def as_schedule(weight: float | WeightSchedule) -> WeightSchedule:
