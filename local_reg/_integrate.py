@@ -479,7 +479,11 @@ class AcceptedStep:
 def _call_leaving_state(name: str, state: Tensor, callback: Callable[..., Any], *args: Any) -> Any:
     """``callback(*args)``, which must not change ``state`` in place: the solver reuses it (the
     outputs, the dense record and the next step start from it), so a change would silently give
-    wrong states, as a ``func`` that changes its input would (``_validate.CheckedField``)."""
+    wrong states, as a ``func`` that changes its input would (``_validate.CheckedField``). Not
+    checked while ``torch.compile`` traces, as ``func``'s input is not (``call_leaving_input``): the
+    traced graph's version counters do not follow the eager ones."""
+    if torch.compiler.is_compiling():
+        return callback(*args)
     if state.is_inference():
         # An inference tensor keeps no version counter: its values are compared instead (once per
         # step, beside the step's evaluations of func).

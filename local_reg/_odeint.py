@@ -33,6 +33,7 @@ from ._validate import (
     checked_field,
     explain_unknown_keywords,
     narrowest_float,
+    refuse_captured_tangents,
     time_direction,
     time_dtype,
     validate_state,
@@ -361,6 +362,8 @@ def odeint(
     else:
         with torch.no_grad() if gradient_method.graph_free else nullcontext():
             f0 = evaluate_first(checked, start, state, options.time_dtype)
+        if gradient_method.graph_free:
+            refuse_captured_tangents(gradient_method.name, [f0])
     forward = ForwardSolve(
         checked,
         times,

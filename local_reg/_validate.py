@@ -489,6 +489,13 @@ def transformed(value: object) -> TypeGuard[Tensor]:
     return isinstance(value, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(value)
 
 
+def batched_cotangent(value: object) -> TypeGuard[Tensor]:
+    """Whether ``value`` is one of the batched cotangents that ``torch.autograd.grad(...,
+    is_grads_batched=True)`` and ``torch.autograd.functional.jacobian(..., vectorize=True)`` pass
+    through a backward pass (torch's older vmap): like a transformed tensor, not readable."""
+    return isinstance(value, Tensor) and torch._C._functorch.is_legacy_batchedtensor(value)
+
+
 def _transform_levels(value: object) -> Iterator[Tensor]:
     """``value`` at each level of the ``torch.func`` transforms that wrap it, outermost first."""
     functorch = torch._C._functorch
@@ -584,6 +591,19 @@ def check_params_not_dual(gradient: str, params: Sequence[Tensor]) -> None:
             "adjoint_params carry forward-mode tangents (torch.autograd.forward_ad), which "
             f"gradient={gradient!r} would drop: forward mode runs through gradient='direct' only; or "
             "differentiate with torch.autograd (loss.backward(), torch.autograd.grad)"
+        )
+
+
+def refuse_captured_tangents(gradient: str, first: Sequence[Tensor], name: str = "func") -> None:
+    """A ``ValueError`` where ``first`` (a graph-free method's first evaluations of ``name``)
+    carries a forward-mode tangent although ``y0``, ``t`` and ``adjoint_params`` carry none (they
+    were judged before): ``name`` uses a dual tensor of its own, whose tangent the method's
+    ``torch.autograd.Function`` (no ``jvp``) would drop, silently."""
+    if carries_tangent(list(first)):
+        raise ValueError(
+            f"{name} uses a tensor carrying forward-mode tangents (torch.autograd.forward_ad) that is "
+            f"neither y0 nor in adjoint_params, whose tangent gradient={gradient!r} would drop: forward "
+            "mode runs through gradient='direct' only; or differentiate with torch.autograd"
         )
 
 

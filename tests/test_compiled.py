@@ -321,3 +321,31 @@ def test_the_limit_of_graphs_under_fullgraph_runs_the_steps_eagerly():
     ):
         solution = odeint(field, y0, [0.0, 1.0], compile=compile)
     torch.testing.assert_close(solution.ys, odeint(field, y0, [0.0, 1.0]).ys, rtol=0, atol=0)
+
+
+def test_an_event_solve_compiled_whole_gives_the_eager_event_time_and_gradient():
+    """Under a user's torch.compile of the whole solve, the check that callbacks.stop leaves the
+    state unchanged read the traced graph's version counters, which do not follow the eager ones:
+    odeint_event failed with "callbacks.stop modified the state it was given in place"."""
+    from local_reg import odeint_event
+
+    def event_time(y0):
+        time, _ = odeint_event(
+            lambda t, y: torch.ones_like(y) + 0.5 * y,
+            y0,
+            torch.tensor(0.0),
+            event_fn=lambda t, y: y[..., 0].sum() - 2.0,
+            adjoint_params=(),
+        )
+        return time
+
+    results = []
+    for solve in (event_time, torch.compile(event_time, backend="aot_eager")):
+        y0 = torch.zeros(1, 2, requires_grad=True)
+        time = solve(y0)
+        time.backward()
+        results.append((time.detach(), y0.grad))
+    # y(t) = 2 (e^{t/2} - 1) + y0 e^{t/2} reaches 2 at t = 2 ln 2 from y0 = 0.
+    assert float(results[0][0]) == pytest.approx(2 * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])

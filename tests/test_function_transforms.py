@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -65,6 +66,29 @@ def test_vmap_of_compats_times_is_refused_as_odeint_refuses_it():
         vmap(lambda t: torchdiffeq.odeint(lambda s, y: -y, torch.ones(2, dtype=DTYPE), t))(spans)
 
 
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_batched_cotangents_run_through_direct_and_are_refused_by_the_others(gradient):
+    """``jacobian(vectorize=True)`` and ``autograd.grad(is_grads_batched=True)`` pass batched
+    cotangents (torch's older vmap) through the backward pass: the non-finite-gradient check read
+    them and failed with torch's "Batching rule not implemented for aten::is_nonzero", for every
+    method; torchdiffeq's odeint runs them."""
+    y0 = torch.tensor([1.0, -2.0], dtype=DTYPE)
+    expected = math.exp(-RATE) * torch.eye(2, dtype=DTYPE)
+    scale = torch.tensor(1.0, dtype=DTYPE, requires_grad=True)
+
+    def solve(y):
+        return end_state(y * scale, gradient=gradient, adjoint_params=())
+
+    if gradient == "direct":
+        torch.testing.assert_close(torch.autograd.functional.jacobian(solve, y0, vectorize=True), expected)
+        ys = solve(y0)
+        (batched,) = torch.autograd.grad(ys, scale, torch.eye(2, dtype=DTYPE), is_grads_batched=True)
+        torch.testing.assert_close(batched, math.exp(-RATE) * y0)
+        return
+    with pytest.raises(RuntimeError, match=f"gradient='{gradient}' takes one cotangent per backward pass"):
+        torch.autograd.functional.jacobian(solve, y0, vectorize=True)
+
+
 @pytest.mark.parametrize("gradient", [g for g in GRADIENT_METHODS if g != "direct"])
 def test_a_graph_free_gradient_method_is_refused_naming_direct(gradient):
     with pytest.raises(
@@ -94,6 +118,41 @@ def test_forward_mode_ad_runs_through_direct_and_is_refused_by_the_others(gradie
         with pytest.raises(ValueError, match=r"t carries forward-mode tangents.*t\.requires_grad_\(\)"):
             odeint(decay, y0, dual_t)
     torch.testing.assert_close(out, math.exp(-RATE) * tangent)
+
+
+@pytest.mark.parametrize("gradient", [g for g in GRADIENT_METHODS if g != "direct"])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_a_dual_tensor_the_field_captures_is_refused_by_the_graph_free_methods(gradient, requires_grad):
+    """Not y0, not in adjoint_params: the field's own dual tensor (a closure, a module attribute).
+    Its tangent was dropped silently (None) where the same tensor listed in adjoint_params is
+    refused; ``direct`` propagates it."""
+    from torch.autograd import forward_ad
+
+    y0 = torch.ones(1, dtype=DTYPE)
+    with forward_ad.dual_level():
+        primal = torch.tensor(0.5, dtype=DTYPE, requires_grad=requires_grad)
+        rate = forward_ad.make_dual(primal, torch.tensor(1.0, dtype=DTYPE))
+        direct = odeint(lambda t, y: -rate * y, y0, [0.0, 1.0], adjoint_params=())
+        torch.testing.assert_close(
+            forward_ad.unpack_dual(direct.ys[-1]).tangent, torch.tensor([-math.exp(-0.5)], dtype=DTYPE)
+        )
+        with pytest.raises(
+            ValueError, match=rf"^func uses a tensor carrying forward-mode tangents.*{gradient}"
+        ):
+            odeint(lambda t, y: -rate * y, y0, [0.0, 1.0], gradient=gradient, adjoint_params=())
+        if gradient == "checkpoint":
+
+            class Decay:
+                noise_type, sde_type = "diagonal", "ito"
+
+                def f(self, t, y):
+                    return -rate * y
+
+                def g(self, t, y):
+                    return 0.1 * torch.ones_like(y)
+
+            with pytest.raises(ValueError, match=r"^sde uses a tensor carrying forward-mode tangents"):
+                sdeint(Decay(), y0[None], [0.0, 1.0], step_size=0.5, gradient=gradient, adjoint_params=())
 
 
 @pytest.mark.parametrize("gradient", [g for g in GRADIENT_METHODS if g != "direct"])
@@ -214,19 +273,25 @@ def test_a_regularized_model_trained_by_torch_func_stays_a_module_that_copies_an
         ys = functional_call(model, parameters, (y0, [0.0, 1.0]))
         return ys[-1].pow(2).mean() + model.reg_loss
 
-    gradients = grad(loss)(params)
+    # The default weight says once that it measures nothing there (it stays at its initial 0.001,
+    # next to no regularization: a loop trained so would not know).
+    with pytest.warns(UserWarning, match=r"RatioWeight measures nothing inside torch\.func transforms"):
+        gradients = grad(loss)(params)
     model.generator.manual_seed(0)
     (loss(dict(model.named_parameters()))).backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(gradients[name], p.grad, rtol=1e-10, atol=1e-12)
-    grad(loss)(params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per weight
+        grad(loss)(params)
     assert [id(p) for p in model.weight.parameters] == [id(p) for p in model.parameters()]
     # Not passes the weight counts either (its warning that none was measured would misadvise),
     # nor ones that close the measurement a training pass opened before its backward pass.
     assert model.weight.state_dict()["watched"] == 1
     model = LocallyRegularized(_MLPField(), generator=torch.Generator().manual_seed(0))
     training, reg_loss = model(y0, [0.0, 1.0]), model.reg_loss  # its first pass: measured
-    grad(loss)({name: p.detach() for name, p in model.named_parameters()})
+    with pytest.warns(UserWarning, match="RatioWeight measures nothing"):
+        grad(loss)({name: p.detach() for name, p in model.named_parameters()})
     (training[-1].pow(2).mean() + reg_loss).backward()
     assert model.weight.state_dict()["measured"] == 1 and model.weight.last_ratio is not None
     twin = copy.deepcopy(model)

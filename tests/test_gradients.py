@@ -21,12 +21,13 @@ from local_reg import (
     Symplectic,
     odeint,
     odeint_event,
+    sdeint,
 )
 from local_reg._integrate import SolveOptions, integrate_ode
 from local_reg.gradients import GRADIENT_METHODS
 from local_reg.gradients._checkpoints import StepStates
 from local_reg.gradients._function import graph_nodes
-from tests.problems import CountingField, NetField, failing_backward, lotka_volterra
+from tests.problems import CountingField, DecaySDE, NetField, failing_backward, lotka_volterra
 
 EXACT = ["checkpoint", "symplectic"]
 DTYPE = torch.float64
@@ -711,6 +712,30 @@ def test_a_backward_pass_under_inference_mode_gives_the_same_gradients(gradient)
         gradients.append((y0.grad, field.net.weight.grad, field.net.bias.grad))
     for outside, inside in zip(*gradients, strict=True):
         assert inside is not None and torch.equal(inside, outside)
+
+
+@pytest.mark.parametrize("gradient", GRADIENT_METHODS)
+def test_a_solve_under_inference_mode_with_grad_mode_inside_is_a_plain_solve(gradient):
+    """``torch.enable_grad()`` inside ``torch.inference_mode()`` records nothing; the graph-free
+    methods tried to save the inference tensors for a backward pass and failed with torch's
+    "Inference tensors cannot be saved for backward" (odeint, sdeint's checkpoint, the regularized
+    models): each solves as under no_grad, as gradients.md says."""
+    field = _FieldWithAnUnusedParameter()
+    y0 = torch.linspace(-1.0, 1.0, 3, dtype=DTYPE)
+    expected = odeint(field, y0, TIMES).ys.detach()
+    with torch.inference_mode(), torch.enable_grad():
+        ys = odeint(field, y0, TIMES, gradient=gradient).ys
+    assert not ys.requires_grad and torch.equal(ys, expected)
+    if gradient == "checkpoint":
+        sde = DecaySDE()
+        sde.rate = torch.nn.Parameter(torch.tensor(1.0, dtype=DTYPE))  # something to differentiate
+        sde.f = lambda t, y: -sde.rate * y
+        torch.manual_seed(0)  # the Brownian path
+        expected = sdeint(sde, y0[None], TIMES).ys.detach()
+        torch.manual_seed(0)
+        with torch.inference_mode(), torch.enable_grad():
+            noisy = sdeint(sde, y0[None], TIMES, gradient=gradient).ys
+        assert not noisy.requires_grad and torch.equal(noisy, expected)
 
 
 def test_bound_method_of_a_module_uses_its_parameters():

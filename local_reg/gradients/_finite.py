@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .._errors import SolverError
-from .._validate import transformed
+from .._validate import batched_cotangent, transformed
 
 
 def all_finite(tensors: Iterable[Tensor | None]) -> bool:
@@ -79,9 +79,9 @@ def guard_direct_gradients(
 
     def record_cotangent(grad: Tensor | None) -> None:
         task = torch._C._current_graph_task_id()
-        # Under torch.func transforms (jacrev's vmap over cotangents) a tensor's value cannot be
-        # read: the check is skipped there.
-        readable = grad is not None and not transformed(grad)
+        # Under torch.func transforms (jacrev's vmap over cotangents) or batched cotangents
+        # (jacobian(vectorize=True)) a tensor's value cannot be read: the check is skipped there.
+        readable = grad is not None and not transformed(grad) and not batched_cotangent(grad)
         finite = readable and all_finite((grad,))
         if readable and not finite:
             _NON_FINITE_COTANGENT_PASSES.add(task)
@@ -92,7 +92,8 @@ def guard_direct_gradients(
             _NON_FINITE_COTANGENT_PASSES.discard(task)
 
         def check(gradient: Tensor) -> None:
-            if transformed(gradient) or torch._C._current_graph_task_id() != task:
+            unreadable = transformed(gradient) or batched_cotangent(gradient)
+            if unreadable or torch._C._current_graph_task_id() != task:
                 return
             if finite and task not in _NON_FINITE_COTANGENT_PASSES and not all_finite((gradient,)):
                 ended()  # the pass ends here, before its end-of-pass callback

@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 from .._dense import DenseOutput
 from .._integrate import SolveOptions, StepPenalty, integrate_ode
 from .._step import VectorField
-from .._validate import time_direction, without_autocast
+from .._validate import batched_cotangent, refuse_captured_tangents, time_direction, without_autocast
 from ..solution import Stats, Steps
 from ..tableaus import ButcherTableau
 from ._checkpoints import StepStates
@@ -159,6 +159,7 @@ def evaluate_refusing_captures(
     field. So the graph's leaves are kept by weak references only, the graph is dropped, and the
     leaves still alive are the captured ones (a leaf ``name`` keeps for itself would be named too)."""
     outputs = evaluate()
+    refuse_captured_tangents(method, outputs, name)  # detached, they would carry none
     leaves = _leaves_of(outputs, {id(argument) for argument in arguments})
     detached = tuple(output.detach() for output in outputs)
     del outputs  # the graph, and the leaves only it held
@@ -545,7 +546,10 @@ class GraphFreeGradient(GradientMethod):
             if solve.is_differentiated(y0)
             else None
         )
-        ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
+        # Under inference mode, grad mode nested inside (torch.enable_grad()) records nothing either,
+        # and the inference tensors could not be saved for a backward pass: solved as under no_grad.
+        with torch.no_grad() if torch.is_inference_mode_enabled() else contextlib.nullcontext():
+            ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
         has_penalties = solve.step_penalty is not None and penalties.numel() > 0
         steps = cast(Steps, solve.steps)  # set by the forward pass just run
         return ys, solve.stats, steps, penalties if has_penalties else None
@@ -816,6 +820,12 @@ def first_order_backward(backward: Callable) -> Callable:
                 f"gradient={ctx.method.name!r} gives first derivatives only (its backward pass is "
                 "not differentiable): for second derivatives (create_graph=True, a Hessian) use "
                 + direct(getattr(ctx, "func_name", "func"))
+            )
+        if any(batched_cotangent(grad) for grad in grads):
+            raise RuntimeError(
+                f"gradient={ctx.method.name!r} takes one cotangent per backward pass, not a batch of "
+                "them (torch.autograd.grad(is_grads_batched=True), jacobian(vectorize=True)): "
+                "leave the batching off, or use " + direct(getattr(ctx, "func_name", "func"))
             )
         with torch.inference_mode(False):
             return once(ctx, *grads)

@@ -567,6 +567,15 @@ class RatioWeight(_SelfTuningWeight):
         # not a pass to measure, to count towards the warning that none was, or to close the
         # measurement the last training pass opened.
         if transformed(reg_loss):
+            if self.parameters is not None and not getattr(self, "_warned_of_transform", False):
+                # Once per weight: a loop trained by torch.func.grad would otherwise train with the
+                # initial weight (0.001 by default: next to no regularization), without a word.
+                self._warned_of_transform = True
+                warn(
+                    "RatioWeight measures nothing inside torch.func transforms (their gradients are not "
+                    f"the parameters' .grad), so its weight stays at {self():g}: to train under "
+                    "torch.func.grad, give the model a constant weight (weight=...)"
+                )
             return
         if self.parameters is None:
             return

@@ -24,6 +24,7 @@ from .._validate import (
     explain_unknown_keywords,
     narrowest_float,
     positive_float,
+    refuse_captured_tangents,
     relative_tolerance,
     without_autocast,
 )
@@ -232,6 +233,8 @@ def sdeint(
         # The checkpoint gradient's forward solve keeps no graph, from its first evaluations on.
         with torch.no_grad() if checkpointed is not None else nullcontext():
             f0, g0 = first_evaluations()
+        if checkpointed is not None:
+            refuse_captured_tangents(checkpointed.name, [f0, g0], "sde")
     check_shapes(noise_type, y0, f0, g0)
     # Every later drift, diffusion and Brownian increment is checked too.
     size = brownian_size(noise_type, y0, g0)
