@@ -46,7 +46,7 @@ from torch import Tensor
 from ._errors import warn
 from ._integrate import NO_STEP_LIMIT
 from ._step import time_tensor, within_ulps
-from ._validate import host_list, positive_float, validate_times
+from ._validate import host_list, positive_float, validate_state, validate_times
 from .controller import PIController, TimeSet
 from .sde._sdeint import sde_module
 from .sde._sdeint import sdeint as _sdeint
@@ -369,6 +369,8 @@ def _states(
             "method='euler' or None): Milstein's term and an error estimate of Euler--Maruyama's "
             "leading local error need the noise's iterated integrals (Levy areas)"
         )
+    # Before the fixed-step grid reads its dtype (local_reg.sdeint checks it again).
+    y0 = validate_state(y0)
     # The times as torchsde names them: local_reg.sdeint's messages say t.
     times = validate_times(ts, "ts", increasing_only=True)
     if times[-1] < times[0]:

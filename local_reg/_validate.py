@@ -160,6 +160,15 @@ def tolerance(name: str, value: object, *, relative: bool) -> float | Tensor:
     """A solve's ``rtol`` (``relative``: 0 allowed) or ``atol`` (positive): one real number, or a
     tensor of per-element tolerances (any floating dtype, detached; each element checked alike),
     whose shape :func:`per_element_tolerance` checks against the state's."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]  # numpy's scalar of it
+    if isinstance(value, (list, tuple, np.ndarray)):
+        # Lists are read per tensor of a tuple state (before this); a tensor state's per-element
+        # tolerances are a tensor.
+        raise TypeError(
+            f"{name} must be a number or a tensor of per-element tolerances, got {type(value).__name__} "
+            f"(a list gives one tolerance per tensor of a tuple state): pass torch.tensor({name})"
+        )
     if not (isinstance(value, Tensor) and value.dim() > 0):
         return relative_tolerance(name, value) if relative else positive_float(name, value)
     if not value.is_floating_point():

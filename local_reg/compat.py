@@ -395,7 +395,10 @@ def _landings(opts: dict[str, Any], times: list[float]) -> tuple[tuple[float, ..
 
 def _listed_tolerance(name: str, value: Tolerance) -> Tolerance:
     """A list or tuple of numbers as torchdiffeq reads it for a tensor ``y0`` (``torch.as_tensor``):
-    per-element tolerances broadcasting to the state (``odeint`` checks the shape)."""
+    per-element tolerances broadcasting to the state (``odeint`` checks the shape); a numpy array
+    alike."""
+    if isinstance(value, np.ndarray):
+        return torch.as_tensor(value, dtype=torch.float64)
     if not isinstance(value, (list, tuple)):
         return value
     try:

@@ -1594,6 +1594,19 @@ def test_a_penalty_that_is_not_a_penalty_object_is_refused_naming_it(penalty):
 def test_sde_models_check_method_and_options_at_construction():
     with pytest.raises(ValueError, match=r"unknown method 'srk'.*not implemented here.*backend='torchsde'"):
         LocallyRegularized(DiagonalSDE(), method="srk")
+    # A tableau was "unknown method ButcherTableau(name=..., c=(...), ...)", 917 characters, and a
+    # number a ValueError where odeint's is a TypeError.
+    tableau = local_reg.get_tableau("tsit5")
+    for call in (
+        lambda: LocallyRegularized(DiagonalSDE(), method=tableau),
+        lambda: sdeint(DiagonalSDE(), torch.ones(1, 2), [0.0, 1.0], method=tableau),
+    ):
+        with pytest.raises(
+            TypeError, match=r"^method must be the name of an SDE method.*ButcherTableau \(Butch"
+        ):
+            call()
+    with pytest.raises(TypeError, match=r"^method must be the name of an SDE method.*got int$"):
+        sdeint(DiagonalSDE(), torch.ones(1, 2), [0.0, 1.0], method=5)
     LocallyRegularized(DiagonalSDE(), method="srk", backend="torchsde")
     # torchsde's names, as its users write them, are told apart from a typo.
     with pytest.raises(ValueError, match=r"torchsde's 'euler' \(for Ito SDEs\) is 'euler_maruyama' here"):

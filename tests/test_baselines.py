@@ -320,6 +320,10 @@ def test_state_dict_round_trip_restores_the_schedule_and_the_noise(cls, z0):
     assert float(restored.reg_loss) == float(original.reg_loss)
     assert restored.stats.t_end == original.stats.t_end
     assert restored.stats.terms == original.stats.terms
+    # Compared by identity and hashable, as every RegularizationStats (the baselines' compared
+    # field-wise and could not be hashed, where code written for the base class keys on them).
+    assert len({original.stats, restored.stats, original.stats}) == 2
+    assert original.stats != restored.stats and original.stats == original.stats
 
 
 @pytest.mark.parametrize("cls", [SteerRegularized, RNODERegularized, TayNODERegularized])

@@ -8,6 +8,7 @@ import math
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -1118,6 +1119,17 @@ def test_a_list_of_tolerances_for_a_tensor_state_is_read_as_torchdiffeq_reads_it
     assert torch.equal(listed, compat.odeint(field, y0, t, rtol=as_tensor, atol=as_tensor))
     theirs = torchdiffeq.odeint(field, y0, t, rtol=tolerances, atol=tolerances)
     assert float((listed - theirs).abs().max()) < 1e-7
+    # A numpy array too, as torchdiffeq reads it (it was "rtol must be a non-negative float").
+    array = np.array(tolerances)
+    assert torch.equal(listed, compat.odeint(field, y0, t, rtol=array, atol=array))
+    # local_reg.odeint takes a tensor state's per-element tolerances as a tensor: a list is named so.
+    with pytest.raises(
+        TypeError, match=r"^rtol must be a number or a tensor of per-element tolerances, got list"
+    ):
+        local_reg.odeint(field, y0, t, rtol=tolerances)
+    assert torch.equal(
+        local_reg.odeint(field, y0, t, rtol=np.array(1e-6)).ys, local_reg.odeint(field, y0, t).ys
+    )
     with pytest.raises(ValueError, match=r"rtol of shape \(3,\) does not broadcast"):
         compat.odeint(field, y0, t, rtol=[1e-6] * 3)
     with pytest.raises(TypeError, match="rtol must be a number, a tensor or a list of numbers"):

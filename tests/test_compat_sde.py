@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -355,6 +356,17 @@ REFUSALS = [
     ({"adaptive": True, "atol": -1.0}, ValueError, r"atol must be positive and finite, got -1\.0"),
     ({"adaptive": True, "atol": torch.tensor(0.0)}, ValueError, r"atol=0: .*atol=1e-7"),
 ]
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+@pytest.mark.parametrize("y0", [[[1.0, 1.0]], np.ones((1, 2))], ids=["list", "ndarray"])
+def test_a_y0_that_is_not_a_tensor_is_named_on_the_fixed_grid_too(y0: object, adjoint: bool) -> None:
+    """The fixed-step path (torchsde's default) read y0.dtype before y0 was checked: an
+    AttributeError or torch's own TypeError, where the adaptive path names y0 as torchsde does."""
+    solve = compat.sdeint_adjoint if adjoint else compat.sdeint
+    for adaptive in (False, True):
+        with pytest.raises(TypeError, match=r"^y0 must be a torch\.Tensor, got "):
+            solve(SDE("diagonal"), y0, [0.0, 1.0], adaptive=adaptive)
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), REFUSALS)

@@ -780,6 +780,9 @@ def test_bad_adjoint_arguments():
         odeint(field, y0, TIMES, gradient=BacksolveAdjoint(method="rk4"))
     with pytest.raises(TypeError, match="gradient must be a str"):
         odeint(field, y0, TIMES, gradient=3)
+    # The class, not an object of it: the message named the classes' metaclass ("got _Settled").
+    with pytest.raises(TypeError, match=r"got the class Symplectic: pass Symplectic\(\)"):
+        odeint(field, y0, TIMES, gradient=Symplectic)
     with pytest.raises(ValueError, match="unknown gradient"):
         odeint(field, y0, TIMES, gradient="adjiont")
     with pytest.raises(TypeError, match="adjoint_params"):

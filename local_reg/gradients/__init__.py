@@ -37,6 +37,12 @@ def as_gradient_method(gradient: object) -> GradientMethod:
     names. ``TypeError`` for anything else, ``ValueError`` for an unknown string."""
     if isinstance(gradient, GradientMethod):
         return gradient
+    if isinstance(gradient, type) and issubclass(gradient, GradientMethod):
+        # type(gradient).__name__ would name the classes' metaclass.
+        raise TypeError(
+            f"gradient must be a GradientMethod object, got the class {gradient.__name__}: pass "
+            f"{gradient.__name__}() (with its options, if any)"
+        )
     if not isinstance(gradient, str):
         raise TypeError(
             f"gradient must be a str (one of {GRADIENT_METHODS}) or a GradientMethod such as "

@@ -20,7 +20,7 @@ from ._problems import ODEProblem
 from ._stats import RegularizationStats
 
 
-@dataclass
+@dataclass(eq=False)  # identity, as its base's: a field-wise == would compare the tensor state
 class BaselineStats(RegularizationStats):
     """:class:`RegularizationStats` of a baseline regularizer's training pass.
 

@@ -34,6 +34,7 @@ from .._validate import (
     validate_state,
     validate_times,
 )
+from ..tableaus import ButcherTableau
 
 METHODS = ("euler_maruyama", "milstein")
 """The SDE schemes of :func:`local_reg.sdeint`."""
@@ -132,9 +133,16 @@ def validate_sde_problem(
 def check_method(method: object) -> str:
     """``method`` if it is one of :data:`METHODS`; else a ``ValueError`` that lists them, with a hint
     for a torchsde method name."""
-    if not isinstance(method, str) or method not in METHODS:
-        hint = TORCHSDE_NAMES.get(method, "") if isinstance(method, str) else ""
-        raise ValueError(f"unknown method {method!r}; expected one of {list(METHODS)}{hint}")
+    if not isinstance(method, str):
+        # A tableau's repr lists every coefficient: the type says what was passed.
+        raise TypeError(
+            f"method must be the name of an SDE method, one of {list(METHODS)}, got {type(method).__name__}"
+            + (" (Butcher tableaus are for odeint)" if isinstance(method, ButcherTableau) else "")
+        )
+    if method not in METHODS:
+        raise ValueError(
+            f"unknown method {method!r}; expected one of {list(METHODS)}{TORCHSDE_NAMES.get(method, '')}"
+        )
     return method
 
 
