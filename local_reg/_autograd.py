@@ -3,10 +3,31 @@ read a value computed without a graph as a constant (which would silently drop t
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+import functools
+from collections.abc import Callable
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import torch
 from torch import Tensor
+
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+
+
+def plain_under_inference_mode(function: Callable[_Params, _Result]) -> Callable[_Params, _Result]:
+    """``function`` (a solve's entry point) run under ``no_grad`` where ``torch.inference_mode`` is
+    on with grad mode nested inside it (``torch.enable_grad()``): nothing is recorded there either,
+    but the library's own autograd Functions would try to save inference tensors for a backward pass
+    (torch's "Inference tensors cannot be saved for backward")."""
+
+    @functools.wraps(function)
+    def plain(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        if torch.is_inference_mode_enabled() and torch.is_grad_enabled():
+            with torch.no_grad():
+                return function(*args, **kwargs)
+        return function(*args, **kwargs)
+
+    return plain
 
 
 class _RefusingBackward(torch.autograd.Function):

@@ -43,13 +43,14 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from ._autograd import first_order_only
+from ._autograd import first_order_only, plain_under_inference_mode
 from ._errors import SolverError, warn
 from ._integrate import STOP_NEVER_HELD, StepCallbacks, open_end
 from ._odeint import odeint
 from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import StateField, accepts_structured_states
 from ._validate import (
+    batched_cotangent,
     call_leaving_input,
     carries_tangent,
     check_bool,
@@ -345,7 +346,10 @@ def _within_range(grad: Tensor, *, along: float) -> Tensor:
     cotangent of ``event_fn``'s value, overflows its dtype (an ``event_fn`` of subnormal scale,
     or a loss that weighs the event time heavily beside a slow one): backpropagated into
     ``event_fn``'s graph it would be ``inf`` and NaN, silently."""
-    # A non-finite cotangent is the loss's, passed on as it is (not an overflow of the quotient).
+    # A non-finite cotangent is the loss's, passed on as it is (not an overflow of the quotient); a
+    # batch of cotangents (jacobian(vectorize=True)) cannot be read, and is passed on too.
+    if batched_cotangent(grad):
+        return grad
     if not bool((torch.isfinite(grad) & (grad.abs() > torch.finfo(grad.dtype).max * abs(along))).any()):
         return grad
     dtype = str(grad.dtype).removeprefix("torch.")
@@ -382,6 +386,7 @@ def direction_time(t0: float, reverse_time: bool, largest: float = math.inf) -> 
     return max(-largest, min(t1, largest))
 
 
+@plain_under_inference_mode
 def odeint_event(
     func: Callable[[Tensor, Any], Any],
     y0: State,

@@ -10,6 +10,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
+from ._autograd import plain_under_inference_mode
 from ._errors import warn
 from ._integrate import (
     DEFAULT_MAX_STEPS,
@@ -147,6 +148,7 @@ def _legacy_gradient(
     }
 )
 @accepts_structured_states
+@plain_under_inference_mode
 def odeint(
     func: Callable[[Tensor, Any], Any],
     y0: State,

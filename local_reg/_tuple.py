@@ -76,6 +76,8 @@ class TupleState:
         for index, (part, shape) in enumerate(zip(parts, self.shapes, strict=True)):
             if not isinstance(part, Tensor):
                 raise TypeError(f"{what}[{index}] must be a torch.Tensor, got {type(part).__name__}")
+            if part.is_nested:  # before its shape, which a nested tensor does not have
+                raise TypeError(f"{what}[{index}] is a nested tensor: give one padded tensor")
             if part.dtype != self.dtype:
                 raise TypeError(
                     f"{what}[{index}] has dtype {part.dtype}, expected the dtype of y0 {self.dtype}"

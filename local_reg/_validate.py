@@ -87,7 +87,10 @@ def check_bool(name: str, value: object) -> bool:
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
     """``value`` if it is one of ``choices``, else a ``ValueError`` that names ``name`` and lists them."""
     choices = tuple(choices)
-    if not isinstance(value, str) or value not in choices:
+    if not isinstance(value, str):
+        # The type, not the repr: an object's (a tableau's) may run to a page.
+        raise TypeError(f"{name} must be one of {list(choices)}, got {type(value).__name__}")
+    if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; expected one of {list(choices)}")
     return value
 
@@ -100,9 +103,11 @@ def check_not_meta(name: str, value: Tensor, holds: str) -> None:
 
 
 def real_number(name: str, value: object, expected: str) -> float:
-    """``value`` as a float: a real number (numpy's scalars included) or a 0-dim real tensor (as
-    torchdiffeq takes its tolerances); anything else, a tensor of several values (per-element
-    tolerances) too, is a ``TypeError`` naming ``name``."""
+    """``value`` as a float: a real number (numpy's scalars and 0-dim arrays included) or a 0-dim
+    real tensor (as torchdiffeq takes its tolerances); anything else, a tensor of several values
+    (per-element tolerances) too, is a ``TypeError`` naming ``name``."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]  # numpy's scalar of it
     if isinstance(value, Tensor):
         if value.dim() != 0 or value.is_complex() or value.dtype == torch.bool:
             raise TypeError(
@@ -160,9 +165,9 @@ def tolerance(name: str, value: object, *, relative: bool) -> float | Tensor:
     """A solve's ``rtol`` (``relative``: 0 allowed) or ``atol`` (positive): one real number, or a
     tensor of per-element tolerances (any floating dtype, detached; each element checked alike),
     whose shape :func:`per_element_tolerance` checks against the state's."""
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-        value = value[()]  # numpy's scalar of it
-    if isinstance(value, (list, tuple, np.ndarray)):
+    if isinstance(value, (list, tuple, np.ndarray)) and not (
+        isinstance(value, np.ndarray) and value.ndim == 0
+    ):
         # Lists are read per tensor of a tuple state (before this); a tensor state's per-element
         # tolerances are a tensor.
         raise TypeError(
@@ -973,7 +978,12 @@ def narrowest_float(times: Tensor | np.ndarray | Sequence[float | Tensor]) -> to
     ``make_brownian`` a Brownian motion's ends; ``None`` for float64 times and plain floats."""
 
     def numpy_float(dtype: np.dtype) -> list[torch.dtype]:
-        return [torch.from_numpy(np.empty(0, dtype=dtype)).dtype] if dtype.kind == "f" else []
+        # Below 64 bits only (float16, float32): torch has no dtype of numpy's longdouble.
+        return (
+            [torch.from_numpy(np.empty(0, dtype=dtype)).dtype]
+            if dtype.kind == "f" and dtype.itemsize < 8
+            else []
+        )
 
     if isinstance(times, Tensor):
         dtypes = [times.dtype] if times.is_floating_point() else []

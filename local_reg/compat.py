@@ -466,6 +466,9 @@ def _solve(
         return _scipy_solve(func, y0, t, rtol, atol, options, event_fn, dense)
     if isinstance(y0, Tensor):
         rtol, atol = _listed_tolerance("rtol", rtol), _listed_tolerance("atol", atol)
+    else:
+        # A tuple state: torchdiffeq reads an array, as a list, as one tolerance per tensor.
+        rtol, atol = (list(v) if isinstance(v, np.ndarray) and v.ndim == 1 else v for v in (rtol, atol))
     # Checked before the fixed grid is read from them (odeint checks them again); an event's two
     # times give the direction, so they too must be finite and distinct.
     times = validate_times(t)

@@ -408,6 +408,11 @@ def nested(x: torch.Tensor) -> torch.Tensor:
             "func returned a nested",
         ),
         (
+            lambda: odeint(lambda t, y: (-y[0], nested(y[1])), (torch.ones(3), torch.ones(3)), [0.0, 1.0]),
+            TypeError,
+            r"func's output\[1\] is a nested tensor",
+        ),
+        (
             lambda: local_reg.step(lambda t, y: sparse(-y), 0.0, torch.ones(3), 0.1, "tsit5"),
             TypeError,
             "func",
@@ -1607,6 +1612,8 @@ def test_sde_models_check_method_and_options_at_construction():
             call()
     with pytest.raises(TypeError, match=r"^method must be the name of an SDE method.*got int$"):
         sdeint(DiagonalSDE(), torch.ones(1, 2), [0.0, 1.0], method=5)
+    with pytest.raises(TypeError, match=r"^method must be one of \[.*\], got ButcherTableau$"):
+        LocallyRegularized(DiagonalSDE(), method=tableau, backend="torchsde")
     LocallyRegularized(DiagonalSDE(), method="srk", backend="torchsde")
     # torchsde's names, as its users write them, are told apart from a typo.
     with pytest.raises(ValueError, match=r"torchsde's 'euler' \(for Ito SDEs\) is 'euler_maruyama' here"):

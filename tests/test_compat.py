@@ -1130,6 +1130,19 @@ def test_a_list_of_tolerances_for_a_tensor_state_is_read_as_torchdiffeq_reads_it
     assert torch.equal(
         local_reg.odeint(field, y0, t, rtol=np.array(1e-6)).ys, local_reg.odeint(field, y0, t).ys
     )
+    # A 0-dim array is a number wherever a tolerance is read: the models, the adjoints' own.
+    model = local_reg.LocallyRegularized(field, rtol=np.array(1e-6), atol=np.array(1e-8), weight=1.0)
+    assert torch.equal(model.eval()(y0, t), local_reg.odeint(field, y0, t).ys)
+    assert local_reg.BacksolveAdjoint(rtol=np.array(1e-6)) == local_reg.BacksolveAdjoint(rtol=1e-6)
+    # A tuple state's array: one tolerance per tensor, as torchdiffeq reads it.
+    pair = (y0[0], y0[1])
+
+    def pair_field(t, y):
+        return y[0] @ matrix.T, -y[1]
+
+    per_tensor = compat.odeint(pair_field, pair, t, rtol=array, atol=array)
+    theirs = torchdiffeq.odeint(pair_field, pair, t, rtol=array, atol=array)
+    assert max(float((a - b).abs().max()) for a, b in zip(per_tensor, theirs, strict=True)) < 1e-6
     with pytest.raises(ValueError, match=r"rtol of shape \(3,\) does not broadcast"):
         compat.odeint(field, y0, t, rtol=[1e-6] * 3)
     with pytest.raises(TypeError, match="rtol must be a number, a tensor or a list of numbers"):

@@ -84,6 +84,27 @@ def test_batched_cotangents_run_through_direct_and_are_refused_by_the_others(gra
         ys = solve(y0)
         (batched,) = torch.autograd.grad(ys, scale, torch.eye(2, dtype=DTYPE), is_grads_batched=True)
         torch.testing.assert_close(batched, math.exp(-RATE) * y0)
+        # In the output times too (y(t1) = e^{-a (t1 - t0)} y0), and an event's time (y' = 1 + y/2
+        # from 0 reaches sum y = 2 at t = 2 ln 2; d t_event / d y0_i = -1 / rate along = -1/2).
+        times = torch.tensor([0.0, 1.0], dtype=DTYPE)
+        by_times = torch.autograd.functional.jacobian(
+            lambda t: odeint(decay, y0, t, rtol=1e-10, atol=1e-12).ys[-1], times, vectorize=True
+        )
+        torch.testing.assert_close(
+            by_times, RATE * math.exp(-RATE) * torch.outer(y0, torch.tensor([1.0, -1.0], dtype=DTYPE))
+        )
+        event = torch.autograd.functional.jacobian(
+            lambda y: odeint_event(
+                lambda t, u: 1 + 0.5 * u,
+                y,
+                torch.tensor(0.0, dtype=DTYPE),
+                event_fn=lambda t, u: u.sum() - 2.0,
+                adjoint_params=(),
+            )[0],
+            torch.zeros(2, dtype=DTYPE),
+            vectorize=True,
+        )
+        torch.testing.assert_close(event, torch.full((2,), -0.5, dtype=DTYPE))
         return
     with pytest.raises(RuntimeError, match=f"gradient='{gradient}' takes one cotangent per backward pass"):
         torch.autograd.functional.jacobian(solve, y0, vectorize=True)

@@ -725,7 +725,11 @@ def test_a_solve_under_inference_mode_with_grad_mode_inside_is_a_plain_solve(gra
     expected = odeint(field, y0, TIMES).ys.detach()
     with torch.inference_mode(), torch.enable_grad():
         ys = odeint(field, y0, TIMES, gradient=gradient).ys
+        # Times that require grad too (their own autograd Function saved inference tensors).
+        timed = odeint(field, y0, torch.tensor(TIMES, requires_grad=True), gradient=gradient).ys
     assert not ys.requires_grad and torch.equal(ys, expected)
+    assert not timed.requires_grad
+    assert torch.equal(timed, odeint(field, y0, torch.tensor(TIMES)).ys.detach())
     if gradient == "checkpoint":
         sde = DecaySDE()
         sde.rate = torch.nn.Parameter(torch.tensor(1.0, dtype=DTYPE))  # something to differentiate

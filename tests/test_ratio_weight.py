@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from local_reg import LocallyRegularized, RatioWeight
+from local_reg import GradientRatio, LocallyRegularized, RatioWeight
 from local_reg.experiments.methods import weight_schedule, weight_text
 from local_reg.experiments.runner import RunSpec
 from local_reg.experiments.settings import SettingsError
@@ -407,6 +407,30 @@ def test_a_scaled_backward_pass_measures_the_same_ratio(scale):
         weights.append(model.weight())
     assert ratios[0] is not None and ratios[1] == pytest.approx(ratios[0], rel=1e-9)
     assert weights[1] == pytest.approx(weights[0], rel=1e-9)
+
+
+def test_a_sparse_gradient_is_measured():
+    """An embedding with sparse gradients among the measured parameters: the float64 norm of the
+    gradients (torch.linalg.vector_norm) has no sparse kernel, and measuring failed. Its gradient
+    is the task's alone (the penalty reads u(t_reg) detached): the task's norm is the field's
+    and the embedding's together."""
+    embedding = torch.nn.Embedding(10, 3, sparse=True).to(DTYPE)
+    model = _model(RatioWeight(0.5))
+    with_embedding = GradientRatio([*model.parameters(), *embedding.parameters()])
+    field_only = GradientRatio(list(model.parameters()))
+    ys = model(embedding(torch.tensor([1, 3, 3, 7])), T)
+    with_embedding.before_backward(model.reg_loss)
+    field_only.before_backward(model.reg_loss)
+    (_task_loss(ys) + model.reg_loss).backward()
+    assert embedding.weight.grad.is_sparse
+    embedding_norm = float(embedding.weight.grad.to_dense().norm())
+    ratio = with_embedding.after_backward()
+    field_only.after_backward()
+    assert with_embedding.penalty_norm == pytest.approx(field_only.penalty_norm, rel=1e-12)
+    assert with_embedding.task_norm == pytest.approx(
+        math.hypot(field_only.task_norm, embedding_norm), rel=1e-12
+    )
+    assert ratio == pytest.approx(with_embedding.penalty_norm / with_embedding.task_norm, rel=1e-12)
 
 
 def test_a_backward_pass_without_the_penalty_measures_nothing():

@@ -619,6 +619,14 @@ def test_schedule_validation():
         model = LocallyRegularized(MLPField(), weight=schedule)
         with pytest.raises(ValueError, match=r"^Mine.value\(0\) must be non-negative and finite"):
             model(torch.ones(2, 2, dtype=DTYPE), [0.0, 1.0])
+    # A learned weight (a 0-dim tensor with a graph) is checked by value and kept with its graph.
+    learned = torch.nn.Parameter(torch.tensor(0.3, dtype=DTYPE))
+    model = LocallyRegularized(
+        MLPField(), weight=type("Learned", (WeightSchedule,), {"value": lambda s, k: 2 * learned})()
+    )
+    model(torch.ones(2, 2, dtype=DTYPE), [0.0, 1.0])
+    model.reg_loss.backward()
+    assert float(learned.grad) == pytest.approx(2 * model.stats.penalty, rel=1e-12)
     with pytest.raises(ValueError, match="w1 must be positive"):
         ExponentialDecay(1.0, 0.0, 10)
     with pytest.raises(ValueError, match="n_steps"):

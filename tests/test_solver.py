@@ -807,6 +807,8 @@ def test_float32_output_times_a_step_size_apart_take_one_step_each(start, state_
         # A list of numpy float32 numbers (list(array)) as the array: read as plain floats, 16 steps.
         (list(np.linspace(0.0, 1.0, 11, dtype=np.float32)), 0.1, 10),
         (np.linspace(0.0, 1.0, 11, dtype=np.float32), 0.1, 10),
+        # numpy's longdouble, wider than float64 (torch has no dtype of it): plain floats.
+        ([np.longdouble(0.0), np.longdouble(1.0)], 0.1, 10),
     ],
 )
 def test_fixed_steps_over_float32_grids_count_the_steps_meant(t, step_size, n_steps):

@@ -546,10 +546,7 @@ class GraphFreeGradient(GradientMethod):
             if solve.is_differentiated(y0)
             else None
         )
-        # Under inference mode, grad mode nested inside (torch.enable_grad()) records nothing either,
-        # and the inference tensors could not be saved for a backward pass: solved as under no_grad.
-        with torch.no_grad() if torch.is_inference_mode_enabled() else contextlib.nullcontext():
-            ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
+        ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
         has_penalties = solve.step_penalty is not None and penalties.numel() > 0
         steps = cast(Steps, solve.steps)  # set by the forward pass just run
         return ys, solve.stats, steps, penalties if has_penalties else None

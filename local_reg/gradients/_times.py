@@ -26,6 +26,7 @@ error. See docs/gradients.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from .._autograd import refusing_backward
 from .._step import VectorField, beside_jump, time_tensor
-from .._validate import time_tensors_requiring_grad
+from .._validate import batched_cotangent, time_tensors_requiring_grad
 from ..solution import Stats
 
 
@@ -75,10 +76,9 @@ class TimeGradient:
 
     def cotangent(self, entries: dict[int, Tensor]) -> Tensor:
         """The cotangent of ``t`` with the given entries, in ``t``'s dtype and device."""
-        grad = torch.zeros(len(self.times), dtype=self.t.dtype, device=self.t.device)
-        for index, value in entries.items():
-            grad[index] = value.to(grad)
-        return grad
+        zero = torch.zeros((), dtype=self.t.dtype, device=self.t.device)
+        # Out of place: a batch of cotangents (jacobian(vectorize=True)) makes the entries batched.
+        return torch.stack([entries[i].to(zero) if i in entries else zero for i in range(len(self.times))])
 
 
 class StartTime(torch.autograd.Function):
@@ -105,8 +105,10 @@ class StartTime(torch.autograd.Function):
         grad_t = None
         if ctx.needs_input_grad[1]:
             with torch.no_grad():
-                grad_t = torch.zeros(shape, dtype=dtype, device=device)
-                grad_t.view(-1)[0] = -(grad_y0 * ctx.initial_rate(y0)).sum()
+                # Out of place: a batch of cotangents (jacobian(vectorize=True)) batches the entry.
+                first = -(grad_y0 * ctx.initial_rate(y0)).sum().to(dtype=dtype, device=device)
+                rest = torch.zeros(math.prod(shape) - 1, dtype=dtype, device=device)
+                grad_t = torch.cat([first.reshape(1), rest]).reshape(shape)
             grad_t = _first_order(grad_t, grad_y0, y0)
         # y0's cotangent passes through as it came, with its graph under create_graph=True (the
         # identity's derivative is exact to every order), except towards t.
@@ -134,8 +136,9 @@ class _OutputTimes(torch.autograd.Function):
         with torch.no_grad():
             entries = {0: (grad_ys[0] * timing.f0).sum()}
             for i in range(1, len(timing.times)):
-                # An output whose cotangent is exactly zero (a regularizer's t_reg) needs no evaluation.
-                if bool(grad_ys[i].any()):
+                # An output whose cotangent is exactly zero (a regularizer's t_reg) needs no evaluation;
+                # a batch of cotangents (jacobian(vectorize=True)) cannot be read, and is evaluated.
+                if batched_cotangent(grad_ys) or bool(grad_ys[i].any()):
                     # At a jump, f on the side the solve reached t_i from (as at t0, the solve's side).
                     dtype = ys.dtype if timing.time_dtype is None else timing.time_dtype
                     t_i = beside_jump(timing.times[i], timing.times[i - 1], dtype, timing.jump_ts)

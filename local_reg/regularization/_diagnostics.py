@@ -21,7 +21,10 @@ from torch import Tensor
 def squared_norm(gradient: Tensor) -> float:
     """``||gradient||^2``, summed in float64: a float32 gradient scaled by AMP's ``GradScaler``
     (whose scale grows without bound where nothing overflows, on a CPU or under bfloat16) squares
-    past float32's range long before the gradient itself does."""
+    past float32's range long before the gradient itself does. A sparse gradient (an embedding's)
+    by its values, which vector_norm takes (it has no sparse kernel)."""
+    if gradient.is_sparse:
+        gradient = gradient.coalesce().values()
     return float(torch.linalg.vector_norm(gradient, dtype=torch.float64)) ** 2
 
 

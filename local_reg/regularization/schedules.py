@@ -87,8 +87,10 @@ class WeightSchedule:
     def __call__(self) -> float:
         weight = self.value(self.iteration)
         # A user's schedule is checked as a float weight is: a negative one would reward what the
-        # penalty measures, a NaN would make reg_loss NaN.
-        return non_negative_float(f"{type(self).__name__}.value({self.iteration})", weight)
+        # penalty measures, a NaN would make reg_loss NaN. A 0-dim tensor (a learned weight) is
+        # checked by its value and kept, with its graph.
+        checked = non_negative_float(f"{type(self).__name__}.value({self.iteration})", weight)
+        return cast(float, weight) if isinstance(weight, Tensor) else checked
 
     def step(self) -> float:
         """Advance one iteration and return the new weight."""

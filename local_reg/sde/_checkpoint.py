@@ -126,11 +126,6 @@ class CheckpointedSolve:
         self.stepper.kept = []
 
     def outputs(self, y0: Tensor) -> Tensor:
-        if torch.is_inference_mode_enabled():
-            # Grad mode nested inside inference mode records nothing either, and the inference
-            # tensors could not be saved for a backward pass: solved as under no_grad, as odeint's.
-            with torch.no_grad():
-                return _SolveWithoutGraph.apply(self, y0, *self.params)
         return _SolveWithoutGraph.apply(self, y0, *self.params)
 
     def solve(self, y0: Tensor) -> Tensor:
