@@ -85,7 +85,8 @@ def check_bool(name: str, value: object) -> bool:
 
 
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
-    """``value`` if it is one of ``choices``, else a ``ValueError`` that names ``name`` and lists them."""
+    """``value`` if it is one of ``choices``, else a ``ValueError`` that names ``name`` and lists them
+    (a ``TypeError`` naming its type, for a value that is not a string)."""
     choices = tuple(choices)
     if not isinstance(value, str):
         # The type, not the repr: an object's (a tableau's) may run to a page.

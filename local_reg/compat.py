@@ -393,6 +393,19 @@ def _landings(opts: dict[str, Any], times: list[float]) -> tuple[tuple[float, ..
     return found["step_t"], found["jump_t"]
 
 
+def _per_tensor_tolerance(value: Tolerance) -> Tolerance:
+    """A tuple state's tolerance as torchdiffeq reads it, by iterating it: a numpy array's rows (a
+    1-D array's numbers, a 2-D array's rows) and a list's arrays, one per tensor of the state."""
+    if isinstance(value, np.ndarray) and value.ndim >= 1:
+        value = list(value)
+    if isinstance(value, (list, tuple)):
+        return [
+            torch.as_tensor(part, dtype=torch.float64) if isinstance(part, np.ndarray) else part
+            for part in value
+        ]
+    return value
+
+
 def _listed_tolerance(name: str, value: Tolerance) -> Tolerance:
     """A list or tuple of numbers as torchdiffeq reads it for a tensor ``y0`` (``torch.as_tensor``):
     per-element tolerances broadcasting to the state (``odeint`` checks the shape); a numpy array
@@ -467,8 +480,7 @@ def _solve(
     if isinstance(y0, Tensor):
         rtol, atol = _listed_tolerance("rtol", rtol), _listed_tolerance("atol", atol)
     else:
-        # A tuple state: torchdiffeq reads an array, as a list, as one tolerance per tensor.
-        rtol, atol = (list(v) if isinstance(v, np.ndarray) and v.ndim == 1 else v for v in (rtol, atol))
+        rtol, atol = _per_tensor_tolerance(rtol), _per_tensor_tolerance(atol)
     # Checked before the fixed grid is read from them (odeint checks them again); an event's two
     # times give the direction, so they too must be finite and distinct.
     times = validate_times(t)

@@ -1140,9 +1140,11 @@ def test_a_list_of_tolerances_for_a_tensor_state_is_read_as_torchdiffeq_reads_it
     def pair_field(t, y):
         return y[0] @ matrix.T, -y[1]
 
-    per_tensor = compat.odeint(pair_field, pair, t, rtol=array, atol=array)
-    theirs = torchdiffeq.odeint(pair_field, pair, t, rtol=array, atol=array)
-    assert max(float((a - b).abs().max()) for a, b in zip(per_tensor, theirs, strict=True)) < 1e-6
+    for per_tensor_rtol in (array, np.array([[1e-6, 1e-7], [1e-9, 1e-8]]), [np.array([1e-6, 1e-7]), array]):
+        # A 1-D array's numbers, a 2-D array's rows, a list's arrays: one per tensor.
+        ours = compat.odeint(pair_field, pair, t, rtol=per_tensor_rtol, atol=array)
+        theirs = torchdiffeq.odeint(pair_field, pair, t, rtol=per_tensor_rtol, atol=array)
+        assert max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True)) < 1e-6
     with pytest.raises(ValueError, match=r"rtol of shape \(3,\) does not broadcast"):
         compat.odeint(field, y0, t, rtol=[1e-6] * 3)
     with pytest.raises(TypeError, match="rtol must be a number, a tensor or a list of numbers"):

@@ -5,6 +5,7 @@ tighten, and where the backsolve adjoint's backward ``y`` is unstable."""
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from local_reg import (
     InterpolatingAdjoint,
     LocallyRegularized,
     PIController,
+    SolverError,
     odeint,
     odeint_event,
 )
@@ -40,9 +42,22 @@ def test_where_the_backsolved_state_is_unstable_the_interpolated_one_gives_the_g
     expected = stability.exact_gradient(3.0)
     interpolated, interpolated_nfe, _ = stability.gradient("interpolating_adjoint", 3.0, 1e-7)
     assert relative_error(interpolated, expected) < 1e-6
-    backsolved, backsolved_nfe, _ = stability.gradient("adjoint", 3.0, 1e-7)
+    # The backsolve's y left the forward solution: it says so (its gradient was wrong silently).
+    with pytest.warns(UserWarning, match="the backsolve adjoint's y, solved backwards, has left the forward"):
+        backsolved, backsolved_nfe, _ = stability.gradient("adjoint", 3.0, 1e-7)
     assert relative_error(backsolved, expected) > 1.0
     assert interpolated_nfe < backsolved_nfe
+    # Where the backward y is stable (T = 0.5), no word, and the gradient is right.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stable, _, _ = stability.gradient("adjoint", 0.5, 1e-7)
+    assert relative_error(stable, stability.exact_gradient(0.5)) < 1e-5
+    # At T = 20 the backsolved state overflows: the error says where to turn, not only that the
+    # solution looks singular (the forward solution is bounded).
+    unstable = r"solving y backwards .* is unstable.*'interpolating_adjoint'"
+    with pytest.raises(SolverError, match=unstable), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stability.gradient("adjoint", 20.0, 1e-7)
 
 
 @pytest.mark.parametrize("method", ["tsit5", "dopri5", "bosh3", "heun_euler"])

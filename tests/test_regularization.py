@@ -627,6 +627,11 @@ def test_schedule_validation():
     model(torch.ones(2, 2, dtype=DTYPE), [0.0, 1.0])
     model.reg_loss.backward()
     assert float(learned.grad) == pytest.approx(2 * model.stats.penalty, rel=1e-12)
+    # Given as the weight itself, its gradient was dropped silently (a constant is a float).
+    for make in (lambda: LocallyRegularized(MLPField(), weight=learned), lambda: ConstantWeight(learned)):
+        with pytest.raises(TypeError, match="is a tensor that requires grad, whose gradient a constant"):
+            make()
+    assert ConstantWeight(torch.tensor(0.5))() == 0.5
     with pytest.raises(ValueError, match="w1 must be positive"):
         ExponentialDecay(1.0, 0.0, 10)
     with pytest.raises(ValueError, match="n_steps"):

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from .._dense import DenseOutput
 from .._diagnose import SETTINGS_HINT
-from .._errors import SolverError
+from .._errors import SolverError, warn
 from .._integrate import SolveOptions, TooManyFixedSteps, integrate
 from .._step import (
     RKStepper,
@@ -557,8 +557,14 @@ class _ContinuousAdjoint(GraphFreeGradient):
                 # The loop's hint names the forward solve's settings; this solve has its own.
                 settings = f"raise {own}(max_steps=...), or loosen {own}(rtol=..., atol=...)"
                 reason = error.reason.replace(SETTINGS_HINT, f"({settings}{self.compat_settings})")
+                if not self.reads_forward_solution:
+                    # The state is (y, a) solved backwards: a blow-up there is most often y's
+                    # instability backwards (a contracting forward flow), not the forward solution's.
+                    reason += f"; {_UNSTABLE_BACKWARDS}"
                 raise SolverError(f"{where}: {reason}", t=error.t, n_steps=error.n_steps) from None
             calls += stats.nfe
+            if not self.reads_forward_solution:
+                _warn_if_drifted(outputs[-1][0], ys[end])
             adjoint = (outputs[-1] if self.reads_forward_solution else outputs[-1][1]) + grad_ys[end]
         grad_params: list[Tensor | None] = [
             None
@@ -576,6 +582,30 @@ class _ContinuousAdjoint(GraphFreeGradient):
             )
         ]
         return adjoint, grad_params, calls
+
+
+_UNSTABLE_BACKWARDS = (
+    "solving y backwards (the backsolve adjoint's way) is unstable where the forward flow contracts "
+    "(dissipation, a fast decaying mode), which spoils its gradient: use gradient="
+    "'interpolating_adjoint', which reads y from the forward solve, or an exact method"
+)
+_DRIFT = 1e-2
+"""The distance between the backsolved ``y`` and the forward solve's output at an output time,
+relative to the output's size, beyond which the backsolve's gradient is not to be trusted: a
+stable backward solve stays within a few times its tolerance of it."""
+
+
+def _warn_if_drifted(backsolved: Tensor, forward: Tensor) -> None:
+    """Warn where the ``y`` the backsolve adjoint solved backwards to an output time has left the
+    forward solve's output there by more than :data:`_DRIFT` of its size (the comparison is free:
+    both are at hand, and the backsolve restarts from the forward's output anyway)."""
+    scale = float(forward.detach().abs().max())
+    gap = float((backsolved.detach() - forward.detach()).abs().max())
+    if not gap <= _DRIFT * max(scale, torch.finfo(forward.dtype).tiny):
+        warn(
+            "the backsolve adjoint's y, solved backwards, has left the forward solution by more than "
+            f"{_DRIFT:g} of its size: its gradient is not to be trusted here; {_UNSTABLE_BACKWARDS}"
+        )
 
 
 class BacksolveAdjoint(_ContinuousAdjoint):

@@ -136,12 +136,23 @@ class WeightSchedule:
         self.iteration = iteration
 
 
+def _constant(name: str, value: object) -> float:
+    """A constant weight as a float; a tensor that requires grad (a learned weight) is refused, whose
+    gradient the float would drop silently."""
+    if isinstance(value, Tensor) and value.requires_grad:
+        raise TypeError(
+            f"{name} is a tensor that requires grad, whose gradient a constant weight would drop: to "
+            "learn the weight, return it from the value() of a WeightSchedule of your own"
+        )
+    return non_negative_float(name, value)
+
+
 class ConstantWeight(WeightSchedule):
     """``w(k) = value`` for every iteration (e.g. 1000 for the MNIST neural SDE of [LR23])."""
 
     def __init__(self, value: float) -> None:
         super().__init__()
-        self._weight = non_negative_float("value", value)
+        self._weight = _constant("value", value)
 
     @property
     def weight(self) -> float:
@@ -150,7 +161,7 @@ class ConstantWeight(WeightSchedule):
 
     @weight.setter
     def weight(self, value: float) -> None:
-        self._weight = non_negative_float("weight", value)
+        self._weight = _constant("weight", value)
 
     def state_dict(self) -> dict[str, Any]:
         # The constant too, as "constant" (a self-tuning weight's state has a "weight" of its own,
@@ -896,4 +907,4 @@ def as_schedule(weight: float | WeightSchedule) -> WeightSchedule:
             "weight must be a non-negative number or a WeightSchedule (ConstantWeight, RatioWeight, "
             f"ExponentialDecay, AdaptiveWeight), got {type(weight).__name__}"
         )
-    return ConstantWeight(non_negative_float("weight", weight))
+    return ConstantWeight(_constant("weight", weight))
