@@ -47,11 +47,27 @@ def test_where_the_backsolved_state_is_unstable_the_interpolated_one_gives_the_g
         backsolved, backsolved_nfe, _ = stability.gradient("adjoint", 3.0, 1e-7)
     assert relative_error(backsolved, expected) > 1.0
     assert interpolated_nfe < backsolved_nfe
-    # Where the backward y is stable (T = 0.5), no word, and the gradient is right.
+    # Where the backward y is stable (T = 0.5), no word, and the gradient is right; nor where a
+    # state has decayed to the tolerance's scale (y' = -p y to t = 20: y(15) ~ 3e-7, known to atol
+    # 1e-8, a 50% relative gap, with a gradient exact to 1e-6).
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         stable, _, _ = stability.gradient("adjoint", 0.5, 1e-7)
+        rate = torch.tensor(1.0, dtype=DTYPE, requires_grad=True)
+        times = torch.linspace(0.0, 20.0, 5, dtype=DTYPE)
+        decayed = odeint(
+            lambda t, y: -rate * y,
+            torch.ones(2, dtype=DTYPE),
+            times,
+            gradient="adjoint",
+            adjoint_params=(rate,),
+        )
+        (backsolved,) = torch.autograd.grad(decayed.ys.sum(), rate)
     assert relative_error(stable, stability.exact_gradient(0.5)) < 1e-5
+    (reference,) = torch.autograd.grad(
+        odeint(lambda t, y: -rate * y, torch.ones(2, dtype=DTYPE), times).ys.sum(), rate
+    )
+    assert relative_error(backsolved, reference) < 1e-5
     # At T = 20 the backsolved state overflows: the error says where to turn, not only that the
     # solution looks singular (the forward solution is bounded).
     unstable = r"solving y backwards .* is unstable.*'interpolating_adjoint'"

@@ -564,7 +564,7 @@ class _ContinuousAdjoint(GraphFreeGradient):
                 raise SolverError(f"{where}: {reason}", t=error.t, n_steps=error.n_steps) from None
             calls += stats.nfe
             if not self.reads_forward_solution:
-                _warn_if_drifted(outputs[-1][0], ys[end])
+                _warn_if_drifted(outputs[-1][0], ys[end], float(torch.as_tensor(options.atol).max()))
             adjoint = (outputs[-1] if self.reads_forward_solution else outputs[-1][1]) + grad_ys[end]
         grad_params: list[Tensor | None] = [
             None
@@ -593,18 +593,24 @@ _DRIFT = 1e-2
 """The distance between the backsolved ``y`` and the forward solve's output at an output time,
 relative to the output's size, beyond which the backsolve's gradient is not to be trusted: a
 stable backward solve stays within a few times its tolerance of it."""
+_DRIFT_ATOLS = 100
+"""Absolute tolerances of the backward solve that a gap may span without a warning: a state that
+has decayed to the tolerance's scale (y' = -y at t = 20) is known to it only to that accuracy,
+and its relative gap says nothing of the gradient (exact there to 1e-6)."""
 
 
-def _warn_if_drifted(backsolved: Tensor, forward: Tensor) -> None:
+def _warn_if_drifted(backsolved: Tensor, forward: Tensor, atol: float) -> None:
     """Warn where the ``y`` the backsolve adjoint solved backwards to an output time has left the
-    forward solve's output there by more than :data:`_DRIFT` of its size (the comparison is free:
-    both are at hand, and the backsolve restarts from the forward's output anyway)."""
+    forward solve's output there by more than :data:`_DRIFT` of its size and :data:`_DRIFT_ATOLS`
+    of the backward solve's ``atol`` (the comparison is free: both are at hand, and the backsolve
+    restarts from the forward's output anyway)."""
     scale = float(forward.detach().abs().max())
     gap = float((backsolved.detach() - forward.detach()).abs().max())
-    if not gap <= _DRIFT * max(scale, torch.finfo(forward.dtype).tiny):
+    if not gap <= _DRIFT * scale + _DRIFT_ATOLS * atol:
         warn(
             "the backsolve adjoint's y, solved backwards, has left the forward solution by more than "
-            f"{_DRIFT:g} of its size: its gradient is not to be trusted here; {_UNSTABLE_BACKWARDS}"
+            f"{_DRIFT:.0%} of its size (and {_DRIFT_ATOLS} absolute tolerances): its gradient is not to be "
+            f"trusted here; {_UNSTABLE_BACKWARDS}"
         )
 
 
