@@ -18,10 +18,15 @@ def plain_under_inference_mode(function: Callable[_Params, _Result]) -> Callable
     """``function`` (a solve's entry point) run under ``no_grad`` where ``torch.inference_mode`` is
     on with grad mode nested inside it (``torch.enable_grad()``): nothing is recorded there either,
     but the library's own autograd Functions would try to save inference tensors for a backward pass
-    (torch's "Inference tensors cannot be saved for backward")."""
+    (torch's "Inference tensors cannot be saved for backward"). Eager calls only (docs/gradients.md:
+    a compiled solve is not to be called under inference mode)."""
 
     @functools.wraps(function)
     def plain(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        # Not while torch.compile traces: it does not guard on inference mode, so a branch taken
+        # here would be replayed for calls outside it (a training call solved without a graph).
+        if torch.compiler.is_compiling():
+            return function(*args, **kwargs)
         if torch.is_inference_mode_enabled() and torch.is_grad_enabled():
             with torch.no_grad():
                 return function(*args, **kwargs)

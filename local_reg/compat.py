@@ -393,17 +393,24 @@ def _landings(opts: dict[str, Any], times: list[float]) -> tuple[tuple[float, ..
     return found["step_t"], found["jump_t"]
 
 
-def _per_tensor_tolerance(value: Tolerance) -> Tolerance:
-    """A tuple state's tolerance as torchdiffeq reads it, by iterating it: a numpy array's rows (a
-    1-D array's numbers, a 2-D array's rows) and a list's arrays, one per tensor of the state."""
+def _per_tensor_tolerance(value: Tolerance, y0: Sequence[Tensor]) -> Tolerance:
+    """A tuple state's tolerance as torchdiffeq reads it, by iterating it, one entry per tensor of
+    ``y0``: a numpy array's rows (a 1-D array's numbers, a 2-D array's rows); an entry of several
+    numbers (an array, a list, a tensor) is that tensor's flattened elements, as torchdiffeq
+    flattens each tensor."""
     if isinstance(value, np.ndarray) and value.ndim >= 1:
         value = list(value)
-    if isinstance(value, (list, tuple)):
-        return [
-            torch.as_tensor(part, dtype=torch.float64) if isinstance(part, np.ndarray) else part
-            for part in value
-        ]
-    return value
+    if not isinstance(value, (list, tuple)) or len(value) != len(y0):
+        return value  # refused by name, or read, by odeint
+
+    def entry(part: float | Tensor, tensor: Tensor) -> float | Tensor:
+        if isinstance(part, (np.ndarray, list, tuple)):
+            part = torch.as_tensor(part, dtype=torch.float64)
+        if isinstance(part, Tensor) and part.dim() == 1 and part.numel() == tensor.numel() > 1:
+            return part.reshape(tensor.shape)
+        return part
+
+    return [entry(part, tensor) for part, tensor in zip(value, y0, strict=True)]
 
 
 def _listed_tolerance(name: str, value: Tolerance) -> Tolerance:
@@ -480,7 +487,7 @@ def _solve(
     if isinstance(y0, Tensor):
         rtol, atol = _listed_tolerance("rtol", rtol), _listed_tolerance("atol", atol)
     else:
-        rtol, atol = _per_tensor_tolerance(rtol), _per_tensor_tolerance(atol)
+        rtol, atol = _per_tensor_tolerance(rtol, y0), _per_tensor_tolerance(atol, y0)
     # Checked before the fixed grid is read from them (odeint checks them again); an event's two
     # times give the direction, so they too must be finite and distinct.
     times = validate_times(t)

@@ -1145,6 +1145,20 @@ def test_a_list_of_tolerances_for_a_tensor_state_is_read_as_torchdiffeq_reads_it
         ours = compat.odeint(pair_field, pair, t, rtol=per_tensor_rtol, atol=array)
         theirs = torchdiffeq.odeint(pair_field, pair, t, rtol=per_tensor_rtol, atol=array)
         assert max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True)) < 1e-6
+    # A tensor of several dimensions: its entry of several numbers is its flattened elements, as
+    # torchdiffeq flattens each tensor (it was refused: "rtol[0] of shape (4,) does not broadcast").
+    square = (torch.eye(2, dtype=torch.float64) + 0.5, y0[1])
+
+    def square_field(t, y):
+        return -y[0], y[1] @ matrix.T
+
+    for flattened in (
+        [np.array([1e-6, 1e-7, 1e-6, 1e-7]), np.array([1e-8, 1e-9])],
+        [[1e-6, 1e-7, 1e-6, 1e-7], [1e-8, 1e-9]],
+    ):
+        ours = compat.odeint(square_field, square, t, rtol=flattened, atol=1e-9)
+        theirs = torchdiffeq.odeint(square_field, square, t, rtol=flattened, atol=1e-9)
+        assert max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True)) < 1e-6
     with pytest.raises(ValueError, match=r"rtol of shape \(3,\) does not broadcast"):
         compat.odeint(field, y0, t, rtol=[1e-6] * 3)
     with pytest.raises(TypeError, match="rtol must be a number, a tensor or a list of numbers"):

@@ -349,22 +349,3 @@ def test_an_event_solve_compiled_whole_gives_the_eager_event_time_and_gradient()
     assert float(results[0][0]) == pytest.approx(2 * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
     torch.testing.assert_close(results[1][0], results[0][0])
     torch.testing.assert_close(results[1][1], results[0][1])
-
-
-def test_a_compiled_graph_free_solve_under_inference_mode_with_grad_mode_inside_is_plain():
-    """torch.compile reuses the graph traced for a training call under inference mode (it does not
-    guard on it): the entry's check for inference mode with grad mode nested was traced as false,
-    and the graph-free Function saved inference tensors ("Inference tensors cannot be saved")."""
-    net = torch.nn.Linear(2, 2)
-    params = tuple(net.parameters())
-
-    def solve(y):
-        return odeint(lambda t, y: net(y), y, [0.0, 1.0], gradient="symplectic", adjoint_params=params).ys[-1]
-
-    compiled = torch.compile(solve, backend="eager")
-    y0 = torch.randn(4, 2)
-    assert compiled(y0).requires_grad
-    with torch.inference_mode(), torch.enable_grad():
-        plain = compiled(y0)
-    assert not plain.requires_grad
-    torch.testing.assert_close(plain, solve(y0).detach())

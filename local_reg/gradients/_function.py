@@ -546,11 +546,7 @@ class GraphFreeGradient(GradientMethod):
             if solve.is_differentiated(y0)
             else None
         )
-        # The entry points solve as under no_grad where inference mode has grad mode nested inside
-        # (_autograd.plain_under_inference_mode), but torch.compile reuses a graph traced in plain
-        # grad mode there (it does not guard on inference mode): checked again where it matters.
-        with torch.no_grad() if torch.is_inference_mode_enabled() else contextlib.nullcontext():
-            ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
+        ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
         has_penalties = solve.step_penalty is not None and penalties.numel() > 0
         steps = cast(Steps, solve.steps)  # set by the forward pass just run
         return ys, solve.stats, steps, penalties if has_penalties else None
