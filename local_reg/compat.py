@@ -398,7 +398,9 @@ def _per_tensor_tolerance(value: Tolerance, y0: Sequence[Tensor]) -> Tolerance:
     ``y0``: a numpy array's rows (a 1-D array's numbers, a 2-D array's rows); an entry of several
     numbers (an array, a list, a tensor) is that tensor's flattened elements, as torchdiffeq
     flattens each tensor."""
-    if isinstance(value, np.ndarray) and value.ndim >= 1:
+    if (isinstance(value, np.ndarray) and value.ndim >= 1) or (
+        isinstance(value, Tensor) and value.dim() == 2
+    ):
         value = list(value)
     if not isinstance(value, (list, tuple)) or len(value) != len(y0):
         return value  # refused by name, or read, by odeint
@@ -406,7 +408,7 @@ def _per_tensor_tolerance(value: Tolerance, y0: Sequence[Tensor]) -> Tolerance:
     def entry(part: float | Tensor, tensor: Tensor) -> float | Tensor:
         if isinstance(part, (np.ndarray, list, tuple)):
             part = torch.as_tensor(part, dtype=torch.float64)
-        if isinstance(part, Tensor) and part.dim() == 1 and part.numel() == tensor.numel() > 1:
+        if isinstance(part, Tensor) and part.dim() == 1 and part.numel() == tensor.numel():
             return part.reshape(tensor.shape)
         return part
 

@@ -1159,6 +1159,23 @@ def test_a_list_of_tolerances_for_a_tensor_state_is_read_as_torchdiffeq_reads_it
         ours = compat.odeint(square_field, square, t, rtol=flattened, atol=1e-9)
         theirs = torchdiffeq.odeint(square_field, square, t, rtol=flattened, atol=1e-9)
         assert max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True)) < 1e-6
+    # A 2-D tensor's rows, and a one-element entry for a 0-dim tensor, as torchdiffeq reads them.
+    vector_pair = (y0[1], 2 * y0[1])
+    scalar_pair = (torch.tensor(0.5, dtype=torch.float64), y0[1])
+    rows = torch.tensor([[1e-5, 1e-7], [1e-6, 1e-5]], dtype=torch.float64)
+    for state, rtol, same_as in (
+        (vector_pair, rows, list(rows)),
+        (scalar_pair, [[1e-6], 1e-8], [1e-6, 1e-8]),
+    ):
+
+        def pair_of(t, y):
+            return -y[0], y[1] @ matrix.T
+
+        ours = compat.odeint(pair_of, state, t, rtol=rtol, atol=1e-9)
+        listed = compat.odeint(pair_of, state, t, rtol=same_as, atol=1e-9)
+        assert all(torch.equal(a, b) for a, b in zip(ours, listed, strict=True))
+        theirs = torchdiffeq.odeint(pair_of, state, t, rtol=rtol, atol=1e-9)  # which reads it alike
+        assert max(float((a - b).abs().max()) for a, b in zip(ours, theirs, strict=True)) < 1e-4
     with pytest.raises(ValueError, match=r"rtol of shape \(3,\) does not broadcast"):
         compat.odeint(field, y0, t, rtol=[1e-6] * 3)
     with pytest.raises(TypeError, match="rtol must be a number, a tensor or a list of numbers"):

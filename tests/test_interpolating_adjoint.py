@@ -129,6 +129,33 @@ def test_the_backsolves_drift_is_judged_element_by_element_against_its_tolerance
             adjoint_params=(),
         ).ys.sum().backward()
     assert "unstable" not in str(failed.value)
+    # A max_steps failure after many times the forward's steps (Lorenz-63 over [0, 2]: 75 forward)
+    # is the instability again, and says so.
+    lorenz = odeint(
+        lambda t, s: lorenz_and_constant(t, s)[..., :3],
+        y0[..., :3],
+        [0.0, 2.0],
+        rtol=1e-6,
+        atol=1e-6,
+        gradient=BacksolveAdjoint(max_steps=1000),
+        adjoint_params=(p,),
+    )
+    with pytest.raises(SolverError, match=r"max_steps=1000 exceeded.*solving y backwards .* is unstable"):
+        lorenz.ys[-1].sum().backward()
+    # A backward tolerance tighter than the forward's does not make the forward's outputs more
+    # accurate: the drift is judged against the larger tolerance (it warned, at the same gradient).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        turned = odeint(
+            lambda t, y: y @ rotation.T,
+            torch.tensor([1.0, 0.0], dtype=DTYPE),
+            quarter_turns,
+            rtol=1e-4,
+            atol=1e-6,
+            gradient=BacksolveAdjoint(rtol=1e-9, atol=1e-10),
+            adjoint_params=(rotation,),
+        )
+        turned.ys.pow(2).sum().backward()
 
 
 @pytest.mark.parametrize("method", ["tsit5", "dopri5", "bosh3", "heun_euler"])

@@ -557,14 +557,16 @@ class _ContinuousAdjoint(GraphFreeGradient):
                 # The loop's hint names the forward solve's settings; this solve has its own.
                 settings = f"raise {own}(max_steps=...), or loosen {own}(rtol=..., atol=...)"
                 reason = error.reason.replace(SETTINGS_HINT, f"({settings}{self.compat_settings})")
-                if not self.reads_forward_solution and not reason.startswith("max_steps="):
-                    # The state is (y, a) solved backwards: a blow-up there is most often y's
-                    # instability backwards (a contracting forward flow), not the forward solution's.
+                # The state is (y, a) solved backwards: a blow-up there, or a step count far beyond
+                # the forward solve's, is most often y's instability backwards (a contracting
+                # forward flow), not the forward solution's.
+                many_steps = (error.n_steps or 0) > _MANY_MORE_STEPS * max(solve.stats.n_steps, 1)
+                if not self.reads_forward_solution and (not reason.startswith("max_steps=") or many_steps):
                     reason += f" ({_UNSTABLE_BACKWARDS})"
                 raise SolverError(f"{where}: {reason}", t=error.t, n_steps=error.n_steps) from None
             calls += stats.nfe
             if not self.reads_forward_solution:
-                _warn_if_drifted(outputs[-1][0], ys[end], options)
+                _warn_if_drifted(outputs[-1][0], ys[end], (options, solve.options))
             adjoint = (outputs[-1] if self.reads_forward_solution else outputs[-1][1]) + grad_ys[end]
         grad_params: list[Tensor | None] = [
             None
@@ -593,6 +595,9 @@ _DRIFT = 1e-2
 """The distance between the backsolved ``y`` and the forward solve's output at an output time,
 relative to the output's size, beyond which the backsolve's gradient is not to be trusted: a
 stable backward solve stays within a few times its tolerance of it."""
+_MANY_MORE_STEPS = 10
+"""A backward solve that fails its ``max_steps`` after this many times the forward solve's steps
+is most likely unstable rather than short of steps."""
 _DRIFT_TOLERANCES = 100
 """Backward-solve tolerances (``atol + rtol * max|y|``) that a gap may span without a warning: an
 element near zero (a state decayed to the tolerance's scale, y' = -y at t = 20; a rotation's
@@ -600,15 +605,21 @@ component at its zero) is known only to that accuracy, and its relative gap says
 gradient (exact there to 1e-6)."""
 
 
-def _warn_if_drifted(backsolved: Tensor, forward: Tensor, options: SolveOptions) -> None:
+def _warn_if_drifted(backsolved: Tensor, forward: Tensor, solves: tuple[SolveOptions, ...]) -> None:
     """Warn where the ``y`` the backsolve adjoint solved backwards to an output time has left the
     forward solve's output there, in some element, by more than :data:`_DRIFT` of its size and
-    :data:`_DRIFT_TOLERANCES` of the backward solve's tolerance (the comparison is free: both are
-    at hand, and the backsolve restarts from the forward's output anyway)."""
+    :data:`_DRIFT_TOLERANCES` of the larger tolerance of the ``solves`` (backward and forward).
+    The comparison is free: both are at hand, and the backsolve restarts from the forward's output
+    anyway."""
     # Element by element: one large component (an accumulated cost) would hide the others' drift.
     forward = forward.detach()
-    atol, rtol = (float(torch.as_tensor(value).max()) for value in (options.atol, options.rtol))
-    tolerance = atol + rtol * float(forward.abs().max())
+    # The gap holds the forward solve's error too: a backward tolerance tighter than the forward's
+    # does not make the forward output more accurate.
+    scale = float(forward.abs().max())
+    tolerance = max(
+        float(torch.as_tensor(options.atol).max()) + float(torch.as_tensor(options.rtol).max()) * scale
+        for options in solves
+    )
     allowed = _DRIFT * forward.abs() + _DRIFT_TOLERANCES * tolerance
     if not bool(((backsolved.detach() - forward).abs() <= allowed).all()):
         warn(
