@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from typing import Any, cast
 
 import torch
@@ -34,7 +33,6 @@ from ._validate import (
     checked_field,
     explain_unknown_keywords,
     narrowest_float,
-    refuse_captured_tangents,
     time_direction,
     time_dtype,
     validate_state,
@@ -50,7 +48,7 @@ from .gradients import (
     Symplectic,
     as_gradient_method,
 )
-from .gradients._function import check_step_penalty_support, checks_captures, evaluate_refusing_captures
+from .gradients._function import check_step_penalty_support, first_evaluations
 from .gradients._params import resolve_adjoint_params, warn_if_reevaluation_differs
 from .gradients._times import time_gradient
 from .solution import Solution, State
@@ -355,17 +353,12 @@ def odeint(
     # f(t0, y0) as the first step sees it: at a jump at t0, just after it.
     toward_end = math.copysign(math.inf, time_direction(times))
     start = beside_jump(times[0], toward_end, options.time_dtype or state.dtype, options.controller.jump_ts)
-    if checks_captures(gradient_method.graph_free, state, params):
-        (f0,) = evaluate_refusing_captures(
-            gradient_method.name,
-            lambda: (evaluate_first(checked, start, state, options.time_dtype),),
-            [state],
-        )
-    else:
-        with torch.no_grad() if gradient_method.graph_free else nullcontext():
-            f0 = evaluate_first(checked, start, state, options.time_dtype)
-        if gradient_method.graph_free:
-            refuse_captured_tangents(gradient_method.name, [f0])
+    (f0,) = first_evaluations(
+        gradient_method.name if gradient_method.graph_free else None,
+        lambda: (evaluate_first(checked, start, state, options.time_dtype),),
+        state,
+        params,
+    )
     forward = ForwardSolve(
         checked,
         times,

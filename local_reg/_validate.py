@@ -166,9 +166,7 @@ def tolerance(name: str, value: object, *, relative: bool) -> float | Tensor:
     """A solve's ``rtol`` (``relative``: 0 allowed) or ``atol`` (positive): one real number, or a
     tensor of per-element tolerances (any floating dtype, detached; each element checked alike),
     whose shape :func:`per_element_tolerance` checks against the state's."""
-    if isinstance(value, (list, tuple, np.ndarray)) and not (
-        isinstance(value, np.ndarray) and value.ndim == 0
-    ):
+    if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim > 0):
         # Lists are read per tensor of a tuple state (before this); a tensor state's per-element
         # tolerances are a tensor.
         raise TypeError(

@@ -142,6 +142,28 @@ def checks_captures(graph_free: bool, y0: Tensor, params: Iterable[Tensor]) -> b
     return graph_free and torch.is_grad_enabled() and not records_graph(y0, params)
 
 
+def first_evaluations(
+    graph_free: str | None,
+    evaluate: Callable[[], tuple[Tensor, ...]],
+    state: Tensor,
+    params: Iterable[Tensor],
+    name: str = "func",
+) -> tuple[Tensor, ...]:
+    """``evaluate()``, a solve's first evaluations of ``name`` at ``state``: as they come for a
+    method that differentiates the recorded steps (``graph_free`` ``None``); for the graph-free
+    method named ``graph_free``, without a graph, refusing tensors ``name`` uses of its own that
+    require grad (:func:`evaluate_refusing_captures`, where the solve records nothing) or carry a
+    forward-mode tangent, which the method would drop."""
+    if graph_free is None:
+        return evaluate()
+    if checks_captures(True, state, params):
+        return evaluate_refusing_captures(graph_free, evaluate, [state], name)
+    with torch.no_grad():
+        outputs = evaluate()
+    refuse_captured_tangents(graph_free, outputs, name)
+    return outputs
+
+
 def evaluate_refusing_captures(
     method: str,
     evaluate: Callable[[], tuple[Tensor, ...]],

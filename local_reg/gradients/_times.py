@@ -135,10 +135,11 @@ class _OutputTimes(torch.autograd.Function):
         calls = 0
         with torch.no_grad():
             entries = {0: (grad_ys[0] * timing.f0).sum()}
+            # A batch of cotangents (jacobian(vectorize=True)) cannot be read: every output is evaluated.
+            batched = batched_cotangent(grad_ys)
             for i in range(1, len(timing.times)):
-                # An output whose cotangent is exactly zero (a regularizer's t_reg) needs no evaluation;
-                # a batch of cotangents (jacobian(vectorize=True)) cannot be read, and is evaluated.
-                if batched_cotangent(grad_ys) or bool(grad_ys[i].any()):
+                # An output whose cotangent is exactly zero (a regularizer's t_reg) needs no evaluation.
+                if batched or bool(grad_ys[i].any()):
                     # At a jump, f on the side the solve reached t_i from (as at t0, the solve's side).
                     dtype = ys.dtype if timing.time_dtype is None else timing.time_dtype
                     t_i = beside_jump(timing.times[i], timing.times[i - 1], dtype, timing.jump_ts)

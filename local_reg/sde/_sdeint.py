@@ -25,14 +25,13 @@ from .._validate import (
     explain_unknown_keywords,
     narrowest_float,
     positive_float,
-    refuse_captured_tangents,
     relative_tolerance,
     without_autocast,
 )
 from ..controller import PIController, TimeSet
 from ..gradients import Checkpoint, Direct, GradientMethod, as_gradient_method
 from ..gradients._finite import guard_direct_gradients
-from ..gradients._function import checks_captures, evaluate_refusing_captures, records_graph
+from ..gradients._function import first_evaluations, records_graph
 from ..gradients._params import resolve_adjoint_params, warn_if_reevaluation_differs
 from ..gradients.direct import count_backpropagation
 from ..solution import Solution, Steps
@@ -214,29 +213,21 @@ def sdeint(
     params = sde_params(sde, owner, adjoint_params, checkpointed)
     # Records for a backward pass only where autograd will ask for one (not under no_grad).
     recording = checkpointed is not None and records_graph(y0, params)
-    checking = checks_captures(checkpointed is not None, y0, params)
 
     # At a jump at t0, just after it (as the first step takes them).
     t0 = times[0]
     start = beside_jump(t0, times[-1], y0.dtype, options.controller.jump_ts)
     autocast = active_autocast()  # the drift and diffusion run under it, the solver's arithmetic not
 
-    def first_evaluations() -> tuple[Tensor, Tensor]:
+    def drift_and_diffusion() -> tuple[Tensor, Tensor]:
         return (
             call_leaving_input(DRIFT, autocast, sde.f, time_tensor(start, y0), y0),
             call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(start, y0), y0),
         )
 
-    if checking:
-        f0, g0 = evaluate_refusing_captures(
-            cast(Checkpoint, checkpointed).name, first_evaluations, [y0], "sde"
-        )
-    else:
-        # The checkpoint gradient's forward solve keeps no graph, from its first evaluations on.
-        with torch.no_grad() if checkpointed is not None else nullcontext():
-            f0, g0 = first_evaluations()
-        if checkpointed is not None:
-            refuse_captured_tangents(checkpointed.name, [f0, g0], "sde")
+    # The checkpoint gradient's forward solve keeps no graph, from its first evaluations on.
+    graph_free = None if checkpointed is None else checkpointed.name
+    f0, g0 = first_evaluations(graph_free, drift_and_diffusion, y0, params, "sde")
     check_shapes(noise_type, y0, f0, g0)
     # Every later drift, diffusion and Brownian increment is checked too.
     size = brownian_size(noise_type, y0, g0)
