@@ -109,7 +109,7 @@ class DenseOutput:
         t: Tensor | float | np.ndarray | Sequence[float | Tensor],
         times_dtype: torch.dtype | None = None,
     ) -> Tensor:
-        """The solution at ``t`` (a float, a 0-dim or a 1-D tensor of times, or a 1-D numpy array or
+        """The solution at ``t`` (a float, a 0-dim or a 1-D tensor or numpy array of times, or a
         sequence of them, as ``odeint``'s ``t``). The times inside one step are evaluated together,
         as the solve evaluated its output times. ``times_dtype``: the dtype of the solve's own
         times, to which plain floats are rounded to meet the span's ends."""
@@ -137,8 +137,8 @@ class DenseOutput:
         times_dtype: torch.dtype | None,
         derivative: bool,
     ) -> Tensor:
-        if isinstance(t, np.number):
-            t = torch.as_tensor(t)  # a numpy scalar as the 0-dim tensor of its dtype, as an array's element
+        if isinstance(t, np.number) or (isinstance(t, np.ndarray) and t.ndim == 0):
+            t = torch.as_tensor(t)  # a numpy scalar (or 0-dim array) as the 0-dim tensor of its dtype
         one_dimensional = not isinstance(t, (Tensor, int, float)) or (isinstance(t, Tensor) and t.dim() == 1)
         if isinstance(t, (np.ndarray, Sequence)) and not isinstance(t, (str, bytes)):
             values, rounded_to = finite_times("t", t), narrowest_float(t)

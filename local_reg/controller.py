@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import finite_times, float_of_real, host_list
+from ._validate import finite_times, host_list, real_number
 
 TimeSet = Tensor | np.ndarray | Sequence[float | Tensor]
 """Times as the solvers take them: a 1-D tensor or numpy array, or a sequence of floats or 0-dim tensors."""
@@ -106,12 +105,10 @@ class PIController:
             raise TypeError(f"force_min_step must be a bool, got {type(self.force_min_step).__name__}")
         for name in ("safety", "min_factor", "max_factor", "beta1", "beta2", "max_step", "min_step"):
             value = getattr(self, name)
-            if (value is not None or name in ("safety", "min_factor", "max_factor")) and (
-                isinstance(value, bool) or not isinstance(value, numbers.Real)
-            ):
-                raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-            if value is not None and type(value) is not float:  # an int beyond the floats would overflow
-                object.__setattr__(self, name, float_of_real(name, value))
+            # A 0-dim tensor or array is one number, as odeint's step_size and tolerances take it.
+            required = name in ("safety", "min_factor", "max_factor")
+            if (value is not None or required) and type(value) is not float:
+                object.__setattr__(self, name, real_number(name, value, "a real number"))
         # A beta1 <= 0 would grow the step as the error grows (each step rejected until the step
         # size underflows); a NaN one, the same through NaN comparisons.
         if self.beta1 is not None and not (math.isfinite(self.beta1) and self.beta1 > 0):

@@ -147,8 +147,8 @@ class Solution(Generic[State]):
         )
 
     def evaluate(self, t: Tensor | float | np.ndarray | Sequence[float | Tensor]) -> State:
-        """The solution at any ``t`` in the solved span (a float, a 0-dim or 1-D tensor of times, or
-        a 1-D numpy array or sequence of them, as ``odeint``'s ``t``), through the method's
+        """The solution at any ``t`` in the solved span (a float, a 0-dim or 1-D tensor or numpy array
+        of times, or a sequence of them, as ``odeint``'s ``t``), through the method's
         interpolant (diffrax's ``Solution.evaluate``, torchdiffeq's ``odeint_dense``). At a step's
         start or end it is that step's state exactly. Needs ``odeint(dense=True)``; differentiable
         w.r.t. ``y0`` and the parameters only under ``gradient="direct"`` (under a method that keeps

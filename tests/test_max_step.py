@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -203,10 +204,18 @@ def test_a_max_step_that_bounds_nothing_sensible_is_refused_by_name(bad):
         PIController(max_step=bad)
 
 
-@pytest.mark.parametrize("bad", ["0.1", True], ids=["string", "bool"])
+@pytest.mark.parametrize("bad", ["0.1", True, torch.tensor([0.1, 0.2])], ids=["string", "bool", "1-D tensor"])
 def test_a_max_step_that_is_not_a_number_is_refused_by_name(bad):
     with pytest.raises(TypeError, match="max_step must be a real number"):
         PIController(max_step=bad)
+
+
+def test_a_0_dim_tensor_or_array_is_a_number_as_odeints_step_size_is():
+    # PIController(max_step=torch.tensor(0.5)) was refused ("got Tensor") where odeint(step_size=)
+    # and the tolerances take one.
+    given = PIController(safety=np.array(0.8), max_step=torch.tensor(0.5), min_step=np.float32(0.25))
+    assert given == PIController(safety=0.8, max_step=0.5, min_step=0.25)
+    assert type(given.max_step) is float and type(given.safety) is float
 
 
 class Decay(torch.nn.Module):
