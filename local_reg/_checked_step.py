@@ -108,11 +108,12 @@ def initial_step_size(
     t_end: float | None = None,
     time_dtype: torch.dtype | None = None,
 ) -> tuple[float, int]:
-    """Hairer--Norsett--Wanner's starting step size (Solving ODEs I, II.4) from ``(t0, y0)`` with
-    ``f0 = func(t0, y0)``, for a method of ``order``, heading in ``direction`` (``+1`` or ``-1``)
-    towards ``t_end`` (if given; it bounds the trial step). Returns ``(|dt|, nfe)``; it costs one
-    evaluation of ``func``. The formula is the one every adaptive solve starts with (docs/solver.md);
-    this function checks its arguments first.
+    """The starting step size of Hairer--Norsett--Wanner's heuristic (Solving ODEs I, II.4) from
+    ``(t0, y0)`` with ``f0 = func(t0, y0)``, heading in ``direction`` (``+1`` or ``-1``) towards
+    ``t_end`` (if given; it bounds the trial step). Returns ``(|dt|, nfe)``; it costs one evaluation
+    of ``func``. Its exponent is ``1/order``, as torchdiffeq's and OrdinaryDiffEq's, and the one
+    every adaptive solve starts with (docs/solver.md): pass a method's order ``p`` for that step,
+    ``p + 1`` for the book's ``1/(p+1)``. This function checks its arguments first.
 
     Raises:
         TypeError, ValueError: naming the argument, as :func:`step` does, and for an ``order`` that

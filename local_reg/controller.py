@@ -206,6 +206,9 @@ class PIController:
     def accept_factor(
         self, error_estimate: float, previous_error_estimate: float, order: int, after_rejection: bool
     ) -> float:
+        """The factor on the step after an accepted one, ``safety EEst_n^-beta1 EEst_{n-1}^beta2``
+        within ``[min_factor, max_factor]`` (at most 1 right after a rejection; ``max_factor`` at a
+        zero error), for a method of order ``order`` (:meth:`gains`)."""
         beta1, beta2 = self.gains(order)
         max_factor = 1.0 if after_rejection else self.max_factor
         if error_estimate == 0.0:
@@ -218,6 +221,8 @@ class PIController:
         return min(max_factor, max(self.min_factor, factor))
 
     def reject_factor(self, error_estimate: float, order: int) -> float:
+        """The factor on a rejected step, ``safety EEst^(-1/order)`` within ``[min_factor, 1]``
+        (``min_factor`` for a non-finite estimate)."""
         if not math.isfinite(error_estimate):
             return self.min_factor
         return min(1.0, max(self.min_factor, self.safety * error_estimate ** (-1.0 / order)))

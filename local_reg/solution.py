@@ -198,7 +198,8 @@ class Solution(Generic[State]):
         return self.layout(states)
 
     def _not_a_tensor(self, *args: object, **kwargs: object) -> NoReturn:
-        # torchdiffeq's odeint and torchsde's sdeint return the states themselves; say where they are.
+        """A ``Solution`` is not a tensor (torchdiffeq's ``odeint`` and torchsde's ``sdeint`` return
+        the states themselves): a ``TypeError`` that says where the states are."""
         raise TypeError(
             "local_reg's odeint and sdeint return a Solution, not a tensor: the states are "
             "solution.ys (the statistics solution.stats); for torchdiffeq's and torchsde's return "

@@ -195,10 +195,13 @@ class ButcherTableau:
 
     @property
     def n_stages(self) -> int:
+        """The number of stages ``s`` (the FSAL stage included)."""
         return len(self.c)
 
     @property
     def adaptive(self) -> bool:
+        """Whether the tableau has an embedded error estimate (``error_weights``), so that it can
+        adapt its steps."""
         return self.error_weights is not None
 
 

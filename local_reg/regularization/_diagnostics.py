@@ -71,6 +71,8 @@ class GradientRatio:
         self.penalty_norm = self.task_norm = math.nan
 
     def before_backward(self, reg_loss: Tensor) -> None:
+        """Before the training loss's backward pass: take ``reg_loss``'s gradient w.r.t. the
+        parameters (keeping its graph) and what ``.grad`` holds already."""
         if isinstance(reg_loss, Tensor) and reg_loss.numel() != 1:
             raise ValueError(
                 f"reg_loss must be one value (a 0-dim tensor), got shape {tuple(reg_loss.shape)}"
@@ -85,6 +87,9 @@ class GradientRatio:
         self._grads_before = [None if p.grad is None else p.grad.detach().clone() for p in self.parameters]
 
     def after_backward(self) -> float:
+        """After it: the ratio of the penalty's gradient norm to the task's (what the backward pass
+        added, less the penalty's): ``inf`` where the task's is zero and the penalty's is not, NaN
+        where both are zero or ``reg_loss`` had no gradient."""
         self.penalty_norm = self.task_norm = math.nan
         if self._penalty_grads is None:
             return math.nan

@@ -217,6 +217,8 @@ class LocalPenalty:
         return () if self.penalty == "kinetic" else ("controller", "norm")
 
     def check(self, problem: Problem) -> None:
+        """Refuse, when the model is made, a problem this penalty cannot regularize (a ``ValueError``
+        naming the option: e.g. an SDE with an ODE-only probe or form)."""
         problem.check_regularizer(self.regularizer, self.reg_method)
         if isinstance(problem, SDEProblem) and (
             self.probe == "initial-hairer" or self.penalty not in ("error-dt", "kinetic")
@@ -267,6 +269,8 @@ class LocalPenalty:
         generator: torch.Generator | None = None,
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        """One training pass: the main solve's ``ys`` at ``t``, the unweighted penalty ``R`` (its
+        mean over ``n_draws`` sampled times) and the pass's statistics."""
         tableau = problem.check_regularizer(self.regularizer, self.reg_method)
         with problem.prepared(y0, t, generator, bm) as (times, t_dtype, context, cost):
             if len(times) < 2:
@@ -409,6 +413,8 @@ class GlobalPenalty:
             check_choice("reduction", self.reduction, REDUCTIONS)
 
     def check(self, problem: Problem) -> None:
+        """Refuse, when the model is made, a gradient method that cannot differentiate every
+        step's penalty (a ``ValueError`` naming the ones that can)."""
         allowed = GLOBAL_GRADIENTS[type(problem)]
         if problem.gradient.name not in allowed:
             raise ValueError(
@@ -444,6 +450,8 @@ class GlobalPenalty:
         generator: torch.Generator | None = None,
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        """One training pass: the main solve's ``ys`` at ``t``, the unweighted penalty ``R`` (every
+        accepted step's, reduced by ``reduction``) and the pass's statistics."""
         with problem.prepared(y0, t, generator, bm) as (times, t_dtype, context, cost):
             if len(times) < 2:
                 raise ValueError(f"t must hold at least 2 times, got {len(times)}")
@@ -483,7 +491,9 @@ class Penalty(Protocol):
     from the model's generator (without it, it is taken to draw).
     """
 
-    def check(self, problem: Any, /) -> None: ...
+    def check(self, problem: Any, /) -> None:
+        """Run once when the model is made: raise to refuse ``problem``."""
+        ...
 
     def __call__(
         self,
@@ -493,7 +503,9 @@ class Penalty(Protocol):
         generator: torch.Generator | None,
         bm: Any = None,
         /,
-    ) -> tuple[Tensor, Tensor, RegularizationStats]: ...
+    ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        """One training pass from the flat state ``y0``: ``(ys, R, stats)``, ``R`` unweighted."""
+        ...
 
 
 def _checked_penalty_result(penalty: Penalty, result: object) -> tuple[Tensor, Tensor, RegularizationStats]:
@@ -715,6 +727,9 @@ class Regularized(nn.Module):
             raise
 
     def forward(self, y0: State, t: Tensor | Sequence[float]) -> State:
+        """The solution at the times ``t`` from ``y0`` (shaped as ``odeint(...).ys``). In training
+        mode with a penalty it also sets :attr:`reg_loss` (the weighted penalty to add to the loss)
+        and :attr:`stats`; in eval mode it is the plain solve, with ``reg_loss`` zero."""
         self._check_draws_replayable(self.training and self.penalty is not None)
         problem, flat_y0, unflatten = self._flat(y0, t)
         with self._undone_on_failure():

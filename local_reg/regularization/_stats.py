@@ -72,18 +72,22 @@ class RegularizationStats:
 
     @property
     def nfe_main_drift(self) -> int:
+        """Evaluations of the drift in the main solve (``main.nfe_drift``)."""
         return self.main.nfe_drift
 
     @property
     def nfe_main_diffusion(self) -> int:
+        """Evaluations of the diffusion in the main solve (``main.nfe_diffusion``; 0 for an ODE)."""
         return self.main.nfe_diffusion
 
     @property
     def nfe_reg_drift(self) -> int:
+        """Evaluations of the drift in the regularization step (``probe.nfe_drift``)."""
         return self.probe.nfe_drift
 
     @property
     def nfe_reg_diffusion(self) -> int:
+        """Evaluations of the diffusion in the regularization step (``probe.nfe_diffusion``; 0 for an ODE)."""
         return self.probe.nfe_diffusion
 
     @property

@@ -85,6 +85,8 @@ class WeightSchedule:
         raise NotImplementedError(f"{type(self).__name__} must define value(iteration)")
 
     def __call__(self) -> float:
+        """The current weight, ``value(iteration)``, checked (a non-negative number, or a 0-dim
+        tensor kept with its graph)."""
         weight = self.value(self.iteration)
         # A user's schedule is checked as a float weight is: a negative one would reward what the
         # penalty measures, a NaN would make reg_loss NaN. A 0-dim tensor (a learned weight) is
@@ -112,9 +114,13 @@ class WeightSchedule:
         that measures the penalty's pull (:class:`RatioWeight` with ``parameters``) starts here."""
 
     def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue the schedule: the iteration, and a self-tuning
+        weight's measured state."""
         return {"iteration": self.iteration}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; a state that is not one of this schedule's is a
+        ``ValueError`` that leaves the schedule as it was."""
         if not isinstance(state, Mapping) or "iteration" not in state:
             got = f"keys {sorted(state)}" if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(
@@ -277,7 +283,7 @@ class AdaptiveWeight(_SelfTuningWeight):
     iteration ``k`` with task loss ``L_k`` and forward NFE ``N_k``,
 
         Lbar = EMA(L), Nbar = EMA(N)  (factor ``beta``, bias-corrected)
-        B    = min over k of Lbar      (the best task loss seen: the unregularized baseline's stand-in)
+        B    = min over k > warmup of Lbar  (the best task loss seen: the unregularized baseline's stand-in)
         g    = -1                         if Lbar > B + loss_rise |B|   (over the loss allowance)
              = clip(Nbar / target_nfe - 1, -1, 1)   else, if target_nfe is set
              = +1                         else                         (within allowance: buy cost)
@@ -347,7 +353,8 @@ class AdaptiveWeight(_SelfTuningWeight):
 
     @property
     def baseline(self) -> float | None:
-        """The best (lowest) bias-corrected task-loss average seen so far."""
+        """The best (lowest) bias-corrected task-loss average seen after the warm-up (``None`` during
+        it: the averages are still settling)."""
         return self._state["baseline"]
 
     def observe(self, task_loss: float, nfe: float | None = None) -> None:
