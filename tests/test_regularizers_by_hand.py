@@ -15,6 +15,7 @@ from scipy import stats as scipy_stats
 from scipy.integrate import quad_vec
 from scipy.linalg import expm
 
+import local_reg
 from local_reg import (
     LocallyRegularized,
     RNODERegularized,
@@ -257,6 +258,33 @@ def test_a_draw_snapped_onto_an_output_time_reads_the_state_there(monkeypatch):
     # kinetic: mean(f(t_reg, u(t_reg))^2) with u(0.5) = z expm(0.5 A)^T in closed form.
     state = linear_solution(z.numpy(), 0.5)
     assert float(model.stats.penalty) == pytest.approx(np.mean((state @ A.T) ** 2), rel=1e-7)
+
+
+def test_a_draw_near_the_end_probes_a_step_that_ends_there(monkeypatch):
+    """The probe step is capped at ``t1``: a draw at 0.999 of ``[0, 1]`` probes ``dt = 0.001`` and
+    never evaluates ``func`` past the span (without the cap the heuristic's 0.047 was probed,
+    reading ``func`` at 1.047 and a penalty ten orders of magnitude larger; every other test's
+    draw left room for the heuristic's step)."""
+
+    seen = []
+
+    class Recording(Linear):
+        def forward(self, t, y):
+            seen.append(float(t))
+            return super().forward(t, y)
+
+    field = Recording()
+    z = torch.tensor([[1.0, -0.5, 0.25]], dtype=torch.float64)
+    monkeypatch.setattr(_sampling, "sample_uniform_time", lambda t, dtype, gen: 0.999)
+    model = LocallyRegularized(field, weight=1.0, penalty="error-dt", rtol=1e-6, atol=1e-8)
+    model(z, [0.0, 1.0])
+    stats = model.stats
+    assert stats.t_reg == 0.999 and stats.dt_reg == pytest.approx(1.0 - 0.999, rel=1e-12)
+    assert max(seen) <= 1.0
+    # The penalty is the probe's EEst |dt| of that step from u(t_reg), taken by hand.
+    by_hand = local_reg.step(field, 0.999, stats.state, stats.dt_reg, "tsit5", rtol=1e-6, atol=1e-8)
+    expected = float(by_hand.error_estimate.detach()) * stats.dt_reg
+    assert stats.penalty == pytest.approx(expected, rel=1e-9)
 
 
 # ---------------------------------------------------------------- the probe's penalty forms

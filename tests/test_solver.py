@@ -1095,6 +1095,30 @@ def test_initial_step_size_is_hairers_formula(kwargs):
     )
 
 
+@pytest.mark.parametrize(
+    ("field", "y0"),
+    [
+        (quadratic, [1.0, 0.5]),  # h1 = (0.01 / max(d1, d2)) ** (1/p) binds
+        (lambda t, y: t * torch.ones_like(y), [1.0, 0.5]),  # at rest: h0 = 1e-6, 100 h0 binds
+        (lambda t, y: torch.full_like(y, 1e3), [1e-7, 2e-7]),  # h0 = 0.01 d0 / d1, 100 h0 binds
+        (lambda t, y: torch.zeros_like(y), [1.0, 0.5]),  # max(d1, d2) <= 1e-15: h1 = max(1e-6, 1e-3 h0)
+    ],
+    ids=["h1", "at-rest", "100-h0", "no-motion"],
+)
+def test_initial_step_size_is_torchdiffeqs_on_each_branch(field, y0):
+    # Against torchdiffeq's own heuristic, which its solvers call with order p - 1 (its exponent
+    # is 1/(order + 1)). The 100 h0 bound was untested: the formula's test used one field, where
+    # h1 binds, so min(10 h0, h1) passed (a field at rest then starts 10x shorter).
+    from torchdiffeq._impl.misc import _rms_norm, _select_initial_step
+
+    y0 = torch.tensor(y0, dtype=torch.float64)
+    t0 = torch.tensor(0.0, dtype=torch.float64)
+    f0 = field(t0, y0)
+    got, nfe = local_reg.initial_step_size(field, 0.0, y0, f0, 5, 1e-6, 1e-8)
+    expected = _select_initial_step(field, t0, y0, 4, 1e-6, 1e-8, _rms_norm, f0=f0)
+    assert nfe == 1 and got == pytest.approx(float(expected), rel=1e-12)
+
+
 def test_initial_step_size_gives_func_its_time_in_time_dtype():
     """``func`` gets its time in ``time_dtype`` (default ``y0``'s)."""
     seen = []
