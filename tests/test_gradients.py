@@ -1482,6 +1482,25 @@ class ContextField(torch.nn.Module):
 
 
 @pytest.mark.parametrize("gradient", GRAPH_FREE)
+def test_a_captured_leaf_returned_as_is_is_named_not_dropped(gradient):
+    # func returning a captured leaf itself (no operation on it, so no graph to walk) got no
+    # gradient, silently, where y0 required grad; listed, it gets direct's.
+    rate = torch.tensor([0.5, -0.2, 0.1], dtype=DTYPE, requires_grad=True)
+    y0 = torch.tensor([0.5, -0.2, 0.1], dtype=DTYPE, requires_grad=True)
+    ys = odeint(lambda t, y: rate, y0, TIMES, gradient=gradient, adjoint_params=()).ys
+    with pytest.raises(
+        ValueError, match=r"func uses 1 tensor\(s\) that require grad but are not in adjoint_params"
+    ):
+        loss_of(ys).backward()
+    grads = [
+        torch.autograd.grad(loss_of(odeint(lambda t, y: rate, y0, TIMES, **keywords).ys), (y0, rate))
+        for keywords in ({"gradient": gradient, "adjoint_params": (rate,)}, {"gradient": "direct"})
+    ]
+    for got, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("gradient", GRAPH_FREE)
 def test_a_tensor_func_uses_outside_adjoint_params_is_named_not_dropped(gradient):
     # Its gradient was silently None where "direct" gives one.
     field = ContextField()

@@ -411,6 +411,18 @@ def test_a_captured_tensor_that_requires_grad_is_refused():
         ys.sum().backward()
 
 
+def test_a_captured_leaf_returned_as_is_is_refused():
+    # A diffusion returning a captured leaf itself (no graph to walk) got no gradient, silently.
+    sde = _scalar_rate_sde()
+    scale = torch.tensor([[0.3], [0.4]], dtype=DTYPE, requires_grad=True)
+    sde.g = lambda t, y: scale
+    ys = _solve_rate(sde, torch.ones(2, 1, dtype=DTYPE, requires_grad=True), "checkpoint")
+    with pytest.raises(
+        ValueError, match=r"sde uses 1 tensor\(s\) that require grad but are not in adjoint_params"
+    ):
+        ys.sum().backward()
+
+
 @pytest.mark.parametrize("part", ["f", "g"])
 def test_a_captured_tensor_is_named_when_nothing_else_requires_grad(part):
     """A frozen SDE and a y0 without grad record nothing: the backward pass's check never ran, and

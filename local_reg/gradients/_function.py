@@ -404,7 +404,8 @@ class CapturedTensorCheck:
             self.keeps_outside_graph = self.unsure = True
         before = _node_number()
         derivative = self.func(t, y)
-        if isinstance(derivative, Tensor) and derivative.grad_fn is not None:
+        # A leaf returned as is (``lambda t, y: q``) has no graph to walk but is captured all the same.
+        if isinstance(derivative, Tensor) and (derivative.grad_fn is not None or derivative.requires_grad):
             self.checked = True
             self._check(derivative, t, y, range(before, _node_number()))
         return derivative
@@ -414,7 +415,9 @@ class CapturedTensorCheck:
         allowed = self.param_ids | {id(a) for a in arguments}
         stops = self.param_nodes | {a.grad_fn for a in arguments if a.grad_fn is not None}
         captured: dict[int, Tensor] = {}
-        for node in graph_nodes([derivative.grad_fn], stops):
+        if derivative.grad_fn is None and id(derivative) not in allowed:
+            captured[id(derivative)] = derivative
+        for node in graph_nodes([derivative.grad_fn] if derivative.grad_fn is not None else [], stops):
             variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf tensor
             if variable is not None and id(variable) not in allowed:
                 captured.setdefault(id(variable), variable)
