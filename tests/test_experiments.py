@@ -428,6 +428,16 @@ def test_a_physionet_folder_without_records_or_with_a_bad_line_is_a_settings_err
     empty.mkdir()
     assert run(tmp_path / "out", "latent_ode", "--methods", "vanilla", "--set", f"physionet_dir={empty}") == 2
     assert "holds no PhysioNet records" in capsys.readouterr().err
+    # Four records left no test set (a fifth of 4 is 0): a ZeroDivisionError after training.
+    few = tmp_path / "few"
+    few.mkdir()
+    for number in range(4):
+        (few / f"{number}.txt").write_text("Time,Parameter,Value\n00:00,HR,80\n01:00,HR,90\n")
+    assert run(tmp_path / "out", "latent_ode", "--methods", "vanilla", "--set", f"physionet_dir={few}") == 2
+    assert (
+        "holds 4 record(s); the task tests on a fifth of them, so it needs at least 5"
+        in capsys.readouterr().err
+    )
 
 
 def test_evaluate_weights_metrics_by_batch_size_and_counts_nfe_per_batch_once():

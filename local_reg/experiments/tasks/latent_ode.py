@@ -328,6 +328,11 @@ class LatentODETask(Task):
         series: tuple[Tensor, ...]  # (values, mask), and each series' own times when irregular
         if settings["physionet_dir"]:
             values, mask = load_physionet(settings["physionet_dir"])
+            if len(values) < 5:  # a fifth of the records is the test set
+                raise SettingsError(
+                    f"physionet_dir={str(settings['physionet_dir'])!r} holds {len(values)} record(s); the "
+                    "task tests on a fifth of them, so it needs at least 5"
+                )
             # A fixed shuffle, the same for every seed, before the train/test cut.
             order = torch.randperm(len(values), generator=torch.Generator().manual_seed(0))
             series = (values[order], mask[order])
