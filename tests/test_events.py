@@ -892,20 +892,22 @@ def test_an_event_at_t0_of_an_entry_in_time_alone_does_not_move_with_t0():
 # --- costs counted in the stats --------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("height", [10.0, 0.0], ids=["later", "at-t0"])
 @pytest.mark.parametrize("mode", ["gradient", "grad-mode-no-input-needs-grad", "no_grad"])
-def test_stats_nfe_counts_the_field_evaluations_made(mode):
+def test_stats_nfe_counts_the_field_evaluations_made(mode, height):
     """``stats.nfe`` is the number of times ``func`` ran: the rate ``f(t_e, y_e)`` for the implicit
-    function theorem is evaluated (and counted) only when a gradient can flow."""
+    function theorem is evaluated (and counted) only when a gradient can flow; also for an event at
+    ``t0``, which takes no step (its gradient's evaluations went uncounted unseen)."""
     calls = []
 
     def counted(t, y):
         calls.append(float(t))
         return ball(t, y)
 
-    y0 = torch.tensor([10.0, 2.0], dtype=F64, requires_grad=mode == "gradient")
+    y0 = torch.tensor([height, 2.0], dtype=F64, requires_grad=mode == "gradient")
     with torch.set_grad_enabled(mode != "no_grad"):
         event_t, solution = odeint_event(counted, y0, 0.0, event_fn=lambda t, y: y[0], rtol=1e-8, atol=1e-10)
-    assert event_t.item() == pytest.approx(impact_time(10.0, 2.0), rel=1e-7)
+    assert event_t.item() == pytest.approx(impact_time(height, 2.0) if height else 0.0, rel=1e-7)
     assert solution.stats.nfe == len(calls)
 
 

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shlex
+import types
 
 import pytest
 import torch
@@ -459,13 +460,66 @@ def test_evaluate_weights_metrics_by_batch_size_and_counts_nfe_per_batch_once():
     assert result["nfe"] == per_call
 
 
+def test_evaluate_times_each_batch_and_keeps_the_fastest_pass(monkeypatch):
+    """The prediction time is per batch (the pass's over its batches), the fastest of the repeats;
+    a clock that advances by known amounts inside each batch gives them exactly."""
+    now = {"wall": 0.0, "cpu": 0.0}
+    monkeypatch.setattr(
+        runner,
+        "time",
+        types.SimpleNamespace(perf_counter=lambda: now["wall"], process_time=lambda: now["cpu"]),
+    )
+    scales = [0.5, 0.25, 1.0]  # per pass of three batches: the second is the fastest
+
+    class Task:
+        batches = 0
+
+        def evaluate(self, model, batch):
+            model(batch[0], [0.0, 1.0])
+            scale = scales[self.batches // 3]
+            self.batches += 1
+            now["wall"] += 0.05 * scale
+            now["cpu"] += 0.02 * scale
+            return {"value": 0.0}
+
+    items = torch.ones(5, 1, dtype=torch.float64)
+    model = local_reg.LocallyRegularized(lambda t, y: -y, adjoint_params=())
+    result = runner.evaluate(
+        Task(), model, torch.utils.data.TensorDataset(items, items), batch_size=2, repeats=3
+    )
+    assert result["time_per_batch"].wall == pytest.approx(0.05 * 0.25, rel=1e-12)
+    assert result["time_per_batch"].cpu == pytest.approx(0.02 * 0.25, rel=1e-12)
+
+
+def test_solver_costs_are_the_main_solves_the_probes_and_the_backward_passes():
+    """What the runner records per iteration (the NFE history, the progress bar, AdaptiveWeight's
+    target) is each count in its place: the probe's evaluations are not the main solve's."""
+    calls = {"n": 0}
+
+    def field(t, y):
+        calls["n"] += 1
+        return -y
+
+    model = local_reg.LocallyRegularized(field, penalty="error-dt", weight=1.0, adjoint_params=())
+    y0 = torch.ones(3, 2, dtype=torch.float64, requires_grad=True)
+    ys = model(y0, [0.0, 0.5, 1.0])
+    stats = model.stats
+    assert stats.nfe_reg > 0 and stats.nfe_main + stats.nfe_reg == calls["n"]
+    assert runner.solver_costs(model) == {"nfe": stats.nfe_main, "reg_nfe": stats.nfe_reg, "backward_nfe": 0}
+    (ys.sum() + model.reg_loss).backward()
+    assert runner.solver_costs(model)["backward_nfe"] == model.stats.nfe_backward
+
+
 def test_a_run_evaluates_its_training_and_test_splits(tmp_path, monkeypatch):
     sizes = []
     original = runner.evaluate
 
+    results = []
+
     def spied(task, model, dataset, *args, **kwargs):
         sizes.append(len(dataset))
-        return original(task, model, dataset, *args, **kwargs)
+        results.append(original(task, model, dataset, *args, **kwargs))
+        return results[-1]
 
     monkeypatch.setattr(runner, "evaluate", spied)
     assert (
@@ -473,6 +527,9 @@ def test_a_run_evaluates_its_training_and_test_splits(tmp_path, monkeypatch):
         == 0
     )
     assert sizes == [64, 32]
+    # Each split's metrics recorded as its own (a train metric that was the test's passed).
+    (record,) = ResultsFile(tmp_path).load()
+    assert record["train"] == results[0]["metrics"] and record["test"] == results[1]["metrics"]
 
 
 def test_a_sweep_runs_seeds_outermost_and_records_the_weight_every_ten_iterations(tmp_path):
@@ -487,6 +544,18 @@ def test_a_sweep_runs_seeds_outermost_and_records_the_weight_every_ten_iteration
     regularized = next(r for r in records if r["method"] == "local-random")
     assert regularized["iterations"] == 12
     assert [entry[0] for entry in regularized["history"]["weight"]] == [0, 10]
+
+
+def test_a_fixed_weight_whose_penalty_dominates_warns_once_and_a_self_tuning_one_does_not(tmp_path, capsys):
+    argv = ["digits", "--methods", "local-random"]
+    assert run(tmp_path / "fixed", *argv, "--set", "weights.local-random=10000") == 0
+    (record,) = ResultsFile(tmp_path / "fixed").load()
+    assert max(ratio for _, ratio in record["history"]["grad_ratio"]) > runner.RATIO_WARNING
+    assert (
+        capsys.readouterr().err.count("it, not the task, steers the training; consider a smaller weight") == 1
+    )
+    assert run(tmp_path / "default", *argv) == 0  # the default RatioWeight sets its own strength
+    assert "steers the training" not in capsys.readouterr().err
 
 
 def test_the_gradient_ratio_measurement_is_not_counted_in_the_recorded_backward_nfe(tmp_path, monkeypatch):

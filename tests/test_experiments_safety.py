@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from local_reg.experiments import report as report_module
 from local_reg.experiments import runner
 from local_reg.experiments.cli import main
 from local_reg.experiments.report import (
@@ -949,6 +950,29 @@ def test_weights_and_local_options_label_rows_not_the_tables_description():
 
 def test_the_nfe_curve_is_smoothed_by_a_trailing_mean():
     assert _smooth([1.0, 3.0, 5.0, 7.0, 9.0], 2) == [1.0, 2.0, 4.0, 6.0, 8.0]
+
+
+def test_the_figures_plot_the_seeds_mean_nfe_and_each_seeds_test_metric(tmp_path, monkeypatch):
+    """What the two figures draw, read from their axes: the NFE curve is the mean over the seeds,
+    the dots are each seed's test metric (in percent for accuracy) at its test NFE. Only their PNG
+    signature was checked: a curve of the first seed, or the train metric, passed."""
+    drawn = {}
+
+    def keep(fig, ax, path):
+        drawn[Path(path).name] = ax
+        report_module.plt.close(fig)
+
+    monkeypatch.setattr(report_module, "_save", keep)
+    records = [
+        fake_record("digits", "vanilla", 0, test_nfe=30.0, test={"accuracy": 0.9}, history={"nfe": [10, 20]}),
+        fake_record("digits", "vanilla", 1, test_nfe=50.0, test={"accuracy": 0.7}, history={"nfe": [30, 40]}),
+    ]
+    report_module.write_report(tmp_path, records)
+    (nfe_axes,) = (ax for name, ax in drawn.items() if name.endswith("_nfe.png") and "_vs_" not in name)
+    (metric_axes,) = (ax for name, ax in drawn.items() if name.endswith("_accuracy_vs_nfe.png"))
+    assert list(nfe_axes.get_lines()[0].get_ydata()) == [20.0, 30.0]
+    dots = metric_axes.collections[0].get_offsets()
+    assert [list(map(float, dot)) for dot in dots] == [[30.0, 90.0], [50.0, 70.0]]
     assert _smooth([4.0, 2.0], 1) == [4.0, 2.0]
 
 
