@@ -296,9 +296,12 @@ def _controller(opts: dict[str, Any], where: str) -> PIController | None:
     ``max_factor`` and ``min_factor``) and step bounds ``max_step`` and ``min_step`` (their
     defaults, ``inf`` and ``0``, are no bound), or ``None`` (local_reg's default) without them."""
     given = {field: opts.pop(key) for key, field in CONTROLLER_OPTIONS.items() if key in opts}
+    for name, value in given.items():
+        if isinstance(value, Tensor) and value.dim() > 0 and value.numel() == 1:
+            given[name] = value.reshape(())  # torchdiffeq takes a one-element tensor too
     for name, no_bound in (("max_step", math.inf), ("min_step", 0.0)):
-        if isinstance(given.get(name), Tensor) and given[name].numel() == 1:
-            given[name] = given[name].item()  # torchdiffeq takes a one-element tensor too
+        if isinstance(given.get(name), Tensor):
+            given[name] = given[name].item()  # to compare with the no-bound default
         if name in given and (
             given[name] is None or (isinstance(given[name], float | int) and given[name] == no_bound)
         ):

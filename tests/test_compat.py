@@ -791,6 +791,28 @@ def test_max_step_and_min_step_bound_the_steps_as_torchdiffeqs_do():
         compat.odeint(Linear(), y0, t, method="rk4", options={"max_step": 0.1})
 
 
+def test_step_factors_given_as_one_element_tensors_are_read_as_torchdiffeq_reads_them():
+    # options={'safety': torch.tensor([0.8])} was refused ("got a tensor of shape (1,)") where
+    # torchdiffeq takes it, as compat took max_step and min_step.
+    y0, t = y0_and_t()
+    options = {"safety": torch.tensor([0.8]), "ifactor": torch.tensor([5.0]), "dfactor": torch.tensor(0.3)}
+    for given in (options, {"max_step": torch.tensor([0.05])}):
+        plain = {key: value.item() for key, value in given.items()}
+        torch.testing.assert_close(
+            compat.odeint(Linear(), y0, t, options=given),
+            compat.odeint(Linear(), y0, t, options=plain),
+            rtol=0,
+            atol=0,
+        )
+    torch.testing.assert_close(
+        compat.odeint(Linear(), y0, t, options=options), torchdiffeq.odeint(Linear(), y0, t, options=options)
+    )
+    with pytest.raises(
+        TypeError, match=r"options\['safety'\] set PIController's safety: safety must be a real"
+    ):
+        compat.odeint(Linear(), y0, t, options={"safety": torch.tensor([0.8, 0.9])})
+
+
 def test_a_norm_with_a_fixed_step_method_is_ignored_as_by_torchdiffeq():
     """torchdiffeq's fixed grids never call the norm; compat passed it on to odeint, which refuses
     a norm beside a fixed step_size (it would have no effect there)."""

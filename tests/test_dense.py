@@ -488,6 +488,9 @@ def test_evaluate_takes_times_as_odeint_takes_them():
     # A 0-dim array is a time as a 0-dim tensor is ("must be a 1-D array of times, got shape ()").
     assert torch.equal(narrow.evaluate(np.array(narrow.ts[-1].item(), dtype=np.float32)), at_ends[-1])
     assert torch.equal(solution.derivative(np.array(0.5)), solution.derivative(0.5))
+    for not_real in (np.array(0.5, dtype=object), np.array("0.5")):  # named, not torch's conversion error
+        with pytest.raises(TypeError, match="t must be a real array, got dtype"):
+            solution.evaluate(not_real)
     with pytest.raises(ValueError, match=re.escape("not differentiable w.r.t. t")):
         solution.evaluate([0.2, torch.tensor(0.5, requires_grad=True)])
     with pytest.raises(
