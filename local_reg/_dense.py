@@ -137,10 +137,13 @@ class DenseOutput:
         times_dtype: torch.dtype | None,
         derivative: bool,
     ) -> Tensor:
-        if isinstance(t, np.ndarray) and t.ndim == 0 and t.dtype.kind not in "fiu":
-            raise TypeError(f"t must be a real array, got dtype {t.dtype}")
         if isinstance(t, (np.number, np.ndarray)) and t.ndim == 0:
-            t = torch.as_tensor(t)  # a numpy scalar (or 0-dim array) as the 0-dim tensor of its dtype
+            if t.dtype.kind not in "fiu":
+                raise TypeError(f"t must be a real number or array, got dtype {t.dtype}")
+            try:  # a numpy scalar (or 0-dim array) as the 0-dim tensor of its dtype
+                t = torch.as_tensor(t)
+            except TypeError:  # one torch has no dtype for (longdouble, uint64): its value
+                t = float(t)
         one_dimensional = not isinstance(t, (Tensor, int, float)) or (isinstance(t, Tensor) and t.dim() == 1)
         if isinstance(t, (np.ndarray, Sequence)) and not isinstance(t, (str, bytes)):
             values, rounded_to = finite_times("t", t), narrowest_float(t)

@@ -300,8 +300,9 @@ def _controller(opts: dict[str, Any], where: str) -> PIController | None:
         if isinstance(value, Tensor) and value.dim() > 0 and value.numel() == 1:
             given[name] = value.reshape(())  # torchdiffeq takes a one-element tensor too
     for name, no_bound in (("max_step", math.inf), ("min_step", 0.0)):
-        if isinstance(given.get(name), Tensor):
-            given[name] = given[name].item()  # to compare with the no-bound default
+        value = given.get(name)
+        if isinstance(value, Tensor) and value.dim() == 0 and not value.is_meta:
+            given[name] = value.item()  # to compare with the no-bound default (others: refused below)
         if name in given and (
             given[name] is None or (isinstance(given[name], float | int) and given[name] == no_bound)
         ):

@@ -807,10 +807,13 @@ def test_step_factors_given_as_one_element_tensors_are_read_as_torchdiffeq_reads
     torch.testing.assert_close(
         compat.odeint(Linear(), y0, t, options=options), torchdiffeq.odeint(Linear(), y0, t, options=options)
     )
-    with pytest.raises(
-        TypeError, match=r"options\['safety'\] set PIController's safety: safety must be a real"
-    ):
-        compat.odeint(Linear(), y0, t, options={"safety": torch.tensor([0.8, 0.9])})
+    for name in ("safety", "max_step", "min_step"):  # named, not torch's "cannot be converted to Scalar"
+        with pytest.raises(
+            TypeError, match=rf"options\['{name}'\] set PIController's {name}: {name} must be a real"
+        ):
+            compat.odeint(Linear(), y0, t, options={name: torch.tensor([0.1, 0.2])})
+    with pytest.raises(ValueError, match=r"options\['max_step'\] .* is on the meta device"):
+        compat.odeint(Linear(), y0, t, options={"max_step": torch.tensor(0.1, device="meta")})
 
 
 def test_a_norm_with_a_fixed_step_method_is_ignored_as_by_torchdiffeq():

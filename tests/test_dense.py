@@ -488,9 +488,19 @@ def test_evaluate_takes_times_as_odeint_takes_them():
     # A 0-dim array is a time as a 0-dim tensor is ("must be a 1-D array of times, got shape ()").
     assert torch.equal(narrow.evaluate(np.array(narrow.ts[-1].item(), dtype=np.float32)), at_ends[-1])
     assert torch.equal(solution.derivative(np.array(0.5)), solution.derivative(0.5))
-    for not_real in (np.array(0.5, dtype=object), np.array("0.5")):  # named, not torch's conversion error
-        with pytest.raises(TypeError, match="t must be a real array, got dtype"):
+    for not_real in (
+        np.array(0.5, dtype=object),
+        np.array("0.5"),
+        np.timedelta64(1, "s"),
+        np.clongdouble(0.5),
+    ):
+        with pytest.raises(TypeError, match="t must be a real number or array, got dtype"):  # not torch's
             solution.evaluate(not_real)
+    # Real numbers torch has no dtype for are their values, as in a 1-D array.
+    assert torch.equal(
+        solution.evaluate(np.longdouble(0.5)), solution.evaluate(np.array([0.5], np.longdouble))[0]
+    )
+    assert torch.equal(solution.evaluate(np.uint64(1)), solution.evaluate(1.0))
     with pytest.raises(ValueError, match=re.escape("not differentiable w.r.t. t")):
         solution.evaluate([0.2, torch.tensor(0.5, requires_grad=True)])
     with pytest.raises(
