@@ -395,6 +395,27 @@ def test_float32_state_far_from_zero_with_a_float64_t0_locates_the_event_to_the_
     assert seen == {torch.float64}
 
 
+@pytest.mark.parametrize(
+    ("dtype", "rate", "bound"), [(torch.float32, 1e3, 1e-5), (torch.float64, 1e6, 1e-11)], ids=["f32", "f64"]
+)
+def test_an_event_on_short_steps_is_located_relative_to_the_step(dtype, rate, bound):
+    """The root finder's tolerance is relative to the step that brackets the event: a triple root
+    (found by bisection, not regula falsi) on steps of ~1e-4 (1e-7) was left 300-3000x less accurate
+    by an absolute tolerance of a few ulps of 1, and no test saw it (simple roots converge anyway).
+    ``y' = -k y``, ``(y - 1/2)^3 = 0`` at ``ln 2 / k``."""
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    event_t, _ = odeint_event(
+        lambda t, y: -rate * y,
+        torch.tensor([1.0], dtype=dtype),
+        0.0,
+        event_fn=lambda t, y: (y[0] - 0.5) ** 3,
+        rtol=tol,
+        atol=tol * 1e-3,
+    )
+    exact = math.log(2) / rate
+    assert abs(float(event_t) - exact) / exact < bound
+
+
 @pytest.mark.parametrize("reverse_time", [False, True])
 @pytest.mark.parametrize("t0", [0.0, 1e6, 1e12, -1e12])
 def test_far_from_zero_the_event_is_located_to_one_ulp_of_the_time(t0, reverse_time):

@@ -819,6 +819,15 @@ def test_fixed_steps_over_float32_grids_count_the_steps_meant(t, step_size, n_st
     assert float(solution.steps.dt.abs().max()) <= 1.01 * step_size
 
 
+def test_an_excess_equal_to_the_times_rounding_takes_no_extra_step():
+    # The rounding forgiveness is inclusive: float32 times [0, 1 + 2**-10, 4096] round by 2**-10
+    # exactly, which is the excess of 1 + 2**-10 over one step of 1 (an exclusive bound took a
+    # sliver of a second step, 4097 in all).
+    t = torch.tensor([0.0, 1.0 + 2**-10, 4096.0])
+    solution = odeint(lambda t, y: torch.ones_like(y), torch.zeros(1), t, method="euler", step_size=1.0)
+    assert solution.stats.n_steps == 4096
+
+
 def test_float64_fixed_step_counts_beyond_exact_floats_are_unchanged():
     """A count past 2**53 (ratio and count - 1 one float) must not lose a step to the float32 rule."""
     with pytest.raises(ValueError, match="needs about 1e20 steps"):
