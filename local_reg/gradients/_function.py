@@ -134,14 +134,6 @@ def records_graph(y0: Tensor, params: Iterable[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(x.requires_grad for x in (y0, *params))
 
 
-def checks_captures(graph_free: bool, y0: Tensor, params: Iterable[Tensor]) -> bool:
-    """Whether a graph-free solve's first evaluation is made with a graph, for
-    :func:`evaluate_refusing_captures`: gradients are enabled but the solve records nothing. A tensor the
-    field uses that requires grad would then get no gradient, silently, as the backward pass's
-    check (:class:`CapturedTensorCheck`) never runs; where the solve records, that check does."""
-    return graph_free and torch.is_grad_enabled() and not records_graph(y0, params)
-
-
 def first_evaluations(
     graph_free: str | None,
     evaluate: Callable[[], tuple[Tensor, ...]],
@@ -156,7 +148,11 @@ def first_evaluations(
     forward-mode tangent, which the method would drop."""
     if graph_free is None:
         return evaluate()
-    if checks_captures(True, state, params):
+    # Gradients enabled but nothing recorded: the backward pass's check (CapturedTensorCheck) never
+    # runs, so a tensor the field uses that requires grad would get no gradient, silently. The
+    # first evaluation is made with a graph and checked instead; where the solve records, that
+    # check does it.
+    if torch.is_grad_enabled() and not records_graph(state, params):
         return evaluate_refusing_captures(graph_free, evaluate, [state], name)
     with torch.no_grad():
         outputs = evaluate()
@@ -172,7 +168,7 @@ def evaluate_refusing_captures(
 ) -> tuple[Tensor, ...]:
     """``evaluate()``, the first evaluation of ``name`` (its outputs detached), made with a graph
     where neither its state nor any of the method's parameters requires grad
-    (:func:`checks_captures`); raise :func:`captured_tensors_error` if the outputs depend on tensors
+    (:func:`first_evaluations`); raise :func:`captured_tensors_error` if the outputs depend on tensors
     that require grad but are neither ``arguments`` nor made by the call itself.
 
     A field that differentiates itself (a Hamiltonian network's ``y.detach().requires_grad_()``
@@ -405,7 +401,7 @@ class CapturedTensorCheck:
         before = _node_number()
         derivative = self.func(t, y)
         # A leaf returned as is (``lambda t, y: q``) has no graph to walk but is captured all the same.
-        if isinstance(derivative, Tensor) and (derivative.grad_fn is not None or derivative.requires_grad):
+        if isinstance(derivative, Tensor) and derivative.requires_grad:
             self.checked = True
             self._check(derivative, t, y, range(before, _node_number()))
         return derivative

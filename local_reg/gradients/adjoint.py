@@ -613,14 +613,15 @@ def _warn_if_drifted(backsolved: Tensor, forward: Tensor, solves: tuple[SolveOpt
     anyway."""
     # Element by element: one large component (an accumulated cost) would hide the others' drift.
     forward = forward.detach()
+    size = forward.abs()
     # The gap holds the forward solve's error too: a backward tolerance tighter than the forward's
     # does not make the forward output more accurate.
-    scale = float(forward.abs().max())
+    scale = float(size.max())
     tolerance = max(
         float(torch.as_tensor(options.atol).max()) + float(torch.as_tensor(options.rtol).max()) * scale
         for options in solves
     )
-    allowed = _DRIFT * forward.abs() + _DRIFT_TOLERANCES * tolerance
+    allowed = _DRIFT * size + _DRIFT_TOLERANCES * tolerance
     if not bool(((backsolved.detach() - forward).abs() <= allowed).all()):
         warn(
             "the backsolve adjoint's y, solved backwards, has left the forward solution by more than "
