@@ -37,10 +37,12 @@ class PIController:
     against torchdiffeq's on the DETEST problems: a median 0.92–1.09x the evaluations, at most
     1.23x, docs/benchmarks.md) and is several times more accurate; at equal error the two are
     within ~20% either way (docs/benchmarks.md, the controllers table). A rejected step shrinks by
-    the integral part alone, ``safety * EEst ** (-1 / order)``, never below ``min_factor``, and the
-    step after a rejection may not grow. ``EEst_{n-1}`` is floored at 1e-4 and is 1 before the first accepted
-    step (Hairer's code and OrdinaryDiffEq start it at 1e-4, so their first growth is 0.69x ours at
-    order 5).
+    an integral controller's factor, ``safety * EEst ** (-1 / order)`` whatever ``beta1`` and
+    ``beta2`` are (scipy's and torchdiffeq's rule; Hairer's code and OrdinaryDiffEq shrink by
+    ``safety * EEst ** -beta1`` there: a retried step about 4% longer at ``EEst = 4``), never below
+    ``min_factor``, and the step after a rejection may not grow. ``EEst_{n-1}`` is floored at 1e-4
+    and is 1 before the first accepted step (Hairer's code and OrdinaryDiffEq start it at 1e-4, so
+    their first growth is 0.69x ours at order 5).
 
     ``max_step`` bounds the size of every attempted step of an adaptive solve, the first one and a
     step landing on an output time included (scipy's ``solve_ivp(max_step=...)``, diffrax's
