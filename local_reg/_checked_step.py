@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ._checks import positive_int
 from ._step import StepResult, VectorField, rms_norm
 from ._step import initial_step_size as unchecked_initial_step_size
 from ._step import step as unchecked_step
@@ -20,7 +21,6 @@ from ._validate import (
     checked_norm,
     finite_float,
     finite_times,
-    positive_int,
     step_tolerances,
     validate_state,
 )

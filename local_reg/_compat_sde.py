@@ -46,12 +46,19 @@ from torch import Tensor
 from ._errors import warn
 from ._integrate import NO_STEP_LIMIT
 from ._step import time_tensor, within_ulps
-from ._validate import host_list, positive_float, validate_state, validate_times
+from ._validate import check_bool, host_list, positive_float, validate_state, validate_times
 from .controller import PIController, TimeSet
 from .sde._sdeint import sde_module
 from .sde._sdeint import sdeint as _sdeint
 from .sde.brownian import make_brownian, release_brownian
-from .sde.problem import FIXED_STEP_NOISE_TYPE, brownian_size, check_shapes, validate_sde_problem
+from .sde.problem import (
+    FIXED_STEP_NOISE_TYPE,
+    batch_state,
+    brownian_size,
+    check_shapes,
+    validate_sde,
+    validate_sde_problem,
+)
 
 SDE_METHODS = {"euler": "euler_maruyama", "milstein": "milstein"}
 """torchsde's method names that local_reg has, and the :func:`local_reg.sdeint` scheme each runs."""
@@ -238,8 +245,7 @@ def _grad_free(
     if "grad_free" not in options:
         return
     grad_free = options["grad_free"]
-    if not isinstance(grad_free, bool):
-        raise TypeError(f"options['grad_free'] must be a bool, got {type(grad_free).__name__}")
+    check_bool("options['grad_free']", grad_free)
     if method is None:
         return
     if scheme != "milstein":
@@ -280,8 +286,7 @@ def _solve(
     """:func:`sdeint` and :func:`sdeint_adjoint`: torchsde's arguments, and the
     :func:`local_reg.sdeint` gradient method with its ``adjoint_params``; ``caller``: which of the
     two the messages name."""
-    if not isinstance(logqp, bool):
-        raise TypeError(f"logqp must be a bool, got {type(logqp).__name__}")
+    check_bool("logqp", logqp)
     if extra:
         raise ValueError(
             f"extra=True is not supported by local_reg.compat.{caller}: its schemes (Euler--Maruyama, "
@@ -308,8 +313,9 @@ def _solve(
                 f"({type(_as_given(sde)).__name__}): pass adjoint_params=(tensors its drift, diffusion and "
                 "prior drift depend on), or adjoint_params=() if they have none"
             )
-        if not (isinstance(y0, Tensor) and y0.dim() == 2):
-            raise ValueError("y0 must be a tensor of shape (batch, d)")  # before it is extended
+        # The checks local_reg.sdeint makes, on what the user gave rather than on its extension.
+        validate_sde(sde, general=True)
+        y0 = batch_state("y0", y0)
         sde = LogqpSDE(sde, noise_type, names)
         shape = getattr(bm, "shape", None)
         if noise_type == "diagonal" and shape is not None and tuple(shape) == tuple(y0.shape):
@@ -359,8 +365,7 @@ def _states(
     caller: str,
 ) -> Tensor:
     """The states at ``ts`` of :func:`_solve`'s checked arguments (``scheme``: local_reg's)."""
-    if not isinstance(adaptive, bool):
-        raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
+    check_bool("adaptive", adaptive)
     step = positive_float("dt", dt)
     if noise_type == FIXED_STEP_NOISE_TYPE and (adaptive or scheme != "euler_maruyama"):
         # Named in torchsde's terms (local_reg.sdeint's message names its own arguments).

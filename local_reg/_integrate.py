@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._checks import positive_int
 from ._dense import DenseOutput
 from ._diagnose import explain_failure
 from ._errors import SolverError, warn
@@ -48,7 +49,6 @@ from ._validate import (
     non_negative_float,
     per_element_tolerance,
     positive_float,
-    positive_int,
     time_direction,
     tolerance,
     type_name,

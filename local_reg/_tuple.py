@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ._validate import (
     active_autocast,
+    check_field_callable,
     check_finite_state,
     check_output,
     check_strided,
@@ -289,8 +290,7 @@ def accepts_structured_states(solve: SolveFunction) -> SolveFunction:
         state = layout_of(y0)
         if state is None:
             return solve(func, y0, t, **options)
-        if not callable(func):
-            raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}")
+        check_field_callable(func)
         for name in ("rtol", "atol"):
             if name in options:
                 options[name] = state.tolerance(name, options[name])

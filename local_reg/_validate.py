@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
+from ._checks import check_bool, type_name
 from ._step import rms_norm
 
 _Params = ParamSpec("_Params")
@@ -68,20 +69,6 @@ def unknown_keywords_error(
         reasons.append(f"{name!r}" + (f" ({hint})" if hint else ""))
     arguments = "an unexpected keyword argument" if len(reasons) == 1 else "unexpected keyword arguments"
     return TypeError(f"{function}() got {arguments} {'; '.join(reasons)}")
-
-
-def type_name(value: object) -> str:
-    """``value``'s type for an error message, qualified outside the builtins (numpy's ``bool`` is
-    ``numpy.bool``, not the ``bool`` the message asks for)."""
-    kind = type(value)
-    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-
-
-def check_bool(name: str, value: object) -> bool:
-    """``value`` if it is a bool (numpy's is not), else a ``TypeError`` naming ``name``."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type_name(value)}")
-    return value
 
 
 def check_choice(name: str, value: object, choices: Iterable[str]) -> str:
@@ -299,27 +286,6 @@ def generator_device(generator: torch.Generator | None) -> torch.device:
     generator) the CPU, whatever the default device (``torch.set_default_device``), whose tensors a
     CPU generator cannot fill: what the library draws for itself does not depend on it."""
     return torch.device("cpu") if generator is None else generator.device
-
-
-def _integer(name: str, value: object, kind: str) -> int:
-    """``value`` as an int (numpy's integers too); a bool or another type is a ``TypeError``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a {kind} int, got {type_name(value)}")
-    return int(value)
-
-
-def positive_int(name: str, value: object) -> int:
-    value = _integer(name, value, "positive")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
-
-
-def non_negative_int(name: str, value: object) -> int:
-    value = _integer(name, value, "non-negative")
-    if value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value}")
-    return value
 
 
 def _time_value(name: str, value: object) -> float:
@@ -926,10 +892,10 @@ def compile_options(compile: object) -> dict[str, Any] | None:
         if not isinstance(backend, str) or backend not in backends:
             raise ValueError(f"compile['backend'] must be a callable or one of {backends}, got {backend!r}")
     for key in ("fullgraph", "disable"):
-        if key in compile and not isinstance(compile[key], bool):
-            raise TypeError(f"compile[{key!r}] must be a bool, got {type(compile[key]).__name__}")
+        if key in compile:
+            check_bool(f"compile[{key!r}]", compile[key])
     if compile.get("dynamic") is not None and not isinstance(compile["dynamic"], bool):
-        raise TypeError(f"compile['dynamic'] must be None or a bool, got {type(compile['dynamic']).__name__}")
+        raise TypeError(f"compile['dynamic'] must be None or a bool, got {type_name(compile['dynamic'])}")
     mode, inductor_options = compile.get("mode"), compile.get("options")
     if mode is not None and inductor_options is not None:
         raise ValueError("compile takes 'mode' or 'options', not both (as torch.compile)")

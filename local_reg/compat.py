@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._checks import positive_int
 from ._compat_sde import sdeint, sdeint_adjoint
 from ._errors import SolverError, warn
 from ._events import EVENT_BEYOND_LARGEST_TIME, _solve_until_event, direction_time
@@ -39,12 +40,14 @@ from ._validate import (
     Tolerance,
     check_function_transforms,
     check_output,
-    finite_float,
+    check_times_distinct,
     host_list,
+    non_negative_float,
     one_time,
     positive_float,
-    positive_int,
+    relative_tolerance,
     time_direction,
+    time_tensors_requiring_grad,
     type_name,
     validate_state,
     validate_times,
@@ -573,6 +576,13 @@ def _solve(
         )
         if wider_t and not plain:
             func = _TimeInStateDtype(func, cast(torch.dtype, first_dtype))
+        if wider_t and plain:
+            # Before local_reg.odeint's check, whose remedy (a float64 t) is what was given here.
+            check_times_distinct(
+                host_list(t),
+                cast(torch.dtype, first_dtype),
+                "(y0's, as in torchdiffeq): solve in float64, or shift t nearer 0",
+            )
         solution = _odeint(func, y0, host_list(t) if plain and wider_t else t, dense=dense, **kwargs)
         return solution.evaluate if dense else solution.ys
     reverse_time = bool(t[1] < t[0])
@@ -650,17 +660,20 @@ def _scipy_solve(
         for name, no_bound in (("min_step", 0.0), ("max_step", math.inf))
         if name in opts and not (isinstance(opts[name], float | int) and opts[name] == no_bound)
     }
-    tolerances = {name: finite_float(name, value) for name, value in (("rtol", rtol), ("atol", atol))}
-    if min(tolerances.values()) < 0 or max(tolerances.values()) == 0:
-        raise ValueError(f"rtol and atol must be non-negative and not both 0, got {tolerances}")
+    # The tolerance checks of the adaptive methods, except that scipy takes atol = 0 beside rtol > 0.
+    tolerances = {"rtol": relative_tolerance("rtol", rtol), "atol": non_negative_float("atol", atol)}
+    if max(tolerances.values()) == 0:
+        raise ValueError("rtol and atol must not both be 0 (scipy's tolerance would be 0)")
     state = layout_of(y0)
     flat0 = validate_state(y0) if state is None else state.flatten(y0)
     dtype, device = flat0.dtype, flat0.device
     parameters = func.parameters() if isinstance(func, nn.Module) else ()
-    if torch.is_grad_enabled() and (flat0.requires_grad or any(p.requires_grad for p in parameters)):
+    if torch.is_grad_enabled() and (
+        flat0.requires_grad or time_tensors_requiring_grad(t) or any(p.requires_grad for p in parameters)
+    ):
         warn(
-            f"{where} solves on a numpy copy of the state: no gradient reaches y0 or func's parameters "
-            "(as in torchdiffeq); use an adaptive method to differentiate the solve"
+            f"{where} solves on a numpy copy of the state: no gradient reaches y0, t or func's "
+            "parameters (as in torchdiffeq); use an adaptive method to differentiate the solve"
         )
 
     def rhs(time: float, values: np.ndarray) -> np.ndarray:

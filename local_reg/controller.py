@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import finite_times, host_list, real_number
+from ._validate import check_bool, finite_times, host_list, real_number
 
 TimeSet = Tensor | np.ndarray | Sequence[float | Tensor]
 """Times as the solvers take them: a 1-D tensor or numpy array, or a sequence of floats or 0-dim tensors."""
@@ -103,8 +103,7 @@ class PIController:
     def __post_init__(self) -> None:
         for name in ("step_ts", "jump_ts"):
             object.__setattr__(self, name, tuple(sorted(set(finite_times(name, getattr(self, name))))))
-        if not isinstance(self.force_min_step, bool):
-            raise TypeError(f"force_min_step must be a bool, got {type(self.force_min_step).__name__}")
+        check_bool("force_min_step", self.force_min_step)
         for name in ("safety", "min_factor", "max_factor", "beta1", "beta2", "max_step", "min_step"):
             value = getattr(self, name)
             # A 0-dim tensor or array is one number, as odeint's step_size and tolerances take it.

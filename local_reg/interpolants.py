@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.polynomial import polynomial as P
 
+from ._checks import check_bool
 from .tableaus import ButcherTableau, check_order, finite_floats, get_tableau
 
 
@@ -71,12 +72,8 @@ class Interpolant:
         if not any(rows):
             raise ValueError(f"interpolant {self.name!r}: coefficients needs at least one power of theta")
         object.__setattr__(self, "coefficients", rows)  # a list is taken, and is then hashable
-        check_order(f"interpolant {self.name!r}", self.order)
-        if not isinstance(self.extra_stage, bool):
-            raise TypeError(
-                f"interpolant {self.name!r}: extra_stage must be a bool, "
-                f"got {type(self.extra_stage).__name__}"
-            )
+        object.__setattr__(self, "order", check_order(f"interpolant {self.name!r}", self.order))
+        check_bool(f"interpolant {self.name!r}: extra_stage", self.extra_stage)
 
     @property
     def n_stages(self) -> int:

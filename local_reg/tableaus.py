@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ._checks import positive_int
+
 
 def finite_floats(what: str, values: object) -> tuple[float, ...]:
     """``values`` as a tuple of finite floats (a list or numpy array is taken, and is then
@@ -31,10 +33,10 @@ def finite_floats(what: str, values: object) -> tuple[float, ...]:
     return tuple(float(value) for value in values)
 
 
-def check_order(what: str, order: object) -> None:
-    """A ``ValueError`` unless ``order`` is a positive int (not a bool); ``what`` names its owner."""
-    if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 1:
-        raise ValueError(f"{what}: order must be a positive int, got {order!r}")
+def check_order(what: str, order: object) -> int:
+    """``order`` as an int if it is a positive integer (numpy's too, not a bool), else the
+    ``TypeError`` or ``ValueError`` of :func:`positive_int`; ``what`` names its owner."""
+    return positive_int(f"{what}: order", order)
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ class ButcherTableau:
                 )
         if self.error_weights is not None and len(self.error_weights) != n_stages:
             raise ValueError(f"tableau {self.name!r}: error_weights needs one entry per stage")
-        check_order(f"tableau {self.name!r}", self.order)
+        object.__setattr__(self, "order", check_order(f"tableau {self.name!r}", self.order))
         self._check_conditions()
         pair = self.stiffness_stages
         if pair is not None and not (

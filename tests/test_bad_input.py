@@ -524,6 +524,13 @@ def test_times_that_collapse_in_the_dtype_func_gets_are_refused():
     wide = torch.tensor([1e8, 1e8 + 1], dtype=torch.float64)
     solution = odeint(lambda t, y: (t - 1e8).to(y.dtype).expand_as(y), y0, wide)
     assert float(solution.ys[-1, 0]) == pytest.approx(0.5, rel=1e-5)
+    # compat hands func y0's dtype whatever t's (torchdiffeq's), so a float64 t is no remedy there:
+    # its message told the user to pass the float64 t they had passed.
+    with pytest.raises(
+        ValueError, match=r"\(y0's, as in torchdiffeq\): solve in float64, or shift t"
+    ) as info:
+        local_reg.compat.odeint(decay, y0, wide)
+    assert "pass t as a float64 tensor" not in str(info.value)
 
 
 def test_a_first_step_below_the_underflow_threshold_starts_there_and_grows():
@@ -1298,6 +1305,10 @@ def test_torchsde_backend_follows_the_error_contract():
     # An empty batch, which the local_reg backend solves, is named as the cause.
     with pytest.raises(SolverError, match=r"y0 has no elements.*backend='local_reg'"):
         model(torch.ones(0, 2), torch.linspace(0, 2, 3))
+    # Times that are one value in y0's float32, as local_reg.sdeint names them (torchsde said
+    # "Evaluation times `ts` must be strictly increasing" of increasing times).
+    with pytest.raises(ValueError, match=r"100000000\.0 and 100000001\.0 are one value in torch\.float32"):
+        model(torch.ones(1, 2), [1e8, 1e8 + 1])
     assert Regularized(CubicDriftSDE()).eval()(torch.ones(0, 2), torch.linspace(0, 2, 3)).shape == (3, 0, 2)
 
 
@@ -1487,6 +1498,29 @@ def test_torchdiffeq_backend_calls_the_fields_own_step_callbacks_as_torchdiffeq_
 def test_a_numpy_bool_flag_is_named_as_numpy_bool():
     with pytest.raises(TypeError, match=re.escape("dense must be a bool, got numpy.bool")):
         odeint(decay, torch.ones(2), [0.0, 1.0], dense=np.True_)
+    from local_reg import compat
+    from local_reg.interpolants import Interpolant
+
+    y0, ts = torch.ones(2, 1), torch.tensor([0.0, 1.0])
+    sde = _ConstantDiagonalSDE()
+    # Each of these said "got bool" (its own copy of the check).
+    for name, call in [
+        ("force_min_step", lambda: local_reg.PIController(force_min_step=np.True_)),
+        ("logqp", lambda: compat.sdeint(sde, y0, ts, dt=0.1, logqp=np.True_)),
+        ("adaptive", lambda: compat.sdeint(sde, y0, ts, dt=0.1, adaptive=np.True_)),
+        ("options['grad_free']", lambda: compat.sdeint(sde, y0, ts, dt=0.1, options={"grad_free": np.True_})),
+        (
+            "compile['fullgraph']",
+            lambda: odeint(decay, torch.ones(2), [0.0, 1.0], compile={"fullgraph": np.True_}),
+        ),
+        (
+            "compile['dynamic'] must be None or",
+            lambda: odeint(decay, torch.ones(2), [0.0, 1.0], compile={"dynamic": np.True_}),
+        ),
+        ("extra_stage", lambda: Interpolant("x", ((1.0,),), 3, extra_stage=np.True_)),
+    ]:
+        with pytest.raises(TypeError, match=re.escape(name) + ".*got numpy.bool"):
+            call()
 
 
 # Regularized models validate at construction -----------------------------------------------------
@@ -1871,7 +1905,8 @@ def heun_euler_fields(**changes):
         (dict(b=(0.5, 0.6)), ValueError, r"order-1 condition sum\(b\)"),
         (dict(b=(1.0, 0.0), error_weights=(0.5, -0.5)), ValueError, r"order-2 condition b\.c"),
         (dict(order=0), ValueError, "order must be a positive int"),
-        (dict(order=2.5), ValueError, "order must be a positive int"),
+        (dict(order=2.5), TypeError, "order must be a positive int, got float"),
+        (dict(order=True), TypeError, "order must be a positive int, got bool"),
         (dict(a=((), (math.nan,))), ValueError, r"a\[1\] must be finite"),
         (dict(error_weights=(math.nan, 0.5)), ValueError, "error_weights must be finite"),
         (dict(error_weights=(0.0, 0.0)), ValueError, "error_weights=None"),
@@ -1912,7 +1947,7 @@ def test_tableau_from_lists_and_numpy_solves_like_the_builtin():
     ("fields", "error", "match"),
     [
         (dict(order=0), ValueError, "order must be a positive int"),
-        (dict(order=True), ValueError, "order must be a positive int"),
+        (dict(order=True), TypeError, "order must be a positive int, got bool"),
         (dict(coefficients=()), TypeError, "non-empty sequence of rows"),
         (dict(coefficients="12"), TypeError, "non-empty sequence of rows"),
         (dict(coefficients=((), ())), ValueError, "at least one power of theta"),
@@ -2496,6 +2531,10 @@ def test_a_field_class_in_place_of_an_instance_is_named():
             lambda: LocallyRegularized(Field),
             lambda: odeint(Field, torch.ones(2), [0.0, 1.0]),
             lambda: local_reg.step(Field, 0.0, torch.ones(2), 0.1, "tsit5"),
+            # A tuple or complex state's own callable check named a plain non-callable only.
+            lambda: odeint(Field, (torch.ones(2), torch.ones(2)), [0.0, 1.0]),
+            lambda: odeint(Field, torch.ones(2, dtype=torch.complex128), [0.0, 1.0]),
+            lambda: local_reg.compat.odeint(Field, (torch.ones(2), torch.ones(2)), torch.tensor([0.0, 1.0])),
         ):
             with pytest.raises(TypeError, match=match):
                 call()
@@ -2592,6 +2631,8 @@ def test_sde_step_functions_check_their_sde_times_state_and_given_evaluations():
         (dict(t0=0.0, y0=y, f0=y, g0=y, safety=2.0), ValueError, r"safety must be in \(0, 1\]"),
         (dict(t0=0.0, y0=y, f0=y, g0=y, max_growth=0.5), ValueError, "max_growth must be at least 1"),
         (dict(t0=0.0, y0=y, f0=y, g0=y, t_end=math.inf), ValueError, "t_end must be finite"),
+        # It was read as |t_end - t0| (the ODE heuristic refuses it too).
+        (dict(t0=0.0, y0=y, f0=y, g0=y, t_end=-1e-3), ValueError, "t_end=-0.001 lies behind t0=0.0"),
         (dict(t0=0.0, y0=y, f0=None, g0=y), TypeError, "f0 and g0 must be"),
         (dict(t0=0.0, y0=y, f0=y[:2], g0=y), ValueError, "f0 has shape"),
     ):

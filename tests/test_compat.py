@@ -1097,8 +1097,22 @@ def test_scipy_solver_refuses_what_it_cannot_do_by_name():
         compat.odeint_adjoint(Linear(), y0, t, method="scipy_solver")
     with pytest.raises(ValueError, match="odeint_dense with method='scipy_solver'"):
         compat.odeint_dense(Linear(), y0, 0.0, 1.0, method="scipy_solver")
-    with pytest.warns(UserWarning, match="no gradient reaches y0 or func's parameters"):
+    with pytest.warns(UserWarning, match="no gradient reaches y0, t or func's parameters"):
         compat.odeint(Linear(), y0, t, method="scipy_solver")
+    # Times that require grad get none either (the solve read them as numbers): said too.
+    with pytest.warns(UserWarning, match="no gradient reaches y0, t or func's parameters"):
+        compat.odeint(lambda s, y: -y, y0.detach(), t.clone().requires_grad_(), method="scipy_solver")
+    # The adaptive methods' tolerance checks, with their messages; atol = 0 beside rtol > 0 is scipy's.
+    for tolerances, error, match in (
+        (dict(rtol=True), TypeError, "rtol must be a non-negative float, got bool"),
+        (dict(rtol=-1.0), ValueError, "rtol must be non-negative"),
+        (dict(atol=math.nan), ValueError, "atol must be non-negative and finite, got nan"),
+        (dict(rtol=0.0, atol=0.0), ValueError, "rtol and atol must not both be 0"),
+    ):
+        with pytest.raises(error, match=match):
+            compat.odeint(lambda s, y: -y, y0.detach(), t, method="scipy_solver", **tolerances)
+    pure_relative = compat.odeint(lambda s, y: -y, y0.detach(), t, method="scipy_solver", atol=0.0)
+    assert torch.allclose(pure_relative, y0 * torch.exp(-t).reshape(-1, *[1] * y0.dim()), rtol=1e-5)
 
 
 def test_scipy_solver_bounds_its_steps():

@@ -773,6 +773,15 @@ def test_logqp_floors_a_small_diffusion_as_torchsde_and_checks_its_shapes() -> N
         compat.sdeint(sde, y0, TS, dt=STEP, logqp=True)
     with pytest.raises(ValueError, match=r"sde \(SDE\) has no method 'h' \(define h"):
         compat.sdeint(SDE("diagonal"), y0, TS, dt=STEP, names={"drift": "f"}, logqp=True)
+    # What sdeint checks is checked on what was given, not on its extension by log(q/p): a list y0
+    # and a 1-D one were "y0 must be a tensor of shape (batch, d)", a class failed inside f.
+    for bad_sde, bad_y0, error, match in (
+        (sde, y0.tolist(), TypeError, "y0 must be a torch.Tensor, got list"),
+        (sde, y0[0], ValueError, r"y0 must have shape \(batch, state\) as in torchsde, got shape \(3,\)"),
+        (Faint, y0, TypeError, r"sde must be an SDE instance, got the class Faint: pass Faint\(\)"),
+    ):
+        with pytest.raises(error, match=match):
+            compat.sdeint(bad_sde, bad_y0, TS, dt=STEP, logqp=True)
 
 
 def test_a_torchsde_script_runs_with_compat_imported_as_torchsde() -> None:

@@ -281,3 +281,15 @@ def test_a_required_field_of_the_wrong_type_is_named_not_a_crash(tmp_path, edit)
 def test_a_huge_integer_is_refused_not_a_crash():
     # json.loads("1" + "0" * 400) is an int too large for a float: "a finite number" it is not.
     assert not Real().accepts(10**400)
+
+
+def test_a_task_takes_rtol_zero_as_the_solvers_do():
+    """A pure absolute tolerance: the solvers take ``rtol=0``; the schema refused it."""
+    from local_reg.experiments.tasks import REGISTRY
+
+    for name in ("digits", "spiral_sde"):
+        task = REGISTRY[name]
+        settings = apply_overrides(task.settings("quick"), {"solver.rtol": 0, "solver.atol": 1e-6}, name)
+        check_settings(task.schema, settings)
+        with pytest.raises(SettingsError, match=r"solver\.atol must be a finite number > 0"):
+            check_settings(task.schema, apply_overrides(settings, {"solver.atol": 0}, name))

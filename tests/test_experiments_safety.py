@@ -116,8 +116,9 @@ def no_training(monkeypatch) -> None:
         ("lr=NaN", "lr must be a finite number > 0 and <= 3.40282e+38, got NaN"),
         ("solver.method=tsit55", "solver.method must be one of 'tsit5', 'dopri5'"),
         ("solver.method=euler", "solver.method must be one of"),  # fixed-step: the tasks solve adaptively
-        ("solver.rtol=0", "solver.rtol must be a finite number > 0, got 0"),
-        ("solver.rtol=abc", "solver.rtol must be a finite number > 0, got the string 'abc'"),
+        ("solver.rtol=-1e-6", "solver.rtol must be a finite number >= 0, got -1e-06"),
+        ("solver.rtol=abc", "solver.rtol must be a finite number >= 0, got the string 'abc'"),
+        ("solver.atol=0", "solver.atol must be a finite number > 0, got 0"),
         ("solver.atol=-1e-6", "solver.atol must be a finite number > 0"),
         ("train_size=0", "train_size must be null or an integer >= 1, got 0"),
         ("dim=10", "dim must be 64 (fixed by the task), got 10"),

@@ -46,6 +46,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from .._checks import positive_int
 from .._dense import DenseOutput
 from .._diagnose import SETTINGS_HINT
 from .._errors import SolverError, warn
@@ -63,7 +64,6 @@ from .._validate import (
     check_adaptive_settings_unset,
     check_span,
     positive_float,
-    positive_int,
     relative_tolerance,
 )
 from ..interpolants import get_interpolant

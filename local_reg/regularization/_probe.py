@@ -37,7 +37,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._validate import check_choice, positive_float, positive_int
+from .._checks import positive_int
+from .._validate import check_choice, positive_float
 from . import _sampling
 from ._sampling import insert_time, time_tolerance
 

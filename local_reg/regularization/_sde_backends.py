@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_choice, times_as_given
+from .._validate import check_choice, check_times_distinct, times_as_given
 from ..gradients import BacksolveAdjoint, Checkpoint, Direct, GradientMethod, as_gradient_method
 from ..sde import sdeint
 from ..sde._sdeint import sde_gradient
@@ -115,6 +115,8 @@ def solve_main(
     if bm is not None:
         _check_torchsde_brownian(torchsde, bm, y0)
     counting = CountingSDE(sde)
+    # torchsde's own message for times this makes equal says they are not increasing.
+    check_times_distinct(times, y0.dtype, "(y0's: torchsde's ts): solve in float64 or shift t towards 0")
     ts = torch.tensor(times, dtype=y0.dtype, device=y0.device)
     # torchsde's adaptive mode estimates the error by step doubling; its dt is the first step.
     options.setdefault("adaptive", True)

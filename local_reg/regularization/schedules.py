@@ -19,12 +19,11 @@ from typing import Any, TypedDict, cast
 import torch
 from torch import Tensor
 
+from .._checks import non_negative_int, positive_int
 from .._errors import warn
 from .._validate import (
     non_negative_float,
-    non_negative_int,
     positive_float,
-    positive_int,
     real_number,
     transformed,
 )

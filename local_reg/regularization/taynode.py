@@ -33,8 +33,9 @@ import torch
 from torch import Tensor
 from torch.func import jvp
 
+from .._checks import positive_int
 from .._step import VectorField
-from .._validate import checked_field, narrowest_float, positive_int, validate_state, validate_times
+from .._validate import checked_field, narrowest_float, validate_state, validate_times
 from ..solution import State
 from ._augmented import Integrand, mean_square, solve_augmented
 from ._baseline import BaselinePenalty, BaselineStats, solution_stats

@@ -82,12 +82,12 @@ from .._validate import (
     finite_float,
     positive_float,
     step_tolerances,
-    validate_state,
 )
 from ..solution import Stats
 from .problem import (
     SUPPORTED_NOISE_TYPES,
     CheckedSDE,
+    batch_state,
     brownian_size,
     check_diffusion_shape,
     diffusion_times_increment,
@@ -279,7 +279,7 @@ def sde_initial_step_size(
         TypeError, ValueError: naming the argument, as :func:`sde_step` does (``t0``, ``y0``,
             ``f0`` and ``g0`` as its ``t``, ``y``, ``f0`` and ``g0``; ``f0`` and ``g0`` are
             required here), and for a ``safety`` outside ``(0, 1]``, a ``max_growth`` below 1 or
-            not finite, or a ``t_end`` that is not finite.
+            not finite, or a ``t_end`` that is not finite or lies before ``t0``.
     """
     if f0 is None or g0 is None:
         raise TypeError("f0 and g0 must be sde.f(t0, y0) and sde.g(t0, y0), got None")
@@ -292,6 +292,9 @@ def sde_initial_step_size(
         raise ValueError(f"max_growth must be at least 1 (a growth factor), got {max_growth}")
     if t_end is not None:
         t_end = finite_float("t_end", t_end)
+        if t_end < float(t0):
+            # An SDE solve runs forward only (sdeint refuses decreasing times).
+            raise ValueError(f"t_end={t_end} lies behind t0={float(t0)}: an SDE solve runs forward")
     return unchecked_initial_step_size(sde, noise_type, t0, y0, f0, g0, rtol, atol, safety, max_growth, t_end)
 
 
@@ -319,11 +322,7 @@ def _checked_arguments(
     if isinstance(t_value, Tensor) and t_value.requires_grad:
         raise ValueError(f"{t_name} requires grad, but it is taken as a number: no gradient would flow to it")
     time = finite_float(t_name, t_value)
-    state = validate_state(y_value, y_name)
-    if state.dim() != 2:
-        raise ValueError(
-            f"{y_name} must have shape (batch, state) as in torchsde, got shape {tuple(state.shape)}"
-        )
+    state = batch_state(y_name, y_value)
     if f0 is not None:
         check_output("f0", f0, state, returned=False, like_name=y_name)
     if g0 is not None:

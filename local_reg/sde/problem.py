@@ -113,9 +113,7 @@ def validate_sde_problem(
     as :func:`validate_sde`'s; ``one_time``: ``t`` may hold one time (torchsde's ``sdeint``, which
     returns ``y0`` there)."""
     noise_type = validate_sde(sde, general)
-    y0 = validate_state(y0)
-    if y0.dim() != 2:
-        raise ValueError(f"y0 must have shape (batch, state) as in torchsde, got shape {tuple(y0.shape)}")
+    batch_state("y0", y0)
     if time_tensors_requiring_grad(t):
         raise ValueError(
             "t requires grad, but sdeint solves at fixed times and no gradient reaches t "
@@ -128,6 +126,17 @@ def validate_sde_problem(
         raise ValueError("t must be strictly increasing: sdeint does not integrate backwards")
     check_method(method)
     return noise_type, times
+
+
+def batch_state(name: str, value: object) -> Tensor:
+    """``value`` checked as a state (:func:`local_reg._validate.validate_state`) of shape
+    ``(batch, state)``, as torchsde's; errors name ``name``."""
+    state = validate_state(value, name)
+    if state.dim() != 2:
+        raise ValueError(
+            f"{name} must have shape (batch, state) as in torchsde, got shape {tuple(state.shape)}"
+        )
+    return state
 
 
 def check_method(method: object) -> str:

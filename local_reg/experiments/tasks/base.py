@@ -142,7 +142,8 @@ def training_fields(solvers: Sequence[str], methods: Sequence[str]) -> dict[str,
         "eval_batch_size": Integer(1),
         # The optimizer steps float32 parameters by lr times a ratio of order 1: a larger one overflows.
         "lr": Real(high=torch.finfo(torch.float32).max),
-        "solver": {"method": OneOf(tuple(solvers)), "rtol": Real(), "atol": Real()},
+        # rtol = 0 is a pure absolute tolerance, as the solvers take it; atol must be positive.
+        "solver": {"method": OneOf(tuple(solvers)), "rtol": Real(closed=True), "atol": Real()},
         "weights": {m: Weight(default=m.startswith("local")) for m in methods if m != "vanilla"},
     }
 
