@@ -491,6 +491,33 @@ def test_evaluate_times_each_batch_and_keeps_the_fastest_pass(monkeypatch):
     assert result["time_per_batch"].cpu == pytest.approx(0.02 * 0.25, rel=1e-12)
 
 
+def test_evaluate_draws_its_noise_from_the_seed_and_leaves_the_streams_where_they_were():
+    """An SDE task's test metric read the paths of wherever training had left torch's global stream
+    (another place per method: one model's test error moved up to 2x with it). Now each seed's
+    methods are evaluated on one set of paths, and training's streams are not moved."""
+    from local_reg.experiments.methods import METHODS
+    from local_reg.experiments.tasks.base import ModelContext
+
+    task = REGISTRY["spiral_sde"]
+    settings = task.settings("tiny")
+    torch.manual_seed(0)
+    data = task.load_data(settings, 0)
+    model = task.build_model(settings, ModelContext(METHODS["local-random"], "direct", 1))
+    # With a generator of its own, the SDE block draws its paths from it: seeded and restored too.
+    block = next(m for m in model.modules() if isinstance(m, local_reg.Regularized))
+    generator = block.generator = torch.Generator()
+    results = []
+    for position in (1, 2):
+        torch.manual_seed(position)
+        generator.manual_seed(position)
+        before, own_before = torch.get_rng_state(), generator.get_state()
+        results.append(runner.evaluate(task, model, data.test, 4, seed=3))
+        assert torch.equal(torch.get_rng_state(), before) and torch.equal(generator.get_state(), own_before)
+    assert results[0]["metrics"] == results[1]["metrics"] and results[0]["nfe"] == results[1]["nfe"]
+    other_seed = runner.evaluate(task, model, data.test, 4, seed=4)
+    assert other_seed["metrics"] != results[0]["metrics"]  # the paths are the seed's
+
+
 def test_solver_costs_are_the_main_solves_the_probes_and_the_backward_passes():
     """What the runner records per iteration (the NFE history, the progress bar, AdaptiveWeight's
     target) is each count in its place: the probe's evaluations are not the main solve's."""

@@ -271,10 +271,16 @@ def _batch_size(items: Sized, wanted: int) -> int:
     return max(1, min(wanted, len(items)))
 
 
-def evaluate(task: Task, model: nn.Module, dataset: Dataset, batch_size: int, repeats: int = 1) -> dict:
+def evaluate(
+    task: Task, model: nn.Module, dataset: Dataset, batch_size: int, repeats: int = 1, *, seed: int = 0
+) -> dict:
     """Batch-weighted metrics, mean test NFE per batch and the prediction time per batch (eval mode).
 
-    The NFE is the main solve's, counted by the solver; eval mode means no regularization.
+    The NFE is the main solve's, counted by the solver; eval mode means no regularization. Each
+    pass draws its noise (an SDE's Brownian paths) from torch's global stream and the model's own
+    generators seeded by ``seed``, in a fork of them: every method of a seed is evaluated on the
+    same noise, and the streams are left where they were. (They stood where each method's
+    training had left them: one SDE model's test error moved up to 2x with their position.)
     """
     # A task's datasets are map-style (TaskData), so they have the length torch's Dataset type leaves out.
     loader = DataLoader(dataset, batch_size=_batch_size(cast(Sized, dataset), batch_size))
@@ -282,20 +288,34 @@ def evaluate(task: Task, model: nn.Module, dataset: Dataset, batch_size: int, re
     sums: dict[str, float] = {}
     nfe, n = 0, 0
     fastest = Clock(wall=float("inf"), cpu=float("inf"))
-    with torch.no_grad():
-        for repeat in range(repeats):
-            clock = Clock()
-            for batch in loader:
-                with clock.running():
-                    metrics = task.evaluate(model, batch)
-                if repeat == 0:
-                    size = len(batch[0])
-                    n += size
-                    nfe += solver_costs(model)["nfe"]
-                    for key, value in metrics.items():
-                        sums[key] = sums.get(key, 0.0) + value * size
-            fastest.wall = min(fastest.wall, clock.wall / len(loader))
-            fastest.cpu = min(fastest.cpu, clock.cpu / len(loader))
+    generators = model_generators(model)
+    generator_states = [generator.get_state() for generator in generators]
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            for repeat in range(repeats):
+                # The streams fork_rng restores only (torch.manual_seed would seed every GPU's).
+                torch.default_generator.manual_seed(seed)
+                for index in cuda:
+                    with torch.cuda.device(index):
+                        torch.cuda.manual_seed(seed)
+                for generator in generators:
+                    generator.manual_seed(seed)
+                clock = Clock()
+                for batch in loader:
+                    with clock.running():
+                        metrics = task.evaluate(model, batch)
+                    if repeat == 0:
+                        size = len(batch[0])
+                        n += size
+                        nfe += solver_costs(model)["nfe"]
+                        for key, value in metrics.items():
+                            sums[key] = sums.get(key, 0.0) + value * size
+                fastest.wall = min(fastest.wall, clock.wall / len(loader))
+                fastest.cpu = min(fastest.cpu, clock.cpu / len(loader))
+    finally:
+        for generator, state in zip(generators, generator_states, strict=True):
+            generator.set_state(state)
     result = {key: value / n for key, value in sums.items()}
     return {"metrics": result, "nfe": nfe / len(loader), "time_per_batch": fastest}
 
@@ -689,8 +709,8 @@ def _run_record(
 ) -> dict[str, Any]:
     """The trained run's record: its settings, train and test evaluation, costs and history."""
     eval_batch = settings["eval_batch_size"]
-    train_eval = evaluate(task, model, data.train, eval_batch)
-    test_eval = evaluate(task, model, data.test, eval_batch, repeats=TIMING_REPEATS)
+    train_eval = evaluate(task, model, data.train, eval_batch, seed=spec.seed)
+    test_eval = evaluate(task, model, data.test, eval_batch, repeats=TIMING_REPEATS, seed=spec.seed)
     return {
         "run_id": spec.run_id,
         "task": spec.task,
