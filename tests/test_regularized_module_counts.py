@@ -259,6 +259,51 @@ def test_a_users_penalty_returning_otherwise_is_named(returned, message):
     assert float(fine.reg_loss) == pytest.approx(2.0 * float(ys.pow(2).mean()), rel=1e-15)
 
 
+class _FourArgumentPenalty:
+    """A user's penalty of the four arguments :class:`Penalty` requires (``bm`` is optional)."""
+
+    draws = False
+
+    def check(self, problem):
+        pass
+
+    def __call__(self, problem, y0, t, generator):
+        from local_reg.regularization._module import plain_solve
+
+        ys, stats = plain_solve(problem, y0, t, generator)
+        return ys, ys.pow(2).mean(), stats
+
+
+def test_a_users_penalty_of_four_arguments_serves_penalize_too():
+    """penalize passed bm=None as a fifth argument: such a penalty failed there with a TypeError."""
+    model = local_reg.Regularized(lambda t, y: -y, _FourArgumentPenalty(), weight=2.0)
+    y0 = torch.ones(1, 2, dtype=DT)
+    ys, reg, _ = model.penalize(y0, [0.0, 1.0])
+    assert float(reg) == float(ys.pow(2).mean())
+
+
+@pytest.mark.parametrize("model_class", [local_reg.Regularized, LocallyRegularized, GloballyRegularized])
+def test_an_sde_model_solves_on_a_given_brownian_motion_as_sdeint(model_class):
+    """forward(y0, t, bm=...) as torchsde's sdeint(..., bm=): the model took no bm, so a solve on
+    a path of the caller's needed the model's generator reset or sdeint called by hand."""
+    sde = DecayingSDE()
+    y0 = torch.ones(4, 2, dtype=DT)
+    times = [0.0, 0.5, 1.0]
+    plain = sdeint(sde, y0, times, bm=_bm())
+    models = [model_class(sde, generator=torch.Generator().manual_seed(seed)).eval() for seed in (1, 2)]
+    for model in models:
+        assert torch.equal(model(y0, times, bm=_bm()), plain.ys)
+    assert not torch.equal(models[0](y0, times), models[1](y0, times))  # without: each its own path
+    if model_class is not local_reg.Regularized:
+        # A training pass on the given path: its solution is the penalized pass's on that path.
+        model = model_class(sde).train()
+        ys = model(y0, times, bm=_bm())
+        expected, _, _ = model_class(sde).penalize(y0, times, bm=_bm())
+        assert torch.equal(ys, expected)
+    with pytest.raises(ValueError, match="bm is an SDE's Brownian motion, but this model solves an ODE"):
+        LocallyRegularized(lambda t, y: -y, adjoint_params=()).eval()(y0, times, bm=_bm())
+
+
 def test_sde_solver_step_probe_retakes_the_step_that_starts_at_t_reg():
     """LocallyRegularized's docstring: step_size='solver' takes 'the accepted step of the main solve
     that contains t_reg (starts at it when the main solve lands on it)'; an SDE solve with a probe

@@ -726,20 +726,22 @@ class Regularized(nn.Module):
                 generator.set_state(state)
             raise
 
-    def forward(self, y0: State, t: Tensor | Sequence[float]) -> State:
+    def forward(self, y0: State, t: Tensor | Sequence[float], bm: Any | None = None) -> State:
         """The solution at the times ``t`` from ``y0`` (shaped as ``odeint(...).ys``). In training
         mode with a penalty it also sets :attr:`reg_loss` (the weighted penalty to add to the loss)
-        and :attr:`stats`; in eval mode it is the plain solve, with ``reg_loss`` zero."""
-        self._check_draws_replayable(self.training and self.penalty is not None)
+        and :attr:`stats`; in eval mode it is the plain solve, with ``reg_loss`` zero. ``bm``: an
+        SDE's Brownian motion, as torchsde's ``sdeint(..., bm=)`` (for a solve on a path of the
+        caller's, e.g. one validation path for every model); without it the model draws one."""
+        penalized = self.penalty is not None and self.training
+        self._check_brownian(bm, penalized)
+        self._check_draws_replayable(penalized)
         problem, flat_y0, unflatten = self._flat(y0, t)
         with self._undone_on_failure():
-            if self.penalty is None or not self.training:
-                ys, stats = plain_solve(problem, flat_y0, t, self.generator)
+            if not penalized:
+                ys, stats = plain_solve(problem, flat_y0, t, self.generator, bm)
                 self.stats, self.reg_loss = stats, torch.zeros((), dtype=ys.dtype, device=ys.device)
                 return unflatten(ys)
-            ys, reg, stats = _checked_penalty_result(
-                self.penalty, self.penalty(problem, flat_y0, t, self.generator)
-            )
+            ys, reg, stats = self._penalized(problem, flat_y0, t, bm)
             stats.grad_ratio = self.weight.last_ratio
             reg_loss = reg * self.weight()
             before = stats.nfe_backward or 0
@@ -750,6 +752,19 @@ class Regularized(nn.Module):
             # Set only now: a call that fails leaves the last call's stats and reg_loss.
             self.stats, self.reg_loss = stats, reg_loss
             return unflatten(ys)
+
+    def _check_brownian(self, bm: Any, penalized: bool) -> None:
+        """A given ``bm`` is an SDE's; beside a penalty that draws nothing, the model's generator
+        (which would have seeded the path ``bm`` replaces) is refused, as ``sdeint`` refuses both."""
+        if bm is None:
+            return
+        if not isinstance(self.problem, SDEProblem):
+            raise ValueError("bm is an SDE's Brownian motion, but this model solves an ODE: drop bm")
+        if penalized and self.generator is not None and not getattr(self.penalty, "draws", True):
+            raise ValueError(
+                f"generator is unused here: {type(self.penalty).__name__} draws nothing, and the "
+                "Brownian motion it would seed is the given bm: pass one or the other"
+            )
 
     def _flat(
         self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]
@@ -785,19 +800,21 @@ class Regularized(nn.Module):
         ``reg_loss`` and ``stats`` are left as they are. ``bm``: an SDE's Brownian motion."""
         if self.penalty is None:
             raise ValueError("this model has no penalty: it is the plain solve")
-        if bm is not None and self.generator is not None and not getattr(self.penalty, "draws", True):
-            # As sdeint: the generator would have seeded the Brownian motion that bm replaces.
-            raise ValueError(
-                f"generator is unused here: {type(self.penalty).__name__} draws nothing, and the "
-                "Brownian motion it would seed is the given bm: pass one or the other"
-            )
+        self._check_brownian(bm, True)
         self._check_draws_replayable(True)
         problem, flat_y0, unflatten = self._flat(y0, t)
         with self._undone_on_failure():
-            ys, reg, stats = _checked_penalty_result(
-                self.penalty, self.penalty(problem, flat_y0, t, self.generator, bm)
-            )
+            ys, reg, stats = self._penalized(problem, flat_y0, t, bm)
         return unflatten(ys), reg, stats
+
+    def _penalized(
+        self, problem: Problem, y0: Tensor, t: Tensor | Sequence[float], bm: Any
+    ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        """The penalty's pass, checked: ``bm`` is passed only where given (a penalty of the
+        user's may take four arguments, :class:`Penalty`)."""
+        penalty = cast(Penalty, self.penalty)
+        extra = () if bm is None else (bm,)
+        return _checked_penalty_result(penalty, penalty(problem, y0, t, self.generator, *extra))
 
     def get_extra_state(self) -> dict[str, Any]:
         # The schedule's iteration and the sampler's RNG state, so a resumed run continues both.

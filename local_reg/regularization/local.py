@@ -353,7 +353,7 @@ class LocallyRegularized(Regularized):
         # _judge_the_reading. Until judged, interior output times are taken as read.
         self._read_inside: tuple[int, bool] = (-1, True)
 
-    def forward(self, y0: State, t: Tensor | Sequence[float]) -> State:
+    def forward(self, y0: State, t: Tensor | Sequence[float], bm: Any | None = None) -> State:
         field_weight = self._field_weight
         if self.training and field_weight is not None and self.weight is field_weight:
             self._measure_the_fields_current_parameters(field_weight)
@@ -369,7 +369,7 @@ class LocallyRegularized(Regularized):
             # As the last measuring pass found them read; that pass judges again when one opens.
             _follow_the_reading(default_weight, interior and self._read_inside[1])
             try:
-                ys = super().forward(y0, t)
+                ys = super().forward(y0, t, bm)
             except BaseException:
                 # A refused or failed call leaves them to the measurement the last call opened.
                 default_weight.target_ratio, default_weight.floor, default_weight.max_rise = before
@@ -377,7 +377,7 @@ class LocallyRegularized(Regularized):
             if interior and default_weight.measuring:
                 self._judge_the_reading(ys, default_weight)
             return ys
-        return super().forward(y0, t)
+        return super().forward(y0, t, bm)
 
     def _judge_the_reading(self, ys: State, weight: RatioWeight) -> None:
         """Interior output times are a fit read along the flow only if the loss reads them: where the
