@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	# torch first, pinned: a bare "torch" requirement would pull a multi-GB CUDA build.
+	# torch first, pinned: a bare "torch" requirement would pull a multi-GB CUDA build. The CI machines
+	# hold the CPU wheel locally; elsewhere pip takes PyPI's (on Linux the CUDA build): for the CPU
+	# one, install torch first with --index-url https://download.pytorch.org/whl/cpu (README.md).
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)

@@ -167,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         model.func.exact_trace = False
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
-    data = sample_moons(1000, seed=0)  # matplotlib reads tensors (without a graph) as arrays
+    # As numpy arrays: matplotlib's reading of tensors goes through a deprecated numpy protocol.
+    data, samples, density = (x.numpy() for x in (sample_moons(1000, seed=0), samples, density))
     axes[0].scatter(data[:, 0], data[:, 1], s=2)
     axes[0].set_title("data")
     axes[1].scatter(samples[:, 0], samples[:, 1], s=2, color="C1")

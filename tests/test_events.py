@@ -1053,3 +1053,21 @@ def test_forward_mode_tangents_through_an_event_solve_are_refused_rather_than_mi
     with fwad.dual_level():
         event_t, _ = entry(fall(one), y0, 0.0, event_fn=ground(0.0))
     assert float(event_t) == pytest.approx(math.sqrt(2.0), rel=1e-6)
+
+
+def test_a_tangential_crossing_warns_and_leaves_the_event_time_without_a_gradient():
+    """solver.md: where event_fn does not change along the solution (here a step function, which
+    changes sign without a slope), the event time is not differentiable: a warning says so and
+    the time has no graph, where the smooth event function's time has d t_e / d y0 = -1."""
+    y0 = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    t0 = torch.tensor(0.0, dtype=torch.float64)
+
+    def rise(t, y):
+        return torch.ones_like(y)
+
+    with pytest.warns(UserWarning, match=r"\(a tangential crossing\): the event time is not differentiable"):
+        event_t, solution = local_reg.odeint_event(rise, y0, t0, event_fn=lambda t, y: torch.sign(y[0] - 1.5))
+    assert float(event_t) == pytest.approx(0.5, abs=1e-9) and not event_t.requires_grad
+    assert solution.ys[-1].requires_grad  # the state still carries y0's gradient
+    smooth_t, _ = local_reg.odeint_event(rise, y0, t0, event_fn=lambda t, y: y[0] - 1.5)
+    assert float(torch.autograd.grad(smooth_t, y0)[0]) == pytest.approx(-1.0, rel=1e-9)

@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -500,6 +501,11 @@ def test_a_results_file_concatenated_with_itself_counts_each_run_once(tmp_path, 
     row = next(line for line in captured.out.splitlines() if line.startswith("| vanilla |"))
     assert row.split(" | ")[2] == "2"  # seeds: 2 runs, not 4
     assert path.read_bytes() == before  # the file is left as it is
+    # A user's own filter (-W, PYTHONWARNINGS) decides first: the CLI's "always" came before it.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ResultsWarning)
+        assert main(["report", "--out", str(tmp_path)]) == 0
+    assert "local-reg: warning:" not in capsys.readouterr().err
 
 
 def test_report_of_a_task_with_no_runs_exits_2_and_changes_nothing(tmp_path, capsys):

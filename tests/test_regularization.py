@@ -1482,3 +1482,22 @@ def test_a_model_that_draws_from_its_own_generator_refuses_a_checkpoint_re_run(r
     checkpointed = _checkpointed_gradients(LocallyRegularized(MLPField()), reentrant)
     for got, want in zip(checkpointed, expected, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=0.0)
+
+
+def _users_own_warning() -> None:
+    warnings.warn("the user's own warning", UserWarning, stacklevel=1)
+
+
+def test_building_a_model_leaves_the_warning_filters_and_their_memory_alone():
+    """Every construction entered warnings.catch_warnings (for deprecated keys it rarely had), which
+    resets each warning's once-per-location memory (a "default" warning showed again after every
+    model) and swaps the process's filters (another thread's warnings could be swallowed)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        filters = warnings.filters
+        _users_own_warning()
+        LocallyRegularized(lambda t, y: -y, adjoint_params=())
+        GloballyRegularized(lambda t, y: -y)
+        _users_own_warning()
+        assert warnings.filters is filters
+    assert [str(w.message) for w in caught] == ["the user's own warning"]

@@ -310,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse has already printed the reason
         return int(exit_.code or 0)
     with warnings.catch_warnings():
-        warnings.simplefilter("always", ResultsWarning)
+        # After the user's own filters (-W, PYTHONWARNINGS), which decide first.
+        warnings.filterwarnings("always", category=ResultsWarning, append=True)
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
         try:
             with _interrupts_stop_the_run():

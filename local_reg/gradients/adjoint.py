@@ -623,10 +623,19 @@ def _warn_if_drifted(backsolved: Tensor, forward: Tensor, solves: tuple[SolveOpt
     )
     allowed = _DRIFT * size + _DRIFT_TOLERANCES * tolerance
     if not bool(((backsolved.detach() - forward).abs() <= allowed).all()):
+        backward = solves[0]
+        # Fixed steps follow no tolerance: their own error may be the gap, whatever the flow.
+        cause = (
+            f"the backward solve's fixed steps ({backward.tableau.name}, step_size "
+            f"{backward.step_size:g}) may be too coarse: a shorter step_size or a higher-order "
+            f"method; else {_UNSTABLE_BACKWARDS}"
+            if backward.step_size is not None and backward.tableau is not None
+            else _UNSTABLE_BACKWARDS
+        )
         warn(
             "the backsolve adjoint's y, solved backwards, has left the forward solution by more than "
             f"{_DRIFT:.0%} of an element's size (and {_DRIFT_TOLERANCES} tolerances): its gradient is "
-            f"not to be trusted here; {_UNSTABLE_BACKWARDS}"
+            f"not to be trusted here; {cause}"
         )
 
 

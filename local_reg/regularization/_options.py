@@ -167,6 +167,10 @@ def main_gradient(gradient: GradientMethod, options: dict[str, Any]) -> Gradient
     from .._odeint import _legacy_gradient
 
     legacy = ("checkpoints", "adjoint_method", "adjoint_rtol", "adjoint_atol", "adjoint_options")
+    if not any(options.get(name) is not None for name in legacy):
+        # No filter change: catch_warnings resets every warning's once-per-location memory, and
+        # its filters are the whole process's (another thread's warnings would be swallowed).
+        return gradient
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the solve warns of them
         return _legacy_gradient(gradient, *(options.get(name) for name in legacy))
