@@ -419,6 +419,11 @@ def test_a_ctrl_c_that_python_dropped_still_stops_the_run_at_its_iteration(tmp_p
     assert len(calls) == 3
     assert "is saved at epoch 1 of 3" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back on the way out
+    # The request was answered: a later sweep in this process (a notebook's) trains, where it
+    # stopped at once, interrupted by the Ctrl-C of the command before.
+    assert not runner.STOP_REQUESTED.is_set()
+    (record,) = runner.sweep("digits", ["vanilla"], [0], tmp_path / "later", size="tiny", progress=False)
+    assert record["iterations"] > 0
 
 
 def test_an_ignored_sigint_is_left_ignored(tmp_path, monkeypatch):

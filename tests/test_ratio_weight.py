@@ -801,6 +801,36 @@ def test_a_backward_pass_that_raised_measures_nothing():
     assert measured == 1 and weight.state_dict()["measured"] == measured
 
 
+@pytest.mark.parametrize("every", [1, 10])
+def test_after_a_backward_pass_that_raised_the_next_training_pass_measures(every):
+    """The failed pass had queued the measurement's end, which autograd never ran: the next call
+    joined the measurement, whose end was never queued again, so nothing was measured for 64
+    calls (every=10: six measurements lost). Now the next call measures, as after any pass that
+    measured nothing, and the loop measures as often as one without the failure."""
+    field = _FailingField()
+    head = torch.nn.Linear(3, 1).to(DTYPE)
+    weight = RatioWeight(0.2, every=every, parameters=[*field.parameters(), *head.parameters()])
+    model = LocallyRegularized(field, weight=weight, generator=torch.Generator().manual_seed(0))
+
+    def iteration() -> None:
+        (head(model(_y0(), T)[-1]).pow(2).mean() + model.reg_loss).backward()
+        weight.step()
+
+    iteration()
+    assert weight.state_dict()["measured"] == 1
+    for _ in range(every - 1):
+        iteration()
+    field.fails = True  # the next call is due
+    with pytest.raises(RuntimeError, match="func's backward failed"):
+        iteration()
+    field.fails = False
+    iteration()
+    assert weight.state_dict()["measured"] == 2 and weight._measurement is None
+    for _ in range(2 * every):
+        iteration()
+    assert weight.state_dict()["measured"] == 4
+
+
 def test_a_due_call_in_the_middle_of_a_pass_measures_at_the_next_pass(monkeypatch):
     """Three calls per backward pass with every=10: a due call that is not the first of its pass
     (the calls before it are in the pass too) measures nothing, and the first call of the next pass

@@ -294,6 +294,8 @@ def _interrupts_stop_the_run() -> Iterator[None]:
     finally:
         if replace:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Answered: a later sweep in this process (a notebook's, after an interrupted command) trains.
+        runner.STOP_REQUESTED.clear()
 
 
 def _request_stop(signum: int, frame: FrameType | None) -> None:

@@ -716,7 +716,8 @@ class Regularized(nn.Module):
     def _undone_on_failure(self) -> Iterator[None]:
         """A call that raises (refused input, a failing ``func``, an interrupt) leaves the model's
         generator where it was, so that the next call draws as if it had not been made (the draws
-        come before the solve's own checks)."""
+        come before the solve's own checks). Without a generator the draws were torch's global
+        stream's, which moves on, as after any torch code that raised."""
         generator = self.generator
         state = None if generator is None else generator.get_state()
         try:

@@ -61,7 +61,8 @@ class _Measurement(TypedDict):
     without_penalty: bool
     reached: int
     ended: bool
-    end_queued: bool
+    end_queued_by: int | None
+    """The backward pass (graph task) that queued ``end_of_pass``; ``None`` until one has."""
     end_of_pass: Callable[[], None]
     handles: list[torch.utils.hooks.RemovableHandle]
     nodes: list[torch.autograd.graph.Node]
@@ -598,6 +599,14 @@ class RatioWeight(_SelfTuningWeight):
             return
         if self.parameters is None:
             return
+        measurement = self._measurement
+        queued_by = None if measurement is None else measurement["end_queued_by"]
+        if queued_by is not None and queued_by != torch._C._current_graph_task_id():
+            # The backward pass that queued this measurement's end raised, and autograd runs no
+            # callback of a failed pass: it reached some parameters at most. Joined, it would stay
+            # open (its end never queued again) through MAX_JOINED_CALLS calls. It measured nothing.
+            self._finish_measurement()
+            self._state["overdue"] += 1
         # After passes that measured nothing (below), the next calls measure again, `every` at most.
         due = self.due or 0 < self._state["overdue"] <= self.every
         self._state["watched"] += 1
@@ -629,7 +638,7 @@ class RatioWeight(_SelfTuningWeight):
         """Take ``reg_loss``'s gradient and hook ``parameters``' accumulators for the next pass."""
 
         def end_of_pass() -> None:
-            opened["end_queued"] = False
+            opened["end_queued_by"] = None
             if opened["reached"]:
                 # A pass that carried the penalty of a call this measurement does not hold (made
                 # before it opened) counts that call's gradient as the task's.
@@ -660,8 +669,8 @@ class RatioWeight(_SelfTuningWeight):
                 # reg_loss reaches this parameter, so a backward pass that carries it has read its
                 # factor by now: this one carries no penalty of the measurement, and measures nothing.
                 opened["without_penalty"] = True
-                if not opened["end_queued"]:
-                    opened["end_queued"] = True
+                if opened["end_queued_by"] is None:
+                    opened["end_queued_by"] = torch._C._current_graph_task_id()
                     torch.autograd.Variable._execution_engine.queue_callback(opened["end_of_pass"])
                 return
             # A parameter reports once per pass that reaches it, and more than once in one
@@ -678,7 +687,7 @@ class RatioWeight(_SelfTuningWeight):
             "without_penalty": False,
             "reached": 0,
             "ended": False,
-            "end_queued": False,
+            "end_queued_by": None,
             "end_of_pass": end_of_pass,
             "handles": [],
             "nodes": [],
@@ -734,8 +743,8 @@ class RatioWeight(_SelfTuningWeight):
             # measurement open past a checkpoint. Queued here, in the pass that carries reg_loss,
             # not at a parameter's report, which a nested pass (a head under a reentrant
             # torch.utils.checkpoint) may give first and end before this one has begun.
-            if not measurement["end_queued"]:
-                measurement["end_queued"] = True
+            if measurement["end_queued_by"] is None:
+                measurement["end_queued_by"] = torch._C._current_graph_task_id()
                 torch.autograd.Variable._execution_engine.queue_callback(measurement["end_of_pass"])
 
         measurement["handles"].append(reg_loss.register_hook(read_scale))
