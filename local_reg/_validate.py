@@ -877,7 +877,7 @@ def compile_options(compile: object) -> dict[str, Any] | None:
         return {} if compile else None
     if not isinstance(compile, dict) or not all(isinstance(key, str) for key in compile):
         raise TypeError(
-            f"compile must be a bool or a dict of torch.compile keywords, got {type(compile).__name__}"
+            f"compile must be a bool or a dict of torch.compile keywords, got {type_name(compile)}"
         )
     unknown = sorted(set(compile) - (set(inspect.signature(torch.compile).parameters) - {"model"}))
     if unknown:

@@ -1518,6 +1518,10 @@ def test_a_numpy_bool_flag_is_named_as_numpy_bool():
             lambda: odeint(decay, torch.ones(2), [0.0, 1.0], compile={"dynamic": np.True_}),
         ),
         ("extra_stage", lambda: Interpolant("x", ((1.0,),), 3, extra_stage=np.True_)),
+        (
+            "compile must be a bool or a dict",
+            lambda: odeint(decay, torch.ones(2), [0.0, 1.0], compile=np.True_),
+        ),
     ]:
         with pytest.raises(TypeError, match=re.escape(name) + ".*got numpy.bool"):
             call()

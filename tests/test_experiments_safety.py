@@ -511,6 +511,11 @@ def test_a_results_file_concatenated_with_itself_counts_each_run_once(tmp_path, 
         warnings.filterwarnings("ignore", category=ResultsWarning)
         assert main(["report", "--out", str(tmp_path)]) == 0
     assert "local-reg: warning:" not in capsys.readouterr().err
+    # -W error makes it an error: said in one line (exit 2), as the command's other errors.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=ResultsWarning)
+        assert main(["report", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("local-reg: error: ")
 
 
 def test_report_of_a_task_with_no_runs_exits_2_and_changes_nothing(tmp_path, capsys):

@@ -6,6 +6,7 @@ import math
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -1113,6 +1114,8 @@ def test_bad_checkpoints():
     for bad in (2.5, True, "4"):
         with pytest.raises(TypeError, match="checkpoints must be an int"):
             Checkpoint(checkpoints=bad)
+    with pytest.raises(TypeError, match=r"checkpoints must be an int or None, got numpy\.bool"):
+        Symplectic(checkpoints=np.True_)  # "got bool", which the message asks for
 
 
 def test_deprecated_keywords_still_build_the_gradient_method():

@@ -831,6 +831,31 @@ def test_after_a_backward_pass_that_raised_the_next_training_pass_measures(every
     assert weight.state_dict()["measured"] == 4
 
 
+def test_a_backward_pass_that_raised_before_the_penalty_leaves_nothing_in_the_next_measurement():
+    """A pass that fails after reaching the head, before reg_loss's hook (a failure between the
+    model and the head): the head's gradient of the failed pass stayed in the open measurement,
+    which the next call joined, and its pass measured a ratio 14% off. Now the next pass measures
+    its own gradients alone: the ratio computed by hand."""
+    field = _Field()
+    head = torch.nn.Linear(3, 1).to(DTYPE)
+    parameters = [*field.parameters(), *head.parameters()]
+    weight = RatioWeight(0.2, every=1, parameters=parameters)
+    model = LocallyRegularized(field, weight=weight, generator=torch.Generator().manual_seed(0))
+    ys = model(_y0(), T)
+    with pytest.raises(RuntimeError, match="the loss's backward failed"):
+        (
+            head(failing_backward("the loss's backward failed")(ys[-1])).pow(2).mean() + model.reg_loss
+        ).backward()
+    ys = model(_y0(), T)
+    task = head(ys[-1]).pow(2).mean()
+    by_hand = _norm(torch.autograd.grad(model.reg_loss, parameters, retain_graph=True, allow_unused=True)) / (
+        _norm(torch.autograd.grad(task, parameters, retain_graph=True, allow_unused=True))
+    )
+    (task + model.reg_loss).backward()
+    assert weight.state_dict()["measured"] == 1
+    assert weight.last_ratio == pytest.approx(by_hand, rel=1e-10)
+
+
 def test_a_due_call_in_the_middle_of_a_pass_measures_at_the_next_pass(monkeypatch):
     """Three calls per backward pass with every=10: a due call that is not the first of its pass
     (the calls before it are in the pass too) measures nothing, and the first call of the next pass

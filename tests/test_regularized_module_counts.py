@@ -280,6 +280,11 @@ def test_a_users_penalty_of_four_arguments_serves_penalize_too():
     y0 = torch.ones(1, 2, dtype=DT)
     ys, reg, _ = model.penalize(y0, [0.0, 1.0])
     assert float(reg) == float(ys.pow(2).mean())
+    # Asked to solve on a given Brownian motion, it is named (Python's own message counted the
+    # arguments of __call__).
+    sde_model = local_reg.Regularized(DecayingSDE(), _FourArgumentPenalty(), weight=2.0)
+    with pytest.raises(TypeError, match="penalty _FourArgumentPenalty takes no bm"):
+        sde_model(torch.ones(4, 2, dtype=DT), [0.0, 1.0], bm=_bm())
 
 
 @pytest.mark.parametrize("model_class", [local_reg.Regularized, LocallyRegularized, GloballyRegularized])
@@ -294,6 +299,14 @@ def test_an_sde_model_solves_on_a_given_brownian_motion_as_sdeint(model_class):
     for model in models:
         assert torch.equal(model(y0, times, bm=_bm()), plain.ys)
     assert not torch.equal(models[0](y0, times), models[1](y0, times))  # without: each its own path
+    # On a given path a model with a generator draws nothing, so torch.utils.checkpoint may re-run
+    # it (it refused: the re-run cannot replay a generator's draws), as sdeint(bm=) there.
+    y = y0.clone().requires_grad_()
+    rerun = torch.utils.checkpoint.checkpoint(
+        lambda x: models[0](x, times, bm=_bm()).pow(2).sum(), y, use_reentrant=False
+    )
+    (expected,) = torch.autograd.grad(sdeint(sde, y, times, bm=_bm()).ys.pow(2).sum(), y)
+    torch.testing.assert_close(torch.autograd.grad(rerun, y)[0], expected, rtol=1e-12, atol=0)
     if model_class is not local_reg.Regularized:
         # A training pass on the given path: its solution is the penalized pass's on that path.
         model = model_class(sde).train()

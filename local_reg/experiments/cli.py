@@ -318,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             with _interrupts_stop_the_run():
                 return _experiment(args) if args.command == "experiment" else _report(args)
-        except (BadInput, ResultsError) as error:
+        except (BadInput, ResultsError, ResultsWarning) as error:
+            # A ResultsWarning raised: the user's -W error made it one.
             print(f"local-reg: error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except OSError as error:

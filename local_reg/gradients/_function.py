@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
+from .._checks import type_name
 from .._dense import DenseOutput
 from .._integrate import SolveOptions, StepPenalty, integrate_ode
 from .._step import VectorField
@@ -745,7 +746,7 @@ def checked_checkpoints(checkpoints: object) -> int | None:
     if checkpoints is None:
         return None
     if isinstance(checkpoints, bool) or not isinstance(checkpoints, numbers.Integral):
-        raise TypeError(f"checkpoints must be an int or None, got {type(checkpoints).__name__}")
+        raise TypeError(f"checkpoints must be an int or None, got {type_name(checkpoints)}")
     if checkpoints < 1:
         raise ValueError(f"checkpoints must be at least 1, got {checkpoints}")
     return int(checkpoints)  # numpy's integers too, as the other counts

@@ -564,7 +564,7 @@ class Regularized(nn.Module):
         func: the vector field ``func(t, y)`` (an ``nn.Module`` or a function), or a torchsde-style
             SDE module (``f``, ``g``, ``noise_type``), solved by :func:`local_reg.sdeint` or torchsde.
         penalty: :class:`LocalPenalty`, :class:`GlobalPenalty`, a penalty of your own (``check(problem)``
-            and ``penalty(problem, y0, t, generator, bm=None) -> (ys, R, stats)``) or ``None`` (the
+            and ``penalty(problem, y0, t, generator[, bm]) -> (ys, R, stats)``) or ``None`` (the
             plain model).
         weight: a non-negative float or a :class:`WeightSchedule`; advance it with
             ``model.weight.step()`` once per iteration. Its state (and ``generator``'s) is part of
@@ -697,13 +697,15 @@ class Regularized(nn.Module):
                 "probe step reads a controller's bounds or a norm): pass one or the other"
             )
 
-    def _check_draws_replayable(self, training_pass: bool) -> None:
+    def _check_draws_replayable(self, training_pass: bool, bm: Any = None) -> None:
         """A call inside a backward pass is a re-run (``torch.utils.checkpoint``'s recomputation),
         which replays torch's global stream but not this model's generator: its draws would differ
-        from the forward pass's, and the gradient would belong to other draws."""
+        from the forward pass's, and the gradient would belong to other draws. (A given ``bm``
+        leaves an SDE's path undrawn.)"""
         if self.generator is None or torch._C._current_graph_task_id() == -1:
             return
-        if isinstance(self.problem, SDEProblem) or (training_pass and getattr(self.penalty, "draws", True)):
+        draws_path = isinstance(self.problem, SDEProblem) and bm is None
+        if draws_path or (training_pass and getattr(self.penalty, "draws", True)):
             raise RuntimeError(
                 f"{type(self).__name__} is re-run inside a backward pass (torch.utils.checkpoint's "
                 "recomputation?), which cannot replay the draws of its own generator: the gradient "
@@ -735,7 +737,7 @@ class Regularized(nn.Module):
         caller's, e.g. one validation path for every model); without it the model draws one."""
         penalized = self.penalty is not None and self.training
         self._check_brownian(bm, penalized)
-        self._check_draws_replayable(penalized)
+        self._check_draws_replayable(penalized, bm)
         problem, flat_y0, unflatten = self._flat(y0, t)
         with self._undone_on_failure():
             if not penalized:
@@ -802,7 +804,7 @@ class Regularized(nn.Module):
         if self.penalty is None:
             raise ValueError("this model has no penalty: it is the plain solve")
         self._check_brownian(bm, True)
-        self._check_draws_replayable(True)
+        self._check_draws_replayable(True, bm)
         problem, flat_y0, unflatten = self._flat(y0, t)
         with self._undone_on_failure():
             ys, reg, stats = self._penalized(problem, flat_y0, t, bm)
@@ -814,8 +816,16 @@ class Regularized(nn.Module):
         """The penalty's pass, checked: ``bm`` is passed only where given (a penalty of the
         user's may take four arguments, :class:`Penalty`)."""
         penalty = cast(Penalty, self.penalty)
-        extra = () if bm is None else (bm,)
-        return _checked_penalty_result(penalty, penalty(problem, y0, t, self.generator, *extra))
+        if bm is None:
+            return _checked_penalty_result(penalty, penalty(problem, y0, t, self.generator))
+        try:
+            inspect.signature(penalty).bind(problem, y0, t, self.generator, bm)
+        except TypeError:
+            raise TypeError(
+                f"penalty {type(penalty).__name__} takes no bm (a fifth positional argument, "
+                "Penalty's optional one): give it one to solve on a given Brownian motion"
+            ) from None
+        return _checked_penalty_result(penalty, penalty(problem, y0, t, self.generator, bm))
 
     def get_extra_state(self) -> dict[str, Any]:
         # The schedule's iteration and the sampler's RNG state, so a resumed run continues both.

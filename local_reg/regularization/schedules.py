@@ -61,9 +61,10 @@ class _Measurement(TypedDict):
     without_penalty: bool
     reached: int
     ended: bool
-    end_queued_by: int | None
-    """The backward pass (graph task) that queued ``end_of_pass``; ``None`` until one has."""
+    end_queued: bool
     end_of_pass: Callable[[], None]
+    passes: dict[int, bool]
+    """The backward passes (graph tasks) that reached the measurement, each whether it finished."""
     handles: list[torch.utils.hooks.RemovableHandle]
     nodes: list[torch.autograd.graph.Node]
 
@@ -404,6 +405,16 @@ class AdaptiveWeight(_SelfTuningWeight):
         )
 
 
+def _record_pass(passes: dict[int, bool]) -> None:
+    """Enter the running backward pass in ``passes``, marked finished by a callback at its end
+    (autograd runs none for a pass that raised)."""
+    task = torch._C._current_graph_task_id()
+    if task not in passes:
+        passes[task] = False
+        finished = functools.partial(passes.__setitem__, task, True)
+        torch.autograd.Variable._execution_engine.queue_callback(finished)
+
+
 class RatioWeight(_SelfTuningWeight):
     """A weight normalized by the measured gradient ratio: the penalty gets a stated share of the pull.
 
@@ -600,11 +611,12 @@ class RatioWeight(_SelfTuningWeight):
         if self.parameters is None:
             return
         measurement = self._measurement
-        queued_by = None if measurement is None else measurement["end_queued_by"]
-        if queued_by is not None and queued_by != torch._C._current_graph_task_id():
-            # The backward pass that queued this measurement's end raised, and autograd runs no
-            # callback of a failed pass: it reached some parameters at most. Joined, it would stay
-            # open (its end never queued again) through MAX_JOINED_CALLS calls. It measured nothing.
+        current = torch._C._current_graph_task_id()
+        if measurement is not None and any(
+            not finished and task != current for task, finished in measurement["passes"].items()
+        ):
+            # A backward pass that reached it raised (autograd runs no callback of a failed pass):
+            # it holds part of that pass's gradient, and its end may never come. It measured nothing.
             self._finish_measurement()
             self._state["overdue"] += 1
         # After passes that measured nothing (below), the next calls measure again, `every` at most.
@@ -638,7 +650,7 @@ class RatioWeight(_SelfTuningWeight):
         """Take ``reg_loss``'s gradient and hook ``parameters``' accumulators for the next pass."""
 
         def end_of_pass() -> None:
-            opened["end_queued_by"] = None
+            opened["end_queued"] = False
             if opened["reached"]:
                 # A pass that carried the penalty of a call this measurement does not hold (made
                 # before it opened) counts that call's gradient as the task's.
@@ -663,14 +675,15 @@ class RatioWeight(_SelfTuningWeight):
             (gradient,) = incoming
             if gradient is None:
                 return
+            _record_pass(opened["passes"])
             opened["reached"] += 1
             carried = [penalty for penalty in opened["penalties"] if penalty["scale"] is not None]
             if not carried and any(penalty["parts"][index] is not None for penalty in opened["penalties"]):
                 # reg_loss reaches this parameter, so a backward pass that carries it has read its
                 # factor by now: this one carries no penalty of the measurement, and measures nothing.
                 opened["without_penalty"] = True
-                if opened["end_queued_by"] is None:
-                    opened["end_queued_by"] = torch._C._current_graph_task_id()
+                if not opened["end_queued"]:
+                    opened["end_queued"] = True
                     torch.autograd.Variable._execution_engine.queue_callback(opened["end_of_pass"])
                 return
             # A parameter reports once per pass that reaches it, and more than once in one
@@ -687,8 +700,9 @@ class RatioWeight(_SelfTuningWeight):
             "without_penalty": False,
             "reached": 0,
             "ended": False,
-            "end_queued_by": None,
+            "end_queued": False,
             "end_of_pass": end_of_pass,
+            "passes": {},
             "handles": [],
             "nodes": [],
         }
@@ -738,13 +752,14 @@ class RatioWeight(_SelfTuningWeight):
             # The backward pass's factor on reg_loss: a loss divided over micro-batches or scaled
             # by AMP's GradScaler scales the task's gradient and the penalty's alike.
             penalty["scale"] = float(gradient.sum())
+            _record_pass(measurement["passes"])
             # Finish when this pass ends, with the parameters it reached: one that gets no gradient
             # (a layer the forward pass skipped) never reports, and waiting for it would leave the
             # measurement open past a checkpoint. Queued here, in the pass that carries reg_loss,
             # not at a parameter's report, which a nested pass (a head under a reentrant
             # torch.utils.checkpoint) may give first and end before this one has begun.
-            if measurement["end_queued_by"] is None:
-                measurement["end_queued_by"] = torch._C._current_graph_task_id()
+            if not measurement["end_queued"]:
+                measurement["end_queued"] = True
                 torch.autograd.Variable._execution_engine.queue_callback(measurement["end_of_pass"])
 
         measurement["handles"].append(reg_loss.register_hook(read_scale))
