@@ -168,12 +168,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 4))
     # As numpy arrays: matplotlib's reading of tensors goes through a deprecated numpy protocol.
-    data, samples, density = (x.numpy() for x in (sample_moons(1000, seed=0), samples, density))
+    data, drawn, image = (x.numpy() for x in (sample_moons(1000, seed=0), samples, density))
     axes[0].scatter(data[:, 0], data[:, 1], s=2)
     axes[0].set_title("data")
-    axes[1].scatter(samples[:, 0], samples[:, 1], s=2, color="C1")
+    axes[1].scatter(drawn[:, 0], drawn[:, 1], s=2, color="C1")
     axes[1].set_title("samples from the flow")
-    axes[2].imshow(density.T, origin="lower", extent=(-4, 4, -4, 4), cmap="viridis")
+    axes[2].imshow(image.T, origin="lower", extent=(-4, 4, -4, 4), cmap="viridis")
     axes[2].set_title("learned density")
     for ax in axes[:2]:
         ax.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal")
