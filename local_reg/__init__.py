@@ -1,6 +1,8 @@
 """local_reg: instrumented adaptive ODE solvers and local regularization of neural differential
 equations (Pal, Edelman, Rackauckas, ICML 2023)."""
 
+import typing as _typing
+
 from . import regularization, sde
 from ._checked_step import initial_step_size, step
 from ._errors import SolverError
@@ -57,8 +59,17 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    # Deprecated SDE spellings: the regularizers take SDEs themselves.
-    if name in sde._MOVED:
-        return sde._moved(name, f"local_reg.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+if _typing.TYPE_CHECKING:
+    # The deprecated spellings __getattr__ serves (with a warning), as type checkers should read
+    # them; a __getattr__ they saw would make every misspelled name from local_reg Any.
+    from .regularization import RegularizationStats as SDERegularizationStats  # noqa: F401
+    from .regularization import Regularized as SDEBlock  # noqa: F401
+    from .regularization import global_regularization as sde_global_regularization  # noqa: F401
+    from .regularization import local_regularization as sde_local_regularization  # noqa: F401
+else:
+
+    def __getattr__(name: str) -> _typing.Any:
+        # Deprecated SDE spellings: the regularizers take SDEs themselves.
+        if name in sde._MOVED:
+            return sde._moved(name, f"local_reg.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

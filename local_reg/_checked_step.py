@@ -30,13 +30,13 @@ from .tableaus import ButcherTableau, get_tableau
 
 def step(
     func: VectorField,
-    t: float,
+    t: float | Tensor,
     y: Tensor,
-    dt: float,
+    dt: float | Tensor,
     tableau: ButcherTableau | str,
     *,
-    rtol: float = 1e-6,
-    atol: float = 1e-8,
+    rtol: float | Tensor = 1e-6,
+    atol: float | Tensor = 1e-8,
     k1: Tensor | None = None,
     norm: Callable[[Tensor], Tensor] = rms_norm,
     jump_ts: TimeSet = (),
@@ -97,12 +97,12 @@ def step(
 
 def initial_step_size(
     func: VectorField,
-    t0: float,
+    t0: float | Tensor,
     y0: Tensor,
     f0: Tensor,
     order: int,
-    rtol: float,
-    atol: float,
+    rtol: float | Tensor,
+    atol: float | Tensor,
     direction: float = 1.0,
     norm: Callable[[Tensor], Tensor] = rms_norm,
     t_end: float | None = None,

@@ -38,7 +38,7 @@ Every difference is listed in docs/compat.md ("torchsde's sdeint").
 from __future__ import annotations
 
 import math
-from typing import Any, cast
+from typing import Any, Literal, cast, overload
 
 import torch
 from torch import Tensor
@@ -490,6 +490,61 @@ def _states(
     return solution.ys
 
 
+@overload
+def sdeint(
+    sde: Any,
+    y0: Tensor,
+    ts: TimeSet,
+    bm: Any | None = ...,
+    method: str | None = ...,
+    dt: float | Tensor = ...,
+    adaptive: bool = ...,
+    rtol: float | Tensor = ...,
+    atol: float | Tensor = ...,
+    dt_min: float | Tensor = ...,
+    options: dict[str, Any] | None = ...,
+    names: dict[str, str] | None = ...,
+    logqp: Literal[False] = ...,
+    extra: bool = ...,
+    extra_solver_state: Any | None = ...,
+) -> Tensor: ...
+@overload
+def sdeint(
+    sde: Any,
+    y0: Tensor,
+    ts: TimeSet,
+    bm: Any | None = ...,
+    method: str | None = ...,
+    dt: float | Tensor = ...,
+    adaptive: bool = ...,
+    rtol: float | Tensor = ...,
+    atol: float | Tensor = ...,
+    dt_min: float | Tensor = ...,
+    options: dict[str, Any] | None = ...,
+    names: dict[str, str] | None = ...,
+    *,
+    logqp: Literal[True],
+    extra: bool = ...,
+    extra_solver_state: Any | None = ...,
+) -> tuple[Tensor, Tensor]: ...
+@overload
+def sdeint(
+    sde: Any,
+    y0: Tensor,
+    ts: TimeSet,
+    bm: Any | None = ...,
+    method: str | None = ...,
+    dt: float | Tensor = ...,
+    adaptive: bool = ...,
+    rtol: float | Tensor = ...,
+    atol: float | Tensor = ...,
+    dt_min: float | Tensor = ...,
+    options: dict[str, Any] | None = ...,
+    names: dict[str, str] | None = ...,
+    logqp: bool = ...,
+    extra: bool = ...,
+    extra_solver_state: Any | None = ...,
+) -> Tensor | tuple[Tensor, Tensor]: ...
 def sdeint(
     sde: Any,
     y0: Tensor,
@@ -585,6 +640,79 @@ ADJOINT_DEFAULTS = {
 defaults: the checkpoint gradient has no backward solve for them to set."""
 
 
+@overload
+def sdeint_adjoint(
+    sde: Any,
+    y0: Tensor,
+    ts: TimeSet,
+    bm: Any | None = ...,
+    method: str | None = ...,
+    adjoint_method: str | None = ...,
+    dt: float | Tensor = ...,
+    adaptive: bool = ...,
+    adjoint_adaptive: bool = ...,
+    rtol: float | Tensor = ...,
+    adjoint_rtol: float | Tensor = ...,
+    atol: float | Tensor = ...,
+    adjoint_atol: float | Tensor = ...,
+    dt_min: float | Tensor = ...,
+    options: dict[str, Any] | None = ...,
+    adjoint_options: dict[str, Any] | None = ...,
+    adjoint_params: Any | None = ...,
+    names: dict[str, str] | None = ...,
+    logqp: Literal[False] = ...,
+    extra: bool = ...,
+    extra_solver_state: Any | None = ...,
+) -> Tensor: ...
+@overload
+def sdeint_adjoint(
+    sde: Any,
+    y0: Tensor,
+    ts: TimeSet,
+    bm: Any | None = ...,
+    method: str | None = ...,
+    adjoint_method: str | None = ...,
+    dt: float | Tensor = ...,
+    adaptive: bool = ...,
+    adjoint_adaptive: bool = ...,
+    rtol: float | Tensor = ...,
+    adjoint_rtol: float | Tensor = ...,
+    atol: float | Tensor = ...,
+    adjoint_atol: float | Tensor = ...,
+    dt_min: float | Tensor = ...,
+    options: dict[str, Any] | None = ...,
+    adjoint_options: dict[str, Any] | None = ...,
+    adjoint_params: Any | None = ...,
+    names: dict[str, str] | None = ...,
+    *,
+    logqp: Literal[True],
+    extra: bool = ...,
+    extra_solver_state: Any | None = ...,
+) -> tuple[Tensor, Tensor]: ...
+@overload
+def sdeint_adjoint(
+    sde: Any,
+    y0: Tensor,
+    ts: TimeSet,
+    bm: Any | None = ...,
+    method: str | None = ...,
+    adjoint_method: str | None = ...,
+    dt: float | Tensor = ...,
+    adaptive: bool = ...,
+    adjoint_adaptive: bool = ...,
+    rtol: float | Tensor = ...,
+    adjoint_rtol: float | Tensor = ...,
+    atol: float | Tensor = ...,
+    adjoint_atol: float | Tensor = ...,
+    dt_min: float | Tensor = ...,
+    options: dict[str, Any] | None = ...,
+    adjoint_options: dict[str, Any] | None = ...,
+    adjoint_params: Any | None = ...,
+    names: dict[str, str] | None = ...,
+    logqp: bool = ...,
+    extra: bool = ...,
+    extra_solver_state: Any | None = ...,
+) -> Tensor | tuple[Tensor, Tensor]: ...
 def sdeint_adjoint(
     sde: Any,
     y0: Tensor,

@@ -22,7 +22,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import numpy as np
 import torch
@@ -245,7 +245,7 @@ def _one_step_per_interval(times: list[float]) -> float:
     return max((abs(b - a) for a, b in itertools.pairwise(times)), default=1.0)
 
 
-def _max_steps(max_num_steps: object, where: str, t: Tensor) -> int:
+def _max_steps(max_num_steps: object, where: str, t: TimeSet) -> int:
     """torchdiffeq's ``max_num_steps`` caps the steps *per output interval* (its counter restarts at
     each output time); local_reg's ``max_steps`` caps the whole solve: the same cap over every
     interval, so no solve torchdiffeq completes is stopped. The forward solve also counts per
@@ -711,7 +711,7 @@ def _scipy_solve(
 def odeint(
     func: Callable,
     y0: State,
-    t: Tensor,
+    t: TimeSet,
     *,
     rtol: Tolerance = ...,
     atol: Tolerance = ...,
@@ -723,7 +723,7 @@ def odeint(
 def odeint(
     func: Callable,
     y0: State,
-    t: Tensor,
+    t: TimeSet,
     *,
     rtol: Tolerance = ...,
     atol: Tolerance = ...,
@@ -734,7 +734,7 @@ def odeint(
 def odeint(
     func: Callable,
     y0: State,
-    t: Tensor,
+    t: TimeSet,
     *,
     rtol: Tolerance = 1e-7,
     atol: Tolerance = 1e-9,
@@ -777,7 +777,7 @@ def odeint(
 def odeint_adjoint(
     func: Callable,
     y0: State,
-    t: Tensor,
+    t: TimeSet,
     *,
     rtol: Tolerance = ...,
     atol: Tolerance = ...,
@@ -794,7 +794,7 @@ def odeint_adjoint(
 def odeint_adjoint(
     func: Callable,
     y0: State,
-    t: Tensor,
+    t: TimeSet,
     *,
     rtol: Tolerance = ...,
     atol: Tolerance = ...,
@@ -810,7 +810,7 @@ def odeint_adjoint(
 def odeint_adjoint(
     func: Callable,
     y0: State,
-    t: Tensor,
+    t: TimeSet,
     *,
     rtol: Tolerance = 1e-7,
     atol: Tolerance = 1e-9,
@@ -1002,7 +1002,7 @@ def odeint_dense(
 def odeint_event(
     func: Callable,
     y0: State,
-    t0: Tensor,
+    t0: Tensor | float,
     *,
     event_fn: Callable,
     reverse_time: bool = False,
@@ -1062,15 +1062,47 @@ def __dir__() -> list[str]:
     return sorted({*__all__, *TORCHSDE_NAMES, *(name for name in globals() if name.startswith("__"))})
 
 
-def __getattr__(name: str) -> Any:
-    if name in TORCHSDE_NAMES:
-        import torchsde  # a dependency; imported on first use, as local_reg.sdeint's default bm does
-
-        return getattr(torchsde, name)
-    raise AttributeError(
-        f"module 'local_reg.compat' has no attribute {name!r} (it has {__all__} and torchsde's "
-        f"{list(TORCHSDE_NAMES)})"
+if TYPE_CHECKING:
+    # torchsde's names __getattr__ serves, for type checkers: a __getattr__ they saw would make every
+    # misspelled name from local_reg.compat Any.
+    from torchsde import (
+        BaseBrownian as BaseBrownian,
     )
+    from torchsde import (
+        BaseSDE as BaseSDE,
+    )
+    from torchsde import (
+        BrownianInterval as BrownianInterval,
+    )
+    from torchsde import (
+        BrownianPath as BrownianPath,
+    )
+    from torchsde import (
+        BrownianTree as BrownianTree,
+    )
+    from torchsde import (
+        ReverseBrownian as ReverseBrownian,
+    )
+    from torchsde import (
+        SDEIto as SDEIto,
+    )
+    from torchsde import (
+        SDEStratonovich as SDEStratonovich,
+    )
+    from torchsde import (
+        brownian_interval_like as brownian_interval_like,
+    )
+else:
+
+    def __getattr__(name: str) -> Any:
+        if name in TORCHSDE_NAMES:
+            import torchsde  # a dependency; imported on first use, as local_reg.sdeint's default bm does
+
+            return getattr(torchsde, name)
+        raise AttributeError(
+            f"module 'local_reg.compat' has no attribute {name!r} (it has {__all__} and torchsde's "
+            f"{list(TORCHSDE_NAMES)})"
+        )
 
 
 __all__ = ["METHODS", "odeint", "odeint_adjoint", "odeint_dense", "odeint_event", "sdeint", "sdeint_adjoint"]

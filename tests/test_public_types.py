@@ -223,6 +223,38 @@ def test_a_users_own_penalty_is_a_penalty() -> None:
     assert assert_type(model.stats.nfe_main, int) > 0
 
 
+class FourArgumentPenalty(EndPenalty):
+    """``EndPenalty`` of the four arguments the protocol requires (``bm`` is optional)."""
+
+    def __call__(  # type: ignore[override]  # fewer arguments than EndPenalty's, as the protocol's
+        self, problem: object, y0: Tensor, t: Tensor | Sequence[float], generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor, RegularizationStats]:
+        return super().__call__(problem, y0, t, generator)
+
+
+class PriorDiffusion(Diffusion):
+    def h(self, t: Tensor, y: Tensor) -> Tensor:
+        return -2 * y
+
+
+def test_a_model_call_and_compats_sdeint_are_typed_as_what_they_return() -> None:
+    # model(...) was Any (nn.Module's call), compat.sdeint "a tensor or a pair", a four-argument
+    # penalty no Penalty, and numpy times, a list t for compat and a float t0 type errors.
+    field = Field()
+    model = Regularized(field, FourArgumentPenalty(field), weight=0.5)
+    ys = assert_type(model(Y0, np.linspace(0.0, 1.0, 5)), Tensor)
+    assert ys.shape == (5, 3, 2)
+    zs = assert_type(torchdiffeq.sdeint(Diffusion(), Y0, T, dt=0.1), Tensor)
+    assert zs.shape == (5, 3, 2)
+    states, log_ratio = assert_type(
+        torchdiffeq.sdeint(PriorDiffusion(), Y0, T, dt=0.1, logqp=True), tuple[Tensor, Tensor]
+    )
+    assert states.shape == (5, 3, 2) and log_ratio.shape == (4, 3)
+    assert isinstance(assert_type(torchdiffeq.odeint(decay, Y0, [0.0, 0.5, 1.0]), Tensor), Tensor)
+    event_t, _ = torchdiffeq.odeint_event(decay, Y0, 0.0, event_fn=lambda t, y: y.sum() - 1.0)
+    assert isinstance(event_t, Tensor)
+
+
 def test_the_functional_regularizers_return_the_states_of_y0s_kind() -> None:
     ys, penalty, stats = local_regularization(decay, Y0, T)
     assert isinstance(assert_type(ys, Tensor), Tensor) and isinstance(assert_type(penalty, Tensor), Tensor)

@@ -17,6 +17,8 @@ Both are configurations of one module, :class:`Regularized` (penalty :class:`Loc
 :class:`GlobalPenalty`, or none for the plain model), which also takes neural SDEs.
 """
 
+import typing as _typing
+
 from ._baseline import BaselineStats
 from ._diagnostics import GradientRatio
 from ._module import GlobalPenalty, LocalPenalty, Penalty, Regularized
@@ -54,9 +56,15 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name == "SDERegularizationStats":  # one RegularizationStats serves ODEs and SDEs
-        from ..sde import _moved
+if _typing.TYPE_CHECKING:
+    # The deprecated spelling __getattr__ serves (with a warning), for type checkers (local_reg's
+    # own __init__ says why).
+    from ._stats import RegularizationStats as SDERegularizationStats  # noqa: F401
+else:
 
-        return _moved(name, f"local_reg.regularization.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> _typing.Any:
+        if name == "SDERegularizationStats":  # one RegularizationStats serves ODEs and SDEs
+            from ..sde import _moved
+
+            return _moved(name, f"local_reg.regularization.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

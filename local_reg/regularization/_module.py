@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, ClassVar, NoReturn, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,7 @@ from .._validate import (
     time_tensors_requiring_grad,
     transformed,
 )
+from ..controller import TimeSet
 from ..sde.problem import SUPPORTED_NOISE_TYPES, is_sde
 from ..solution import State, Stats
 from ..tableaus import ButcherTableau, get_tableau
@@ -119,7 +120,7 @@ def _has_drift_and_diffusion_only(func: Any) -> bool:
 def plain_solve(
     problem: Problem,
     y0: Tensor,
-    t: Tensor | Sequence[float],
+    t: TimeSet,
     generator: torch.Generator | None = None,
     bm: Any = None,
 ) -> tuple[Tensor, RegularizationStats]:
@@ -265,7 +266,7 @@ class LocalPenalty:
         self,
         problem: Problem,
         y0: Tensor,
-        t: Tensor | Sequence[float],
+        t: TimeSet,
         generator: torch.Generator | None = None,
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
@@ -446,7 +447,7 @@ class GlobalPenalty:
         self,
         problem: Problem,
         y0: Tensor,
-        t: Tensor | Sequence[float],
+        t: TimeSet,
         generator: torch.Generator | None = None,
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
@@ -501,10 +502,11 @@ class Penalty(Protocol):
         y0: Tensor,
         t: Tensor | Sequence[float],
         generator: torch.Generator | None,
-        bm: Any = None,
         /,
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
-        """One training pass from the flat state ``y0``: ``(ys, R, stats)``, ``R`` unweighted."""
+        """One training pass from the flat state ``y0``: ``(ys, R, stats)``, ``R`` unweighted. A
+        fifth argument, ``bm`` (an SDE's Brownian motion, given to ``forward`` or ``penalize``), is
+        optional: passed only where given (so a penalty with a defaulted ``bm`` is one too)."""
         ...
 
 
@@ -729,7 +731,11 @@ class Regularized(nn.Module):
                 generator.set_state(state)
             raise
 
-    def forward(self, y0: State, t: Tensor | Sequence[float], bm: Any | None = None) -> State:
+    if TYPE_CHECKING:
+        # What model(y0, t) returns, for type checkers (nn.Module types its call as Any).
+        def __call__(self, y0: State, t: TimeSet, bm: Any | None = None) -> State: ...
+
+    def forward(self, y0: State, t: TimeSet, bm: Any | None = None) -> State:
         """The solution at the times ``t`` from ``y0`` (shaped as ``odeint(...).ys``). In training
         mode with a penalty it also sets :attr:`reg_loss` (the weighted penalty to add to the loss)
         and :attr:`stats`; in eval mode it is the plain solve, with ``reg_loss`` zero. ``bm``: an
@@ -769,9 +775,7 @@ class Regularized(nn.Module):
                 "Brownian motion it would seed is the given bm: pass one or the other"
             )
 
-    def _flat(
-        self, y0: Tensor | tuple[Tensor, ...], t: Tensor | Sequence[float]
-    ) -> tuple[Problem, Tensor, Callable]:
+    def _flat(self, y0: Tensor | tuple[Tensor, ...], t: TimeSet) -> tuple[Problem, Tensor, Callable]:
         """The problem and state a call solves, ``t`` checked.
 
         A tuple ``y0`` (an ODE's, e.g. a CNF's ``(z, logp)``) is solved as one flat state, as
@@ -797,7 +801,7 @@ class Regularized(nn.Module):
         )
 
     def penalize(
-        self, y0: State, t: Tensor | Sequence[float], bm: Any | None = None
+        self, y0: State, t: TimeSet, bm: Any | None = None
     ) -> tuple[State, Tensor, RegularizationStats]:
         """``(ys, R, stats)`` of one training pass, ``R`` unweighted, whatever the module's mode;
         ``reg_loss`` and ``stats`` are left as they are. ``bm``: an SDE's Brownian motion."""
@@ -811,13 +815,16 @@ class Regularized(nn.Module):
         return unflatten(ys), reg, stats
 
     def _penalized(
-        self, problem: Problem, y0: Tensor, t: Tensor | Sequence[float], bm: Any
+        self, problem: Problem, y0: Tensor, t: TimeSet, bm: Any
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
         """The penalty's pass, checked: ``bm`` is passed only where given (a penalty of the
         user's may take four arguments, :class:`Penalty`)."""
         penalty = cast(Penalty, self.penalty)
+        # Called loosely: the protocol leaves the optional fifth argument out, and its t is the
+        # documented tensor or list of floats where the module passes on any times it was given.
+        call = cast(Callable[..., tuple[Tensor, Tensor, RegularizationStats]], penalty)
         if bm is None:
-            return _checked_penalty_result(penalty, penalty(problem, y0, t, self.generator))
+            return _checked_penalty_result(penalty, call(problem, y0, t, self.generator))
         try:
             inspect.signature(penalty).bind(problem, y0, t, self.generator, bm)
         except TypeError:
@@ -825,7 +832,7 @@ class Regularized(nn.Module):
                 f"penalty {type(penalty).__name__} takes no bm (a fifth positional argument, "
                 "Penalty's optional one): give it one to solve on a given Brownian motion"
             ) from None
-        return _checked_penalty_result(penalty, penalty(problem, y0, t, self.generator, bm))
+        return _checked_penalty_result(penalty, call(problem, y0, t, self.generator, bm))
 
     def get_extra_state(self) -> dict[str, Any]:
         # The schedule's iteration and the sampler's RNG state, so a resumed run continues both.

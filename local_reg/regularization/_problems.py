@@ -40,7 +40,7 @@ from .._validate import (
     without_autocast,
 )
 from ..compat import torchdiffeq_bounds
-from ..controller import DEFAULT_CONTROLLER, PIController
+from ..controller import DEFAULT_CONTROLLER, PIController, TimeSet
 from ..gradients import GradientMethod
 from ..gradients._params import adjoint_params_tuple, resolve_adjoint_params
 from ..sde._step import _euler_maruyama_step, unchecked_initial_step_size
@@ -180,7 +180,7 @@ class _Problem:
 
     @contextmanager
     def prepared(
-        self, y0: Tensor, t: Tensor | Sequence[float], generator: Any, bm: Any = None
+        self, y0: Tensor, t: TimeSet, generator: Any, bm: Any = None
     ) -> Iterator[tuple[list[float], torch.dtype, Any, Stats]]:
         """``prepare``'s ``(times, t_dtype, context, cost)`` for one call, released when it ends
         (returns or raises)."""
@@ -308,7 +308,7 @@ class ODEProblem(_Problem):
         check_regularizer_tableau(regularizer, tableau, "reg_method")
         return tableau
 
-    def prepare(self, y0: Tensor, t: Tensor | Sequence[float], generator, bm=None):
+    def prepare(self, y0: Tensor, t: TimeSet, generator, bm=None):
         """``(times, t_dtype, context, stats)``: the checked times, the dtype the backend sees them
         in, what the main solve and the probe share (nothing for an ODE) and its cost."""
         validate_state(y0)
@@ -319,7 +319,7 @@ class ODEProblem(_Problem):
         field_dtype = t_dtype if self.backend == "local_reg" else y0.dtype
         return times, t_dtype, ODEContext(field_dtype, narrowest_float(t)), Stats()
 
-    def times_dtype(self, t: Tensor | Sequence[float], y0: Tensor) -> torch.dtype:
+    def times_dtype(self, t: TimeSet, y0: Tensor) -> torch.dtype:
         """The dtype the backend sees the times in. As odeint: a floating tensor ``t`` keeps its
         precision where wider than the state's, an integer or half-precision one is read in the
         state's dtype, and so is a sequence of floats (torchdiffeq, which needs a tensor, gets it
@@ -489,7 +489,7 @@ class SDEProblem(_Problem):
                 f"got {reg_method!r}"
             )
 
-    def prepare(self, y0: Tensor, t: Tensor | Sequence[float], generator, bm=None):
+    def prepare(self, y0: Tensor, t: TimeSet, generator, bm=None):
         noise_type, times = validate_sde_problem(self.sde, y0, t, "euler_maruyama")
         stats = Stats()
         g0 = y0

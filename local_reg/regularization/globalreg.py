@@ -16,18 +16,18 @@ paper's formulas.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
 
+from ..controller import TimeSet
 from ..solution import State
 from ._module import GlobalPenalty, Regularized, functional_settings
 from ._stats import RegularizationStats
 
 
 def global_regularization(
-    func: Any, y0: State, t: Tensor | Sequence[float], *, bm: Any | None = None, **settings: Any
+    func: Any, y0: State, t: TimeSet, *, bm: Any | None = None, **settings: Any
 ) -> tuple[State, Tensor, RegularizationStats]:
     """Solve at ``t`` and return ``(ys, reg, stats)`` with the unweighted global penalty [GR21],
     without a module. ``settings`` are :class:`GloballyRegularized`'s keywords; ``bm`` is an SDE's

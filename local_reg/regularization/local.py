@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -34,6 +34,7 @@ from torch import Tensor
 from .._errors import warn
 from .._tuple import owning_module
 from .._validate import finite_times, transformed
+from ..controller import TimeSet
 from ..gradients._params import adjoint_params_tuple
 from ..sde.problem import is_sde
 from ..solution import State
@@ -143,7 +144,7 @@ def default_weight(
 
 
 def local_regularization(
-    func: Any, y0: State, t: Tensor | Sequence[float], *, bm: Any | None = None, **settings: Any
+    func: Any, y0: State, t: TimeSet, *, bm: Any | None = None, **settings: Any
 ) -> tuple[State, Tensor, RegularizationStats]:
     """Solve ``dy/dt = func(t, y)`` (or an SDE) at ``t`` and compute the local regularization
     penalty [LR23] once, without a module (by default the field's mean square rate at the sampled
@@ -353,7 +354,7 @@ class LocallyRegularized(Regularized):
         # _judge_the_reading. Until judged, interior output times are taken as read.
         self._read_inside: tuple[int, bool] = (-1, True)
 
-    def forward(self, y0: State, t: Tensor | Sequence[float], bm: Any | None = None) -> State:
+    def forward(self, y0: State, t: TimeSet, bm: Any | None = None) -> State:
         field_weight = self._field_weight
         if self.training and field_weight is not None and self.weight is field_weight:
             self._measure_the_fields_current_parameters(field_weight)

@@ -19,7 +19,6 @@ vector--Jacobian product, which for a batch of independent samples is each sampl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -36,6 +35,7 @@ from .._validate import (
     validate_state,
     validate_times,
 )
+from ..controller import TimeSet
 from ..solution import State
 from ._augmented import Integrand, mean_square, solve_augmented
 from ._baseline import (
@@ -95,7 +95,7 @@ class RNODEPenalty(BaselinePenalty):
         self,
         problem: Any,
         y0: Tensor,
-        t: Tensor | Sequence[float],
+        t: TimeSet,
         generator: torch.Generator | None = None,
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
@@ -164,7 +164,7 @@ class RNODERegularized(Regularized):
 def rnode_regularization(
     func: VectorField,
     y0: State,
-    t: Tensor | Sequence[float],
+    t: TimeSet,
     *,
     generator: torch.Generator | None = None,
     **settings: Any,

@@ -19,7 +19,6 @@ that the output times stay strictly ordered. A ``b`` that breaks this for a give
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -28,6 +27,7 @@ from torch import Tensor
 
 from .._step import VectorField
 from .._validate import narrowest_float, non_negative_float, validate_state, validate_times
+from ..controller import TimeSet
 from ..solution import State
 from ._baseline import (
     BaselinePenalty,
@@ -72,7 +72,7 @@ class SteerPenalty(BaselinePenalty):
         self,
         problem: Any,
         y0: Tensor,
-        t: Tensor | Sequence[float],
+        t: TimeSet,
         generator: torch.Generator | None = None,
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
@@ -120,7 +120,7 @@ class SteerRegularized(Regularized):
 def steer_regularization(
     func: VectorField,
     y0: State,
-    t: Tensor | Sequence[float],
+    t: TimeSet,
     *,
     generator: torch.Generator | None = None,
     **settings: Any,

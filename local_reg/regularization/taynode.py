@@ -25,7 +25,7 @@ that code's coefficients are ``lambda = 6e-5`` (MNIST) and ``1e-2`` (PhysioNet l
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,6 +36,7 @@ from torch.func import jvp
 from .._checks import positive_int
 from .._step import VectorField
 from .._validate import checked_field, narrowest_float, validate_state, validate_times
+from ..controller import TimeSet
 from ..solution import State
 from ._augmented import Integrand, mean_square, solve_augmented
 from ._baseline import BaselinePenalty, BaselineStats, solution_stats
@@ -126,7 +127,7 @@ class TayNODEPenalty(BaselinePenalty):
         self,
         problem: Any,
         y0: Tensor,
-        t: Tensor | Sequence[float],
+        t: TimeSet,
         generator: torch.Generator | None = None,
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
@@ -174,7 +175,7 @@ class TayNODERegularized(Regularized):
 
 
 def taynode_regularization(
-    func: VectorField, y0: State, t: Tensor | Sequence[float], **settings: Any
+    func: VectorField, y0: State, t: TimeSet, **settings: Any
 ) -> tuple[State, Tensor, BaselineStats]:
     """One TayNODE [TAY20] training pass without a module: ``(ys, reg, stats)``, ``reg`` the
     *unweighted* integral of the squared ``order``-th total time derivative along the solve.

@@ -7,6 +7,8 @@
 :class:`local_reg.Regularized` accept such a module and then solve with :func:`sdeint` (or torchsde).
 """
 
+import typing as _typing
+
 from .._errors import warn as _warn
 from ..solution import Stats as SDEStats
 from ._sdeint import sdeint
@@ -35,10 +37,19 @@ def _moved(name: str, spelled: str) -> object:
     return getattr(regularization, _MOVED[name])
 
 
-def __getattr__(name: str):
-    if name in _MOVED:
-        return _moved(name, f"local_reg.sde.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+if _typing.TYPE_CHECKING:
+    # The deprecated spellings __getattr__ serves (with a warning), for type checkers (local_reg's
+    # own __init__ says why).
+    from ..regularization import RegularizationStats as SDERegularizationStats  # noqa: F401
+    from ..regularization import Regularized as SDEBlock  # noqa: F401
+    from ..regularization import global_regularization as sde_global_regularization  # noqa: F401
+    from ..regularization import local_regularization as sde_local_regularization  # noqa: F401
+else:
+
+    def __getattr__(name: str) -> _typing.Any:
+        if name in _MOVED:
+            return _moved(name, f"local_reg.sde.{name}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["SDEStats", "SDEStepResult", "is_sde", "sde_initial_step_size", "sde_step", "sdeint"]
