@@ -62,10 +62,11 @@ __version__ = "0.1.0"
 if _typing.TYPE_CHECKING:
     # The deprecated spellings __getattr__ serves (with a warning), as type checkers should read
     # them; a __getattr__ they saw would make every misspelled name from local_reg Any.
-    from .regularization import RegularizationStats as SDERegularizationStats  # noqa: F401
-    from .regularization import Regularized as SDEBlock  # noqa: F401
-    from .regularization import global_regularization as sde_global_regularization  # noqa: F401
-    from .regularization import local_regularization as sde_local_regularization  # noqa: F401
+    # Assigned, not imported as other names: an assignment is exported to a strict checker.
+    SDERegularizationStats = regularization.RegularizationStats
+    SDEBlock = regularization.Regularized
+    sde_global_regularization = regularization.global_regularization
+    sde_local_regularization = regularization.local_regularization
 else:
 
     def __getattr__(name: str) -> _typing.Any:

@@ -237,12 +237,13 @@ class PriorDiffusion(Diffusion):
         return -2 * y
 
 
-def test_a_model_call_and_compats_sdeint_are_typed_as_what_they_return() -> None:
-    # model(...) was Any (nn.Module's call), compat.sdeint "a tensor or a pair", a four-argument
-    # penalty no Penalty, and numpy times, a list t for compat and a float t0 type errors.
+def test_compats_sdeint_penalties_and_times_are_typed_as_they_run() -> None:
+    # compat.sdeint was "a tensor or a pair", a four-argument penalty no Penalty, and numpy times,
+    # a list t for compat and a float t0 type errors. (model(...) stays Any, nn.Module's call: a
+    # subclass's forward may take other arguments.)
     field = Field()
     model = Regularized(field, FourArgumentPenalty(field), weight=0.5)
-    ys = assert_type(model(Y0, np.linspace(0.0, 1.0, 5)), Tensor)
+    ys = assert_type(model.forward(Y0, np.linspace(0.0, 1.0, 5)), Tensor)
     assert ys.shape == (5, 3, 2)
     zs = assert_type(torchdiffeq.sdeint(Diffusion(), Y0, T, dt=0.1), Tensor)
     assert zs.shape == (5, 3, 2)

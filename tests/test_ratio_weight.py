@@ -856,6 +856,53 @@ def test_a_backward_pass_that_raised_before_the_penalty_leaves_nothing_in_the_ne
     assert weight.last_ratio == pytest.approx(by_hand, rel=1e-10)
 
 
+def test_a_call_inside_a_nested_backward_pass_leaves_the_running_measurement():
+    """The model called (with grad) inside a nested pass that runs in the middle of the training
+    pass, after the head's parameters have reported: that pass has not ended, it has not failed,
+    and the measurement goes on (a rule for failed passes dropped it there)."""
+    field = _Field()
+    head = torch.nn.Linear(3, 1).to(DTYPE)
+    parameters = [*field.parameters(), *head.parameters()]
+    weight = RatioWeight(0.2, every=1, parameters=parameters)
+    # No generator of its own: a call inside a backward pass draws from the global stream.
+    model = LocallyRegularized(field, weight=weight)
+    calls = {"inner": False}
+
+    class CallsTheModel(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            if calls["inner"]:
+                with torch.enable_grad():
+                    model(_y0() * 0.5, T)  # a training call, its output and penalty unused
+            return grad
+
+    class RunsANestedPass(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            with torch.enable_grad():
+                z = torch.zeros(1, dtype=DTYPE, requires_grad=True)
+                torch.autograd.grad(CallsTheModel.apply(z).sum(), z)
+            return grad
+
+    ys = model(_y0(), T)
+    task = head(RunsANestedPass.apply(ys[-1])).pow(2).mean()
+    by_hand = _norm(torch.autograd.grad(model.reg_loss, parameters, retain_graph=True, allow_unused=True)) / (
+        _norm(torch.autograd.grad(task, parameters, retain_graph=True, allow_unused=True))
+    )
+    calls["inner"] = True
+    (task + model.reg_loss).backward()
+    assert weight.state_dict()["measured"] == 1
+    assert weight.last_ratio == pytest.approx(by_hand, rel=1e-10)
+
+
 def test_a_due_call_in_the_middle_of_a_pass_measures_at_the_next_pass(monkeypatch):
     """Three calls per backward pass with every=10: a due call that is not the first of its pass
     (the calls before it are in the pass too) measures nothing, and the first call of the next pass

@@ -59,7 +59,7 @@ __all__ = [
 if _typing.TYPE_CHECKING:
     # The deprecated spelling __getattr__ serves (with a warning), for type checkers (local_reg's
     # own __init__ says why).
-    from ._stats import RegularizationStats as SDERegularizationStats  # noqa: F401
+    SDERegularizationStats = RegularizationStats
 else:
 
     def __getattr__(name: str) -> _typing.Any:

@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol, cast
+from typing import Any, ClassVar, NoReturn, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -506,7 +506,9 @@ class Penalty(Protocol):
     ) -> tuple[Tensor, Tensor, RegularizationStats]:
         """One training pass from the flat state ``y0``: ``(ys, R, stats)``, ``R`` unweighted. A
         fifth argument, ``bm`` (an SDE's Brownian motion, given to ``forward`` or ``penalize``), is
-        optional: passed only where given (so a penalty with a defaulted ``bm`` is one too)."""
+        optional: passed only where given (so a penalty with a defaulted ``bm`` is one too). ``t``
+        is passed on as the model was given it: a tensor or a list of floats as annotated, or any
+        other form ``odeint`` takes (an array, a list of 0-dim tensors) where the caller used one."""
         ...
 
 
@@ -730,10 +732,6 @@ class Regularized(nn.Module):
             if generator is not None and state is not None:
                 generator.set_state(state)
             raise
-
-    if TYPE_CHECKING:
-        # What model(y0, t) returns, for type checkers (nn.Module types its call as Any).
-        def __call__(self, y0: State, t: TimeSet, bm: Any | None = None) -> State: ...
 
     def forward(self, y0: State, t: TimeSet, bm: Any | None = None) -> State:
         """The solution at the times ``t`` from ``y0`` (shaped as ``odeint(...).ys``). In training

@@ -611,10 +611,10 @@ class RatioWeight(_SelfTuningWeight):
         if self.parameters is None:
             return
         measurement = self._measurement
-        current = torch._C._current_graph_task_id()
-        if measurement is not None and any(
-            not finished and task != current for task, finished in measurement["passes"].items()
-        ):
+        # Outside every backward pass (a call inside one, in a nested pass or a checkpoint's
+        # re-run, may come while the passes that reached the measurement are still running).
+        outside = torch._C._current_graph_task_id() == -1
+        if outside and measurement is not None and not all(measurement["passes"].values()):
             # A backward pass that reached it raised (autograd runs no callback of a failed pass):
             # it holds part of that pass's gradient, and its end may never come. It measured nothing.
             self._finish_measurement()

@@ -40,10 +40,12 @@ def _moved(name: str, spelled: str) -> object:
 if _typing.TYPE_CHECKING:
     # The deprecated spellings __getattr__ serves (with a warning), for type checkers (local_reg's
     # own __init__ says why).
-    from ..regularization import RegularizationStats as SDERegularizationStats  # noqa: F401
-    from ..regularization import Regularized as SDEBlock  # noqa: F401
-    from ..regularization import global_regularization as sde_global_regularization  # noqa: F401
-    from ..regularization import local_regularization as sde_local_regularization  # noqa: F401
+    from .. import regularization as _regularization
+
+    SDERegularizationStats = _regularization.RegularizationStats
+    SDEBlock = _regularization.Regularized
+    sde_global_regularization = _regularization.global_regularization
+    sde_local_regularization = _regularization.local_regularization
 else:
 
     def __getattr__(name: str) -> _typing.Any:
