@@ -585,9 +585,9 @@ class RatioWeight(_SelfTuningWeight):
         encoder, two batches, a weight shared by two blocks) join the measurement, which then
         compares the penalties of the calls the pass carries with the rest of its gradient. A pass
         that also carries the penalty of a call made before the measurement opened (a due call in
-        the middle of a pass), or reaches the parameters without the measurement's penalty,
-        measures nothing, and the next training call measures again (``every`` such calls in a row
-        at most). The task's gradient is all that reaches the parameters until the pass carrying
+        the middle of a pass), or reaches the parameters without the measurement's penalty, or
+        raises, measures nothing, and the next training call measures again (``every`` such calls
+        in a row at most). The task's gradient is all that reaches the parameters until the pass carrying
         ``reg_loss`` ends (nested passes of a reentrant checkpoint, or an earlier pass that reaches
         only parameters the penalty does not, add to it)."""
         if not torch.is_grad_enabled():
