@@ -562,3 +562,36 @@ def test_a_fit_along_the_flow_does_not_set_a_later_end_read_phase_floor():
     assert state["peak"] >= state["weight"] > 0.0 and state["task_peak"] > 0.0
     state = train(flow, 10)
     assert model.weight.floor == 0.0 and state["peak"] == 0.0
+
+
+def test_a_pickle_of_an_earlier_version_trains_as_that_version_did():
+    """A module pickled before the ratio weight had a floor, a bounded rise and its later counts,
+    and before the default followed the reading: it loaded, and its first training call raised an
+    AttributeError ('_read_inside', 'floor', '_penalties_in_pass'). Unpickling (``__setstate__``)
+    fills them in as those versions behaved (no floor, an unbounded rise), and the weight measures."""
+    field = Field()
+    model = LocallyRegularized(field)
+    weight = model.weight
+    assert isinstance(weight, RatioWeight)
+    for _ in range(3):
+        (task_loss(model(y0(), T)) + model.reg_loss).backward()
+        weight.step()
+    old_weight_state = weight.__getstate__()
+    for name in ("floor", "max_rise", "_penalties_in_pass"):
+        old_weight_state.pop(name)
+    old_weight_state["_state"] = {
+        key: value
+        for key, value in old_weight_state["_state"].items()
+        if key not in ("watched", "overdue", "peak", "task_peak")
+    }
+    old_weight = RatioWeight.__new__(RatioWeight)
+    old_weight.__setstate__(old_weight_state)
+    old_model_state = {**model.__getstate__(), "weight": old_weight}
+    for name in ("_default_weight", "_field_weight", "_read_inside"):
+        old_model_state.pop(name)
+    restored = LocallyRegularized.__new__(LocallyRegularized)
+    restored.__setstate__(old_model_state)
+    loss = task_loss(restored(y0(), T)) + restored.reg_loss
+    loss.backward()
+    assert math.isfinite(float(loss)) and old_weight.floor == 0.0 and old_weight.max_rise is None
+    assert old_weight.state_dict()["measured"] == weight.state_dict()["measured"] + 1

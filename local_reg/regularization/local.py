@@ -354,6 +354,12 @@ class LocallyRegularized(Regularized):
         # _judge_the_reading. Until judged, interior output times are taken as read.
         self._read_inside: tuple[int, bool] = (-1, True)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A pickle of an earlier version lacks what later ones added: unset, as those versions
+        # behaved (no weight that follows the reading or the field's current parameters).
+        defaults = {"_default_weight": None, "_field_weight": None, "_read_inside": (-1, True)}
+        super().__setstate__({**defaults, **state})
+
     def forward(self, y0: State, t: TimeSet, bm: Any | None = None) -> State:
         field_weight = self._field_weight
         if self.training and field_weight is not None and self.weight is field_weight:

@@ -891,23 +891,24 @@ class RatioWeight(_SelfTuningWeight):
             )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # A state saved before the weight counted its own iterations (or kept its largest weight, or
-        # the task's largest average) has none counted (and its current values as the largest).
-        if isinstance(state, Mapping):
-            measured, task = state.get("measured", 0), state.get("ema_task", 0.0)
-            current = task / (1 - self.beta**measured) if measured else 0.0
-            state = {
-                "watched": 0,
-                "overdue": 0,
-                "peak": state.get("weight", 0.0),
-                "task_peak": current,
-                **state,
-            }
-        super().load_state_dict(state)
+        super().load_state_dict(self._upgraded(state) if isinstance(state, Mapping) else state)
+
+    def _upgraded(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """A state saved before the weight counted its own iterations (or kept its largest weight,
+        or the task's largest average), with none counted (and its current values as the largest)."""
+        measured, task = state.get("measured", 0), state.get("ema_task", 0.0)
+        current = task / (1 - self.beta**measured) if measured else 0.0
+        return {"watched": 0, "overdue": 0, "peak": state.get("weight", 0.0), "task_peak": current, **state}
 
     def __getstate__(self) -> dict[str, Any]:
         # An open measurement's hooks belong to this object's parameters, not to a copy's.
         return {**self.__dict__, "_measurement": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A pickle of an earlier version: no floor and an unbounded rise then (what 0 and None
+        # mean), its measured state without the counts added since.
+        self.__dict__.update({"floor": 0.0, "max_rise": None, "_penalties_in_pass": (-1, 0), **state})
+        self._state = self._upgraded(self._state)
 
     def __repr__(self) -> str:
         return (
