@@ -5,6 +5,7 @@ name."""
 from __future__ import annotations
 
 import math
+import pickle
 import warnings
 
 import pytest
@@ -584,14 +585,17 @@ def test_a_pickle_of_an_earlier_version_trains_as_that_version_did():
         for key, value in old_weight_state["_state"].items()
         if key not in ("watched", "overdue", "peak", "task_peak")
     }
+    # The objects as an earlier version left them, pickled and loaded by this one.
     old_weight = RatioWeight.__new__(RatioWeight)
-    old_weight.__setstate__(old_weight_state)
-    old_model_state = {**model.__getstate__(), "weight": old_weight}
+    old_weight.__dict__.update(old_weight_state)
+    old_model = LocallyRegularized.__new__(LocallyRegularized)
+    old_model.__dict__.update({**model.__getstate__(), "weight": old_weight})
     for name in ("_default_weight", "_field_weight", "_read_inside"):
-        old_model_state.pop(name)
-    restored = LocallyRegularized.__new__(LocallyRegularized)
-    restored.__setstate__(old_model_state)
+        del old_model.__dict__[name]
+    restored = pickle.loads(pickle.dumps(old_model))
     loss = task_loss(restored(y0(), T)) + restored.reg_loss
     loss.backward()
-    assert math.isfinite(float(loss)) and old_weight.floor == 0.0 and old_weight.max_rise is None
-    assert old_weight.state_dict()["measured"] == weight.state_dict()["measured"] + 1
+    restored_weight = restored.weight
+    assert isinstance(restored_weight, RatioWeight) and math.isfinite(float(loss))
+    assert restored_weight.floor == 0.0 and restored_weight.max_rise is None
+    assert restored_weight.state_dict()["measured"] == weight.state_dict()["measured"] + 1
