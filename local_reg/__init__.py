@@ -60,13 +60,11 @@ __version__ = "0.1.0"
 
 
 if _typing.TYPE_CHECKING:
-    # The deprecated spellings __getattr__ serves (with a warning), as type checkers should read
-    # them; a __getattr__ they saw would make every misspelled name from local_reg Any.
-    # Assigned, not imported as other names: an assignment is exported to a strict checker.
-    SDERegularizationStats = regularization.RegularizationStats
-    SDEBlock = regularization.Regularized
-    sde_global_regularization = regularization.global_regularization
-    sde_local_regularization = regularization.local_regularization
+    # The deprecated spellings __getattr__ serves (with a warning), as local_reg.sde declares them.
+    from .sde import SDEBlock as SDEBlock
+    from .sde import SDERegularizationStats as SDERegularizationStats
+    from .sde import sde_global_regularization as sde_global_regularization
+    from .sde import sde_local_regularization as sde_local_regularization
 else:
 
     def __getattr__(name: str) -> _typing.Any:

@@ -38,8 +38,9 @@ def _moved(name: str, spelled: str) -> object:
 
 
 if _typing.TYPE_CHECKING:
-    # The deprecated spellings __getattr__ serves (with a warning), for type checkers (local_reg's
-    # own __init__ says why).
+    # The deprecated spellings __getattr__ serves (with a warning), as type checkers should read
+    # them: a __getattr__ they saw would make every misspelled name from the package Any. Assigned,
+    # not imported under other names: an assignment is exported to a strict checker.
     from .. import regularization as _regularization
 
     SDERegularizationStats = _regularization.RegularizationStats
