@@ -1065,33 +1065,17 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     # torchsde's names __getattr__ serves, for type checkers: a __getattr__ they saw would make every
     # misspelled name from local_reg.compat Any.
-    from torchsde import (
-        BaseBrownian as BaseBrownian,
-    )
-    from torchsde import (
-        BaseSDE as BaseSDE,
-    )
-    from torchsde import (
-        BrownianInterval as BrownianInterval,
-    )
-    from torchsde import (
-        BrownianPath as BrownianPath,
-    )
-    from torchsde import (
-        BrownianTree as BrownianTree,
-    )
-    from torchsde import (
-        ReverseBrownian as ReverseBrownian,
-    )
-    from torchsde import (
-        SDEIto as SDEIto,
-    )
-    from torchsde import (
-        SDEStratonovich as SDEStratonovich,
-    )
-    from torchsde import (
-        brownian_interval_like as brownian_interval_like,
-    )
+    import torchsde
+
+    BaseBrownian = torchsde.BaseBrownian
+    BaseSDE = torchsde.BaseSDE
+    BrownianInterval = torchsde.BrownianInterval
+    BrownianPath = torchsde.BrownianPath
+    BrownianTree = torchsde.BrownianTree
+    ReverseBrownian = torchsde.ReverseBrownian
+    SDEIto = torchsde.SDEIto
+    SDEStratonovich = torchsde.SDEStratonovich
+    brownian_interval_like = torchsde.brownian_interval_like
 else:
 
     def __getattr__(name: str) -> Any:

@@ -57,8 +57,8 @@ __all__ = [
 
 
 if _typing.TYPE_CHECKING:
-    # The deprecated spelling __getattr__ serves (with a warning), for type checkers (local_reg's
-    # own __init__ says why).
+    # The deprecated spelling __getattr__ serves (with a warning), for type checkers (local_reg.sde's
+    # declarations say why).
     SDERegularizationStats = RegularizationStats
 else:
 
