@@ -74,6 +74,7 @@ import numpy as np
 import torch
 
 from local_reg import LocallyRegularized, RatioWeight, Regularized, odeint
+from local_reg.experiments.report import _mean_sd
 from local_reg.experiments.results import atomic_write_bytes
 
 SETTINGS = {
@@ -372,9 +373,9 @@ def true_nfe(task: str) -> int:
 
 
 def table(out: Path, task: str, seeds: list[int], methods: list[str]) -> str:
-    """Each method's mean (± sd over seeds) and, beside it, its change against vanilla's on the same
-    seeds (points of accuracy, or the mean of the per-seed ratios; docs/results.md's tables give the
-    ratio of the seeds' means where they say so)."""
+    """Each method's mean (± the sample sd over seeds) and, beside it, its change against vanilla's
+    on the same seeds (points of accuracy, or the mean of the per-seed ratios; docs/results.md's
+    tables give the ratio of the seeds' means where they say so)."""
     runs = {
         method: [json.loads((out / f"{task}_{method}_s{seed}.json").read_text()) for seed in seeds]
         for method in methods
@@ -401,7 +402,8 @@ def table(out: Path, task: str, seeds: list[int], methods: list[str]) -> str:
             if method == "vanilla" and key == "final_weight":
                 cells.append("")
                 continue
-            cells.append(f"{scale * values.mean():.4g} ± {scale * values.std():.2g}")
+            mean, sd = _mean_sd(list(scale * values))  # the sample sd, as the report's tables
+            cells.append(f"{mean:.4g} ± {sd:.2g}")
             if method == "vanilla":
                 continue
             if key == "final_weight":

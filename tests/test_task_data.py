@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import math
 import re
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -657,3 +659,25 @@ def test_the_held_out_script_refuses_a_method_number_not_written_as_a_plain_deci
         argparse.ArgumentTypeError, match=re.escape("its number a plain decimal such as 0.1 or 1e-3")
     ):
         _held_out_script().method_name(name)
+
+
+def test_held_out_table_spreads_are_the_sample_sd_as_the_reports(tmp_path):
+    # The report's tables print the sample sd over seeds; the held-out script's tables sit beside
+    # them in docs/results.md, so one seed spread must print as one number in both.
+    script = _held_out_script()
+    metrics = {"vanilla": (0.95, 0.95, 0.96), "local": (0.96, 0.97, 0.98)}
+    nfes = {"vanilla": (80, 80, 86), "local": (53, 53, 54)}
+    for method in ("vanilla", "local"):
+        for seed in range(3):
+            record = {
+                "metric": "accuracy",
+                "epochs": 1,
+                "test_metric": metrics[method][seed],
+                "test_nfe": nfes[method][seed],
+                "train_time_s": 1.0,
+                "final_weight": 0.5,
+            }
+            (tmp_path / f"wine_{method}_s{seed}.json").write_text(json.dumps(record))
+    table = script.table(tmp_path, "wine", [0, 1, 2], ["vanilla", "local"])
+    assert f"82 ± {statistics.stdev([80, 80, 86]):.2g}" in table  # 3.5; numpy's std gives 2.8
+    assert f"53.33 ± {statistics.stdev([53, 53, 54]):.2g}" in table

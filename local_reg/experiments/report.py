@@ -1,7 +1,7 @@
 """The report of a results file: a Markdown table per (task, settings) in the paper's columns, and plots.
 
 Columns: train and test metric, training time and prediction time per test batch (the process's CPU
-time, or wall time), test NFE, each the mean ± sd over seeds, and the NFE, training time and
+time, or wall time), test NFE, each the mean ± sample sd over seeds, and the NFE, training time and
 prediction time of each method as a ratio to vanilla's (ratios of the means over the seeds both
 have). Plots: the main solve's NFE over training, and the test metric against test NFE, for every
 method.
@@ -398,7 +398,8 @@ def _report(
     """The report's Markdown, its PNGs written into ``figures``."""
     sections = [
         "# Results\n",
-        f"Generated from `{out_dir / 'results.jsonl'}`; mean ± sd over seeds; times are "
+        f"Generated from `{out_dir / 'results.jsonl'}`; mean ± sample sd over seeds; a ratio to "
+        "vanilla is the ratio of the means over the seeds both rows have; times are "
         + ("the process's CPU time (robust to other jobs on the cores)." if timing == "cpu" else "wall time.")
         + "\n",
     ]
