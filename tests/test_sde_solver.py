@@ -219,6 +219,29 @@ def test_rejected_steps_do_not_change_the_path():
     torch.testing.assert_close(sol.ys, replay.ys[index], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("halfway_tree", [False, True])
+def test_a_halfway_tree_gives_every_model_one_path(halfway_tree):
+    """docs/sde.md: a default interval's path depends on the queries made before (two solves on one
+    object see one path only in law); a halfway tree's does not, so it is the one to share."""
+    sde = GBM(mu=1.0, sigma=1.0)
+    y0 = torch.ones(16, 1, dtype=DT)
+
+    def solve_both(first_tol, second_tol):
+        bm = torchsde.BrownianInterval(
+            0.0, 1.0, size=(16, 1), dtype=DT, entropy=5, halfway_tree=halfway_tree, tol=1e-9
+        )
+        first = sdeint(sde, y0, [0.0, 1.0], rtol=first_tol, atol=first_tol, bm=bm).ys[-1]
+        second = sdeint(sde, y0, [0.0, 1.0], rtol=second_tol, atol=second_tol, bm=bm).ys[-1]
+        return first, second
+
+    coarse_first, fine_after = solve_both(1e-1, 1e-3)
+    fine_first, coarse_after = solve_both(1e-3, 1e-1)
+    same = torch.allclose(coarse_first, coarse_after, rtol=1e-12, atol=1e-12) and torch.allclose(
+        fine_first, fine_after, rtol=1e-12, atol=1e-12
+    )
+    assert same == halfway_tree
+
+
 def test_outputs_are_step_ends_and_stats_add_up():
     sde = GBM()
     y0 = torch.ones(8, 1, dtype=DT)

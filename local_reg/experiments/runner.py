@@ -278,8 +278,9 @@ def evaluate(
 
     The NFE is the main solve's, counted by the solver; eval mode means no regularization. Each
     pass draws its noise (an SDE's Brownian paths) from torch's global stream and the model's own
-    generators seeded by ``seed``, in a fork of them: every method of a seed is evaluated on the
-    same noise, and the streams are left where they were. (They stood where each method's
+    generators seeded by ``seed``, in a fork of them: every method of a seed is evaluated on noise
+    of the same seed (Brownian paths coupled, not identical: docs/sde.md), and the streams are left
+    where they were. (They stood where each method's
     training had left them: one SDE model's test error moved up to 2x with their position.)
     """
     # A task's datasets are map-style (TaskData), so they have the length torch's Dataset type leaves out.

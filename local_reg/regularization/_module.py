@@ -738,7 +738,9 @@ class Regularized(nn.Module):
         mode with a penalty it also sets :attr:`reg_loss` (the weighted penalty to add to the loss)
         and :attr:`stats`; in eval mode it is the plain solve, with ``reg_loss`` zero. ``bm``: an
         SDE's Brownian motion, as torchsde's ``sdeint(..., bm=)`` (for a solve on a path of the
-        caller's, e.g. one validation path for every model); without it the model draws one."""
+        caller's, e.g. one validation path for every model: a ``BrownianInterval`` made with
+        ``halfway_tree=True``, whose path does not depend on the order of the queries, docs/sde.md);
+        without it the model draws one."""
         penalized = self.penalty is not None and self.training
         self._check_brownian(bm, penalized)
         self._check_draws_replayable(penalized, bm)
