@@ -267,6 +267,17 @@ def test_a_json_line_that_is_not_an_object_is_not_a_run_record(tmp_path, line):
         {"label": 5},
         {"settings": None},  # not required, but the report reads it where it is (an AttributeError)
         {"settings": "x"},
+        {"settings": {"solver": "tsit5"}},
+        {"test_nfe": 10**400},  # an int too large for a float: an OverflowError in the report
+        {"weight": "abc"},
+        {"weight": [1]},
+        {"weight": {"start": 1}},
+        {"weight": {"ratio": "x"}},
+        # The report names its figures after these: a path would write outside the folder.
+        {"task": "/tmp/elsewhere"},
+        {"task": "../up"},
+        {"config_id": "checkpoints/../../x"},
+        {"metric": ".."},
     ],
 )
 def test_a_required_field_of_the_wrong_type_is_named_not_a_crash(tmp_path, edit):
@@ -274,7 +285,7 @@ def test_a_required_field_of_the_wrong_type_is_named_not_a_crash(tmp_path, edit)
     TypeError from statistics, an unhashable seed) where a missing field was named."""
     (tmp_path / "results.jsonl").write_text(json.dumps(record("a")) + "\n" + json.dumps(record("b", **edit)))
     (key,) = edit
-    with pytest.raises(ResultsError, match=rf":2: not a run record \(wrong types: \{{'{key}': "):
+    with pytest.raises(ResultsError, match=rf":2: not a run record \(wrong types or values: \{{'{key}': "):
         ResultsFile(tmp_path).load()
 
 

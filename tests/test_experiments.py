@@ -672,3 +672,26 @@ def test_the_command_without_the_experiments_extra_names_it(monkeypatch, capsys)
         "pip install 'local_reg[experiments]' (not installed: tqdm, scikit-learn)" in capsys.readouterr().err
     )
     assert demo.main([]) == 2
+
+
+@pytest.mark.parametrize(
+    ("line", "what"),
+    [
+        ("-01:30,HR,90", "a negative hour (it indexed the last bin)"),
+        ("00:30,HR,nan", "NaN"),
+        ("00:30,HR,inf", "inf"),
+    ],
+)
+def test_a_physionet_line_out_of_range_is_named_not_read(tmp_path, line, what):
+    # A NaN value turned every record's HR into NaN through the min-max scaling.
+    (tmp_path / "1.txt").write_text("Time,Parameter,Value\n00:00,HR,80\n" + line + "\n")
+    with pytest.raises(SettingsError, match=r"1.txt, line 3: expected HH:MM,Parameter,Value with a time"):
+        load_physionet(tmp_path)
+
+
+def test_a_physionet_folder_or_broken_link_named_txt_is_no_record(tmp_path):
+    (tmp_path / "1.txt").write_text("Time,Parameter,Value\n00:00,HR,80\n")
+    (tmp_path / "notes.txt").mkdir()  # an IsADirectoryError, a traceback
+    (tmp_path / "gone.txt").symlink_to(tmp_path / "nowhere.txt")  # a FileNotFoundError
+    values, mask = load_physionet(tmp_path)
+    assert values.shape[0] == 1 and int(mask.sum()) == 1

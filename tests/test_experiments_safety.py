@@ -4,15 +4,19 @@ replace another, and Ctrl-C that exits 130 with the command that resumes. Tiny r
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import errno
 import io
 import json
 import math
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -1067,3 +1071,153 @@ def test_a_full_disk_exits_2_naming_the_file(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "local-reg: error: No space left on device: '" in err and str(tmp_path) in err
     assert "Traceback" not in err and not list(tmp_path.rglob("*.tmp"))
+
+
+# --- folders shared with other users, other processes, and full disks -------------------------
+
+
+def _refuse_writing(monkeypatch, *names: str) -> None:
+    """Opening a file named in ``names`` for writing fails as for another user's file (mode 644) in
+    a folder shared with write access; reading it works."""
+    real_os_open, real_io_open = os.open, io.open
+
+    def denied(path: object) -> bool:
+        return isinstance(path, (str, os.PathLike)) and Path(path).name in names
+
+    def os_open(path, flags, *args, **kwargs):
+        if denied(path) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def io_open(file, mode="r", *args, **kwargs):
+        if denied(file) and any(c in mode for c in "wax+"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_io_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(io, "open", io_open)
+
+
+def test_lock_files_another_user_left_do_not_stop_a_sweep(tmp_path, monkeypatch):
+    """A lock is an flock, which a file opened for reading takes: another user's lock files (a
+    killed sweep's run lock, the results file's) stopped the sweep, one after training its run."""
+    run_id = runner.RunSpec("digits", "vanilla", 0, "tiny").run_id
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / f"{run_id}.lock").write_text("4242\n")
+    (tmp_path / ".results.jsonl.lock").touch()
+    _refuse_writing(monkeypatch, f"{run_id}.lock", ".results.jsonl.lock")
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 0
+    (record,) = ResultsFile(tmp_path).load()
+    assert record["run_id"] == run_id
+
+
+def test_a_read_only_results_file_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    # The atomic replace would have extended it regardless of its mode.
+    path = write_records(tmp_path, [fake_record("digits", "vanilla", 1)])
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **k: False if Path(p) == path else real_access(p, mode, **k)
+    )
+    no_training(monkeypatch)
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 2
+    message = f"local-reg: error: {path} is read-only: make it writable, or choose another --out"
+    assert capsys.readouterr().err.splitlines() == [message]
+    with pytest.raises(ResultsError, match="is read-only"):
+        ResultsFile(tmp_path).append(fake_record("digits", "vanilla", 2))
+
+
+def test_a_results_file_that_is_a_link_is_written_through_and_keeps_its_mode(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    shared = write_records(store, [fake_record("digits", "vanilla", 0)])
+    shared.chmod(0o640)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.jsonl").symlink_to(shared)
+    ResultsFile(out).append(fake_record("digits", "vanilla", 1))
+    assert (out / "results.jsonl").is_symlink()  # it became a file of its own, the store unchanged
+    assert len(ResultsFile(store).load()) == 2
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o640  # it became 0o644 (the umask's)
+
+
+def test_a_figure_that_fails_to_write_leaves_the_one_before(tmp_path, monkeypatch, capsys):
+    """A full disk truncated the previous report's PNG (written in place) and ended in a traceback."""
+    write_records(tmp_path, [fake_record("digits", "vanilla", 0)])
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    figures = sorted(tmp_path.glob("*.png"))
+    before = [figure.read_bytes() for figure in figures]
+
+    class FullDisk(io.BufferedWriter):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_open = builtins.open
+
+    def opened(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and ".png" in Path(file).name and "w" in mode:
+            return FullDisk(io.FileIO(file, "w"))  # truncated, as a full disk leaves it
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", opened)
+    monkeypatch.setattr(io, "open", opened)
+    capsys.readouterr()
+    assert main(["report", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and ".png" in err[0]  # not a traceback
+    assert [figure.read_bytes() for figure in figures] == before
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_checking_the_records_writes_no_figure_anywhere(tmp_path, monkeypatch):
+    # Its figures went to a temporary folder: a full /tmp stopped every sweep before training.
+    write_records(tmp_path, [fake_record("digits", "vanilla", 0)])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no such folder"))
+    check_report(tmp_path, ResultsFile(tmp_path).load())
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["results.jsonl"]
+
+
+def test_a_folder_at_a_figures_name_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """The run was trained, then its report failed."""
+    config_id = runner.RunSpec("digits", "vanilla", 0, "tiny").config_id
+    (tmp_path / f"digits-{config_id}_nfe.png").mkdir()
+    no_training(monkeypatch)
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 2
+    assert f"digits-{config_id}_nfe.png is not a file" in capsys.readouterr().err
+
+
+def test_a_checkpoint_this_process_may_not_read_is_named_and_kept(tmp_path, monkeypatch, capsys):
+    """It was moved aside as corrupt and its run restarted: the training in it was lost."""
+    checkpoint = tmp_path / "checkpoints" / f"{runner.RunSpec('digits', 'vanilla', 0, 'tiny').run_id}.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"another user's checkpoint")
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(runner.torch, "load", denied)
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 2
+    assert f"Permission denied: '{checkpoint}'" in capsys.readouterr().err
+    assert checkpoint.read_bytes() == b"another user's checkpoint"
+    assert not list(checkpoint.parent.glob("*.corrupt-*"))
+
+
+def test_a_checkpoint_with_a_history_of_another_shape_is_set_aside(tmp_path, monkeypatch, capsys):
+    # An AttributeError escaped as a traceback.
+    spec = runner.RunSpec("digits", "vanilla", 0, "tiny")
+    runner.train_run(spec, tmp_path / "source", progress=False)
+    state = torch.load(tmp_path / "source" / "checkpoints" / f"{spec.run_id}.pt", weights_only=True)
+    state["history"] = [1, 2]
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(state, tmp_path / "checkpoints" / f"{spec.run_id}.pt")
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 0
+    assert "its run restarts" in capsys.readouterr().err
+    assert (tmp_path / "checkpoints" / f"{spec.run_id}.pt.corrupt-1").exists()
+
+
+def test_records_without_cpu_times_name_the_report_that_reads_them(tmp_path, capsys):
+    old = fake_record("digits", "vanilla", 0)
+    del old["train_cpu_time"], old["predict_cpu_time"]
+    write_records(tmp_path, [old])
+    assert main(["report", "--out", str(tmp_path)]) == 2
+    assert "`local-reg report --timing wall` reads them" in capsys.readouterr().err
+    assert main(["report", "--out", str(tmp_path), "--timing", "wall"]) == 0

@@ -172,7 +172,8 @@ def _experiment(args: argparse.Namespace) -> int:
     # A corrupt file, or a record the report cannot read, is reported before hours of training, not after.
     records = results.load()
     if distributed.launched_rank() == 0:
-        check_report(args.out, records)
+        results.check_writable()
+        check_report(args.out, records, (f"{args.task}-{spec.config_id}", task.metric))
 
     try:
         distributed.init_from_env()

@@ -10,10 +10,10 @@ method.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import statistics
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +26,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .methods import METHODS, number_text, weight_text  # noqa: E402
-from .results import ResultsError, ResultsWarning, atomic_write_bytes, is_number  # noqa: E402
+from .results import ResultsError, ResultsWarning, atomic_write_bytes, check_replaceable, is_number  # noqa: E402
 from .tasks import REGISTRY  # noqa: E402
 
 REPORT_NAME = "report.md"
@@ -330,15 +330,21 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def _save(fig: Any, ax: Any, path: Path) -> None:
-    """A figure's legend, layout and PNG at ``path``; the figure is closed."""
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+def _save(fig: Any, ax: Any, path: Path | None) -> None:
+    """A figure's legend, layout and PNG at ``path``, written whole or not at all (``None``: drawn,
+    not written, to check the records); the figure is closed."""
+    try:
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        if path is not None:
+            png = io.BytesIO()
+            fig.savefig(png, format="png", dpi=90)
+            atomic_write_bytes(path, png.getvalue())
+    finally:
+        plt.close(fig)
 
 
-def plot_nfe(group: Group, path: Path) -> None:
+def plot_nfe(group: Group, path: Path | None) -> None:
     """Mean (over seeds) forward NFE of the main solve per training iteration, smoothed."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for label in group.labels():
@@ -352,7 +358,7 @@ def plot_nfe(group: Group, path: Path) -> None:
     _save(fig, ax, path)
 
 
-def plot_metric_vs_nfe(group: Group, path: Path) -> None:
+def plot_metric_vs_nfe(group: Group, path: Path | None) -> None:
     """Test metric against test NFE: one dot per seed, a cross at each method's mean."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     metric = group.metric
@@ -382,20 +388,31 @@ def write_report(
     return text
 
 
-def check_report(out_dir: str | Path, records: Sequence[dict[str, Any]]) -> None:
+def check_report(out_dir: str | Path, records: Sequence[dict[str, Any]], *groups: tuple[str, str]) -> None:
     """Raise the :class:`ResultsError` :func:`write_report` (every task, CPU times, as a sweep
     writes it) would raise for ``records`` (a record another version wrote, lacking a field the
-    report reads), writing nothing into ``out_dir``: a sweep checks the folder's records before it
-    trains, not after. Its warnings (a row's seed recorded twice) are left to the report itself."""
-    with tempfile.TemporaryDirectory() as figures, warnings.catch_warnings():
+    report reads; a figure's name taken by a folder), writing nothing: a sweep checks the folder's
+    records before it trains, not after. ``groups``: the ``(name, metric)`` of groups the sweep will
+    add, whose figures' names are checked too. Its warnings (a row's seed recorded twice) are left
+    to the report itself."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResultsWarning)
-        _report(Path(out_dir), records, None, "cpu", figures=Path(figures))
+        _report(Path(out_dir), records, None, "cpu", figures=None)
+    for name, metric in groups:
+        for figure in figure_names(name, metric):
+            check_replaceable(Path(out_dir) / figure)
+
+
+def figure_names(group_name: str, metric: str) -> tuple[str, str]:
+    """The file names of a group's two figures: NFE over training, and the metric against NFE."""
+    return f"{group_name}_nfe.png", f"{group_name}_{metric}_vs_nfe.png"
 
 
 def _report(
-    out_dir: Path, records: Sequence[dict[str, Any]], task: str | None, timing: str, figures: Path
+    out_dir: Path, records: Sequence[dict[str, Any]], task: str | None, timing: str, figures: Path | None
 ) -> str:
-    """The report's Markdown, its PNGs written into ``figures``."""
+    """The report's Markdown, its PNGs written into ``figures`` (``None``: into none, their names in
+    ``out_dir`` checked)."""
     sections = [
         "# Results\n",
         f"Generated from `{out_dir / 'results.jsonl'}`; mean ± sample sd over seeds; a ratio to "
@@ -404,10 +421,13 @@ def _report(
         + "\n",
     ]
     for group in group_records(records, task):
-        nfe_png, metric_png = f"{group.name}_nfe.png", f"{group.name}_{group.metric}_vs_nfe.png"
+        nfe_png, metric_png = figure_names(group.name, group.metric)
+        if figures is None:
+            check_replaceable(out_dir / nfe_png)
+            check_replaceable(out_dir / metric_png)
         try:
-            plot_nfe(group, figures / nfe_png)
-            plot_metric_vs_nfe(group, figures / metric_png)
+            plot_nfe(group, None if figures is None else figures / nfe_png)
+            plot_metric_vs_nfe(group, None if figures is None else figures / metric_png)
             sections += [
                 f"## {group.task} (`{group.config_id}`)\n",
                 describe(group) + "\n",
@@ -416,9 +436,15 @@ def _report(
             ]
         except KeyError as error:
             # A record another version wrote, or one edited by hand: name it, not a traceback.
+            remedy = (
+                " (records written before CPU times were kept: `local-reg report --timing wall` reads "
+                "them; a sweep of this version needs its own --out)"
+                if error.args and error.args[0] in _TIME_FIELDS["cpu"]
+                else " (written by another version of local_reg?)"
+            )
             raise ResultsError(
                 f"a record of {group.task} (`{group.config_id}`) in {out_dir / 'results.jsonl'} lacks "
-                f"the field {error} the report reads (written by another version of local_reg?)"
+                f"the field {error} the report reads{remedy}"
             ) from None
 
     return "\n".join(sections)

@@ -6,6 +6,8 @@ import contextlib
 import fcntl
 import json
 import os
+import re
+import stat
 import warnings
 from collections.abc import Callable, Iterator
 from glob import escape as glob_escape
@@ -17,20 +19,55 @@ REQUIRED_FIELDS = ("run_id", "task", "method", "label", "seed", "config_id", "me
 
 
 def is_number(value: object) -> bool:
-    """Whether a JSON value is a number (not a bool, which Python counts as an int)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Whether a JSON value is a number a float holds (not a bool, which Python counts as an int,
+    nor an int too large for a float)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _is_name(value: object) -> bool:
+    """Whether ``value`` may be part of a file name in the results folder: the report names its
+    figures after a record's task, settings and metric, so one with a ``/`` or starting ``..``
+    would write outside the folder."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _is_weight(value: object) -> bool:
+    """Whether ``value`` is a weight spec as the runner records it (:mod:`.methods`), in the shape
+    the report's :func:`~.methods.weight_text` reads (not checked against today's ranges: a record
+    of an older version stays readable)."""
+    if value is None or value == "default" or is_number(value):
+        return True
+    if not isinstance(value, dict):
+        return False
+    kind = next((k for k in ("adaptive", "ratio") if k in value), None)
+    if kind is None:
+        return is_number(value.get("start")) and is_number(value.get("end"))
+    return is_number(value[kind]) and all(
+        v is None or isinstance(v, str) or is_number(v) for v in value.values()
+    )
 
 
 _REQUIRED_TYPES: dict[str, Callable[[object], bool]] = {
-    **dict.fromkeys(
-        ("run_id", "task", "method", "label", "config_id", "metric"), lambda v: isinstance(v, str)
-    ),
+    **dict.fromkeys(("run_id", "method", "label"), lambda v: isinstance(v, str)),
+    **dict.fromkeys(("task", "config_id", "metric"), _is_name),
     "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "test": lambda v: isinstance(v, dict) and all(is_number(x) for x in v.values()),
     "test_nfe": is_number,
 }
 """What each required field of a run record holds (a record edited by hand is named, not a traceback)."""
-_OPTIONAL_TYPES: dict[str, Callable[[object], bool]] = {"settings": lambda v: isinstance(v, dict)}
+_OPTIONAL_TYPES: dict[str, Callable[[object], bool]] = {
+    "settings": lambda v: isinstance(v, dict) and isinstance(v.get("solver", {}), dict),
+    "weight": _is_weight,
+}
 """What a field the report reads holds where a record has it."""
 
 
@@ -105,7 +142,10 @@ class ResultsFile:
         wrong += [k for k, holds in _OPTIONAL_TYPES.items() if k in record and not holds(record[k])]
         if wrong:
             values = {k: record[k] for k in wrong}
-            raise ResultsError(f"{self.path}:{number}: not a run record (wrong types: {values})")
+            raise ResultsError(
+                f"{self.path}:{number}: not a run record (wrong types or values: {values}; task, "
+                "config_id and metric are names of letters, digits, '_', '.' and '-')"
+            )
         return record
 
     def finished(self) -> set[str]:
@@ -114,17 +154,40 @@ class ResultsFile:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with self._lock_path.open("a") as lock:
+        # Opened for reading: flock needs no more, and a lock file another user made in a shared
+        # folder is then no obstacle.
+        lock = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            os.close(lock)
+
+    def check_writable(self) -> None:
+        """Raise :class:`ResultsError` where :meth:`append` would fail: the file or its lock is not
+        a file, the file is read-only, or the lock cannot be taken (a sweep asks before it trains)."""
+        check_replaceable(self._lock_path)
+        self._check_replaceable()
+        try:
+            with self._locked():
+                pass
+        except OSError as error:
+            raise ResultsError(f"{self._lock_path}: cannot be locked ({error.strerror or error})") from None
+
+    def _check_replaceable(self) -> None:
+        check_replaceable(self.path)
+        # The write replaces the file, which a read-only mode would not stop: honour it as open() would.
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise ResultsError(f"{self.path} is read-only: make it writable, or choose another --out")
 
     def append(self, record: dict[str, Any]) -> None:
         """Add one finished run; refuses a ``run_id`` already recorded."""
         line = json.dumps(record, sort_keys=True) + "\n"
         with self._locked():
+            self._check_replaceable()
             if record["run_id"] in self.finished():
                 raise ResultsError(f"run {record['run_id']} is already recorded in {self.path}")
             old = self.path.read_bytes() if self.path.exists() else b""
@@ -169,12 +232,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     temporary file names this host and process; those a killed process of this host left behind
     (a SIGKILL cannot be caught) are removed after the write. Another host's (a folder shared over
     a network) are left alone: a process there may still be writing."""
+    # A symbolic link is written through (the file it names is replaced, not the link), and the
+    # file keeps its permissions.
+    path = Path(os.path.realpath(path))
     tmp = path.with_name(f".{path.name}.{_host()}.{os.getpid()}.tmp")
     try:
         with tmp.open("wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if path.exists():
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
         _remove_left_behind(path)
     except BaseException as error:

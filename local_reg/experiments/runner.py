@@ -391,6 +391,8 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
         # Truncated files, garbage and foreign pickles fail in many ways (RuntimeError from the zip
         # reader, UnpicklingError, EOFError, ...): any of them makes the file unusable. Torch's own
         # message is not repeated: for a garbage file it advises loading it with weights_only=False.
+        except PermissionError:
+            raise  # a good checkpoint this process may not read: named by the CLI, not set aside
         except Exception as error:
             set_aside(path, f"not a readable checkpoint, truncated or corrupt: {type(error).__name__}")
             state = None
@@ -519,7 +521,7 @@ def _resume(
         )
     # A checkpoint of another model (e.g. written by an older version of a task) cannot resume
     # this run: start it afresh, exactly as if there had been no checkpoint.
-    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as error:
         model.load_state_dict(fresh[0])
         optimizer.load_state_dict(fresh[1])
         torch.set_rng_state(fresh[2])
@@ -767,7 +769,10 @@ class RunLock:
         """Take the lock without waiting; ``False`` when another process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+            except PermissionError:  # another user's lock file in a shared folder: flock needs no more
+                fd = os.open(self.path, os.O_RDONLY)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -781,8 +786,9 @@ class RunLock:
                 current = None
             mine = os.fstat(fd)
             if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino):
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
+                with contextlib.suppress(OSError):  # the pid is for people; a read-only file keeps none
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
                 self._fd = fd
                 return True
             os.close(fd)
@@ -791,7 +797,9 @@ class RunLock:
         """Remove the lock file and drop the lock (unlinked first, while still held: see :meth:`acquire`)."""
         if self._fd is None:
             return
-        self.path.unlink(missing_ok=True)
+        # Another user's file in a sticky folder stays; it is locked by inode, so that is harmless.
+        with contextlib.suppress(PermissionError):
+            self.path.unlink(missing_ok=True)
         os.close(self._fd)
         self._fd = None
 

@@ -161,7 +161,13 @@ def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
     """
     if not Path(directory).is_dir():
         raise SettingsError(f"physionet_dir={str(directory)!r} is not a directory")
-    files = [path for path in sorted(Path(directory).rglob("*.txt")) if _is_record(path)]
+    try:
+        # A folder or a broken link that happens to end in .txt is no record.
+        candidates = sorted(Path(directory).rglob("*.txt"))
+        files = [path for path in candidates if path.is_file() and _is_record(path)]
+    except OSError as error:
+        reason = error.strerror or error
+        raise SettingsError(f"physionet_dir: {error.filename} cannot be read ({reason})") from None
     if not files:
         raise SettingsError(
             f"physionet_dir={str(directory)!r} holds no PhysioNet records (*.txt files starting with "
@@ -177,21 +183,27 @@ def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
             raise SettingsError(
                 f"physionet_dir: {path} is not UTF-8 text ({error.reason} at byte {error.start})"
             ) from None
+        except OSError as error:
+            raise SettingsError(f"physionet_dir: {path} cannot be read ({error.strerror or error})") from None
         for number, line in enumerate(text.splitlines()[1:], start=2):
             if not line.strip():
                 continue
             try:
-                stamp, name, value = line.split(",")
-                missing = name not in index or float(value) < 0  # -1 marks a missing value
-                hours, minutes = stamp.split(":")
-                hour = min(int(hours) + int(minutes) // 60, _PHYSIONET_HOURS - 1)
+                stamp, name, text_value = line.split(",")
+                value = float(text_value)
+                hours, minutes = (int(part) for part in stamp.split(":"))
+                # A negative hour would index the last bin; a NaN would spread through the scaling.
+                if hours < 0 or minutes < 0 or not math.isfinite(value):
+                    raise ValueError
             except ValueError:
                 raise SettingsError(
-                    f"physionet_dir: {path}, line {number}: expected HH:MM,Parameter,Value, got {line!r}"
+                    f"physionet_dir: {path}, line {number}: expected HH:MM,Parameter,Value with a time "
+                    f"from 00:00 and a finite value, got {line!r}"
                 ) from None
-            if missing:
+            if name not in index or value < 0:  # -1 marks a missing value
                 continue
-            sums[r, hour, index[name]] += float(value)
+            hour = min(hours + minutes // 60, _PHYSIONET_HOURS - 1)
+            sums[r, hour, index[name]] += value
             counts[r, hour, index[name]] += 1
     mask = counts > 0
     values = torch.where(mask, sums / counts.clamp(min=1), 0.0)
