@@ -513,7 +513,7 @@ def test_cli_runs_each_baseline(task, method, tmp_path):
     assert main([*args, "--out", str(tmp_path), "--no-progress"]) == 0
     (record,) = ResultsFile(tmp_path).load()
     assert record["method"] == method and record["test_nfe"] > 0
-    assert f"| {method} |" in (tmp_path / "report.md").read_text()
+    assert f"| {method} |" in (tmp_path / "report.md").read_text(encoding="utf-8")
     history = record["history"]
     if method == "steer":  # no penalty, no extra evaluations
         assert max(history["reg_loss"]) == 0 and sum(history["reg_nfe"]) == 0

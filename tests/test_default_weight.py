@@ -295,7 +295,7 @@ def test_the_cli_runs_the_library_default_by_name(tmp_path, monkeypatch):
     # Recorded after the iteration's backward pass: the first already holds the first measurement.
     assert weights[0] != RatioWeight().initial and all(0 < w < 1e3 for w in weights)
     assert main([*args, "weights.local-random=0.5"]) == 0
-    report = (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text(encoding="utf-8")
     label = f"local-random (w=default {local.default_fingerprint()})"
     assert label in report and "local-random (w=0.5)" in report
     assert main([*args, "weights.local-random=default"]) == 0  # finished: skipped

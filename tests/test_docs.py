@@ -31,7 +31,7 @@ NOT_RUN = re.compile(r"<!--\s*not run:\s*(.+?)\s*-->")
 def python_blocks(path: Path) -> list[tuple[str, str | None]]:
     """The file's ```python blocks in order, each with the reason it is not run (None: it runs)."""
     blocks: list[tuple[str, str | None]] = []
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     i = 0
     while i < len(lines):
         if lines[i].strip() == "```python":
@@ -265,7 +265,7 @@ def heading_anchors(path: Path) -> set[str]:
     ``_`` dropped, spaces as ``-``; a repeated one gets ``-1``, ``-2``, ..."""
     anchors: set[str] = set()
     in_code = False
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("```"):
             in_code = not in_code
         elif not in_code and re.match(r"#+ ", line):
@@ -281,7 +281,7 @@ def heading_anchors(path: Path) -> set[str]:
 @pytest.mark.parametrize("path", LINKED, ids=lambda path: str(path.relative_to(ROOT)))
 def test_every_relative_link_reaches_its_file_and_heading(path: Path) -> None:
     broken = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         for target in LINK.findall(line):
             if "://" in target or target.startswith("mailto:"):
                 continue
@@ -302,7 +302,7 @@ def test_the_api_reference_is_what_the_docstrings_say() -> None:
     writer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(writer)
     page = writer.render()
-    assert (ROOT / "docs" / "api.md").read_text() == page, "run: python docs/api.py"
+    assert (ROOT / "docs" / "api.md").read_text(encoding="utf-8") == page, "run: python docs/api.py"
     for module in (local_reg, local_reg.regularization, local_reg.sde, local_reg.gradients, local_reg.compat):
         for name in module.__all__:
             assert f"### `{name}`" in page, name

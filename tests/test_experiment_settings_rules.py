@@ -238,10 +238,10 @@ def test_append_adds_a_line_after_one_without_a_newline_and_refuses_a_repeat(tmp
     path.write_text(json.dumps(record("a")) + "\n\n" + json.dumps(record("b")))  # blank line, no newline
     results = ResultsFile(tmp_path)
     results.append(record("c", test={"accuracy": 1.5}))
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["run_id"] for line in lines if line.strip()] == ["a", "b", "c"]
     assert json.loads(lines[-1]) == record("c", test={"accuracy": 1.5})
-    assert path.read_text().endswith("\n")
+    assert path.read_text(encoding="utf-8").endswith("\n")
     with pytest.raises(ResultsError, match="already recorded"):
         results.append(record("b"))
     assert [r["run_id"] for r in results.load()] == ["a", "b", "c"]

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shlex
+import sys
 import types
 
 import pytest
@@ -36,7 +37,7 @@ def check_outputs(out, task: str, methods: list[str]) -> list[dict]:
         assert record["test_nfe"] > 0 and record["predict_time"] > 0 and record["train_time"] > 0
         assert math.isfinite(record["test"][metric]) and math.isfinite(record["train"][metric])
         assert len(record["history"]["nfe"]) == record["iterations"] > 0
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     for method in methods:
         assert f"| {method} |" in report
     pngs = sorted(out.glob("*.png"))
@@ -118,7 +119,9 @@ def test_tables_of_one_task_under_other_settings_say_what_was_set(tmp_path):
         run(tmp_path, "digits", "--methods", "vanilla", "--set", "lr=0.05", "--set", "solver.rtol=1e-5") == 0
     )
     descriptions = [
-        line for line in (tmp_path / "report.md").read_text().splitlines() if line.startswith("size ")
+        line
+        for line in (tmp_path / "report.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("size ")
     ]
     assert len(descriptions) == 2
     assert sum(line.endswith("set: lr=0.05, solver.rtol=1e-05") for line in descriptions) == 1
@@ -695,3 +698,12 @@ def test_a_physionet_folder_or_broken_link_named_txt_is_no_record(tmp_path):
     (tmp_path / "gone.txt").symlink_to(tmp_path / "nowhere.txt")  # a FileNotFoundError
     values, mask = load_physionet(tmp_path)
     assert values.shape[0] == 1 and int(mask.sum()) == 1
+
+
+def test_the_command_on_windows_says_what_it_needs(monkeypatch, capsys):
+    # It imports fcntl (the results files' locks): a ModuleNotFoundError traceback there.
+    import local_reg.experiments as experiments
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert experiments.main(["experiment", "digits"]) == 2
+    assert "the experiments need Linux or macOS (on Windows, WSL)" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import pickle
 import shlex
 import signal
 import stat
@@ -282,7 +283,7 @@ def test_a_killed_sweep_releases_its_lock_and_a_rerun_resumes_the_run(tmp_path, 
         process.kill()  # SIGKILL: no handler runs, the lock file stays behind
         process.communicate()
     lock = out / "checkpoints" / f"{the_run().run_id}.lock"
-    assert lock.exists() and int(lock.read_text()) == process.pid
+    assert lock.exists() and int(lock.read_text(encoding="utf-8")) == process.pid
     calls = count_training_calls(monkeypatch)
     assert run(out, *EPOCHS_3) == 0
     assert len(calls) == 4  # epochs 2 and 3 only: the run resumed from its checkpoint
@@ -527,12 +528,12 @@ def test_report_of_a_task_with_no_runs_exits_2_and_changes_nothing(tmp_path, cap
     (tmp_path / "report.md").write_text("the full report")
     assert main(["report", "--out", str(tmp_path), "--task", "digits"]) == 2
     assert "no digits runs in" in capsys.readouterr().err
-    assert (tmp_path / "report.md").read_text() == "the full report"
+    assert (tmp_path / "report.md").read_text(encoding="utf-8") == "the full report"
     assert not (tmp_path / "report-digits.md").exists()
     # One task's report goes into its own file, and never replaces the whole.
     assert main(["report", "--out", str(tmp_path), "--task", "spiral"]) == 0
-    assert "| vanilla |" in (tmp_path / "report-spiral.md").read_text()
-    assert (tmp_path / "report.md").read_text() == "the full report"
+    assert "| vanilla |" in (tmp_path / "report-spiral.md").read_text(encoding="utf-8")
+    assert (tmp_path / "report.md").read_text(encoding="utf-8") == "the full report"
 
 
 # --- one run, one row, one seed ---------------------------------------------------------------------
@@ -642,7 +643,7 @@ def test_a_table_is_the_records_mean_and_sample_sd_in_its_timing_and_order(tmp_p
         fake_record("digits", "local-random", 0, run_id="d0-again", **{**default, "test_nfe": 99.0})
     )
     path = write_records(tmp_path, records)
-    path.write_text(path.read_text() + json.dumps({**records[0], "test_nfe": 99.0}) + "\n")
+    path.write_text(path.read_text(encoding="utf-8") + json.dumps({**records[0], "test_nfe": 99.0}) + "\n")
     loaded = ResultsFile(tmp_path).load(warn=False)
     assert next(r for r in loaded if r["run_id"] == records[0]["run_id"])["test_nfe"] == 20.0
     with pytest.warns(ResultsWarning):
@@ -884,7 +885,8 @@ def test_a_size_beyond_the_data_is_refused_not_recorded_as_asked(tmp_path, capsy
     assert run(tmp_path, "digits", "--methods", "vanilla", "--set", f"{key}=100000") == 2
     err = capsys.readouterr().err
     assert f"{key}=100000 is more than the" in err and "null for all of it" in err
-    assert not (tmp_path / "results.jsonl").exists() or not (tmp_path / "results.jsonl").read_text()
+    results = tmp_path / "results.jsonl"
+    assert not results.exists() or not results.read_text(encoding="utf-8")
 
 
 def test_the_held_out_script_refuses_to_mix_runs_of_other_settings(tmp_path):
@@ -896,11 +898,11 @@ def test_the_held_out_script_refuses_to_mix_runs_of_other_settings(tmp_path):
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.run([*command, "1"], capture_output=True, text=True, env=environment, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
-    saved = (tmp_path / "wine_vanilla_s0.json").read_text()
+    saved = (tmp_path / "wine_vanilla_s0.json").read_text(encoding="utf-8")
     second = subprocess.run([*command, "2"], capture_output=True, text=True, env=environment, timeout=300)
     assert second.returncode != 0
     assert "was trained with epochs=1 (asked: 2): pass another --out" in second.stderr
-    assert (tmp_path / "wine_vanilla_s0.json").read_text() == saved
+    assert (tmp_path / "wine_vanilla_s0.json").read_text(encoding="utf-8") == saved
 
 
 def test_decaying_weights_are_rows_in_the_order_of_their_start():
@@ -1004,7 +1006,7 @@ def test_seeds_with_histories_of_other_lengths_are_plotted_to_the_shortest(tmp_p
     assert main(["report", "--out", str(tmp_path)]) == 0
     curves = list(tmp_path.glob("*_nfe.png"))  # the NFE curve over the iterations both seeds have
     assert curves and all(curve.stat().st_size > 0 for curve in curves)
-    assert "| vanilla | – | 2 |" in (tmp_path / "report.md").read_text()
+    assert "| vanilla | – | 2 |" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
 def test_checking_a_folders_records_writes_nothing_into_it(tmp_path):
@@ -1221,3 +1223,42 @@ def test_records_without_cpu_times_name_the_report_that_reads_them(tmp_path, cap
     assert main(["report", "--out", str(tmp_path)]) == 2
     assert "`local-reg report --timing wall` reads them" in capsys.readouterr().err
     assert main(["report", "--out", str(tmp_path), "--timing", "wall"]) == 0
+
+
+def test_the_report_prints_on_a_stdout_that_cannot_show_its_symbols(tmp_path, monkeypatch):
+    """A C locale without UTF-8 mode (or cp1252): ``±`` and ``↑`` stopped the command with a
+    traceback after its runs were recorded, on every rerun."""
+    write_records(tmp_path, [fake_record("digits", "vanilla", 0), fake_record("digits", "vanilla", 1)])
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    stdout.flush()
+    printed = stdout.buffer.getvalue().decode("ascii")
+    assert "\\xb1" in printed  # the ± of "mean ± sd", escaped
+    assert "±" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_folder_whose_name_is_no_utf8_gets_its_report(tmp_path, capsys):
+    # Its name (held with surrogates) made writing report.md fail after the runs were recorded.
+    out = tmp_path / os.fsdecode(b"out_\xe9")
+    out.mkdir()
+    write_records(out, [fake_record("digits", "vanilla", 0)])
+    assert main(["report", "--out", str(out)]) == 0
+    assert b"out_\xe9/results.jsonl" in (out / "report.md").read_bytes()
+    assert "out_\\udce9" in capsys.readouterr().out
+
+
+def test_a_sweeps_errors_come_back_from_a_worker_process():
+    """They pickled as ``type(self)(*args)``, which their messages are not: a sweep in a worker
+    process (multiprocessing) broke its pool, or left ``pool.apply`` waiting for ever."""
+    failed = runner.RunsFailed([("digits-vanilla-seed0-cfg", ValueError("diverged"))])
+    again = pickle.loads(pickle.dumps(failed))
+    assert str(again) == str(failed) and again.failures[0][0] == "digits-vanilla-seed0-cfg"
+    interrupted = runner.Interrupted("digits-vanilla-seed0-cfg", Path("c.pt"), 1, 3)
+    again = pickle.loads(pickle.dumps(interrupted))
+    assert (again.run_id, again.checkpoint, again.epoch, again.epochs) == (
+        "digits-vanilla-seed0-cfg",
+        Path("c.pt"),
+        1,
+        3,
+    )

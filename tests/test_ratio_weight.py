@@ -349,7 +349,7 @@ def test_cli_trains_with_a_ratio_weight_and_records_it(tmp_path):
     history = record["history"]
     assert history["weight"][0] == [0, 0.001]
     assert history["grad_ratio"][0][0] == 0 and math.isfinite(history["grad_ratio"][0][1])
-    assert "ratio 0.5" in (tmp_path / "report.md").read_text()
+    assert "ratio 0.5" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(

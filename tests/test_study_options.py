@@ -455,7 +455,7 @@ def test_cli_runs_the_held_out_task_with_study_options_and_an_adaptive_weight(tm
     assert last["local"] == {"n_draws": 2, "penalty": "log", "probe": "solver"}
     assert len({r["config_id"] for r in records}) == 1
     assert last["iterations"] == 2 and all(math.isfinite(v) for v in last["history"]["reg_loss"])
-    assert "adaptive 1" in (tmp_path / "report.md").read_text()
+    assert "adaptive 1" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
 
 def test_sde_refuses_the_ode_probe_options():

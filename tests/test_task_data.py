@@ -622,7 +622,7 @@ def _documented_held_out_methods() -> set[str]:
     """The methods with a number that the held-out script's docstring and docs/results.md name."""
     root = Path(__file__).parents[1]
     sources = (root / "experiments" / "new_user_heldout.py", root / "docs" / "results.md")
-    text = "\n".join(source.read_text() for source in sources)
+    text = "\n".join(source.read_text(encoding="utf-8") for source in sources)
     return set(re.findall(r"\b(?:fixed|target|flow|floor)[0-9](?:[0-9.e-]*[0-9])?\b", text))
 
 

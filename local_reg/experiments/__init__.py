@@ -38,6 +38,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``local-reg`` command: :func:`.cli.main`, or exit status 2 naming the extra to install
     when a distribution it needs is missing (rather than a traceback, or a run that stops when
     its data set's package is first imported)."""
+    if sys.platform == "win32":  # fcntl, the results files' locks, is POSIX's
+        print("local-reg: error: the experiments need Linux or macOS (on Windows, WSL)", file=sys.stderr)
+        return 2
     missing = missing_extras()
     if missing:
         print(

@@ -113,6 +113,14 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
+def _echo(text: str) -> None:
+    """Print ``text`` to stdout as far as its encoding can show it: a table's ``±`` and ``↑`` in a C
+    locale, a folder's bytes that are no UTF-8, as escapes (they stopped the command with a
+    traceback after its runs were recorded). stderr does this by itself."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    print(text.encode(encoding, "backslashreplace").decode(encoding))
+
+
 def _writable_folder(path: Path, *inner: str) -> None:
     """Refuse an output folder, or one of the folders ``inner`` inside it, that cannot be written
     (a file of that name included), before anything runs."""
@@ -205,8 +213,8 @@ def _experiment(args: argparse.Namespace) -> int:
                     warnings.simplefilter("ignore", ResultsWarning)  # the report has warned of them
                     for group in group_records(records, args.task):
                         if group.config_id == spec.config_id:
-                            print(markdown_table(group))
-                print(f"\nreport: {args.out / 'report.md'}")
+                            _echo(markdown_table(group))
+                _echo(f"\nreport: {args.out / 'report.md'}")
             elif failed is None:  # every run is being trained elsewhere: nothing to report yet
                 print(f"no finished runs in {results.path} yet", file=sys.stderr)
         finished = True
@@ -233,7 +241,7 @@ def _report(args: argparse.Namespace) -> int:
         )
     _writable_folder(args.out)
     check_replaceable(args.out / report_name(args.task))
-    print(write_report(args.out, records, args.task, args.timing))
+    _echo(write_report(args.out, records, args.task, args.timing))
     return 0
 
 

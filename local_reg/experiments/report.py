@@ -384,7 +384,8 @@ def write_report(
     every group into ``out_dir``; return the Markdown."""
     out_dir = Path(out_dir)
     text = _report(out_dir, records, task, timing, figures=out_dir)
-    atomic_write_bytes(out_dir / report_name(task), text.encode("utf-8"))
+    # surrogateescape: the text names the folder, whose name may hold bytes that are no UTF-8.
+    atomic_write_bytes(out_dir / report_name(task), text.encode("utf-8", "surrogateescape"))
     return text
 
 

@@ -332,6 +332,11 @@ class RunsFailed(Exception):
             f"retries these from their last checkpoint): {', '.join(run_id for run_id, _ in failures)}"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # An exception pickles as type(self)(*self.args), which this one's message is not: a sweep
+        # run in a worker process (multiprocessing) must come back to its parent.
+        return type(self), (self.failures,)
+
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C while a run was training: which run, and how much of it its checkpoint holds.
@@ -346,6 +351,9 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, run_id: str, checkpoint: Path | None, epoch: int, epochs: int):
         super().__init__(run_id)
         self.run_id, self.checkpoint, self.epoch, self.epochs = run_id, checkpoint, epoch, epochs
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.run_id, self.checkpoint, self.epoch, self.epochs)  # as RunsFailed's
 
 
 CHECKPOINT_KEYS = ("model", "optimizer", "rng", "epoch", "iteration", "time", "history")
