@@ -74,6 +74,7 @@ import numpy as np
 import torch
 
 from local_reg import LocallyRegularized, RatioWeight, Regularized, odeint
+from local_reg.experiments.cli import _echo
 from local_reg.experiments.report import _mean_sd
 from local_reg.experiments.results import atomic_write_bytes
 
@@ -442,7 +443,7 @@ def main() -> None:
                 # Whole or not at all: a run killed while writing must not read as finished.
                 atomic_write_bytes(path, json.dumps(result, indent=1).encode("utf-8"))
                 print(json.dumps({key: result[key] for key in SUMMARY}), flush=True)
-        print(table(args.out, task, seeds, methods), "\n", flush=True)
+        _echo(table(args.out, task, seeds, methods) + " \n")  # its ± escaped where stdout cannot show it
 
 
 def check_same_settings(path: Path, epochs: int, init_scale: float) -> None:

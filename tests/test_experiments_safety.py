@@ -1128,18 +1128,37 @@ def test_a_read_only_results_file_is_refused_before_training(tmp_path, monkeypat
         ResultsFile(tmp_path).append(fake_record("digits", "vanilla", 2))
 
 
-def test_a_results_file_that_is_a_link_is_written_through_and_keeps_its_mode(tmp_path):
+def test_a_results_file_that_is_a_link_is_refused_and_a_file_keeps_its_mode(tmp_path, monkeypatch, capsys):
+    """The replace made a linked results file one of its own, the file it named left behind."""
     store = tmp_path / "store"
     store.mkdir()
     shared = write_records(store, [fake_record("digits", "vanilla", 0)])
-    shared.chmod(0o640)
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.jsonl").symlink_to(shared)
-    ResultsFile(out).append(fake_record("digits", "vanilla", 1))
-    assert (out / "results.jsonl").is_symlink()  # it became a file of its own, the store unchanged
-    assert len(ResultsFile(store).load()) == 2
+    no_training(monkeypatch)
+    assert run(out, "digits", "--methods", "vanilla") == 2
+    assert "results.jsonl is a symbolic link, which the write would replace" in capsys.readouterr().err
+    with pytest.raises(ResultsError, match="is a symbolic link"):
+        ResultsFile(out).append(fake_record("digits", "vanilla", 1))
+    assert (out / "results.jsonl").is_symlink() and len(ResultsFile(store).load()) == 1
+    shared.chmod(0o640)
+    ResultsFile(store).append(fake_record("digits", "vanilla", 1))
     assert stat.S_IMODE(shared.stat().st_mode) == 0o640  # it became 0o644 (the umask's)
+
+
+def test_another_users_results_file_in_a_sticky_folder_is_refused_before_training(
+    tmp_path, monkeypatch, capsys
+):
+    # The replace is not permitted there: the run trained, then could not be recorded.
+    path = write_records(tmp_path, [fake_record("digits", "vanilla", 1)])
+    tmp_path.chmod(0o1777)
+    monkeypatch.setattr(
+        os, "geteuid", lambda: os.stat(path).st_uid + 4242
+    )  # neither the file's nor the folder's
+    no_training(monkeypatch)
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 2
+    assert "belongs to another user, in a folder with the sticky bit" in capsys.readouterr().err
 
 
 def test_a_figure_that_fails_to_write_leaves_the_one_before(tmp_path, monkeypatch, capsys):
@@ -1249,8 +1268,9 @@ def test_a_folder_whose_name_is_no_utf8_gets_its_report(tmp_path, capsys):
 
 
 def test_a_sweeps_errors_come_back_from_a_worker_process():
-    """They pickled as ``type(self)(*args)``, which their messages are not: a sweep in a worker
-    process (multiprocessing) broke its pool, or left ``pool.apply`` waiting for ever."""
+    """They pickled as ``type(self)(*args)``, which their messages are not: a sweep that failed in
+    a worker process broke a ``ProcessPoolExecutor`` and left ``multiprocessing.Pool.apply``
+    waiting for ever (an ``Interrupted``, a ``KeyboardInterrupt``, ends a Pool's worker all the same)."""
     failed = runner.RunsFailed([("digits-vanilla-seed0-cfg", ValueError("diverged"))])
     again = pickle.loads(pickle.dumps(failed))
     assert str(again) == str(failed) and again.failures[0][0] == "digits-vanilla-seed0-cfg"

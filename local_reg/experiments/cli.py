@@ -118,7 +118,7 @@ def _echo(text: str) -> None:
     locale, a folder's bytes that are no UTF-8, as escapes (they stopped the command with a
     traceback after its runs were recorded). stderr does this by itself."""
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
-    print(text.encode(encoding, "backslashreplace").decode(encoding))
+    print(text.encode(encoding, "backslashreplace").decode(encoding), flush=True)
 
 
 def _writable_folder(path: Path, *inner: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import re
 import stat
@@ -19,15 +20,17 @@ REQUIRED_FIELDS = ("run_id", "task", "method", "label", "seed", "config_id", "me
 
 
 def is_number(value: object) -> bool:
-    """Whether a JSON value is a number a float holds (not a bool, which Python counts as an int,
-    nor an int too large for a float)."""
+    """Whether a JSON value is a number the report can average: not a bool (which Python counts as
+    an int), and finite ones up to 1e300, so that their sums stay finite (an int too large for a
+    float, or two values near the float maximum, stopped the report); ``inf`` and ``nan`` (a
+    diverged run's metric) are numbers."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return False
     try:
-        float(value)
+        magnitude = abs(float(value))
     except OverflowError:
         return False
-    return True
+    return magnitude <= 1e300 or not math.isfinite(magnitude)
 
 
 def _is_name(value: object) -> bool:
@@ -56,6 +59,11 @@ def _is_weight(value: object) -> bool:
     )
 
 
+def _is_solver(value: object) -> bool:
+    """Whether a record's ``settings.solver`` holds what the report prints: numbers for tolerances."""
+    return isinstance(value, dict) and all(is_number(value[k]) for k in ("rtol", "atol") if k in value)
+
+
 _REQUIRED_TYPES: dict[str, Callable[[object], bool]] = {
     **dict.fromkeys(("run_id", "method", "label"), lambda v: isinstance(v, str)),
     **dict.fromkeys(("task", "config_id", "metric"), _is_name),
@@ -65,7 +73,7 @@ _REQUIRED_TYPES: dict[str, Callable[[object], bool]] = {
 }
 """What each required field of a run record holds (a record edited by hand is named, not a traceback)."""
 _OPTIONAL_TYPES: dict[str, Callable[[object], bool]] = {
-    "settings": lambda v: isinstance(v, dict) and isinstance(v.get("solver", {}), dict),
+    "settings": lambda v: isinstance(v, dict) and _is_solver(v.get("solver", {})),
     "weight": _is_weight,
 }
 """What a field the report reads holds where a record has it."""
@@ -142,9 +150,10 @@ class ResultsFile:
         wrong += [k for k, holds in _OPTIONAL_TYPES.items() if k in record and not holds(record[k])]
         if wrong:
             values = {k: record[k] for k in wrong}
+            names = {"task", "config_id", "metric"}.intersection(wrong)
+            rule = f"; {', '.join(sorted(names))}: letters, digits, '_', '.' and '-'" if names else ""
             raise ResultsError(
-                f"{self.path}:{number}: not a run record (wrong types or values: {values}; task, "
-                "config_id and metric are names of letters, digits, '_', '.' and '-')"
+                f"{self.path}:{number}: not a run record (wrong types or values: {values}{rule})"
             )
         return record
 
@@ -154,9 +163,10 @@ class ResultsFile:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        # Opened for reading: flock needs no more, and a lock file another user made in a shared
-        # folder is then no obstacle.
-        lock = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            lock = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # NFS's emulation needs write
+        except PermissionError:  # another user's lock file in a shared folder: a local flock needs no more
+            lock = os.open(self._lock_path, os.O_RDONLY)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -179,9 +189,17 @@ class ResultsFile:
 
     def _check_replaceable(self) -> None:
         check_replaceable(self.path)
+        if not self.path.exists():
+            return
         # The write replaces the file, which a read-only mode would not stop: honour it as open() would.
-        if self.path.exists() and not os.access(self.path, os.W_OK):
+        if not os.access(self.path, os.W_OK):
             raise ResultsError(f"{self.path} is read-only: make it writable, or choose another --out")
+        folder, user = os.stat(self.path.parent), os.geteuid()
+        if folder.st_mode & stat.S_ISVTX and user not in (0, folder.st_uid, os.stat(self.path).st_uid):
+            raise ResultsError(
+                f"{self.path} belongs to another user, in a folder with the sticky bit (as /tmp), "
+                "where it cannot be replaced: choose another --out"
+            )
 
     def append(self, record: dict[str, Any]) -> None:
         """Add one finished run; refuses a ``run_id`` already recorded."""
@@ -223,6 +241,11 @@ def _running(pid: int) -> bool:
 def check_replaceable(path: Path) -> None:
     """Raise :class:`ResultsError` if ``path``, a file the command replaces, is something else (a
     folder of that name)."""
+    if path.is_symlink():
+        raise ResultsError(
+            f"{path} is a symbolic link, which the write would replace by a file (the file it names "
+            "left as it was): copy the file in, or choose another --out"
+        )
     if path.exists() and not path.is_file():
         raise ResultsError(f"{path} is not a file: move it away, or choose another --out")
 
@@ -232,16 +255,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     temporary file names this host and process; those a killed process of this host left behind
     (a SIGKILL cannot be caught) are removed after the write. Another host's (a folder shared over
     a network) are left alone: a process there may still be writing."""
-    # A symbolic link is written through (the file it names is replaced, not the link), and the
-    # file keeps its permissions.
-    path = Path(os.path.realpath(path))
     tmp = path.with_name(f".{path.name}.{_host()}.{os.getpid()}.tmp")
     try:
         with tmp.open("wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        if path.exists():
+        if path.exists():  # the file keeps its permissions
             os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         os.replace(tmp, path)
         _remove_left_behind(path)
