@@ -139,12 +139,15 @@ def combine(
     return base + out if isinstance(dt, Tensor) else out.add_(base)
 
 
-def combine_rows(base: Tensor | None, dt: float, rows: np.ndarray, stages: Sequence[Tensor]) -> Tensor:
+def combine_rows(
+    base: Tensor | None, dt: float, rows: np.ndarray, stages: Sequence[Tensor] | Tensor
+) -> Tensor:
     """``base + dt * sum_j rows[m, j] * stages[j]`` for every row ``m`` at once, stacked: shape
     ``(len(rows), *stages[0].shape)``; ``base=None`` means zero. One matrix product, for many
-    outputs inside one step."""
-    weights = torch.from_numpy(rows * dt).to(dtype=stages[0].dtype, device=stages[0].device)
-    combined = torch.tensordot(weights, torch.stack(tuple(stages)), dims=1)
+    outputs inside one step. ``stages`` may come stacked already (one tensor)."""
+    stacked = stages if isinstance(stages, Tensor) else torch.stack(tuple(stages))
+    weights = torch.from_numpy(rows * dt).to(dtype=stacked.dtype, device=stacked.device)
+    combined = torch.tensordot(weights, stacked, dims=1)
     return combined if base is None else base + combined
 
 

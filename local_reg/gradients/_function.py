@@ -794,7 +794,7 @@ class StepwiseGradient(GraphFreeGradient):
         at_boundary, inside = locate_outputs(solve.solved_times, step_starts, step_sizes, t_end)
         # An output whose cotangent is exactly zero (a regularizer's detached u(t_reg)) adds nothing:
         # its step keeps the cheaper backward step of a step without outputs.
-        nonzero = [bool(g.any()) for g in grad_ys] if any(inside) else []
+        nonzero = grad_ys.reshape(len(grad_ys), -1).ne(0).any(1).tolist() if any(inside) else []
         # A zero cotangent (a penalty the loss does not read) keeps the cheaper re-run: None.
         penalty_cotangents: list[Tensor | None] = [None] * len(step_starts)
         if grad_penalties is not None and grad_penalties.numel():

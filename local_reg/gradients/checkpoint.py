@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from .._integrate import StepPenalty
-from .._step import combine, stage_time_values, step, step_solution, time_tensor
+from .._step import combine_rows, stage_time_values, step, step_solution, time_tensor
 from ..interpolants import get_interpolant
 from ._function import (
     BackwardStep,
@@ -118,7 +118,8 @@ def _whole_step_outputs(
             dtype = y.dtype if options.time_dtype is None else options.time_dtype
             (end,) = stage_time_values(t, dt, [1.0], dtype, options.controller.jump_ts)
             stages = (*stages, func(time_tensor(end, y, options.time_dtype), result.y1))
-        for theta, cotangent in inside:
-            outputs.append(combine(y, dt, interpolant.weights(theta), stages))
-            cotangents.append(cotangent)
+        # Every output inside the step as one stacked product: one autograd output, not one each.
+        rows = interpolant.weight_matrix([theta for theta, _ in inside])
+        outputs.append(combine_rows(y, dt, rows, stages))
+        cotangents.append(torch.stack([cotangent for _, cotangent in inside]))
     return outputs, cotangents

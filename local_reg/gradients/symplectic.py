@@ -48,7 +48,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._step import combine, stage_time_values, stage_times
+from .._step import combine, combine_rows, stage_time_values, stage_times
 from ..interpolants import get_interpolant
 from ..tableaus import ButcherTableau
 from ._function import (
@@ -163,20 +163,23 @@ def step_backward_with_outputs(
     rows = [*tableau.a, tableau.b] if interpolant.extra_stage else list(tableau.a)
     c = [*tableau.c, 1.0] if interpolant.extra_stage else list(tableau.c)
     b = [*tableau.b, 0.0] if interpolant.extra_stage else list(tableau.b)
-    weights = [interpolant.weights(theta) for theta, _ in inside]
-    cotangents = [g for _, g in inside]
-    used = [b[i] != 0.0 or any(w[i] != 0.0 for w in weights) for i in range(len(rows))]
+    weights = interpolant.weight_matrix([theta for theta, _ in inside])  # (outputs, stages)
+    cotangents = torch.stack([g for _, g in inside])
+    read = [bool(column.any()) for column in weights.T]  # the stages some output's interpolant reads
+    used = [b[i] != 0.0 or read[i] for i in range(len(rows))]
     n_stages = 1 + max(i for i, u in enumerate(used) if u)
     jump_ts = solve.options.controller.jump_ts
     times = stage_times(stage_time_values(t, h, c[:n_stages], time_dtype or y.dtype, jump_ts), y, time_dtype)
 
     stage_states = stage_states_without_graph(func, y, h, rows, times)
+    # sum_o B_i(theta_o) g_o for each stage i: the outputs' cotangents, one product for all of them.
+    output_cotangents = combine_rows(None, 1.0, weights[:, :n_stages].T, cotangents)
 
     state_cotangents: dict[int, Tensor] = {}  # mu_i, filled from the last stage
     for i in reversed(range(n_stages)):
         later = range(i + 1, n_stages)
-        coefficients = [b[i], *(w[i] for w in weights), *(rows[j][i] for j in later)]
-        terms = [adjoint, *cotangents, *(state_cotangents[j] for j in later)]
+        coefficients = [b[i], 1.0 if read[i] else 0.0, *(rows[j][i] for j in later)]
+        terms = [adjoint, output_cotangents[i], *(state_cotangents[j] for j in later)]
         if all(coefficient == 0.0 for coefficient in coefficients):
             state_cotangents[i] = torch.zeros_like(adjoint)
             continue
@@ -186,7 +189,5 @@ def step_backward_with_outputs(
         )
         state_cotangents[i] = state_vjp
         add_gradients(grad_params, parameter_vjps)
-    previous = adjoint
-    for g in cotangents:
-        previous = previous + g
+    previous = adjoint + cotangents.sum(0)
     return combine(previous, 1.0, [1.0] * n_stages, [state_cotangents[i] for i in range(n_stages)])
