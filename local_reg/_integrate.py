@@ -201,7 +201,7 @@ class SolveOptions:
         if step_size is not None and checked_controller.lands:
             raise ValueError(
                 "controller.step_ts and jump_ts need an adaptive solve, not a fixed step_size (put those "
-                "times among the output times with step_to_outputs=True instead)"
+                "times among the output times instead: fixed steps end on every output time)"
             )
         if tableau is not None and not isinstance(tableau, ButcherTableau):
             raise TypeError(f"tableau must be a ButcherTableau, got {type_name(tableau)}")

@@ -147,6 +147,16 @@ def test_global_regularization():
     assert drift > 0 and diffusion > 0
 
 
+def test_global_regularization_takes_the_largest_step_penalty_as_an_ode_does():
+    # It was refused for an SDE ("not available") while an ODE's error penalty took it.
+    sde, y0 = setup()
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(16, 2), dtype=DT, entropy=5)
+    _, reg_max, stats = global_regularization(sde, y0, [0.0, 1.0], bm=bm, reduction="max")
+    steps = sdeint(sde, y0, [0.0, 1.0], bm=bm).steps  # the same path: the same accepted steps
+    assert len(steps.dt) == stats.n_accepted
+    assert reg_max.item() == pytest.approx(float((steps.error_estimate * steps.dt.abs()).max()), rel=1e-9)
+
+
 @pytest.mark.parametrize("which", ["local", "global"])
 def test_minimizing_the_penalty_makes_the_sde_cheaper(which):
     """A few steps on the penalty alone: the solve on a fixed path takes fewer evaluations."""
@@ -583,3 +593,19 @@ def test_training_steps_free_their_brownian_increments_without_a_collection(back
     finally:
         gc.enable()
     assert after == before
+
+
+@pytest.mark.parametrize("gradient", ["direct", "adjoint"])
+def test_torchsde_adjoint_settings_are_refused_where_nothing_reads_them(gradient):
+    """torchsde.sdeint (every gradient but 'adjoint') dropped them with its own warning on every
+    call; options' adjoint_params silently lost to the keyword of that name."""
+    from local_reg import LocallyRegularized
+
+    sde, _ = setup()
+    if gradient == "direct":
+        with pytest.raises(ValueError, match=r"options \['adjoint_rtol'\] are torchsde.sdeint_adjoint's"):
+            LocallyRegularized(sde, backend="torchsde", options={"adjoint_rtol": 1e-3})
+    else:
+        LocallyRegularized(sde, backend="torchsde", gradient="adjoint", options={"adjoint_rtol": 1e-3})
+    with pytest.raises(ValueError, match=r"unknown keys \['adjoint_params'\]"):
+        LocallyRegularized(sde, backend="torchsde", gradient=gradient, options={"adjoint_params": ()})

@@ -592,3 +592,45 @@ def test_the_deprecated_dt0_is_the_first_step_and_max_steps_advises_the_toleranc
     # Nothing tells a stiff drift from a tight tolerance here, so the advice says which it cannot
     # fix; and compat.sdeint, which sets no step limit, has no option to name.
     assert "no stiffness estimate" in str(info.value) and "compat" not in str(info.value)
+
+
+@pytest.mark.parametrize("with_forward", [False, True])
+def test_odeint_refuses_an_sde_naming_sdeint(with_forward):
+    """It raised torch's "missing forward", or, with a forward, solved the drift alone, the noise
+    dropped without a word; sdeint names an ODE it is given."""
+    from local_reg import odeint
+
+    class SDE(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return 0.1 * y
+
+    if with_forward:
+        SDE.forward = lambda self, t, y: -y
+    with pytest.raises(TypeError, match=r"func is an SDE .* solve it with local_reg.sdeint"):
+        odeint(SDE(), torch.ones(2, 1, dtype=DT), [0.0, 1.0])
+
+
+def test_step_ts_beside_a_fixed_step_names_a_remedy_sdeint_takes():
+    # It advised step_to_outputs=True, a keyword sdeint does not take (and fixed steps need not).
+    from local_reg import PIController
+
+    with pytest.raises(ValueError, match=r"put those times among the output times instead: fixed steps end"):
+        sdeint(
+            GBM(),
+            torch.ones(2, 1, dtype=DT),
+            [0.0, 1.0],
+            step_size=0.1,
+            controller=PIController(step_ts=[0.5]),
+        )
+
+
+@pytest.mark.parametrize("keyword", ["dense", "step_to_outputs", "norm", "compile", "callbacks"])
+def test_odeints_keywords_an_sde_solve_lacks_are_named_as_odeints(keyword):
+    # Python's own message named the keyword only (sdeint's hints covered torchsde's spellings).
+    with pytest.raises(TypeError, match=rf"unexpected keyword argument '{keyword}' \(odeint's"):
+        sdeint(GBM(), torch.ones(2, 1, dtype=DT), [0.0, 1.0], **{keyword: True})

@@ -398,10 +398,10 @@ GLOBAL_GRADIENTS = {ODEProblem: ("direct", "checkpoint"), SDEProblem: ("direct",
 class GlobalPenalty:
     """Global regularization [GR21]: per accepted step ``j`` of the main solve ``EEst_j * |dt_j|``
     (error) or ``S_Est_j = rho_j / stability_size`` (stiffness), reduced by ``reduction``:
-    ``"mean"`` (default for error, the public code), ``"sum"`` (the paper's ``R_E``); ``"max"`` of
-    ``S_Est_j`` (default for stiffness, the public code), ``"sum"`` / ``"mean"`` of
-    ``S_Est_j * |dt_j|`` (the paper's ``R_S``). Differentiated through the whole solve, so the
-    gradient method must keep a per-step graph."""
+    ``"mean"`` (default for error, the public code), ``"sum"`` (the paper's ``R_E``) or ``"max"``;
+    ``"max"`` of ``S_Est_j`` (default for stiffness, the public code), ``"sum"`` / ``"mean"`` of
+    ``S_Est_j * |dt_j|`` (the paper's ``R_S``). An SDE takes the error's three. Differentiated
+    through the whole solve, so the gradient method must keep a per-step graph."""
 
     draws: ClassVar[bool] = False  # an SDE's Brownian seeds are the problem's, not the penalty's
     reads_beside_solve: ClassVar[tuple[str, ...]] = ()  # the main solve's steps only
@@ -431,8 +431,6 @@ class GlobalPenalty:
             )
         if isinstance(problem, SDEProblem):
             problem.check_regularizer(self.regularizer, None)
-            if self.reduction == "max":
-                raise ValueError("reduction='max' is not available for SDEs; use 'mean' or 'sum'")
             if problem.options.get("step_size") is not None:
                 raise ValueError(
                     "global regularization of an SDE sums the error estimates of the adaptive solver's "

@@ -31,7 +31,7 @@ _ODEINT_RESERVED = {"func", "y0", "t", "method", "rtol", "atol", "gradient", "ad
 _ODEINT_RESERVED |= {"record_states", "step_penalty"}
 _SDEINT_RESERVED = {"sde", "y0", "t", "method", "rtol", "atol", "bm", "generator", "record_states"}
 _SDEINT_RESERVED |= {"step_penalty", "gradient", "adjoint_params"}
-_TORCHSDE_RESERVED = {"sde", "y0", "ts", "bm", "method", "rtol", "atol", "unused_kwargs"}
+_TORCHSDE_RESERVED = {"sde", "y0", "ts", "bm", "method", "rtol", "atol", "unused_kwargs", "adjoint_params"}
 # These change what torchsde returns or which methods of the SDE it calls, which the backend reads.
 _TORCHSDE_UNSUPPORTED = ("logqp", "extra", "extra_solver_state", "names")
 TORCHSDE_ITO_METHODS = ("euler", "milstein", "srk")
@@ -311,6 +311,12 @@ def check_sde_settings(
             "calls, which the regularized models read: they are not supported"
         )
     options = check_option_keys(options, solver_option_names(True, backend, method), backend)
+    adjoint_settings = sorted(key for key in options if key.startswith("adjoint_"))
+    if adjoint_settings and gradient.name != "adjoint":
+        raise ValueError(
+            f"options {adjoint_settings} are torchsde.sdeint_adjoint's, which only gradient='adjoint' "
+            f"runs: with gradient={gradient.name!r}, torchsde.sdeint would drop them"
+        )
     # torchsde itself loops forever on a zero or negative step.
     for name in ("dt", "dt_min"):
         if name in options:

@@ -65,6 +65,13 @@ SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
             name: f"torchsde's {name}=; local_reg.compat.sdeint takes torchsde's signature"
             for name in ("options", "names", "logqp", "extra", "extra_solver_state")
         },
+        # odeint's that an SDE solve lacks (docs/sde.md, "Not implemented").
+        "dense": "odeint's; an SDE solve keeps no interpolant: put the times among t",
+        "step_to_outputs": "odeint's; every output time ends an SDE step already",
+        **{
+            name: f"odeint's {name}=, not implemented for SDEs (docs/sde.md)"
+            for name in ("norm", "compile", "callbacks")
+        },
     }
 )
 @plain_under_inference_mode
