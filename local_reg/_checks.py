@@ -1,5 +1,6 @@
 """Argument checks that need nothing else of the library, so that the modules ``_validate`` itself
-imports (the tableaus, the interpolants) can use them too."""
+imports (the tableaus, the interpolants) can use them too, and the ODE entry points can refuse an
+SDE without importing the SDE solver."""
 
 from __future__ import annotations
 
@@ -39,3 +40,25 @@ def non_negative_int(name: str, value: object) -> int:
     if value < 0:
         raise ValueError(f"{name} must be a non-negative int, got {value}")
     return value
+
+
+def is_sde(module: object) -> bool:
+    """True iff ``module`` looks like a torchsde SDE: callable ``f`` and ``g`` and a ``noise_type``
+    (an instance: its class has them too, unbound)."""
+    return (
+        not isinstance(module, type)
+        and callable(getattr(module, "f", None))
+        and callable(getattr(module, "g", None))
+        and isinstance(getattr(module, "noise_type", None), str)
+    )
+
+
+def refuse_sde(func: object) -> None:
+    """The ODE solvers' refusal of an SDE, which would otherwise fail as torch's "missing forward",
+    or, with a ``forward``, be solved as that ODE with the noise dropped without a word."""
+    if is_sde(func):
+        raise TypeError(
+            f"func is an SDE ({type(func).__name__} has f, g and a noise_type): solve it with sdeint "
+            "(local_reg.sdeint, or local_reg.compat.sdeint in torchsde's signature); for an ODE of its "
+            "drift pass func.f, for its forward's own ODE lambda t, y: func(t, y)"
+        )

@@ -51,7 +51,6 @@ from .gradients import (
 from .gradients._function import check_step_penalty_support, first_evaluations
 from .gradients._params import resolve_adjoint_params, warn_if_reevaluation_differs
 from .gradients._times import time_gradient
-from .sde.problem import is_sde
 from .solution import Solution, State
 from .tableaus import ButcherTableau, get_tableau
 
@@ -285,11 +284,6 @@ def odeint(
     """
     # A tuple y0 arrives here flattened into one tensor (accepts_structured_states), and leaves unflattened.
     check_function_transforms("odeint", t=t, y0=y0)
-    if is_sde(func):  # else torch's "missing forward", or, with a forward, the drift alone, silently
-        raise TypeError(
-            f"func is an SDE ({type(func).__name__} has f, g and a noise_type): solve it with "
-            "local_reg.sdeint, or pass its drift (func.f) to odeint"
-        )
     state = validate_state(y0)
     times = validate_times(t)
     field_time_dtype = time_dtype(t, state)

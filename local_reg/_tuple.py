@@ -22,6 +22,7 @@ from typing import Any, TypeVar, cast
 import torch
 from torch import Tensor, nn
 
+from ._checks import refuse_sde
 from ._validate import (
     active_autocast,
     check_field_callable,
@@ -287,6 +288,7 @@ def accepts_structured_states(solve: SolveFunction) -> SolveFunction:
 
     @functools.wraps(solve)
     def wrapper(func, y0, t, **options):
+        refuse_sde(func)  # before a tuple state's wrapper hides what func is
         state = layout_of(y0)
         if state is None:
             return solve(func, y0, t, **options)

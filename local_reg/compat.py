@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._checks import positive_int
+from ._checks import positive_int, refuse_sde
 from ._compat_sde import sdeint, sdeint_adjoint
 from ._errors import SolverError, warn
 from ._events import EVENT_BEYOND_LARGEST_TIME, _solve_until_event, direction_time
@@ -492,6 +492,7 @@ def _solve(
     entry = "odeint_event" if events else "odeint_dense" if dense else "odeint"
     check_function_transforms(entry, t=t, y0=y0, differentiable=method != "scipy_solver")
     if method == "scipy_solver":
+        refuse_sde(func)  # odeint refuses it in the other branch
         return _scipy_solve(func, y0, t, rtol, atol, options, event_fn, dense)
     if isinstance(y0, Tensor):
         rtol, atol = _listed_tolerance("rtol", rtol), _listed_tolerance("atol", atol)

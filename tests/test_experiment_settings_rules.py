@@ -270,7 +270,6 @@ def test_a_json_line_that_is_not_an_object_is_not_a_run_record(tmp_path, line):
         {"settings": {"solver": "tsit5"}},
         {"settings": {"solver": {"method": "tsit5", "rtol": "1e-6", "atol": 1e-6}}},
         {"test_nfe": 10**400},  # an int too large for a float: an OverflowError in the report
-        {"test_nfe": 1.7e308},  # two of them overflowed the report's mean
         {"weight": "abc"},
         {"weight": [1]},
         {"weight": {"start": 1}},

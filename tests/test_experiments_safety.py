@@ -1161,6 +1161,24 @@ def test_another_users_results_file_in_a_sticky_folder_is_refused_before_trainin
     assert "belongs to another user, in a folder with the sticky bit" in capsys.readouterr().err
 
 
+def test_numbers_whose_sum_overflows_are_reported_not_a_crash(tmp_path):
+    # Finite values near the float maximum (a diverged fit's loss, or a hand edit): fmean raised.
+    records = [fake_record("digits", "vanilla", seed, test_nfe=8e307) for seed in (0, 1, 2)]
+    write_records(tmp_path, records)
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    assert "| vanilla | – | 3 | " in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_linked_results_file_is_read_though_never_replaced(tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    write_records(store, [fake_record("digits", "vanilla", 0)])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.jsonl").symlink_to(store / "results.jsonl")
+    assert main(["report", "--out", str(out)]) == 0  # the write refusal had made reading fail too
+
+
 def test_a_figure_that_fails_to_write_leaves_the_one_before(tmp_path, monkeypatch, capsys):
     """A full disk truncated the previous report's PNG (written in place) and ended in a traceback."""
     write_records(tmp_path, [fake_record("digits", "vanilla", 0)])

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchsde
 
-from local_reg import LocallyRegularized, SolverError
+from local_reg import LocallyRegularized, SolverError, compat
 from local_reg.sde import SDEStats, is_sde, sdeint
 
 DT = torch.float64
@@ -611,8 +611,16 @@ def test_odeint_refuses_an_sde_naming_sdeint(with_forward):
 
     if with_forward:
         SDE.forward = lambda self, t, y: -y
-    with pytest.raises(TypeError, match=r"func is an SDE .* solve it with local_reg.sdeint"):
-        odeint(SDE(), torch.ones(2, 1, dtype=DT), [0.0, 1.0])
+    y0 = torch.ones(2, 1, dtype=DT)
+    times = torch.tensor([0.0, 1.0], dtype=DT)
+    for solve in (
+        lambda: odeint(SDE(), y0, times),
+        lambda: odeint(SDE(), (y0, y0), times),  # behind a tuple state's wrapper
+        lambda: compat.odeint(SDE(), y0, times),
+        lambda: compat.odeint(SDE(), y0, times, method="scipy_solver"),  # compat's own branch
+    ):
+        with pytest.raises(TypeError, match=r"func is an SDE .* solve it with sdeint \(local_reg.sdeint"):
+            solve()
 
 
 def test_step_ts_beside_a_fixed_step_names_a_remedy_sdeint_takes():
@@ -629,8 +637,18 @@ def test_step_ts_beside_a_fixed_step_names_a_remedy_sdeint_takes():
         )
 
 
-@pytest.mark.parametrize("keyword", ["dense", "step_to_outputs", "norm", "compile", "callbacks"])
+@pytest.mark.parametrize(
+    "keyword", ["dense", "step_to_outputs", "norm", "compile", "callbacks", "checkpoints"]
+)
 def test_odeints_keywords_an_sde_solve_lacks_are_named_as_odeints(keyword):
     # Python's own message named the keyword only (sdeint's hints covered torchsde's spellings).
     with pytest.raises(TypeError, match=rf"unexpected keyword argument '{keyword}' \(odeint's"):
         sdeint(GBM(), torch.ones(2, 1, dtype=DT), [0.0, 1.0], **{keyword: True})
+
+
+def test_torchsdes_adjoint_settings_given_to_sdeint_say_where_they_go():
+    # Python's nearest keyword was adjoint_params ("did you mean"), a different thing.
+    with pytest.raises(
+        TypeError, match=r"'adjoint_rtol' \(torchsde's adjoint settings: sdeint differentiates"
+    ):
+        sdeint(GBM(), torch.ones(2, 1, dtype=DT), [0.0, 1.0], adjoint_rtol=1e-3)

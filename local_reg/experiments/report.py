@@ -15,7 +15,7 @@ import json
 import math
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,13 +155,28 @@ def group_records(records: Sequence[dict[str, Any]], task: str | None = None) ->
     return [Group(t, c, rs) for (t, c), rs in sorted(groups.items())]
 
 
+def _mean(values: Iterable[float]) -> float:
+    """The mean, also of finite values whose sum overflows (a record edited by hand, near the float
+    maximum: ``statistics.fmean`` raises), each divided first."""
+    values = list(values)
+    try:
+        return statistics.fmean(values)
+    except OverflowError:
+        return math.fsum(value / len(values) for value in values)
+
+
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation; a non-finite value (a diverged run's metric) makes both
     ``nan`` or ``inf`` rather than stopping the report (``statistics.stdev`` raises on them)."""
-    mean = statistics.fmean(values)
+    mean = _mean(values)
     if len(values) < 2:
         return mean, 0.0
-    return mean, statistics.stdev(values) if all(math.isfinite(v) for v in values) else math.nan
+    if not all(math.isfinite(v) for v in values):
+        return mean, math.nan
+    try:
+        return mean, statistics.stdev(values)
+    except OverflowError:  # as _mean's
+        return mean, math.inf
 
 
 def _number(x: float, digits: int) -> str:
@@ -247,10 +262,10 @@ def _ratio(group: Group, label: str, path: str) -> str:
     runs = [record for record in group.runs(label) if record["seed"] in baseline]
     if not runs:
         return "–"
-    reference = statistics.fmean(_get(baseline[r["seed"]], path) for r in runs)
+    reference = _mean(_get(baseline[r["seed"]], path) for r in runs)
     if reference == 0:  # e.g. a run recorded without training: no ratio rather than a crash
         return "–"
-    return f"{statistics.fmean(_get(r, path) for r in runs) / reference:.3f}"
+    return f"{_mean(_get(r, path) for r in runs) / reference:.3f}"
 
 
 def markdown_table(group: Group, timing: str = "cpu") -> str:
@@ -350,7 +365,7 @@ def plot_nfe(group: Group, path: Path | None) -> None:
     for label in group.labels():
         curves = [_series(r, "history.nfe") for r in group.runs(label)]
         length = min(len(c) for c in curves)
-        mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
+        mean = [_mean(c[i] for c in curves) for i in range(length)]
         ax.plot(_smooth(mean, max(1, length // 40)), label=label)
     ax.set_xlabel("training iteration")
     ax.set_ylabel("NFE (forward, training)")
@@ -368,9 +383,7 @@ def plot_metric_vs_nfe(group: Group, path: Path | None) -> None:
         nfe = [r["test_nfe"] for r in runs]
         values = [r["test"][metric] * scale for r in runs]
         dots = ax.scatter(nfe, values, alpha=0.5, label=label)
-        ax.scatter(
-            [statistics.fmean(nfe)], [statistics.fmean(values)], marker="X", s=80, color=dots.get_facecolor()
-        )
+        ax.scatter([_mean(nfe)], [_mean(values)], marker="X", s=80, color=dots.get_facecolor())
     ax.set_xlabel("test NFE")
     ax.set_ylabel(f"test {metric}" + (" (%)" if metric in _PERCENT_METRICS else ""))
     ax.set_title(f"{group.task}: test {metric} vs NFE")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import os
 import re
 import stat
@@ -20,17 +19,15 @@ REQUIRED_FIELDS = ("run_id", "task", "method", "label", "seed", "config_id", "me
 
 
 def is_number(value: object) -> bool:
-    """Whether a JSON value is a number the report can average: not a bool (which Python counts as
-    an int), and finite ones up to 1e300, so that their sums stay finite (an int too large for a
-    float, or two values near the float maximum, stopped the report); ``inf`` and ``nan`` (a
-    diverged run's metric) are numbers."""
+    """Whether a JSON value is a number a float holds: not a bool (which Python counts as an int),
+    nor an int too large for a float (it stopped the report)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return False
     try:
-        magnitude = abs(float(value))
+        float(value)
     except OverflowError:
         return False
-    return magnitude <= 1e300 or not math.isfinite(magnitude)
+    return True
 
 
 def _is_name(value: object) -> bool:
@@ -109,7 +106,7 @@ class ResultsFile:
         """
         if not self.path.exists():
             return []
-        check_replaceable(self.path)
+        check_file(self.path)  # read through a link (writing refuses one)
         records: dict[str, dict[str, Any]] = {}
         repeats: list[int] = []
         try:
@@ -238,16 +235,22 @@ def _running(pid: int) -> bool:
     return True
 
 
+def check_file(path: Path) -> None:
+    """Raise :class:`ResultsError` if ``path``, a file the command reads, is something else (a
+    folder of that name)."""
+    if path.exists() and not path.is_file():
+        raise ResultsError(f"{path} is not a file: move it away, or choose another --out")
+
+
 def check_replaceable(path: Path) -> None:
     """Raise :class:`ResultsError` if ``path``, a file the command replaces, is something else (a
-    folder of that name)."""
+    folder of that name, or a link the replace would not write through)."""
     if path.is_symlink():
         raise ResultsError(
             f"{path} is a symbolic link, which the write would replace by a file (the file it names "
             "left as it was): copy the file in, or choose another --out"
         )
-    if path.exists() and not path.is_file():
-        raise ResultsError(f"{path} is not a file: move it away, or choose another --out")
+    check_file(path)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -44,7 +44,7 @@ class GloballyRegularized(Regularized):
     ``EEst_j * |dt_j|`` (error) or ``S_Est_j = rho_j / stability_size`` (stiffness), reduced by
     ``reduction``:
 
-    - ``"mean"`` (default for error, the public code), ``"sum"`` (the paper's ``R_E``);
+    - ``"mean"`` (default for error, the public code), ``"sum"`` (the paper's ``R_E``), ``"max"``;
     - ``"max"`` of ``S_Est_j`` (default for stiffness, the public code); ``"sum"`` / ``"mean"`` of
       ``S_Est_j * |dt_j|`` (the paper's ``R_S``).
 

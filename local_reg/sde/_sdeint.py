@@ -70,7 +70,19 @@ SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
         "step_to_outputs": "odeint's; every output time ends an SDE step already",
         **{
             name: f"odeint's {name}=, not implemented for SDEs (docs/sde.md)"
-            for name in ("norm", "compile", "callbacks")
+            for name in ("norm", "compile", "callbacks", "checkpoints")
+        },
+        **{
+            name: "torchsde's adjoint settings: sdeint differentiates by gradient='direct' or "
+            "'checkpoint'; the regularized models take them in options= with backend='torchsde', "
+            "gradient='adjoint'"
+            for name in (
+                "adjoint_method",
+                "adjoint_rtol",
+                "adjoint_atol",
+                "adjoint_options",
+                "adjoint_adaptive",
+            )
         },
     }
 )

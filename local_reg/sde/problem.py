@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import is_sde
 from .._validate import (
     FreshOutputs,
     active_autocast,
@@ -60,17 +61,6 @@ SUPPORTED_NOISE_TYPES = ("diagonal", "scalar", "additive")
 FIXED_STEP_NOISE_TYPE = "general"
 """The noise type only :func:`local_reg.sdeint`'s fixed-step Euler--Maruyama takes (module docstring)."""
 SUPPORTED_SDE_TYPES = ("ito",)
-
-
-def is_sde(module: object) -> bool:
-    """True iff ``module`` looks like a torchsde SDE: callable ``f`` and ``g`` and a ``noise_type``
-    (an instance: its class has them too, unbound)."""
-    return (
-        not isinstance(module, type)
-        and callable(getattr(module, "f", None))
-        and callable(getattr(module, "g", None))
-        and isinstance(getattr(module, "noise_type", None), str)
-    )
 
 
 def validate_sde(sde: Any, general: bool = False) -> str:
