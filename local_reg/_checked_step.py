@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._checks import positive_int
+from ._checks import positive_int, refuse_sde
 from ._step import StepResult, VectorField, rms_norm
 from ._step import initial_step_size as unchecked_initial_step_size
 from ._step import step as unchecked_step
@@ -65,6 +65,7 @@ def step(
             ``t`` or ``dt`` that requires grad (it would silently get none), or a step whose
             stage times round to ``t`` in ``y``'s dtype, or ``jump_ts`` that are not finite real times.
     """
+    refuse_sde(func)
     func = checked_field(func, state_name="y")
     for name, value in (("t", t), ("dt", dt)):
         if isinstance(value, Tensor) and value.requires_grad:
@@ -121,6 +122,7 @@ def initial_step_size(
             not finite or lies behind ``t0`` in ``direction``, or a ``time_dtype`` that is not a
             floating dtype.
     """
+    refuse_sde(func)
     func = checked_field(func)
     t0 = finite_float("t0", t0)
     y0 = validate_state(y0)

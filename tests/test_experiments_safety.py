@@ -1179,6 +1179,33 @@ def test_a_linked_results_file_is_read_though_never_replaced(tmp_path):
     assert main(["report", "--out", str(out)]) == 0  # the write refusal had made reading fail too
 
 
+def test_values_matplotlib_cannot_draw_leave_their_figures_out_not_the_report(tmp_path, capsys):
+    # test_nfe 1e308 raised matplotlib's ValueError (a traceback), before training too.
+    write_records(tmp_path, [fake_record("digits", "vanilla", 0, test_nfe=1e308)])
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    assert "its figures are left out, as matplotlib cannot draw its values" in capsys.readouterr().err
+    assert "(figures left out" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_infinities_of_both_signs_make_a_mean_nan_not_a_crash(tmp_path):
+    # A diverged metric is a number (is_number); -inf beside inf raised fsum's ValueError.
+    records = [
+        fake_record("digits", "vanilla", seed, test_nfe=v) for seed, v in enumerate((math.inf, -math.inf))
+    ]
+    write_records(tmp_path, records)
+    assert main(["report", "--out", str(tmp_path)]) == 0
+
+
+def test_a_sweep_called_from_python_refuses_a_linked_results_file_before_training(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    store.mkdir()
+    write_records(store, [fake_record("digits", "vanilla", 0)])
+    (tmp_path / "results.jsonl").symlink_to(store / "results.jsonl")
+    no_training(monkeypatch)
+    with pytest.raises(ResultsError, match="is a symbolic link"):
+        runner.sweep("digits", ["vanilla"], [1], tmp_path, size="tiny", progress=False)
+
+
 def test_a_figure_that_fails_to_write_leaves_the_one_before(tmp_path, monkeypatch, capsys):
     """A full disk truncated the previous report's PNG (written in place) and ended in a traceback."""
     write_records(tmp_path, [fake_record("digits", "vanilla", 0)])

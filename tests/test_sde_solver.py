@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchsde
 
+import local_reg
 from local_reg import LocallyRegularized, SolverError, compat
 from local_reg.sde import SDEStats, is_sde, sdeint
 
@@ -618,6 +619,8 @@ def test_odeint_refuses_an_sde_naming_sdeint(with_forward):
         lambda: odeint(SDE(), (y0, y0), times),  # behind a tuple state's wrapper
         lambda: compat.odeint(SDE(), y0, times),
         lambda: compat.odeint(SDE(), y0, times, method="scipy_solver"),  # compat's own branch
+        lambda: local_reg.step(SDE(), 0.0, y0, 0.1, "tsit5"),  # stepped the forward's ODE
+        lambda: local_reg.initial_step_size(SDE(), 0.0, y0, -y0, 5, 1e-6, 1e-6),
     ):
         with pytest.raises(TypeError, match=r"func is an SDE .* solve it with sdeint \(local_reg.sdeint"):
             solve()

@@ -163,6 +163,8 @@ def _mean(values: Iterable[float]) -> float:
         return statistics.fmean(values)
     except OverflowError:
         return math.fsum(value / len(values) for value in values)
+    except ValueError:  # inf and -inf (diverged runs both ways): no mean
+        return math.nan
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -440,13 +442,23 @@ def _report(
             check_replaceable(out_dir / nfe_png)
             check_replaceable(out_dir / metric_png)
         try:
-            plot_nfe(group, None if figures is None else figures / nfe_png)
-            plot_metric_vs_nfe(group, None if figures is None else figures / metric_png)
+            shown = f"![NFE over training]({nfe_png}) ![test {group.metric} vs NFE]({metric_png})\n"
+            try:
+                plot_nfe(group, None if figures is None else figures / nfe_png)
+                plot_metric_vs_nfe(group, None if figures is None else figures / metric_png)
+            except (ValueError, OverflowError) as error:  # values matplotlib cannot place (~1e308)
+                warnings.warn(
+                    f"{group.task} (`{group.config_id}`): its figures are left out, as matplotlib "
+                    f"cannot draw its values ({error})",
+                    ResultsWarning,
+                    stacklevel=2,
+                )
+                shown = "(figures left out: values matplotlib cannot draw)\n"
             sections += [
                 f"## {group.task} (`{group.config_id}`)\n",
                 describe(group) + "\n",
                 markdown_table(group, timing) + "\n",
-                f"![NFE over training]({nfe_png}) ![test {group.metric} vs NFE]({metric_png})\n",
+                shown,
             ]
         except KeyError as error:
             # A record another version wrote, or one edited by hand: name it, not a traceback.

@@ -832,6 +832,8 @@ def sweep(
     """
     out_dir = Path(out_dir)
     results = ResultsFile(out_dir)
+    if distributed.is_main() and results.path.parent.is_dir():
+        results.check_writable()  # before training, as the command line does
     new = []
     failures: list[tuple[str, Exception]] = []
     for seed in seeds:

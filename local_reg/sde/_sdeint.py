@@ -74,8 +74,8 @@ SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
         },
         **{
             name: "torchsde's adjoint settings: sdeint differentiates by gradient='direct' or "
-            "'checkpoint'; the regularized models take them in options= with backend='torchsde', "
-            "gradient='adjoint'"
+            "'checkpoint'; local_reg.compat.sdeint_adjoint takes them, and LocallyRegularized in "
+            "options= with backend='torchsde', gradient='adjoint'"
             for name in (
                 "adjoint_method",
                 "adjoint_rtol",
