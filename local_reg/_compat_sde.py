@@ -53,6 +53,7 @@ from .sde._sdeint import sdeint as _sdeint
 from .sde.brownian import make_brownian, release_brownian
 from .sde.problem import (
     FIXED_STEP_NOISE_TYPE,
+    ITO_FORM,
     batch_state,
     brownian_size,
     check_shapes,
@@ -64,11 +65,7 @@ SDE_METHODS = {"euler": "euler_maruyama", "milstein": "milstein"}
 """torchsde's method names that local_reg has, and the :func:`local_reg.sdeint` scheme each runs."""
 
 _OFFERED = "use method='milstein' (diagonal or scalar noise) or 'euler' (additive or general noise)"
-_ITO_FORM = (
-    "local_reg solves Ito SDEs only: write the SDE in Ito form (add to the drift f_k the correction "
-    "sum_{l,j} g_lj dg_kj/dy_l / 2; for diagonal noise g_k dg_k/dy_k / 2), declare sde_type='ito' and "
-    + _OFFERED
-)
+_ITO_FORM = f"local_reg solves Ito SDEs only: {ITO_FORM}, and {_OFFERED}"
 _STRATONOVICH = "a torchsde method for Stratonovich SDEs; " + _ITO_FORM
 REFUSED_METHODS = {
     "srk": (

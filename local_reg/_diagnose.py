@@ -122,7 +122,10 @@ def explain_failure(
     eps = None if dtype is None else torch.finfo(dtype).eps
     # Below the dtype's epsilon no step can meet rtol (scipy's solve_ivp raises an rtol below
     # 100 eps to that, with a warning).
-    if adaptive and eps is not None and non_finite is None and rtol and rtol < eps:
+    # A step limit reached with rtol just below eps is no sign of rounding (the steps need not be
+    # short): a quarter of eps, where they are, before it is named as the cause.
+    limited = reason.startswith("max_steps")
+    if adaptive and eps is not None and non_finite is None and rtol and rtol < (eps / 4 if limited else eps):
         wider = "" if dtype == torch.float64 else " or solve in float64"
         # A step limit may be reached before the steps shrink that far: the limit may be the cause.
         limit = f"{RAISE_MAX_STEPS}; " if reason.startswith("max_steps") else ""
@@ -155,7 +158,8 @@ def explain_failure(
             reason += (
                 f"; the problem looks stiff: |dt| * rho / stability_size = {ratio:.2f} over the last "
                 "accepted steps, so the explicit method's step is limited by stability, not accuracy "
-                f"({RAISE_MAX_STEPS}, or reduce the stiffness, e.g. with regularizer='stiffness')"
+                f"({RAISE_MAX_STEPS}, or reduce the stiffness, e.g. by training with "
+                "GloballyRegularized(func, regularizer='stiffness'))"
             )
         else:
             reason += f" {SETTINGS_HINT}"

@@ -198,10 +198,16 @@ class SolveOptions:
         checked_controller = checked["controller"]
         if not isinstance(checked_controller, PIController):
             raise TypeError(f"controller must be a PIController, got {type_name(controller)}")
+        if step_size is not None and checked_controller.jump_ts:
+            raise ValueError(
+                "controller.jump_ts needs an adaptive solve, not a fixed step_size: it evaluates each "
+                "step on its own side of a jump, which a fixed step ending on one (an output time) "
+                "does not; solve adaptively, or solve each piece between jumps with its own call"
+            )
         if step_size is not None and checked_controller.lands:
             raise ValueError(
-                "controller.step_ts and jump_ts need an adaptive solve, not a fixed step_size (put those "
-                "times among the output times instead: fixed steps end on every output time)"
+                "controller.step_ts need an adaptive solve, not a fixed step_size (put those times "
+                "among the output times instead: fixed steps end on every output time)"
             )
         if tableau is not None and not isinstance(tableau, ButcherTableau):
             raise TypeError(f"tableau must be a ButcherTableau, got {type_name(tableau)}")

@@ -344,6 +344,15 @@ def test_an_rtol_below_the_states_precision_is_named_as_the_cause_of_a_failure(r
     assert "raise max_steps" in str(failure.value) and "shrink until they fail" not in str(failure.value)
 
 
+def test_an_rtol_just_below_eps_is_not_named_as_a_step_limits_cause():
+    """rtol=1e-7 (torchdiffeq's default) in float32, eps = 1.19e-7: the steps are no shorter than at
+    1e-6, and the advice to solve in float64 did not lift the limit."""
+    decay = lambda t, y: -y  # noqa: E731
+    with pytest.raises(SolverError) as failure:
+        odeint(decay, torch.tensor([1.0]), [0.0, 1.0], rtol=1e-7, atol=1e-7, max_steps=5)
+    assert "resolves" not in str(failure.value) and "raise max_steps" in str(failure.value)
+
+
 def test_a_tolerance_below_the_states_precision_warns_where_the_solve_completes():
     """float32 at rtol = atol = 1e-10 completed without a word, 20x float64's evaluations for an
     error 5000x the tolerance. It warns (as scipy does), only where the tolerance at y0 is below a

@@ -1051,11 +1051,12 @@ def test_a_model_with_its_own_generator_travels_to_a_spawned_process_with_its_st
 def test_a_state_saved_with_another_weight_says_how_to_keep_this_models():
     paper = LocallyRegularized.paper(MLPField(), weight=ExponentialDecay(2.5, 1.0, 10))
     default = LocallyRegularized(MLPField())
-    with pytest.raises(
-        ValueError, match=r"RatioWeight state is missing .*remove the state dict's '_extra_state'"
-    ):
-        default.load_state_dict(paper.state_dict(), strict=False)
+    advice = r"remove the state dict's '_extra_state' entry of this module and load with strict=False"
+    with pytest.raises(ValueError, match=r"RatioWeight state is missing .*" + advice):
+        default.load_state_dict(paper.state_dict())
     state = {k: v for k, v in paper.state_dict().items() if not k.endswith("_extra_state")}
+    with pytest.raises(RuntimeError, match="Missing key"):  # the advice without its strict=False
+        default.load_state_dict(state)
     default.load_state_dict(state, strict=False)  # the advice works
 
 

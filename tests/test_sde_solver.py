@@ -655,3 +655,14 @@ def test_torchsdes_adjoint_settings_given_to_sdeint_say_where_they_go():
         TypeError, match=r"'adjoint_rtol' \(torchsde's adjoint settings: sdeint differentiates"
     ):
         sdeint(GBM(), torch.ones(2, 1, dtype=DT), [0.0, 1.0], adjoint_rtol=1e-3)
+
+
+def test_a_stratonovich_sde_is_told_to_take_its_ito_form_not_only_to_declare_ito():
+    """Declaring sde_type='ito', the advice alone, solved another SDE (E y(1) 1.03 against 1.65 for
+    dy = y o dW): the drift correction comes first, as compat.sdeint's refusal says."""
+    sde = GBM()
+    sde.sde_type = "stratonovich"
+    with pytest.raises(
+        ValueError, match=r"write the SDE in Ito form \(add to the drift .* declaring it alone"
+    ):
+        sdeint(sde, torch.ones(2, 1, dtype=DT), [0.0, 1.0])

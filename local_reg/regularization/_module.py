@@ -849,7 +849,8 @@ class Regularized(nn.Module):
                     f"the saved generator state ({saved.numel()} bytes) does not fit this model's "
                     f"generator on {self.generator.device} (saved from a generator on another device?): "
                     "make the model with a generator of the device it was trained with, or remove the "
-                    "state dict's '_extra_state' entry of this module to start its draws afresh"
+                    "state dict's '_extra_state' entry of this module and load with strict=False to "
+                    "start its draws afresh"
                 ) from error
         try:
             self.weight.load_state_dict(state["weight"])
@@ -859,7 +860,7 @@ class Regularized(nn.Module):
             # torch calls this whatever load_state_dict's strict: say how to keep this model's weight.
             raise ValueError(
                 f"{error} (a state saved with another weight? to keep this model's weight, remove the "
-                "state dict's '_extra_state' entry of this module before loading)"
+                "state dict's '_extra_state' entry of this module and load with strict=False)"
             ) from None
         if (self.generator is None) != (saved is None):
             # The draws of t_reg (and STEER's times, RNODE's noise, an SDE's seeds) would not

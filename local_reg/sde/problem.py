@@ -63,6 +63,14 @@ FIXED_STEP_NOISE_TYPE = "general"
 SUPPORTED_SDE_TYPES = ("ito",)
 
 
+ITO_FORM = (
+    "write the SDE in Ito form (add to the drift f_k the correction sum_{l,j} g_lj dg_kj/dy_l / 2; "
+    "for diagonal noise g_k dg_k/dy_k / 2), then declare sde_type='ito': declaring it alone solves "
+    "another SDE"
+)
+"""How a Stratonovich SDE becomes one the Ito schemes solve (``sdeint``'s and compat's refusals)."""
+
+
 def validate_sde(sde: Any, general: bool = False) -> str:
     """Check ``sde`` is an SDE this package solves; return its ``noise_type``. ``general``: the
     caller (``sdeint``) takes general noise too, and checks the scheme it needs."""
@@ -85,8 +93,8 @@ def validate_sde(sde: Any, general: bool = False) -> str:
     if sde_type not in SUPPORTED_SDE_TYPES:
         raise ValueError(
             f"sde.sde_type={sde_type!r} is not supported: the Euler--Maruyama scheme of sdeint is "
-            "an Ito scheme (declare sde_type='ito'; torchsde.sdeint solves Stratonovich SDEs, but the "
-            "regularized models need an Ito SDE on either backend)"
+            f"an Ito scheme; {ITO_FORM} (torchsde.sdeint solves Stratonovich SDEs, but the regularized "
+            "models need an Ito SDE on either backend)"
         )
     return noise_type
 
