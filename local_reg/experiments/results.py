@@ -160,10 +160,7 @@ class ResultsFile:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        try:
-            lock = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # NFS's emulation needs write
-        except PermissionError:  # another user's lock file in a shared folder: a local flock needs no more
-            lock = os.open(self._lock_path, os.O_RDONLY)
+        lock = open_lock_file(self._lock_path)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -209,6 +206,16 @@ class ResultsFile:
             if old and not old.endswith(b"\n"):
                 old += b"\n"
             atomic_write_bytes(self.path, old + line.encode("utf-8"))
+
+
+def open_lock_file(path: Path) -> int:
+    """A descriptor of the lock file ``path`` (made if missing) for ``flock``: opened for writing
+    where it can be (NFS emulates ``flock`` with ``fcntl`` locks, which need it), else for reading
+    (another user's lock file in a shared folder: a local ``flock`` needs no more)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY)
 
 
 def _host() -> str:

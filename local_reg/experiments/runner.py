@@ -46,7 +46,7 @@ from ..regularization import (
 from ..regularization.local import default_fingerprint
 from . import distributed
 from .methods import DEFAULT_WEIGHT, METHODS, number_text, weight_text
-from .results import ResultsFile, ResultsWarning, atomic_write_bytes
+from .results import ResultsFile, ResultsWarning, atomic_write_bytes, open_lock_file
 from .settings import Integer, OneOf, Real, Rule, Schema, SettingsError, apply_overrides, check_settings
 from .tasks import REGISTRY, ModelContext, Task
 from .tasks.base import ODE_SOLVERS
@@ -777,10 +777,7 @@ class RunLock:
         """Take the lock without waiting; ``False`` when another process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-            except PermissionError:  # another user's lock file in a shared folder: flock needs no more
-                fd = os.open(self.path, os.O_RDONLY)
+            fd = open_lock_file(self.path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
