@@ -92,8 +92,9 @@ def cpu_scalar(value: float, dtype: torch.dtype) -> Tensor | float:
 @functools.lru_cache(maxsize=256)
 def _cached_scalar(value: float, dtype: torch.dtype) -> Tensor:
     # Made under inference_mode it would be an inference tensor, which every later differentiated
-    # step would fail to save for backward.
-    with torch.inference_mode(False):
+    # step would fail to save for backward; made inside a torch.func transform (jacfwd, jvp) it
+    # would be that transform's wrapped tensor, whose level every later transform finds dead.
+    with torch.inference_mode(False), torch._C._DisableFuncTorch():
         return torch.tensor(value, dtype=dtype, device="cpu")
 
 

@@ -42,6 +42,27 @@ def test_the_derivative_transforms_of_a_direct_solve_are_the_analytic_ones():
     torch.testing.assert_close(second, 2 * flow**2 * torch.eye(2, dtype=DTYPE))
 
 
+def test_forward_over_reverse_transforms_repeat_in_one_process():
+    """The solver's cached scalars (the norm's ``1/sqrt(n)``, the tolerances) were first made inside
+    the transform that first needed them, as that transform's wrapped tensors: every later nested
+    transform in the process then failed with torch's internal assert. Emptied first, the cache is
+    filled here inside ``hessian``."""
+    import local_reg._step
+
+    local_reg._step._cached_scalar.cache_clear()
+    y0 = torch.tensor([1.0, -2.0], dtype=DTYPE)
+    flow = math.exp(-RATE)
+
+    def loss(y):
+        return end_state(y).square().sum()
+
+    for _ in range(2):
+        torch.testing.assert_close(hessian(loss)(y0), 2 * flow**2 * torch.eye(2, dtype=DTYPE))
+        _, product = torch.func.jvp(grad(loss), (y0,), (y0,))
+        torch.testing.assert_close(product, 2 * flow**2 * y0)
+        torch.testing.assert_close(grad(lambda y: end_state(y).sum())(y0), flow * torch.ones(2, dtype=DTYPE))
+
+
 def test_vmap_of_the_state_is_refused_naming_the_batch_dimension():
     batch = torch.ones(3, 2, dtype=DTYPE)
     with pytest.raises(

@@ -327,3 +327,30 @@ def test_a_t_that_requires_grad_leaves_second_derivatives_in_y0_and_parameters_i
         (gradient,) = torch.autograd.grad((ys**2).sum(), wrt, create_graph=True)
         with pytest.raises(RuntimeError, match="derivative with respect to t of a gradient"):
             torch.autograd.grad(gradient.sum(), t)
+
+
+@pytest.mark.parametrize("read", ["evaluate", "odeint_dense"])
+def test_a_second_derivative_in_t0_of_a_dense_read_is_refused_not_zero(read: str):
+    """A state read from the dense record reaches ``t0`` through the start only: for a field linear
+    in ``y`` and a loss linear in that state, ``dL/dt0`` (right) had no graph, so a Hessian in
+    ``t0`` read as 0 (exactly ``a^2 y0 e^{a (t - t0)}`` here), silently; now refused as for ``ys``."""
+    rate, start, value = -0.7, 1.3, 0.9
+
+    def loss(t0: torch.Tensor) -> torch.Tensor:
+        y0 = torch.tensor([start], dtype=DTYPE)
+        end = torch.tensor(1.5, dtype=DTYPE)
+        if read == "odeint_dense":
+            dense = compat.odeint_dense(lambda t, y: rate * y, y0, t0, end, rtol=1e-10, atol=1e-12)
+            return dense(torch.tensor(value, dtype=DTYPE)).sum()
+        solution = odeint(
+            lambda t, y: rate * y, y0, torch.stack([t0, end]), rtol=1e-10, atol=1e-12, dense=True
+        )
+        return solution.evaluate(value).sum()
+
+    t0 = torch.tensor(0.2, dtype=DTYPE, requires_grad=True)
+    (first,) = torch.autograd.grad(loss(t0), t0, create_graph=True)
+    assert math.isclose(float(first.detach()), -rate * start * math.exp(rate * (value - 0.2)), rel_tol=1e-8)
+    with pytest.raises(RuntimeError, match="gradient with respect to t is first order only"):
+        torch.autograd.grad(first, t0)
+    with pytest.raises(RuntimeError, match="gradient with respect to t is first order only"):
+        torch.autograd.functional.hessian(loss, t0.detach())

@@ -109,7 +109,10 @@ class StartTime(torch.autograd.Function):
                 first = -(grad_y0 * ctx.initial_rate(y0)).sum().to(dtype=dtype, device=device)
                 rest = torch.zeros(math.prod(shape) - 1, dtype=dtype, device=device)
                 grad_t = torch.cat([first.reshape(1), rest]).reshape(shape)
-            grad_t = _first_order(grad_t, grad_y0, y0)
+            # Tied to t as well: a state read from the dense record (not through _OutputTimes) of
+            # a field linear in y leaves grad_y0 without a graph, and a second derivative in t
+            # would read as zero, not as refused.
+            grad_t = _first_order(grad_t, grad_y0, y0, t)
         # y0's cotangent passes through as it came, with its graph under create_graph=True (the
         # identity's derivative is exact to every order), except towards t.
         return None, grad_t, _not_towards_t(grad_y0, t)
@@ -149,7 +152,7 @@ class _OutputTimes(torch.autograd.Function):
             grad_t = timing.cotangent(entries)
         timing.stats.nfe_backward = (timing.stats.nfe_backward or 0) + calls
         # ys's cotangent passes through with its graph, as in StartTime.
-        return None, _first_order(grad_t, grad_ys, ys), _not_towards_t(grad_ys, timing.t)
+        return None, _first_order(grad_t, grad_ys, ys, timing.t), _not_towards_t(grad_ys, timing.t)
 
 
 def _first_order(grad_t: Tensor, *depends_on: Tensor) -> Tensor:
