@@ -5,8 +5,9 @@ calls of at most ``_GRID_CHUNK`` steps, keeping only the states the interpolatio
 problems, a neural SDE with diagonal noise (``dy = MLP_f(y) dt + 0.1 sigmoid(MLP_g(y)) dW``,
 ``benchmarks/sde_checkpoint.py``'s, float32, one ``BrownianInterval`` per run):
 
-- ``outputs``: 100 output times over ``[0, 2]`` with ``dt = 1e-2`` (torchsde's
-  ``examples/latent_sde_lorenz.py``: ``dt`` does not divide the output spacing 0.0202);
+- ``outputs``: 100 output times over ``[0, 2]`` with ``dt = 1e-2``, whose spacing 0.0202 ``dt``
+  does not divide (as in torchsde's ``examples/latent_sde_lorenz.py``: 50 output times over
+  ``[0, 1]``, ``dt = 1e-2``);
 - ``long``: 3 output times over ``[0, 1]`` with ``dt = 1e-4`` (10,000 steps read at three times:
   sampling).
 

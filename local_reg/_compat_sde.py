@@ -178,10 +178,14 @@ class LogqpSDE(torch.nn.Module):
             self.renamed_module = module  # a module renamed by names: its parameters are these
         self.noise_type = noise_type
         self.sde_type = "ito"
+        # The diffusion f computed, for the g of the same step start (sdeint evaluates both at one
+        # (t, y)): the KL integrand needs it, and the user's g would otherwise run twice per step.
+        self._diffusion_at: tuple[Tensor, Tensor, bool, Tensor] | None = None
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         state = y[:, :-1]
         drift, diffusion, prior = self.sde.f(t, state), self.sde.g(t, state), self.sde.h(t, state)
+        self._diffusion_at = (t, y, torch.is_grad_enabled(), diffusion)
         if not isinstance(prior, Tensor) or prior.shape != drift.shape:
             found = tuple(prior.shape) if isinstance(prior, Tensor) else type(prior).__name__
             raise ValueError(
@@ -196,7 +200,13 @@ class LogqpSDE(torch.nn.Module):
         return torch.cat([drift, 0.5 * (u**2).sum(dim=1, keepdim=True)], dim=1)
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
-        diffusion = self.sde.g(t, y[:, :-1])
+        cached, self._diffusion_at = self._diffusion_at, None
+        # The same tensors under the same grad mode (a graph-free evaluation's result must not
+        # stand in for a differentiated one), read once.
+        if cached is not None and cached[0] is t and cached[1] is y and cached[2] == torch.is_grad_enabled():
+            diffusion = cached[3]
+        else:
+            diffusion = self.sde.g(t, y[:, :-1])
         return torch.cat(
             [diffusion, diffusion.new_zeros((diffusion.shape[0], 1, *diffusion.shape[2:]))], dim=1
         )
@@ -418,7 +428,7 @@ def _states(
         made = bm is None
         if made:
             # One Brownian motion for every call, made as local_reg.sdeint makes its own.
-            size = _brownian_size_at_start(sde, y0, ts, scheme, bm)
+            size = _brownian_size_at_start(sde, y0, ts, scheme, bm, drift=False)
             bm = make_brownian(None, float(grid[0]), float(grid[-1]), size, y0, step=step)
         # The states at the needed points, in order: y0, then each call's rows gathered at once
         # (copies, which hold only those rows; one index per call, also in the backward pass).
@@ -802,16 +812,19 @@ as torchsde's under ``no_grad``)."""
 
 
 def _brownian_size_at_start(
-    sde: Any, y0: Tensor, ts: TimeSet, scheme: str, bm: Any | None
+    sde: Any, y0: Tensor, ts: TimeSet, scheme: str, bm: Any | None, drift: bool = True
 ) -> tuple[int, int]:
     """The shape of the Brownian motion ``sde`` needs, after :func:`local_reg.sdeint`'s checks of
-    the arguments and of the drift's, the diffusion's and a given ``bm``'s shapes at ``ts[0]``, for
-    where compat evaluates the SDE before (or without) a call of ``sdeint``."""
+    the arguments and of the diffusion's (with ``drift``, the drift's too) and a given ``bm``'s
+    shapes at ``ts[0]``, for where compat evaluates the SDE before (or without) a call of
+    ``sdeint``. Without ``drift`` the caller's ``sdeint`` checks the drift: one evaluation less."""
     noise_type, times = validate_sde_problem(sde, y0, ts, scheme, general=True, one_time=True)
     start = time_tensor(times[0], y0)
     with torch.no_grad():
-        drift, diffusion = sde.f(start, y0), sde.g(start, y0)
-    check_shapes(noise_type, y0, drift, diffusion)
+        diffusion = sde.g(start, y0)
+        # y0 stands in for an unevaluated drift: it has the shape, dtype and device checked.
+        rate = sde.f(start, y0) if drift else y0
+    check_shapes(noise_type, y0, rate, diffusion)
     size = brownian_size(noise_type, y0, diffusion)
     shape = getattr(bm, "shape", None)
     if bm is not None and shape is not None and tuple(shape) != size:

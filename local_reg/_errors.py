@@ -36,7 +36,8 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
 class SolverError(RuntimeError):
     """The solver could not continue: a non-finite state or derivative, a step size that underflowed,
     or more steps than ``max_steps``. The message names the time ``t`` and the step count
-    (``n_steps``: ``None`` where a peer backend's solve failed without reporting its steps)."""
+    (``n_steps``: the steps attempted, accepted and rejected, as ``Stats.n_steps``; ``None`` where a
+    peer backend's solve failed without reporting its steps)."""
 
     def __init__(self, reason: str, *, t: float, n_steps: int | None) -> None:
         self.reason = reason

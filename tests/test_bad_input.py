@@ -1427,8 +1427,11 @@ def test_torchdiffeq_backend_follows_the_error_contract():
     stiff = LocallyRegularized(
         lambda t, y: -1e4 * (y - torch.cos(t)), backend="torchdiffeq", options={"max_num_steps": 50}
     )
-    with pytest.raises(SolverError, match="max_num_steps"):
+    with pytest.raises(SolverError, match="max_num_steps") as limited:
         stiff(torch.ones(2, dtype=torch.float64), [0.0, 1.0])
+    # The steps attempted, as local_reg's own error counts them and torchdiffeq's limit counts them
+    # (the accepted ones, fewer, read "(50>=50) ... after 39 steps").
+    assert limited.value.n_steps == 50
     with pytest.raises(SolverError, match="torchdiffeq") as blowup:
         LocallyRegularized(lambda t, y: y**2, backend="torchdiffeq")(
             torch.ones(1, dtype=torch.float64), [0, 2]

@@ -683,6 +683,38 @@ def test_logqp_returns_torchsdes_states_log_ratios_and_gradients(noise_type: str
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+class CountingPriorSDE(PriorSDE):
+    """``PriorSDE`` counting its drift and diffusion evaluations."""
+
+    def __init__(self, noise_type: str) -> None:
+        super().__init__(noise_type)
+        self.calls = {"f": 0, "g": 0}
+
+    def f(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.calls["f"] += 1
+        return super().f(t, y)
+
+    def g(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.calls["g"] += 1
+        return super().g(t, y)
+
+
+@pytest.mark.parametrize("solve", [compat.sdeint, compat.sdeint_adjoint])
+def test_logqp_evaluates_the_diffusion_once_per_step(solve) -> None:
+    """The KL integrand needs the diffusion where the drift is evaluated, at each step's start,
+    and the solver evaluates the diffusion there too: the user's g ran twice per step (forward and
+    in sdeint_adjoint's re-run), torchsde's once. Values and gradients are torchsde's (above)."""
+    sde = CountingPriorSDE("diagonal")
+    y0 = y0_of().requires_grad_(True)
+    ys, log_ratio = solve(sde, y0, TS, bm=logqp_brownian(sde, 2), method="euler", dt=STEP, logqp=True)
+    steps = sde.calls["f"]
+    assert steps >= round(float(TS[-1] - TS[0]) / STEP)
+    assert sde.calls["g"] <= steps + 1
+    sde.calls.update(f=0, g=0)
+    (ys.square().sum() + log_ratio.sum()).backward()
+    assert sde.calls["g"] <= sde.calls["f"] + 1
+
+
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_logqp_of_a_constant_drift_gap_is_its_kl_rate_times_the_interval(adaptive: bool) -> None:
     """With f - h = c and a constant diagonal g, log(q/p) grows at |c / g|^2 / 2 on every path:
@@ -840,6 +872,28 @@ def test_a_long_grid_is_solved_in_calls_and_still_equals_torchsde(solve: str) ->
     bm = make_brownian(None, 0.0, 1.1, (2, 3), y0_of(), step=step)
     given = getattr(compat, solve)(SDE("diagonal"), y0_of(), ts, bm=bm, method="euler", dt=step)
     torch.testing.assert_close(given.detach(), again[0], rtol=0, atol=0)
+
+
+def test_a_long_grid_without_a_brownian_motion_evaluates_the_drift_once_per_step() -> None:
+    """Sizing its Brownian motion, compat evaluated the drift at ts[0] too, one evaluation beyond
+    the grid's steps (its diffusion gives the size); with a bm given there was none."""
+    from local_reg._compat_sde import _GRID_CHUNK
+
+    ts, step = torch.tensor([0.0, 0.37, 1.1], dtype=DT), 1e-3
+    assert round(1.1 / step) > _GRID_CHUNK
+    counts = []
+    for with_bm in (True, False):
+        sde = CountingPriorSDE("diagonal")
+        bm = (
+            torchsde.BrownianInterval(0.0, 1.1, size=(2, 3), dtype=DT, entropy=4, dt=step)
+            if with_bm
+            else None
+        )
+        with torch.no_grad():
+            compat.sdeint(sde, y0_of(), ts, bm=bm, method="euler", dt=step)
+        counts.append(sde.calls["f"])
+    # One per step of torchsde's grid (1,100 steps of 1e-3 summed in float64 end short of 1.1: a sliver).
+    assert counts[1] == counts[0] in (1100, 1101)
 
 
 def test_a_float32_state_with_float64_times_runs_and_stays_float32() -> None:

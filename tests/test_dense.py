@@ -719,3 +719,26 @@ def test_derivative_of_a_tuple_state_and_its_refusals():
     sde_solution = sdeint(DecaySDE(), torch.ones(1, 1, dtype=DTYPE), [0.0, 0.1], step_size=0.05)
     with pytest.raises(ValueError, match="sdeint does not keep"):
         sde_solution.derivative(0.05)
+
+
+@pytest.mark.parametrize("jumps", [[], [0.5], [0.25, 0.5, 0.75]])
+def test_a_hermite_dense_record_costs_one_end_derivative_per_solve_and_per_jump(jumps):
+    """A Hermite pair without FSAL needs ``f`` at each step's end: the next step's first stage,
+    except after the last step and at a jump, where the next step starts on the far side. What the
+    docs say it costs, counted."""
+    from local_reg import PIController
+
+    def field(t, y):
+        field.calls += 1
+        return torch.sin(3 * t) * torch.ones_like(y) - 0.5 * y
+
+    y0, t = torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    counted = []
+    for dense in (False, True):
+        field.calls = 0
+        solution = odeint(
+            field, y0, t, method="fehlberg2", controller=PIController(jump_ts=jumps), dense=dense
+        )
+        assert solution.stats.nfe == field.calls
+        counted.append(field.calls)
+    assert counted[1] - counted[0] == 1 + len(jumps)

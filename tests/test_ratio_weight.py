@@ -594,12 +594,14 @@ def test_a_watched_penalty_is_measured_once_and_a_newer_one_replaces_it(monkeypa
     assert math.isfinite(penalty_norm) and penalty_norm > 0 and math.isfinite(task_norm) and task_norm > 0
 
 
-@pytest.mark.parametrize("calls", [1, 3])
+@pytest.mark.parametrize("calls", [1, 3, 65, 130])
 def test_calls_before_one_backward_pass_are_measured_together(calls, monkeypatch):
     """A model called several times before one backward pass (a recurrent encoder, two batches, a
     weight shared by two blocks): the calls after the measuring one join it, and the pass's
     penalties together are compared with the rest of its gradient, as computed by hand. (The last
-    call's penalty alone was measured, the others' read as task gradient: 0.42 for 0.80.)"""
+    call's penalty alone was measured, the others' read as task gradient: 0.42 for 0.80.) Past 64
+    calls the penalties' gradients are summed as they come: a series of more than 64 intervals,
+    one call each, never measured (the 65th call restarted the measurement in mid-pass)."""
     model, parameters, observed = _spied(every=10, monkeypatch=monkeypatch)
     tasks, penalties = [], []
     for _ in range(calls):
@@ -610,6 +612,31 @@ def test_calls_before_one_backward_pass_are_measured_together(calls, monkeypatch
     (sum(tasks) + sum(penalties)).backward()
     assert len(observed) == 1
     assert observed[0] == pytest.approx((penalty_by_hand, task_by_hand), rel=1e-10)
+
+
+@pytest.mark.parametrize(("factors", "measured"), [((0.75, 0.25), True), ((0.75,) * 64 + (0.25,) * 2, False)])
+def test_calls_the_pass_weighs_differently_are_measured_as_it_weighs_them(factors, measured, monkeypatch):
+    """Two batches of different sizes averaged per sample, ``(24 * L_a + 8 * L_b) / 32``: the pass
+    puts a different factor on each call's penalty, and the weight never measured (it stayed at its
+    initial value, with a warning that named another cause). The penalties, as the pass weighs
+    them, are compared with the rest of its gradient, both over the factors' mean, as computed by
+    hand. Calls past the 64th, whose gradients are summed, cannot be told apart: different factors
+    there measure nothing."""
+    model, parameters, observed = _spied(every=10, monkeypatch=monkeypatch)
+    tasks, penalties = [], []
+    for factor in factors:
+        tasks.append(factor * _task_loss(model(_y0(), T)))
+        penalties.append(factor * model.reg_loss)
+    reference = sum(factors) / len(factors)
+    task_by_hand = _norm(torch.autograd.grad(sum(tasks), parameters, retain_graph=True)) / reference
+    penalty_by_hand = _norm(torch.autograd.grad(sum(penalties), parameters, retain_graph=True)) / reference
+    (sum(tasks) + sum(penalties)).backward()
+    if measured:
+        assert len(observed) == 1
+        assert observed[0] == pytest.approx((penalty_by_hand, task_by_hand), rel=1e-10)
+    else:
+        assert observed == []
+    assert model.weight._measurement is None
 
 
 def test_a_finished_measurement_frees_its_penalty_gradients_without_a_collection():

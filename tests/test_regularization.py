@@ -17,6 +17,7 @@ from local_reg import (
     ExponentialDecay,
     GloballyRegularized,
     LocallyRegularized,
+    Regularized,
     RNODERegularized,
     StepResult,
     get_tableau,
@@ -1502,3 +1503,15 @@ def test_building_a_model_leaves_the_warning_filters_and_their_memory_alone():
         _users_own_warning()
         assert warnings.filters is filters
     assert [str(w.message) for w in caught] == ["the user's own warning"]
+
+
+@pytest.mark.parametrize("outer", [LocallyRegularized, GloballyRegularized, Regularized])
+@pytest.mark.parametrize("inner", [LocallyRegularized, Regularized])
+def test_a_regularized_model_as_the_field_is_refused_naming_its_field(outer, inner):
+    """A regularized model's forward(y0, t) passed the check of a field func(t, y): in eval mode
+    the nested model solved another problem without a word (it took the outer times for its state),
+    in training mode it failed on its "times"."""
+    field = CountingField(2)
+    with pytest.raises(TypeError, match=r"func is a regularized model .*pass its field, func\.func"):
+        outer(inner(field))
+    outer(inner(field).func)  # the remedy builds

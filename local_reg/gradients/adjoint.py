@@ -667,7 +667,7 @@ class InterpolatingAdjoint(_ContinuousAdjoint):
     interpolant's accuracy, whatever the dynamics. The cost is the dense record, ``O(steps *
     stages)`` memory, as ``dense=True`` keeps (a method whose interpolant is cubic Hermite and
     whose tableau has no FSAL stage evaluates ``f`` once more per forward solve for it, at the last
-    step's end); with
+    step's end, and once per ``jump_ts`` time crossed); with
     ``checkpoints=C`` the forward keeps at most ``C`` step states instead (as
     ``Checkpoint(checkpoints=C)``, :mod:`._checkpoints`, but also with ``record_states=True``) and
     the backward pass re-solves the segment of steps that holds each time it reads

@@ -615,6 +615,13 @@ class Regularized(nn.Module):
             sde = is_sde(func)
             options_taken = solver_option_names(sde, backend, method)
             raise misplaced_keywords(type(self).__name__, misplaced, options_taken, own, backend, sde)
+        if isinstance(func, Regularized):
+            # Its forward(y0, t) passes the check of a field callable as func(t, y): solved, it
+            # would take the outer solve's times for its state and its state for its times.
+            raise TypeError(
+                f"func is a regularized model ({type(func).__name__}), which solves (y0, t) rather than "
+                "being a vector field func(t, y): pass its field, func.func"
+            )
         super().__init__()
         # Everything is checked now, so a typo fails at construction, not at the first batch.
         config = SolveConfig(

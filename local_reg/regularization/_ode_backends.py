@@ -222,9 +222,10 @@ def solve_main(
         # torchdiffeq reports a failed solve (underflow in dt, max_num_steps exceeded, a non-finite
         # state) with assert.
         evaluations = f"{field.calls} evaluations of func"
-        raise peer_solver_error(
-            error, "torchdiffeq", evaluations, y0, field.last_t, field.accepted
-        ) from error
+        # The steps attempted (accepted and rejected), as local_reg's own SolverError and Stats.n_steps
+        # count them; None where the solver reports no steps (the fixed grids).
+        attempted = field.attempted if field.reports_steps else None
+        raise peer_solver_error(error, "torchdiffeq", evaluations, y0, field.last_t, attempted) from error
     finally:
         # The forward solve is over: drop the bound method, a reference cycle that would keep the
         # recorded states alive until Python's cycle collector runs (the backward pass keeps field).

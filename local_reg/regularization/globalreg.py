@@ -54,7 +54,15 @@ class GloballyRegularized(Regularized):
     ``generator``, ``options``) are :class:`Regularized`'s.
 
     Coefficients used in [GR21]: MNIST ER 100 -> 10 (exponential decay), SR 0.0285; PhysioNet ER
-    1000 -> 100, SR 0.285.
+    1000 -> 100, SR 0.285. The SR coefficients weigh the raw ``rho`` (the public code puts 0.1 on
+    ``max_j S_Est_j``, and ``0.1 / 3.5068 = 0.0285``): on this ``S_Est`` they are 0.1 and 1.0.
+
+    The public code reads one value more than the accepted steps: its saving callback also saves
+    at ``t0``, before the first step, where (as we read OrdinaryDiffEq's initialization, not run)
+    ``EEst = 1``, ``dt = 0`` and the stiffness estimate is 1. Its ``"mean"`` of ``EEst_j * |dt_j|``
+    is therefore this one times ``N / (N + 1)`` over ``N`` accepted steps, and its ``"max"`` of
+    ``S_Est_j`` has a floor ``1 / stability_size`` (0.285 for Tsit5), with no gradient while every
+    step's ``S_Est_j`` is below it. Here both read the accepted steps only.
 
     ``func`` may also be a torchsde-style SDE module (see :func:`local_reg.sde.is_sde`): the solve
     is then :func:`local_reg.sdeint` (``regularizer="error"``, ``gradient="direct"``; ``method``

@@ -203,7 +203,9 @@ class LocallyRegularized(Regularized):
       solution is read along the flow, a fit to observations; judged by the measuring backward
       pass's gradient on ``ys[1:-1]``) the target is 0.03, there is no floor, and the weight rises
       by at most a factor 2 per measurement (``max_rise=2``, from its start 1e-3); all three are set
-      at each training call and by each measuring pass. With the probe step,
+      at each training call and by each measuring pass (from each call's own ``t``: a fit chained
+      through calls at ``[t_k, t_k+1]``, one per observation interval, gets the end-read rule
+      unless given ``RatioWeight(0.03, every=10, max_rise=2, parameters=...)``). With the probe step,
       ``RatioWeight(1.0, ...)``. A field without trainable parameters gets the constant weight 1.
 
     Measured (3 seeds, quick settings; docs/results.md): on eleven of sixteen task settings the
@@ -258,8 +260,9 @@ class LocallyRegularized(Regularized):
         probe, probe_scale, penalty, n_draws: the probe's step size, a factor on the heuristic's
             step, the penalty's form and the draws averaged (:class:`LocalPenalty`). ``penalty``
             defaults to ``"kinetic"`` (above); with a probe step, ``probe`` defaults to
-            ``"initial-hairer"`` for an ODE (``"initial"``, the paper's, for an SDE, whose probe is
-            an Euler--Maruyama step). ``stats`` describe the last draw (``t_reg``, ``state``,
+            ``"initial-hairer"`` for an ODE (``"initial"`` for an SDE, whose probe is an
+            Euler--Maruyama step by this library's SDE heuristic, where the paper's code takes a
+            SOSRI step: docs/sde.md). ``stats`` describe the last draw (``t_reg``, ``state``,
             ``dt_reg``, the estimates), except ``penalty``, ``R``: the draws' mean.
         probe_dtype: the probe step's dtype (:class:`LocalPenalty`; default the state's).
         weight: ``None`` (the default weight above), a non-negative float or a
@@ -426,7 +429,10 @@ class LocallyRegularized(Regularized):
         """[LR23]'s exact procedure: the probe ``"initial"`` (the initial-step heuristic with
         exponent ``1/p``, as its code), the penalty ``EEst * |dt|``, one draw, and the fixed
         ``weight`` (a float or a schedule: the paper's are 2.5 -> 1 for MNIST, 100 -> 10 for
-        PhysioNet, 1000 for the MNIST SDE); ``keywords`` are the other arguments of the class."""
+        PhysioNet, 1000 for the MNIST SDE); ``keywords`` are the other arguments of the class.
+        For an SDE only the sampling, the penalty's form and the one draw are the paper's: its probe
+        is an Euler--Maruyama step on the main solve's path, the paper's code's a SOSRI step on
+        fresh noise, so the SDE weight 1000 belongs to another scale (docs/sde.md)."""
         if weight is None:
             # None would be the default's self-tuning weight, not the paper's fixed one.
             raise TypeError("LocallyRegularized.paper needs the paper's fixed weight (a float or a schedule)")

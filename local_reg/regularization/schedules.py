@@ -39,17 +39,20 @@ any target, so no real measurement is lost."""
 
 
 MAX_JOINED_CALLS = 64
-"""How many training calls one open :class:`RatioWeight` measurement holds at most (one penalty
-gradient each) before it is dropped: a recurrent block called at every observation of a series
-joins one per call."""
+"""How many training calls of one open :class:`RatioWeight` measurement keep their penalty's
+gradient apart (a recurrent block called at every observation of a series joins one per call);
+later calls add theirs to the last one's, so that memory stays bounded however many calls a pass
+holds, and are read together with it."""
 
 
 class _Penalty(TypedDict):
-    """One training call's penalty in an open measurement: its gradient on each measured parameter
-    (``None`` where it has none) and the factor the backward pass put on it (``None`` until read)."""
+    """Training calls' penalties in an open measurement (one call's, or from the
+    ``MAX_JOINED_CALLS``-th on, the sum of every later call's too): their gradient on each measured
+    parameter (``None`` where they have none) and, per call, the factor the backward pass put on
+    it (``None`` until read)."""
 
     parts: list[Tensor | None]
-    scale: float | None
+    scales: list[float | None]
 
 
 class _Measurement(TypedDict):
@@ -622,7 +625,7 @@ class RatioWeight(_SelfTuningWeight):
         # After passes that measured nothing (below), the next calls measure again, `every` at most.
         due = self.due or 0 < self._state["overdue"] <= self.every
         self._state["watched"] += 1
-        self._warn_if_unmeasured(self._state["watched"])
+        self._warn_if_unmeasured(self._state["watched"], "training calls")
         # Those still trained: a parameter frozen since construction (requires_grad_(False)) has no
         # gradient to compare.
         parameters = [p for p in self.parameters if p.requires_grad]
@@ -631,9 +634,7 @@ class RatioWeight(_SelfTuningWeight):
             measurement is not None
             and reg_loss.requires_grad
             # A due call joins too: with more calls per pass than `every`, restarting at one
-            # would never measure. A bounded number (a loop that never backpropagates would
-            # otherwise keep a gradient per call), over the same parameters.
-            and len(measurement["penalties"]) < max(self.every, MAX_JOINED_CALLS)
+            # would never measure. Over the same parameters.
             and len(parameters) == len(measurement["parameters"])
             and all(p is q for p, q in zip(parameters, measurement["parameters"], strict=True))
         )
@@ -655,7 +656,9 @@ class RatioWeight(_SelfTuningWeight):
                 # A pass that carried the penalty of a call this measurement does not hold (made
                 # before it opened) counts that call's gradient as the task's.
                 task, penalties = self._penalties_in_pass
-                read = sum(penalty["scale"] is not None for penalty in opened["penalties"])
+                read = sum(
+                    scale is not None for penalty in opened["penalties"] for scale in penalty["scales"]
+                )
                 mixed = task == torch._C._current_graph_task_id() and penalties > read
                 opened["ended"] = not mixed
                 # The measuring call was not the first of its pass (a model called several times
@@ -669,7 +672,7 @@ class RatioWeight(_SelfTuningWeight):
                 # A pass that reached no watched accumulator (torch.autograd.grad through reg_loss,
                 # a user's logging) leaves no factor behind for a later pass without reg_loss.
                 for penalty in opened["penalties"]:
-                    penalty["scale"] = None
+                    penalty["scales"] = [None] * len(penalty["scales"])
 
         def report(incoming: tuple[Tensor | None, ...], index: int) -> None:
             (gradient,) = incoming
@@ -677,7 +680,7 @@ class RatioWeight(_SelfTuningWeight):
                 return
             _record_pass(opened["passes"])
             opened["reached"] += 1
-            carried = [penalty for penalty in opened["penalties"] if penalty["scale"] is not None]
+            carried = any(scale is not None for penalty in opened["penalties"] for scale in penalty["scales"])
             if not carried and any(penalty["parts"][index] is not None for penalty in opened["penalties"]):
                 # reg_loss reaches this parameter, so a backward pass that carries it has read its
                 # factor by now: this one carries no penalty of the measurement, and measures nothing.
@@ -745,13 +748,23 @@ class RatioWeight(_SelfTuningWeight):
                 "load_state_dict(..., assign=True) or to_empty() they are new objects; the default "
                 "weight follows them)"
             )
-        penalty: _Penalty = {"parts": list(parts), "scale": None}
-        measurement["penalties"].append(penalty)
+        penalties = measurement["penalties"]
+        if len(penalties) < MAX_JOINED_CALLS:
+            penalty: _Penalty = {"parts": list(parts), "scales": [None]}
+            penalties.append(penalty)
+        else:
+            penalty = penalties[-1]
+            penalty["parts"] = [
+                mine if theirs is None else theirs if mine is None else mine + theirs
+                for mine, theirs in zip(penalty["parts"], parts, strict=True)
+            ]
+            penalty["scales"].append(None)
+        call = len(penalty["scales"]) - 1
 
         def read_scale(gradient: Tensor) -> None:
             # The backward pass's factor on reg_loss: a loss divided over micro-batches or scaled
             # by AMP's GradScaler scales the task's gradient and the penalty's alike.
-            penalty["scale"] = float(gradient.sum())
+            penalty["scales"][call] = float(gradient.sum())
             _record_pass(measurement["passes"])
             # Finish when this pass ends, with the parameters it reached: one that gets no gradient
             # (a layer the forward pass skipped) never reports, and waiting for it would leave the
@@ -788,34 +801,52 @@ class RatioWeight(_SelfTuningWeight):
 
     def _report(self, measurement: _Measurement) -> None:
         """Observe what the ended ``measurement`` measured."""
-        carried = [penalty for penalty in measurement["penalties"] if penalty["scale"] is not None]
-        scales = {cast(float, penalty["scale"]) for penalty in carried}
         # A pass that raised after some parameters reported never ended: it measured part of them.
-        # Penalties carried with different factors have no one scale to read the task's gradient at.
-        if measurement["ended"] and len(scales) == 1 and not measurement["without_penalty"]:
-            (scale,) = scales
-            penalty_parts: list[Tensor | None] = []
-            for index in range(len(measurement["parameters"])):
-                found = [part for penalty in carried if (part := penalty["parts"][index]) is not None]
-                penalty_parts.append(torch.stack(found).sum(0) if found else None)
-            penalty_norm = _norm(penalty_parts)
-            eps = max(
-                (torch.finfo(part.dtype).eps for part in penalty_parts if part is not None), default=0.0
-            )
-            task_norm = _norm(
-                gradient if part is None else gradient - scale * part
-                for gradient, part in zip(measurement["gradients"], penalty_parts, strict=True)
-                if gradient is not None
-            )
-            # The task's part is the pass's gradient less scale times the penalty's; of a zero task
-            # gradient the subtraction leaves its rounding, which must read as zero (a skipped
-            # measurement), not as a tiny task gradient that would send the weight to w_min.
-            if task_norm <= ROUNDING_ULPS * eps * abs(scale) * penalty_norm:
-                task_norm = 0.0
-            # The task's gradient in that pass was scale times the task loss's.
-            task_norm /= abs(scale) if scale != 0.0 else 1.0
-            self.observe_gradients(penalty_norm, task_norm)
-            self._fold()
+        if not measurement["ended"] or measurement["without_penalty"]:
+            return
+        carried: list[tuple[_Penalty, float, int]] = []
+        for penalty in measurement["penalties"]:
+            read = {scale for scale in penalty["scales"] if scale is not None}
+            if not read:
+                continue
+            # Calls summed together (past MAX_JOINED_CALLS) that the pass read in part, or with
+            # different factors, cannot be told apart.
+            if len(read) > 1 or None in penalty["scales"]:
+                return
+            carried.append((penalty, read.pop(), len(penalty["scales"])))
+        if not carried:
+            return
+        # The calls' factors (two batches weighed by their sizes, windows by their lengths) are
+        # read relative to their mean: the ratio of the penalties' gradient, as the pass weighs
+        # them, to the rest does not depend on that choice, and equal factors give the
+        # penalties' plain sum. A pass that put 0 on every penalty compares it unweighted.
+        reference = sum(abs(scale) * calls for _, scale, calls in carried) / sum(
+            calls for _, _, calls in carried
+        )
+        penalty_parts: list[Tensor | None] = []
+        for index in range(len(measurement["parameters"])):
+            found = [
+                part * (scale / reference if reference else 1.0)
+                for penalty, scale, _ in carried
+                if (part := penalty["parts"][index]) is not None
+            ]
+            penalty_parts.append(torch.stack(found).sum(0) if found else None)
+        penalty_norm = _norm(penalty_parts)
+        eps = max((torch.finfo(part.dtype).eps for part in penalty_parts if part is not None), default=0.0)
+        task_norm = _norm(
+            gradient if part is None else gradient - reference * part
+            for gradient, part in zip(measurement["gradients"], penalty_parts, strict=True)
+            if gradient is not None
+        )
+        # The task's part is the pass's gradient less the penalties' as the pass weighed them; of
+        # a zero task gradient the subtraction leaves its rounding, which must read as zero (a
+        # skipped measurement), not as a tiny task gradient that would send the weight to w_min.
+        if task_norm <= ROUNDING_ULPS * eps * reference * penalty_norm:
+            task_norm = 0.0
+        # The task's gradient in that pass was the reference factor times the task loss's.
+        task_norm /= reference if reference else 1.0
+        self.observe_gradients(penalty_norm, task_norm)
+        self._fold()
 
     def backward(self, task_loss: Tensor, reg_loss: Tensor, parameters: Iterable[Tensor]) -> float:
         """``(task_loss + reg_loss).backward()``, measuring both gradients over ``parameters`` when
@@ -839,7 +870,7 @@ class RatioWeight(_SelfTuningWeight):
         """Fold in the last measurement (if any), set the weight, advance one iteration."""
         self._fold()
         if self.parameters is None:
-            self._warn_if_unmeasured(self.iteration + 1)
+            self._warn_if_unmeasured(self.iteration + 1, "iterations")
         return super().step()
 
     def _fold(self) -> None:
@@ -873,11 +904,11 @@ class RatioWeight(_SelfTuningWeight):
     def _clip(self, weight: float) -> float:
         return max(self.w_min, min(self.w_max, weight))
 
-    def _warn_if_unmeasured(self, iterations: int) -> None:
-        if self._state["measured"] == 0 and self._state["pending"] is None and iterations == 10 * self.every:
+    def _warn_if_unmeasured(self, count: int, unit: str) -> None:
+        if self._state["measured"] == 0 and self._state["pending"] is None and count == 10 * self.every:
             how = (
-                "backpropagate model.reg_loss with the task loss by .backward(), once per training "
-                "call of the model (a pass that carries the penalty of a call made before the "
+                "backpropagate each training call's model.reg_loss with the task loss by one "
+                ".backward() (a pass that carries the penalty of a call made before the "
                 "measuring one measures nothing, nor does a gradient taken by torch.autograd.grad); "
                 "a task loss whose gradient is zero (every margin met) leaves nothing to measure"
                 if self.parameters and any(p.requires_grad for p in self.parameters)
@@ -886,7 +917,7 @@ class RatioWeight(_SelfTuningWeight):
                 else "give it parameters=... or call weight.backward(...)"
             )
             warn(
-                f"RatioWeight has measured no gradients in {iterations} iterations, so its weight stays at "
+                f"RatioWeight has measured no gradients in {count} {unit}, so its weight stays at "
                 f"initial={self.initial}: {how}"
             )
 
