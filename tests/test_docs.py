@@ -306,3 +306,16 @@ def test_the_api_reference_is_what_the_docstrings_say() -> None:
     for module in (local_reg, local_reg.regularization, local_reg.sde, local_reg.gradients, local_reg.compat):
         for name in module.__all__:
             assert f"### `{name}`" in page, name
+
+
+def test_the_citation_file_cites_this_version_and_the_papers_it_implements() -> None:
+    """CITATION.cff's version is the package's (it is read by hand at each release otherwise), and
+    its references are the three papers the README names."""
+    citation = (ROOT / "CITATION.cff").read_text(encoding="utf-8")
+    assert re.search(r'^version: "([^"]+)"$', citation, re.M).group(1) == local_reg.__version__
+    titles = re.findall(r'^  - type: conference-paper\n    title: "([^"]+)"$', citation, re.M)
+    assert [title.split(":")[0] for title in titles] == [
+        "Locally Regularized Neural Differential Equations",
+        "Opening the Blackbox",
+        "Symplectic Adjoint Method for Exact Gradient of Neural ODE with Minimal Memory",
+    ]
