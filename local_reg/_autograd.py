@@ -18,19 +18,28 @@ def plain_under_inference_mode(function: Callable[_Params, _Result]) -> Callable
     """``function`` (a solve's entry point) run under ``no_grad`` where ``torch.inference_mode`` is
     on with grad mode nested inside it (``torch.enable_grad()``): nothing is recorded there either,
     but the library's own autograd Functions would try to save inference tensors for a backward pass
-    (torch's "Inference tensors cannot be saved for backward"). Eager calls only (docs/gradients.md:
-    a compiled solve is not to be called under inference mode)."""
+    (torch's "Inference tensors cannot be saved for backward").
 
-    @functools.wraps(function)
-    def plain(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
-        # Not while torch.compile traces: it does not guard on inference mode, so a branch taken
-        # here would be replayed for calls outside it (a training call solved without a graph).
-        if torch.compiler.is_compiling():
-            return function(*args, **kwargs)
+    Where a user's ``torch.compile`` traces the caller, ``function`` runs eagerly, outside the
+    trace (docs/solver.md): the solve's loop is Python control flow on the state's values, which
+    dynamo would cut into a graph per step (slower than eager), and its numpy tables fail dynamo's
+    own guards under inference mode. The vector field runs as the user compiled it (or not)."""
+    eager: list[Callable[_Params, _Result]] = []  # made on first use: it loads torch's compiler
+
+    def run(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
         if torch.is_inference_mode_enabled() and torch.is_grad_enabled():
             with torch.no_grad():
                 return function(*args, **kwargs)
         return function(*args, **kwargs)
+
+    @functools.wraps(function)
+    def plain(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        # torch.export traces on: the entry point's own check refuses it, naming why.
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            if not eager:
+                eager.append(torch.compiler.disable(run, recursive=True))
+            return eager[0](*args, **kwargs)
+        return run(*args, **kwargs)
 
     return plain
 

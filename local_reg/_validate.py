@@ -519,7 +519,23 @@ def check_function_transforms(
 
     Forward-mode AD (``torch.autograd.forward_ad``) of a dual ``y0`` runs through ``"direct"`` only,
     as ``jacfwd`` does: the other methods' ``torch.autograd.Function`` s have no ``jvp``. A dual
-    ``t`` runs through none (the solve reads the times as floats; its tangent would be dropped)."""
+    ``t`` runs through none (the solve reads the times as floats; its tangent would be dropped).
+
+    ``torch.jit.trace`` and ``torch.export`` are refused (``RuntimeError``): the solve's checks and
+    step-size control read the state's values, which a trace keeps as one input's constants (other
+    inputs then get that input's steps and output times: wrong values, NaN) and export cannot
+    guard on."""
+    if torch.jit.is_tracing():
+        raise RuntimeError(
+            f"{entry} cannot be traced by torch.jit.trace: its steps depend on the state's values, and "
+            "the trace would keep one input's step sizes and output times as constants (other inputs "
+            "get wrong values): run it eagerly, or compile the vector field (torch.compile)"
+        )
+    if torch.compiler.is_exporting():
+        raise RuntimeError(
+            f"{entry} cannot be exported by torch.export: its checks and step-size control read the "
+            "state's values: export the vector field alone and solve with it eagerly"
+        )
     stack = torch._C._functorch.get_interpreter_stack()
     if not stack:  # torch.autograd's forward mode (jacfwd's tangents are judged below, as its own)
         if carries_tangent(t):
@@ -691,6 +707,15 @@ def check_field_callable(func: object, name: str = "func") -> None:
         )
     if not callable(func):
         raise TypeError(f"{name} must be callable as {name}(t, y), got {type(func).__name__}")
+    from .regularization._module import Regularized  # the library's own models: a cycle at import
+
+    if isinstance(func, Regularized):
+        # Its forward(y0, t) is callable as func(t, y): solved, it would take the solve's times for
+        # its state and the state for its times, and return another problem's solution.
+        raise TypeError(
+            f"{name} is a regularized model ({type(func).__name__}), which solves (y0, t) rather than "
+            f"being a vector field {name}(t, y): pass its field, {name}.func"
+        )
 
 
 class CheckedField:

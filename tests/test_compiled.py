@@ -349,3 +349,38 @@ def test_an_event_solve_compiled_whole_gives_the_eager_event_time_and_gradient()
     assert float(results[0][0]) == pytest.approx(2 * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
     torch.testing.assert_close(results[1][0], results[0][0])
     torch.testing.assert_close(results[1][1], results[0][1])
+
+
+@pytest.mark.parametrize("entry", ["model", "odeint", "compat"])
+def test_a_compiled_model_serves_under_inference_mode(entry):
+    """``torch.compile`` of a model whose forward solves, called under ``torch.inference_mode`` (the
+    usual serving recipe): dynamo traced the solve's numpy tables and failed its own guards ("This
+    is a bug"), also through the torchdiffeq drop-in, where torchdiffeq runs. The solve now runs
+    eagerly under a user's compile, with the same values as uncompiled."""
+    import local_reg.compat as compat
+    from tests.problems import NetField
+
+    torch.manual_seed(0)
+    field = NetField(torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)))
+    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 3)
+    if entry == "model":
+        module = LocallyRegularized(field).eval()
+    else:
+        solve = odeint if entry == "odeint" else compat.odeint
+
+        class Model(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.field = field
+
+            def forward(self, y0, t):
+                result = solve(self.field, y0, t, method="dopri5")
+                return result.ys if entry == "odeint" else result
+
+        module = Model()
+    with torch.no_grad():
+        expected = module(y0, t)
+    compiled = torch.compile(module, backend="eager")
+    with torch.inference_mode():
+        served = compiled(y0, t)
+    torch.testing.assert_close(served, expected, rtol=0, atol=0)

@@ -377,3 +377,36 @@ def test_one_step_runs_under_vmap():
 
     for function in (one_step, one_sde_step):
         torch.testing.assert_close(vmap(function)(states), torch.stack([function(y) for y in states]))
+
+
+@pytest.mark.parametrize("entry", ["odeint", "sdeint", "odeint_event", "odeint_adjoint"])
+def test_jit_trace_of_a_solve_is_refused_naming_the_reason(entry):
+    """A trace kept one input's accepted steps and output times as constants: other inputs got that
+    input's steps (wrong values, NaN at a larger y0) and new times were ignored, without a word
+    from the library (only torch's generic tracer warnings)."""
+
+    def solve(y0):
+        if entry == "odeint":
+            return end_state(y0)
+        if entry == "odeint_adjoint":
+            return odeint_adjoint(decay, y0, torch.tensor([0.0, 1.0], dtype=DTYPE), adjoint_params=())[-1]
+        if entry == "sdeint":
+            return sdeint(DecaySDE(), y0.unsqueeze(0), [0.0, 1.0]).ys[-1]
+        return odeint_event(decay, y0, 0.0, event_fn=lambda t, y: y[0] - 0.5)[1].ys[-1]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own TracerWarnings
+        named = "odeint" if entry == "odeint_adjoint" else entry  # compat's messages name odeint
+        with pytest.raises(RuntimeError, match=rf"{named} cannot be traced by torch\.jit\.trace"):
+            torch.jit.trace(solve, (torch.tensor([1.0, -2.0], dtype=DTYPE),))
+
+
+def test_torch_export_of_a_solve_is_refused_naming_the_reason():
+    """Export failed deep inside the solve's checks with torch's data-dependent guard error."""
+
+    class FixedSteps(torch.nn.Module):
+        def forward(self, y0):
+            return odeint(decay, y0, torch.linspace(0.0, 1.0, 5), method="rk4", step_size=0.25).ys
+
+    with pytest.raises(RuntimeError, match=r"odeint cannot be exported by torch\.export"):
+        torch.export.export(FixedSteps(), (torch.tensor([1.0, -2.0]),))

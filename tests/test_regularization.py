@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 import torchdiffeq
-from problems import CountingField
+from problems import CountingField, NetField
 
 import local_reg
 from local_reg import (
@@ -1511,7 +1511,45 @@ def test_a_regularized_model_as_the_field_is_refused_naming_its_field(outer, inn
     """A regularized model's forward(y0, t) passed the check of a field func(t, y): in eval mode
     the nested model solved another problem without a word (it took the outer times for its state),
     in training mode it failed on its "times"."""
-    field = CountingField(2)
+    field = CountingField(lambda t, y: -y)
     with pytest.raises(TypeError, match=r"func is a regularized model .*pass its field, func\.func"):
         outer(inner(field))
     outer(inner(field).func)  # the remedy builds
+
+
+@pytest.mark.parametrize("solve", ["odeint", "compat.odeint", "compat.odeint_adjoint", "odeint_event"])
+def test_a_regularized_model_given_to_a_solver_is_refused(solve):
+    """The solvers called the model as func(t, y), i.e. forward(y0=t, t=y): with an elementwise
+    field the shapes fit, and they returned another problem's solution (0.71 off here), silently."""
+    import local_reg.compat as compat
+
+    model = LocallyRegularized(CountingField(lambda t, y: -y))
+    y0, t = torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.5, 1.0])
+    with pytest.raises(TypeError, match=r"func is a regularized model \(LocallyRegularized\).*func\.func"):
+        if solve == "odeint":
+            odeint(model, y0, t)
+        elif solve == "odeint_event":
+            local_reg.odeint_event(model, y0, t[0], event_fn=lambda t, y: y[0] - 0.5)
+        else:
+            getattr(compat, solve.split(".")[1])(model, y0, t)
+
+
+def test_a_trained_models_state_loads_into_the_plain_model_without_a_warning():
+    """Serving a trained model as the same model without a penalty: its weight's state was loaded
+    into the plain model's unread constant weight, with a warning that the state may come from
+    another schedule, and its generator's state was warned about too; the values were right."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    trained = LocallyRegularized(NetField(net), generator=torch.Generator().manual_seed(1))
+    y0, t = torch.randn(3, 2), torch.linspace(0.0, 1.0, 3)
+    for _ in range(2):
+        ys = trained(y0, t)
+        (ys.square().mean() + trained.reg_loss).backward()
+    plain = Regularized(
+        NetField(torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)))
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain.load_state_dict(trained.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(y0, t), trained.eval()(y0, t), rtol=0, atol=0)

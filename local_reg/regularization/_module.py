@@ -615,13 +615,6 @@ class Regularized(nn.Module):
             sde = is_sde(func)
             options_taken = solver_option_names(sde, backend, method)
             raise misplaced_keywords(type(self).__name__, misplaced, options_taken, own, backend, sde)
-        if isinstance(func, Regularized):
-            # Its forward(y0, t) passes the check of a field callable as func(t, y): solved, it
-            # would take the outer solve's times for its state and its state for its times.
-            raise TypeError(
-                f"func is a regularized model ({type(func).__name__}), which solves (y0, t) rather than "
-                "being a vector field func(t, y): pass its field, func.func"
-            )
         super().__init__()
         # Everything is checked now, so a typo fails at construction, not at the first batch.
         config = SolveConfig(
@@ -859,8 +852,12 @@ class Regularized(nn.Module):
                     "state dict's '_extra_state' entry of this module and load with strict=False to "
                     "start its draws afresh"
                 ) from error
+        # A model without a penalty reads no weight, and an ODE's draws nothing: a trained
+        # regularized model's state loads into the plain one (to serve it) without a word about them.
+        plain = self.penalty is None
         try:
-            self.weight.load_state_dict(state["weight"])
+            if not plain:
+                self.weight.load_state_dict(state["weight"])
         except (KeyError, ValueError) as error:
             if restore is not None:
                 cast(torch.Generator, self.generator).set_state(restore)
@@ -869,7 +866,9 @@ class Regularized(nn.Module):
                 f"{error} (a state saved with another weight? to keep this model's weight, remove the "
                 "state dict's '_extra_state' entry of this module and load with strict=False)"
             ) from None
-        if (self.generator is None) != (saved is None):
+        if (self.generator is None) != (saved is None) and not (
+            plain and isinstance(self.problem, ODEProblem)
+        ):
             # The draws of t_reg (and STEER's times, RNODE's noise, an SDE's seeds) would not
             # continue the saved run's: say so rather than drop the state or keep a fresh one.
             warn(

@@ -42,7 +42,9 @@ MAX_JOINED_CALLS = 64
 """How many training calls of one open :class:`RatioWeight` measurement keep their penalty's
 gradient apart (a recurrent block called at every observation of a series joins one per call);
 later calls add theirs to the last one's, so that memory stays bounded however many calls a pass
-holds, and are read together with it."""
+holds, and are read together with it: a pass that weighs those later calls differently, or
+carries only some of them, measures nothing (and the warning of a weight that never measured says
+so)."""
 
 
 class _Penalty(TypedDict):
@@ -489,6 +491,7 @@ class RatioWeight(_SelfTuningWeight):
     """
 
     _warned_unreached = False  # once per object: its parameters are not in reg_loss's graph
+    _late_calls_apart = False  # a pass weighed the calls past MAX_JOINED_CALLS apart (for the warning)
 
     def __init__(
         self,
@@ -812,6 +815,7 @@ class RatioWeight(_SelfTuningWeight):
             # Calls summed together (past MAX_JOINED_CALLS) that the pass read in part, or with
             # different factors, cannot be told apart.
             if len(read) > 1 or None in penalty["scales"]:
+                self._late_calls_apart = True
                 return
             carried.append((penalty, read.pop(), len(penalty["scales"])))
         if not carried:
@@ -907,7 +911,12 @@ class RatioWeight(_SelfTuningWeight):
     def _warn_if_unmeasured(self, count: int, unit: str) -> None:
         if self._state["measured"] == 0 and self._state["pending"] is None and count == 10 * self.every:
             how = (
-                "backpropagate each training call's model.reg_loss with the task loss by one "
+                f"past {MAX_JOINED_CALLS} training calls in one backward pass, every call's "
+                "model.reg_loss must be backpropagated with one and the same factor (the later calls' "
+                "penalty gradients are summed): add each call's reg_loss unweighted (outside a "
+                "per-call discount or length weight), or give the model a constant weight"
+                if self._late_calls_apart
+                else "backpropagate each training call's model.reg_loss with the task loss by one "
                 ".backward() (a pass that carries the penalty of a call made before the "
                 "measuring one measures nothing, nor does a gradient taken by torch.autograd.grad); "
                 "a task loss whose gradient is zero (every margin met) leaves nothing to measure"

@@ -239,9 +239,12 @@ def sdeint(
     autocast = active_autocast()  # the drift and diffusion run under it, the solver's arithmetic not
 
     def drift_and_diffusion() -> tuple[Tensor, Tensor]:
+        # One time tensor for both, as every step passes them (an SDE may reuse what f computed
+        # for the g of the same (t, y): compat's logqp does).
+        time = time_tensor(start, y0)
         return (
-            call_leaving_input(DRIFT, autocast, sde.f, time_tensor(start, y0), y0),
-            call_leaving_input(DIFFUSION, autocast, sde.g, time_tensor(start, y0), y0),
+            call_leaving_input(DRIFT, autocast, sde.f, time, y0),
+            call_leaving_input(DIFFUSION, autocast, sde.g, time, y0),
         )
 
     # The checkpoint gradient's forward solve keeps no graph, from its first evaluations on.
