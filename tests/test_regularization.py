@@ -1553,3 +1553,112 @@ def test_a_trained_models_state_loads_into_the_plain_model_without_a_warning():
         plain.load_state_dict(trained.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(plain.eval()(y0, t), trained.eval()(y0, t), rtol=0, atol=0)
+
+
+def test_the_torchdiffeq_backend_stops_at_local_regs_step_limit(monkeypatch):
+    """torchdiffeq's own limit is 2**31 - 1 attempts per output interval: a stiff field ran for
+    hours on backend='torchdiffeq' where the local_reg backend stops at max_steps. The default
+    limit is local_reg's (lowered here to keep the test short); torchdiffeq's own replaces it."""
+    import local_reg.regularization._ode_backends as ode_backends
+
+    monkeypatch.setattr(ode_backends, "DEFAULT_MAX_STEPS", 300)
+    stiff = lambda t, y: -1e5 * (y - torch.cos(t))  # noqa: E731
+    y0, t = torch.zeros(2, 1, dtype=torch.float64), torch.tensor([0.0, 3.0], dtype=torch.float64)
+    with pytest.raises(local_reg.SolverError, match="300 steps attempted without reaching the end") as info:
+        Regularized(stiff, backend="torchdiffeq", method="dopri5")(y0, t)
+    assert info.value.n_steps == 300 and 0.0 < info.value.t < 3.0
+    with pytest.raises(local_reg.SolverError, match=r"max_num_steps exceeded \(400>=400\)"):
+        Regularized(stiff, backend="torchdiffeq", method="dopri5", options={"max_num_steps": 400})(y0, t)
+
+
+@pytest.mark.parametrize("backend", ["torchdiffeq", "torchsde"])
+def test_a_peer_backends_non_finite_solution_is_a_solver_error(backend):
+    """torchdiffeq's fixed grids and torchsde's fixed steps went on through a NaN and returned it
+    (the local_reg backend stops at the step): now a SolverError at the first output time holding
+    it, in training (whose reg_loss looked normal) and in eval mode."""
+
+    def drift(t, y):
+        return torch.tanh(y) * (float("nan") if t > 0.5 else 1.0)
+
+    class SDE(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return drift(t, y)
+
+        def g(self, t, y):
+            return 0.1 * torch.sigmoid(y)
+
+    if backend == "torchdiffeq":
+        field, options = drift, {"step_size": 0.05}
+        method = "rk4"
+    else:
+        field, options, method = SDE(), {"adaptive": False, "dt": 0.05}, None
+    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 3)
+    for model in (Regularized(field, backend=backend, method=method, options=options),):
+        for training in (True, False):
+            model.train(training)
+            with pytest.raises(
+                local_reg.SolverError, match=f"{backend}: non-finite state at an output time"
+            ) as info:
+                model(y0, t)
+            assert info.value.t == 1.0 and info.value.n_steps is None
+
+
+def test_the_torchdiffeq_backend_refuses_scipy_solver():
+    """Its solutions carry no graph: a model trained on them trained on its penalty alone, silently."""
+    with pytest.raises(ValueError, match="method='scipy_solver' returns solutions without gradients"):
+        LocallyRegularized(lambda t, y: -y, backend="torchdiffeq", method="scipy_solver")
+
+
+@pytest.mark.parametrize("backend", ["torchdiffeq", "torchsde"])
+def test_a_peer_adjoint_warns_of_dropout_as_local_regs_methods_do(backend):
+    """torchdiffeq's and torchsde's adjoints evaluate the field again in their backward pass, as
+    local_reg's graph-free methods do, whose warning named the dropout; the peers' gave none."""
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.dropout = torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)
+
+        def forward(self, t, y):
+            return self.dropout(torch.tanh(self.linear(y)))
+
+    class SDE(Field):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return self(t, y)
+
+        def g(self, t, y):
+            return 0.1 * torch.sigmoid(y)
+
+    # Fixed steps: adaptive ones never settle on a field whose dropout draws anew at every call.
+    if backend == "torchdiffeq":
+        model = Regularized(
+            Field(), backend=backend, gradient="adjoint", method="rk4", options={"step_size": 0.1}
+        )
+    else:
+        model = Regularized(
+            SDE(), backend=backend, gradient="adjoint", options={"adaptive": False, "dt": 0.1}
+        )
+    with pytest.warns(UserWarning, match="dropout"):
+        model(torch.randn(4, 2), torch.linspace(0.0, 1.0, 3))
+
+
+def test_a_peer_backend_of_the_other_kind_of_equation_is_named_as_such():
+    """An SDE given backend='torchdiffeq' was told of an "unknown backend 'torchdiffeq'"."""
+
+    class SDE(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return 0.1 * torch.ones_like(y)
+
+    with pytest.raises(ValueError, match="backend='torchdiffeq' solves ODEs: an SDE takes"):
+        Regularized(SDE(), backend="torchdiffeq")
+    with pytest.raises(ValueError, match=r"backend='torchsde' solves SDEs .*: an ODE takes"):
+        Regularized(lambda t, y: -y, backend="torchsde")

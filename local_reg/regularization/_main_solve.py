@@ -41,6 +41,23 @@ def peer_solver_error(
     return SolverError(reason, t=math.nan if last_t is None else float(last_t.detach()), n_steps=n_steps)
 
 
+def check_peer_outputs(ys: Tensor, times: list[float], backend: str, evaluations: str) -> None:
+    """A :class:`SolverError` at the first output time whose state is not finite: a peer backend's
+    fixed steps (torchdiffeq's grids, torchsde's ``adaptive=False``) return a NaN solution without a
+    word, where local_reg's own loop stops at the step (``n_steps``: ``None``, the peer's count
+    unknown)."""
+    finite = torch.isfinite(ys).reshape(len(ys), -1).all(dim=1)
+    if bool(finite.all()):
+        return
+    first = int((~finite).nonzero()[0])
+    raise SolverError(
+        f"{backend}: non-finite state at an output time (after {evaluations}; the peer solver went on "
+        "with it)",
+        t=times[first],
+        n_steps=None,
+    )
+
+
 _RAISED_BY_USER = "_local_reg_raised_by_user"
 
 

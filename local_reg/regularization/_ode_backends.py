@@ -15,10 +15,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._errors import SolverError
+from .._integrate import DEFAULT_MAX_STEPS
 from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
+from ..gradients._params import warn_if_reevaluation_differs
 from ..solution import Stats
-from ._main_solve import BackwardCounter, MainSolve, Request, call_user, peer_solver_error, raised_by_user
+from ._main_solve import (
+    BackwardCounter,
+    MainSolve,
+    Request,
+    call_user,
+    check_peer_outputs,
+    peer_solver_error,
+    raised_by_user,
+)
 from ._options import ode_method
 
 BACKENDS = ("local_reg", "torchdiffeq")
@@ -26,6 +37,11 @@ BACKENDS = ("local_reg", "torchdiffeq")
 
 def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
     """The gradient method (checked) of the main solve on ``backend``."""
+    if backend == "torchsde":
+        raise ValueError(
+            "backend='torchsde' solves SDEs (a module with f, g and noise_type): an ODE takes "
+            "backend='local_reg' or 'torchdiffeq'"
+        )
     check_choice("backend", backend, BACKENDS)
     gradient_method = as_gradient_method(gradient)
     if backend == "torchdiffeq" and not isinstance(gradient_method, (Direct, BacksolveAdjoint)):
@@ -106,10 +122,17 @@ class _TorchdiffeqField(nn.Module):
     ``odeint_adjoint``'s default ``adjoint_params`` are its parameters."""
 
     def __init__(
-        self, func: Callable[[Tensor, Tensor], Tensor], record: bool, method: str, direction: float = 1.0
+        self,
+        func: Callable[[Tensor, Tensor], Tensor],
+        record: bool,
+        method: str,
+        direction: float = 1.0,
+        step_limit: int | None = None,
     ) -> None:
         super().__init__()
         self.func = func
+        self.step_limit = step_limit
+        """Attempted steps at most over the whole solve (``None``: torchdiffeq's own limit)."""
         self.direction = direction
         """The solve's time direction: torchdiffeq reports a step towards decreasing time with dt > 0."""
         self.calls = 0
@@ -142,6 +165,17 @@ class _TorchdiffeqField(nn.Module):
         return check_output("func", cast_back_from_autocast(derivative, y), y)
 
     def _attempt(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        if self.step_limit is not None and self.attempted >= self.step_limit:
+            # torchdiffeq's own limit is 2**31 - 1 per output interval: a stiff field would run for
+            # hours where the local_reg backend stops.
+            raise SolverError(
+                f"torchdiffeq: {self.step_limit} steps attempted without reaching the end (local_reg's "
+                "default step limit, as on its own backend; the problem may be stiff: an implicit "
+                "solver, a looser tolerance, or torchdiffeq's own per-interval limit "
+                "options={'max_num_steps': N})",
+                t=float(t0.detach()),
+                n_steps=self.attempted,
+            )
         self.attempted += 1
         user_callback = getattr(self.func, "callback_step", None)
         if user_callback is not None:
@@ -195,7 +229,10 @@ def solve_main(
 
     import torchdiffeq
 
-    field = _TorchdiffeqField(func, record=record_steps, method=method, direction=times[-1] - times[0])
+    step_limit = None if "max_num_steps" in options else DEFAULT_MAX_STEPS
+    field = _TorchdiffeqField(
+        func, record=record_steps, method=method, direction=times[-1] - times[0], step_limit=step_limit
+    )
     if request.interpolated and options.get("step_size") is None and _torchdiffeq_fixed_grid(method):
         # Its grid would be the output times: t_reg, a grid point, would add a step (and change the
         # outputs) that a solve without it does not take. Read it from the grid's interpolation.
@@ -206,6 +243,8 @@ def solve_main(
         )
     t_tensor = torch.tensor(times, dtype=t_dtype, device=y0.device)
     is_adjoint = isinstance(gradient, BacksolveAdjoint)
+    if is_adjoint:
+        warn_if_reevaluation_differs(func, gradient)  # torchdiffeq's adjoint evaluates func again too
     try:
         if is_adjoint:
             kwargs = _torchdiffeq_adjoint_options(gradient)
@@ -232,6 +271,7 @@ def solve_main(
         for name in ("callback_step", "callback_accept_step"):
             if getattr(field.__dict__.get(name), "__self__", None) is field:
                 del field.__dict__[name]
+    check_peer_outputs(ys, times, "torchdiffeq", f"{field.calls} evaluations of func")
     main = MainSolve(
         ys=ys,
         stats=field.stats(),

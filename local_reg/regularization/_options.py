@@ -237,6 +237,14 @@ def check_ode_settings(
             f"{method.name!r}: a tableau of your own needs backend='local_reg' (the default)"
         )
     name = check_choice("method", ode_method(backend, method), sorted(SOLVERS))
+    if name == "scipy_solver":
+        # It solves on a numpy copy: the outputs carry no graph, and a model trained on them would
+        # train on its penalty alone, without a word.
+        raise ValueError(
+            "method='scipy_solver' returns solutions without gradients, which a model trains on: use "
+            "one of torchdiffeq's torch solvers (e.g. 'dopri5'), or local_reg.compat.odeint / "
+            "torchdiffeq.odeint with it for a solve without gradients"
+        )
     options = check_option_keys(options, solver_option_names(False, backend, name), backend)
     # The values torchdiffeq would refuse (or misuse) only at the first call.
     given: dict[str, float] = {

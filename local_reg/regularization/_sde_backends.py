@@ -17,10 +17,19 @@ from torch import Tensor, nn
 
 from .._validate import check_choice, check_times_distinct, times_as_given
 from ..gradients import BacksolveAdjoint, Checkpoint, Direct, GradientMethod, as_gradient_method
+from ..gradients._params import warn_if_reevaluation_differs
 from ..sde import sdeint
 from ..sde._sdeint import sde_gradient
 from ..solution import Stats
-from ._main_solve import BackwardCounter, MainSolve, Request, call_user, peer_solver_error, raised_by_user
+from ._main_solve import (
+    BackwardCounter,
+    MainSolve,
+    Request,
+    call_user,
+    check_peer_outputs,
+    peer_solver_error,
+    raised_by_user,
+)
 
 BACKENDS = ("local_reg", "torchsde")
 GRADIENTS = {"local_reg": ("direct", "checkpoint"), "torchsde": ("direct", "adjoint")}
@@ -29,6 +38,8 @@ DEFAULT_METHOD = {"local_reg": "euler_maruyama", "torchsde": "euler"}
 
 def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
     """The gradient method (checked) of the main SDE solve on ``backend``."""
+    if backend == "torchdiffeq":
+        raise ValueError("backend='torchdiffeq' solves ODEs: an SDE takes backend='local_reg' or 'torchsde'")
     backend = check_choice("backend", backend, BACKENDS)
     method = as_gradient_method(gradient)
     allowed = (Direct, BacksolveAdjoint) if backend == "torchsde" else (Direct, Checkpoint)
@@ -122,6 +133,8 @@ def solve_main(
     options.setdefault("adaptive", True)
     options.setdefault("dt", (times[-1] - times[0]) / 20)
     is_adjoint = isinstance(gradient, BacksolveAdjoint)
+    if is_adjoint:
+        warn_if_reevaluation_differs(sde, gradient, "sde")  # torchsde's adjoint evaluates it again too
     solve = torchsde.sdeint_adjoint if is_adjoint else torchsde.sdeint
     counting.solving = True
     try:
@@ -133,6 +146,7 @@ def solve_main(
         raise peer_solver_error(error, "torchsde", evaluations, y0, counting.last_t, None) from error
     finally:
         counting.solving, counting.last_t = False, None  # the stats keep the wrapper, not its tensors
+    check_peer_outputs(ys, times, "torchsde", f"{counting.calls} evaluations of the drift and diffusion")
     stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
     counter = BackwardCounter(counting, counting.calls, is_adjoint)
     return MainSolve(ys=ys, stats=stats, backward_counter=counter)
