@@ -5,8 +5,30 @@ import os
 # torch._inductor.config is first imported, which reads it.
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+_HYPOTHESIS_HOME: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hypothesis keeps its cache of constants and its example database in ``./.hypothesis`` of
+    whatever folder the suite runs from (written at collection, even when no property runs): here
+    in a folder of the run's own, removed at its end."""
+    try:
+        from hypothesis.configuration import set_hypothesis_home_dir
+    except ImportError:
+        return
+    _HYPOTHESIS_HOME.append(tempfile.mkdtemp(prefix="local_reg_hypothesis_"))
+    set_hypothesis_home_dir(_HYPOTHESIS_HOME[-1])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _HYPOTHESIS_HOME:
+        shutil.rmtree(_HYPOTHESIS_HOME.pop(), ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -45,7 +46,15 @@ def load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # Each script puts examples/ first on sys.path to import its _common: neither is left for the
+    # tests after it (a top-level `import cnf` or `_common` would find the examples').
+    path, had_common = list(sys.path), "_common" in sys.modules
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
+        if not had_common:
+            sys.modules.pop("_common", None)
     return module
 
 

@@ -103,9 +103,23 @@ def torchrun(out: Path, *options: str, interrupt: bool = False) -> subprocess.Co
     # A process that aborts in native code (gloo's teardown) prints where it was.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     # stdin: not the test process's, which under pytest-xdist is the worker's command channel.
-    return subprocess.run(
-        command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180
+    process = subprocess.Popen(
+        command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    try:
+        stdout, stderr = process.communicate(timeout=180)
+    except BaseException:
+        # A hang (the timeout), pytest-timeout's alarm or Ctrl-C: torchrun forwards SIGTERM to its
+        # workers, which run in sessions of their own; killed outright it left them retrying its
+        # store for the better part of an hour.
+        process.terminate()
+        try:
+            process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def failure(result: subprocess.CompletedProcess) -> str:

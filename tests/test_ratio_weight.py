@@ -1041,3 +1041,29 @@ def test_passes_that_never_carry_the_penalty_retry_only_every_times(monkeypatch)
         model.reg_loss.backward()
     assert observed == []
     assert 30 // 3 <= len(opened) <= 30 // 3 + 3
+
+
+def test_a_task_far_smaller_than_the_initial_penalty_is_named_by_the_warning():
+    """The default weight's measurements read a task gradient below 4096 float32 epsilons of the
+    penalty's as zero (the rounding of a zero one): a loss scaled by 1e-7 never measured, and the
+    warning sent the user to look for a backward pass without reg_loss. It names this cause now."""
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    torch.manual_seed(0)
+    y0, target, t = torch.randn(32, 2), torch.randn(32, 2), torch.tensor([0.0, 1.0])
+    model = LocallyRegularized(Field(), generator=torch.Generator().manual_seed(1))
+    with pytest.warns(
+        UserWarning, match=r"the task's gradient read as zero beside the penalty's .*lower initial="
+    ):
+        for _ in range(100):
+            ys = model(y0, t)
+            (1e-7 * (ys[-1] - target).pow(2).mean() + model.reg_loss).backward()
+            model.zero_grad()
+    assert model.weight.state_dict()["measured"] == 0

@@ -35,7 +35,8 @@ at most this many machine epsilons (of the gradients' dtype) times the norm of t
 in that pass: what the subtraction leaves of a zero task gradient is the rounding of the two
 computations of the penalty's gradient (measured: 300 epsilons through one float64 probe step).
 In float32 that is a ratio of the weighted penalty's gradient to the task's above 2000, far from
-any target, so no real measurement is lost."""
+any target; a task gradient genuinely that small (a loss scaled 1e7-fold down) is lost with it,
+and the warning of a weight that never measured names that case."""
 
 
 MAX_JOINED_CALLS = 64
@@ -492,6 +493,7 @@ class RatioWeight(_SelfTuningWeight):
 
     _warned_unreached = False  # once per object: its parameters are not in reg_loss's graph
     _late_calls_apart = False  # a pass weighed the calls past MAX_JOINED_CALLS apart (for the warning)
+    _read_as_rounding = False  # a task gradient was read as the rounding of a zero one (for the warning)
 
     def __init__(
         self,
@@ -846,6 +848,9 @@ class RatioWeight(_SelfTuningWeight):
         # a zero task gradient the subtraction leaves its rounding, which must read as zero (a
         # skipped measurement), not as a tiny task gradient that would send the weight to w_min.
         if task_norm <= ROUNDING_ULPS * eps * reference * penalty_norm:
+            # Also a task gradient genuinely that small (a loss scaled far down): the warning of a
+            # weight that never measured names both.
+            self._read_as_rounding = self._read_as_rounding or task_norm > 0.0
             task_norm = 0.0
         # The task's gradient in that pass was the reference factor times the task loss's.
         task_norm /= reference if reference else 1.0
@@ -916,6 +921,12 @@ class RatioWeight(_SelfTuningWeight):
                 "penalty gradients are summed): add each call's reg_loss unweighted (outside a "
                 "per-call discount or length weight), or give the model a constant weight"
                 if self._late_calls_apart
+                else f"the task's gradient read as zero beside the penalty's (below {ROUNDING_ULPS} "
+                "machine epsilons of it, the rounding of a zero one): with a task loss scaled far "
+                "down (or a very short span) the initial weight's penalty pulls that much harder than "
+                "the task, so give RatioWeight a lower initial= or the model a constant weight; a task "
+                "whose gradient is zero (every margin met) leaves nothing to measure"
+                if self._read_as_rounding
                 else "backpropagate each training call's model.reg_loss with the task loss by one "
                 ".backward() (a pass that carries the penalty of a call made before the "
                 "measuring one measures nothing, nor does a gradient taken by torch.autograd.grad); "
