@@ -46,7 +46,7 @@ from torch import Tensor
 from ._errors import warn
 from ._integrate import NO_STEP_LIMIT
 from ._step import time_tensor, within_ulps
-from ._validate import check_bool, host_list, positive_float, validate_state, validate_times
+from ._validate import check_bool, host_list, positive_float, refuse_tracing, validate_state, validate_times
 from .controller import PIController, TimeSet
 from .sde._sdeint import sde_module
 from .sde._sdeint import sdeint as _sdeint
@@ -617,6 +617,7 @@ def sdeint(
             adaptive steps or Milstein).
         TypeError: an argument of the wrong type, naming it.
     """
+    refuse_tracing("sdeint")  # before the checks that export cannot guard on
     return _solve(
         sde,
         y0,

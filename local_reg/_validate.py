@@ -499,6 +499,24 @@ def _differentiated(value: object) -> bool:
     )
 
 
+def refuse_tracing(entry: str) -> None:
+    """A ``RuntimeError`` naming ``entry`` under ``torch.jit.trace`` or ``torch.export``: a solve's
+    checks and step-size control read the state's values, which a trace keeps as one input's
+    constants (other inputs then get that input's steps and output times: wrong values, NaN) and
+    export cannot guard on."""
+    if torch.jit.is_tracing():
+        raise RuntimeError(
+            f"{entry} cannot be traced by torch.jit.trace: its steps depend on the state's values, and "
+            "the trace would keep one input's step sizes and output times as constants (other inputs "
+            "get wrong values): run it eagerly, or compile the vector field (torch.compile)"
+        )
+    if torch.compiler.is_exporting():
+        raise RuntimeError(
+            f"{entry} cannot be exported by torch.export: its checks and step-size control read the "
+            "state's values: export the vector field alone and solve with it eagerly"
+        )
+
+
 def check_function_transforms(
     entry: str,
     gradient: str | None = None,
@@ -520,22 +538,8 @@ def check_function_transforms(
     Forward-mode AD (``torch.autograd.forward_ad``) of a dual ``y0`` runs through ``"direct"`` only,
     as ``jacfwd`` does: the other methods' ``torch.autograd.Function`` s have no ``jvp``. A dual
     ``t`` runs through none (the solve reads the times as floats; its tangent would be dropped).
-
-    ``torch.jit.trace`` and ``torch.export`` are refused (``RuntimeError``): the solve's checks and
-    step-size control read the state's values, which a trace keeps as one input's constants (other
-    inputs then get that input's steps and output times: wrong values, NaN) and export cannot
-    guard on."""
-    if torch.jit.is_tracing():
-        raise RuntimeError(
-            f"{entry} cannot be traced by torch.jit.trace: its steps depend on the state's values, and "
-            "the trace would keep one input's step sizes and output times as constants (other inputs "
-            "get wrong values): run it eagerly, or compile the vector field (torch.compile)"
-        )
-    if torch.compiler.is_exporting():
-        raise RuntimeError(
-            f"{entry} cannot be exported by torch.export: its checks and step-size control read the "
-            "state's values: export the vector field alone and solve with it eagerly"
-        )
+    ``torch.jit.trace`` and ``torch.export`` are refused too (:func:`refuse_tracing`)."""
+    refuse_tracing(entry)
     stack = torch._C._functorch.get_interpreter_stack()
     if not stack:  # torch.autograd's forward mode (jacfwd's tangents are judged below, as its own)
         if carries_tangent(t):

@@ -38,6 +38,7 @@ from ._step import rms_norm
 from ._tuple import ComplexState, TupleState, layout_of, owning_module
 from ._validate import (
     Tolerance,
+    check_field_callable,
     check_function_transforms,
     check_output,
     check_times_distinct,
@@ -493,6 +494,7 @@ def _solve(
     check_function_transforms(entry, t=t, y0=y0, differentiable=method != "scipy_solver")
     if method == "scipy_solver":
         refuse_sde(func)  # odeint refuses it in the other branch
+        check_field_callable(func)  # odeint checks it in the other branch (a regularized model)
         return _scipy_solve(func, y0, t, rtol, atol, options, event_fn, dense)
     if isinstance(y0, Tensor):
         rtol, atol = _listed_tolerance("rtol", rtol), _listed_tolerance("atol", atol)

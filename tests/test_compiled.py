@@ -351,7 +351,7 @@ def test_an_event_solve_compiled_whole_gives_the_eager_event_time_and_gradient()
     torch.testing.assert_close(results[1][1], results[0][1])
 
 
-@pytest.mark.parametrize("entry", ["model", "odeint", "compat"])
+@pytest.mark.parametrize("entry", ["model", "odeint", "compat", "sde_model", "evaluate", "odeint_dense"])
 def test_a_compiled_model_serves_under_inference_mode(entry):
     """``torch.compile`` of a model whose forward solves, called under ``torch.inference_mode`` (the
     usual serving recipe): dynamo traced the solve's numpy tables and failed its own guards ("This
@@ -365,6 +365,42 @@ def test_a_compiled_model_serves_under_inference_mode(entry):
     y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 3)
     if entry == "model":
         module = LocallyRegularized(field).eval()
+    elif entry == "sde_model":
+
+        class SDE(torch.nn.Module):
+            noise_type, sde_type = "diagonal", "ito"
+
+            def __init__(self):
+                super().__init__()
+                self.field = field
+
+            def f(self, t, y):
+                return self.field(t, y)
+
+            def g(self, t, y):
+                return 0.1 * torch.sigmoid(y)
+
+        sde_model = LocallyRegularized(SDE(), generator=torch.Generator().manual_seed(0)).eval()
+
+        class Reseeded(torch.nn.Module):  # the same Brownian path for each call
+            def __init__(self):
+                super().__init__()
+                self.model = sde_model
+
+            def forward(self, y0, t):
+                self.model.generator.manual_seed(0)
+                return self.model(y0, t)
+
+        module = Reseeded()
+    elif entry in ("evaluate", "odeint_dense"):
+
+        class Dense(torch.nn.Module):
+            def forward(self, y0, t):
+                if entry == "evaluate":
+                    return odeint(field, y0, t, dense=True).evaluate(torch.tensor(0.3))
+                return compat.odeint_dense(field, y0, 0.0, 1.0)(torch.tensor(0.3))
+
+        module = Dense()
     else:
         solve = odeint if entry == "odeint" else compat.odeint
 

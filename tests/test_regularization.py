@@ -1517,7 +1517,9 @@ def test_a_regularized_model_as_the_field_is_refused_naming_its_field(outer, inn
     outer(inner(field).func)  # the remedy builds
 
 
-@pytest.mark.parametrize("solve", ["odeint", "compat.odeint", "compat.odeint_adjoint", "odeint_event"])
+@pytest.mark.parametrize(
+    "solve", ["odeint", "compat.odeint", "compat.odeint_adjoint", "odeint_event", "compat.scipy_solver"]
+)
 def test_a_regularized_model_given_to_a_solver_is_refused(solve):
     """The solvers called the model as func(t, y), i.e. forward(y0=t, t=y): with an elementwise
     field the shapes fit, and they returned another problem's solution (0.71 off here), silently."""
@@ -1530,6 +1532,8 @@ def test_a_regularized_model_given_to_a_solver_is_refused(solve):
             odeint(model, y0, t)
         elif solve == "odeint_event":
             local_reg.odeint_event(model, y0, t[0], event_fn=lambda t, y: y[0] - 0.5)
+        elif solve == "compat.scipy_solver":
+            compat.odeint(model, y0, t, method="scipy_solver", options={"solver": "RK45"})
         else:
             getattr(compat, solve.split(".")[1])(model, y0, t)
 
@@ -1662,3 +1666,60 @@ def test_a_peer_backend_of_the_other_kind_of_equation_is_named_as_such():
         Regularized(SDE(), backend="torchdiffeq")
     with pytest.raises(ValueError, match=r"backend='torchsde' solves SDEs .*: an ODE takes"):
         Regularized(lambda t, y: -y, backend="torchsde")
+
+
+def test_the_torchdiffeq_adjoints_backward_solve_stops_at_the_step_limit(monkeypatch):
+    """The forward solve's limit did not reach odeint_adjoint's backward solve, which ran on
+    (18,000 steps at rtol 1e-10 where local_reg's own backsolve stops at max_steps)."""
+    import local_reg.regularization._ode_backends as ode_backends
+    from local_reg import BacksolveAdjoint
+
+    monkeypatch.setattr(ode_backends, "DEFAULT_MAX_STEPS", 200)
+    weight = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+    field = lambda t, y: -weight * y + torch.sin(20 * t)  # noqa: E731
+    y0, t = torch.ones(1, 1, dtype=torch.float64), torch.tensor([0.0, 5.0], dtype=torch.float64)
+    model = Regularized(
+        field,
+        backend="torchdiffeq",
+        rtol=1e-3,
+        atol=1e-6,
+        gradient=BacksolveAdjoint(rtol=1e-10, atol=1e-12),
+        adjoint_params=(weight,),
+    )
+    ys = model(y0, t)
+    with pytest.raises(local_reg.SolverError, match="backward solve attempted 200 steps without reaching t0"):
+        ys[-1].sum().backward()
+
+
+@pytest.mark.parametrize("backend", ["local_reg", "torchdiffeq", "torchsde"])
+def test_a_regularized_model_refuses_jit_trace_and_export_on_every_backend(backend):
+    """The refusal sat in local_reg's own entry points: a model on a peer backend was traced and
+    returned one input's steps for another (1.5e6 for 0.71), and export failed in the model's checks."""
+
+    class SDE(torch.nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return -(y**3)
+
+        def g(self, t, y):
+            return 0.1 * torch.ones_like(y)
+
+    field = SDE() if backend == "torchsde" else (lambda t, y: -(y**3))
+    model = LocallyRegularized(field, backend=backend).eval()
+    y0, t = torch.ones(1, 2), torch.linspace(0.0, 1.0, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own TracerWarnings
+        with pytest.raises(RuntimeError, match=r"LocallyRegularized cannot be traced by torch\.jit\.trace"):
+            torch.jit.trace(model, (y0, t))
+
+    class Serve(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, y0):
+            return self.model(y0, torch.linspace(0.0, 1.0, 3))
+
+    with pytest.raises(RuntimeError, match=r"LocallyRegularized cannot be exported by torch\.export"):
+        torch.export.export(Serve(), (y0,))

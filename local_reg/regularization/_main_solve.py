@@ -51,8 +51,8 @@ def check_peer_outputs(ys: Tensor, times: list[float], backend: str, evaluations
         return
     first = int((~finite).nonzero()[0])
     raise SolverError(
-        f"{backend}: non-finite state at an output time (after {evaluations}; the peer solver went on "
-        "with it)",
+        f"{backend}: non-finite state at an output time (one of t, or the regularization time t_reg "
+        f"a training call adds; after {evaluations}; the peer solver went on with it)",
         t=times[first],
         n_steps=None,
     )

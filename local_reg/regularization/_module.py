@@ -23,6 +23,7 @@ from typing import Any, ClassVar, NoReturn, Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from .._autograd import plain_under_inference_mode
 from .._errors import warn
 from .._step import beside_jump
 from .._tuple import TupleField, TupleState
@@ -30,6 +31,7 @@ from .._validate import (
     active_autocast,
     check_choice,
     check_generator,
+    refuse_tracing,
     time_direction,
     time_tensors_requiring_grad,
     transformed,
@@ -731,6 +733,7 @@ class Regularized(nn.Module):
                 generator.set_state(state)
             raise
 
+    @plain_under_inference_mode  # eager under a user's torch.compile, the draws and the weight too
     def forward(self, y0: State, t: TimeSet, bm: Any | None = None) -> State:
         """The solution at the times ``t`` from ``y0`` (shaped as ``odeint(...).ys``). In training
         mode with a penalty it also sets :attr:`reg_loss` (the weighted penalty to add to the loss)
@@ -739,6 +742,7 @@ class Regularized(nn.Module):
         caller's, e.g. one validation path for every model: a ``BrownianInterval`` made with
         ``halfway_tree=True``, whose path does not depend on the order of the queries, docs/sde.md);
         without it the model draws one."""
+        refuse_tracing(type(self).__name__)
         penalized = self.penalty is not None and self.training
         self._check_brownian(bm, penalized)
         self._check_draws_replayable(penalized, bm)
@@ -798,11 +802,13 @@ class Regularized(nn.Module):
             state.unflatten,
         )
 
+    @plain_under_inference_mode
     def penalize(
         self, y0: State, t: TimeSet, bm: Any | None = None
     ) -> tuple[State, Tensor, RegularizationStats]:
         """``(ys, R, stats)`` of one training pass, ``R`` unweighted, whatever the module's mode;
         ``reg_loss`` and ``stats`` are left as they are. ``bm``: an SDE's Brownian motion."""
+        refuse_tracing(type(self).__name__)
         if self.penalty is None:
             raise ValueError("this model has no penalty: it is the plain solve")
         self._check_brownian(bm, True)

@@ -128,11 +128,16 @@ class _TorchdiffeqField(nn.Module):
         method: str,
         direction: float = 1.0,
         step_limit: int | None = None,
+        adjoint_step_limit: int | None = None,
     ) -> None:
         super().__init__()
         self.func = func
         self.step_limit = step_limit
         """Attempted steps at most over the whole solve (``None``: torchdiffeq's own limit)."""
+        self.adjoint_attempted = 0
+        if adjoint_step_limit is not None:
+            # odeint_adjoint's backward solve reports its steps here (its adaptive methods).
+            self.callback_step_adjoint = functools.partial(self._attempt_backward, adjoint_step_limit)
         self.direction = direction
         """The solve's time direction: torchdiffeq reports a step towards decreasing time with dt > 0."""
         self.calls = 0
@@ -178,6 +183,20 @@ class _TorchdiffeqField(nn.Module):
             )
         self.attempted += 1
         user_callback = getattr(self.func, "callback_step", None)
+        if user_callback is not None:
+            call_user(user_callback, t0, y0, dt)
+
+    def _attempt_backward(self, limit: int, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        if self.adjoint_attempted >= limit:
+            raise SolverError(
+                f"torchdiffeq: the adjoint's backward solve attempted {limit} steps without reaching t0 "
+                "(local_reg's default step limit, as its own backsolve adjoint's; "
+                "BacksolveAdjoint(max_steps=N) gives torchdiffeq's own, per output interval)",
+                t=float(t0.detach()),
+                n_steps=self.adjoint_attempted,
+            )
+        self.adjoint_attempted += 1
+        user_callback = getattr(self.func, "callback_step_adjoint", None)
         if user_callback is not None:
             call_user(user_callback, t0, y0, dt)
 
@@ -230,8 +249,18 @@ def solve_main(
     import torchdiffeq
 
     step_limit = None if "max_num_steps" in options else DEFAULT_MAX_STEPS
+    # The adjoint's backward solve too, where its method reports steps and no limit is given.
+    adjoint_step_limit = None
+    if isinstance(gradient, BacksolveAdjoint) and gradient.max_steps is None:
+        backward_method = method if gradient.method is None else gradient.method.name
+        adjoint_step_limit = DEFAULT_MAX_STEPS if torchdiffeq_reports_steps(backward_method) else None
     field = _TorchdiffeqField(
-        func, record=record_steps, method=method, direction=times[-1] - times[0], step_limit=step_limit
+        func,
+        record=record_steps,
+        method=method,
+        direction=times[-1] - times[0],
+        step_limit=step_limit,
+        adjoint_step_limit=adjoint_step_limit,
     )
     if request.interpolated and options.get("step_size") is None and _torchdiffeq_fixed_grid(method):
         # Its grid would be the output times: t_reg, a grid point, would add a step (and change the
