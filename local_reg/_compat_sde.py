@@ -759,6 +759,7 @@ def sdeint_adjoint(
     with a warning. The other arguments are :func:`sdeint`'s (torchsde's Stratonovich schemes,
     ``"reversible_heun"`` among them, are refused as there).
     """
+    refuse_tracing("sdeint_adjoint")  # before the checks that export cannot guard on
     # Each against its default and the forward's own setting (the backward "as the forward"); a
     # method by the scheme it names (torchsde's default adjoint method is the forward's scheme).
     if adjoint_method is not None and _same_scheme(adjoint_method, method, getattr(sde, "noise_type", None)):

@@ -379,7 +379,7 @@ def test_one_step_runs_under_vmap():
         torch.testing.assert_close(vmap(function)(states), torch.stack([function(y) for y in states]))
 
 
-@pytest.mark.parametrize("entry", ["odeint", "sdeint", "odeint_event", "odeint_adjoint"])
+@pytest.mark.parametrize("entry", ["odeint", "sdeint", "odeint_event", "odeint_adjoint", "sdeint_adjoint"])
 def test_jit_trace_of_a_solve_is_refused_naming_the_reason(entry):
     """A trace kept one input's accepted steps and output times as constants: other inputs got that
     input's steps (wrong values, NaN at a larger y0) and new times were ignored, without a word
@@ -392,6 +392,12 @@ def test_jit_trace_of_a_solve_is_refused_naming_the_reason(entry):
             return odeint_adjoint(decay, y0, torch.tensor([0.0, 1.0], dtype=DTYPE), adjoint_params=())[-1]
         if entry == "sdeint":
             return sdeint(DecaySDE(), y0.unsqueeze(0), [0.0, 1.0]).ys[-1]
+        if entry == "sdeint_adjoint":
+            from local_reg.compat import sdeint_adjoint
+
+            return sdeint_adjoint(DecaySDE(), y0.unsqueeze(0), torch.tensor([0.0, 1.0], dtype=DTYPE), dt=0.1)[
+                -1
+            ]
         return odeint_event(decay, y0, 0.0, event_fn=lambda t, y: y[0] - 0.5)[1].ys[-1]
 
     with warnings.catch_warnings():

@@ -1689,6 +1689,29 @@ def test_the_torchdiffeq_adjoints_backward_solve_stops_at_the_step_limit(monkeyp
     ys = model(y0, t)
     with pytest.raises(local_reg.SolverError, match="backward solve attempted 200 steps without reaching t0"):
         ys[-1].sum().backward()
+    # Counted per backward pass: two passes through one solve (a retained graph, a measurement's
+    # pass) each take their own steps, and a user's own callback_step_adjoint sees every one.
+    monkeypatch.setattr(ode_backends, "DEFAULT_MAX_STEPS", 20)
+    steps = []
+
+    class Field(torch.nn.Module):
+        def forward(self, t, y):
+            return -weight * y
+
+        def callback_step_adjoint(self, t0, y0, dt):
+            steps.append(float(t0))
+
+    for gradient in (
+        BacksolveAdjoint(rtol=1e-7, atol=1e-9),
+        BacksolveAdjoint(rtol=1e-7, atol=1e-9, max_steps=100),
+    ):
+        steps.clear()
+        model = Regularized(Field(), backend="torchdiffeq", gradient=gradient, adjoint_params=(weight,))
+        ys = model(y0, torch.tensor([0.0, 1.0], dtype=torch.float64))
+        ys[-1].sum().backward(retain_graph=True)
+        first = len(steps)
+        ys[-1].sum().backward()
+        assert 10 < first <= 20 and len(steps) == 2 * first, first
 
 
 @pytest.mark.parametrize("backend", ["local_reg", "torchdiffeq", "torchsde"])
@@ -1723,3 +1746,31 @@ def test_a_regularized_model_refuses_jit_trace_and_export_on_every_backend(backe
 
     with pytest.raises(RuntimeError, match=r"LocallyRegularized cannot be exported by torch\.export"):
         torch.export.export(Serve(), (y0,))
+    # In training mode with the default weight, which reads t's values first; and t an input.
+    with pytest.raises(RuntimeError, match=r"LocallyRegularized cannot be exported by torch\.export"):
+        torch.export.export(LocallyRegularized(field, backend=backend).train(), (y0, t))
+
+
+def test_a_refused_export_leaves_torchdiffeq_working():
+    """A model built inside exported code imported torchdiffeq there: its tableaus stayed export's
+    fake tensors, and every later torchdiffeq solve in the process failed (plain eager ones too)."""
+    import subprocess
+    import sys
+
+    script = """
+import torch, local_reg
+class Step(torch.nn.Module):
+    def forward(self, y0):
+        times = torch.tensor([0.0, 1.0])
+        ys, reg, stats = local_reg.local_regularization(lambda t, y: -y, y0, times, backend="torchdiffeq")
+        return ys[-1]
+try:
+    torch.export.export(Step(), (torch.ones(2, 2),))
+except RuntimeError as error:
+    assert "cannot be exported by torch.export" in str(error), error
+import torchdiffeq
+print(float(torchdiffeq.odeint(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]))[-1]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert abs(float(done.stdout.split()[-1]) - math.exp(-1.0)) < 1e-5

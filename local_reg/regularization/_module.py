@@ -607,6 +607,9 @@ class Regularized(nn.Module):
         options: dict[str, Any] | None = None,
         **misplaced: NoReturn,  # none: a type checker refuses any, and so does the module, naming options=
     ) -> None:
+        # Under torch.export a model made inside the exported code would import torchdiffeq there,
+        # whose tableaus would stay export's fake tensors for the rest of the process.
+        refuse_tracing(type(self).__name__)
         if misplaced:
             own = [
                 name

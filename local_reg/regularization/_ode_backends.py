@@ -134,10 +134,10 @@ class _TorchdiffeqField(nn.Module):
         self.func = func
         self.step_limit = step_limit
         """Attempted steps at most over the whole solve (``None``: torchdiffeq's own limit)."""
+        self.adjoint_step_limit = adjoint_step_limit
+        """Attempted steps at most in each backward solve of ``odeint_adjoint`` (``None``: none)."""
         self.adjoint_attempted = 0
-        if adjoint_step_limit is not None:
-            # odeint_adjoint's backward solve reports its steps here (its adaptive methods).
-            self.callback_step_adjoint = functools.partial(self._attempt_backward, adjoint_step_limit)
+        self._adjoint_pass = -1  # the backward pass (graph task) adjoint_attempted counts
         self.direction = direction
         """The solve's time direction: torchdiffeq reports a step towards decreasing time with dt > 0."""
         self.calls = 0
@@ -150,7 +150,12 @@ class _TorchdiffeqField(nn.Module):
         self.step_dt: list[float] = []
         self.step_states: list[Tensor] = []
         self.reports_steps = torchdiffeq_reports_steps(method)
-        for name in ("callback_step", "callback_reject_step"):
+        for name in (
+            "callback_step",
+            "callback_reject_step",
+            "callback_accept_step_adjoint",
+            "callback_reject_step_adjoint",
+        ):
             # func's own, which torchdiffeq calls on func itself (and warns about where it has none).
             if callable(getattr(func, name, None)):
                 setattr(self, name, functools.partial(call_user, getattr(func, name)))
@@ -186,8 +191,15 @@ class _TorchdiffeqField(nn.Module):
         if user_callback is not None:
             call_user(user_callback, t0, y0, dt)
 
-    def _attempt_backward(self, limit: int, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
-        if self.adjoint_attempted >= limit:
+    def callback_step_adjoint(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        """A step of ``odeint_adjoint``'s backward solve: counted against ``adjoint_step_limit`` per
+        backward pass (a measurement's or a retained graph's second pass counts afresh), and passed
+        on to ``func``'s own."""
+        task = torch._C._current_graph_task_id()
+        if task != self._adjoint_pass:
+            self._adjoint_pass, self.adjoint_attempted = task, 0
+        limit = self.adjoint_step_limit
+        if limit is not None and self.adjoint_attempted >= limit:
             raise SolverError(
                 f"torchdiffeq: the adjoint's backward solve attempted {limit} steps without reaching t0 "
                 "(local_reg's default step limit, as its own backsolve adjoint's; "

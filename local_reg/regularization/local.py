@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .._errors import warn
 from .._tuple import owning_module
-from .._validate import finite_times, transformed
+from .._validate import finite_times, refuse_tracing, transformed
 from ..controller import TimeSet
 from ..gradients._params import adjoint_params_tuple
 from ..sde.problem import is_sde
@@ -364,6 +364,7 @@ class LocallyRegularized(Regularized):
         super().__setstate__({**defaults, **state})
 
     def forward(self, y0: State, t: TimeSet, bm: Any | None = None) -> State:
+        refuse_tracing(type(self).__name__)  # before the default weight reads t's values
         field_weight = self._field_weight
         if self.training and field_weight is not None and self.weight is field_weight:
             self._measure_the_fields_current_parameters(field_weight)
