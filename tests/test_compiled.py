@@ -420,3 +420,23 @@ def test_a_compiled_model_serves_under_inference_mode(entry):
     with torch.inference_mode():
         served = compiled(y0, t)
     torch.testing.assert_close(served, expected, rtol=0, atol=0)
+
+
+def test_a_compiled_step_that_builds_a_torchdiffeq_model_runs_in_a_fresh_process():
+    """A model on backend='torchdiffeq' built inside a compiled function imported torchdiffeq there
+    at its first use, which dynamo traced (an internal error from scipy's import) in a process that
+    had not imported torchdiffeq yet; the library imports it with itself now."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, torch
+from local_reg import LocallyRegularized
+def step(y0):
+    model = LocallyRegularized(lambda t, y: -y, backend="torchdiffeq")
+    return model(y0, torch.tensor([0.0, 1.0]))[-1]
+print(float(torch.compile(step, backend="eager")(torch.ones(2, 2))[0, 0]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert abs(float(done.stdout.split()[-1]) - 0.36787944) < 1e-5

@@ -1746,9 +1746,25 @@ def test_a_regularized_model_refuses_jit_trace_and_export_on_every_backend(backe
 
     with pytest.raises(RuntimeError, match=r"LocallyRegularized cannot be exported by torch\.export"):
         torch.export.export(Serve(), (y0,))
-    # In training mode with the default weight, which reads t's values first; and t an input.
+    # In training mode with the default weight (a field with parameters), which reads t's values
+    # first; and t an input.
+    if backend == "torchsde":
+
+        class Learned(SDE):
+            def __init__(self):
+                super().__init__()
+                self.linear = torch.nn.Linear(2, 2)
+
+            def f(self, t, y):
+                return self.linear(y)
+
+        learned = Learned()
+    else:
+        learned = NetField(torch.nn.Linear(2, 2))
+    trained = LocallyRegularized(learned, backend=backend).train()
+    assert trained.weight is trained._field_weight  # the default, self-tuning weight
     with pytest.raises(RuntimeError, match=r"LocallyRegularized cannot be exported by torch\.export"):
-        torch.export.export(LocallyRegularized(field, backend=backend).train(), (y0, t))
+        torch.export.export(trained, (y0, t))
 
 
 def test_a_refused_export_leaves_torchdiffeq_working():

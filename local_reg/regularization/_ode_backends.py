@@ -13,6 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+# With the library, not at a model's first use (a hard dependency, about 0.2 s): a first import
+# inside a user's torch.compile was traced by dynamo (an internal error from scipy's import), and
+# inside torch.export it left torchdiffeq's tableaus as export's fake tensors for the process.
+import torchdiffeq._impl.odeint  # noqa: F401
 from torch import Tensor, nn
 
 from .._errors import SolverError
