@@ -587,3 +587,20 @@ def test_cli_refuses_steer_on_irregular_times_and_leaves_it_out_of_the_default_m
     assert main([*args, "--out", str(tmp_path)]) != 0
     assert "observation_times=grid" in capsys.readouterr().err
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_steer_refuses_a_half_width_whose_end_rounds_onto_the_previous_time():
+    """float32 times near 1e6 (spacing 0.0625): b=0.06 is below the last interval, but an end time
+    drawn near t[-1] - b rounds onto t[-2] in the dtype func gets the time in, and the sixth call
+    failed on it; now the call refuses the half width, whatever the draw."""
+    from local_reg import SteerRegularized
+
+    t = torch.tensor([0.0, 1e6, 1e6 + 0.0625])
+    model = SteerRegularized(lambda t, y: -1e-6 * y, b=0.06, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(
+        ValueError, match=r"b=0\.06: the earliest perturbed end time.* is t\[-2\]'s value in torch\.float32"
+    ):
+        model(torch.randn(3, 2), t)
+    # In float64 the same times and b are solved, and a half width clear of the rounding in float32.
+    SteerRegularized(lambda t, y: -1e-6 * y, b=0.06)(torch.randn(3, 2, dtype=torch.float64), t.double())
+    SteerRegularized(lambda t, y: -1e-6 * y, b=0.03)(torch.randn(3, 2), t)

@@ -45,7 +45,7 @@ def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
     if backend == "torchsde":
         raise ValueError(
             "backend='torchsde' solves SDEs (a module with f, g and noise_type): an ODE takes "
-            "backend='local_reg' or 'torchdiffeq'"
+            "backend='local_reg' (or 'torchdiffeq', which the local and plain models offer)"
         )
     check_choice("backend", backend, BACKENDS)
     gradient_method = as_gradient_method(gradient)

@@ -41,8 +41,9 @@ from ._problems import ODEContext
 from ._sampling import uniform_draw
 
 
-def check_half_width(b: float, times: list[float]) -> None:
-    """``b`` must leave the perturbed end time beyond the previous output time."""
+def check_half_width(b: float, times: list[float], time_dtype: torch.dtype | None = None) -> None:
+    """``b`` must leave the perturbed end time beyond the previous output time, also once rounded to
+    ``time_dtype``, the dtype ``func`` gets the times in."""
     if len(times) < 2:
         raise ValueError(f"STEER needs at least 2 output times (t0 and t1), got {len(times)}")
     last_interval = abs(times[-1] - times[-2])
@@ -51,6 +52,18 @@ def check_half_width(b: float, times: list[float]) -> None:
             f"b={b} must be smaller than the last interval of t, |t[-1] - t[-2]| = {last_interval:g}: "
             "only the end time is perturbed and the output times must stay strictly ordered"
         )
+    if time_dtype is not None:
+        # The nearest end a draw can give, rounded as func will see it (rounding keeps the order, so
+        # every draw lies beyond t[-2] if this does): otherwise a later draw would fail, not this call.
+        direction = 1.0 if times[-1] > times[-2] else -1.0
+        nearest = torch.tensor(times[-1] - direction * b, dtype=time_dtype, device="cpu").item()
+        previous = torch.tensor(times[-2], dtype=time_dtype, device="cpu").item()
+        if (nearest - previous) * direction <= 0.0:
+            raise ValueError(
+                f"b={b}: the earliest perturbed end time, t[-1] - b = {times[-1] - direction * b!r}, is "
+                f"t[-2]'s value in {time_dtype}, the dtype func gets the times in: pass a smaller b, or t "
+                "as a float64 tensor"
+            )
 
 
 def sample_end_time(t_end: float, b: float, generator: torch.Generator | None) -> float:
@@ -78,10 +91,10 @@ class SteerPenalty(BaselinePenalty):
     ) -> tuple[Tensor, Tensor, BaselineStats]:
         times = validate_times(t)
         y0 = validate_state(y0)
-        check_half_width(self.b, times)
-        t_end = sample_end_time(times[-1], self.b, generator)
         # The drawn end is a float; the other times keep the dtype they came in (fixed steps).
         context = ODEContext(problem.times_dtype(t, y0), narrowest_float(t))
+        check_half_width(self.b, times, context.time_dtype)
+        t_end = sample_end_time(times[-1], self.b, generator)
         main = problem.solve(y0, times[:-1] + [t_end], context.time_dtype, context, Request())
         zero = torch.zeros((), dtype=y0.dtype, device=y0.device)
         stats = BaselineStats(main=main.stats, n_accepted=main.n_accepted, t_end=t_end, penalty=0.0)
