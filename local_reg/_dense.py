@@ -14,7 +14,14 @@ from torch import Tensor
 
 from ._autograd import plain_under_inference_mode
 from ._step import combine_rows
-from ._validate import check_time_tensor, finite_times, host_list, narrowest_float, without_autocast
+from ._validate import (
+    check_time_tensor,
+    finite_times,
+    host_list,
+    narrowest_float,
+    refuse_tracing,
+    without_autocast,
+)
 from .interpolants import Interpolant
 
 
@@ -139,6 +146,8 @@ class DenseOutput:
         times_dtype: torch.dtype | None,
         derivative: bool,
     ) -> Tensor:
+        # The read picks its step by the query time's value, which a trace would keep as a constant.
+        refuse_tracing("derivative" if derivative else "evaluate")
         if isinstance(t, (np.number, np.ndarray)) and t.ndim == 0:
             if t.dtype.kind not in "fiu":
                 raise TypeError(f"t must be a real number or array, got dtype {t.dtype}")

@@ -416,3 +416,14 @@ def test_torch_export_of_a_solve_is_refused_naming_the_reason():
 
     with pytest.raises(RuntimeError, match=r"odeint cannot be exported by torch\.export"):
         torch.export.export(FixedSteps(), (torch.tensor([1.0, -2.0]),))
+
+
+@pytest.mark.parametrize("read", ["evaluate", "derivative"])
+def test_jit_trace_of_a_dense_read_is_refused(read):
+    """A traced evaluate kept its first query time's step and position: a query at 0.9 returned
+    the value at 0.3, silently."""
+    solution = odeint(decay, torch.tensor([1.0], dtype=DTYPE), [0.0, 1.0], dense=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own TracerWarnings
+        with pytest.raises(RuntimeError, match=rf"{read} cannot be traced by torch\.jit\.trace"):
+            torch.jit.trace(getattr(solution, read), (torch.tensor([0.3], dtype=DTYPE),))
