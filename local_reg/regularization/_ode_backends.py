@@ -13,12 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-
-# With the library, not at a model's first use (a hard dependency, about 0.2 s): a first import
-# inside a user's torch.compile was traced by dynamo (an internal error from scipy's import), and
-# inside torch.export it left torchdiffeq's tableaus as export's fake tensors for the process.
-import torchdiffeq._impl.odeint  # noqa: F401
+import torchdiffeq
 from torch import Tensor, nn
+from torchdiffeq._impl.odeint import SOLVERS
+from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+from torchdiffeq._impl.solvers import FixedGridODESolver
 
 from .._errors import SolverError
 from .._integrate import DEFAULT_MAX_STEPS
@@ -59,14 +58,12 @@ def check_backend_gradient(backend: object, gradient: object) -> GradientMethod:
         backend == "torchdiffeq"
         and isinstance(gradient_method, BacksolveAdjoint)
         and gradient_method.method is not None
+        and gradient_method.method.name not in SOLVERS
     ):
-        from torchdiffeq._impl.odeint import SOLVERS
-
-        if gradient_method.method.name not in SOLVERS:
-            raise ValueError(
-                f"BacksolveAdjoint method {gradient_method.method.name!r} is not one of torchdiffeq's, which "
-                f"backend='torchdiffeq' solves the adjoint with: one of {sorted(SOLVERS)}"
-            )
+        raise ValueError(
+            f"BacksolveAdjoint method {gradient_method.method.name!r} is not one of torchdiffeq's, which "
+            f"backend='torchdiffeq' solves the adjoint with: one of {sorted(SOLVERS)}"
+        )
     return gradient_method
 
 
@@ -92,9 +89,6 @@ def _torchdiffeq_adjoint_options(adjoint: BacksolveAdjoint) -> dict[str, Any]:
 def torchdiffeq_reports_steps(method: str) -> bool:
     """Whether torchdiffeq's solver ``method`` reports its accepted steps (``callback_accept_step``):
     its adaptive Runge--Kutta solvers do, its fixed grids and ``scipy_solver`` do not."""
-    from torchdiffeq._impl.odeint import SOLVERS
-    from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
-
     return issubclass(SOLVERS[method], RKAdaptiveStepsizeODESolver)
 
 
@@ -113,9 +107,6 @@ def _output_grid_without(
 
 
 def _torchdiffeq_fixed_grid(method: str) -> bool:
-    from torchdiffeq._impl.odeint import SOLVERS
-    from torchdiffeq._impl.solvers import FixedGridODESolver
-
     return issubclass(SOLVERS[method], FixedGridODESolver)
 
 
@@ -263,12 +254,11 @@ def solve_main(
         )
         return MainSolve.from_solution(solution, record_steps=record_steps)
 
-    import torchdiffeq
-
     step_limit = None if "max_num_steps" in options else DEFAULT_MAX_STEPS
+    is_adjoint = isinstance(gradient, BacksolveAdjoint)
     # The adjoint's backward solve too, where its method reports steps and no limit is given.
     adjoint_step_limit = None
-    if isinstance(gradient, BacksolveAdjoint) and gradient.max_steps is None:
+    if is_adjoint and gradient.max_steps is None:
         backward_method = method if gradient.method is None else gradient.method.name
         adjoint_step_limit = DEFAULT_MAX_STEPS if torchdiffeq_reports_steps(backward_method) else None
     field = _TorchdiffeqField(
@@ -288,7 +278,6 @@ def solve_main(
             _output_grid_without, positions, len(times), options.get("grid_constructor")
         )
     t_tensor = torch.tensor(times, dtype=t_dtype, device=y0.device)
-    is_adjoint = isinstance(gradient, BacksolveAdjoint)
     if is_adjoint:
         warn_if_reevaluation_differs(func, gradient)  # torchdiffeq's adjoint evaluates func again too
     try:

@@ -15,6 +15,11 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+# With the library, not at a model's first use (a hard dependency, about 0.2 s): a first import
+# inside a user's torch.compile was traced by dynamo (an internal error from scipy's import), and
+# inside torch.export it left torchdiffeq's tableaus as export's fake tensors for the process.
+from torchdiffeq._impl.odeint import SOLVERS
+
 from .._validate import (
     check_adaptive_settings_unset,
     check_bool,
@@ -72,8 +77,6 @@ def check_option_keys(options: object, allowed: tuple[str, ...], backend: str) -
 
 
 def torchdiffeq_option_names(method: str) -> tuple[str, ...]:
-    from torchdiffeq._impl.odeint import SOLVERS
-
     solver = SOLVERS[method]
     inits = [klass.__init__ for klass in solver.__mro__ if "__init__" in vars(klass) and klass is not object]
     return keyword_names(inits, _TORCHDIFFEQ_RESERVED)
@@ -97,8 +100,6 @@ def solver_option_names(sde: bool, backend: object, method: object) -> tuple[str
         reserved = _TORCHSDE_RESERVED | set(_TORCHSDE_UNSUPPORTED)
         return keyword_names([torchsde.sdeint, torchsde.sdeint_adjoint], reserved)
     if backend == "torchdiffeq" and not sde:
-        from torchdiffeq._impl.odeint import SOLVERS
-
         name = ode_method(backend, method)
         return torchdiffeq_option_names(name) if isinstance(name, str) and name in SOLVERS else ()
     return ()
@@ -229,8 +230,6 @@ def check_ode_settings(
                 "a regularized model adds its own output times (t_reg); stop the solve outside the model"
             )
         return options
-    from torchdiffeq._impl.odeint import SOLVERS
-
     if isinstance(method, ButcherTableau):
         raise TypeError(
             f"method: backend='torchdiffeq' takes torchdiffeq's method names, got the tableau "
