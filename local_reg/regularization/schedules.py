@@ -914,32 +914,38 @@ class RatioWeight(_SelfTuningWeight):
         return max(self.w_min, min(self.w_max, weight))
 
     def _warn_if_unmeasured(self, count: int, unit: str) -> None:
-        if self._state["measured"] == 0 and self._state["pending"] is None and count == 10 * self.every:
+        if self._state["measured"] != 0 or self._state["pending"] is not None or count != 10 * self.every:
+            return
+        if self._late_calls_apart:
             how = (
                 f"past {MAX_JOINED_CALLS} training calls in one backward pass, every call's "
                 "model.reg_loss must be backpropagated with one and the same factor (the later calls' "
                 "penalty gradients are summed): add each call's reg_loss unweighted (outside a "
                 "per-call discount or length weight), or give the model a constant weight"
-                if self._late_calls_apart
-                else f"the task's gradient read as zero beside the penalty's (below {ROUNDING_ULPS} "
+            )
+        elif self._read_as_rounding:
+            how = (
+                f"the task's gradient read as zero beside the penalty's (below {ROUNDING_ULPS} "
                 "machine epsilons of it, the rounding of a zero one): with a task loss scaled far "
                 "down (or a very short span) the initial weight's penalty pulls that much harder than "
                 "the task, so give RatioWeight a lower initial= or the model a constant weight; a task "
                 "whose gradient is zero (every margin met) leaves nothing to measure"
-                if self._read_as_rounding
-                else "backpropagate each training call's model.reg_loss with the task loss by one "
+            )
+        elif self.parameters and any(p.requires_grad for p in self.parameters):
+            how = (
+                "backpropagate each training call's model.reg_loss with the task loss by one "
                 ".backward() (a pass that carries the penalty of a call made before the "
                 "measuring one measures nothing, nor does a gradient taken by torch.autograd.grad); "
                 "a task loss whose gradient is zero (every margin met) leaves nothing to measure"
-                if self.parameters and any(p.requires_grad for p in self.parameters)
-                else "none of its parameters requires grad (frozen): it measures once they are trained"
-                if self.parameters
-                else "give it parameters=... or call weight.backward(...)"
             )
-            warn(
-                f"RatioWeight has measured no gradients in {count} {unit}, so its weight stays at "
-                f"initial={self.initial}: {how}"
-            )
+        elif self.parameters:
+            how = "none of its parameters requires grad (frozen): it measures once they are trained"
+        else:
+            how = "give it parameters=... or call weight.backward(...)"
+        warn(
+            f"RatioWeight has measured no gradients in {count} {unit}, so its weight stays at "
+            f"initial={self.initial}: {how}"
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(self._upgraded(state) if isinstance(state, Mapping) else state)
