@@ -14,11 +14,12 @@ _Params = ParamSpec("_Params")
 _Result = TypeVar("_Result")
 
 
-def plain_under_inference_mode(function: Callable[_Params, _Result]) -> Callable[_Params, _Result]:
-    """``function`` (a solve's entry point) run under ``no_grad`` where ``torch.inference_mode`` is
-    on with grad mode nested inside it (``torch.enable_grad()``): nothing is recorded there either,
-    but the library's own autograd Functions would try to save inference tensors for a backward pass
-    (torch's "Inference tensors cannot be saved for backward").
+def solve_entry_point(function: Callable[_Params, _Result]) -> Callable[_Params, _Result]:
+    """``function``, a solve's entry point (or a dense read, a regularized model's forward), run under
+    ``no_grad`` where ``torch.inference_mode`` is on with grad mode nested inside it
+    (``torch.enable_grad()``): nothing is recorded there either, but the library's own autograd
+    Functions would try to save inference tensors for a backward pass (torch's "Inference tensors
+    cannot be saved for backward").
 
     Where a user's ``torch.compile`` traces the caller, ``function`` runs eagerly, outside the
     trace (docs/solver.md): the solve's loop is Python control flow on the state's values, which

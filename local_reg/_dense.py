@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._autograd import plain_under_inference_mode
+from ._autograd import solve_entry_point
 from ._step import combine_rows
 from ._validate import (
     check_time_tensor,
@@ -139,7 +139,7 @@ class DenseOutput:
             )
         return self._read(t, times_dtype, derivative=True)
 
-    @plain_under_inference_mode  # eager under a user's torch.compile (its numpy tables)
+    @solve_entry_point  # eager under a user's torch.compile (its numpy tables)
     def _read(
         self,
         t: Tensor | float | np.ndarray | Sequence[float | Tensor],

@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from ._autograd import first_order_only, plain_under_inference_mode
+from ._autograd import first_order_only, solve_entry_point
 from ._errors import SolverError, warn
 from ._integrate import STOP_NEVER_HELD, StepCallbacks, open_end
 from ._odeint import odeint
@@ -386,7 +386,7 @@ def direction_time(t0: float, reverse_time: bool, largest: float = math.inf) -> 
     return max(-largest, min(t1, largest))
 
 
-@plain_under_inference_mode
+@solve_entry_point
 def odeint_event(
     func: Callable[[Tensor, Any], Any],
     y0: State,

@@ -9,7 +9,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from ._autograd import plain_under_inference_mode
+from ._autograd import solve_entry_point
 from ._errors import warn
 from ._integrate import (
     DEFAULT_MAX_STEPS,
@@ -146,7 +146,7 @@ def _legacy_gradient(
     }
 )
 @accepts_structured_states
-@plain_under_inference_mode
+@solve_entry_point
 def odeint(
     func: Callable[[Tensor, Any], Any],
     y0: State,

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, NoReturn, Protocol, cast
 import torch
 from torch import Tensor, nn
 
-from .._autograd import plain_under_inference_mode
+from .._autograd import solve_entry_point
 from .._errors import warn
 from .._step import beside_jump
 from .._tuple import TupleField, TupleState
@@ -736,7 +736,7 @@ class Regularized(nn.Module):
                 generator.set_state(state)
             raise
 
-    @plain_under_inference_mode  # eager under a user's torch.compile, the draws and the weight too
+    @solve_entry_point  # eager under a user's torch.compile, the draws and the weight too
     def forward(self, y0: State, t: TimeSet, bm: Any | None = None) -> State:
         """The solution at the times ``t`` from ``y0`` (shaped as ``odeint(...).ys``). In training
         mode with a penalty it also sets :attr:`reg_loss` (the weighted penalty to add to the loss)
@@ -805,7 +805,7 @@ class Regularized(nn.Module):
             state.unflatten,
         )
 
-    @plain_under_inference_mode
+    @solve_entry_point
     def penalize(
         self, y0: State, t: TimeSet, bm: Any | None = None
     ) -> tuple[State, Tensor, RegularizationStats]:

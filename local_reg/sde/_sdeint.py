@@ -9,7 +9,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from .._autograd import plain_under_inference_mode
+from .._autograd import solve_entry_point
 from .._errors import warn
 from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, check_landing_gaps, integrate, times_rounding
 from .._step import beside_jump, time_tensor
@@ -86,7 +86,7 @@ SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
         },
     }
 )
-@plain_under_inference_mode
+@solve_entry_point
 def sdeint(
     sde: Any,
     y0: Tensor,
