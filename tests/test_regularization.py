@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 import torchdiffeq
-from problems import CountingField, NetField
+from problems import ConstantNoiseSDE, CountingField, NetField
 
 import local_reg
 from local_reg import (
@@ -1652,18 +1652,8 @@ def test_a_peer_adjoint_warns_of_dropout_as_local_regs_methods_do(backend):
 
 def test_a_peer_backend_of_the_other_kind_of_equation_is_named_as_such():
     """An SDE given backend='torchdiffeq' was told of an "unknown backend 'torchdiffeq'"."""
-
-    class SDE(torch.nn.Module):
-        noise_type, sde_type = "diagonal", "ito"
-
-        def f(self, t, y):
-            return -y
-
-        def g(self, t, y):
-            return 0.1 * torch.ones_like(y)
-
     with pytest.raises(ValueError, match="backend='torchdiffeq' solves ODEs: an SDE takes"):
-        Regularized(SDE(), backend="torchdiffeq")
+        Regularized(ConstantNoiseSDE(), backend="torchdiffeq")
     with pytest.raises(ValueError, match=r"backend='torchsde' solves SDEs .*: an ODE takes"):
         Regularized(lambda t, y: -y, backend="torchsde")
 

@@ -13,6 +13,7 @@ import torchsde
 import local_reg
 from local_reg import LocallyRegularized, SolverError, compat
 from local_reg.sde import SDEStats, is_sde, sdeint
+from tests.problems import DecaySDE
 
 DT = torch.float64
 
@@ -601,14 +602,8 @@ def test_odeint_refuses_an_sde_naming_sdeint(with_forward):
     dropped without a word; sdeint names an ODE it is given."""
     from local_reg import odeint
 
-    class SDE(torch.nn.Module):
-        noise_type, sde_type = "diagonal", "ito"
-
-        def f(self, t, y):
-            return -y
-
-        def g(self, t, y):
-            return 0.1 * y
+    class SDE(DecaySDE):  # its own class: a forward is given to it below
+        pass
 
     if with_forward:
         SDE.forward = lambda self, t, y: -y
