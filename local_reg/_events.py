@@ -63,6 +63,7 @@ from ._validate import (
     time_dtype,
     unknown_keywords_error,
     validate_state,
+    without_autocast,
 )
 from .controller import PIController
 from .gradients._times import StartTime
@@ -117,7 +118,11 @@ class CombinedEvent:
     def values(self, t: float | Tensor, y: Tensor) -> Tensor:
         time = t if isinstance(t, Tensor) else time_tensor(t, y, self.time_dtype)
         # Checked as func is: a changed y would be the step's end state, which the solve goes on from.
-        out = call_leaving_input("event_fn", (), lambda t, y: self.event_fn(t, self.layout(y)), time, y)
+        # Outside torch.autocast on every call, as the root search runs inside the solve: a sign at
+        # t0 read in half precision could differ from the same state's read there, and the search
+        # would miss the crossing.
+        with without_autocast():
+            out = call_leaving_input("event_fn", (), lambda t, y: self.event_fn(t, self.layout(y)), time, y)
         if not isinstance(out, Tensor):
             raise TypeError(f"event_fn must return a torch.Tensor, got {type(out).__name__}")
         check_strided("event_fn", out, returned=True)

@@ -235,7 +235,8 @@ def odeint(
             for non-finite gradients.
         record_states: keep the state at the start of every accepted step in ``solution.steps``.
         step_penalty: ``penalty(step_result, dt) -> 0-dim tensor`` evaluated on every accepted
-            step and returned, differentiable, as ``solution.penalties`` (global regularization).
+            step (``dt`` signed: negative where ``t`` decreases) and returned, differentiable, as
+            ``solution.penalties`` (global regularization).
             Needs a per-step graph: only with ``gradient="direct"`` or ``"checkpoint"``.
         step_to_outputs: end an accepted step on every output time instead of interpolating
             (diffrax's ``PIDController(step_ts=ts)``, torchdiffeq's ``options=dict(step_t=t)``):

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ._checks import refuse_sde
 from ._validate import (
-    active_autocast,
+    cast_back_from_autocast,
     check_field_callable,
     check_finite_state,
     check_output,
@@ -178,19 +178,9 @@ class TupleField(StateField):
                     else type(output).__name__
                 )
             )
-        output = tuple(output)
-        if any(isinstance(piece, Tensor) and piece.dtype != self.state.dtype for piece in output):
-            # As for a tensor state (call_under_autocast, around this call, casts a flat output): a
-            # piece in an autocast dtype goes back to the state's before the pieces are checked.
-            autocast_dtypes = {dtype for _, dtype in active_autocast()}
-            output = tuple(
-                piece.to(self.state.dtype)
-                if isinstance(piece, Tensor)
-                and piece.dtype != self.state.dtype
-                and piece.dtype in autocast_dtypes
-                else piece
-                for piece in output
-            )
+        # As for a tensor state (call_under_autocast, around this call, casts a flat output): a
+        # piece in an autocast dtype goes back to the state's before the pieces are checked.
+        output = tuple(cast_back_from_autocast(piece, y) for piece in output)
         return self.state.flatten(output, "func's output")
 
 
@@ -213,7 +203,7 @@ class ComplexState:
         self.device = y0.device
         self.shape = y0.shape
         # What a value is checked against: y0's dtype, device and shape, without its memory.
-        self._like = torch.empty((), dtype=y0.dtype, device=y0.device).expand(y0.shape)
+        self.like = torch.empty((), dtype=y0.dtype, device=y0.device).expand(y0.shape)
 
     @property
     def description(self) -> str:
@@ -221,7 +211,7 @@ class ComplexState:
 
     def flatten(self, value: object, what: str = "y0") -> Tensor:
         """The real view of ``value``, checked against ``y0``'s dtype, shape and device."""
-        value = check_output(what, value, self._like, returned=what != "y0")
+        value = check_output(what, value, self.like, returned=what != "y0")
         # A lazily conjugated tensor (z.conj()) has no real view until its conjugate is resolved.
         return torch.view_as_real(value.resolve_conj())
 
@@ -251,7 +241,10 @@ class ComplexField(StateField):
     state: ComplexState
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.state.flatten(self.func(t, self.state.unflatten(y)), "func")
+        # An output in an autocast dtype (complex32 for float16) goes back to the state's, as a real
+        # state's does (the real view around this call is the state's dtype already).
+        output = cast_back_from_autocast(self.func(t, self.state.unflatten(y)), self.state.like)
+        return self.state.flatten(output, "func")
 
 
 def layout_of(y0: object) -> TupleState | ComplexState | None:

@@ -848,10 +848,13 @@ def cast_back_from_autocast(
     """``value`` (``func``'s output at ``y``), cast to ``y``'s dtype where it is a tensor in the
     dtype of one of the autocast ``regions`` (by default those active now, read only for an output
     in another dtype than ``y``'s), as torchdiffeq's and torchsde's solvers promote it; else as
-    it is (another dtype is refused by the output check)."""
+    it is (another dtype is refused by the output check). A complex state's ``complex32`` output is
+    float16's counterpart (``torch.complex`` of two float16 parts)."""
     if not isinstance(value, Tensor) or value.dtype == y.dtype:
         return value
-    if value.dtype in {dtype for _, dtype in (active_autocast() if regions is None else regions)}:
+    lowered = {dtype for _, dtype in (active_autocast() if regions is None else regions)}
+    half_complex = value.dtype == torch.complex32 and torch.float16 in lowered and y.is_complex()
+    if value.dtype in lowered or half_complex:
         return value.to(y.dtype)
     return value
 

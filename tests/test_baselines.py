@@ -413,6 +413,37 @@ def test_coefficients_are_checked_before_any_conversion_and_take_numpy_scalars()
     assert RatioWeight(np.float32(0.5)).target_ratio == 0.5
 
 
+class _NormedField(torch.nn.Module):
+    def __init__(self, norm: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.norm, self.outer = torch.nn.Linear(3, 8), norm, torch.nn.Linear(8, 3)
+
+    def forward(self, t, y):
+        return self.outer(torch.tanh(self.norm(self.inner(y))))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda f: RNODERegularized(f), lambda f: TayNODERegularized(f)],
+    ids=["rnode", "taynode"],
+)
+def test_transformed_penalties_name_a_norm_that_updates_running_statistics(make):
+    """RNODE's Jacobian term and TayNODE differentiate func inside torch.func transforms, where a
+    batch norm in training mode cannot update its running statistics: torch's own message named
+    neither the layer nor the penalty. Eval mode, running statistics off and RNODE without its
+    Jacobian term work."""
+    y0, t = torch.randn(8, 3), [0.0, 1.0]
+    model = make(_NormedField(torch.nn.BatchNorm1d(8)))
+    with pytest.raises(
+        ValueError, match="the BatchNorm1d 'norm' in training mode cannot update its running statistics"
+    ):
+        model(y0, t)
+    model.eval()
+    model(y0, t)
+    make(_NormedField(torch.nn.BatchNorm1d(8, track_running_stats=False)))(y0, t)
+    RNODERegularized(_NormedField(torch.nn.BatchNorm1d(8)), jacobian=0.0)(y0, t)
+
+
 def test_taynode_order_is_checked():
     with pytest.raises(ValueError, match="order must be between 1 and 4"):
         TayNODERegularized(Linear(), order=5)
@@ -598,9 +629,14 @@ def test_steer_refuses_a_half_width_whose_end_rounds_onto_the_previous_time():
     t = torch.tensor([0.0, 1e6, 1e6 + 0.0625])
     model = SteerRegularized(lambda t, y: -1e-6 * y, b=0.06, generator=torch.Generator().manual_seed(0))
     with pytest.raises(
-        ValueError, match=r"b=0\.06: the earliest perturbed end time.* is t\[-2\]'s value in torch\.float32"
+        ValueError,
+        match=r"b=0\.06: the perturbed end time nearest t\[-2\], t\[-1\] - b = .* is t\[-2\]'s value in "
+        r"torch\.float32",
     ):
         model(torch.randn(3, 2), t)
+    # Where t decreases, the end time nearest t[-2] is t[-1] + b, and the message says so.
+    with pytest.raises(ValueError, match=r"t\[-1\] \+ b = 1000000\.06"):
+        model(torch.randn(3, 2), torch.tensor([2e6, 1e6 + 0.0625, 1e6]))
     # In float64 the same times and b are solved, and a half width clear of the rounding in float32.
     SteerRegularized(lambda t, y: -1e-6 * y, b=0.06)(torch.randn(3, 2, dtype=torch.float64), t.double())
     SteerRegularized(lambda t, y: -1e-6 * y, b=0.03)(torch.randn(3, 2), t)

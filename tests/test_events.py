@@ -1071,3 +1071,29 @@ def test_a_tangential_crossing_warns_and_leaves_the_event_time_without_a_gradien
     assert solution.ys[-1].requires_grad  # the state still carries y0's gradient
     smooth_t, _ = local_reg.odeint_event(rise, y0, t0, event_fn=lambda t, y: y[0] - 1.5)
     assert float(torch.autograd.grad(smooth_t, y0)[0]) == pytest.approx(-1.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("solver", ["odeint_event", "compat"])
+def test_event_fn_reads_the_same_function_at_t0_as_in_the_search_under_autocast(solver):
+    """Under bfloat16 autocast a learned event function's sign at t0 was read in bfloat16 (+0.001)
+    and in the root search in float32 (-0.0005): the crossing at 5e-4 was missed and the solve ran
+    to 3e35. Every evaluation of event_fn runs outside autocast now, as the search does."""
+    event_layer = nn.Linear(2, 1)
+    with torch.no_grad():
+        event_layer.weight.fill_(1.0)
+        event_layer.bias.fill_(-1.0)
+    dtypes = []
+
+    def event_fn(t, y):
+        value = event_layer(y).squeeze(-1)
+        dtypes.append(value.dtype)
+        return value
+
+    y0 = torch.tensor([0.9985, 0.001])  # event_fn(y0) = -0.0005 in float32; y[0] grows at rate 1
+    solve = local_reg.odeint_event if solver == "odeint_event" else compat.odeint_event
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        event_t, _ = solve(
+            lambda t, y: torch.tensor([1.0, 0.0]) + 0 * y, y0, torch.tensor(0.0), event_fn=event_fn
+        )
+    assert float(event_t) == pytest.approx(5e-4, rel=1e-3)
+    assert set(dtypes) == {torch.float32}

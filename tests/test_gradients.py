@@ -497,6 +497,22 @@ def test_second_derivatives_are_refused_by_the_graph_free_methods_not_zeros(grad
     assert y.grad.abs().max() > 0
 
 
+class _FirstOutput(torch.nn.Module):
+    """A recurrent layer's output sequence alone (it also returns its last hidden state)."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x)[0]
+
+
+class _SelfAttention(_FirstOutput):
+    def forward(self, x):
+        return self.layer(x, x, x, need_weights=False)[0]
+
+
 class _LayerField(torch.nn.Module):
     def __init__(self, layer: torch.nn.Module) -> None:
         super().__init__()
@@ -514,6 +530,16 @@ _REEVALUATED_LAYERS = {
     "instance-norm": (
         lambda: torch.nn.InstanceNorm1d(4, track_running_stats=True, dtype=DTYPE),
         "instance norm updates its running statistics",
+    ),
+    # Dropout drawn inside torch's own layers, not by a dropout submodule (the GRU's between its two
+    # layers; the attention's on its weights).
+    "gru-dropout": (
+        lambda: _FirstOutput(torch.nn.GRU(3, 3, 2, dropout=0.3, dtype=DTYPE)),
+        "dropout draws new masks",
+    ),
+    "attention-dropout": (
+        lambda: _SelfAttention(torch.nn.MultiheadAttention(3, 1, dropout=0.3, dtype=DTYPE)),
+        "dropout draws new masks",
     ),
 }
 
@@ -537,7 +563,7 @@ def test_graph_free_methods_warn_about_layers_that_differ_when_reevaluated(kind)
     # The warning names what the layer found does (it spoke of dropout's masks for batch norm too).
     message = str(seen[0].message)
     assert effect in message
-    assert [other for _, other in _REEVALUATED_LAYERS.values() if other in message] == [effect]
+    assert {other for _, other in _REEVALUATED_LAYERS.values() if other in message} == {effect}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         solve("direct")
@@ -550,9 +576,119 @@ def test_graph_free_methods_warn_about_layers_that_differ_when_reevaluated(kind)
             torch.nn.BatchNorm1d(3, track_running_stats=False, dtype=DTYPE),
             torch.nn.InstanceNorm1d(4, dtype=DTYPE),
             torch.nn.RReLU(0.2, 0.2),
+            _FirstOutput(torch.nn.GRU(3, 3, 1, dtype=DTYPE)),  # one layer: no dropout between layers
+            _SelfAttention(torch.nn.MultiheadAttention(3, 1, dtype=DTYPE)),
         ):
             field = _LayerField(quiet)
             solve("symplectic")
+
+
+class _ScaledField(torch.nn.Module):
+    """An MLP field whose output a buffer scales (a per-task normalizer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+        self.register_buffer("scale", torch.ones(3, dtype=DTYPE))
+
+    def forward(self, t, y):
+        return self.net(y) * self.scale
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
+def test_graph_free_methods_refuse_buffers_swapped_in_for_the_forward_call_only(gradient):
+    """``functional_call`` swaps buffers as it swaps parameters: the backward pass re-evaluated func
+    with the module's own buffer and returned a gradient 2x off, silently. The module's own tensors
+    passed back, or equal ones, are the same function and pass."""
+    from torch.func import functional_call
+
+    field = _ScaledField()
+    y0 = torch.ones(4, 3, dtype=DTYPE)
+
+    def solve():
+        return odeint(field, y0, [0.0, 1.0], gradient=gradient, rtol=1e-9, atol=1e-9).ys
+
+    swapped = functional_call(_Solve(field, solve), {"field.scale": torch.full((3,), 0.5, dtype=DTYPE)}, ())
+    with pytest.raises(RuntimeError, match="holds other buffers in the backward pass"):
+        swapped.square().sum().backward()
+    for same in (field.scale, field.scale.clone()):
+        field.zero_grad()
+        functional_call(_Solve(field, solve), {"field.scale": same}, ()).square().sum().backward()
+        assert all(p.grad is not None for p in field.parameters())
+
+
+class _Solve(torch.nn.Module):
+    """A module around ``solve()`` that holds ``field``, for ``functional_call`` to swap into."""
+
+    def __init__(self, field: torch.nn.Module, solve) -> None:
+        super().__init__()
+        self.field = field
+        self.solve = solve
+
+    def forward(self):
+        return self.solve()
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
+@pytest.mark.parametrize("layer", ["bn", "dropout"])
+def test_graph_free_methods_refuse_a_mode_switched_between_forward_and_backward(gradient, layer):
+    """``eval()`` (or ``train()``) between the solve and ``backward`` made the re-evaluations read a
+    layer in the other mode (batch norm's running statistics for its batch's), and the gradient was
+    another function's, silently. A module without such a layer may switch: nothing changes."""
+    torch.manual_seed(0)
+    field = _LayerField(torch.nn.BatchNorm1d(3, dtype=DTYPE) if layer == "bn" else torch.nn.Dropout(0.3))
+    start_mode = layer == "bn"  # dropout: solved in eval mode (no masks), switched to training
+    field.train(start_mode)
+    y0 = torch.randn(8, 3, dtype=DTYPE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the solve-time warning of a layer in training mode
+        ys = odeint(field, y0, [0.0, 1.0], gradient=gradient, rtol=1e-8, atol=1e-8).ys
+    field.train(not start_mode)
+    kind = "batch norm" if layer == "bn" else "dropout"
+    with pytest.raises(
+        RuntimeError, match=f"switched between train\\(\\) and eval\\(\\) after the solve, and its {kind}"
+    ):
+        ys.square().sum().backward()
+    plain = _LayerField(torch.nn.Tanh())
+    ys = odeint(plain, y0, [0.0, 1.0], gradient=gradient, rtol=1e-8, atol=1e-8).ys
+    plain.eval()
+    ys.square().sum().backward()
+    assert all(p.grad is not None for p in plain.parameters())
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "interpolating_adjoint"])
+def test_a_closure_that_reaches_none_of_adjoint_params_is_warned_of(gradient):
+    """The README's ``lambda t, y: net(y)`` with ``adjoint_params`` under ``functional_call`` of a
+    frozen template: the backward pass re-evaluated ``net`` with the template's weights, the
+    swapped-in tensors got no gradient and ``y0``'s was another field's, without a word."""
+    from torch.func import functional_call
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    holder = _Solve(
+        net,
+        lambda: (
+            odeint(
+                lambda t, y: net(y), y0, [0.0, 1.0], gradient=gradient, adjoint_params=tuple(weights.values())
+            ).ys
+        ),
+    )
+    net.requires_grad_(False)
+    weights = {f"field.{k}": (2 * v).requires_grad_() for k, v in net.named_parameters()}
+    y0 = torch.ones(4, 3, dtype=DTYPE, requires_grad=True)
+    ys = functional_call(holder, weights, ())
+    with pytest.warns(UserWarning, match="func uses none of the 4 tensor\\(s\\) in adjoint_params"):
+        ys.square().sum().backward()
+    # A closure over the listed tensors themselves is quiet.
+    y0.grad = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        odeint(
+            lambda t, y: torch.tanh(y @ weights["field.0.weight"].T[:3, :3]),
+            y0,
+            [0.0, 1.0],
+            gradient=gradient,
+            adjoint_params=tuple(weights.values()),
+        ).ys.sum().backward()
 
 
 class _ParametrizedField(torch.nn.Module):
@@ -1282,6 +1418,25 @@ def test_a_tuple_state_under_autocast_is_cast_back_as_a_tensor_state_is():
     torch.testing.assert_close(torch.cat(pieces, dim=1), flat, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_a_complex_states_complex32_output_under_float16_autocast_is_cast_back():
+    """``torch.complex`` of two float16 parts is complex32, float16's counterpart: it was refused
+    where a float16 output is cast back (and torchdiffeq promotes it). The solve is the one of its
+    real view (which it is solved as), to the bit."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(2, 2)
+    y0 = torch.randn(4, 2, dtype=torch.complex64)
+    with torch.autocast("cpu", dtype=torch.float16):
+        ys = odeint(lambda t, y: torch.complex(layer(y.real), layer(y.imag)), y0, [0.0, 1.0]).ys
+        real_view = odeint(
+            lambda t, y: torch.stack([layer(y[..., 0]), layer(y[..., 1])], -1),
+            torch.view_as_real(y0),
+            [0.0, 1.0],
+        ).ys
+    assert ys.dtype == torch.complex64
+    torch.testing.assert_close(torch.view_as_real(ys), real_view, rtol=0, atol=0)
+
+
 def test_autocast_runs_func_in_half_precision_and_the_solver_in_the_states():
     """Under ``torch.autocast`` the field runs in bfloat16 (its output cast back to the state's
     dtype, as torchdiffeq's solvers promote it), the solver's own combinations (matrix products,
@@ -1372,9 +1527,16 @@ def test_penalties_that_read_the_error_estimate_warn_under_autocast():
     y0, t = torch.randn(8, 2, generator=torch.Generator().manual_seed(1)), [0.0, 1.0]
     tolerances = {"rtol": 1e-2, "atol": 1e-2, "weight": 1.0}
     warned = {
-        "the local penalty 'error-dt'": LocallyRegularized.paper(NetField(net), **tolerances),
-        "global regularization ('error')": GloballyRegularized(NetField(net), **tolerances),
-        "global regularization ('stiffness')": GloballyRegularized(
+        "the local penalty 'error-dt' reads the solver's error": LocallyRegularized.paper(
+            NetField(net), **tolerances
+        ),
+        "the local stiffness penalty reads the solver's stiffness": LocallyRegularized(
+            NetField(net), regularizer="stiffness", **tolerances
+        ),
+        "global regularization ('error') reads the solver's error": GloballyRegularized(
+            NetField(net), **tolerances
+        ),
+        "global regularization ('stiffness') reads the solver's stiffness": GloballyRegularized(
             NetField(net), regularizer="stiffness", **tolerances
         ),
     }
@@ -1394,9 +1556,7 @@ def test_penalties_that_read_the_error_estimate_warn_under_autocast():
             torch.autocast("cpu", dtype=torch.bfloat16),
             pytest.warns(
                 RuntimeWarning,
-                match=re.escape(
-                    f"{name} reads the solver's error estimate, which under torch.autocast (bfloat16)"
-                ),
+                match=re.escape(f"{name} estimate, which under torch.autocast (bfloat16)"),
             ),
         ):
             model(y0, t)

@@ -391,6 +391,32 @@ def test_parameters_changed_before_the_backward_pass_are_refused(change):
         ys.sum().backward()
 
 
+def test_a_buffer_swapped_in_for_the_forward_call_only_is_refused():
+    """``torch.func.functional_call`` swaps buffers too: the re-run read the module's own and the
+    gradient was 2x off, silently."""
+    from torch.func import functional_call
+
+    sde = _scalar_rate_sde()
+    sde.register_buffer("gain", torch.tensor(1.0, dtype=DTYPE))
+    sde.f = lambda t, y: sde.gain * sde.rate * y
+    y0 = torch.ones(2, 1, dtype=DTYPE)
+    bm = brownian("diagonal", batch=2, d=1)
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sde = sde
+
+        def forward(self):
+            return _solve_rate(sde, y0, "checkpoint", bm=bm)
+
+    ys = functional_call(Holder(), {"sde.gain": torch.tensor(0.5, dtype=DTYPE)}, ())
+    with pytest.raises(RuntimeError, match="sde's module holds other buffers in the backward pass"):
+        ys.sum().backward()
+    functional_call(Holder(), {"sde.gain": sde.gain.clone()}, ()).sum().backward()
+    assert sde.rate.grad is not None
+
+
 def test_second_derivatives_are_refused_not_zero():
     y0 = torch.ones(2, 1, dtype=DTYPE)
     with pytest.raises(RuntimeError, match="gives first derivatives only"):

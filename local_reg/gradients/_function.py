@@ -27,10 +27,12 @@ from typing import Any, ClassVar, NamedTuple, cast
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
-from torch.nn.utils import parametrize
+from torch.nn.utils import parametrizations, parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 from .._checks import type_name
 from .._dense import DenseOutput
+from .._errors import warn
 from .._integrate import SolveOptions, StepPenalty, integrate_ode
 from .._step import VectorField
 from .._validate import batched_cotangent, refuse_captured_tangents, time_direction, without_autocast
@@ -90,16 +92,12 @@ class ForwardSolve:
     was presumably made."""
 
     def __post_init__(self) -> None:
-        self._owner_parameters = self._parameter_ids()
+        self.owner_at_solve = ModuleAtSolve.of(self.owner)
         self.frozen_at_solve = frozen_parameter_ids(self.owner)
 
-    def _parameter_ids(self) -> tuple[int, ...]:
-        return parameter_ids(self.owner)
-
     def check_owner_unchanged(self) -> None:
-        """Raise if ``func``'s module holds other parameter tensors than during the forward solve
-        (:func:`check_same_parameters`)."""
-        check_same_parameters(self.owner, self._owner_parameters)
+        """Raise if ``func``'s module changed since the forward solve (:meth:`ModuleAtSolve.check`)."""
+        self.owner_at_solve.check(self.owner)
 
     def is_differentiated(self, y0: Tensor) -> bool:
         """Whether autograd records a solve from ``y0`` (:func:`records_graph`)."""
@@ -231,25 +229,100 @@ def frozen_parameter_ids(owner: torch.nn.Module | None) -> frozenset[int]:
     )
 
 
-def parameter_ids(owner: torch.nn.Module | None) -> tuple[int, ...]:
-    """The identities of ``owner``'s parameter tensors (none without a module)."""
-    return () if owner is None else tuple(id(p) for p in owner.parameters())
+def reevaluation_effect(module: torch.nn.Module) -> str | None:
+    """The kind of layer ``module`` is whose output depends on its training mode and changes from
+    one evaluation to the next in training mode ("dropout", "RReLU", "batch norm", "instance norm",
+    "spectral norm"), or ``None``: a graph-free method that evaluates it again in its backward pass
+    does not evaluate the forward solve's function. Dropout inside ``nn.MultiheadAttention`` and
+    between the layers of a stacked ``nn.RNN``/``LSTM``/``GRU`` is drawn by torch's own code, not by
+    a dropout submodule."""
+    if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+        return "dropout"
+    if isinstance(module, torch.nn.MultiheadAttention) and module.dropout > 0:
+        return "dropout"
+    if isinstance(module, torch.nn.RNNBase) and module.dropout > 0 and module.num_layers > 1:
+        return "dropout"
+    if isinstance(module, torch.nn.RReLU) and module.lower != module.upper:
+        return "RReLU"
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+        return "batch norm"
+    if isinstance(module, torch.nn.modules.instancenorm._InstanceNorm) and module.track_running_stats:
+        return "instance norm"
+    power_iterations = isinstance(module, parametrizations._SpectralNorm) or any(
+        isinstance(hook, SpectralNorm) for hook in module._forward_pre_hooks.values()
+    )
+    return "spectral norm" if power_iterations else None
 
 
-def check_same_parameters(
-    owner: torch.nn.Module | None, forward_ids: tuple[int, ...], name: str = "func"
-) -> None:
-    """Raise if ``owner`` (``name``'s module) holds other parameter tensors than ``forward_ids``,
-    those of the forward solve (``torch.func.functional_call`` swaps them in for the forward call
-    only): a backward pass that re-evaluates ``name`` would differentiate the others, and the
-    forward's would silently get no gradient."""
-    if parameter_ids(owner) != forward_ids:
-        raise RuntimeError(
-            f"{name}'s module holds other parameter tensors in the backward pass than in the forward "
-            "solve (torch.func.functional_call, a parameter replaced, or a load_state_dict(assign=True) "
-            f"in between): the graph-free gradient methods re-evaluate {name} with its current "
-            f"parameters; use {direct(name)}, which differentiates the forward's own graph"
+@dataclass(frozen=True)
+class ModuleAtSolve:
+    """What a graph-free backward pass must find of ``func``'s module as the solve left it, since it
+    evaluates ``func`` again with what the module holds then: its parameter tensors (by identity),
+    its buffers (``torch.func.functional_call`` swaps both in for the forward call only) and the
+    training modes of its layers whose output depends on them (:func:`reevaluation_effect`)."""
+
+    parameter_ids: tuple[int, ...] = ()
+    buffers: tuple[Tensor, ...] = ()
+    modes: tuple[tuple[str, bool], ...] = ()
+
+    @classmethod
+    def of(cls, owner: torch.nn.Module | None) -> ModuleAtSolve:
+        if owner is None:
+            return cls()
+        return cls(
+            tuple(id(p) for p in owner.parameters()),
+            tuple(owner.buffers()),
+            _modes(owner),
         )
+
+    def check(self, owner: torch.nn.Module | None, name: str = "func") -> None:
+        """Raise a ``RuntimeError`` if ``owner`` (``name``'s module) holds other parameter tensors,
+        buffers of other values, or has a layer in another training mode than at the solve: the
+        backward pass would differentiate another function than the forward solve's, and the
+        forward's tensors would silently get no gradient. A buffer changed in place (running
+        statistics, as the solve itself updates them) is the module's own and passes."""
+        if owner is None:
+            return
+        rerun = (
+            f"the graph-free gradient methods re-evaluate {name} with what its module holds in the "
+            f"backward pass; use {direct(name)}, which differentiates the forward's own graph"
+        )
+        if tuple(id(p) for p in owner.parameters()) != self.parameter_ids:
+            raise RuntimeError(
+                f"{name}'s module holds other parameter tensors in the backward pass than in the forward "
+                "solve (torch.func.functional_call, a parameter replaced, or a load_state_dict(assign=True) "
+                f"in between): {rerun}"
+            )
+        buffers = tuple(owner.buffers())
+        pairs = zip(buffers, self.buffers, strict=False)
+        if len(buffers) != len(self.buffers) or any(
+            now is not then and not _same_values(now, then) for now, then in pairs
+        ):
+            raise RuntimeError(
+                f"{name}'s module holds other buffers in the backward pass than in the forward solve "
+                f"(torch.func.functional_call swapped them in for the forward call only?): {rerun}"
+            )
+        switched = sorted({kind for kind, mode in _modes(owner) if (kind, not mode) in self.modes})
+        if _modes(owner) != self.modes:
+            layers = " and ".join(switched) or "a layer whose output depends on it"
+            raise RuntimeError(
+                f"{name}'s module was switched between train() and eval() after the solve, and its "
+                f"{layers} computes another function in the other mode: {rerun}, or call backward "
+                "in the mode the solve ran in"
+            )
+
+
+def _modes(owner: torch.nn.Module) -> tuple[tuple[str, bool], ...]:
+    """``(kind, training)`` of each layer of ``owner`` whose output depends on its training mode."""
+    return tuple(
+        (kind, module.training)
+        for module in owner.modules()
+        if (kind := reevaluation_effect(module)) is not None
+    )
+
+
+def _same_values(now: Tensor, then: Tensor) -> bool:
+    return now.shape == then.shape and now.dtype == then.dtype and bool(torch.equal(now, then))
 
 
 def outside_graph_error(method: str, name: str = "func") -> ValueError:
@@ -391,6 +464,8 @@ class CapturedTensorCheck:
         self.param_nodes = {p.grad_fn for p in params if p.grad_fn is not None}
         self.forward_thread = thread_token() if forward_thread is None else forward_thread
         self.checked = False
+        self.reaches_params: bool | None = None
+        """Whether the checked evaluation reached any of ``params`` (``None`` before it ran)."""
         self.keeps_outside_graph = False
         self.unsure = False
 
@@ -414,12 +489,16 @@ class CapturedTensorCheck:
         captured: dict[int, Tensor] = {}
         if derivative.grad_fn is None and id(derivative) not in allowed:
             captured[id(derivative)] = derivative
+        reaches_params = id(derivative) in self.param_ids or derivative.grad_fn in self.param_nodes
         for node in graph_nodes([derivative.grad_fn] if derivative.grad_fn is not None else [], stops):
             variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf tensor
             if variable is not None and id(variable) not in allowed:
                 captured.setdefault(id(variable), variable)
             elif variable is None and node._sequence_nr() not in made_by_the_call:
                 self.keeps_outside_graph = True
+            reaches_params = reaches_params or id(variable) in self.param_ids
+            reaches_params = reaches_params or any(n in self.param_nodes for n, _ in node.next_functions)
+        self.reaches_params = reaches_params
         if captured and set(captured) <= self.frozen_at_solve:
             raise ValueError(
                 f"gradient={self.method!r}: {len(captured)} parameter(s) of {self.name}'s module require "
@@ -428,6 +507,25 @@ class CapturedTensorCheck:
             )
         if captured:
             raise captured_tensors_error(self.method, self.name, list(captured.values()))
+
+
+def warn_if_params_unreached(checks: Sequence[CapturedTensorCheck], method: str, name: str = "func") -> None:
+    """Warn where ``params`` are given but none of ``checks`` (``func``'s, or an SDE's drift's and
+    diffusion's, once their backward pass ran) reached any of them: they get no gradient. Where
+    the solve ran with weights swapped in (``torch.func.functional_call``), a function closing over
+    the module (with no module of its own whose tensors :class:`ModuleAtSolve` checks) is
+    evaluated again with the module's own, which the listed tensors are not, and ``y0``'s gradient
+    is another field's. A warning, not an error: one evaluation's graph is all it reads."""
+    checked = [check for check in checks if check.reaches_params is not None]
+    if not checked or not checked[0].param_ids or any(check.reaches_params for check in checked):
+        return
+    warn(
+        f"gradient={method!r}: {name} uses none of the {len(checked[0].param_ids)} tensor(s) in "
+        "adjoint_params in the backward pass, so they get no gradient. If the solve ran with weights "
+        f"swapped in (torch.func.functional_call), the backward pass re-evaluates {name} with its "
+        f"module's own and y0's gradient is not the solve's either: use {direct(name)}; if {name} "
+        "does not use them, leave them out of adjoint_params"
+    )
 
 
 class BackwardStep(NamedTuple):
@@ -892,9 +990,10 @@ class _SolveWithoutGraph(torch.autograd.Function):
         refuse_parametrize_cache(solve.owner, ctx.method.name, "func", "backward")
         func, params = solve.func, solve.params
         trained, solve.params = still_trained(params)
-        solve.func = CapturedTensorCheck(
+        check = CapturedTensorCheck(
             func, solve.params, ctx.method.name, solve.thread, frozen_at_solve=solve.frozen_at_solve
         )
+        solve.func = check
         try:
             with without_autocast(), naming_a_freed_graph(ctx.method.name):
                 grad_y0, trained_grads, nfe = ctx.method.backward(
@@ -902,6 +1001,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
                 )
         finally:
             solve.func, solve.params = func, params
+        warn_if_params_unreached([check], ctx.method.name)
         grad_params = scattered(trained_grads, trained, len(params))
         # Only the gradients asked for are judged: y0's may be non-finite where y0 needs none.
         asked = [

@@ -7,13 +7,11 @@ from collections.abc import Iterable
 
 import torch
 from torch import Tensor
-from torch.nn.utils import parametrizations
-from torch.nn.utils.spectral_norm import SpectralNorm
 
 from .._errors import warn
 from .._tuple import owning_module, user_func
 from .._validate import check_params_not_dual
-from ._function import GradientMethod, graph_nodes, refuse_parametrize_cache
+from ._function import GradientMethod, graph_nodes, reevaluation_effect, refuse_parametrize_cache
 
 
 def adjoint_params_tuple(adjoint_params: object) -> tuple[Tensor, ...]:
@@ -86,22 +84,7 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
         return
 
     def differs(module: torch.nn.Module) -> str | None:
-        if not module.training:
-            return None
-        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
-            return "dropout"
-        if isinstance(module, torch.nn.RReLU) and module.lower != module.upper:
-            return "RReLU"
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
-            return "batch norm"
-        if isinstance(module, torch.nn.modules.instancenorm._InstanceNorm) and module.track_running_stats:
-            return "instance norm"
-        power_iterations = isinstance(module, parametrizations._SpectralNorm) or any(
-            isinstance(hook, SpectralNorm) for hook in module._forward_pre_hooks.values()
-        )
-        if power_iterations:
-            return "spectral norm"
-        return None
+        return reevaluation_effect(module) if module.training else None
 
     found = sorted({kind for kind in map(differs, owner.modules()) if kind is not None})
     if found:

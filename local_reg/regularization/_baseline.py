@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .._tuple import owning_module
 from .._validate import check_generator
 from ..solution import Solution, Stats
 from ._problems import ODEProblem
@@ -82,6 +83,23 @@ class BaselinePenalty:
             raise ValueError(
                 f"gradient={problem.gradient.name!r} needs the parameters of func, but func is a plain "
                 "function and adjoint_params was not given: pass adjoint_params=(tensors func depends on)"
+            )
+
+
+def refuse_running_statistics(func: object, penalty: str, transform: str) -> None:
+    """Refuse (``ValueError``) a batch or instance norm in training mode with running statistics in
+    ``func``'s module: ``penalty`` differentiates ``func`` inside ``transform`` (a ``torch.func``
+    transform), where updating those statistics in place fails with torch's own message, which
+    names neither the layer nor the penalty."""
+    owner = owning_module(func)
+    norms = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+    for name, module in [] if owner is None else owner.named_modules():
+        if isinstance(module, norms) and module.track_running_stats and module.training:
+            raise ValueError(
+                f"{penalty} differentiates func by {transform}, inside which the "
+                f"{type(module).__name__} {name or '(func itself)'!r} in training mode cannot update its "
+                "running statistics: put it in eval mode, build it with track_running_stats=False, "
+                "or call torch.func.replace_all_batch_norm_modules_(func)"
             )
 
 

@@ -69,17 +69,18 @@ from .schedules import WeightSchedule, as_schedule
 Problem = ODEProblem | SDEProblem
 
 
-def _warn_of_autocast(penalty: str, dtype: torch.dtype, remedy: str) -> None:
-    """A ``RuntimeWarning`` where ``penalty``, which reads the solver's error or stiffness estimate,
-    is computed in float32 (``dtype``) under ``torch.autocast``, which lowers float32 operations: the
-    estimate then measures the field's rounding in the autocast dtype (bfloat16: a penalty
-    300-10000x float32's, its gradient pointing elsewhere), not the truncation error it is meant
-    to penalize. Float64 is left alone by autocast."""
+def _warn_of_autocast(penalty: str, regularizer: str, dtype: torch.dtype, remedy: str) -> None:
+    """A ``RuntimeWarning`` where ``penalty``, which reads the solver's error or stiffness estimate
+    (``regularizer``: ``"error"`` or ``"stiffness"``), is computed in float32 (``dtype``) under
+    ``torch.autocast``, which lowers float32 operations: the estimate then measures the field's
+    rounding in the autocast dtype (bfloat16: a penalty 300-10000x float32's, its gradient pointing
+    elsewhere), not the truncation error it is meant to penalize. Float64 is left alone by
+    autocast."""
     regions = active_autocast()
     if regions and dtype == torch.float32 and torch.is_grad_enabled():
         dtypes = ", ".join(sorted({str(dtype).removeprefix("torch.") for _, dtype in regions}))
         warn(
-            f"{penalty} reads the solver's error estimate, which under torch.autocast ({dtypes}) "
+            f"{penalty} reads the solver's {regularizer} estimate, which under torch.autocast ({dtypes}) "
             f"measures the field's rounding in that dtype, not the truncation error: {remedy}",
             RuntimeWarning,
         )
@@ -331,7 +332,10 @@ class LocalPenalty:
                 )
             if self.penalty != "kinetic":
                 _warn_of_autocast(
-                    f"the local penalty {self.penalty!r}",
+                    "the local stiffness penalty"
+                    if self.regularizer == "stiffness"
+                    else f"the local penalty {self.penalty!r}",
+                    self.regularizer,
                     y0.dtype if probe_dtype is None else probe_dtype,
                     "compute it outside autocast, or probe in float64 (an ODE's probe_dtype='float64'), "
                     "or use the default kinetic penalty, which reads no estimate",
@@ -465,7 +469,10 @@ class GlobalPenalty:
                 return value if self.regularizer == "error" or reduction == "max" else value * abs(dt)
 
             _warn_of_autocast(
-                f"global regularization ({self.regularizer!r})", y0.dtype, "compute it outside autocast"
+                f"global regularization ({self.regularizer!r})",
+                self.regularizer,
+                y0.dtype,
+                "compute it outside autocast",
             )
             main = problem.solve(y0, times, t_dtype, context, Request(step_penalty=per_step))
             main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)

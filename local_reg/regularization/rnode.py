@@ -43,6 +43,7 @@ from ._baseline import (
     BaselineStats,
     call_generator,
     own_generator,
+    refuse_running_statistics,
     solution_stats,
 )
 from ._module import Regularized, functional_settings
@@ -103,6 +104,8 @@ class RNODEPenalty(BaselinePenalty):
         y0 = validate_state(y0)
         # A Jacobian term of weight 0 is not computed (no noise drawn, no vector--Jacobian products).
         eps = rademacher(y0.shape, generator, y0) if self.jacobian else None
+        if self.jacobian:
+            refuse_running_statistics(problem.func, "RNODE's Jacobian term", "torch.func.vjp")
         # Checked output: a wrong shape is named before the vector--Jacobian product meets it.
         integrand = rnode_integrand(checked_field(problem.func), eps)
         ys, integrals, solution = solve_augmented(

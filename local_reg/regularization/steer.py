@@ -60,7 +60,8 @@ def check_half_width(b: float, times: list[float], time_dtype: torch.dtype | Non
         previous = torch.tensor(times[-2], dtype=time_dtype, device="cpu").item()
         if (nearest - previous) * direction <= 0.0:
             raise ValueError(
-                f"b={b}: the earliest perturbed end time, t[-1] - b = {times[-1] - direction * b!r}, is "
+                f"b={b}: the perturbed end time nearest t[-2], t[-1] {'-' if direction > 0 else '+'} b = "
+                f"{times[-1] - direction * b!r}, is "
                 f"t[-2]'s value in {time_dtype}, the dtype func gets the times in: pass a smaller b, or t "
                 "as a float64 tensor"
             )

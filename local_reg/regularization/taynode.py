@@ -39,7 +39,7 @@ from .._validate import checked_field, narrowest_float, validate_state, validate
 from ..controller import TimeSet
 from ..solution import State
 from ._augmented import Integrand, mean_square, solve_augmented
-from ._baseline import BaselinePenalty, BaselineStats, solution_stats
+from ._baseline import BaselinePenalty, BaselineStats, refuse_running_statistics, solution_stats
 from ._module import Regularized, functional_settings
 from .schedules import WeightSchedule
 
@@ -133,6 +133,8 @@ class TayNODEPenalty(BaselinePenalty):
     ) -> tuple[Tensor, Tensor, BaselineStats]:
         times = validate_times(t)
         y0 = validate_state(y0)
+        if self.order > 1:
+            refuse_running_statistics(problem.func, f"TayNODE's order-{self.order} penalty", "torch.func.jvp")
         # Checked output: a wrong shape is named before the forward-mode derivatives meet it.
         integrand = taylor_integrand(checked_field(problem.func), self.order)
         ys, integrals, solution = solve_augmented(

@@ -31,18 +31,18 @@ from .._integrate import SolveOptions, integrate
 from ..gradients._function import (
     CapturedTensorCheck,
     GradientMethod,
+    ModuleAtSolve,
     add_gradients,
-    check_same_parameters,
     finish_backward,
     first_order_backward,
     frozen_parameter_ids,
     naming_a_freed_graph,
-    parameter_ids,
     refuse_parametrize_cache,
     release_unless_graph_kept,
     scattered,
     still_trained,
     thread_token,
+    warn_if_params_unreached,
 )
 from ..solution import Stats, Steps
 from ._step import EulerMaruyamaStepper, SDEStepResult, _euler_maruyama_step
@@ -113,7 +113,7 @@ class CheckpointedSolve:
         self.params = params
         self.record_states = record_states
         self.owner = owner
-        self.owner_parameters = parameter_ids(owner)
+        self.owner_at_solve = ModuleAtSolve.of(owner)
         self.frozen_at_solve = frozen_parameter_ids(owner)
         self.method = method
         self.thread = thread_token()
@@ -142,7 +142,7 @@ class CheckpointedSolve:
         """The gradients of ``y0`` and of ``params`` from the cotangents ``grad_ys`` of the outputs
         (``needs``: which of them autograd asks for, the ones judged finite)."""
         stepper = self.stepper
-        check_same_parameters(self.owner, self.owner_parameters, "sde")
+        self.owner_at_solve.check(self.owner, "sde")
         refuse_parametrize_cache(self.owner, self.method.name, "sde", "backward")
         trained, params = still_trained(self.params)
         # The drift and diffusion of the re-run steps, checked for tensors they capture that
@@ -185,6 +185,7 @@ class CheckpointedSolve:
                 while output > 0 and self.times[output - 1] == step.t:
                     output -= 1
                     adjoint = adjoint + grad_ys[output]
+        warn_if_params_unreached([sde.f, sde.g], self.method.name, "sde")
         all_grads = scattered(grad_params, trained, len(self.params))
         asked = [g for g, needed in zip((adjoint, *all_grads), needs, strict=True) if needed]
         finish_backward(self.stats, [grad_ys], asked, calls, self.times[0], "the drift and diffusion")
