@@ -4,6 +4,10 @@ Data: ``dy/dt = (y**3) A`` with ``A = [[-0.1, 2], [-2, -0.1]]`` from ``y(0) = (2
 solved once with a tight tolerance. Training batches are short segments of the trajectory, each
 integrated from its own first point; the test is the whole trajectory (every tenth point) from
 ``y(0)``. Model: ``f(y) = MLP(y**3)``; loss and metric: mean absolute error (as in the demo).
+
+The test holds no unseen data: every test point is an observation of a training segment (the
+same time and state, at every size), so the test MAE is the error of one long rollout over the
+training trajectory (``spiral_sde``'s likewise).
 """
 
 from __future__ import annotations
