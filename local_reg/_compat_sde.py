@@ -43,14 +43,22 @@ from typing import Any, Literal, cast, overload
 import torch
 from torch import Tensor
 
-from ._errors import warn
+from ._errors import SolverAssertion, SolverError, warn
 from ._integrate import NO_STEP_LIMIT
 from ._step import time_tensor, within_ulps
-from ._validate import check_bool, host_list, positive_float, refuse_tracing, validate_state, validate_times
+from ._validate import (
+    check_bool,
+    host_list,
+    positive_float,
+    refuse_tracing,
+    time_tensors_requiring_grad,
+    validate_state,
+    validate_times,
+)
 from .controller import PIController, TimeSet
 from .sde._sdeint import sde_module
 from .sde._sdeint import sdeint as _sdeint
-from .sde.brownian import make_brownian, release_brownian
+from .sde.brownian import check_brownian_span, make_brownian, release_brownian
 from .sde.problem import (
     FIXED_STEP_NOISE_TYPE,
     ITO_FORM,
@@ -293,6 +301,19 @@ def _solve(
     """:func:`sdeint` and :func:`sdeint_adjoint`: torchsde's arguments, and the
     :func:`local_reg.sdeint` gradient method with its ``adjoint_params``; ``caller``: which of the
     two the messages name."""
+    # torchsde refuses them all (misc.assert_no_grad); its fixed-step grid here would detach ts and
+    # its gradient be none, silently.
+    if time_tensors_requiring_grad(ts):
+        raise ValueError(
+            "ts requires grad, but sdeint solves at fixed times and no gradient reaches ts (torchsde "
+            "refuses it too): pass ts.detach()"
+        )
+    for name, value in (("dt", dt), ("rtol", rtol), ("atol", atol), ("dt_min", dt_min)):
+        if isinstance(value, Tensor) and value.requires_grad:
+            raise ValueError(
+                f"{name} requires grad, but no gradient reaches it (torchsde refuses it too): pass "
+                f"{name}.detach()"
+            )
     check_bool("logqp", logqp)
     if extra:
         raise ValueError(
@@ -426,6 +447,10 @@ def _states(
         needed = torch.unique(torch.cat([after.new_zeros(1), after - 1, after]))
         wanted = set(needed.tolist())
         made = bm is None
+        if not made:
+            # The whole span's, before the first call: each call checks only its own piece, whose
+            # span a message would name though the user never asked for it.
+            check_brownian_span(bm, float(grid[0]), float(grid[-1]))
         if made:
             # One Brownian motion for every call, made as local_reg.sdeint makes its own.
             size = _brownian_size_at_start(sde, y0, ts, scheme, bm, drift=False)
@@ -472,21 +497,30 @@ def _states(
     # three steps' evaluations per attempt) and local_reg's the embedded Lamba estimate (a, b the
     # step's start and end): at one tolerance the steps differ. torchsde also floors each scale and
     # the norm at 1e-7 (so it takes atol=0), where local_reg.sdeint refuses atol <= 0.
-    solution = _sdeint(
-        sde,
-        y0,
-        ts,
-        method=scheme,
-        # A 0-dim tensor too: local_reg.sdeint reads and checks it (as a float).
-        rtol=cast(float, rtol),
-        atol=cast(float, atol),
-        first_step=step,
-        bm=bm,
-        max_steps=NO_STEP_LIMIT,
-        controller=controller,
-        gradient=gradient,
-        adjoint_params=adjoint_params,
-    )
+    try:
+        solution = _sdeint(
+            sde,
+            y0,
+            ts,
+            method=scheme,
+            # A 0-dim tensor too: local_reg.sdeint reads and checks it (as a float).
+            rtol=cast(float, rtol),
+            atol=cast(float, atol),
+            first_step=step,
+            bm=bm,
+            max_steps=NO_STEP_LIMIT,
+            controller=controller,
+            gradient=gradient,
+            adjoint_params=adjoint_params,
+        )
+    except SolverError as error:
+        # Steps at dt_min are accepted whatever their finite error, so an adaptive solve fails only
+        # on a non-finite step, which torchsde asserts on ("Found nans in the error estimate"): an
+        # AssertionError too, named in torchsde's terms.
+        reason = error.reason.replace("min_step=", "dt_min=")
+        raise SolverAssertion(reason, t=error.t, n_steps=error.n_steps).with_traceback(
+            error.__traceback__
+        ) from None
     forced = int((solution.steps.error_estimate > 1.0).sum())
     if forced:
         # No count in the text: a training loop would print it again for every new count.

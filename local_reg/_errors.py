@@ -54,3 +54,9 @@ class SolverError(RuntimeError):
 
 def _rebuild(cls: type[SolverError], reason: str, t: float, n_steps: int | None) -> SolverError:
     return cls(reason, t=t, n_steps=n_steps)
+
+
+class SolverAssertion(SolverError, AssertionError):
+    """A failed solve of a kind torchdiffeq or torchsde asserts on, from ``local_reg.compat``: a
+    :class:`SolverError` that is also an ``AssertionError``, so that code catching theirs still
+    catches it."""

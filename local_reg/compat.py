@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ._checks import positive_int, refuse_sde
 from ._compat_sde import sdeint, sdeint_adjoint
-from ._errors import SolverError, warn
+from ._errors import SolverAssertion, SolverError, warn
 from ._events import EVENT_BEYOND_LARGEST_TIME, _solve_until_event, direction_time
 from ._integrate import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, StepCallbacks
 from ._odeint import odeint as _odeint
@@ -439,11 +439,6 @@ def _listed_tolerance(name: str, value: Tolerance) -> Tolerance:
         ) from None
 
 
-class _SolverAssertion(SolverError, AssertionError):
-    """A failed solve of a kind torchdiffeq asserts on: a :class:`local_reg.SolverError` that is also
-    an ``AssertionError``, so that code catching torchdiffeq's still catches it."""
-
-
 _ASSERTED_BY_TORCHDIFFEQ = (
     "step size underflow",
     "non-finite state or derivative: the trial steps kept turning non-finite",
@@ -464,7 +459,7 @@ def _failures_as_assertions(solve: Callable[..., Any]) -> Callable[..., Any]:
         except SolverError as error:
             if isinstance(error, AssertionError) or not error.reason.startswith(_ASSERTED_BY_TORCHDIFFEQ):
                 raise
-            raise _SolverAssertion(error.reason, t=error.t, n_steps=error.n_steps).with_traceback(
+            raise SolverAssertion(error.reason, t=error.t, n_steps=error.n_steps).with_traceback(
                 error.__traceback__
             ) from None
 
@@ -599,7 +594,7 @@ def _solve(
         if step_size is None and (limited or error.reason == EVENT_BEYOND_LARGEST_TIME):
             # torchdiffeq asserts on its options['max_num_steps'] until an event too, and where the
             # steps grow until the time overflows its step size underflows ("underflow in dt").
-            raise _SolverAssertion(error.reason, t=error.t, n_steps=error.n_steps) from None
+            raise SolverAssertion(error.reason, t=error.t, n_steps=error.n_steps) from None
         if step_size is None or not unreached:
             raise
         # The loop's advice (raise max_steps) is not the user's to take here: the limit is fixed.

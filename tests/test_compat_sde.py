@@ -1067,3 +1067,63 @@ def test_warnings_point_at_the_users_line_on_every_path() -> None:
         with pytest.warns(UserWarning, match="dropout") as caught:
             call()
         assert [w.filename for w in caught if "dropout" in str(w.message)] == [__file__]
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+@pytest.mark.parametrize("solve", ["sdeint", "sdeint_adjoint"])
+def test_times_and_steps_that_require_grad_are_refused_as_torchsde_refuses_them(solve, adaptive) -> None:
+    """torchsde refuses a ``ts`` (and ``dt``, ``rtol``, ``atol``, ``dt_min``) that requires grad;
+    the fixed-step grid here detached ``ts`` and its gradient was none, silently (a learned
+    observation time trained nothing)."""
+    sde, y0 = SDE("diagonal"), torch.ones(4, 3, dtype=DT)
+    entry = getattr(compat, solve)
+    with pytest.raises(ValueError, match=r"ts requires grad.*pass ts\.detach\(\)"):
+        entry(
+            sde, y0, torch.tensor([0.0, 0.5, 1.0], dtype=DT, requires_grad=True), dt=0.01, adaptive=adaptive
+        )
+    for name in ("dt", "rtol", "atol", "dt_min"):
+        value = torch.tensor(
+            {"dt": 0.01, "rtol": 1e-3, "atol": 1e-3, "dt_min": 1e-4}[name], requires_grad=True
+        )
+        with pytest.raises(ValueError, match=f"{name} requires grad"):
+            entry(sde, y0, [0.0, 1.0], **{"dt": 0.01, name: value}, adaptive=adaptive)
+
+
+class _BlowUp(nn.Module):
+    sde_type, noise_type = "ito", "diagonal"
+
+    def f(self, t, y):
+        return y**2
+
+    def g(self, t, y):
+        return 0.1 * torch.ones_like(y)
+
+
+def test_an_adaptive_solve_that_turns_non_finite_is_an_assertion_as_torchsdes() -> None:
+    """torchsde asserts on a NaN error estimate ("Found nans in the error estimate"); code catching
+    its AssertionError did not catch compat's SolverError, which also named local_reg's min_step
+    for the dt_min the caller passed."""
+    y0 = torch.ones(2, 1, dtype=DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(AssertionError, match=r"dt_min=1e-05") as caught:
+            compat.sdeint(_BlowUp(), y0, [0.0, 2.0], dt=0.01, adaptive=True, method="milstein")
+        with pytest.raises(AssertionError):
+            torchsde.sdeint(_BlowUp(), y0, [0.0, 2.0], dt=0.01, adaptive=True, method="milstein")
+    assert isinstance(caught.value, local_reg.SolverError)
+    assert "min_step" not in str(caught.value)
+
+
+def test_a_long_grids_user_brownian_motion_is_checked_against_the_whole_span() -> None:
+    """Past 128 fixed steps the grid is solved in pieces, each checking bm against its own span: a
+    bm over [0, 1] was told the solve needed [0, 1.28], and one made over that, [1.28, 2]."""
+    sde, y0 = SDE("diagonal"), torch.zeros(2, 3, dtype=DT)
+    ts = torch.tensor([0.0, 1.0, 2.0], dtype=DT)
+    for end in (1.0, 1.28):
+        bm = torchsde.BrownianInterval(0.0, end, size=(2, 3), dtype=DT, entropy=1)
+        with pytest.raises(
+            ValueError, match=rf"bm covers \[0\.0, {end}\] but the solve needs \[0\.0, 2\.0\]"
+        ):
+            compat.sdeint(sde, y0, ts, bm=bm, dt=0.01)
+    bm = torchsde.BrownianInterval(0.0, 2.0, size=(2, 3), dtype=DT, entropy=1)
+    assert torch.isfinite(compat.sdeint(sde, y0, ts, bm=bm, dt=0.01)).all()

@@ -60,6 +60,25 @@ def step_hint(t0: float, t1: float, step: float | None, max_steps: int | None = 
     return hint
 
 
+def check_brownian_span(bm: Any, t0: float, t1: float, times_dtype: torch.dtype | None = None) -> None:
+    """Refuse a ``bm`` that is not callable (``TypeError``) or whose interval (where it states one)
+    does not cover ``[t0, t1]`` (``ValueError``; its ends may round to the span's in ``times_dtype``,
+    :func:`rounds_to`)."""
+    if not callable(bm):
+        raise TypeError(f"bm must be a Brownian motion callable as bm(ta, tb), got {type(bm).__name__}")
+    interval = interval_of(bm)
+    if interval is not None:
+        start, end = interval
+        tol = 1e-12 * max(1.0, abs(t0), abs(t1))
+        if (start > t0 + tol and not rounds_to(start, t0, times_dtype)) or (
+            end < t1 - tol and not rounds_to(end, t1, times_dtype)
+        ):
+            raise ValueError(
+                f"bm covers [{start}, {end}] but the solve needs [{t0}, {t1}]: create the Brownian "
+                "motion over that interval"
+            )
+
+
 def make_brownian(
     bm: Any | None,
     t0: float,
@@ -95,19 +114,7 @@ def make_brownian(
             dt=step_hint(t0, t1, step, max_steps),
             levy_area_approximation=levy_area,
         )
-    if not callable(bm):
-        raise TypeError(f"bm must be a Brownian motion callable as bm(ta, tb), got {type(bm).__name__}")
-    interval = interval_of(bm)
-    if interval is not None:
-        start, end = interval
-        tol = 1e-12 * max(1.0, abs(t0), abs(t1))
-        if (start > t0 + tol and not rounds_to(start, t0, times_dtype)) or (
-            end < t1 - tol and not rounds_to(end, t1, times_dtype)
-        ):
-            raise ValueError(
-                f"bm covers [{start}, {end}] but the solve needs [{t0}, {t1}]: create the Brownian "
-                "motion over that interval"
-            )
+    check_brownian_span(bm, t0, t1, times_dtype)
     shape = getattr(bm, "shape", None)
     if shape is not None and tuple(shape) != tuple(size):
         raise ValueError(
