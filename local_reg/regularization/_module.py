@@ -568,8 +568,10 @@ class Regularized(nn.Module):
     ``ys = model(y0, t)`` returns the solution at ``t``. In training mode with a ``penalty`` it also
     sets ``model.reg_loss = w * R`` (add it to the task loss); otherwise ``ys`` is exactly the
     unregularized solution, with no extra cost, and ``reg_loss`` is a 0-dim zero. ``model.stats``
-    (:class:`RegularizationStats`) describes the last call (before the first, an empty one: zero
-    evaluations, ``t_reg`` ``None``).
+    (:class:`RegularizationStats`) describes the last call that returned (before the first, an
+    empty one: zero evaluations, ``t_reg`` ``None``): a call that raises (a ``SolverError``) leaves
+    ``stats``, ``reg_loss`` and the generator as they were, so a loop that catches it and goes on
+    must not log them or add that ``reg_loss`` again as this call's.
 
     Args:
         func: the vector field ``func(t, y)`` (an ``nn.Module`` or a function), or a torchsde-style
