@@ -14,6 +14,7 @@ import json
 import math
 import re
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -681,3 +682,43 @@ def test_held_out_table_spreads_are_the_sample_sd_as_the_reports(tmp_path):
     table = script.table(tmp_path, "wine", [0, 1, 2], ["vanilla", "local"])
     assert f"82 ± {statistics.stdev([80, 80, 86]):.2g}" in table  # 3.5; numpy's std gives 2.8
     assert f"53.33 ± {statistics.stdev([53, 53, 54]):.2g}" in table
+
+
+def test_the_noise_floor_script_moves_the_stream_by_one_draw_and_resumes(tmp_path, monkeypatch, capsys):
+    """experiments/stream_noise_floor.py (docs/results.md, "Two arms of one seed, on other noise"):
+    the plain run is the runner's (deterministic: twice the same), the shifted one differs only by
+    its extra draw per iteration (on latent_ode, whose z0 sample reads the stream), the task's loss
+    is restored after it, and a rerun reads the saved runs instead of training again."""
+    path = Path(__file__).parents[1] / "experiments" / "stream_noise_floor.py"
+    spec = importlib.util.spec_from_file_location("stream_noise_floor", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from local_reg.experiments.tasks import REGISTRY
+
+    loss = type(REGISTRY["latent_ode"]).training_loss
+    plain = script.train("latent_ode", 0, False, "tiny")
+    assert script.train("latent_ode", 0, False, "tiny") == plain
+    shifted = script.train("latent_ode", 0, True, "tiny")
+    assert shifted["test_metric"] != plain["test_metric"]
+    assert type(REGISTRY["latent_ode"]).training_loss is loss
+    argv = [
+        "stream_noise_floor.py",
+        "--out",
+        str(tmp_path),
+        "--tasks",
+        "latent_ode",
+        "--seeds",
+        "0",
+        "--size",
+        "tiny",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    first = capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "latent_ode_s0_plain.json",
+        "latent_ode_s0_shifted.json",
+    ]
+    monkeypatch.setattr(script, "train", lambda *args: pytest.fail("trained again"))
+    script.main()
+    assert capsys.readouterr().out == first
