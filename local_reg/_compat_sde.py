@@ -49,6 +49,7 @@ from ._step import time_tensor, within_ulps
 from ._validate import (
     check_bool,
     host_list,
+    narrowest_float,
     positive_float,
     refuse_tracing,
     time_tensors_requiring_grad,
@@ -450,7 +451,7 @@ def _states(
         if not made:
             # The whole span's, before the first call: each call checks only its own piece, whose
             # span a message would name though the user never asked for it.
-            check_brownian_span(bm, float(grid[0]), float(grid[-1]))
+            check_brownian_span(bm, float(grid[0]), float(grid[-1]), narrowest_float(ts))
         if made:
             # One Brownian motion for every call, made as local_reg.sdeint makes its own.
             size = _brownian_size_at_start(sde, y0, ts, scheme, bm, drift=False)

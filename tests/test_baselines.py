@@ -442,6 +442,20 @@ def test_transformed_penalties_name_a_norm_that_updates_running_statistics(make)
     model(y0, t)
     make(_NormedField(torch.nn.BatchNorm1d(8, track_running_stats=False)))(y0, t)
     RNODERegularized(_NormedField(torch.nn.BatchNorm1d(8)), jacobian=0.0)(y0, t)
+    # Instance norm updates its running statistics inside the transforms: not refused, and its
+    # penalty is the one without them (training mode normalizes by the input's statistics).
+    torch.manual_seed(0)
+    tracked = _NormedField(torch.nn.InstanceNorm1d(2, track_running_stats=True))
+    untracked = _NormedField(torch.nn.InstanceNorm1d(2))
+    untracked.load_state_dict(tracked.state_dict(), strict=False)
+    x = torch.randn(4, 2, 3)
+    losses = []
+    for field in (tracked, untracked):
+        model = make(field)  # RNODE's generator seeded alike in both (from torch.initial_seed())
+        model(x, t)
+        losses.append(model.reg_loss.detach())
+    torch.testing.assert_close(losses[0], losses[1])
+    assert tracked.norm.running_mean.abs().sum() > 0
 
 
 def test_taynode_order_is_checked():

@@ -1108,8 +1108,11 @@ def test_an_adaptive_solve_that_turns_non_finite_is_an_assertion_as_torchsdes() 
         warnings.simplefilter("ignore")
         with pytest.raises(AssertionError, match=r"dt_min=1e-05") as caught:
             compat.sdeint(_BlowUp(), y0, [0.0, 2.0], dt=0.01, adaptive=True, method="milstein")
+        # On a path of fixed entropy: on some others torchsde's Brownian interval recurses too deep
+        # (a RecursionError) before its own assertion.
+        bm = torchsde.BrownianInterval(0.0, 2.0, size=(2, 1), dtype=DT, entropy=0)
         with pytest.raises(AssertionError):
-            torchsde.sdeint(_BlowUp(), y0, [0.0, 2.0], dt=0.01, adaptive=True, method="milstein")
+            torchsde.sdeint(_BlowUp(), y0, [0.0, 2.0], dt=0.01, adaptive=True, method="milstein", bm=bm)
     assert isinstance(caught.value, local_reg.SolverError)
     assert "min_step" not in str(caught.value)
 
@@ -1127,3 +1130,9 @@ def test_a_long_grids_user_brownian_motion_is_checked_against_the_whole_span() -
             compat.sdeint(sde, y0, ts, bm=bm, dt=0.01)
     bm = torchsde.BrownianInterval(0.0, 2.0, size=(2, 3), dtype=DT, entropy=1)
     assert torch.isfinite(compat.sdeint(sde, y0, ts, bm=bm, dt=0.01)).all()
+    # float32 times ending at 0.3 rounded up (0.30000001...) are covered by a bm made over [0, 0.3],
+    # on a long grid as on a short one (and in torchsde).
+    short = torch.linspace(0, 0.3, 4)
+    for dt in (0.01, 0.001):
+        bm = torchsde.BrownianInterval(0.0, 0.3, size=(2, 3), dtype=torch.float32, entropy=0)
+        assert torch.isfinite(compat.sdeint(SDE("diagonal").float(), y0.float(), short, bm=bm, dt=dt)).all()

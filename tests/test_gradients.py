@@ -5,6 +5,7 @@ import gc
 import math
 import re
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -615,6 +616,61 @@ def test_graph_free_methods_refuse_buffers_swapped_in_for_the_forward_call_only(
         field.zero_grad()
         functional_call(_Solve(field, solve), {"field.scale": same}, ()).square().sum().backward()
         assert all(p.grad is not None for p in field.parameters())
+    # Once the backward pass has run, the solve's outputs no longer keep a replaced buffer alive.
+    ys = solve()
+    ys.square().sum().backward()
+    replaced = weakref.ref(field.scale)
+    field.scale = torch.ones(3, dtype=DTYPE)
+    gc.collect()
+    assert replaced() is None
+
+
+class _CountingField(_ScaledField):
+    """A field whose forward replaces a buffer of its own on each call (a counter, as an EMA would),
+    which its output does not read, beside a training-mode batch norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(3, dtype=DTYPE)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, t, y):
+        self.calls = self.calls + 1
+        return self.norm(self.net(y))
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
+def test_buffers_the_module_itself_replaces_or_does_not_read_pass(gradient):
+    """A forward that replaces a buffer of its own (``self.calls = self.calls + 1``) and a
+    training-mode batch norm given copies of its running statistics by ``functional_call`` (which it
+    writes, never reads) are the same function in the backward pass: the first check refused both.
+    The gradient is direct's; a second backward pass through a retained graph passes too."""
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    field = _CountingField()
+    y0 = torch.randn(6, 3, dtype=DTYPE)
+
+    def gradient_of(method, copies):
+        field.zero_grad()
+        holder = _Solve(
+            field, lambda: odeint(field, y0, [0.0, 1.0], gradient=method, rtol=1e-9, atol=1e-9).ys
+        )
+        buffers = (
+            {f"field.{k}": v.clone() for k, v in field.norm.named_buffers(prefix="norm")} if copies else {}
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the solve-time warning of batch norm in training mode
+            ys = functional_call(holder, buffers, ())
+            ys.square().sum().backward(retain_graph=True)
+            first = field.net[0].weight.grad.clone()
+            ys.sum().backward()  # a second pass, after the first one's evaluations replaced the counter
+        return first
+
+    for copies in (False, True):
+        torch.testing.assert_close(
+            gradient_of(gradient, copies), gradient_of("direct", copies), rtol=1e-6, atol=1e-8
+        )
 
 
 class _Solve(torch.nn.Module):
@@ -678,6 +734,19 @@ def test_a_closure_that_reaches_none_of_adjoint_params_is_warned_of(gradient):
     ys = functional_call(holder, weights, ())
     with pytest.warns(UserWarning, match="func uses none of the 4 tensor\\(s\\) in adjoint_params"):
         ys.square().sum().backward()
+    # A field that uses them over part of the span only reaches none at the end, where the check
+    # looks, and gets its gradient: quiet too.
+    control = torch.nn.Linear(3, 3).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        odeint(
+            lambda t, y: control(y) if t < 0.5 else -y,
+            y0,
+            [0.0, 1.0],
+            gradient=gradient,
+            adjoint_params=tuple(control.parameters()),
+        ).ys.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in control.parameters())
     # A closure over the listed tensors themselves is quiet.
     y0.grad = None
     with warnings.catch_warnings():

@@ -1650,6 +1650,46 @@ def test_a_peer_adjoint_warns_of_dropout_as_local_regs_methods_do(backend):
         model(torch.randn(4, 2), torch.linspace(0.0, 1.0, 3))
 
 
+@pytest.mark.parametrize("backend", ["torchdiffeq", "torchsde"])
+def test_a_peer_adjoint_refuses_buffers_swapped_in_for_the_forward_call_only(backend):
+    """torchdiffeq's and torchsde's adjoints evaluate the field again with what its module holds in
+    their backward pass: a buffer swapped in by functional_call gave torchdiffeq's a gradient of
+    another field (-2.97 for -1.72), silently, where local_reg's methods refuse it."""
+    from torch.func import functional_call
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+            self.register_buffer("scale", torch.ones(2))
+
+        def forward(self, t, y):
+            return torch.tanh(self.linear(y)) * self.scale
+
+    class SDE(Field):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return self(t, y)
+
+        def g(self, t, y):
+            return 0.1 * torch.sigmoid(y)
+
+    if backend == "torchsde":
+        model = Regularized(
+            SDE(), backend=backend, gradient="adjoint", options={"adaptive": False, "dt": 0.1}
+        )
+    else:
+        model = Regularized(Field(), backend=backend, gradient="adjoint")
+    y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 3)
+    ys = functional_call(model, {"func.scale": torch.full((2,), 0.5)}, (y0, t))
+    name = "sde" if backend == "torchsde" else "func"
+    with pytest.raises(RuntimeError, match=f"{name}'s module holds other buffers in the backward pass"):
+        ys.square().sum().backward()
+    model(y0, t).square().sum().backward()  # without the swap, as before
+    assert model.func.linear.weight.grad is not None
+
+
 def test_a_peer_backend_of_the_other_kind_of_equation_is_named_as_such():
     """An SDE given backend='torchdiffeq' was told of an "unknown backend 'torchdiffeq'"."""
     with pytest.raises(ValueError, match="backend='torchdiffeq' solves ODEs: an SDE takes"):

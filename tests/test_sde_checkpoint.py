@@ -415,6 +415,22 @@ def test_a_buffer_swapped_in_for_the_forward_call_only_is_refused():
         ys.sum().backward()
     functional_call(Holder(), {"sde.gain": sde.gain.clone()}, ()).sum().backward()
     assert sde.rate.grad is not None
+    # A buffer the drift itself replaces on each call (a counter) is the module's own: it passes, and
+    # the gradient is direct's.
+    counted = _scalar_rate_sde()
+    counted.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def drift(t, y):
+        counted.calls = counted.calls + 1
+        return counted.rate * y
+
+    counted.f = drift
+    grads = []
+    for gradient in ("direct", "checkpoint"):
+        counted.rate.grad = None
+        _solve_rate(counted, y0, gradient, bm=bm).sum().backward()
+        grads.append(counted.rate.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0])
 
 
 def test_second_derivatives_are_refused_not_zero():

@@ -92,12 +92,20 @@ class ForwardSolve:
     was presumably made."""
 
     def __post_init__(self) -> None:
-        self.owner_at_solve = ModuleAtSolve.of(self.owner)
+        self.owner_at_solve: ModuleAtSolve | None = None
+        """What ``func``'s module held when the forward solve ended (:meth:`record_owner`)."""
         self.frozen_at_solve = frozen_parameter_ids(self.owner)
 
+    def record_owner(self) -> None:
+        """Note what ``func``'s module holds now: at the end of the forward solve (inside a
+        ``functional_call`` that swapped tensors in, after the solve's own changes to its buffers),
+        and again after each backward pass (whose evaluations may change them too) for the next."""
+        self.owner_at_solve = ModuleAtSolve.of(self.owner)
+
     def check_owner_unchanged(self) -> None:
-        """Raise if ``func``'s module changed since the forward solve (:meth:`ModuleAtSolve.check`)."""
-        self.owner_at_solve.check(self.owner)
+        """Raise if ``func``'s module changed since :meth:`record_owner` (:meth:`ModuleAtSolve.check`)."""
+        if self.owner_at_solve is not None:
+            self.owner_at_solve.check(self.owner)
 
     def is_differentiated(self, y0: Tensor) -> bool:
         """Whether autograd records a solve from ``y0`` (:func:`records_graph`)."""
@@ -109,6 +117,7 @@ class ForwardSolve:
         self.step_states = None
         self.dense_output = None
         self.f0 = None
+        self.owner_at_solve = None  # its buffers, which a module may have replaced since
 
     def replay_records(self) -> tuple[Steps, StepStates]:
         """The forward solve's ``steps`` and ``step_states``, from which a backward pass replays its
@@ -258,8 +267,9 @@ def reevaluation_effect(module: torch.nn.Module) -> str | None:
 class ModuleAtSolve:
     """What a graph-free backward pass must find of ``func``'s module as the solve left it, since it
     evaluates ``func`` again with what the module holds then: its parameter tensors (by identity),
-    its buffers (``torch.func.functional_call`` swaps both in for the forward call only) and the
-    training modes of its layers whose output depends on them (:func:`reevaluation_effect`)."""
+    the buffers its output reads (``torch.func.functional_call`` swaps both in for the forward call
+    only; a training-mode norm's running statistics are written, not read) and the training modes
+    of its layers whose output depends on them (:func:`reevaluation_effect`)."""
 
     parameter_ids: tuple[int, ...] = ()
     buffers: tuple[Tensor, ...] = ()
@@ -269,9 +279,13 @@ class ModuleAtSolve:
     def of(cls, owner: torch.nn.Module | None) -> ModuleAtSolve:
         if owner is None:
             return cls()
+        # A batch or instance norm in training mode normalizes by its input's statistics: its
+        # running ones are written, never read (a functional_call may pass copies to keep the
+        # module's own).
+        read = (module for module in owner.modules() if not _running_statistics_in_training(module))
         return cls(
             tuple(id(p) for p in owner.parameters()),
-            tuple(owner.buffers()),
+            tuple(buffer for module in read for buffer in module.buffers(recurse=False)),
             _modes(owner),
         )
 
@@ -279,8 +293,10 @@ class ModuleAtSolve:
         """Raise a ``RuntimeError`` if ``owner`` (``name``'s module) holds other parameter tensors,
         buffers of other values, or has a layer in another training mode than at the solve: the
         backward pass would differentiate another function than the forward solve's, and the
-        forward's tensors would silently get no gradient. A buffer changed in place (running
-        statistics, as the solve itself updates them) is the module's own and passes."""
+        forward's tensors would silently get no gradient. ``self`` is noted when the solve (or the
+        last backward pass) ends, so the changes its own evaluations made pass, in place or by a
+        buffer replaced; a training-mode norm's running statistics (written, not read) are not
+        compared."""
         if owner is None:
             return
         rerun = (
@@ -293,15 +309,6 @@ class ModuleAtSolve:
                 "solve (torch.func.functional_call, a parameter replaced, or a load_state_dict(assign=True) "
                 f"in between): {rerun}"
             )
-        buffers = tuple(owner.buffers())
-        pairs = zip(buffers, self.buffers, strict=False)
-        if len(buffers) != len(self.buffers) or any(
-            now is not then and not _same_values(now, then) for now, then in pairs
-        ):
-            raise RuntimeError(
-                f"{name}'s module holds other buffers in the backward pass than in the forward solve "
-                f"(torch.func.functional_call swapped them in for the forward call only?): {rerun}"
-            )
         switched = sorted({kind for kind, mode in _modes(owner) if (kind, not mode) in self.modes})
         if _modes(owner) != self.modes:
             layers = " and ".join(switched) or "a layer whose output depends on it"
@@ -309,6 +316,15 @@ class ModuleAtSolve:
                 f"{name}'s module was switched between train() and eval() after the solve, and its "
                 f"{layers} computes another function in the other mode: {rerun}, or call backward "
                 "in the mode the solve ran in"
+            )
+        buffers = ModuleAtSolve.of(owner).buffers
+        pairs = zip(buffers, self.buffers, strict=False)
+        if len(buffers) != len(self.buffers) or any(
+            now is not then and not _same_values(now, then) for now, then in pairs
+        ):
+            raise RuntimeError(
+                f"{name}'s module holds other buffers in the backward pass than in the forward solve "
+                f"(torch.func.functional_call swapped them in for the forward call only?): {rerun}"
             )
 
 
@@ -322,7 +338,14 @@ def _modes(owner: torch.nn.Module) -> tuple[tuple[str, bool], ...]:
 
 
 def _same_values(now: Tensor, then: Tensor) -> bool:
-    return now.shape == then.shape and now.dtype == then.dtype and bool(torch.equal(now, then))
+    if (now.shape, now.dtype, now.device) != (then.shape, then.dtype, then.device):
+        return False
+    return bool(torch.equal(now, then))
+
+
+def _running_statistics_in_training(module: torch.nn.Module) -> bool:
+    norms = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm)
+    return isinstance(module, norms) and module.track_running_stats and module.training
 
 
 def outside_graph_error(method: str, name: str = "func") -> ValueError:
@@ -509,15 +532,24 @@ class CapturedTensorCheck:
             raise captured_tensors_error(self.method, self.name, list(captured.values()))
 
 
-def warn_if_params_unreached(checks: Sequence[CapturedTensorCheck], method: str, name: str = "func") -> None:
+def warn_if_params_unreached(
+    checks: Sequence[CapturedTensorCheck],
+    grads: Sequence[Tensor | None],
+    method: str,
+    name: str = "func",
+) -> None:
     """Warn where ``params`` are given but none of ``checks`` (``func``'s, or an SDE's drift's and
-    diffusion's, once their backward pass ran) reached any of them: they get no gradient. Where
+    diffusion's, once their backward pass ran) reached any of them and the backward pass gave them
+    no gradient (``grads``: ``None`` or zero; a field that uses them over part of the span only
+    reaches none at the end, where the check looks, and gets its gradient). Where
     the solve ran with weights swapped in (``torch.func.functional_call``), a function closing over
     the module (with no module of its own whose tensors :class:`ModuleAtSolve` checks) is
     evaluated again with the module's own, which the listed tensors are not, and ``y0``'s gradient
     is another field's. A warning, not an error: one evaluation's graph is all it reads."""
     checked = [check for check in checks if check.reaches_params is not None]
     if not checked or not checked[0].param_ids or any(check.reaches_params for check in checked):
+        return
+    if any(grad is not None and bool(grad.any()) for grad in grads):
         return
     warn(
         f"gradient={method!r}: {name} uses none of the {len(checked[0].param_ids)} tensor(s) in "
@@ -967,6 +999,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
         )
         solve.stats = stats
         solve.steps = steps
+        solve.record_owner()
         ys = torch.stack(outputs)
         has_penalties = solve.step_penalty is not None and penalties
         penalty_values = torch.stack(penalties) if has_penalties else ys.new_zeros(0)
@@ -1001,13 +1034,14 @@ class _SolveWithoutGraph(torch.autograd.Function):
                 )
         finally:
             solve.func, solve.params = func, params
-        warn_if_params_unreached([check], ctx.method.name)
+        warn_if_params_unreached([check], trained_grads, ctx.method.name)
         grad_params = scattered(trained_grads, trained, len(params))
         # Only the gradients asked for are judged: y0's may be non-finite where y0 needs none.
         asked = [
             g for g, needed in zip((grad_y0, *grad_params), ctx.needs_input_grad[2:], strict=True) if needed
         ]
         finish_backward(solve.stats, (grad_ys, grad_penalties), asked, nfe, solve.times[0])
+        solve.record_owner()
         release_unless_graph_kept(solve.release_records)
         return (None, None, grad_y0, *grad_params)
 

@@ -11,7 +11,13 @@ from torch import Tensor
 from .._errors import warn
 from .._tuple import owning_module, user_func
 from .._validate import check_params_not_dual
-from ._function import GradientMethod, graph_nodes, reevaluation_effect, refuse_parametrize_cache
+from ._function import (
+    GradientMethod,
+    ModuleAtSolve,
+    graph_nodes,
+    reevaluation_effect,
+    refuse_parametrize_cache,
+)
 
 
 def adjoint_params_tuple(adjoint_params: object) -> tuple[Tensor, ...]:
@@ -100,6 +106,22 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
             f"evaluates {name} again in its backward pass, where {' and '.join(effects[k] for k in found)}; "
             "use gradient='direct', or put those layers in eval mode"
         )
+
+
+def check_module_before_peer_backward(ys: Tensor, func: object, name: str = "func") -> None:
+    """A peer library's adjoint (torchdiffeq's, torchsde's) evaluates ``func`` again in its backward
+    pass, with what its module holds then: checked as local_reg's graph-free methods check it
+    (:class:`ModuleAtSolve`), by a hook on the outputs, which runs before the peer's backward."""
+    owner = owning_module(func)
+    if owner is None or not ys.requires_grad:
+        return
+    at_solve = ModuleAtSolve.of(owner)
+
+    def check(grad: Tensor) -> Tensor:
+        at_solve.check(owner, name)
+        return grad
+
+    ys.register_hook(check)
 
 
 def _refuse_derived(params: tuple[Tensor, ...], positions: list[int]) -> None:

@@ -87,14 +87,17 @@ class BaselinePenalty:
 
 
 def refuse_running_statistics(func: object, penalty: str, transform: str) -> None:
-    """Refuse (``ValueError``) a batch or instance norm in training mode with running statistics in
-    ``func``'s module: ``penalty`` differentiates ``func`` inside ``transform`` (a ``torch.func``
-    transform), where updating those statistics in place fails with torch's own message, which
-    names neither the layer nor the penalty."""
+    """Refuse (``ValueError``) a batch norm in training mode with running statistics in ``func``'s
+    module: ``penalty`` differentiates ``func`` inside ``transform`` (a ``torch.func`` transform),
+    where batch norm's in-place update of those statistics fails with torch's own message, which
+    names neither the layer nor the penalty (instance norm's update works there)."""
     owner = owning_module(func)
-    norms = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
     for name, module in [] if owner is None else owner.named_modules():
-        if isinstance(module, norms) and module.track_running_stats and module.training:
+        if (
+            isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and module.track_running_stats
+            and module.training
+        ):
             raise ValueError(
                 f"{penalty} differentiates func by {transform}, inside which the "
                 f"{type(module).__name__} {name or '(func itself)'!r} in training mode cannot update its "

@@ -23,7 +23,7 @@ from .._errors import SolverError
 from .._integrate import DEFAULT_MAX_STEPS
 from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
-from ..gradients._params import warn_if_reevaluation_differs
+from ..gradients._params import check_module_before_peer_backward, warn_if_reevaluation_differs
 from ..solution import Stats
 from ._main_solve import (
     BackwardCounter,
@@ -307,6 +307,8 @@ def solve_main(
             if getattr(field.__dict__.get(name), "__self__", None) is field:
                 del field.__dict__[name]
     check_peer_outputs(ys, times, "torchdiffeq", f"{field.calls} evaluations of func")
+    if is_adjoint:
+        check_module_before_peer_backward(ys, func)
     main = MainSolve(
         ys=ys,
         stats=field.stats(),

@@ -113,7 +113,7 @@ class CheckpointedSolve:
         self.params = params
         self.record_states = record_states
         self.owner = owner
-        self.owner_at_solve = ModuleAtSolve.of(owner)
+        self.owner_at_solve: ModuleAtSolve | None = None  # when the solve ends (as ForwardSolve's)
         self.frozen_at_solve = frozen_parameter_ids(owner)
         self.method = method
         self.thread = thread_token()
@@ -124,6 +124,7 @@ class CheckpointedSolve:
     def release_records(self) -> None:
         self.states = []
         self.stepper.kept = []
+        self.owner_at_solve = None
 
     def outputs(self, y0: Tensor) -> Tensor:
         return _SolveWithoutGraph.apply(self, y0, *self.params)
@@ -133,6 +134,7 @@ class CheckpointedSolve:
             self.stepper, y0, self.times, self.options, record_states=True
         )
         self.states = steps.state_list or []
+        self.owner_at_solve = ModuleAtSolve.of(self.owner)
         if not self.record_states:
             steps.state_list = None
         self.steps = steps
@@ -142,7 +144,8 @@ class CheckpointedSolve:
         """The gradients of ``y0`` and of ``params`` from the cotangents ``grad_ys`` of the outputs
         (``needs``: which of them autograd asks for, the ones judged finite)."""
         stepper = self.stepper
-        self.owner_at_solve.check(self.owner, "sde")
+        if self.owner_at_solve is not None:
+            self.owner_at_solve.check(self.owner, "sde")
         refuse_parametrize_cache(self.owner, self.method.name, "sde", "backward")
         trained, params = still_trained(self.params)
         # The drift and diffusion of the re-run steps, checked for tensors they capture that
@@ -185,10 +188,11 @@ class CheckpointedSolve:
                 while output > 0 and self.times[output - 1] == step.t:
                     output -= 1
                     adjoint = adjoint + grad_ys[output]
-        warn_if_params_unreached([sde.f, sde.g], self.method.name, "sde")
+        warn_if_params_unreached([sde.f, sde.g], grad_params, self.method.name, "sde")
         all_grads = scattered(grad_params, trained, len(self.params))
         asked = [g for g, needed in zip((adjoint, *all_grads), needs, strict=True) if needed]
         finish_backward(self.stats, [grad_ys], asked, calls, self.times[0], "the drift and diffusion")
+        self.owner_at_solve = ModuleAtSolve.of(self.owner)  # for a next backward pass (retain_graph)
         return adjoint, all_grads
 
 
