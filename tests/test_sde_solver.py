@@ -621,6 +621,47 @@ def test_odeint_refuses_an_sde_naming_sdeint(with_forward):
             solve()
 
 
+class _CDEField(torch.nn.Module):
+    """torchcde 0.2.5's vector field, reduced: its forward is the ODE torchdiffeq solves, and it
+    carries torchsde's interface (``f = forward``, a zero ``g``, ``noise_type``) for its
+    ``backend="torchsde"``."""
+
+    sde_type, noise_type = "stratonovich", "additive"
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2, dtype=DT)
+
+    def forward(self, t, z):
+        return torch.tanh(self.linear(z))
+
+    f = forward
+
+    def g(self, t, z):
+        return torch.zeros_like(z).unsqueeze(-1)
+
+
+def test_a_field_whose_forward_is_its_drift_is_an_ode_as_torchcde_solves_it():
+    """torchcde hands torchdiffeq (and local_reg.compat in its place) such a field: every call failed
+    with "func is an SDE", whose advice a torchcde user cannot take (cdeint builds the field), and a
+    regularized model took it for a Stratonovich SDE. It is the ODE of its forward, as torchdiffeq's."""
+    import torchdiffeq
+
+    from local_reg import LocallyRegularized, odeint
+
+    torch.manual_seed(0)
+    field, y0, times = _CDEField(), torch.randn(3, 2, dtype=DT), torch.linspace(0.0, 1.0, 4, dtype=DT)
+    tight = {"rtol": 1e-10, "atol": 1e-10}
+    reference = torchdiffeq.odeint(field, y0, times, **tight)
+    for ys in (
+        odeint(field, y0, times, **tight).ys,
+        compat.odeint(field, y0, times, **tight),
+        compat.odeint_adjoint(field, y0, times, **tight),
+        LocallyRegularized(field, **tight)(y0, times),
+    ):
+        torch.testing.assert_close(ys, reference, rtol=1e-8, atol=1e-8)
+
+
 def test_step_ts_beside_a_fixed_step_names_a_remedy_sdeint_takes():
     # It advised step_to_outputs=True, a keyword sdeint does not take (and fixed steps need not).
     from local_reg import PIController
