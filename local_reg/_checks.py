@@ -56,22 +56,17 @@ def is_sde(module: object) -> bool:
 def forward_is_drift(module: object) -> bool:
     """True iff ``module``'s class makes its ``forward`` its drift ``f`` (``f = forward``), as
     torchcde's vector field does to be solved by torchdiffeq (which calls ``forward``) or, with its
-    ``g`` and ``noise_type``, by torchsde: an ODE to the ODE solvers."""
+    ``g`` and ``noise_type``, by torchsde: the ODE solvers (``odeint``, compat's) solve its
+    ``forward``, as torchdiffeq does; the regularized models, which take SDEs too, take it as one."""
     forward = getattr(type(module), "forward", None)
     return callable(forward) and getattr(type(module), "f", None) is forward
-
-
-def solves_as_sde(func: object) -> bool:
-    """Whether the ODE entry points (``odeint``, compat's, the regularized models) take ``func`` as
-    an SDE: :func:`is_sde`, unless its ``forward`` is its drift (:func:`forward_is_drift`)."""
-    return is_sde(func) and not forward_is_drift(func)
 
 
 def refuse_sde(func: object) -> None:
     """The ODE solvers' refusal of an SDE, which would otherwise fail as torch's "missing forward",
     or, with a ``forward`` other than its drift, be solved as that ODE with the noise dropped
     without a word."""
-    if solves_as_sde(func):
+    if is_sde(func) and not forward_is_drift(func):
         raise TypeError(
             f"func is an SDE ({type(func).__name__} has f, g and a noise_type): solve it with sdeint "
             "(local_reg.sdeint, or local_reg.compat.sdeint in torchsde's signature); for an ODE of its "

@@ -1688,6 +1688,27 @@ def test_a_peer_adjoint_refuses_buffers_swapped_in_for_the_forward_call_only(bac
         ys.square().sum().backward()
     model(y0, t).square().sum().backward()  # without the swap, as before
     assert model.func.linear.weight.grad is not None
+    if backend == "torchsde":
+        return
+    # A buffer the field replaces itself on each call (a counter) is its own state: two calls before
+    # one backward pass, a retained graph's second pass and the local probe's evaluation after the
+    # solve pass (the first check took one snapshot and refused each), with a warning of it.
+
+    class Counting(Field):
+        def forward(self, t, y):
+            self.calls = self.calls + 1
+            return super().forward(t, y)
+
+    counting = Counting()
+    counting.register_buffer("calls", torch.zeros(()))
+    with pytest.warns(UserWarning, match="changed its buffer"):
+        model = Regularized(counting, backend=backend, gradient="adjoint")
+        (model(y0, t).sum() + model(y0 + 1, t).sum()).backward()
+        ys = model(y0, t)
+        ys.sum().backward(retain_graph=True)
+        ys.sum().backward()
+        local = LocallyRegularized(counting, backend=backend, gradient="adjoint")
+        (local(y0, t).sum() + local.reg_loss).backward()
 
 
 def test_a_peer_backend_of_the_other_kind_of_equation_is_named_as_such():

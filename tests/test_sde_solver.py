@@ -643,8 +643,10 @@ class _CDEField(torch.nn.Module):
 
 def test_a_field_whose_forward_is_its_drift_is_an_ode_as_torchcde_solves_it():
     """torchcde hands torchdiffeq (and local_reg.compat in its place) such a field: every call failed
-    with "func is an SDE", whose advice a torchcde user cannot take (cdeint builds the field), and a
-    regularized model took it for a Stratonovich SDE. It is the ODE of its forward, as torchdiffeq's."""
+    with "func is an SDE", whose advice a torchcde user cannot take (cdeint builds the field). The ODE
+    solvers solve its forward, as torchdiffeq's; the regularized models, which take SDEs too, keep
+    taking such a module as the SDE it also is (a neural SDE may alias its drift so, and its noise
+    must not be dropped)."""
     import torchdiffeq
 
     from local_reg import LocallyRegularized, odeint
@@ -657,9 +659,20 @@ def test_a_field_whose_forward_is_its_drift_is_an_ode_as_torchcde_solves_it():
         odeint(field, y0, times, **tight).ys,
         compat.odeint(field, y0, times, **tight),
         compat.odeint_adjoint(field, y0, times, **tight),
-        LocallyRegularized(field, **tight)(y0, times),
     ):
         torch.testing.assert_close(ys, reference, rtol=1e-8, atol=1e-8)
+
+    class NoisyDrift(_CDEField):
+        sde_type, noise_type = "ito", "diagonal"
+
+        def g(self, t, z):
+            return torch.ones_like(z)
+
+    model = LocallyRegularized(NoisyDrift())
+    torch.manual_seed(1)
+    first = model(y0, times)
+    torch.manual_seed(2)
+    assert not torch.equal(model(y0, times), first)  # its noise, drawn anew
 
 
 def test_step_ts_beside_a_fixed_step_names_a_remedy_sdeint_takes():

@@ -94,13 +94,17 @@ class ForwardSolve:
     def __post_init__(self) -> None:
         self.owner_at_solve: ModuleAtSolve | None = None
         """What ``func``'s module held when the forward solve ended (:meth:`record_owner`)."""
+        self.buffers_at_start = buffer_marks(self.owner)
         self.frozen_at_solve = frozen_parameter_ids(self.owner)
 
     def record_owner(self) -> None:
         """Note what ``func``'s module holds now: at the end of the forward solve (inside a
-        ``functional_call`` that swapped tensors in, after the solve's own changes to its buffers),
-        and again after each backward pass (whose evaluations may change them too) for the next."""
-        self.owner_at_solve = ModuleAtSolve.of(self.owner)
+        ``functional_call`` that swapped tensors in; the buffers the solve changed apart), and
+        again after each backward pass, for the next."""
+        if self.owner_at_solve is None:
+            self.owner_at_solve = ModuleAtSolve.of(self.owner, self.buffers_at_start)
+        else:
+            self.owner_at_solve = ModuleAtSolve.of(self.owner, updated=self.owner_at_solve.updated)
 
     def check_owner_unchanged(self) -> None:
         """Raise if ``func``'s module changed since :meth:`record_owner` (:meth:`ModuleAtSolve.check`)."""
@@ -263,40 +267,77 @@ def reevaluation_effect(module: torch.nn.Module) -> str | None:
     return "spectral norm" if power_iterations else None
 
 
+BufferMarks = dict[str, tuple[int, int | None]]
+"""``name -> (identity, version)`` of a module's buffers (:func:`buffer_marks`)."""
+
+
+def buffer_marks(owner: torch.nn.Module | None) -> BufferMarks:
+    """The identity and version counter of each of ``owner``'s buffers, by name: a buffer replaced
+    changes the first, one changed in place the second (``None`` for an inference tensor, which
+    keeps no counter)."""
+    if owner is None:
+        return {}
+    marks: BufferMarks = {}
+    for name, buffer in owner.named_buffers():
+        try:
+            version: int | None = buffer._version
+        except RuntimeError:
+            version = None
+        marks[name] = (id(buffer), version)
+    return marks
+
+
 @dataclass(frozen=True)
 class ModuleAtSolve:
     """What a graph-free backward pass must find of ``func``'s module as the solve left it, since it
     evaluates ``func`` again with what the module holds then: its parameter tensors (by identity),
-    the buffers its output reads (``torch.func.functional_call`` swaps both in for the forward call
-    only; a training-mode norm's running statistics are written, not read) and the training modes
-    of its layers whose output depends on them (:func:`reevaluation_effect`)."""
+    its buffers (``torch.func.functional_call`` swaps both in for the forward call only) and the
+    training modes of its layers whose output depends on them (:func:`reevaluation_effect`).
+
+    The buffers the solve's own evaluations changed (``updated``: running statistics, a counter,
+    an average; replaced or in place) are the module's state, which any later evaluation changes
+    again: they are not compared (a graph-free method re-evaluates ``func`` with their last values,
+    which :func:`warn_of_updated_buffers` says)."""
 
     parameter_ids: tuple[int, ...] = ()
-    buffers: tuple[Tensor, ...] = ()
+    buffers: tuple[tuple[str, Tensor], ...] = ()
     modes: tuple[tuple[str, bool], ...] = ()
+    updated: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, owner: torch.nn.Module | None) -> ModuleAtSolve:
+    def of(
+        cls,
+        owner: torch.nn.Module | None,
+        before: BufferMarks | None = None,
+        updated: frozenset[str] = frozenset(),
+    ) -> ModuleAtSolve:
+        """``owner`` now; ``before``: its :func:`buffer_marks` when the solve began, against which the
+        buffers it changed are found (added to ``updated``)."""
         if owner is None:
             return cls()
-        # A batch or instance norm in training mode normalizes by its input's statistics: its
-        # running ones are written, never read (a functional_call may pass copies to keep the
-        # module's own).
-        read = (module for module in owner.modules() if not _running_statistics_in_training(module))
+        if before is not None:
+            now = buffer_marks(owner)
+            updated = updated | {name for name, mark in now.items() if before.get(name) != mark}
+        # A training-mode norm updates its running statistics inside its kernel, whose version
+        # counter that leaves as it was: updated all the same (and written, not read, there).
+        updated = updated | {
+            f"{prefix}.{key}" if prefix else key
+            for prefix, module in owner.named_modules()
+            if _running_statistics_in_training(module)
+            for key, _ in module.named_buffers(recurse=False)
+        }
         return cls(
             tuple(id(p) for p in owner.parameters()),
-            tuple(buffer for module in read for buffer in module.buffers(recurse=False)),
+            tuple((name, buffer) for name, buffer in owner.named_buffers() if name not in updated),
             _modes(owner),
+            frozenset(updated),
         )
 
     def check(self, owner: torch.nn.Module | None, name: str = "func") -> None:
         """Raise a ``RuntimeError`` if ``owner`` (``name``'s module) holds other parameter tensors,
-        buffers of other values, or has a layer in another training mode than at the solve: the
-        backward pass would differentiate another function than the forward solve's, and the
-        forward's tensors would silently get no gradient. ``self`` is noted when the solve (or the
-        last backward pass) ends, so the changes its own evaluations made pass, in place or by a
-        buffer replaced; a training-mode norm's running statistics (written, not read) are not
-        compared."""
+        has a layer in another training mode, or holds buffers of other values (but those the solve
+        updated) than at the solve: the backward pass would differentiate another function than the
+        forward solve's, and the forward's tensors would silently get no gradient."""
         if owner is None:
             return
         rerun = (
@@ -317,15 +358,42 @@ class ModuleAtSolve:
                 f"{layers} computes another function in the other mode: {rerun}, or call backward "
                 "in the mode the solve ran in"
             )
-        buffers = ModuleAtSolve.of(owner).buffers
-        pairs = zip(buffers, self.buffers, strict=False)
-        if len(buffers) != len(self.buffers) or any(
-            now is not then and not _same_values(now, then) for now, then in pairs
-        ):
+        now = {key: buffer for key, buffer in owner.named_buffers() if key not in self.updated}
+        differ = sorted(
+            key for key, then in self.buffers if key not in now or not _same_buffer(now[key], then)
+        ) + sorted(set(now) - {key for key, _ in self.buffers})
+        if differ:
             raise RuntimeError(
                 f"{name}'s module holds other buffers in the backward pass than in the forward solve "
-                f"(torch.func.functional_call swapped them in for the forward call only?): {rerun}"
+                f"({', '.join(map(repr, differ))}: torch.func.functional_call swapped in for the forward "
+                f"call only, or replaced since): {rerun}"
             )
+
+
+def warn_of_updated_buffers(
+    at_solve: ModuleAtSolve | None, owner: torch.nn.Module | None, method: str, name: str = "func"
+) -> None:
+    """Warn where the solve's own evaluations changed buffers of ``name``'s module (an average of
+    the inputs, a counter) that no layer's warning names (a training-mode batch norm's running
+    statistics, spectral norm's vectors: :func:`warn_if_reevaluation_differs`): the graph-free
+    ``method`` re-evaluates ``name`` with their last values, so where its output reads them the
+    gradient is not the solve's."""
+    if at_solve is None or owner is None or not at_solve.updated:
+        return
+    named = {
+        f"{prefix}.{key}" if prefix else key
+        for prefix, module in owner.named_modules()
+        if module.training and reevaluation_effect(module) is not None
+        for key, _ in module.named_buffers(recurse=False)
+    }
+    unnamed = sorted(at_solve.updated - named)
+    if unnamed:
+        warn(
+            f"{name}'s module changed its buffer(s) {', '.join(map(repr, unnamed))} during the solve: "
+            f"gradient={method!r} evaluates {name} again in its backward pass with their last values, so "
+            f"where {name}'s output reads them the gradient is not the solve's; use {direct(name)}, or keep "
+            "them fixed during a solve"
+        )
 
 
 def _modes(owner: torch.nn.Module) -> tuple[tuple[str, bool], ...]:
@@ -337,15 +405,17 @@ def _modes(owner: torch.nn.Module) -> tuple[tuple[str, bool], ...]:
     )
 
 
-def _same_values(now: Tensor, then: Tensor) -> bool:
-    if (now.shape, now.dtype, now.device) != (then.shape, then.dtype, then.device):
-        return False
-    return bool(torch.equal(now, then))
-
-
 def _running_statistics_in_training(module: torch.nn.Module) -> bool:
     norms = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm)
     return isinstance(module, norms) and module.track_running_stats and module.training
+
+
+def _same_buffer(now: Tensor, then: Tensor) -> bool:
+    if now is then:
+        return True
+    if (now.shape, now.dtype, now.device) != (then.shape, then.dtype, then.device):
+        return False
+    return bool(torch.equal(now, then))
 
 
 def outside_graph_error(method: str, name: str = "func") -> ValueError:
@@ -699,6 +769,8 @@ class GraphFreeGradient(GradientMethod):
             else None
         )
         ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
+        if solve.step_states is not None or solve.is_differentiated(y0):
+            warn_of_updated_buffers(solve.owner_at_solve, solve.owner, self.name)
         has_penalties = solve.step_penalty is not None and penalties.numel() > 0
         steps = cast(Steps, solve.steps)  # set by the forward pass just run
         return ys, solve.stats, steps, penalties if has_penalties else None

@@ -3,7 +3,7 @@ in the field it evaluates again in its backward pass (docs/gradients.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -14,9 +14,11 @@ from .._validate import check_params_not_dual
 from ._function import (
     GradientMethod,
     ModuleAtSolve,
+    buffer_marks,
     graph_nodes,
     reevaluation_effect,
     refuse_parametrize_cache,
+    warn_of_updated_buffers,
 )
 
 
@@ -108,20 +110,29 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
         )
 
 
-def check_module_before_peer_backward(ys: Tensor, func: object, name: str = "func") -> None:
-    """A peer library's adjoint (torchdiffeq's, torchsde's) evaluates ``func`` again in its backward
-    pass, with what its module holds then: checked as local_reg's graph-free methods check it
-    (:class:`ModuleAtSolve`), by a hook on the outputs, which runs before the peer's backward."""
+def peer_module_check(func: object) -> Callable[[Tensor, str, object], None]:
+    """For a peer library's adjoint (torchdiffeq's, torchsde's), which evaluates ``func`` again in
+    its backward pass with what its module holds then: its buffers noted now, before the peer's
+    solve; the returned ``attach(ys, name, gradient)``, called after it, warns of the buffers the
+    solve changed (:func:`warn_of_updated_buffers`) and checks the module as local_reg's graph-free
+    methods do (:class:`ModuleAtSolve`) by a hook on the outputs, which runs before the peer's
+    backward."""
     owner = owning_module(func)
-    if owner is None or not ys.requires_grad:
-        return
-    at_solve = ModuleAtSolve.of(owner)
+    before = buffer_marks(owner)
 
-    def check(grad: Tensor) -> Tensor:
-        at_solve.check(owner, name)
-        return grad
+    def attach(ys: Tensor, name: str, gradient: object) -> None:
+        if owner is None or not ys.requires_grad:
+            return
+        at_solve = ModuleAtSolve.of(owner, before)
+        warn_of_updated_buffers(at_solve, owner, getattr(gradient, "name", str(gradient)), name)
 
-    ys.register_hook(check)
+        def check(grad: Tensor) -> Tensor:
+            at_solve.check(owner, name)
+            return grad
+
+        ys.register_hook(check)
+
+    return attach
 
 
 def _refuse_derived(params: tuple[Tensor, ...], positions: list[int]) -> None:

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor, nn
 
 from .._autograd import solve_entry_point
-from .._checks import solves_as_sde
 from .._errors import warn
 from .._step import beside_jump
 from .._tuple import TupleField, TupleState
@@ -101,17 +100,16 @@ def _probe_dtype_problem(problem: Problem) -> ODEProblem:
 
 def make_problem(func: Any, config: SolveConfig) -> Problem:
     """The problem ``func`` poses, with ``config`` checked once: an SDE if it looks like a torchsde
-    module (``f``, ``g``, ``noise_type``) whose ``forward`` is not its drift, else an ODE. ``None``
-    tolerances are the solver's defaults: 1e-6 / 1e-8 for ODEs, looser for Euler--Maruyama (see
-    :func:`local_reg.sdeint`), where ODE tolerances would cost orders of magnitude more steps."""
+    module (``f``, ``g``, ``noise_type``), else an ODE. ``None`` tolerances are the solver's
+    defaults: 1e-6 / 1e-8 for ODEs, looser for Euler--Maruyama (see :func:`local_reg.sdeint`),
+    where ODE tolerances would cost orders of magnitude more steps."""
     if not is_sde(func) and _has_drift_and_diffusion_only(func):
         raise TypeError(
             f"func ({type(func).__name__}) has methods f and g, an SDE's drift and diffusion, but no "
             f"string attribute noise_type: an SDE needs noise_type (one of {SUPPORTED_NOISE_TYPES}) "
             "and sde_type ('ito'), as torchsde's SDEs have; an ODE needs forward(t, y)"
         )
-    # A module whose forward is its drift (torchcde's vector field, f = forward) is the ODE of it.
-    return (SDEProblem if solves_as_sde(func) else ODEProblem)(func, config)
+    return (SDEProblem if is_sde(func) else ODEProblem)(func, config)
 
 
 def _has_drift_and_diffusion_only(func: Any) -> bool:
@@ -628,7 +626,7 @@ class Regularized(nn.Module):
                 if "__init__" in vars(kind) and issubclass(kind, Regularized)
                 for name in inspect.signature(vars(kind)["__init__"]).parameters
             ]
-            sde = solves_as_sde(func)
+            sde = is_sde(func)
             options_taken = solver_option_names(sde, backend, method)
             raise misplaced_keywords(type(self).__name__, misplaced, options_taken, own, backend, sde)
         super().__init__()

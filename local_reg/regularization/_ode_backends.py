@@ -23,7 +23,7 @@ from .._errors import SolverError
 from .._integrate import DEFAULT_MAX_STEPS
 from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
-from ..gradients._params import check_module_before_peer_backward, warn_if_reevaluation_differs
+from ..gradients._params import peer_module_check, warn_if_reevaluation_differs
 from ..solution import Stats
 from ._main_solve import (
     BackwardCounter,
@@ -278,8 +278,10 @@ def solve_main(
             _output_grid_without, positions, len(times), options.get("grid_constructor")
         )
     t_tensor = torch.tensor(times, dtype=t_dtype, device=y0.device)
+    check_module = None
     if is_adjoint:
         warn_if_reevaluation_differs(func, gradient)  # torchdiffeq's adjoint evaluates func again too
+        check_module = peer_module_check(func)
     try:
         if is_adjoint:
             kwargs = _torchdiffeq_adjoint_options(gradient)
@@ -307,8 +309,8 @@ def solve_main(
             if getattr(field.__dict__.get(name), "__self__", None) is field:
                 del field.__dict__[name]
     check_peer_outputs(ys, times, "torchdiffeq", f"{field.calls} evaluations of func")
-    if is_adjoint:
-        check_module_before_peer_backward(ys, func)
+    if check_module is not None:
+        check_module(ys, "func", gradient)
     main = MainSolve(
         ys=ys,
         stats=field.stats(),

@@ -31,12 +31,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .._checks import solves_as_sde
 from .._errors import warn
 from .._tuple import owning_module
 from .._validate import finite_times, refuse_tracing, transformed
 from ..controller import TimeSet
 from ..gradients._params import adjoint_params_tuple
+from ..sde.problem import is_sde
 from ..solution import State
 from ..tableaus import ButcherTableau
 from ._diagnostics import trained_parameters
@@ -326,7 +326,7 @@ class LocallyRegularized(Regularized):
             )
         if probe is None:
             # An SDE's probe is an Euler--Maruyama step; step_size="solver" takes the solver's step.
-            probe = "initial" if solves_as_sde(func) or step_size == "solver" else "initial-hairer"
+            probe = "initial" if is_sde(func) or step_size == "solver" else "initial-hairer"
         strategy = LocalPenalty(
             sampling=sampling,
             regularizer=regularizer,

@@ -33,6 +33,7 @@ from ..gradients._function import (
     GradientMethod,
     ModuleAtSolve,
     add_gradients,
+    buffer_marks,
     finish_backward,
     first_order_backward,
     frozen_parameter_ids,
@@ -43,6 +44,7 @@ from ..gradients._function import (
     still_trained,
     thread_token,
     warn_if_params_unreached,
+    warn_of_updated_buffers,
 )
 from ..solution import Stats, Steps
 from ._step import EulerMaruyamaStepper, SDEStepResult, _euler_maruyama_step
@@ -114,6 +116,7 @@ class CheckpointedSolve:
         self.record_states = record_states
         self.owner = owner
         self.owner_at_solve: ModuleAtSolve | None = None  # when the solve ends (as ForwardSolve's)
+        self.buffers_at_start = buffer_marks(owner)
         self.frozen_at_solve = frozen_parameter_ids(owner)
         self.method = method
         self.thread = thread_token()
@@ -127,14 +130,17 @@ class CheckpointedSolve:
         self.owner_at_solve = None
 
     def outputs(self, y0: Tensor) -> Tensor:
-        return _SolveWithoutGraph.apply(self, y0, *self.params)
+        ys = _SolveWithoutGraph.apply(self, y0, *self.params)
+        if ys.requires_grad:
+            warn_of_updated_buffers(self.owner_at_solve, self.owner, self.method.name, "sde")
+        return ys
 
     def solve(self, y0: Tensor) -> Tensor:
         outputs, self.stats, steps, _ = integrate(
             self.stepper, y0, self.times, self.options, record_states=True
         )
         self.states = steps.state_list or []
-        self.owner_at_solve = ModuleAtSolve.of(self.owner)
+        self.owner_at_solve = ModuleAtSolve.of(self.owner, self.buffers_at_start)
         if not self.record_states:
             steps.state_list = None
         self.steps = steps
@@ -192,7 +198,8 @@ class CheckpointedSolve:
         all_grads = scattered(grad_params, trained, len(self.params))
         asked = [g for g, needed in zip((adjoint, *all_grads), needs, strict=True) if needed]
         finish_backward(self.stats, [grad_ys], asked, calls, self.times[0], "the drift and diffusion")
-        self.owner_at_solve = ModuleAtSolve.of(self.owner)  # for a next backward pass (retain_graph)
+        if self.owner_at_solve is not None:  # for a next backward pass (retain_graph)
+            self.owner_at_solve = ModuleAtSolve.of(self.owner, updated=self.owner_at_solve.updated)
         return adjoint, all_grads
 
 
