@@ -48,7 +48,7 @@ from .gradients import (
     Symplectic,
     as_gradient_method,
 )
-from .gradients._function import check_step_penalty_support, first_evaluations
+from .gradients._function import buffer_marks, check_step_penalty_support, first_evaluations
 from .gradients._params import resolve_adjoint_params, warn_if_reevaluation_differs
 from .gradients._times import time_gradient
 from .solution import Solution, State
@@ -354,6 +354,8 @@ def odeint(
     # f(t0, y0) as the first step sees it: at a jump at t0, just after it.
     toward_end = math.copysign(math.inf, time_direction(times))
     start = beside_jump(times[0], toward_end, options.time_dtype or state.dtype, options.controller.jump_ts)
+    # Before the first evaluation, which may change them too.
+    buffers_at_start = buffer_marks(owner if gradient_method.graph_free else None)
     (f0,) = first_evaluations(
         gradient_method.name if gradient_method.graph_free else None,
         lambda: (evaluate_first(checked, start, state, options.time_dtype),),
@@ -369,6 +371,7 @@ def odeint(
         record_states,
         step_penalty,
         owner=owner if gradient_method.graph_free else None,
+        buffers_at_start=buffers_at_start,
     )
     with without_autocast():
         ys, stats, steps, penalties = gradient_method.solve(state, forward)

@@ -597,27 +597,36 @@ class _ScaledField(torch.nn.Module):
 
 
 @pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
-def test_graph_free_methods_refuse_buffers_swapped_in_for_the_forward_call_only(gradient):
+def test_graph_free_methods_put_back_buffers_swapped_in_for_the_forward_call_only(gradient):
     """``functional_call`` swaps buffers as it swaps parameters: the backward pass re-evaluated func
-    with the module's own buffer and returned a gradient 2x off, silently. The module's own tensors
-    passed back, or equal ones, are the same function and pass."""
+    with the module's own buffer and returned a gradient 2x off, silently. The buffers the solve
+    ended with are put back for the backward pass: the gradient is direct's (and the module's own
+    afterwards); one the model replaces after the solve (its own step counter) is as harmless."""
     from torch.func import functional_call
 
     field = _ScaledField()
     y0 = torch.ones(4, 3, dtype=DTYPE)
+    half = torch.full((3,), 0.5, dtype=DTYPE)
 
-    def solve():
-        return odeint(field, y0, [0.0, 1.0], gradient=gradient, rtol=1e-9, atol=1e-9).ys
-
-    swapped = functional_call(_Solve(field, solve), {"field.scale": torch.full((3,), 0.5, dtype=DTYPE)}, ())
-    with pytest.raises(RuntimeError, match="holds other buffers in the backward pass"):
-        swapped.square().sum().backward()
-    for same in (field.scale, field.scale.clone()):
+    def gradient_of(method, swap):
         field.zero_grad()
-        functional_call(_Solve(field, solve), {"field.scale": same}, ()).square().sum().backward()
-        assert all(p.grad is not None for p in field.parameters())
+        holder = _Solve(
+            field, lambda: odeint(field, y0, [0.0, 1.0], gradient=method, rtol=1e-9, atol=1e-9).ys
+        )
+        ys = functional_call(holder, {"field.scale": half}, ()) if swap else holder()
+        if not swap:
+            field.scale = field.scale + 0.0  # replaced after the solve, as a model's counter is
+        ys.square().sum().backward()
+        return field.net[0].weight.grad.clone()
+
+    own = field.scale
+    for swap in (True, False):
+        torch.testing.assert_close(
+            gradient_of(gradient, swap), gradient_of("direct", swap), rtol=1e-6, atol=1e-8
+        )
+    assert torch.equal(field.scale, own)
     # Once the backward pass has run, the solve's outputs no longer keep a replaced buffer alive.
-    ys = solve()
+    ys = odeint(field, y0, [0.0, 1.0], gradient=gradient).ys
     ys.square().sum().backward()
     replaced = weakref.ref(field.scale)
     field.scale = torch.ones(3, dtype=DTYPE)
@@ -705,6 +714,9 @@ def test_a_buffer_the_solve_changes_is_warned_of_as_its_last_value_is_re_evaluat
     with pytest.warns(UserWarning, match=r"func's module changed its buffer\(s\) 'average' during the solve"):
         ys = odeint(_AveragingField(), y0, [0.0, 1.0], gradient=gradient, method="rk4", step_size=0.1).ys
     ys.sum().backward()
+    # A solve of one evaluation (its first, before the steps): changed there too.
+    with pytest.warns(UserWarning, match=r"changed its buffer\(s\) 'average'"):
+        odeint(_AveragingField(), y0, [0.0, 1.0], gradient=gradient, method="euler", step_size=1.0)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         odeint(

@@ -1650,6 +1650,36 @@ def test_a_peer_adjoint_warns_of_dropout_as_local_regs_methods_do(backend):
         model(torch.randn(4, 2), torch.linspace(0.0, 1.0, 3))
 
 
+def test_the_torchdiffeq_adjoint_trains_a_bound_methods_module():
+    """A latent model's field as a bound method (``LocallyRegularized(self.dynamics)``, as the docs
+    show): torchdiffeq's adjoint took the parameters of the wrapper it was given, which holds no
+    module, so the field trained on the penalty alone, silently. Its gradient is direct's now."""
+
+    class Latent(torch.nn.Module):
+        def __init__(self, gradient):
+            super().__init__()
+            torch.manual_seed(0)
+            self.encoder = torch.nn.Linear(2, 2)
+            self.field = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+            self.ode = Regularized(
+                self.dynamics, backend="torchdiffeq", gradient=gradient, rtol=1e-8, atol=1e-8
+            )
+
+        def dynamics(self, t, z):
+            return self.field(z)
+
+        def forward(self, x):
+            return self.ode(self.encoder(x), torch.tensor([0.0, 1.0]))[-1]
+
+    grads = []
+    for gradient in ("direct", "adjoint"):
+        model = Latent(gradient)
+        model(torch.ones(3, 2)).square().sum().backward()
+        grads.append(model.field[0].weight.grad)
+    assert grads[1] is not None
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("backend", ["torchdiffeq", "torchsde"])
 def test_a_peer_adjoint_refuses_buffers_swapped_in_for_the_forward_call_only(backend):
     """torchdiffeq's and torchsde's adjoints evaluate the field again with what its module holds in

@@ -87,6 +87,8 @@ class ForwardSolve:
     step_states: StepStates | None = None
     owner: torch.nn.Module | None = None
     dense_output: DenseOutput | None = None
+    buffers_at_start: BufferMarks | None = None
+    """``owner``'s :func:`buffer_marks` before the solve's first evaluation (by default when made)."""
     thread: object = field(default_factory=lambda: thread_token())
     """The thread the forward solve ran in (:func:`thread_token`), where what ``func`` captured
     was presumably made."""
@@ -94,22 +96,21 @@ class ForwardSolve:
     def __post_init__(self) -> None:
         self.owner_at_solve: ModuleAtSolve | None = None
         """What ``func``'s module held when the forward solve ended (:meth:`record_owner`)."""
-        self.buffers_at_start = buffer_marks(self.owner)
+        if self.buffers_at_start is None:
+            self.buffers_at_start = buffer_marks(self.owner)
         self.frozen_at_solve = frozen_parameter_ids(self.owner)
 
     def record_owner(self) -> None:
-        """Note what ``func``'s module holds now: at the end of the forward solve (inside a
-        ``functional_call`` that swapped tensors in; the buffers the solve changed apart), and
-        again after each backward pass, for the next."""
-        if self.owner_at_solve is None:
-            self.owner_at_solve = ModuleAtSolve.of(self.owner, self.buffers_at_start)
-        else:
-            self.owner_at_solve = ModuleAtSolve.of(self.owner, updated=self.owner_at_solve.updated)
+        """Note what ``func``'s module holds at the end of the forward solve (inside a
+        ``functional_call`` that swapped tensors in; the buffers the solve changed apart)."""
+        self.owner_at_solve = ModuleAtSolve.of(self.owner, self.buffers_at_start)
 
     def check_owner_unchanged(self) -> None:
-        """Raise if ``func``'s module changed since :meth:`record_owner` (:meth:`ModuleAtSolve.check`)."""
+        """Raise if ``func``'s module holds other parameters or has a layer in another mode than at
+        the solve's end (:meth:`ModuleAtSolve.check`; its buffers are put back for the backward
+        pass instead, :func:`buffers_as_at_solve`)."""
         if self.owner_at_solve is not None:
-            self.owner_at_solve.check(self.owner)
+            self.owner_at_solve.check(self.owner, buffers=False)
 
     def is_differentiated(self, y0: Tensor) -> bool:
         """Whether autograd records a solve from ``y0`` (:func:`records_graph`)."""
@@ -333,7 +334,7 @@ class ModuleAtSolve:
             frozenset(updated),
         )
 
-    def check(self, owner: torch.nn.Module | None, name: str = "func") -> None:
+    def check(self, owner: torch.nn.Module | None, name: str = "func", buffers: bool = True) -> None:
         """Raise a ``RuntimeError`` if ``owner`` (``name``'s module) holds other parameter tensors,
         has a layer in another training mode, or holds buffers of other values (but those the solve
         updated) than at the solve: the backward pass would differentiate another function than the
@@ -350,14 +351,17 @@ class ModuleAtSolve:
                 "solve (torch.func.functional_call, a parameter replaced, or a load_state_dict(assign=True) "
                 f"in between): {rerun}"
             )
-        switched = sorted({kind for kind, mode in _modes(owner) if (kind, not mode) in self.modes})
-        if _modes(owner) != self.modes:
+        modes = _modes(owner)
+        switched = sorted({kind for kind, mode in modes if (kind, not mode) in self.modes})
+        if modes != self.modes:
             layers = " and ".join(switched) or "a layer whose output depends on it"
             raise RuntimeError(
                 f"{name}'s module was switched between train() and eval() after the solve, and its "
                 f"{layers} computes another function in the other mode: {rerun}, or call backward "
                 "in the mode the solve ran in"
             )
+        if not buffers:
+            return
         now = {key: buffer for key, buffer in owner.named_buffers() if key not in self.updated}
         differ = sorted(
             key for key, then in self.buffers if key not in now or not _same_buffer(now[key], then)
@@ -394,6 +398,31 @@ def warn_of_updated_buffers(
             f"where {name}'s output reads them the gradient is not the solve's; use {direct(name)}, or keep "
             "them fixed during a solve"
         )
+
+
+@contextlib.contextmanager
+def buffers_as_at_solve(at_solve: ModuleAtSolve | None, owner: torch.nn.Module | None) -> Iterator[None]:
+    """``owner`` holding, for a backward pass's re-evaluations, the buffers it held when the solve
+    ended (those the solve did not change itself): one ``torch.func.functional_call`` swapped in for
+    the forward call only, or one the model replaced since (a step counter of its own, which ``func``
+    may not read), is put back until the pass ends, so that it differentiates the solve's ``func``."""
+    swapped: list[tuple[torch.nn.Module, str, Tensor | None]] = []
+    if at_solve is not None and owner is not None:
+        for name, then in at_solve.buffers:
+            prefix, _, key = name.rpartition(".")
+            try:
+                module = owner.get_submodule(prefix)
+            except AttributeError:
+                continue  # a submodule removed since: nothing of it is evaluated
+            now = module._buffers.get(key)
+            if now is not then and key in module._buffers:
+                module._buffers[key] = then
+                swapped.append((module, key, now))
+    try:
+        yield
+    finally:
+        for module, key, now in reversed(swapped):
+            module._buffers[key] = now
 
 
 def _modes(owner: torch.nn.Module) -> tuple[tuple[str, bool], ...]:
@@ -769,7 +798,7 @@ class GraphFreeGradient(GradientMethod):
             else None
         )
         ys, penalties = _SolveWithoutGraph.apply(self, solve, y0, *solve.params)
-        if solve.step_states is not None or solve.is_differentiated(y0):
+        if solve.is_differentiated(y0):
             warn_of_updated_buffers(solve.owner_at_solve, solve.owner, self.name)
         has_penalties = solve.step_penalty is not None and penalties.numel() > 0
         steps = cast(Steps, solve.steps)  # set by the forward pass just run
@@ -1100,7 +1129,11 @@ class _SolveWithoutGraph(torch.autograd.Function):
         )
         solve.func = check
         try:
-            with without_autocast(), naming_a_freed_graph(ctx.method.name):
+            with (
+                without_autocast(),
+                naming_a_freed_graph(ctx.method.name),
+                buffers_as_at_solve(solve.owner_at_solve, solve.owner),
+            ):
                 grad_y0, trained_grads, nfe = ctx.method.backward(
                     solve, ys, grad_ys, grad_penalties if solve.step_penalty is not None else None
                 )
@@ -1113,7 +1146,6 @@ class _SolveWithoutGraph(torch.autograd.Function):
             g for g, needed in zip((grad_y0, *grad_params), ctx.needs_input_grad[2:], strict=True) if needed
         ]
         finish_backward(solve.stats, (grad_ys, grad_penalties), asked, nfe, solve.times[0])
-        solve.record_owner()
         release_unless_graph_kept(solve.release_records)
         return (None, None, grad_y0, *grad_params)
 

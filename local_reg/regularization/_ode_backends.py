@@ -23,7 +23,7 @@ from .._errors import SolverError
 from .._integrate import DEFAULT_MAX_STEPS
 from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
-from ..gradients._params import peer_module_check, warn_if_reevaluation_differs
+from ..gradients._params import peer_module_check, resolve_adjoint_params, warn_if_reevaluation_differs
 from ..solution import Stats
 from ._main_solve import (
     BackwardCounter,
@@ -285,8 +285,9 @@ def solve_main(
     try:
         if is_adjoint:
             kwargs = _torchdiffeq_adjoint_options(gradient)
-            if adjoint_params is not None:
-                kwargs["adjoint_params"] = tuple(adjoint_params)
+            # torchdiffeq's default is the parameters of the field it is given, a wrapper that holds
+            # func only where func is a module: a bound method's module's would get no gradient.
+            kwargs["adjoint_params"] = resolve_adjoint_params(func, adjoint_params, gradient)
             ys = torchdiffeq.odeint_adjoint(
                 field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options, **kwargs
             )

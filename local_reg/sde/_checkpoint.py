@@ -29,11 +29,13 @@ from torch import Tensor, nn
 
 from .._integrate import SolveOptions, integrate
 from ..gradients._function import (
+    BufferMarks,
     CapturedTensorCheck,
     GradientMethod,
     ModuleAtSolve,
     add_gradients,
     buffer_marks,
+    buffers_as_at_solve,
     finish_backward,
     first_order_backward,
     frozen_parameter_ids,
@@ -108,7 +110,10 @@ class CheckpointedSolve:
         record_states: bool,
         owner: nn.Module | None,
         method: GradientMethod,
+        buffers_at_start: BufferMarks | None = None,
     ) -> None:
+        """``buffers_at_start``: ``owner``'s :func:`buffer_marks` before the first evaluations (by
+        default now)."""
         self.stepper = stepper
         self.times = times
         self.options = options
@@ -116,7 +121,7 @@ class CheckpointedSolve:
         self.record_states = record_states
         self.owner = owner
         self.owner_at_solve: ModuleAtSolve | None = None  # when the solve ends (as ForwardSolve's)
-        self.buffers_at_start = buffer_marks(owner)
+        self.buffers_at_start = buffer_marks(owner) if buffers_at_start is None else buffers_at_start
         self.frozen_at_solve = frozen_parameter_ids(owner)
         self.method = method
         self.thread = thread_token()
@@ -149,9 +154,13 @@ class CheckpointedSolve:
     def backward(self, grad_ys: Tensor, needs: Sequence[bool]) -> tuple[Tensor, list[Tensor | None]]:
         """The gradients of ``y0`` and of ``params`` from the cotangents ``grad_ys`` of the outputs
         (``needs``: which of them autograd asks for, the ones judged finite)."""
-        stepper = self.stepper
         if self.owner_at_solve is not None:
-            self.owner_at_solve.check(self.owner, "sde")
+            self.owner_at_solve.check(self.owner, "sde", buffers=False)
+        with buffers_as_at_solve(self.owner_at_solve, self.owner):
+            return self._backward(grad_ys, needs)
+
+    def _backward(self, grad_ys: Tensor, needs: Sequence[bool]) -> tuple[Tensor, list[Tensor | None]]:
+        stepper = self.stepper
         refuse_parametrize_cache(self.owner, self.method.name, "sde", "backward")
         trained, params = still_trained(self.params)
         # The drift and diffusion of the re-run steps, checked for tensors they capture that
@@ -198,8 +207,6 @@ class CheckpointedSolve:
         all_grads = scattered(grad_params, trained, len(self.params))
         asked = [g for g, needed in zip((adjoint, *all_grads), needs, strict=True) if needed]
         finish_backward(self.stats, [grad_ys], asked, calls, self.times[0], "the drift and diffusion")
-        if self.owner_at_solve is not None:  # for a next backward pass (retain_graph)
-            self.owner_at_solve = ModuleAtSolve.of(self.owner, updated=self.owner_at_solve.updated)
         return adjoint, all_grads
 
 

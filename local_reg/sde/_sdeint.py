@@ -31,7 +31,7 @@ from .._validate import (
 from ..controller import PIController, TimeSet
 from ..gradients import Checkpoint, Direct, GradientMethod, as_gradient_method
 from ..gradients._finite import guard_direct_gradients
-from ..gradients._function import first_evaluations, records_graph
+from ..gradients._function import buffer_marks, first_evaluations, records_graph
 from ..gradients._params import resolve_adjoint_params, warn_if_reevaluation_differs
 from ..gradients.direct import count_backpropagation
 from ..solution import Solution, Steps
@@ -249,6 +249,8 @@ def sdeint(
 
     # The checkpoint gradient's forward solve keeps no graph, from its first evaluations on.
     graph_free = None if checkpointed is None else checkpointed.name
+    # Before the first evaluations, which may change them too.
+    buffers_at_start = buffer_marks(owner if checkpointed is not None else None)
     f0, g0 = first_evaluations(graph_free, drift_and_diffusion, y0, params, "sde")
     check_shapes(noise_type, y0, f0, g0)
     # Every later drift, diffusion and Brownian increment is checked too.
@@ -290,6 +292,7 @@ def sdeint(
                     record_states,
                     owner,
                     cast(Checkpoint, checkpointed),
+                    buffers_at_start,
                 )
                 ys = solve.outputs(y0)
                 stats, steps, penalties = solve.stats, cast(Steps, solve.steps), list[Tensor]()
