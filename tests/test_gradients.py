@@ -625,6 +625,28 @@ def test_graph_free_methods_put_back_buffers_swapped_in_for_the_forward_call_onl
             gradient_of(gradient, swap), gradient_of("direct", swap), rtol=1e-6, atol=1e-8
         )
     assert torch.equal(field.scale, own)
+    # A buffer tied under two names is put back under both (named_buffers gives one), and one that
+    # was None at the solve is None again for the backward pass (it was filled in since).
+    tied = _TiedField()
+    grads = {}
+    for method in (gradient, "direct"):
+        tied.zero_grad()
+        holder = _Solve(
+            tied, lambda m=method: odeint(tied, y0, [0.0, 1.0], gradient=m, rtol=1e-9, atol=1e-9).ys
+        )
+        functional_call(holder, {"field.first.scale": half}, ()).square().sum().backward()
+        ys = odeint(tied, y0, [0.0, 1.0], gradient=method, rtol=1e-9, atol=1e-9).ys
+        tied.shift = torch.full((3,), 5.0, dtype=DTYPE)
+        ys.square().sum().backward()
+        tied.shift = None
+        grads[method] = tied.net[0].weight.grad.clone()
+    torch.testing.assert_close(grads[gradient], grads["direct"], rtol=1e-6, atol=1e-8)
+    # A buffer deleted since the solve has nothing to put back: refused, naming it.
+    ys = odeint(field, y0, [0.0, 1.0], gradient=gradient).ys
+    del field.scale
+    with pytest.raises(RuntimeError, match=r"holds other buffers in the backward pass .*'scale'"):
+        ys.sum().backward()
+    field.register_buffer("scale", torch.ones(3, dtype=DTYPE))
     # Once the backward pass has run, the solve's outputs no longer keep a replaced buffer alive.
     ys = odeint(field, y0, [0.0, 1.0], gradient=gradient).ys
     ys.square().sum().backward()
@@ -632,6 +654,28 @@ def test_graph_free_methods_put_back_buffers_swapped_in_for_the_forward_call_onl
     field.scale = torch.ones(3, dtype=DTYPE)
     gc.collect()
     assert replaced() is None
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale)
+
+
+class _TiedField(torch.nn.Module):
+    """An MLP field scaled by one buffer tied into two submodules, and shifted by a buffer that may
+    be None."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+        shared = torch.ones(3, dtype=DTYPE)
+        self.first, self.second = _Scale(shared), _Scale(shared)
+        self.register_buffer("shift", None)
+
+    def forward(self, t, y):
+        out = self.net(y) * self.first.scale * self.second.scale
+        return out if self.shift is None else out + self.shift
 
 
 class _CountingField(_ScaledField):

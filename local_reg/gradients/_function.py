@@ -279,13 +279,21 @@ def buffer_marks(owner: torch.nn.Module | None) -> BufferMarks:
     if owner is None:
         return {}
     marks: BufferMarks = {}
-    for name, buffer in owner.named_buffers():
+    for name, buffer in _all_buffers(owner):
         try:
-            version: int | None = buffer._version
+            version: int | None = None if buffer is None else buffer._version
         except RuntimeError:
             version = None
         marks[name] = (id(buffer), version)
     return marks
+
+
+def _all_buffers(owner: torch.nn.Module) -> Iterator[tuple[str, Tensor | None]]:
+    """Every buffer slot of ``owner`` by every name it has: tied ones under each (``named_buffers``
+    gives one), a ``None`` one too (which it skips)."""
+    for prefix, module in owner.named_modules(remove_duplicate=False):
+        for key, buffer in module._buffers.items():
+            yield (f"{prefix}.{key}" if prefix else key), buffer
 
 
 @dataclass(frozen=True)
@@ -301,7 +309,7 @@ class ModuleAtSolve:
     which :func:`warn_of_updated_buffers` says)."""
 
     parameter_ids: tuple[int, ...] = ()
-    buffers: tuple[tuple[str, Tensor], ...] = ()
+    buffers: tuple[tuple[str, Tensor | None], ...] = ()
     modes: tuple[tuple[str, bool], ...] = ()
     updated: frozenset[str] = frozenset()
 
@@ -323,13 +331,13 @@ class ModuleAtSolve:
         # counter that leaves as it was: updated all the same (and written, not read, there).
         updated = updated | {
             f"{prefix}.{key}" if prefix else key
-            for prefix, module in owner.named_modules()
+            for prefix, module in owner.named_modules(remove_duplicate=False)
             if _running_statistics_in_training(module)
-            for key, _ in module.named_buffers(recurse=False)
+            for key in module._buffers
         }
         return cls(
             tuple(id(p) for p in owner.parameters()),
-            tuple((name, buffer) for name, buffer in owner.named_buffers() if name not in updated),
+            tuple((name, buffer) for name, buffer in _all_buffers(owner) if name not in updated),
             _modes(owner),
             frozenset(updated),
         )
@@ -360,17 +368,17 @@ class ModuleAtSolve:
                 f"{layers} computes another function in the other mode: {rerun}, or call backward "
                 "in the mode the solve ran in"
             )
-        if not buffers:
-            return
-        now = {key: buffer for key, buffer in owner.named_buffers() if key not in self.updated}
-        differ = sorted(
-            key for key, then in self.buffers if key not in now or not _same_buffer(now[key], then)
-        ) + sorted(set(now) - {key for key, _ in self.buffers})
+        now = {key: buffer for key, buffer in _all_buffers(owner) if key not in self.updated}
+        then = dict(self.buffers)
+        # Added or deleted since: nothing to put back (and checked even where the others are put back).
+        differ = sorted(set(now) ^ set(then))
+        if buffers:
+            differ += sorted(key for key in set(now) & set(then) if not _same_buffer(now[key], then[key]))
         if differ:
             raise RuntimeError(
                 f"{name}'s module holds other buffers in the backward pass than in the forward solve "
                 f"({', '.join(map(repr, differ))}: torch.func.functional_call swapped in for the forward "
-                f"call only, or replaced since): {rerun}"
+                f"call only, or added, deleted or replaced since): {rerun}"
             )
 
 
@@ -403,19 +411,18 @@ def warn_of_updated_buffers(
 @contextlib.contextmanager
 def buffers_as_at_solve(at_solve: ModuleAtSolve | None, owner: torch.nn.Module | None) -> Iterator[None]:
     """``owner`` holding, for a backward pass's re-evaluations, the buffers it held when the solve
-    ended (those the solve did not change itself): one ``torch.func.functional_call`` swapped in for
-    the forward call only, or one the model replaced since (a step counter of its own, which ``func``
-    may not read), is put back until the pass ends, so that it differentiates the solve's ``func``."""
+    ended (those the solve did not change itself; after :meth:`ModuleAtSolve.check`, which refuses
+    a buffer added or deleted since): one ``torch.func.functional_call`` swapped in for the forward
+    call only, or one the model replaced since (a step counter of its own, which ``func`` may not
+    read), is put back until the pass ends, so that it differentiates the solve's ``func``. The
+    module is changed in place meanwhile: another thread using it sees those buffers."""
     swapped: list[tuple[torch.nn.Module, str, Tensor | None]] = []
     if at_solve is not None and owner is not None:
         for name, then in at_solve.buffers:
             prefix, _, key = name.rpartition(".")
-            try:
-                module = owner.get_submodule(prefix)
-            except AttributeError:
-                continue  # a submodule removed since: nothing of it is evaluated
-            now = module._buffers.get(key)
-            if now is not then and key in module._buffers:
+            module = owner.get_submodule(prefix)  # there: check refused a buffer slot gone since
+            now = module._buffers[key]
+            if now is not then:
                 module._buffers[key] = then
                 swapped.append((module, key, now))
     try:
@@ -439,9 +446,11 @@ def _running_statistics_in_training(module: torch.nn.Module) -> bool:
     return isinstance(module, norms) and module.track_running_stats and module.training
 
 
-def _same_buffer(now: Tensor, then: Tensor) -> bool:
+def _same_buffer(now: Tensor | None, then: Tensor | None) -> bool:
     if now is then:
         return True
+    if now is None or then is None:
+        return False
     if (now.shape, now.dtype, now.device) != (then.shape, then.dtype, then.device):
         return False
     return bool(torch.equal(now, then))
