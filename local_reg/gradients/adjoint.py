@@ -634,8 +634,9 @@ def _warn_if_drifted(backsolved: Tensor, forward: Tensor, solves: tuple[SolveOpt
         )
         warn(
             "the backsolve adjoint's y, solved backwards, has left the forward solution by more than "
-            f"{_DRIFT:.0%} of an element's size (and {_DRIFT_TOLERANCES} tolerances): its gradient is "
-            f"not to be trusted here; {cause}"
+            f"{_DRIFT:.0%} of an element's size (and {_DRIFT_TOLERANCES} tolerances): its gradient may "
+            "be wrong here (check it against gradient='direct' on one batch: a gap along a fast "
+            f"decaying direction can leave it accurate); {cause}"
         )
 
 
