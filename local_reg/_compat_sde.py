@@ -52,7 +52,6 @@ from ._validate import (
     narrowest_float,
     positive_float,
     refuse_tracing,
-    time_tensors_requiring_grad,
     validate_state,
     validate_times,
 )
@@ -66,6 +65,7 @@ from .sde.problem import (
     batch_state,
     brownian_size,
     check_shapes,
+    refuse_times_requiring_grad,
     validate_sde,
     validate_sde_problem,
 )
@@ -304,11 +304,7 @@ def _solve(
     two the messages name."""
     # torchsde refuses them all (misc.assert_no_grad); its fixed-step grid here would detach ts and
     # its gradient be none, silently.
-    if time_tensors_requiring_grad(ts):
-        raise ValueError(
-            "ts requires grad, but sdeint solves at fixed times and no gradient reaches ts (torchsde "
-            "refuses it too): pass ts.detach()"
-        )
+    refuse_times_requiring_grad(ts, "ts")
     for name, value in (("dt", dt), ("rtol", rtol), ("atol", atol), ("dt_min", dt_min)):
         if isinstance(value, Tensor) and value.requires_grad:
             raise ValueError(

@@ -288,12 +288,15 @@ def buffer_marks(owner: torch.nn.Module | None) -> BufferMarks:
     return marks
 
 
-def _all_buffers(owner: torch.nn.Module) -> Iterator[tuple[str, Tensor | None]]:
-    """Every buffer slot of ``owner`` by every name it has: tied ones under each (``named_buffers``
-    gives one), a ``None`` one too (which it skips)."""
+def _all_buffers(
+    owner: torch.nn.Module, of: Callable[[torch.nn.Module], bool] = lambda module: True
+) -> Iterator[tuple[str, Tensor | None]]:
+    """Every buffer slot of ``owner`` (of its submodules for which ``of`` holds) by every name it
+    has: tied ones under each (``named_buffers`` gives one), a ``None`` one too (which it skips)."""
     for prefix, module in owner.named_modules(remove_duplicate=False):
-        for key, buffer in module._buffers.items():
-            yield (f"{prefix}.{key}" if prefix else key), buffer
+        if of(module):
+            for key, buffer in module._buffers.items():
+                yield (f"{prefix}.{key}" if prefix else key), buffer
 
 
 @dataclass(frozen=True)
@@ -329,12 +332,7 @@ class ModuleAtSolve:
             updated = updated | {name for name, mark in now.items() if before.get(name) != mark}
         # A training-mode norm updates its running statistics inside its kernel, whose version
         # counter that leaves as it was: updated all the same (and written, not read, there).
-        updated = updated | {
-            f"{prefix}.{key}" if prefix else key
-            for prefix, module in owner.named_modules(remove_duplicate=False)
-            if _running_statistics_in_training(module)
-            for key in module._buffers
-        }
+        updated = updated | {name for name, _ in _all_buffers(owner, _running_statistics_in_training)}
         return cls(
             tuple(id(p) for p in owner.parameters()),
             tuple((name, buffer) for name, buffer in _all_buffers(owner) if name not in updated),
@@ -392,13 +390,8 @@ def warn_of_updated_buffers(
     gradient is not the solve's."""
     if at_solve is None or owner is None or not at_solve.updated:
         return
-    named = {
-        f"{prefix}.{key}" if prefix else key
-        for prefix, module in owner.named_modules()
-        if module.training and reevaluation_effect(module) is not None
-        for key, _ in module.named_buffers(recurse=False)
-    }
-    unnamed = sorted(at_solve.updated - named)
+    warned = {name for name, _ in _all_buffers(owner, _warned_of_in_training)}
+    unnamed = sorted(at_solve.updated - warned)
     if unnamed:
         warn(
             f"{name}'s module changed its buffer(s) {', '.join(map(repr, unnamed))} during the solve: "
@@ -439,6 +432,11 @@ def _modes(owner: torch.nn.Module) -> tuple[tuple[str, bool], ...]:
         for module in owner.modules()
         if (kind := reevaluation_effect(module)) is not None
     )
+
+
+def _warned_of_in_training(module: torch.nn.Module) -> bool:
+    """Whether :func:`warn_if_reevaluation_differs` names ``module``'s layer."""
+    return module.training and reevaluation_effect(module) is not None
 
 
 def _running_statistics_in_training(module: torch.nn.Module) -> bool:

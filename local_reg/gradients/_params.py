@@ -110,21 +110,22 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
         )
 
 
-def peer_module_check(func: object) -> Callable[[Tensor, str, object], None]:
+def peer_module_check(func: object, gradient: GradientMethod, name: str = "func") -> Callable[[Tensor], None]:
     """For a peer library's adjoint (torchdiffeq's, torchsde's), which evaluates ``func`` again in
-    its backward pass with what its module holds then: its buffers noted now, before the peer's
-    solve; the returned ``attach(ys, name, gradient)``, called after it, warns of the buffers the
-    solve changed (:func:`warn_of_updated_buffers`) and checks the module as local_reg's graph-free
-    methods do (:class:`ModuleAtSolve`) by a hook on the outputs, which runs before the peer's
-    backward."""
+    its backward pass with what its module holds then: the layers that differ when re-evaluated
+    warned of (:func:`warn_if_reevaluation_differs`) and the buffers noted now, before the peer's
+    solve; the returned ``attach(ys)``, called after it, warns of the buffers the solve changed
+    (:func:`warn_of_updated_buffers`) and checks the module as local_reg's graph-free methods do
+    (:class:`ModuleAtSolve`) by a hook on the outputs, which runs before the peer's backward."""
+    warn_if_reevaluation_differs(func, gradient, name)
     owner = owning_module(func)
     before = buffer_marks(owner)
 
-    def attach(ys: Tensor, name: str, gradient: object) -> None:
+    def attach(ys: Tensor) -> None:
         if owner is None or not ys.requires_grad:
             return
         at_solve = ModuleAtSolve.of(owner, before)
-        warn_of_updated_buffers(at_solve, owner, getattr(gradient, "name", str(gradient)), name)
+        warn_of_updated_buffers(at_solve, owner, gradient.name, name)
 
         def check(grad: Tensor) -> Tensor:
             at_solve.check(owner, name)

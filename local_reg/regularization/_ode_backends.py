@@ -23,7 +23,7 @@ from .._errors import SolverError
 from .._integrate import DEFAULT_MAX_STEPS
 from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
-from ..gradients._params import peer_module_check, resolve_adjoint_params, warn_if_reevaluation_differs
+from ..gradients._params import peer_module_check, resolve_adjoint_params
 from ..solution import Stats
 from ._main_solve import (
     BackwardCounter,
@@ -278,10 +278,8 @@ def solve_main(
             _output_grid_without, positions, len(times), options.get("grid_constructor")
         )
     t_tensor = torch.tensor(times, dtype=t_dtype, device=y0.device)
-    check_module = None
-    if is_adjoint:
-        warn_if_reevaluation_differs(func, gradient)  # torchdiffeq's adjoint evaluates func again too
-        check_module = peer_module_check(func)
+    # torchdiffeq's adjoint evaluates func again in its backward pass, as local_reg's graph-free methods.
+    check_module = peer_module_check(func, gradient) if is_adjoint else None
     try:
         if is_adjoint:
             kwargs = _torchdiffeq_adjoint_options(gradient)
@@ -311,7 +309,7 @@ def solve_main(
                 del field.__dict__[name]
     check_peer_outputs(ys, times, "torchdiffeq", f"{field.calls} evaluations of func")
     if check_module is not None:
-        check_module(ys, "func", gradient)
+        check_module(ys)
     main = MainSolve(
         ys=ys,
         stats=field.stats(),

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .._validate import check_choice, check_times_distinct, times_as_given
 from ..gradients import BacksolveAdjoint, Checkpoint, Direct, GradientMethod, as_gradient_method
-from ..gradients._params import peer_module_check, warn_if_reevaluation_differs
+from ..gradients._params import peer_module_check
 from ..sde import sdeint
 from ..sde._sdeint import sde_gradient
 from ..solution import Stats
@@ -133,10 +133,8 @@ def solve_main(
     options.setdefault("adaptive", True)
     options.setdefault("dt", (times[-1] - times[0]) / 20)
     is_adjoint = isinstance(gradient, BacksolveAdjoint)
-    check_module = None
-    if is_adjoint:
-        warn_if_reevaluation_differs(sde, gradient, "sde")  # torchsde's adjoint evaluates it again too
-        check_module = peer_module_check(sde)
+    # torchsde's adjoint evaluates the SDE again in its backward pass, as local_reg's checkpoint.
+    check_module = peer_module_check(sde, gradient, "sde") if is_adjoint else None
     solve = torchsde.sdeint_adjoint if is_adjoint else torchsde.sdeint
     counting.solving = True
     try:
@@ -150,7 +148,7 @@ def solve_main(
         counting.solving, counting.last_t = False, None  # the stats keep the wrapper, not its tensors
     check_peer_outputs(ys, times, "torchsde", f"{counting.calls} evaluations of the drift and diffusion")
     if check_module is not None:
-        check_module(ys, "sde", gradient)
+        check_module(ys)
     stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
     counter = BackwardCounter(counting, counting.calls, is_adjoint)
     return MainSolve(ys=ys, stats=stats, backward_counter=counter)

@@ -99,6 +99,16 @@ def validate_sde(sde: Any, general: bool = False) -> str:
     return noise_type
 
 
+def refuse_times_requiring_grad(t: object, name: str = "t") -> None:
+    """A ``ValueError`` for output times ``t`` (``name``: as the caller's signature spells them) that
+    require grad: sdeint solves at fixed times, so no gradient reaches them."""
+    if time_tensors_requiring_grad(t):
+        raise ValueError(
+            f"{name} requires grad, but sdeint solves at fixed times and no gradient reaches {name} "
+            f"(torchsde refuses it too): pass {name}.detach()"
+        )
+
+
 def validate_sde_problem(
     sde: Any,
     y0: Tensor,
@@ -112,11 +122,7 @@ def validate_sde_problem(
     returns ``y0`` there)."""
     noise_type = validate_sde(sde, general)
     batch_state("y0", y0)
-    if time_tensors_requiring_grad(t):
-        raise ValueError(
-            "t requires grad, but sdeint solves at fixed times and no gradient reaches t "
-            "(torchsde refuses it too): pass t.detach()"
-        )
+    refuse_times_requiring_grad(t)
     times = validate_times(t, increasing_only=True)
     if len(times) < 2 and not one_time:
         raise ValueError("t must hold at least two times (start and end of the solve)")
