@@ -1615,37 +1615,46 @@ def test_the_torchdiffeq_backend_refuses_scipy_solver():
         LocallyRegularized(lambda t, y: -y, backend="torchdiffeq", method="scipy_solver")
 
 
+class _PeerField(torch.nn.Module):
+    """``tanh(linear(y))`` through ``layer`` (none by default), scaled by a buffer: the field of the
+    peer backends' adjoint tests."""
+
+    def __init__(self, layer: torch.nn.Module | None = None):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+        self.layer = torch.nn.Identity() if layer is None else layer
+        self.register_buffer("scale", torch.ones(2))
+
+    def forward(self, t, y):
+        return self.layer(torch.tanh(self.linear(y))) * self.scale
+
+
+class _PeerSDE(_PeerField):
+    noise_type, sde_type = "diagonal", "ito"
+
+    def f(self, t, y):
+        return self(t, y)
+
+    def g(self, t, y):
+        return 0.1 * torch.sigmoid(y)
+
+
+def _peer_adjoint_model(backend: str, layer: torch.nn.Module | None = None, **ode_settings) -> Regularized:
+    """A plain model of :class:`_PeerField` (:class:`_PeerSDE` on torchsde, in fixed steps of 0.1)
+    differentiated by the peer backend's adjoint; ``ode_settings``: the ODE model's."""
+    if backend == "torchsde":
+        return Regularized(
+            _PeerSDE(layer), backend=backend, gradient="adjoint", options={"adaptive": False, "dt": 0.1}
+        )
+    return Regularized(_PeerField(layer), backend=backend, gradient="adjoint", **ode_settings)
+
+
 @pytest.mark.parametrize("backend", ["torchdiffeq", "torchsde"])
 def test_a_peer_adjoint_warns_of_dropout_as_local_regs_methods_do(backend):
     """torchdiffeq's and torchsde's adjoints evaluate the field again in their backward pass, as
     local_reg's graph-free methods do, whose warning named the dropout; the peers' gave none."""
-
-    class Field(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear, self.dropout = torch.nn.Linear(2, 2), torch.nn.Dropout(0.1)
-
-        def forward(self, t, y):
-            return self.dropout(torch.tanh(self.linear(y)))
-
-    class SDE(Field):
-        noise_type, sde_type = "diagonal", "ito"
-
-        def f(self, t, y):
-            return self(t, y)
-
-        def g(self, t, y):
-            return 0.1 * torch.sigmoid(y)
-
     # Fixed steps: adaptive ones never settle on a field whose dropout draws anew at every call.
-    if backend == "torchdiffeq":
-        model = Regularized(
-            Field(), backend=backend, gradient="adjoint", method="rk4", options={"step_size": 0.1}
-        )
-    else:
-        model = Regularized(
-            SDE(), backend=backend, gradient="adjoint", options={"adaptive": False, "dt": 0.1}
-        )
+    model = _peer_adjoint_model(backend, torch.nn.Dropout(0.1), method="rk4", options={"step_size": 0.1})
     with pytest.warns(UserWarning, match="dropout"):
         model(torch.randn(4, 2), torch.linspace(0.0, 1.0, 3))
 
@@ -1687,30 +1696,7 @@ def test_a_peer_adjoint_refuses_buffers_swapped_in_for_the_forward_call_only(bac
     another field (-2.97 for -1.72), silently, where local_reg's methods refuse it."""
     from torch.func import functional_call
 
-    class Field(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear = torch.nn.Linear(2, 2)
-            self.register_buffer("scale", torch.ones(2))
-
-        def forward(self, t, y):
-            return torch.tanh(self.linear(y)) * self.scale
-
-    class SDE(Field):
-        noise_type, sde_type = "diagonal", "ito"
-
-        def f(self, t, y):
-            return self(t, y)
-
-        def g(self, t, y):
-            return 0.1 * torch.sigmoid(y)
-
-    if backend == "torchsde":
-        model = Regularized(
-            SDE(), backend=backend, gradient="adjoint", options={"adaptive": False, "dt": 0.1}
-        )
-    else:
-        model = Regularized(Field(), backend=backend, gradient="adjoint")
+    model = _peer_adjoint_model(backend)
     y0, t = torch.randn(4, 2), torch.linspace(0.0, 1.0, 3)
     ys = functional_call(model, {"func.scale": torch.full((2,), 0.5)}, (y0, t))
     name = "sde" if backend == "torchsde" else "func"
@@ -1724,7 +1710,7 @@ def test_a_peer_adjoint_refuses_buffers_swapped_in_for_the_forward_call_only(bac
     # one backward pass, a retained graph's second pass and the local probe's evaluation after the
     # solve pass (the first check took one snapshot and refused each), with a warning of it.
 
-    class Counting(Field):
+    class Counting(_PeerField):
         def forward(self, t, y):
             self.calls = self.calls + 1
             return super().forward(t, y)
