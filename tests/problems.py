@@ -130,3 +130,18 @@ def failing_backward(message: str):
             raise RuntimeError(message)
 
     return Fails.apply
+
+
+def made_at(address: int, make):
+    """What ``make()`` makes, made again until CPython places it at ``address`` (a freed object's,
+    taken by an identity check by ``id`` for that object), the misses kept meanwhile. ``make`` should
+    make one Python object only: one made before it may take the address. An address that is not
+    given out again (its memory pool freed with it, which happens in some processes) gives the last
+    one made: a plain replacement, which the checks must find too."""
+    misses = []
+    for _ in range(10_000):
+        made = make()
+        if id(made) == address:
+            return made
+        misses.append(made)
+    return made

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 import torchdiffeq
-from problems import ConstantNoiseSDE, CountingField, NetField
+from problems import ConstantNoiseSDE, CountingField, NetField, made_at
 
 import local_reg
 from local_reg import (
@@ -1725,6 +1725,22 @@ def test_a_peer_adjoint_refuses_buffers_swapped_in_for_the_forward_call_only(bac
         ys.sum().backward()
         local = LocallyRegularized(counting, backend=backend, gradient="adjoint")
         (local(y0, t).sum() + local.reg_loss).backward()
+
+
+@pytest.mark.parametrize("backend", ["torchdiffeq", "torchsde"])
+def test_a_peer_adjoint_refuses_a_parameter_replaced_at_the_freed_ones_address(backend):
+    """A frozen parameter (outside ``adjoint_params``, held by nothing but the module) replaced
+    after the solve by one at its address passed the check by ``id``, and the backward pass
+    re-evaluated the field with the new value, silently."""
+    model = _peer_adjoint_model(backend)
+    linear = model.func.linear
+    linear.bias.requires_grad_(False)
+    ys = model(torch.randn(4, 2), torch.linspace(0.0, 1.0, 3))
+    value = torch.ones(2)
+    freed = id(linear._parameters.pop("bias"))
+    linear._parameters["bias"] = made_at(freed, lambda: torch.nn.Parameter(value, requires_grad=False))
+    with pytest.raises(RuntimeError, match="holds other parameter tensors in the backward pass"):
+        ys.sum().backward()
 
 
 def test_a_peer_backend_of_the_other_kind_of_equation_is_named_as_such():

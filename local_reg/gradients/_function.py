@@ -268,24 +268,39 @@ def reevaluation_effect(module: torch.nn.Module) -> str | None:
     return "spectral norm" if power_iterations else None
 
 
-BufferMarks = dict[str, tuple[int, int | None]]
-"""``name -> (identity, version)`` of a module's buffers (:func:`buffer_marks`)."""
+BufferMark = tuple[weakref.ref[Tensor] | None, int | None]
+"""A weak reference to a buffer and its version counter (:func:`buffer_marks`)."""
+BufferMarks = dict[str, BufferMark]
 
 
 def buffer_marks(owner: torch.nn.Module | None) -> BufferMarks:
-    """The identity and version counter of each of ``owner``'s buffers, by name: a buffer replaced
-    changes the first, one changed in place the second (``None`` for an inference tensor, which
-    keeps no counter)."""
+    """A weak reference to each of ``owner``'s buffers and its version counter, by name: a buffer
+    replaced changes the first, one changed in place the second (``None`` for an inference tensor,
+    which keeps no counter). Weak, not ``id``: a buffer replaced after the one marked was freed may
+    be placed at its address, and take its ``id``."""
     if owner is None:
         return {}
-    marks: BufferMarks = {}
-    for name, buffer in _all_buffers(owner):
-        try:
-            version: int | None = None if buffer is None else buffer._version
-        except RuntimeError:
-            version = None
-        marks[name] = (id(buffer), version)
-    return marks
+    return {name: (_reference(buffer), _version(buffer)) for name, buffer in _all_buffers(owner)}
+
+
+def _marked(mark: BufferMark | None, buffer: Tensor | None) -> bool:
+    """Whether ``buffer`` is the tensor ``mark`` (of :func:`buffer_marks`) was taken of, unchanged."""
+    return mark is not None and _is_referenced(mark[0], buffer) and mark[1] == _version(buffer)
+
+
+def _reference(tensor: Tensor | None) -> weakref.ref[Tensor] | None:
+    return None if tensor is None else weakref.ref(tensor)
+
+
+def _is_referenced(reference: weakref.ref[Tensor] | None, tensor: Tensor | None) -> bool:
+    return tensor is None if reference is None else reference() is tensor
+
+
+def _version(buffer: Tensor | None) -> int | None:
+    try:
+        return None if buffer is None else buffer._version
+    except RuntimeError:  # an inference tensor
+        return None
 
 
 def _all_buffers(
@@ -311,7 +326,8 @@ class ModuleAtSolve:
     again: they are not compared (a graph-free method re-evaluates ``func`` with their last values,
     which :func:`warn_of_updated_buffers` says)."""
 
-    parameter_ids: tuple[int, ...] = ()
+    parameters: tuple[weakref.ref[Tensor], ...] = ()
+    """Weak references (a parameter replaced after the solve may take a freed one's ``id``)."""
     buffers: tuple[tuple[str, Tensor | None], ...] = ()
     modes: tuple[tuple[str, bool], ...] = ()
     updated: frozenset[str] = frozenset()
@@ -328,13 +344,14 @@ class ModuleAtSolve:
         if owner is None:
             return cls()
         if before is not None:
-            now = buffer_marks(owner)
-            updated = updated | {name for name, mark in now.items() if before.get(name) != mark}
+            updated = updated | {
+                name for name, buffer in _all_buffers(owner) if not _marked(before.get(name), buffer)
+            }
         # A training-mode norm updates its running statistics inside its kernel, whose version
         # counter that leaves as it was: updated all the same (and written, not read, there).
         updated = updated | {name for name, _ in _all_buffers(owner, _running_statistics_in_training)}
         return cls(
-            tuple(id(p) for p in owner.parameters()),
+            tuple(weakref.ref(p) for p in owner.parameters()),
             tuple((name, buffer) for name, buffer in _all_buffers(owner) if name not in updated),
             _modes(owner),
             frozenset(updated),
@@ -351,7 +368,10 @@ class ModuleAtSolve:
             f"the graph-free gradient methods re-evaluate {name} with what its module holds in the "
             f"backward pass; use {direct(name)}, which differentiates the forward's own graph"
         )
-        if tuple(id(p) for p in owner.parameters()) != self.parameter_ids:
+        parameters = list(owner.parameters())
+        if len(parameters) != len(self.parameters) or not all(
+            map(_is_referenced, self.parameters, parameters)
+        ):
             raise RuntimeError(
                 f"{name}'s module holds other parameter tensors in the backward pass than in the forward "
                 "solve (torch.func.functional_call, a parameter replaced, or a load_state_dict(assign=True) "
