@@ -83,8 +83,9 @@ def cpu_scalar(value: float, dtype: torch.dtype) -> Tensor | float:
     """``value`` as a 0-dim CPU tensor of ``dtype``, made once. In arithmetic with a tensor of
     ``dtype`` on any device it acts as the Python float would (rounded to ``dtype``, the same
     kernel), without wrapping a new scalar tensor on every call of the per-step arithmetic. While
-    ``torch.compile`` traces, the float itself (a constant of the graph)."""
-    if torch.compiler.is_compiling():
+    ``torch.compile`` traces, or a dispatch mode is active (``FakeTensorMode`` would make the cached
+    tensor a fake one, which every later eager call would meet), the float itself."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
         return value
     return _cached_scalar(value, dtype)
 

@@ -620,6 +620,24 @@ def test_training_after_a_first_solve_under_inference_mode(gradient):
     assert field.rate.grad is not None and torch.isfinite(field.rate.grad).all()
 
 
+def test_rms_norm_under_fake_tensor_mode_leaves_later_solves_alone():
+    """A shape or memory estimate under ``FakeTensorMode`` that called ``rms_norm`` cached a fake
+    scalar constant, and every later eager solve of a state of that size failed with torch's
+    "Please convert all Tensors to FakeTensors" until the process ended."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from local_reg import rms_norm
+    from local_reg._step import _cached_scalar
+
+    _cached_scalar.cache_clear()
+    y0 = torch.full((16, 4), 2.0, dtype=torch.float64)
+    with FakeTensorMode() as mode:
+        assert rms_norm(mode.from_tensor(y0)).shape == ()
+    assert float(rms_norm(y0)) == 2.0
+    ys = odeint(decay, y0, [0.0, 1.0], rtol=1e-8, atol=1e-10).ys
+    torch.testing.assert_close(ys[-1], y0 * math.exp(-1.0), rtol=1e-6, atol=0.0)
+
+
 def test_a_solve_under_another_default_device_leaves_later_solves_alone():
     """Nothing the library makes for itself (cached scalar constants, the step record, the draws of
     t_reg, of a biased sample's step, of STEER's end time, of RNODE's noise, of a Brownian path's
