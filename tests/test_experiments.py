@@ -262,6 +262,19 @@ def test_a_checkpoint_moved_to_another_runs_name_is_set_aside_not_resumed(tmp_pa
     assert len(calls) == 8  # both seeds' two epochs, from their starts
 
 
+def test_the_command_called_in_a_process_leaves_torchs_threads_and_generator_as_they_were(tmp_path):
+    """``main`` set torch's thread count to ``--threads`` (1 by default) and seeded the global
+    generator for its runs, and left both so: a notebook's training after an experiment ran on one
+    thread and drew from a reseeded generator."""
+    torch.set_num_threads(2)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    assert run(tmp_path, "digits", "--methods", "vanilla") == 0
+    assert torch.get_num_threads() == 2
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_results_are_never_overwritten(tmp_path):
     results = ResultsFile(tmp_path)
     record = {

@@ -287,6 +287,19 @@ def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
 
 
 @contextlib.contextmanager
+def _torch_state_kept() -> Iterator[None]:
+    """The command sets torch's thread count (``--threads``) and seeds its global generators for
+    each run: called in a process that goes on (a notebook's later training), it leaves them as
+    they were."""
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def _interrupts_stop_the_run() -> Iterator[None]:
     """Ctrl-C raises ``KeyboardInterrupt`` as Python's own handler does, and sets
     :data:`runner.STOP_REQUESTED`, which the training loop checks. A SIGINT that is ignored (a
@@ -325,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("always", category=ResultsWarning, append=True)
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
         try:
-            with _interrupts_stop_the_run():
+            with _interrupts_stop_the_run(), _torch_state_kept():
                 return _experiment(args) if args.command == "experiment" else _report(args)
         except (BadInput, ResultsError, ResultsWarning) as error:
             # A ResultsWarning raised: the user's -W error made it one.
