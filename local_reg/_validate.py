@@ -872,6 +872,28 @@ def without_autocast() -> contextlib.AbstractContextManager:
     return regions
 
 
+@contextlib.contextmanager
+def gradient_hooks_held_back(tensors: Iterable[Tensor]) -> Iterator[None]:
+    """The gradient hooks (``Tensor.register_hook``: a per-parameter clip, a scale, a multi-gradient
+    hook) of the leaf tensors among ``tensors`` held back while the library differentiates with
+    respect to them for itself: a graph-free backward pass, step by step, would run them on each
+    step's part of the gradient (a doubling hook gave 4x), and a measurement of the penalty's
+    gradient on an extra call. Put back when the context ends, they run once on the whole
+    gradient, where the backward pass accumulates it. Another thread's backward pass through
+    these tensors meanwhile runs without them. A non-leaf tensor's hooks, which torch keeps on
+    its ``grad_fn``, still run."""
+    held = []
+    for tensor in tensors:
+        if tensor.is_leaf and tensor._backward_hooks:
+            held.append((tensor, tensor._backward_hooks))
+            tensor._backward_hooks = None
+    try:
+        yield
+    finally:
+        for tensor, hooks in held:
+            tensor._backward_hooks = hooks
+
+
 class CheckedNorm:
     """A caller's ``norm(scaled_error)`` with its output checked on every call, as
     :class:`CheckedField` checks ``func``'s: a Python float or a tensor of several values would

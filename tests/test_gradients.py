@@ -770,6 +770,50 @@ def test_a_buffer_replaced_at_the_freed_ones_address_is_seen_as_replaced(gradien
     assert field.linear.weight.grad is not None
 
 
+class _HookedField(torch.nn.Module):
+    """``tanh(y W) - 0.3 y``; ``hook`` doubles a gradient and counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor([[0.5, -1.0], [1.0, 0.3]], dtype=DTYPE))
+        self.calls = 0
+
+    def hook(self, grad):
+        self.calls += 1
+        return 2 * grad
+
+    def forward(self, t, y):
+        return torch.tanh(y @ self.weight) - 0.3 * y
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic", "adjoint", "interpolating_adjoint"])
+def test_a_parameters_gradient_hook_runs_once_on_the_whole_gradient(gradient):
+    """The graph-free backward passes differentiate each step with respect to the parameters, which
+    ran a hook registered on one (``register_hook``: a clip, a scale) on each step's part of its
+    gradient: a doubling hook gave 4x the gradient, silently, and a multi-gradient hook failed
+    with torch's internal error. As after ``gradient='direct'``, the hook runs once, on the whole
+    gradient."""
+    y0 = torch.tensor([[1.0, 0.5], [-0.3, 0.8]], dtype=DTYPE)
+    t = torch.linspace(0.0, 1.0, 4, dtype=DTYPE)
+
+    def gradient_of(method, hooked):
+        field = _HookedField()
+        if hooked:
+            field.weight.register_hook(field.hook)
+        odeint(field, y0, t, gradient=method, rtol=1e-10, atol=1e-10).ys.square().sum().backward()
+        return field.weight.grad, field.calls
+
+    plain, _ = gradient_of("direct", False)
+    hooked, calls = gradient_of(gradient, True)
+    assert calls == 1
+    torch.testing.assert_close(hooked, 2 * plain, rtol=1e-6, atol=0.0)
+    field, seen = _HookedField(), []
+    ys = odeint(field, y0, t, gradient=gradient).ys
+    torch.autograd.graph.register_multi_grad_hook([field.weight], seen.append)
+    ys.sum().backward()
+    assert len(seen) == 1
+
+
 class _AveragingField(torch.nn.Module):
     """A field that keeps a running average of its inputs as a buffer and reads it: a graph-free
     method's backward pass re-evaluates it with the average's last value."""

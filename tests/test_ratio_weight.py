@@ -1067,3 +1067,24 @@ def test_a_task_far_smaller_than_the_initial_penalty_is_named_by_the_warning():
             (1e-7 * (ys[-1] - target).pow(2).mean() + model.reg_loss).backward()
             model.zero_grad()
     assert model.weight.state_dict()["measured"] == 0
+
+
+def test_measuring_leaves_a_parameters_gradient_hook_to_the_training_backward_pass():
+    """The default weight and ``GradientRatio`` take the penalty's gradient on the parameters with
+    ``autograd.grad``, which ran a hook registered on one (a clip, a gradient logger) on an extra
+    call each time they measured, on the penalty's part alone."""
+    model = _model(RatioWeight(1.0))
+    model.weight = RatioWeight(1.0, every=1, parameters=model.parameters())
+    weight = model.func.net[0].weight
+    calls = []
+    weight.register_hook(lambda grad: calls.append(grad.clone()))
+    for _ in range(3):
+        ys = model(_y0(), T)
+        (_task_loss(ys) + model.reg_loss).backward()
+    assert model.weight.state_dict()["measured"] == 3
+    meter = GradientRatio(model.parameters())
+    ys = model(_y0(), T)
+    meter.before_backward(model.reg_loss)
+    (_task_loss(ys) + model.reg_loss).backward()
+    assert len(calls) == 4
+    assert math.isfinite(meter.after_backward())

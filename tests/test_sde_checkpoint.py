@@ -94,6 +94,26 @@ def test_checkpoint_equals_direct(noise_type, method, steps):
     assert direct.stats.nfe_backward == 0
 
 
+def test_checkpoint_runs_a_parameters_gradient_hook_once_on_the_whole_gradient():
+    """The re-run steps were differentiated with respect to the parameters, which ran a hook
+    registered on one on each step's part of its gradient (a doubling hook gave 4x)."""
+    _, expected, _ = gradients("direct", "diagonal", step_size=0.1)
+    calls = []
+
+    def doubled(grad):
+        calls.append(1)
+        return 2 * grad
+
+    sde = NeuralSDE("diagonal")
+    sde.weight.register_hook(doubled)
+    y0 = torch.linspace(-1.0, 1.0, 12, dtype=DTYPE).reshape(4, 3)
+    t = torch.tensor([0.0, 0.3, 0.5, 1.0], dtype=DTYPE)
+    ys = sdeint(sde, y0, t, bm=brownian("diagonal"), gradient=Checkpoint(), step_size=0.1).ys
+    ((ys**2).sum() + ys[2].sum()).backward()
+    assert len(calls) == 1
+    torch.testing.assert_close(sde.weight.grad, 2 * expected[1], rtol=1e-10, atol=1e-12)
+
+
 class ScaledDiffusion(NeuralSDE):
     """The diffusion's scale is the tensor ``scale`` set from outside (gradcheck's input)."""
 

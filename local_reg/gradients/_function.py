@@ -35,7 +35,13 @@ from .._dense import DenseOutput
 from .._errors import warn
 from .._integrate import SolveOptions, StepPenalty, integrate_ode
 from .._step import VectorField
-from .._validate import batched_cotangent, refuse_captured_tangents, time_direction, without_autocast
+from .._validate import (
+    batched_cotangent,
+    gradient_hooks_held_back,
+    refuse_captured_tangents,
+    time_direction,
+    without_autocast,
+)
 from ..solution import Stats, Steps
 from ..tableaus import ButcherTableau
 from ._checkpoints import StepStates
@@ -1160,6 +1166,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
                 without_autocast(),
                 naming_a_freed_graph(ctx.method.name),
                 buffers_as_at_solve(solve.owner_at_solve, solve.owner),
+                gradient_hooks_held_back(params),
             ):
                 grad_y0, trained_grads, nfe = ctx.method.backward(
                     solve, ys, grad_ys, grad_penalties if solve.step_penalty is not None else None

@@ -22,6 +22,7 @@ from torch import Tensor
 from .._checks import non_negative_int, positive_int
 from .._errors import warn
 from .._validate import (
+    gradient_hooks_held_back,
     non_negative_float,
     positive_float,
     real_number,
@@ -730,9 +731,10 @@ class RatioWeight(_SelfTuningWeight):
         """Take ``reg_loss``'s gradient on the measurement's parameters, and read the factor the
         backward pass puts on it."""
         try:
-            parts = torch.autograd.grad(
-                reg_loss, measurement["parameters"], retain_graph=True, allow_unused=True
-            )
+            with gradient_hooks_held_back(measurement["parameters"]):
+                parts = torch.autograd.grad(
+                    reg_loss, measurement["parameters"], retain_graph=True, allow_unused=True
+                )
         except RuntimeError as error:
             if "donated buffers" not in str(error):
                 raise

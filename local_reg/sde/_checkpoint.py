@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .._integrate import SolveOptions, integrate
+from .._validate import gradient_hooks_held_back
 from ..gradients._function import (
     BufferMarks,
     CapturedTensorCheck,
@@ -156,7 +157,7 @@ class CheckpointedSolve:
         (``needs``: which of them autograd asks for, the ones judged finite)."""
         if self.owner_at_solve is not None:
             self.owner_at_solve.check(self.owner, "sde", buffers=False)
-        with buffers_as_at_solve(self.owner_at_solve, self.owner):
+        with buffers_as_at_solve(self.owner_at_solve, self.owner), gradient_hooks_held_back(self.params):
             return self._backward(grad_ys, needs)
 
     def _backward(self, grad_ys: Tensor, needs: Sequence[bool]) -> tuple[Tensor, list[Tensor | None]]:
