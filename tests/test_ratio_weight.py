@@ -1088,3 +1088,25 @@ def test_measuring_leaves_a_parameters_gradient_hook_to_the_training_backward_pa
     (_task_loss(ys) + model.reg_loss).backward()
     assert len(calls) == 4
     assert math.isfinite(meter.after_backward())
+
+
+class _Units(torch.Tensor):
+    """A ``__torch_function__`` subclass that changes nothing (as one carrying units would wrap)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_a_parameter_of_a_torch_function_subclass_is_measured():
+    """The accumulator node of a ``__torch_function__`` subclass's parameter was read through the
+    subclass, which gave a fresh view's node instead: the weight's hook never ran, it measured
+    nothing and stayed at its initial value (a warning after 100 calls blamed the training loop)."""
+    model = _model(RatioWeight(1.0))
+    for layer in (model.func.net[0], model.func.net[2]):
+        for name, parameter in list(layer.named_parameters()):
+            setattr(layer, name, torch.nn.Parameter(parameter.detach().as_subclass(_Units)))
+    model.weight = RatioWeight(1.0, every=1, parameters=model.parameters())
+    for _ in range(2):
+        (_task_loss(model(_y0(), T)) + model.reg_loss).backward()
+    assert model.weight.state_dict()["measured"] == 2

@@ -720,7 +720,9 @@ class RatioWeight(_SelfTuningWeight):
             # A pre-hook of the parameter's AccumulateGrad node sees this backward pass's gradient
             # before it is added to .grad (so accumulated gradients do not count), and runs only in
             # a backward pass that accumulates: not in the gradient methods' own autograd.grad.
-            node = torch.autograd.graph.get_gradient_edge(parameter).node
+            # Read past a __torch_function__ subclass, whose view_as gives a fresh view's node.
+            with torch._C.DisableTorchFunctionSubclass():
+                node = torch.autograd.graph.get_gradient_edge(parameter).node
             opened["handles"].append(node.register_prehook(functools.partial(report, index=index)))
             # A parameter holds its accumulator weakly: one in no live graph yet (a head used after
             # the model's call) would get a new one in the task's graph, without the hook.
