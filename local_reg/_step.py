@@ -94,8 +94,9 @@ def cpu_scalar(value: float, dtype: torch.dtype) -> Tensor | float:
 def _cached_scalar(value: float, dtype: torch.dtype) -> Tensor:
     # Made under inference_mode it would be an inference tensor, which every later differentiated
     # step would fail to save for backward; made inside a torch.func transform (jacfwd, jvp) it
-    # would be that transform's wrapped tensor, whose level every later transform finds dead.
-    with torch.inference_mode(False), torch._C._DisableFuncTorch():
+    # would be that transform's wrapped tensor, whose level every later transform finds dead; made
+    # under a TorchFunctionMode, whatever that mode makes of it, for every later call.
+    with torch.inference_mode(False), torch._C._DisableFuncTorch(), torch._C.DisableTorchFunction():
         return torch.tensor(value, dtype=dtype, device="cpu")
 
 

@@ -638,6 +638,38 @@ def test_rms_norm_under_fake_tensor_mode_leaves_later_solves_alone():
     torch.testing.assert_close(ys[-1], y0 * math.exp(-1.0), rtol=1e-6, atol=0.0)
 
 
+def test_a_solve_under_a_torch_function_mode_leaves_later_solves_alone():
+    """A solve under a ``TorchFunctionMode`` that wraps what torch returns (a logging subclass)
+    cached its scalar constants as that subclass, through which every later solve of that dtype ran,
+    with no mode active (a logger logged 114 calls of a later plain solve)."""
+    from torch.overrides import TorchFunctionMode
+
+    from local_reg import rms_norm
+    from local_reg._step import _cached_scalar
+
+    logged = []
+
+    class Logged(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            logged.append(func)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    class Wrapping(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            return result.as_subclass(Logged) if type(result) is torch.Tensor else result
+
+    _cached_scalar.cache_clear()
+    y0 = torch.randn(7, 3)
+    with Wrapping():
+        odeint(decay, y0, [0.0, 1.0])
+    logged.clear()
+    assert type(odeint(decay, y0, [0.0, 1.0]).ys) is torch.Tensor
+    assert type(rms_norm(y0)) is torch.Tensor
+    assert not logged
+
+
 def test_a_solve_under_another_default_device_leaves_later_solves_alone():
     """Nothing the library makes for itself (cached scalar constants, the step record, the draws of
     t_reg, of a biased sample's step, of STEER's end time, of RNODE's noise, of a Brownian path's
