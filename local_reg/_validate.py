@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeGuard, TypeVar, overload
 import numpy as np
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 from torch.autograd import forward_ad
 
 from ._checks import check_bool, type_name
@@ -625,6 +626,12 @@ def check_strided(name: str, value: Tensor, returned: bool = False) -> None:
             f"{name} must be a dense tensor, got a nested tensor: pass one padded tensor "
             "(torch.nested.to_padded_tensor)"
         )
+    if isinstance(value, torch.masked.MaskedTensor):
+        what = f"{name} returned" if returned else f"{name} must be a plain tensor, got"
+        raise TypeError(
+            f"{what} a MaskedTensor, whose masked elements a solve has no arithmetic for: "
+            "fill them (value.get_data() where the mask is set, a fill value elsewhere)"
+        )
     if value.layout != torch.strided:
         if returned:
             raise TypeError(f"{name} returned a {value.layout} tensor: return a dense one (.to_dense())")
@@ -635,6 +642,12 @@ def validate_state(y0: object, name: str = "y0") -> Tensor:
     if not isinstance(y0, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(y0).__name__}")
     check_strided(name, y0)
+    if is_fake(y0) and not torch.compiler.is_compiling():
+        raise RuntimeError(
+            f"{name} is a FakeTensor (FakeTensorMode): an adaptive solve's steps depend on the state's "
+            "values, which a fake tensor does not hold; estimate with one call of the vector field, "
+            "or solve real tensors"
+        )
     if y0.dtype not in SUPPORTED_DTYPES:
         if y0.dtype in (torch.float16, torch.bfloat16):
             hint = (

@@ -670,6 +670,26 @@ def test_a_solve_under_a_torch_function_mode_leaves_later_solves_alone():
     assert not logged
 
 
+def test_a_fake_or_masked_state_is_named():
+    """A FakeTensor state (a shape estimate under ``FakeTensorMode``) failed with torch's
+    ``DataDependentOutputException`` and a MaskedTensor with "Multiple dispatch failed for
+    aten.any", neither naming ``y0``, where a sparse or nested one is named."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from local_reg import LocallyRegularized
+
+    y0 = torch.randn(4, 2)
+    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match="y0 is a FakeTensor"):
+        odeint(decay, mode.from_tensor(y0), [0.0, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "MaskedTensors is in prototype stage"
+        masked = torch.masked.masked_tensor(y0, y0 > 0)
+    with pytest.raises(TypeError, match="y0 must be a plain tensor, got a MaskedTensor"):
+        odeint(decay, masked, [0.0, 1.0])
+    with pytest.raises(TypeError, match="y0 must be a plain tensor, got a MaskedTensor"):
+        LocallyRegularized(decay, weight=1.0)(masked, [0.0, 1.0])
+
+
 def test_a_solve_under_another_default_device_leaves_later_solves_alone():
     """Nothing the library makes for itself (cached scalar constants, the step record, the draws of
     t_reg, of a biased sample's step, of STEER's end time, of RNODE's noise, of a Brownian path's
