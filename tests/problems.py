@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
@@ -145,3 +147,10 @@ def made_at(address: int, make):
             return made
         misses.append(made)
     return made
+
+
+def live_objects(kind: type) -> list:
+    """The objects of ``kind`` the garbage collector tracks, told by ``type()``: ``isinstance`` reads
+    ``__class__``, which raises ``ReferenceError`` on a dead ``weakref.proxy`` (garbage that
+    ``torch.compile`` leaves until the next collection)."""
+    return [obj for obj in gc.get_objects() if issubclass(type(obj), kind)]

@@ -26,7 +26,7 @@ from local_reg import (
     odeint,
     sdeint,
 )
-from tests.problems import DecaySDE, NetField, failing_backward, rotation
+from tests.problems import DecaySDE, NetField, failing_backward, live_objects, rotation
 
 GRADIENTS = ["direct", "checkpoint", "symplectic", "adjoint", "interpolating_adjoint"]
 DEVICES = [
@@ -1481,7 +1481,7 @@ def test_a_users_assert_in_an_adjoint_backward_solve_keeps_nothing_alive(backend
 
     def live_tensors():
         gc.collect()
-        return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+        return len(live_objects(torch.Tensor))
 
     failed_pass()
     before = live_tensors()

@@ -14,6 +14,7 @@ from torch import nn
 
 import local_reg
 import local_reg.compat as compat
+from tests.problems import live_objects
 
 torchsde = pytest.importorskip("torchsde")
 
@@ -966,7 +967,6 @@ def test_a_long_grid_keeps_only_a_calls_states_at_once() -> None:
     """Under no_grad the states held during a 2,560-step solve read at 11 times stay within a few
     calls' worth (torchsde's keeps none but its outputs): a call's states are released before the
     next, and the ones interpolation reads are copies, not views of their call's."""
-    import gc
 
     from local_reg._compat_sde import _GRID_CHUNK
 
@@ -984,8 +984,8 @@ def test_a_long_grid_keeps_only_a_calls_states_at_once() -> None:
                 # States and stacks of them, counted by the memory they hold (a view holds its base's).
                 storages = {
                     o.untyped_storage().data_ptr(): o.untyped_storage().nbytes()
-                    for o in gc.get_objects()
-                    if isinstance(o, torch.Tensor) and o.shape[-2:] == shape
+                    for o in live_objects(torch.Tensor)
+                    if o.shape[-2:] == shape
                 }
                 peak = max(peak, sum(storages.values()) // (7 * 5 * 8))
             return -y

@@ -29,7 +29,15 @@ from local_reg._integrate import SolveOptions, integrate_ode
 from local_reg.gradients import GRADIENT_METHODS
 from local_reg.gradients._checkpoints import StepStates
 from local_reg.gradients._function import graph_nodes
-from tests.problems import CountingField, DecaySDE, NetField, failing_backward, lotka_volterra, made_at
+from tests.problems import (
+    CountingField,
+    DecaySDE,
+    NetField,
+    failing_backward,
+    live_objects,
+    lotka_volterra,
+    made_at,
+)
 
 EXACT = ["checkpoint", "symplectic"]
 DTYPE = torch.float64
@@ -1472,7 +1480,7 @@ def test_a_budgets_re_solve_holds_a_segments_states_not_their_stages():
     assert len(store) > 40 and store.stride >= 16
 
     def state_sized():
-        return sum(isinstance(o, torch.Tensor) and o.shape == y0.shape for o in gc.get_objects())
+        return sum(o.shape == y0.shape for o in live_objects(torch.Tensor))
 
     states = store.reversed_states(field, options, steps.t.tolist(), steps.dt.tolist())
     next(states)  # the last segment, re-solved
@@ -1837,7 +1845,7 @@ def test_backward_passes_leave_nothing_for_the_cycle_collector():
     from local_reg.regularization._ode_backends import _TorchdiffeqField
 
     def alive(kind):
-        return sum(isinstance(obj, kind) for obj in gc.get_objects())
+        return len(live_objects(kind))
 
     net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
     y0 = torch.ones(3, 2, dtype=torch.float64)

@@ -14,7 +14,7 @@ import torchsde
 import local_reg
 from local_reg import RegularizationStats, global_regularization, local_regularization
 from local_reg.sde import is_sde, sde_step, sdeint
-from tests.problems import DecaySDE
+from tests.problems import DecaySDE, live_objects
 
 DT = torch.float64
 
@@ -557,9 +557,7 @@ def test_a_torchsde_solves_own_brownian_cache_is_emptied_after_backpropagation(g
 
 
 def _live_tensors() -> int:
-    import gc
-
-    return sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
+    return len(live_objects(torch.Tensor))
 
 
 @pytest.mark.parametrize(
