@@ -626,6 +626,12 @@ def check_strided(name: str, value: Tensor, returned: bool = False) -> None:
             f"{name} must be a dense tensor, got a nested tensor: pass one padded tensor "
             "(torch.nested.to_padded_tensor)"
         )
+    if not returned and not torch.compiler.is_compiling() and is_fake(value):
+        raise RuntimeError(
+            f"{name} is a FakeTensor (FakeTensorMode): an adaptive solve's steps depend on the state's "
+            "and times' values, which a fake tensor does not hold; estimate with one call of the "
+            "vector field, or solve real tensors"
+        )
     if isinstance(value, torch.masked.MaskedTensor):
         what = f"{name} returned" if returned else f"{name} must be a plain tensor, got"
         raise TypeError(
@@ -642,12 +648,6 @@ def validate_state(y0: object, name: str = "y0") -> Tensor:
     if not isinstance(y0, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(y0).__name__}")
     check_strided(name, y0)
-    if is_fake(y0) and not torch.compiler.is_compiling():
-        raise RuntimeError(
-            f"{name} is a FakeTensor (FakeTensorMode): an adaptive solve's steps depend on the state's "
-            "values, which a fake tensor does not hold; estimate with one call of the vector field, "
-            "or solve real tensors"
-        )
     if y0.dtype not in SUPPORTED_DTYPES:
         if y0.dtype in (torch.float16, torch.bfloat16):
             hint = (
@@ -890,21 +890,26 @@ def gradient_hooks_held_back(tensors: Iterable[Tensor]) -> Iterator[None]:
     """The gradient hooks (``Tensor.register_hook``: a per-parameter clip, a scale, a multi-gradient
     hook) of the leaf tensors among ``tensors`` held back while the library differentiates with
     respect to them for itself: a graph-free backward pass, step by step, would run them on each
-    step's part of the gradient (a doubling hook gave 4x), and a measurement of the penalty's
-    gradient on an extra call. Put back when the context ends, they run once on the whole
-    gradient, where the backward pass accumulates it. Another thread's backward pass through
-    these tensors meanwhile runs without them. A non-leaf tensor's hooks, which torch keeps on
-    its ``grad_fn``, still run."""
+    step's part of the gradient (a doubling hook gave 4x). Put back when the context ends, they
+    run once on the whole gradient, where the backward pass accumulates it. The tensor's own hook
+    dictionary is emptied and refilled (torch reads it on each call), so that a hook registered
+    meanwhile (by ``func`` in the re-evaluation) stays, after those held back, with a handle that
+    removes it. Another thread's backward pass through these tensors meanwhile runs without them.
+    A non-leaf tensor's hooks, which torch keeps on its ``grad_fn``, still run."""
     held = []
     for tensor in tensors:
-        if tensor.is_leaf and tensor._backward_hooks:
-            held.append((tensor, tensor._backward_hooks))
-            tensor._backward_hooks = None
+        hooks = tensor._backward_hooks if tensor.is_leaf else None
+        if hooks:  # empty for a tensor met before
+            held.append((hooks, dict(hooks)))
+            hooks.clear()
     try:
         yield
     finally:
-        for tensor, hooks in held:
-            tensor._backward_hooks = hooks
+        for hooks, kept in held:
+            added = dict(hooks)
+            hooks.clear()
+            hooks.update(kept)
+            hooks.update(added)
 
 
 class CheckedNorm:

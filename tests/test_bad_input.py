@@ -679,8 +679,16 @@ def test_a_fake_or_masked_state_is_named():
     from local_reg import LocallyRegularized
 
     y0 = torch.randn(4, 2)
-    with FakeTensorMode() as mode, pytest.raises(RuntimeError, match="y0 is a FakeTensor"):
-        odeint(decay, mode.from_tensor(y0), [0.0, 1.0])
+    with FakeTensorMode() as mode:
+        fake_y0, fake_t = mode.from_tensor(y0), mode.from_tensor(torch.tensor([0.0, 1.0]))
+    with pytest.raises(RuntimeError, match="y0 is a FakeTensor"):
+        odeint(decay, fake_y0, [0.0, 1.0])
+    with pytest.raises(RuntimeError, match="t is a FakeTensor"):
+        odeint(decay, y0, fake_t)
+    with pytest.raises(RuntimeError, match=r"y0\[1\] is a FakeTensor"):
+        local_reg.compat.odeint(
+            lambda t, y: tuple(-part for part in y), (y0, fake_y0), torch.tensor([0.0, 1.0])
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch: "MaskedTensors is in prototype stage"
         masked = torch.masked.masked_tensor(y0, y0 > 0)

@@ -822,6 +822,28 @@ def test_a_parameters_gradient_hook_runs_once_on_the_whole_gradient(gradient):
     assert len(seen) == 1
 
 
+def test_a_gradient_hook_registered_in_the_backward_pass_stays_registered():
+    """A hook ``func`` registers on a parameter while the graph-free backward pass holds the hooks
+    back went into a dictionary of its own, which putting them back dropped: it was gone after the
+    pass, and its handle removed nothing."""
+    y0 = torch.tensor([[1.0, 0.5], [-0.3, 0.8]], dtype=DTYPE)
+    handles = []
+
+    class Registering(_HookedField):
+        def forward(self, t, y):
+            if torch.is_grad_enabled() and not handles:  # the backward pass's re-evaluation
+                handles.append(self.weight.register_hook(lambda grad: grad))
+            return super().forward(t, y)
+
+    field = Registering()
+    field.weight.register_hook(field.hook)
+    odeint(field, y0, [0.0, 1.0], gradient="checkpoint").ys.sum().backward()
+    assert field.calls == 1 and len(handles) == 1
+    assert len(field.weight._backward_hooks) == 2
+    handles[0].remove()
+    assert len(field.weight._backward_hooks) == 1
+
+
 class _AveragingField(torch.nn.Module):
     """A field that keeps a running average of its inputs as a buffer and reads it: a graph-free
     method's backward pass re-evaluates it with the average's last value."""

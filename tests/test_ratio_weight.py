@@ -1069,25 +1069,28 @@ def test_a_task_far_smaller_than_the_initial_penalty_is_named_by_the_warning():
     assert model.weight.state_dict()["measured"] == 0
 
 
-def test_measuring_leaves_a_parameters_gradient_hook_to_the_training_backward_pass():
-    """The default weight and ``GradientRatio`` take the penalty's gradient on the parameters with
-    ``autograd.grad``, which ran a hook registered on one (a clip, a gradient logger) on an extra
-    call each time they measured, on the penalty's part alone."""
-    model = _model(RatioWeight(1.0))
-    model.weight = RatioWeight(1.0, every=1, parameters=model.parameters())
-    weight = model.func.net[0].weight
-    calls = []
-    weight.register_hook(lambda grad: calls.append(grad.clone()))
-    for _ in range(3):
+def test_a_scaling_gradient_hook_leaves_the_measured_ratio_as_it_was():
+    """The training pass's gradient reaches the weight's accumulator hooks and ``.grad`` after a
+    parameter's gradient hooks: the penalty's part must be measured with them too, or the task's
+    part (their difference) is wrong (a doubling hook halved the ratio, and the weight settled
+    there, silently)."""
+
+    def ratios(hooked):
+        model = _model(RatioWeight(1.0))
+        model.weight = RatioWeight(1.0, every=1, parameters=model.parameters())
+        if hooked:
+            for parameter in model.parameters():
+                parameter.register_hook(lambda grad: 2 * grad)
+        (_task_loss(model(_y0(), T)) + model.reg_loss).backward()
+        meter = GradientRatio(model.parameters())
         ys = model(_y0(), T)
+        meter.before_backward(model.reg_loss)
         (_task_loss(ys) + model.reg_loss).backward()
-    assert model.weight.state_dict()["measured"] == 3
-    meter = GradientRatio(model.parameters())
-    ys = model(_y0(), T)
-    meter.before_backward(model.reg_loss)
-    (_task_loss(ys) + model.reg_loss).backward()
-    assert len(calls) == 4
-    assert math.isfinite(meter.after_backward())
+        return model.weight.last_ratio, meter.after_backward()
+
+    expected = ratios(hooked=False)
+    assert all(math.isfinite(ratio) and ratio > 0 for ratio in expected)
+    assert ratios(hooked=True) == pytest.approx(expected, rel=1e-9)
 
 
 class _Units(torch.Tensor):
@@ -1109,4 +1112,22 @@ def test_a_parameter_of_a_torch_function_subclass_is_measured():
     model.weight = RatioWeight(1.0, every=1, parameters=model.parameters())
     for _ in range(2):
         (_task_loss(model(_y0(), T)) + model.reg_loss).backward()
+    assert model.weight.state_dict()["measured"] == 2
+
+
+def test_parameters_are_measured_under_a_torch_function_mode_that_wraps_results():
+    """A ``TorchFunctionMode`` that wraps what torch returns in a subclass gave the parameter's
+    accumulator node a view's in between, as a subclass did: nothing was measured."""
+    from torch.overrides import TorchFunctionMode
+
+    class Wrapping(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            return result.as_subclass(_Units) if type(result) is torch.Tensor else result
+
+    model = _model(RatioWeight(1.0))
+    model.weight = RatioWeight(1.0, every=1, parameters=model.parameters())
+    with Wrapping():
+        for _ in range(2):
+            (_task_loss(model(_y0(), T)) + model.reg_loss).backward()
     assert model.weight.state_dict()["measured"] == 2

@@ -17,8 +17,6 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from .._validate import gradient_hooks_held_back
-
 
 def squared_norm(gradient: Tensor) -> float:
     """``||gradient||^2``, summed in float64: a float32 gradient scaled by AMP's ``GradScaler``
@@ -82,10 +80,11 @@ class GradientRatio:
         if not isinstance(reg_loss, Tensor) or not reg_loss.requires_grad:
             self._penalty_grads = None
             return
-        with gradient_hooks_held_back(self.parameters):
-            self._penalty_grads = list(
-                torch.autograd.grad(reg_loss, self.parameters, retain_graph=True, allow_unused=True)
-            )
+        # With the parameters' gradient hooks, as .grad gets the training pass's gradient: the task's
+        # part, their difference, is then exact for a linear hook (a scale, a mask).
+        self._penalty_grads = list(
+            torch.autograd.grad(reg_loss, self.parameters, retain_graph=True, allow_unused=True)
+        )
         # Micro-batches accumulate into .grad: the pass measured is what the backward adds.
         self._grads_before = [None if p.grad is None else p.grad.detach().clone() for p in self.parameters]
 

@@ -22,7 +22,6 @@ from torch import Tensor
 from .._checks import non_negative_int, positive_int
 from .._errors import warn
 from .._validate import (
-    gradient_hooks_held_back,
     non_negative_float,
     positive_float,
     real_number,
@@ -720,8 +719,8 @@ class RatioWeight(_SelfTuningWeight):
             # A pre-hook of the parameter's AccumulateGrad node sees this backward pass's gradient
             # before it is added to .grad (so accumulated gradients do not count), and runs only in
             # a backward pass that accumulates: not in the gradient methods' own autograd.grad.
-            # Read past a __torch_function__ subclass, whose view_as gives a fresh view's node.
-            with torch._C.DisableTorchFunctionSubclass():
+            # Read past a __torch_function__ subclass or mode, whose view_as gives a fresh view's node.
+            with torch._C.DisableTorchFunction():
                 node = torch.autograd.graph.get_gradient_edge(parameter).node
             opened["handles"].append(node.register_prehook(functools.partial(report, index=index)))
             # A parameter holds its accumulator weakly: one in no live graph yet (a head used after
@@ -733,10 +732,11 @@ class RatioWeight(_SelfTuningWeight):
         """Take ``reg_loss``'s gradient on the measurement's parameters, and read the factor the
         backward pass puts on it."""
         try:
-            with gradient_hooks_held_back(measurement["parameters"]):
-                parts = torch.autograd.grad(
-                    reg_loss, measurement["parameters"], retain_graph=True, allow_unused=True
-                )
+            # With the parameters' gradient hooks, as the training pass's gradient the accumulator
+            # hooks read: the task's part, their difference, is then exact for a linear hook.
+            parts = torch.autograd.grad(
+                reg_loss, measurement["parameters"], retain_graph=True, allow_unused=True
+            )
         except RuntimeError as error:
             if "donated buffers" not in str(error):
                 raise
