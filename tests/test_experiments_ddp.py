@@ -46,18 +46,24 @@ def keep(settings, context):
 
 
 task.build_model = keep
-if sys.argv[2] == "interrupt":
-    # Ctrl-C in the second epoch (tiny digits: two iterations per epoch), after one checkpoint.
-    calls = []
-    train = type(task).training_loss
+calls = []
+after_training = []
+train = type(task).training_loss
 
-    def interrupted(self, model, batch):
-        calls.append(1)
-        if len(calls) > 2:
-            raise KeyboardInterrupt
-        return train(self, model, batch)
 
-    type(task).training_loss = interrupted
+def training_loss(self, model, batch):
+    calls.append(1)
+    if sys.argv[2] == "interrupt" and len(calls) > 2:
+        # Ctrl-C in the second epoch (tiny digits: two iterations per epoch), after one checkpoint.
+        raise KeyboardInterrupt
+    loss = train(self, model, batch)
+    # The global generator as training leaves it, where per-sample noise comes from: main() puts
+    # back the one it found when it returns.
+    after_training.append(torch.get_rng_state())
+    return loss
+
+
+type(task).training_loss = training_loss
 code = main(["experiment", "digits", *options, "--seeds", "1", "--size", "tiny", "--set", "epochs=2",
              "--out", str(out), "--no-progress"])
 if code:
@@ -65,7 +71,8 @@ if code:
 # The last model built is the one trained (the CLI builds one first to validate the arguments).
 torch.save(initial[-1], out / f"initial_rank{rank}.pt")
 torch.save(built[-1].state_dict(), out / f"params_rank{rank}.pt")
-# The next draws of the global generator, where per-sample noise comes from.
+# The global generator's next draws after training.
+torch.set_rng_state(after_training[-1])
 torch.save(torch.rand(4), out / f"noise_rank{rank}.pt")
 # The states of the model's own generators (RNODE's noise, STEER's end times): every
 # torch.Generator attribute of its modules.
