@@ -627,10 +627,10 @@ def check_strided(name: str, value: Tensor, returned: bool = False) -> None:
             "(torch.nested.to_padded_tensor)"
         )
     if not returned and not torch.compiler.is_compiling() and is_fake(value):
-        raise RuntimeError(
-            f"{name} is a FakeTensor (FakeTensorMode): an adaptive solve's steps depend on the state's "
-            "and times' values, which a fake tensor does not hold; estimate with one call of the "
-            "vector field, or solve real tensors"
+        raise TypeError(
+            f"{name} must be a tensor with values, got a FakeTensor (FakeTensorMode): a solve reads "
+            "the state's and the times' values (its checks, its step sizes), which a fake tensor does "
+            "not hold; estimate with one call of the vector field"
         )
     if isinstance(value, torch.masked.MaskedTensor):
         what = f"{name} returned" if returned else f"{name} must be a plain tensor, got"
@@ -885,31 +885,40 @@ def without_autocast() -> contextlib.AbstractContextManager:
     return regions
 
 
+def _passed_through(grad: Tensor) -> None:
+    """A held-back hook's stand-in: the gradient unchanged."""
+
+
 @contextlib.contextmanager
 def gradient_hooks_held_back(tensors: Iterable[Tensor]) -> Iterator[None]:
     """The gradient hooks (``Tensor.register_hook``: a per-parameter clip, a scale, a multi-gradient
-    hook) of the leaf tensors among ``tensors`` held back while the library differentiates with
-    respect to them for itself: a graph-free backward pass, step by step, would run them on each
-    step's part of the gradient (a doubling hook gave 4x). Put back when the context ends, they
-    run once on the whole gradient, where the backward pass accumulates it. The tensor's own hook
-    dictionary is emptied and refilled (torch reads it on each call), so that a hook registered
-    meanwhile (by ``func`` in the re-evaluation) stays, after those held back, with a handle that
-    removes it. Another thread's backward pass through these tensors meanwhile runs without them.
-    A non-leaf tensor's hooks, which torch keeps on its ``grad_fn``, still run."""
-    held = []
+    hook) of ``tensors`` held back while a graph-free backward pass differentiates with respect to
+    them step by step, which would run them on each step's part of the gradient (a doubling hook
+    gave 4x); put back when the context ends, they run once on the whole gradient, where the
+    backward pass reaches the tensor. Each hook's entry in the tensor's own hook dictionary (which
+    torch reads on each call, for a non-leaf tensor through its ``grad_fn``) passes the gradient
+    through meanwhile: a hook removed by its handle meanwhile stays removed, one registered
+    meanwhile stays. A non-leaf tensor that retains its gradient gets back the ``.grad`` it had (the
+    steps' parts would add to it). Another thread's backward pass through these tensors meanwhile
+    runs without their hooks."""
+    Hooks = dict[int, Callable[[Tensor], Tensor | None]]
+    held: list[tuple[Hooks, Hooks]] = []
+    retained: list[tuple[Tensor, Tensor | None]] = []
     for tensor in tensors:
-        hooks = tensor._backward_hooks if tensor.is_leaf else None
-        if hooks:  # empty for a tensor met before
-            held.append((hooks, dict(hooks)))
-            hooks.clear()
+        hooks: Hooks | None = tensor._backward_hooks
+        if hooks:
+            kept = {key: hook for key, hook in hooks.items() if hook is not _passed_through}
+            hooks.update(dict.fromkeys(kept, _passed_through))
+            held.append((hooks, kept))
+        if not tensor.is_leaf and tensor.retains_grad:
+            retained.append((tensor, tensor.grad))
     try:
         yield
     finally:
-        for hooks, kept in held:
-            added = dict(hooks)
-            hooks.clear()
-            hooks.update(kept)
-            hooks.update(added)
+        for current, kept in held:
+            current.update({key: hook for key, hook in kept.items() if key in current})
+        for tensor, grad in reversed(retained):
+            tensor.grad = grad
 
 
 class CheckedNorm:

@@ -681,11 +681,11 @@ def test_a_fake_or_masked_state_is_named():
     y0 = torch.randn(4, 2)
     with FakeTensorMode() as mode:
         fake_y0, fake_t = mode.from_tensor(y0), mode.from_tensor(torch.tensor([0.0, 1.0]))
-    with pytest.raises(RuntimeError, match="y0 is a FakeTensor"):
+    with pytest.raises(TypeError, match="y0 must be a tensor with values, got a FakeTensor"):
         odeint(decay, fake_y0, [0.0, 1.0])
-    with pytest.raises(RuntimeError, match="t is a FakeTensor"):
+    with pytest.raises(TypeError, match="t must be a tensor with values, got a FakeTensor"):
         odeint(decay, y0, fake_t)
-    with pytest.raises(RuntimeError, match=r"y0\[1\] is a FakeTensor"):
+    with pytest.raises(TypeError, match=r"y0\[1\] must be a tensor with values, got a FakeTensor"):
         local_reg.compat.odeint(
             lambda t, y: tuple(-part for part in y), (y0, fake_y0), torch.tensor([0.0, 1.0])
         )

@@ -844,6 +844,49 @@ def test_a_gradient_hook_registered_in_the_backward_pass_stays_registered():
     assert len(field.weight._backward_hooks) == 1
 
 
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint"])
+def test_a_non_leaf_tensors_hook_and_retained_gradient_are_the_direct_ones(gradient):
+    """A non-leaf tensor in ``adjoint_params`` (``p.exp()``) kept its hooks in the graph-free
+    backward pass, which ran them on each step's part (a doubling hook gave ``p`` twice the
+    gradient), and its retained ``.grad`` summed the parts (3x, or meaningless under the adjoint)."""
+    y0 = torch.tensor([[1.0, 0.5], [-0.3, 0.8]], dtype=DTYPE)
+    t = torch.linspace(0.0, 1.0, 4, dtype=DTYPE)
+
+    def gradients(method):
+        p = torch.tensor([[0.5, -1.0], [1.0, 0.3]], dtype=DTYPE, requires_grad=True)
+        w = p.exp()
+        w.retain_grad()
+        calls = []
+        w.register_hook(lambda grad: (calls.append(1), 2 * grad)[1])
+        ys = odeint(
+            lambda t, y: torch.tanh(y @ w) - 0.3 * y,
+            y0,
+            t,
+            gradient=method,
+            adjoint_params=(w,),
+            rtol=1e-10,
+            atol=1e-10,
+        ).ys
+        ys.square().sum().backward()
+        return p.grad, w.grad, len(calls)
+
+    expected = gradients("direct")
+    got = gradients(gradient)
+    assert got[2] == expected[2] == 1
+    torch.testing.assert_close(got[:2], expected[:2], rtol=1e-6, atol=1e-9)
+
+
+def test_a_gradient_hook_removed_in_the_backward_pass_stays_removed():
+    """A hook whose handle removed it while the graph-free backward pass held the hooks back was
+    put back afterwards, and went on changing every later gradient."""
+    y0 = torch.tensor([[1.0, 0.5], [-0.3, 0.8]], dtype=DTYPE)
+    field = _HookedField()
+    handle = field.weight.register_hook(field.hook)
+    field.register_full_backward_hook(lambda module, grad_input, grad_output: handle.remove())
+    odeint(field, y0, [0.0, 1.0], gradient="checkpoint").ys.sum().backward()
+    assert field.calls == 0 and not field.weight._backward_hooks
+
+
 class _AveragingField(torch.nn.Module):
     """A field that keeps a running average of its inputs as a buffer and reads it: a graph-free
     method's backward pass re-evaluates it with the average's last value."""
