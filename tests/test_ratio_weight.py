@@ -1093,6 +1093,36 @@ def test_a_scaling_gradient_hook_leaves_the_measured_ratio_as_it_was():
     assert ratios(hooked=True) == pytest.approx(expected, rel=1e-9)
 
 
+def test_the_default_weight_measures_the_gradients_before_a_users_hooks():
+    """The default weight read the training pass's gradient after a parameter's own hooks, and took
+    the penalty's part with them on an extra call: a clip moved the ratio (and the weight, orders of
+    magnitude), the hook ran twice per pass, and a multi-gradient hook failed inside torch in the
+    model's call. It measures the gradients as they come, and the hooks run once per pass."""
+
+    def measured(hook):
+        model = _model(RatioWeight(1.0))
+        model.weight = RatioWeight(1.0, every=1, parameters=model.parameters())
+        calls = []
+        if hook == "multi":
+            torch.autograd.graph.register_multi_grad_hook(list(model.parameters()), calls.append)
+        elif hook == "clamp":
+            for parameter in model.parameters():
+                parameter.register_hook(lambda grad: (calls.append(1), grad.clamp(-1e-3, 1e-3))[1])
+        ratios = []
+        for _ in range(3):
+            (_task_loss(model(_y0(), T)) + model.reg_loss).backward()
+            ratios.append(model.weight.last_ratio)
+            model.zero_grad()
+        return ratios, len(calls)
+
+    expected, _ = measured(None)
+    clamped, calls = measured("clamp")
+    assert clamped == pytest.approx(expected, rel=1e-9)
+    assert calls == 3 * len(list(_Field().parameters()))
+    multi, calls = measured("multi")
+    assert multi == pytest.approx(expected, rel=1e-9) and calls == 3
+
+
 class _Units(torch.Tensor):
     """A ``__torch_function__`` subclass that changes nothing (as one carrying units would wrap)."""
 

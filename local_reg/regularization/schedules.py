@@ -22,6 +22,7 @@ from torch import Tensor
 from .._checks import non_negative_int, positive_int
 from .._errors import warn
 from .._validate import (
+    gradient_hooks_held_back,
     non_negative_float,
     positive_float,
     real_number,
@@ -73,6 +74,8 @@ class _Measurement(TypedDict):
     """The backward passes (graph tasks) that reached the measurement, each whether it finished."""
     handles: list[torch.utils.hooks.RemovableHandle]
     nodes: list[torch.autograd.graph.Node]
+    unhooked: list[tuple[int, Tensor] | None]
+    """Each parameter's gradient in a backward pass (graph task) before the user's own hooks."""
 
 
 class WeightSchedule:
@@ -679,8 +682,15 @@ class RatioWeight(_SelfTuningWeight):
                 for penalty in opened["penalties"]:
                     penalty["scales"] = [None] * len(penalty["scales"])
 
+        def before_hooks(gradient: Tensor, index: int) -> None:
+            opened["unhooked"][index] = (torch._C._current_graph_task_id(), gradient)
+
         def report(incoming: tuple[Tensor | None, ...], index: int) -> None:
             (gradient,) = incoming
+            unhooked, opened["unhooked"][index] = opened["unhooked"][index], None
+            if unhooked is not None and unhooked[0] == torch._C._current_graph_task_id():
+                # The gradient before a user's hooks (a clip, a scale), as the penalty's part is taken.
+                gradient = unhooked[1]
             if gradient is None:
                 return
             _record_pass(opened["passes"])
@@ -713,6 +723,7 @@ class RatioWeight(_SelfTuningWeight):
             "passes": {},
             "handles": [],
             "nodes": [],
+            "unhooked": [None] * len(parameters),
         }
         self._add_penalty(opened, reg_loss)
         for index, parameter in enumerate(parameters):
@@ -723,6 +734,16 @@ class RatioWeight(_SelfTuningWeight):
             with torch._C.DisableTorchFunction():
                 node = torch.autograd.graph.get_gradient_edge(parameter).node
             opened["handles"].append(node.register_prehook(functools.partial(report, index=index)))
+            # A tensor hook ahead of the user's own, which the accumulator's pre-hook runs after:
+            # torch calls them in their dictionary's order of insertion (which move_to_end leaves).
+            first = parameter.register_hook(functools.partial(before_hooks, index=index))
+            hooks = cast(dict, parameter._backward_hooks)
+            ours = hooks.pop(first.id)
+            others = list(hooks.items())
+            hooks.clear()
+            hooks[first.id] = ours
+            hooks.update(others)
+            opened["handles"].append(first)
             # A parameter holds its accumulator weakly: one in no live graph yet (a head used after
             # the model's call) would get a new one in the task's graph, without the hook.
             opened["nodes"].append(node)
@@ -732,11 +753,12 @@ class RatioWeight(_SelfTuningWeight):
         """Take ``reg_loss``'s gradient on the measurement's parameters, and read the factor the
         backward pass puts on it."""
         try:
-            # With the parameters' gradient hooks, as the training pass's gradient the accumulator
-            # hooks read: the task's part, their difference, is then exact for a linear hook.
-            parts = torch.autograd.grad(
-                reg_loss, measurement["parameters"], retain_graph=True, allow_unused=True
-            )
+            # Without the user's gradient hooks, as the training pass's gradient is read: they
+            # would run on an extra call (a multi-gradient hook fails inside autograd.grad).
+            with gradient_hooks_held_back(measurement["parameters"]):
+                parts = torch.autograd.grad(
+                    reg_loss, measurement["parameters"], retain_graph=True, allow_unused=True
+                )
         except RuntimeError as error:
             if "donated buffers" not in str(error):
                 raise
