@@ -1108,6 +1108,9 @@ def test_the_default_weight_measures_the_gradients_before_a_users_hooks():
         elif hook == "clamp":
             for parameter in model.parameters():
                 parameter.register_hook(lambda grad: (calls.append(1), grad.clamp(-1e-3, 1e-3))[1])
+        elif hook == "in place":  # torch asks hooks not to; a clip is often written so
+            for parameter in model.parameters():
+                parameter.register_hook(lambda grad: (calls.append(1), grad.mul_(7.0))[1])
         ratios = []
         for _ in range(3):
             (_task_loss(model(_y0(), T)) + model.reg_loss).backward()
@@ -1121,6 +1124,7 @@ def test_the_default_weight_measures_the_gradients_before_a_users_hooks():
     assert calls == 3 * len(list(_Field().parameters()))
     multi, calls = measured("multi")
     assert multi == pytest.approx(expected, rel=1e-9) and calls == 3
+    assert measured("in place")[0] == pytest.approx(expected, rel=1e-9)
 
 
 class _Units(torch.Tensor):

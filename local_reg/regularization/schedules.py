@@ -683,7 +683,8 @@ class RatioWeight(_SelfTuningWeight):
                     penalty["scales"] = [None] * len(penalty["scales"])
 
         def before_hooks(gradient: Tensor, index: int) -> None:
-            opened["unhooked"][index] = (torch._C._current_graph_task_id(), gradient)
+            # A copy: a hook after it may change the tensor in place (g.clamp_, g.mul_).
+            opened["unhooked"][index] = (torch._C._current_graph_task_id(), gradient.detach().clone())
 
         def report(incoming: tuple[Tensor | None, ...], index: int) -> None:
             (gradient,) = incoming
