@@ -682,9 +682,9 @@ class RatioWeight(_SelfTuningWeight):
                 for penalty in opened["penalties"]:
                     penalty["scales"] = [None] * len(penalty["scales"])
 
-        def before_hooks(gradient: Tensor, index: int) -> None:
-            # A copy: a hook after it may change the tensor in place (g.clamp_, g.mul_).
-            opened["unhooked"][index] = (torch._C._current_graph_task_id(), gradient.detach().clone())
+        def before_hooks(gradient: Tensor | None, index: int) -> None:
+            if gradient is not None:  # a copy: a hook after it may change it in place (g.clamp_)
+                opened["unhooked"][index] = (torch._C._current_graph_task_id(), gradient.detach().clone())
 
         def report(incoming: tuple[Tensor | None, ...], index: int) -> None:
             (gradient,) = incoming
