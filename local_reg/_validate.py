@@ -161,6 +161,8 @@ def tolerance(name: str, value: object, *, relative: bool) -> float | Tensor:
             f"{name} must be a number or a tensor of per-element tolerances, got {type(value).__name__} "
             f"(a list gives one tolerance per tensor of a tuple state): pass torch.tensor({name})"
         )
+    if isinstance(value, Tensor):
+        check_strided(name, value)
     if not (isinstance(value, Tensor) and value.dim() > 0):
         return relative_tolerance(name, value) if relative else positive_float(name, value)
     if not value.is_floating_point():

@@ -698,6 +698,30 @@ def test_a_fake_or_masked_state_is_named():
         LocallyRegularized(decay, weight=1.0)(masked, [0.0, 1.0])
 
 
+@pytest.mark.parametrize("name", ["rtol", "atol"])
+def test_a_sparse_masked_or_fake_tolerance_tensor_is_named(name):
+    """Per-element tolerances given as a sparse, masked or fake tensor failed with torch's own
+    errors ("Could not run 'aten::ne.Scalar' with arguments from the 'SparseCPU' backend", a
+    multiple-dispatch failure, DataDependentOutputException), none naming the argument."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    y0 = torch.ones(2, 3)
+    dense = torch.full((2, 3), 1e-6)
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(dense)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "MaskedTensors is in prototype stage"
+        masked = torch.masked.masked_tensor(dense, dense > 0)
+    cases = [
+        (dense.to_sparse(), f"{name} must be a dense tensor, got layout torch.sparse_coo"),
+        (masked, f"{name} must be a plain tensor, got a MaskedTensor"),
+        (fake, f"{name} must be a tensor with values, got a FakeTensor"),
+    ]
+    for value, message in cases:
+        with pytest.raises(TypeError, match=message):
+            odeint(decay, y0, [0.0, 1.0], **{name: value})
+
+
 def test_a_solve_under_another_default_device_leaves_later_solves_alone():
     """Nothing the library makes for itself (cached scalar constants, the step record, the draws of
     t_reg, of a biased sample's step, of STEER's end time, of RNODE's noise, of a Brownian path's
