@@ -887,6 +887,10 @@ def without_autocast() -> contextlib.AbstractContextManager:
     return regions
 
 
+_Hooks = dict[int, Callable[[Tensor], Tensor | None]]
+"""A tensor's gradient hooks (its ``_backward_hooks``) by handle id."""
+
+
 def _passed_through(grad: Tensor) -> None:
     """A held-back hook's stand-in: the gradient unchanged."""
 
@@ -903,11 +907,10 @@ def gradient_hooks_held_back(tensors: Iterable[Tensor]) -> Iterator[None]:
     meanwhile stays. A non-leaf tensor that retains its gradient gets back the ``.grad`` it had (the
     steps' parts would add to it). Another thread's backward pass through these tensors meanwhile
     runs without their hooks."""
-    Hooks = dict[int, Callable[[Tensor], Tensor | None]]
-    held: list[tuple[Hooks, Hooks]] = []
+    held: list[tuple[_Hooks, _Hooks]] = []
     retained: list[tuple[Tensor, Tensor | None]] = []
     for tensor in tensors:
-        hooks: Hooks | None = tensor._backward_hooks
+        hooks: _Hooks | None = tensor._backward_hooks
         if hooks:
             kept = {key: hook for key, hook in hooks.items() if hook is not _passed_through}
             hooks.update(dict.fromkeys(kept, _passed_through))

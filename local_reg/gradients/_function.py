@@ -349,16 +349,15 @@ class ModuleAtSolve:
         buffers it changed are found (added to ``updated``)."""
         if owner is None:
             return cls()
+        slots = list(_all_buffers(owner))
         if before is not None:
-            updated = updated | {
-                name for name, buffer in _all_buffers(owner) if not _marked(before.get(name), buffer)
-            }
+            updated = updated | {name for name, buffer in slots if not _marked(before.get(name), buffer)}
         # A training-mode norm updates its running statistics inside its kernel, whose version
         # counter that leaves as it was: updated all the same (and written, not read, there).
         updated = updated | {name for name, _ in _all_buffers(owner, _running_statistics_in_training)}
         return cls(
             tuple(weakref.ref(p) for p in owner.parameters()),
-            tuple((name, buffer) for name, buffer in _all_buffers(owner) if name not in updated),
+            tuple((name, buffer) for name, buffer in slots if name not in updated),
             _modes(owner),
             frozenset(updated),
         )
