@@ -20,7 +20,10 @@ accuracy would allow much longer steps; Hairer's DOPRI5 tests ``h * rho > 3.25``
 dopri5 and dopri8), 0.51--0.60 on accuracy-limited steps of a fast oscillator (``rho`` measures an
 eigenvalue on the imaginary axis against the real axis' stability size)."""
 RECENT_STEPS = 20
-RAISE_MAX_STEPS = "raise max_steps (options['max_num_steps'] in local_reg.compat)"
+RAISE_MAX_STEPS = (
+    "raise max_steps (a regularized model's options={'max_steps': ...}; options['max_num_steps'] in "
+    "local_reg.compat)"
+)
 SETTINGS_HINT = f"({RAISE_MAX_STEPS}, or loosen rtol/atol)"
 """What a ``max_steps`` failure suggests when the problem does not look stiff."""
 UNJUDGED = (

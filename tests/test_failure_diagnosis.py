@@ -5,12 +5,13 @@ ratio it reads, by hand."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from local_reg import TABLEAUS, SolverError, odeint, odeint_event
+from local_reg import TABLEAUS, LocallyRegularized, SolverError, odeint, odeint_event
 from local_reg._diagnose import stiffness_ratio
 from tests.problems import rotation
 
@@ -94,3 +95,11 @@ def test_the_stiffness_ratio_is_the_median_over_the_last_twenty_steps() -> None:
     assert stiffness_ratio(log, 2.5) == pytest.approx(0.1, abs=1e-12)
     assert stiffness_ratio(log, None) is None
     assert stiffness_ratio(SimpleNamespace(dt=[0.5], stiffness_estimate=[]), 2.5) is None
+
+
+def test_a_regularized_models_step_limit_names_the_setting_it_takes() -> None:
+    # A model refuses max_steps= (it is a keyword of the solve), yet its failure said only
+    # "raise max_steps".
+    model = LocallyRegularized(rotation, weight=1.0, options={"max_steps": 3})
+    with pytest.raises(SolverError, match=re.escape("options={'max_steps': ...}")):
+        model(torch.tensor([1.0, 0.0], dtype=DTYPE), torch.tensor([0.0, 100.0], dtype=DTYPE))
