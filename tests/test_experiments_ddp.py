@@ -17,12 +17,14 @@ from local_reg.experiments.results import ResultsFile
 from local_reg.regularization.local import default_fingerprint
 
 # Runs in each process: the CLI as a user would call it (its methods and settings are the worker's
-# arguments after the output folder and whether to interrupt), plus a hook that keeps the model so
-# the test can compare the ranks' parameters afterwards.
+# arguments after the output folder and how it stops: "whole", "interrupt" or "sigterm"), plus a
+# hook that keeps the model so the test can compare the ranks' parameters afterwards.
 WORKER = """
 import copy
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -56,6 +58,12 @@ def training_loss(self, model, batch):
     if sys.argv[2] == "interrupt" and len(calls) > 2:
         # Ctrl-C in the second epoch (tiny digits: two iterations per epoch), after one checkpoint.
         raise KeyboardInterrupt
+    if sys.argv[2] == "sigterm" and len(calls) == 3:
+        # A job scheduler's stop at the same point: SIGTERM to torchrun, which forwards it to every
+        # process, each waiting here for it (not inside a collective, which the others never join).
+        if rank == 0:
+            os.kill(os.getppid(), signal.SIGTERM)
+        time.sleep(120)
     loss = train(self, model, batch)
     # The global generator as training leaves it, where per-sample noise comes from: main() puts
     # back the one it found when it returns.
@@ -91,8 +99,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(out: Path, *options: str, interrupt: bool = False) -> subprocess.CompletedProcess:
-    """The worker in two processes running the CLI with ``options``, writing to ``out``."""
+def torchrun(out: Path, *options: str, stop: str = "whole") -> subprocess.CompletedProcess:
+    """The worker in two processes running the CLI with ``options``, writing to ``out``; ``stop``:
+    how the run ends (see ``WORKER``)."""
     script = out.parent / "worker.py"
     script.write_text(WORKER)
     command = [
@@ -104,7 +113,7 @@ def torchrun(out: Path, *options: str, interrupt: bool = False) -> subprocess.Co
         f"--master_port={free_port()}",
         str(script),
         str(out),
-        "interrupt" if interrupt else "whole",
+        stop,
         *options,
     ]
     # A process that aborts in native code (gloo's teardown) prints where it was.
@@ -178,13 +187,21 @@ def test_two_processes_keep_identical_parameters_and_weights_and_record_once(uni
     assert not torch.equal(torch.load(out / "noise_rank0.pt"), torch.load(out / "noise_rank1.pt"))
 
 
-def test_an_interrupted_run_resumes_every_process_exactly_where_it_stopped(tmp_path, uninterrupted):
+@pytest.mark.parametrize("stop", ["interrupt", "sigterm"])
+def test_an_interrupted_run_resumes_every_process_exactly_where_it_stopped(tmp_path, uninterrupted, stop):
     # Each process's own noise stream is in the checkpoint: rank 1's used to restart from a seed
     # derived from the iteration, so a resumed run drew other t_reg than the uninterrupted one.
     out = tmp_path / "results"
-    interrupted = torchrun(out, *LOCAL_RANDOM, interrupt=True)
+    interrupted = torchrun(out, *LOCAL_RANDOM, stop=stop)
     assert interrupted.returncode != 0 and list((out / "checkpoints").glob("*.pt"))
     assert not (out / "results.jsonl").exists()
+    if stop == "sigterm":
+        # Every process stops as at Ctrl-C rather than dying on the spot: one line, from rank 0,
+        # and the run's lock released on the way out.
+        (line,) = [line for line in interrupted.stderr.splitlines() if line.startswith("local-reg:")]
+        assert not list((out / "checkpoints").glob("*.lock"))
+        assert line.startswith("local-reg: interrupted by SIGTERM: run ") and "saved at epoch 1 of 2" in line
+        assert "resume with: torchrun --nproc_per_node=2 -m local_reg.experiments experiment digits" in line
     resumed = torchrun(out, *LOCAL_RANDOM)
     assert resumed.returncode == 0, failure(resumed)
     (record,) = ResultsFile(out).load()
@@ -225,7 +242,7 @@ def test_an_interrupted_run_resumes_every_processs_model_generators(tmp_path, rn
     # Checkpoints are written by rank 0, and the model's state_dict holds its generators: without
     # every rank's states in the checkpoint, rank 1 would resume with rank 0's.
     out = tmp_path / "results"
-    interrupted = torchrun(out, *RNODE, interrupt=True)
+    interrupted = torchrun(out, *RNODE, stop="interrupt")
     assert interrupted.returncode != 0
     (checkpoint,) = (out / "checkpoints").glob("*.pt")
     assert len(torch.load(checkpoint)["generator_ranks"]) == 2

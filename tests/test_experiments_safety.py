@@ -351,16 +351,24 @@ def test_a_checkpoint_left_behind_by_a_recorded_run_is_removed_by_the_next_sweep
     assert not checkpoint.exists() and not held.path.exists()
 
 
-def test_ctrl_c_exits_130_with_one_line_and_the_command_that_resumes(tmp_path, monkeypatch):
+# Ctrl-C, and the stop a job scheduler (Slurm, Kubernetes, systemd, ``timeout``) or torchrun's agent sends.
+STOP_SIGNALS = [pytest.param(signal.SIGINT, id="ctrl-c"), pytest.param(signal.SIGTERM, id="sigterm")]
+
+
+@pytest.mark.parametrize("stop", STOP_SIGNALS)
+def test_a_stop_signal_exits_with_one_line_and_the_command_that_resumes(tmp_path, monkeypatch, stop):
     process = start_stalled_experiment(tmp_path)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, err = process.communicate(timeout=300)
-    assert process.returncode == 130
+    assert process.returncode == 128 + stop  # what a shell reports: 130 for Ctrl-C, 143 for SIGTERM
     assert "Traceback" not in err
     (line,) = [line for line in err.splitlines() if line.startswith("local-reg:")]
     out = tmp_path / "out"
     spec = the_run()
-    assert line.startswith(f"local-reg: interrupted: run {spec.run_id} is saved at epoch 1 of 3 (")
+    assert line.startswith(
+        f"local-reg: interrupted by {stop.name}: run {spec.run_id} is saved at epoch 1 of 3 ("
+    )
+    assert (out / "checkpoints" / f"{spec.run_id}.pt").exists()
     command = shlex.split(line.split("resume with: ", 1)[1])
     assert command[:2] == ["local-reg", "experiment"]
     assert not (out / "checkpoints" / f"{spec.run_id}.lock").exists()  # released on the way out
@@ -371,6 +379,10 @@ def test_ctrl_c_exits_130_with_one_line_and_the_command_that_resumes(tmp_path, m
     assert len(calls) == 4  # epochs 2 and 3
     (record,) = ResultsFile(out).load()
     assert record["iterations"] == 6
+    assert run(tmp_path / "whole", *EPOCHS_3) == 0
+    (whole,) = ResultsFile(tmp_path / "whole").load()
+    assert record["history"]["loss"] == whole["history"]["loss"]
+    assert (record["test"], record["test_nfe"]) == (whole["test"], whole["test_nfe"])
 
 
 def test_ctrl_c_under_torchrun_prints_one_torchrun_command(tmp_path, monkeypatch, capsys):
@@ -402,13 +414,15 @@ def test_ctrl_c_in_the_first_epoch_says_the_run_restarts(tmp_path, monkeypatch, 
     assert "resume with: local-reg experiment digits --methods vanilla --size tiny" in err
 
 
-def test_a_ctrl_c_that_python_dropped_still_stops_the_run_at_its_iteration(tmp_path, monkeypatch, capsys):
-    """A SIGINT that lands in a ``__del__`` (a graph's hook remover, say) raises there, and Python
+@pytest.mark.parametrize("stop", STOP_SIGNALS)
+def test_a_stop_signal_that_python_dropped_still_stops_the_run_at_its_iteration(
+    tmp_path, monkeypatch, capsys, stop
+):
+    """A signal that lands in a ``__del__`` (a graph's hook remover, say) raises there, and Python
     prints "Exception ignored" and goes on: the run trained to its end and exited 0. The handler
     also sets a flag that the training loop reads after each iteration."""
-    from local_reg.experiments import cli
-
     original = type(REGISTRY["digits"]).training_loss
+    before = signal.getsignal(stop)
     calls = []
 
     def interrupted_where_python_drops_it(self, model, batch):
@@ -416,33 +430,47 @@ def test_a_ctrl_c_that_python_dropped_still_stops_the_run_at_its_iteration(tmp_p
         if len(calls) == 3:  # tiny digits: two batches an epoch, so epoch 1 is in the checkpoint
             # What Python does with an exception raised in a __del__: prints it and goes on.
             with contextlib.suppress(KeyboardInterrupt):
-                cli._request_stop(signal.SIGINT, None)
+                signal.getsignal(stop)(stop, None)
         return original(self, model, batch)
 
     monkeypatch.setattr(type(REGISTRY["digits"]), "training_loss", interrupted_where_python_drops_it)
-    assert run(tmp_path, "digits", "--methods", "vanilla", "--set", "epochs=3") == 130
+    assert run(tmp_path, "digits", "--methods", "vanilla", "--set", "epochs=3") == 128 + stop
     assert len(calls) == 3
-    assert "is saved at epoch 1 of 3" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back on the way out
+    assert f"interrupted by {stop.name}: run digits-vanilla-seed0" in capsys.readouterr().err
+    assert signal.getsignal(stop) == before  # put back on the way out
     # The request was answered: a later sweep in this process (a notebook's) trains, where it
-    # stopped at once, interrupted by the Ctrl-C of the command before.
+    # stopped at once, interrupted by the signal of the command before.
     assert not runner.STOP_REQUESTED.is_set()
     (record,) = runner.sweep("digits", ["vanilla"], [0], tmp_path / "later", size="tiny", progress=False)
     assert record["iterations"] > 0
 
 
-def test_an_ignored_sigint_is_left_ignored(tmp_path, monkeypatch):
-    """A shell's background job starts with SIGINT ignored: the command line does not take it over."""
+def someone_elses_handler(signum, frame):
+    """A handler that another library (a notebook's kernel, a job runner) installed."""
+
+
+@pytest.mark.parametrize(
+    ("stop", "handler"),
+    [
+        # A shell's background job starts with SIGINT ignored.
+        pytest.param(signal.SIGINT, signal.SIG_IGN, id="ignored-sigint"),
+        pytest.param(signal.SIGINT, someone_elses_handler, id="handled-sigint"),
+        pytest.param(signal.SIGTERM, signal.SIG_IGN, id="ignored-sigterm"),
+        pytest.param(signal.SIGTERM, someone_elses_handler, id="handled-sigterm"),
+    ],
+)
+def test_a_stop_signal_ignored_or_handled_by_someone_else_is_left_so(tmp_path, monkeypatch, stop, handler):
+    """The command line takes over a stop signal only from Python's own default."""
     seen = []
     monkeypatch.setattr(
-        "local_reg.experiments.cli.sweep", lambda *a, **k: seen.append(signal.getsignal(signal.SIGINT)) or []
+        "local_reg.experiments.cli.sweep", lambda *a, **k: seen.append(signal.getsignal(stop)) or []
     )
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.signal(stop, handler)
     try:
         assert run(tmp_path, "digits", "--methods", "vanilla") == 0
-        assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert seen == [handler] and signal.getsignal(stop) == handler
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(stop, previous)
 
 
 # --- checkpoints and the results file -------------------------------------------------------------

@@ -7,14 +7,15 @@
 Exit codes: 0 success; 2 bad input (unknown task, method or setting, a setting's value its task does
 not allow, an output folder that cannot be written, a corrupt results file, nothing to report), with
 the reason in one line on stderr; 3 some runs failed (diverged), named on stderr, the others kept
-and reported (the same command retries the failed ones); 130 interrupted (Ctrl-C), with the command
-that resumes.
+and reported (the same command retries the failed ones); 130 interrupted by Ctrl-C (SIGINT), 143
+stopped by SIGTERM (a job scheduler's or torchrun's stop), with the command that resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shlex
@@ -41,7 +42,14 @@ from .tasks import REGISTRY, ModelContext
 
 EXIT_BAD_INPUT = 2
 EXIT_RUNS_FAILED = 3  # some runs' solver failed; the others are recorded and reported
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+# Plus the signal's number, what a shell reports for a command a signal stopped: 130 for Ctrl-C.
+EXIT_SIGNALLED = 128
+# Ctrl-C, and the stop that job schedulers (Slurm, Kubernetes, systemd, ``timeout``) send and
+# torchrun forwards to its processes; each with the handler Python starts a process with.
+_STOP_SIGNALS: dict[signal.Signals, Callable[..., Any] | int] = {
+    signal.SIGINT: signal.default_int_handler,
+    signal.SIGTERM: signal.SIG_DFL,
+}
 
 
 class BadInput(Exception):
@@ -253,16 +261,20 @@ def _inside(path: object, folder: Path) -> bool:
     return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
-def _interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace, argv: Sequence[str]) -> str:
-    """One line: what was saved, and the command that carries on from there (under torchrun, a
-    torchrun command: the run's identity includes its number of processes)."""
+def _interrupted(
+    interrupt: KeyboardInterrupt, stop: signal.Signals, args: argparse.Namespace, argv: Sequence[str]
+) -> str:
+    """One line: the signal ``stop`` that interrupted the command, what was saved, and the command
+    that carries on from there (under torchrun, a torchrun command: the run's identity includes its
+    number of processes)."""
     world = distributed.requested_world_size()
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     nodes = [f"--nnodes={world // per_node}"] if per_node < world else []
     launcher = ["torchrun", *nodes, f"--nproc_per_node={per_node}", "-m", "local_reg.experiments"]
     command = shlex.join([*(launcher if world > 1 else ["local-reg"]), *argv])
+    interrupted = f"local-reg: interrupted by {stop.name}"
     if args.command != "experiment":
-        return f"local-reg: interrupted; rerun with: {command}"
+        return f"{interrupted}; rerun with: {command}"
     results = args.out / "results.jsonl"
     if isinstance(interrupt, Interrupted):
         if interrupt.checkpoint is not None:
@@ -270,8 +282,8 @@ def _interrupted(interrupt: KeyboardInterrupt, args: argparse.Namespace, argv: S
             saved += f"({interrupt.checkpoint})"
         else:
             saved = f"run {interrupt.run_id} had not finished an epoch and restarts"
-        return f"local-reg: interrupted: {saved}, finished runs are in {results}; resume with: {command}"
-    return f"local-reg: interrupted: finished runs are in {results}; resume with: {command}"
+        return f"{interrupted}: {saved}, finished runs are in {results}; resume with: {command}"
+    return f"{interrupted}: finished runs are in {results}; resume with: {command}"
 
 
 def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
@@ -300,34 +312,40 @@ def _torch_state_kept() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _interrupts_stop_the_run() -> Iterator[None]:
-    """Ctrl-C raises ``KeyboardInterrupt`` as Python's own handler does, and sets
-    :data:`runner.STOP_REQUESTED`, which the training loop checks. A SIGINT that is ignored (a
-    shell's background job) or handled by someone else is left as it is."""
+def _signals_stop_the_run(received: list[signal.Signals]) -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM raise ``KeyboardInterrupt``, as Python's own SIGINT handler
+    does, set :data:`runner.STOP_REQUESTED`, which the training loop checks, and are appended to
+    ``received``. A signal that is ignored (SIGINT in a shell's background job) or handled by someone
+    else is left as it is; each replaced handler is put back on the way out."""
     runner.STOP_REQUESTED.clear()
-    replace = (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    )
-    if replace:
-        signal.signal(signal.SIGINT, _request_stop)
+    replaced = {}
+    if threading.current_thread() is threading.main_thread():
+        replaced = {
+            signum: default
+            for signum, default in _STOP_SIGNALS.items()
+            if signal.getsignal(signum) == default
+        }
+    request_stop = functools.partial(_request_stop, received)
+    for signum in replaced:
+        signal.signal(signum, request_stop)
     try:
         yield
     finally:
-        if replace:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum, default in replaced.items():
+            signal.signal(signum, default)
         # Answered: a later sweep in this process (a notebook's, after an interrupted command) trains.
         runner.STOP_REQUESTED.clear()
 
 
-def _request_stop(signum: int, frame: FrameType | None) -> None:
+def _request_stop(received: list[signal.Signals], signum: int, frame: FrameType | None) -> None:
+    received.append(signal.Signals(signum))
     runner.STOP_REQUESTED.set()
-    signal.default_int_handler(signum, frame)
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for bad input, 3 when runs failed, 130 when
-    interrupted)."""
+    """Run the command line; returns the exit code (2 for bad input, 3 when runs failed, 128 plus
+    the signal's number when a signal stopped it: 130 for Ctrl-C, 143 for SIGTERM)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parser().parse_args(argv)
@@ -337,8 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # After the user's own filters (-W, PYTHONWARNINGS), which decide first.
         warnings.filterwarnings("always", category=ResultsWarning, append=True)
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
+        received: list[signal.Signals] = []
         try:
-            with _interrupts_stop_the_run(), _torch_state_kept():
+            with _signals_stop_the_run(received), _torch_state_kept():
                 return _experiment(args) if args.command == "experiment" else _report(args)
         except (BadInput, ResultsError, ResultsWarning) as error:
             # A ResultsWarning raised: the user's -W error made it one.
@@ -357,9 +376,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_BAD_INPUT
         except KeyboardInterrupt as interrupt:
+            # The first signal is the one that stopped the command; a KeyboardInterrupt that no
+            # handler of ours raised is Python's own, for SIGINT.
+            stop = received[0] if received else signal.SIGINT
             if distributed.launched_rank() == 0:  # one line, not one per process
-                print(_interrupted(interrupt, args, argv), file=sys.stderr)
-            return EXIT_INTERRUPTED
+                print(_interrupted(interrupt, stop, args, argv), file=sys.stderr)
+            return EXIT_SIGNALLED + stop
 
 
 if __name__ == "__main__":

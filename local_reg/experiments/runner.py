@@ -70,9 +70,9 @@ LOCAL_RULES: dict[str, Rule] = {
 # mercy of whatever else the machine is doing.
 TIMING_REPEATS = 10
 STOP_REQUESTED = threading.Event()
-"""Set with the ``KeyboardInterrupt`` the command line's SIGINT handler raises: a Ctrl-C that lands
-where Python drops exceptions (a ``__del__``, a weakref callback, which only print "Exception
-ignored") still stops the run, at the end of its training iteration."""
+"""Set with the ``KeyboardInterrupt`` that the command line's handler of Ctrl-C (SIGINT) and SIGTERM
+raises: a signal that lands where Python drops exceptions (a ``__del__``, a weakref callback, which
+only print "Exception ignored") still stops the run, at the end of its training iteration."""
 
 
 @dataclass
@@ -339,7 +339,8 @@ class RunsFailed(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C while a run was training: which run, and how much of it its checkpoint holds.
+    """A stop (Ctrl-C, SIGTERM) while a run was training: which run, and how much of it its
+    checkpoint holds.
 
     Attributes:
         run_id: the run that was interrupted.
