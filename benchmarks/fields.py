@@ -11,13 +11,13 @@ from collections.abc import Callable
 import torch
 
 
-def mlp(dim: int, width: int) -> torch.nn.Sequential:
-    """``dim -> width -> width -> dim`` with tanh activations."""
+def mlp(dim: int, width: int, activation: type[torch.nn.Module] = torch.nn.Tanh) -> torch.nn.Sequential:
+    """``dim -> width -> width -> dim`` with ``activation`` (tanh by default) after each hidden layer."""
     return torch.nn.Sequential(
         torch.nn.Linear(dim, width),
-        torch.nn.Tanh(),
+        activation(),
         torch.nn.Linear(width, width),
-        torch.nn.Tanh(),
+        activation(),
         torch.nn.Linear(width, dim),
     )
 
