@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -93,12 +92,6 @@ LOCAL_RANDOM = ("--methods", "local-random", "--set", "weights.local-random=defa
 RNODE = ("--methods", "rnode")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(out: Path, *options: str, stop: str = "whole") -> subprocess.CompletedProcess:
     """The worker in two processes running the CLI with ``options``, writing to ``out``; ``stop``:
     how the run ends (see ``WORKER``)."""
@@ -109,8 +102,9 @@ def torchrun(out: Path, *options: str, stop: str = "whole") -> subprocess.Comple
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
+        # A rendezvous on a port the agent binds itself: a free port picked here could be taken
+        # by another process before torchrun bound it.
+        "--standalone",
         str(script),
         str(out),
         stop,
