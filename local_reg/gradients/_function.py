@@ -38,6 +38,7 @@ from .._step import VectorField
 from .._validate import (
     batched_cotangent,
     gradient_hooks_held_back,
+    host_list,
     refuse_captured_tangents,
     time_direction,
     without_autocast,
@@ -1057,11 +1058,11 @@ class StepwiseGradient(GraphFreeGradient):
         at_boundary, inside = locate_outputs(solve.solved_times, step_starts, step_sizes, t_end)
         # An output whose cotangent is exactly zero (a regularizer's detached u(t_reg)) adds nothing:
         # its step keeps the cheaper backward step of a step without outputs.
-        nonzero = grad_ys.reshape(len(grad_ys), -1).ne(0).any(1).tolist() if any(inside) else []
+        nonzero = host_list(grad_ys.reshape(len(grad_ys), -1).ne(0).any(1)) if any(inside) else []
         # A zero cotangent (a penalty the loss does not read) keeps the cheaper re-run: None.
         penalty_cotangents: list[Tensor | None] = [None] * len(step_starts)
         if grad_penalties is not None and grad_penalties.numel():
-            read = grad_penalties.ne(0).reshape(len(step_starts), -1).any(1).tolist()
+            read = host_list(grad_penalties.ne(0).reshape(len(step_starts), -1).any(1))
             penalty_cotangents = [g if r else None for g, r in zip(grad_penalties, read, strict=True)]
         func = CountingField(solve.func)
         grad_params: list[Tensor | None] = [None] * len(solve.params)
