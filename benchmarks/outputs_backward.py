@@ -9,16 +9,34 @@ every output; for each gradient method and number of outputs, one untimed round,
 time the backward pass (the process's CPU time, one thread) with both versions, which goes first
 alternating. Prints the median times and the median per-round ratio, and the largest relative
 difference between the two versions' gradients.
+
+With ``--memory``, peak memory instead, each version and gradient method in a fresh process
+(benchmarks/gradients.py's ``peak_growth_mb``: the peak resident size above the size before,
+glibc's mmap threshold at 16 KiB so that it follows the live tensors): that of the forward pass
+(this checkout's), and that of the backward pass above the size it starts at (the outputs, their
+cotangents and the forward's records already there)::
+
+    python benchmarks/outputs_backward.py --old /tmp/oldpkg --memory --outputs 50 200 --state 250000
+
+The field ``y' = rate * y`` (one parameter, ``rate = -0.1``) on a float32 state of ``--state``
+elements over [0, 1], first step 1: one accepted step, every output but the first and the last
+inside it; the outputs' cotangents given as one tensor of ones (``torch.autograd.grad(ys, rate,
+ones)``), so that the backward pass measured is the solve's, not a loss's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 
 import torch
 from fields import old_local_reg
+from gradients import fresh_process_environment, peak_growth_mb
 
 import local_reg
 
@@ -38,13 +56,7 @@ def backward_seconds(odeint, net: torch.nn.Module, n_outputs: int, gradient: str
     return time.process_time() - start, grads
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--old", required=True, help="folder holding the package local_reg_old")
-    parser.add_argument("--outputs", type=int, nargs="+", default=[100, 1000, 10000])
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    local_reg_old = old_local_reg(args.old)
+def time_table(local_reg_old, outputs: list[int], rounds: int) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2)).double()
@@ -52,9 +64,9 @@ def main() -> None:
     print(header + " gradients' largest relative difference |")
     print("|---|---|---|---|---|---|")
     for gradient in GRADIENTS:
-        for n_outputs in args.outputs:
+        for n_outputs in outputs:
             old_times, new_times, ratios, difference = [], [], [], 0.0
-            for round_ in range(args.rounds + 1):  # the first warms both versions up, untimed
+            for round_ in range(rounds + 1):  # the first warms both versions up, untimed
                 seed = torch.seed()
                 timed = {}
                 for name, odeint in (("old", local_reg_old.odeint), ("new", local_reg.odeint))[
@@ -74,6 +86,100 @@ def main() -> None:
                 f"| {gradient} | {n_outputs} | {statistics.median(old_times):.3f} | "
                 f"{statistics.median(new_times):.3f} | {statistics.median(ratios):.2f}x | {difference:.1e} |"
             )
+
+
+def one_step_solve(odeint, gradient: str, n_outputs: int, state: int) -> tuple[Callable[[], float], int]:
+    """The ``--memory`` problem's forward pass: its backward pass to call (which returns the gradient
+    of the rate), and the number of outputs inside the step."""
+    torch.manual_seed(0)
+    rate = torch.tensor(-0.1, requires_grad=True)
+    y0 = torch.randn(state)
+    t = torch.linspace(0.0, 1.0, n_outputs)
+    solution = odeint(lambda _, y: rate * y, y0, t, first_step=1.0, gradient=gradient, adjoint_params=(rate,))
+    inside = len(set(t.tolist()) - set(solution.steps.t.tolist()) - {1.0})
+    cotangents = torch.ones_like(solution.ys)
+    return lambda: float(torch.autograd.grad(solution.ys, rate, cotangents)[0]), inside
+
+
+def measure_memory(spec: dict, old_folder: str) -> None:
+    """Child process: print the peak growth (MB) of the forward pass of ``spec``'s version and
+    gradient method, that of its backward pass above the size it starts at, the gradient and the
+    outputs inside the step."""
+    torch.set_num_threads(1)
+    odeint = (old_local_reg(old_folder) if spec["version"] == "old" else local_reg).odeint
+    solve: dict = {}
+
+    def warm_up() -> None:  # torch's lazy initialization, forward and backward
+        one_step_solve(odeint, spec["gradient"], 3, 16)[0]()
+
+    def forward() -> None:
+        solve["backward"], solve["inside"] = one_step_solve(
+            odeint, spec["gradient"], spec["outputs"], spec["state"]
+        )
+
+    def backward() -> None:
+        solve["grad"] = solve["backward"]()
+
+    forward_mb = peak_growth_mb(warm_up, forward)
+    backward_mb = peak_growth_mb(lambda: None, backward)
+    result = {
+        "forward_mb": forward_mb,
+        "backward_mb": backward_mb,
+        "grad": solve["grad"],
+        "inside": solve["inside"],
+    }
+    print(json.dumps(result))
+
+
+def memory_table(old_folder: str, outputs: list[int], state: int) -> None:
+    print(
+        f"y' = rate * y, float32 state of {state} elements ({state * 4 / 2**20:.2f} MB), one step over [0, 1]"
+    )
+    print(
+        "| gradient | outputs | inside the step | forward (MB) | backward, other version (MB) "
+        "| backward, this checkout (MB) | ratio | gradients |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for gradient in GRADIENTS:
+        for n_outputs in outputs:
+            old, new = (
+                measured_in_fresh_process(old_folder, version, gradient, n_outputs, state)
+                for version in ("old", "new")
+            )
+            same = "equal" if old["grad"] == new["grad"] else f"{old['grad']} vs {new['grad']}"
+            print(
+                f"| {gradient} | {n_outputs} | {new['inside']} | {new['forward_mb']:.1f} | "
+                f"{old['backward_mb']:.1f} | {new['backward_mb']:.1f} | "
+                f"{new['backward_mb'] / old['backward_mb']:.2f}x | {same} |"
+            )
+
+
+def measured_in_fresh_process(
+    old_folder: str, version: str, gradient: str, n_outputs: int, state: int
+) -> dict:
+    """What :func:`measure_memory` prints, run in a fresh process."""
+    spec = {"version": version, "gradient": gradient, "outputs": n_outputs, "state": state}
+    command = [sys.executable, __file__, "--old", old_folder, "--memory-of", json.dumps(spec)]
+    environment = fresh_process_environment()
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--old", required=True, help="folder holding the package local_reg_old")
+    parser.add_argument("--outputs", type=int, nargs="+", default=[100, 1000, 10000])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory", action="store_true", help="peak memory of one step holding the outputs")
+    parser.add_argument("--state", type=int, default=250_000, help="--memory's state size")
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # a child of --memory: what to measure
+    args = parser.parse_args()
+    if args.memory_of is not None:
+        measure_memory(json.loads(args.memory_of), args.old)
+    elif args.memory:
+        memory_table(args.old, args.outputs, args.state)
+    else:
+        time_table(old_local_reg(args.old), args.outputs, args.rounds)
 
 
 if __name__ == "__main__":

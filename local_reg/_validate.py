@@ -310,9 +310,14 @@ def _time_value(name: str, value: object) -> float:
 def host_list(t: Tensor) -> list[Any]:
     """``t``'s values as Python numbers (``tolist``), also for a tensor made inside a ``torch.func``
     transform's function, which torch 2.9 cannot read there ("a Tensor that doesn't have storage";
-    2.13 can): read with the transforms' dispatch off, as the values are the same."""
+    2.13 can): read with the transforms' dispatch off, as the values are the same. A tensor of a
+    subclass that dispatches in Python (``LoggingTensor``, ``TwoTensor``), which ``tolist`` refuses,
+    is read one element at a time through its own dispatch."""
     with torch._C._DisableFuncTorch():
-        return t.detach().cpu().tolist()
+        values = t.detach().cpu()
+        if not torch._C._dispatch_keys(values).has(torch._C.DispatchKey.Python):
+            return values.tolist()
+        return [row.item() if row.dim() == 0 else host_list(row) for row in values]
 
 
 def finite_times(name: str, t: Tensor | np.ndarray | Sequence[float | Tensor]) -> list[float]:

@@ -2141,3 +2141,31 @@ def test_gradient_objects_take_numpy_counts_and_print_a_tableau_by_name():
     assert repr(BacksolveAdjoint(method="rk4", step_size=0.1)) == (
         "BacksolveAdjoint(method='rk4', norm='default', step_size=0.1)"
     )
+
+
+@pytest.mark.parametrize("gradient", EXACT)
+def test_a_state_that_dispatches_in_python_is_differentiated_through_outputs_inside_steps(gradient):
+    """A state of a subclass that dispatches in Python (torch's own ``LoggingTensor``) solved, and
+    ``direct`` differentiated it, but the stepwise methods' backward pass failed with torch's
+    ".tolist() is not supported for tensor subclasses" on reading which outputs inside a step (and
+    which step penalties) carry a cotangent. Their gradient is the plain state's, to the bit."""
+    from torch.testing._internal.logging_tensor import LoggingTensor
+
+    penalty = {"step_penalty": error_penalty} if gradient == "checkpoint" else {}
+    y0 = torch.randn(2, 3, dtype=DTYPE)
+
+    def gradients(state: torch.Tensor) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        field = TinyField()
+        state = state.clone().requires_grad_(True)
+        solution = odeint(field, state, [0.0, 0.45, 0.5, 2.0], rtol=1e-4, gradient=gradient, **penalty)
+        assert not {0.45, 0.5} & set(solution.steps.t.tolist())  # read inside steps
+        loss = loss_of(solution.ys)
+        if penalty:
+            loss = loss + solution.penalties.sum()
+        return list(torch.autograd.grad(loss, (state, *field.parameters())))
+
+    expected = gradients(y0)
+    got = gradients(LoggingTensor(y0))
+    assert type(got[0]) is LoggingTensor
+    assert all(torch.equal(g.elem, e) for g, e in zip(got, expected, strict=True))

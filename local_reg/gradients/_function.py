@@ -38,6 +38,7 @@ from .._step import VectorField
 from .._validate import (
     batched_cotangent,
     gradient_hooks_held_back,
+    host_list,
     refuse_captured_tangents,
     time_direction,
     without_autocast,
@@ -704,8 +705,18 @@ class BackwardStep(NamedTuple):
     """``lambda_{n+1}``, the cotangent of the state at its end."""
     grad_penalty: Tensor | None
     """The cotangent of its step penalty, or ``None``."""
-    inside: list[tuple[float, Tensor]]
-    """``(theta, dL/dy(t + theta dt))`` of the outputs read from its dense output."""
+    inside: OutputsInside | None
+    """The outputs read from its dense output, or ``None`` where none carries a cotangent."""
+
+
+class OutputsInside(NamedTuple):
+    """Outputs read from one step's dense output, as its backward step gets them."""
+
+    thetas: list[float]
+    """Where each lies in the step: ``(t_i - t_n) / dt_n``."""
+    cotangents: Tensor
+    """Their cotangents ``dL/dy(t_n + theta dt_n)``, stacked: a view of the backward pass's own
+    (one slice; a stacked copy would hold one more state per output while the step runs)."""
 
 
 class _Settled(ABCMeta):
@@ -972,6 +983,22 @@ def locate_outputs(
     return at_boundary, inside
 
 
+def outputs_inside(
+    located: list[tuple[int, float]], grad_ys: Tensor, nonzero: Sequence[bool]
+) -> OutputsInside | None:
+    """The outputs ``located`` inside one step (``(output, theta)`` of :func:`locate_outputs`, whose
+    outputs are consecutive) with their cotangents, from the first to the last whose cotangent is
+    ``nonzero``; ``None`` where none is. An output whose cotangent is exactly zero (a regularizer's
+    detached ``u(t_reg)``) adds nothing: a step holding only such outputs keeps the cheaper backward
+    step of a step without outputs, and one between others adds a zero row."""
+    carrying = [index for index, (output, _) in enumerate(located) if nonzero[output]]
+    if not carrying:
+        return None
+    span = located[carrying[0] : carrying[-1] + 1]
+    first, last = span[0][0], span[-1][0]
+    return OutputsInside([theta for _, theta in span], grad_ys[first : last + 1])
+
+
 def still_trained(params: Sequence[Tensor]) -> tuple[list[int], tuple[Tensor, ...]]:
     """The indices of ``params`` that still require grad at a backward pass, and those tensors: one
     frozen since the solve (``requires_grad_(False)``, as plain torch allows) gets no gradient, so
@@ -1055,13 +1082,11 @@ class StepwiseGradient(GraphFreeGradient):
         # t + dt exactly, as the forward computed it.
         t_end = None if steps.stop_time is None else step_starts[-1] + step_sizes[-1]
         at_boundary, inside = locate_outputs(solve.solved_times, step_starts, step_sizes, t_end)
-        # An output whose cotangent is exactly zero (a regularizer's detached u(t_reg)) adds nothing:
-        # its step keeps the cheaper backward step of a step without outputs.
-        nonzero = grad_ys.reshape(len(grad_ys), -1).ne(0).any(1).tolist() if any(inside) else []
+        nonzero = host_list(grad_ys.reshape(len(grad_ys), -1).ne(0).any(1)) if any(inside) else []
         # A zero cotangent (a penalty the loss does not read) keeps the cheaper re-run: None.
         penalty_cotangents: list[Tensor | None] = [None] * len(step_starts)
         if grad_penalties is not None and grad_penalties.numel():
-            read = grad_penalties.ne(0).reshape(len(step_starts), -1).any(1).tolist()
+            read = host_list(grad_penalties.ne(0).reshape(len(step_starts), -1).any(1))
             penalty_cotangents = [g if r else None for g, r in zip(grad_penalties, read, strict=True)]
         func = CountingField(solve.func)
         grad_params: list[Tensor | None] = [None] * len(solve.params)
@@ -1078,7 +1103,7 @@ class StepwiseGradient(GraphFreeGradient):
                 next(states),
                 adjoint,
                 penalty_cotangents[n - 1],
-                [(theta, grad_ys[output]) for output, theta in inside[n - 1] if nonzero[output]],
+                outputs_inside(inside[n - 1], grad_ys, nonzero),
             )
             adjoint = self.step_backward(func, solve, current, grad_params)
         return adjoint, grad_params, func.calls

@@ -21,9 +21,10 @@ backpropagates its cotangent together with ``lambda_{n+1}``, so global regulariz
 ICML 2021) is differentiated exactly without a graph of the whole solve.
 
 Outputs read from a step's dense output ``y(t_n + theta dt_n) = y_n + dt_n sum_i B_i(theta) k_i``
-(:mod:`local_reg.interpolants`) are re-evaluated on the re-run step's graph (with ``f(t_n + dt_n,
-y_{n+1})`` for a pair that is not FSAL) and their cotangents backpropagated together with
-``lambda_{n+1}``: still the discrete forward's exact gradient.
+(:mod:`local_reg.interpolants`) are linear in ``y_n`` and the re-run step's stages (with ``f(t_n +
+dt_n, y_{n+1})`` for a pair that is not FSAL): their cotangents ``g_o`` are backpropagated together
+with ``lambda_{n+1}`` as ``sum_o g_o`` on ``y_n`` and ``dt_n sum_o B_i(theta_o) g_o`` on stage ``i``,
+still the discrete forward's exact gradient.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Checkpoint(StepwiseGradient):
         options = solve.options
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            if grad_penalty is None and not inside:
+            if grad_penalty is None and inside is None:
                 # y1 alone is differentiated: an FSAL tableau's last stage is not evaluated.
                 outputs = [
                     step_solution(
@@ -111,15 +112,18 @@ def _whole_step_outputs(
         penalty = cast(StepPenalty, solve.step_penalty)  # its cotangent means it is set
         outputs.append(penalty(result, dt))
         cotangents.append(grad_penalty)
-    if inside:
+    if inside is not None:
         interpolant = get_interpolant(options.runge_kutta_tableau)
         stages = result.stages
         if interpolant.extra_stage:
             dtype = y.dtype if options.time_dtype is None else options.time_dtype
             (end,) = stage_time_values(t, dt, [1.0], dtype, options.controller.jump_ts)
             stages = (*stages, func(time_tensor(end, y, options.time_dtype), result.y1))
-        # Every output inside the step as one stacked product: one autograd output, not one each.
-        rows = interpolant.weight_matrix([theta for theta, _ in inside])
-        outputs.append(combine_rows(y, dt, rows, stages))
-        cotangents.append(torch.stack([cotangent for _, cotangent in inside]))
+        # The outputs y + dt sum_i B_i(theta_o) k_i are linear in y and the stages, so their
+        # cotangents g_o enter as y's, sum_o g_o, and each stage's, dt sum_o B_i(theta_o) g_o (one
+        # product for all outputs): a state per stage, where differentiating the outputs themselves
+        # made and held a state per output.
+        rows = interpolant.weight_matrix(inside.thetas)
+        outputs.extend([y, *stages])
+        cotangents.extend([inside.cotangents.sum(0), *combine_rows(None, dt, rows.T, inside.cotangents)])
     return outputs, cotangents

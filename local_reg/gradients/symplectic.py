@@ -55,6 +55,7 @@ from ._function import (
     BackwardStep,
     CountingField,
     ForwardSolve,
+    OutputsInside,
     StepwiseGradient,
     add_gradients,
     vector_jacobian_product,
@@ -101,7 +102,7 @@ class Symplectic(StepwiseGradient):
         grad_params: list[Tensor | None],
     ) -> Tensor:
         t, dt, y, adjoint, grad_penalty, inside = current
-        if inside:
+        if inside is not None:
             return step_backward_with_outputs(func, solve, t, dt, y, adjoint, grad_params, inside)
         tableau = solve.options.runge_kutta_tableau
         time_dtype = solve.options.time_dtype
@@ -152,10 +153,10 @@ def step_backward_with_outputs(
     y: Tensor,
     adjoint: Tensor,
     grad_params: list[Tensor | None],
-    inside: list[tuple[float, Tensor]],
+    inside: OutputsInside,
 ) -> Tensor:
     """The stage recursion of a step whose dense output holds outputs (the unscaled form in the
-    module docstring): ``lambda_n`` from ``lambda_{n+1}`` and the outputs' ``(theta, g_o)``."""
+    module docstring): ``lambda_n`` from ``lambda_{n+1}`` and the outputs' ``theta`` and ``g_o``."""
     tableau = solve.options.runge_kutta_tableau
     time_dtype = solve.options.time_dtype
     interpolant = get_interpolant(tableau)
@@ -163,8 +164,8 @@ def step_backward_with_outputs(
     rows = [*tableau.a, tableau.b] if interpolant.extra_stage else list(tableau.a)
     c = [*tableau.c, 1.0] if interpolant.extra_stage else list(tableau.c)
     b = [*tableau.b, 0.0] if interpolant.extra_stage else list(tableau.b)
-    weights = interpolant.weight_matrix([theta for theta, _ in inside])  # (outputs, stages)
-    cotangents = torch.stack([g for _, g in inside])
+    weights = interpolant.weight_matrix(inside.thetas)  # (outputs, stages)
+    cotangents = inside.cotangents
     read = [bool(column.any()) for column in weights.T]  # the stages some output's interpolant reads
     used = [b[i] != 0.0 or read[i] for i in range(len(rows))]
     n_stages = 1 + max(i for i, u in enumerate(used) if u)
