@@ -2169,3 +2169,37 @@ def test_a_state_that_dispatches_in_python_is_differentiated_through_outputs_ins
     got = gradients(LoggingTensor(y0))
     assert type(got[0]) is LoggingTensor
     assert all(torch.equal(g.elem, e) for g, e in zip(got, expected, strict=True))
+
+
+def test_the_finiteness_check_of_cotangents_allocates_no_tensor_of_their_size():
+    """Every backward pass checks its cotangents and results once: ``torch.isfinite`` made a mask
+    and an ``abs`` of the whole tensor (1.75x its size: the backward pass's peak for a large state
+    with many outputs). A finite sum means finite entries; a sum that overflowed is checked entry by
+    entry."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from local_reg.gradients._finite import all_finite
+
+    class LargeResults(TorchDispatchMode):
+        def __init__(self, size: int) -> None:
+            super().__init__()
+            self.size, self.found = size, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            if isinstance(result, torch.Tensor) and result.numel() >= self.size:
+                self.found.append(str(func))
+            return result
+
+    finite = torch.randn(1000, dtype=torch.float32)
+    complex_finite = finite.to(torch.complex64)
+    with LargeResults(finite.numel()) as mode:
+        assert all_finite((finite, None, complex_finite))
+    assert mode.found == []
+    huge = torch.full((4,), 3e38)  # finite, but its sum overflows float32
+    assert all_finite((huge,)) and all_finite((huge.to(torch.complex64) * 1j,))
+    for bad in (float("inf"), -float("inf"), float("nan")):
+        assert not all_finite((finite, torch.tensor([1.0, bad])))
+        assert not all_finite((torch.tensor([1.0, complex(0.0, bad)]),))
+    assert not all_finite((torch.tensor([float("inf"), -float("inf")]),))  # a NaN sum
+    assert all_finite((torch.empty(0),))
