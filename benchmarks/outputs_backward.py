@@ -12,8 +12,8 @@ difference between the two versions' gradients.
 
 With ``--memory``, peak memory instead, each version and gradient method in a fresh process
 (benchmarks/gradients.py's ``peak_growth_mb``: the peak resident size above the size before,
-glibc's mmap threshold at 16 KiB so that it follows the live tensors): that of the forward pass
-(this checkout's), and that of the backward pass above the size it starts at (the outputs, their
+glibc's mmap threshold at 16 KiB so that it follows the live tensors): that of the forward pass,
+and that of the backward pass above the size it starts at (the outputs, their
 cotangents and the forward's records already there)::
 
     python benchmarks/outputs_backward.py --old /tmp/oldpkg --memory --outputs 50 200 --state 250000
@@ -32,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from fields import old_local_reg
@@ -88,40 +88,44 @@ def time_table(local_reg_old, outputs: list[int], rounds: int) -> None:
             )
 
 
-def one_step_solve(odeint, gradient: str, n_outputs: int, state: int) -> tuple[Callable[[], float], int]:
-    """The ``--memory`` problem's forward pass: its backward pass to call (which returns the gradient
-    of the rate), and the number of outputs inside the step."""
+def one_step_solve(odeint, gradient: str, n_outputs: int, state: int) -> tuple[Any, torch.Tensor, int]:
+    """The ``--memory`` problem's forward pass: its solution, the rate (the parameter differentiated)
+    and the number of outputs inside the step."""
     torch.manual_seed(0)
     rate = torch.tensor(-0.1, requires_grad=True)
     y0 = torch.randn(state)
     t = torch.linspace(0.0, 1.0, n_outputs)
     solution = odeint(lambda _, y: rate * y, y0, t, first_step=1.0, gradient=gradient, adjoint_params=(rate,))
     inside = len(set(t.tolist()) - set(solution.steps.t.tolist()) - {1.0})
-    cotangents = torch.ones_like(solution.ys)
-    return lambda: float(torch.autograd.grad(solution.ys, rate, cotangents)[0]), inside
+    return solution, rate, inside
 
 
 def measure_memory(spec: dict, old_folder: str) -> None:
     """Child process: print the peak growth (MB) of the forward pass of ``spec``'s version and
-    gradient method, that of its backward pass above the size it starts at, the gradient and the
-    outputs inside the step."""
+    gradient method, that of its backward pass above the size it starts at (the cotangents made
+    between the two), the gradient and the outputs inside the step."""
     torch.set_num_threads(1)
     odeint = (old_local_reg(old_folder) if spec["version"] == "old" else local_reg).odeint
     solve: dict = {}
 
     def warm_up() -> None:  # torch's lazy initialization, forward and backward
-        one_step_solve(odeint, spec["gradient"], 3, 16)[0]()
+        solution, rate, _ = one_step_solve(odeint, spec["gradient"], 3, 16)
+        torch.autograd.grad(solution.ys, rate, torch.ones_like(solution.ys))
 
     def forward() -> None:
-        solve["backward"], solve["inside"] = one_step_solve(
+        solve["solution"], solve["rate"], solve["inside"] = one_step_solve(
             odeint, spec["gradient"], spec["outputs"], spec["state"]
         )
 
+    def cotangents() -> None:
+        solve["cotangents"] = torch.ones_like(solve["solution"].ys)
+
     def backward() -> None:
-        solve["grad"] = solve["backward"]()
+        ys, rate = solve["solution"].ys, solve["rate"]
+        solve["grad"] = float(torch.autograd.grad(ys, rate, solve["cotangents"])[0])
 
     forward_mb = peak_growth_mb(warm_up, forward)
-    backward_mb = peak_growth_mb(lambda: None, backward)
+    backward_mb = peak_growth_mb(cotangents, backward)
     result = {
         "forward_mb": forward_mb,
         "backward_mb": backward_mb,
@@ -136,10 +140,10 @@ def memory_table(old_folder: str, outputs: list[int], state: int) -> None:
         f"y' = rate * y, float32 state of {state} elements ({state * 4 / 2**20:.2f} MB), one step over [0, 1]"
     )
     print(
-        "| gradient | outputs | inside the step | forward (MB) | backward, other version (MB) "
-        "| backward, this checkout (MB) | ratio | gradients |"
+        "| gradient | outputs | inside the step | forward, other version (MB) | forward, this checkout (MB) "
+        "| backward, other version (MB) | backward, this checkout (MB) | backward ratio | gradients |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for gradient in GRADIENTS:
         for n_outputs in outputs:
             old, new = (
@@ -148,8 +152,8 @@ def memory_table(old_folder: str, outputs: list[int], state: int) -> None:
             )
             same = "equal" if old["grad"] == new["grad"] else f"{old['grad']} vs {new['grad']}"
             print(
-                f"| {gradient} | {n_outputs} | {new['inside']} | {new['forward_mb']:.1f} | "
-                f"{old['backward_mb']:.1f} | {new['backward_mb']:.1f} | "
+                f"| {gradient} | {n_outputs} | {new['inside']} | {old['forward_mb']:.1f} | "
+                f"{new['forward_mb']:.1f} | {old['backward_mb']:.1f} | {new['backward_mb']:.1f} | "
                 f"{new['backward_mb'] / old['backward_mb']:.2f}x | {same} |"
             )
 

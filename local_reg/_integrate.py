@@ -529,6 +529,56 @@ def _checked_penalty(penalty: object, t: float) -> Tensor:
     return penalty
 
 
+_INTERPOLATED_AT_ONCE = 16
+
+
+class _OutputStates:
+    """The states at the output times, in order. Without autograd (inference, and the graph-free
+    gradient methods' forward pass) each is written into one tensor made for all of them as it
+    comes: a list stacked at the end held every output twice at that moment. With autograd, a list
+    stacked at the end, whose graph the outputs need."""
+
+    def __init__(self, first: Tensor, count: int) -> None:
+        self.listed: list[Tensor] = []
+        self.into = None if torch.is_grad_enabled() else first.new_empty((count, *first.shape))
+        self.count = 0
+        self.append(first)
+
+    def append(self, state: Tensor) -> None:
+        if self.into is None:
+            self.listed.append(state)
+        else:
+            self.into[self.count] = state
+        self.count += 1
+
+    def batches(self, times: list[float]) -> list[list[float]]:
+        """``times`` inside one step in the batches to interpolate them in. Without autograd, a
+        few at a time: the interpolation's temporaries (a product and a sum of the size of its
+        result) stay small beside the outputs' tensor, where a step may hold thousands. With
+        autograd, all at once: each call's graph keeps the step's stages stacked."""
+        if self.into is None:
+            return [times] if times else []
+        return [
+            times[start : start + _INTERPOLATED_AT_ONCE]
+            for start in range(0, len(times), _INTERPOLATED_AT_ONCE)
+        ]
+
+    def extend(self, states: Tensor) -> None:
+        """``states`` stacked, as a step's dense output gives them."""
+        if self.into is None:
+            self.listed.extend(states.unbind(0))
+        else:
+            self.into[self.count : self.count + len(states)] = states
+        self.count += len(states)
+
+    def stacked(self) -> Tensor:
+        if self.into is None:
+            return torch.stack(self.listed)
+        if self.count != len(self.into):
+            raise RuntimeError(f"the solve made {self.count} outputs for {len(self.into)} output times")
+        return self.into
+
+
 def integrate(
     stepper: Stepper,
     y0: Tensor,
@@ -538,14 +588,14 @@ def integrate(
     record_states: bool = False,
     step_penalty: StepPenalty | None = None,
     keep_state: Callable[[Tensor], None] | None = None,
-) -> tuple[list[Tensor], Stats, Steps, list[Tensor]]:
+) -> tuple[Tensor, Stats, Steps, list[Tensor]]:
     """Integrate from ``times[0]`` through every later time.
 
     By default a step lands exactly on each output time. With ``options.interpolate`` the steps
     head for the last time only and the states at the others come from the stepper's dense output
     inside the accepted step that holds them (an output time that happens to end a step gets that
     step's state). Runs under whatever autograd mode the caller set. Returns the states at
-    ``times``, the statistics, the accepted-step record (with the dense record if
+    ``times`` (stacked), the statistics, the accepted-step record (with the dense record if
     ``options.dense``) and ``step_penalty(result, dt)`` of every accepted step (an empty list
     without ``step_penalty``). ``keep_state``, if given, is called with the state at the start of
     every accepted step (a gradient method's own record, apart from ``record_states``).
@@ -614,7 +664,7 @@ def integrate(
     # Whether the step is shrinking away from non-finite trial steps: set by one, cleared by a
     # finite rejection or a step that grows (not by the slivers accepted in between).
     shrinking_from_non_finite = False
-    outputs = [y0]
+    outputs = _OutputStates(y0, len(times))
     # Steps this short may round away in the state's dtype: each accepted one is compared with y.
     stalls = _StallWatch(torch.finfo(y0.dtype).eps * abs(times[-1] - times[0]))
     penalties: list[Tensor] = []
@@ -741,8 +791,8 @@ def integrate(
                     while next_output < len(times) - 1 and direction * (times[next_output] - t_next) < 0:
                         inside.append(times[next_output])
                         next_output += 1
-                    if inside:
-                        outputs.extend(accepted_step.states(inside).unbind(0))
+                    for batch in outputs.batches(inside):
+                        outputs.extend(accepted_step.states(batch))
                     if next_output < len(times) - 1 and times[next_output] == t_next:
                         outputs.append(result.y1)
                         next_output += 1
@@ -816,7 +866,7 @@ def integrate(
         raise SolverError(STOP_NEVER_HELD, t=t, n_steps=stats.n_steps)
     if log.dense is not None:
         log.dense.add_state(y.clone() if y is y0 else y)
-    return outputs, stats, log.to_steps(stepper.has_stiffness), penalties
+    return outputs.stacked(), stats, log.to_steps(stepper.has_stiffness), penalties
 
 
 class _StallWatch:
@@ -871,7 +921,7 @@ def integrate_ode(
     record_states: bool = False,
     step_penalty: Callable[[StepResult, float], Tensor] | None = None,
     keep_state: Callable[[Tensor], None] | None = None,
-) -> tuple[list[Tensor], Stats, Steps, list[Tensor]]:
+) -> tuple[Tensor, Stats, Steps, list[Tensor]]:
     """:func:`integrate` with the Runge--Kutta stepper of ``options.tableau``. ``f0 = func(times[0],
     y0)`` may be passed if already evaluated (it is then not counted here)."""
     stepper = RKStepper(

@@ -1145,7 +1145,7 @@ class _SolveWithoutGraph(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, method: GraphFreeGradient, solve: ForwardSolve, y0: Tensor, *params: Tensor):
-        outputs, stats, steps, penalties = integrate_ode(
+        ys, stats, steps, penalties = integrate_ode(
             solve.func,
             y0,
             solve.times,
@@ -1158,7 +1158,6 @@ class _SolveWithoutGraph(torch.autograd.Function):
         solve.stats = stats
         solve.steps = steps
         solve.record_owner()
-        ys = torch.stack(outputs)
         has_penalties = solve.step_penalty is not None and penalties
         penalty_values = torch.stack(penalties) if has_penalties else ys.new_zeros(0)
         if solve.step_penalty is None:

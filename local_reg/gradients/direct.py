@@ -40,7 +40,7 @@ class Direct(GradientMethod):
         ``solve.params`` (when known) only have their gradients checked for finiteness, like
         ``y0``'s."""
         func, times, step_penalty = solve.func, solve.times, solve.step_penalty
-        outputs, stats, steps, penalties = integrate_ode(
+        ys, stats, steps, penalties = integrate_ode(
             func,
             y0,
             times,
@@ -49,7 +49,6 @@ class Direct(GradientMethod):
             f0=solve.f0,
             step_penalty=step_penalty,
         )
-        ys = torch.stack(outputs)
         if ys.requires_grad:
             count_backpropagation(ys, stats)
             guard_direct_gradients(ys, (y0, *solve.params), times[0], stats.n_steps)

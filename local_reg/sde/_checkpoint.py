@@ -142,15 +142,13 @@ class CheckpointedSolve:
         return ys
 
     def solve(self, y0: Tensor) -> Tensor:
-        outputs, self.stats, steps, _ = integrate(
-            self.stepper, y0, self.times, self.options, record_states=True
-        )
+        ys, self.stats, steps, _ = integrate(self.stepper, y0, self.times, self.options, record_states=True)
         self.states = steps.state_list or []
         self.owner_at_solve = ModuleAtSolve.of(self.owner, self.buffers_at_start)
         if not self.record_states:
             steps.state_list = None
         self.steps = steps
-        return torch.stack(outputs)
+        return ys
 
     def backward(self, grad_ys: Tensor, needs: Sequence[bool]) -> tuple[Tensor, list[Tensor | None]]:
         """The gradients of ``y0`` and of ``params`` from the cotangents ``grad_ys`` of the outputs

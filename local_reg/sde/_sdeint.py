@@ -300,10 +300,9 @@ def sdeint(
                 # A checkpoint solve with nothing to differentiate keeps no graph either (of a
                 # tensor the SDE captures, say), as odeint's graph-free methods.
                 with torch.no_grad() if checkpointed is not None else nullcontext():
-                    outputs, stats, steps, penalties = integrate(
+                    ys, stats, steps, penalties = integrate(
                         stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty
                     )
-                ys = torch.stack(outputs)
                 if checkpointed is None and ys.requires_grad:
                     count_backpropagation(ys, stats)
                     # As odeint's "direct": a non-finite gradient of y0 or the SDE's parameters
