@@ -32,8 +32,9 @@ UNJUDGED = (
 )
 """What a ``max_steps`` failure adds with a method that cannot tell whether the problem is stiff."""
 SDE_HINT = (
-    "(raise max_steps, or loosen rtol/atol; sdeint's methods have no stiffness estimate to tell "
-    "whether the drift is stiff, where a looser tolerance does not help)"
+    "(raise max_steps (a regularized model's options={'max_steps': ...}), or loosen rtol/atol; "
+    "sdeint's methods have no stiffness estimate to tell whether the drift is stiff, where a "
+    "looser tolerance does not help)"
 )
 """What a ``max_steps`` failure of an SDE solve suggests (``compat.sdeint`` sets no step limit)."""
 NEAR_OVERFLOW = 0.01

@@ -11,9 +11,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from local_reg import TABLEAUS, LocallyRegularized, SolverError, odeint, odeint_event
+from local_reg import (
+    TABLEAUS,
+    BacksolveAdjoint,
+    LocallyRegularized,
+    PIController,
+    SolverError,
+    odeint,
+    odeint_event,
+)
 from local_reg._diagnose import stiffness_ratio
-from tests.problems import rotation
+from tests.problems import DecaySDE, rotation
 
 DTYPE = torch.float64
 
@@ -103,3 +111,26 @@ def test_a_regularized_models_step_limit_names_the_setting_it_takes() -> None:
     model = LocallyRegularized(rotation, weight=1.0, options={"max_steps": 3})
     with pytest.raises(SolverError, match=re.escape("options={'max_steps': ...}")):
         model(torch.tensor([1.0, 0.0], dtype=DTYPE), torch.tensor([0.0, 100.0], dtype=DTYPE))
+
+
+def test_a_regularized_sde_models_step_limit_names_the_setting_it_takes() -> None:
+    model = LocallyRegularized(DecaySDE(), weight=1.0, options={"max_steps": 3})
+    with pytest.raises(SolverError, match=re.escape("options={'max_steps': ...}")):
+        model(torch.ones(2, 1, dtype=DTYPE), torch.tensor([0.0, 1.0], dtype=DTYPE))
+
+
+def test_a_backsolve_held_at_max_step_names_its_own_step_limit() -> None:
+    # The hint of steps held at max_step pointed at the forward solve's limit (a regularized
+    # model's options), which the backward solve does not read.
+    y0 = torch.tensor([1.0, 0.0], dtype=DTYPE, requires_grad=True)
+    solution = odeint(
+        rotation,
+        y0,
+        [0.0, 1.0],
+        controller=PIController(max_step=0.01),
+        gradient=BacksolveAdjoint(max_steps=50),
+        adjoint_params=(),
+    )
+    with pytest.raises(SolverError, match=re.escape("raise BacksolveAdjoint(max_steps=...)")) as info:
+        solution.ys[-1].sum().backward()
+    assert "a regularized model's" not in str(info.value)

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from .._checks import positive_int
 from .._dense import DenseOutput
-from .._diagnose import SETTINGS_HINT
+from .._diagnose import RAISE_MAX_STEPS, SETTINGS_HINT
 from .._errors import SolverError, warn
 from .._integrate import SolveOptions, TooManyFixedSteps, integrate
 from .._step import (
@@ -557,6 +557,10 @@ class _ContinuousAdjoint(GraphFreeGradient):
                 # The loop's hint names the forward solve's settings; this solve has its own.
                 settings = f"raise {own}(max_steps=...), or loosen {own}(rtol=..., atol=...)"
                 reason = error.reason.replace(SETTINGS_HINT, f"({settings}{self.compat_settings})")
+                limit = (
+                    "; adjoint_options['max_num_steps'] in local_reg.compat" if self.compat_settings else ""
+                )
+                reason = reason.replace(RAISE_MAX_STEPS, f"raise {own}(max_steps=...){limit}")
                 # The state is (y, a) solved backwards: a blow-up there, or a step count far beyond
                 # the forward solve's, is most often y's instability backwards (a contracting
                 # forward flow), not the forward solution's.
