@@ -445,6 +445,31 @@ def test_a_stop_signal_that_python_dropped_still_stops_the_run_at_its_iteration(
     assert record["iterations"] > 0
 
 
+@pytest.mark.parametrize("stop", STOP_SIGNALS)
+def test_a_repeated_stop_signal_does_not_cut_the_first_ones_saving_short(tmp_path, monkeypatch, capsys, stop):
+    """The same signal twice within a millisecond (Slurm signals every process of a job and
+    torchrun forwards its own copy): the second KeyboardInterrupt replaced the first's
+    ``Interrupted`` while it unwound, and the line lost which run was saved at which epoch."""
+    original = type(REGISTRY["digits"]).training_loss
+    original_init = runner.Interrupted.__init__
+    calls = []
+
+    def signalled(self, model, batch):
+        calls.append(1)
+        if len(calls) == 3:  # tiny digits: two batches an epoch, so epoch 1 is in the checkpoint
+            signal.getsignal(stop)(stop, None)
+        return original(self, model, batch)
+
+    def signalled_again(self, *args):  # while the first one unwinds
+        signal.getsignal(stop)(stop, None)
+        original_init(self, *args)
+
+    monkeypatch.setattr(type(REGISTRY["digits"]), "training_loss", signalled)
+    monkeypatch.setattr(runner.Interrupted, "__init__", signalled_again)
+    assert run(tmp_path, "digits", "--methods", "vanilla", "--set", "epochs=3") == 128 + stop
+    assert f"interrupted by {stop.name}: run digits-vanilla-seed0" in capsys.readouterr().err
+
+
 def someone_elses_handler(signum, frame):
     """A handler that another library (a notebook's kernel, a job runner) installed."""
 

@@ -314,9 +314,10 @@ def _torch_state_kept() -> Iterator[None]:
 @contextlib.contextmanager
 def _signals_stop_the_run(received: list[signal.Signals]) -> Iterator[None]:
     """Ctrl-C (SIGINT) and SIGTERM raise ``KeyboardInterrupt``, as Python's own SIGINT handler
-    does, set :data:`runner.STOP_REQUESTED`, which the training loop checks, and are appended to
-    ``received``. A signal that is ignored (SIGINT in a shell's background job) or handled by someone
-    else is left as it is; each replaced handler is put back on the way out."""
+    does (the first of them; a repeat raises nothing), set :data:`runner.STOP_REQUESTED`, which the
+    training loop checks, and are appended to ``received``. A signal that is ignored (SIGINT in a
+    shell's background job) or handled by someone else is left as it is; each replaced handler is
+    put back on the way out."""
     runner.STOP_REQUESTED.clear()
     replaced = {}
     if threading.current_thread() is threading.main_thread():
@@ -340,7 +341,10 @@ def _signals_stop_the_run(received: list[signal.Signals]) -> Iterator[None]:
 def _request_stop(received: list[signal.Signals], signum: int, frame: FrameType | None) -> None:
     received.append(signal.Signals(signum))
     runner.STOP_REQUESTED.set()
-    raise KeyboardInterrupt
+    # A repeat (Slurm signals every process of a job, and torchrun forwards its own copy) would
+    # land while the first one unwinds and cut its saving short: the stop is under way already.
+    if len(received) == 1:
+        raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
