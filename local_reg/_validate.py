@@ -307,7 +307,7 @@ def _time_value(name: str, value: object) -> float:
     return float_of_real(name, value)
 
 
-def host_list(t: Tensor) -> list[Any]:
+def host_list(t: Tensor) -> Any:
     """``t``'s values as Python numbers (``tolist``), also for a tensor made inside a ``torch.func``
     transform's function, which torch 2.9 cannot read there ("a Tensor that doesn't have storage";
     2.13 can): read with the transforms' dispatch off, as the values are the same. A tensor of a
@@ -317,7 +317,9 @@ def host_list(t: Tensor) -> list[Any]:
         values = t.detach().cpu()
         if not torch._C._dispatch_keys(values).has(torch._C.DispatchKey.Python):
             return values.tolist()
-        return [row.item() if row.dim() == 0 else host_list(row) for row in values]
+        if values.dim() == 0:
+            return values.item()
+        return [host_list(row) for row in values]
 
 
 def finite_times(name: str, t: Tensor | np.ndarray | Sequence[float | Tensor]) -> list[float]:

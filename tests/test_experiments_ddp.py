@@ -90,6 +90,7 @@ sys.exit(code)
 LOCAL_RANDOM = ("--methods", "local-random", "--set", "weights.local-random=default")
 # RNODE's Rademacher noise comes from the model's own generator, not torch's global one.
 RNODE = ("--methods", "rnode")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def torchrun(out: Path, *options: str, stop: str = "whole") -> subprocess.CompletedProcess:
@@ -103,15 +104,19 @@ def torchrun(out: Path, *options: str, stop: str = "whole") -> subprocess.Comple
         "torch.distributed.run",
         "--nproc_per_node=2",
         # A rendezvous on a port the agent binds itself: a free port picked here could be taken
-        # by another process before torchrun bound it.
+        # by another process before torchrun bound it. On the loopback address: by default the
+        # agent names its store by the machine's hostname, which some machines cannot resolve.
         "--standalone",
+        "--local-addr=127.0.0.1",
         str(script),
         str(out),
         stop,
         *options,
     ]
     # A process that aborts in native code (gloo's teardown) prints where it was.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    # The processes import this checkout's local_reg, not whichever the environment installed.
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     # stdin: not the test process's, which under pytest-xdist is the worker's command channel.
     process = subprocess.Popen(
         command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

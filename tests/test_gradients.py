@@ -2165,6 +2165,10 @@ def test_a_state_that_dispatches_in_python_is_differentiated_through_outputs_ins
             loss = loss + solution.penalties.sum()
         return list(torch.autograd.grad(loss, (state, *field.parameters())))
 
+    from local_reg._validate import host_list
+
+    for values in (torch.tensor(3.0), torch.tensor([[True, False]]), torch.zeros(2, 0)):
+        assert host_list(LoggingTensor(values)) == values.tolist()
     expected = gradients(y0)
     got = gradients(LoggingTensor(y0))
     assert type(got[0]) is LoggingTensor
