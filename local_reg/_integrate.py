@@ -529,7 +529,10 @@ def _checked_penalty(penalty: object, t: float) -> Tensor:
     return penalty
 
 
-_INTERPOLATED_AT_ONCE = 16
+INTERPOLATED_ELEMENTS = 2**22
+"""Without autograd, the most elements of outputs interpolated in one call (16 MB in float32): a
+step holding more is interpolated in near-equal batches, so that the interpolation's temporaries (a
+product and a sum of the size of its result) stay small beside the outputs' own tensor."""
 
 
 class _OutputStates:
@@ -540,7 +543,11 @@ class _OutputStates:
 
     def __init__(self, first: Tensor, count: int) -> None:
         self.listed: list[Tensor] = []
-        self.into = None if torch.is_grad_enabled() else first.new_empty((count, *first.shape))
+        self.into: Tensor | None = None
+        if not torch.is_grad_enabled():
+            # In the state's memory format (channels_last, say), as torch.stack keeps it.
+            layout = torch.empty_like(first).stride()
+            self.into = first.new_empty_strided((count, *first.shape), (first.numel(), *layout))
         self.count = 0
         self.append(first)
 
@@ -552,16 +559,15 @@ class _OutputStates:
         self.count += 1
 
     def batches(self, times: list[float]) -> list[list[float]]:
-        """``times`` inside one step in the batches to interpolate them in. Without autograd, a
-        few at a time: the interpolation's temporaries (a product and a sum of the size of its
-        result) stay small beside the outputs' tensor, where a step may hold thousands. With
-        autograd, all at once: each call's graph keeps the step's stages stacked."""
-        if self.into is None:
-            return [times] if times else []
-        return [
-            times[start : start + _INTERPOLATED_AT_ONCE]
-            for start in range(0, len(times), _INTERPOLATED_AT_ONCE)
-        ]
+        """``times`` inside one step in the batches to interpolate them in: all at once, unless
+        that makes more than :data:`INTERPOLATED_ELEMENTS` without autograd (with autograd each
+        call's graph would keep the step's stages stacked again). Near-equal batches, not a lone
+        remainder: one output takes another kernel than several, whose float32 rounding may differ."""
+        if not times:
+            return []
+        elements = len(times) * (0 if self.into is None else self.into[0].numel())
+        size = math.ceil(len(times) / max(1, math.ceil(elements / INTERPOLATED_ELEMENTS)))
+        return [times[start : start + size] for start in range(0, len(times), size)]
 
     def extend(self, states: Tensor) -> None:
         """``states`` stacked, as a step's dense output gives them."""

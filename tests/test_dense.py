@@ -844,3 +844,32 @@ def test_a_solve_without_a_graph_holds_each_output_once(gradient):
     with torch.enable_grad():
         listed = odeint(field, y0.detach().requires_grad_(True), times, gradient="direct").ys
     assert torch.equal(solution.ys, expected) and torch.equal(expected, listed.detach())
+
+
+def test_outputs_without_autograd_equal_those_with_it_to_the_bit_and_keep_the_memory_format():
+    # Interpolated 16 at a time without autograd, a step holding 16k + 1 outputs left one to a
+    # kernel of its own, whose float32 rounding differed (dopri8: the last bit of one output); and
+    # the outputs' tensor was contiguous where torch.stack keeps a channels_last state's format.
+    torch.manual_seed(0)
+    weights = torch.randn(64, 64) / 8
+    y0 = torch.randn(64)
+    times = torch.linspace(0.0, 1.0, 66)
+    options = {"method": "dopri8", "rtol": 1e-3, "atol": 1e-3}
+
+    def field(t, y):
+        return torch.tanh(y @ weights)
+
+    direct = odeint(field, y0.clone().requires_grad_(True), times, **options).ys.detach()
+    checkpoint = odeint(
+        field, y0.clone().requires_grad_(True), times, gradient="checkpoint", adjoint_params=(), **options
+    )
+    with torch.no_grad():
+        inference = odeint(field, y0, times, **options).ys
+    assert torch.equal(checkpoint.ys.detach(), direct) and torch.equal(inference, direct)
+
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1).double().to(memory_format=torch.channels_last)
+    image = torch.randn(2, 3, 8, 8, dtype=DTYPE).to(memory_format=torch.channels_last)
+    for grad_mode in (False, True):
+        with torch.set_grad_enabled(grad_mode):
+            ys = odeint(lambda t, y: torch.tanh(conv(y)), image, [0.0, 0.5, 1.0]).ys
+        assert all(y.is_contiguous(memory_format=torch.channels_last) for y in ys)
