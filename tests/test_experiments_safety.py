@@ -470,6 +470,33 @@ def test_a_repeated_stop_signal_does_not_cut_the_first_ones_saving_short(tmp_pat
     assert f"interrupted by {stop.name}: run digits-vanilla-seed0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stop", STOP_SIGNALS)
+def test_a_stop_signal_after_the_repeat_window_stops_a_command_whose_first_one_was_dropped(
+    tmp_path, monkeypatch, capsys, stop
+):
+    """A first signal raised in a ``__del__`` is dropped by Python; a report reads no flag, so a
+    later signal must raise, where only a near-simultaneous duplicate raises nothing."""
+    from types import SimpleNamespace
+
+    from local_reg.experiments import cli
+
+    clock = [0.0]
+    monkeypatch.setattr(cli, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def report(args):
+        with contextlib.suppress(KeyboardInterrupt):  # dropped, as in a __del__
+            signal.getsignal(stop)(stop, None)
+        clock[0] += 0.5 * cli.REPEAT_WINDOW
+        signal.getsignal(stop)(stop, None)  # its duplicate: nothing
+        clock[0] += 2 * cli.REPEAT_WINDOW
+        signal.getsignal(stop)(stop, None)  # the user again
+        raise AssertionError("the report was not stopped")
+
+    monkeypatch.setattr(cli, "_report", report)
+    assert main(["report", "--out", str(tmp_path)]) == 128 + stop
+    assert f"interrupted by {stop.name}" in capsys.readouterr().err
+
+
 def someone_elses_handler(signum, frame):
     """A handler that another library (a notebook's kernel, a job runner) installed."""
 

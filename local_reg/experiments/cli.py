@@ -23,6 +23,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -44,6 +45,8 @@ EXIT_BAD_INPUT = 2
 EXIT_RUNS_FAILED = 3  # some runs' solver failed; the others are recorded and reported
 # Plus the signal's number, what a shell reports for a command a signal stopped: 130 for Ctrl-C.
 EXIT_SIGNALLED = 128
+REPEAT_WINDOW = 1.0
+"""Seconds after a stop signal within which a repeat is taken for the same stop's duplicate."""
 # Ctrl-C, and the stop that job schedulers (Slurm, Kubernetes, systemd, ``timeout``) send and
 # torchrun forwards to its processes; each with the handler Python starts a process with.
 _STOP_SIGNALS: dict[signal.Signals, Callable[..., Any] | int] = {
@@ -312,12 +315,12 @@ def _torch_state_kept() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _signals_stop_the_run(received: list[signal.Signals]) -> Iterator[None]:
+def _signals_stop_the_run(received: list[tuple[signal.Signals, float]]) -> Iterator[None]:
     """Ctrl-C (SIGINT) and SIGTERM raise ``KeyboardInterrupt``, as Python's own SIGINT handler
-    does (the first of them; a repeat raises nothing), set :data:`runner.STOP_REQUESTED`, which the
-    training loop checks, and are appended to ``received``. A signal that is ignored (SIGINT in a
-    shell's background job) or handled by someone else is left as it is; each replaced handler is
-    put back on the way out."""
+    does (a repeat within :data:`REPEAT_WINDOW` seconds of the first raises nothing), set
+    :data:`runner.STOP_REQUESTED`, which the training loop checks, and are appended to ``received``
+    with their times. A signal that is ignored (SIGINT in a shell's background job) or handled by
+    someone else is left as it is; each replaced handler is put back on the way out."""
     runner.STOP_REQUESTED.clear()
     replaced = {}
     if threading.current_thread() is threading.main_thread():
@@ -338,12 +341,15 @@ def _signals_stop_the_run(received: list[signal.Signals]) -> Iterator[None]:
         runner.STOP_REQUESTED.clear()
 
 
-def _request_stop(received: list[signal.Signals], signum: int, frame: FrameType | None) -> None:
-    received.append(signal.Signals(signum))
+def _request_stop(received: list[tuple[signal.Signals, float]], signum: int, frame: FrameType | None) -> None:
+    now = time.monotonic()
+    received.append((signal.Signals(signum), now))
     runner.STOP_REQUESTED.set()
-    # A repeat (Slurm signals every process of a job, and torchrun forwards its own copy) would
-    # land while the first one unwinds and cut its saving short: the stop is under way already.
-    if len(received) == 1:
+    # A repeat within the window (Slurm signals every process of a job, and torchrun forwards its
+    # own copy, milliseconds apart) would land while the first one unwinds and cut its saving
+    # short. A later one raises: the first may have been dropped (raised in a __del__), and a
+    # command that is not training (a report) reads no flag.
+    if len(received) == 1 or now - received[0][1] > REPEAT_WINDOW:
         raise KeyboardInterrupt
 
 
@@ -359,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # After the user's own filters (-W, PYTHONWARNINGS), which decide first.
         warnings.filterwarnings("always", category=ResultsWarning, append=True)
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
-        received: list[signal.Signals] = []
+        received: list[tuple[signal.Signals, float]] = []
         try:
             with _signals_stop_the_run(received), _torch_state_kept():
                 return _experiment(args) if args.command == "experiment" else _report(args)
@@ -382,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt as interrupt:
             # The first signal is the one that stopped the command; a KeyboardInterrupt that no
             # handler of ours raised is Python's own, for SIGINT.
-            stop = received[0] if received else signal.SIGINT
+            stop = received[0][0] if received else signal.SIGINT
             if distributed.launched_rank() == 0:  # one line, not one per process
                 print(_interrupted(interrupt, stop, args, argv), file=sys.stderr)
             return EXIT_SIGNALLED + stop
