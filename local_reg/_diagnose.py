@@ -31,8 +31,9 @@ UNJUDGED = (
     "tolerance does not help (tsit5, dopri5 and dopri8 have one, and say so)"
 )
 """What a ``max_steps`` failure adds with a method that cannot tell whether the problem is stiff."""
+RAISE_SDE_MAX_STEPS = "raise max_steps (a regularized model's options={'max_steps': ...})"
 SDE_HINT = (
-    "(raise max_steps (a regularized model's options={'max_steps': ...}), or loosen rtol/atol; "
+    f"({RAISE_SDE_MAX_STEPS}, or loosen rtol/atol; "
     "sdeint's methods have no stiffness estimate to tell whether the drift is stiff, where a "
     "looser tolerance does not help)"
 )
@@ -119,6 +120,8 @@ def explain_failure(
             return SolverError(reason + blow_up, t=error.t, n_steps=error.n_steps)
     tableau = getattr(options, "tableau", None)
     adaptive = tableau is None or tableau.adaptive
+    # compat.sdeint sets no step limit: an SDE's advice names none of compat's.
+    raise_limit = RAISE_MAX_STEPS if tableau is not None else RAISE_SDE_MAX_STEPS
     rtol = getattr(options, "rtol", None)
     if isinstance(rtol, torch.Tensor):  # per-element: the tightest decides
         rtol = float(rtol.min()) if rtol.numel() else None
@@ -132,7 +135,7 @@ def explain_failure(
     if adaptive and eps is not None and non_finite is None and rtol and rtol < (eps / 4 if limited else eps):
         wider = "" if dtype == torch.float64 else " or solve in float64"
         # A step limit may be reached before the steps shrink that far: the limit may be the cause.
-        limit = f"{RAISE_MAX_STEPS}; " if reason.startswith("max_steps") else ""
+        limit = f"{raise_limit}; " if reason.startswith("max_steps") else ""
         cost = "the steps stay short" if limit else "the steps shrink until they fail"
         reason += (
             f" ({limit}rtol={rtol:g} is below what {dtype} resolves, eps = {eps:.2g}: the error estimate "
@@ -151,7 +154,7 @@ def explain_failure(
         if _held_at_max_step(log, max_step):
             reason += (
                 f" (the last accepted steps were held at controller.max_step={max_step:g}: "
-                f"{RAISE_MAX_STEPS}, or a longer max_step)"
+                f"{raise_limit}, or a longer max_step)"
             )
             return SolverError(reason, t=error.t, n_steps=error.n_steps)
         if tableau is None:

@@ -19,6 +19,7 @@ from local_reg import (
     SolverError,
     odeint,
     odeint_event,
+    sdeint,
 )
 from local_reg._diagnose import stiffness_ratio
 from tests.problems import DecaySDE, rotation
@@ -134,3 +135,16 @@ def test_a_backsolve_held_at_max_step_names_its_own_step_limit() -> None:
     with pytest.raises(SolverError, match=re.escape("raise BacksolveAdjoint(max_steps=...)")) as info:
         solution.ys[-1].sum().backward()
     assert "a regularized model's" not in str(info.value)
+
+
+def test_an_sde_held_at_max_step_names_no_setting_of_compats() -> None:
+    # compat.sdeint refuses options['max_num_steps'] (it sets no step limit), which the advice named.
+    with pytest.raises(SolverError, match=re.escape("held at controller.max_step")) as info:
+        sdeint(
+            DecaySDE(),
+            torch.ones(2, 1, dtype=DTYPE),
+            [0.0, 10.0],
+            max_steps=10,
+            controller=PIController(max_step=0.01),
+        )
+    assert "max_num_steps" not in str(info.value) and "options={'max_steps': ...}" in str(info.value)
