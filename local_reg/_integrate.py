@@ -535,6 +535,15 @@ step holding more is interpolated in near-equal batches, so that the interpolati
 product and a sum of the size of its result) stay small beside the outputs' own tensor."""
 
 
+def _stacked_format(state: Tensor) -> torch.memory_format:
+    """The memory format ``torch.stack`` gives states like ``state``: channels_last (3d) where it is
+    in that format and not contiguous, else contiguous (a transposed state's strides are not kept)."""
+    for dims, channels_last in ((4, torch.channels_last), (5, torch.channels_last_3d)):
+        if state.dim() == dims and state.is_contiguous(memory_format=channels_last):
+            return torch.contiguous_format if state.is_contiguous() else channels_last
+    return torch.contiguous_format
+
+
 class _OutputStates:
     """The states at the output times, in order. Without autograd (inference, and the graph-free
     gradient methods' forward pass) each is written into one tensor made for all of them as it
@@ -545,8 +554,7 @@ class _OutputStates:
         self.listed: list[Tensor] = []
         self.into: Tensor | None = None
         if not torch.is_grad_enabled():
-            # In the state's memory format (channels_last, say), as torch.stack keeps it.
-            layout = torch.empty_like(first).stride()
+            layout = torch.empty_like(first, memory_format=_stacked_format(first)).stride()
             self.into = first.new_empty_strided((count, *first.shape), (first.numel(), *layout))
         self.count = 0
         self.append(first)
@@ -561,13 +569,20 @@ class _OutputStates:
     def batches(self, times: list[float]) -> list[list[float]]:
         """``times`` inside one step in the batches to interpolate them in: all at once, unless
         that makes more than :data:`INTERPOLATED_ELEMENTS` without autograd (with autograd each
-        call's graph would keep the step's stages stacked again). Near-equal batches, not a lone
-        remainder: one output takes another kernel than several, whose float32 rounding may differ."""
-        if not times:
-            return []
+        call's graph would keep the step's stages stacked again). Then in batches of near-equal
+        sizes, none of one output of several: such outputs may differ from autograd's one call in
+        the last bit in float32, as the matrix product's kernel changes with its rows."""
         elements = len(times) * (0 if self.into is None else self.into[0].numel())
-        size = math.ceil(len(times) / max(1, math.ceil(elements / INTERPOLATED_ELEMENTS)))
-        return [times[start : start + size] for start in range(0, len(times), size)]
+        count = min(math.ceil(elements / INTERPOLATED_ELEMENTS), len(times) // 2) if times else 0
+        if count <= 1:
+            return [times] if times else []
+        size, larger = divmod(len(times), count)  # the first `larger` batches take one more
+        batches, start = [], 0
+        for batch in range(count):
+            end = start + size + (batch < larger)
+            batches.append(times[start:end])
+            start = end
+        return batches
 
     def extend(self, states: Tensor) -> None:
         """``states`` stacked, as a step's dense output gives them."""

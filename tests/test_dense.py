@@ -873,3 +873,27 @@ def test_outputs_without_autograd_equal_those_with_it_to_the_bit_and_keep_the_me
         with torch.set_grad_enabled(grad_mode):
             ys = odeint(lambda t, y: torch.tanh(conv(y)), image, [0.0, 0.5, 1.0]).ys
         assert all(y.is_contiguous(memory_format=torch.channels_last) for y in ys)
+    # A transposed state's outputs are contiguous, as torch.stack makes them (ys.view works).
+    transposed = torch.randn(4, 3, dtype=DTYPE).T
+    for grad_mode in (False, True):
+        with torch.set_grad_enabled(grad_mode):
+            assert odeint(lambda t, y: -y, transposed, [0.0, 0.5, 1.0]).ys.is_contiguous()
+
+
+def test_a_steps_outputs_past_the_element_budget_are_interpolated_in_near_equal_batches(monkeypatch):
+    # Batches of 16 outputs left a lone remainder (17 -> 16 + 1), whose float32 rounding differed.
+    from local_reg import _integrate
+
+    monkeypatch.setattr(_integrate, "INTERPOLATED_ELEMENTS", 10)
+    cases = {
+        3: [(0, []), (1, [1]), (3, [3]), (7, [3, 2, 2]), (17, [3] * 5 + [2])],
+        30: [(2, [2]), (5, [3, 2])],
+    }
+    with torch.no_grad():
+        for elements, sizes_of in cases.items():
+            outputs = _integrate._OutputStates(torch.zeros(elements), 1)
+            for n_times, sizes in sizes_of:
+                times = [0.1 * i for i in range(n_times)]
+                batches = outputs.batches(times)
+                assert [len(batch) for batch in batches] == sizes and sum(batches, []) == times
+    assert _integrate._OutputStates(torch.zeros(3), 1).batches([0.1] * 17) == [[0.1] * 17]  # autograd
