@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -495,6 +496,28 @@ def test_a_stop_signal_after_the_repeat_window_stops_a_command_whose_first_one_w
     monkeypatch.setattr(cli, "_report", report)
     assert main(["report", "--out", str(tmp_path)]) == 128 + stop
     assert f"interrupted by {stop.name}" in capsys.readouterr().err
+
+
+def test_the_repeat_window_runs_from_the_last_stop_signal_that_raised(monkeypatch):
+    # Counted from the first signal, the torchrun copy of a later stop (the first one dropped) raised
+    # again while that stop unwound.
+    from types import SimpleNamespace
+
+    from local_reg.experiments import cli
+
+    clock = [100.0]
+    monkeypatch.setattr(cli, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(runner, "STOP_REQUESTED", threading.Event())  # this test's own
+    received: list = []
+    raised = []
+    for at in (0.0, 0.01, 5.0, 5.01, 5.5):
+        clock[0] = 100.0 + at * cli.REPEAT_WINDOW
+        try:
+            cli._request_stop(received, signal.SIGTERM, None)
+            raised.append(False)
+        except KeyboardInterrupt:
+            raised.append(True)
+    assert raised == [True, False, True, False, False] and runner.STOP_REQUESTED.is_set()
 
 
 def someone_elses_handler(signum, frame):

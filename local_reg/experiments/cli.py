@@ -46,7 +46,7 @@ EXIT_RUNS_FAILED = 3  # some runs' solver failed; the others are recorded and re
 # Plus the signal's number, what a shell reports for a command a signal stopped: 130 for Ctrl-C.
 EXIT_SIGNALLED = 128
 REPEAT_WINDOW = 1.0
-"""Seconds after a stop signal within which a repeat is taken for the same stop's duplicate."""
+"""Seconds after a stop signal that raised within which a repeat is taken for its duplicate."""
 # Ctrl-C, and the stop that job schedulers (Slurm, Kubernetes, systemd, ``timeout``) send and
 # torchrun forwards to its processes; each with the handler Python starts a process with.
 _STOP_SIGNALS: dict[signal.Signals, Callable[..., Any] | int] = {
@@ -315,12 +315,13 @@ def _torch_state_kept() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _signals_stop_the_run(received: list[tuple[signal.Signals, float]]) -> Iterator[None]:
+def _signals_stop_the_run(received: list[tuple[signal.Signals, float, bool]]) -> Iterator[None]:
     """Ctrl-C (SIGINT) and SIGTERM raise ``KeyboardInterrupt``, as Python's own SIGINT handler
-    does (a repeat within :data:`REPEAT_WINDOW` seconds of the first raises nothing), set
-    :data:`runner.STOP_REQUESTED`, which the training loop checks, and are appended to ``received``
-    with their times. A signal that is ignored (SIGINT in a shell's background job) or handled by
-    someone else is left as it is; each replaced handler is put back on the way out."""
+    does (a repeat within :data:`REPEAT_WINDOW` seconds of the last that raised raises nothing),
+    set :data:`runner.STOP_REQUESTED`, which the training loop checks, and are appended to
+    ``received`` with their times and whether they raised. A signal that is ignored (SIGINT in a
+    shell's background job) or handled by someone else is left as it is; each replaced handler is
+    put back on the way out."""
     runner.STOP_REQUESTED.clear()
     replaced = {}
     if threading.current_thread() is threading.main_thread():
@@ -341,15 +342,19 @@ def _signals_stop_the_run(received: list[tuple[signal.Signals, float]]) -> Itera
         runner.STOP_REQUESTED.clear()
 
 
-def _request_stop(received: list[tuple[signal.Signals, float]], signum: int, frame: FrameType | None) -> None:
+def _request_stop(
+    received: list[tuple[signal.Signals, float, bool]], signum: int, frame: FrameType | None
+) -> None:
     now = time.monotonic()
-    received.append((signal.Signals(signum), now))
+    # A repeat within the window of the last signal that raised (Slurm signals every process of a
+    # job, and torchrun forwards its own copy, milliseconds apart) would land while that one
+    # unwinds and cut its saving short. A later one raises: the first may have been dropped
+    # (raised in a __del__), and a command that is not training (a report) reads no flag.
+    raised = [at for _, at, raising in received if raising]
+    raising = not raised or now - raised[-1] > REPEAT_WINDOW
+    received.append((signal.Signals(signum), now, raising))
     runner.STOP_REQUESTED.set()
-    # A repeat within the window (Slurm signals every process of a job, and torchrun forwards its
-    # own copy, milliseconds apart) would land while the first one unwinds and cut its saving
-    # short. A later one raises: the first may have been dropped (raised in a __del__), and a
-    # command that is not training (a report) reads no flag.
-    if len(received) == 1 or now - received[0][1] > REPEAT_WINDOW:
+    if raising:
         raise KeyboardInterrupt
 
 
@@ -365,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # After the user's own filters (-W, PYTHONWARNINGS), which decide first.
         warnings.filterwarnings("always", category=ResultsWarning, append=True)
         warnings.showwarning = _one_line_warnings(warnings.showwarning)
-        received: list[tuple[signal.Signals, float]] = []
+        received: list[tuple[signal.Signals, float, bool]] = []
         try:
             with _signals_stop_the_run(received), _torch_state_kept():
                 return _experiment(args) if args.command == "experiment" else _report(args)
