@@ -20,10 +20,8 @@ accuracy would allow much longer steps; Hairer's DOPRI5 tests ``h * rho > 3.25``
 dopri5 and dopri8), 0.51--0.60 on accuracy-limited steps of a fast oscillator (``rho`` measures an
 eigenvalue on the imaginary axis against the real axis' stability size)."""
 RECENT_STEPS = 20
-RAISE_MAX_STEPS = (
-    "raise max_steps (a regularized model's options={'max_steps': ...}; options['max_num_steps'] in "
-    "local_reg.compat)"
-)
+_MODEL_MAX_STEPS = "a regularized model's options={'max_steps': ...}"
+RAISE_MAX_STEPS = f"raise max_steps ({_MODEL_MAX_STEPS}; options['max_num_steps'] in local_reg.compat)"
 SETTINGS_HINT = f"({RAISE_MAX_STEPS}, or loosen rtol/atol)"
 """What a ``max_steps`` failure suggests when the problem does not look stiff."""
 UNJUDGED = (
@@ -31,7 +29,7 @@ UNJUDGED = (
     "tolerance does not help (tsit5, dopri5 and dopri8 have one, and say so)"
 )
 """What a ``max_steps`` failure adds with a method that cannot tell whether the problem is stiff."""
-RAISE_SDE_MAX_STEPS = "raise max_steps (a regularized model's options={'max_steps': ...})"
+RAISE_SDE_MAX_STEPS = f"raise max_steps ({_MODEL_MAX_STEPS})"
 SDE_HINT = (
     f"({RAISE_SDE_MAX_STEPS}, or loosen rtol/atol; "
     "sdeint's methods have no stiffness estimate to tell whether the drift is stiff, where a "

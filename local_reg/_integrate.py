@@ -553,9 +553,11 @@ class _OutputStates:
     def __init__(self, first: Tensor, count: int) -> None:
         self.listed: list[Tensor] = []
         self.into: Tensor | None = None
+        self.state_size = 0  # the elements of an output in `into`; with autograd none are batched
         if not torch.is_grad_enabled():
+            self.state_size = first.numel()
             layout = torch.empty_like(first, memory_format=_stacked_format(first)).stride()
-            self.into = first.new_empty_strided((count, *first.shape), (first.numel(), *layout))
+            self.into = first.new_empty_strided((count, *first.shape), (self.state_size, *layout))
         self.count = 0
         self.append(first)
 
@@ -572,10 +574,11 @@ class _OutputStates:
         call's graph would keep the step's stages stacked again). Then in batches of near-equal
         sizes, none of one output of several: such outputs may differ from autograd's one call in
         the last bit in float32, as the matrix product's kernel changes with its rows."""
-        elements = len(times) * (0 if self.into is None else self.into[0].numel())
-        count = min(math.ceil(elements / INTERPOLATED_ELEMENTS), len(times) // 2) if times else 0
+        if not times:  # most steps, called for each accepted one
+            return []
+        count = min(math.ceil(len(times) * self.state_size / INTERPOLATED_ELEMENTS), len(times) // 2)
         if count <= 1:
-            return [times] if times else []
+            return [times]
         size, larger = divmod(len(times), count)  # the first `larger` batches take one more
         batches, start = [], 0
         for batch in range(count):
