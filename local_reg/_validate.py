@@ -653,7 +653,10 @@ def check_strided(name: str, value: Tensor, returned: bool = False) -> None:
         raise TypeError(f"{name} must be a dense tensor, got layout {value.layout}: pass {name}.to_dense()")
 
 
-def validate_state(y0: object, name: str = "y0") -> Tensor:
+def validate_state(y0: object, name: str = "y0", *, finite: bool = True) -> Tensor:
+    """``y0`` if it is a state a solver can integrate: a dense float32/float64 tensor with values
+    (``TypeError``/``ValueError`` naming ``name`` otherwise) and, with ``finite``, no non-finite
+    entry (:func:`check_finite_state`; left out by a caller whose solver checks it next)."""
     if not isinstance(y0, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(y0).__name__}")
     check_strided(name, y0)
@@ -672,7 +675,8 @@ def validate_state(y0: object, name: str = "y0") -> Tensor:
             hint = f"convert it, e.g. {name}.float()"
         raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {y0.dtype}: {hint}")
     check_not_meta(name, y0, "values to integrate")
-    check_finite_state(name, y0)
+    if finite:
+        check_finite_state(name, y0)
     return y0
 
 

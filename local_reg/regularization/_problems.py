@@ -13,6 +13,7 @@ import copy
 import functools
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .._integrate import DEFAULT_MAX_STEPS
+from .._integrate import DEFAULT_MAX_STEPS, TooManyFixedSteps
 from .._odeint import odeint, unread_beside_fixed_steps
 from .._step import beside_jump, initial_step_size, next_jump, rms_norm, step, time_tensor, trial_end
 from .._validate import (
@@ -239,6 +240,17 @@ class _Problem:
         return result, dt, stats
 
 
+@contextmanager
+def max_steps_as_model_option() -> Iterator[None]:
+    """A fixed-step solve refused for needing more than ``max_steps`` steps names the setting as a
+    regularized model takes it, in its ``options``: the solver's refusal names its own keyword."""
+    try:
+        yield
+    except TooManyFixedSteps as error:
+        message = re.sub(r"pass max_steps=(\d+)", r"pass options={'max_steps': \1}", str(error))
+        raise TooManyFixedSteps(message) from None
+
+
 class CastField(nn.Module):
     """``func`` evaluated in ``dtype``: its floating parameters and buffers, ``t`` and ``y`` cast
     (differentiably, so gradients reach the originals in their own dtype).
@@ -311,7 +323,10 @@ class ODEProblem(_Problem):
     def prepare(self, y0: Tensor, t: TimeSet, generator, bm=None):
         """``(times, t_dtype, context, stats)``: the checked times, the dtype the backend sees them
         in, what the main solve and the probe share (nothing for an ODE) and its cost."""
-        validate_state(y0)
+        # local_reg.odeint refuses a non-finite y0 itself, by the same message, before its first
+        # evaluation: checked here too, that would cost one more pass over y0 and one more host
+        # read (a device sync) per call.
+        validate_state(y0, finite=self.backend != "local_reg")
         times = validate_times(t)
         t_dtype = self.times_dtype(t, y0)
         # The context: the dtype func gets its times in (torchdiffeq casts them to the state's),
@@ -357,20 +372,21 @@ class ODEProblem(_Problem):
         wider = t_dtype != y0.dtype
         options = self.options if options is None else options
         unread = self.main_solve_unread
-        return odeint(
-            field,
-            y0,
-            torch.tensor(times, dtype=t_dtype, device=y0.device)
-            if wider
-            else times_as_given(times, rounded_to),
-            method=ode_method("local_reg", self.method),
-            rtol=self.rtol,
-            atol=self.atol,
-            gradient=self.gradient,
-            adjoint_params=self.adjoint_params,
-            **record,
-            **{key: value for key, value in options.items() if key not in unread},
-        )
+        with max_steps_as_model_option():
+            return odeint(
+                field,
+                y0,
+                torch.tensor(times, dtype=t_dtype, device=y0.device)
+                if wider
+                else times_as_given(times, rounded_to),
+                method=ode_method("local_reg", self.method),
+                rtol=self.rtol,
+                atol=self.atol,
+                gradient=self.gradient,
+                adjoint_params=self.adjoint_params,
+                **record,
+                **{key: value for key, value in options.items() if key not in unread},
+            )
 
     @functools.cached_property
     def main_solve_unread(self) -> tuple[str, ...]:
@@ -520,7 +536,8 @@ class SDEProblem(_Problem):
     def solve(
         self, y0: Tensor, times: list[float], t_dtype: torch.dtype, context: SDEContext, request: Request
     ):
-        return _sde_backends.solve_main(self, y0, times, context.bm, request, context.rounded_to)
+        with max_steps_as_model_option():
+            return _sde_backends.solve_main(self, y0, times, context.bm, request, context.rounded_to)
 
     def release(self, context: SDEContext) -> None:
         """Free the Brownian interval ``prepare`` made (not the caller's ``bm``): its increments

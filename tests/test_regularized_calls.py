@@ -1,0 +1,130 @@
+"""What one call of a regularized model does besides its solve: how often it reads ``y0``'s
+values, and how it names a setting it refuses in the model's own spelling."""
+
+from __future__ import annotations
+
+import re
+from typing import cast
+from unittest import mock
+
+import pytest
+import torch
+
+import local_reg._validate
+from local_reg import BacksolveAdjoint, GloballyRegularized, LocallyRegularized, Regularized
+
+
+class Linear(torch.nn.Module):
+    """``dy/dt = A y``: a field with trainable parameters (the default weight's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 3)
+
+    def forward(self, t, y):
+        return self.linear(y)
+
+
+class ScaledNoise(torch.nn.Module):
+    """A diagonal Ito SDE, ``dy = a y dt + 0.1 y dW``."""
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.tensor(-1.0))
+
+    def f(self, t, y):
+        return self.a * y
+
+    def g(self, t, y):
+        return 0.1 * y
+
+
+NON_FINITE_Y0 = r"^y0 must be finite, got 1 non-finite entries \(the first at index \(0, 1\): nan\)$"
+MODELS = {
+    "plain": lambda: Regularized(Linear()),
+    "kinetic": lambda: LocallyRegularized(Linear(), weight=1.0),
+    "probe": lambda: LocallyRegularized(Linear(), weight=1.0, penalty="error-dt"),
+    "biased": lambda: LocallyRegularized(Linear(), weight=1.0, sampling="biased", penalty="error-dt"),
+    "global": lambda: GloballyRegularized(Linear(), weight=1.0),
+}
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_a_call_checks_y0_finite_once(kind, training):
+    model = MODELS[kind]().train(training)
+    y0 = torch.randn(4, 3)
+    checks = mock.patch.object(
+        local_reg._validate, "check_finite_state", wraps=local_reg._validate.check_finite_state
+    )
+    with checks as check:
+        model(y0, [0.0, 1.0])
+    assert check.call_count == 1
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("kind", ["kinetic", "probe", "biased"])
+def test_a_non_finite_y0_is_refused_by_name_with_the_draws_undone(kind, training):
+    model = MODELS[kind]().train(training)
+    model.generator = torch.Generator().manual_seed(1)
+    before = model.generator.get_state()
+    y0 = torch.tensor([[0.0, float("nan"), 1.0]])
+    with pytest.raises(ValueError, match=NON_FINITE_Y0):
+        model(y0, [0.0, 1.0])
+    # The solve refuses y0 after t_reg was drawn: the draw is undone with the failed call.
+    assert torch.equal(model.generator.get_state(), before)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("kind", ["plain", "global"])
+def test_a_non_finite_y0_is_refused_by_name(kind, training):
+    with pytest.raises(ValueError, match=NON_FINITE_Y0):
+        MODELS[kind]().train(training)(torch.tensor([[0.0, float("nan"), 1.0]]), [0.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        ([[1.0, 2.0, 3.0]], TypeError, "y0 must be a torch.Tensor, got list"),
+        (torch.zeros(4, 3, dtype=torch.int64), TypeError, "y0 must have a floating dtype"),
+        (torch.zeros(4, 3, device="meta"), ValueError, "y0 is on the meta device"),
+        (torch.zeros(4, 3).to_sparse(), TypeError, "y0 must be a dense tensor"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["probe", "global"])
+def test_a_y0_of_another_kind_is_refused_by_name(kind, bad, error, message):
+    with pytest.raises(error, match=f"^{message}"):
+        MODELS[kind]()(bad, [0.0, 1.0])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda options: LocallyRegularized(Linear(), weight=1.0, method="rk4", options=options),
+        lambda options: LocallyRegularized(ScaledNoise(), weight=1.0, options=options),
+    ],
+    ids=["ode", "sde"],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_too_many_fixed_steps_names_the_models_option(make, training):
+    model = make({"step_size": 1e-3, "max_steps": 10}).train(training)
+    model_spelling = r"more than max_steps=10: pass options=\{'max_steps': (\d+)\} or a longer step_size$"
+    with pytest.raises(ValueError, match=model_spelling) as info:
+        model(torch.randn(4, 3), [0.0, 1.0])
+    needed = int(cast(re.Match, re.search(model_spelling, str(info.value))).group(1))
+    # The count it names is enough: the model built with it solves.
+    make({"step_size": 1e-3, "max_steps": needed}).train(training)(torch.randn(4, 3), [0.0, 1.0])
+
+
+def test_an_adjoints_backward_solve_names_its_own_max_steps():
+    model = LocallyRegularized(
+        Linear(),
+        weight=1.0,
+        gradient=BacksolveAdjoint(method="rk4", step_size=1e-3, max_steps=10),
+    )
+    ys = model(torch.randn(4, 3), [0.0, 1.0])
+    with pytest.raises(ValueError, match=r"pass BacksolveAdjoint\(max_steps=\d+\) or a longer step_size$"):
+        (ys[-1].square().sum() + model.reg_loss).backward()
