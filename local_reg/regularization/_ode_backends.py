@@ -110,6 +110,25 @@ def _torchdiffeq_fixed_grid(method: str) -> bool:
     return issubclass(SOLVERS[method], FixedGridODESolver)
 
 
+_FORWARD_STEP_LIMIT = (
+    "torchdiffeq: {limit} steps attempted without reaching the end (local_reg's default step limit, "
+    "as on its own backend; the problem may be stiff: an implicit solver, a looser tolerance, or "
+    "torchdiffeq's own per-interval limit options={{'max_num_steps': N}})"
+)
+_ADJOINT_STEP_LIMIT = (
+    "torchdiffeq: the adjoint's backward solve attempted {limit} steps without reaching t0 "
+    "(local_reg's default step limit, as its own backsolve adjoint's; BacksolveAdjoint(max_steps=N) "
+    "gives torchdiffeq's own, per output interval)"
+)
+
+
+def _stop_at_step_limit(attempted: int, limit: int | None, t0: Tensor, reason: str) -> None:
+    """A :class:`SolverError` at ``t0`` once ``attempted`` steps reach ``limit`` (``None``: no limit),
+    ``reason`` formatted with the limit."""
+    if limit is not None and attempted >= limit:
+        raise SolverError(reason.format(limit=limit), t=float(t0.detach()), n_steps=attempted)
+
+
 class _TorchdiffeqField(nn.Module):
     """Counts the calls of ``func`` by torchdiffeq and, for its adaptive Runge--Kutta solvers, the
     accepted steps (recording them if asked) through torchdiffeq's ``callback_accept_step`` hook,
@@ -171,17 +190,9 @@ class _TorchdiffeqField(nn.Module):
         return check_output("func", cast_back_from_autocast(derivative, y), y)
 
     def _attempt(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
-        if self.step_limit is not None and self.attempted >= self.step_limit:
-            # torchdiffeq's own limit is 2**31 - 1 per output interval: a stiff field would run for
-            # hours where the local_reg backend stops.
-            raise SolverError(
-                f"torchdiffeq: {self.step_limit} steps attempted without reaching the end (local_reg's "
-                "default step limit, as on its own backend; the problem may be stiff: an implicit "
-                "solver, a looser tolerance, or torchdiffeq's own per-interval limit "
-                "options={'max_num_steps': N})",
-                t=float(t0.detach()),
-                n_steps=self.attempted,
-            )
+        # torchdiffeq's own limit is 2**31 - 1 per output interval: a stiff field would run for
+        # hours where the local_reg backend stops.
+        _stop_at_step_limit(self.attempted, self.step_limit, t0, _FORWARD_STEP_LIMIT)
         self.attempted += 1
         user_callback = getattr(self.func, "callback_step", None)
         if user_callback is not None:
@@ -194,15 +205,7 @@ class _TorchdiffeqField(nn.Module):
         task = torch._C._current_graph_task_id()
         if task != self._adjoint_pass:
             self._adjoint_pass, self.adjoint_attempted = task, 0
-        limit = self.adjoint_step_limit
-        if limit is not None and self.adjoint_attempted >= limit:
-            raise SolverError(
-                f"torchdiffeq: the adjoint's backward solve attempted {limit} steps without reaching t0 "
-                "(local_reg's default step limit, as its own backsolve adjoint's; "
-                "BacksolveAdjoint(max_steps=N) gives torchdiffeq's own, per output interval)",
-                t=float(t0.detach()),
-                n_steps=self.adjoint_attempted,
-            )
+        _stop_at_step_limit(self.adjoint_attempted, self.adjoint_step_limit, t0, _ADJOINT_STEP_LIMIT)
         self.adjoint_attempted += 1
         user_callback = getattr(self.func, "callback_step_adjoint", None)
         if user_callback is not None:
