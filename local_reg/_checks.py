@@ -4,6 +4,8 @@ SDE without importing the SDE solver."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 
 
@@ -62,10 +64,26 @@ def forward_is_drift(module: object) -> bool:
     return callable(forward) and getattr(type(module), "f", None) is forward
 
 
+def _called_object(func: object) -> object:
+    """The object a call of ``func`` calls: through ``functools.partial`` and a bound ``__call__``
+    or ``forward`` to its owner, so that an SDE wrapped so is judged as the SDE itself (a bound
+    drift ``f`` stays what it is, an ODE)."""
+    while True:
+        if isinstance(func, functools.partial):
+            func = func.func
+        elif inspect.ismethod(func) and any(
+            func.__func__ is getattr(type(func.__self__), name, None) for name in ("__call__", "forward")
+        ):
+            func = func.__self__
+        else:
+            return func
+
+
 def refuse_sde(func: object) -> None:
     """The ODE solvers' refusal of an SDE, which would otherwise fail as torch's "missing forward",
     or, with a ``forward`` other than its drift, be solved as that ODE with the noise dropped
     without a word."""
+    func = _called_object(func)
     if is_sde(func) and not forward_is_drift(func):
         raise TypeError(
             f"func is an SDE ({type(func).__name__} has f, g and a noise_type): solve it with sdeint "

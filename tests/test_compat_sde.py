@@ -1136,3 +1136,37 @@ def test_a_long_grids_user_brownian_motion_is_checked_against_the_whole_span() -
     for dt in (0.01, 0.001):
         bm = torchsde.BrownianInterval(0.0, 0.3, size=(2, 3), dtype=torch.float32, entropy=0)
         assert torch.isfinite(compat.sdeint(SDE("diagonal").float(), y0.float(), short, bm=bm, dt=dt)).all()
+
+
+@pytest.mark.parametrize("with_forward", [False, True])
+def test_odeint_refuses_an_sde_behind_a_partial_or_its_bound_call(with_forward):
+    """A functools.partial of an SDE (or its bound __call__ or forward) slipped past the refusal:
+    torch's "missing forward" without a forward, else the forward's ODE solved with the noise
+    dropped without a word."""
+    import functools
+
+    class DecaySDE(nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return 0.1 * y
+
+    if with_forward:
+        DecaySDE.forward = lambda self, t, y: -y
+    sde = DecaySDE()
+    y0, times = torch.ones(2, 1, dtype=DT), torch.tensor([0.0, 1.0], dtype=DT)
+    for func in (
+        functools.partial(sde),
+        functools.partial(functools.partial(sde)),
+        sde.__call__,
+        sde.forward,
+    ):
+        for solve in (local_reg.odeint, compat.odeint):
+            with pytest.raises(TypeError, match=r"func is an SDE .* solve it with sdeint"):
+                solve(func, y0, times)
+    # Its drift alone, bound or partial, is an ODE and solved as one.
+    for drift in (sde.f, functools.partial(sde.f), functools.partial(DecaySDE.f, sde)):
+        torch.testing.assert_close(local_reg.odeint(drift, y0, times).ys[-1], y0 * np.exp(-1.0))
