@@ -180,6 +180,23 @@ def _check_keys(name: str, options: object, allowed: Sequence[str]) -> dict[str,
     return dict(options)
 
 
+def _without_perturb_of_adaptive(
+    options: object, where: str, tableau: ButcherTableau, method: str | None
+) -> dict[str, Any]:
+    """``options`` without ``perturb`` for the adaptive ``tableau``, which ignores it with a warning as
+    torchdiffeq 0.2.5's adaptive solvers do ("Unexpected arguments"): they take no such option."""
+    options = _as_dict(where, options)
+    if not tableau.adaptive or "perturb" not in options:
+        return options
+    if options["perturb"] is not False:
+        warn(
+            f"local_reg.compat: {where}['perturb'] is ignored by the adaptive method "
+            f"{method or tableau.name!r} (torchdiffeq ignores it too); for a field that jumps at "
+            "known times pass them as options['jump_t']"
+        )
+    return {key: value for key, value in options.items() if key != "perturb"}
+
+
 def _wrap_norm(norm: Callable, state: TupleState | ComplexState | None) -> Callable[[Tensor], Tensor]:
     """A torchdiffeq norm (of a tensor, of a tuple for tuple states, of a complex tensor for complex
     ones) as a norm of the real state the solver steps."""
@@ -501,7 +518,7 @@ def _solve(
     if events and len(times) != 2:
         raise ValueError(f"event_fn needs len(t) == 2 (t[1] gives the direction), got len(t)={len(times)}")
     tableau = _tableau(method)
-    opts = _check_keys("options", options, OPTIONS)
+    opts = _check_keys("options", _without_perturb_of_adaptive(options, "options", tableau, method), OPTIONS)
     dtype = opts.pop("dtype", None)
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(f"options['dtype'] must be a torch.dtype, got {type(dtype).__name__}")
@@ -891,6 +908,9 @@ def odeint_adjoint(
                     "uses the forward solve's step-size controller (set them in options)"
                 )
             allowed = (*ADJOINT_OPTIONS, *CONTROLLER_OPTIONS) if own_controller else ADJOINT_OPTIONS
+            adjoint_options = _without_perturb_of_adaptive(
+                adjoint_options, "adjoint_options", backward, backward_method
+            )
             adjoint = _check_keys("adjoint_options", adjoint_options, allowed)
             backward_controller = _controller(adjoint, "adjoint_options")
             landings = sorted(key for key in LANDING_OPTIONS if adjoint.get(key) is not None)

@@ -7,6 +7,7 @@ import itertools
 import math
 import re
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -300,8 +301,25 @@ def test_tuple_norm_sees_a_tuple():
 @pytest.mark.parametrize("key", ["grid_points", "perturb", "grid_constructor"])
 def test_unsupported_options_are_errors(key):
     y0, t = y0_and_t()
+    method = "rk4" if key == "perturb" else None  # an adaptive method ignores perturb, as torchdiffeq
     with pytest.raises(ValueError, match=f"{key}.*not supported"):
-        compat.odeint(Linear(), y0, t, options={key: torch.tensor([0.5])})
+        compat.odeint(Linear(), y0, t, method=method, options={key: torch.tensor([0.5])})
+
+
+@pytest.mark.parametrize("method", ["dopri5", "adaptive_heun"])
+def test_an_adaptive_method_ignores_perturb_with_a_warning_as_torchdiffeq(method):
+    """torchdiffeq's adaptive solvers take no perturb (they warn "Unexpected arguments" and solve
+    as without it); compat refused it as unsupported, failing a script torchdiffeq runs."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    y0, t = y0_and_t()
+    with pytest.warns(UserWarning, match="Unexpected arguments"):
+        reference = torchdiffeq.odeint(Linear(), y0, t, method=method, options={"perturb": True})
+    with pytest.warns(UserWarning, match=re.escape("options['perturb'] is ignored by the adaptive method")):
+        ys = compat.odeint(Linear(), y0, t, method=method, options={"perturb": True})
+    assert torch.equal(ys, compat.odeint(Linear(), y0, t, method=method))
+    torch.testing.assert_close(ys, reference, rtol=1e-5, atol=1e-6)  # the solve, to its tolerance
+    with pytest.warns(UserWarning, match=re.escape("adjoint_options['perturb'] is ignored")):
+        compat.odeint_adjoint(Linear(), y0, t, method=method, adjoint_options={"perturb": True})
 
 
 def test_unknown_option_is_an_error_not_a_warning():
@@ -1233,3 +1251,56 @@ def test_what_the_adjoint_cannot_differentiate_points_to_compats_odeint():
         RuntimeError, match=r"second derivatives .* use gradient='direct' \(in local_reg.compat: odeint"
     ):
         torch.autograd.grad(ys[-1].sum(), y0, create_graph=True)
+
+
+def _record_times_of_switching_field(times: list[float]) -> Callable:
+    """A field whose sign flips at every multiple of 1/4, recording the times it is called at."""
+
+    def switching(t, y):
+        times.append(t.item())
+        side = torch.where(torch.floor(4 * t) % 2 == 0, 1.0, -1.0).to(y.dtype)
+        return side * (1 + 0.1 * y)
+
+    return switching
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the engine to take jump_ts beside a fixed step_size (SolveOptions refuses them): "
+    "compat would pass the fixed grid's points as PIController(jump_ts=...)",
+)
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun2", "heun3", "rk4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("decreasing", [False, True])
+def test_perturb_evaluates_each_fixed_step_on_its_own_side_of_the_grid_as_torchdiffeq(
+    method, dtype, decreasing
+):
+    """torchdiffeq's options['perturb']: each step's stage at its start is evaluated at the next
+    representable time inside it, a stage at its end at the previous one, so a field that jumps at
+    the grid points is read on the step's own side."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    t = torch.linspace(0.0, 1.0, 5, dtype=dtype)
+    t = t.flip(0) if decreasing else t
+    y0 = torch.ones(2, dtype=dtype)
+    theirs: list[float] = []
+    ours: list[float] = []
+    reference = torchdiffeq.odeint(
+        _record_times_of_switching_field(theirs), y0, t, method=method, options={"perturb": True}
+    )
+    ys = compat.odeint(
+        _record_times_of_switching_field(ours), y0, t, method=method, options={"perturb": True}
+    )
+    torch.testing.assert_close(ys, reference, rtol=0.0, atol=4 * torch.finfo(dtype).eps)
+    grid = t.tolist()
+
+    def beside_grid(times: list[float]) -> list[float]:
+        return [time for time in times if min(abs(time - point) for point in grid) < 1e-6]
+
+    assert beside_grid(ours) == beside_grid(theirs) and not set(beside_grid(ours)) & set(grid)
+    # The other stages' times: torchdiffeq sums t0 + c dt in t's dtype, local_reg rounds the exact time.
+    torch.testing.assert_close(
+        torch.tensor(ours, dtype=torch.float64),
+        torch.tensor(theirs, dtype=torch.float64),
+        rtol=0.0,
+        atol=float(torch.finfo(dtype).eps),
+    )
