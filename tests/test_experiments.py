@@ -417,6 +417,18 @@ def test_physionet_loader_bins_hours_and_scales_each_variable(tmp_path):
     assert values[0, 1, temp] == 0.0 and values[1, 2, temp] == 1.0
 
 
+def test_physionet_values_near_the_float_maximum_average_within_their_hour(tmp_path):
+    """Each value was checked finite, their sum in the hour bin was not: two near the float maximum
+    made the bin inf, and the min-max scaling spread nan through every record's variable."""
+    big = 1.7976931348623157e308
+    (tmp_path / "1.txt").write_text(f"Time,Parameter,Value\n00:10,HR,{big!r}\n00:20,HR,{big!r}\n01:00,HR,0\n")
+    (tmp_path / "2.txt").write_text(f"Time,Parameter,Value\n00:00,HR,{big / 2!r}\n")
+    values, mask = load_physionet(tmp_path)
+    hr = PHYSIONET_VARIABLES.index("HR")
+    assert values[0, 0, hr] == 1.0 and values[0, 1, hr] == 0.0 and values[1, 0, hr] == 0.5
+    assert int(mask.sum()) == 3
+
+
 def test_a_physionet_folder_without_records_or_with_a_bad_line_is_a_settings_error(tmp_path, capsys):
     """Both were tracebacks (exit 1), after the settings had passed; the download's Outcomes-a.txt
     beside set-a, which is no record, failed the whole load and is now skipped."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ PHYSIONET_VARIABLES = [
 
 _PHYSIONET_HOURS = 48
 _PHYSIONET_HEADER = "Time,Parameter,Value"
+_SUM_SCALE = 2.0**-64
 
 _SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"n_train": 32, "n_test": 32, "epochs": 1, "batch_size": 16},
@@ -150,6 +152,19 @@ def _is_record(path: Path) -> bool:
         return file.readline().strip() == _PHYSIONET_HEADER
 
 
+def _mean_of_bin(values: list[float]) -> float:
+    """The mean of one hour's values of a variable, summed in the order read. Finite values near
+    the float maximum can sum to inf, though their mean is finite: those are averaged scaled down
+    by a power of two (exact on values above 1e-288)."""
+    total = 0.0
+    for value in values:
+        total += value
+    if math.isfinite(total):
+        return total / len(values)
+    mean = math.fsum(value * _SUM_SCALE for value in values) / len(values) / _SUM_SCALE
+    return min(mean, sys.float_info.max)  # rounding may lift the mean of maxima past the maximum
+
+
 def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
     """Read PhysioNet 2012 records (``RecordID.txt``: ``Time,Parameter,Value`` lines, ``Time`` as
     ``HH:MM``) from every ``*.txt`` under ``directory`` that starts with that header (the download's
@@ -174,8 +189,8 @@ def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
             f"{_PHYSIONET_HEADER!r}, as in the download's set-a folder)"
         )
     index = {name: i for i, name in enumerate(PHYSIONET_VARIABLES)}
-    sums = torch.zeros(len(files), _PHYSIONET_HOURS, len(index), dtype=torch.float64)
-    counts = torch.zeros_like(sums)
+    values = torch.zeros(len(files), _PHYSIONET_HOURS, len(index), dtype=torch.float64)
+    mask = torch.zeros_like(values, dtype=torch.bool)
     for r, path in enumerate(files):
         try:
             text = path.read_text(encoding="utf-8-sig")
@@ -185,6 +200,7 @@ def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
             ) from None
         except OSError as error:
             raise SettingsError(f"physionet_dir: {path} cannot be read ({error.strerror or error})") from None
+        observed: dict[tuple[int, int], list[float]] = {}
         for number, line in enumerate(text.splitlines()[1:], start=2):
             if not line.strip():
                 continue
@@ -203,10 +219,10 @@ def load_physionet(directory: str | Path) -> tuple[Tensor, Tensor]:
             if name not in index or value < 0:  # -1 marks a missing value
                 continue
             hour = min(hours + minutes // 60, _PHYSIONET_HOURS - 1)
-            sums[r, hour, index[name]] += value
-            counts[r, hour, index[name]] += 1
-    mask = counts > 0
-    values = torch.where(mask, sums / counts.clamp(min=1), 0.0)
+            observed.setdefault((hour, index[name]), []).append(value)
+        for (hour, variable), hour_values in observed.items():
+            values[r, hour, variable] = _mean_of_bin(hour_values)
+            mask[r, hour, variable] = True
     low = torch.where(mask, values, math.inf).amin(dim=(0, 1))
     high = torch.where(mask, values, -math.inf).amax(dim=(0, 1))
     span = torch.where(high > low, high - low, 1.0)
