@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import local_reg
 from local_reg.experiments import report as report_module
 from local_reg.experiments import runner
 from local_reg.experiments.cli import main
@@ -1064,6 +1065,34 @@ def test_a_table_whose_runs_used_different_torch_threads_says_so(tmp_path, capsy
     group = Group("digits", "cfg", records)
     assert "torch threads 1, 2 mixed (their times do not compare)" in describe(group)
     assert "1 torch thread(s)" in describe(Group("digits", "cfg", records[:2]))
+
+
+def test_a_record_names_the_versions_of_local_reg_and_torch_that_wrote_it(tmp_path):
+    assert run(tmp_path, "spiral", "--methods", "vanilla") == 0
+    (record,) = ResultsFile(tmp_path).load()
+    assert (record["local_reg"], record["torch"]) == (local_reg.__version__, torch.__version__)
+
+
+def test_a_record_without_versions_loads_and_one_with_a_version_not_a_string_is_refused(tmp_path, capsys):
+    write_records(tmp_path, [fake_record("digits", "vanilla", 0)])  # written before versions were
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    assert "| vanilla | – | 1 |" in capsys.readouterr().out
+    for field in ("local_reg", "torch"):
+        write_records(tmp_path, [fake_record("digits", "vanilla", 0, **{field: 1.0})])
+        with pytest.raises(ResultsError, match=f"wrong types or values: {{'{field}': 1.0}}"):
+            ResultsFile(tmp_path).load()
+
+
+def test_a_table_whose_runs_other_versions_wrote_says_so():
+    settings = {"epochs": 1, "batch_size": 32}
+    versions = {"local_reg": "0.1.0", "torch": "2.13.0"}
+    records = [fake_record("digits", "vanilla", seed, settings=settings, **versions) for seed in (0, 1)]
+    assert "version" not in describe(Group("digits", "cfg", records))
+    records.append(fake_record("digits", "vanilla", 2, settings=settings, local_reg="0.2.0", torch="2.13.0"))
+    records.append(fake_record("digits", "vanilla", 3, settings=settings))  # an older record
+    text = describe(Group("digits", "cfg", records))
+    assert "local_reg versions 0.1.0, 0.2.0, unrecorded mixed" in text
+    assert "torch versions 2.13.0, unrecorded mixed" in text
 
 
 def test_weights_and_local_options_label_rows_not_the_tables_description():

@@ -305,6 +305,10 @@ def describe(group: Group) -> str:
         else f"torch threads {', '.join(map(str, threads))} mixed (their times do not compare)"
     )
     parts += [f"{s['epochs']} epochs", f"batch {s['batch_size']}", world, torch_threads]
+    for library in ("local_reg", "torch"):
+        versions = sorted({record.get(library, "unrecorded") for record in group.records})
+        if len(versions) > 1:
+            parts.append(f"{library} versions {', '.join(versions)} mixed")
     changed = _changed_settings(group.task, first["size"], s)
     if changed:
         parts.append("set: " + ", ".join(f"{key}={value}" for key, value in changed))

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from .. import __version__ as local_reg_version
 from .._errors import SolverError
 from ..regularization import (
     AdaptiveWeight,
@@ -754,6 +755,8 @@ def _run_record(
         "train_cpu_time": train_time.cpu,
         "iterations": iteration,
         "history": history,
+        # Which versions wrote it: a table may mix runs of several (the report says so).
+        "local_reg": local_reg_version,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),  # the times depend on it (--threads)
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
