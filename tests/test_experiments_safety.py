@@ -894,11 +894,29 @@ def test_a_non_finite_metric_is_reported_not_a_crash(tmp_path):
     assert "nan" not in lines["vanilla"] and "inf" not in lines["vanilla"]
 
 
-def test_report_numbers_never_switch_to_exponents():
+def test_report_numbers_switch_to_exponents_only_past_1e16():
     assert _number(999.6, 3) == "1000"
     assert _number(99.8, 2) == "100"
     assert _number(12.34, 3) == "12.3"
     assert _number(123456.0, 3) == "123456"
+    assert _number(9.99e15, 3) == "9990000000000000"
+    # Near the float maximum it printed as a 309-digit integer.
+    assert _number(1.7976931348623157e308, 3) == "1.8e+308"
+    assert _number(-2.5e20, 2) == "-2.5e+20"
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # matplotlib placing the dot
+def test_a_value_near_the_float_maximum_reads_in_the_table(tmp_path, capsys):
+    """Its cell, and its ratio to vanilla's, printed as 309-digit integers."""
+    big = 1.7976931348623157e308
+    records = [
+        fake_record("digits", "vanilla", 0),
+        fake_record("digits", "steer", 0, label="steer", test_nfe=big),
+    ]
+    write_records(tmp_path, records)
+    assert main(["report", "--out", str(tmp_path)]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| steer |")]
+    assert "| 1.8e+308 | 8.99e+306 |" in row and len(row) < 200
 
 
 def test_time_excluded_inside_a_running_clock_is_not_counted(monkeypatch):
@@ -1106,6 +1124,34 @@ def test_weights_and_local_options_label_rows_not_the_tables_description():
 def test_the_nfe_curve_is_smoothed_by_a_trailing_mean():
     assert _smooth([1.0, 3.0, 5.0, 7.0, 9.0], 2) == [1.0, 2.0, 4.0, 6.0, 8.0]
     assert _smooth([4.0, 2.0], 1) == [4.0, 2.0]
+
+
+def test_the_nfe_curve_leaves_a_non_finite_value_out_of_its_windows():
+    """One inf kept the running sum at inf (then nan) for the rest of the curve."""
+    smoothed = _smooth([1.0, math.inf, 5.0, 7.0, math.nan, 9.0], 2)
+    assert smoothed == [1.0, 1.0, 5.0, 6.0, 7.0, 9.0]
+    gap = _smooth([1.0, math.inf, 3.0], 1)
+    assert gap[0] == 1.0 and math.isnan(gap[1]) and gap[2] == 3.0  # a window of none: a gap
+    # Finite values whose sum overflows: the windows past them are as without them.
+    big = 1.7976931348623157e308
+    assert _smooth([big, big, 2.0, 4.0], 2) == [big, big, big / 2 + 1.0, 3.0]
+
+
+def test_the_nfe_figure_names_the_iterations_it_leaves_out(tmp_path, monkeypatch):
+    drawn = {}
+
+    def keep(fig, ax, path):
+        drawn[Path(path).name] = ax
+        report_module.plt.close(fig)
+
+    monkeypatch.setattr(report_module, "_save", keep)
+    history = {"nfe": [10, math.inf, 30, 40], "loss": [1.0] * 4}
+    report_module.write_report(tmp_path, [fake_record("digits", "vanilla", 0, history=history)])
+    (nfe_axes,) = (ax for name, ax in drawn.items() if name.endswith("_nfe.png") and "_vs_" not in name)
+    (line,) = nfe_axes.get_lines()
+    assert line.get_label() == "vanilla (1 iteration with a non-finite NFE left out)"
+    curve = list(line.get_ydata())  # one iteration's window: the left-out point is a gap
+    assert curve[0] == 10.0 and math.isnan(curve[1]) and curve[2:] == [30.0, 40.0]
 
 
 def test_the_figures_plot_the_seeds_mean_nfe_and_each_seeds_test_metric(tmp_path, monkeypatch):

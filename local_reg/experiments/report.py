@@ -183,9 +183,14 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
 
 def _number(x: float, digits: int) -> str:
     """``digits`` significant digits, but whole numbers past them rather than exponent notation
-    (also where rounding reaches them: 999.6 at 3 digits is 1000, not 1e+03)."""
+    (also where rounding reaches them: 999.6 at 3 digits is 1000, not 1e+03), up to 1e16; past it
+    (beyond any count or time a run records: a record edited by hand) exponent notation, which keeps
+    a value near the float maximum to a few characters rather than 309 digits."""
     text = f"{x:.{digits}g}"
-    return f"{x:.0f}" if "e+" in text else text
+    return f"{x:.0f}" if "e+" in text and abs(x) < _WHOLE_NUMBERS_BELOW else text
+
+
+_WHOLE_NUMBERS_BELOW = 1e16
 
 
 def _fmt(values: Sequence[float], scale: float = 1.0) -> str:
@@ -267,7 +272,8 @@ def _ratio(group: Group, label: str, path: str) -> str:
     reference = _mean(_get(baseline[r["seed"]], path) for r in runs)
     if reference == 0:  # e.g. a run recorded without training: no ratio rather than a crash
         return "–"
-    return f"{_mean(_get(r, path) for r in runs) / reference:.3f}"
+    ratio = _mean(_get(r, path) for r in runs) / reference
+    return f"{ratio:.3f}" if abs(ratio) < _WHOLE_NUMBERS_BELOW else _number(ratio, 3)
 
 
 def markdown_table(group: Group, timing: str = "cpu") -> str:
@@ -342,13 +348,29 @@ def _changed_settings(task: str, size: str, settings: dict[str, Any]) -> list[tu
 
 
 def _smooth(values: Sequence[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
+    """The trailing mean over ``window`` points of the finite values among them: a value that is not
+    finite is left out of every window it falls in, and a window without a finite value gives
+    ``nan`` (a gap in the curve)."""
+    out, total, count = [], 0.0, 0
+    for i, value in enumerate(values):
+        if abs(total) < _EXACT_SUMS_BELOW:
+            if math.isfinite(value):
+                total, count = total + value, count + 1
+            if i >= window and math.isfinite(values[i - window]):
+                total, count = total - values[i - window], count - 1
+        if not abs(total) < _EXACT_SUMS_BELOW:
+            # A running sum this large (or overflowed) would keep its rounding once its large
+            # values leave the window: this window's values are summed afresh.
+            finite = [v for v in values[max(0, i + 1 - window) : i + 1] if math.isfinite(v)]
+            total, count = sum(finite), len(finite)
+            out.append(_mean(finite))
+        else:
+            out.append(total / count if count else math.nan)
     return out
+
+
+_EXACT_SUMS_BELOW = 2.0**53
+"""Below it, whole numbers (counts of evaluations) add and subtract without rounding."""
 
 
 def _save(fig: Any, ax: Any, path: Path | None) -> None:
@@ -366,13 +388,19 @@ def _save(fig: Any, ax: Any, path: Path | None) -> None:
 
 
 def plot_nfe(group: Group, path: Path | None) -> None:
-    """Mean (over seeds) forward NFE of the main solve per training iteration, smoothed."""
+    """Mean (over seeds) forward NFE of the main solve per training iteration, smoothed. An
+    iteration whose mean is not finite (a record edited by hand) is left out of the smoothing
+    (:func:`_smooth`), and the legend counts such iterations after the row's label."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for label in group.labels():
         curves = [_series(r, "history.nfe") for r in group.runs(label)]
         length = min(len(c) for c in curves)
         mean = [_mean(c[i] for c in curves) for i in range(length)]
-        ax.plot(_smooth(mean, max(1, length // 40)), label=label)
+        left_out = sum(not math.isfinite(value) for value in mean)
+        legend = label
+        if left_out:
+            legend += f" ({left_out} iteration{'s' if left_out > 1 else ''} with a non-finite NFE left out)"
+        ax.plot(_smooth(mean, max(1, length // 40)), label=legend)
     ax.set_xlabel("training iteration")
     ax.set_ylabel("NFE (forward, training)")
     ax.set_title(f"{group.task}: NFE over training")
