@@ -654,3 +654,77 @@ def test_steer_refuses_a_half_width_whose_end_rounds_onto_the_previous_time():
     # In float64 the same times and b are solved, and a half width clear of the rounding in float32.
     SteerRegularized(lambda t, y: -1e-6 * y, b=0.06)(torch.randn(3, 2, dtype=torch.float64), t.double())
     SteerRegularized(lambda t, y: -1e-6 * y, b=0.03)(torch.randn(3, 2), t)
+
+
+# ---------------------------------------------------------------- float32 range
+
+
+class _Scaled(torch.nn.Module):
+    """``f(t, z) = scale * z``, in float32: finite for a finite ``scale`` below float32's range."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(scale))
+
+    def forward(self, t, z):
+        return self.scale * z
+
+
+@pytest.mark.parametrize(
+    "make, rate",
+    [
+        (lambda f: RNODERegularized(f, jacobian=0.0), r"RNODE's kinetic rate 0\.5 \* mean\(f\^2\)"),
+        (
+            lambda f: RNODERegularized(f, kinetic=0.0),
+            r"RNODE's Jacobian rate mean\(\(eps\^T df/dz\)\^2\)",
+        ),
+        (lambda f: TayNODERegularized(f, order=2), r"TayNODE's rate mean\(\(d\^2 z/dt\^2\)\^2\)"),
+    ],
+    ids=["rnode-kinetic", "rnode-jacobian", "taynode"],
+)
+def test_a_penalty_rate_that_overflows_float32_is_named_not_the_field(make, rate):
+    """A field of 1e20 is finite in float32 but its square is not: the augmented solve stopped on a
+    "non-finite derivative" at t0, blaming the field; the rate that overflowed is named, with the
+    field's size and what to do."""
+    from local_reg import SolverError
+
+    z0 = torch.ones(4, 3)
+    with pytest.raises(SolverError) as caught:
+        make(_Scaled(1e20))(z0, [0.0, 1.0])
+    message = str(caught.value)
+    assert re.search(rate, message), message
+    assert "max |f| = 1e+20" in message and "float64" in message
+    assert not message.startswith("non-finite derivative at")
+    assert caught.value.t == 0.0 and caught.value.n_steps == 0
+    # A field that is itself non-finite is still the field's fault.
+    with pytest.raises(SolverError, match=r"^non-finite derivative at t=0\.0 after 0 steps$"):
+        make(_Scaled(float("inf")))(z0, [0.0, 1.0])
+
+
+def test_the_kinetic_rate_of_a_field_whose_squares_are_finite_does_not_overflow_float32():
+    """float32's mean of f^2 summed the squares in float32: over a (256, 64) state a field of 1e19
+    (squares 1e38, finite) overflowed the sum and stopped the solve; the rate is now the mean of
+    the squares without that sum, equal to a float64 reference."""
+    from local_reg.regularization._augmented import mean_square
+
+    torch.manual_seed(0)
+    for shape in ((256, 64), (100, 3)):  # the second's 1 / sqrt(count) is not a power of 2
+        for size in (1e-3, 1.0, 1e10, 1e18):
+            x = size * torch.randn(shape)
+            reference = x.double().pow(2).mean()
+            assert float(mean_square(x)) == pytest.approx(float(reference), rel=1e-6)
+    field = 1e19 * torch.ones(256, 64)
+    model = RNODERegularized(lambda t, z: field, jacobian=0.0, weight=1.0)
+    model(torch.zeros(256, 64), [0.0, 1.0])
+    assert model.stats.terms["kinetic"] == pytest.approx(0.5 * float(field[0, 0].double()) ** 2, rel=1e-6)
+
+
+def test_coefficients_that_require_grad_are_refused_not_detached():
+    """A 0-dim tensor coefficient was read as a float, so one that requires grad (meant to be
+    learned) silently got no gradient; it is refused as a weight that requires grad is."""
+    learned = torch.tensor(0.5, requires_grad=True)
+    for name in ("kinetic", "jacobian"):
+        with pytest.raises(TypeError, match=f"{name} is a tensor that requires grad"):
+            RNODERegularized(Linear(), **{name: learned})
+    with pytest.raises(TypeError, match="b is a tensor that requires grad"):
+        SteerRegularized(Linear(), b=learned)

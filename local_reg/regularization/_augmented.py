@@ -22,13 +22,15 @@ out of the error estimate.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._step import VectorField, rms_norm
+from .._errors import SolverError
+from .._step import VectorField, rms_norm, time_tensor
 from .._validate import time_direction
 from ..solution import Solution
 from ._problems import ODEProblem
@@ -64,33 +66,71 @@ class AugmentedField(nn.Module):
 
 def mean_square(x: Tensor) -> Tensor:
     """``mean(x**2)`` over every element, 0 for an empty ``x``: an empty batch adds nothing to a
-    penalty's integral, where the mean would be NaN and stop the augmented solve."""
-    return x.pow(2).mean() if x.numel() else x.new_zeros(())
+    penalty's integral, where the mean would be NaN and stop the augmented solve.
+
+    ``x`` is scaled by ``1 / sqrt(count)`` before it is squared and summed: float32's ``mean`` sums
+    the squares in float32, which overflows wherever their sum passes float32's range (a field of
+    1e19 over 16384 elements) though every square, and so the mean, is finite. A multiplication
+    before the square, not a division after it, which measured slower (docs/benchmarks.md)."""
+    return x.mul(x.numel() ** -0.5).pow(2).sum() if x.numel() else x.new_zeros(())
 
 
 def solve_augmented(
     problem: ODEProblem,
     integrand: Integrand,
-    n_terms: int,
+    rates: tuple[str, ...],
     y0: Tensor,
     times: list[float],
     t_dtype: torch.dtype,
     rounded_to: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor, Solution]:
     """``(ys, integrals, solution)``: the state at ``t``, shape ``(len(t), *y0.shape)``, and the
-    ``n_terms`` integrals ``int r_i dt`` from ``t[0]`` to ``t[-1]`` (signed so that a backward
-    solve gives the same non-negative cost as the forward one); ``rounded_to``: the float the
-    times came in (:meth:`ODEProblem.odeint`)."""
+    integrals ``int r_i dt`` from ``t[0]`` to ``t[-1]`` of the integrand's rates, which ``rates``
+    names for the messages (signed so that a backward solve gives the same non-negative cost as the
+    forward one); ``rounded_to``: the float the times came in (:meth:`ODEProblem.odeint`)."""
     if len(times) < 2:
         # One time spans no interval: the penalty would be a silent 0.
         raise ValueError(f"t must hold at least 2 times (t0 and t1) to integrate over, got {len(times)}")
+    n_terms = len(rates)
     augmented0 = torch.cat([y0.reshape(-1), y0.new_zeros(n_terms)])
     field = AugmentedField(problem.func, integrand, y0.shape, n_terms)
     options = _on_the_state(problem.options, lambda y: y[:-n_terms].view(y0.shape))
-    solution = problem.odeint(field, augmented0, times, t_dtype, options=options, rounded_to=rounded_to)
+    try:
+        solution = problem.odeint(field, augmented0, times, t_dtype, options=options, rounded_to=rounded_to)
+    except SolverError as error:
+        explained = _overflowing_rate(error, integrand, rates, y0, t_dtype)
+        if explained is None:
+            raise
+        raise explained from None
     ys = solution.ys[:, :-n_terms].reshape(len(times), *y0.shape)
     direction = time_direction(times)
     return ys, direction * solution.ys[-1, -n_terms:], solution
+
+
+def _overflowing_rate(
+    error: SolverError, integrand: Integrand, rates: tuple[str, ...], y0: Tensor, t_dtype: torch.dtype
+) -> SolverError | None:
+    """``error`` told of the rate that made it, where the augmented field's derivative at ``t0`` was
+    non-finite in a rate while ``f`` is finite (a field of 1e20 in float32, whose square is not);
+    ``None`` where ``f`` itself is not finite, or the solve failed otherwise. The solver's own
+    message blames the field, and checking the rates at every evaluation would cost a device read."""
+    if error.reason != "non-finite derivative" or error.n_steps != 0:  # the stepper's, at t0
+        return None
+    with torch.no_grad():
+        f, values = integrand(time_tensor(error.t, y0, t_dtype), y0)
+    if not bool(torch.isfinite(f).all()):
+        return None
+    overflowed = [name for name, rate in zip(rates, values.tolist(), strict=True) if not math.isfinite(rate)]
+    if not overflowed:
+        return None
+    largest = float(f.abs().max()) if f.numel() else 0.0
+    wider = "" if f.dtype == torch.float64 else "solve in float64, or "
+    reason = (
+        f"{' and '.join(overflowed)} {'is' if len(overflowed) == 1 else 'are'} not finite in {f.dtype} "
+        f"where the field f is (max |f| = {largest:.3g}: the penalty's rate overflows; {wider}rescale "
+        "the state or the field)"
+    )
+    return SolverError(reason, t=error.t, n_steps=error.n_steps)
 
 
 def _on_the_state(options: dict[str, Any], state_of: Callable[[Tensor], Tensor]) -> dict[str, Any]:

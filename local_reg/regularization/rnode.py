@@ -31,7 +31,6 @@ from .._validate import (
     checked_field,
     generator_device,
     narrowest_float,
-    non_negative_float,
     validate_state,
     validate_times,
 )
@@ -47,9 +46,11 @@ from ._baseline import (
     solution_stats,
 )
 from ._module import Regularized, functional_settings
-from .schedules import WeightSchedule
+from .schedules import WeightSchedule, constant_coefficient
 
 TERMS = ("kinetic", "jacobian")
+RATES = ("RNODE's kinetic rate 0.5 * mean(f^2)", "RNODE's Jacobian rate mean((eps^T df/dz)^2)")
+"""The rates of :data:`TERMS`, as the messages name them."""
 
 
 def rademacher(shape: torch.Size, generator: torch.Generator | None, like: Tensor) -> Tensor:
@@ -89,8 +90,12 @@ class RNODEPenalty(BaselinePenalty):
     jacobian: float = 1.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kinetic", non_negative_float("kinetic", self.kinetic))
-        object.__setattr__(self, "jacobian", non_negative_float("jacobian", self.jacobian))
+        learn = (
+            "kinetic and jacobian are constants: to learn the penalty's weight, return it from the "
+            "value() of a WeightSchedule of your own"
+        )
+        for name in ("kinetic", "jacobian"):
+            object.__setattr__(self, name, constant_coefficient(name, getattr(self, name), learn))
 
     def __call__(
         self,
@@ -109,7 +114,7 @@ class RNODEPenalty(BaselinePenalty):
         # Checked output: a wrong shape is named before the vector--Jacobian product meets it.
         integrand = rnode_integrand(checked_field(problem.func), eps)
         ys, integrals, solution = solve_augmented(
-            problem, integrand, 2, y0, times, problem.times_dtype(t, y0), narrowest_float(t)
+            problem, integrand, RATES, y0, times, problem.times_dtype(t, y0), narrowest_float(t)
         )
         penalty = self.kinetic * integrals[0] + self.jacobian * integrals[1]
         stats = solution_stats(

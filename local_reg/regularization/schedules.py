@@ -152,13 +152,17 @@ class WeightSchedule:
         self.iteration = iteration
 
 
-def _constant(name: str, value: object) -> float:
-    """A constant weight as a float; a tensor that requires grad (a learned weight) is refused, whose
-    gradient the float would drop silently."""
+LEARNED_WEIGHT = "to learn the weight, return it from the value() of a WeightSchedule of your own"
+
+
+def constant_coefficient(name: str, value: object, learn: str = LEARNED_WEIGHT) -> float:
+    """A constant, non-negative coefficient (a weight, a penalty's relative weight) as a float; a tensor
+    that requires grad (one meant to be learned) is refused, whose gradient the float would drop
+    silently: ``learn`` says what to do instead."""
     if isinstance(value, Tensor) and value.requires_grad:
         raise TypeError(
-            f"{name} is a tensor that requires grad, whose gradient a constant weight would drop: to "
-            "learn the weight, return it from the value() of a WeightSchedule of your own"
+            f"{name} is a tensor that requires grad, whose gradient a constant coefficient would drop: "
+            + learn
         )
     return non_negative_float(name, value)
 
@@ -168,7 +172,7 @@ class ConstantWeight(WeightSchedule):
 
     def __init__(self, value: float) -> None:
         super().__init__()
-        self._weight = _constant("value", value)
+        self._weight = constant_coefficient("value", value)
 
     @property
     def weight(self) -> float:
@@ -177,7 +181,7 @@ class ConstantWeight(WeightSchedule):
 
     @weight.setter
     def weight(self, value: float) -> None:
-        self._weight = _constant("weight", value)
+        self._weight = constant_coefficient("weight", value)
 
     def state_dict(self) -> dict[str, Any]:
         # The constant too, as "constant" (a self-tuning weight's state has a "weight" of its own,
@@ -1022,4 +1026,4 @@ def as_schedule(weight: float | WeightSchedule) -> WeightSchedule:
             "weight must be a non-negative number or a WeightSchedule (ConstantWeight, RatioWeight, "
             f"ExponentialDecay, AdaptiveWeight), got {type(weight).__name__}"
         )
-    return ConstantWeight(_constant("weight", weight))
+    return ConstantWeight(constant_coefficient("weight", weight))

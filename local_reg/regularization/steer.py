@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .._step import VectorField
-from .._validate import narrowest_float, non_negative_float, validate_state, validate_times
+from .._validate import narrowest_float, validate_state, validate_times
 from ..controller import TimeSet
 from ..solution import State
 from ._baseline import (
@@ -39,6 +39,7 @@ from ._main_solve import Request
 from ._module import Regularized, functional_settings
 from ._problems import ODEContext
 from ._sampling import uniform_draw
+from .schedules import constant_coefficient
 
 
 def check_half_width(b: float, times: list[float], time_dtype: torch.dtype | None = None) -> None:
@@ -80,7 +81,8 @@ class SteerPenalty(BaselinePenalty):
     b: float = 0.5
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "b", non_negative_float("b", self.b))
+        learn = "STEER draws its end time as a float, which carries no gradient to b"
+        object.__setattr__(self, "b", constant_coefficient("b", self.b, learn))
 
     def __call__(
         self,

@@ -137,8 +137,9 @@ class TayNODEPenalty(BaselinePenalty):
             refuse_running_statistics(problem.func, f"TayNODE's order-{self.order} penalty", "torch.func.jvp")
         # Checked output: a wrong shape is named before the forward-mode derivatives meet it.
         integrand = taylor_integrand(checked_field(problem.func), self.order)
+        rate = f"TayNODE's rate mean((d^{self.order} z/dt^{self.order})^2)"
         ys, integrals, solution = solve_augmented(
-            problem, integrand, 1, y0, times, problem.times_dtype(t, y0), narrowest_float(t)
+            problem, integrand, (rate,), y0, times, problem.times_dtype(t, y0), narrowest_float(t)
         )
         penalty = integrals[0]
         value = float(penalty.detach())
