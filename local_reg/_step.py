@@ -527,6 +527,10 @@ def _copied(result: StepResult) -> StepResult:
     )
 
 
+NON_FINITE_DERIVATIVE = "non-finite derivative"
+"""The reason of the solve's refusal where ``f(t0, y0)`` is not finite (a caller that knows of
+another cause, such as an augmented field's own rate, reads it to name that cause)."""
+
 _COMPILED_STEPS: dict[tuple[tuple[str, str], ...], CompiledStep] = {}
 
 
@@ -673,7 +677,7 @@ class RKStepper(Stepper[Tensor | None]):
             f0 = self.func(time_tensor(t0, y0, self.time_dtype), y0)
             stats.add(1)
         if not bool(torch.isfinite(f0).all()):
-            raise SolverError("non-finite derivative", t=t0, n_steps=0)
+            raise SolverError(NON_FINITE_DERIVATIVE, t=t0, n_steps=0)
         return f0
 
     def initial_step_size(  # type: ignore[override]  # begin's carry only: f(t0, y0)

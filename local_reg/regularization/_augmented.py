@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import SolverError
-from .._step import VectorField, rms_norm, time_tensor
+from .._step import NON_FINITE_DERIVATIVE, VectorField, rms_norm, time_tensor
 from .._validate import time_direction
 from ..solution import Solution
 from ._problems import ODEProblem
@@ -114,7 +114,7 @@ def _overflowing_rate(
     non-finite in a rate while ``f`` is finite (a field of 1e20 in float32, whose square is not);
     ``None`` where ``f`` itself is not finite, or the solve failed otherwise. The solver's own
     message blames the field, and checking the rates at every evaluation would cost a device read."""
-    if error.reason != "non-finite derivative" or error.n_steps != 0:  # the stepper's, at t0
+    if error.reason != NON_FINITE_DERIVATIVE or error.n_steps != 0:  # the stepper's, at t0
         return None
     with torch.no_grad():
         f, values = integrand(time_tensor(error.t, y0, t_dtype), y0)
