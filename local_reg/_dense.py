@@ -131,7 +131,8 @@ class DenseOutput:
         """The interpolant's time derivative ``dy/dt = sum_i B_i'(theta) k_i`` at ``t`` (as
         :meth:`evaluate` takes it). Every interpolant here has ``B'(0) = e_1`` and ``B'(1)`` the
         last stage's weight (:mod:`local_reg.interpolants`), so at a step's start or end it is the
-        stage there, the field at the recorded state: continuous across steps."""
+        stage there, the field at the recorded state: continuous across steps, except at a jump,
+        where a recorded state is read at the end of the step the solve reached it through."""
         if not self.t:
             raise ValueError(
                 "the solve took no step (one output time), so its dense output has no derivative: "
@@ -195,8 +196,11 @@ class DenseOutput:
                 elif not derivative:
                     results[position] = self.states[-1 - index]
                     continue
-                else:  # a recorded state: the start of its step, or the end of the last one
-                    step, theta = min(-1 - index, len(self.t) - 1), float(-1 - index == len(self.t))
+                else:
+                    # A recorded state: the end of the step the solve reached it through (at t0, the
+                    # start of the first), the one-sided derivative there where the field jumps.
+                    state = -1 - index
+                    step, theta = (0, 0.0) if state == 0 else (state - 1, 1.0)
                 positions, thetas = groups.setdefault(step, ([], []))
                 positions.append(position)
                 thetas.append(theta)

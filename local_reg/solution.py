@@ -164,8 +164,12 @@ class Solution(Generic[State]):
         shape is :meth:`evaluate`'s. Its error is one order below the interpolant's
         (:mod:`local_reg.interpolants`). At a step's start or end it is the field at that step's
         state, so it is continuous across steps; between them it approximates ``func(t, y(t))``
-        without evaluating ``func``. Needs ``odeint(dense=True)`` and at least one step (two
-        output times); differentiable as :meth:`evaluate` is."""
+        without evaluating ``func``. At a time of the controller's ``jump_ts`` it is the limit from
+        the side the solve came from (the step that ends there; at ``t[0]``, the first step), as
+        the gradient w.r.t. an output time at a jump takes it: a forward solve's left limit, as
+        diffrax's ``derivative(t, left=True)``, and a backward solve's right limit. Needs
+        ``odeint(dense=True)`` and at least one step (two output times); differentiable as
+        :meth:`evaluate` is."""
         return self._read_dense("derivative", t)
 
     def _read_dense(self, read: str, t: Tensor | float | np.ndarray | Sequence[float | Tensor]) -> State:

@@ -724,6 +724,30 @@ def test_derivative_between_steps_is_the_slope_of_evaluate():
     torch.testing.assert_close(solution.derivative(inside), central, rtol=1e-6, atol=1e-8)
 
 
+def switched_rate(t, y):
+    # dy/dt = 1 before t = 0.5 and -2 from it on.
+    return torch.where(t < 0.5, 1.0, -2.0) * torch.ones_like(y)
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5", "fehlberg2", "bosh3"])
+@pytest.mark.parametrize(
+    ("span", "at_jump"), [((0.0, 1.0), 1.0), ((1.0, 0.0), -2.0)], ids=["forward", "backward"]
+)
+def test_derivative_at_a_jump_is_the_limit_from_the_side_the_solve_came_from(method, span, at_jump):
+    """At a jump the step ending there and the step starting there disagree: the derivative takes
+    the step the solve reached the time through, as the gradient w.r.t. an output time at a jump
+    does; it took the step starting there, the side the solve went on into."""
+    from local_reg import PIController
+
+    y0 = torch.zeros(1, dtype=DTYPE)
+    solution = odeint(
+        switched_rate, y0, list(span), method=method, controller=PIController(jump_ts=[0.5]), dense=True
+    )
+    beside = torch.tensor([0.5 - 1e-9, 0.5, 0.5 + 1e-9, 0.0, 1.0], dtype=DTYPE)
+    expected = torch.tensor([1.0, at_jump, -2.0, 1.0, -2.0], dtype=DTYPE)
+    torch.testing.assert_close(solution.derivative(beside).flatten(), expected, rtol=0, atol=1e-12)
+
+
 def test_derivative_differentiates_under_direct_and_refuses_the_graph_free_methods():
     field = TinyField()
     y0 = torch.tensor([0.5, -0.3, 0.8], dtype=DTYPE, requires_grad=True)
