@@ -50,6 +50,7 @@ from ._odeint import odeint
 from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import StateField, accepts_structured_states
 from ._validate import (
+    STEP_CONTROL_SPELLINGS,
     batched_cotangent,
     call_leaving_input,
     carries_tangent,
@@ -451,7 +452,12 @@ def odeint_event(
             {
                 "options": "torchdiffeq's dict of solver settings: local_reg.odeint_event takes them as "
                 "keywords, e.g. step_size=, first_step=, max_steps= for max_num_steps; "
-                "local_reg.compat.odeint_event takes torchdiffeq's signature"
+                "local_reg.compat.odeint_event takes torchdiffeq's signature",
+                "adjoint": "diffrax's adjoint: gradient= here, e.g. gradient='adjoint'",
+                "t_eval": "odeint_event solves to the event; for output times, odeint(func, y0, t)",
+                "dense_output": "odeint_event keeps no dense output; for it, solve again with "
+                "odeint(func, y0, [t0, event_t], dense=True)",
+                **STEP_CONTROL_SPELLINGS,
             },
         )
     solution = _solve_until_event(func, y0, t0, event_fn=event_fn, reverse_time=reverse_time, **odeint_kwargs)

@@ -22,6 +22,7 @@ from ._integrate import (
 from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import accepts_structured_states, owning_module
 from ._validate import (
+    STEP_CONTROL_SPELLINGS,
     Tolerance,
     check_adaptive_settings_unset,
     check_bool,
@@ -143,6 +144,10 @@ def _legacy_gradient(
         "beside it",
         "saveat": "diffrax's saveat: the output times are t here, and dense=True keeps solution.evaluate(t)",
         "args": "diffrax's args: func(t, y) takes none here; close over them, e.g. with functools.partial",
+        "adjoint": "diffrax's adjoint: gradient= here, e.g. gradient='adjoint'",
+        "t_eval": "scipy's output times: the output times are t here",
+        "dense_output": "scipy's: dense=True here, and solution.evaluate(t) reads it",
+        **STEP_CONTROL_SPELLINGS,
     }
 )
 @accepts_structured_states

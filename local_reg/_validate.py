@@ -26,6 +26,21 @@ _Params = ParamSpec("_Params")
 _Result = TypeVar("_Result")
 
 
+STEP_CONTROL_SPELLINGS = {
+    # Other libraries' bounds on the step size and times to land on, which here are the
+    # controller's: the closest keyword of a solver would be max_steps (a count) or step_size.
+    "max_step": "scipy's and torchdiffeq's largest step: controller=PIController(max_step=) here; "
+    "max_steps= counts steps",
+    "dtmax": "diffrax's largest step: controller=PIController(max_step=) here",
+    "min_step": "torchdiffeq's smallest step: controller=PIController(min_step=) here",
+    "dtmin": "diffrax's smallest step: controller=PIController(min_step=) here",
+    "step_ts": "diffrax's times to end a step on: controller=PIController(step_ts=) here",
+    "jump_ts": "diffrax's times where the field may jump: controller=PIController(jump_ts=) here",
+}
+"""What a solver's :func:`explain_unknown_keywords` says for the step-size settings of other
+libraries that :class:`local_reg.PIController` takes."""
+
+
 def explain_unknown_keywords(
     foreign: dict[str, str],
 ) -> Callable[[Callable[_Params, _Result]], Callable[_Params, _Result]]:
@@ -41,7 +56,8 @@ def explain_unknown_keywords(
         @functools.wraps(function)
         def checked(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
             if not known.issuperset(kwargs):
-                raise unknown_keywords_error(function.__name__, set(kwargs) - known, keywords, foreign)
+                # The qualified name: a class's __init__ is named as Python's own message names it.
+                raise unknown_keywords_error(function.__qualname__, set(kwargs) - known, keywords, foreign)
             return function(*args, **kwargs)
 
         return checked

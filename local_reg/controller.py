@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import check_bool, finite_times, host_list, real_number
+from ._validate import check_bool, explain_unknown_keywords, finite_times, host_list, real_number
 
 TimeSet = Tensor | np.ndarray | Sequence[float | Tensor]
 """Times as the solvers take them: a 1-D tensor or numpy array, or a sequence of floats or 0-dim tensors."""
@@ -228,6 +228,31 @@ class PIController:
             return self.min_factor
         return min(1.0, max(self.min_factor, self.safety * error_estimate ** (-1.0 / order)))
 
+
+_DIFFRAX_GAINS = (
+    "diffrax's PID gains: beta1= and beta2= here, the exponents of this step's and the previous "
+    "step's error (with dcoeff=0, beta1 = (pcoeff + icoeff) / order and beta2 = pcoeff / order, order "
+    "the method's)"
+)
+# A port of diffrax's PIDController(rtol, atol, ...) names settings that are the solve's here, or
+# are spelt otherwise; the dataclass's own message names the keyword only.
+PIController.__init__ = explain_unknown_keywords(  # type: ignore[method-assign]
+    {
+        **{
+            name: f"the solve's tolerance: odeint's and sdeint's {name}=, not the controller's"
+            for name in ("rtol", "atol")
+        },
+        "dtmax": "diffrax's largest step: max_step= here",
+        "dtmin": "diffrax's smallest step: min_step= here",
+        "force_dtmin": "diffrax's: force_min_step= here",
+        "factormin": "diffrax's: min_factor= here",
+        "factormax": "diffrax's: max_factor= here",
+        "pcoeff": _DIFFRAX_GAINS,
+        "icoeff": _DIFFRAX_GAINS,
+        "dcoeff": "diffrax's derivative gain: this is a PI controller, of beta1= and beta2=",
+        "norm": "the solve's error norm: odeint's norm=",
+    }
+)(PIController.__init__)
 
 DEFAULT_CONTROLLER = PIController()
 """The controller of a solve given none (a frozen dataclass: one object serves every solve)."""

@@ -3136,6 +3136,59 @@ def test_torchdiffeq_and_torchsde_spellings_given_to_odeint_and_sdeint_say_what_
     )
 
 
+@pytest.mark.parametrize("solver", ["odeint", "odeint_event", "sdeint"])
+def test_step_size_bounds_landing_times_and_output_times_of_other_libraries_point_to_their_spelling(solver):
+    # max_step was "did you mean 'max_steps'?" (a step count, not a size), min_step the same,
+    # step_ts "did you mean 'step_size'?", scipy's dense_output "did you mean 'step_to_outputs'?",
+    # diffrax's adjoint "did you mean 'adjoint_rtol'?"; jump_ts, dtmax, dtmin and t_eval got no hint.
+    t = torch.tensor([0.0, 1.0])
+    solve = {
+        "odeint": functools.partial(local_reg.odeint, decay, torch.ones(2), t),
+        "odeint_event": functools.partial(
+            local_reg.odeint_event, decay, torch.ones(2), 0.0, event_fn=lambda t, y: y[0] - 0.5
+        ),
+        "sdeint": functools.partial(local_reg.sdeint, DecaySDE(), torch.ones(2, 1), t),
+    }[solver]
+    hints = {
+        "max_step": "controller=PIController(max_step=)",
+        "dtmax": "controller=PIController(max_step=)",
+        "min_step": "controller=PIController(min_step=)",
+        "dtmin": "controller=PIController(min_step=)",
+        "step_ts": "controller=PIController(step_ts=)",
+        "jump_ts": "controller=PIController(jump_ts=)",
+        "t_eval": {"odeint_event": "odeint(func, y0, t)"}.get(solver, "the output times are t"),
+        "dense_output": {"odeint": "dense=True", "odeint_event": "odeint(", "sdeint": "no interpolant"}[
+            solver
+        ],
+        "adjoint": "gradient=",
+    }
+    for keyword, hint in hints.items():
+        with pytest.raises(
+            TypeError, match=re.escape(f"{solver}() got an unexpected keyword argument {keyword!r} (")
+        ) as error:
+            solve(**{keyword: 0.1})
+        reason = str(error.value).split(f"{keyword!r} (", 1)[1]
+        assert hint in reason and "did you mean" not in reason, (keyword, reason)
+
+
+def test_diffrax_controller_settings_given_to_picontroller_say_what_to_write():
+    # diffrax's PIDController(rtol=, atol=) was a bare "unexpected keyword argument 'rtol'".
+    for keywords, match in [
+        ({"rtol": 1e-3, "atol": 1e-6}, "'atol' (the solve's tolerance: odeint's and sdeint's atol="),
+        ({"rtol": 1e-3}, "'rtol' (the solve's tolerance: odeint's and sdeint's rtol="),
+        ({"dtmax": 0.1}, "'dtmax' (diffrax's largest step: max_step= here)"),
+        ({"dtmin": 0.1}, "'dtmin' (diffrax's smallest step: min_step= here)"),
+        ({"pcoeff": 0.4}, "'pcoeff' (diffrax's PID gains: beta1= and beta2= here"),
+        ({"icoeff": 0.3}, "'icoeff' (diffrax's PID gains: beta1= and beta2= here"),
+        ({"safty": 0.8}, "'safty' (did you mean 'safety'?)"),
+    ]:
+        with pytest.raises(TypeError, match=r"^PIController\.__init__\(\) got .*" + re.escape(match)):
+            local_reg.PIController(**keywords)
+    # The settings it takes are unchanged, positional ones too, and so is its repr.
+    assert local_reg.PIController(0.8, max_step=0.5) == local_reg.PIController(safety=0.8, max_step=0.5)
+    assert repr(local_reg.PIController(max_step=0.5)).startswith("PIController(safety=0.9, min_factor=0.2,")
+
+
 @pytest.mark.parametrize(
     "regularized",
     [

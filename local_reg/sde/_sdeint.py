@@ -15,6 +15,7 @@ from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, check_landing_gaps, in
 from .._step import beside_jump, time_tensor
 from .._tuple import owning_module
 from .._validate import (
+    STEP_CONTROL_SPELLINGS,
     active_autocast,
     call_leaving_input,
     check_adaptive_settings_unset,
@@ -67,6 +68,10 @@ SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
         },
         # odeint's that an SDE solve lacks (docs/sde.md, "Not implemented").
         "dense": "odeint's; an SDE solve keeps no interpolant: put the times among t",
+        "dense_output": "scipy's; an SDE solve keeps no interpolant: put the times among t",
+        "t_eval": "scipy's output times: the output times are t here",
+        "adjoint": "diffrax's adjoint: gradient= here, 'direct' or 'checkpoint' for an SDE",
+        **STEP_CONTROL_SPELLINGS,
         "step_to_outputs": "odeint's; every output time ends an SDE step already",
         **{
             name: f"odeint's {name}=, not implemented for SDEs (docs/sde.md)"
