@@ -411,6 +411,28 @@ def test_single_output_time_returns_y0():
     assert solution.stats.n_steps == 0
 
 
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "adjoint"])
+@pytest.mark.parametrize("dense", [False, True])
+def test_a_solve_of_one_output_time_evaluates_the_field_at_t0_only(gradient, dense):
+    """One output time takes no step, yet the initial-step heuristic's trial Euler step called
+    func at t0 + h0, outside the span: a wasted evaluation, and a failure for a field defined up
+    to t0 only. Only f(t0, y0), which checks the field's output, is called now."""
+    calls = []
+
+    def defined_up_to_half(t, y):
+        calls.append(float(t))
+        if t > 0.5:
+            raise RuntimeError(f"called at t={float(t)}, past the span [0.5, 0.5]")
+        return -y
+
+    y0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    solution = odeint(defined_up_to_half, y0, [0.5], gradient=gradient, dense=dense, adjoint_params=())
+    assert calls == [0.5] and solution.stats.nfe == 1
+    torch.testing.assert_close(solution.ys, y0.detach()[None], rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(solution.ys.sum(), y0)
+    assert torch.equal(grad, torch.ones_like(y0))
+
+
 def test_gradients_flow_through_direct_solve():
     y0 = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
