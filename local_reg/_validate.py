@@ -338,22 +338,25 @@ def host_list(t: Tensor) -> Any:
         return [host_list(row) for row in values]
 
 
-def finite_times(name: str, t: Tensor | np.ndarray | Sequence[float | Tensor]) -> list[float]:
+def finite_times(
+    name: str, t: Tensor | np.ndarray | Sequence[float | Tensor], output_times: bool = False
+) -> list[float]:
     """The finite times of ``name`` as Python floats, in their order: a 1-D real tensor, a 1-D real
     numpy array, or a sequence of real numbers (or 0-dim tensors). A string is refused although it
-    is a sequence: ``"12"`` is not two times."""
+    is a sequence: ``"12"`` is not two times. ``output_times``: ``t`` holds a solve's output times,
+    whose 2-D form (one row per sample) the message explains."""
     if isinstance(t, (str, bytes)):
         raise TypeError(
             f"{name} must be a 1-D tensor, numpy array or sequence of floats, got {type(t).__name__}"
         )
     if isinstance(t, Tensor):
         if t.dim() != 1:
-            raise ValueError(f"{name} must be a 1-D tensor of times, got shape {tuple(t.shape)}")
+            raise _not_one_dimensional(name, "tensor", tuple(t.shape), output_times)
         check_time_tensor(name, t)
         times = [float(v) for v in host_list(t)]
     elif isinstance(t, np.ndarray):
         if t.ndim != 1:
-            raise ValueError(f"{name} must be a 1-D array of times, got shape {t.shape}")
+            raise _not_one_dimensional(name, "array", t.shape, output_times)
         if t.dtype.kind not in "fiu":
             raise TypeError(f"{name} must be a real array, got dtype {t.dtype}")
         times = [float(v) for v in t.tolist()]
@@ -366,6 +369,18 @@ def finite_times(name: str, t: Tensor | np.ndarray | Sequence[float | Tensor]) -
     if not all(math.isfinite(v) for v in times):
         raise ValueError(f"{name} must be finite")
     return times
+
+
+def _not_one_dimensional(name: str, kind: str, shape: tuple[int, ...], output_times: bool) -> ValueError:
+    message = f"{name} must be a 1-D {kind} of times, got shape {shape}"
+    if output_times and len(shape) == 2:
+        # torchode's t_eval holds a row of output times per sample; a solve here has one set.
+        message += (
+            ": per-sample output times (a row per sample, as torchode's t_eval) are not supported; "
+            "solve at the sorted union of the rows' times (torch.unique) and index each sample's "
+            "times in the outputs, or solve each group of samples that shares its times separately"
+        )
+    return ValueError(message)
 
 
 def check_time_tensor(name: str, t: Tensor) -> None:
@@ -383,7 +398,7 @@ def validate_times(
     """Output times as Python floats (:func:`finite_times`); ``t`` must hold at least one and be
     strictly increasing or decreasing. ``name``: how the messages name ``t``; ``increasing_only``:
     the caller refuses decreasing times itself (an SDE's), so a message does not offer them."""
-    times = finite_times(name, t)
+    times = finite_times(name, t, output_times=True)
     if len(times) == 0:
         raise ValueError(f"{name} must hold at least one time")
     diffs = [b - a for a, b in pairwise(times)]

@@ -2959,6 +2959,22 @@ def test_compat_fixed_grids_check_t_and_refuse_a_grid_past_torchdiffeqs_step_lim
         )
 
 
+def test_per_sample_output_times_are_refused_with_what_to_do_instead():
+    # torchode's t_eval of shape (batch, n) was told only that t must be 1-D.
+    per_sample = torch.linspace(0.0, 1.0, 5).repeat(3, 1) + torch.arange(3.0)[:, None]
+    for t in (per_sample, per_sample.numpy()):
+        with pytest.raises(
+            ValueError, match=r"t must be a 1-D (tensor|array) of times, got shape \(3, 5\)"
+        ) as error:
+            odeint(decay, torch.ones(3, 2), t)
+        assert "per-sample output times" in str(error.value) and "sorted union" in str(error.value)
+    with pytest.raises(ValueError, match="per-sample output times"):
+        sdeint(DecaySDE(), torch.ones(3, 1), per_sample)
+    # Times that are no output times are only told their shape.
+    with pytest.raises(ValueError, match=r"jump_ts must be a 1-D tensor of times, got shape \(3, 5\)$"):
+        local_reg.PIController(jump_ts=per_sample)
+
+
 def test_compat_odeint_dense_names_a_t0_of_several_times():
     with pytest.raises(
         ValueError, match=r"t0 must be one time \(a float or a one-element tensor\), got shape \(2,\)"
