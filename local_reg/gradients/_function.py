@@ -625,6 +625,16 @@ class CapturedTensorCheck:
         self.unsure = False
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
+        # Marked for a model inside func that cannot draw again what it drew in the forward solve
+        # (:func:`reevaluating_for`): it names this method rather than torch's checkpointing.
+        outer = reevaluating_for()
+        _THREAD.reevaluating_for = self.method
+        try:
+            return self._evaluate(t, y)
+        finally:
+            _THREAD.reevaluating_for = outer
+
+    def _evaluate(self, t: Tensor, y: Tensor) -> Tensor:
         if self.checked or not torch.is_grad_enabled():
             return self.func(t, y)
         if thread_token() is not self.forward_thread:
@@ -880,6 +890,12 @@ def thread_token() -> object:
     if token is None:
         token = _THREAD.token = object()
     return token
+
+
+def reevaluating_for() -> str | None:
+    """The graph-free gradient method whose backward pass is evaluating a solve's function again in
+    this thread now (through :class:`CapturedTensorCheck`), or ``None``."""
+    return getattr(_THREAD, "reevaluating_for", None)
 
 
 def _captured_tensor_check(func: object) -> CapturedTensorCheck | None:

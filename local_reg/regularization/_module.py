@@ -37,6 +37,7 @@ from .._validate import (
     transformed,
 )
 from ..controller import TimeSet
+from ..gradients._function import reevaluating_for
 from ..sde.problem import SUPPORTED_NOISE_TYPES, is_sde
 from ..solution import State, Stats
 from ..tableaus import ButcherTableau, get_tableau
@@ -713,15 +714,27 @@ class Regularized(nn.Module):
                 "probe step reads a controller's bounds or a norm): pass one or the other"
             )
 
+    @property
+    def draws_brownian_path(self) -> bool:
+        """Whether a call without ``bm`` draws a Brownian path (the model solves an SDE): a new one
+        at each call, so that a graph-free gradient method of a solve whose field calls this model
+        differentiates other paths than its forward solve's."""
+        return isinstance(self.problem, SDEProblem)
+
     def _check_draws_replayable(self, training_pass: bool, bm: Any = None) -> None:
-        """A call inside a backward pass is a re-run (``torch.utils.checkpoint``'s recomputation),
-        which replays torch's global stream but not this model's generator: its draws would differ
-        from the forward pass's, and the gradient would belong to other draws. (A given ``bm``
-        leaves an SDE's path undrawn.)"""
+        """A call inside a backward pass is a re-run, which cannot replay this model's generator: its
+        draws would differ from the forward pass's, and the gradient would belong to other draws. (A
+        given ``bm`` leaves an SDE's path undrawn.) ``torch.utils.checkpoint``'s recomputation
+        replays torch's global stream, a graph-free gradient method's re-evaluation of a field
+        that calls this model (:func:`reevaluating_for`) neither."""
         if self.generator is None or torch._C._current_graph_task_id() == -1:
             return
-        draws_path = isinstance(self.problem, SDEProblem) and bm is None
-        if draws_path or (training_pass and getattr(self.penalty, "draws", True)):
+        draws_path = self.draws_brownian_path and bm is None
+        draws_penalty = training_pass and getattr(self.penalty, "draws", True)
+        if not (draws_path or draws_penalty):
+            return
+        method = reevaluating_for()
+        if method is None:
             raise RuntimeError(
                 f"{type(self).__name__} is re-run inside a backward pass (torch.utils.checkpoint's "
                 "recomputation?), which cannot replay the draws of its own generator: the gradient "
@@ -729,6 +742,17 @@ class Regularized(nn.Module):
                 "an SDE model) leave generator unset to draw from torch's global stream, which "
                 "checkpointing replays"
             )
+        remedies = ["gradient='direct' for that solve, which differentiates the forward's own draws"]
+        if draws_path:
+            remedies.append("a fixed bm for this model")
+        if draws_penalty:
+            remedies.append("this model in eval mode there")
+        raise RuntimeError(
+            f"{type(self).__name__} is re-run inside a backward pass: gradient={method!r} of the solve "
+            "whose field calls it evaluates that field again, which replays neither this model's "
+            "generator nor torch's global stream: the gradient would be that of other draws. Use "
+            f"{', or '.join(remedies)}"
+        )
 
     @contextlib.contextmanager
     def _undone_on_failure(self) -> Iterator[None]:

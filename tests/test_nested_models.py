@@ -1,0 +1,90 @@
+"""A field that calls a regularized model of its own: an ODE whose vector field solves an SDE
+model (``Regularized(sde)``) at each evaluation. The graph-free gradient methods of the outer
+solve evaluate the field again in their backward pass, where the inner model draws again."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from local_reg import LocallyRegularized, Regularized, odeint
+from tests.problems import DecaySDE, NetField
+
+DTYPE = torch.float64
+INNER_TIMES = torch.tensor([0.0, 0.2], dtype=DTYPE)
+
+
+class _FieldCallingAModel(torch.nn.Module):
+    """``dy/dt = inner(linear(y))(0.2) - y``."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2, dtype=DTYPE)
+        self.inner = inner
+
+    def forward(self, t, y):
+        return self.inner(self.linear(y), INNER_TIMES)[-1] - y
+
+
+def _sde_model(generator: torch.Generator | None = None) -> Regularized:
+    """A plain SDE model in eval mode, which draws a Brownian path at each call."""
+    return Regularized(DecaySDE(), generator=generator).eval()
+
+
+def _solve(field: torch.nn.Module, gradient: str):
+    y0 = torch.ones(3, 2, dtype=DTYPE)
+    return odeint(field, y0, [0.0, 1.0], method="rk4", step_size=0.5, gradient=gradient)
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint", "symplectic"])
+def test_graph_free_methods_warn_that_an_sde_model_in_the_field_draws_another_path(gradient):
+    """Their backward pass evaluates the field again, where the inner model draws another Brownian
+    path from torch's global stream than the forward solve's: the gradient (1-10% off ``direct``'s)
+    is that of other paths. ``direct`` differentiates the forward's own paths and is quiet."""
+    with pytest.warns(UserWarning, match=f"gradient={gradient!r} evaluates func again") as seen:
+        _solve(_FieldCallingAModel(_sde_model()), gradient)
+    message = str(seen[0].message)
+    assert "Regularized" in message and "Brownian path" in message
+    assert "gradient='direct'" in message and "bm" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _solve(_FieldCallingAModel(_sde_model()), "direct")
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic"])
+def test_an_sde_model_with_its_own_generator_refuses_the_outer_backward_pass_naming_it(gradient):
+    """The refusal named torch.utils.checkpoint's recomputation and advised torch's global stream,
+    "which checkpointing replays": local_reg's own backward pass replays neither. It names the outer
+    solve's gradient method and its remedies now; torch.utils.checkpoint's message is unchanged
+    after it (the re-evaluation's mark does not outlive the refused pass)."""
+    field = _FieldCallingAModel(_sde_model(torch.Generator().manual_seed(1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the solve's warning of the re-drawn path
+        ys = _solve(field, gradient).ys
+    with pytest.raises(RuntimeError, match="re-run inside a backward pass") as refused:
+        ys.sum().backward()
+    message = str(refused.value)
+    assert f"gradient={gradient!r}" in message and "gradient='direct'" in message and "bm" in message
+    assert "checkpointing replays" not in message and "torch.utils.checkpoint" not in message
+
+    from torch.utils.checkpoint import checkpoint
+
+    y = torch.ones(3, 2, dtype=DTYPE)
+    loss = checkpoint(lambda y: field(0.0, y).sum(), y, use_reentrant=False)
+    with pytest.raises(RuntimeError, match=r"torch.utils.checkpoint's recomputation.*checkpointing replays"):
+        loss.backward()
+
+
+def test_a_penalty_drawing_from_its_own_generator_refuses_the_outer_backward_pass():
+    """A training-mode LocallyRegularized of an ODE draws ``t_reg`` from its generator at each
+    call: the refusal names eval mode as the remedy, not a Brownian motion it does not take."""
+    inner = LocallyRegularized(
+        NetField(torch.nn.Linear(2, 2, dtype=DTYPE)), weight=1.0, generator=torch.Generator().manual_seed(1)
+    )
+    ys = _solve(_FieldCallingAModel(inner), "checkpoint").ys
+    with pytest.raises(RuntimeError, match="gradient='checkpoint' of the solve whose field") as refused:
+        ys.sum().backward()
+    message = str(refused.value)
+    assert "eval mode" in message and "bm" not in message
