@@ -10,7 +10,9 @@ pairs through :class:`local_reg._step.RKStepper`, Euler--Maruyama through
 
 from __future__ import annotations
 
+import bisect
 import copy
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -45,6 +47,7 @@ from ._validate import (
     checked_norm,
     compile_options,
     finite_float,
+    host_list,
     longest_step,
     non_negative_float,
     per_element_tolerance,
@@ -198,13 +201,7 @@ class SolveOptions:
         checked_controller = checked["controller"]
         if not isinstance(checked_controller, PIController):
             raise TypeError(f"controller must be a PIController, got {type_name(controller)}")
-        if step_size is not None and checked_controller.jump_ts:
-            raise ValueError(
-                "controller.jump_ts needs an adaptive solve, not a fixed step_size: it evaluates each "
-                "step on its own side of a jump, which a fixed step ending on one (an output time) "
-                "does not; solve adaptively, or solve each piece between jumps with its own call"
-            )
-        if step_size is not None and checked_controller.lands:
+        if step_size is not None and checked_controller.step_ts:
             raise ValueError(
                 "controller.step_ts need an adaptive solve, not a fixed step_size (put those times "
                 "among the output times instead: fixed steps end on every output time)"
@@ -303,14 +300,73 @@ class SolveOptions:
         """These options for a solve from ``times[0]`` through ``times[-1]`` (on in that direction
         with a stop condition): the controller's ``step_ts`` and ``jump_ts`` rounded to the dtype the
         field sees times in and without those beyond the span (:meth:`PIController.within`), the
-        ones the solve and the gradient methods' replays of its steps take."""
+        ones the solve and the gradient methods' replays of its steps take. Beside a fixed
+        ``step_size`` each jump is the end of a step it is (:func:`jumps_at_step_ends`; with a
+        stop condition, whose grid runs on past ``times[-1]``, only ``times[0]`` is one)."""
         end = times[-1]
         if self.callbacks.stop is not None:
             end = math.copysign(math.inf, times[-1] - times[0])
         controller = self.controller.within(times[0], end, self.time_dtype)
-        if controller is self.controller:
+        if self.step_size is not None and controller.jump_ts:
+            ends = times if self.callbacks.stop is None else times[:1]
+            jump_ts = jumps_at_step_ends(
+                controller.jump_ts, ends, self.step_size, self.times_rounding, self.time_dtype
+            )
+            controller = dataclasses.replace(controller, jump_ts=jump_ts)
+        if controller == self.controller:
             return self
         return self.with_checked(controller=controller)
+
+
+def jumps_at_step_ends(
+    jump_ts: Sequence[float], times: list[float], step_size: float, rounding: float, dtype: torch.dtype | None
+) -> tuple[float, ...]:
+    """The sorted ``jump_ts`` of a solve with a fixed ``step_size`` through ``times`` (``rounding``:
+    :attr:`SolveOptions.times_rounding`), each as the end of a step it is: an output time, or a point
+    of the fixed grid inside an interval (:func:`integrate`'s, the interval's start plus a multiple
+    of :func:`fixed_step_size`), within a few ulps of it or the same time in ``dtype`` (the one the
+    field sees, to which :meth:`PIController.within` rounded the jumps). A jump inside a fixed step
+    would be read on both sides of it: a ``ValueError``."""
+    ordered = sorted(times)
+    increasing = times[-1] >= times[0]
+    candidates = []
+    for jump in jump_ts:
+        index = bisect.bisect_right(ordered, jump)
+        ends = ordered[max(index - 2, 0) : index + 2]
+        if 0 < index < len(ordered):
+            low, high = ordered[index - 1], ordered[index]
+            start, stop = (low, high) if increasing else (high, low)
+            size = fixed_step_size(start, stop, step_size, rounding)
+            count = fixed_step_count(start, stop, step_size, rounding)
+            nearest = round(abs(jump - start) / size)
+            ends += [
+                start + math.copysign(n * size, stop - start)
+                for n in range(max(nearest - 1, 1), min(nearest + 2, count))
+            ]
+        candidates.append(ends)
+    every_end = [end for ends in candidates for end in ends]
+    seen = every_end
+    if dtype not in (None, torch.float64):  # all at once: a long grid's jumps (compat's perturb)
+        seen = host_list(torch.tensor(every_end, dtype=torch.float64).to(dtype).double())
+    found = []
+    position = 0
+    for jump, ends in zip(jump_ts, candidates, strict=True):
+        as_seen = seen[position : position + len(ends)]
+        position += len(ends)
+        matched = [
+            end
+            for end, end_seen in zip(ends, as_seen, strict=True)
+            if end_seen == jump or within_ulps(end, jump)
+        ]
+        if not matched:
+            raise ValueError(
+                f"controller.jump_ts needs an adaptive solve where a jump is not the end of a step: a "
+                f"fixed step_size={step_size:g} ends its steps on the output times and on its grid "
+                f"between them only, and {jump!r} is none of them (a step across it would read the "
+                "field on both sides); put it among the output times, or solve adaptively"
+            )
+        found.append(matched[0])
+    return tuple(sorted(set(found)))
 
 
 def open_end(dtype: torch.dtype) -> float:
@@ -362,6 +418,19 @@ def fixed_step_size(t: float, t_target: float, step_size: float, rounding: float
     if count > _EXACT_COUNTS:
         return step_size  # equal steps this many are step_size to the float
     return abs(t_target - t) / count
+
+
+def fixed_step_ends(times: list[float], step_size: float, rounding: float = 0.0) -> list[float]:
+    """Where the steps of a solve through ``times`` with a fixed ``step_size`` start and end, in
+    order: the output times and, inside each interval, :func:`integrate`'s grid (the interval's
+    start plus the multiples of :func:`fixed_step_size` short of its end)."""
+    ends = times[:1]
+    for start, stop in itertools.pairwise(times):
+        size = fixed_step_size(start, stop, step_size, rounding)
+        count = fixed_step_count(start, stop, step_size, rounding)
+        ends += [start + math.copysign(n * size, stop - start) for n in range(1, count)]
+        ends.append(stop)
+    return ends
 
 
 def check_landing_gaps(times: list[float], why: str) -> None:
@@ -701,9 +770,13 @@ def integrate(
     targets = times[-1:] if interpolate and len(times) > 1 else times[1:]
     if stop is not None:
         targets = [direction * open_end(y0.dtype)]
-    # The controller's own landing times inside the span, in the order the solve reaches them.
-    span = controller.within(times[0], targets[-1]) if targets and adaptive else DEFAULT_CONTROLLER
-    landings = sorted({*span.step_ts, *span.jump_ts}, key=lambda landing: direction * landing)
+    # The controller's own landing times inside the span, in the order the solve reaches them. Fixed
+    # steps land on their grid only, where their jumps are (SolveOptions.over), and like adaptive
+    # ones carry no stage across a jump.
+    span = controller.within(times[0], targets[-1]) if targets else DEFAULT_CONTROLLER
+    landings = (
+        sorted({*span.step_ts, *span.jump_ts}, key=lambda landing: direction * landing) if adaptive else []
+    )
     next_landing = 0
     for t_target in targets:
         if step_size is not None:

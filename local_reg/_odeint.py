@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -40,7 +41,7 @@ from ._validate import (
     validate_times,
     without_autocast,
 )
-from .controller import PIController, TimeSet
+from .controller import DEFAULT_CONTROLLER, PIController, TimeSet
 from .gradients import (
     BacksolveAdjoint,
     Checkpoint,
@@ -63,18 +64,27 @@ def evaluate_first(func: VectorField, t0: float, y0: Tensor, t_dtype: torch.dtyp
 
 
 def unread_beside_fixed_steps(
-    step_size: float | None, tableau: ButcherTableau, gradient: GradientMethod
+    step_size: float | None,
+    tableau: ButcherTableau,
+    gradient: GradientMethod,
+    controller: PIController | None = None,
 ) -> tuple[str, ...]:
     """Which of ``odeint``'s ``first_step``, ``norm`` and ``controller`` a solve with a fixed
     ``step_size`` leaves unread: ``first_step`` always; ``norm`` where ``tableau`` has no error
     estimate (an embedded pair estimates every fixed step's error, which the records and a step
-    penalty read); ``controller`` unless ``gradient`` steps adaptively backwards with it."""
+    penalty read); ``controller`` unless ``gradient`` steps adaptively backwards with it, or it
+    sets nothing but ``jump_ts`` (at the ends of the fixed steps, which read each side of a jump)."""
     if step_size is None:
         return ()
+    jumps_only = (
+        controller is not None
+        and bool(controller.jump_ts)
+        and dataclasses.replace(controller, jump_ts=()) == DEFAULT_CONTROLLER
+    )
     return (
         "first_step",
         *(() if tableau.adaptive else ("norm",)),
-        *(() if gradient.controls_steps(step_size) else ("controller",)),
+        *(() if gradient.controls_steps(step_size) or jumps_only else ("controller",)),
     )
 
 
@@ -211,7 +221,8 @@ def odeint(
             them up to 1% longer, within their rounding: docs/solver.md). What it would leave
             unread beside it is
             refused: ``first_step``; ``norm`` where the method has no error estimate;
-            ``controller`` unless the gradient method's own adaptive backward solve uses it.
+            ``controller`` unless the gradient method's own adaptive backward solve uses it, or
+            it sets nothing but ``jump_ts`` at the ends of the fixed steps (docs/solver.md).
         controller: step-size controller (default :class:`PIController`).
         gradient: how ``ys`` are differentiated (see docs/gradients.md): a
             :class:`~local_reg.gradients.GradientMethod` or its string shorthand:
@@ -336,7 +347,9 @@ def odeint(
     )
     gradient_method.check(options, times, state)
     settings = {"first_step": first_step, "controller": controller, "norm": norm}
-    unread = unread_beside_fixed_steps(options.step_size, options.runge_kutta_tableau, gradient_method)
+    unread = unread_beside_fixed_steps(
+        options.step_size, options.runge_kutta_tableau, gradient_method, controller
+    )
     check_adaptive_settings_unset(step_size, {name: settings[name] for name in unread})
     check_function_transforms("odeint", gradient_method.name, y0=y0)  # t was judged above
     check_step_penalty(step_penalty)

@@ -68,8 +68,10 @@ class PIController:
     dtype the field sees times in), so each step sees one side of the jump only (torchdiffeq's
     perturbation). Any 1-D sequence, array or tensor of finite times, kept sorted without
     repeats; a solve rounds them to the dtype its field sees times in, starts after a jump at its
-    ``t0``, and ignores those beyond its span (:meth:`within`). For adaptive solves only: a fixed
-    ``step_size`` refuses them. See docs/solver.md.
+    ``t0``, and ignores those beyond its span (:meth:`within`). A fixed ``step_size`` takes
+    ``jump_ts`` at the ends of its steps (output times, or points of its grid between two), each
+    step then read on its own side, and refuses ``step_ts`` and a jump inside a step; beside it a
+    controller may set nothing but ``jump_ts``. See docs/solver.md.
     """
 
     safety: float = 0.9

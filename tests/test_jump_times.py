@@ -431,21 +431,83 @@ def test_landing_times_are_kept_sorted_once_and_compare_by_value():
 def test_fixed_steps_refuse_landing_times():
     y0 = torch.zeros(1, dtype=DTYPE)
     with pytest.raises(ValueError, match=re.escape("controller.jump_ts needs an adaptive solve")):
-        odeint(switched, y0, [0.0, 1.0], method="rk4", step_size=0.1, controller=PIController(jump_ts=[JUMP]))
+        # Steps of 1/7: the jump is inside one.
+        odeint(
+            switched, y0, [0.0, 1.0], method="rk4", step_size=0.15, controller=PIController(jump_ts=[JUMP])
+        )
     with pytest.raises(ValueError, match=re.escape("controller.step_ts need an adaptive solve")):
         odeint(switched, y0, [0.0, 1.0], method="rk4", step_size=0.1, controller=PIController(step_ts=[JUMP]))
 
 
-def test_a_jump_among_fixed_steps_output_times_is_not_one_sided():
-    """Why the refusal of jump_ts beside a fixed step no longer says to put the jumps among the
-    output times: the step ending on a jump reads its last stage beyond it (a silently different
-    solve, 3e-2 off here), where jump_ts reads each step on its own side (exact)."""
+def test_a_controller_setting_more_than_jump_ts_beside_fixed_steps_is_refused():
     y0 = torch.zeros(1, dtype=DTYPE)
-    exact = JUMP * 1.0 + (1.0 - JUMP) * -2.0  # the forcing is 1, then -2
-    fixed = odeint(switched, y0, [0.0, JUMP, 1.0], method="rk4", step_size=0.1).ys[-1]
-    one_sided = odeint(switched, y0, [0.0, 1.0], controller=PIController(jump_ts=[JUMP])).ys[-1]
-    assert float(one_sided) == pytest.approx(exact, abs=1e-9)
-    assert abs(float(fixed) - exact) > 1e-3
+    with pytest.raises(ValueError, match=re.escape("controller would go unread beside a fixed step_size")):
+        odeint(
+            switched,
+            y0,
+            [0.0, JUMP, 1.0],
+            method="rk4",
+            step_size=0.1,
+            controller=PIController(safety=0.8, jump_ts=[JUMP]),
+        )
+
+
+FIXED_STEP_METHODS = ["euler", "midpoint", "rk4", "dopri5"]  # dopri5: an embedded pair at a fixed step
+
+
+@pytest.mark.parametrize("method", FIXED_STEP_METHODS)
+@pytest.mark.parametrize(
+    "times", [[0.0, JUMP, 1.0], [1.0, JUMP, 0.0], [0.0, 0.25, JUMP], [0.0, 1.0], [1.0, 0.0]]
+)
+@pytest.mark.parametrize("dense", [False, True])
+def test_fixed_steps_read_a_jump_at_a_steps_end_on_each_side(method, times, dense):
+    """Without jump_ts the step ending on the jump reads its last stage beyond it (a silently
+    different solve, 3e-2 off with rk4); with them each step reads its own side: exact for a
+    piecewise-constant field. The jump is an output time, or a point of the fixed grid between two
+    (steps of 0.1 from 0 or 1). With dense output too, whose stage at a step's end is read inside
+    the step, and so is no first stage for the step after the jump."""
+    y0 = torch.zeros(1, dtype=DTYPE)
+    expected = torch.full((1,), exact_switched(0.0, times[0], times[-1]), dtype=DTYPE)
+    controller = PIController(jump_ts=[JUMP])
+    solution = odeint(switched, y0, times, method=method, step_size=0.1, controller=controller, dense=dense)
+    torch.testing.assert_close(solution.ys[-1], expected, rtol=0, atol=1e-12)
+    if method == "rk4" and times[-1] != JUMP:
+        unmarked = odeint(switched, y0, times, method=method, step_size=0.1).ys[-1]
+        assert float((unmarked - expected).abs()) > 1e-3
+    if dense:
+        inside = torch.tensor([0.45, 0.55], dtype=DTYPE)
+        inside = inside[(inside - min(times)) * (inside - max(times)) <= 0]
+        expected_inside = torch.tensor(
+            [[exact_switched(0.0, times[0], float(time))] for time in inside], dtype=DTYPE
+        )
+        torch.testing.assert_close(solution.evaluate(inside), expected_inside, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "gradient",
+    ["direct", BacksolveAdjoint(), Checkpoint(), Symplectic()],
+    ids=lambda g: getattr(g, "name", g),
+)
+def test_gradients_of_fixed_steps_read_each_side_of_a_jump(gradient):
+    """The cotangent is at t[-1] only, so the backsolve adjoint's fixed backward steps would run
+    from there to t0 in one stretch, across the jump (steps of 0.15 from 1.2 end at 0.45, not at
+    0.5); they end on it too, and read each side of it, as the forward steps did."""
+    model = Forced()
+    y0 = torch.tensor([1.0, -0.5], dtype=DTYPE, requires_grad=True)
+    solution = odeint(
+        model,
+        y0,
+        [0.0, JUMP, 1.2],
+        method="rk4",
+        step_size=0.15,
+        controller=PIController(jump_ts=[JUMP]),
+        gradient=gradient,
+    )
+    inputs = (y0, model.rate, model.amplitude)
+    ours = torch.autograd.grad(solution.ys[-1].sum(), inputs)
+    expected = torch.autograd.grad(exact(model, y0, 0.0, 1.2).sum(), inputs)
+    for own, exact_gradient in zip(ours, expected, strict=True):
+        torch.testing.assert_close(own, exact_gradient, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("gap_ulps", [1, 3, 5, 20])

@@ -432,8 +432,10 @@ class _ContinuousAdjoint(GraphFreeGradient):
             first_step=self.first_step,
             max_steps=forward.max_steps if self.max_steps is None else self.max_steps,
             step_size=step_size,
-            # Fixed backward steps take no landing times (their equal steps end on output times only).
-            controller=dataclasses.replace(forward.controller, step_ts=(), jump_ts=())
+            # Fixed backward steps land on no times of their own: their equal steps end on the
+            # forward's grid, jumps included, where they restart at every output time
+            # (_solve_backwards).
+            controller=dataclasses.replace(forward.controller, step_ts=())
             if step_size is not None
             else forward.controller,
             tableau=forward.tableau if self.method is None else self.method,
@@ -532,9 +534,12 @@ class _ContinuousAdjoint(GraphFreeGradient):
     ) -> tuple[Tensor, list[Tensor | None], int]:
         own = type(self).__name__
         adjoint = grad_ys[-1]
-        # Restart at every output time that carries a cotangent (and at t0).
+        # Restart at every output time that carries a cotangent (and at t0). Fixed steps beside
+        # jumps restart at every output time: their equal steps then end where the forward's did,
+        # on the jumps too (SolveOptions.over), and read each side of them as the forward's did.
         last = len(times) - 1
-        restarts = [0, *(i for i in range(1, last) if bool(grad_ys[i].any())), last]
+        on_forward_grid = options.step_size is not None and bool(options.controller.jump_ts)
+        restarts = [0, *(i for i in range(1, last) if on_forward_grid or bool(grad_ys[i].any())), last]
         calls = 0
         for end, start in reversed(list(pairwise(restarts))):
             if too_close_to_step(times[start], times[end]):
