@@ -32,17 +32,19 @@ from ._checks import positive_int, refuse_sde
 from ._compat_sde import sdeint, sdeint_adjoint
 from ._errors import SolverAssertion, SolverError, warn
 from ._events import EVENT_BEYOND_LARGEST_TIME, _solve_until_event, direction_time
-from ._integrate import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, StepCallbacks
+from ._integrate import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, StepCallbacks, fixed_step_ends, times_rounding
 from ._odeint import odeint as _odeint
 from ._step import rms_norm
 from ._tuple import ComplexState, TupleState, layout_of, owning_module
 from ._validate import (
     Tolerance,
+    check_bool,
     check_field_callable,
     check_function_transforms,
     check_output,
     check_times_distinct,
     host_list,
+    narrowest_float,
     non_negative_float,
     one_time,
     positive_float,
@@ -180,21 +182,38 @@ def _check_keys(name: str, options: object, allowed: Sequence[str]) -> dict[str,
     return dict(options)
 
 
-def _without_perturb_of_adaptive(
+def _without_perturb(
     options: object, where: str, tableau: ButcherTableau, method: str | None
-) -> dict[str, Any]:
-    """``options`` without ``perturb`` for the adaptive ``tableau``, which ignores it with a warning as
-    torchdiffeq 0.2.5's adaptive solvers do ("Unexpected arguments"): they take no such option."""
+) -> tuple[dict[str, Any], bool]:
+    """``options`` without ``perturb``, and whether the fixed-step ``tableau`` perturbs: evaluates
+    each step's stages at its ends one representable time inside it (:func:`_perturbed`). The
+    adaptive ``tableau`` ignores it with a warning as torchdiffeq 0.2.5's adaptive solvers do
+    ("Unexpected arguments"): they take no such option."""
     options = _as_dict(where, options)
-    if not tableau.adaptive or "perturb" not in options:
-        return options
+    if "perturb" not in options:
+        return options, False
+    without = {key: value for key, value in options.items() if key != "perturb"}
+    if not tableau.adaptive:
+        return without, check_bool(f"{where}['perturb']", options["perturb"])
     if options["perturb"] is not False:
         warn(
             f"local_reg.compat: {where}['perturb'] is ignored by the adaptive method "
             f"{method or tableau.name!r} (torchdiffeq ignores it too); for a field that jumps at "
             "known times pass them as options['jump_t']"
         )
-    return {key: value for key, value in options.items() if key != "perturb"}
+    return without, False
+
+
+def _perturbed(
+    controller: PIController | None, times: list[float], step_size: float, t: TimeSet
+) -> PIController:
+    """``controller`` (``None``: the default) with the ends of the fixed steps through ``times`` as
+    its ``jump_ts``: torchdiffeq's ``perturb``, which evaluates a step's stage at its start at the
+    next representable time inside it and one at its end at the previous one, so that a field that
+    jumps on the grid is read on the step's own side. ``t``: as ``local_reg.odeint`` is given it,
+    whose dtype tells how far its times are rounded (the grid's, :func:`times_rounding`)."""
+    ends = fixed_step_ends(times, step_size, times_rounding(times, narrowest_float(t)))
+    return dataclasses.replace(controller or DEFAULT_CONTROLLER, jump_ts=tuple(ends))
 
 
 def _wrap_norm(norm: Callable, state: TupleState | ComplexState | None) -> Callable[[Tensor], Tensor]:
@@ -518,7 +537,8 @@ def _solve(
     if events and len(times) != 2:
         raise ValueError(f"event_fn needs len(t) == 2 (t[1] gives the direction), got len(t)={len(times)}")
     tableau = _tableau(method)
-    opts = _check_keys("options", _without_perturb_of_adaptive(options, "options", tableau, method), OPTIONS)
+    opts, perturb = _without_perturb(options, "options", tableau, method)
+    opts = _check_keys("options", opts, OPTIONS)
     dtype = opts.pop("dtype", None)
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(f"options['dtype'] must be a torch.dtype, got {type(dtype).__name__}")
@@ -529,6 +549,12 @@ def _solve(
     if not tableau.adaptive:
         _ignored_by_fixed_steps(opts, "options", method)
     step_ts, jump_ts = _landings(opts, times)
+    if perturb and events:
+        raise ValueError(
+            f"options['perturb'] with event_fn is not supported by local_reg.compat (the fixed grid "
+            f"of {method!r} runs on to an event not known before the solve): drop perturb, or use an "
+            "adaptive method with options['jump_t'] at the times the field jumps"
+        )
     if step_size is None and not tableau.adaptive:
         if events:
             raise ValueError(f"event_fn with the fixed-step method {method!r} needs options['step_size']")
@@ -598,7 +624,10 @@ def _solve(
                 cast(torch.dtype, first_dtype),
                 "(y0's, as in torchdiffeq): solve in float64, or shift t nearer 0",
             )
-        solution = _odeint(func, y0, host_list(t) if plain and wider_t else t, dense=dense, **kwargs)
+        t_given = host_list(t) if plain and wider_t else t
+        if perturb:
+            kwargs["controller"] = _perturbed(kwargs["controller"], times, cast(float, step_size), t_given)
+        solution = _odeint(func, y0, t_given, dense=dense, **kwargs)
         return solution.evaluate if dense else solution.ys
     reverse_time = bool(t[1] < t[0])
     try:
@@ -772,7 +801,9 @@ def odeint(
             ``norm`` (callable on the scaled error, a tuple for tuple states), ``dtype`` (accepted;
             times are always handled in float64), ``jump_t`` and ``step_t`` (adaptive methods:
             times where the field jumps, or is not smooth: :class:`PIController`'s ``jump_ts`` and
-            ``step_ts``, docs/compat.md).
+            ``step_ts``, docs/compat.md), ``perturb`` (fixed-step methods: each step's stages at
+            its ends are evaluated one representable time inside it, for a field that jumps on the
+            grid; the ends of the steps as ``jump_ts``).
         event_fn: ``event_fn(t, y) -> tensor``: solve from ``t[0]`` in the direction of ``t[1]``
             (``len(t) == 2``) until it changes sign, and return ``(event_t, solution)``, the
             states at ``[t[0], event_t]`` (:func:`local_reg.odeint_event`, differentiable w.r.t.
@@ -908,9 +939,15 @@ def odeint_adjoint(
                     "uses the forward solve's step-size controller (set them in options)"
                 )
             allowed = (*ADJOINT_OPTIONS, *CONTROLLER_OPTIONS) if own_controller else ADJOINT_OPTIONS
-            adjoint_options = _without_perturb_of_adaptive(
+            adjoint_options, backward_perturb = _without_perturb(
                 adjoint_options, "adjoint_options", backward, backward_method
             )
+            forward_perturbs = not _tableau(method).adaptive and _as_dict("options", options).get("perturb")
+            if backward_perturb and forward_perturbs is not True:
+                raise ValueError(
+                    "adjoint_options['perturb'] needs options['perturb']: the backward solve reads the "
+                    "field on each side of the forward solve's steps' ends where the forward solve does"
+                )
             adjoint = _check_keys("adjoint_options", adjoint_options, allowed)
             backward_controller = _controller(adjoint, "adjoint_options")
             landings = sorted(key for key in LANDING_OPTIONS if adjoint.get(key) is not None)

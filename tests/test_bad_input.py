@@ -3083,7 +3083,7 @@ def test_compat_names_another_librarys_method_in_its_own_terms():
             local_reg.compat.odeint(decay, torch.ones(2), torch.tensor([0.0, 1.0]), method=method)
 
 
-def test_compat_takes_perturb_false_and_refuses_perturb_true():
+def test_compat_takes_perturb_as_a_bool_and_refuses_it_where_it_cannot_apply():
     # perturb=False is torchdiffeq's default and asks for nothing: it was refused as unsupported.
     t = torch.tensor([0.0, 0.5, 1.0])
     ys = local_reg.compat.odeint(
@@ -3092,9 +3092,32 @@ def test_compat_takes_perturb_false_and_refuses_perturb_true():
     assert torch.equal(
         ys, local_reg.compat.odeint(decay, torch.ones(2), t, method="rk4", options={"step_size": 0.1})
     )
-    with pytest.raises(ValueError, match=re.escape("['perturb'] not supported")):
+    perturbed = local_reg.compat.odeint(
+        decay, torch.ones(2), t, method="rk4", options={"step_size": 0.1, "perturb": True}
+    )
+    torch.testing.assert_close(perturbed, ys)  # a smooth field: the same solve, to rounding
+    with pytest.raises(TypeError, match=re.escape("options['perturb'] must be a bool, got int")):
+        local_reg.compat.odeint(decay, torch.ones(2), t, method="rk4", options={"perturb": 1})
+    # The fixed grid of an event solve runs on to a time not known before it.
+    with pytest.raises(ValueError, match=re.escape("options['perturb'] with event_fn is not supported")):
         local_reg.compat.odeint(
-            decay, torch.ones(2), t, method="rk4", options={"step_size": 0.1, "perturb": True}
+            decay,
+            torch.ones(2),
+            torch.tensor([0.0, 1.0]),
+            method="rk4",
+            options={"step_size": 0.1, "perturb": True},
+            event_fn=lambda t, y: y[0] - 0.5,
+        )
+    # The backward solve reads each side of a step's end where the forward solve does only.
+    layer = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=re.escape("adjoint_options['perturb'] needs options['perturb']")):
+        local_reg.compat.odeint_adjoint(
+            lambda t, y: layer(y),
+            torch.ones(2),
+            t,
+            method="rk4",
+            adjoint_options={"perturb": True},
+            adjoint_params=tuple(layer.parameters()),
         )
 
 

@@ -298,12 +298,11 @@ def test_tuple_norm_sees_a_tuple():
     assert out[0].shape == (2, 2, 2)
 
 
-@pytest.mark.parametrize("key", ["grid_points", "perturb", "grid_constructor"])
+@pytest.mark.parametrize("key", ["grid_points", "grid_constructor"])
 def test_unsupported_options_are_errors(key):
     y0, t = y0_and_t()
-    method = "rk4" if key == "perturb" else None  # an adaptive method ignores perturb, as torchdiffeq
     with pytest.raises(ValueError, match=f"{key}.*not supported"):
-        compat.odeint(Linear(), y0, t, method=method, options={key: torch.tensor([0.5])})
+        compat.odeint(Linear(), y0, t, options={key: torch.tensor([0.5])})
 
 
 @pytest.mark.parametrize("method", ["dopri5", "adaptive_heun"])
@@ -1264,11 +1263,6 @@ def _record_times_of_switching_field(times: list[float]) -> Callable:
     return switching
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the engine to take jump_ts beside a fixed step_size (SolveOptions refuses them): "
-    "compat would pass the fixed grid's points as PIController(jump_ts=...)",
-)
 @pytest.mark.parametrize("method", ["euler", "midpoint", "heun2", "heun3", "rk4"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("decreasing", [False, True])
@@ -1303,4 +1297,75 @@ def test_perturb_evaluates_each_fixed_step_on_its_own_side_of_the_grid_as_torchd
         torch.tensor(theirs, dtype=torch.float64),
         rtol=0.0,
         atol=float(torch.finfo(dtype).eps),
+    )
+
+
+@pytest.mark.parametrize("method", ["euler", "heun2", "rk4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_perturb_with_a_step_size_reads_each_side_of_every_grid_point_as_torchdiffeq(method, dtype):
+    """With options['step_size'] the grid points between the output times are the steps' ends too:
+    each is read on the side of the step it belongs to (a step size dividing the intervals, where
+    torchdiffeq's grid is this one)."""
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=dtype)
+    y0 = torch.ones(2, dtype=dtype)
+    options = {"step_size": 0.25, "perturb": True}
+    theirs: list[float] = []
+    ours: list[float] = []
+    reference = torchdiffeq.odeint(
+        _record_times_of_switching_field(theirs), y0, t, method=method, options=options
+    )
+    ys = compat.odeint(_record_times_of_switching_field(ours), y0, t, method=method, options=options)
+    torch.testing.assert_close(ys, reference, rtol=0.0, atol=4 * torch.finfo(dtype).eps)
+    grid = [0.0, 0.25, 0.5, 0.75, 1.0]
+    beside = [time for time in ours if min(abs(time - point) for point in grid) < 1e-6]
+    assert beside == [time for time in theirs if min(abs(time - point) for point in grid) < 1e-6]
+    assert beside and not set(beside) & set(grid)
+
+
+class _SwitchingRate(nn.Module):
+    """``dy/dt = +-rate (1 + y / 10)``, the sign flipping at every multiple of 1/4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rate = nn.Parameter(torch.tensor(0.7, dtype=torch.float64))
+
+    def forward(self, t, y):
+        side = torch.where(torch.floor(4 * t) % 2 == 0, 1.0, -1.0).to(y.dtype)
+        return side * self.rate * (1 + 0.1 * y)
+
+
+def _perturbed_gradients(solve: Callable, **kwargs) -> tuple[torch.Tensor, ...]:
+    model = _SwitchingRate()
+    y0 = torch.tensor([1.0, -0.5], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    ys = solve(model, y0, t, method="rk4", options={"step_size": 0.25, "perturb": True}, **kwargs)
+    return torch.autograd.grad(ys[-1].sum(), (y0, model.rate))
+
+
+def test_the_adjoints_backward_steps_read_each_side_of_the_grid_with_perturb_as_torchdiffeq():
+    """torchdiffeq's adjoint_options default to options, perturb included: its backward fixed steps
+    read the field on their own side of each grid point too. Their gradient, not the direct one's."""
+    ours = _perturbed_gradients(compat.odeint_adjoint)
+    theirs = _perturbed_gradients(torchdiffeq.odeint_adjoint)
+    for own, reference in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(own, reference, rtol=1e-12, atol=1e-12)
+    # The symplectic adjoint retraces the forward steps, nudged stages included: the direct gradient.
+    direct = _perturbed_gradients(compat.odeint)
+    symplectic = _perturbed_gradients(compat.odeint_adjoint, adjoint_method="symplectic")
+    for own, reference in zip(symplectic, direct, strict=True):
+        torch.testing.assert_close(own, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_perturbed_dense_output_reads_each_side_of_the_grid_as_the_solve_does():
+    """A fixed method's dense output evaluates f at each step's end, just inside the step: that is no
+    first stage for the step after a grid point, which reads f on its own side."""
+    y0 = torch.ones(2, dtype=torch.float64)
+    options = {"step_size": 0.25, "perturb": True}
+    field = _record_times_of_switching_field([])
+    dense = compat.odeint_dense(field, y0, 0.0, 1.0, method="rk4", options=options)
+    solved = compat.odeint(
+        field, y0, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), method="rk4", options=options
+    )
+    torch.testing.assert_close(
+        dense(torch.tensor([0.5, 1.0], dtype=torch.float64)), solved[1:], rtol=1e-14, atol=0
     )
