@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import local_reg._validate
-from local_reg import BacksolveAdjoint, GloballyRegularized, LocallyRegularized, Regularized
+from local_reg import BacksolveAdjoint, GloballyRegularized, LocallyRegularized, PIController, Regularized
 
 
 class Linear(torch.nn.Module):
@@ -128,3 +128,17 @@ def test_an_adjoints_backward_solve_names_its_own_max_steps():
     ys = model(torch.randn(4, 3), [0.0, 1.0])
     with pytest.raises(ValueError, match=r"pass BacksolveAdjoint\(max_steps=\d+\) or a longer step_size$"):
         (ys[-1].square().sum() + model.reg_loss).backward()
+
+
+@pytest.mark.parametrize("penalty", [{}, {"penalty": "error-dt"}], ids=["default", "probe"])
+def test_jump_times_beside_a_models_fixed_steps_are_refused_not_dropped(penalty):
+    """local_reg.odeint lands fixed steps on jumps at their grid's points; a model's fixed-step main
+    solve does not read its controller, and with a probe penalty (which reads the controller) it
+    solved across the jump without a word, as if it were not there."""
+    options = {"step_size": 0.1, "controller": PIController(jump_ts=[0.5])}
+    with pytest.raises(ValueError, match=r"options\['controller'\]\.jump_ts cannot be read beside"):
+        LocallyRegularized(Linear(), sampling="random", method="rk4", options=options, **penalty)
+    # An adaptive main solve reads them: the model is made, and solves.
+    adaptive = {"controller": PIController(jump_ts=[0.5])}
+    model = LocallyRegularized(Linear(), sampling="random", options=adaptive)
+    assert torch.isfinite(model.eval()(torch.ones(2, 3), torch.tensor([0.0, 1.0]))).all()

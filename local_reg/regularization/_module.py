@@ -696,10 +696,19 @@ class Regularized(nn.Module):
         """Refuse options that neither the main solve (beside a fixed ``step_size``) nor ``penalty``
         reads: a probe's step bounds or norm given to a model without that probe. A penalty of
         the user's may read anything from the problem, and is not judged."""
+        options = self.problem.options
+        controller = options.get("controller")
+        if "controller" in self.problem.main_solve_unread and controller is not None and controller.jump_ts:
+            # local_reg.odeint lands fixed steps on jumps at their grid's points, but a model's
+            # regularization time among the output times moves that grid.
+            raise ValueError(
+                f"options['controller'].jump_ts cannot be read beside options['step_size']="
+                f"{options['step_size']!r}: a regularized model's fixed steps do not land on them, so a "
+                "step across a jump would read the field on both sides: solve adaptively (no step_size)"
+            )
         reads = () if penalty is None else getattr(penalty, "reads_beside_solve", None)
         if reads is None:
             return
-        options = self.problem.options
         unread = [
             name
             for name in self.problem.main_solve_unread
