@@ -11,7 +11,14 @@ import pytest
 import torch
 
 import local_reg._validate
-from local_reg import BacksolveAdjoint, GloballyRegularized, LocallyRegularized, PIController, Regularized
+from local_reg import (
+    BacksolveAdjoint,
+    GloballyRegularized,
+    LocallyRegularized,
+    PIController,
+    Regularized,
+    SteerRegularized,
+)
 
 
 class Linear(torch.nn.Module):
@@ -105,17 +112,27 @@ def test_a_y0_of_another_kind_is_refused_by_name(kind, bad, error, message):
     [
         lambda options: LocallyRegularized(Linear(), weight=1.0, method="rk4", options=options),
         lambda options: LocallyRegularized(ScaledNoise(), weight=1.0, options=options),
+        lambda options: SteerRegularized(Linear(), method="rk4", options=options),
     ],
-    ids=["ode", "sde"],
+    ids=["ode", "sde", "steer"],
 )
 @pytest.mark.parametrize("training", [True, False])
 def test_too_many_fixed_steps_names_the_models_option(make, training):
+    """The count named is this call's: a training call draws times (STEER's end time anywhere in
+    [t1 - b, t1 + b], a regularization time added to the output times) that may need more steps,
+    so the advice says it is a lower bound, not a count every call fits in."""
     model = make({"step_size": 1e-3, "max_steps": 10}).train(training)
-    model_spelling = r"more than max_steps=10: pass options=\{'max_steps': (\d+)\} or a longer step_size$"
+    model_spelling = (
+        r"more than max_steps=10: pass options=\{'max_steps': (\d+)\} or a longer step_size "
+        r"\((\d+) is this call's count: a training call's drawn times, a regularization time added "
+        r"to the output times or STEER's end time, may need more\)$"
+    )
     with pytest.raises(ValueError, match=model_spelling) as info:
         model(torch.randn(4, 3), [0.0, 1.0])
-    needed = int(cast(re.Match, re.search(model_spelling, str(info.value))).group(1))
-    # The count it names is enough: the model built with it solves.
+    advised = cast(re.Match, re.search(model_spelling, str(info.value)))
+    needed = int(advised.group(1))
+    assert int(advised.group(2)) == needed
+    # The count it names is enough for this call's times: the model built with it solves them.
     make({"step_size": 1e-3, "max_steps": needed}).train(training)(torch.randn(4, 3), [0.0, 1.0])
 
 

@@ -243,11 +243,20 @@ class _Problem:
 @contextmanager
 def max_steps_as_model_option() -> Iterator[None]:
     """A fixed-step solve refused for needing more than ``max_steps`` steps names the setting as a
-    regularized model takes it, in its ``options``: the solver's refusal names its own keyword."""
+    regularized model takes it, in its ``options``: the solver's refusal names its own keyword.
+    The count is a lower bound: the times a training call draws (STEER's end time anywhere in
+    ``[t1 - b, t1 + b]``, a regularization time among the output times) are drawn anew each call,
+    and the solve sees them only once drawn, so the worst case is not known here."""
     try:
         yield
     except TooManyFixedSteps as error:
-        message = re.sub(r"pass max_steps=(\d+)", r"pass options={'max_steps': \1}", str(error))
+        message = re.sub(
+            r"pass max_steps=(\d+) or a longer step_size$",
+            r"pass options={'max_steps': \1} or a longer step_size (\1 is this call's count: a training "
+            r"call's drawn times, a regularization time added to the output times or STEER's end time, "
+            r"may need more)",
+            str(error),
+        )
         raise TooManyFixedSteps(message) from None
 
 
