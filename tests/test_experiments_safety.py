@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pickle
+import random
 import shlex
 import signal
 import stat
@@ -1135,6 +1136,26 @@ def test_the_nfe_curve_leaves_a_non_finite_value_out_of_its_windows():
     # Finite values whose sum overflows: the windows past them are as without them.
     big = 1.7976931348623157e308
     assert _smooth([big, big, 2.0, 4.0], 2) == [big, big, big / 2 + 1.0, 3.0]
+
+
+def test_the_nfe_curve_keeps_no_rounding_of_a_large_sum_past_its_window():
+    """A running sum that passed 2**53 and came back below it in the same step (the large value
+    entering, another leaving) kept its rounding for the rest of the curve."""
+    assert _smooth([33.0, 2.0**53, 114.0, 10.0, 10.0], 1) == [33.0, 2.0**53, 114.0, 10.0, 10.0]
+    assert _smooth([51.0, 49.0, 2.0**53 - 61, 10.0, 10.0, 10.0, 10.0], 2)[-3:] == [10.0] * 3
+    draw = random.Random(0)
+    for _ in range(2000):
+        window = draw.randint(1, 4)
+        values = [
+            float(
+                draw.choice(
+                    [draw.randint(0, 200), 2**53 - draw.randint(0, 200), 2**53 + 2 * draw.randint(0, 100)]
+                )
+            )
+            for _ in range(draw.randint(1, 10))
+        ]
+        windows = [values[max(0, i + 1 - window) : i + 1] for i in range(len(values))]
+        assert _smooth(values, window) == [math.fsum(w) / len(w) for w in windows], (values, window)
 
 
 def test_the_nfe_figure_names_the_iterations_it_leaves_out(tmp_path, monkeypatch):

@@ -353,19 +353,27 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
     ``nan`` (a gap in the curve)."""
     out, total, count = [], 0.0, 0
     for i, value in enumerate(values):
-        if abs(total) < _EXACT_SUMS_BELOW:
-            if math.isfinite(value):
-                total, count = total + value, count + 1
-            if i >= window and math.isfinite(values[i - window]):
-                total, count = total - values[i - window], count - 1
-        if not abs(total) < _EXACT_SUMS_BELOW:
-            # A running sum this large (or overflowed) would keep its rounding once its large
-            # values leave the window: this window's values are summed afresh.
-            finite = [v for v in values[max(0, i + 1 - window) : i + 1] if math.isfinite(v)]
-            total, count = sum(finite), len(finite)
-            out.append(_mean(finite))
-        else:
+        leaving = values[i - window] if i >= window else math.nan
+        # The running sum is exact while it stays below 2**53 after each subtraction and addition
+        # (a rounded result is at least 2**53 too): one that reached it, even if only between the
+        # two, may hold a rounding that would outlive its large values in the window.
+        exact = abs(total) < _EXACT_SUMS_BELOW
+        if exact and math.isfinite(leaving):
+            total, count = total - leaving, count - 1
+            exact = abs(total) < _EXACT_SUMS_BELOW
+        if exact and math.isfinite(value):
+            total, count = total + value, count + 1
+            exact = abs(total) < _EXACT_SUMS_BELOW
+        if exact:
             out.append(total / count if count else math.nan)
+            continue
+        finite = [v for v in values[max(0, i + 1 - window) : i + 1] if math.isfinite(v)]
+        try:
+            total = math.fsum(finite)  # correctly rounded: exact where the sum is below 2**53
+        except OverflowError:
+            total = math.inf  # summed afresh again at the next point
+        count = len(finite)
+        out.append(_mean(finite))
     return out
 
 
