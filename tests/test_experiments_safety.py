@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import math
@@ -1087,16 +1088,24 @@ def test_a_table_whose_runs_used_different_torch_threads_says_so(tmp_path, capsy
 
 
 def test_a_record_names_the_versions_of_local_reg_and_torch_that_wrote_it(tmp_path):
+    """And a hash of local_reg's sources, which changes with the code where its version (never
+    bumped) does not: each .py file's path in the package, its length and its bytes, by path."""
     assert run(tmp_path, "spiral", "--methods", "vanilla") == 0
     (record,) = ResultsFile(tmp_path).load()
     assert (record["local_reg"], record["torch"]) == (local_reg.__version__, torch.__version__)
+    package = Path(local_reg.__file__).parent
+    sources = hashlib.sha256()
+    for name in sorted(path.relative_to(package).as_posix() for path in package.rglob("*.py")):
+        data = (package / name).read_bytes()
+        sources.update(f"{name}\0{len(data)}\0".encode() + data)
+    assert record["local_reg_source"] == sources.hexdigest()[:12]
 
 
 def test_a_record_without_versions_loads_and_one_with_a_version_not_a_string_is_refused(tmp_path, capsys):
     write_records(tmp_path, [fake_record("digits", "vanilla", 0)])  # written before versions were
     assert main(["report", "--out", str(tmp_path)]) == 0
     assert "| vanilla | – | 1 |" in capsys.readouterr().out
-    for field in ("local_reg", "torch"):
+    for field in ("local_reg", "local_reg_source", "torch"):
         write_records(tmp_path, [fake_record("digits", "vanilla", 0, **{field: 1.0})])
         with pytest.raises(ResultsError, match=f"wrong types or values: {{'{field}': 1.0}}"):
             ResultsFile(tmp_path).load()
@@ -1104,13 +1113,19 @@ def test_a_record_without_versions_loads_and_one_with_a_version_not_a_string_is_
 
 def test_a_table_whose_runs_other_versions_wrote_says_so():
     settings = {"epochs": 1, "batch_size": 32}
-    versions = {"local_reg": "0.1.0", "torch": "2.13.0"}
+    versions = {"local_reg": "0.1.0", "local_reg_source": "0123456789ab", "torch": "2.13.0"}
     records = [fake_record("digits", "vanilla", seed, settings=settings, **versions) for seed in (0, 1)]
     assert "version" not in describe(Group("digits", "cfg", records))
-    records.append(fake_record("digits", "vanilla", 2, settings=settings, local_reg="0.2.0", torch="2.13.0"))
-    records.append(fake_record("digits", "vanilla", 3, settings=settings))  # an older record
+    # The same version from other sources (a rerun into the same --out after the code changed).
+    newer = {**versions, "local_reg_source": "ba9876543210"}
+    records.append(fake_record("digits", "vanilla", 2, settings=settings, **newer))
+    text = describe(Group("digits", "cfg", records))
+    assert "local_reg sources 0123456789ab, ba9876543210 mixed" in text and "versions" not in text
+    records.append(fake_record("digits", "vanilla", 3, settings=settings, local_reg="0.2.0", torch="2.13.0"))
+    records.append(fake_record("digits", "vanilla", 4, settings=settings))  # an older record
     text = describe(Group("digits", "cfg", records))
     assert "local_reg versions 0.1.0, 0.2.0, unrecorded mixed" in text
+    assert "local_reg sources 0123456789ab, ba9876543210, unrecorded mixed" in text
     assert "torch versions 2.13.0, unrecorded mixed" in text
 
 

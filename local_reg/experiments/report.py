@@ -311,14 +311,22 @@ def describe(group: Group) -> str:
         else f"torch threads {', '.join(map(str, threads))} mixed (their times do not compare)"
     )
     parts += [f"{s['epochs']} epochs", f"batch {s['batch_size']}", world, torch_threads]
-    for library in ("local_reg", "torch"):
-        versions = sorted({record.get(library, "unrecorded") for record in group.records})
+    for name, what in _PROVENANCE.items():
+        versions = sorted({record.get(name, "unrecorded") for record in group.records})
         if len(versions) > 1:
-            parts.append(f"{library} versions {', '.join(versions)} mixed")
+            parts.append(f"{what} {', '.join(versions)} mixed")
     changed = _changed_settings(group.task, first["size"], s)
     if changed:
         parts.append("set: " + ", ".join(f"{key}={value}" for key, value in changed))
     return ", ".join(parts)
+
+
+_PROVENANCE = {
+    "local_reg": "local_reg versions",
+    "local_reg_source": "local_reg sources",
+    "torch": "torch versions",
+}
+"""The fields of a record that name what wrote it, and how a table whose runs differ in one says so."""
 
 
 def _changed_settings(task: str, size: str, settings: dict[str, Any]) -> list[tuple[str, str]]:

@@ -72,7 +72,8 @@ _REQUIRED_TYPES: dict[str, Callable[[object], bool]] = {
 _OPTIONAL_TYPES: dict[str, Callable[[object], bool]] = {
     "settings": lambda v: isinstance(v, dict) and _is_solver(v.get("solver", {})),
     "weight": _is_weight,
-    **dict.fromkeys(("local_reg", "torch"), lambda v: isinstance(v, str)),  # the versions that wrote it
+    # The versions (and local_reg's sources) that wrote it.
+    **dict.fromkeys(("local_reg", "local_reg_source", "torch"), lambda v: isinstance(v, str)),
 }
 """What a field the report reads holds where a record has it."""
 

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import datetime
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -216,6 +217,20 @@ def fed_ratio_weights(model: nn.Module, world: int) -> list[RatioWeight]:
 
 def _digest(value: Any) -> str:
     return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
+
+
+@functools.cache
+def local_reg_source() -> str:
+    """A hash of the sources of the local_reg that runs (the first 12 hex digits of a sha256 over
+    each ``.py`` file's path in the package, its length and its bytes, in order of path), which
+    tells two states of the code apart where its ``__version__``, never bumped, does not. Read from
+    the files, not from git: an installed package has no repository."""
+    package = Path(__file__).resolve().parents[1]
+    sources = hashlib.sha256()
+    for name in sorted(path.relative_to(package).as_posix() for path in package.rglob("*.py")):
+        data = (package / name).read_bytes()
+        sources.update(f"{name}\0{len(data)}\0".encode() + data)
+    return sources.hexdigest()[:12]
 
 
 def solver_blocks(model: nn.Module) -> list[nn.Module]:
@@ -755,8 +770,9 @@ def _run_record(
         "train_cpu_time": train_time.cpu,
         "iterations": iteration,
         "history": history,
-        # Which versions wrote it: a table may mix runs of several (the report says so).
+        # What wrote it (versions, local_reg's sources): a table may mix runs of several (the report says so).
         "local_reg": local_reg_version,
+        "local_reg_source": local_reg_source(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),  # the times depend on it (--threads)
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
