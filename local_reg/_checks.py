@@ -7,6 +7,8 @@ from __future__ import annotations
 import functools
 import inspect
 import numbers
+import sys
+import types
 
 
 def type_name(value: object) -> str:
@@ -56,27 +58,50 @@ def is_sde(module: object) -> bool:
 
 
 def forward_is_drift(module: object) -> bool:
-    """True iff ``module``'s class makes its ``forward`` its drift ``f`` (``f = forward``), as
-    torchcde's vector field does to be solved by torchdiffeq (which calls ``forward``) or, with its
-    ``g`` and ``noise_type``, by torchsde: the ODE solvers (``odeint``, compat's) solve its
-    ``forward``, as torchdiffeq does; the regularized models, which take SDEs too, take it as one."""
-    forward = getattr(type(module), "forward", None)
-    return callable(forward) and getattr(type(module), "f", None) is forward
+    """True iff a call of ``module`` calls its drift ``f``: its class makes its ``forward`` its drift
+    (``f = forward``), as torchcde's vector field does to be solved by torchdiffeq (which calls
+    ``forward``) or, with its ``g`` and ``noise_type``, by torchsde, or makes its ``__call__`` its
+    drift (``__call__ = f``), as an SDE that is not a module may. The ODE solvers (``odeint``,
+    compat's) solve its call, as torchdiffeq does; the regularized models, which take SDEs too, take
+    it as one."""
+    drift = getattr(type(module), "f", None)
+    return callable(drift) and any(
+        getattr(type(module), name, None) is drift for name in ("forward", "__call__")
+    )
+
+
+def _compiled_module(func: object) -> object | None:
+    """The module ``torch.compile`` compiled into ``func``, or None where ``func`` is no compiled
+    module (its wrapper's class has neither the module's ``forward`` nor its ``f``)."""
+    # Without torch._dynamo loaded nothing has been compiled, and importing it would cost a second.
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if eval_frame is not None and isinstance(func, eval_frame.OptimizedModule):
+        return func._orig_mod
+    return None
 
 
 def _called_object(func: object) -> object:
-    """The object a call of ``func`` calls: through ``functools.partial`` and a bound ``__call__``
-    or ``forward`` to its owner, so that an SDE wrapped so is judged as the SDE itself (a bound
-    drift ``f`` stays what it is, an ODE)."""
+    """The object a call of ``func`` calls: through ``functools.partial``, a bound ``__call__`` or
+    ``forward`` to its owner, and ``torch.compile``'s wrapper to the module it compiles, so that an
+    SDE wrapped so is judged as the SDE itself (a bound drift ``f`` stays what it is, an ODE, where
+    the class makes its ``__call__`` or ``forward`` its drift too)."""
     while True:
         if isinstance(func, functools.partial):
             func = func.func
-        elif inspect.ismethod(func) and any(
-            func.__func__ is getattr(type(func.__self__), name, None) for name in ("__call__", "forward")
-        ):
+        elif (compiled := _compiled_module(func)) is not None:
+            func = compiled
+        elif inspect.ismethod(func) and _binds_call_other_than_drift(func):
             func = func.__self__
         else:
             return func
+
+
+def _binds_call_other_than_drift(method: types.MethodType) -> bool:
+    """True iff the bound ``method`` is its owner's ``__call__`` or ``forward`` and not its ``f``."""
+    owner, function = type(method.__self__), method.__func__
+    return function is not getattr(owner, "f", None) and any(
+        function is getattr(owner, name, None) for name in ("__call__", "forward")
+    )
 
 
 def refuse_sde(func: object) -> None:

@@ -1170,3 +1170,60 @@ def test_odeint_refuses_an_sde_behind_a_partial_or_its_bound_call(with_forward):
     # Its drift alone, bound or partial, is an ODE and solved as one.
     for drift in (sde.f, functools.partial(sde.f), functools.partial(DecaySDE.f, sde)):
         torch.testing.assert_close(local_reg.odeint(drift, y0, times).ys[-1], y0 * np.exp(-1.0))
+
+
+def test_odeint_solves_the_drift_of_an_sde_whose_call_is_its_drift():
+    """A torchsde-style SDE that is not a module may make its call its drift (``__call__ = f``): its
+    bound drift was unwrapped as if it were a bound ``__call__`` and refused as the SDE, though the
+    refusal's own message tells to pass ``func.f``."""
+    import functools
+
+    class CallIsDriftSDE:
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return 0.1 * y
+
+        __call__ = f
+
+    sde = CallIsDriftSDE()
+    y0, times = torch.ones(2, 1, dtype=DT), torch.tensor([0.0, 1.0], dtype=DT)
+    for func in (sde.f, functools.partial(sde.f), sde, sde.__call__):
+        torch.testing.assert_close(local_reg.odeint(func, y0, times).ys[-1], y0 * np.exp(-1.0))
+        torch.testing.assert_close(compat.odeint(func, y0, times)[-1], y0 * np.exp(-1.0))
+
+
+def test_odeint_judges_a_compiled_module_by_the_module_it_compiles():
+    """``torch.compile``'s wrapper forwards ``f``, ``g`` and ``noise_type`` to the module but has
+    neither its ``forward`` nor its ``f`` in its own class: a compiled field whose forward is its
+    drift (torchcde's) was refused as an SDE, itself and its bound ``__call__``, while a compiled SDE
+    whose forward is not its drift must stay refused."""
+
+    class ForwardIsDrift(nn.Module):
+        noise_type, sde_type = "diagonal", "ito"
+
+        def forward(self, t, y):
+            return -y
+
+        f = forward
+
+        def g(self, t, y):
+            return 0.1 * y
+
+    class ForwardIsNotDrift(ForwardIsDrift):
+        def forward(self, t, y):
+            return y
+
+    y0, times = torch.ones(2, 1, dtype=DT), torch.tensor([0.0, 1.0], dtype=DT)
+    field = torch.compile(ForwardIsDrift(), backend="eager")
+    for func in (field, field.__call__, field.forward):
+        torch.testing.assert_close(local_reg.odeint(func, y0, times).ys[-1], y0 * np.exp(-1.0))
+        torch.testing.assert_close(compat.odeint(func, y0, times)[-1], y0 * np.exp(-1.0))
+    sde = torch.compile(ForwardIsNotDrift(), backend="eager")
+    for func in (sde, sde.__call__):
+        for solve in (local_reg.odeint, compat.odeint):
+            with pytest.raises(TypeError, match=r"func is an SDE \(ForwardIsNotDrift has f, g"):
+                solve(func, y0, times)
