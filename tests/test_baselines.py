@@ -153,7 +153,7 @@ def test_rnode_vector_jacobian_product_matches_finite_differences():
     eps = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
     from local_reg.regularization.rnode import rnode_integrand
 
-    _, rates = rnode_integrand(field, eps)(t, z)
+    _, rates, _ = rnode_integrand(field, eps)(t, z)
     h = 1e-6
     with torch.no_grad():
         columns = [(field(t, z + h * e) - field(t, z - h * e)) / (2 * h) for e in torch.eye(2).unsqueeze(1)]
@@ -699,6 +699,43 @@ def test_a_penalty_rate_that_overflows_float32_is_named_not_the_field(make, rate
     # A field that is itself non-finite is still the field's fault.
     with pytest.raises(SolverError, match=r"^non-finite derivative at t=0\.0 after 0 steps$"):
         make(_Scaled(float("inf")))(z0, [0.0, 1.0])
+
+
+class _SqrtField(torch.nn.Module):
+    """``f(t, z) = w * sqrt(|z|)``: finite everywhere, its derivative infinite at ``z = 0``."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones((), dtype=dtype))
+
+    def forward(self, t, z):
+        return self.w * torch.sqrt(z.abs())
+
+
+@pytest.mark.parametrize(
+    "make, rate",
+    [
+        (lambda f: RNODERegularized(f, kinetic=0.0), r"RNODE's Jacobian rate mean\(\(eps\^T df/dz\)\^2\)"),
+        (lambda f: TayNODERegularized(f, order=2), r"TayNODE's rate mean\(\(d\^2 z/dt\^2\)\^2\)"),
+    ],
+    ids=["rnode-jacobian", "taynode"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_rate_not_finite_for_the_fields_derivative_is_not_called_an_overflow(make, rate, dtype):
+    """sqrt(|z|) at z = 0 is finite and its derivative is not: the rate is infinite in float64 too,
+    with nothing overflowing, where the message said the rate overflows and to solve in float64."""
+    from local_reg import SolverError
+
+    with pytest.raises(SolverError) as caught:
+        make(_SqrtField(dtype))(torch.zeros(3, 2, dtype=dtype), torch.tensor([0.0, 1.0], dtype=dtype))
+    message = str(caught.value)
+    assert re.search(rate, message), message
+    assert "derivative of f it squares is not finite there" in message, message
+    assert "rate overflows" not in message, message
+    # Solving in float64 is advice for an overflow only, and none where the solve is in float64.
+    advice = "if it overflows, solve in float64" if dtype == torch.float32 else "if it overflows, rescale"
+    assert advice in message, message
+    assert (dtype == torch.float64) != ("solve in float64" in message), message
 
 
 def test_the_kinetic_rate_of_a_field_whose_squares_are_finite_does_not_overflow_float32():

@@ -35,9 +35,10 @@ from .._validate import time_direction
 from ..solution import Solution
 from ._problems import ODEProblem
 
-Integrand = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-"""``(t, z) -> (f(t, z), rates)``: the state's derivative and the 1-D tensor of the accumulators'
-derivatives ``r_i(t, z)``."""
+Integrand = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, tuple[Tensor, ...]]]
+"""``(t, z) -> (f(t, z), rates, squared)``: the state's derivative, the 1-D tensor of the
+accumulators' derivatives ``r_i(t, z)``, and each rate's tensor whose mean square it is (which tells
+a rate that overflows from one whose input is not finite)."""
 
 
 class AugmentedField(nn.Module):
@@ -56,7 +57,7 @@ class AugmentedField(nn.Module):
 
     def forward(self, t: Tensor, y: Tensor) -> Tensor:
         z = y[: -self.n_terms].view(self.shape)
-        f, rates = self.integrand(t, z)
+        f, rates, _ = self.integrand(t, z)
         if f.shape != z.shape:
             raise ValueError(
                 f"func returned shape {tuple(f.shape)}, expected the shape of y0 {tuple(z.shape)}"
@@ -98,7 +99,7 @@ def solve_augmented(
     try:
         solution = problem.odeint(field, augmented0, times, t_dtype, options=options, rounded_to=rounded_to)
     except SolverError as error:
-        explained = _overflowing_rate(error, integrand, rates, y0, t_dtype)
+        explained = _non_finite_rate(error, integrand, rates, y0, t_dtype)
         if explained is None:
             raise
         raise explained from None
@@ -107,28 +108,53 @@ def solve_augmented(
     return ys, direction * solution.ys[-1, -n_terms:], solution
 
 
-def _overflowing_rate(
+def _non_finite_rate(
     error: SolverError, integrand: Integrand, rates: tuple[str, ...], y0: Tensor, t_dtype: torch.dtype
 ) -> SolverError | None:
     """``error`` told of the rate that made it, where the augmented field's derivative at ``t0`` was
-    non-finite in a rate while ``f`` is finite (a field of 1e20 in float32, whose square is not);
-    ``None`` where ``f`` itself is not finite, or the solve failed otherwise. The solver's own
-    message blames the field, and checking the rates at every evaluation would cost a device read."""
+    non-finite in a rate while ``f`` is finite; ``None`` where ``f`` itself is not finite, or the
+    solve failed otherwise. The solver's own message blames the field, and checking the rates at
+    every evaluation would cost a device read.
+
+    A rate whose squared tensor is finite overflows (a field of 1e20 in float32, whose square is
+    not). One whose squared tensor is not finite either overflowed computing it or differentiates a
+    field whose derivative is not finite there (``sqrt(|z|)`` at ``z = 0``, in any float), which
+    nothing here tells apart."""
     if error.reason != NON_FINITE_DERIVATIVE or error.n_steps != 0:  # the stepper's, at t0
         return None
     with torch.no_grad():
-        f, values = integrand(time_tensor(error.t, y0, t_dtype), y0)
+        f, values, squared = integrand(time_tensor(error.t, y0, t_dtype), y0)
     if not bool(torch.isfinite(f).all()):
         return None
-    overflowed = [name for name, rate in zip(rates, values.tolist(), strict=True) if not math.isfinite(rate)]
-    if not overflowed:
+    overflowing: list[str] = []
+    of_non_finite: list[str] = []
+    for name, rate, tensor in zip(rates, values.tolist(), squared, strict=True):
+        if not math.isfinite(rate):
+            (overflowing if bool(torch.isfinite(tensor).all()) else of_non_finite).append(name)
+    if not overflowing and not of_non_finite:
         return None
-    largest = float(f.abs().max()) if f.numel() else 0.0
+    both = bool(overflowing) and bool(of_non_finite)
     wider = "" if f.dtype == torch.float64 else "solve in float64, or "
+    causes = []
+    if overflowing:
+        one = len(overflowing) == 1
+        subject = (
+            " and ".join(overflowing) if both else "the penalty's rate" if one else "the penalty's rates"
+        )
+        causes.append(
+            f"{subject} {'overflows' if one else 'overflow'}; {wider}rescale the state or the field"
+        )
+    if of_non_finite:
+        subject = f"for {' and '.join(of_non_finite)}, " if both else ""
+        causes.append(
+            f"{subject}the derivative of f it squares is not finite there (as sqrt(|z|)'s at z = 0) or "
+            f"overflows; if it overflows, {wider}rescale the state or the field"
+        )
+    names = overflowing + of_non_finite
+    largest = float(f.abs().max()) if f.numel() else 0.0
     reason = (
-        f"{' and '.join(overflowed)} {'is' if len(overflowed) == 1 else 'are'} not finite in {f.dtype} "
-        f"where the field f is (max |f| = {largest:.3g}: the penalty's rate overflows; {wider}rescale "
-        "the state or the field)"
+        f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} not finite in {f.dtype} where the "
+        f"field f is (max |f| = {largest:.3g}: {'; '.join(causes)})"
     )
     return SolverError(reason, t=error.t, n_steps=error.n_steps)
 

@@ -61,22 +61,24 @@ def rademacher(shape: torch.Size, generator: torch.Generator | None, like: Tenso
 
 
 def rnode_integrand(func: VectorField, eps: Tensor | None) -> Integrand:
-    """``(t, z) -> (f, [0.5 mean(f^2), mean((eps^T df/dz)^2)])``; with ``eps=None`` (a Jacobian term
-    of weight 0) the second rate is 0 and no vector--Jacobian product is taken.
+    """``(t, z) -> (f, [0.5 mean(f^2), mean((eps^T df/dz)^2)], (f, eps^T df/dz))``; with ``eps=None``
+    (a Jacobian term of weight 0) the second rate is 0 (of a 0 squared) and no vector--Jacobian
+    product is taken.
 
     ``torch.func.vjp`` evaluates ``f`` and the product under its own autograd level, so the rates
     are differentiable by the outer pass (the gradient methods' vector--Jacobian products of the
     augmented field) and computable inside a graph-free forward solve alike.
     """
 
-    def integrand(t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    def integrand(t: Tensor, z: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
         if eps is None:
             f = func(t, z)
-            return f, torch.stack([0.5 * mean_square(f), f.new_zeros(())])
+            unpenalized = f.new_zeros(())
+            return f, torch.stack([0.5 * mean_square(f), unpenalized]), (f, unpenalized)
         # Without has_aux vjp returns a pair; its annotation is the union with has_aux's triple.
         f, pullback = vjp(lambda state: func(t, state), z)  # type: ignore[misc]
         (eps_jacobian,) = pullback(eps)
-        return f, torch.stack([0.5 * mean_square(f), mean_square(eps_jacobian)])
+        return f, torch.stack([0.5 * mean_square(f), mean_square(eps_jacobian)]), (f, eps_jacobian)
 
     return integrand
 

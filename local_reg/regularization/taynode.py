@@ -81,9 +81,9 @@ def _eager_total_derivatives() -> Callable[[VectorField, Tensor, Tensor, int], t
 
 
 def taylor_integrand(func: VectorField, order: int) -> Integrand:
-    """``(t, z) -> (f, [mean((d^K z/dt^K)^2)])``."""
+    """``(t, z) -> (f, [mean((d^K z/dt^K)^2)], (d^K z/dt^K,))``."""
 
-    def integrand(t: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    def integrand(t: Tensor, z: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, ...]]:
         # Inside a user's torch.compile, run eagerly: the nested torch.func.jvp does not trace.
         derivatives = _eager_total_derivatives() if torch.compiler.is_compiling() else total_derivatives
         try:
@@ -99,7 +99,7 @@ def taylor_integrand(func: VectorField, order: int) -> Integrand:
                 "with torch.func.grad instead, or use another penalty (RNODE, the global or local one "
                 "take such a func)"
             ) from error
-        return f, mean_square(derivative).reshape(1)
+        return f, mean_square(derivative).reshape(1), (derivative,)
 
     return integrand
 
