@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .._errors import SolverError
 from .._step import NON_FINITE_DERIVATIVE, VectorField, rms_norm, time_tensor
-from .._validate import time_direction
+from .._validate import check_finite_state, time_direction
 from ..solution import Solution
 from ._problems import ODEProblem
 
@@ -103,6 +103,11 @@ def solve_augmented(
         if explained is None:
             raise
         raise explained from None
+    except ValueError:
+        named = _refusal_of_non_finite(y0)
+        if named is None:
+            raise
+        raise named from None
     ys = solution.ys[:, :-n_terms].reshape(len(times), *y0.shape)
     direction = time_direction(times)
     return ys, direction * solution.ys[-1, -n_terms:], solution
@@ -157,6 +162,18 @@ def _non_finite_rate(
         f"field f is (max |f| = {largest:.3g}: {'; '.join(causes)})"
     )
     return SolverError(reason, t=error.t, n_steps=error.n_steps)
+
+
+def _refusal_of_non_finite(y0: Tensor) -> ValueError | None:
+    """The refusal of a non-finite ``y0`` by its own index, or ``None`` where ``y0`` is finite. The
+    caller checks ``y0`` only once odeint has refused the augmented state, which it checks before
+    any evaluation, but names by its index in the flat state: checked before the solve, ``y0``
+    would be read twice in every call."""
+    try:
+        check_finite_state("y0", y0)
+    except ValueError as refusal:
+        return refusal
+    return None
 
 
 def _on_the_state(options: dict[str, Any], state_of: Callable[[Tensor], Tensor]) -> dict[str, Any]:

@@ -108,7 +108,8 @@ class RNODEPenalty(BaselinePenalty):
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
         times = validate_times(t)
-        y0 = validate_state(y0)
+        # The augmented solve refuses a non-finite y0 (odeint, the only backend a baseline takes).
+        y0 = validate_state(y0, finite=False)
         # A Jacobian term of weight 0 is not computed (no noise drawn, no vector--Jacobian products).
         eps = rademacher(y0.shape, generator, y0) if self.jacobian else None
         if self.jacobian:

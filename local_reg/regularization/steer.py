@@ -93,7 +93,8 @@ class SteerPenalty(BaselinePenalty):
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
         times = validate_times(t)
-        y0 = validate_state(y0)
+        # local_reg.odeint, the only backend a baseline takes, refuses a non-finite y0 itself.
+        y0 = validate_state(y0, finite=False)
         # The drawn end is a float; the other times keep the dtype they came in (fixed steps).
         context = ODEContext(problem.times_dtype(t, y0), narrowest_float(t))
         check_half_width(self.b, times, context.time_dtype)

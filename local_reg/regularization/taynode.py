@@ -132,7 +132,8 @@ class TayNODEPenalty(BaselinePenalty):
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
         times = validate_times(t)
-        y0 = validate_state(y0)
+        # The augmented solve refuses a non-finite y0 (odeint, the only backend a baseline takes).
+        y0 = validate_state(y0, finite=False)
         if self.order > 1:
             refuse_running_statistics(problem.func, f"TayNODE's order-{self.order} penalty", "torch.func.jvp")
         # Checked output: a wrong shape is named before the forward-mode derivatives meet it.
