@@ -366,6 +366,10 @@ def jumps_at_step_ends(
                 "field on both sides); put it among the output times, or solve adaptively"
             )
         found.append(matched[0])
+        if matched[0] != jump and within_ulps(matched[0], jump):
+            # The grid's end a few ulps from the jump (0 + 3 * 0.1 against 0.3): the stages beside
+            # it must lie beyond both, which jump_ends reads from the two as one.
+            found.append(jump)
     return tuple(sorted(set(found)))
 
 

@@ -483,6 +483,34 @@ def test_fixed_steps_read_a_jump_at_a_steps_end_on_each_side(method, times, dens
         torch.testing.assert_close(solution.evaluate(inside), expected_inside, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["rk4", "dopri5", "tsit5"])
+@pytest.mark.parametrize("jump", [0.3, 0.7, 0.2])
+@pytest.mark.parametrize("times", [[0.0, 1.0], [1.0, 0.0]], ids=["forward", "backward"])
+def test_a_jump_a_few_ulps_from_its_grid_point_is_read_on_each_side(method, jump, times):
+    """0 + 3 * 0.1 is 0.30000000000000004, not 0.3 (and 1 - 7 * 0.1 is 0.29999999999999993): the
+    stages beside the grid's point must lie beyond the user's jump too. Each step took its side
+    from the grid's point alone, so a stage next to it fell on the jump or past it (tsit5: 0.7 off).
+    The field's value at the jump itself, a third one, is never read."""
+
+    def switched_at(t, y):
+        value = torch.where(t < jump, 1.0, -2.0)
+        return torch.where(t == jump, 100.0, value) * torch.ones_like(y)
+
+    start, end = times
+    before, after = sorted((start, end))
+    expected = (min(jump, after) - before) * 1.0 + (after - max(jump, before)) * -2.0
+    expected = expected if end > start else -expected
+    solution = odeint(
+        switched_at,
+        torch.zeros(1, dtype=DTYPE),
+        times,
+        method=method,
+        step_size=0.1,
+        controller=PIController(jump_ts=[jump]),
+    )
+    assert float(solution.ys[-1]) == pytest.approx(expected, abs=1e-12)
+
+
 @pytest.mark.parametrize(
     "gradient",
     ["direct", BacksolveAdjoint(), Checkpoint(), Symplectic()],

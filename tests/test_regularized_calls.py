@@ -163,6 +163,16 @@ def test_jump_times_beside_a_models_fixed_steps_are_refused_not_dropped(penalty)
     options = {"step_size": 0.1, "controller": PIController(jump_ts=[0.5])}
     with pytest.raises(ValueError, match=r"options\['controller'\]\.jump_ts cannot be read beside"):
         LocallyRegularized(Linear(), sampling="random", method="rk4", options=options, **penalty)
+    # Where the main solve reads the controller (a backsolve's adaptive backward steps), it solved in
+    # eval mode and failed in training, where the drawn time moves the grid, blaming the jump.
+    with pytest.raises(ValueError, match=r"options\['controller'\]\.jump_ts cannot be read beside"):
+        LocallyRegularized(
+            Linear(),
+            sampling="random",
+            method="rk4",
+            options=options,
+            gradient=BacksolveAdjoint(method="dopri5"),
+        )
     # An adaptive main solve reads them: the model is made, and solves.
     adaptive = {"controller": PIController(jump_ts=[0.5])}
     model = LocallyRegularized(Linear(), sampling="random", options=adaptive)

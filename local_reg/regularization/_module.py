@@ -698,9 +698,11 @@ class Regularized(nn.Module):
         the user's may read anything from the problem, and is not judged."""
         options = self.problem.options
         controller = options.get("controller")
-        if "controller" in self.problem.main_solve_unread and controller is not None and controller.jump_ts:
+        fixed = options.get("step_size") is not None and self.problem.backend == "local_reg"
+        if fixed and controller is not None and controller.jump_ts:
             # local_reg.odeint lands fixed steps on jumps at their grid's points, but a model's
-            # regularization time among the output times moves that grid.
+            # regularization time among the output times moves that grid (a main solve that reads
+            # the controller, beside a backsolve's adaptive backward steps, too).
             raise ValueError(
                 f"options['controller'].jump_ts cannot be read beside options['step_size']="
                 f"{options['step_size']!r}: a regularized model's fixed steps do not land on them, so a "
