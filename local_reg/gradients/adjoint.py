@@ -50,7 +50,7 @@ from .._checks import positive_int
 from .._dense import DenseOutput
 from .._diagnose import RAISE_MAX_STEPS, SETTINGS_HINT
 from .._errors import SolverError, warn
-from .._integrate import SolveOptions, TooManyFixedSteps, integrate
+from .._integrate import SolveOptions, TooManyFixedSteps, integrate, jumps_at_step_ends
 from .._step import (
     RKStepper,
     StepResult,
@@ -475,6 +475,19 @@ class _ContinuousAdjoint(GraphFreeGradient):
             # The backward solve's own step and tolerances, checked as the forward's are.
             check_span(times, y0.dtype, backward.step_size, backward.tableau)
             backward.for_state(y0)
+            jumps = backward.controller.jump_ts
+            if backward.step_size is not None and backward.step_size != options.step_size and jumps:
+                try:  # the backward steps run from each output time to the one before
+                    jumps_at_step_ends(
+                        jumps, times[::-1], backward.step_size, options.times_rounding, options.time_dtype
+                    )
+                except ValueError:
+                    raise ValueError(
+                        f"{own}(step_size={backward.step_size:g}): its fixed backward steps do not end "
+                        "on every one of controller.jump_ts, as the forward's steps do, and a step "
+                        "across a jump would read the field on both sides: leave its step_size unset "
+                        "(the forward's), or give one whose steps end on them"
+                    ) from None
 
     def backward(
         self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
