@@ -43,14 +43,41 @@ def test_graph_free_methods_warn_that_an_sde_model_in_the_field_draws_another_pa
     """Their backward pass evaluates the field again, where the inner model draws another Brownian
     path from torch's global stream than the forward solve's: the gradient (1-10% off ``direct``'s)
     is that of other paths. ``direct`` differentiates the forward's own paths and is quiet."""
-    with pytest.warns(UserWarning, match=f"gradient={gradient!r} evaluates func again") as seen:
-        _solve(_FieldCallingAModel(_sde_model()), gradient)
+    ys = _solve(_FieldCallingAModel(_sde_model()), gradient).ys
+    with pytest.warns(UserWarning, match=f"gradient={gradient!r} of the solve whose field calls it") as seen:
+        ys.sum().backward()
     message = str(seen[0].message)
     assert "Regularized" in message and "Brownian path" in message
     assert "gradient='direct'" in message and "bm" in message
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _solve(_FieldCallingAModel(_sde_model()), "direct")
+        _solve(_FieldCallingAModel(_sde_model()), "direct").ys.sum().backward()
+
+
+class _FieldBesideAModel(torch.nn.Module):
+    """A latent model's ODE decoder beside an SDE prior it never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prior = _sde_model()
+        self.linear = torch.nn.Linear(2, 2, dtype=DTYPE)
+
+    def decoder(self, t, y):
+        return torch.tanh(self.linear(y))
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint", "symplectic"])
+def test_an_sde_model_the_field_never_calls_is_not_warned_of(gradient):
+    """The warning came from a scan of func's module, so a bound method of a model holding an SDE
+    prior it never calls warned on every solve, in either mode; it comes from the inner model's
+    re-run now."""
+    model = _FieldBesideAModel()
+    y0 = torch.ones(3, 2, dtype=DTYPE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        odeint(
+            model.decoder, y0, [0.0, 1.0], method="rk4", step_size=0.5, gradient=gradient
+        ).ys.sum().backward()
 
 
 @pytest.mark.parametrize("gradient", ["checkpoint", "symplectic"])
@@ -60,9 +87,7 @@ def test_an_sde_model_with_its_own_generator_refuses_the_outer_backward_pass_nam
     solve's gradient method and its remedies now; torch.utils.checkpoint's message is unchanged
     after it (the re-evaluation's mark does not outlive the refused pass)."""
     field = _FieldCallingAModel(_sde_model(torch.Generator().manual_seed(1)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the solve's warning of the re-drawn path
-        ys = _solve(field, gradient).ys
+    ys = _solve(field, gradient).ys
     with pytest.raises(RuntimeError, match="re-run inside a backward pass") as refused:
         ys.sum().backward()
     message = str(refused.value)

@@ -78,9 +78,8 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
     masks or slopes there (the gradient is then not the forward solve's), batch and instance norm
     update their running statistics again and spectral normalization takes further power
     iterations (its weight then is not the forward solve's). Warn when ``func`` has such a layer in
-    training mode, or a model that solves an SDE (``Regularized``'s ``draws_brownian_path``), in
-    either mode: called without ``bm``, it draws a new Brownian path there. ``name``: what the
-    message calls ``func``.
+    training mode (a regularized SDE model that ``func`` calls warns of itself, when it is re-run
+    there: :meth:`local_reg.Regularized.forward`). ``name``: what the message calls ``func``.
 
     Inside ``torch.nn.utils.parametrize.cached()`` a parametrized field is refused (``ValueError``):
     the forward solve, without a graph, fills the cache with weights that have none, which the
@@ -109,18 +108,6 @@ def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, 
             f"{name}'s module has {' and '.join(found)} in training mode: gradient={gradient_method.name!r} "
             f"evaluates {name} again in its backward pass, where {' and '.join(effects[k] for k in found)}; "
             "use gradient='direct', or put those layers in eval mode"
-        )
-    # In either mode, and whether func passes it a bm cannot be seen before func is called.
-    sde_models = sorted(
-        {type(module).__name__ for module in owner.modules() if getattr(module, "draws_brownian_path", False)}
-    )
-    if sde_models:
-        warn(
-            f"{name}'s module has {' and '.join(sde_models)} solving an SDE, which draws a new Brownian "
-            f"path at each call without a bm: gradient={gradient_method.name!r} evaluates {name} again "
-            "in its backward pass, where it draws other paths than the forward solve's (the gradient "
-            "is theirs); use gradient='direct', or pass that model a fixed bm (a BrownianInterval, "
-            "docs/sde.md)"
         )
 
 

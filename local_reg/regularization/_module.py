@@ -738,13 +738,24 @@ class Regularized(nn.Module):
         given ``bm`` leaves an SDE's path undrawn.) ``torch.utils.checkpoint``'s recomputation
         replays torch's global stream, a graph-free gradient method's re-evaluation of a field
         that calls this model (:func:`reevaluating_for`) neither."""
-        if self.generator is None or torch._C._current_graph_task_id() == -1:
+        if torch._C._current_graph_task_id() == -1:
             return
         draws_path = self.draws_brownian_path and bm is None
         draws_penalty = training_pass and getattr(self.penalty, "draws", True)
         if not (draws_path or draws_penalty):
             return
         method = reevaluating_for()
+        if self.generator is None:
+            if method is not None and draws_path:
+                # The output itself is of another path (a penalty's draw changes reg_loss only).
+                warn(
+                    f"{type(self).__name__} solving an SDE is re-run inside a backward pass: "
+                    f"gradient={method!r} of the solve whose field calls it evaluates that field "
+                    "again, where this model draws another Brownian path than the forward solve's "
+                    "(the gradient is that of other paths); use gradient='direct' for that solve, or "
+                    "pass this model a fixed bm (a BrownianInterval, docs/sde.md)"
+                )
+            return
         if method is None:
             raise RuntimeError(
                 f"{type(self).__name__} is re-run inside a backward pass (torch.utils.checkpoint's "
