@@ -477,16 +477,22 @@ class _ContinuousAdjoint(GraphFreeGradient):
             backward.for_state(y0)
             jumps = backward.controller.jump_ts
             if backward.step_size is not None and backward.step_size != options.step_size and jumps:
-                try:  # the backward steps run from each output time to the one before
+                # The backward steps run from each output time to the one before; after an event,
+                # from the event's time, which no check before the solve knows: only t0 is sure.
+                event = options.callbacks.stop is not None
+                ends = times[:1] if event else times[::-1]
+                try:
                     jumps_at_step_ends(
-                        jumps, times[::-1], backward.step_size, options.times_rounding, options.time_dtype
+                        jumps, ends, backward.step_size, options.times_rounding, options.time_dtype
                     )
                 except ValueError:
                     raise ValueError(
                         f"{own}(step_size={backward.step_size:g}): its fixed backward steps do not end "
-                        "on every one of controller.jump_ts, as the forward's steps do, and a step "
-                        "across a jump would read the field on both sides: leave its step_size unset "
-                        "(the forward's), or give one whose steps end on them"
+                        "on every one of controller.jump_ts"
+                        + (" (they start at the event's time, not known before the solve)" if event else "")
+                        + ", as the forward's steps do, and a step across a jump would read the field on "
+                        "both sides: leave its step_size unset (the forward's), or give one whose steps "
+                        "end on them"
                     ) from None
 
     def backward(
