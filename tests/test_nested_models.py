@@ -113,3 +113,20 @@ def test_a_penalty_drawing_from_its_own_generator_refuses_the_outer_backward_pas
         ys.sum().backward()
     message = str(refused.value)
     assert "eval mode" in message and "bm" not in message
+
+
+def test_a_peer_adjoint_warns_that_an_sde_model_in_the_field_draws_another_path():
+    """torchdiffeq's odeint_adjoint (the torchdiffeq backend) evaluates the field again in its
+    backward pass without local_reg's re-evaluation mark: the inner model drew another path there
+    without a word."""
+    pytest.importorskip("torchdiffeq")
+    outer = Regularized(
+        _FieldCallingAModel(_sde_model()),
+        gradient="adjoint",
+        backend="torchdiffeq",
+        method="rk4",
+        options={"step_size": 0.5},
+    ).eval()
+    ys = outer(torch.ones(3, 2, dtype=DTYPE), torch.tensor([0.0, 1.0], dtype=DTYPE))
+    with pytest.warns(UserWarning, match="gradient='adjoint' of the solve whose field calls it"):
+        ys.sum().backward()

@@ -627,12 +627,8 @@ class CapturedTensorCheck:
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
         # Marked for a model inside func that cannot draw again what it drew in the forward solve
         # (:func:`reevaluating_for`): it names this method rather than torch's checkpointing.
-        outer = reevaluating_for()
-        _THREAD.reevaluating_for = self.method
-        try:
+        with reevaluating(self.method):
             return self._evaluate(t, y)
-        finally:
-            _THREAD.reevaluating_for = outer
 
     def _evaluate(self, t: Tensor, y: Tensor) -> Tensor:
         if self.checked or not torch.is_grad_enabled():
@@ -894,8 +890,30 @@ def thread_token() -> object:
 
 def reevaluating_for() -> str | None:
     """The graph-free gradient method whose backward pass is evaluating a solve's function again in
-    this thread now (through :class:`CapturedTensorCheck`), or ``None``."""
+    this thread now (:func:`reevaluating`), or ``None``."""
     return getattr(_THREAD, "reevaluating_for", None)
+
+
+@contextlib.contextmanager
+def reevaluating(method: str) -> Iterator[None]:
+    """Marks this thread, for as long as it lasts, as evaluating a solve's function again for the
+    backward pass of ``method`` (:func:`reevaluating_for`): through :class:`CapturedTensorCheck`, or
+    a peer library's adjoint (:func:`in_peer_backward`)."""
+    outer = reevaluating_for()
+    _THREAD.reevaluating_for = method
+    try:
+        yield
+    finally:
+        _THREAD.reevaluating_for = outer
+
+
+def in_peer_backward(method: str | None) -> contextlib.AbstractContextManager[None]:
+    """:func:`reevaluating` ``method`` where a peer library's adjoint (torchdiffeq's, torchsde's;
+    ``None``: the solve has none) evaluates the field in a backward pass, which goes by no
+    :class:`CapturedTensorCheck` of local_reg's; nothing in its forward solve."""
+    if method is None or torch._C._current_graph_task_id() == -1:
+        return contextlib.nullcontext()
+    return reevaluating(method)
 
 
 def _captured_tensor_check(func: object) -> CapturedTensorCheck | None:

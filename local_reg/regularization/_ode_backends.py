@@ -23,6 +23,7 @@ from .._errors import SolverError
 from .._integrate import DEFAULT_MAX_STEPS
 from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
+from ..gradients._function import in_peer_backward
 from ..gradients._params import peer_module_check, resolve_adjoint_params
 from ..solution import Stats
 from ._main_solve import (
@@ -165,6 +166,8 @@ class _TorchdiffeqField(nn.Module):
         self.step_dt: list[float] = []
         self.step_states: list[Tensor] = []
         self.reports_steps = torchdiffeq_reports_steps(method)
+        self.reevaluated_by: str | None = None
+        """The adjoint (a gradient method's name) whose backward pass evaluates ``func`` again."""
         for name in (
             "callback_step",
             "callback_reject_step",
@@ -186,7 +189,8 @@ class _TorchdiffeqField(nn.Module):
         self.last_t = t.detach()
         # Under the caller's torch.autocast, an output in its dtype: torchdiffeq's own sums with the
         # state would promote it back, as local_reg's backend casts it.
-        derivative = call_user(self.func, t, y)
+        with in_peer_backward(self.reevaluated_by):
+            derivative = call_user(self.func, t, y)
         return check_output("func", cast_back_from_autocast(derivative, y), y)
 
     def _attempt(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
@@ -272,6 +276,8 @@ def solve_main(
         step_limit=step_limit,
         adjoint_step_limit=adjoint_step_limit,
     )
+    if is_adjoint:
+        field.reevaluated_by = gradient.name
     if request.interpolated and options.get("step_size") is None and _torchdiffeq_fixed_grid(method):
         # Its grid would be the output times: t_reg, a grid point, would add a step (and change the
         # outputs) that a solve without it does not take. Read it from the grid's interpolation.

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .._validate import check_choice, check_times_distinct, times_as_given
 from ..gradients import BacksolveAdjoint, Checkpoint, Direct, GradientMethod, as_gradient_method
+from ..gradients._function import in_peer_backward
 from ..gradients._params import peer_module_check
 from ..sde import sdeint
 from ..sde._sdeint import sde_gradient
@@ -70,6 +71,8 @@ class CountingSDE(nn.Module):
         """The time of the last drift evaluation of the forward solve: where a failed solve stopped."""
         self.solving = False
         """Whether the forward solve runs (the adjoint's backward solve calls the drift too)."""
+        self.reevaluated_by: str | None = None
+        """The adjoint (a gradient method's name) whose backward pass evaluates the SDE again."""
 
     @property
     def calls(self) -> int:
@@ -79,11 +82,13 @@ class CountingSDE(nn.Module):
         self.drift_calls += 1
         if self.solving:
             self.last_t = t
-        return call_user(self.sde.f, t, y)
+        with in_peer_backward(self.reevaluated_by):
+            return call_user(self.sde.f, t, y)
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
         self.diffusion_calls += 1
-        return call_user(self.sde.g, t, y)
+        with in_peer_backward(self.reevaluated_by):
+            return call_user(self.sde.g, t, y)
 
 
 def solve_main(
@@ -133,6 +138,8 @@ def solve_main(
     options.setdefault("adaptive", True)
     options.setdefault("dt", (times[-1] - times[0]) / 20)
     is_adjoint = isinstance(gradient, BacksolveAdjoint)
+    if is_adjoint:
+        counting.reevaluated_by = gradient.name
     # torchsde's adjoint evaluates the SDE again in its backward pass, as local_reg's checkpoint.
     check_module = peer_module_check(sde, gradient, "sde") if is_adjoint else None
     solve = torchsde.sdeint_adjoint if is_adjoint else torchsde.sdeint
