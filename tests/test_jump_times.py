@@ -546,17 +546,25 @@ def test_an_adjoints_fixed_steps_across_a_jump_are_refused(adjoint, forward_step
 
 
 def test_an_adjoints_fixed_steps_after_an_event_beside_a_jump_are_refused():
-    """After an event the backward steps start at the event's time, which no check before the solve
-    knows: steps of 0.1 from 0.8167 crossed the jump at 0.3 (the gradient 2-4% off, no error)."""
-    with pytest.raises(ValueError, match=r"they start at the event's time, not known before the solve"):
-        odeint_event(
-            Forced(),
+    """After an event the backward steps start at the event's time, known once the solve is done:
+    steps of 0.1 from it crossed the jump at 0.3 (the gradient 2-4% off, no error), and are refused
+    in the backward pass; a jump beyond the event, which no step reaches, is not in their way."""
+
+    def gradient_of_event_time(jump: float) -> torch.Tensor:
+        model = Forced()
+        event_time, _ = odeint_event(
+            model,
             torch.tensor([1.0, -0.5], dtype=DTYPE),
             0.0,
-            event_fn=lambda t, y: y[0] - 0.7,
-            controller=PIController(jump_ts=[0.3]),
+            event_fn=lambda t, y: t - 0.8 + 0.05 * y[0],
+            controller=PIController(jump_ts=[jump]),
             gradient=BacksolveAdjoint(step_size=0.1, method="rk4"),
         )
+        return torch.autograd.grad(event_time, [model.rate])[0]
+
+    with pytest.raises(ValueError, match=r"\(step_size=0\.1\): its fixed backward steps do not end"):
+        gradient_of_event_time(0.3)
+    assert torch.isfinite(gradient_of_event_time(5.0))
 
 
 @pytest.mark.parametrize(

@@ -475,25 +475,27 @@ class _ContinuousAdjoint(GraphFreeGradient):
             # The backward solve's own step and tolerances, checked as the forward's are.
             check_span(times, y0.dtype, backward.step_size, backward.tableau)
             backward.for_state(y0)
-            jumps = backward.controller.jump_ts
-            if backward.step_size is not None and backward.step_size != options.step_size and jumps:
-                # The backward steps run from each output time to the one before; after an event,
-                # from the event's time, which no check before the solve knows: only t0 is sure.
-                event = options.callbacks.stop is not None
-                ends = times[:1] if event else times[::-1]
-                try:
-                    jumps_at_step_ends(
-                        jumps, ends, backward.step_size, options.times_rounding, options.time_dtype
-                    )
-                except ValueError:
-                    raise ValueError(
-                        f"{own}(step_size={backward.step_size:g}): its fixed backward steps do not end "
-                        "on every one of controller.jump_ts"
-                        + (" (they start at the event's time, not known before the solve)" if event else "")
-                        + ", as the forward's steps do, and a step across a jump would read the field on "
-                        "both sides: leave its step_size unset (the forward's), or give one whose steps "
-                        "end on them"
-                    ) from None
+            if options.callbacks.stop is None:  # after an event: once its time is known (backward)
+                self._check_backward_grid(options, backward, times)
+
+    def _check_backward_grid(self, forward: SolveOptions, backward: SolveOptions, times: list[float]) -> None:
+        """Fixed backward steps of a ``step_size`` other than the forward's, which run from each of
+        ``times`` to the one before, refused where they would not end on every jump among them."""
+        jumps = backward.controller.within(times[0], times[-1], forward.time_dtype).jump_ts
+        if backward.step_size is None or backward.step_size == forward.step_size or not jumps:
+            return
+        try:
+            jumps_at_step_ends(
+                jumps, times[::-1], backward.step_size, forward.times_rounding, forward.time_dtype
+            )
+        except ValueError:
+            own = type(self).__name__
+            raise ValueError(
+                f"{own}(step_size={backward.step_size:g}): its fixed backward steps do not end on every "
+                "one of controller.jump_ts, as the forward's steps do, and a step across a jump would "
+                "read the field on both sides: leave its step_size unset (the forward's), or give one "
+                "whose steps end on them"
+            ) from None
 
     def backward(
         self, solve: ForwardSolve, ys: Tensor, grad_ys: Tensor, grad_penalties: Tensor | None
@@ -508,6 +510,8 @@ class _ContinuousAdjoint(GraphFreeGradient):
             return self._non_finite_gradients(solve, ys[0])
         # For the state's dtype (a tiny atol raised to its smallest normal number, as the forward's).
         options = self.backward_options(solve.options).for_state(ys[0])
+        if solve.options.callbacks.stop is not None:  # the backward steps start at the event's time
+            self._check_backward_grid(solve.options, options, times)
         forward_solution = self._forward_solution(solve)
         scale = self._cotangent_scale(grad_ys)
         stepper = AdjointStepper(solve, options, self.norm == "seminorm", ys, forward_solution)
