@@ -130,3 +130,27 @@ def test_a_peer_adjoint_warns_that_an_sde_model_in_the_field_draws_another_path(
     ys = outer(torch.ones(3, 2, dtype=DTYPE), torch.tensor([0.0, 1.0], dtype=DTYPE))
     with pytest.warns(UserWarning, match="gradient='adjoint' of the solve whose field calls it"):
         ys.sum().backward()
+
+
+def test_a_peer_adjoints_forward_solve_in_a_checkpoint_recomputation_is_not_a_re_run():
+    """torch.utils.checkpoint recomputes the forward solve inside a backward pass, replaying torch's
+    stream: the inner model draws the same path there, and no adjoint evaluates the field (the
+    solve's output gets no gradient here). Each of its evaluations warned as a re-run."""
+    pytest.importorskip("torchdiffeq")
+    from torch.utils.checkpoint import checkpoint
+
+    outer = Regularized(
+        _FieldCallingAModel(_sde_model()),
+        gradient="adjoint",
+        backend="torchdiffeq",
+        method="rk4",
+        options={"step_size": 0.5},
+    ).eval()
+    outer.requires_grad_(False)
+    scale = torch.ones((), dtype=DTYPE, requires_grad=True)
+    y0, times = torch.ones(3, 2, dtype=DTYPE), torch.tensor([0.0, 1.0], dtype=DTYPE)
+    loss = checkpoint(lambda scale: scale * outer(y0, times)[-1].sum(), scale, use_reentrant=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss.backward()
+    assert scale.grad is not None

@@ -276,8 +276,6 @@ def solve_main(
         step_limit=step_limit,
         adjoint_step_limit=adjoint_step_limit,
     )
-    if is_adjoint:
-        field.reevaluated_by = gradient.name
     if request.interpolated and options.get("step_size") is None and _torchdiffeq_fixed_grid(method):
         # Its grid would be the output times: t_reg, a grid point, would add a step (and change the
         # outputs) that a solve without it does not take. Read it from the grid's interpolation.
@@ -298,6 +296,9 @@ def solve_main(
             ys = torchdiffeq.odeint_adjoint(
                 field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options, **kwargs
             )
+            # Its backward pass evaluates func again; its forward solve, even inside a backward
+            # pass (torch.utils.checkpoint's recomputation), does not.
+            field.reevaluated_by = gradient.name
         else:
             ys = torchdiffeq.odeint(field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options)
     except AssertionError as error:

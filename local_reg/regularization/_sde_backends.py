@@ -138,14 +138,16 @@ def solve_main(
     options.setdefault("adaptive", True)
     options.setdefault("dt", (times[-1] - times[0]) / 20)
     is_adjoint = isinstance(gradient, BacksolveAdjoint)
-    if is_adjoint:
-        counting.reevaluated_by = gradient.name
     # torchsde's adjoint evaluates the SDE again in its backward pass, as local_reg's checkpoint.
     check_module = peer_module_check(sde, gradient, "sde") if is_adjoint else None
     solve = torchsde.sdeint_adjoint if is_adjoint else torchsde.sdeint
     counting.solving = True
     try:
         ys = solve(counting, y0, ts, bm=bm, method=method, rtol=rtol, atol=atol, **options)
+        if is_adjoint:
+            # Its backward pass evaluates the SDE again; its forward solve, even inside a backward
+            # pass (torch.utils.checkpoint's recomputation), does not.
+            counting.reevaluated_by = gradient.name
     except AssertionError as error:
         if raised_by_user(error):
             raise  # the user's own, from the drift or diffusion: as the local_reg backend passes it on
