@@ -115,18 +115,23 @@ def test_a_penalty_drawing_from_its_own_generator_refuses_the_outer_backward_pas
     assert "eval mode" in message and "bm" not in message
 
 
-def test_a_peer_adjoint_warns_that_an_sde_model_in_the_field_draws_another_path():
-    """torchdiffeq's odeint_adjoint (the torchdiffeq backend) evaluates the field again in its
-    backward pass without local_reg's re-evaluation mark: the inner model drew another path there
-    without a word."""
+def _peer_adjoint_model() -> Regularized:
+    """An ODE model on the torchdiffeq backend, whose adjoint evaluates a field calling an SDE model."""
     pytest.importorskip("torchdiffeq")
-    outer = Regularized(
+    return Regularized(
         _FieldCallingAModel(_sde_model()),
         gradient="adjoint",
         backend="torchdiffeq",
         method="rk4",
         options={"step_size": 0.5},
     ).eval()
+
+
+def test_a_peer_adjoint_warns_that_an_sde_model_in_the_field_draws_another_path():
+    """torchdiffeq's odeint_adjoint (the torchdiffeq backend) evaluates the field again in its
+    backward pass without local_reg's re-evaluation mark: the inner model drew another path there
+    without a word."""
+    outer = _peer_adjoint_model()
     ys = outer(torch.ones(3, 2, dtype=DTYPE), torch.tensor([0.0, 1.0], dtype=DTYPE))
     with pytest.warns(UserWarning, match="gradient='adjoint' of the solve whose field calls it"):
         ys.sum().backward()
@@ -136,16 +141,9 @@ def test_a_peer_adjoints_forward_solve_in_a_checkpoint_recomputation_is_not_a_re
     """torch.utils.checkpoint recomputes the forward solve inside a backward pass, replaying torch's
     stream: the inner model draws the same path there, and no adjoint evaluates the field (the
     solve's output gets no gradient here). Each of its evaluations warned as a re-run."""
-    pytest.importorskip("torchdiffeq")
     from torch.utils.checkpoint import checkpoint
 
-    outer = Regularized(
-        _FieldCallingAModel(_sde_model()),
-        gradient="adjoint",
-        backend="torchdiffeq",
-        method="rk4",
-        options={"step_size": 0.5},
-    ).eval()
+    outer = _peer_adjoint_model()
     outer.requires_grad_(False)
     scale = torch.ones((), dtype=DTYPE, requires_grad=True)
     y0, times = torch.ones(3, 2, dtype=DTYPE), torch.tensor([0.0, 1.0], dtype=DTYPE)
