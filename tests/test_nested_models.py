@@ -8,8 +8,9 @@ import warnings
 
 import pytest
 import torch
+import torchsde
 
-from local_reg import LocallyRegularized, Regularized, odeint
+from local_reg import LocallyRegularized, Regularized, odeint, sdeint
 from tests.problems import DecaySDE, NetField
 
 DTYPE = torch.float64
@@ -152,3 +153,39 @@ def test_a_peer_adjoints_forward_solve_in_a_checkpoint_recomputation_is_not_a_re
         warnings.simplefilter("error")
         loss.backward()
     assert scale.grad is not None
+
+
+class _FieldCallingSdeint(torch.nn.Module):
+    """``dy/dt = sdeint(decay, linear(y))(0.2) - y``, with ``sdeint``'s own settings."""
+
+    def __init__(self, **settings) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2, dtype=DTYPE)
+        self.sde = DecaySDE()
+        self.settings = settings
+
+    def forward(self, t, y):
+        return sdeint(self.sde, self.linear(y), INNER_TIMES, **self.settings).ys[-1] - y
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "adjoint", "symplectic"])
+def test_sdeint_called_by_the_field_names_the_outer_backward_pass_that_re_runs_it(gradient):
+    """Called by a field without bm, sdeint draws another path when a graph-free backward pass
+    evaluates that field again: from torch's stream it warned of nothing (the gradient that of other
+    paths), and with a generator of its own its refusal blamed torch.utils.checkpoint and advised
+    torch's stream, "which checkpointing replays": local_reg's backward pass replays neither."""
+    ys = _solve(_FieldCallingSdeint(), gradient).ys
+    with pytest.warns(UserWarning, match=f"gradient={gradient!r} of the solve whose field calls it"):
+        ys.sum().backward()
+    ys = _solve(_FieldCallingSdeint(generator=torch.Generator().manual_seed(1)), gradient).ys
+    with pytest.raises(
+        RuntimeError, match=f"gradient={gradient!r} of the solve whose field calls it"
+    ) as refused:
+        ys.sum().backward()
+    assert "checkpointing replays" not in str(refused.value)
+    with warnings.catch_warnings():  # a Brownian motion the re-run reads again
+        warnings.simplefilter("error")
+        field = _FieldCallingSdeint(
+            bm=torchsde.BrownianInterval(0.0, 0.2, size=(3, 2), dtype=DTYPE, entropy=3)
+        )
+        _solve(field, gradient).ys.sum().backward()

@@ -32,7 +32,7 @@ from .._validate import (
 from ..controller import PIController, TimeSet
 from ..gradients import Checkpoint, Direct, GradientMethod, as_gradient_method
 from ..gradients._finite import guard_direct_gradients
-from ..gradients._function import buffer_marks, first_evaluations, records_graph
+from ..gradients._function import buffer_marks, first_evaluations, records_graph, reevaluating_for
 from ..gradients._params import resolve_adjoint_params, warn_if_reevaluation_differs
 from ..gradients.direct import count_backpropagation
 from ..solution import Solution, Steps
@@ -198,6 +198,25 @@ def sdeint(
             "generator seeds the Brownian motion sdeint makes when bm is None; with bm given it would be "
             "unused: pass one or the other"
         )
+    # A graph-free gradient method of a solve whose field calls sdeint evaluates it again in its
+    # backward pass, which replays neither a generator nor torch's global stream.
+    rerun_by = reevaluating_for()
+    if bm is None and rerun_by is not None and (generator is None or _rerun_draws_another_path(generator)):
+        rerun = (
+            f"sdeint is re-run inside a backward pass: gradient={rerun_by!r} of the solve whose field calls "
+            "it evaluates that field again, where sdeint draws another Brownian path than the forward "
+            "solve's from "
+        )
+        remedies = (
+            "use gradient='direct' for that solve, or pass bm= (a Brownian motion the re-run reads again)"
+        )
+        if generator is None:
+            warn(f"{rerun}torch's global stream (the gradient is that of other paths); {remedies}")
+        else:
+            raise RuntimeError(
+                f"{rerun}a generator that has drawn before: the gradient would be that of another path; "
+                f"{remedies}, or give each call a new generator seeded there from a fixed seed"
+            )
     if generator is not None and _rerun_draws_another_path(generator):
         raise RuntimeError(
             "sdeint is re-run inside a backward pass (torch.utils.checkpoint's recomputation?) with a "
