@@ -745,7 +745,9 @@ def integrate(
     if adaptive:
         controller.gains(stepper.order)  # a controller that cannot work with this method fails now
     callbacks = options.callbacks
-    if adaptive:
+    # One output time without a stop condition takes no step: no first step size, whose heuristic's
+    # trial Euler step would call func past t[0], outside the span.
+    if adaptive and (len(times) > 1 or callbacks.stop is not None):
         if options.first_step is not None:
             # The step asked for, unless the loop could not take it (within its underflow threshold
             # of t0): then twice that threshold, from which it grows.

@@ -322,10 +322,6 @@ def odeint(
     ).for_state(state)
     options.warn_if_below_resolution(state)
     options = options.over(times)
-    if len(times) == 1 and options.step_size is None and options.first_step is None:
-        # One output time takes no step, so its first step size goes unused: given one, the solve
-        # skips the heuristic, whose trial Euler step would call func past t[0], outside the span.
-        options = options.with_checked(first_step=1.0)
     check_times_distinct(times, field_time_dtype)
     if options.step_size is not None or not options.interpolate:
         check_landing_gaps(
