@@ -339,8 +339,9 @@ def jumps_at_step_ends(
             size = fixed_step_size(start, stop, step_size, rounding)
             count = fixed_step_count(start, stop, step_size, rounding)
             nearest = round(abs(jump - start) / size)
+            direction = time_direction([start, stop])
             ends += [
-                start + math.copysign(n * size, stop - start)
+                fixed_grid_point(start, direction, n, size)
                 for n in range(max(nearest - 1, 1), min(nearest + 2, count))
             ]
         candidates.append(ends)
@@ -424,6 +425,14 @@ def fixed_step_size(t: float, t_target: float, step_size: float, rounding: float
     return abs(t_target - t) / count
 
 
+def fixed_grid_point(start: float, direction: float, n: int, size: float) -> float:
+    """The ``n``-th point of a fixed grid of steps of ``size`` from ``start`` in ``direction``
+    (``1.0`` or ``-1.0``), counted from the start (as torchdiffeq's): adding each step to the last
+    would round, and over many steps the grid would drift. :func:`integrate`'s steps end there, and
+    the jumps beside them are matched to it to the bit."""
+    return start + direction * n * size
+
+
 def fixed_step_ends(times: list[float], step_size: float, rounding: float = 0.0) -> list[float]:
     """Where the steps of a solve through ``times`` with a fixed ``step_size`` start and end, in
     order: the output times and, inside each interval, :func:`integrate`'s grid (the interval's
@@ -432,7 +441,8 @@ def fixed_step_ends(times: list[float], step_size: float, rounding: float = 0.0)
     for start, stop in itertools.pairwise(times):
         size = fixed_step_size(start, stop, step_size, rounding)
         count = fixed_step_count(start, stop, step_size, rounding)
-        ends += [start + math.copysign(n * size, stop - start) for n in range(1, count)]
+        direction = time_direction([start, stop])
+        ends += [fixed_grid_point(start, direction, n, size) for n in range(1, count)]
         ends.append(stop)
     return ends
 
@@ -787,9 +797,7 @@ def integrate(
     for t_target in targets:
         if step_size is not None:
             dt_abs = fixed_step_size(t, t_target, step_size, options.times_rounding)
-            # The fixed grid's points are counted from the interval's start (as torchdiffeq's): far
-            # from t = 0, adding each step to the last rounds, and over many steps the grid drifts.
-            grid_start, n_grid_steps = t, 0
+            grid_start, n_grid_steps = t, 0  # fixed_grid_point
         while direction * (t_target - t) > 0:
             # A landing within a few ulps of t or of the output time is no step's end of its own: the
             # step beside it ends or starts at it (jump_ends).
@@ -819,7 +827,7 @@ def integrate(
             if step_size is not None:
                 n_grid_steps += 1
                 if not lands:
-                    t_next = grid_start + direction * n_grid_steps * dt_abs
+                    t_next = fixed_grid_point(grid_start, direction, n_grid_steps, dt_abs)
             if not lands:
                 # The step the times can represent (as scipy steps): far from 0, t + dt rounds by up to
                 # half an ulp of t, which the state would otherwise not follow, a drift per step.
