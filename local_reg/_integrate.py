@@ -117,9 +117,33 @@ _EXACT_COUNTS = 2**53
 
 
 class TooManyFixedSteps(ValueError):
-    """A fixed ``step_size`` that needs more than ``max_steps`` steps, refused before the first: a
-    type of its own so that a caller rewording it for its settings (the adjoints' backward solve)
-    does not take a ``ValueError`` raised by ``func`` for it."""
+    """A fixed ``step_size`` that needs ``needed`` steps, more than ``max_steps``, refused before the
+    first: a type of its own so that a caller naming the setting as its user spells it (the
+    adjoints' backward solve, a regularized model) does not take a ``ValueError`` raised by ``func``
+    for it. ``setting``: how the advice spells the setting, ``{}`` for the count; ``note``: said after
+    the advice, ``{}`` for the count."""
+
+    def __init__(
+        self, step_size: float, needed: int, max_steps: int, setting: str = "max_steps={}", note: str = ""
+    ) -> None:
+        self.step_size, self.needed, self.max_steps = step_size, needed, max_steps
+        if needed > _EXACT_COUNTS:
+            needs, advice = f"about 1e{len(str(needed)) - 1}", "pass a longer step_size"
+        else:
+            advice = f"pass {setting.format(needed)} or a longer step_size{note.format(needed)}"
+            needs = str(needed)
+        super().__init__(
+            f"step_size={step_size:g} needs {needs} steps over the output times, more than "
+            f"max_steps={max_steps}: {advice}"
+        )
+        self._spelling = (setting, note)
+
+    def spelt(self, setting: str, note: str = "") -> TooManyFixedSteps:
+        """This refusal with its advice naming the setting as ``setting`` spells it."""
+        return TooManyFixedSteps(self.step_size, self.needed, self.max_steps, setting, note)
+
+    def __reduce__(self):  # pickled by its fields: the message is made from them
+        return TooManyFixedSteps, (self.step_size, self.needed, self.max_steps, *self._spelling)
 
 
 @dataclass(frozen=True, init=False)
@@ -733,14 +757,7 @@ def integrate(
         # before the first step, not after max_steps of them.
         n_fixed = fixed_steps_over(times, step_size, options.times_rounding)
         if n_fixed > options.max_steps:
-            if n_fixed > _EXACT_COUNTS:
-                needs, advice = f"about 1e{len(str(n_fixed)) - 1}", "pass a longer step_size"
-            else:
-                needs, advice = str(n_fixed), f"pass max_steps={n_fixed} or a longer step_size"
-            raise TooManyFixedSteps(
-                f"step_size={options.step_size:g} needs {needs} steps over the output times, more than "
-                f"max_steps={options.max_steps}: {advice}"
-            )
+            raise TooManyFixedSteps(step_size, n_fixed, options.max_steps)
     t = times[0]
     y = y0
     # A solve that starts at a jump (the backsolve adjoint's restart at an output time) evaluates

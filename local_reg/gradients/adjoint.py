@@ -481,8 +481,10 @@ class _ContinuousAdjoint(GraphFreeGradient):
     def _check_backward_grid(self, forward: SolveOptions, backward: SolveOptions, times: list[float]) -> None:
         """Fixed backward steps of a ``step_size`` other than the forward's, which run from each of
         ``times`` to the one before, refused where they would not end on every jump among them."""
+        if backward.step_size is None or backward.step_size == forward.step_size:
+            return  # adaptive backward steps land on the jumps; the forward's grid ends on them
         jumps = backward.controller.within(times[0], times[-1], forward.time_dtype).jump_ts
-        if backward.step_size is None or backward.step_size == forward.step_size or not jumps:
+        if not jumps:
             return
         try:
             jumps_at_step_ends(
@@ -578,9 +580,7 @@ class _ContinuousAdjoint(GraphFreeGradient):
                 outputs, stats, _, _ = integrate(stepper, state, [times[start], times[end]], options)
             except TooManyFixedSteps as error:
                 # Refused before the first step: this solve's settings.
-                message = str(error).replace("pass max_steps=", f"pass {own}(max_steps=")
-                message = message.replace(" or a longer step_size", ") or a longer step_size")
-                raise ValueError(f"{where}: {message}") from None
+                raise ValueError(f"{where}: {error.spelt(own + '(max_steps={})')}") from None
             except SolverError as error:
                 # The loop's hint names the forward solve's settings; this solve has its own.
                 settings = f"raise {own}(max_steps=...), or loosen {own}(rtol=..., atol=...)"

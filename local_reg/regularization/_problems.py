@@ -13,7 +13,6 @@ import copy
 import functools
 import inspect
 import math
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -250,14 +249,11 @@ def max_steps_as_model_option() -> Iterator[None]:
     try:
         yield
     except TooManyFixedSteps as error:
-        message = re.sub(
-            r"pass max_steps=(\d+) or a longer step_size$",
-            r"pass options={'max_steps': \1} or a longer step_size (\1 is this call's count: a training "
-            r"call's drawn times, a regularization time added to the output times or STEER's end time, "
-            r"may need more)",
-            str(error),
-        )
-        raise TooManyFixedSteps(message) from None
+        raise error.spelt(
+            "options={{'max_steps': {}}}",
+            " ({} is this call's count: a training call's drawn times, a regularization time added to "
+            "the output times or STEER's end time, may need more)",
+        ) from None
 
 
 class CastField(nn.Module):
