@@ -914,12 +914,11 @@ def reevaluating(method: str) -> Iterator[None]:
 
 
 def in_peer_backward(method: str | None) -> contextlib.AbstractContextManager[None]:
-    """:func:`reevaluating` ``method`` where a peer library's adjoint (torchdiffeq's, torchsde's;
-    ``None``: the solve has none) evaluates the field in a backward pass, which goes by no
-    :class:`CapturedTensorCheck` of local_reg's; nothing in its forward solve."""
-    if method is None or torch._C._current_graph_task_id() == -1:
-        return contextlib.nullcontext()
-    return reevaluating(method)
+    """:func:`reevaluating` ``method``, the adjoint of a peer library (torchdiffeq's, torchsde's)
+    whose backward pass evaluates the field without a :class:`CapturedTensorCheck` of local_reg's;
+    its wrapper of the field sets ``method`` once the forward solve has returned (``None`` before,
+    and for a solve without an adjoint): nothing then."""
+    return contextlib.nullcontext() if method is None else reevaluating(method)
 
 
 def _captured_tensor_check(func: object) -> CapturedTensorCheck | None:
