@@ -201,7 +201,8 @@ def sdeint(
     # A graph-free gradient method of a solve whose field calls sdeint evaluates it again in its
     # backward pass, which replays neither a generator nor torch's global stream.
     rerun_by = reevaluating_for()
-    if bm is None and rerun_by is not None and (generator is None or _rerun_draws_another_path(generator)):
+    redraws = generator is not None and _rerun_draws_another_path(generator)
+    if bm is None and rerun_by is not None and (generator is None or redraws):
         rerun = (
             f"sdeint is re-run inside a backward pass: gradient={rerun_by!r} of the solve whose field calls "
             "it evaluates that field again, where sdeint draws another Brownian path than the forward "
@@ -217,7 +218,7 @@ def sdeint(
                 f"{rerun}a generator that has drawn before: the gradient would be that of another path; "
                 f"{remedies}, or give each call a new generator seeded there from a fixed seed"
             )
-    if generator is not None and _rerun_draws_another_path(generator):
+    if redraws:
         raise RuntimeError(
             "sdeint is re-run inside a backward pass (torch.utils.checkpoint's recomputation?) with a "
             "generator that has drawn before, which the re-run cannot replay: the gradient would be "
