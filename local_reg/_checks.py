@@ -71,13 +71,17 @@ def forward_is_drift(module: object) -> bool:
 
 
 def _compiled_module(func: object) -> object | None:
-    """The module ``torch.compile`` compiled into ``func``, or None where ``func`` is no compiled
-    module (its wrapper's class has neither the module's ``forward`` nor its ``f``)."""
+    """What ``torch.compile`` compiled into ``func``, or None where ``func`` is not compiled (a
+    compiled module's class has neither the module's ``forward`` nor its ``f``)."""
     # Without torch._dynamo loaded nothing has been compiled, and importing it would cost a second.
     eval_frame = sys.modules.get("torch._dynamo.eval_frame")
-    if eval_frame is not None and isinstance(func, eval_frame.OptimizedModule):
+    if eval_frame is None:
+        return None
+    if isinstance(func, eval_frame.OptimizedModule):
         return func._orig_mod
-    return None
+    # A compiled function (a compiled module's ``forward``, or a module compiled twice) keeps
+    # what it compiles here, the module's ``_wrapped_call_impl`` for a module.
+    return getattr(func, "_torchdynamo_orig_callable", None)
 
 
 def _called_object(func: object) -> object:
@@ -100,7 +104,7 @@ def _binds_call_other_than_drift(method: types.MethodType) -> bool:
     """True iff the bound ``method`` is its owner's ``__call__`` or ``forward`` and not its ``f``."""
     owner, function = type(method.__self__), method.__func__
     return function is not getattr(owner, "f", None) and any(
-        function is getattr(owner, name, None) for name in ("__call__", "forward")
+        function is getattr(owner, name, None) for name in ("__call__", "forward", "_wrapped_call_impl")
     )
 
 

@@ -1223,7 +1223,9 @@ def test_odeint_judges_a_compiled_module_by_the_module_it_compiles():
         torch.testing.assert_close(local_reg.odeint(func, y0, times).ys[-1], y0 * np.exp(-1.0))
         torch.testing.assert_close(compat.odeint(func, y0, times)[-1], y0 * np.exp(-1.0))
     sde = torch.compile(ForwardIsNotDrift(), backend="eager")
-    for func in (sde, sde.__call__):
+    # A compiled module's forward, and a compiled module compiled again, are compiled functions.
+    compiled_twice = torch.compile(sde, backend="eager")
+    for func in (sde, sde.__call__, sde.forward, compiled_twice):
         for solve in (local_reg.odeint, compat.odeint):
             with pytest.raises(TypeError, match=r"func is an SDE \(ForwardIsNotDrift has f, g"):
                 solve(func, y0, times)
