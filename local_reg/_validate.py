@@ -36,6 +36,12 @@ STEP_CONTROL_SPELLINGS = {
     "dtmin": "diffrax's smallest step: controller=PIController(min_step=) here",
     "step_ts": "diffrax's times to end a step on: controller=PIController(step_ts=) here",
     "jump_ts": "diffrax's times where the field may jump: controller=PIController(jump_ts=) here",
+    # torchdiffeq's options= entries: step_t was "did you mean 'step_size'?", a fixed step.
+    "step_t": "torchdiffeq's times to end a step on: controller=PIController(step_ts=) here",
+    "jump_t": "torchdiffeq's times where the field may jump: controller=PIController(jump_ts=) here",
+    "safety": "the step-size controller's: controller=PIController(safety=) here",
+    "ifactor": "torchdiffeq's largest step growth: controller=PIController(max_factor=) here",
+    "dfactor": "torchdiffeq's smallest step shrink: controller=PIController(min_factor=) here",
 }
 """What a solver's :func:`explain_unknown_keywords` says for the step-size settings of other
 libraries that :class:`local_reg.PIController` takes."""

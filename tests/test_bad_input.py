@@ -3195,6 +3195,12 @@ def test_step_size_bounds_landing_times_and_output_times_of_other_libraries_poin
         "dtmin": "controller=PIController(min_step=)",
         "step_ts": "controller=PIController(step_ts=)",
         "jump_ts": "controller=PIController(jump_ts=)",
+        # torchdiffeq's options= entries: step_t was "did you mean 'step_size'?", the others bare.
+        "step_t": "controller=PIController(step_ts=)",
+        "jump_t": "controller=PIController(jump_ts=)",
+        "safety": "controller=PIController(safety=)",
+        "ifactor": "controller=PIController(max_factor=)",
+        "dfactor": "controller=PIController(min_factor=)",
         "t_eval": {"odeint_event": "odeint(func, y0, t)"}.get(solver, "the output times are t"),
         "dense_output": {"odeint": "dense=True", "odeint_event": "odeint(", "sdeint": "no interpolant"}[
             solver
