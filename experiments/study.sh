@@ -205,7 +205,7 @@ case "${1:-}" in
             "${PREVIOUS_DEFAULT[@]}"
         $LR experiment synthetic --methods local-random "${COMMON[@]}" --out results/study-synthetic
         ;;
-    defaults | defaults_mnist_tight)  # LocallyRegularized's own default weight and probe (the weight spec "default")
+    defaults | defaults_mnist_tight)  # LocallyRegularized's own default, the kinetic penalty and its weight (the weight spec "default")
         default=("${PREVIOUS_DEFAULT[@]}")
         tight=(--set solver.rtol=1.4e-8 --set solver.atol=1.4e-8)
         if [ "$1" = defaults ]; then

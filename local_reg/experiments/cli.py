@@ -2,7 +2,7 @@
 
     local-reg experiment TASK [--methods M ...] [--seeds N] [--out DIR] [--quick | --paper | --size S]
                               [--gradient G] [--set KEY=VALUE ...] [--threads N] [--no-progress]
-    local-reg report [--out DIR] [--task TASK]
+    local-reg report [--out DIR] [--task TASK] [--timing cpu|wall]
 
 Exit codes: 0 success; 2 bad input (unknown task, method or setting, a setting's value its task does
 not allow, an output folder that cannot be written, a corrupt results file, nothing to report), with

@@ -129,8 +129,8 @@ class Weight(Rule):
     >= 1, ``scope`` one of :data:`RATIO_SCOPES`, the others numbers); a self-tuning spec's numbers
     must also lie in the ranges its class takes (``beta < 1``, ``w_min <= initial <= w_max``, ...:
     the spec is refused here, naming the setting, rather than when the model is made), or ``"default"``
-    (local regularization's own default weight and probe; local methods only: ``default=False``
-    refuses it for the others)."""
+    (local regularization's own default, the kinetic penalty and its self-tuning weight, no probe step;
+    local methods only: ``default=False`` refuses it for the others)."""
 
     default: bool = True
 
