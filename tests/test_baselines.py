@@ -12,6 +12,7 @@ from scipy.integrate import quad_vec
 
 from local_reg import (
     ExponentialDecay,
+    LocallyRegularized,
     RatioWeight,
     RNODERegularized,
     SteerRegularized,
@@ -399,6 +400,17 @@ def test_a_single_output_time_is_refused_in_training(cls, z0):
     # RNODE and TayNODE integrated over an empty interval and returned a silent penalty of 0.
     with pytest.raises(ValueError, match="at least 2"):
         cls(Linear())(z0, torch.tensor([0.0], dtype=z0.dtype))
+
+
+@pytest.mark.parametrize("cls", [SteerRegularized, RNODERegularized, TayNODERegularized])
+def test_y0_is_checked_before_t_as_the_other_models_check_it(cls):
+    """Given a bad y0 and bad times at once, a baseline named t, where LocallyRegularized names y0:
+    the baselines checked their inputs in an order of their own."""
+    bad_y0, bad_t = torch.ones(3, 2, dtype=torch.int64), [1.0, 0.5, 0.7]
+    with pytest.raises(TypeError, match="y0 must have a floating dtype"):
+        LocallyRegularized(Linear())(bad_y0, bad_t)
+    with pytest.raises(TypeError, match="y0 must have a floating dtype"):
+        cls(Linear())(bad_y0, bad_t)
 
 
 def test_coefficients_are_checked_before_any_conversion_and_take_numpy_scalars():

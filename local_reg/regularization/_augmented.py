@@ -33,7 +33,7 @@ from .._errors import SolverError
 from .._step import NON_FINITE_DERIVATIVE, VectorField, rms_norm, time_tensor
 from .._validate import check_finite_state, time_direction
 from ..solution import Solution
-from ._problems import ODEProblem
+from ._problems import ODEContext, ODEProblem
 
 Integrand = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, tuple[Tensor, ...]]]
 """``(t, z) -> (f(t, z), rates, squared)``: the state's derivative, the 1-D tensor of the
@@ -82,13 +82,13 @@ def solve_augmented(
     rates: tuple[str, ...],
     y0: Tensor,
     times: list[float],
-    t_dtype: torch.dtype,
-    rounded_to: torch.dtype | None = None,
+    context: ODEContext,
 ) -> tuple[Tensor, Tensor, Solution]:
     """``(ys, integrals, solution)``: the state at ``t``, shape ``(len(t), *y0.shape)``, and the
     integrals ``int r_i dt`` from ``t[0]`` to ``t[-1]`` of the integrand's rates, which ``rates``
     names for the messages (signed so that a backward solve gives the same non-negative cost as the
-    forward one); ``rounded_to``: the float the times came in (:meth:`ODEProblem.odeint`)."""
+    forward one); ``times`` and ``context`` as :meth:`ODEProblem.prepare` made them (a baseline
+    solves with local_reg.odeint, which sees the times in the dtype func gets them in)."""
     if len(times) < 2:
         # One time spans no interval: the penalty would be a silent 0.
         raise ValueError(f"t must hold at least 2 times (t0 and t1) to integrate over, got {len(times)}")
@@ -96,8 +96,11 @@ def solve_augmented(
     augmented0 = torch.cat([y0.reshape(-1), y0.new_zeros(n_terms)])
     field = AugmentedField(problem.func, integrand, y0.shape, n_terms)
     options = _on_the_state(problem.options, lambda y: y[:-n_terms].view(y0.shape))
+    t_dtype = context.time_dtype
     try:
-        solution = problem.odeint(field, augmented0, times, t_dtype, options=options, rounded_to=rounded_to)
+        solution = problem.odeint(
+            field, augmented0, times, t_dtype, options=options, rounded_to=context.rounded_to
+        )
     except SolverError as error:
         explained = _non_finite_rate(error, integrand, rates, y0, t_dtype)
         if explained is None:

@@ -27,13 +27,7 @@ from torch import Tensor
 from torch.func import vjp
 
 from .._step import VectorField
-from .._validate import (
-    checked_field,
-    generator_device,
-    narrowest_float,
-    validate_state,
-    validate_times,
-)
+from .._validate import checked_field, generator_device
 from ..controller import TimeSet
 from ..solution import State
 from ._augmented import Integrand, mean_square, solve_augmented
@@ -107,18 +101,14 @@ class RNODEPenalty(BaselinePenalty):
         generator: torch.Generator | None = None,
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
-        times = validate_times(t)
-        # The augmented solve refuses a non-finite y0 (odeint, the only backend a baseline takes).
-        y0 = validate_state(y0, finite=False)
+        times, _, context, _ = problem.prepare(y0, t, generator)
         # A Jacobian term of weight 0 is not computed (no noise drawn, no vector--Jacobian products).
         eps = rademacher(y0.shape, generator, y0) if self.jacobian else None
         if self.jacobian:
             refuse_running_statistics(problem.func, "RNODE's Jacobian term", "torch.func.vjp")
         # Checked output: a wrong shape is named before the vector--Jacobian product meets it.
         integrand = rnode_integrand(checked_field(problem.func), eps)
-        ys, integrals, solution = solve_augmented(
-            problem, integrand, RATES, y0, times, problem.times_dtype(t, y0), narrowest_float(t)
-        )
+        ys, integrals, solution = solve_augmented(problem, integrand, RATES, y0, times, context)
         penalty = self.kinetic * integrals[0] + self.jacobian * integrals[1]
         stats = solution_stats(
             solution,

@@ -26,7 +26,6 @@ import torch
 from torch import Tensor
 
 from .._step import VectorField
-from .._validate import narrowest_float, validate_state, validate_times
 from ..controller import TimeSet
 from ..solution import State
 from ._baseline import (
@@ -37,7 +36,6 @@ from ._baseline import (
 )
 from ._main_solve import Request
 from ._module import Regularized, functional_settings
-from ._problems import ODEContext
 from ._sampling import uniform_draw
 from .schedules import constant_coefficient
 
@@ -92,14 +90,11 @@ class SteerPenalty(BaselinePenalty):
         generator: torch.Generator | None = None,
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
-        times = validate_times(t)
-        # local_reg.odeint, the only backend a baseline takes, refuses a non-finite y0 itself.
-        y0 = validate_state(y0, finite=False)
         # The drawn end is a float; the other times keep the dtype they came in (fixed steps).
-        context = ODEContext(problem.times_dtype(t, y0), narrowest_float(t))
+        times, t_dtype, context, _ = problem.prepare(y0, t, generator)
         check_half_width(self.b, times, context.time_dtype)
         t_end = sample_end_time(times[-1], self.b, generator)
-        main = problem.solve(y0, times[:-1] + [t_end], context.time_dtype, context, Request())
+        main = problem.solve(y0, times[:-1] + [t_end], t_dtype, context, Request())
         zero = torch.zeros((), dtype=y0.dtype, device=y0.device)
         stats = BaselineStats(main=main.stats, n_accepted=main.n_accepted, t_end=t_end, penalty=0.0)
         return main.ys, zero, stats

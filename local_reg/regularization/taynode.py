@@ -35,7 +35,7 @@ from torch.func import jvp
 
 from .._checks import positive_int
 from .._step import VectorField
-from .._validate import checked_field, narrowest_float, validate_state, validate_times
+from .._validate import checked_field
 from ..controller import TimeSet
 from ..solution import State
 from ._augmented import Integrand, mean_square, solve_augmented
@@ -131,17 +131,13 @@ class TayNODEPenalty(BaselinePenalty):
         generator: torch.Generator | None = None,
         bm: Any = None,
     ) -> tuple[Tensor, Tensor, BaselineStats]:
-        times = validate_times(t)
-        # The augmented solve refuses a non-finite y0 (odeint, the only backend a baseline takes).
-        y0 = validate_state(y0, finite=False)
+        times, _, context, _ = problem.prepare(y0, t, generator)
         if self.order > 1:
             refuse_running_statistics(problem.func, f"TayNODE's order-{self.order} penalty", "torch.func.jvp")
         # Checked output: a wrong shape is named before the forward-mode derivatives meet it.
         integrand = taylor_integrand(checked_field(problem.func), self.order)
         rate = f"TayNODE's rate mean((d^{self.order} z/dt^{self.order})^2)"
-        ys, integrals, solution = solve_augmented(
-            problem, integrand, (rate,), y0, times, problem.times_dtype(t, y0), narrowest_float(t)
-        )
+        ys, integrals, solution = solve_augmented(problem, integrand, (rate,), y0, times, context)
         penalty = integrals[0]
         value = float(penalty.detach())
         stats = solution_stats(
