@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from .methods import weight_schedule
+from .results import is_number
 
 
 class SettingsError(ValueError):
@@ -38,11 +39,6 @@ class Rule:
     def refusal(self, value: Any) -> str | None:
         """Why ``value`` is refused, in words that follow the setting's name; ``None`` if accepted."""
         return None if self.accepts(value) else f"must be {self.allowed()}"
-
-
-def _is_number(value: Any) -> bool:
-    # JSON true/false parse to bool, a subclass of int: a switch is not a count or a rate.
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -74,12 +70,7 @@ class Real(Rule):
         return f"a finite number {low}" + ("" if self.high == math.inf else f" and <= {self.high:g}")
 
     def accepts(self, value: Any) -> bool:
-        if not _is_number(value):
-            return False
-        try:
-            if not math.isfinite(value):
-                return False
-        except OverflowError:  # an int beyond float's range (JSON's 1e400 spelled out)
+        if not (is_number(value) and math.isfinite(value)):
             return False
         above = value >= self.low if self.closed else value > self.low
         return above and value <= self.high
