@@ -65,6 +65,7 @@ from .sde.problem import (
     batch_state,
     brownian_size,
     check_shapes,
+    refuse_sde_class,
     refuse_times_requiring_grad,
     validate_sde,
     validate_sde_problem,
@@ -141,8 +142,7 @@ def _renamed(sde: Any, names: object, caller: str = "sdeint") -> Any:
         raise ValueError(f"names: unknown keys {unknown}; expected some of {list(RENAMED)}")
     if not names:
         return sde
-    if isinstance(sde, type):
-        raise TypeError(f"sde must be an SDE instance, got the class {sde.__name__}: pass {sde.__name__}()")
+    refuse_sde_class(sde)
     methods = {}
     for key, default in RENAMED.items():
         method = names.get(key, default)

@@ -2227,6 +2227,30 @@ def test_the_public_step_functions_refuse_what_odeint_refuses():
         sdeint(DiagonalSDE, torch.ones(2, 1), [0.0, 1.0])
 
 
+def test_a_class_given_as_sde_is_named_as_a_class_wherever_an_sde_is_checked():
+    """sdeint and compat.sdeint named a class without f and g by its type ("got type"), where the
+    SDE step functions named the class: each checked for a class by a copy of its own."""
+    from local_reg import compat
+    from local_reg.sde import sde_step
+
+    class Field(torch.nn.Module):
+        noise_type = "diagonal"
+
+        def forward(self, t, y):
+            return -y
+
+    y = torch.ones(2, 1)
+    for solve in (
+        lambda: sdeint(Field, y, [0.0, 1.0]),
+        lambda: compat.sdeint(Field, y, torch.tensor([0.0, 1.0]), dt=0.1),
+        lambda: sde_step(Field, "diagonal", 0.0, y, 0.1, torch.ones(2, 1), rtol=1e-2, atol=1e-2),
+    ):
+        with pytest.raises(
+            TypeError, match=r"^sde must be an SDE instance, got the class Field: pass Field\(\)$"
+        ):
+            solve()
+
+
 def test_the_backsolve_adjoints_own_solve_is_checked_before_the_forward_solve():
     """The backward solve's own method may have larger coefficients than the forward's (rk4 1,
     tsit5 12.9), and its own tolerances may be refused: both were found only in ``backward()``

@@ -92,6 +92,7 @@ from .problem import (
     check_diffusion_shape,
     diffusion_times_increment,
     noise_vector,
+    refuse_sde_class,
 )
 
 DRIFT_ERROR_WEIGHT = 1.0 / 6.0
@@ -311,8 +312,7 @@ def _checked_arguments(
     (a finite number, not a tensor requiring grad) and the state ``(batch, d)``, and ``f0`` /
     ``g0`` where given."""
     check_choice("noise_type", noise_type, SUPPORTED_NOISE_TYPES)
-    if isinstance(sde, type):
-        raise TypeError(f"sde must be an SDE instance, got the class {sde.__name__}: pass {sde.__name__}()")
+    refuse_sde_class(sde)
     if not (callable(getattr(sde, "f", None)) and callable(getattr(sde, "g", None))):
         raise TypeError(
             "sde must be an object with methods f(t, y) (drift) and g(t, y) (diffusion), as torchsde "

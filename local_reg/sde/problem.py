@@ -71,11 +71,17 @@ ITO_FORM = (
 """How a Stratonovich SDE becomes one the Ito schemes solve (``sdeint``'s and compat's refusals)."""
 
 
+def refuse_sde_class(sde: Any) -> None:
+    """A ``TypeError`` for a class given as ``sde``: its methods are unbound functions, so a class
+    with ``f``, ``g`` and ``noise_type`` looks like an SDE until its drift is called."""
+    if isinstance(sde, type):
+        raise TypeError(f"sde must be an SDE instance, got the class {sde.__name__}: pass {sde.__name__}()")
+
+
 def validate_sde(sde: Any, general: bool = False) -> str:
     """Check ``sde`` is an SDE this package solves; return its ``noise_type``. ``general``: the
     caller (``sdeint``) takes general noise too, and checks the scheme it needs."""
-    if isinstance(sde, type) and callable(getattr(sde, "f", None)) and callable(getattr(sde, "g", None)):
-        raise TypeError(f"sde must be an SDE instance, got the class {sde.__name__}: pass {sde.__name__}()")
+    refuse_sde_class(sde)
     if not is_sde(sde):
         raise TypeError(
             "sde must have methods f(t, y) (drift) and g(t, y) (diffusion) and a string attribute "
