@@ -340,22 +340,20 @@ class ModuleAtSolve:
     updated: frozenset[str] = frozenset()
 
     @classmethod
-    def of(
-        cls,
-        owner: torch.nn.Module | None,
-        before: BufferMarks | None = None,
-        updated: frozenset[str] = frozenset(),
-    ) -> ModuleAtSolve:
+    def of(cls, owner: torch.nn.Module | None, before: BufferMarks | None = None) -> ModuleAtSolve:
         """``owner`` now; ``before``: its :func:`buffer_marks` when the solve began, against which the
-        buffers it changed are found (added to ``updated``)."""
+        buffers it changed (``updated``) are found."""
         if owner is None:
             return cls()
         slots = list(_all_buffers(owner))
-        if before is not None:
-            updated = updated | {name for name, buffer in slots if not _marked(before.get(name), buffer)}
+        updated = (
+            {name for name, buffer in slots if not _marked(before.get(name), buffer)}
+            if before is not None
+            else set()
+        )
         # A training-mode norm updates its running statistics inside its kernel, whose version
         # counter that leaves as it was: updated all the same (and written, not read, there).
-        updated = updated | {name for name, _ in _all_buffers(owner, _running_statistics_in_training)}
+        updated |= {name for name, _ in _all_buffers(owner, _running_statistics_in_training)}
         return cls(
             tuple(weakref.ref(p) for p in owner.parameters()),
             tuple((name, buffer) for name, buffer in slots if name not in updated),
