@@ -20,6 +20,7 @@ from ._validate import (
     host_list,
     narrowest_float,
     refuse_tracing,
+    rounded,
     without_autocast,
 )
 from .interpolants import Interpolant
@@ -77,13 +78,13 @@ class DenseOutput:
         if dtype is None:
             return values
         ends = (self.t[0], self.t_end) if self.t else (self.t0,)
-        rounded = {float(torch.tensor(end, dtype=dtype)): end for end in ends}
+        end_of = {rounded(end, dtype): end for end in ends}
         if not outside_only:
             # An end itself stays: in a span shorter than the dtype's ulp both ends round alike.
-            return [v if v in ends else rounded.get(v, v) for v in values]
+            return [v if v in ends else end_of.get(v, v) for v in values]
         low, high = min(ends), max(ends)
-        as_dtype = host_list(torch.tensor(values, dtype=dtype))
-        return [v if low <= v <= high else rounded.get(r, v) for v, r in zip(values, as_dtype, strict=True)]
+        as_dtype = host_list(torch.tensor(values, dtype=dtype, device="cpu"))
+        return [v if low <= v <= high else end_of.get(r, v) for v, r in zip(values, as_dtype, strict=True)]
 
     @property
     def direction(self) -> float:

@@ -1095,6 +1095,12 @@ def narrowest_float(times: Tensor | np.ndarray | Sequence[float | Tensor]) -> to
     return min(narrow, key=lambda dtype: torch.finfo(dtype).bits) if narrow else None
 
 
+def rounded(t: float, dtype: torch.dtype) -> float:
+    """``t`` rounded to ``dtype``, on the CPU whatever torch's default device: a rounding on a GPU is
+    a tensor made and read back per call, and a meta tensor cannot be read back at all."""
+    return float(torch.tensor(t, dtype=dtype, device="cpu"))
+
+
 def times_as_given(times: list[float], rounded_to: torch.dtype | None) -> list[float | Tensor]:
     """``times`` (checked floats) for ``odeint`` or ``sdeint`` as they came: each that is a number
     of ``rounded_to``, the narrower float they came in (:func:`narrowest_float`), as a 0-dim tensor

@@ -760,6 +760,21 @@ def test_a_solve_under_another_default_device_leaves_later_solves_alone():
     assert all(torch.equal(a, b) for a, b in zip(under_meta, expected, strict=True))
 
 
+def test_floats_rounded_to_the_times_dtype_make_no_tensor_on_the_default_device():
+    """A Python float rounded to the dtype of the times (a Brownian motion's end beside float32
+    times, a dense solution's span ends) was rounded on torch's default device: under a default meta
+    device it could not be read back (under a default GPU, a tensor made and read per rounding)."""
+    from local_reg.sde.brownian import rounds_to
+
+    solution = odeint(decay, torch.ones(2), torch.linspace(0.0, 0.7, 4), dense=True)
+    end = torch.tensor([0.7])  # the float32 span end, read as that end
+    expected = solution.evaluate(end)
+    with torch.device("meta"):
+        assert rounds_to(0.3, 0.30000001192092896, torch.float32)
+        at_end, at_float_end = solution.evaluate(end), solution.evaluate([0.7])
+    assert torch.equal(at_end, expected) and torch.equal(at_float_end, expected)
+
+
 def test_solver_errors_survive_pickling_as_from_a_worker_process():
     import pickle
 

@@ -24,9 +24,10 @@ from local_reg import (
     TayNODERegularized,
     rms_norm,
 )
+from local_reg._validate import rounded
 from local_reg.regularization import _sampling
 from local_reg.regularization._probe import penalty_form
-from local_reg.regularization._sampling import insert_time, rounded, sample_uniform_time, time_tolerance
+from local_reg.regularization._sampling import insert_time, sample_uniform_time, time_tolerance
 from local_reg.regularization.rnode import rademacher
 from tests.problems import LINEAR_MATRIX as A
 from tests.problems import TIGHT_TOLERANCES as TIGHT

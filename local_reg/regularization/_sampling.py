@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._validate import check_bool, check_choice, generator_device, time_direction
+from .._validate import check_bool, check_choice, generator_device, rounded, time_direction
 
 SAMPLINGS = ("random", "biased")
 # Redraws of t_reg before its span counts as unresolvable: on a span of two representable times
@@ -61,11 +61,6 @@ def uniform_draw(generator: torch.Generator | None) -> float:
     """``u ~ U[0, 1)`` from ``generator`` (default: the global CPU generator), whatever the default
     device (a CPU generator cannot fill a tensor on another device)."""
     return float(torch.rand((), generator=generator, dtype=torch.float64, device=generator_device(generator)))
-
-
-def rounded(t: float, t_dtype: torch.dtype) -> float:
-    """``t`` rounded to ``t_dtype``."""
-    return float(torch.tensor(t, dtype=t_dtype, device="cpu"))
 
 
 def sample_uniform_time(

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .._step import VectorField
+from .._validate import rounded
 from ..controller import TimeSet
 from ..solution import State
 from ._baseline import (
@@ -55,9 +56,8 @@ def check_half_width(b: float, times: list[float], time_dtype: torch.dtype | Non
         # The nearest end a draw can give, rounded as func will see it (rounding keeps the order, so
         # every draw lies beyond t[-2] if this does): otherwise a later draw would fail, not this call.
         direction = 1.0 if times[-1] > times[-2] else -1.0
-        nearest = torch.tensor(times[-1] - direction * b, dtype=time_dtype, device="cpu").item()
-        previous = torch.tensor(times[-2], dtype=time_dtype, device="cpu").item()
-        if (nearest - previous) * direction <= 0.0:
+        nearest = rounded(times[-1] - direction * b, time_dtype)
+        if (nearest - rounded(times[-2], time_dtype)) * direction <= 0.0:
             raise ValueError(
                 f"b={b}: the perturbed end time nearest t[-2], t[-1] {'-' if direction > 0 else '+'} b = "
                 f"{times[-1] - direction * b!r}, is "

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torchsde
 
-from .._validate import generator_device
+from .._validate import generator_device, rounded
 
 # Step hint for a new BrownianInterval: the interval is cut into pieces of about
 # 0.8 * cache_size * (t1 - t0) / _TREE_PIECES, i.e. a dependency tree of a few levels.
@@ -42,7 +42,7 @@ def rounds_to(end: float, time: float, times_dtype: torch.dtype | None) -> bool:
     Python float) covers the float32 times ``torch.linspace(0, 0.3, 4)``, whose end is
     ``0.30000001...``, since they cannot say 0.3 more exactly (torchsde queries it there with a
     warning; ``CheckedBrownian`` clamps the query onto the interval, a float32 ulp at most)."""
-    return times_dtype is not None and float(torch.tensor(end, dtype=times_dtype)) == time
+    return times_dtype is not None and rounded(end, times_dtype) == time
 
 
 def step_hint(t0: float, t1: float, step: float | None, max_steps: int | None = None) -> float:
