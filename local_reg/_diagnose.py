@@ -133,7 +133,7 @@ def explain_failure(
     if adaptive and eps is not None and non_finite is None and rtol and rtol < (eps / 4 if limited else eps):
         wider = "" if dtype == torch.float64 else " or solve in float64"
         # A step limit may be reached before the steps shrink that far: the limit may be the cause.
-        limit = f"{raise_limit}; " if reason.startswith("max_steps") else ""
+        limit = f"{raise_limit}; " if limited else ""
         cost = "the steps stay short" if limit else "the steps shrink until they fail"
         reason += (
             f" ({limit}rtol={rtol:g} is below what {dtype} resolves, eps = {eps:.2g}: the error estimate "
@@ -141,9 +141,9 @@ def explain_failure(
         )
         return SolverError(reason, t=error.t, n_steps=error.n_steps)
     overflow = None if state is None else _near_overflow(state)
-    if reason.startswith("max_steps") and overflow is not None:
+    if limited and overflow is not None:
         reason += overflow
-    elif reason.startswith("max_steps"):
+    elif limited:
         if not adaptive:
             # A fixed-step solve has no tolerance to loosen (an event solve's count is open-ended).
             reason += f" ({RAISE_MAX_STEPS}, or a longer step_size)"

@@ -774,7 +774,7 @@ def integrate(
     callbacks = options.callbacks
     # One output time without a stop condition takes no step: no first step size, whose heuristic's
     # trial Euler step would call func past t[0], outside the span.
-    if adaptive and (len(times) > 1 or callbacks.stop is not None):
+    if adaptive and (len(times) > 1 or stop is not None):
         if options.first_step is not None:
             # The step asked for, unless the loop could not take it (within its underflow threshold
             # of t0): then twice that threshold, from which it grows.
@@ -868,9 +868,8 @@ def integrate(
                     )
             if trial_non_finite:
                 stepper.explain_non_finite()
-            if trial_non_finite and not adaptive:
-                raise SolverError(stepper.failure, t=t, n_steps=stats.n_steps)
-            if trial_non_finite:
+                if not adaptive:
+                    raise SolverError(stepper.failure, t=t, n_steps=stats.n_steps)
                 # An overflowing trial step is too long, not fatal: reject it and shrink.
                 error_estimate = math.inf
                 shrinking_from_non_finite = True

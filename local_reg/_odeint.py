@@ -372,10 +372,14 @@ def odeint(
     # f(t0, y0) as the first step sees it: at a jump at t0, just after it.
     toward_end = math.copysign(math.inf, time_direction(times))
     start = beside_jump(times[0], toward_end, options.time_dtype or state.dtype, options.controller.jump_ts)
+    # A graph-free method's name, and the module its backward pass re-evaluates func with; None both
+    # for direct differentiation, which keeps the forward's own graph.
+    graph_free_method = gradient_method.name if gradient_method.graph_free else None
+    graph_free_owner = owner if gradient_method.graph_free else None
     # Before the first evaluation, which may change them too.
-    buffers_at_start = buffer_marks(owner if gradient_method.graph_free else None)
+    buffers_at_start = buffer_marks(graph_free_owner)
     (f0,) = first_evaluations(
-        gradient_method.name if gradient_method.graph_free else None,
+        graph_free_method,
         lambda: (evaluate_first(checked, start, state, options.time_dtype),),
         state,
         params,
@@ -388,7 +392,7 @@ def odeint(
         f0,
         record_states,
         step_penalty,
-        owner=owner if gradient_method.graph_free else None,
+        owner=graph_free_owner,
         buffers_at_start=buffers_at_start,
     )
     with without_autocast():
@@ -399,8 +403,7 @@ def odeint(
     if steps.stop_time is not None:
         times = [times[0], steps.stop_time]
     ts = torch.tensor(times, dtype=options.time_dtype, device=state.device)
-    graph_free = gradient_method.name if gradient_method.graph_free else None
     solution = Solution(
-        ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties, graph_free_method=graph_free
+        ts=ts, ys=ys, stats=stats, steps=steps, penalties=penalties, graph_free_method=graph_free_method
     )
     return cast(Solution[State], solution)
