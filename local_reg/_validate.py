@@ -841,7 +841,8 @@ class FreshOutputs:
                 "between calls?): the solver keeps each output, so return a new tensor on every "
                 "call (e.g. out.clone())"
             )
-        if output.is_inference():  # keeps no version counter (and cannot be written unseen)
+        if output.is_inference():
+            # It keeps no version counter: a later write into it is not checked, and goes unseen.
             self.previous = None
         else:
             self.previous, self.version = weakref.ref(output), output._version
@@ -863,7 +864,8 @@ def call_leaving_input(
     naming ``name`` if it changed ``y`` in place: the solvers reuse ``y`` (a step's start, a stage
     state) after the call, so a changed one would silently give wrong states."""
     if torch.compiler.is_compiling() or y.is_inference():
-        # Inference tensors keep no version counter (and cannot be changed in place unseen).
+        # Inference tensors keep no version counter: a change in place is not checked, and goes
+        # unseen (docs/solver.md).
         return call_under_autocast(regions, func, t, y)
     version = y._version
     value = call_under_autocast(regions, func, t, y)
