@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import torch
 
-from ._errors import SolverError
+from ._errors import STEP_LIMIT_REACHED, STEP_SIZE_UNDERFLOW, TRIAL_STEPS_NON_FINITE, SolverError
 
 STIFF_RATIO = 0.8
 """``|dt| * rho / stability_size`` at or above this over the last accepted steps means the step was
@@ -112,7 +112,7 @@ def explain_failure(
     tolerance below the dtype's resolution, which would have shrunk the steps anywhere).
     """
     reason = error.reason
-    if reason.startswith("step size underflow") and non_finite is None:
+    if reason.startswith(STEP_SIZE_UNDERFLOW) and non_finite is None:
         blow_up = _blow_up(state, start)
         if blow_up is not None and _near_overflow(cast(torch.Tensor, state)) is None:
             return SolverError(reason + blow_up, t=error.t, n_steps=error.n_steps)
@@ -129,7 +129,7 @@ def explain_failure(
     # 100 eps to that, with a warning).
     # A step limit reached with rtol just below eps is no sign of rounding (the steps need not be
     # short): a quarter of eps, where they are, before it is named as the cause.
-    limited = reason.startswith("max_steps")
+    limited = reason.startswith(STEP_LIMIT_REACHED)
     if adaptive and eps is not None and non_finite is None and rtol and rtol < (eps / 4 if limited else eps):
         wider = "" if dtype == torch.float64 else " or solve in float64"
         # A step limit may be reached before the steps shrink that far: the limit may be the cause.
@@ -171,7 +171,7 @@ def explain_failure(
             if tableau.stability_size is None:
                 reason += UNJUDGED.format(method=tableau.name)
     elif non_finite is not None:
-        reason = f"{non_finite}: the trial steps kept turning non-finite, down to a {reason}{overflow or ''}"
+        reason = f"{non_finite}: {TRIAL_STEPS_NON_FINITE}, down to a {reason}{overflow or ''}"
     elif overflow is not None:
         reason += overflow
     return SolverError(reason, t=error.t, n_steps=error.n_steps)

@@ -33,6 +33,19 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     warnings.warn(message, category, stacklevel=level)
 
 
+STEP_LIMIT_REACHED = "max_steps="
+"""How the reason of a solve stopped by its step limit begins (``max_steps=N exceeded``): the
+advice added to it, and the rewordings of a solve until an event and of an adjoint's backward
+solve, are keyed on it."""
+
+STEP_SIZE_UNDERFLOW = "step size underflow"
+"""How the reason of a solve whose step size underflowed begins."""
+
+TRIAL_STEPS_NON_FINITE = "the trial steps kept turning non-finite"
+"""What follows the stepper's ``failure`` where a step size underflowed while shrinking away from
+non-finite trial steps."""
+
+
 class SolverError(RuntimeError):
     """The solver could not continue: a non-finite state or derivative, a step size that underflowed,
     or more steps than ``max_steps``. The message names the time ``t`` and the step count

@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 from ._autograd import first_order_only, solve_entry_point
-from ._errors import SolverError, warn
+from ._errors import STEP_LIMIT_REACHED, SolverError, warn
 from ._integrate import STOP_NEVER_HELD, StepCallbacks, open_end
 from ._odeint import odeint
 from ._step import VectorField, beside_jump, time_tensor
@@ -75,6 +75,10 @@ EventFunction = Callable[[Tensor, Any], Tensor]
 a tuple ``y0``); the output is a floating-point tensor of any fixed shape (a 0-dim tensor for one
 event), each of whose entries is an event function."""
 
+
+EVENT_UNREACHED = "event_fn did not change sign within max_steps"
+"""How the reason of a solve until an event that reached its step limit begins (an event that never
+happens, the likeliest cause, which the loop cannot tell apart)."""
 
 EVENT_BEYOND_LARGEST_TIME = (
     "event_fn did not change sign before t reached the largest time the solve represents"
@@ -546,9 +550,8 @@ def _solve_until_event(
             span = torch.tensor(span, dtype=field_t_dtype, device=y0.device)
         solution = odeint(func, start, span, callbacks=stop, **odeint_kwargs)
     except SolverError as error:
-        if error.reason.startswith("max_steps"):
-            # The likeliest cause is an event that never happens, which the loop cannot tell apart.
-            reason = f"event_fn did not change sign within max_steps: {error.reason}"
+        if error.reason.startswith(STEP_LIMIT_REACHED):
+            reason = f"{EVENT_UNREACHED}: {error.reason}"
         elif error.reason == STOP_NEVER_HELD:
             reason = EVENT_BEYOND_LARGEST_TIME
         else:

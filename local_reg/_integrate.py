@@ -26,7 +26,7 @@ from torch import Tensor
 from ._checks import positive_int
 from ._dense import DenseOutput
 from ._diagnose import explain_failure
-from ._errors import SolverError, warn
+from ._errors import STEP_LIMIT_REACHED, STEP_SIZE_UNDERFLOW, SolverError, warn
 from ._step import (
     RKStepper,
     StepResult,
@@ -490,7 +490,7 @@ def next_step_size(
     Raises :class:`SolverError` if ``max_steps`` attempts were made or the step underflows.
     """
     if n_steps >= max_steps:
-        raise SolverError(f"max_steps={max_steps} exceeded", t=t, n_steps=n_steps)
+        raise SolverError(f"{STEP_LIMIT_REACHED}{max_steps} exceeded", t=t, n_steps=n_steps)
     if math.isnan(dt_abs):
         # No comparison below would catch it: every step would be attempted, and rejected, at NaN.
         raise SolverError(
@@ -511,7 +511,7 @@ def next_step_size(
         lands = left <= underflow_threshold(t_after, left)
     dt_used = remaining if lands else dt_abs
     if dt_used <= underflow_threshold(t, dt_used):
-        reason = f"step size underflow (dt={dt_used:.3e})"
+        reason = f"{STEP_SIZE_UNDERFLOW} (dt={dt_used:.3e})"
         if lands:
             # The solve was landing: it is the output times that are too close, not the dynamics.
             reason += (

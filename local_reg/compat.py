@@ -30,11 +30,11 @@ from torch import Tensor, nn
 
 from ._checks import positive_int, refuse_sde
 from ._compat_sde import sdeint, sdeint_adjoint
-from ._errors import SolverAssertion, SolverError, warn
-from ._events import EVENT_BEYOND_LARGEST_TIME, _solve_until_event, direction_time
+from ._errors import STEP_SIZE_UNDERFLOW, TRIAL_STEPS_NON_FINITE, SolverAssertion, SolverError, warn
+from ._events import EVENT_BEYOND_LARGEST_TIME, EVENT_UNREACHED, _solve_until_event, direction_time
 from ._integrate import DEFAULT_MAX_STEPS, NO_STEP_LIMIT, StepCallbacks, fixed_step_ends, times_rounding
 from ._odeint import odeint as _odeint
-from ._step import rms_norm
+from ._step import RKStepper, rms_norm
 from ._tuple import ComplexState, TupleState, layout_of, owning_module
 from ._validate import (
     Tolerance,
@@ -310,8 +310,9 @@ def _per_interval_limit(
         if position["in_interval"] > max_num_steps:
             interval = times[position["next"] - 1], times[position["next"]]
             raise SolverError(
-                f"max_num_steps={max_num_steps} exceeded between the output times {interval[0]!r} and "
-                f"{interval[1]!r} (torchdiffeq's limit per output interval; raise options['max_num_steps'])",
+                f"{_PER_INTERVAL_LIMIT_REACHED}{max_num_steps} exceeded between the output times "
+                f"{interval[0]!r} and {interval[1]!r} (torchdiffeq's limit per output interval; raise "
+                "options['max_num_steps'])",
                 t=t0,
                 n_steps=position["total"] - 1,
             )
@@ -475,10 +476,13 @@ def _listed_tolerance(name: str, value: Tolerance) -> Tolerance:
         ) from None
 
 
+_PER_INTERVAL_LIMIT_REACHED = "max_num_steps="
+"""How the reason of a solve stopped by torchdiffeq's per-interval step limit begins."""
+
 _ASSERTED_BY_TORCHDIFFEQ = (
-    "step size underflow",
-    "non-finite state or derivative: the trial steps kept turning non-finite",
-    "max_num_steps=",
+    STEP_SIZE_UNDERFLOW,
+    f"{RKStepper.failure}: {TRIAL_STEPS_NON_FINITE}",
+    _PER_INTERVAL_LIMIT_REACHED,
 )
 """The failures torchdiffeq 0.2.5 raises as ``AssertionError`` s (``underflow in dt``, an adaptive
 solve's non-finite state, ``max_num_steps exceeded``: the per-interval limit of
@@ -635,7 +639,7 @@ def _solve(
             func, y0, t[0], event_fn=event_fn, reverse_time=reverse_time, times_in_state_dtype=True, **kwargs
         )
     except SolverError as error:
-        unreached = error.reason.startswith("event_fn did not change sign within max_steps")
+        unreached = error.reason.startswith(EVENT_UNREACHED)
         limited = unreached and "max_num_steps" in (options or {})
         if step_size is None and (limited or error.reason == EVENT_BEYOND_LARGEST_TIME):
             # torchdiffeq asserts on its options['max_num_steps'] until an event too, and where the

@@ -49,7 +49,7 @@ from torch import Tensor
 from .._checks import positive_int
 from .._dense import DenseOutput
 from .._diagnose import RAISE_MAX_STEPS, SETTINGS_HINT
-from .._errors import SolverError, warn
+from .._errors import STEP_LIMIT_REACHED, SolverError, warn
 from .._integrate import SolveOptions, TooManyFixedSteps, integrate, jumps_at_step_ends
 from .._step import (
     RKStepper,
@@ -592,8 +592,9 @@ class _ContinuousAdjoint(GraphFreeGradient):
                 # The state is (y, a) solved backwards: a blow-up there, or a step count far beyond
                 # the forward solve's, is most often y's instability backwards (a contracting
                 # forward flow), not the forward solution's.
+                limited = reason.startswith(STEP_LIMIT_REACHED)
                 many_steps = (error.n_steps or 0) > _MANY_MORE_STEPS * max(solve.stats.n_steps, 1)
-                if not self.reads_forward_solution and (not reason.startswith("max_steps=") or many_steps):
+                if not self.reads_forward_solution and (not limited or many_steps):
                     reason += f" ({_UNSTABLE_BACKWARDS})"
                 raise SolverError(f"{where}: {reason}", t=error.t, n_steps=error.n_steps) from None
             calls += stats.nfe
