@@ -48,10 +48,10 @@ from ._integrate import NO_STEP_LIMIT
 from ._step import time_tensor, within_ulps
 from ._validate import (
     check_bool,
-    host_list,
     narrowest_float,
     positive_float,
     refuse_tracing,
+    rounded_list,
     validate_state,
     validate_times,
 )
@@ -416,7 +416,7 @@ def _states(
     # accepted).
     if not adaptive:
         # rtol, atol and dt_min are read by adaptive steps only (torchsde ignores them too).
-        times_tensor = ts if isinstance(ts, Tensor) else torch.tensor(times, dtype=y0.dtype)
+        times_tensor = ts if isinstance(ts, Tensor) else torch.tensor(times, dtype=y0.dtype, device=y0.device)
         if not times_tensor.is_floating_point():
             # torchsde's grid of integer times: their sums with dt, in torch's default dtype.
             times_tensor = times_tensor.to(torch.get_default_dtype())
@@ -912,11 +912,7 @@ def _fixed_grid(ts: Tensor, dt: float, field_dtype: torch.dtype) -> tuple[Tensor
             refuse_if_too_short(points[-1], point)
         points.append(point)
     values = [float(point) for point in points]
-    seen = (
-        values
-        if field_dtype == torch.float64
-        else host_list(torch.tensor(values, dtype=torch.float64).to(field_dtype))
-    )
+    seen = values if field_dtype == torch.float64 else rounded_list(values, field_dtype)
     kept = [0]
     for index in range(1, len(values)):
         if not (within_ulps(values[kept[-1]], values[index]) or seen[kept[-1]] == seen[index]):
@@ -929,7 +925,7 @@ def _fixed_grid(ts: Tensor, dt: float, field_dtype: torch.dtype) -> tuple[Tensor
     counts = [b - a for a, b in zip(kept, kept[1:], strict=False)]
     if len(values) > 2 and within_ulps(values[-2], values[-1]) and counts[-1] > 1:
         counts[-1] -= 1
-    grid = torch.stack([torch.as_tensor(points[index], dtype=ts.dtype) for index in kept])
+    grid = torch.stack([torch.as_tensor(points[index], dtype=ts.dtype, device=ts.device) for index in kept])
     gaps = [values[b] - values[a] for a, b in zip(kept, kept[1:], strict=False)]
     step_size = max([dt, *(gap / count for gap, count in zip(gaps, counts, strict=True))])
     return grid, step_size

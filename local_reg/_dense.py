@@ -21,6 +21,7 @@ from ._validate import (
     narrowest_float,
     refuse_tracing,
     rounded,
+    rounded_list,
     without_autocast,
 )
 from .interpolants import Interpolant
@@ -83,7 +84,7 @@ class DenseOutput:
             # An end itself stays: in a span shorter than the dtype's ulp both ends round alike.
             return [v if v in ends else end_of.get(v, v) for v in values]
         low, high = min(ends), max(ends)
-        as_dtype = host_list(torch.tensor(values, dtype=dtype, device="cpu"))
+        as_dtype = rounded_list(values, dtype)
         return [v if low <= v <= high else end_of.get(r, v) for v, r in zip(values, as_dtype, strict=True)]
 
     @property

@@ -166,8 +166,8 @@ class _EventEntry:
 
 def _time_spacing(value: float, dtype: torch.dtype) -> float:
     """The gap from ``value`` (non-negative, rounded to ``dtype``) to the next larger time of ``dtype``."""
-    rounded = torch.tensor(value, dtype=dtype)
-    return float(torch.nextafter(rounded, torch.tensor(math.inf, dtype=dtype)) - rounded)
+    rounded = torch.tensor(value, dtype=dtype, device="cpu")
+    return float(torch.nextafter(rounded, torch.tensor(math.inf, dtype=dtype, device="cpu")) - rounded)
 
 
 def find_root(

@@ -47,11 +47,11 @@ from ._validate import (
     checked_norm,
     compile_options,
     finite_float,
-    host_list,
     longest_step,
     non_negative_float,
     per_element_tolerance,
     positive_float,
+    rounded_list,
     time_direction,
     tolerance,
     type_name,
@@ -372,7 +372,7 @@ def jumps_at_step_ends(
     every_end = [end for ends in candidates for end in ends]
     seen = every_end
     if dtype not in (None, torch.float64):  # all at once: a long grid's jumps (compat's perturb)
-        seen = host_list(torch.tensor(every_end, dtype=torch.float64).to(dtype).double())
+        seen = rounded_list(every_end, dtype)
     found = []
     position = 0
     for jump, ends in zip(jump_ts, candidates, strict=True):

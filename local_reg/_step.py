@@ -200,8 +200,8 @@ def jump_ends(t: float, dt: float, jump_ts: Sequence[float]) -> tuple[float | No
 
 def _beside(time: float, toward: float, dtype: torch.dtype) -> float:
     """The time of ``dtype`` next to ``time`` (rounded to ``dtype``) in the direction of ``toward``."""
-    value = torch.tensor(time, dtype=dtype)
-    return float(torch.nextafter(value, torch.tensor(toward, dtype=dtype)))
+    value = torch.tensor(time, dtype=dtype, device="cpu")
+    return float(torch.nextafter(value, torch.tensor(toward, dtype=dtype, device="cpu")))
 
 
 def beside_jump(time: float, toward: float, dtype: torch.dtype, jump_ts: Sequence[float]) -> float:

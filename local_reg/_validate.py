@@ -464,7 +464,7 @@ def check_times_distinct(
     ends the message."""
     if dtype == torch.float64:
         return
-    rounded = host_list(torch.tensor(times, dtype=dtype))
+    rounded = rounded_list(times, dtype)
     for (a, b), (ra, rb) in zip(pairwise(times), pairwise(rounded), strict=True):
         if ra == rb:
             raise ValueError(
@@ -1103,6 +1103,11 @@ def rounded(t: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(t, dtype=dtype, device="cpu"))
 
 
+def rounded_list(times: Sequence[float], dtype: torch.dtype) -> list[float]:
+    """Each of ``times`` rounded to ``dtype`` (:func:`rounded`, all at once), as Python floats."""
+    return host_list(torch.tensor(times, dtype=dtype, device="cpu"))
+
+
 def times_as_given(times: list[float], rounded_to: torch.dtype | None) -> list[float | Tensor]:
     """``times`` (checked floats) for ``odeint`` or ``sdeint`` as they came: each that is a number
     of ``rounded_to``, the narrower float they came in (:func:`narrowest_float`), as a 0-dim tensor
@@ -1111,5 +1116,5 @@ def times_as_given(times: list[float], rounded_to: torch.dtype | None) -> list[f
     regularizer's ``t_reg``) as floats. A sequence: the field still gets times in the state's dtype."""
     if rounded_to is None:
         return list(times)
-    rounded = host_list(torch.tensor(times, dtype=rounded_to))
+    rounded = rounded_list(times, rounded_to)
     return [torch.tensor(a, dtype=rounded_to) if a == b else a for a, b in zip(times, rounded, strict=True)]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import check_bool, explain_unknown_keywords, finite_times, host_list, real_number
+from ._validate import check_bool, explain_unknown_keywords, finite_times, real_number, rounded_list
 
 TimeSet = Tensor | np.ndarray | Sequence[float | Tensor]
 """Times as the solvers take them: a 1-D tensor or numpy array, or a sequence of floats or 0-dim tensors."""
@@ -172,22 +172,19 @@ class PIController:
         ``local_reg.compat`` rounds torchdiffeq's), and one the field cannot tell from an end of the
         span is that end."""
         low, high = min(t0, t1), max(t0, t1)
-        rounds = dtype is not None and dtype != torch.float64
+        rounding = None if dtype == torch.float64 else dtype
         # Only times within rounding of the span can round into it: the rest are not rounded (a
         # long list of times, a short window of it solved).
         info = torch.finfo(dtype or torch.float64)
         margin = 2.0 * info.eps * max(abs(low), abs(high)) + info.tiny
 
-        def rounded(times: tuple[float, ...]) -> list[float]:
-            return host_list(torch.tensor(times, dtype=torch.float64).to(dtype).double())
-
         def kept(times: tuple[float, ...]) -> tuple[float, ...]:
-            if rounds and times:
+            if rounding is not None and times:
                 times = times[
                     bisect.bisect_left(times, low - margin) : bisect.bisect_right(times, high + margin)
                 ]
-                ends = dict(zip(rounded((low, high)), (low, high), strict=True))
-                times = tuple(sorted({ends.get(time, time) for time in rounded(times)}))
+                ends = dict(zip(rounded_list((low, high), rounding), (low, high), strict=True))
+                times = tuple(sorted({ends.get(time, time) for time in rounded_list(times, rounding)}))
             return times
 
         jump_ts = kept(self.jump_ts)

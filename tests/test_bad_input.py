@@ -775,6 +775,31 @@ def test_floats_rounded_to_the_times_dtype_make_no_tensor_on_the_default_device(
     assert torch.equal(at_end, expected) and torch.equal(at_float_end, expected)
 
 
+def test_times_rounded_to_a_float32_field_make_no_tensor_on_the_default_device():
+    """The lists of times rounded to the field's dtype (a controller's jumps, the jumps matched to a
+    fixed grid, local_reg.compat.sdeint's grid) and the float32 times beside a jump or an event's root were
+    made on torch's default device, where a meta tensor cannot be read back."""
+    import torchsde
+
+    y0, times, t0 = torch.ones(2), torch.tensor([0.0, 1.0]), torch.tensor(0.0)
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=(2, 1), levy_area_approximation="none", entropy=0)
+    solves = {
+        "jump": lambda: odeint(decay, y0, times, controller=local_reg.PIController(jump_ts=[0.3])).ys,
+        "fixed-step jump": lambda: (
+            odeint(decay, y0, times, step_size=0.1, controller=local_reg.PIController(jump_ts=[0.3])).ys
+        ),
+        "event": lambda: local_reg.odeint_event(decay, y0, t0, event_fn=lambda t, y: y[0] - 0.5)[1].ys,
+        "perturb": lambda: local_reg.compat.odeint(
+            decay, y0, times, method="rk4", options={"step_size": 0.1, "perturb": True}
+        ),
+        "sde grid": lambda: local_reg.compat.sdeint(DecaySDE(), y0[:, None], times, dt=0.1, bm=bm),
+    }
+    for name, solve in solves.items():
+        expected = solve()
+        with torch.device("meta"):
+            assert torch.equal(solve(), expected), name
+
+
 def test_solver_errors_survive_pickling_as_from_a_worker_process():
     import pickle
 
