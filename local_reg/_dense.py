@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +39,9 @@ class DenseOutput:
             round to another float); ``t0`` before the first step.
         states: the state at each step start, and the final state last.
         stages: the stages the interpolant combines, per step.
+        on_read: called with the states of every read (:meth:`evaluate`, :meth:`derivative`): a
+            backward pass through them reaches the solve apart from its ``ys``, and the gradient
+            method that keeps the solve's graph watches it there as at ``ys``.
     """
 
     interpolant: Interpolant
@@ -48,6 +51,7 @@ class DenseOutput:
     t_end: float = field(init=False)
     states: list[Tensor] = field(default_factory=list)
     stages: list[tuple[Tensor, ...]] = field(default_factory=list)
+    on_read: Callable[[Tensor], None] | None = field(default=None, repr=False)
     # The step starts times the direction, for bisection: made again when a step has been added.
     _keys: list[float] = field(default_factory=list, init=False, repr=False)
 
@@ -211,6 +215,8 @@ class DenseOutput:
                 for p, state in zip(positions, read, strict=True):
                     results[p] = state
             out = torch.stack([results[position] for position in range(len(values))])
+        if self.on_read is not None:
+            self.on_read(out)
         return out if one_dimensional else out[0]
 
     def _combine(self, index: int, thetas: list[float], derivative: bool = False) -> Tensor:

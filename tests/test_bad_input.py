@@ -1060,6 +1060,100 @@ def test_nan_in_the_vjp_raises_solver_error_with_every_gradient_method(gradient)
         solution.ys[-1].sum().backward()
 
 
+def penalty_of_the_step_end(result, dt):
+    """A penalty whose own vector-Jacobian product is finite: a NaN through it comes from ``func``."""
+    return result.y1.sum()
+
+
+class NanVjpSDE(torch.nn.Module):
+    noise_type, sde_type = "diagonal", "ito"
+
+    def f(self, t, y):
+        return nan_vjp_field(t, y)
+
+    def g(self, t, y):
+        return torch.full_like(y, 0.1)
+
+
+def dense_nan_vjp_solve(y0):
+    return odeint(nan_vjp_field, y0, [0.0, 1.0], dense=True)
+
+
+def regularization_loss(model, y0):
+    model(y0, [0.0, 1.0])
+    return model.reg_loss
+
+
+# What a loss may read of a direct solve besides ys, whose backward pass reaches the solve
+# through another tensor than ys.
+READS_BESIDE_YS = {
+    "evaluate": lambda y0: dense_nan_vjp_solve(y0).evaluate(0.5),
+    "derivative": lambda y0: dense_nan_vjp_solve(y0).derivative([0.5, 1.0]),
+    "the dense record": lambda y0: dense_nan_vjp_solve(y0).steps.dense_output.evaluate(0.5),
+    "compat.odeint_dense": lambda y0: local_reg.compat.odeint_dense(
+        nan_vjp_field, y0, torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    )(torch.tensor(0.5, dtype=torch.float64)),
+    "penalties": lambda y0: (
+        odeint(nan_vjp_field, y0, [0.0, 1.0], step_penalty=penalty_of_the_step_end).penalties
+    ),
+    "odeint_event's penalties": lambda y0: (
+        local_reg.odeint_event(
+            nan_vjp_field, y0, 0.0, event_fn=lambda t, y: t - 0.5, step_penalty=penalty_of_the_step_end
+        )[1].penalties
+    ),
+    "GloballyRegularized's reg_loss": lambda y0: regularization_loss(GloballyRegularized(nan_vjp_field), y0),
+    "sdeint's penalties": lambda y0: (
+        sdeint(NanVjpSDE(), y0[None], [0.0, 1.0], step_penalty=penalty_of_the_step_end).penalties
+    ),
+}
+
+
+@pytest.mark.parametrize("read", READS_BESIDE_YS)
+def test_nan_in_the_vjp_raises_solver_error_through_the_dense_output_or_the_penalties(read):
+    """``direct``'s check started where ``ys`` got a cotangent: a loss of the dense output alone
+    (``evaluate``, ``derivative``, compat's ``odeint_dense``) or of the step penalties alone got
+    NaN gradients silently."""
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(SolverError, match="non-finite gradient in the backward pass"):
+        READS_BESIDE_YS[read](y0).sum().backward()
+
+
+def test_one_pass_through_ys_the_dense_output_and_the_penalties_checks_each_input_once():
+    """The loss reads every guarded output of one direct solve: the gradients are those of the
+    three parts summed, each input is checked once in the pass (not once per output read), no
+    check stays on the parameters after it, and a NaN cotangent that enters through the dense
+    output alone (from the loss) is not blamed on ``func``."""
+    field = Decay()
+    checks_in_pass = []
+    # Runs when the pass reaches the parameter, by when the checks the pass adds are registered.
+    field.rate.register_hook(lambda grad: checks_in_pass.append(len(field.rate._backward_hooks) - 1))
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+
+    def parts():
+        solution = odeint(field, y0, [0.0, 0.5, 1.0], dense=True, step_penalty=penalty_of_the_step_end)
+        return [solution.ys.sum(), solution.evaluate([0.25, 0.75]).sum(), solution.penalties.sum(), solution]
+
+    separate = []
+    for index in range(3):
+        loss = parts()[index]
+        separate.append(torch.autograd.grad(loss, (y0, field.rate)))
+    ys_part, dense_part, penalty_part, solution = parts()
+    (ys_part + dense_part + penalty_part).backward()
+    for got, *want in zip((y0.grad, field.rate.grad), *separate, strict=True):
+        torch.testing.assert_close(got, sum(want), rtol=1e-12, atol=0.0)
+    assert checks_in_pass[-1] == 1
+    assert len(field.rate._backward_hooks) == 1  # the test's own
+    assert solution.stats.nfe_backward == 0
+    dense_only = odeint(field, y0, [0.0, 1.0], dense=True)
+    dense_only.evaluate(0.5).sum().backward()
+    assert dense_only.stats.nfe_backward == 0  # the backward pass reached the solve
+
+    y0.grad = field.rate.grad = None
+    ys_part, dense_part, penalty_part, _ = parts()
+    (ys_part + float("nan") * dense_part).backward()
+    assert torch.isnan(field.rate.grad)
+
+
 @pytest.mark.parametrize("gradient", GRADIENTS)
 def test_a_nan_found_in_the_results_is_not_placed_at_a_time(gradient):
     """NaN only in the vector-Jacobian products after t = 0.8: the adjoints name the time their

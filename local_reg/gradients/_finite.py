@@ -12,7 +12,7 @@ of the gradients costs one reduction per input, not one per evaluation of ``func
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -57,31 +57,36 @@ pass ends (or, for a pass that failed, when its graph goes)."""
 
 
 def guard_direct_gradients(
-    ys: Tensor, inputs: Sequence[Tensor], t0: float, n_steps: int, func: str = "func"
-) -> None:
-    """Make a backward pass through ``ys`` raise :class:`SolverError` if the gradient of one of
-    ``inputs`` (``y0`` and the known parameters) is not finite while the cotangent of ``ys`` was
-    (and, in that pass, every other guarded solve's too: an input shared with a solve whose
-    cotangent was NaN gets their sum).
+    inputs: Sequence[Tensor], t0: float, n_steps: int, func: str = "func"
+) -> Callable[[Tensor], None]:
+    """``guard(output)`` for each output of one solve that a loss may read (its ``ys``, its stacked
+    step penalties, a read of its dense record): a backward pass through any of them raises
+    :class:`SolverError` if the gradient of one of ``inputs`` (``y0`` and the known parameters) is
+    not finite while the cotangents of the guarded outputs were (and, in that pass, every other
+    guarded solve's too: an input shared with a solve whose cotangent was NaN gets their sum).
 
-    A hook on ``ys`` records, for the backward pass that runs (a nested one, a reentrant checkpoint's
-    say, is another pass), whether its cotangent was finite, and hooks each input for that pass
-    only: the input's hook checks the gradient that reaches it in the same pass, so a later pass
-    that does not reach ``ys`` (through an input shared with another computation) is not judged by
-    an earlier record, and no hook stays on a parameter after a pass that ends (hooks that lived as
-    long as the graph piled up on the parameters of a loop that keeps its losses, every later pass
-    running them all). A pass that fails runs no end-of-pass callback: its hooks go with its graph
-    (while a loop keeps that graph, they stay).
+    A hook on each output records, for the backward pass that runs (a nested one, a reentrant
+    checkpoint's say, is another pass), whether its cotangent was finite; the first of them in a
+    pass hooks each input for that pass only, so a pass through several outputs checks each input
+    once. The input's hook checks the gradient that reaches it in the same pass, after every
+    output's (the inputs are upstream of them all), so a later pass that does not reach the outputs
+    (through an input shared with another computation) is not judged by an earlier record, and no
+    hook stays on a parameter after a pass that ends (hooks that lived as long as the graph piled
+    up on the parameters of a loop that keeps its losses, every later pass running them all). A
+    pass that fails runs no end-of-pass callback: its hooks go with its graph (while a loop keeps
+    that graph, they stay).
     """
-    # Held by the hook on ys (no cycle: the inputs are upstream of it): an input the caller does
-    # not keep, y0 = encoder(x) passed inline, would otherwise be gone when the pass comes.
+    # Held by the hooks on the outputs (no cycle: the inputs are upstream of them): an input the
+    # caller does not keep, y0 = encoder(x) passed inline, would otherwise be gone when the pass comes.
     inputs = tuple(x for x in inputs if x.requires_grad)
-    if not inputs:
-        return
-    # Lives exactly as long as the hook on ys, that is as the graph: a pass that fails runs no
-    # end-of-pass callback, so its hooks on the inputs also go when its graph does (a training loop
-    # that catches such failures piled them up on the parameters, every later pass running them).
+    # Lives exactly as long as the hooks on the outputs, that is as the graph: a pass that fails
+    # runs no end-of-pass callback, so its hooks on the inputs also go when its graph does (a
+    # training loop that catches such failures piled them up on the parameters, every later pass
+    # running them).
     graph_alive = _GraphAnchor()
+    # Per backward pass that has hooked the inputs: whether every guarded cotangent in it so far
+    # was readable and finite.
+    cotangents_finite: dict[int, bool] = {}
 
     def record_cotangent(grad: Tensor | None) -> None:
         task = torch._C._current_graph_task_id()
@@ -91,17 +96,23 @@ def guard_direct_gradients(
         finite = readable and all_finite((grad,))
         if readable and not finite:
             _NON_FINITE_COTANGENT_PASSES.add(task)
+        if task in cotangents_finite:  # another output of this solve: the inputs are hooked
+            cotangents_finite[task] = cotangents_finite[task] and finite
+            return
+        cotangents_finite[task] = finite
 
         def end_pass() -> None:
             for handle in handles:
                 handle.remove()
             _NON_FINITE_COTANGENT_PASSES.discard(task)
+            cotangents_finite.pop(task, None)
 
         def check(gradient: Tensor) -> None:
             unreadable = transformed(gradient) or batched_cotangent(gradient)
             if unreadable or torch._C._current_graph_task_id() != task:
                 return
-            if finite and task not in _NON_FINITE_COTANGENT_PASSES and not all_finite((gradient,)):
+            checked = cotangents_finite.get(task, False) and task not in _NON_FINITE_COTANGENT_PASSES
+            if checked and not all_finite((gradient,)):
                 ended()  # the pass ends here, before its end-of-pass callback
                 raise_non_finite_gradient(t0, n_steps, func)
 
@@ -111,8 +122,13 @@ def guard_direct_gradients(
         ended = weakref.finalize(graph_alive, end_pass)  # runs once: at the pass's end, or the graph's
         torch.autograd.Variable._execution_engine.queue_callback(ended)
 
-    ys.register_hook(record_cotangent)
+    def guard(output: Tensor) -> None:
+        if inputs and output.requires_grad:
+            output.register_hook(record_cotangent)
+
+    return guard
 
 
 class _GraphAnchor:
-    """An object held only by a guarded solve's hook on its outputs (:func:`guard_direct_gradients`)."""
+    """An object held only by a guarded solve's hooks on its outputs (:func:`guard_direct_gradients`)
+    and by what may still hook one (the dense record)."""

@@ -9,6 +9,8 @@ its cost is one vector--Jacobian product per stage that enters ``y_{n+1}``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor
 
@@ -18,14 +20,31 @@ from ._finite import guard_direct_gradients
 from ._function import ForwardSolve, GradientMethod
 
 
-def count_backpropagation(ys: Tensor, stats: Stats) -> None:
-    """``stats.nfe_backward`` is 0 once a backward pass reaches ``ys`` (``None`` before, as every
+def count_backpropagation(output: Tensor, stats: Stats) -> None:
+    """``stats.nfe_backward`` is 0 once a backward pass reaches ``output`` (``None`` before, as every
     method's): backpropagation re-uses the forward graph, it makes no new calls of ``func``."""
 
     def record_backward(grad: Tensor) -> None:
         stats.nfe_backward = stats.nfe_backward or 0
 
-    ys.register_hook(record_backward)
+    output.register_hook(record_backward)
+
+
+def watch_backpropagation(
+    inputs: Sequence[Tensor], stats: Stats, t0: float, func: str = "func"
+) -> Callable[[Tensor], None]:
+    """``watch(output)`` for each output of a solve differentiated by backpropagation that a loss
+    may read (``ys``, the stacked step penalties, a read of the dense record): a backward pass that
+    reaches the solve through any of them counts (:func:`count_backpropagation`) and has the
+    gradients of ``inputs`` checked (:func:`guard_direct_gradients`)."""
+    guard = guard_direct_gradients(inputs, t0, stats.n_steps, func)
+
+    def watch(output: Tensor) -> None:
+        if output.requires_grad:
+            count_backpropagation(output, stats)
+            guard(output)
+
+    return watch
 
 
 class Direct(GradientMethod):
@@ -49,8 +68,14 @@ class Direct(GradientMethod):
             f0=solve.f0,
             step_penalty=step_penalty,
         )
+        stacked_penalties = torch.stack(penalties) if step_penalty is not None and penalties else None
         if ys.requires_grad:
-            count_backpropagation(ys, stats)
-            guard_direct_gradients(ys, (y0, *solve.params), times[0], stats.n_steps)
-        has_penalties = step_penalty is not None and penalties
-        return ys, stats, steps, torch.stack(penalties) if has_penalties else None
+            # The loss may read the dense output or the penalties without ys: each is a way into
+            # the graph of the solve.
+            watch = watch_backpropagation((y0, *solve.params), stats, times[0])
+            watch(ys)
+            if stacked_penalties is not None:
+                watch(stacked_penalties)
+            if steps.dense_output is not None:
+                steps.dense_output.on_read = watch
+        return ys, stats, steps, stacked_penalties

@@ -31,10 +31,9 @@ from .._validate import (
 )
 from ..controller import PIController, TimeSet
 from ..gradients import Checkpoint, Direct, GradientMethod, as_gradient_method
-from ..gradients._finite import guard_direct_gradients
 from ..gradients._function import buffer_marks, first_evaluations, records_graph, reevaluating_for
 from ..gradients._params import resolve_adjoint_params, warn_if_reevaluation_differs
-from ..gradients.direct import count_backpropagation
+from ..gradients.direct import watch_backpropagation
 from ..solution import Solution, Steps
 from ._checkpoint import CheckpointedSolve, RecordingStepper
 from ._step import EulerMaruyamaStepper, SDEStepResult
@@ -320,7 +319,7 @@ def sdeint(
                     buffers_at_start,
                 )
                 ys = solve.outputs(y0)
-                stats, steps, penalties = solve.stats, cast(Steps, solve.steps), list[Tensor]()
+                stats, steps, stacked_penalties = solve.stats, cast(Steps, solve.steps), None
             else:
                 # A checkpoint solve with nothing to differentiate keeps no graph either (of a
                 # tensor the SDE captures, say), as odeint's graph-free methods.
@@ -328,14 +327,15 @@ def sdeint(
                     ys, stats, steps, penalties = integrate(
                         stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty
                     )
+                stacked_penalties = torch.stack(penalties) if step_penalty is not None and penalties else None
                 if checkpointed is None and ys.requires_grad:
-                    count_backpropagation(ys, stats)
                     # As odeint's "direct": a non-finite gradient of y0 or the SDE's parameters
                     # from a finite cotangent is a SolverError, as the checkpoint gradient's is.
                     parameters = () if owner is None else tuple(owner.parameters())
-                    guard_direct_gradients(
-                        ys, (y0, *parameters), t0, stats.n_steps, "the drift and diffusion"
-                    )
+                    watch = watch_backpropagation((y0, *parameters), stats, t0, "the drift and diffusion")
+                    watch(ys)
+                    if stacked_penalties is not None:
+                        watch(stacked_penalties)
     finally:
         if made:
             # Made here, and read by no backward pass (autograd differentiates the steps, and the
@@ -348,7 +348,7 @@ def sdeint(
         ys=ys,
         stats=stats,
         steps=steps,
-        penalties=torch.stack(penalties) if step_penalty is not None and penalties else None,
+        penalties=stacked_penalties,
         graph_free_method=None if checkpointed is None else checkpointed.name,
     )
 
