@@ -7,6 +7,7 @@ import bisect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +58,11 @@ class DenseOutput:
 
     def __post_init__(self) -> None:
         self.t_end = self.t0
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The watch belongs to this process's graph of the solve (a closure, which cannot be
+        # pickled): a copy, saved or sent to another process, reads without it.
+        return {**self.__dict__, "on_read": None}
 
     def add_step(self, t: float, dt: float, t_end: float, y: Tensor, stages: tuple[Tensor, ...]) -> None:
         self.t.append(t)

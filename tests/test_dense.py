@@ -3,6 +3,7 @@
 import contextlib
 import math
 import re
+import warnings
 import weakref
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 from scipy.linalg import expm
+from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -921,3 +923,17 @@ def test_a_steps_outputs_past_the_element_budget_are_interpolated_in_near_equal_
                 batches = outputs.batches(times)
                 assert [len(batch) for batch in batches] == sizes and sum(batches, []) == times
     assert _integrate._OutputStates(torch.zeros(3), 1).batches([0.1] * 17) == [[0.1] * 17]  # autograd
+
+
+def test_a_dense_solution_with_a_graph_pickles_and_its_copy_evaluates():
+    """The direct method's check of the gradient through what evaluate returns is a closure on the
+    dense record: a solution kept with its graph stopped pickling (torch.save, a worker's result)."""
+    import pickle
+
+    field = nn.Linear(2, 2).double()
+    solution = odeint(lambda t, y: field(y), torch.ones(2, dtype=torch.float64), [0.0, 1.0], dense=True)
+    assert solution.ys.requires_grad
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: the count's hook on ys will not be serialized
+        copy = pickle.loads(pickle.dumps(solution))
+    torch.testing.assert_close(copy.evaluate(0.4), solution.evaluate(0.4).detach(), rtol=0, atol=0)
