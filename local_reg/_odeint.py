@@ -51,7 +51,7 @@ from .gradients import (
     as_gradient_method,
 )
 from .gradients._function import buffer_marks, check_step_penalty_support, first_evaluations
-from .gradients._params import resolve_adjoint_params, warn_if_reevaluation_differs
+from .gradients._params import known_params, warn_if_reevaluation_differs
 from .gradients._times import time_gradient
 from .solution import Solution, State
 from .tableaus import ButcherTableau, get_tableau
@@ -353,13 +353,9 @@ def odeint(
     # Every call, in the forward and in any backward pass, returns y's shape and dtype.
     checked = checked_field(func)
     owner = owning_module(func)
-    params: tuple[Tensor, ...] = ()
+    params = known_params(func, adjoint_params, gradient_method)
     if gradient_method.graph_free:
-        params = resolve_adjoint_params(func, adjoint_params, gradient_method)
         warn_if_reevaluation_differs(func, gradient_method)
-    elif adjoint_params is not None or owner is not None:
-        # Direct differentiation needs no parameter list; with one it also checks their gradients.
-        params = resolve_adjoint_params(func, adjoint_params, gradient_method)
     timing = time_gradient(t, checked, times, options.time_dtype, options.controller.jump_ts)
     if timing is not None:
         check_penalty_time_gradient(step_penalty, "t")

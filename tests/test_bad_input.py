@@ -1216,6 +1216,49 @@ def test_nan_in_a_parameter_vjp_raises_solver_error(gradient):
         solution.ys[-1].sum().backward()
 
 
+class NanVjpDecay(Decay):
+    """``-a y`` plus :func:`nan_vjp_field`: finite values, a NaN vector-Jacobian product."""
+
+    def forward(self, t, y):
+        return super().forward(t, y) + nan_vjp_field(t, y)
+
+
+class NanVjpSDE(NanVjpDecay):
+    noise_type, sde_type = "diagonal", "ito"
+
+    def f(self, t, y):
+        return self(t, y)
+
+    def g(self, t, y):
+        return 0.1 * torch.ones_like(y)
+
+
+@pytest.mark.parametrize(
+    ("backend", "gradient", "settings"),
+    [
+        ("torchdiffeq", "direct", {}),
+        # torchdiffeq's adaptive adjoint asserts on the NaN its backward solve steps into; its fixed
+        # grid steps on with it.
+        ("torchdiffeq", "adjoint", {"method": "rk4", "options": {"step_size": 0.25}}),
+        ("torchsde", "direct", {}),
+        ("torchsde", "adjoint", {}),
+    ],
+)
+def test_nan_in_the_vjp_raises_solver_error_on_the_peer_backends_too(backend, gradient, settings):
+    """The local_reg backend's error: the peers' solves handed NaN gradients back without a word."""
+    pytest.importorskip(backend)
+    torch.manual_seed(0)
+    field = NanVjpDecay() if backend == "torchdiffeq" else NanVjpSDE()
+    model = LocallyRegularized(field, backend=backend, gradient=gradient, **settings)
+    ys = model(torch.ones(3, 1, dtype=torch.float64), [0.0, 1.0])
+    assert torch.isfinite(ys).all()
+    func = "func" if backend == "torchdiffeq" else "the drift and diffusion"
+    found = NAN_VJP.replace("of func", f"of {func}")
+    with pytest.raises(SolverError, match=re.escape(found)) as raised:
+        (ys[-1].sum() + model.reg_loss).backward()
+    assert raised.value.t == 0.0 and "t is the solve's start" in str(raised.value)
+
+
 class ConstantFeature(torch.nn.Module):
     """A field reading ``sqrt|y[:, 2]|`` of a state column that does not move: at a zero entry its
     vector-Jacobian product for ``y`` is not finite, the parameters' are."""

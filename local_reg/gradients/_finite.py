@@ -39,7 +39,7 @@ FOUND_IN_RESULTS = (
 
 
 def raise_non_finite_gradient(
-    t: float, n_steps: int, func: str = "func", found: str = FOUND_IN_RESULTS
+    t: float, n_steps: int | None, func: str = "func", found: str = FOUND_IN_RESULTS
 ) -> None:
     raise SolverError(
         f"non-finite gradient in the backward pass: the vector-Jacobian product of {func} is not "
@@ -57,13 +57,14 @@ pass ends (or, for a pass that failed, when its graph goes)."""
 
 
 def guard_direct_gradients(
-    inputs: Sequence[Tensor], t0: float, n_steps: int, func: str = "func"
+    inputs: Sequence[Tensor], t0: float, n_steps: int | None, func: str = "func"
 ) -> Callable[[Tensor], None]:
     """``guard(output)`` for each output of one solve that a loss may read (its ``ys``, its stacked
     step penalties, a read of its dense record): a backward pass through any of them raises
     :class:`SolverError` if the gradient of one of ``inputs`` (``y0`` and the known parameters) is
     not finite while the cotangents of the guarded outputs were (and, in that pass, every other
     guarded solve's too: an input shared with a solve whose cotangent was NaN gets their sum).
+    ``n_steps``: the solve's, for the error (``None`` where a peer backend does not count them).
 
     A hook on each output records, for the backward pass that runs (a nested one, a reentrant
     checkpoint's say, is another pass), whether its cotangent was finite; the first of them in a

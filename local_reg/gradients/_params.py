@@ -73,6 +73,18 @@ def resolve_adjoint_params(
     return params
 
 
+def known_params(
+    func: object, adjoint_params: Iterable[Tensor] | None, gradient: GradientMethod
+) -> tuple[Tensor, ...]:
+    """The tensors besides ``y0`` that ``gradient`` returns gradients for (a graph-free method:
+    :func:`resolve_adjoint_params`) or, differentiating directly, checks the gradients of:
+    ``adjoint_params``, or ``func``'s module's parameters; none for a plain function, whose captured
+    tensors autograd finds unchecked."""
+    if gradient.graph_free or adjoint_params is not None or owning_module(func) is not None:
+        return resolve_adjoint_params(func, adjoint_params, gradient)
+    return ()
+
+
 def warn_if_reevaluation_differs(func: object, gradient_method: GradientMethod, name: str = "func") -> None:
     """A graph-free method evaluates ``func`` again in its backward pass: dropout and RReLU draw new
     masks or slopes there (the gradient is then not the forward solve's), batch and instance norm

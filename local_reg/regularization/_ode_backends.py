@@ -23,8 +23,9 @@ from .._errors import SolverError
 from .._integrate import DEFAULT_MAX_STEPS
 from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
+from ..gradients._finite import guard_direct_gradients
 from ..gradients._function import in_peer_backward
-from ..gradients._params import peer_module_check, resolve_adjoint_params
+from ..gradients._params import known_params, peer_module_check
 from ..solution import Stats
 from ._main_solve import (
     BackwardCounter,
@@ -287,12 +288,13 @@ def solve_main(
     t_tensor = torch.tensor(times, dtype=t_dtype, device=y0.device)
     # torchdiffeq's adjoint evaluates func again in its backward pass, as local_reg's graph-free methods.
     check_module = peer_module_check(func, gradient) if is_adjoint else None
+    params = known_params(func, adjoint_params, gradient)
     try:
         if is_adjoint:
             kwargs = _torchdiffeq_adjoint_options(gradient)
             # torchdiffeq's default is the parameters of the field it is given, a wrapper that holds
             # func only where func is a module: a bound method's module's would get no gradient.
-            kwargs["adjoint_params"] = resolve_adjoint_params(func, adjoint_params, gradient)
+            kwargs["adjoint_params"] = params
             ys = torchdiffeq.odeint_adjoint(
                 field, y0, t_tensor, rtol=rtol, atol=atol, method=method, options=options, **kwargs
             )
@@ -320,6 +322,10 @@ def solve_main(
     check_peer_outputs(ys, times, "torchdiffeq", f"{field.calls} evaluations of func")
     if check_module is not None:
         check_module(ys)
+    if ys.requires_grad:
+        # As local_reg's gradient methods: torchdiffeq hands a NaN gradient back without a word
+        # (its adaptive adjoint asserts first, where its backward solve steps into it).
+        guard_direct_gradients((y0, *params), times[0], field.attempted if field.reports_steps else None)(ys)
     main = MainSolve(
         ys=ys,
         stats=field.stats(),
