@@ -1763,6 +1763,66 @@ def test_torchdiffeq_backend_follows_the_error_contract():
     assert ys[-1].item() == pytest.approx(math.exp(-1.0), rel=1e-4)
 
 
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_the_torchdiffeq_backend_names_where_func_turned_non_finite(direction):
+    """torchdiffeq shrinks its step away from a NaN derivative down to an underflow in dt: the error
+    named only that, at the last evaluation of func (0.78, past where the NaN began), where the
+    local_reg backend says the trial steps turned non-finite, at 0.6."""
+    non_finite_at = []
+
+    def late_nan(t, y):
+        if direction * float(t) > 0.6:
+            non_finite_at.append(float(t))
+            return -y * math.nan
+        return -y
+
+    model = LocallyRegularized(late_nan, backend="torchdiffeq", weight=1.0).eval()
+    with pytest.raises(
+        SolverError, match=r"^torchdiffeq: func returned non-finite values .*underflow in dt"
+    ) as raised:
+        model(torch.ones(1, dtype=torch.float64), [0.0, 2.0 * direction])
+    # The earliest along the solve, before the last evaluation: the trial stages go past it.
+    assert raised.value.t == min(non_finite_at, key=lambda t: direction * t)
+    assert direction * raised.value.t < direction * non_finite_at[-1]
+    # The outputs of y' = y^2 stay finite up to its blow-up at t = 1: torchdiffeq's own report.
+    with pytest.raises(SolverError, match=r"^torchdiffeq: underflow in dt") as blowup:
+        LocallyRegularized(lambda t, y: y**2, backend="torchdiffeq", weight=1.0).eval()(
+            torch.ones(1, dtype=torch.float64), [0.0, 2.0]
+        )
+    assert "non-finite" not in str(blowup.value)
+
+
+class InfInOneErrorEstimate(torch.nn.Module):
+    """A fast-varying decay whose dopri5 stage read by the error estimate alone (the sixth call of
+    an attempt, ``f(t1, y1)``) is infinite once, past t = 0.5: that trial step is rejected, and the
+    solve goes on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls_in_attempt = 0
+        self.inf_at: list[float] = []
+
+    def callback_step(self, t0, y0, dt):
+        self.calls_in_attempt = 0
+
+    def forward(self, t, y):
+        self.calls_in_attempt += 1
+        if self.calls_in_attempt == 6 and float(t) > 0.5 and not self.inf_at:
+            self.inf_at.append(float(t))
+            return torch.full_like(y, math.inf)
+        return -50 * y * (1 + torch.cos(40 * t))
+
+
+def test_a_non_finite_trial_step_the_torchdiffeq_solve_got_past_is_not_blamed():
+    field = InfInOneErrorEstimate()
+    model = LocallyRegularized(field, backend="torchdiffeq", weight=1.0, options={"max_num_steps": 60})
+    with pytest.raises(SolverError, match=r"^torchdiffeq: max_num_steps exceeded") as raised:
+        model.eval()(torch.ones(1, dtype=torch.float64), [0.0, 2.0])
+    # At the last evaluation: the steps after the rejected one stayed short of its infinite stage.
+    assert field.inf_at and raised.value.t < field.inf_at[0]
+    assert "non-finite" not in str(raised.value)
+
+
 def test_torchdiffeq_backend_calls_the_fields_own_step_callbacks_as_torchdiffeq_does():
     calls = {"step": [], "accept": []}
 

@@ -30,15 +30,26 @@ def peer_solver_error(
     y0: Tensor,
     last_t: Tensor | None,
     n_steps: int | None,
+    non_finite_from: float | None = None,
 ) -> SolverError:
     """A peer backend's own assert, its report of a failed solve (torchdiffeq's underflow in dt,
     torchsde's NaN error estimate), as the library's contract has it: a :class:`SolverError` at
     ``last_t``, the time of the last evaluation (``nan`` before any), after ``n_steps`` (``None``
-    where the peer does not count them) and ``evaluations`` (what they were, counted)."""
-    reason = f"{backend}: {error} (after {evaluations})"
+    where the peer does not count them) and ``evaluations`` (what they were, counted). Where
+    ``func`` returned non-finite values in the steps tried after the last accepted one, the earliest
+    at ``non_finite_from``, that is the reason the message gives, and its time ``t``."""
+    if non_finite_from is None:
+        reason = f"{backend}: {error} (after {evaluations})"
+        t = math.nan if last_t is None else float(last_t.detach())
+    else:
+        reason = (
+            f"{backend}: func returned non-finite values in the steps tried after the last accepted "
+            f"one ({backend} then stopped: {error}, after {evaluations}); the earliest"
+        )
+        t = non_finite_from
     if y0.numel() == 0:
         reason += f"; {_EMPTY_STATE.format(backend=backend)}"
-    return SolverError(reason, t=math.nan if last_t is None else float(last_t.detach()), n_steps=n_steps)
+    return SolverError(reason, t=t, n_steps=n_steps)
 
 
 def check_peer_outputs(ys: Tensor, times: list[float], backend: str, evaluations: str) -> None:

@@ -160,6 +160,10 @@ class _TorchdiffeqField(nn.Module):
         self.calls = 0
         self.last_t: Tensor | None = None
         """The time of the last call: where a failed torchdiffeq solve stopped."""
+        self._since_accepted: list[tuple[Tensor, Tensor]] = []
+        """The time of each call of the forward solve since its last accepted step, and whether
+        that call's output was finite (a tensor, read on the host only if the solve fails: a host
+        read per call would wait for every evaluation)."""
         self.attempted = 0
         self.accepted = 0
         self.record = record
@@ -192,7 +196,25 @@ class _TorchdiffeqField(nn.Module):
         # state would promote it back, as local_reg's backend casts it.
         with in_peer_backward(self.reevaluated_by):
             derivative = call_user(self.func, t, y)
-        return check_output("func", cast_back_from_autocast(derivative, y), y)
+        derivative = check_output("func", cast_back_from_autocast(derivative, y), y)
+        # The forward solve of an adaptive solver: its failures become a SolverError (a fixed grid
+        # steps on, its outputs checked after; the adjoint's backward solve keeps torchdiffeq's).
+        if self.reports_steps and self.reevaluated_by is None:
+            self._since_accepted.append((self.last_t, torch.isfinite(derivative).all()))
+        return derivative
+
+    def forget_calls(self) -> None:
+        """Drop the record of the calls since the last accepted step, read only where the forward
+        solve fails: the stats keep this field, and under a ``torch.func`` transform the record
+        holds tensors of it."""
+        self._since_accepted = []
+
+    def non_finite_from(self) -> float | None:
+        """The earliest time along the solve at which ``func`` returned non-finite values since the
+        forward solve's last accepted step (``None`` if it did not): where an adaptive solver
+        shrinks its step away from it, down to an underflow in dt that would be all its error says."""
+        times = [float(t) for t, finite in self._since_accepted if not bool(finite)]
+        return min(times, key=lambda t: self.direction * t, default=None)
 
     def _attempt(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         # torchdiffeq's own limit is 2**31 - 1 per output interval: a stiff field would run for
@@ -225,6 +247,7 @@ class _TorchdiffeqField(nn.Module):
 
     def _accept(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.accepted += 1
+        self.forget_calls()  # the solve got past the trial steps that turned non-finite
         if self.record:
             self.step_t.append(float(t0.detach()))
             self.step_dt.append(math.copysign(float(dt.detach()), self.direction))
@@ -312,13 +335,16 @@ def solve_main(
         # The steps attempted (accepted and rejected), as local_reg's own SolverError and Stats.n_steps
         # count them; None where the solver reports no steps (the fixed grids).
         attempted = field.attempted if field.reports_steps else None
-        raise peer_solver_error(error, "torchdiffeq", evaluations, y0, field.last_t, attempted) from error
+        raise peer_solver_error(
+            error, "torchdiffeq", evaluations, y0, field.last_t, attempted, field.non_finite_from()
+        ) from error
     finally:
         # The forward solve is over: drop the bound method, a reference cycle that would keep the
         # recorded states alive until Python's cycle collector runs (the backward pass keeps field).
         for name in ("callback_step", "callback_accept_step"):
             if getattr(field.__dict__.get(name), "__self__", None) is field:
                 del field.__dict__[name]
+        field.forget_calls()
     check_peer_outputs(ys, times, "torchdiffeq", f"{field.calls} evaluations of func")
     if check_module is not None:
         check_module(ys)
