@@ -1223,7 +1223,7 @@ class NanVjpDecay(Decay):
         return super().forward(t, y) + nan_vjp_field(t, y)
 
 
-class NanVjpSDE(NanVjpDecay):
+class NanVjpDecaySDE(NanVjpDecay):
     noise_type, sde_type = "diagonal", "ito"
 
     def f(self, t, y):
@@ -1248,7 +1248,7 @@ def test_nan_in_the_vjp_raises_solver_error_on_the_peer_backends_too(backend, gr
     """The local_reg backend's error: the peers' solves handed NaN gradients back without a word."""
     pytest.importorskip(backend)
     torch.manual_seed(0)
-    field = NanVjpDecay() if backend == "torchdiffeq" else NanVjpSDE()
+    field = NanVjpDecay() if backend == "torchdiffeq" else NanVjpDecaySDE()
     model = LocallyRegularized(field, backend=backend, gradient=gradient, **settings)
     ys = model(torch.ones(3, 1, dtype=torch.float64), [0.0, 1.0])
     assert torch.isfinite(ys).all()
