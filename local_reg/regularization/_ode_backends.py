@@ -23,9 +23,9 @@ from .._errors import SolverError
 from .._integrate import DEFAULT_MAX_STEPS
 from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
-from ..gradients._finite import guard_direct_gradients
+from ..gradients._finite import all_finite, guard_direct_gradients
 from ..gradients._function import in_peer_backward
-from ..gradients._params import known_params, peer_module_check
+from ..gradients._params import peer_module_check
 from ..solution import Stats
 from ._main_solve import (
     BackwardCounter,
@@ -161,9 +161,9 @@ class _TorchdiffeqField(nn.Module):
         self.last_t: Tensor | None = None
         """The time of the last call: where a failed torchdiffeq solve stopped."""
         self._since_accepted: list[tuple[Tensor, Tensor]] = []
-        """The time of each call of the forward solve since its last accepted step, and whether
-        that call's output was finite (a tensor, read on the host only if the solve fails: a host
-        read per call would wait for every evaluation)."""
+        """The time and output of each call of the forward solve since its last accepted step
+        (detached), read only if the solve fails: a finiteness check per call would add its
+        reductions to every evaluation, and a host read of it would wait for each."""
         self.attempted = 0
         self.accepted = 0
         self.record = record
@@ -200,7 +200,7 @@ class _TorchdiffeqField(nn.Module):
         # The forward solve of an adaptive solver: its failures become a SolverError (a fixed grid
         # steps on, its outputs checked after; the adjoint's backward solve keeps torchdiffeq's).
         if self.reports_steps and self.reevaluated_by is None:
-            self._since_accepted.append((self.last_t, torch.isfinite(derivative).all()))
+            self._since_accepted.append((self.last_t, derivative.detach()))
         return derivative
 
     def forget_calls(self) -> None:
@@ -213,7 +213,7 @@ class _TorchdiffeqField(nn.Module):
         """The earliest time along the solve at which ``func`` returned non-finite values since the
         forward solve's last accepted step (``None`` if it did not): where an adaptive solver
         shrinks its step away from it, down to an underflow in dt that would be all its error says."""
-        times = [float(t) for t, finite in self._since_accepted if not bool(finite)]
+        times = [float(t) for t, output in self._since_accepted if not all_finite([output])]
         return min(times, key=lambda t: self.direction * t, default=None)
 
     def _attempt(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
@@ -269,7 +269,7 @@ def solve_main(
     the record; ``t_dtype`` is the dtype torchdiffeq sees the times in, ``rounded_to`` the float
     they came in (local_reg's fixed steps allow for its rounding)."""
     func, backend, method, gradient = problem.func, problem.backend, problem.method, problem.gradient
-    rtol, atol, adjoint_params = problem.rtol, problem.atol, problem.adjoint_params
+    rtol, atol = problem.rtol, problem.atol
     record_steps = request.steps
     method = ode_method(backend, method)
     options = dict(problem.options or {})
@@ -311,7 +311,7 @@ def solve_main(
     t_tensor = torch.tensor(times, dtype=t_dtype, device=y0.device)
     # torchdiffeq's adjoint evaluates func again in its backward pass, as local_reg's graph-free methods.
     check_module = peer_module_check(func, gradient) if is_adjoint else None
-    params = known_params(func, adjoint_params, gradient)
+    params = problem.checked_params()
     try:
         if is_adjoint:
             kwargs = _torchdiffeq_adjoint_options(gradient)
