@@ -67,6 +67,7 @@ from ._validate import (
     without_autocast,
 )
 from .controller import PIController
+from .gradients._finite import passing_cotangents_on
 from .gradients._times import StartTime
 from .solution import Solution, State, Stats
 
@@ -536,7 +537,7 @@ def _solve_until_event(
         return replace(
             solution,
             ts=torch.stack([initial_t, event_t]),
-            ys=torch.stack([y0, y_event]),
+            ys=torch.stack([passing_cotangents_on(y0), y_event]),
             steps=replace(solution.steps, stop_time=t0_value),  # the event ended it, at t0
         )
     # The second time only gives the direction; it must differ from t0 in floating point.
@@ -570,7 +571,9 @@ def _solve_until_event(
         beside_jump(stop_time, t0_value, field_t_dtype, jump_ts),
     )
     solution.stats.nfe += nfe
-    return replace(solution, ts=torch.stack([initial_t, event_t]), ys=torch.stack([y0, y_event]))
+    return replace(
+        solution, ts=torch.stack([initial_t, event_t]), ys=torch.stack([passing_cotangents_on(y0), y_event])
+    )
 
 
 __all__ = ["odeint_event"]

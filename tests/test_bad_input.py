@@ -1259,6 +1259,70 @@ def test_nan_in_the_vjp_raises_solver_error_on_the_peer_backends_too(backend, gr
     assert raised.value.t == 0.0 and "t is the solve's start" in str(raised.value)
 
 
+class DecayWithNoise(Decay):
+    noise_type, sde_type = "diagonal", "ito"
+
+    def f(self, t, y):
+        return self(t, y)
+
+    def g(self, t, y):
+        return 0.1 * torch.ones_like(y)
+
+
+class NanRateGradient(Decay):
+    """``-a y`` plus ``sqrt(0 a)``: finite values, a NaN gradient for the rate ``a`` wherever the
+    field is differentiated, the local penalty's evaluation at a detached ``u(t_reg)`` included."""
+
+    def forward(self, t, y):
+        return super().forward(t, y) + torch.sqrt(self.rate * 0.0)
+
+
+@pytest.mark.parametrize(
+    ("backend", "gradient"),
+    [
+        ("local_reg", "direct"),
+        ("local_reg", "symplectic"),
+        ("torchdiffeq", "direct"),
+        ("torchdiffeq", "adjoint"),
+        ("sde:local_reg", "direct"),
+        ("sde:torchsde", "direct"),
+        ("sde:torchsde", "adjoint"),
+    ],
+)
+def test_a_nan_the_loss_puts_on_reg_loss_passes_through_as_the_losss(backend, gradient):
+    """docs/solver.md: a NaN cotangent from the loss itself is passed through untouched. The local
+    penalty reaches the parameters apart from the main solve's outputs, whose guard then blamed
+    func for it (the local_reg backend's direct gradient since it had one, the peer backends since
+    theirs were guarded)."""
+    sde, backend = backend.startswith("sde:"), backend.removeprefix("sde:")
+    pytest.importorskip(backend)
+    torch.manual_seed(0)
+    field = DecayWithNoise() if sde else Decay()
+    model = LocallyRegularized(field, backend=backend, gradient=gradient, weight=1.0)
+    ys = model(torch.ones(3, 1, dtype=torch.float64), [0.0, 1.0])
+    (ys[-1].sum() + math.nan * model.reg_loss).backward()
+    assert field.rate.grad.isnan()
+
+
+@pytest.mark.parametrize("gradient", ["direct", "symplectic"])
+def test_a_nan_gradient_of_the_field_through_reg_loss_alone_is_an_error(gradient):
+    """A loss of the penalty alone reached no guarded output: a NaN gradient of the field there
+    passed silently."""
+    model = LocallyRegularized(NanRateGradient(), gradient=gradient, weight=1.0)
+    model(torch.ones(3, 1, dtype=torch.float64), [0.0, 1.0])
+    with pytest.raises(SolverError, match=re.escape(NAN_VJP)):
+        model.reg_loss.backward()
+
+
+def test_a_nan_the_loss_puts_on_an_event_solves_initial_state_passes_through():
+    """odeint_event's ys[0] is y0 itself, beside the guarded solve: its NaN cotangent was blamed on
+    func, where odeint's passes through."""
+    y0 = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    _, solution = local_reg.odeint_event(Decay(), y0, 0.0, event_fn=lambda t, y: y[0] - 0.5)
+    (solution.ys[1].sum() + math.nan * solution.ys[0].sum()).backward()
+    assert y0.grad.isnan().all()
+
+
 class ConstantFeature(torch.nn.Module):
     """A field reading ``sqrt|y[:, 2]|`` of a state column that does not move: at a zero entry its
     vector-Jacobian product for ``y`` is not finite, the parameters' are."""

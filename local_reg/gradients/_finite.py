@@ -56,6 +56,32 @@ parameter), whose NaN may have come from the loss, not from ``func``. A pass's e
 pass ends (or, for a pass that failed, when its graph goes)."""
 
 
+def note_non_finite_cotangents(cotangents: Sequence[Tensor | None]) -> None:
+    """Where the cotangents a backward pass brings to a solve's outputs (a graph-free method's) or
+    to a tensor beside them (:func:`passing_cotangents_on`) are not finite, mark the pass
+    (:data:`_NON_FINITE_COTANGENT_PASSES`) until it ends: a guarded solve sharing an input then does
+    not blame ``func`` for the NaN the loss put there."""
+    readable = [g for g in cotangents if g is not None and not (transformed(g) or batched_cotangent(g))]
+    if all_finite(readable):
+        return
+    task = torch._C._current_graph_task_id()
+    _NON_FINITE_COTANGENT_PASSES.add(task)
+    torch.autograd.Variable._execution_engine.queue_callback(
+        lambda: _NON_FINITE_COTANGENT_PASSES.discard(task)
+    )
+
+
+def passing_cotangents_on(x: Tensor) -> Tensor:
+    """``x`` as returned beside a guarded solve's outputs that it does not pass through (an event
+    solve's ``ys[0]``, its ``y0`` itself): a non-finite cotangent the loss puts on it marks the pass
+    (:func:`note_non_finite_cotangents`), as on a guarded output."""
+    if not x.requires_grad:
+        return x
+    view = x.view_as(x)
+    view.register_hook(lambda grad: note_non_finite_cotangents([grad]))
+    return view
+
+
 def guard_direct_gradients(
     inputs: Sequence[Tensor], t0: float, n_steps: int | None, func: str = "func"
 ) -> Callable[[Tensor], None]:

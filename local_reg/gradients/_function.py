@@ -46,7 +46,7 @@ from .._validate import (
 from ..solution import Stats, Steps
 from ..tableaus import ButcherTableau
 from ._checkpoints import StepStates
-from ._finite import all_finite, raise_non_finite_gradient
+from ._finite import all_finite, note_non_finite_cotangents, raise_non_finite_gradient
 
 COMPAT_ADJOINTS = {"odeint": "adjoint", "sdeint": "checkpoint"}
 """The gradient method ``local_reg.compat``'s ``odeint_adjoint`` and ``sdeint_adjoint`` run."""
@@ -517,6 +517,7 @@ def finish_backward(
     ``asked`` for is not finite though the ``cotangents`` were, and the pass's ``calls`` added to
     ``stats.nfe_backward`` (accumulated: a graph kept with ``retain_graph=True`` may be
     differentiated more than once)."""
+    note_non_finite_cotangents(cotangents)
     if all_finite(cotangents) and not all_finite(asked):
         raise_non_finite_gradient(t0, stats.n_steps, func)
     stats.nfe_backward = (stats.nfe_backward or 0) + calls

@@ -37,6 +37,7 @@ from .._validate import (
     transformed,
 )
 from ..controller import TimeSet
+from ..gradients._finite import guard_direct_gradients
 from ..gradients._function import reevaluating_for
 from ..sde.problem import SUPPORTED_NOISE_TYPES, is_sde
 from ..solution import State, Stats
@@ -179,6 +180,9 @@ class LocalPenalty:
     """
 
     draws: ClassVar[bool] = True  # t_reg, from the model's generator
+    # The field is evaluated apart from the main solve (at u(t_reg), detached by default), so the
+    # penalty reaches the parameters by a way of its own.
+    evaluates_apart: ClassVar[bool] = True
     PROBES: ClassVar[tuple[str, ...]] = PROBES
     PENALTIES: ClassVar[tuple[str, ...]] = PENALTIES
     STEP_SIZES: ClassVar[tuple[str, ...]] = STEP_SIZES
@@ -818,6 +822,12 @@ class Regularized(nn.Module):
             # A measuring weight differentiates reg_loss here; with detach_state=False that runs the
             # main gradient method's backward pass, whose evaluations belong to this forward pass.
             stats.nfe_measurement = (stats.nfe_backward or 0) - before
+            if getattr(self.penalty, "evaluates_apart", False):
+                # Checked as the main solve's outputs are (after the weight's measurement, whose
+                # pass runs here): a NaN the loss puts on reg_loss passes through as the loss's,
+                # and a non-finite gradient of the field there is an error.
+                inputs = (flat_y0, *problem.checked_params())
+                guard_direct_gradients(inputs, float(t[0]), None, problem.field_name)(reg_loss)
             # Set only now: a call that fails leaves the last call's stats and reg_loss.
             self.stats, self.reg_loss = stats, reg_loss
             return unflatten(ys)

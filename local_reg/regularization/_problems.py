@@ -42,7 +42,8 @@ from .._validate import (
 from ..compat import torchdiffeq_bounds
 from ..controller import DEFAULT_CONTROLLER, PIController, TimeSet
 from ..gradients import GradientMethod
-from ..gradients._params import adjoint_params_tuple, resolve_adjoint_params
+from ..gradients._params import adjoint_params_tuple, known_params, resolve_adjoint_params
+from ..sde._sdeint import sde_module
 from ..sde._step import _euler_maruyama_step, unchecked_initial_step_size
 from ..sde.brownian import make_brownian, release_brownian
 from ..sde.problem import DEFAULT_ATOL as SDE_DEFAULT_ATOL
@@ -298,6 +299,7 @@ class ODEProblem(_Problem):
     """``dy/dt = func(t, y)``, solved by ``local_reg.odeint`` or torchdiffeq (``backend``)."""
 
     default_tolerances = (1e-6, 1e-8)
+    field_name = "func"
     backends = _ode_backends
     check_settings = staticmethod(check_ode_settings)
 
@@ -309,6 +311,12 @@ class ODEProblem(_Problem):
         if self.gradient.graph_free and self.adjoint_params is None:
             # What the first solve would refuse (a plain function hides its parameters), now.
             resolve_adjoint_params(func, None, self.gradient)
+
+    def checked_params(self) -> tuple[Tensor, ...]:
+        """The tensors besides ``y0`` whose gradients a backward pass checks for non-finite values,
+        as ``local_reg.odeint``'s (:func:`~local_reg.gradients._params.known_params`); on
+        torchdiffeq's adjoint, also the ``adjoint_params`` it is given."""
+        return known_params(self.func, self.adjoint_params, self.gradient)
 
     def with_func(self, func: Callable[[Tensor, Tensor], Tensor]) -> ODEProblem:
         """This problem, checked settings and all, with another vector field (a wrapper of ``func``)."""
@@ -486,6 +494,7 @@ class SDEProblem(_Problem):
     """
 
     default_tolerances = (SDE_DEFAULT_RTOL, SDE_DEFAULT_ATOL)
+    field_name = "the drift and diffusion"
     backends = _sde_backends
     check_settings = staticmethod(check_sde_settings)
 
@@ -496,6 +505,15 @@ class SDEProblem(_Problem):
         # adjoint_params only reach torchsde.sdeint_adjoint.
         if self.backend == "torchsde" and self.gradient.name == "adjoint" and self.adjoint_params is not None:
             self.options["adjoint_params"] = self.adjoint_params
+
+    def checked_params(self) -> tuple[Tensor, ...]:
+        """The tensors besides ``y0`` whose gradients a backward pass checks for non-finite values,
+        as ``local_reg.sdeint``'s: those torchsde's adjoint differentiates (its ``adjoint_params``), or
+        else the SDE's parameters."""
+        if "adjoint_params" in self.options:
+            return tuple(self.options["adjoint_params"])
+        owner = sde_module(self.sde)
+        return () if owner is None else tuple(owner.parameters())
 
     def check_regularizer(self, regularizer: str, reg_method: str | ButcherTableau | None) -> None:
         if regularizer != "error":

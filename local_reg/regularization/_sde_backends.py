@@ -21,7 +21,7 @@ from ..gradients._finite import guard_direct_gradients
 from ..gradients._function import in_peer_backward
 from ..gradients._params import peer_module_check
 from ..sde import sdeint
-from ..sde._sdeint import sde_gradient, sde_module
+from ..sde._sdeint import sde_gradient
 from ..solution import Stats
 from ._main_solve import (
     BackwardCounter,
@@ -163,9 +163,7 @@ def solve_main(
         # As local_reg.sdeint's: torchsde hands a NaN gradient back without a word. The tensors
         # checked are those torchsde's adjoint differentiates (its adjoint_params, by default the
         # SDE's parameters), and the SDE's parameters under "direct", as sdeint's.
-        owner = sde_module(sde)
-        params = options.get("adjoint_params", () if owner is None else tuple(owner.parameters()))
-        guard_direct_gradients((y0, *params), times[0], None, "the drift and diffusion")(ys)
+        guard_direct_gradients((y0, *problem.checked_params()), times[0], None, problem.field_name)(ys)
     stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
     counter = BackwardCounter(counting, counting.calls, is_adjoint)
     return MainSolve(ys=ys, stats=stats, backward_counter=counter)
