@@ -60,6 +60,22 @@ class CountingMLP(torch.nn.Module):
         return self.net(y)
 
 
+def device_argument(text: str) -> torch.device:
+    """``--device``'s parser: a torch device this machine has (a script's ``.to(device)`` would end
+    in a deep traceback far from the option)."""
+    try:
+        device = torch.device(text)
+    except RuntimeError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: no CUDA device here (torch.cuda.is_available() is False)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(
+            f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return device
+
+
 def mlp_problem_parser(
     description: str, *, batch: int = 512, atol: float = 1e-8, device: bool = True
 ) -> argparse.ArgumentParser:
@@ -75,7 +91,12 @@ def mlp_problem_parser(
     parser.add_argument("--atol", type=float, default=atol)
     parser.add_argument("--threads", type=int, default=1)
     if device:
-        parser.add_argument("--device", default="cpu", help="torch device of the field and states, e.g. cuda")
+        parser.add_argument(
+            "--device",
+            type=device_argument,
+            default="cpu",
+            help="torch device of the field and states, e.g. cuda",
+        )
     else:
         parser.set_defaults(device="cpu")
     return parser

@@ -452,7 +452,7 @@ def instructions(args) -> None:
         )
 
 
-def time_kind(device: str) -> str:
+def time_kind(device: str | torch.device) -> str:
     """What :func:`fields.clock` measures on ``device``, for a table's header."""
     return f"CPU time on {device}" if torch.device(device).type != "cuda" else f"wall time on {device}"
 
