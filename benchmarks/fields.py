@@ -7,6 +7,7 @@ import importlib
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -133,5 +134,11 @@ def old_local_reg(folder: str):
         git worktree add /tmp/old REV && mkdir -p /tmp/oldpkg
         cp -r /tmp/old/local_reg /tmp/oldpkg/local_reg_old
     """
+    package = Path(folder, "local_reg_old", "__init__.py")
+    if not package.is_file():
+        raise SystemExit(
+            f"--old {folder}: no {package}; the folder must hold another version of local_reg copied "
+            f"as local_reg_old (cp -r OTHER_CHECKOUT/local_reg {package.parent})"
+        )
     sys.path.insert(0, folder)
     return importlib.import_module("local_reg_old")
