@@ -13,6 +13,7 @@ backpropagation, ``odeint``). Counts are deterministic.
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -58,6 +59,7 @@ def reference_time(func, y0, event_fn) -> float:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     print("| problem | library | event time error | NFE forward | event_fn calls | NFE backward |")
     print("|---|---|---|---|---|---|")
     for name, (func, state, event_fn) in PROBLEMS.items():

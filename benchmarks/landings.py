@@ -12,8 +12,8 @@ solve over a short window ``[0, 0.01]`` of ``n`` step times all beyond it; the f
 
 from __future__ import annotations
 
+import argparse
 import math
-import sys
 import time
 
 import torch
@@ -25,7 +25,7 @@ from local_reg import PIController, odeint
 JUMP = 1.0
 
 
-def main() -> None:
+def jump_table() -> None:
     y0 = torch.tensor([0.5, 2.0], dtype=torch.float64)
     t = torch.linspace(0.0, 3.0, 7, dtype=torch.float64)
 
@@ -104,5 +104,13 @@ def scaling() -> None:
         print(f"| {n} | {within:.1f} | {window:.1f} |")
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--scaling", action="store_true", help="instead, the cost of long lists of step and jump times"
+    )
+    scaling() if parser.parse_args().scaling else jump_table()
+
+
 if __name__ == "__main__":
-    scaling() if "--scaling" in sys.argv[1:] else main()
+    main()

@@ -7,6 +7,8 @@ above 1), the smallest step and the error at the end (counts are deterministic).
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
@@ -17,6 +19,8 @@ RATE = 1e3
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
+
     def relaxation(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return -RATE * (y - torch.cos(t))
 

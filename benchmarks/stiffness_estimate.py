@@ -17,6 +17,7 @@ the imaginary axis, only a scale).
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 
@@ -46,6 +47,7 @@ PROBLEMS = {
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
     y0 = torch.ones(2, dtype=torch.float64)
