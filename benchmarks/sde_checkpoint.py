@@ -108,7 +108,7 @@ def table(args) -> None:
         }
         forward_backward(sde, y0, bm, 2, "checkpoint")  # warm-up (the first autograd.Function call)
         seconds, results = interleaved(runs, args.repeats)
-        print(f"### {n_steps} steps\n")
+        print(f"### SDE, {n_steps} steps\n")
         print("| gradient | peak MB | vs direct | s/iter | vs direct | bwd evals | grad err |")
         print("|---|---|---|---|---|---|---|")
         peaks = {name: memory_in_fresh_process(name, n_steps, args) for name in METHODS}
