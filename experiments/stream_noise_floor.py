@@ -79,7 +79,10 @@ def main() -> None:
                 f"{shifted_run['test_nfe']:.1f}",
                 flush=True,
             )
-    print("\n| task | metric | per seed: shifted / plain | ratio of means | test NFE per seed | NFE ratio |")
+    print(
+        "\n| task | metric | per seed: shifted / plain | ratio of means | test NFE per seed "
+        "| test NFE ratio of means |"
+    )
     print("|---|---|---|---|---|---|")
     for task_name in args.tasks:
         pairs = [(plain, shifted) for name, _, plain, shifted in rows if name == task_name]
