@@ -543,6 +543,10 @@ def main() -> None:
     parser.add_argument("--instructions-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--jax-python", help="a Python with jax and diffrax: adds diffrax's Tsit5")
     args = parser.parse_args()
+    if args.jax_python is not None and (args.throughput or args.instructions):
+        parser.error(
+            "--jax-python adds diffrax to the work-precision tables: not with --throughput or --instructions"
+        )
     if args.instructions_child:
         instructions_child(args)
         return
