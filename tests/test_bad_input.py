@@ -1314,6 +1314,23 @@ def test_a_nan_gradient_of_the_field_through_reg_loss_alone_is_an_error(gradient
         model.reg_loss.backward()
 
 
+def test_the_check_of_reg_loss_keeps_no_batch_alive():
+    """The model keeps reg_loss until its next training call: the check's hooks on it held the
+    caller's y0 (and the graph that made it), which the default penalty never reaches."""
+    import gc
+    import weakref
+
+    model = LocallyRegularized(Decay())
+    encoder = torch.nn.Linear(2, 2).double()
+    x = torch.ones(3, 2, dtype=torch.float64)
+    y0 = encoder(x)
+    alive_y0, alive_x = weakref.ref(y0), weakref.ref(x)
+    model(y0, [0.0, 1.0])  # a training call not followed by a backward pass
+    del y0, x
+    gc.collect()
+    assert alive_y0() is None and alive_x() is None
+
+
 def test_a_nan_the_loss_puts_on_an_event_solves_initial_state_passes_through():
     """odeint_event's ys[0] is y0 itself, beside the guarded solve: its NaN cotangent was blamed on
     func, where odeint's passes through."""

@@ -826,7 +826,10 @@ class Regularized(nn.Module):
                 # Checked as the main solve's outputs are (after the weight's measurement, whose
                 # pass runs here): a NaN the loss puts on reg_loss passes through as the loss's,
                 # and a non-finite gradient of the field there is an error.
-                inputs = (flat_y0, *problem.checked_params())
+                # y0 only where the penalty reaches it: held by the hooks of reg_loss, which the
+                # model keeps, it would outlive the caller's batch (and the graph that made it).
+                reaches_y0 = not getattr(self.penalty, "detach_state", True)
+                inputs = ((flat_y0,) if reaches_y0 else ()) + problem.checked_params()
                 guard_direct_gradients(inputs, float(t[0]), None, problem.field_name)(reg_loss)
             # Set only now: a call that fails leaves the last call's stats and reg_loss.
             self.stats, self.reg_loss = stats, reg_loss
