@@ -1117,4 +1117,7 @@ def times_as_given(times: list[float], rounded_to: torch.dtype | None) -> list[f
     if rounded_to is None:
         return list(times)
     rounded = rounded_list(times, rounded_to)
-    return [torch.tensor(a, dtype=rounded_to) if a == b else a for a, b in zip(times, rounded, strict=True)]
+    return [
+        torch.tensor(a, dtype=rounded_to, device="cpu") if a == b else a
+        for a, b in zip(times, rounded, strict=True)
+    ]

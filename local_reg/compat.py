@@ -405,7 +405,8 @@ def _option_times(name: str, value: object) -> Tensor:
     """The times an option lists (``None``: none) as a flat float64 tensor; a ``TypeError`` naming
     the option if they are not numbers."""
     try:
-        return torch.as_tensor([] if value is None else value, dtype=torch.float64).detach().reshape(-1)
+        times = [] if value is None else value
+        return torch.as_tensor(times, dtype=torch.float64, device="cpu").detach().reshape(-1)
     except OverflowError:
         raise ValueError(f"{name} holds a number too large for a float") from None
     except (TypeError, ValueError, RuntimeError) as error:
@@ -1047,11 +1048,16 @@ def odeint_dense(
     tuple ``y0`` work. Differentiable w.r.t. ``y0``, the parameters and a ``t0`` or ``t1`` that
     requires grad (torchdiffeq's gives no gradient to them); the function's own ``t`` is not
     differentiated: one that requires grad is refused (``ValueError``)."""
-    ends, values = [], []
-    for name, end in (("t0", t0), ("t1", t1)):
-        value, tensor = one_time(name, end)
-        values.append(value)
-        ends.append(torch.as_tensor(value if tensor is None else tensor, dtype=torch.float64))
+    given = [one_time(name, end) for name, end in (("t0", t0), ("t1", t1))]
+    values = [value for value, _ in given]
+    # A number beside a tensor end on its device; two numbers on the CPU, whatever the default.
+    device = next((tensor.device for _, tensor in given if tensor is not None), torch.device("cpu"))
+    ends = [
+        torch.tensor(value, dtype=torch.float64, device=device)
+        if tensor is None
+        else tensor.to(torch.float64)
+        for value, tensor in given
+    ]
     if values[0] == values[1]:
         raise ValueError(f"t1 must differ from t0, got t0 = t1 = {values[0]}")
     times = torch.stack(ends)
@@ -1093,7 +1099,9 @@ def odeint_event(
     t0_value, t0_tensor = one_time("t0", t0)
     # A t0 given as a number or an array is a float64 time, as it was.
     t0 = (
-        t0_tensor if given_tensor and t0_tensor is not None else torch.tensor(t0_value, dtype=torch.float64)
+        t0_tensor
+        if given_tensor and t0_tensor is not None
+        else torch.tensor(t0_value, dtype=torch.float64, device="cpu")
     ).reshape(1)
     largest = torch.finfo(t0.dtype).max if t0.is_floating_point() else math.inf
     t1 = direction_time(t0_value, reverse_time, largest)

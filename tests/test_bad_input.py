@@ -782,6 +782,7 @@ def test_times_rounded_to_a_float32_field_make_no_tensor_on_the_default_device()
     import torchsde
 
     y0, times, t0 = torch.ones(2), torch.tensor([0.0, 1.0]), torch.tensor(0.0)
+    read_at = torch.tensor(0.4)
     bm = torchsde.BrownianInterval(0.0, 1.0, size=(2, 1), levy_area_approximation="none", entropy=0)
     solves = {
         "jump": lambda: odeint(decay, y0, times, controller=local_reg.PIController(jump_ts=[0.3])).ys,
@@ -793,6 +794,12 @@ def test_times_rounded_to_a_float32_field_make_no_tensor_on_the_default_device()
             decay, y0, times, method="rk4", options={"step_size": 0.1, "perturb": True}
         ),
         "sde grid": lambda: local_reg.compat.sdeint(DecaySDE(), y0[:, None], times, dt=0.1, bm=bm),
+        "model, float32 times": lambda: local_reg.Regularized(decay, adjoint_params=())(y0[None], times),
+        "compat jump_t": lambda: local_reg.compat.odeint(decay, y0, times, options={"jump_t": [0.3]}),
+        "compat event, float t0": lambda: local_reg.compat.odeint_event(
+            decay, y0, 0.0, event_fn=lambda t, y: y[0] - 0.5
+        )[1],
+        "compat dense, float ends": lambda: local_reg.compat.odeint_dense(decay, y0, 0.0, 1.0)(read_at),
     }
     for name, solve in solves.items():
         expected = solve()
