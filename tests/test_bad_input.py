@@ -1230,7 +1230,7 @@ class NanVjpDecay(Decay):
         return super().forward(t, y) + nan_vjp_field(t, y)
 
 
-class NanVjpDecaySDE(NanVjpDecay):
+class DecayWithNoise(Decay):
     noise_type, sde_type = "diagonal", "ito"
 
     def f(self, t, y):
@@ -1238,6 +1238,10 @@ class NanVjpDecaySDE(NanVjpDecay):
 
     def g(self, t, y):
         return 0.1 * torch.ones_like(y)
+
+
+class NanVjpDecaySDE(NanVjpDecay, DecayWithNoise):
+    """:class:`NanVjpDecay` as an SDE's drift."""
 
 
 @pytest.mark.parametrize(
@@ -1264,16 +1268,6 @@ def test_nan_in_the_vjp_raises_solver_error_on_the_peer_backends_too(backend, gr
     with pytest.raises(SolverError, match=re.escape(found)) as raised:
         (ys[-1].sum() + model.reg_loss).backward()
     assert raised.value.t == 0.0 and "t is the solve's start" in str(raised.value)
-
-
-class DecayWithNoise(Decay):
-    noise_type, sde_type = "diagonal", "ito"
-
-    def f(self, t, y):
-        return self(t, y)
-
-    def g(self, t, y):
-        return 0.1 * torch.ones_like(y)
 
 
 class NanRateGradient(Decay):
