@@ -1095,7 +1095,8 @@ def odeint_event(
         )
     given_tensor = isinstance(t0, Tensor)
     if isinstance(t0, (list, tuple, np.ndarray, np.generic)):  # [t0], a 0-d array: torchdiffeq's too
-        t0 = torch.as_tensor(t0)  # checked as a tensor below (a bool or complex one refused by name)
+        # Checked as a tensor below (a bool or complex one refused by name); on the CPU, as a number is.
+        t0 = torch.as_tensor(t0, device="cpu")
     t0_value, t0_tensor = one_time("t0", t0)
     # A t0 given as a number or an array is a float64 time, as it was.
     t0 = (

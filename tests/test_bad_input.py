@@ -796,9 +796,13 @@ def test_times_rounded_to_a_float32_field_make_no_tensor_on_the_default_device()
         "sde grid": lambda: local_reg.compat.sdeint(DecaySDE(), y0[:, None], times, dt=0.1, bm=bm),
         "model, float32 times": lambda: local_reg.Regularized(decay, adjoint_params=())(y0[None], times),
         "compat jump_t": lambda: local_reg.compat.odeint(decay, y0, times, options={"jump_t": [0.3]}),
-        "compat event, float t0": lambda: local_reg.compat.odeint_event(
-            decay, y0, 0.0, event_fn=lambda t, y: y[0] - 0.5
-        )[1],
+        **{
+            f"compat event, t0 {t0!r}": functools.partial(
+                lambda t0: local_reg.compat.odeint_event(decay, y0, t0, event_fn=lambda t, y: y[0] - 0.5)[1],
+                t0,
+            )
+            for t0 in (0.0, np.float64(0.0), [0.0], np.array(0.0))
+        },
         "compat dense, float ends": lambda: local_reg.compat.odeint_dense(decay, y0, 0.0, 1.0)(read_at),
     }
     for name, solve in solves.items():
