@@ -1319,6 +1319,20 @@ def test_a_nan_gradient_of_the_field_through_reg_loss_alone_is_an_error(gradient
         model.reg_loss.backward()
 
 
+@pytest.mark.parametrize("gradient", ["direct", "symplectic"])
+@pytest.mark.parametrize("with_ys", [False, True])
+def test_a_nan_gradient_of_the_field_at_an_undetached_drawn_state_is_an_error(gradient, with_ys):
+    """With detach_state=False the penalty's gradient for u(t_reg) joins the main solve's outputs,
+    whose check took its NaN for the loss's: the loss of reg_loss, and of ys and reg_loss, got NaN
+    gradients silently (ys alone raised)."""
+    torch.manual_seed(0)
+    model = LocallyRegularized(NanVjpDecay(), weight=1.0, detach_state=False, gradient=gradient)
+    y0 = torch.ones(3, 1, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(SolverError, match=re.escape(NAN_VJP)):
+        ys = model(y0, [0.0, 1.0])
+        (model.reg_loss + (ys[-1].sum() if with_ys else 0.0)).backward()
+
+
 def test_the_check_of_reg_loss_keeps_no_batch_alive():
     """The model keeps reg_loss until its next training call: the check's hooks on it held the
     caller's y0 (and the graph that made it), which the default penalty never reaches."""

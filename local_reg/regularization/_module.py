@@ -348,9 +348,15 @@ class LocalPenalty:
             result = dt = None  # no probe step for the kinetic penalty
             field_time_dtype = problem.field_time_dtype(context, y0)
             jump_ts = problem.jump_times(times, field_time_dtype)
+            drawn_states = []
             for t_reg, state, solver_dt in draws:
                 if self.detach_state:
                     state = state.detach()
+                else:
+                    # A view of its own, whose gradient from the penalty is checked before it joins
+                    # the main solve's outputs, where a NaN would read as the loss's.
+                    state = state.view_as(state)
+                    drawn_states.append(state)
                 if probe_dtype is not None:
                     state = state.to(probe_dtype)
                 if self.penalty == "kinetic":
@@ -381,6 +387,9 @@ class LocalPenalty:
                     penalties.append(penalty_form(result.error_estimate, dt, tableau.order, self.penalty))
             penalty = penalties[0] if len(penalties) == 1 else torch.stack(penalties).mean()
             penalty, value, finite = finite_penalty(penalty.to(y0.dtype), y0)
+            if drawn_states:
+                inputs = (*drawn_states, *problem.checked_params())
+                guard_direct_gradients(inputs, times[0], None, problem.field_name)(penalty)
             stiffness = getattr(result, "stiffness_estimate", None)
             stats = RegularizationStats(
                 main=main.stats,
