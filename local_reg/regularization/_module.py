@@ -834,12 +834,11 @@ class Regularized(nn.Module):
             if getattr(self.penalty, "evaluates_apart", False):
                 # Checked as the main solve's outputs are (after the weight's measurement, whose
                 # pass runs here): a NaN the loss puts on reg_loss passes through as the loss's,
-                # and a non-finite gradient of the field there is an error.
-                # y0 only where the penalty reaches it: held by the hooks of reg_loss, which the
-                # model keeps, it would outlive the caller's batch (and the graph that made it).
-                reaches_y0 = not getattr(self.penalty, "detach_state", True)
-                inputs = ((flat_y0,) if reaches_y0 else ()) + problem.checked_params()
-                guard_direct_gradients(inputs, float(t[0]), None, problem.field_name)(reg_loss)
+                # and a non-finite gradient of the field there is an error. Not y0: the penalty
+                # reaches it only through a drawn state, which the penalty checks itself; held by
+                # the hooks of reg_loss, which the model keeps, y0 would outlive the caller's batch.
+                params = problem.checked_params()
+                guard_direct_gradients(params, float(t[0]), None, problem.field_name)(reg_loss)
             # Set only now: a call that fails leaves the last call's stats and reg_loss.
             self.stats, self.reg_loss = stats, reg_loss
             return unflatten(ys)
