@@ -110,7 +110,7 @@ def main() -> None:
         "local_reg compiled, forward+backward": forward_backward(True),
         "local_reg compiled (cpp_wrapper), forward+backward": forward_backward(cpp_wrapper),
     }
-    on_gpu = torch.device(args.device).type == "cuda"
+    on_gpu = args.device.type == "cuda"
     if on_gpu:
         # CUDA graphs: each compiled step replayed as one graph launch.
         graphs = {"mode": "reduce-overhead"}

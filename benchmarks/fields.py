@@ -99,7 +99,7 @@ def mlp_problem_parser(
             help="torch device of the field and states, e.g. cuda",
         )
     else:
-        parser.set_defaults(device="cpu")
+        parser.set_defaults(device=torch.device("cpu"))
     return parser
 
 

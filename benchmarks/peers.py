@@ -452,9 +452,9 @@ def instructions(args) -> None:
         )
 
 
-def time_kind(device: str | torch.device) -> str:
+def time_kind(device: torch.device) -> str:
     """What :func:`fields.clock` measures on ``device``, for a table's header."""
-    return f"CPU time on {device}" if torch.device(device).type != "cuda" else f"wall time on {device}"
+    return f"CPU time on {device}" if device.type != "cuda" else f"wall time on {device}"
 
 
 M_MMAP_THRESHOLD = -3
@@ -556,7 +556,7 @@ def main() -> None:
     if args.throughput:
         throughput(args)
         return
-    if torch.device(args.device).type != "cpu":
+    if args.device.type != "cpu":
         # The work-precision tables compare against a scipy reference through numpy: CPU only.
         parser.error("--device other than cpu needs --throughput")
     if args.quick:
