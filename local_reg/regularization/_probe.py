@@ -21,7 +21,7 @@ pure so that the paper's procedure is these options at ``LocalPenalty``'s defaul
   while ``log EEst`` has a gradient that does not depend on the tolerance at all and ``EEst ** (1/p)``
   one that scales like ``tol ** (-1/p)``;
 - ``"kinetic"``: no probe step at all, ``mean(f(t_reg, u(t_reg))**2)`` with ``u(t_reg)`` a constant:
-  RNODE's kinetic energy (Finlay et al., ICML 2020) sampled at the one random time, which is what
+  twice RNODE's kinetic-energy rate (Finlay et al., ICML 2020) sampled at the one random time, which is what
   the float32 ``EEst`` of a probe far inside the tolerance mostly measures (about
   ``eps32 |dt| |f| / tol``; docs/results.md);
 - ``n_draws`` independent draws of ``t_reg`` per pass, penalties averaged;

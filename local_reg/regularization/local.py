@@ -16,7 +16,7 @@ method. The step is :func:`local_reg.step`, the same function the solver uses to
 steps, so ``EEst`` here is the solver's own error estimate.
 
 :class:`LocallyRegularized`'s default penalty takes no step: ``R_K = mean(f(t_reg, u(t_reg))**2)``
-(the kinetic energy of Finlay et al., ICML 2020, at the one sampled time), which is what the
+(twice the kinetic-energy rate of Finlay et al., ICML 2020, at the one sampled time), which is what the
 float32 ``EEst`` of the paper's probe mostly measured (docs/results.md).
 """
 
