@@ -20,6 +20,7 @@ from local_reg import (
     BacksolveAdjoint,
     GloballyRegularized,
     LocallyRegularized,
+    LocalPenalty,
     Regularized,
     SolverError,
     get_tableau,
@@ -1990,6 +1991,11 @@ def test_regularized_options_that_would_be_ignored_or_are_not_tensors_are_named(
         LocallyRegularized(Decay(), penalty="kinetic", reg_method="dopri5", probe_scale=2.0)
     with pytest.raises(TypeError, match="adjoint_params must be an iterable of tensors"):
         LocallyRegularized(Decay(), adjoint_params=5)
+    # The penalty object itself refuses every probe option beside the kinetic penalty, the
+    # heuristic's other exponent too (it would change nothing).
+    for probe_option in [dict(probe="initial-hairer"), dict(probe="solver"), dict(probe_scale=2.0)]:
+        with pytest.raises(ValueError, match="penalty='kinetic' takes no probe step"):
+            LocalPenalty(penalty="kinetic", **probe_option)
     # rtol = 0 is a pure absolute tolerance, as for odeint and sdeint; atol = 0 beside it is not.
     model = LocallyRegularized(Decay(), rtol=0.0, atol=1e-8)
     model(torch.ones(2, dtype=torch.float64), [0.0, 1.0])

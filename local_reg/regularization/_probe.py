@@ -70,10 +70,10 @@ def check_probe_options(
         raise ValueError(f"probe={probe!r} contradicts step_size='solver'; use probe='solver' alone")
     if penalty != "error-dt" and regularizer != "error":
         raise ValueError(f"penalty={penalty!r} applies to regularizer='error', got {regularizer!r}")
-    if penalty == "kinetic" and (probe_scale != 1.0 or probe == "solver" or step_size == "solver"):
+    if penalty == "kinetic" and (probe_scale != 1.0 or probe != "initial" or step_size == "solver"):
         raise ValueError(
-            "penalty='kinetic' takes no probe step: probe_scale, probe='solver' and step_size='solver' "
-            "do not apply"
+            f"penalty='kinetic' takes no probe step: probe_scale, probe={probe!r} and "
+            "step_size='solver' do not apply"
         )
     if probe_scale != 1.0 and (probe == "solver" or step_size == "solver"):
         raise ValueError("probe_scale scales the initial-step heuristic; it does not apply to probe='solver'")

@@ -325,8 +325,10 @@ class LocallyRegularized(Regularized):
                 "them, or choose a probe-step penalty (e.g. penalty='error-dt')"
             )
         if probe is None:
-            # An SDE's probe is an Euler--Maruyama step; step_size="solver" takes the solver's step.
-            probe = "initial" if is_sde(func) or step_size == "solver" else "initial-hairer"
+            # An SDE's probe is an Euler--Maruyama step; step_size="solver" takes the solver's step;
+            # the kinetic penalty takes none (its penalty object refuses any other probe).
+            takes_hairer = not (is_sde(func) or step_size == "solver" or penalty == "kinetic")
+            probe = "initial-hairer" if takes_hairer else "initial"
         strategy = LocalPenalty(
             sampling=sampling,
             regularizer=regularizer,
