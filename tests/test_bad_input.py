@@ -1490,6 +1490,54 @@ def test_a_nan_cotangent_of_another_solve_or_pass_is_not_blamed_on_this_solve():
     del kept
 
 
+def sqrt_rate_closure(rate):
+    """``-sqrt(rate) y`` as a plain function closing over ``rate``: a direct solve of it from a
+    ``y0`` that asks for no gradient has no input it knows of to check."""
+    return lambda t, y: -torch.sqrt(rate) * y
+
+
+class SqrtRateClosureSDE:
+    """:func:`sqrt_rate_closure` as the drift of an SDE that is not a module, with small noise."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self, rate):
+        self.f = sqrt_rate_closure(rate)
+
+    def g(self, t, y):
+        return torch.full_like(y, 0.1)
+
+
+# Outputs of direct solves of a plain function closing over ``rate``, from a y0 that asks for no
+# gradient: none has an input of its own to check.
+PLAIN_FUNCTION_OUTPUTS = {
+    "odeint": lambda rate, y0: odeint(sqrt_rate_closure(rate), y0, [0.0, 1.0]).ys[-1],
+    "sdeint": lambda rate, y0: sdeint(SqrtRateClosureSDE(rate), y0[None], [0.0, 1.0]).ys[-1],
+    "LocallyRegularized's reg_loss": lambda rate, y0: regularization_loss(
+        LocallyRegularized(sqrt_rate_closure(rate), weight=1.0), y0
+    ),
+    "torchdiffeq's direct": lambda rate, y0: LocallyRegularized(
+        sqrt_rate_closure(rate), backend="torchdiffeq", weight=1.0
+    )(y0, [0.0, 1.0])[-1],
+}
+
+
+@pytest.mark.parametrize("output", PLAIN_FUNCTION_OUTPUTS)
+def test_a_nan_cotangent_of_a_plain_functions_solve_sharing_a_parameter_is_not_blamed_on_this_solve(output):
+    """A solve with no input of its own to check did not record the NaN cotangent the loss put on
+    it, so a module's direct solve sharing the parameter blamed its own func for the loss's NaN. A
+    non-finite vector-Jacobian product of the plain function is still an error."""
+    field = SqrtRate()
+    field.p.data.fill_(0.25)  # a finite derivative of the module's field
+    y0 = torch.ones(2, dtype=torch.float64)
+    shared = PLAIN_FUNCTION_OUTPUTS[output](field.p, y0)
+    (odeint(field, y0, [0.0, 1.0]).ys[-1].sum() + math.nan * shared.sum()).backward()
+    assert field.p.grad.isnan()
+    shared = PLAIN_FUNCTION_OUTPUTS[output](field.p - 0.25, y0)  # sqrt at 0 in the plain function
+    with pytest.raises(SolverError, match=NAN_VJP):
+        (odeint(field, y0, [0.0, 1.0]).ys[-1].sum() + shared.sum()).backward()
+
+
 # Times -----------------------------------------------------------------------------------------
 
 

@@ -50,17 +50,18 @@ def raise_non_finite_gradient(
 
 
 _NON_FINITE_COTANGENT_PASSES: set[int] = set()
-"""The backward passes (autograd's graph task ids) in which a guarded solve's outputs got a
-non-finite cotangent: the inputs' gradients are then the sum of that solve's and others' (a shared
-parameter), whose NaN may have come from the loss, not from ``func``. A pass's entry goes when the
-pass ends (or, for a pass that failed, when its graph goes)."""
+"""The backward passes (autograd's graph task ids) in which a solve's outputs got a non-finite
+cotangent (a guarded solve's, or one's with no input of its own to check): the inputs' gradients
+are then the sum of that solve's and others' (a shared parameter), whose NaN may have come from the
+loss, not from ``func``. A pass's entry goes when the pass ends (or, for a pass that failed, when its
+graph goes)."""
 
 
 def note_non_finite_cotangents(cotangents: Sequence[Tensor | None]) -> None:
-    """Where the cotangents a backward pass brings to a solve's outputs (a graph-free method's) or
-    to a tensor beside them (:func:`passing_cotangents_on`) are not finite, mark the pass
-    (:data:`_NON_FINITE_COTANGENT_PASSES`) until it ends: a guarded solve sharing an input then does
-    not blame ``func`` for the NaN the loss put there."""
+    """Where the cotangents a backward pass brings to a solve's outputs (a graph-free method's, a
+    direct one's with no input to check) or to a tensor beside them (:func:`passing_cotangents_on`)
+    are not finite, mark the pass (:data:`_NON_FINITE_COTANGENT_PASSES`) until it ends: a guarded
+    solve sharing an input then does not blame ``func`` for the NaN the loss put there."""
     readable = [g for g in cotangents if g is not None and not (transformed(g) or batched_cotangent(g))]
     if all_finite(readable):
         return
@@ -91,6 +92,8 @@ def guard_direct_gradients(
     not finite while the cotangents of the guarded outputs were (and, in that pass, every other
     guarded solve's too: an input shared with a solve whose cotangent was NaN gets their sum).
     ``n_steps``: the solve's, for the error (``None`` where a peer backend does not count them).
+    Without ``inputs`` to check, a guarded output only marks a pass whose cotangent on it is not
+    finite (:func:`note_non_finite_cotangents`).
 
     A hook on each output records, for the backward pass that runs (a nested one, a reentrant
     checkpoint's say, is another pass), whether its cotangent was finite; the first of them in a
@@ -150,8 +153,15 @@ def guard_direct_gradients(
         torch.autograd.Variable._execution_engine.queue_callback(ended)
 
     def guard(output: Tensor) -> None:
-        if inputs and output.requires_grad:
+        if not output.requires_grad:
+            return
+        if inputs:
             output.register_hook(record_cotangent)
+        else:
+            # Nothing of this solve's own to check (a plain function from a y0 that asks for no
+            # gradient), but what it closes over may be a guarded solve's parameter: a NaN the loss
+            # puts here must still read as the loss's there.
+            output.register_hook(lambda grad: note_non_finite_cotangents([grad]))
 
     return guard
 
