@@ -14,7 +14,9 @@ pure so that the paper's procedure is these options at ``LocalPenalty``'s defaul
   formula with ``p - 1``, so its first step is ``"initial"``'s), times
   ``probe_scale``; or ``"solver"``: the main solve's accepted step at ``t_reg``;
 - the penalty's form: ``"error-dt"`` (the paper's ``EEst * |dt|``); ``"growth"``: ``EEst ** (1/p)``,
-  the inverse of the controller's step-growth factor ``safety * EEst ** (-1/p)`` (so minimizing it
+  the inverse of an integral controller's step factor ``safety * EEst ** (-1/p)`` (the default
+  ``PIController`` applies it to a rejected step and grows an accepted one by
+  ``safety * EEst ** -beta1 * EEst_prev ** beta2``, ``beta1 = 0.85 / p``: minimizing either
   lengthens the step the solver would take next); ``"log"``: ``log EEst``; ``"log-hinge"``: ``log EEst``
   where ``EEst >= 0.1`` and a constant below (only errors that limit the step count). ``EEst`` is divided by
   the tolerance, so the paper's form has a gradient that scales like ``1/tol`` at a fixed ``dt``,
@@ -48,9 +50,10 @@ PROBE_DTYPES = ("float32", "float64")
 # ``log`` and ``growth`` are guarded below this EEst: a zero error estimate (a locally linear field)
 # would otherwise give ``-inf`` or an infinite gradient.
 EEST_FLOOR = 1e-12
-# ``log-hinge`` ignores a probe whose EEst is under this: the controller (safety 0.9, exponent 1/5 for
-# Tsit5) would lengthen such a step by at least 0.9 * 10**0.2 = 1.4x, so its error is not what limits
-# the step, and in float32 an EEst that small at rtol 1e-6 is mostly rounding (docs/results.md).
+# ``log-hinge`` ignores a probe whose EEst is under this: the default controller (safety 0.9, beta1
+# 0.17 and beta2 0.04 for Tsit5) lengthens such a step by 0.9 * 10**0.13 = 1.2x at a steady EEst
+# (0.92-1.33x as the previous EEst ranges from 1e-4 to 1), so its error is not what limits the
+# step, and in float32 an EEst that small at rtol 1e-6 is mostly rounding (docs/results.md).
 HINGE = 0.1
 
 
