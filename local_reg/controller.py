@@ -234,7 +234,8 @@ class PIController:
 _DIFFRAX_GAINS = (
     "diffrax's PID gains: beta1= and beta2= here, the exponents of this step's and the previous "
     "step's error (with dcoeff=0, beta1 = (pcoeff + icoeff) / order and beta2 = pcoeff / order, order "
-    "the method's)"
+    "the method's; diffrax keeps the step after an accepted one from shrinking and shrinks a rejected "
+    "one by its gains, this controller by safety * EEst**(-1/order): the same gains take other steps)"
 )
 # A port of diffrax's PIDController(rtol, atol, ...) names settings that are the solve's here, or
 # are spelt otherwise; the dataclass's own message names the keyword only.
