@@ -3009,6 +3009,20 @@ def test_sde_step_checks_its_noise_type_step_and_increment():
     step = dict(rtol=1e-2, atol=1e-2)
     with pytest.raises(ValueError, match=r"dw has shape \(2,\), expected \(3, 2\) \(from y's shape"):
         sde_step(DiagonalSDE(), "diagonal", 0.0, y, 0.1, torch.ones(2), **step)  # one row for all
+    # A non-finite increment, as sdeint's Brownian motion refuses one: it gave a NaN state silently.
+    for bad in (math.nan, math.inf):
+        with pytest.raises(
+            ValueError, match=r"dw must be finite, got 1 non-finite entries \(the first at index \(1, 0\)"
+        ):
+            sde_step(
+                DiagonalSDE(),
+                "diagonal",
+                0.0,
+                y,
+                0.1,
+                torch.ones(3, 2).index_put_((torch.tensor(1), torch.tensor(0)), torch.tensor(bad)),
+                **step,
+            )
     for dt in (0.0, -0.1, math.nan):
         with pytest.raises(ValueError, match="dt must be positive and finite"):
             sde_step(DiagonalSDE(), "diagonal", 0.0, y, dt, torch.ones(3, 2), **step)

@@ -78,6 +78,7 @@ from .._stepper import Stepper
 from .._validate import (
     check_bool,
     check_choice,
+    check_finite_state,
     check_output,
     finite_float,
     positive_float,
@@ -158,7 +159,7 @@ def sde_step(
             shape ``(batch, d)``, a ``dt`` that is not positive and finite, tolerances that are not,
             ``f0``/``g0`` (given or returned by ``sde``) not of the shapes ``noise_type`` implies or
             not of ``y``'s dtype and device, or given and not finite, a ``dw`` not of shape
-            ``(batch, m)`` (one increment per row, not one broadcast over the batch), and an
+            ``(batch, m)`` (one increment per row, not one broadcast over the batch) or not finite, and an
             ``estimate_error`` or ``milstein`` that is not a bool.
     """
     sde, t, y = _checked_arguments(sde, noise_type, ("t", t), ("y", y), f0, g0)
@@ -170,6 +171,7 @@ def sde_step(
         g0 = sde.g(time_tensor(t, y), y)
         nfe_diffusion = 1
     check_output("dw", dw, y, shape=brownian_size(noise_type, y, g0), returned=False, like_name="y")
+    check_finite_state("dw", dw)  # as sdeint's Brownian motion is checked: a NaN state otherwise
     result = _euler_maruyama_step(
         sde, noise_type, t, y, dt, dw, rtol=rtol, atol=atol, f0=f0, g0=g0,
         estimate_error=estimate_error, milstein=milstein,
