@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ._checks import positive_int, refuse_sde
-from ._step import StepResult, VectorField, rms_norm
+from ._step import StepResult, VectorField
 from ._step import initial_step_size as unchecked_initial_step_size
 from ._step import step as unchecked_step
 from ._validate import (
@@ -38,7 +38,7 @@ def step(
     rtol: float | Tensor = 1e-6,
     atol: float | Tensor = 1e-8,
     k1: Tensor | None = None,
-    norm: Callable[[Tensor], Tensor] = rms_norm,
+    norm: Callable[[Tensor], Tensor] | None = None,
     jump_ts: TimeSet = (),
 ) -> StepResult:
     """Take one step of ``tableau`` (a :class:`ButcherTableau` or its name, e.g. ``"tsit5"``) from
@@ -46,6 +46,7 @@ def step(
 
     Returns the :class:`StepResult`: ``y1``, ``EEst = rms(err / (atol + rtol * max(|y|, |y1|)))``
     (``None`` for a fixed-step tableau), Shampine's stiffness estimate, the stages and the NFE.
+    ``norm`` replaces that RMS (``None``: the RMS, as :func:`~local_reg.odeint` reads it).
     ``k1``, if given, is ``func(t, y)`` already evaluated and is not evaluated again. Gradients flow
     through every stage that is evaluated. A step whose stages overflow ``y``'s dtype, or meet a
     ``func`` that returns NaN there, returns them as they are: a non-finite ``y1`` and ``EEst`` (the
@@ -105,7 +106,7 @@ def initial_step_size(
     rtol: float | Tensor,
     atol: float | Tensor,
     direction: float = 1.0,
-    norm: Callable[[Tensor], Tensor] = rms_norm,
+    norm: Callable[[Tensor], Tensor] | None = None,
     t_end: float | None = None,
     time_dtype: torch.dtype | None = None,
 ) -> tuple[float, int]:
@@ -114,7 +115,8 @@ def initial_step_size(
     ``t_end`` (if given; it bounds the trial step). Returns ``(|dt|, nfe)``; it costs one evaluation
     of ``func``. Its exponent is ``1/order``, as torchdiffeq's and OrdinaryDiffEq's, and the one
     every adaptive solve starts with (docs/solver.md): pass a method's order ``p`` for that step,
-    ``p + 1`` for the book's ``1/(p+1)``. This function checks its arguments first.
+    ``p + 1`` for the book's ``1/(p+1)``. ``norm``: the solver's error norm (``None``: the RMS).
+    This function checks its arguments first.
 
     Raises:
         TypeError, ValueError: naming the argument, as :func:`step` does, and for an ``order`` that

@@ -994,7 +994,10 @@ class CheckedNorm:
 
 
 def checked_norm(norm: object) -> Callable[[Tensor], Tensor]:
-    """``norm`` as a solve uses it: RMS kept as is, any other callable wrapped in a :class:`CheckedNorm`."""
+    """``norm`` as a solve uses it: RMS (also for ``None``, the default) kept as is, any other callable
+    wrapped in a :class:`CheckedNorm`."""
+    if norm is None:
+        return rms_norm
     if norm is rms_norm or isinstance(norm, CheckedNorm):
         return norm
     if not callable(norm):

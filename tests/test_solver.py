@@ -1126,6 +1126,19 @@ def test_initial_step_size_is_hairers_formula(kwargs):
     )
 
 
+def test_the_one_step_api_reads_norm_none_as_the_default_as_odeint_does():
+    """Code forwarding an optional ``norm`` from ``odeint`` to ``step``/``initial_step_size``."""
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    f0 = quadratic(torch.tensor(0.5, dtype=torch.float64), y0)
+    assert local_reg.initial_step_size(quadratic, 0.5, y0, f0, 5, 1e-6, 1e-8, norm=None) == (
+        local_reg.initial_step_size(quadratic, 0.5, y0, f0, 5, 1e-6, 1e-8)
+    )
+    default = local_reg.step(quadratic, 0.5, y0, 0.01, "tsit5")
+    given_none = local_reg.step(quadratic, 0.5, y0, 0.01, "tsit5", norm=None)
+    assert torch.equal(given_none.y1, default.y1)
+    assert float(given_none.error_estimate) == float(default.error_estimate)
+
+
 @pytest.mark.parametrize(
     ("field", "y0"),
     [
