@@ -6,7 +6,7 @@ max abs difference there against scipy's DOP853 at rtol = atol = 1e-13 (its own 
 times), the NFE are counted by the field itself, and the time is the median of ``--repeats``
 interleaved forward solves (float64, one thread, no autograd). Solvers: local_reg ``tsit5`` and
 ``dopri8`` (interpolating between steps with its fifth-order dense output), torchdiffeq's ``dopri8``
-(the same tableau, interpolating with a quartic through a fourth-order midpoint), and scipy's DOP853
+(the same tableau, interpolating with a quartic through a fifth-order midpoint), and scipy's DOP853
 (another eighth-order pair with a seventh-order dense output; NFE and error only, since it calls a
 numpy field).
 

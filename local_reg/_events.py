@@ -482,8 +482,8 @@ def _solve_until_event(
 ) -> Solution:
     """:func:`odeint_event` on a flat state, its solution's ``ts[-1]`` the event time.
     ``times_in_state_dtype``: ``func`` gets times in the state's dtype whatever ``t0``'s
-    (torchdiffeq's rule, for :mod:`local_reg.compat`); ``event_fn`` keeps ``odeint``'s rule (as
-    torchdiffeq gives it ``t0``'s dtype), so the event is located as finely."""
+    (torchdiffeq's rule, for :mod:`local_reg.compat`); ``event_fn`` keeps ``odeint``'s rule, so the
+    event is located as finely (torchdiffeq's adaptive methods give it float64)."""
     check_function_transforms("odeint_event", differentiable=False)
     for name, value in (("y0", y0), ("t0", t0)):
         if carries_tangent(value):

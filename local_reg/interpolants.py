@@ -24,7 +24,7 @@ evaluation per solve (at the last step) at most.
   freedom spent on the order-6 conditions' residual over ``theta`` in ``[0, 1]`` (least squares, with
   a ridge of 1e-12 that keeps the coefficients below 60). ``python benchmarks/dopri8.py --derive``
   derives the coefficients again; ``benchmarks/dopri8.py`` measures them against torchdiffeq's
-  ``dopri8``, whose quartic is fitted through a fourth-order midpoint, and scipy's DOP853.
+  ``dopri8``, whose quartic is fitted through a fifth-order midpoint, and scipy's DOP853.
 - every other tableau: the cubic Hermite interpolant through ``y``, ``y1``, ``f(t, y)`` and
   ``f(t + dt, y1)`` (third order, or the tableau's order if lower).
 """

@@ -76,8 +76,8 @@ def test_adaptive_methods_match_torchdiffeq(method, rtol):
     # Against torchdiffeq at the same tolerance the difference is mostly torchdiffeq's own error
     # (bosh3 62, fehlberg2 21 measured), so those two have a factor of 100. dopri8 0.64 against the
     # accurate solution, where torchdiffeq's own dopri8 is 290 off it: its outputs come from a
-    # quartic through a fourth-order midpoint, ours from a fifth-order dense output (docs/solver.md),
-    # so ours is checked to be the more accurate instead.
+    # quartic (fourth order) through a fifth-order midpoint, ours from a fifth-order dense output
+    # (docs/solver.md), so ours is checked to be the more accurate instead.
     accurate_factor, same_factor = {
         "dopri5": (2.5, 2.5),
         None: (2.5, 2.5),

@@ -20,7 +20,8 @@ Error estimate. The embedded partner differs from Euler--Maruyama by the two lea
 terms, estimated without derivatives (Lamba 2003, "An adaptive timestepping algorithm for
 stochastic differential equations", J. Comput. Appl. Math. 161; Rackauckas & Nie 2017, "Adaptive
 methods for stochastic differential equations via natural embeddings and rejection sampling with
-memory", DCDS-B 22(7), whose LambaEM in StochasticDiffEq.jl is of this form)::
+memory", DCDS-B 22(7); StochasticDiffEq.jl's LambaEM has these two parts, but evaluates ``g`` at
+``t + h``, differences it from ``K`` and weights the drift part by ``delta = 1``)::
 
     E_D = h/2 (f(t + h, K) - f0)                                   (Heun drift correction, O(h^2))
     E_N = (g(t, y + g0 sqrt(h)) - g0)/sqrt(h) * (dW^2 - h)/2       (Milstein correction, O(h))
@@ -97,7 +98,8 @@ from .problem import (
 )
 
 DRIFT_ERROR_WEIGHT = 1.0 / 6.0
-"""``delta`` of Rackauckas & Nie (2017): weight of the drift part of the error estimate."""
+"""``delta`` of Rackauckas & Nie (2017): weight of the drift part of the error estimate
+(StochasticDiffEq.jl's default for SRIW1; its other methods, LambaEM among them, take 1)."""
 
 
 @dataclass
