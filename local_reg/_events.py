@@ -50,6 +50,7 @@ from ._odeint import odeint
 from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import StateField, accepts_structured_states
 from ._validate import (
+    DT0_HINT,
     STEP_CONTROL_SPELLINGS,
     batched_cotangent,
     call_leaving_input,
@@ -459,6 +460,7 @@ def odeint_event(
                 "keywords, e.g. step_size=, first_step=, max_steps= for max_num_steps; "
                 "local_reg.compat.odeint_event takes torchdiffeq's signature",
                 "adjoint": "diffrax's adjoint: gradient= here, e.g. gradient='adjoint'",
+                "dt0": DT0_HINT,
                 "t_eval": "odeint_event solves to the event; for output times, odeint(func, y0, t)",
                 "dense_output": "odeint_event keeps no dense output; for it, solve again with "
                 "odeint(func, y0, [t0, event_t], dense=True)",

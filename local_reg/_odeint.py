@@ -23,6 +23,7 @@ from ._integrate import (
 from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import accepts_structured_states, owning_module
 from ._validate import (
+    DT0_HINT,
     STEP_CONTROL_SPELLINGS,
     Tolerance,
     check_adaptive_settings_unset,
@@ -148,7 +149,7 @@ def _legacy_gradient(
         "for max_step; local_reg.compat.odeint takes torchdiffeq's signature",
         "event_fn": "local_reg.odeint_event(func, y0, t0, event_fn=...) solves to an event",
         "dt": "a fixed step is step_size= here, an adaptive solve's first step first_step=",
-        "dt0": "diffrax's first step: first_step= here; step_size= fixes the step",
+        "dt0": DT0_HINT,
         "solver": "diffrax's solver: method= here, a name such as 'tsit5' or a ButcherTableau",
         "stepsize_controller": "diffrax's controller: controller=PIController(...) here, rtol= and atol= "
         "beside it",

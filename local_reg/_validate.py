@@ -46,6 +46,13 @@ STEP_CONTROL_SPELLINGS = {
 """What a solver's :func:`explain_unknown_keywords` says for the step-size settings of other
 libraries that :class:`local_reg.PIController` takes."""
 
+DT0_HINT = (
+    "diffrax's dt0: step_size= here for its default fixed step (ConstantStepSize), first_step= for an "
+    "adaptive solve's first step"
+)
+"""What the solvers, and a regularized model's ``options``, say of diffrax's ``dt0``: a program
+ported from diffrax means a fixed step by it, unless it also passed an adaptive controller."""
+
 
 def explain_unknown_keywords(
     foreign: dict[str, str],

@@ -190,12 +190,6 @@ def test_settings_of_the_adaptive_steps_beside_a_fixed_step_size_are_refused(sol
     with pytest.raises(ValueError, match=f"^{named} would go unread beside a fixed step_size=0.1"):
         solve(step_size=0.1, **settings)
     assert solve(step_size=0.1).stats.n_steps == 10
-    if solver == "sdeint" and "first_step" in settings:  # named as given in its deprecated spelling
-        spelled = {**settings, "dt0": settings["first_step"]}
-        del spelled["first_step"]
-        refusal = pytest.raises(ValueError, match=r"^dt0 (and controller )?would go unread")
-        with pytest.warns(DeprecationWarning), refusal:
-            solve(step_size=0.1, **spelled)
 
 
 def test_beside_fixed_steps_what_is_read_is_kept():
@@ -2177,6 +2171,13 @@ def test_sde_models_check_method_and_options_at_construction():
         LocallyRegularized(DiagonalSDE(), options={"bogus": 1})
     with pytest.raises(ValueError, match=r"unknown keys \['bogus'\]"):
         LocallyRegularized(DiagonalSDE(), backend="torchsde", options={"bogus": 1})
+    # diffrax's dt0 was read as the main solve's first step, where a diffrax program means a fixed step.
+    for func in (DiagonalSDE(), lambda t, y: -y):
+        with pytest.raises(
+            ValueError,
+            match=r"unknown keys \['dt0'\] for backend='local_reg' \('dt0': diffrax's dt0: step_size=",
+        ):
+            LocallyRegularized(func, options={"dt0": 0.01})
     LocallyRegularized(DiagonalSDE(), backend="torchsde", options={"dt": 0.1})
 
 
@@ -3472,6 +3473,15 @@ def test_keywords_that_mean_another_thing_in_a_regularized_module_say_so():
         TypeError, match=re.escape("'max_num_steps' (torchdiffeq's step limit: options={'max_steps'")
     ):
         LocallyRegularized(Field(), max_num_steps=10)
+    # An SDE model sent diffrax's dt0 to options=, which read it as the first step.
+    for func in (Field(), DecaySDE()):
+        with pytest.raises(
+            TypeError,
+            match=re.escape(
+                "'dt0' (diffrax's dt0: options={'step_size': ...} here for its default fixed step"
+            ),
+        ):
+            LocallyRegularized(func, dt0=0.1)
     # On torchdiffeq's fixed grid, which has no step limit, local_reg's spelling is no answer.
     with pytest.raises(TypeError, match=r"got unexpected keyword arguments: max_num_steps$"):
         LocallyRegularized(
@@ -3635,6 +3645,8 @@ def test_step_size_bounds_landing_times_and_output_times_of_other_libraries_poin
             solver
         ],
         "adjoint": "gradient=",
+        # diffrax's dt0 is a fixed step under its default controller: sdeint read it as first_step.
+        "dt0": "step_size= here for its default fixed step",
     }
     for keyword, hint in hints.items():
         with pytest.raises(

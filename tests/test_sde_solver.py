@@ -529,7 +529,7 @@ def test_the_initial_step_size_is_its_documented_trial_step():
     assert h == pytest.approx(expected, rel=1e-12) and (nfe_drift, nfe_diffusion) == (1, 1)
 
 
-# The solve's glue: the Brownian path's span, the first diffusion, the counts, the deprecated dt0 --
+# The solve's glue: the Brownian path's span, the first diffusion, the counts, the first step --
 
 
 class TimeNoise(torch.nn.Module):
@@ -583,10 +583,9 @@ def test_a_brownian_motion_that_does_not_cover_the_span_is_refused(bm):
         sdeint(TimeNoise(), torch.zeros(3, 1, dtype=DT), [0.0, 1.0], bm=bm)
 
 
-def test_the_deprecated_dt0_is_the_first_step_and_max_steps_advises_the_tolerances():
-    with pytest.warns(DeprecationWarning):
-        solution = sdeint(GBM(), torch.ones(2, 1, dtype=DT), [0.0, 1.0], dt0=1e-3, record_states=True,
-                          generator=torch.Generator().manual_seed(0))  # fmt: skip
+def test_first_step_is_the_first_step_and_max_steps_advises_the_tolerances():
+    solution = sdeint(GBM(), torch.ones(2, 1, dtype=DT), [0.0, 1.0], first_step=1e-3, record_states=True,
+                      generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert float(solution.steps.dt[0]) == pytest.approx(1e-3, abs=1e-12)
     with pytest.raises(SolverError, match="loosen rtol/atol") as info:  # adaptive, not a fixed step
         sdeint(GBM(), torch.ones(2, 1, dtype=DT), [0.0, 1.0], rtol=1e-6, atol=1e-6, max_steps=5,

@@ -12,7 +12,7 @@ import difflib
 import inspect
 import numbers
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 # With the library, not at a model's first use (a hard dependency, about 0.2 s): a first import
@@ -21,6 +21,7 @@ from typing import Any
 from torchdiffeq._impl.odeint import SOLVERS
 
 from .._validate import (
+    DT0_HINT,
     check_adaptive_settings_unset,
     check_bool,
     check_choice,
@@ -43,6 +44,8 @@ TORCHSDE_ITO_METHODS = ("euler", "milstein", "srk")
 """torchsde's schemes for Ito SDEs, the kind the regularized models solve (its others are
 Stratonovich schemes); ``srk`` reads the space-time Levy area of the Brownian motion."""
 _TORCHDIFFEQ_RESERVED = {"self", "func", "y0", "rtol", "atol", "unused_kwargs", "kwargs"}
+# Other libraries' names of settings that local_reg's solvers spell otherwise, as they explain them.
+_OWN_SOLVER_SPELLINGS = {"dt0": DT0_HINT}
 
 ODE_DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
 """The main solve's method when none is given, by backend."""
@@ -62,16 +65,21 @@ def keyword_names(functions: Iterable[Callable[..., Any]], reserved: set[str]) -
     return tuple(sorted(names - reserved))
 
 
-def check_option_keys(options: object, allowed: tuple[str, ...], backend: str) -> dict[str, Any]:
-    """``options`` as a dict whose keys are all in ``allowed``."""
+def check_option_keys(
+    options: object, allowed: tuple[str, ...], backend: str, spellings: Mapping[str, str] = {}
+) -> dict[str, Any]:
+    """``options`` as a dict whose keys are all in ``allowed``; an unknown key that ``spellings``
+    holds (another library's name for a setting) is refused with what to write instead."""
     if options is None:
         return {}
     if not isinstance(options, dict):
         raise TypeError(f"options must be a dict of solver keywords, got {type(options).__name__}")
     unknown = sorted(str(key) for key in options if key not in allowed)
     if unknown:
+        hints = "; ".join(f"{key!r}: {spellings[key]}" for key in unknown if key in spellings)
         raise ValueError(
-            f"options: unknown keys {unknown} for backend={backend!r}; expected some of {list(allowed)}"
+            f"options: unknown keys {unknown} for backend={backend!r}{f' ({hints})' if hints else ''}; "
+            f"expected some of {list(allowed)}"
         )
     return dict(options)
 
@@ -117,9 +125,9 @@ _SDE_ADJOINT_SETTINGS = (
 
 
 def _foreign_spellings(backend: object, sde: bool, options: tuple[str, ...]) -> dict[str, str]:
-    """What a model says of torchdiffeq's and torchsde's keywords that are not the solver's options
-    on its ``backend`` (``odeint``'s deprecated ``adjoint_*`` keywords included: the gradient
-    object replaces them)."""
+    """What a model says of torchdiffeq's, torchsde's and diffrax's keywords that are not the
+    solver's options on its ``backend`` (``odeint``'s deprecated ``adjoint_*`` keywords included:
+    the gradient object replaces them)."""
     own_solver = backend in (None, "local_reg")
     foreign = {}
     if not sde:
@@ -132,6 +140,10 @@ def _foreign_spellings(backend: object, sde: bool, options: tuple[str, ...]) -> 
         foreign.update(dict.fromkeys(_ADJOINTS, hint))
     if own_solver:
         foreign["max_num_steps"] = "torchdiffeq's step limit: options={'max_steps': ...} here"
+        foreign["dt0"] = (
+            "diffrax's dt0: options={'step_size': ...} here for its default fixed step (ConstantStepSize), "
+            "options={'first_step': ...} for an adaptive solve's first step"
+        )
     return {
         name: hint for name, hint in foreign.items() if name.startswith("adjoint_") or name not in options
     }
@@ -193,7 +205,9 @@ def check_ode_settings(
             # get_tableau's own refusal, made before the call that needs the narrower type.
             raise TypeError(f"method must be a str or ButcherTableau, got {type(method).__name__}")
         tableau = get_tableau(ode_method(backend, method))
-        options = check_option_keys(options, solver_option_names(False, backend, method), backend)
+        options = check_option_keys(
+            options, solver_option_names(False, backend, method), backend, _OWN_SOLVER_SPELLINGS
+        )
         for name in ("step_to_outputs", "dense"):
             check_bool(f"options[{name!r}]", options.get(name, False))
         if not tableau.adaptive and options.get("step_size") is None:
@@ -287,19 +301,20 @@ def check_sde_settings(
 
         if method is not None:
             check_method(method)
-        options = check_option_keys(options, solver_option_names(True, backend, method), backend)
+        options = check_option_keys(
+            options, solver_option_names(True, backend, method), backend, _OWN_SOLVER_SPELLINGS
+        )
         SolveOptions(
             rtol=rtol,
             atol=atol,
-            first_step=options.get("first_step", options.get("dt0")),
+            first_step=options.get("first_step"),
             max_steps=options.get("max_steps", DEFAULT_MAX_STEPS),
             step_size=options.get("step_size"),
             controller=options.get("controller"),
         )
         # The main solve leaves a first step beside a fixed step_size unread, and the probe does too.
         check_adaptive_settings_unset(
-            options.get("step_size"),
-            {f"options[{name!r}]": options.get(name) for name in ("first_step", "dt0")},
+            options.get("step_size"), {"options['first_step']": options.get("first_step")}
         )
         return options
     from torchsde.settings import METHODS as TORCHSDE_METHODS

@@ -15,6 +15,7 @@ from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, check_landing_gaps, in
 from .._step import beside_jump, time_tensor
 from .._tuple import owning_module
 from .._validate import (
+    DT0_HINT,
     STEP_CONTROL_SPELLINGS,
     active_autocast,
     call_leaving_input,
@@ -61,6 +62,7 @@ SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
         "the default; local_reg.compat.sdeint takes torchsde's signature",
         "adaptive": "a solve is adaptive here unless step_size= fixes its step",
         "dt_min": "torchsde's smallest adaptive step: controller=PIController(min_step=) here",
+        "dt0": DT0_HINT,
         **{
             name: f"torchsde's {name}=; local_reg.compat.sdeint takes torchsde's signature"
             for name in ("options", "names", "logqp", "extra", "extra_solver_state")
@@ -107,7 +109,6 @@ def sdeint(
     generator: torch.Generator | None = None,
     record_states: bool = False,
     step_penalty: SDEStepPenalty | None = None,
-    dt0: float | None = None,
     gradient: str | GradientMethod = "direct",
     adjoint_params: Iterable[Tensor] | None = None,
 ) -> Solution[Tensor]:
@@ -138,8 +139,7 @@ def sdeint(
             averaged over trajectories, so path accuracy beyond ~1% buys nothing but NFE (the
             paper's neural SDE experiments also solve at loose tolerances).
         first_step: first step size (adaptive mode); by default
-            :func:`local_reg.sde.sde_initial_step_size` picks it. ``dt0`` is its deprecated
-            spelling (a ``DeprecationWarning``).
+            :func:`local_reg.sde.sde_initial_step_size` picks it.
         step_size: take fixed steps instead: each interval between output times is divided into
             equal steps no longer than ``step_size`` (as :func:`local_reg.odeint`'s, for times
             given in float32 too); no error estimate is computed.
@@ -226,11 +226,6 @@ def sdeint(
             "leave generator unset to draw from torch's global stream, which checkpointing replays "
             "(preserve_rng_state=True, its default)"
         )
-    if dt0 is not None:
-        warn("sdeint's dt0= is deprecated: use first_step=", DeprecationWarning)
-        if first_step is not None:
-            raise ValueError("pass first_step or its deprecated spelling dt0, not both")
-        first_step = dt0
     rounded_to = narrowest_float(t)  # the float the times came in, if narrower than float64
     options = SolveOptions(
         rtol=relative_tolerance("rtol", rtol),  # one number: the SDE error estimate's scale
@@ -242,9 +237,7 @@ def sdeint(
         time_dtype=y0.dtype,  # the drift and diffusion get times in the state's dtype
         times_rounding=times_rounding(times, rounded_to),
     ).for_state(y0)
-    # Named as given: dt0 is first_step's deprecated spelling (read into it above).
-    given_first_step = "first_step" if dt0 is None else "dt0"
-    check_adaptive_settings_unset(step_size, {given_first_step: first_step, "controller": controller})
+    check_adaptive_settings_unset(step_size, {"first_step": first_step, "controller": controller})
     options = options.over(times)
     check_step_penalty(step_penalty)
     if step_penalty is not None and step_size is not None:
