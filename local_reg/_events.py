@@ -52,6 +52,7 @@ from ._tuple import StateField, accepts_structured_states
 from ._validate import (
     DT0_HINT,
     STEP_CONTROL_SPELLINGS,
+    THROW_HINT,
     batched_cotangent,
     call_leaving_input,
     carries_tangent,
@@ -461,6 +462,11 @@ def odeint_event(
                 "local_reg.compat.odeint_event takes torchdiffeq's signature",
                 "adjoint": "diffrax's adjoint: gradient= here, e.g. gradient='adjoint'",
                 "dt0": DT0_HINT,
+                "event": "diffrax's Event: event_fn= here",
+                "throw": THROW_HINT,
+                "root_finder": "diffrax's root finder: the event time is found here by Illinois regula "
+                "falsi safeguarded by bisection on the last step's dense output, to 4 eps |dt| of the "
+                "step (docs/solver.md, Events)",
                 "t_eval": "odeint_event solves to the event; for output times, odeint(func, y0, t)",
                 "dense_output": "odeint_event keeps no dense output; for it, solve again with "
                 "odeint(func, y0, [t0, event_t], dense=True)",

@@ -25,6 +25,7 @@ from ._tuple import accepts_structured_states, owning_module
 from ._validate import (
     DT0_HINT,
     STEP_CONTROL_SPELLINGS,
+    THROW_HINT,
     Tolerance,
     check_adaptive_settings_unset,
     check_bool,
@@ -148,6 +149,8 @@ def _legacy_gradient(
         "step_size=, first_step=, norm=, max_steps= for max_num_steps, controller=PIController(max_step=) "
         "for max_step; local_reg.compat.odeint takes torchdiffeq's signature",
         "event_fn": "local_reg.odeint_event(func, y0, t0, event_fn=...) solves to an event",
+        "event": "diffrax's Event: local_reg.odeint_event(func, y0, t0, event_fn=...) solves to an event",
+        "throw": THROW_HINT,
         "dt": "a fixed step is step_size= here, an adaptive solve's first step first_step=",
         "dt0": DT0_HINT,
         "solver": "diffrax's solver: method= here, a name such as 'tsit5' or a ButcherTableau",

@@ -53,6 +53,9 @@ DT0_HINT = (
 """What the solvers, and a regularized model's ``options``, say of diffrax's ``dt0``: a program
 ported from diffrax means a fixed step by it, unless it also passed an adaptive controller."""
 
+THROW_HINT = "diffrax's throw: a failed solve raises local_reg.SolverError here; catch it"
+"""What the solvers say of diffrax's ``throw=``: they have no mode that returns a failed result."""
+
 
 def explain_unknown_keywords(
     foreign: dict[str, str],

@@ -3657,6 +3657,33 @@ def test_step_size_bounds_landing_times_and_output_times_of_other_libraries_poin
         assert hint in reason and "did you mean" not in reason, (keyword, reason)
 
 
+def test_diffrax_event_throw_and_root_finder_point_to_their_spelling():
+    # Each was Python's bare "unexpected keyword argument" (root_finder and throw without a hint).
+    t = torch.tensor([0.0, 1.0])
+    event_solve = functools.partial(
+        local_reg.odeint_event, decay, torch.ones(2), 0.0, event_fn=lambda t, y: y[0] - 0.5
+    )
+    cases = [
+        (functools.partial(local_reg.odeint, decay, torch.ones(2), t), "odeint", "event",
+         "diffrax's Event: local_reg.odeint_event(func, y0, t0, event_fn=...) solves to an event"),
+        (functools.partial(local_reg.odeint, decay, torch.ones(2), t), "odeint", "throw",
+         "diffrax's throw: a failed solve raises local_reg.SolverError here; catch it"),
+        (event_solve, "odeint_event", "event", "diffrax's Event: event_fn= here"),
+        (event_solve, "odeint_event", "throw",
+         "diffrax's throw: a failed solve raises local_reg.SolverError here; catch it"),
+        (event_solve, "odeint_event", "root_finder",
+         "diffrax's root finder: the event time is found here by Illinois regula falsi safeguarded by "
+         "bisection on the last step's dense output"),
+        (functools.partial(local_reg.sdeint, DecaySDE(), torch.ones(2, 1), t), "sdeint", "throw",
+         "diffrax's throw: a failed solve raises local_reg.SolverError here; catch it"),
+    ]  # fmt: skip
+    for solve, name, keyword, hint in cases:
+        with pytest.raises(
+            TypeError, match=re.escape(f"{name}() got an unexpected keyword argument {keyword!r} ({hint}")
+        ):
+            solve(**{keyword: None})
+
+
 def test_diffrax_controller_settings_given_to_picontroller_say_what_to_write():
     # diffrax's PIDController(rtol=, atol=) was a bare "unexpected keyword argument 'rtol'".
     for keywords, match in [

@@ -17,6 +17,7 @@ from .._tuple import owning_module
 from .._validate import (
     DT0_HINT,
     STEP_CONTROL_SPELLINGS,
+    THROW_HINT,
     active_autocast,
     call_leaving_input,
     check_adaptive_settings_unset,
@@ -63,6 +64,7 @@ SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
         "adaptive": "a solve is adaptive here unless step_size= fixes its step",
         "dt_min": "torchsde's smallest adaptive step: controller=PIController(min_step=) here",
         "dt0": DT0_HINT,
+        "throw": THROW_HINT,
         **{
             name: f"torchsde's {name}=; local_reg.compat.sdeint takes torchsde's signature"
             for name in ("options", "names", "logqp", "extra", "extra_solver_state")
