@@ -9,7 +9,10 @@ times ``event_fn`` gets (5--18 evaluations of ``event_fn`` on the problems of
 ``benchmarks/events.py``), and the solve ends there. Only the steps' ends are read: a sign change
 and back within one step is not seen (as in torchdiffeq and diffrax). Several entries
 are combined as torchdiffeq combines them: ``h = min_i s_i g_i(t, y)`` with ``s = sign(g(t0, y0))``
-starts positive, and the event is the first time any entry changes sign.
+starts positive, and the event is the first time any entry changes sign. With a ``direction``
+(diffrax's), ``s`` is set again at the start of every step: for up-crossings ``s_i = -1`` where
+``g_i < 0`` there, for down-crossings ``s_i = 1`` where ``g_i > 0``, and an entry on the other side
+or at 0 is left out of the minimum for that step (it cannot cross that way within it).
 
 Gradients, by the implicit function theorem. The solve differentiates the state ``y(t_e)`` at the
 event time *held fixed* (any gradient method; the last output lies inside the last step, which the
@@ -64,6 +67,7 @@ from ._validate import (
     keyword_parameters,
     one_time,
     time_dtype,
+    type_name,
     unknown_keywords_error,
     validate_state,
     without_autocast,
@@ -97,7 +101,9 @@ halving, plus the secant steps in between (at most 186 evaluations over 40,000 r
 
 class CombinedEvent:
     """``event_fn`` as one number that is positive at the start: ``min_i s_i g_i(t, y)``,
-    ``s = sign(g(t0, y0))``. Each call checks ``event_fn``'s output."""
+    ``s = sign(g(t0, y0))``; with a ``direction``, the minimum over the entries that can cross
+    that way, ``s`` set at the start of each step (:meth:`arm`). Each call checks ``event_fn``'s
+    output."""
 
     def __init__(
         self,
@@ -106,6 +112,7 @@ class CombinedEvent:
         t0: float,
         y0: Tensor,
         time_dtype: torch.dtype,
+        direction: bool | None = None,
     ) -> None:
         if not callable(event_fn):
             raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}")
@@ -114,14 +121,35 @@ class CombinedEvent:
         self.time_dtype = time_dtype
         """The dtype of the time ``event_fn`` gets (that of the solve's times, the wider of ``t0``'s
         and the state's)."""
+        self.direction = direction
+        """``None``: any sign change; ``True``: up-crossings only (negative to non-negative);
+        ``False``: down-crossings only (positive to non-positive)."""
         self.shape: torch.Size | None = None
         with torch.no_grad():
             initial = self.values(t0, y0.detach())
         self.shape = initial.shape
         self.signs = torch.sign(initial)
-        self.at_start = bool((self.signs == 0).any())
-        """An entry is zero at ``t0``: the event is there (as in torchdiffeq)."""
-        self.start_value = float(initial.abs().min())
+        self.at_start = direction is None and bool((self.signs == 0).any())
+        """An entry is zero at ``t0``: the event is there (as in torchdiffeq). With a direction the
+        entry has not crossed either way yet: its crossing is still to come."""
+        self.arm(initial)
+        self.start_value = float(self.combine(initial))
+
+    def arm(self, values: Tensor) -> None:
+        """Set ``s`` from ``values``, ``event_fn`` at the start of the next step, for a
+        ``direction``: the entries strictly on the side that direction crosses from."""
+        if self.direction is None:
+            return
+        armed = values < 0 if self.direction else values > 0
+        self.signs = torch.where(armed, -1.0 if self.direction else 1.0, 0.0).to(values.dtype)
+
+    def combine(self, values: Tensor) -> Tensor:
+        """``h`` of the entries' ``values``: positive while none has crossed (``inf`` with a
+        direction where none can cross in this step)."""
+        weighted = values * self.signs
+        if self.direction is not None:
+            weighted = torch.where(self.signs != 0, weighted, math.inf)
+        return weighted.amin()
 
     def values(self, t: float | Tensor, y: Tensor) -> Tensor:
         time = t if isinstance(t, Tensor) else time_tensor(t, y, self.time_dtype)
@@ -150,7 +178,7 @@ class CombinedEvent:
         return out
 
     def __call__(self, t: float | Tensor, y: Tensor) -> Tensor:
-        return (self.values(t, y) * self.signs).amin()
+        return self.combine(self.values(t, y))
 
 
 class _EventEntry:
@@ -244,9 +272,12 @@ class EventLocator:
     ) -> float | None:
         # Detached: a view of a tensor that requires grad still requires grad under no_grad.
         with torch.no_grad():
-            end_value = float(self.event(t1, y1.detach()))
+            values = self.event.values(t1, y1.detach())
+            end_value = float(self.event.combine(values))
             if end_value > 0.0:
-                self.start_value = end_value
+                # The next step starts here: with a direction, the entries that may cross in it.
+                self.event.arm(values)
+                self.start_value = float(self.event.combine(values))
                 return None
             # What the step's dense output can resolve: a fraction of the step set by the state's
             # dtype, and no finer than the times event_fn gets (one ulp of them: far from t = 0,
@@ -407,6 +438,7 @@ def odeint_event(
     *,
     event_fn: EventFunction,
     reverse_time: bool = False,
+    direction: bool | None = None,
     **odeint_kwargs: Any,
 ) -> tuple[Tensor, Solution[State]]:
     """Solve ``dy/dt = func(t, y)`` from ``y(t0) = y0`` until ``event_fn(t, y)`` changes sign
@@ -416,9 +448,14 @@ def odeint_event(
         func, y0: as in :func:`local_reg.odeint` (a tuple ``y0`` gives ``event_fn`` tuples too).
         t0: the initial time: a float or a one-element tensor (which then gets a gradient).
         event_fn: ``event_fn(t, y) -> tensor`` of any fixed shape (a 0-dim tensor for one event):
-            the solve stops at the first time any entry changes sign. An entry that is zero at
-            ``t0`` puts the event at ``t0``.
+            the solve stops at the first time any entry changes sign (the way ``direction``
+            asks). An entry that is zero at ``t0`` puts the event at ``t0`` (with no direction).
         reverse_time: integrate towards decreasing time.
+        direction: which crossings are events, as diffrax's ``Event(direction=)``: ``None`` (the
+            default) any sign change; ``True`` an entry going from negative to zero or above,
+            ``False`` from positive to zero or below, in the order the solve passes them (with
+            ``reverse_time``, as time decreases). With a direction an entry that is zero at ``t0``
+            is no event there: it counts from the first step end where it is not zero.
         odeint_kwargs: every other keyword of :func:`local_reg.odeint` (``method``, ``rtol``,
             ``atol``, ``gradient``, ``adjoint_params``, ``max_steps``, ``callbacks``, ...) but
             ``dense``; ``t`` is replaced by ``t0``.
@@ -455,7 +492,7 @@ def odeint_event(
         raise unknown_keywords_error(
             "odeint_event",
             set(odeint_kwargs) - _ODEINT_KEYWORDS,
-            [*_ODEINT_KEYWORDS, "event_fn", "reverse_time"],
+            [*_ODEINT_KEYWORDS, "event_fn", "reverse_time", "direction"],
             {
                 "options": "torchdiffeq's dict of solver settings: local_reg.odeint_event takes them as "
                 "keywords, e.g. step_size=, first_step=, max_steps= for max_num_steps; "
@@ -473,7 +510,9 @@ def odeint_event(
                 **STEP_CONTROL_SPELLINGS,
             },
         )
-    solution = _solve_until_event(func, y0, t0, event_fn=event_fn, reverse_time=reverse_time, **odeint_kwargs)
+    solution = _solve_until_event(
+        func, y0, t0, event_fn=event_fn, reverse_time=reverse_time, direction=direction, **odeint_kwargs
+    )
     return solution.ts[-1], solution
 
 
@@ -485,6 +524,7 @@ def _solve_until_event(
     *,
     event_fn: EventFunction,
     reverse_time: bool,
+    direction: bool | None = None,
     times_in_state_dtype: bool = False,
     **odeint_kwargs: Any,
 ) -> Solution:
@@ -498,6 +538,9 @@ def _solve_until_event(
             raise ValueError(_FORWARD_MODE.format(f"{name} carries"))
     y0 = validate_state(y0)
     check_bool("reverse_time", reverse_time)
+    if direction is not None and not isinstance(direction, bool):
+        # numpy's and torch's bools too: a tensor's truth would be read on every call.
+        raise TypeError(f"direction must be None, True or False, got {type_name(direction)}")
     callbacks = odeint_kwargs.pop("callbacks", None) or StepCallbacks()
     if not isinstance(callbacks, StepCallbacks):
         raise TypeError(f"callbacks must be a StepCallbacks, got {type(callbacks).__name__}")
@@ -515,19 +558,19 @@ def _solve_until_event(
     event_t_dtype = time_dtype(t0_tensor, y0)
     field_t_dtype = y0.dtype if times_in_state_dtype else event_t_dtype
     layout = func.state.unflatten if isinstance(func, StateField) else (lambda y: y)
-    event = CombinedEvent(event_fn, layout, t0_value, y0, event_t_dtype)
+    event = CombinedEvent(event_fn, layout, t0_value, y0, event_t_dtype, direction)
     checked = checked_field(func)
 
     initial_t = time_tensor(t0_value, y0, t_dtype) if t0_tensor is None else t0_tensor.to(y0.device, t_dtype)
     # The solve's jump times (rounded to the field's time dtype, as the solve rounds them): f at a
     # jump at t0 or at the event time is taken on the solve's side, as odeint takes it.
-    direction = -1.0 if reverse_time else 1.0
+    time_direction = -1.0 if reverse_time else 1.0
     controller = odeint_kwargs.get("controller")
     jump_ts: tuple[float, ...] = ()
     if isinstance(controller, PIController):
-        jump_ts = controller.within(t0_value, math.copysign(math.inf, direction), field_t_dtype).jump_ts
+        jump_ts = controller.within(t0_value, math.copysign(math.inf, time_direction), field_t_dtype).jump_ts
     start = y0
-    rate_start = beside_jump(t0_value, math.copysign(math.inf, direction), field_t_dtype, jump_ts)
+    rate_start = beside_jump(t0_value, math.copysign(math.inf, time_direction), field_t_dtype, jump_ts)
     initial_rate = _InitialRate(checked, rate_start, field_t_dtype)
     if t0_tensor is not None and t0_tensor.requires_grad and torch.is_grad_enabled():
         check_penalty_time_gradient(odeint_kwargs.get("step_penalty"), "t0")
@@ -560,7 +603,13 @@ def _solve_until_event(
         solution = odeint(func, start, span, callbacks=stop, **odeint_kwargs)
     except SolverError as error:
         if error.reason.startswith(STEP_LIMIT_REACHED):
-            reason = f"{EVENT_UNREACHED}: {error.reason}"
+            # It may have changed sign the other way.
+            crossing = {
+                None: "",
+                True: " the way direction=True asks (from negative to zero or above)",
+                False: " the way direction=False asks (from positive to zero or below)",
+            }[direction]
+            reason = f"{EVENT_UNREACHED}{crossing}: {error.reason}"
         elif error.reason == STOP_NEVER_HELD:
             reason = EVENT_BEYOND_LARGEST_TIME
         else:

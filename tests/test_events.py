@@ -1097,3 +1097,124 @@ def test_event_fn_reads_the_same_function_at_t0_as_in_the_search_under_autocast(
         )
     assert float(event_t) == pytest.approx(5e-4, rel=1e-3)
     assert set(dtypes) == {torch.float32}
+
+
+# --- direction: up-crossings or down-crossings only ------------------------------------------------
+
+
+class DampedOscillator(nn.Module):
+    """``x'' = -x - c x'`` as ``(x, v)``, the damping ``c`` a parameter: from ``(1, 0)`` ``x`` crosses
+    each level in ``(-0.7, 1)`` downward first, then upward (for the levels above ``-0.45``)."""
+
+    def __init__(self, damping: float = 0.2) -> None:
+        super().__init__()
+        self.damping = nn.Parameter(torch.tensor(damping, dtype=torch.float64))
+
+    def forward(self, t, y):
+        return torch.stack([y[1], -y[0] - self.damping * y[1]])
+
+
+def scipy_first_crossing(levels, direction, y0=(1.0, 0.0), damping=0.2):
+    """The first time ``x`` crosses one of ``levels`` in scipy's ``direction`` (+1 up, -1 down, 0
+    either), by ``solve_ivp``'s own event location."""
+    from scipy.integrate import solve_ivp
+
+    events = []
+    for level in levels:
+
+        def crossing(t, y, level=level):
+            return y[0] - level
+
+        crossing.terminal = True
+        crossing.direction = direction
+        events.append(crossing)
+    result = solve_ivp(
+        lambda t, y: [y[1], -y[0] - damping * y[1]],
+        (0.0, 50.0),
+        list(y0),
+        method="DOP853",
+        rtol=1e-13,
+        atol=1e-13,
+        events=events,
+    )
+    return min(float(times[0]) for times in result.t_events if len(times))
+
+
+@pytest.mark.parametrize("levels", [[0.3], [0.3, -0.4]])
+@pytest.mark.parametrize(("direction", "scipy_direction"), [(True, 1), (False, -1), (None, 0)])
+def test_direction_stops_at_the_first_crossing_that_way_as_scipy_does(levels, direction, scipy_direction):
+    """Up-crossings only (diffrax's ``direction=True``, scipy's ``+1``), down-crossings only, or
+    either; with several entries the first entry to cross that way ends the solve."""
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    level = torch.tensor(levels, dtype=torch.float64)
+    event_t, solution = odeint_event(
+        DampedOscillator(), y0, 0.0, event_fn=lambda t, y: y[0] - level, direction=direction, **TIGHT
+    )
+    expected = scipy_first_crossing(levels, scipy_direction)
+    assert event_t.item() == pytest.approx(expected, rel=1e-9)
+    crossed = solution.ys[-1, 0] - level
+    assert crossed.abs().min().item() < 1e-9
+    # The crossing is the one asked for: the first down-crossing of 0.3 comes at 1.33, the first
+    # up-crossing (of -0.4 at 4.18, or of 0.3 at 5.38) after x has swung below.
+    assert (event_t.item() < 2.0) == (direction is not True)
+
+
+def test_with_a_direction_an_entry_zero_at_t0_is_no_event_and_a_crossing_never_made_is_unreached():
+    """``direction=None`` puts the event at ``t0`` where an entry is zero there (torchdiffeq's
+    rule); with a direction the entry's crossing is still to come, as a bounce restarted on the
+    surface needs. From ``x = 0.3`` at rest ``x`` swings down and never climbs back to 0.3."""
+    y0 = torch.tensor([0.3, 0.0], dtype=torch.float64)
+
+    def above(t, y):
+        return y[0] - 0.3
+
+    event_t, solution = odeint_event(DampedOscillator(), y0, 0.0, event_fn=above)
+    assert float(event_t) == 0.0 and solution.stats.n_steps == 0
+    for direction in (True, False):
+        with pytest.raises(SolverError, match=r"^event_fn did not change sign within max_steps"):
+            odeint_event(DampedOscillator(), y0, 0.0, event_fn=above, direction=direction, max_steps=300)
+    # Launched upward from the ground, a ball's down-crossing is its landing, 2 v / g.
+    ball = torch.tensor([0.0, 5.0], dtype=torch.float64)
+    event_t, _ = odeint_event(Ball(), ball, 0.0, event_fn=lambda t, y: y[0], direction=False, **TIGHT)
+    assert float(event_t) == pytest.approx(2 * 5.0 / 9.81, rel=1e-12)
+
+
+def test_an_up_crossing_time_has_the_implicit_function_gradient():
+    """The event time's gradient w.r.t. the field's damping and the event's level, at the first
+    up-crossing, against gradcheck's finite differences."""
+
+    def up_crossing_time(damping, level):
+        y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+
+        def field(t, y):
+            return torch.stack([y[1], -y[0] - damping * y[1]])
+
+        event_t, _ = odeint_event(field, y0, 0.0, event_fn=lambda t, y: y[0] - level, direction=True, **TIGHT)
+        return event_t
+
+    damping = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    level = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    assert float(up_crossing_time(damping, level)) == pytest.approx(scipy_first_crossing([0.3], 1), rel=1e-9)
+    # Not gradcheck's undefined-cotangent check: it hands the event time's tensor hook a None,
+    # which autograd itself never does.
+    assert torch.autograd.gradcheck(
+        up_crossing_time, (damping, level), eps=1e-6, atol=1e-6, rtol=1e-5, check_undefined_grad=False
+    )
+
+
+@pytest.mark.parametrize("direction", ["up", 1, np.bool_(True), torch.tensor(True)])
+def test_a_direction_that_is_not_none_or_a_bool_is_refused_naming_it(direction):
+    y0 = torch.tensor([10.0, 2.0], dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"^direction must be None, True or False, got "):
+        odeint_event(Ball(), y0, 0.0, event_fn=Ground(), direction=direction)
+
+
+def test_compat_odeint_event_keeps_torchdiffeqs_signature_without_direction():
+    with pytest.raises(TypeError, match="direction"):
+        compat.odeint_event(
+            lambda t, y: -y,
+            torch.ones(1),
+            torch.tensor(0.0),
+            event_fn=lambda t, y: y[0] - 0.5,
+            direction=True,
+        )
