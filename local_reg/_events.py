@@ -385,14 +385,15 @@ def _reroute(
     return event_t + shift.to(t_dtype), y_event + rate * shift.to(y_event.dtype), 1
 
 
-def _within_range(grad: Tensor, *, along: float) -> Tensor:
+def _within_range(grad: Tensor | None, *, along: float) -> Tensor | None:
     """The event time's cotangent ``grad``, or zeros with a warning where ``-grad / along``, the
     cotangent of ``event_fn``'s value, overflows its dtype (an ``event_fn`` of subnormal scale,
     or a loss that weighs the event time heavily beside a slow one): backpropagated into
     ``event_fn``'s graph it would be ``inf`` and NaN, silently."""
     # A non-finite cotangent is the loss's, passed on as it is (not an overflow of the quotient); a
-    # batch of cotangents (jacobian(vectorize=True)) cannot be read, and is passed on too.
-    if batched_cotangent(grad):
+    # batch of cotangents (jacobian(vectorize=True)) cannot be read, and is passed on too, as is an
+    # undefined one (gradcheck's check of undefined cotangents hands the hook None).
+    if grad is None or batched_cotangent(grad):
         return grad
     if not bool((torch.isfinite(grad) & (grad.abs() > torch.finfo(grad.dtype).max * abs(along))).any()):
         return grad
