@@ -42,7 +42,7 @@ from ..gradients._function import reevaluating_for
 from ..sde.problem import SUPPORTED_NOISE_TYPES, is_sde
 from ..solution import State, Stats
 from ..tableaus import ButcherTableau, get_tableau
-from ._main_solve import Request
+from ._main_solve import MainSolve, Request
 from ._ode_backends import torchdiffeq_reports_steps
 from ._options import misplaced_keywords, ode_method, solver_option_names
 from ._penalty import finite_penalty
@@ -287,54 +287,9 @@ class LocalPenalty:
                     f"t must hold at least 2 times (t0 and t1) to sample t_reg, got {len(times)}"
                 )
             direction = time_direction(times)
-            solver_step = self.step_size == "solver"
-            if self.sampling == "random" and self._reads_recorded_path(problem):
-                _, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
-                main = problem.solve(y0, times, t_dtype, context, Request(steps=True, states=True))
-                ys = main.ys
-                draws = [(t_reg, main.state_at(t_reg, direction), None) for t_reg in t_regs]
-            elif self.sampling == "random":
-                solve_times, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
-                # The draws added to the output times (one that snapped onto a given time is that time).
-                added = tuple(sorted(set(solve_times) - set(times)))
-                main = problem.solve(
-                    y0, solve_times, t_dtype, context, Request(steps=solver_step, interpolated=added)
-                )
-                ys, states = split_outputs(main.ys, solve_times, times, t_regs)
-                draws = [
-                    (t_reg, state, main.step_containing(t_reg, direction) if solver_step else None)
-                    for t_reg, state in zip(t_regs, states, strict=True)
-                ]
-            else:
-                main = problem.solve(y0, times, t_dtype, context, Request(steps=True, states=True))
-                ys = main.ys
-                if not main.step_t:
-                    # torchdiffeq's fixed-grid solvers never call callback_accept_step.
-                    raise ValueError(
-                        "sampling='biased' found no recorded accepted steps: with backend='torchdiffeq' it "
-                        "needs an adaptive method (e.g. method='dopri5'), whose accepted steps torchdiffeq "
-                        "reports"
-                    )
-                draws = [main.sample_step(generator) for _ in range(self.n_draws)]
+            main, ys, draws = self._solve_and_draw(problem, y0, times, t_dtype, context, direction, generator)
             main.stats.add(cost.nfe, diffusion=cost.nfe_diffusion)
-            penalties = []
-            probe = Stats()
-            probe_problem, probe_dtype, probe_context = problem, None, context
-            if self.probe_dtype is not None:
-                if isinstance(problem, ODEProblem) and isinstance(problem.func, TupleField):
-                    raise ValueError("probe_dtype does not take tuple states: pass a tensor state")
-                # As check refuses when the model is made (a direct call skips it).
-                cast_problem = _probe_dtype_problem(problem)
-                # __post_init__ keeps a dtype by its name.
-                probe_dtype = getattr(torch, cast(str, self.probe_dtype))
-                probe_problem = cast_problem.with_func(
-                    CastField(cast(nn.Module, cast_problem.func), probe_dtype)
-                )
-                # The probe's stage times in its dtype too: built in a float32 t's, a field of t
-                # made the float64 estimate measure their rounding.
-                probe_context = context._replace(
-                    time_dtype=torch.promote_types(context.time_dtype, probe_dtype)
-                )
+            probe_problem, probe_dtype, probe_context = self._probe_set_up(problem, context)
             if self.penalty != "kinetic":
                 _warn_of_autocast(
                     "the local stiffness penalty"
@@ -345,7 +300,8 @@ class LocalPenalty:
                     "compute it outside autocast, or probe in float64 (an ODE's probe_dtype='float64'), "
                     "or use the default kinetic penalty, which reads no estimate",
                 )
-            result = dt = None  # no probe step for the kinetic penalty
+            penalties = []
+            probe = Stats()
             field_time_dtype = problem.field_time_dtype(context, y0)
             jump_ts = problem.jump_times(times, field_time_dtype)
             drawn_states = []
@@ -359,54 +315,156 @@ class LocalPenalty:
                     drawn_states.append(state)
                 if probe_dtype is not None:
                     state = state.to(probe_dtype)
-                if self.penalty == "kinetic":
-                    # At a jump (a biased draw's step start), the side the solve's next step evaluates.
-                    t_field = beside_jump(t_reg, times[-1], field_time_dtype, jump_ts)
-                    penalties.append(probe_problem.drift(context, t_field, state, probe).pow(2).mean())
-                    continue
-                result, dt, cost_of_draw = probe_problem.probe(
+                draw_penalty, result, dt = self._draw_penalty(
+                    probe_problem,
                     probe_context,
+                    context,
                     tableau,
                     t_reg,
                     state,
-                    solver_dt if solver_step else None,
+                    solver_dt,
                     times[-1],
                     direction,
-                    self.detach_state,
-                    scale=self.probe_scale,
-                    heuristic=self.probe,
-                    jump_ts=jump_ts,
+                    field_time_dtype,
+                    jump_ts,
+                    probe,
                 )
-                probe.add(cost_of_draw.nfe, diffusion=cost_of_draw.nfe_diffusion)
-                if self.penalty == "error-dt":
-                    penalties.append(step_penalty_value(result, dt, self.regularizer, tableau))
-                else:
-                    if tableau is None:
-                        # What check refuses when the model is made: an SDE's probe has no tableau.
-                        raise ValueError(f"penalty={self.penalty!r} is a Runge--Kutta option, not an SDE's")
-                    penalties.append(penalty_form(result.error_estimate, dt, tableau.order, self.penalty))
+                penalties.append(draw_penalty)
             penalty = penalties[0] if len(penalties) == 1 else torch.stack(penalties).mean()
             penalty, value, finite = finite_penalty(penalty.to(y0.dtype), y0)
             if drawn_states:
                 inputs = (*drawn_states, *problem.checked_params())
                 guard_direct_gradients(inputs, times[0], None, problem.field_name)(penalty)
-            stiffness = getattr(result, "stiffness_estimate", None)
-            stats = RegularizationStats(
-                main=main.stats,
-                probe=probe,
-                t_reg=t_reg,
-                dt_reg=dt,
-                # A copy: the state is a view into the whole solution (or the stacked step states),
-                # which a kept stats object would otherwise hold whole.
-                state=state.detach().clone(),
-                error_estimate=None if result is None else float(result.error_estimate.detach()),
-                stiffness_estimate=None if stiffness is None else float(stiffness.detach()),
-                penalty=value,
-                penalty_finite=finite,
-                n_accepted=main.n_accepted,
-                backward_counter=main.backward_counter,
+            return ys, penalty, _pass_stats(main, probe, t_reg, dt, state, result, value, finite)
+
+    def _solve_and_draw(
+        self,
+        problem: Problem,
+        y0: Tensor,
+        times: list[float],
+        t_dtype: torch.dtype,
+        context: Any,
+        direction: float,
+        generator: torch.Generator | None,
+    ) -> tuple[MainSolve, Tensor, list[tuple[float, Tensor, float | None]]]:
+        """The main solve, its outputs at ``times``, and the ``n_draws`` draws ``(t_reg, u(t_reg),
+        |dt| of the main solve's step there or None)`` the penalty is taken at."""
+        solver_step = self.step_size == "solver"
+        if self.sampling == "random" and self._reads_recorded_path(problem):
+            _, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
+            main = problem.solve(y0, times, t_dtype, context, Request(steps=True, states=True))
+            return main, main.ys, [(t_reg, main.state_at(t_reg, direction), None) for t_reg in t_regs]
+        if self.sampling == "random":
+            solve_times, t_regs = sample_output_times(times, self.n_draws, t_dtype, generator)
+            # The draws added to the output times (one that snapped onto a given time is that time).
+            added = tuple(sorted(set(solve_times) - set(times)))
+            main = problem.solve(
+                y0, solve_times, t_dtype, context, Request(steps=solver_step, interpolated=added)
             )
-            return ys, penalty, stats
+            ys, states = split_outputs(main.ys, solve_times, times, t_regs)
+            draws = [
+                (t_reg, state, main.step_containing(t_reg, direction) if solver_step else None)
+                for t_reg, state in zip(t_regs, states, strict=True)
+            ]
+            return main, ys, draws
+        main = problem.solve(y0, times, t_dtype, context, Request(steps=True, states=True))
+        if not main.step_t:
+            # torchdiffeq's fixed-grid solvers never call callback_accept_step.
+            raise ValueError(
+                "sampling='biased' found no recorded accepted steps: with backend='torchdiffeq' it "
+                "needs an adaptive method (e.g. method='dopri5'), whose accepted steps torchdiffeq "
+                "reports"
+            )
+        return main, main.ys, [main.sample_step(generator) for _ in range(self.n_draws)]
+
+    def _probe_set_up(self, problem: Problem, context: Any) -> tuple[Problem, torch.dtype | None, Any]:
+        """The problem, dtype (``None``: the state's) and context the probe step is taken with:
+        ``problem`` and ``context`` themselves unless ``probe_dtype`` casts the field."""
+        if self.probe_dtype is None:
+            return problem, None, context
+        if isinstance(problem, ODEProblem) and isinstance(problem.func, TupleField):
+            raise ValueError("probe_dtype does not take tuple states: pass a tensor state")
+        # As check refuses when the model is made (a direct call skips it).
+        cast_problem = _probe_dtype_problem(problem)
+        # __post_init__ keeps a dtype by its name.
+        probe_dtype = getattr(torch, cast(str, self.probe_dtype))
+        probe_problem = cast_problem.with_func(CastField(cast(nn.Module, cast_problem.func), probe_dtype))
+        # The probe's stage times in its dtype too: built in a float32 t's, a field of t made the
+        # float64 estimate measure their rounding.
+        probe_context = context._replace(time_dtype=torch.promote_types(context.time_dtype, probe_dtype))
+        return probe_problem, probe_dtype, probe_context
+
+    def _draw_penalty(
+        self,
+        probe_problem: Problem,
+        probe_context: Any,
+        context: Any,
+        tableau: ButcherTableau | None,
+        t_reg: float,
+        state: Tensor,
+        solver_dt: float | None,
+        t1: float,
+        direction: float,
+        field_time_dtype: torch.dtype,
+        jump_ts: tuple[float, ...],
+        probe: Stats,
+    ) -> tuple[Tensor, Any, float | None]:
+        """The penalty at one draw ``(t_reg, state)``, with the probe step's result and ``dt``
+        (``None`` for the kinetic penalty, which takes none); ``probe`` counts its evaluations."""
+        if self.penalty == "kinetic":
+            # At a jump (a biased draw's step start), the side the solve's next step evaluates.
+            t_field = beside_jump(t_reg, t1, field_time_dtype, jump_ts)
+            return probe_problem.drift(context, t_field, state, probe).pow(2).mean(), None, None
+        result, dt, cost_of_draw = probe_problem.probe(
+            probe_context,
+            tableau,
+            t_reg,
+            state,
+            solver_dt if self.step_size == "solver" else None,
+            t1,
+            direction,
+            self.detach_state,
+            scale=self.probe_scale,
+            heuristic=self.probe,
+            jump_ts=jump_ts,
+        )
+        probe.add(cost_of_draw.nfe, diffusion=cost_of_draw.nfe_diffusion)
+        if self.penalty == "error-dt":
+            return step_penalty_value(result, dt, self.regularizer, tableau), result, dt
+        if tableau is None:
+            # What check refuses when the model is made: an SDE's probe has no tableau.
+            raise ValueError(f"penalty={self.penalty!r} is a Runge--Kutta option, not an SDE's")
+        return penalty_form(result.error_estimate, dt, tableau.order, self.penalty), result, dt
+
+
+def _pass_stats(
+    main: MainSolve,
+    probe: Stats,
+    t_reg: float,
+    dt: float | None,
+    state: Tensor,
+    result: Any,
+    penalty: float,
+    finite: bool,
+) -> RegularizationStats:
+    """A local penalty's pass statistics: the main solve's and the probe steps', and the last
+    draw's time, step, state and estimates."""
+    stiffness = getattr(result, "stiffness_estimate", None)
+    return RegularizationStats(
+        main=main.stats,
+        probe=probe,
+        t_reg=t_reg,
+        dt_reg=dt,
+        # A copy: the state is a view into the whole solution (or the stacked step states), which a
+        # kept stats object would otherwise hold whole.
+        state=state.detach().clone(),
+        error_estimate=None if result is None else float(result.error_estimate.detach()),
+        stiffness_estimate=None if stiffness is None else float(stiffness.detach()),
+        penalty=penalty,
+        penalty_finite=finite,
+        n_accepted=main.n_accepted,
+        backward_counter=main.backward_counter,
+    )
 
 
 REDUCTIONS = ("mean", "sum", "max")
