@@ -541,6 +541,31 @@ def _solve(
     times = validate_times(t)
     if events and len(times) != 2:
         raise ValueError(f"event_fn needs len(t) == 2 (t[1] gives the direction), got len(t)={len(times)}")
+    kwargs, perturb = _solve_keywords(
+        func, y0, t, times, rtol, atol, method, options, events, dense, gradient, adjoint_params, controller
+    )
+    if event_fn is None:
+        return _solve_at_times(func, y0, t, times, perturb, dense, kwargs)
+    return _solve_to_event(func, y0, t, event_fn, options, kwargs)
+
+
+def _solve_keywords(
+    func: Callable,
+    y0: State,
+    t: Tensor,
+    times: list[float],
+    rtol: Tolerance,
+    atol: Tolerance,
+    method: str | None,
+    options: dict | None,
+    events: bool,
+    dense: bool,
+    gradient: GradientMethod,
+    adjoint_params: Iterable[Tensor] | None,
+    controller: PIController | None,
+) -> tuple[dict[str, Any], bool]:
+    """The keywords of local_reg's solve that torchdiffeq's ``method`` and ``options`` ask for
+    (``step_size`` ``None`` for an adaptive solve), and whether the fixed steps perturb."""
     tableau = _tableau(method)
     opts, perturb = _without_perturb(options, "options", tableau, method)
     opts = _check_keys("options", opts, OPTIONS)
@@ -584,62 +609,102 @@ def _solve(
         "adjoint_params": adjoint_params,
         "callbacks": _callbacks(func, state, t_dtype),
     }
-    if "max_num_steps" in opts and events:
-        # An event solve has one interval, whose end only gives the direction: torchdiffeq counts
-        # its steps as a whole, as the loop's own cap does (an event never reached is named so).
-        kwargs["max_steps"] = _max_steps(opts.pop("max_num_steps"), "options", t)
-    elif "max_num_steps" in opts:
-        # The per-interval count stops the solve first; the whole-solve cap only backs it up.
-        kwargs["max_steps"] = _max_steps(opts["max_num_steps"], "options", t) + 1
-        kwargs["callbacks"] = _per_interval_limit(opts.pop("max_num_steps"), times, kwargs["callbacks"])
-    elif step_size is not None and events:
-        kwargs["max_steps"] = _FIXED_GRID_EVENT_STEPS
-    elif step_size is not None:
-        # torchdiffeq's fixed grids have no step limit: up to its default limit (beyond it odeint
-        # refuses the step_size by name, before the first step, rather than run on).
-        kwargs["max_steps"] = NO_STEP_LIMIT
+    kwargs.update(_step_limit(opts, events, step_size is not None, t, times, kwargs["callbacks"]))
     if "norm" in opts:
         kwargs["norm"] = _wrap_norm(opts.pop("norm"), state)
     elif isinstance(state, TupleState) and step_size is None:
         kwargs["norm"] = _mixed_norm(state)
-    if event_fn is None:
-        # torchdiffeq 0.2.5 casts the time it hands func to y0's dtype (_PerturbFunc), whatever t's
-        # dtype. local_reg.odeint does so for a t no wider than y0; a wider t goes as a sequence of
-        # floats (the same values), or where it requires grad stays a tensor, so that ys is
-        # differentiable w.r.t. it, and func is handed the time cast. A narrower t stays a tensor:
-        # its dtype tells the solve that its times are rounded (fixed steps take no sliver for it).
-        plain = isinstance(t, Tensor) and t.dim() == 1 and t.is_floating_point() and not t.requires_grad
-        first = y0[0] if isinstance(y0, tuple) and y0 else y0
-        # A complex state's times are real, in its parts' dtype (torchdiffeq: y.abs().dtype).
-        first_dtype = (
-            (first.real.dtype if first.is_complex() else first.dtype) if isinstance(first, Tensor) else None
+    return kwargs, perturb
+
+
+def _step_limit(
+    opts: dict[str, Any],
+    events: bool,
+    fixed_steps: bool,
+    t: Tensor,
+    times: list[float],
+    callbacks: StepCallbacks | None,
+) -> dict[str, Any]:
+    """The ``max_steps`` keyword that ``options['max_num_steps']`` (popped from ``opts``) or
+    torchdiffeq's fixed grid asks for, with the ``callbacks`` that count steps per output interval
+    where they do; none where local_reg's default limit applies."""
+    if "max_num_steps" in opts and events:
+        # An event solve has one interval, whose end only gives the direction: torchdiffeq counts
+        # its steps as a whole, as the loop's own cap does (an event never reached is named so).
+        return {"max_steps": _max_steps(opts.pop("max_num_steps"), "options", t)}
+    if "max_num_steps" in opts:
+        # The per-interval count stops the solve first; the whole-solve cap only backs it up.
+        max_steps = _max_steps(opts["max_num_steps"], "options", t) + 1
+        return {
+            "max_steps": max_steps,
+            "callbacks": _per_interval_limit(opts.pop("max_num_steps"), times, callbacks),
+        }
+    if fixed_steps and events:
+        return {"max_steps": _FIXED_GRID_EVENT_STEPS}
+    if fixed_steps:
+        # torchdiffeq's fixed grids have no step limit: up to its default limit (beyond it odeint
+        # refuses the step_size by name, before the first step, rather than run on).
+        return {"max_steps": NO_STEP_LIMIT}
+    return {}
+
+
+def _solve_at_times(
+    func: Callable,
+    y0: State,
+    t: Tensor,
+    times: list[float],
+    perturb: bool,
+    dense: bool,
+    kwargs: dict[str, Any],
+) -> States | Callable[[Tensor], States]:
+    """The solution at ``t`` (its dense evaluation where ``dense``), with the time ``func`` is handed
+    in ``y0``'s dtype as torchdiffeq hands it."""
+    # torchdiffeq 0.2.5 casts the time it hands func to y0's dtype (_PerturbFunc), whatever t's
+    # dtype. local_reg.odeint does so for a t no wider than y0; a wider t goes as a sequence of
+    # floats (the same values), or where it requires grad stays a tensor, so that ys is
+    # differentiable w.r.t. it, and func is handed the time cast. A narrower t stays a tensor:
+    # its dtype tells the solve that its times are rounded (fixed steps take no sliver for it).
+    plain = isinstance(t, Tensor) and t.dim() == 1 and t.is_floating_point() and not t.requires_grad
+    first = y0[0] if isinstance(y0, tuple) and y0 else y0
+    # A complex state's times are real, in its parts' dtype (torchdiffeq: y.abs().dtype).
+    first_dtype = (
+        (first.real.dtype if first.is_complex() else first.dtype) if isinstance(first, Tensor) else None
+    )
+    wider_t = (
+        isinstance(t, Tensor)
+        and first_dtype is not None
+        and first_dtype.is_floating_point
+        and torch.promote_types(t.dtype, first_dtype) != first_dtype
+    )
+    if wider_t and not plain:
+        func = _TimeInStateDtype(func, cast(torch.dtype, first_dtype))
+    if wider_t and plain:
+        # Before local_reg.odeint's check, whose remedy (a float64 t) is what was given here.
+        check_times_distinct(
+            host_list(t),
+            cast(torch.dtype, first_dtype),
+            "(y0's, as in torchdiffeq): solve in float64, or shift t nearer 0",
         )
-        wider_t = (
-            isinstance(t, Tensor)
-            and first_dtype is not None
-            and first_dtype.is_floating_point
-            and torch.promote_types(t.dtype, first_dtype) != first_dtype
+    t_given = host_list(t) if plain and wider_t else t
+    if perturb:
+        kwargs["controller"] = _perturbed(
+            kwargs["controller"], times, cast(float, kwargs["step_size"]), t_given
         )
-        if wider_t and not plain:
-            func = _TimeInStateDtype(func, cast(torch.dtype, first_dtype))
-        if wider_t and plain:
-            # Before local_reg.odeint's check, whose remedy (a float64 t) is what was given here.
-            check_times_distinct(
-                host_list(t),
-                cast(torch.dtype, first_dtype),
-                "(y0's, as in torchdiffeq): solve in float64, or shift t nearer 0",
-            )
-        t_given = host_list(t) if plain and wider_t else t
-        if perturb:
-            kwargs["controller"] = _perturbed(kwargs["controller"], times, cast(float, step_size), t_given)
-        solution = _odeint(func, y0, t_given, dense=dense, **kwargs)
-        return solution.evaluate if dense else solution.ys
+    solution = _odeint(func, y0, t_given, dense=dense, **kwargs)
+    return solution.evaluate if dense else solution.ys
+
+
+def _solve_to_event(
+    func: Callable, y0: State, t: Tensor, event_fn: Callable, options: dict | None, kwargs: dict[str, Any]
+) -> tuple[Tensor, States]:
+    """The event time and the solution until it, its failures raised as torchdiffeq's."""
     reverse_time = bool(t[1] < t[0])
     try:
         solution = _solve_until_event(
             func, y0, t[0], event_fn=event_fn, reverse_time=reverse_time, times_in_state_dtype=True, **kwargs
         )
     except SolverError as error:
+        step_size = kwargs["step_size"]
         unreached = error.reason.startswith(EVENT_UNREACHED)
         limited = unreached and "max_num_steps" in (options or {})
         if step_size is None and (limited or error.reason == EVENT_BEYOND_LARGEST_TIME):
