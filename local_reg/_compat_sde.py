@@ -38,6 +38,7 @@ Every difference is listed in docs/compat.md ("torchsde's sdeint").
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, Literal, cast, overload
 
 import torch
@@ -416,59 +417,113 @@ def _states(
     # accepted).
     if not adaptive:
         # rtol, atol and dt_min are read by adaptive steps only (torchsde ignores them too).
-        times_tensor = ts if isinstance(ts, Tensor) else torch.tensor(times, dtype=y0.dtype, device=y0.device)
-        if not times_tensor.is_floating_point():
-            # torchsde's grid of integer times: their sums with dt, in torch's default dtype.
-            times_tensor = times_tensor.to(torch.get_default_dtype())
-        outputs = times_tensor.detach().cpu().contiguous()
-        grid, step_size = _fixed_grid(outputs, step, y0.dtype)
-        # The grid point at or after each output time: interpolation reads it and the one before.
-        after = torch.searchsorted(grid, outputs).clamp(min=1)
+        return _fixed_step_states(sde, y0, ts, times, bm, scheme, step, gradient, adjoint_params)
+    return _adaptive_states(
+        sde, y0, ts, bm, scheme, noise_type, step, rtol, atol, dt_min, gradient, adjoint_params, caller
+    )
 
-        def on_grid(start: Tensor, first: int, last: int, path: Any) -> Tensor:
-            return _sdeint(
-                sde,
-                start,
-                grid[first : last + 1].to(times_tensor.device),
-                method=scheme,
-                step_size=step_size,
-                bm=path,
-                max_steps=NO_STEP_LIMIT,
-                gradient=gradient,
-                adjoint_params=adjoint_params,
-            ).ys
 
-        if len(grid) - 1 <= _GRID_CHUNK:
-            return _interpolated(on_grid(y0, 0, len(grid) - 1, bm), grid, outputs, after)
-        # A long grid in calls of _GRID_CHUNK steps, keeping the states interpolation reads.
-        needed = torch.unique(torch.cat([after.new_zeros(1), after - 1, after]))
-        wanted = set(needed.tolist())
-        made = bm is None
-        if not made:
-            # The whole span's, before the first call: each call checks only its own piece, whose
-            # span a message would name though the user never asked for it.
-            check_brownian_span(bm, float(grid[0]), float(grid[-1]), narrowest_float(ts))
+def _fixed_step_states(
+    sde: Any,
+    y0: Tensor,
+    ts: TimeSet,
+    times: list[float],
+    bm: Any | None,
+    scheme: str,
+    step: float,
+    gradient: str,
+    adjoint_params: Any | None,
+) -> Tensor:
+    """The states at ``ts`` of fixed steps of about ``step`` on torchsde's grid, interpolated
+    linearly between the grid points as torchsde interpolates."""
+    times_tensor = ts if isinstance(ts, Tensor) else torch.tensor(times, dtype=y0.dtype, device=y0.device)
+    if not times_tensor.is_floating_point():
+        # torchsde's grid of integer times: their sums with dt, in torch's default dtype.
+        times_tensor = times_tensor.to(torch.get_default_dtype())
+    outputs = times_tensor.detach().cpu().contiguous()
+    grid, step_size = _fixed_grid(outputs, step, y0.dtype)
+    # The grid point at or after each output time: interpolation reads it and the one before.
+    after = torch.searchsorted(grid, outputs).clamp(min=1)
+
+    def on_grid(start: Tensor, first: int, last: int, path: Any) -> Tensor:
+        return _sdeint(
+            sde,
+            start,
+            grid[first : last + 1].to(times_tensor.device),
+            method=scheme,
+            step_size=step_size,
+            bm=path,
+            max_steps=NO_STEP_LIMIT,
+            gradient=gradient,
+            adjoint_params=adjoint_params,
+        ).ys
+
+    if len(grid) - 1 <= _GRID_CHUNK:
+        return _interpolated(on_grid(y0, 0, len(grid) - 1, bm), grid, outputs, after)
+    return _chunked_grid_states(on_grid, sde, y0, ts, bm, scheme, step, grid, outputs, after)
+
+
+def _chunked_grid_states(
+    on_grid: Callable[[Tensor, int, int, Any], Tensor],
+    sde: Any,
+    y0: Tensor,
+    ts: TimeSet,
+    bm: Any | None,
+    scheme: str,
+    step: float,
+    grid: Tensor,
+    outputs: Tensor,
+    after: Tensor,
+) -> Tensor:
+    """The states at ``outputs`` of a long ``grid`` solved in calls of ``on_grid`` over
+    ``_GRID_CHUNK`` steps each, keeping only the states interpolation reads."""
+    needed = torch.unique(torch.cat([after.new_zeros(1), after - 1, after]))
+    wanted = set(needed.tolist())
+    made = bm is None
+    if not made:
+        # The whole span's, before the first call: each call checks only its own piece, whose
+        # span a message would name though the user never asked for it.
+        check_brownian_span(bm, float(grid[0]), float(grid[-1]), narrowest_float(ts))
+    if made:
+        # One Brownian motion for every call, made as local_reg.sdeint makes its own.
+        size = _brownian_size_at_start(sde, y0, ts, scheme, bm, drift=False)
+        bm = make_brownian(None, float(grid[0]), float(grid[-1]), size, y0, step=step)
+    # The states at the needed points, in order: y0, then each call's rows gathered at once
+    # (copies, which hold only those rows; one index per call, also in the backward pass).
+    pieces, state = [y0.unsqueeze(0)], y0
+    try:
+        for first in range(0, len(grid) - 1, _GRID_CHUNK):
+            last = min(first + _GRID_CHUNK, len(grid) - 1)
+            chunk = on_grid(state, first, last, bm)
+            rows = [index - first for index in range(first + 1, last + 1) if index in wanted]
+            if rows:
+                pieces.append(chunk[rows])
+            state = chunk[-1].clone()
+            del chunk
+    finally:
         if made:
-            # One Brownian motion for every call, made as local_reg.sdeint makes its own.
-            size = _brownian_size_at_start(sde, y0, ts, scheme, bm, drift=False)
-            bm = make_brownian(None, float(grid[0]), float(grid[-1]), size, y0, step=step)
-        # The states at the needed points, in order: y0, then each call's rows gathered at once
-        # (copies, which hold only those rows; one index per call, also in the backward pass).
-        pieces, state = [y0.unsqueeze(0)], y0
-        try:
-            for first in range(0, len(grid) - 1, _GRID_CHUNK):
-                last = min(first + _GRID_CHUNK, len(grid) - 1)
-                chunk = on_grid(state, first, last, bm)
-                rows = [index - first for index in range(first + 1, last + 1) if index in wanted]
-                if rows:
-                    pieces.append(chunk[rows])
-                state = chunk[-1].clone()
-                del chunk
-        finally:
-            if made:
-                release_brownian(bm)
-        kept = torch.cat(pieces)
-        return _interpolated(kept, grid[needed], outputs, torch.searchsorted(needed, after))
+            release_brownian(bm)
+    kept = torch.cat(pieces)
+    return _interpolated(kept, grid[needed], outputs, torch.searchsorted(needed, after))
+
+
+def _adaptive_states(
+    sde: Any,
+    y0: Tensor,
+    ts: TimeSet,
+    bm: Any | None,
+    scheme: str,
+    noise_type: object,
+    step: float,
+    rtol: float | Tensor,
+    atol: float | Tensor,
+    dt_min: float | Tensor,
+    gradient: str,
+    adjoint_params: Any | None,
+    caller: str,
+) -> Tensor:
+    """The states at ``ts`` of adaptive steps from a first step ``step``, none proposed below
+    ``dt_min`` and one there accepted whatever its error, as torchsde's."""
     if scheme == "euler_maruyama" and noise_type != "additive":
         warn(
             f"local_reg.compat.{caller}: adaptive Euler--Maruyama with non-additive noise converges to a "
