@@ -147,6 +147,15 @@ def _writable_folder(path: Path, *inner: str) -> None:
 
 
 def _experiment(args: argparse.Namespace) -> int:
+    spec, methods, world = _planned_sweep(args)
+    results = _checked_output(args, spec)
+    return _sweep_and_report(args, spec, methods, world, results)
+
+
+def _planned_sweep(args: argparse.Namespace) -> tuple[RunSpec, list[str], int]:
+    """The first run's spec (whose size, gradient and overrides every run shares), the methods to
+    run and the number of processes torchrun started, once the arguments are checked and each
+    method's model is built."""
     task = REGISTRY[args.task]
     unknown = [m for m in args.methods or () if m not in task.methods]
     if unknown:
@@ -185,6 +194,12 @@ def _experiment(args: argparse.Namespace) -> int:
             fed_ratio_weights(model, world)
         except (ValueError, TypeError, KeyError) as error:
             raise BadInput(f"{method} with --gradient {args.gradient}: {error}") from None
+    return spec, methods, world
+
+
+def _checked_output(args: argparse.Namespace, spec: RunSpec) -> ResultsFile:
+    """The results file in ``--out``, once the folder, the report it replaces and the records the
+    report reads are checked."""
     _writable_folder(args.out, "checkpoints")
     check_replaceable(args.out / report_name(None))
     results = ResultsFile(args.out)
@@ -192,8 +207,15 @@ def _experiment(args: argparse.Namespace) -> int:
     records = results.load()
     if distributed.launched_rank() == 0:
         results.check_writable()
-        check_report(args.out, records, (f"{args.task}-{spec.config_id}", task.metric))
+        check_report(args.out, records, (f"{args.task}-{spec.config_id}", REGISTRY[args.task].metric))
+    return results
 
+
+def _sweep_and_report(
+    args: argparse.Namespace, spec: RunSpec, methods: list[str], world: int, results: ResultsFile
+) -> int:
+    """The exit code of the sweep of ``methods`` over ``--seeds``, after reporting its finished
+    runs (the main process writes the report and prints the spec's table)."""
     try:
         distributed.init_from_env()
     except ValueError as error:  # WORLD_SIZE set by hand, without the rest of torchrun's environment
@@ -209,9 +231,9 @@ def _experiment(args: argparse.Namespace) -> int:
                 methods,
                 range(args.seeds),
                 args.out,
-                size=size,
+                size=spec.size,
                 gradient=args.gradient,
-                overrides=overrides,
+                overrides=spec.overrides,
                 progress=not args.no_progress,
             )
         except RunsFailed as error:  # the finished runs are reported all the same
