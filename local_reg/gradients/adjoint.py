@@ -644,6 +644,8 @@ def _warn_if_drifted(backsolved: Tensor, forward: Tensor, solves: tuple[SolveOpt
     :data:`_DRIFT_TOLERANCES` of the larger tolerance of the ``solves`` (backward and forward).
     The comparison is free: both are at hand, and the backsolve restarts from the forward's output
     anyway."""
+    if forward.numel() == 0:  # an empty batch: nothing to compare (and no maximum to take)
+        return
     # Element by element: one large component (an accumulated cost) would hide the others' drift.
     forward = forward.detach()
     size = forward.abs()
