@@ -805,7 +805,7 @@ def _scipy_solve(
 
     initial = flat0.detach().reshape(-1).to("cpu", torch.float64).numpy()
     if len(times) == 1:
-        ys = initial[None]
+        ys = initial[None].copy()  # a CPU float64 y0 shares its memory with initial's view
     else:
         solution = solve_ivp(
             rhs, (times[0], times[-1]), initial, method=solver, dense_output=True, **tolerances, **bounds

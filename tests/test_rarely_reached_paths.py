@@ -77,6 +77,9 @@ def test_compat_scipy_solver_with_one_time_matches_torchdiffeq():
     theirs = torchdiffeq.odeint(lambda t, y: -y, y0, t, method="scipy_solver")
     assert ours.shape == theirs.shape == (1, 2)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    # A copy, as torchdiffeq's: an in-place change of the outputs left y0 changed too.
+    ours[0, 0] = 100.0
+    assert y0.tolist() == [1.0, -2.0]
 
 
 def test_compat_adjoint_warns_about_callback_step_adjoint_and_differentiates():
