@@ -50,8 +50,11 @@ from ._step import time_tensor, within_ulps
 from ._validate import (
     check_bool,
     narrowest_float,
+    non_negative_float,
     positive_float,
+    real_number,
     refuse_tracing,
+    relative_tolerance,
     rounded_list,
     validate_state,
     validate_times,
@@ -393,6 +396,7 @@ def _states(
     """The states at ``ts`` of :func:`_solve`'s checked arguments (``scheme``: local_reg's)."""
     check_bool("adaptive", adaptive)
     step = positive_float("dt", dt)
+    tolerances = _tolerances(adaptive, rtol, atol, dt_min)
     if noise_type == FIXED_STEP_NOISE_TYPE and (adaptive or scheme != "euler_maruyama"):
         # Named in torchsde's terms (local_reg.sdeint's message names its own arguments).
         raise ValueError(
@@ -416,11 +420,29 @@ def _states(
     # per output time, each after a bounded run of rejections down to dt_min, whose attempt is
     # accepted).
     if not adaptive:
-        # rtol, atol and dt_min are read by adaptive steps only (torchsde ignores them too).
         return _fixed_step_states(sde, y0, ts, times, bm, scheme, step, gradient, adjoint_params)
     return _adaptive_states(
-        sde, y0, ts, bm, scheme, noise_type, step, rtol, atol, dt_min, gradient, adjoint_params, caller
+        sde, y0, ts, bm, scheme, noise_type, step, *tolerances, gradient, adjoint_params, caller
     )
+
+
+def _tolerances(
+    adaptive: bool, rtol: float | Tensor, atol: float | Tensor, dt_min: float | Tensor
+) -> tuple[float, float, float]:
+    """``rtol``, ``atol`` and ``dt_min`` as floats, checked by name whether or not the steps read
+    them (only adaptive steps do, as in torchsde), as compat.odeint's fixed steps check their
+    tolerances: a bad one would otherwise surface only on a switch to ``adaptive=True``. Fixed steps
+    take ``atol = 0`` and ``dt_min = 0``, as torchsde does (it floors its error scale); adaptive
+    steps need both positive."""
+    relative = relative_tolerance("rtol", rtol)
+    if not adaptive:
+        return relative, non_negative_float("atol", atol), non_negative_float("dt_min", dt_min)
+    if real_number("atol", atol, "a positive float") == 0:
+        raise ValueError(
+            "atol=0: local_reg's error scale atol + rtol max(|a|, |b|) needs atol > 0 (torchsde floors "
+            "that scale at 1e-7, so takes 0); pass a small positive atol, e.g. atol=1e-7"
+        )
+    return relative, positive_float("atol", atol), positive_float("dt_min", dt_min)
 
 
 def _fixed_step_states(
@@ -515,27 +537,20 @@ def _adaptive_states(
     scheme: str,
     noise_type: object,
     step: float,
-    rtol: float | Tensor,
-    atol: float | Tensor,
-    dt_min: float | Tensor,
+    rtol: float,
+    atol: float,
+    min_step: float,
     gradient: str,
     adjoint_params: Any | None,
     caller: str,
 ) -> Tensor:
     """The states at ``ts`` of adaptive steps from a first step ``step``, none proposed below
-    ``dt_min`` and one there accepted whatever its error, as torchsde's."""
+    ``min_step`` (torchsde's ``dt_min``) and one there accepted whatever its error, as torchsde's."""
     if scheme == "euler_maruyama" and noise_type != "additive":
         warn(
             f"local_reg.compat.{caller}: adaptive Euler--Maruyama with non-additive noise converges to a "
             "biased limit as the tolerance shrinks (torchsde warns too; docs/sde.md): use "
             "method='milstein'"
-        )
-    min_step = positive_float("dt_min", dt_min)
-    scalar = isinstance(atol, (int, float)) or (isinstance(atol, Tensor) and atol.numel() == 1)
-    if scalar and not isinstance(atol, bool) and float(atol) == 0:
-        raise ValueError(
-            "atol=0: local_reg's error scale atol + rtol max(|a|, |b|) needs atol > 0 (torchsde floors "
-            "that scale at 1e-7, so takes 0); pass a small positive atol, e.g. atol=1e-7"
         )
     # torchsde 0.2.6 (BaseSDESolver.integrate) clamps a proposed step below dt_min to dt_min (warning
     # "Hitting minimum allowed step size") and then accepts the step it just tried, whatever its
@@ -555,9 +570,8 @@ def _adaptive_states(
             y0,
             ts,
             method=scheme,
-            # A 0-dim tensor too: local_reg.sdeint reads and checks it (as a float).
-            rtol=cast(float, rtol),
-            atol=cast(float, atol),
+            rtol=rtol,
+            atol=atol,
             first_step=step,
             bm=bm,
             max_steps=NO_STEP_LIMIT,
@@ -679,9 +693,11 @@ def sdeint(
             sums them, the last cut at ``ts[-1]``; or the first step (``adaptive=True``).
         adaptive: steps sized by local_reg's embedded error estimate and PI controller
             (docs/sde.md), where torchsde compares one step with two half steps.
-        rtol, atol: the tolerances of the error estimate (adaptive only), one number each, scaled as
-            torchsde's ``atol + rtol max(|a|, |b|)`` elementwise under an RMS norm; ``atol > 0``.
-        dt_min: with ``adaptive``, the shortest step: ``PIController(min_step=dt_min,
+        rtol, atol: the tolerances of the error estimate (read by adaptive steps only, checked by
+            fixed steps too), one number each, scaled as torchsde's ``atol + rtol max(|a|, |b|)``
+            elementwise under an RMS norm; ``atol > 0`` with ``adaptive`` (fixed steps take 0, as
+            torchsde's).
+        dt_min: with ``adaptive``, the shortest step (positive): ``PIController(min_step=dt_min,
             force_min_step=True)`` accepts an attempt of ``dt_min`` whatever its error.
         options: ``{"grad_free": True}`` (``False`` is refused for ``method="milstein"`` on
             multiplicative noise; ignored with a warning by ``"euler"``, silently with

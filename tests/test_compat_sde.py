@@ -356,6 +356,16 @@ REFUSALS = [
     ({"adaptive": True, "atol": 0.0}, ValueError, r"atol=0: .*torchsde floors that scale at 1e-7.*atol=1e-7"),
     ({"adaptive": True, "atol": -1.0}, ValueError, r"atol must be positive and finite, got -1\.0"),
     ({"adaptive": True, "atol": torch.tensor(0.0)}, ValueError, r"atol=0: .*atol=1e-7"),
+    # Fixed steps (the default) do not read them, but a bad one is refused as compat.odeint's fixed
+    # steps refuse theirs, rather than go unnoticed until the switch to adaptive=True.
+    ({"rtol": "a"}, TypeError, r"rtol must be a non-negative float, got str"),
+    ({"rtol": float("nan")}, ValueError, r"rtol must be non-negative .*and finite, got nan"),
+    ({"rtol": -1.0}, ValueError, r"rtol must be non-negative .*and finite, got -1\.0"),
+    ({"atol": "a"}, TypeError, r"atol must be a non-negative float, got str"),
+    ({"atol": float("inf")}, ValueError, r"atol must be non-negative and finite, got inf"),
+    ({"atol": torch.ones(2)}, TypeError, r"atol must be a non-negative float: one real number"),
+    ({"dt_min": None}, TypeError, r"dt_min must be a non-negative float, got NoneType"),
+    ({"dt_min": -1.0}, ValueError, r"dt_min must be non-negative and finite, got -1\.0"),
 ]
 
 
@@ -375,6 +385,17 @@ def test_refusals_name_the_argument(kwargs: dict, error: type[Exception], match:
     sde = SDE("diagonal")
     with pytest.raises(error, match=match):
         compat.sdeint(sde, y0_of(), TS, bm=brownian(sde, 2), **kwargs)
+
+
+def test_fixed_steps_take_torchsdes_zero_atol_and_dt_min() -> None:
+    """torchsde floors its error scale, so a script may pass atol=0 (and dt_min=0): fixed steps, which
+    read neither, solve as with the defaults; only adaptive steps need them positive."""
+    sde = SDE("diagonal")
+    torch.manual_seed(3)
+    default = compat.sdeint(sde, y0_of(), TS, dt=STEP)
+    torch.manual_seed(3)
+    zeros = compat.sdeint(sde, y0_of(), TS, dt=STEP, atol=0.0, rtol=0.0, dt_min=0.0)
+    torch.testing.assert_close(zeros, default, rtol=0, atol=0)
 
 
 def test_local_regs_own_refusals_stand() -> None:
