@@ -154,7 +154,9 @@ class SolveOptions:
     ``None`` for ``controller``, ``norm`` or ``callbacks`` means their default.
     ``rtol = 0`` is allowed (a pure absolute tolerance, as in torchdiffeq); ``atol`` must be positive
     so that the error scale ``atol + rtol * |y|`` never vanishes. A fixed-step ``tableau`` needs
-    ``step_size``.
+    ``step_size``. ``entries_of``: the dict the settings after the tolerances came in (a regularized
+    model's ``"options"``), whose entries a refusal then names (``options['first_step']``), rather
+    than as the solver's keywords.
     """
 
     rtol: float | Tensor
@@ -204,35 +206,39 @@ class SolveOptions:
         time_dtype: torch.dtype | None = None,
         compile: bool | dict[str, Any] | None = None,
         times_rounding: float = 0.0,
+        entries_of: str | None = None,
     ) -> None:
+        def named(setting: str) -> str:
+            return setting if entries_of is None else f"{entries_of}[{setting!r}]"
+
         # Each value is checked here, once: the fields hold checked values only (defaults in place of
         # ``None``, tolerances as numbers or tensors), so that their readers need no checks.
         checked: dict[str, object] = {
             "rtol": tolerance("rtol", rtol, relative=True),
             "atol": tolerance("atol", atol, relative=False),
-            "first_step": None if first_step is None else positive_float("first_step", first_step),
-            "step_size": None if step_size is None else positive_float("step_size", step_size),
-            "max_steps": positive_int("max_steps", max_steps),
+            "first_step": None if first_step is None else positive_float(named("first_step"), first_step),
+            "step_size": None if step_size is None else positive_float(named("step_size"), step_size),
+            "max_steps": positive_int(named("max_steps"), max_steps),
             "controller": DEFAULT_CONTROLLER if controller is None else controller,
-            "norm": checked_norm(norm),
+            "norm": checked_norm(norm, named("norm")),
             "callbacks": NO_CALLBACKS if callbacks is None else callbacks,
-            "compile": None if compile is None else compile_options(compile),
+            "compile": None if compile is None else compile_options(compile, named("compile")),
             "times_rounding": non_negative_float("times_rounding", times_rounding),
         }
         if step_size is None and tableau is not None and not tableau.adaptive:
-            raise ValueError(f"method {tableau.name!r} is fixed-step: pass step_size")
+            raise ValueError(f"method {tableau.name!r} is fixed-step: pass {named('step_size')}")
         checked_controller = checked["controller"]
         if not isinstance(checked_controller, PIController):
-            raise TypeError(f"controller must be a PIController, got {type_name(controller)}")
+            raise TypeError(f"{named('controller')} must be a PIController, got {type_name(controller)}")
         if step_size is not None and checked_controller.step_ts:
             raise ValueError(
-                "controller.step_ts need an adaptive solve, not a fixed step_size (put those times "
-                "among the output times instead: fixed steps end on every output time)"
+                f"{named('controller')}.step_ts need an adaptive solve, not a fixed {named('step_size')} "
+                "(put those times among the output times instead: fixed steps end on every output time)"
             )
         if tableau is not None and not isinstance(tableau, ButcherTableau):
             raise TypeError(f"tableau must be a ButcherTableau, got {type_name(tableau)}")
         if not isinstance(checked["callbacks"], StepCallbacks):
-            raise TypeError(f"callbacks must be a StepCallbacks, got {type_name(callbacks)}")
+            raise TypeError(f"{named('callbacks')} must be a StepCallbacks, got {type_name(callbacks)}")
         checked["interpolate"] = check_bool("interpolate", interpolate)
         checked["dense"] = check_bool("dense", dense)
         checked["tableau"] = tableau

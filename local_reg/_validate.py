@@ -1003,15 +1003,17 @@ class CheckedNorm:
         return value
 
 
-def checked_norm(norm: object) -> Callable[[Tensor], Tensor]:
+def checked_norm(norm: object, name: str = "norm") -> Callable[[Tensor], Tensor]:
     """``norm`` as a solve uses it: RMS (also for ``None``, the default) kept as is, any other callable
-    wrapped in a :class:`CheckedNorm`."""
+    wrapped in a :class:`CheckedNorm`; ``name``: what a refusal calls it."""
     if norm is None:
         return rms_norm
     if norm is rms_norm or isinstance(norm, CheckedNorm):
         return norm
     if not callable(norm):
-        raise TypeError(f"norm must be callable as norm(scaled_error) -> 0-dim tensor, got {type_name(norm)}")
+        raise TypeError(
+            f"{name} must be callable as norm(scaled_error) -> 0-dim tensor, got {type_name(norm)}"
+        )
     return CheckedNorm(norm)
 
 
@@ -1020,17 +1022,18 @@ def checked_field(func: Callable[[Tensor, Tensor], Tensor], state_name: str = "y
     return func if isinstance(func, CheckedField) else CheckedField(func, state_name=state_name)
 
 
-def compile_options(compile: object) -> dict[str, Any] | None:
-    """The ``torch.compile`` keywords of odeint's ``compile`` (``False``: none, ``True``: the defaults)."""
+def compile_options(compile: object, name: str = "compile") -> dict[str, Any] | None:
+    """The ``torch.compile`` keywords of odeint's ``compile`` (``False``: none, ``True``: the defaults);
+    ``name``: what a refusal calls it."""
     if isinstance(compile, bool):
         return {} if compile else None
     if not isinstance(compile, dict) or not all(isinstance(key, str) for key in compile):
         raise TypeError(
-            f"compile must be a bool or a dict of torch.compile keywords, got {type_name(compile)}"
+            f"{name} must be a bool or a dict of torch.compile keywords, got {type_name(compile)}"
         )
     unknown = sorted(set(compile) - (set(inspect.signature(torch.compile).parameters) - {"model"}))
     if unknown:
-        raise ValueError(f"compile has keywords torch.compile does not take: {unknown}")
+        raise ValueError(f"{name} has keywords torch.compile does not take: {unknown}")
     # torch.compile would accept several bad values here and fail only at the first compiled step
     # (after the solve has started), with its own RuntimeError or AssertionError.
     backend = compile.get("backend", "inductor")
@@ -1039,28 +1042,28 @@ def compile_options(compile: object) -> dict[str, Any] | None:
 
         backends = list_backends(exclude_tags=())
         if not isinstance(backend, str) or backend not in backends:
-            raise ValueError(f"compile['backend'] must be a callable or one of {backends}, got {backend!r}")
+            raise ValueError(f"{name}['backend'] must be a callable or one of {backends}, got {backend!r}")
     for key in ("fullgraph", "disable"):
         if key in compile:
-            check_bool(f"compile[{key!r}]", compile[key])
+            check_bool(f"{name}[{key!r}]", compile[key])
     if compile.get("dynamic") is not None and not isinstance(compile["dynamic"], bool):
-        raise TypeError(f"compile['dynamic'] must be None or a bool, got {type_name(compile['dynamic'])}")
+        raise TypeError(f"{name}['dynamic'] must be None or a bool, got {type_name(compile['dynamic'])}")
     mode, inductor_options = compile.get("mode"), compile.get("options")
     if mode is not None and inductor_options is not None:
-        raise ValueError("compile takes 'mode' or 'options', not both (as torch.compile)")
+        raise ValueError(f"{name} takes 'mode' or 'options', not both (as torch.compile)")
     if mode is not None or inductor_options is not None:
         from torch._inductor import list_mode_options, list_options
 
         modes = list(list_mode_options())
         if mode is not None and mode not in modes:
-            raise ValueError(f"compile['mode'] must be one of {modes}, got {mode!r}")
+            raise ValueError(f"{name}['mode'] must be one of {modes}, got {mode!r}")
         if inductor_options is not None:
             if not isinstance(inductor_options, dict):
                 kind = type(inductor_options).__name__
-                raise TypeError(f"compile['options'] must be a dict of inductor options, got {kind}")
+                raise TypeError(f"{name}['options'] must be a dict of inductor options, got {kind}")
             bad = sorted(set(inductor_options) - set(list_options()))
             if bad:
-                raise ValueError(f"compile['options'] has keys inductor does not know: {bad}")
+                raise ValueError(f"{name}['options'] has keys inductor does not know: {bad}")
     return dict(compile)
 
 

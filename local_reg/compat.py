@@ -277,6 +277,12 @@ def _fixed_step_size(
     return None
 
 
+def _first_step(first_step: object, where: str) -> float | None:
+    """``first_step`` of the options dict ``where``, checked by that name (``local_reg.odeint`` and
+    ``BacksolveAdjoint`` would name it as their own keyword); ``None``: the solve picks it."""
+    return None if first_step is None else positive_float(f"{where}['first_step']", first_step)
+
+
 def _one_step_per_interval(times: list[float]) -> float:
     """torchdiffeq's fixed-grid default: one step per output interval (the longest interval)."""
     return max((abs(b - a) for a, b in itertools.pairwise(times)), default=1.0)
@@ -365,8 +371,8 @@ def torchdiffeq_bounds(options: dict[str, Any]) -> PIController:
     could take is kept (its step-size factors are torchdiffeq's own, not read here)."""
     bounds: dict[str, Any] = {key: options[key] for key in ("max_step", "min_step") if key in options}
     controller = _controller(bounds, "options") or DEFAULT_CONTROLLER
-    step_ts, jump_ts = options.get("step_t"), options.get("jump_t")
-    return _with_landings(controller, () if step_ts is None else step_ts, () if jump_ts is None else jump_ts)
+    step_ts, jump_ts = (_landing_times(key, options.get(key)) for key in LANDING_OPTIONS)
+    return _with_landings(controller, step_ts, jump_ts)
 
 
 def _with_landings(controller: PIController, step_ts: TimeSet, jump_ts: TimeSet) -> PIController:
@@ -423,20 +429,22 @@ def _landings(opts: dict[str, Any], times: list[float]) -> tuple[tuple[float, ..
     torchdiffeq (a time repeated in one list is taken once, where torchdiffeq refuses it); times
     outside the span do nothing, as torchdiffeq's solvers never reach them."""
     low, high = min(times[0], times[-1]), max(times[0], times[-1])
-    found: dict[str, tuple[float, ...]] = {}
-    for key in LANDING_OPTIONS:
-        value = opts.pop(key, None)
-        if value is None:
-            found[key] = ()
-            continue
-        values = _option_times(f"options[{key!r}]", value)
-        if not bool(torch.isfinite(values).all()):
-            raise ValueError(f"options[{key!r}] must be finite times, got {value!r}")
-        found[key] = tuple(host_list(values))
+    found = {key: _landing_times(key, opts.pop(key, None)) for key in LANDING_OPTIONS}
     shared = {time for time in set(found["step_t"]) & set(found["jump_t"]) if low < time < high}
     if shared:
         raise ValueError("options['step_t'] and ['jump_t'] must not share a time (torchdiffeq's rule)")
     return found["step_t"], found["jump_t"]
+
+
+def _landing_times(key: str, value: object) -> tuple[float, ...]:
+    """``options[key]``, a list of landing times (``None``: none), as finite floats; a refusal names
+    the entry (:class:`PIController` would name its own field)."""
+    if value is None:
+        return ()
+    values = _option_times(f"options[{key!r}]", value)
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"options[{key!r}] must be finite times, got {value!r}")
+    return tuple(host_list(values))
 
 
 def _per_tensor_tolerance(value: Tolerance, y0: Sequence[Tensor]) -> Tolerance:
@@ -600,7 +608,7 @@ def _solve_keywords(
         "rtol": rtol,
         "atol": atol,
         "step_size": step_size,
-        "first_step": opts.pop("first_step", None),
+        "first_step": _first_step(opts.pop("first_step", None), "options"),
         # Fixed steps take no controller of options' (their adaptive options were dropped above).
         "controller": controller
         if step_size is not None
@@ -1073,7 +1081,7 @@ def odeint_adjoint(
             adjoint_atol,
             norm=norm,
             step_size=step_size,
-            first_step=adjoint.get("first_step") if backward.adaptive else None,
+            first_step=_first_step(adjoint.get("first_step"), where) if backward.adaptive else None,
             max_steps=max_steps,
         )
     return cast(

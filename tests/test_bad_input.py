@@ -1888,6 +1888,8 @@ def test_torchdiffeq_backend_follows_the_error_contract():
         ({"dfactor": 2.0}, "dfactor"),
         ({"dfactor": 1.0}, "dfactor"),
         ({"safety": None}, "safety"),
+        ({"step_t": "x"}, "step_t"),
+        ({"jump_t": [float("nan")]}, "jump_t"),
     ):
         with pytest.raises((ValueError, TypeError), match=rf"options\['{name}'\] must be"):
             LocallyRegularized(decay, backend="torchdiffeq", options=options)
@@ -2055,13 +2057,22 @@ def test_regularized_options_that_would_be_ignored_or_are_not_tensors_are_named(
         ({"atol": -1e-3}, ValueError, "atol must be positive"),
         ({"rtol": "1e-3"}, TypeError, "rtol must be a non-negative float"),
         ({"options": {"bogus": 1}}, ValueError, r"unknown keys \['bogus'\]"),
-        ({"options": {"max_steps": 0}}, ValueError, "max_steps"),
+        # Every options entry is named as one, as odeint's keyword it becomes is not the model's.
+        ({"options": {"max_steps": 0}}, ValueError, r"^options\['max_steps'\] must be a positive int, got 0"),
+        ({"options": {"first_step": 0}}, ValueError, r"^options\['first_step'\] must be positive and finite"),
+        ({"options": {"step_size": "big"}}, TypeError, r"^options\['step_size'\] must be a positive float"),
+        ({"options": {"controller": "pi"}}, TypeError, r"^options\['controller'\] must be a PIController"),
+        (
+            {"options": {"compile": {"fullgraph": 1}}},
+            TypeError,
+            r"^options\['compile'\]\['fullgraph'\] must be a bool",
+        ),
         ({"options": [1]}, TypeError, "options must be a dict"),
         ({"method": "rk4"}, ValueError, "fixed-step"),
         ({"options": {"step_to_outputs": "yes"}}, TypeError, "step_to_outputs.* must be a bool"),
-        ({"options": {"norm": 5}}, TypeError, "norm must be callable"),
-        ({"options": {"compile": "fast"}}, TypeError, "compile must be a bool"),
-        ({"options": {"callbacks": 1}}, TypeError, "callbacks must be a StepCallbacks"),
+        ({"options": {"norm": 5}}, TypeError, r"^options\['norm'\] must be callable"),
+        ({"options": {"compile": "fast"}}, TypeError, r"^options\['compile'\] must be a bool"),
+        ({"options": {"callbacks": 1}}, TypeError, r"^options\['callbacks'\] must be a StepCallbacks"),
         (
             {"options": {"callbacks": local_reg.StepCallbacks(stop=lambda t, y: y[0])}},
             ValueError,
@@ -2093,9 +2104,10 @@ def test_a_plain_function_without_adjoint_params_is_refused_at_construction(grad
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
-        ({"max_steps": -1}, ValueError, "max_steps must be a positive int"),
-        ({"first_step": -0.1}, ValueError, "first_step must be positive"),
-        ({"step_size": "big"}, TypeError, "step_size must be a positive float"),
+        ({"max_steps": -1}, ValueError, r"^options\['max_steps'\] must be a positive int"),
+        ({"first_step": -0.1}, ValueError, r"^options\['first_step'\] must be positive"),
+        ({"step_size": "big"}, TypeError, r"^options\['step_size'\] must be a positive float"),
+        ({"controller": "pi"}, TypeError, r"^options\['controller'\] must be a PIController"),
     ],
 )
 def test_sde_models_check_their_option_values_at_construction(options, error, match):

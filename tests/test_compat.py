@@ -738,6 +738,20 @@ def test_fixed_step_methods_ignore_adaptive_options_with_a_warning_as_torchdiffe
             compat.odeint(func, y0, t, method="euler", options={"step_size": bad})
 
 
+def test_a_bad_first_step_is_named_as_the_options_entry_it_came_in():
+    """It was named as odeint's keyword (first_step), and by odeint_adjoint, which copies it into the
+    backward solve's options, as BacksolveAdjoint's (BacksolveAdjoint first_step)."""
+    func = Linear()
+    y0, t = y0_and_t()
+    for solve in (compat.odeint, compat.odeint_adjoint):
+        with pytest.raises(ValueError, match=r"^options\['first_step'\] must be positive and finite, got 0"):
+            solve(func, y0, t, options={"first_step": 0})
+        with pytest.raises(TypeError, match=r"^options\['first_step'\] must be a positive float, got str"):
+            solve(func, y0, t, options={"first_step": "a"})
+    with pytest.raises(ValueError, match=r"^adjoint_options\['first_step'\] must be positive and finite"):
+        compat.odeint_adjoint(func, y0, t, adjoint_options={"first_step": -1.0})
+
+
 def test_safety_ifactor_dfactor_set_the_controller():
     func = Linear()
     y0, t = y0_and_t()

@@ -229,6 +229,7 @@ def check_ode_settings(
             norm=options.get("norm"),
             callbacks=options.get("callbacks"),
             compile=options.get("compile", False),
+            entries_of="options",
         )
         if solve_options.step_size is None:
             solve_options.controller.gains(tableau.order)  # a controller this method cannot use
@@ -311,6 +312,7 @@ def check_sde_settings(
             max_steps=options.get("max_steps", DEFAULT_MAX_STEPS),
             step_size=options.get("step_size"),
             controller=options.get("controller"),
+            entries_of="options",
         )
         # The main solve leaves a first step beside a fixed step_size unread, and the probe does too.
         check_adaptive_settings_unset(
