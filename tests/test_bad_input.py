@@ -1222,6 +1222,60 @@ def test_nan_in_a_parameter_vjp_raises_solver_error(gradient):
         solution.ys[-1].sum().backward()
 
 
+class RateCapturingSDE:
+    """Drift ``-y sqrt(rate)`` of a tensor it captures (no module, so no parameters of its own): at
+    ``rate = 0`` a finite drift whose gradient for ``rate`` alone is not finite."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self, rate: torch.Tensor) -> None:
+        self.rate = rate
+
+    def f(self, t, y):
+        return -y * torch.sqrt(self.rate)
+
+    def g(self, t, y):
+        return 0.1 * torch.ones_like(y)
+
+
+def test_sdeint_checks_adjoint_params_under_direct_as_odeint():
+    """sdeint refused adjoint_params under "direct" (a ValueError, whatever its value), where odeint
+    checks the list and watches its tensors' gradients, so a NaN reaching only a tensor the drift
+    captures went back without a word; both now raise."""
+    rate = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    y0 = torch.ones(2, 1, dtype=torch.float64, requires_grad=True)
+    sde = RateCapturingSDE(rate)
+    not_iterable = (
+        "adjoint_params must be an iterable of tensors (e.g. a tuple or module.parameters()), got int"
+    )
+    with pytest.raises(TypeError, match=f"^{re.escape(not_iterable)}$"):
+        sdeint(sde, y0, [0.0, 1.0], adjoint_params=5)
+    with pytest.raises(TypeError, match=r"^adjoint_params must hold tensors, got a float$"):
+        sdeint(sde, y0, [0.0, 1.0], adjoint_params=[1.0])
+    solutions = {
+        "func": odeint(lambda t, y: -y * torch.sqrt(rate), y0, [0.0, 1.0], adjoint_params=(rate,)),
+        "the drift and diffusion": sdeint(sde, y0, [0.0, 1.0], step_size=0.25, adjoint_params=(rate,)),
+    }
+    for field, solution in solutions.items():
+        with pytest.raises(SolverError, match=re.escape(NAN_VJP.replace("of func", f"of {field}"))):
+            solution.ys[-1].sum().backward()
+
+
+@pytest.mark.parametrize("backend", ["local_reg", "torchsde"])
+def test_a_regularized_sde_models_adjoint_params_are_checked_under_direct(backend):
+    """The models took adjoint_params beside an SDE and "direct" and dropped them (the local_reg
+    backend passed them to sdeint under a graph-free method only; torchsde's check of the outputs
+    read only the SDE's parameters): a NaN reaching only a listed tensor went back silently."""
+    pytest.importorskip(backend)
+    torch.manual_seed(0)
+    rate = torch.tensor(0.0, dtype=torch.float64, requires_grad=True)
+    model = LocallyRegularized(RateCapturingSDE(rate), backend=backend, adjoint_params=(rate,))
+    ys = model(torch.ones(3, 1, dtype=torch.float64), [0.0, 1.0])
+    found = NAN_VJP.replace("of func", "of the drift and diffusion")
+    with pytest.raises(SolverError, match=re.escape(found)):
+        ys[-1].sum().backward()
+
+
 class NanVjpDecay(Decay):
     """``-a y`` plus :func:`nan_vjp_field`: finite values, a NaN vector-Jacobian product."""
 

@@ -199,7 +199,6 @@ def test_checkpoint_of_a_plain_sde_object_needs_adjoint_params():
             {"gradient": "checkpoint", "step_penalty": lambda result, dt: result.error_estimate},
             "needs gradient='direct'",
         ),
-        ({"adjoint_params": ()}, "adjoint_params is read by gradient='checkpoint' only"),
     ],
 )
 def test_sdeint_gradient_refusals(keywords, match):

@@ -41,7 +41,7 @@ from .._validate import (
 )
 from ..compat import torchdiffeq_bounds
 from ..controller import DEFAULT_CONTROLLER, PIController, TimeSet
-from ..gradients import GradientMethod
+from ..gradients import Direct, GradientMethod
 from ..gradients._params import adjoint_params_tuple, known_params, resolve_adjoint_params
 from ..sde._sdeint import sde_module
 from ..sde._step import _euler_maruyama_step, unchecked_initial_step_size
@@ -502,18 +502,16 @@ class SDEProblem(_Problem):
         validate_sde(sde)
         super().__init__(config)
         self.sde = sde
-        # adjoint_params only reach torchsde.sdeint_adjoint.
+        # torchsde.sdeint takes no adjoint_params: under "direct" they are only checked
+        # (checked_params), as local_reg.sdeint's.
         if self.backend == "torchsde" and self.gradient.name == "adjoint" and self.adjoint_params is not None:
             self.options["adjoint_params"] = self.adjoint_params
 
     def checked_params(self) -> tuple[Tensor, ...]:
         """The tensors besides ``y0`` whose gradients a backward pass checks for non-finite values,
-        as ``local_reg.sdeint``'s: those torchsde's adjoint differentiates (its ``adjoint_params``), or
-        else the SDE's parameters."""
-        if "adjoint_params" in self.options:
-            return tuple(self.options["adjoint_params"])
-        owner = sde_module(self.sde)
-        return () if owner is None else tuple(owner.parameters())
+        as ``local_reg.sdeint``'s: ``adjoint_params`` (which torchsde's adjoint differentiates, and
+        which ``torchsde.sdeint``, taking no list, has checked only), or else the SDE's parameters."""
+        return known_params(sde_module(self.sde), self.adjoint_params, Direct())
 
     def check_regularizer(self, regularizer: str, reg_method: str | ButcherTableau | None) -> None:
         if regularizer != "error":

@@ -122,7 +122,7 @@ def solve_main(
             record_states=request.states,
             step_penalty=request.step_penalty,
             gradient=gradient,
-            adjoint_params=problem.adjoint_params if gradient.graph_free else None,
+            adjoint_params=problem.adjoint_params,
             **options,
         )
         return MainSolve.from_solution(solution)
@@ -161,8 +161,8 @@ def solve_main(
         check_module(ys)
     if ys.requires_grad:
         # As local_reg.sdeint's: torchsde hands a NaN gradient back without a word. The tensors
-        # checked are those torchsde's adjoint differentiates (its adjoint_params, by default the
-        # SDE's parameters), and the SDE's parameters under "direct", as sdeint's.
+        # checked are the model's adjoint_params (those torchsde's adjoint differentiates), by
+        # default the SDE's parameters, under either gradient, as sdeint's.
         guard_direct_gradients((y0, *problem.checked_params()), times[0], None, problem.field_name)(ys)
     stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
     counter = BackwardCounter(counting, counting.calls, is_adjoint)

@@ -243,7 +243,9 @@ class LocallyRegularized(Regularized):
             ``"checkpoint"``, ``"symplectic"``, ``"interpolating_adjoint"``); with torchdiffeq ``"direct"`` is
             ``torchdiffeq.odeint`` and ``"adjoint"`` is ``torchdiffeq.odeint_adjoint`` (a
             ``BacksolveAdjoint``'s settings become its ``adjoint_*`` arguments).
-        adjoint_params: parameters for the adjoint-type gradient methods (default: the backend's).
+        adjoint_params: the main solve's: the tensors the graph-free gradient methods differentiate
+            (default: the backend's), under ``"direct"`` those whose gradients are checked for
+            non-finite values (as ``odeint``'s and ``sdeint``'s).
         backend: ``"local_reg"`` or ``"torchdiffeq"``. With torchdiffeq, ``u(t_reg)`` is its dense
             output at ``t_reg`` (adding an output time does not change its steps) and biased sampling
             records steps with torchdiffeq's ``callback_accept_step``.

@@ -34,7 +34,7 @@ from .._validate import (
 from ..controller import PIController, TimeSet
 from ..gradients import Checkpoint, Direct, GradientMethod, as_gradient_method
 from ..gradients._function import buffer_marks, first_evaluations, records_graph, reevaluating_for
-from ..gradients._params import resolve_adjoint_params, warn_if_reevaluation_differs
+from ..gradients._params import known_params, resolve_adjoint_params, warn_if_reevaluation_differs
 from ..gradients.direct import watch_backpropagation
 from ..solution import Solution, Steps
 from ._checkpoint import CheckpointedSolve, RecordingStepper
@@ -165,7 +165,9 @@ def sdeint(
             one at a time with a graph: the same gradient to rounding error, memory of one step's
             graph; :mod:`local_reg.sde._checkpoint`). Other methods are ODE-only.
         adjoint_params: the tensors ``"checkpoint"`` returns gradients for besides ``y0``; default
-            ``sde.parameters()`` for a ``torch.nn.Module`` SDE (any other SDE needs it).
+            ``sde.parameters()`` for a ``torch.nn.Module`` SDE (any other SDE needs it). Under
+            ``"direct"`` autograd finds every tensor the drift and diffusion use; a list given there
+            is still checked (tensors only) and watched for non-finite gradients, as ``odeint``'s.
 
     Returns:
         :class:`local_reg.Solution` whose ``stats`` count drift and diffusion evaluations apart
@@ -324,10 +326,9 @@ def sdeint(
                     )
                 stacked_penalties = torch.stack(penalties) if step_penalty is not None and penalties else None
                 if checkpointed is None and ys.requires_grad:
-                    # As odeint's "direct": a non-finite gradient of y0 or the SDE's parameters
+                    # As odeint's "direct": a non-finite gradient of y0 or of the tensors it knows
                     # from a finite cotangent is a SolverError, as the checkpoint gradient's is.
-                    parameters = () if owner is None else tuple(owner.parameters())
-                    watch = watch_backpropagation((y0, *parameters), stats, t0, "the drift and diffusion")
+                    watch = watch_backpropagation((y0, *params), stats, t0, "the drift and diffusion")
                     watch(ys)
                     if stacked_penalties is not None:
                         watch(stacked_penalties)
@@ -386,16 +387,13 @@ def sde_params(
     adjoint_params: Iterable[Tensor] | None,
     checkpointed: Checkpoint | None,
 ) -> tuple[Tensor, ...]:
-    """The tensors ``gradient="checkpoint"`` differentiates besides ``y0``: ``adjoint_params``, or
-    the parameters of ``module``, ``sde``'s (:func:`sde_module`); ``()`` under ``"direct"``, which
-    takes no list."""
+    """The tensors besides ``y0`` that ``gradient="checkpoint"`` differentiates or, under
+    ``"direct"``, whose gradients are checked for non-finite values (as ``odeint``'s
+    :func:`~local_reg.gradients._params.known_params`): ``adjoint_params``, or the parameters of
+    ``module``, ``sde``'s (:func:`sde_module`); under ``"direct"`` none for an SDE of plain
+    functions, whose captured tensors autograd finds unchecked."""
     if checkpointed is None:
-        if adjoint_params is not None:
-            raise ValueError(
-                "adjoint_params is read by gradient='checkpoint' only (under 'direct' autograd finds "
-                "every tensor the drift and diffusion use): drop it, or pass gradient='checkpoint'"
-            )
-        return ()
+        return known_params(module, adjoint_params, Direct())
     if adjoint_params is None and module is None:
         raise ValueError(
             f"gradient='checkpoint' needs the parameters of sde, but sde is not a torch.nn.Module "
