@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, cast
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd import forward_ad
@@ -431,6 +433,45 @@ def direction_time(t0: float, reverse_time: bool, largest: float = math.inf) -> 
     return max(-largest, min(t1, largest))
 
 
+def _scipy_attribute(event_fn: EventFunction, name: str, *, bools: bool) -> numbers.Real | bool | None:
+    """``event_fn``'s attribute ``name`` where it has scipy's type (scipy reads its event settings
+    from the function's attributes), else ``None``: an attribute of another type (a tensor; a
+    bool, unless ``bools``) is a module's own of the same name."""
+    value = getattr(event_fn, name, None)
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value) if bools else None
+    return value if isinstance(value, numbers.Real) else None
+
+
+def _with_scipy_attributes(event_fn: EventFunction, direction: bool | None) -> bool | None:
+    """``direction``, or where it is ``None`` the one scipy's ``event_fn.direction`` asks for
+    (its sign: up-crossings, down-crossings, either); an ``event_fn.terminal`` of scipy's that
+    goes on past the first crossing is refused (the solve would end there without a word)."""
+    terminal = _scipy_attribute(event_fn, "terminal", bools=True)
+    if terminal is not None and terminal != 1:
+        going_on = (
+            "records the crossing and goes on" if not terminal else f"ends the solve at crossing {terminal}"
+        )
+        raise ValueError(
+            f"event_fn.terminal={terminal!r}: scipy's event then {going_on}, but odeint_event's events are "
+            "terminal, the solve ends at the first; solve again from each event in a loop (docs/solver.md, "
+            "Events) and set event_fn.terminal = True"
+        )
+    scipy_direction = _scipy_attribute(event_fn, "direction", bools=False)
+    if scipy_direction is None:
+        return direction
+    sign = float(scipy_direction)
+    if math.isnan(sign):
+        raise ValueError("event_fn.direction is nan: scipy's direction is positive, negative or 0")
+    asked = None if sign == 0 else sign > 0
+    if direction is not None and direction != asked:
+        raise ValueError(
+            f"direction={direction!r} and event_fn.direction={scipy_direction!r} differ (scipy's "
+            f"direction={scipy_direction!r} is direction={asked!r} here): give one"
+        )
+    return asked
+
+
 @solve_entry_point
 def odeint_event(
     func: Callable[[Tensor, Any], Any],
@@ -456,7 +497,11 @@ def odeint_event(
             default) any sign change; ``True`` an entry going from negative to zero or above,
             ``False`` from positive to zero or below, in the order the solve passes them (with
             ``reverse_time``, as time decreases). With a direction an entry that is zero at ``t0``
-            is no event there: it counts from the first step end where it is not zero.
+            is no event there: it counts from the first step end where it is not zero. Left
+            ``None``, it is read from a scipy event function's ``event_fn.direction`` (a number:
+            positive ``True``, negative ``False``, 0 ``None``); a ``direction`` that differs from
+            that attribute is a ``ValueError``, as is scipy's ``event_fn.terminal`` other than
+            ``True`` (scipy's non-terminal event: odeint_event's events are terminal).
         odeint_kwargs: every other keyword of :func:`local_reg.odeint` (``method``, ``rtol``,
             ``atol``, ``gradient``, ``adjoint_params``, ``max_steps``, ``callbacks``, ...) but
             ``dense``; ``t`` is replaced by ``t0``.
@@ -511,6 +556,10 @@ def odeint_event(
                 **STEP_CONTROL_SPELLINGS,
             },
         )
+    if direction is not None and not isinstance(direction, bool):
+        # numpy's and torch's bools too: a tensor's truth would be read on every call.
+        raise TypeError(f"direction must be None, True or False, got {type_name(direction)}")
+    direction = _with_scipy_attributes(event_fn, direction)
     solution = _solve_until_event(
         func, y0, t0, event_fn=event_fn, reverse_time=reverse_time, direction=direction, **odeint_kwargs
     )
@@ -539,9 +588,6 @@ def _solve_until_event(
             raise ValueError(_FORWARD_MODE.format(f"{name} carries"))
     y0 = validate_state(y0)
     check_bool("reverse_time", reverse_time)
-    if direction is not None and not isinstance(direction, bool):
-        # numpy's and torch's bools too: a tensor's truth would be read on every call.
-        raise TypeError(f"direction must be None, True or False, got {type_name(direction)}")
     callbacks = odeint_kwargs.pop("callbacks", None) or StepCallbacks()
     if not isinstance(callbacks, StepCallbacks):
         raise TypeError(f"callbacks must be a StepCallbacks, got {type(callbacks).__name__}")

@@ -1216,3 +1216,71 @@ def test_compat_odeint_event_keeps_torchdiffeqs_signature_without_direction():
             event_fn=lambda t, y: y[0] - 0.5,
             direction=True,
         )
+
+
+# --- scipy's event attributes ---------------------------------------------------------------------
+
+
+def scipy_event(level, **attributes):
+    """scipy's spelling of an event: a function ``x - level`` carrying ``attributes``."""
+
+    def crossing(t, y):
+        return y[0] - level
+
+    for name, value in attributes.items():
+        setattr(crossing, name, value)
+    return crossing
+
+
+@pytest.mark.parametrize("scipy_direction", [1, -1, 0, 2.5, np.int64(-3)])
+def test_a_scipy_event_functions_direction_attribute_picks_the_crossing_as_scipy_does(scipy_direction):
+    """A scipy event function passed as it is: its ``.direction`` was ignored, and the solve stopped
+    at the first crossing either way (from x = 1 a down-crossing at 1.33, where scipy's ``+1`` stops at
+    5.38)."""
+    # From x = +-1 at rest, the first crossing of the level between is the other way than asked.
+    start = (-1.0, 0.0) if scipy_direction < 0 else (1.0, 0.0)
+    y0 = torch.tensor(start, dtype=torch.float64)
+    crossing = scipy_event(0.3, direction=scipy_direction, terminal=True)
+    event_t, _ = odeint_event(DampedOscillator(), y0, 0.0, event_fn=crossing, **TIGHT)
+    expected = scipy_first_crossing([0.3], float(np.sign(scipy_direction)), y0=start)
+    assert event_t.item() == pytest.approx(expected, rel=1e-9)
+    # direction= agreeing with it is taken.
+    agreeing = {1: True, -1: False, 0: None}[int(np.sign(scipy_direction))]
+    event_t, _ = odeint_event(DampedOscillator(), y0, 0.0, event_fn=crossing, direction=agreeing, **TIGHT)
+    assert event_t.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_an_event_functions_attribute_direction_of_another_type_is_left_alone():
+    """Only a real number is scipy's direction: a bool, a tensor or a string (a module's own
+    attribute of that name) leaves the solve at its default, any crossing."""
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    expected = scipy_first_crossing([0.3], 0)
+    for unrelated in (True, torch.tensor(1.0), "up"):
+        event_fn = scipy_event(0.3, direction=unrelated)
+        event_t, _ = odeint_event(DampedOscillator(), y0, 0.0, event_fn=event_fn, **TIGHT)
+        assert event_t.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_direction_that_contradicts_the_event_functions_attribute_is_refused_naming_both():
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    for attribute, direction in [(1, False), (-1, True), (0, True), (1.0, False)]:
+        with pytest.raises(ValueError, match=r"^direction=.* and event_fn\.direction=.* differ"):
+            odeint_event(DampedOscillator(), y0, 0.0, event_fn=scipy_event(0.3, direction=attribute),
+                         direction=direction)  # fmt: skip
+
+
+@pytest.mark.parametrize("terminal", [False, 0, np.bool_(False), 3])
+def test_a_scipy_event_that_is_not_terminal_at_its_first_crossing_is_refused(terminal):
+    """scipy's default, ``terminal=False``, records the crossing and goes on, and ``terminal=3``
+    stops at the third: odeint_event stopped at the first crossing without a word."""
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match=r"^event_fn\.terminal=.*odeint_event's events are terminal.*docs/solver"
+    ):
+        odeint_event(DampedOscillator(), y0, 0.0, event_fn=scipy_event(0.3, terminal=terminal))
+    # terminal=True (or 1) is odeint_event's own rule.
+    for terminal in (True, 1):
+        event_t, _ = odeint_event(
+            DampedOscillator(), y0, 0.0, event_fn=scipy_event(0.3, terminal=terminal), **TIGHT
+        )
+        assert event_t.item() == pytest.approx(scipy_first_crossing([0.3], 0), rel=1e-9)
