@@ -10,9 +10,10 @@ times ``event_fn`` gets (5--18 evaluations of ``event_fn`` on the problems of
 and back within one step is not seen (as in torchdiffeq and diffrax). Several entries
 are combined as torchdiffeq combines them: ``h = min_i s_i g_i(t, y)`` with ``s = sign(g(t0, y0))``
 starts positive, and the event is the first time any entry changes sign. With a ``direction``
-(diffrax's), ``s`` is set again at the start of every step: for up-crossings ``s_i = -1`` where
-``g_i < 0`` there, for down-crossings ``s_i = 1`` where ``g_i > 0``, and an entry on the other side
-or at 0 is left out of the minimum for that step (it cannot cross that way within it).
+(diffrax's; or scipy's, one per entry), ``s`` is set again at the start of every step: for
+up-crossings ``s_i = -1`` where ``g_i < 0`` there, for down-crossings ``s_i = 1`` where ``g_i > 0``,
+and an entry on the other side or at 0 is left out of the minimum for that step (it cannot cross
+that way within it); an entry without a direction keeps its sign at ``t0``.
 
 Gradients, by the implicit function theorem. The solve differentiates the state ``y(t_e)`` at the
 event time *held fixed* (any gradient method; the last output lies inside the last step, which the
@@ -39,7 +40,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
@@ -50,7 +51,7 @@ from torch.autograd import forward_ad
 
 from ._autograd import first_order_only, solve_entry_point
 from ._errors import STEP_LIMIT_REACHED, SolverError, warn
-from ._integrate import STOP_NEVER_HELD, StepCallbacks, open_end
+from ._integrate import DEFAULT_MAX_STEPS, STOP_NEVER_HELD, StepCallbacks, open_end
 from ._odeint import odeint
 from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import StateField, accepts_structured_states
@@ -101,11 +102,16 @@ wide and the tolerance ``4 eps max(|t0|, |t1|)``, 51 halvings in float64 at thre
 halving, plus the secant steps in between (at most 186 evaluations over 40,000 random brackets)."""
 
 
+EntryDirections = bool | tuple[bool | None, ...] | None
+"""``odeint_event``'s ``direction`` once checked: one for all entries of ``event_fn``, or one per
+entry (flattened)."""
+
+
 class CombinedEvent:
     """``event_fn`` as one number that is positive at the start: ``min_i s_i g_i(t, y)``,
     ``s = sign(g(t0, y0))``; with a ``direction``, the minimum over the entries that can cross
-    that way, ``s`` set at the start of each step (:meth:`arm`). Each call checks ``event_fn``'s
-    output."""
+    the way theirs asks, ``s`` set at the start of each step (:meth:`arm`). Each call checks
+    ``event_fn``'s output."""
 
     def __init__(
         self,
@@ -114,7 +120,7 @@ class CombinedEvent:
         t0: float,
         y0: Tensor,
         time_dtype: torch.dtype,
-        direction: bool | None = None,
+        direction: EntryDirections = None,
     ) -> None:
         if not callable(event_fn):
             raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}")
@@ -123,27 +129,81 @@ class CombinedEvent:
         self.time_dtype = time_dtype
         """The dtype of the time ``event_fn`` gets (that of the solve's times, the wider of ``t0``'s
         and the state's)."""
-        self.direction = direction
-        """``None``: any sign change; ``True``: up-crossings only (negative to non-negative);
-        ``False``: down-crossings only (positive to non-positive)."""
         self.shape: torch.Size | None = None
         with torch.no_grad():
             initial = self.values(t0, y0.detach())
         self.shape = initial.shape
-        self.signs = torch.sign(initial)
-        self.at_start = direction is None and bool((self.signs == 0).any())
-        """An entry is zero at ``t0``: the event is there (as in torchdiffeq). With a direction the
-        entry has not crossed either way yet: its crossing is still to come."""
+        if isinstance(direction, tuple):
+            if len(direction) != initial.numel():
+                raise ValueError(
+                    f"direction has {len(direction)} entries, but event_fn returned shape "
+                    f"{tuple(initial.shape)} at t0: give one per entry of its output ({initial.numel()}, "
+                    "counted flattened)"
+                )
+            if len(set(direction)) == 1:
+                direction = direction[0]  # one for all: the same solve as the single value's
+        self.direction = direction
+        """``None``: any sign change; ``True``: up-crossings only (negative to non-negative);
+        ``False``: down-crossings only (positive to non-positive); or one of these per entry."""
+        self.start_signs = self.signs = torch.sign(initial)
+        zero = self.signs == 0
+        if direction is not None:
+            entries = direction if isinstance(direction, tuple) else (direction,) * initial.numel()
+
+            def entries_asking(way: bool | None) -> Tensor:
+                asking = [entry is way for entry in entries]
+                return torch.tensor(asking, device=initial.device).reshape(initial.shape)
+
+            self.up, self.down, self.any_way = (entries_asking(way) for way in (True, False, None))
+            zero &= self.any_way
+        zero_entries = zero.reshape(-1).nonzero()
+        self.zero_at_start = int(zero_entries[0]) if len(zero_entries) else None
+        """The entry zero at ``t0`` that puts the event there (as in torchdiffeq), if any: one
+        counting any sign change. An entry with a direction has not crossed either way yet: its
+        crossing is still to come."""
         self.arm(initial)
+        self.armed_at_start = self.signs != 0
         self.start_value = float(self.combine(initial))
 
     def arm(self, values: Tensor) -> None:
         """Set ``s`` from ``values``, ``event_fn`` at the start of the next step, for a
-        ``direction``: the entries strictly on the side that direction crosses from."""
+        ``direction``: the entries strictly on the side their direction crosses from, and the
+        entries without one at their signs at ``t0``."""
         if self.direction is None:
             return
-        armed = values < 0 if self.direction else values > 0
-        self.signs = torch.where(armed, -1.0 if self.direction else 1.0, 0.0).to(values.dtype)
+        if isinstance(self.direction, tuple):
+            side = torch.where(self.up & (values < 0), -1.0, torch.where(self.down & (values > 0), 1.0, 0.0))
+            signs = torch.where(self.any_way, self.start_signs, side.to(values.dtype))
+        else:
+            armed = values < 0 if self.direction else values > 0
+            signs = torch.where(armed, -1.0 if self.direction else 1.0, 0.0).to(values.dtype)
+        self.signs = signs
+
+    def left_out_advice(self) -> str:
+        """What a solve that never met its event is told of an entry that crossed zero (or left it)
+        the way its direction leaves out, ``""`` if none: a time limit that falls through zero
+        under ``direction=True`` is the usual cause. An entry on the side its direction crosses
+        from leaves it only by the crossing that ends the solve, so one there now that was not at
+        ``t0`` is such an entry (found here once, not looked for at every step)."""
+        if self.direction is None:
+            return ""
+        left_out = ((self.signs != 0) & ~self.armed_at_start).reshape(-1).nonzero()
+        if not len(left_out):
+            return ""
+        index = int(left_out[0])
+        entries: list[bool | None] = (
+            list(self.direction)
+            if isinstance(self.direction, tuple)
+            else [self.direction] * self.signs.numel()
+        )
+        moved = "fell below" if entries[index] else "rose above"
+        entries[index] = None
+        return (
+            f"entry {index} of event_fn {moved} zero after t0, a crossing its direction leaves out, and "
+            "never crossed back: a time limit among the entries must cross the way its direction "
+            "asks (t - t_max for up-crossings, t_max - t for down-crossings; the other way round with "
+            f"reverse_time) or count any crossing, e.g. direction={entries}"
+        )
 
     def combine(self, values: Tensor) -> Tensor:
         """``h`` of the entries' ``values``: positive while none has crossed (``inf`` with a
@@ -443,7 +503,29 @@ def _scipy_attribute(event_fn: EventFunction, name: str, *, bools: bool) -> numb
     return value if isinstance(value, numbers.Real) else None
 
 
-def _with_scipy_attributes(event_fn: EventFunction, direction: bool | None) -> bool | None:
+def _checked_direction(direction: object) -> EntryDirections:
+    """``direction`` as ``odeint_event`` takes it: ``None``, a bool, or a list or tuple of them
+    (made a tuple); anything else is a ``TypeError`` naming it."""
+    if isinstance(direction, (list, tuple)):
+        for index, entry in enumerate(direction):
+            if entry is not None and not isinstance(entry, bool):
+                raise TypeError(_direction_error(f"direction[{index}]", "None, True or False", entry))
+        return tuple(direction)
+    if direction is not None and not isinstance(direction, bool):
+        # numpy's and torch's bools and arrays too: a tensor's truth would be read on every call.
+        expected = "None, True, False or a list of them, one per entry of event_fn's output"
+        raise TypeError(_direction_error("direction", expected, direction))
+    return direction
+
+
+def _direction_error(name: str, expected: str, value: object) -> str:
+    """Why ``value`` is refused as ``name``; a number is scipy's spelling, which is told its own."""
+    scipy = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    hint = " (scipy's direction=+1 is True here, -1 False, 0 None)" if scipy else ""
+    return f"{name} must be {expected}, got {type_name(value)}{hint}"
+
+
+def _with_scipy_attributes(event_fn: EventFunction, direction: EntryDirections) -> EntryDirections:
     """``direction``, or where it is ``None`` the one scipy's ``event_fn.direction`` asks for
     (its sign: up-crossings, down-crossings, either); an ``event_fn.terminal`` of scipy's that
     goes on past the first crossing is refused (the solve would end there without a word)."""
@@ -464,7 +546,8 @@ def _with_scipy_attributes(event_fn: EventFunction, direction: bool | None) -> b
     if math.isnan(sign):
         raise ValueError("event_fn.direction is nan: scipy's direction is positive, negative or 0")
     asked = None if sign == 0 else sign > 0
-    if direction is not None and direction != asked:
+    given = direction if isinstance(direction, tuple) else (direction,)
+    if direction is not None and any(entry != asked for entry in given):
         raise ValueError(
             f"direction={direction!r} and event_fn.direction={scipy_direction!r} differ (scipy's "
             f"direction={scipy_direction!r} is direction={asked!r} here): give one"
@@ -480,7 +563,7 @@ def odeint_event(
     *,
     event_fn: EventFunction,
     reverse_time: bool = False,
-    direction: bool | None = None,
+    direction: bool | Sequence[bool | None] | None = None,
     **odeint_kwargs: Any,
 ) -> tuple[Tensor, Solution[State]]:
     """Solve ``dy/dt = func(t, y)`` from ``y(t0) = y0`` until ``event_fn(t, y)`` changes sign
@@ -496,12 +579,15 @@ def odeint_event(
         direction: which crossings are events, as diffrax's ``Event(direction=)``: ``None`` (the
             default) any sign change; ``True`` an entry going from negative to zero or above,
             ``False`` from positive to zero or below, in the order the solve passes them (with
-            ``reverse_time``, as time decreases). With a direction an entry that is zero at ``t0``
-            is no event there: it counts from the first step end where it is not zero. Left
-            ``None``, it is read from a scipy event function's ``event_fn.direction`` (a number:
-            positive ``True``, negative ``False``, 0 ``None``); a ``direction`` that differs from
-            that attribute is a ``ValueError``, as is scipy's ``event_fn.terminal`` other than
-            ``True`` (scipy's non-terminal event: odeint_event's events are terminal).
+            ``reverse_time``, as time decreases); or a list of these, one per entry of
+            ``event_fn``'s output (counted flattened), as scipy gives each event its own, e.g.
+            ``[True, None]`` for an up-crossing and a time limit ``t_max - t`` (which falls). With a
+            direction an entry that is zero at ``t0`` is no event there: it counts from the first
+            step end where it is not zero. Left ``None``, it is read from a scipy event
+            function's ``event_fn.direction`` (a number: positive ``True``, negative ``False``, 0
+            ``None``); a ``direction`` that differs from that attribute is a ``ValueError``, as is
+            scipy's ``event_fn.terminal`` other than ``True`` (scipy's non-terminal event:
+            odeint_event's events are terminal).
         odeint_kwargs: every other keyword of :func:`local_reg.odeint` (``method``, ``rtol``,
             ``atol``, ``gradient``, ``adjoint_params``, ``max_steps``, ``callbacks``, ...) but
             ``dense``; ``t`` is replaced by ``t0``.
@@ -556,10 +642,7 @@ def odeint_event(
                 **STEP_CONTROL_SPELLINGS,
             },
         )
-    if direction is not None and not isinstance(direction, bool):
-        # numpy's and torch's bools too: a tensor's truth would be read on every call.
-        raise TypeError(f"direction must be None, True or False, got {type_name(direction)}")
-    direction = _with_scipy_attributes(event_fn, direction)
+    direction = _with_scipy_attributes(event_fn, _checked_direction(direction))
     solution = _solve_until_event(
         func, y0, t0, event_fn=event_fn, reverse_time=reverse_time, direction=direction, **odeint_kwargs
     )
@@ -574,7 +657,7 @@ def _solve_until_event(
     *,
     event_fn: EventFunction,
     reverse_time: bool,
-    direction: bool | None = None,
+    direction: EntryDirections = None,
     times_in_state_dtype: bool = False,
     **odeint_kwargs: Any,
 ) -> Solution:
@@ -622,12 +705,12 @@ def _solve_until_event(
     if t0_tensor is not None and t0_tensor.requires_grad and torch.is_grad_enabled():
         check_penalty_time_gradient(odeint_kwargs.get("step_penalty"), "t0")
         start = StartTime.apply(initial_rate, t0_tensor, y0)
-    if event.at_start:
+    if event.zero_at_start is not None:
         # The event is t0 itself: no step is taken. Its time and state are differentiable as any
         # event's, through the entry that is zero there (the combined h is zero whatever the state).
         solution = odeint(func, y0, [t0_value], callbacks=callbacks, **odeint_kwargs)
         initial_rate.stats = solution.stats
-        zero_entry = _EventEntry(event, int((event.signs.reshape(-1) == 0).nonzero()[0]))
+        zero_entry = _EventEntry(event, event.zero_at_start)
         event_t, y_event, nfe = _reroute(
             zero_entry, checked, t0_value, start, t_dtype, field_t_dtype, rate_time=rate_start
         )
@@ -649,16 +732,23 @@ def _solve_until_event(
             span = torch.tensor(span, dtype=field_t_dtype, device=y0.device)
         solution = odeint(func, start, span, callbacks=stop, **odeint_kwargs)
     except SolverError as error:
+        # An entry its direction left out explains an event never met better than the step
+        # limit's advice (a time limit left out runs on until the steps are stability-limited).
+        left_out = event.left_out_advice()
         if error.reason.startswith(STEP_LIMIT_REACHED):
             # It may have changed sign the other way.
-            crossing = {
-                None: "",
-                True: " the way direction=True asks (from negative to zero or above)",
-                False: " the way direction=False asks (from positive to zero or below)",
-            }[direction]
-            reason = f"{EVENT_UNREACHED}{crossing}: {error.reason}"
+            if isinstance(event.direction, tuple):
+                crossing = f" the ways direction={list(event.direction)} asks"
+            else:
+                crossing = {
+                    None: "",
+                    True: " the way direction=True asks (from negative to zero or above)",
+                    False: " the way direction=False asks (from positive to zero or below)",
+                }[event.direction]
+            limit = f"{STEP_LIMIT_REACHED}{odeint_kwargs.get('max_steps', DEFAULT_MAX_STEPS)} exceeded"
+            reason = f"{EVENT_UNREACHED}{crossing}: " + (f"{limit}; {left_out}" if left_out else error.reason)
         elif error.reason == STOP_NEVER_HELD:
-            reason = EVENT_BEYOND_LARGEST_TIME
+            reason = EVENT_BEYOND_LARGEST_TIME + (f"; {left_out}" if left_out else "")
         else:
             raise
         raise SolverError(reason, t=error.t, n_steps=error.n_steps) from None

@@ -1116,11 +1116,12 @@ class DampedOscillator(nn.Module):
 
 def scipy_first_crossing(levels, direction, y0=(1.0, 0.0), damping=0.2):
     """The first time ``x`` crosses one of ``levels`` in scipy's ``direction`` (+1 up, -1 down, 0
-    either), by ``solve_ivp``'s own event location."""
+    either; or a list of them, one per level), by ``solve_ivp``'s own event location."""
     from scipy.integrate import solve_ivp
 
+    directions = direction if isinstance(direction, list) else [direction] * len(levels)
     events = []
-    for level in levels:
+    for level, direction in zip(levels, directions, strict=True):
 
         def crossing(t, y, level=level):
             return y[0] - level
@@ -1200,11 +1201,113 @@ def test_an_up_crossing_time_has_the_implicit_function_gradient():
     assert torch.autograd.gradcheck(up_crossing_time, (damping, level), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("direction", ["up", 1, np.bool_(True), torch.tensor(True)])
+@pytest.mark.parametrize(
+    "direction", ["up", 1, np.bool_(True), torch.tensor(True), torch.tensor([True]), np.array([True])]
+)
 def test_a_direction_that_is_not_none_or_a_bool_is_refused_naming_it(direction):
     y0 = torch.tensor([10.0, 2.0], dtype=torch.float64)
-    with pytest.raises(TypeError, match=r"^direction must be None, True or False, got "):
+    with pytest.raises(TypeError, match=r"^direction must be None, True, False or a list of them"):
         odeint_event(Ball(), y0, 0.0, event_fn=Ground(), direction=direction)
+
+
+@pytest.mark.parametrize(
+    ("direction", "name"), [(1, "direction"), (-1.0, "direction"), ([True, 0], r"direction\[1\]")]
+)
+def test_scipys_numeric_direction_is_refused_with_its_spelling_here(direction, name):
+    y0 = torch.tensor([10.0, 2.0], dtype=torch.float64)
+    with pytest.raises(
+        TypeError, match=rf"^{name} must be .*scipy's direction=\+1 is True here, -1 False, 0 None"
+    ):
+        odeint_event(Ball(), y0, 0.0, event_fn=Ground(), direction=direction)
+
+
+def time_limited_decay(limit_entry, direction, rate=-1.0, **kwargs):
+    """``y' = rate y`` from 1 until ``y`` rises to 2 (never, where it decays the way the solve
+    goes) or the time limit entry crosses zero."""
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    return odeint_event(
+        lambda t, y: rate * y, y0, 0.0, event_fn=lambda t, y: torch.stack([y[0] - 2.0, limit_entry(t)]),
+        direction=direction, **kwargs,
+    )  # fmt: skip
+
+
+def test_a_direction_per_entry_keeps_a_time_limit_under_an_up_crossing():
+    """scipy gives each event its own direction: the documented time limit ``t_max - t`` falls, so
+    under ``direction=True`` it was left out and the solve ran to max_steps (with stiffness advice).
+    As scipy's ``solve_ivp(t_span=(0, 5))``, which reaches 5 without an event, it ends at 5."""
+    event_t, _ = time_limited_decay(lambda t: 5.0 - t, [True, None])
+    assert event_t.item() == pytest.approx(5.0, rel=1e-12)
+    # Given per entry, the time limit written either way; the up-crossing still counts first.
+    event_t, _ = time_limited_decay(lambda t: t - 5.0, [True, True])
+    assert event_t.item() == pytest.approx(5.0, rel=1e-12)
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    event_t, _ = odeint_event(
+        DampedOscillator(), y0, 0.0, event_fn=lambda t, y: torch.stack([y[0] - 0.3, 30.0 - t]),
+        direction=(True, None), **TIGHT,
+    )  # fmt: skip
+    assert event_t.item() == pytest.approx(scipy_first_crossing([0.3], 1), rel=1e-9)
+
+
+@pytest.mark.parametrize("directions", [[1, -1], [-1, 1], [1, 0], [0, -1]])
+def test_each_entry_crosses_the_way_its_own_direction_asks_as_scipy_does(directions):
+    levels = [[0.3, -0.4]]
+    here = [{1: True, -1: False, 0: None}[d] for d in directions]
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    level = torch.tensor(levels, dtype=torch.float64)  # shape (1, 2): entries counted flattened
+    event_t, _ = odeint_event(
+        DampedOscillator(), y0, 0.0, event_fn=lambda t, y: y[0] - level, direction=here, **TIGHT
+    )
+    assert event_t.item() == pytest.approx(scipy_first_crossing(levels[0], directions), rel=1e-9)
+
+
+def test_a_direction_per_entry_of_one_value_is_that_direction_bit_for_bit():
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    level = torch.tensor([0.3, -0.4], dtype=torch.float64)
+    for direction in (True, False, None):
+        results = [
+            odeint_event(DampedOscillator(), y0, 0.0, event_fn=lambda t, y: y[0] - level, direction=given)
+            for given in (direction, [direction, direction])
+        ]
+        (scalar_t, scalar), (listed_t, listed) = results
+        assert scalar_t.item() == listed_t.item() and torch.equal(scalar.ys, listed.ys)
+        assert scalar.stats.nfe == listed.stats.nfe
+
+
+def test_a_direction_per_entry_zero_at_t0_puts_the_event_there_only_for_a_none_entry():
+    """A ball launched upward from the ground, its height twice: the entry without a direction is
+    an event at t0 (torchdiffeq's rule), the one with ``False`` waits for the landing, 2 v / g."""
+    ball = torch.tensor([0.0, 5.0], dtype=torch.float64)
+
+    def heights(t, y):
+        return torch.stack([y[0], y[0]])
+
+    event_t, solution = odeint_event(Ball(), ball, 0.0, event_fn=heights, direction=[False, None])
+    assert float(event_t) == 0.0 and solution.stats.n_steps == 0
+    event_t, _ = odeint_event(Ball(), ball, 0.0, event_fn=heights, direction=[False, True], **TIGHT)
+    assert event_t.item() == pytest.approx(2 * 5.0 / 9.81, rel=1e-12)
+
+
+@pytest.mark.parametrize("direction", [[True], [True, None, False], []])
+def test_a_direction_per_entry_of_the_wrong_length_is_refused_naming_the_shape(direction):
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    level = torch.tensor([0.3, -0.4], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^direction has .* event_fn returned shape \(2,\)"):
+        odeint_event(DampedOscillator(), y0, 0.0, event_fn=lambda t, y: y[0] - level, direction=direction)
+
+
+def test_a_time_limit_left_out_by_the_direction_is_named_when_the_step_limit_ends_the_solve():
+    """The time limit ``t_max - t`` under ``direction=True`` falls through zero, the other way: the
+    step-limit error gave stiffness advice (the steps of ``y' = -y`` out to t = 35,000 are
+    stability-limited), not the entry that direction left out."""
+    with pytest.raises(SolverError) as error:
+        time_limited_decay(lambda t: 5.0 - t, True, max_steps=300)
+    reason = error.value.reason
+    assert reason.startswith("event_fn did not change sign within max_steps the way direction=True asks")
+    assert "entry 1 of event_fn fell below zero after t0" in reason and "stiff" not in reason
+    assert "direction=[True, None]" in reason
+    # With reverse_time the time limit t - t_min falls as the solve goes.
+    with pytest.raises(SolverError, match="entry 1 of event_fn fell below zero after t0"):
+        time_limited_decay(lambda t: t + 5.0, True, rate=1.0, max_steps=300, reverse_time=True)
 
 
 def test_compat_odeint_event_keeps_torchdiffeqs_signature_without_direction():
