@@ -56,6 +56,7 @@ from ._odeint import odeint
 from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import StateField, accepts_structured_states
 from ._validate import (
+    ARGS_HINT,
     DT0_HINT,
     STEP_CONTROL_SPELLINGS,
     THROW_HINT,
@@ -69,6 +70,7 @@ from ._validate import (
     checked_field,
     keyword_parameters,
     one_time,
+    scipy_jacobian_hints,
     time_dtype,
     type_name,
     unknown_keywords_error,
@@ -632,6 +634,17 @@ def odeint_event(
                 "adjoint": "diffrax's adjoint: gradient= here, e.g. gradient='adjoint'",
                 "dt0": DT0_HINT,
                 "event": "diffrax's Event: event_fn= here",
+                "events": "scipy's events: event_fn= here, one function whose output's entries are the "
+                "events (torch.stack them), with a direction each if they differ",
+                "terminal": "scipy's event attribute: the events here are terminal; to go on past one, "
+                "solve again from it (docs/solver.md, Events)",
+                "t_span": "scipy's t_span: t0 here, after y0; the solve runs to the event, and a time "
+                "limit is one more entry of event_fn (docs/solver.md, Events)",
+                "args": ARGS_HINT,
+                **scipy_jacobian_hints(
+                    "the methods here are explicit, and scipy's stiff solvers (local_reg.compat.odeint's "
+                    "method='scipy_solver') take no event_fn"
+                ),
                 "throw": THROW_HINT,
                 "root_finder": "diffrax's root finder: the event time is found here by Illinois regula "
                 "falsi safeguarded by bisection on the last step's dense output, to 4 eps |dt| of the "

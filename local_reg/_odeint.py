@@ -23,8 +23,10 @@ from ._integrate import (
 from ._step import VectorField, beside_jump, time_tensor
 from ._tuple import accepts_structured_states, owning_module
 from ._validate import (
+    ARGS_HINT,
     DT0_HINT,
     STEP_CONTROL_SPELLINGS,
+    T_SPAN_HINT,
     THROW_HINT,
     Tolerance,
     check_adaptive_settings_unset,
@@ -37,6 +39,7 @@ from ._validate import (
     checked_field,
     explain_unknown_keywords,
     narrowest_float,
+    scipy_jacobian_hints,
     time_direction,
     time_dtype,
     validate_state,
@@ -56,7 +59,7 @@ from .gradients._function import buffer_marks, check_step_penalty_support, first
 from .gradients._params import known_params, warn_if_reevaluation_differs
 from .gradients._times import time_gradient
 from .solution import Solution, State
-from .tableaus import ButcherTableau, get_tableau
+from .tableaus import SCIPY_STIFF_SOLVE, ButcherTableau, get_tableau
 
 
 def evaluate_first(func: VectorField, t0: float, y0: Tensor, t_dtype: torch.dtype | None = None) -> Tensor:
@@ -143,13 +146,19 @@ def _legacy_gradient(
     return gradient
 
 
+_SOLVE_TO_AN_EVENT = "local_reg.odeint_event(func, y0, t0, event_fn=...) solves to an event"
+
+
 @explain_unknown_keywords(
     {
         "options": "torchdiffeq's dict of solver settings: local_reg.odeint takes them as keywords, e.g. "
         "step_size=, first_step=, norm=, max_steps= for max_num_steps, controller=PIController(max_step=) "
         "for max_step; local_reg.compat.odeint takes torchdiffeq's signature",
-        "event_fn": "local_reg.odeint_event(func, y0, t0, event_fn=...) solves to an event",
-        "event": "diffrax's Event: local_reg.odeint_event(func, y0, t0, event_fn=...) solves to an event",
+        "event_fn": _SOLVE_TO_AN_EVENT,
+        "event": f"diffrax's Event: {_SOLVE_TO_AN_EVENT}",
+        "events": f"scipy's events: {_SOLVE_TO_AN_EVENT} (a terminal one; docs/solver.md, Events)",
+        "t_span": T_SPAN_HINT,
+        **scipy_jacobian_hints(SCIPY_STIFF_SOLVE.format(solver="Radau")),
         "throw": THROW_HINT,
         "dt": "a fixed step is step_size= here, an adaptive solve's first step first_step=",
         "dt0": DT0_HINT,
@@ -157,7 +166,7 @@ def _legacy_gradient(
         "stepsize_controller": "diffrax's controller: controller=PIController(...) here, rtol= and atol= "
         "beside it",
         "saveat": "diffrax's saveat: the output times are t here, and dense=True keeps solution.evaluate(t)",
-        "args": "diffrax's args: func(t, y) takes none here; close over them, e.g. with functools.partial",
+        "args": ARGS_HINT,
         "adjoint": "diffrax's adjoint: gradient= here, e.g. gradient='adjoint'",
         "t_eval": "scipy's output times: the output times are t here",
         "dense_output": "scipy's: dense=True here, and solution.evaluate(t) reads it",

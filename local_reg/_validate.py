@@ -56,6 +56,25 @@ ported from diffrax means a fixed step by it, unless it also passed an adaptive 
 THROW_HINT = "diffrax's throw: a failed solve raises local_reg.SolverError here; catch it"
 """What the solvers say of diffrax's ``throw=``: they have no mode that returns a failed result."""
 
+ARGS_HINT = (
+    "diffrax's and scipy's args: the functions here take (t, y) only; close over the rest, e.g. with "
+    "functools.partial"
+)
+"""What the solvers say of ``args=``, the extra arguments diffrax and scipy pass to the vector field
+(and scipy to its event functions)."""
+
+T_SPAN_HINT = "scipy's t_span: t = [t0, t1] here, and y0 comes before it: (func, y0, t)"
+"""What ``odeint`` and ``sdeint`` say of scipy's ``t_span`` (scipy's order is ``(fun, t_span, y0)``)."""
+
+
+def scipy_jacobian_hints(where: str) -> dict[str, str]:
+    """What a solver says of scipy's settings of its implicit methods' Jacobian, none of which
+    apply to an explicit method: ``where`` says where a stiff solve goes instead."""
+    return {
+        name: f"scipy's {name}, for its implicit methods' Jacobian: {where}"
+        for name in ("jac", "jac_sparsity", "vectorized", "lband", "uband")
+    }
+
 
 def explain_unknown_keywords(
     foreign: dict[str, str],

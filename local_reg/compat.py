@@ -103,6 +103,9 @@ UNSUPPORTED_METHODS = (
     "fixed_adams",
     "adams",
 )
+_METHOD_NAMES = [*METHODS, "scipy_solver"]
+"""The methods compat's solvers take, as torchdiffeq lists its own: the tableaus and scipy's
+``solve_ivp``."""
 SCIPY_SOLVERS = ("RK23", "RK45", "DOP853", "Radau", "BDF", "LSODA")
 """The ``options["solver"]`` of ``method="scipy_solver"``: scipy's ``solve_ivp`` methods."""
 SCIPY_OPTIONS = ("solver", "min_step", "max_step")
@@ -148,12 +151,12 @@ def _tableau(method: str | None) -> ButcherTableau:
         return METHODS[method]
     if method in UNSUPPORTED_METHODS:
         raise ValueError(
-            f"method {method!r} is not available in local_reg.compat; use one of {list(METHODS)} "
+            f"method {method!r} is not available in local_reg.compat; use one of {_METHOD_NAMES} "
             "(adaptive: dopri5, dopri8, tsit5, bosh3, fehlberg2, adaptive_heun; fixed-step: euler, "
-            "midpoint, heun2, heun3, rk4)"
+            "midpoint, heun2, heun3, rk4; scipy's solve_ivp: scipy_solver)"
         )
     raise ValueError(
-        f"unknown method {method!r}; expected one of {list(METHODS)}{method_hint(method, METHODS)}"
+        f"unknown method {method!r}; expected one of {_METHOD_NAMES}{method_hint(method, METHODS)}"
     )
 
 

@@ -551,6 +551,14 @@ TABLEAUS: dict[str, ButcherTableau] = {
 }
 
 
+SCIPY_STIFF_SOLVE = (
+    "the methods here are explicit; for a stiff solve without gradients, local_reg.compat.odeint(func, y0, "
+    "t, method='scipy_solver', options={{'solver': {solver!r}}})"
+)
+"""Where a stiff solve of scipy's goes (``.format(solver=...)``, one of scipy's method names): the
+tableaus are explicit, and local_reg.compat runs scipy's own solvers as torchdiffeq does."""
+
+
 def method_hint(method: str, names: Collection[str]) -> str:
     """What an unknown ``method`` is among ``names`` (the methods the caller takes), where it is
     torchdiffeq's, scipy's or diffrax's name for one (matched ignoring case; diffrax's solver classes
@@ -567,6 +575,10 @@ def method_hint(method: str, names: Collection[str]) -> str:
             ("heun2", "heun3"),
             "a fixed-step method of torchdiffeq's: local_reg.compat.METHODS holds its tableau, for method=",
         ),
+        **{
+            solver.lower(): f"scipy's stiff {solver}: {SCIPY_STIFF_SOLVE.format(solver=solver)}"
+            for solver in ("Radau", "BDF", "LSODA")
+        },
     }
     lower = method.lower()
     hint = f"did you mean {lower!r}?" if lower in names else hints.get(lower)

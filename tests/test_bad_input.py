@@ -3750,6 +3750,61 @@ def test_diffrax_event_throw_and_root_finder_point_to_their_spelling():
             solve(**{keyword: None})
 
 
+def test_scipy_solve_ivp_keywords_and_methods_point_to_their_spelling():
+    # Each was Python's bare "unexpected keyword argument" (args "did you mean 'adjoint_params'?"
+    # for odeint_event), and Radau, BDF and LSODA a plain unknown method.
+    t = torch.tensor([0.0, 1.0])
+    solves = {
+        "odeint": functools.partial(local_reg.odeint, decay, torch.ones(2), t),
+        "odeint_event": functools.partial(
+            local_reg.odeint_event, decay, torch.ones(2), 0.0, event_fn=lambda t, y: y[0] - 0.5
+        ),
+        "sdeint": functools.partial(local_reg.sdeint, DecaySDE(), torch.ones(2, 1), t),
+    }
+    stiff = (
+        "for a stiff solve without gradients, local_reg.compat.odeint(func, y0, t, method='scipy_solver', "
+    )
+    args = "diffrax's and scipy's args: the functions here take (t, y) only; close over the rest, e.g. with"
+    cases = [
+        ("odeint", "events", "scipy's events: local_reg.odeint_event(func, y0, t0, event_fn=...) solves to "
+         "an event"),
+        ("odeint", "t_span", "scipy's t_span: t = [t0, t1] here, and y0 comes before it"),
+        ("odeint", "args", args),
+        *[("odeint", name, f"scipy's {name}, for its implicit methods' Jacobian: the methods here are "
+           f"explicit; {stiff}options={{'solver': 'Radau'}})")
+          for name in ("jac", "jac_sparsity", "vectorized", "lband", "uband")],
+        ("odeint_event", "events", "scipy's events: event_fn= here"),
+        ("odeint_event", "terminal", "scipy's event attribute: the events here are terminal"),
+        ("odeint_event", "t_span", "scipy's t_span: t0 here, after y0"),
+        ("odeint_event", "args", args),
+        ("odeint_event", "jac", "scipy's jac, for its implicit methods' Jacobian: the methods here are "
+         "explicit, and scipy's stiff solvers (local_reg.compat.odeint's method='scipy_solver') take no "
+         "event_fn"),
+        ("sdeint", "args", args),
+        ("sdeint", "t_span", "scipy's t_span: t = [t0, t1] here, and y0 comes before it"),
+    ]  # fmt: skip
+    for solver, keyword, hint in cases:
+        with pytest.raises(
+            TypeError, match=re.escape(f"{solver}() got an unexpected keyword argument {keyword!r} ({hint}")
+        ):
+            solves[solver](**{keyword: None})
+    for method in ("Radau", "BDF", "LSODA"):
+        hint = (
+            f"scipy's stiff {method}: the methods here are explicit; {stiff}options={{'solver': {method!r}}})"
+        )
+        with pytest.raises(
+            ValueError, match=re.escape(f"unknown method {method!r}") + ".*" + re.escape(hint)
+        ):
+            local_reg.odeint(decay, torch.ones(2), t, method=method)
+        with pytest.raises(
+            ValueError, match=re.escape(f"unknown method {method!r}") + ".*" + re.escape(hint)
+        ):
+            local_reg.compat.odeint(decay, torch.ones(2), t, method=method)
+    # compat.odeint takes method='scipy_solver': its list of methods names it.
+    with pytest.raises(ValueError, match=r"unknown method 'nope'; expected one of \[.*'scipy_solver'\]"):
+        local_reg.compat.odeint(decay, torch.ones(2), t, method="nope")
+
+
 def test_diffrax_controller_settings_given_to_picontroller_say_what_to_write():
     # diffrax's PIDController(rtol=, atol=) was a bare "unexpected keyword argument 'rtol'".
     for keywords, match in [

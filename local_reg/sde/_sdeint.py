@@ -15,8 +15,10 @@ from .._integrate import DEFAULT_MAX_STEPS, SolveOptions, check_landing_gaps, in
 from .._step import beside_jump, time_tensor
 from .._tuple import owning_module
 from .._validate import (
+    ARGS_HINT,
     DT0_HINT,
     STEP_CONTROL_SPELLINGS,
+    T_SPAN_HINT,
     THROW_HINT,
     active_autocast,
     call_leaving_input,
@@ -65,6 +67,8 @@ SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
         "dt_min": "torchsde's smallest adaptive step: controller=PIController(min_step=) here",
         "dt0": DT0_HINT,
         "throw": THROW_HINT,
+        "args": ARGS_HINT,
+        "t_span": T_SPAN_HINT,
         **{
             name: f"torchsde's {name}=; local_reg.compat.sdeint takes torchsde's signature"
             for name in ("options", "names", "logqp", "extra", "extra_solver_state")
