@@ -585,7 +585,8 @@ def odeint_event(
             ``event_fn``'s output (counted flattened), as scipy gives each event its own, e.g.
             ``[True, None]`` for an up-crossing and a time limit ``t_max - t`` (which falls). With a
             direction an entry that is zero at ``t0`` is no event there: it counts from the first
-            step end where it is not zero. Left ``None``, it is read from a scipy event
+            step end where it is not zero (scipy reports an event at ``t0`` where the entry then
+            moves the way asked). Left ``None``, it is read from a scipy event
             function's ``event_fn.direction`` (a number: positive ``True``, negative ``False``, 0
             ``None``); a ``direction`` that differs from that attribute is a ``ValueError``, as is
             scipy's ``event_fn.terminal`` other than ``True`` (scipy's non-terminal event:

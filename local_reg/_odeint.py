@@ -26,6 +26,7 @@ from ._validate import (
     ARGS_HINT,
     DT0_HINT,
     STEP_CONTROL_SPELLINGS,
+    T_EVAL_HINT,
     T_SPAN_HINT,
     THROW_HINT,
     Tolerance,
@@ -168,7 +169,7 @@ _SOLVE_TO_AN_EVENT = "local_reg.odeint_event(func, y0, t0, event_fn=...) solves 
         "saveat": "diffrax's saveat: the output times are t here, and dense=True keeps solution.evaluate(t)",
         "args": ARGS_HINT,
         "adjoint": "diffrax's adjoint: gradient= here, e.g. gradient='adjoint'",
-        "t_eval": "scipy's output times: the output times are t here",
+        "t_eval": T_EVAL_HINT,
         "dense_output": "scipy's: dense=True here, and solution.evaluate(t) reads it",
         **STEP_CONTROL_SPELLINGS,
     }

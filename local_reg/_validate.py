@@ -63,6 +63,13 @@ ARGS_HINT = (
 """What the solvers say of ``args=``, the extra arguments diffrax and scipy pass to the vector field
 (and scipy to its event functions)."""
 
+T_EVAL_HINT = (
+    "scipy's output times: the output times are t here, and t[0] is the initial time: "
+    "t = [t_span[0], *t_eval] (drop ys[0] if t_eval does not start there)"
+)
+"""What ``odeint`` and ``sdeint`` say of scipy's ``t_eval``: ``t = t_eval`` alone would start the
+solve at ``t_eval[0]``, a different solution where that is not ``t_span[0]``."""
+
 T_SPAN_HINT = "scipy's t_span: t = [t0, t1] here, and y0 comes before it: (func, y0, t)"
 """What ``odeint`` and ``sdeint`` say of scipy's ``t_span`` (scipy's order is ``(fun, t_span, y0)``)."""
 

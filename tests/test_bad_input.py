@@ -3782,6 +3782,10 @@ def test_scipy_solve_ivp_keywords_and_methods_point_to_their_spelling():
          "event_fn"),
         ("sdeint", "args", args),
         ("sdeint", "t_span", "scipy's t_span: t = [t0, t1] here, and y0 comes before it"),
+        # "the output times are t here" alone ported t_eval=[2, 5, 10] as t, a solve from t = 2.
+        *[(solver, "t_eval", "scipy's output times: the output times are t here, and t[0] is the initial "
+           "time: t = [t_span[0], *t_eval] (drop ys[0] if t_eval does not start there)")
+          for solver in ("odeint", "sdeint")],
     ]  # fmt: skip
     for solver, keyword, hint in cases:
         with pytest.raises(

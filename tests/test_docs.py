@@ -214,6 +214,11 @@ def solver_event(ns: dict[str, Any]) -> None:
     assert solution.ys[-1, :, 0].abs().min() < 1e-4
 
 
+def solver_restarted_events(ns: dict[str, Any]) -> None:
+    expected = [1.2970, 5.1673, 7.4631, 11.626, 13.572, 18.191, 19.572]
+    assert ns["times"] == pytest.approx(expected, abs=1e-3)
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "README.md-0": readme_quick_start,
     "README.md-2": readme_local_regularization,
@@ -230,6 +235,7 @@ CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "docs/solver.md-1": solver_jump_ts,
     "docs/solver.md-2": solver_derivative,
     "docs/solver.md-3": solver_event,
+    "docs/solver.md-4": solver_restarted_events,
 }
 """What a block's comments state, checked on its namespace after it ran."""
 

@@ -1387,3 +1387,47 @@ def test_a_scipy_event_that_is_not_terminal_at_its_first_crossing_is_refused(ter
             DampedOscillator(), y0, 0.0, event_fn=scipy_event(0.3, terminal=terminal), **TIGHT
         )
         assert event_t.item() == pytest.approx(scipy_first_crossing([0.3], 0), rel=1e-9)
+
+
+def test_scipys_non_terminal_event_is_ported_by_restarting_from_each_event():
+    """docs/solver.md's loop for scipy's non-terminal event (record it and go on): every crossing's
+    time, as scipy's ``t_events``, solving again from each event until a time limit."""
+    from scipy.integrate import solve_ivp
+
+    def crossing(t, y):
+        return y[0] - 0.3
+
+    expected = solve_ivp(
+        lambda t, y: [y[1], -y[0] - 0.1 * y[1]], (0, 30), [1.0, 0.0], rtol=1e-10, atol=1e-12, events=crossing
+    ).t_events[0]
+    field = DampedOscillator(damping=0.1)
+    times, t0, y = [], 0.0, torch.tensor([1.0, 0.0], dtype=torch.float64)
+    while True:
+        event_t, solution = odeint_event(
+            field, y, t0, event_fn=lambda t, y: torch.stack([y[0] - 0.3, 30 - t]), rtol=1e-10, atol=1e-12
+        )
+        if event_t.item() >= 30:
+            break
+        times.append(event_t.item())
+        t0, y = event_t, solution.ys[-1]
+    assert len(times) == len(expected) == 7
+    np.testing.assert_allclose(times, expected, rtol=1e-8)
+
+
+def test_with_a_direction_an_entry_zero_at_t0_and_rising_is_no_event_where_scipy_reports_one():
+    """A departure from scipy, documented: ``g = y`` zero at t0 and rising is scipy's up-crossing
+    event at t0 (its ``direction=+1``); here, with ``direction=True``, the entry has not crossed
+    yet, so the solve goes on (to the time limit, here)."""
+    from scipy.integrate import solve_ivp
+
+    def rising(t, y):
+        return y[0]
+
+    rising.terminal, rising.direction = True, 1
+    assert solve_ivp(lambda t, y: [1.0], (0, 5), [0.0], events=rising).t_events[0].tolist() == [0.0]
+    y0 = torch.tensor([0.0], dtype=torch.float64)
+    event_t, _ = odeint_event(
+        lambda t, y: torch.ones_like(y), y0, 0.0, event_fn=lambda t, y: torch.stack([y[0], t - 5.0]),
+        direction=True,
+    )  # fmt: skip
+    assert event_t.item() == pytest.approx(5.0, rel=1e-12)

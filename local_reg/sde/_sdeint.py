@@ -18,6 +18,7 @@ from .._validate import (
     ARGS_HINT,
     DT0_HINT,
     STEP_CONTROL_SPELLINGS,
+    T_EVAL_HINT,
     T_SPAN_HINT,
     THROW_HINT,
     active_autocast,
@@ -76,7 +77,7 @@ SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
         # odeint's that an SDE solve lacks (docs/sde.md, "Not implemented").
         "dense": "odeint's; an SDE solve keeps no interpolant: put the times among t",
         "dense_output": "scipy's; an SDE solve keeps no interpolant: put the times among t",
-        "t_eval": "scipy's output times: the output times are t here",
+        "t_eval": T_EVAL_HINT,
         "adjoint": "diffrax's adjoint: gradient= here, 'direct' or 'checkpoint' for an SDE",
         **STEP_CONTROL_SPELLINGS,
         "step_to_outputs": "odeint's; every output time ends an SDE step already",
