@@ -1782,8 +1782,11 @@ def test_torchsde_backend_follows_the_error_contract():
     backend, and the torchdiffeq one, give a SolverError naming t."""
     pytest.importorskip("torchsde")
     model = Regularized(CubicDriftSDE(), backend="torchsde").eval()
+    # The drift overflows to inf past the blow-up: the earliest such evaluation is named.
     with pytest.raises(
-        SolverError, match=r"^torchsde: .*evaluations of the drift and diffusion\) at t="
+        SolverError,
+        match=r"^torchsde: the drift or diffusion returned non-finite values \(torchsde then stopped: "
+        r".*evaluations of the drift and diffusion\); the earliest at t=",
     ) as blowup:
         model(torch.full((3, 2), 2.0), torch.linspace(0, 2, 3))
     assert 0.0 < blowup.value.t < 0.2 and blowup.value.n_steps is None
@@ -1795,6 +1798,45 @@ def test_torchsde_backend_follows_the_error_contract():
     with pytest.raises(ValueError, match=r"100000000\.0 and 100000001\.0 are one value in torch\.float32"):
         model(torch.ones(1, 2), [1e8, 1e8 + 1])
     assert Regularized(CubicDriftSDE()).eval()(torch.ones(0, 2), torch.linspace(0, 2, 3)).shape == (3, 0, 2)
+
+
+class LateNanSDE(torch.nn.Module):
+    """dy = -y dt + 0.1 dW, whose drift or diffusion (``non_finite``) is NaN past t = 0.6."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self, non_finite: str) -> None:
+        super().__init__()
+        self.non_finite = non_finite
+        self.non_finite_at: list[float] = []
+
+    def _late_nan(self, name, t, value):
+        if name == self.non_finite and float(t) > 0.6:
+            self.non_finite_at.append(float(t))
+            return value * math.nan
+        return value
+
+    def f(self, t, y):
+        return self._late_nan("drift", t, -y)
+
+    def g(self, t, y):
+        return self._late_nan("diffusion", t, 0.1 * torch.ones_like(y))
+
+
+@pytest.mark.parametrize("non_finite", ["drift", "diffusion"])
+@pytest.mark.parametrize("options", [{}, {"adaptive": False, "dt": 0.1}], ids=["adaptive", "fixed"])
+def test_the_torchsde_backend_names_where_the_sde_turned_non_finite(non_finite, options):
+    """torchsde's adaptive solve asserts on the NaN in its error estimate, its fixed steps go on with
+    it: the error named the last drift evaluation (0.76, past the NaN) or the output time (2.0)."""
+    pytest.importorskip("torchsde")
+    sde = LateNanSDE(non_finite)
+    model = LocallyRegularized(sde, backend="torchsde", weight=1.0, options=options).eval()
+    with pytest.raises(
+        SolverError,
+        match=r"^torchsde: the drift or diffusion returned non-finite values.*; the earliest at t=",
+    ) as raised:
+        model(torch.ones(3, 2, dtype=torch.float64), [0.0, 2.0])
+    assert raised.value.t == min(sde.non_finite_at) and raised.value.n_steps is None
 
 
 @pytest.mark.parametrize("backend", ["torchdiffeq", "torchsde"])
@@ -1989,6 +2031,60 @@ def test_the_torchdiffeq_backend_names_where_func_turned_non_finite(direction):
             torch.ones(1, dtype=torch.float64), [0.0, 2.0]
         )
     assert "non-finite" not in str(blowup.value)
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("rk4", {"step_size": 0.1}), ("euler", {"step_size": 0.1}), ("rk4", {}), ("euler", {"step_size": 1e-3})],
+    # The last makes more calls before and after the NaN than the record keeps one by one.
+    ids=["rk4-step", "euler-step", "rk4-output-grid", "euler-2000-steps"],
+)
+def test_a_torchdiffeq_fixed_grid_names_where_func_turned_non_finite(method, options, direction):
+    """A fixed grid steps on with a NaN derivative: the error named only the output time whose state
+    was NaN (2.0), not the evaluation of func past 0.6 that made it so."""
+    non_finite_at = []
+
+    def late_nan(t, y):
+        if direction * float(t) > 0.6:
+            non_finite_at.append(float(t))
+            return -y * math.nan
+        return -y
+
+    model = LocallyRegularized(late_nan, backend="torchdiffeq", method=method, options=options, weight=1.0)
+    with pytest.raises(
+        SolverError, match=r"^torchdiffeq: func returned non-finite values.*; the earliest at t="
+    ) as raised:
+        model.eval()(torch.ones(1, dtype=torch.float64), [0.0, 2.0 * direction])
+    # A fixed grid evaluates func in the order of its times: its first non-finite call is the earliest.
+    assert raised.value.t == non_finite_at[0]
+    assert raised.value.n_steps is None
+
+
+def test_a_torchdiffeq_fixed_grid_blames_func_only_for_its_own_non_finite_values():
+    """The state of y' = y^2 overflows where func, at a finite state, returns inf (y**2 past float64's
+    largest value): that is named. Where the state alone overflows, func returning finite values all
+    along (finite entries whose sum overflows, so the state's update does), the output time is."""
+    calls = []
+
+    def square(t, y):
+        calls.append((float(t), bool(torch.isfinite(y).all()), bool(torch.isfinite(y**2).all())))
+        return y**2
+
+    model = LocallyRegularized(square, backend="torchdiffeq", method="rk4", options={"step_size": 0.1})
+    with pytest.raises(SolverError, match=r"^torchdiffeq: func returned non-finite values") as blowup:
+        model.eval()(torch.ones(1, dtype=torch.float64), [0.0, 2.0])
+    first_inf = next(t for t, state_finite, finite in calls if not finite)
+    assert blowup.value.t == first_inf and (first_inf, True, False) in calls
+    largest = torch.finfo(torch.float64).max / 2
+
+    def huge(t, y):
+        return torch.full_like(y, largest)
+
+    model = LocallyRegularized(huge, backend="torchdiffeq", method="euler", options={"step_size": 1.0})
+    with pytest.raises(SolverError, match=r"^torchdiffeq: non-finite state at an output time") as overflow:
+        model.eval()(torch.ones(4, dtype=torch.float64), [0.0, 1.0, 2.0, 3.0])
+    assert overflow.value.t == 3.0
 
 
 class InfInOneErrorEstimate(torch.nn.Module):

@@ -23,6 +23,68 @@ _EMPTY_STATE = (
 """What a peer backend's failure adds for an empty state (its adaptive solve cannot take one)."""
 
 
+class FinitenessRecord:
+    """Where a user's function, called by a peer backend's forward solve (torchdiffeq's ``func``,
+    torchsde's drift and diffusion), first returned non-finite values: for each call its time and
+    the smallest and largest entry of its output (``torch.aminmax``, which propagates NaN: both are
+    finite exactly when every entry is; a sum, one pass too, overflows for finite entries near the
+    dtype's largest value). They stay on the device, read on the host only where the solve fails:
+    a read per call would wait for the device at each evaluation, and the outputs themselves, kept
+    instead, held a rejected step's stages alive until the next accepted one (on a large state, a
+    few states' worth of memory).
+
+    ``returned`` says what a non-finite call means in the messages: e.g. ``"func returned
+    non-finite values"``."""
+
+    FOLDED_AFTER = 256
+    """Calls kept one by one before they are reduced, on the device, to the earliest non-finite one:
+    a fixed-grid solve, which has no accepted step to clear the record at, keeps a few tensors."""
+
+    def __init__(self, direction: float, returned: str) -> None:
+        self.backwards = direction < 0
+        self.returned = returned
+        self._calls: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._folded: Tensor | None = None
+        """The earliest time of a non-finite call among those reduced (``inf``, ``-inf`` backwards,
+        if none was)."""
+
+    def note(self, t: Tensor, output: Tensor) -> None:
+        """Record a call at ``t`` that returned ``output``."""
+        if output.numel() == 0:
+            return  # no entry to be non-finite, and no extremes to take
+        smallest, largest = torch.aminmax(output.detach())
+        self._calls.append((t.detach(), smallest, largest))
+        if len(self._calls) >= self.FOLDED_AFTER:
+            self._fold()
+
+    def clear(self) -> None:
+        """Forget the calls so far: the solve got past them (an accepted step), or it is over (the
+        stats keep the backend's wrapper, and under a ``torch.func`` transform these are its tensors)."""
+        self._calls, self._folded = [], None
+
+    def earliest(self) -> float | None:
+        """The earliest time along the solve at which the function returned non-finite values since
+        the record was last cleared (``None`` if it did not); it reads the device."""
+        self._fold()
+        if self._folded is None:
+            return None
+        earliest = float(self._folded)
+        return None if math.isinf(earliest) else earliest
+
+    def _fold(self) -> None:
+        if not self._calls:
+            return
+        times, smallest, largest = (torch.stack(column) for column in zip(*self._calls, strict=True))
+        self._calls = []
+        finite = smallest.isfinite() & largest.isfinite()
+        never = -math.inf if self.backwards else math.inf
+        candidates = torch.where(finite, never, times.to(finite.device))
+        earliest = candidates.amax() if self.backwards else candidates.amin()
+        if self._folded is not None:
+            earliest = (torch.maximum if self.backwards else torch.minimum)(self._folded, earliest)
+        self._folded = earliest
+
+
 def peer_solver_error(
     error: AssertionError,
     backend: str,
@@ -30,43 +92,51 @@ def peer_solver_error(
     y0: Tensor,
     last_t: Tensor | None,
     n_steps: int | None,
-    non_finite_from: float | None = None,
+    calls: FinitenessRecord,
 ) -> SolverError:
     """A peer backend's own assert, its report of a failed solve (torchdiffeq's underflow in dt,
     torchsde's NaN error estimate), as the library's contract has it: a :class:`SolverError` at
     ``last_t``, the time of the last evaluation (``nan`` before any), after ``n_steps`` (``None``
-    where the peer does not count them) and ``evaluations`` (what they were, counted). Where
-    ``func`` returned non-finite values in the steps tried after the last accepted one, the earliest
-    at ``non_finite_from``, that is the reason the message gives, and its time ``t``."""
+    where the peer does not count them) and ``evaluations`` (what they were, counted). Where a call
+    in the record ``calls`` returned non-finite values, that is the reason the message gives, and
+    the earliest such call's time ``t``."""
+    non_finite_from = calls.earliest()
     if non_finite_from is None:
         reason = f"{backend}: {error} (after {evaluations})"
         t = math.nan if last_t is None else float(last_t.detach())
     else:
-        reason = (
-            f"{backend}: func returned non-finite values in the steps tried after the last accepted "
-            f"one ({backend} then stopped: {error}, after {evaluations}); the earliest"
-        )
+        stopped = f"{backend} then stopped: {error}, after {evaluations}"
+        reason = f"{backend}: {calls.returned} ({stopped}); the earliest"
         t = non_finite_from
     if y0.numel() == 0:
         reason += f"; {_EMPTY_STATE.format(backend=backend)}"
     return SolverError(reason, t=t, n_steps=n_steps)
 
 
-def check_peer_outputs(ys: Tensor, times: list[float], backend: str, evaluations: str) -> None:
-    """A :class:`SolverError` at the first output time whose state is not finite: a peer backend's
-    fixed steps (torchdiffeq's grids, torchsde's ``adaptive=False``) return a NaN solution without a
-    word, where local_reg's own loop stops at the step (``n_steps``: ``None``, the peer's count
-    unknown)."""
+def check_peer_outputs(
+    ys: Tensor, times: list[float], backend: str, evaluations: str, calls: FinitenessRecord
+) -> None:
+    """A :class:`SolverError` where a state at an output time is not finite: a peer backend's fixed
+    steps (torchdiffeq's grids, torchsde's ``adaptive=False``) return a NaN solution without a word,
+    where local_reg's own loop stops at the step (``n_steps``: ``None``, the peer's count unknown).
+    Its ``t`` is the earliest call in the record ``calls`` that returned non-finite values, where
+    one did; else (the state overflowed in the solver's own arithmetic) the first such output time."""
     finite = torch.isfinite(ys).reshape(len(ys), -1).all(dim=1)
     if bool(finite.all()):
         return
-    first = int((~finite).nonzero()[0])
-    raise SolverError(
-        f"{backend}: non-finite state at an output time (one of t, or the regularization time t_reg "
-        f"a training call adds; after {evaluations}; the peer solver went on with it)",
-        t=times[first],
-        n_steps=None,
-    )
+    first = times[int((~finite).nonzero()[0])]
+    outputs = f"one of t, or the regularization time t_reg a training call adds; after {evaluations}"
+    non_finite_from = calls.earliest()
+    if non_finite_from is None:
+        reason = f"{backend}: non-finite state at an output time ({outputs}; the peer solver went on with it)"
+        t = first
+    else:
+        reason = (
+            f"{backend}: {calls.returned}, and the peer solver went on with them to a non-finite state "
+            f"at the output time {first!r} ({outputs}); the earliest"
+        )
+        t = non_finite_from
+    raise SolverError(reason, t=t, n_steps=None)
 
 
 _RAISED_BY_USER = "_local_reg_raised_by_user"

@@ -23,12 +23,13 @@ from .._errors import SolverError
 from .._integrate import DEFAULT_MAX_STEPS
 from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
-from ..gradients._finite import all_finite, guard_direct_gradients
+from ..gradients._finite import guard_direct_gradients
 from ..gradients._function import in_peer_backward
 from ..gradients._params import peer_module_check
 from ..solution import Stats
 from ._main_solve import (
     BackwardCounter,
+    FinitenessRecord,
     MainSolve,
     Request,
     call_user,
@@ -160,17 +161,23 @@ class _TorchdiffeqField(nn.Module):
         self.calls = 0
         self.last_t: Tensor | None = None
         """The time of the last call: where a failed torchdiffeq solve stopped."""
-        self._since_accepted: list[tuple[Tensor, Tensor]] = []
-        """The time and output of each call of the forward solve since its last accepted step
-        (detached), read only if the solve fails: a finiteness check per call would add its
-        reductions to every evaluation, and a host read of it would wait for each."""
+        self.reports_steps = torchdiffeq_reports_steps(method)
+        self.calls_record = FinitenessRecord(
+            direction,
+            "func returned non-finite values in the steps tried after the last accepted one"
+            if self.reports_steps
+            else "func returned non-finite values",
+        )
+        """The forward solve's calls since its last accepted step (an adaptive solver's; a fixed
+        grid's, all of them): where ``func`` returned non-finite values, read where the solve fails.
+        An adaptive solver shrinks its step away from them, down to an underflow in dt that would be
+        all its error says; a fixed grid steps on with them, to a NaN solution at an output time."""
         self.attempted = 0
         self.accepted = 0
         self.record = record
         self.step_t: list[float] = []
         self.step_dt: list[float] = []
         self.step_states: list[Tensor] = []
-        self.reports_steps = torchdiffeq_reports_steps(method)
         self.reevaluated_by: str | None = None
         """The adjoint (a gradient method's name) whose backward pass evaluates ``func`` again."""
         for name in (
@@ -197,24 +204,11 @@ class _TorchdiffeqField(nn.Module):
         with in_peer_backward(self.reevaluated_by):
             derivative = call_user(self.func, t, y)
         derivative = check_output("func", cast_back_from_autocast(derivative, y), y)
-        # The forward solve of an adaptive solver: its failures become a SolverError (a fixed grid
-        # steps on, its outputs checked after; the adjoint's backward solve keeps torchdiffeq's).
-        if self.reports_steps and self.reevaluated_by is None:
-            self._since_accepted.append((self.last_t, derivative.detach()))
+        # The forward solve's failures become a SolverError (the adjoint's backward solve keeps
+        # torchdiffeq's).
+        if self.reevaluated_by is None:
+            self.calls_record.note(self.last_t, derivative)
         return derivative
-
-    def forget_calls(self) -> None:
-        """Drop the record of the calls since the last accepted step, read only where the forward
-        solve fails: the stats keep this field, and under a ``torch.func`` transform the record
-        holds tensors of it."""
-        self._since_accepted = []
-
-    def non_finite_from(self) -> float | None:
-        """The earliest time along the solve at which ``func`` returned non-finite values since the
-        forward solve's last accepted step (``None`` if it did not): where an adaptive solver
-        shrinks its step away from it, down to an underflow in dt that would be all its error says."""
-        times = [float(t) for t, output in self._since_accepted if not all_finite([output])]
-        return min(times, key=lambda t: self.direction * t, default=None)
 
     def _attempt(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         # torchdiffeq's own limit is 2**31 - 1 per output interval: a stiff field would run for
@@ -247,7 +241,7 @@ class _TorchdiffeqField(nn.Module):
 
     def _accept(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
         self.accepted += 1
-        self.forget_calls()  # the solve got past the trial steps that turned non-finite
+        self.calls_record.clear()  # the solve got past the trial steps that turned non-finite
         if self.record:
             self.step_t.append(float(t0.detach()))
             self.step_dt.append(math.copysign(float(dt.detach()), self.direction))
@@ -336,16 +330,18 @@ def solve_main(
         # count them; None where the solver reports no steps (the fixed grids).
         attempted = field.attempted if field.reports_steps else None
         raise peer_solver_error(
-            error, "torchdiffeq", evaluations, y0, field.last_t, attempted, field.non_finite_from()
+            error, "torchdiffeq", evaluations, y0, field.last_t, attempted, field.calls_record
         ) from error
+    else:
+        # Read before the record goes: a fixed grid steps on with non-finite values.
+        check_peer_outputs(ys, times, "torchdiffeq", f"{field.calls} evaluations of func", field.calls_record)
     finally:
         # The forward solve is over: drop the bound method, a reference cycle that would keep the
         # recorded states alive until Python's cycle collector runs (the backward pass keeps field).
         for name in ("callback_step", "callback_accept_step"):
             if getattr(field.__dict__.get(name), "__self__", None) is field:
                 del field.__dict__[name]
-        field.forget_calls()
-    check_peer_outputs(ys, times, "torchdiffeq", f"{field.calls} evaluations of func")
+        field.calls_record.clear()  # the stats keep the field
     if check_module is not None:
         check_module(ys)
     if ys.requires_grad:

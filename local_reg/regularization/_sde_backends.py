@@ -25,6 +25,7 @@ from ..sde._sdeint import sde_gradient
 from ..solution import Stats
 from ._main_solve import (
     BackwardCounter,
+    FinitenessRecord,
     MainSolve,
     Request,
     call_user,
@@ -70,6 +71,10 @@ class CountingSDE(nn.Module):
         self.diffusion_calls = 0
         self.last_t: Tensor | None = None
         """The time of the last drift evaluation of the forward solve: where a failed solve stopped."""
+        self.calls_record = FinitenessRecord(1.0, "the drift or diffusion returned non-finite values")
+        """The forward solve's drift and diffusion calls, all of them (torchsde reports no accepted
+        step to clear the record at): where they returned non-finite values, read where the solve
+        fails, past which the last evaluation may lie (an adaptive step's full and half steps)."""
         self.solving = False
         """Whether the forward solve runs (the adjoint's backward solve calls the drift too)."""
         self.reevaluated_by: str | None = None
@@ -84,12 +89,17 @@ class CountingSDE(nn.Module):
         if self.solving:
             self.last_t = t
         with in_peer_backward(self.reevaluated_by):
-            return call_user(self.sde.f, t, y)
+            return self._noted(t, call_user(self.sde.f, t, y))
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
         self.diffusion_calls += 1
         with in_peer_backward(self.reevaluated_by):
-            return call_user(self.sde.g, t, y)
+            return self._noted(t, call_user(self.sde.g, t, y))
+
+    def _noted(self, t: Tensor, output: Tensor) -> Tensor:
+        if self.solving and isinstance(output, Tensor):  # torchsde's own error for another type
+            self.calls_record.note(t, output)
+        return output
 
 
 def solve_main(
@@ -153,10 +163,17 @@ def solve_main(
         if raised_by_user(error):
             raise  # the user's own, from the drift or diffusion: as the local_reg backend passes it on
         evaluations = f"{counting.calls} evaluations of the drift and diffusion"
-        raise peer_solver_error(error, "torchsde", evaluations, y0, counting.last_t, None) from error
+        raise peer_solver_error(
+            error, "torchsde", evaluations, y0, counting.last_t, None, counting.calls_record
+        ) from error
+    else:
+        # Read before the record goes: torchsde's fixed steps go on with non-finite values.
+        evaluations = f"{counting.calls} evaluations of the drift and diffusion"
+        check_peer_outputs(ys, times, "torchsde", evaluations, counting.calls_record)
     finally:
-        counting.solving, counting.last_t = False, None  # the stats keep the wrapper, not its tensors
-    check_peer_outputs(ys, times, "torchsde", f"{counting.calls} evaluations of the drift and diffusion")
+        # The stats keep the wrapper, not its tensors.
+        counting.solving, counting.last_t = False, None
+        counting.calls_record.clear()
     if check_module is not None:
         check_module(ys)
     if ys.requires_grad:
