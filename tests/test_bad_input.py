@@ -2337,7 +2337,8 @@ def test_sde_models_check_method_and_options_at_construction():
     for func in (DiagonalSDE(), lambda t, y: -y):
         with pytest.raises(
             ValueError,
-            match=r"unknown keys \['dt0'\] for backend='local_reg' \('dt0': diffrax's dt0: step_size=",
+            match=r"unknown keys \['dt0'\] for backend='local_reg' \('dt0': diffrax's dt0: "
+            r"options=\{'step_size': \.\.\.\} here",
         ):
             LocallyRegularized(func, options={"dt0": 0.01})
     LocallyRegularized(DiagonalSDE(), backend="torchsde", options={"dt": 0.1})

@@ -21,7 +21,6 @@ from typing import Any
 from torchdiffeq._impl.odeint import SOLVERS
 
 from .._validate import (
-    DT0_HINT,
     check_adaptive_settings_unset,
     check_bool,
     check_choice,
@@ -44,8 +43,13 @@ TORCHSDE_ITO_METHODS = ("euler", "milstein", "srk")
 """torchsde's schemes for Ito SDEs, the kind the regularized models solve (its others are
 Stratonovich schemes); ``srk`` reads the space-time Levy area of the Brownian motion."""
 _TORCHDIFFEQ_RESERVED = {"self", "func", "y0", "rtol", "atol", "unused_kwargs", "kwargs"}
-# Other libraries' names of settings that local_reg's solvers spell otherwise, as they explain them.
-_OWN_SOLVER_SPELLINGS = {"dt0": DT0_HINT}
+# diffrax's dt0 as a model's options explain it (step_size= is the probe's keyword on a model).
+_OPTIONS_DT0_HINT = (
+    "diffrax's dt0: options={'step_size': ...} here for its default fixed step (ConstantStepSize), "
+    "options={'first_step': ...} for an adaptive solve's first step"
+)
+# Other libraries' names of settings that local_reg's solvers spell otherwise, as the options explain them.
+_OWN_SOLVER_SPELLINGS = {"dt0": _OPTIONS_DT0_HINT}
 
 ODE_DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
 """The main solve's method when none is given, by backend."""
@@ -140,10 +144,7 @@ def _foreign_spellings(backend: object, sde: bool, options: tuple[str, ...]) -> 
         foreign.update(dict.fromkeys(_ADJOINTS, hint))
     if own_solver:
         foreign["max_num_steps"] = "torchdiffeq's step limit: options={'max_steps': ...} here"
-        foreign["dt0"] = (
-            "diffrax's dt0: options={'step_size': ...} here for its default fixed step (ConstantStepSize), "
-            "options={'first_step': ...} for an adaptive solve's first step"
-        )
+        foreign["dt0"] = _OPTIONS_DT0_HINT
     return {
         name: hint for name, hint in foreign.items() if name.startswith("adjoint_") or name not in options
     }
