@@ -1986,6 +1986,9 @@ def test_torchdiffeq_backend_follows_the_error_contract():
         ({"safety": None}, "safety"),
         ({"step_t": "x"}, "step_t"),
         ({"jump_t": [float("nan")]}, "jump_t"),
+        # A norm that is no function failed at the first call as "'int' object is not callable".
+        ({"norm": 5}, "norm"),
+        ({"norm": None}, "norm"),
     ):
         with pytest.raises((ValueError, TypeError), match=rf"options\['{name}'\] must be"):
             LocallyRegularized(decay, backend="torchdiffeq", options=options)

@@ -26,6 +26,7 @@ from .._validate import (
     check_choice,
     positive_float,
     relative_tolerance,
+    type_name,
 )
 from ..compat import torchdiffeq_bounds
 from ..gradients import GradientMethod
@@ -279,6 +280,10 @@ def check_ode_settings(
                 f"options[{key!r}] must be {bound}, got {given[key]}: torchdiffeq's rejected steps "
                 "would not shrink, and its solve would try them again without end"
             )
+    if "norm" in options and not callable(options["norm"]):
+        # torchdiffeq calls it at the first step ("'int' object is not callable"); None is no default there.
+        norm = type_name(options["norm"])
+        raise TypeError(f"options['norm'] must be callable as norm(tensor) -> 0-dim tensor, got {norm}")
     torchdiffeq_bounds(options)  # the step bounds and landing times the probe keeps to
     steps = options.get("max_num_steps", 1)
     # torchdiffeq reads it into an int32 tensor: a whole float is taken, beyond int32 is not.
