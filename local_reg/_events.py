@@ -498,7 +498,10 @@ def direction_time(t0: float, reverse_time: bool, largest: float = math.inf) -> 
 def _scipy_attribute(event_fn: EventFunction, name: str, *, bools: bool) -> numbers.Real | bool | None:
     """``event_fn``'s attribute ``name`` where it has scipy's type (scipy reads its event settings
     from the function's attributes), else ``None``: an attribute of another type (a tensor; a
-    bool, unless ``bools``) is a module's own of the same name."""
+    bool, unless ``bools``), or any attribute of a ``torch.nn.Module`` (scipy's events are plain
+    functions), is the object's own of the same name."""
+    if isinstance(event_fn, torch.nn.Module):
+        return None
     value = getattr(event_fn, name, None)
     if isinstance(value, (bool, np.bool_)):
         return bool(value) if bools else None
@@ -554,7 +557,7 @@ def _with_scipy_attributes(event_fn: EventFunction, direction: EntryDirections) 
             f"direction={direction!r} and event_fn.direction={scipy_direction!r} differ (scipy's "
             f"direction={scipy_direction!r} is direction={asked!r} here): give one"
         )
-    return asked
+    return asked if direction is None else direction
 
 
 @solve_entry_point

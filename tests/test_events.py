@@ -1363,6 +1363,33 @@ def test_an_event_functions_attribute_direction_of_another_type_is_left_alone():
         event_t, _ = odeint_event(DampedOscillator(), y0, 0.0, event_fn=event_fn, **TIGHT)
         assert event_t.item() == pytest.approx(expected, rel=1e-9)
 
+    # A module's attributes are its own, numbers and bools too (scipy's events are plain functions):
+    # its direction sign convention stopped the solve at another crossing, a terminal flag was refused.
+    class Level(torch.nn.Module):
+        def __init__(self, level: float, direction: float) -> None:
+            super().__init__()
+            self.level, self.direction, self.terminal = level, direction, False
+
+        def forward(self, t, y):
+            return self.direction * (y[0] - self.level)
+
+    for own in (1, -1):
+        event_t, _ = odeint_event(DampedOscillator(), y0, 0.0, event_fn=Level(0.3, own), **TIGHT)
+        assert event_t.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_direction_list_of_the_wrong_length_is_refused_beside_a_scipy_direction():
+    """A list agreeing with the event function's ``.direction`` was taken as that one value, its
+    length unchecked."""
+    y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+
+    def two_levels(t, y):
+        return torch.stack([y[0] - 0.3, y[0] - 0.5])
+
+    two_levels.direction = 1  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"^direction has 5 entries, but event_fn returned shape \(2,\)"):
+        odeint_event(DampedOscillator(), y0, 0.0, event_fn=two_levels, direction=[True] * 5)
+
 
 def test_a_direction_that_contradicts_the_event_functions_attribute_is_refused_naming_both():
     y0 = torch.tensor([1.0, 0.0], dtype=torch.float64)
