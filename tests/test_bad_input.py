@@ -2089,6 +2089,16 @@ def test_a_torchdiffeq_fixed_grid_blames_func_only_for_its_own_non_finite_values
         model.eval()(torch.ones(4, dtype=torch.float64), [0.0, 1.0, 2.0, 3.0])
     assert overflow.value.t == 3.0
 
+    # The state overflows in the solver's update at 1.8, the output at 1.5 interpolated from it, and
+    # func returns NaN only there, at that state: the output time, not func's later NaN, is named.
+    def overflowing(t, y):
+        return 1e308 + 0 * y
+
+    model = LocallyRegularized(overflowing, backend="torchdiffeq", method="euler", options={"step_size": 0.6})
+    with pytest.raises(SolverError, match=r"^torchdiffeq: non-finite state at an output time") as later:
+        model.eval()(torch.zeros(2, 1, dtype=torch.float64), [0.0, 1.5, 2.0])
+    assert later.value.t == 1.5
+
 
 class InfInOneErrorEstimate(torch.nn.Module):
     """A fast-varying decay whose dopri5 stage read by the error estimate alone (the sixth call of

@@ -120,14 +120,16 @@ def check_peer_outputs(
     steps (torchdiffeq's grids, torchsde's ``adaptive=False``) return a NaN solution without a word,
     where local_reg's own loop stops at the step (``n_steps``: ``None``, the peer's count unknown).
     Its ``t`` is the earliest call in the record ``calls`` that returned non-finite values, where
-    one did; else (the state overflowed in the solver's own arithmetic) the first such output time."""
+    one did no later than the first such output time; else (the state overflowed in the solver's own
+    arithmetic, a call at it returning NaN only after) that output time."""
     finite = torch.isfinite(ys).reshape(len(ys), -1).all(dim=1)
     if bool(finite.all()):
         return
     first = times[int((~finite).nonzero()[0])]
     outputs = f"one of t, or the regularization time t_reg a training call adds; after {evaluations}"
     non_finite_from = calls.earliest()
-    if non_finite_from is None:
+    direction = 1.0 if times[-1] >= times[0] else -1.0
+    if non_finite_from is None or (non_finite_from - first) * direction > 0:
         reason = f"{backend}: non-finite state at an output time ({outputs}; the peer solver went on with it)"
         t = first
     else:
