@@ -1799,6 +1799,16 @@ def test_torchsde_backend_follows_the_error_contract():
         model(torch.ones(1, 2), [1e8, 1e8 + 1])
     assert Regularized(CubicDriftSDE()).eval()(torch.ones(0, 2), torch.linspace(0, 2, 3)).shape == (3, 0, 2)
 
+    # A drift of another kind than a real float: a complex one made a complex solution silently (and
+    # then torch's own error in the finiteness record).
+    class ComplexDrift(DiagonalSDE):
+        def f(self, t, y):
+            return (-y).to(torch.complex64)
+
+    peer = Regularized(ComplexDrift(), backend="torchsde", options={"adaptive": False, "dt": 0.1}).eval()
+    with pytest.raises(TypeError, match=r"^the SDE's drift f returned a torch\.complex64 tensor"):
+        peer(torch.ones(2, 1), torch.tensor([0.0, 1.0]))
+
 
 class LateNanSDE(torch.nn.Module):
     """dy = -y dt + 0.1 dW, whose drift or diffusion (``non_finite``) is NaN past t = 0.6."""

@@ -89,15 +89,20 @@ class CountingSDE(nn.Module):
         if self.solving:
             self.last_t = t
         with in_peer_backward(self.reevaluated_by):
-            return self._noted(t, call_user(self.sde.f, t, y))
+            return self._noted(t, call_user(self.sde.f, t, y), "drift f")
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
         self.diffusion_calls += 1
         with in_peer_backward(self.reevaluated_by):
-            return self._noted(t, call_user(self.sde.g, t, y))
+            return self._noted(t, call_user(self.sde.g, t, y), "diffusion g")
 
-    def _noted(self, t: Tensor, output: Tensor) -> Tensor:
+    def _noted(self, t: Tensor, output: Tensor, name: str) -> Tensor:
         if self.solving and isinstance(output, Tensor):  # torchsde's own error for another type
+            if not output.dtype.is_floating_point:
+                # A complex or integer output made a complex or wrong solution without a word.
+                raise TypeError(
+                    f"the SDE's {name} returned a {output.dtype} tensor: it must return a real float"
+                )
             self.calls_record.note(t, output)
         return output
 
