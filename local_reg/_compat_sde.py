@@ -52,7 +52,6 @@ from ._validate import (
     narrowest_float,
     non_negative_float,
     positive_float,
-    real_number,
     refuse_tracing,
     relative_tolerance,
     rounded_list,
@@ -396,7 +395,7 @@ def _states(
     """The states at ``ts`` of :func:`_solve`'s checked arguments (``scheme``: local_reg's)."""
     check_bool("adaptive", adaptive)
     step = positive_float("dt", dt)
-    tolerances = _tolerances(adaptive, rtol, atol, dt_min)
+    tolerances = _tolerances(rtol, atol, dt_min)
     if noise_type == FIXED_STEP_NOISE_TYPE and (adaptive or scheme != "euler_maruyama"):
         # Named in torchsde's terms (local_reg.sdeint's message names its own arguments).
         raise ValueError(
@@ -427,22 +426,18 @@ def _states(
 
 
 def _tolerances(
-    adaptive: bool, rtol: float | Tensor, atol: float | Tensor, dt_min: float | Tensor
+    rtol: float | Tensor, atol: float | Tensor, dt_min: float | Tensor
 ) -> tuple[float, float, float]:
     """``rtol``, ``atol`` and ``dt_min`` as floats, checked by name whether or not the steps read
     them (only adaptive steps do, as in torchsde), as compat.odeint's fixed steps check their
     tolerances: a bad one would otherwise surface only on a switch to ``adaptive=True``. Fixed steps
     take ``atol = 0`` and ``dt_min = 0``, as torchsde does (it floors its error scale); adaptive
-    steps need both positive."""
-    relative = relative_tolerance("rtol", rtol)
-    if not adaptive:
-        return relative, non_negative_float("atol", atol), non_negative_float("dt_min", dt_min)
-    if real_number("atol", atol, "a positive float") == 0:
-        raise ValueError(
-            "atol=0: local_reg's error scale atol + rtol max(|a|, |b|) needs atol > 0 (torchsde floors "
-            "that scale at 1e-7, so takes 0); pass a small positive atol, e.g. atol=1e-7"
-        )
-    return relative, positive_float("atol", atol), positive_float("dt_min", dt_min)
+    steps need both positive (:func:`_adaptive_states` checks, as it starts)."""
+    return (
+        relative_tolerance("rtol", rtol),
+        non_negative_float("atol", atol),
+        non_negative_float("dt_min", dt_min),
+    )
 
 
 def _fixed_step_states(
@@ -552,6 +547,12 @@ def _adaptive_states(
             "biased limit as the tolerance shrinks (torchsde warns too; docs/sde.md): use "
             "method='milstein'"
         )
+    if atol == 0:
+        raise ValueError(
+            "atol=0: local_reg's error scale atol + rtol max(|a|, |b|) needs atol > 0 (torchsde floors "
+            "that scale at 1e-7, so takes 0); pass a small positive atol, e.g. atol=1e-7"
+        )
+    min_step = positive_float("dt_min", min_step)
     # torchsde 0.2.6 (BaseSDESolver.integrate) clamps a proposed step below dt_min to dt_min (warning
     # "Hitting minimum allowed step size") and then accepts the step it just tried, whatever its
     # error: that step may be up to 1 / 0.2 = 5 dt_min long (its smallest shrink factor). Here the

@@ -352,9 +352,10 @@ REFUSALS = [
     ({"options": "grad_free"}, TypeError, r"options must be a dict, got str"),
     ({"adaptive": 1}, TypeError, r"adaptive must be a bool, got int"),
     ({"dt": 0.0}, ValueError, r"dt must be positive and finite, got 0\.0"),
-    ({"adaptive": True, "dt_min": -1.0}, ValueError, r"dt_min must be positive and finite, got -1\.0"),
+    ({"adaptive": True, "dt_min": -1.0}, ValueError, r"dt_min must be non-negative and finite, got -1\.0"),
+    ({"adaptive": True, "dt_min": 0.0}, ValueError, r"dt_min must be positive and finite, got 0\.0"),
     ({"adaptive": True, "atol": 0.0}, ValueError, r"atol=0: .*torchsde floors that scale at 1e-7.*atol=1e-7"),
-    ({"adaptive": True, "atol": -1.0}, ValueError, r"atol must be positive and finite, got -1\.0"),
+    ({"adaptive": True, "atol": -1.0}, ValueError, r"atol must be non-negative and finite, got -1\.0"),
     ({"adaptive": True, "atol": torch.tensor(0.0)}, ValueError, r"atol=0: .*atol=1e-7"),
     # Fixed steps (the default) do not read them, but a bad one is refused as compat.odeint's fixed
     # steps refuse theirs, rather than go unnoticed until the switch to adaptive=True.
@@ -396,6 +397,19 @@ def test_fixed_steps_take_torchsdes_zero_atol_and_dt_min() -> None:
     torch.manual_seed(3)
     zeros = compat.sdeint(sde, y0_of(), TS, dt=STEP, atol=0.0, rtol=0.0, dt_min=0.0)
     torch.testing.assert_close(zeros, default, rtol=0, atol=0)
+
+
+def test_the_adaptive_atol_is_checked_where_the_adaptive_solve_starts() -> None:
+    """atol > 0 is an adaptive solve's need: one output time returns y0 as torchsde does, and the
+    adaptive Euler--Maruyama warning comes before the refusal (checked up front, it was lost)."""
+    sde = SDE("diagonal")
+    one = compat.sdeint(sde, y0_of(), TS[:1], adaptive=True, method="milstein", atol=0.0)
+    torch.testing.assert_close(one, y0_of().unsqueeze(0), rtol=0, atol=0)
+    with (
+        pytest.warns(UserWarning, match="adaptive Euler--Maruyama"),
+        pytest.raises(ValueError, match="atol=0"),
+    ):
+        compat.sdeint(sde, y0_of(), TS, bm=brownian(sde, 2), method="euler", adaptive=True, atol=0.0)
 
 
 def test_local_regs_own_refusals_stand() -> None:
