@@ -2017,18 +2017,25 @@ def test_torchdiffeq_backend_follows_the_error_contract():
     assert ys[-1].item() == pytest.approx(math.exp(-1.0), rel=1e-4)
 
 
-@pytest.mark.parametrize("direction", [1.0, -1.0])
-def test_the_torchdiffeq_backend_names_where_func_turned_non_finite(direction):
-    """torchdiffeq shrinks its step away from a NaN derivative down to an underflow in dt: the error
-    named only that, at the last evaluation of func (0.78, past where the NaN began), where the
-    local_reg backend says the trial steps turned non-finite, at 0.6."""
-    non_finite_at = []
+def nan_past_0_6(direction: float, non_finite_at: list[float]):
+    """y' = -y, NaN past t = 0.6 along ``direction``; the times of its NaN calls go to ``non_finite_at``."""
 
     def late_nan(t, y):
         if direction * float(t) > 0.6:
             non_finite_at.append(float(t))
             return -y * math.nan
         return -y
+
+    return late_nan
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_the_torchdiffeq_backend_names_where_func_turned_non_finite(direction):
+    """torchdiffeq shrinks its step away from a NaN derivative down to an underflow in dt: the error
+    named only that, at the last evaluation of func (0.78, past where the NaN began), where the
+    local_reg backend says the trial steps turned non-finite, at 0.6."""
+    non_finite_at: list[float] = []
+    late_nan = nan_past_0_6(direction, non_finite_at)
 
     model = LocallyRegularized(late_nan, backend="torchdiffeq", weight=1.0).eval()
     with pytest.raises(
@@ -2056,13 +2063,8 @@ def test_the_torchdiffeq_backend_names_where_func_turned_non_finite(direction):
 def test_a_torchdiffeq_fixed_grid_names_where_func_turned_non_finite(method, options, direction):
     """A fixed grid steps on with a NaN derivative: the error named only the output time whose state
     was NaN (2.0), not the evaluation of func past 0.6 that made it so."""
-    non_finite_at = []
-
-    def late_nan(t, y):
-        if direction * float(t) > 0.6:
-            non_finite_at.append(float(t))
-            return -y * math.nan
-        return -y
+    non_finite_at: list[float] = []
+    late_nan = nan_past_0_6(direction, non_finite_at)
 
     model = LocallyRegularized(late_nan, backend="torchdiffeq", method=method, options=options, weight=1.0)
     with pytest.raises(
@@ -3800,19 +3802,24 @@ def test_torchdiffeq_and_torchsde_spellings_given_to_odeint_and_sdeint_say_what_
     )
 
 
-@pytest.mark.parametrize("solver", ["odeint", "odeint_event", "sdeint"])
-def test_step_size_bounds_landing_times_and_output_times_of_other_libraries_point_to_their_spelling(solver):
-    # max_step was "did you mean 'max_steps'?" (a step count, not a size), min_step the same,
-    # step_ts "did you mean 'step_size'?", scipy's dense_output "did you mean 'step_to_outputs'?",
-    # diffrax's adjoint "did you mean 'adjoint_rtol'?"; jump_ts, dtmax, dtmin and t_eval got no hint.
+def three_solvers() -> dict[str, functools.partial]:
+    """odeint, odeint_event and sdeint on small problems, keywords still to give."""
     t = torch.tensor([0.0, 1.0])
-    solve = {
+    return {
         "odeint": functools.partial(local_reg.odeint, decay, torch.ones(2), t),
         "odeint_event": functools.partial(
             local_reg.odeint_event, decay, torch.ones(2), 0.0, event_fn=lambda t, y: y[0] - 0.5
         ),
         "sdeint": functools.partial(local_reg.sdeint, DecaySDE(), torch.ones(2, 1), t),
-    }[solver]
+    }
+
+
+@pytest.mark.parametrize("solver", ["odeint", "odeint_event", "sdeint"])
+def test_step_size_bounds_landing_times_and_output_times_of_other_libraries_point_to_their_spelling(solver):
+    # max_step was "did you mean 'max_steps'?" (a step count, not a size), min_step the same,
+    # step_ts "did you mean 'step_size'?", scipy's dense_output "did you mean 'step_to_outputs'?",
+    # diffrax's adjoint "did you mean 'adjoint_rtol'?"; jump_ts, dtmax, dtmin and t_eval got no hint.
+    solve = three_solvers()[solver]
     hints = {
         "max_step": "controller=PIController(max_step=)",
         "dtmax": "controller=PIController(max_step=)",
@@ -3874,13 +3881,7 @@ def test_scipy_solve_ivp_keywords_and_methods_point_to_their_spelling():
     # Each was Python's bare "unexpected keyword argument" (args "did you mean 'adjoint_params'?"
     # for odeint_event), and Radau, BDF and LSODA a plain unknown method.
     t = torch.tensor([0.0, 1.0])
-    solves = {
-        "odeint": functools.partial(local_reg.odeint, decay, torch.ones(2), t),
-        "odeint_event": functools.partial(
-            local_reg.odeint_event, decay, torch.ones(2), 0.0, event_fn=lambda t, y: y[0] - 0.5
-        ),
-        "sdeint": functools.partial(local_reg.sdeint, DecaySDE(), torch.ones(2, 1), t),
-    }
+    solves = three_solvers()
     stiff = (
         "for a stiff solve without gradients, local_reg.compat.odeint(func, y0, t, method='scipy_solver', "
     )
