@@ -124,6 +124,13 @@ class CombinedEvent:
         time_dtype: torch.dtype,
         direction: EntryDirections = None,
     ) -> None:
+        if isinstance(event_fn, (list, tuple)) and len(event_fn) > 0 and all(map(callable, event_fn)):
+            raise TypeError(
+                f"event_fn must be callable as event_fn(t, y), got a {type(event_fn).__name__} (scipy's "
+                "list of events: one event_fn returning them stacked, event_fn=lambda t, y: "
+                "torch.stack([e(t, y) for e in events]), ends the solve at the first of them; per-entry "
+                "direction=[...] as scipy's)"
+            )
         if not callable(event_fn):
             raise TypeError(f"event_fn must be callable as event_fn(t, y), got {type(event_fn).__name__}")
         self.event_fn = event_fn

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar, cast
@@ -41,6 +42,13 @@ class TupleState:
     def __init__(self, y0: tuple) -> None:
         if not y0:
             raise ValueError("y0 is an empty tuple: it must hold at least one tensor")
+        if all(isinstance(part, numbers.Real) for part in y0):
+            # Numbers where a state goes: often scipy's solve_ivp(fun, t_span, y0) order.
+            raise TypeError(
+                f"y0 must be a tensor or a tuple of tensors, got a {type(y0).__name__} of numbers: "
+                "pass torch.tensor(...); the order is odeint(func, y0, t), where scipy's solve_ivp "
+                "takes (fun, t_span, y0)"
+            )
         for index, part in enumerate(y0):
             if not isinstance(part, Tensor):
                 raise TypeError(f"y0[{index}] must be a torch.Tensor, got {type(part).__name__}")

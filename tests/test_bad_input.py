@@ -3925,6 +3925,11 @@ def test_scipy_solve_ivp_keywords_and_methods_point_to_their_spelling():
             ValueError, match=re.escape(f"unknown method {method!r}") + ".*" + re.escape(hint)
         ):
             local_reg.compat.odeint(decay, torch.ones(2), t, method=method)
+    # scipy's argument order, t_span where y0 goes, was "y0[0] must be a torch.Tensor, got float".
+    with pytest.raises(
+        TypeError, match=r"^y0 must be a tensor or a tuple of tensors, got a tuple of numbers"
+    ):
+        local_reg.odeint(decay, (0.0, 1.0), torch.ones(2))
     # compat.odeint takes method='scipy_solver': its list of methods names it.
     with pytest.raises(ValueError, match=r"unknown method 'nope'; expected one of \[.*'scipy_solver'\]"):
         local_reg.compat.odeint(decay, torch.ones(2), t, method="nope")

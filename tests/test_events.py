@@ -531,6 +531,8 @@ def test_fixed_step_method_locates_the_event_on_its_dense_output():
         (lambda t, y: y[0] * torch.ones(1 + int(t > 0.1)), ValueError, "shape"),
         (lambda t, y: torch.where(t > 0.2, torch.nan, 1.0).to(y), ValueError, "non-finite"),
         ("y[0]", TypeError, "event_fn must be callable"),
+        # scipy's list of events was a bare "must be callable, got list".
+        ([Ground(), Ground()], TypeError, r"scipy's list of events: one event_fn returning them stacked"),
     ],
 )
 def test_bad_event_functions_are_named(event_fn, error, match):
