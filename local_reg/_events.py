@@ -150,17 +150,20 @@ class CombinedEvent:
                     "counted flattened)"
                 )
             if len(set(direction)) == 1:
-                direction = direction[0]  # one for all: the same solve as the single value's
+                direction = direction[0]  # one for all: named as the single value in messages
         self.direction = direction
         """``None``: any sign change; ``True``: up-crossings only (negative to non-negative);
         ``False``: down-crossings only (positive to non-positive); or one of these per entry."""
+        self.entries: tuple[bool | None, ...] = (
+            direction if isinstance(direction, tuple) else (direction,) * initial.numel()
+        )
+        """``direction`` entry by entry (flattened)."""
         self.start_signs = self.signs = torch.sign(initial)
         zero = self.signs == 0
         if direction is not None:
-            entries = direction if isinstance(direction, tuple) else (direction,) * initial.numel()
 
             def entries_asking(way: bool | None) -> Tensor:
-                asking = [entry is way for entry in entries]
+                asking = [entry is way for entry in self.entries]
                 return torch.tensor(asking, device=initial.device).reshape(initial.shape)
 
             self.up, self.down, self.any_way = (entries_asking(way) for way in (True, False, None))
@@ -180,13 +183,8 @@ class CombinedEvent:
         entries without one at their signs at ``t0``."""
         if self.direction is None:
             return
-        if isinstance(self.direction, tuple):
-            side = torch.where(self.up & (values < 0), -1.0, torch.where(self.down & (values > 0), 1.0, 0.0))
-            signs = torch.where(self.any_way, self.start_signs, side.to(values.dtype))
-        else:
-            armed = values < 0 if self.direction else values > 0
-            signs = torch.where(armed, -1.0 if self.direction else 1.0, 0.0).to(values.dtype)
-        self.signs = signs
+        side = torch.where(self.up & (values < 0), -1.0, torch.where(self.down & (values > 0), 1.0, 0.0))
+        self.signs = torch.where(self.any_way, self.start_signs, side.to(values.dtype))
 
     def left_out_advice(self) -> str:
         """What a solve that never met its event is told of an entry that crossed zero (or left it)
@@ -200,11 +198,7 @@ class CombinedEvent:
         if not len(left_out):
             return ""
         index = int(left_out[0])
-        entries: list[bool | None] = (
-            list(self.direction)
-            if isinstance(self.direction, tuple)
-            else [self.direction] * self.signs.numel()
-        )
+        entries = list(self.entries)
         moved = "fell below" if entries[index] else "rose above"
         entries[index] = None
         return (
