@@ -47,6 +47,23 @@ def watch_backpropagation(
     return watch
 
 
+def watched_outputs(
+    ys: Tensor, penalties: list[Tensor], inputs: Sequence[Tensor], stats: Stats, t0: float, func: str = "func"
+) -> tuple[Tensor | None, Callable[[Tensor], None] | None]:
+    """The step ``penalties`` of a solve differentiated by backpropagation, stacked (``None``
+    without any), with ``ys`` and them watched (:func:`watch_backpropagation`): the loss may read
+    the penalties without ``ys``, each a way into the graph of the solve. Returns them and the
+    watch, for the outputs read later (``None`` where ``ys`` has no graph)."""
+    stacked_penalties = torch.stack(penalties) if penalties else None
+    if not ys.requires_grad:
+        return stacked_penalties, None
+    watch = watch_backpropagation(inputs, stats, t0, func)
+    watch(ys)
+    if stacked_penalties is not None:
+        watch(stacked_penalties)
+    return stacked_penalties, watch
+
+
 class Direct(GradientMethod):
     """``gradient="direct"``: backpropagation through every step of the forward solve."""
 
@@ -68,14 +85,8 @@ class Direct(GradientMethod):
             f0=solve.f0,
             step_penalty=step_penalty,
         )
-        stacked_penalties = torch.stack(penalties) if step_penalty is not None and penalties else None
-        if ys.requires_grad:
-            # The loss may read the dense output or the penalties without ys: each is a way into
-            # the graph of the solve.
-            watch = watch_backpropagation((y0, *solve.params), stats, times[0])
-            watch(ys)
-            if stacked_penalties is not None:
-                watch(stacked_penalties)
-            if steps.dense_output is not None:
-                steps.dense_output.on_read = watch
+        stacked_penalties, watch = watched_outputs(ys, penalties, (y0, *solve.params), stats, times[0])
+        if watch is not None and steps.dense_output is not None:
+            # The loss may read the dense output without ys: another way into the graph of the solve.
+            steps.dense_output.on_read = watch
         return ys, stats, steps, stacked_penalties

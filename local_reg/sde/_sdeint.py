@@ -38,7 +38,7 @@ from ..controller import PIController, TimeSet
 from ..gradients import Checkpoint, Direct, GradientMethod, as_gradient_method
 from ..gradients._function import buffer_marks, first_evaluations, records_graph, reevaluating_for
 from ..gradients._params import known_params, resolve_adjoint_params, warn_if_reevaluation_differs
-from ..gradients.direct import watch_backpropagation
+from ..gradients.direct import watched_outputs
 from ..solution import Solution, Steps
 from ._checkpoint import CheckpointedSolve, RecordingStepper
 from ._step import EulerMaruyamaStepper, SDEStepResult
@@ -329,14 +329,12 @@ def sdeint(
                     ys, stats, steps, penalties = integrate(
                         stepper, y0, times, options, record_states=record_states, step_penalty=step_penalty
                     )
-                stacked_penalties = torch.stack(penalties) if step_penalty is not None and penalties else None
-                if checkpointed is None and ys.requires_grad:
-                    # As odeint's "direct": a non-finite gradient of y0 or of the tensors it knows
-                    # from a finite cotangent is a SolverError, as the checkpoint gradient's is.
-                    watch = watch_backpropagation((y0, *params), stats, t0, "the drift and diffusion")
-                    watch(ys)
-                    if stacked_penalties is not None:
-                        watch(stacked_penalties)
+                # As odeint's "direct": a non-finite gradient of y0 or of the tensors it knows from a
+                # finite cotangent is a SolverError, as the checkpoint gradient's is (a checkpoint
+                # solve here keeps no graph).
+                stacked_penalties, _ = watched_outputs(
+                    ys, penalties, (y0, *params), stats, t0, "the drift and diffusion"
+                )
     finally:
         if made:
             # Made here, and read by no backward pass (autograd differentiates the steps, and the
