@@ -232,6 +232,17 @@ class _TorchdiffeqField(nn.Module):
         if user_callback is not None:
             call_user(user_callback, t0, y0, dt)
 
+    @property
+    def steps_attempted(self) -> int | None:
+        """The steps attempted (accepted and rejected), as local_reg's own ``SolverError`` and
+        ``Stats.n_steps`` count them; ``None`` where the solver reports no steps (the fixed grids)."""
+        return self.attempted if self.reports_steps else None
+
+    @property
+    def evaluations(self) -> str:
+        """The evaluations so far, as a failure names them."""
+        return f"{self.calls} evaluations of func"
+
     def stats(self) -> Stats:
         """The solve's evaluations and, where torchdiffeq reports them, its steps."""
         if not self.reports_steps:
@@ -325,16 +336,18 @@ def solve_main(
             raise  # the user's own, from func or its callbacks: as the local_reg backend passes it on
         # torchdiffeq reports a failed solve (underflow in dt, max_num_steps exceeded, a non-finite
         # state) with assert.
-        evaluations = f"{field.calls} evaluations of func"
-        # The steps attempted (accepted and rejected), as local_reg's own SolverError and Stats.n_steps
-        # count them; None where the solver reports no steps (the fixed grids).
-        attempted = field.attempted if field.reports_steps else None
         raise peer_solver_error(
-            error, "torchdiffeq", evaluations, y0, field.last_t, attempted, field.calls_record
+            error,
+            "torchdiffeq",
+            field.evaluations,
+            y0,
+            field.last_t,
+            field.steps_attempted,
+            field.calls_record,
         ) from error
     else:
         # Read before the record goes: a fixed grid steps on with non-finite values.
-        check_peer_outputs(ys, times, "torchdiffeq", f"{field.calls} evaluations of func", field.calls_record)
+        check_peer_outputs(ys, times, "torchdiffeq", field.evaluations, field.calls_record)
     finally:
         # The forward solve is over: drop the bound method, a reference cycle that would keep the
         # recorded states alive until Python's cycle collector runs (the backward pass keeps field).
@@ -347,7 +360,7 @@ def solve_main(
     if ys.requires_grad:
         # As local_reg's gradient methods: torchdiffeq hands a NaN gradient back without a word
         # (its adaptive adjoint asserts first, where its backward solve steps into it).
-        guard_direct_gradients((y0, *params), times[0], field.attempted if field.reports_steps else None)(ys)
+        guard_direct_gradients((y0, *params), times[0], field.steps_attempted)(ys)
     main = MainSolve(
         ys=ys,
         stats=field.stats(),

@@ -84,6 +84,11 @@ class CountingSDE(nn.Module):
     def calls(self) -> int:
         return self.drift_calls + self.diffusion_calls
 
+    @property
+    def evaluations(self) -> str:
+        """The evaluations so far, as a failure names them."""
+        return f"{self.calls} evaluations of the drift and diffusion"
+
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         self.drift_calls += 1
         if self.solving:
@@ -167,14 +172,12 @@ def solve_main(
     except AssertionError as error:
         if raised_by_user(error):
             raise  # the user's own, from the drift or diffusion: as the local_reg backend passes it on
-        evaluations = f"{counting.calls} evaluations of the drift and diffusion"
         raise peer_solver_error(
-            error, "torchsde", evaluations, y0, counting.last_t, None, counting.calls_record
+            error, "torchsde", counting.evaluations, y0, counting.last_t, None, counting.calls_record
         ) from error
     else:
         # Read before the record goes: torchsde's fixed steps go on with non-finite values.
-        evaluations = f"{counting.calls} evaluations of the drift and diffusion"
-        check_peer_outputs(ys, times, "torchsde", evaluations, counting.calls_record)
+        check_peer_outputs(ys, times, "torchsde", counting.evaluations, counting.calls_record)
     finally:
         # The stats keep the wrapper, not its tensors.
         counting.solving, counting.last_t = False, None
