@@ -25,6 +25,7 @@ from ._tuple import accepts_structured_states, owning_module
 from ._validate import (
     ARGS_HINT,
     DT0_HINT,
+    SENSEALG_HINT,
     STEP_CONTROL_SPELLINGS,
     T_EVAL_HINT,
     T_SPAN_HINT,
@@ -171,6 +172,16 @@ _SOLVE_TO_AN_EVENT = "local_reg.odeint_event(func, y0, t0, event_fn=...) solves 
         "adjoint": "diffrax's adjoint: gradient= here, e.g. gradient='adjoint'",
         "t_eval": T_EVAL_HINT,
         "dense_output": "scipy's: dense=True here, and solution.evaluate(t) reads it",
+        # OrdinaryDiffEq's solve(prob, alg; ...) and SciMLSensitivity's settings.
+        "alg": "OrdinaryDiffEq's algorithm: method= here, a name such as 'tsit5' or a ButcherTableau",
+        "sensealg": SENSEALG_HINT,
+        "callback": f"OrdinaryDiffEq's callback: a ContinuousCallback that terminates is an event here, "
+        f"{_SOLVE_TO_AN_EVENT}; callbacks=StepCallbacks(...) calls functions at each step",
+        "internalnorm": "OrdinaryDiffEq's error norm: norm= here",
+        "adaptive": "OrdinaryDiffEq's adaptive=false: step_size= fixes the step here; without it a solve "
+        "is adaptive",
+        "save_everystep": "OrdinaryDiffEq's: solution.steps records every accepted step "
+        "(record_states=True keeps their states), dense=True keeps solution.evaluate(t)",
         **STEP_CONTROL_SPELLINGS,
     }
 )

@@ -26,25 +26,50 @@ _Params = ParamSpec("_Params")
 _Result = TypeVar("_Result")
 
 
-STEP_CONTROL_SPELLINGS = {
-    # Other libraries' bounds on the step size and times to land on, which here are the
-    # controller's: the closest keyword of a solver would be max_steps (a count) or step_size.
-    "max_step": "scipy's and torchdiffeq's largest step: controller=PIController(max_step=) here; "
-    "max_steps= counts steps",
-    "dtmax": "diffrax's largest step: controller=PIController(max_step=) here",
-    "min_step": "torchdiffeq's smallest step: controller=PIController(min_step=) here",
-    "dtmin": "diffrax's smallest step: controller=PIController(min_step=) here",
-    "step_ts": "diffrax's times to end a step on: controller=PIController(step_ts=) here",
-    "jump_ts": "diffrax's times where the field may jump: controller=PIController(jump_ts=) here",
-    # torchdiffeq's options= entries: step_t was "did you mean 'step_size'?", a fixed step.
-    "step_t": "torchdiffeq's times to end a step on: controller=PIController(step_ts=) here",
-    "jump_t": "torchdiffeq's times where the field may jump: controller=PIController(jump_ts=) here",
-    "safety": "the step-size controller's: controller=PIController(safety=) here",
-    "ifactor": "torchdiffeq's largest step growth: controller=PIController(max_factor=) here",
-    "dfactor": "torchdiffeq's smallest step shrink: controller=PIController(min_factor=) here",
+_STEP_CONTROL_SETTINGS = {
+    # Other libraries' bounds on the step size, times to land on and controller settings, which here
+    # are the controller's: {name: (whose setting it is, PIController's keyword, a remark)}. The
+    # closest keyword of a solver would be max_steps (a count) or step_size, a fixed step.
+    "max_step": ("scipy's and torchdiffeq's largest step", "max_step", "max_steps= counts steps"),
+    "dtmax": ("diffrax's and OrdinaryDiffEq's largest step", "max_step", ""),
+    "min_step": ("torchdiffeq's smallest step", "min_step", ""),
+    # diffrax forces a step of dtmin by default, as this controller does; OrdinaryDiffEq stops.
+    "dtmin": (
+        "diffrax's and OrdinaryDiffEq's smallest step",
+        "min_step",
+        "a step of min_step is then accepted whatever its error, as diffrax's force_dtmin=True; "
+        "force_min_step=False raises there instead, as OrdinaryDiffEq's default force_dtmin=false stops",
+    ),
+    "force_dtmin": ("diffrax's and OrdinaryDiffEq's", "force_min_step", ""),
+    "step_ts": ("diffrax's times to end a step on", "step_ts", ""),
+    "tstops": ("OrdinaryDiffEq's times to end a step on", "step_ts", ""),
+    "step_t": ("torchdiffeq's times to end a step on", "step_ts", ""),
+    "jump_ts": ("diffrax's times where the field may jump", "jump_ts", ""),
+    "d_discontinuities": ("OrdinaryDiffEq's times where the field may jump", "jump_ts", ""),
+    "jump_t": ("torchdiffeq's times where the field may jump", "jump_ts", ""),
+    "safety": ("the step-size controller's", "safety", ""),
+    "gamma": ("OrdinaryDiffEq's safety factor", "safety", ""),
+    "ifactor": ("torchdiffeq's largest step growth", "max_factor", ""),
+    "qmax": ("OrdinaryDiffEq's largest step growth", "max_factor", ""),
+    "dfactor": ("torchdiffeq's smallest step shrink", "min_factor", ""),
+    "qmin": ("OrdinaryDiffEq's smallest step shrink", "min_factor", ""),
+    "beta1": ("OrdinaryDiffEq's controller gain", "beta1", ""),
+    "beta2": ("OrdinaryDiffEq's controller gain", "beta2", ""),
 }
-"""What a solver's :func:`explain_unknown_keywords` says for the step-size settings of other
-libraries that :class:`local_reg.PIController` takes."""
+
+
+def step_control_spellings(controller: str = "controller=PIController({keyword}=)") -> dict[str, str]:
+    """What a solver's :func:`explain_unknown_keywords` (or a model's ``options``) says for the
+    step-size settings of other libraries that :class:`local_reg.PIController` takes: each names
+    the controller's keyword as ``controller`` writes it."""
+    return {
+        name: f"{whose}: {controller.format(keyword=keyword)} here" + (f"; {remark}" if remark else "")
+        for name, (whose, keyword, remark) in _STEP_CONTROL_SETTINGS.items()
+    }
+
+
+STEP_CONTROL_SPELLINGS = step_control_spellings()
+"""The hints of :func:`step_control_spellings` for a solver's keywords."""
 
 DT0_HINT = (
     "diffrax's dt0: step_size= here for its default fixed step (ConstantStepSize), first_step= for an "
@@ -72,6 +97,16 @@ solve at ``t_eval[0]``, a different solution where that is not ``t_span[0]``."""
 
 T_SPAN_HINT = "scipy's t_span: t = [t0, t1] here, and y0 comes before it: (func, y0, t)"
 """What ``odeint`` and ``sdeint`` say of scipy's ``t_span`` (scipy's order is ``(fun, t_span, y0)``)."""
+
+
+SENSEALG_HINT = (
+    "SciMLSensitivity's sensealg: gradient= here, e.g. 'interpolating_adjoint' (InterpolatingAdjoint), "
+    "'adjoint' (BacksolveAdjoint), 'checkpoint' or 'symplectic' (docs/gradients.md)"
+)
+"""What the solvers and models say of SciMLSensitivity's ``sensealg=``, a Julia port's gradient method."""
+
+SEED_HINT = "a seeded noise: generator=torch.Generator().manual_seed(seed) here, or a Brownian motion bm="
+"""What ``sdeint`` and the SDE models say of StochasticDiffEq's ``seed=``."""
 
 
 def scipy_jacobian_hints(where: str) -> dict[str, str]:

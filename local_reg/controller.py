@@ -4,22 +4,30 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import check_bool, explain_unknown_keywords, finite_times, real_number, rounded_list
+from ._validate import (
+    check_bool,
+    explain_unknown_keywords,
+    finite_times,
+    real_number,
+    rounded_list,
+    step_control_spellings,
+)
 
 TimeSet = Tensor | np.ndarray | Sequence[float | Tensor]
 """Times as the solvers take them: a 1-D tensor or numpy array, or a sequence of floats or 0-dim tensors."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PIController:
     """Proportional--integral step-size controller (Gustafsson 1991; Hairer--Wanner II, IV.2).
 
@@ -93,6 +101,7 @@ class PIController:
         # or tensor, which __post_init__ keeps as the sorted tuples of floats the fields are.
         def __init__(
             self,
+            *,
             safety: float = 0.9,
             min_factor: float = 0.2,
             max_factor: float = 10.0,
@@ -237,25 +246,40 @@ _DIFFRAX_GAINS = (
     "the method's; diffrax keeps the step after an accepted one from shrinking and shrinks a rejected "
     "one by its gains, this controller by safety * EEst**(-1/order): the same gains take other steps)"
 )
-# A port of diffrax's PIDController(rtol, atol, ...) names settings that are the solve's here, or
-# are spelt otherwise; the dataclass's own message names the keyword only.
-PIController.__init__ = explain_unknown_keywords(  # type: ignore[method-assign]
-    {
-        **{
-            name: f"the solve's tolerance: odeint's and sdeint's {name}=, not the controller's"
-            for name in ("rtol", "atol")
-        },
-        "dtmax": "diffrax's largest step: max_step= here",
-        "dtmin": "diffrax's smallest step: min_step= here",
-        "force_dtmin": "diffrax's: force_min_step= here",
-        "factormin": "diffrax's: min_factor= here",
-        "factormax": "diffrax's: max_factor= here",
-        "pcoeff": _DIFFRAX_GAINS,
-        "icoeff": _DIFFRAX_GAINS,
-        "dcoeff": "diffrax's derivative gain: this is a PI controller, of beta1= and beta2=",
-        "norm": "the solve's error norm: odeint's norm=",
-    }
-)(PIController.__init__)
+# A port of diffrax's PIDController(rtol, atol, ...) or OrdinaryDiffEq's solve settings names
+# settings that are the solve's here, or are spelt otherwise; the dataclass's own message names the
+# keyword only.
+_FOREIGN_SETTINGS = {
+    **step_control_spellings("{keyword}="),
+    **{
+        name: f"the solve's tolerance: odeint's and sdeint's {name}=, not the controller's"
+        for name in ("rtol", "atol")
+    },
+    "factormin": "diffrax's: min_factor= here",
+    "factormax": "diffrax's: max_factor= here",
+    "pcoeff": _DIFFRAX_GAINS,
+    "icoeff": _DIFFRAX_GAINS,
+    "dcoeff": "diffrax's derivative gain: this is a PI controller, of beta1= and beta2=",
+    "norm": "the solve's error norm: odeint's norm=",
+}
+_keywords_checked_init = explain_unknown_keywords(_FOREIGN_SETTINGS)(PIController.__init__)
+
+
+@functools.wraps(PIController.__init__)
+def _init_by_keywords(self: PIController, *args: object, **kwargs: Any) -> None:
+    # Positional settings mean different things in other libraries: OrdinaryDiffEq's
+    # PIController(beta1, beta2) would set safety and min_factor here, within their ranges.
+    if args:
+        raise TypeError(
+            f"PIController takes keywords only, got {len(args)} positional argument"
+            f"{'s' if len(args) > 1 else ''} {', '.join(map(repr, args))}: OrdinaryDiffEq's "
+            "PIController(beta1, beta2) is PIController(beta1=..., beta2=...) here, and diffrax's "
+            "PIDController(rtol, atol) sets the solve's rtol= and atol= (odeint's, sdeint's)"
+        )
+    _keywords_checked_init(self, **kwargs)
+
+
+PIController.__init__ = _init_by_keywords  # type: ignore[method-assign]
 
 DEFAULT_CONTROLLER = PIController()
 """The controller of a solve given none (a frozen dataclass: one object serves every solve)."""

@@ -104,6 +104,23 @@ class Steps:
         return torch.stack(self.state_list) if self.state_list else None
 
 
+_FAILED_SOLVE = "a failed solve raises local_reg.SolverError here, naming t and the step"
+_FOREIGN_ATTRIBUTES = {
+    "t": "scipy's and OrdinaryDiffEq's sol.t: ts here",
+    "u": "OrdinaryDiffEq's sol.u: ys here, of shape (len(ts), *y0.shape)",
+    "y": "scipy's sol.y, of shape (n, len(t)): ys here, of shape (len(ts), *y0.shape), time first",
+    "sol": "scipy's dense output: odeint(..., dense=True), then solution.evaluate(t)",
+    "interp": "OrdinaryDiffEq's interpolation, sol(t): odeint(..., dense=True), then solution.evaluate(t)",
+    "retcode": f"OrdinaryDiffEq's return code: {_FAILED_SOLVE}",
+    "result": f"diffrax's result: {_FAILED_SOLVE}",
+    "status": f"scipy's and torchode's status: {_FAILED_SOLVE}",
+    "success": f"scipy's success: {_FAILED_SOLVE}",
+    "destats": "OrdinaryDiffEq's statistics: stats here (nfe, n_steps, n_accepted, n_rejected)",
+    "nfev": "scipy's count: stats.nfe here",
+}
+"""What reading another library's solution attribute says (:meth:`Solution.__getattr__`)."""
+
+
 @dataclass(eq=False)
 class Solution(Generic[State]):
     """Result of :func:`local_reg.odeint` and :func:`local_reg.sdeint`: ``Solution[Tensor]`` for a
@@ -133,6 +150,15 @@ class Solution(Generic[State]):
     ``y0``'s tensors, a complex ``y0``'s dtype), or ``None`` for a real tensor ``y0``."""
     graph_free_method: str | None = field(default=None, repr=False)
     """The gradient method's name when it kept no graph of the solve (``evaluate`` then has none)."""
+
+    if not TYPE_CHECKING:  # a type checker would take any attribute as present
+
+        def __getattr__(self, name: str) -> NoReturn:
+            # Only for attributes a Solution lacks: a port's reads of another library's solution.
+            hint = _FOREIGN_ATTRIBUTES.get(name)
+            raise AttributeError(
+                f"'Solution' object has no attribute {name!r}" + (f" ({hint})" if hint else "")
+            )
 
     def __repr__(self) -> str:
         # Shapes, not values (diffrax prints f32[10,2]): a batch's states would fill the screen.

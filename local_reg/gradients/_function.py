@@ -41,6 +41,7 @@ from .._validate import (
     host_list,
     refuse_captured_tangents,
     time_direction,
+    unknown_keywords_error,
     without_autocast,
 )
 from ..solution import Stats, Steps
@@ -730,6 +731,25 @@ class OutputsInside(NamedTuple):
     (one slice; a stacked copy would hold one more state per output while the step runs)."""
 
 
+def _foreign_settings(keywords: list[str]) -> dict[str, str]:
+    """What a gradient method taking ``keywords`` says of other libraries' settings of theirs."""
+    checkpointed = (
+        "checkpoints= here, the most step states kept"
+        if "checkpoints" in keywords
+        else "InterpolatingAdjoint(checkpoints=), Checkpoint(checkpoints=) or Symplectic(checkpoints=) here"
+    )
+    return {
+        "checkpointing": f"SciMLSensitivity's checkpointing: {checkpointed}",
+        **{
+            name: f"SciMLSensitivity's {name}: {ours}= here"
+            if ours in keywords
+            else f"the solve's tolerance: odeint's {ours}="
+            for name, ours in (("abstol", "atol"), ("reltol", "rtol"))
+        },
+        "autojacvec": "SciMLSensitivity's vector-Jacobian product: torch's autograd computes it here",
+    }
+
+
 class _Settled(ABCMeta):
     """Marks each instance settled once its whole construction has returned (mixins and a
     dataclass's ``__init__`` included): :meth:`GradientMethod.__setattr__` refuses changes from then
@@ -737,6 +757,14 @@ class _Settled(ABCMeta):
     docs/api.md, which would otherwise read this ``__call__``'s."""
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if kwargs:
+            # Python's own message names the base class whose __init__ took the keywords, and a
+            # port's settings (SciMLSensitivity's, torchdiffeq's) are spelt otherwise here.
+            parameters = cls.__signature__.parameters.values()
+            keywords = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            unknown = set(kwargs).difference(keywords)
+            if unknown and not any(p.kind is p.VAR_KEYWORD for p in parameters):
+                raise unknown_keywords_error(cls.__name__, unknown, keywords, _foreign_settings(keywords))
         instance = super().__call__(*args, **kwargs)
         object.__setattr__(instance, "_settled", True)
         return instance

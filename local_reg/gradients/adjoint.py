@@ -679,7 +679,10 @@ class BacksolveAdjoint(_ContinuousAdjoint):
     """``gradient="adjoint"``: solve the augmented system ``(y, a, g)`` backwards between output
     times (the module docstring), in memory that does not grow with the number of steps. Its
     arguments set the backward solve, each the forward's where unset (docs/gradients.md);
-    ``norm="default"`` is the RMS over ``(y, a, g)``, ``"seminorm"`` over ``(y, a)``."""
+    ``norm="default"`` is the RMS over ``(y, a, g)``, ``"seminorm"`` over ``(y, a)``. ``y`` restarts
+    from the forward solution only at output times with a cotangent (SciMLSensitivity's
+    ``BacksolveAdjoint`` resets it at every saved time by default): for a backward solve of ``y``
+    that drifts, :class:`InterpolatingAdjoint`."""
 
     name = "adjoint"
     reads_forward_solution = False

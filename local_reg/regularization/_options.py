@@ -21,11 +21,14 @@ from typing import Any
 from torchdiffeq._impl.odeint import SOLVERS
 
 from .._validate import (
+    SEED_HINT,
+    SENSEALG_HINT,
     check_adaptive_settings_unset,
     check_bool,
     check_choice,
     positive_float,
     relative_tolerance,
+    step_control_spellings,
     type_name,
 )
 from ..compat import torchdiffeq_bounds
@@ -49,8 +52,12 @@ _OPTIONS_DT0_HINT = (
     "diffrax's dt0: options={'step_size': ...} here for its default fixed step (ConstantStepSize), "
     "options={'first_step': ...} for an adaptive solve's first step"
 )
-# Other libraries' names of settings that local_reg's solvers spell otherwise, as the options explain them.
-_OWN_SOLVER_SPELLINGS = {"dt0": _OPTIONS_DT0_HINT}
+# Other libraries' names of settings that local_reg's solvers spell otherwise, as the options explain
+# them (a model's keywords and the keys of its options= alike).
+_OWN_SOLVER_SPELLINGS = {
+    "dt0": _OPTIONS_DT0_HINT,
+    **step_control_spellings("options={{'controller': PIController({keyword}=...)}}"),
+}
 
 ODE_DEFAULT_METHOD = {"local_reg": "tsit5", "torchdiffeq": "dopri5"}
 """The main solve's method when none is given, by backend."""
@@ -145,9 +152,34 @@ def _foreign_spellings(backend: object, sde: bool, options: tuple[str, ...]) -> 
         foreign.update(dict.fromkeys(_ADJOINTS, hint))
     if own_solver:
         foreign["max_num_steps"] = "torchdiffeq's step limit: options={'max_steps': ...} here"
-        foreign["dt0"] = _OPTIONS_DT0_HINT
+        foreign.update(_OWN_SOLVER_SPELLINGS)
+    # SciMLSensitivity's and StochasticDiffEq's settings of a port from Julia.
+    foreign["sensealg"] = SENSEALG_HINT
+    foreign["maxiters"] = "OrdinaryDiffEq's step limit: options={'max_steps': ...} here"
+    if sde:
+        foreign["seed"] = SEED_HINT
     return {
         name: hint for name, hint in foreign.items() if name.startswith("adjoint_") or name not in options
+    }
+
+
+def _paper_code_spellings(local: bool) -> dict[str, str]:
+    """What a model says of the keywords of the paper's own Julia layer (``NeuralODE(model;
+    regularize=:unbiased, regularize_type=:error_estimate, ...)``), ``local`` for a model of local
+    regularization, which has their counterparts."""
+
+    def setting(keyword: str, value: str) -> str:
+        return (
+            f"{keyword}={value!r} here"
+            if local
+            else f"local_reg.LocallyRegularized(func, {keyword}={value!r})"
+        )
+
+    return {
+        "regularize": f"the paper's code's regularize=: {setting('sampling', 'random')} for :unbiased, "
+        "sampling='biased' for :biased (:none: local_reg.Regularized(func))",
+        "regularize_type": f"the paper's code's regularize_type=: {setting('regularizer', 'error')} for "
+        ":error_estimate, regularizer='stiffness' for :stiffness_estimate",
     }
 
 
@@ -158,7 +190,7 @@ def misplaced_keywords(
     (``options``) go in ``options=``; torchdiffeq's or torchsde's spelling of a setting says what to
     write; another is named as Python would, with the module's own keyword (``own``) it is closest
     to."""
-    foreign = _foreign_spellings(backend, sde, options)
+    foreign = {**_foreign_spellings(backend, sde, options), **_paper_code_spellings("sampling" in own)}
     spelled = sorted(name for name in given if name in foreign)
     solver = sorted(name for name in given if name in options and name not in foreign)
     other = sorted(name for name in given if name not in options and name not in foreign)

@@ -17,6 +17,7 @@ from .._tuple import owning_module
 from .._validate import (
     ARGS_HINT,
     DT0_HINT,
+    SEED_HINT,
     STEP_CONTROL_SPELLINGS,
     T_EVAL_HINT,
     T_SPAN_HINT,
@@ -79,6 +80,9 @@ SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
         "dense_output": "scipy's; an SDE solve keeps no interpolant: put the times among t",
         "t_eval": T_EVAL_HINT,
         "adjoint": "diffrax's adjoint: gradient= here, 'direct' or 'checkpoint' for an SDE",
+        "sensealg": "SciMLSensitivity's sensealg: gradient= here, 'direct' or 'checkpoint' for an SDE",
+        "seed": SEED_HINT,
+        "alg": "StochasticDiffEq's algorithm: method= here, e.g. 'euler_maruyama'",
         **STEP_CONTROL_SPELLINGS,
         "step_to_outputs": "odeint's; every output time ends an SDE step already",
         **{

@@ -1,0 +1,207 @@
+"""A program ported from Julia's DifferentialEquations.jl, SciMLSensitivity.jl or the paper's own
+code (``NeuralODE(model; regularize=:unbiased, ...)``): its settings are spelt otherwise here, and
+each is refused with what to write instead, or (a positional controller) refused before it means
+something else."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import re
+
+import pytest
+import torch
+
+import local_reg
+from tests.test_bad_input import three_solvers
+
+
+def test_picontroller_refuses_positional_settings_that_would_set_others():
+    # OrdinaryDiffEq's PIController(beta1, beta2) set safety=0.14 and min_factor=0.08 here, within
+    # their ranges: a solve of y'' = -y over [0, 10] took 3740 evaluations against 356.
+    with pytest.raises(
+        TypeError, match=r"PIController takes keywords only, got 2 positional arguments 0\.14, 0\.08"
+    ):
+        local_reg.PIController(7 / 50, 2 / 25)
+    with pytest.raises(TypeError, match=r"PIController\(beta1=\.\.\., beta2=\.\.\.\) here.*rtol= and atol="):
+        local_reg.PIController(1e-6)
+    by_keyword = local_reg.PIController(beta1=7 / 50, beta2=2 / 25, max_step=0.5)
+    assert (by_keyword.safety, by_keyword.min_factor, by_keyword.beta1) == (0.9, 0.2, 7 / 50)
+    # Keyword construction, copies and replacement are as before.
+    assert copy.deepcopy(by_keyword) == by_keyword == pickle.loads(pickle.dumps(by_keyword))
+    import dataclasses
+
+    assert dataclasses.replace(by_keyword, safety=0.8).safety == 0.8
+
+
+@pytest.mark.parametrize(
+    ("keyword", "hint"),
+    [
+        ("qmin", "OrdinaryDiffEq's smallest step shrink: min_factor= here"),
+        ("qmax", "OrdinaryDiffEq's largest step growth: max_factor= here"),
+        ("gamma", "OrdinaryDiffEq's safety factor: safety= here"),
+        ("tstops", "OrdinaryDiffEq's times to end a step on: step_ts= here"),
+        ("d_discontinuities", "OrdinaryDiffEq's times where the field may jump: jump_ts= here"),
+        ("force_dtmin", "force_min_step= here"),
+        ("dtmin", "min_step= here; a step of min_step is then accepted whatever its error"),
+    ],
+)
+def test_picontroller_names_ordinarydiffeq_settings(keyword, hint):
+    with pytest.raises(
+        TypeError, match=re.escape(f"got an unexpected keyword argument {keyword!r} (")
+    ) as error:
+        local_reg.PIController(**{keyword: 0.5})
+    assert hint in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("solver", ["odeint", "odeint_event", "sdeint"])
+def test_solvers_name_ordinarydiffeq_solve_settings(solver):
+    # tstops, d_discontinuities, qmin, qmax, gamma had no hint; dtmin named diffrax only and not
+    # that OrdinaryDiffEq stops where this controller forces a step.
+    solve = three_solvers()[solver]
+    hints = {
+        "tstops": "controller=PIController(step_ts=)",
+        "d_discontinuities": "controller=PIController(jump_ts=)",
+        "qmin": "controller=PIController(min_factor=)",
+        "qmax": "controller=PIController(max_factor=)",
+        "gamma": "controller=PIController(safety=)",
+        "beta1": "controller=PIController(beta1=)",
+        "dtmin": "force_min_step=False raises there instead, as OrdinaryDiffEq's default",
+        "dtmax": "diffrax's and OrdinaryDiffEq's largest step: controller=PIController(max_step=)",
+    }
+    for keyword, hint in hints.items():
+        with pytest.raises(
+            TypeError, match=re.escape(f"{solver}() got an unexpected keyword argument {keyword!r} (")
+        ) as error:
+            solve(**{keyword: 0.1})
+        assert hint in str(error.value), (keyword, str(error.value))
+
+
+def test_odeint_names_ordinarydiffeq_and_scimlsensitivity_keywords():
+    # sensealg was "did you mean 'dense'?", callback "did you mean 'callbacks'?" (StepCallbacks
+    # only), the others bare.
+    hints = {
+        "sensealg": "gradient= here, e.g. 'interpolating_adjoint' (InterpolatingAdjoint), 'adjoint' "
+        "(BacksolveAdjoint)",
+        "callback": "a ContinuousCallback that terminates is an event here, local_reg.odeint_event(",
+        "internalnorm": "OrdinaryDiffEq's error norm: norm= here",
+        "adaptive": "step_size= fixes the step here",
+        "alg": "method= here",
+        "save_everystep": "solution.steps records every accepted step",
+    }
+    for keyword, hint in hints.items():
+        with pytest.raises(
+            TypeError, match=re.escape(f"odeint() got an unexpected keyword argument {keyword!r} (")
+        ) as error:
+            local_reg.odeint(lambda t, y: -y, torch.ones(1), [0.0, 1.0], **{keyword: None})
+        assert hint in str(error.value) and "did you mean" not in str(error.value), (
+            keyword,
+            str(error.value),
+        )
+
+
+def test_sdeint_names_stochasticdiffeq_keywords():
+    class SDE:
+        noise_type, sde_type = "diagonal", "ito"
+
+        def f(self, t, y):
+            return -y
+
+        def g(self, t, y):
+            return torch.ones_like(y)
+
+    for keyword, hint in {
+        "seed": "generator=torch.Generator().manual_seed(seed) here",
+        "sensealg": "gradient= here, 'direct' or 'checkpoint' for an SDE",
+        "alg": "method= here, e.g. 'euler_maruyama'",
+    }.items():
+        with pytest.raises(TypeError, match=re.escape(f"{keyword!r} (")) as error:
+            local_reg.sdeint(SDE(), torch.ones(1, 1), [0.0, 1.0], **{keyword: 1})
+        assert hint in str(error.value), (keyword, str(error.value))
+
+
+class Field(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+
+    def forward(self, t, y):
+        return self.linear(y)
+
+
+def test_regularized_models_name_the_papers_code_and_julia_settings():
+    field = Field()
+    # regularize was "did you mean 'regularizer'?", whose values are 'error'/'stiffness', not
+    # :unbiased/:biased; the step-control spellings were bare.
+    cases = {
+        "regularize": "the paper's code's regularize=: sampling='random' here for :unbiased, "
+        "sampling='biased'",
+        "regularize_type": "regularizer='error' here for :error_estimate, regularizer='stiffness'",
+        "sensealg": "SciMLSensitivity's sensealg: gradient= here",
+        "maxiters": "options={'max_steps': ...} here",
+        "tstops": "options={'controller': PIController(step_ts=...)} here",
+        "dtmax": "options={'controller': PIController(max_step=...)} here",
+    }
+    for keyword, hint in cases.items():
+        with pytest.raises(
+            TypeError,
+            match=re.escape(f"LocallyRegularized() got an unexpected keyword argument {keyword!r} ("),
+        ) as error:
+            local_reg.LocallyRegularized(field, sampling="random", **{keyword: 1})
+        assert hint in str(error.value) and "did you mean" not in str(error.value), (
+            keyword,
+            str(error.value),
+        )
+    # A model without local regularization points to the one that has it.
+    with pytest.raises(
+        TypeError, match=re.escape("local_reg.LocallyRegularized(func, sampling='random') for :unbiased")
+    ):
+        local_reg.Regularized(field, regularize="unbiased")
+    # The same spellings as keys of options=.
+    hint = "'d_discontinuities': OrdinaryDiffEq's times where the field may jump: options={'controller': "
+    with pytest.raises(ValueError, match=re.escape(hint + "PIController(jump_ts=...)} here")):
+        local_reg.LocallyRegularized(field, sampling="random", options={"d_discontinuities": [0.5]})
+
+
+@pytest.mark.parametrize(
+    ("method", "keyword", "hint"),
+    [
+        ("BacksolveAdjoint", "checkpointing", "InterpolatingAdjoint(checkpoints=), Checkpoint(checkpoints=)"),
+        ("InterpolatingAdjoint", "checkpointing", "SciMLSensitivity's checkpointing: checkpoints= here"),
+        ("Checkpoint", "checkpointing", "SciMLSensitivity's checkpointing: checkpoints= here"),
+        ("BacksolveAdjoint", "abstol", "SciMLSensitivity's abstol: atol= here"),
+        ("Symplectic", "reltol", "the solve's tolerance: odeint's rtol="),
+        ("InterpolatingAdjoint", "autojacvec", "torch's autograd computes it here"),
+        ("Checkpoint", "checkpionts", "did you mean 'checkpoints'?"),
+    ],
+)
+def test_gradient_methods_name_themselves_and_scimlsensitivity_settings(method, keyword, hint):
+    # The message named the base class whose __init__ took the keywords (_ContinuousAdjoint,
+    # StepwiseGradient), with no hint.
+    with pytest.raises(
+        TypeError, match=re.escape(f"{method}() got an unexpected keyword argument {keyword!r} (")
+    ) as error:
+        getattr(local_reg, method)(**{keyword: 1})
+    assert hint in str(error.value), str(error.value)
+    assert getattr(local_reg, method)() == getattr(local_reg, method)()
+
+
+def test_solution_names_other_libraries_attributes_and_is_unchanged_otherwise():
+    solution = local_reg.odeint(lambda t, y: -y, torch.ones(2, dtype=torch.float64), [0.0, 1.0])
+    for name, hint in {
+        "u": "OrdinaryDiffEq's sol.u: ys here",
+        "t": "ts here",
+        "y": "time first",
+        "retcode": "a failed solve raises local_reg.SolverError here",
+        "destats": "stats here",
+    }.items():
+        with pytest.raises(
+            AttributeError, match=re.escape(f"'Solution' object has no attribute {name!r} (")
+        ) as error:
+            getattr(solution, name)
+        assert hint in str(error.value)
+    assert not hasattr(solution, "nonexistent")
+    for copied in (copy.deepcopy(solution), pickle.loads(pickle.dumps(solution))):
+        assert torch.equal(copied.ys, solution.ys) and copied.stats == solution.stats
+    assert math.isclose(float(solution.ys[-1, 0]), math.exp(-1.0), rel_tol=1e-5)
