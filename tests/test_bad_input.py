@@ -3824,7 +3824,8 @@ def test_step_size_bounds_landing_times_and_output_times_of_other_libraries_poin
         "max_step": "controller=PIController(max_step=)",
         "dtmax": "controller=PIController(max_step=)",
         "min_step": "controller=PIController(min_step=)",
-        "dtmin": "controller=PIController(min_step=)",
+        "dtmin": "controller=PIController(min_step=) here; a step of min_step is then accepted whatever its "
+        "error, as diffrax's force_dtmin=True; force_min_step=False raises there instead",
         "step_ts": "controller=PIController(step_ts=)",
         "jump_ts": "controller=PIController(jump_ts=)",
         # torchdiffeq's options= entries: step_t was "did you mean 'step_size'?", the others bare.
@@ -3833,6 +3834,14 @@ def test_step_size_bounds_landing_times_and_output_times_of_other_libraries_poin
         "safety": "controller=PIController(safety=)",
         "ifactor": "controller=PIController(max_factor=)",
         "dfactor": "controller=PIController(min_factor=)",
+        # OrdinaryDiffEq's solve settings: these had no hint, and dtmin did not say that OrdinaryDiffEq
+        # stops where this controller forces a step.
+        "tstops": "OrdinaryDiffEq's times to end a step on: controller=PIController(step_ts=)",
+        "d_discontinuities": "controller=PIController(jump_ts=)",
+        "qmin": "OrdinaryDiffEq's smallest step shrink: controller=PIController(min_factor=)",
+        "qmax": "controller=PIController(max_factor=)",
+        "gamma": "controller=PIController(safety=)",
+        "beta1": "controller=PIController(beta1=)",
         "t_eval": {"odeint_event": "odeint(func, y0, t)"}.get(solver, "the output times are t"),
         "dense_output": {"odeint": "dense=True", "odeint_event": "odeint(", "sdeint": "no interpolant"}[
             solver

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import local_reg
-from tests.test_bad_input import three_solvers
 
 
 def test_picontroller_refuses_positional_settings_that_would_set_others():
@@ -53,29 +52,6 @@ def test_picontroller_names_ordinarydiffeq_settings(keyword, hint):
     ) as error:
         local_reg.PIController(**{keyword: 0.5})
     assert hint in str(error.value), str(error.value)
-
-
-@pytest.mark.parametrize("solver", ["odeint", "odeint_event", "sdeint"])
-def test_solvers_name_ordinarydiffeq_solve_settings(solver):
-    # tstops, d_discontinuities, qmin, qmax, gamma had no hint; dtmin named diffrax only and not
-    # that OrdinaryDiffEq stops where this controller forces a step.
-    solve = three_solvers()[solver]
-    hints = {
-        "tstops": "controller=PIController(step_ts=)",
-        "d_discontinuities": "controller=PIController(jump_ts=)",
-        "qmin": "controller=PIController(min_factor=)",
-        "qmax": "controller=PIController(max_factor=)",
-        "gamma": "controller=PIController(safety=)",
-        "beta1": "controller=PIController(beta1=)",
-        "dtmin": "force_min_step=False raises there instead, as OrdinaryDiffEq's default",
-        "dtmax": "diffrax's and OrdinaryDiffEq's largest step: controller=PIController(max_step=)",
-    }
-    for keyword, hint in hints.items():
-        with pytest.raises(
-            TypeError, match=re.escape(f"{solver}() got an unexpected keyword argument {keyword!r} (")
-        ) as error:
-            solve(**{keyword: 0.1})
-        assert hint in str(error.value), (keyword, str(error.value))
 
 
 def test_odeint_names_ordinarydiffeq_and_scimlsensitivity_keywords():
