@@ -16,6 +16,20 @@ import torch
 import local_reg
 
 
+def assert_hinted(call, caller: str, hints: dict[str, str], error_type: type = TypeError) -> None:
+    """``call(keyword)`` for each keyword of ``hints`` raises ``caller``'s unexpected-keyword error
+    carrying its hint, and no guess at a keyword of its own."""
+    for keyword, hint in hints.items():
+        with pytest.raises(
+            error_type, match=re.escape(f"{caller}() got an unexpected keyword argument {keyword!r} (")
+        ) as error:
+            call(keyword)
+        assert hint in str(error.value) and "did you mean" not in str(error.value), (
+            keyword,
+            str(error.value),
+        )
+
+
 def test_picontroller_refuses_positional_settings_that_would_set_others():
     # OrdinaryDiffEq's PIController(beta1, beta2) set safety=0.14 and min_factor=0.08 here, within
     # their ranges: a solve of y'' = -y over [0, 10] took 3740 evaluations against 356.
@@ -66,15 +80,11 @@ def test_odeint_names_ordinarydiffeq_and_scimlsensitivity_keywords():
         "alg": "method= here",
         "save_everystep": "solution.steps records every accepted step",
     }
-    for keyword, hint in hints.items():
-        with pytest.raises(
-            TypeError, match=re.escape(f"odeint() got an unexpected keyword argument {keyword!r} (")
-        ) as error:
-            local_reg.odeint(lambda t, y: -y, torch.ones(1), [0.0, 1.0], **{keyword: None})
-        assert hint in str(error.value) and "did you mean" not in str(error.value), (
-            keyword,
-            str(error.value),
-        )
+    assert_hinted(
+        lambda keyword: local_reg.odeint(lambda t, y: -y, torch.ones(1), [0.0, 1.0], **{keyword: None}),
+        "odeint",
+        hints,
+    )
 
 
 def test_sdeint_names_stochasticdiffeq_keywords():
@@ -87,14 +97,14 @@ def test_sdeint_names_stochasticdiffeq_keywords():
         def g(self, t, y):
             return torch.ones_like(y)
 
-    for keyword, hint in {
+    hints = {
         "seed": "generator=torch.Generator().manual_seed(seed) here",
         "sensealg": "gradient= here, 'direct' or 'checkpoint' for an SDE",
         "alg": "method= here, e.g. 'euler_maruyama'",
-    }.items():
-        with pytest.raises(TypeError, match=re.escape(f"{keyword!r} (")) as error:
-            local_reg.sdeint(SDE(), torch.ones(1, 1), [0.0, 1.0], **{keyword: 1})
-        assert hint in str(error.value), (keyword, str(error.value))
+    }
+    assert_hinted(
+        lambda keyword: local_reg.sdeint(SDE(), torch.ones(1, 1), [0.0, 1.0], **{keyword: 1}), "sdeint", hints
+    )
 
 
 class Field(torch.nn.Module):
@@ -119,16 +129,11 @@ def test_regularized_models_name_the_papers_code_and_julia_settings():
         "tstops": "options={'controller': PIController(step_ts=...)} here",
         "dtmax": "options={'controller': PIController(max_step=...)} here",
     }
-    for keyword, hint in cases.items():
-        with pytest.raises(
-            TypeError,
-            match=re.escape(f"LocallyRegularized() got an unexpected keyword argument {keyword!r} ("),
-        ) as error:
-            local_reg.LocallyRegularized(field, sampling="random", **{keyword: 1})
-        assert hint in str(error.value) and "did you mean" not in str(error.value), (
-            keyword,
-            str(error.value),
-        )
+    assert_hinted(
+        lambda keyword: local_reg.LocallyRegularized(field, sampling="random", **{keyword: 1}),
+        "LocallyRegularized",
+        cases,
+    )
     # A model without local regularization points to the one that has it.
     with pytest.raises(
         TypeError, match=re.escape("local_reg.LocallyRegularized(func, sampling='random') for :unbiased")
