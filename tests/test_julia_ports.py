@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import local_reg
+from tests.problems import ConstantNoiseSDE, NetField
 
 
 def assert_hinted(call, caller: str, hints: dict[str, str], error_type: type = TypeError) -> None:
@@ -88,36 +89,20 @@ def test_odeint_names_ordinarydiffeq_and_scimlsensitivity_keywords():
 
 
 def test_sdeint_names_stochasticdiffeq_keywords():
-    class SDE:
-        noise_type, sde_type = "diagonal", "ito"
-
-        def f(self, t, y):
-            return -y
-
-        def g(self, t, y):
-            return torch.ones_like(y)
-
     hints = {
         "seed": "generator=torch.Generator().manual_seed(seed) here",
         "sensealg": "gradient= here, 'direct' or 'checkpoint' for an SDE",
         "alg": "method= here, e.g. 'euler_maruyama'",
     }
     assert_hinted(
-        lambda keyword: local_reg.sdeint(SDE(), torch.ones(1, 1), [0.0, 1.0], **{keyword: 1}), "sdeint", hints
+        lambda keyword: local_reg.sdeint(ConstantNoiseSDE(), torch.ones(1, 1), [0.0, 1.0], **{keyword: 1}),
+        "sdeint",
+        hints,
     )
 
 
-class Field(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(2, 2)
-
-    def forward(self, t, y):
-        return self.linear(y)
-
-
 def test_regularized_models_name_the_papers_code_and_julia_settings():
-    field = Field()
+    field = NetField(torch.nn.Linear(2, 2))
     # regularize was "did you mean 'regularizer'?", whose values are 'error'/'stiffness', not
     # :unbiased/:biased; the step-control spellings were bare.
     cases = {
