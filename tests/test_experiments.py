@@ -310,7 +310,7 @@ def test_results_are_never_overwritten(tmp_path):
         (["experiment", "digits", "--set", "local.probe=xyz"], "bad --set: local.probe must be one of"),
         (
             ["experiment", "digits", "--methods", "vanilla", "--set", "local.probe=solver"],
-            "--set local.probe sets the local regularizer, but no local-* method is run",
+            "--set local.probe sets the local regularizer, but no local method is run",
         ),
         (["experiment", "digits", "--seeds", "0"], "--seeds must be at least 1"),
         # Beyond float32's range the optimizer's first step overflows the parameters (a traceback).

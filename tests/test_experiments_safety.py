@@ -169,7 +169,7 @@ def test_a_bad_setting_exits_2_naming_the_key_before_any_training(
             "physionet_dir=/no/such/folder",
             "physionet_dir must be null or the path of an existing",
         ),
-        ("nsde_digits", "solver.method=tsit5", "solver.method must be 'euler_maruyama'"),
+        ("nsde_digits", "solver.method=tsit5", "solver.method must be one of 'euler_maruyama', 'milstein'"),
         ("nsde_digits", "weights.global-stiffness=1", "no setting 'weights.global-stiffness'"),
     ],
 )

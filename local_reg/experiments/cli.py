@@ -184,8 +184,8 @@ def _planned_sweep(args: argparse.Namespace) -> tuple[RunSpec, list[str], int]:
         )
     methods = args.methods or list(task.default_methods(settings))
     local_options = sorted(key for key in overrides if key.startswith("local."))
-    if local_options and not any(method.startswith("local-") for method in methods):
-        raise BadInput(f"--set {local_options[0]} sets the local regularizer, but no local-* method is run")
+    if local_options and not any(METHODS[method].family == "local" for method in methods):
+        raise BadInput(f"--set {local_options[0]} sets the local regularizer, but no local method is run")
     for method in methods:
         # Building each model once up front lets the library reject a combination it does not
         # support (e.g. a global method with --gradient symplectic) before any training.
@@ -194,6 +194,8 @@ def _planned_sweep(args: argparse.Namespace) -> tuple[RunSpec, list[str], int]:
             fed_ratio_weights(model, world)
         except (ValueError, TypeError, KeyError) as error:
             raise BadInput(f"{method} with --gradient {args.gradient}: {error}") from None
+        except NotImplementedError as error:  # a task that lacks a part of the interface its method reads
+            raise BadInput(f"{method}: {error}") from None
     return spec, methods, world
 
 

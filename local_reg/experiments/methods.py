@@ -42,21 +42,44 @@ from ..regularization import (
 WeightSpec = float | dict[str, Any] | Literal["default"]
 
 
+FAMILIES: tuple[str, ...] = ("vanilla", "local", "global", "steer", "rnode", "taynode")
+"""The kinds of training method, each with its own solver block (:func:`.tasks.base.solver_block`):
+what a method is, whatever its name."""
+
+
 @dataclass(frozen=True)
 class Method:
     """One way of training a neural ODE.
 
     Attributes:
         name: the CLI name.
-        family: ``"vanilla"``, ``"local"``, ``"global"``, ``"steer"``, ``"rnode"`` or ``"taynode"``.
-        sampling: how local regularization samples ``t_reg`` (``"random"`` or ``"biased"``).
-        regularizer: ``"error"`` or ``"stiffness"`` for the regularized families.
+        family: one of :data:`FAMILIES`: ``"vanilla"`` (:class:`local_reg.Regularized`), ``"local"``
+            (``LocallyRegularized``, which alone takes the weight spec ``"default"`` and the
+            ``local.*`` settings), ``"global"`` (``GloballyRegularized``), ``"steer"``, ``"rnode"``
+            or ``"taynode"`` (their baselines' modules).
+        sampling: how local regularization samples ``t_reg`` (``"random"`` or ``"biased"``); a local
+            method's must be set.
+        regularizer: ``"error"`` or ``"stiffness"``; a local or global method's must be set.
+
+    A family outside :data:`FAMILIES`, or a local or global method without its options, is refused
+    with a ``ValueError``.
     """
 
     name: str
     family: str
     sampling: str | None = None
     regularizer: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(
+                f"method {self.name!r}: family {self.family!r} is not one of {list(FAMILIES)}; a method "
+                "of another kind needs its own solver block (tasks/base.py: solver_block)"
+            )
+        if self.family == "local" and (self.sampling is None or self.regularizer is None):
+            raise ValueError(f"local method {self.name!r} must name its sampling and regularizer")
+        if self.family == "global" and self.regularizer is None:
+            raise ValueError(f"global method {self.name!r} must name its regularizer")
 
 
 METHODS: dict[str, Method] = {
@@ -127,10 +150,11 @@ parameters)."""
 
 
 def weight_schedule(spec: WeightSpec, total_iterations: int, method: str) -> WeightSchedule | None:
-    """The schedule of ``method``'s weight spec; a decay runs over the run's ``total_iterations``;
-    ``None`` for :data:`DEFAULT_WEIGHT` (local regularization's own default; other methods have none)."""
+    """The schedule of the weight spec of ``method`` (a name in :data:`METHODS`); a decay runs over
+    the run's ``total_iterations``; ``None`` for :data:`DEFAULT_WEIGHT` (local regularization's own
+    default; the other families have none)."""
     if spec == DEFAULT_WEIGHT:
-        if not method.startswith("local-"):
+        if METHODS[method].family != "local":
             raise ValueError(f"the weight spec 'default' is local regularization's; {method} needs a weight")
         return None
     if isinstance(spec, dict) and "adaptive" in spec:

@@ -154,7 +154,7 @@ class RunSpec:
     @property
     def local_options(self) -> dict[str, Any]:
         """The ``local.*`` options of a local method (``{}`` for the others or when none is set)."""
-        if not self.method.startswith("local-"):
+        if METHODS[self.method].family != "local":
             return {}
         return dict(sorted(self.settings().get("local", {}).items()))
 

@@ -22,6 +22,10 @@ The interface (see :class:`Task` for the details):
   default wraps ``build_dynamics(settings)`` in the method's solver block
   (:func:`.base.solver_block`) and passes it to ``build_network(block, settings)``; a task whose
   methods need another wrapping (a neural SDE) overrides ``build_model`` instead;
+- ``last_interval(settings) -> float``: the last interval ``|t[-1] - t[-2]|`` of the output times
+  the model solves over, which STEER's half-width ``weights.steer`` must stay below; a task whose
+  ``methods`` list ``steer`` (every ODE task's do by default) implements it, or leaves ``steer``
+  out of its ``methods``;
 - ``training_loss(model, batch) -> (loss, metrics)``, calling ``model(...)`` exactly once (it may be
   wrapped in DistributedDataParallel); the runner adds the regularization itself;
 - ``evaluate(model, batch) -> metrics``: batch means in eval mode, under ``torch.no_grad()``.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +20,7 @@ from ...regularization import (
     TayNODERegularized,
 )
 from ...tableaus import TABLEAUS
-from ..methods import ODE_METHODS, Method, local_options, weight_schedule
+from ..methods import METHODS, ODE_METHODS, Method, local_options, weight_schedule
 from ..settings import Integer, OneOf, Real, Schema, Weight
 
 Batch = Sequence[Tensor]
@@ -55,8 +55,9 @@ class Task(ABC):
     """A problem the experiments train on, with its data, model, loss and metric.
 
     Subclasses set the class attributes and implement the abstract methods; ODE tasks usually
-    implement :meth:`build_dynamics` and :meth:`build_network` and inherit :meth:`build_model`, which
-    wraps the dynamics in the method's solver block. Tasks whose methods need another wrapping (neural
+    implement :meth:`build_dynamics`, :meth:`build_network` and (for ``steer``)
+    :meth:`last_interval` and inherit :meth:`build_model`, which wraps the dynamics in the method's
+    solver block. Tasks whose methods need another wrapping (neural
     SDEs) override :meth:`build_model` and list their own :attr:`methods`.
 
     Attributes:
@@ -96,10 +97,11 @@ class Task(ABC):
         """The whole network for one run; by default ``build_network(solver_block(build_dynamics()))``."""
         if context.method.family == "steer":
             # Refused here, before any training, rather than by STEER's own check at the first batch.
-            interval, half_width = self.last_interval(settings), settings["weights"]["steer"]
+            name = context.method.name
+            interval, half_width = self.last_interval(settings), settings["weights"][name]
             if isinstance(half_width, (int, float)) and half_width >= interval:
                 raise ValueError(
-                    f"weights.steer={half_width:g} must be smaller than the last interval of the "
+                    f"weights.{name}={half_width:g} must be smaller than the last interval of the "
                     f"output times, {interval:g}: STEER perturbs the end time by up to its half-width"
                 )
         block = solver_block(self.build_dynamics(settings), settings, context)
@@ -107,8 +109,13 @@ class Task(ABC):
 
     def last_interval(self, settings: dict[str, Any]) -> float:
         """The last interval ``|t[-1] - t[-2]|`` of the output times the model solves over: STEER's
-        half-width must be smaller (a task that lists ``steer`` among its methods says it)."""
-        raise NotImplementedError(f"task {self.name!r} lists steer but does not say its last output interval")
+        half-width must be smaller. A task that lists ``steer`` among its methods (every ODE task by
+        default) implements it, or leaves ``steer`` out of :attr:`methods`."""
+        raise NotImplementedError(
+            f"task {self.name!r} lists steer but does not implement last_interval (the last interval of "
+            "its output times, which STEER's half-width must stay below): implement it or leave steer "
+            "out of the task's methods"
+        )
 
     def build_dynamics(self, settings: dict[str, Any]) -> nn.Module:
         """The vector field ``f(t, y)`` of the neural ODE (for the default :meth:`build_model`)."""
@@ -144,7 +151,9 @@ def training_fields(solvers: Sequence[str], methods: Sequence[str]) -> dict[str,
         "lr": Real(high=torch.finfo(torch.float32).max),
         # rtol = 0 is a pure absolute tolerance, as the solvers take it; atol must be positive.
         "solver": {"method": OneOf(tuple(solvers)), "rtol": Real(closed=True), "atol": Real()},
-        "weights": {m: Weight(default=m.startswith("local")) for m in methods if m != "vanilla"},
+        "weights": {
+            m: Weight(default=METHODS[m].family == "local") for m in methods if METHODS[m].family != "vanilla"
+        },
     }
 
 
@@ -153,13 +162,14 @@ ODE_SOLVERS: tuple[str, ...] = tuple(name for name, tableau in TABLEAUS.items() 
 
 
 def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContext) -> nn.Module:
-    """Wrap dynamics ``func(t, y)`` in the solver block of ``context.method``: ``ys = block(y0, t)``.
+    """Wrap dynamics ``func(t, y)`` in the solver block of ``context.method``'s family:
+    ``ys = block(y0, t)``.
 
-    ``vanilla`` is a plain :class:`local_reg.Regularized` (no penalty); ``local-*`` and ``global-*`` are
+    ``vanilla`` is a plain :class:`local_reg.Regularized` (no penalty); ``local`` and ``global`` are
     :class:`local_reg.regularization.LocallyRegularized` / ``GloballyRegularized`` with the weight
     ``settings["weights"][method]`` (see :func:`..methods.weight_schedule`); ``rnode`` and
     ``taynode`` are ``RNODERegularized`` / ``TayNODERegularized`` with that weight, ``steer`` is
-    ``SteerRegularized`` with ``b = settings["weights"]["steer"]``; ``local-*`` also take the keyword
+    ``SteerRegularized`` with ``b = settings["weights"][method]``; ``local`` also takes the keyword
     arguments in ``settings["local"]`` if present (``probe``, ``penalty``, ...).
     """
     method = context.method
@@ -169,16 +179,18 @@ def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContex
     spec = settings["weights"][method.name]
     if method.family == "steer":
         if isinstance(spec, dict):
-            raise ValueError(f"steer's setting weights.steer is the half-width b, a number; got {spec!r}")
+            raise ValueError(
+                f"{method.name}'s setting weights.{method.name} is the half-width b, a number; got {spec!r}"
+            )
         return SteerRegularized(func, b=spec, **solver)
     weight = weight_schedule(spec, context.total_iterations, method.name)
+    # Method refuses a local method without its sampling and regularizer, a global one without its
+    # regularizer.
     if method.family == "local":
-        if method.sampling is None or method.regularizer is None:
-            raise ValueError(f"local method {method.name!r} must name its sampling and regularizer")
         return LocallyRegularized(
             func,
-            sampling=method.sampling,
-            regularizer=method.regularizer,
+            sampling=cast(str, method.sampling),
+            regularizer=cast(str, method.regularizer),
             weight=weight,
             **solver,
             **local_options(weight, settings),
@@ -189,6 +201,6 @@ def solver_block(func: nn.Module, settings: dict[str, Any], context: ModelContex
         return RNODERegularized(func, weight=weight, **solver)
     if method.family == "taynode":
         return TayNODERegularized(func, weight=weight, **solver)
-    if method.regularizer is None:
-        raise ValueError(f"global method {method.name!r} must name its regularizer")
-    return GloballyRegularized(func, regularizer=method.regularizer, weight=weight, **solver)
+    if method.family == "global":
+        return GloballyRegularized(func, regularizer=cast(str, method.regularizer), weight=weight, **solver)
+    raise ValueError(f"method {method.name!r}: family {method.family!r} has no solver block here")

@@ -10,18 +10,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from ...regularization import GloballyRegularized, LocallyRegularized, Regularized
+from ...sde.problem import METHODS as SDE_SCHEMES
 from ..methods import local_options, weight_schedule
 from .base import ModelContext
 
 SDE_METHODS: tuple[str, ...] = ("vanilla", "local-random", "local-biased", "global-error")
-SDE_SOLVERS: tuple[str, ...] = ("euler_maruyama",)
-"""What an SDE task's ``solver.method`` may name: the one adaptive scheme of :func:`local_reg.sdeint`."""
+SDE_SOLVERS: tuple[str, ...] = SDE_SCHEMES
+"""What an SDE task's ``solver.method`` may name: the schemes of :func:`local_reg.sdeint`, each
+adaptive (``euler_maruyama``, ``milstein``); ``--gradient adjoint`` solves with torchsde's
+Euler--Maruyama and refuses another."""
 TORCHSDE_FIRST_STEP = 0.05
 """The first step of torchsde's adaptive solve under ``--gradient adjoint`` (no task sets another)."""
 
@@ -48,8 +51,9 @@ class SquashedNoiseSDE(nn.Module):
 
 def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -> Regularized:
     """The solver block of ``context.method`` around ``sde``; ``settings["solver"]`` holds
-    ``rtol`` and ``atol``, ``settings["weights"][method]`` the weight spec, and ``settings["local"]``
-    (if present) the local regularizer's options, as for ODE tasks."""
+    ``method`` (one of :data:`SDE_SOLVERS`), ``rtol`` and ``atol``, ``settings["weights"][method]``
+    the weight spec, and ``settings["local"]`` (if present) the local regularizer's options, as for
+    ODE tasks."""
     method = context.method
     if method.name not in SDE_METHODS:
         raise ValueError(
@@ -61,9 +65,17 @@ def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -
             f"got {context.gradient!r}"
         )
     backend = "torchsde" if context.gradient == "adjoint" else "local_reg"
-    solver = dict(rtol=settings["solver"]["rtol"], atol=settings["solver"]["atol"])
+    scheme = settings["solver"]["method"]
+    solver: dict[str, Any] = dict(rtol=settings["solver"]["rtol"], atol=settings["solver"]["atol"])
     if backend == "torchsde":
+        if scheme != "euler_maruyama":
+            raise ValueError(
+                f"solver.method={scheme!r} is local_reg.sdeint's: --gradient adjoint solves with "
+                "torchsde's Euler--Maruyama; use --gradient direct or checkpoint"
+            )
         solver["options"] = {"dt": TORCHSDE_FIRST_STEP}
+    else:
+        solver["method"] = scheme
     if method.family == "vanilla":
         return Regularized(sde, backend=backend, gradient=context.gradient, **solver)
     weight = weight_schedule(settings["weights"][method.name], context.total_iterations, method.name)
@@ -74,12 +86,14 @@ def sde_block(sde: nn.Module, settings: dict[str, Any], context: ModelContext) -
                 "--gradient direct"
             )
         return GloballyRegularized(sde, weight=weight, **solver)
-    return LocallyRegularized(
-        sde,
-        sampling=method.sampling or "random",
-        weight=weight,
-        backend=backend,
-        gradient=context.gradient,
-        **solver,
-        **local_options(weight, settings),
-    )
+    if method.family == "local":
+        return LocallyRegularized(
+            sde,
+            sampling=cast(str, method.sampling),  # Method refuses a local method without one
+            weight=weight,
+            backend=backend,
+            gradient=context.gradient,
+            **solver,
+            **local_options(weight, settings),
+        )
+    raise ValueError(f"method {method.name!r}: family {method.family!r} has no neural SDE block")
