@@ -714,3 +714,12 @@ def test_a_stratonovich_sde_is_told_to_take_its_ito_form_not_only_to_declare_ito
         ValueError, match=r"write the SDE in Ito form \(add to the drift .* declaring it alone"
     ):
         sdeint(sde, torch.ones(2, 1, dtype=DT), [0.0, 1.0])
+
+
+def test_a_scheme_name_without_its_step_keywords_is_refused_not_solved_as_euler_maruyama(monkeypatch):
+    """A name added to the schemes' names alone ran Euler--Maruyama, bit for bit, under its name."""
+    from local_reg.sde import problem
+
+    monkeypatch.setattr(problem, "METHODS", (*problem.METHODS, "heun"))
+    with pytest.raises((KeyError, ValueError), match="heun"):
+        sdeint(DecaySDE(), torch.ones(3, 1), [0.0, 1.0], method="heun")

@@ -50,6 +50,7 @@ from .problem import (
     DIFFUSION,
     DRIFT,
     FIXED_STEP_NOISE_TYPE,
+    STEP_KEYWORDS,
     CheckedBrownian,
     CheckedSDE,
     brownian_size,
@@ -308,7 +309,7 @@ def sdeint(
         float(options.atol),
         f0,
         g0,
-        milstein=method == "milstein",
+        **STEP_KEYWORDS[method],
         jump_ts=options.controller.jump_ts,
     )
     try:

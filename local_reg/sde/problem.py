@@ -37,7 +37,13 @@ from .._validate import (
 )
 from ..tableaus import ButcherTableau
 
-METHODS = ("euler_maruyama", "milstein")
+STEP_KEYWORDS: dict[str, dict[str, bool]] = {
+    "euler_maruyama": {"milstein": False},
+    "milstein": {"milstein": True},
+}
+"""Each SDE scheme of :func:`local_reg.sdeint` and the keywords of its step (those of
+:func:`local_reg.sde.sde_step`): a scheme is one entry here, and its name is in :data:`METHODS`."""
+METHODS = tuple(STEP_KEYWORDS)
 """The SDE schemes of :func:`local_reg.sdeint`."""
 TORCHSDE_NAMES = {
     "euler": ": torchsde's 'euler' (for Ito SDEs) is 'euler_maruyama' here",
