@@ -10,6 +10,7 @@ from typing import Any, cast
 import torch
 
 from ._errors import STEP_LIMIT_REACHED, STEP_SIZE_UNDERFLOW, TRIAL_STEPS_NON_FINITE, SolverError
+from .tableaus import TABLEAUS, ButcherTableau
 
 STIFF_RATIO = 0.8
 """``|dt| * rho / stability_size`` at or above this over the last accepted steps means the step was
@@ -26,9 +27,10 @@ SETTINGS_HINT = f"({RAISE_MAX_STEPS}, or loosen rtol/atol)"
 """What a ``max_steps`` failure suggests when the problem does not look stiff."""
 UNJUDGED = (
     "; {method} has no stiffness estimate to tell whether the problem is stiff, where a looser "
-    "tolerance does not help (tsit5, dopri5 and dopri8 have one, and say so)"
+    "tolerance does not help ({judging} have one, and say so)"
 )
-"""What a ``max_steps`` failure adds with a method that cannot tell whether the problem is stiff."""
+"""What a ``max_steps`` failure adds with a method that cannot tell whether the problem is stiff
+(``judging``: the tableaus that can, :func:`judges_stiffness`)."""
 RAISE_SDE_MAX_STEPS = f"raise max_steps ({_MODEL_MAX_STEPS})"
 SDE_HINT = (
     f"({RAISE_SDE_MAX_STEPS}, or loosen rtol/atol; "
@@ -39,6 +41,18 @@ SDE_HINT = (
 NEAR_OVERFLOW = 0.01
 """A state whose largest magnitude is at least this fraction of its dtype's largest finite value
 is at the edge of the range: the steps shrink to keep it finite, and no tolerance helps."""
+
+
+def judges_stiffness(tableau: ButcherTableau) -> bool:
+    """Whether a max_steps failure of ``tableau`` can tell a stiff problem: it records a stiffness
+    estimate (``stiffness_stages``) and has a ``stability_size`` to measure the steps against."""
+    return tableau.stiffness_stages is not None and tableau.stability_size is not None
+
+
+def _judging_tableaus() -> str:
+    """The registered tableaus that judge stiffness, in words: ``tsit5, dopri5 and dopri8``."""
+    names = [name for name, tableau in TABLEAUS.items() if judges_stiffness(tableau)]
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
 
 
 def stiffness_ratio(log: Any, stability_size: float | None) -> float | None:
@@ -168,8 +182,8 @@ def explain_failure(
             )
         else:
             reason += f" {SETTINGS_HINT}"
-            if tableau.stability_size is None:
-                reason += UNJUDGED.format(method=tableau.name)
+            if not judges_stiffness(tableau):
+                reason += UNJUDGED.format(method=tableau.name, judging=_judging_tableaus())
     elif non_finite is not None:
         reason = f"{non_finite}: {TRIAL_STEPS_NON_FINITE}, down to a {reason}{overflow or ''}"
     elif overflow is not None:

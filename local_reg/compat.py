@@ -150,10 +150,12 @@ def _tableau(method: str | None) -> ButcherTableau:
     if method in METHODS:
         return METHODS[method]
     if method in UNSUPPORTED_METHODS:
+        adaptive = [name for name, tableau in METHODS.items() if tableau.adaptive]
+        fixed_step = [name for name, tableau in METHODS.items() if not tableau.adaptive]
         raise ValueError(
             f"method {method!r} is not available in local_reg.compat; use one of {_METHOD_NAMES} "
-            "(adaptive: dopri5, dopri8, tsit5, bosh3, fehlberg2, adaptive_heun; fixed-step: euler, "
-            "midpoint, heun2, heun3, rk4; scipy's solve_ivp: scipy_solver)"
+            f"(adaptive: {', '.join(adaptive)}; fixed-step: {', '.join(fixed_step)}; scipy's solve_ivp: "
+            "scipy_solver)"
         )
     raise ValueError(
         f"unknown method {method!r}; expected one of {_METHOD_NAMES}{method_hint(method, METHODS)}"

@@ -1383,3 +1383,12 @@ def test_perturbed_dense_output_reads_each_side_of_the_grid_as_the_solve_does():
     torch.testing.assert_close(
         dense(torch.tensor([0.5, 1.0], dtype=torch.float64)), solved[1:], rtol=1e-14, atol=0
     )
+
+
+def test_an_unsupported_methods_alternatives_are_compats_methods_by_kind(monkeypatch):
+    """The adaptive and fixed-step names were a list written beside the method table."""
+    monkeypatch.setitem(compat.METHODS, "rk4_twin", compat.METHODS["rk4"])
+    monkeypatch.setitem(compat.METHODS, "tsit5_twin", compat.METHODS["tsit5"])
+    y0, t = y0_and_t()
+    with pytest.raises(ValueError, match=r"adaptive: [^;]*tsit5_twin[^;]*; fixed-step: [^;]*rk4_twin"):
+        compat.odeint(Linear(), y0, t, method="adams")

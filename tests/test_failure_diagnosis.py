@@ -148,3 +148,17 @@ def test_an_sde_held_at_max_step_names_no_setting_of_compats() -> None:
             controller=PIController(max_step=0.01),
         )
     assert "max_num_steps" not in str(info.value) and "options={'max_steps': ...}" in str(info.value)
+
+
+def test_a_step_limit_a_method_cannot_judge_names_every_tableau_that_can(monkeypatch) -> None:
+    """The hint listed tsit5, dopri5 and dopri8 by hand: a pair added with a stiffness estimate and
+    a stability size was left out of it."""
+    twin = dataclasses.replace(TABLEAUS["tsit5"], name="tsit5_twin")
+    monkeypatch.setitem(TABLEAUS, twin.name, twin)
+    judging = [
+        name for name, tableau in TABLEAUS.items() if tableau.stiffness_stages and tableau.stability_size
+    ]
+    assert twin.name in judging
+    with pytest.raises(SolverError, match="bosh3 has no stiffness estimate") as info:
+        odeint(rotation, torch.tensor([1.0, 0.0], dtype=DTYPE), [0.0, 100.0], method="bosh3", max_steps=10)
+    assert all(name in str(info.value) for name in judging), str(info.value)
