@@ -27,6 +27,11 @@ evaluation per solve (at the last step) at most.
   ``dopri8``, whose quartic is fitted through a fifth-order midpoint, and scipy's DOP853.
 - every other tableau: the cubic Hermite interpolant through ``y``, ``y1``, ``f(t, y)`` and
   ``f(t + dt, y1)`` (third order, or the tableau's order if lower).
+
+A pair's own interpolant is registered in :data:`DENSE_OUTPUTS`, keyed by the tableau: keyed by
+its coefficients rather than its name, so that a tableau of the same name with other coefficients
+does not get it, and a user-made tableau, in no registry, can have one; not a field of
+:class:`~local_reg.tableaus.ButcherTableau`, whose equality, hash and repr would then carry it.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import numpy as np
 from numpy.polynomial import polynomial as P
 
 from ._checks import check_bool
-from .tableaus import ButcherTableau, check_order, finite_floats, get_tableau
+from .tableaus import DOPRI5, DOPRI8, TSIT5, ButcherTableau, check_order, finite_floats, get_tableau
 
 
 @dataclass(frozen=True)
@@ -307,18 +312,30 @@ def hermite(tableau: ButcherTableau) -> Interpolant:
     )
 
 
-@functools.cache
-def _interpolant_of(tableau: ButcherTableau) -> Interpolant:
-    if tableau.name == "tsit5" and tableau == get_tableau("tsit5"):
-        return _tsit5()
-    if tableau.name == "dopri5" and tableau == get_tableau("dopri5"):
-        return _dopri5(tableau)
-    if tableau.name == "dopri8" and tableau == get_tableau("dopri8"):
-        return Interpolant("dopri8", _DOPRI8_DENSE, order=5)
-    return hermite(tableau)
+DENSE_OUTPUTS: dict[ButcherTableau, Interpolant] = {
+    TSIT5: _tsit5(),
+    DOPRI5: _dopri5(DOPRI5),
+    DOPRI8: Interpolant("dopri8", _DOPRI8_DENSE, order=5),
+}
+"""Each pair's own dense output, keyed by its tableau: where a pair's interpolant is registered
+(``DENSE_OUTPUTS[tableau] = Interpolant(...)``, a user-made tableau's too). A tableau without an
+entry, or of a registered pair's name with other fields, is interpolated by cubic :func:`hermite`
+(third order: a higher-order pair's interpolated outputs, ``Solution.evaluate`` and event times
+are then far less accurate than its steps)."""
+
+_hermite_of = functools.cache(hermite)
 
 
 def get_interpolant(method: str | ButcherTableau) -> Interpolant:
-    """The dense output of a method (by name or tableau): the pair's own where it has one
-    (``tsit5``, ``dopri5``, ``dopri8``), else cubic Hermite."""
-    return _interpolant_of(get_tableau(method))
+    """The dense output of a method (by name or tableau): the pair's own where :data:`DENSE_OUTPUTS`
+    has one (``tsit5``, ``dopri5``, ``dopri8``), else cubic Hermite."""
+    tableau = get_tableau(method)
+    own = DENSE_OUTPUTS.get(tableau)
+    if own is None:
+        return _hermite_of(tableau)
+    if own.n_stages != tableau.n_stages + own.extra_stage:
+        raise ValueError(
+            f"DENSE_OUTPUTS: the interpolant of tableau {tableau.name!r} has {own.n_stages} rows, but the "
+            f"tableau has {tableau.n_stages} stages" + (" and the extra one" if own.extra_stage else "")
+        )
+    return own
