@@ -49,7 +49,12 @@ class ButcherTableau:
         a: strictly lower-triangular stage coefficients; ``a[i]`` has ``i`` entries.
         b: weights of the propagated solution.
         order: order of the propagated solution.
-        error_weights: ``b - b_hat`` of the embedded pair, or ``None`` for a fixed-step method.
+        error_weights: ``b - b_hat`` of the embedded pair, or ``None`` for a fixed-step method. A
+            pair propagates its higher-order solution (local extrapolation, as Dormand--Prince and
+            Tsitouras): ``b`` has order ``order`` and ``b_hat`` a lower one, the order the
+            controller's exponents assume (``1 / order``: the error estimate is
+            ``O(dt^order)``). A pair written the other way round (classic RKF45's ``b`` are its
+            fourth-order weights) is given with ``b`` and ``b_hat`` exchanged.
         stiffness_stages: indices ``(i, j)`` of two stages evaluated at ``c == 1`` whose difference
             gives Shampine's stiffness estimate (Hairer--Wanner II, IV.2), or ``None``.
         stability_size: the extent of the stability region along the negative real axis; ``dt * rho``
@@ -58,8 +63,10 @@ class ButcherTableau:
     The coefficients may be given as lists or arrays (``a`` as its rows below the diagonal, or as the
     square matrix with zeros on and above it: nested lists, an array or a tensor); they are kept as
     tuples of floats. A tableau whose coefficients are not finite, whose ``c`` are not the row sums
-    of ``a``, whose ``error_weights`` do not sum to 0 (or are all 0), or whose ``b`` miss an order
-    condition up to ``order`` is refused with a ``ValueError`` naming the field.
+    of ``a``, whose ``error_weights`` do not sum to 0 (or are all 0), whose ``b`` miss an order
+    condition up to ``order``, or whose embedded solution ``b - error_weights`` meets every one of
+    them too (``b`` is then not the pair's higher-order solution) is refused with a ``ValueError``
+    naming the field.
     """
 
     name: str
@@ -185,15 +192,23 @@ class ButcherTableau:
                     f"tableau {self.name!r}: error_weights (b - b_hat) must sum to 0 and not all be 0, got "
                     f"{self.error_weights}; a method without an error estimate takes error_weights=None"
                 )
-        for vertices in range(1, self.order + 1):
-            for tree in _rooted_trees(vertices)[vertices]:
-                value, expected = b @ _stage_weights(tree, a, c), 1.0 / _density(tree)[1]
-                if abs(value - expected) > tolerance:
-                    raise ValueError(
-                        f"tableau {self.name!r}: order={self.order} needs the order-{vertices} condition "
-                        f"{_condition_name(tree)} = {expected:.6g}, got {value:.6g}; its coefficients "
-                        f"reach order {vertices - 1}"
-                    )
+        missed = _missed_condition(b, a, c, self.order, tolerance)
+        if missed is not None:
+            vertices, tree, value, expected = missed
+            raise ValueError(
+                f"tableau {self.name!r}: order={self.order} needs the order-{vertices} condition "
+                f"{_condition_name(tree)} = {expected:.6g}, got {value:.6g}; its coefficients "
+                f"reach order {vertices - 1}"
+            )
+        if self.error_weights is not None and (
+            _missed_condition(b - np.array(self.error_weights), a, c, self.order, tolerance) is None
+        ):
+            raise ValueError(
+                f"tableau {self.name!r}: the embedded solution b - error_weights reaches order "
+                f"{self.order} too, so b is not the higher-order solution of the pair: a pair "
+                "propagates its higher-order solution, with order its order and error_weights = "
+                "b - b_hat (for RKF45, b the fifth-order weights, order=5)"
+            )
 
     @property
     def n_stages(self) -> int:
@@ -245,6 +260,19 @@ def _rooted_trees(max_order: int) -> dict[int, tuple[tuple, ...]]:
         size.update(dict.fromkeys(by_size[order], order))
         every.extend(by_size[order])
     return by_size
+
+
+def _missed_condition(
+    b: np.ndarray, a: np.ndarray, c: np.ndarray, order: int, tolerance: float
+) -> tuple[int, tuple, float, float] | None:
+    """The first order condition up to ``order`` that weights ``b`` miss, as ``(its order, its
+    tree, b . Phi(tree), 1 / gamma(tree))``; ``None`` if they meet every one."""
+    for vertices in range(1, order + 1):
+        for tree in _rooted_trees(vertices)[vertices]:
+            value, expected = float(b @ _stage_weights(tree, a, c)), 1.0 / _density(tree)[1]
+            if abs(value - expected) > tolerance:
+                return vertices, tree, value, expected
+    return None
 
 
 def _stage_weights(tree: tuple, a: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -263,3 +263,25 @@ def test_dopri8_is_torchdiffeqs_transcription_of_the_published_tableau():
         assert row == tuple(their_row.tolist())
     assert ours.b == tuple(theirs.c_sol.tolist())
     assert ours.error_weights == tuple(theirs.c_error.tolist())
+
+
+def test_a_pair_that_propagates_its_lower_order_solution_is_refused():
+    """Classic RKF45 steps with its fourth-order solution: the controller's exponents, 1 / (order),
+    and its error estimate, of order 5, disagree, and it once passed every check as order=4."""
+    c = (0.0, 1 / 4, 3 / 8, 12 / 13, 1.0, 1 / 2)
+    a = (
+        (),
+        (1 / 4,),
+        (3 / 32, 9 / 32),
+        (1932 / 2197, -7200 / 2197, 7296 / 2197),
+        (439 / 216, -8.0, 3680 / 513, -845 / 4104),
+        (-8 / 27, 2.0, -3544 / 2565, 1859 / 4104, -11 / 40),
+    )
+    b4 = (25 / 216, 0.0, 1408 / 2565, 2197 / 4104, -1 / 5, 0.0)
+    b5 = (16 / 135, 0.0, 6656 / 12825, 28561 / 56430, -9 / 50, 2 / 55)
+    lower_minus_higher = tuple(x - y for x, y in zip(b4, b5, strict=True))
+    with pytest.raises(ValueError, match=r"'rkf45'.*error_weights.*order 4.*higher-order solution"):
+        ButcherTableau(name="rkf45", c=c, a=a, b=b4, order=4, error_weights=lower_minus_higher)
+    higher_minus_lower = tuple(-x for x in lower_minus_higher)
+    fehlberg45 = ButcherTableau(name="fehlberg45", c=c, a=a, b=b5, order=5, error_weights=higher_minus_lower)
+    assert fehlberg45.adaptive
