@@ -1856,6 +1856,83 @@ def test_the_torchdiffeq_backend_runs_under_autocast_as_torchdiffeq_does(gradien
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 
+def float16_amp_step(loss_of_batch, parameters):
+    """One step of the fp16 AMP recipe: ``loss_of_batch()`` under float16 autocast, scaled by a
+    GradScaler at its default scale (2**16), backward and the scaler's step. Returns the scaler."""
+    optimizer = torch.optim.SGD(parameters, lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = loss_of_batch()
+    optimizer.zero_grad()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler
+
+
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "symplectic", "adjoint"])
+def test_a_gradscaler_skips_the_step_whose_float16_backward_pass_overflowed(gradient):
+    """The overflow a GradScaler exists to catch (it skips the step and halves its scale, as it does
+    for the same network without a solver) was a SolverError blaming ``func``'s vector-Jacobian
+    product: under float16 autocast the inf goes on to ``.grad``. A loss summed over 256 samples
+    at the default scale overflows float16 (its largest number is 65504) in the field's backward."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2))
+    y0, target = torch.randn(256, 2), torch.randn(256, 2)
+    before = [p.detach().clone() for p in net.parameters()]
+
+    def loss_of_batch():
+        solution = odeint(
+            NetField(net),
+            y0,
+            [0.0, 1.0],
+            gradient=gradient,
+            adjoint_params=tuple(net.parameters()),
+            rtol=1e-2,
+            atol=1e-3,
+        )
+        return (solution.ys[-1] - target).pow(2).sum()
+
+    scaler = float16_amp_step(loss_of_batch, net.parameters())
+    assert scaler.get_scale() == 2.0**15
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before, strict=True))
+
+
+def test_a_gradscaler_skips_a_regularized_models_float16_overflow():
+    from local_reg import LocallyRegularized
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2))
+    model = LocallyRegularized(NetField(net), rtol=1e-2, atol=1e-3)
+    y0, target = torch.randn(256, 2), torch.randn(256, 2)
+    before = [p.detach().clone() for p in net.parameters()]
+
+    def loss_of_batch():
+        ys = model(y0, torch.tensor([0.0, 1.0]))
+        return (ys[-1] - target).pow(2).sum() + model.reg_loss
+
+    scaler = float16_amp_step(loss_of_batch, model.parameters())
+    assert scaler.get_scale() == 2.0**15
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before, strict=True))
+
+
+@pytest.mark.parametrize("gradient", ["direct", "checkpoint", "symplectic", "adjoint"])
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16])
+def test_a_nan_vector_jacobian_product_outside_float16_autocast_is_still_an_error(gradient, autocast):
+    """Only float16's overflow is handed on: in float32, and under bfloat16 autocast (float32's
+    range), a non-finite gradient from finite cotangents is a bug of ``func``."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+    def field(t, y):
+        return net(y) + torch.sqrt(y - y)  # sqrt at 0: a NaN vector-Jacobian product
+
+    y0 = torch.randn(4, 2)
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        ys = odeint(field, y0, [0.0, 1.0], gradient=gradient, adjoint_params=tuple(net.parameters())).ys
+    with pytest.raises(SolverError, match="non-finite gradient"):
+        ys.square().sum().backward()
+
+
 def test_penalties_that_read_the_error_estimate_warn_under_autocast():
     """Under bfloat16 autocast the estimate measures the field's rounding (the paper's penalty
     1e4x float32's, its gradient's cosine with float32's -0.3): it was computed silently."""

@@ -7,6 +7,12 @@ with the exact methods, while the backsolve adjoint's backward solve stops with 
 gradients it hands back for ``y0`` and the parameters, and raises :class:`SolverError` when they are
 not finite although the cotangents that came in were: then the NaN came from the solve. One check
 of the gradients costs one reduction per input, not one per evaluation of ``func``.
+
+Under float16 autocast the gradients are handed on as they are: the fp16 recipe scales the loss by
+a ``torch.amp.GradScaler``, whose scale overflows float16 (largest number 65504) in ``func``'s
+backward pass now and then by design, and the scaler reads the inf in ``.grad`` to skip that step
+and lower its scale. An overflow there cannot be told from a NaN of ``func``'s own, so neither is
+an error (as in plain torch); bfloat16 has float32's range, and its check stays.
 """
 
 from __future__ import annotations
@@ -18,7 +24,14 @@ import torch
 from torch import Tensor
 
 from .._errors import SolverError
-from .._validate import batched_cotangent, transformed
+from .._validate import active_autocast, batched_cotangent, transformed
+
+
+def in_float16_autocast(regions: tuple[tuple[str, torch.dtype], ...] | None = None) -> bool:
+    """Whether one of the ``torch.autocast`` ``regions`` (by default those active here,
+    :func:`~local_reg._validate.active_autocast`) lowers to float16: a solve whose ``func`` runs
+    there hands a non-finite gradient on instead of raising (a GradScaler's overflow)."""
+    return any(dtype == torch.float16 for _, dtype in (active_autocast() if regions is None else regions))
 
 
 def all_finite(tensors: Iterable[Tensor | None]) -> bool:
@@ -84,7 +97,7 @@ def passing_cotangents_on(x: Tensor) -> Tensor:
 
 
 def guard_direct_gradients(
-    inputs: Sequence[Tensor], t0: float, n_steps: int | None, func: str = "func"
+    inputs: Sequence[Tensor], t0: float, n_steps: int | None, func: str = "func", *, float16_autocast: bool
 ) -> Callable[[Tensor], None]:
     """``guard(output)`` for each output of one solve that a loss may read (its ``ys``, its stacked
     step penalties, a read of its dense record): a backward pass through any of them raises
@@ -92,8 +105,10 @@ def guard_direct_gradients(
     not finite while the cotangents of the guarded outputs were (and, in that pass, every other
     guarded solve's too: an input shared with a solve whose cotangent was NaN gets their sum).
     ``n_steps``: the solve's, for the error (``None`` where a peer backend does not count them).
-    Without ``inputs`` to check, a guarded output only marks a pass whose cotangent on it is not
-    finite (:func:`note_non_finite_cotangents`).
+    Without ``inputs`` to check, or for a solve whose ``func`` ran under float16 autocast
+    (``float16_autocast``: its overflow is a GradScaler's to skip, :func:`in_float16_autocast`), a
+    guarded output only marks a pass whose cotangent on it is not finite
+    (:func:`note_non_finite_cotangents`).
 
     A hook on each output records, for the backward pass that runs (a nested one, a reentrant
     checkpoint's say, is another pass), whether its cotangent was finite; the first of them in a
@@ -108,7 +123,7 @@ def guard_direct_gradients(
     """
     # Held by the hooks on the outputs (no cycle: the inputs are upstream of them): an input the
     # caller does not keep, y0 = encoder(x) passed inline, would otherwise be gone when the pass comes.
-    inputs = tuple(x for x in inputs if x.requires_grad)
+    inputs = () if float16_autocast else tuple(x for x in inputs if x.requires_grad)
     # Lives exactly as long as the hooks on the outputs, that is as the graph: a pass that fails
     # runs no end-of-pass callback, so its hooks on the inputs also go when its graph does (a
     # training loop that catches such failures piled them up on the parameters, every later pass

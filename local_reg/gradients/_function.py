@@ -47,7 +47,7 @@ from .._validate import (
 from ..solution import Stats, Steps
 from ..tableaus import ButcherTableau
 from ._checkpoints import StepStates
-from ._finite import all_finite, note_non_finite_cotangents, raise_non_finite_gradient
+from ._finite import all_finite, in_float16_autocast, note_non_finite_cotangents, raise_non_finite_gradient
 
 COMPAT_ADJOINTS = {"odeint": "adjoint", "sdeint": "checkpoint"}
 """The gradient method ``local_reg.compat``'s ``odeint_adjoint`` and ``sdeint_adjoint`` run."""
@@ -100,6 +100,9 @@ class ForwardSolve:
     thread: object = field(default_factory=lambda: thread_token())
     """The thread the forward solve ran in (:func:`thread_token`), where what ``func`` captured
     was presumably made."""
+    float16_autocast: bool = field(default_factory=in_float16_autocast)
+    """Whether ``func`` runs under float16 autocast (by default, whether it is active where this is
+    made): then a non-finite gradient is handed on, not raised (:func:`in_float16_autocast`)."""
 
     def __post_init__(self) -> None:
         self.owner_at_solve: ModuleAtSolve | None = None
@@ -513,13 +516,15 @@ def finish_backward(
     calls: int,
     t0: float,
     func: str = "func",
+    *,
+    float16_autocast: bool,
 ) -> None:
     """The end of a graph-free backward pass: a :class:`~local_reg.SolverError` where a gradient
-    ``asked`` for is not finite though the ``cotangents`` were, and the pass's ``calls`` added to
-    ``stats.nfe_backward`` (accumulated: a graph kept with ``retain_graph=True`` may be
-    differentiated more than once)."""
+    ``asked`` for is not finite though the ``cotangents`` were (unless ``func`` ran under float16
+    autocast, :func:`in_float16_autocast`), and the pass's ``calls`` added to ``stats.nfe_backward``
+    (accumulated: a graph kept with ``retain_graph=True`` may be differentiated more than once)."""
     note_non_finite_cotangents(cotangents)
-    if all_finite(cotangents) and not all_finite(asked):
+    if not float16_autocast and all_finite(cotangents) and not all_finite(asked):
         raise_non_finite_gradient(t0, stats.n_steps, func)
     stats.nfe_backward = (stats.nfe_backward or 0) + calls
 
@@ -1268,7 +1273,14 @@ class _SolveWithoutGraph(torch.autograd.Function):
         asked = [
             g for g, needed in zip((grad_y0, *grad_params), ctx.needs_input_grad[2:], strict=True) if needed
         ]
-        finish_backward(solve.stats, (grad_ys, grad_penalties), asked, nfe, solve.times[0])
+        finish_backward(
+            solve.stats,
+            (grad_ys, grad_penalties),
+            asked,
+            nfe,
+            solve.times[0],
+            float16_autocast=solve.float16_autocast,
+        )
         release_unless_graph_kept(solve.release_records)
         return (None, None, grad_y0, *grad_params)
 

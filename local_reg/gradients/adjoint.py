@@ -147,6 +147,10 @@ class AdjointStepper(RKStepper):
         self.func_of_y = solve.func
         self.params = solve.params
         self.seminorm = seminorm
+        self.overflowed = ys.new_zeros((), dtype=torch.bool) if solve.float16_autocast else None
+        """Under float16 autocast, whether a vector-Jacobian product of the backward solve was not
+        finite (a GradScaler's overflow): a tensor, read only where the solve fails, so that no
+        evaluation waits on the device; ``None`` otherwise."""
         self.dense = dense
         n_parameters = sum(real_size(p) for p in solve.params)
         self.parameter_gradient = ys.new_zeros(n_parameters)
@@ -190,6 +194,9 @@ class AdjointStepper(RKStepper):
                 for zero, g in zip(self.no_rate, parameter_vjps, strict=True)
             ]
             torch._foreach_copy_(self.row_views[self.next_row], rates)
+        if self.overflowed is not None:
+            finite = torch.isfinite(state_rate).all() & torch.isfinite(self.rates[self.next_row]).all()
+            self.overflowed = self.overflowed | ~finite
         self.next_row += 1
         return state_rate if self.dense is not None else torch.stack([derivative, state_rate])
 
@@ -521,6 +528,12 @@ class _ContinuousAdjoint(GraphFreeGradient):
             adjoint, grad_params, calls = self._solve_backwards(
                 solve, stepper, options, times, ys, grad_ys if scale == 1.0 else grad_ys / scale
             )
+        except SolverError:
+            if stepper.overflowed is None or not bool(stepper.overflowed):
+                raise
+            # float16 overflowed in -a^T df/dy or -a^T df/dtheta, where no step can go on: the
+            # gradients are those of an overflow, for a GradScaler to skip (as the exact methods').
+            return self._non_finite_gradients(solve, ys[0])
         finally:
             stepper.release()
         if isinstance(forward_solution, ReplayedSolution):

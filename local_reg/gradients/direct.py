@@ -31,13 +31,14 @@ def count_backpropagation(output: Tensor, stats: Stats) -> None:
 
 
 def watch_backpropagation(
-    inputs: Sequence[Tensor], stats: Stats, t0: float, func: str = "func"
+    inputs: Sequence[Tensor], stats: Stats, t0: float, func: str = "func", *, float16_autocast: bool
 ) -> Callable[[Tensor], None]:
     """``watch(output)`` for each output of a solve differentiated by backpropagation that a loss
     may read (``ys``, the stacked step penalties, a read of the dense record): a backward pass that
     reaches the solve through any of them counts (:func:`count_backpropagation`) and has the
-    gradients of ``inputs`` checked (:func:`guard_direct_gradients`)."""
-    guard = guard_direct_gradients(inputs, t0, stats.n_steps, func)
+    gradients of ``inputs`` checked (:func:`guard_direct_gradients`, which ``float16_autocast``
+    goes to)."""
+    guard = guard_direct_gradients(inputs, t0, stats.n_steps, func, float16_autocast=float16_autocast)
 
     def watch(output: Tensor) -> None:
         if output.requires_grad:
@@ -48,7 +49,14 @@ def watch_backpropagation(
 
 
 def watched_outputs(
-    ys: Tensor, penalties: list[Tensor], inputs: Sequence[Tensor], stats: Stats, t0: float, func: str = "func"
+    ys: Tensor,
+    penalties: list[Tensor],
+    inputs: Sequence[Tensor],
+    stats: Stats,
+    t0: float,
+    func: str = "func",
+    *,
+    float16_autocast: bool,
 ) -> tuple[Tensor | None, Callable[[Tensor], None] | None]:
     """The step ``penalties`` of a solve differentiated by backpropagation, stacked (``None``
     without any), with ``ys`` and them watched (:func:`watch_backpropagation`): the loss may read
@@ -57,7 +65,7 @@ def watched_outputs(
     stacked_penalties = torch.stack(penalties) if penalties else None
     if not ys.requires_grad:
         return stacked_penalties, None
-    watch = watch_backpropagation(inputs, stats, t0, func)
+    watch = watch_backpropagation(inputs, stats, t0, func, float16_autocast=float16_autocast)
     watch(ys)
     if stacked_penalties is not None:
         watch(stacked_penalties)
@@ -85,7 +93,9 @@ class Direct(GradientMethod):
             f0=solve.f0,
             step_penalty=step_penalty,
         )
-        stacked_penalties, watch = watched_outputs(ys, penalties, (y0, *solve.params), stats, times[0])
+        stacked_penalties, watch = watched_outputs(
+            ys, penalties, (y0, *solve.params), stats, times[0], float16_autocast=solve.float16_autocast
+        )
         if watch is not None and steps.dense_output is not None:
             # The loss may read the dense output without ys: another way into the graph of the solve.
             steps.dense_output.on_read = watch

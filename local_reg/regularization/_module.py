@@ -37,7 +37,7 @@ from .._validate import (
     transformed,
 )
 from ..controller import TimeSet
-from ..gradients._finite import guard_direct_gradients
+from ..gradients._finite import guard_direct_gradients, in_float16_autocast
 from ..gradients._function import reevaluating_for
 from ..sde.problem import SUPPORTED_NOISE_TYPES, is_sde
 from ..solution import State, Stats
@@ -334,7 +334,11 @@ class LocalPenalty:
             penalty, value, finite = finite_penalty(penalty.to(y0.dtype), y0)
             if drawn_states:
                 inputs = (*drawn_states, *problem.checked_params())
-                guard_direct_gradients(inputs, times[0], None, problem.field_name)(penalty)
+                float16 = in_float16_autocast()
+                guard = guard_direct_gradients(
+                    inputs, times[0], None, problem.field_name, float16_autocast=float16
+                )
+                guard(penalty)
             return ys, penalty, _pass_stats(main, probe, t_reg, dt, state, result, value, finite)
 
     def _solve_and_draw(
@@ -896,7 +900,11 @@ class Regularized(nn.Module):
                 # reaches it only through a drawn state, which the penalty checks itself; held by
                 # the hooks of reg_loss, which the model keeps, y0 would outlive the caller's batch.
                 params = problem.checked_params()
-                guard_direct_gradients(params, float(t[0]), None, problem.field_name)(reg_loss)
+                float16 = in_float16_autocast()
+                guard = guard_direct_gradients(
+                    params, float(t[0]), None, problem.field_name, float16_autocast=float16
+                )
+                guard(reg_loss)
             # Set only now: a call that fails leaves the last call's stats and reg_loss.
             self.stats, self.reg_loss = stats, reg_loss
             return unflatten(ys)

@@ -23,7 +23,7 @@ from .._errors import SolverError
 from .._integrate import DEFAULT_MAX_STEPS
 from .._validate import cast_back_from_autocast, check_choice, check_output
 from ..gradients import BacksolveAdjoint, Direct, GradientMethod, as_gradient_method
-from ..gradients._finite import guard_direct_gradients
+from ..gradients._finite import guard_direct_gradients, in_float16_autocast
 from ..gradients._function import in_peer_backward
 from ..gradients._params import peer_module_check
 from ..solution import Stats
@@ -360,7 +360,10 @@ def solve_main(
     if ys.requires_grad:
         # As local_reg's gradient methods: torchdiffeq hands a NaN gradient back without a word
         # (its adaptive adjoint asserts first, where its backward solve steps into it).
-        guard_direct_gradients((y0, *params), times[0], field.steps_attempted)(ys)
+        guard = guard_direct_gradients(
+            (y0, *params), times[0], field.steps_attempted, float16_autocast=in_float16_autocast()
+        )
+        guard(ys)
     main = MainSolve(
         ys=ys,
         stats=field.stats(),

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .._validate import check_choice, check_times_distinct, times_as_given
 from ..gradients import BacksolveAdjoint, Checkpoint, Direct, GradientMethod, as_gradient_method
-from ..gradients._finite import guard_direct_gradients
+from ..gradients._finite import guard_direct_gradients, in_float16_autocast
 from ..gradients._function import in_peer_backward
 from ..gradients._params import peer_module_check
 from ..sde import sdeint
@@ -188,7 +188,9 @@ def solve_main(
         # As local_reg.sdeint's: torchsde hands a NaN gradient back without a word. The tensors
         # checked are the model's adjoint_params (those torchsde's adjoint differentiates), by
         # default the SDE's parameters, under either gradient, as sdeint's.
-        guard_direct_gradients((y0, *problem.checked_params()), times[0], None, problem.field_name)(ys)
+        inputs = (y0, *problem.checked_params())
+        float16 = in_float16_autocast()
+        guard_direct_gradients(inputs, times[0], None, problem.field_name, float16_autocast=float16)(ys)
     stats = Stats(nfe=counting.calls, nfe_diffusion=counting.diffusion_calls)
     counter = BackwardCounter(counting, counting.calls, is_adjoint)
     return MainSolve(ys=ys, stats=stats, backward_counter=counter)

@@ -112,9 +112,12 @@ class CheckpointedSolve:
         owner: nn.Module | None,
         method: GradientMethod,
         buffers_at_start: BufferMarks | None = None,
+        *,
+        float16_autocast: bool,
     ) -> None:
         """``buffers_at_start``: ``owner``'s :func:`buffer_marks` before the first evaluations (by
-        default now)."""
+        default now). ``float16_autocast``: whether the drift and diffusion run under float16
+        autocast, where a non-finite gradient is handed on (:func:`finish_backward`)."""
         self.stepper = stepper
         self.times = times
         self.options = options
@@ -125,6 +128,7 @@ class CheckpointedSolve:
         self.buffers_at_start = buffer_marks(owner) if buffers_at_start is None else buffers_at_start
         self.frozen_at_solve = frozen_parameter_ids(owner)
         self.method = method
+        self.float16_autocast = float16_autocast
         self.thread = thread_token()
         self.stats = Stats()
         self.steps: Steps | None = None
@@ -205,7 +209,15 @@ class CheckpointedSolve:
         warn_if_params_unreached([sde.f, sde.g], grad_params, self.method.name, "sde")
         all_grads = scattered(grad_params, trained, len(self.params))
         asked = [g for g, needed in zip((adjoint, *all_grads), needs, strict=True) if needed]
-        finish_backward(self.stats, [grad_ys], asked, calls, self.times[0], "the drift and diffusion")
+        finish_backward(
+            self.stats,
+            [grad_ys],
+            asked,
+            calls,
+            self.times[0],
+            "the drift and diffusion",
+            float16_autocast=self.float16_autocast,
+        )
         return adjoint, all_grads
 
 

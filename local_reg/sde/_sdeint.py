@@ -37,6 +37,7 @@ from .._validate import (
 )
 from ..controller import PIController, TimeSet
 from ..gradients import Checkpoint, Direct, GradientMethod, as_gradient_method
+from ..gradients._finite import in_float16_autocast
 from ..gradients._function import buffer_marks, first_evaluations, records_graph, reevaluating_for
 from ..gradients._params import known_params, resolve_adjoint_params, warn_if_reevaluation_differs
 from ..gradients.direct import watched_outputs
@@ -324,6 +325,7 @@ def sdeint(
                     owner,
                     cast(Checkpoint, checkpointed),
                     buffers_at_start,
+                    float16_autocast=in_float16_autocast(autocast),
                 )
                 ys = solve.outputs(y0)
                 stats, steps, stacked_penalties = solve.stats, cast(Steps, solve.steps), None
@@ -338,7 +340,13 @@ def sdeint(
                 # finite cotangent is a SolverError, as the checkpoint gradient's is (a checkpoint
                 # solve here keeps no graph).
                 stacked_penalties, _ = watched_outputs(
-                    ys, penalties, (y0, *params), stats, t0, "the drift and diffusion"
+                    ys,
+                    penalties,
+                    (y0, *params),
+                    stats,
+                    t0,
+                    "the drift and diffusion",
+                    float16_autocast=in_float16_autocast(autocast),
                 )
     finally:
         if made:
