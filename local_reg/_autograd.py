@@ -4,14 +4,16 @@ read a value computed without a graph as a constant (which would silently drop t
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar, cast
 
 import torch
 from torch import Tensor
 
 _Params = ParamSpec("_Params")
 _Result = TypeVar("_Result")
+_Hook = TypeVar("_Hook", bound=Callable[..., Any])
 
 
 def solve_entry_point(function: Callable[_Params, _Result]) -> Callable[_Params, _Result]:
@@ -43,6 +45,25 @@ def solve_entry_point(function: Callable[_Params, _Result]) -> Callable[_Params,
         return run(*args, **kwargs)
 
     return plain
+
+
+def untraced_hook(hook: _Hook) -> _Hook:
+    """``hook``, a gradient hook of the library's (or a callback it queues for a backward pass's
+    end), run outside a user's ``torch.compile``: a training step compiled whole calls
+    ``loss.backward()`` from a frame dynamo runs, and the frames the autograd engine then calls, the
+    hooks, are traced too, where their bookkeeping (``weakref.finalize``, autograd's graph task ids
+    and end-of-pass callbacks) failed torch's own guards ("Guard failed on the same frame it was
+    created"). Without torch's compiler loaded nothing is compiled (and importing it costs about a
+    second): ``hook`` as it is."""
+    if "torch._dynamo" not in sys.modules:
+        return hook
+    return cast(_Hook, torch.compiler.disable(hook))
+
+
+def at_pass_end(callback: Callable[[], None]) -> None:
+    """Run ``callback`` when the running backward pass ends (not if it raises: autograd runs no
+    callback of a failed pass), outside a user's ``torch.compile`` (:func:`untraced_hook`)."""
+    torch.autograd.Variable._execution_engine.queue_callback(untraced_hook(callback))
 
 
 class _RefusingBackward(torch.autograd.Function):

@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from ._autograd import first_order_only, solve_entry_point
+from ._autograd import first_order_only, solve_entry_point, untraced_hook
 from ._errors import STEP_LIMIT_REACHED, SolverError, warn
 from ._integrate import DEFAULT_MAX_STEPS, STOP_NEVER_HELD, StepCallbacks, open_end
 from ._odeint import odeint
@@ -446,7 +446,7 @@ def _reroute(
         "derivative through them (create_graph=True, a Hessian) is not available",
     )
     if shift.requires_grad:
-        shift.register_hook(functools.partial(_within_range, along=rate_along))
+        shift.register_hook(untraced_hook(functools.partial(_within_range, along=rate_along)))
     return event_t + shift.to(t_dtype), y_event + rate * shift.to(y_event.dtype), 1
 
 

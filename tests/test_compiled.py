@@ -308,6 +308,46 @@ def test_importing_the_library_does_not_load_torchs_compiler():
     assert result.stdout.strip() == "False", result.stderr
 
 
+@pytest.mark.parametrize("kind", ["odeint", "model"])
+def test_a_compiled_training_step_gives_the_eager_steps_gradients_and_weights(kind):
+    """``torch.compile`` of a whole training step (forward, ``loss.backward()``, in one function):
+    dynamo traced the library's backward hooks, which the autograd engine calls from the compiled
+    frame, and failed its own guards on the non-finite-gradient check's ``weakref.finalize`` ("Guard
+    failed on the same frame it was created") under ``gradient="direct"`` and every regularized
+    model. The hooks run eagerly now: each step's gradients, and the self-tuning weight, match."""
+    y0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    target = torch.randn(8, 2, generator=torch.Generator().manual_seed(2))
+    t = torch.linspace(0.0, 1.0, 3)
+
+    def steps(compile):
+        field = Plain()
+        model = LocallyRegularized(field, generator=torch.Generator().manual_seed(3))
+
+        def train_step():
+            if kind == "model":
+                loss = (model(y0, t)[1:] - target).pow(2).mean() + model.reg_loss
+            else:
+                loss = (odeint(field, y0, t).ys[1:] - target).pow(2).mean()
+            loss.backward()
+            return loss.detach()
+
+        step = torch.compile(train_step, backend="eager") if compile else train_step
+        results = []
+        for _ in range(2):
+            field.zero_grad()
+            loss = step()
+            results.append((loss, [p.grad.clone() for p in field.parameters()], model.weight()))
+        return results
+
+    for (loss, grads, weight), (eager_loss, eager_grads, eager_weight) in zip(
+        steps(True), steps(False), strict=True
+    ):
+        torch.testing.assert_close(loss, eager_loss)
+        for grad, eager_grad in zip(grads, eager_grads, strict=True):
+            torch.testing.assert_close(grad, eager_grad)
+        assert weight == pytest.approx(eager_weight)
+
+
 @torch._dynamo.config.patch(recompile_limit=1)  # torch's own patch (monkeypatch broke its config)
 def test_the_limit_of_graphs_under_fullgraph_runs_the_steps_eagerly():
     """With fullgraph=True torch raises at its limit of graphs (shared by every compiled step of the

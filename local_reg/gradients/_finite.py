@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
+from .._autograd import at_pass_end, untraced_hook
 from .._errors import SolverError
 from .._validate import active_autocast, batched_cotangent, transformed
 
@@ -80,9 +81,7 @@ def note_non_finite_cotangents(cotangents: Sequence[Tensor | None]) -> None:
         return
     task = torch._C._current_graph_task_id()
     _NON_FINITE_COTANGENT_PASSES.add(task)
-    torch.autograd.Variable._execution_engine.queue_callback(
-        lambda: _NON_FINITE_COTANGENT_PASSES.discard(task)
-    )
+    at_pass_end(lambda: _NON_FINITE_COTANGENT_PASSES.discard(task))
 
 
 def passing_cotangents_on(x: Tensor) -> Tensor:
@@ -92,7 +91,7 @@ def passing_cotangents_on(x: Tensor) -> Tensor:
     if not x.requires_grad:
         return x
     view = x.view_as(x)
-    view.register_hook(lambda grad: note_non_finite_cotangents([grad]))
+    view.register_hook(untraced_hook(lambda grad: note_non_finite_cotangents([grad])))
     return view
 
 
@@ -163,20 +162,20 @@ def guard_direct_gradients(
 
         # An input frozen since the solve (requires_grad_(False), as plain torch allows) gets no
         # gradient in this pass, so nothing to check, and torch refuses a hook on it.
-        handles = [x.register_hook(check) for x in inputs if x.requires_grad]
+        handles = [x.register_hook(untraced_hook(check)) for x in inputs if x.requires_grad]
         ended = weakref.finalize(graph_alive, end_pass)  # runs once: at the pass's end, or the graph's
-        torch.autograd.Variable._execution_engine.queue_callback(ended)
+        at_pass_end(ended)
 
     def guard(output: Tensor) -> None:
         if not output.requires_grad:
             return
         if inputs:
-            output.register_hook(record_cotangent)
+            output.register_hook(untraced_hook(record_cotangent))
         else:
             # Nothing of this solve's own to check (a plain function from a y0 that asks for no
             # gradient), but what it closes over may be a guarded solve's parameter: a NaN the loss
             # puts here must still read as the loss's there.
-            output.register_hook(lambda grad: note_non_finite_cotangents([grad]))
+            output.register_hook(untraced_hook(lambda grad: note_non_finite_cotangents([grad])))
 
     return guard
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
+from .._autograd import untraced_hook
 from .._errors import warn
 from .._tuple import owning_module, user_func
 from .._validate import check_params_not_dual
@@ -144,7 +145,7 @@ def peer_module_check(func: object, gradient: GradientMethod, name: str = "func"
             at_solve.check(owner, name)
             return grad
 
-        ys.register_hook(check)
+        ys.register_hook(untraced_hook(check))
 
     return attach
 

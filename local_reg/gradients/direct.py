@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .._autograd import untraced_hook
 from .._integrate import integrate_ode
 from ..solution import Stats, Steps
 from ._finite import guard_direct_gradients
@@ -27,7 +28,7 @@ def count_backpropagation(output: Tensor, stats: Stats) -> None:
     def record_backward(grad: Tensor) -> None:
         stats.nfe_backward = stats.nfe_backward or 0
 
-    output.register_hook(record_backward)
+    output.register_hook(untraced_hook(record_backward))
 
 
 def watch_backpropagation(

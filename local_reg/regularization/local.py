@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .._autograd import untraced_hook
 from .._errors import warn
 from .._tuple import owning_module
 from .._validate import finite_times, refuse_tracing, transformed
@@ -409,7 +410,7 @@ class LocallyRegularized(Regularized):
 
         for part in ys if isinstance(ys, tuple) else (ys,):
             if part.requires_grad:
-                part.register_hook(judge)
+                part.register_hook(untraced_hook(judge))
 
     def _measure_the_fields_current_parameters(self, field_weight: RatioWeight) -> None:
         """``load_state_dict(..., assign=True)``, ``to_empty()`` after a meta-device construction

@@ -19,6 +19,7 @@ from typing import Any, TypedDict, cast
 import torch
 from torch import Tensor
 
+from .._autograd import at_pass_end, untraced_hook
 from .._checks import non_negative_int, positive_int
 from .._errors import warn
 from .._validate import (
@@ -425,7 +426,7 @@ def _record_pass(passes: dict[int, bool]) -> None:
     if task not in passes:
         passes[task] = False
         finished = functools.partial(passes.__setitem__, task, True)
-        torch.autograd.Variable._execution_engine.queue_callback(finished)
+        at_pass_end(finished)
 
 
 class RatioWeight(_SelfTuningWeight):
@@ -657,7 +658,7 @@ class RatioWeight(_SelfTuningWeight):
             if due and reg_loss.requires_grad and parameters:
                 self._open_measurement(reg_loss, parameters)
         if reg_loss.requires_grad:
-            reg_loss.register_hook(self._count_penalty)
+            reg_loss.register_hook(untraced_hook(self._count_penalty))
 
     def _open_measurement(self, reg_loss: Tensor, parameters: list[Tensor]) -> None:
         """Take ``reg_loss``'s gradient and hook ``parameters``' accumulators for the next pass."""
@@ -707,7 +708,7 @@ class RatioWeight(_SelfTuningWeight):
                 opened["without_penalty"] = True
                 if not opened["end_queued"]:
                     opened["end_queued"] = True
-                    torch.autograd.Variable._execution_engine.queue_callback(opened["end_of_pass"])
+                    at_pass_end(opened["end_of_pass"])
                 return
             # A parameter reports once per pass that reaches it, and more than once in one
             # training pass where nested passes backpropagate it (a head applied twice under a
@@ -738,10 +739,12 @@ class RatioWeight(_SelfTuningWeight):
             # Read past a __torch_function__ subclass or mode, whose view_as gives a fresh view's node.
             with torch._C.DisableTorchFunction():
                 node = torch.autograd.graph.get_gradient_edge(parameter).node
-            opened["handles"].append(node.register_prehook(functools.partial(report, index=index)))
+            opened["handles"].append(
+                node.register_prehook(untraced_hook(functools.partial(report, index=index)))
+            )
             # A tensor hook ahead of the user's own, which the accumulator's pre-hook runs after:
             # torch calls them in their dictionary's order of insertion (which move_to_end leaves).
-            first = parameter.register_hook(functools.partial(before_hooks, index=index))
+            first = parameter.register_hook(untraced_hook(functools.partial(before_hooks, index=index)))
             hooks = cast(dict, parameter._backward_hooks)
             ours = hooks.pop(first.id)
             others = list(hooks.items())
@@ -809,9 +812,9 @@ class RatioWeight(_SelfTuningWeight):
             # torch.utils.checkpoint) may give first and end before this one has begun.
             if not measurement["end_queued"]:
                 measurement["end_queued"] = True
-                torch.autograd.Variable._execution_engine.queue_callback(measurement["end_of_pass"])
+                at_pass_end(measurement["end_of_pass"])
 
-        measurement["handles"].append(reg_loss.register_hook(read_scale))
+        measurement["handles"].append(reg_loss.register_hook(untraced_hook(read_scale)))
 
     def _count_penalty(self, gradient: Tensor) -> None:
         """A training call's penalty reached in a backward pass: counted per pass."""
