@@ -1000,6 +1000,37 @@ def test_a_measurement_waiting_for_the_next_pass_survives_a_resume():
     assert run(resume_after=4) == went_on
 
 
+@pytest.mark.parametrize("copied_by", ["deepcopy", "pickle", "state_dict"])
+def test_a_copy_taken_while_a_measurement_is_open_measures_at_its_first_training_call(copied_by):
+    """A copy taken between a measuring training call and its backward pass (``AveragedModel(model)``
+    or ``torch.save(model)`` there) left the open measurement out, whose hooks stay with the
+    original, but kept the call counted: the copy waited a whole ``every`` calls at its initial
+    weight. In the copy that measurement is a pass that measured nothing, so its first training
+    call measures, as after a pass that raised; the original measures as without the copy."""
+    import copy
+    import pickle
+
+    def made() -> LocallyRegularized:
+        model = _model(RatioWeight(1.0))
+        model.weight = RatioWeight(1.0, every=10, parameters=list(model.parameters()))
+        return model
+
+    model = made()
+    ys = model(_y0(), T)  # the first training call: due, it opens a measurement
+    if copied_by == "deepcopy":
+        twin = copy.deepcopy(model)
+    elif copied_by == "pickle":
+        twin = pickle.loads(pickle.dumps(model))
+    else:
+        twin = made()
+        twin.load_state_dict(model.state_dict())
+    (_task_loss(ys) + model.reg_loss).backward()
+    assert model.weight.state_dict()["measured"] == 1
+    (_task_loss(twin(_y0(), T)) + twin.reg_loss).backward()
+    assert twin.weight.state_dict()["measured"] == 1
+    assert twin.weight() != 1.0
+
+
 @pytest.mark.parametrize("penalized", [0, 3], ids=["first", "last"])
 def test_gradient_accumulation_with_the_penalty_on_one_micro_batch_is_measured(penalized, monkeypatch):
     """Four micro-batches per optimizer step, the penalty added to one of them, every=4: the due

@@ -981,6 +981,9 @@ class RatioWeight(_SelfTuningWeight):
             f"initial={self.initial}: {how}"
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self._state_as_copied()}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(self._upgraded(state) if isinstance(state, Mapping) else state)
 
@@ -993,7 +996,15 @@ class RatioWeight(_SelfTuningWeight):
 
     def __getstate__(self) -> dict[str, Any]:
         # An open measurement's hooks belong to this object's parameters, not to a copy's.
-        return {**self.__dict__, "_measurement": None}
+        return {**self.__dict__, "_measurement": None, "_state": self._state_as_copied()}
+
+    def _state_as_copied(self) -> dict[str, Any]:
+        """The measured state as a copy or a saved state holds it: an open measurement, whose hooks
+        stay here, is one more pass that measured nothing there (``overdue``), so the copy measures
+        at its next training call (as after a pass that raised), not a whole ``every`` calls later."""
+        if self._measurement is None:
+            return self._state
+        return {**self._state, "overdue": self._state["overdue"] + 1}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A pickle of an earlier version: no floor and an unbounded rise then (what 0 and None
