@@ -149,7 +149,17 @@ def functional(ns: dict[str, Any]) -> None:
     assert ns["reg"].dim() == 0 and ns["reg"] > 0
 
 
+def custom_penalty(ns: dict[str, Any]) -> None:
+    # The penalty of one's own is the weighted mean square of the final state, and ys its solve's.
+    model, ys = ns["model"], ns["ys"]
+    assert type(model.penalty).__name__ == "EndPenalty"
+    assert torch.allclose(model.reg_loss, 0.5 * ys[-1].pow(2).mean())
+    expected = local_reg.odeint(ns["func"], ns["y0"], ns["t"]).ys
+    assert torch.equal(ys, expected)
+
+
 def baselines(ns: dict[str, Any]) -> None:
+    assert isinstance(ns["model"], local_reg.TayNODERegularized)
     assert ns["model"].reg_loss.dim() == 0 and ns["model"].reg_loss > 0
     steer = SteerRegularized(ns["func"], b=0.1)
     steer(ns["y0"], ns["t"])
@@ -219,25 +229,28 @@ def solver_restarted_events(ns: dict[str, Any]) -> None:
     assert ns["times"] == pytest.approx(expected, abs=1e-3)
 
 
-CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "README.md-0": readme_quick_start,
-    "README.md-2": readme_local_regularization,
-    "docs/compat.md-0": compat,
-    "docs/gradients.md-0": gradients_quick,
-    "docs/gradients.md-1": gradients_checkpoints,
-    "docs/regularization.md-0": adaptive_weight,
-    "docs/regularization.md-1": ratio_weight,
-    "docs/regularization.md-2": training_loop,
-    "docs/regularization.md-3": functional,
-    "docs/regularization.md-4": baselines,
-    "docs/sde.md-0": sde,
-    "docs/solver.md-0": solver_signature,
-    "docs/solver.md-1": solver_jump_ts,
-    "docs/solver.md-2": solver_derivative,
-    "docs/solver.md-3": solver_event,
-    "docs/solver.md-4": solver_restarted_events,
+CHECKS: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
+    "README.md-0": ("solution.stats", readme_quick_start),
+    "README.md-2": ("model = LocallyRegularized(", readme_local_regularization),
+    "docs/compat.md-0": ("import local_reg.compat as torchdiffeq", compat),
+    "docs/gradients.md-0": ("gradient=", gradients_quick),
+    "docs/gradients.md-1": ("checkpoints=", gradients_checkpoints),
+    "docs/regularization.md-0": ("AdaptiveWeight(", adaptive_weight),
+    "docs/regularization.md-1": ("RatioWeight(", ratio_weight),
+    "docs/regularization.md-2": ("n_iterations = 500", training_loop),
+    "docs/regularization.md-3": ("local_regularization(", functional),
+    "docs/regularization.md-4": ("class EndPenalty:", custom_penalty),
+    "docs/regularization.md-5": ("model = TayNODERegularized(", baselines),
+    "docs/sde.md-0": ("sdeint(", sde),
+    "docs/solver.md-0": ("def odeint(", solver_signature),
+    "docs/solver.md-1": ("jump_ts=", solver_jump_ts),
+    "docs/solver.md-2": ("solution.derivative(", solver_derivative),
+    "docs/solver.md-3": ("odeint_event(", solver_event),
+    "docs/solver.md-4": ("times", solver_restarted_events),
 }
-"""What a block's comments state, checked on its namespace after it ran."""
+"""What a block's comments state, checked on its namespace after it ran, each with a line the block
+contains: the blocks are known by their place in the file, and a block added before another moves
+it (:func:`test_every_check_names_a_block` then fails rather than check the wrong block)."""
 
 SHORTER: dict[str, tuple[str, str]] = {"docs/regularization.md-2": ("n_iterations = 500", "n_iterations = 2")}
 """A block's training length, shortened to keep the test fast."""
@@ -253,12 +266,16 @@ def test_block_runs(name: str, source: str, request: pytest.FixtureRequest) -> N
     namespace = prelude()
     exec(compile(source, block_id, "exec"), namespace)  # noqa: S102 -- the docs' own code
     if block_id in CHECKS:
-        CHECKS[block_id](namespace)
+        CHECKS[block_id][1](namespace)
 
 
 def test_every_check_names_a_block() -> None:
-    ids = {param.id for param in block_params()}
-    assert set(CHECKS) <= ids and set(SHORTER) <= ids
+    sources = {param.id: param.values[1] for param in block_params()}
+    assert set(CHECKS) <= set(sources) and set(SHORTER) <= set(sources)
+    for block_id, (contained, check) in CHECKS.items():
+        assert contained in sources[block_id], (
+            f"{check.__name__} checks {block_id}, which lacks {contained!r}"
+        )
     assert {path.name for path in FILES} >= {"README.md", "sde.md", "solver.md"}
 
 
