@@ -300,7 +300,8 @@ def masked_mse(prediction: Tensor, values: Tensor, mask: Tensor) -> Tensor:
 
 
 class LatentODETask(Task):
-    """Latent ODE interpolation of irregular, partially observed series; metric: masked MSE."""
+    """Latent ODE of irregular, partially observed series; metric: masked MSE of the reconstruction
+    of the observed entries, which the encoder reads (unseen series, no held-out time points)."""
 
     name = "latent_ode"
     metric = "mse"

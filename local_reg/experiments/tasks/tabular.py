@@ -17,8 +17,7 @@
   later chosen on a table that includes it.
 
 Every task here standardizes its features with the whole table's mean and deviation, the test
-rows' included; on ``tabular`` the training split's statistics gave vanilla and the default the
-same test accuracy and NFE (docs/results.md)."""
+rows' included (their labels are not read)."""
 
 from __future__ import annotations
 
