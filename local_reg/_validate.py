@@ -816,6 +816,18 @@ def check_output(
     ``like``'s): ``TypeError`` for another type or dtype, ``ValueError`` for another shape or device.
     ``returned``: ``name`` is a function whose output ``value`` is; else an argument given as such.
     ``like_name``: how the messages name ``like``."""
+    if (
+        returned
+        and type(value) is Tensor
+        and not value.is_nested
+        and value.layout == torch.strided
+        and value.dtype == like.dtype
+        and value.shape == (like.shape if shape is None else shape)
+        and value.device == like.device
+    ):
+        # What every call of a vector field returns, checked in one expression: a plain dense tensor
+        # that each check below would pass (a subclass, a masked or fake one, goes through them).
+        return value
     got = "returned" if returned else "has"
     if not isinstance(value, Tensor):
         raise TypeError(
@@ -883,8 +895,24 @@ class CheckedField:
         self.fresh = FreshOutputs(name)
 
     def __call__(self, t: Tensor, y: Tensor) -> Tensor:
-        output = call_leaving_input(self.name, self.autocast, self.func, t, y)
-        return self.fresh(check_output(self.name, output, y, like_name=self.state_name))
+        return checked_call(self.name, self.autocast, self.func, t, y, self.fresh, self.state_name)
+
+
+def checked_call(
+    name: str,
+    regions: tuple[tuple[str, torch.dtype], ...],
+    func: Callable[[Tensor, Tensor], Any],
+    t: Tensor,
+    y: Tensor,
+    fresh: FreshOutputs,
+    like_name: str = "y0",
+) -> Tensor:
+    """``func(t, y)`` as :class:`CheckedField` calls it: :func:`call_leaving_input`, its output
+    checked like ``y`` (:func:`check_output`, ``like_name`` naming ``y``) and by ``fresh``. Asks once
+    whether ``torch.compile`` traces, where the two watches of version counters each asked."""
+    if torch.compiler.is_compiling():
+        return check_output(name, call_under_autocast(regions, func, t, y), y, like_name=like_name)
+    return fresh.check(check_output(name, watched_call(name, regions, func, t, y), y, like_name=like_name))
 
 
 class FreshOutputs:
@@ -903,8 +931,11 @@ class FreshOutputs:
         self.version = 0
 
     def __call__(self, output: Tensor) -> Tensor:
-        if torch.compiler.is_compiling():
-            return output
+        # While torch.compile traces, the version counters do not follow the eager ones.
+        return output if torch.compiler.is_compiling() else self.check(output)
+
+    def check(self, output: Tensor) -> Tensor:
+        """:meth:`__call__` where ``torch.compile`` is known not to trace."""
         earlier = None if self.previous is None else self.previous()
         if earlier is not None and earlier._version != self.version:
             raise ValueError(
@@ -934,12 +965,25 @@ def call_leaving_input(
     """``func(t, y)`` under the autocast ``regions`` (:func:`call_under_autocast`); a ``ValueError``
     naming ``name`` if it changed ``y`` in place: the solvers reuse ``y`` (a step's start, a stage
     state) after the call, so a changed one would silently give wrong states."""
-    if torch.compiler.is_compiling() or y.is_inference():
+    if torch.compiler.is_compiling():
+        return call_under_autocast(regions, func, t, y)
+    return watched_call(name, regions, func, t, y)
+
+
+def watched_call(
+    name: str,
+    regions: tuple[tuple[str, torch.dtype], ...],
+    func: Callable[[Tensor, Tensor], Any],
+    t: Tensor,
+    y: Tensor,
+) -> Any:
+    """:func:`call_leaving_input` where ``torch.compile`` is known not to trace."""
+    if y.is_inference():
         # Inference tensors keep no version counter: a change in place is not checked, and goes
         # unseen (docs/solver.md).
         return call_under_autocast(regions, func, t, y)
     version = y._version
-    value = call_under_autocast(regions, func, t, y)
+    value = func(t, y) if not regions else call_under_autocast(regions, func, t, y)
     if y._version != version:
         raise ValueError(f"{name} modified its input y in place; compute on a copy or out of place instead")
     return value

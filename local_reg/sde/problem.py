@@ -31,6 +31,7 @@ from .._validate import (
     call_leaving_input,
     check_output,
     check_strided,
+    checked_call,
     time_tensors_requiring_grad,
     validate_state,
     validate_times,
@@ -243,9 +244,7 @@ class CheckedSDE:
         self.fresh_diffusion = FreshOutputs(DIFFUSION)
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.fresh_drift(
-            check_output(DRIFT, call_leaving_input(DRIFT, self.autocast, self.sde.f, t, y), y)
-        )
+        return checked_call(DRIFT, self.autocast, self.sde.f, t, y, self.fresh_drift)
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
         value = call_leaving_input(DIFFUSION, self.autocast, self.sde.g, t, y)
