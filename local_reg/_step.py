@@ -125,21 +125,27 @@ def combine(
     compiler fuses into one kernel.
     """
     out = None
-    for coefficient, stage in zip(coefficients, stages, strict=True):
-        if coefficient == 0.0:
-            continue
-        if isinstance(dt, Tensor):
-            term = stage * (dt * coefficient)
-            out = term if out is None else out + term
-        elif out is not None:
-            out.add_(stage, alpha=dt * coefficient)
-        else:
-            out = stage * (dt * coefficient)
+    # Which of the two sums is asked once, outside the loop over the stages (a step's hottest).
+    if isinstance(dt, Tensor):
+        for coefficient, stage in zip(coefficients, stages, strict=True):
+            if coefficient != 0.0:
+                term = stage * (dt * coefficient)
+                out = term if out is None else out + term
+        if out is not None and base is not None:
+            return base + out
+    else:
+        for coefficient, stage in zip(coefficients, stages, strict=True):
+            if coefficient == 0.0:
+                continue
+            if out is None:
+                out = stage * (dt * coefficient)
+            else:
+                out.add_(stage, alpha=dt * coefficient)
+        if out is not None and base is not None:
+            return out.add_(base)
     if out is None:
         return torch.zeros_like(stages[0]) if base is None else base
-    if base is None:
-        return out
-    return base + out if isinstance(dt, Tensor) else out.add_(base)
+    return out
 
 
 def combine_rows(
