@@ -795,8 +795,9 @@ def check_finite_state(name: str, y0: Tensor) -> None:
     refuse ``vmap`` themselves; a single :func:`local_reg.step` runs under it)."""
     if _batched(y0):
         return
-    non_finite = ~torch.isfinite(y0.detach())
-    if bool(non_finite.any()):
+    # One reduction over the mask where all is well (every solve); the index only for the message.
+    if not bool(torch.isfinite(y0.detach()).all()):
+        non_finite = ~torch.isfinite(y0.detach())
         first = tuple(int(i) for i in non_finite.nonzero()[0])
         raise ValueError(
             f"{name} must be finite, got {int(non_finite.sum())} non-finite entries "
