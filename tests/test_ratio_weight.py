@@ -1031,6 +1031,22 @@ def test_a_copy_taken_while_a_measurement_is_open_measures_at_its_first_training
     assert twin.weight() != 1.0
 
 
+def test_a_pass_whose_gradients_are_not_finite_is_followed_by_a_measurement():
+    """A measuring pass whose gradients overflowed (float16 under a GradScaler, which skips that
+    step; here a loss made infinite) measured nothing, but the weight waited a whole ``every``
+    calls at its initial value before measuring again: the first measurement of the fp16 recipe
+    at the default scale was lost so. The next call measures, as after a pass that raised."""
+    model = _model(RatioWeight(1.0))
+    model.weight = RatioWeight(1.0, every=10, parameters=list(model.parameters()))
+    ys = model(_y0(), T)
+    ((_task_loss(ys) + model.reg_loss) * math.inf).backward()
+    assert model.weight.state_dict()["measured"] == 0
+    model.zero_grad()
+    (_task_loss(model(_y0(), T)) + model.reg_loss).backward()
+    assert model.weight.state_dict()["measured"] == 1
+    assert model.weight() != model.weight.initial
+
+
 @pytest.mark.parametrize("penalized", [0, 3], ids=["first", "last"])
 def test_gradient_accumulation_with_the_penalty_on_one_micro_batch_is_measured(penalized, monkeypatch):
     """Four micro-batches per optimizer step, the penalty added to one of them, every=4: the due

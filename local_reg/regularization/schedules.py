@@ -888,6 +888,10 @@ class RatioWeight(_SelfTuningWeight):
             task_norm = 0.0
         # The task's gradient in that pass was the reference factor times the task loss's.
         task_norm /= reference if reference else 1.0
+        if not (math.isfinite(penalty_norm) and math.isfinite(task_norm)):
+            # A pass whose gradients overflowed (a GradScaler's float16 overflow, which it skips) or
+            # that a loss made non-finite measured nothing: the next call measures again.
+            self._state["overdue"] += 1
         self.observe_gradients(penalty_norm, task_norm)
         self._fold()
 
