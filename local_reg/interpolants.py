@@ -333,9 +333,31 @@ def get_interpolant(method: str | ButcherTableau) -> Interpolant:
     own = DENSE_OUTPUTS.get(tableau)
     if own is None:
         return _hermite_of(tableau)
+    return _registered(tableau, own)
+
+
+@functools.cache
+def _registered(tableau: ButcherTableau, own: Interpolant) -> Interpolant:
+    """``own``, the interpolant :data:`DENSE_OUTPUTS` holds for ``tableau``, if it fits it: a row per
+    stage (and the extra one), ending the step on its solution (``B_i(1) = b_i``) and consistent
+    (``sum_i B_i(theta) = theta``); else a ``ValueError`` (a typo there would silently change every
+    output read between steps)."""
+    where = f"DENSE_OUTPUTS: the interpolant of tableau {tableau.name!r}"
     if own.n_stages != tableau.n_stages + own.extra_stage:
         raise ValueError(
-            f"DENSE_OUTPUTS: the interpolant of tableau {tableau.name!r} has {own.n_stages} rows, but the "
-            f"tableau has {tableau.n_stages} stages" + (" and the extra one" if own.extra_stage else "")
+            f"{where} has {own.n_stages} rows, but the tableau has {tableau.n_stages} stages"
+            + (" and the extra one" if own.extra_stage else "")
+        )
+    b = np.array([*tableau.b, *([0.0] * own.extra_stage)])
+    at_end = np.array(own.weights(1.0))
+    tolerance = 1e-10 * max(1.0, float(np.abs(b).max()))
+    if np.abs(at_end - b).max() > tolerance:
+        raise ValueError(
+            f"{where} does not end the step on its solution: B_i(1) = {at_end.tolist()}, the tableau's "
+            f"b = {b.tolist()}"
+        )
+    if abs(sum(own.weights(0.5)) - 0.5) > tolerance:
+        raise ValueError(
+            f"{where} is not consistent: its weights at theta = 0.5 sum to {sum(own.weights(0.5))}"
         )
     return own

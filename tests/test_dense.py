@@ -155,6 +155,33 @@ def test_a_pair_registered_in_dense_outputs_interpolates_with_its_own_dense_outp
         get_interpolant(mine)
 
 
+def test_an_interpolant_registered_for_a_tableau_must_fit_it(monkeypatch):
+    """Only the number of rows was checked: an interpolant with a typo (one weight doubled), which
+    no longer ends the step on its solution, moved every interpolated output silently (1.6e-2 off
+    on y' = -y, against 5e-8 with the pair's own)."""
+    from local_reg import interpolants
+
+    tsit5 = TABLEAUS["tsit5"]
+    mine = ButcherTableau("mine", tsit5.c, tsit5.a, tsit5.b, tsit5.order, tsit5.error_weights)
+    own = get_interpolant("tsit5").coefficients
+    doubled = ((2.0 * own[0][0], *own[0][1:]), *own[1:])
+    monkeypatch.setitem(interpolants.DENSE_OUTPUTS, mine, Interpolant("mine", doubled, 4))
+    with pytest.raises(ValueError, match=r"tableau 'mine' does not end the step on its solution: B_i\(1\)"):
+        odeint(
+            rotation,
+            torch.tensor([1.0, 0.0], dtype=DTYPE),
+            torch.linspace(0.0, 3.0, 5, dtype=DTYPE),
+            method=mine,
+        )
+    # Weights that end the step right but do not sum to theta between (a row's middle changed).
+    shifted = tuple(
+        (row[0], row[1] + 0.1, row[2] - 0.1, *row[3:]) if index == 1 else row for index, row in enumerate(own)
+    )
+    monkeypatch.setitem(interpolants.DENSE_OUTPUTS, mine, Interpolant("mine", shifted, 4))
+    with pytest.raises(ValueError, match="is not consistent"):
+        get_interpolant(mine)
+
+
 @pytest.mark.parametrize("method", ["tsit5", "dopri5", "dopri8", "bosh3", "heun_euler"])
 def test_number_of_steps_does_not_depend_on_the_output_times(method):
     field = CountingField(TinyField())
