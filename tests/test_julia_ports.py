@@ -131,6 +131,36 @@ def test_regularized_models_name_the_papers_code_and_julia_settings():
 
 
 @pytest.mark.parametrize(
+    ("model", "keyword", "hint"),
+    [
+        # The hints named the local_reg ODE solve's settings whatever the model: following them was
+        # refused (options['max_steps'] by torchdiffeq and torchsde, 'interpolating_adjoint' for an
+        # SDE, bm= by the model's constructor).
+        ("torchdiffeq", "maxiters", "options={'max_num_steps': ...} here"),
+        ("torchdiffeq", "sensealg", "gradient= here, 'direct' or 'adjoint' with backend='torchdiffeq'"),
+        ("sde", "sensealg", "gradient= here, 'direct' or 'checkpoint' for an SDE"),
+        ("torchsde", "sensealg", "gradient= here, 'direct' or 'adjoint' with backend='torchsde'"),
+        ("sde", "seed", "or a Brownian motion at the call, model(y0, t, bm=...)"),
+        ("sde", "maxiters", "options={'max_steps': ...} here"),
+    ],
+)
+def test_regularized_models_julia_hints_are_their_backends(model, keyword, hint):
+    field = ConstantNoiseSDE() if model in ("sde", "torchsde") else NetField(torch.nn.Linear(2, 2))
+    backend = {"sde": None}.get(model, model)
+    assert_hinted(
+        lambda keyword: local_reg.LocallyRegularized(field, backend=backend, weight=0.1, **{keyword: 1}),
+        "LocallyRegularized",
+        {keyword: hint},
+    )
+
+
+def test_a_torchsde_model_gets_no_step_limit_hint_it_has_no_counterpart_for():
+    with pytest.raises(TypeError) as error:
+        local_reg.LocallyRegularized(ConstantNoiseSDE(), backend="torchsde", weight=0.1, maxiters=3)
+    assert "max_steps" not in str(error.value) and "max_num_steps" not in str(error.value)
+
+
+@pytest.mark.parametrize(
     ("method", "keyword", "hint"),
     [
         ("BacksolveAdjoint", "checkpointing", "InterpolatingAdjoint(checkpoints=), Checkpoint(checkpoints=)"),
@@ -140,6 +170,7 @@ def test_regularized_models_name_the_papers_code_and_julia_settings():
         ("Symplectic", "reltol", "the solve's tolerance: odeint's rtol="),
         ("InterpolatingAdjoint", "autojacvec", "torch's autograd computes it here"),
         ("Checkpoint", "checkpionts", "did you mean 'checkpoints'?"),
+        ("Direct", "autojacvec", "torch's autograd computes it here"),
     ],
 )
 def test_gradient_methods_name_themselves_and_scimlsensitivity_settings(method, keyword, hint):
