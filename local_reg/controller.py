@@ -83,6 +83,10 @@ class PIController:
     ``jump_ts`` at the ends of its steps (output times, or points of its grid between two), each
     step then read on its own side, and refuses ``step_ts`` and a jump inside a step; beside it a
     controller may set nothing but ``jump_ts``. See docs/solver.md.
+
+    It takes keywords only (positional settings mean other things in other libraries:
+    OrdinaryDiffEq's ``PIController(beta1, beta2)`` would set ``safety`` and ``min_factor``); a
+    dataclass subclass declares ``kw_only=True`` too, or its own fields take the positions.
     """
 
     safety: float = 0.9

@@ -203,6 +203,13 @@ class ButcherTableau:
         if self.error_weights is not None and (
             _missed_condition(b - np.array(self.error_weights), a, c, self.order, tolerance) is None
         ):
+            if _missed_condition(b, a, c, self.order + 1, tolerance) is None:
+                # Both solutions reach order: b reaches more, the order given understates it.
+                raise ValueError(
+                    f"tableau {self.name!r}: order={self.order} understates b, which reaches order "
+                    f"{self.order + 1} (the embedded solution b - error_weights reaches {self.order}): "
+                    f"order={self.order + 1}"
+                )
             raise ValueError(
                 f"tableau {self.name!r}: the embedded solution b - error_weights reaches order "
                 f"{self.order} too, so b is not the higher-order solution of the pair: a pair "

@@ -285,3 +285,8 @@ def test_a_pair_that_propagates_its_lower_order_solution_is_refused():
     higher_minus_lower = tuple(-x for x in lower_minus_higher)
     fehlberg45 = ButcherTableau(name="fehlberg45", c=c, a=a, b=b5, order=5, error_weights=higher_minus_lower)
     assert fehlberg45.adaptive
+    # The same weights with an order that understates b: not a swapped pair, and said so.
+    with pytest.raises(
+        ValueError, match=r"'fehlberg45': order=4 understates b, which reaches order 5.*order=5"
+    ):
+        ButcherTableau(name="fehlberg45", c=c, a=a, b=b5, order=4, error_weights=higher_minus_lower)

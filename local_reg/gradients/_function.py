@@ -736,6 +736,22 @@ class OutputsInside(NamedTuple):
     (one slice; a stacked copy would hold one more state per output while the step runs)."""
 
 
+_KEYWORDS_TAKEN: weakref.WeakKeyDictionary[type, list[str] | None] = weakref.WeakKeyDictionary()
+
+
+def _keywords_taken(cls: type) -> list[str] | None:
+    """The keywords a gradient method's constructor takes (``None``: any, a ``**kwargs``), read
+    once per class: a signature costs tens of microseconds, and compat builds a method per call."""
+    if cls not in _KEYWORDS_TAKEN:
+        parameters = cls.__signature__.parameters.values()  # type: ignore[attr-defined]
+        _KEYWORDS_TAKEN[cls] = (
+            None
+            if any(p.kind is p.VAR_KEYWORD for p in parameters)
+            else [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        )
+    return _KEYWORDS_TAKEN[cls]
+
+
 def _foreign_settings(keywords: list[str]) -> dict[str, str]:
     """What a gradient method taking ``keywords`` says of other libraries' settings of theirs."""
     checkpointed = (
@@ -765,10 +781,9 @@ class _Settled(ABCMeta):
         if kwargs:
             # Python's own message names the base class whose __init__ took the keywords, and a
             # port's settings (SciMLSensitivity's, torchdiffeq's) are spelt otherwise here.
-            parameters = cls.__signature__.parameters.values()
-            keywords = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-            unknown = set(kwargs).difference(keywords)
-            if unknown and not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            keywords = _keywords_taken(cls)
+            unknown = set() if keywords is None else set(kwargs).difference(keywords)
+            if keywords is not None and unknown:
                 raise unknown_keywords_error(cls.__name__, unknown, keywords, _foreign_settings(keywords))
         instance = super().__call__(*args, **kwargs)
         object.__setattr__(instance, "_settled", True)
