@@ -484,3 +484,41 @@ print(float(torch.compile(step, backend="eager")(torch.ones(2, 2))[0, 0]))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert abs(float(done.stdout.split()[-1]) - 0.36787944) < 1e-5
+
+
+@pytest.mark.parametrize("gradient", ["checkpoint", "symplectic"])
+def test_a_training_step_compiled_whole_by_inductor_gives_the_eager_gradients(gradient):
+    """Inductor, torch.compile's default backend, compiled the graph-free methods' backward pass,
+    which the autograd engine calls from the compiled frame: checkpoint's and symplectic's
+    gradients came out 2-74% off without a word (the eager backend matched). It runs eagerly now."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+    y0 = torch.randn(16, 2, generator=torch.Generator().manual_seed(1))
+    target = torch.randn(16, 2, generator=torch.Generator().manual_seed(2))
+
+    def train_step():
+        ys = odeint(
+            lambda t, y: net(y),
+            y0,
+            torch.tensor([0.0, 0.5, 1.0]),
+            gradient=gradient,
+            adjoint_params=tuple(net.parameters()),
+            rtol=1e-3,
+            atol=1e-4,
+        ).ys
+        loss = (ys[-1] - target).pow(2).mean()
+        loss.backward()
+        return loss.detach()
+
+    compiled = torch.compile(train_step)
+    for _ in range(3):
+        net.zero_grad()
+        train_step()
+        eager = [p.grad.clone() for p in net.parameters()]
+        net.zero_grad()
+        compiled()
+        for grad, expected in zip((p.grad for p in net.parameters()), eager, strict=True):
+            torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
+        with torch.no_grad():
+            for p in net.parameters():
+                p -= 0.05 * p.grad
