@@ -99,14 +99,27 @@ T_SPAN_HINT = "scipy's t_span: t = [t0, t1] here, and y0 comes before it: (func,
 """What ``odeint`` and ``sdeint`` say of scipy's ``t_span`` (scipy's order is ``(fun, t_span, y0)``)."""
 
 
-SENSEALG_HINT = (
-    "SciMLSensitivity's sensealg: gradient= here, e.g. 'interpolating_adjoint' (InterpolatingAdjoint), "
-    "'adjoint' (BacksolveAdjoint), 'checkpoint' or 'symplectic' (docs/gradients.md)"
-)
-"""What the solvers and models say of SciMLSensitivity's ``sensealg=``, a Julia port's gradient method."""
+def sensealg_hint(gradients: str) -> str:
+    """What the solvers and models say of SciMLSensitivity's ``sensealg=``, a Julia port's gradient
+    method: ``gradients`` names the ``gradient=`` values the entry point takes."""
+    return f"SciMLSensitivity's sensealg: gradient= here, {gradients}"
 
-SEED_HINT = "a seeded noise: generator=torch.Generator().manual_seed(seed) here, or a Brownian motion bm="
-"""What ``sdeint`` and the SDE models say of StochasticDiffEq's ``seed=``."""
+
+SENSEALG_HINT = sensealg_hint(
+    "e.g. 'interpolating_adjoint' (InterpolatingAdjoint), 'adjoint' (BacksolveAdjoint), 'checkpoint' "
+    "or 'symplectic' (docs/gradients.md)"
+)
+""":func:`sensealg_hint` for an ODE solve on local_reg's solver, which takes every gradient method."""
+SDE_SENSEALG_HINT = sensealg_hint("'direct' or 'checkpoint' for an SDE")
+""":func:`sensealg_hint` for an SDE solve on local_reg's solver."""
+
+
+def seed_hint(brownian: str) -> str:
+    """What ``sdeint`` and the SDE models say of StochasticDiffEq's ``seed=``: ``brownian`` says
+    where a Brownian motion is given instead."""
+    return (
+        f"a seeded noise: generator=torch.Generator().manual_seed(seed) here, or a Brownian motion {brownian}"
+    )
 
 
 def scipy_jacobian_hints(where: str) -> dict[str, str]:

@@ -21,12 +21,15 @@ from typing import Any
 from torchdiffeq._impl.odeint import SOLVERS
 
 from .._validate import (
+    SDE_SENSEALG_HINT,
     SENSEALG_HINT,
     check_adaptive_settings_unset,
     check_bool,
     check_choice,
     positive_float,
     relative_tolerance,
+    seed_hint,
+    sensealg_hint,
     step_control_spellings,
     type_name,
 )
@@ -153,23 +156,17 @@ def _foreign_spellings(backend: object, sde: bool, options: tuple[str, ...]) -> 
         foreign["max_num_steps"] = "torchdiffeq's step limit: options={'max_steps': ...} here"
         foreign.update(_OWN_SOLVER_SPELLINGS)
     # SciMLSensitivity's and StochasticDiffEq's settings of a port from Julia, as this backend has them.
-    gradients = {
-        (False, True): None,
-        (False, False): "'direct' or 'adjoint' with backend='torchdiffeq'",
-        (True, True): "'direct' or 'checkpoint' for an SDE",
-        (True, False): "'direct' or 'adjoint' with backend='torchsde'",
+    foreign["sensealg"] = {
+        (False, True): SENSEALG_HINT,
+        (False, False): sensealg_hint("'direct' or 'adjoint' with backend='torchdiffeq'"),
+        (True, True): SDE_SENSEALG_HINT,
+        (True, False): sensealg_hint("'direct' or 'adjoint' with backend='torchsde'"),
     }[sde, own_solver]
-    foreign["sensealg"] = (
-        SENSEALG_HINT if gradients is None else f"SciMLSensitivity's sensealg: gradient= here, {gradients}"
-    )
     step_limit = "max_steps" if own_solver else "max_num_steps" if backend == "torchdiffeq" else None
     if step_limit is not None:
         foreign["maxiters"] = f"OrdinaryDiffEq's step limit: options={{{step_limit!r}: ...}} here"
     if sde:
-        foreign["seed"] = (
-            "a seeded noise: generator=torch.Generator().manual_seed(seed) here, or a Brownian motion "
-            "at the call, model(y0, t, bm=...)"
-        )
+        foreign["seed"] = seed_hint("at the call, model(y0, t, bm=...)")
     return {
         name: hint for name, hint in foreign.items() if name.startswith("adjoint_") or name not in options
     }

@@ -17,7 +17,7 @@ from .._tuple import owning_module
 from .._validate import (
     ARGS_HINT,
     DT0_HINT,
-    SEED_HINT,
+    SDE_SENSEALG_HINT,
     STEP_CONTROL_SPELLINGS,
     T_EVAL_HINT,
     T_SPAN_HINT,
@@ -33,6 +33,7 @@ from .._validate import (
     narrowest_float,
     positive_float,
     relative_tolerance,
+    seed_hint,
     without_autocast,
 )
 from ..controller import PIController, TimeSet
@@ -82,8 +83,8 @@ SDEStepPenalty = Callable[[SDEStepResult, float], Tensor]
         "dense_output": "scipy's; an SDE solve keeps no interpolant: put the times among t",
         "t_eval": T_EVAL_HINT,
         "adjoint": "diffrax's adjoint: gradient= here, 'direct' or 'checkpoint' for an SDE",
-        "sensealg": "SciMLSensitivity's sensealg: gradient= here, 'direct' or 'checkpoint' for an SDE",
-        "seed": SEED_HINT,
+        "sensealg": SDE_SENSEALG_HINT,
+        "seed": seed_hint("bm="),
         "alg": "StochasticDiffEq's algorithm: method= here, e.g. 'euler_maruyama'",
         **STEP_CONTROL_SPELLINGS,
         "step_to_outputs": "odeint's; every output time ends an SDE step already",
